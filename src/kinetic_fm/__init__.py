@@ -1,0 +1,54 @@
+"""kinetic_fm: per-sample kinetic energy, trajectory shaping and memorization for flow matching.
+
+Conventions (see docs/ARCHITECTURE.md): t = 0 is noise, t = 1 is data, a velocity field is
+any callable ``v(x, t)`` with ``x`` of shape (B, ...) and ``t`` of shape (B,).
+
+Heavy or optional pieces (EFM, metrics, data, models, studies) load on first attribute
+access, so ``import kinetic_fm`` costs little beyond ``import torch``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .sampling.grids import time_grid
+from .sampling.noise import noise
+from .sampling.sample import SampleResult, sample
+from .sampling.shaping import KTS
+from .sampling.guards import NonFiniteVelocityError
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported lazily on first access)
+_LAZY = {
+    "EmpiricalFlow": "kinetic_fm.fields.empirical",
+    "GaussianTarget": "kinetic_fm.fields.analytic",
+    "GaussianMixtureTarget": "kinetic_fm.fields.analytic",
+    "PointTarget": "kinetic_fm.fields.analytic",
+    "memorization": "kinetic_fm.metrics.memorization",
+    "MemorizationReport": "kinetic_fm.metrics.memorization",
+    "nearest_neighbors": "kinetic_fm.metrics.neighbors",
+}
+
+__all__ = [
+    "KTS",
+    "NonFiniteVelocityError",
+    "SampleResult",
+    "noise",
+    "sample",
+    "time_grid",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kinetic_fm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,46 @@
+"""The ``kfm`` command: a thin dispatcher.
+
+Each sub-command lives in its own module under ``kinetic_fm.commands`` and defines
+``register(subparsers)``, which adds its parser and sets ``func`` (a callable taking the parsed
+``argparse.Namespace`` and returning an exit code). Command modules must import only argparse
+at module level; the work they call is imported inside ``func`` so ``kfm --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from typing import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import commands
+
+    parser = argparse.ArgumentParser(
+        prog="kfm",
+        description="Kinetic energy diagnostics and shaping for flow-matching samplers.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        # user errors: one clear line, no traceback
+        print(f"kfm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``kfm`` CLI, one module each (see ``kinetic_fm.cli``)."""

@@ -1,0 +1,1 @@
+"""data layer of kinetic_fm (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""fields layer of kinetic_fm (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""metrics layer of kinetic_fm (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""models layer of kinetic_fm (see docs/ARCHITECTURE.md)."""

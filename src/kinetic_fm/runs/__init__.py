@@ -1,0 +1,1 @@
+"""runs layer of kinetic_fm (see docs/ARCHITECTURE.md)."""

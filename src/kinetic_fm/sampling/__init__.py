@@ -1,0 +1,1 @@
+"""sampling layer of kinetic_fm (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""studies layer of kinetic_fm (see docs/ARCHITECTURE.md)."""

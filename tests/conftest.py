@@ -1,0 +1,33 @@
+"""Shared test fixtures.
+
+Real data lives in ``../shared/data`` beside the checkout (or where ``KFM_SHARED_DATA`` points);
+tests that need it take the ``shared_data`` fixture and skip with a reason when it is absent.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    env = os.environ.get("KFM_SHARED_DATA")
+    return Path(env) if env else _REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = _shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"real data folder not found at {path} (set KFM_SHARED_DATA to run this test)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
