@@ -1,0 +1,134 @@
+"""Velocity fields with known solutions: the ground truth of the tests.
+
+All fields transport N(0, I) at t = 0 to their target at t = 1 along the linear path
+x_t = (1 − t)·x0 + t·x1 with independent coupling; they are exact marginal velocities.
+
+For an isotropic Gaussian component N(μ, σ²I) the noisy marginal at time t is N(tμ, s_t² I) with
+s_t² = (1 − t)² + t²σ², and the velocity is v(x, t) = μ + (s_t'/s_t)(x − tμ). Its flow map is
+x_t = tμ + s_t·x0, so a sample's kinetic path energy has the closed form
+    KPE = ½ [‖μ‖² + 2(σ − 1) μ·x0 + (1 + σ² − πσ/2)‖x0‖²],
+using ∫₀¹ s_t'² dt = 1 + σ² − πσ/2 (and 1 when σ = 0).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _time_column(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if t.dim() != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
+    return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _scale(t: torch.Tensor, std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """s_t and s_t'/s_t for the path N(0, I) -> N(·, σ²I)."""
+    var = (1 - t) ** 2 + (t * std) ** 2
+    return var.sqrt(), (t * (1 + std**2) - 1) / var
+
+
+class GaussianTarget:
+    """Exact velocity from N(0, I) to N(mean, std² I).
+
+    Args:
+        mean: scalar or tensor broadcastable to one sample's shape.
+        std: σ > 0 (use ``PointTarget`` for σ = 0).
+    """
+
+    def __init__(self, mean: float | torch.Tensor = 0.0, std: float = 1.0):
+        if not (isinstance(std, (int, float)) and std > 0 and math.isfinite(std)):
+            raise ValueError(f"std must be a positive finite number, got {std!r}")
+        self.mean = torch.as_tensor(mean, dtype=torch.float64)
+        self.std = float(std)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tc = _time_column(t, x).to(x.dtype)
+        mu = _as_tensor(self.mean, x)
+        _, rate = _scale(tc, self.std)
+        return mu + rate * (x - tc * mu)
+
+    def trajectory(self, x0: torch.Tensor, t: float) -> torch.Tensor:
+        """The exact state x_t of the sample starting at x0."""
+        s, _ = _scale(torch.tensor(float(t), dtype=torch.float64), self.std)
+        return t * _as_tensor(self.mean, x0) + s.item() * x0
+
+    def kinetic_energy(self, x0: torch.Tensor) -> torch.Tensor:
+        """Closed-form KPE ½∫‖ẋ‖² dt per sample, (B,) float64."""
+        return _gaussian_kpe(x0, self.mean, self.std)
+
+
+class PointTarget:
+    """Exact velocity toward a single training point y: v = (y − x)/(1 − t).
+
+    Every trajectory is the straight line from x0 to y, KPE = ½‖y − x0‖². The field is
+    singular at t = 1; explicit fixed-step solvers never evaluate there (dopri5's last stages do,
+    so use a fixed-step solver with this field).
+    """
+
+    def __init__(self, point: torch.Tensor | float):
+        self.point = torch.as_tensor(point, dtype=torch.float64)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tc = _time_column(t, x).to(x.dtype)
+        return (_as_tensor(self.point, x) - x) / (1 - tc)
+
+    def trajectory(self, x0: torch.Tensor, t: float) -> torch.Tensor:
+        return (1 - t) * x0 + t * _as_tensor(self.point, x0)
+
+    def kinetic_energy(self, x0: torch.Tensor) -> torch.Tensor:
+        return _gaussian_kpe(x0, self.point, 0.0)
+
+
+class GaussianMixtureTarget:
+    """Exact velocity from N(0, I) to Σ_k π_k N(μ_k, σ² I) (small K; dense over components).
+
+    v(x, t) = Σ_k w_k(x, t)·[μ_k + (s'/s)(x − tμ_k)], w = posterior of component k given x_t.
+    Its σ → 0 limit is the empirical flow-matching velocity of the atoms μ_k.
+
+    Args:
+        means: (K, ...) component means, same trailing shape as a sample.
+        std: shared σ > 0.
+        weights: (K,) mixture weights (normalised here); uniform by default.
+    """
+
+    def __init__(self, means: torch.Tensor, std: float = 0.1, weights: torch.Tensor | None = None):
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.dim() < 2 or means.shape[0] == 0:
+            raise ValueError(f"means must have shape (K, ...) with K >= 1, got {tuple(means.shape)}")
+        if not (isinstance(std, (int, float)) and std > 0 and math.isfinite(std)):
+            raise ValueError(f"std must be a positive finite number, got {std!r}")
+        w = torch.ones(means.shape[0], dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if w.shape != (means.shape[0],) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("weights must be (K,) non-negative with a positive sum")
+        self.means, self.std, self.weights = means, float(std), w / w.sum()
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        tc = _time_column(t, x).to(torch.float64)
+        s, rate = _scale(tc.reshape(b, 1), self.std)  # (B, 1)
+        xf = x.reshape(b, -1).to(torch.float64)
+        mu = self.means.to(x.device).reshape(self.means.shape[0], -1)  # (K, D)
+        diff = xf.unsqueeze(1) - tc.reshape(b, 1, 1) * mu.unsqueeze(0)  # (B, K, D), K is small
+        logits = self.weights.to(x.device).log() - 0.5 * diff.pow(2).sum(-1) / s.pow(2)
+        post = torch.softmax(logits, dim=1)  # (B, K)
+        v = post @ mu + rate * (xf - tc.reshape(b, 1) * (post @ mu))
+        return v.reshape(x.shape).to(x.dtype)
+
+    def sample_target(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact draws from the target: (n, ...) points and their (n,) component labels."""
+        labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn((n, *self.means.shape[1:]), dtype=torch.float64, generator=generator)
+        return self.means[labels] + self.std * eps, labels
+
+
+def _gaussian_kpe(x0: torch.Tensor, mean, std: float) -> torch.Tensor:
+    b = x0.shape[0]
+    z = x0.reshape(b, -1).to(torch.float64)
+    mu = torch.as_tensor(mean, dtype=torch.float64, device=x0.device).expand(x0.shape[1:]).reshape(1, -1)
+    speed2 = 1.0 + std**2 - math.pi * std / 2.0 if std > 0 else 1.0
+    return 0.5 * ((mu**2).sum(1) + 2 * (std - 1) * (z * mu).sum(1) + speed2 * (z**2).sum(1))

@@ -1,0 +1,201 @@
+"""Dormand–Prince 5(4) with per-sample step-size control.
+
+Every sample carries its own time t_b and step h_b, and the error test is per sample, so a
+sample's trajectory, step sequence and KPE do not depend on its batch-mates. Each iteration
+evaluates only the samples still in flight; choosing them needs one host synchronisation per
+iteration (unavoidable for adaptive stepping). The energy integral never enters the error control.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .energy import EnergyLedger, quadrature_weights, squared_norm, step_energy
+from .fixed_step import Trace
+from .guards import NonFiniteVelocityError, check_velocity_output
+from .tableau import DOPRI5
+
+SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
+
+
+def _rms(z: torch.Tensor) -> torch.Tensor:
+    return z.reshape(z.shape[0], -1).double().pow(2).mean(dim=1).sqrt()
+
+
+def integrate_dopri5(
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    gain: Callable[[torch.Tensor], torch.Tensor] | None,
+    quadrature: str,
+    split: float,
+    keep_profile: bool,
+    rtol: float,
+    atol: float,
+    first_step: float | None,
+    max_steps: int,
+    raise_nonfinite: bool,
+    progress: bool,
+) -> Trace:
+    tab = DOPRI5
+    batch, device, dtype = x0.shape[0], x0.device, x0.dtype
+    weights = quadrature_weights(quadrature, tab.b)
+    eta_of = (lambda t: gain(t)) if gain is not None else (lambda t: torch.ones_like(t))
+
+    ledger = EnergyLedger.zeros(batch, device)
+    bad_step = torch.full((batch,), -1, dtype=torch.int64, device=device)
+    bad_time = torch.full((batch,), float("nan"), dtype=torch.float64, device=device)
+    t = torch.zeros(batch, dtype=torch.float64, device=device)
+    steps = torch.zeros(batch, dtype=torch.int64, device=device)
+    nfe = torch.zeros(batch, dtype=torch.int64, device=device)
+    capacity = 64
+    profile = torch.zeros(batch, capacity, dtype=torch.float64, device=device) if keep_profile else None
+    step_times = torch.full((batch, capacity + 1), float("nan"), dtype=torch.float64, device=device)
+    step_times[:, 0] = 0.0
+
+    def f(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        return velocity(x, tt.to(dtype))
+
+    x = x0.clone()
+    k1 = f(x, t)
+    check_velocity_output(k1, x)
+    k1 = k1.clone()  # updated in place below; never alias the caller's buffer
+    nfe += 1
+    h = _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step)
+    nfe += 0 if first_step is not None else 1
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    _flag_rows(squared_norm(k1), torch.arange(batch, device=device), 0, t, bad_step, bad_time, done, raise_nonfinite)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=batch, desc="dopri5 sampling", unit="sample", leave=False)
+    iteration = 0
+    while True:
+        rows = torch.nonzero(~done).squeeze(1)
+        n_active = rows.numel()  # the one synchronisation per iteration
+        if bar is not None:
+            bar.n = batch - n_active
+            bar.refresh()
+        if n_active == 0:
+            break
+        iteration += 1
+        if iteration > max_steps:
+            raise RuntimeError(
+                f"dopri5 exceeded max_steps = {max_steps} attempted steps with {n_active} samples "
+                "unfinished; loosen rtol/atol or raise max_steps"
+            )
+        ta, xa = t[rows], x[rows]
+        ha = torch.minimum(h[rows], 1.0 - ta)
+        last = ha >= 1.0 - ta
+        t_end = torch.where(last, torch.ones_like(ta), ta + ha)
+        kv = [k1[rows]]
+        etas = [eta_of(ta)]
+        norms = [squared_norm(kv[0])]
+        for j in range(1, tab.stages):
+            tj = t_end if tab.c[j] == 1.0 else ta + tab.c[j] * ha
+            xj = xa
+            for l, a_jl in enumerate(tab.a[j]):
+                if a_jl != 0.0:
+                    xj = xj + _bcast(ha * a_jl * etas[l], xa) * kv[l]
+            v = f(xj, tj)
+            kv.append(v)
+            etas.append(eta_of(tj))
+            norms.append(squared_norm(v))
+        nfe.index_add_(0, rows, torch.full_like(rows, tab.stages - 1))
+
+        x_new = xa
+        err = torch.zeros_like(xa)
+        for j in range(tab.stages):
+            if tab.b[j] != 0.0:
+                x_new = x_new + _bcast(ha * tab.b[j] * etas[j], xa) * kv[j]
+            if tab.b_error[j] != 0.0:
+                err = err + _bcast(ha * tab.b_error[j] * etas[j], xa) * kv[j]
+        scale = atol + rtol * torch.maximum(xa.abs(), x_new.abs())
+        ratio = _rms(err / scale)
+
+        finite = torch.stack([torch.isfinite(n) for n in norms]).all(dim=0) & torch.isfinite(ratio)
+        if not bool(finite.all()):
+            bad = ~finite
+            _flag_rows(torch.where(bad, float("nan"), 0.0), rows, steps[rows], ta, bad_step, bad_time, done, raise_nonfinite)
+            ratio = torch.where(bad, torch.full_like(ratio, float("inf")), ratio)
+        accept = (ratio <= 1.0) & finite
+
+        applied, raw = step_energy(ha, etas, norms, weights)
+        acc_rows = rows[accept]
+        ledger.add(applied[accept], raw[accept], ta[accept] < split, ta[accept], rows=acc_rows)
+        col = steps[acc_rows]
+        if iteration + 1 > capacity:  # a sample has at most `iteration` accepted steps
+            step_times = torch.cat([step_times, step_times.new_full((batch, capacity), float("nan"))], 1)
+            if profile is not None:
+                profile = torch.cat([profile, profile.new_zeros(batch, capacity)], 1)
+            capacity *= 2
+        if profile is not None:
+            profile[acc_rows, col] = applied[accept]
+        step_times[acc_rows, col + 1] = t_end[accept]
+        steps.index_add_(0, acc_rows, torch.ones_like(acc_rows))
+
+        acc_b = _bcast(accept, xa)
+        x[rows] = torch.where(acc_b, x_new, xa)
+        k1[rows] = torch.where(acc_b, kv[-1], kv[0])
+        t[rows] = torch.where(accept, t_end, ta)
+        factor = torch.where(
+            ratio == 0.0,
+            torch.full_like(ratio, MAX_FACTOR),
+            (SAFETY * ratio.pow(-1.0 / (tab.order))).clamp(MIN_FACTOR, MAX_FACTOR),
+        )
+        h[rows] = torch.where(finite, ha * factor, ha)
+        done[rows] = done[rows] | (accept & last)
+
+    if bar is not None:
+        bar.close()
+    width = int(steps.max())
+    return Trace(
+        x=x,
+        ledger=ledger,
+        profile=profile[:, :width] if profile is not None else None,
+        step_times=step_times[:, : width + 1],
+        nfe=nfe,
+        steps=steps,
+        bad_step=bad_step,
+        bad_time=bad_time,
+    )
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B',) per-sample factor reshaped to broadcast against (B', ...) and cast to its dtype."""
+    v = v.reshape(-1, *([1] * (like.dim() - 1)))
+    return v if v.dtype == torch.bool else v.to(like.dtype)
+
+
+def _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step) -> torch.Tensor:
+    """Per-sample starting step (Hairer, Nørsett & Wanner, II.4), or ``first_step`` for all."""
+    batch = x.shape[0]
+    if first_step is not None:
+        return torch.full((batch,), float(first_step), dtype=torch.float64, device=x.device)
+    f0 = _bcast(eta_of(t), x) * k1
+    scale = atol + rtol * x.abs()
+    d0, d1 = _rms(x / scale), _rms(f0 / scale)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+    h0 = h0.clamp(max=1.0)
+    t1 = t + h0
+    f1 = _bcast(eta_of(t1), x) * f(x + _bcast(h0, x) * f0, t1)
+    d2 = _rms((f1 - f0) / scale) / h0
+    dmax = torch.maximum(d1, d2)
+    h1 = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3), (0.01 / dmax).pow(1 / 5))
+    return torch.minimum(100 * h0, h1).clamp(max=1.0)
+
+
+def _flag_rows(norm, rows, step, time, bad_step, bad_time, done, raise_nonfinite) -> None:
+    bad = ~torch.isfinite(norm)
+    if not bool(bad.any()):
+        return
+    bad_rows = rows[bad]
+    step_b = step[bad] if isinstance(step, torch.Tensor) else torch.full_like(bad_rows, step)
+    time_b = time[bad] if time.dim() else time
+    if raise_nonfinite:
+        raise NonFiniteVelocityError(int(step_b[0]), float(time_b[0]), bad_rows.tolist())
+    bad_step[bad_rows] = step_b
+    bad_time[bad_rows] = time_b.to(torch.float64)
+    done[bad_rows] = True

@@ -1,0 +1,61 @@
+"""Time grids on [0, 1] for fixed-step solvers (t = 0 noise, t = 1 data)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+GRIDS = ("uniform", "cosine")
+
+
+def time_grid(
+    grid: str | torch.Tensor = "uniform",
+    steps: int = 100,
+    *,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Return the (steps + 1,) grid 0 = t_0 < t_1 < ... < t_N = 1 on the CPU.
+
+    ``"uniform"``: t_i = i / N.  ``"cosine"``: t_i = ½(1 − cos(π i / N)), dense at both ends.
+    A user tensor is validated (1-D, starts at 0, ends at 1, strictly increasing) and returned
+    as given; ``steps`` is then ignored. The grid stays on the CPU in float64 so step sizes and
+    KTS gains can be precomputed without touching the device.
+    """
+    if isinstance(grid, torch.Tensor):
+        return validate_grid(grid).to(dtype=dtype, device="cpu")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    i = torch.arange(steps + 1, dtype=torch.float64)
+    if grid == "uniform":
+        t = i / steps
+    elif grid == "cosine":
+        t = 0.5 * (1.0 - torch.cos(math.pi * i / steps))
+        t[0], t[-1] = 0.0, 1.0  # exact end points despite cos rounding
+    else:
+        raise ValueError(f"grid must be one of {GRIDS} or a 1-D tensor from 0 to 1, got {grid!r}")
+    return t.to(dtype)
+
+
+def validate_grid(grid: torch.Tensor) -> torch.Tensor:
+    """Check a user grid and return it (detached, on the CPU); ValueError names the broken rule."""
+    if grid.dim() != 1:
+        raise ValueError(f"grid must be 1-D, got shape {tuple(grid.shape)}")
+    if grid.numel() < 2:
+        raise ValueError(f"grid must hold at least 2 times (0 and 1), got {grid.numel()}")
+    if not torch.is_floating_point(grid):
+        raise ValueError(f"grid must be a floating-point tensor, got dtype {grid.dtype}")
+    g = grid.detach().to("cpu", torch.float64)
+    if not torch.isfinite(g).all():
+        raise ValueError("grid must be finite")
+    if g[0].item() != 0.0:
+        raise ValueError(f"grid must start at 0, got grid[0] = {g[0].item()!r}")
+    if g[-1].item() != 1.0:
+        raise ValueError(f"grid must end at 1, got grid[-1] = {g[-1].item()!r}")
+    steps = g[1:] - g[:-1]
+    if (steps <= 0).any():
+        bad = int(torch.nonzero(steps <= 0)[0])
+        raise ValueError(
+            f"grid must be strictly increasing, but grid[{bad + 1}] = {g[bad + 1].item()!r} "
+            f"<= grid[{bad}] = {g[bad].item()!r}"
+        )
+    return grid.detach().cpu()

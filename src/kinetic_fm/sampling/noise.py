@@ -1,0 +1,36 @@
+"""Per-sample initial noise: one random generator per seed (EDM-style)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def noise(
+    seeds: Sequence[int] | torch.Tensor,
+    shape: Sequence[int],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Standard normal noise of shape (len(seeds), *shape); row i depends on ``seeds[i]`` only.
+
+    Each row is drawn on the CPU from ``torch.Generator().manual_seed(seeds[i])`` in float64 and
+    cast, so the same seed gives the same noise in any batch, on any device and world size.
+    """
+    if isinstance(seeds, torch.Tensor):
+        seeds = seeds.tolist()
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed (got an empty sequence)")
+    shape = tuple(int(d) for d in shape)
+    if any(d < 1 for d in shape):
+        raise ValueError(f"shape must have positive dimensions, got {shape}")
+    if any(s < 0 or s >= 2**63 for s in seeds):
+        raise ValueError("seeds must be integers in [0, 2**63)")
+    gen = torch.Generator(device="cpu")
+    rows = []
+    for s in seeds:
+        gen.manual_seed(s)
+        rows.append(torch.randn(shape, generator=gen, dtype=torch.float64))
+    return torch.stack(rows).to(dtype=dtype, device=device)

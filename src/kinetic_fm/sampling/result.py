@@ -1,0 +1,75 @@
+"""The result of ``kfm.sample``: final states and per-sample energies."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """Per-sample outcome of integrating a flow-matching ODE from t = 0 to t = 1.
+
+    Energies are float64 tensors of shape (B,) on the sampling device, in units of
+    (data units)² per unit time, with ‖·‖² summed over all coordinates:
+
+    x:        (B, ...) final state at t = 1, dtype of x0.
+    kpe:      applied energy ½∫η²‖v‖² dt (the motion actually realised under shaping).
+    kpe_raw:  ½∫‖v‖² dt of the raw field along the same realised path.
+    early:    applied energy of the steps before the split τ (fixed grids: step index
+              i < int(τ·S), the reference rule; dopri5: step start time < τ).
+    late:     applied energy of the remaining steps (early + late = kpe).
+    peak:     the largest single-step applied-energy increment; ``peak_time`` its step's start time.
+    profile:  (B, S) per-step applied-energy increments, or None; for dopri5 (B, max steps),
+              zero-padded past each sample's ``steps``.
+    times:    (S + 1,) float64 grid used by fixed-step solvers; for dopri5 (B, max steps + 1)
+              per-sample accepted step times, NaN-padded.
+    nfe:      velocity evaluations per sample: an int for fixed-step solvers, (B,) for dopri5.
+    steps:    accepted steps per sample: an int, or (B,) for dopri5.
+    nonfinite: (B,) bool, samples whose velocity went NaN/Inf (only with on_nonfinite="flag";
+              their energies are NaN); ``nonfinite_step`` the first such step, −1 if none.
+    """
+
+    x: torch.Tensor
+    kpe: torch.Tensor
+    kpe_raw: torch.Tensor
+    early: torch.Tensor
+    late: torch.Tensor
+    peak: torch.Tensor
+    peak_time: torch.Tensor
+    profile: torch.Tensor | None
+    times: torch.Tensor
+    nfe: int | torch.Tensor
+    steps: int | torch.Tensor
+    nonfinite: torch.Tensor
+    nonfinite_step: torch.Tensor
+    solver: str
+    quadrature: str
+    split: float
+    seeds: tuple[int, ...] | None = field(default=None)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def to_frame(self) -> "pd.DataFrame":
+        """One row per sample: seed (when known), kpe, kpe_raw, early, late, peak, peak_time,
+        nfe, steps, nonfinite. Needs pandas."""
+        import pandas as pd
+
+        n = len(self)
+
+        def col(v):
+            if isinstance(v, torch.Tensor):
+                return v.detach().cpu().numpy()
+            return [v] * n
+
+        data = {}
+        if self.seeds is not None:
+            data["seed"] = list(self.seeds)
+        for name in ("kpe", "kpe_raw", "early", "late", "peak", "peak_time", "nfe", "steps", "nonfinite"):
+            data[name] = col(getattr(self, name))
+        return pd.DataFrame(data)

@@ -1,0 +1,140 @@
+"""``kfm.sample``: integrate a flow-matching ODE while measuring each sample's kinetic energy."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .adaptive import integrate_dopri5
+from .energy import QUADRATURES
+from .fixed_step import integrate_fixed
+from .grids import time_grid
+from .guards import NonFiniteVelocityError, check_initial_state
+from .noise import noise
+from .result import SampleResult
+from .shaping import KTS
+from .tableau import FIXED_STEP, SOLVERS
+
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+NONFINITE_POLICIES = ("raise", "flag")
+
+
+@torch.no_grad()
+def sample(
+    velocity: Velocity,
+    x0: torch.Tensor | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    shape: Sequence[int] | None = None,
+    steps: int = 100,
+    solver: str = "euler",
+    grid: str | torch.Tensor = "uniform",
+    shaping: KTS | Callable | None = None,
+    quadrature: str = "solver",
+    profile: bool = False,
+    split: float | None = None,
+    on_nonfinite: str = "raise",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    first_step: float | None = None,
+    max_steps: int = 10_000,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> SampleResult:
+    """Integrate dx/dt = η(t)·v(x, t) from t = 0 (noise) to t = 1 (data), per-sample KPE included.
+
+    Args:
+        velocity: callable ``v(x, t)`` with x (B, ...) and t (B,) of x's dtype; returns (B, ...).
+        x0: (B, ...) initial noise; or give ``seeds`` and ``shape`` to draw it with ``kfm.noise``.
+        steps: number of steps S for fixed-step solvers (ignored for a tensor grid and dopri5).
+        solver: "euler" | "midpoint" | "heun" | "rk4" (fixed step) | "dopri5" (adaptive, per sample).
+        grid: "uniform" | "cosine" | a 1-D tensor from 0 to 1 (fixed-step solvers only).
+        shaping: a ``KTS`` gain (or any callable η(t) > 0 accepting floats and tensors); None = plain FM.
+        quadrature: "solver" (the solver's stage weights) or "left" (reference: first stage only).
+        profile: keep the per-step applied-energy increments.
+        split: τ at which energy is split into early/late; default the KTS τ_split, else 0.6.
+        on_nonfinite: "raise" (NonFiniteVelocityError naming step, t and samples) or "flag"
+            (mark those samples in ``result.nonfinite``, give them NaN energies, go on).
+        rtol, atol, first_step, max_steps: dopri5 step control (per sample).
+        dtype, device: for x0 drawn from seeds (default float32, CPU).
+        progress: show a tqdm progress bar.
+
+    Fixed-step solvers never synchronise with the host inside the loop; energies accumulate on
+    the device in float64. Results do not depend on batch composition.
+    """
+    x0, seed_tuple = _initial_state(x0, seeds, shape, dtype, device)
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if quadrature not in QUADRATURES:
+        raise ValueError(f"quadrature must be one of {QUADRATURES}, got {quadrature!r}")
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
+    if split is None:
+        split = shaping.tau_split if isinstance(shaping, KTS) else 0.6
+    if not (isinstance(split, (int, float)) and 0.0 <= split <= 1.0):
+        raise ValueError(f"split must lie in [0, 1], got {split!r}")
+    if shaping is not None and not callable(shaping):
+        raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
+
+    if solver == "dopri5":
+        _check_tolerances(rtol, atol, max_steps)
+        trace = integrate_dopri5(
+            velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
+            raise_nonfinite=on_nonfinite == "raise", progress=progress,
+        )
+    else:
+        grid_t = time_grid(grid, steps)
+        trace = integrate_fixed(
+            velocity, x0, grid_t, FIXED_STEP[solver], shaping, quadrature, split, profile, progress
+        )
+        if on_nonfinite == "raise":
+            bad = trace.bad_step >= 0
+            if bool(bad.any()):  # one synchronisation, after the loop
+                first = int(trace.bad_step[bad].min())
+                rows = torch.nonzero(trace.bad_step == first).squeeze(1)
+                raise NonFiniteVelocityError(first, float(trace.bad_time[rows[0]]), rows.tolist())
+
+    nonfinite = trace.bad_step >= 0
+    ledger = trace.ledger
+    energies = {}
+    for name in ("kpe", "kpe_raw", "early", "late", "peak"):
+        energies[name] = torch.where(nonfinite, math.nan, getattr(ledger, name))
+    return SampleResult(
+        x=trace.x,
+        **energies,
+        peak_time=ledger.peak_time,
+        profile=trace.profile,
+        times=trace.step_times,
+        nfe=trace.nfe,
+        steps=trace.steps,
+        nonfinite=nonfinite,
+        nonfinite_step=trace.bad_step,
+        solver=solver,
+        quadrature=quadrature,
+        split=float(split),
+        seeds=seed_tuple,
+    )
+
+
+def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+    if x0 is not None:
+        if seeds is not None or shape is not None:
+            raise ValueError("give either x0 or seeds and shape, not both")
+        check_initial_state(x0)
+        return x0, None
+    if seeds is None or shape is None:
+        raise ValueError("give x0, or both seeds and shape to draw the initial noise")
+    seed_list = [int(s) for s in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
+    x0 = noise(seed_list, shape, dtype=dtype or torch.float32, device=device)
+    return x0, tuple(seed_list)
+
+
+def _check_tolerances(rtol: float, atol: float, max_steps: int) -> None:
+    if not (rtol > 0 and math.isfinite(rtol)):
+        raise ValueError(f"rtol must be a positive finite number, got {rtol!r}")
+    if not (atol > 0 and math.isfinite(atol)):
+        raise ValueError(f"atol must be a positive finite number, got {atol!r}")
+    if not (isinstance(max_steps, int) and max_steps >= 1):
+        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")

@@ -1,0 +1,169 @@
+"""Kinetic Trajectory Shaping (KTS): a training-free gain η(t) on the velocity.
+
+Launch phase t < τ:  η = 1 + α(t), with
+    linear       α0 (1 − t/τ)                         (default)
+    constant     α0
+    exponential  α0 (e^{k(1 − t/τ)} − 1) / (e^k − 1)
+Landing phase t ≥ τ, s = (t − τ)/(1 − τ):  η = 1 − β(t), with
+    exponential  β0 (e^{k s} − 1)                     (default)
+    linear       β0 s
+    constant     β0
+These are the formulas of the paper's reference code. The realised motion is ẋ = η(t) v(x, t).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import overload
+
+import torch
+
+LAUNCH_FORMS = ("linear", "constant", "exponential")
+LANDING_FORMS = ("exponential", "linear", "constant")
+
+
+@dataclass(frozen=True)
+class KTS:
+    """The KTS gain η(t) on [0, 1].
+
+    Args:
+        alpha0: launch boost α0 ≥ 0.
+        beta0: landing brake β0 ≥ 0; must keep η > 0 on [0, 1] (see ``max_beta0``).
+        tau_split: τ in (0, 1), where launch ends and landing begins.
+        launch: "linear" | "constant" | "exponential".
+        landing: "exponential" | "linear" | "constant".
+        k: rate of the exponential forms, k > 0.
+        renormalize: opt-in (not in the paper): divide η by ∫₀¹ η dt so the gain only
+            redistributes motion in time and the mean gain is exactly 1.
+
+    ``kts(t)`` accepts a float (returns a float) or a tensor (returns a tensor of its dtype).
+    """
+
+    alpha0: float = 0.01
+    beta0: float = 0.01
+    tau_split: float = 0.6
+    launch: str = "linear"
+    landing: str = "exponential"
+    k: float = 3.0
+    renormalize: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("alpha0", "beta0", "tau_split", "k"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.launch not in LAUNCH_FORMS:
+            raise ValueError(f"launch must be one of {LAUNCH_FORMS}, got {self.launch!r}")
+        if self.landing not in LANDING_FORMS:
+            raise ValueError(f"landing must be one of {LANDING_FORMS}, got {self.landing!r}")
+        if not 0.0 < self.tau_split < 1.0:
+            raise ValueError(f"tau_split must lie in (0, 1), got {self.tau_split!r}")
+        if self.alpha0 < 0:
+            raise ValueError(f"alpha0 must be >= 0, got {self.alpha0!r}")
+        if self.beta0 < 0:
+            raise ValueError(f"beta0 must be >= 0, got {self.beta0!r}")
+        uses_k = self.launch == "exponential" or self.landing == "exponential"
+        if uses_k and self.k <= 0:
+            raise ValueError(f"k must be > 0 for the exponential forms, got {self.k!r}")
+        limit = max_beta0(self.landing, self.k)
+        if self.beta0 >= limit:
+            raise ValueError(
+                f"beta0 = {self.beta0!r} makes η(t) ≤ 0 near t = 1 for the {self.landing} landing"
+                + (f" with k = {self.k:g}" if self.landing == "exponential" else "")
+                + f"; the largest admissible beta0 is just below {_describe_limit(self.landing, self.k)}"
+            )
+
+    # --- the gain -------------------------------------------------------------------------
+    @overload
+    def __call__(self, t: float) -> float: ...
+    @overload
+    def __call__(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def __call__(self, t):
+        if isinstance(t, torch.Tensor):
+            eta = self._gain_tensor(t)
+        else:
+            eta = self._gain_float(float(t))
+        return eta / self._mean_gain if self.renormalize else eta
+
+    def alpha(self, t: float) -> float:
+        """Launch boost α(t) for t < τ (0 elsewhere)."""
+        tau, a0, k = self.tau_split, self.alpha0, self.k
+        if t >= tau:
+            return 0.0
+        u = 1.0 - t / tau
+        if self.launch == "linear":
+            return a0 * u
+        if self.launch == "constant":
+            return a0
+        return a0 * (math.exp(k * u) - 1.0) / (math.exp(k) - 1.0)
+
+    def beta(self, t: float) -> float:
+        """Landing brake β(t) for t ≥ τ (0 elsewhere)."""
+        tau, b0, k = self.tau_split, self.beta0, self.k
+        if t < tau:
+            return 0.0
+        s = (t - tau) / (1.0 - tau)
+        if self.landing == "exponential":
+            return b0 * (math.exp(k * s) - 1.0)
+        if self.landing == "linear":
+            return b0 * s
+        return b0
+
+    def _gain_float(self, t: float) -> float:
+        return 1.0 + self.alpha(t) - self.beta(t)
+
+    def _gain_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        tau, a0, b0, k = self.tau_split, self.alpha0, self.beta0, self.k
+        u = 1.0 - t / tau
+        if self.launch == "linear":
+            a = a0 * u
+        elif self.launch == "constant":
+            a = torch.full_like(t, a0)
+        else:
+            a = a0 * torch.expm1(k * u) / math.expm1(k)
+        s = (t - tau) / (1.0 - tau)
+        if self.landing == "exponential":
+            b = b0 * torch.expm1(k * s)
+        elif self.landing == "linear":
+            b = b0 * s
+        else:
+            b = torch.full_like(t, b0)
+        launch = t < tau
+        return torch.where(launch, 1.0 + a, 1.0 - b)
+
+    # --- integrals --------------------------------------------------------------------------
+    @property
+    def _mean_gain(self) -> float:
+        """∫₀¹ η dt of the un-normalised gain, in closed form."""
+        tau, a0, b0, k = self.tau_split, self.alpha0, self.beta0, self.k
+        if self.launch == "linear":
+            launch = a0 * tau / 2.0
+        elif self.launch == "constant":
+            launch = a0 * tau
+        else:
+            launch = a0 * tau * (math.expm1(k) / k - 1.0) / math.expm1(k)
+        if self.landing == "exponential":
+            landing = b0 * (1.0 - tau) * (math.expm1(k) / k - 1.0)
+        elif self.landing == "linear":
+            landing = b0 * (1.0 - tau) / 2.0
+        else:
+            landing = b0 * (1.0 - tau)
+        return 1.0 + launch - landing
+
+    def mean_gain(self) -> float:
+        """∫₀¹ η dt of the gain as applied (exactly 1 when ``renormalize=True``)."""
+        return 1.0 if self.renormalize else self._mean_gain
+
+
+def max_beta0(landing: str, k: float = 3.0) -> float:
+    """Supremum of admissible β0: η = 1 − β stays > 0 on the landing phase iff β0 < this."""
+    if landing == "exponential":
+        return 1.0 / math.expm1(k) if k > 0 else math.inf
+    return 1.0
+
+
+def _describe_limit(landing: str, k: float) -> str:
+    if landing == "exponential":
+        return f"1/(e^k − 1) = {max_beta0(landing, k):.4g}"
+    return "1"

@@ -1,0 +1,59 @@
+"""Butcher tableaux of the explicit Runge–Kutta solvers.
+
+A solver advances x by h·Σ_j b_j k_j with stages k_j = η(t + c_j h)·v(x + h Σ_l a_jl k_l, t + c_j h).
+``heun`` keeps the reference code's rule instead: its update is h·(Σ b_j η_j)·(Σ b_j v_j), the mean
+gain times the mean velocity (identical to the stage rule when there is no shaping).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tableau:
+    name: str
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]  # a[j] holds a_j0 .. a_j(j-1)
+    b: tuple[float, ...]
+    order: int
+    mean_gain_update: bool = False  # heun: update with (Σ b η)(Σ b v), the reference rule
+    b_error: tuple[float, ...] | None = None  # b − b̂ of an embedded pair (adaptive solvers)
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+
+EULER = Tableau("euler", c=(0.0,), a=((),), b=(1.0,), order=1)
+MIDPOINT = Tableau("midpoint", c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0), order=2)
+HEUN = Tableau("heun", c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2, mean_gain_update=True)
+RK4 = Tableau(
+    "rk4",
+    c=(0.0, 0.5, 0.5, 1.0),
+    a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+    b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
+    order=4,
+)
+
+# Dormand–Prince 5(4); the 7th stage is evaluated at the new point and reused (FSAL).
+_DP_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+_DP_B_HAT = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+DOPRI5 = Tableau(
+    "dopri5",
+    c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
+    a=(
+        (),
+        (1 / 5,),
+        (3 / 40, 9 / 40),
+        (44 / 45, -56 / 15, 32 / 9),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+        _DP_B[:6],
+    ),
+    b=_DP_B,
+    order=5,
+    b_error=tuple(b - bh for b, bh in zip(_DP_B, _DP_B_HAT)),
+)
+
+FIXED_STEP = {t.name: t for t in (EULER, MIDPOINT, HEUN, RK4)}
+SOLVERS = (*FIXED_STEP, "dopri5")
