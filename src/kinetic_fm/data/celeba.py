@@ -1,0 +1,52 @@
+"""CelebA aligned faces with the paper's preprocessing: centre crop, resize, grayscale, centring."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from torch import Tensor
+
+from .images import ImageDataset, load_image_folder
+
+CENTERING = ("pixel", "global", "none")
+
+
+def load_celeba(
+    path: str | os.PathLike,
+    *,
+    n: int | None = None,
+    indices: Sequence[int] | Tensor | None = None,
+    seed: int = 0,
+    size: int = 32,
+    crop: int | None = 140,
+    grayscale: bool = True,
+    center: str = "pixel",
+    progress: bool = False,
+) -> ImageDataset:
+    """Aligned CelebA JPEGs (178x218) from a folder or zip, preprocessed as in the paper.
+
+    Each image is centre-cropped to ``crop`` x ``crop``, resized to ``size`` x ``size`` (bicubic),
+    converted to grayscale, mapped to [-1, 1], and centred by the mean of the loaded (training)
+    images. Files are taken in name order; ``n``/``indices``/``seed`` select the training subset
+    (the paper uses n = 1024) before decoding.
+
+    Args:
+        center: "pixel" subtracts the per-pixel mean image, "global" one scalar mean, "none" nothing.
+
+    Returns:
+        :class:`ImageDataset` of (N, 1, size, size) float32 (3 channels if ``grayscale=False``);
+        ``mean`` (C, size, size) holds what was subtracted (undo with :meth:`ImageDataset.to_unit`).
+        Labels are None.
+    """
+    if center not in CENTERING:
+        raise ValueError(f"center must be one of {CENTERING}, got {center!r}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    ds = load_image_folder(path, size=size, crop=crop, grayscale=grayscale, labels_from_folders=False,
+                           n=n, indices=indices, seed=seed, progress=progress)
+    if center == "none":
+        return ds
+    x = ds.images.double()
+    mean = x.mean(dim=0) if center == "pixel" else x.mean().expand(x.shape[1:])
+    mean = mean.float().contiguous()
+    return ImageDataset((ds.images - mean).contiguous(), None, None, ds.source, mean, ds.indices)

@@ -1,0 +1,146 @@
+"""CIFAR-10 from the official python pickle batches, an image-folder tree, or a ConvNetJS sprite.
+
+All loaders return (N, 3, 32, 32) float32 images in [-1, 1] with labels 0..9 in the standard
+class order (:data:`CIFAR10_CLASSES`).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .images import ImageDataset, load_image_folder, uint8_to_signed
+from .subset import select_indices
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+# The official batches are pickles of numpy arrays; only the globals needed to rebuild those are
+# allowed, so a tampered file cannot run code when it is read.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One official CIFAR-10 python batch -> (images (N, 32, 32, 3) uint8, labels (N,) int64).
+
+    The file is unpickled with an allow-list of numpy globals only; anything else is refused.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            batch = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"CIFAR-10 batch not found: {path}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({err})") from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: expected a dict with 'data' and 'labels', got {type(batch).__name__}")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data, labels = batch.get("data"), batch.get("labels", batch.get("fine_labels"))
+    if not isinstance(data, np.ndarray) or labels is None:
+        raise ValueError(f"{path}: expected keys 'data' (N x 3072 uint8 array) and 'labels'")
+    data = np.asarray(data, dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: 'data' has shape {data.shape}, expected (N, 3072)")
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        raise ValueError(f"{path}: 'labels' must be {data.shape[0]} integers in 0..9")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def _is_pickle_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "test_batch").is_file()
+
+
+def load_cifar10(
+    path: str | os.PathLike,
+    split: str = "train",
+    *,
+    n: int | None = None,
+    indices: Sequence[int] | Tensor | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> ImageDataset:
+    """CIFAR-10 from a folder of python batches, or a folder/zip of ``<split>/<class>/*.png|jpg``.
+
+    Args:
+        path: the ``cifar-10-batches-py`` folder (``data_batch_1..5``, ``test_batch``), or a
+            folder or zip holding ``train/<class>/...`` and ``test/<class>/...`` images.
+        split: "train" or "test".
+        n, indices, seed: subset selection, applied before decoding.
+
+    Returns:
+        :class:`ImageDataset` of (N, 3, 32, 32) in [-1, 1], labels in :data:`CIFAR10_CLASSES` order.
+    """
+    if split not in _BATCHES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"CIFAR-10 not found at {path} (expected a batches folder, an image folder or a zip)")
+    if _is_pickle_folder(path):
+        parts = [read_cifar_batch(path / name) for name in _BATCHES[split]]
+        images = np.concatenate([p[0] for p in parts])
+        labels = torch.as_tensor(np.concatenate([p[1] for p in parts]))
+        chosen = select_indices(images.shape[0], n=n, indices=indices, seed=seed)
+        return ImageDataset(uint8_to_signed(images[chosen.numpy()]), labels[chosen], CIFAR10_CLASSES,
+                            str(path), indices=chosen)
+    if not (path.is_dir() or zipfile.is_zipfile(path)):
+        raise ValueError(f"{path}: expected a CIFAR-10 batches folder, an image folder or a zip")
+    ds = load_image_folder(path, subdir=split, n=n, indices=indices, seed=seed, progress=progress)
+    if ds.classes != CIFAR10_CLASSES:
+        raise ValueError(f"{path}/{split}: class folders {ds.classes} are not the 10 CIFAR-10 classes {CIFAR10_CLASSES}")
+    if ds.shape != (3, 32, 32):
+        raise ValueError(f"{path}/{split}: images are {ds.shape}, expected (3, 32, 32)")
+    return ds
+
+
+def load_cifar10_sprite(
+    sprite: str | os.PathLike,
+    labels_file: str | os.PathLike | None = None,
+    *,
+    label_offset: int = 0,
+) -> ImageDataset:
+    """Images from a ConvNetJS CIFAR-10 sprite PNG (row r = image r, 1024 pixels of 32x32 RGB).
+
+    Args:
+        sprite: the PNG, e.g. ``cifar10_batch_50.png`` (1000 rows x 1024 columns, RGB).
+        labels_file: optional text file with one integer label per line.
+        label_offset: line of ``labels_file`` holding the first row's label (e.g. 50000 for the
+            test sprite ``cifar10_batch_50.png`` with ``cifar10_labels_51000.txt``).
+    """
+    from PIL import Image
+
+    sprite = Path(sprite)
+    if not sprite.is_file():
+        raise FileNotFoundError(f"sprite not found: {sprite}")
+    with Image.open(sprite) as img:
+        array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if array.shape[1] != 1024:
+        raise ValueError(f"{sprite}: sprite is {array.shape[1]} pixels wide, expected 1024 (32x32 per row)")
+    images = array.reshape(array.shape[0], 32, 32, 3)
+    labels = None
+    if labels_file is not None:
+        lines = Path(labels_file).read_text().split()
+        if label_offset < 0 or label_offset + len(images) > len(lines):
+            raise ValueError(f"{labels_file}: has {len(lines)} labels; rows {label_offset}.."
+                             f"{label_offset + len(images) - 1} requested")
+        labels = torch.tensor([int(v) for v in lines[label_offset: label_offset + len(images)]], dtype=torch.int64)
+    return ImageDataset(uint8_to_signed(images), labels, CIFAR10_CLASSES, str(sprite))

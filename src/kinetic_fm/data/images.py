@@ -1,0 +1,269 @@
+"""Image datasets: the common container and a loader for any image folder or zip of images.
+
+Every image loader in :mod:`kinetic_fm.data` returns an :class:`ImageDataset` whose ``images`` are
+float32 of shape (N, C, H, W) with values in [-1, 1] (pixel value p in 0..255 maps to
+p / 127.5 - 1). A loader that centres the data (CelebA) subtracts a per-pixel training mean and
+keeps that mean in ``ImageDataset.mean`` so :meth:`ImageDataset.to_unit` can undo it.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .subset import select_indices
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A set of images with optional integer labels.
+
+    Attributes:
+        images: (N, C, H, W) float32. In [-1, 1] unless ``mean`` is set, in which case the
+            stored values are ``x - mean`` with x in [-1, 1] (so within [-2, 2]).
+        labels: (N,) int64 class indices into ``classes``, or None.
+        classes: class names (index = label), or None.
+        source: where the data came from (file or folder, for messages and reports).
+        mean: (C, H, W) float32 per-pixel mean that was subtracted, or None.
+        indices: (N,) int64 positions of these images in the full source (after any subset).
+    """
+
+    images: Tensor
+    labels: Tensor | None
+    classes: tuple[str, ...] | None
+    source: str
+    mean: Tensor | None = None
+    indices: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one image, (C, H, W)."""
+        return tuple(self.images.shape[1:])
+
+    def to_unit(self, x: Tensor | None = None) -> Tensor:
+        """Map images (these, or ``x`` in the same space) back to pixel intensities in [0, 1]."""
+        x = self.images if x is None else x
+        if self.mean is not None:
+            x = x + self.mean.to(x)
+        return ((x + 1) / 2).clamp(0, 1)
+
+
+def uint8_to_signed(array: np.ndarray) -> Tensor:
+    """(N, H, W, C) or (N, H, W) uint8 -> (N, C, H, W) float32 in [-1, 1]."""
+    if array.ndim == 3:
+        array = array[..., None]
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    x = torch.from_numpy(array).permute(0, 3, 1, 2)
+    return x.to(torch.float32).div_(127.5).sub_(1.0).contiguous()
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+class ImageSource:
+    """Read image files from a folder or a zip archive with the same relative paths.
+
+    ``names`` are POSIX-style paths relative to the folder (or archive root), sorted naturally
+    (so ``2.png`` comes before ``10.png``).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"image source not found: {self.path} (expected a folder or a .zip)")
+        self._zip: zipfile.ZipFile | None = None
+        if self.path.is_dir():
+            names = [
+                p.relative_to(self.path).as_posix()
+                for p in self.path.rglob("*")
+                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            ]
+        elif zipfile.is_zipfile(self.path):
+            self._zip = zipfile.ZipFile(self.path)
+            names = [
+                n for n in self._zip.namelist()
+                if not n.endswith("/") and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
+            ]
+        else:
+            raise ValueError(f"{self.path}: expected a folder of images or a zip archive of images")
+        self.names: list[str] = sorted(names, key=_natural_key)
+
+    def read(self, name: str) -> bytes:
+        if self._zip is not None:
+            return self._zip.read(name)
+        return (self.path / name).read_bytes()
+
+    def describe(self, name: str) -> str:
+        return f"{self.path}:{name}" if self._zip is not None else str(self.path / name)
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+    def __enter__(self) -> "ImageSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def decode_image(
+    data: bytes,
+    *,
+    name: str,
+    grayscale: bool = False,
+    crop: int | None = None,
+    size: int | None = None,
+) -> np.ndarray:
+    """Decode one image file to an (H, W, C) uint8 array.
+
+    Args:
+        data: the encoded file.
+        name: shown in the error if the file cannot be decoded.
+        grayscale: convert to one channel (PIL "L"); otherwise RGB.
+        crop: side of a centred square crop applied before resizing (pixels), or None.
+        size: side of the square output after resizing (bicubic, antialiased), or None to keep.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("L" if grayscale else "RGB")
+            if crop is not None:
+                w, h = img.size
+                if crop > min(w, h):
+                    raise ValueError(f"{name}: crop={crop} is larger than the image ({w}x{h})")
+                left, top = (w - crop) // 2, (h - crop) // 2
+                img = img.crop((left, top, left + crop, top + crop))
+            if size is not None and img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
+            array = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"{name}: not a readable image file ({err})") from None
+    return array[..., None] if array.ndim == 2 else array
+
+
+def decode_many(
+    source: ImageSource,
+    names: Sequence[str],
+    *,
+    grayscale: bool = False,
+    crop: int | None = None,
+    size: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Decode ``names`` from ``source`` into one (N, H, W, C) uint8 array; all must share a size."""
+    from tqdm.auto import tqdm
+
+    out: np.ndarray | None = None
+    for i, name in enumerate(tqdm(names, desc="decode", disable=not progress, leave=False)):
+        array = decode_image(source.read(name), name=source.describe(name),
+                             grayscale=grayscale, crop=crop, size=size)
+        if out is None:
+            out = np.empty((len(names), *array.shape), dtype=np.uint8)
+        elif array.shape != out.shape[1:]:
+            raise ValueError(
+                f"{source.describe(name)}: image of shape {array.shape} differs from the first "
+                f"image's {out.shape[1:]}; pass size= to resize all images to one size"
+            )
+        out[i] = array
+    if out is None:
+        raise ValueError(f"{source.path}: no images selected")
+    return out
+
+
+def _under(names: list[str], subdir: str | None, path) -> list[tuple[str, str]]:
+    """(name, path relative to subdir) for the files under ``subdir`` (or all files)."""
+    if subdir is None:
+        return [(x, x) for x in names]
+    prefix = subdir.strip("/") + "/"
+    pairs = [(x, x[len(prefix):]) for x in names if x.startswith(prefix)]
+    if not pairs:  # allow one wrapping top-level folder, e.g. cifar10/train/...
+        pairs = [(x, x.split("/", 1)[1][len(prefix):]) for x in names
+                 if "/" in x and x.split("/", 1)[1].startswith(prefix)]
+    if not pairs:
+        raise FileNotFoundError(f"{path}: no images under '{prefix}' (expected {prefix}<class>/<image>)")
+    return pairs
+
+
+def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor | None]:
+    folders = [r.split("/")[-2] if "/" in r else None for r in relative]
+    if not folders or any(f is None for f in folders):
+        return None, None
+    classes = tuple(sorted(set(folders)))
+    lookup = {c: i for i, c in enumerate(classes)}
+    return classes, torch.tensor([lookup[f] for f in folders], dtype=torch.int64)
+
+
+def load_image_folder(
+    path: str | os.PathLike,
+    *,
+    subdir: str | None = None,
+    size: int | None = None,
+    crop: int | None = None,
+    grayscale: bool = False,
+    labels_from_folders: bool = True,
+    n: int | None = None,
+    indices: Sequence[int] | Tensor | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> ImageDataset:
+    """Load images from a folder or zip, e.g. a ``<class>/<file>.png`` tree.
+
+    Args:
+        path: a folder or a .zip archive.
+        subdir: only files under this relative folder (e.g. ``"train"``); it may also sit under
+            one top-level folder of the archive (``cifar10/train/...``).
+        size, crop, grayscale: see :func:`decode_image`. Without ``size`` all images must share a size.
+        labels_from_folders: label each image by its parent folder name (classes sorted
+            alphabetically); images directly under the root make the labels None.
+        n, indices, seed: subset selection before decoding, see :func:`~kinetic_fm.data.subset.select_indices`.
+
+    Returns:
+        :class:`ImageDataset`, images in [-1, 1].
+    """
+    with ImageSource(path) as source:
+        pairs = _under(source.names, subdir, path)
+        if not pairs:
+            raise FileNotFoundError(f"{path}: contains no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        names = [name for name, _ in pairs]
+        classes, all_labels = _folder_labels([rel for _, rel in pairs]) if labels_from_folders else (None, None)
+        chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
+        array = decode_many(source, [names[i] for i in chosen.tolist()],
+                            grayscale=grayscale, crop=crop, size=size, progress=progress)
+    return ImageDataset(
+        images=uint8_to_signed(array),
+        labels=None if all_labels is None else all_labels[chosen],
+        classes=classes,
+        source=str(path) if subdir is None else f"{path}/{subdir}",
+        indices=chosen,
+    )
+
+
+def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tuple[tuple[str, ...], Tensor]:
+    """Class names and per-file labels of a ``[subdir/]<class>/<file>`` tree, without decoding.
+
+    Returns (classes, labels) with labels (N,) int64 in the loader's file order.
+    """
+    with ImageSource(path) as source:
+        pairs = _under(source.names, subdir, path)
+    classes, labels = _folder_labels([rel for _, rel in pairs])
+    if classes is None:
+        raise ValueError(f"{path}: expected images in <class>/<file> folders")
+    return classes, labels

@@ -1,0 +1,91 @@
+"""MNIST from the standard IDX files (``train-images-idx3-ubyte[.gz]`` and friends)."""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .digits import DIGIT_CLASSES
+from .images import ImageDataset, uint8_to_signed
+from .subset import select_indices
+
+IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: str | os.PathLike, expected_magic: int) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (gzip or raw) into a uint8 array.
+
+    Raises ValueError naming the file when the magic number, the header or the length is wrong.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path}: cannot read IDX file ({err})") from None
+    if len(data) < 4:
+        raise ValueError(f"{path}: too short for an IDX header ({len(data)} bytes)")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != expected_magic:
+        raise ValueError(f"{path}: IDX magic number {magic} (0x{magic:08x}), expected {expected_magic} "
+                         f"(0x{expected_magic:08x})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    size = int(np.prod(dims))
+    if len(data) - header != size:
+        raise ValueError(f"{path}: IDX header says {dims} = {size} bytes of data, found {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(f"MNIST file {stem}[.gz] not found in {root}")
+
+
+def load_mnist(
+    root: str | os.PathLike,
+    split: str = "train",
+    *,
+    n: int | None = None,
+    indices: Sequence[int] | Tensor | None = None,
+    seed: int = 0,
+) -> ImageDataset:
+    """MNIST as (N, 1, 28, 28) float32 in [-1, 1] (0 = background = -1) with labels 0..9.
+
+    Args:
+        root: folder holding the IDX files, gzip-compressed or raw.
+        split: "train" (60,000 images) or "test" (10,000).
+        n, indices, seed: subset selection (see :func:`~kinetic_fm.data.subset.select_indices`).
+    """
+    if split not in _FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MNIST folder not found: {root}")
+    image_path, label_path = (_find(root, stem) for stem in _FILES[split])
+    images = read_idx(image_path, IMAGES_MAGIC)
+    labels = read_idx(label_path, LABELS_MAGIC)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels")
+    if labels.size and labels.max() > 9:
+        raise ValueError(f"{label_path}: labels must be 0..9, found {int(labels.max())}")
+    chosen = select_indices(images.shape[0], n=n, indices=indices, seed=seed)
+    pick = chosen.numpy()
+    return ImageDataset(uint8_to_signed(images[pick]), torch.as_tensor(labels[pick], dtype=torch.int64),
+                        DIGIT_CLASSES, str(image_path), indices=chosen)

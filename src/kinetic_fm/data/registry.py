@@ -1,0 +1,40 @@
+"""Short data specs for the command line: ``digits``, ``moons``, ``gmm``, ``mnist:PATH`` ..."""
+from __future__ import annotations
+
+from .images import ImageDataset
+from .synthetic import PointDataset
+
+DATA_SPECS = ("digits", "moons", "gmm", "checkerboard", "mnist:PATH", "cifar10:PATH", "celeba:PATH", "folder:PATH")
+
+
+def load_dataset(spec: str, *, n: int | None = None, seed: int = 0) -> ImageDataset | PointDataset:
+    """Load a data set named by a spec (one of :data:`DATA_SPECS`).
+
+    Args:
+        spec: ``digits``; ``moons``, ``gmm`` (8-mode ring) or ``checkerboard`` (2-D samplers, n
+            points, default 20,000); ``mnist:DIR``, ``cifar10:PATH``, ``celeba:PATH`` or
+            ``folder:PATH`` (training split; PATH a folder or zip as the loaders accept).
+        n: subset size (images) or number of points (2-D); None = everything / 20,000 points.
+        seed: seeds the subset or the 2-D sampler.
+    """
+    from . import celeba, cifar10, digits, images, mnist, synthetic
+
+    name, _, path = spec.partition(":")
+    points = {"moons": synthetic.two_moons, "gmm": synthetic.gaussian_mixture, "checkerboard": synthetic.checkerboard}
+    if name in points:
+        if path:
+            raise ValueError(f"data spec {spec!r}: {name} takes no path")
+        return points[name](20_000 if n is None else n, seed)
+    if name == "digits":
+        return digits.load_digits(n=n, seed=seed)
+    loaders = {
+        "mnist": lambda p: mnist.load_mnist(p, "train", n=n, seed=seed),
+        "cifar10": lambda p: cifar10.load_cifar10(p, "train", n=n, seed=seed, progress=True),
+        "celeba": lambda p: celeba.load_celeba(p, n=n, seed=seed, progress=True),
+        "folder": lambda p: images.load_image_folder(p, n=n, seed=seed, progress=True),
+    }
+    if name not in loaders:
+        raise ValueError(f"unknown data spec {spec!r}; expected one of {', '.join(DATA_SPECS)}")
+    if not path:
+        raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data")
+    return loaders[name](path)

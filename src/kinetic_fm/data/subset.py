@@ -1,0 +1,68 @@
+"""Deterministic subset selection (e.g. the paper's n = 1024 CelebA training images)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence, TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+def select_indices(
+    total: int,
+    *,
+    n: int | None = None,
+    indices: Sequence[int] | Tensor | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """Positions to keep out of ``total`` items, as a sorted (M,) int64 tensor.
+
+    Args:
+        total: size of the full set.
+        n: keep this many, drawn without replacement by ``seed`` from ``indices`` (or from all).
+            For one seed, the subset of size n is contained in the subset of any larger size,
+            so training-set-size sweeps are nested.
+        indices: explicit positions in [0, total) (duplicates are an error).
+        seed: seeds the draw of ``n``; the same (total, n, indices, seed) always gives the same set.
+
+    With neither ``n`` nor ``indices`` all positions are kept.
+    """
+    if total < 0:
+        raise ValueError(f"total must be >= 0, got {total}")
+    if indices is None:
+        pool = torch.arange(total, dtype=torch.int64)
+    else:
+        pool = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        if pool.numel() and (int(pool.min()) < 0 or int(pool.max()) >= total):
+            raise ValueError(f"indices must lie in [0, {total}), got range [{int(pool.min())}, {int(pool.max())}]")
+        if torch.unique(pool).numel() != pool.numel():
+            raise ValueError("indices must not contain duplicates")
+    if n is not None:
+        if not 0 < n <= pool.numel():
+            raise ValueError(f"n must be in [1, {pool.numel()}] (the available items), got {n}")
+        generator = torch.Generator().manual_seed(int(seed))
+        pool = pool[torch.randperm(pool.numel(), generator=generator)[:n]]
+    return torch.sort(pool).values
+
+
+def subset(dataset: T, *, n: int | None = None, indices: Sequence[int] | Tensor | None = None, seed: int = 0) -> T:
+    """A subset of an :class:`ImageDataset` or :class:`PointDataset` (see :func:`select_indices`).
+
+    The mean stored by a centred dataset is kept as it is (the training mean of the original set);
+    recompute it by loading with the subset arguments if you need the subset's own mean.
+    """
+    data = getattr(dataset, "images", None)
+    field = "images"
+    if data is None:
+        data, field = dataset.points, "points"
+    chosen = select_indices(int(data.shape[0]), n=n, indices=indices, seed=seed)
+    changes = {field: data[chosen]}
+    if dataset.labels is not None:
+        changes["labels"] = dataset.labels[chosen]
+    if getattr(dataset, "indices", None) is not None:
+        changes["indices"] = dataset.indices[chosen]
+    elif hasattr(dataset, "indices"):
+        changes["indices"] = chosen
+    return dataclasses.replace(dataset, **changes)

@@ -1,0 +1,153 @@
+"""2-D synthetic distributions with exact samplers: Gaussian mixtures, two moons, checkerboard.
+
+All samplers are deterministic functions of ``seed`` and return a :class:`PointDataset` with
+float32 points of shape (N, 2) in the units of the distribution (no rescaling).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class PointDataset:
+    """Points with optional labels.
+
+    Attributes:
+        points: (N, D) float32.
+        labels: (N,) int64 (mixture component, moon, or square index) or None.
+        source: a short description of the distribution.
+        indices: (N,) int64 positions in the full set after a subset, or None.
+    """
+
+    points: Tensor
+    labels: Tensor | None
+    source: str
+    indices: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.points.shape[1:])
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+@dataclass(frozen=True)
+class GaussianMixture:
+    """Isotropic Gaussian mixture sum_k w_k N(mu_k, sigma_k^2 I).
+
+    Attributes:
+        means: (K, D) float64 component means.
+        weights: (K,) float64 mixture weights, positive, summing to 1.
+        stds: (K,) float64 per-component standard deviations (> 0).
+    """
+
+    means: Tensor
+    weights: Tensor
+    stds: Tensor
+
+    def __post_init__(self) -> None:
+        means = torch.as_tensor(self.means, dtype=torch.float64)
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
+        k = means.shape[0]
+        weights = torch.as_tensor(self.weights, dtype=torch.float64).reshape(-1)
+        stds = torch.as_tensor(self.stds, dtype=torch.float64).reshape(-1).expand(k).clone()
+        if weights.shape != (k,) or (weights <= 0).any():
+            raise ValueError(f"weights must be {k} positive numbers, got {weights.tolist()}")
+        if (stds <= 0).any():
+            raise ValueError(f"stds must be > 0, got {stds.tolist()}")
+        object.__setattr__(self, "means", means)
+        object.__setattr__(self, "weights", weights / weights.sum())
+        object.__setattr__(self, "stds", stds)
+
+    @classmethod
+    def ring(cls, k: int = 8, radius: float = 4.0, std: float = 0.4, weights=None) -> "GaussianMixture":
+        """k components evenly spaced on a circle of ``radius`` (first one on the +x axis)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        angle = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+        means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
+        return cls(means, torch.ones(k) if weights is None else weights, torch.tensor(std))
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
+
+    def sample(self, n: int, seed: int = 0) -> PointDataset:
+        """n exact draws; labels are the component indices."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        g = _generator(seed)
+        component = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        eps = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
+        x = self.means[component] + self.stds[component, None] * eps
+        return PointDataset(x.float(), component, f"gaussian mixture (K={len(self.weights)})")
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """(N,) log density at points x (N, D), computed in float64."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        d = self.dim
+        sq = torch.cdist(x, self.means).square()  # (N, K)
+        log_comp = (-0.5 * sq / self.stds.square() - d * torch.log(self.stds)
+                    - 0.5 * d * math.log(2 * math.pi) + torch.log(self.weights))
+        return torch.logsumexp(log_comp, dim=1)
+
+    def assign(self, x: Tensor) -> Tensor:
+        """(N,) int64 most probable component of each point."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        sq = torch.cdist(x, self.means).square()
+        score = -0.5 * sq / self.stds.square() - self.dim * torch.log(self.stds) + torch.log(self.weights)
+        return score.argmax(dim=1)
+
+
+def gaussian_mixture(n: int, seed: int = 0, *, k: int = 8, radius: float = 4.0, std: float = 0.4,
+                     weights=None) -> PointDataset:
+    """n points from :meth:`GaussianMixture.ring` (k modes on a circle)."""
+    return GaussianMixture.ring(k, radius, std, weights).sample(n, seed)
+
+
+def two_moons(n: int, seed: int = 0, *, noise: float = 0.05) -> PointDataset:
+    """Two interleaved half circles (unit radius) plus isotropic Gaussian ``noise``.
+
+    Moon 0: (cos a, sin a), moon 1: (1 - cos a, 0.5 - sin a), a ~ U[0, pi]; each point picks a
+    moon with probability 1/2. Labels are the moon index.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    g = _generator(seed)
+    moon = torch.randint(0, 2, (n,), generator=g)
+    a = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
+    x = torch.stack([a.cos(), a.sin()], dim=1)
+    x = torch.where(moon[:, None] == 1, torch.tensor([1.0, 0.5], dtype=torch.float64) - x, x)
+    x = x + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return PointDataset(x.float(), moon, f"two moons (noise={noise})")
+
+
+def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) -> PointDataset:
+    """Uniform on the dark cells of a ``squares`` x ``squares`` board covering [-side, side]^2.
+
+    Dark cells are those with (row + column) even. Labels are the cell index row * squares + col.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if squares < 2:
+        raise ValueError(f"squares must be >= 2, got {squares}")
+    g = _generator(seed)
+    cells = torch.tensor([r * squares + c for r in range(squares) for c in range(squares) if (r + c) % 2 == 0])
+    cell = cells[torch.randint(0, len(cells), (n,), generator=g)]
+    row, col = cell // squares, cell % squares
+    u = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    width = 2 * side / squares
+    x = torch.stack([col + u[:, 0], row + u[:, 1]], dim=1) * width - side
+    return PointDataset(x.float(), cell, f"checkerboard ({squares}x{squares})")

@@ -1,0 +1,66 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from kinetic_fm.data import CIFAR10_CLASSES, list_image_labels, load_cifar10, load_cifar10_sprite, read_cifar_batch
+
+
+def _write_batches(root, n=4):
+    rng = np.random.default_rng(0)
+    expected = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).tolist()
+        with open(root / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels}, f, protocol=2)
+        expected[name] = (data, labels)
+    return expected
+
+
+def test_python_batches(tmp_path):
+    expected = _write_batches(tmp_path)
+    train = load_cifar10(tmp_path, "train")
+    test = load_cifar10(tmp_path, "test")
+    assert train.images.shape == (20, 3, 32, 32) and test.images.shape == (4, 3, 32, 32)
+    data, labels = expected["data_batch_2"]
+    # row layout: 1024 red, then green, then blue values, each row-major 32x32
+    assert torch.allclose((train.images[4] + 1) * 127.5, torch.from_numpy(data[0].reshape(3, 32, 32)).float(), atol=1e-4)
+    assert train.labels[4:8].tolist() == labels
+    assert train.classes == CIFAR10_CLASSES
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_batch_with_code_payload_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _Payload(str(marker)), b"labels": [0]}, f)
+    with pytest.raises(ValueError, match="data_batch_1.*not allowed"):
+        read_cifar_batch(tmp_path / "data_batch_1")
+    assert not marker.exists()
+
+
+def test_shared_cifar10_zip_counts_and_images(shared_data):
+    path = shared_data / "cifar10" / "cifar10_jpeg_q75.zip"
+    classes, labels = list_image_labels(path, "train")
+    assert classes == CIFAR10_CLASSES and labels.bincount().tolist() == [5000] * 10
+    _, test_labels = list_image_labels(path, "test")
+    assert test_labels.bincount().tolist() == [1000] * 10
+    ds = load_cifar10(path, "train", n=200, seed=0)
+    assert ds.images.shape == (200, 3, 32, 32) and ds.images.min() >= -1 and ds.images.max() <= 1
+    assert torch.equal(ds.labels, labels[ds.indices])
+
+
+def test_shared_sprite_labels(shared_data):
+    root = shared_data / "cifar10" / "convnetjs_lossless"
+    ds = load_cifar10_sprite(root / "cifar10_batch_50.png", root / "cifar10_labels_51000.txt", label_offset=50_000)
+    assert ds.images.shape == (1000, 3, 32, 32)
+    assert ds.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]

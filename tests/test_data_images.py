@@ -1,0 +1,106 @@
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kinetic_fm.data import (ImageDataset, list_image_labels, load_celeba, load_digits, load_image_folder,
+                             select_indices, subset)
+
+
+def _write_tree(root, classes=("cat", "dog"), per_class=3, size=(6, 5)):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            a = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(a).save(root / c / f"{i}.png")
+            arrays[(c, i)] = a
+    return arrays
+
+
+def test_select_indices_deterministic_nested_and_validated():
+    a = select_indices(100, n=10, seed=5)
+    assert torch.equal(a, select_indices(100, n=10, seed=5))
+    assert not torch.equal(a, select_indices(100, n=10, seed=6))
+    assert set(a.tolist()) <= set(select_indices(100, n=40, seed=5).tolist())  # nested sizes
+    assert torch.equal(select_indices(10, indices=[7, 2]), torch.tensor([2, 7]))
+    assert set(select_indices(10, indices=[1, 3, 5, 7], n=2, seed=0).tolist()) <= {1, 3, 5, 7}
+    with pytest.raises(ValueError, match=r"n must be in \[1, 100\]"):
+        select_indices(100, n=101)
+    with pytest.raises(ValueError, match="indices"):
+        select_indices(5, indices=[5])
+
+
+def test_digits_range_shape_and_known_facts():
+    ds = load_digits()
+    assert ds.images.shape == (1797, 1, 8, 8) and ds.images.dtype == torch.float32
+    assert ds.images.min() == -1 and ds.images.max() == 1
+    assert ds.labels.bincount().tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    sub = load_digits(n=100, seed=1)
+    assert torch.equal(sub.images, ds.images[sub.indices])
+    assert torch.equal(subset(ds, n=100, seed=1).images, sub.images)
+
+
+def test_folder_and_zip_give_identical_pixels_and_labels(tmp_path):
+    arrays = _write_tree(tmp_path / "tree" / "train")
+    with zipfile.ZipFile(tmp_path / "tree.zip", "w") as z:
+        for p in sorted((tmp_path / "tree").rglob("*.png")):
+            z.write(p, p.relative_to(tmp_path / "tree").as_posix())
+    a = load_image_folder(tmp_path / "tree", subdir="train")
+    b = load_image_folder(tmp_path / "tree.zip", subdir="train")
+    assert a.classes == ("cat", "dog") and a.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert a.images.shape == (6, 3, 5, 6)
+    expected = torch.from_numpy(arrays[("dog", 1)]).permute(2, 0, 1).float() / 127.5 - 1
+    assert torch.allclose(a.images[4], expected)
+    assert torch.allclose(a.to_unit()[4] * 255, torch.from_numpy(arrays[("dog", 1)]).permute(2, 0, 1).float(), atol=1e-4)
+    classes, labels = list_image_labels(tmp_path / "tree.zip", "train")
+    assert classes == ("cat", "dog") and labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_flat_folder_has_no_labels_and_resize_grayscale(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.full((10, 12, 3), 40 * i, np.uint8)).save(tmp_path / f"img{i}.jpg")
+    ds = load_image_folder(tmp_path, size=4, grayscale=True)
+    assert ds.labels is None and ds.images.shape == (3, 1, 4, 4)
+
+
+def test_corrupt_and_missing_files_are_named(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="bad.png"):
+        load_image_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_image_folder(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="train/"):
+        load_image_folder(tmp_path, subdir="train")
+
+
+def test_celeba_preprocessing_on_synthetic_faces(tmp_path):
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        a = np.zeros((218, 178, 3), np.uint8)
+        a[39:179, 19:159] = rng.integers(0, 256, 3, dtype=np.uint8)  # the central 140x140 square: flat colour
+        Image.fromarray(a).save(tmp_path / f"{i:06d}.jpg", quality=95)
+    ds = load_celeba(tmp_path, size=8)
+    assert ds.images.shape == (4, 1, 8, 8) and ds.mean.shape == (1, 8, 8)
+    assert torch.allclose(ds.images.mean(0), torch.zeros(1, 8, 8), atol=1e-6)  # centred by the training mean
+    unit = ds.to_unit()
+    # the crop removed the black border: every pixel is the flat square's gray level
+    assert (unit.amax(dim=(1, 2, 3)) - unit.amin(dim=(1, 2, 3)) < 0.05).all()
+    raw = load_celeba(tmp_path, size=8, center="none")
+    assert torch.allclose(ds.images + ds.mean, raw.images, atol=1e-6)
+
+
+def test_shared_celeba_zip(shared_data):
+    path = shared_data / "celeba" / "celeba_align_subset6000.zip"
+    from kinetic_fm.data import ImageSource
+    with ImageSource(path) as src:
+        assert len(src.names) == 6000
+    ds = load_celeba(path, n=256, seed=0)
+    assert isinstance(ds, ImageDataset) and ds.images.shape == (256, 1, 32, 32)
+    assert abs(ds.images.mean().item()) < 1e-5
+    assert torch.equal(ds.indices, select_indices(6000, n=256, seed=0))

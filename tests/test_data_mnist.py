@@ -1,0 +1,54 @@
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from kinetic_fm.data import load_mnist, read_idx
+
+
+def _idx(magic, dims, payload):
+    head = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+    return head + payload.tobytes()
+
+
+def _write(root, images, labels, gz):
+    opener = gzip.open if gz else open
+    suffix = ".gz" if gz else ""
+    with opener(root / f"train-images-idx3-ubyte{suffix}", "wb") as f:
+        f.write(_idx(2051, images.shape, images))
+    with opener(root / f"train-labels-idx1-ubyte{suffix}", "wb") as f:
+        f.write(_idx(2049, labels.shape, labels))
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_roundtrip(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1, 5], np.uint8)
+    _write(tmp_path, images, labels, gz)
+    ds = load_mnist(tmp_path, "train")
+    assert ds.images.shape == (5, 1, 28, 28) and ds.labels.tolist() == [3, 1, 4, 1, 5]
+    assert torch.allclose((ds.images[:, 0] + 1) * 127.5, torch.from_numpy(images).float(), atol=1e-4)
+
+
+def test_bad_magic_and_truncation_name_the_file(tmp_path):
+    images = np.zeros((2, 28, 28), np.uint8)
+    (tmp_path / "x-idx3-ubyte").write_bytes(_idx(2049, images.shape, images))
+    with pytest.raises(ValueError, match=r"x-idx3-ubyte: IDX magic number 2049.*expected 2051"):
+        read_idx(tmp_path / "x-idx3-ubyte", 2051)
+    (tmp_path / "y").write_bytes(_idx(2051, images.shape, images)[:-10])
+    with pytest.raises(ValueError, match="y: IDX header says"):
+        read_idx(tmp_path / "y", 2051)
+    with pytest.raises(FileNotFoundError, match="t10k-images"):
+        load_mnist(tmp_path, "test")
+
+
+def test_shared_mnist_shapes_and_label_counts(shared_data):
+    train = load_mnist(shared_data / "mnist", "train")
+    test = load_mnist(shared_data / "mnist", "test")
+    assert train.images.shape == (60_000, 1, 28, 28) and test.images.shape == (10_000, 1, 28, 28)
+    assert train.labels.bincount().tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert test.labels.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert train.images.min() == -1 and train.images.max() == 1
+    assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]

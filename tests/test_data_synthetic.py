@@ -1,0 +1,66 @@
+import math
+
+import pytest
+import torch
+
+from kinetic_fm.data import GaussianMixture, checkerboard, gaussian_mixture, subset, two_moons
+
+
+def test_mixture_sampling_matches_weights_means_and_stds():
+    gmm = GaussianMixture(torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]), torch.tensor([0.5, 0.3, 0.2]), 0.5)
+    ds = gmm.sample(40_000, seed=1)
+    assert ds.points.shape == (40_000, 2) and ds.points.dtype == torch.float32
+    freq = torch.bincount(ds.labels, minlength=3).double() / 40_000
+    assert torch.allclose(freq, gmm.weights, atol=0.01)
+    for k in range(3):
+        pts = ds.points[ds.labels == k].double()
+        assert torch.allclose(pts.mean(0), gmm.means[k], atol=0.03)
+        assert abs(pts.std(0).mean().item() - 0.5) < 0.02
+    # well-separated modes: the most probable component is the true one
+    assert (gmm.assign(ds.points) == ds.labels).double().mean() > 0.999
+
+
+def test_mixture_log_prob_matches_single_gaussian_formula():
+    gmm = GaussianMixture(torch.tensor([[1.0, -2.0]]), torch.tensor([1.0]), 0.7)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    ref = -((x - gmm.means[0]) ** 2).sum(1) / (2 * 0.49) - 2 * math.log(0.7) - math.log(2 * math.pi)
+    assert torch.allclose(gmm.log_prob(x), ref, atol=1e-12)
+
+
+def test_samplers_are_deterministic_by_seed():
+    for fn in (gaussian_mixture, two_moons, checkerboard):
+        a, b, c = fn(100, seed=3), fn(100, seed=3), fn(100, seed=4)
+        assert torch.equal(a.points, b.points)
+        assert not torch.equal(a.points, c.points)
+
+
+def test_two_moons_lie_on_unit_half_circles():
+    ds = two_moons(2000, seed=0, noise=0.0)
+    x = ds.points.double()
+    centre = torch.where(ds.labels[:, None] == 1, torch.tensor([1.0, 0.5], dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    assert torch.allclose((x - centre).norm(dim=1), torch.ones(2000, dtype=torch.float64), atol=1e-6)
+    assert (x[ds.labels == 0, 1] >= -1e-6).all() and (x[ds.labels == 1, 1] <= 0.5 + 1e-6).all()
+
+
+def test_checkerboard_only_dark_cells_and_uniform():
+    ds = checkerboard(20_000, seed=0, squares=4, side=4.0)
+    col = torch.floor((ds.points[:, 0] + 4) / 2).long()
+    row = torch.floor((ds.points[:, 1] + 4) / 2).long()
+    assert ((row + col) % 2 == 0).all()
+    assert torch.equal(row * 4 + col, ds.labels)
+    freq = torch.bincount(ds.labels, minlength=16).double()[[0, 2, 5, 7, 8, 10, 13, 15]] / 20_000
+    assert torch.allclose(freq, torch.full((8,), 1 / 8, dtype=torch.float64), atol=0.015)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="weights"):
+        GaussianMixture(torch.zeros(2, 2), torch.tensor([1.0, -1.0]), 1.0)
+    with pytest.raises(ValueError, match="noise"):
+        two_moons(10, noise=-1)
+
+
+def test_subset_of_points_keeps_labels_aligned():
+    ds = gaussian_mixture(50, seed=0)
+    sub = subset(ds, n=10, seed=2)
+    assert torch.equal(sub.points, ds.points[sub.indices])
+    assert torch.equal(sub.labels, ds.labels[sub.indices])
