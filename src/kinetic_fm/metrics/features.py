@@ -1,0 +1,115 @@
+"""Feature spaces: where per-sample measurements (support, fidelity) are taken.
+
+A feature space maps a batch ``(B, ...)`` to flat features ``(B, F)``. It is either the identity
+(pixels, flattened), an ``nn.Module`` (a feature network such as a classifier's penultimate
+layer) or any callable ``f(x) -> Tensor``. It is applied in chunks of ``batch_size`` under
+``torch.inference_mode`` so large sample sets never pass through a network at once. A module is
+used in whatever mode the caller left it in: put feature networks in ``eval()`` first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+FeatureFn = Callable[[Tensor], Tensor]
+SpaceLike = Union[None, "FeatureSpace", torch.nn.Module, FeatureFn]
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """A named map from ``(B, ...)`` inputs to ``(B, F)`` features, applied in chunks.
+
+    Attributes:
+        fn: the map, or ``None`` for the identity (inputs flattened to ``(B, prod(...))``).
+        name: recorded with every number measured in this space (e.g. ``"pixels"``,
+            ``"resnet56"``, ``"inception-v3-compat"``).
+        batch_size: rows passed to ``fn`` at once.
+        device: device ``fn`` runs on (inputs are moved there chunk by chunk); ``None`` keeps
+            the inputs' device. Features come back on the inputs' device.
+    """
+
+    fn: FeatureFn | None = None
+    name: str = "pixels"
+    batch_size: int = 256
+    device: torch.device | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.fn is not None and not callable(self.fn):
+            raise TypeError(f"fn must be callable or None, got {type(self.fn).__name__}")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.fn is None
+
+    def __call__(self, x: Tensor | np.ndarray) -> Tensor:
+        """Features of ``x`` (B, ...) as a (B, F) tensor (dtype as the map returns it)."""
+        x = as_tensor(x)
+        if x.ndim == 0:
+            raise ValueError("x must have a batch dimension, got a scalar")
+        if self.fn is None:
+            return x.reshape(x.shape[0], -1)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, x.shape[0], self.batch_size):
+                chunk = x[start:start + self.batch_size]
+                if self.device is not None:
+                    chunk = chunk.to(self.device)
+                feats = self.fn(chunk)
+                if not isinstance(feats, Tensor):
+                    raise TypeError(
+                        f"feature map {self.name!r} must return a Tensor, got {type(feats).__name__}")
+                if feats.shape[0] != chunk.shape[0]:
+                    raise ValueError(
+                        f"feature map {self.name!r} returned {feats.shape[0]} rows "
+                        f"for {chunk.shape[0]} inputs")
+                out.append(feats.reshape(feats.shape[0], -1).to(x.device))
+        if not out:
+            return x.new_zeros((0, 0))
+        # clone leaves inference mode: the result is an ordinary tensor downstream
+        return torch.cat(out).clone()
+
+
+def feature_space(space: SpaceLike = None, *, name: str | None = None, batch_size: int = 256,
+                  device: torch.device | str | None = None) -> FeatureSpace:
+    """Coerce ``space`` (None, a FeatureSpace, an nn.Module or a callable) to a FeatureSpace.
+
+    The name defaults to ``"pixels"`` for the identity, the module's class name, or the
+    callable's ``__name__``.
+    """
+    if isinstance(space, FeatureSpace):
+        return space
+    if space is None:
+        return FeatureSpace(None, name or "pixels", batch_size, device)
+    if not callable(space):
+        raise TypeError("space must be None, a FeatureSpace, an nn.Module or a callable; "
+                        f"got {type(space).__name__}")
+    default = type(space).__name__ if isinstance(space, torch.nn.Module) else getattr(
+        space, "__name__", type(space).__name__)
+    return FeatureSpace(space, name or default, batch_size, device)
+
+
+def as_tensor(x: Any) -> Tensor:
+    """A tensor view of ``x`` (Tensor, numpy array or nested sequence), without copying tensors."""
+    if isinstance(x, Tensor):
+        return x
+    return torch.as_tensor(np.asarray(x))
+
+
+def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x") -> Tensor:
+    """``x`` mapped through ``space`` into a 2-D floating tensor (B, F), checked finite."""
+    feats = feature_space(space)(x)
+    if not feats.is_floating_point():
+        feats = feats.to(torch.float32)
+    if feats.ndim != 2 or feats.shape[0] == 0:
+        raise ValueError(f"{argument} must hold at least one sample, got shape {tuple(feats.shape)}")
+    if not torch.isfinite(feats).all():
+        bad = (~torch.isfinite(feats)).reshape(feats.shape[0], -1).any(1).nonzero().flatten()
+        raise ValueError(f"{argument} has non-finite features in rows {bad[:10].tolist()}"
+                         f"{' ...' if bad.numel() > 10 else ''}")
+    return feats

@@ -1,0 +1,243 @@
+"""Statistics that join per-sample measurements to KPE: correlations and low/high-group contrasts.
+
+Built on scipy: the point estimates and asymptotic p-values are ``scipy.stats.spearmanr`` /
+``pearsonr``; confidence intervals are ``scipy.stats.bootstrap`` over (x, y) pairs; the
+permutation p-value is ``scipy.stats.permutation_test`` over pairings (two-sided, with the
+observed statistic counted in the null; two-sided doubles the smaller tail, so
+p >= 2 / (permutations + 1)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["Correlation", "GroupComparison", "spearman", "pearson", "compare_groups"]
+
+_BCA_MAX_N = 2000  # BCa's jackknife costs O(n^2); above this "auto" uses the percentile interval
+_RESAMPLE_ELEMENTS = 4_000_000  # rows x n held at once while resampling
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """A correlation with its uncertainty.
+
+    Attributes:
+        method: ``"spearman"`` or ``"pearson"``.
+        rho: the coefficient on all ``n`` pairs (scipy's value).
+        ci_low, ci_high: bootstrap confidence interval at ``confidence`` (NaN when
+            ``bootstrap=0``), by ``ci_method`` (``"BCa"`` or ``"percentile"``).
+        p_perm: two-sided permutation p-value of rho = 0 (NaN when ``permutations=0``).
+        p_value: scipy's asymptotic two-sided p-value.
+        n: number of pairs used (after dropping non-finite pairs when ``nan_policy="omit"``).
+    """
+
+    method: str
+    rho: float
+    ci_low: float
+    ci_high: float
+    p_perm: float
+    p_value: float
+    n: int
+    confidence: float
+    ci_method: str
+    bootstrap: int
+    permutations: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"{self.method} rho = {self.rho:+.3f} "
+                f"[{self.ci_low:+.3f}, {self.ci_high:+.3f}] ({self.confidence:.0%} CI, "
+                f"{self.ci_method}), p_perm = {self.p_perm:.3g}, n = {self.n}")
+
+
+def _pearson_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    xc = x - x.mean(axis=axis, keepdims=True)
+    yc = y - y.mean(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(axis) / np.sqrt((xc * xc).sum(axis) * (yc * yc).sum(axis))
+    return np.clip(r, -1.0, 1.0)
+
+
+def _spearman_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return _pearson_along(rankdata(x, axis=axis), rankdata(y, axis=axis), axis=axis)
+
+
+def _pairs(x: Any, y: Any, nan_policy: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(_to_numpy(x), dtype=np.float64).reshape(-1)
+    y = np.asarray(_to_numpy(y), dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+    finite = np.isfinite(x) & np.isfinite(y)
+    if not finite.all():
+        if nan_policy == "raise":
+            raise ValueError(f"{int((~finite).sum())} non-finite pair(s) in x/y "
+                             "(pass nan_policy='omit' to drop them)")
+        if nan_policy != "omit":
+            raise ValueError(f"nan_policy must be 'raise' or 'omit', got {nan_policy!r}")
+        x, y = x[finite], y[finite]
+    if x.size < 3:
+        raise ValueError(f"need at least 3 finite pairs, got {x.size}")
+    return x, y
+
+
+def _to_numpy(a: Any) -> Any:
+    if hasattr(a, "detach"):  # torch tensor, without importing torch here
+        return a.detach().cpu().double().numpy()
+    if hasattr(a, "to_numpy"):  # pandas Series
+        return a.to_numpy()
+    return a
+
+
+def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int, seed: int,
+                 confidence: float, ci_method: str, nan_policy: str) -> Correlation:
+    from scipy import stats
+
+    if bootstrap < 0 or permutations < 0:
+        raise ValueError(f"bootstrap and permutations must be >= 0, got {bootstrap}, {permutations}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if ci_method not in ("auto", "BCa", "percentile", "basic"):
+        raise ValueError(f"ci_method must be 'auto', 'BCa', 'percentile' or 'basic', got {ci_method!r}")
+    x, y = _pairs(x, y, nan_policy)
+    n = x.size
+    if method == "spearman":
+        res = stats.spearmanr(x, y)
+        statistic = _spearman_along
+    else:
+        res = stats.pearsonr(x, y)
+        statistic = _pearson_along
+    rho, p_value = float(res.statistic), float(res.pvalue)
+    batch = max(1, _RESAMPLE_ELEMENTS // n)
+    if ci_method == "auto":
+        ci_method = "BCa" if n <= _BCA_MAX_N else "percentile"
+
+    ci_low = ci_high = math.nan
+    if bootstrap > 0 and math.isfinite(rho):
+        boot = stats.bootstrap((x, y), statistic, n_resamples=bootstrap, batch=batch,
+                               vectorized=True, paired=True, confidence_level=confidence,
+                               method=ci_method, rng=np.random.default_rng(seed))
+        ci_low, ci_high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+
+    p_perm = math.nan
+    if permutations > 0 and math.isfinite(rho):
+        if method == "spearman":  # ranks travel with their values under re-pairing
+            x, y, statistic = stats.rankdata(x), stats.rankdata(y), _pearson_along
+        perm = stats.permutation_test((x, y), statistic, permutation_type="pairings",
+                                      vectorized=True, n_resamples=permutations, batch=batch,
+                                      alternative="two-sided",
+                                      rng=np.random.default_rng(seed + 1))
+        p_perm = float(perm.pvalue)
+    return Correlation(method, rho, ci_low, ci_high, p_perm, p_value, n, confidence, ci_method,
+                       bootstrap, permutations)
+
+
+def spearman(x: Any, y: Any, *, bootstrap: int = 1000, permutations: int = 1000, seed: int = 0,
+             confidence: float = 0.95, ci_method: Literal["auto", "BCa", "percentile", "basic"] = "auto",
+             nan_policy: Literal["raise", "omit"] = "raise") -> Correlation:
+    """Spearman's rank correlation of paired samples with a bootstrap CI and permutation p-value.
+
+    Args:
+        x, y: (n,) paired values (array-likes, tensors or Series; flattened, cast to float64).
+        bootstrap: number of paired bootstrap resamples for the CI (0 skips it).
+        permutations: number of random re-pairings for the permutation p-value (0 skips it;
+            scipy runs the exact test instead when n! <= permutations).
+        seed: seeds the bootstrap (``seed``) and permutation (``seed + 1``) generators.
+        confidence: CI level.
+        ci_method: ``"auto"`` is BCa for n <= 2000 (its jackknife is O(n^2)), percentile above.
+        nan_policy: ``"raise"`` on non-finite pairs, or ``"omit"`` to drop them.
+
+    Returns:
+        :class:`Correlation`.
+    """
+    return _correlation("spearman", x, y, bootstrap, permutations, seed, confidence, ci_method,
+                        nan_policy)
+
+
+def pearson(x: Any, y: Any, *, bootstrap: int = 1000, permutations: int = 1000, seed: int = 0,
+            confidence: float = 0.95, ci_method: Literal["auto", "BCa", "percentile", "basic"] = "auto",
+            nan_policy: Literal["raise", "omit"] = "raise") -> Correlation:
+    """Pearson's linear correlation; arguments and result as :func:`spearman`."""
+    return _correlation("pearson", x, y, bootstrap, permutations, seed, confidence, ci_method,
+                        nan_policy)
+
+
+@dataclass(frozen=True)
+class GroupComparison:
+    """``score`` in the low vs the high group of ``by`` (e.g. bottom vs top 20% of KPE).
+
+    Attributes:
+        quantile: the fraction of samples in each group.
+        n_low, n_high: group sizes (``round(quantile * n)`` each, ties in ``by`` broken by order).
+        by_low_max, by_high_min: the group boundaries in ``by``.
+        low_mean, low_std, high_mean, high_std: ``score`` per group (std with ddof = 1).
+        difference: ``high_mean - low_mean``.
+        cohens_d: ``difference`` over the pooled standard deviation.
+        p_value: Welch's two-sided t-test; ``p_mannwhitney``: Mann-Whitney U two-sided.
+    """
+
+    quantile: float
+    n_low: int
+    n_high: int
+    by_low_max: float
+    by_high_min: float
+    low_mean: float
+    low_std: float
+    high_mean: float
+    high_std: float
+    difference: float
+    cohens_d: float
+    p_value: float
+    p_mannwhitney: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        q = f"{self.quantile:.0%}"
+        return (f"low {q}: {self.low_mean:.4g} ± {self.low_std:.3g} (n={self.n_low}); "
+                f"high {q}: {self.high_mean:.4g} ± {self.high_std:.3g} (n={self.n_high}); "
+                f"d = {self.cohens_d:+.3f}, Welch p = {self.p_value:.3g}")
+
+
+def compare_groups(score: Any, by: Any, *, quantile: float = 0.2,
+                   nan_policy: Literal["raise", "omit"] = "raise") -> GroupComparison:
+    """Compare ``score`` between the samples lowest and highest in ``by``.
+
+    Args:
+        score: (n,) the measurement compared (e.g. CLIP score).
+        by: (n,) the grouping variable (e.g. KPE).
+        quantile: fraction in each group, in (0, 0.5]; each group holds ``round(quantile * n)``
+            samples (at least 2).
+        nan_policy: as in :func:`spearman`.
+
+    Returns:
+        :class:`GroupComparison` (high minus low).
+    """
+    from scipy import stats
+
+    if not 0.0 < quantile <= 0.5:
+        raise ValueError(f"quantile must be in (0, 0.5], got {quantile}")
+    score, by = _pairs(score, by, nan_policy)
+    n = score.size
+    m = int(round(quantile * n))
+    if m < 2:
+        raise ValueError(f"quantile={quantile} of n={n} samples leaves {m} per group; need >= 2")
+    order = np.argsort(by, kind="stable")
+    low, high = score[order[:m]], score[order[-m:]]
+    low_std, high_std = float(low.std(ddof=1)), float(high.std(ddof=1))
+    difference = float(high.mean() - low.mean())
+    pooled = math.sqrt(((m - 1) * low_std ** 2 + (m - 1) * high_std ** 2) / (2 * m - 2))
+    d = difference / pooled if pooled > 0 else math.copysign(math.inf, difference) if difference else math.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_t = float(stats.ttest_ind(high, low, equal_var=False).pvalue)
+    p_u = float(stats.mannwhitneyu(high, low, alternative="two-sided").pvalue)
+    return GroupComparison(quantile, m, m, float(by[order[m - 1]]), float(by[order[-m]]),
+                           float(low.mean()), low_std, float(high.mean()), high_std, difference,
+                           d, p_t, p_u)

@@ -1,0 +1,107 @@
+"""Correlations and group contrasts against scipy and against population values."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from kinetic_fm.metrics.stats import compare_groups, pearson, spearman
+
+
+def _bivariate_normal(rng, n, rho):
+    cov = np.array([[1.0, rho], [rho, 1.0]])
+    xy = rng.multivariate_normal([0.0, 0.0], cov, size=n)
+    return xy[:, 0], xy[:, 1]
+
+
+def test_spearman_and_pearson_match_scipy():
+    rng = np.random.default_rng(1)
+    x, y = _bivariate_normal(rng, 300, -0.6)
+    y = y ** 3 + 0.1 * x  # monotone distortion: Spearman != Pearson
+    s = spearman(x, y, bootstrap=200, permutations=200)
+    p = pearson(x, y, bootstrap=200, permutations=200)
+    ref_s, ref_p = sps.spearmanr(x, y), sps.pearsonr(x, y)
+    assert s.rho == pytest.approx(ref_s.statistic, abs=1e-12)
+    assert p.rho == pytest.approx(ref_p.statistic, abs=1e-12)
+    assert s.p_value == pytest.approx(ref_s.pvalue, rel=1e-9)
+    assert s.n == p.n == 300
+    assert s.ci_low < s.rho < s.ci_high and p.ci_low < p.rho < p.ci_high
+    # strong correlation: no re-pairing in 200 reaches it, so each tail is 1/(200+1) and
+    # scipy's two-sided p doubles the smaller tail
+    assert s.p_perm == pytest.approx(2 / 201)
+    assert not math.isclose(s.rho, p.rho, abs_tol=1e-3)
+
+
+def test_accepts_tensors_and_ties():
+    x = torch.tensor([1.0, 2.0, 2.0, 3.0, 4.0, 4.0, 5.0, 7.0])
+    y = torch.tensor([2.0, 1.0, 3.0, 3.0, 5.0, 4.0, 8.0, 6.0])
+    s = spearman(x, y, bootstrap=100, permutations=100)
+    assert s.rho == pytest.approx(sps.spearmanr(x.numpy(), y.numpy()).statistic, abs=1e-12)
+
+
+def test_permutation_p_value_is_uniformish_under_independence():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=200), rng.normal(size=200)
+    s = spearman(x, y, bootstrap=0, permutations=500)
+    assert math.isnan(s.ci_low) and math.isnan(s.ci_high)
+    # the permutation p-value and the asymptotic one agree for n = 200
+    assert abs(s.p_perm - s.p_value) < 0.08
+    assert s.ci_method == "BCa"
+
+
+def test_seeded_results_are_reproducible():
+    rng = np.random.default_rng(4)
+    x, y = _bivariate_normal(rng, 100, 0.3)
+    a = spearman(x, y, bootstrap=300, permutations=300, seed=7)
+    b = spearman(x, y, bootstrap=300, permutations=300, seed=7)
+    assert a == b
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="same length"):
+        spearman([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="non-finite"):
+        spearman([1, 2, 3, np.nan], [1, 2, 3, 4])
+    s = spearman([1, 2, 3, np.nan, 5], [1, 3, 2, 4, 5], nan_policy="omit", bootstrap=0,
+                 permutations=0)
+    assert s.n == 4
+    with pytest.raises(ValueError, match="confidence"):
+        pearson([1, 2, 3], [1, 2, 3], confidence=1.5)
+
+
+def test_compare_groups_against_direct_computation():
+    rng = np.random.default_rng(5)
+    kpe = rng.gamma(2.0, size=1000)
+    score = 0.5 * kpe + rng.normal(size=1000)
+    g = compare_groups(score, kpe, quantile=0.2)
+    order = np.argsort(kpe)
+    low, high = score[order[:200]], score[order[-200:]]
+    assert g.n_low == g.n_high == 200
+    assert g.low_mean == pytest.approx(low.mean()) and g.high_mean == pytest.approx(high.mean())
+    assert g.low_std == pytest.approx(low.std(ddof=1))
+    pooled = np.sqrt((low.var(ddof=1) + high.var(ddof=1)) / 2)
+    assert g.cohens_d == pytest.approx((high.mean() - low.mean()) / pooled)
+    assert g.p_value == pytest.approx(sps.ttest_ind(high, low, equal_var=False).pvalue)
+    assert g.by_low_max < g.by_high_min
+    assert g.cohens_d > 1.0 and g.p_value < 1e-10
+    with pytest.raises(ValueError, match="quantile"):
+        compare_groups(score, kpe, quantile=0.7)
+
+
+def _coverage(n_reps: int, n: int, rho: float) -> int:
+    population = 6 / math.pi * math.asin(rho / 2)  # Spearman's rho of a bivariate normal
+    covered = 0
+    for rep in range(n_reps):
+        rng = np.random.default_rng(1000 + rep)
+        x, y = _bivariate_normal(rng, n, rho)
+        s = spearman(x, y, bootstrap=1000, permutations=0, seed=rep)
+        covered += s.ci_low <= population <= s.ci_high
+    return covered
+
+
+@pytest.mark.slow
+def test_bootstrap_ci_covers_population_spearman():
+    assert _coverage(100, 200, 0.5) >= 90
