@@ -1,1 +1,22 @@
-"""runs layer of kinetic_fm (see docs/ARCHITECTURE.md)."""
+"""Run directories: manifest, atomically written Parquet shards, resume, torchrun sharding.
+
+Layout of a run directory::
+
+    run/
+      manifest.json                      config, identity hashes, seeds, shard size, versions
+      shards/shard-00000-of-00040.parquet  one row per seed, written atomically
+      results.parquet                    merged, verified table (rank 0, at the end)
+
+See :func:`run_sharded` (drive a run), :func:`read_run` (verified table of a finished run).
+"""
+from .distributed import Coordinator, World, world_session
+from .manifest import ResumeMismatchError, RunManifest, fingerprint, read_manifest, sha256_file
+from .plan import ShardPlan
+from .runner import RunOutcome, prepare_run_dir, run_sharded
+from .shards import IncompleteRunError, inspect_shard, merge_shards, read_run, read_samples
+
+__all__ = [
+    "Coordinator", "IncompleteRunError", "ResumeMismatchError", "RunManifest", "RunOutcome",
+    "ShardPlan", "World", "fingerprint", "inspect_shard", "merge_shards", "prepare_run_dir",
+    "read_manifest", "read_run", "read_samples", "run_sharded", "sha256_file", "world_session",
+]

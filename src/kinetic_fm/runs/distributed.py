@@ -1,0 +1,121 @@
+"""Process-group plumbing for runs launched with ``torchrun`` (or any launcher that sets the env).
+
+``torchrun --nproc-per-node P`` starts P processes with ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK`` set. :func:`world_session` initialises ``torch.distributed`` only when
+``WORLD_SIZE > 1`` (gloo on CPU, NCCL when the device is CUDA), and offers the two collectives a
+run needs: a barrier before rank 0 merges, and a broadcast of rank 0's setup verdict. Nothing
+here is ever called inside a sampling loop: ranks integrate independently (adaptive solvers take
+different numbers of steps per rank), so no rank can hang on another mid-run.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Iterator
+
+# Rank 0 may wait at the final barrier for as long as the slowest rank samples; hours are normal.
+DEFAULT_TIMEOUT_S = float(os.environ.get("KFM_DIST_TIMEOUT_S", 7 * 24 * 3600))
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: ``rank`` in [0, world_size), ``local_rank`` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "World":
+        """Read ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (a single process when they are unset)."""
+        try:
+            world = cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                        int(os.environ.get("LOCAL_RANK", 0)))
+        except ValueError as err:
+            raise ValueError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers: {err}") from None
+        if world.world_size < 1 or not 0 <= world.rank < world.world_size:
+            raise ValueError(f"need 0 <= RANK < WORLD_SIZE, got RANK={world.rank} WORLD_SIZE={world.world_size}")
+        return world
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+class Coordinator:
+    """The collectives a run uses outside its sampling loop; trivial for a single process."""
+
+    def __init__(self, world: World, backend: str | None = None, device: Any = None):
+        self.world = world
+        self.backend = backend
+        self._device_ids = [device.index] if backend == "nccl" and device is not None else None
+
+    def barrier(self) -> None:
+        if self.world.distributed:
+            import torch.distributed as dist
+
+            if self._device_ids is not None:
+                dist.barrier(device_ids=self._device_ids)
+            else:
+                dist.barrier()
+
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a picklable object; others pass anything)."""
+        if not self.world.distributed:
+            return value
+        import torch.distributed as dist
+
+        box = [value if self.world.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def resolve_device(device: str | None, world: World):
+    """``torch.device`` for this rank: ``"cuda"`` becomes ``cuda:<LOCAL_RANK>``; None means CPU."""
+    import torch
+
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was requested but torch sees no CUDA device")
+        if dev.index is None:
+            dev = torch.device("cuda", world.local_rank)
+    return dev
+
+
+@contextlib.contextmanager
+def world_session(device: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
+                  ) -> Iterator[tuple[Coordinator, Any]]:
+    """Yield ``(coordinator, torch_device)`` for this process, joining the process group if needed.
+
+    The group is created only when ``WORLD_SIZE > 1`` and none exists yet, and destroyed on exit
+    only if it was created here. Backend: NCCL for CUDA devices, gloo otherwise.
+    """
+    world = World.from_env()
+    dev = resolve_device(device, world)
+    if not world.distributed:
+        yield Coordinator(world), dev
+        return
+    import torch
+    import torch.distributed as dist
+
+    created = False
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        created = True
+    else:
+        backend = dist.get_backend()
+    try:
+        yield Coordinator(world, backend, dev), dev
+    finally:
+        if created:
+            dist.destroy_process_group()

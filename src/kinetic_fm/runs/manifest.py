@@ -1,0 +1,186 @@
+"""The run manifest: what a run directory was made with, written once, checked on every resume.
+
+``manifest.json`` records the configuration (every parameter that determines the per-sample
+numbers), identity hashes of the field / model weights / dataset, the seed range and shard
+size, and library versions. Resuming compares the stored manifest with the new one field by
+field and refuses when any compared field differs, naming it (:class:`ResumeMismatchError`).
+Versions are informational: a different torch or kinetic_fm version gives a warning only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write_text
+from .plan import ShardPlan
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ResumeMismatchError(ValueError):
+    """A resumed run's configuration or identity differs from the stored manifest."""
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that determine the numbers: kinetic_fm, torch, numpy, python."""
+    import numpy
+    import torch
+
+    from .. import __version__
+
+    return {
+        "kinetic_fm": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _canonical(obj: Any) -> Any:
+    """JSON-able form of ``obj``; tensors and arrays become dtype, shape and a sha256 of their bytes."""
+    import numpy as np
+
+    if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # torch.Tensor, without importing torch
+        obj = obj.detach().cpu().contiguous().numpy()
+    if isinstance(obj, np.ndarray):
+        data = np.ascontiguousarray(obj)
+        return {"dtype": str(data.dtype), "shape": list(data.shape),
+                "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    raise TypeError(f"cannot fingerprint an object of type {type(obj).__name__}")
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 (hex) of a nested structure of dicts, lists, scalars, strings, tensors and arrays."""
+    text = json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """sha256 (hex) of a file's bytes, read in chunks (for model weights and dataset files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: obj}
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """Everything that determines a run's per-sample results, plus provenance.
+
+    ``kind`` names the producer (``"sample"`` or a study stage); ``config`` holds every parameter
+    that changes the numbers (JSON-able); ``identity`` holds hashes of what is sampled (field
+    parameters, model weights file, dataset). ``versions``, ``created`` and ``runtime`` (settings
+    that do not change the numbers, e.g. batch size and world size of the first launch) are
+    informational and never compared.
+    """
+
+    kind: str
+    config: dict[str, Any]
+    identity: dict[str, Any]
+    seed_start: int
+    n: int
+    shard_size: int
+    versions: dict[str, str] = field(default_factory=library_versions)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ShardPlan(self.seed_start, self.n, self.shard_size)  # validates the numbers
+        # normalise to what JSON gives back (tuples -> lists, ...) so comparisons are exact
+        object.__setattr__(self, "config", json.loads(json.dumps(_canonical(self.config))))
+        object.__setattr__(self, "identity", json.loads(json.dumps(_canonical(self.identity))))
+
+    @property
+    def plan(self) -> ShardPlan:
+        return ShardPlan(self.seed_start, self.n, self.shard_size)
+
+    def compared(self) -> dict[str, Any]:
+        """The part of the manifest a resume must match exactly."""
+        return {
+            "kind": self.kind,
+            "config": self.config,
+            "identity": self.identity,
+            "seeds": {"seed_start": self.seed_start, "n": self.n},
+            "shard_size": self.shard_size,
+        }
+
+    @property
+    def run_id(self) -> str:
+        """sha256 of :meth:`compared`; stamped into every shard so foreign shards are rejected."""
+        return fingerprint(self.compared())
+
+    def differences(self, other: "RunManifest") -> list[str]:
+        """Dotted names of compared fields that differ, each with both values."""
+        mine, theirs = _flatten(self.compared()), _flatten(other.compared())
+        out = []
+        for key in sorted(set(mine) | set(theirs)):
+            a, b = mine.get(key, "<absent>"), theirs.get(key, "<absent>")
+            if a != b:
+                out.append(f"{key} (stored {a!r}, now {b!r})")
+        return out
+
+    def version_differences(self, other: "RunManifest") -> list[str]:
+        return [f"{k} {self.versions.get(k)} -> {other.versions.get(k)}"
+                for k in sorted(set(self.versions) | set(other.versions))
+                if self.versions.get(k) != other.versions.get(k)]
+
+    def to_json(self) -> str:
+        body = {"format": FORMAT_VERSION, "run_id": self.run_id, **asdict(self)}
+        return json.dumps(body, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunManifest":
+        body = json.loads(text)
+        if body.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported manifest format {body.get('format')!r} (expected {FORMAT_VERSION})")
+        names = ("kind", "config", "identity", "seed_start", "n", "shard_size", "versions", "created")
+        return cls(**{k: body[k] for k in names}, runtime=body.get("runtime", {}))
+
+
+def read_manifest(run_dir: str | os.PathLike) -> RunManifest:
+    """Load ``run_dir/manifest.json``; FileNotFoundError naming the path when absent."""
+    path = Path(run_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no run manifest at {path}")
+    return RunManifest.from_json(path.read_text(encoding="utf-8"))
+
+
+def write_manifest(run_dir: str | os.PathLike, manifest: RunManifest) -> Path:
+    """Write ``run_dir/manifest.json`` atomically (the folder must exist)."""
+    return atomic_write_text(Path(run_dir) / MANIFEST_NAME, manifest.to_json())
+
+
+def check_resume(stored: RunManifest, new: RunManifest) -> list[str]:
+    """Raise :class:`ResumeMismatchError` naming every differing field; return version warnings."""
+    diffs = stored.differences(new)
+    if diffs:
+        raise ResumeMismatchError(
+            "cannot resume: the run was made with a different configuration; differing field(s): "
+            + "; ".join(diffs) + ". Start a new run directory, or resume with the stored settings."
+        )
+    return stored.version_differences(new)

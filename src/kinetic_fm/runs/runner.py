@@ -1,0 +1,143 @@
+"""Drive a sharded run: prepare or resume the run directory, compute this rank's shards, merge.
+
+:func:`run_sharded` is generic: it knows nothing of sampling. The caller supplies the manifest
+and ``compute(seeds, advance) -> table`` that turns a contiguous block of seeds into one row per
+seed (a ``seed`` column plus anything else) and calls ``advance(k)`` as it finishes k samples,
+for the progress bar. ``kfm sample`` and the study stages build on it.
+
+Crash safety: the manifest is written once, atomically, before any shard; each shard is renamed
+into place only when complete. On ``resume=True`` complete shards are skipped and missing or
+invalid ones (see :func:`~kinetic_fm.runs.shards.inspect_shard`) are recomputed, so a run killed
+at any moment and resumed ends with the same table as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+import pyarrow as pa
+
+from .atomic import TMP_MARKER
+from .distributed import Coordinator, World
+from .manifest import MANIFEST_NAME, RunManifest, check_resume, read_manifest, write_manifest
+from .shards import SHARD_DIR, discard_shard, inspect_shard, merge_shards, write_results, write_shard
+
+ShardTable = Union[pa.Table, "pandas.DataFrame"]  # noqa: F821
+ComputeFn = Callable[[np.ndarray, Callable[[int], None]], ShardTable]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What this process did: shard indices computed, skipped (already complete) and redone
+    (found invalid, recomputed); ``table`` is the merged, verified table on rank 0, else None."""
+
+    run_dir: Path
+    manifest: RunManifest
+    computed: tuple[int, ...]
+    skipped: tuple[int, ...]
+    redone: tuple[int, ...]
+    table: pa.Table | None
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume: bool) -> list[str]:
+    """Create a fresh run directory with its manifest, or validate it for a resume.
+
+    Returns warnings (library version changes). Raises ValueError when the folder already holds
+    a run and ``resume`` is False, when a non-empty folder is not a run directory, and
+    :class:`~kinetic_fm.runs.manifest.ResumeMismatchError` when the stored manifest differs.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / MANIFEST_NAME).is_file():
+        if not resume:
+            raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
+        warnings = check_resume(read_manifest(run_dir), manifest)
+    else:
+        if run_dir.exists() and any(TMP_MARKER not in p.name for p in run_dir.iterdir()):
+            raise ValueError(f"{run_dir} is not empty and holds no {MANIFEST_NAME}; choose a new --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_manifest(run_dir, manifest)  # before any shard exists
+        warnings = []
+    (run_dir / SHARD_DIR).mkdir(exist_ok=True)
+    return warnings
+
+
+def _as_table(result: ShardTable) -> pa.Table:
+    if isinstance(result, pa.Table):
+        return result
+    return pa.Table.from_pandas(result, preserve_index=False)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_sharded(
+    run_dir: str | os.PathLike,
+    manifest: RunManifest,
+    compute: ComputeFn,
+    *,
+    resume: bool = False,
+    coordinator: Coordinator | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = _stderr,
+) -> RunOutcome:
+    """Compute this rank's shards of the run and, on rank 0, merge them after a barrier.
+
+    Every rank builds the same ``manifest``; rank 0 alone creates or checks the run directory and
+    broadcasts its verdict, so all ranks fail alike on a mismatched resume. Rank r owns shards
+    i with i % world_size == r (see :meth:`~kinetic_fm.runs.plan.ShardPlan.for_rank`).
+    """
+    run_dir = Path(run_dir)
+    coord = coordinator or Coordinator(World.from_env())
+    world = coord.world
+    tag = f"[rank {world.rank}] " if world.distributed else ""
+
+    verdict: tuple[str, object] | None = None
+    if world.is_main:
+        try:
+            verdict = ("ok", prepare_run_dir(run_dir, manifest, resume=resume))
+        except (ValueError, OSError) as err:
+            verdict = ("error", str(err))
+            coord.from_main(verdict)
+            raise
+    verdict = coord.from_main(verdict)
+    if verdict[0] == "error":
+        raise ValueError(verdict[1])
+    if world.is_main:
+        for warning in verdict[1]:
+            log(f"warning: resuming with different library versions: {warning}")
+
+    plan = manifest.plan
+    pending, skipped, redone = [], [], []
+    for index in plan.for_rank(world.rank, world.world_size):
+        status = inspect_shard(run_dir, manifest, index)
+        if status.complete:
+            skipped.append(index)
+            continue
+        if status.state == "invalid":
+            log(f"{tag}shard {status.path.name} is invalid ({status.reason}); redoing it")
+            redone.append(index)
+        discard_shard(run_dir, plan, index)
+        pending.append(index)
+    if skipped and world.is_main:
+        log(f"{tag}resume: {len(skipped)} complete shard(s) kept, {len(pending)} to compute")
+
+    from tqdm.auto import tqdm
+
+    total = sum(len(plan.seeds(i)) for i in pending)
+    with tqdm(total=total, unit="sample", desc=f"{tag}sampling", disable=not (progress and world.is_main),
+              dynamic_ncols=True) as bar:
+        for index in pending:
+            table = _as_table(compute(plan.seeds(index), bar.update))
+            write_shard(run_dir, manifest, index, table)
+
+    coord.barrier()
+    merged = None
+    if world.is_main:
+        merged = merge_shards(run_dir, manifest)
+        write_results(run_dir, merged)
+    return RunOutcome(run_dir, manifest, tuple(pending), tuple(skipped), tuple(redone), merged)

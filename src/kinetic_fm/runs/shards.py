@@ -1,0 +1,163 @@
+"""Per-sample results as Parquet shards: atomic writes, validation, and the verified merge.
+
+A shard is one Parquet file under ``<run>/shards/`` holding the rows of a contiguous seed range
+(see :class:`~kinetic_fm.runs.plan.ShardPlan`), with a ``seed`` int64 column in seed order. It is
+written with page checksums to a temporary name and renamed into place, and it carries the run id
+and its shard index in its schema metadata. A shard counts as complete only if it reads back
+without error (checksums verified), belongs to this run, and holds exactly its expected seeds;
+anything else (truncated, corrupt, foreign) is reported and redone on resume, never merged.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_write, remove_stale_temporaries
+from .manifest import RunManifest, read_manifest
+from .plan import ShardPlan
+
+SHARD_DIR = "shards"
+RESULTS_NAME = "results.parquet"
+SEED = "seed"
+_RUN_ID_KEY = b"kfm.run_id"
+_SHARD_KEY = b"kfm.shard"
+
+
+class IncompleteRunError(RuntimeError):
+    """Some shards of a run are missing or invalid, so it cannot be merged."""
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    """Outcome of checking one shard file: ``state`` is "complete", "missing" or "invalid"."""
+
+    index: int
+    path: Path
+    state: str
+    reason: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete"
+
+
+def shard_path(run_dir: str | os.PathLike, plan: ShardPlan, index: int) -> Path:
+    return Path(run_dir) / SHARD_DIR / plan.name(index)
+
+
+def write_shard(run_dir: str | os.PathLike, manifest: RunManifest, index: int, table: pa.Table) -> Path:
+    """Atomically write shard ``index`` of the run; ``table`` must hold exactly its seeds in order."""
+    plan = manifest.plan
+    expected = plan.seeds(index)
+    if SEED not in table.column_names:
+        raise ValueError(f"a shard table needs a {SEED!r} column; got columns {table.column_names}")
+    seeds = table.column(SEED).to_numpy()
+    if not np.array_equal(seeds, expected):
+        raise ValueError(
+            f"shard {index} must hold seeds {expected[0]}..{expected[-1]} in order; "
+            f"got {len(seeds)} rows starting at {seeds[:1].tolist()}"
+        )
+    table = table.replace_schema_metadata({
+        **(table.schema.metadata or {}),
+        _RUN_ID_KEY: manifest.run_id.encode(),
+        _SHARD_KEY: str(index).encode(),
+    })
+    path = shard_path(run_dir, plan, index)
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
+
+
+def read_shard(path: Path) -> pa.Table:
+    """Read a shard, verifying Parquet page checksums."""
+    return pq.read_table(path, page_checksum_verification=True)
+
+
+def inspect_shard(run_dir: str | os.PathLike, manifest: RunManifest, index: int) -> ShardStatus:
+    """Check shard ``index``: it must read back, carry this run's id and hold exactly its seeds."""
+    plan = manifest.plan
+    path = shard_path(run_dir, plan, index)
+    if not path.exists():
+        return ShardStatus(index, path, "missing")
+    try:
+        table = read_shard(path)
+    except Exception as err:  # pyarrow raises several types for truncated / corrupt files
+        return ShardStatus(index, path, "invalid", f"unreadable ({type(err).__name__}: {err})")
+    meta = table.schema.metadata or {}
+    if meta.get(_RUN_ID_KEY) != manifest.run_id.encode() or meta.get(_SHARD_KEY) != str(index).encode():
+        return ShardStatus(index, path, "invalid", "written by a different run or for another shard")
+    expected = plan.seeds(index)
+    if table.num_rows != len(expected):
+        return ShardStatus(index, path, "invalid", f"{table.num_rows} rows, expected {len(expected)}")
+    if SEED not in table.column_names or not np.array_equal(table.column(SEED).to_numpy(), expected):
+        return ShardStatus(index, path, "invalid", f"seeds differ from {expected[0]}..{expected[-1]}")
+    return ShardStatus(index, path, "complete")
+
+
+def discard_shard(run_dir: str | os.PathLike, plan: ShardPlan, index: int) -> None:
+    """Remove shard ``index`` and any temporaries a killed writer left for it."""
+    path = shard_path(run_dir, plan, index)
+    path.unlink(missing_ok=True)
+    remove_stale_temporaries(path.parent, path.name)
+
+
+def merge_shards(run_dir: str | os.PathLike, manifest: RunManifest | None = None) -> pa.Table:
+    """Concatenate every shard of the run in seed order, after verifying each one.
+
+    Raises :class:`IncompleteRunError` listing missing / invalid shards; the returned table holds
+    every seed of the run exactly once, sorted by seed.
+    """
+    manifest = manifest or read_manifest(run_dir)
+    plan = manifest.plan
+    statuses = [inspect_shard(run_dir, manifest, i) for i in range(plan.count)]
+    bad = [s for s in statuses if not s.complete]
+    if bad:
+        listed = ", ".join(f"{s.path.name} ({s.state}{': ' + s.reason if s.reason else ''})" for s in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise IncompleteRunError(
+            f"run {run_dir} is incomplete: {len(bad)} of {plan.count} shards are not complete: "
+            f"{listed}{more}. Run again with --resume to finish it."
+        )
+    table = pa.concat_tables([read_shard(s.path) for s in statuses]).replace_schema_metadata(None)
+    seeds = table.column(SEED).to_numpy()
+    if not np.array_equal(seeds, plan.all_seeds()):  # holds by construction; cheap to re-check
+        raise IncompleteRunError(f"run {run_dir}: merged seeds are not exactly the run's seed range")
+    return table
+
+
+def write_results(run_dir: str | os.PathLike, table: pa.Table) -> Path:
+    """Atomically write the merged table to ``<run>/results.parquet``."""
+    path = Path(run_dir) / RESULTS_NAME
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
+
+
+def read_run(run_dir: str | os.PathLike, *, columns: list[str] | None = None):
+    """The verified per-sample table of a finished run, as a pandas DataFrame (one row per seed).
+
+    Reads the shards (not ``results.parquet``) so that what is returned is always checked for
+    completeness: every seed of the manifest's range present exactly once, every shard intact.
+    """
+    table = merge_shards(run_dir)
+    if columns is not None:
+        table = table.select(columns)
+    return table.to_pandas()
+
+
+def samples_from_table(table: pa.Table, shape: tuple[int, ...] | list[int], column: str = "x") -> np.ndarray:
+    """Final states stored as a fixed-size list column, reshaped to (rows, *shape)."""
+    if column not in table.column_names:
+        raise ValueError(f"the table has no {column!r} column (was the run made with --no-save-x?)")
+    flat = table.column(column).combine_chunks().flatten().to_numpy()
+    return flat.reshape(table.num_rows, *shape)
+
+
+def read_samples(run_dir: str | os.PathLike) -> np.ndarray:
+    """Final samples x of a finished ``kfm sample`` run, (n, *sample_shape), in seed order."""
+    manifest = read_manifest(run_dir)
+    shape = manifest.config.get("sample_shape")
+    if shape is None:
+        raise ValueError(f"the manifest of {run_dir} records no sample_shape")
+    return samples_from_table(merge_shards(run_dir, manifest), shape)
