@@ -28,6 +28,13 @@ _LAZY = {
     "memorization": "kinetic_fm.metrics.memorization",
     "MemorizationReport": "kinetic_fm.metrics.memorization",
     "nearest_neighbors": "kinetic_fm.metrics.neighbors",
+    "ModelTX": "kinetic_fm.fields.adapters",
+    "ModelXT": "kinetic_fm.fields.adapters",
+    "DiscreteTime": "kinetic_fm.fields.adapters",
+    "ReversedTime": "kinetic_fm.fields.adapters",
+    "NoisePrediction": "kinetic_fm.fields.adapters",
+    "DataPrediction": "kinetic_fm.fields.adapters",
+    "ClassifierFreeGuidance": "kinetic_fm.fields.guidance",
 }
 
 __all__ = [

@@ -1,0 +1,283 @@
+"""Adapters: other people's networks as our velocity field ``v(x, t)``.
+
+Our convention (docs/ARCHITECTURE.md §2): t = 0 is noise, t = 1 is data, the path is
+x_t = (1 − t)·x0 + t·x1, the ODE is dx/dt = v(x, t), and ``t`` is a float tensor of shape (B,).
+
+Each adapter wraps a callable ``f(x, τ, *args, **kwargs)`` and is itself such a callable, so they
+compose from the inside out, one concern each:
+
+=====================  ======================================================================
+how the net is called  ``ModelTX`` (``model(t, x)``: torchdiffeq / torchcfm),
+                       ``ModelXT`` (``model(x, t, **extras)``: flow_matching's ``ModelWrapper``)
+which clock it reads   ``DiscreteTime`` (τ = int(t·(T − 1))), ``ReversedTime`` (σ = 1 − t, dx/dσ)
+what it predicts       ``NoisePrediction`` (ε̂ = x0), ``DataPrediction`` (x̂1)
+=====================  ======================================================================
+
+Example: a DDPM-style U-Net ``unet(x, step)`` trained on the linear path to predict noise with
+T = 1000 integer steps becomes ``NoisePrediction(DiscreteTime(ModelXT(unet), 1000))``.
+
+Extra positional and keyword arguments given to an adapter are passed on to the wrapped callable
+unchanged, which lets ``ClassifierFreeGuidance`` sit outside them (it calls ``f(x, t, y)``).
+
+A wrong convention is not an error Python can see: a σ-time net run without ``ReversedTime``
+integrates backwards in its own clock and returns wrong samples and a wrong KPE without any
+warning (tests/test_adapters.py shows how far off). Check a new net on a case you can judge.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+TIME_MODES = ("batch", "scalar")
+
+
+def batch_time(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """``t`` as a (B,) tensor on x's device; floats and 0-dim tensors are broadcast to the batch.
+
+    A floating ``t`` takes x's floating dtype; integer times keep theirs.
+    """
+    if not isinstance(t, torch.Tensor):
+        t = torch.tensor(float(t), dtype=x.dtype, device=x.device)
+    if t.dim() not in (0, 1) or (t.dim() == 1 and t.shape[0] != x.shape[0]):
+        raise ValueError(f"t must have shape ({x.shape[0]},) or be a scalar, got shape {tuple(t.shape)}")
+    dtype = x.dtype if t.is_floating_point() and x.is_floating_point() else t.dtype
+    t = t.to(device=x.device, dtype=dtype)
+    return t.expand(x.shape[0]) if t.dim() == 0 else t
+
+
+def _broadcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) times as (B, 1, ..., 1) so they multiply x of shape (B, ...)."""
+    return t.reshape(t.shape[0], *([1] * (x.dim() - 1)))
+
+
+def _check_callable(model: Any, name: str = "model") -> None:
+    if not callable(model):
+        raise TypeError(f"{name} must be callable, got {type(model).__name__}")
+
+
+def _check_time_mode(time: str) -> None:
+    if time not in TIME_MODES:
+        raise ValueError(f"time must be one of {TIME_MODES}, got {time!r}")
+
+
+def _rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
+    """The ``rows`` of a per-sample tensor (first dim == batch); anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+        return value[rows]
+    return value
+
+
+def _call_per_time(
+    call: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor, args: tuple, kwargs: dict
+) -> torch.Tensor:
+    """Call a net that accepts one 0-dim time per call, grouping rows by their distinct t.
+
+    ``torch.unique`` synchronises with the host once per call; that is the price of a net that
+    cannot take per-sample times. Per-sample tensors among args/kwargs (first dim == B) are sliced
+    with their rows.
+    """
+    t = batch_time(t, x)
+    values, inverse = torch.unique(t, return_inverse=True)
+    if values.numel() == 1:
+        return call(x, values[0], *args, **kwargs)
+    batch = x.shape[0]
+    out = None
+    for k in range(values.numel()):
+        rows = torch.nonzero(inverse == k).squeeze(1)
+        part = call(
+            x[rows],
+            values[k],
+            *(_rows(a, rows, batch) for a in args),
+            **{key: _rows(v, rows, batch) for key, v in kwargs.items()},
+        )
+        if out is None:
+            out = part.new_empty((batch, *part.shape[1:]))
+        out[rows] = part
+    return out
+
+
+class _Adapter:
+    """Base: holds the wrapped callable and prints as the composition it stands for."""
+
+    inner: Callable[..., torch.Tensor]
+
+    def _describe(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        extra = self._describe()
+        return f"{type(self).__name__}({self.inner!r}{', ' + extra if extra else ''})"
+
+
+class ModelTX(_Adapter):
+    """A net called as ``model(t, x)`` (torchdiffeq's ``odeint`` / torchcfm convention).
+
+    Args:
+        model: callable ``model(t, x) -> Tensor`` of x's shape.
+        time: ``"batch"`` passes t of shape (B,); ``"scalar"`` passes a 0-dim t, as
+            ``torchdiffeq.odeint`` does, calling the net once per distinct time in the batch
+            (one host synchronisation per call).
+
+    Calling ``adapter(x, t)`` returns ``model(t, x)`` (any further args go after x).
+    """
+
+    def __init__(self, model: Callable[..., torch.Tensor], *, time: str = "batch"):
+        _check_callable(model)
+        _check_time_mode(time)
+        self.inner, self.time = model, time
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        swapped = lambda x_, t_, *a, **k: self.inner(t_, x_, *a, **k)  # noqa: E731
+        if self.time == "scalar":
+            return _call_per_time(swapped, x, t, args, kwargs)
+        return swapped(x, batch_time(t, x), *args, **kwargs)
+
+    def _describe(self) -> str:
+        return f"time={self.time!r}"
+
+
+class ModelXT(_Adapter):
+    """A net called as ``model(x, t, **extras)`` (flow_matching's ``ModelWrapper`` convention).
+
+    Args:
+        model: callable ``model(x, t, *args, **extras) -> Tensor`` of x's shape.
+        time: ``"batch"`` passes t of shape (B,); ``"scalar"`` passes a 0-dim t, as
+            ``flow_matching.solver.ODESolver`` does, calling the net once per distinct time in the
+            batch (one host synchronisation per call).
+        **extras: fixed keyword arguments for every call (e.g. a condition tensor).
+    """
+
+    def __init__(self, model: Callable[..., torch.Tensor], *, time: str = "batch", **extras: Any):
+        _check_callable(model)
+        _check_time_mode(time)
+        self.inner, self.time, self.extras = model, time, extras
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        kwargs = {**self.extras, **kwargs}
+        if self.time == "scalar":
+            return _call_per_time(self.inner, x, t, args, kwargs)
+        return self.inner(x, batch_time(t, x), *args, **kwargs)
+
+    def _describe(self) -> str:
+        keys = ", ".join(f"{k}=..." for k in self.extras)
+        return f"time={self.time!r}" + (f", {keys}" if keys else "")
+
+
+class DiscreteTime(_Adapter):
+    """A net indexed by integer steps: calls ``inner(x, int(t·(T − 1)))`` with a long tensor.
+
+    The map truncates, as the paper's U-Nets are called (t = 0 ↦ 0, t = 1 ↦ T − 1); t is first
+    clamped to [0, 1]. Args: ``inner`` callable ``(x, step, ...)``; ``num_timesteps`` T ≥ 2.
+    """
+
+    def __init__(self, inner: Callable[..., torch.Tensor], num_timesteps: int = 1000):
+        _check_callable(inner, "inner")
+        if not isinstance(num_timesteps, int) or isinstance(num_timesteps, bool) or num_timesteps < 2:
+            raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
+        self.inner, self.num_timesteps = inner, num_timesteps
+
+    def step_index(self, t: torch.Tensor) -> torch.Tensor:
+        """int(t·(T − 1)) as int64, t clamped to [0, 1]."""
+        return (t.clamp(0.0, 1.0) * (self.num_timesteps - 1)).to(torch.int64)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.inner(x, self.step_index(batch_time(t, x)), *args, **kwargs)
+
+    def _describe(self) -> str:
+        return f"num_timesteps={self.num_timesteps}"
+
+
+class ReversedTime(_Adapter):
+    """A net on the reversed clock σ = 1 − t (σ = 1 noise, σ = 0 data), as diffusers' SD3/Flux.
+
+    Calls ``inner(x, timestep_scale·(1 − t))``. Such a net's velocity is dx/dσ = −dx/dt, so its
+    output is negated (``flip_sign=True``); pass ``flip_sign=False`` when it predicts noise or
+    data instead (those mean the same in both clocks) and wrap with ``NoisePrediction`` /
+    ``DataPrediction`` outside. diffusers transformers take ``timestep = 1000·σ``
+    (``timestep_scale=1000``); nets that read σ itself use ``timestep_scale=1``.
+    """
+
+    def __init__(
+        self, inner: Callable[..., torch.Tensor], *, timestep_scale: float = 1000.0, flip_sign: bool = True
+    ):
+        _check_callable(inner, "inner")
+        if (
+            not isinstance(timestep_scale, (int, float))
+            or isinstance(timestep_scale, bool)
+            or not math.isfinite(timestep_scale)
+            or timestep_scale <= 0
+        ):
+            raise ValueError(f"timestep_scale must be a finite number > 0, got {timestep_scale!r}")
+        if not isinstance(flip_sign, bool):
+            raise ValueError(f"flip_sign must be True or False, got {flip_sign!r}")
+        self.inner, self.timestep_scale, self.flip_sign = inner, float(timestep_scale), flip_sign
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        sigma = 1.0 - batch_time(t, x)
+        out = self.inner(x, sigma * self.timestep_scale, *args, **kwargs)
+        return -out if self.flip_sign else out
+
+    def _describe(self) -> str:
+        return f"timestep_scale={self.timestep_scale:g}, flip_sign={self.flip_sign}"
+
+
+def _check_clamp(value: float, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+    return float(value)
+
+
+class NoisePrediction(_Adapter):
+    """A net predicting the noise ε̂ ≈ x0 of the linear path, turned into a velocity.
+
+    On x_t = (1 − t)·ε + t·x1:  x̂1 = (x − (1 − t)·ε̂)/t,  so  v = x̂1 − ε̂ = (x − ε̂)/t.
+    The division is singular at t = 0 (where x = ε and v cannot be recovered from ε̂ alone);
+    t is clamped from below at ``t_min`` in the denominator only, so v stays finite on grids that
+    start at 0 but is only as good as that clamp on the first step.
+    """
+
+    def __init__(self, inner: Callable[..., torch.Tensor], *, t_min: float = 1e-3):
+        _check_callable(inner, "inner")
+        self.inner, self.t_min = inner, _check_clamp(t_min, "t_min")
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        t = batch_time(t, x)
+        noise = self.inner(x, t, *args, **kwargs)
+        return (x - noise) / _broadcast(t.clamp(min=self.t_min), x)
+
+    def _describe(self) -> str:
+        return f"t_min={self.t_min:g}"
+
+
+class DataPrediction(_Adapter):
+    """A net predicting the data x̂1 of the linear path, turned into a velocity.
+
+    On x_t = (1 − t)·ε + t·x1:  ε̂ = (x − t·x̂1)/(1 − t),  so  v = x̂1 − ε̂ = (x̂1 − x)/(1 − t).
+    Singular at t = 1; 1 − t is clamped from below at ``gap_min`` in the denominator only (fixed
+    grids never evaluate at t = 1 with Euler, but Heun/RK4 end stages do).
+    """
+
+    def __init__(self, inner: Callable[..., torch.Tensor], *, gap_min: float = 1e-3):
+        _check_callable(inner, "inner")
+        self.inner, self.gap_min = inner, _check_clamp(gap_min, "gap_min")
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        t = batch_time(t, x)
+        data = self.inner(x, t, *args, **kwargs)
+        return (data - x) / _broadcast((1.0 - t).clamp(min=self.gap_min), x)
+
+    def _describe(self) -> str:
+        return f"gap_min={self.gap_min:g}"
+
+
+__all__ = [
+    "DataPrediction",
+    "DiscreteTime",
+    "ModelTX",
+    "ModelXT",
+    "NoisePrediction",
+    "ReversedTime",
+    "batch_time",
+]

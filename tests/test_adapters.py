@@ -1,0 +1,262 @@
+"""Adapters: each convention, translated, reproduces the ecosystem's sampler or the analytic truth."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import kinetic_fm as kfm
+from kinetic_fm.fields.adapters import (
+    DataPrediction,
+    DiscreteTime,
+    ModelTX,
+    ModelXT,
+    NoisePrediction,
+    ReversedTime,
+)
+
+torchdiffeq = pytest.importorskip("torchdiffeq")
+
+DIM = 3
+MEAN = torch.tensor([1.5, -0.5, 0.25], dtype=torch.float64)
+STD = 0.4
+
+
+def _mlp(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(DIM + 1, 16), torch.nn.Tanh(), torch.nn.Linear(16, DIM)
+    ).double()
+
+
+class TorchcfmStyleNet(torch.nn.Module):
+    """A torchcfm ``torch_wrapper``-like net: ``forward(t, x)`` with a 0-dim t, appended as a column."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = _mlp()
+        self.scalar_calls = 0
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        assert t.dim() == 0, "this net takes one time per call"
+        self.scalar_calls += 1
+        return self.mlp(torch.cat([x, t.repeat(x.shape[0])[:, None]], dim=1))
+
+
+def _x0(batch: int = 6) -> torch.Tensor:
+    return kfm.noise(list(range(batch)), (DIM,), dtype=torch.float64)
+
+
+def _left_kpe(velocity_tx, states: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """½ Σ ‖v(t_i, x_i)‖² Δt_i from an Euler trajectory (states at the grid points)."""
+    total = torch.zeros(states.shape[1], dtype=torch.float64)
+    for i in range(grid.numel() - 1):
+        v = velocity_tx(grid[i], states[i])
+        total += 0.5 * v.pow(2).sum(1) * (grid[i + 1] - grid[i])
+    return total
+
+
+# --- model(t, x): torchdiffeq / torchcfm ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint"])
+@pytest.mark.parametrize("grid", ["uniform", "cosine"])
+def test_time_first_net_matches_torchdiffeq(method, grid):
+    net = TorchcfmStyleNet()
+    x0 = _x0()
+    t = kfm.time_grid(grid, 20)
+    with torch.no_grad():
+        states = torchdiffeq.odeint(net, x0, t, method=method)
+    ours = kfm.sample(ModelTX(net, time="scalar"), x0, grid=t, solver=method, quadrature="left")
+    torch.testing.assert_close(ours.x, states[-1], rtol=1e-12, atol=1e-12)
+    if method == "euler":  # states at grid points are the Euler iterates: the left sum is direct
+        with torch.no_grad():
+            expected = _left_kpe(net, states, t)
+        torch.testing.assert_close(ours.kpe, expected, rtol=1e-12, atol=0)
+
+
+def test_rk4_parity_on_autonomous_linear_field():
+    # torchdiffeq's "rk4" is Kutta's 3/8 rule and ours is the classical one: both are the 4th-order
+    # Taylor polynomial of exp(hA) on an autonomous linear field, so they agree exactly there.
+    torch.manual_seed(1)
+    a = 0.5 * torch.randn(DIM, DIM, dtype=torch.float64)
+    b = torch.randn(DIM, dtype=torch.float64)
+    net = lambda t, x: x @ a.T + b  # noqa: E731
+    x0 = _x0()
+    t = kfm.time_grid("uniform", 8)
+    states = torchdiffeq.odeint(net, x0, t, method="rk4")
+    ours = kfm.sample(ModelTX(net), x0, grid=t, solver="rk4")
+    torch.testing.assert_close(ours.x, states[-1], rtol=1e-12, atol=1e-12)
+
+
+def test_time_first_batch_mode_passes_per_sample_times():
+    seen = []
+
+    def net(t, x):
+        seen.append(t.shape)
+        return -x
+
+    ModelTX(net)(torch.zeros(4, 2), torch.rand(4))
+    assert seen == [(4,)]
+
+
+def test_scalar_mode_groups_rows_by_time():
+    net = TorchcfmStyleNet()
+    x = _x0(5)
+    t = torch.tensor([0.1, 0.7, 0.1, 0.3, 0.7], dtype=torch.float64)
+    out = ModelTX(net, time="scalar")(x, t)
+    assert net.scalar_calls == 3  # one call per distinct time
+    with torch.no_grad():
+        expected = net.mlp(torch.cat([x, t[:, None]], dim=1))
+    torch.testing.assert_close(out, expected, rtol=1e-14, atol=1e-14)
+
+
+# --- model(x, t, **extras) -----------------------------------------------------------------------
+
+
+def test_model_xt_forwards_extras_and_slices_per_sample_ones_when_grouping():
+    def net(x, t, shift, cond=None):
+        assert t.dim() == 0
+        return x * t + shift + cond
+
+    x = _x0(4)
+    cond = torch.arange(4, dtype=torch.float64)[:, None].expand(4, DIM)
+    t = torch.tensor([0.2, 0.5, 0.2, 0.5], dtype=torch.float64)
+    out = ModelXT(net, time="scalar", shift=1.0)(x, t, cond=cond)
+    torch.testing.assert_close(out, x * t[:, None] + 1.0 + cond)
+
+
+# --- discrete time ---------------------------------------------------------------------------------
+
+
+def test_discrete_time_truncates_to_integer_steps():
+    seen = {}
+
+    def net(x, step):
+        seen["step"] = step
+        return x
+
+    t = torch.tensor([0.0, 0.5, 0.9995, 1.0, 1.2])
+    DiscreteTime(ModelXT(net), num_timesteps=1000)(torch.zeros(5, 1), t)
+    assert seen["step"].dtype == torch.int64
+    assert seen["step"].tolist() == [0, 499, 998, 999, 999]
+    DiscreteTime(net, num_timesteps=2)(torch.zeros(3, 1), torch.tensor([0.0, 0.99, 1.0]))
+    assert seen["step"].tolist() == [0, 0, 1]
+
+
+@pytest.mark.parametrize("bad", [1, 0, 2.5, True, "1000"])
+def test_discrete_time_rejects_bad_num_timesteps(bad):
+    with pytest.raises(ValueError, match="num_timesteps must be an integer >= 2"):
+        DiscreteTime(lambda x, s: x, num_timesteps=bad)
+
+
+# --- noise and data prediction ------------------------------------------------------------------------
+
+
+def _posterior_means(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E[ε | x_t] and E[x1 | x_t] for x1 ~ N(MEAN, STD² I), ε ~ N(0, I), x_t = (1 − t)ε + t·x1."""
+    tc = t[:, None]
+    var = (1 - tc) ** 2 + (tc * STD) ** 2
+    centred = x - tc * MEAN
+    return (1 - tc) / var * centred, MEAN + tc * STD**2 / var * centred
+
+
+def test_noise_and_data_prediction_recover_the_exact_velocity():
+    field = kfm.GaussianTarget(MEAN, STD)
+    x = _x0(8) * 2.0
+    t = torch.linspace(0.05, 0.95, 8, dtype=torch.float64)
+    noise_net = lambda x_, t_: _posterior_means(x_, t_)[0]  # noqa: E731
+    data_net = lambda x_, t_: _posterior_means(x_, t_)[1]  # noqa: E731
+    torch.testing.assert_close(NoisePrediction(noise_net)(x, t), field(x, t), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(DataPrediction(data_net)(x, t), field(x, t), rtol=1e-12, atol=1e-12)
+
+
+def test_data_prediction_sampling_reaches_the_analytic_kpe():
+    field = kfm.GaussianTarget(MEAN, STD)
+    x0 = _x0(16)
+    data_net = lambda x_, t_: _posterior_means(x_, t_)[1]  # noqa: E731
+    res = kfm.sample(DataPrediction(data_net), x0, steps=200, solver="midpoint")
+    torch.testing.assert_close(res.kpe, field.kinetic_energy(x0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(res.x, field.trajectory(x0, 1.0), rtol=1e-4, atol=1e-5)
+
+
+def test_prediction_clamps_keep_the_singular_ends_finite():
+    x = _x0(3)
+    ends = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+    assert torch.isfinite(NoisePrediction(lambda x_, t_: x_ + 1.0, t_min=1e-2)(x, ends)).all()
+    v = DataPrediction(lambda x_, t_: x_ + 1.0, gap_min=1e-2)(x, ends)
+    torch.testing.assert_close(v[1:], torch.full_like(v[1:], 100.0))  # (x̂1 − x)/gap_min
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, math.nan])
+def test_prediction_rejects_bad_clamps(bad):
+    with pytest.raises(ValueError, match="t_min must lie in"):
+        NoisePrediction(lambda x, t: x, t_min=bad)
+    with pytest.raises(ValueError, match="gap_min must lie in"):
+        DataPrediction(lambda x, t: x, gap_min=bad)
+
+
+# --- reversed time (diffusers' σ = 1 − t clock) ---------------------------------------------------
+
+
+def _sigma_time_net(field):
+    """A diffusers-convention net: reads timestep = 1000σ and returns dx/dσ = −v."""
+
+    def net(x, timestep):
+        return -field(x, 1.0 - timestep / 1000.0)
+
+    return net
+
+
+def test_reversed_time_adapter_recovers_the_analytic_flow():
+    field = kfm.GaussianTarget(MEAN, STD)
+    x0 = _x0(16)
+    res = kfm.sample(ReversedTime(ModelXT(_sigma_time_net(field))), x0, steps=100, solver="rk4")
+    torch.testing.assert_close(res.kpe, field.kinetic_energy(x0), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(res.x, field.trajectory(x0, 1.0), rtol=1e-8, atol=1e-8)
+
+
+def test_a_wrong_convention_guess_is_caught():
+    """The failure the README warns about: a σ-time net without (or with half) its adapter."""
+    field = kfm.GaussianTarget(MEAN, STD)
+    x0 = _x0(64)
+    truth_kpe, truth_x = field.kinetic_energy(x0), field.trajectory(x0, 1.0)
+    net = _sigma_time_net(field)
+    guesses = {
+        "no adapter": ModelXT(net),
+        "no sign flip": ReversedTime(net, flip_sign=False),
+        "wrong timestep scale": ReversedTime(net, timestep_scale=1.0),
+    }
+    for name, velocity in guesses.items():
+        res = kfm.sample(velocity, x0, steps=50, solver="heun", on_nonfinite="flag")
+        x_err = (res.x - truth_x).norm(dim=1) / truth_x.norm(dim=1)
+        kpe_err = (res.kpe - truth_kpe).abs() / truth_kpe
+        assert not bool(torch.nan_to_num(x_err, nan=1.0).median() < 0.2), name
+        assert not bool(torch.nan_to_num(kpe_err, nan=1.0).median() < 0.2), name
+    good = kfm.sample(ReversedTime(net), x0, steps=50, solver="heun")
+    assert ((good.kpe - truth_kpe).abs() / truth_kpe).max() < 1e-3
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan, True])
+def test_reversed_time_rejects_bad_scale(bad):
+    with pytest.raises(ValueError, match="timestep_scale must be a finite number > 0"):
+        ReversedTime(lambda x, s: x, timestep_scale=bad)
+
+
+def test_signature_adapters_validate_arguments():
+    with pytest.raises(ValueError, match="time must be one of"):
+        ModelTX(lambda t, x: x, time="per-sample")
+    with pytest.raises(ValueError, match="time must be one of"):
+        ModelXT(lambda x, t: x, time=None)
+    with pytest.raises(TypeError, match="model must be callable"):
+        ModelXT(3)
+    with pytest.raises(ValueError, match=r"t must have shape \(4,\)"):
+        ModelXT(lambda x, t: x)(torch.zeros(4, 2), torch.zeros(3))
+
+
+def test_adapters_compose_and_print_as_their_composition():
+    net = lambda x, s: x  # noqa: E731
+    adapter = NoisePrediction(DiscreteTime(ModelXT(net, time="scalar"), 1000))
+    text = repr(adapter)
+    assert text.startswith("NoisePrediction(DiscreteTime(ModelXT(") and "num_timesteps=1000" in text
