@@ -115,11 +115,13 @@ def integrate_dopri5(
         scale = atol + rtol * torch.maximum(xa.abs(), x_new.abs())
         ratio = _rms(err / scale)
 
-        finite = torch.stack([torch.isfinite(n) for n in norms]).all(dim=0) & torch.isfinite(ratio)
+        finite = torch.isfinite(ratio)
+        for n in norms:
+            finite &= torch.isfinite(n)
         if not bool(finite.all()):
-            bad = ~finite
-            _flag_rows(torch.where(bad, float("nan"), 0.0), rows, steps[rows], ta, bad_step, bad_time, done, raise_nonfinite)
-            ratio = torch.where(bad, torch.full_like(ratio, float("inf")), ratio)
+            bad_at = _first_bad_stage_time(norms, [ta] + [ta + c * ha for c in tab.c[1:]], t_end, tab.c)
+            _flag_rows(torch.where(finite, 0.0, float("nan")), rows, steps[rows], bad_at, bad_step, bad_time, done, raise_nonfinite)
+            ratio = torch.where(finite, ratio, float("inf"))
         accept = (ratio <= 1.0) & finite
 
         applied, raw = step_energy(ha, etas, norms, weights)
@@ -185,6 +187,15 @@ def _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step) -> torch.Tensor:
     dmax = torch.maximum(d1, d2)
     h1 = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3), (0.01 / dmax).pow(1 / 5))
     return torch.minimum(100 * h0, h1).clamp(max=1.0)
+
+
+def _first_bad_stage_time(norms, times, t_end, c) -> torch.Tensor:
+    """Per sample, the time of the first stage whose velocity was non-finite."""
+    out = torch.full_like(t_end, float("nan"))
+    for n, tj, cj in zip(norms, times, c):
+        tj = t_end if cj == 1.0 else tj
+        out = torch.where(torch.isnan(out) & ~torch.isfinite(n), tj, out)
+    return torch.where(torch.isnan(out), t_end, out)
 
 
 def _flag_rows(norm, rows, step, time, bad_step, bad_time, done, raise_nonfinite) -> None:

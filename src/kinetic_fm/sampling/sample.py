@@ -49,7 +49,8 @@ def sample(
         velocity: callable ``v(x, t)`` with x (B, ...) and t (B,) of x's dtype; returns (B, ...).
         x0: (B, ...) initial noise; or give ``seeds`` and ``shape`` to draw it with ``kfm.noise``.
         steps: number of steps S for fixed-step solvers (ignored for a tensor grid and dopri5).
-        solver: "euler" | "midpoint" | "heun" | "rk4" (fixed step) | "dopri5" (adaptive, per sample).
+        solver: "euler" | "midpoint" | "heun" | "rk4" | "rk4_38" (fixed step; rk4_38 is Kutta's
+            3/8 rule, torchdiffeq's "rk4") | "dopri5" (adaptive, per-sample step control).
         grid: "uniform" | "cosine" | a 1-D tensor from 0 to 1 (fixed-step solvers only).
         shaping: a ``KTS`` gain (or any callable η(t) > 0 accepting floats and tensors); None = plain FM.
         quadrature: "solver" (the solver's stage weights) or "left" (reference: first stage only).

@@ -34,6 +34,13 @@ RK4 = Tableau(
     b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
     order=4,
 )
+RK4_38 = Tableau(  # Kutta's 3/8 rule (what torchdiffeq calls "rk4")
+    "rk4_38",
+    c=(0.0, 1 / 3, 2 / 3, 1.0),
+    a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
+    b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+    order=4,
+)
 
 # Dormand–Prince 5(4); the 7th stage is evaluated at the new point and reused (FSAL).
 _DP_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
@@ -55,5 +62,5 @@ DOPRI5 = Tableau(
     b_error=tuple(b - bh for b, bh in zip(_DP_B, _DP_B_HAT)),
 )
 
-FIXED_STEP = {t.name: t for t in (EULER, MIDPOINT, HEUN, RK4)}
+FIXED_STEP = {t.name: t for t in (EULER, MIDPOINT, HEUN, RK4, RK4_38)}
 SOLVERS = (*FIXED_STEP, "dopri5")

@@ -1,0 +1,301 @@
+"""kfm.sample against analytic solutions, torchdiffeq, and a transcription of the reference loop."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import kinetic_fm as kfm
+from kinetic_fm import GaussianTarget, PointTarget
+
+FIXED = ["euler", "midpoint", "heun", "rk4", "rk4_38"]
+ORDER = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "rk4_38": 4}
+
+
+class TimeMLP(nn.Module):
+    """A fixed random velocity net v(x, t) for parity tests (float64)."""
+
+    def __init__(self, dim=3, width=32, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(dim + 1, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, dim))
+        self.double()
+
+    def forward(self, x, t):
+        return self.net(torch.cat([x, t.reshape(-1, 1).to(x.dtype)], dim=1))
+
+
+@pytest.fixture
+def x0():
+    return kfm.noise(range(16), (3,), dtype=torch.float64)
+
+
+# --- analytic convergence -----------------------------------------------------------------
+@pytest.mark.parametrize("solver", FIXED)
+def test_kpe_converges_at_the_solver_order(solver, x0):
+    field = GaussianTarget(mean=torch.tensor([2.0, -1.0, 0.5]), std=0.5)
+    exact = field.kinetic_energy(x0)
+    steps = [8, 16, 32, 64]
+    errors = []
+    for n in steps:
+        res = kfm.sample(field, x0, steps=n, solver=solver)
+        errors.append((res.kpe - exact).abs().max().item())
+    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert slope == pytest.approx(ORDER[solver], abs=0.35), errors
+
+
+def test_rk4_200_steps_is_within_1e8(x0):
+    field = GaussianTarget(mean=1.5, std=0.3)
+    res = kfm.sample(field, x0, steps=200, solver="rk4")
+    rel = ((res.kpe - field.kinetic_energy(x0)) / field.kinetic_energy(x0)).abs().max()
+    assert rel < 1e-8
+    assert torch.allclose(res.x, field.trajectory(x0, 1.0), atol=1e-9)
+
+
+def test_dopri5_matches_the_analytic_solution(x0):
+    field = GaussianTarget(mean=1.5, std=0.3)
+    res = kfm.sample(field, x0, solver="dopri5", rtol=1e-8, atol=1e-8)
+    assert torch.allclose(res.x, field.trajectory(x0, 1.0), atol=1e-6)
+    assert torch.allclose(res.kpe, field.kinetic_energy(x0), rtol=1e-6)
+    assert res.nfe.shape == (16,) and (res.steps > 1).all()
+
+
+def test_euler_energy_is_exact_on_its_own_path(x0):
+    # Euler moves on straight segments; the solver quadrature is the exact energy of that path.
+    field = GaussianTarget(mean=1.0, std=0.7)
+    res = kfm.sample(field, x0, steps=7, solver="euler", grid="cosine")
+    grid = kfm.time_grid("cosine", 7)
+    x, energy = x0.clone(), torch.zeros(16, dtype=torch.float64)
+    for i in range(7):
+        h = (grid[i + 1] - grid[i]).item()
+        x_next = x + h * field(x, torch.full((16,), grid[i].item(), dtype=torch.float64))
+        energy += 0.5 * ((x_next - x) ** 2).sum(1) / h
+        x = x_next
+    assert torch.allclose(res.kpe, energy, rtol=1e-12)
+
+
+def test_point_target_gives_straight_lines(x0):
+    y = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    res = kfm.sample(PointTarget(y), x0, steps=5, solver="midpoint")  # heun and rk4 evaluate at t = 1
+    assert torch.allclose(res.x, y.expand_as(x0), atol=1e-12)
+    assert torch.allclose(res.kpe, 0.5 * ((y - x0) ** 2).sum(1), rtol=1e-12)
+
+
+def test_without_shaping_applied_equals_raw_and_split_adds_up(x0):
+    field = GaussianTarget(mean=1.0, std=0.5)
+    res = kfm.sample(field, x0, steps=50, solver="heun", profile=True)
+    assert torch.equal(res.kpe, res.kpe_raw)
+    assert torch.allclose(res.early + res.late, res.kpe, rtol=1e-14)
+    assert torch.allclose(res.profile.sum(1), res.kpe, rtol=1e-14)
+    assert torch.allclose(res.profile[:, :30].sum(1), res.early, rtol=1e-14)  # int(0.6 * 50) = 30
+    assert torch.equal(res.peak, res.profile.max(1).values)
+
+
+def test_shaping_scales_applied_energy(x0):
+    field = GaussianTarget(mean=1.0, std=0.5)
+    kts = kfm.KTS(alpha0=0.3, beta0=0.0, tau_split=0.5, launch="constant")
+    res = kfm.sample(field, x0, steps=40, solver="euler", shaping=kts, profile=True, quadrature="left")
+    # during launch η = 1.3 exactly, so the applied increments there are 1.69 × the raw ones
+    v = field(x0, torch.zeros(16, dtype=torch.float64))
+    first = 0.5 * 1.69 * (v**2).sum(1) / 40
+    assert torch.allclose(res.profile[:, 0], first, rtol=1e-13)
+    assert (res.kpe > res.kpe_raw).all()
+
+
+# --- torchdiffeq parity ---------------------------------------------------------------------
+@pytest.mark.parametrize("ours, theirs", [("euler", "euler"), ("midpoint", "midpoint"), ("heun", "heun2"), ("rk4_38", "rk4")])
+@pytest.mark.parametrize("grid", ["uniform", "cosine"])
+def test_matches_torchdiffeq_on_the_same_grid(ours, theirs, grid, x0):
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    net = TimeMLP()
+    times = kfm.time_grid(grid, 25)
+    res = kfm.sample(net, x0, steps=25, grid=grid, solver=ours)
+    path = torchdiffeq.odeint(lambda t, x: net(x, t.expand(x.shape[0])), x0, times, method=theirs)
+    assert torch.allclose(res.x, path[-1], rtol=0, atol=1e-12)
+
+
+def test_classic_rk4_matches_a_hand_written_step(x0):
+    net = TimeMLP()
+    res = kfm.sample(net, x0, steps=3, solver="rk4")
+    x, h = x0.clone(), 1 / 3
+    for i in range(3):
+        t = lambda s: torch.full((16,), s, dtype=torch.float64)  # noqa: E731
+        k1 = net(x, t(i * h))
+        k2 = net(x + h / 2 * k1, t(i * h + h / 2))
+        k3 = net(x + h / 2 * k2, t(i * h + h / 2))
+        k4 = net(x + h * k3, t((i + 1) / 3))
+        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    assert torch.allclose(res.x, x, atol=1e-13)
+
+
+# --- reference parity -------------------------------------------------------------------------
+def reference_eta(t, a0, b0, tau, launch, landing, k):
+    if t < tau:
+        u = 1 - t / tau
+        a = {"linear": a0 * u, "constant": a0, "exponential": a0 * (math.exp(k * u) - 1) / (math.exp(k) - 1)}[launch]
+        return 1 + a
+    s = (t - tau) / (1 - tau)
+    b = {"exponential": b0 * (math.exp(k * s) - 1), "linear": b0 * s, "constant": b0}[landing]
+    return 1 - b
+
+
+def reference_loop(net, x0, grid, method, eta):
+    """One trajectory at a time, `.item()` per step: the paper's reference semantics."""
+    xs, energies, earlies = [], [], []
+    n = len(grid) - 1
+    split = int(0.6 * n)
+    for b in range(x0.shape[0]):
+        x = x0[b : b + 1].clone()
+        energy = early = 0.0
+        for i in range(n):
+            t, t_next = grid[i], grid[i + 1]
+            dt = t_next - t
+            v = net(x, torch.tensor([t], dtype=torch.float64))
+            e = eta(t)
+            inc = 0.5 * e**2 * (v**2).sum().item() * dt
+            energy += inc
+            if i < split:
+                early += inc
+            if method == "euler":
+                x = x + e * dt * v
+            else:
+                x_pred = x + e * dt * v
+                v2 = net(x_pred, torch.tensor([t_next], dtype=torch.float64))
+                e2 = eta(t_next)
+                x = x + 0.5 * (e + e2) * dt * 0.5 * (v + v2)
+        xs.append(x)
+        energies.append(energy)
+        earlies.append(early)
+    return torch.cat(xs), torch.tensor(energies, dtype=torch.float64), torch.tensor(earlies, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+@pytest.mark.parametrize("grid", ["uniform", "cosine"])
+@pytest.mark.parametrize(
+    "launch, landing",
+    [(l, d) for l in ("linear", "constant", "exponential") for d in ("exponential", "linear", "constant")],
+)
+def test_reference_parity_for_every_form(method, grid, launch, landing):
+    net = TimeMLP(seed=1)
+    x0 = kfm.noise(range(5), (3,), dtype=torch.float64)
+    kts = kfm.KTS(alpha0=0.02, beta0=0.02, tau_split=0.6, launch=launch, landing=landing)
+    eta = lambda t: reference_eta(t, 0.02, 0.02, 0.6, launch, landing, 3.0)  # noqa: E731
+    times = kfm.time_grid(grid, 20).tolist()
+    x_ref, e_ref, early_ref = reference_loop(net, x0, times, method, eta)
+    res = kfm.sample(net, x0, steps=20, grid=grid, solver=method, shaping=kts, quadrature="left")
+    assert torch.allclose(res.x, x_ref, rtol=0, atol=1e-12)
+    assert torch.allclose(res.kpe, e_ref, rtol=1e-12, atol=0)
+    assert torch.allclose(res.early, early_ref, rtol=1e-12, atol=1e-300)
+
+
+# --- batch invariance ---------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", [*FIXED, "dopri5"])
+def test_batch_invariance(solver):
+    net = TimeMLP(seed=2)
+    kts = kfm.KTS()
+    seeds = list(range(100, 164))
+    whole = kfm.sample(net, seeds=seeds, shape=(3,), dtype=torch.float64, steps=20, solver=solver, shaping=kts)
+    parts = [
+        kfm.sample(net, seeds=seeds[i : i + 7], shape=(3,), dtype=torch.float64, steps=20, solver=solver, shaping=kts)
+        for i in range(0, 64, 7)
+    ]
+    assert torch.allclose(whole.x, torch.cat([p.x for p in parts]), rtol=0, atol=1e-13)
+    assert torch.allclose(whole.kpe, torch.cat([p.kpe for p in parts]), rtol=1e-13, atol=0)
+    if solver == "dopri5":
+        assert torch.equal(whole.steps, torch.cat([p.steps for p in parts]))
+
+
+def test_dopri5_samples_do_not_depend_on_profile_or_quadrature(x0):
+    net = TimeMLP(seed=3)
+    a = kfm.sample(net, x0, solver="dopri5", shaping=kfm.KTS())
+    b = kfm.sample(net, x0, solver="dopri5", shaping=kfm.KTS(), profile=True, quadrature="left")
+    assert torch.equal(a.x, b.x) and torch.equal(a.steps, b.steps)
+    assert torch.allclose(b.profile.sum(1), b.kpe, rtol=1e-13)
+    assert torch.allclose(a.early + a.late, a.kpe, rtol=1e-13)
+
+
+# --- guards -------------------------------------------------------------------------------------
+class NaNAfter(nn.Module):
+    """-x on the first coordinates; NaN from t_bad on for samples whose last (frozen) coordinate is 1."""
+
+    def __init__(self, t_bad):
+        super().__init__()
+        self.t_bad = t_bad
+
+    def forward(self, x, t):
+        v = torch.cat([-x[:, :-1], torch.zeros_like(x[:, -1:])], dim=1)
+        bad = (t >= self.t_bad) & (x[:, -1] > 0.5)
+        return torch.where(bad.reshape(-1, 1), torch.nan, v)
+
+
+def _marked(x0, rows):
+    marker = torch.zeros(x0.shape[0], 1, dtype=x0.dtype)
+    marker[rows] = 1.0
+    return torch.cat([x0, marker], dim=1)
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4", "dopri5"])
+def test_nonfinite_velocity_names_step_time_and_samples(solver, x0):
+    with pytest.raises(kfm.NonFiniteVelocityError, match=r"sample indices \[2, 5\]") as err:
+        kfm.sample(NaNAfter(0.5), _marked(x0, [2, 5]), steps=10, solver=solver)
+    assert err.value.indices == [2, 5]
+    assert err.value.time >= 0.5
+    if solver == "euler":
+        assert err.value.step == 5 and err.value.time == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("solver", ["heun", "dopri5"])
+def test_nonfinite_can_be_flagged_instead(solver, x0):
+    res = kfm.sample(NaNAfter(0.5), _marked(x0, [2, 5]), steps=10, solver=solver, on_nonfinite="flag")
+    assert res.nonfinite.nonzero().flatten().tolist() == [2, 5]
+    assert torch.isnan(res.kpe[[2, 5]]).all() and torch.isfinite(res.kpe[~res.nonfinite]).all()
+    frame = res.to_frame()
+    assert frame["nonfinite"].sum() == 2
+
+
+def test_bad_inputs_get_clear_errors(x0):
+    field = GaussianTarget()
+    with pytest.raises(ValueError, match="shape"):
+        kfm.sample(lambda x, t: x[:, :2], x0, steps=2)
+    with pytest.raises(ValueError, match="dtype"):
+        kfm.sample(lambda x, t: x.float(), x0, steps=2)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        kfm.sample(lambda x, t: x.numpy(), x0, steps=2)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        kfm.sample(field, torch.zeros(0, 3), steps=2)
+    with pytest.raises(ValueError, match="NaN"):
+        kfm.sample(field, torch.full((2, 3), math.nan), steps=2)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        kfm.sample(field, x0, solver="rk45")
+    with pytest.raises(ValueError, match="quadrature"):
+        kfm.sample(field, x0, quadrature="right")
+    with pytest.raises(ValueError, match="either x0 or seeds"):
+        kfm.sample(field, x0, seeds=[1], shape=(3,))
+    with pytest.raises(ValueError, match="seeds and shape"):
+        kfm.sample(field, seeds=[1])
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        kfm.sample(field, x0, on_nonfinite="ignore")
+    with pytest.raises(ValueError, match="split"):
+        kfm.sample(field, x0, split=1.5)
+    with pytest.raises(ValueError, match="rtol"):
+        kfm.sample(field, x0, solver="dopri5", rtol=0)
+    with pytest.raises(ValueError, match="steps"):
+        kfm.sample(field, x0, steps=0)
+
+
+def test_wrong_device_is_reported(x0):
+    class Meta(nn.Module):
+        def forward(self, x, t):
+            return torch.empty_like(x, device="meta")
+
+    with pytest.raises(ValueError, match="device|dtype|on meta"):
+        kfm.sample(Meta(), x0, steps=2)
+
+
+def test_seeds_path_records_seeds_in_the_frame():
+    res = kfm.sample(GaussianTarget(), seeds=[4, 9], shape=(2,), steps=4)
+    frame = res.to_frame()
+    assert frame["seed"].tolist() == [4, 9]
+    assert set(frame.columns) >= {"kpe", "kpe_raw", "early", "late", "peak", "nfe"}
+    assert res.x.dtype == torch.float32 and res.kpe.dtype == torch.float64

@@ -1,0 +1,95 @@
+"""KTS gain against an independent transcription of the paper's reference formulas."""
+import math
+
+import pytest
+import torch
+
+from kinetic_fm import KTS
+
+
+def reference_eta(t, alpha0, beta0, tau, launch, landing, k):
+    if t < tau:
+        if launch == "linear":
+            a = alpha0 * (1 - t / tau)
+        elif launch == "constant":
+            a = alpha0
+        else:
+            a = alpha0 * (math.exp(k * (1 - t / tau)) - 1) / (math.exp(k) - 1)
+        return 1 + a
+    s = (t - tau) / (1 - tau)
+    if landing == "exponential":
+        b = beta0 * (math.exp(k * s) - 1)
+    elif landing == "linear":
+        b = beta0 * s
+    else:
+        b = beta0
+    return 1 - b
+
+
+FORMS = [(l, d) for l in ("linear", "constant", "exponential") for d in ("exponential", "linear", "constant")]
+
+
+@pytest.mark.parametrize("launch, landing", FORMS)
+def test_gain_equals_reference_formulas(launch, landing):
+    kts = KTS(alpha0=0.02, beta0=0.03, tau_split=0.4, launch=launch, landing=landing, k=2.5)
+    ts = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    ref = torch.tensor([reference_eta(t, 0.02, 0.03, 0.4, launch, landing, 2.5) for t in ts.tolist()], dtype=torch.float64)
+    assert torch.allclose(kts(ts), ref, rtol=0, atol=1e-15)
+    for t in (0.0, 0.2, 0.4, 0.7, 1.0):
+        assert kts(t) == pytest.approx(reference_eta(t, 0.02, 0.03, 0.4, launch, landing, 2.5), abs=1e-15)
+        assert isinstance(kts(t), float)
+
+
+def test_defaults_match_the_paper():
+    kts = KTS()
+    assert (kts.alpha0, kts.beta0, kts.tau_split, kts.launch, kts.landing, kts.k) == (0.01, 0.01, 0.6, "linear", "exponential", 3.0)
+    assert kts(0.0) == pytest.approx(1.01)
+    assert kts(1.0) == pytest.approx(1 - 0.01 * (math.e**3 - 1))
+
+
+def test_exponential_landing_limit_is_named():
+    limit = 1 / (math.e**3 - 1)
+    KTS(beta0=limit * 0.999)
+    with pytest.raises(ValueError, match=r"0\.0524"):
+        KTS(beta0=0.06)
+
+
+@pytest.mark.parametrize("landing", ["linear", "constant"])
+def test_linear_and_constant_landing_limit_is_one(landing):
+    KTS(beta0=0.99, landing=landing)
+    with pytest.raises(ValueError, match="largest admissible beta0 is just below 1"):
+        KTS(beta0=1.0, landing=landing)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tau_split": 0.0}, "tau_split"),
+        ({"tau_split": 1.0}, "tau_split"),
+        ({"tau_split": -0.2}, "tau_split"),
+        ({"alpha0": -0.01}, "alpha0"),
+        ({"beta0": -0.01}, "beta0"),
+        ({"k": 0.0}, "k must be > 0"),
+        ({"launch": "cubic"}, "launch"),
+        ({"landing": "cubic"}, "landing"),
+        ({"alpha0": float("nan")}, "alpha0"),
+    ],
+)
+def test_bad_settings_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        KTS(**kwargs)
+
+
+@pytest.mark.parametrize("launch, landing", FORMS)
+def test_renormalized_gain_integrates_to_one(launch, landing):
+    kts = KTS(alpha0=0.05, beta0=0.02, launch=launch, landing=landing, renormalize=True)
+    # fine trapezoid on each side of the possible jump at tau
+    tau = kts.tau_split
+    left = torch.linspace(0, tau, 200_001, dtype=torch.float64)[:-1]
+    right = torch.linspace(tau, 1, 200_001, dtype=torch.float64)
+    left_val = torch.cat([kts(left), torch.tensor([kts(tau - 1e-15)], dtype=torch.float64)])
+    left_t = torch.cat([left, torch.tensor([tau], dtype=torch.float64)])
+    integral = torch.trapezoid(left_val, left_t) + torch.trapezoid(kts(right), right)
+    assert integral.item() == pytest.approx(1.0, abs=1e-8)
+    plain = KTS(alpha0=0.05, beta0=0.02, launch=launch, landing=landing)
+    assert kts(0.3) == pytest.approx(plain(0.3) / plain.mean_gain())
