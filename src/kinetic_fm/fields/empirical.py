@@ -1,0 +1,393 @@
+"""Closed-form empirical flow matching (EFM): the exact velocity of a finite training set.
+
+For atoms y_1..y_N and the path x_t = (1 − t)·x0 + t·x1 with x1 uniform over the atoms,
+
+    v*(x, t) = (ȳ(x, t) − x) / (1 − t),     ȳ = Σ_j w_j y_j,
+    w = softmax_j(ℓ_j),                     ℓ_j = −‖x − t·y_j‖² / (2(1 − t)²).
+
+How :class:`EmpiricalFlow` evaluates it (never a (B, N, D) tensor):
+
+1. **Screening GEMM.** Per block of queries, ℓ̃_j = (t/(1−t)²)·x·y_j − (t²/(2(1−t)²))·‖y_j‖²
+   (ℓ_j up to a per-query constant, which softmax ignores) is one GEMM per chunk of atoms in the
+   train dtype, with ‖y‖² cached once. Its rounding error is bounded per query by
+   e = (D + 4)·u·(a·‖x‖·max‖y‖ + c·max‖y‖²), a = t/(1−t)², c = t²/(2(1−t)²), u = unit round-off.
+   The 1/(1−t)² factor makes e grow without bound as t → 1: this is the cancellation the
+   expansion suffers near t → 1 and between near-duplicate atoms.
+2. **Candidates.** Any atom with ℓ̃_j < max ℓ̃ − cutoff − 2e has true weight < e^(−cutoff) times
+   the largest weight; with the default cutoff = ln N + 36 their total is below 2.3e-16 of it.
+3. **Exact re-scoring (sparse regime).** When a query has at most ``exact_max`` candidates
+   (always the case once the posterior concentrates: mid-to-late t, near-duplicates, t → 1), their
+   logits are recomputed in float64 from ‖x − t·y_j‖² without expansion and ȳ is formed in
+   float64: exact to float64 round-off whatever t.
+4. **Dense regime.** Otherwise (small t, where 1/(1−t)² is mild and many atoms matter) the
+   screened logits are used, ȳ = exp(ℓ̃ − max) @ Y / Σ exp(ℓ̃ − max) as a second GEMM, and the
+   logit error bound e is reported per sample in :class:`PosteriorDiagnostics`. For float64
+   training tensors the screening itself runs in float64.
+
+Behaviour as t → 1: times are clamped to 1 − t ≥ ``eps`` (default 1e-6), i.e. v(x, t) :=
+v(x, min(t, 1 − eps)): the velocity that carries x to the posterior mean ȳ (≈ the nearest atom)
+in the remaining time eps. It is finite for every finite x, and exactly 0 when x is an atom.
+Explicit solvers never evaluate at t = 1; dopri5 stages and user grids can come arbitrarily close.
+
+Truncated mode (``truncate=k``) keeps only the k atoms with the largest logits — the exact k
+nearest neighbours of x/t (:func:`kinetic_fm.nearest_neighbors`, or faiss) — and reports, per
+sample and per call, a bound on the posterior mass it drops: every dropped atom has ℓ ≤ ℓ_(k), so
+the dropped mass is at most R/(1 + R) with R = (N − k)·exp(ℓ_(k) − logsumexp(ℓ_top-k)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..metrics.neighbors import check_finite, nearest_neighbors, unit_roundoff
+
+__all__ = [
+    "EmpiricalFlow",
+    "EmpiricalVelocity",
+    "Posterior",
+    "PosteriorDiagnostics",
+    "PosteriorRecorder",
+    "PosteriorTrace",
+]
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """Top-k of the posterior over training atoms, p(x1 = y_j | x_t = x).
+
+    Attributes:
+        weights: (B, k) float64, descending; exact float64 where ``exact`` else screened.
+        indices: (B, k) int64 atom indices into the training tensor.
+        exact: (B,) bool, weights from exact float64 re-scoring (see module docs).
+    """
+
+    weights: torch.Tensor
+    indices: torch.Tensor
+    exact: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PosteriorDiagnostics:
+    """Per-sample summaries of the posterior (all (B,), on the query device).
+
+    Attributes:
+        max_weight: float64, the largest posterior weight (posterior dominance, in (0, 1]).
+        entropy: float64, −Σ w log w in nats (0 = one atom; log N = uniform).
+        candidates: int64, atoms within ``cutoff + 2e`` of the best screened logit.
+        exact: bool, weights from exact float64 re-scoring (False: screened GEMM logits).
+        logit_error_bound: float64, bound e on the screened logits' error (0 where ``exact``).
+        neglected_bound: float64, bound on the posterior mass left out: N·e^(−cutoff) in full
+            mode, R/(1 + R) in truncated mode (see module docs).
+    """
+
+    max_weight: torch.Tensor
+    entropy: torch.Tensor
+    candidates: torch.Tensor
+    exact: torch.Tensor
+    logit_error_bound: torch.Tensor
+    neglected_bound: torch.Tensor
+
+
+@dataclass(frozen=True)
+class EmpiricalVelocity:
+    """One evaluation: ``velocity`` (B, ...) in x's dtype and its :class:`PosteriorDiagnostics`."""
+
+    velocity: torch.Tensor
+    diagnostics: PosteriorDiagnostics
+
+
+class EmpiricalFlow:
+    """Exact closed-form EFM velocity over a training tensor; a velocity field for ``kfm.sample``.
+
+    Args:
+        train: (N, ...) training atoms (any real dtype, any device; kept where given).
+            Float64 atoms give float64 screening; anything else screens in float32.
+        chunk: atoms per screening GEMM (bounds the temporary (batch_chunk, chunk) block).
+        batch_chunk: queries per block; default from ``memory_budget``.
+        memory_budget: bytes for the per-block (batch_chunk, N) screened-logit matrix.
+        eps: smallest 1 − t used (t is clamped to ≤ 1 − eps; see module docs).
+        exact_max: most candidates per query re-scored exactly in float64.
+        cutoff: log-weight gap below which atoms are neglected; default ln N + 36.
+        truncate: keep only the k largest-logit atoms per query (None: all N).
+        backend: nearest-neighbour backend for truncated mode, "torch" or "faiss".
+
+    ``field(x, t)`` takes x (B, ...) with the training tensor's trailing shape and t (B,) (or a
+    scalar) and returns v*(x, t) with x's shape, dtype and device. ``field.evaluate`` also returns
+    the per-sample :class:`PosteriorDiagnostics`; ``field.posterior(x, t, k)`` the top-k weights.
+    """
+
+    def __init__(
+        self,
+        train: torch.Tensor,
+        *,
+        chunk: int = 16384,
+        batch_chunk: int | None = None,
+        memory_budget: int = 64 << 20,
+        eps: float = 1e-6,
+        exact_max: int = 64,
+        cutoff: float | None = None,
+        truncate: int | None = None,
+        backend: str = "torch",
+    ):
+        train = torch.as_tensor(train)
+        if train.dim() < 1 or train.shape[0] == 0:
+            raise ValueError(f"train must have shape (N, ...) with N ≥ 1, got {tuple(train.shape)}")
+        check_finite("train", train)
+        dtype = torch.float64 if train.dtype == torch.float64 else torch.float32
+        self.atoms = train.reshape(train.shape[0], -1).to(dtype)  # a view when already float32/64
+        self.shape = tuple(train.shape[1:])
+        self.n, self.dim = self.atoms.shape
+        for name, value in (("chunk", chunk), ("memory_budget", memory_budget), ("exact_max", exact_max)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if batch_chunk is not None and not (isinstance(batch_chunk, int) and batch_chunk >= 1):
+            raise ValueError(f"batch_chunk must be a positive integer or None, got {batch_chunk!r}")
+        if not (0.0 < eps < 1.0):
+            raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
+        if truncate is not None and not (isinstance(truncate, int) and 1 <= truncate <= self.n):
+            raise ValueError(f"truncate must be None or an integer in [1, {self.n}], got {truncate!r}")
+        if cutoff is not None and not cutoff > 0:
+            raise ValueError(f"cutoff must be positive, got {cutoff!r}")
+        if backend not in ("torch", "faiss"):
+            raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
+        self.chunk, self.eps, self.exact_max = chunk, float(eps), exact_max
+        self.truncate, self.backend = truncate, backend
+        self.cutoff = float(cutoff) if cutoff is not None else math.log(self.n) + 36.0
+        self.batch_chunk = batch_chunk or max(1, memory_budget // (4 * self.n))
+        sq = self.atoms.double().pow(2).sum(dim=1)
+        self._sq_norms = sq.to(dtype)                       # cached ‖y_j‖², screening dtype
+        self._norm_max = float(sq.max().sqrt())
+        self._mean = self.atoms.double().mean(dim=0)        # exact v at t = 0
+        self._u = unit_roundoff(dtype, self.atoms.device)
+        self.last_diagnostics: PosteriorDiagnostics | None = None
+
+    # ------------------------------------------------------------------ public
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """v*(x, t): (B, ...) in x's dtype. Diagnostics of the call are kept in ``last_diagnostics``."""
+        return self.evaluate(x, t).velocity
+
+    def evaluate(self, x: torch.Tensor, t: torch.Tensor | float) -> EmpiricalVelocity:
+        """Velocity and per-sample posterior diagnostics in one pass."""
+        flat, t64 = self._check(x, t)
+        ybar, diag, _ = self._solve(flat, t64, top_k=0)
+        one_minus = (1.0 - t64).clamp_min(self.eps)[:, None]
+        velocity = ((ybar - flat.double()) / one_minus).to(x.dtype if x.is_floating_point() else torch.float32)
+        self.last_diagnostics = diag
+        return EmpiricalVelocity(velocity.reshape(x.shape), diag)
+
+    def posterior(self, x: torch.Tensor, t: torch.Tensor | float, k: int = 1) -> Posterior:
+        """Top-k posterior weights and atom indices per sample (k ≤ N, ≤ ``truncate``)."""
+        limit = self.truncate or self.n
+        if not (isinstance(k, int) and 1 <= k <= limit):
+            raise ValueError(f"k must be an integer in [1, {limit}], got {k!r}")
+        flat, t64 = self._check(x, t)
+        _, diag, top = self._solve(flat, t64, top_k=k)
+        return Posterior(top[0], top[1], diag.exact)
+
+    def diagnostics(self, x: torch.Tensor, t: torch.Tensor | float) -> PosteriorDiagnostics:
+        """Posterior dominance (max weight), entropy and precision flags per sample."""
+        return self.evaluate(x, t).diagnostics
+
+    def __repr__(self) -> str:
+        mode = f", truncate={self.truncate}" if self.truncate else ""
+        return f"EmpiricalFlow(N={self.n}, shape={self.shape}, dtype={self.atoms.dtype}{mode})"
+
+    # ------------------------------------------------------------------ checks
+    def _check(self, x, t) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(x, torch.Tensor) or x.dim() < 1:
+            raise ValueError("x must be a tensor of shape (B, ...)")
+        batch = x.shape[0]
+        flat = x.reshape(batch, -1)
+        if flat.shape[1] != self.dim:
+            raise ValueError(
+                f"x must have the training atoms' trailing shape {self.shape} ({self.dim} features), "
+                f"got {tuple(x.shape[1:])}"
+            )
+        if x.device != self.atoms.device:
+            raise ValueError(f"x is on {x.device} but the training atoms are on {self.atoms.device}")
+        t = torch.as_tensor(t, device=x.device).double()
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+        if bool(((t < 0) | (t > 1) | ~torch.isfinite(t)).any()):
+            raise ValueError("t must lie in [0, 1]")
+        return flat, t
+
+    # ------------------------------------------------------------------ core
+    def _solve(self, x, t, top_k):
+        """ȳ (B, D) float64, diagnostics, and (weights, indices) of the top_k atoms (if top_k)."""
+        parts = [self._solve_truncated(x, t, top_k)] if self.truncate else [
+            self._solve_block(x[b0:b0 + self.batch_chunk], t[b0:b0 + self.batch_chunk], top_k)
+            for b0 in range(0, x.shape[0], self.batch_chunk)
+        ]
+        ybar = torch.cat([p[0] for p in parts])
+        diag = PosteriorDiagnostics(*(torch.cat([getattr(p[1], f) for p in parts])
+                                      for f in PosteriorDiagnostics.__dataclass_fields__))
+        top = (torch.cat([p[2][0] for p in parts]), torch.cat([p[2][1] for p in parts])) if top_k else None
+        return ybar, diag, top
+
+    def _coefficients(self, t):
+        one_minus = (1.0 - t).clamp_min(self.eps)
+        a = t / one_minus.pow(2)                          # multiplies x·y_j
+        c = t.pow(2) / (2.0 * one_minus.pow(2))           # multiplies ‖y_j‖²
+        return one_minus, a, c
+
+    def _screen(self, x, a, c):
+        """Screened logits ℓ̃ (b, N) in the screening dtype, one GEMM per chunk of atoms."""
+        dtype = self.atoms.dtype
+        xa = x.to(dtype) * a.to(dtype)[:, None]
+        if self.chunk >= self.n:
+            scores = torch.mm(xa, self.atoms.T)
+        else:
+            scores = torch.empty(x.shape[0], self.n, dtype=dtype, device=x.device)
+            for c0 in range(0, self.n, self.chunk):
+                scores[:, c0:c0 + self.chunk] = torch.mm(xa, self.atoms[c0:c0 + self.chunk].T)
+        return scores.addr_(c.to(dtype), self._sq_norms, alpha=-1.0)
+
+    def _solve_block(self, x, t, top_k):
+        b = x.shape[0]
+        one_minus, a, c = self._coefficients(t)
+        scores = self._screen(x, a, c)
+        best = scores.amax(dim=1)
+        x_norm = x.double().pow(2).sum(dim=1).sqrt()
+        bound = (self.dim + 4) * self._u * (a * x_norm * self._norm_max + c * self._norm_max ** 2)
+        threshold = best.double() - self.cutoff - 2.0 * bound
+        count = (scores >= threshold.to(scores.dtype)[:, None]).sum(dim=1)
+        exact = count <= self.exact_max
+
+        ybar = torch.empty(b, self.dim, dtype=torch.float64, device=x.device)
+        max_w = torch.empty(b, dtype=torch.float64, device=x.device)
+        entropy = torch.empty_like(max_w)
+        top_w = torch.zeros(b, top_k, dtype=torch.float64, device=x.device)
+        top_i = torch.zeros(b, top_k, dtype=torch.int64, device=x.device)
+
+        # sparse rows, bucketed by candidate count so one wide row does not widen the others
+        sparse_rows = exact.nonzero().flatten()
+        if sparse_rows.numel():
+            width = torch.maximum(count[sparse_rows], torch.tensor(max(top_k, 1), device=x.device))
+            bucket = torch.ceil(torch.log2(width.double())).long()
+            for level in bucket.unique().tolist():
+                rows = sparse_rows[bucket == level]
+                k = min(2 ** level, self.n)
+                idx = torch.topk(scores[rows], k, dim=1).indices
+                yb, w = self._exact(x[rows], t[rows], one_minus[rows], idx)
+                ybar[rows], max_w[rows] = yb, w.max(dim=1).values
+                entropy[rows] = -torch.special.xlogy(w, w).sum(dim=1)
+                if top_k:
+                    tw, pos = torch.topk(w, top_k, dim=1)
+                    top_w[rows], top_i[rows] = tw, idx.gather(1, pos)
+
+        dense_rows = (~exact).nonzero().flatten()
+        if dense_rows.numel():
+            weights = scores[dense_rows].sub_(best[dense_rows, None]).exp_()   # screened, max = 1
+            del scores
+            total = weights.sum(dim=1, dtype=torch.float64)
+            ybar[dense_rows] = torch.mm(weights, self.atoms).double() / total[:, None]
+            max_w[dense_rows] = 1.0 / total
+            entropy[dense_rows] = total.log() - torch.special.xlogy(weights, weights).sum(dim=1, dtype=torch.float64) / total
+            if top_k:
+                tw, ti = torch.topk(weights, top_k, dim=1)
+                top_w[dense_rows], top_i[dense_rows] = tw.double() / total[:, None], ti
+
+        diag = PosteriorDiagnostics(
+            max_weight=max_w,
+            entropy=entropy,
+            candidates=count,
+            exact=exact,
+            logit_error_bound=torch.where(exact, torch.zeros_like(bound), bound),
+            neglected_bound=torch.full_like(bound, min(1.0, self.n * math.exp(-self.cutoff))),
+        )
+        return ybar, diag, (top_w, top_i)
+
+    def _exact(self, x, t, one_minus, idx, budget_bytes=64 << 20):
+        """ȳ (r, D) and normalised float64 weights (r, k) over the atoms ``idx`` (r, k), exactly."""
+        r, k = idx.shape
+        rows = max(1, budget_bytes // (k * self.dim * 8))
+        ybar = torch.empty(r, self.dim, dtype=torch.float64, device=x.device)
+        weights = torch.empty(r, k, dtype=torch.float64, device=x.device)
+        for r0 in range(0, r, rows):
+            sl = slice(r0, r0 + rows)
+            atoms = self.atoms[idx[sl]].double()                              # (rows, k, D)
+            dist2 = (x[sl].double()[:, None, :] - t[sl, None, None] * atoms).pow_(2).sum(dim=2)
+            w = torch.softmax(-dist2 / (2.0 * one_minus[sl, None].pow(2)), dim=1)
+            weights[sl] = w
+            ybar[sl] = torch.einsum("rk,rkd->rd", w, atoms)
+        return ybar, weights
+
+    def _solve_truncated(self, x, t, top_k):
+        b, k = x.shape[0], self.truncate
+        one_minus, _, _ = self._coefficients(t)
+        moving = t > 0
+        # at t = 0 every atom has the same logit: ȳ is the mean (exact), nothing is dropped
+        ybar = self._mean.expand(b, -1).clone()
+        max_w = torch.full((b,), 1.0 / self.n, dtype=torch.float64, device=x.device)
+        entropy = torch.full_like(max_w, math.log(self.n))
+        neglected = torch.zeros_like(max_w)
+        top_w = torch.full((b, top_k), 1.0 / self.n, dtype=torch.float64, device=x.device)
+        top_i = torch.arange(top_k, device=x.device).expand(b, -1).clone()
+        rows = moving.nonzero().flatten()
+        if rows.numel():
+            queries = x[rows].double() / t[rows, None]
+            idx = nearest_neighbors(queries, self.atoms, k, chunk=self.chunk, backend=self.backend).indices
+            yb, w = self._exact(x[rows], t[rows], one_minus[rows], idx)
+            ybar[rows], max_w[rows] = yb, w.max(dim=1).values
+            entropy[rows] = -torch.special.xlogy(w, w).sum(dim=1)
+            # w_(k) = exp(ℓ_(k) − logsumexp(ℓ_top)), so R = (N − k)·w_(k)
+            ratio = (self.n - k) * w.min(dim=1).values
+            neglected[rows] = ratio / (1.0 + ratio)
+            if top_k:
+                top_w[rows], top_i[rows] = w[:, :top_k], idx[:, :top_k]
+        diag = PosteriorDiagnostics(
+            max_weight=max_w,
+            entropy=entropy,
+            candidates=torch.full((b,), k, dtype=torch.int64, device=x.device),
+            exact=torch.ones(b, dtype=torch.bool, device=x.device),
+            logit_error_bound=torch.zeros_like(max_w),
+            neglected_bound=neglected,
+        )
+        return ybar, diag, (top_w, top_i)
+
+
+@dataclass(frozen=True)
+class PosteriorTrace:
+    """Diagnostics recorded along a run: each field (calls, B), row i for the i-th field call."""
+
+    t: torch.Tensor
+    max_weight: torch.Tensor
+    entropy: torch.Tensor
+    neglected_bound: torch.Tensor
+    exact: torch.Tensor
+
+
+class PosteriorRecorder:
+    """Wrap an :class:`EmpiricalFlow` so every ``v(x, t)`` call also records its diagnostics.
+
+    The records stay on the device (no host synchronisation beyond the field's own); pass the
+    recorder to ``kfm.sample`` in place of the field, then read :meth:`trace`.
+    """
+
+    def __init__(self, field: EmpiricalFlow):
+        self.field = field
+        self._records: list[tuple[torch.Tensor, PosteriorDiagnostics]] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        out = self.field.evaluate(x, t)
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float64).expand(x.shape[0])
+        self._records.append((t, out.diagnostics))
+        return out.velocity
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def trace(self) -> PosteriorTrace:
+        """Stack the records; raises ValueError when nothing was recorded yet."""
+        if not self._records:
+            raise ValueError("the recorder has not been called yet")
+        return PosteriorTrace(
+            t=torch.stack([t for t, _ in self._records]),
+            **{name: torch.stack([getattr(d, name) for _, d in self._records])
+               for name in ("max_weight", "entropy", "neglected_bound", "exact")},
+        )

@@ -1,0 +1,260 @@
+"""Exact k-nearest-neighbour search of queries against a reference set (L2, flattened).
+
+One implementation, shared by memorization, local density and the truncated EFM field.
+
+How it stays exact and fast:
+
+1. **Screening.** Squared distances are expanded as ``‖x‖² + ‖y‖² − 2 x·y`` and computed as one
+   GEMM per (query block, reference chunk) in the inputs' precision (float32 unless both inputs are
+   float64). A running set of the ``k + margin`` best candidates per query is kept; nothing of size
+   (B, N, D) and nothing of size (B, N) beyond one chunk ever exists.
+2. **Exact re-ranking.** The candidates are re-scored as ``‖x − y‖²`` in float64 from the raw
+   vectors (no expansion, so no cancellation) and sorted.
+3. **Certification.** The expansion's rounding error is bounded per query by
+   ``e = (D·u + 3u)(‖x‖ + max‖y‖)²`` (u = unit round-off of the screening dtype). Every atom that
+   is not a candidate has screened score ≥ the worst candidate's, hence true squared distance
+   ≥ that score − e. If that lower bound is not above the k-th exact distance, the query is
+   searched again with float64 screening. The number of such queries is reported as
+   ``Neighbors.rechecked`` (it is 0 on ordinary data).
+
+Works unchanged on CPU and CUDA tensors (the reference stays on the device it is given). The
+optional ``backend="faiss"`` uses ``faiss.IndexFlatL2`` (CPU) for screening and then the same
+exact re-ranking and certification, so both backends return identical results.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("torch", "faiss")
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """Result of :func:`nearest_neighbors`.
+
+    Attributes:
+        distances: (B, k) float64, exact Euclidean distances, ascending along each row.
+        indices: (B, k) int64, row indices into ``reference`` (ties broken by lower index first
+            only up to float64 resolution).
+        rechecked: number of queries whose screening could not be certified and were searched
+            again in float64 (diagnostic; 0 on ordinary data).
+    """
+
+    distances: torch.Tensor
+    indices: torch.Tensor
+    rechecked: int = 0
+
+
+def _flatten(name: str, value) -> torch.Tensor:
+    tensor = torch.as_tensor(value)
+    if tensor.dim() == 0:
+        raise ValueError(f"{name} must have shape (n, ...), got a scalar")
+    if tensor.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 rows)")
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.uint8, torch.int8, torch.int16,
+                                                           torch.int32, torch.int64)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+def _working_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if all(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
+    """Unit round-off of a GEMM in ``dtype`` on ``device`` (TF32 counts when torch enables it)."""
+    if dtype == torch.float64:
+        return 2.0 ** -53
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return 2.0 ** -11
+    return 2.0 ** -24
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise ValueError naming ``name`` and the first offending row when ``tensor`` has NaN/inf."""
+    if tensor.is_floating_point():
+        bad = ~torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten()
+            raise ValueError(
+                f"{name} contains NaN or inf in {rows.numel()} row(s), first at row {int(rows[0])}"
+            )
+
+
+def nearest_neighbors(
+    queries: torch.Tensor,
+    reference: torch.Tensor,
+    k: int = 1,
+    *,
+    chunk: int = 8192,
+    batch_chunk: int = 1024,
+    margin: int = 8,
+    exclude_self: bool = False,
+    backend: str = "torch",
+) -> Neighbors:
+    """The k nearest rows of ``reference`` for every row of ``queries``, exact in float64.
+
+    Args:
+        queries: (B, ...) tensor; flattened to (B, D). Any real dtype and device.
+        reference: (N, ...) tensor with the same number of features D, on the same device.
+        k: number of neighbours, 1 ≤ k ≤ N (≤ N − 1 with ``exclude_self``).
+        chunk: reference rows per GEMM (bounds the (batch_chunk, chunk) score block).
+        batch_chunk: query rows per block.
+        margin: extra candidates kept per query for the exact re-ranking (≥ 0).
+        exclude_self: queries and reference are the same set (B == N); query i never matches
+            reference row i. Exclusion is by index: duplicates at other rows still count.
+        backend: "torch" (GEMM on the inputs' device) or "faiss" (``faiss.IndexFlatL2`` on CPU,
+            needs ``pip install faiss-cpu``); both end with the same exact re-ranking.
+
+    Returns:
+        :class:`Neighbors` with (B, k) float64 distances and int64 indices on the queries' device.
+    """
+    x = _flatten("queries", queries)
+    y = _flatten("reference", reference)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"queries and reference must have the same number of features, got {x.shape[1]} and {y.shape[1]}"
+        )
+    if x.device != y.device:
+        raise ValueError(f"queries and reference must be on the same device, got {x.device} and {y.device}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if exclude_self and x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"exclude_self needs queries and reference of equal length, got {x.shape[0]} and {y.shape[0]}"
+        )
+    n_ref = y.shape[0] - (1 if exclude_self else 0)
+    if not (isinstance(k, int) and 1 <= k <= n_ref):
+        raise ValueError(f"k must be an integer in [1, {n_ref}] (reference size{' − 1' if exclude_self else ''}), got {k!r}")
+    for name, value in (("chunk", chunk), ("batch_chunk", batch_chunk)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (isinstance(margin, int) and margin >= 0):
+        raise ValueError(f"margin must be a non-negative integer, got {margin!r}")
+
+    dtype = _working_dtype(x, y)
+    n_candidates = min(k + margin, n_ref)
+    y_sq = y.double().pow(2).sum(dim=1)                       # exact-ish ‖y‖², float64, cached
+    y_norm_max = float(y_sq.max().sqrt())
+
+    out_d, out_i, rechecked = [], [], 0
+    for q0 in range(0, x.shape[0], batch_chunk):
+        xb = x[q0:q0 + batch_chunk]
+        if backend == "faiss":
+            cand, worst, u = _screen_faiss(xb, y, n_candidates, exclude_self, q0)
+        else:
+            cand, worst, u = _screen_torch(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0)
+        d2, idx, ok = _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, n_ref)
+        if not bool(ok.all()):
+            bad = (~ok).nonzero().flatten()
+            rechecked += bad.numel()
+            cand64, _, _ = _screen_torch(
+                xb[bad], y, torch.float64, y_sq, n_candidates, chunk, exclude_self, q0, rows=bad
+            )
+            d2_bad, idx_bad, _ = _rerank_and_certify(xb[bad], y, cand64, None, k, 0.0, y_norm_max, n_ref)
+            d2[bad], idx[bad] = d2_bad, idx_bad
+        out_d.append(d2.sqrt())
+        out_i.append(idx)
+    return Neighbors(torch.cat(out_d), torch.cat(out_i), rechecked)
+
+
+def _screen_torch(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, rows=None):
+    """Running top-`n_candidates` by screened score ‖y‖² − 2x·y; returns (indices, worst score, u).
+
+    ``worst`` is the screened squared distance (‖x‖² added back, float64) of the last candidate,
+    or +inf when every reference row is a candidate.
+    """
+    x_work = xb.to(dtype)
+    n = y.shape[0]
+    query_ids = torch.arange(xb.shape[0], device=xb.device) + q0 if rows is None else rows + q0
+    best_val = best_idx = None
+    for c0 in range(0, n, chunk):
+        y_c = y[c0:c0 + chunk].to(dtype)                      # a no-op unless dtypes differ
+        scores = torch.addmm(y_sq[c0:c0 + chunk].to(dtype), x_work, y_c.T, alpha=-2.0)
+        if exclude_self:
+            local = query_ids - c0
+            inside = (local >= 0) & (local < y_c.shape[0])
+            scores[inside.nonzero().flatten(), local[inside]] = math.inf
+        take = min(n_candidates, scores.shape[1])
+        val, idx = torch.topk(scores, take, dim=1, largest=False, sorted=False)
+        idx = idx + c0
+        if best_val is not None:
+            val, idx = torch.cat([best_val, val], 1), torch.cat([best_idx, idx], 1)
+            if val.shape[1] > n_candidates:
+                val, pos = torch.topk(val, n_candidates, dim=1, largest=False, sorted=False)
+                idx = idx.gather(1, pos)
+        best_val, best_idx = val, idx
+    if best_idx.shape[1] + (1 if exclude_self else 0) >= n:       # everything is a candidate
+        worst = torch.full((xb.shape[0],), math.inf, dtype=torch.float64, device=xb.device)
+    else:
+        worst = best_val.double().max(dim=1).values + x_work.double().pow(2).sum(dim=1)
+    return best_idx, worst, unit_roundoff(dtype, y.device)
+
+
+def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
+    try:
+        import faiss  # noqa: PLC0415 - optional dependency
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu") from err
+    import numpy as np
+
+    index = _faiss_index(faiss, y)
+    want = n_candidates + (1 if exclude_self else 0)
+    xq = np.ascontiguousarray(xb.detach().cpu().to(torch.float32).numpy())
+    dist, idx = index.search(xq, want)
+    dist = torch.from_numpy(dist).to(xb.device, torch.float64)
+    idx = torch.from_numpy(idx).to(xb.device)
+    if exclude_self:
+        own = torch.arange(xb.shape[0], device=xb.device)[:, None] + q0
+        is_self = idx == own
+        # drop the self match if present, else the last column
+        drop = torch.where(is_self.any(1), is_self.float().argmax(1), torch.full_like(own[:, 0], want - 1))
+        keep = torch.ones_like(idx, dtype=torch.bool)
+        keep[torch.arange(idx.shape[0], device=idx.device), drop] = False
+        idx = idx[keep].view(idx.shape[0], want - 1)
+        dist = dist[keep].view(idx.shape[0], want - 1)
+    if idx.shape[1] + (1 if exclude_self else 0) >= y.shape[0]:
+        worst = torch.full((xb.shape[0],), math.inf, dtype=torch.float64, device=xb.device)
+    else:
+        worst = dist.max(dim=1).values
+    return idx, worst, 2.0 ** -24
+
+
+_FAISS_CACHE: dict = {}
+
+
+def _faiss_index(faiss, y: torch.Tensor):
+    """A flat L2 index over ``y``, reused while the same tensor (same storage, same version) is passed."""
+    key = (y.data_ptr(), tuple(y.shape), y.dtype, y.device, y._version)
+    index = _FAISS_CACHE.get(key)
+    if index is None:
+        import numpy as np
+
+        _FAISS_CACHE.clear()
+        index = faiss.IndexFlatL2(y.shape[1])
+        index.add(np.ascontiguousarray(y.detach().cpu().to(torch.float32).numpy()))
+        _FAISS_CACHE[key] = index
+    return index
+
+
+def _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, n_ref, budget_bytes=64 << 20):
+    """Exact float64 squared distances to the candidates, the k best, and a per-query certificate."""
+    n_cand, dim = cand.shape[1], y.shape[1]
+    rows = max(1, budget_bytes // max(1, n_cand * dim * 8))
+    d2_all = torch.empty(cand.shape, dtype=torch.float64, device=xb.device)
+    for r0 in range(0, xb.shape[0], rows):
+        xs = xb[r0:r0 + rows].double()
+        ys = y[cand[r0:r0 + rows]].double()                  # (rows, n_cand, D)
+        d2_all[r0:r0 + rows] = (ys - xs[:, None, :]).pow_(2).sum(dim=2)
+    d2_all = torch.where(cand < 0, torch.full_like(d2_all, math.inf), d2_all)  # faiss pads with -1
+    d2, order = torch.sort(d2_all, dim=1, stable=True)
+    d2, idx = d2[:, :k], cand.gather(1, order[:, :k])
+    if worst is None:
+        return d2, idx, torch.ones(xb.shape[0], dtype=torch.bool, device=xb.device)
+    x_norm = xb.double().pow(2).sum(dim=1).sqrt()
+    error = (xb.shape[1] + 3) * u * (x_norm + y_norm_max).pow(2)
+    ok = (worst - error >= d2[:, -1]) | torch.isinf(worst)
+    return d2, idx, ok
