@@ -1,0 +1,181 @@
+"""kNN and KDE local support against float64 brute force and a known Gaussian-mixture density."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+from scipy.special import gammaln, logsumexp
+
+from kinetic_fm.metrics.density import (
+    kde_log_density,
+    local_support,
+    median_bandwidth,
+    scott_bandwidth,
+)
+
+
+def _brute_sq_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+
+
+def _brute_kde(x, y, h, exclude_self=False):
+    d2 = _brute_sq_dist(x, y)
+    if exclude_self:
+        np.fill_diagonal(d2, np.inf)
+    n = y.shape[0] - (1 if exclude_self else 0)
+    dim = x.shape[1]
+    return logsumexp(-d2 / (2 * h * h), axis=1) - math.log(n) - 0.5 * dim * math.log(2 * math.pi * h * h)
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 6, generator=g, dtype=torch.float64) * 2 + 5.0
+    y = torch.randn(211, 6, generator=g, dtype=torch.float64) * 2 + 5.0
+    return x, y
+
+
+def test_knn_radii_match_brute_force(data):
+    x, y = data
+    sup = local_support(x, y, k=5, ks=(1, 10), chunk=50, batch_chunk=8)
+    d = np.sqrt(np.sort(_brute_sq_dist(x.numpy(), y.numpy()), axis=1))
+    assert sup.ks == (1, 5, 10)
+    for k in (1, 5, 10):
+        np.testing.assert_allclose(sup.radius_at(k).numpy(), d[:, k - 1], rtol=1e-12)
+    assert sup.radius.dtype == torch.float64
+    assert torch.equal(sup.radius, sup.radius_at(5))
+    # the log form of p = k / (N V_D r^D)
+    dim, n = 6, 211
+    log_vd = dim / 2 * math.log(math.pi) - gammaln(dim / 2 + 1)
+    expected = math.log(5) - math.log(n) - log_vd - dim * np.log(d[:, 4])
+    np.testing.assert_allclose(sup.log_density.numpy(), expected, rtol=1e-12)
+    frame = sup.to_frame()
+    assert list(frame.columns) == ["knn_radius_k1", "knn_radius_k5", "knn_radius_k10",
+                                   "knn_log_density_k1", "knn_log_density_k5", "knn_log_density_k10"]
+    with pytest.raises(ValueError, match="not computed"):
+        sup.radius_at(3)
+
+
+def test_knn_leave_one_out_and_feature_space(data):
+    _, y = data
+    sup = local_support(y, y, k=3, ks=(), exclude_self=True)
+    d2 = _brute_sq_dist(y.numpy(), y.numpy())
+    np.fill_diagonal(d2, np.inf)
+    np.testing.assert_allclose(sup.radius.numpy(), np.sqrt(np.sort(d2, 1)[:, 2]), rtol=1e-12)
+    assert sup.n_reference == 210
+
+    net = torch.nn.Linear(6, 3).double()
+    sup_net = local_support(y[:20], y, k=2, ks=(), space=net)
+    with torch.no_grad():
+        fx, fy = net(y[:20]), net(y)
+    np.testing.assert_allclose(sup_net.radius.numpy(),
+                               np.sqrt(np.sort(_brute_sq_dist(fx.numpy(), fy.numpy()), 1)[:, 1]),
+                               rtol=1e-10)
+    assert sup_net.space == "Linear" and sup_net.dim == 3
+
+
+@pytest.mark.parametrize("bandwidth", ["scott", "median", 0.7])
+def test_kde_matches_brute_force_float64(data, bandwidth):
+    x, y = data
+    kde = kde_log_density(x, y, bandwidth, chunk=40, batch_chunk=7)
+    h = kde.bandwidth
+    if bandwidth == "scott":
+        sigma = np.sqrt(y.numpy().var(axis=0, ddof=1).mean())
+        assert h == pytest.approx(sigma * 211 ** (-1 / 10), rel=1e-12)
+    elif bandwidth == "median":
+        ref = np.sqrt(_brute_sq_dist(y.numpy(), y.numpy()))[np.triu_indices(211, 1)]
+        assert h == pytest.approx(np.median(ref), rel=1e-12)
+    else:
+        assert h == 0.7 and kde.rule == "given"
+    np.testing.assert_allclose(kde.log_density.numpy(), _brute_kde(x.numpy(), y.numpy(), h),
+                               rtol=1e-10, atol=1e-10)
+    assert kde.log_density.dtype == torch.float64
+
+
+def test_kde_chunking_invariance_and_leave_one_out(data):
+    _, y = data
+    dense = kde_log_density(y, y, 0.9, exclude_self=True, chunk=10_000, batch_chunk=10_000)
+    chunked = kde_log_density(y, y, 0.9, exclude_self=True, chunk=13, batch_chunk=5)
+    torch.testing.assert_close(dense.log_density, chunked.log_density, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dense.log_density.numpy(),
+                               _brute_kde(y.numpy(), y.numpy(), 0.9, exclude_self=True), rtol=1e-10)
+    # batch invariance: a sample's value does not depend on who else is in the batch
+    single = kde_log_density(y[5:6], y, 0.9)
+    full = kde_log_density(y, y, 0.9)
+    assert single.log_density[0].item() == pytest.approx(full.log_density[5].item(), rel=1e-12)
+
+
+def test_kde_float32_inputs_far_from_origin():
+    # float32 GEMM on a large offset: centring keeps the error small
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(500, 16, generator=g) + 1000.0
+    x = torch.randn(50, 16, generator=g) + 1000.0
+    kde = kde_log_density(x, y, 0.5)
+    ref = _brute_kde(x.double().numpy(), y.double().numpy(), 0.5)
+    np.testing.assert_allclose(kde.log_density.numpy(), ref, rtol=0, atol=1e-4)
+
+
+def test_kde_tiny_bandwidth_is_finite_and_nearest_dominated(data):
+    x, y = data
+    kde = kde_log_density(x, y, 1e-3)
+    assert torch.isfinite(kde.log_density).all()
+    d1 = np.sqrt(np.sort(_brute_sq_dist(x.numpy(), y.numpy()), 1)[:, 0])
+    # far from every reference: log p ≈ -d1²/(2h²) + const, exactly the brute-force value
+    np.testing.assert_allclose(kde.log_density.numpy(), _brute_kde(x.numpy(), y.numpy(), 1e-3),
+                               rtol=1e-9)
+    assert np.argmax(kde.log_density.numpy()) == np.argmin(d1)
+
+
+def _mixture():
+    means = np.array([[-3.0, 0.0], [3.0, 1.0], [0.0, 4.0]])
+    scales = np.array([0.7, 1.2, 0.5])
+    weights = np.array([0.5, 0.3, 0.2])
+    return means, scales, weights
+
+
+def _mixture_sample(rng, n):
+    means, scales, weights = _mixture()
+    comp = rng.choice(3, size=n, p=weights)
+    return means[comp] + scales[comp, None] * rng.normal(size=(n, 2))
+
+
+def _mixture_log_density(x):
+    means, scales, weights = _mixture()
+    comps = [np.log(w) + sps.multivariate_normal(m, s * s * np.eye(2)).logpdf(x)
+             for m, s, w in zip(means, scales, weights)]
+    return logsumexp(np.stack(comps), axis=0)
+
+
+def test_kde_and_knn_rank_a_gaussian_mixture_like_its_true_density():
+    rng = np.random.default_rng(0)
+    ref = torch.from_numpy(_mixture_sample(rng, 5000))
+    x = _mixture_sample(rng, 1000)
+    truth = _mixture_log_density(x)
+    kde = kde_log_density(torch.from_numpy(x), ref, "scott")
+    rho_kde = sps.spearmanr(kde.log_density.numpy(), truth).statistic
+    assert rho_kde >= 0.95
+    sup = local_support(torch.from_numpy(x), ref, k=10, ks=())
+    rho_knn = sps.spearmanr(sup.log_density.numpy(), truth).statistic
+    assert rho_knn >= 0.9
+    # the KDE is a density: on average it is close to the truth (same units)
+    assert abs(float(kde.log_density.mean()) - truth.mean()) < 0.2
+
+
+def test_bandwidth_rules_and_errors(data):
+    x, y = data
+    assert scott_bandwidth(y) > 0 and median_bandwidth(y) > 0
+    sub = median_bandwidth(y, max_points=50, seed=3)
+    assert sub == pytest.approx(median_bandwidth(y), rel=0.3)
+    with pytest.raises(ValueError, match="bandwidth"):
+        kde_log_density(x, y, "silverman")
+    with pytest.raises(ValueError, match="bandwidth"):
+        kde_log_density(x, y, -1.0)
+    with pytest.raises(ValueError, match="feature sizes"):
+        kde_log_density(x[:, :3], y)
+    with pytest.raises(ValueError, match="non-finite"):
+        local_support(torch.full((2, 6), math.nan, dtype=torch.float64), y)
+    with pytest.raises(ValueError, match="exceeds"):
+        local_support(x, y[:4], k=5, ks=())
