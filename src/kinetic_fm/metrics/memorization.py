@@ -1,0 +1,164 @@
+"""Memorization by the gap ratio: a sample is memorized when d1/d2 < threshold (default 1/3).
+
+d1 ≤ d2 are the Euclidean distances (flattened, float64, exact) from a sample to its two nearest
+training items, in the space the caller names (raw coordinates, or a feature map ``space``).
+F_mem is the memorized fraction, with a percentile bootstrap confidence interval.
+
+Convention: when d1 = d2 = 0 (the sample equals a training item that is itself duplicated) the
+ratio is defined as 0, i.e. memorized.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from .neighbors import check_finite, nearest_neighbors
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = ["MemorizationReport", "memorization"]
+
+
+@dataclass(frozen=True)
+class MemorizationReport:
+    """Per-sample gap ratios and the memorized fraction.
+
+    Attributes:
+        d1, d2: (B,) float64 distances to the nearest and second-nearest training item.
+        ratio: (B,) float64 d1/d2 (0 when d1 = d2 = 0).
+        nearest: (B,) int64 index of the nearest training item.
+        memorized: (B,) bool, ratio < threshold.
+        fraction: F_mem, the mean of ``memorized``.
+        ci: (low, high) percentile bootstrap interval of F_mem at ``confidence`` (NaN without bootstrap).
+        threshold: the gap-ratio threshold used.
+        confidence: the interval's coverage, e.g. 0.95.
+        bootstrap: number of bootstrap resamples (0: no interval).
+    """
+
+    d1: torch.Tensor
+    d2: torch.Tensor
+    ratio: torch.Tensor
+    nearest: torch.Tensor
+    memorized: torch.Tensor
+    fraction: float
+    ci: tuple[float, float]
+    threshold: float
+    confidence: float = 0.95
+    bootstrap: int = 1000
+
+    def __len__(self) -> int:
+        return self.ratio.shape[0]
+
+    def __str__(self) -> str:
+        low, high = self.ci
+        interval = f" ({self.confidence:.0%} CI {low:.4f}–{high:.4f})" if self.bootstrap else ""
+        return (f"F_mem = {self.fraction:.4f}{interval}, {int(self.memorized.sum())}/{len(self)} "
+                f"samples with d1/d2 < {self.threshold:.4g}")
+
+    def to_frame(self) -> "pd.DataFrame":
+        """One row per sample: d1, d2, ratio, nearest, memorized."""
+        import pandas as pd
+
+        return pd.DataFrame({
+            "d1": self.d1.cpu().numpy(),
+            "d2": self.d2.cpu().numpy(),
+            "ratio": self.ratio.cpu().numpy(),
+            "nearest": self.nearest.cpu().numpy(),
+            "memorized": self.memorized.cpu().numpy(),
+        })
+
+
+def memorization(
+    samples: torch.Tensor,
+    train: torch.Tensor,
+    threshold: float = 1 / 3,
+    bootstrap: int = 1000,
+    space: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    seed: int = 0,
+    *,
+    confidence: float = 0.95,
+    chunk: int = 8192,
+    space_chunk: int = 512,
+    backend: str = "torch",
+) -> MemorizationReport:
+    """Gap-ratio memorization audit of ``samples`` against ``train``.
+
+    Args:
+        samples: (B, ...) generated samples (tensor or array), B ≥ 1, finite.
+        train: (N, ...) training items with the same trailing size, N ≥ 2, finite.
+        threshold: memorized when d1/d2 < threshold; must lie in (0, 1).
+        bootstrap: bootstrap resamples for the CI of F_mem (0 disables it).
+        space: optional feature map applied to both sets (in chunks of ``space_chunk`` rows,
+            without gradients); distances are then measured between its flattened outputs.
+        seed: seed of the bootstrap generator.
+        confidence: coverage of the percentile interval, in (0, 1).
+        chunk, backend: passed to :func:`kinetic_fm.nearest_neighbors`.
+
+    Returns:
+        :class:`MemorizationReport` (tensors on the samples' device).
+    """
+    if not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
+    if not (isinstance(bootstrap, int) and bootstrap >= 0):
+        raise ValueError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
+    if not (0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    samples, train = _as_rows("samples", samples), _as_rows("train", train)
+    if train.shape[0] < 2:
+        raise ValueError(f"train must hold at least 2 items for the gap ratio (k = 2), got {train.shape[0]}")
+    if space is not None:
+        samples, train = _features(space, samples, space_chunk), _features(space, train, space_chunk)
+    if samples.shape[1:].numel() != train.shape[1:].numel():
+        raise ValueError(
+            f"samples and train must have the same number of features, got "
+            f"{samples.shape[1:].numel()} and {train.shape[1:].numel()}"
+        )
+    check_finite("train", train)
+    check_finite("samples", samples)
+    train = train.to(samples.device)
+
+    nn = nearest_neighbors(samples, train, 2, chunk=chunk, backend=backend)
+    d1, d2 = nn.distances[:, 0], nn.distances[:, 1]
+    ratio = torch.where(d2 > 0, d1 / d2.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(d1))
+    memorized = ratio < threshold
+    fraction = float(memorized.double().mean())
+    ci = _bootstrap_ci(memorized, bootstrap, confidence, seed)
+    return MemorizationReport(d1, d2, ratio, nn.indices[:, 0], memorized, fraction, ci,
+                              float(threshold), float(confidence), bootstrap)
+
+
+def _as_rows(name: str, value) -> torch.Tensor:
+    tensor = torch.as_tensor(value)
+    if tensor.dim() == 0:
+        raise ValueError(f"{name} must have shape (n, ...), got a scalar")
+    if tensor.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 rows)")
+    return tensor
+
+
+@torch.no_grad()
+def _features(space, x: torch.Tensor, rows: int) -> torch.Tensor:
+    out = [torch.as_tensor(space(x[r0:r0 + rows])) for r0 in range(0, x.shape[0], rows)]
+    return torch.cat([o.reshape(o.shape[0], -1) for o in out])
+
+
+def _bootstrap_ci(memorized: torch.Tensor, bootstrap: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap of the mean of 0/1 indicators.
+
+    Resampling n indicators with replacement gives a memorized count ~ Binomial(n, F_mem), so the
+    bootstrap distribution is drawn from that law directly: identical in distribution, O(bootstrap).
+    """
+    if bootstrap == 0:
+        return (float("nan"), float("nan"))
+    import numpy as np
+
+    n = memorized.numel()
+    fraction = float(memorized.double().mean())
+    rng = np.random.default_rng(seed)
+    means = rng.binomial(n, fraction, size=bootstrap) / n
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return (float(low), float(high))
