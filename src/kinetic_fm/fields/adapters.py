@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-TIME_MODES = ("batch", "scalar")
+TIME_MODES = ("batch", "scalar", "shared")
 
 
 def batch_time(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -67,6 +67,15 @@ def _rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
         return value[rows]
     return value
+
+
+def _call_time_mode(
+    call: Callable[..., torch.Tensor], mode: str, x: torch.Tensor, t: torch.Tensor, args: tuple, kwargs: dict
+) -> torch.Tensor:
+    if mode == "scalar":
+        return _call_per_time(call, x, t, args, kwargs)
+    t = batch_time(t, x)
+    return call(x, t[0] if mode == "shared" else t, *args, **kwargs)
 
 
 def _call_per_time(
@@ -118,7 +127,8 @@ class ModelTX(_Adapter):
         model: callable ``model(t, x) -> Tensor`` of x's shape.
         time: ``"batch"`` passes t of shape (B,); ``"scalar"`` passes a 0-dim t, as
             ``torchdiffeq.odeint`` does, calling the net once per distinct time in the batch
-            (one host synchronisation per call).
+            (one host synchronisation per call); ``"shared"`` passes ``t[0]`` as a 0-dim t without
+            checking that all rows share it (no synchronisation: fixed-step grids only).
 
     Calling ``adapter(x, t)`` returns ``model(t, x)`` (any further args go after x).
     """
@@ -130,9 +140,7 @@ class ModelTX(_Adapter):
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         swapped = lambda x_, t_, *a, **k: self.inner(t_, x_, *a, **k)  # noqa: E731
-        if self.time == "scalar":
-            return _call_per_time(swapped, x, t, args, kwargs)
-        return swapped(x, batch_time(t, x), *args, **kwargs)
+        return _call_time_mode(swapped, self.time, x, t, args, kwargs)
 
     def _describe(self) -> str:
         return f"time={self.time!r}"
@@ -145,7 +153,8 @@ class ModelXT(_Adapter):
         model: callable ``model(x, t, *args, **extras) -> Tensor`` of x's shape.
         time: ``"batch"`` passes t of shape (B,); ``"scalar"`` passes a 0-dim t, as
             ``flow_matching.solver.ODESolver`` does, calling the net once per distinct time in the
-            batch (one host synchronisation per call).
+            batch (one host synchronisation per call); ``"shared"`` passes ``t[0]`` as a 0-dim t
+            without checking (no synchronisation: fixed-step grids only).
         **extras: fixed keyword arguments for every call (e.g. a condition tensor).
     """
 
@@ -155,10 +164,7 @@ class ModelXT(_Adapter):
         self.inner, self.time, self.extras = model, time, extras
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        kwargs = {**self.extras, **kwargs}
-        if self.time == "scalar":
-            return _call_per_time(self.inner, x, t, args, kwargs)
-        return self.inner(x, batch_time(t, x), *args, **kwargs)
+        return _call_time_mode(self.inner, self.time, x, t, args, {**self.extras, **kwargs})
 
     def _describe(self) -> str:
         keys = ", ".join(f"{k}=..." for k in self.extras)
