@@ -1,14 +1,19 @@
 """Per-sample results as Parquet shards: atomic writes, validation, and the verified merge.
 
 A shard is one Parquet file under ``<run>/shards/`` holding the rows of a contiguous seed range
-(see :class:`~kinetic_fm.runs.plan.ShardPlan`), with a ``seed`` int64 column in seed order. It is
-written with page checksums to a temporary name and renamed into place, and it carries the run id
-and its shard index in its schema metadata. A shard counts as complete only if it reads back
-without error (checksums verified), belongs to this run, and holds exactly its expected seeds;
-anything else (truncated, corrupt, foreign) is reported and redone on resume, never merged.
+(see :class:`~kinetic_fm.runs.plan.ShardPlan`), with a ``seed`` int64 column in seed order, the
+run id and its index in its schema metadata, and Parquet page checksums. It is written to a
+temporary name and renamed into place; then a small receipt (``shard-….json``: run id, rows,
+seeds, sha256 of the Parquet bytes) is written the same way. The receipt is the commit record:
+a shard counts as complete only if its receipt exists and matches, its bytes hash to the recorded
+sha256 (this catches corruption anywhere, the footer included), it reads back with verified
+checksums, and it holds exactly its expected seeds. Anything else (truncated, corrupt, foreign,
+killed between the two renames) is reported and redone on resume, never merged.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_write, remove_stale_temporaries
+from .atomic import atomic_write, atomic_write_text, remove_stale_temporaries
 from .manifest import RunManifest, read_manifest
 from .plan import ShardPlan
 
@@ -67,41 +72,69 @@ def write_shard(run_dir: str | os.PathLike, manifest: RunManifest, index: int, t
         _RUN_ID_KEY: manifest.run_id.encode(),
         _SHARD_KEY: str(index).encode(),
     })
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, write_page_checksum=True)
+    data = sink.getvalue().to_pybytes()
     path = shard_path(run_dir, plan, index)
-    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    receipt = {"run_id": manifest.run_id, "shard": index, "rows": len(expected),
+               "first_seed": int(expected[0]), "last_seed": int(expected[-1]),
+               "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_text(receipt_path(path), json.dumps(receipt, indent=1) + "\n")
+    return path
 
 
-def read_shard(path: Path) -> pa.Table:
-    """Read a shard, verifying Parquet page checksums."""
-    return pq.read_table(path, page_checksum_verification=True)
+def receipt_path(shard: Path) -> Path:
+    """The commit record of a shard file: ``shard-….parquet`` -> ``shard-….json``."""
+    return shard.with_suffix(".json")
+
+
+def _load_shard(run_dir, manifest: RunManifest, index: int) -> tuple[ShardStatus, pa.Table | None]:
+    plan = manifest.plan
+    path = shard_path(run_dir, plan, index)
+
+    def invalid(reason: str):
+        return ShardStatus(index, path, "invalid", reason), None
+
+    if not path.exists():
+        return ShardStatus(index, path, "missing"), None
+    try:
+        receipt = json.loads(receipt_path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return invalid("no receipt: its writer stopped before committing it")
+    except ValueError as err:
+        return invalid(f"unreadable receipt ({err})")
+    if receipt.get("run_id") != manifest.run_id or receipt.get("shard") != index:
+        return invalid("written by a different run or for another shard")
+    data = path.read_bytes()
+    if len(data) != receipt.get("bytes") or hashlib.sha256(data).hexdigest() != receipt.get("sha256"):
+        return invalid(f"corrupt: {len(data)} bytes whose sha256 differs from the receipt's")
+    try:
+        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+    except Exception as err:  # pyarrow raises several types for truncated / corrupt files
+        return invalid(f"unreadable ({type(err).__name__}: {err})")
+    meta = table.schema.metadata or {}
+    if meta.get(_RUN_ID_KEY) != manifest.run_id.encode() or meta.get(_SHARD_KEY) != str(index).encode():
+        return invalid("written by a different run or for another shard")
+    expected = plan.seeds(index)
+    if table.num_rows != len(expected):
+        return invalid(f"{table.num_rows} rows, expected {len(expected)}")
+    if SEED not in table.column_names or not np.array_equal(table.column(SEED).to_numpy(), expected):
+        return invalid(f"seeds differ from {expected[0]}..{expected[-1]}")
+    return ShardStatus(index, path, "complete"), table
 
 
 def inspect_shard(run_dir: str | os.PathLike, manifest: RunManifest, index: int) -> ShardStatus:
-    """Check shard ``index``: it must read back, carry this run's id and hold exactly its seeds."""
-    plan = manifest.plan
-    path = shard_path(run_dir, plan, index)
-    if not path.exists():
-        return ShardStatus(index, path, "missing")
-    try:
-        table = read_shard(path)
-    except Exception as err:  # pyarrow raises several types for truncated / corrupt files
-        return ShardStatus(index, path, "invalid", f"unreadable ({type(err).__name__}: {err})")
-    meta = table.schema.metadata or {}
-    if meta.get(_RUN_ID_KEY) != manifest.run_id.encode() or meta.get(_SHARD_KEY) != str(index).encode():
-        return ShardStatus(index, path, "invalid", "written by a different run or for another shard")
-    expected = plan.seeds(index)
-    if table.num_rows != len(expected):
-        return ShardStatus(index, path, "invalid", f"{table.num_rows} rows, expected {len(expected)}")
-    if SEED not in table.column_names or not np.array_equal(table.column(SEED).to_numpy(), expected):
-        return ShardStatus(index, path, "invalid", f"seeds differ from {expected[0]}..{expected[-1]}")
-    return ShardStatus(index, path, "complete")
+    """Check shard ``index``: committed by this run, intact (sha256, checksums), exactly its seeds."""
+    return _load_shard(run_dir, manifest, index)[0]
 
 
 def discard_shard(run_dir: str | os.PathLike, plan: ShardPlan, index: int) -> None:
     """Remove shard ``index`` and any temporaries a killed writer left for it."""
     path = shard_path(run_dir, plan, index)
-    path.unlink(missing_ok=True)
-    remove_stale_temporaries(path.parent, path.name)
+    for file in (path, receipt_path(path)):
+        file.unlink(missing_ok=True)
+        remove_stale_temporaries(file.parent, file.name)
 
 
 def merge_shards(run_dir: str | os.PathLike, manifest: RunManifest | None = None) -> pa.Table:
@@ -112,8 +145,8 @@ def merge_shards(run_dir: str | os.PathLike, manifest: RunManifest | None = None
     """
     manifest = manifest or read_manifest(run_dir)
     plan = manifest.plan
-    statuses = [inspect_shard(run_dir, manifest, i) for i in range(plan.count)]
-    bad = [s for s in statuses if not s.complete]
+    loaded = [_load_shard(run_dir, manifest, i) for i in range(plan.count)]
+    bad = [status for status, _ in loaded if not status.complete]
     if bad:
         listed = ", ".join(f"{s.path.name} ({s.state}{': ' + s.reason if s.reason else ''})" for s in bad[:10])
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
@@ -121,7 +154,7 @@ def merge_shards(run_dir: str | os.PathLike, manifest: RunManifest | None = None
             f"run {run_dir} is incomplete: {len(bad)} of {plan.count} shards are not complete: "
             f"{listed}{more}. Run again with --resume to finish it."
         )
-    table = pa.concat_tables([read_shard(s.path) for s in statuses]).replace_schema_metadata(None)
+    table = pa.concat_tables([t for _, t in loaded]).replace_schema_metadata(None)
     seeds = table.column(SEED).to_numpy()
     if not np.array_equal(seeds, plan.all_seeds()):  # holds by construction; cheap to re-check
         raise IncompleteRunError(f"run {run_dir}: merged seeds are not exactly the run's seed range")

@@ -1,0 +1,101 @@
+"""Run manifest, identity fingerprints and the shard plan (kinetic_fm.runs.manifest / plan)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kinetic_fm.runs import ResumeMismatchError, RunManifest, ShardPlan, fingerprint, read_manifest
+from kinetic_fm.runs.manifest import check_resume, sha256_file, write_manifest
+
+
+def _manifest(**changes) -> RunManifest:
+    base = dict(kind="sample",
+                config={"solver": "heun", "steps": 10, "shaping": {"alpha0": 0.01, "beta0": 0.01}},
+                identity={"field": "gaussian", "params_sha256": "abc"},
+                seed_start=5, n=10, shard_size=4)
+    base.update(changes)
+    return RunManifest(**base)
+
+
+def test_fingerprint_sees_every_element_and_ignores_container_type():
+    a = torch.arange(6, dtype=torch.float64)
+    b = a.clone()
+    b[3] += 1e-12
+    assert fingerprint({"m": a}) == fingerprint({"m": a.clone()})
+    assert fingerprint({"m": a}) != fingerprint({"m": b})
+    assert fingerprint({"m": a}) != fingerprint({"m": a.float()})  # dtype is part of identity
+    assert fingerprint({"m": a}) == fingerprint({"m": a.numpy()})
+    assert fingerprint((1, 2.5, "x")) == fingerprint([1, 2.5, "x"])
+    with pytest.raises(TypeError, match="cannot fingerprint"):
+        fingerprint({"f": object()})
+
+
+def test_sha256_file_matches_hashlib(tmp_path):
+    import hashlib
+
+    data = np.random.default_rng(0).bytes(3_000_000)
+    path = tmp_path / "weights.bin"
+    path.write_bytes(data)
+    assert sha256_file(path, chunk_bytes=1 << 16) == hashlib.sha256(data).hexdigest()
+
+
+def test_manifest_round_trips_through_json(tmp_path):
+    m = _manifest(config={"grid": ("uniform",), "shape": (2, 3)}, runtime={"batch_size": 7})
+    write_manifest(tmp_path, m)
+    back = read_manifest(tmp_path)
+    assert back == m
+    assert back.run_id == m.run_id
+    assert back.config["shape"] == [2, 3]
+    assert not list(tmp_path.glob(".*tmp-*"))  # the atomic write left no temporary
+
+
+def test_run_id_ignores_informational_fields():
+    a = _manifest(runtime={"batch_size": 1})
+    b = _manifest(runtime={"batch_size": 99}, versions={"torch": "0"}, created="yesterday")
+    assert a.run_id == b.run_id
+    assert a.run_id != _manifest(n=11).run_id
+
+
+def test_resume_guard_names_each_differing_field():
+    stored = _manifest()
+    assert check_resume(stored, _manifest(runtime={"batch_size": 3})) == []
+    changed = _manifest(config={"solver": "heun", "steps": 10, "shaping": {"alpha0": 0.01, "beta0": 0.02}})
+    with pytest.raises(ResumeMismatchError, match=r"config\.shaping\.beta0 \(stored 0\.01, now 0\.02\)"):
+        check_resume(stored, changed)
+    with pytest.raises(ResumeMismatchError) as err:
+        check_resume(stored, _manifest(identity={"field": "gaussian", "params_sha256": "abd"}, shard_size=5))
+    assert "identity.params_sha256" in str(err.value) and "shard_size" in str(err.value)
+    with pytest.raises(ResumeMismatchError, match=r"seeds\.seed_start"):
+        check_resume(stored, _manifest(seed_start=6))
+
+
+def test_resume_with_new_library_versions_only_warns():
+    stored = _manifest(versions={"torch": "2.12.0", "kinetic_fm": "0.1.0"})
+    new = _manifest(versions={"torch": "2.13.0", "kinetic_fm": "0.1.0"})
+    assert check_resume(stored, new) == ["torch 2.12.0 -> 2.13.0"]
+
+
+@pytest.mark.parametrize("n,size", [(1, 1), (10, 4), (12, 4), (7, 100)])
+def test_plan_covers_every_seed_once_and_ranks_partition_the_shards(n, size):
+    plan = ShardPlan(seed_start=100, n=n, shard_size=size)
+    seeds = np.concatenate([plan.seeds(i) for i in range(plan.count)])
+    assert np.array_equal(seeds, np.arange(100, 100 + n))
+    assert all(1 <= len(plan.seeds(i)) <= size for i in range(plan.count))
+    for world in (1, 2, 3):
+        owned = sorted(i for r in range(world) for i in plan.for_rank(r, world))
+        assert owned == list(range(plan.count))
+    assert plan.name(0) == f"shard-00000-of-{plan.count:05d}.parquet"
+
+
+def test_plan_rejects_bad_numbers():
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        ShardPlan(0, 0, 4)
+    with pytest.raises(ValueError, match="shard_size must be >= 1"):
+        ShardPlan(0, 4, 0)
+    with pytest.raises(ValueError, match="seed_start must be >= 0"):
+        ShardPlan(-1, 4, 2)
+    with pytest.raises(IndexError, match=r"\[0, 3\)"):
+        ShardPlan(0, 10, 4).seeds(3)
+    with pytest.raises(ValueError, match="rank must be in"):
+        ShardPlan(0, 10, 4).for_rank(2, 2)

@@ -1,0 +1,207 @@
+"""Atomic Parquet shards, verified merge and resume of kinetic_fm.runs (single process).
+
+The per-seed "computation" here is a deterministic function of the seed (noise from that seed's
+own generator), so the expected table is known independently of how the run was cut up.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from kinetic_fm.runs import IncompleteRunError, ResumeMismatchError, RunManifest, inspect_shard, merge_shards, read_run, run_sharded
+from kinetic_fm.runs.atomic import atomic_write
+from kinetic_fm.runs.shards import RESULTS_NAME, receipt_path, shard_path
+
+
+def _row(seed: int) -> dict:
+    z = np.random.default_rng(seed).standard_normal(3)
+    return {"seed": seed, "energy": 0.5 * float(z @ z), "x": z.tolist()}
+
+
+def expected_frame(seeds) -> pd.DataFrame:
+    return pd.DataFrame([_row(int(s)) for s in seeds])
+
+
+class Recorder:
+    """compute(seeds, advance) that remembers which seed blocks it was asked for."""
+
+    def __init__(self):
+        self.calls: list[list[int]] = []
+
+    def __call__(self, seeds, advance):
+        self.calls.append(seeds.tolist())
+        advance(len(seeds))
+        return expected_frame(seeds)
+
+
+def _manifest(**changes) -> RunManifest:
+    base = dict(kind="test", config={"a": 1}, identity={"h": "0"}, seed_start=3, n=10, shard_size=3)
+    base.update(changes)
+    return RunManifest(**base)
+
+
+def _run(run_dir, manifest=None, resume=False, compute=None):
+    return run_sharded(run_dir, manifest or _manifest(), compute or Recorder(), resume=resume, progress=False,
+                       log=lambda m: None)
+
+
+def _assert_same(table_or_frame, seeds):
+    df = table_or_frame.to_pandas() if isinstance(table_or_frame, pa.Table) else table_or_frame
+    want = expected_frame(seeds)
+    pd.testing.assert_frame_equal(df.drop(columns="x"), want.drop(columns="x"), check_exact=True)
+    assert np.array_equal(np.stack(df["x"].to_list()), np.array(want["x"].to_list()))
+
+
+def test_run_writes_every_shard_and_a_verified_merge(tmp_path):
+    compute = Recorder()
+    out = _run(tmp_path / "run", compute=compute)
+    seeds = np.arange(3, 13)
+    assert compute.calls == [[3, 4, 5], [6, 7, 8], [9, 10, 11], [12]]
+    assert out.computed == (0, 1, 2, 3) and out.skipped == () and out.redone == ()
+    _assert_same(out.table, seeds)
+    _assert_same(pd.read_parquet(tmp_path / "run" / RESULTS_NAME), seeds)
+    _assert_same(read_run(tmp_path / "run"), seeds)
+    assert sorted(p.name for p in (tmp_path / "run" / "shards").iterdir()) == sorted(
+        f"shard-0000{i}-of-00004.{ext}" for i in range(4) for ext in ("json", "parquet"))
+
+
+def test_existing_run_needs_resume_and_a_foreign_folder_is_refused(tmp_path):
+    _run(tmp_path / "run")
+    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+        _run(tmp_path / "run")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no manifest.json"):
+        _run(tmp_path / "other")
+
+
+def test_resume_of_a_complete_run_computes_nothing(tmp_path):
+    _run(tmp_path / "run")
+    compute = Recorder()
+    out = _run(tmp_path / "run", resume=True, compute=compute)
+    assert compute.calls == [] and out.skipped == (0, 1, 2, 3)
+    _assert_same(out.table, np.arange(3, 13))
+
+
+def test_resume_refuses_a_changed_config_naming_the_field(tmp_path):
+    _run(tmp_path / "run")
+    with pytest.raises(ResumeMismatchError, match=r"config\.a \(stored 1, now 2\)"):
+        _run(tmp_path / "run", manifest=_manifest(config={"a": 2}), resume=True)
+
+
+def test_missing_shard_fails_the_merge_and_is_redone_on_resume(tmp_path):
+    run = tmp_path / "run"
+    _run(run)
+    manifest = _manifest()
+    shard_path(run, manifest.plan, 2).unlink()
+    with pytest.raises(IncompleteRunError, match=r"shard-00002-of-00004\.parquet \(missing\)"):
+        merge_shards(run)
+    compute = Recorder()
+    out = _run(run, resume=True, compute=compute)
+    assert compute.calls == [[9, 10, 11]] and out.redone == ()
+    _assert_same(out.table, np.arange(3, 13))
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_middle_bytes(path):
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 3  # inside the column chunks, far from the footer
+    for i in range(mid, mid + 16):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _copy_other_shard(path):
+    for name in (path, receipt_path(path)):
+        name.write_bytes(name.with_name(name.name.replace("00001-of", "00000-of")).read_bytes())
+
+
+def _truncate_and_forge_receipt(path):
+    """Past the receipt check, the Parquet reader itself must still refuse a truncated file."""
+    _truncate(path)
+    receipt = json.loads(receipt_path(path).read_text())
+    data = path.read_bytes()
+    receipt.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    receipt_path(path).write_text(json.dumps(receipt))
+
+
+def _drop_receipt(path):
+    receipt_path(path).unlink()
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (_truncate, "corrupt"),
+    (_flip_middle_bytes, "corrupt"),
+    (_truncate_and_forge_receipt, "unreadable"),
+    (_copy_other_shard, "another shard"),
+    (_drop_receipt, "no receipt"),
+])
+def test_damaged_shard_is_detected_never_merged_and_redone(tmp_path, damage, reason):
+    run = tmp_path / "run"
+    _run(run)
+    manifest = _manifest()
+    damage(shard_path(run, manifest.plan, 1))
+    status = inspect_shard(run, manifest, 1)
+    assert status.state == "invalid" and reason in status.reason
+    with pytest.raises(IncompleteRunError, match=r"shard-00001-of-00004\.parquet \(invalid"):
+        read_run(run)
+    compute = Recorder()
+    out = _run(run, resume=True, compute=compute)
+    assert compute.calls == [[6, 7, 8]] and out.redone == (1,)
+    _assert_same(out.table, np.arange(3, 13))
+
+
+def test_shard_of_another_run_is_rejected(tmp_path):
+    _run(tmp_path / "a")
+    _run(tmp_path / "b", manifest=_manifest(config={"a": 2}))
+    plan = _manifest().plan
+    for path in (shard_path(tmp_path / "a", plan, 0), receipt_path(shard_path(tmp_path / "a", plan, 0))):
+        path.write_bytes(Path(str(path).replace(str(tmp_path / "a"), str(tmp_path / "b"))).read_bytes())
+    status = inspect_shard(tmp_path / "a", _manifest(), 0)
+    assert status.state == "invalid" and "different run" in status.reason
+
+
+def test_wrong_row_count_is_rejected_at_write_time(tmp_path):
+    def short(seeds, advance):
+        return expected_frame(seeds[:-1])
+
+    with pytest.raises(ValueError, match="must hold seeds 3..5 in order"):
+        _run(tmp_path / "run", compute=short)
+    assert not list((tmp_path / "run" / "shards").iterdir())  # nothing half-written
+
+
+def test_killed_writer_leftovers_are_ignored_and_cleaned(tmp_path):
+    run = tmp_path / "run"
+    _run(run)
+    plan = _manifest().plan
+    final = shard_path(run, plan, 3)
+    final.unlink()
+    stale = final.with_name(f".{final.name}.tmp-424242")
+    stale.write_bytes(b"PAR1 half a shard")
+    with pytest.raises(IncompleteRunError):
+        merge_shards(run)
+    _run(run, resume=True)
+    assert not stale.exists()
+    _assert_same(read_run(run), np.arange(3, 13))
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
+    target = tmp_path / "f.bin"
+
+    def failing(tmp):
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert list(tmp_path.iterdir()) == []
