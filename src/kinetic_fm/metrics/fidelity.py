@@ -1,0 +1,291 @@
+"""Set-level quality: Fréchet distance and k-NN precision/recall between feature sets.
+
+Every number carries its :class:`Protocol` (feature network, reference split, preprocessing) and
+sample counts, because a Fréchet distance is only comparable under the same protocol. The name
+says which network measured it: ``"FID"`` only for the standard TF-ported Inception-v3
+(``inception-v3-compat``, as in torch-fidelity / pytorch-fid), ``"FD-<network>"`` otherwise
+(``"FD-resnet56"``, ``"FD-lenet"``, ``"FD-pixels"``).
+
+- Fréchet distance between N(μ₁, Σ₁) and N(μ₂, Σ₂):
+  ``‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}``, statistics in float64,
+  the trace term from two symmetric eigendecompositions (no non-symmetric ``sqrtm``, so no
+  complex round-off); tiny negative eigenvalues from round-off are clipped to 0.
+- Precision/recall (Kynkäänniemi et al., 2019): each real feature owns a ball whose radius is
+  the distance to its k-th nearest other real feature (exact, from ``nearest_neighbors``);
+  precision = fraction of fakes inside some real ball, recall = fraction of reals inside some
+  fake ball. Ball membership is tested by GEMM blocks (:func:`density.sq_distance_blocks`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .density import sq_distance_blocks
+from .features import FeatureSpace, SpaceLike, as_features, feature_space
+
+__all__ = ["Protocol", "FrechetDistance", "PrecisionRecall", "feature_statistics",
+           "frechet_distance_from_stats", "frechet_distance", "precision_recall",
+           "inception_feature_space", "STANDARD_INCEPTION"]
+
+STANDARD_INCEPTION = ("inception-v3-compat",)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a set-level number was measured.
+
+    Attributes:
+        network: feature network name (``"pixels"``, ``"resnet56"``, ``"inception-v3-compat"``).
+        split: the reference set, e.g. ``"cifar10/train"``.
+        preprocessing: free text, e.g. ``"uint8 RGB, bilinear resize to 299"``.
+    """
+
+    network: str = "pixels"
+    split: str | None = None
+    preprocessing: str | None = None
+
+    @property
+    def fd_name(self) -> str:
+        return "FID" if self.network in STANDARD_INCEPTION else f"FD-{self.network}"
+
+
+@dataclass(frozen=True)
+class FrechetDistance:
+    """A Fréchet distance with its protocol: ``value`` in squared feature units."""
+
+    value: float
+    name: str
+    n_a: int
+    n_b: int
+    dim: int
+    protocol: Protocol
+
+    def __float__(self) -> float:
+        return self.value
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        p = self.protocol
+        extra = "".join(f", {k} {v}" for k, v in (("split", p.split), ("preprocessing", p.preprocessing)) if v)
+        return f"{self.name} = {self.value:.4g} ({self.n_a} vs {self.n_b} samples, D={self.dim}{extra})"
+
+
+@dataclass(frozen=True)
+class PrecisionRecall:
+    """k-NN manifold precision and recall with per-sample memberships.
+
+    Attributes:
+        precision: fraction of fakes inside the real manifold.
+        recall: fraction of reals inside the fake manifold.
+        k: neighbour count of the ball radii.
+        fake_in_real: (n_fake,) bool, per generated sample (its precision contribution).
+        real_in_fake: (n_real,) bool.
+    """
+
+    precision: float
+    recall: float
+    k: int
+    n_real: int
+    n_fake: int
+    protocol: Protocol
+    fake_in_real: Tensor = field(repr=False)
+    real_in_fake: Tensor = field(repr=False)
+
+    def __str__(self) -> str:
+        return (f"precision = {self.precision:.4f}, recall = {self.recall:.4f} (k={self.k}, "
+                f"{self.n_real} real, {self.n_fake} fake, network {self.protocol.network})")
+
+
+def feature_statistics(feats: Any, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D) of (N, D) features, float64, streamed by chunks.
+
+    Sums run around a pilot shift (the first chunk's mean), so a large common offset does not
+    cancel the covariance.
+    """
+    x = as_features(feats, None, argument="feats")
+    n, dim = x.shape
+    if n < 2:
+        raise ValueError(f"feats needs at least 2 rows for a covariance, got {n}")
+    shift = x[:chunk].to(torch.float64).mean(0)
+    total = torch.zeros(dim, dtype=torch.float64, device=x.device)
+    outer = torch.zeros(dim, dim, dtype=torch.float64, device=x.device)
+    for c0 in range(0, n, chunk):
+        xc = x[c0:c0 + chunk].to(torch.float64) - shift
+        total += xc.sum(0)
+        outer += xc.T @ xc
+    mean_shifted = total / n
+    cov = (outer - n * torch.outer(mean_shifted, mean_shifted)) / (n - 1)
+    cov = 0.5 * (cov + cov.T)
+    return (mean_shifted + shift).cpu().numpy(), cov.cpu().numpy()
+
+
+def _sqrt_psd(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64).
+
+    Args:
+        mu1, mu2: (D,) means. sigma1, sigma2: (D, D) symmetric positive semi-definite covariances.
+    """
+    mu1, mu2 = (np.asarray(m, dtype=np.float64).reshape(-1) for m in (mu1, mu2))
+    s1, s2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
+    dim = mu1.size
+    if mu2.size != dim or s1.shape != (dim, dim) or s2.shape != (dim, dim):
+        raise ValueError(f"shapes do not match: mu1 {mu1.shape}, sigma1 {s1.shape}, "
+                         f"mu2 {mu2.shape}, sigma2 {s2.shape}")
+    for name, a in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} has non-finite entries")
+    s1, s2 = 0.5 * (s1 + s1.T), 0.5 * (s2 + s2.T)
+    root1 = _sqrt_psd(s1)
+    middle = root1 @ s2 @ root1
+    eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
+    trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+    diff = mu1 - mu2
+    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
+    return max(value, 0.0)
+
+
+def _protocol(space: FeatureSpace, network: str | None, split: str | None,
+              preprocessing: str | None) -> Protocol:
+    return Protocol(network or space.name, split, preprocessing)
+
+
+def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
+                     network: str | None = None, split: str | None = None,
+                     preprocessing: str | None = None) -> FrechetDistance:
+    """Fréchet distance between two sets, mapped through ``space`` first.
+
+    Args:
+        feats_a, feats_b: (N_a, ...) and (N_b, ...) samples or features (e.g. generated vs
+            reference).
+        space: feature space (None = the inputs are already the features).
+        network: name recorded in the protocol (defaults to the space's name); it decides the
+            metric name (``"FID"`` only for ``"inception-v3-compat"``).
+        split, preprocessing: recorded in the protocol.
+    """
+    fs = feature_space(space)
+    a = as_features(feats_a, fs, argument="feats_a")
+    b = as_features(feats_b, fs, argument="feats_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
+    value = frechet_distance_from_stats(*feature_statistics(a), *feature_statistics(b))
+    protocol = _protocol(fs, network, split, preprocessing)
+    return FrechetDistance(value, protocol.fd_name, a.shape[0], b.shape[0], a.shape[1], protocol)
+
+
+def _inside_any_ball(points: Tensor, centres: Tensor, radii: Tensor, chunk: int,
+                     batch_chunk: int) -> Tensor:
+    inside = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
+    r2 = radii.to(torch.float64).pow(2)
+    for q0, c0, d2 in sq_distance_blocks(points, centres, chunk=chunk, batch_chunk=batch_chunk):
+        hit = (d2 <= r2[c0:c0 + d2.shape[1]]).any(dim=1)
+        inside[q0:q0 + d2.shape[0]] |= hit
+    return inside
+
+
+def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = None,
+                     network: str | None = None, split: str | None = None,
+                     preprocessing: str | None = None, chunk: int = 8192,
+                     batch_chunk: int = 1024) -> PrecisionRecall:
+    """Improved precision and recall (Kynkäänniemi et al., 2019) with k-NN manifolds.
+
+    Args:
+        real: (N_r, ...) reference samples or features; fake: (N_f, ...) generated ones.
+        k: the ball around each point reaches its k-th nearest neighbour in its own set
+            (itself excluded); default 3 as in the paper.
+        space, network, split, preprocessing: as in :func:`frechet_distance`.
+        chunk, batch_chunk: GEMM block sizes.
+    """
+    from .neighbors import nearest_neighbors
+
+    fs = feature_space(space)
+    r = as_features(real, fs, argument="real")
+    f = as_features(fake, fs, argument="fake")
+    if r.shape[1] != f.shape[1]:
+        raise ValueError(f"feature sizes differ: {r.shape[1]} vs {f.shape[1]}")
+    if not (isinstance(k, int) and 1 <= k < min(r.shape[0], f.shape[0])):
+        raise ValueError(f"k must be an integer in [1, {min(r.shape[0], f.shape[0]) - 1}], got {k!r}")
+    radius_r = nearest_neighbors(r, r, k, chunk=chunk, batch_chunk=batch_chunk,
+                                 exclude_self=True).distances[:, -1]
+    radius_f = nearest_neighbors(f, f, k, chunk=chunk, batch_chunk=batch_chunk,
+                                 exclude_self=True).distances[:, -1]
+    fake_in_real = _inside_any_ball(f, r, radius_r, chunk, batch_chunk)
+    real_in_fake = _inside_any_ball(r, f, radius_f, chunk, batch_chunk)
+    return PrecisionRecall(float(fake_in_real.double().mean()), float(real_in_fake.double().mean()),
+                           k, r.shape[0], f.shape[0], _protocol(fs, network, split, preprocessing),
+                           fake_in_real, real_in_fake)
+
+
+def inception_feature_space(weights_path: str | Path, *, device: torch.device | str | None = None,
+                            batch_size: int = 64) -> FeatureSpace:
+    """Inception-v3 pool features (2048-D) from a LOCAL weights file (nothing is downloaded).
+
+    Inputs to the returned space: images (B, 3, H, W), float in [0, 1] or uint8 in [0, 255].
+
+    - With ``torch-fidelity`` installed: its TF-ported ``inception-v3-compat`` network (the
+      standard FID Inception; weights file ``weights-inception-2015-12-05-6726825d.pth``);
+      numbers are named ``"FID"``.
+    - Else with ``torchvision``: ``torchvision.models.inception_v3`` with the given state dict,
+      inputs resized bilinearly to 299 and ImageNet-normalised; NOT the standard FID network,
+      so numbers are named ``"FD-inception-v3-torchvision"``.
+    """
+    path = Path(weights_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Inception weights not found at {path} (nothing is downloaded; "
+                                "give the path of a local weights file)")
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError:
+        FeatureExtractorInceptionV3 = None
+    if FeatureExtractorInceptionV3 is not None:
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                          feature_extractor_weights_path=str(path)).eval()
+        if device is not None:
+            net = net.to(device)
+
+        def fidelity_inception(x: Tensor) -> Tensor:
+            return net(_as_uint8(x))[0]
+
+        return FeatureSpace(fidelity_inception, "inception-v3-compat", batch_size, device)
+    try:
+        import torchvision
+    except ImportError as err:
+        raise ImportError("the Inception feature network needs torch-fidelity (standard FID: "
+                          "pip install torch-fidelity) or torchvision (pip install torchvision)"
+                          ) from err
+    model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.fc = torch.nn.Identity()
+    model = model.eval()
+    if device is not None:
+        model = model.to(device)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def torchvision_inception(x: Tensor) -> Tensor:
+        x = _as_unit(x)
+        x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        return model((x - mean.to(x)) / std.to(x))
+
+    return FeatureSpace(torchvision_inception, "inception-v3-torchvision", batch_size, device)
+
+
+def _as_uint8(x: Tensor) -> Tensor:
+    if x.dtype == torch.uint8:
+        return x
+    return (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _as_unit(x: Tensor) -> Tensor:
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()

@@ -1,0 +1,132 @@
+"""Fréchet distance against closed forms; precision/recall on constructed cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from kinetic_fm.metrics.fidelity import (
+    Protocol,
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_from_stats,
+    inception_feature_space,
+    precision_recall,
+)
+
+
+def _random_spd(rng, dim, cond=50.0):
+    q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    return (q * np.geomspace(1.0, cond, dim)) @ q.T
+
+
+def test_frechet_closed_forms():
+    rng = np.random.default_rng(0)
+    # 1-D: (m1 - m2)^2 + (s1 - s2)^2
+    assert frechet_distance_from_stats([1.0], [[4.0]], [-2.0], [[9.0]]) == pytest.approx(9 + 1, rel=1e-12)
+    # commuting (diagonal) covariances: sum (sqrt a - sqrt b)^2
+    a, b = rng.uniform(0.1, 5, 20), rng.uniform(0.1, 5, 20)
+    mu1, mu2 = rng.normal(size=20), rng.normal(size=20)
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance_from_stats(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    # general SPD pair: tr sqrt(S1 S2) by scipy's sqrtm of the non-symmetric product
+    s1, s2 = _random_spd(rng, 30), _random_spd(rng, 30, cond=1e3)
+    mu1, mu2 = rng.normal(size=30), rng.normal(size=30)
+    tr = np.trace(scipy.linalg.sqrtm(s1 @ s2)).real
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr
+    assert frechet_distance_from_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+    # same Gaussian: 0
+    assert frechet_distance_from_stats(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9 * np.trace(s1))
+    # W2 between Gaussians is symmetric
+    assert frechet_distance_from_stats(mu1, s1, mu2, s2) == pytest.approx(
+        frechet_distance_from_stats(mu2, s2, mu1, s1), rel=1e-9)
+
+
+def test_feature_statistics_float64_with_large_offset():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 5)) * [1, 2, 3, 4, 5] + 1e4
+    mu, cov = feature_statistics(torch.from_numpy(x.astype(np.float32)), chunk=512)
+    x32 = x.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(mu, x32.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(x32, rowvar=False), rtol=1e-9, atol=1e-9)
+
+
+def test_frechet_of_samples():
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.normal(size=(2000, 8)))
+    fd_self = frechet_distance(x, x)
+    assert fd_self.value == pytest.approx(0.0, abs=1e-9)
+    assert fd_self.name == "FD-pixels" and fd_self.n_a == 2000 and fd_self.dim == 8
+    shifted = frechet_distance(x, x + 1.0, network="lenet", split="mnist/test", preprocessing="[0,1]")
+    assert shifted.value == pytest.approx(8.0, rel=1e-9)  # ‖Δμ‖² = 8, same covariance
+    assert shifted.name == "FD-lenet" and shifted.protocol.split == "mnist/test"
+    assert "FD-lenet = 8" in str(shifted)
+    assert Protocol(network="inception-v3-compat").fd_name == "FID"
+    # a feature network: FD in its space equals FD of the mapped features
+    net = torch.nn.Linear(8, 4).double()
+    fd_net = frechet_distance(x, x * 2, space=net)
+    with torch.no_grad():
+        direct = frechet_distance(net(x), net(x * 2))
+    assert fd_net.value == pytest.approx(direct.value, rel=1e-10) and fd_net.name == "FD-Linear"
+
+
+def test_precision_recall_constructed_cases():
+    rng = np.random.default_rng(3)
+    real = torch.from_numpy(rng.normal(size=(300, 4)))
+    same = precision_recall(real, real.clone(), k=3)
+    assert same.precision == 1.0 and same.recall == 1.0
+    far = precision_recall(real, real + 100.0, k=3)
+    assert far.precision == 0.0 and far.recall == 0.0
+    # fakes cover only half the real modes: precision high, recall about half
+    fake = torch.from_numpy(rng.normal(size=(300, 4)))
+    fake[:, 0] = fake[:, 0].abs()
+    half = precision_recall(real, fake, k=3)
+    assert half.precision > 0.9 and 0.4 < half.recall < 0.85
+    assert half.fake_in_real.shape == (300,) and half.fake_in_real.dtype == torch.bool
+    assert half.precision == pytest.approx(half.fake_in_real.double().mean().item())
+
+
+def test_precision_recall_matches_brute_force():
+    rng = np.random.default_rng(4)
+    real, fake = rng.normal(size=(120, 3)), rng.normal(size=(90, 3)) * 1.3 + 0.4
+    res = precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=4, chunk=17, batch_chunk=11)
+
+    def radii(a):
+        d = np.sqrt(((a[:, None] - a[None]) ** 2).sum(-1))
+        return np.sort(d, 1)[:, 4]  # column 0 is the point itself
+
+    d_fr = np.sqrt(((fake[:, None] - real[None]) ** 2).sum(-1))
+    fake_in_real = (d_fr <= radii(real)[None]).any(1)
+    real_in_fake = (d_fr.T <= radii(fake)[None]).any(1)
+    np.testing.assert_array_equal(res.fake_in_real.numpy(), fake_in_real)
+    np.testing.assert_array_equal(res.real_in_fake.numpy(), real_in_fake)
+
+
+def test_errors():
+    x = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="feature sizes"):
+        frechet_distance(x, torch.randn(10, 4))
+    with pytest.raises(ValueError, match="shapes"):
+        frechet_distance_from_stats(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match="k must be"):
+        precision_recall(x, x, k=10)
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        inception_feature_space("/nonexistent/inception.pth")
+
+
+def test_inception_without_backends_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_backends(name, *args, **kwargs):
+        if name.startswith(("torch_fidelity", "torchvision")):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"")
+    monkeypatch.setattr(builtins, "__import__", no_backends)
+    with pytest.raises(ImportError, match="pip install torch-fidelity"):
+        inception_feature_space(weights)
