@@ -35,6 +35,8 @@ _LAZY = {
     "NoisePrediction": "kinetic_fm.fields.adapters",
     "DataPrediction": "kinetic_fm.fields.adapters",
     "ClassifierFreeGuidance": "kinetic_fm.fields.guidance",
+    "KineticODESolver": "kinetic_fm.integrations.flow_matching",
+    "KineticFlowMatchEulerScheduler": "kinetic_fm.integrations.diffusers",
 }
 
 __all__ = [

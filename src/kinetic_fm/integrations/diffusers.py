@@ -1,0 +1,161 @@
+"""diffusers interop: a flow-matching Euler scheduler that measures per-sample KPE and applies KTS.
+
+diffusers' SD3/Flux pipelines run the reversed clock: σ = 1 is noise, σ = 0 is data,
+x_σ = (1 − σ)·x_data + σ·noise, and the transformer's output is dx/dσ. In our clock t = 1 − σ
+the velocity is v = dx/dt = −model_output, and the scheduler's step from σ_i to σ_{i+1} is an
+Euler step of size Δt_i = σ_i − σ_{i+1} in t. ``KineticFlowMatchEulerScheduler`` keeps the
+scheduler's own shifted grid (read from ``self.sigmas`` after ``set_timesteps``, never recomputed)
+and adds, per sample and on the device:
+
+    applied  ½ η(t_i)² ‖v_i‖² Δt_i      (``kpe``, the reference left sum of kfm.sample)
+    raw      ½ ‖v_i‖² Δt_i              (``kpe_raw``)
+
+with the KTS gain η(t_i), t_i = 1 − σ_i, scaling the step: x_{i+1} = x_i + η(t_i)·Δt_i·v_i.
+Pipelines combine classifier-free guidance before calling ``step``, so the energies are those of
+the guided velocity, one value per generated image.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+try:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "kinetic_fm.integrations.diffusers needs the diffusers package: pip install diffusers"
+    ) from err
+
+from ..sampling.energy import squared_norm
+
+
+def _is_integer_timestep(timestep: Any) -> bool:
+    if isinstance(timestep, int):
+        return True
+    return isinstance(timestep, torch.Tensor) and not torch.is_floating_point(timestep)
+
+
+class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
+    """``FlowMatchEulerDiscreteScheduler`` that accumulates per-sample KPE and applies a KTS gain.
+
+    Use it wherever the base scheduler is used (same config, same ``set_timesteps`` / ``step``)::
+
+        pipe.scheduler = KineticFlowMatchEulerScheduler.from_scheduler(pipe.scheduler, shaping=kfm.KTS())
+        pipe(...)
+        pipe.scheduler.kpe        # (B,) float64, applied ½∫η²‖v‖² dt of each generated image
+
+    Attributes set during a run (None before the first ``step``, reset by ``set_timesteps``):
+        kpe, kpe_raw: (B,) float64 on the sample's device.
+        profile: (B, N) float64 applied-energy increment of each of the N steps (0 for steps not
+            taken, e.g. before an img2img begin index).
+        times: (N + 1,) float64 CPU tensor of FM times t_i = 1 − σ_i of the run.
+
+    ``shaping`` (attribute; None = plain flow matching) is a ``kfm.KTS`` or any callable η(t) on
+    floats. The gain table is evaluated on the host once per run, at the first ``step`` after
+    ``set_timesteps``, so the loop itself never synchronises with the device. Unsupported (raise
+    ValueError): ``stochastic_sampling``, ``per_token_timesteps``, and σ grids that are not
+    decreasing (``invert_sigmas``).
+    """
+
+    shaping: Callable | None = None
+    kpe: torch.Tensor | None = None
+    kpe_raw: torch.Tensor | None = None
+    profile: torch.Tensor | None = None
+    times: torch.Tensor | None = None
+    _step_size: list[float] | None = None
+    _gain: list[float] | None = None
+
+    @classmethod
+    def from_scheduler(
+        cls, scheduler: FlowMatchEulerDiscreteScheduler, shaping: Callable | None = None
+    ) -> "KineticFlowMatchEulerScheduler":
+        """A kinetic scheduler with the same config as ``scheduler`` (e.g. a pipeline's)."""
+        new = cls.from_config(scheduler.config)
+        new.set_shaping(shaping)
+        return new
+
+    def set_shaping(self, shaping: Callable | None) -> None:
+        """Set the KTS gain η(t) in FM time (None = no shaping); takes effect at the next run."""
+        if shaping is not None and not callable(shaping):
+            raise TypeError(f"shaping must be a KTS gain or a callable η(t), got {type(shaping).__name__}")
+        self.shaping = shaping
+        self._reset_energy()
+
+    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        super().set_timesteps(*args, **kwargs)
+        self._reset_energy()
+
+    def _reset_energy(self) -> None:
+        self.kpe = self.kpe_raw = self.profile = self.times = None
+        self._step_size = self._gain = None
+
+    def _prepare_run(self, batch: int, device: torch.device) -> None:
+        """Read the σ grid once (one host transfer per run) and allocate the accumulators."""
+        if self.config.stochastic_sampling:
+            raise ValueError("stochastic_sampling=True has no ODE path to measure; use the deterministic scheduler")
+        sigmas = self.sigmas.detach().to("cpu", torch.float64)
+        if sigmas.dim() != 1 or sigmas.numel() < 2:
+            raise ValueError(f"scheduler.sigmas must be a 1-D grid with at least 2 values, got {tuple(sigmas.shape)}")
+        if not bool((sigmas[1:] < sigmas[:-1]).all()):
+            raise ValueError(
+                "the σ grid must be strictly decreasing (noise to data); got "
+                f"{sigmas.tolist()[:4]}... (invert_sigmas schedules are not supported)"
+            )
+        times = 1.0 - sigmas
+        sigma_list = sigmas.tolist()
+        self.times = times
+        self._step_size = [a - b for a, b in zip(sigma_list[:-1], sigma_list[1:])]
+        gain = self.shaping
+        self._gain = [1.0 if gain is None else float(gain(t)) for t in times[:-1].tolist()]
+        if any(not (g > 0.0) for g in self._gain):
+            raise ValueError("the shaping gain η(t) must be > 0 on the scheduler's grid")
+        steps = len(self._step_size)
+        self.kpe = torch.zeros(batch, dtype=torch.float64, device=device)
+        self.kpe_raw = torch.zeros(batch, dtype=torch.float64, device=device)
+        self.profile = torch.zeros(batch, steps, dtype=torch.float64, device=device)
+
+    def step(
+        self,
+        model_output: torch.FloatTensor,
+        timestep: float | torch.FloatTensor,
+        sample: torch.FloatTensor,
+        *args: Any,
+        per_token_timesteps: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        """The base Euler step with the KTS-scaled velocity, plus the per-sample energy bookkeeping.
+
+        Same signature and return value as ``FlowMatchEulerDiscreteScheduler.step``.
+        """
+        if per_token_timesteps is not None:
+            raise ValueError("per_token_timesteps is not supported by KineticFlowMatchEulerScheduler")
+        if _is_integer_timestep(timestep):  # let the base class raise its own message
+            return super().step(model_output, timestep, sample, *args, **kwargs)
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        batch = model_output.shape[0]
+        if self._step_size is None:
+            self._prepare_run(batch, model_output.device)
+        elif self.kpe.shape[0] != batch:
+            raise ValueError(
+                f"model_output has {batch} rows but this run started with {self.kpe.shape[0]}; "
+                "combine classifier-free guidance halves before step()"
+            )
+        i = self.step_index
+        if i >= len(self._step_size):
+            raise ValueError(f"step index {i} is past the last of {len(self._step_size)} steps; call set_timesteps")
+        eta, dt = self._gain[i], self._step_size[i]
+
+        norm = squared_norm(model_output)  # ‖v‖² = ‖−model_output‖²
+        raw = (0.5 * dt) * norm
+        applied = (eta * eta) * raw
+        self.kpe += applied
+        self.kpe_raw += raw
+        self.profile[:, i] = applied
+
+        shaped = model_output if eta == 1.0 else model_output * eta
+        return super().step(shaped, timestep, sample, *args, **kwargs)
+
+
+__all__ = ["KineticFlowMatchEulerScheduler"]

@@ -1,0 +1,189 @@
+"""diffusers interop: the kinetic scheduler's per-sample KPE equals our sampler's on the same velocities.
+
+Everything runs on a tiny randomly initialised SD3 transformer built here (no download).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kinetic_fm as kfm
+from kinetic_fm.fields.adapters import ModelXT, ReversedTime
+from kinetic_fm.fields.guidance import ClassifierFreeGuidance
+
+diffusers = pytest.importorskip("diffusers")
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel  # noqa: E402
+
+from kinetic_fm.integrations.diffusers import KineticFlowMatchEulerScheduler  # noqa: E402
+
+BATCH, CHANNELS, SIZE, TOKENS, JOINT, POOLED = 3, 4, 8, 5, 16, 8
+KTS = kfm.KTS(alpha0=0.1, beta0=0.02)
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    torch.manual_seed(0)
+    model = SD3Transformer2DModel(
+        sample_size=SIZE, patch_size=1, in_channels=CHANNELS, out_channels=CHANNELS, num_layers=1,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=JOINT,
+        caption_projection_dim=16, pooled_projection_dim=POOLED,
+    ).eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def conditions():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(BATCH, TOKENS, JOINT, generator=g), torch.randn(BATCH, POOLED, generator=g)
+
+
+def _x0() -> torch.Tensor:
+    return kfm.noise(list(range(BATCH)), (CHANNELS, SIZE, SIZE))
+
+
+def _sigma_net(transformer, prompt, pooled):
+    """The transformer as ``net(x, timestep)`` in its own clock (timestep = 1000σ, output dx/dσ)."""
+
+    def net(x, timestep):
+        with torch.no_grad():
+            return transformer(
+                hidden_states=x, timestep=timestep, encoder_hidden_states=prompt,
+                pooled_projections=pooled, return_dict=False,
+            )[0]
+
+    return net
+
+
+def _scheduler_loop(scheduler, transformer, conditions, x0, steps=8):
+    """A hand-written diffusers sampling loop; also sums ½‖model_output‖²Δσ·η² directly."""
+    net = _sigma_net(transformer, *conditions)
+    scheduler.set_timesteps(steps)
+    sigmas = scheduler.sigmas.double()
+    shaping = getattr(scheduler, "shaping", None)
+    x, direct = x0.clone(), torch.zeros(x0.shape[0], dtype=torch.float64)
+    for i, t in enumerate(scheduler.timesteps):
+        out = net(x, t.expand(x.shape[0]))
+        eta = 1.0 if shaping is None else shaping(1.0 - float(sigmas[i]))
+        direct += 0.5 * eta**2 * out.double().pow(2).flatten(1).sum(1) * (sigmas[i] - sigmas[i + 1])
+        x = scheduler.step(out, t, x, return_dict=False)[0]
+    return x, direct
+
+
+@pytest.mark.parametrize("shaping", [None, KTS], ids=["plain", "kts"])
+def test_scheduler_kpe_equals_our_sampler_on_the_same_velocities(transformer, conditions, shaping):
+    scheduler = KineticFlowMatchEulerScheduler(shift=3.0)
+    scheduler.set_shaping(shaping)
+    x0 = _x0()
+    x, direct = _scheduler_loop(scheduler, transformer, conditions, x0)
+    torch.testing.assert_close(scheduler.kpe, direct, rtol=1e-6, atol=0)
+    torch.testing.assert_close(scheduler.profile.sum(1), scheduler.kpe, rtol=1e-12, atol=0)
+
+    grid = 1.0 - scheduler.sigmas.double()  # FM times t_i = 1 − σ_i of the shifted schedule
+    torch.testing.assert_close(scheduler.times, grid)
+    velocity = ReversedTime(ModelXT(_sigma_net(transformer, *conditions)))
+    ours = kfm.sample(velocity, x0, grid=grid, solver="euler", quadrature="left", shaping=shaping, profile=True)
+    torch.testing.assert_close(scheduler.kpe, ours.kpe, rtol=1e-5, atol=0)
+    torch.testing.assert_close(scheduler.kpe_raw, ours.kpe_raw, rtol=1e-5, atol=0)
+    torch.testing.assert_close(scheduler.profile, ours.profile, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(x, ours.x, rtol=1e-5, atol=1e-5)
+    if shaping is None:
+        torch.testing.assert_close(scheduler.kpe, scheduler.kpe_raw, rtol=0, atol=0)
+    else:
+        assert not torch.allclose(scheduler.kpe, scheduler.kpe_raw, rtol=1e-4)
+
+
+def test_without_shaping_the_samples_are_the_base_schedulers(transformer, conditions):
+    x0 = _x0()
+    base, _ = _scheduler_loop(FlowMatchEulerDiscreteScheduler(shift=3.0), transformer, conditions, x0)
+    kinetic, _ = _scheduler_loop(KineticFlowMatchEulerScheduler(shift=3.0), transformer, conditions, x0)
+    torch.testing.assert_close(kinetic, base, rtol=0, atol=0)
+
+
+def test_forgetting_the_reversed_clock_is_caught(transformer, conditions):
+    scheduler = KineticFlowMatchEulerScheduler(shift=3.0)
+    x0 = _x0()
+    x, _ = _scheduler_loop(scheduler, transformer, conditions, x0)
+    grid = scheduler.times
+    wrong = kfm.sample(ModelXT(_sigma_net(transformer, *conditions)), x0, grid=grid, quadrature="left")
+    assert not torch.allclose(wrong.x, x, rtol=1e-2, atol=1e-2)
+
+
+def test_custom_and_dynamic_sigmas_are_read_not_recomputed(transformer, conditions):
+    scheduler = KineticFlowMatchEulerScheduler(use_dynamic_shifting=True)
+    scheduler.set_timesteps(6, mu=0.8)
+    dynamic = 1.0 - scheduler.sigmas.double()
+    x0 = _x0()
+    net = _sigma_net(transformer, *conditions)
+    x = x0
+    for t in scheduler.timesteps:
+        x = scheduler.step(net(x, t.expand(BATCH)), t, x, return_dict=False)[0]
+    torch.testing.assert_close(scheduler.times, dynamic)
+    ours = kfm.sample(ReversedTime(ModelXT(net)), x0, grid=dynamic, quadrature="left")
+    torch.testing.assert_close(scheduler.kpe, ours.kpe, rtol=1e-5, atol=0)
+
+
+def test_pipeline_with_classifier_free_guidance(transformer, conditions):
+    """A tiny SD3 pipeline (no text encoders, no VAE): one KPE per image, equal to our CFG sampler's."""
+    from diffusers import StableDiffusion3Pipeline
+
+    scheduler = KineticFlowMatchEulerScheduler.from_scheduler(
+        FlowMatchEulerDiscreteScheduler(shift=3.0), shaping=KTS
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None,
+        text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    prompt, pooled = conditions
+    null_prompt, null_pooled = torch.zeros_like(prompt[:1]), torch.zeros_like(pooled[:1])
+    x0, scale = _x0(), 4.0
+    latents = pipe(
+        prompt_embeds=prompt, pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=null_prompt.expand_as(prompt), negative_pooled_prompt_embeds=null_pooled.expand_as(pooled),
+        height=SIZE, width=SIZE, num_inference_steps=6, guidance_scale=scale, output_type="latent", latents=x0,
+    ).images
+    assert pipe.scheduler.kpe.shape == (BATCH,)
+
+    def net(x, timestep, cond):  # one condition tensor: prompt tokens and pooled vector packed
+        tokens = cond[:, : TOKENS * JOINT].reshape(-1, TOKENS, JOINT)
+        return _sigma_net(transformer, tokens, cond[:, TOKENS * JOINT :])(x, timestep)
+
+    pack = lambda p, q: torch.cat([p.flatten(1), q], dim=1)  # noqa: E731
+    guided = ClassifierFreeGuidance(ReversedTime(ModelXT(net)), pack(prompt, pooled), scale, pack(null_prompt, null_pooled))
+    ours = kfm.sample(guided, x0, grid=scheduler.times, shaping=KTS, quadrature="left")
+    torch.testing.assert_close(pipe.scheduler.kpe, ours.kpe, rtol=1e-5, atol=0)
+    torch.testing.assert_close(latents, ours.x, rtol=1e-5, atol=1e-5)
+
+
+def test_set_timesteps_resets_and_runs_repeat(transformer, conditions):
+    scheduler = KineticFlowMatchEulerScheduler(shift=3.0)
+    x0 = _x0()
+    _scheduler_loop(scheduler, transformer, conditions, x0)
+    first = scheduler.kpe.clone()
+    scheduler.set_timesteps(8)
+    assert scheduler.kpe is None and scheduler.profile is None
+    _scheduler_loop(scheduler, transformer, conditions, x0)
+    torch.testing.assert_close(scheduler.kpe, first, rtol=0, atol=0)
+
+
+def test_unsupported_configurations_raise(transformer, conditions):
+    out, x = torch.zeros(BATCH, CHANNELS, SIZE, SIZE), _x0()
+    inverted = KineticFlowMatchEulerScheduler(invert_sigmas=True)
+    inverted.set_timesteps(4)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        inverted.step(out, inverted.timesteps[0], x)
+    stochastic = KineticFlowMatchEulerScheduler(stochastic_sampling=True)
+    stochastic.set_timesteps(4)
+    with pytest.raises(ValueError, match="stochastic_sampling"):
+        stochastic.step(out, stochastic.timesteps[0], x)
+    plain = KineticFlowMatchEulerScheduler()
+    plain.set_timesteps(4)
+    with pytest.raises(ValueError, match="per_token_timesteps"):
+        plain.step(out, plain.timesteps[0], x, per_token_timesteps=torch.ones(BATCH, 4))
+    with pytest.raises(ValueError, match="integer indices"):
+        plain.step(out, 3, x)
+    plain.step(out, plain.timesteps[0], x)
+    with pytest.raises(ValueError, match="combine classifier-free guidance"):
+        plain.step(torch.cat([out, out]), plain.timesteps[1], torch.cat([x, x]))
+    with pytest.raises(TypeError, match="shaping must be"):
+        plain.set_shaping(0.5)
