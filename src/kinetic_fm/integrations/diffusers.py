@@ -52,7 +52,7 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         times: (N + 1,) float64 CPU tensor of FM times t_i = 1 − σ_i of the run.
 
     ``shaping`` (attribute; None = plain flow matching) is a ``kfm.KTS`` or any callable η(t) on
-    floats. The gain table is evaluated on the host once per run, at the first ``step`` after
+    floats; it is not part of the saved config (``save_pretrained`` stores the base scheduler's). The gain table is evaluated on the host once per run, at the first ``step`` after
     ``set_timesteps``, so the loop itself never synchronises with the device. Unsupported (raise
     ValueError): ``stochastic_sampling``, ``per_token_timesteps``, and σ grids that are not
     decreasing (``invert_sigmas``).
@@ -72,6 +72,7 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     ) -> "KineticFlowMatchEulerScheduler":
         """A kinetic scheduler with the same config as ``scheduler`` (e.g. a pipeline's)."""
         new = cls.from_config(scheduler.config)
+        new.set_shift(scheduler.shift)  # set_shift() changes the shift outside the config
         new.set_shaping(shaping)
         return new
 
