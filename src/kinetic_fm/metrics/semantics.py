@@ -1,0 +1,263 @@
+"""Semantic strength per sample: classifier margin/confidence and CLIP score/margin.
+
+- Classifier margin: ``logit[c] − max_{j≠c} logit[j]`` with ``c`` the target class (or the
+  predicted one), and the softmax probability of ``c`` as confidence.
+- CLIP score: ``100 · cos(image embedding, prompt embedding)`` (not clipped at 0, so margins
+  stay meaningful), with the prompt ``template.format(class name)``. CLIP margin: the score of
+  the true-class prompt minus the best other class prompt's score. The model, tokenizer and
+  image processor load from a LOCAL directory (``transformers``' ``save_pretrained`` layout);
+  nothing is downloaded.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .features import as_tensor, feature_space
+
+__all__ = ["ClassifierMargin", "ClipScores", "CLIPScorer", "classifier_margin", "clip_scores",
+           "load_clip", "margin_from_scores"]
+
+
+def margin_from_scores(scores: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``scores[i, c_i] − max_{j≠c_i} scores[i, j]`` and ``c_i`` (the target, or the argmax).
+
+    Args:
+        scores: (B, C) with C >= 2. target: (B,) int64 class indices, or None.
+    """
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        raise ValueError(f"need (B, C) scores with C >= 2 classes, got shape {tuple(scores.shape)}")
+    chosen = scores.argmax(dim=1) if target is None else target
+    own = scores.gather(1, chosen[:, None]).squeeze(1)
+    others = scores.scatter(1, chosen[:, None], -math.inf)
+    return own - others.max(dim=1).values, chosen
+
+
+def _targets(target: Any, b: int, n_classes: int, device: torch.device) -> Tensor | None:
+    if target is None:
+        return None
+    t = as_tensor(target).to(device=device, dtype=torch.int64).reshape(-1)
+    if t.numel() == 1 and b != 1:
+        t = t.expand(b)
+    if t.shape[0] != b:
+        raise ValueError(f"target must be one class or one per sample ({b}), got {t.shape[0]}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_classes):
+        raise ValueError(f"target classes must be in [0, {n_classes - 1}], got range "
+                         f"[{int(t.min())}, {int(t.max())}]")
+    return t
+
+
+@dataclass(frozen=True)
+class ClassifierMargin:
+    """Per-sample classifier strength.
+
+    Attributes:
+        margin: (B,) float64, logit of the scored class minus the best other logit (> 0 means
+            the scored class wins).
+        confidence: (B,) float64, softmax probability of the scored class.
+        predicted: (B,) int64 argmax class.
+        target: (B,) int64 scored class when a target was given, else None (the predicted
+            class was scored).
+    """
+
+    margin: Tensor
+    confidence: Tensor
+    predicted: Tensor
+    target: Tensor | None
+
+    def to_frame(self) -> Any:
+        """pandas DataFrame: ``classifier_margin``, ``classifier_confidence``, ``classifier_predicted``."""
+        import pandas as pd
+
+        return pd.DataFrame({"classifier_margin": self.margin.cpu().numpy(),
+                             "classifier_confidence": self.confidence.cpu().numpy(),
+                             "classifier_predicted": self.predicted.cpu().numpy()})
+
+
+def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: Any = None, *,
+                      batch_size: int = 256, device: torch.device | str | None = None
+                      ) -> ClassifierMargin:
+    """Margin and confidence of any classifier on samples ``x``.
+
+    Args:
+        classifier: nn.Module or callable mapping (b, ...) inputs to (b, C) logits (put modules
+            in ``eval()`` first); run in chunks of ``batch_size`` under inference mode.
+        x: (B, ...) inputs.
+        target: None (score the predicted class), one class index for all, or (B,) indices.
+        device: where the classifier runs (inputs are moved chunk by chunk).
+    """
+    logits = feature_space(classifier, batch_size=batch_size, device=device)(x).to(torch.float64)
+    if not torch.isfinite(logits).all():
+        raise ValueError("classifier returned non-finite logits")
+    t = _targets(target, logits.shape[0], logits.shape[1], logits.device)
+    margin, chosen = margin_from_scores(logits, t)
+    confidence = torch.softmax(logits, dim=1).gather(1, chosen[:, None]).squeeze(1)
+    return ClassifierMargin(margin, confidence, logits.argmax(dim=1), t)
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    """Per-sample CLIP scores.
+
+    Attributes:
+        score: (B,) float64, 100 · cos(image, prompt of the label) — or of the predicted class
+            when no labels were given, or of the sample's own prompt in free-prompt mode.
+        margin: (B,) float64, score minus the best other class prompt's score (None in
+            free-prompt mode).
+        predicted: (B,) int64 class with the highest score (None in free-prompt mode).
+        class_scores: (B, C) float64 all class scores when requested, else None.
+        template: prompt template used; model: the model directory's name.
+    """
+
+    score: Tensor
+    margin: Tensor | None
+    predicted: Tensor | None
+    class_scores: Tensor | None
+    template: str
+    model: str
+
+    def to_frame(self) -> Any:
+        """pandas DataFrame: ``clip_score`` (+ ``clip_margin``, ``clip_predicted`` when classes were used)."""
+        import pandas as pd
+
+        cols = {"clip_score": self.score.cpu().numpy()}
+        if self.margin is not None:
+            cols["clip_margin"] = self.margin.cpu().numpy()
+            cols["clip_predicted"] = self.predicted.cpu().numpy()
+        return pd.DataFrame(cols)
+
+
+def _pooled(out: Any) -> Tensor:
+    # transformers < 5 returns the projected embedding; >= 5 returns an output whose
+    # pooler_output holds it
+    if isinstance(out, Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        raise TypeError(f"unexpected CLIP feature output {type(out).__name__}")
+    return pooled
+
+
+class CLIPScorer:
+    """A CLIP model, tokenizer and image processor loaded from a local directory.
+
+    Args:
+        model_dir: folder written by ``save_pretrained`` holding the model (``config.json`` +
+            weights), the tokenizer and ``preprocessor_config.json``.
+        device: where the model runs (default CPU).
+    """
+
+    def __init__(self, model_dir: str | Path, *, device: torch.device | str | None = None) -> None:
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no CLIP model at {path} (expected a local save_pretrained "
+                                    "folder with config.json; nothing is downloaded)")
+        try:
+            from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+        except ImportError as err:
+            raise ImportError("CLIP scores need transformers: pip install transformers "
+                              "(or pip install kinetic_fm[clip])") from err
+        self.name = path.name
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
+        self.max_length = int(self.model.config.text_config.max_position_embeddings)
+
+    @torch.inference_mode()
+    def text_embeddings(self, prompts: Sequence[str], batch_size: int = 256) -> Tensor:
+        """(P, E) float64 unit-norm embeddings of ``prompts``."""
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            tokens = self.tokenizer(list(prompts[start:start + batch_size]), padding=True,
+                                    truncation=True, max_length=self.max_length, return_tensors="pt")
+            tokens = {k: v.to(self.device) for k, v in tokens.items()}
+            out.append(_pooled(self.model.get_text_features(**tokens)).to(torch.float64))
+        return torch.nn.functional.normalize(torch.cat(out), dim=1)
+
+    @torch.inference_mode()
+    def image_embeddings(self, images: Any, batch_size: int = 64,
+                         value_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+        """(B, E) float64 unit-norm embeddings of images (B, 3, H, W).
+
+        Float images are mapped from ``value_range`` to [0, 1]; uint8 images are taken as
+        [0, 255]. Resizing, cropping and normalisation are the saved image processor's.
+        """
+        x = as_tensor(images)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(x.shape)}")
+        uint8 = x.dtype == torch.uint8
+        if not uint8:
+            lo, hi = value_range
+            x = ((x.float() - lo) / (hi - lo)).clamp(0.0, 1.0)
+        out = []
+        for start in range(0, x.shape[0], batch_size):
+            chunk = x[start:start + batch_size].cpu()
+            pixels = self.processor(images=list(chunk), return_tensors="pt",
+                                    do_rescale=uint8)["pixel_values"]
+            feats = self.model.get_image_features(pixel_values=pixels.to(self.device))
+            out.append(_pooled(feats).to(torch.float64))
+        return torch.nn.functional.normalize(torch.cat(out), dim=1).to(x.device)
+
+    def scores(self, images: Any, class_names: Sequence[str] | None = None, labels: Any = None, *,
+               prompts: Sequence[str] | None = None, template: str = "a photo of a {}",
+               batch_size: int = 64, value_range: tuple[float, float] = (0.0, 1.0),
+               return_class_scores: bool = False) -> ClipScores:
+        """See :func:`clip_scores`."""
+        if (class_names is None) == (prompts is None):
+            raise ValueError("give exactly one of class_names (class prompts from the template) "
+                             "or prompts (one free prompt per image)")
+        img = self.image_embeddings(images, batch_size, value_range)
+        if prompts is not None:
+            if len(prompts) != img.shape[0]:
+                raise ValueError(f"prompts must hold one prompt per image ({img.shape[0]}), got {len(prompts)}")
+            txt = self.text_embeddings(prompts).to(img.device)
+            return ClipScores(100.0 * (img * txt).sum(1), None, None, None, "{}", self.name)
+        if "{}" not in template:
+            raise ValueError(f"template must contain '{{}}' for the class name, got {template!r}")
+        if len(class_names) < 2:
+            raise ValueError("a CLIP margin needs at least 2 class names")
+        txt = self.text_embeddings([template.format(c) for c in class_names]).to(img.device)
+        per_class = 100.0 * img @ txt.T
+        t = _targets(labels, per_class.shape[0], per_class.shape[1], per_class.device)
+        margin, chosen = margin_from_scores(per_class, t)
+        score = per_class.gather(1, chosen[:, None]).squeeze(1)
+        return ClipScores(score, margin, per_class.argmax(dim=1),
+                          per_class if return_class_scores else None, template, self.name)
+
+
+def load_clip(model_dir: str | Path, *, device: torch.device | str | None = None) -> CLIPScorer:
+    """Load a :class:`CLIPScorer` from a local ``save_pretrained`` directory."""
+    return CLIPScorer(model_dir, device=device)
+
+
+def clip_scores(images: Any, class_names: Sequence[str] | None = None, labels: Any = None, *,
+                model: str | Path | CLIPScorer, prompts: Sequence[str] | None = None,
+                template: str = "a photo of a {}", batch_size: int = 64,
+                value_range: tuple[float, float] = (0.0, 1.0), return_class_scores: bool = False,
+                device: torch.device | str | None = None) -> ClipScores:
+    """CLIP score and margin per image.
+
+    Args:
+        images: (B, 3, H, W) float in ``value_range`` or uint8.
+        class_names: C >= 2 class names; each becomes ``template.format(name)``.
+        labels: None (score the best-matching class; margin = best − second best), one class
+            index, or (B,) indices of each image's true class.
+        model: a local CLIP directory or an already loaded :class:`CLIPScorer` (reuse it across
+            calls: loading costs more than scoring a small batch).
+        prompts: instead of classes, one free prompt per image (text-to-image); score only.
+        template: prompt template with one ``{}``.
+        return_class_scores: keep the (B, C) matrix of class scores.
+
+    Returns:
+        :class:`ClipScores` (float64, on the images' device).
+    """
+    scorer = model if isinstance(model, CLIPScorer) else load_clip(model, device=device)
+    return scorer.scores(images, class_names, labels, prompts=prompts, template=template,
+                         batch_size=batch_size, value_range=value_range,
+                         return_class_scores=return_class_scores)

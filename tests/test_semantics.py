@@ -1,0 +1,160 @@
+"""Classifier margins against hand-computed logits; CLIP scores through a tiny local CLIP."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kinetic_fm.metrics.semantics import (
+    CLIPScorer,
+    classifier_margin,
+    clip_scores,
+    load_clip,
+    margin_from_scores,
+)
+
+
+def test_margin_from_scores_by_hand():
+    s = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.0]])
+    m, c = margin_from_scores(s)
+    assert c.tolist() == [1, 0] and m.tolist() == [1.0, 0.5]
+    m, c = margin_from_scores(s, torch.tensor([2, 1]))
+    assert m.tolist() == [-1.0, -1.5]
+    with pytest.raises(ValueError, match="C >= 2"):
+        margin_from_scores(torch.zeros(3, 1))
+
+
+def test_classifier_margin_and_confidence():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).eval()
+    x = torch.randn(23, 3, 2, 2)
+    with torch.no_grad():
+        logits = net(x).double().numpy()
+    target = torch.randint(0, 5, (23,))
+    res = classifier_margin(net, x, target, batch_size=4)
+    for i in range(23):
+        t = int(target[i])
+        others = np.delete(logits[i], t)
+        assert res.margin[i].item() == pytest.approx(logits[i, t] - others.max(), abs=1e-6)
+        p = np.exp(logits[i] - logits[i].max())
+        assert res.confidence[i].item() == pytest.approx(p[t] / p.sum(), abs=1e-6)
+    assert res.predicted.tolist() == logits.argmax(1).tolist()
+    pred = classifier_margin(net, x)  # no target: the predicted class, so margins are >= 0
+    assert (pred.margin >= 0).all() and torch.all(pred.confidence >= 1 / 5)
+    assert res.margin.dtype == torch.float64
+    # batch invariance
+    torch.testing.assert_close(classifier_margin(net, x, target, batch_size=100).margin, res.margin)
+    frame = res.to_frame()
+    assert list(frame.columns) == ["classifier_margin", "classifier_confidence", "classifier_predicted"]
+    with pytest.raises(ValueError, match="target classes"):
+        classifier_margin(net, x, 7)
+
+
+# --- a tiny random CLIP, saved and loaded through the real transformers path -----------------
+
+_WORDS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # transformers < 5
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    path = tmp_path_factory.mktemp("tiny_clip")
+    # a character-level BPE vocabulary (no merges): every lowercase word tokenizes
+    vocab = {c: i for i, c in enumerate(_WORDS)}
+    vocab.update({c + "</w>": len(_WORDS) + i for i, c in enumerate(_WORDS)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(path)
+    torch.manual_seed(0)
+    special = {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+               "pad_token_id": vocab["<|endoftext|>"]}
+    text = CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                          num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=40,
+                          projection_dim=8, **special)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, image_size=32, patch_size=8, projection_dim=8)
+    CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                         projection_dim=8)).save_pretrained(path)
+    ImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    assert transformers is not None
+    return path
+
+
+def test_clip_scores_from_a_local_directory(tiny_clip_dir):
+    scorer = load_clip(tiny_clip_dir)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 40, 48, generator=g)
+    classes = ["cat", "dog", "ship", "truck"]
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    res = scorer.scores(images, classes, labels, batch_size=4, return_class_scores=True)
+    assert res.score.shape == res.margin.shape == (6,)
+    assert torch.isfinite(res.score).all() and torch.isfinite(res.margin).all()
+    assert (res.score.abs() <= 100 + 1e-9).all()
+    # margins consistent with the scores: true-class score minus the best other
+    cs = res.class_scores.numpy()
+    for i, t in enumerate(labels.tolist()):
+        assert res.score[i].item() == pytest.approx(cs[i, t], abs=1e-12)
+        assert res.margin[i].item() == pytest.approx(cs[i, t] - np.delete(cs[i], t).max(), abs=1e-12)
+    assert res.predicted.tolist() == cs.argmax(1).tolist()
+
+    # independent recomputation with the raw transformers objects
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    model = CLIPModel.from_pretrained(tiny_clip_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_clip_dir)
+    proc = AutoImageProcessor.from_pretrained(tiny_clip_dir)
+    with torch.no_grad():
+        out = model(input_ids=tok([f"a photo of a {c}" for c in classes], padding=True,
+                                  return_tensors="pt")["input_ids"],
+                    pixel_values=proc(images=list(images), do_rescale=False,
+                                      return_tensors="pt")["pixel_values"])
+        # logits_per_image = exp(logit_scale) · cos
+        cos = (out.logits_per_image / model.logit_scale.exp()).double().numpy()
+    np.testing.assert_allclose(cs, 100 * cos, atol=1e-4)
+
+    # functional form, path loading, template and unlabeled mode
+    free = clip_scores(images, classes, model=tiny_clip_dir, template="an image of a {}")
+    assert free.template == "an image of a {}" and free.class_scores is None
+    assert (free.margin >= 0).all()  # best class vs second best
+    assert list(free.to_frame().columns) == ["clip_score", "clip_margin", "clip_predicted"]
+    # value_range: [-1, 1] images give the same scores as their [0, 1] versions
+    same = scorer.scores(images * 2 - 1, classes, labels, value_range=(-1.0, 1.0))
+    torch.testing.assert_close(same.score, res.score, rtol=0, atol=1e-4)
+    prompts = scorer.scores(images[:2], prompts=["a photo of a cat", "a photo of a dog"])
+    torch.testing.assert_close(prompts.score, res.score[:2], rtol=0, atol=1e-4)
+    assert prompts.margin is None
+
+
+def test_clip_errors(tiny_clip_dir, tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        CLIPScorer(tmp_path / "missing")
+    scorer = load_clip(tiny_clip_dir)
+    with pytest.raises(ValueError, match="exactly one"):
+        scorer.scores(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="template"):
+        scorer.scores(torch.rand(1, 3, 8, 8), ["a", "b"], template="no slot")
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        scorer.scores(torch.rand(1, 8, 8), ["a", "b"])
+
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_transformers(name, *args, **kwargs):
+        if name.startswith("transformers"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_transformers)
+    with pytest.raises(ImportError, match="pip install transformers"):
+        CLIPScorer(tiny_clip_dir)
+    assert math.isfinite(1.0)
