@@ -1,0 +1,135 @@
+"""One per-sample table per run: KPE, early/late energy, memorization, support and semantic
+scores joined on the sample seed, so any study is a group-by away.
+
+Example::
+
+    res = kfm.sample(field, seeds=range(1000), shape=(2,), steps=100)   # to_frame() has `seed`
+    table = per_sample_table(res, kfm.memorization(res.x, train),
+                             local_support(res.x, train), kde_log_density(res.x, train))
+    save_table(table, "run/samples.parquet")
+    table.groupby(pd.qcut(table.kpe, 5)).knn_log_density_k5.mean()
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+__all__ = ["per_sample_table", "save_table", "load_table"]
+
+
+def _frame(part: Any, label: str) -> Any:
+    import pandas as pd
+
+    if isinstance(part, pd.DataFrame):
+        return part.reset_index(drop=True)
+    if hasattr(part, "to_frame"):
+        frame = part.to_frame()
+        if isinstance(frame, pd.Series):  # a Series' to_frame
+            frame = frame.to_frame()
+        return frame.reset_index(drop=True)
+    if isinstance(part, Mapping):
+        cols = {}
+        for name, values in part.items():
+            if hasattr(values, "detach"):
+                values = values.detach().cpu().numpy()
+            cols[str(name)] = values
+        return pd.DataFrame(cols)
+    raise TypeError(f"{label}: expected a DataFrame, an object with to_frame() (SampleResult, "
+                    f"MemorizationReport, LocalSupport, ...) or a mapping of columns; "
+                    f"got {type(part).__name__}")
+
+
+def _duplicates(values: Any) -> list:
+    import pandas as pd
+
+    s = pd.Series(values)
+    return s[s.duplicated()].unique().tolist()
+
+
+def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
+                     how: Literal["exact", "inner", "outer"] = "exact") -> Any:
+    """Join per-sample parts on ``seed`` into one pandas DataFrame.
+
+    Args:
+        parts: DataFrames, objects with ``to_frame()`` (``SampleResult``, ``MemorizationReport``,
+            ``LocalSupport``, ``KDELogDensity``, ``ClassifierMargin``, ``ClipScores``) or
+            mappings ``column -> (n,) values``. A part with a ``seed`` column joins by it; a part
+            without one is aligned row by row with ``seeds`` (or, when ``seeds`` is None, with
+            the first part that has a ``seed`` column) and must have the same length.
+        seeds: the seed of each row of the parts that have no ``seed`` column.
+        how: ``"exact"`` (every part must hold exactly the same seeds, else ValueError),
+            ``"inner"`` (keep seeds present everywhere) or ``"outer"`` (keep all, NaN-filled).
+
+    Returns:
+        DataFrame with ``seed`` first, then every part's columns in order, rows in the first
+        part's order. Column names must be unique across parts (ValueError names the clash;
+        rename with ``frame.add_prefix(...)``).
+    """
+    import pandas as pd
+
+    if not parts:
+        raise ValueError("per_sample_table needs at least one part")
+    if how not in ("exact", "inner", "outer"):
+        raise ValueError(f"how must be 'exact', 'inner' or 'outer', got {how!r}")
+    frames = [_frame(p, f"part {i} ({type(p).__name__})") for i, p in enumerate(parts)]
+    labels = [f"part {i} ({type(p).__name__})" for i, p in enumerate(parts)]
+
+    if seeds is None:
+        seeds = next((f["seed"].tolist() for f in frames if "seed" in f.columns), None)
+    else:
+        seeds = [int(s) for s in seeds]
+    owner: dict[str, str] = {}
+    for frame, label in zip(frames, labels):
+        if "seed" not in frame.columns:
+            if seeds is None:
+                raise ValueError(f"{label} has no 'seed' column and no seeds are known: pass "
+                                 "seeds=... or a part with a 'seed' column (e.g. a SampleResult "
+                                 "sampled with seeds)")
+            if len(frame) != len(seeds):
+                raise ValueError(f"{label} has {len(frame)} rows but {len(seeds)} seeds are "
+                                 "known; parts without a 'seed' column must align row by row")
+            frame.insert(0, "seed", list(seeds))
+        dup = _duplicates(frame["seed"])
+        if dup:
+            raise ValueError(f"{label} has duplicate seeds {dup[:5]}{' ...' if len(dup) > 5 else ''}")
+        for col in frame.columns:
+            if col == "seed":
+                continue
+            if col in owner:
+                raise ValueError(f"column {col!r} appears in {owner[col]} and {label}; rename one "
+                                 "(e.g. frame.add_prefix('x_'))")
+            owner[col] = label
+
+    if how == "exact":
+        first = set(frames[0]["seed"].tolist())
+        for frame, label in zip(frames[1:], labels[1:]):
+            other = set(frame["seed"].tolist())
+            if other != first:
+                missing, extra = sorted(first - other), sorted(other - first)
+                raise ValueError(
+                    f"seeds differ between {labels[0]} and {label}: {len(missing)} missing "
+                    f"{missing[:5]}, {len(extra)} extra {extra[:5]} (pass how='inner' or 'outer' "
+                    "to join anyway)")
+    table = frames[0]
+    for frame in frames[1:]:
+        table = table.merge(frame, on="seed", how="left" if how == "exact" else how,
+                            validate="one_to_one", sort=False)
+    return table.reset_index(drop=True)
+
+
+def save_table(table: Any, path: str | Path) -> Path:
+    """Write ``table`` to Parquet (pyarrow), creating parent folders; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path, engine="pyarrow", index=False)
+    return path
+
+
+def load_table(path: str | Path) -> Any:
+    """Read a table written by :func:`save_table`."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no table at {path}")
+    return pd.read_parquet(path, engine="pyarrow")

@@ -1,0 +1,75 @@
+"""The per-sample table: joins on seed, strict about duplicates and missing seeds, round-trips Parquet."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import kinetic_fm as kfm
+from kinetic_fm.metrics.density import kde_log_density, local_support
+from kinetic_fm.metrics.table import load_table, per_sample_table, save_table
+
+
+@pytest.fixture(scope="module")
+def run():
+    torch.manual_seed(0)
+    train = torch.randn(200, 2, dtype=torch.float64) + 3.0
+    seeds = [11, 4, 27, 8, 15, 2]
+    res = kfm.sample(kfm.GaussianTarget(3.0, 1.0), seeds=seeds, shape=(2,), steps=20,
+                     dtype=torch.float64)
+    return seeds, train, res
+
+
+def test_joins_sample_memorization_support_and_semantics(run, tmp_path):
+    seeds, train, res = run
+    rep = kfm.memorization(res.x, train, bootstrap=0)
+    sup = local_support(res.x, train, k=2, ks=(1,))
+    kde = kde_log_density(res.x, train, 0.5)
+    clip = {"clip_score": torch.arange(6, dtype=torch.float64)}
+    table = per_sample_table(res, rep, sup, kde, clip)
+    assert table["seed"].tolist() == seeds
+    assert len(table) == 6 and table.columns[0] == "seed"
+    for col in ("kpe", "early", "late", "ratio", "memorized", "knn_radius_k2", "kde_log_density",
+                "clip_score"):
+        assert col in table.columns
+    # values land on their own sample's row
+    np.testing.assert_allclose(table["kpe"], res.kpe.numpy())
+    np.testing.assert_allclose(table["ratio"], rep.ratio.numpy())
+    np.testing.assert_allclose(table["knn_radius_k2"], sup.radius.numpy())
+    # shuffled part with its own seed column: the join realigns it
+    shuffled = pd.DataFrame({"seed": seeds[::-1], "score": np.arange(6.0)[::-1]})
+    joined = per_sample_table(res, shuffled)
+    assert joined["score"].tolist() == list(np.arange(6.0))
+
+    path = save_table(table, tmp_path / "deep" / "samples.parquet")
+    back = load_table(path)
+    pd.testing.assert_frame_equal(back, table)
+
+
+def test_explicit_seeds_and_join_modes():
+    a = {"x": [1.0, 2.0, 3.0]}
+    b = pd.DataFrame({"seed": [7, 9], "y": [0.5, 0.25]})
+    table = per_sample_table(a, seeds=[9, 7, 5])
+    assert table["seed"].tolist() == [9, 7, 5]
+    with pytest.raises(ValueError, match="seeds differ.*1 missing \\[5\\]"):
+        per_sample_table(a, b, seeds=[9, 7, 5])
+    inner = per_sample_table(a, b, seeds=[9, 7, 5], how="inner")
+    assert inner["seed"].tolist() == [9, 7] and inner["y"].tolist() == [0.25, 0.5]
+    outer = per_sample_table(a, b, seeds=[9, 7, 5], how="outer")
+    assert len(outer) == 3 and outer["y"].isna().sum() == 1
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="duplicate seeds \\[3\\]"):
+        per_sample_table(pd.DataFrame({"seed": [1, 3, 3], "x": [0, 1, 2]}))
+    with pytest.raises(ValueError, match="no 'seed' column"):
+        per_sample_table({"x": [1, 2]})
+    with pytest.raises(ValueError, match="3 rows but 2 seeds"):
+        per_sample_table({"x": [1, 2, 3]}, seeds=[1, 2])
+    with pytest.raises(ValueError, match="column 'x' appears in part 0"):
+        per_sample_table({"x": [1, 2]}, {"x": [3, 4]}, seeds=[1, 2])
+    with pytest.raises(TypeError, match="to_frame"):
+        per_sample_table(42, seeds=[1])
+    with pytest.raises(FileNotFoundError):
+        load_table("/nonexistent/table.parquet")
