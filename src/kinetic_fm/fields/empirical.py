@@ -207,7 +207,9 @@ class EmpiricalFlow:
             )
         if x.device != self.atoms.device:
             raise ValueError(f"x is on {x.device} but the training atoms are on {self.atoms.device}")
-        t = torch.as_tensor(t, device=x.device).double()
+        # Python numbers become float64 directly (0.3 must not pass through float32)
+        t = torch.as_tensor(t, dtype=None if isinstance(t, torch.Tensor) else torch.float64,
+                            device=x.device).double()
         if t.dim() == 0:
             t = t.expand(batch)
         if t.shape != (batch,):

@@ -1,0 +1,235 @@
+"""Closed-form EFM velocity (kinetic_fm.fields.empirical) against a float64 brute force."""
+import gzip
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import kinetic_fm as kfm
+from kinetic_fm.fields.empirical import PosteriorRecorder
+
+
+def brute(atoms, x, t, eps=1e-6):
+    """Materialise x − t·y in float64 and take the softmax: the definition, nothing clever."""
+    y, x = atoms.double().flatten(1), x.double().flatten(1)
+    t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
+    one_minus = (1 - t).clamp_min(eps)
+    dist2 = (x[:, None, :] - t[:, None, None] * y[None]).pow(2).sum(dim=2)
+    w = torch.softmax(-dist2 / (2 * one_minus[:, None] ** 2), dim=1)
+    return (w @ y - x) / one_minus[:, None], w
+
+
+def path_states(atoms, t, seed):
+    """Points on the conditional paths x_t = (1 − t)·noise + t·y_j: where a sampler goes."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((len(t),) + atoms.shape[1:], generator=g, dtype=atoms.dtype)
+    j = torch.randint(0, atoms.shape[0], (len(t),), generator=g)
+    tt = t.to(atoms.dtype).view(-1, *[1] * (atoms.dim() - 1))
+    return (1 - tt) * noise + tt * atoms[j]
+
+
+def rel_err(v, ref):
+    v, ref = v.double().flatten(1), ref.double().flatten(1)
+    return ((v - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-300)).max().item()
+
+
+@pytest.fixture(scope="module")
+def atoms():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(400, 3, 4, 4, generator=g) * 2 - 1
+
+
+TIMES = [0.0, 0.03, 0.15, 0.4, 0.7, 0.9, 0.99, 0.999, 1 - 1e-5]
+
+
+@pytest.mark.parametrize("chunk,batch_chunk", [(33, 7), (400, 64), (100_000, None)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunked_equals_dense_brute_force(atoms, chunk, batch_chunk, dtype):
+    atoms = atoms.to(dtype)
+    field = kfm.EmpiricalFlow(atoms, chunk=chunk, batch_chunk=batch_chunk)
+    t = torch.tensor(TIMES).repeat_interleave(6).to(dtype)          # mixed per-sample times
+    x = path_states(atoms, t, seed=1)
+    v = field(x, t)
+    assert v.shape == x.shape and v.dtype == dtype
+    ref, _ = brute(atoms, x, t)
+    # float32: output round-off, plus the screened logits' error in the dense (small t) regime
+    assert rel_err(v, ref) < (1e-5 if dtype == torch.float32 else 1e-10)
+
+
+def test_weights_sum_to_one_and_match_brute_force(atoms):
+    field = kfm.EmpiricalFlow(atoms.double())
+    t = torch.tensor([0.05, 0.2, 0.5, 0.95], dtype=torch.float64)
+    x = path_states(atoms.double(), t, seed=2)
+    post = field.posterior(x, t, k=atoms.shape[0])
+    torch.testing.assert_close(post.weights.sum(dim=1), torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-12)
+    _, w = brute(atoms, x, t)
+    top = w.topk(5, dim=1)
+    torch.testing.assert_close(post.weights[:, :5], top.values, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(w.gather(1, post.indices), post.weights, rtol=1e-9, atol=1e-12)
+    assert torch.equal(post.indices[:, 0], top.indices[:, 0])
+
+
+def test_t_zero_gives_mean_minus_x(atoms):
+    x = torch.randn(8, 3, 4, 4)
+    v = kfm.EmpiricalFlow(atoms)(x, torch.zeros(8))
+    torch.testing.assert_close(v, atoms.mean(dim=0) - x, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 0.9, 0.999999])
+def test_single_atom_gives_straight_line_velocity(t):
+    y = torch.randn(1, 5, dtype=torch.float64)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    v = kfm.EmpiricalFlow(y)(x, t)
+    torch.testing.assert_close(v, (y - x) / (1 - t), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("t", [0.999, 1 - 1e-7, 1.0])
+def test_on_an_atom_near_t_one_the_velocity_is_finite_and_zero(atoms, t):
+    x = atoms[:10].clone()
+    v = kfm.EmpiricalFlow(atoms)(x, torch.full((10,), t, dtype=torch.float64))
+    assert torch.isfinite(v).all()
+    assert v.abs().max() == 0
+
+
+def test_t_one_is_clamped_at_one_minus_eps(atoms):
+    field = kfm.EmpiricalFlow(atoms, eps=1e-4)
+    x = atoms[:5] + 0.01 * torch.randn(5, 3, 4, 4)
+    v1 = field(x, torch.ones(5, dtype=torch.float64))
+    v_eps = field(x, torch.full((5,), 1 - 1e-4, dtype=torch.float64))
+    torch.testing.assert_close(v1, v_eps, rtol=0, atol=0)
+    # the clamped step of length eps lands on the nearest atom
+    torch.testing.assert_close(x + 1e-4 * v1, atoms[:5], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("t", [0.01, 0.5, 0.99])
+def test_far_from_data_neither_underflows_nor_overflows(atoms, t):
+    x = 1e4 * torch.randn(6, 3, 4, 4, dtype=torch.float64)
+    v = kfm.EmpiricalFlow(atoms)(x, t)
+    ref, _ = brute(atoms, x, t)
+    assert torch.isfinite(v).all()
+    assert rel_err(v, ref) < 1e-6
+
+
+def test_near_duplicates_close_to_t_one_are_exact():
+    # pairs of atoms 1e-3 apart; the GEMM expansion alone would be off by far more than 1e-6
+    g = torch.Generator().manual_seed(3)
+    base = torch.rand(50, 64, generator=g) * 2 - 1
+    atoms = torch.cat([base, base + 1e-3 * torch.randn(50, 64, generator=g)])
+    x = base[:10] + 2e-4 * torch.randn(10, 64, generator=g)
+    field = kfm.EmpiricalFlow(atoms)
+    for t in (0.99, 0.999):
+        t = torch.full((10,), t)
+        out = field.evaluate(x, t)
+        ref, w = brute(atoms, x, t)
+        assert out.diagnostics.exact.all()
+        assert rel_err(out.velocity, ref) < 1e-6
+        torch.testing.assert_close(out.diagnostics.max_weight, w.max(dim=1).values, rtol=1e-9, atol=1e-12)
+
+
+def test_diagnostics_match_brute_force(atoms):
+    field = kfm.EmpiricalFlow(atoms.double())
+    t = torch.tensor([0.0, 0.05, 0.2, 0.6, 0.97], dtype=torch.float64)
+    x = path_states(atoms.double(), t, seed=4)
+    d = field.diagnostics(x, t)
+    _, w = brute(atoms, x, t)
+    torch.testing.assert_close(d.max_weight, w.max(dim=1).values, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(d.entropy, -torch.special.xlogy(w, w).sum(dim=1), rtol=1e-9, atol=1e-10)
+    assert d.entropy[0] == pytest.approx(math.log(400))
+    assert (d.logit_error_bound[d.exact] == 0).all()
+
+
+def test_batch_composition_does_not_change_a_sample(atoms):
+    field = kfm.EmpiricalFlow(atoms, batch_chunk=5)
+    t = torch.tensor(TIMES)
+    x = path_states(atoms, t, seed=5)
+    whole = field(x, t)
+    alone = torch.cat([field(x[i:i + 1], t[i:i + 1]) for i in range(len(t))])
+    torch.testing.assert_close(whole, alone, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_truncated_mode_reports_a_valid_neglected_mass_bound(backend):
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(6)
+    atoms = torch.rand(600, 32, generator=g, dtype=torch.float64) * 2 - 1
+    t = torch.tensor([0.0, 0.05, 0.2, 0.5, 0.9], dtype=torch.float64).repeat(4)
+    x = path_states(atoms, t, seed=7)
+    _, w = brute(atoms, x, t)
+    out = kfm.EmpiricalFlow(atoms, truncate=25, backend=backend).evaluate(x, t)
+    true_mass_left = (1 - w.topk(25, dim=1).values.sum(dim=1)).clamp_min(0)
+    moving = t > 0
+    assert (out.diagnostics.neglected_bound[moving] >= true_mass_left[moving] - 1e-12).all()
+    # late in the path the top atoms carry everything and the bound says so
+    late = t >= 0.9
+    assert (out.diagnostics.neglected_bound[late] < 1e-12).all()
+    ref, _ = brute(atoms, x, t)
+    assert rel_err(out.velocity[late], ref[late]) < 1e-12
+    # with k = N truncation is exact everywhere
+    full = kfm.EmpiricalFlow(atoms, truncate=600, backend=backend)(x, t)
+    assert rel_err(full, ref) < 1e-10
+
+
+def test_recorder_traces_dominance_along_a_run(atoms):
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    res = kfm.sample(recorder, seeds=range(6), shape=(3, 4, 4), steps=20)
+    trace = recorder.trace()
+    assert trace.max_weight.shape == (res.nfe, 6)
+    torch.testing.assert_close(trace.t[:, 0], res.times[:-1].double())
+    # the posterior concentrates: dominance ends at 1, entropy at 0
+    assert (trace.max_weight[-1] > 0.999).all() and (trace.entropy[-1] < 1e-2).all()
+    assert (trace.max_weight[0] < 0.05).all()
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="train contains NaN"):
+        kfm.EmpiricalFlow(torch.tensor([[0.0, 1.0], [float("nan"), 2.0]]))
+    with pytest.raises(ValueError, match="train must have shape"):
+        kfm.EmpiricalFlow(torch.zeros(0, 3))
+    field = kfm.EmpiricalFlow(torch.randn(10, 3))
+    with pytest.raises(ValueError, match="trailing shape"):
+        field(torch.randn(2, 4), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        field(torch.randn(2, 3), torch.tensor([0.5, 1.5]))
+    with pytest.raises(ValueError, match="t must be a scalar"):
+        field(torch.randn(2, 3), torch.zeros(3))
+    with pytest.raises(ValueError, match="truncate"):
+        kfm.EmpiricalFlow(torch.randn(10, 3), truncate=11)
+    with pytest.raises(ValueError, match="k must be"):
+        field.posterior(torch.randn(2, 3), 0.5, k=11)
+
+
+def _mnist_digits(folder, n):
+    with gzip.open(folder / "mnist" / "train-images-idx3-ubyte.gz", "rb") as fh:
+        header = np.frombuffer(fh.read(16), dtype=">u4")
+        assert header[0] == 2051
+        pixels = np.frombuffer(fh.read(n * 784), dtype=np.uint8)
+    return torch.from_numpy(pixels.reshape(n, 1, 28, 28).astype(np.float32)) / 127.5 - 1
+
+
+def test_efm_sampling_on_mnist_lands_on_atoms(shared_data):
+    atoms = _mnist_digits(shared_data, 256)
+    x0 = kfm.noise(range(32), (1, 28, 28))
+    res = kfm.sample(kfm.EmpiricalFlow(atoms), x0, steps=100, profile=True)
+    report = kfm.memorization(res.x, atoms)
+    assert report.fraction >= 0.99
+    assert report.d1.max() < 1e-3                                     # on an atom, not merely near
+    # Exact EFM commits to one atom early (t ≈ 0.3 here) and then moves in a straight line at
+    # constant speed, so its energy is close to, and never below, the straight-line minimum
+    # ½‖x1 − x0‖²; the 1/(1 − t) blow-up only hits points that are NOT heading to an atom
+    # (next test). Measured: kpe / straight-line = 1.01 to 1.04, last 10% of time ≈ 10% of energy.
+    straight = 0.5 * (res.x - x0).flatten(1).pow(2).sum(dim=1).double()
+    assert (res.kpe >= straight * (1 - 1e-4)).all()
+    assert (res.kpe <= 1.1 * straight).all()
+    late = res.profile[:, res.times[:-1] >= 0.9].sum(dim=1) / res.profile.sum(dim=1)
+    assert ((late > 0.08) & (late < 0.12)).all(), late
+
+
+def test_off_atom_velocity_blows_up_like_one_over_one_minus_t(atoms):
+    # a point that stays off the atoms: (1 − t)·v → y* − x, so ∫‖v‖² dt diverges as t → 1
+    x = atoms[:4].double() + 0.05 * torch.randn(4, 3, 4, 4, dtype=torch.float64)
+    field = kfm.EmpiricalFlow(atoms.double())
+    for t in (0.99, 0.9999, 1 - 1e-6):
+        v = field(x, t)
+        torch.testing.assert_close((1 - t) * v, atoms[:4].double() - x, rtol=1e-9, atol=1e-12)

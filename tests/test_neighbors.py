@@ -1,0 +1,95 @@
+"""Exact k-NN (kinetic_fm.metrics.neighbors) against a float64 brute force."""
+import pytest
+import torch
+
+from kinetic_fm import nearest_neighbors
+
+
+def brute(queries, reference, k, exclude_self=False):
+    # direct differences in float64 (torch.cdist switches to the cancelling GEMM expansion)
+    q, r = queries.double().flatten(1), reference.double().flatten(1)
+    d = (q[:, None, :] - r[None, :, :]).pow(2).sum(dim=2).sqrt()
+    if exclude_self:
+        d.fill_diagonal_(float("inf"))
+    return d.topk(k, dim=1, largest=False)
+
+
+@pytest.mark.parametrize("chunk,batch_chunk", [(37, 23), (64, 1000), (10_000, 13)])
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_matches_brute_force_for_any_chunking(chunk, batch_chunk, k):
+    g = torch.Generator().manual_seed(1)
+    reference, queries = torch.randn(300, 3, 4, 4, generator=g), torch.randn(77, 3, 4, 4, generator=g)
+    got = nearest_neighbors(queries, reference, k, chunk=chunk, batch_chunk=batch_chunk)
+    want = brute(queries, reference, k)
+    assert got.distances.dtype == torch.float64 and got.indices.dtype == torch.int64
+    assert got.distances.shape == (77, k)
+    torch.testing.assert_close(got.distances, want.values, rtol=0, atol=1e-12)
+    assert torch.equal(got.indices, want.indices)
+
+
+def test_faiss_backend_gives_identical_results():
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(2)
+    reference, queries = torch.randn(500, 40, generator=g), torch.randn(60, 40, generator=g)
+    ours = nearest_neighbors(queries, reference, 3)
+    theirs = nearest_neighbors(queries, reference, 3, backend="faiss")
+    assert torch.equal(ours.indices, theirs.indices)
+    assert torch.equal(ours.distances, theirs.distances)
+    own = nearest_neighbors(reference, reference, 2, exclude_self=True, backend="faiss")
+    want = brute(reference, reference, 2, exclude_self=True)
+    assert torch.equal(own.indices, want.indices)
+
+
+def test_exclude_self_skips_the_query_index_only():
+    g = torch.Generator().manual_seed(3)
+    points = torch.randn(120, 10, generator=g)
+    points[7] = points[3]                                  # a duplicate elsewhere still counts
+    got = nearest_neighbors(points, points, 2, exclude_self=True, chunk=50, batch_chunk=40)
+    want = brute(points, points, 2, exclude_self=True)
+    torch.testing.assert_close(got.distances, want.values, rtol=0, atol=1e-12)
+    assert got.indices[3, 0] == 7 and got.indices[7, 0] == 3 and got.distances[3, 0] == 0
+    assert not (got.indices == torch.arange(120)[:, None]).any()
+
+
+def test_uncertifiable_screening_is_rechecked_in_float64():
+    # tiny differences on a huge common offset: float32 screening cannot rank them
+    g = torch.Generator().manual_seed(4)
+    offset = torch.full((64,), 100.0)
+    reference = (offset + 1e-3 * torch.randn(50, 64, generator=g, dtype=torch.float64)).float()
+    queries = (offset + 1e-3 * torch.randn(20, 64, generator=g, dtype=torch.float64)).float()
+    got = nearest_neighbors(queries, reference, 3, margin=0, chunk=16)
+    want = brute(queries, reference, 3)
+    assert got.rechecked > 0
+    assert torch.equal(got.indices, want.indices)
+    torch.testing.assert_close(got.distances, want.values, rtol=1e-12, atol=0)
+
+
+def test_float64_and_integer_inputs():
+    g = torch.Generator().manual_seed(5)
+    reference = torch.randint(0, 256, (200, 30), generator=g, dtype=torch.uint8)
+    queries = torch.randint(0, 256, (15, 30), generator=g, dtype=torch.uint8)
+    got = nearest_neighbors(queries, reference, 2)
+    torch.testing.assert_close(got.distances, brute(queries, reference, 2).values, rtol=0, atol=1e-9)
+    got64 = nearest_neighbors(queries.double(), reference.double(), 2)
+    torch.testing.assert_close(got64.distances, got.distances, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(k=11), "k must be"),
+    (dict(k=0), "k must be"),
+    (dict(k=10, exclude_self=True), "k must be|exclude_self"),
+    (dict(k=1, backend="annoy"), "backend"),
+    (dict(k=1, chunk=0), "chunk"),
+])
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nearest_neighbors(torch.randn(4, 3), torch.randn(10, 3), **kwargs)
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match="same number of features"):
+        nearest_neighbors(torch.randn(4, 3), torch.randn(10, 4))
+    with pytest.raises(ValueError, match="queries is empty"):
+        nearest_neighbors(torch.randn(0, 3), torch.randn(10, 3))
+    with pytest.raises(ValueError, match="reference is empty"):
+        nearest_neighbors(torch.randn(2, 3), torch.randn(0, 3))
