@@ -1,0 +1,142 @@
+"""Gap-ratio memorization (kinetic_fm.metrics.memorization) and the `kfm memorization` command."""
+import numpy as np
+import pytest
+import torch
+
+import kinetic_fm as kfm
+from kinetic_fm.cli import main
+
+
+def brute(samples, train):
+    s, y = samples.double().flatten(1), train.double().flatten(1)
+    d = (s[:, None, :] - y[None]).pow(2).sum(dim=2).sqrt()
+    top = d.topk(2, dim=1, largest=False)
+    return top.values[:, 0], top.values[:, 1], top.indices[:, 0]
+
+
+@pytest.fixture(scope="module")
+def case():
+    """Exact copies, copies + small noise, copies + large noise, fresh points."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(800, 3, 8, 8, generator=g, dtype=torch.float64)
+    copies = train[:20]
+    near = train[20:40] + 0.01 * torch.randn(20, 3, 8, 8, generator=g, dtype=torch.float64)
+    far = train[40:60] + 1.0 * torch.randn(20, 3, 8, 8, generator=g, dtype=torch.float64)
+    fresh = torch.randn(40, 3, 8, 8, generator=g, dtype=torch.float64)
+    return torch.cat([copies, near, far, fresh]), train
+
+
+def test_ratios_equal_brute_force(case):
+    samples, train = case
+    rep = kfm.memorization(samples, train)
+    d1, d2, nearest = brute(samples, train)
+    torch.testing.assert_close(rep.d1, d1, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(rep.d2, d2, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(rep.ratio, d1 / d2, rtol=1e-10, atol=1e-10)
+    assert torch.equal(rep.nearest, nearest)
+    # constructed truth: copies and near-copies memorized, the others not
+    expected = torch.arange(100) < 40
+    assert torch.equal(rep.memorized, expected)
+    assert rep.fraction == pytest.approx(0.4)
+    assert torch.equal(rep.nearest[:40], torch.arange(40))
+    assert (rep.d1[:20] == 0).all()
+
+
+def test_float32_inputs_give_the_same_verdicts(case):
+    samples, train = case
+    rep32 = kfm.memorization(samples.float(), train.float())
+    rep64 = kfm.memorization(samples, train)
+    assert torch.equal(rep32.memorized, rep64.memorized)
+    torch.testing.assert_close(rep32.ratio, kfm.memorization(samples.float().double(), train.float().double()).ratio,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_bootstrap_interval_brackets_the_fraction_and_is_seeded(case):
+    samples, train = case
+    rep = kfm.memorization(samples, train, bootstrap=2000, seed=3)
+    low, high = rep.ci
+    assert low < rep.fraction < high
+    # binomial standard error sqrt(p(1-p)/n) = 0.049 at n = 100: a 95% interval about ±0.1 wide
+    assert 0.07 < high - rep.fraction < 0.13 and 0.07 < rep.fraction - low < 0.13
+    assert kfm.memorization(samples, train, bootstrap=2000, seed=3).ci == rep.ci
+    assert all(np.isnan(kfm.memorization(samples, train, bootstrap=0).ci))
+
+
+def test_feature_space_is_applied_to_both_sets(case):
+    samples, train = case
+    # a feature map that only keeps the first channel: ratios follow that space
+    rep = kfm.memorization(samples, train, space=lambda x: x[:, 0], bootstrap=0)
+    d1, d2, _ = brute(samples[:, 0], train[:, 0])
+    torch.testing.assert_close(rep.ratio, d1 / d2, rtol=1e-10, atol=1e-10)
+
+
+def test_duplicated_training_item_copied_counts_as_memorized():
+    train = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
+    rep = kfm.memorization(torch.tensor([[0.0, 0.0]]), train, bootstrap=0)
+    assert rep.ratio.item() == 0 and rep.memorized.item()
+
+
+def test_to_frame_has_one_row_per_sample(case):
+    samples, train = case
+    frame = kfm.memorization(samples, train, bootstrap=10).to_frame()
+    assert list(frame.columns) == ["d1", "d2", "ratio", "nearest", "memorized"]
+    assert len(frame) == 100 and frame["memorized"].sum() == 40
+
+
+@pytest.mark.parametrize("samples,train,kwargs,match", [
+    (torch.randn(4, 3), torch.tensor([[0.0, 1, 2], [float("nan"), 0, 0], [1, 1, 1]]), {}, "train contains NaN"),
+    (torch.tensor([[float("inf"), 0, 0]]), torch.randn(5, 3), {}, "samples contains NaN"),
+    (torch.randn(4, 3), torch.randn(5, 4), {}, "same number of features"),
+    (torch.randn(0, 3), torch.randn(5, 3), {}, "samples is empty"),
+    (torch.randn(4, 3), torch.randn(0, 3), {}, "train is empty"),
+    (torch.randn(4, 3), torch.randn(1, 3), {}, "at least 2"),
+    (torch.randn(4, 3), torch.randn(5, 3), dict(threshold=0.0), "threshold"),
+    (torch.randn(4, 3), torch.randn(5, 3), dict(threshold=1.5), "threshold"),
+    (torch.randn(4, 3), torch.randn(5, 3), dict(bootstrap=-1), "bootstrap"),
+])
+def test_bad_input_is_a_clear_error(samples, train, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kfm.memorization(samples, train, **kwargs)
+
+
+def _write(path, array, fmt):
+    if fmt == "npz":
+        np.savez(path, first=array, other=np.zeros(3))
+    elif fmt == "pt":
+        torch.save(torch.from_numpy(array), path)
+    elif fmt == "parquet-list":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.table({"x": pa.array(list(array.reshape(len(array), -1)))}), path)
+    elif fmt == "parquet-columns":
+        import pandas as pd
+        pd.DataFrame(array.reshape(len(array), -1), columns=[f"c{i}" for i in range(array[0].size)]).to_parquet(path)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("npz", ".npz"), ("pt", ".pt"),
+                                        ("parquet-list", ".parquet"), ("parquet-columns", ".parquet")])
+def test_cli_reads_each_format_and_writes_the_table(tmp_path, capsys, case, fmt, suffix):
+    import pandas as pd
+
+    samples, train = case
+    s_path, t_path, out = tmp_path / f"s{suffix}", tmp_path / "train.npz", tmp_path / "table.parquet"
+    _write(s_path, samples.flatten(1).numpy(), fmt)
+    np.savez(t_path, train.flatten(1).numpy())
+    assert main(["memorization", "--samples", str(s_path), "--train", str(t_path), "--out", str(out),
+                 "--bootstrap", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "F_mem = 0.4000" in printed and "CI" in printed
+    table = pd.read_parquet(out)
+    assert len(table) == 100 and int(table["memorized"].sum()) == 40
+
+
+def test_cli_user_errors_exit_2(tmp_path, capsys):
+    np.savez(tmp_path / "a.npz", np.zeros((3, 2)))
+    assert main(["memorization", "--samples", str(tmp_path / "missing.npz"), "--train", str(tmp_path / "a.npz")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["memorization", "--samples", str(tmp_path / "a.npz"), "--train", str(tmp_path / "a.npz"),
+                 "--threshold", "2"]) == 2
+    assert "threshold" in capsys.readouterr().err
+    assert main(["memorization", "--samples", str(tmp_path / "a.npz"), "--train", str(tmp_path / "a.npz"),
+                 "--key", "nope"]) == 2
+    assert "no array named 'nope'" in capsys.readouterr().err
