@@ -1,0 +1,67 @@
+"""Shared helpers for the benchmark scripts: timing and small reference nets."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` in seconds over ``repeats`` runs, after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median times of several functions, run in alternation so load drifts hit all alike."""
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+class TimeMLP(nn.Module):
+    """v(x, t) for flat x: an MLP on [x, t]."""
+
+    def __init__(self, dim: int = 64, width: int = 256, depth: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(dim + 1, width), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(width, width), nn.SiLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(width, dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, t.reshape(-1, 1).to(x.dtype)], dim=1))
+
+
+class SmallConvUNet(nn.Module):
+    """A two-level conv U-Net on (B, C, 32, 32), time added as a per-channel bias."""
+
+    def __init__(self, channels: int = 3, width: int = 64):
+        super().__init__()
+        self.t_embed = nn.Sequential(nn.Linear(1, width), nn.SiLU(), nn.Linear(width, width))
+        self.inp = nn.Conv2d(channels, width, 3, padding=1)
+        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * width), nn.SiLU(),
+                                  nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU())
+        self.mid = nn.Sequential(nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.GroupNorm(8, 2 * width), nn.SiLU())
+        self.up = nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1)
+        self.out = nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h0 = self.inp(x) + self.t_embed(t.reshape(-1, 1).to(x.dtype))[:, :, None, None]
+        h = self.mid(self.down(h0))
+        return self.out(torch.cat([self.up(h), h0], dim=1))
