@@ -105,8 +105,8 @@ def run_sharded(
             coord.from_main(verdict)
             raise
     verdict = coord.from_main(verdict)
-    if verdict[0] == "error":
-        raise ValueError(verdict[1])
+    if verdict[0] == "error":  # rank 0 has raised (and reports) the error itself
+        raise ValueError(f"rank {world.rank}: stopped because rank 0 refused the run directory")
     if world.is_main:
         for warning in verdict[1]:
             log(f"warning: resuming with different library versions: {warning}")
