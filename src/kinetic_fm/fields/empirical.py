@@ -14,7 +14,8 @@ How :class:`EmpiricalFlow` evaluates it (never a (B, N, D) tensor):
    The 1/(1−t)² factor makes e grow without bound as t → 1: this is the cancellation the
    expansion suffers near t → 1 and between near-duplicate atoms.
 2. **Candidates.** Any atom with ℓ̃_j < max ℓ̃ − cutoff − 2e has true weight < e^(−cutoff) times
-   the largest weight; with the default cutoff = ln N + 36 their total is below 2.3e-16 of it.
+   the largest weight; with the default cutoff = ln N + 36 (float64 atoms) or ln N + 20 (float32
+   atoms) their total is below 2.3e-16, resp. 2.1e-9 (under float32's resolution), of it.
 3. **Exact re-scoring (sparse regime).** When a query has at most ``exact_max`` candidates
    (always the case once the posterior concentrates: mid-to-late t, near-duplicates, t → 1), their
    logits are recomputed in float64 from ‖x − t·y_j‖² without expansion and ȳ is formed in
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..metrics.neighbors import check_finite, nearest_neighbors, unit_roundoff
+from ..metrics.neighbors import check_finite, nearest_neighbors, row_sq_norms, unit_roundoff
 
 __all__ = [
     "EmpiricalFlow",
@@ -109,7 +110,8 @@ class EmpiricalFlow:
         memory_budget: bytes for the per-block (batch_chunk, N) screened-logit matrix.
         eps: smallest 1 − t used (t is clamped to ≤ 1 − eps; see module docs).
         exact_max: most candidates per query re-scored exactly in float64.
-        cutoff: log-weight gap below which atoms are neglected; default ln N + 36.
+        cutoff: log-weight gap below which atoms are neglected; default ln N + 36 (float64 atoms)
+            or ln N + 20 (float32).
         truncate: keep only the k largest-logit atoms per query (None: all N).
         backend: nearest-neighbour backend for truncated mode, "torch" or "faiss".
 
@@ -154,12 +156,16 @@ class EmpiricalFlow:
             raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
         self.chunk, self.eps, self.exact_max = chunk, float(eps), exact_max
         self.truncate, self.backend = truncate, backend
-        self.cutoff = float(cutoff) if cutoff is not None else math.log(self.n) + 36.0
+        # neglected atoms weigh < N·e^(−cutoff) of the top one: 2.3e-16 (float64), 2.1e-9 (float32,
+        # below the output's resolution 6e-8)
+        default_cutoff = math.log(self.n) + (36.0 if dtype == torch.float64 else 20.0)
+        self.cutoff = float(cutoff) if cutoff is not None else default_cutoff
         self.batch_chunk = batch_chunk or max(1, memory_budget // (4 * self.n))
-        sq = self.atoms.double().pow(2).sum(dim=1)
+        sq = row_sq_norms(self.atoms)
         self._sq_norms = sq.to(dtype)                       # cached ‖y_j‖², screening dtype
         self._norm_max = float(sq.max().sqrt())
-        self._mean = self.atoms.double().mean(dim=0)        # exact v at t = 0
+        self._mean = sum(self.atoms[r0:r0 + 1024].double().sum(dim=0)        # exact ȳ at t = 0
+                         for r0 in range(0, self.n, 1024)) / self.n
         self._u = unit_roundoff(dtype, self.atoms.device)
         self.last_diagnostics: PosteriorDiagnostics | None = None
 
@@ -274,7 +280,8 @@ class EmpiricalFlow:
             for level in bucket.unique().tolist():
                 rows = sparse_rows[bucket == level]
                 k = min(2 ** level, self.n)
-                idx = torch.topk(scores[rows], k, dim=1).indices
+                block = scores if rows.numel() == b else scores[rows]      # no copy when all sparse
+                idx = torch.topk(block, k, dim=1).indices
                 yb, w = self._exact(x[rows], t[rows], one_minus[rows], idx)
                 ybar[rows], max_w[rows] = yb, w.max(dim=1).values
                 entropy[rows] = -torch.special.xlogy(w, w).sum(dim=1)
@@ -284,8 +291,10 @@ class EmpiricalFlow:
 
         dense_rows = (~exact).nonzero().flatten()
         if dense_rows.numel():
-            weights = scores[dense_rows].sub_(best[dense_rows, None]).exp_()   # screened, max = 1
+            # screened weights with max 1; in place when the whole block is dense (small t)
+            weights = scores if dense_rows.numel() == b else scores[dense_rows]
             del scores
+            weights = weights.sub_(best[dense_rows, None]).exp_()
             total = weights.sum(dim=1, dtype=torch.float64)
             ybar[dense_rows] = torch.mm(weights, self.atoms).double() / total[:, None]
             max_w[dense_rows] = 1.0 / total

@@ -93,8 +93,8 @@ class LocalSupport:
         return pd.DataFrame(cols)
 
 
-def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = (1, 5, 10), *,
-                  space: SpaceLike = None, exclude_self: bool = False, chunk: int = 8192,
+def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = (1, 5, 10),
+                  space: SpaceLike = None, *, exclude_self: bool = False, chunk: int = 8192,
                   batch_chunk: int = 1024, backend: Literal["torch", "faiss"] = "torch",
                   reference_features: Tensor | None = None) -> LocalSupport:
     """kNN radii for every k in ``ks ∪ {k}`` from one exact neighbour search.
@@ -252,8 +252,8 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
 
 
 def kde_log_density(samples: Any, reference: Any,
-                    bandwidth: Union[Literal["scott", "median"], float] = "scott", *,
-                    space: SpaceLike = None, exclude_self: bool = False, chunk: int = 8192,
+                    bandwidth: Union[Literal["scott", "median"], float] = "scott",
+                    space: SpaceLike = None, *, exclude_self: bool = False, chunk: int = 8192,
                     batch_chunk: int = 1024, seed: int = 0,
                     reference_features: Tensor | None = None) -> KDELogDensity:
     """Per-sample Gaussian KDE log-density over ALL references, chunked and streaming.

@@ -73,15 +73,24 @@ def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
     return 2.0 ** -24
 
 
-def check_finite(name: str, tensor: torch.Tensor) -> None:
-    """Raise ValueError naming ``name`` and the first offending row when ``tensor`` has NaN/inf."""
+def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
+    """Raise ValueError naming ``name`` and the first offending row when ``tensor`` has NaN/inf.
+
+    Checked in blocks of ``rows`` so no full-size temporary is made.
+    """
     if tensor.is_floating_point():
-        bad = ~torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1)
+        flat = tensor.reshape(tensor.shape[0], -1)
+        bad = torch.cat([~torch.isfinite(flat[r0:r0 + rows]).all(dim=1) for r0 in range(0, flat.shape[0], rows)])
         if bool(bad.any()):
-            rows = bad.nonzero().flatten()
+            where = bad.nonzero().flatten()
             raise ValueError(
-                f"{name} contains NaN or inf in {rows.numel()} row(s), first at row {int(rows[0])}"
+                f"{name} contains NaN or inf in {where.numel()} row(s), first at row {int(where[0])}"
             )
+
+
+def row_sq_norms(rows: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """‖y_j‖² of each row of a (N, D) tensor in float64, in blocks (no float64 copy of the whole set)."""
+    return torch.cat([rows[r0:r0 + block].double().pow(2).sum(dim=1) for r0 in range(0, rows.shape[0], block)])
 
 
 def nearest_neighbors(
@@ -137,7 +146,7 @@ def nearest_neighbors(
 
     dtype = _working_dtype(x, y)
     n_candidates = min(k + margin, n_ref)
-    y_sq = y.double().pow(2).sum(dim=1)                       # exact-ish ‖y‖², float64, cached
+    y_sq = row_sq_norms(y)                                    # float64, computed once per call
     y_norm_max = float(y_sq.max().sqrt())
 
     out_d, out_i, rechecked = [], [], 0

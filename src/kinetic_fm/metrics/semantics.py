@@ -79,8 +79,8 @@ class ClassifierMargin:
                              "classifier_predicted": self.predicted.cpu().numpy()})
 
 
-def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: Any = None, *,
-                      batch_size: int = 256, device: torch.device | str | None = None
+def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: Any = None,
+                      batch_size: int = 256, *, device: torch.device | str | None = None
                       ) -> ClassifierMargin:
     """Margin and confidence of any classifier on samples ``x``.
 

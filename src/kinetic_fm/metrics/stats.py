@@ -138,7 +138,7 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
                        bootstrap, permutations)
 
 
-def spearman(x: Any, y: Any, *, bootstrap: int = 1000, permutations: int = 1000, seed: int = 0,
+def spearman(x: Any, y: Any, bootstrap: int = 1000, permutations: int = 1000, seed: int = 0, *,
              confidence: float = 0.95, ci_method: Literal["auto", "BCa", "percentile", "basic"] = "auto",
              nan_policy: Literal["raise", "omit"] = "raise") -> Correlation:
     """Spearman's rank correlation of paired samples with a bootstrap CI and permutation p-value.
@@ -160,7 +160,7 @@ def spearman(x: Any, y: Any, *, bootstrap: int = 1000, permutations: int = 1000,
                         nan_policy)
 
 
-def pearson(x: Any, y: Any, *, bootstrap: int = 1000, permutations: int = 1000, seed: int = 0,
+def pearson(x: Any, y: Any, bootstrap: int = 1000, permutations: int = 1000, seed: int = 0, *,
             confidence: float = 0.95, ci_method: Literal["auto", "BCa", "percentile", "basic"] = "auto",
             nan_policy: Literal["raise", "omit"] = "raise") -> Correlation:
     """Pearson's linear correlation; arguments and result as :func:`spearman`."""
@@ -206,7 +206,7 @@ class GroupComparison:
                 f"d = {self.cohens_d:+.3f}, Welch p = {self.p_value:.3g}")
 
 
-def compare_groups(score: Any, by: Any, *, quantile: float = 0.2,
+def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
                    nan_policy: Literal["raise", "omit"] = "raise") -> GroupComparison:
     """Compare ``score`` between the samples lowest and highest in ``by``.
 

@@ -1,0 +1,149 @@
+"""EFM velocity: ours vs the naive broadcast and vs the GEMM floor; peak memory at N = 50,000.
+
+    python benchmarks/efm_speed.py            # N = 10,000, D = 3,072, B = 256, float32
+    python benchmarks/efm_speed.py --quick    # N = 2,000, B = 64, N_mem = 10,000
+
+Inputs: atoms uniform in [−1, 1]^D (CIFAR-sized), queries on the conditional paths
+x_t = (1 − t)·noise + t·y_j at several t (where a sampler evaluates the field).
+
+* ours:  ``kfm.EmpiricalFlow(atoms)(x, t)``.
+* naive: materialise x − t·y (one query at a time: (N, D) per query, since (B, N, D) would need
+         B·N·D·4 bytes), float32 softmax, weighted sum; timed on ``--naive-queries`` queries and
+         extrapolated per query to B (the cost is linear in B).
+* floor: one ``torch.mm`` of shape (B, D) x (D, N), the GEMM every exact method must do.
+
+Peak memory (CPU), measured in a child process started with MALLOC_MMAP_THRESHOLD_=65536 so
+that every block over 64 KiB is mmap'ed and returned to the OS when freed (otherwise glibc keeps
+freed memory resident and a later peak hides in it): the peak resident set (VmHWM in
+/proc/self/status) is reset through /proc/self/clear_refs right before the call, with the atoms
+already resident; the figure is that peak minus the resident set before the call, i.e. the call's
+extra working memory. On CUDA, torch.cuda.max_memory_allocated is used instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import kinetic_fm as kfm
+
+
+def median_time(fn, repeats):
+    fn()                                                      # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def naive_velocity(atoms, x, t):
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        diff = x[i] - t[i] * atoms                            # (N, D), the materialised x − t·y
+        logits = -diff.pow(2).sum(dim=1) / (2 * (1 - t[i]) ** 2)
+        w = torch.softmax(logits, dim=0)
+        out[i] = (w @ atoms - x[i]) / (1 - t[i])
+    return out
+
+
+def states(atoms, batch, t, generator):
+    j = torch.randint(0, atoms.shape[0], (batch,), generator=generator)
+    noise = torch.randn(batch, atoms.shape[1], generator=generator)
+    return (1 - t) * noise + t * atoms[j]
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def peak_extra_bytes(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with open("/proc/self/clear_refs", "w") as fh:          # reset VmHWM to the current RSS
+        fh.write("5")
+    base = _status_kb("VmRSS")
+    fn()
+    return (_status_kb("VmHWM") - base) * 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--naive-queries", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-only", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=256, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_only:
+        return memory(args.memory_only, 3_072, args.batch, torch.device("cpu"))
+    n, dim, batch, n_mem = (2_000, 3_072, 64, 10_000) if args.quick else (10_000, 3_072, 256, 50_000)
+    device = torch.device(args.device)
+    g = torch.Generator().manual_seed(0)
+    atoms = (torch.rand(n, dim, generator=g) * 2 - 1).to(device)
+    field = kfm.EmpiricalFlow(atoms)
+    print(f"EFM velocity, N={n}, D={dim}, B={batch}, float32, {device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+
+    x_floor = torch.randn(batch, dim, generator=g).to(device)
+    floor = median_time(lambda: torch.mm(x_floor, atoms.T), args.repeats)
+    print(f"GEMM floor, torch.mm ({batch},{dim})x({dim},{n}): {floor * 1e3:.1f} ms")
+    print(f"{'t':>6} {'ours ms':>9} {'/floor':>7} {'naive ms (extrap.)':>19} {'naive/ours':>10} "
+          f"{'max rel err':>11} {'exact rows':>10}")
+    for t_value in (0.05, 0.2, 0.5, 0.9, 0.99):
+        x = states(atoms.cpu(), batch, t_value, g).to(device)
+        t = torch.full((batch,), t_value, device=device)
+        ours = median_time(lambda: field(x, t), args.repeats)
+        q = args.naive_queries
+        naive = median_time(lambda: naive_velocity(atoms, x[:q], t[:q]), max(1, args.repeats // 2)) * batch / q
+        v = field(x[:q], t[:q]).double()
+        ref = naive_velocity(atoms.double(), x[:q].double(), t[:q].double())
+        err = ((v - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
+        exact = field.diagnostics(x, t).exact.float().mean().item()
+        print(f"{t_value:>6} {ours * 1e3:>9.1f} {ours / floor:>7.2f} {naive * 1e3:>19.0f} {naive / ours:>10.1f} "
+              f"{err:>11.1e} {exact:>10.2f}")
+
+    del field, atoms
+    if device.type == "cpu":
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        cmd = [sys.executable, __file__, "--memory-only", str(n_mem), "--batch", str(batch)]
+        subprocess.run(cmd, env=env, check=True)
+    else:
+        memory(n_mem, dim, batch, device)
+
+
+def memory(n_mem, dim, batch, device):
+    g = torch.Generator().manual_seed(1)
+    atoms = (torch.rand(n_mem, dim, generator=g) * 2 - 1).to(device)
+    train_bytes = atoms.numel() * atoms.element_size()
+    out_bytes = batch * dim * 4
+    extra = peak_extra_bytes(lambda: kfm.EmpiricalFlow(atoms), device)
+    print(f"peak extra memory, construction at N={n_mem}: {extra / 2**20:.0f} MiB "
+          f"= {extra / train_bytes:.3f} x train ({train_bytes / 2**20:.0f} MiB)")
+    field = kfm.EmpiricalFlow(atoms)
+    for t_value in (0.05, 0.2, 0.5, 0.99):
+        x = states(atoms.cpu(), batch, t_value, g).to(device)
+        t = torch.full((batch,), t_value, device=device)
+        extra = peak_extra_bytes(lambda: field(x, t), device)
+        ratio = (train_bytes + extra) / (train_bytes + out_bytes)
+        print(f"peak memory, velocity call at N={n_mem}, B={batch}, t={t_value}: train + {extra / 2**20:.0f} MiB "
+              f"= {ratio:.3f} x (train + output)")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Safe checkpoint files: safetensors for weights, ``torch.load(weights_only=True)`` for the rest.
+
+Nothing here ever unpickles arbitrary objects: a file that would need to run code to load
+(a pickle with a ``__reduce__`` payload, a pickled ``nn.Module``) is refused with
+:class:`UnsafeCheckpointError` before any of its code runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .registry import build_model
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holds Python objects that would execute code when unpickled."""
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    # write next to the target then rename, so a killed process never leaves a half-written file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """torch.save a dict of tensors / numbers / strings / nested dicts, atomically."""
+    _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | os.PathLike) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        UnsafeCheckpointError: the file needs arbitrary code to load (it is not executed).
+        ValueError: the file is not a torch checkpoint at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()
+        detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it contains Python objects that would run code when unpickled "
+            f"({detail.strip()}). Only plain tensors and state dicts are accepted; re-save the weights with "
+            f"torch.save(model.state_dict(), ...) or safetensors from a trusted environment."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from None
+
+
+def save_weights(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write tensors (made contiguous, on CPU) to a .safetensors file atomically."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _atomic_write(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Tensors from a .safetensors file or a torch state-dict file (``weights_only=True``).
+
+    A torch file holding ``{"state_dict": ...}`` is unwrapped and a DataParallel ``module.``
+    prefix is stripped.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise FileNotFoundError(f"weights not found: {path}")
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    state = load_state(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def model_metadata(model: nn.Module, **extra: Any) -> dict[str, str]:
+    """safetensors metadata that lets :func:`load_model` rebuild ``model``."""
+    kind = getattr(model, "kind", None)
+    if kind is None or not hasattr(model, "config"):
+        raise ValueError(f"{type(model).__name__} has no kind/config; only kinetic_fm.models nets can be saved this way")
+    return {"kinetic_fm.kind": kind, "kinetic_fm.config": json.dumps(model.config),
+            **{f"kinetic_fm.{k}": json.dumps(v) for k, v in extra.items()}}
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, *, ema: nn.Module | None = None, **extra: Any) -> None:
+    """Save a kinetic_fm velocity net (and optionally its EMA copy) as one .safetensors file.
+
+    Keys are ``model.<name>`` and ``ema.<name>``; the metadata records the model kind, its
+    config and ``extra`` values (JSON), so :func:`load_model` needs only the file.
+    """
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    save_weights(tensors, path, model_metadata(model, **extra))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded ``kinetic_fm.*`` metadata of a file written by :func:`save_model`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    out = {}
+    for key, value in meta.items():
+        if key.startswith("kinetic_fm."):
+            name = key.removeprefix("kinetic_fm.")
+            out[name] = value if name == "kind" else json.loads(value)
+    return out
+
+
+def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
+    """Rebuild a velocity net saved by :func:`save_model` or by training, in eval mode.
+
+    Args:
+        path: a .safetensors file, or a training run folder (uses ``final.safetensors``, else the
+            latest file in ``checkpoints/``).
+        weights: "ema" (the EMA weights, the default for sampling) or "model" (raw weights).
+    """
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    path = Path(path)
+    if path.is_dir():
+        final = path / "final.safetensors"
+        found = [final] if final.is_file() else sorted((path / "checkpoints").glob("step_*.safetensors"))
+        if not found:
+            raise FileNotFoundError(f"{path}: no final.safetensors or checkpoints/step_*.safetensors")
+        path = found[-1]
+    meta = read_metadata(path) if path.is_file() else {}
+    tensors = load_weights(path)
+    if "kind" not in meta:
+        raise ValueError(f"{path}: no kinetic_fm model metadata; build the net yourself and use load_weights")
+    prefix = f"{weights}."
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"{path}: holds no {weights!r} weights")
+    model = build_model(meta["kind"], meta["config"])
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_into(net: nn.Module, path: str | os.PathLike, *, strict: bool = True,
+              num_timesteps: int | None = None) -> nn.Module:
+    """Load weights from ``path`` into your own ``net`` and return it ready for sampling (eval mode).
+
+    Args:
+        net: an instantiated module whose state-dict keys match the file (a ``module.`` prefix
+            and a ``{"state_dict": ...}`` wrapper are handled).
+        path: .safetensors or torch state-dict file, read without executing code.
+        strict: passed to ``load_state_dict``.
+        num_timesteps: if the net takes integer steps k = int(t·(T−1)) instead of t in [0, 1]
+            (the paper's nets, T = 1000), give T and get a :class:`DiscreteTimeVelocity` wrapper.
+    """
+    from .discrete import DiscreteTimeVelocity
+
+    net.load_state_dict(load_weights(path), strict=strict)
+    net.eval()
+    return net if num_timesteps is None else DiscreteTimeVelocity(net, num_timesteps)

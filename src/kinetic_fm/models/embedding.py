@@ -1,0 +1,40 @@
+"""Sinusoidal time embedding shared by the velocity networks."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def batch_times(t: Tensor | float, x: Tensor) -> Tensor:
+    """Times as a (B,) tensor on x's device and dtype; a scalar or 0-d tensor is broadcast.
+
+    Raises ValueError when ``t`` has another shape than (B,) for x of shape (B, ...).
+    """
+    t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+    if t.ndim == 0:
+        return t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t must have shape (B,) = ({x.shape[0]},) or be a scalar, got {tuple(t.shape)}")
+    return t
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """t in [0, 1] -> (B, dim) features [sin(s·t·f_k), cos(s·t·f_k)], f_k = max_period^(-k/(dim/2)).
+
+    ``scale`` (default 1000) stretches [0, 1] so the fastest frequencies resolve small time steps.
+    """
+
+    def __init__(self, dim: int, *, scale: float = 1000.0, max_period: float = 10_000.0):
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"dim must be an even integer >= 2, got {dim}")
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.dim, self.scale = dim, scale
+
+    def forward(self, t: Tensor) -> Tensor:
+        angle = (self.scale * t.float())[:, None] * self.freqs[None, :]
+        return torch.cat([angle.sin(), angle.cos()], dim=1)

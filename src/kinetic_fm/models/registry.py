@@ -1,0 +1,42 @@
+"""Build velocity networks by name, with CPU-sized defaults per data shape."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import nn
+
+from .mlp import VelocityMLP
+from .unet import UNet
+
+MODELS: dict[str, type[nn.Module]] = {"mlp": VelocityMLP, "unet": UNet}
+
+
+def build_model(kind: str, config: dict[str, Any]) -> nn.Module:
+    """Instantiate ``MODELS[kind](**config)`` (the inverse of ``model.kind`` / ``model.config``)."""
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODELS)}")
+    return MODELS[kind](**config)
+
+
+def default_model(kind: str, shape: Sequence[int], *, num_classes: int | None = None, width: int | None = None) -> nn.Module:
+    """A CPU-sized velocity net for samples of ``shape``.
+
+    Args:
+        kind: "mlp" (any shape), "unet" (images (C, H, W)) or "auto" (mlp for 1-D, unet for images).
+        shape: one sample's shape, e.g. (2,) or (1, 8, 8).
+        num_classes: enable class conditioning (classifier-free guidance) with this many classes.
+        width: hidden width (mlp, default 256 for points and 512 for images) or base channels
+            (unet, default 32).
+    """
+    shape = tuple(int(s) for s in shape)
+    if kind == "auto":
+        kind = "unet" if len(shape) == 3 else "mlp"
+    if kind == "mlp":
+        hidden = width or (256 if len(shape) == 1 else 512)
+        return VelocityMLP(shape, hidden=hidden, depth=3 if len(shape) == 1 else 4, num_classes=num_classes)
+    if kind == "unet":
+        if len(shape) != 3:
+            raise ValueError(f"unet needs image samples (C, H, W), got shape {shape}")
+        levels = 3 if shape[1] % 4 == 0 and shape[2] % 4 == 0 else (2 if shape[1] % 2 == 0 and shape[2] % 2 == 0 else 1)
+        return UNet(shape[0], base_channels=width or 32, channel_mults=(1, 2, 2)[:levels], num_classes=num_classes)
+    raise ValueError(f"model must be 'mlp', 'unet' or 'auto', got {kind!r}")

@@ -1,0 +1,100 @@
+"""CIFAR-10 ResNet-20/56 (He et al. 2016, option-A shortcuts) and a loader for pretrained weights.
+
+Re-implemented from the architecture description in shared/data/README.md; the weight files
+(akamaster/pytorch_resnet_cifar10 ``resnet{20,56}-*.th``) load into it after stripping ``module.``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoint import load_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU; option-A (parameter-free) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = (cout - cin) // 2 if (stride != 1 or cin != cout) else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        shortcut = x
+        if self.pad is not None:
+            # subsample by 2 and zero-pad the channels equally on both sides
+            shortcut = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 RGB images given in [-1, 1] (the data loaders' range).
+
+    Inputs are mapped to [0, 1] and normalised with the ImageNet mean/std inside, as the
+    pretrained weights expect. ``features(x)`` is the (B, 64) global-average-pooled feature,
+    ``logits(x)`` the (B, 10) class scores; ``forward`` = ``logits``.
+    """
+
+    def __init__(self, depth: int = 56, num_classes: int = 10):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
+        n = (depth - 2) // 6
+        self.depth = depth
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, cin = [], 16
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(cin, width, stride if i == 0 else 1))
+                cin = width
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(64, num_classes)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
+
+    def features(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"x must have shape (B, 3, H, W), got {tuple(x.shape)}")
+        x = ((x + 1) / 2 - self.mean) / self.std
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.layer3(self.layer2(self.layer1(h)))
+        return h.mean(dim=(2, 3))
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.linear(self.features(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logits(x)
+
+
+def load_cifar_resnet(path: str | os.PathLike, depth: int | None = None) -> CifarResNet:
+    """Pretrained CIFAR-10 ResNet from a ``.th`` file (``{'state_dict': ...}``, ``module.`` keys).
+
+    ``depth`` defaults to the number in the file name (``resnet56-....th`` -> 56) or, failing
+    that, to what the weights imply. Loaded with ``weights_only=True``; returned in eval mode.
+    """
+    path = Path(path)
+    state = load_weights(path)
+    blocks = {k.split(".")[1] for k in state if k.startswith("layer1.")}
+    implied = 6 * len(blocks) + 2
+    if depth is None:
+        depth = implied
+    elif depth != implied:
+        raise ValueError(f"{path}: holds a ResNet-{implied}, but depth={depth} was asked")
+    model = CifarResNet(depth)
+    model.load_state_dict(state)
+    return model.eval()
