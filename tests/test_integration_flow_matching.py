@@ -43,7 +43,7 @@ def _setup(batch: int = 5):
     return model, x0, cond
 
 
-@pytest.mark.parametrize("method", ["euler", "midpoint", "heun2"])
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "rk4"])
 @pytest.mark.parametrize("grid", ["uniform", "cosine"])
 def test_samples_match_flow_matching_ode_solver(method, grid):
     model, x0, cond = _setup()

@@ -5,16 +5,14 @@ flow_matching shares our clock (t = 0 source/noise, t = 1 data, velocity dx/dt);
 
 - ``KineticODESolver(model).sample(...)``: the ``ODESolver.sample`` call you know, run by
   ``kfm.sample``; returns a ``SampleResult`` (x, per-sample kpe / kpe_raw, profile, ...). On the same
-  time grid it gives the same samples as ``ODESolver`` for euler, midpoint and heun2.
+  time grid it gives the same samples as ``ODESolver`` for euler, midpoint, heun2 and rk4.
 - ``from_model_wrapper(model, **extras)``: the model as our field ``v(x, t)``.
 - ``as_model_wrapper(velocity, shaping=kts)``: one of our fields (optionally KTS-shaped,
   η(t)·v) as a ``ModelWrapper``, for flow_matching's own solvers.
 
 Method names follow torchdiffeq: ``"euler"``, ``"midpoint"``, ``"heun2"`` (our ``"heun"``),
-``"rk4"`` and ``"dopri5"``. Two are not the same formula on both sides: torchdiffeq's ``"rk4"`` is
-Kutta's 3/8 rule where ours is the classical RK4 (equal on autonomous linear fields, O(h⁵) apart
-per step otherwise), and our ``"dopri5"`` controls the step per sample where torchdiffeq controls
-it per batch (equal to tolerance, not to rounding).
+``"rk4"`` (Kutta's 3/8 rule, our ``"rk4_38"``) and ``"dopri5"``. Our ``"dopri5"`` controls the step
+per sample where torchdiffeq controls it per batch: equal to tolerance, not to rounding.
 """
 from __future__ import annotations
 
@@ -27,7 +25,7 @@ from ..fields.adapters import ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
 
-METHODS = {"euler": "euler", "midpoint": "midpoint", "heun2": "heun", "rk4": "rk4", "dopri5": "dopri5"}
+METHODS = {"euler": "euler", "midpoint": "midpoint", "heun2": "heun", "rk4": "rk4_38", "dopri5": "dopri5"}
 
 
 def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "shared", **extras: Any) -> ModelXT:
@@ -91,7 +89,7 @@ class KineticODESolver:
             x_init: (B, ...) source samples at t = 0.
             step_size: fixed step h (grid as torchdiffeq builds it), or None to step on ``time_grid``.
                 Must be None for dopri5.
-            method: "euler" | "midpoint" | "heun2" | "rk4" | "dopri5" (see the module notes).
+            method: "euler" | "midpoint" | "heun2" | "rk4" (3/8 rule) | "dopri5" (see the module notes).
             atol, rtol: dopri5 tolerances.
             time_grid: increasing 1-D tensor from 0 to 1 (default [0, 1]); the step grid when
                 ``step_size`` is None.
