@@ -161,9 +161,8 @@ class EmpiricalFlow:
         default_cutoff = math.log(self.n) + (36.0 if dtype == torch.float64 else 20.0)
         self.cutoff = float(cutoff) if cutoff is not None else default_cutoff
         self.batch_chunk = batch_chunk or max(1, memory_budget // (4 * self.n))
-        sq = row_sq_norms(self.atoms)
-        self._sq_norms = sq.to(dtype)                       # cached ‖y_j‖², screening dtype
-        self._norm_max = float(sq.max().sqrt())
+        self._sq_norms = row_sq_norms(self.atoms, dtype)    # cached ‖y_j‖², screening dtype
+        self._norm_max = float(self._sq_norms.max().double().sqrt()) * (1 + 1e-3)
         self._mean = sum(self.atoms[r0:r0 + 1024].double().sum(dim=0)        # exact ȳ at t = 0
                          for r0 in range(0, self.n, 1024)) / self.n
         self._u = unit_roundoff(dtype, self.atoms.device)

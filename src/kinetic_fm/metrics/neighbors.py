@@ -88,9 +88,16 @@ def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
             )
 
 
-def row_sq_norms(rows: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """‖y_j‖² of each row of a (N, D) tensor in float64, in blocks (no float64 copy of the whole set)."""
-    return torch.cat([rows[r0:r0 + block].double().pow(2).sum(dim=1) for r0 in range(0, rows.shape[0], block)])
+def row_sq_norms(rows: torch.Tensor, dtype: torch.dtype, block: int = 4096) -> torch.Tensor:
+    """‖y_j‖² of each row of a (N, D) tensor, accumulated in ``dtype`` (blockwise, no full copy).
+
+    Used for screening only: in float32 its error (≤ D·u·‖y‖²) is inside the screening bound.
+    """
+    out = torch.empty(rows.shape[0], dtype=dtype, device=rows.device)
+    for r0 in range(0, rows.shape[0], block):
+        blk = rows[r0:r0 + block].to(dtype)
+        out[r0:r0 + block] = torch.einsum("ij,ij->i", blk, blk)
+    return out
 
 
 def nearest_neighbors(
@@ -100,7 +107,7 @@ def nearest_neighbors(
     *,
     chunk: int = 8192,
     batch_chunk: int = 1024,
-    margin: int = 8,
+    margin: int = 4,
     exclude_self: bool = False,
     backend: str = "torch",
 ) -> Neighbors:
@@ -146,10 +153,10 @@ def nearest_neighbors(
 
     dtype = _working_dtype(x, y)
     n_candidates = min(k + margin, n_ref)
-    y_sq = row_sq_norms(y)                                    # float64, computed once per call
-    y_norm_max = float(y_sq.max().sqrt())
+    y_sq = row_sq_norms(y, dtype)                             # computed once per call
+    y_norm_max = float(y_sq.max().double().sqrt()) * (1 + 1e-3)
 
-    out_d, out_i, rechecked = [], [], 0
+    out_d, out_i, rechecked, y_sq64 = [], [], 0, None
     for q0 in range(0, x.shape[0], batch_chunk):
         xb = x[q0:q0 + batch_chunk]
         if backend == "faiss":
@@ -160,8 +167,10 @@ def nearest_neighbors(
         if not bool(ok.all()):
             bad = (~ok).nonzero().flatten()
             rechecked += bad.numel()
+            if y_sq64 is None:
+                y_sq64 = y_sq if dtype == torch.float64 else row_sq_norms(y, torch.float64)
             cand64, _, _ = _screen_torch(
-                xb[bad], y, torch.float64, y_sq, n_candidates, chunk, exclude_self, q0, rows=bad
+                xb[bad], y, torch.float64, y_sq64, n_candidates, chunk, exclude_self, q0, rows=bad
             )
             d2_bad, idx_bad, _ = _rerank_and_certify(xb[bad], y, cand64, None, k, 0.0, y_norm_max, n_ref)
             d2[bad], idx[bad] = d2_bad, idx_bad
