@@ -25,6 +25,8 @@ _LAZY = {
     "GaussianTarget": "kinetic_fm.fields.analytic",
     "GaussianMixtureTarget": "kinetic_fm.fields.analytic",
     "PointTarget": "kinetic_fm.fields.analytic",
+    "read_run": "kinetic_fm.runs.shards",
+    "read_samples": "kinetic_fm.runs.shards",
     "memorization": "kinetic_fm.metrics.memorization",
     "MemorizationReport": "kinetic_fm.metrics.memorization",
     "nearest_neighbors": "kinetic_fm.metrics.neighbors",

@@ -221,7 +221,7 @@ def run(args) -> int:
         return 0
     table = outcome.table
     nonfinite = int(table.column("nonfinite").to_numpy().sum()) if "nonfinite" in table.column_names else 0
-    shaping = "plain FM" if kts is None else f"KTS {kts}"
+    shaping = "plain FM" if kts is None else str(kts)
     print(f"kfm sample: {table.num_rows} samples of {args.field} (D={args.dim}), {args.solver}, "
           f"{args.steps} steps, {args.grid} grid, {shaping}; world size {world.world_size}")
     print(f"run directory: {outcome.run_dir}  (results.parquet, {manifest.plan.count} shard(s); "
