@@ -30,6 +30,7 @@ _LAZY = {
     "memorization": "kinetic_fm.metrics.memorization",
     "MemorizationReport": "kinetic_fm.metrics.memorization",
     "nearest_neighbors": "kinetic_fm.metrics.neighbors",
+    "PosteriorRecorder": "kinetic_fm.fields.empirical",
     "local_support": "kinetic_fm.metrics.density",
     "kde_log_density": "kinetic_fm.metrics.density",
     "frechet_distance": "kinetic_fm.metrics.fidelity",
