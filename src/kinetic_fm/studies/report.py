@@ -1,0 +1,458 @@
+"""The reproduction report: one claims table, sections of text, tables and figures, run metadata.
+
+``write_report`` renders the same content twice, as ``report.md`` (for a repository or a
+terminal) and as a self-contained ``report.html`` (inline CSS, figures as base64 data URIs, no
+script, no network), and writes every figure as ``figures/<name>.png`` beside them.
+
+Studies build the content; this module only renders it. Numbers in tables are shown to four
+significant digits, integers as they are, missing values (NaN, None) as an en dash.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pandas is only needed by callers that build tables
+    import pandas as pd
+
+__all__ = ["Claim", "Figure", "Section", "VERDICTS", "format_value", "write_report"]
+
+#: verdict -> the label shown in the report (a symbol so it reads at a glance, plus the word)
+VERDICTS = {
+    "reproduced": "✅ reproduced",
+    "not reproduced": "❌ not reproduced",
+    "inconclusive": "➖ inconclusive",
+}
+_MISSING = "–"
+_FIGURE_NAME = re.compile(r"[a-z0-9_-]+")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_figure_name(name: str) -> str:
+    """Return ``name`` if it is a valid figure file stem ([a-z0-9_-]+), else raise ValueError."""
+    if not isinstance(name, str) or not _FIGURE_NAME.fullmatch(name):
+        raise ValueError(f"figure name must match [a-z0-9_-]+ (it becomes figures/<name>.png), "
+                         f"got {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper set against our measurement.
+
+    Attributes:
+        study: the study it belongs to, e.g. ``"semantics"``.
+        statement: the claim in words, e.g. ``"Higher-KPE samples have stronger semantics"``.
+        paper: the paper's figure, e.g. ``"CLIP margin 5.7 → 8.9 (ImageNet-256)"``.
+        ours: our figure, e.g. ``"margin 3.1 → 4.6; Spearman ρ = 0.31"``.
+        n: sample size behind ``ours``.
+        ci: the confidence interval in words, or ``""`` when there is none.
+        verdict: ``"reproduced"``, ``"not reproduced"`` or ``"inconclusive"``.
+        note: why, in one sentence.
+    """
+
+    study: str
+    statement: str
+    paper: str
+    ours: str
+    n: int
+    ci: str
+    verdict: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"Claim.verdict must be one of {sorted(VERDICTS)}, got {self.verdict!r}")
+        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 0:
+            raise ValueError(f"Claim.n must be a non-negative integer, got {self.n!r}")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A rendered figure: file stem ``name`` ([a-z0-9_-]+), its caption and its PNG bytes."""
+
+    name: str
+    caption: str
+    png: bytes
+
+    def __post_init__(self) -> None:
+        check_figure_name(self.name)
+        if not isinstance(self.png, (bytes, bytearray)) or not bytes(self.png).startswith(_PNG_SIGNATURE):
+            raise ValueError(f"Figure.png of {self.name!r} must be PNG bytes")
+
+
+@dataclass
+class Section:
+    """A report section: Markdown ``text`` (paragraphs, `code`, **bold**, "- " lists),
+    ``tables`` as (caption, DataFrame) pairs, then ``figures``."""
+
+    title: str
+    text: str = ""
+    tables: list[tuple[str, "pd.DataFrame"]] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# values and tables
+
+
+def format_value(value: Any) -> str:
+    """Format one table cell: floats to 4 significant digits, integers as they are, NaN/None as "–"."""
+    if value is None:
+        return _MISSING
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        if math.isnan(v):
+            return _MISSING
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
+        if v == 0:
+            return "0"
+        if 1e-3 <= abs(v) < 1e6:
+            # four significant digits without an exponent; keep integral values looking integral
+            digits = max(0, 3 - math.floor(math.log10(abs(v))))
+            text = f"{round(v, digits):.{digits}f}"
+            return text.rstrip("0").rstrip(".") if "." in text else text
+        return f"{v:.4g}"
+    if isinstance(value, numbers.Complex):
+        return f"{complex(value):.4g}"
+    try:  # pandas.NA, NaT and friends
+        import pandas as pd
+
+        if pd.isna(value):
+            return _MISSING
+    except (ImportError, TypeError, ValueError):
+        pass
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return str(value)
+
+
+def _frame_rows(frame: "pd.DataFrame") -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cell strings of ``frame``; a meaningful index becomes leading columns."""
+    import pandas as pd
+
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"section tables must be pandas DataFrames, got {type(frame).__name__}")
+    if not isinstance(frame.index, pd.RangeIndex) or any(n is not None for n in frame.index.names):
+        frame = frame.reset_index()
+    header = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in frame.columns]
+    rows = [[format_value(v) for v in row] for row in frame.itertuples(index=False, name=None)]
+    return header, rows
+
+
+def _flatten_meta(meta: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    items: list[tuple[str, str]] = []
+    for key, value in meta.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            items.extend(_flatten_meta(value, prefix=f"{name}."))
+        else:
+            items.append((name, format_value(value)))
+    return items
+
+
+def _numeric_columns(rows: list[list[str]], width: int) -> list[bool]:
+    """Columns whose every non-missing cell reads as a number (right-aligned)."""
+    numeric = [True] * width
+    for row in rows:
+        for j, cell in enumerate(row):
+            if cell == _MISSING or not numeric[j]:
+                continue
+            try:
+                float(cell.replace("∞", "inf").replace("−", "-"))
+            except ValueError:
+                numeric[j] = False
+    return [n and bool(rows) for n in numeric]
+
+
+# ----------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[bool] | None = None) -> str:
+    numeric = numeric or [False] * len(header)
+    rule = ["---:" if n else "---" for n in numeric]
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_CLAIM_HEADER = ["study", "claim", "paper", "ours", "n", "CI", "verdict", "note"]
+
+
+def _claim_cells(claim: Claim) -> list[str]:
+    return [claim.study, claim.statement, claim.paper, claim.ours, str(int(claim.n)),
+            claim.ci or _MISSING, VERDICTS[claim.verdict], claim.note or ""]
+
+
+def _verdict_summary(claims: Sequence[Claim]) -> str:
+    counts = {v: sum(c.verdict == v for c in claims) for v in VERDICTS}
+    return ", ".join(f"{counts[v]} {v}" for v in VERDICTS)
+
+
+def _render_markdown(title: str, intro: str, claims: Sequence[Claim], sections: Sequence[Section],
+                     meta: dict[str, Any]) -> str:
+    out = [f"# {title}", ""]
+    if intro.strip():
+        out += [intro.strip(), ""]
+    out += ["## Claims", ""]
+    if claims:
+        out += [f"{len(claims)} claims: {_verdict_summary(claims)}.", ""]
+        out += [_md_table(_CLAIM_HEADER, [_claim_cells(c) for c in claims]), ""]
+    else:
+        out += ["No claims were evaluated.", ""]
+    for section in sections:
+        out += [f"## {section.title}", ""]
+        if section.text.strip():
+            out += [section.text.strip(), ""]
+        for caption, frame in section.tables:
+            header, rows = _frame_rows(frame)
+            if caption:
+                out += [f"**{_md_cell(caption)}**", ""]
+            out += [_md_table(header, rows, _numeric_columns(rows, len(header))) if header else "(empty table)", ""]
+        for fig in section.figures:
+            alt = fig.caption.replace("[", "(").replace("]", ")").replace("\n", " ")
+            out += [f"![{alt}](figures/{fig.name}.png)", "", f"*{fig.caption.strip()}*", ""]
+    out += ["## Run", ""]
+    items = _flatten_meta(meta)
+    out += [_md_table(["key", "value"], items) if items else "No run metadata.", ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# HTML
+
+
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+
+
+def _inline_html(text: str) -> str:
+    """Escape ``text`` and render `code` spans and **bold** (code spans are left verbatim)."""
+    parts = _CODE_SPAN.split(text)
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(f"<code>{html.escape(part)}</code>")
+        else:
+            out.append(_BOLD.sub(r"<strong>\1</strong>", html.escape(part)))
+    return "".join(out)
+
+
+def markdown_to_html(text: str) -> str:
+    """A tiny Markdown subset: blank-line separated paragraphs, "- " bullet lists, `code`, **bold**."""
+    blocks = [b for b in re.split(r"\n\s*\n", text.strip()) if b.strip()]
+    out = []
+    for block in blocks:
+        lines = [ln.strip() for ln in block.splitlines() if ln.strip()]
+        if all(ln.startswith(("- ", "* ")) for ln in lines):
+            items = "".join(f"<li>{_inline_html(ln[2:].strip())}</li>" for ln in lines)
+            out.append(f"<ul>{items}</ul>")
+        else:
+            out.append(f"<p>{_inline_html(' '.join(lines))}</p>")
+    return "\n".join(out)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: Sequence[bool] | None = None,
+                caption: str = "", cell_class=None) -> str:
+    numeric = numeric or [False] * len(header)
+    head = "".join(('<th class="num">' if n else "<th>") + f"{html.escape(h)}</th>"
+                   for h, n in zip(header, numeric))
+    body = []
+    for row in rows:
+        cells = []
+        for j, cell in enumerate(row):
+            classes = (["num"] if numeric[j] else []) + ([cell_class(j, cell)] if cell_class else [])
+            classes = [c for c in classes if c]
+            attr = f' class="{" ".join(classes)}"' if classes else ""
+            cells.append(f"<td{attr}>{html.escape(cell)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return (f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+_CSS = """
+:root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --zebra:#f6f8fa; --accent:#0969da;
+        --ok-bg:#dafbe1; --ok-fg:#116329; --bad-bg:#ffebe9; --bad-fg:#a40e26; --na-bg:#eaeef2; --na-fg:#424a53; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); background: #fff;
+       font: 15px/1.55 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px 28px 64px; }
+h1 { font-size: 1.9em; margin: 0.2em 0 0.4em; border-bottom: 1px solid var(--line); padding-bottom: 0.3em; }
+h2 { font-size: 1.4em; margin: 1.8em 0 0.6em; border-bottom: 1px solid var(--line); padding-bottom: 0.25em; }
+p, ul { margin: 0.5em 0 0.9em; }
+a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
+code { font: 0.88em/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+       background: var(--zebra); padding: 0.1em 0.35em; border-radius: 4px; }
+nav.toc { background: var(--zebra); border: 1px solid var(--line); border-radius: 6px;
+          padding: 10px 18px; margin: 1em 0 1.5em; display: inline-block; min-width: 260px; }
+nav.toc strong { display: block; margin-bottom: 0.2em; }
+nav.toc ol { margin: 0; padding-left: 1.3em; }
+.summary { color: var(--muted); }
+.table-wrap { overflow-x: auto; margin: 0.6em 0 1.4em; }
+table { border-collapse: collapse; width: 100%; font-size: 0.92em; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding: 0 0 0.4em; }
+th, td { border: 1px solid var(--line); padding: 5px 9px; vertical-align: top; text-align: left; }
+th { background: #eef1f4; font-weight: 600; }
+tbody tr:nth-child(even) { background: var(--zebra); }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.verdict { font-weight: 600; white-space: nowrap; }
+td.reproduced { background: var(--ok-bg); color: var(--ok-fg); }
+td.not-reproduced { background: var(--bad-bg); color: var(--bad-fg); }
+td.inconclusive { background: var(--na-bg); color: var(--na-fg); }
+figure { margin: 1em 0 1.8em; text-align: center; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
+figcaption { color: var(--muted); font-size: 0.92em; margin-top: 0.4em; text-align: left;
+             max-width: 900px; margin-left: auto; margin-right: auto; }
+table.meta td:first-child { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: nowrap; }
+"""
+
+
+def _slug(title: str, used: set[str]) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+    slug, k = base, 2
+    while slug in used:
+        slug, k = f"{base}-{k}", k + 1
+    used.add(slug)
+    return slug
+
+
+def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequence[Section],
+                 meta: dict[str, Any]) -> str:
+    used: set[str] = {"claims", "run"}
+    ids = [_slug(s.title, used) for s in sections]
+    toc = ['<li><a href="#claims">Claims</a></li>']
+    toc += [f'<li><a href="#{i}">{html.escape(s.title)}</a></li>' for i, s in zip(ids, sections)]
+    toc += ['<li><a href="#run">Run</a></li>']
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if intro.strip():
+        body.append(markdown_to_html(intro))
+    body.append(f'<nav class="toc"><strong>Contents</strong><ol>{"".join(toc)}</ol></nav>')
+
+    body.append('<section id="claims"><h2>Claims</h2>')
+    if claims:
+        body.append(f'<p class="summary">{len(claims)} claims: {html.escape(_verdict_summary(claims))}.</p>')
+        verdict_col = _CLAIM_HEADER.index("verdict")
+        by_label = {label: key for key, label in VERDICTS.items()}
+
+        def verdict_class(j: int, cell: str) -> str:
+            if j != verdict_col:
+                return ""
+            return "verdict " + by_label[cell].replace(" ", "-")
+
+        numeric = [h == "n" for h in _CLAIM_HEADER]
+        body.append(_html_table(_CLAIM_HEADER, [_claim_cells(c) for c in claims], numeric=numeric,
+                                cell_class=verdict_class))
+    else:
+        body.append("<p>No claims were evaluated.</p>")
+    body.append("</section>")
+
+    for sid, section in zip(ids, sections):
+        body.append(f'<section id="{sid}"><h2>{html.escape(section.title)}</h2>')
+        if section.text.strip():
+            body.append(markdown_to_html(section.text))
+        for caption, frame in section.tables:
+            header, rows = _frame_rows(frame)
+            body.append(_html_table(header, rows, numeric=_numeric_columns(rows, len(header)), caption=caption))
+        for fig in section.figures:
+            data = base64.b64encode(bytes(fig.png)).decode("ascii")
+            cap = html.escape(fig.caption)
+            body.append(f'<figure id="fig-{fig.name}"><img src="data:image/png;base64,{data}" alt="{cap}">'
+                        f"<figcaption>{_inline_html(fig.caption)}</figcaption></figure>")
+        body.append("</section>")
+
+    body.append('<section id="run"><h2>Run</h2>')
+    items = _flatten_meta(meta)
+    body.append(_html_table(["key", "value"], items).replace("<table>", '<table class="meta">', 1)
+                if items else "<p>No run metadata.</p>")
+    body.append("</section>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+            + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_report(out_dir: str | os.PathLike[str], *, title: str, intro: str, claims: list[Claim],
+                 sections: list[Section], meta: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``out_dir/report.md``, ``out_dir/report.html`` and ``out_dir/figures/<name>.png``.
+
+    Args:
+        out_dir: folder to write into (created if missing).
+        title: report title; ``intro``: Markdown paragraphs under it.
+        claims: one row per paper claim for the "Claims" table.
+        sections: rendered in order after the claims, each with a table-of-contents entry.
+        meta: run metadata (config, versions, timings); nested dicts are flattened to
+            dotted keys and shown in the "Run" table.
+
+    Returns:
+        ``(markdown_path, html_path)``.
+
+    Raises:
+        ValueError: on a claim or figure that is not a ``Claim``/``Figure``, or two figures
+            sharing a name (they would overwrite each other's PNG).
+    """
+    claims = list(claims)
+    for claim in claims:
+        if not isinstance(claim, Claim):
+            raise ValueError(f"claims must be Claim instances, got {type(claim).__name__}")
+    seen: set[str] = set()
+    for section in sections:
+        if not isinstance(section, Section):
+            raise ValueError(f"sections must be Section instances, got {type(section).__name__}")
+        for fig in section.figures:
+            if not isinstance(fig, Figure):
+                raise ValueError(f"section {section.title!r}: figures must be Figure instances, "
+                                 f"got {type(fig).__name__}")
+            if fig.name in seen:
+                raise ValueError(f"two figures are named {fig.name!r}; figure names must be unique")
+            seen.add(fig.name)
+
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for section in sections:
+        for fig in section.figures:
+            _write_atomic(out / "figures" / f"{fig.name}.png", bytes(fig.png))
+    md_path, html_path = out / "report.md", out / "report.html"
+    _write_atomic(md_path, _render_markdown(title, intro, claims, sections, meta).encode("utf-8"))
+    _write_atomic(html_path, _render_html(title, intro, claims, sections, meta).encode("utf-8"))
+    return md_path, html_path
