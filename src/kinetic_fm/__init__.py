@@ -59,7 +59,8 @@ __all__ = [
     "noise",
     "sample",
     "time_grid",
-    *_LAZY,
+    # integrations need optional packages (diffusers, flow_matching): reachable by name, not by *
+    *(name for name, module in _LAZY.items() if ".integrations." not in module),
 ]
 
 
@@ -73,4 +74,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(_LAZY))
