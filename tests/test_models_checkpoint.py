@@ -1,0 +1,65 @@
+import pickle
+
+import pytest
+import torch
+
+from kinetic_fm.models import (UNet, UnsafeCheckpointError, VelocityMLP, load_model, load_state, load_weights,
+                               read_metadata, save_model)
+
+
+def test_save_and_load_model_roundtrip(tmp_path):
+    model = UNet(1, base_channels=8, channel_mults=(1, 2), num_classes=3)
+    ema = UNet(1, base_channels=8, channel_mults=(1, 2), num_classes=3)
+    save_model(model, tmp_path / "m.safetensors", ema=ema, step=7)
+    assert read_metadata(tmp_path / "m.safetensors")["step"] == 7
+    x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "m.safetensors", weights="model")(x, t), model.eval()(x, t))
+        assert torch.equal(load_model(tmp_path / "m.safetensors")(x, t), ema.eval()(x, t))
+
+
+def test_load_weights_unwraps_state_dict_and_module_prefix(tmp_path):
+    model = VelocityMLP(2, hidden=8, depth=1)
+    wrapped = {"best_prec1": 0.5, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    torch.save(wrapped, tmp_path / "w.th")
+    loaded = load_weights(tmp_path / "w.th")
+    assert loaded.keys() == model.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
+class _Payload:
+    """Unpickling this object would create a file: a stand-in for arbitrary code execution."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_code_executing_pickle_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "executed"
+    raw = tmp_path / "evil.pt"
+    raw.write_bytes(pickle.dumps({"weight": torch.zeros(2), "x": _Payload(str(marker))}))
+    zipped = tmp_path / "evil_zip.pt"
+    torch.save({"weight": torch.zeros(2), "x": _Payload(str(marker))}, zipped)
+    for path in (raw, zipped):
+        with pytest.raises(UnsafeCheckpointError, match=rf"refusing to load .*{path.name}.*run code"):
+            load_state(path)
+        with pytest.raises(UnsafeCheckpointError):
+            load_weights(path)
+        assert not marker.exists()
+    # the payload is real: plain pickle would have executed it
+    pickle.loads(raw.read_bytes())
+    assert marker.exists()
+
+
+def test_missing_and_corrupt_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_state(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_state(tmp_path / "junk.pt")
+    (tmp_path / "junk.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        load_weights(tmp_path / "junk.safetensors")

@@ -1,0 +1,140 @@
+import pytest
+import torch
+
+import kinetic_fm as kfm
+from kinetic_fm.data import GaussianMixture, load_digits
+from kinetic_fm.models import TrainConfig, UNet, VelocityMLP, checkpoint_steps, load_model, train
+from kinetic_fm.models.checkpoint import load_state, load_weights
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # these nets are tiny: on a busy 2-core machine, intra-op threads cost far more than they gain
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_at(k):
+    def callback(step, loss):
+        if step == k:
+            raise _Interrupt
+    return callback
+
+
+def _mixture_data():
+    gmm = GaussianMixture(torch.tensor([[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]]), torch.tensor([0.5, 0.3, 0.2]), 0.5)
+    return gmm, gmm.sample(8000, seed=0)
+
+
+def _cases():
+    gmm, ds = _mixture_data()
+    digits = load_digits(n=64, seed=0)
+    return {
+        "mlp-class-conditional": (lambda: VelocityMLP(2, hidden=16, depth=1, num_classes=3), ds.points[:500], ds.labels[:500]),
+        "unet-dropout": (lambda: UNet(1, base_channels=8, channel_mults=(1, 2), dropout=0.2), digits.images, None),
+    }
+
+
+def test_checkpoint_steps_log_spaced():
+    assert checkpoint_steps(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert checkpoint_steps(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert checkpoint_steps(10, (3, 10)) == [3, 10]
+    assert checkpoint_steps(10, "none") == []
+    with pytest.raises(ValueError, match=r"\[1, 10\]"):
+        checkpoint_steps(10, (0, 5))
+
+
+@pytest.mark.parametrize("case", ["mlp-class-conditional", "unet-dropout"])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, case):
+    make, data, labels = _cases()[case]
+    config = TrainConfig(steps=20, batch_size=8, lr=1e-2, ema_decay=0.9, seed=7, save_every=5, label_dropout=0.3)
+
+    torch.manual_seed(0)
+    full = train(make(), data, config, labels=labels, out=tmp_path / "full")
+
+    torch.manual_seed(0)
+    with pytest.raises(_Interrupt):  # "killed" after step 13: steps 11-13 are lost, resume.pt is at step 10
+        train(make(), data, config, labels=labels, out=tmp_path / "cut", callback=_stop_at(13))
+    assert load_state(tmp_path / "cut" / "resume.pt")["step"] == 10
+    torch.manual_seed(123)  # the resumed process starts in another RNG state and with fresh weights
+    resumed = train(make(), data, config, labels=labels, out=tmp_path / "cut", resume=True)
+
+    for a, b in ((full.model, resumed.model), (full.ema, resumed.ema)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(full.losses, resumed.losses)
+    w1, w2 = load_weights(tmp_path / "full" / "final.safetensors"), load_weights(tmp_path / "cut" / "final.safetensors")
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    s1, s2 = load_state(tmp_path / "full" / "resume.pt"), load_state(tmp_path / "cut" / "resume.pt")
+    for k, v in s1["optimizer"]["state"].items():
+        assert all(torch.equal(v[n], s2["optimizer"]["state"][k][n]) for n in v)
+
+
+def test_training_is_deterministic_by_seed_and_writes_checkpoints(tmp_path):
+    _, ds = _mixture_data()
+    config = TrainConfig(steps=10, batch_size=16, seed=1, checkpoints=(1, 5, 10))
+    torch.manual_seed(0)
+    a = train(VelocityMLP(2, hidden=16, depth=1), ds.points, config, out=tmp_path / "a")
+    torch.manual_seed(0)
+    b = train(VelocityMLP(2, hidden=16, depth=1), ds.points, config)
+    torch.manual_seed(0)
+    c = train(VelocityMLP(2, hidden=16, depth=1), ds.points, TrainConfig(steps=10, batch_size=16, seed=2))
+    assert torch.equal(a.losses, b.losses)  # writing files changes nothing
+    assert not torch.equal(b.losses, c.losses)  # same initial weights, different seed
+    torch.manual_seed(0)
+    b2 = train(VelocityMLP(2, hidden=16, depth=1), ds.points, config)
+    assert torch.equal(b.losses, b2.losses)
+    assert sorted(a.checkpoints) == [1, 5, 10]
+    x, t = torch.randn(4, 2), torch.rand(4)
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "a")(x, t), a.ema(x, t))
+        assert torch.equal(load_model(a.checkpoints[10], weights="model")(x, t), a.model(x, t))
+        assert not torch.equal(load_model(a.checkpoints[1])(x, t), a.ema(x, t))
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    _, ds = _mixture_data()
+    train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=4, batch_size=4), out=tmp_path)
+    with pytest.raises(ValueError, match="train.lr"):
+        train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4, lr=0.5),
+              out=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="model"):
+        train(VelocityMLP(2, hidden=16, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path, resume=True)
+    more = train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path, resume=True)
+    assert more.losses.shape == (8,) and (more.losses > 0).all()
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="class-conditional"):
+        train(VelocityMLP(2, hidden=8, depth=1, num_classes=2), torch.randn(10, 2), TrainConfig(steps=1))
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
+def _energy_distance(a, b):
+    a, b = a.double(), b.double()
+    return (2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean()).item()
+
+
+def test_2d_mixture_model_matches_mode_weights_and_distribution():
+    gmm, ds = _mixture_data()
+    config = TrainConfig(steps=400, batch_size=256, lr=5e-3, ema_decay=0.99, seed=0, checkpoints="none")
+    torch.manual_seed(0)
+    result = train(VelocityMLP(2, hidden=64, depth=2), ds.points, config)
+    with torch.no_grad():
+        out = kfm.sample(result.ema, seeds=range(3000), shape=(2,), steps=50)
+    weights = torch.bincount(gmm.assign(out.x), minlength=3).double() / 3000
+    assert (weights - gmm.weights).abs().max() <= 0.05
+    reference = gmm.sample(3000, seed=99).points
+    bound = 0.02
+    # the bound is discriminative: equal mode weights, or modes 60% too wide, exceed it
+    wrong_weights = GaussianMixture(gmm.means, torch.ones(3), 0.5).sample(3000, seed=1).points
+    too_wide = GaussianMixture(gmm.means, gmm.weights, 0.8).sample(3000, seed=1).points
+    assert _energy_distance(wrong_weights, reference) > bound and _energy_distance(too_wide, reference) > bound
+    assert _energy_distance(out.x, reference) < bound
