@@ -1,0 +1,410 @@
+"""Figures for the reproduction report, each rendered to PNG bytes as a ``report.Figure``.
+
+matplotlib is imported inside each function (``import kinetic_fm`` stays light) and used through
+its object API with the Agg canvas: no pyplot, so no global figure registry to leak into and no
+change to the backend of a caller's interactive session; every figure is released on return.
+
+All functions take numpy arrays or CPU/GPU tensors, drop non-finite values (and non-positive
+ones on a log axis), and draw "no data" for an empty group rather than failing.
+"""
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .report import Figure, check_figure_name
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["energy_profile_figure", "histogram_figure", "scatter_figure", "sample_grid_figure",
+           "bar_figure", "line_figure"]
+
+DPI = 110
+# colour-blind-friendly qualitative palette (Okabe-Ito), first colour blue for "plain FM"
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+
+def _array(values: Any, *, name: str) -> np.ndarray:
+    """Float64 numpy copy of an array-like or tensor (detached, on the host)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be numeric array-like, got {type(values).__name__}") from err
+
+
+def _keep(values: np.ndarray, log: bool) -> np.ndarray:
+    """Mask of finite values (and positive ones on a log axis)."""
+    mask = np.isfinite(values)
+    return mask & (values > 0) if log else mask
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _style(ax, *, xlabel: str = "", ylabel: str = "", title: str = "") -> None:
+    ax.grid(True, color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+
+
+def _log_axis(ax, which: str) -> None:
+    """Logarithmic ``which`` ("x" or "y") axis with plain tick labels (20, not 2×10¹); minor
+    ticks at 2 and 5 are labelled when the view spans two decades or fewer."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+
+    def major(value: float, _pos: Any) -> str:
+        return f"{value:g}"
+
+    def minor(value: float, _pos: Any) -> str:
+        low, high = sorted(axis.get_view_interval())
+        if low <= 0 or math.log10(high / low) > 2:
+            return ""
+        mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+        return f"{value:g}" if round(mantissa, 6) in (2.0, 5.0) else ""
+
+    axis.set_major_formatter(FuncFormatter(major))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _no_data(ax, text: str = "no data") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777", fontsize=12)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _render(fig, name: str, caption: str) -> Figure:
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    finally:
+        fig.clear()
+    return Figure(name=name, caption=caption, png=buffer.getvalue())
+
+
+def _legend(ax) -> None:
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(frameon=False, fontsize=9)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any, Any]], *,
+                          log_y: bool = False, title: str = "") -> Figure:
+    """Kinetic power along the trajectory: mean line and 10–90 % band per label.
+
+    Args:
+        profiles: label -> ``(times, increments)``: ``times`` (S + 1,) the grid from 0 to 1,
+            ``increments`` (B, S) per-step applied-energy increments (``SampleResult.profile``).
+            Power = increment / Δt at the step midpoints, i.e. ½η²‖v‖², so profiles on
+            different grids are comparable. Non-finite increments are ignored per step.
+        log_y: logarithmic power axis (shows the late 1/(1 − t) spike of memorizing fields).
+    """
+    check_figure_name(name)
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    drawn = 0
+    for k, (label, (times, increments)) in enumerate(profiles.items()):
+        t = _array(times, name=f"profiles[{label!r}] times").ravel()
+        inc = _array(increments, name=f"profiles[{label!r}] increments")
+        if inc.ndim == 1:
+            inc = inc[None, :]
+        if inc.ndim != 2 or t.size != inc.shape[1] + 1:
+            raise ValueError(f"profiles[{label!r}]: times must have shape (S + 1,) and increments (B, S); "
+                             f"got times {t.shape} and increments {inc.shape}")
+        dt = np.diff(t)
+        if np.any(~(dt > 0)):
+            raise ValueError(f"profiles[{label!r}]: times must be strictly increasing")
+        power = inc / dt[None, :]
+        power[~_keep(power, log_y)] = np.nan
+        steps = ~np.all(np.isnan(power), axis=0)
+        if not steps.any():
+            continue
+        mid = 0.5 * (t[:-1] + t[1:])[steps]
+        power = power[:, steps]
+        color = PALETTE[k % len(PALETTE)]
+        n = int(np.sum(~np.all(np.isnan(power), axis=1)))
+        with warnings.catch_warnings():  # all-NaN columns were removed; single NaNs are expected
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(power, axis=0)
+            low, high = np.nanquantile(power, [0.1, 0.9], axis=0)
+        ax.fill_between(mid, low, high, color=color, alpha=0.2, linewidth=0)
+        ax.plot(mid, mean, color=color, linewidth=1.8, label=f"{label} (n={n})")
+        drawn += 1
+    _style(ax, xlabel="t   (0 = noise, 1 = data)", ylabel="kinetic power  ½η²‖v‖²", title=title)
+    if drawn:
+        ax.set_xlim(0, 1)
+        if log_y:
+            _log_axis(ax, "y")
+        _legend(ax)
+    else:
+        _no_data(ax)
+    return _render(fig, name, caption)
+
+
+def histogram_figure(name: str, caption: str, values: dict[str, Any], *, xlabel: str,
+                     log_x: bool = False, title: str = "") -> Figure:
+    """Overlaid density histograms on shared bins, one per label (legend shows each n)."""
+    check_figure_name(name)
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    groups = {}
+    for label, vals in values.items():
+        v = _array(vals, name=f"values[{label!r}]").ravel()
+        groups[label] = v[_keep(v, log_x)]
+    pooled = np.concatenate([v for v in groups.values()] or [np.empty(0)])
+    if pooled.size == 0:
+        _style(ax, xlabel=xlabel, title=title)
+        _no_data(ax)
+        return _render(fig, name, caption)
+    lo, hi = float(pooled.min()), float(pooled.max())
+    count = int(np.clip(math.sqrt(pooled.size) * 1.5, 10, 60))
+    if log_x:
+        if hi <= lo:
+            lo, hi = lo / 1.5, hi * 1.5
+        bins = np.geomspace(lo, hi, count + 1)
+    else:
+        if hi <= lo:
+            lo, hi = lo - 0.5 * max(abs(lo), 1.0), hi + 0.5 * max(abs(hi), 1.0)
+        bins = np.linspace(lo, hi, count + 1)
+    for k, (label, v) in enumerate(groups.items()):
+        if v.size == 0:
+            ax.plot([], [], color=PALETTE[k % len(PALETTE)], label=f"{label} (no data)")
+            continue
+        color = PALETTE[k % len(PALETTE)]
+        ax.hist(v, bins=bins, density=True, histtype="stepfilled", alpha=0.3, color=color)
+        ax.hist(v, bins=bins, density=True, histtype="step", linewidth=1.5, color=color,
+                label=f"{label} (n={v.size})")
+    _style(ax, xlabel=xlabel, ylabel="density", title=title)
+    if log_x:
+        _log_axis(ax, "x")
+    _legend(ax)
+    return _render(fig, name, caption)
+
+
+def scatter_figure(name: str, caption: str, x: Any, y: Any, *, xlabel: str, ylabel: str,
+                   annotation: str = "", log_x: bool = False, log_y: bool = False, title: str = "") -> Figure:
+    """Scatter of paired values (pairs with a non-finite member are dropped); ``annotation``
+    (e.g. "Spearman ρ = −0.41 [−0.48, −0.33]") goes in the upper-left corner. Points fade
+    and shrink as n grows so dense clouds stay readable."""
+    check_figure_name(name)
+    xs = _array(x, name="x").ravel()
+    ys = _array(y, name="y").ravel()
+    if xs.shape != ys.shape:
+        raise ValueError(f"x and y must have the same length, got {xs.size} and {ys.size}")
+    keep = _keep(xs, log_x) & _keep(ys, log_y)
+    xs, ys = xs[keep], ys[keep]
+    fig = _new_figure(5.6, 4.4)
+    ax = fig.add_subplot()
+    _style(ax, xlabel=xlabel, ylabel=ylabel)
+    if xs.size == 0:
+        _no_data(ax)
+    else:
+        n = xs.size
+        alpha = float(np.clip(12.0 / math.sqrt(n), 0.08, 0.9))
+        size = float(np.clip(300.0 / math.sqrt(n), 3.0, 36.0))
+        ax.scatter(xs, ys, s=size, alpha=alpha, color=PALETTE[0], edgecolors="none")
+        if log_x:
+            _log_axis(ax, "x")
+        if log_y:
+            _log_axis(ax, "y")
+    # above the axes, so it never hides points; the title then goes to the figure
+    label = f"{annotation}   (n = {xs.size})" if annotation else f"n = {xs.size}"
+    ax.set_title(label, loc="left", fontsize=10, color="#333333")
+    if title:
+        ax.set_title("")
+        fig.suptitle(title)
+    return _render(fig, name, caption)
+
+
+def _mosaic(images: np.ndarray, columns: int) -> np.ndarray:
+    """(n, C, H, W) in [-1, 1] -> (rows·(H+1)+1, cols·(W+1)+1, C) in [0, 1] with white gutters."""
+    n, c, h, w = images.shape
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    canvas = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
+    pixels = (np.clip(images, -1.0, 1.0) + 1.0) / 2.0
+    for i in range(n):
+        r, q = divmod(i, cols)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = pixels[i].transpose(1, 2, 0)
+    return canvas
+
+
+def sample_grid_figure(name: str, caption: str, groups: dict[str, Any], *, title: str = "",
+                       columns: int = 8) -> Figure:
+    """Side-by-side panels, one per group (e.g. "lowest KPE", "highest KPE").
+
+    Args:
+        groups: label -> images (n, C, H, W) or (n, H, W) in [-1, 1] (C = 1 grey, C = 3 RGB),
+            drawn as a mosaic with ``columns`` columns; or 2-D points (n, D), drawn as a scatter
+            of the first two coordinates on axes shared by all point panels. Samples with a
+            non-finite value are dropped.
+    """
+    check_figure_name(name)
+    if not groups:
+        raise ValueError("groups must name at least one group")
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1, got {columns}")
+    arrays = {}
+    for label, values in groups.items():
+        a = _array(values, name=f"groups[{label!r}]")
+        if a.ndim == 3:
+            a = a[:, None]
+        if a.ndim not in (2, 4) or (a.ndim == 4 and a.shape[1] not in (1, 3)):
+            raise ValueError(f"groups[{label!r}] must be images (n, C, H, W) with C in {{1, 3}}, "
+                             f"(n, H, W), or points (n, D); got shape {a.shape}")
+        finite = np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1) if a.size else np.ones(a.shape[0], bool)
+        arrays[label] = a[finite]
+    points = [a for a in arrays.values() if a.ndim == 2 and a.shape[0]]
+    limits = None
+    if points:
+        pooled = np.concatenate([p[:, :2] if p.shape[1] >= 2 else np.c_[p[:, :1], np.zeros(len(p))] for p in points])
+        lo, hi = pooled.min(axis=0), pooled.max(axis=0)
+        pad = 0.05 * np.maximum(hi - lo, 1e-9)
+        limits = (lo - pad, hi + pad)
+    # panel height follows the tallest mosaic (rows / columns), points get square panels
+    aspects = [0.0 if a.shape[0] == 0 else 1.0 if a.ndim == 2 else
+               math.ceil(a.shape[0] / min(columns, a.shape[0])) * (a.shape[2] + 1) / (min(columns, a.shape[0]) * (a.shape[3] + 1))
+               for a in arrays.values()]
+    panel = 3.4
+    fig = _new_figure(panel * len(arrays), float(np.clip(panel * (max(aspects) or 1.0), 1.2, 8.0)) + 0.5)
+    axes = fig.subplots(1, len(arrays), squeeze=False)[0]
+    for k, (ax, (label, a)) in enumerate(zip(axes, arrays.items())):
+        if a.shape[0] == 0:
+            _no_data(ax)
+        elif a.ndim == 4:
+            mosaic = _mosaic(a, columns)
+            if mosaic.shape[2] == 1:
+                ax.imshow(mosaic[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(mosaic, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+        else:
+            xy = a[:, :2] if a.shape[1] >= 2 else np.c_[a[:, :1], np.zeros(len(a))]
+            alpha = float(np.clip(12.0 / math.sqrt(len(xy)), 0.1, 0.9))
+            ax.scatter(xy[:, 0], xy[:, 1], s=8, alpha=alpha, color=PALETTE[k % len(PALETTE)], edgecolors="none")
+            _style(ax)
+            ax.set_xlim(limits[0][0], limits[1][0])
+            ax.set_ylim(limits[0][1], limits[1][1])
+            ax.set_aspect("equal", adjustable="box")
+        ax.set_title(f"{label}  (n={a.shape[0]})", fontsize=11)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _render(fig, name, caption)
+
+
+def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str, low: str | None = None,
+               high: str | None = None, ylabel: str = "", title: str = "",
+               reference: float | None = None, reference_label: str = "reference") -> Figure:
+    """Bars of ``frame[y]`` per ``frame[x]``, optional CI whiskers ``[frame[low], frame[high]]``
+    and a dashed horizontal ``reference`` line (e.g. the plain-FM value). Rows with a non-finite
+    ``y`` are dropped; a non-finite bound draws no whisker on that side."""
+    check_figure_name(name)
+    for arg, column in (("x", x), ("y", y), ("low", low), ("high", high)):
+        if column is not None and column not in frame.columns:
+            raise ValueError(f"{arg}={column!r} is not a column of frame (columns: {list(frame.columns)})")
+    values = _array(frame[y].to_numpy(), name=f"frame[{y!r}]")
+    keep = np.isfinite(values)
+    labels = [str(v) for v in frame[x].to_numpy()[keep]]
+    values = values[keep]
+    fig = _new_figure(max(5.0, min(11.0, 1.2 + 0.55 * len(labels))), 4.2)
+    ax = fig.add_subplot()
+    _style(ax, ylabel=ylabel or y, title=title)
+    ax.grid(False, axis="x")
+    if not labels:
+        _no_data(ax)
+        return _render(fig, name, caption)
+    positions = np.arange(len(labels))
+    yerr = None
+    if low is not None or high is not None:
+        lo = _array(frame[low].to_numpy(), name=f"frame[{low!r}]")[keep] if low else values
+        hi = _array(frame[high].to_numpy(), name=f"frame[{high!r}]")[keep] if high else values
+        below = np.where(np.isfinite(lo), np.maximum(values - lo, 0.0), 0.0)
+        above = np.where(np.isfinite(hi), np.maximum(hi - values, 0.0), 0.0)
+        yerr = np.vstack([below, above])
+    ax.bar(positions, values, color=PALETTE[0], alpha=0.85, width=0.7,
+           yerr=yerr, capsize=3 if yerr is not None else 0, error_kw=dict(ecolor="#333333", linewidth=1.1))
+    if reference is not None and math.isfinite(reference):
+        ax.axhline(reference, color=PALETTE[1], linestyle="--", linewidth=1.4, label=f"{reference_label} = {reference:.4g}")
+        _legend(ax)
+    ax.set_xticks(positions)
+    rotate = len(labels) > 6 or max(len(s) for s in labels) > 10
+    ax.set_xticklabels(labels, rotation=35 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    return _render(fig, name, caption)
+
+
+def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: str, ylabel: str,
+                log_x: bool = False, log_y: bool = False,
+                bands: dict[str, tuple[Any, Any]] | None = None, title: str = "") -> Figure:
+    """Lines ``ys[label]`` against the shared ``x`` (same length), with optional shaded
+    ``bands[label] = (low, high)`` (e.g. a CI). Points with a non-finite value are dropped
+    per line; markers are drawn when there are few points."""
+    check_figure_name(name)
+    xs = _array(x, name="x").ravel()
+    bands = bands or {}
+    unknown = set(bands) - set(ys)
+    if unknown:
+        raise ValueError(f"bands names labels missing from ys: {sorted(map(str, unknown))}")
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    drawn = 0
+    for k, (label, values) in enumerate(ys.items()):
+        v = _array(values, name=f"ys[{label!r}]").ravel()
+        if v.shape != xs.shape:
+            raise ValueError(f"ys[{label!r}] has {v.size} values but x has {xs.size}")
+        keep = _keep(xs, log_x) & _keep(v, log_y)
+        color = PALETTE[k % len(PALETTE)]
+        if label in bands:
+            lo = _array(bands[label][0], name=f"bands[{label!r}] low").ravel()
+            hi = _array(bands[label][1], name=f"bands[{label!r}] high").ravel()
+            if lo.shape != xs.shape or hi.shape != xs.shape:
+                raise ValueError(f"bands[{label!r}] must be two arrays of length {xs.size}")
+            band = keep & _keep(lo, log_y) & _keep(hi, log_y)
+            if band.any():
+                order = np.argsort(xs[band], kind="stable")
+                ax.fill_between(xs[band][order], lo[band][order], hi[band][order], color=color, alpha=0.2, linewidth=0)
+        if not keep.any():
+            continue
+        order = np.argsort(xs[keep], kind="stable")
+        marker = "o" if keep.sum() <= 20 else None
+        ax.plot(xs[keep][order], v[keep][order], color=color, linewidth=1.8, marker=marker, markersize=4, label=str(label))
+        drawn += 1
+    _style(ax, xlabel=xlabel, ylabel=ylabel, title=title)
+    if drawn:
+        if log_x:
+            _log_axis(ax, "x")
+        if log_y:
+            _log_axis(ax, "y")
+        _legend(ax)
+    else:
+        _no_data(ax)
+    return _render(fig, name, caption)
