@@ -225,7 +225,7 @@ def run(args) -> int:
     print(f"kfm sample: {table.num_rows} samples of {args.field} (D={args.dim}), {args.solver}, "
           f"{args.steps} steps, {args.grid} grid, {shaping}; world size {world.world_size}")
     print(f"run directory: {outcome.run_dir}  (results.parquet, {manifest.plan.count} shard(s); "
-          f"this launch computed {len(outcome.computed)}, kept {len(outcome.skipped)})")
+          f"this process computed {len(outcome.computed)}, kept {len(outcome.skipped)})")
     if nonfinite:
         print(f"warning: {nonfinite} sample(s) hit a non-finite velocity (energies NaN)", file=sys.stderr)
     with pd.option_context("display.float_format", "{:.6g}".format, "display.width", 120):
