@@ -113,6 +113,26 @@ def _legend(ax) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def _power_summary(times: np.ndarray, increments: np.ndarray, *, positive: bool = False, what: str = "times"):
+    """Kinetic power increments / Δt at the step midpoints: (mid, mean, q10, q90, n) over the
+    steps where some sample has a finite (and, if ``positive``, > 0) value; None when none has."""
+    dt = np.diff(times)
+    if np.any(~(dt > 0)):
+        raise ValueError(f"{what} must be strictly increasing")
+    power = increments / dt[None, :]
+    power[~_keep(power, positive)] = np.nan
+    steps = ~np.all(np.isnan(power), axis=0)
+    if not steps.any():
+        return None
+    power = power[:, steps]
+    n = int(np.sum(~np.all(np.isnan(power), axis=1)))
+    with warnings.catch_warnings():  # all-NaN steps were removed; single NaNs are expected
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(power, axis=0)
+        low, high = np.nanquantile(power, [0.1, 0.9], axis=0)
+    return 0.5 * (times[:-1] + times[1:])[steps], mean, low, high, n
+
+
 def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any, Any]], *,
                           log_y: bool = False, title: str = "") -> Figure:
     """Kinetic power along the trajectory: mean line and 10–90 % band per label.
@@ -136,22 +156,11 @@ def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any
         if inc.ndim != 2 or t.size != inc.shape[1] + 1:
             raise ValueError(f"profiles[{label!r}]: times must have shape (S + 1,) and increments (B, S); "
                              f"got times {t.shape} and increments {inc.shape}")
-        dt = np.diff(t)
-        if np.any(~(dt > 0)):
-            raise ValueError(f"profiles[{label!r}]: times must be strictly increasing")
-        power = inc / dt[None, :]
-        power[~_keep(power, log_y)] = np.nan
-        steps = ~np.all(np.isnan(power), axis=0)
-        if not steps.any():
+        summary = _power_summary(t, inc, positive=log_y, what=f"profiles[{label!r}] times")
+        if summary is None:
             continue
-        mid = 0.5 * (t[:-1] + t[1:])[steps]
-        power = power[:, steps]
+        mid, mean, low, high, n = summary
         color = PALETTE[k % len(PALETTE)]
-        n = int(np.sum(~np.all(np.isnan(power), axis=1)))
-        with warnings.catch_warnings():  # all-NaN columns were removed; single NaNs are expected
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(power, axis=0)
-            low, high = np.nanquantile(power, [0.1, 0.9], axis=0)
         ax.fill_between(mid, low, high, color=color, alpha=0.2, linewidth=0)
         ax.plot(mid, mean, color=color, linewidth=1.8, label=f"{label} (n={n})")
         drawn += 1

@@ -34,6 +34,10 @@ VERDICTS = {
     "not reproduced": "❌ not reproduced",
     "inconclusive": "➖ inconclusive",
 }
+# the HTML page colours the verdict cell, so it uses text symbols that every font has
+# (colour emoji fonts are often missing on Linux and render as empty boxes)
+_HTML_VERDICTS = {"reproduced": "✓ reproduced", "not reproduced": "✗ not reproduced",
+                  "inconclusive": "– inconclusive"}
 _MISSING = "–"
 _FIGURE_NAME = re.compile(r"[a-z0-9_-]+")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -200,9 +204,9 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Seq
 _CLAIM_HEADER = ["study", "claim", "paper", "ours", "n", "CI", "verdict", "note"]
 
 
-def _claim_cells(claim: Claim) -> list[str]:
+def _claim_cells(claim: Claim, labels: dict[str, str] = VERDICTS) -> list[str]:
     return [claim.study, claim.statement, claim.paper, claim.ours, str(int(claim.n)),
-            claim.ci or _MISSING, VERDICTS[claim.verdict], claim.note or ""]
+            claim.ci or _MISSING, labels[claim.verdict], claim.note or ""]
 
 
 def _verdict_summary(claims: Sequence[Claim]) -> str:
@@ -354,7 +358,7 @@ def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequ
     if claims:
         body.append(f'<p class="summary">{len(claims)} claims: {html.escape(_verdict_summary(claims))}.</p>')
         verdict_col = _CLAIM_HEADER.index("verdict")
-        by_label = {label: key for key, label in VERDICTS.items()}
+        by_label = {label: key for key, label in _HTML_VERDICTS.items()}
 
         def verdict_class(j: int, cell: str) -> str:
             if j != verdict_col:
@@ -362,7 +366,7 @@ def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequ
             return "verdict " + by_label[cell].replace(" ", "-")
 
         numeric = [h == "n" for h in _CLAIM_HEADER]
-        body.append(_html_table(_CLAIM_HEADER, [_claim_cells(c) for c in claims], numeric=numeric,
+        body.append(_html_table(_CLAIM_HEADER, [_claim_cells(c, _HTML_VERDICTS) for c in claims], numeric=numeric,
                                 cell_class=verdict_class))
     else:
         body.append("<p>No claims were evaluated.</p>")

@@ -1,0 +1,243 @@
+"""Report writer and figures: files, embedded figures, escaping, formatting, validation."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kinetic_fm.studies import figures as F
+from kinetic_fm.studies.report import (VERDICTS, Claim, Figure, Section, format_value, markdown_to_html,
+                                       write_report)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+XSS = "<script>alert('kfm')</script>"
+
+
+def build_figures(seed: int = 0) -> list[Figure]:
+    """One figure from every figure function (and both sample-grid modes), tiny data with NaNs
+    and empty groups mixed in."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, 21)
+    inc = rng.gamma(2.0, 0.5, (16, 20)) * np.diff(t)
+    inc_kts = inc * 0.7
+    inc_kts[2, 3] = np.nan
+    grid = pd.DataFrame({"config": ["FM", "launch only", "landing only", "balanced"],
+                         "fmem": [0.37, 0.36, np.nan, 0.31], "lo": [0.33, 0.32, 0.15, np.nan],
+                         "hi": [0.41, 0.40, 0.23, 0.35]})
+    return [
+        F.energy_profile_figure("profile", f"Energy profiles {XSS}",
+                                {"plain FM": (t, inc), "KTS": (t, inc_kts), "empty": (t, np.full((2, 20), np.nan))},
+                                log_y=True),
+        F.histogram_figure("kpe_hist", "KPE histograms", {"FM": rng.lognormal(3, 0.3, 100),
+                                                          "KTS": np.r_[rng.lognormal(2.8, 0.3, 100), np.nan],
+                                                          "none": []}, xlabel="KPE", log_x=True),
+        F.scatter_figure("kpe_vs_knn", "KPE vs kNN", np.r_[rng.normal(size=80), np.nan], rng.normal(size=81),
+                         xlabel="kNN distance", ylabel="KPE", annotation="Spearman ρ = −0.41 [−0.48, −0.33]"),
+        F.sample_grid_figure("grid_images", "Samples by KPE", {"lowest KPE": rng.uniform(-1, 1, (10, 1, 8, 8)),
+                                                               "highest KPE": rng.uniform(-1, 1, (10, 3, 8, 8)),
+                                                               "empty": np.zeros((0, 1, 8, 8))}),
+        F.sample_grid_figure("grid_points", "2-D samples", {"low": rng.normal(size=(50, 2)),
+                                                            "high": np.r_[rng.normal(size=(50, 2)), [[np.nan, 0]]]}),
+        F.bar_figure("fmem_grid", "F_mem across the KTS grid", grid, x="config", y="fmem", low="lo", high="hi",
+                     ylabel="F_mem", reference=0.37),
+        F.line_figure("fmem_vs_n", "F_mem vs N", [10, 30, 100, 300], {"EFM": [1.0, 0.8, np.nan, 0.1],
+                                                                      "model": [0.7, 0.5, 0.3, 0.2]},
+                      xlabel="N", ylabel="F_mem", log_x=True, bands={"EFM": ([0.9, 0.7, 0.3, 0.05], [1, 0.9, 0.6, 0.2])}),
+    ]
+
+
+def build_claims() -> list[Claim]:
+    return [
+        Claim("semantics", "Higher-KPE samples have stronger semantics", "CLIP margin 5.7 → 8.9",
+              "margin 3.1 → 4.6; Spearman ρ = 0.31", 500, "ρ 95% CI [0.22, 0.40]", "reproduced",
+              "same sign and the CI excludes 0"),
+        Claim("support", "KPE falls as local support grows", "ρ = −0.65 (kNN, CIFAR-10)", "ρ = −0.12", 300, "",
+              "not reproduced", "weak | on digits"),
+    ]
+
+
+def build_report(out_dir: Path) -> tuple[Path, Path, list[Figure]]:
+    """The small report both test files check: 2 claims, 2 sections, every figure function."""
+    figs = build_figures()
+    frame = pd.DataFrame({"config": ["FM", "KTS"], "FD": [16.6812345, 11.27], "F_mem": [0.3734, np.nan],
+                          "n": np.array([500, 250], dtype=np.int64)})
+    sections = [
+        Section("Energy and semantics", f"Some **bold**, `code <b>` and {XSS}.\n\nA second paragraph.",
+                tables=[(f"Table {XSS}", frame)], figures=figs[:4]),
+        Section("Shaping", "- launch only\n- landing only", tables=[("by config", frame.set_index("config"))],
+                figures=figs[4:]),
+    ]
+    md, html_path = write_report(out_dir, title="kinetic_fm reproduction", intro="Reproduces **the paper**.",
+                                 claims=build_claims(), sections=sections,
+                                 meta={"config": {"data": "digits", "steps": 100}, "versions": {"torch": "2.13"},
+                                       "wall_s": 123.456})
+    return md, html_path, figs
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    md, html_path, figs = build_report(out)
+    return out, md, html_path, figs
+
+
+def test_writes_markdown_html_and_figures(report):
+    out, md, html_path, figs = report
+    assert md == out / "report.md" and html_path == out / "report.html"
+    assert md.is_file() and html_path.is_file()
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f"{f.name}.png" for f in figs)
+    assert not list(out.rglob("*.tmp")), "atomic writes left temporary files behind"
+
+
+def test_html_embeds_every_figure_as_the_written_png(report):
+    out, _, html_path, figs = report
+    page = html_path.read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/png;base64,') == len(figs)
+    embedded = dict(re.findall(r'<figure id="fig-([a-z0-9_-]+)"><img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page))
+    assert set(embedded) == {f.name for f in figs}
+    for fig in figs:
+        png = base64.b64decode(embedded[fig.name], validate=True)
+        assert png.startswith(PNG_SIGNATURE)
+        assert png == (out / "figures" / f"{fig.name}.png").read_bytes() == fig.png
+
+
+def test_html_is_self_contained(report):
+    page = report[2].read_text(encoding="utf-8")
+    assert "<script" not in page.lower()
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "@import" not in page and "url(" not in page
+    for anchor in ("claims", "energy-and-semantics", "shaping", "run"):
+        assert f'href="#{anchor}"' in page and f'id="{anchor}"' in page
+
+
+def test_text_and_captions_are_escaped(report):
+    page = report[2].read_text(encoding="utf-8")
+    assert XSS not in page
+    assert "&lt;script&gt;alert(&#x27;kfm&#x27;)&lt;/script&gt;" in page
+    assert "<code>code &lt;b&gt;</code>" in page and "<strong>bold</strong>" in page
+    assert "<li>launch only</li>" in page
+
+
+def test_markdown_claims_table_and_sections(report):
+    text = report[1].read_text(encoding="utf-8")
+    assert "| study | claim | paper | ours | n | CI | verdict | note |" in text
+    assert "| semantics | Higher-KPE samples have stronger semantics |" in text
+    assert VERDICTS["reproduced"] in text and VERDICTS["not reproduced"] in text
+    assert "weak \\| on digits" in text  # a pipe in a cell does not split the row
+    assert text.index("## Claims") < text.index("## Energy and semantics") < text.index("## Shaping") < text.index("## Run")
+    assert "| FM | 16.68 | 0.3734 | 500 |" in text and "| KTS | 11.27 | – | 250 |" in text
+    assert "![KPE histograms](figures/kpe_hist.png)" in text
+    assert "| config.steps | 100 |" in text and "| wall_s | 123.5 |" in text
+
+
+def test_html_verdict_cells_are_coloured(report):
+    page = report[2].read_text(encoding="utf-8")
+    assert re.search(r'<td class="verdict reproduced">[^<]*reproduced</td>', page)
+    assert re.search(r'<td class="verdict not-reproduced">[^<]*not reproduced</td>', page)
+
+
+def test_rewrite_is_byte_identical(report, tmp_path):
+    _, md, html_path, _ = report
+    md2, html2, _ = build_report(tmp_path)
+    assert md2.read_bytes() == md.read_bytes()
+    assert html2.read_bytes() == html_path.read_bytes()
+
+
+@pytest.mark.parametrize("value, text", [
+    (16.6812345, "16.68"), (0.000123456, "0.0001235"), (123456.7, "123457"), (2.5e7, "2.5e+07"),
+    (-3.14159, "-3.142"), (1.0, "1"), (np.float32(0.5), "0.5"), (float("nan"), "–"), (None, "–"),
+    (np.int64(12345678), "12345678"), (7, "7"), (True, "True"), ("text", "text"),
+])
+def test_format_value(value, text):
+    assert format_value(value) == text
+
+
+def test_markdown_subset():
+    assert markdown_to_html("a **b** `c **d**`\nnext line\n\n<e>") == (
+        "<p>a <strong>b</strong> <code>c **d**</code> next line</p>\n<p>&lt;e&gt;</p>")
+
+
+def test_invalid_inputs_raise(tmp_path):
+    png = F.line_figure("tiny", "c", [0, 1], {"a": [0, 1]}, xlabel="x", ylabel="y").png
+    with pytest.raises(ValueError, match="verdict"):
+        Claim("s", "c", "p", "o", 1, "", "maybe")
+    with pytest.raises(ValueError, match="figure name"):
+        Figure("Bad Name", "caption", png)
+    with pytest.raises(ValueError, match="PNG"):
+        Figure("ok", "caption", b"not a png")
+    with pytest.raises(ValueError, match="figure name"):
+        F.histogram_figure("bad/name", "c", {"a": [1.0]}, xlabel="x")
+    dup = Figure("same", "c", png)
+    with pytest.raises(ValueError, match="unique"):
+        write_report(tmp_path, title="t", intro="", claims=[], sections=[Section("a", figures=[dup]),
+                                                                         Section("b", figures=[dup])], meta={})
+    with pytest.raises(ValueError, match="increments"):
+        F.energy_profile_figure("p", "c", {"a": (np.linspace(0, 1, 5), np.ones((2, 5)))})
+    with pytest.raises(ValueError, match="strictly increasing"):
+        F.energy_profile_figure("p", "c", {"a": (np.array([0, 0.5, 0.5, 1.0]), np.ones((2, 3)))})
+    with pytest.raises(ValueError, match="same length"):
+        F.scatter_figure("s", "c", [1, 2], [1, 2, 3], xlabel="x", ylabel="y")
+    with pytest.raises(ValueError, match="not a column"):
+        F.bar_figure("b", "c", pd.DataFrame({"a": ["x"], "b": [1.0]}), x="a", y="missing")
+    with pytest.raises(ValueError, match="shape"):
+        F.sample_grid_figure("g", "c", {"a": np.zeros((2, 2, 4, 4))})
+
+
+def test_power_summary_is_grid_independent():
+    """Constant power p on any grid gives increments p·Δt; the summary recovers p at every midpoint."""
+    from kinetic_fm.studies.figures import _power_summary
+
+    power = np.array([[1.0], [2.0], [3.0], [4.0], [np.nan]])  # per-sample constant power, one NaN sample
+    for times in (np.linspace(0, 1, 11), np.sort(np.r_[0.0, np.random.default_rng(1).uniform(0, 1, 9), 1.0])):
+        inc = power * np.diff(times)[None, :]
+        mid, mean, low, high, n = _power_summary(times, inc)
+        np.testing.assert_allclose(mid, 0.5 * (times[:-1] + times[1:]))
+        np.testing.assert_allclose(mean, 2.5)
+        np.testing.assert_allclose(low, np.quantile([1, 2, 3, 4], 0.1))
+        np.testing.assert_allclose(high, np.quantile([1, 2, 3, 4], 0.9))
+        assert n == 4
+
+
+def test_figures_render_no_data_and_accept_tensors():
+    import torch
+    from PIL import Image
+
+    empty = [
+        F.energy_profile_figure("e1", "c", {"a": (np.linspace(0, 1, 4), np.full((2, 3), np.nan))}),
+        F.histogram_figure("e2", "c", {"a": [np.nan], "b": []}, xlabel="x"),
+        F.scatter_figure("e3", "c", [np.nan], [1.0], xlabel="x", ylabel="y"),
+        F.sample_grid_figure("e4", "c", {"a": np.zeros((0, 2))}),
+        F.bar_figure("e5", "c", pd.DataFrame({"x": ["a"], "y": [np.nan]}), x="x", y="y"),
+        F.line_figure("e6", "c", [1, 2], {"a": [np.nan, np.nan]}, xlabel="x", ylabel="y"),
+        F.scatter_figure("t1", "c", torch.arange(5.0), torch.arange(5.0) ** 2, xlabel="x", ylabel="y"),
+        F.sample_grid_figure("t2", "c", {"a": torch.zeros(3, 8, 8)}),  # (n, H, W) greyscale
+    ]
+    for fig in empty:
+        image = Image.open(io.BytesIO(fig.png))
+        assert image.format == "PNG" and min(image.size) > 50
+
+
+def test_sample_grid_mosaic_layout():
+    """8 columns, 1-pixel white gutters, pixels mapped from [-1, 1] to [0, 1]."""
+    from kinetic_fm.studies.figures import _mosaic
+
+    images = np.stack([np.full((1, 2, 3), v) for v in np.linspace(-1, 1, 10)])
+    canvas = _mosaic(images, 8)
+    assert canvas.shape == (2 * 3 + 1, 8 * 4 + 1, 1)
+    assert canvas[1, 1, 0] == 0.0  # image 0 (value -1) at the top left
+    np.testing.assert_allclose(canvas[1, 1 + 4 * 7, 0], (np.linspace(-1, 1, 10)[7] + 1) / 2)
+    np.testing.assert_allclose(canvas[4, 1 + 4, 0], 1.0)  # image 9 (value +1) on row 2, column 2
+    assert canvas[0].min() == 1.0 and canvas[:, 0].min() == 1.0  # gutters
+    assert np.all(canvas[4:6, 9:, 0] == 1.0)  # unused cells stay white
+
+
+def test_import_kinetic_fm_does_not_import_matplotlib():
+    code = "import kinetic_fm, sys; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
