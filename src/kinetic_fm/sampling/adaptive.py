@@ -40,7 +40,7 @@ def integrate_dopri5(
     tab = DOPRI5
     batch, device, dtype = x0.shape[0], x0.device, x0.dtype
     weights = quadrature_weights(quadrature, tab.b)
-    eta_of = (lambda t: gain(t)) if gain is not None else (lambda t: torch.ones_like(t))
+    eta_of = (lambda t: lane_safe(gain, t, 0.5)) if gain is not None else (lambda t: torch.ones_like(t))
 
     ledger = EnergyLedger.zeros(batch, device)
     bad_step = torch.full((batch,), -1, dtype=torch.int64, device=device)
@@ -145,7 +145,7 @@ def integrate_dopri5(
         factor = torch.where(
             ratio == 0.0,
             torch.full_like(ratio, MAX_FACTOR),
-            (SAFETY * ratio.pow(-1.0 / (tab.order))).clamp(MIN_FACTOR, MAX_FACTOR),
+            (SAFETY * lane_safe(lambda r: r.pow(-1.0 / tab.order), ratio, 1.0)).clamp(MIN_FACTOR, MAX_FACTOR),
         )
         h[rows] = torch.where(finite, ha * factor, ha)
         done[rows] = done[rows] | (accept & last)
@@ -163,6 +163,21 @@ def integrate_dopri5(
         bad_step=bad_step,
         bad_time=bad_time,
     )
+
+
+def lane_safe(fn: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, fill: float) -> torch.Tensor:
+    """Apply an element-wise transcendental ``fn`` to a (B',) vector so each element's result does
+    not depend on B'.
+
+    On the CPU, ATen runs full SIMD blocks vectorised and the remainder through a scalar loop, and
+    the two paths of exp/log/pow may differ in the last bit. Padding to a multiple of 64 sends
+    every element through the vector path, so a sample's step control is batch-invariant.
+    """
+    n = v.shape[0]
+    if v.device.type != "cpu" or n % 64 == 0:
+        return fn(v)
+    padded = torch.cat([v, v.new_full((64 - n % 64,), fill)])
+    return fn(padded)[:n]
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -185,7 +200,8 @@ def _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step) -> torch.Tensor:
     f1 = _bcast(eta_of(t1), x) * f(x + _bcast(h0, x) * f0, t1)
     d2 = _rms((f1 - f0) / scale) / h0
     dmax = torch.maximum(d1, d2)
-    h1 = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3), (0.01 / dmax).pow(1 / 5))
+    h1 = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
+                     lane_safe(lambda d: (0.01 / d).pow(1 / 5), dmax, 1.0))
     return torch.minimum(100 * h0, h1).clamp(max=1.0)
 
 

@@ -100,16 +100,27 @@ def _account(x, norms, times, t_stage, eta, tableau, quadrature, split, keep_pro
     n64 = norms.to(torch.float64)
     finite = torch.isfinite(n64)
     n64 = torch.where(finite, n64, torch.nan)  # zero weights must not hide a non-finite stage
-    applied = torch.einsum("isb,is->bi", n64, applied_coef.to(device))  # (B, S)
-    raw = torch.einsum("isb,is->bi", n64, raw_coef.to(device)).sum(1)
+    # Element-wise products and a sequential scan over steps: every sample's numbers come from the
+    # same correctly rounded operations in the same order, whatever the batch size (a GEMM or a
+    # tree reduction here would change the last bits with the batch).
+    applied_coef, raw_coef = applied_coef.to(device), raw_coef.to(device)
+    applied = raw = None
+    for j in range(n64.shape[1]):
+        a_term = applied_coef[:, j, None] * n64[:, j, :]
+        r_term = raw_coef[:, j, None] * n64[:, j, :]
+        applied = a_term if applied is None else applied + a_term
+        raw = r_term if raw is None else raw + r_term
+    running = torch.cumsum(applied, dim=0)  # (S, B), sequential along the steps
 
     early_steps = int(split * n_steps)
-    peak, peak_step = applied.max(dim=1)
+    early = running[early_steps - 1] if early_steps > 0 else torch.zeros_like(running[0])
+    kpe = running[-1]
+    peak, peak_step = applied.max(dim=0)
     ledger = EnergyLedger(
-        kpe=applied.sum(1),
-        kpe_raw=raw,
-        early=applied[:, :early_steps].sum(1),
-        late=applied[:, early_steps:].sum(1),
+        kpe=kpe,
+        kpe_raw=torch.cumsum(raw, dim=0)[-1],
+        early=early,
+        late=kpe - early,
         peak=peak,
         peak_time=torch.tensor(times[:-1], dtype=torch.float64, device=device)[peak_step],
     )
@@ -122,7 +133,7 @@ def _account(x, norms, times, t_stage, eta, tableau, quadrature, split, keep_pro
     return Trace(
         x=x,
         ledger=ledger,
-        profile=applied if keep_profile else None,
+        profile=applied.T.contiguous() if keep_profile else None,
         step_times=torch.tensor(times, dtype=torch.float64),
         nfe=n_steps * n_stages,
         steps=n_steps,
