@@ -278,7 +278,7 @@ def markdown_to_html(text: str) -> str:
 
 
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: Sequence[bool] | None = None,
-                caption: str = "", cell_class=None) -> str:
+                caption: str = "", cell_class=None, table_class: str = "") -> str:
     numeric = numeric or [False] * len(header)
     head = "".join(('<th class="num">' if n else "<th>") + f"{html.escape(h)}</th>"
                    for h, n in zip(header, numeric))
@@ -292,7 +292,8 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric
             cells.append(f"<td{attr}>{html.escape(cell)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return (f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
+    table = f'<table class="{table_class}">' if table_class else "<table>"
+    return (f'<div class="table-wrap">{table}{cap}<thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
@@ -315,7 +316,8 @@ nav.toc strong { display: block; margin-bottom: 0.2em; }
 nav.toc ol { margin: 0; padding-left: 1.3em; }
 .summary { color: var(--muted); }
 .table-wrap { overflow-x: auto; margin: 0.6em 0 1.4em; }
-table { border-collapse: collapse; width: 100%; font-size: 0.92em; }
+table { border-collapse: collapse; min-width: 40%; font-size: 0.92em; }
+table.claims { width: 100%; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding: 0 0 0.4em; }
 th, td { border: 1px solid var(--line); padding: 5px 9px; vertical-align: top; text-align: left; }
 th { background: #eef1f4; font-weight: 600; }
@@ -367,7 +369,7 @@ def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequ
 
         numeric = [h == "n" for h in _CLAIM_HEADER]
         body.append(_html_table(_CLAIM_HEADER, [_claim_cells(c, _HTML_VERDICTS) for c in claims], numeric=numeric,
-                                cell_class=verdict_class))
+                                cell_class=verdict_class, table_class="claims"))
     else:
         body.append("<p>No claims were evaluated.</p>")
     body.append("</section>")
@@ -378,6 +380,9 @@ def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequ
             body.append(markdown_to_html(section.text))
         for caption, frame in section.tables:
             header, rows = _frame_rows(frame)
+            if not header:
+                body.append(f"<p><strong>{html.escape(caption)}</strong>: (empty table)</p>")
+                continue
             body.append(_html_table(header, rows, numeric=_numeric_columns(rows, len(header)), caption=caption))
         for fig in section.figures:
             data = base64.b64encode(bytes(fig.png)).decode("ascii")
@@ -388,8 +393,7 @@ def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequ
 
     body.append('<section id="run"><h2>Run</h2>')
     items = _flatten_meta(meta)
-    body.append(_html_table(["key", "value"], items).replace("<table>", '<table class="meta">', 1)
-                if items else "<p>No run metadata.</p>")
+    body.append(_html_table(["key", "value"], items, table_class="meta") if items else "<p>No run metadata.</p>")
     body.append("</section>")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
