@@ -45,6 +45,16 @@ def _keep(values: np.ndarray, log: bool) -> np.ndarray:
     return mask & (values > 0) if log else mask
 
 
+def _point_alpha(n: int) -> float:
+    """Marker opacity that falls as 1/√n, so dense clouds show their density."""
+    return float(np.clip(12.0 / math.sqrt(max(n, 1)), 0.08, 0.9))
+
+
+def _xy(points: np.ndarray) -> np.ndarray:
+    """First two coordinates of (n, D) points; 1-D points sit on y = 0."""
+    return points[:, :2] if points.shape[1] >= 2 else np.c_[points[:, :1], np.zeros(len(points))]
+
+
 def _new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
@@ -234,7 +244,7 @@ def scatter_figure(name: str, caption: str, x: Any, y: Any, *, xlabel: str, ylab
         _no_data(ax)
     else:
         n = xs.size
-        alpha = float(np.clip(12.0 / math.sqrt(n), 0.08, 0.9))
+        alpha = _point_alpha(n)
         size = float(np.clip(300.0 / math.sqrt(n), 3.0, 36.0))
         ax.scatter(xs, ys, s=size, alpha=alpha, color=PALETTE[0], edgecolors="none")
         if log_x:
@@ -291,7 +301,7 @@ def sample_grid_figure(name: str, caption: str, groups: dict[str, Any], *, title
     points = [a for a in arrays.values() if a.ndim == 2 and a.shape[0]]
     limits = None
     if points:
-        pooled = np.concatenate([p[:, :2] if p.shape[1] >= 2 else np.c_[p[:, :1], np.zeros(len(p))] for p in points])
+        pooled = np.concatenate([_xy(p) for p in points])
         lo, hi = pooled.min(axis=0), pooled.max(axis=0)
         pad = 0.05 * np.maximum(hi - lo, 1e-9)
         limits = (lo - pad, hi + pad)
@@ -316,9 +326,8 @@ def sample_grid_figure(name: str, caption: str, groups: dict[str, Any], *, title
             for spine in ax.spines.values():
                 spine.set_visible(False)
         else:
-            xy = a[:, :2] if a.shape[1] >= 2 else np.c_[a[:, :1], np.zeros(len(a))]
-            alpha = float(np.clip(12.0 / math.sqrt(len(xy)), 0.1, 0.9))
-            ax.scatter(xy[:, 0], xy[:, 1], s=8, alpha=alpha, color=PALETTE[k % len(PALETTE)], edgecolors="none")
+            xy = _xy(a)
+            ax.scatter(xy[:, 0], xy[:, 1], s=8, alpha=_point_alpha(len(xy)), color=PALETTE[k % len(PALETTE)], edgecolors="none")
             _style(ax)
             ax.set_xlim(limits[0][0], limits[1][0])
             ax.set_ylim(limits[0][1], limits[1][1])
