@@ -297,7 +297,9 @@ class EmpiricalFlow:
             total = weights.sum(dim=1, dtype=torch.float64)
             ybar[dense_rows] = torch.mm(weights, self.atoms).double() / total[:, None]
             max_w[dense_rows] = 1.0 / total
-            entropy[dense_rows] = total.log() - torch.special.xlogy(weights, weights).sum(dim=1, dtype=torch.float64) / total
+            w_log_w = sum(torch.special.xlogy(w, w).sum(dim=1, dtype=torch.float64)      # no (b, N) temporary
+                          for w in weights.split(self.chunk, dim=1))
+            entropy[dense_rows] = total.log() - w_log_w / total
             if top_k:
                 tw, ti = torch.topk(weights, top_k, dim=1)
                 top_w[dense_rows], top_i[dense_rows] = tw.double() / total[:, None], ti
