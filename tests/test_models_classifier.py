@@ -3,15 +3,7 @@ import torch
 
 from kinetic_fm.data import load_digits
 from kinetic_fm.models import SmallCNN, logit_margin, train_classifier
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # a tiny CNN: on a busy 2-core machine, intra-op threads cost far more than they gain
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from _single_thread import single_thread  # noqa: F401  (tiny nets: one thread)
 
 
 def test_logit_margin_is_top1_minus_top2():

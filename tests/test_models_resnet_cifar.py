@@ -3,15 +3,7 @@ import torch
 
 from kinetic_fm.data import load_cifar10_sprite
 from kinetic_fm.models import CifarResNet, load_cifar_resnet
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # batch inference of small convs: on a busy 2-core machine, intra-op threads cost more than they gain
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from _single_thread import single_thread  # noqa: F401  (tiny nets: one thread)
 
 
 def test_architecture_sizes_and_option_a_shortcut():
