@@ -38,6 +38,7 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_code_executing_pickle_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "executed"
     raw = tmp_path / "evil.pt"

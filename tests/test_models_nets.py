@@ -95,6 +95,8 @@ def test_load_into_wraps_discrete_nets(tmp_path):
 
 def test_default_model_picks_architecture():
     assert default_model("auto", (2,)).kind == "mlp"
+    assert default_model("auto", (1, 8, 8)).kind == "mlp"
+    assert default_model("unet", (1, 8, 8), width=12).kind == "unet"  # 12 channels: GroupNorm groups adapt
     assert default_model("auto", (1, 28, 28)).kind == "unet"
     with pytest.raises(ValueError, match="image"):
         default_model("unet", (2,))

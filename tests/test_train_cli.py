@@ -36,7 +36,7 @@ def test_kfm_train_writes_a_loadable_run_and_resumes_identically(tmp_path, capsy
 
 def test_kfm_train_images_and_class_conditioning(tmp_path):
     args = ["train", "--data", "digits", "--n", "16", "--steps", "2", "--batch-size", "4", "--width", "8",
-            "--checkpoints", "none", "--class-cond", "--no-progress", "--out", str(tmp_path)]
+            "--checkpoints", "none", "--class-cond", "--no-progress", "--model", "unet", "--out", str(tmp_path)]
     assert main(args) == 0
     model = load_model(tmp_path)
     assert model.kind == "unet" and model.null_class == 10
@@ -69,3 +69,19 @@ def test_sigkilled_training_resumes_bit_identically(tmp_path):
     assert 40 <= killed_at < 400, "the run should be killed mid-way"
     subprocess.run([*base, "--out", str(tmp_path / "cut"), "--resume"], check=True, env=env, capture_output=True)
     assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "cut" / "final.safetensors")
+
+
+def test_kfm_train_on_centred_celeba_saves_the_mean(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(faces / f"{i:06d}.jpg")
+    args = ["train", "--data", f"celeba:{faces}", "--steps", "1", "--batch-size", "2", "--width", "8",
+            "--model", "unet", "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    from kinetic_fm.data import load_celeba
+    mean = load_weights(tmp_path / "run" / "data_mean.safetensors")["mean"]
+    assert torch.equal(mean, load_celeba(faces).mean)

@@ -2,6 +2,7 @@
 
 Writes ``<out>/config.json``, ``<out>/checkpoints/step_*.safetensors`` (log-spaced steps 1, 2, 4,
 ... and the last; model and EMA weights with their config), ``<out>/final.safetensors`` and
+``<out>/data_mean.safetensors`` for centred data (CelebA: add it back to samples) and
 ``<out>/resume.pt`` (everything needed to continue bit-identically after an interruption:
 rerun the same command with ``--resume``, optionally with a larger ``--steps``). Load the trained
 net with ``kinetic_fm.models.load_model(<out>)`` and sample it with ``kinetic_fm.sample``.
@@ -21,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, default=None,
                    help="training-set size: a seeded image subset, or the number of 2-D points (default all / 20000)")
     p.add_argument("--model", choices=("auto", "mlp", "unet"), default="auto",
-                   help="auto: mlp for 2-D data, unet for images")
+                   help="auto: mlp for 2-D data and 8x8 digits, unet for larger images")
     p.add_argument("--width", type=int, default=None, help="mlp hidden width or unet base channels")
     p.add_argument("--class-cond", action="store_true",
                    help="condition on the data's labels (null class for classifier-free guidance)")
@@ -73,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     model = model.to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"data {ds.source}: {tuple(data.shape)}; model {model.kind} ({n_params:,} parameters); out {args.out}")
+    if getattr(ds, "mean", None) is not None:  # centred data (CelebA): keep what sampling must add back
+        from pathlib import Path
+
+        from ..models import save_weights
+        save_weights({"mean": ds.mean}, Path(args.out) / "data_mean.safetensors")
     result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
                    progress=not args.no_progress, info={"data": args.data, "n": args.n})
     tail = result.losses[-min(100, config.steps):].mean().item()

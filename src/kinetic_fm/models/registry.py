@@ -1,6 +1,7 @@
 """Build velocity networks by name, with CPU-sized defaults per data shape."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from torch import nn
@@ -22,18 +23,19 @@ def default_model(kind: str, shape: Sequence[int], *, num_classes: int | None = 
     """A CPU-sized velocity net for samples of ``shape``.
 
     Args:
-        kind: "mlp" (any shape), "unet" (images (C, H, W)) or "auto" (mlp for 1-D, unet for images).
+        kind: "mlp" (any shape), "unet" (images (C, H, W)) or "auto": mlp for points and for
+            images of at most 256 values (8x8 digits, where it trains ~5x faster on a CPU than a
+            U-Net and samples well), unet for larger images.
         shape: one sample's shape, e.g. (2,) or (1, 8, 8).
         num_classes: enable class conditioning (classifier-free guidance) with this many classes.
-        width: hidden width (mlp, default 256 for points and 512 for images) or base channels
+        width: hidden width (mlp, default 256) or base channels
             (unet, default 32).
     """
     shape = tuple(int(s) for s in shape)
     if kind == "auto":
-        kind = "unet" if len(shape) == 3 else "mlp"
+        kind = "unet" if len(shape) == 3 and math.prod(shape) > 256 else "mlp"
     if kind == "mlp":
-        hidden = width or (256 if len(shape) == 1 else 512)
-        return VelocityMLP(shape, hidden=hidden, depth=3 if len(shape) == 1 else 4, num_classes=num_classes)
+        return VelocityMLP(shape, hidden=width or 256, depth=3, num_classes=num_classes)
     if kind == "unet":
         if len(shape) != 3:
             raise ValueError(f"unet needs image samples (C, H, W), got shape {shape}")

@@ -1,6 +1,7 @@
 """A small U-Net velocity network (GroupNorm, attention at low resolution, optional classes)."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -11,7 +12,7 @@ from .embedding import SinusoidalTimeEmbedding, batch_times
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(groups, channels), channels)
+    return nn.GroupNorm(math.gcd(groups, channels), channels)
 
 
 class ResBlock(nn.Module):
