@@ -31,3 +31,8 @@ def shared_data() -> Path:
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    # Tiny nets run faster on one thread, and CI's 2 cores are shared with pytest itself.
+    torch.set_num_threads(1)

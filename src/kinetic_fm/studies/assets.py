@@ -1,0 +1,143 @@
+"""What every study shares: the image data, a judging classifier, and two trained velocity nets.
+
+Everything is cached in the workspace (classifier weights, model run folders with resumable
+training state), so a re-run after an interruption picks up where it stopped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import AssetsConfig
+from .workspace import Workspace
+
+
+@dataclass
+class Assets:
+    """Training split (images in the loader's range), held-out split, and the nets built on them.
+
+    Attributes:
+        train, train_labels: (N, C, H, W) float32 and (N,) int64 (labels None if the set has none).
+        heldout, heldout_labels: images never used to train the velocity nets (FD reference).
+        classes: class names or None.
+        classifier: judging net with ``features(x)`` and ``logits(x)`` (None without labels).
+        classifier_name: e.g. "digits-cnn" or "resnet56": names the feature space of FD numbers.
+        classifier_accuracy: held-out accuracy, or None.
+        general: velocity net trained on all of ``train`` (EMA weights).
+        memorizer: velocity net trained on ``memorizer_train`` only, long enough to copy it.
+        memorizer_train: (n, C, H, W) its training subset; memorizer_checkpoints: step -> file.
+        source: human-readable data description.
+    """
+
+    train: Tensor
+    train_labels: Tensor | None
+    heldout: Tensor
+    heldout_labels: Tensor | None
+    classes: tuple[str, ...] | None
+    classifier: nn.Module | None
+    classifier_name: str
+    classifier_accuracy: float | None
+    general: nn.Module
+    memorizer: nn.Module
+    memorizer_train: Tensor
+    memorizer_checkpoints: dict[int, Path]
+    source: str
+
+    def features(self, x: Tensor) -> Tensor:
+        """Classifier features (B, F) of images, or flattened pixels without a classifier."""
+        if self.classifier is None:
+            return x.reshape(x.shape[0], -1)
+        with torch.inference_mode():
+            out = [self.classifier.features(x[i : i + 512]) for i in range(0, x.shape[0], 512)]
+        return torch.cat(out).clone()
+
+    def logits(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            out = [self.classifier.logits(x[i : i + 512]) for i in range(0, x.shape[0], 512)]
+        return torch.cat(out).clone()
+
+
+def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Assets:
+    train, train_labels, heldout, heldout_labels, classes, source = _load_split(cfg)
+    classifier, name, accuracy = _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
+    general, _ = _velocity_net(cfg, ws, "general", train, cfg.general_steps, progress)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    pick = torch.randperm(train.shape[0], generator=g)[: cfg.memorizer_n].sort().values
+    memorizer_train = train[pick]
+    memorizer, checkpoints = _velocity_net(cfg, ws, "memorizer", memorizer_train, cfg.memorizer_steps, progress)
+    return Assets(train, train_labels, heldout, heldout_labels, classes, classifier, name, accuracy,
+                  general, memorizer, memorizer_train, checkpoints, source)
+
+
+def _load_split(cfg: AssetsConfig):
+    from ..data.registry import load_dataset
+
+    wanted = None if cfg.n_train is None else cfg.n_train + cfg.n_heldout
+    data = load_dataset(cfg.data, n=wanted, seed=cfg.seed)
+    if not hasattr(data, "images"):
+        raise ValueError(f"kfm reproduce needs an image data set, got {cfg.data!r} (2-D point sets are studied "
+                         "on their exact field inside the support study)")
+    n = len(data)
+    if n < cfg.n_heldout + max(cfg.memorizer_n, 16):
+        raise ValueError(f"data set {cfg.data!r} has {n} images; need at least n_heldout + memorizer_n = "
+                         f"{cfg.n_heldout + cfg.memorizer_n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    held, rest = order[: cfg.n_heldout], order[cfg.n_heldout :]
+    labels = data.labels
+    return (data.images[rest].contiguous(), None if labels is None else labels[rest],
+            data.images[held].contiguous(), None if labels is None else labels[held],
+            data.classes, data.source)
+
+
+def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress):
+    if cfg.classifier:
+        kind, _, path = cfg.classifier.partition(":")
+        if kind not in ("resnet20", "resnet56") or not path:
+            raise ValueError(f"classifier must be 'resnet20:PATH' or 'resnet56:PATH', got {cfg.classifier!r}")
+        from ..models.resnet_cifar import load_cifar_resnet
+
+        net = load_cifar_resnet(path, depth=int(kind.removeprefix("resnet"))).to(cfg.device).eval()
+        acc = None
+        if heldout_labels is not None:
+            with torch.inference_mode():
+                acc = float((net.logits(heldout.to(cfg.device)).argmax(1).cpu() == heldout_labels).float().mean())
+        return net, kind, acc
+    if train_labels is None:
+        return None, "pixels", None
+    from ..models.classifier import SmallCNN, train_classifier
+
+    def fit():
+        result = train_classifier(train, train_labels, steps=cfg.classifier_steps, seed=cfg.seed,
+                                  test=(heldout, heldout_labels), progress=progress)
+        return {"state": result.model.state_dict(), "config": dict(result.model.config),
+                "accuracy": result.test_accuracy}
+
+    stored = ws.cached("classifier", {"data": cfg.data, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout,
+                                      "steps": cfg.classifier_steps, "seed": cfg.seed}, fit)
+    net = SmallCNN(**stored["config"])
+    net.load_state_dict(stored["state"])
+    name = "digits-cnn" if cfg.data == "digits" else f"{cfg.data.partition(':')[0]}-cnn"
+    return net.to(cfg.device).eval(), name, stored["accuracy"]
+
+
+def _velocity_net(cfg, ws, name, data, steps, progress):
+    from ..models.checkpoint import load_model
+    from ..models.registry import default_model
+    from ..models.train import TrainConfig, train
+
+    key = {"data": cfg.data, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout, "n": int(data.shape[0]),
+           "model": cfg.model, "width": cfg.width, "steps": steps, "batch": cfg.batch_size, "lr": cfg.lr,
+           "seed": cfg.seed, "memorizer_n": cfg.memorizer_n if name == "memorizer" else None}
+    out = ws.model_dir(name, key)
+    final = out / "final.safetensors"
+    if not final.exists():
+        torch.manual_seed(cfg.seed)
+        net = default_model(cfg.model, tuple(data.shape[1:]), width=cfg.width).to(cfg.device)
+        config = TrainConfig(steps=steps, batch_size=min(cfg.batch_size, 4 * int(data.shape[0])), lr=cfg.lr,
+                             seed=cfg.seed, checkpoints="log2", save_every=max(100, steps // 20))
+        train(net, data.to(cfg.device), config, out=out, resume=True, progress=progress, info={"study": name})
+    checkpoints = {int(p.stem.split("_")[1]): p for p in sorted((out / "checkpoints").glob("step_*.safetensors"))}
+    return load_model(final).to(cfg.device).eval(), checkpoints

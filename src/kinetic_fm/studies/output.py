@@ -1,0 +1,20 @@
+"""What a study hands back: tables (one row per sample or per setting), claims, report sections."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class StudyOutput:
+    name: str
+    tables: dict[str, Any] = field(default_factory=dict)  # name -> pandas DataFrame
+    claims: list = field(default_factory=list)  # report.Claim
+    sections: list = field(default_factory=list)  # report.Section
+
+
+def image_range(x: torch.Tensor, assets) -> torch.Tensor:
+    """Clamp generated images to the training data's value range before judging them."""
+    return x.clamp(float(assets.train.min()), float(assets.train.max()))

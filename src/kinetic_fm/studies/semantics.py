@@ -1,0 +1,115 @@
+"""Study 1, energy and semantics: do higher-KPE samples carry stronger semantics?
+
+The paper (ImageNet-256, SiT) finds CLIP score 21.9 → 24.6 and CLIP margin 5.7 → 8.9 from the
+low- to the high-KPE group. Here the generalising model is sampled, each sample's KPE is measured
+on the fly, and a classifier trained on the same data judges its semantic strength (logit margin of
+the predicted class). Low vs high groups by KPE quantile, Spearman ρ with a bootstrap CI.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..metrics.semantics import classifier_margin
+from ..metrics.stats import compare_groups, spearman
+from ..sampling.shaping import KTS
+from .assets import Assets
+from .config import SemanticsConfig
+from .output import StudyOutput, image_range
+from .samples import energy_frame, sampled
+from .verdicts import fmt_ci, verdict_from_interval
+from .workspace import Workspace
+
+
+def general_samples(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key: str, shaping: KTS | None = None):
+    """Samples of the generalising model for the semantics and support studies (cached)."""
+    return sampled(
+        ws, "general-fm" if shaping is None else "general-kts",
+        {"assets": asset_key, "net": "general", "shaping": None if shaping is None else asdict(shaping)},
+        assets.general, range(cfg.seed_start, cfg.seed_start + cfg.n_samples), tuple(assets.train.shape[1:]),
+        device=next(assets.general.parameters()).device.type,
+        steps=cfg.steps, solver=cfg.solver, shaping=shaping,
+    )
+
+
+def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key: str) -> StudyOutput:
+    from .figures import energy_profile_figure, histogram_figure, sample_grid_figure, scatter_figure
+    from .report import Claim, Section
+
+    out = StudyOutput("semantics")
+    fm = general_samples(cfg, assets, ws, asset_key)
+    kts = general_samples(cfg, assets, ws, asset_key, KTS())
+    x = image_range(fm["x"], assets)
+    kpe = fm["kpe"].numpy()
+    frame = energy_frame(fm)
+    section = Section("Energy and semantics")
+    section.figures += [
+        energy_profile_figure("energy_profile_general", "Kinetic power ½η²‖v‖² along the trajectories of the "
+                              "generalising model: mean and 10–90% band, plain FM vs KTS (α0 = β0 = 0.01, τ = 0.6).",
+                              {"plain FM": (fm["times"].numpy(), fm["profile"].numpy()),
+                               "KTS": (kts["times"].numpy(), kts["profile"].numpy())}, log_y=True),
+        histogram_figure("kpe_histogram_general", "Per-sample KPE of the generalising model, plain FM vs KTS.",
+                         {"plain FM": kpe, "KTS": kts["kpe"].numpy()}, xlabel="KPE ½∫η²‖v‖²dt", log_x=True),
+    ]
+    order = np.argsort(kpe)
+    shown = min(16, len(order) // 2)
+    section.figures.append(sample_grid_figure(
+        "samples_by_kpe", "Samples of the generalising model with the lowest and the highest KPE.",
+        {"lowest KPE": x[order[:shown]].numpy(), "highest KPE": x[order[-shown:]].numpy()}))
+
+    if assets.classifier is None:
+        section.text = ("This data set has no labels, so no classifier judges semantic strength; the energy "
+                        "figures are shown for reference.")
+        out.claims.append(Claim("semantics", "Higher-KPE samples carry stronger semantics",
+                                "CLIP margin 5.7 → 8.9 (low → high KPE, ImageNet-256)", "not measured (no labels)",
+                                len(kpe), "", "inconclusive", "the data set has no class labels"))
+        out.tables["general_samples"] = frame
+        out.sections.append(section)
+        return out
+
+    judged = classifier_margin(assets.classifier, x.to(next(assets.classifier.parameters()).device))
+    margin = judged.margin.cpu().numpy()
+    frame["margin"] = margin
+    frame["confidence"] = judged.confidence.cpu().numpy()
+    frame["predicted"] = judged.predicted.cpu().numpy()
+    rho = spearman(kpe, margin, bootstrap=cfg.bootstrap, permutations=cfg.bootstrap, seed=cfg.seed_start)
+    groups = compare_groups(margin, kpe, quantile=cfg.quantile)
+    conf_groups = compare_groups(frame["confidence"].to_numpy(), kpe, quantile=cfg.quantile)
+    verdict = verdict_from_interval(rho.ci_low, rho.ci_high, +1)
+    q = f"{cfg.quantile:.0%}"
+    out.claims.append(Claim(
+        "semantics", "Higher-KPE samples carry stronger semantics",
+        "CLIP margin 5.7 → 8.9, CLIP score 21.9 → 24.6 (low → high KPE group, ImageNet-256)",
+        f"{assets.classifier_name} margin {groups.low_mean:.2f} → {groups.high_mean:.2f} (low → high {q} KPE, "
+        f"d = {groups.cohens_d:+.2f}); Spearman ρ = {rho.rho:+.3f}",
+        rho.n, fmt_ci(rho.ci_low, rho.ci_high, "ρ 95% CI"), verdict,
+        "the sign of ρ(KPE, margin) decides; the interval is a paired bootstrap"))
+    import pandas as pd
+
+    section.text = (
+        f"{len(kpe)} samples of the generalising model ({cfg.solver}, {cfg.steps} steps), judged by "
+        f"`{assets.classifier_name}` (held-out accuracy {_pct(assets.classifier_accuracy)}). "
+        f"Semantic strength is the logit margin of the predicted class. {rho}.")
+    section.tables.append((f"Low vs high {q} of KPE", pd.DataFrame([
+        {"score": "classifier margin", **_group_row(groups)},
+        {"score": "classifier confidence", **_group_row(conf_groups)},
+    ])))
+    section.figures.insert(0, scatter_figure(
+        "kpe_vs_margin", "Per-sample KPE against classifier margin (generalising model).", kpe, margin,
+        xlabel="KPE", ylabel=f"{assets.classifier_name} logit margin", log_x=True,
+        annotation=f"Spearman ρ = {rho.rho:+.3f} [{rho.ci_low:+.3f}, {rho.ci_high:+.3f}]"))
+    out.tables["general_samples"] = frame
+    out.sections.append(section)
+    return out
+
+
+def _group_row(g) -> dict[str, Any]:
+    return {"low mean": g.low_mean, "low std": g.low_std, "high mean": g.high_mean, "high std": g.high_std,
+            "Cohen's d": g.cohens_d, "Welch p": g.p_value, "n per group": g.n_low}
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,116 @@
+"""Study 2, energy and sparsity: do higher-KPE samples sit where training support is sparse?
+
+The paper (CIFAR-10, 150 steps) reports Spearman ρ(KPE, local support) = −0.65 with kNN and −0.64
+with KDE. Support is measured per sample against the training set as a kNN log-density
+(−D·log r_k) and a Gaussian KDE log-density (Scott's bandwidth), in pixel space and in the judging
+classifier's feature space. An exact 2-D Gaussian mixture (closed-form velocity, known density)
+adds a check free of training error.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..fields.analytic import GaussianMixtureTarget
+from ..metrics.density import kde_log_density, local_support
+from ..metrics.stats import spearman
+from .assets import Assets
+from .config import SemanticsConfig, SupportConfig
+from .output import StudyOutput, image_range
+from .samples import sampled
+from .semantics import general_samples
+from .verdicts import fmt_ci, verdict_from_interval
+from .workspace import Workspace
+
+
+def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key: str) -> StudyOutput:
+    import pandas as pd
+
+    from .figures import scatter_figure
+    from .report import Claim, Section
+
+    out = StudyOutput("support")
+    run = general_samples(sem_cfg, assets, ws, asset_key)
+    x = image_range(run["x"], assets)
+    kpe = run["kpe"].numpy()
+    frame = pd.DataFrame({"seed": run["seeds"].numpy(), "kpe": kpe})
+    spaces = {"pixels": (x.reshape(len(x), -1).double(), assets.train.reshape(len(assets.train), -1).double())}
+    if assets.classifier is not None:
+        spaces[assets.classifier_name] = (assets.features(x).double(), assets.features(assets.train).double())
+
+    rows, correlations = [], {}
+    for space, (query, reference) in spaces.items():
+        knn = local_support(query, reference, k=cfg.k)
+        kde = kde_log_density(query, reference, bandwidth="scott")
+        frame[f"knn_radius_k{cfg.k}_{space}"] = knn.radius.cpu().numpy()
+        frame[f"knn_log_density_{space}"] = knn.log_density.cpu().numpy()
+        frame[f"kde_log_density_{space}"] = kde.log_density.cpu().numpy()
+        for method, density in (("kNN", knn.log_density), ("KDE", kde.log_density)):
+            rho = spearman(kpe, density.cpu().numpy(), bootstrap=cfg.bootstrap, permutations=cfg.bootstrap, seed=1)
+            correlations[(method, space)] = rho
+            rows.append({"support": method, "space": space, "Spearman ρ": rho.rho, "CI low": rho.ci_low,
+                         "CI high": rho.ci_high, "permutation p": rho.p_perm, "n": rho.n,
+                         "detail": f"k = {cfg.k}" if method == "kNN" else f"Scott h = {kde.bandwidth:.3g}"})
+
+    for method, paper in (("kNN", -0.65), ("KDE", -0.64)):
+        rho = correlations[(method, "pixels")]
+        others = ", ".join(f"{s}: {correlations[(method, s)].rho:+.2f}" for s in spaces if s != "pixels")
+        out.claims.append(Claim(
+            "support", f"Higher-KPE samples have sparser local training support ({method})",
+            f"Spearman ρ = {paper:+.2f} (CIFAR-10, 150 steps)",
+            f"ρ = {rho.rho:+.3f} in pixels" + (f" ({others})" if others else ""),
+            rho.n, fmt_ci(rho.ci_low, rho.ci_high, "ρ 95% CI"), verdict_from_interval(rho.ci_low, rho.ci_high, -1),
+            "support is a log-density against the training set; the claim needs ρ < 0"))
+
+    toy_frame, toy_rho = _mixture_check(cfg)
+    rows.append({"support": "exact log-density", "space": "2-D mixture", "Spearman ρ": toy_rho.rho,
+                 "CI low": toy_rho.ci_low, "CI high": toy_rho.ci_high, "permutation p": toy_rho.p_perm,
+                 "n": toy_rho.n, "detail": "closed-form field and density"})
+    headline = correlations[("kNN", "pixels")]
+    section = Section(
+        "Energy and sparsity",
+        text=(f"Local support of the same {len(kpe)} samples of the generalising model against the "
+              f"{len(assets.train)} training images: kNN log-density (k = {cfg.k}, −D·log r_k up to a constant) "
+              "and Gaussian KDE log-density, in pixel space and in the classifier's feature space. "
+              "A negative ρ means higher-energy samples lie where the training data are sparse."),
+        tables=[("Spearman ρ between KPE and local support", pd.DataFrame(rows))],
+        figures=[
+            scatter_figure("kpe_vs_knn_support", "Per-sample KPE against kNN log-density in pixel space.",
+                           kpe, frame["knn_log_density_pixels"].to_numpy(), xlabel="KPE",
+                           ylabel=f"kNN log-density (k = {cfg.k})", log_x=True,
+                           annotation=f"Spearman ρ = {headline.rho:+.3f} [{headline.ci_low:+.3f}, {headline.ci_high:+.3f}]"),
+            scatter_figure("kpe_vs_density_mixture", "Exact 2-D Gaussian mixture: KPE against the true "
+                           "log-density at each sample's end point.", toy_frame["kpe"].to_numpy(),
+                           toy_frame["true_log_density"].to_numpy(), xlabel="KPE", ylabel="true log-density",
+                           annotation=f"Spearman ρ = {toy_rho.rho:+.3f}"),
+        ],
+    )
+    out.tables["general_support"] = frame
+    out.tables["mixture_support"] = toy_frame
+    out.sections.append(section)
+    return out
+
+
+def _mixture_check(cfg: SupportConfig):
+    """KPE vs the exact target log-density on an unequal 8-mode ring (weights 1..8, σ = 0.3)."""
+    import pandas as pd
+
+    from ..sampling.sample import sample
+
+    k = 8
+    angles = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+    means = 4.0 * torch.stack([angles.cos(), angles.sin()], dim=1)
+    weights = torch.arange(1, k + 1, dtype=torch.float64)
+    field = GaussianMixtureTarget(means, std=0.3, weights=weights)
+    n = max(200, 4 * cfg.bootstrap // 5)
+    res = sample(field, seeds=range(n), shape=(2,), dtype=torch.float64, steps=50, solver="heun")
+    x = res.x
+    sq = ((x[:, None, :] - means[None]) ** 2).sum(-1)
+    log_p = torch.logsumexp(torch.log(field.weights) - sq / (2 * 0.09) - math.log(2 * math.pi * 0.09), dim=1)
+    kpe = res.kpe.numpy()
+    rho = spearman(kpe, log_p.numpy(), bootstrap=cfg.bootstrap, permutations=cfg.bootstrap, seed=2)
+    frame = pd.DataFrame({"seed": np.arange(n), "kpe": kpe, "true_log_density": log_p.numpy(),
+                          "x": x[:, 0].numpy(), "y": x[:, 1].numpy()})
+    return frame, rho

@@ -1,0 +1,78 @@
+"""A study's output folder: cached stages that survive interruption.
+
+Each stage result is a dict of tensors / numbers / strings saved with ``torch.save`` to a temporary
+name and atomically renamed, and loaded back with ``weights_only=True``. Its file name carries a
+hash of the stage's configuration, so changing a setting recomputes that stage instead of reusing
+a stale result, and an interrupted run resumes from the last finished stage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def config_hash(config: Any) -> str:
+    """A short stable hash of a (dataclass or JSON-able) configuration."""
+    payload = asdict(config) if is_dataclass(config) else config
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class Workspace:
+    """``out/`` holds ``cache/`` (stage results), ``tables/`` (Parquet), ``figures/`` and the report."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.root = Path(out)
+        for sub in ("cache", "tables", "models"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def stage_path(self, name: str, config: Any) -> Path:
+        return self.root / "cache" / f"{name}-{config_hash(config)}.pt"
+
+    def cached(self, name: str, config: Any, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Return the stored result of stage ``name`` for ``config``, computing and saving it if absent."""
+        path = self.stage_path(name, config)
+        if path.exists():
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # a truncated file from a killed run: redo the stage
+                path.unlink(missing_ok=True)
+        result = compute()
+        atomic_torch_save(result, path)
+        return result
+
+    def model_dir(self, name: str, config: Any) -> Path:
+        path = self.root / "models" / f"{name}-{config_hash(config)}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def save_table(self, name: str, frame: Any) -> Path:
+        """Write a per-sample table as ``tables/<name>.parquet`` (atomically)."""
+        path = self.root / "tables" / f"{name}.parquet"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,123 @@
+"""kfm reproduce: every study end to end at tiny size, resume, and the pieces underneath."""
+import subprocess
+import sys
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from kinetic_fm.studies.config import ReproduceConfig
+from kinetic_fm.studies.shaping import ablation_grid
+from kinetic_fm.studies.verdicts import verdict_from_interval
+from kinetic_fm.studies.workspace import Workspace
+
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+
+
+def test_verdicts_follow_the_interval():
+    assert verdict_from_interval(0.1, 0.5, +1) == "reproduced"
+    assert verdict_from_interval(-0.5, -0.1, +1) == "not reproduced"
+    assert verdict_from_interval(-0.1, 0.1, +1) == "inconclusive"
+    assert verdict_from_interval(-0.5, -0.1, -1) == "reproduced"
+    assert verdict_from_interval(0.1, 0.5, -1) == "not reproduced"
+    assert verdict_from_interval(float("nan"), 0.1, -1) == "inconclusive"
+
+
+def test_ablation_grid_is_the_papers():
+    grid = {s.name: s for s in ablation_grid(ReproduceConfig.preset("quick").shaping)}
+    assert grid["plain FM"].kts is None
+    assert (grid["launch only"].kts.alpha0, grid["launch only"].kts.beta0) == (0.02, 0.0)
+    assert (grid["landing only"].kts.alpha0, grid["landing only"].kts.beta0) == (0.0, 0.02)
+    assert (grid["balanced"].kts.alpha0, grid["balanced"].kts.beta0, grid["balanced"].kts.tau_split) == (0.01, 0.01, 0.6)
+    assert {grid[f"balanced τ={t}"].kts.tau_split for t in (0.2, 0.4, 0.8)} == {0.2, 0.4, 0.8}
+    assert {s.solver for s in grid.values()} == {"euler", "midpoint", "heun"}
+    assert {s.grid for s in grid.values()} == {"uniform", "cosine"}
+    assert grid["balanced · 250 steps"].steps == 250
+
+
+def test_workspace_recomputes_on_new_config_and_after_a_truncated_write(tmp_path):
+    ws = Workspace(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": torch.tensor([len(calls)])}
+
+    assert ws.cached("stage", {"a": 1}, compute)["value"].item() == 1
+    assert ws.cached("stage", {"a": 1}, compute)["value"].item() == 1  # cached
+    assert ws.cached("stage", {"a": 2}, compute)["value"].item() == 2  # new config
+    ws.stage_path("stage", {"a": 1}).write_bytes(b"truncated")
+    assert ws.cached("stage", {"a": 1}, compute)["value"].item() == 3  # corrupt file redone
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    from kinetic_fm.studies.reproduce import reproduce
+
+    out = tmp_path_factory.mktemp("reproduce")
+    torch.set_num_threads(1)
+    md, html = reproduce(ReproduceConfig.preset("tiny"), out, progress=False)
+    return out, md, html
+
+
+def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
+    out, md, html = tiny_report
+    text = md.read_text()
+    for study in ("semantics", "support", "memorization", "shaping"):
+        assert study in text
+    rows = [line for line in text.splitlines() if line.startswith("|") and any(v in line for v in VERDICTS)]
+    assert len(rows) >= 9  # one row per claim
+    page = html.read_text()
+    assert page.count('src="data:image/png;base64,') >= 10
+    tables = {p.stem for p in (out / "tables").glob("*.parquet")}
+    assert {"semantics__general_samples", "support__general_support", "shaping__shaping_grid",
+            "memorization__memorizer_checkpoints"} <= tables
+    frame = pd.read_parquet(out / "tables" / "semantics__general_samples.parquet")
+    assert frame["seed"].is_unique and len(frame) == 64
+    assert (frame["kpe"] > 0).all() and {"margin", "early", "late"} <= set(frame.columns)
+
+
+def test_efm_lands_on_atoms_in_the_study(tiny_report):
+    out, _, _ = tiny_report
+    for n in (8, 32):
+        frame = pd.read_parquet(out / "tables" / f"memorization__efm_n{n}.parquet")
+        assert frame["memorized"].mean() >= 0.95
+        # exact EFM commits early and then runs straight: energy is spread, not a late spike
+        assert frame["late_fraction_t0.9"].between(0.0, 1.0).all()
+
+
+def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, monkeypatch):
+    from kinetic_fm.studies import reproduce as module
+
+    out, _, _ = tiny_report
+    cfg = ReproduceConfig.preset("tiny")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption in the last study")
+
+    monkeypatch.setattr(module, "run_shaping", killed)
+    with pytest.raises(KeyboardInterrupt):
+        module.reproduce(cfg, tmp_path, progress=False)
+    assert any((tmp_path / "cache").glob("general-fm-*.pt"))  # finished stages were kept
+    monkeypatch.undo()
+    module.reproduce(cfg, tmp_path, progress=False)
+    for table in (out / "tables").glob("*.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(tmp_path / "tables" / table.name))
+
+
+def test_cli_rejects_an_unknown_study(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "kinetic_fm.cli", "reproduce", "--tiny", "--out", str(tmp_path),
+                             "--studies", "semantics,bogus"], capture_output=True, text=True)
+    assert result.returncode == 2 and "studies must be among" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["mnist", "cifar10"])
+def test_real_data_paths_run_at_small_size(spec, shared_data, tmp_path):
+    from kinetic_fm.studies.reproduce import reproduce
+
+    path = shared_data / "mnist" if spec == "mnist" else shared_data / "cifar10" / "cifar10_jpeg_q75.zip"
+    cfg = ReproduceConfig.preset("tiny", data=f"{spec}:{path}")
+    md, _ = reproduce(cfg, tmp_path, progress=False)
+    assert "Claims" in md.read_text()
