@@ -5,7 +5,6 @@ import torch
 
 from kinetic_fm.models import (UNet, UnsafeCheckpointError, VelocityMLP, load_model, load_state, load_weights,
                                read_metadata, save_model)
-from _single_thread import single_thread  # noqa: F401  (tiny nets: one thread)
 
 
 def test_save_and_load_model_roundtrip(tmp_path):

@@ -3,7 +3,6 @@ import torch
 
 from kinetic_fm.data import load_digits
 from kinetic_fm.models import SmallCNN, logit_margin, train_classifier
-from _single_thread import single_thread  # noqa: F401  (tiny nets: one thread)
 
 
 def test_logit_margin_is_top1_minus_top2():

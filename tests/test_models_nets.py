@@ -3,7 +3,6 @@ import torch
 
 from kinetic_fm.models import (DiscreteTimeVelocity, SinusoidalTimeEmbedding, UNet, VelocityMLP, default_model,
                                load_into, save_weights)
-from _single_thread import single_thread  # noqa: F401  (tiny nets: one thread)
 
 
 def test_time_embedding_is_sin_cos_of_scaled_time():

@@ -3,7 +3,6 @@ import torch
 
 from kinetic_fm.data import load_cifar10_sprite
 from kinetic_fm.models import CifarResNet, load_cifar_resnet
-from _single_thread import single_thread  # noqa: F401  (tiny nets: one thread)
 
 
 def test_architecture_sizes_and_option_a_shortcut():

@@ -5,7 +5,6 @@ import kinetic_fm as kfm
 from kinetic_fm.data import GaussianMixture, load_digits
 from kinetic_fm.models import TrainConfig, UNet, VelocityMLP, checkpoint_steps, load_model, train
 from kinetic_fm.models.checkpoint import load_state, load_weights
-from _single_thread import single_thread  # noqa: F401  (tiny nets: one thread)
 
 
 class _Interrupt(Exception):

@@ -11,7 +11,6 @@ import kinetic_fm as kfm
 from kinetic_fm.cli import main
 from kinetic_fm.models import load_model, load_weights
 from kinetic_fm.models.checkpoint import load_state
-from _single_thread import single_thread  # noqa: F401  (tiny nets: one thread)
 
 COMMON = ["--data", "gmm", "--n", "500", "--batch-size", "16", "--width", "16", "--save-every", "4", "--no-progress"]
 
