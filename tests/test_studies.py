@@ -121,3 +121,24 @@ def test_real_data_paths_run_at_small_size(spec, shared_data, tmp_path):
     cfg = ReproduceConfig.preset("tiny", data=f"{spec}:{path}")
     md, _ = reproduce(cfg, tmp_path, progress=False)
     assert "Claims" in md.read_text()
+
+
+@pytest.mark.slow
+def test_reproduce_report_renders_in_chromium(tiny_report):
+    """The real study report in headless Chromium: every figure decodes, nothing on the console."""
+    import json
+    import re
+
+    from test_report_browser import _PROBE, _chromium, _console_lines, _run
+
+    browser = _chromium()
+    out, _, html = tiny_report
+    probed = out / "probed.html"
+    probed.write_text(html.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    page = _run(browser, out / "profile-page", "--virtual-time-budget=5000", "--dump-dom", html.as_uri())
+    probe = _run(browser, out / "profile-probe", "--virtual-time-budget=5000", "--dump-dom", probed.as_uri())
+    images = json.loads(re.search(r'<pre id="kfm-probe">(.*?)</pre>', probe.stdout, re.S).group(1).replace("&quot;", '"'))
+    figures = [img for img in images if img["id"] != "kfm-broken-control"]
+    assert len(figures) == len(list((out / "figures").glob("*.png"))) >= 10
+    assert all(img["ok"] for img in figures), [img["id"] for img in figures if not img["ok"]]
+    assert _console_lines(page.stderr) == []
