@@ -1,6 +1,7 @@
 """``kfm sample``: per-sample KPE of a built-in field into a run directory (in-process CLI)."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -109,3 +110,26 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, flags, message):
     assert kfm_sample(tmp_path / "run", *flags) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("kfm sample: error:")
+
+
+def test_a_trained_model_is_sampled_like_the_library_does(tmp_path):
+    from kinetic_fm.models import VelocityMLP, load_model, save_model
+
+    torch.manual_seed(0)
+    net = VelocityMLP((2, 3), hidden=16, depth=1)
+    path = tmp_path / "net.safetensors"
+    save_model(net, path, ema=copy.deepcopy(net))
+    assert kfm_sample(tmp_path / "run", "--model", path, "--n", 5, "--steps", 8, "--solver", "heun",
+                      "--alpha0", 0.05) == 0
+    table = read_run(tmp_path / "run")
+    direct = kfm.sample(load_model(path), seeds=range(5), shape=(2, 3), steps=8, solver="heun",
+                        shaping=kfm.KTS(alpha0=0.05))
+    np.testing.assert_array_equal(table["kpe"].to_numpy(), direct.kpe.numpy())
+    assert read_samples(tmp_path / "run").shape == (5, 2, 3)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert len(manifest["identity"]["weights_sha256"]) == 64
+
+
+def test_a_missing_model_file_is_named(tmp_path, capsys):
+    assert kfm_sample(tmp_path / "run", "--model", tmp_path / "missing.safetensors") == 2
+    assert "no such file" in capsys.readouterr().err

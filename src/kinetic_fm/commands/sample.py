@@ -31,6 +31,11 @@ def register(subparsers) -> None:
                    help="gaussian: N(2·1, 0.5²I); point: the point 2·1; mixture: 8 Gaussians (σ 0.3) "
                         "on a ring of radius 4 in the first two coordinates (default: gaussian)")
     f.add_argument("--dim", type=int, default=2, help="dimension D of a sample (default 2)")
+    f.add_argument("--model", default=None,
+                   help="sample a trained net instead of --field: a `kfm train` run folder or .safetensors file "
+                        "(EMA weights); its weights' sha256 identifies the run")
+    f.add_argument("--shape", default=None,
+                   help="one sample's shape for --model, e.g. 1,28,28 (default: the net's own, when it records one)")
 
     s = p.add_argument_group("sampler")
     # --num-samples: the spelling to use after torchrun, whose parser takes "--n" as an abbreviation
@@ -116,6 +121,32 @@ def _builtin_field(name: str, dim: int) -> _Target:
     return _Target(velocity, (dim,), identity)
 
 
+def _model_target(path: str, shape_arg: str | None) -> _Target:
+    """A velocity net saved by ``kfm train`` (EMA weights), identified by the sha256 of its weights."""
+    from pathlib import Path
+
+    from ..models.checkpoint import load_model
+    from ..runs.manifest import sha256_file
+
+    source = Path(path)
+    if not source.exists():
+        raise FileNotFoundError(f"--model {path}: no such file or folder")
+    weights = source / "final.safetensors" if source.is_dir() else source
+    net = load_model(source)
+    if shape_arg:
+        try:
+            shape = tuple(int(d) for d in shape_arg.split(","))
+        except ValueError:
+            raise ValueError(f"--shape must be comma-separated integers such as 1,28,28, got {shape_arg!r}") from None
+    elif getattr(net, "shape", None):
+        shape = tuple(net.shape)
+    else:
+        raise ValueError(f"--model {path} does not record its sample shape; give --shape C,H,W")
+    identity = {"model": str(source), "kind": getattr(net, "kind", type(net).__name__),
+                "weights_sha256": sha256_file(weights) if weights.is_file() else None}
+    return _Target(net, shape, identity)
+
+
 def _shaping(args):
     """A KTS built from the given flags (defaults for the rest), or None when none was given."""
     from .. import KTS
@@ -130,7 +161,8 @@ def _config(args, target: _Target, kts) -> dict:
     from dataclasses import asdict
 
     return {
-        "field": args.field, "dim": args.dim, "sample_shape": list(target.shape),
+        "field": None if args.model else args.field, "dim": args.dim, "model": args.model,
+        "sample_shape": list(target.shape),
         "steps": args.steps, "solver": args.solver, "grid": args.grid, "quadrature": args.quadrature,
         "split": args.split, "on_nonfinite": args.on_nonfinite, "dtype": args.dtype,
         "device": args.device, "shaping": asdict(kts) if kts is not None else None,
@@ -204,7 +236,7 @@ def run(args) -> int:
     from ..runs import RunManifest, run_sharded, world_session
 
     _validate(args)
-    target = _builtin_field(args.field, args.dim)
+    target = _model_target(args.model, args.shape) if args.model else _builtin_field(args.field, args.dim)
     kts = _shaping(args)
     with world_session(args.device) as (coordinator, device):
         world = coordinator.world
@@ -222,7 +254,8 @@ def run(args) -> int:
     table = outcome.table
     nonfinite = int(table.column("nonfinite").to_numpy().sum()) if "nonfinite" in table.column_names else 0
     shaping = "plain FM" if kts is None else str(kts)
-    print(f"kfm sample: {table.num_rows} samples of {args.field} (D={args.dim}), {args.solver}, "
+    what = f"model {args.model} (shape {target.shape})" if args.model else f"{args.field} (D={args.dim})"
+    print(f"kfm sample: {table.num_rows} samples of {what}, {args.solver}, "
           f"{args.steps} steps, {args.grid} grid, {shaping}; world size {world.world_size}")
     print(f"run directory: {outcome.run_dir}  (results.parquet, {manifest.plan.count} shard(s); "
           f"this process computed {len(outcome.computed)}, kept {len(outcome.skipped)})")
