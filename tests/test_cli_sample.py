@@ -14,14 +14,6 @@ from kinetic_fm.cli import main
 from kinetic_fm.runs import read_run, read_samples
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def kfm_sample(out, *flags) -> int:
     return main(["sample", "--out", str(out), "--no-progress", *map(str, flags)])
 

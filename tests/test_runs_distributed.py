@@ -8,7 +8,6 @@ import sys
 
 import pandas as pd
 import pytest
-import torch
 
 from kinetic_fm.cli import main
 from kinetic_fm.runs import read_run
@@ -25,14 +24,6 @@ def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.Complet
            "-m", "kinetic_fm.cli", "sample", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_two_gloo_ranks_give_the_single_process_table_bit_for_bit(tmp_path):

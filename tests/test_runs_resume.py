@@ -9,7 +9,6 @@ import time
 
 import pandas as pd
 import pytest
-import torch
 
 from kinetic_fm.cli import main
 from kinetic_fm.runs import IncompleteRunError, read_run
@@ -17,14 +16,6 @@ from kinetic_fm.runs import IncompleteRunError, read_run
 FLAGS = ["--field", "mixture", "--n", 12, "--shard-size", 2, "--batch-size", 2, "--steps", 50,
          "--solver", "rk4", "--alpha0", 0.05, "--beta0", 0.02, "--dtype", "float64", "--no-progress"]
 ARGS = [str(a) for a in FLAGS]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _kill_after_first_shard(out, timeout_s: float = 120.0) -> int:

@@ -1,7 +1,6 @@
 """kfm reproduce: every study end to end at tiny size, resume, and the pieces underneath."""
 import subprocess
 import sys
-from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -56,7 +55,6 @@ def tiny_report(tmp_path_factory):
     from kinetic_fm.studies.reproduce import reproduce
 
     out = tmp_path_factory.mktemp("reproduce")
-    torch.set_num_threads(1)
     md, html = reproduce(ReproduceConfig.preset("tiny"), out, progress=False)
     return out, md, html
 

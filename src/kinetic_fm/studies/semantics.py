@@ -11,7 +11,6 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..metrics.semantics import classifier_margin
 from ..metrics.stats import compare_groups, spearman

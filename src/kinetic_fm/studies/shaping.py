@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from ..metrics.fidelity import frechet_distance_from_stats
 from ..metrics.memorization import memorization

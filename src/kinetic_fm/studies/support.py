@@ -19,7 +19,6 @@ from ..metrics.stats import spearman
 from .assets import Assets
 from .config import SemanticsConfig, SupportConfig
 from .output import StudyOutput, image_range
-from .samples import sampled
 from .semantics import general_samples
 from .verdicts import fmt_ci, verdict_from_interval
 from .workspace import Workspace
