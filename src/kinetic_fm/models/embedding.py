@@ -38,3 +38,15 @@ class SinusoidalTimeEmbedding(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         angle = (self.scale * t.float())[:, None] * self.freqs[None, :]
         return torch.cat([angle.sin(), angle.cos()], dim=1)
+
+
+def conditioning(time_embed: nn.Module, class_embed: nn.Module | None, null_class: int | None,
+                 t: Tensor | float, x: Tensor, y: Tensor | None) -> Tensor:
+    """The activated (B, hidden) conditioning vector of a velocity net: time embedding plus,
+    for class-conditional nets, the label embedding (the null class when ``y`` is None)."""
+    c = time_embed(batch_times(t, x))
+    if class_embed is not None:
+        if y is None:
+            y = torch.full((x.shape[0],), null_class, dtype=torch.long, device=x.device)
+        c = c + class_embed(y)
+    return torch.nn.functional.silu(c)

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .embedding import SinusoidalTimeEmbedding, batch_times
+from .embedding import SinusoidalTimeEmbedding, conditioning
 
 
 class _ResidualBlock(nn.Module):
@@ -64,13 +64,7 @@ class VelocityMLP(nn.Module):
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
-        t = batch_times(t, x)
-        c = self.time_embed(t)
-        if self.class_embed is not None:
-            if y is None:
-                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-            c = c + self.class_embed(y)
-        c = torch.nn.functional.silu(c)
+        c = conditioning(self.time_embed, self.class_embed, self.num_classes, t, x, y)
         h = self.inp(x.reshape(x.shape[0], -1))
         for block in self.blocks:
             h = block(h, c)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embedding import SinusoidalTimeEmbedding, batch_times
+from .embedding import SinusoidalTimeEmbedding, conditioning
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -133,13 +133,7 @@ class UNet(nn.Module):
         factor = 2 ** (self.levels - 1)
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"H and W must be divisible by {factor} for {self.levels} levels, got {tuple(x.shape[-2:])}")
-        t = batch_times(t, x)
-        c = self.time_embed(t)
-        if self.class_embed is not None:
-            if y is None:
-                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-            c = c + self.class_embed(y)
-        c = F.silu(c)
+        c = conditioning(self.time_embed, self.class_embed, self.num_classes, t, x, y)
 
         h = self.stem(x)
         hs = [h]
