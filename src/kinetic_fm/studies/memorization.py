@@ -124,7 +124,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     for step in iterator:
         net = load_model(assets.memorizer_checkpoints[step]).to(device)
         run = sampled(ws, f"memorizer-step{step}", {"assets": asset_key, "net": "memorizer", "step": step}, net,
-                      range(cfg.seed_start, cfg.seed_start + cfg.checkpoint_samples), shape, device=device.type,
+                      range(cfg.seed_start, cfg.seed_start + cfg.checkpoint_samples), shape, device=str(device),
                       steps=cfg.steps, solver="euler")
         x = image_range(run["x"], assets)
         audit = memorization(x, assets.memorizer_train, bootstrap=cfg.bootstrap)

@@ -29,7 +29,7 @@ def general_samples(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_k
         ws, "general-fm" if shaping is None else "general-kts",
         {"assets": asset_key, "net": "general", "shaping": None if shaping is None else asdict(shaping)},
         assets.general, range(cfg.seed_start, cfg.seed_start + cfg.n_samples), tuple(assets.train.shape[1:]),
-        device=next(assets.general.parameters()).device.type,
+        device=str(next(assets.general.parameters()).device),
         steps=cfg.steps, solver=cfg.solver, shaping=shaping,
     )
 

@@ -78,7 +78,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
         steps = s.steps or cfg.steps
         run = sampled(ws, "shaping-" + _slug(s.name),
                       {"assets": asset_key, "net": "memorizer", "kts": None if s.kts is None else asdict(s.kts)},
-                      assets.memorizer, seeds, shape, device=device.type,
+                      assets.memorizer, seeds, shape, device=str(device),
                       steps=steps, solver=s.solver, grid=s.grid, shaping=s.kts)
         x = image_range(run["x"], assets)
         audit = memorization(x, assets.memorizer_train, bootstrap=cfg.bootstrap)
