@@ -237,13 +237,20 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
         run_sum = torch.zeros(xb.shape[0], dtype=torch.float64, device=x.device)
         for c0 in range(0, y.shape[0], chunk):
             part = torch.addmm(bias[c0:c0 + chunk], xb, yc[c0:c0 + chunk].T, alpha=2.0 * c)
+            self_rows = self_cols = None
             if exclude_self:
                 q = torch.arange(q0, q0 + part.shape[0], device=x.device)
                 inside = (q >= c0) & (q < c0 + part.shape[1])
-                part[inside.nonzero().flatten(), q[inside] - c0] = -math.inf
+                self_rows, self_cols = inside.nonzero().flatten(), q[inside] - c0
+                part[self_rows, self_cols] = -math.inf
             new_max = torch.maximum(run_max, part.amax(dim=1).to(torch.float64))
             shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-            block = part.sub_(shift.to(dtype)[:, None]).exp_().sum(dim=1, dtype=dtype)
+            # terms below e^-80 of the running max weigh < N·1.8e-35 and would only produce
+            # subnormal exponentials, which are many times slower on x86 CPUs
+            terms = part.sub_(shift.to(dtype)[:, None]).clamp_(min=-80.0).exp_()
+            if self_rows is not None:
+                terms[self_rows, self_cols] = 0.0
+            block = terms.sum(dim=1, dtype=dtype)
             run_sum = run_sum * torch.exp(run_max - shift) + block.to(torch.float64)
             run_max = new_max
         x_sq = xb.to(torch.float64).pow(2).sum(dim=1)
