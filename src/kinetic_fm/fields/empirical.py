@@ -293,7 +293,9 @@ class EmpiricalFlow:
             # screened weights with max 1; in place when the whole block is dense (small t)
             weights = scores if dense_rows.numel() == b else scores[dense_rows]
             del scores
-            weights = weights.sub_(best[dense_rows, None]).exp_()
+            # clamp: weights below e^-80 of the top one are negligible (< N·e^-80) and their
+            # exponentials would be slow subnormal floats
+            weights = weights.sub_(best[dense_rows, None]).clamp_(min=-80.0).exp_()
             total = weights.sum(dim=1, dtype=torch.float64)
             ybar[dense_rows] = torch.mm(weights, self.atoms).double() / total[:, None]
             max_w[dense_rows] = 1.0 / total
