@@ -50,23 +50,12 @@ class EnergyLedger:
         self,
         applied: torch.Tensor,
         raw: torch.Tensor,
-        early: bool | torch.Tensor,
-        start_time: float | torch.Tensor,
-        rows: torch.Tensor | None = None,
+        early: torch.Tensor,
+        start_time: torch.Tensor,
+        rows: torch.Tensor,
     ) -> None:
-        """Add one step's increments (B',) to ``rows`` (all samples when None)."""
-        if rows is None:
-            self.kpe += applied
-            self.kpe_raw += raw
-            if isinstance(early, bool):
-                (self.early if early else self.late).add_(applied)
-            else:
-                self.early += torch.where(early, applied, 0.0)
-                self.late += torch.where(early, 0.0, applied)
-            higher = applied > self.peak
-            self.peak = torch.where(higher, applied, self.peak)
-            self.peak_time = torch.where(higher, start_time, self.peak_time)
-            return
+        """Add one accepted step's increments (B',) to the samples ``rows`` (the adaptive solver's
+        bookkeeping; fixed-step solvers reduce their stage norms after the loop instead)."""
         self.kpe.index_add_(0, rows, applied)
         self.kpe_raw.index_add_(0, rows, raw)
         self.early.index_add_(0, rows, torch.where(early, applied, 0.0))
