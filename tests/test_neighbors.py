@@ -27,6 +27,20 @@ def test_matches_brute_force_for_any_chunking(chunk, batch_chunk, k):
     assert torch.equal(got.indices, want.indices)
 
 
+def test_reranking_in_small_blocks_matches_brute_force(monkeypatch):
+    # the exact float64 re-ranking walks the queries in blocks of a byte budget; 1,000 bytes
+    # here means 2 to 3 queries per block, so block edges fall everywhere
+    from kinetic_fm.metrics import neighbors
+
+    monkeypatch.setattr(neighbors, "_RERANK_BLOCK_BYTES", 1_000)
+    g = torch.Generator().manual_seed(5)
+    reference, queries = torch.randn(200, 8, generator=g), torch.randn(41, 8, generator=g)
+    got = nearest_neighbors(queries, reference, 2, margin=3)
+    want = brute(queries, reference, 2)
+    torch.testing.assert_close(got.distances, want.values, rtol=0, atol=1e-12)
+    assert torch.equal(got.indices, want.indices)
+
+
 def test_faiss_backend_gives_identical_results():
     pytest.importorskip("faiss")
     g = torch.Generator().manual_seed(2)
