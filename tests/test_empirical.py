@@ -74,6 +74,20 @@ def test_t_zero_gives_mean_minus_x(atoms):
     x = torch.randn(8, 3, 4, 4)
     v = kfm.EmpiricalFlow(atoms)(x, torch.zeros(8))
     torch.testing.assert_close(v, atoms.mean(dim=0) - x, rtol=1e-6, atol=1e-6)
+    # float64 atoms: the exact mean, also for t = 0 rows sharing a batch with moving rows
+    y = atoms.double()
+    field = kfm.EmpiricalFlow(y)
+    t = torch.tensor([0.0, 0.5, 0.0, 0.02], dtype=torch.float64)
+    x = path_states(y, t, seed=3)
+    out = field.evaluate(x, t)
+    ref, w = brute(y, x, t)
+    torch.testing.assert_close(out.velocity.flatten(1), ref, rtol=1e-12, atol=1e-12)
+    start = t == 0
+    assert (out.diagnostics.max_weight[start] == 1 / 400).all()
+    assert (out.diagnostics.neglected_bound[start] == 0).all()
+    post = field.posterior(x, t, k=3)
+    torch.testing.assert_close(post.weights[start], w[start][:, :3], rtol=1e-12, atol=0)
+    torch.testing.assert_close(post.weights[~start], w[~start].topk(3, dim=1).values, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("t", [0.0, 0.3, 0.9, 0.999999])

@@ -25,6 +25,9 @@ How :class:`EmpiricalFlow` evaluates it (never a (B, N, D) tensor):
    logit error bound e is reported per sample in :class:`PosteriorDiagnostics`. For float64
    training tensors the screening itself runs in float64.
 
+At t = 0 every logit is equal, so ȳ is the training mean, cached in float64: those rows (the
+first call of every run) cost no GEMM, in either mode.
+
 Behaviour as t → 1: times are clamped to 1 − t ≥ ``eps`` (default 1e-6), i.e. v(x, t) :=
 v(x, min(t, 1 − eps)): the velocity that carries x to the posterior mean ȳ (≈ the nearest atom)
 in the remaining time eps. It is finite for every finite x, and exactly 0 when x is an atom.
@@ -226,14 +229,47 @@ class EmpiricalFlow:
     # ------------------------------------------------------------------ core
     def _solve(self, x, t, top_k):
         """ȳ (B, D) float64, diagnostics, and (weights, indices) of the top_k atoms (if top_k)."""
-        parts = [self._solve_truncated(x, t, top_k)] if self.truncate else [
-            self._solve_block(x[b0:b0 + self.batch_chunk], t[b0:b0 + self.batch_chunk], top_k)
-            for b0 in range(0, x.shape[0], self.batch_chunk)
-        ]
+        moving = (t > 0).nonzero().flatten()
+        if moving.numel() == x.shape[0]:
+            return self._solve_moving(x, t, top_k)
+        # at t = 0 every atom has the same logit: ȳ is the cached float64 mean, no GEMM needed
+        ybar, diag, top = self._at_start(x.shape[0], top_k, x.device)
+        if moving.numel():
+            yb, dg, tp = self._solve_moving(x[moving], t[moving], top_k)
+            ybar[moving] = yb
+            for name in PosteriorDiagnostics.__dataclass_fields__:
+                getattr(diag, name)[moving] = getattr(dg, name)
+            top[0][moving], top[1][moving] = tp
+        return ybar, diag, top
+
+    def _at_start(self, b, top_k, device):
+        """The t = 0 answer for b rows: the mean, uniform weights, nothing neglected."""
+        ybar = self._mean.expand(b, -1).clone()
+        max_w = torch.full((b,), 1.0 / self.n, dtype=torch.float64, device=device)
+        diag = PosteriorDiagnostics(
+            max_weight=max_w,
+            entropy=torch.full_like(max_w, math.log(self.n)),
+            candidates=torch.full((b,), self.n, dtype=torch.int64, device=device),
+            exact=torch.ones(b, dtype=torch.bool, device=device),
+            logit_error_bound=torch.zeros_like(max_w),
+            neglected_bound=torch.zeros_like(max_w),
+        )
+        top = (torch.full((b, top_k), 1.0 / self.n, dtype=torch.float64, device=device),
+               torch.arange(top_k, device=device).expand(b, -1).clone())
+        return ybar, diag, top
+
+    def _solve_moving(self, x, t, top_k):
+        """:meth:`_solve` for rows with t > 0."""
+        if self.truncate:
+            return self._solve_truncated(x, t, top_k)
+        parts = [self._solve_block(x[b0:b0 + self.batch_chunk], t[b0:b0 + self.batch_chunk], top_k)
+                 for b0 in range(0, x.shape[0], self.batch_chunk)]
+        if len(parts) == 1:
+            return parts[0]
         ybar = torch.cat([p[0] for p in parts])
         diag = PosteriorDiagnostics(*(torch.cat([getattr(p[1], f) for p in parts])
                                       for f in PosteriorDiagnostics.__dataclass_fields__))
-        top = (torch.cat([p[2][0] for p in parts]), torch.cat([p[2][1] for p in parts])) if top_k else None
+        top = (torch.cat([p[2][0] for p in parts]), torch.cat([p[2][1] for p in parts]))
         return ybar, diag, top
 
     def _coefficients(self, t):
@@ -332,37 +368,23 @@ class EmpiricalFlow:
         return ybar, weights
 
     def _solve_truncated(self, x, t, top_k):
+        """The k largest-logit atoms only, for rows with t > 0, with the dropped-mass bound."""
         b, k = x.shape[0], self.truncate
         one_minus, _, _ = self._coefficients(t)
-        moving = t > 0
-        # at t = 0 every atom has the same logit: ȳ is the mean (exact), nothing is dropped
-        ybar = self._mean.expand(b, -1).clone()
-        max_w = torch.full((b,), 1.0 / self.n, dtype=torch.float64, device=x.device)
-        entropy = torch.full_like(max_w, math.log(self.n))
-        neglected = torch.zeros_like(max_w)
-        top_w = torch.full((b, top_k), 1.0 / self.n, dtype=torch.float64, device=x.device)
-        top_i = torch.arange(top_k, device=x.device).expand(b, -1).clone()
-        rows = moving.nonzero().flatten()
-        if rows.numel():
-            queries = x[rows].double() / t[rows, None]
-            idx = nearest_neighbors(queries, self.atoms, k, chunk=self.chunk, backend=self.backend).indices
-            yb, w = self._exact(x[rows], t[rows], one_minus[rows], idx)
-            ybar[rows], max_w[rows] = yb, w.max(dim=1).values
-            entropy[rows] = -torch.special.xlogy(w, w).sum(dim=1)
-            # w_(k) = exp(ℓ_(k) − logsumexp(ℓ_top)), so R = (N − k)·w_(k)
-            ratio = (self.n - k) * w.min(dim=1).values
-            neglected[rows] = ratio / (1.0 + ratio)
-            if top_k:
-                top_w[rows], top_i[rows] = w[:, :top_k], idx[:, :top_k]
+        queries = x.double() / t[:, None]
+        idx = nearest_neighbors(queries, self.atoms, k, chunk=self.chunk, backend=self.backend).indices
+        ybar, w = self._exact(x, t, one_minus, idx)
+        # w_(k) = exp(ℓ_(k) − logsumexp(ℓ_top)), so R = (N − k)·w_(k)
+        ratio = (self.n - k) * w.min(dim=1).values
         diag = PosteriorDiagnostics(
-            max_weight=max_w,
-            entropy=entropy,
+            max_weight=w.max(dim=1).values,
+            entropy=-torch.special.xlogy(w, w).sum(dim=1),
             candidates=torch.full((b,), k, dtype=torch.int64, device=x.device),
             exact=torch.ones(b, dtype=torch.bool, device=x.device),
-            logit_error_bound=torch.zeros_like(max_w),
-            neglected_bound=neglected,
+            logit_error_bound=torch.zeros(b, dtype=torch.float64, device=x.device),
+            neglected_bound=ratio / (1.0 + ratio),
         )
-        return ybar, diag, (top_w, top_i)
+        return ybar, diag, (w[:, :top_k], idx[:, :top_k])
 
 
 @dataclass(frozen=True)
