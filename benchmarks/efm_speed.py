@@ -11,6 +11,9 @@ x_t = (1 − t)·noise + t·y_j at several t (where a sampler evaluates the fiel
          B·N·D·4 bytes), float32 softmax, weighted sum; timed on ``--naive-queries`` queries and
          extrapolated per query to B (the cost is linear in B).
 * floor: one ``torch.mm`` of shape (B, D) x (D, N), the GEMM every exact method must do.
+* run:   a whole ``kfm.sample`` Euler run from noise (``--run-steps`` steps) on the same atoms:
+         every field call is timed, and the run's field time is compared with NFE x floor. This
+         is what a user pays per trajectory batch; the per-t rows above show where it goes.
 
 Peak memory (CPU), measured in a child process started with MALLOC_MMAP_THRESHOLD_=65536 so
 that every block over 64 KiB is mmap'ed and returned to the OS when freed (otherwise glibc keeps
@@ -29,18 +32,9 @@ import sys
 import time
 
 import torch
+from _common import interleaved_medians, median_time
 
 import kinetic_fm as kfm
-
-
-def median_time(fn, repeats):
-    fn()                                                      # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def naive_velocity(atoms, x, t):
@@ -88,6 +82,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--naive-queries", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--run-steps", type=int, default=50)
     parser.add_argument("--memory-only", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=256, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -95,6 +90,16 @@ def main():
         return memory(args.memory_only, 3_072, args.batch, torch.device("cpu"))
     n, dim, batch, n_mem = (2_000, 3_072, 64, 10_000) if args.quick else (10_000, 3_072, 256, 50_000)
     device = torch.device(args.device)
+    speed(n, dim, batch, device, args)                # its atoms are freed before the memory part
+    if device.type == "cpu":
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        cmd = [sys.executable, __file__, "--memory-only", str(n_mem), "--batch", str(batch)]
+        subprocess.run(cmd, env=env, check=True)
+    else:
+        memory(n_mem, dim, batch, device)
+
+
+def speed(n, dim, batch, device, args):
     g = torch.Generator().manual_seed(0)
     atoms = (torch.rand(n, dim, generator=g) * 2 - 1).to(device)
     field = kfm.EmpiricalFlow(atoms)
@@ -102,30 +107,60 @@ def main():
           f"{torch.get_num_threads()} threads")
 
     x_floor = torch.randn(batch, dim, generator=g).to(device)
-    floor = median_time(lambda: torch.mm(x_floor, atoms.T), args.repeats)
-    print(f"GEMM floor, torch.mm ({batch},{dim})x({dim},{n}): {floor * 1e3:.1f} ms")
+
+    def synced(fn):
+        def call():
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return call
+
+    gemm_floor = synced(lambda: torch.mm(x_floor, atoms.T))
+
+    floor = median_time(gemm_floor, args.repeats)
+    print(f"GEMM floor, torch.mm ({batch},{dim})x({dim},{n}): {floor * 1e3:.1f} ms "
+          "(re-timed beside ours at each t: ours / floor uses the floor of the same rounds)")
     print(f"{'t':>6} {'ours ms':>9} {'/floor':>7} {'naive ms (extrap.)':>19} {'naive/ours':>10} "
           f"{'max rel err':>11} {'exact rows':>10}")
     for t_value in (0.05, 0.2, 0.5, 0.9, 0.99):
         x = states(atoms.cpu(), batch, t_value, g).to(device)
         t = torch.full((batch,), t_value, device=device)
-        ours = median_time(lambda: field(x, t), args.repeats)
+        timed = interleaved_medians({"ours": synced(lambda: field(x, t)), "floor": gemm_floor}, args.repeats)
+        ours, floor_t = timed["ours"], timed["floor"]
         q = args.naive_queries
         naive = median_time(lambda: naive_velocity(atoms, x[:q], t[:q]), max(1, args.repeats // 2)) * batch / q
         v = field(x[:q], t[:q]).double()
         ref = naive_velocity(atoms.double(), x[:q].double(), t[:q].double())
         err = ((v - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
         exact = field.diagnostics(x, t).exact.float().mean().item()
-        print(f"{t_value:>6} {ours * 1e3:>9.1f} {ours / floor:>7.2f} {naive * 1e3:>19.0f} {naive / ours:>10.1f} "
+        print(f"{t_value:>6} {ours * 1e3:>9.1f} {ours / floor_t:>7.2f} {naive * 1e3:>19.0f} {naive / ours:>10.1f} "
               f"{err:>11.1e} {exact:>10.2f}")
 
-    del field, atoms
-    if device.type == "cpu":
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-        cmd = [sys.executable, __file__, "--memory-only", str(n_mem), "--batch", str(batch)]
-        subprocess.run(cmd, env=env, check=True)
-    else:
-        memory(n_mem, dim, batch, device)
+    run_cost(field, atoms, batch, args.run_steps, synced, gemm_floor, g, device)
+
+
+def run_cost(field, atoms, batch, steps, synced, gemm_floor, generator, device):
+    """Time every field call of one Euler run from noise, each beside one floor GEMM."""
+    calls = []
+
+    def timed(x, t):
+        out = []
+        t0 = time.perf_counter()
+        synced(lambda: out.append(field(x, t)))()
+        t1 = time.perf_counter()
+        gemm_floor()
+        calls.append((float(t[0]), t1 - t0, time.perf_counter() - t1))
+        return out[0]
+
+    x0 = torch.randn(batch, atoms.shape[1], generator=generator).to(device)
+    kfm.sample(field, x0, steps=2, solver="euler")                          # warm-up
+    kfm.sample(timed, x0, steps=steps, solver="euler")
+    ratios = [seconds / floor for _, seconds, floor in calls]
+    over = [f"{t:.2f}" for t, seconds, floor in calls if seconds / floor > 1.7]
+    whole = sum(seconds for _, seconds, _ in calls) / sum(floor for _, _, floor in calls)
+    print(f"Euler run, {steps} steps from noise: field time = {whole:.2f} x (NFE x floor); "
+          f"per call median {statistics.median(ratios):.2f}, max {max(ratios):.2f}; "
+          f"calls above 1.7 x floor: {len(over)} of {len(calls)}" + (f" (t = {', '.join(over)})" if over else ""))
 
 
 def memory(n_mem, dim, batch, device):
