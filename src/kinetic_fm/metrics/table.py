@@ -65,8 +65,6 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
         part's order. Column names must be unique across parts (ValueError names the clash;
         rename with ``frame.add_prefix(...)``).
     """
-    import pandas as pd
-
     if not parts:
         raise ValueError("per_sample_table needs at least one part")
     if how not in ("exact", "inner", "outer"):

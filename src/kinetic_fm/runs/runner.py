@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,10 @@ from .distributed import Coordinator, World
 from .manifest import MANIFEST_NAME, RunManifest, check_resume, read_manifest, write_manifest
 from .shards import SHARD_DIR, discard_shard, inspect_shard, merge_shards, write_results, write_shard
 
-ShardTable = Union[pa.Table, "pandas.DataFrame"]  # noqa: F821
+if TYPE_CHECKING:
+    import pandas
+
+ShardTable = Union[pa.Table, "pandas.DataFrame"]
 ComputeFn = Callable[[np.ndarray, Callable[[int], None]], ShardTable]
 
 
