@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .neighbors import check_finite, nearest_neighbors
+from .neighbors import as_rows, check_finite, nearest_neighbors
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -106,7 +106,7 @@ def memorization(
         raise ValueError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
     if not (0.0 < confidence < 1.0):
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
-    samples, train = _as_rows("samples", samples), _as_rows("train", train)
+    samples, train = as_rows("samples", samples), as_rows("train", train)
     if train.shape[0] < 2:
         raise ValueError(f"train must hold at least 2 items for the gap ratio (k = 2), got {train.shape[0]}")
     if space is not None:
@@ -128,15 +128,6 @@ def memorization(
     ci = _bootstrap_ci(memorized, bootstrap, confidence, seed)
     return MemorizationReport(d1, d2, ratio, nn.indices[:, 0], memorized, fraction, ci,
                               float(threshold), float(confidence), bootstrap)
-
-
-def _as_rows(name: str, value) -> torch.Tensor:
-    tensor = torch.as_tensor(value)
-    if tensor.dim() == 0:
-        raise ValueError(f"{name} must have shape (n, ...), got a scalar")
-    if tensor.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 rows)")
-    return tensor
 
 
 @torch.no_grad()

@@ -60,12 +60,18 @@ class Neighbors:
     rechecked: int = 0
 
 
-def _flatten(name: str, value) -> torch.Tensor:
+def as_rows(name: str, value) -> torch.Tensor:
+    """``value`` as a tensor of shape (n, ...) with n ≥ 1; ValueError naming ``name`` otherwise."""
     tensor = torch.as_tensor(value)
     if tensor.dim() == 0:
         raise ValueError(f"{name} must have shape (n, ...), got a scalar")
     if tensor.shape[0] == 0:
         raise ValueError(f"{name} is empty (0 rows)")
+    return tensor
+
+
+def _flatten(name: str, value) -> torch.Tensor:
+    tensor = as_rows(name, value)
     if not (tensor.is_floating_point() or tensor.dtype in (torch.uint8, torch.int8, torch.int16,
                                                            torch.int32, torch.int64)):
         raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
