@@ -62,17 +62,17 @@ def main():
     print(f"exact 2-NN, {n_query} queries vs {n_ref} references, D={dim}, float32, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    from kinetic_fm.metrics import neighbors
+    from kinetic_fm import gemm
 
-    print(f"float32 screening GEMM on this CPU: {neighbors.cpu_gemm()} (timed choice; see neighbors.cpu_gemm)")
+    print(f"float32 screening GEMM on this CPU: {gemm.cpu_gemm()} (timed choice; see kinetic_fm.gemm)")
 
-    def ours_with(gemm):
+    def ours_with(blas):
         def run():
-            neighbors.CPU_GEMM = gemm
+            gemm.CPU_GEMM = blas
             try:
                 return kfm.nearest_neighbors(samples, train, 2)
             finally:
-                neighbors.CPU_GEMM = "auto"
+                gemm.CPU_GEMM = "auto"
         return run
 
     contenders = {"ours": ours_with("auto"), "ours, torch BLAS only": ours_with("torch")}

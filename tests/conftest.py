@@ -33,6 +33,27 @@ def _deterministic_torch():
     yield
 
 
+@pytest.fixture
+def fixed_blas(monkeypatch):
+    """``fixed_blas(name)`` fixes kinetic_fm.gemm's CPU BLAS and returns the list of the BLAS that
+    each later product went through, so a test can check the path it meant to take was taken."""
+    from kinetic_fm import gemm
+
+    used: list[str] = []
+    real = gemm.matmul
+
+    def spy(*args, **kwargs):
+        used.append(kwargs.get("blas", "torch"))
+        return real(*args, **kwargs)
+
+    def fix(name: str) -> list[str]:
+        monkeypatch.setattr(gemm, "CPU_GEMM", name)
+        monkeypatch.setattr(gemm, "matmul", spy)
+        return used
+
+    return fix
+
+
 def pytest_configure(config):
     # Tiny nets run faster on one thread, and CI's 2 cores are shared with pytest itself.
     torch.set_num_threads(1)

@@ -41,11 +41,9 @@ def test_reranking_in_small_blocks_matches_brute_force(monkeypatch):
     assert torch.equal(got.indices, want.indices)
 
 
-@pytest.mark.parametrize("gemm", ["torch", "numpy"])
-def test_either_cpu_gemm_gives_the_exact_answer(monkeypatch, gemm):
-    from kinetic_fm.metrics import neighbors
-
-    monkeypatch.setattr(neighbors, "CPU_GEMM", gemm)
+@pytest.mark.parametrize("blas", ["torch", "numpy"])
+def test_either_cpu_blas_gives_the_exact_answer(fixed_blas, blas):
+    used = fixed_blas(blas)
     g = torch.Generator().manual_seed(6)
     reference, queries = torch.randn(500, 24, generator=g), torch.randn(90, 24, generator=g)
     got = nearest_neighbors(queries, reference, 3, chunk=128, batch_chunk=40)   # partial last chunk
@@ -54,15 +52,7 @@ def test_either_cpu_gemm_gives_the_exact_answer(monkeypatch, gemm):
     assert torch.equal(got.indices, want.indices)
     own = nearest_neighbors(reference, reference, 1, chunk=128, exclude_self=True)
     assert torch.equal(own.indices, brute(reference, reference, 1, exclude_self=True).indices)
-
-
-def test_cpu_gemm_choice_is_named_and_validated(monkeypatch):
-    from kinetic_fm.metrics import neighbors
-
-    assert neighbors.cpu_gemm() in ("torch", "numpy")            # the timed choice on this machine
-    monkeypatch.setattr(neighbors, "CPU_GEMM", "mkl")
-    with pytest.raises(ValueError, match="CPU_GEMM must be"):
-        neighbors.cpu_gemm()
+    assert set(used) == {blas}
 
 
 def test_faiss_backend_gives_identical_results():

@@ -21,26 +21,22 @@ Works unchanged on CPU and CUDA tensors (the reference stays on the device it is
 optional ``backend="faiss"`` uses ``faiss.IndexFlatL2`` (CPU) for screening and then the same
 exact re-ranking and certification, so both backends return identical results.
 
-The screening GEMM on CPU in float32 may run through NumPy's BLAS instead of torch's: on some
-CPUs (AMD EPYC with torch's MKL, measured) OpenBLAS is 15–20 % faster at this shape. For large
-searches the choice is made once per process and thread count by timing both on one block
-(:func:`cpu_gemm`); set ``CPU_GEMM`` to "torch" or "numpy" to fix it. The results do not depend
-on it: the screening is certified against the same rounding bound and re-ranked exactly.
+The float32 screening products on CPU may run through NumPy's BLAS where it was measured faster
+than torch's (:mod:`kinetic_fm.gemm`). The results do not depend on it: the screening is
+certified against the same rounding bound and re-ranked exactly.
 """
 from __future__ import annotations
 
-import functools
 import math
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
+from .. import gemm
+
 BACKENDS = ("torch", "faiss")
 
-CPU_GEMM = "auto"       # "auto" | "torch" | "numpy": who runs float32 screening GEMMs on CPU
-_CALIBRATE_FLOPS = 2e10  # searches smaller than this use torch (calibrating would cost more)
+_CALIBRATE_FLOPS = 2e10  # searches smaller than this stay with torch's BLAS (see kinetic_fm.gemm)
 
 
 @dataclass(frozen=True)
@@ -174,21 +170,23 @@ def nearest_neighbors(
     y_sq = row_sq_norms(y, dtype)                             # computed once per call
     y_norm_max = float(y_sq.max().double().sqrt()) * (1 + 1e-3)
 
+    blas = "torch" if backend == "faiss" else gemm.choose(
+        dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0], worth=_CALIBRATE_FLOPS)
     out_d, out_i, rechecked, y_sq64 = [], [], 0, None
     for q0 in range(0, x.shape[0], batch_chunk):
         xb = x[q0:q0 + batch_chunk]
         if backend == "faiss":
             cand, worst, u = _screen_faiss(xb, y, n_candidates, exclude_self, q0)
         else:
-            cand, worst, u = _screen_torch(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0)
+            cand, worst, u = _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas)
         d2, idx, ok = _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, n_ref)
         if not bool(ok.all()):
             bad = (~ok).nonzero().flatten()
             rechecked += bad.numel()
             if y_sq64 is None:
                 y_sq64 = y_sq if dtype == torch.float64 else row_sq_norms(y, torch.float64)
-            cand64, _, _ = _screen_torch(
-                xb[bad], y, torch.float64, y_sq64, n_candidates, chunk, exclude_self, q0, rows=bad
+            cand64, _, _ = _screen_gemm(
+                xb[bad], y, torch.float64, y_sq64, n_candidates, chunk, exclude_self, q0, "torch", rows=bad
             )
             d2_bad, idx_bad, _ = _rerank_and_certify(xb[bad], y, cand64, None, k, 0.0, y_norm_max, n_ref)
             d2[bad], idx[bad] = d2_bad, idx_bad
@@ -197,88 +195,24 @@ def nearest_neighbors(
     return Neighbors(torch.cat(out_d), torch.cat(out_i), rechecked)
 
 
-def cpu_gemm(threads: int | None = None) -> str:
-    """"torch" or "numpy": which BLAS runs float32 screening GEMMs on CPU at ``threads`` threads.
-
-    Follows ``CPU_GEMM`` unless it is "auto"; then both are timed once per thread count on a
-    (512, 2048) x (2048, 4096) product (≈ 0.5 s in all) and NumPy is chosen only when it is at
-    least 10 % faster and ``threadpoolctl`` can hold its BLAS to torch's thread count.
-    """
-    if CPU_GEMM in ("torch", "numpy"):
-        return CPU_GEMM
-    if CPU_GEMM != "auto":
-        raise ValueError(f"CPU_GEMM must be 'auto', 'torch' or 'numpy', got {CPU_GEMM!r}")
-    return _calibrated_cpu_gemm(threads or torch.get_num_threads())
-
-
-@functools.lru_cache(maxsize=None)
-def _calibrated_cpu_gemm(threads: int) -> str:
-    try:
-        import numpy as np
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
-        return "torch"
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(512, 2048, generator=g), torch.randn(4096, 2048, generator=g)
-    a_np, b_np = a.numpy(), b.numpy()
-    times: dict[str, list[float]] = {"torch": [], "numpy": []}
-    with threadpool_limits(limits=threads, user_api="blas"):
-        for _ in range(4):                                   # first round is a warm-up
-            for name, fn in (("torch", lambda: torch.mm(a, b.T)), ("numpy", lambda: np.matmul(a_np, b_np.T))):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    numpy_time, torch_time = (statistics.median(times[k][1:]) for k in ("numpy", "torch"))
-    return "numpy" if numpy_time < 0.9 * torch_time else "torch"
-
-
-def _screening_gemm(x_work: torch.Tensor, n: int) -> str:
-    """The BLAS for this search: NumPy's only for large float32 CPU searches that it wins."""
-    if x_work.device.type != "cpu" or x_work.dtype != torch.float32:
-        return "torch"
-    if CPU_GEMM == "auto" and 2.0 * x_work.shape[0] * x_work.shape[1] * n < _CALIBRATE_FLOPS:
-        return "torch"
-    return cpu_gemm()
-
-
-def _screen_torch(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, rows=None):
+def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas, rows=None):
     """Running top-`n_candidates` by screened score ‖y‖² − 2x·y; returns (indices, worst score, u).
 
-    ``worst`` is the screened squared distance (‖x‖² added back, float64) of the last candidate,
-    or +inf when every reference row is a candidate.
+    One product per reference chunk through ``blas`` (:mod:`kinetic_fm.gemm`). ``worst`` is the
+    screened squared distance (‖x‖² added back, float64) of the last candidate, or +inf when
+    every reference row is a candidate.
     """
     x_work = xb.detach().to(dtype)
-    n = y.shape[0]
-    # one score buffer for all full chunks: a fresh (b, chunk) block per chunk costs page faults
-    buffer = torch.empty(x_work.shape[0], min(chunk, n), dtype=dtype, device=xb.device)
-    if _screening_gemm(x_work, n) == "numpy":
-        import numpy as np
-        from threadpoolctl import threadpool_limits
-
-        x_neg2 = (-2.0 * x_work).numpy()          # exact (a power of two): the same expansion
-
-        def scores_of(y_c, y_sq_c):
-            out = buffer if y_c.shape[0] == buffer.shape[1] else torch.empty_like(buffer[:, :y_c.shape[0]])
-            np.matmul(x_neg2, y_c.detach().numpy().T, out=out.numpy())
-            return out.add_(y_sq_c)
-
-        with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
-            return _screen_chunks(x_work, y, dtype, n_candidates, chunk, exclude_self, q0, rows, y_sq, scores_of)
-
-    def scores_of(y_c, y_sq_c):
-        out = buffer if y_c.shape[0] == buffer.shape[1] else None
-        return torch.addmm(y_sq_c, x_work, y_c.T, alpha=-2.0, out=out)
-
-    return _screen_chunks(x_work, y, dtype, n_candidates, chunk, exclude_self, q0, rows, y_sq, scores_of)
-
-
-def _screen_chunks(x_work, y, dtype, n_candidates, chunk, exclude_self, q0, rows, y_sq, scores_of):
+    x_neg2 = -2.0 * x_work                        # exact (a power of two)
     n = y.shape[0]
     query_ids = torch.arange(x_work.shape[0], device=x_work.device) + q0 if rows is None else rows + q0
+    # one score buffer for all chunks: a fresh (b, chunk) block per chunk costs page faults
+    buffer = torch.empty(x_work.shape[0], min(chunk, n), dtype=dtype, device=xb.device)
     best_val = best_idx = None
     for c0 in range(0, n, chunk):
         y_c = y[c0:c0 + chunk].to(dtype)                      # a no-op unless dtypes differ
-        scores = scores_of(y_c, y_sq[c0:c0 + chunk].to(dtype))
+        scores = gemm.matmul(x_neg2, y_c.T, out=buffer[:, :y_c.shape[0]], blas=blas)
+        scores.add_(y_sq[c0:c0 + chunk].to(dtype))
         if exclude_self:
             local = query_ids - c0
             inside = (local >= 0) & (local < y_c.shape[0])

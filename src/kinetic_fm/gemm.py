@@ -1,0 +1,131 @@
+"""Large float32 matrix products on CPU through the faster of torch's BLAS and NumPy's.
+
+torch's CPU wheels link MKL; NumPy's wheels link OpenBLAS. On AMD CPUs MKL's sgemm runs well
+below OpenBLAS: on the 2-core AMD EPYC of BENCHMARKS.md, OpenBLAS is about 1.3× faster at the
+shapes of the k-NN screening and of the EFM field. The heavy products of
+:func:`kinetic_fm.nearest_neighbors` and :class:`kinetic_fm.EmpiricalFlow` therefore go through
+:func:`matmul`, with the BLAS picked by :func:`choose`:
+
+* only float32 products on CPU are ever routed to NumPy (float64 and CUDA stay with torch);
+* ``CPU_GEMM = "auto"`` (the default) times both once per process and thread count
+  (:func:`cpu_gemm`, ≈ 0.5 s) and picks NumPy's only when it is ≥ 5 % faster; work too small to
+  repay that timing stays with torch without timing anything;
+* ``CPU_GEMM = "torch"`` or ``"numpy"`` fixes the choice (tests and benchmarks use it).
+
+NumPy's products run with its BLAS single-threaded, the output columns split over torch's thread
+count of our own threads. OpenBLAS's own worker threads busy-wait for about 0.1 s after every
+call (its OPENBLAS_THREAD_TIMEOUT), and on a machine with no spare core they halve the speed of
+the torch operations that follow (measured 2.6× slower element-wise passes); threads waiting on
+a queue do not spin. Results differ between the two BLAS only by float32 rounding; every
+caller's error bound assumes nothing beyond the standard bound of a float32 dot product.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+BLAS = ("torch", "numpy")
+
+CPU_GEMM = "auto"       # "auto" | "torch" | "numpy": who runs large float32 products on CPU
+
+_ALIGN = 64             # column parts start on multiples of this (whole SIMD and cache blocks)
+
+
+def cpu_gemm(threads: int | None = None) -> str:
+    """"torch" or "numpy": the BLAS for float32 products on CPU at ``threads`` threads.
+
+    Follows ``CPU_GEMM`` unless it is "auto"; then both are timed once per thread count on a
+    (256, 3072) x (3072, 4096) product and NumPy's is chosen only when it is at least 5 % faster.
+    """
+    if CPU_GEMM in BLAS:
+        return CPU_GEMM
+    if CPU_GEMM != "auto":
+        raise ValueError(f"CPU_GEMM must be 'auto', 'torch' or 'numpy', got {CPU_GEMM!r}")
+    return _calibrated(threads or torch.get_num_threads())
+
+
+def choose(dtype: torch.dtype, device: torch.device, flops: float, worth: float) -> str:
+    """The BLAS for products of ``dtype`` on ``device`` totalling ``flops``.
+
+    torch's for anything but float32 on CPU, and (under "auto") for work below ``worth`` FLOPs,
+    which would not repay the one-time timing of :func:`cpu_gemm`.
+    """
+    if device.type != "cpu" or dtype != torch.float32:
+        return "torch"
+    if CPU_GEMM == "auto" and flops < worth:
+        return "torch"
+    return cpu_gemm()
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None,
+           blas: str = "torch") -> torch.Tensor:
+    """a @ b for 2-D tensors, through ``blas`` (see :func:`choose`).
+
+    Args:
+        a: (m, k); b: (k, n), any strides (a transposed view costs nothing).
+        out: optional (m, n) destination, may be a view with a row stride (a column slice).
+        blas: "torch", or "numpy" for float32 CPU tensors only.
+
+    Returns:
+        ``out`` when given, else a new (m, n) tensor.
+    """
+    if blas == "torch":
+        return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
+    if out is None:
+        out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype)
+    _numpy_matmul(a.detach().numpy(), b.detach().numpy(), out.numpy(), torch.get_num_threads())
+    return out
+
+
+def _numpy_matmul(a, b, out, threads: int) -> None:
+    """out = a @ b (NumPy arrays): single-threaded BLAS calls on column parts, one per thread."""
+    import numpy as np
+
+    n = b.shape[1]
+    width = -(-max(1, -(-n // threads)) // _ALIGN) * _ALIGN
+    parts = [slice(c0, c0 + width) for c0 in range(0, n, width)]
+    with _numpy_blas().limit(limits=1):
+        futures = [_workers(threads).submit(np.matmul, a, b[:, p], out=out[:, p]) for p in parts[1:]]
+        np.matmul(a, b[:, parts[0]], out=out[:, parts[0]])       # this thread takes the first part
+        for future in futures:
+            future.result()
+
+
+@functools.lru_cache(maxsize=None)
+def _workers(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, threads - 1), thread_name_prefix="kfm-gemm")
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_blas():
+    """threadpoolctl's handle on the BLAS libraries loaded (NumPy's among them)."""
+    importlib.import_module("numpy")            # loads NumPy's BLAS before the libraries are listed
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+@functools.lru_cache(maxsize=None)
+def _calibrated(threads: int) -> str:
+    try:
+        _numpy_blas()
+    except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
+        return "torch"
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 3072, generator=g), torch.randn(4096, 3072, generator=g)
+    out = torch.empty(256, 4096)
+    a_np, b_np, out_np = a.numpy(), b.numpy().T, out.numpy()
+    times: dict[str, list[float]] = {"torch": [], "numpy": []}
+    for _ in range(4):                                       # first round is a warm-up
+        for name, fn in (("torch", lambda: torch.mm(a, b.T, out=out)),
+                         ("numpy", lambda: _numpy_matmul(a_np, b_np, out_np, threads))):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(seconds[1:]) for name, seconds in times.items()}
+    return "numpy" if median["numpy"] < 0.95 * median["torch"] else "torch"
