@@ -11,6 +11,10 @@ x_t = (1 − t)·noise + t·y_j at several t (where a sampler evaluates the fiel
          B·N·D·4 bytes), float32 softmax, weighted sum; timed on ``--naive-queries`` queries and
          extrapolated per query to B (the cost is linear in B).
 * floor: one ``torch.mm`` of shape (B, D) x (D, N), the GEMM every exact method must do.
+* same-BLAS floor: that product through the BLAS ours uses (``kinetic_fm.gemm``: on CPU the
+         faster of torch's and NumPy's, timed once). ours / floor is what a user gains over
+         torch.mm; ours / same-BLAS floor is the method's own overhead (2 at small t, where the
+         exact Σ w_j y_j is a second product of the same size).
 * run:   a whole ``kfm.sample`` Euler run from noise (``--run-steps`` steps) on the same atoms:
          every field call is timed, and the run's field time is compared with NFE x floor. This
          is what a user pays per trajectory batch; the per-t rows above show where it goes.
@@ -35,6 +39,8 @@ import torch
 from _common import interleaved_medians, median_time
 
 import kinetic_fm as kfm
+from kinetic_fm import gemm
+from kinetic_fm.fields import empirical
 
 
 def naive_velocity(atoms, x, t):
@@ -115,41 +121,51 @@ def speed(n, dim, batch, device, args):
                 torch.cuda.synchronize()
         return call
 
-    gemm_floor = synced(lambda: torch.mm(x_floor, atoms.T))
+    floors = {"floor": synced(lambda: torch.mm(x_floor, atoms.T))}
+    blas = gemm.choose(atoms.dtype, device, 2.0 * batch * n * dim, empirical._CALIBRATE_FLOPS)
+    if blas != "torch":
+        floors["same-BLAS floor"] = synced(lambda: gemm.matmul(x_floor, atoms.T, blas=blas))
 
-    floor = median_time(gemm_floor, args.repeats)
+    floor = median_time(floors["floor"], args.repeats)
     print(f"GEMM floor, torch.mm ({batch},{dim})x({dim},{n}): {floor * 1e3:.1f} ms "
           "(re-timed beside ours at each t: ours / floor uses the floor of the same rounds)")
-    print(f"{'t':>6} {'ours ms':>9} {'/floor':>7} {'naive ms (extrap.)':>19} {'naive/ours':>10} "
+    print(f"ours' products run through {blas}'s BLAS (kinetic_fm.gemm)"
+          + ("; /same-BLAS is ours / that product through it" if blas != "torch" else ""))
+    print(f"{'t':>6} {'ours ms':>9} {'/floor':>7} {'/same-BLAS':>10} {'naive ms (extrap.)':>19} {'naive/ours':>10} "
           f"{'max rel err':>11} {'exact rows':>10}")
     for t_value in (0.05, 0.2, 0.5, 0.9, 0.99):
         x = states(atoms.cpu(), batch, t_value, g).to(device)
         t = torch.full((batch,), t_value, device=device)
-        timed = interleaved_medians({"ours": synced(lambda: field(x, t)), "floor": gemm_floor}, args.repeats)
+        timed = interleaved_medians({"ours": synced(lambda: field(x, t)), **floors}, args.repeats)
         ours, floor_t = timed["ours"], timed["floor"]
+        same = ours / timed.get("same-BLAS floor", floor_t)
         q = args.naive_queries
         naive = median_time(lambda: naive_velocity(atoms, x[:q], t[:q]), max(1, args.repeats // 2)) * batch / q
         v = field(x[:q], t[:q]).double()
         ref = naive_velocity(atoms.double(), x[:q].double(), t[:q].double())
         err = ((v - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
         exact = field.diagnostics(x, t).exact.float().mean().item()
-        print(f"{t_value:>6} {ours * 1e3:>9.1f} {ours / floor_t:>7.2f} {naive * 1e3:>19.0f} {naive / ours:>10.1f} "
+        print(f"{t_value:>6} {ours * 1e3:>9.1f} {ours / floor_t:>7.2f} {same:>10.2f} {naive * 1e3:>19.0f} {naive / ours:>10.1f} "
               f"{err:>11.1e} {exact:>10.2f}")
 
-    run_cost(field, atoms, batch, args.run_steps, synced, gemm_floor, g, device)
+    run_cost(field, atoms, batch, args.run_steps, synced, floors, g, device)
 
 
-def run_cost(field, atoms, batch, steps, synced, gemm_floor, generator, device):
-    """Time every field call of one Euler run from noise, each beside one floor GEMM."""
-    calls = []
+def run_cost(field, atoms, batch, steps, synced, floors, generator, device):
+    """Time every field call of one Euler run from noise, each beside one product of each floor."""
+    calls, same = [], []
 
     def timed(x, t):
         out = []
         t0 = time.perf_counter()
         synced(lambda: out.append(field(x, t)))()
         t1 = time.perf_counter()
-        gemm_floor()
-        calls.append((float(t[0]), t1 - t0, time.perf_counter() - t1))
+        floors["floor"]()
+        t2 = time.perf_counter()
+        calls.append((float(t[0]), t1 - t0, t2 - t1))
+        if "same-BLAS floor" in floors:
+            floors["same-BLAS floor"]()
+            same.append(time.perf_counter() - t2)
         return out[0]
 
     x0 = torch.randn(batch, atoms.shape[1], generator=generator).to(device)
@@ -161,6 +177,9 @@ def run_cost(field, atoms, batch, steps, synced, gemm_floor, generator, device):
     print(f"Euler run, {steps} steps from noise: field time = {whole:.2f} x (NFE x floor); "
           f"per call median {statistics.median(ratios):.2f}, max {max(ratios):.2f}; "
           f"calls above 1.7 x floor: {len(over)} of {len(calls)}" + (f" (t = {', '.join(over)})" if over else ""))
+    if same:
+        print(f"  against the same-BLAS floor: field time = "
+              f"{sum(seconds for _, seconds, _ in calls) / sum(same):.2f} x (NFE x same-BLAS floor)")
 
 
 def memory(n_mem, dim, batch, device):

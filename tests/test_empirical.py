@@ -44,8 +44,10 @@ TIMES = [0.0, 0.03, 0.15, 0.4, 0.7, 0.9, 0.99, 0.999, 1 - 1e-5]
 
 
 @pytest.mark.parametrize("chunk,batch_chunk", [(33, 7), (400, 64), (100_000, None)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_chunked_equals_dense_brute_force(atoms, chunk, batch_chunk, dtype):
+@pytest.mark.parametrize("dtype,blas", [(torch.float32, "torch"), (torch.float32, "numpy"),
+                                        (torch.float64, "torch")])
+def test_chunked_equals_dense_brute_force(atoms, chunk, batch_chunk, dtype, blas, fixed_blas):
+    used = fixed_blas(blas)                     # float32 products on CPU through either BLAS
     atoms = atoms.to(dtype)
     field = kfm.EmpiricalFlow(atoms, chunk=chunk, batch_chunk=batch_chunk)
     t = torch.tensor(TIMES).repeat_interleave(6).to(dtype)          # mixed per-sample times
@@ -55,6 +57,7 @@ def test_chunked_equals_dense_brute_force(atoms, chunk, batch_chunk, dtype):
     ref, _ = brute(atoms, x, t)
     # float32: output round-off, plus the screened logits' error in the dense (small t) regime
     assert rel_err(v, ref) < (1e-5 if dtype == torch.float32 else 1e-10)
+    assert set(used) == {blas}                  # every product took that path
 
 
 def test_weights_sum_to_one_and_match_brute_force(atoms):

@@ -25,6 +25,9 @@ How :class:`EmpiricalFlow` evaluates it (never a (B, N, D) tensor):
    logit error bound e is reported per sample in :class:`PosteriorDiagnostics`. For float64
    training tensors the screening itself runs in float64.
 
+The float32 products of steps 1 and 4 run on CPU through the faster of torch's and NumPy's BLAS
+(:mod:`kinetic_fm.gemm`) once a call's product reaches 1e10 FLOPs; the bounds above hold for either.
+
 At t = 0 every logit is equal, so ȳ is the training mean, cached in float64: those rows (the
 first call of every run) cost no GEMM, in either mode.
 
@@ -45,7 +48,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import gemm
 from ..metrics.neighbors import check_finite, nearest_neighbors, row_sq_norms, unit_roundoff
+
+# per-call product size from which the float32 CPU products may go through NumPy's BLAS when it
+# was measured faster (kinetic_fm.gemm; ≈ 80 ms of work, so a run repays the one-time timing)
+_CALIBRATE_FLOPS = 1e10
 
 __all__ = [
     "EmpiricalFlow",
@@ -181,7 +189,7 @@ class EmpiricalFlow:
         flat, t64 = self._check(x, t)
         ybar, diag, _ = self._solve(flat, t64, top_k=0)
         one_minus = (1.0 - t64).clamp_min(self.eps)[:, None]
-        velocity = ((ybar - flat.double()) / one_minus).to(x.dtype if x.is_floating_point() else torch.float32)
+        velocity = ybar.sub_(flat).div_(one_minus).to(x.dtype if x.is_floating_point() else torch.float32)
         self.last_diagnostics = diag
         return EmpiricalVelocity(velocity.reshape(x.shape), diag)
 
@@ -229,13 +237,14 @@ class EmpiricalFlow:
     # ------------------------------------------------------------------ core
     def _solve(self, x, t, top_k):
         """ȳ (B, D) float64, diagnostics, and (weights, indices) of the top_k atoms (if top_k)."""
+        blas = gemm.choose(self.atoms.dtype, x.device, 2.0 * x.shape[0] * self.n * self.dim, _CALIBRATE_FLOPS)
         moving = (t > 0).nonzero().flatten()
         if moving.numel() == x.shape[0]:
-            return self._solve_moving(x, t, top_k)
+            return self._solve_moving(x, t, top_k, blas)
         # at t = 0 every atom has the same logit: ȳ is the cached float64 mean, no GEMM needed
         ybar, diag, top = self._at_start(x.shape[0], top_k, x.device)
         if moving.numel():
-            yb, dg, tp = self._solve_moving(x[moving], t[moving], top_k)
+            yb, dg, tp = self._solve_moving(x[moving], t[moving], top_k, blas)
             ybar[moving] = yb
             for name in PosteriorDiagnostics.__dataclass_fields__:
                 getattr(diag, name)[moving] = getattr(dg, name)
@@ -258,11 +267,11 @@ class EmpiricalFlow:
                torch.arange(top_k, device=device).expand(b, -1).clone())
         return ybar, diag, top
 
-    def _solve_moving(self, x, t, top_k):
-        """:meth:`_solve` for rows with t > 0."""
+    def _solve_moving(self, x, t, top_k, blas):
+        """:meth:`_solve` for rows with t > 0; ``blas`` runs the products (:mod:`kinetic_fm.gemm`)."""
         if self.truncate:
             return self._solve_truncated(x, t, top_k)
-        parts = [self._solve_block(x[b0:b0 + self.batch_chunk], t[b0:b0 + self.batch_chunk], top_k)
+        parts = [self._solve_block(x[b0:b0 + self.batch_chunk], t[b0:b0 + self.batch_chunk], top_k, blas)
                  for b0 in range(0, x.shape[0], self.batch_chunk)]
         if len(parts) == 1:
             return parts[0]
@@ -278,27 +287,25 @@ class EmpiricalFlow:
         c = t.pow(2) / (2.0 * one_minus.pow(2))           # multiplies ‖y_j‖²
         return one_minus, a, c
 
-    def _screen(self, x, a, c):
+    def _screen(self, x, a, c, blas):
         """Screened logits ℓ̃ (b, N) in the screening dtype, one GEMM per chunk of atoms."""
         dtype = self.atoms.dtype
         xa = x.to(dtype) * a.to(dtype)[:, None]
-        if self.chunk >= self.n:
-            scores = torch.mm(xa, self.atoms.T)
-        else:
-            scores = torch.empty(x.shape[0], self.n, dtype=dtype, device=x.device)
-            for c0 in range(0, self.n, self.chunk):
-                scores[:, c0:c0 + self.chunk] = torch.mm(xa, self.atoms[c0:c0 + self.chunk].T)
+        scores = torch.empty(x.shape[0], self.n, dtype=dtype, device=x.device)
+        for c0 in range(0, self.n, self.chunk):
+            gemm.matmul(xa, self.atoms[c0:c0 + self.chunk].T, out=scores[:, c0:c0 + self.chunk], blas=blas)
         return scores.addr_(c.to(dtype), self._sq_norms, alpha=-1.0)
 
-    def _solve_block(self, x, t, top_k):
+    def _solve_block(self, x, t, top_k, blas):
         b = x.shape[0]
         one_minus, a, c = self._coefficients(t)
-        scores = self._screen(x, a, c)
+        scores = self._screen(x, a, c, blas)
         best = scores.amax(dim=1)
-        x_norm = x.double().pow(2).sum(dim=1).sqrt()
+        x_norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)
         bound = (self.dim + 4) * self._u * (a * x_norm * self._norm_max + c * self._norm_max ** 2)
         threshold = best.double() - self.cutoff - 2.0 * bound
-        count = (scores >= threshold.to(scores.dtype)[:, None]).sum(dim=1)
+        limit = threshold.to(scores.dtype)[:, None]
+        count = sum((block >= limit).sum(dim=1) for block in _column_blocks(scores))
         exact = count <= self.exact_max
 
         ybar = torch.empty(b, self.dim, dtype=torch.float64, device=x.device)
@@ -329,14 +336,9 @@ class EmpiricalFlow:
             # screened weights with max 1; in place when the whole block is dense (small t)
             weights = scores if dense_rows.numel() == b else scores[dense_rows]
             del scores
-            # clamp: weights below e^-80 of the top one are negligible (< N·e^-80) and their
-            # exponentials would be slow subnormal floats
-            weights = weights.sub_(best[dense_rows, None]).clamp_(min=-80.0).exp_()
-            total = weights.sum(dim=1, dtype=torch.float64)
-            ybar[dense_rows] = torch.mm(weights, self.atoms).double() / total[:, None]
+            total, w_log_w = _exponentiate(weights, best[dense_rows])
+            ybar[dense_rows] = gemm.matmul(weights, self.atoms, blas=blas).double() / total[:, None]
             max_w[dense_rows] = 1.0 / total
-            w_log_w = sum(torch.special.xlogy(w, w).sum(dim=1, dtype=torch.float64)      # no (b, N) temporary
-                          for w in weights.split(self.chunk, dim=1))
             entropy[dense_rows] = total.log() - w_log_w / total
             if top_k:
                 tw, ti = torch.topk(weights, top_k, dim=1)
@@ -385,6 +387,37 @@ class EmpiricalFlow:
             neglected_bound=ratio / (1.0 + ratio),
         )
         return ybar, diag, (w[:, :top_k], idx[:, :top_k])
+
+
+# Passes over a (b, N) logit matrix after its GEMM walk it in column blocks of at most this many
+# elements (2 MiB of float32): their temporaries stay in the cache and in the heap. Whole-matrix
+# temporaries (a bool mask summed as int64, a float64 copy for an accurate sum) were fresh mmaps,
+# paid in page faults: about 12 ms each at (256, 10,000), a third of a GEMM.
+_BLOCK_ELEMENTS = 1 << 19
+
+
+def _column_blocks(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Views of ``matrix`` (b, N) split along N into blocks of ≤ ``_BLOCK_ELEMENTS`` elements."""
+    return matrix.split(max(1, _BLOCK_ELEMENTS // max(1, matrix.shape[0])), dim=1)
+
+
+def _exponentiate(logits: torch.Tensor, best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """In place logits ← w = exp(logits − best), block by block; returns float64 (Σ w, Σ w·log w).
+
+    logits: (b, N) screened logits, best: (b,) their row maxima, so max w = 1. Logits more than
+    80 below the best are clamped there: such weights are negligible (< N·e^-80 in all) and their
+    exponentials would be slow subnormal floats. Σ w·log w = Σ w·(clamped logit − best) needs no
+    logarithm.
+    """
+    total = torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
+    w_log_w = torch.zeros_like(total)
+    for block in _column_blocks(logits):
+        log_w = block.sub_(best[:, None]).clamp_(min=-80.0)
+        w = torch.exp(log_w)
+        total += w.sum(dim=1, dtype=torch.float64)
+        w_log_w += torch.linalg.vecdot(w, log_w).double()
+        block.copy_(w)
+    return total, w_log_w
 
 
 @dataclass(frozen=True)
