@@ -114,7 +114,7 @@ def _numpy_blas():
 def _calibrated(threads: int) -> str:
     try:
         _numpy_blas()
-    except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
+    except ImportError:  # pragma: no cover - threadpoolctl is a declared dependency
         return "torch"
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(256, 3072, generator=g), torch.randn(4096, 3072, generator=g)
