@@ -14,6 +14,7 @@ from kinetic_fm.metrics.density import (
     local_support,
     median_bandwidth,
     scott_bandwidth,
+    sq_distance_blocks,
 )
 
 
@@ -108,14 +109,26 @@ def test_kde_chunking_invariance_and_leave_one_out(data):
     assert single.log_density[0].item() == pytest.approx(full.log_density[5].item(), rel=1e-12)
 
 
-def test_kde_float32_inputs_far_from_origin():
-    # float32 GEMM on a large offset: centring keeps the error small
+@pytest.mark.parametrize("blas", ["torch", "numpy"])
+def test_kde_float32_inputs_far_from_origin(blas, fixed_blas):
+    # float32 GEMM on a large offset: centring keeps the error small, through either CPU BLAS
+    used = fixed_blas(blas)
     g = torch.Generator().manual_seed(1)
     y = torch.randn(500, 16, generator=g) + 1000.0
     x = torch.randn(50, 16, generator=g) + 1000.0
-    kde = kde_log_density(x, y, 0.5)
+    kde = kde_log_density(x, y, 0.5, chunk=64, batch_chunk=16)       # partial last blocks both ways
     ref = _brute_kde(x.double().numpy(), y.double().numpy(), 0.5)
     np.testing.assert_allclose(kde.log_density.numpy(), ref, rtol=0, atol=1e-4)
+    own = kde_log_density(y, y, 0.5, exclude_self=True, chunk=64, batch_chunk=48)
+    ref = _brute_kde(y.double().numpy(), y.double().numpy(), 0.5, exclude_self=True)
+    np.testing.assert_allclose(own.log_density.numpy(), ref, rtol=0, atol=1e-4)
+    blocks = list(sq_distance_blocks(x, y, chunk=64, batch_chunk=16))
+    d2 = torch.zeros(50, 500, dtype=torch.float64)
+    for q0, c0, block in blocks:
+        d2[q0:q0 + block.shape[0], c0:c0 + block.shape[1]] = block
+    np.testing.assert_allclose(d2.numpy(), _brute_sq_dist(x.double().numpy(), y.double().numpy()),
+                               rtol=0, atol=2e-3)                    # ‖x − y‖² ≈ 32 here
+    assert set(used) == {blas}
 
 
 def test_kde_tiny_bandwidth_is_finite_and_nearest_dominated(data):

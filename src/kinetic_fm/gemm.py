@@ -35,6 +35,9 @@ CPU_GEMM = "auto"       # "auto" | "torch" | "numpy": who runs large float32 pro
 
 _ALIGN = 64             # column parts start on multiples of this (whole SIMD and cache blocks)
 
+# a one-off computation repays the ≈ 0.5 s timing from about this much work (≈ 0.2 s of products)
+WORTH_TIMING = 2e10
+
 
 def cpu_gemm(threads: int | None = None) -> str:
     """"torch" or "numpy": the BLAS for float32 products on CPU at ``threads`` threads.
@@ -49,11 +52,12 @@ def cpu_gemm(threads: int | None = None) -> str:
     return _calibrated(threads or torch.get_num_threads())
 
 
-def choose(dtype: torch.dtype, device: torch.device, flops: float, worth: float) -> str:
+def choose(dtype: torch.dtype, device: torch.device, flops: float, worth: float = WORTH_TIMING) -> str:
     """The BLAS for products of ``dtype`` on ``device`` totalling ``flops``.
 
     torch's for anything but float32 on CPU, and (under "auto") for work below ``worth`` FLOPs,
-    which would not repay the one-time timing of :func:`cpu_gemm`.
+    which would not repay the one-time timing of :func:`cpu_gemm`. Work that recurs (a field
+    called at every step) may pass a lower ``worth``.
     """
     if device.type != "cpu" or dtype != torch.float32:
         return "torch"

@@ -52,7 +52,7 @@ from .. import gemm
 from ..metrics.neighbors import check_finite, nearest_neighbors, row_sq_norms, unit_roundoff
 
 # per-call product size from which the float32 CPU products may go through NumPy's BLAS when it
-# was measured faster (kinetic_fm.gemm; ≈ 80 ms of work, so a run repays the one-time timing)
+# was measured faster (kinetic_fm.gemm): ≈ 80 ms of work, recurring at every step of a run
 _CALIBRATE_FLOPS = 1e10
 
 __all__ = [

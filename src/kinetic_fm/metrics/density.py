@@ -24,6 +24,7 @@ from typing import Any, Iterator, Literal, Sequence, Union
 import torch
 from torch import Tensor
 
+from .. import gemm
 from .features import SpaceLike, as_features, feature_space
 
 __all__ = ["LocalSupport", "KDELogDensity", "local_support", "kde_log_density",
@@ -198,11 +199,12 @@ def sq_distance_blocks(x: Tensor, y: Tensor, *, chunk: int = 8192, batch_chunk: 
     if chunk < 1 or batch_chunk < 1:
         raise ValueError(f"chunk and batch_chunk must be >= 1, got {chunk}, {batch_chunk}")
     dtype, centre, yc, y_sq = _centred_reference(x, y)
+    blas = gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
     for q0 in range(0, x.shape[0], batch_chunk):
         xb = (x[q0:q0 + batch_chunk].to(torch.float64) - centre).to(dtype)
         x_sq = xb.to(torch.float64).pow(2).sum(dim=1, keepdim=True)
         for c0 in range(0, y.shape[0], chunk):
-            cross = xb @ yc[c0:c0 + chunk].T
+            cross = gemm.matmul(xb, yc[c0:c0 + chunk].T, blas=blas)
             d2 = (x_sq + y_sq[c0:c0 + chunk]).sub_(cross.to(torch.float64), alpha=2.0)
             yield q0, c0, d2.clamp_(min=0.0)
 
@@ -219,7 +221,7 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
                       batch_chunk: int) -> Tensor:
     """(B,) float64 ``log Σ_j exp(−‖x_i − y_j‖² / (2h²))`` over all rows of y, streaming.
 
-    Per block one fused GEMM gives ``c(2 x·y − ‖y‖²)`` (c = 1/(2h²)), the logit up to the row
+    Per block one GEMM (through :mod:`kinetic_fm.gemm`) gives ``c(2 x·y − ‖y‖²)`` (c = 1/(2h²)), the logit up to the row
     constant ``−c‖x‖²`` (added back in float64 at the end); each query keeps a running max and a
     float64 running sum of ``exp(logit − max)``. In float32 the exponentials and their
     per-block sums are float32 (terms in [0, 1], pairwise-summed: relative error ~1e-6, below
@@ -230,13 +232,20 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
     dtype, centre, yc, y_sq = _centred_reference(x, y)
     c = 0.5 / (h * h)
     bias = (-c * y_sq).to(dtype)
+    blas = gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
     out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    # one logit buffer for every block: a fresh (batch_chunk, chunk) block each time is a fresh
+    # mmap, paid in page faults
+    buffer = torch.empty(min(batch_chunk, x.shape[0]), min(chunk, y.shape[0]), dtype=dtype, device=x.device)
     for q0 in range(0, x.shape[0], batch_chunk):
         xb = (x[q0:q0 + batch_chunk].to(torch.float64) - centre).to(dtype)
+        xb_2c = xb * (2.0 * c)
         run_max = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
         run_sum = torch.zeros(xb.shape[0], dtype=torch.float64, device=x.device)
         for c0 in range(0, y.shape[0], chunk):
-            part = torch.addmm(bias[c0:c0 + chunk], xb, yc[c0:c0 + chunk].T, alpha=2.0 * c)
+            y_c = yc[c0:c0 + chunk]
+            part = gemm.matmul(xb_2c, y_c.T, out=buffer[:xb.shape[0], :y_c.shape[0]], blas=blas)
+            part.add_(bias[c0:c0 + chunk])
             self_rows = self_cols = None
             if exclude_self:
                 q = torch.arange(q0, q0 + part.shape[0], device=x.device)

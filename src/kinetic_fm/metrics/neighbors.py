@@ -36,8 +36,6 @@ from .. import gemm
 
 BACKENDS = ("torch", "faiss")
 
-_CALIBRATE_FLOPS = 2e10  # searches smaller than this stay with torch's BLAS (see kinetic_fm.gemm)
-
 
 @dataclass(frozen=True)
 class Neighbors:
@@ -170,8 +168,7 @@ def nearest_neighbors(
     y_sq = row_sq_norms(y, dtype)                             # computed once per call
     y_norm_max = float(y_sq.max().double().sqrt()) * (1 + 1e-3)
 
-    blas = "torch" if backend == "faiss" else gemm.choose(
-        dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0], worth=_CALIBRATE_FLOPS)
+    blas = "torch" if backend == "faiss" else gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
     out_d, out_i, rechecked, y_sq64 = [], [], 0, None
     for q0 in range(0, x.shape[0], batch_chunk):
         xb = x[q0:q0 + batch_chunk]
