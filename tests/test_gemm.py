@@ -60,3 +60,25 @@ def test_numpy_products_leave_numpy_blas_threads_as_they_were():
     before = blas_threads()
     gemm.matmul(torch.randn(4, 8), torch.randn(8, 300), blas="numpy")   # single-threaded calls inside
     assert blas_threads() == before
+
+
+def _product_in_child(queue):
+    a, b = torch.ones(3, 4), torch.ones(4, 200)
+    queue.put(gemm.matmul(a, b, blas="numpy").sum().item())
+
+
+def test_numpy_products_work_in_a_forked_child(monkeypatch):
+    # the parent's worker pool exists before the fork; the child must not submit work to it
+    import multiprocessing
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    gemm.matmul(torch.ones(3, 4), torch.ones(4, 200), blas="numpy")    # creates the parent's pool
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_product_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("a numpy-BLAS product hung in a forked child")
+    assert queue.get(timeout=5) == 3 * 200 * 4.0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -94,14 +95,17 @@ def _numpy_matmul(a, b, out, threads: int) -> None:
     width = -(-max(1, -(-n // threads)) // _ALIGN) * _ALIGN
     parts = [slice(c0, c0 + width) for c0 in range(0, n, width)]
     with _numpy_blas().limit(limits=1):
-        futures = [_workers(threads).submit(np.matmul, a, b[:, p], out=out[:, p]) for p in parts[1:]]
+        pool = _workers(threads, os.getpid())
+        futures = [pool.submit(np.matmul, a, b[:, p], out=out[:, p]) for p in parts[1:]]
         np.matmul(a, b[:, parts[0]], out=out[:, parts[0]])       # this thread takes the first part
         for future in futures:
             future.result()
 
 
 @functools.lru_cache(maxsize=None)
-def _workers(threads: int) -> ThreadPoolExecutor:
+def _workers(threads: int, pid: int) -> ThreadPoolExecutor:
+    """A pool per thread count and per process: a forked child inherits the parent's pool object
+    but not its threads, and would wait forever on work it submitted there."""
     return ThreadPoolExecutor(max_workers=max(1, threads - 1), thread_name_prefix="kfm-gemm")
 
 
