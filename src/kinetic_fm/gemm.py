@@ -25,6 +25,7 @@ import functools
 import importlib
 import os
 import statistics
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,6 +36,10 @@ BLAS = ("torch", "numpy")
 CPU_GEMM = "auto"       # "auto" | "torch" | "numpy": who runs large float32 products on CPU
 
 _ALIGN = 64             # column parts start on multiples of this (whole SIMD and cache blocks)
+
+# one NumPy product at a time: each sets NumPy's BLAS to one thread and restores it afterwards,
+# and overlapping set/restore pairs from two threads could leave it at the wrong count
+_NUMPY_LOCK = threading.Lock()
 
 # a one-off computation repays the ≈ 0.5 s timing from about this much work (≈ 0.2 s of products)
 WORTH_TIMING = 2e10
@@ -94,7 +99,7 @@ def _numpy_matmul(a, b, out, threads: int) -> None:
     n = b.shape[1]
     width = -(-max(1, -(-n // threads)) // _ALIGN) * _ALIGN
     parts = [slice(c0, c0 + width) for c0 in range(0, n, width)]
-    with _numpy_blas().limit(limits=1):
+    with _NUMPY_LOCK, _numpy_blas().limit(limits=1):
         pool = _workers(threads, os.getpid())
         futures = [pool.submit(np.matmul, a, b[:, p], out=out[:, p]) for p in parts[1:]]
         np.matmul(a, b[:, parts[0]], out=out[:, parts[0]])       # this thread takes the first part
