@@ -21,17 +21,30 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median times of several functions, run in alternation so load drifts hit all alike."""
-    for fn in fns.values():
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+def interleaved_rounds(fns: dict[str, Callable[[], object]], repeats: int, *, warmup: bool = False,
+                       after_round: Callable[[int, dict[str, list[float]]], None] | None = None,
+                       ) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Per-round wall times of several functions run in alternation (so load drifts hit all
+    alike), and each function's last result. ``after_round(i, times)`` runs after round i."""
+    if warmup:
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    results: dict[str, object] = {}
+    for i in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in samples.items()}
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+        if after_round is not None:
+            after_round(i, times)
+    return times, results
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median times of several functions, run in alternation after one warm-up call each."""
+    times, _ = interleaved_rounds(fns, repeats, warmup=True)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 class TimeMLP(nn.Module):

@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+from _common import interleaved_rounds
 
 import kinetic_fm as kfm
 
@@ -91,13 +92,7 @@ def main():
         contenders["faiss"] = lambda: index.search(q_np, 2)
 
     # rounds alternate the contenders, so load drifts hit all alike; ratios are per round
-    times = {name: [] for name in contenders}
-    results = {}
-    for _ in range(args.repeats):
-        for name, fn in contenders.items():
-            t0 = time.perf_counter()
-            results[name] = fn()
-            times[name].append(time.perf_counter() - t0)
+    times, results = interleaved_rounds(contenders, args.repeats)
     ours, ours_s = results["ours"], statistics.median(times["ours"])
     print(f"ours:  {ours_s:8.2f} s   (median of {args.repeats}; rechecked in float64: {ours.rechecked})")
     torch_only = statistics.median(times["ours, torch BLAS only"])

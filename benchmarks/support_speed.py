@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from _common import interleaved_rounds
 
 from kinetic_fm.metrics.density import kde_log_density, local_support
 from kinetic_fm.metrics.neighbors import nearest_neighbors
@@ -53,14 +53,8 @@ def main() -> None:
         "kNN support (k = 1, 5, 10)": lambda: local_support(samples, reference, k=5, ks=(1, 5, 10)),
         "KDE log-density (Scott)": lambda: kde_log_density(samples, reference, "scott"),
     }
-    times: dict[str, list[float]] = {name: [] for name in jobs}
-    results = {}
-    for rep in range(args.repeats):
-        for name, job in jobs.items():
-            start = time.perf_counter()
-            results[name] = job()
-            times[name].append(time.perf_counter() - start)
-        print(f"  repeat {rep + 1}: " + ", ".join(f"{t[-1]:.2f}s" for t in times.values()))
+    times, results = interleaved_rounds(jobs, args.repeats, after_round=lambda i, times: print(
+        f"  repeat {i + 1}: " + ", ".join(f"{t[-1]:.2f}s" for t in times.values())))
 
     # sanity: the support's 1-NN radius is the 2-NN search's first distance
     nn, sup = results["2-NN (nearest_neighbors, k=2)"], results["kNN support (k = 1, 5, 10)"]

@@ -114,6 +114,20 @@ def _render(fig, name: str, caption: str) -> Figure:
     return Figure(name=name, caption=caption, png=buffer.getvalue())
 
 
+def _finish_lines(fig, ax, drawn: int, name: str, caption: str, *, log_x: bool = False,
+                  log_y: bool = False) -> Figure:
+    """End a line plot: log axes and legend when any line was drawn, else a "no data" mark."""
+    if drawn:
+        if log_x:
+            _log_axis(ax, "x")
+        if log_y:
+            _log_axis(ax, "y")
+        _legend(ax)
+    else:
+        _no_data(ax)
+    return _render(fig, name, caption)
+
+
 def _legend(ax) -> None:
     handles, _ = ax.get_legend_handles_labels()
     if handles:
@@ -177,12 +191,7 @@ def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any
     _style(ax, xlabel="t   (0 = noise, 1 = data)", ylabel="kinetic power  ½η²‖v‖²", title=title)
     if drawn:
         ax.set_xlim(0, 1)
-        if log_y:
-            _log_axis(ax, "y")
-        _legend(ax)
-    else:
-        _no_data(ax)
-    return _render(fig, name, caption)
+    return _finish_lines(fig, ax, drawn, name, caption, log_y=log_y)
 
 
 def histogram_figure(name: str, caption: str, values: dict[str, Any], *, xlabel: str,
@@ -417,12 +426,4 @@ def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: 
         ax.plot(xs[keep][order], v[keep][order], color=color, linewidth=1.8, marker=marker, markersize=4, label=str(label))
         drawn += 1
     _style(ax, xlabel=xlabel, ylabel=ylabel, title=title)
-    if drawn:
-        if log_x:
-            _log_axis(ax, "x")
-        if log_y:
-            _log_axis(ax, "y")
-        _legend(ax)
-    else:
-        _no_data(ax)
-    return _render(fig, name, caption)
+    return _finish_lines(fig, ax, drawn, name, caption, log_x=log_x, log_y=log_y)
