@@ -122,6 +122,22 @@ def test_custom_and_dynamic_sigmas_are_read_not_recomputed(transformer, conditio
     torch.testing.assert_close(scheduler.kpe, ours.kpe, rtol=1e-5, atol=0)
 
 
+NO_ENCODERS = dict(vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                   text_encoder_3=None, tokenizer_3=None)
+
+
+def _run_pipeline(pipe, conditions, x0, scale=4.0):
+    """Latents of a 6-step guided run of a tiny SD3 pipeline (null condition = zeros)."""
+    pipe.set_progress_bar_config(disable=True)
+    prompt, pooled = conditions
+    null_prompt, null_pooled = torch.zeros_like(prompt[:1]), torch.zeros_like(pooled[:1])
+    return pipe(
+        prompt_embeds=prompt, pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=null_prompt.expand_as(prompt), negative_pooled_prompt_embeds=null_pooled.expand_as(pooled),
+        height=SIZE, width=SIZE, num_inference_steps=6, guidance_scale=scale, output_type="latent", latents=x0,
+    ).images
+
+
 def test_pipeline_with_classifier_free_guidance(transformer, conditions):
     """A tiny SD3 pipeline (no text encoders, no VAE): one KPE per image, equal to our CFG sampler's."""
     from diffusers import StableDiffusion3Pipeline
@@ -129,19 +145,11 @@ def test_pipeline_with_classifier_free_guidance(transformer, conditions):
     scheduler = KineticFlowMatchEulerScheduler.from_scheduler(
         FlowMatchEulerDiscreteScheduler(shift=3.0), shaping=KTS
     )
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None,
-        text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, **NO_ENCODERS)
     prompt, pooled = conditions
     null_prompt, null_pooled = torch.zeros_like(prompt[:1]), torch.zeros_like(pooled[:1])
     x0, scale = _x0(), 4.0
-    latents = pipe(
-        prompt_embeds=prompt, pooled_prompt_embeds=pooled,
-        negative_prompt_embeds=null_prompt.expand_as(prompt), negative_pooled_prompt_embeds=null_pooled.expand_as(pooled),
-        height=SIZE, width=SIZE, num_inference_steps=6, guidance_scale=scale, output_type="latent", latents=x0,
-    ).images
+    latents = _run_pipeline(pipe, conditions, x0, scale)
     assert pipe.scheduler.kpe.shape == (BATCH,)
 
     def net(x, timestep, cond):  # one condition tensor: prompt tokens and pooled vector packed
@@ -187,3 +195,42 @@ def test_unsupported_configurations_raise(transformer, conditions):
         plain.step(torch.cat([out, out]), plain.timesteps[1], torch.cat([x, x]))
     with pytest.raises(TypeError, match="shaping must be"):
         plain.set_shaping(0.5)
+
+
+# --- saving and loading ----------------------------------------------------------------------------
+
+def test_saved_pipeline_reloads_with_its_kts_gain(transformer, conditions, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    scheduler = KineticFlowMatchEulerScheduler.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0), shaping=KTS)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, **NO_ENCODERS)
+    x0 = _x0()
+    latents = _run_pipeline(pipe, conditions, x0)
+    pipe.save_pretrained(tmp_path)
+
+    loaded = StableDiffusion3Pipeline.from_pretrained(tmp_path, image_encoder=None, feature_extractor=None, **NO_ENCODERS)
+    assert type(loaded.scheduler) is KineticFlowMatchEulerScheduler
+    assert loaded.scheduler.shaping == KTS
+    again = _run_pipeline(loaded, conditions, x0)
+    torch.testing.assert_close(again, latents, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.scheduler.kpe, pipe.scheduler.kpe, rtol=0, atol=0)
+
+
+def test_scheduler_config_carries_the_gain(tmp_path):
+    scheduler = KineticFlowMatchEulerScheduler(shift=2.0)
+    scheduler.set_shaping(KTS)
+    scheduler.save_pretrained(tmp_path)
+    assert KineticFlowMatchEulerScheduler.from_pretrained(tmp_path).shaping == KTS
+    assert KineticFlowMatchEulerScheduler.from_config(scheduler.config).shaping == KTS
+    base = FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path)  # ignores the extra key
+    assert base.config.shift == 2.0
+    scheduler.set_shaping(None)
+    assert KineticFlowMatchEulerScheduler.from_config(scheduler.config).shaping is None
+
+
+def test_a_gain_that_cannot_be_saved_warns(tmp_path):
+    scheduler = KineticFlowMatchEulerScheduler()
+    scheduler.set_shaping(lambda t: 1.0 + 0.1 * t)
+    with pytest.warns(UserWarning, match="cannot be saved"):
+        scheduler.save_pretrained(tmp_path)
+    assert KineticFlowMatchEulerScheduler.from_pretrained(tmp_path).shaping is None

@@ -13,21 +13,32 @@ and adds, per sample and on the device:
 with the KTS gain η(t_i), t_i = 1 − σ_i, scaling the step: x_{i+1} = x_i + η(t_i)·Δt_i·v_i.
 Pipelines combine classifier-free guidance before calling ``step``, so the energies are those of
 the guided velocity, one value per generated image.
+
+A ``kfm.KTS`` gain is saved with the scheduler's config (key ``kinetic_shaping``) and restored by
+``from_pretrained``/``from_config``, also inside a saved pipeline; import this module before
+loading such a pipeline, since diffusers only resolves custom components already imported.
 """
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from typing import Any, Callable
 
 import torch
 
 try:
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    # SchedulerMixin must be a name in this module: diffusers' pipeline loader looks up the base
+    # classes it knows how to load in the module a saved component came from.
+    from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin  # noqa: F401
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         "kinetic_fm.integrations.diffusers needs the diffusers package: pip install diffusers"
     ) from err
 
 from ..sampling.energy import squared_norm
+from ..sampling.shaping import KTS
+
+SHAPING_KEY = "kinetic_shaping"
 
 
 def _is_integer_timestep(timestep: Any) -> bool:
@@ -52,10 +63,12 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         times: (N + 1,) float64 CPU tensor of FM times t_i = 1 − σ_i of the run.
 
     ``shaping`` (attribute; None = plain flow matching) is a ``kfm.KTS`` or any callable η(t) on
-    floats; it is not part of the saved config (``save_pretrained`` stores the base scheduler's). The gain table is evaluated on the host once per run, at the first ``step`` after
-    ``set_timesteps``, so the loop itself never synchronises with the device. Unsupported (raise
-    ValueError): ``stochastic_sampling``, ``per_token_timesteps``, and σ grids that are not
-    decreasing (``invert_sigmas``).
+    floats. A ``KTS`` is saved by ``save_pretrained`` (config key ``kinetic_shaping``) and
+    restored on loading; another callable cannot be serialised, so saving warns and the loaded
+    scheduler is unshaped. The gain table is evaluated on the host once per run, at the first
+    ``step`` after ``set_timesteps``, so the loop itself never synchronises with the device.
+    Unsupported (raise ValueError): ``stochastic_sampling``, ``per_token_timesteps``, and σ grids
+    that are not decreasing (``invert_sigmas``).
     """
 
     shaping: Callable | None = None
@@ -65,6 +78,21 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     times: torch.Tensor | None = None
     _step_size: list[float] | None = None
     _gain: list[float] | None = None
+
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any):
+        """diffusers' ``from_config``, restoring a saved ``kinetic_shaping`` (a ``kfm.KTS``)."""
+        spec = None
+        if isinstance(config, dict):  # FrozenDict included; paths go through the base class
+            config = dict(config)
+            spec = config.pop(SHAPING_KEY, None)
+        out = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        scheduler = out[0] if return_unused_kwargs else out
+        if spec is not None:
+            if not isinstance(spec, dict):
+                raise ValueError(f"config[{SHAPING_KEY!r}] must be a dict of kfm.KTS fields, got {spec!r}")
+            scheduler.set_shaping(KTS(**spec))
+        return out
 
     @classmethod
     def from_scheduler(
@@ -81,7 +109,18 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         if shaping is not None and not callable(shaping):
             raise TypeError(f"shaping must be a KTS gain or a callable η(t), got {type(shaping).__name__}")
         self.shaping = shaping
+        saved = dataclasses.asdict(shaping) if isinstance(shaping, KTS) else None
+        self.register_to_config(**{SHAPING_KEY: saved})
         self._reset_energy()
+
+    def save_config(self, *args: Any, **kwargs: Any) -> None:
+        """diffusers' ``save_config`` (used by ``save_pretrained``); a KTS gain is saved with it."""
+        if self.shaping is not None and not isinstance(self.shaping, KTS):
+            warnings.warn(
+                f"the shaping gain {self.shaping!r} is not a kfm.KTS and cannot be saved; the loaded "
+                "scheduler will be unshaped (call set_shaping after loading)", UserWarning, stacklevel=2,
+            )
+        super().save_config(*args, **kwargs)
 
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         super().set_timesteps(*args, **kwargs)
