@@ -130,3 +130,83 @@ def test_inception_without_backends_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_backends)
     with pytest.raises(ImportError, match="pip install torch-fidelity"):
         inception_feature_space(weights)
+
+
+# --- the Inception backends' wiring, on stand-in modules (neither backend installs here) -----------
+
+def _fake_module(monkeypatch, name: str, **attrs):
+    import sys
+    import types
+
+    module = types.ModuleType(name)
+    for key, value in attrs.items():
+        setattr(module, key, value)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def test_torch_fidelity_backend_gets_the_weights_and_uint8_images(tmp_path, monkeypatch):
+    seen = {}
+
+    class StandInExtractor(torch.nn.Module):  # torch-fidelity's (name, features_list, weights) API
+        def __init__(self, name, features_list, feature_extractor_weights_path=None):
+            super().__init__()
+            seen.update(name=name, features=features_list, path=feature_extractor_weights_path)
+
+        def forward(self, x):
+            seen["dtype"] = x.dtype
+            return (x.double().mean(dim=(2, 3)),)
+
+    _fake_module(monkeypatch, "torch_fidelity")
+    _fake_module(monkeypatch, "torch_fidelity.feature_extractor_inceptionv3",
+                 FeatureExtractorInceptionV3=StandInExtractor)
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"")
+    space = inception_feature_space(weights, batch_size=3)
+    assert space.name == "inception-v3-compat" and Protocol(network=space.name).fd_name == "FID"
+    assert seen == {"name": "inception-v3-compat", "features": ["2048"], "path": str(weights)}
+
+    images = torch.rand(5, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    images[0, 0, 0, 0] = 1.7  # out of range: clamped to 255
+    feats = space(images)
+    assert seen["dtype"] == torch.uint8
+    as_uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    torch.testing.assert_close(feats, as_uint8.double().mean(dim=(2, 3)), rtol=0, atol=0)
+    torch.testing.assert_close(space(as_uint8), feats, rtol=0, atol=0)
+
+
+def test_torchvision_backend_resizes_normalises_and_drops_the_classifier(tmp_path, monkeypatch):
+    seen = {}
+
+    class StandInInception(torch.nn.Module):  # pools per channel, then a 3 -> 4 classifier
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            seen["input"] = x.clone()
+            return self.fc(x.mean(dim=(2, 3)))
+
+    def inception_v3(weights=None, aux_logits=True, init_weights=False):
+        assert weights is None  # never a download
+        return StandInInception()
+
+    _fake_module(monkeypatch, "torch_fidelity")  # present but without the extractor: fall back
+    vision = _fake_module(monkeypatch, "torchvision")
+    vision.models = _fake_module(monkeypatch, "torchvision.models", inception_v3=inception_v3)
+    state = StandInInception().state_dict()
+    weights = tmp_path / "inception_v3.pth"
+    torch.save(state, weights)
+
+    space = inception_feature_space(weights)
+    assert space.name == "inception-v3-torchvision"
+    assert Protocol(network=space.name).fd_name != "FID"
+    mean = torch.tensor([0.485, 0.456, 0.406])
+    images = (mean.view(1, 3, 1, 1) * 255).round().to(torch.uint8).expand(2, 3, 32, 32)
+    feats = space(images)
+    normalised = seen["input"]
+    assert normalised.shape == (2, 3, 299, 299)
+    # uint8 -> [0, 1] -> ImageNet normalisation: the per-channel mean image becomes ~0
+    assert normalised.abs().max() < 0.5 / 255 / 0.224
+    # the classifier is dropped: features are the pooled (normalised) channels, not fc's 4 logits
+    torch.testing.assert_close(feats, normalised.mean(dim=(2, 3)), rtol=0, atol=1e-6)
