@@ -122,13 +122,31 @@ def test_kde_float32_inputs_far_from_origin(blas, fixed_blas):
     own = kde_log_density(y, y, 0.5, exclude_self=True, chunk=64, batch_chunk=48)
     ref = _brute_kde(y.double().numpy(), y.double().numpy(), 0.5, exclude_self=True)
     np.testing.assert_allclose(own.log_density.numpy(), ref, rtol=0, atol=1e-4)
-    blocks = list(sq_distance_blocks(x, y, chunk=64, batch_chunk=16))
     d2 = torch.zeros(50, 500, dtype=torch.float64)
-    for q0, c0, block in blocks:
+    for q0, c0, block in sq_distance_blocks(x, y, chunk=64, batch_chunk=16):
         d2[q0:q0 + block.shape[0], c0:c0 + block.shape[1]] = block
     np.testing.assert_allclose(d2.numpy(), _brute_sq_dist(x.double().numpy(), y.double().numpy()),
                                rtol=0, atol=2e-3)                    # ‖x − y‖² ≈ 32 here
     assert set(used) == {blas}
+
+
+def test_sq_distance_blocks_in_small_cache_blocks_match_brute_force(monkeypatch):
+    # cache blocks of 3 rows: the centring and the float64 pass run in many partial row blocks
+    from kinetic_fm.metrics import density
+
+    monkeypatch.setattr(density, "_CACHE_BLOCK_BYTES", 3 * 8 * 64)
+    g = torch.Generator().manual_seed(2)
+    y = torch.randn(203, 64, generator=g, dtype=torch.float64) + 5.0
+    x = torch.randn(37, 64, generator=g, dtype=torch.float64) + 5.0
+    y_before = y.clone()
+    d2 = torch.zeros(37, 203, dtype=torch.float64)
+    seen = []
+    for q0, c0, block in sq_distance_blocks(x, y, chunk=64, batch_chunk=16):
+        d2[q0:q0 + block.shape[0], c0:c0 + block.shape[1]] = block
+        seen.append((q0, c0))
+    assert len(seen) == 3 * 4
+    np.testing.assert_allclose(d2.numpy(), _brute_sq_dist(x.numpy(), y.numpy()), rtol=1e-12, atol=1e-10)
+    assert torch.equal(y, y_before)  # float64 inputs are centred into a copy, never in place
 
 
 def test_kde_tiny_bandwidth_is_finite_and_nearest_dominated(data):

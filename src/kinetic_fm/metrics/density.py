@@ -186,6 +186,19 @@ def median_bandwidth(reference: Tensor, max_points: int = 2000, seed: int = 0) -
     return d[i, j].median().item()
 
 
+# float64 work is done in blocks of this size on the CPU: they stay in cache, where
+# whole-array float64 temporaries are fresh mappings paid in page faults and memory traffic
+# (centring a 16k x 2k reference whole took longer than the GEMMs against 4k queries)
+_CACHE_BLOCK_BYTES = 1 << 21
+
+
+def _block_rows(device: torch.device, row_bytes: int, rows: int) -> int:
+    """Rows per cache-sized block on the CPU; all rows at once elsewhere (one kernel each)."""
+    if device.type != "cpu":
+        return max(1, rows)
+    return max(1, _CACHE_BLOCK_BYTES // max(1, row_bytes))
+
+
 def sq_distance_blocks(x: Tensor, y: Tensor, *, chunk: int = 8192, batch_chunk: int = 1024
                        ) -> Iterator[tuple[int, int, Tensor]]:
     """Yield ``(q0, c0, d2)``: squared distances (float64, clamped at 0) between
@@ -195,26 +208,50 @@ def sq_distance_blocks(x: Tensor, y: Tensor, *, chunk: int = 8192, batch_chunk: 
     on the mean of ``y`` (shrinking the norms the expansion ``‖x‖² + ‖y‖² − 2x·y`` cancels);
     the norms are added in float64. Absolute error ≲ D·u·(‖x‖ + ‖y‖)² with u the GEMM's unit
     round-off, measured from the centre.
+
+    ``d2`` is a view of one buffer that the next block overwrites (a fresh block each time
+    would be paid in page faults): reduce it or clone it before advancing the iterator.
     """
     if chunk < 1 or batch_chunk < 1:
         raise ValueError(f"chunk and batch_chunk must be >= 1, got {chunk}, {batch_chunk}")
     dtype, centre, yc, y_sq = _centred_reference(x, y)
     blas = gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
+    shape = (min(batch_chunk, x.shape[0]), min(chunk, y.shape[0]))
+    cross_buffer = torch.empty(shape, dtype=dtype, device=x.device)
+    d2_buffer = torch.empty(shape, dtype=torch.float64, device=x.device)
     for q0 in range(0, x.shape[0], batch_chunk):
         xb = (x[q0:q0 + batch_chunk].to(torch.float64) - centre).to(dtype)
         x_sq = xb.to(torch.float64).pow(2).sum(dim=1, keepdim=True)
         for c0 in range(0, y.shape[0], chunk):
-            cross = gemm.matmul(xb, yc[c0:c0 + chunk].T, blas=blas)
-            d2 = (x_sq + y_sq[c0:c0 + chunk]).sub_(cross.to(torch.float64), alpha=2.0)
-            yield q0, c0, d2.clamp_(min=0.0)
+            y_c = yc[c0:c0 + chunk]
+            cross = gemm.matmul(xb, y_c.T, out=cross_buffer[:xb.shape[0], :y_c.shape[0]], blas=blas)
+            d2 = d2_buffer[:xb.shape[0], :y_c.shape[0]]
+            rows = _block_rows(x.device, 8 * y_c.shape[0], xb.shape[0])
+            for r in range(0, xb.shape[0], rows):  # row blocks: the float64 cast stays in cache
+                part = d2[r:r + rows]
+                torch.add(x_sq[r:r + rows], y_sq[c0:c0 + chunk], out=part)
+                part.sub_(cross[r:r + rows].to(torch.float64), alpha=2.0).clamp_(min=0.0)
+            yield q0, c0, d2
 
 
 def _centred_reference(x: Tensor, y: Tensor) -> tuple[torch.dtype, Tensor, Tensor, Tensor]:
-    """GEMM dtype, the centre (mean of y, float64), y centred in that dtype, and its float64 ‖y‖²."""
+    """GEMM dtype, the centre (mean of y, float64), y centred in that dtype, and its float64 ‖y‖²
+    (of the centred rows as rounded to the GEMM dtype, i.e. of the GEMM's own operands)."""
     dtype = torch.float64 if (x.dtype == torch.float64 and y.dtype == torch.float64) else torch.float32
-    centre = y.to(torch.float64).mean(dim=0)
-    yc = (y.to(torch.float64) - centre).to(dtype)
-    return dtype, centre, yc, yc.to(torch.float64).pow(2).sum(dim=1)
+    n, dim = y.shape
+    rows = _block_rows(y.device, 8 * dim, n)
+    parts = range(0, n, rows)
+    centre = torch.zeros(dim, dtype=torch.float64, device=y.device)
+    for r in parts:
+        centre += y[r:r + rows].to(torch.float64).sum(dim=0)
+    centre /= max(1, n)
+    yc = torch.empty(n, dim, dtype=dtype, device=y.device)
+    y_sq = torch.empty(n, dtype=torch.float64, device=y.device)
+    for r in parts:
+        block = yc[r:r + rows]
+        block.copy_(y[r:r + rows].to(torch.float64) - centre)
+        torch.sum(block.to(torch.float64).pow(2), dim=1, out=y_sq[r:r + rows])
+    return dtype, centre, yc, y_sq
 
 
 def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk: int,
