@@ -121,3 +121,18 @@ def test_bad_shapes_are_named():
         nearest_neighbors(torch.randn(0, 3), torch.randn(10, 3))
     with pytest.raises(ValueError, match="reference is empty"):
         nearest_neighbors(torch.randn(2, 3), torch.randn(0, 3))
+
+
+def test_check_finite_finds_every_bad_row_and_spares_overflowing_sums():
+    from kinetic_fm.metrics.neighbors import check_finite
+
+    x = torch.ones(10, 6)
+    x[2] = 3e38                      # finite, but the row sum overflows to inf
+    x[3, :2] = torch.tensor([3e38, -3e38])
+    check_finite("x", x)
+    x[5, 4] = float("-inf")
+    x[7, 0], x[7, 1] = float("inf"), float("-inf")   # sums to NaN
+    x[9, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"x contains NaN or inf in 3 row\(s\), first at row 5"):
+        check_finite("x", x, rows=2)
+    check_finite("empty", torch.empty(0, 4))
