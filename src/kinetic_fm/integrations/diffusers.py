@@ -27,13 +27,15 @@ from typing import Any, Callable
 import torch
 
 try:
-    # SchedulerMixin must be a name in this module: diffusers' pipeline loader looks up the base
-    # classes it knows how to load in the module a saved component came from.
-    from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin  # noqa: F401
+    from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         "kinetic_fm.integrations.diffusers needs the diffusers package: pip install diffusers"
     ) from err
+
+# diffusers' pipeline loader looks up the base classes it knows how to load BY NAME in the module a
+# saved component came from; without ``SchedulerMixin`` bound here a saved pipeline cannot reload
+_LOADABLE_BASES = (SchedulerMixin,)
 
 from ..sampling.energy import squared_norm
 from ..sampling.shaping import KTS
