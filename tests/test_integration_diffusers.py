@@ -4,6 +4,8 @@ Everything runs on a tiny randomly initialised SD3 transformer built here (no do
 """
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -176,14 +178,17 @@ def test_set_timesteps_resets_and_runs_repeat(transformer, conditions):
 
 def test_unsupported_configurations_raise(transformer, conditions):
     out, x = torch.zeros(BATCH, CHANNELS, SIZE, SIZE), _x0()
-    inverted = KineticFlowMatchEulerScheduler(invert_sigmas=True)
-    inverted.set_timesteps(4)
-    with pytest.raises(ValueError, match="strictly decreasing"):
-        inverted.step(out, inverted.timesteps[0], x)
-    stochastic = KineticFlowMatchEulerScheduler(stochastic_sampling=True)
-    stochastic.set_timesteps(4)
-    with pytest.raises(ValueError, match="stochastic_sampling"):
-        stochastic.step(out, stochastic.timesteps[0], x)
+    options = inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters
+    if "invert_sigmas" in options:                 # both options are newer than diffusers 0.30
+        inverted = KineticFlowMatchEulerScheduler(invert_sigmas=True)
+        inverted.set_timesteps(4)
+        with pytest.raises(ValueError, match="strictly decreasing"):
+            inverted.step(out, inverted.timesteps[0], x)
+    if "stochastic_sampling" in options:
+        stochastic = KineticFlowMatchEulerScheduler(stochastic_sampling=True)
+        stochastic.set_timesteps(4)
+        with pytest.raises(ValueError, match="stochastic_sampling"):
+            stochastic.step(out, stochastic.timesteps[0], x)
     plain = KineticFlowMatchEulerScheduler()
     plain.set_timesteps(4)
     with pytest.raises(ValueError, match="per_token_timesteps"):

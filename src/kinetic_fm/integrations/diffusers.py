@@ -102,7 +102,8 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     ) -> "KineticFlowMatchEulerScheduler":
         """A kinetic scheduler with the same config as ``scheduler`` (e.g. a pipeline's)."""
         new = cls.from_config(scheduler.config)
-        new.set_shift(scheduler.shift)  # set_shift() changes the shift outside the config
+        if hasattr(scheduler, "set_shift"):  # newer diffusers: set_shift() changes it outside the config
+            new.set_shift(scheduler.shift)
         new.set_shaping(shaping)
         return new
 
@@ -134,7 +135,7 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
 
     def _prepare_run(self, batch: int, device: torch.device) -> None:
         """Read the σ grid once (one host transfer per run) and allocate the accumulators."""
-        if self.config.stochastic_sampling:
+        if self.config.get("stochastic_sampling", False):  # the option is newer than diffusers 0.30
             raise ValueError("stochastic_sampling=True has no ODE path to measure; use the deterministic scheduler")
         sigmas = self.sigmas.detach().to("cpu", torch.float64)
         if sigmas.dim() != 1 or sigmas.numel() < 2:
