@@ -1,6 +1,7 @@
 """Classifier margins against hand-computed logits; CLIP scores through a tiny local CLIP."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -73,7 +74,13 @@ def tiny_clip_dir(tmp_path_factory):
     vocab.update({c + "</w>": len(_WORDS) + i for i, c in enumerate(_WORDS)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(path)
+    try:
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    except TypeError:  # transformers < 5 reads the vocabulary and merges from files
+        (path / "vocab.json").write_text(json.dumps(vocab))
+        (path / "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt"))
+    tokenizer.save_pretrained(path)
     torch.manual_seed(0)
     special = {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
                "pad_token_id": vocab["<|endoftext|>"]}
