@@ -8,9 +8,10 @@ p >= 2 / (permutations + 1)).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -122,7 +123,7 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
     if bootstrap > 0 and math.isfinite(rho):
         boot = stats.bootstrap((x, y), statistic, n_resamples=bootstrap, batch=batch,
                                vectorized=True, paired=True, confidence_level=confidence,
-                               method=ci_method, rng=np.random.default_rng(seed))
+                               method=ci_method, **_seeded(stats.bootstrap, seed))
         ci_low, ci_high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
 
     p_perm = math.nan
@@ -132,11 +133,17 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
         perm = stats.permutation_test((x, y), statistic, permutation_type="pairings",
                                       vectorized=True, n_resamples=permutations, batch=batch,
                                       alternative="two-sided",
-                                      rng=np.random.default_rng(seed + 1))
+                                      **_seeded(stats.permutation_test, seed + 1))
         p_perm = float(perm.pvalue)
     return Correlation(method, rho, ci_low, ci_high, p_perm, p_value, n, confidence, ci_method,
                        bootstrap, permutations)
 
+
+def _seeded(function: Callable, seed: int) -> dict:
+    """A generator seeded with ``seed``, under the keyword ``function`` takes it by: ``rng`` since
+    SciPy 1.15, ``random_state`` before."""
+    name = "rng" if "rng" in inspect.signature(function).parameters else "random_state"
+    return {name: np.random.default_rng(seed)}
 
 def spearman(x: Any, y: Any, bootstrap: int = 1000, permutations: int = 1000, seed: int = 0, *,
              confidence: float = 0.95, ci_method: Literal["auto", "BCa", "percentile", "basic"] = "auto",
