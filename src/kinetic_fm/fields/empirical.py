@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import gemm
-from ..metrics.neighbors import check_finite, nearest_neighbors, row_sq_norms, unit_roundoff
+from ..metrics.neighbors import check_finite, column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
 
 # per-call product size from which the float32 CPU products may go through NumPy's BLAS when it
 # was measured faster (kinetic_fm.gemm): ≈ 80 ms of work, recurring at every step of a run
@@ -174,8 +174,7 @@ class EmpiricalFlow:
         self.batch_chunk = batch_chunk or max(1, memory_budget // (4 * self.n))
         self._sq_norms = row_sq_norms(self.atoms, dtype)    # cached ‖y_j‖², screening dtype
         self._norm_max = float(self._sq_norms.max().double().sqrt()) * (1 + 1e-3)
-        self._mean = sum(self.atoms[r0:r0 + 1024].double().sum(dim=0)        # exact ȳ at t = 0
-                         for r0 in range(0, self.n, 1024)) / self.n
+        self._mean = column_mean(self.atoms)                 # exact ȳ at t = 0
         self._u = unit_roundoff(dtype, self.atoms.device)
         self.last_diagnostics: PosteriorDiagnostics | None = None
 

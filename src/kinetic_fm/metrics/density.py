@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .. import gemm
 from .features import SpaceLike, as_features, feature_space
+from .neighbors import column_mean
 
 __all__ = ["LocalSupport", "KDELogDensity", "local_support", "kde_log_density",
            "knn_log_density", "scott_bandwidth", "median_bandwidth", "sq_distance_blocks"]
@@ -240,14 +241,10 @@ def _centred_reference(x: Tensor, y: Tensor) -> tuple[torch.dtype, Tensor, Tenso
     dtype = torch.float64 if (x.dtype == torch.float64 and y.dtype == torch.float64) else torch.float32
     n, dim = y.shape
     rows = _block_rows(y.device, 8 * dim, n)
-    parts = range(0, n, rows)
-    centre = torch.zeros(dim, dtype=torch.float64, device=y.device)
-    for r in parts:
-        centre += y[r:r + rows].to(torch.float64).sum(dim=0)
-    centre /= max(1, n)
+    centre = column_mean(y, rows)
     yc = torch.empty(n, dim, dtype=dtype, device=y.device)
     y_sq = torch.empty(n, dtype=torch.float64, device=y.device)
-    for r in parts:
+    for r in range(0, n, rows):
         block = yc[r:r + rows]
         block.copy_(y[r:r + rows].to(torch.float64) - centre)
         torch.sum(block.to(torch.float64).pow(2), dim=1, out=y_sq[r:r + rows])
@@ -258,8 +255,8 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
                       batch_chunk: int) -> Tensor:
     """(B,) float64 ``log Σ_j exp(−‖x_i − y_j‖² / (2h²))`` over all rows of y, streaming.
 
-    Per block one GEMM (through :mod:`kinetic_fm.gemm`) gives ``c(2 x·y − ‖y‖²)`` (c = 1/(2h²)), the logit up to the row
-    constant ``−c‖x‖²`` (added back in float64 at the end); each query keeps a running max and a
+    Per block one GEMM (through :mod:`kinetic_fm.gemm`) gives ``c(2 x·y − ‖y‖²)``
+    (c = 1/(2h²)), the logit up to the row constant ``−c‖x‖²`` (added back in float64 at the end); each query keeps a running max and a
     float64 running sum of ``exp(logit − max)``. In float32 the exponentials and their
     per-block sums are float32 (terms in [0, 1], pairwise-summed: relative error ~1e-6, below
     the GEMM's own rounding); everything is float64 when both inputs are.

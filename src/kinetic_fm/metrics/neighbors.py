@@ -106,6 +106,15 @@ def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
             )
 
 
+def column_mean(rows: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """(D,) float64 mean of the rows of a (N, D) tensor, summed in float64 ``block`` rows at a
+    time (no full float64 copy)."""
+    total = torch.zeros(rows.shape[1], dtype=torch.float64, device=rows.device)
+    for r0 in range(0, rows.shape[0], block):
+        total += rows[r0:r0 + block].to(torch.float64).sum(dim=0)
+    return total / max(1, rows.shape[0])
+
+
 def row_sq_norms(rows: torch.Tensor, dtype: torch.dtype, block: int = 4096) -> torch.Tensor:
     """‖y_j‖² of each row of a (N, D) tensor, accumulated in ``dtype`` (blockwise, no full copy).
 

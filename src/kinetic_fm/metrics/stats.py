@@ -145,6 +145,7 @@ def _seeded(function: Callable, seed: int) -> dict:
     name = "rng" if "rng" in inspect.signature(function).parameters else "random_state"
     return {name: np.random.default_rng(seed)}
 
+
 def spearman(x: Any, y: Any, bootstrap: int = 1000, permutations: int = 1000, seed: int = 0, *,
              confidence: float = 0.95, ci_method: Literal["auto", "BCa", "percentile", "basic"] = "auto",
              nan_policy: Literal["raise", "omit"] = "raise") -> Correlation:
