@@ -26,12 +26,17 @@ from kinetic_fm.metrics.fidelity import precision_recall
 CHUNK, BATCH_CHUNK = 8192, 1024
 
 
+def _blas(x: torch.Tensor, y: torch.Tensor) -> str:
+    """The BLAS ``sq_distance_blocks`` picks for these inputs (:func:`kinetic_fm.gemm.choose`)."""
+    return gemm.choose(torch.float32, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
+
+
 def whole_array_blocks(x: torch.Tensor, y: torch.Tensor):
     """The baseline: the same centred GEMM blocks, float64 passes over whole arrays."""
     centre = y.to(torch.float64).mean(dim=0)
     yc = (y.to(torch.float64) - centre).to(torch.float32)
     y_sq = yc.to(torch.float64).pow(2).sum(dim=1)
-    blas = gemm.choose(torch.float32, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
+    blas = _blas(x, y)
     for q0 in range(0, x.shape[0], BATCH_CHUNK):
         xb = (x[q0:q0 + BATCH_CHUNK].to(torch.float64) - centre).to(torch.float32)
         x_sq = xb.to(torch.float64).pow(2).sum(dim=1, keepdim=True)
@@ -43,7 +48,7 @@ def whole_array_blocks(x: torch.Tensor, y: torch.Tensor):
 
 def gemm_floor(x: torch.Tensor, y: torch.Tensor) -> None:
     """Only the block GEMMs, into one reused buffer, through the BLAS the others use."""
-    blas = gemm.choose(torch.float32, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
+    blas = _blas(x, y)
     out = torch.empty(min(BATCH_CHUNK, x.shape[0]), min(CHUNK, y.shape[0]))
     for q0 in range(0, x.shape[0], BATCH_CHUNK):
         xb = x[q0:q0 + BATCH_CHUNK]
@@ -71,7 +76,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     y = torch.randn(args.reference, args.dim, generator=g) + 3.0
     x = torch.randn(args.queries, args.dim, generator=g) + 3.0
-    blas = gemm.choose(torch.float32, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
+    blas = _blas(x, y)
     print(f"{args.queries} x {args.reference} squared distances, D = {args.dim}, float32, "
           f"{torch.get_num_threads()} threads, BLAS {blas}, torch {torch.__version__}")
 
