@@ -224,6 +224,27 @@ def test_figures_render_no_data_and_accept_tensors():
         assert image.format == "PNG" and min(image.size) > 50
 
 
+@pytest.mark.parametrize("low, high, expected", [
+    (15.0, 95.0, ["20", "30", "40", "50", "60", "70", "80", "90"]),     # < 1 decade: every minor tick
+    (3.0, 300.0, ["5", "10", "20", "50", "100", "200"]),              # 2 decades: majors, 2 and 5
+    (1.0, 1e5, ["1", "10", "100", "1000", "10000", "100000"]),       # 5 decades: majors only
+])
+def test_log_axis_labels_enough_ticks_to_read(low, high, expected):
+    """A narrow log view (the EFM power profile spans ~20–90) must not be left with one label."""
+    from kinetic_fm.studies.figures import _log_axis, _new_figure
+
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [low, high])
+    _log_axis(ax, "y")
+    ax.set_ylim(low, high)
+    fig.canvas.draw()
+    shown = [(tick.get_loc(), tick.label1.get_text()) for tick in
+             ax.yaxis.get_major_ticks() + ax.yaxis.get_minor_ticks()]
+    labels = [text for loc, text in sorted(shown) if text and low <= loc <= high]
+    assert labels == expected
+
+
 def test_sample_grid_mosaic_layout():
     """8 columns, 1-pixel white gutters, pixels mapped from [-1, 1] to [0, 1]."""
     from kinetic_fm.studies.figures import _mosaic

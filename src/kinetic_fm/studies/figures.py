@@ -78,8 +78,9 @@ def _style(ax, *, xlabel: str = "", ylabel: str = "", title: str = "") -> None:
 
 
 def _log_axis(ax, which: str) -> None:
-    """Logarithmic ``which`` ("x" or "y") axis with plain tick labels (20, not 2×10¹); minor
-    ticks at 2 and 5 are labelled when the view spans two decades or fewer."""
+    """Logarithmic ``which`` ("x" or "y") axis with plain tick labels (20, not 2×10¹). Minor ticks
+    are labelled by how many decades the view spans: all of them (20, 30, …, 90) within one
+    decade, those at 2 and 5 within two, none beyond, so a narrow view still reads off values."""
     from matplotlib.ticker import FuncFormatter
 
     axis = ax.xaxis if which == "x" else ax.yaxis
@@ -90,10 +91,13 @@ def _log_axis(ax, which: str) -> None:
 
     def minor(value: float, _pos: Any) -> str:
         low, high = sorted(axis.get_view_interval())
-        if low <= 0 or math.log10(high / low) > 2:
+        if low <= 0 or value <= 0:
             return ""
-        mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
-        return f"{value:g}" if round(mantissa, 6) in (2.0, 5.0) else ""
+        decades = math.log10(high / low)
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9), 6)
+        if decades <= 1 or (decades <= 2 and mantissa in (2.0, 5.0)):
+            return f"{value:g}"
+        return ""
 
     axis.set_major_formatter(FuncFormatter(major))
     axis.set_minor_formatter(FuncFormatter(minor))
