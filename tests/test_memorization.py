@@ -122,8 +122,9 @@ def test_cli_reads_each_format_and_writes_the_table(tmp_path, capsys, case, fmt,
     s_path, t_path, out = tmp_path / f"s{suffix}", tmp_path / "train.npz", tmp_path / "table.parquet"
     _write(s_path, samples.flatten(1).numpy(), fmt)
     np.savez(t_path, train.flatten(1).numpy())
+    key = ["--key", "first"] if fmt == "npz" else []          # the archive also holds "other"
     assert main(["memorization", "--samples", str(s_path), "--train", str(t_path), "--out", str(out),
-                 "--bootstrap", "200"]) == 0
+                 "--bootstrap", "200", *key]) == 0
     printed = capsys.readouterr().out
     assert "F_mem = 0.4000" in printed and "CI" in printed
     table = pd.read_parquet(out)
@@ -140,3 +141,6 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert main(["memorization", "--samples", str(tmp_path / "a.npz"), "--train", str(tmp_path / "a.npz"),
                  "--key", "nope"]) == 2
     assert "no array named 'nope'" in capsys.readouterr().err
+    np.savez(tmp_path / "two.npz", images=np.zeros((3, 2)), labels=np.zeros(3))
+    assert main(["memorization", "--samples", str(tmp_path / "two.npz"), "--train", str(tmp_path / "a.npz")]) == 2
+    assert "['images', 'labels']; name one with a key" in capsys.readouterr().err

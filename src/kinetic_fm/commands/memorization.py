@@ -9,7 +9,7 @@ def register(subparsers) -> None:
         "memorization",
         help="F_mem (d1/d2 < threshold) of samples against a training set, with a bootstrap CI",
         description=(
-            "Exact 2-nearest-neighbour gap-ratio audit. Inputs: .npy, .npz (first array or --key), "
+            "Exact 2-nearest-neighbour gap-ratio audit. Inputs: .npy, .npz (its only array, or --key), "
             ".pt (a tensor, loaded with weights_only=True) or .parquet (a list column or the numeric "
             "columns). Rows are flattened."
         ),

@@ -14,7 +14,8 @@ FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")
 def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
     """The array stored in ``path`` as a tensor of shape (n, ...).
 
-    * ``.npy``: the array. ``.npz``: the array named ``key``, else the first one.
+    * ``.npy``: the array. ``.npz``: the array named ``key``, else the only one (an archive of
+      several, e.g. images and labels, must be told which: guessing could audit the labels).
     * ``.pt`` / ``.pth``: a tensor, or the tensor named ``key`` (else the only one) in a dict;
       loaded with ``weights_only=True`` (no arbitrary code runs).
     * ``.parquet``: the list/array column ``key``, else the only list column, else all numeric
@@ -36,7 +37,9 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
                 raise ValueError(f"{path}: the .npz archive is empty")
             if key is not None and key not in names:
                 raise ValueError(f"{path}: no array named {key!r}; it holds {names}")
-            data = data[key or names[0]]
+            if key is None and len(names) > 1:
+                raise ValueError(f"{path}: an archive of {len(names)} arrays {names}; name one with a key")
+            data = data[key if key is not None else names[0]]
         return torch.from_numpy(np.ascontiguousarray(data))
     if suffix in (".pt", ".pth"):
         obj = torch.load(path, map_location="cpu", weights_only=True)
