@@ -125,8 +125,9 @@ def test_cli_reads_each_format_and_writes_the_table(tmp_path, capsys, case, fmt,
     key = ["--key", "first"] if fmt == "npz" else []          # the archive also holds "other"
     assert main(["memorization", "--samples", str(s_path), "--train", str(t_path), "--out", str(out),
                  "--bootstrap", "200", *key]) == 0
-    printed = capsys.readouterr().out
-    assert "F_mem = 0.4000" in printed and "CI" in printed
+    captured = capsys.readouterr()
+    assert "F_mem = 0.4000" in captured.out and "CI" in captured.out
+    assert "nearest neighbours" in captured.err                    # the CLI shows a progress bar
     table = pd.read_parquet(out)
     assert len(table) == 100 and int(table["memorized"].sum()) == 40
 

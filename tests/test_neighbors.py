@@ -136,3 +136,25 @@ def test_check_finite_finds_every_bad_row_and_spares_overflowing_sums():
     with pytest.raises(ValueError, match=r"x contains NaN or inf in 3 row\(s\), first at row 5"):
         check_finite("x", x, rows=2)
     check_finite("empty", torch.empty(0, 4))
+
+
+def test_progress_bar_counts_every_query_and_changes_nothing(capsys, monkeypatch):
+    import tqdm.auto
+
+    closed = []
+
+    class Recording(tqdm.auto.tqdm):
+        def close(self):
+            if not self.disable:                                  # a closed bar disables itself
+                closed.append((self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    g = torch.Generator().manual_seed(8)
+    reference, queries = torch.randn(120, 6, generator=g), torch.randn(50, 6, generator=g)
+    quiet = nearest_neighbors(queries, reference, 2, batch_chunk=16)
+    assert capsys.readouterr().err == ""
+    shown = nearest_neighbors(queries, reference, 2, batch_chunk=16, progress=True)
+    assert "nearest neighbours" in capsys.readouterr().err
+    assert closed == [(50, 50)]                                   # four blocks of ≤ 16 add up to 50
+    assert torch.equal(shown.distances, quiet.distances) and torch.equal(shown.indices, quiet.indices)

@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--backend", choices=("torch", "faiss"), default="torch")
     parser.add_argument("--out", default=None, help="per-sample table: .parquet or .csv")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.set_defaults(func=run)
 
 
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     samples = load_array(args.samples, args.key)
     train = load_array(args.train, args.train_key)
     report = memorization(samples, train, threshold=args.threshold, bootstrap=args.bootstrap,
-                          seed=args.seed, backend=args.backend)
+                          seed=args.seed, backend=args.backend, progress=args.progress)
     print(report)
     if args.out is not None:
         frame = report.to_frame()

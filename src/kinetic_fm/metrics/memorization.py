@@ -83,6 +83,7 @@ def memorization(
     chunk: int = 8192,
     space_chunk: int = 512,
     backend: str = "torch",
+    progress: bool = False,
 ) -> MemorizationReport:
     """Gap-ratio memorization audit of ``samples`` against ``train``.
 
@@ -95,7 +96,8 @@ def memorization(
             without gradients); distances are then measured between its flattened outputs.
         seed: seed of the bootstrap generator.
         confidence: coverage of the percentile interval, in (0, 1).
-        chunk, backend: passed to :func:`kinetic_fm.nearest_neighbors`.
+        chunk, backend, progress: passed to :func:`kinetic_fm.nearest_neighbors` (progress: a
+            tqdm bar over the samples, on stderr).
 
     Returns:
         :class:`MemorizationReport` (tensors on the samples' device).
@@ -120,7 +122,7 @@ def memorization(
     check_finite("samples", samples)
     train = train.to(samples.device)
 
-    nn = nearest_neighbors(samples, train, 2, chunk=chunk, backend=backend)
+    nn = nearest_neighbors(samples, train, 2, chunk=chunk, backend=backend, progress=progress)
     d1, d2 = nn.distances[:, 0], nn.distances[:, 1]
     ratio = torch.where(d2 > 0, d1 / d2.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(d1))
     memorized = ratio < threshold

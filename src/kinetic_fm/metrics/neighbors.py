@@ -137,6 +137,7 @@ def nearest_neighbors(
     margin: int = 4,
     exclude_self: bool = False,
     backend: str = "torch",
+    progress: bool = False,
 ) -> Neighbors:
     """The k nearest rows of ``reference`` for every row of ``queries``, exact in float64.
 
@@ -151,6 +152,7 @@ def nearest_neighbors(
             reference row i. Exclusion is by index: duplicates at other rows still count.
         backend: "torch" (GEMM on the inputs' device) or "faiss" (``faiss.IndexFlatL2`` on CPU,
             needs ``pip install faiss-cpu``); both end with the same exact re-ranking.
+        progress: show a tqdm bar over the queries (on stderr; off by default).
 
     Returns:
         :class:`Neighbors` with (B, k) float64 distances and int64 indices on the queries' device.
@@ -185,6 +187,9 @@ def nearest_neighbors(
 
     blas = "torch" if backend == "faiss" else gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
     out_d, out_i, rechecked, y_sq64 = [], [], 0, None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=x.shape[0], desc="nearest neighbours", unit="query", leave=False, disable=not progress)
     for q0 in range(0, x.shape[0], batch_chunk):
         xb = x[q0:q0 + batch_chunk]
         if backend == "faiss":
@@ -204,6 +209,8 @@ def nearest_neighbors(
             d2[bad], idx[bad] = d2_bad, idx_bad
         out_d.append(d2.sqrt())
         out_i.append(idx)
+        bar.update(xb.shape[0])
+    bar.close()
     return Neighbors(torch.cat(out_d), torch.cat(out_i), rechecked)
 
 
