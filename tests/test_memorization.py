@@ -62,12 +62,16 @@ def test_bootstrap_interval_brackets_the_fraction_and_is_seeded(case):
     assert all(np.isnan(kfm.memorization(samples, train, bootstrap=0).ci))
 
 
-def test_feature_space_is_applied_to_both_sets(case):
+@pytest.mark.parametrize("space_chunk,progress", [(512, False), (7, True)])
+def test_feature_space_is_applied_to_both_sets(case, capsys, space_chunk, progress):
     samples, train = case
-    # a feature map that only keeps the first channel: ratios follow that space
-    rep = kfm.memorization(samples, train, space=lambda x: x[:, 0], bootstrap=0)
+    # a feature map that only keeps the first channel: ratios follow that space, in any blocks
+    rep = kfm.memorization(samples, train, space=lambda x: x[:, 0], bootstrap=0,
+                           space_chunk=space_chunk, progress=progress)
     d1, d2, _ = brute(samples[:, 0], train[:, 0])
     torch.testing.assert_close(rep.ratio, d1 / d2, rtol=1e-10, atol=1e-10)
+    err = capsys.readouterr().err
+    assert ("features (train)" in err and "nearest neighbours" in err) == progress
 
 
 def test_duplicated_training_item_copied_counts_as_memorized():

@@ -96,8 +96,8 @@ def memorization(
             without gradients); distances are then measured between its flattened outputs.
         seed: seed of the bootstrap generator.
         confidence: coverage of the percentile interval, in (0, 1).
-        chunk, backend, progress: passed to :func:`kinetic_fm.nearest_neighbors` (progress: a
-            tqdm bar over the samples, on stderr).
+        chunk, backend: passed to :func:`kinetic_fm.nearest_neighbors`.
+        progress: tqdm bars (on stderr) over the feature map, if any, and the search.
 
     Returns:
         :class:`MemorizationReport` (tensors on the samples' device).
@@ -112,7 +112,8 @@ def memorization(
     if train.shape[0] < 2:
         raise ValueError(f"train must hold at least 2 items for the gap ratio (k = 2), got {train.shape[0]}")
     if space is not None:
-        samples, train = _features(space, samples, space_chunk), _features(space, train, space_chunk)
+        samples = _features(space, samples, space_chunk, "samples" if progress else None)
+        train = _features(space, train, space_chunk, "train" if progress else None)
     if samples.shape[1:].numel() != train.shape[1:].numel():
         raise ValueError(
             f"samples and train must have the same number of features, got "
@@ -133,8 +134,15 @@ def memorization(
 
 
 @torch.no_grad()
-def _features(space, x: torch.Tensor, rows: int) -> torch.Tensor:
-    out = [torch.as_tensor(space(x[r0:r0 + rows])) for r0 in range(0, x.shape[0], rows)]
+def _features(space, x: torch.Tensor, rows: int, bar: str | None = None) -> torch.Tensor:
+    """``space`` applied to ``x`` in blocks of ``rows``, flattened; a tqdm bar named ``bar`` if given."""
+    from tqdm.auto import tqdm
+
+    out = []
+    with tqdm(total=x.shape[0], desc=f"features ({bar})", unit="row", leave=False, disable=bar is None) as shown:
+        for r0 in range(0, x.shape[0], rows):
+            out.append(torch.as_tensor(space(x[r0:r0 + rows])))
+            shown.update(out[-1].shape[0])
     return torch.cat([o.reshape(o.shape[0], -1) for o in out])
 
 
