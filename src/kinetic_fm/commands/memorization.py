@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--backend", choices=("torch", "faiss"), default="torch")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu | cuda | cuda:N: where the search runs (default cpu; faiss searches on the CPU)")
     parser.add_argument("--out", default=None, help="per-sample table: .parquet or .csv")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -32,11 +34,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..metrics._arrays import load_array
     from ..metrics.memorization import memorization
+    from ..runs.distributed import World, resolve_device
 
     if args.out is not None and Path(args.out).suffix.lower() not in (".parquet", ".csv"):
         raise ValueError(f"--out must end in .parquet or .csv, got {args.out!r}")
-    samples = load_array(args.samples, args.key)
-    train = load_array(args.train, args.train_key)
+    device = resolve_device(args.device, World())
+    samples = load_array(args.samples, args.key).to(device)
+    train = load_array(args.train, args.train_key).to(device)
     report = memorization(samples, train, threshold=args.threshold, bootstrap=args.bootstrap,
                           seed=args.seed, backend=args.backend, progress=args.progress)
     print(report)

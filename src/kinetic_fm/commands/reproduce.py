@@ -32,9 +32,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ..runs.distributed import World, resolve_device
     from ..studies.config import ReproduceConfig
     from ..studies.reproduce import reproduce
 
+    resolve_device(args.device, World())        # a bad --device fails here, not after the data loads
     cfg = ReproduceConfig.preset(args.mode, data=args.data, device=args.device, seed=args.seed)
     if args.classifier:
         cfg = replace(cfg, assets=replace(cfg.assets, classifier=args.classifier))

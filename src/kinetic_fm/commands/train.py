@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--save-every", type=int, default=100, help="steps between resume states")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from <out>/resume.pt if it exists")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import load_dataset
     from ..models import TrainConfig, default_model, train
+    from ..runs.distributed import World, resolve_device
 
+    resolve_device(args.device, World())        # a bad --device fails before the data loads
     checkpoints = args.checkpoints
     if checkpoints not in ("log2", "none"):
         try:

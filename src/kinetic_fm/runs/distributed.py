@@ -80,7 +80,10 @@ def resolve_device(device: str | None, world: World):
     """``torch.device`` for this rank: ``"cuda"`` becomes ``cuda:<LOCAL_RANK>``; None means CPU."""
     import torch
 
-    dev = torch.device(device or "cpu")
+    try:
+        dev = torch.device(device or "cpu")
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was requested but torch sees no CUDA device")

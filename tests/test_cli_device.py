@@ -1,0 +1,33 @@
+"""Every command that takes --device refuses a bad one at once, naming the argument (exit 2)."""
+import pytest
+import torch
+
+from kinetic_fm.cli import main
+
+
+def _commands(tmp_path, device):
+    samples = tmp_path / "s.npy"
+    import numpy as np
+
+    np.save(samples, np.zeros((3, 2), dtype=np.float32))
+    return {
+        "memorization": ["memorization", "--samples", str(samples), "--train", str(samples), "--device", device],
+        "sample": ["sample", "--field", "mixture", "--dim", "2", "--n", "4", "--steps", "2",
+                   "--out", str(tmp_path / "run"), "--device", device],
+        "train": ["train", "--data", "moons", "--steps", "2", "--out", str(tmp_path / "train"), "--device", device],
+        "reproduce": ["reproduce", "--tiny", "--out", str(tmp_path / "rep"), "--device", device],
+    }
+
+
+@pytest.mark.parametrize("command", ["memorization", "sample", "train", "reproduce"])
+def test_unknown_device_is_a_clear_error(tmp_path, capsys, command):
+    assert main(_commands(tmp_path, "gpu")[command]) == 2
+    assert "--device must be cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
+    assert not any(tmp_path.glob("rep*")) and not any(tmp_path.glob("train*"))   # nothing started
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["memorization", "sample", "train", "reproduce"])
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, command):
+    assert main(_commands(tmp_path, "cuda")[command]) == 2
+    assert "--device cuda was requested but torch sees no CUDA device" in capsys.readouterr().err
