@@ -149,3 +149,46 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     np.savez(tmp_path / "two.npz", images=np.zeros((3, 2)), labels=np.zeros(3))
     assert main(["memorization", "--samples", str(tmp_path / "two.npz"), "--train", str(tmp_path / "a.npz")]) == 2
     assert "['images', 'labels']; name one with a key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["resnet32:/weights.th", "resnet20:", "/weights.th"])
+def test_cli_space_spec_is_checked(tmp_path, capsys, spec):
+    np.save(tmp_path / "a.npy", np.zeros((3, 3072), dtype=np.float32))
+    assert main(["memorization", "--samples", str(tmp_path / "a.npy"), "--train", str(tmp_path / "a.npy"),
+                 "--space", spec]) == 2
+    assert "--space must be 'resnet20:PATH' or 'resnet56:PATH'" in capsys.readouterr().err
+
+
+def test_cli_audit_in_a_cifar_resnet_feature_space(shared_data, tmp_path, capsys):
+    """--space resnet20:PATH gives the Python audit with space=net.features, row for row."""
+    from kinetic_fm.data.cifar10 import load_cifar10
+    from kinetic_fm.models import load_cifar_resnet
+
+    archive = shared_data / "cifar10" / "cifar10_jpeg_q75.zip"
+    weights = next((shared_data / "weights" / "akamaster_resnet_cifar10").glob("resnet20-*.th"), None)
+    if not archive.is_file() or weights is None:
+        pytest.skip("CIFAR-10 archive or ResNet-20 weights not found")
+    train = load_cifar10(archive, "train", n=300, seed=0).images
+    g = torch.Generator().manual_seed(0)
+    copies = (train[:20] + 0.01 * torch.randn(20, 3, 32, 32, generator=g)).clamp(-1, 1)
+    samples = torch.cat([copies, load_cifar10(archive, "test", n=20, seed=0).images])
+    np.save(tmp_path / "s.npy", samples.flatten(1).numpy())              # flattened rows are reshaped
+    np.save(tmp_path / "t.npy", train.numpy())
+    out = tmp_path / "table.csv"
+    args = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+            "--space", f"resnet20:{weights}", "--bootstrap", "0", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    want = kfm.memorization(samples, train, space=load_cifar_resnet(weights).features, bootstrap=0)
+    np.testing.assert_allclose(table["ratio"].to_numpy(), want.ratio.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(table["nearest"].to_numpy()[:20], np.arange(20))
+    capsys.readouterr()
+
+    np.save(tmp_path / "bad.npy", samples.flatten(1).numpy() * 127.5 + 127.5)  # [0, 255], not [-1, 1]
+    assert main([*args[:2], str(tmp_path / "bad.npy"), *args[3:]]) == 2
+    assert "--space needs images scaled to [-1, 1]; --samples spans [0" in capsys.readouterr().err
+    np.save(tmp_path / "small.npy", np.zeros((4, 784), dtype=np.float32))
+    assert main([*args[:2], str(tmp_path / "small.npy"), *args[3:]]) == 2
+    assert "--samples has shape (4, 784)" in capsys.readouterr().err

@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", choices=("torch", "faiss"), default="torch")
     parser.add_argument("--device", default="cpu",
                         help="cpu | cuda | cuda:N: where the search runs (default cpu; faiss searches on the CPU)")
+    parser.add_argument("--space", default=None,
+                        help="audit in a feature space: resnet20:PATH or resnet56:PATH, a pretrained CIFAR-10 "
+                             "ResNet's 64-d features (inputs: images (n, 3, 32, 32) or (n, 3072) in [-1, 1])")
     parser.add_argument("--out", default=None, help="per-sample table: .parquet or .csv")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -39,9 +42,17 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).suffix.lower() not in (".parquet", ".csv"):
         raise ValueError(f"--out must end in .parquet or .csv, got {args.out!r}")
     device = resolve_device(args.device, World())
+    space = None
+    if args.space is not None:
+        from ..models.resnet_cifar import load_cifar_resnet_spec
+
+        net, _ = load_cifar_resnet_spec(args.space, name="--space")
+        space = net.to(device).features
     samples = load_array(args.samples, args.key).to(device)
     train = load_array(args.train, args.train_key).to(device)
-    report = memorization(samples, train, threshold=args.threshold, bootstrap=args.bootstrap,
+    if space is not None:
+        samples, train = _cifar_images("--samples", samples), _cifar_images("--train", train)
+    report = memorization(samples, train, threshold=args.threshold, bootstrap=args.bootstrap, space=space,
                           seed=args.seed, backend=args.backend, progress=args.progress)
     print(report)
     if args.out is not None:
@@ -54,3 +65,19 @@ def run(args: argparse.Namespace) -> int:
             frame.to_parquet(out)
         print(f"per-sample table: {out}")
     return 0
+
+
+def _cifar_images(name: str, x):
+    """``x`` as (n, 3, 32, 32) float32 images in [-1, 1], what the CIFAR-10 ResNets take."""
+    import torch
+
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} holds no rows")
+    if x.dim() < 2 or x[0].numel() != 3 * 32 * 32:
+        raise ValueError(f"--space needs CIFAR-sized images, (n, 3, 32, 32) or (n, 3072); {name} has shape "
+                         f"{tuple(x.shape)}")
+    x = x.reshape(x.shape[0], 3, 32, 32).to(torch.float32)
+    low, high = (float(v) for v in torch.aminmax(x))
+    if low < -1.001 or high > 1.001:
+        raise ValueError(f"--space needs images scaled to [-1, 1]; {name} spans [{low:g}, {high:g}]")
+    return x

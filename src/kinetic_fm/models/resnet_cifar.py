@@ -98,3 +98,18 @@ def load_cifar_resnet(path: str | os.PathLike, depth: int | None = None) -> Cifa
     model = CifarResNet(depth)
     model.load_state_dict(state)
     return model.eval()
+
+
+RESNET_SPECS = ("resnet20", "resnet56")
+
+
+def load_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[CifarResNet, str]:
+    """``(net, kind)`` from a ``"resnet20:PATH"`` or ``"resnet56:PATH"`` spec, as the CLIs take it.
+
+    ``name`` is the argument the spec came from, for the error message. The depth in the spec
+    must match the weights (see :func:`load_cifar_resnet`); the net is returned in eval mode.
+    """
+    kind, _, path = spec.partition(":")
+    if kind not in RESNET_SPECS or not path:
+        raise ValueError(f"{name} must be 'resnet20:PATH' or 'resnet56:PATH', got {spec!r}")
+    return load_cifar_resnet(path, depth=int(kind.removeprefix("resnet"))), kind

@@ -94,12 +94,10 @@ def _load_split(cfg: AssetsConfig):
 
 def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress):
     if cfg.classifier:
-        kind, _, path = cfg.classifier.partition(":")
-        if kind not in ("resnet20", "resnet56") or not path:
-            raise ValueError(f"classifier must be 'resnet20:PATH' or 'resnet56:PATH', got {cfg.classifier!r}")
-        from ..models.resnet_cifar import load_cifar_resnet
+        from ..models.resnet_cifar import load_cifar_resnet_spec
 
-        net = load_cifar_resnet(path, depth=int(kind.removeprefix("resnet"))).to(cfg.device).eval()
+        net, kind = load_cifar_resnet_spec(cfg.classifier)
+        net = net.to(cfg.device).eval()
         acc = None
         if heldout_labels is not None:
             with torch.inference_mode():
