@@ -151,12 +151,17 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert "['images', 'labels']; name one with a key" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("spec", ["resnet32:/weights.th", "resnet20:", "/weights.th"])
-def test_cli_space_spec_is_checked(tmp_path, capsys, spec):
+@pytest.mark.parametrize("spec, message", [
+    ("resnet32:/weights.th", "--space must be 'resnet20:PATH' or 'resnet56:PATH'"),
+    ("resnet20:", "--space must be 'resnet20:PATH' or 'resnet56:PATH'"),
+    ("/weights.th", "--space must be 'resnet20:PATH' or 'resnet56:PATH'"),
+    ("resnet20:/no/such/weights.th", "--space: no such file: /no/such/weights.th"),
+])
+def test_cli_space_spec_is_checked(tmp_path, capsys, spec, message):
     np.save(tmp_path / "a.npy", np.zeros((3, 3072), dtype=np.float32))
     assert main(["memorization", "--samples", str(tmp_path / "a.npy"), "--train", str(tmp_path / "a.npy"),
                  "--space", spec]) == 2
-    assert "--space must be 'resnet20:PATH' or 'resnet56:PATH'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_cli_audit_in_a_cifar_resnet_feature_space(shared_data, tmp_path, capsys):

@@ -103,13 +103,19 @@ def load_cifar_resnet(path: str | os.PathLike, depth: int | None = None) -> Cifa
 RESNET_SPECS = ("resnet20", "resnet56")
 
 
-def load_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[CifarResNet, str]:
-    """``(net, kind)`` from a ``"resnet20:PATH"`` or ``"resnet56:PATH"`` spec, as the CLIs take it.
-
-    ``name`` is the argument the spec came from, for the error message. The depth in the spec
-    must match the weights (see :func:`load_cifar_resnet`); the net is returned in eval mode.
-    """
+def parse_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[str, Path]:
+    """``(kind, path)`` of a ``"resnet20:PATH"`` or ``"resnet56:PATH"`` spec, as the CLIs take it;
+    ``name`` is the argument it came from, for the error messages. The file must exist."""
     kind, _, path = spec.partition(":")
     if kind not in RESNET_SPECS or not path:
         raise ValueError(f"{name} must be 'resnet20:PATH' or 'resnet56:PATH', got {spec!r}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{name}: no such file: {path}")
+    return kind, Path(path)
+
+
+def load_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[CifarResNet, str]:
+    """``(net, kind)`` from a spec (see :func:`parse_cifar_resnet_spec`). The depth in the spec
+    must match the weights (see :func:`load_cifar_resnet`); the net is returned in eval mode."""
+    kind, path = parse_cifar_resnet_spec(spec, name=name)
     return load_cifar_resnet(path, depth=int(kind.removeprefix("resnet"))), kind

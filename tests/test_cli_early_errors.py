@@ -1,4 +1,5 @@
-"""Every command that takes --device refuses a bad one at once, naming the argument (exit 2)."""
+"""Commands refuse a bad --device (and reproduce a bad --classifier) at once, naming the argument
+(exit 2), before loading data or creating their output folders."""
 import pytest
 import torch
 
@@ -31,3 +32,13 @@ def test_unknown_device_is_a_clear_error(tmp_path, capsys, command):
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, command):
     assert main(_commands(tmp_path, "cuda")[command]) == 2
     assert "--device cuda was requested but torch sees no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("resnet57:/w.th", "--classifier must be 'resnet20:PATH' or 'resnet56:PATH', got 'resnet57:/w.th'"),
+    ("resnet56:/no/such/w.th", "--classifier: no such file: /no/such/w.th"),
+])
+def test_reproduce_checks_the_classifier_spec_first(tmp_path, capsys, spec, message):
+    assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), "--classifier", spec]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()
