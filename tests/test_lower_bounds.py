@@ -44,4 +44,3 @@ def pinned() -> dict[str, tuple[int, ...]]:
 
 def test_every_declared_floor_is_pinned_in_the_lower_bounds_run():
     assert pinned() == declared_floors()
-

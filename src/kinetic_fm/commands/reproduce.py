@@ -36,13 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from ..studies.config import ReproduceConfig
     from ..studies.reproduce import reproduce
 
-    resolve_device(args.device, World())        # bad --device / --classifier fail here, not after the data loads
+    # a bad --device or --classifier fails here, not after the data has loaded
+    resolve_device(args.device, World())
+    cfg = ReproduceConfig.preset(args.mode, data=args.data, device=args.device, seed=args.seed)
     if args.classifier:
         from ..models.resnet_cifar import parse_cifar_resnet_spec
 
         parse_cifar_resnet_spec(args.classifier, name="--classifier")
-    cfg = ReproduceConfig.preset(args.mode, data=args.data, device=args.device, seed=args.seed)
-    if args.classifier:
         cfg = replace(cfg, assets=replace(cfg.assets, classifier=args.classifier))
     studies = tuple(s.strip() for s in args.studies.split(",") if s.strip())
     md, html = reproduce(cfg, args.out, studies=studies, progress=not args.quiet)

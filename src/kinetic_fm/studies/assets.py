@@ -96,8 +96,8 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
     if cfg.classifier:
         from ..models.resnet_cifar import load_cifar_resnet_spec
 
-        net, kind = load_cifar_resnet_spec(cfg.classifier)
-        net = net.to(cfg.device).eval()
+        net, kind = load_cifar_resnet_spec(cfg.classifier)          # in eval mode
+        net = net.to(cfg.device)
         acc = None
         if heldout_labels is not None:
             with torch.inference_mode():
