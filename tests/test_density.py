@@ -132,9 +132,9 @@ def test_kde_float32_inputs_far_from_origin(blas, fixed_blas):
 
 def test_sq_distance_blocks_in_small_cache_blocks_match_brute_force(monkeypatch):
     # cache blocks of 3 rows: the centring and the float64 pass run in many partial row blocks
-    from kinetic_fm.metrics import density
+    from kinetic_fm import blocks
 
-    monkeypatch.setattr(density, "_CACHE_BLOCK_BYTES", 3 * 8 * 64)
+    monkeypatch.setattr(blocks, "CPU_BLOCK_BYTES", 3 * 8 * 64)
     g = torch.Generator().manual_seed(2)
     y = torch.randn(203, 64, generator=g, dtype=torch.float64) + 5.0
     x = torch.randn(37, 64, generator=g, dtype=torch.float64) + 5.0

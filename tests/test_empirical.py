@@ -60,6 +60,22 @@ def test_chunked_equals_dense_brute_force(atoms, chunk, batch_chunk, dtype, blas
     assert set(used) == {blas}                  # every product took that path
 
 
+def test_logit_passes_in_small_column_blocks_match_brute_force(atoms, monkeypatch):
+    # the passes after the GEMM (candidate count, exponentials, entropy) walk the (b, N) logits in
+    # column blocks of a byte budget; 7 float32 columns of 12 rows each here, so edges fall everywhere
+    from kinetic_fm import blocks
+
+    monkeypatch.setattr(blocks, "CPU_BLOCK_BYTES", 7 * 12 * 4)
+    field = kfm.EmpiricalFlow(atoms, batch_chunk=12)
+    t = torch.tensor([0.0, 0.02, 0.05, 0.1, 0.3, 0.8]).repeat_interleave(4)
+    x = path_states(atoms, t, seed=9)
+    v, d = field(x, t), field.diagnostics(x, t)
+    ref, w = brute(atoms, x, t)
+    assert rel_err(v, ref) < 1e-5
+    torch.testing.assert_close(d.entropy, -torch.special.xlogy(w, w).sum(dim=1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(d.max_weight, w.max(dim=1).values, rtol=1e-5, atol=1e-6)
+
+
 def test_weights_sum_to_one_and_match_brute_force(atoms):
     field = kfm.EmpiricalFlow(atoms.double())
     t = torch.tensor([0.05, 0.2, 0.5, 0.95], dtype=torch.float64)

@@ -30,9 +30,9 @@ def test_matches_brute_force_for_any_chunking(chunk, batch_chunk, k):
 def test_reranking_in_small_blocks_matches_brute_force(monkeypatch):
     # the exact float64 re-ranking walks the queries in blocks of a byte budget; 1,000 bytes
     # here means 2 to 3 queries per block, so block edges fall everywhere
-    from kinetic_fm.metrics import neighbors
+    from kinetic_fm import blocks
 
-    monkeypatch.setattr(neighbors, "_RERANK_BLOCK_BYTES", 1_000)
+    monkeypatch.setattr(blocks, "CPU_BLOCK_BYTES", 1_000)
     g = torch.Generator().manual_seed(5)
     reference, queries = torch.randn(200, 8, generator=g), torch.randn(41, 8, generator=g)
     got = nearest_neighbors(queries, reference, 2, margin=3)

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import gemm
+from ..blocks import block_size
 from ..metrics.neighbors import check_finite, column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
 
 # per-call product size from which the float32 CPU products may go through NumPy's BLAS when it
@@ -388,16 +389,15 @@ class EmpiricalFlow:
         return ybar, diag, (w[:, :top_k], idx[:, :top_k])
 
 
-# Passes over a (b, N) logit matrix after its GEMM walk it in column blocks of at most this many
-# elements (2 MiB of float32): their temporaries stay in the cache and in the heap. Whole-matrix
-# temporaries (a bool mask summed as int64, a float64 copy for an accurate sum) were fresh mmaps,
-# paid in page faults: about 12 ms each at (256, 10,000), a third of a GEMM.
-_BLOCK_ELEMENTS = 1 << 19
-
-
 def _column_blocks(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Views of ``matrix`` (b, N) split along N into blocks of ≤ ``_BLOCK_ELEMENTS`` elements."""
-    return matrix.split(max(1, _BLOCK_ELEMENTS // max(1, matrix.shape[0])), dim=1)
+    """Views of ``matrix`` (b, N) split along N into blocks sized by :func:`kinetic_fm.blocks.block_size`.
+
+    Passes over the logits after their GEMM (a mask counted, exponentials summed in float64) then
+    keep their temporaries in the cache on the CPU: whole-matrix ones cost about 12 ms each at
+    (256, 10,000), a third of a GEMM, in page faults.
+    """
+    column_bytes = matrix.shape[0] * matrix.element_size()
+    return matrix.split(block_size(matrix.device, column_bytes, matrix.shape[1]), dim=1)
 
 
 def _exponentiate(logits: torch.Tensor, best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import gemm
+from ..blocks import block_size
 from .features import SpaceLike, as_features, feature_space
 from .neighbors import column_mean
 
@@ -187,19 +188,6 @@ def median_bandwidth(reference: Tensor, max_points: int = 2000, seed: int = 0) -
     return d[i, j].median().item()
 
 
-# float64 work is done in blocks of this size on the CPU: they stay in cache, where
-# whole-array float64 temporaries are fresh mappings paid in page faults and memory traffic
-# (centring a 16k x 2k reference whole took longer than the GEMMs against 4k queries)
-_CACHE_BLOCK_BYTES = 1 << 21
-
-
-def _block_rows(device: torch.device, row_bytes: int, rows: int) -> int:
-    """Rows per cache-sized block on the CPU; all rows at once elsewhere (one kernel each)."""
-    if device.type != "cpu":
-        return max(1, rows)
-    return max(1, _CACHE_BLOCK_BYTES // max(1, row_bytes))
-
-
 def sq_distance_blocks(x: Tensor, y: Tensor, *, chunk: int = 8192, batch_chunk: int = 1024
                        ) -> Iterator[tuple[int, int, Tensor]]:
     """Yield ``(q0, c0, d2)``: squared distances (float64, clamped at 0) between
@@ -227,7 +215,7 @@ def sq_distance_blocks(x: Tensor, y: Tensor, *, chunk: int = 8192, batch_chunk: 
             y_c = yc[c0:c0 + chunk]
             cross = gemm.matmul(xb, y_c.T, out=cross_buffer[:xb.shape[0], :y_c.shape[0]], blas=blas)
             d2 = d2_buffer[:xb.shape[0], :y_c.shape[0]]
-            rows = _block_rows(x.device, 8 * y_c.shape[0], xb.shape[0])
+            rows = block_size(x.device, 8 * y_c.shape[0], xb.shape[0])
             for r in range(0, xb.shape[0], rows):  # row blocks: the float64 cast stays in cache
                 part = d2[r:r + rows]
                 torch.add(x_sq[r:r + rows], y_sq[c0:c0 + chunk], out=part)
@@ -240,7 +228,7 @@ def _centred_reference(x: Tensor, y: Tensor) -> tuple[torch.dtype, Tensor, Tenso
     (of the centred rows as rounded to the GEMM dtype, i.e. of the GEMM's own operands)."""
     dtype = torch.float64 if (x.dtype == torch.float64 and y.dtype == torch.float64) else torch.float32
     n, dim = y.shape
-    rows = _block_rows(y.device, 8 * dim, n)
+    rows = block_size(y.device, 8 * dim, n)
     centre = column_mean(y, rows)
     yc = torch.empty(n, dim, dtype=dtype, device=y.device)
     y_sq = torch.empty(n, dtype=torch.float64, device=y.device)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import gemm
+from ..blocks import block_size
 
 BACKENDS = ("torch", "faiss")
 
@@ -283,12 +284,6 @@ def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
 
 _FAISS_CACHE: dict = {}
 
-# Re-ranking works on (rows, n_candidates, D) float64 blocks of at most this size. Small on
-# purpose: glibc serves large blocks with fresh mmaps, and the page faults of a 64 MiB block made
-# the re-ranking 3x slower than with 4 MiB blocks, which stay in the heap and the cache.
-_RERANK_BLOCK_BYTES = 4 << 20
-
-
 def _faiss_index(faiss, y: torch.Tensor):
     """A flat L2 index over ``y``, reused while the same tensor (same storage, same version) is passed."""
     key = (y.data_ptr(), tuple(y.shape), y.dtype, y.device, y._version)
@@ -306,7 +301,7 @@ def _faiss_index(faiss, y: torch.Tensor):
 def _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, n_ref):
     """Exact float64 squared distances to the candidates, the k best, and a per-query certificate."""
     n_cand, dim = cand.shape[1], y.shape[1]
-    rows = min(xb.shape[0], max(1, _RERANK_BLOCK_BYTES // max(1, n_cand * dim * 8)))
+    rows = block_size(xb.device, n_cand * dim * 8, xb.shape[0])   # (rows, n_cand, D) float64 blocks
     d2_all = torch.empty(cand.shape, dtype=torch.float64, device=xb.device)
     # index_select into reused buffers, then in place: same bits as y[c].double() − x, without
     # a fresh (rows, n_cand, D) block each time (page faults: 1.4-3x slower re-ranking, measured
