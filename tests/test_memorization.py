@@ -151,6 +151,26 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert "['images', 'labels']; name one with a key" in capsys.readouterr().err
 
 
+def test_cli_figure_shows_the_closest_pairs_of_image_inputs(tmp_path, capsys, case):
+    from PIL import Image
+
+    samples, train = case
+    np.save(tmp_path / "s.npy", samples.numpy())
+    np.save(tmp_path / "t.npy", train.numpy())
+    np.save(tmp_path / "s_flat.npy", samples.flatten(1).numpy())
+    widths = []
+    for name in ("s.npy", "s_flat.npy"):                 # images, then the same rows flattened
+        figure = tmp_path / "figs" / f"{name}.png"
+        assert main(["memorization", "--samples", str(tmp_path / name), "--train", str(tmp_path / "t.npy"),
+                     "--bootstrap", "0", "--no-progress", "--figure", str(figure)]) == 0
+        assert f"figure: {figure}" in capsys.readouterr().out
+        widths.append(Image.open(figure).size[0])
+    assert widths[0] > widths[1]                         # only images get the pairs panel
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--figure", str(tmp_path / "audit.jpg")]) == 2
+    assert "--figure must end in .png" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("spec, message", [
     ("resnet32:/weights.th", "--space must be 'resnet20:PATH' or 'resnet56:PATH'"),
     ("resnet20:", "--space must be 'resnet20:PATH' or 'resnet56:PATH'"),

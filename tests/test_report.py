@@ -262,3 +262,71 @@ def test_sample_grid_mosaic_layout():
 def test_import_kinetic_fm_does_not_import_matplotlib():
     code = "import kinetic_fm, sys; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def _audit(samples, train):
+    import kinetic_fm as kfm
+
+    return kfm.memorization(samples, train, bootstrap=50)
+
+
+def test_closest_pairs_show_the_smallest_ratios_beside_their_nearest_training_items():
+    """Channels-last uint8 images: copies come first (ratio 0), then a noisy copy, each beside
+    the training image the brute force finds nearest, pixels mapped x/127.5 − 1."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, size=(20, 8, 8, 3), dtype=np.uint8)
+    noisy = np.clip(train[7].astype(int) + rng.integers(-3, 4, size=(8, 8, 3)), 0, 255).astype(np.uint8)
+    samples = np.stack([rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8), train[5], noisy, train[2]])
+    report = _audit(torch.from_numpy(samples), torch.from_numpy(train))
+    d = torch.cdist(torch.from_numpy(samples).double().flatten(1), torch.from_numpy(train).double().flatten(1))
+    two = d.topk(2, dim=1, largest=False)
+    want_ratio = (two.values[:, 0] / two.values[:, 1]).numpy()
+
+    shown, nearest, ratios = F.closest_pairs(report, samples, train, pairs=3)
+    order = np.argsort(want_ratio, kind="stable")[:3]
+    np.testing.assert_array_equal(order, [1, 3, 2])                  # two exact copies, then the noisy one
+    np.testing.assert_allclose(ratios, want_ratio[order], rtol=0, atol=1e-12)
+    assert shown.shape == nearest.shape == (3, 3, 8, 8)
+    np.testing.assert_allclose(shown, samples[order].transpose(0, 3, 1, 2) / 127.5 - 1.0)
+    wanted_train = train[two.indices[order, 0].numpy()].transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(nearest, wanted_train / 127.5 - 1.0)
+    np.testing.assert_array_equal(wanted_train[:2], samples[[1, 3]].transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("low, high, mapped", [
+    (-1.0, 1.0, (-1.0, 1.0)),       # [-1, 1] data shown as is
+    (0.0, 1.0, (-1.0, 1.0)),        # [0, 1] data: 2x − 1
+    (0.0, 0.5, (-1.0, 0.0)),        # [0, 1] data that stays dark is not brightened
+    (-3.0, 1000.0, (-1.0, 1.0)),    # anything else: stretched
+])
+def test_closest_pairs_pixel_range(low, high, mapped):
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    train = torch.rand(10, 1, 4, 4, generator=g) * (high - low) + low
+    train[0].fill_(low)
+    train[1].fill_(high)
+    report = _audit(train[:2], train)
+    shown, nearest, _ = F.closest_pairs(report, train[:2], train, pairs=2)
+    assert [float(shown.min()), float(shown.max())] == pytest.approx(list(mapped))
+    np.testing.assert_allclose(shown, nearest)                        # each sample is its own nearest
+
+
+def test_memorization_figure_with_and_without_images():
+    import torch
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(2)
+    train = torch.rand(30, 3, 6, 6, generator=g) * 2 - 1
+    samples = torch.cat([train[:4], torch.rand(6, 3, 6, 6, generator=g) * 2 - 1])
+    report = _audit(samples, train)
+    with_pairs = F.memorization_figure("mem", "c", report, samples, train, pairs=5)
+    alone = F.memorization_figure("mem", "c", report)
+    flat = F.memorization_figure("mem", "c", report, samples.flatten(1), train.flatten(1))   # not images
+    widths = [Image.open(io.BytesIO(f.png)).size[0] for f in (with_pairs, alone, flat)]
+    assert widths[0] > widths[1] == widths[2]
+    assert F.closest_pairs(report, samples.flatten(1), train.flatten(1)) is None
+    with pytest.raises(ValueError, match="pairs"):
+        F.memorization_figure("mem", "c", report, samples, train, pairs=0)

@@ -28,6 +28,9 @@ def register(subparsers) -> None:
                         help="audit in a feature space: resnet20:PATH or resnet56:PATH, a pretrained CIFAR-10 "
                              "ResNet's 64-d features (inputs: images (n, 3, 32, 32) or (n, 3072) in [-1, 1])")
     parser.add_argument("--out", default=None, help="per-sample table: .parquet or .csv")
+    parser.add_argument("--figure", default=None,
+                        help="a .png: the gap-ratio histogram and, for image inputs, the samples with the "
+                             "smallest ratios beside their nearest training images")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -41,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None and Path(args.out).suffix.lower() not in (".parquet", ".csv"):
         raise ValueError(f"--out must end in .parquet or .csv, got {args.out!r}")
+    if args.figure is not None and Path(args.figure).suffix.lower() != ".png":
+        raise ValueError(f"--figure must end in .png, got {args.figure!r}")
     device = resolve_device(args.device, World())
     space = None
     if args.space is not None:
@@ -64,6 +69,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             frame.to_parquet(out)
         print(f"per-sample table: {out}")
+    if args.figure is not None:
+        from ..studies.figures import memorization_figure
+
+        figure = memorization_figure("memorization", "", report, samples, train)
+        path = Path(args.figure)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(figure.png)
+        print(f"figure: {path}")
     return 0
 
 

@@ -21,8 +21,10 @@ from .report import Figure, check_figure_name
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..metrics.memorization import MemorizationReport
+
 __all__ = ["energy_profile_figure", "histogram_figure", "scatter_figure", "sample_grid_figure",
-           "bar_figure", "line_figure"]
+           "bar_figure", "line_figure", "memorization_figure"]
 
 DPI = 110
 # colour-blind-friendly qualitative palette (Okabe-Ito), first colour blue for "plain FM"
@@ -431,3 +433,118 @@ def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: 
         drawn += 1
     _style(ax, xlabel=xlabel, ylabel=ylabel, title=title)
     return _finish_lines(fig, ax, drawn, name, caption, log_x=log_x, log_y=log_y)
+
+
+def memorization_figure(name: str, caption: str, report: "MemorizationReport", samples: Any = None,
+                        train: Any = None, *, pairs: int = 8, title: str = "") -> Figure:
+    """The gap-ratio audit at a glance.
+
+    Left: the distribution of d1/d2 on [0, 1], the threshold dashed, the memorized part shaded,
+    F_mem with its CI above. Right, when ``samples`` (B, ...) and ``train`` (N, ...) are the audited
+    images ((n, C, H, W) or (n, H, W, C) with C in {1, 3}, or (n, H, W)): the ``pairs`` samples
+    with the smallest ratio (top row) above their nearest training items (bottom row), each
+    column labelled with its ratio. Pixels are shown as uint8 (0–255), [-1, 1] or [0, 1] data,
+    judged from the range of both sets together; any other range is stretched to fit.
+    """
+    check_figure_name(name)
+    if not (isinstance(pairs, int) and pairs >= 1):
+        raise ValueError(f"pairs must be a positive integer, got {pairs!r}")
+    ratio = _array(report.ratio, name="report.ratio").ravel()
+    shown = closest_pairs(report, samples, train, pairs) if samples is not None and train is not None else None
+    wide = shown is not None
+    fig = _new_figure(4.8 + (max(3.4, 0.75 * shown[0].shape[0]) if wide else 0.0), 3.8)
+    axes = fig.subplots(1, 2 if wide else 1, squeeze=False,
+                        gridspec_kw={"width_ratios": [4.8, max(3.4, 0.75 * shown[0].shape[0])]} if wide else None)[0]
+    ax = axes[0]
+    bins = np.linspace(0.0, 1.0, 41)
+    ax.hist(ratio, bins=bins, color=PALETTE[0], alpha=0.35, histtype="stepfilled")
+    below = ratio[ratio < report.threshold]
+    ax.hist(below, bins=bins, color=PALETTE[1], alpha=0.8, histtype="stepfilled",
+            label=f"memorized: {below.size}/{ratio.size}")
+    ax.axvline(report.threshold, color="#333333", linestyle="--", linewidth=1.2,
+               label=f"threshold {report.threshold:.3g}")
+    _style(ax, xlabel="gap ratio d1/d2", ylabel="samples")
+    ax.set_xlim(0.0, 1.0)
+    low, high = report.ci
+    interval = f" (CI {low:.2f}–{high:.2f})" if report.bootstrap else ""
+    ax.set_title(f"F_mem = {report.fraction:.3f}{interval}", fontsize=11)
+    _legend(ax)
+    if wide:
+        images, nearest, ratios = shown
+        ax = axes[1]
+        mosaic = _mosaic(np.concatenate([images, nearest]), columns=images.shape[0])
+        if mosaic.shape[2] == 1:
+            ax.imshow(mosaic[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        else:
+            ax.imshow(mosaic, interpolation="nearest")
+        width = images.shape[3] + 1
+        ax.set_xticks([1 + q * width + images.shape[3] / 2 - 0.5 for q in range(images.shape[0])])
+        ax.set_xticklabels([f"{r:.2f}" for r in ratios], fontsize=8)
+        ax.set_xlabel("gap ratio d1/d2", fontsize=9)
+        ax.set_yticks([1 + images.shape[2] / 2, 2 + images.shape[2] * 1.5])
+        ax.set_yticklabels(["sample", "nearest\ntraining"], fontsize=9)
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_title("smallest gap ratios", fontsize=11)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _render(fig, name, caption)
+
+
+def closest_pairs(report: "MemorizationReport", samples: Any, train: Any, pairs: int = 8
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The ``pairs`` samples with the smallest gap ratio and their nearest training items.
+
+    Returns ``(samples, nearest, ratios)``: two (n, C, H, W) arrays in [-1, 1] (n ≤ ``pairs``,
+    smallest ratio first, ties in sample order) and their (n,) ratios; None when the inputs are not
+    images (see :func:`memorization_figure`).
+    """
+    ratio = _array(report.ratio, name="report.ratio").ravel()
+    order = np.argsort(ratio, kind="stable")[:pairs]
+    order = order[np.isfinite(ratio[order])]
+    nearest_index = _array(report.nearest, name="report.nearest").ravel().astype(np.int64)[order]
+    layouts = [_image_layout(samples), _image_layout(train)]
+    if None in layouts or samples.shape[0] != ratio.size:
+        return None
+    (sample_axes, sample_shape), (train_axes, train_shape) = layouts
+    if sample_shape != train_shape:
+        return None
+    # only the shown rows leave the device; the range is read where the data lie
+    picked = _as_images(_array(samples[order.tolist()], name="samples"), sample_axes)
+    nearest = _as_images(_array(train[nearest_index.tolist()], name="train"), train_axes)
+    integer = not any(_is_float(a) for a in (samples, train))
+    lo = min(float(samples.min()), float(train.min()))
+    hi = max(float(samples.max()), float(train.max()))
+    if integer and lo >= 0 and 1 < hi <= 255:
+        picked, nearest = picked / 127.5 - 1.0, nearest / 127.5 - 1.0       # uint8 pixels
+    elif lo >= 0 and hi <= 1.001:
+        picked, nearest = 2.0 * picked - 1.0, 2.0 * nearest - 1.0           # [0, 1]
+    elif not (lo >= -1.001 and hi <= 1.001):                                # else [-1, 1] as is
+        half = max(hi - lo, 1e-12) / 2.0                                    # anything else: stretched
+        picked, nearest = (picked - lo) / half - 1.0, (nearest - lo) / half - 1.0
+    return picked, nearest, ratio[order]
+
+
+def _image_layout(values: Any) -> tuple[tuple[int, ...] | None, tuple[int, ...]] | None:
+    """For image-shaped ``values`` (tensor or array), how :func:`_as_images` makes its rows
+    (n, C, H, W) (the axes order, None for greyscale (n, H, W)) and that (C, H, W); else None."""
+    shape = tuple(getattr(values, "shape", ()))
+    if len(shape) == 3:
+        return None, (1,) + shape[1:]
+    if len(shape) == 4 and shape[1] in (1, 3):
+        return (0, 1, 2, 3), shape[1:]
+    if len(shape) == 4 and shape[3] in (1, 3):
+        return (0, 3, 1, 2), (shape[3],) + shape[1:3]
+    return None
+
+
+def _as_images(rows: np.ndarray, axes: tuple[int, ...] | None) -> np.ndarray:
+    return rows[:, None] if axes is None else rows.transpose(axes)
+
+
+def _is_float(values: Any) -> bool:
+    if hasattr(values, "is_floating_point"):
+        return bool(values.is_floating_point())
+    return bool(np.issubdtype(np.asarray(values).dtype, np.floating))

@@ -117,7 +117,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     import pandas as pd
     from scipy.stats import mannwhitneyu
 
-    from .figures import line_figure
+    from .figures import line_figure, memorization_figure
     from .report import Claim, Section
 
     shape = tuple(assets.train.shape[1:])
@@ -142,9 +142,9 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                      "F_mem CI high": audit.ci[1], "mean KPE": float(run["kpe"].mean()),
                      "mean late energy (t ≥ τ)": float(run["late"].mean()),
                      "mean share after t = 0.9": float(late_fraction(run).mean()), fd.name: fd.value})
-        last = (run, audit)
+        last = (run, audit, x)
     table = pd.DataFrame(rows)
-    run, audit = last
+    run, audit, x = last
     frame = energy_frame(run)
     frame["gap_ratio"] = audit.ratio.cpu().numpy()
     frame["memorized"] = audit.memorized.cpu().numpy()
@@ -183,6 +183,9 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                         table["training step"].to_numpy(), {"mean KPE": table["mean KPE"].to_numpy(),
                                                             fd_col: table[fd_col].to_numpy()},
                         xlabel="training step", ylabel="value", log_x=True, log_y=True),
+            memorization_figure("memorizer_copies", "Gap ratios of the final checkpoint's samples against the "
+                                "memorizing net's training images, and the samples with the smallest ratios "
+                                "beside their nearest training image.", audit, x, assets.memorizer_train),
         ],
     )
     return section, claim
