@@ -223,8 +223,10 @@ def test_bad_input_is_named():
     field = kfm.EmpiricalFlow(torch.randn(10, 3))
     with pytest.raises(ValueError, match="trailing shape"):
         field(torch.randn(2, 4), torch.zeros(2))
-    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got 1.5 at row 1"):
         field(torch.randn(2, 3), torch.tensor([0.5, 1.5]))
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got nan at row 0"):
+        field(torch.randn(2, 3), float("nan"))
     with pytest.raises(ValueError, match="t must be a scalar"):
         field(torch.randn(2, 3), torch.zeros(3))
     with pytest.raises(ValueError, match="truncate"):

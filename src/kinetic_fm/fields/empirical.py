@@ -230,8 +230,10 @@ class EmpiricalFlow:
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-        if bool(((t < 0) | (t > 1) | ~torch.isfinite(t)).any()):
-            raise ValueError("t must lie in [0, 1]")
+        bad = (t < 0) | (t > 1) | ~torch.isfinite(t)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(f"t must lie in [0, 1], got {float(t[row])!r} at row {row}")
         return flat, t
 
     # ------------------------------------------------------------------ core
