@@ -74,6 +74,31 @@ def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
     frame = pd.read_parquet(out / "tables" / "semantics__general_samples.parquet")
     assert frame["seed"].is_unique and len(frame) == 64
     assert (frame["kpe"] > 0).all() and {"margin", "early", "late"} <= set(frame.columns)
+    # context columns: ½‖x0‖² drawn again from each seed, independently of kfm.noise
+    shape = (1, 8, 8)
+    noise_energy = [0.5 * torch.randn(shape, generator=torch.Generator().manual_seed(int(s)),
+                                      dtype=torch.float64).pow(2).sum().item() for s in frame["seed"]]
+    assert frame["noise_energy"].to_numpy() == pytest.approx(noise_energy, rel=1e-12)
+    assert (frame["excess_energy"] >= -1e-9 * frame["kpe"]).all()          # KPE ≥ ½‖x1 − x0‖²
+    assert "Context (not one of the paper's claims)" in text
+
+
+def test_straight_line_energy_is_the_kpe_of_a_straight_constant_speed_path():
+    import kinetic_fm as kfm
+    from kinetic_fm.studies.samples import start_noise, straight_line_energy
+
+    c = torch.tensor([3.0, -4.0], dtype=torch.float64)
+    straight = kfm.sample(lambda x, t: c.expand_as(x), seeds=range(4), shape=(2,), steps=7,
+                          solver="euler", dtype=torch.float64)
+    run = {"x": straight.x, "seeds": torch.arange(4)}
+    torch.testing.assert_close(start_noise(run), straight.x - c)
+    torch.testing.assert_close(straight_line_energy(run), torch.full((4,), 12.5, dtype=torch.float64))
+    torch.testing.assert_close(straight.kpe, torch.full((4,), 12.5, dtype=torch.float64))
+    turn = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)    # a rotation: the path bends
+    bent = kfm.sample(lambda x, t: x @ turn.T, seeds=range(4), shape=(2,), steps=50,
+                      solver="euler", dtype=torch.float64)
+    energy = straight_line_energy({"x": bent.x, "seeds": torch.arange(4)})
+    assert (bent.kpe > 1.05 * energy).all()
 
 
 def test_efm_lands_on_atoms_in_the_study(tiny_report):

@@ -16,11 +16,10 @@ from ..fields.empirical import EmpiricalFlow
 from ..metrics.fidelity import frechet_distance
 from ..metrics.memorization import memorization
 from ..models.checkpoint import load_model
-from ..sampling.noise import noise
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
 from .output import StudyOutput, image_range
-from .samples import energy_frame, late_fraction, sampled
+from .samples import energy_frame, late_fraction, sampled, straight_line_energy
 from .semantics import general_samples
 from .verdicts import fmt_ci
 from .workspace import Workspace
@@ -54,8 +53,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
                       dtype=torch.float64, steps=cfg.efm_steps, solver="euler")
         audit = memorization(run["x"].double(), atoms, bootstrap=cfg.bootstrap)
         late = late_fraction(run)
-        x0 = noise(run["seeds"], shape, dtype=torch.float64)
-        straight = 0.5 * (run["x"].double() - x0).reshape(len(x0), -1).pow(2).sum(1)
+        straight = straight_line_energy(run)
         # v* = E[y − x0 | x_t]: by Jensen the mean power at any t is at most ½(E‖y‖² + D), and each
         # path's KPE is at least its straight-line energy, which bounds the share after t = 0.9
         ceiling = 0.5 * (atoms.reshape(n, -1).pow(2).sum(1).mean() + atoms[0].numel())

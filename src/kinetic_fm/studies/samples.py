@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..sampling.noise import noise
 from ..sampling.sample import sample
 from .workspace import Workspace
 
@@ -54,6 +55,19 @@ def late_fraction(run: Run, after: float = 0.9) -> torch.Tensor:
     starts = run["times"][:-1]
     late = run["profile"][:, starts >= after].sum(1)
     return late / run["kpe"].clamp_min(1e-300)
+
+
+def start_noise(run: Run) -> torch.Tensor:
+    """(B, ...) float64 the noise x0 each sample started from (drawn again from its seed)."""
+    return noise(run["seeds"], tuple(run["x"].shape[1:]), dtype=torch.float64)
+
+
+def straight_line_energy(run: Run) -> torch.Tensor:
+    """(B,) float64 ½‖x1 − x0‖²: the least energy of any path from a sample's noise to its end point
+    (the straight line at constant speed). KPE exceeds it as much as the path bends or changes
+    speed; for Euler with left sums, KPE ≥ it exactly (Jensen over the steps)."""
+    x0 = start_noise(run)
+    return 0.5 * (run["x"].double() - x0).reshape(len(x0), -1).pow(2).sum(1)
 
 
 def energy_frame(run: Run):

@@ -18,7 +18,7 @@ from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import SemanticsConfig
 from .output import StudyOutput, image_range
-from .samples import energy_frame, sampled
+from .samples import energy_frame, sampled, start_noise, straight_line_energy
 from .verdicts import fmt_ci, verdict_from_interval
 from .workspace import Workspace
 
@@ -88,10 +88,25 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
         "the sign of ρ(KPE, margin) decides; the interval is a paired bootstrap"))
     import pandas as pd
 
+    # Context, not a claim of the paper: KPE ≥ ½‖x1 − x0‖², and at small D the start's own norm
+    # varies enough to drive KPE; the excess over the straight line is free of it
+    x0 = start_noise(fm)
+    frame["noise_energy"] = (0.5 * x0.reshape(len(x0), -1).pow(2).sum(1)).numpy()
+    frame["excess_energy"] = kpe - straight_line_energy(fm).numpy()
+    by_noise = spearman(kpe, frame["noise_energy"].to_numpy(), bootstrap=cfg.bootstrap, permutations=0,
+                        seed=cfg.seed_start)
+    by_excess = spearman(frame["excess_energy"].to_numpy(), margin, bootstrap=cfg.bootstrap,
+                         permutations=cfg.bootstrap, seed=cfg.seed_start)
     section.text = (
         f"{len(kpe)} samples of the generalising model ({cfg.solver}, {cfg.steps} steps), judged by "
         f"`{assets.classifier_name}` (held-out accuracy {_pct(assets.classifier_accuracy)}). "
-        f"Semantic strength is the logit margin of the predicted class. {rho}.")
+        f"Semantic strength is the logit margin of the predicted class. {rho}.\n\n"
+        f"Context (not one of the paper's claims): a path's KPE is at least ½‖x1 − x0‖², so it also "
+        f"follows the energy ½‖x0‖² of the noise it starts from: ρ(KPE, ½‖x0‖²) = {by_noise.rho:+.3f} "
+        f"[{by_noise.ci_low:+.3f}, {by_noise.ci_high:+.3f}] in D = {x0[0].numel()}. The excess energy "
+        f"KPE − ½‖x1 − x0‖² (zero for a straight path at constant speed) against the margin: "
+        f"ρ = {by_excess.rho:+.3f} [{by_excess.ci_low:+.3f}, {by_excess.ci_high:+.3f}], "
+        f"p_perm = {by_excess.p_perm:.3g}. Both are per-sample columns of the table.")
     section.tables.append((f"Low vs high {q} of KPE", pd.DataFrame([
         {"score": "classifier margin", **_group_row(groups)},
         {"score": "classifier confidence", **_group_row(conf_groups)},
