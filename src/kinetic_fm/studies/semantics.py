@@ -106,7 +106,8 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
         f"[{by_noise.ci_low:+.3f}, {by_noise.ci_high:+.3f}] in D = {x0[0].numel()}. The excess energy "
         f"KPE − ½‖x1 − x0‖² (zero for a straight path at constant speed) against the margin: "
         f"ρ = {by_excess.rho:+.3f} [{by_excess.ci_low:+.3f}, {by_excess.ci_high:+.3f}], "
-        f"p_perm = {by_excess.p_perm:.3g}. Both are per-sample columns of the table.")
+        f"p_perm = {by_excess.p_perm:.3g}. Per sample: columns `noise_energy` and `excess_energy` of "
+        f"`tables/semantics__general_samples.parquet`.")
     section.tables.append((f"Low vs high {q} of KPE", pd.DataFrame([
         {"score": "classifier margin", **_group_row(groups)},
         {"score": "classifier confidence", **_group_row(conf_groups)},
