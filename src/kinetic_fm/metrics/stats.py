@@ -130,10 +130,13 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
     if permutations > 0 and math.isfinite(rho):
         if method == "spearman":  # ranks travel with their values under re-pairing
             x, y, statistic = stats.rankdata(x), stats.rankdata(y), _pearson_along
-        perm = stats.permutation_test((x, y), statistic, permutation_type="pairings",
-                                      vectorized=True, n_resamples=permutations, batch=batch,
-                                      alternative="two-sided",
-                                      **_seeded(stats.permutation_test, seed + 1))
+        # SciPy counts the possible pairings as a power of n!, which overflows to inf already at
+        # moderate n (SciPy 1.10 warns); inf only means "too many to enumerate": random re-pairings
+        with np.errstate(over="ignore"):
+            perm = stats.permutation_test((x, y), statistic, permutation_type="pairings",
+                                          vectorized=True, n_resamples=permutations, batch=batch,
+                                          alternative="two-sided",
+                                          **_seeded(stats.permutation_test, seed + 1))
         p_perm = float(perm.pvalue)
     return Correlation(method, rho, ci_low, ci_high, p_perm, p_value, n, confidence, ci_method,
                        bootstrap, permutations)
