@@ -2,6 +2,7 @@
 
     python benchmarks/nn_speed.py             # 10,000 queries vs 50,000 references, D = 3,072, float32
     python benchmarks/nn_speed.py --quick     # 1,000 queries vs 10,000 references
+    python benchmarks/nn_speed.py --device cuda   # ours and the loop on the GPU; faiss stays on the CPU
 
 * ours:  ``kfm.nearest_neighbors(samples, train, 2)`` (chunked GEMM screening, exact float64
          re-ranking of the candidates, certified).
@@ -37,8 +38,8 @@ def median_time(fn, repeats):
 
 
 def loop_2nn(samples, train):
-    d = torch.empty(samples.shape[0], 2)
-    i = torch.empty(samples.shape[0], 2, dtype=torch.int64)
+    d = torch.empty(samples.shape[0], 2, device=samples.device)
+    i = torch.empty(samples.shape[0], 2, dtype=torch.int64, device=samples.device)
     for q in range(samples.shape[0]):
         dist = torch.norm(samples[q] - train, dim=1)
         top = torch.topk(dist, 2, largest=False)
@@ -52,7 +53,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loop-queries", type=int, default=20)
     parser.add_argument("--dim", type=int, default=3_072)
+    parser.add_argument("--device", default="cpu", help="where ours and the loop run (faiss: CPU)")
     args = parser.parse_args()
+    device = torch.device(args.device)
     n_query, n_ref = (1_000, 10_000) if args.quick else (10_000, 50_000)
     dim = args.dim
     g = torch.Generator().manual_seed(0)
@@ -60,23 +63,31 @@ def main():
     half = n_query // 2
     copies = train[torch.randint(0, n_ref, (half,), generator=g)] + 0.05 * torch.randn(half, dim, generator=g)
     samples = torch.cat([copies, torch.rand(n_query - half, dim, generator=g) * 2 - 1])
+    on_device = (samples.to(device), train.to(device))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"exact 2-NN, {n_query} queries vs {n_ref} references, D={dim}, float32, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {device} ({where})")
 
     from kinetic_fm import gemm
 
-    print(f"float32 screening GEMM on this CPU: {gemm.cpu_gemm()} (timed choice; see kinetic_fm.gemm)")
+    if device.type == "cpu":
+        print(f"float32 screening GEMM on this CPU: {gemm.cpu_gemm()} (timed choice; see kinetic_fm.gemm)")
 
     def ours_with(blas):
         def run():
             gemm.CPU_GEMM = blas
             try:
-                return kfm.nearest_neighbors(samples, train, 2)
+                result = kfm.nearest_neighbors(*on_device, 2)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                return result
             finally:
                 gemm.CPU_GEMM = "auto"
         return run
 
-    contenders = {"ours": ours_with("auto"), "ours, torch BLAS only": ours_with("torch")}
+    contenders = {"ours": ours_with("auto")}
+    if device.type == "cpu":                      # on a GPU there is one BLAS
+        contenders["ours, torch BLAS only"] = ours_with("torch")
     build_s = None
     try:
         import faiss
@@ -95,12 +106,13 @@ def main():
     times, results = interleaved_rounds(contenders, args.repeats)
     ours, ours_s = results["ours"], statistics.median(times["ours"])
     print(f"ours:  {ours_s:8.2f} s   (median of {args.repeats}; rechecked in float64: {ours.rechecked})")
-    torch_only = statistics.median(times["ours, torch BLAS only"])
-    same = torch.equal(results["ours, torch BLAS only"].indices, ours.indices)
-    print(f"ours with torch's BLAS only: {torch_only:8.2f} s (identical results: {same})")
+    if "ours, torch BLAS only" in times:
+        torch_only = statistics.median(times["ours, torch BLAS only"])
+        same = torch.equal(results["ours, torch BLAS only"].indices, ours.indices)
+        print(f"ours with torch's BLAS only: {torch_only:8.2f} s (identical results: {same})")
 
     q = args.loop_queries
-    loop_s, (loop_d, loop_i) = median_time(lambda: loop_2nn(samples[:q], train), 1)
+    loop_s, (loop_d, loop_i) = median_time(lambda: loop_2nn(on_device[0][:q], on_device[1]), 1)
     loop_total = loop_s / q * n_query
     agree = (loop_i == ours.indices[:q]).all(dim=1).float().mean().item()
     print(f"loop:  {loop_total:8.1f} s   (extrapolated from {q} queries, {loop_s / q * 1e3:.0f} ms/query); "
@@ -110,12 +122,13 @@ def main():
         return
     faiss_s = statistics.median(times["faiss"])
     ratios = [f / o for f, o in zip(times["faiss"], times["ours"])]
-    agree = (torch.from_numpy(results["faiss"][1]) == ours.indices).all(dim=1).float().mean().item()
-    print(f"faiss: {faiss_s:8.2f} s   (+ {build_s:.2f} s index build); ours / faiss speed = "
+    agree = (torch.from_numpy(results["faiss"][1]) == ours.indices.cpu()).all(dim=1).float().mean().item()
+    print(f"faiss (CPU): {faiss_s:8.2f} s   (+ {build_s:.2f} s index build); ours / faiss speed = "
           f"{statistics.median(ratios):.2f}x (median of per-round ratios {', '.join(f'{r:.2f}' for r in ratios)}); "
           f"indices agree on {agree:.2%} of queries")
-    ratios_torch = [f / o for f, o in zip(times["faiss"], times["ours, torch BLAS only"])]
-    print(f"       ours with torch's BLAS only / faiss speed = {statistics.median(ratios_torch):.2f}x")
+    if "ours, torch BLAS only" in times:
+        ratios_torch = [f / o for f, o in zip(times["faiss"], times["ours, torch BLAS only"])]
+        print(f"       ours with torch's BLAS only / faiss speed = {statistics.median(ratios_torch):.2f}x")
 
 
 if __name__ == "__main__":

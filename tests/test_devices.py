@@ -1,0 +1,162 @@
+"""The exact kernels on every device present, against float64 brute forces computed on the CPU.
+
+Each test runs on the CPU everywhere and on CUDA where a GPU is present (the cuda cases skip
+otherwise): CI has no GPU, so these are the checks a lent GPU machine runs
+(``benchmarks/device_checks.sh``). The brute forces never touch the device under test.
+"""
+import math
+
+import pytest
+import torch
+
+import kinetic_fm as kfm
+from kinetic_fm.fields.empirical import PosteriorRecorder
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="no CUDA device"))]
+
+
+def brute_efm(atoms, x, t):
+    """(B, D) velocity and (B, N) weights by the definition, in float64 on the CPU."""
+    y, x = atoms.double().cpu().flatten(1), x.double().cpu().flatten(1)
+    t = t.double().cpu()
+    dist2 = (x[:, None, :] - t[:, None, None] * y[None]).pow(2).sum(dim=2)
+    w = torch.softmax(-dist2 / (2 * (1 - t)[:, None] ** 2), dim=1)
+    return (w @ y - x) / (1 - t)[:, None], w
+
+
+def brute_knn(x, y, k):
+    """The k smallest exact distances (differences, not the GEMM expansion) and their indices."""
+    x, y = x.double().cpu().flatten(1), y.double().cpu().flatten(1)
+    d = (x[:, None, :] - y[None]).pow(2).sum(dim=2).sqrt()
+    return d.topk(k, dim=1, largest=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.rand(300, 3, 4, 4, generator=g) * 2 - 1
+    t = torch.tensor([0.0, 0.02, 0.1, 0.3, 0.6, 0.9, 0.99, 0.999]).repeat(4)
+    j = torch.randint(0, 300, (len(t),), generator=g)
+    noise = torch.randn(len(t), 3, 4, 4, generator=g)
+    x = (1 - t.view(-1, 1, 1, 1)) * noise + t.view(-1, 1, 1, 1) * atoms[j]   # on the paths
+    return atoms, x, t
+
+
+def rel_err(v, ref):
+    v, ref = v.double().cpu().flatten(1), ref.double().flatten(1)
+    return ((v - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_efm_velocity_posterior_and_diagnostics(device, dtype, data):
+    atoms, x, t = data
+    field = kfm.EmpiricalFlow(atoms.to(device, dtype), chunk=70, batch_chunk=9)   # partial chunks
+    xd, td = x.to(device, dtype), t.to(device, dtype)
+    ref, w = brute_efm(atoms, x, t)
+    v = field(xd, td)
+    assert v.device.type == device and v.dtype == dtype
+    assert rel_err(v, ref) < (1e-5 if dtype == torch.float32 else 1e-10)
+    post = field.posterior(xd, td, k=3)
+    top = w.topk(3, dim=1)
+    torch.testing.assert_close(post.weights.cpu(), top.values, rtol=1e-5, atol=1e-7)
+    diag = field.diagnostics(xd, td)
+    torch.testing.assert_close(diag.max_weight.cpu(), top.values[:, 0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(diag.entropy.cpu(), -torch.special.xlogy(w, w).sum(dim=1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_efm_near_t_one_on_an_atom_is_finite_and_zero(device, data):
+    atoms, _, _ = data
+    field = kfm.EmpiricalFlow(atoms.to(device))
+    v = field(atoms[:5].to(device), torch.full((5,), 1 - 1e-7, device=device))
+    assert torch.isfinite(v).all() and v.abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_truncated_efm_bounds_the_mass_it_drops(device, data):
+    atoms, x, t = data
+    keep = t >= 0.3                                      # where a few atoms carry the posterior
+    field = kfm.EmpiricalFlow(atoms.to(device, torch.float64), truncate=20)
+    ref, w = brute_efm(atoms, x[keep], t[keep])
+    diag = field.diagnostics(x[keep].to(device, torch.float64), t[keep].to(device, torch.float64))
+    dropped = 1 - w.topk(20, dim=1).values.sum(dim=1)
+    assert (dropped <= diag.neglected_bound.cpu() * (1 + 1e-9) + 1e-15).all()
+    v = field(x[keep].to(device, torch.float64), t[keep].to(device, torch.float64))
+    one_minus = (1 - t[keep].double())[:, None]
+    # |v − v*| ≤ bound · (max ‖y_j‖ + ‖ȳ*‖) / (1 − t), per row
+    slack = diag.neglected_bound.cpu()[:, None] * 2 * atoms.flatten(1).norm(dim=1).max() / one_minus
+    assert ((v.cpu().flatten(1) - ref).norm(dim=1, keepdim=True) <= slack + 1e-9).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nearest_neighbors_are_exact(device, dtype):
+    g = torch.Generator().manual_seed(1)
+    ref = torch.randn(700, 40, generator=g).to(dtype)
+    queries = torch.cat([ref[:30] + 1e-3 * torch.randn(30, 40, generator=g).to(dtype),
+                         torch.randn(50, 40, generator=g).to(dtype)])
+    got = kfm.nearest_neighbors(queries.to(device), ref.to(device), 3, chunk=128, batch_chunk=33)
+    want = brute_knn(queries, ref, 3)
+    assert got.distances.device.type == device
+    torch.testing.assert_close(got.distances.cpu(), want.values, rtol=0, atol=1e-10)
+    assert torch.equal(got.indices.cpu(), want.indices)
+    self_search = kfm.nearest_neighbors(ref[:200].to(device), ref[:200].to(device), 2, exclude_self=True)
+    assert not (self_search.indices.cpu() == torch.arange(200)[:, None]).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_memorization_ratios_match_brute_force(device):
+    g = torch.Generator().manual_seed(2)
+    train = torch.randn(400, 3, 8, 8, generator=g, dtype=torch.float64)
+    samples = torch.cat([train[:10], train[10:20] + 0.01 * torch.randn(10, 3, 8, 8, generator=g, dtype=torch.float64),
+                         torch.randn(20, 3, 8, 8, generator=g, dtype=torch.float64)])
+    report = kfm.memorization(samples.to(device), train.to(device), bootstrap=100)
+    two = brute_knn(samples, train, 2)
+    assert report.ratio.device.type == device
+    torch.testing.assert_close(report.ratio.cpu(), two.values[:, 0] / two.values[:, 1], rtol=0, atol=1e-10)
+    assert torch.equal(report.nearest.cpu(), two.indices[:, 0])
+    assert report.fraction == pytest.approx(20 / 40)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_local_support_and_kde_match_brute_force(device):
+    g = torch.Generator().manual_seed(3)
+    ref = torch.randn(500, 16, generator=g, dtype=torch.float64)
+    samples = torch.randn(60, 16, generator=g, dtype=torch.float64)
+    sup = kfm.local_support(samples.to(device), ref.to(device), k=5, ks=(1, 5))
+    want = brute_knn(samples, ref, 5).values
+    torch.testing.assert_close(sup.radii.cpu(), want[:, [0, 4]], rtol=0, atol=1e-10)
+    kde = kfm.kde_log_density(samples.to(device), ref.to(device), bandwidth=0.7)
+    d2 = (samples[:, None, :] - ref[None]).pow(2).sum(dim=2)
+    log_p = (torch.logsumexp(-d2 / (2 * 0.7 ** 2), dim=1) - math.log(500)
+             - 16 / 2 * math.log(2 * math.pi * 0.7 ** 2))
+    torch.testing.assert_close(kde.log_density.cpu(), log_p, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_efm_sampling_lands_on_atoms_with_the_recorder(device, data):
+    atoms, _, _ = data
+    field = kfm.EmpiricalFlow(atoms[:40].to(device, torch.float64))
+    recorder = PosteriorRecorder(field)
+    res = kfm.sample(recorder, seeds=range(12), shape=(3, 4, 4), steps=60, dtype=torch.float64,
+                     device=device)
+    assert res.x.device.type == device
+    report = kfm.memorization(res.x, atoms[:40].to(device, torch.float64), bootstrap=0)
+    assert report.fraction == 1.0 and report.d1.max().item() < 1e-6
+    trace = recorder.trace()
+    assert trace.max_weight.shape == (60, 12) and (trace.max_weight[-1] > 0.999).all()
+
+
+@pytest.mark.parametrize("device", DEVICES[1:])
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dopri5"])
+def test_sampling_with_shaping_agrees_with_the_cpu(device, solver):
+    """A Gaussian target's exact field: the device run equals the CPU run (float64; GPU only)."""
+    field = kfm.GaussianTarget(mean=0.5, std=0.7)
+    runs = [kfm.sample(field, seeds=range(6), shape=(5,), steps=20, solver=solver, dtype=torch.float64,
+                       device=where, shaping=kfm.KTS(alpha0=0.02, beta0=0.01), profile=solver != "dopri5")
+            for where in ("cpu", device)]
+    torch.testing.assert_close(runs[1].x.cpu(), runs[0].x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(runs[1].kpe.cpu(), runs[0].kpe, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(runs[1].kpe_raw.cpu(), runs[0].kpe_raw, rtol=1e-10, atol=1e-10)
