@@ -160,3 +160,21 @@ def test_sampling_with_shaping_agrees_with_the_cpu(device, solver):
     torch.testing.assert_close(runs[1].x.cpu(), runs[0].x, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(runs[1].kpe.cpu(), runs[0].kpe, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(runs[1].kpe_raw.cpu(), runs[0].kpe_raw, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES[1:])
+def test_nearest_neighbors_stay_exact_with_tf32_products(device):
+    """TF32 float32 products (10-bit mantissa) widen the screening bound; re-ranking keeps the
+    answer exact (GPU only: the CPU has no TF32)."""
+    g = torch.Generator().manual_seed(4)
+    ref = torch.randn(2000, 64, generator=g)
+    queries = torch.cat([ref[:40] + 1e-3 * torch.randn(40, 64, generator=g), torch.randn(60, 64, generator=g)])
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        got = kfm.nearest_neighbors(queries.to(device), ref.to(device), 2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    want = brute_knn(queries, ref, 2)
+    torch.testing.assert_close(got.distances.cpu(), want.values, rtol=0, atol=1e-10)
+    assert torch.equal(got.indices.cpu(), want.indices)
