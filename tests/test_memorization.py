@@ -1,4 +1,6 @@
 """Gap-ratio memorization (kinetic_fm.metrics.memorization) and the `kfm memorization` command."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -169,6 +171,48 @@ def test_cli_figure_shows_the_closest_pairs_of_image_inputs(tmp_path, capsys, ca
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
                  "--figure", str(tmp_path / "audit.jpg")]) == 2
     assert "--figure must end in .png" in capsys.readouterr().err
+
+
+def test_cli_reads_image_folders_zips_and_data_specs(tmp_path, capsys):
+    """PNG samples in a folder and in a zip, the training set as an .npy or as the `digits` spec:
+    copies of training images are memorized (ratio 0), fresh images are not."""
+    import zipfile
+
+    from PIL import Image
+
+    from kinetic_fm.data.digits import load_digits
+
+    digits = load_digits().images                                 # (1797, 1, 8, 8), 17 levels in [-1, 1]
+    pixels = ((digits + 1) * 127.5).round().to(torch.uint8)
+    quantized = pixels.float() / 127.5 - 1                         # what a PNG of them holds
+    rng = np.random.default_rng(0)
+    fresh = rng.integers(0, 256, size=(6, 8, 8), dtype=np.uint8)
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i in range(10):                                            # 10 copies, then 6 fresh
+        Image.fromarray(pixels[100 + 7 * i, 0].numpy(), mode="L").save(folder / f"{i:02d}.png")
+    for i, image in enumerate(fresh):
+        Image.fromarray(image, mode="L").save(folder / f"{10 + i:02d}.png")
+    with zipfile.ZipFile(tmp_path / "samples.zip", "w") as archive:
+        for png in sorted(folder.iterdir()):
+            archive.write(png, f"gen/{png.name}")
+    np.save(tmp_path / "train.npy", quantized.numpy())
+    for samples, train_arg in ((folder, tmp_path / "train.npy"), (tmp_path / "samples.zip", "digits")):
+        out = tmp_path / f"{Path(samples).stem}.csv"
+        assert main(["memorization", "--samples", str(samples), "--train", str(train_arg), "--bootstrap", "0",
+                     "--no-progress", "--out", str(out)]) == 0
+        assert "F_mem = 0.6250" in capsys.readouterr().out
+        table = np.genfromtxt(out, delimiter=",", names=True)
+        np.testing.assert_array_equal(table["nearest"][:10], 100 + 7 * np.arange(10))
+        if train_arg == "digits":                                  # off by the PNG's rounding only
+            assert (table["ratio"][:10] < 0.05).all()
+        else:
+            np.testing.assert_array_equal(table["ratio"][:10], 0.0)
+        assert (table["ratio"][10:] > 1 / 3).all()
+    assert main(["memorization", "--samples", str(folder), "--key", "x", "--train", "digits"]) == 2
+    assert "--key names an array inside a file" in capsys.readouterr().err
+    assert main(["memorization", "--samples", str(folder), "--train", "cifar10:/no/such/folder"]) == 2
+    assert "/no/such/folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -10,12 +10,18 @@ def register(subparsers) -> None:
         help="F_mem (d1/d2 < threshold) of samples against a training set, with a bootstrap CI",
         description=(
             "Exact 2-nearest-neighbour gap-ratio audit. Inputs: .npy, .npz (its only array, or --key), "
-            ".pt (a tensor, loaded with weights_only=True) or .parquet (a list column or the numeric "
-            "columns). Rows are flattened."
+            ".pt (a tensor, loaded with weights_only=True), .parquet (a list column or the numeric "
+            "columns), or a folder or .zip of images (PNG/JPEG, read as [-1, 1], one channel when all are "
+            "grey); --train may also be "
+            "a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, folder:PATH, digits: its whole training "
+            "split, in [-1, 1]). Rows are flattened."
         ),
     )
-    parser.add_argument("--samples", required=True, help="generated samples, shape (B, ...)")
-    parser.add_argument("--train", required=True, help="training items, shape (N, ...)")
+    parser.add_argument("--samples", required=True,
+                        help="generated samples, shape (B, ...): an array file, or a folder/.zip of images")
+    parser.add_argument("--train", required=True,
+                        help="training items, shape (N, ...): an array file, a folder/.zip of images, or a "
+                             "data spec such as cifar10:/data/cifar-10-batches-py")
     parser.add_argument("--key", default=None, help="array/column name inside --samples")
     parser.add_argument("--train-key", default=None, help="array/column name inside --train")
     parser.add_argument("--threshold", type=float, default=1 / 3, help="gap-ratio threshold in (0, 1) (default 1/3)")
@@ -38,7 +44,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..metrics._arrays import load_array
     from ..metrics.memorization import memorization
     from ..runs.distributed import World, resolve_device
 
@@ -53,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
         net, _ = load_cifar_resnet_spec(args.space, name="--space")
         space = net.to(device).features
-    samples = load_array(args.samples, args.key).to(device)
-    train = load_array(args.train, args.train_key).to(device)
+    samples = _load_rows("--samples", args.samples, args.key, args.progress, specs=False).to(device)
+    train = _load_rows("--train", args.train, args.train_key, args.progress, specs=True).to(device)
     if space is not None:
         samples, train = _cifar_images("--samples", samples), _cifar_images("--train", train)
     report = memorization(samples, train, threshold=args.threshold, bootstrap=args.bootstrap, space=space,
@@ -78,6 +83,35 @@ def run(args: argparse.Namespace) -> int:
         path.write_bytes(figure.png)
         print(f"figure: {path}")
     return 0
+
+
+def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool):
+    """The rows named by ``value``: a data spec (if ``specs``), a folder or .zip of images, or an
+    array file (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``)."""
+    from pathlib import Path
+
+    from ..data.registry import DATA_SPECS, load_dataset
+    from ..metrics._arrays import load_array
+
+    path = Path(value)
+    spec_names = {spec.partition(":")[0] for spec in DATA_SPECS}
+    is_spec = specs and value.partition(":")[0] in spec_names and not path.exists()
+    is_images = not is_spec and (path.is_dir() or path.suffix.lower() == ".zip")
+    if (is_spec or is_images) and key is not None:
+        flag = "--key" if name == "--samples" else "--train-key"
+        raise ValueError(f"{flag} names an array inside a file; {name} {value!r} is "
+                         f"{'a data spec' if is_spec else 'a folder of images'}")
+    if is_spec:
+        data = load_dataset(value, progress=progress)
+        return data.images if hasattr(data, "images") else data.points
+    if is_images:
+        from ..data.images import load_image_folder
+
+        images = load_image_folder(path, labels_from_folders=False, progress=progress).images
+        if bool((images[:, 1:] == images[:, :1]).all()):
+            images = images[:, :1]                    # grey throughout (R = G = B): one channel
+        return images
+    return load_array(value, key)
 
 
 def _cifar_images(name: str, x):

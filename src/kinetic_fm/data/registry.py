@@ -7,7 +7,8 @@ from .synthetic import PointDataset
 DATA_SPECS = ("digits", "moons", "gmm", "checkerboard", "mnist:PATH", "cifar10:PATH", "celeba:PATH", "folder:PATH")
 
 
-def load_dataset(spec: str, *, n: int | None = None, seed: int = 0) -> ImageDataset | PointDataset:
+def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
+                 progress: bool = True) -> ImageDataset | PointDataset:
     """Load a data set named by a spec (one of :data:`DATA_SPECS`).
 
     Args:
@@ -16,6 +17,7 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0) -> ImageData
             ``folder:PATH`` (training split; PATH a folder or zip as the loaders accept).
         n: subset size (images) or number of points (2-D); None = everything / 20,000 points.
         seed: seeds the subset or the 2-D sampler.
+        progress: a decoding progress bar (stderr) for the image folders and archives.
     """
     from . import celeba, cifar10, digits, images, mnist, synthetic
 
@@ -29,9 +31,9 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0) -> ImageData
         return digits.load_digits(n=n, seed=seed)
     loaders = {
         "mnist": lambda p: mnist.load_mnist(p, "train", n=n, seed=seed),
-        "cifar10": lambda p: cifar10.load_cifar10(p, "train", n=n, seed=seed, progress=True),
-        "celeba": lambda p: celeba.load_celeba(p, n=n, seed=seed, progress=True),
-        "folder": lambda p: images.load_image_folder(p, n=n, seed=seed, progress=True),
+        "cifar10": lambda p: cifar10.load_cifar10(p, "train", n=n, seed=seed, progress=progress),
+        "celeba": lambda p: celeba.load_celeba(p, n=n, seed=seed, progress=progress),
+        "folder": lambda p: images.load_image_folder(p, n=n, seed=seed, progress=progress),
     }
     if name not in loaders:
         raise ValueError(f"unknown data spec {spec!r}; expected one of {', '.join(DATA_SPECS)}")
