@@ -76,6 +76,32 @@ def test_logit_passes_in_small_column_blocks_match_brute_force(atoms, monkeypatc
     torch.testing.assert_close(d.max_weight, w.max(dim=1).values, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("truncate", [None, 12])
+def test_exact_rescoring_in_small_blocks_matches_brute_force(atoms, monkeypatch, truncate):
+    # the float64 re-scoring of candidate atoms walks the rows in blocks of a byte budget; one
+    # row of 2 candidates is 2 * 48 * 8 = 768 bytes, so 1,000 bytes leaves one row a block
+    from kinetic_fm.fields import empirical
+
+    monkeypatch.setattr(empirical, "_EXACT_BLOCK_BYTES", 1_000)
+    field = kfm.EmpiricalFlow(atoms.double(), truncate=truncate)
+    t = torch.tensor([0.3, 0.6, 0.9, 0.99], dtype=torch.float64).repeat(5)
+    x = path_states(atoms.double(), t, seed=10)
+    ref, w = brute(atoms, x, t)
+    d = field.diagnostics(x, t)
+    if truncate is None:
+        assert d.exact[t >= 0.9].all()                         # late rows went through re-scoring
+        assert rel_err(field(x, t), ref) < 1e-10
+    else:
+        bound = d.neglected_bound[:, None] * 2 * atoms.flatten(1).norm(dim=1).max() / (1 - t)[:, None]
+        assert ((field(x, t).flatten(1) - ref).norm(dim=1, keepdim=True) <= bound + 1e-12).all()
+    true_max = w.max(dim=1).values
+    if truncate is None:
+        torch.testing.assert_close(d.max_weight, true_max, rtol=1e-9, atol=1e-12)
+    else:                                      # renormalised over the kept atoms: w / (1 − dropped)
+        assert (true_max <= d.max_weight + 1e-12).all()
+        assert (true_max >= d.max_weight * (1 - d.neglected_bound) - 1e-12).all()
+
+
 def test_weights_sum_to_one_and_match_brute_force(atoms):
     field = kfm.EmpiricalFlow(atoms.double())
     t = torch.tensor([0.05, 0.2, 0.5, 0.95], dtype=torch.float64)

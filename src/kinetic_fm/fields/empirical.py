@@ -356,10 +356,11 @@ class EmpiricalFlow:
         )
         return ybar, diag, (top_w, top_i)
 
-    def _exact(self, x, t, one_minus, idx, budget_bytes=64 << 20):
-        """ȳ (r, D) and normalised float64 weights (r, k) over the atoms ``idx`` (r, k), exactly."""
+    def _exact(self, x, t, one_minus, idx):
+        """ȳ (r, D) and normalised float64 weights (r, k) over the atoms ``idx`` (r, k), exactly,
+        in (rows, k, D) float64 blocks of at most ``_EXACT_BLOCK_BYTES``."""
         r, k = idx.shape
-        rows = max(1, budget_bytes // (k * self.dim * 8))
+        rows = max(1, _EXACT_BLOCK_BYTES // (k * self.dim * 8))
         ybar = torch.empty(r, self.dim, dtype=torch.float64, device=x.device)
         weights = torch.empty(r, k, dtype=torch.float64, device=x.device)
         for r0 in range(0, r, rows):
@@ -389,6 +390,13 @@ class EmpiricalFlow:
             neglected_bound=ratio / (1.0 + ratio),
         )
         return ybar, diag, (w[:, :top_k], idx[:, :top_k])
+
+
+# Exact re-scoring gathers (rows, k, D) float64 atoms, plus one temporary of that size, per block.
+# 16 MiB is as fast as 64 MiB (paired A/B at N = 10,000, B = 256: 0.94-1.01x) with a lower peak
+# (N = 50,000, t = 0.2: train + 105 MiB instead of + 132 MiB); 4 MiB was 1.22x slower at t = 0.2,
+# where ~64 candidates a row leave two rows a block.
+_EXACT_BLOCK_BYTES = 16 << 20
 
 
 def _column_blocks(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
