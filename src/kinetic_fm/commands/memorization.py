@@ -11,10 +11,9 @@ def register(subparsers) -> None:
         description=(
             "Exact 2-nearest-neighbour gap-ratio audit. Inputs: .npy, .npz (its only array, or --key), "
             ".pt (a tensor, loaded with weights_only=True), .parquet (a list column or the numeric "
-            "columns), or a folder or .zip of images (PNG/JPEG, read as [-1, 1], one channel when all are "
-            "grey); --train may also be "
-            "a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, folder:PATH, digits: its whole training "
-            "split, in [-1, 1]). Rows are flattened."
+            "columns), or a folder or .zip of images (PNG/JPEG, read as [-1, 1], one channel when all "
+            "are grey); --train may also be a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, "
+            "folder:PATH, digits: its whole training split, in [-1, 1]). Rows are flattened."
         ),
     )
     parser.add_argument("--samples", required=True,
