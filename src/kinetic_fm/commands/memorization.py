@@ -90,6 +90,7 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
     from pathlib import Path
 
     from ..data.registry import DATA_SPECS, load_dataset
+    from ..data.subset import dataset_rows
     from ..metrics._arrays import load_array
 
     path = Path(value)
@@ -101,8 +102,7 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
         raise ValueError(f"{flag} names an array inside a file; {name} {value!r} is "
                          f"{'a data spec' if is_spec else 'a folder of images'}")
     if is_spec:
-        data = load_dataset(value, progress=progress)
-        return data.images if hasattr(data, "images") else data.points
+        return dataset_rows(load_dataset(value, progress=progress))
     if is_images:
         from ..data.images import load_image_folder
 

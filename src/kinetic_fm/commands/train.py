@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data import load_dataset
+    from ..data import dataset_rows, load_dataset
     from ..models import TrainConfig, default_model, train
     from ..runs.distributed import World, resolve_device
 
@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
                          label_dropout=args.label_dropout, seed=args.seed, checkpoints=checkpoints,
                          save_every=args.save_every)
     ds = load_dataset(args.data, n=args.n, seed=args.seed)
-    data = getattr(ds, "images", None)
-    data = ds.points if data is None else data
+    data = dataset_rows(ds)
     labels = ds.labels if args.class_cond else None
     if args.class_cond and labels is None:
         raise ValueError(f"--class-cond: data {args.data!r} has no labels")

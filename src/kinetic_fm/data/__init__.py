@@ -10,12 +10,12 @@ from .digits import load_digits
 from .images import ImageDataset, ImageSource, list_image_labels, load_image_folder
 from .mnist import load_mnist, read_idx
 from .registry import DATA_SPECS, load_dataset
-from .subset import select_indices, subset
+from .subset import dataset_rows, select_indices, subset
 from .synthetic import GaussianMixture, PointDataset, checkerboard, gaussian_mixture, two_moons
 
 __all__ = [
     "CIFAR10_CLASSES", "DATA_SPECS", "GaussianMixture", "ImageDataset", "ImageSource", "PointDataset",
-    "checkerboard", "gaussian_mixture", "list_image_labels", "load_celeba", "load_cifar10",
+    "checkerboard", "dataset_rows", "gaussian_mixture", "list_image_labels", "load_celeba", "load_cifar10",
     "load_cifar10_sprite", "load_dataset", "load_digits", "load_image_folder", "load_mnist",
     "read_cifar_batch", "read_idx", "select_indices", "subset", "two_moons",
 ]

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, TypeVar
+from typing import TYPE_CHECKING, Sequence, TypeVar
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .images import ImageDataset
+    from .synthetic import PointDataset
 
 T = TypeVar("T")
 
@@ -47,16 +51,23 @@ def select_indices(
     return torch.sort(pool).values
 
 
+def dataset_rows(dataset: ImageDataset | PointDataset) -> Tensor:
+    """The (N, ...) tensor of a data set: an :class:`ImageDataset`'s images, a :class:`PointDataset`'s points."""
+    return _rows_and_field(dataset)[0]
+
+
+def _rows_and_field(dataset) -> tuple[Tensor, str]:
+    images = getattr(dataset, "images", None)
+    return (images, "images") if images is not None else (dataset.points, "points")
+
+
 def subset(dataset: T, *, n: int | None = None, indices: Sequence[int] | Tensor | None = None, seed: int = 0) -> T:
     """A subset of an :class:`ImageDataset` or :class:`PointDataset` (see :func:`select_indices`).
 
     The mean stored by a centred dataset is kept as it is (the training mean of the original set);
     recompute it by loading with the subset arguments if you need the subset's own mean.
     """
-    data = getattr(dataset, "images", None)
-    field = "images"
-    if data is None:
-        data, field = dataset.points, "points"
+    data, field = _rows_and_field(dataset)
     chosen = select_indices(int(data.shape[0]), n=n, indices=indices, seed=seed)
     changes = {field: data[chosen]}
     if dataset.labels is not None:

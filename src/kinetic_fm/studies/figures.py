@@ -288,6 +288,14 @@ def _mosaic(images: np.ndarray, columns: int) -> np.ndarray:
     return canvas
 
 
+def _show_mosaic(ax, mosaic: np.ndarray) -> None:
+    """Draw a :func:`_mosaic` canvas: greyscale for one channel, RGB for three."""
+    if mosaic.shape[2] == 1:
+        ax.imshow(mosaic[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(mosaic, interpolation="nearest")
+
+
 def sample_grid_figure(name: str, caption: str, groups: dict[str, Any], *, title: str = "",
                        columns: int = 8) -> Figure:
     """Side-by-side panels, one per group (e.g. "lowest KPE", "highest KPE").
@@ -331,11 +339,7 @@ def sample_grid_figure(name: str, caption: str, groups: dict[str, Any], *, title
         if a.shape[0] == 0:
             _no_data(ax)
         elif a.ndim == 4:
-            mosaic = _mosaic(a, columns)
-            if mosaic.shape[2] == 1:
-                ax.imshow(mosaic[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            else:
-                ax.imshow(mosaic, interpolation="nearest")
+            _show_mosaic(ax, _mosaic(a, columns))
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
@@ -472,11 +476,7 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     if wide:
         images, nearest, ratios = shown
         ax = axes[1]
-        mosaic = _mosaic(np.concatenate([images, nearest]), columns=images.shape[0])
-        if mosaic.shape[2] == 1:
-            ax.imshow(mosaic[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        else:
-            ax.imshow(mosaic, interpolation="nearest")
+        _show_mosaic(ax, _mosaic(np.concatenate([images, nearest]), columns=images.shape[0]))
         width = images.shape[3] + 1
         ax.set_xticks([1 + q * width + images.shape[3] / 2 - 0.5 for q in range(images.shape[0])])
         ax.set_xticklabels([f"{r:.2f}" for r in ratios], fontsize=8)
@@ -504,7 +504,7 @@ def closest_pairs(report: "MemorizationReport", samples: Any, train: Any, pairs:
     ratio = _array(report.ratio, name="report.ratio").ravel()
     order = np.argsort(ratio, kind="stable")[:pairs]
     order = order[np.isfinite(ratio[order])]
-    nearest_index = _array(report.nearest, name="report.nearest").ravel().astype(np.int64)[order]
+    nearest_index = report.nearest.detach().cpu().numpy().ravel()[order]
     layouts = [_image_layout(samples), _image_layout(train)]
     if None in layouts or samples.shape[0] != ratio.size:
         return None
