@@ -103,14 +103,56 @@ def test_precision_recall_matches_brute_force():
     np.testing.assert_array_equal(res.real_in_fake.numpy(), real_in_fake)
 
 
+def _integer_brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ball membership from exact int64 squared distances (no rounding anywhere)."""
+    real, fake = real.astype(np.int64), fake.astype(np.int64)
+
+    def sq(a, b):
+        return ((a[:, None] - b[None]) ** 2).sum(-1)
+
+    def sq_radii(a):
+        return np.sort(sq(a, a), 1)[:, k]  # column 0 is the point itself
+
+    d_fr = sq(fake, real)
+    return (d_fr <= sq_radii(real)[None]).any(1), (d_fr.T <= sq_radii(fake)[None]).any(1)
+
+
+def test_precision_recall_decides_ties_on_quantised_data_exactly():
+    # binary pixels: many fakes lie exactly on a ball's edge (d = r counts as inside), where
+    # the GEMM expansion's rounding alone would decide
+    rng = np.random.default_rng(8)
+    real = (rng.random((160, 100)) < 0.1).astype(np.uint8)
+    fake = (rng.random((140, 100)) < 0.1).astype(np.uint8)
+    fake_in_real, real_in_fake = _integer_brute_force(real, fake, k=3)
+    assert 0.2 < fake_in_real.mean() < 1.0                        # a case with both outcomes
+    for as_tensor in (torch.from_numpy, lambda a: torch.from_numpy(a.astype(np.float64))):
+        res = precision_recall(as_tensor(real), as_tensor(fake), k=3, chunk=37, batch_chunk=29)
+        np.testing.assert_array_equal(res.fake_in_real.numpy(), fake_in_real)
+        np.testing.assert_array_equal(res.real_in_fake.numpy(), real_in_fake)
+
+
+def test_precision_recall_counts_copies_inside_tiny_balls_in_float32():
+    # near-duplicate reals give tiny balls; fakes that copy a real point are inside them
+    # (distance 0), although float32 GEMM distances at this offset are off by far more
+    rng = np.random.default_rng(9)
+    base = rng.normal(size=(150, 64)) * 3.0 + 10.0
+    real = np.concatenate([base, base + 1e-3 * rng.normal(size=base.shape)]).astype(np.float32)
+    fake = real[:150].copy()
+    res = precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=1)
+    assert res.precision == 1.0 and res.recall == 1.0
+
+
 def test_errors():
     x = torch.randn(10, 3)
     with pytest.raises(ValueError, match="feature sizes"):
         frechet_distance(x, torch.randn(10, 4))
     with pytest.raises(ValueError, match="shapes"):
         frechet_distance_from_stats(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 9\], got 10"):
         precision_recall(x, x, k=10)
+    with pytest.raises(ValueError, match="k must be"):
+        precision_recall(x, x, k=True)
+    assert precision_recall(x, x, k=np.int64(3)).k == 3
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         inception_feature_space("/nonexistent/inception.pth")
 

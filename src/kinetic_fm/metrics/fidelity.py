@@ -13,10 +13,14 @@ says which network measured it: ``"FID"`` only for the standard TF-ported Incept
 - Precision/recall (Kynkäänniemi et al., 2019): each real feature owns a ball whose radius is
   the distance to its k-th nearest other real feature (exact, from ``nearest_neighbors``);
   precision = fraction of fakes inside some real ball, recall = fraction of reals inside some
-  fake ball. Ball membership is tested by GEMM blocks (:func:`density.sq_distance_blocks`).
+  fake ball. Ball membership is tested by GEMM blocks (:func:`density.sq_distance_blocks`);
+  the pairs within the GEMM's rounding bound of a ball's edge are decided on exact float64
+  differences, against the exact squared radius, so a copy of a real point always counts as
+  inside and ties on quantised data (``d = r`` counts as inside) are decided exactly.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..blocks import block_size
 from .density import sq_distance_blocks
+from .neighbors import column_mean, unit_roundoff
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
 
 __all__ = ["Protocol", "FrechetDistance", "PrecisionRecall", "feature_statistics",
@@ -184,14 +190,54 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
     return FrechetDistance(value, protocol.fd_name, a.shape[0], b.shape[0], a.shape[1], protocol)
 
 
-def _inside_any_ball(points: Tensor, centres: Tensor, radii: Tensor, chunk: int,
+def _exact_sq_distances(a: Tensor, b: Tensor) -> Tensor:
+    """(P,) float64 ‖a_p − b_p‖² of paired (P, D) rows, from the raw values (no expansion)."""
+    return (a.to(torch.float64) - b.to(torch.float64)).square_().sum(dim=1)
+
+
+def _centred_norms(rows: Tensor, centre: Tensor) -> Tensor:
+    """(N,) float64 ‖row − centre‖, a block of rows at a time."""
+    step = block_size(rows.device, 8 * rows.shape[1], rows.shape[0])
+    return torch.cat([torch.linalg.vector_norm(rows[r:r + step].to(torch.float64) - centre, dim=1)
+                      for r in range(0, rows.shape[0], step)])
+
+
+def _inside_any_ball(points: Tensor, centres: Tensor, radius_sq: Tensor, chunk: int,
                      batch_chunk: int) -> Tensor:
+    """(B,) bool: is ``points[i]`` within ``radius_sq[j]`` (squared, exact) of some ``centres[j]``.
+
+    The GEMM blocks decide every pair farther than their rounding bound from its ball's edge;
+    the pairs within it (copies of a centre whose ball is tiny, ties on quantised data) are
+    decided on exact float64 differences, so the answer equals the float64 brute force.
+    """
+    dtype = torch.float64 if points.dtype == centres.dtype == torch.float64 else torch.float32
+    u = unit_roundoff(dtype, points.device)
+    centre = column_mean(centres)
+    reach = _centred_norms(points, centre) + float(_centred_norms(centres, centre).max())
+    slack = 2.0 * (points.shape[1] + 3) * u * reach.square()  # twice sq_distance_blocks' bound
     inside = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
-    r2 = radii.to(torch.float64).pow(2)
     for q0, c0, d2 in sq_distance_blocks(points, centres, chunk=chunk, batch_chunk=batch_chunk):
-        hit = (d2 <= r2[c0:c0 + d2.shape[1]]).any(dim=1)
-        inside[q0:q0 + d2.shape[0]] |= hit
+        rows, r2, e = slice(q0, q0 + d2.shape[0]), radius_sq[c0:c0 + d2.shape[1]], slack[q0:q0 + d2.shape[0], None]
+        inside[rows] |= (d2 <= r2 - e).any(dim=1)
+        unsure = ((d2 - r2).abs() <= e) & ~inside[rows, None]
+        qi, cj = unsure.nonzero(as_tuple=True)
+        step = block_size(points.device, 8 * points.shape[1], qi.numel())
+        for s in range(0, qi.numel(), step):
+            q, c = qi[s:s + step] + q0, cj[s:s + step] + c0
+            hit = _exact_sq_distances(points[q], centres[c]) <= radius_sq[c]
+            inside[q[hit]] = True
     return inside
+
+
+def _kth_neighbour_sq_radius(rows: Tensor, k: int, chunk: int, batch_chunk: int) -> Tensor:
+    """(N,) float64 exact squared distance from each row to its k-th nearest other row."""
+    from .neighbors import nearest_neighbors
+
+    kth = nearest_neighbors(rows, rows, k, chunk=chunk, batch_chunk=batch_chunk,
+                            exclude_self=True).indices[:, -1]
+    step = block_size(rows.device, 8 * rows.shape[1], rows.shape[0])
+    return torch.cat([_exact_sq_distances(rows[r:r + step], rows[kth[r:r + step]])
+                      for r in range(0, rows.shape[0], step)])
 
 
 def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = None,
@@ -207,21 +253,19 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
         space, network, split, preprocessing: as in :func:`frechet_distance`.
         chunk, batch_chunk: GEMM block sizes.
     """
-    from .neighbors import nearest_neighbors
-
     fs = feature_space(space)
     r = as_features(real, fs, argument="real")
     f = as_features(fake, fs, argument="fake")
     if r.shape[1] != f.shape[1]:
         raise ValueError(f"feature sizes differ: {r.shape[1]} vs {f.shape[1]}")
-    if not (isinstance(k, int) and 1 <= k < min(r.shape[0], f.shape[0])):
-        raise ValueError(f"k must be an integer in [1, {min(r.shape[0], f.shape[0]) - 1}], got {k!r}")
-    radius_r = nearest_neighbors(r, r, k, chunk=chunk, batch_chunk=batch_chunk,
-                                 exclude_self=True).distances[:, -1]
-    radius_f = nearest_neighbors(f, f, k, chunk=chunk, batch_chunk=batch_chunk,
-                                 exclude_self=True).distances[:, -1]
-    fake_in_real = _inside_any_ball(f, r, radius_r, chunk, batch_chunk)
-    real_in_fake = _inside_any_ball(r, f, radius_f, chunk, batch_chunk)
+    k_max = min(r.shape[0], f.shape[0]) - 1
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= k_max:
+        raise ValueError(f"k must be an integer in [1, {k_max}], got {k!r}")
+    k = int(k)
+    fake_in_real = _inside_any_ball(f, r, _kth_neighbour_sq_radius(r, k, chunk, batch_chunk),
+                                    chunk, batch_chunk)
+    real_in_fake = _inside_any_ball(r, f, _kth_neighbour_sq_radius(f, k, chunk, batch_chunk),
+                                    chunk, batch_chunk)
     return PrecisionRecall(float(fake_in_real.double().mean()), float(real_in_fake.double().mean()),
                            k, r.shape[0], f.shape[0], _protocol(fs, network, split, preprocessing),
                            fake_in_real, real_in_fake)
