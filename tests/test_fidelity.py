@@ -148,6 +148,10 @@ def test_errors():
         frechet_distance(x, torch.randn(10, 4))
     with pytest.raises(ValueError, match="shapes"):
         frechet_distance_from_stats(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match="sigma2 is not a covariance"):
+        frechet_distance_from_stats([0.0], [[1.0]], [0.0], [[-1.0]])
+    with pytest.raises(ValueError, match="sigma1 is not a covariance"):
+        frechet_distance_from_stats(np.zeros(2), [[1.0, 2.0], [2.0, 1.0]], np.zeros(2), np.eye(2))
     with pytest.raises(ValueError, match=r"k must be an integer in \[1, 9\], got 10"):
         precision_recall(x, x, k=10)
     with pytest.raises(ValueError, match="k must be"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -102,6 +103,26 @@ def test_compare_groups_against_direct_computation():
     assert g.cohens_d > 1.0 and g.p_value < 1e-10
     with pytest.raises(ValueError, match="quantile"):
         compare_groups(score, kpe, quantile=0.7)
+
+
+def test_auto_interval_falls_back_to_percentile_where_bca_is_undefined():
+    x = np.arange(40.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                   # no DegenerateDataWarning escapes
+        r = spearman(x, x ** 3, bootstrap=200, permutations=0)
+    assert r.rho == pytest.approx(1.0) and r.ci_method == "percentile"
+    assert r.ci_low == pytest.approx(1.0) and r.ci_high == pytest.approx(1.0)
+    ordinary = spearman(x, np.sin(x), bootstrap=200, permutations=0)
+    assert ordinary.ci_method == "BCa" and ordinary.ci_low < ordinary.rho < ordinary.ci_high
+
+
+@pytest.mark.parametrize("n, quantile, size", [(7, 0.5, 3), (11, 0.5, 5), (10, 0.25, 3), (10, 0.35, 4)])
+def test_compare_groups_sizes_round_half_up_and_never_overlap(n, quantile, size):
+    by = np.arange(n, dtype=float)[::-1].copy()         # distinct values: the groups are known
+    g = compare_groups(by * 2.0, by, quantile=quantile)
+    assert g.n_low == g.n_high == size
+    assert g.by_low_max == size - 1 and g.by_high_min == n - size
+    assert g.by_low_max < g.by_high_min                 # no sample in both groups
 
 
 def _coverage(n_reps: int, n: int, rho: float) -> int:

@@ -132,8 +132,17 @@ def feature_statistics(feats: Any, chunk: int = 8192) -> tuple[np.ndarray, np.nd
     return (mean_shifted + shift).cpu().numpy(), cov.cpu().numpy()
 
 
-def _sqrt_psd(s: np.ndarray) -> np.ndarray:
+def _check_psd(name: str, eigenvalues: np.ndarray) -> None:
+    """Round-off may leave tiny negative eigenvalues; a clearly negative one is a wrong input."""
+    floor = -1e-6 * max(float(np.abs(eigenvalues).max()), np.finfo(np.float64).tiny)
+    if eigenvalues.min() < floor:
+        raise ValueError(f"{name} is not a covariance: eigenvalue {eigenvalues.min():.3g} < 0 "
+                         "(it must be symmetric positive semi-definite)")
+
+
+def _sqrt_psd(s: np.ndarray, name: str) -> np.ndarray:
     w, v = np.linalg.eigh(s)
+    _check_psd(name, w)
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
@@ -153,7 +162,8 @@ def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) ->
         if not np.isfinite(a).all():
             raise ValueError(f"{name} has non-finite entries")
     s1, s2 = 0.5 * (s1 + s1.T), 0.5 * (s2 + s2.T)
-    root1 = _sqrt_psd(s1)
+    root1 = _sqrt_psd(s1, "sigma1")
+    _check_psd("sigma2", np.linalg.eigvalsh(s2))
     middle = root1 @ s2 @ root1
     eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
     trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())

@@ -193,6 +193,8 @@ class CLIPScorer:
             raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(x.shape)}")
         uint8 = x.dtype == torch.uint8
         if not uint8:
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("images contain NaN or inf")
             lo, hi = value_range
             x = ((x.float() - lo) / (hi - lo)).clamp(0.0, 1.0)
         out = []
@@ -212,6 +214,8 @@ class CLIPScorer:
         if (class_names is None) == (prompts is None):
             raise ValueError("give exactly one of class_names (class prompts from the template) "
                              "or prompts (one free prompt per image)")
+        if labels is not None and prompts is not None:
+            raise ValueError("labels choose among class_names; with prompts give no labels")
         img = self.image_embeddings(images, batch_size, value_range)
         if prompts is not None:
             if len(prompts) != img.shape[0]:
@@ -220,6 +224,8 @@ class CLIPScorer:
             return ClipScores(100.0 * (img * txt).sum(1), None, None, None, "{}", self.name)
         if "{}" not in template:
             raise ValueError(f"template must contain '{{}}' for the class name, got {template!r}")
+        if isinstance(class_names, str):
+            raise TypeError(f"class_names must be a sequence of names, got the string {class_names!r}")
         if len(class_names) < 2:
             raise ValueError("a CLIP margin needs at least 2 class names")
         txt = self.text_embeddings([template.format(c) for c in class_names]).to(img.device)

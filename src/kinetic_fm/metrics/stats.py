@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal
 
@@ -116,15 +117,25 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
         statistic = _pearson_along
     rho, p_value = float(res.statistic), float(res.pvalue)
     batch = max(1, _RESAMPLE_ELEMENTS // n)
-    if ci_method == "auto":
+    auto = ci_method == "auto"
+    if auto:
         ci_method = "BCa" if n <= _BCA_MAX_N else "percentile"
 
     ci_low = ci_high = math.nan
     if bootstrap > 0 and math.isfinite(rho):
-        boot = stats.bootstrap((x, y), statistic, n_resamples=bootstrap, batch=batch,
-                               vectorized=True, paired=True, confidence_level=confidence,
-                               method=ci_method, **_seeded(stats.bootstrap, seed))
-        ci_low, ci_high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+        def interval(how: str) -> tuple[float, float]:
+            boot = stats.bootstrap((x, y), statistic, n_resamples=bootstrap, batch=batch,
+                                   vectorized=True, paired=True, confidence_level=confidence,
+                                   method=how, **_seeded(stats.bootstrap, seed))
+            return float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+
+        with warnings.catch_warnings():
+            if auto:  # a degenerate BCa (|rho| = 1, tiny n) falls back below instead of warning
+                warnings.simplefilter("ignore")
+            ci_low, ci_high = interval(ci_method)
+        if auto and ci_method == "BCa" and not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+            ci_method = "percentile"
+            ci_low, ci_high = interval(ci_method)
 
     p_perm = math.nan
     if permutations > 0 and math.isfinite(rho):
@@ -161,7 +172,8 @@ def spearman(x: Any, y: Any, bootstrap: int = 1000, permutations: int = 1000, se
             scipy runs the exact test instead when n! <= permutations).
         seed: seeds the bootstrap (``seed``) and permutation (``seed + 1``) generators.
         confidence: CI level.
-        ci_method: ``"auto"`` is BCa for n <= 2000 (its jackknife is O(n^2)), percentile above.
+        ci_method: ``"auto"`` is BCa for n <= 2000 (its jackknife is O(n^2)), percentile above
+            and wherever BCa is undefined (|rho| = 1, tiny n); the result names the one used.
         nan_policy: ``"raise"`` on non-finite pairs, or ``"omit"`` to drop them.
 
     Returns:
@@ -224,8 +236,9 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
     Args:
         score: (n,) the measurement compared (e.g. CLIP score).
         by: (n,) the grouping variable (e.g. KPE).
-        quantile: fraction in each group, in (0, 0.5]; each group holds ``round(quantile * n)``
-            samples (at least 2).
+        quantile: fraction in each group, in (0, 0.5]; each group holds ``quantile * n``
+            samples rounded half up, at most ``n // 2`` so the groups never share a sample
+            (at least 2).
         nan_policy: as in :func:`spearman`.
 
     Returns:
@@ -237,7 +250,7 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
         raise ValueError(f"quantile must be in (0, 0.5], got {quantile}")
     score, by = _pairs(score, by, nan_policy)
     n = score.size
-    m = int(round(quantile * n))
+    m = min(math.floor(quantile * n + 0.5), n // 2)
     if m < 2:
         raise ValueError(f"quantile={quantile} of n={n} samples leaves {m} per group; need >= 2")
     order = np.argsort(by, kind="stable")
