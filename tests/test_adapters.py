@@ -187,6 +187,46 @@ def test_data_prediction_sampling_reaches_the_analytic_kpe():
     torch.testing.assert_close(res.x, field.trajectory(x0, 1.0), rtol=1e-4, atol=1e-5)
 
 
+class _SmoothButSingularAtOne:
+    """The exact field with DataPrediction's scheme (heun/rk4 end with an Euler step)."""
+
+    singular_at_one = True
+
+    def __init__(self, field):
+        self.field = field
+
+    def __call__(self, x, t):
+        return self.field(x, t)
+
+
+@pytest.mark.parametrize("solver", ["heun", "rk4"])
+def test_data_prediction_never_reaches_its_singular_end(solver):
+    # an exact x1-predictor returns x at t = 1, so evaluating there gives v = 0; instead the last
+    # step is Euler's, and the run equals the exact field under that scheme
+    field = kfm.GaussianTarget(MEAN, STD)
+    x0 = _x0(8)
+    data_net = lambda x_, t_: _posterior_means(x_, t_)[1]  # noqa: E731
+    adapter = DataPrediction(ModelXT(data_net))
+    assert adapter.singular_at_one and not ModelXT(data_net).singular_at_one
+    res = kfm.sample(adapter, x0, steps=10, solver=solver)
+    ref = kfm.sample(_SmoothButSingularAtOne(field), x0, steps=10, solver=solver)
+    torch.testing.assert_close(res.x, ref.x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(res.kpe, ref.kpe, rtol=1e-12, atol=0)
+    torch.testing.assert_close(res.x, field.trajectory(x0, 1.0), rtol=0, atol=0.05)
+
+
+def test_noise_prediction_evaluates_its_net_at_t_min_on_the_first_step():
+    # an exact ε-predictor returns x at t = 0, where the formula would give v = 0
+    field = kfm.GaussianTarget(MEAN, STD)
+    x0 = _x0(8)
+    noise_net = lambda x_, t_: _posterior_means(x_, t_)[0]  # noqa: E731
+    zero = torch.zeros(8, dtype=torch.float64)
+    torch.testing.assert_close(NoisePrediction(noise_net)(x0, zero), field(x0, zero), rtol=0, atol=1e-2)
+    res = kfm.sample(NoisePrediction(noise_net), x0, steps=10, solver="euler")
+    ref = kfm.sample(field, x0, steps=10, solver="euler")
+    torch.testing.assert_close(res.x, ref.x, rtol=0, atol=1e-3)
+
+
 def test_prediction_clamps_keep_the_singular_ends_finite():
     x = _x0(3)
     ends = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)

@@ -241,6 +241,21 @@ def test_recorder_traces_dominance_along_a_run(atoms):
     assert (trace.max_weight[0] < 0.05).all()
 
 
+@pytest.mark.parametrize("solver", ["heun", "rk4", "rk4_38"])
+def test_solvers_with_an_end_stage_land_on_atoms(solver):
+    # their stage at t = 1 would multiply the predictor's small miss by 1/eps; the field is
+    # singular there, so the last step is Euler's and every sample lands on its atom
+    atoms = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    field = kfm.EmpiricalFlow(atoms)
+    x0 = kfm.noise(range(6), (2,), dtype=torch.float64)
+    fine = kfm.sample(field, x0, steps=400, solver="midpoint")
+    res = kfm.sample(PosteriorRecorder(field), x0, steps=20, solver=solver)
+    to_atom = torch.cdist(res.x, atoms).min(dim=1)
+    assert to_atom.values.max() < 1e-2
+    assert torch.equal(to_atom.indices, torch.cdist(fine.x, atoms).argmin(dim=1))
+    torch.testing.assert_close(res.kpe, fine.kpe, rtol=0.05, atol=0)
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="train contains NaN"):
         kfm.EmpiricalFlow(torch.tensor([[0.0, 1.0], [float("nan"), 2.0]]))

@@ -112,6 +112,11 @@ class _Adapter:
 
     inner: Callable[..., torch.Tensor]
 
+    @property
+    def singular_at_one(self) -> bool:
+        """Whether the wrapped field blows up at t = 1 (see ``kfm.sample``); passed through."""
+        return bool(getattr(self.inner, "singular_at_one", False))
+
     def _describe(self) -> str:
         return ""
 
@@ -239,9 +244,10 @@ class NoisePrediction(_Adapter):
     """A net predicting the noise ε̂ ≈ x0 of the linear path, turned into a velocity.
 
     On x_t = (1 − t)·ε + t·x1:  x̂1 = (x − (1 − t)·ε̂)/t,  so  v = x̂1 − ε̂ = (x − ε̂)/t.
-    The division is singular at t = 0 (where x = ε and v cannot be recovered from ε̂ alone);
-    t is clamped from below at ``t_min`` in the denominator only, so v stays finite on grids that
-    start at 0 but is only as good as that clamp on the first step.
+    The division is singular at t = 0 (where x = ε and v cannot be recovered from ε̂ alone:
+    an exact net returns ε̂ = x there, so the formula gives v = 0). The field is therefore
+    evaluated at max(t, ``t_min``), net included: v(x, t) := v(x, max(t, t_min)), finite on
+    grids that start at 0 and off by O(t_min) on the first step.
     """
 
     def __init__(self, inner: Callable[..., torch.Tensor], *, t_min: float = 1e-3):
@@ -249,9 +255,9 @@ class NoisePrediction(_Adapter):
         self.inner, self.t_min = inner, _check_clamp(t_min, "t_min")
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        t = batch_time(t, x)
+        t = batch_time(t, x).clamp(min=self.t_min)
         noise = self.inner(x, t, *args, **kwargs)
-        return (x - noise) / _broadcast(t.clamp(min=self.t_min), x)
+        return (x - noise) / _broadcast(t, x)
 
     def _describe(self) -> str:
         return f"t_min={self.t_min:g}"
@@ -261,18 +267,22 @@ class DataPrediction(_Adapter):
     """A net predicting the data x̂1 of the linear path, turned into a velocity.
 
     On x_t = (1 − t)·ε + t·x1:  ε̂ = (x − t·x̂1)/(1 − t),  so  v = x̂1 − ε̂ = (x̂1 − x)/(1 − t).
-    Singular at t = 1; 1 − t is clamped from below at ``gap_min`` in the denominator only (fixed
-    grids never evaluate at t = 1 with Euler, but Heun/RK4 end stages do).
+    Singular at t = 1 (an exact net returns x̂1 = x there, so the formula gives v = 0): the
+    field is evaluated at min(t, 1 − ``gap_min``), net included, and declares
+    ``singular_at_one`` so that ``kfm.sample`` takes the last step of heun/rk4 with Euler
+    instead of evaluating the end stage at t = 1.
     """
+
+    singular_at_one = True
 
     def __init__(self, inner: Callable[..., torch.Tensor], *, gap_min: float = 1e-3):
         _check_callable(inner, "inner")
         self.inner, self.gap_min = inner, _check_clamp(gap_min, "gap_min")
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        t = batch_time(t, x)
+        t = batch_time(t, x).clamp(max=1.0 - self.gap_min)
         data = self.inner(x, t, *args, **kwargs)
-        return (data - x) / _broadcast((1.0 - t).clamp(min=self.gap_min), x)
+        return (data - x) / _broadcast(1.0 - t, x)
 
     def _describe(self) -> str:
         return f"gap_min={self.gap_min:g}"

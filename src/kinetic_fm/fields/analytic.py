@@ -66,9 +66,12 @@ class PointTarget:
     """Exact velocity toward a single training point y: v = (y − x)/(1 − t).
 
     Every trajectory is the straight line from x0 to y, KPE = ½‖y − x0‖². The field is
-    singular at t = 1; explicit fixed-step solvers never evaluate there (dopri5's last stages do,
+    singular at t = 1 and declares ``singular_at_one``: ``kfm.sample`` takes the last step of
+    heun/rk4 with Euler, so fixed-step solvers never evaluate it there (dopri5's last stages do,
     so use a fixed-step solver with this field).
     """
+
+    singular_at_one = True
 
     def __init__(self, point: torch.Tensor | float):
         self.point = torch.as_tensor(point, dtype=torch.float64)

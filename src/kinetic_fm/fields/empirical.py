@@ -34,7 +34,10 @@ first call of every run) cost no GEMM, in either mode.
 Behaviour as t → 1: times are clamped to 1 − t ≥ ``eps`` (default 1e-6), i.e. v(x, t) :=
 v(x, min(t, 1 − eps)): the velocity that carries x to the posterior mean ȳ (≈ the nearest atom)
 in the remaining time eps. It is finite for every finite x, and exactly 0 when x is an atom.
-Explicit solvers never evaluate at t = 1; dopri5 stages and user grids can come arbitrarily close.
+The field declares ``singular_at_one``, so ``kfm.sample`` takes the last step of heun, rk4 and
+rk4_38 with Euler: their end stage at t = 1 would multiply the predictor's small miss of an atom
+by 1/eps. Euler and midpoint never evaluate at t = 1; dopri5 stages and user grids can come
+arbitrarily close (dopri5's error control rejects steps that the clamp spoils).
 
 Truncated mode (``truncate=k``) keeps only the k atoms with the largest logits — the exact k
 nearest neighbours of x/t (:func:`kinetic_fm.nearest_neighbors`, or faiss) — and reports, per
@@ -131,6 +134,8 @@ class EmpiricalFlow:
     scalar) and returns v*(x, t) with x's shape, dtype and device. ``field.evaluate`` also returns
     the per-sample :class:`PosteriorDiagnostics`; ``field.posterior(x, t, k)`` the top-k weights.
     """
+
+    singular_at_one = True  # kfm.sample: heun/rk4 take their last step with Euler
 
     def __init__(
         self,
@@ -446,6 +451,8 @@ class PosteriorRecorder:
     The records stay on the device (no host synchronisation beyond the field's own); pass the
     recorder to ``kfm.sample`` in place of the field, then read :meth:`trace`.
     """
+
+    singular_at_one = True
 
     def __init__(self, field: EmpiricalFlow):
         self.field = field

@@ -90,6 +90,11 @@ class ClassifierFreeGuidance:
         self.last_unconditional: torch.Tensor | None = None
         self.reset()
 
+    @property
+    def singular_at_one(self) -> bool:
+        """Whether the model blows up at t = 1 (see ``kfm.sample``); passed through."""
+        return bool(getattr(self.model, "singular_at_one", False))
+
     def reset(self) -> None:
         """Forget the accumulated part energies (start of a new run)."""
         self._t_prev: torch.Tensor | None = None

@@ -8,7 +8,7 @@ import torch
 
 from .energy import EnergyLedger, quadrature_weights
 from .guards import check_velocity_output
-from .tableau import Tableau
+from .tableau import EULER, Tableau
 
 Gain = Callable[[float], float]
 
@@ -53,15 +53,19 @@ def integrate_fixed(
     only writes each stage's ‖v‖² into a preallocated (S, stages, B) buffer: no host
     synchronisation and no bookkeeping on the hot path. Energies, the non-finite check and the
     early/late split (step index i < int(split·S), the reference rule) are computed from that
-    buffer once, after the loop. The buffer costs S·stages·B numbers of x's dtype.
+    buffer once, after the loop. The buffer costs S·stages·B numbers of x's dtype (float32 for
+    half-precision x).
     """
     batch, device, dtype = x0.shape[0], x0.device, x0.dtype
     times = grid.tolist()
     n_steps, n_stages = len(times) - 1, tableau.stages
+    tableaus = step_tableaus(velocity, tableau, n_steps)
     t_stage = stage_times(times, tableau.c)
     eta = [[gain(t) if gain is not None else 1.0 for t in row] for row in t_stage]
     t_vectors = [[torch.full((batch,), t, dtype=dtype, device=device) for t in row] for row in t_stage]
-    norms = torch.empty(n_steps, n_stages, batch, dtype=dtype, device=device)
+    # half-precision squares overflow (‖v‖² > 65504 in float16) and round coarsely (bfloat16)
+    norm_dtype = torch.promote_types(dtype, torch.float32)
+    norms = torch.zeros(n_steps, n_stages, batch, dtype=norm_dtype, device=device)
 
     steps_iter = range(n_steps)
     if progress:
@@ -72,30 +76,44 @@ def integrate_fixed(
     x = x0
     for i in steps_iter:
         h = times[i + 1] - times[i]
+        step = tableaus[i]
         stage_v: list[torch.Tensor] = []
-        for j in range(n_stages):
+        for j in range(step.stages):
             xj = x
-            for l, a_jl in enumerate(tableau.a[j]):
+            for l, a_jl in enumerate(step.a[j]):
                 if a_jl != 0.0:
                     xj = torch.add(xj, stage_v[l], alpha=h * a_jl * eta[i][l])
             v = velocity(xj, t_vectors[i][j])
             if i == 0 and j == 0:
                 check_velocity_output(v, x)
             flat = v.reshape(batch, -1)
+            if flat.dtype != norm_dtype:
+                flat = flat.to(norm_dtype)
             torch.linalg.vecdot(flat, flat, out=norms[i, j])
             stage_v.append(v)
-        x = _update(x, h, tableau, stage_v, eta[i])
+        x = _update(x, h, step, stage_v, eta[i])
 
-    return _account(x, norms, times, t_stage, eta, tableau, quadrature, split, keep_profile)
+    return _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_profile)
 
 
-def _account(x, norms, times, t_stage, eta, tableau, quadrature, split, keep_profile) -> Trace:
+def step_tableaus(velocity: Callable, tableau: Tableau, n_steps: int) -> list[Tableau]:
+    """The tableau of every step: ``tableau``, except that a field declaring ``singular_at_one``
+    (EFM, a point target, data prediction: v ~ 1/(1 − t)) takes its last step with Euler when the
+    tableau has a stage at the step's end, which would evaluate it at t = 1 (as EDM's sampler
+    skips its last correction). Stages past a step's own count stay zero in the norm buffer."""
+    if getattr(velocity, "singular_at_one", False) and 1.0 in tableau.c:
+        return [tableau] * (n_steps - 1) + [EULER]
+    return [tableau] * n_steps
+
+
+def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_profile) -> Trace:
     """Energies from the stage norms: applied ½ h Σ w η²‖v‖², raw ½ h Σ w ‖v‖² per step."""
-    n_steps, _, batch = norms.shape
+    n_steps, n_stages, batch = norms.shape
     device = norms.device
-    weights = torch.tensor(quadrature_weights(quadrature, tableau.b), dtype=torch.float64)
+    weights = torch.tensor([_padded(quadrature_weights(quadrature, tab.b), n_stages) for tab in tableaus],
+                           dtype=torch.float64)  # (S, stages)
     h = torch.tensor(times, dtype=torch.float64).diff()
-    raw_coef = 0.5 * h[:, None] * weights[None, :]  # (S, stages)
+    raw_coef = 0.5 * h[:, None] * weights
     applied_coef = raw_coef * torch.tensor(eta, dtype=torch.float64) ** 2
     n64 = norms.to(torch.float64)
     finite = torch.isfinite(n64)
@@ -129,17 +147,20 @@ def _account(x, norms, times, t_stage, eta, tableau, quadrature, split, keep_pro
     any_bad = bad.any(0)
     first = torch.where(any_bad, bad.to(torch.uint8).argmax(0), 0)
     stage_t = torch.tensor(t_stage, dtype=torch.float64, device=device).reshape(-1)
-    n_stages = norms.shape[1]
     return Trace(
         x=x,
         ledger=ledger,
         profile=applied.T.contiguous() if keep_profile else None,
         step_times=torch.tensor(times, dtype=torch.float64),
-        nfe=n_steps * n_stages,
+        nfe=sum(tab.stages for tab in tableaus),
         steps=n_steps,
         bad_step=torch.where(any_bad, first // n_stages, -1),
         bad_time=torch.where(any_bad, stage_t[first], torch.nan),
     )
+
+
+def _padded(weights: tuple[float, ...], stages: int) -> tuple[float, ...]:
+    return weights + (0.0,) * (stages - len(weights))
 
 
 def _update(x, h, tableau: Tableau, stage_v, etas) -> torch.Tensor:

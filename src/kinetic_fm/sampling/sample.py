@@ -63,7 +63,13 @@ def sample(
         progress: show a tqdm progress bar.
 
     Fixed-step solvers never synchronise with the host inside the loop; energies accumulate on
-    the device in float64. Results do not depend on batch composition.
+    the device in float64 (squared norms of half-precision velocities in float32). Results do
+    not depend on batch composition.
+
+    A field whose velocity blows up at t = 1 may say so with an attribute ``singular_at_one =
+    True`` (``EmpiricalFlow``, ``PointTarget``, ``DataPrediction`` do; adapters and
+    ``ClassifierFreeGuidance`` pass it through). heun, rk4 and rk4_38 then take their last step
+    with Euler, as EDM-style samplers do, instead of evaluating the field at t = 1.
     """
     x0, seed_tuple = _initial_state(x0, seeds, shape, dtype, device)
     if solver not in SOLVERS:
