@@ -256,6 +256,20 @@ def test_solvers_with_an_end_stage_land_on_atoms(solver):
     torch.testing.assert_close(res.kpe, fine.kpe, rtol=0.05, atol=0)
 
 
+def test_recorder_under_dopri5_records_the_samples_in_flight(atoms):
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    x0 = kfm.noise(range(5), (3, 4, 4), dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.5, 2.0, 1.0],
+                                                                            dtype=torch.float64)[:, None, None, None]
+    res = kfm.sample(recorder, x0, solver="dopri5", rtol=1e-4, atol=1e-4)
+    trace = recorder.trace()
+    assert trace.max_weight.shape == (len(recorder), 5)
+    evaluated = ~torch.isnan(trace.t)
+    torch.testing.assert_close(evaluated.sum(0), res.nfe)        # one record per evaluation of a sample
+    assert (~evaluated).any()                                    # finished samples were not evaluated
+    assert torch.equal(evaluated, ~torch.isnan(trace.max_weight))
+    assert not trace.exact[~evaluated].any()
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="train contains NaN"):
         kfm.EmpiricalFlow(torch.tensor([[0.0, 1.0], [float("nan"), 2.0]]))

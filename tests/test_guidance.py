@@ -50,6 +50,26 @@ def _hand_guided_euler(net, x0, y, scale, grid):
     return x, kpe, part_c, part_u
 
 
+def test_dopri5_gives_each_sample_its_own_label():
+    # dopri5 evaluates only the samples still in flight; each must keep its own label, so a
+    # batch run equals every sample run alone
+    net = ClassNet()
+    x0 = kfm.noise(range(6), (DIM,), dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.3, 2.0, 5.0, 1.0])[:, None]
+    labels = torch.tensor([0, 1, 2, 1, 0, 2])
+    tol = dict(rtol=1e-9, atol=1e-9)
+    batch = kfm.sample(ClassifierFreeGuidance(net, labels, 2.0, NULL), x0, solver="dopri5", **tol)
+    assert len(set(batch.steps.tolist())) > 1                   # some calls saw a subset
+    assert min(net.rows_seen) < 2 * 6
+    for i in range(6):
+        alone = kfm.sample(ClassifierFreeGuidance(net, labels[i:i + 1], 2.0, NULL), x0[i:i + 1],
+                           solver="dopri5", **tol)
+        torch.testing.assert_close(batch.x[i:i + 1], alone.x, rtol=0, atol=1e-12)
+        torch.testing.assert_close(batch.kpe[i:i + 1], alone.kpe, rtol=1e-12, atol=0)
+    tracked = ClassifierFreeGuidance(net, labels, 2.0, NULL, track_parts=True)
+    with pytest.raises(ValueError, match="track_parts is not supported with adaptive solvers"):
+        kfm.sample(tracked, x0, solver="dopri5", **tol)
+
+
 @pytest.mark.parametrize("scale", [0.0, 1.0, 4.0])
 def test_guided_kpe_matches_hand_loop(scale):
     net = ClassNet()

@@ -118,6 +118,19 @@ def test_dopri5_reaches_the_analytic_solution():
     torch.testing.assert_close(res.kpe, field.kinetic_energy(x0), rtol=1e-6, atol=1e-8)
 
 
+def test_dopri5_slices_per_sample_conditions():
+    model, x0, cond = _setup(6)
+    x0 = x0 * torch.tensor([1.0, 4.0, 0.2, 2.0, 6.0, 1.0], dtype=torch.float64)[:, None]
+    solver = KineticODESolver(model)
+    batch = solver.sample(x0, method="dopri5", cond=cond, rtol=1e-9, atol=1e-9)
+    assert len(set(batch.steps.tolist())) > 1                   # some calls saw a subset
+    for i in range(6):
+        alone = solver.sample(x0[i:i + 1], method="dopri5", cond=cond[i:i + 1], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(batch.x[i:i + 1], alone.x, rtol=0, atol=1e-12)
+    reference = ODESolver(model).sample(x0, step_size=None, method="dopri5", atol=1e-9, rtol=1e-9, cond=cond)
+    torch.testing.assert_close(batch.x, reference, rtol=0, atol=1e-6)
+
+
 def test_from_model_wrapper_passes_a_scalar_time_like_ode_solver():
     seen = []
 

@@ -25,6 +25,7 @@ warning (tests/test_adapters.py shows how far off). Check a new net on a case yo
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable
 
@@ -117,6 +118,14 @@ class _Adapter:
         """Whether the wrapped field blows up at t = 1 (see ``kfm.sample``); passed through."""
         return bool(getattr(self.inner, "singular_at_one", False))
 
+    def select(self, active: torch.Tensor) -> "_Adapter":
+        """This adapter for the samples where the (B,) bool mask ``active`` is True (dopri5
+        evaluates only the samples still in flight); passed through to the wrapped field."""
+        part = copy.copy(self)
+        if hasattr(self.inner, "select"):
+            part.inner = self.inner.select(active)
+        return part
+
     def _describe(self) -> str:
         return ""
 
@@ -160,7 +169,8 @@ class ModelXT(_Adapter):
             ``flow_matching.solver.ODESolver`` does, calling the net once per distinct time in the
             batch (one host synchronisation per call); ``"shared"`` passes ``t[0]`` as a 0-dim t
             without checking (no synchronisation: fixed-step grids only).
-        **extras: fixed keyword arguments for every call (e.g. a condition tensor).
+        **extras: fixed keyword arguments for every call (e.g. a condition tensor); tensors
+            whose first dimension is the batch size are per-sample and follow ``select``.
     """
 
     def __init__(self, model: Callable[..., torch.Tensor], *, time: str = "batch", **extras: Any):
@@ -170,6 +180,12 @@ class ModelXT(_Adapter):
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return _call_time_mode(self.inner, self.time, x, t, args, {**self.extras, **kwargs})
+
+    def select(self, active: torch.Tensor) -> "ModelXT":
+        """As for every adapter; per-sample extras (tensors with first dimension B) are sliced."""
+        part = super().select(active)
+        part.extras = {key: _rows(value, active, active.shape[0]) for key, value in self.extras.items()}
+        return part
 
     def _describe(self) -> str:
         keys = ", ".join(f"{k}=..." for k in self.extras)

@@ -46,6 +46,7 @@ the dropped mass is at most R/(1 + R) with R = (N − k)·exp(ℓ_(k) − logsum
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -436,13 +437,20 @@ def _exponentiate(logits: torch.Tensor, best: torch.Tensor) -> tuple[torch.Tenso
 
 @dataclass(frozen=True)
 class PosteriorTrace:
-    """Diagnostics recorded along a run: each field (calls, B), row i for the i-th field call."""
+    """Diagnostics recorded along a run: each field (calls, B), row i for the i-th field call.
+
+    Samples a call did not evaluate (dopri5 evaluates only those still in flight) hold NaN in
+    the float fields and False in ``exact``.
+    """
 
     t: torch.Tensor
     max_weight: torch.Tensor
     entropy: torch.Tensor
     neglected_bound: torch.Tensor
     exact: torch.Tensor
+
+
+_TRACED = ("max_weight", "entropy", "neglected_bound", "exact")
 
 
 class PosteriorRecorder:
@@ -456,13 +464,21 @@ class PosteriorRecorder:
 
     def __init__(self, field: EmpiricalFlow):
         self.field = field
-        self._records: list[tuple[torch.Tensor, PosteriorDiagnostics]] = []
+        self._active: torch.Tensor | None = None  # the rows this view records, None = all
+        self._records: list[tuple[torch.Tensor, PosteriorDiagnostics, torch.Tensor | None]] = []
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         out = self.field.evaluate(x, t)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float64).expand(x.shape[0])
-        self._records.append((t, out.diagnostics))
+        self._records.append((t, out.diagnostics, self._active))
         return out.velocity
+
+    def select(self, active: torch.Tensor) -> "PosteriorRecorder":
+        """A recorder for the samples where the (B,) bool mask ``active`` is True, writing into
+        this one's records (dopri5 evaluates only the samples still in flight)."""
+        view = copy.copy(self)                  # shares the record list
+        view._active = active.clone()
+        return view
 
     def __len__(self) -> int:
         return len(self._records)
@@ -471,8 +487,14 @@ class PosteriorRecorder:
         """Stack the records; raises ValueError when nothing was recorded yet."""
         if not self._records:
             raise ValueError("the recorder has not been called yet")
-        return PosteriorTrace(
-            t=torch.stack([t for t, _ in self._records]),
-            **{name: torch.stack([getattr(d, name) for _, d in self._records])
-               for name in ("max_weight", "entropy", "neglected_bound", "exact")},
-        )
+        batch = max(t.shape[0] if active is None else active.shape[0] for t, _, active in self._records)
+        columns: dict[str, list[torch.Tensor]] = {name: [] for name in ("t", *_TRACED)}
+        for t, diagnostics, active in self._records:
+            for name in columns:
+                value = t if name == "t" else getattr(diagnostics, name)
+                if active is not None:
+                    full = value.new_full((batch,), False if value.dtype == torch.bool else math.nan)
+                    full[active] = value
+                    value = full
+                columns[name].append(value)
+        return PosteriorTrace(**{name: torch.stack(values) for name, values in columns.items()})

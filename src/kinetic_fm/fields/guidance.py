@@ -10,6 +10,7 @@ returned, so ``kfm.sample`` measures the energy of the motion each sample actual
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -94,6 +95,17 @@ class ClassifierFreeGuidance:
     def singular_at_one(self) -> bool:
         """Whether the model blows up at t = 1 (see ``kfm.sample``); passed through."""
         return bool(getattr(self.model, "singular_at_one", False))
+
+    def select(self, active: torch.Tensor) -> "ClassifierFreeGuidance":
+        """The guided field for the samples where the (B,) bool mask ``active`` is True, with
+        their labels (dopri5 evaluates only the samples still in flight)."""
+        if self.track_parts:
+            raise ValueError("track_parts is not supported with adaptive solvers (dopri5)")
+        part = copy.copy(self)
+        part.labels, part.null_labels = self.labels[active], self.null_labels[active]
+        if hasattr(self.model, "select"):
+            part.model = self.model.select(active)
+        return part
 
     def reset(self) -> None:
         """Forget the accumulated part energies (start of a new run)."""

@@ -4,6 +4,11 @@ Every sample carries its own time t_b and step h_b, and the error test is per sa
 sample's trajectory, step sequence and KPE do not depend on its batch-mates. Each iteration
 evaluates only the samples still in flight; choosing them needs one host synchronisation per
 iteration (unavoidable for adaptive stepping). The energy integral never enters the error control.
+
+A field that holds per-sample data (class labels, conditions, recorders) must see those rows
+only: it provides ``select(active)``, returning the field restricted to the samples where the
+(B,) bool mask ``active`` is True (``ClassifierFreeGuidance``, the adapters and
+``PosteriorRecorder`` do). Fields without it are called on the active rows as they are.
 """
 from __future__ import annotations
 
@@ -53,8 +58,11 @@ def integrate_dopri5(
     step_times = torch.full((batch, capacity + 1), float("nan"), dtype=torch.float64, device=device)
     step_times[:, 0] = 0.0
 
-    def f(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-        return velocity(x, tt.to(dtype))
+    select = getattr(velocity, "select", None)
+
+    def f(x: torch.Tensor, tt: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        field = velocity if active is None or select is None else select(active)
+        return field(x, tt.to(dtype))
 
     x = x0.clone()
     k1 = f(x, t)
@@ -87,6 +95,7 @@ def integrate_dopri5(
                 "unfinished; loosen rtol/atol or raise max_steps"
             )
         ta, xa = t[rows], x[rows]
+        active = None if n_active == batch else ~done
         ha = torch.minimum(h[rows], 1.0 - ta)
         last = ha >= 1.0 - ta
         t_end = torch.where(last, torch.ones_like(ta), ta + ha)
@@ -99,7 +108,7 @@ def integrate_dopri5(
             for l, a_jl in enumerate(tab.a[j]):
                 if a_jl != 0.0:
                     xj = xj + _bcast(ha * a_jl * etas[l], xa) * kv[l]
-            v = f(xj, tj)
+            v = f(xj, tj, active)
             kv.append(v)
             etas.append(eta_of(tj))
             norms.append(squared_norm(v))

@@ -47,6 +47,9 @@ def sample(
 
     Args:
         velocity: callable ``v(x, t)`` with x (B, ...) and t (B,) of x's dtype; returns (B, ...).
+            dopri5 calls it with the B' ≤ B samples still in flight; a field holding per-sample
+            data (labels, conditions) provides ``select(active)``, the field for the samples
+            where the (B,) bool mask is True (``ClassifierFreeGuidance`` and the adapters do).
         x0: (B, ...) initial noise; or give ``seeds`` and ``shape`` to draw it with ``kfm.noise``.
         steps: number of steps S for fixed-step solvers (ignored for a tensor grid and dopri5).
         solver: "euler" | "midpoint" | "heun" | "rk4" | "rk4_38" (fixed step; rk4_38 is Kutta's
