@@ -157,3 +157,16 @@ def test_argument_checks():
         solver.sample(x0, time_grid=torch.tensor([1.0, 0.0]), cond=cond)
     with pytest.raises(TypeError, match="velocity must be callable"):
         as_model_wrapper(None)
+    for flag in ("return_intermediates", "enable_grad"):
+        with pytest.raises(ValueError, match=f"{flag}=True is not supported"):
+            solver.sample(x0, step_size=0.5, cond=cond, **{flag: True})
+    same = solver.sample(x0, step_size=0.5, cond=cond, return_intermediates=False, enable_grad=False)
+    torch.testing.assert_close(same.x, solver.sample(x0, step_size=0.5, cond=cond).x, rtol=0, atol=0)
+
+
+def test_model_wrapper_accepts_a_constant_gain():
+    field = kfm.GaussianTarget(torch.tensor([2.0, -1.0], dtype=torch.float64), 0.5)
+    x = kfm.noise(list(range(3)), (DIM,), dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    shaped = as_model_wrapper(field, shaping=lambda t_: 1.25)(x, t)
+    torch.testing.assert_close(shaped, 1.25 * field(x, t.expand(3)), rtol=0, atol=1e-15)

@@ -342,6 +342,28 @@ def test_bad_inputs_get_clear_errors(x0):
         kfm.sample(field, x0, solver="dopri5", rtol=0)
     with pytest.raises(ValueError, match="steps"):
         kfm.sample(field, x0, steps=0)
+    for bad in (0, -0.1, math.nan, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match=r"first_step must be None or a number in \(0, 1\]"):
+            kfm.sample(field, x0, solver="dopri5", first_step=bad)
+    with pytest.raises(ValueError, match="max_steps must be an integer"):
+        kfm.sample(field, x0, solver="dopri5", max_steps=True)
+    with pytest.raises(ValueError, match="split must be a number"):
+        kfm.sample(field, x0, split=True)
+    for gain in (lambda t: math.nan, lambda t: -1.0, lambda t: 0.0):
+        with pytest.raises(ValueError, match=r"shaping gave η\(0\) = .*finite and > 0"):
+            kfm.sample(field, x0, steps=4, shaping=gain)
+    with pytest.raises(TypeError, match="write it with torch operations"):
+        kfm.sample(field, x0, solver="dopri5", shaping=lambda t: 1 + 0.1 * math.exp(-t))
+
+
+def test_numpy_scalars_and_constant_gains_are_accepted(x0):
+    field = GaussianTarget(mean=1.0, std=0.5)
+    plain = kfm.sample(field, x0, steps=10, split=0.5, shaping=lambda t: 1.2)
+    numpy = kfm.sample(field, x0, steps=np.int64(10), split=np.float32(0.5), shaping=lambda t: 1.2)
+    assert torch.equal(plain.x, numpy.x) and torch.equal(plain.early, numpy.early)
+    const = kfm.sample(field, x0, solver="dopri5", shaping=lambda t: 1.2, first_step=np.float64(0.01))
+    tensor = kfm.sample(field, x0, solver="dopri5", shaping=lambda t: torch.full_like(t, 1.2), first_step=0.01)
+    assert torch.equal(const.x, tensor.x) and torch.equal(const.kpe, tensor.kpe)
 
 
 def test_wrong_device_is_reported(x0):

@@ -81,6 +81,8 @@ class KineticODESolver:
         shaping: Callable | None = None,
         quadrature: str = "solver",
         profile: bool = False,
+        return_intermediates: bool = False,
+        enable_grad: bool = False,
         **model_extras: Any,
     ) -> SampleResult:
         """Integrate from t = 0 to 1 as ``ODESolver.sample`` would, measuring each sample's KPE.
@@ -95,8 +97,16 @@ class KineticODESolver:
                 ``step_size`` is None.
             shaping: a ``kfm.KTS`` gain (or callable η(t)); None = plain flow matching.
             quadrature, profile: as in ``kfm.sample``.
-            **model_extras: keyword arguments for every model call (e.g. a condition).
+            return_intermediates, enable_grad: ``ODESolver.sample``'s flags, accepted for a
+                drop-in call; only False is supported (``profile=True`` keeps the per-step
+                energies; sampling runs without gradients).
+            **model_extras: keyword arguments for every model call (e.g. a condition); tensors
+                whose first dimension is the batch size are per-sample.
         """
+        for name, flag in (("return_intermediates", return_intermediates), ("enable_grad", enable_grad)):
+            if flag:
+                raise ValueError(f"{name}=True is not supported: kfm returns the final state with "
+                                 "per-sample energies (profile=True keeps the per-step energies)")
         if method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
         solver = METHODS[method]
@@ -146,7 +156,7 @@ def _model_wrapper_class() -> type:
                 v = self.velocity(x, t, **extras)
                 if self.shaping is None:
                     return v
-                eta = self.shaping(t).to(v.dtype)
+                eta = torch.as_tensor(self.shaping(t), dtype=v.dtype, device=v.device).expand(v.shape[0])
                 return eta.reshape(-1, *([1] * (v.dim() - 1))) * v
 
         _WRAPPER_CLASS = KineticModelWrapper

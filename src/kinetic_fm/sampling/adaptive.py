@@ -45,7 +45,7 @@ def integrate_dopri5(
     tab = DOPRI5
     batch, device, dtype = x0.shape[0], x0.device, x0.dtype
     weights = quadrature_weights(quadrature, tab.b)
-    eta_of = (lambda t: lane_safe(gain, t, 0.5)) if gain is not None else (lambda t: torch.ones_like(t))
+    eta_of = (lambda t: lane_safe(_tensor_gain(gain), t, 0.5)) if gain is not None else torch.ones_like
 
     ledger = EnergyLedger.zeros(batch, device)
     bad_step = torch.full((batch,), -1, dtype=torch.int64, device=device)
@@ -187,6 +187,18 @@ def lane_safe(fn: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, fill:
         return fn(v)
     padded = torch.cat([v, v.new_full((64 - n % 64,), fill)])
     return fn(padded)[:n]
+
+
+def _tensor_gain(gain: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+    """η(t) on a (B',) tensor of times as a (B',) float64 tensor (a constant gain is broadcast)."""
+    def eta(t: torch.Tensor) -> torch.Tensor:
+        try:
+            value = gain(t)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError("dopri5 evaluates the shaping gain on a tensor of per-sample times; "
+                            f"this gain failed on one ({err}); write it with torch operations") from err
+        return torch.as_tensor(value, dtype=torch.float64, device=t.device).expand_as(t)
+    return eta
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """One table-driven fixed-step integrator for euler, midpoint, heun and rk4."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -61,7 +62,7 @@ def integrate_fixed(
     n_steps, n_stages = len(times) - 1, tableau.stages
     tableaus = step_tableaus(velocity, tableau, n_steps)
     t_stage = stage_times(times, tableau.c)
-    eta = [[gain(t) if gain is not None else 1.0 for t in row] for row in t_stage]
+    eta = [[_gain_at(gain, t) for t in row] for row in t_stage]
     t_vectors = [[torch.full((batch,), t, dtype=dtype, device=device) for t in row] for row in t_stage]
     # half-precision squares overflow (‖v‖² > 65504 in float16) and round coarsely (bfloat16)
     norm_dtype = torch.promote_types(dtype, torch.float32)
@@ -94,6 +95,16 @@ def integrate_fixed(
         x = _update(x, h, step, stage_v, eta[i])
 
     return _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_profile)
+
+
+def _gain_at(gain: Gain | None, t: float) -> float:
+    """η(t) as a float, checked: a gain must be finite and > 0 (the error names ``shaping``)."""
+    if gain is None:
+        return 1.0
+    eta = float(gain(t))
+    if not (math.isfinite(eta) and eta > 0):
+        raise ValueError(f"shaping gave η({t:g}) = {eta!r}; a gain must be finite and > 0")
+    return eta
 
 
 def step_tableaus(velocity: Callable, tableau: Tableau, n_steps: int) -> list[Tableau]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -23,8 +24,9 @@ def time_grid(
     """
     if isinstance(grid, torch.Tensor):
         return validate_grid(grid).to(dtype=dtype, device="cpu")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = int(steps)
     i = torch.arange(steps + 1, dtype=torch.float64)
     if grid == "uniform":
         t = i / steps

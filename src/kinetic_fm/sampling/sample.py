@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -83,13 +84,13 @@ def sample(
         raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
     if split is None:
         split = shaping.tau_split if isinstance(shaping, KTS) else 0.6
-    if not (isinstance(split, (int, float)) and 0.0 <= split <= 1.0):
-        raise ValueError(f"split must lie in [0, 1], got {split!r}")
+    if isinstance(split, bool) or not (isinstance(split, numbers.Real) and 0.0 <= split <= 1.0):
+        raise ValueError(f"split must be a number in [0, 1], got {split!r}")
     if shaping is not None and not callable(shaping):
         raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
 
     if solver == "dopri5":
-        _check_tolerances(rtol, atol, max_steps)
+        _check_tolerances(rtol, atol, first_step, max_steps)
         trace = integrate_dopri5(
             velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
             raise_nonfinite=on_nonfinite == "raise", progress=progress,
@@ -141,10 +142,16 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
     return x0, tuple(seed_list)
 
 
-def _check_tolerances(rtol: float, atol: float, max_steps: int) -> None:
-    if not (rtol > 0 and math.isfinite(rtol)):
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_steps: int) -> None:
+    if not (_is_real(rtol) and rtol > 0):
         raise ValueError(f"rtol must be a positive finite number, got {rtol!r}")
-    if not (atol > 0 and math.isfinite(atol)):
+    if not (_is_real(atol) and atol > 0):
         raise ValueError(f"atol must be a positive finite number, got {atol!r}")
-    if not (isinstance(max_steps, int) and max_steps >= 1):
+    if first_step is not None and not (_is_real(first_step) and 0 < first_step <= 1):
+        raise ValueError(f"first_step must be None or a number in (0, 1], got {first_step!r}")
+    if isinstance(max_steps, bool) or not (isinstance(max_steps, numbers.Integral) and max_steps >= 1):
         raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
