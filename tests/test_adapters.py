@@ -16,7 +16,6 @@ from kinetic_fm.fields.adapters import (
     ReversedTime,
 )
 
-torchdiffeq = pytest.importorskip("torchdiffeq")
 
 DIM = 3
 MEAN = torch.tensor([1.5, -0.5, 0.25], dtype=torch.float64)
@@ -63,6 +62,7 @@ def _left_kpe(velocity_tx, states: torch.Tensor, grid: torch.Tensor) -> torch.Te
 @pytest.mark.parametrize("method", ["euler", "midpoint"])
 @pytest.mark.parametrize("grid", ["uniform", "cosine"])
 def test_time_first_net_matches_torchdiffeq(method, grid):
+    torchdiffeq = pytest.importorskip("torchdiffeq")
     net = TorchcfmStyleNet()
     x0 = _x0()
     t = kfm.time_grid(grid, 20)
@@ -77,6 +77,7 @@ def test_time_first_net_matches_torchdiffeq(method, grid):
 
 
 def test_rk4_parity_with_torchdiffeq():
+    torchdiffeq = pytest.importorskip("torchdiffeq")
     # torchdiffeq's "rk4" is Kutta's 3/8 rule: our "rk4_38" on any field; our classical "rk4" only
     # where every 4-stage order-4 rule coincides (an autonomous linear field: Taylor of exp(hA)).
     net = TorchcfmStyleNet()

@@ -30,6 +30,9 @@ def test_select_indices_deterministic_nested_and_validated():
     assert set(select_indices(10, indices=[1, 3, 5, 7], n=2, seed=0).tolist()) <= {1, 3, 5, 7}
     with pytest.raises(ValueError, match=r"n must be in \[1, 100\]"):
         select_indices(100, n=101)
+    with pytest.raises(ValueError, match=r"n must be in \[1, 100\]"):
+        select_indices(100, n=1.5)
+    assert torch.equal(select_indices(100, n=np.int64(10), seed=5), a)
     with pytest.raises(ValueError, match="indices"):
         select_indices(5, indices=[5])
 
@@ -66,6 +69,9 @@ def test_flat_folder_has_no_labels_and_resize_grayscale(tmp_path):
         Image.fromarray(np.full((10, 12, 3), 40 * i, np.uint8)).save(tmp_path / f"img{i}.jpg")
     ds = load_image_folder(tmp_path, size=4, grayscale=True)
     assert ds.labels is None and ds.images.shape == (3, 1, 4, 4)
+    for argument, bad in (("size", 0), ("size", 2.5), ("crop", 0), ("crop", -3)):
+        with pytest.raises(ValueError, match=f"{argument} must be None or an integer >= 1"):
+            load_image_folder(tmp_path, **{argument: bad})
 
 
 def test_corrupt_and_missing_files_are_named(tmp_path):

@@ -57,6 +57,10 @@ def test_bad_arguments_are_named():
         GaussianMixture(torch.zeros(2, 2), torch.tensor([1.0, -1.0]), 1.0)
     with pytest.raises(ValueError, match="noise"):
         two_moons(10, noise=-1)
+    with pytest.raises(ValueError, match="noise must be a finite number"):
+        two_moons(10, noise=float("nan"))
+    with pytest.raises(ValueError, match="side must be a finite number > 0"):
+        checkerboard(10, side=-1.0)
 
 
 def test_subset_of_points_keeps_labels_aligned():

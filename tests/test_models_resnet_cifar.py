@@ -21,6 +21,9 @@ def test_architecture_sizes_and_option_a_shortcut():
     assert torch.equal(out, expected)
     model = CifarResNet(20).eval()
     assert model.features(torch.zeros(3, 3, 32, 32)).shape == (3, 64)
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 2 - 1            # float64 samples
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x.float()))
     with pytest.raises(ValueError, match="6n"):
         CifarResNet(21)
 

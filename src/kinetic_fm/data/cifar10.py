@@ -85,7 +85,10 @@ def load_cifar10(
         path: the ``cifar-10-batches-py`` folder (``data_batch_1..5``, ``test_batch``), or a
             folder or zip holding ``train/<class>/...`` and ``test/<class>/...`` images.
         split: "train" or "test".
-        n, indices, seed: subset selection, applied before decoding.
+        n, indices, seed: subset selection, applied before decoding. Positions index the
+            source's own order: the official order for python batches, the sorted
+            ``<class>/<file>`` listing for an image tree, so the same ``n``/``seed``/``indices``
+            select different images from different sources.
 
     Returns:
         :class:`ImageDataset` of (N, 3, 32, 32) in [-1, 1], labels in :data:`CIFAR10_CLASSES` order.

@@ -8,6 +8,7 @@ keeps that mean in ``ImageDataset.mean`` so :meth:`ImageDataset.to_unit` can und
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import re
 import zipfile
@@ -142,6 +143,9 @@ def decode_image(
     """
     from PIL import Image, UnidentifiedImageError
 
+    for argument, side in (("crop", crop), ("size", size)):
+        if side is not None and (isinstance(side, bool) or not isinstance(side, numbers.Integral) or side < 1):
+            raise ValueError(f"{argument} must be None or an integer >= 1 (pixels), got {side!r}")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img = img.convert("L" if grayscale else "RGB")

@@ -123,8 +123,8 @@ def two_moons(n: int, seed: int = 0, *, noise: float = 0.05) -> PointDataset:
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+    if not (noise >= 0 and math.isfinite(noise)):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
     g = _generator(seed)
     moon = torch.randint(0, 2, (n,), generator=g)
     a = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
@@ -143,6 +143,8 @@ def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) 
         raise ValueError(f"n must be >= 1, got {n}")
     if squares < 2:
         raise ValueError(f"squares must be >= 2, got {squares}")
+    if not (side > 0 and math.isfinite(side)):
+        raise ValueError(f"side must be a finite number > 0, got {side}")
     g = _generator(seed)
     cells = torch.tensor([r * squares + c for r in range(squares) for c in range(squares) if (r + c) % 2 == 0])
     cell = cells[torch.randint(0, len(cells), (n,), generator=g)]

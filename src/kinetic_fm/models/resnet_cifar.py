@@ -69,7 +69,7 @@ class CifarResNet(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"x must have shape (B, 3, H, W), got {tuple(x.shape)}")
-        x = ((x + 1) / 2 - self.mean) / self.std
+        x = ((x.to(self.conv1.weight.dtype) + 1) / 2 - self.mean) / self.std  # e.g. float64 samples
         h = F.relu(self.bn1(self.conv1(x)))
         h = self.layer3(self.layer2(self.layer1(h)))
         return h.mean(dim=(2, 3))
