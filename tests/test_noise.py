@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,18 @@ def test_noise_matches_a_generator_per_seed_and_is_standard_normal():
     assert abs(z.mean().item()) < 0.03 and abs(z.std().item() - 1) < 0.03
 
 
-@pytest.mark.parametrize("seeds, shape, message", [([], (2,), "at least one"), ([1], (0,), "positive"), ([-1], (2,), "seeds")])
+@pytest.mark.parametrize("seeds, shape, message", [
+    ([], (2,), "at least one"), ([1], (0,), "positive"), ([-1], (2,), "seeds"),
+    ([1.7], (2,), r"seeds must be integers in \[0, 2\*\*63\), got 1.7"), ([True], (2,), "got True"),
+])
 def test_bad_noise_requests(seeds, shape, message):
     with pytest.raises(ValueError, match=message):
         kfm.noise(seeds, shape)
+
+
+def test_seeds_and_shape_must_be_sequences():
+    with pytest.raises(TypeError, match="seeds must be a sequence of integers"):
+        kfm.noise("12", (2,))
+    with pytest.raises(TypeError, match="shape must be a sequence of integers"):
+        kfm.noise([1], 5)
+    assert torch.equal(kfm.noise(np.arange(3), (2,)), kfm.noise([0, 1, 2], (2,)))

@@ -349,6 +349,10 @@ def test_bad_inputs_get_clear_errors(x0):
         kfm.sample(field, x0, solver="dopri5", max_steps=True)
     with pytest.raises(ValueError, match="split must be a number"):
         kfm.sample(field, x0, split=True)
+    with pytest.raises(ValueError, match="grid applies to fixed-step solvers only"):
+        kfm.sample(field, x0, solver="dopri5", grid="cosine")
+    with pytest.raises(ValueError, match="x0 is used as given"):
+        kfm.sample(field, x0, dtype=torch.float32)
     for gain in (lambda t: math.nan, lambda t: -1.0, lambda t: 0.0):
         with pytest.raises(ValueError, match=r"shaping gave η\(0\) = .*finite and > 0"):
             kfm.sample(field, x0, steps=4, shaping=gain)

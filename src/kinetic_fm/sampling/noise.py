@@ -1,7 +1,8 @@
 """Per-sample initial noise: one random generator per seed (EDM-style)."""
 from __future__ import annotations
 
-from typing import Sequence
+import numbers
+from typing import Iterable, Sequence
 
 import torch
 
@@ -20,17 +21,27 @@ def noise(
     """
     if isinstance(seeds, torch.Tensor):
         seeds = seeds.tolist()
-    seeds = [int(s) for s in seeds]
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        raise TypeError(f"seeds must be a sequence of integers, got {seeds!r}")
+    seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds must hold at least one seed (got an empty sequence)")
+    if not all(_is_int(s) and 0 <= s < 2**63 for s in seeds):
+        bad = next(s for s in seeds if not (_is_int(s) and 0 <= s < 2**63))
+        raise ValueError(f"seeds must be integers in [0, 2**63), got {bad!r}")
+    seeds = [int(s) for s in seeds]
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable) or not all(_is_int(d) for d in shape):
+        raise TypeError(f"shape must be a sequence of integers (one sample's shape), got {shape!r}")
     shape = tuple(int(d) for d in shape)
     if any(d < 1 for d in shape):
         raise ValueError(f"shape must have positive dimensions, got {shape}")
-    if any(s < 0 or s >= 2**63 for s in seeds):
-        raise ValueError("seeds must be integers in [0, 2**63)")
     gen = torch.Generator(device="cpu")
     rows = []
     for s in seeds:
         gen.manual_seed(s)
         rows.append(torch.randn(shape, generator=gen, dtype=torch.float64))
     return torch.stack(rows).to(dtype=dtype, device=device)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

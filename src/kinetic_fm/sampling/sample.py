@@ -90,6 +90,8 @@ def sample(
         raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
 
     if solver == "dopri5":
+        if not (isinstance(grid, str) and grid == "uniform"):
+            raise ValueError("grid applies to fixed-step solvers only; dopri5 chooses its own steps")
         _check_tolerances(rtol, atol, first_step, max_steps)
         trace = integrate_dopri5(
             velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
@@ -133,6 +135,9 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
     if x0 is not None:
         if seeds is not None or shape is not None:
             raise ValueError("give either x0 or seeds and shape, not both")
+        if dtype is not None or device is not None:
+            raise ValueError("dtype and device apply to noise drawn from seeds; x0 is used as given "
+                             "(convert it with x0.to(...))")
         check_initial_state(x0)
         return x0, None
     if seeds is None or shape is None:

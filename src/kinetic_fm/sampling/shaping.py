@@ -13,6 +13,7 @@ These are the formulas of the paper's reference code. The realised motion is ẋ
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import overload
 
@@ -20,6 +21,9 @@ import torch
 
 LAUNCH_FORMS = ("linear", "constant", "exponential")
 LANDING_FORMS = ("exponential", "linear", "constant")
+
+
+_K_MAX = 700.0  # e^k must stay finite in float64 (e^709.8 overflows)
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,10 @@ class KTS:
     def __post_init__(self) -> None:
         for name in ("alpha0", "beta0", "tau_split", "k"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if not isinstance(value, (int, float)):
+                object.__setattr__(self, name, float(value))  # numpy scalars become plain floats
         if self.launch not in LAUNCH_FORMS:
             raise ValueError(f"launch must be one of {LAUNCH_FORMS}, got {self.launch!r}")
         if self.landing not in LANDING_FORMS:
@@ -63,8 +69,8 @@ class KTS:
         if self.beta0 < 0:
             raise ValueError(f"beta0 must be >= 0, got {self.beta0!r}")
         uses_k = self.launch == "exponential" or self.landing == "exponential"
-        if uses_k and self.k <= 0:
-            raise ValueError(f"k must be > 0 for the exponential forms, got {self.k!r}")
+        if uses_k and not 0 < self.k <= _K_MAX:
+            raise ValueError(f"k must lie in (0, {_K_MAX:g}] for the exponential forms, got {self.k!r}")
         limit = max_beta0(self.landing, self.k)
         if self.beta0 >= limit:
             raise ValueError(
