@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -97,8 +99,15 @@ def test_resume_refuses_changed_settings(tmp_path):
               out=tmp_path, resume=True)
     with pytest.raises(ValueError, match="model"):
         train(VelocityMLP(2, hidden=16, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="info"):               # same shape, other data
+        train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path,
+              resume=True, info={"data": "moons"})
     more = train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path, resume=True)
     assert more.losses.shape == (8,) and (more.losses > 0).all()
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=2, batch_size=4), out=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
 def test_bad_inputs():
@@ -106,6 +115,14 @@ def test_bad_inputs():
         train(VelocityMLP(2, hidden=8, depth=1, num_classes=2), torch.randn(10, 2), TrainConfig(steps=1))
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
+    for bad in (-1.0, 0.0, math.nan):
+        with pytest.raises(ValueError, match="grad_clip must be None or a finite number > 0"):
+            TrainConfig(grad_clip=bad)
+    for bad in (0.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+            TrainConfig(lr=bad)
+    with pytest.raises(ValueError, match="save_every must be >= 1, got 0"):
+        TrainConfig(save_every=0)
 
 
 def _energy_distance(a, b):

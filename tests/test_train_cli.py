@@ -47,6 +47,11 @@ def test_kfm_train_user_errors_exit_2(tmp_path, capsys):
     assert main(["train", "--data", "mnist:" + str(tmp_path / "missing"), "--steps", "1", "--out", str(tmp_path)]) == 2
     assert "missing" in capsys.readouterr().err
     assert main(["train", "--data", "gmm", "--checkpoints", "1,x", "--out", str(tmp_path)]) == 2
+    assert "--checkpoints must be log2, none or comma-separated steps" in capsys.readouterr().err
+    assert main(["train", "--data", "gmm", "--width", "0", "--out", str(tmp_path)]) == 2
+    assert "--width must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--data", "gmm", "--grad-clip=-1", "--out", str(tmp_path)]) == 2
+    assert "grad_clip must be None or a finite number > 0, got -1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from ..runs.distributed import World, resolve_device
 
     resolve_device(args.device, World())        # a bad --device fails before the data loads
+    if args.width is not None and args.width < 1:
+        raise ValueError(f"--width must be >= 1, got {args.width}")
     checkpoints = args.checkpoints
     if checkpoints not in ("log2", "none"):
         try:

@@ -60,10 +60,17 @@ class TrainConfig:
     save_every: int = 100
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
-        if not self.lr > 0 or self.warmup < 0 or self.save_every < 1:
-            raise ValueError("lr must be > 0, warmup >= 0 and save_every >= 1")
+        for name in ("steps", "batch_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
+            raise ValueError(f"grad_clip must be None or a finite number > 0, got {self.grad_clip}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.label_dropout < 1:
@@ -209,10 +216,16 @@ def train(
     run_config = {"model": {"kind": getattr(model, "kind", None), "config": getattr(model, "config", None)},
                   "train": _config_json(config), "data_shape": list(data.shape), "info": info}
     state_path = None if out is None else out / RESUME_FILE
+    if out is not None and not resume:
+        earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
+                   if (out / name).exists()]
+        if earlier:
+            raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
+                             "resume=True (kfm train --resume) or choose another folder")
     if resume and state_path is not None and state_path.is_file():
         state = load_state(state_path)
         saved = json.loads(state["config"])
-        mismatch = [k for k in ("model", "data_shape") if saved[k] != run_config[k]]
+        mismatch = [k for k in ("model", "data_shape", "info") if saved.get(k) != run_config[k]]
         mismatch += [f"train.{k}" for k in saved["train"] if k != "steps" and saved["train"][k] != run_config["train"][k]]
         if mismatch:
             raise ValueError(f"cannot resume {state_path}: settings differ from the saved run ({', '.join(mismatch)})")
