@@ -125,3 +125,75 @@ def test_a_trained_model_is_sampled_like_the_library_does(tmp_path):
 def test_a_missing_model_file_is_named(tmp_path, capsys):
     assert kfm_sample(tmp_path / "run", "--model", tmp_path / "missing.safetensors") == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def _saved_net(path, seed=0):
+    from kinetic_fm.models import VelocityMLP, save_model
+
+    torch.manual_seed(seed)
+    net = VelocityMLP((2,), hidden=8, depth=1)
+    save_model(net, path, ema=copy.deepcopy(net))
+    return path
+
+
+def test_a_run_folder_still_training_pins_the_checkpoint_it_sampled(tmp_path, capsys):
+    # no final.safetensors yet: the latest checkpoint is sampled and its hash recorded, so a
+    # resume after training wrote a newer checkpoint is refused instead of mixing two nets
+    folder = tmp_path / "training"
+    _saved_net(folder / "checkpoints" / "step_0000001.safetensors")
+    args = ("--model", folder, "--n", 8, "--shard-size", 4, "--steps", 3)
+    assert kfm_sample(tmp_path / "run", *args) == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    from kinetic_fm.runs.manifest import sha256_file
+
+    assert manifest["identity"]["weights_sha256"] == sha256_file(folder / "checkpoints" / "step_0000001.safetensors")
+    _saved_net(folder / "checkpoints" / "step_0000002.safetensors", seed=1)
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "run", *args, "--resume") == 2
+    assert "weights_sha256" in capsys.readouterr().err
+
+
+def test_a_model_samples_in_float64_and_a_wrong_shape_fails_before_the_folder(tmp_path, capsys):
+    path = _saved_net(tmp_path / "net.safetensors")
+    assert kfm_sample(tmp_path / "run64", "--model", path, "--n", 3, "--steps", 3, "--dtype", "float64") == 0
+    assert read_samples(tmp_path / "run64").dtype == np.float64
+    assert kfm_sample(tmp_path / "bad", "--model", path, "--n", 3, "--steps", 3, "--shape", "3") == 2
+    assert "x must have shape (B, 2), got (1, 3)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    (tmp_path / "config.json").write_text("{}")
+    assert kfm_sample(tmp_path / "bad", "--model", tmp_path / "config.json", "--n", 3, "--steps", 3) == 2
+    assert "config.json: not a torch checkpoint (Unsupported operand" in capsys.readouterr().err
+
+
+def test_a_non_finite_velocity_names_seeds_and_the_flag(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    path = _saved_net(tmp_path / "net.safetensors")
+    from kinetic_fm.models.checkpoint import read_metadata
+
+    tensors = kfm.models.load_weights(path)
+    tensors = {k: torch.full_like(v, float("nan")) if k.endswith("bias") else v for k, v in tensors.items()}
+    meta = {f"kinetic_fm.{k}": (v if k == "kind" else json.dumps(v)) for k, v in read_metadata(path).items()}
+    save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)
+    assert kfm_sample(tmp_path / "run", "--model", tmp_path / "nan.safetensors", "--n", 3, "--steps", 2,
+                      "--seed-start", 40) == 2
+    err = capsys.readouterr().err
+    assert "seed(s) [40, 41, 42]" in err and "--on-nonfinite flag" in err
+
+
+def test_out_pointing_at_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert kfm_sample(tmp_path / "afile", "--n", 2, "--steps", 2) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kfm sample: error:") and "Traceback" not in err
+
+
+def test_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    import kinetic_fm.commands.sample as command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "run", interrupted)
+    assert main(["sample", "--field", "gaussian", "--n", "2", "--out", str(tmp_path / "run")]) == 130
+    assert "interrupted: finished work is kept; rerun the same command with --resume" in capsys.readouterr().err

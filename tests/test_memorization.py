@@ -151,6 +151,14 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     np.savez(tmp_path / "two.npz", images=np.zeros((3, 2)), labels=np.zeros(3))
     assert main(["memorization", "--samples", str(tmp_path / "two.npz"), "--train", str(tmp_path / "a.npz")]) == 2
     assert "['images', 'labels']; name one with a key" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_text("not a tensor file")
+    assert main(["memorization", "--samples", str(tmp_path / "junk.pt"), "--train", str(tmp_path / "a.npz")]) == 2
+    assert "junk.pt: not a torch checkpoint" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["memorization", "--samples", str(tmp_path / "a.npz"), "--train", str(tmp_path / "a.npz"),
+                 "--out", str(tmp_path / "afile" / "table.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "kfm memorization: error: [Errno 17] File exists" in err and "Traceback" not in err
 
 
 def test_cli_figure_shows_the_closest_pairs_of_image_inputs(tmp_path, capsys, case):

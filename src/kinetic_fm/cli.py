@@ -36,10 +36,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        # user errors: one clear line, no traceback
+    except (ValueError, OSError) as err:
+        # user errors (bad values, missing or unwritable paths): one clear line, no traceback
         print(f"kfm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = (": finished work is kept; rerun the same command with --resume to continue"
+                if hasattr(args, "resume") else "")
+        print(f"kfm {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

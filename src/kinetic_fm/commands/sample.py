@@ -125,14 +125,14 @@ def _model_target(path: str, shape_arg: str | None) -> _Target:
     """A velocity net saved by ``kfm train`` (EMA weights), identified by the sha256 of its weights."""
     from pathlib import Path
 
-    from ..models.checkpoint import load_model
+    from ..models.checkpoint import load_model, resolve_weights
     from ..runs.manifest import sha256_file
 
     source = Path(path)
     if not source.exists():
         raise FileNotFoundError(f"--model {path}: no such file or folder")
-    weights = source / "final.safetensors" if source.is_dir() else source
-    net = load_model(source)
+    weights = resolve_weights(source)  # a run folder still training: its latest checkpoint
+    net = load_model(weights)
     if shape_arg:
         try:
             shape = tuple(int(d) for d in shape_arg.split(","))
@@ -143,7 +143,7 @@ def _model_target(path: str, shape_arg: str | None) -> _Target:
     else:
         raise ValueError(f"--model {path} does not record its sample shape; give --shape C,H,W")
     identity = {"model": str(source), "kind": getattr(net, "kind", type(net).__name__),
-                "weights_sha256": sha256_file(weights) if weights.is_file() else None}
+                "weights_sha256": sha256_file(weights)}
     return _Target(net, shape, identity)
 
 
@@ -189,16 +189,26 @@ def _shard_sampler(target: _Target, kts, args, device):
     import torch
 
     from .. import sample
+    from ..sampling.guards import NonFiniteVelocityError
 
     dtype = getattr(torch, args.dtype)
+
+    def run_batch(chunk: list[int]):
+        try:
+            return sample(target.velocity, seeds=chunk, shape=target.shape, steps=args.steps,
+                          solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
+                          split=args.split, on_nonfinite=args.on_nonfinite, dtype=dtype, device=device)
+        except NonFiniteVelocityError as err:
+            seeds_hit = [chunk[i] for i in err.indices]
+            raise ValueError(f"the velocity is non-finite at step {err.step} (t = {err.time:.6g}) for seed(s) "
+                             f"{seeds_hit[:20]}{' ...' if len(seeds_hit) > 20 else ''}; pass --on-nonfinite flag "
+                             "to record such samples with NaN energies and go on") from None
 
     def compute(seeds: np.ndarray, advance) -> pa.Table:
         frames, finals = [], []
         for lo in range(0, len(seeds), args.batch_size):
             chunk = [int(s) for s in seeds[lo:lo + args.batch_size]]
-            res = sample(target.velocity, seeds=chunk, shape=target.shape, steps=args.steps,
-                         solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
-                         split=args.split, on_nonfinite=args.on_nonfinite, dtype=dtype, device=device)
+            res = run_batch(chunk)
             frames.append(res.to_frame())
             if args.save_x:
                 finals.append(res.x.detach().reshape(len(chunk), -1).cpu().numpy())
@@ -211,6 +221,22 @@ def _shard_sampler(target: _Target, kts, args, device):
         return table
 
     return compute
+
+
+def _trial_call(target: _Target, args, device) -> None:
+    """One velocity evaluation at t = 0 on the first seed, checked like the sampler checks it."""
+    import torch
+
+    from .. import noise
+    from ..sampling.guards import check_velocity_output
+
+    x = noise([args.seed_start], target.shape, dtype=getattr(torch, args.dtype), device=device)
+    try:
+        with torch.no_grad():
+            v = target.velocity(x, torch.zeros(1, dtype=x.dtype, device=device))
+    except RuntimeError as err:  # e.g. a net fed samples of the wrong shape
+        raise ValueError(f"the velocity failed on one sample of shape {target.shape}: {err}") from None
+    check_velocity_output(v, x)
 
 
 def summary_frame(table, columns=SUMMARY_COLUMNS):
@@ -237,11 +263,14 @@ def run(args) -> int:
 
     _validate(args)
     target = _model_target(args.model, args.shape) if args.model else _builtin_field(args.field, args.dim)
+    if isinstance(target.velocity, torch.nn.Module):
+        target.velocity.to(getattr(torch, args.dtype))  # --dtype float64 samples a float64 net
     kts = _shaping(args)
     with world_session(args.device) as (coordinator, device):
         world = coordinator.world
         if world.distributed and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(1)  # P processes share the cores
+        _trial_call(target, args, device)  # a wrong --shape or --dtype fails before the run folder exists
         manifest = RunManifest(
             kind="sample", config=_config(args, target, kts), identity=target.identity,
             seed_start=args.seed_start, n=args.n, shard_size=args.shard_size,

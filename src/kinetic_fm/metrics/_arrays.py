@@ -42,7 +42,9 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
             data = data[key if key is not None else names[0]]
         return torch.from_numpy(np.ascontiguousarray(data))
     if suffix in (".pt", ".pth"):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        from ..models.checkpoint import load_state
+
+        obj = load_state(path)  # weights only: a file holding code is refused, never run
         if isinstance(obj, dict):
             tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
             if key is not None:

@@ -58,6 +58,11 @@ def load_state(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        if "GLOBAL" not in detail and head[:1] != b"\x80" and head != b"PK":
+            # neither a pickle (protocol >= 2) nor torch's zip: a text file, say
+            raise ValueError(f"{path}: not a torch checkpoint ({detail.strip()})") from None
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it contains Python objects that would run code when unpickled "
             f"({detail.strip()}). Only plain tensors and state dicts are accepted; re-save the weights with "
@@ -123,16 +128,32 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, ema: nn.Module | No
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The decoded ``kinetic_fm.*`` metadata of a file written by :func:`save_model`."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
     out = {}
     for key, value in meta.items():
         if key.startswith("kinetic_fm."):
             name = key.removeprefix("kinetic_fm.")
             out[name] = value if name == "kind" else json.loads(value)
     return out
+
+
+def resolve_weights(path: str | os.PathLike) -> Path:
+    """The file :func:`load_model` reads for ``path``: the file itself, or in a training run
+    folder ``final.safetensors``, else the latest ``checkpoints/step_*.safetensors``."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    final = path / "final.safetensors"
+    found = [final] if final.is_file() else sorted((path / "checkpoints").glob("step_*.safetensors"))
+    if not found:
+        raise FileNotFoundError(f"{path}: no final.safetensors or checkpoints/step_*.safetensors")
+    return found[-1]
 
 
 def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
@@ -145,14 +166,8 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
     """
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
-    path = Path(path)
-    if path.is_dir():
-        final = path / "final.safetensors"
-        found = [final] if final.is_file() else sorted((path / "checkpoints").glob("step_*.safetensors"))
-        if not found:
-            raise FileNotFoundError(f"{path}: no final.safetensors or checkpoints/step_*.safetensors")
-        path = found[-1]
-    meta = read_metadata(path) if path.is_file() else {}
+    path = resolve_weights(path)
+    meta = read_metadata(path) if path.is_file() and path.suffix == ".safetensors" else {}
     tensors = load_weights(path)
     if "kind" not in meta:
         raise ValueError(f"{path}: no kinetic_fm model metadata; build the net yourself and use load_weights")

@@ -25,8 +25,9 @@ class ShardPlan:
             raise ValueError(f"n must be >= 1 samples, got {self.n}")
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1 samples, got {self.shard_size}")
-        if self.seed_start < 0:
-            raise ValueError(f"seed_start must be >= 0, got {self.seed_start}")
+        if not 0 <= self.seed_start <= 2**63 - self.n:
+            raise ValueError(f"seed_start must lie in [0, 2**63 - n] = [0, {2**63 - self.n}] (seeds are "
+                             f"int64), got {self.seed_start}")
 
     @property
     def count(self) -> int:
