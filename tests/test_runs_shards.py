@@ -177,7 +177,7 @@ def test_wrong_row_count_is_rejected_at_write_time(tmp_path):
 
     with pytest.raises(ValueError, match="must hold seeds 3..5 in order"):
         _run(tmp_path / "run", compute=short)
-    assert not list((tmp_path / "run" / "shards").iterdir())  # nothing half-written
+    assert not list((tmp_path / "run" / "shards").iterdir())  # refused before anything is written
 
 
 def test_killed_writer_leftovers_are_ignored_and_cleaned(tmp_path):
@@ -188,10 +188,15 @@ def test_killed_writer_leftovers_are_ignored_and_cleaned(tmp_path):
     final.unlink()
     stale = final.with_name(f".{final.name}.tmp-424242")
     stale.write_bytes(b"PAR1 half a shard")
+    kept = shard_path(run, plan, 0)                 # a complete shard, a results file and the
+    others = [kept.with_name(f".{kept.name}.tmp-7"),  # manifest whose killed rewrites left temporaries
+              run / ".results.parquet.tmp-7", run / ".manifest.json.tmp-7"]
+    for other in others:
+        other.write_bytes(b"half")
     with pytest.raises(IncompleteRunError):
         merge_shards(run)
     _run(run, resume=True)
-    assert not stale.exists()
+    assert not stale.exists() and not any(other.exists() for other in others)
     _assert_same(read_run(run), np.arange(3, 13))
 
 

@@ -1,4 +1,4 @@
-"""``kfm sample``: per-sample KPE of a built-in field into a sharded, resumable run directory.
+"""``kfm sample``: per-sample KPE of a built-in field or a trained net into a sharded, resumable run directory.
 
 Writes ``<out>/manifest.json``, ``<out>/shards/shard-*.parquet`` and ``<out>/results.parquet``
 (one row per seed: seed, kpe, kpe_raw, early, late, peak, peak_time, nfe, steps, nonfinite and,
@@ -22,7 +22,8 @@ SUMMARY_COLUMNS = ("kpe", "kpe_raw", "early", "late")
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "sample",
-        help="sample a built-in field and record per-sample kinetic energies (sharded, resumable)",
+        help="sample a built-in field or a trained net and record per-sample kinetic energies "
+             "(sharded, resumable)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -177,6 +178,8 @@ def _validate(args) -> None:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
     if args.field == "point" and args.solver == "dopri5":
         raise ValueError("--field point is singular at t = 1, where dopri5 evaluates; use a fixed-step --solver")
 

@@ -11,6 +11,8 @@ import torch
 FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")
 
 
+_NAME_ONE = "name one with a key (kfm memorization: --key)"
+
 def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
     """The array stored in ``path`` as a tensor of shape (n, ...).
 
@@ -38,7 +40,7 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
             if key is not None and key not in names:
                 raise ValueError(f"{path}: no array named {key!r}; it holds {names}")
             if key is None and len(names) > 1:
-                raise ValueError(f"{path}: an archive of {len(names)} arrays {names}; name one with a key")
+                raise ValueError(f"{path}: an archive of {len(names)} arrays {names}; {_NAME_ONE}")
             data = data[key if key is not None else names[0]]
         return torch.from_numpy(np.ascontiguousarray(data))
     if suffix in (".pt", ".pth"):
@@ -54,7 +56,7 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
             elif len(tensors) == 1:
                 obj = next(iter(tensors.values()))
             else:
-                raise ValueError(f"{path}: a dict of {len(tensors)} tensors {sorted(tensors)}; name one with a key")
+                raise ValueError(f"{path}: a dict of {len(tensors)} tensors {sorted(tensors)}; {_NAME_ONE}")
         if not isinstance(obj, torch.Tensor):
             raise ValueError(f"{path}: expected a tensor, found {type(obj).__name__}")
         return obj
@@ -75,7 +77,7 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
     if key is not None or list_columns:
         name = key if key is not None else list_columns[0]
         if key is None and len(list_columns) > 1:
-            raise ValueError(f"{path}: several list columns {list_columns}; name one with a key")
+            raise ValueError(f"{path}: several list columns {list_columns}; {_NAME_ONE}")
         if name not in table.column_names:
             raise ValueError(f"{path}: no column named {name!r}; it holds {table.column_names}")
         column = table.column(name).combine_chunks()

@@ -78,6 +78,15 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _remove_leftover_temporaries(run_dir: Path) -> None:
+    """Delete the hidden temporaries of writers killed mid-write (shards, receipts, results,
+    manifest): no reader uses them, and only the main rank runs this, before any shard starts."""
+    for folder in (run_dir, run_dir / SHARD_DIR):
+        if folder.is_dir():
+            for stale in folder.glob(f".*{TMP_MARKER}*"):
+                stale.unlink(missing_ok=True)
+
+
 def run_sharded(
     run_dir: str | os.PathLike,
     manifest: RunManifest,
@@ -103,6 +112,7 @@ def run_sharded(
     if world.is_main:
         try:
             verdict = ("ok", prepare_run_dir(run_dir, manifest, resume=resume))
+            _remove_leftover_temporaries(run_dir)  # before any rank writes (they await the verdict)
         except (ValueError, OSError) as err:
             verdict = ("error", str(err))
             coord.from_main(verdict)
