@@ -9,9 +9,8 @@ from pathlib import Path
 import torch
 
 FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")
-
-
 _NAME_ONE = "name one with a key (kfm memorization: --key)"
+
 
 def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
     """The array stored in ``path`` as a tensor of shape (n, ...).
