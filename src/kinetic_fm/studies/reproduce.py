@@ -27,6 +27,8 @@ STUDIES = ("semantics", "support", "memorization", "shaping")
 def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...] = STUDIES,
               progress: bool = True) -> tuple[Path, Path]:
     """Run ``studies`` under ``cfg``, write tables to ``out/tables`` and the report; return (md, html) paths."""
+    if not studies:
+        raise ValueError(f"name at least one study among {STUDIES}")
     unknown = set(studies) - set(STUDIES)
     if unknown:
         raise ValueError(f"studies must be among {STUDIES}, got {sorted(unknown)}")
