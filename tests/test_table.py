@@ -58,6 +58,8 @@ def test_explicit_seeds_and_join_modes():
     assert inner["seed"].tolist() == [9, 7] and inner["y"].tolist() == [0.25, 0.5]
     outer = per_sample_table(a, b, seeds=[9, 7, 5], how="outer")
     assert len(outer) == 3 and outer["y"].isna().sum() == 1
+    seed_inside = pd.DataFrame({"x": [1.0, 2.0], "seed": [7, 9]})  # seed not the first column
+    assert list(per_sample_table(seed_inside, {"y": [3.0, 4.0]}).columns) == ["seed", "x", "y"]
 
 
 def test_clear_errors():

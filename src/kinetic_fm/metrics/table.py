@@ -112,7 +112,7 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
     for frame in frames[1:]:
         table = table.merge(frame, on="seed", how="left" if how == "exact" else how,
                             validate="one_to_one", sort=False)
-    return table.reset_index(drop=True)
+    return table[["seed", *(c for c in table.columns if c != "seed")]].reset_index(drop=True)
 
 
 def save_table(table: Any, path: str | Path) -> Path:
