@@ -200,6 +200,10 @@ def test_bandwidth_rules_and_errors(data):
     assert scott_bandwidth(y) > 0 and median_bandwidth(y) > 0
     sub = median_bandwidth(y, max_points=50, seed=3)
     assert sub == pytest.approx(median_bandwidth(y), rel=0.3)
+    four = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [1.0, 1.0]], dtype=torch.float64)
+    pairs = sorted(torch.pdist(four).tolist())                   # 6 pairs: the middle two averaged
+    assert median_bandwidth(four) == pytest.approx((pairs[2] + pairs[3]) / 2, rel=1e-15)
+    assert median_bandwidth(four + 1e7) == pytest.approx(median_bandwidth(four), rel=1e-9)
     with pytest.raises(ValueError, match="bandwidth"):
         kde_log_density(x, y, "silverman")
     with pytest.raises(ValueError, match="bandwidth"):
