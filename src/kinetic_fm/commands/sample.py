@@ -266,13 +266,13 @@ def run(args) -> int:
 
     _validate(args)
     target = _model_target(args.model, args.shape) if args.model else _builtin_field(args.field, args.dim)
-    if isinstance(target.velocity, torch.nn.Module):
-        target.velocity.to(getattr(torch, args.dtype))  # --dtype float64 samples a float64 net
     kts = _shaping(args)
     with world_session(args.device) as (coordinator, device):
         world = coordinator.world
         if world.distributed and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(1)  # P processes share the cores
+        if isinstance(target.velocity, torch.nn.Module):  # a trained net: onto the samples' device and dtype
+            target.velocity.to(device=device, dtype=getattr(torch, args.dtype))
         _trial_call(target, args, device)  # a wrong --shape or --dtype fails before the run folder exists
         manifest = RunManifest(
             kind="sample", config=_config(args, target, kts), identity=target.identity,

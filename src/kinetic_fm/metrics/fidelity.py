@@ -31,8 +31,8 @@ from torch import Tensor
 
 from ..blocks import block_size
 from .density import sq_distance_blocks
-from .neighbors import column_mean, unit_roundoff
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
+from .neighbors import column_mean, unit_roundoff
 
 __all__ = ["Protocol", "FrechetDistance", "PrecisionRecall", "feature_statistics",
            "frechet_distance_from_stats", "frechet_distance", "precision_recall",
@@ -227,7 +227,8 @@ def _inside_any_ball(points: Tensor, centres: Tensor, radius_sq: Tensor, chunk: 
     slack = 2.0 * (points.shape[1] + 3) * u * reach.square()  # twice sq_distance_blocks' bound
     inside = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
     for q0, c0, d2 in sq_distance_blocks(points, centres, chunk=chunk, batch_chunk=batch_chunk):
-        rows, r2, e = slice(q0, q0 + d2.shape[0]), radius_sq[c0:c0 + d2.shape[1]], slack[q0:q0 + d2.shape[0], None]
+        rows = slice(q0, q0 + d2.shape[0])
+        r2, e = radius_sq[c0:c0 + d2.shape[1]], slack[rows, None]
         inside[rows] |= (d2 <= r2 - e).any(dim=1)
         unsure = ((d2 - r2).abs() <= e) & ~inside[rows, None]
         qi, cj = unsure.nonzero(as_tuple=True)
