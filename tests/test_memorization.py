@@ -269,3 +269,16 @@ def test_cli_audit_in_a_cifar_resnet_feature_space(shared_data, tmp_path, capsys
     np.save(tmp_path / "small.npy", np.zeros((4, 784), dtype=np.float32))
     assert main([*args[:2], str(tmp_path / "small.npy"), *args[3:]]) == 2
     assert "--samples has shape (4, 784)" in capsys.readouterr().err
+
+
+def test_array_files_in_foreign_byte_order_and_a_key_for_npy(tmp_path):
+    from kinetic_fm.metrics._arrays import load_array
+
+    values = np.arange(12, dtype=">f8").reshape(3, 4)             # big-endian, as some tools write
+    np.save(tmp_path / "big.npy", values)
+    np.savez(tmp_path / "big.npz", x=values)
+    for name in ("big.npy", "big.npz"):
+        loaded = load_array(tmp_path / name)
+        assert loaded.dtype == torch.float64 and loaded.tolist() == values.tolist()
+    with pytest.raises(ValueError, match="a .npy file holds one array; key='x' does not apply"):
+        load_array(tmp_path / "big.npy", key="x")

@@ -25,6 +25,8 @@ def test_margin_from_scores_by_hand():
     assert m.tolist() == [-1.0, -1.5]
     with pytest.raises(ValueError, match="C >= 2"):
         margin_from_scores(torch.zeros(3, 1))
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\]"):
+        margin_from_scores(s, torch.tensor([3, 0]))
 
 
 def test_classifier_margin_and_confidence():
@@ -51,6 +53,8 @@ def test_classifier_margin_and_confidence():
     assert list(frame.columns) == ["classifier_margin", "classifier_confidence", "classifier_predicted"]
     with pytest.raises(ValueError, match="target classes"):
         classifier_margin(net, x, 7)
+    with pytest.raises(ValueError, match="integer class indices"):
+        classifier_margin(net, x, 1.7)                          # not silently class 1
 
 
 # --- a tiny random CLIP, saved and loaded through the real transformers path -----------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")
-_NAME_ONE = "name one with a key (kfm memorization: --key)"
+_NAME_ONE = "name one with a key (kfm memorization: --key or --train-key)"
 
 
 def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
@@ -31,16 +31,22 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
     if suffix in (".npy", ".npz"):
         import numpy as np
 
-        data = np.load(path, allow_pickle=False)
         if suffix == ".npz":
-            names = list(data.files)
-            if not names:
-                raise ValueError(f"{path}: the .npz archive is empty")
-            if key is not None and key not in names:
-                raise ValueError(f"{path}: no array named {key!r}; it holds {names}")
-            if key is None and len(names) > 1:
-                raise ValueError(f"{path}: an archive of {len(names)} arrays {names}; {_NAME_ONE}")
-            data = data[key if key is not None else names[0]]
+            with np.load(path, allow_pickle=False) as archive:
+                names = list(archive.files)
+                if not names:
+                    raise ValueError(f"{path}: the .npz archive is empty")
+                if key is not None and key not in names:
+                    raise ValueError(f"{path}: no array named {key!r}; it holds {names}")
+                if key is None and len(names) > 1:
+                    raise ValueError(f"{path}: an archive of {len(names)} arrays {names}; {_NAME_ONE}")
+                data = archive[key if key is not None else names[0]]
+        else:
+            if key is not None:
+                raise ValueError(f"{path}: a .npy file holds one array; key={key!r} does not apply")
+            data = np.load(path, allow_pickle=False)
+        if not data.dtype.isnative:  # e.g. big-endian files written elsewhere; torch needs native order
+            data = data.astype(data.dtype.newbyteorder("="))
         return torch.from_numpy(np.ascontiguousarray(data))
     if suffix in (".pt", ".pth"):
         from ..models.checkpoint import load_state

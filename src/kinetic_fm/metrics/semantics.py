@@ -32,6 +32,9 @@ def margin_from_scores(scores: Tensor, target: Tensor | None = None) -> tuple[Te
     """
     if scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"need (B, C) scores with C >= 2 classes, got shape {tuple(scores.shape)}")
+    if target is not None and (target.shape != (scores.shape[0],) or
+                               bool(((target < 0) | (target >= scores.shape[1])).any())):
+        raise ValueError(f"target must be ({scores.shape[0]},) class indices in [0, {scores.shape[1] - 1}]")
     chosen = scores.argmax(dim=1) if target is None else target
     own = scores.gather(1, chosen[:, None]).squeeze(1)
     others = scores.scatter(1, chosen[:, None], -math.inf)
@@ -41,7 +44,10 @@ def margin_from_scores(scores: Tensor, target: Tensor | None = None) -> tuple[Te
 def _targets(target: Any, b: int, n_classes: int, device: torch.device) -> Tensor | None:
     if target is None:
         return None
-    t = as_tensor(target).to(device=device, dtype=torch.int64).reshape(-1)
+    t = as_tensor(target).to(device=device).reshape(-1)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices, got dtype {t.dtype}")
+    t = t.to(torch.int64)
     if t.numel() == 1 and b != 1:
         t = t.expand(b)
     if t.shape[0] != b:

@@ -2,8 +2,9 @@
 
 Every sample carries its own time t_b and step h_b, and the error test is per sample, so a
 sample's trajectory, step sequence and KPE do not depend on its batch-mates. Each iteration
-evaluates only the samples still in flight; choosing them needs one host synchronisation per
-iteration (unavoidable for adaptive stepping). The energy integral never enters the error control.
+evaluates only the samples still in flight; choosing them, the finite check and selecting the
+accepted rows synchronise with the host a few times per iteration (unavoidable for adaptive
+stepping; the fixed-step solvers never do). The energy integral never enters the error control.
 
 A field that holds per-sample data (class labels, conditions, recorders) must see those rows
 only: it provides ``select(active)``, returning the field restricted to the samples where the
