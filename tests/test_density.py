@@ -214,3 +214,6 @@ def test_bandwidth_rules_and_errors(data):
         local_support(torch.full((2, 6), math.nan, dtype=torch.float64), y)
     with pytest.raises(ValueError, match="exceeds"):
         local_support(x, y[:4], k=5, ks=())
+    with pytest.raises(ValueError, match=r"largest k \(10, of k=3 and ks=\(1, 5, 10\)\) exceeds the 8"):
+        local_support(x, y[:8], k=3)
+    assert local_support(x, y[:8], k=3, ks=()).ks == (3,)

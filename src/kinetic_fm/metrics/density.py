@@ -127,7 +127,8 @@ def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = 
     _check_dims(x, y)
     n_ref = y.shape[0] - (1 if exclude_self else 0)
     if all_ks[-1] > n_ref:
-        raise ValueError(f"largest k ({all_ks[-1]}) exceeds the {n_ref} usable references")
+        raise ValueError(f"largest k ({all_ks[-1]}, of k={k} and ks={tuple(ks)}) exceeds the {n_ref} usable "
+                         "references; pass smaller k/ks (ks=() reports k alone)")
     nn = nearest_neighbors(x, y, all_ks[-1], chunk=chunk, batch_chunk=batch_chunk,
                            exclude_self=exclude_self, backend=backend)
     radii = nn.distances[:, [j - 1 for j in all_ks]].contiguous()
