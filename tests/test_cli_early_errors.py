@@ -42,3 +42,14 @@ def test_reproduce_checks_the_classifier_spec_first(tmp_path, capsys, spec, mess
     assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), "--classifier", spec]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nope", "unknown data spec 'nope'"),
+    ("mnist", "data spec 'mnist' needs a path"),
+    ("digits:/x", "data spec 'digits:/x': digits takes no path"),
+])
+def test_reproduce_checks_the_data_spec_first(tmp_path, capsys, spec, message):
+    assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), "--data", spec]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()

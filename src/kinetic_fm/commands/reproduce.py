@@ -32,12 +32,14 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ..data.registry import parse_spec
     from ..runs.distributed import World, resolve_device
     from ..studies.config import ReproduceConfig
     from ..studies.reproduce import reproduce
 
-    # a bad --device or --classifier fails here, not after the data has loaded
+    # a bad --device, --data or --classifier fails here, before folders are made or data loads
     resolve_device(args.device, World())
+    parse_spec(args.data)
     cfg = ReproduceConfig.preset(args.mode, data=args.data, device=args.device, seed=args.seed)
     if args.classifier:
         from ..models.resnet_cifar import parse_cifar_resnet_spec

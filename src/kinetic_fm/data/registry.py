@@ -21,11 +21,9 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
     """
     from . import celeba, cifar10, digits, images, mnist, synthetic
 
-    name, _, path = spec.partition(":")
+    name, path = parse_spec(spec)
     points = {"moons": synthetic.two_moons, "gmm": synthetic.gaussian_mixture, "checkerboard": synthetic.checkerboard}
     if name in points:
-        if path:
-            raise ValueError(f"data spec {spec!r}: {name} takes no path")
         return points[name](20_000 if n is None else n, seed)
     if name == "digits":
         return digits.load_digits(n=n, seed=seed)
@@ -35,8 +33,17 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
         "celeba": lambda p: celeba.load_celeba(p, n=n, seed=seed, progress=progress),
         "folder": lambda p: images.load_image_folder(p, n=n, seed=seed, progress=progress),
     }
-    if name not in loaders:
-        raise ValueError(f"unknown data spec {spec!r}; expected one of {', '.join(DATA_SPECS)}")
-    if not path:
-        raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data")
     return loaders[name](path)
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``(name, path)`` of a data spec, checked without loading anything (path "" when none)."""
+    name, _, path = spec.partition(":")
+    takes_path = {s.partition(":")[0]: s.endswith(":PATH") for s in DATA_SPECS}
+    if name not in takes_path:
+        raise ValueError(f"unknown data spec {spec!r}; expected one of {', '.join(DATA_SPECS)}")
+    if path and not takes_path[name]:
+        raise ValueError(f"data spec {spec!r}: {name} takes no path")
+    if takes_path[name] and not path:
+        raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data")
+    return name, path
