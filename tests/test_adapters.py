@@ -216,6 +216,13 @@ def test_data_prediction_never_reaches_its_singular_end(solver):
     torch.testing.assert_close(res.x, field.trajectory(x0, 1.0), rtol=0, atol=0.05)
 
 
+def test_singularity_follows_the_clock():
+    inner = lambda x_, t_: x_  # noqa: E731
+    assert DataPrediction(ReversedTime(inner, flip_sign=False)).singular_at_one   # our t = 1
+    assert not ReversedTime(DataPrediction(inner)).singular_at_one                # its σ = 1 is our t = 0
+    assert not ModelXT(inner).singular_at_one and DataPrediction(ModelXT(inner)).singular_at_one
+
+
 def test_noise_prediction_evaluates_its_net_at_t_min_on_the_first_step():
     # an exact ε-predictor returns x at t = 0, where the formula would give v = 0
     field = kfm.GaussianTarget(MEAN, STD)

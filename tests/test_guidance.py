@@ -70,6 +70,25 @@ def test_dopri5_gives_each_sample_its_own_label():
         kfm.sample(tracked, x0, solver="dopri5", **tol)
 
 
+def test_dopri5_slices_an_inner_models_extras_over_the_doubled_batch():
+    # the model is called on [x; x]; its per-row extras have 2B rows and follow that batch
+    batch = 5
+    weight = torch.linspace(0.5, 2.0, 2 * batch, dtype=torch.float64)[:, None]  # one per doubled row
+
+    def net(x, t, y, w):
+        assert w.shape[0] == x.shape[0]
+        return w * torch.tanh(y - x) * (1 + t[:, None]) + torch.sin(3 * x)
+
+    field = ClassifierFreeGuidance(ModelXT(net, w=weight), torch.randn(batch, DIM, dtype=torch.float64), 1.5,
+                                   torch.zeros(DIM, dtype=torch.float64))
+    spread = torch.linspace(0.2, 4.0, batch, dtype=torch.float64)[:, None]
+    x0 = kfm.noise(range(batch), (DIM,), dtype=torch.float64) * spread
+    adaptive = kfm.sample(field, x0, solver="dopri5", rtol=1e-10, atol=1e-10)
+    assert len(set(adaptive.steps.tolist())) > 1                 # some calls saw a subset
+    fine = kfm.sample(field, x0, steps=400, solver="rk4")
+    torch.testing.assert_close(adaptive.x, fine.x, rtol=0, atol=1e-8)
+
+
 @pytest.mark.parametrize("scale", [0.0, 1.0, 4.0])
 def test_guided_kpe_matches_hand_loop(scale):
     net = ClassNet()

@@ -131,6 +131,19 @@ def test_dopri5_slices_per_sample_conditions():
     torch.testing.assert_close(batch.x, reference, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["heun2", "rk4"])
+def test_a_wrapped_singular_field_ends_with_an_euler_step(method):
+    # as_model_wrapper passes singular_at_one through: no evaluation at t = 1, where the point
+    # target's velocity is 0/0; straight lines are then exact
+    y = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    wrapped = as_model_wrapper(kfm.PointTarget(y))
+    assert wrapped.singular_at_one
+    x0 = kfm.noise(list(range(4)), (DIM,), dtype=torch.float64)
+    res = KineticODESolver(wrapped).sample(x0, step_size=0.125, method=method)
+    torch.testing.assert_close(res.x, y.expand(4, DIM), rtol=0, atol=1e-12)
+    torch.testing.assert_close(res.kpe, 0.5 * ((y - x0) ** 2).sum(1), rtol=1e-12, atol=0)
+
+
 def test_from_model_wrapper_passes_a_scalar_time_like_ode_solver():
     seen = []
 

@@ -351,8 +351,12 @@ def test_bad_inputs_get_clear_errors(x0):
         kfm.sample(field, x0, split=True)
     with pytest.raises(ValueError, match="grid applies to fixed-step solvers only"):
         kfm.sample(field, x0, solver="dopri5", grid="cosine")
-    with pytest.raises(ValueError, match="x0 is used as given"):
+    with pytest.raises(ValueError, match=r"x0 \(torch.float64, cpu\) is used as given"):
         kfm.sample(field, x0, dtype=torch.float32)
+    kfm.sample(field, x0, steps=2, dtype=torch.float64, device="cpu")   # matching values are fine
+    for gain in (lambda t: torch.zeros_like(t), lambda t: torch.full_like(t, -1.0)):
+        with pytest.raises(ValueError, match="a gain must be finite and > 0"):
+            kfm.sample(field, x0, solver="dopri5", shaping=gain)
     for gain in (lambda t: math.nan, lambda t: -1.0, lambda t: 0.0):
         with pytest.raises(ValueError, match=r"shaping gave η\(0\) = .*finite and > 0"):
             kfm.sample(field, x0, steps=4, shaping=gain)

@@ -226,6 +226,10 @@ class ReversedTime(_Adapter):
     (``timestep_scale=1000``); nets that read σ itself use ``timestep_scale=1``.
     """
 
+    # the inner clock runs the other way: a field singular at its own σ = 1 is singular at our
+    # t = 0, which no solver's last step touches
+    singular_at_one = False
+
     def __init__(
         self, inner: Callable[..., torch.Tensor], *, timestep_scale: float = 1000.0, flip_sign: bool = True
     ):

@@ -132,7 +132,9 @@ class EmpiricalFlow:
         backend: nearest-neighbour backend for truncated mode, "torch" or "faiss".
 
     ``field(x, t)`` takes x (B, ...) with the training tensor's trailing shape and t (B,) (or a
-    scalar) and returns v*(x, t) with x's shape, dtype and device. ``field.evaluate`` also returns
+    scalar) and returns v*(x, t) with x's shape, dtype and device. A row's velocity depends on
+    its batch-mates only through the BLAS's blocking of the products: equal to rounding, not
+    bit for bit, across batch sizes (the sampler itself is bitwise batch-invariant). ``field.evaluate`` also returns
     the per-sample :class:`PosteriorDiagnostics`; ``field.posterior(x, t, k)`` the top-k weights.
     """
 

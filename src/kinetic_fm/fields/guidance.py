@@ -103,8 +103,8 @@ class ClassifierFreeGuidance:
             raise ValueError("track_parts is not supported with adaptive solvers (dopri5)")
         part = copy.copy(self)
         part.labels, part.null_labels = self.labels[active], self.null_labels[active]
-        if hasattr(self.model, "select"):
-            part.model = self.model.select(active)
+        if hasattr(self.model, "select"):  # the model sees the doubled batch [x; x]
+            part.model = self.model.select(torch.cat([active, active]))
         return part
 
     def reset(self) -> None:

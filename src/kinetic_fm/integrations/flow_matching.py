@@ -151,6 +151,10 @@ def _model_wrapper_class() -> type:
                 super().__init__(module)
                 self.velocity, self.shaping = velocity, shaping
 
+            @property
+            def singular_at_one(self) -> bool:  # passed through, so kfm.sample ends with Euler
+                return bool(getattr(self.velocity, "singular_at_one", False))
+
             def forward(self, x: torch.Tensor, t: torch.Tensor, **extras: Any) -> torch.Tensor:
                 t = batch_time(t, x)
                 v = self.velocity(x, t, **extras)

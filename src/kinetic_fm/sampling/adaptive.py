@@ -20,6 +20,7 @@ import torch
 from .energy import EnergyLedger, quadrature_weights, squared_norm, step_energy
 from .fixed_step import Trace
 from .guards import NonFiniteVelocityError, check_velocity_output
+from .shaping import KTS
 from .tableau import DOPRI5
 
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
@@ -60,6 +61,7 @@ def integrate_dopri5(
     step_times[:, 0] = 0.0
 
     select = getattr(velocity, "select", None)
+    check_gains = gain is not None and not isinstance(gain, KTS)
 
     def f(x: torch.Tensor, tt: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         field = velocity if active is None or select is None else select(active)
@@ -128,7 +130,14 @@ def integrate_dopri5(
         finite = torch.isfinite(ratio)
         for n in norms:
             finite &= torch.isfinite(n)
-        if not bool(finite.all()):
+        all_ok = finite.all()
+        if check_gains:  # a custom gain may be NaN or <= 0 somewhere (a KTS is > 0 by construction)
+            gains_ok = torch.stack([(e > 0) & torch.isfinite(e) for e in etas]).all()
+            all_ok = all_ok & gains_ok
+        if not bool(all_ok):  # one synchronisation for both checks
+            if check_gains and not bool(gains_ok):
+                raise ValueError(f"shaping gave a gain that is not finite and > 0 at t in "
+                                 f"[{float(ta.min()):g}, {float(t_end.max()):g}]; a gain must be finite and > 0")
             bad_at = _first_bad_stage_time(norms, [ta] + [ta + c * ha for c in tab.c[1:]], t_end, tab.c)
             _flag_rows(torch.where(finite, 0.0, float("nan")), rows, steps[rows], bad_at, bad_step, bad_time, done, raise_nonfinite)
             ratio = torch.where(finite, ratio, float("inf"))

@@ -135,9 +135,11 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
     if x0 is not None:
         if seeds is not None or shape is not None:
             raise ValueError("give either x0 or seeds and shape, not both")
-        if dtype is not None or device is not None:
-            raise ValueError("dtype and device apply to noise drawn from seeds; x0 is used as given "
-                             "(convert it with x0.to(...))")
+        asked = None if device is None else torch.device(device)
+        other_device = asked is not None and (asked.type, asked.index or 0) != (x0.device.type, x0.device.index or 0)
+        if (dtype is not None and dtype != x0.dtype) or other_device:
+            raise ValueError(f"dtype and device apply to noise drawn from seeds; x0 ({x0.dtype}, {x0.device}) "
+                             "is used as given (convert it with x0.to(...))")
         check_initial_state(x0)
         return x0, None
     if seeds is None or shape is None:
