@@ -63,7 +63,8 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     n, steps, repeats = (20, 20, 3) if args.quick else (100, 100, 3)
-    print(f"device={device}, {n} trajectories x {steps} Heun steps, KTS default, median of {repeats}")
+    print(f"device={device}, {n} trajectories x {steps} Heun steps, KTS default; ours: median of {repeats}, "
+          f"reference: median of {max(1, repeats // 2)} (no warm-up)")
     mlp = TimeMLP(dim=64, width=256).to(device).eval()
     compare("64-d MLP (target >= 30x)", mlp, (64,), n, steps, repeats, device)
     unet = SmallConvUNet(width=32).to(device).eval()
