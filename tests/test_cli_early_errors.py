@@ -48,6 +48,7 @@ def test_reproduce_checks_the_classifier_spec_first(tmp_path, capsys, spec, mess
     ("nope", "unknown data spec 'nope'"),
     ("mnist", "data spec 'mnist' needs a path"),
     ("digits:/x", "data spec 'digits:/x': digits takes no path"),
+    ("moons", "kfm reproduce needs an image data set"),
 ])
 def test_reproduce_checks_the_data_spec_first(tmp_path, capsys, spec, message):
     assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), "--data", spec]) == 2

@@ -32,14 +32,16 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..data.registry import parse_spec
+    from ..data.registry import POINT_SETS, parse_spec
     from ..runs.distributed import World, resolve_device
     from ..studies.config import ReproduceConfig
     from ..studies.reproduce import reproduce
 
     # a bad --device, --data or --classifier fails here, before folders are made or data loads
     resolve_device(args.device, World())
-    parse_spec(args.data)
+    if parse_spec(args.data)[0] in POINT_SETS:
+        raise ValueError(f"--data {args.data!r}: kfm reproduce needs an image data set (2-D point sets are "
+                         "studied on their exact field inside the support study)")
     cfg = ReproduceConfig.preset(args.mode, data=args.data, device=args.device, seed=args.seed)
     if args.classifier:
         from ..models.resnet_cifar import parse_cifar_resnet_spec

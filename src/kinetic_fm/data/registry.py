@@ -4,6 +4,7 @@ from __future__ import annotations
 from .images import ImageDataset
 from .synthetic import PointDataset
 
+POINT_SETS = ("moons", "gmm", "checkerboard")  # 2-D samplers; the rest are image data sets
 DATA_SPECS = ("digits", "moons", "gmm", "checkerboard", "mnist:PATH", "cifar10:PATH", "celeba:PATH", "folder:PATH")
 
 

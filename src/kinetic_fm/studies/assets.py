@@ -61,7 +61,7 @@ class Assets:
 
 
 def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Assets:
-    train, train_labels, heldout, heldout_labels, classes, source = _load_split(cfg)
+    train, train_labels, heldout, heldout_labels, classes, source = _load_split(cfg, progress)
     classifier, name, accuracy = _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
     general, _ = _velocity_net(cfg, ws, "general", train, cfg.general_steps, progress)
     g = torch.Generator().manual_seed(cfg.seed + 1)
@@ -72,11 +72,11 @@ def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Asse
                   general, memorizer, memorizer_train, checkpoints, source)
 
 
-def _load_split(cfg: AssetsConfig):
+def _load_split(cfg: AssetsConfig, progress: bool = True):
     from ..data.registry import load_dataset
 
     wanted = None if cfg.n_train is None else cfg.n_train + cfg.n_heldout
-    data = load_dataset(cfg.data, n=wanted, seed=cfg.seed)
+    data = load_dataset(cfg.data, n=wanted, seed=cfg.seed, progress=progress)
     if not hasattr(data, "images"):
         raise ValueError(f"kfm reproduce needs an image data set, got {cfg.data!r} (2-D point sets are studied "
                          "on their exact field inside the support study)")
