@@ -53,6 +53,7 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
         t0 = time.perf_counter()
         outputs.append(runners[name]())
         timings[name] = time.perf_counter() - t0
+    ws.remove_tables_except({f"{o.name}__{t}" for o in outputs for t in o.tables})  # the folder mirrors the report
     for output in outputs:
         for table_name, frame in output.tables.items():
             ws.save_table(f"{output.name}__{table_name}", frame)

@@ -50,11 +50,16 @@ def sampled(
     return ws.cached(name, full_key, compute)
 
 
+def energy_after(run: Run, after: float) -> torch.Tensor:
+    """(B,) applied energy each sample spends in steps starting at t ≥ ``after`` (the same time
+    for every grid and shaping, unlike the sampler's early/late split)."""
+    starts = run["times"][:-1]
+    return run["profile"][:, starts >= after].sum(1)
+
+
 def late_fraction(run: Run, after: float = 0.9) -> torch.Tensor:
     """(B,) share of each sample's applied energy spent in steps starting at t ≥ ``after``."""
-    starts = run["times"][:-1]
-    late = run["profile"][:, starts >= after].sum(1)
-    return late / run["kpe"].clamp_min(1e-300)
+    return energy_after(run, after) / run["kpe"].clamp_min(1e-300)
 
 
 def start_noise(run: Run) -> torch.Tensor:

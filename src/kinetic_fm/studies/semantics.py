@@ -101,9 +101,10 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
         f"{len(kpe)} samples of the generalising model ({cfg.solver}, {cfg.steps} steps), judged by "
         f"`{assets.classifier_name}` (held-out accuracy {_pct(assets.classifier_accuracy)}). "
         f"Semantic strength is the logit margin of the predicted class. {rho}.\n\n"
-        f"Context (not one of the paper's claims): a path's KPE is at least ½‖x1 − x0‖², so it also "
-        f"follows the energy ½‖x0‖² of the noise it starts from: ρ(KPE, ½‖x0‖²) = {by_noise.rho:+.3f} "
-        f"[{by_noise.ci_low:+.3f}, {by_noise.ci_high:+.3f}] in D = {x0[0].numel()}. The excess energy "
+        f"Context (not one of the paper's claims): a path's KPE is at least ½‖x1 − x0‖², so it can "
+        f"follow the energy ½‖x0‖² of the noise it starts from; here ρ(KPE, ½‖x0‖²) = {by_noise.rho:+.3f} "
+        f"[{by_noise.ci_low:+.3f}, {by_noise.ci_high:+.3f}] in D = {x0[0].numel()} "
+        f"({_follows(by_noise.ci_low, by_noise.ci_high)}). The excess energy "
         f"KPE − ½‖x1 − x0‖² (zero for a straight path at constant speed) against the margin: "
         f"ρ = {by_excess.rho:+.3f} [{by_excess.ci_low:+.3f}, {by_excess.ci_high:+.3f}], "
         f"p_perm = {by_excess.p_perm:.3g}. Per sample: columns `noise_energy` and `excess_energy` of "
@@ -128,3 +129,12 @@ def _group_row(g) -> dict[str, Any]:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _follows(low: float, high: float) -> str:
+    """How a correlation interval reads in the text."""
+    if low > 0:
+        return "it does follow it"
+    if high < 0:
+        return "it moves against it"
+    return "no link shown at this size"

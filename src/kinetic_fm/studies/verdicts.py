@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def verdict_from_interval(low: float, high: float, expected_sign: int) -> str:
@@ -16,3 +20,30 @@ def verdict_from_interval(low: float, high: float, expected_sign: int) -> str:
 
 def fmt_ci(low: float, high: float, what: str = "95% CI", digits: int = 3) -> str:
     return f"{what} [{low:+.{digits}g}, {high:+.{digits}g}]"
+
+
+def verdict_from_share(share: float, level: float = 0.95) -> str:
+    """For a bootstrap share of resamples in which the claim held: "reproduced" when at least
+    ``level`` of them agree, "not reproduced" when at most 1 − ``level`` do, else "inconclusive"."""
+    if not math.isfinite(share):
+        return "inconclusive"
+    return "reproduced" if share >= level else "not reproduced" if share <= 1 - level else "inconclusive"
+
+
+def best_is_interior(values: np.ndarray) -> np.ndarray:
+    """(R,) bool: for each row of (R, K) values, is the smallest one neither the first nor the last?"""
+    best = values.argmin(axis=1)
+    return (best > 0) & (best < values.shape[1] - 1)
+
+
+def all_worse_than(deltas: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+    """Verdict for "the baseline beats every alternative" from (A, R) paired bootstrap differences
+    alternative − baseline (lower is better): reproduced when every 95% interval lies above 0, not
+    reproduced when one lies below 0 (an alternative is better), else inconclusive. Also returns
+    the (A,) interval bounds."""
+    import numpy as np
+
+    low, high = np.quantile(deltas, [0.025, 0.975], axis=1)
+    if (high < 0).any():
+        return "not reproduced", low, high
+    return ("reproduced" if (low > 0).all() else "inconclusive"), low, high

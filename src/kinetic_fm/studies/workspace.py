@@ -18,10 +18,16 @@ from typing import Any, Callable
 import torch
 
 
+# Bump when a change in the library alters what a cached stage or model would contain (the
+# cache is keyed by configuration, so an old result would otherwise be reused silently).
+# 2: seventh session (median bandwidth, precision/recall at ball edges, singular fields' last step).
+CACHE_EPOCH = 2
+
+
 def config_hash(config: Any) -> str:
-    """A short stable hash of a (dataclass or JSON-able) configuration."""
+    """A short stable hash of a (dataclass or JSON-able) configuration and :data:`CACHE_EPOCH`."""
     payload = asdict(config) if is_dataclass(config) else config
-    text = json.dumps(payload, sort_keys=True, default=str)
+    text = json.dumps({"epoch": CACHE_EPOCH, "config": payload}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -52,6 +58,13 @@ class Workspace:
         path = self.root / "models" / f"{name}-{config_hash(config)}"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def remove_tables_except(self, names: set[str]) -> None:
+        """Delete ``tables/*.parquet`` not named in ``names``: tables of earlier runs with other
+        settings or studies would sit beside this run's and disagree with them."""
+        for path in (self.root / "tables").glob("*.parquet"):
+            if path.stem not in names:
+                path.unlink()
 
     def save_table(self, name: str, frame: Any) -> Path:
         """Write a per-sample table as ``tables/<name>.parquet`` (atomically)."""
