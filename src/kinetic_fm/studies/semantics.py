@@ -134,7 +134,7 @@ def _pct(value: float | None) -> str:
 def _follows(low: float, high: float) -> str:
     """How a correlation interval reads in the text."""
     if low > 0:
-        return "it does follow it"
+        return "a clear positive link"
     if high < 0:
-        return "it moves against it"
+        return "a clear negative link"
     return "no link shown at this size"
