@@ -34,23 +34,15 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, command):
     assert "--device cuda was requested but torch sees no CUDA device" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("resnet57:/w.th", "--classifier must be 'resnet20:PATH' or 'resnet56:PATH', got 'resnet57:/w.th'"),
-    ("resnet56:/no/such/w.th", "--classifier: no such file: /no/such/w.th"),
+@pytest.mark.parametrize("flag, spec, message", [
+    ("--classifier", "resnet57:/w.th", "--classifier must be 'resnet20:PATH' or 'resnet56:PATH', got 'resnet57:/w.th'"),
+    ("--classifier", "resnet56:/no/such/w.th", "--classifier: no such file: /no/such/w.th"),
+    ("--data", "nope", "unknown data spec 'nope'"),
+    ("--data", "mnist", "data spec 'mnist' needs a path"),
+    ("--data", "digits:/x", "data spec 'digits:/x': digits takes no path"),
+    ("--data", "moons", "kfm reproduce needs an image data set"),
 ])
-def test_reproduce_checks_the_classifier_spec_first(tmp_path, capsys, spec, message):
-    assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), "--classifier", spec]) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "rep").exists()
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("nope", "unknown data spec 'nope'"),
-    ("mnist", "data spec 'mnist' needs a path"),
-    ("digits:/x", "data spec 'digits:/x': digits takes no path"),
-    ("moons", "kfm reproduce needs an image data set"),
-])
-def test_reproduce_checks_the_data_spec_first(tmp_path, capsys, spec, message):
-    assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), "--data", spec]) == 2
+def test_reproduce_checks_its_specs_first(tmp_path, capsys, flag, spec, message):
+    assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), flag, spec]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "rep").exists()

@@ -23,8 +23,8 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
     from . import celeba, cifar10, digits, images, mnist, synthetic
 
     name, path = parse_spec(spec)
-    points = {"moons": synthetic.two_moons, "gmm": synthetic.gaussian_mixture, "checkerboard": synthetic.checkerboard}
-    if name in points:
+    if name in POINT_SETS:
+        points = {"moons": synthetic.two_moons, "gmm": synthetic.gaussian_mixture, "checkerboard": synthetic.checkerboard}
         return points[name](20_000 if n is None else n, seed)
     if name == "digits":
         return digits.load_digits(n=n, seed=seed)

@@ -26,9 +26,9 @@ def noise(
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds must hold at least one seed (got an empty sequence)")
-    if not all(_is_int(s) and 0 <= s < 2**63 for s in seeds):
-        bad = next(s for s in seeds if not (_is_int(s) and 0 <= s < 2**63))
-        raise ValueError(f"seeds must be integers in [0, 2**63), got {bad!r}")
+    for s in seeds:
+        if not (_is_int(s) and 0 <= s < 2**63):
+            raise ValueError(f"seeds must be integers in [0, 2**63), got {s!r}")
     seeds = [int(s) for s in seeds]
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable) or not all(_is_int(d) for d in shape):
         raise TypeError(f"shape must be a sequence of integers (one sample's shape), got {shape!r}")

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from ..fields.empirical import EmpiricalFlow
-from ..metrics.fidelity import frechet_distance, frechet_distance_from_stats
+from ..metrics.fidelity import frechet_distance
 from ..metrics.memorization import memorization
 from ..models.checkpoint import load_model
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
-from .output import StudyOutput, image_range
+from .output import StudyOutput, fd_to_reference, image_range
 from .samples import energy_after, energy_frame, late_fraction, sampled, straight_line_energy
 from .semantics import general_samples
 from .verdicts import best_is_interior, fmt_ci, verdict_from_share
@@ -119,7 +119,7 @@ def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, r
     for r in range(resamples):
         for q, rows in enumerate(groups):
             f = feats[rng.choice(rows, size=len(rows))]
-            values[r, q] = frechet_distance_from_stats(f.mean(0), np.cov(f, rowvar=False), ref_mu, ref_cov)
+            values[r, q] = fd_to_reference(f, ref_mu, ref_cov)
     return float(best_is_interior(values).mean())
 
 

@@ -18,3 +18,13 @@ class StudyOutput:
 def image_range(x: torch.Tensor, assets) -> torch.Tensor:
     """Clamp generated images to the training data's value range before judging them."""
     return x.clamp(float(assets.train.min()), float(assets.train.max()))
+
+
+def fd_to_reference(feats, ref_mu, ref_cov) -> float:
+    """Fréchet distance of (n, D) numpy features to the reference statistics (mean, covariance),
+    the statistic every bootstrap resample of a study recomputes."""
+    import numpy as np
+
+    from ..metrics.fidelity import frechet_distance_from_stats
+
+    return frechet_distance_from_stats(feats.mean(0), np.cov(feats, rowvar=False), ref_mu, ref_cov)

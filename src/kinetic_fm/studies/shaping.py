@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..metrics.fidelity import frechet_distance_from_stats
 from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import StudyOutput, image_range
+from .output import StudyOutput, fd_to_reference, image_range
 from .samples import energy_after, sampled
 from .verdicts import all_worse_than, fmt_ci, verdict_from_interval
 from .workspace import Workspace
@@ -83,7 +82,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
         x = image_range(run["x"], assets)
         audit = memorization(x, assets.memorizer_train, bootstrap=cfg.bootstrap)
         f = assets.features(x).double().numpy()
-        fd = frechet_distance_from_stats(f.mean(0), np.cov(f, rowvar=False), ref_mu, ref_cov)
+        fd = fd_to_reference(f, ref_mu, ref_cov)
         runs[s.name], feats[s.name], memorized[s.name] = run, f, audit.memorized.cpu().numpy().astype(float)
         rows.append({"setting": s.name, "group": s.group, "solver": s.solver, "steps": steps, "grid": s.grid,
                      "alpha0": s.kts.alpha0 if s.kts else 0.0, "beta0": s.kts.beta0 if s.kts else 0.0,
@@ -167,8 +166,7 @@ def _paired_fd_delta(base: np.ndarray, other: np.ndarray, ref_mu, ref_cov, boot:
     deltas = np.empty(len(boot))
     for b, idx in enumerate(boot):
         fa, fb = base[idx], other[idx]
-        deltas[b] = (frechet_distance_from_stats(fb.mean(0), np.cov(fb, rowvar=False), ref_mu, ref_cov)
-                     - frechet_distance_from_stats(fa.mean(0), np.cov(fa, rowvar=False), ref_mu, ref_cov))
+        deltas[b] = fd_to_reference(fb, ref_mu, ref_cov) - fd_to_reference(fa, ref_mu, ref_cov)
     return deltas
 
 
