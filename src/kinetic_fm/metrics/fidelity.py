@@ -32,7 +32,7 @@ from torch import Tensor
 from ..blocks import block_size
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
-from .neighbors import column_mean, unit_roundoff
+from .neighbors import column_mean, nearest_neighbors, unit_roundoff
 
 __all__ = ["Protocol", "FrechetDistance", "PrecisionRecall", "feature_statistics",
            "frechet_distance_from_stats", "frechet_distance", "precision_recall",
@@ -242,8 +242,6 @@ def _inside_any_ball(points: Tensor, centres: Tensor, radius_sq: Tensor, chunk: 
 
 def _kth_neighbour_sq_radius(rows: Tensor, k: int, chunk: int, batch_chunk: int) -> Tensor:
     """(N,) float64 exact squared distance from each row to its k-th nearest other row."""
-    from .neighbors import nearest_neighbors
-
     kth = nearest_neighbors(rows, rows, k, chunk=chunk, batch_chunk=batch_chunk,
                             exclude_self=True).indices[:, -1]
     step = block_size(rows.device, 8 * rows.shape[1], rows.shape[0])
