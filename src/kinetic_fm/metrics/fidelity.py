@@ -228,9 +228,11 @@ def _inside_any_ball(points: Tensor, centres: Tensor, radius_sq: Tensor, chunk: 
     inside = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
     for q0, c0, d2 in sq_distance_blocks(points, centres, chunk=chunk, batch_chunk=batch_chunk):
         rows = slice(q0, q0 + d2.shape[0])
-        r2, e = radius_sq[c0:c0 + d2.shape[1]], slack[rows, None]
+        # the block's largest slack: thresholds stay (columns,) vectors, no block-sized temporaries;
+        # a wider band only sends a few more pairs to the exact check
+        r2, e = radius_sq[c0:c0 + d2.shape[1]], float(slack[rows].max())
         inside[rows] |= (d2 <= r2 - e).any(dim=1)
-        unsure = ((d2 - r2).abs() <= e) & ~inside[rows, None]
+        unsure = (d2 <= r2 + e) & ~inside[rows, None]  # rows not yet inside have no pair below r2 - e
         qi, cj = unsure.nonzero(as_tuple=True)
         step = block_size(points.device, 8 * points.shape[1], qi.numel())
         for s in range(0, qi.numel(), step):
