@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from kinetic_fm.models import (DiscreteTimeVelocity, SinusoidalTimeEmbedding, UNet, VelocityMLP, default_model,
+import kinetic_fm as kfm
+from kinetic_fm.models import (SinusoidalTimeEmbedding, UNet, VelocityMLP, default_model,
                                load_into, save_weights)
 
 
@@ -71,17 +72,6 @@ class _StepNet(torch.nn.Module):
         return x * self.w + k[:, None].to(x)
 
 
-def test_discrete_time_adapter_truncates_like_reference():
-    net = _StepNet()
-    v = DiscreteTimeVelocity(net, 1000)
-    t = torch.tensor([0.0, 0.5, 0.9999, 1.0, 0.123])
-    v(torch.zeros(5, 2), t)
-    assert net.seen.tolist() == [int(float(s) * 999) for s in t.tolist()] == [0, 499, 998, 999, 122]
-    assert net.seen.dtype == torch.int64
-    with pytest.raises(ValueError, match="num_timesteps"):
-        DiscreteTimeVelocity(net, 1)
-
-
 def test_load_into_wraps_discrete_nets(tmp_path):
     src = _StepNet()
     with torch.no_grad():
@@ -90,6 +80,13 @@ def test_load_into_wraps_discrete_nets(tmp_path):
     v = load_into(_StepNet(), tmp_path / "w.safetensors", num_timesteps=11)
     out = v(torch.ones(2, 2), torch.tensor([0.0, 1.0]))
     assert torch.equal(out, torch.tensor([[3.0, 3.0], [13.0, 13.0]]))
+    assert isinstance(v, kfm.DiscreteTime) and v.num_timesteps == 11
+    # the reference's int(t·999) truncation, steps handed over as int64
+    v = load_into(_StepNet(), tmp_path / "w.safetensors", num_timesteps=1000)
+    t = torch.tensor([0.0, 0.5, 0.9999, 1.0, 0.123])
+    v(torch.zeros(5, 2), t)
+    assert v.inner.seen.tolist() == [int(float(s) * 999) for s in t.tolist()] == [0, 499, 998, 999, 122]
+    assert v.inner.seen.dtype == torch.int64
 
 
 def test_default_model_picks_architecture():

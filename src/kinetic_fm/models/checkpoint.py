@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..fields.adapters import DiscreteTime
 from .registry import build_model
 
 
@@ -181,7 +182,7 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
 
 
 def load_into(net: nn.Module, path: str | os.PathLike, *, strict: bool = True,
-              num_timesteps: int | None = None) -> nn.Module:
+              num_timesteps: int | None = None) -> nn.Module | DiscreteTime:
     """Load weights from ``path`` into your own ``net`` and return it ready for sampling (eval mode).
 
     Args:
@@ -190,10 +191,10 @@ def load_into(net: nn.Module, path: str | os.PathLike, *, strict: bool = True,
         path: .safetensors or torch state-dict file, read without executing code.
         strict: passed to ``load_state_dict``.
         num_timesteps: if the net takes integer steps k = int(t·(T−1)) instead of t in [0, 1]
-            (the paper's nets, T = 1000), give T and get a :class:`DiscreteTimeVelocity` wrapper.
+            (the paper's nets, T = 1000), give T and get the net wrapped in
+            ``kinetic_fm.DiscreteTime`` (a velocity ``v(x, t)``; the module itself stays ``net``).
     """
-    from .discrete import DiscreteTimeVelocity
 
     net.load_state_dict(load_weights(path), strict=strict)
     net.eval()
-    return net if num_timesteps is None else DiscreteTimeVelocity(net, num_timesteps)
+    return net if num_timesteps is None else DiscreteTime(net, num_timesteps)
