@@ -64,6 +64,43 @@ def test_bootstrap_interval_brackets_the_fraction_and_is_seeded(case):
     assert all(np.isnan(kfm.memorization(samples, train, bootstrap=0).ci))
 
 
+def test_binomial_intervals_at_the_ends_have_their_closed_forms():
+    # 0 of n memorized: the bootstrap collapses to [0, 0]; the binomial intervals keep a width whose
+    # upper end is known in closed form (Clopper–Pearson: 1 − (α/2)^(1/n); Wilson: z²/(n + z²))
+    train = torch.eye(6, dtype=torch.float64)
+    fresh = torch.full((10, 6), 5.0, dtype=torch.float64) + torch.arange(10.0, dtype=torch.float64)[:, None]
+    assert kfm.memorization(fresh, train).ci == (0.0, 0.0)
+    exact = kfm.memorization(fresh, train, interval="clopper-pearson")
+    assert exact.fraction == 0.0 and exact.ci[0] == 0.0
+    assert exact.ci[1] == pytest.approx(1 - 0.025 ** (1 / 10), rel=1e-9)
+    z2 = 1.959963984540054 ** 2
+    wilson = kfm.memorization(fresh, train, interval="wilson")
+    assert wilson.ci[0] == pytest.approx(0.0, abs=1e-15) and wilson.ci[1] == pytest.approx(z2 / (10 + z2), rel=1e-9)
+    assert "95% Clopper–Pearson CI 0.0000–0.3085" in str(exact)
+    # all memorized: the mirror image
+    copies = kfm.memorization(train[:4], train, interval="clopper-pearson", confidence=0.9)
+    assert copies.ci == (pytest.approx(0.05 ** (1 / 4), rel=1e-9), 1.0)
+
+
+@pytest.mark.parametrize("interval", ["wilson", "clopper-pearson"])
+def test_binomial_intervals_solve_their_defining_equations(case, interval):
+    from scipy import stats
+
+    samples, train = case
+    rep = kfm.memorization(samples, train, interval=interval, confidence=0.9)
+    low, high = rep.ci
+    k, n, z = 40, 100, stats.norm.ppf(0.95)
+    assert low < rep.fraction < high and rep.bootstrap == 1000 and rep.interval == interval
+    if interval == "clopper-pearson":
+        # each end is where observing ≥ k (resp. ≤ k) memorized has probability α/2
+        assert stats.binom.sf(k - 1, n, low) == pytest.approx(0.05, rel=1e-8)
+        assert stats.binom.cdf(k, n, high) == pytest.approx(0.05, rel=1e-8)
+    else:
+        # the score interval's ends solve (p̂ − p)² = z² p(1 − p)/n
+        for p in (low, high):
+            assert (0.4 - p) ** 2 == pytest.approx(z * z * p * (1 - p) / n, rel=1e-10)
+
+
 @pytest.mark.parametrize("space_chunk,progress", [(512, False), (7, True)])
 def test_feature_space_is_applied_to_both_sets(case, capsys, space_chunk, progress):
     samples, train = case
@@ -99,6 +136,8 @@ def test_to_frame_has_one_row_per_sample(case):
     (torch.randn(4, 3), torch.randn(5, 3), dict(threshold=0.0), "threshold"),
     (torch.randn(4, 3), torch.randn(5, 3), dict(threshold=1.5), "threshold"),
     (torch.randn(4, 3), torch.randn(5, 3), dict(bootstrap=-1), "bootstrap"),
+    (torch.randn(4, 3), torch.randn(5, 3), dict(interval="bca"), "interval must be one of"),
+    (torch.randn(4, 3), torch.randn(5, 3), dict(confidence=1.0), "confidence"),
 ])
 def test_bad_input_is_a_clear_error(samples, train, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -132,10 +171,23 @@ def test_cli_reads_each_format_and_writes_the_table(tmp_path, capsys, case, fmt,
     assert main(["memorization", "--samples", str(s_path), "--train", str(t_path), "--out", str(out),
                  "--bootstrap", "200", *key]) == 0
     captured = capsys.readouterr()
-    assert "F_mem = 0.4000" in captured.out and "CI" in captured.out
+    assert "F_mem = 0.4000 (95% bootstrap CI" in captured.out
     assert "nearest neighbours" in captured.err                    # the CLI shows a progress bar
     table = pd.read_parquet(out)
     assert len(table) == 100 and int(table["memorized"].sum()) == 40
+
+
+def test_cli_interval_choice_reaches_the_report(tmp_path, capsys, case):
+    samples, train = case
+    np.save(tmp_path / "s.npy", samples.numpy())
+    np.save(tmp_path / "t.npy", train.numpy())
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--interval", "wilson", "--no-progress"]) == 0
+    assert str(kfm.memorization(samples, train, interval="wilson")) in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:                         # argparse's own usage error
+        main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+              "--interval", "bca"])
+    assert stop.value.code == 2 and "invalid choice: 'bca'" in capsys.readouterr().err
 
 
 def test_cli_user_errors_exit_2(tmp_path, capsys):

@@ -7,7 +7,7 @@ import argparse
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "memorization",
-        help="F_mem (d1/d2 < threshold) of samples against a training set, with a bootstrap CI",
+        help="F_mem (d1/d2 < threshold) of samples against a training set, with a CI",
         description=(
             "Exact 2-nearest-neighbour gap-ratio audit. Inputs: .npy, .npz (its only array, or --key), "
             ".pt (a tensor, loaded with weights_only=True), .parquet (a list column or the numeric "
@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     parser.add_argument("--train-key", default=None, help="array/column name inside --train")
     parser.add_argument("--threshold", type=float, default=1 / 3, help="gap-ratio threshold in (0, 1) (default 1/3)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI (default 1000)")
+    parser.add_argument("--interval", choices=("bootstrap", "wilson", "clopper-pearson"), default="bootstrap",
+                        help="the CI of F_mem: percentile bootstrap (default), Wilson score, or Clopper-Pearson "
+                             "(exact binomial); the bootstrap has zero width when F_mem is 0 or 1")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--backend", choices=("torch", "faiss"), default="torch")
     parser.add_argument("--device", default="cpu",
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if space is not None:
         samples, train = _cifar_images("--samples", samples), _cifar_images("--train", train)
     report = memorization(samples, train, threshold=args.threshold, bootstrap=args.bootstrap, space=space,
-                          seed=args.seed, backend=args.backend, progress=args.progress)
+                          seed=args.seed, interval=args.interval, backend=args.backend, progress=args.progress)
     print(report)
     if args.out is not None:
         frame = report.to_frame()

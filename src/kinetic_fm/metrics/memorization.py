@@ -2,13 +2,17 @@
 
 d1 ≤ d2 are the Euclidean distances (flattened, float64, exact) from a sample to its two nearest
 training items, in the space the caller names (raw coordinates, or a feature map ``space``).
-F_mem is the memorized fraction, with a percentile bootstrap confidence interval.
+F_mem is the memorized fraction, with a confidence interval: a percentile bootstrap by default,
+or the Wilson score or Clopper–Pearson (exact binomial) interval. The bootstrap collapses to
+[0, 0] when no sample is memorized (and to [1, 1] when all are); the two binomial intervals keep
+an honest width there (for 0 of n, Clopper–Pearson's upper end is 1 − (α/2)^(1/n) ≈ 3.7/n at 95 %).
 
 Convention: when d1 = d2 = 0 (the sample equals a training item that is itself duplicated) the
 ratio is defined as 0, i.e. memorized.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -19,7 +23,10 @@ from .neighbors import as_rows, check_finite, nearest_neighbors
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["MemorizationReport", "memorization"]
+__all__ = ["INTERVALS", "MemorizationReport", "memorization"]
+
+INTERVALS = ("bootstrap", "wilson", "clopper-pearson")
+_INTERVAL_NAMES = {"bootstrap": "bootstrap", "wilson": "Wilson", "clopper-pearson": "Clopper–Pearson"}
 
 
 @dataclass(frozen=True)
@@ -32,10 +39,12 @@ class MemorizationReport:
         nearest: (B,) int64 index of the nearest training item.
         memorized: (B,) bool, ratio < threshold.
         fraction: F_mem, the mean of ``memorized``.
-        ci: (low, high) percentile bootstrap interval of F_mem at ``confidence`` (NaN without bootstrap).
+        ci: (low, high) interval of F_mem at ``confidence``, of kind ``interval`` (NaN when
+            ``interval`` is "bootstrap" and ``bootstrap`` is 0).
         threshold: the gap-ratio threshold used.
         confidence: the interval's coverage, e.g. 0.95.
-        bootstrap: number of bootstrap resamples (0: no interval).
+        bootstrap: number of bootstrap resamples (0: no bootstrap interval).
+        interval: "bootstrap" (percentile), "wilson" (score) or "clopper-pearson" (exact binomial).
     """
 
     d1: torch.Tensor
@@ -48,13 +57,15 @@ class MemorizationReport:
     threshold: float
     confidence: float = 0.95
     bootstrap: int = 1000
+    interval: str = "bootstrap"
 
     def __len__(self) -> int:
         return self.ratio.shape[0]
 
     def __str__(self) -> str:
         low, high = self.ci
-        interval = f" ({self.confidence:.0%} CI {low:.4f}–{high:.4f})" if self.bootstrap else ""
+        kind = _INTERVAL_NAMES.get(self.interval, self.interval)
+        interval = "" if math.isnan(low) else f" ({self.confidence:.0%} {kind} CI {low:.4f}–{high:.4f})"
         return (f"F_mem = {self.fraction:.4f}{interval}, {int(self.memorized.sum())}/{len(self)} "
                 f"samples with d1/d2 < {self.threshold:.4g}")
 
@@ -80,6 +91,7 @@ def memorization(
     seed: int = 0,
     *,
     confidence: float = 0.95,
+    interval: str = "bootstrap",
     chunk: int = 8192,
     space_chunk: int = 512,
     backend: str = "torch",
@@ -91,11 +103,15 @@ def memorization(
         samples: (B, ...) generated samples (tensor or array), B ≥ 1, finite.
         train: (N, ...) training items with the same trailing size, N ≥ 2, finite.
         threshold: memorized when d1/d2 < threshold; must lie in (0, 1).
-        bootstrap: bootstrap resamples for the CI of F_mem (0 disables it).
+        bootstrap: bootstrap resamples for the CI of F_mem (0 disables it); used only when
+            ``interval`` is "bootstrap".
         space: optional feature map applied to both sets (in chunks of ``space_chunk`` rows,
             without gradients); distances are then measured between its flattened outputs.
         seed: seed of the bootstrap generator.
-        confidence: coverage of the percentile interval, in (0, 1).
+        confidence: coverage of the interval, in (0, 1).
+        interval: "bootstrap" (percentile bootstrap, the reference's choice), "wilson" (score
+            interval) or "clopper-pearson" (exact binomial, conservative). Prefer a binomial
+            interval when F_mem is 0 or 1, where the bootstrap has zero width.
         chunk, backend: passed to :func:`kinetic_fm.nearest_neighbors`.
         progress: tqdm bars (on stderr) over the feature map, if any, and the search.
 
@@ -106,8 +122,10 @@ def memorization(
         raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
     if not (isinstance(bootstrap, int) and bootstrap >= 0):
         raise ValueError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
-    if not (0.0 < confidence < 1.0):
+    if not (isinstance(confidence, (int, float)) and 0.0 < confidence < 1.0):
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     samples, train = as_rows("samples", samples), as_rows("train", train)
     if train.shape[0] < 2:
         raise ValueError(f"train must hold at least 2 items for the gap ratio (k = 2), got {train.shape[0]}")
@@ -128,9 +146,12 @@ def memorization(
     ratio = torch.where(d2 > 0, d1 / d2.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(d1))
     memorized = ratio < threshold
     fraction = float(memorized.double().mean())
-    ci = _bootstrap_ci(memorized, bootstrap, confidence, seed)
+    if interval == "bootstrap":
+        ci = _bootstrap_ci(memorized, bootstrap, confidence, seed)
+    else:
+        ci = _binomial_ci(int(memorized.sum()), memorized.numel(), confidence, interval)
     return MemorizationReport(d1, d2, ratio, nn.indices[:, 0], memorized, fraction, ci,
-                              float(threshold), float(confidence), bootstrap)
+                              float(threshold), float(confidence), bootstrap, interval)
 
 
 @torch.no_grad()
@@ -163,3 +184,19 @@ def _bootstrap_ci(memorized: torch.Tensor, bootstrap: int, confidence: float, se
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return (float(low), float(high))
+
+
+def _binomial_ci(count: int, n: int, confidence: float, kind: str) -> tuple[float, float]:
+    """Wilson score or Clopper–Pearson interval for ``count`` successes out of ``n``."""
+    from scipy import stats
+
+    alpha = 1.0 - confidence
+    if kind == "clopper-pearson":
+        low = 0.0 if count == 0 else float(stats.beta.ppf(alpha / 2, count, n - count + 1))
+        high = 1.0 if count == n else float(stats.beta.ppf(1 - alpha / 2, count + 1, n - count))
+        return (low, high)
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    p, z2 = count / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return (max(0.0, centre - half), min(1.0, centre + half))
