@@ -145,6 +145,22 @@ def test_straight_line_energy_is_the_kpe_of_a_straight_constant_speed_path():
     assert (bent.kpe > 1.05 * energy).all()
 
 
+def test_energy_after_counts_the_straddling_step_by_its_share():
+    from kinetic_fm.studies.samples import energy_after, late_fraction
+
+    # constant power 1 over [0, 1] on 8 uniform steps: the energy after t = 0.9 is 0.1 exactly,
+    # although no step starts there (the last one runs 0.875 → 1)
+    profile = torch.full((3, 8), 1 / 8, dtype=torch.float64)
+    run = {"times": torch.linspace(0, 1, 9, dtype=torch.float64), "profile": profile, "kpe": profile.sum(1)}
+    torch.testing.assert_close(late_fraction(run), torch.full((3,), 0.1, dtype=torch.float64))
+    # on a grid through t = 0.6 it is the plain sum of the steps from there on
+    times = torch.tensor([0.0, 0.3, 0.6, 0.8, 1.0], dtype=torch.float64)
+    profile = torch.tensor([[1.0, 2.0, 4.0, 8.0], [0.5, 0.0, 0.0, 3.0]], dtype=torch.float64)
+    torch.testing.assert_close(energy_after({"times": times, "profile": profile}, 0.6),
+                               torch.tensor([12.0, 3.0], dtype=torch.float64))
+    assert energy_after({"times": times, "profile": profile}, 1.0).eq(0).all()
+
+
 def test_efm_lands_on_atoms_in_the_study(tiny_report):
     out, _, _ = tiny_report
     for n in (8, 32):

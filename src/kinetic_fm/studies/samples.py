@@ -51,14 +51,22 @@ def sampled(
 
 
 def energy_after(run: Run, after: float) -> torch.Tensor:
-    """(B,) applied energy each sample spends in steps starting at t ≥ ``after`` (the same time
-    for every grid and shaping, unlike the sampler's early/late split)."""
-    starts = run["times"][:-1]
-    return run["profile"][:, starts >= after].sum(1)
+    """(B,) applied energy each sample spends at t ≥ ``after`` (the same time for every grid and
+    shaping, unlike the sampler's early/late split).
+
+    A step that straddles ``after`` counts by the share of its length past it (power taken as
+    constant within a step, as Euler's is), so a coarse grid whose points miss ``after`` (8 uniform
+    steps and t = 0.9) still counts its last stretch; on a grid through ``after`` this is the sum
+    over the steps that start at or after it.
+    """
+    times = run["times"].double()
+    starts, ends = times[:-1], times[1:]
+    share = ((ends - after) / (ends - starts)).clamp(0.0, 1.0)
+    return run["profile"] @ share.to(run["profile"])
 
 
 def late_fraction(run: Run, after: float = 0.9) -> torch.Tensor:
-    """(B,) share of each sample's applied energy spent in steps starting at t ≥ ``after``."""
+    """(B,) share of each sample's applied energy spent at t ≥ ``after`` (see :func:`energy_after`)."""
     return energy_after(run, after) / run["kpe"].clamp_min(1e-300)
 
 
