@@ -109,6 +109,25 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
     return section, claims
 
 
+MIN_GROUP = 5  # fewer memorized (or other) samples than this leave the late-energy claim undecided
+
+
+def late_energy_verdict(late_memorized: np.ndarray, late_others: np.ndarray, min_group: int = MIN_GROUP,
+                        alpha: float = 0.05) -> tuple[str, float]:
+    """Memorized samples spend more of their energy late: the paper expects the memorized group's
+    median late energy above the others'. A two-sided Mann–Whitney p < ``alpha`` decides, the medians
+    give the direction; "inconclusive" (p = NaN) with fewer than ``min_group`` in either group.
+    Returns the verdict and p."""
+    from scipy.stats import mannwhitneyu
+
+    if min(len(late_memorized), len(late_others)) < min_group:
+        return "inconclusive", float("nan")
+    p = float(mannwhitneyu(late_memorized, late_others, alternative="two-sided").pvalue)
+    if not p < alpha:  # also when p is NaN
+        return "inconclusive", p
+    return ("reproduced" if np.median(late_memorized) > np.median(late_others) else "not reproduced"), p
+
+
 def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int, seed: int) -> float:
     """Share of bootstrap resamples (rows redrawn within each KPE quintile) in which the lowest
     Fréchet distance to ``ref`` falls in an interior quintile."""
@@ -125,7 +144,6 @@ def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, r
 
 def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     import pandas as pd
-    from scipy.stats import mannwhitneyu
 
     from .figures import line_figure, memorization_figure
     from .report import Claim, Section
@@ -164,13 +182,12 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     memorized = audit.memorized.cpu().numpy().astype(bool)
     late = frame["late_fraction_t0.9"].to_numpy()
     n_mem, n_not = int(memorized.sum()), int((~memorized).sum())
-    if min(n_mem, n_not) < 5:
-        verdict, ours, p = "inconclusive", f"{n_mem} memorized vs {n_not} not: too few in one group", float("nan")
+    verdict, p = late_energy_verdict(late[memorized], late[~memorized])
+    if min(n_mem, n_not) < MIN_GROUP:
+        ours = f"{n_mem} memorized vs {n_not} not: too few in one group"
     else:
-        p = float(mannwhitneyu(late[memorized], late[~memorized], alternative="two-sided").pvalue)
         med_m, med_n = float(np.median(late[memorized])), float(np.median(late[~memorized]))
         ours = f"median share of energy after t = 0.9: {med_m:.3f} (memorized, n = {n_mem}) vs {med_n:.3f} (others, n = {n_not})"
-        verdict = ("reproduced" if med_m > med_n else "not reproduced") if p < 0.05 else "inconclusive"
     claim = Claim(
         "memorization", "Memorized samples spend more of their energy late",
         "memorization is driven by extreme late energy", ours, len(late),

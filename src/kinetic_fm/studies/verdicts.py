@@ -18,6 +18,16 @@ def verdict_from_interval(low: float, high: float, expected_sign: int) -> str:
     return "reproduced" if high < 0 else "not reproduced" if low > 0 else "inconclusive"
 
 
+def verdict_of_all(verdicts: list[str]) -> str:
+    """One verdict for a claim made of several parts: "reproduced" when every part is, "not
+    reproduced" when any part is not, else "inconclusive"."""
+    if not verdicts:
+        raise ValueError("verdict_of_all needs at least one part")
+    if all(v == "reproduced" for v in verdicts):
+        return "reproduced"
+    return "not reproduced" if "not reproduced" in verdicts else "inconclusive"
+
+
 def fmt_ci(low: float, high: float, what: str = "95% CI", digits: int = 3) -> str:
     return f"{what} [{low:+.{digits}g}, {high:+.{digits}g}]"
 

@@ -1,0 +1,95 @@
+"""Each study claim's verdict rule on inputs whose answer is known: the paper's expected sign decides."""
+import numpy as np
+import pytest
+
+from kinetic_fm.metrics.stats import spearman
+from kinetic_fm.studies.memorization import late_energy_verdict
+from kinetic_fm.studies.semantics import semantics_verdict
+from kinetic_fm.studies.shaping import (
+    balanced_verdict,
+    landing_only_memorization_verdict,
+    landing_only_quality_verdict,
+    launch_only_verdict,
+)
+from kinetic_fm.studies.support import support_verdict
+from kinetic_fm.studies.verdicts import verdict_of_all
+
+BELOW, ABOVE, ACROSS = (-0.3, -0.1), (0.1, 0.3), (-0.1, 0.1)   # 95% intervals of a difference
+
+
+def test_launch_only_must_lower_fd():
+    assert launch_only_verdict(np.array(BELOW)) == "reproduced"
+    assert launch_only_verdict(np.array(ABOVE)) == "not reproduced"
+    assert launch_only_verdict(np.array(ACROSS)) == "inconclusive"
+
+
+def test_landing_only_must_lower_fmem():
+    assert landing_only_memorization_verdict(np.array(BELOW)) == "reproduced"
+    assert landing_only_memorization_verdict(np.array(ABOVE)) == "not reproduced"
+    assert landing_only_memorization_verdict(np.array(ACROSS)) == "inconclusive"
+
+
+def test_landing_only_must_raise_fd():
+    assert landing_only_quality_verdict(np.array(ABOVE)) == "reproduced"
+    assert landing_only_quality_verdict(np.array(BELOW)) == "not reproduced"
+    assert landing_only_quality_verdict(np.array(ACROSS)) == "inconclusive"
+
+
+@pytest.mark.parametrize("delta_fd, delta_mem, expected", [
+    (BELOW, BELOW, "reproduced"),
+    (BELOW, ACROSS, "inconclusive"),      # one of two negative
+    (ACROSS, BELOW, "inconclusive"),
+    (BELOW, ABOVE, "not reproduced"),     # one positive
+    (ABOVE, BELOW, "not reproduced"),
+    (ABOVE, ACROSS, "not reproduced"),
+    (ABOVE, ABOVE, "not reproduced"),
+], ids=["both negative", "FD only", "F_mem only", "F_mem positive", "FD positive", "FD positive, F_mem open",
+        "both positive"])
+def test_balanced_must_lower_both_fd_and_fmem(delta_fd, delta_mem, expected):
+    assert balanced_verdict(np.array(delta_fd), np.array(delta_mem)) == expected
+
+
+def test_a_claim_of_several_parts_holds_only_when_every_part_does():
+    assert verdict_of_all(["reproduced", "reproduced", "reproduced"]) == "reproduced"
+    assert verdict_of_all(["reproduced", "inconclusive"]) == "inconclusive"
+    assert verdict_of_all(["inconclusive", "not reproduced", "reproduced"]) == "not reproduced"
+    with pytest.raises(ValueError, match="at least one part"):
+        verdict_of_all([])
+
+
+def _correlated(sign: int):
+    """Spearman ρ of n = 60 pairs: a strong relation of the given sign (|ρ| ≈ 0.98), or none (ρ = 0)."""
+    x = np.arange(60.0)
+    y = sign * x + 5 * np.sin(7 * x) if sign else (x - x.mean()) ** 2   # the parabola is symmetric: ρ = 0
+    return spearman(x, y, bootstrap=200, permutations=0, seed=0)
+
+
+def test_support_needs_kpe_to_fall_with_density():
+    assert _correlated(-1).ci_high < -0.9 and _correlated(+1).ci_low > 0.9     # the inputs are what they claim
+    assert support_verdict(_correlated(-1)) == "reproduced"
+    assert support_verdict(_correlated(+1)) == "not reproduced"
+    assert support_verdict(_correlated(0)) == "inconclusive"
+
+
+def test_semantics_needs_kpe_to_rise_with_semantic_strength():
+    assert semantics_verdict(_correlated(+1)) == "reproduced"
+    assert semantics_verdict(_correlated(-1)) == "not reproduced"
+    assert semantics_verdict(_correlated(0)) == "inconclusive"
+
+
+def test_memorized_samples_must_spend_more_energy_late():
+    high, low = np.linspace(0.7, 0.9, 20), np.linspace(0.1, 0.3, 30)   # no overlap: p ≈ 1e-9
+    verdict, p = late_energy_verdict(high, low)
+    assert verdict == "reproduced" and p < 1e-6
+    verdict, p = late_energy_verdict(low, high)
+    assert verdict == "not reproduced" and p < 1e-6
+    verdict, p = late_energy_verdict(np.linspace(0.1, 0.9, 21), np.linspace(0.1, 0.9, 31))  # same spread
+    assert verdict == "inconclusive" and p > 0.5
+
+
+def test_late_energy_needs_five_in_each_group():
+    assert late_energy_verdict(np.linspace(0.7, 0.9, 5), np.linspace(0.1, 0.3, 30))[0] == "reproduced"
+    for few, many in ((np.linspace(0.7, 0.9, 4), np.linspace(0.1, 0.3, 30)),
+                      (np.linspace(0.7, 0.9, 30), np.linspace(0.1, 0.3, 4))):
+        verdict, p = late_energy_verdict(few, many)
+        assert verdict == "inconclusive" and np.isnan(p)
