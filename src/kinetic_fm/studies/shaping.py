@@ -59,6 +59,7 @@ def ablation_grid(cfg: ShapingConfig) -> list[Setting]:
 # (low, high); lower FD is better quality, lower F_mem is less copying.
 Interval = Sequence[float]
 
+
 def launch_only_verdict(delta_fd_ci: Interval) -> str:
     """Launch-only KTS improves quality: the paper expects ΔFD < 0 (FID 16.68 → 11.27)."""
     return verdict_from_interval(*delta_fd_ci, -1)
