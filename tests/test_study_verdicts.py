@@ -93,3 +93,16 @@ def test_late_energy_needs_five_in_each_group():
                       (np.linspace(0.7, 0.9, 30), np.linspace(0.1, 0.3, 4))):
         verdict, p = late_energy_verdict(few, many)
         assert verdict == "inconclusive" and np.isnan(p)
+
+
+def test_paired_fd_delta_is_the_setting_minus_plain_fm():
+    # the τ_split and KTS intervals read Δ = FD(setting) − FD(plain FM): a setting whose features
+    # drift from the reference must give Δ > 0 in every resample
+    from kinetic_fm.studies.shaping import _paired_fd_delta
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((400, 3))
+    plain, drifted = rng.standard_normal((200, 3)), rng.standard_normal((200, 3)) + 1.0
+    boot = rng.integers(0, 200, size=(50, 200))
+    deltas = _paired_fd_delta(plain, drifted, ref.mean(0), np.cov(ref, rowvar=False), boot)
+    assert deltas.shape == (50,) and (deltas > 0.5).all()       # a unit shift in 3-D adds FD ≈ 3
