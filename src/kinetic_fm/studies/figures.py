@@ -470,7 +470,7 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     _style(ax, xlabel="gap ratio d1/d2", ylabel="samples")
     ax.set_xlim(0.0, 1.0)
     low, high = report.ci
-    interval = f" (CI {low:.2f}–{high:.2f})" if report.bootstrap else ""
+    interval = "" if math.isnan(low) else f" (CI {low:.2f}–{high:.2f})"
     ax.set_title(f"F_mem = {report.fraction:.3f}{interval}", fontsize=11)
     _legend(ax)
     if wide:

@@ -51,7 +51,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         run = sampled(ws, f"efm-{n}", {"assets": asset_key, "atoms": n}, EmpiricalFlow(atoms),
                       range(cfg.seed_start, cfg.seed_start + cfg.efm_samples), shape,
                       dtype=torch.float64, steps=cfg.efm_steps, solver="euler")
-        audit = memorization(run["x"].double(), atoms, bootstrap=cfg.bootstrap)
+        audit = memorization(run["x"].double(), atoms, interval="wilson")
         late = late_fraction(run)
         straight = straight_line_energy(run)
         # v* = E[y − x0 | x_t]: by Jensen the mean power at any t is at most ½(E‖y‖² + D), and each
@@ -80,7 +80,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         "memorization", "The exact empirical flow reproduces training copies",
         "EFM samples land on training copies",
         f"F_mem ≥ {worst['F_mem']:.3f} for N in {sizes}", int(cfg.efm_samples),
-        fmt_ci(worst["F_mem CI low"], worst["F_mem CI high"], f"F_mem 95% CI at N = {int(worst['atoms N'])}"),
+        fmt_ci(worst["F_mem CI low"], worst["F_mem CI high"], f"F_mem 95% Wilson CI at N = {int(worst['atoms N'])}"),
         "reproduced" if worst["F_mem"] >= 0.95 else "not reproduced",
         "reproduced when every subset gives F_mem ≥ 0.95")
     spike = Claim(
@@ -164,7 +164,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                       range(cfg.seed_start, cfg.seed_start + cfg.checkpoint_samples), shape, device=str(device),
                       steps=cfg.steps, solver="euler")
         x = image_range(run["x"], assets)
-        audit = memorization(x, assets.memorizer_train, bootstrap=cfg.bootstrap)
+        audit = memorization(x, assets.memorizer_train, interval="wilson")
         fd = frechet_distance(assets.features(x).double(), ref_feats.double(), network=assets.classifier_name)
         rows.append({"training step": step, "F_mem": audit.fraction, "F_mem CI low": audit.ci[0],
                      "F_mem CI high": audit.ci[1], "mean KPE": float(run["kpe"].mean()),
@@ -201,7 +201,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
               f"against those images; {fd_col} against all {len(assets.train)} training images."),
         tables=[("Memorizing net across training", table)],
         figures=[
-            line_figure("memorizer_training", "F_mem and energy across training of the memorizing net.",
+            line_figure("memorizer_training", "F_mem (band: 95% Wilson interval) and energy across training of the memorizing net.",
                         table["training step"].to_numpy(), {"F_mem": table["F_mem"].to_numpy(),
                                                             "share of energy after t = 0.9": table["mean share after t = 0.9"].to_numpy()},
                         xlabel="training step", ylabel="fraction", log_x=True,

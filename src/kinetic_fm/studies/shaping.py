@@ -107,7 +107,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                       assets.memorizer, seeds, shape, device=str(device),
                       steps=steps, solver=s.solver, grid=s.grid, shaping=s.kts)
         x = image_range(run["x"], assets)
-        audit = memorization(x, assets.memorizer_train, bootstrap=cfg.bootstrap)
+        audit = memorization(x, assets.memorizer_train, interval="wilson")
         f = assets.features(x).double().numpy()
         fd = fd_to_reference(f, ref_mu, ref_cov)
         runs[s.name], feats[s.name], memorized[s.name] = run, f, audit.memorized.cpu().numpy().astype(float)
@@ -173,7 +173,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
               f"training images; {fd_name} against all {len(assets.train)} training images (lower is better)."),
         tables=[("The KTS ablation grid", table)],
         figures=[
-            bar_figure("shaping_fmem", "F_mem across the KTS grid (95% bootstrap CI); dashed: plain FM.", table,
+            bar_figure("shaping_fmem", "F_mem across the KTS grid (95% Wilson interval); dashed: plain FM.", table,
                        x="setting", y="F_mem", low="F_mem CI low", high="F_mem CI high", ylabel="F_mem",
                        reference=float(fm_mem)),
             bar_figure("shaping_fd", f"{fd_name} across the KTS grid; dashed: plain FM.", table, x="setting",
