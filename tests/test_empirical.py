@@ -13,8 +13,8 @@ from kinetic_fm.fields.empirical import PosteriorRecorder
 def brute(atoms, x, t, eps=1e-6):
     """Materialise x − t·y in float64 and take the softmax: the definition, nothing clever."""
     y, x = atoms.double().flatten(1), x.double().flatten(1)
-    t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
-    one_minus = (1 - t).clamp_min(eps)
+    t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]).clamp_max(1 - eps)   # v(x, min(t, 1 − eps))
+    one_minus = 1 - t
     dist2 = (x[:, None, :] - t[:, None, None] * y[None]).pow(2).sum(dim=2)
     w = torch.softmax(-dist2 / (2 * one_minus[:, None] ** 2), dim=1)
     return (w @ y - x) / one_minus[:, None], w
@@ -184,6 +184,83 @@ def test_near_duplicates_close_to_t_one_are_exact():
         assert out.diagnostics.exact.all()
         assert rel_err(out.velocity, ref) < 1e-6
         torch.testing.assert_close(out.diagnostics.max_weight, w.max(dim=1).values, rtol=1e-9, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """200 spread atoms plus 100 jittered copies (spread 1e-4) of one centre: more near-duplicates
+    than ``exact_max`` (64), the set-up of a duplication study."""
+    g = torch.Generator().manual_seed(11)
+    centre = torch.rand(1, 48, generator=g) * 2 - 1
+    atoms = torch.cat([torch.rand(200, 48, generator=g) * 2 - 1, centre + 1e-4 * torch.randn(100, 48, generator=g)])
+    return atoms, centre
+
+
+@pytest.mark.parametrize("t", [0.999, 0.9999, 1 - 1e-6])
+def test_more_near_duplicates_than_exact_max_late_in_a_run_are_exact(cluster, t):
+    # the screened float32 logits' error grows like 1/(1 − t)²: such rows must be re-scored exactly
+    # whatever their number of candidates, or the velocity is off by more than 100 %
+    atoms, centre = cluster
+    g = torch.Generator().manual_seed(12)
+    x = (1 - t) * torch.randn(8, 48, generator=g) + t * centre
+    out = kfm.EmpiricalFlow(atoms).evaluate(x, t)
+    ref, w = brute(atoms, x, t)
+    assert (out.diagnostics.candidates > 64).all() and out.diagnostics.exact.all()
+    assert rel_err(out.velocity, ref) < 1e-6
+    torch.testing.assert_close(out.diagnostics.max_weight, w.max(dim=1).values, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(out.diagnostics.entropy, -torch.special.xlogy(w, w).sum(dim=1), rtol=1e-6, atol=1e-9)
+
+
+def test_many_candidates_are_rescored_in_slices(cluster, monkeypatch):
+    # a row whose candidates do not fit one float64 block is done in slices, in two passes
+    from kinetic_fm.fields import empirical
+
+    atoms, centre = cluster
+    monkeypatch.setattr(empirical, "_EXACT_BLOCK_BYTES", 7 * 48 * 8)      # 7 atoms a slice
+    x = 1e-3 * torch.randn(5, 48, generator=torch.Generator().manual_seed(13)) + 0.999 * centre
+    post = kfm.EmpiricalFlow(atoms).posterior(x, 0.999, k=3)
+    v = kfm.EmpiricalFlow(atoms)(x, 0.999)
+    ref, w = brute(atoms, x, 0.999)
+    assert rel_err(v, ref) < 1e-6
+    torch.testing.assert_close(post.weights, w.topk(3, dim=1).values, rtol=1e-6, atol=1e-9)
+
+
+def test_on_an_atom_with_many_exact_copies_the_velocity_is_zero():
+    g = torch.Generator().manual_seed(14)
+    atoms = torch.cat([torch.rand(50, 16, generator=g), torch.rand(1, 16, generator=g).expand(101, 16)])
+    for t in (1 - 1e-7, 1.0):
+        assert kfm.EmpiricalFlow(atoms)(atoms[-1:], t).abs().max() == 0
+
+
+def test_t_past_one_minus_eps_is_clamped_in_the_posterior_too():
+    # x halfway between atoms 0 and 2: at t = 1 − eps atom 2 is nearer to x/t, so the clamped field
+    # must carry x there in the remaining eps (v = 1/eps), not stop between the two (v = 0)
+    field = kfm.EmpiricalFlow(torch.tensor([[0.0], [2.0]], dtype=torch.float64), eps=1e-3)
+    x = torch.ones(1, 1, dtype=torch.float64)
+    v_eps, v_one = field(x, 1 - 1e-3), field(x, 1.0)
+    torch.testing.assert_close(v_eps, torch.full((1, 1), 1e3, dtype=torch.float64))
+    assert torch.equal(v_one, v_eps)
+
+
+def test_inputs_that_require_grad_integer_inputs_and_empty_batches():
+    g = torch.Generator().manual_seed(15)
+    train = torch.randn(30, 4, generator=g)
+    made = torch.nn.Linear(4, 4)(torch.randn(6, 4, generator=g))       # a generator's output, with grad
+    plain = made.detach()
+    field = kfm.EmpiricalFlow(train)
+    assert torch.equal(field(made, 0.5), field(plain, 0.5))
+    assert torch.equal(kfm.EmpiricalFlow(train.requires_grad_())(plain, 0.5), field(plain, 0.5))
+    ints = torch.randint(-2, 3, (5, 4), generator=g)
+    v = field(ints, 0.7)
+    assert v.dtype == torch.float32 and torch.equal(v, field(ints.float(), 0.7))
+    assert field(torch.zeros(0, 4), 0.5).shape == (0, 4)
+    assert field.posterior(torch.zeros(0, 4), 0.5, k=2).indices.shape == (0, 2)
+
+
+@pytest.mark.parametrize("dtype,bytes_per_logit", [(torch.float32, 4), (torch.float64, 8)])
+def test_memory_budget_counts_the_logits_bytes(dtype, bytes_per_logit):
+    field = kfm.EmpiricalFlow(torch.zeros(1000, 3, dtype=dtype), memory_budget=1 << 20)
+    assert field.batch_chunk * 1000 * bytes_per_logit <= 1 << 20 < (field.batch_chunk + 1) * 1000 * bytes_per_logit
 
 
 def test_diagnostics_match_brute_force(atoms):

@@ -16,14 +16,18 @@ How :class:`EmpiricalFlow` evaluates it (never a (B, N, D) tensor):
 2. **Candidates.** Any atom with ℓ̃_j < max ℓ̃ − cutoff − 2e has true weight < e^(−cutoff) times
    the largest weight; with the default cutoff = ln N + 36 (float64 atoms) or ln N + 20 (float32
    atoms) their total is below 2.3e-16, resp. 2.1e-9 (under float32's resolution), of it.
-3. **Exact re-scoring (sparse regime).** When a query has at most ``exact_max`` candidates
-   (always the case once the posterior concentrates: mid-to-late t, near-duplicates, t → 1), their
-   logits are recomputed in float64 from ‖x − t·y_j‖² without expansion and ȳ is formed in
-   float64: exact to float64 round-off whatever t.
+3. **Exact re-scoring.** When a query has at most ``exact_max`` candidates (the case once the
+   posterior concentrates: mid-to-late t, t → 1), or when its bound e exceeds ``max_logit_error``
+   whatever the count (a cluster of more than ``exact_max`` near-duplicates late in a run), its
+   candidates are re-scored in float64 relative to the best screened one, b:
+   ℓ_j − ℓ_b = t·(y_j − y_b)·(2x − t·(y_j + y_b)) / (2(1 − t)²), which has no cancellation for
+   near-duplicates (y_j − y_b is small and exact) nor for far-away x, and ȳ = y_b + Σ w_j (y_j − y_b)
+   is formed in float64: exact to float64 round-off whatever t. Memory stays bounded for any
+   number of candidates (float64 blocks of at most 16 MiB).
 4. **Dense regime.** Otherwise (small t, where 1/(1−t)² is mild and many atoms matter) the
    screened logits are used, ȳ = exp(ℓ̃ − max) @ Y / Σ exp(ℓ̃ − max) as a second GEMM, and the
-   logit error bound e is reported per sample in :class:`PosteriorDiagnostics`. For float64
-   training tensors the screening itself runs in float64.
+   logit error bound e (≤ ``max_logit_error``) is reported per sample in
+   :class:`PosteriorDiagnostics`. For float64 training tensors the screening itself runs in float64.
 
 The float32 products of steps 1 and 4 run on CPU through the faster of torch's and NumPy's BLAS
 (:mod:`kinetic_fm.gemm`) once a call's product reaches 1e10 FLOPs; the bounds above hold for either.
@@ -31,9 +35,10 @@ The float32 products of steps 1 and 4 run on CPU through the faster of torch's a
 At t = 0 every logit is equal, so ȳ is the training mean, cached in float64: those rows (the
 first call of every run) cost no GEMM, in either mode.
 
-Behaviour as t → 1: times are clamped to 1 − t ≥ ``eps`` (default 1e-6), i.e. v(x, t) :=
-v(x, min(t, 1 − eps)): the velocity that carries x to the posterior mean ȳ (≈ the nearest atom)
-in the remaining time eps. It is finite for every finite x, and exactly 0 when x is an atom.
+Behaviour as t → 1: times are clamped to t ≤ 1 − ``eps`` (default 1e-6), i.e. v(x, t) :=
+v(x, min(t, 1 − eps)) (the posterior and the 1/(1 − t) factor alike): the velocity that carries x
+to the posterior mean ȳ (≈ the nearest atom) in the remaining time eps. It is finite for every
+finite x, and exactly 0 when x is an atom.
 The field declares ``singular_at_one``, so ``kfm.sample`` takes the last step of heun, rk4 and
 rk4_38 with Euler: their end stage at t = 1 would multiply the predictor's small miss of an atom
 by 1/eps. Euler and midpoint never evaluate at t = 1; dopri5 stages and user grids can come
@@ -123,9 +128,12 @@ class EmpiricalFlow:
             Float64 atoms give float64 screening; anything else screens in float32.
         chunk: atoms per screening GEMM (bounds the temporary (batch_chunk, chunk) block).
         batch_chunk: queries per block; default from ``memory_budget``.
-        memory_budget: bytes for the per-block (batch_chunk, N) screened-logit matrix.
+        memory_budget: bytes for the per-block (batch_chunk, N) screened-logit matrix (in the
+            screening dtype: 4 bytes per logit, 8 for float64 atoms).
         eps: smallest 1 − t used (t is clamped to ≤ 1 − eps; see module docs).
-        exact_max: most candidates per query re-scored exactly in float64.
+        exact_max: candidates per query up to which they are re-scored exactly in float64.
+        max_logit_error: largest screened-logit error bound accepted on the dense path; a query
+            above it is re-scored exactly whatever its number of candidates (see module docs).
         cutoff: log-weight gap below which atoms are neglected; default ln N + 36 (float64 atoms)
             or ln N + 20 (float32).
         truncate: keep only the k largest-logit atoms per query (None: all N).
@@ -149,11 +157,12 @@ class EmpiricalFlow:
         memory_budget: int = 64 << 20,
         eps: float = 1e-6,
         exact_max: int = 64,
+        max_logit_error: float = 0.5,
         cutoff: float | None = None,
         truncate: int | None = None,
         backend: str = "torch",
     ):
-        train = torch.as_tensor(train)
+        train = torch.as_tensor(train).detach()     # the field is not differentiable in its atoms
         if train.dim() < 1 or train.shape[0] == 0:
             raise ValueError(f"train must have shape (N, ...) with N ≥ 1, got {tuple(train.shape)}")
         check_finite("train", train)
@@ -170,21 +179,23 @@ class EmpiricalFlow:
             raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
         if truncate is not None and not (isinstance(truncate, int) and 1 <= truncate <= self.n):
             raise ValueError(f"truncate must be None or an integer in [1, {self.n}], got {truncate!r}")
+        if isinstance(max_logit_error, bool) or not (isinstance(max_logit_error, (int, float)) and max_logit_error > 0):
+            raise ValueError(f"max_logit_error must be a positive number, got {max_logit_error!r}")
         if cutoff is not None and not cutoff > 0:
             raise ValueError(f"cutoff must be positive, got {cutoff!r}")
         if backend not in ("torch", "faiss"):
             raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
         self.chunk, self.eps, self.exact_max = chunk, float(eps), exact_max
+        self.max_logit_error = float(max_logit_error)
         self.truncate, self.backend = truncate, backend
         # neglected atoms weigh < N·e^(−cutoff) of the top one: 2.3e-16 (float64), 2.1e-9 (float32,
         # below the output's resolution 6e-8)
         default_cutoff = math.log(self.n) + (36.0 if dtype == torch.float64 else 20.0)
         self.cutoff = float(cutoff) if cutoff is not None else default_cutoff
-        self.batch_chunk = batch_chunk or max(1, memory_budget // (4 * self.n))
+        self.batch_chunk = batch_chunk or max(1, memory_budget // (self.atoms.element_size() * self.n))
         self._sq_norms = row_sq_norms(self.atoms, dtype)    # cached ‖y_j‖², screening dtype
         self._norm_max = float(self._sq_norms.max().double().sqrt()) * (1 + 1e-3)
         self._mean = column_mean(self.atoms)                 # exact ȳ at t = 0
-        self._u = unit_roundoff(dtype, self.atoms.device)
         self.last_diagnostics: PosteriorDiagnostics | None = None
 
     # ------------------------------------------------------------------ public
@@ -197,7 +208,7 @@ class EmpiricalFlow:
         flat, t64 = self._check(x, t)
         ybar, diag, _ = self._solve(flat, t64, top_k=0)
         one_minus = (1.0 - t64).clamp_min(self.eps)[:, None]
-        velocity = ybar.sub_(flat).div_(one_minus).to(x.dtype if x.is_floating_point() else torch.float32)
+        velocity = ybar.sub_(flat).div_(one_minus).to(flat.dtype)
         self.last_diagnostics = diag
         return EmpiricalVelocity(velocity.reshape(x.shape), diag)
 
@@ -223,12 +234,14 @@ class EmpiricalFlow:
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise ValueError("x must be a tensor of shape (B, ...)")
         batch = x.shape[0]
-        flat = x.reshape(batch, -1)
-        if flat.shape[1] != self.dim:
+        if math.prod(x.shape[1:]) != self.dim:
             raise ValueError(
                 f"x must have the training atoms' trailing shape {self.shape} ({self.dim} features), "
                 f"got {tuple(x.shape[1:])}"
             )
+        flat = x.detach().reshape(batch, self.dim)
+        if not flat.is_floating_point():
+            flat = flat.float()
         if x.device != self.atoms.device:
             raise ValueError(f"x is on {x.device} but the training atoms are on {self.atoms.device}")
         # Python numbers become float64 directly (0.3 must not pass through float32)
@@ -242,11 +255,13 @@ class EmpiricalFlow:
         if bool(bad.any()):
             row = int(bad.nonzero()[0, 0])
             raise ValueError(f"t must lie in [0, 1], got {float(t[row])!r} at row {row}")
-        return flat, t
+        return flat, t.clamp_max(1.0 - self.eps)
 
     # ------------------------------------------------------------------ core
     def _solve(self, x, t, top_k):
         """ȳ (B, D) float64, diagnostics, and (weights, indices) of the top_k atoms (if top_k)."""
+        if x.shape[0] == 0:
+            return self._at_start(0, top_k, x.device)
         blas = gemm.choose(self.atoms.dtype, x.device, 2.0 * x.shape[0] * self.n * self.dim, _CALIBRATE_FLOPS)
         moving = (t > 0).nonzero().flatten()
         if moving.numel() == x.shape[0]:
@@ -312,11 +327,12 @@ class EmpiricalFlow:
         scores = self._screen(x, a, c, blas)
         best = scores.amax(dim=1)
         x_norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)
-        bound = (self.dim + 4) * self._u * (a * x_norm * self._norm_max + c * self._norm_max ** 2)
+        u = unit_roundoff(self.atoms.dtype, x.device)      # read per call: TF32 may be switched on later
+        bound = (self.dim + 4) * u * (a * x_norm * self._norm_max + c * self._norm_max ** 2)
         threshold = best.double() - self.cutoff - 2.0 * bound
         limit = threshold.to(scores.dtype)[:, None]
         count = sum((block >= limit).sum(dim=1) for block in _column_blocks(scores))
-        exact = count <= self.exact_max
+        exact = (count <= self.exact_max) | (bound > self.max_logit_error)
 
         ybar = torch.empty(b, self.dim, dtype=torch.float64, device=x.device)
         max_w = torch.empty(b, dtype=torch.float64, device=x.device)
@@ -365,19 +381,40 @@ class EmpiricalFlow:
         return ybar, diag, (top_w, top_i)
 
     def _exact(self, x, t, one_minus, idx):
-        """ȳ (r, D) and normalised float64 weights (r, k) over the atoms ``idx`` (r, k), exactly,
-        in (rows, k, D) float64 blocks of at most ``_EXACT_BLOCK_BYTES``."""
+        """ȳ (r, D) float64 and normalised float64 weights (r, k) over the atoms ``idx`` (r, k).
+
+        ``idx[:, 0]`` is the reference atom b (the best screened one, or the nearest in truncated
+        mode); logits are taken relative to it (module docs, step 3). Rows go in blocks whose
+        gathered float64 atoms stay under ``_EXACT_BLOCK_BYTES``; a row with more candidates than
+        one block holds is done alone, its candidates in slices, in two passes (logits, then ȳ).
+        """
         r, k = idx.shape
-        rows = max(1, _EXACT_BLOCK_BYTES // (k * self.dim * 8))
+        per_atom = self.dim * 8
+        width = max(1, min(k, _EXACT_BLOCK_BYTES // per_atom))        # candidates per gather
+        rows = max(1, _EXACT_BLOCK_BYTES // (width * per_atom)) if width == k else 1
         ybar = torch.empty(r, self.dim, dtype=torch.float64, device=x.device)
         weights = torch.empty(r, k, dtype=torch.float64, device=x.device)
         for r0 in range(0, r, rows):
             sl = slice(r0, r0 + rows)
-            atoms = self.atoms[idx[sl]].double()                              # (rows, k, D)
-            dist2 = (x[sl].double()[:, None, :] - t[sl, None, None] * atoms).pow_(2).sum(dim=2)
-            w = torch.softmax(-dist2 / (2.0 * one_minus[sl, None].pow(2)), dim=1)
+            tt = t[sl, None]
+            best = self.atoms[idx[sl, 0]].double()                           # (rows, D)
+            offset = x[sl].double() - tt * best                             # x − t·y_b
+            scale = tt / (2.0 * one_minus[sl, None].pow(2))
+            slices = [slice(c0, c0 + width) for c0 in range(0, k, width)]
+            kept = None
+            for cs in slices:
+                diff = self.atoms[idx[sl, cs]].double().sub_(best[:, None, :])   # (rows, width, D)
+                # ℓ_j − ℓ_b = t/(2(1−t)²)·(2 d·(x − t·y_b) − t‖d‖²), d = y_j − y_b
+                cross = torch.einsum("rkd,rd->rk", diff, offset)
+                sq = torch.linalg.vector_norm(diff, dim=2).square_()
+                weights[sl, cs] = scale * (2.0 * cross - tt * sq)
+                kept = diff if len(slices) == 1 else None                   # reused for ȳ below
+            w = torch.softmax(weights[sl], dim=1)
             weights[sl] = w
-            ybar[sl] = torch.einsum("rk,rkd->rd", w, atoms)
+            ybar[sl] = best
+            for cs in slices:
+                diff = kept if kept is not None else self.atoms[idx[sl, cs]].double().sub_(best[:, None, :])
+                ybar[sl] += torch.einsum("rk,rkd->rd", w[:, cs], diff)
         return ybar, weights
 
     def _solve_truncated(self, x, t, top_k):
