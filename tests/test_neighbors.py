@@ -92,6 +92,65 @@ def test_uncertifiable_screening_is_rechecked_in_float64():
     torch.testing.assert_close(got.distances, want.values, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_large_common_offset_is_searched_exactly(dtype):
+    # spread 1e-3 around 1e5: even float64 expansion cannot rank these (offset²·D·2⁻⁵³ > the gaps);
+    # the re-search centres both sets on the reference mean
+    g = torch.Generator().manual_seed(6)
+    base = 1e5 + torch.zeros(16, dtype=torch.float64)
+    reference = (base + 1e-3 * torch.randn(200, 16, generator=g, dtype=torch.float64)).to(dtype)
+    queries = (base + 1e-3 * torch.randn(20, 16, generator=g, dtype=torch.float64)).to(dtype)
+    got = nearest_neighbors(queries, reference, 2)
+    want = brute(queries, reference, 2)
+    assert got.rechecked == 20
+    assert torch.equal(got.indices, want.indices)
+    torch.testing.assert_close(got.distances, want.values, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_gaps_below_float64_resolution_of_the_spread_fall_back_to_direct_differences(exclude_self, monkeypatch):
+    # points 1e6 apart, three of them within 4e-6: no centring certifies those gaps, direct differences do
+    from kinetic_fm.metrics import neighbors
+
+    calls = []
+    real = neighbors._brute_force
+    monkeypatch.setattr(neighbors, "_brute_force", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    g = torch.Generator().manual_seed(7)
+    reference = 1e6 * torch.randn(60, 8, generator=g, dtype=torch.float64)
+    reference[1] = reference[0] + 1e-6
+    reference[2] = reference[0] - 3e-6
+    queries = reference if exclude_self else reference[:3] + 2e-7
+    got = nearest_neighbors(queries, reference, 1, exclude_self=exclude_self, margin=0, chunk=16)
+    want = brute(queries, reference, 1, exclude_self=exclude_self)
+    assert got.rechecked > 0 and calls
+    assert torch.equal(got.indices, want.indices)
+    torch.testing.assert_close(got.distances, want.values, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("chunk", [7, 50, 8192])
+def test_equal_distances_come_in_index_order_whatever_the_chunking(chunk):
+    g = torch.Generator().manual_seed(8)
+    reference = torch.randn(320, 6, generator=g)
+    reference[300:310] = reference[:10]
+    reference[310:320] = reference[:10]
+    got = nearest_neighbors(reference[:10], reference, 3, chunk=chunk)
+    assert (got.distances == 0).all()
+    assert got.indices.tolist() == [[i, 300 + i, 310 + i] for i in range(10)]
+
+
+def test_inputs_that_require_grad_and_non_finite_inputs():
+    g = torch.Generator().manual_seed(9)
+    reference = torch.randn(40, 5, generator=g)
+    made = torch.nn.Linear(5, 5)(torch.randn(6, 5, generator=g))
+    got = nearest_neighbors(made, reference, 2)
+    assert torch.equal(got.indices, nearest_neighbors(made.detach(), reference, 2).indices)
+    reference[17, 2] = float("nan")
+    with pytest.raises(ValueError, match="reference contains NaN or inf in 1 row.*row 17"):
+        nearest_neighbors(made, reference, 2)
+    with pytest.raises(ValueError, match="queries contains NaN"):
+        nearest_neighbors(torch.full((2, 5), float("inf")), torch.randn(4, 5), 1)
+
+
 def test_float64_and_integer_inputs():
     g = torch.Generator().manual_seed(5)
     reference = torch.randint(0, 256, (200, 30), generator=g, dtype=torch.uint8)

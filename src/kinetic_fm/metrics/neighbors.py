@@ -14,8 +14,11 @@ How it stays exact and fast:
    ``e = (D·u + 3u)(‖x‖ + max‖y‖)²`` (u = unit round-off of the screening dtype). Every atom that
    is not a candidate has screened score ≥ the worst candidate's, hence true squared distance
    ≥ that score − e. If that lower bound is not above the k-th exact distance, the query is
-   searched again with float64 screening. The number of such queries is reported as
-   ``Neighbors.rechecked`` (it is 0 on ordinary data).
+   searched again with float64 screening of both sets centred on the reference mean (so a large
+   common offset, e.g. raw coordinates far from the origin, does not swamp the gaps), certified
+   the same way; a query that still fails is searched by direct float64 differences against
+   every reference row. The number of re-searched queries is reported as ``Neighbors.rechecked``
+   (it is 0 on ordinary data).
 
 Works unchanged on CPU and CUDA tensors (the reference stays on the device it is given). The
 optional ``backend="faiss"`` uses ``faiss.IndexFlatL2`` (CPU) for screening and then the same
@@ -44,8 +47,9 @@ class Neighbors:
 
     Attributes:
         distances: (B, k) float64, exact Euclidean distances, ascending along each row.
-        indices: (B, k) int64, row indices into ``reference`` (ties broken by lower index first
-            only up to float64 resolution).
+        indices: (B, k) int64, row indices into ``reference``; equal float64 distances are
+            ordered by lower index first (among the screened candidates, i.e. whenever no more
+            than ``k + margin`` rows tie).
         rechecked: number of queries whose screening could not be certified and were searched
             again in float64 (diagnostic; 0 on ordinary data).
     """
@@ -66,7 +70,7 @@ def as_rows(name: str, value) -> torch.Tensor:
 
 
 def _flatten(name: str, value) -> torch.Tensor:
-    tensor = as_rows(name, value)
+    tensor = as_rows(name, value).detach()       # distances are not differentiable here
     if not (tensor.is_floating_point() or tensor.dtype in (torch.uint8, torch.int8, torch.int16,
                                                            torch.int32, torch.int64)):
         raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
@@ -157,6 +161,10 @@ def nearest_neighbors(
 
     Returns:
         :class:`Neighbors` with (B, k) float64 distances and int64 indices on the queries' device.
+
+    Raises:
+        ValueError: empty inputs, NaN or inf in either set, mismatched features or devices, or
+            arguments out of range (each named).
     """
     x = _flatten("queries", queries)
     y = _flatten("reference", reference)
@@ -180,6 +188,8 @@ def nearest_neighbors(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not (isinstance(margin, int) and margin >= 0):
         raise ValueError(f"margin must be a non-negative integer, got {margin!r}")
+    check_finite("queries", x)
+    check_finite("reference", y)
 
     dtype = _working_dtype(x, y)
     n_candidates = min(k + margin, n_ref)
@@ -189,7 +199,7 @@ def nearest_neighbors(
     blas = "torch" if backend == "faiss" else gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
     from tqdm.auto import tqdm
 
-    out_d, out_i, rechecked, y_sq64 = [], [], 0, None
+    out_d, out_i, rechecked, centred = [], [], 0, None
     with tqdm(total=x.shape[0], desc="nearest neighbours", unit="query", leave=False, disable=not progress) as bar:
         for q0 in range(0, x.shape[0], batch_chunk):
             xb = x[q0:q0 + batch_chunk]
@@ -201,35 +211,36 @@ def nearest_neighbors(
             if not bool(ok.all()):
                 bad = (~ok).nonzero().flatten()
                 rechecked += bad.numel()
-                if y_sq64 is None:
-                    y_sq64 = y_sq if dtype == torch.float64 else row_sq_norms(y, torch.float64)
-                cand64, _, _ = _screen_gemm(
-                    xb[bad], y, torch.float64, y_sq64, n_candidates, chunk, exclude_self, q0, "torch", rows=bad
-                )
-                d2_bad, idx_bad, _ = _rerank_and_certify(xb[bad], y, cand64, None, k, 0.0, y_norm_max, n_ref)
-                d2[bad], idx[bad] = d2_bad, idx_bad
+                if centred is None:
+                    centred = _Centred.of(y)
+                d2[bad], idx[bad] = _search_again(xb[bad], y, centred, k, n_candidates, chunk, exclude_self,
+                                                  q0 + bad, n_ref)
             out_d.append(d2.sqrt())
             out_i.append(idx)
             bar.update(xb.shape[0])
     return Neighbors(torch.cat(out_d), torch.cat(out_i), rechecked)
 
 
-def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas, rows=None):
+def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas, centre=None):
     """Running top-`n_candidates` by screened score ‖y‖² − 2x·y; returns (indices, worst score, u).
 
     One product per reference chunk through ``blas`` (:mod:`kinetic_fm.gemm`). ``worst`` is the
     screened squared distance (‖x‖² added back, float64) of the last candidate, or +inf when
-    every reference row is a candidate.
+    every reference row is a candidate. ``q0``: the queries' first index, or (b,) their indices
+    (for ``exclude_self``). With a (D,) ``centre``, both sets are screened minus it (``y_sq``
+    then holds the centred ‖y − centre‖²).
     """
-    x_work = xb.detach().to(dtype)
+    x_work = xb.to(dtype) if centre is None else xb.to(dtype) - centre
     x_neg2 = -2.0 * x_work                        # exact (a power of two)
     n = y.shape[0]
-    query_ids = torch.arange(x_work.shape[0], device=x_work.device) + q0 if rows is None else rows + q0
+    query_ids = torch.arange(x_work.shape[0], device=x_work.device) + q0 if isinstance(q0, int) else q0
     # one score buffer for all chunks: a fresh (b, chunk) block per chunk costs page faults
     buffer = torch.empty(x_work.shape[0], min(chunk, n), dtype=dtype, device=xb.device)
     best_val = best_idx = None
     for c0 in range(0, n, chunk):
         y_c = y[c0:c0 + chunk].to(dtype)                      # a no-op unless dtypes differ
+        if centre is not None:
+            y_c = y_c - centre
         scores = gemm.matmul(x_neg2, y_c.T, out=buffer[:, :y_c.shape[0]], blas=blas)
         scores.add_(y_sq[c0:c0 + chunk].to(dtype))
         if exclude_self:
@@ -298,8 +309,14 @@ def _faiss_index(faiss, y: torch.Tensor):
     return index
 
 
-def _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, n_ref):
-    """Exact float64 squared distances to the candidates, the k best, and a per-query certificate."""
+def _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, n_ref, centre=None):
+    """Exact float64 squared distances to the candidates, the k best, and a per-query certificate.
+
+    ``u``, ``y_norm_max`` and ``centre`` describe the screening that chose ``cand`` (its rounding
+    bound is taken on the centred queries when it was centred). Equal distances keep the lower
+    reference index first.
+    """
+    cand = cand.sort(dim=1).values                # index order, so the stable sort below breaks ties by index
     n_cand, dim = cand.shape[1], y.shape[1]
     rows = block_size(xb.device, n_cand * dim * 8, xb.shape[0])   # (rows, n_cand, D) float64 blocks
     d2_all = torch.empty(cand.shape, dtype=torch.float64, device=xb.device)
@@ -320,7 +337,63 @@ def _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, n_ref):
     d2, idx = d2[:, :k], cand.gather(1, order[:, :k])
     if worst is None:
         return d2, idx, torch.ones(xb.shape[0], dtype=torch.bool, device=xb.device)
-    x_norm = torch.linalg.vector_norm(xb if xb.is_floating_point() else xb.double(), dim=1, dtype=torch.float64)
+    x_work = xb.double() if centre is None else xb.double() - centre
+    x_norm = torch.linalg.vector_norm(x_work, dim=1)
     error = (xb.shape[1] + 3) * u * (x_norm + y_norm_max).pow(2)
     ok = (worst - error >= d2[:, -1]) | torch.isinf(worst)
     return d2, idx, ok
+
+
+@dataclass(frozen=True)
+class _Centred:
+    """The reference's float64 column mean, and its rows' squared norms and largest norm about it."""
+
+    centre: torch.Tensor
+    sq_norms: torch.Tensor
+    norm_max: float
+
+    @classmethod
+    def of(cls, y: torch.Tensor, block: int = 4096) -> "_Centred":
+        centre = column_mean(y)
+        sq = torch.empty(y.shape[0], dtype=torch.float64, device=y.device)
+        for r0 in range(0, y.shape[0], block):
+            sq[r0:r0 + block] = (y[r0:r0 + block].double() - centre).square_().sum(dim=1)
+        return cls(centre, sq, float(sq.max().sqrt()) * (1 + 1e-3))
+
+
+def _search_again(xs, y, centred, k, n_candidates, chunk, exclude_self, query_ids, n_ref):
+    """Queries whose screening failed its certificate: float64 screening about the reference
+    mean, certified; any still uncertified, by direct differences against every row."""
+    cand, worst, u = _screen_gemm(xs, y, torch.float64, centred.sq_norms, n_candidates, chunk, exclude_self,
+                                  query_ids, "torch", centre=centred.centre)
+    d2, idx, ok = _rerank_and_certify(xs, y, cand, worst, k, u, centred.norm_max, n_ref, centre=centred.centre)
+    if not bool(ok.all()):
+        bad = (~ok).nonzero().flatten()
+        d2[bad], idx[bad] = _brute_force(xs[bad], y, k, query_ids[bad] if exclude_self else None)
+    return d2, idx
+
+
+def _brute_force(xs, y, k, own=None, queries_per_block: int = 16):
+    """(b, k) exact float64 squared distances and indices by direct differences, reference rows in
+    blocks (lower index first among equal distances); ``own``: (b,) indices to skip (exclude_self)."""
+    n, dim = y.shape
+    out_d = torch.empty(xs.shape[0], k, dtype=torch.float64, device=xs.device)
+    out_i = torch.empty(xs.shape[0], k, dtype=torch.int64, device=xs.device)
+    for q0 in range(0, xs.shape[0], queries_per_block):
+        x64 = xs[q0:q0 + queries_per_block].double()
+        b = x64.shape[0]
+        best_d = torch.empty(b, 0, dtype=torch.float64, device=xs.device)
+        best_i = torch.empty(b, 0, dtype=torch.int64, device=xs.device)
+        rows = max(1, (16 << 20) // (b * dim * 8))
+        for c0 in range(0, n, rows):
+            ys = y[c0:c0 + rows].double()
+            d2 = (ys[None] - x64[:, None, :]).square_().sum(dim=2)             # (b, rows)
+            ids = torch.arange(c0, c0 + ys.shape[0], device=xs.device).expand(b, -1)
+            if own is not None:
+                d2 = torch.where(ids == own[q0:q0 + b, None], torch.full_like(d2, math.inf), d2)
+            # earlier blocks hold lower indices, so a stable sort keeps ties in index order
+            d2, order = torch.sort(torch.cat([best_d, d2], dim=1), dim=1, stable=True)
+            best_d = d2[:, :k]
+            best_i = torch.cat([best_i, ids], dim=1).gather(1, order[:, :k])
+        out_d[q0:q0 + b], out_i[q0:q0 + b] = best_d, best_i
+    return out_d, out_i
