@@ -363,6 +363,11 @@ def test_bad_input_is_named():
         field(torch.randn(2, 3), torch.zeros(3))
     with pytest.raises(ValueError, match="truncate"):
         kfm.EmpiricalFlow(torch.randn(10, 3), truncate=11)
+    for name in ("truncate", "chunk", "exact_max", "batch_chunk"):
+        with pytest.raises(ValueError, match=name):
+            kfm.EmpiricalFlow(torch.randn(10, 3), **{name: True})
+    with pytest.raises(ValueError, match="max_logit_error"):
+        kfm.EmpiricalFlow(torch.randn(10, 3), max_logit_error=0.0)
     with pytest.raises(ValueError, match="k must be"):
         field.posterior(torch.randn(2, 3), 0.5, k=11)
 
