@@ -334,3 +334,107 @@ def test_array_files_in_foreign_byte_order_and_a_key_for_npy(tmp_path):
         assert loaded.dtype == torch.float64 and loaded.tolist() == values.tolist()
     with pytest.raises(ValueError, match="a .npy file holds one array; key='x' does not apply"):
         load_array(tmp_path / "big.npy", key="x")
+
+
+def _write_bad(path):
+    """Files `kfm memorization` must refuse with one line naming the file (audit F6)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = path.name
+    if name == "corrupt.npz":
+        path.write_bytes(b"PK\x03\x04garbage")
+    elif name == "truncated.npy":
+        np.save(path, np.arange(100.0))
+        path.write_bytes(path.read_bytes()[:300])
+    elif name == "strings.npy":
+        np.save(path, np.array(["apple", "pear"]))
+    elif name == "complex.npy":
+        np.save(path, np.ones((3, 2), dtype=np.complex64))
+    elif name == "scalar.npy":
+        np.save(path, np.float64(3.0))
+    elif name == "nested-ragged.parquet":                           # 3 values in row 0, 2 in row 1
+        pq.write_table(pa.table({"x": pa.array([[[1.0, 2.0], [3.0]], [[4.0], [5.0]]])}), path)
+    elif name == "nested-null.parquet":
+        pq.write_table(pa.table({"x": pa.array([[[1.0], None], [[4.0], [5.0]]])}), path)
+    elif name == "nested-strings.parquet":
+        pq.write_table(pa.table({"x": pa.array([[["a"], ["b"]], [["c"], ["d"]]])}), path)
+    elif name == "string-key.parquet":
+        pq.write_table(pa.table({"a": [1.0, 2.0], "s": ["one", "two"]}), path)
+
+
+@pytest.mark.parametrize("name,key,message", [
+    ("corrupt.npz", None, "corrupt.npz: not a valid .npz archive"),
+    ("truncated.npy", None, "truncated.npy: not a readable .npy file"),
+    ("strings.npy", None, "strings.npy: holds <U5 values, need real numbers"),
+    ("complex.npy", None, "complex.npy: holds complex64 values, need real numbers"),
+    ("scalar.npy", None, r"scalar.npy: holds a single value \(shape \(\)\); needs shape \(n, ...\)"),
+    ("nested-ragged.parquet", None, r"rows of column 'x' have different lengths \(2..3\)"),
+    ("nested-null.parquet", None, "column 'x' has null lists inside its rows"),
+    ("nested-strings.parquet", None, "column 'x' holds lists of string, need numbers"),
+    ("string-key.parquet", "s", "column 's' holds string, need numbers or lists of numbers"),
+])
+def test_cli_unreadable_or_non_numeric_files_are_one_line_errors(tmp_path, capsys, name, key, message):
+    _write_bad(tmp_path / name)
+    np.save(tmp_path / "train.npy", np.zeros((4, 3)))
+    code = main(["memorization", "--samples", str(tmp_path / name), "--train", str(tmp_path / "train.npy"),
+                 "--no-progress", *(["--key", key] if key else [])])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"kfm memorization: error: {tmp_path / name}")
+    assert __import__("re").search(message, err), err
+
+
+def test_nested_list_parquet_columns_are_flattened_row_by_row(tmp_path, case):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kinetic_fm.metrics._arrays import load_array
+
+    samples = case[0].numpy()                                       # (100, 3, 8, 8), as HF Array3D stores it
+    pq.write_table(pa.table({"x": pa.array([[[list(r) for r in c] for c in image] for image in samples])}),
+                   tmp_path / "nested.parquet")
+    loaded = load_array(tmp_path / "nested.parquet")
+    assert loaded.dtype == torch.float64 and torch.equal(loaded, case[0].flatten(1))
+    fixed = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(pa.array(samples.reshape(-1)), 64),
+                                              3)
+    pq.write_table(pa.table({"x": fixed}), tmp_path / "fixed.parquet")
+    assert torch.equal(load_array(tmp_path / "fixed.parquet"), case[0].flatten(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.complex64])
+@pytest.mark.parametrize("side", ["samples", "train"])
+def test_non_real_inputs_are_refused_by_their_own_name(dtype, side):
+    sets = {"samples": torch.randn(4, 3), "train": torch.randn(5, 3)}
+    sets[side] = sets[side].to(dtype)
+    with pytest.raises(ValueError, match=f"^{side} must hold real numbers, got dtype {dtype}$"):
+        kfm.memorization(sets["samples"], sets["train"])
+    with pytest.raises(ValueError, match=rf"^space\({side}\) must hold real numbers"):
+        kfm.memorization(torch.randn(4, 3), torch.randn(5, 3), space=lambda x: x.to(dtype) if len(x) == len(sets[side])
+                         else x)
+
+
+def test_wide_unsigned_integers_are_audited_like_int64():
+    samples, train = torch.tensor([[1, 2], [7, 9]]), torch.tensor([[1, 2], [3, 5], [0, 0], [8, 9]])
+    expected = kfm.memorization(samples, train, bootstrap=0).ratio
+    for dtype in (torch.uint16, torch.uint32, torch.uint64):
+        assert torch.equal(kfm.memorization(samples.to(dtype), train.to(dtype), bootstrap=0).ratio, expected)
+
+
+@pytest.mark.parametrize("name", ["threshold", "confidence"])
+def test_threshold_and_confidence_take_any_real_scalar(name):
+    from fractions import Fraction
+
+    samples, train = torch.randn(30, 4, dtype=torch.float64), torch.randn(40, 4, dtype=torch.float64)
+    expected = kfm.memorization(samples, train, interval="wilson", **{name: 0.25})
+    for value in (np.float32(0.25), np.float64(0.25), np.array(0.25), torch.tensor(0.25), Fraction(1, 4)):
+        report = kfm.memorization(samples, train, interval="wilson", **{name: value})
+        assert getattr(report, name) == 0.25 and type(getattr(report, name)) is float
+        assert report.ci == expected.ci and torch.equal(report.memorized, expected.memorized)
+    for value in (0, 1, 1.5, -0.1, float("nan"), np.float32(2.0), torch.tensor(1.0)):
+        with pytest.raises(ValueError, match=rf"^{name} must lie in \(0, 1\), got "):
+            kfm.memorization(samples, train, **{name: value})
+    for value in (True, np.bool_(False), torch.tensor(True), "0.3", None, torch.tensor([0.3]), np.array([0.3]),
+                  complex(0.3, 0)):
+        with pytest.raises(ValueError, match=rf"^{name} must be a real number in \(0, 1\), got "):
+            kfm.memorization(samples, train, **{name: value})

@@ -4,12 +4,15 @@ Used by command-line metrics; the heavy readers are imported only for the format
 """
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import torch
 
 FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")
 _NAME_ONE = "name one with a key (kfm memorization: --key or --train-key)"
+_UNREADABLE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what np.load raises on a damaged file
 
 
 def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
@@ -19,8 +22,12 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
       several, e.g. images and labels, must be told which: guessing could audit the labels).
     * ``.pt`` / ``.pth``: a tensor, or the tensor named ``key`` (else the only one) in a dict;
       loaded with ``weights_only=True`` (no arbitrary code runs).
-    * ``.parquet``: the list/array column ``key``, else the only list column, else all numeric
-      columns side by side as (rows, columns).
+    * ``.parquet``: the list/array column ``key`` (lists nested to any depth, e.g. images, are
+      flattened row by row), else the only list column, else all numeric columns side by side as
+      (rows, columns).
+
+    Raises ValueError naming the file when it is damaged, holds no real numbers (strings,
+    complex), holds a single value instead of rows, or is ambiguous (see above).
     """
     path = Path(path)
     if not path.is_file():
@@ -29,25 +36,9 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
     if suffix not in FORMATS:
         raise ValueError(f"{path}: unsupported format {suffix!r}; use one of {', '.join(FORMATS)}")
     if suffix in (".npy", ".npz"):
-        import numpy as np
-
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                names = list(archive.files)
-                if not names:
-                    raise ValueError(f"{path}: the .npz archive is empty")
-                if key is not None and key not in names:
-                    raise ValueError(f"{path}: no array named {key!r}; it holds {names}")
-                if key is None and len(names) > 1:
-                    raise ValueError(f"{path}: an archive of {len(names)} arrays {names}; {_NAME_ONE}")
-                data = archive[key if key is not None else names[0]]
-        else:
-            if key is not None:
-                raise ValueError(f"{path}: a .npy file holds one array; key={key!r} does not apply")
-            data = np.load(path, allow_pickle=False)
-        if not data.dtype.isnative:  # e.g. big-endian files written elsewhere; torch needs native order
-            data = data.astype(data.dtype.newbyteorder("="))
-        return torch.from_numpy(np.ascontiguousarray(data))
+        if suffix == ".npy" and key is not None:
+            raise ValueError(f"{path}: a .npy file holds one array; key={key!r} does not apply")
+        return _to_tensor(path, _read_numpy(path, key))
     if suffix in (".pt", ".pth"):
         from ..models.checkpoint import load_state
 
@@ -64,8 +55,55 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
                 raise ValueError(f"{path}: a dict of {len(tensors)} tensors {sorted(tensors)}; {_NAME_ONE}")
         if not isinstance(obj, torch.Tensor):
             raise ValueError(f"{path}: expected a tensor, found {type(obj).__name__}")
+        if obj.dim() == 0:
+            raise ValueError(f"{path}: holds a single value (shape ()); needs shape (n, ...)")
         return obj
     return _load_parquet(path, key)
+
+
+def _read_numpy(path: Path, key: str | None):
+    """The array in a .npy file, or the one named ``key`` (else the only one) in a .npz archive."""
+    import numpy as np
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except _UNREADABLE as err:
+        kind = "a valid .npz archive" if path.suffix.lower() == ".npz" else "a readable .npy file"
+        raise ValueError(f"{path}: not {kind} ({err})") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded as archive:
+        names = list(archive.files)
+        if not names:
+            raise ValueError(f"{path}: the .npz archive is empty")
+        if key is not None and key not in names:
+            raise ValueError(f"{path}: no array named {key!r}; it holds {names}")
+        if key is None and len(names) > 1:
+            raise ValueError(f"{path}: an archive of {len(names)} arrays {names}; {_NAME_ONE}")
+        name = key if key is not None else names[0]
+        try:
+            data = archive[name]
+        except _UNREADABLE as err:
+            raise ValueError(f"{path}: array {name!r} cannot be read ({err})") from None
+    if not isinstance(data, np.ndarray):  # a member without the .npy header comes back as bytes
+        raise ValueError(f"{path}: {name!r} is not a .npy array")
+    return data
+
+
+def _to_tensor(path: Path, data) -> torch.Tensor:
+    """The NumPy array ``data`` read from ``path`` as a tensor of rows; ValueError unless it holds real numbers."""
+    import numpy as np
+
+    if data.ndim == 0:
+        raise ValueError(f"{path}: holds a single value (shape ()); needs shape (n, ...)")
+    if data.dtype.kind not in "biuf":  # strings, objects, complex, dates: nothing to measure distances on
+        raise ValueError(f"{path}: holds {data.dtype} values, need real numbers")
+    if data.dtype.kind == "f" and data.dtype.itemsize > 8:
+        data = data.astype(np.float64)  # long double: torch has no such type
+    if not data.dtype.isnative:  # e.g. big-endian files written elsewhere; torch needs native order
+        data = data.astype(data.dtype.newbyteorder("="))
+    data = np.ascontiguousarray(data)
+    return torch.from_numpy(data if data.flags.writeable else data.copy())  # Arrow's buffers are read-only
 
 
 def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
@@ -76,9 +114,7 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
     table = pq.read_table(path)
     if table.num_rows == 0:
         raise ValueError(f"{path}: the table has no rows")
-    list_columns = [f.name for f in table.schema
-                    if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)
-                    or pa.types.is_fixed_size_list(f.type)]
+    list_columns = [f.name for f in table.schema if _is_list(f.type)]
     if key is not None or list_columns:
         name = key if key is not None else list_columns[0]
         if key is None and len(list_columns) > 1:
@@ -88,15 +124,44 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
         column = table.column(name).combine_chunks()
         if column.null_count:
             raise ValueError(f"{path}: column {name!r} has {column.null_count} null rows")
-        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-                or pa.types.is_fixed_size_list(column.type)):
-            return torch.from_numpy(column.to_numpy(zero_copy_only=False).astype(np.float64)[:, None])
-        lengths = np.asarray(column.value_lengths())
-        if lengths.min() != lengths.max():
-            raise ValueError(f"{path}: rows of column {name!r} have different lengths ({lengths.min()}..{lengths.max()})")
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        return torch.from_numpy(np.array(flat.reshape(len(column), -1)))  # a writable copy
+        if _is_list(column.type):
+            return _to_tensor(path, _list_rows(path, name, column))
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise ValueError(f"{path}: column {name!r} holds {column.type}, need numbers or lists of numbers")
+        return _to_tensor(path, column.to_numpy(zero_copy_only=False).astype(np.float64)[:, None])
     numeric = [f.name for f in table.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
     if not numeric:
         raise ValueError(f"{path}: no numeric or list columns")
-    return torch.from_numpy(np.column_stack([table.column(c).to_numpy() for c in numeric]).astype(np.float64))
+    return _to_tensor(path, np.column_stack([table.column(c).to_numpy() for c in numeric]).astype(np.float64))
+
+
+def _is_list(kind) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+
+
+def _list_rows(path: Path, name: str, column):
+    """A list column without null rows, its lists nested to any depth, as a (rows, values) array.
+
+    Each level is unnested in turn while ``bounds`` follows where every row starts and ends, so a
+    row of 3 lists of 1024 values (an image as Hugging Face's Array3D stores it) becomes 3072 values.
+    Every row must hold the same number of values.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    bounds = np.arange(len(column) + 1)  # row i spans values[bounds[i]:bounds[i + 1]] at the current level
+    values = column
+    while _is_list(values.type):
+        if values.null_count:  # the top level was checked by the caller
+            raise ValueError(f"{path}: column {name!r} has null lists inside its rows")
+        lengths = np.asarray(values.value_lengths(), dtype=np.int64)
+        bounds = np.concatenate([[0], np.cumsum(lengths)])[bounds]
+        values = values.flatten()
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        raise ValueError(f"{path}: column {name!r} holds lists of {values.type}, need numbers")
+    sizes = np.diff(bounds)
+    if sizes.min() != sizes.max():
+        raise ValueError(f"{path}: rows of column {name!r} have different lengths ({sizes.min()}..{sizes.max()})")
+    return values.to_numpy(zero_copy_only=False).reshape(len(column), int(sizes[0]))

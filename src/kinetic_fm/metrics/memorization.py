@@ -13,6 +13,7 @@ ratio is defined as 0, i.e. memorized.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -100,15 +101,16 @@ def memorization(
     """Gap-ratio memorization audit of ``samples`` against ``train``.
 
     Args:
-        samples: (B, ...) generated samples (tensor or array), B ≥ 1, finite.
+        samples: (B, ...) generated samples (tensor or array of real numbers), B ≥ 1, finite.
         train: (N, ...) training items with the same trailing size, N ≥ 2, finite.
-        threshold: memorized when d1/d2 < threshold; must lie in (0, 1).
+        threshold: memorized when d1/d2 < threshold; a real number in (0, 1) (a float, a NumPy
+            scalar or a 0-d tensor).
         bootstrap: bootstrap resamples for the CI of F_mem (0 disables it); used only when
             ``interval`` is "bootstrap".
         space: optional feature map applied to both sets (in chunks of ``space_chunk`` rows,
             without gradients); distances are then measured between its flattened outputs.
         seed: seed of the bootstrap generator.
-        confidence: coverage of the interval, in (0, 1).
+        confidence: coverage of the interval, a real number in (0, 1).
         interval: "bootstrap" (percentile bootstrap, the reference's choice), "wilson" (score
             interval) or "clopper-pearson" (exact binomial, conservative). Prefer a binomial
             interval when F_mem is 0 or 1, where the bootstrap has zero width.
@@ -118,12 +120,10 @@ def memorization(
     Returns:
         :class:`MemorizationReport` (tensors on the samples' device).
     """
-    if not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
-        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
+    threshold = _inside_unit_interval("threshold", threshold)
     if not (isinstance(bootstrap, int) and bootstrap >= 0):
         raise ValueError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
-    if not (isinstance(confidence, (int, float)) and 0.0 < confidence < 1.0):
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    confidence = _inside_unit_interval("confidence", confidence)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     samples, train = as_rows("samples", samples), as_rows("train", train)
@@ -137,6 +137,8 @@ def memorization(
             f"samples and train must have the same number of features, got "
             f"{samples.shape[1:].numel()} and {train.shape[1:].numel()}"
         )
+    samples = _real_rows("samples" if space is None else "space(samples)", samples)
+    train = _real_rows("train" if space is None else "space(train)", train)
     check_finite("train", train)
     check_finite("samples", samples)
     train = train.to(samples.device)
@@ -151,7 +153,26 @@ def memorization(
     else:
         ci = _binomial_ci(int(memorized.sum()), memorized.numel(), confidence, interval)
     return MemorizationReport(d1, d2, ratio, nn.indices[:, 0], memorized, fraction, ci,
-                              float(threshold), float(confidence), bootstrap, interval)
+                              threshold, confidence, bootstrap, interval)
+
+
+def _inside_unit_interval(name: str, value) -> float:
+    """``value``, a real number (a 0-d array or tensor counts, a bool does not), as a float in (0, 1)."""
+    number = value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+        raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
+    if not 0.0 < number < 1.0:  # NaN fails here too
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+    return float(number)
+
+
+def _real_rows(name: str, rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` if it holds real numbers, widened to float64 where the search lacks the integer type."""
+    if rows.dtype == torch.bool or rows.is_complex():
+        raise ValueError(f"{name} must hold real numbers, got dtype {rows.dtype}")
+    if rows.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        return rows.to(torch.float64)  # exact for uint16/uint32; the distances are float64 in any case
+    return rows
 
 
 @torch.no_grad()
