@@ -136,6 +136,7 @@ def test_to_frame_has_one_row_per_sample(case):
     (torch.randn(4, 3), torch.randn(5, 3), dict(threshold=0.0), "threshold"),
     (torch.randn(4, 3), torch.randn(5, 3), dict(threshold=1.5), "threshold"),
     (torch.randn(4, 3), torch.randn(5, 3), dict(bootstrap=-1), "bootstrap"),
+    (torch.randn(4, 3), torch.randn(5, 3), dict(bootstrap=True), "bootstrap"),
     (torch.randn(4, 3), torch.randn(5, 3), dict(interval="bca"), "interval must be one of"),
     (torch.randn(4, 3), torch.randn(5, 3), dict(confidence=1.0), "confidence"),
 ])

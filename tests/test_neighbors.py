@@ -159,6 +159,8 @@ def test_float64_and_integer_inputs():
     torch.testing.assert_close(got.distances, brute(queries, reference, 2).values, rtol=0, atol=1e-9)
     got64 = nearest_neighbors(queries.double(), reference.double(), 2)
     torch.testing.assert_close(got64.distances, got.distances, rtol=0, atol=1e-9)
+    wide = nearest_neighbors(queries.to(torch.uint32), reference.to(torch.uint16), 2)
+    assert torch.equal(wide.distances, got64.distances) and torch.equal(wide.indices, got64.indices)
 
 
 @pytest.mark.parametrize("kwargs,match", [

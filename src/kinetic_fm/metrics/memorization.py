@@ -121,8 +121,9 @@ def memorization(
         :class:`MemorizationReport` (tensors on the samples' device).
     """
     threshold = _inside_unit_interval("threshold", threshold)
-    if not (isinstance(bootstrap, int) and bootstrap >= 0):
+    if isinstance(bootstrap, bool) or not (isinstance(bootstrap, numbers.Integral) and bootstrap >= 0):
         raise ValueError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
+    bootstrap = int(bootstrap)
     confidence = _inside_unit_interval("confidence", confidence)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")

@@ -71,6 +71,8 @@ def as_rows(name: str, value) -> torch.Tensor:
 
 def _flatten(name: str, value) -> torch.Tensor:
     tensor = as_rows(name, value).detach()       # distances are not differentiable here
+    if tensor.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        tensor = tensor.to(torch.float64)        # few kernels take them; exact up to uint32
     if not (tensor.is_floating_point() or tensor.dtype in (torch.uint8, torch.int8, torch.int16,
                                                            torch.int32, torch.int64)):
         raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
