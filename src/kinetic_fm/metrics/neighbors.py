@@ -209,14 +209,14 @@ def nearest_neighbors(
                 cand, worst, u = _screen_faiss(xb, y, n_candidates, exclude_self, q0)
             else:
                 cand, worst, u = _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas)
-            d2, idx, ok = _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, n_ref)
+            d2, idx, ok = _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max)
             if not bool(ok.all()):
                 bad = (~ok).nonzero().flatten()
                 rechecked += bad.numel()
                 if centred is None:
                     centred = _Centred.of(y)
                 d2[bad], idx[bad] = _search_again(xb[bad], y, centred, k, n_candidates, chunk, exclude_self,
-                                                  q0 + bad, n_ref)
+                                                  q0 + bad)
             out_d.append(d2.sqrt())
             out_i.append(idx)
             bar.update(xb.shape[0])
@@ -311,7 +311,7 @@ def _faiss_index(faiss, y: torch.Tensor):
     return index
 
 
-def _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, n_ref, centre=None):
+def _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, centre=None):
     """Exact float64 squared distances to the candidates, the k best, and a per-query certificate.
 
     ``u``, ``y_norm_max`` and ``centre`` describe the screening that chose ``cand`` (its rounding
@@ -337,8 +337,6 @@ def _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, n_ref, centre=None
     d2_all = torch.where(cand < 0, torch.full_like(d2_all, math.inf), d2_all)  # faiss pads with -1
     d2, order = torch.sort(d2_all, dim=1, stable=True)
     d2, idx = d2[:, :k], cand.gather(1, order[:, :k])
-    if worst is None:
-        return d2, idx, torch.ones(xb.shape[0], dtype=torch.bool, device=xb.device)
     x_work = xb.double() if centre is None else xb.double() - centre
     x_norm = torch.linalg.vector_norm(x_work, dim=1)
     error = (xb.shape[1] + 3) * u * (x_norm + y_norm_max).pow(2)
@@ -363,16 +361,20 @@ class _Centred:
         return cls(centre, sq, float(sq.max().sqrt()) * (1 + 1e-3))
 
 
-def _search_again(xs, y, centred, k, n_candidates, chunk, exclude_self, query_ids, n_ref):
+def _search_again(xs, y, centred, k, n_candidates, chunk, exclude_self, query_ids):
     """Queries whose screening failed its certificate: float64 screening about the reference
     mean, certified; any still uncertified, by direct differences against every row."""
     cand, worst, u = _screen_gemm(xs, y, torch.float64, centred.sq_norms, n_candidates, chunk, exclude_self,
                                   query_ids, "torch", centre=centred.centre)
-    d2, idx, ok = _rerank_and_certify(xs, y, cand, worst, k, u, centred.norm_max, n_ref, centre=centred.centre)
+    d2, idx, ok = _rerank_and_certify(xs, y, cand, worst, k, u, centred.norm_max, centre=centred.centre)
     if not bool(ok.all()):
         bad = (~ok).nonzero().flatten()
         d2[bad], idx[bad] = _brute_force(xs[bad], y, k, query_ids[bad] if exclude_self else None)
     return d2, idx
+
+
+# direct differences make a (queries, rows, D) float64 block; only uncertifiable queries come here
+_BRUTE_BLOCK_BYTES = 16 << 20
 
 
 def _brute_force(xs, y, k, own=None, queries_per_block: int = 16):
@@ -386,7 +388,7 @@ def _brute_force(xs, y, k, own=None, queries_per_block: int = 16):
         b = x64.shape[0]
         best_d = torch.empty(b, 0, dtype=torch.float64, device=xs.device)
         best_i = torch.empty(b, 0, dtype=torch.int64, device=xs.device)
-        rows = max(1, (16 << 20) // (b * dim * 8))
+        rows = max(1, _BRUTE_BLOCK_BYTES // (b * dim * 8))
         for c0 in range(0, n, rows):
             ys = y[c0:c0 + rows].double()
             d2 = (ys[None] - x64[:, None, :]).square_().sum(dim=2)             # (b, rows)
