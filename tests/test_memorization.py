@@ -178,6 +178,16 @@ def test_cli_reads_each_format_and_writes_the_table(tmp_path, capsys, case, fmt,
     assert len(table) == 100 and int(table["memorized"].sum()) == 40
 
 
+def test_a_key_on_a_single_array_file_is_refused(tmp_path):
+    from kinetic_fm.metrics._arrays import load_array
+
+    np.save(tmp_path / "one.npy", np.zeros((3, 2)))
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")          # an .npz name on .npy bytes
+    with pytest.raises(ValueError, match="holds one array .* key='images' does not apply"):
+        load_array(tmp_path / "one.npz", key="images")
+    assert load_array(tmp_path / "one.npz").shape == (3, 2)
+
+
 def test_cli_interval_choice_reaches_the_report(tmp_path, capsys, case):
     samples, train = case
     np.save(tmp_path / "s.npy", samples.numpy())

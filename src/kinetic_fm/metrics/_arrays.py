@@ -71,6 +71,8 @@ def _read_numpy(path: Path, key: str | None):
         kind = "a valid .npz archive" if path.suffix.lower() == ".npz" else "a readable .npy file"
         raise ValueError(f"{path}: not {kind} ({err})") from None
     if isinstance(loaded, np.ndarray):
+        if key is not None:  # an .npz name on a plain .npy file: the key would be silently ignored
+            raise ValueError(f"{path}: holds one array (a .npy file), so key={key!r} does not apply")
         return loaded
     with loaded as archive:
         names = list(archive.files)
