@@ -8,7 +8,6 @@ keeps that mean in ``ImageDataset.mean`` so :meth:`ImageDataset.to_unit` can und
 from __future__ import annotations
 
 import io
-import numbers
 import os
 import re
 import zipfile
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import is_integer
 from .subset import select_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -144,7 +144,7 @@ def decode_image(
     from PIL import Image, UnidentifiedImageError
 
     for argument, side in (("crop", crop), ("size", size)):
-        if side is not None and (isinstance(side, bool) or not isinstance(side, numbers.Integral) or side < 1):
+        if side is not None and (not is_integer(side) or side < 1):
             raise ValueError(f"{argument} must be None or an integer >= 1 (pixels), got {side!r}")
     try:
         with Image.open(io.BytesIO(data)) as img:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import TYPE_CHECKING, Sequence, TypeVar
 
 import torch
 from torch import Tensor
+
+from ..checks import is_integer
 
 if TYPE_CHECKING:
     from .images import ImageDataset
@@ -45,7 +46,7 @@ def select_indices(
         if torch.unique(pool).numel() != pool.numel():
             raise ValueError("indices must not contain duplicates")
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 0 < n <= pool.numel():
+        if not is_integer(n) or not 0 < n <= pool.numel():
             raise ValueError(f"n must be in [1, {pool.numel()}] (the available items), got {n}")
         generator = torch.Generator().manual_seed(int(seed))
         pool = pool[torch.randperm(pool.numel(), generator=generator)[:n]]

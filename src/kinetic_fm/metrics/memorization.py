@@ -13,12 +13,12 @@ ratio is defined as 0, i.e. memorized.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from ..checks import is_integer, is_real
 from .neighbors import as_rows, check_finite, nearest_neighbors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,7 +121,7 @@ def memorization(
         :class:`MemorizationReport` (tensors on the samples' device).
     """
     threshold = _inside_unit_interval("threshold", threshold)
-    if isinstance(bootstrap, bool) or not (isinstance(bootstrap, numbers.Integral) and bootstrap >= 0):
+    if not (is_integer(bootstrap) and bootstrap >= 0):
         raise ValueError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
     bootstrap = int(bootstrap)
     confidence = _inside_unit_interval("confidence", confidence)
@@ -160,7 +160,7 @@ def memorization(
 def _inside_unit_interval(name: str, value) -> float:
     """``value``, a real number (a 0-d array or tensor counts, a bool does not), as a float in (0, 1)."""
     number = value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
-    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+    if not is_real(number):
         raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
     if not 0.0 < number < 1.0:  # NaN fails here too
         raise ValueError(f"{name} must lie in (0, 1), got {value!r}")

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
+
+from ..checks import is_integer
 
 GRIDS = ("uniform", "cosine")
 
@@ -24,7 +25,7 @@ def time_grid(
     """
     if isinstance(grid, torch.Tensor):
         return validate_grid(grid).to(dtype=dtype, device="cpu")
-    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
+    if not is_integer(steps) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     steps = int(steps)
     i = torch.arange(steps + 1, dtype=torch.float64)

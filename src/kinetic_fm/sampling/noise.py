@@ -1,10 +1,11 @@
 """Per-sample initial noise: one random generator per seed (EDM-style)."""
 from __future__ import annotations
 
-import numbers
 from typing import Iterable, Sequence
 
 import torch
+
+from ..checks import is_integer
 
 
 def noise(
@@ -27,10 +28,10 @@ def noise(
     if not seeds:
         raise ValueError("seeds must hold at least one seed (got an empty sequence)")
     for s in seeds:
-        if not (_is_int(s) and 0 <= s < 2**63):
+        if not (is_integer(s) and 0 <= s < 2**63):
             raise ValueError(f"seeds must be integers in [0, 2**63), got {s!r}")
     seeds = [int(s) for s in seeds]
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable) or not all(_is_int(d) for d in shape):
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable) or not all(is_integer(d) for d in shape):
         raise TypeError(f"shape must be a sequence of integers (one sample's shape), got {shape!r}")
     shape = tuple(int(d) for d in shape)
     if any(d < 1 for d in shape):
@@ -41,7 +42,3 @@ def noise(
         gen.manual_seed(s)
         rows.append(torch.randn(shape, generator=gen, dtype=torch.float64))
     return torch.stack(rows).to(dtype=dtype, device=device)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, Sequence
 
 import torch
 
+from ..checks import is_integer, is_real
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
@@ -84,7 +84,7 @@ def sample(
         raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
     if split is None:
         split = shaping.tau_split if isinstance(shaping, KTS) else 0.6
-    if isinstance(split, bool) or not (isinstance(split, numbers.Real) and 0.0 <= split <= 1.0):
+    if not (is_real(split) and 0.0 <= split <= 1.0):
         raise ValueError(f"split must be a number in [0, 1], got {split!r}")
     if shaping is not None and not callable(shaping):
         raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
@@ -149,16 +149,12 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
     return x0, tuple(seed_list)
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_steps: int) -> None:
-    if not (_is_real(rtol) and rtol > 0):
+    if not (is_real(rtol, finite=True) and rtol > 0):
         raise ValueError(f"rtol must be a positive finite number, got {rtol!r}")
-    if not (_is_real(atol) and atol > 0):
+    if not (is_real(atol, finite=True) and atol > 0):
         raise ValueError(f"atol must be a positive finite number, got {atol!r}")
-    if first_step is not None and not (_is_real(first_step) and 0 < first_step <= 1):
+    if first_step is not None and not (is_real(first_step, finite=True) and 0 < first_step <= 1):
         raise ValueError(f"first_step must be None or a number in (0, 1], got {first_step!r}")
-    if isinstance(max_steps, bool) or not (isinstance(max_steps, numbers.Integral) and max_steps >= 1):
+    if not (is_integer(max_steps) and max_steps >= 1):
         raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")

@@ -13,11 +13,12 @@ These are the formulas of the paper's reference code. The realised motion is ẋ
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import overload
 
 import torch
+
+from ..checks import is_real
 
 LAUNCH_FORMS = ("linear", "constant", "exponential")
 LANDING_FORMS = ("exponential", "linear", "constant")
@@ -54,7 +55,7 @@ class KTS:
     def __post_init__(self) -> None:
         for name in ("alpha0", "beta0", "tau_split", "k"):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+            if not is_real(value, finite=True):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
             if not isinstance(value, (int, float)):
                 object.__setattr__(self, name, float(value))  # numpy scalars become plain floats

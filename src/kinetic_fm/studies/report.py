@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from ..checks import is_integer
+
 if TYPE_CHECKING:  # pandas is only needed by callers that build tables
     import pandas as pd
 
@@ -78,7 +80,7 @@ class Claim:
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"Claim.verdict must be one of {sorted(VERDICTS)}, got {self.verdict!r}")
-        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 0:
+        if not is_integer(self.n) or self.n < 0:
             raise ValueError(f"Claim.n must be a non-negative integer, got {self.n!r}")
 
 
