@@ -20,7 +20,6 @@ says which network measured it: ``"FID"`` only for the standard TF-ported Incept
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,10 @@ import torch
 from torch import Tensor
 
 from ..blocks import block_size
+from ..checks import is_integer
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
-from .neighbors import column_mean, nearest_neighbors, unit_roundoff
+from .neighbors import column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
 
 __all__ = ["Protocol", "FrechetDistance", "PrecisionRecall", "feature_statistics",
            "frechet_distance_from_stats", "frechet_distance", "precision_recall",
@@ -205,13 +205,6 @@ def _exact_sq_distances(a: Tensor, b: Tensor) -> Tensor:
     return (a.to(torch.float64) - b.to(torch.float64)).square_().sum(dim=1)
 
 
-def _centred_norms(rows: Tensor, centre: Tensor) -> Tensor:
-    """(N,) float64 ‖row − centre‖, a block of rows at a time."""
-    step = block_size(rows.device, 8 * rows.shape[1], rows.shape[0])
-    return torch.cat([torch.linalg.vector_norm(rows[r:r + step].to(torch.float64) - centre, dim=1)
-                      for r in range(0, rows.shape[0], step)])
-
-
 def _inside_any_ball(points: Tensor, centres: Tensor, radius_sq: Tensor, chunk: int,
                      batch_chunk: int) -> Tensor:
     """(B,) bool: is ``points[i]`` within ``radius_sq[j]`` (squared, exact) of some ``centres[j]``.
@@ -223,7 +216,8 @@ def _inside_any_ball(points: Tensor, centres: Tensor, radius_sq: Tensor, chunk: 
     dtype = torch.float64 if points.dtype == centres.dtype == torch.float64 else torch.float32
     u = unit_roundoff(dtype, points.device)
     centre = column_mean(centres)
-    reach = _centred_norms(points, centre) + float(_centred_norms(centres, centre).max())
+    reach = (row_sq_norms(points, torch.float64, centre=centre).sqrt()
+             + float(row_sq_norms(centres, torch.float64, centre=centre).max().sqrt()))
     slack = 2.0 * (points.shape[1] + 3) * u * reach.square()  # twice sq_distance_blocks' bound
     inside = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
     for q0, c0, d2 in sq_distance_blocks(points, centres, chunk=chunk, batch_chunk=batch_chunk):
@@ -270,7 +264,7 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     if r.shape[1] != f.shape[1]:
         raise ValueError(f"feature sizes differ: {r.shape[1]} vs {f.shape[1]}")
     k_max = min(r.shape[0], f.shape[0]) - 1
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= k_max:
+    if not is_integer(k) or not 1 <= k <= k_max:
         raise ValueError(f"k must be an integer in [1, {k_max}], got {k!r}")
     k = int(k)
     fake_in_real = _inside_any_ball(f, r, _kth_neighbour_sq_radius(r, k, chunk, batch_chunk),

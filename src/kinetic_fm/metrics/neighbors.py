@@ -122,14 +122,19 @@ def column_mean(rows: torch.Tensor, block: int = 1024) -> torch.Tensor:
     return total / max(1, rows.shape[0])
 
 
-def row_sq_norms(rows: torch.Tensor, dtype: torch.dtype, block: int = 4096) -> torch.Tensor:
-    """‖y_j‖² of each row of a (N, D) tensor, accumulated in ``dtype`` (blockwise, no full copy).
+def row_sq_norms(rows: torch.Tensor, dtype: torch.dtype, *, centre: torch.Tensor | None = None) -> torch.Tensor:
+    """‖y_j‖² (or ‖y_j − centre‖² for a (D,) ``centre``) of each row of a (N, D) tensor,
+    accumulated in ``dtype`` (in blocks of :func:`kinetic_fm.blocks.block_size`, no full copy).
 
-    Used for screening only: in float32 its error (≤ D·u·‖y‖²) is inside the screening bound.
+    Used for screening and rounding bounds only: in float32 its error (≤ D·u·‖y‖²) is inside the
+    screening bound.
     """
     out = torch.empty(rows.shape[0], dtype=dtype, device=rows.device)
+    block = block_size(rows.device, rows.shape[1] * torch.finfo(dtype).bits // 8, rows.shape[0])
     for r0 in range(0, rows.shape[0], block):
         blk = rows[r0:r0 + block].to(dtype)
+        if centre is not None:
+            blk = blk - centre
         out[r0:r0 + block] = torch.einsum("ij,ij->i", blk, blk)
     return out
 
@@ -353,11 +358,9 @@ class _Centred:
     norm_max: float
 
     @classmethod
-    def of(cls, y: torch.Tensor, block: int = 4096) -> "_Centred":
+    def of(cls, y: torch.Tensor) -> "_Centred":
         centre = column_mean(y)
-        sq = torch.empty(y.shape[0], dtype=torch.float64, device=y.device)
-        for r0 in range(0, y.shape[0], block):
-            sq[r0:r0 + block] = (y[r0:r0 + block].double() - centre).square_().sum(dim=1)
+        sq = row_sq_norms(y, torch.float64, centre=centre)
         return cls(centre, sq, float(sq.max().sqrt()) * (1 + 1e-3))
 
 
