@@ -422,7 +422,9 @@ class EmpiricalFlow:
         b, k = x.shape[0], self.truncate
         one_minus, _, _ = self._coefficients(t)
         queries = x.double() / t[:, None]
-        idx = nearest_neighbors(queries, self.atoms, k, chunk=self.chunk, backend=self.backend).indices
+        # the atoms were checked once, at construction; x/t is finite whenever x is
+        idx = nearest_neighbors(queries, self.atoms, k, chunk=self.chunk, backend=self.backend,
+                                check_inputs=False).indices
         ybar, w = self._exact(x, t, one_minus, idx)
         # w_(k) = exp(ℓ_(k) − logsumexp(ℓ_top)), so R = (N − k)·w_(k)
         ratio = (self.n - k) * w.min(dim=1).values

@@ -144,7 +144,8 @@ def memorization(
     check_finite("samples", samples)
     train = train.to(samples.device)
 
-    nn = nearest_neighbors(samples, train, 2, chunk=chunk, backend=backend, progress=progress)
+    nn = nearest_neighbors(samples, train, 2, chunk=chunk, backend=backend, progress=progress,
+                           check_inputs=False)  # checked above, by name
     d1, d2 = nn.distances[:, 0], nn.distances[:, 1]
     ratio = torch.where(d2 > 0, d1 / d2.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(d1))
     memorized = ratio < threshold

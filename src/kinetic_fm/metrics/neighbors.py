@@ -150,6 +150,7 @@ def nearest_neighbors(
     exclude_self: bool = False,
     backend: str = "torch",
     progress: bool = False,
+    check_inputs: bool = True,
 ) -> Neighbors:
     """The k nearest rows of ``reference`` for every row of ``queries``, exact in float64.
 
@@ -165,6 +166,8 @@ def nearest_neighbors(
         backend: "torch" (GEMM on the inputs' device) or "faiss" (``faiss.IndexFlatL2`` on CPU,
             needs ``pip install faiss-cpu``); both end with the same exact re-ranking.
         progress: show a tqdm bar over the queries (on stderr; off by default).
+        check_inputs: scan both sets for NaN/inf first (one pass over each); callers that
+            checked them already (memorization, the EFM field's fixed atoms) skip it.
 
     Returns:
         :class:`Neighbors` with (B, k) float64 distances and int64 indices on the queries' device.
@@ -195,8 +198,9 @@ def nearest_neighbors(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not (isinstance(margin, int) and margin >= 0):
         raise ValueError(f"margin must be a non-negative integer, got {margin!r}")
-    check_finite("queries", x)
-    check_finite("reference", y)
+    if check_inputs:
+        check_finite("queries", x)
+        check_finite("reference", y)
 
     dtype = _working_dtype(x, y)
     n_candidates = min(k + margin, n_ref)
