@@ -194,7 +194,6 @@ def load_into(net: nn.Module, path: str | os.PathLike, *, strict: bool = True,
             (the paper's nets, T = 1000), give T and get the net wrapped in
             ``kinetic_fm.DiscreteTime`` (a velocity ``v(x, t)``; the module itself stays ``net``).
     """
-
     net.load_state_dict(load_weights(path), strict=strict)
     net.eval()
     return net if num_timesteps is None else DiscreteTime(net, num_timesteps)
