@@ -139,6 +139,8 @@ def test_to_frame_has_one_row_per_sample(case):
     (torch.randn(4, 3), torch.randn(5, 3), dict(bootstrap=True), "bootstrap"),
     (torch.randn(4, 3), torch.randn(5, 3), dict(interval="bca"), "interval must be one of"),
     (torch.randn(4, 3), torch.randn(5, 3), dict(confidence=1.0), "confidence"),
+    (torch.randn(4, 3), torch.randn(5, 3), dict(seed=-1), "seed must be a non-negative integer, got -1"),
+    (torch.randn(4, 3), torch.randn(5, 3), dict(seed=1.5), "seed must be a non-negative integer"),
 ])
 def test_bad_input_is_a_clear_error(samples, train, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -370,6 +372,8 @@ def _write_bad(path):
         pq.write_table(pa.table({"x": pa.array([[[1.0], None], [[4.0], [5.0]]])}), path)
     elif name == "nested-strings.parquet":
         pq.write_table(pa.table({"x": pa.array([[["a"], ["b"]], [["c"], ["d"]]])}), path)
+    elif name == "corrupt.parquet":
+        path.write_bytes(b"PAR1 not a table PAR1")
     elif name == "string-key.parquet":
         pq.write_table(pa.table({"a": [1.0, 2.0], "s": ["one", "two"]}), path)
 
@@ -384,6 +388,7 @@ def _write_bad(path):
     ("nested-null.parquet", None, "column 'x' has null lists inside its rows"),
     ("nested-strings.parquet", None, "column 'x' holds lists of string, need numbers"),
     ("string-key.parquet", "s", "column 's' holds string, need numbers or lists of numbers"),
+    ("corrupt.parquet", None, r"corrupt.parquet: not a readable Parquet file \("),
 ])
 def test_cli_unreadable_or_non_numeric_files_are_one_line_errors(tmp_path, capsys, name, key, message):
     _write_bad(tmp_path / name)
@@ -394,6 +399,24 @@ def test_cli_unreadable_or_non_numeric_files_are_one_line_errors(tmp_path, capsy
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert err.startswith(f"kfm memorization: error: {tmp_path / name}")
     assert __import__("re").search(message, err), err
+
+
+def test_parquet_columns_left_out_are_named(tmp_path, capsys):
+    import pandas as pd
+
+    features = np.arange(12.0).reshape(4, 3)
+    frame = pd.DataFrame(features, columns=["a", "b", "c"]).assign(name=list("wxyz"))
+    frame.to_parquet(tmp_path / "s.parquet")
+    from kinetic_fm.metrics._arrays import load_array
+
+    with pytest.warns(UserWarning, match=r"read the 3 numeric columns; left out \['name'\]"):
+        assert load_array(tmp_path / "s.parquet").tolist() == features.tolist()
+    np.save(tmp_path / "t.npy", np.zeros((5, 3)))
+    assert main(["memorization", "--samples", str(tmp_path / "s.parquet"), "--train", str(tmp_path / "t.npy"),
+                 "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == [f"kfm memorization: warning: {tmp_path / 's.parquet'}: read the 3 numeric columns; "
+                      f"left out ['name'] (not numbers); name a column with a key to read one alone"]
 
 
 def test_nested_list_parquet_columns_are_flattened_row_by_row(tmp_path, case):

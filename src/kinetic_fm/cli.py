@@ -11,6 +11,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from typing import Sequence
 
 
@@ -35,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # restores the global hook when the command returns
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args.func(args) or 0)
     except (ValueError, OSError) as err:
         # user errors (bad values, missing or unwritable paths): one clear line, no traceback
         print(f"kfm {args.command}: error: {err}", file=sys.stderr)
@@ -45,6 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if hasattr(args, "resume") else "")
         print(f"kfm {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _one_line_warning(command: str):
+    """A ``warnings.showwarning`` that prints ``kfm COMMAND: warning: MESSAGE`` (no source line)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"kfm {command}: warning: {message}", file=sys.stderr if file is None else file)
+
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover

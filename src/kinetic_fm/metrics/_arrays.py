@@ -4,6 +4,7 @@ Used by command-line metrics; the heavy readers are imported only for the format
 """
 from __future__ import annotations
 
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -24,7 +25,7 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
       loaded with ``weights_only=True`` (no arbitrary code runs).
     * ``.parquet``: the list/array column ``key`` (lists nested to any depth, e.g. images, are
       flattened row by row), else the only list column, else all numeric columns side by side as
-      (rows, columns).
+      (rows, columns), with a warning naming any other columns left out.
 
     Raises ValueError naming the file when it is damaged, holds no real numbers (strings,
     complex), holds a single value instead of rows, or is ambiguous (see above).
@@ -113,7 +114,10 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
     if table.num_rows == 0:
         raise ValueError(f"{path}: the table has no rows")
     list_columns = [f.name for f in table.schema if _is_list(f.type)]
@@ -134,6 +138,10 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
     numeric = [f.name for f in table.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
     if not numeric:
         raise ValueError(f"{path}: no numeric or list columns")
+    left_out = [name for name in table.column_names if name not in numeric]
+    if left_out:  # e.g. file names beside the features: say so, or a later size mismatch is a puzzle
+        warnings.warn(f"{path}: read the {len(numeric)} numeric columns; left out {left_out} "
+                      f"(not numbers); name a column with a key to read one alone", stacklevel=3)
     return _to_tensor(path, np.column_stack([table.column(c).to_numpy() for c in numeric]).astype(np.float64))
 
 

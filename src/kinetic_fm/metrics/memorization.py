@@ -109,7 +109,7 @@ def memorization(
             ``interval`` is "bootstrap".
         space: optional feature map applied to both sets (in chunks of ``space_chunk`` rows,
             without gradients); distances are then measured between its flattened outputs.
-        seed: seed of the bootstrap generator.
+        seed: seed of the bootstrap generator, a non-negative integer.
         confidence: coverage of the interval, a real number in (0, 1).
         interval: "bootstrap" (percentile bootstrap, the reference's choice), "wilson" (score
             interval) or "clopper-pearson" (exact binomial, conservative). Prefer a binomial
@@ -124,6 +124,8 @@ def memorization(
     if not (is_integer(bootstrap) and bootstrap >= 0):
         raise ValueError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
     bootstrap = int(bootstrap)
+    if not (is_integer(seed) and seed >= 0):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     confidence = _inside_unit_interval("confidence", confidence)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
