@@ -106,3 +106,46 @@ def test_paired_fd_delta_is_the_setting_minus_plain_fm():
     boot = rng.integers(0, 200, size=(50, 200))
     deltas = _paired_fd_delta(plain, drifted, ref.mean(0), np.cov(ref, rowvar=False), boot)
     assert deltas.shape == (50,) and (deltas > 0.5).all()       # a unit shift in 3-D adds FD ≈ 3
+
+
+def _grid(fd_shift: dict, memorized_share: dict, n: int = 200, seed: int = 0):
+    """Synthetic KTS-grid inputs: each setting's features are the reference law shifted by
+    ``fd_shift`` (FD grows with the shift) and a ``memorized_share`` of its samples memorized."""
+    import pandas as pd
+
+    from kinetic_fm.studies.output import fd_to_reference
+
+    rng = np.random.default_rng(seed)
+    ref = rng.standard_normal((2000, 3))
+    mu, cov = ref.mean(0), np.cov(ref, rowvar=False)
+    noise = rng.standard_normal((n, 3))                 # the same seeds in every setting: paired
+    feats = {name: noise + shift for name, shift in fd_shift.items()}
+    memorized = {name: (np.arange(n) < share * n).astype(float) for name, share in memorized_share.items()}
+    value = pd.DataFrame({"FD": {k: fd_to_reference(f, mu, cov) for k, f in feats.items()},
+                          "F_mem": {k: m.mean() for k, m in memorized.items()}})
+    boot = rng.integers(0, n, size=(300, n))
+    return feats, memorized, value, mu, cov, boot
+
+
+SETTINGS = ("plain FM", "launch only", "landing only", "balanced", "balanced τ=0.2", "balanced τ=0.4",
+            "balanced τ=0.8")
+
+
+@pytest.mark.parametrize("paper_holds", [True, False])
+def test_each_shaping_claim_reads_its_own_interval(paper_holds):
+    # The runner's wiring: a grid built to follow the paper must reproduce all five claims, and its
+    # mirror image must reproduce none. Each setting differs from plain FM in one quantity only
+    # where a claim reads one, so an FD interval read in place of an F_mem one (or the reverse)
+    # gives an empty difference and "inconclusive".
+    from kinetic_fm.studies.shaping import shaping_claims
+
+    sign = 1.0 if paper_holds else -1.0
+    fd_shift = {"plain FM": 1.0, "launch only": 1.0 - 0.8 * sign, "landing only": 1.0 + 0.8 * sign,
+                "balanced": 1.0 - 0.5 * sign, "balanced τ=0.2": 1.0 - 0.2 * sign,
+                "balanced τ=0.4": 1.0 - 0.2 * sign, "balanced τ=0.8": 1.0 - 0.2 * sign}
+    memorized_share = {name: 0.4 for name in SETTINGS}
+    memorized_share |= {"landing only": 0.4 - 0.3 * sign, "balanced": 0.4 - 0.2 * sign}
+    feats, memorized, value, mu, cov, boot = _grid(fd_shift, memorized_share)
+    claims = shaping_claims(feats, memorized, value, "FD", mu, cov, boot)
+    expected = "reproduced" if paper_holds else "not reproduced"
+    assert [c.verdict for c in claims] == [expected] * 5, [(c.statement, c.verdict, c.ci) for c in claims]

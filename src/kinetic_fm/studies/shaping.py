@@ -85,7 +85,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     import pandas as pd
 
     from .figures import bar_figure, energy_profile_figure
-    from .report import Claim, Section
+    from .report import Section
 
     out = StudyOutput("shaping")
     settings = ablation_grid(cfg)
@@ -125,45 +125,9 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
 
     rng = np.random.default_rng(cfg.seed_start)
     boot = rng.integers(0, cfg.n_samples, size=(cfg.bootstrap, cfg.n_samples))
-
-    def delta(name: str):
-        d_fd = _paired_fd_delta(feats["plain FM"], feats[name], ref_mu, ref_cov, boot)
-        d_mem = memorized[name][boot].mean(1) - memorized["plain FM"][boot].mean(1)
-        return np.quantile(d_fd, [0.025, 0.975]), np.quantile(d_mem, [0.025, 0.975])
-
     value = table.set_index("setting")
     fm_fd, fm_mem = value.loc["plain FM", fd_name], value.loc["plain FM", "F_mem"]
-
-    def ours(name: str) -> str:
-        return (f"{fd_name} {fm_fd:.3g} → {value.loc[name, fd_name]:.3g}, "
-                f"F_mem {fm_mem:.1%} → {value.loc[name, 'F_mem']:.1%}")
-
-    (fd_ci, mem_ci) = delta("launch only")
-    out.claims.append(Claim("shaping", "Launch-only KTS improves quality", "FID 16.68 → 11.27 (CelebA-32)",
-                            ours("launch only"), cfg.n_samples, fmt_ci(*fd_ci, "ΔFD 95% CI"),
-                            launch_only_verdict(fd_ci), "paired bootstrap of the FD difference"))
-    (fd_ci, mem_ci) = delta("landing only")
-    out.claims.append(Claim("shaping", "Landing-only KTS reduces memorization", "F_mem 37.34% → 19.36% (CelebA-32)",
-                            ours("landing only"), cfg.n_samples, fmt_ci(*mem_ci, "ΔF_mem 95% CI"),
-                            landing_only_memorization_verdict(mem_ci), "paired bootstrap of the F_mem difference"))
-    out.claims.append(Claim("shaping", "Landing-only KTS costs quality", "FID 16.68 → 86.56 (CelebA-32)",
-                            ours("landing only"), cfg.n_samples, fmt_ci(*fd_ci, "ΔFD 95% CI"),
-                            landing_only_quality_verdict(fd_ci), "paired bootstrap of the FD difference"))
-    (fd_ci, mem_ci) = delta("balanced")
-    out.claims.append(Claim("shaping", "Balanced KTS improves quality and reduces memorization",
-                            "FID 16.68 → 14.35, F_mem 37.34% → 31.22% (CelebA-32)", ours("balanced"), cfg.n_samples,
-                            f"{fmt_ci(*fd_ci, 'ΔFD 95% CI')}; {fmt_ci(*mem_ci, 'ΔF_mem 95% CI')}", balanced_verdict(fd_ci, mem_ci),
-                            "both differences must be negative"))
-    taus = {0.2: "balanced τ=0.2", 0.4: "balanced τ=0.4", 0.6: "balanced", 0.8: "balanced τ=0.8"}
-    tau_fd = {tau: float(value.loc[name, fd_name]) for tau, name in taus.items()}
-    best_tau = min(tau_fd, key=tau_fd.get)
-    others = [tau for tau in taus if tau != 0.6]
-    tau_verdict, low, high = all_worse_than(np.stack(
-        [_paired_fd_delta(feats["balanced"], feats[taus[tau]], ref_mu, ref_cov, boot) for tau in others]))
-    out.claims.append(Claim("shaping", "τ_split = 0.6 gives the best quality", "FID 60.31 / 48.58 / 14.35 / 21.07 for τ = 0.2 / 0.4 / 0.6 / 0.8",
-                            " / ".join(f"{v:.3g}" for v in tau_fd.values()) + f" (best τ = {best_tau})", cfg.n_samples,
-                            "; ".join(fmt_ci(lo, hi, f"ΔFD τ={tau} − τ=0.6") for tau, lo, hi in zip(others, low, high)),
-                            tau_verdict, "paired bootstrap: τ = 0.6 must beat every other τ"))
+    out.claims += shaping_claims(feats, memorized, value, fd_name, ref_mu, ref_cov, boot)
 
     main = ["plain FM", "launch only", "landing only", "balanced"]
     section = Section(
@@ -185,6 +149,64 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     )
     out.sections.append(section)
     return out
+
+
+def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, ref_mu: np.ndarray, ref_cov: np.ndarray,
+                   boot: np.ndarray) -> list:
+    """The KTS study's claims, each judged from paired bootstrap intervals against plain FM.
+
+    Args:
+        feats: setting name → (n, d) features of its samples (same seeds in every setting).
+        memorized: setting name → (n,) 0/1 memorized indicators.
+        value: the grid table indexed by setting, with columns ``fd_name`` and "F_mem" (for the text).
+        ref_mu, ref_cov: the reference feature statistics of the Fréchet distance.
+        boot: (R, n) resampled sample indices, shared by every difference (paired).
+    Returns: the five :class:`~kinetic_fm.studies.report.Claim` rows.
+    """
+    from .report import Claim
+
+    n = len(boot[0])
+    claims = []
+
+    def delta(name: str):
+        d_fd = _paired_fd_delta(feats["plain FM"], feats[name], ref_mu, ref_cov, boot)
+        d_mem = memorized[name][boot].mean(1) - memorized["plain FM"][boot].mean(1)
+        return np.quantile(d_fd, [0.025, 0.975]), np.quantile(d_mem, [0.025, 0.975])
+
+    fm_fd, fm_mem = value.loc["plain FM", fd_name], value.loc["plain FM", "F_mem"]
+
+    def ours(name: str) -> str:
+        return (f"{fd_name} {fm_fd:.3g} → {value.loc[name, fd_name]:.3g}, "
+                f"F_mem {fm_mem:.1%} → {value.loc[name, 'F_mem']:.1%}")
+
+    (fd_ci, mem_ci) = delta("launch only")
+    claims.append(Claim("shaping", "Launch-only KTS improves quality", "FID 16.68 → 11.27 (CelebA-32)",
+                        ours("launch only"), n, fmt_ci(*fd_ci, "ΔFD 95% CI"),
+                        launch_only_verdict(fd_ci), "paired bootstrap of the FD difference"))
+    (fd_ci, mem_ci) = delta("landing only")
+    claims.append(Claim("shaping", "Landing-only KTS reduces memorization", "F_mem 37.34% → 19.36% (CelebA-32)",
+                        ours("landing only"), n, fmt_ci(*mem_ci, "ΔF_mem 95% CI"),
+                        landing_only_memorization_verdict(mem_ci), "paired bootstrap of the F_mem difference"))
+    claims.append(Claim("shaping", "Landing-only KTS costs quality", "FID 16.68 → 86.56 (CelebA-32)",
+                        ours("landing only"), n, fmt_ci(*fd_ci, "ΔFD 95% CI"),
+                        landing_only_quality_verdict(fd_ci), "paired bootstrap of the FD difference"))
+    (fd_ci, mem_ci) = delta("balanced")
+    claims.append(Claim("shaping", "Balanced KTS improves quality and reduces memorization",
+                        "FID 16.68 → 14.35, F_mem 37.34% → 31.22% (CelebA-32)", ours("balanced"), n,
+                        f"{fmt_ci(*fd_ci, 'ΔFD 95% CI')}; {fmt_ci(*mem_ci, 'ΔF_mem 95% CI')}",
+                        balanced_verdict(fd_ci, mem_ci), "both differences must be negative"))
+    taus = {0.2: "balanced τ=0.2", 0.4: "balanced τ=0.4", 0.6: "balanced", 0.8: "balanced τ=0.8"}
+    tau_fd = {tau: float(value.loc[name, fd_name]) for tau, name in taus.items()}
+    best_tau = min(tau_fd, key=tau_fd.get)
+    others = [tau for tau in taus if tau != 0.6]
+    tau_verdict, low, high = all_worse_than(np.stack(
+        [_paired_fd_delta(feats["balanced"], feats[taus[tau]], ref_mu, ref_cov, boot) for tau in others]))
+    claims.append(Claim("shaping", "τ_split = 0.6 gives the best quality",
+                        "FID 60.31 / 48.58 / 14.35 / 21.07 for τ = 0.2 / 0.4 / 0.6 / 0.8",
+                        " / ".join(f"{v:.3g}" for v in tau_fd.values()) + f" (best τ = {best_tau})", n,
+                        "; ".join(fmt_ci(lo, hi, f"ΔFD τ={tau} − τ=0.6") for tau, lo, hi in zip(others, low, high)),
+                        tau_verdict, "paired bootstrap: τ = 0.6 must beat every other τ"))
+    return claims
 
 
 def _paired_fd_delta(base: np.ndarray, other: np.ndarray, ref_mu, ref_cov, boot: np.ndarray) -> np.ndarray:
