@@ -256,12 +256,14 @@ def test_batch_invariance(solver):
 def test_batch_invariance_is_bit_exact_for_an_elementwise_field(solver):
     # an element-wise field has no GEMM whose blocking could follow the batch size, so the
     # sampler's own arithmetic must give every sample the same bits in any batch
-    field = kfm.GaussianMixtureTarget(torch.tensor([[3.0, 0.0, 1.0], [-2.0, 2.0, 0.0], [0.0, -3.0, -1.0]]), std=0.3)
+    # (128 dimensions: a GEMM over the mixture's components there rounds by batch size, audit F2)
+    field = kfm.GaussianMixtureTarget(3 * torch.randn(8, 128, generator=torch.Generator().manual_seed(0)), std=0.3)
     kts = kfm.KTS()
     seeds = list(range(30))
-    whole = kfm.sample(field, seeds=seeds, shape=(3,), dtype=torch.float64, steps=12, solver=solver, shaping=kts)
+    whole = kfm.sample(field, seeds=seeds, shape=(128,), dtype=torch.float64, steps=12, solver=solver, shaping=kts)
     for start, stop in ((0, 1), (3, 10), (10, 30), (29, 30)):
-        part = kfm.sample(field, seeds=seeds[start:stop], shape=(3,), dtype=torch.float64, steps=12, solver=solver, shaping=kts)
+        part = kfm.sample(field, seeds=seeds[start:stop], shape=(128,), dtype=torch.float64, steps=12, solver=solver,
+                          shaping=kts)
         for name in ("x", "kpe", "kpe_raw", "early", "late", "peak"):
             assert torch.equal(getattr(whole, name)[start:stop], getattr(part, name)), name
 

@@ -91,7 +91,8 @@ class GaussianMixtureTarget:
     """Exact velocity from N(0, I) to Σ_k π_k N(μ_k, σ² I) (small K; dense over components).
 
     v(x, t) = Σ_k w_k(x, t)·[μ_k + (s'/s)(x − tμ_k)], w = posterior of component k given x_t.
-    Its σ → 0 limit is the empirical flow-matching velocity of the atoms μ_k.
+    Its σ → 0 limit is the empirical flow-matching velocity of the atoms μ_k. Every sample's
+    velocity has the same bits in any batch (no GEMM), so runs are bitwise batch-invariant.
 
     Args:
         means: (K, ...) component means, same trailing shape as a sample.
@@ -119,7 +120,10 @@ class GaussianMixtureTarget:
         diff = xf.unsqueeze(1) - tc.reshape(b, 1, 1) * mu.unsqueeze(0)  # (B, K, D), K is small
         logits = self.weights.to(x.device).log() - 0.5 * diff.pow(2).sum(-1) / s.pow(2)
         post = torch.softmax(logits, dim=1)  # (B, K)
-        v = post @ mu + rate * (xf - tc.reshape(b, 1) * (post @ mu))
+        mean = post[:, :1] * mu[0]
+        for k in range(1, mu.shape[0]):  # not post @ mu: a GEMM's blocking, and so its bits, follow B
+            mean = mean + post[:, k:k + 1] * mu[k]
+        v = mean + rate * (xf - tc.reshape(b, 1) * mean)
         return v.reshape(x.shape).to(x.dtype)
 
     def sample_target(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
