@@ -217,3 +217,17 @@ def test_bandwidth_rules_and_errors(data):
     with pytest.raises(ValueError, match=r"largest k \(10, of k=3 and ks=\(1, 5, 10\)\) exceeds the 8"):
         local_support(x, y[:8], k=3)
     assert local_support(x, y[:8], k=3, ks=()).ks == (3,)
+
+
+def test_wide_integer_inputs_are_measured_exactly():
+    # float32 holds integers exactly only up to 2^24: int64 points near 2^25 that are 1 apart
+    # read as 0 apart there (radius 0, log-density +inf; property audit F1)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 12, size=(40, 3)) + 2**25
+    x = rng.integers(0, 12, size=(9, 3)) + 2**25
+    d = np.sqrt(np.sort(_brute_sq_dist((x - 2**25).astype(float), (y - 2**25).astype(float)), 1))
+    support = local_support(torch.from_numpy(x), torch.from_numpy(y), k=3, ks=())
+    assert np.allclose(support.radius.numpy(), d[:, 2], rtol=1e-12, atol=0)
+    kde = kde_log_density(torch.from_numpy(x), torch.from_numpy(y), bandwidth=1.5)
+    expected = _brute_kde((x - 2**25).astype(float), (y - 2**25).astype(float), 1.5)
+    assert np.allclose(kde.log_density.numpy(), expected, rtol=1e-12, atol=1e-12)

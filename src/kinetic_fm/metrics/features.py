@@ -102,10 +102,15 @@ def as_tensor(x: Any) -> Tensor:
 
 
 def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x") -> Tensor:
-    """``x`` mapped through ``space`` into a 2-D floating tensor (B, F), checked finite."""
+    """``x`` mapped through ``space`` into a 2-D floating tensor (B, F), checked finite.
+
+    Integers become float32 up to 16 bits (exact: uint8 images stay cheap) and float64 beyond
+    (float32 rounds 2^25 + 1 to 2^25, which made a distance of 1 read 0).
+    """
     feats = feature_space(space)(x)
     if not feats.is_floating_point():
-        feats = feats.to(torch.float32)
+        exact_in_float32 = feats.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16)
+        feats = feats.to(torch.float32 if exact_in_float32 else torch.float64)
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise ValueError(f"{argument} must hold at least one sample, got shape {tuple(feats.shape)}")
     if not torch.isfinite(feats).all():
