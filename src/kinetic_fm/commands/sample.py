@@ -71,7 +71,8 @@ def register(subparsers) -> None:
                    help="continue the run in --out: keep complete shards, redo missing or broken ones")
     r.add_argument("--shard-size", type=int, default=1000, help="samples per Parquet shard (default 1000)")
     r.add_argument("--batch-size", type=int, default=256,
-                   help="samples per sampler call; memory only, results do not depend on it (default 256)")
+                   help="samples per sampler call (default 256); a memory setting: results do not depend on it, "
+                        "beyond float32 round-off in a net's batched GEMMs")
     r.add_argument("--no-save-x", dest="save_x", action="store_false",
                    help="do not store the final samples x in the table")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

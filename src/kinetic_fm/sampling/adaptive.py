@@ -1,7 +1,8 @@
 """Dormand–Prince 5(4) with per-sample step-size control.
 
 Every sample carries its own time t_b and step h_b, and the error test is per sample, so a
-sample's trajectory, step sequence and KPE do not depend on its batch-mates. Each iteration
+sample's trajectory, step sequence and KPE do not depend on its batch-mates (as long as the
+field's output for a row does not either: float32 GEMMs in a net round by batch size). Each iteration
 evaluates only the samples still in flight; choosing them, the finite check and selecting the
 accepted rows synchronise with the host a few times per iteration (unavoidable for adaptive
 stepping; the fixed-step solvers never do). The energy integral never enters the error control.
