@@ -138,6 +138,13 @@ def test_without_shaping_applied_equals_raw_and_split_adds_up(x0):
     assert torch.equal(res.peak, res.profile.max(1).values)
 
 
+def test_the_split_is_the_reference_step_index_rule_in_floating_point(x0):
+    # int(τ·S) as the reference computes it: 0.29·100 = 28.999… in binary, so 28 early steps
+    field = GaussianTarget(mean=1.0, std=0.5)
+    res = kfm.sample(field, x0, steps=100, split=0.29, profile=True)
+    assert torch.allclose(res.profile[:, :28].sum(1), res.early, rtol=1e-14)
+
+
 def test_shaping_scales_applied_energy(x0):
     field = GaussianTarget(mean=1.0, std=0.5)
     kts = kfm.KTS(alpha0=0.3, beta0=0.0, tau_split=0.5, launch="constant")

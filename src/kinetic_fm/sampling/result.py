@@ -21,9 +21,11 @@ class SampleResult:
     kpe:      applied energy ½∫η²‖v‖² dt (the motion actually realised under shaping).
     kpe_raw:  ½∫‖v‖² dt of the raw field along the same realised path.
     early:    applied energy of the steps before the split τ (fixed grids: step index
-              i < int(τ·S), the reference rule, which is t < τ only on a uniform grid (a
-              100-step cosine grid splits at t = 0.65 for τ = 0.6); dopri5: step start
-              time < τ, whole steps). Compare early/late across runs on the same grid.
+              i < int(τ·S) in floating point, the reference rule. That is t < τ only on a
+              uniform grid, and only when τ·S does not round down: 0.29·100 computes to
+              28.999…, so τ = 0.29 splits at t = 0.28. A 100-step cosine grid splits at
+              t = 0.65 for τ = 0.6. dopri5: step start time < τ, whole steps.) Compare
+              early/late across runs on the same grid.
     late:     applied energy of the remaining steps (early + late = kpe).
     peak:     the largest single-step applied-energy increment; ``peak_time`` its step's start time.
     profile:  (B, S) per-step applied-energy increments, or None; for dopri5 (B, max steps),
