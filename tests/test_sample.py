@@ -61,6 +61,30 @@ def test_dopri5_matches_the_analytic_solution(x0):
     assert res.nfe.shape == (16,) and (res.steps > 1).all()
 
 
+@pytest.mark.parametrize("launch,landing", [("linear", "exponential"), ("constant", "constant")])
+def test_dopri5_under_kts_meets_its_tolerance_across_the_kink_at_tau(launch, landing):
+    # dx/dt = η(t)·(−c x) has x(1) = x0·exp(−c∫η) and energy ½∫η²c²‖x‖²; η has a kink at τ (a jump
+    # for the constant forms). Stepping across it left x 2–15× rtol off; steps now land on τ.
+    from scipy.integrate import quad
+
+    c, rtol = 2.0, 1e-5
+    kts = kfm.KTS(alpha0=0.3, beta0=0.04, tau_split=0.6, launch=launch, landing=landing)
+    eta = lambda s: kts(s)                                            # noqa: E731
+    gained = lambda s: quad(eta, 0, s, points=[0.6] if s > 0.6 else None, epsabs=1e-14)[0]  # noqa: E731
+    x0 = torch.ones(1, 4, dtype=torch.float64)
+    res = kfm.sample(lambda x, t: -c * x, x0, solver="dopri5", shaping=kts, rtol=rtol, atol=rtol * 1e-2,
+                     profile=True)
+    assert abs(float(res.x[0, 0]) - math.exp(-c * gained(1.0))) < rtol
+    power = lambda s: 0.5 * eta(s) ** 2 * c**2 * 4 * math.exp(-2 * c * gained(s))  # noqa: E731
+    early = quad(power, 0, 0.6, epsabs=1e-12)[0]
+    late = quad(power, 0.6, 1, epsabs=1e-12)[0]
+    # the energy is not error-controlled: its 5th-order quadrature on the accepted steps lands within a
+    # few rtol; whole steps that straddled τ put 4–36 % of the late energy on the wrong side
+    assert float(res.early[0]) == pytest.approx(early, rel=5 * rtol)
+    assert float(res.late[0]) == pytest.approx(late, rel=5 * rtol)
+    assert 0.6 in res.times[0].tolist()                                # a step boundary sits on τ
+
+
 def test_euler_energy_is_exact_on_its_own_path(x0):
     # Euler moves on straight segments; the solver quadrature is the exact energy of that path.
     field = GaussianTarget(mean=1.0, std=0.7)

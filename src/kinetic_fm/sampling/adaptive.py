@@ -14,6 +14,7 @@ only: it provides ``select(active)``, returning the field restricted to the samp
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -63,6 +64,10 @@ def integrate_dopri5(
 
     select = getattr(velocity, "select", None)
     check_gains = gain is not None and not isinstance(gain, KTS)
+    # A KTS gain has a kink at τ (a jump for the constant forms): steps land on τ, never across it,
+    # and a step ending there takes η's left limit, so the error control sees a smooth problem.
+    stop = float(gain.tau_split) if isinstance(gain, KTS) else None
+    below_stop = math.nextafter(stop, 0.0) if stop is not None else None
 
     def f(x: torch.Tensor, tt: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         field = velocity if active is None or select is None else select(active)
@@ -101,8 +106,14 @@ def integrate_dopri5(
         ta, xa = t[rows], x[rows]
         active = None if n_active == batch else ~done
         ha = torch.minimum(h[rows], 1.0 - ta)
+        if stop is not None:
+            before = ta < stop
+            ha = torch.where(before, torch.minimum(ha, stop - ta), ha)
+            at_stop = before & (ha >= stop - ta)
         last = ha >= 1.0 - ta
         t_end = torch.where(last, torch.ones_like(ta), ta + ha)
+        if stop is not None:
+            t_end = torch.where(at_stop, torch.full_like(ta, stop), t_end)
         kv = [k1[rows]]
         etas = [eta_of(ta)]
         norms = [squared_norm(kv[0])]
@@ -114,7 +125,7 @@ def integrate_dopri5(
                     xj = xj + _bcast(ha * a_jl * etas[l], xa) * kv[l]
             v = f(xj, tj, active)
             kv.append(v)
-            etas.append(eta_of(tj))
+            etas.append(eta_of(tj if stop is None else torch.where(before & (tj >= stop), below_stop, tj)))
             norms.append(squared_norm(v))
         nfe.index_add_(0, rows, torch.full_like(rows, tab.stages - 1))
 

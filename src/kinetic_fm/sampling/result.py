@@ -24,8 +24,9 @@ class SampleResult:
               i < int(τ·S) in floating point, the reference rule. That is t < τ only on a
               uniform grid, and only when τ·S does not round down: 0.29·100 computes to
               28.999…, so τ = 0.29 splits at t = 0.28. A 100-step cosine grid splits at
-              t = 0.65 for τ = 0.6. dopri5: step start time < τ, whole steps.) Compare
-              early/late across runs on the same grid.
+              t = 0.65 for τ = 0.6. dopri5: step start time < τ, whole steps; under KTS its
+              steps land on τ_split, so the default split is exact there.) Compare early/late
+              across runs on the same grid.
     late:     applied energy of the remaining steps (early + late = kpe).
     peak:     the largest single-step applied-energy increment; ``peak_time`` its step's start time.
     profile:  (B, S) per-step applied-energy increments, or None; for dopri5 (B, max steps),

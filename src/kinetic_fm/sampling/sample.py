@@ -62,7 +62,9 @@ def sample(
         split: τ at which energy is split into early/late; default the KTS τ_split, else 0.6.
         on_nonfinite: "raise" (NonFiniteVelocityError naming step, t and samples) or "flag"
             (mark those samples in ``result.nonfinite``, give them NaN energies, go on).
-        rtol, atol, first_step, max_steps: dopri5 step control (per sample).
+        rtol, atol, first_step, max_steps: dopri5 step control (per sample). Under a KTS gain its
+            steps land on τ_split rather than cross it (η has a kink there, a jump for the constant
+            forms), so x meets rtol and the early/late split falls exactly at τ.
         dtype, device: for x0 drawn from seeds (default float32, CPU).
         progress: show a tqdm progress bar.
 
