@@ -19,3 +19,23 @@ def is_real(value, *, finite: bool = False) -> bool:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     return not finite or math.isfinite(value)
+
+
+def as_scalar(value):
+    """``value`` with a 0-d tensor or 0-d NumPy array unwrapped to its Python number (``.item()``);
+    anything else unchanged. Lets checks accept ``torch.tensor(0.5)`` wherever they accept 0.5."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def check_flag(name: str, value) -> bool:
+    """``value`` as a bool if it is one (Python or NumPy); else ValueError naming ``name``.
+
+    A string such as ``"no"`` is truthy, so ``if value`` would quietly read it as True.
+    """
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}")
