@@ -74,6 +74,9 @@ def test_linear_and_constant_landing_limit_is_one(landing):
         ({"launch": "cubic"}, "launch"),
         ({"landing": "cubic"}, "landing"),
         ({"alpha0": float("nan")}, "alpha0"),
+        ({"alpha0": 1e308}, r"alpha0 must lie in \[0, 1e\+06\]"),   # overflowed inside the solver
+        ({"renormalize": "no"}, "renormalize must be True or False, got 'no'"),  # was read as True
+        ({"renormalize": 1}, "renormalize must be True or False"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, message):
@@ -94,3 +97,31 @@ def test_renormalized_gain_integrates_to_one(launch, landing):
     assert integral.item() == pytest.approx(1.0, abs=1e-8)
     plain = KTS(alpha0=0.05, beta0=0.02, launch=launch, landing=landing)
     assert kts(0.3) == pytest.approx(plain(0.3) / plain.mean_gain())
+
+
+@pytest.mark.parametrize("launch, landing", FORMS)
+def test_integer_and_numpy_times_give_the_float_gain(launch, landing):
+    # in an integer tensor the constant forms' full_like truncated α0 and β0 to 0 (η = 1, 1)
+    import numpy as np
+
+    kts = KTS(alpha0=0.1, beta0=0.02, launch=launch, landing=landing)
+    expected = [reference_eta(t, 0.1, 0.02, 0.6, launch, landing, 3.0) for t in (0.0, 1.0)]
+    assert kts(torch.tensor([0, 1])).tolist() == pytest.approx(expected, abs=1e-15)
+    assert kts(np.array([0.0, 1.0])).tolist() == pytest.approx(expected, abs=1e-15)
+    assert kts(np.float32(0.0)) == pytest.approx(expected[0]) and kts(torch.tensor(1.0)) == pytest.approx(expected[1])
+
+
+@pytest.mark.parametrize("t", [1.5, -0.1, float("nan"), "0.3", True, None])
+def test_a_time_outside_zero_one_or_not_a_number_is_refused(t):
+    # kts(1.5) extrapolated the landing to a negative gain
+    with pytest.raises(ValueError, match=r"t must be a real number in \[0, 1\]"):
+        KTS()(t)
+
+
+def test_parameters_may_be_numpy_numbers_or_zero_dimensional_tensors():
+    import numpy as np
+
+    plain = KTS(alpha0=0.02, beta0=0.01, tau_split=0.5, k=2.0)
+    given = KTS(alpha0=torch.tensor(0.02, dtype=torch.float64), beta0=np.array(0.01), tau_split=np.float32(0.5),
+                k=torch.tensor(2))
+    assert given == plain and all(type(v) is float for v in (given.alpha0, given.beta0, given.tau_split, given.k))

@@ -16,15 +16,17 @@ import math
 from dataclasses import dataclass
 from typing import overload
 
+import numpy as np
 import torch
 
-from ..checks import is_real
+from ..checks import as_scalar, check_flag, is_real
 
 LAUNCH_FORMS = ("linear", "constant", "exponential")
 LANDING_FORMS = ("exponential", "linear", "constant")
 
 
 _K_MAX = 700.0  # e^k must stay finite in float64 (e^709.8 overflows)
+_ALPHA0_MAX = 1e6  # η = 1 + α0 multiplies the velocity; far beyond any use, and float32-safe
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,9 @@ class KTS:
         renormalize: opt-in (not in the paper): divide η by ∫₀¹ η dt so the gain only
             redistributes motion in time and the mean gain is exactly 1.
 
-    ``kts(t)`` accepts a float (returns a float) or a tensor (returns a tensor of its dtype).
+    ``kts(t)`` accepts a number t in [0, 1] (returns a float), a tensor of times (returns a
+    tensor of its dtype; integer times give float64) or a NumPy array (returns an array). The
+    numeric parameters may be Python or NumPy numbers or 0-d tensors; α0 ≤ 1e6.
     """
 
     alpha0: float = 0.01
@@ -54,19 +58,19 @@ class KTS:
 
     def __post_init__(self) -> None:
         for name in ("alpha0", "beta0", "tau_split", "k"):
-            value = getattr(self, name)
+            value = as_scalar(getattr(self, name))
             if not is_real(value, finite=True):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-            if not isinstance(value, (int, float)):
-                object.__setattr__(self, name, float(value))  # numpy scalars become plain floats
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, float(value))  # NumPy scalars, 0-d tensors: plain floats
+        object.__setattr__(self, "renormalize", check_flag("renormalize", self.renormalize))
         if self.launch not in LAUNCH_FORMS:
             raise ValueError(f"launch must be one of {LAUNCH_FORMS}, got {self.launch!r}")
         if self.landing not in LANDING_FORMS:
             raise ValueError(f"landing must be one of {LANDING_FORMS}, got {self.landing!r}")
         if not 0.0 < self.tau_split < 1.0:
             raise ValueError(f"tau_split must lie in (0, 1), got {self.tau_split!r}")
-        if self.alpha0 < 0:
-            raise ValueError(f"alpha0 must be >= 0, got {self.alpha0!r}")
+        if not 0 <= self.alpha0 <= _ALPHA0_MAX:
+            raise ValueError(f"alpha0 must lie in [0, {_ALPHA0_MAX:g}], got {self.alpha0!r}")
         if self.beta0 < 0:
             raise ValueError(f"beta0 must be >= 0, got {self.beta0!r}")
         uses_k = self.launch == "exponential" or self.landing == "exponential"
@@ -87,10 +91,19 @@ class KTS:
     def __call__(self, t: torch.Tensor) -> torch.Tensor: ...
 
     def __call__(self, t):
+        if isinstance(t, np.ndarray) and t.ndim > 0:
+            return self(torch.from_numpy(t)).numpy()
         if isinstance(t, torch.Tensor):
+            if t.dtype == torch.bool or t.is_complex():
+                raise ValueError(f"t must hold real times in [0, 1], got a {t.dtype} tensor")
+            if not t.is_floating_point():
+                t = t.to(torch.float64)  # in an integer tensor, full_like would truncate α0 and β0 to 0
             eta = self._gain_tensor(t)
         else:
-            eta = self._gain_float(float(t))
+            value = as_scalar(t)
+            if not (is_real(value) and 0.0 <= value <= 1.0):  # NaN fails too
+                raise ValueError(f"t must be a real number in [0, 1] or a tensor of times, got {t!r}")
+            eta = self._gain_float(float(value))
         return eta / self._mean_gain if self.renormalize else eta
 
     def alpha(self, t: float) -> float:
