@@ -472,3 +472,35 @@ def test_threshold_and_confidence_take_any_real_scalar(name):
                   complex(0.3, 0)):
         with pytest.raises(ValueError, match=rf"^{name} must be a real number in \(0, 1\), got "):
             kfm.memorization(samples, train, **{name: value})
+
+
+# --- input validation (audit D1, D13, C11) ---------------------------------------------------
+
+def test_huge_rows_are_refused_not_scored_zero():
+    # at scale 1e20 the float32 squared distances overflowed and F_mem came out 0.0 silently
+    g = torch.Generator().manual_seed(0)
+    samples, train = torch.randn(20, 2, generator=g), torch.randn(40, 2, generator=g)
+    with pytest.raises(ValueError, match="samples holds values up to .*float64"):
+        kfm.memorization(samples * 1e20, train * 1e20, bootstrap=0)
+    with pytest.raises(ValueError, match="train holds values up to"):
+        kfm.memorization(samples, train * 1e20, bootstrap=0)
+    # the remedy: float64 gives the scale-free answer
+    assert (kfm.memorization(samples.double() * 1e20, train.double() * 1e20, bootstrap=0).fraction
+            == kfm.memorization(samples, train, bootstrap=0).fraction)
+
+
+@pytest.mark.parametrize("space_chunk", [True, 0, -1, 2.7])
+def test_space_chunk_must_be_a_positive_integer(space_chunk):
+    with pytest.raises(ValueError, match="space_chunk must be a positive integer"):
+        kfm.memorization(torch.randn(4, 2), torch.randn(6, 2), bootstrap=0, space=lambda x: x,
+                     space_chunk=space_chunk)
+
+
+def test_space_must_be_callable_and_return_rows():
+    with pytest.raises(TypeError, match="space must be a callable"):
+        kfm.memorization(torch.randn(4, 2), torch.randn(6, 2), bootstrap=0, space="abc")
+    with pytest.raises(ValueError, match="space must return one row per input"):
+        kfm.memorization(torch.randn(4, 2), torch.randn(6, 2), bootstrap=0, space=lambda x: x.sum())
+    with pytest.raises(ValueError, match=r"space\(samples\) contains NaN"):
+        kfm.memorization(torch.randn(4, 2), torch.randn(6, 2), bootstrap=0,
+                     space=lambda x: x * float("nan") if x.shape[0] == 4 else x)

@@ -219,3 +219,57 @@ def test_progress_bar_counts_every_query_and_changes_nothing(capsys, monkeypatch
     assert "nearest neighbours" in capsys.readouterr().err
     assert closed == [(50, 50)]                                   # four blocks of ≤ 16 add up to 50
     assert torch.equal(shown.distances, quiet.distances) and torch.equal(shown.indices, quiet.indices)
+
+
+# --- input validation (audit D1, D12, D13) ---------------------------------------------------
+
+@pytest.mark.parametrize("which", ["queries", "reference"])
+def test_rows_whose_squared_norms_overflow_float32_are_refused(which):
+    # |x| ~ 1e20: ‖x‖² overflows float32, and the screening used to rank by inf/NaN silently
+    g = torch.Generator().manual_seed(3)
+    queries, reference = torch.randn(20, 2, generator=g), torch.randn(40, 2, generator=g)
+    if which == "queries":
+        queries = queries * 1e20
+    else:
+        reference = reference * 1e20
+    with pytest.raises(ValueError, match=rf"{which} holds values up to .*float32.*float64"):
+        nearest_neighbors(queries, reference, 2)
+
+
+def test_large_rows_in_float64_match_brute_force():
+    # the remedy the error names: the same data in float64 is searched exactly
+    g = torch.Generator().manual_seed(3)
+    queries, reference = torch.randn(20, 2, generator=g) * 1e20, torch.randn(40, 2, generator=g) * 1e20
+    got = nearest_neighbors(queries.double(), reference.double(), 2)
+    want = brute(queries, reference, 2)
+    torch.testing.assert_close(got.distances, want.values, rtol=1e-12, atol=0)
+    assert torch.equal(got.indices, want.indices)
+
+
+def test_float64_rows_beyond_the_float64_limit_are_refused_with_rescale_hint():
+    g = torch.Generator().manual_seed(3)
+    queries, reference = torch.randn(5, 2, generator=g).double(), torch.randn(8, 2, generator=g).double()
+    with pytest.raises(ValueError, match="reference holds values up to .*float64.*rescale"):
+        nearest_neighbors(queries, reference * 1e160, 1)
+
+
+@pytest.mark.parametrize("kwargs", [{"k": True}, {"chunk": True}, {"batch_chunk": True}, {"margin": True}])
+def test_bools_are_not_counts(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        nearest_neighbors(torch.randn(4, 2), torch.randn(6, 2), **kwargs)
+
+
+def test_numpy_integer_counts_work():
+    import numpy as np
+
+    q, r = torch.randn(4, 2), torch.randn(6, 2)
+    got = nearest_neighbors(q, r, np.int64(2), chunk=np.int64(3), margin=np.int32(1))
+    assert torch.equal(got.indices, brute(q, r, 2).indices)
+
+
+@pytest.mark.parametrize("flag", ["no", 1, None])
+def test_exclude_self_must_be_a_bool(flag):
+    x = torch.randn(5, 2)
+    with pytest.raises(ValueError, match="exclude_self must be True or False"):
+        nearest_neighbors(x, x, 1, exclude_self=flag)

@@ -129,6 +129,10 @@ def memorization(
     confidence = _inside_unit_interval("confidence", confidence)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    if not (is_integer(space_chunk) and space_chunk >= 1):
+        raise ValueError(f"space_chunk must be a positive integer, got {space_chunk!r}")
+    if space is not None and not callable(space):
+        raise TypeError(f"space must be a callable feature map or None, got {type(space).__name__}")
     samples, train = as_rows("samples", samples), as_rows("train", train)
     if train.shape[0] < 2:
         raise ValueError(f"train must hold at least 2 items for the gap ratio (k = 2), got {train.shape[0]}")
@@ -140,14 +144,15 @@ def memorization(
             f"samples and train must have the same number of features, got "
             f"{samples.shape[1:].numel()} and {train.shape[1:].numel()}"
         )
-    samples = _real_rows("samples" if space is None else "space(samples)", samples)
-    train = _real_rows("train" if space is None else "space(train)", train)
-    check_finite("train", train)
-    check_finite("samples", samples)
+    names = ("samples", "train") if space is None else ("space(samples)", "space(train)")
+    samples = _real_rows(names[0], samples)
+    train = _real_rows(names[1], train)
+    check_finite(names[1], train)
+    check_finite(names[0], samples)
     train = train.to(samples.device)
 
     nn = nearest_neighbors(samples, train, 2, chunk=chunk, backend=backend, progress=progress,
-                           check_inputs=False)  # checked above, by name
+                           check_inputs=False, names=names)  # checked above, by name
     d1, d2 = nn.distances[:, 0], nn.distances[:, 1]
     ratio = torch.where(d2 > 0, d1 / d2.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(d1))
     memorized = ratio < threshold
@@ -187,7 +192,11 @@ def _features(space, x: torch.Tensor, rows: int, bar: str | None = None) -> torc
     out = []
     with tqdm(total=x.shape[0], desc=f"features ({bar})", unit="row", leave=False, disable=bar is None) as shown:
         for r0 in range(0, x.shape[0], rows):
-            out.append(torch.as_tensor(space(x[r0:r0 + rows])))
+            feats = torch.as_tensor(space(x[r0:r0 + rows]))
+            if feats.dim() == 0 or feats.shape[0] != min(rows, x.shape[0] - r0):
+                raise ValueError(f"space must return one row per input, got shape {tuple(feats.shape)} "
+                                 f"for {min(rows, x.shape[0] - r0)} inputs")
+            out.append(feats)
             shown.update(out[-1].shape[0])
     return torch.cat([o.reshape(o.shape[0], -1) for o in out])
 

@@ -37,6 +37,7 @@ import torch
 
 from .. import gemm
 from ..blocks import block_size
+from ..checks import check_flag, is_integer
 
 BACKENDS = ("torch", "faiss")
 
@@ -113,6 +114,41 @@ def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
             )
 
 
+def magnitude_limit(dtype: torch.dtype, dim: int) -> float:
+    """Largest |entry| of (n, ``dim``) rows whose squared norms and pairwise products stay finite
+    in ``dtype`` with room to spare: sqrt(finfo(dtype).max / (8·dim)), so ‖x‖² ≤ max/8 and
+    ‖y‖² + 2|x·y| ≤ 3·max/8."""
+    return math.sqrt(torch.finfo(dtype).max / (8.0 * max(1, dim)))
+
+
+def abs_max(rows: torch.Tensor) -> float:
+    """max |entry| of ``rows`` as a float (one reduction, no copy; 0.0 for integer types narrower
+    than 64 bits, which cannot reach any overflow limit)."""
+    if rows.is_floating_point():
+        return float(torch.linalg.vector_norm(rows, ord=math.inf)) if rows.numel() else 0.0
+    if rows.dtype == torch.int64 and rows.numel():
+        return float(max(abs(int(rows.max())), abs(int(rows.min()))))
+    return 0.0
+
+
+def check_magnitude(name: str, rows: torch.Tensor, dtype: torch.dtype, *, largest: float | None = None) -> None:
+    """ValueError naming ``name`` when the (n, D) ``rows`` hold entries so large that squared
+    distances formed in ``dtype`` would overflow (see :func:`magnitude_limit`); the message gives
+    the magnitude, the limit and the remedy. ``largest``: max |entry| if already known. NaN is
+    left to :func:`check_finite`."""
+    dim = rows.shape[1] if rows.dim() > 1 else 1
+    limit = magnitude_limit(dtype, dim)
+    largest = abs_max(rows) if largest is None else largest
+    if largest > limit:
+        remedy = "rescale the data (distances scale with it)"
+        if dtype != torch.float64 and largest <= magnitude_limit(torch.float64, dim):
+            remedy += ", or pass every input as float64"
+        raise ValueError(
+            f"{name} holds values up to {largest:.3g} in magnitude; with {dim} features, squared "
+            f"distances in {str(dtype).replace('torch.', '')} overflow above {limit:.3g}: {remedy}"
+        )
+
+
 def column_mean(rows: torch.Tensor, block: int = 1024) -> torch.Tensor:
     """(D,) float64 mean of the rows of a (N, D) tensor, summed in float64 ``block`` rows at a
     time (no full float64 copy)."""
@@ -151,6 +187,7 @@ def nearest_neighbors(
     backend: str = "torch",
     progress: bool = False,
     check_inputs: bool = True,
+    names: tuple[str, str] = ("queries", "reference"),
 ) -> Neighbors:
     """The k nearest rows of ``reference`` for every row of ``queries``, exact in float64.
 
@@ -168,16 +205,20 @@ def nearest_neighbors(
         progress: show a tqdm bar over the queries (on stderr; off by default).
         check_inputs: scan both sets for NaN/inf first (one pass over each); callers that
             checked them already (memorization, the EFM field's fixed atoms) skip it.
+        names: what to call the two sets in error messages (callers pass their own argument names).
 
     Returns:
         :class:`Neighbors` with (B, k) float64 distances and int64 indices on the queries' device.
 
     Raises:
-        ValueError: empty inputs, NaN or inf in either set, mismatched features or devices, or
-            arguments out of range (each named).
+        ValueError: empty inputs, NaN or inf in either set, mismatched features or devices,
+            entries so large that squared distances overflow the working dtype (float32 unless
+            both sets are float64; see :func:`magnitude_limit`), or arguments out of range (each
+            named).
     """
-    x = _flatten("queries", queries)
-    y = _flatten("reference", reference)
+    q_name, r_name = names
+    x = _flatten(q_name, queries)
+    y = _flatten(r_name, reference)
     if x.shape[1] != y.shape[1]:
         raise ValueError(
             f"queries and reference must have the same number of features, got {x.shape[1]} and {y.shape[1]}"
@@ -186,25 +227,33 @@ def nearest_neighbors(
         raise ValueError(f"queries and reference must be on the same device, got {x.device} and {y.device}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    exclude_self = check_flag("exclude_self", exclude_self)
     if exclude_self and x.shape[0] != y.shape[0]:
         raise ValueError(
             f"exclude_self needs queries and reference of equal length, got {x.shape[0]} and {y.shape[0]}"
         )
     n_ref = y.shape[0] - (1 if exclude_self else 0)
-    if not (isinstance(k, int) and 1 <= k <= n_ref):
+    if not (is_integer(k) and 1 <= k <= n_ref):
         raise ValueError(f"k must be an integer in [1, {n_ref}] (reference size{' − 1' if exclude_self else ''}), got {k!r}")
     for name, value in (("chunk", chunk), ("batch_chunk", batch_chunk)):
-        if not (isinstance(value, int) and value >= 1):
+        if not (is_integer(value) and value >= 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (isinstance(margin, int) and margin >= 0):
+    if not (is_integer(margin) and margin >= 0):
         raise ValueError(f"margin must be a non-negative integer, got {margin!r}")
+    k, chunk, batch_chunk, margin = int(k), int(chunk), int(batch_chunk), int(margin)
     if check_inputs:
-        check_finite("queries", x)
-        check_finite("reference", y)
+        check_finite(q_name, x)
+        check_finite(r_name, y)
 
     dtype = _working_dtype(x, y)
+    screen_dtype = torch.float32 if backend == "faiss" else dtype
     n_candidates = min(k + margin, n_ref)
+    # rows so large that ‖x‖², ‖y‖² or x·y overflow the screening dtype would rank by inf/NaN:
+    # refuse them (one max-|x| reduction over the queries; the reference's norms are at hand)
+    check_magnitude(q_name, x, screen_dtype)
     y_sq = row_sq_norms(y, dtype)                             # computed once per call
+    if not float(y_sq.max()) <= torch.finfo(screen_dtype).max / 8.0:
+        check_magnitude(r_name, y, screen_dtype)
     y_norm_max = float(y_sq.max().double().sqrt()) * (1 + 1e-3)
 
     blas = "torch" if backend == "faiss" else gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
