@@ -397,6 +397,42 @@ def test_bad_inputs_get_clear_errors(x0):
         kfm.sample(field, x0, solver="dopri5", shaping=lambda t: 1 + 0.1 * math.exp(-t))
 
 
+@pytest.mark.parametrize("seeds", [[2.7, 0.2], [True, False], ["1", "2"], torch.tensor([0.5, 1.5])])
+def test_seeds_are_checked_as_given_not_truncated(seeds):
+    # int() ran before noise() checked them: [2.7, 0.2] sampled seeds (2, 0)
+    with pytest.raises(ValueError, match=r"seeds must be integers in \[0, 2\*\*63\)"):
+        kfm.sample(GaussianTarget(), seeds=seeds, shape=(2,), steps=2)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(profile="no"), "profile must be True or False, got 'no'"),                 # was read as True
+    (dict(dtype=torch.int64), "dtype must be a floating torch dtype"),               # integer noise before
+    (dict(dtype=torch.complex64), "dtype must be a floating torch dtype"),
+    (dict(steps=5000, grid="uniform", dtype=torch.float16), None),                  # noise dtype only: fine
+])
+def test_flags_and_dtypes_are_checked(kwargs, message):
+    if message is None:
+        kfm.sample(GaussianTarget(), seeds=[0], shape=(2,), **kwargs)
+        return
+    with pytest.raises(ValueError, match=message):
+        kfm.sample(GaussianTarget(), seeds=[0], shape=(2,), steps=2, **kwargs)
+
+
+def test_extreme_tolerances_step_instead_of_failing_as_nan(x0):
+    # the initial-step estimate was inf/inf, reported as a non-finite velocity at t = nan
+    with pytest.raises(RuntimeError, match="dopri5 exceeded max_steps = 20"):
+        kfm.sample(GaussianTarget(), x0, solver="dopri5", rtol=1e-100, atol=1e-100, max_steps=20)
+
+
+def test_zero_dimensional_tensors_and_numpy_grids_are_accepted(x0):
+    field = GaussianTarget()
+    plain = kfm.sample(field, x0, steps=4, split=0.5)
+    given = kfm.sample(field, x0, steps=4, split=torch.tensor(0.5), grid=np.linspace(0.0, 1.0, 5))
+    assert torch.equal(plain.x, given.x) and torch.equal(plain.early, given.early)
+    tight = kfm.sample(field, x0, solver="dopri5", rtol=torch.tensor(1e-6, dtype=torch.float64), max_steps=np.int64(1000))
+    assert torch.equal(tight.x, kfm.sample(field, x0, solver="dopri5", rtol=1e-6).x)
+
+
 def test_numpy_scalars_and_constant_gains_are_accepted(x0):
     field = GaussianTarget(mean=1.0, std=0.5)
     plain = kfm.sample(field, x0, steps=10, split=0.5, shaping=lambda t: 1.2)

@@ -245,7 +245,9 @@ def _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step) -> torch.Tensor:
     dmax = torch.maximum(d1, d2)
     h1 = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
                      lane_safe(lambda d: (0.01 / d).pow(1 / 5), dmax, 1.0))
-    return torch.minimum(100 * h0, h1).clamp(max=1.0)
+    h = torch.minimum(100 * h0, h1).clamp(max=1.0)
+    # extreme tolerances (rtol = atol = 1e-100) make the estimate inf/inf: start small instead
+    return torch.where(torch.isfinite(h) & (h > 0), h, torch.full_like(h, 1e-6))
 
 
 def _first_bad_stage_time(norms, times, t_end, c) -> torch.Tensor:

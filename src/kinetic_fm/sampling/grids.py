@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from ..checks import is_integer
+from ..checks import as_scalar, is_integer
+from .noise import check_float_dtype
 
 GRIDS = ("uniform", "cosine")
 
@@ -23,8 +25,12 @@ def time_grid(
     as given; ``steps`` is then ignored. The grid stays on the CPU in float64 so step sizes and
     KTS gains can be precomputed without touching the device.
     """
+    check_float_dtype(dtype)
+    if isinstance(grid, np.ndarray):
+        grid = torch.from_numpy(grid)
     if isinstance(grid, torch.Tensor):
-        return validate_grid(grid).to(dtype=dtype, device="cpu")
+        return _still_increasing(validate_grid(grid).to(dtype=dtype, device="cpu"), dtype)
+    steps = as_scalar(steps)
     if not is_integer(steps) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     steps = int(steps)
@@ -36,7 +42,15 @@ def time_grid(
         t[0], t[-1] = 0.0, 1.0  # exact end points despite cos rounding
     else:
         raise ValueError(f"grid must be one of {GRIDS} or a 1-D tensor from 0 to 1, got {grid!r}")
-    return t.to(dtype)
+    return _still_increasing(t.to(dtype), dtype)
+
+
+def _still_increasing(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` if rounding to ``dtype`` kept every step positive (5000 float16 steps do not)."""
+    if t.numel() > 1 and not bool((t[1:] > t[:-1]).all()):
+        raise ValueError(f"the grid of {t.numel() - 1} steps is not strictly increasing in {dtype}; "
+                         "use fewer steps or a wider dtype (float64 is the default)")
+    return t
 
 
 def validate_grid(grid: torch.Tensor) -> torch.Tensor:

@@ -36,9 +36,16 @@ def noise(
     shape = tuple(int(d) for d in shape)
     if any(d < 1 for d in shape):
         raise ValueError(f"shape must have positive dimensions, got {shape}")
+    check_float_dtype(dtype)
     gen = torch.Generator(device="cpu")
     rows = []
     for s in seeds:
         gen.manual_seed(s)
         rows.append(torch.randn(shape, generator=gen, dtype=torch.float64))
     return torch.stack(rows).to(dtype=dtype, device=device)
+
+
+def check_float_dtype(dtype, name: str = "dtype") -> None:
+    """ValueError unless ``dtype`` is a real floating torch dtype (noise and grids are real numbers)."""
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"{name} must be a floating torch dtype such as torch.float32, got {dtype!r}")

@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..checks import is_integer, is_real
+from ..checks import as_scalar, check_flag, is_integer, is_real
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
@@ -84,8 +84,10 @@ def sample(
         raise ValueError(f"quadrature must be one of {QUADRATURES}, got {quadrature!r}")
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
+    profile = check_flag("profile", profile)
     if split is None:
         split = shaping.tau_split if isinstance(shaping, KTS) else 0.6
+    split = as_scalar(split)
     if not (is_real(split) and 0.0 <= split <= 1.0):
         raise ValueError(f"split must be a number in [0, 1], got {split!r}")
     if shaping is not None and not callable(shaping):
@@ -94,7 +96,7 @@ def sample(
     if solver == "dopri5":
         if not (isinstance(grid, str) and grid == "uniform"):
             raise ValueError("grid applies to fixed-step solvers only; dopri5 chooses its own steps")
-        _check_tolerances(rtol, atol, first_step, max_steps)
+        rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
         trace = integrate_dopri5(
             velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
             raise_nonfinite=on_nonfinite == "raise", progress=progress,
@@ -146,12 +148,15 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
         return x0, None
     if seeds is None or shape is None:
         raise ValueError("give x0, or both seeds and shape to draw the initial noise")
-    seed_list = [int(s) for s in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
-    x0 = noise(seed_list, shape, dtype=dtype or torch.float32, device=device)
-    return x0, tuple(seed_list)
+    seed_list = seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds
+    # noise() checks the seeds as given: int() here turned 2.7 into 2 and True into 1
+    x0 = noise(seed_list, shape, dtype=torch.float32 if dtype is None else dtype, device=device)
+    return x0, tuple(int(s) for s in seed_list)
 
 
-def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_steps: int) -> None:
+def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_steps: int):
+    """The dopri5 settings as Python numbers (0-d tensors and NumPy scalars unwrapped), checked."""
+    rtol, atol, first_step, max_steps = (as_scalar(v) for v in (rtol, atol, first_step, max_steps))
     if not (is_real(rtol, finite=True) and rtol > 0):
         raise ValueError(f"rtol must be a positive finite number, got {rtol!r}")
     if not (is_real(atol, finite=True) and atol > 0):
@@ -160,3 +165,4 @@ def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_st
         raise ValueError(f"first_step must be None or a number in (0, 1], got {first_step!r}")
     if not (is_integer(max_steps) and max_steps >= 1):
         raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+    return rtol, atol, first_step, max_steps
