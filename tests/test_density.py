@@ -231,3 +231,94 @@ def test_wide_integer_inputs_are_measured_exactly():
     kde = kde_log_density(torch.from_numpy(x), torch.from_numpy(y), bandwidth=1.5)
     expected = _brute_kde((x - 2**25).astype(float), (y - 2**25).astype(float), 1.5)
     assert np.allclose(kde.log_density.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+# --- input validation (audit D1, D4, D12, D13, D16, C12, C13) --------------------------------
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"k": 2.7}, "k"), ({"k": "3"}, "k"), ({"k": True}, "k"), ({"k": None}, "k"),
+    ({"ks": "15"}, "ks"), ({"ks": (2.7,)}, "ks"), ({"ks": 5}, "ks"), ({"ks": (True,)}, "ks"),
+    ({"exclude_self": "no"}, "exclude_self"), ({"chunk": True}, "chunk"), ({"batch_chunk": True}, "batch_chunk"),
+])
+def test_local_support_refuses_non_integer_counts_and_non_bool_flags(data, kwargs, name):
+    x, y = data
+    with pytest.raises(ValueError, match=rf"^{name} must"):
+        local_support(x, y, **kwargs)
+
+
+def test_local_support_accepts_numpy_and_0d_tensor_counts(data):
+    x, y = data
+    got = local_support(x, y, k=np.int64(3), ks=(torch.tensor(2), np.int32(4)))
+    assert got.ks == (2, 3, 4) and got.k == 3
+    torch.testing.assert_close(got.radius, local_support(x, y, k=3, ks=()).radius, rtol=0, atol=0)
+
+
+def test_local_support_refuses_rows_that_overflow_float32(data):
+    x, y = data
+    with pytest.raises(ValueError, match="samples holds values up to .*float64"):
+        local_support(x.float() * 1e20, y.float() * 1e20)
+
+
+def test_local_support_refuses_complex_and_empty_samples(data):
+    x, y = data
+    with pytest.raises(ValueError, match="samples must hold real numbers"):
+        local_support(x.to(torch.complex128), y)
+    with pytest.raises(ValueError, match="samples must hold at least one sample"):
+        local_support(x[:0], y)
+
+
+@pytest.mark.parametrize("bandwidth", [True, None, [0.5], float("nan"), float("inf"), 0.0, -1.0, "silverman"])
+def test_kde_bandwidth_must_be_a_rule_or_positive_finite_number(data, bandwidth):
+    x, y = data
+    with pytest.raises(ValueError, match="^bandwidth must be"):
+        kde_log_density(x, y, bandwidth)
+
+
+@pytest.mark.parametrize("h", [1e-150, 1e-300])
+def test_kde_bandwidth_too_small_for_the_data_is_refused_not_nan(data, h):
+    x, y = data
+    with pytest.raises(ValueError, match="bandwidth .* too small .* use a bandwidth >="):
+        kde_log_density(x.float(), y.float(), h)
+
+
+def test_kde_huge_bandwidth_is_finite_and_matches_the_flat_kernel_limit(data):
+    # h² overflowed (h = 1e300), giving -inf; the kernel is flat there: log p = -D log(sqrt(2π) h)
+    x, y = data
+    got = kde_log_density(x, y, 1e300).log_density
+    want = -x.shape[1] * (0.5 * math.log(2 * math.pi) + math.log(1e300))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+
+
+def test_kde_bandwidth_as_numpy_scalar_or_0d_tensor(data):
+    x, y = data
+    want = _brute_kde(x.numpy(), y.numpy(), 0.5)
+    for h in (np.float32(0.5), torch.tensor(0.5), 1):
+        h_val = float(h)
+        np.testing.assert_allclose(kde_log_density(x, y, h).log_density.numpy(),
+                                   _brute_kde(x.numpy(), y.numpy(), h_val), rtol=1e-9)
+    assert want.shape == (x.shape[0],)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"seed": -1}, "seed"), ({"seed": 2.7}, "seed"), ({"seed": "a"}, "seed"), ({"seed": True}, "seed"),
+    ({"chunk": True}, "chunk"), ({"chunk": 2.5}, "chunk"), ({"batch_chunk": None}, "batch_chunk"),
+    ({"exclude_self": "no"}, "exclude_self"),
+])
+def test_kde_refuses_bad_counts_seeds_and_flags(data, kwargs, name):
+    x, y = data
+    with pytest.raises(ValueError, match=rf"^{name} must"):
+        kde_log_density(x, y, **kwargs)
+
+
+def test_kde_reference_features_checked_against_reference_and_numpy_accepted(data):
+    x, y = data
+    with pytest.raises(ValueError, match="reference_features has 7 rows but reference has 211"):
+        kde_log_density(x, y, 0.5, reference_features=y[:7])
+    with pytest.raises(ValueError, match=r"reference_features must have shape \(N, D\)"):
+        kde_log_density(x, y, 0.5, reference_features=y[:, :, None])
+    bad = y.clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="reference_features has non-finite"):
+        kde_log_density(x, y, 0.5, reference_features=bad)
+    got = kde_log_density(x, y, 0.5, reference_features=y.numpy()).log_density
+    np.testing.assert_allclose(got.numpy(), _brute_kde(x.numpy(), y.numpy(), 0.5), rtol=1e-9)

@@ -256,3 +256,34 @@ def test_torchvision_backend_resizes_normalises_and_drops_the_classifier(tmp_pat
     assert normalised.abs().max() < 0.5 / 255 / 0.224
     # the classifier is dropped: features are the pooled (normalised) channels, not fc's 4 logits
     torch.testing.assert_close(feats, normalised.mean(dim=(2, 3)), rtol=0, atol=1e-6)
+
+
+# --- input validation (audit D1, D11, D13, C14) ----------------------------------------------
+
+def test_precision_recall_refuses_rows_that_overflow_float32():
+    # at scale 1e20 the float32 squared distances overflowed and (1.0, 1.0) came back silently
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(40, 2, generator=g), torch.randn(20, 2, generator=g)
+    with pytest.raises(ValueError, match="real holds values up to .*float64"):
+        precision_recall(real * 1e20, fake * 1e20)
+    with pytest.raises(ValueError, match="fake holds values up to"):
+        precision_recall(real, fake * 1e20)
+    big = precision_recall(real.double() * 1e20, fake.double() * 1e20)
+    small = precision_recall(real.double(), fake.double())
+    assert (big.precision, big.recall) == (small.precision, small.recall)
+
+
+def test_precision_recall_needs_two_rows_per_set_and_real_numbers():
+    with pytest.raises(ValueError, match="fake must hold at least 2 samples"):
+        precision_recall(torch.randn(10, 2), torch.randn(1, 2))
+    with pytest.raises(ValueError, match="real must hold real numbers"):
+        precision_recall(torch.randn(10, 2, dtype=torch.complex64), torch.randn(5, 2))
+    with pytest.raises(ValueError, match="feats_a must hold at least one sample"):
+        frechet_distance(torch.randn(0, 2), torch.randn(5, 2))
+
+
+@pytest.mark.parametrize("kwargs", [{"k": True}, {"chunk": True}, {"batch_chunk": True}, {"chunk": 0}])
+def test_precision_recall_bools_are_not_counts(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=rf"^{name} must"):
+        precision_recall(torch.randn(10, 2), torch.randn(8, 2), **kwargs)

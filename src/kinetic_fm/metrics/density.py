@@ -26,8 +26,9 @@ from torch import Tensor
 
 from .. import gemm
 from ..blocks import block_size
+from ..checks import as_scalar, check_flag, is_integer, is_real
 from .features import SpaceLike, as_features, feature_space
-from .neighbors import column_mean
+from .neighbors import column_mean, row_sq_norms
 
 __all__ = ["LocalSupport", "KDELogDensity", "local_support", "kde_log_density",
            "knn_log_density", "scott_bandwidth", "median_bandwidth", "sq_distance_blocks"]
@@ -110,29 +111,59 @@ def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = 
         space: feature space both sets are mapped through (None = flattened inputs).
         exclude_self: the samples ARE the reference (leave-one-out: row i never matches row i).
         chunk, batch_chunk, backend: passed to ``nearest_neighbors``.
-        reference_features: precomputed ``space(reference)`` (N, D), to reuse across calls.
+        reference_features: precomputed ``space(reference)``, a tensor or array of shape (N, D)
+            with N the reference's rows, to reuse across calls.
 
     Returns:
         :class:`LocalSupport` on the samples' device.
     """
     from .neighbors import nearest_neighbors
 
-    all_ks = tuple(sorted({int(k), *(int(j) for j in ks)}))
-    if all_ks[0] < 1:
-        raise ValueError(f"k and ks must be >= 1, got k={k}, ks={tuple(ks)}")
+    k, ks = as_scalar(k), _neighbour_counts(ks)
+    if not (is_integer(k) and k >= 1):
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    all_ks = tuple(sorted({int(k), *ks}))
+    exclude_self = check_flag("exclude_self", exclude_self)
     fs = feature_space(space)
     x = as_features(samples, fs, argument="samples")
-    y = reference_features if reference_features is not None else as_features(
-        reference, fs, argument="reference")
+    y = _reference_features(reference, reference_features, fs)
     _check_dims(x, y)
     n_ref = y.shape[0] - (1 if exclude_self else 0)
     if all_ks[-1] > n_ref:
         raise ValueError(f"largest k ({all_ks[-1]}, of k={k} and ks={tuple(ks)}) exceeds the {n_ref} usable "
                          "references; pass smaller k/ks (ks=() reports k alone)")
     nn = nearest_neighbors(x, y, all_ks[-1], chunk=chunk, batch_chunk=batch_chunk,
-                           exclude_self=exclude_self, backend=backend)
+                           exclude_self=exclude_self, backend=backend,
+                           names=("samples", "reference" if reference_features is None else "reference_features"))
     radii = nn.distances[:, [j - 1 for j in all_ks]].contiguous()
     return LocalSupport(all_ks, radii, int(k), n_ref, x.shape[1], fs.name, nn.indices[:, 0])
+
+
+def _neighbour_counts(ks: Any) -> tuple[int, ...]:
+    """``ks`` as a tuple of positive Python ints; ValueError naming ``ks`` otherwise (a string
+    or a single number is not a sequence of counts)."""
+    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
+        raise ValueError(f"ks must be a sequence of positive integers, got {ks!r}")
+    counts = [as_scalar(j) for j in ks]
+    if not all(is_integer(j) and j >= 1 for j in counts):
+        raise ValueError(f"ks must be a sequence of positive integers, got {ks!r}")
+    return tuple(int(j) for j in counts)
+
+
+def _reference_features(reference: Any, reference_features: Any, fs) -> Tensor:
+    """The reference's features: ``reference`` mapped through ``fs``, or the precomputed
+    ``reference_features`` (tensor or array of shape (N, D), N = the reference's rows), checked."""
+    if reference_features is None:
+        return as_features(reference, fs, argument="reference")
+    shape = tuple(getattr(reference_features, "shape", ()))
+    if len(shape) != 2:
+        raise ValueError(f"reference_features must have shape (N, D), got shape {shape}")
+    y = as_features(reference_features, None, argument="reference_features")
+    n = reference.shape[0] if getattr(reference, "ndim", 0) else (len(reference) if hasattr(reference, "__len__") else None)
+    if n is not None and n != y.shape[0]:
+        raise ValueError(f"reference_features has {y.shape[0]} rows but reference has {n}; "
+                         "pass the features of this reference")
+    return y
 
 
 @dataclass(frozen=True)
@@ -257,7 +288,18 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
     if chunk < 1 or batch_chunk < 1:
         raise ValueError(f"chunk and batch_chunk must be >= 1, got {chunk}, {batch_chunk}")
     dtype, centre, yc, y_sq = _centred_reference(x, y)
-    c = 0.5 / (h * h)
+    c = 0.5 / h / h                     # not 0.5 / (h * h): h² overflows for h > 1e154
+    # the logits c·(2x·y − ‖y‖²) are formed in `dtype`: refuse a bandwidth so small against
+    # the data's spread (norms from the centre) that they overflow, instead of returning NaN
+    reach = math.sqrt(float(y_sq.max())) + math.sqrt(float(row_sq_norms(x, torch.float64, centre=centre).max()))
+    limit = torch.finfo(dtype).max / 8.0
+    if not (reach <= math.sqrt(limit) and c * reach * reach <= limit):
+        name = str(dtype).replace("torch.", "")
+        smallest = reach * math.sqrt(0.5 / limit)
+        raise ValueError(
+            f"bandwidth {h:.3g} is too small for data spread over {reach:.3g} (norms about the reference "
+            f"mean): the kernel exponents overflow {name}; use a bandwidth >= {smallest:.3g}"
+            + (", or pass float64 samples and reference" if dtype != torch.float64 else ", or rescale the data"))
     bias = (-c * y_sq).to(dtype)
     blas = gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
     out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
@@ -305,12 +347,16 @@ def kde_log_density(samples: Any, reference: Any,
         samples: (B, ...) samples (or features).
         reference: (N, ...) reference set.
         bandwidth: ``"scott"`` (:func:`scott_bandwidth`), ``"median"``
-            (:func:`median_bandwidth`, subset seeded by ``seed``) or a positive float, in
-            feature units.
+            (:func:`median_bandwidth`, subset seeded by ``seed``) or a positive finite number
+            (a NumPy scalar or 0-d tensor counts), in feature units. A bandwidth so small
+            against the data's spread that the kernel exponents overflow the GEMM's dtype is
+            refused with the smallest usable value.
         space: feature space both sets are mapped through (None = flattened inputs).
         exclude_self: the samples ARE the reference; leave-one-out (term j = i dropped, N − 1).
         chunk: reference rows per GEMM; batch_chunk: query rows per block.
-        reference_features: precomputed ``space(reference)`` (N, D).
+        seed: seed of the median rule's subset, an integer in [0, 2**63) (checked in any case).
+        reference_features: precomputed ``space(reference)``, a tensor or array of shape
+            (N, D) with N the reference's rows.
 
     Returns:
         :class:`KDELogDensity` with float64 log-densities on the samples' device.
@@ -320,10 +366,20 @@ def kde_log_density(samples: Any, reference: Any,
         For bandwidths far below the data's spread, pass float64 inputs. The running
         log-sum-exp is accumulated in float64.
     """
+    exclude_self = check_flag("exclude_self", exclude_self)
+    for name, value in (("chunk", chunk), ("batch_chunk", batch_chunk)):
+        if not (is_integer(value) and value >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    chunk, batch_chunk = int(chunk), int(batch_chunk)
+    seed = as_scalar(seed)
+    if not (is_integer(seed) and 0 <= seed < 2**63):
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    bandwidth = as_scalar(bandwidth)
+    if not (isinstance(bandwidth, str) or (is_real(bandwidth, finite=True) and bandwidth > 0)):
+        raise ValueError(f"bandwidth must be 'scott', 'median' or a positive finite number, got {bandwidth!r}")
     fs = feature_space(space)
     x = as_features(samples, fs, argument="samples")
-    y = reference_features if reference_features is not None else as_features(
-        reference, fs, argument="reference")
+    y = _reference_features(reference, reference_features, fs)
     _check_dims(x, y)
     if exclude_self and x.shape[0] != y.shape[0]:
         raise ValueError(f"exclude_self needs samples and reference of equal length, "
@@ -332,7 +388,7 @@ def kde_log_density(samples: Any, reference: Any,
         if bandwidth == "scott":
             h = scott_bandwidth(y)
         elif bandwidth == "median":
-            h = median_bandwidth(y, seed=seed)
+            h = median_bandwidth(y, seed=int(seed))
         else:
             raise ValueError(f"bandwidth must be 'scott', 'median' or a positive float, got {bandwidth!r}")
         rule = bandwidth
@@ -346,7 +402,7 @@ def kde_log_density(samples: Any, reference: Any,
         raise ValueError("need at least one reference")
 
     log_sum = _log_sum_gaussian(x, y, h, exclude_self, chunk, batch_chunk)
-    log_norm = math.log(n) + 0.5 * dim * math.log(2.0 * math.pi * h * h)
+    log_norm = math.log(n) + dim * (0.5 * math.log(2.0 * math.pi) + math.log(h))  # no h² (overflow)
     log_density = log_sum - log_norm
     return KDELogDensity(log_density, h, rule, n, dim, fs.name)
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import is_integer
+
 FeatureFn = Callable[[Tensor], Tensor]
 SpaceLike = Union[None, "FeatureSpace", torch.nn.Module, FeatureFn]
 
@@ -38,8 +40,8 @@ class FeatureSpace:
     device: torch.device | str | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (is_integer(self.batch_size) and self.batch_size >= 1):
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.fn is not None and not callable(self.fn):
             raise TypeError(f"fn must be callable or None, got {type(self.fn).__name__}")
 
@@ -105,9 +107,18 @@ def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x") -> Tens
     """``x`` mapped through ``space`` into a 2-D floating tensor (B, F), checked finite.
 
     Integers become float32 up to 16 bits (exact: uint8 images stay cheap) and float64 beyond
-    (float32 rounds 2^25 + 1 to 2^25, which made a distance of 1 read 0).
+    (float32 rounds 2^25 + 1 to 2^25, which made a distance of 1 read 0). Complex inputs or
+    features are refused (casting would drop the imaginary part), as are inputs without rows;
+    each error names ``argument``.
     """
+    x = as_tensor(x)
+    if x.is_complex():
+        raise ValueError(f"{argument} must hold real numbers, got dtype {x.dtype}")
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"{argument} must hold at least one sample, got shape {tuple(x.shape)}")
     feats = feature_space(space)(x)
+    if feats.is_complex():
+        raise ValueError(f"{argument}: the feature map returned complex features ({feats.dtype}); need real ones")
     if not feats.is_floating_point():
         exact_in_float32 = feats.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16)
         feats = feats.to(torch.float32 if exact_in_float32 else torch.float64)

@@ -236,10 +236,10 @@ def _inside_any_ball(points: Tensor, centres: Tensor, radius_sq: Tensor, chunk: 
     return inside
 
 
-def _kth_neighbour_sq_radius(rows: Tensor, k: int, chunk: int, batch_chunk: int) -> Tensor:
+def _kth_neighbour_sq_radius(rows: Tensor, k: int, chunk: int, batch_chunk: int, name: str) -> Tensor:
     """(N,) float64 exact squared distance from each row to its k-th nearest other row."""
     kth = nearest_neighbors(rows, rows, k, chunk=chunk, batch_chunk=batch_chunk,
-                            exclude_self=True).indices[:, -1]
+                            exclude_self=True, names=(name, name)).indices[:, -1]
     step = block_size(rows.device, 8 * rows.shape[1], rows.shape[0])
     return torch.cat([_exact_sq_distances(rows[r:r + step], rows[kth[r:r + step]])
                       for r in range(0, rows.shape[0], step)])
@@ -263,13 +263,22 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     f = as_features(fake, fs, argument="fake")
     if r.shape[1] != f.shape[1]:
         raise ValueError(f"feature sizes differ: {r.shape[1]} vs {f.shape[1]}")
+    for name, rows in (("real", r), ("fake", f)):
+        if rows.shape[0] < 2:
+            raise ValueError(f"{name} must hold at least 2 samples (a ball reaches the k-th nearest "
+                             f"other one), got {rows.shape[0]}")
     k_max = min(r.shape[0], f.shape[0]) - 1
     if not is_integer(k) or not 1 <= k <= k_max:
         raise ValueError(f"k must be an integer in [1, {k_max}], got {k!r}")
     k = int(k)
-    fake_in_real = _inside_any_ball(f, r, _kth_neighbour_sq_radius(r, k, chunk, batch_chunk),
+    for name, value in (("chunk", chunk), ("batch_chunk", batch_chunk)):
+        if not (is_integer(value) and value >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    chunk, batch_chunk = int(chunk), int(batch_chunk)
+    # overflow of squared distances (huge rows) is refused by nearest_neighbors, naming the set
+    fake_in_real = _inside_any_ball(f, r, _kth_neighbour_sq_radius(r, k, chunk, batch_chunk, "real"),
                                     chunk, batch_chunk)
-    real_in_fake = _inside_any_ball(r, f, _kth_neighbour_sq_radius(f, k, chunk, batch_chunk),
+    real_in_fake = _inside_any_ball(r, f, _kth_neighbour_sq_radius(f, k, chunk, batch_chunk, "fake"),
                                     chunk, batch_chunk)
     return PrecisionRecall(float(fake_in_real.double().mean()), float(real_in_fake.double().mean()),
                            k, r.shape[0], f.shape[0], _protocol(fs, network, split, preprocessing),
