@@ -458,3 +458,38 @@ def test_seeds_path_records_seeds_in_the_frame():
     assert frame["seed"].tolist() == [4, 9]
     assert set(frame.columns) >= {"kpe", "kpe_raw", "early", "late", "peak", "nfe"}
     assert res.x.dtype == torch.float32 and res.kpe.dtype == torch.float64
+
+
+# --- the analytic targets' arguments ------------------------------------------------------------
+@pytest.mark.parametrize("make,message", [
+    (lambda: GaussianTarget(std=True), "std must be a positive finite number, got True"),
+    (lambda: GaussianTarget(mean=True), "mean must hold real numbers, got dtype torch.bool"),
+    (lambda: GaussianTarget(mean=float("nan")), "mean must be finite"),
+    (lambda: PointTarget(torch.tensor([1.0, math.inf])), "point must be finite"),
+    (lambda: kfm.GaussianMixtureTarget(torch.zeros(2, 2), weights=[math.nan, 1.0]), "weights must be"),
+    (lambda: kfm.GaussianMixtureTarget(torch.zeros(2, 2), weights=torch.tensor([True, False])), "weights must hold"),
+    (lambda: kfm.GaussianMixtureTarget(torch.zeros(2, 2), std=True), "std must be a positive finite number"),
+])
+def test_bad_target_arguments_are_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_mean_with_one_row_per_sample_is_refused():
+    # a (B, D) mean ran with a different mean per row when the batch size happened to match
+    x0 = kfm.noise(range(4), (2,), dtype=torch.float64)
+    for field in (GaussianTarget(torch.arange(8.0).reshape(4, 2)), PointTarget(torch.zeros(4, 2))):
+        with pytest.raises(ValueError, match=r"of shape \(4, 2\) does not broadcast to one sample's shape \(2,\)"):
+            kfm.sample(field, x0, steps=2)
+
+
+def test_numpy_and_zero_dimensional_stds_and_number_times_work():
+    x = kfm.noise(range(3), (2,), dtype=torch.float64)
+    t = torch.full((3,), 0.25, dtype=torch.float64)
+    plain = GaussianTarget(1.0, 0.5)(x, t)
+    for std in (np.float32(0.5), torch.tensor(0.5)):
+        assert torch.equal(GaussianTarget(1.0, std)(x, t), plain)
+    assert torch.equal(GaussianTarget(1.0, 0.5)(x, 0.25), plain)          # a number t: one time for all
+    means = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert torch.equal(kfm.GaussianMixtureTarget(means, np.float32(0.25))(x, t),
+                       kfm.GaussianMixtureTarget(means, 0.25)(x, t))

@@ -15,12 +15,44 @@ import math
 
 import torch
 
+from ..checks import as_scalar, is_real
+
 
 def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
-def _time_column(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _location(name: str, value) -> torch.Tensor:
+    """A mean or point as a finite float64 tensor; ValueError naming ``name`` otherwise."""
+    try:
+        loc = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a real number or tensor, got {value!r}") from None
+    if loc.dtype == torch.bool or loc.is_complex():
+        raise ValueError(f"{name} must hold real numbers, got dtype {loc.dtype}")
+    loc = loc.to(torch.float64)
+    if not torch.isfinite(loc).all():
+        raise ValueError(f"{name} must be finite")
+    return loc
+
+
+def _positive_std(value) -> float:
+    std = as_scalar(value)
+    if not (is_real(std, finite=True) and std > 0):
+        raise ValueError(f"std must be a positive finite number, got {value!r}")
+    return float(std)
+
+
+def _check_sample_shape(name: str, loc: torch.Tensor, x: torch.Tensor) -> None:
+    """``loc`` must broadcast to ONE sample's shape: a (B, D) mean would give each row its own."""
+    if loc.dim() > x.dim() - 1 or torch.broadcast_shapes(loc.shape, x.shape[1:]) != x.shape[1:]:
+        raise ValueError(f"{name} of shape {tuple(loc.shape)} does not broadcast to one sample's shape "
+                         f"{tuple(x.shape[1:])}")
+
+
+def _time_column(t, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):  # a number: one time for the whole batch
+        t = torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
     if t.dim() != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
     return t.reshape(-1, *([1] * (x.dim() - 1)))
@@ -41,13 +73,12 @@ class GaussianTarget:
     """
 
     def __init__(self, mean: float | torch.Tensor = 0.0, std: float = 1.0):
-        if not (isinstance(std, (int, float)) and std > 0 and math.isfinite(std)):
-            raise ValueError(f"std must be a positive finite number, got {std!r}")
-        self.mean = torch.as_tensor(mean, dtype=torch.float64)
-        self.std = float(std)
+        self.std = _positive_std(std)
+        self.mean = _location("mean", mean)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         tc = _time_column(t, x).to(x.dtype)
+        _check_sample_shape("mean", self.mean, x)
         mu = _as_tensor(self.mean, x)
         _, rate = _scale(tc, self.std)
         return mu + rate * (x - tc * mu)
@@ -74,10 +105,11 @@ class PointTarget:
     singular_at_one = True
 
     def __init__(self, point: torch.Tensor | float):
-        self.point = torch.as_tensor(point, dtype=torch.float64)
+        self.point = _location("point", point)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         tc = _time_column(t, x).to(x.dtype)
+        _check_sample_shape("point", self.point, x)
         return (_as_tensor(self.point, x) - x) / (1 - tc)
 
     def trajectory(self, x0: torch.Tensor, t: float) -> torch.Tensor:
@@ -101,14 +133,13 @@ class GaussianMixtureTarget:
     """
 
     def __init__(self, means: torch.Tensor, std: float = 0.1, weights: torch.Tensor | None = None):
-        means = torch.as_tensor(means, dtype=torch.float64)
+        means = _location("means", means)
         if means.dim() < 2 or means.shape[0] == 0:
             raise ValueError(f"means must have shape (K, ...) with K >= 1, got {tuple(means.shape)}")
-        if not (isinstance(std, (int, float)) and std > 0 and math.isfinite(std)):
-            raise ValueError(f"std must be a positive finite number, got {std!r}")
-        w = torch.ones(means.shape[0], dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        std = _positive_std(std)
+        w = torch.ones(means.shape[0], dtype=torch.float64) if weights is None else _location("weights", weights)
         if w.shape != (means.shape[0],) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError("weights must be (K,) non-negative with a positive sum")
+            raise ValueError(f"weights must be (K,) = ({means.shape[0]},) finite, non-negative, with a positive sum")
         self.means, self.std, self.weights = means, float(std), w / w.sum()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -117,6 +148,8 @@ class GaussianMixtureTarget:
         s, rate = _scale(tc.reshape(b, 1), self.std)  # (B, 1)
         xf = x.reshape(b, -1).to(torch.float64)
         mu = self.means.to(x.device).reshape(self.means.shape[0], -1)  # (K, D)
+        if mu.shape[1] != xf.shape[1]:
+            raise ValueError(f"means hold {mu.shape[1]} values per component but a sample holds {xf.shape[1]}")
         diff = xf.unsqueeze(1) - tc.reshape(b, 1, 1) * mu.unsqueeze(0)  # (B, K, D), K is small
         logits = self.weights.to(x.device).log() - 0.5 * diff.pow(2).sum(-1) / s.pow(2)
         post = torch.softmax(logits, dim=1)  # (B, K)
