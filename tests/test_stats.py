@@ -139,3 +139,80 @@ def _coverage(n_reps: int, n: int, rho: float) -> int:
 @pytest.mark.slow
 def test_bootstrap_ci_covers_population_spearman():
     assert _coverage(100, 200, 0.5) >= 90
+
+
+# --- input validation (audit D10, D11, C15) --------------------------------------------------
+
+def _xy(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    return x, x + rng.normal(size=n)
+
+
+@pytest.mark.parametrize("fn", [spearman, pearson])
+def test_x_and_y_must_be_1d_real_and_equal_length(fn):
+    x, y = _xy()
+    with pytest.raises(ValueError, match=r"x must be 1-D, \(n,\) values, got shape \(15, 2\)"):
+        fn(x.reshape(15, 2), y)                       # was flattened and paired with y
+    with pytest.raises(ValueError, match="y must hold real numbers"):
+        fn(x, [str(v) for v in y])                    # strings were parsed
+    with pytest.raises(ValueError, match="x must hold real numbers"):
+        fn(x + 1j, y)
+    with pytest.raises(ValueError, match="x must hold real numbers"):
+        fn(torch.tensor(x + 1j), y)
+    with pytest.raises(ValueError, match="x must hold real numbers"):
+        fn(None, y)
+    with pytest.raises(ValueError, match="same length"):
+        fn(x[:-1], y)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"bootstrap": True}, "bootstrap"), ({"bootstrap": float("nan")}, "bootstrap"),
+    ({"bootstrap": 2.7}, "bootstrap"), ({"bootstrap": "10"}, "bootstrap"), ({"bootstrap": None}, "bootstrap"),
+    ({"bootstrap": float("inf")}, "bootstrap"), ({"permutations": True}, "permutations"),
+    ({"permutations": 2.7}, "permutations"), ({"seed": -1}, "seed"), ({"seed": 2.7}, "seed"),
+    ({"seed": "a"}, "seed"), ({"seed": None}, "seed"), ({"seed": True}, "seed"),
+    ({"confidence": "0.9"}, "confidence"), ({"nan_policy": "propagate"}, "nan_policy"),
+    ({"nan_policy": "x"}, "nan_policy"),
+])
+def test_counts_seed_confidence_and_nan_policy_checked_up_front(kwargs, name):
+    x, y = _xy()                                        # finite data: nan_policy was never looked at
+    with pytest.raises(ValueError, match=rf"^{name} must"):
+        spearman(x, y, **kwargs)
+
+
+def test_numpy_and_0d_tensor_counts_work():
+    x, y = _xy()
+    a = spearman(x, y, bootstrap=np.int64(50), permutations=torch.tensor(50), seed=np.int32(3),
+                 confidence=np.float32(0.9))
+    b = spearman(x, y, bootstrap=50, permutations=50, seed=3, confidence=float(np.float32(0.9)))
+    assert (a.rho, a.ci_low, a.ci_high, a.p_perm) == (b.rho, b.ci_low, b.ci_high, b.p_perm)
+
+
+@pytest.mark.parametrize("fn", [spearman, pearson])
+def test_constant_input_is_refused(fn):
+    x, y = _xy()
+    with pytest.raises(ValueError, match="y is constant .* undefined"):
+        fn(x, np.full_like(y, 2.0))
+
+
+def test_huge_values_give_the_scale_free_result():
+    # x*1e300 overflowed the sums of squares: rho 0.97 with CI (0, 0) and p_perm 1.0
+    x, y = _xy()
+    big = pearson(x * 1e300, y, bootstrap=100, permutations=100)
+    ref = pearson(x, y, bootstrap=100, permutations=100)
+    assert big.rho == pytest.approx(ref.rho, rel=1e-12)
+    assert big.ci_low == pytest.approx(ref.ci_low, rel=1e-9) and big.ci_high == pytest.approx(ref.ci_high, rel=1e-9)
+    assert big.p_perm == ref.p_perm
+
+
+def test_compare_groups_checks_shapes_quantile_and_nan_policy():
+    x, y = _xy(40)
+    with pytest.raises(ValueError, match="^nan_policy must"):
+        compare_groups(x, y, nan_policy="x")
+    with pytest.raises(ValueError, match="^quantile must be a real number"):
+        compare_groups(x, y, quantile="0.2")
+    with pytest.raises(ValueError, match="score must be 1-D"):
+        compare_groups(x.reshape(20, 2), np.arange(40.0))
+    with pytest.raises(ValueError, match="by must hold real numbers"):
+        compare_groups(x, y + 1j)

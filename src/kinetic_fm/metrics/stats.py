@@ -16,6 +16,8 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from ..checks import as_scalar, is_integer, is_real
+
 __all__ = ["Correlation", "GroupComparison", "spearman", "pearson", "compare_groups"]
 
 _BCA_MAX_N = 2000  # BCa's jackknife costs O(n^2); above this "auto" uses the percentile interval
@@ -71,18 +73,34 @@ def _spearman_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     return _pearson_along(rankdata(x, axis=axis), rankdata(y, axis=axis), axis=axis)
 
 
-def _pairs(x: Any, y: Any, nan_policy: str) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(_to_numpy(x), dtype=np.float64).reshape(-1)
-    y = np.asarray(_to_numpy(y), dtype=np.float64).reshape(-1)
+def _check_nan_policy(nan_policy: Any) -> None:
+    if not (isinstance(nan_policy, str) and nan_policy in ("raise", "omit")):
+        raise ValueError(f"nan_policy must be 'raise' or 'omit', got {nan_policy!r}")
+
+
+def _values(name: str, a: Any) -> np.ndarray:
+    """``a`` as a 1-D float64 array of real numbers; ValueError naming ``name`` for any other
+    shape, for strings/objects (no parsing of '1.0') and for complex values."""
+    if hasattr(a, "detach") and getattr(a, "is_complex", lambda: False)():
+        raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    arr = np.asarray(_to_numpy(a))
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold real numbers, got {arr.dtype} values")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, (n,) values, got shape {arr.shape}")
+    return arr.astype(np.float64)
+
+
+def _pairs(x: Any, y: Any, nan_policy: str, names: tuple[str, str] = ("x", "y")) -> tuple[np.ndarray, np.ndarray]:
+    _check_nan_policy(nan_policy)
+    x, y = _values(names[0], x), _values(names[1], y)
     if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+        raise ValueError(f"{names[0]} and {names[1]} must have the same length, got {x.size} and {y.size}")
     finite = np.isfinite(x) & np.isfinite(y)
     if not finite.all():
         if nan_policy == "raise":
-            raise ValueError(f"{int((~finite).sum())} non-finite pair(s) in x/y "
+            raise ValueError(f"{int((~finite).sum())} non-finite pair(s) in {names[0]}/{names[1]} "
                              "(pass nan_policy='omit' to drop them)")
-        if nan_policy != "omit":
-            raise ValueError(f"nan_policy must be 'raise' or 'omit', got {nan_policy!r}")
         x, y = x[finite], y[finite]
     if x.size < 3:
         raise ValueError(f"need at least 3 finite pairs, got {x.size}")
@@ -97,17 +115,35 @@ def _to_numpy(a: Any) -> Any:
     return a
 
 
+def _unit_scaled(values: np.ndarray) -> np.ndarray:
+    """``values`` times the power of two that brings max |value| into [0.5, 1): exact (no rounding
+    unless a value underflows), and both correlations are invariant to it, but the sums of
+    squares no longer overflow (x ~ 1e300 gave rho 0.97 with a (0, 0) CI)."""
+    _, exponent = np.frexp(np.max(np.abs(values)))
+    return np.ldexp(values, -int(exponent))
+
+
 def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int, seed: int,
                  confidence: float, ci_method: str, nan_policy: str) -> Correlation:
     from scipy import stats
 
-    if bootstrap < 0 or permutations < 0:
-        raise ValueError(f"bootstrap and permutations must be >= 0, got {bootstrap}, {permutations}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if ci_method not in ("auto", "BCa", "percentile", "basic"):
+    bootstrap, permutations, seed = as_scalar(bootstrap), as_scalar(permutations), as_scalar(seed)
+    for name, value in (("bootstrap", bootstrap), ("permutations", permutations), ("seed", seed)):
+        if not (is_integer(value) and value >= 0):
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    bootstrap, permutations, seed = int(bootstrap), int(permutations), int(seed)
+    confidence = as_scalar(confidence)
+    if not (is_real(confidence) and 0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must be a real number in (0, 1), got {confidence!r}")
+    confidence = float(confidence)
+    if not (isinstance(ci_method, str) and ci_method in ("auto", "BCa", "percentile", "basic")):
         raise ValueError(f"ci_method must be 'auto', 'BCa', 'percentile' or 'basic', got {ci_method!r}")
     x, y = _pairs(x, y, nan_policy)
+    for name, values in (("x", x), ("y", y)):
+        if values.min() == values.max():
+            raise ValueError(f"{name} is constant ({values.size} values all {values[0]:g}): "
+                             f"the {method} correlation is undefined")
+    x, y = _unit_scaled(x), _unit_scaled(y)
     n = x.size
     if method == "spearman":
         res = stats.spearmanr(x, y)
@@ -166,15 +202,21 @@ def spearman(x: Any, y: Any, bootstrap: int = 1000, permutations: int = 1000, se
     """Spearman's rank correlation of paired samples with a bootstrap CI and permutation p-value.
 
     Args:
-        x, y: (n,) paired values (array-likes, tensors or Series; flattened, cast to float64).
-        bootstrap: number of paired bootstrap resamples for the CI (0 skips it).
-        permutations: number of random re-pairings for the permutation p-value (0 skips it;
-            scipy runs the exact test instead when n! <= permutations).
-        seed: seeds the bootstrap (``seed``) and permutation (``seed + 1``) generators.
-        confidence: CI level.
+        x, y: (n,) paired real values of equal length (1-D array-likes, tensors or Series; cast
+            to float64; other shapes, strings and complex values are refused). Neither may be
+            constant (ValueError: the correlation is undefined). Values of any magnitude work
+            (both are rescaled by a power of two first; correlations are scale-free).
+        bootstrap: number of paired bootstrap resamples for the CI, a non-negative integer
+            (0 skips it; a bool is refused).
+        permutations: number of random re-pairings for the permutation p-value, a non-negative
+            integer (0 skips it; scipy runs the exact test instead when n! <= permutations).
+        seed: a non-negative integer; seeds the bootstrap (``seed``) and permutation
+            (``seed + 1``) generators.
+        confidence: CI level, in (0, 1).
         ci_method: ``"auto"`` is BCa for n <= 2000 (its jackknife is O(n^2)), percentile above
             and wherever BCa is undefined (|rho| = 1, tiny n); the result names the one used.
-        nan_policy: ``"raise"`` on non-finite pairs, or ``"omit"`` to drop them.
+        nan_policy: ``"raise"`` on non-finite pairs, or ``"omit"`` to drop them (checked even
+            when every pair is finite).
 
     Returns:
         :class:`Correlation`.
@@ -234,8 +276,8 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
     """Compare ``score`` between the samples lowest and highest in ``by``.
 
     Args:
-        score: (n,) the measurement compared (e.g. CLIP score).
-        by: (n,) the grouping variable (e.g. KPE).
+        score: (n,) the measurement compared (e.g. CLIP score); 1-D real values.
+        by: (n,) the grouping variable (e.g. KPE), the same length.
         quantile: fraction in each group, in (0, 0.5]; each group holds ``quantile * n``
             samples rounded half up, at most ``n // 2`` so the groups never share a sample
             (at least 2).
@@ -246,9 +288,11 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
     """
     from scipy import stats
 
-    if not 0.0 < quantile <= 0.5:
-        raise ValueError(f"quantile must be in (0, 0.5], got {quantile}")
-    score, by = _pairs(score, by, nan_policy)
+    quantile = as_scalar(quantile)
+    if not (is_real(quantile) and 0.0 < quantile <= 0.5):
+        raise ValueError(f"quantile must be a real number in (0, 0.5], got {quantile!r}")
+    quantile = float(quantile)
+    score, by = _pairs(score, by, nan_policy, names=("score", "by"))
     n = score.size
     m = min(math.floor(quantile * n + 0.5), n // 2)
     if m < 2:
