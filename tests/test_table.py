@@ -75,3 +75,25 @@ def test_clear_errors():
         per_sample_table(42, seeds=[1])
     with pytest.raises(FileNotFoundError):
         load_table("/nonexistent/table.parquet")
+
+
+# --- input validation (audit D5, C17, D23) ---------------------------------------------------
+
+@pytest.mark.parametrize("seeds", [[0.5, 1.5, 2.5, 3.5, 4.5], torch.tensor([0.5, 1.5, 2.5, 3.5, 4.5]),
+                                   [True, False, True, False, True], ["1", "2", "3", "4", "5"], "abcde", 5])
+def test_seeds_must_be_integers_not_truncated(seeds):
+    part = {"a": np.arange(5.0)}
+    with pytest.raises(ValueError, match="^seeds must be"):
+        per_sample_table(part, seeds=seeds)
+
+
+def test_integer_seeds_of_any_integer_kind_work():
+    part = {"a": np.arange(3.0)}
+    for seeds in ([4, 5, 6], np.array([4, 5, 6]), torch.tensor([4, 5, 6]), [np.int64(4), torch.tensor(5), 6]):
+        assert per_sample_table(part, seeds=seeds).seed.tolist() == [4, 5, 6]
+
+
+@pytest.mark.parametrize("values", [3, np.ones((3, 2)), "abc"])
+def test_mapping_columns_must_be_one_value_per_sample(values):
+    with pytest.raises(ValueError, match="column 'a' must hold \\(n,\\) values"):
+        per_sample_table({"a": values}, seeds=[0, 1, 2])

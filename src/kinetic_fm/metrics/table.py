@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from ..checks import as_scalar, is_integer
+
 __all__ = ["per_sample_table", "save_table", "load_table"]
 
 
@@ -32,11 +34,31 @@ def _frame(part: Any, label: str) -> Any:
         for name, values in part.items():
             if hasattr(values, "detach"):
                 values = values.detach().cpu().numpy()
+            shape = getattr(values, "shape", None)
+            if shape is None and not isinstance(values, (str, bytes)) and hasattr(values, "__len__"):
+                shape = (len(values),)
+            if shape is None or len(shape) != 1:
+                raise ValueError(f"{label}: column {name!r} must hold (n,) values, one per sample; "
+                                 f"got {'shape ' + str(tuple(shape)) if shape is not None else type(values).__name__}")
             cols[str(name)] = values
         return pd.DataFrame(cols)
     raise TypeError(f"{label}: expected a DataFrame, an object with to_frame() (SampleResult, "
                     f"MemorizationReport, LocalSupport, ...) or a mapping of columns; "
                     f"got {type(part).__name__}")
+
+
+def _seed_list(seeds: Any) -> list[int]:
+    """``seeds`` as a list of Python ints; ValueError naming ``seeds`` unless it is a sequence of
+    integers (NumPy integers and 0-d integer tensors count; 2.5, '3' and True do not: a seed is
+    joined on, so a truncated one would silently match the wrong row)."""
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be a sequence of integers, got {seeds!r}")
+    values = [as_scalar(s) for s in seeds]
+    bad = [v for v in values if not is_integer(v)]
+    if bad:
+        raise ValueError(f"seeds must be integers, got {bad[0]!r}"
+                         f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}")
+    return [int(v) for v in values]
 
 
 def _duplicates(values: Any) -> list:
@@ -56,7 +78,9 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
             mappings ``column -> (n,) values``. A part with a ``seed`` column joins by it; a part
             without one is aligned row by row with ``seeds`` (or, when ``seeds`` is None, with
             the first part that has a ``seed`` column) and must have the same length.
-        seeds: the seed of each row of the parts that have no ``seed`` column.
+        seeds: the seed of each row of the parts that have no ``seed`` column: a sequence of
+            integers (NumPy integers, 0-d or 1-D integer tensors count; fractional values,
+            strings and bools are refused rather than truncated).
         how: ``"exact"`` (every part must hold exactly the same seeds, else ValueError),
             ``"inner"`` (keep seeds present everywhere) or ``"outer"`` (keep all, NaN-filled).
 
@@ -75,7 +99,7 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
     if seeds is None:
         seeds = next((f["seed"].tolist() for f in frames if "seed" in f.columns), None)
     else:
-        seeds = [int(s) for s in seeds]
+        seeds = _seed_list(seeds)
     owner: dict[str, str] = {}
     for frame, label in zip(frames, labels):
         if "seed" not in frame.columns:
