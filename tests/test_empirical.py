@@ -372,6 +372,40 @@ def test_bad_input_is_named():
         field.posterior(torch.randn(2, 3), 0.5, k=11)
 
 
+@pytest.mark.parametrize("call,message", [
+    # a channels-last batch against (N, C, H, W) atoms was compared in the scrambled layout
+    (lambda f: f(torch.randn(2, 4, 4, 3), 0.5), r"trailing shape \(3, 4, 4\) \(48 features\), got \(4, 4, 3\)"),
+    (lambda f: f(torch.randn(2, 48), 0.5), r"trailing shape \(3, 4, 4\)"),
+    (lambda f: f(torch.full((2, 3, 4, 4), float("nan")), 0.5), r"x has NaN or inf in rows \[0, 1\]"),
+    (lambda f: f(torch.randn(2, 3, 4, 4), True), "t must hold real times"),
+    (lambda f: f.posterior(torch.randn(2, 3, 4, 4), 0.5, k=True), r"k must be an integer in \[1, 20\]"),
+])
+def test_structured_atoms_take_their_own_layout_and_finite_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(kfm.EmpiricalFlow(torch.randn(20, 3, 4, 4)))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(cutoff=True), "cutoff must be None or a positive finite number"),
+    (dict(cutoff=math.inf), "cutoff must be None or a positive finite number"),        # switched off the bound
+    (dict(max_logit_error=math.inf), "max_logit_error must be a positive finite number"),  # and re-scoring
+    (dict(eps="1e-6"), r"eps must be a number in \(0, 1\)"),
+])
+def test_safeguards_cannot_be_switched_off_by_accident(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kfm.EmpiricalFlow(torch.randn(10, 3), **kwargs)
+
+
+def test_numpy_and_zero_dimensional_settings_work():
+    atoms, x = torch.randn(30, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    plain = kfm.EmpiricalFlow(atoms, chunk=7, truncate=12, max_logit_error=0.5)
+    given = kfm.EmpiricalFlow(atoms, chunk=np.int64(7), truncate=torch.tensor(12), max_logit_error=np.float32(0.5))
+    assert torch.equal(plain(x, 0.7), given(x, 0.7))
+    assert torch.equal(plain.posterior(x, 0.7, k=3).indices, given.posterior(x, 0.7, k=np.int64(3)).indices)
+    flat = kfm.EmpiricalFlow(atoms.reshape(30, 3))                       # flat atoms take any layout
+    assert flat(x.reshape(4, 3, 1), 0.5).shape == (4, 3, 1)
+
+
 def _mnist_digits(folder, n):
     with gzip.open(folder / "mnist" / "train-images-idx3-ubyte.gz", "rb") as fh:
         header = np.frombuffer(fh.read(16), dtype=">u4")

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import gemm
+from ..checks import as_scalar, is_integer, is_real
 from ..blocks import block_size
 from ..metrics.neighbors import check_finite, column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
 
@@ -170,19 +171,26 @@ class EmpiricalFlow:
         self.atoms = train.reshape(train.shape[0], -1).to(dtype)  # a view when already float32/64
         self.shape = tuple(train.shape[1:])
         self.n, self.dim = self.atoms.shape
+        chunk, memory_budget, exact_max, batch_chunk, truncate, eps, max_logit_error, cutoff = (
+            as_scalar(v) for v in (chunk, memory_budget, exact_max, batch_chunk, truncate, eps,
+                                   max_logit_error, cutoff))
         for name, value in (("chunk", chunk), ("memory_budget", memory_budget), ("exact_max", exact_max)):
-            if not (_is_int(value) and value >= 1):
+            if not (is_integer(value) and value >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if batch_chunk is not None and not (_is_int(batch_chunk) and batch_chunk >= 1):
+        chunk, memory_budget, exact_max = int(chunk), int(memory_budget), int(exact_max)
+        if batch_chunk is not None and not (is_integer(batch_chunk) and batch_chunk >= 1):
             raise ValueError(f"batch_chunk must be a positive integer or None, got {batch_chunk!r}")
-        if not (0.0 < eps < 1.0):
-            raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
-        if truncate is not None and not (_is_int(truncate) and 1 <= truncate <= self.n):
+        if not (is_real(eps) and 0.0 < eps < 1.0):
+            raise ValueError(f"eps must be a number in (0, 1), got {eps!r}")
+        if truncate is not None and not (is_integer(truncate) and 1 <= truncate <= self.n):
             raise ValueError(f"truncate must be None or an integer in [1, {self.n}], got {truncate!r}")
-        if isinstance(max_logit_error, bool) or not (isinstance(max_logit_error, (int, float)) and max_logit_error > 0):
-            raise ValueError(f"max_logit_error must be a positive number, got {max_logit_error!r}")
-        if cutoff is not None and not cutoff > 0:
-            raise ValueError(f"cutoff must be positive, got {cutoff!r}")
+        # finite: inf would switch off the re-scoring (max_logit_error) or the neglect bound (cutoff)
+        if not (is_real(max_logit_error, finite=True) and max_logit_error > 0):
+            raise ValueError(f"max_logit_error must be a positive finite number, got {max_logit_error!r}")
+        if cutoff is not None and not (is_real(cutoff, finite=True) and cutoff > 0):
+            raise ValueError(f"cutoff must be None or a positive finite number, got {cutoff!r}")
+        batch_chunk = None if batch_chunk is None else int(batch_chunk)
+        truncate = None if truncate is None else int(truncate)
         if backend not in ("torch", "faiss"):
             raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
         self.chunk, self.eps, self.exact_max = chunk, float(eps), exact_max
@@ -215,8 +223,10 @@ class EmpiricalFlow:
     def posterior(self, x: torch.Tensor, t: torch.Tensor | float, k: int = 1) -> Posterior:
         """Top-k posterior weights and atom indices per sample (k ≤ N, ≤ ``truncate``)."""
         limit = self.truncate or self.n
-        if not (isinstance(k, int) and 1 <= k <= limit):
+        k = as_scalar(k)
+        if not (is_integer(k) and 1 <= k <= limit):
             raise ValueError(f"k must be an integer in [1, {limit}], got {k!r}")
+        k = int(k)
         flat, t64 = self._check(x, t)
         _, diag, top = self._solve(flat, t64, top_k=k)
         return Posterior(top[0], top[1], diag.exact)
@@ -234,16 +244,23 @@ class EmpiricalFlow:
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise ValueError("x must be a tensor of shape (B, ...)")
         batch = x.shape[0]
-        if math.prod(x.shape[1:]) != self.dim:
+        # flat atoms (N, D) take any layout of D values; structured ones their own shape only, so a
+        # channels-last batch against (N, C, H, W) atoms is refused rather than compared scrambled
+        same_size = math.prod(x.shape[1:]) == self.dim
+        if not same_size or (len(self.shape) > 1 and tuple(x.shape[1:]) != self.shape):
             raise ValueError(
                 f"x must have the training atoms' trailing shape {self.shape} ({self.dim} features), "
                 f"got {tuple(x.shape[1:])}"
             )
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"x must hold real numbers, got dtype {x.dtype}")
         flat = x.detach().reshape(batch, self.dim)
         if not flat.is_floating_point():
             flat = flat.float()
         if x.device != self.atoms.device:
             raise ValueError(f"x is on {x.device} but the training atoms are on {self.atoms.device}")
+        if isinstance(t, bool) or (isinstance(t, torch.Tensor) and (t.dtype == torch.bool or t.is_complex())):
+            raise ValueError(f"t must hold real times in [0, 1], got {t!r}")
         # Python numbers become float64 directly (0.3 must not pass through float32)
         t = torch.as_tensor(t, dtype=None if isinstance(t, torch.Tensor) else torch.float64,
                             device=x.device).double()
@@ -252,9 +269,12 @@ class EmpiricalFlow:
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
         bad = (t < 0) | (t > 1) | ~torch.isfinite(t)
-        if bool(bad.any()):
-            row = int(bad.nonzero()[0, 0])
-            raise ValueError(f"t must lie in [0, 1], got {float(t[row])!r} at row {row}")
+        bad_x = ~torch.isfinite(flat).all(1)
+        if bool((bad | bad_x).any()):  # one synchronisation for both checks
+            if bool(bad.any()):
+                row = int(bad.nonzero()[0, 0])
+                raise ValueError(f"t must lie in [0, 1], got {float(t[row])!r} at row {row}")
+            raise ValueError(f"x has NaN or inf in rows {bad_x.nonzero().flatten()[:10].tolist()}")
         return flat, t.clamp_max(1.0 - self.eps)
 
     # ------------------------------------------------------------------ core
@@ -444,10 +464,6 @@ class EmpiricalFlow:
 # (N = 50,000, t = 0.2: train + 105 MiB instead of + 132 MiB); 4 MiB was 1.22x slower at t = 0.2,
 # where ~64 candidates a row leave two rows a block.
 _EXACT_BLOCK_BYTES = 16 << 20
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _column_blocks(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
