@@ -173,3 +173,97 @@ def test_clip_errors(tiny_clip_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_transformers)
     with pytest.raises(ImportError, match="pip install transformers"):
         CLIPScorer(tiny_clip_dir)
+
+
+# --- input validation (audit D8, D9, D11, D12, D13, C16) -------------------------------------
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).eval()
+
+
+def test_classifier_margin_needs_a_callable_classifier():
+    # None was the identity feature map: the inputs themselves were scored as logits
+    with pytest.raises(TypeError, match="classifier must be callable"):
+        classifier_margin(None, torch.randn(6, 5))
+
+
+def test_classifier_margin_target_must_be_scalar_or_per_sample():
+    x = torch.randn(6, 3, 2, 2)
+    with pytest.raises(ValueError, match=r"target must be one class index or have shape \(6,\)"):
+        classifier_margin(_net(), x, torch.zeros(2, 3, dtype=torch.long))   # was flattened to (6,)
+    one = classifier_margin(_net(), x, torch.tensor(2))
+    per = classifier_margin(_net(), x, torch.full((6,), 2))
+    torch.testing.assert_close(one.margin, per.margin, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch_size", [True, 0, 2.7, "2"])
+def test_classifier_margin_batch_size_must_be_a_positive_integer(batch_size):
+    with pytest.raises(ValueError, match="^batch_size must be a positive integer"):
+        classifier_margin(_net(), torch.randn(6, 3, 2, 2), batch_size=batch_size)
+
+
+def test_classifier_margin_refuses_empty_x():
+    with pytest.raises(ValueError, match="x must hold at least one sample"):
+        classifier_margin(_net(), torch.randn(0, 3, 2, 2))
+
+
+@pytest.mark.parametrize("value_range", [(0.0, 0.0), (1.0, 0.0), (0.0, math.nan), (0.0, math.inf), 1, (0, 1, 2),
+                                         ("0", "1"), (True, 2)])
+def test_clip_value_range_must_be_two_finite_increasing_numbers(tiny_clip_dir, value_range):
+    scorer = load_clip(tiny_clip_dir)
+    with pytest.raises(ValueError, match="^value_range must be two finite numbers"):
+        scorer.scores(torch.rand(2, 3, 8, 8), ["cat", "dog"], value_range=value_range)
+
+
+def test_clip_value_range_accepts_numpy_and_tensor_bounds(tiny_clip_dir):
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(2, 3, 8, 8)
+    a = scorer.scores(images * 2 - 1, ["cat", "dog"], value_range=(np.float32(-1), torch.tensor(1)))
+    b = scorer.scores(images * 2 - 1, ["cat", "dog"], value_range=(-1.0, 1.0))
+    torch.testing.assert_close(a.score, b.score, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.int64])
+def test_clip_integer_images_of_any_dtype_read_as_0_255(tiny_clip_dir, dtype):
+    # int64 0..255 images were read as floats in [0, 1] and clamped to white
+    scorer = load_clip(tiny_clip_dir)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (3, 3, 16, 16), generator=g, dtype=torch.uint8)
+    want = scorer.scores(images, ["cat", "dog"], return_class_scores=True).class_scores
+    got = scorer.scores(images.to(dtype), ["cat", "dog"], return_class_scores=True).class_scores
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"integer images are read as \[0, 255\], got values in \[0, 300\]"):
+        scorer.scores(torch.full((1, 3, 8, 8), 300, dtype=dtype).index_fill_(3, torch.tensor([0]), 0),
+                      ["cat", "dog"])
+
+
+def test_clip_refuses_complex_bool_and_empty_images(tiny_clip_dir):
+    scorer = load_clip(tiny_clip_dir)
+    with pytest.raises(ValueError, match="images must hold real numbers"):
+        scorer.scores(torch.rand(1, 3, 8, 8, dtype=torch.complex64), ["cat", "dog"])
+    with pytest.raises(ValueError, match="images must hold real numbers"):
+        scorer.scores(torch.ones(1, 3, 8, 8, dtype=torch.bool), ["cat", "dog"])
+    with pytest.raises(ValueError, match="images must hold at least one image"):
+        scorer.scores(torch.rand(0, 3, 8, 8), ["cat", "dog"])
+
+
+def test_clip_flags_batch_size_template_and_model_checked_first(tiny_clip_dir, monkeypatch):
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(2, 3, 8, 8)
+    calls = []
+    monkeypatch.setattr(scorer.model, "get_image_features", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match="return_class_scores must be True or False"):
+        scorer.scores(images, ["cat", "dog"], return_class_scores="no")
+    for batch_size in (True, 0, -1):
+        with pytest.raises(ValueError, match="^batch_size must be a positive integer"):
+            scorer.scores(images, ["cat", "dog"], batch_size=batch_size)
+    with pytest.raises(ValueError, match="template must be a string"):
+        scorer.scores(images, ["cat", "dog"], template=None)
+    with pytest.raises(ValueError, match="exactly one"):
+        scorer.scores(images, ["cat", "dog"], template="{} {}")
+    with pytest.raises(ValueError, match="target classes"):
+        scorer.scores(images, ["cat", "dog"], labels=[0, 5])
+    assert calls == []                                   # nothing was embedded before the errors
+    with pytest.raises(TypeError, match="model must be a local CLIP directory"):
+        clip_scores(images, ["cat", "dog"], model=None)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..checks import as_scalar, check_flag, is_integer, is_real
 from .features import as_tensor, feature_space
 
 __all__ = ["ClassifierMargin", "ClipScores", "CLIPScorer", "classifier_margin", "clip_scores",
@@ -44,7 +45,10 @@ def margin_from_scores(scores: Tensor, target: Tensor | None = None) -> tuple[Te
 def _targets(target: Any, b: int, n_classes: int, device: torch.device) -> Tensor | None:
     if target is None:
         return None
-    t = as_tensor(target).to(device=device).reshape(-1)
+    t = as_tensor(target).to(device=device)
+    if t.ndim > 1:
+        raise ValueError(f"target must be one class index or have shape ({b},), got shape {tuple(t.shape)}")
+    t = t.reshape(-1)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"target must hold integer class indices, got dtype {t.dtype}")
     t = t.to(torch.int64)
@@ -94,9 +98,17 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
         classifier: nn.Module or callable mapping (b, ...) inputs to (b, C) logits (put modules
             in ``eval()`` first); run in chunks of ``batch_size`` under inference mode.
         x: (B, ...) inputs.
-        target: None (score the predicted class), one class index for all, or (B,) indices.
+        target: None (score the predicted class), one class index for all, or (B,) indices
+            (other shapes are refused, not flattened).
+        batch_size: rows per classifier call, a positive integer.
         device: where the classifier runs (inputs are moved chunk by chunk).
     """
+    if classifier is None or not callable(classifier):
+        raise TypeError(f"classifier must be callable (an nn.Module or a function), got {type(classifier).__name__}")
+    _check_batch_size(batch_size)
+    x = as_tensor(x)
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
     logits = feature_space(classifier, batch_size=batch_size, device=device)(x).to(torch.float64)
     if not torch.isfinite(logits).all():
         raise ValueError("classifier returned non-finite logits")
@@ -136,6 +148,42 @@ class ClipScores:
             cols["clip_margin"] = self.margin.cpu().numpy()
             cols["clip_predicted"] = self.predicted.cpu().numpy()
         return pd.DataFrame(cols)
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if not (is_integer(batch_size) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _value_range(value_range: Any) -> tuple[float, float]:
+    """``value_range`` as two finite floats lo < hi; ValueError naming it otherwise ((0, 0)
+    divided by zero, (1, 0) inverted the images, (0, nan) failed inside transformers)."""
+    try:
+        lo, hi = (as_scalar(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range must be two finite numbers (lo, hi) with lo < hi, got {value_range!r}") from None
+    if not (is_real(lo, finite=True) and is_real(hi, finite=True) and lo < hi):
+        raise ValueError(f"value_range must be two finite numbers (lo, hi) with lo < hi, got {value_range!r}")
+    return float(lo), float(hi)
+
+
+def _as_images(images: Any) -> Tensor:
+    """(B, 3, H, W) images, B >= 1, real; integer images (any integer dtype) must lie in [0, 255]
+    and come back as uint8."""
+    x = as_tensor(images)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("images must hold at least one image, got 0")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"images must hold real numbers (float, or integers in [0, 255]), got dtype {x.dtype}")
+    if not x.is_floating_point() and x.dtype != torch.uint8:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"integer images are read as [0, 255], got values in [{lo}, {hi}]; "
+                             "pass float images with value_range instead")
+        x = x.to(torch.uint8)
+    return x
 
 
 def _pooled(out: Any) -> Tensor:
@@ -191,17 +239,18 @@ class CLIPScorer:
                          value_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
         """(B, E) float64 unit-norm embeddings of images (B, 3, H, W).
 
-        Float images are mapped from ``value_range`` to [0, 1]; uint8 images are taken as
-        [0, 255]. Resizing, cropping and normalisation are the saved image processor's.
+        Float images are mapped from ``value_range`` (two finite numbers lo < hi) to [0, 1];
+        integer images of any integer dtype are taken as [0, 255] (values outside it are
+        refused; ``value_range`` does not apply to them). Resizing, cropping and normalisation
+        are the saved image processor's.
         """
-        x = as_tensor(images)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(x.shape)}")
+        _check_batch_size(batch_size)
+        lo, hi = _value_range(value_range)
+        x = _as_images(images)
         uint8 = x.dtype == torch.uint8
         if not uint8:
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("images contain NaN or inf")
-            lo, hi = value_range
             x = ((x.float() - lo) / (hi - lo)).clamp(0.0, 1.0)
         out = []
         for start in range(0, x.shape[0], batch_size):
@@ -222,21 +271,34 @@ class CLIPScorer:
                              "or prompts (one free prompt per image)")
         if labels is not None and prompts is not None:
             raise ValueError("labels choose among class_names; with prompts give no labels")
-        img = self.image_embeddings(images, batch_size, value_range)
+        return_class_scores = check_flag("return_class_scores", return_class_scores)
+        # every argument is checked before the (costly) image embeddings
+        _check_batch_size(batch_size)
+        _value_range(value_range)
+        n_images = _as_images(images).shape[0]
         if prompts is not None:
-            if len(prompts) != img.shape[0]:
-                raise ValueError(f"prompts must hold one prompt per image ({img.shape[0]}), got {len(prompts)}")
+            if isinstance(prompts, str) or len(prompts) != n_images:
+                got = repr(prompts) if isinstance(prompts, str) else len(prompts)
+                raise ValueError(f"prompts must hold one prompt per image ({n_images}), got {got}")
+            img = self.image_embeddings(images, batch_size, value_range)
             txt = self.text_embeddings(prompts).to(img.device)
             return ClipScores(100.0 * (img * txt).sum(1), None, None, None, "{}", self.name)
-        if "{}" not in template:
-            raise ValueError(f"template must contain '{{}}' for the class name, got {template!r}")
+        if not isinstance(template, str) or "{}" not in template:
+            raise ValueError(f"template must be a string containing '{{}}' for the class name, got {template!r}")
+        try:
+            template.format("x")
+        except (IndexError, KeyError, ValueError):
+            raise ValueError(f"template must have exactly one '{{}}' slot (no other fields), got {template!r}") from None
         if isinstance(class_names, str):
             raise TypeError(f"class_names must be a sequence of names, got the string {class_names!r}")
         if len(class_names) < 2:
             raise ValueError("a CLIP margin needs at least 2 class names")
+        t = _targets(labels, n_images, len(class_names), torch.device("cpu"))
+        img = self.image_embeddings(images, batch_size, value_range)
         txt = self.text_embeddings([template.format(c) for c in class_names]).to(img.device)
         per_class = 100.0 * img @ txt.T
-        t = _targets(labels, per_class.shape[0], per_class.shape[1], per_class.device)
+        if t is not None:
+            t = t.to(per_class.device)
         margin, chosen = margin_from_scores(per_class, t)
         score = per_class.gather(1, chosen[:, None]).squeeze(1)
         return ClipScores(score, margin, per_class.argmax(dim=1),
@@ -256,7 +318,8 @@ def clip_scores(images: Any, class_names: Sequence[str] | None = None, labels: A
     """CLIP score and margin per image.
 
     Args:
-        images: (B, 3, H, W) float in ``value_range`` or uint8.
+        images: (B, 3, H, W) float in ``value_range``, or integers (any integer dtype) in
+            [0, 255]; integer values outside [0, 255] are refused.
         class_names: C >= 2 class names; each becomes ``template.format(name)``.
         labels: None (score the best-matching class; margin = best − second best), one class
             index, or (B,) indices of each image's true class.
@@ -264,11 +327,15 @@ def clip_scores(images: Any, class_names: Sequence[str] | None = None, labels: A
             calls: loading costs more than scoring a small batch).
         prompts: instead of classes, one free prompt per image (text-to-image); score only.
         template: prompt template with one ``{}``.
-        return_class_scores: keep the (B, C) matrix of class scores.
+        batch_size: images per model call, a positive integer.
+        value_range: (lo, hi), two finite numbers with lo < hi, the range of float images.
+        return_class_scores: keep the (B, C) matrix of class scores (True or False).
 
     Returns:
         :class:`ClipScores` (float64, on the images' device).
     """
+    if not isinstance(model, (CLIPScorer, str, Path)):
+        raise TypeError(f"model must be a local CLIP directory (str or Path) or a CLIPScorer, got {type(model).__name__}")
     scorer = model if isinstance(model, CLIPScorer) else load_clip(model, device=device)
     return scorer.scores(images, class_names, labels, prompts=prompts, template=template,
                          batch_size=batch_size, value_range=value_range,
