@@ -504,3 +504,11 @@ def test_space_must_be_callable_and_return_rows():
     with pytest.raises(ValueError, match=r"space\(samples\) contains NaN"):
         kfm.memorization(torch.randn(4, 2), torch.randn(6, 2), bootstrap=0,
                      space=lambda x: x * float("nan") if x.shape[0] == 4 else x)
+
+
+def test_bootstrap_has_an_upper_bound_instead_of_a_memory_error():
+    from kinetic_fm.metrics.memorization import MAX_BOOTSTRAP
+
+    with pytest.raises(ValueError, match=r"bootstrap must be an integer in \[0, 10_000_000\]"):
+        kfm.memorization(torch.randn(4, 2), torch.randn(6, 2), bootstrap=10**12)
+    assert kfm.memorization(torch.randn(4, 2), torch.randn(6, 2), bootstrap=MAX_BOOTSTRAP // 1000).bootstrap == 10**4

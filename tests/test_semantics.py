@@ -267,3 +267,9 @@ def test_clip_flags_batch_size_template_and_model_checked_first(tiny_clip_dir, m
     assert calls == []                                   # nothing was embedded before the errors
     with pytest.raises(TypeError, match="model must be a local CLIP directory"):
         clip_scores(images, ["cat", "dog"], model=None)
+
+
+def test_classifier_margin_accepts_nested_lists_as_float32():
+    x = torch.randn(6, 3, 2, 2)
+    from_list = classifier_margin(_net(), x.tolist())
+    torch.testing.assert_close(from_list.margin, classifier_margin(_net(), x).margin, rtol=0, atol=0)

@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["INTERVALS", "MemorizationReport", "memorization"]
 
 INTERVALS = ("bootstrap", "wilson", "clopper-pearson")
+# the resampled fractions are held at once (8 bytes each): 10**7 is 80 MB, and far more resamples
+# than a percentile interval needs; 10**12 used to fail with a 7 TiB MemoryError inside NumPy
+MAX_BOOTSTRAP = 10**7
 _INTERVAL_NAMES = {"bootstrap": "bootstrap", "wilson": "Wilson", "clopper-pearson": "Clopper–Pearson"}
 
 
@@ -105,8 +108,8 @@ def memorization(
         train: (N, ...) training items with the same trailing size, N ≥ 2, finite.
         threshold: memorized when d1/d2 < threshold; a real number in (0, 1) (a float, a NumPy
             scalar or a 0-d tensor).
-        bootstrap: bootstrap resamples for the CI of F_mem (0 disables it); used only when
-            ``interval`` is "bootstrap".
+        bootstrap: bootstrap resamples for the CI of F_mem, an integer in [0, 10**7] (0
+            disables it); used only when ``interval`` is "bootstrap".
         space: optional feature map applied to both sets (in chunks of ``space_chunk`` rows,
             without gradients); distances are then measured between its flattened outputs.
         seed: seed of the bootstrap generator, a non-negative integer.
@@ -121,8 +124,8 @@ def memorization(
         :class:`MemorizationReport` (tensors on the samples' device).
     """
     threshold = _inside_unit_interval("threshold", threshold)
-    if not (is_integer(bootstrap) and bootstrap >= 0):
-        raise ValueError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
+    if not (is_integer(bootstrap) and 0 <= bootstrap <= MAX_BOOTSTRAP):
+        raise ValueError(f"bootstrap must be an integer in [0, {MAX_BOOTSTRAP:_}], got {bootstrap!r}")
     bootstrap = int(bootstrap)
     if not (is_integer(seed) and seed >= 0):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -97,7 +98,7 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     Args:
         classifier: nn.Module or callable mapping (b, ...) inputs to (b, C) logits (put modules
             in ``eval()`` first); run in chunks of ``batch_size`` under inference mode.
-        x: (B, ...) inputs.
+        x: (B, ...) inputs (a tensor, an array, or nested lists, which become float32).
         target: None (score the predicted class), one class index for all, or (B,) indices
             (other shapes are refused, not flattened).
         batch_size: rows per classifier call, a positive integer.
@@ -106,6 +107,9 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     if classifier is None or not callable(classifier):
         raise TypeError(f"classifier must be callable (an nn.Module or a function), got {type(classifier).__name__}")
     _check_batch_size(batch_size)
+    # a nested list becomes a tensor of torch's default dtype (float32), as a network expects;
+    # through NumPy it was float64 and failed inside the network with a dtype mismatch
+    x = x if isinstance(x, (Tensor, np.ndarray)) else torch.as_tensor(x)
     x = as_tensor(x)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
