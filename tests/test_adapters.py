@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -152,10 +154,28 @@ def test_discrete_time_truncates_to_integer_steps():
     assert seen["step"].tolist() == [0, 0, 1]
 
 
-@pytest.mark.parametrize("bad", [1, 0, 2.5, True, "1000"])
+@pytest.mark.parametrize("bad", [1, 0, 2.5, True, "1000", 10**30])
 def test_discrete_time_rejects_bad_num_timesteps(bad):
-    with pytest.raises(ValueError, match="num_timesteps must be an integer >= 2"):
+    # 10**30 overflowed only at the first call
+    with pytest.raises(ValueError, match=r"num_timesteps must be an integer in \[2, 2\*\*53\]"):
         DiscreteTime(lambda x, s: x, num_timesteps=bad)
+
+
+def test_adapter_settings_take_numpy_and_zero_dimensional_numbers():
+    # each was refused: only Python ints/floats (and np.float64, a float subclass) passed
+    assert DiscreteTime(lambda x, s: x, num_timesteps=np.int64(1000)).num_timesteps == 1000
+    assert ReversedTime(lambda x, s: x, timestep_scale=np.float32(1000)).timestep_scale == 1000.0
+    assert ReversedTime(lambda x, s: x, timestep_scale=torch.tensor(1.0), flip_sign=np.False_).flip_sign is False
+    assert NoisePrediction(lambda x, t: x, t_min=np.float32(0.5)).t_min == 0.5
+    assert DataPrediction(lambda x, t: x, gap_min=torch.tensor(0.25)).gap_min == 0.25
+
+
+@pytest.mark.parametrize("adapter", [NoisePrediction, DataPrediction])
+def test_a_prediction_of_the_wrong_shape_is_named(adapter):
+    # a (B, 1) prediction broadcast against x gave KPE ≈ 1e6; kfm.sample saw a correctly shaped output
+    x0 = kfm.noise(range(4), (2,))
+    with pytest.raises(ValueError, match=r"must return its (noise|data) prediction with x's shape \(4, 2\), got \(4, 1\)"):
+        kfm.sample(adapter(lambda x, t: torch.zeros(4, 1)), x0, steps=2)
 
 
 # --- noise and data prediction ------------------------------------------------------------------------

@@ -26,10 +26,11 @@ warning (tests/test_adapters.py shows how far off). Check a new net on a case yo
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Callable
 
 import torch
+
+from ..checks import as_scalar, check_flag, is_integer, is_real
 
 TIME_MODES = ("batch", "scalar", "shared")
 
@@ -201,9 +202,10 @@ class DiscreteTime(_Adapter):
 
     def __init__(self, inner: Callable[..., torch.Tensor], num_timesteps: int = 1000):
         _check_callable(inner, "inner")
-        if not isinstance(num_timesteps, int) or isinstance(num_timesteps, bool) or num_timesteps < 2:
-            raise ValueError(f"num_timesteps must be an integer >= 2, got {num_timesteps!r}")
-        self.inner, self.num_timesteps = inner, num_timesteps
+        num_timesteps = as_scalar(num_timesteps)
+        if not (is_integer(num_timesteps) and 2 <= num_timesteps <= 2**53):  # t·(T − 1) exact in float64
+            raise ValueError(f"num_timesteps must be an integer in [2, 2**53], got {num_timesteps!r}")
+        self.inner, self.num_timesteps = inner, int(num_timesteps)
 
     def step_index(self, t: torch.Tensor) -> torch.Tensor:
         """int(t·(T − 1)) as int64, t clamped to [0, 1]."""
@@ -234,15 +236,10 @@ class ReversedTime(_Adapter):
         self, inner: Callable[..., torch.Tensor], *, timestep_scale: float = 1000.0, flip_sign: bool = True
     ):
         _check_callable(inner, "inner")
-        if (
-            not isinstance(timestep_scale, (int, float))
-            or isinstance(timestep_scale, bool)
-            or not math.isfinite(timestep_scale)
-            or timestep_scale <= 0
-        ):
+        timestep_scale = as_scalar(timestep_scale)
+        if not (is_real(timestep_scale, finite=True) and timestep_scale > 0):
             raise ValueError(f"timestep_scale must be a finite number > 0, got {timestep_scale!r}")
-        if not isinstance(flip_sign, bool):
-            raise ValueError(f"flip_sign must be True or False, got {flip_sign!r}")
+        flip_sign = check_flag("flip_sign", flip_sign)
         self.inner, self.timestep_scale, self.flip_sign = inner, float(timestep_scale), flip_sign
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -255,9 +252,20 @@ class ReversedTime(_Adapter):
 
 
 def _check_clamp(value: float, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value < 1.0:
+    value = as_scalar(value)
+    if not (is_real(value) and 0.0 < value < 1.0):
         raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
     return float(value)
+
+
+def _prediction(out: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
+    """The net's ``what`` prediction, which must have x's shape: a (B, 1) output would broadcast
+    against x, and kfm.sample only sees the adapter's correctly shaped result."""
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the wrapped net must return its {what} prediction with x's shape {tuple(x.shape)}, "
+                         f"got {shape}")
+    return out
 
 
 class NoisePrediction(_Adapter):
@@ -276,7 +284,7 @@ class NoisePrediction(_Adapter):
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         t = batch_time(t, x).clamp(min=self.t_min)
-        noise = self.inner(x, t, *args, **kwargs)
+        noise = _prediction(self.inner(x, t, *args, **kwargs), x, "noise")
         return (x - noise) / _broadcast(t, x)
 
     def _describe(self) -> str:
@@ -301,7 +309,7 @@ class DataPrediction(_Adapter):
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         t = batch_time(t, x).clamp(max=1.0 - self.gap_min)
-        data = self.inner(x, t, *args, **kwargs)
+        data = _prediction(self.inner(x, t, *args, **kwargs), x, "data")
         return (data - x) / _broadcast(1.0 - t, x)
 
     def _describe(self) -> str:
