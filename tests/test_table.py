@@ -97,3 +97,11 @@ def test_integer_seeds_of_any_integer_kind_work():
 def test_mapping_columns_must_be_one_value_per_sample(values):
     with pytest.raises(ValueError, match="column 'a' must hold \\(n,\\) values"):
         per_sample_table({"a": values}, seeds=[0, 1, 2])
+
+
+def test_a_parts_own_seed_column_must_hold_integers():
+    frame = pd.DataFrame({"seed": [0.0, 1.0, 2.7], "a": [1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match="'seed' column that is not integers .*2.7"):
+        per_sample_table(frame, {"b": np.ones(3)}, seeds=[0, 1, 2], how="inner")
+    ok = pd.DataFrame({"seed": [0.0, 1.0, 2.0], "a": [1.0, 2.0, 3.0]})      # integral floats join
+    assert per_sample_table(ok, {"b": np.ones(3)}, seeds=[0, 1, 2]).shape == (3, 3)

@@ -61,6 +61,24 @@ def _seed_list(seeds: Any) -> list[int]:
     return [int(v) for v in values]
 
 
+def _check_seed_column(column: Any, label: str) -> None:
+    """A part's own ``seed`` column must hold integers (integral floats, e.g. after a NaN-filled
+    join, are accepted); 2.7 would be joined on as a seed that no sample has."""
+    import numpy as np
+
+    values = column.to_numpy()
+    kind = values.dtype.kind
+    if kind in "iu":
+        return
+    if kind == "f" and bool(np.all(np.isfinite(values) & (values == np.round(values)))):
+        return
+    if kind == "O" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return
+    bad = [v for v in values.tolist() if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and np.isfinite(v) and float(v).is_integer())]
+    raise ValueError(f"{label} has a 'seed' column that is not integers (e.g. {bad[:3]!r}); seeds are joined on")
+
+
 def _duplicates(values: Any) -> list:
     import pandas as pd
 
@@ -111,6 +129,7 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
                 raise ValueError(f"{label} has {len(frame)} rows but {len(seeds)} seeds are "
                                  "known; parts without a 'seed' column must align row by row")
             frame.insert(0, "seed", list(seeds))
+        _check_seed_column(frame["seed"], label)
         dup = _duplicates(frame["seed"])
         if dup:
             raise ValueError(f"{label} has duplicate seeds {dup[:5]}{' ...' if len(dup) > 5 else ''}")
