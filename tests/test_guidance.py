@@ -162,3 +162,41 @@ def test_argument_checks():
         cfg(torch.zeros(3, DIM, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="track_parts=True"):
         cfg.part_energies()
+
+
+def test_reuse_without_reset_starts_a_new_run():
+    # the second run's energies were continued from the first and went negative (-0.041 for 0.215)
+    net = ClassNet()
+    x0 = kfm.noise([0, 1], (DIM,), dtype=torch.float64)
+    cfg = ClassifierFreeGuidance(net, torch.tensor([0, 1]), 2.0, NULL, track_parts=True)
+    kfm.sample(cfg, x0, steps=5, solver="heun")
+    first = cfg.part_energies()
+    kfm.sample(cfg, x0, steps=5, solver="heun")
+    torch.testing.assert_close(cfg.part_energies().conditional, first.conditional, rtol=1e-12, atol=0)
+    torch.testing.assert_close(cfg.part_energies().unconditional, first.unconditional, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("null,message", [
+    (2.7, r"null_label must be representable in the labels' dtype torch.int64, got 2.7"),  # became class 2
+    (torch.tensor([2.5, 3.0]), "null_label changes value in the labels' dtype torch.int64"),
+    (1e30, "null_label must be representable"),
+    (math.nan, "null_label must be representable"),
+])
+def test_a_null_label_that_does_not_fit_the_labels_is_refused(null, message):
+    with pytest.raises(ValueError, match=message):
+        ClassifierFreeGuidance(ClassNet(), torch.tensor([0, 1]), 2.0, null)
+
+
+def test_flags_numbers_and_the_closing_time_are_checked():
+    import numpy as np
+
+    labels = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="track_parts must be True or False, got 'no'"):  # was read as True
+        ClassifierFreeGuidance(ClassNet(), labels, 2.0, NULL, track_parts="no")
+    cfg = ClassifierFreeGuidance(ClassNet(), labels, np.float32(2.0), np.int64(NULL), track_parts=True)
+    assert cfg.scale == 2.0 and cfg.null_labels.tolist() == [NULL, NULL]
+    kfm.sample(cfg, kfm.noise([0, 1], (DIM,), dtype=torch.float64), steps=4)
+    for bad in (2.0, -1.0, math.nan, 0.5):                       # extrapolated to negative or NaN energies
+        with pytest.raises(ValueError, match=r"t_end must be a number in \[0.75, 1\]"):
+            cfg.part_energies(t_end=bad)
+    assert (cfg.part_energies(t_end=torch.tensor(1.0)).conditional > 0).all()

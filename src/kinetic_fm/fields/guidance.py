@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..checks import as_scalar, check_flag, is_real
 from ..sampling.energy import squared_norm
 from .adapters import batch_time
 
@@ -52,8 +53,8 @@ class ClassifierFreeGuidance:
     velocities of the previous call; ``part_energies()`` closes the last interval at t = 1. Along
     an Euler run this is exactly the reference left Riemann sum; for multi-stage solvers it is the
     left sum over all stage times (an approximation), and adaptive runs with rejected steps are
-    not supported. Everything stays on the device. Call ``reset()`` before reusing the wrapper
-    for a new run. After each call, ``last_conditional`` and ``last_unconditional`` hold the two
+    not supported. Everything stays on the device. A call at an earlier time than the previous one
+    starts a new run (``reset()`` does the same explicitly). After each call, ``last_conditional`` and ``last_unconditional`` hold the two
     (B, ...) velocities for callers who accumulate their own statistics.
     """
 
@@ -70,23 +71,13 @@ class ClassifierFreeGuidance:
             raise TypeError(f"model must be callable, got {type(model).__name__}")
         if not isinstance(labels, torch.Tensor) or labels.dim() == 0:
             raise ValueError("labels must be a tensor with a batch dimension (B, ...)")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        scale = as_scalar(scale)
+        if not is_real(scale, finite=True):
             raise ValueError(f"scale must be a finite number, got {scale!r}")
-        if isinstance(null_label, torch.Tensor):
-            try:
-                null = null_label.to(labels.device, labels.dtype).expand_as(labels)
-            except RuntimeError as err:
-                raise ValueError(
-                    f"null_label of shape {tuple(null_label.shape)} does not broadcast to labels of "
-                    f"shape {tuple(labels.shape)}"
-                ) from err
-        elif isinstance(null_label, (int, float)) and not isinstance(null_label, bool):
-            null = torch.full_like(labels, null_label)
-        else:
-            raise ValueError(f"null_label must be a number or a tensor, got {type(null_label).__name__}")
+        null = _null_labels(null_label, labels)
         self.model, self.labels, self.scale = model, labels, float(scale)
         self.null_labels = null
-        self.track_parts = bool(track_parts)
+        self.track_parts = check_flag("track_parts", track_parts)
         self.last_conditional: torch.Tensor | None = None
         self.last_unconditional: torch.Tensor | None = None
         self.reset()
@@ -139,9 +130,12 @@ class ClassifierFreeGuidance:
             self._energy_c = torch.zeros_like(t64)
             self._energy_u = torch.zeros_like(t64)
         else:
+            # stage times never decrease within a fixed-step run, so an earlier t starts a new run
+            # (a reused wrapper without reset() went negative); decided on the device, no sync
+            new_run = t64 < self._t_prev
             dt = t64 - self._t_prev
-            self._energy_c += 0.5 * dt * self._norm_c
-            self._energy_u += 0.5 * dt * self._norm_u
+            self._energy_c = torch.where(new_run, 0.0, self._energy_c + 0.5 * dt * self._norm_c)
+            self._energy_u = torch.where(new_run, 0.0, self._energy_u + 0.5 * dt * self._norm_u)
         self._t_prev, self._norm_c, self._norm_u = t64, squared_norm(v_c), squared_norm(v_u)
 
     def part_energies(self, t_end: float = 1.0) -> GuidanceEnergies:
@@ -150,6 +144,11 @@ class ClassifierFreeGuidance:
             raise ValueError("part energies were not tracked; construct with track_parts=True")
         if self._t_prev is None:
             raise ValueError("no velocity has been evaluated since the last reset()")
+        t_end = as_scalar(t_end)
+        last = float(self._t_prev.max())
+        if not (is_real(t_end) and last <= t_end <= 1.0):  # beyond 1 (or NaN) would extrapolate
+            raise ValueError(f"t_end must be a number in [{last:g}, 1] (from the last call's time to 1), "
+                             f"got {t_end!r}")
         tail = 0.5 * (t_end - self._t_prev)
         return GuidanceEnergies(
             conditional=self._energy_c + tail * self._norm_c,
@@ -161,3 +160,34 @@ class ClassifierFreeGuidance:
 
 
 __all__ = ["ClassifierFreeGuidance", "GuidanceEnergies"]
+
+
+def _null_labels(null_label, labels: torch.Tensor) -> torch.Tensor:
+    """``null_label`` (a number, or a tensor broadcastable to ``labels``) as a tensor like ``labels``;
+    ValueError when it does not fit their dtype exactly (2.7 would become class 2)."""
+    null_label = as_scalar(null_label)
+    if isinstance(null_label, torch.Tensor):
+        try:
+            null = null_label.to(labels.device, labels.dtype).expand_as(labels)
+        except RuntimeError as err:
+            raise ValueError(
+                f"null_label of shape {tuple(null_label.shape)} does not broadcast to labels of "
+                f"shape {tuple(labels.shape)}"
+            ) from err
+        exact = labels.is_floating_point() or torch.equal(null.to(null_label.dtype),
+                                                          null_label.to(labels.device).expand_as(labels))
+        if not exact:  # 2.7 would become class 2
+            raise ValueError(f"null_label changes value in the labels' dtype {labels.dtype}: "
+                             f"{null_label.flatten()[:4].tolist()}")
+    elif is_real(null_label):
+        try:
+            null = torch.full_like(labels, null_label)
+            exact = labels.is_floating_point() or null.flatten()[0].item() == null_label
+        except (RuntimeError, OverflowError):  # NaN, 1e30 or 2**70 into int64
+            exact = False
+        if not (math.isfinite(null_label) and exact):  # 2.7 would become class 2
+            raise ValueError(f"null_label must be representable in the labels' dtype {labels.dtype}, "
+                             f"got {null_label!r}")
+    else:
+        raise ValueError(f"null_label must be a number or a tensor, got {type(null_label).__name__}")
+    return null
