@@ -20,10 +20,11 @@ def _commands(tmp_path, device):
     }
 
 
+@pytest.mark.parametrize("device", ["gpu", "meta"])      # meta passed torch.device and failed much later
 @pytest.mark.parametrize("command", ["memorization", "sample", "train", "reproduce"])
-def test_unknown_device_is_a_clear_error(tmp_path, capsys, command):
-    assert main(_commands(tmp_path, "gpu")[command]) == 2
-    assert "--device must be cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
+def test_unknown_device_is_a_clear_error(tmp_path, capsys, command, device):
+    assert main(_commands(tmp_path, device)[command]) == 2
+    assert f"--device must be cpu, cuda or cuda:N, got '{device}'" in capsys.readouterr().err
     assert not any(tmp_path.glob("rep*")) and not any(tmp_path.glob("train*"))   # nothing started
 
 
@@ -46,3 +47,48 @@ def test_reproduce_checks_its_specs_first(tmp_path, capsys, flag, spec, message)
     assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), flag, spec]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize("command,flag", [("train", "--seed"), ("reproduce", "--seed"),
+                                          ("memorization", "--seed"), ("sample", "--seed-start")])
+def test_seeds_are_checked_by_their_flag(tmp_path, capsys, command, flag):
+    # train and reproduce took --seed -1; sample named the library's "seeds"
+    with pytest.raises(SystemExit) as stop:
+        main([*_commands(tmp_path, "cpu")[command], flag, "-1"])
+    assert stop.value.code == 2
+    assert f"argument {flag}: must be an integer in [0, 2**63), got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error,expected", [
+    (MemoryError("Unable to allocate 7.28 TiB"), "the run does not fit in memory or in range (MemoryError"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"),
+     "out of memory ([enforce fail"),
+])
+def test_runs_too_big_for_memory_are_one_line_errors(monkeypatch, capsys, error, expected):
+    # --n 10**12 (numpy) and --steps 10**12 (torch's CPU allocator) escaped as tracebacks; raised
+    # here by a stand-in rather than by allocating, which an overcommitting machine might allow
+    from kinetic_fm.commands import sample as command
+
+    def too_big(args):
+        raise error
+
+    monkeypatch.setattr(command, "run", too_big)
+    assert main(["sample", "--field", "gaussian", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kfm sample: error: {expected}") and "Traceback" not in err
+
+
+def test_other_runtime_errors_keep_their_traceback(monkeypatch):
+    from kinetic_fm.commands import sample as command
+
+    def bug(args):
+        raise RuntimeError("shape mismatch in our own code")
+
+    monkeypatch.setattr(command, "run", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["sample", "--field", "gaussian", "--out", "unused"])
+
+
+def test_a_kts_gain_beyond_its_range_is_refused_before_sampling(tmp_path, capsys):
+    assert main(["sample", "--field", "gaussian", "--alpha0", "1e308", "--out", str(tmp_path / "r")]) == 2
+    assert "alpha0 must lie in [0, 1e+06], got 1e+308" in capsys.readouterr().err

@@ -43,11 +43,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # user errors (bad values, missing or unwritable paths): one clear line, no traceback
         print(f"kfm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (MemoryError, OverflowError) as err:
+        print(f"kfm {args.command}: error: the run does not fit in memory or in range "
+              f"({type(err).__name__}: {err}); ask for fewer samples, steps or resamples", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if not _out_of_memory(err):  # anything else is a bug: keep its traceback
+            raise
+        print(f"kfm {args.command}: error: out of memory ({str(err).splitlines()[0]}); ask for fewer samples, "
+              "steps, a smaller --batch-size, or another device", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         hint = (": finished work is kept; rerun the same command with --resume to continue"
                 if hasattr(args, "resume") else "")
         print(f"kfm {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(err: RuntimeError) -> bool:
+    """torch's allocation failures: CUDA raises OutOfMemoryError, the CPU allocator a RuntimeError."""
+    text = str(err)
+    return type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "out of memory" in text
 
 
 def _one_line_warning(command: str):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._types import seed_number
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -28,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--interval", choices=("bootstrap", "wilson", "clopper-pearson"), default="bootstrap",
                         help="the CI of F_mem: percentile bootstrap (default), Wilson score, or Clopper-Pearson "
                              "(exact binomial); the bootstrap has zero width when F_mem is 0 or 1")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--seed", type=seed_number, default=0, help="bootstrap seed in [0, 2**63) (default 0)")
     parser.add_argument("--backend", choices=("torch", "faiss"), default="torch")
     parser.add_argument("--device", default="cpu",
                         help="cpu | cuda | cuda:N: where the search runs (default cpu; faiss searches on the CPU)")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._types import seed_number
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -24,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--classifier", default=None,
                    help="judge CIFAR-10 samples with a pretrained net: resnet20:PATH or resnet56:PATH")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**63 (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

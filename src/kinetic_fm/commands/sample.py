@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._types import seed_number
+
 FIELDS = ("gaussian", "point", "mixture")
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "rk4_38", "dopri5")
 # KTS flags; giving any of them turns shaping on (the others take KTS's defaults)
@@ -42,7 +44,7 @@ def register(subparsers) -> None:
     # --num-samples: the spelling to use after torchrun, whose parser takes "--n" as an abbreviation
     s.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
                    help="number of samples (default 1000)")
-    s.add_argument("--seed-start", type=int, default=0, help="first seed; seeds are S .. S+n-1 (default 0)")
+    s.add_argument("--seed-start", type=seed_number, default=0, help="first seed; seeds are S .. S+n-1 (default 0)")
     s.add_argument("--steps", type=int, default=100, help="steps of fixed-step solvers (default 100)")
     s.add_argument("--solver", choices=SOLVERS, default="euler")
     s.add_argument("--grid", choices=("uniform", "cosine"), default="uniform")

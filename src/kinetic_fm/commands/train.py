@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._types import seed_number
+
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
              "(PATH a folder or .zip)")
 
@@ -34,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
     p.add_argument("--label-dropout", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**63 (default 0)")
     p.add_argument("--checkpoints", default="log2",
                    help="log2 (steps 1, 2, 4, ... and the last), none, or comma-separated steps")
     p.add_argument("--save-every", type=int, default=100, help="steps between resume states")
