@@ -449,3 +449,17 @@ def test_off_atom_velocity_blows_up_like_one_over_one_minus_t(atoms):
     for t in (0.99, 0.9999, 1 - 1e-6):
         v = field(x, t)
         torch.testing.assert_close((1 - t) * v, atoms[:4].double() - x, rtol=1e-9, atol=1e-12)
+
+
+def test_values_whose_squared_distances_overflow_are_refused():
+    # float32 logits of 1e20-sized rows overflowed: the velocity was 276 % off, silently
+    with pytest.raises(ValueError, match=r"train holds values up to .*e\+20 .* overflow .* pass every input as float64"):
+        kfm.EmpiricalFlow(torch.randn(5, 2) * 1e20)
+    field = kfm.EmpiricalFlow(torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"x holds values up to .*e\+20"):
+        field(torch.randn(3, 2) * 1e20, 0.5)
+    atoms = torch.randn(5, 2, dtype=torch.float64) * 1e20                # float64 has the room
+    x = torch.randn(3, 2, dtype=torch.float64) * 1e20
+    logits = -((x[:, None, :] - 0.5 * atoms[None]) ** 2).sum(-1) / (2 * 0.5**2)   # brute force
+    expected = (torch.softmax(logits, 1) @ atoms - x) / 0.5
+    torch.testing.assert_close(kfm.EmpiricalFlow(atoms)(x, 0.5), expected, rtol=1e-12, atol=0)

@@ -60,7 +60,15 @@ import torch
 from .. import gemm
 from ..checks import as_scalar, is_integer, is_real
 from ..blocks import block_size
-from ..metrics.neighbors import check_finite, column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
+from ..metrics.neighbors import (
+    check_finite,
+    check_magnitude,
+    column_mean,
+    magnitude_limit,
+    nearest_neighbors,
+    row_sq_norms,
+    unit_roundoff,
+)
 
 # per-call product size from which the float32 CPU products may go through NumPy's BLAS when it
 # was measured faster (kinetic_fm.gemm): ≈ 80 ms of work, recurring at every step of a run
@@ -171,6 +179,8 @@ class EmpiricalFlow:
         self.atoms = train.reshape(train.shape[0], -1).to(dtype)  # a view when already float32/64
         self.shape = tuple(train.shape[1:])
         self.n, self.dim = self.atoms.shape
+        check_magnitude("train", self.atoms, dtype)   # its squared norms and logits must stay finite
+        self._x_limit = magnitude_limit(dtype, self.dim)
         chunk, memory_budget, exact_max, batch_chunk, truncate, eps, max_logit_error, cutoff = (
             as_scalar(v) for v in (chunk, memory_budget, exact_max, batch_chunk, truncate, eps,
                                    max_logit_error, cutoff))
@@ -269,12 +279,16 @@ class EmpiricalFlow:
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
         bad = (t < 0) | (t > 1) | ~torch.isfinite(t)
-        bad_x = ~torch.isfinite(flat).all(1)
-        if bool((bad | bad_x).any()):  # one synchronisation for both checks
+        # NaN fails the comparison, so one reduction covers both NaN and entries too large for the logits
+        bad_x = ~(flat.abs().amax(1) <= self._x_limit)
+        if bool((bad | bad_x).any()):  # one synchronisation for all checks
             if bool(bad.any()):
                 row = int(bad.nonzero()[0, 0])
                 raise ValueError(f"t must lie in [0, 1], got {float(t[row])!r} at row {row}")
-            raise ValueError(f"x has NaN or inf in rows {bad_x.nonzero().flatten()[:10].tolist()}")
+            rows = bad_x.nonzero().flatten()[:10].tolist()
+            if not bool(torch.isfinite(flat[rows]).all()):
+                raise ValueError(f"x has NaN or inf in rows {rows}")
+            check_magnitude("x", flat[rows], self.atoms.dtype)
         return flat, t.clamp_max(1.0 - self.eps)
 
     # ------------------------------------------------------------------ core
