@@ -210,3 +210,24 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(target, failing)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_read_run_names_bad_arguments_and_a_damaged_manifest(tmp_path):
+    from kinetic_fm.cli import main
+    from kinetic_fm.runs import read_run
+
+    run = tmp_path / "run"
+    assert main(["sample", "--field", "gaussian", "--dim", "2", "--n", "3", "--steps", "2", "--out", str(run),
+                 "--no-progress"]) == 0
+    with pytest.raises(ValueError, match=r"columns must be a list of column names, got 'kpe'"):  # iterated 'k'
+        read_run(run, columns="kpe")
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['nope'\]"):
+        read_run(run, columns=["kpe", "nope"])
+    with pytest.raises(ValueError, match="columns must be a list of column names"):            # picked column 1
+        read_run(run, columns=[1])
+    with pytest.raises(TypeError, match="run_dir must be a path"):
+        read_run(None)
+    assert list(read_run(run, columns=["seed", "kpe"]).columns) == ["seed", "kpe"]
+    (run / "manifest.json").write_text('{"format": 1, "kind": ')                               # cut short
+    with pytest.raises(ValueError, match=r"manifest.json: the run manifest is not valid JSON"):
+        read_run(run)

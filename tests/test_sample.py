@@ -493,3 +493,17 @@ def test_numpy_and_zero_dimensional_stds_and_number_times_work():
     means = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     assert torch.equal(kfm.GaussianMixtureTarget(means, np.float32(0.25))(x, t),
                        kfm.GaussianMixtureTarget(means, 0.25)(x, t))
+
+
+def test_settings_the_chosen_solver_ignores_are_still_checked(x0):
+    # rtol='x' with euler and steps=-5 with dopri5 ran; a typo is a typo whichever solver runs
+    with pytest.raises(ValueError, match="rtol must be a positive finite number, got 'x'"):
+        kfm.sample(GaussianTarget(), x0, steps=4, rtol="x")
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1, got -1"):
+        kfm.sample(GaussianTarget(), x0, steps=4, max_steps=-1)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got -5"):
+        kfm.sample(GaussianTarget(), x0, solver="dopri5", steps=-5)
+    with pytest.raises(TypeError, match="velocity must be callable as velocity"):
+        kfm.sample(None, x0, steps=2)
+    with pytest.raises(TypeError, match="PosteriorRecorder records an EmpiricalFlow, got GaussianTarget"):
+        kfm.PosteriorRecorder(GaussianTarget())

@@ -538,6 +538,8 @@ class PosteriorRecorder:
     singular_at_one = True
 
     def __init__(self, field: EmpiricalFlow):
+        if not isinstance(field, EmpiricalFlow):  # it reads the field's posterior diagnostics
+            raise TypeError(f"PosteriorRecorder records an EmpiricalFlow, got {type(field).__name__}")
         self.field = field
         self._active: torch.Tensor | None = None  # the rows this view records, None = all
         self._records: list[tuple[torch.Tensor, PosteriorDiagnostics, torch.Tensor | None]] = []

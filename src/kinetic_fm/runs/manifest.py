@@ -155,7 +155,12 @@ class RunManifest:
 
     @classmethod
     def from_json(cls, text: str) -> "RunManifest":
-        body = json.loads(text)
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"the run manifest is not valid JSON ({err}); was it edited or cut short?") from None
+        if not isinstance(body, dict):
+            raise ValueError(f"the run manifest must be a JSON object, got {type(body).__name__}")
         if body.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported manifest format {body.get('format')!r} (expected {FORMAT_VERSION})")
         names = ("kind", "config", "identity", "seed_start", "n", "shard_size", "versions", "created")
@@ -164,10 +169,15 @@ class RunManifest:
 
 def read_manifest(run_dir: str | os.PathLike) -> RunManifest:
     """Load ``run_dir/manifest.json``; FileNotFoundError naming the path when absent."""
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"run_dir must be a path (str or os.PathLike), got {type(run_dir).__name__}")
     path = Path(run_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no run manifest at {path}")
-    return RunManifest.from_json(path.read_text(encoding="utf-8"))
+    try:
+        return RunManifest.from_json(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def write_manifest(run_dir: str | os.PathLike, manifest: RunManifest) -> Path:

@@ -173,9 +173,15 @@ def read_run(run_dir: str | os.PathLike, *, columns: list[str] | None = None):
     Reads the shards (not ``results.parquet``) so that what is returned is always checked for
     completeness: every seed of the manifest's range present exactly once, every shard intact.
     """
+    if columns is not None:
+        if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+            raise ValueError(f"columns must be a list of column names, got {columns!r}")
     table = merge_shards(run_dir)
     if columns is not None:
-        table = table.select(columns)
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise ValueError(f"run {run_dir} has no column(s) {missing}; it holds {table.column_names}")
+        table = table.select(list(columns))
     return table.to_pandas()
 
 

@@ -77,6 +77,8 @@ def sample(
     ``ClassifierFreeGuidance`` pass it through). heun, rk4 and rk4_38 then take their last step
     with Euler, as EDM-style samplers do, instead of evaluating the field at t = 1.
     """
+    if not callable(velocity):
+        raise TypeError(f"velocity must be callable as velocity(x, t), got {type(velocity).__name__}")
     x0, seed_tuple = _initial_state(x0, seeds, shape, dtype, device)
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -93,10 +95,14 @@ def sample(
     if shaping is not None and not callable(shaping):
         raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
 
+    # checked whichever solver runs: a typo in a setting the chosen solver ignores is still a typo
+    rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
+    steps = as_scalar(steps)
+    if not (is_integer(steps) and steps >= 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if solver == "dopri5":
         if not (isinstance(grid, str) and grid == "uniform"):
             raise ValueError("grid applies to fixed-step solvers only; dopri5 chooses its own steps")
-        rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
         trace = integrate_dopri5(
             velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
             raise_nonfinite=on_nonfinite == "raise", progress=progress,
