@@ -35,3 +35,20 @@ def test_seeds_and_shape_must_be_sequences():
     with pytest.raises(TypeError, match="shape must be a sequence of integers"):
         kfm.noise([1], 5)
     assert torch.equal(kfm.noise(np.arange(3), (2,)), kfm.noise([0, 1, 2], (2,)))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dtype=torch.int64), "dtype must be a floating torch dtype"),          # drew integer noise
+    (dict(dtype="float32"), "dtype must be a floating torch dtype"),            # torch's to() message
+    (dict(device="foo"), "device must be a torch device such as 'cpu'"),
+])
+def test_dtype_and_device_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kfm.noise([0], (2,), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_noise_without_a_gpu_is_named():
+    # torch's AssertionError "Torch not compiled with CUDA enabled" before
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        kfm.noise([0], (2,), device="cuda")

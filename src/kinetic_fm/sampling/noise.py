@@ -37,12 +37,18 @@ def noise(
     if any(d < 1 for d in shape):
         raise ValueError(f"shape must have positive dimensions, got {shape}")
     check_float_dtype(dtype)
+    try:
+        target = torch.device(device) if device is not None else None
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
+    if target is not None and target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA device")
     gen = torch.Generator(device="cpu")
     rows = []
     for s in seeds:
         gen.manual_seed(s)
         rows.append(torch.randn(shape, generator=gen, dtype=torch.float64))
-    return torch.stack(rows).to(dtype=dtype, device=device)
+    return torch.stack(rows).to(dtype=dtype, device=target)
 
 
 def check_float_dtype(dtype, name: str = "dtype") -> None:
