@@ -92,3 +92,14 @@ def test_other_runtime_errors_keep_their_traceback(monkeypatch):
 def test_a_kts_gain_beyond_its_range_is_refused_before_sampling(tmp_path, capsys):
     assert main(["sample", "--field", "gaussian", "--alpha0", "1e308", "--out", str(tmp_path / "r")]) == 2
     assert "alpha0 must lie in [0, 1e+06], got 1e+308" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,extra,message", [
+    ("sample", ["--shape", "1,2"], "--shape applies to --model only; a built-in --field takes --dim"),
+    ("train", ["--label-dropout", "0.5"], "--label-dropout applies to --class-cond only"),
+])
+def test_a_flag_that_would_be_ignored_is_refused(tmp_path, capsys, command, extra, message):
+    # both were dropped without a word: the run went ahead without what the user asked for
+    assert main([*_commands(tmp_path, "cpu")[command], *extra]) == 2
+    assert f"kfm {command}: error: {message}" in capsys.readouterr().err
+    assert not any(tmp_path.glob("run*")) and not any(tmp_path.glob("train*"))

@@ -507,3 +507,11 @@ def test_settings_the_chosen_solver_ignores_are_still_checked(x0):
         kfm.sample(None, x0, steps=2)
     with pytest.raises(TypeError, match="PosteriorRecorder records an EmpiricalFlow, got GaussianTarget"):
         kfm.PosteriorRecorder(GaussianTarget())
+
+
+@pytest.mark.parametrize("n", [2.7, True, 0, "3"])
+def test_mixture_draws_need_a_positive_integer_count(n):
+    # torch.multinomial's own messages before ("only supports 1D or 2D", or a float count taken)
+    with pytest.raises(ValueError, match=r"n must be a positive integer"):
+        kfm.GaussianMixtureTarget(torch.zeros(2, 2)).sample_target(n)
+    assert kfm.GaussianMixtureTarget(torch.zeros(2, 2)).sample_target(np.int64(3))[0].shape == (3, 2)

@@ -183,6 +183,8 @@ def _validate(args) -> None:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
+    if args.shape is not None and args.model is None:  # it would be ignored without a word
+        raise ValueError("--shape applies to --model only; a built-in --field takes --dim")
     if args.field == "point" and args.solver == "dopri5":
         raise ValueError("--field point is singular at t = 1, where dopri5 evaluates; use a fixed-step --solver")
 

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
-    p.add_argument("--label-dropout", type=float, default=0.1)
+    p.add_argument("--label-dropout", type=float, default=None,
+                   help="with --class-cond: share of labels replaced by the null class (default 0.1)")
     p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**63 (default 0)")
     p.add_argument("--checkpoints", default="log2",
                    help="log2 (steps 1, 2, 4, ... and the last), none, or comma-separated steps")
@@ -55,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from ..runs.distributed import World, resolve_device
 
     resolve_device(args.device, World())        # a bad --device fails before the data loads
+    if args.label_dropout is not None and not args.class_cond:  # it would be ignored without a word
+        raise ValueError("--label-dropout applies to --class-cond only")
+    label_dropout = 0.1 if args.label_dropout is None else args.label_dropout
     if args.width is not None and args.width < 1:
         raise ValueError(f"--width must be >= 1, got {args.width}")
     checkpoints = args.checkpoints
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--checkpoints must be log2, none or comma-separated steps, got {args.checkpoints!r}") from None
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          warmup=args.warmup, ema_decay=args.ema_decay, grad_clip=args.grad_clip or None,
-                         label_dropout=args.label_dropout, seed=args.seed, checkpoints=checkpoints,
+                         label_dropout=label_dropout, seed=args.seed, checkpoints=checkpoints,
                          save_every=args.save_every)
     ds = load_dataset(args.data, n=args.n, seed=args.seed)
     data = dataset_rows(ds)
