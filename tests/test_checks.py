@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from kinetic_fm.checks import as_scalar, check_flag, is_integer, is_real
+from kinetic_fm.checks import as_scalar, check_flag, is_integer, is_real, positive_integer
 
 
 @pytest.mark.parametrize("value,integer,real", [
@@ -31,3 +31,10 @@ def test_flags_accept_python_and_numpy_bools(value):
 def test_anything_else_is_not_a_flag(value):
     with pytest.raises(ValueError, match=r"profile must be True or False, got "):
         check_flag("profile", value)
+
+
+def test_positive_integers_come_back_as_ints_and_the_rest_is_named():
+    assert positive_integer("chunk", np.int64(7)) == 7 and type(positive_integer("chunk", np.int64(7))) is int
+    for bad in (0, -3, 2.5, True, "4", None):
+        with pytest.raises(ValueError, match=r"chunk must be a positive integer, got "):
+            positive_integer("chunk", bad)

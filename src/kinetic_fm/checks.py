@@ -39,3 +39,11 @@ def check_flag(name: str, value) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def positive_integer(name: str, value) -> int:
+    """``value`` as an int if it is an integer >= 1 (Python or NumPy, not a bool); else ValueError
+    naming ``name`` ("chunk must be a positive integer, got 2.5")."""
+    if not (is_integer(value) and value >= 1):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..checks import as_scalar, is_integer, is_real
+from ..checks import as_scalar, is_real, positive_integer
 
 
 def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
@@ -161,10 +161,7 @@ class GaussianMixtureTarget:
 
     def sample_target(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact draws from the target: (n, ...) points and their (n,) component labels."""
-        n = as_scalar(n)
-        if not (is_integer(n) and n >= 1):
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        n = int(n)
+        n = positive_integer("n", as_scalar(n))
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn((n, *self.means.shape[1:]), dtype=torch.float64, generator=generator)
         return self.means[labels] + self.std * eps, labels

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import gemm
-from ..checks import as_scalar, is_integer, is_real
+from ..checks import as_scalar, is_integer, is_real, positive_integer
 from ..blocks import block_size
 from ..metrics.neighbors import (
     check_finite,
@@ -184,10 +184,8 @@ class EmpiricalFlow:
         chunk, memory_budget, exact_max, batch_chunk, truncate, eps, max_logit_error, cutoff = (
             as_scalar(v) for v in (chunk, memory_budget, exact_max, batch_chunk, truncate, eps,
                                    max_logit_error, cutoff))
-        for name, value in (("chunk", chunk), ("memory_budget", memory_budget), ("exact_max", exact_max)):
-            if not (is_integer(value) and value >= 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        chunk, memory_budget, exact_max = int(chunk), int(memory_budget), int(exact_max)
+        chunk, memory_budget, exact_max = (positive_integer(name, value) for name, value in (
+            ("chunk", chunk), ("memory_budget", memory_budget), ("exact_max", exact_max)))
         if batch_chunk is not None and not (is_integer(batch_chunk) and batch_chunk >= 1):
             raise ValueError(f"batch_chunk must be a positive integer or None, got {batch_chunk!r}")
         if not (is_real(eps) and 0.0 < eps < 1.0):
@@ -279,8 +277,8 @@ class EmpiricalFlow:
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
         bad = (t < 0) | (t > 1) | ~torch.isfinite(t)
-        # NaN fails the comparison, so one reduction covers both NaN and entries too large for the logits
-        bad_x = ~(flat.abs().amax(1) <= self._x_limit)
+        # NaN fails the comparison, so one reduction (no |x| copy) covers NaN and entries too large
+        bad_x = ~(torch.linalg.vector_norm(flat, ord=math.inf, dim=1) <= self._x_limit)
         if bool((bad | bad_x).any()):  # one synchronisation for all checks
             if bool(bad.any()):
                 row = int(bad.nonzero()[0, 0])

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .. import gemm
 from ..blocks import block_size
-from ..checks import as_scalar, check_flag, is_integer, is_real
+from ..checks import as_scalar, check_flag, is_integer, is_real, positive_integer
 from .features import SpaceLike, as_features, feature_space
 from .neighbors import column_mean, row_sq_norms
 
@@ -367,10 +367,7 @@ def kde_log_density(samples: Any, reference: Any,
         log-sum-exp is accumulated in float64.
     """
     exclude_self = check_flag("exclude_self", exclude_self)
-    for name, value in (("chunk", chunk), ("batch_chunk", batch_chunk)):
-        if not (is_integer(value) and value >= 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    chunk, batch_chunk = int(chunk), int(batch_chunk)
+    chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
     seed = as_scalar(seed)
     if not (is_integer(seed) and 0 <= seed < 2**63):
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import is_integer
+from ..checks import positive_integer
 
 FeatureFn = Callable[[Tensor], Tensor]
 SpaceLike = Union[None, "FeatureSpace", torch.nn.Module, FeatureFn]
@@ -40,8 +40,7 @@ class FeatureSpace:
     device: torch.device | str | None = None
 
     def __post_init__(self) -> None:
-        if not (is_integer(self.batch_size) and self.batch_size >= 1):
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        positive_integer("batch_size", self.batch_size)
         if self.fn is not None and not callable(self.fn):
             raise TypeError(f"fn must be callable or None, got {type(self.fn).__name__}")
 

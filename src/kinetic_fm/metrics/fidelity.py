@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..blocks import block_size
-from ..checks import is_integer
+from ..checks import is_integer, positive_integer
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
 from .neighbors import column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
@@ -271,10 +271,7 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     if not is_integer(k) or not 1 <= k <= k_max:
         raise ValueError(f"k must be an integer in [1, {k_max}], got {k!r}")
     k = int(k)
-    for name, value in (("chunk", chunk), ("batch_chunk", batch_chunk)):
-        if not (is_integer(value) and value >= 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    chunk, batch_chunk = int(chunk), int(batch_chunk)
+    chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
     # overflow of squared distances (huge rows) is refused by nearest_neighbors, naming the set
     fake_in_real = _inside_any_ball(f, r, _kth_neighbour_sq_radius(r, k, chunk, batch_chunk, "real"),
                                     chunk, batch_chunk)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..checks import is_integer, is_real
+from ..checks import is_integer, is_real, positive_integer
 from .neighbors import as_rows, check_finite, nearest_neighbors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,8 +132,7 @@ def memorization(
     confidence = _inside_unit_interval("confidence", confidence)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
-    if not (is_integer(space_chunk) and space_chunk >= 1):
-        raise ValueError(f"space_chunk must be a positive integer, got {space_chunk!r}")
+    space_chunk = positive_integer("space_chunk", space_chunk)
     if space is not None and not callable(space):
         raise TypeError(f"space must be a callable feature map or None, got {type(space).__name__}")
     samples, train = as_rows("samples", samples), as_rows("train", train)

@@ -37,7 +37,7 @@ import torch
 
 from .. import gemm
 from ..blocks import block_size
-from ..checks import check_flag, is_integer
+from ..checks import check_flag, is_integer, positive_integer
 
 BACKENDS = ("torch", "faiss")
 
@@ -235,12 +235,10 @@ def nearest_neighbors(
     n_ref = y.shape[0] - (1 if exclude_self else 0)
     if not (is_integer(k) and 1 <= k <= n_ref):
         raise ValueError(f"k must be an integer in [1, {n_ref}] (reference size{' − 1' if exclude_self else ''}), got {k!r}")
-    for name, value in (("chunk", chunk), ("batch_chunk", batch_chunk)):
-        if not (is_integer(value) and value >= 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
     if not (is_integer(margin) and margin >= 0):
         raise ValueError(f"margin must be a non-negative integer, got {margin!r}")
-    k, chunk, batch_chunk, margin = int(k), int(chunk), int(batch_chunk), int(margin)
+    k, margin = int(k), int(margin)
     if check_inputs:
         check_finite(q_name, x)
         check_finite(r_name, y)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import as_scalar, check_flag, is_integer, is_real
+from ..checks import as_scalar, check_flag, is_real, positive_integer
 from .features import as_tensor, feature_space
 
 __all__ = ["ClassifierMargin", "ClipScores", "CLIPScorer", "classifier_margin", "clip_scores",
@@ -155,8 +155,7 @@ class ClipScores:
 
 
 def _check_batch_size(batch_size: Any) -> None:
-    if not (is_integer(batch_size) and batch_size >= 1):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_integer("batch_size", batch_size)
 
 
 def _value_range(value_range: Any) -> tuple[float, float]:
