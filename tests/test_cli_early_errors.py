@@ -103,3 +103,17 @@ def test_a_flag_that_would_be_ignored_is_refused(tmp_path, capsys, command, extr
     assert main([*_commands(tmp_path, "cpu")[command], *extra]) == 2
     assert f"kfm {command}: error: {message}" in capsys.readouterr().err
     assert not any(tmp_path.glob("run*")) and not any(tmp_path.glob("train*"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--steps", "abc"], "kfm sample: error: argument --steps: invalid int value: 'abc'"),
+    (["memorization"], "kfm memorization: error: the following arguments are required: --samples, --train"),
+    (["nosuch"], "kfm: error: argument COMMAND: invalid choice: 'nosuch'"),
+])
+def test_a_malformed_command_line_is_one_line_and_a_pointer_to_help(capsys, argv, message):
+    # argparse's stock error printed the whole usage block (a dozen lines for sample) first
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.splitlines()
+    assert stop.value.code == 2 and len(err) == 2
+    assert err[0].startswith(message) and err[1] == f"(see '{message.split(':')[0]} --help')"

@@ -15,10 +15,21 @@ import warnings
 from typing import Sequence
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line plus a pointer to ``--help``.
+
+    The stock parser prints the whole usage block first (a dozen lines for ``kfm sample``), which
+    buries the one line that says what was wrong. Sub-command parsers inherit this class.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kfm",
         description="Kinetic energy diagnostics and shaping for flow-matching samplers.",
     )
