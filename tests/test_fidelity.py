@@ -159,6 +159,11 @@ def test_errors():
     assert precision_recall(x, x, k=np.int64(3)).k == 3
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         inception_feature_space("/nonexistent/inception.pth")
+    # the protocol's names reach reports; a number there was taken without a word
+    with pytest.raises(TypeError, match="network must be a string or None, got int"):
+        frechet_distance(x, x, network=5)
+    with pytest.raises(TypeError, match="split must be a string or None, got float"):
+        precision_recall(x, x, k=2, split=0.5)
 
 
 def test_inception_without_backends_says_what_to_install(tmp_path, monkeypatch):

@@ -174,6 +174,9 @@ def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) ->
 
 def _protocol(space: FeatureSpace, network: str | None, split: str | None,
               preprocessing: str | None) -> Protocol:
+    for name, value in (("network", network), ("split", split), ("preprocessing", preprocessing)):
+        if value is not None and not isinstance(value, str):  # they name the protocol in reports
+            raise TypeError(f"{name} must be a string or None, got {type(value).__name__}")
     return Protocol(network or space.name, split, preprocessing)
 
 
@@ -191,12 +194,12 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
         split, preprocessing: recorded in the protocol.
     """
     fs = feature_space(space)
+    protocol = _protocol(fs, network, split, preprocessing)
     a = as_features(feats_a, fs, argument="feats_a")
     b = as_features(feats_b, fs, argument="feats_b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
     value = frechet_distance_from_stats(*feature_statistics(a), *feature_statistics(b))
-    protocol = _protocol(fs, network, split, preprocessing)
     return FrechetDistance(value, protocol.fd_name, a.shape[0], b.shape[0], a.shape[1], protocol)
 
 
@@ -259,6 +262,7 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
         chunk, batch_chunk: GEMM block sizes.
     """
     fs = feature_space(space)
+    protocol = _protocol(fs, network, split, preprocessing)  # before the features and the search
     r = as_features(real, fs, argument="real")
     f = as_features(fake, fs, argument="fake")
     if r.shape[1] != f.shape[1]:
@@ -278,7 +282,7 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     real_in_fake = _inside_any_ball(r, f, _kth_neighbour_sq_radius(f, k, chunk, batch_chunk, "fake"),
                                     chunk, batch_chunk)
     return PrecisionRecall(float(fake_in_real.double().mean()), float(real_in_fake.double().mean()),
-                           k, r.shape[0], f.shape[0], _protocol(fs, network, split, preprocessing),
+                           k, r.shape[0], f.shape[0], protocol,
                            fake_in_real, real_in_fake)
 
 
