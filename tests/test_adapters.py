@@ -209,7 +209,7 @@ def test_data_prediction_sampling_reaches_the_analytic_kpe():
 
 
 class _SmoothButSingularAtOne:
-    """The exact field with DataPrediction's scheme (heun/rk4 end with an Euler step)."""
+    """The exact field with DataPrediction's scheme (heun/rk4 end without a stage at t = 1)."""
 
     singular_at_one = True
 
@@ -223,7 +223,7 @@ class _SmoothButSingularAtOne:
 @pytest.mark.parametrize("solver", ["heun", "rk4"])
 def test_data_prediction_never_reaches_its_singular_end(solver):
     # an exact x1-predictor returns x at t = 1, so evaluating there gives v = 0; instead the last
-    # step is Euler's, and the run equals the exact field under that scheme
+    # step has no end stage, and the run equals the exact field under that scheme
     field = kfm.GaussianTarget(MEAN, STD)
     x0 = _x0(8)
     data_net = lambda x_, t_: _posterior_means(x_, t_)[1]  # noqa: E731

@@ -321,7 +321,7 @@ def test_recorder_traces_dominance_along_a_run(atoms):
 @pytest.mark.parametrize("solver", ["heun", "rk4", "rk4_38"])
 def test_solvers_with_an_end_stage_land_on_atoms(solver):
     # their stage at t = 1 would multiply the predictor's small miss by 1/eps; the field is
-    # singular there, so the last step is Euler's and every sample lands on its atom
+    # singular there, so the last step has no end stage and every sample lands on its atom
     atoms = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     field = kfm.EmpiricalFlow(atoms)
     x0 = kfm.noise(range(6), (2,), dtype=torch.float64)

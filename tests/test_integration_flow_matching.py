@@ -132,7 +132,7 @@ def test_dopri5_slices_per_sample_conditions():
 
 
 @pytest.mark.parametrize("method", ["heun2", "rk4"])
-def test_a_wrapped_singular_field_ends_with_an_euler_step(method):
+def test_a_wrapped_singular_field_is_never_evaluated_at_t_one(method):
     # as_model_wrapper passes singular_at_one through: no evaluation at t = 1, where the point
     # target's velocity is 0/0; straight lines are then exact
     y = torch.tensor([1.0, -2.0], dtype=torch.float64)

@@ -101,14 +101,15 @@ def test_euler_energy_is_exact_on_its_own_path(x0):
 
 @pytest.mark.parametrize("solver", FIXED)
 def test_point_target_gives_straight_lines(solver, x0):
-    # v = (y − x)/(1 − t) is singular at t = 1: heun/rk4 take their last step with Euler, which
-    # is exact on these constant-speed lines (an end stage at t = 1 would give 0/0)
+    # v = (y − x)/(1 − t) is singular at t = 1: heun/rk4 take their last step without an end
+    # stage (Euler, Heun's third order), exact on these constant-speed lines (t = 1 gives 0/0)
     y = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     res = kfm.sample(PointTarget(y), x0, steps=5, solver=solver)
     assert torch.allclose(res.x, y.expand_as(x0), atol=1e-12)
     assert torch.allclose(res.kpe, 0.5 * ((y - x0) ** 2).sum(1), rtol=1e-12)
     stages = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "rk4_38": 4}[solver]
-    assert res.nfe == 5 * stages - (stages - 1 if solver in ("heun", "rk4", "rk4_38") else 0)
+    last_step = {"heun": 1, "rk4": 3, "rk4_38": 3}.get(solver, stages)
+    assert res.nfe == 4 * stages + last_step
 
 
 class SingularAtOne:
@@ -143,6 +144,22 @@ def test_singular_fields_take_heuns_last_step_with_euler(x0):
     torch.testing.assert_close(res.kpe, energy, rtol=1e-14, atol=0)
     torch.testing.assert_close(res.profile[:, -1], 0.5 * h * (k1 ** 2).sum(1), rtol=1e-14, atol=0)
     assert res.nfe == 7
+
+
+@pytest.mark.parametrize("solver", ["rk4", "rk4_38"])
+def test_a_singular_field_keeps_rk4_fourth_order(solver, x0):
+    # the end step without a stage at t = 1 is Heun's third-order method, whose one local error
+    # O(h⁴) keeps the run fourth order; an Euler end (O(h²)) made it second order: ratio ≈ 4
+    field = GaussianTarget(mean=0.5, std=0.7)
+    exact_x, exact_kpe = field.trajectory(x0, 1.0), field.kinetic_energy(x0)
+    errors = []
+    for steps in (16, 32, 64):
+        wrapped = SingularAtOne(field)
+        res = kfm.sample(wrapped, x0, steps=steps, solver=solver)
+        assert max(wrapped.times) < 1.0
+        errors.append(((res.x - exact_x).abs().max().item(), ((res.kpe - exact_kpe) / exact_kpe).abs().max().item()))
+    for coarse, fine in zip(errors[:-1], errors[1:]):
+        assert coarse[0] / fine[0] > 12 and coarse[1] / fine[1] > 12     # 2⁴ = 16 per halving
 
 
 def test_half_precision_squares_do_not_overflow():

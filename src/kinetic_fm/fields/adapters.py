@@ -297,8 +297,9 @@ class DataPrediction(_Adapter):
     On x_t = (1 − t)·ε + t·x1:  ε̂ = (x − t·x̂1)/(1 − t),  so  v = x̂1 − ε̂ = (x̂1 − x)/(1 − t).
     Singular at t = 1 (an exact net returns x̂1 = x there, so the formula gives v = 0): the
     field is evaluated at min(t, 1 − ``gap_min``), net included, and declares
-    ``singular_at_one`` so that ``kfm.sample`` takes the last step of heun/rk4 with Euler
-    instead of evaluating the end stage at t = 1.
+    ``singular_at_one`` so that ``kfm.sample`` takes the last step of heun with Euler and of
+    rk4 with Heun's third-order method, instead of evaluating the end stage at t = 1 (rk4 stays
+    fourth order).
     """
 
     singular_at_one = True

@@ -98,7 +98,7 @@ class PointTarget:
 
     Every trajectory is the straight line from x0 to y, KPE = ½‖y − x0‖². The field is
     singular at t = 1 and declares ``singular_at_one``: ``kfm.sample`` takes the last step of
-    heun/rk4 with Euler, so fixed-step solvers never evaluate it there (dopri5's last stages do,
+    heun/rk4 without their end stage, so fixed-step solvers never evaluate it there (dopri5's last stages do,
     so use a fixed-step solver with this field).
     """
 

@@ -39,8 +39,9 @@ Behaviour as t → 1: times are clamped to t ≤ 1 − ``eps`` (default 1e-6), i
 v(x, min(t, 1 − eps)) (the posterior and the 1/(1 − t) factor alike): the velocity that carries x
 to the posterior mean ȳ (≈ the nearest atom) in the remaining time eps. It is finite for every
 finite x, and exactly 0 when x is an atom.
-The field declares ``singular_at_one``, so ``kfm.sample`` takes the last step of heun, rk4 and
-rk4_38 with Euler: their end stage at t = 1 would multiply the predictor's small miss of an atom
+The field declares ``singular_at_one``, so ``kfm.sample`` takes the last step of heun with Euler
+and of rk4 and rk4_38 with Heun's third-order method (no stage at the step's end): their end
+stage at t = 1 would multiply the predictor's small miss of an atom
 by 1/eps. Euler and midpoint never evaluate at t = 1; dopri5 stages and user grids can come
 arbitrarily close (dopri5's error control rejects steps that the clamp spoils).
 
@@ -155,7 +156,7 @@ class EmpiricalFlow:
     the per-sample :class:`PosteriorDiagnostics`; ``field.posterior(x, t, k)`` the top-k weights.
     """
 
-    singular_at_one = True  # kfm.sample: heun/rk4 take their last step with Euler
+    singular_at_one = True  # kfm.sample: heun/rk4 take a last step without a stage at t = 1
 
     def __init__(
         self,

@@ -152,7 +152,7 @@ def _model_wrapper_class() -> type:
                 self.velocity, self.shaping = velocity, shaping
 
             @property
-            def singular_at_one(self) -> bool:  # passed through, so kfm.sample ends with Euler
+            def singular_at_one(self) -> bool:  # passed through: kfm.sample's last step skips t = 1
                 return bool(getattr(self.velocity, "singular_at_one", False))
 
             def forward(self, x: torch.Tensor, t: torch.Tensor, **extras: Any) -> torch.Tensor:

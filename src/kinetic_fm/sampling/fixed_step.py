@@ -9,7 +9,7 @@ import torch
 
 from .energy import EnergyLedger, quadrature_weights
 from .guards import check_velocity_output
-from .tableau import EULER, Tableau
+from .tableau import EULER, HEUN3, Tableau
 
 Gain = Callable[[float], float]
 
@@ -28,12 +28,14 @@ class Trace:
     bad_time: torch.Tensor  # (B,) float64, the time of that evaluation
 
 
-def stage_times(grid: list[float], c: tuple[float, ...]) -> list[list[float]]:
-    """t_i + c_j h_i for every step, with c = 0 and c = 1 mapped exactly onto grid points."""
+def stage_times(grid: list[float], tableaus: list[Tableau], n_stages: int) -> list[list[float]]:
+    """t_i + c_j h_i for every step i (with its own tableau's c), c = 0 and c = 1 mapped exactly
+    onto grid points; a step with fewer than ``n_stages`` stages is padded with t_i (unused)."""
     out = []
-    for t0, t1 in zip(grid[:-1], grid[1:]):
+    for t0, t1, tab in zip(grid[:-1], grid[1:], tableaus):
         h = t1 - t0
-        out.append([t0 if cj == 0.0 else t1 if cj == 1.0 else t0 + cj * h for cj in c])
+        row = [t0 if cj == 0.0 else t1 if cj == 1.0 else t0 + cj * h for cj in tab.c]
+        out.append(row + [t0] * (n_stages - len(row)))
     return out
 
 
@@ -61,7 +63,7 @@ def integrate_fixed(
     times = grid.tolist()
     n_steps, n_stages = len(times) - 1, tableau.stages
     tableaus = step_tableaus(velocity, tableau, n_steps)
-    t_stage = stage_times(times, tableau.c)
+    t_stage = stage_times(times, tableaus, n_stages)
     eta = [[_gain_at(gain, t) for t in row] for row in t_stage]
     t_vectors = [[torch.full((batch,), t, dtype=dtype, device=device) for t in row] for row in t_stage]
     # half-precision squares overflow (‖v‖² > 65504 in float16) and round coarsely (bfloat16)
@@ -108,12 +110,17 @@ def _gain_at(gain: Gain | None, t: float) -> float:
 
 
 def step_tableaus(velocity: Callable, tableau: Tableau, n_steps: int) -> list[Tableau]:
-    """The tableau of every step: ``tableau``, except that a field declaring ``singular_at_one``
-    (EFM, a point target, data prediction: v ~ 1/(1 − t)) takes its last step with Euler when the
-    tableau has a stage at the step's end, which would evaluate it at t = 1 (as EDM's sampler
-    skips its last correction). Stages past a step's own count stay zero in the norm buffer."""
+    """The tableau of every step: ``tableau``, except on a field declaring ``singular_at_one``
+    (EFM, a point target, data prediction: v ~ 1/(1 − t)) when the tableau has a stage at the
+    step's end, which would evaluate the field at t = 1. The last step then has no end stage:
+    Euler after heun (order 2), as EDM's sampler skips its last correction, and Heun's
+    third-order method (stages at 0, 1/3, 2/3) after rk4 and rk4_38. One last step of order p − 1
+    adds a local error O(h^p), so the run keeps the solver's order p; an Euler end made rk4 second
+    order on a smooth x̂-predictor. Stages past a step's own count stay zero in the norm buffer."""
     if getattr(velocity, "singular_at_one", False) and 1.0 in tableau.c:
-        return [tableau] * (n_steps - 1) + [EULER]
+        last = EULER if tableau.order <= 2 else HEUN3
+        assert last.order >= tableau.order - 1, "no end step keeps this tableau's order"
+        return [tableau] * (n_steps - 1) + [last]
     return [tableau] * n_steps
 
 

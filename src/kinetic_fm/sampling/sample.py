@@ -74,8 +74,9 @@ def sample(
 
     A field whose velocity blows up at t = 1 may say so with an attribute ``singular_at_one =
     True`` (``EmpiricalFlow``, ``PointTarget``, ``DataPrediction`` do; adapters and
-    ``ClassifierFreeGuidance`` pass it through). heun, rk4 and rk4_38 then take their last step
-    with Euler, as EDM-style samplers do, instead of evaluating the field at t = 1.
+    ``ClassifierFreeGuidance`` pass it through). heun then takes its last step with Euler, as
+    EDM-style samplers do, and rk4/rk4_38 with Heun's third-order method (which keeps them fourth
+    order), instead of evaluating the field at t = 1.
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable as velocity(x, t), got {type(velocity).__name__}")

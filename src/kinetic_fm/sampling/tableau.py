@@ -41,6 +41,15 @@ RK4_38 = Tableau(  # Kutta's 3/8 rule (what torchdiffeq calls "rk4")
     b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
     order=4,
 )
+# Heun's third-order method: no stage at the step's end. kfm.sample ends rk4 and rk4_38 with it
+# on a field that is singular at t = 1 (see fixed_step.step_tableaus); not offered as a solver.
+HEUN3 = Tableau(
+    "heun3",
+    c=(0.0, 1 / 3, 2 / 3),
+    a=((), (1 / 3,), (0.0, 2 / 3)),
+    b=(1 / 4, 0.0, 3 / 4),
+    order=3,
+)
 
 # Dormand–Prince 5(4); the 7th stage is evaluated at the new point and reused (FSAL).
 _DP_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
