@@ -1,7 +1,10 @@
 """The exact kernels on every device present, against float64 brute forces computed on the CPU.
 
-Each test runs on the CPU everywhere and on CUDA where a GPU is present (the cuda cases skip
-otherwise): CI has no GPU, so these are the checks a lent GPU machine runs
+Each test runs on the CPU, on CUDA where a GPU is present (the cuda cases skip otherwise), and on
+``fake_cuda`` (tests/fake_cuda.py): the same "cuda" code paths computed on the CPU, with CUDA's
+device rules enforced (a CPU tensor mixed into a cuda op, ``.numpy()`` of a cuda tensor, a
+generator on the wrong device all raise as they would on a GPU). CI has no GPU, so the fake cases
+are what keeps the device paths honest there; a lent GPU machine runs the real ones
 (``benchmarks/device_checks.sh``). The brute forces never touch the device under test.
 """
 import math
@@ -10,10 +13,23 @@ import pytest
 import torch
 
 import kinetic_fm as kfm
+from fake_cuda import fake_cuda
 from kinetic_fm.fields.empirical import PosteriorRecorder
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                 reason="no CUDA device"))]
+                                                                 reason="no CUDA device")),
+           "fake_cuda"]
+ON_DEVICE = DEVICES[1:]  # the tests that compare a device run with the CPU's
+
+
+@pytest.fixture
+def device(request):
+    """The device name a test passes to the library: "cpu", "cuda", or "cuda" under fake_cuda."""
+    if request.param != "fake_cuda":
+        yield request.param
+        return
+    with fake_cuda():
+        yield "cuda"
 
 
 def brute_efm(atoms, x, t):
@@ -48,7 +64,7 @@ def rel_err(v, ref):
     return ((v - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_efm_velocity_posterior_and_diagnostics(device, dtype, data):
     atoms, x, t = data
@@ -66,7 +82,7 @@ def test_efm_velocity_posterior_and_diagnostics(device, dtype, data):
     torch.testing.assert_close(diag.entropy.cpu(), -torch.special.xlogy(w, w).sum(dim=1), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_efm_near_t_one_on_an_atom_is_finite_and_zero(device, data):
     atoms, _, _ = data
     field = kfm.EmpiricalFlow(atoms.to(device))
@@ -74,7 +90,7 @@ def test_efm_near_t_one_on_an_atom_is_finite_and_zero(device, data):
     assert torch.isfinite(v).all() and v.abs().max().item() < 1e-3
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_truncated_efm_bounds_the_mass_it_drops(device, data):
     atoms, x, t = data
     keep = t >= 0.3                                      # where a few atoms carry the posterior
@@ -90,7 +106,7 @@ def test_truncated_efm_bounds_the_mass_it_drops(device, data):
     assert ((v.cpu().flatten(1) - ref).norm(dim=1, keepdim=True) <= slack + 1e-9).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_nearest_neighbors_are_exact(device, dtype):
     g = torch.Generator().manual_seed(1)
@@ -106,7 +122,7 @@ def test_nearest_neighbors_are_exact(device, dtype):
     assert not (self_search.indices.cpu() == torch.arange(200)[:, None]).any()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_memorization_ratios_match_brute_force(device):
     g = torch.Generator().manual_seed(2)
     train = torch.randn(400, 3, 8, 8, generator=g, dtype=torch.float64)
@@ -120,7 +136,7 @@ def test_memorization_ratios_match_brute_force(device):
     assert report.fraction == pytest.approx(20 / 40)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_local_support_and_kde_match_brute_force(device):
     g = torch.Generator().manual_seed(3)
     ref = torch.randn(500, 16, generator=g, dtype=torch.float64)
@@ -135,7 +151,7 @@ def test_local_support_and_kde_match_brute_force(device):
     torch.testing.assert_close(kde.log_density.cpu(), log_p, rtol=1e-10, atol=1e-9)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_efm_sampling_lands_on_atoms_with_the_recorder(device, data):
     atoms, _, _ = data
     field = kfm.EmpiricalFlow(atoms[:40].to(device, torch.float64))
@@ -149,7 +165,7 @@ def test_efm_sampling_lands_on_atoms_with_the_recorder(device, data):
     assert trace.max_weight.shape == (60, 12) and (trace.max_weight[-1] > 0.999).all()
 
 
-@pytest.mark.parametrize("device", DEVICES[1:])
+@pytest.mark.parametrize("device", ON_DEVICE, indirect=True)
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dopri5"])
 def test_sampling_with_shaping_agrees_with_the_cpu(device, solver):
     """A Gaussian target's exact field: the device run equals the CPU run (float64; GPU only)."""
@@ -162,7 +178,7 @@ def test_sampling_with_shaping_agrees_with_the_cpu(device, solver):
     torch.testing.assert_close(runs[1].kpe_raw.cpu(), runs[0].kpe_raw, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("device", DEVICES[1:])
+@pytest.mark.parametrize("device", ON_DEVICE, indirect=True)
 def test_nearest_neighbors_stay_exact_with_tf32_products(device):
     """TF32 float32 products (10-bit mantissa) widen the screening bound; re-ranking keeps the
     answer exact (GPU only: the CPU has no TF32)."""
@@ -180,7 +196,7 @@ def test_nearest_neighbors_stay_exact_with_tf32_products(device):
     assert torch.equal(got.indices.cpu(), want.indices)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_kfm_sample_runs_a_trained_net_on_the_device(device, tmp_path):
     """`kfm sample --model ... --device D` moves the net there; the table equals the library's
     CPU run of the same net."""
