@@ -179,18 +179,28 @@ def test_sampling_with_shaping_agrees_with_the_cpu(device, solver):
 
 
 @pytest.mark.parametrize("device", ON_DEVICE, indirect=True)
-def test_nearest_neighbors_stay_exact_with_tf32_products(device):
+@pytest.mark.parametrize("api", ["fp32_precision", "allow_tf32"])  # new API first: after a legacy
+# set left on (True), reading allow_tf32 stops raising, and the bug would hide
+def test_nearest_neighbors_stay_exact_with_tf32_products(device, api):
     """TF32 float32 products (10-bit mantissa) widen the screening bound; re-ranking keeps the
-    answer exact (GPU only: the CPU has no TF32)."""
+    answer exact (GPU only: the CPU has no TF32). torch ≥ 2.9's fp32_precision API made reading
+    the legacy flag raise, which broke every float32 search on CUDA."""
     g = torch.Generator().manual_seed(4)
     ref = torch.randn(2000, 64, generator=g)
     queries = torch.cat([ref[:40] + 1e-3 * torch.randn(40, 64, generator=g), torch.randn(60, 64, generator=g)])
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+    matmul = torch.backends.cuda.matmul
+    if api == "fp32_precision" and not hasattr(matmul, "fp32_precision"):
+        pytest.skip("torch < 2.9 has no fp32_precision API")
+    previous = matmul.fp32_precision if hasattr(matmul, "fp32_precision") else matmul.allow_tf32
+    setattr(matmul, api, "tf32" if api == "fp32_precision" else True)
     try:
+        assert kfm.metrics.neighbors.unit_roundoff(torch.float32, torch.device(device)) == 2.0 ** -11
         got = kfm.nearest_neighbors(queries.to(device), ref.to(device), 2)
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = previous if isinstance(previous, str) else ("tf32" if previous else "ieee")
+        else:
+            matmul.allow_tf32 = previous
     want = brute_knn(queries, ref, 2)
     torch.testing.assert_close(got.distances.cpu(), want.values, rtol=0, atol=1e-10)
     assert torch.equal(got.indices.cpu(), want.indices)

@@ -88,9 +88,22 @@ def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
     """Unit round-off of a GEMM in ``dtype`` on ``device`` (TF32 counts when torch enables it)."""
     if dtype == torch.float64:
         return 2.0 ** -53
-    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+    if device.type == "cuda" and cuda_matmul_uses_tf32():
         return 2.0 ** -11
     return 2.0 ** -24
+
+
+def cuda_matmul_uses_tf32() -> bool:
+    """Whether torch runs float32 CUDA matrix products in TF32, however that was switched on.
+
+    torch ≥ 2.9 has a second API (``fp32_precision``, which also reflects ``allow_tf32`` and
+    ``set_float32_matmul_precision``); once it has been used, reading the legacy ``allow_tf32``
+    raises, so the new attribute is read where it exists.
+    """
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if precision is None:  # torch < 2.9
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    return precision == "tf32"
 
 
 def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
