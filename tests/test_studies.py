@@ -127,6 +127,24 @@ def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
     assert "Context (not one of the paper's claims)" in text
 
 
+def test_tiny_reproduce_on_a_cuda_device_gives_the_cpu_tables(tiny_report, tmp_path):
+    # `kfm reproduce --device cuda` under fake_cuda (CUDA's device rules, the CPU's kernels; TF32
+    # and a separate CUDA RNG off, so the numbers must be the CPU run's, bit for bit). The support
+    # study used to feed the device's classifier CPU images and stop.
+    from fake_cuda import fake_cuda
+
+    from kinetic_fm.studies.reproduce import reproduce
+
+    cpu_out, _, _ = tiny_report
+    with fake_cuda(record_stacks=False, emulate_tf32=False, separate_cuda_rng=False):
+        reproduce(ReproduceConfig.preset("tiny", device="cuda"), tmp_path, progress=False)
+    names = sorted(p.name for p in (cpu_out / "tables").glob("*.parquet"))
+    assert names == sorted(p.name for p in (tmp_path / "tables").glob("*.parquet")) and len(names) >= 9
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "tables" / name),
+                                      pd.read_parquet(cpu_out / "tables" / name), check_exact=True)
+
+
 def test_straight_line_energy_is_the_kpe_of_a_straight_constant_speed_path():
     import kinetic_fm as kfm
     from kinetic_fm.studies.samples import start_noise, straight_line_energy

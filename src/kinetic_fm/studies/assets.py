@@ -47,16 +47,20 @@ class Assets:
     source: str
 
     def features(self, x: Tensor) -> Tensor:
-        """Classifier features (B, F) of images, or flattened pixels without a classifier."""
+        """Classifier features (B, F) of images, or flattened pixels without a classifier; on x's
+        device (the classifier runs on its own, ``--device``, in chunks of 512)."""
         if self.classifier is None:
             return x.reshape(x.shape[0], -1)
-        with torch.inference_mode():
-            out = [self.classifier.features(x[i : i + 512]) for i in range(0, x.shape[0], 512)]
-        return torch.cat(out).clone()
+        return self._classify(self.classifier.features, x)
 
     def logits(self, x: Tensor) -> Tensor:
+        """(B, classes) classifier logits of images, on x's device."""
+        return self._classify(self.classifier.logits, x)
+
+    def _classify(self, head, x: Tensor) -> Tensor:
+        where = next(self.classifier.parameters()).device
         with torch.inference_mode():
-            out = [self.classifier.logits(x[i : i + 512]) for i in range(0, x.shape[0], 512)]
+            out = [head(x[i : i + 512].to(where)).to(x.device) for i in range(0, x.shape[0], 512)]
         return torch.cat(out).clone()
 
 
