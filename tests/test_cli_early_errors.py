@@ -117,3 +117,26 @@ def test_a_malformed_command_line_is_one_line_and_a_pointer_to_help(capsys, argv
     err = capsys.readouterr().err.splitlines()
     assert stop.value.code == 2 and len(err) == 2
     assert err[0].startswith(message) and err[1] == f"(see '{message.split(':')[0]} --help')"
+
+
+@pytest.mark.parametrize("command", ["memorization", "sample", "train", "reproduce"])
+def test_a_cuda_index_past_the_last_gpu_is_a_clear_error(tmp_path, capsys, command):
+    # under fake_cuda torch sees one GPU; cuda:1 used to fail later with a traceback ("invalid
+    # device ordinal"), for train after the data had loaded
+    from fake_cuda import fake_cuda
+
+    with fake_cuda():
+        assert main(_commands(tmp_path, "cuda:1")[command]) == 2
+    assert "--device cuda:1 asks for cuda:1, but torch sees 1 CUDA device (only cuda:0)" in capsys.readouterr().err
+    assert not any(tmp_path.glob("rep*")) and not any(tmp_path.glob("train*"))   # nothing started
+
+
+def test_a_local_rank_past_the_last_gpu_names_it():
+    from fake_cuda import fake_cuda
+
+    from kinetic_fm.runs.distributed import World, resolve_device
+
+    with fake_cuda():
+        assert resolve_device("cuda", World(0, 1, 0)) == torch.device("cuda", 0)
+        with pytest.raises(ValueError, match=r"LOCAL_RANK 1 \(--device cuda\) asks for cuda:1, but torch sees 1 CUDA"):
+            resolve_device("cuda", World(1, 2, 1))

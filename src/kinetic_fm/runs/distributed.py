@@ -91,6 +91,12 @@ def resolve_device(device: str | None, world: World):
             raise ValueError("--device cuda was requested but torch sees no CUDA device")
         if dev.index is None:
             dev = torch.device("cuda", world.local_rank)
+        count = torch.cuda.device_count()
+        if dev.index >= count:  # torch's "invalid device ordinal" comes later, with a traceback
+            where = f"--device {device}" if device != "cuda" else f"LOCAL_RANK {world.local_rank} (--device cuda)"
+            have = "only cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise ValueError(f"{where} asks for cuda:{dev.index}, but torch sees {count} CUDA "
+                             f"device{'s' if count != 1 else ''} ({have})")
     return dev
 
 
