@@ -43,9 +43,23 @@ def test_checkpoint_steps_log_spaced():
         checkpoint_steps(10, (0, 5))
 
 
+@pytest.mark.parametrize("device", ["cpu", "fake_cuda"])
 @pytest.mark.parametrize("case", ["mlp-class-conditional", "unet-dropout"])
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, case):
-    make, data, labels = _cases()[case]
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, case, device):
+    # fake_cuda keeps a separate CUDA default generator, as a GPU does: dropout on the device
+    # draws from it, so resume.pt must hold its state too (it held only the CPU's)
+    if device == "fake_cuda":
+        from fake_cuda import fake_cuda
+
+        with fake_cuda():
+            _interrupt_and_resume(tmp_path, case, "cuda")
+    else:
+        _interrupt_and_resume(tmp_path, case, "cpu")
+
+
+def _interrupt_and_resume(tmp_path, case, device):
+    make_on_cpu, data, labels = _cases()[case]
+    make = lambda: make_on_cpu().to(device)  # noqa: E731
     config = TrainConfig(steps=20, batch_size=8, lr=1e-2, ema_decay=0.9, seed=7, save_every=5, label_dropout=0.3)
 
     torch.manual_seed(0)

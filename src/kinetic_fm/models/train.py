@@ -114,11 +114,14 @@ class TrainResult:
     out: Path | None = None
 
 
-def _rng_state(data_gen: torch.Generator, noise_gen: torch.Generator) -> dict[str, Any]:
+def _rng_state(data_gen: torch.Generator, noise_gen: torch.Generator, device: torch.device) -> dict[str, Any]:
     np_state = np.random.get_state()
     py_state = random.getstate()
+    # a net on a GPU draws its dropout from that device's default generator, not the CPU's
+    cuda = {"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
     return {
         "torch": torch.get_rng_state(),
+        **cuda,
         "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
         "python": {"version": py_state[0], "state": torch.tensor(py_state[1], dtype=torch.int64),
@@ -128,8 +131,11 @@ def _rng_state(data_gen: torch.Generator, noise_gen: torch.Generator) -> dict[st
     }
 
 
-def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator, noise_gen: torch.Generator) -> None:
+def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator, noise_gen: torch.Generator,
+                   device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:  # runs saved before it was kept resume without it
+        torch.cuda.set_rng_state(state["cuda"], device)
     np_s = state["numpy"]
     np.random.set_state(("MT19937", np_s["key"].numpy().astype(np.uint32), np_s["pos"], np_s["has_gauss"], np_s["cached"]))
     py = state["python"]
@@ -236,7 +242,7 @@ def train(
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         losses[:start] = state["losses"][:start]
-        _set_rng_state(state["rng"], data_gen, noise_gen)
+        _set_rng_state(state["rng"], data_gen, noise_gen, device)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
@@ -255,7 +261,7 @@ def train(
         save_state({
             "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(), "losses": losses[:step].clone(),
-            "rng": _rng_state(data_gen, noise_gen), "config": json.dumps(run_config),
+            "rng": _rng_state(data_gen, noise_gen, device), "config": json.dumps(run_config),
         }, state_path)
 
     n = data.shape[0]
