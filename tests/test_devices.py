@@ -225,3 +225,21 @@ def test_kfm_sample_runs_a_trained_net_on_the_device(device, tmp_path):
                       dtype=torch.float64)
     torch.testing.assert_close(torch.tensor(read_run(tmp_path / "run")["kpe"].to_numpy()), want.kpe,
                                rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("device", ON_DEVICE, indirect=True)
+def test_classifier_margin_runs_the_net_where_it_lives(device):
+    # device=None follows the net; a net elsewhere than device= is a clear error (it used to fail
+    # inside the net with a device mismatch; moving it would change the caller's module)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).double()
+    x = torch.randn(40, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    want = kfm.classifier_margin(net, x, batch_size=16)
+    on_device = net.to(device)
+    for where in (None, device):
+        got = kfm.classifier_margin(on_device, x, batch_size=16, device=where)
+        assert got.margin.device.type == "cpu"                  # back on the inputs' device
+        torch.testing.assert_close(got.margin, want.margin, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"is on cuda:0 but device='cpu': move the network there first"):
+        kfm.classifier_margin(on_device, x, device="cpu")
+    with pytest.raises(ValueError, match=r"is on cpu but device='cuda': move the network there first"):
+        kfm.classifier_margin(on_device.cpu(), x, device="cuda")

@@ -8,6 +8,7 @@ used in whatever mode the caller left it in: put feature networks in ``eval()`` 
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -30,8 +31,10 @@ class FeatureSpace:
         name: recorded with every number measured in this space (e.g. ``"pixels"``,
             ``"resnet56"``, ``"inception-v3-compat"``).
         batch_size: rows passed to ``fn`` at once.
-        device: device ``fn`` runs on (inputs are moved there chunk by chunk); ``None`` keeps
-            the inputs' device. Features come back on the inputs' device.
+        device: device ``fn`` runs on (inputs are moved there chunk by chunk); a module must
+            already be there (a clear error otherwise; it is not moved). ``None``: a module's own
+            device, the inputs' device for other callables. Features come back on the inputs'
+            device.
     """
 
     fn: FeatureFn | None = None
@@ -44,6 +47,25 @@ class FeatureSpace:
         if self.fn is not None and not callable(self.fn):
             raise TypeError(f"fn must be callable or None, got {type(self.fn).__name__}")
 
+    def _run_device(self) -> torch.device | None:
+        """Where the chunks go: ``device``, else a module's own device, else None (stay put).
+
+        A module must already be on ``device``: inputs are moved, the net is not (moving it would
+        change the caller's module in place)."""
+        held = None
+        if isinstance(self.fn, torch.nn.Module):
+            held = next(itertools.chain(self.fn.parameters(), self.fn.buffers()), None)
+        if self.device is None:
+            return None if held is None else held.device
+        want = torch.device(self.device)
+        if held is not None:
+            have = held.device
+            if have.type != want.type or (want.index is not None and have.index != want.index):
+                raise ValueError(f"feature map {self.name!r} is on {have} but device={str(want)!r}: move "
+                                 f"the network there first (net.to({str(want)!r})), or pass device=None to "
+                                 "run it where it is")
+        return want
+
     @property
     def is_identity(self) -> bool:
         return self.fn is None
@@ -55,12 +77,13 @@ class FeatureSpace:
             raise ValueError("x must have a batch dimension, got a scalar")
         if self.fn is None:
             return x.reshape(x.shape[0], -1)
+        where = self._run_device()
         out = []
         with torch.inference_mode():
             for start in range(0, x.shape[0], self.batch_size):
                 chunk = x[start:start + self.batch_size]
-                if self.device is not None:
-                    chunk = chunk.to(self.device)
+                if where is not None:
+                    chunk = chunk.to(where)
                 feats = self.fn(chunk)
                 if not isinstance(feats, Tensor):
                     raise TypeError(

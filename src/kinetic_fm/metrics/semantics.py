@@ -102,7 +102,8 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
         target: None (score the predicted class), one class index for all, or (B,) indices
             (other shapes are refused, not flattened).
         batch_size: rows per classifier call, a positive integer.
-        device: where the classifier runs (inputs are moved chunk by chunk).
+        device: where the classifier runs; a module must already be there (inputs are moved
+            chunk by chunk). None: the module's own device.
     """
     if classifier is None or not callable(classifier):
         raise TypeError(f"classifier must be callable (an nn.Module or a function), got {type(classifier).__name__}")
