@@ -22,6 +22,24 @@ def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
+class _Placed:
+    """A field's float64 CPU parameters, copied once per (device, dtype) that calls ask for.
+
+    Copying them on every call is a blocking host-to-device transfer on a GPU: a host
+    synchronisation per stage inside the sampler's otherwise sync-free loop.
+    """
+
+    def __init__(self) -> None:
+        self._copies: dict = {}
+
+    def __call__(self, value: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (id(value), device, dtype)  # the entry holds value, so its id is not reused
+        copy = self._copies.get(key)
+        if copy is None:
+            copy = self._copies[key] = (value, value.to(device=device, dtype=dtype))
+        return copy[1]
+
+
 def _location(name: str, value) -> torch.Tensor:
     """A mean or point as a finite float64 tensor; ValueError naming ``name`` otherwise."""
     try:
@@ -75,11 +93,12 @@ class GaussianTarget:
     def __init__(self, mean: float | torch.Tensor = 0.0, std: float = 1.0):
         self.std = _positive_std(std)
         self.mean = _location("mean", mean)
+        self._placed = _Placed()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         tc = _time_column(t, x).to(x.dtype)
         _check_sample_shape("mean", self.mean, x)
-        mu = _as_tensor(self.mean, x)
+        mu = self._placed(self.mean, x.device, x.dtype)
         _, rate = _scale(tc, self.std)
         return mu + rate * (x - tc * mu)
 
@@ -106,11 +125,12 @@ class PointTarget:
 
     def __init__(self, point: torch.Tensor | float):
         self.point = _location("point", point)
+        self._placed = _Placed()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         tc = _time_column(t, x).to(x.dtype)
         _check_sample_shape("point", self.point, x)
-        return (_as_tensor(self.point, x) - x) / (1 - tc)
+        return (self._placed(self.point, x.device, x.dtype) - x) / (1 - tc)
 
     def trajectory(self, x0: torch.Tensor, t: float) -> torch.Tensor:
         return (1 - t) * x0 + t * _as_tensor(self.point, x0)
@@ -141,17 +161,18 @@ class GaussianMixtureTarget:
         if w.shape != (means.shape[0],) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"weights must be (K,) = ({means.shape[0]},) finite, non-negative, with a positive sum")
         self.means, self.std, self.weights = means, float(std), w / w.sum()
+        self._placed = _Placed()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         tc = _time_column(t, x).to(torch.float64)
         s, rate = _scale(tc.reshape(b, 1), self.std)  # (B, 1)
         xf = x.reshape(b, -1).to(torch.float64)
-        mu = self.means.to(x.device).reshape(self.means.shape[0], -1)  # (K, D)
+        mu = self._placed(self.means, x.device, torch.float64).reshape(self.means.shape[0], -1)  # (K, D)
         if mu.shape[1] != xf.shape[1]:
             raise ValueError(f"means hold {mu.shape[1]} values per component but a sample holds {xf.shape[1]}")
         diff = xf.unsqueeze(1) - tc.reshape(b, 1, 1) * mu.unsqueeze(0)  # (B, K, D), K is small
-        logits = self.weights.to(x.device).log() - 0.5 * diff.pow(2).sum(-1) / s.pow(2)
+        logits = self._placed(self.weights, x.device, torch.float64).log() - 0.5 * diff.pow(2).sum(-1) / s.pow(2)
         post = torch.softmax(logits, dim=1)  # (B, K)
         mean = post[:, :1] * mu[0]
         for k in range(1, mu.shape[0]):  # not post @ mu: a GEMM's blocking, and so its bits, follow B
