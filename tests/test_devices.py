@@ -243,3 +243,39 @@ def test_classifier_margin_runs_the_net_where_it_lives(device):
         kfm.classifier_margin(on_device, x, device="cpu")
     with pytest.raises(ValueError, match=r"is on cpu but device='cuda': move the network there first"):
         kfm.classifier_margin(on_device.cpu(), x, device="cuda")
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
+@pytest.mark.parametrize("field", ["gaussian", "point", "mixture"])
+def test_fixed_step_sampling_makes_no_host_sync_per_step(field, solver):
+    # the README's promise, counted by fake_cuda: a 16-step run makes exactly as many host
+    # synchronisations as an 8-step one (those before and after the loop). The built-in fields
+    # used to copy their parameters to the device on every call: 1-2 syncs per stage.
+    means = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    velocity = {"gaussian": kfm.GaussianTarget(means[0], 0.5), "point": kfm.PointTarget(means[0]),
+                "mixture": kfm.GaussianMixtureTarget(means, 0.3)}[field]
+    kts = kfm.KTS(alpha0=0.02, beta0=0.01)
+    with fake_cuda() as fc:
+        x0 = kfm.noise(range(8), (4,), device="cuda")
+        kfm.sample(velocity, x0, steps=2, solver=solver)  # the parameters' one copy to the device
+        syncs = []
+        for steps in (8, 16):
+            fc.reset()
+            kfm.sample(velocity, x0, steps=steps, solver=solver, shaping=kts, profile=True)
+            syncs.append(fc.count())
+    assert syncs[0] == syncs[1], fc.summary()
+
+
+def test_dopri5_synchronises_three_times_per_iteration():
+    # choosing the rows in flight, the finite check, the accepted rows: one sync each (a boolean
+    # mask per accepted array made it nine or ten)
+    velocity = kfm.GaussianMixtureTarget(torch.randn(5, 4, dtype=torch.float64,
+                                                     generator=torch.Generator().manual_seed(7)), 0.3)
+    with fake_cuda() as fc:
+        x0 = kfm.noise(range(16), (4,), device="cuda", dtype=torch.float64)
+        kfm.sample(velocity, x0, steps=2)                       # the parameters' one copy
+        fc.reset()
+        res = kfm.sample(velocity, x0, solver="dopri5", profile=True)
+        syncs = fc.count()
+    iterations = int((res.nfe.max() - 2) // 6)                 # 6 new stages per attempt, 2 to start
+    assert iterations > 5 and syncs <= 3 * iterations + 8, fc.summary()

@@ -376,7 +376,7 @@ class EmpiricalFlow:
         # sparse rows, bucketed by candidate count so one wide row does not widen the others
         sparse_rows = exact.nonzero().flatten()
         if sparse_rows.numel():
-            width = torch.maximum(count[sparse_rows], torch.tensor(max(top_k, 1), device=x.device))
+            width = count[sparse_rows].clamp_min(max(top_k, 1))  # no host-to-device copy
             bucket = torch.ceil(torch.log2(width.double())).long()
             for level in bucket.unique().tolist():
                 rows = sparse_rows[bucket == level]

@@ -4,7 +4,7 @@ Every sample carries its own time t_b and step h_b, and the error test is per sa
 sample's trajectory, step sequence and KPE do not depend on its batch-mates (as long as the
 field's output for a row does not either: float32 GEMMs in a net round by batch size). Each iteration
 evaluates only the samples still in flight; choosing them, the finite check and selecting the
-accepted rows synchronise with the host a few times per iteration (unavoidable for adaptive
+accepted rows synchronise with the host three times per iteration (unavoidable for adaptive
 stepping; the fixed-step solvers never do). The energy integral never enters the error control.
 
 A field that holds per-sample data (class labels, conditions, recorders) must see those rows
@@ -91,7 +91,7 @@ def integrate_dopri5(
     iteration = 0
     while True:
         rows = torch.nonzero(~done).squeeze(1)
-        n_active = rows.numel()  # the one synchronisation per iteration
+        n_active = rows.numel()  # a synchronisation (nonzero), like the accepted rows' below
         if bar is not None:
             bar.n = batch - n_active
             bar.refresh()
@@ -156,8 +156,9 @@ def integrate_dopri5(
         accept = (ratio <= 1.0) & finite
 
         applied, raw = step_energy(ha, etas, norms, weights)
-        acc_rows = rows[accept]
-        ledger.add(applied[accept], raw[accept], ta[accept] < split, ta[accept], rows=acc_rows)
+        acc = torch.nonzero(accept).squeeze(1)  # one synchronisation; a mask per array was one each
+        acc_rows, acc_ta, acc_applied = rows[acc], ta[acc], applied[acc]
+        ledger.add(acc_applied, raw[acc], acc_ta < split, acc_ta, rows=acc_rows)
         col = steps[acc_rows]
         if iteration + 1 > capacity:  # a sample has at most `iteration` accepted steps
             step_times = torch.cat([step_times, step_times.new_full((batch, capacity), float("nan"))], 1)
@@ -165,8 +166,8 @@ def integrate_dopri5(
                 profile = torch.cat([profile, profile.new_zeros(batch, capacity)], 1)
             capacity *= 2
         if profile is not None:
-            profile[acc_rows, col] = applied[accept]
-        step_times[acc_rows, col + 1] = t_end[accept]
+            profile[acc_rows, col] = acc_applied
+        step_times[acc_rows, col + 1] = t_end[acc]
         steps.index_add_(0, acc_rows, torch.ones_like(acc_rows))
 
         acc_b = _bcast(accept, xa)
