@@ -57,8 +57,11 @@ def main() -> None:
         bare_heun(net, x0, steps, kts)
         sync()
 
-    with torch.no_grad():  # same samples, so the comparison is like for like
-        assert torch.allclose(kfm.sample(net, x0, steps=steps, solver="heun", shaping=kts).x, bare_heun(net, x0, steps, kts), atol=1e-5)
+    # same samples, so the comparison is like for like; on a GPU cuDNN's default TF32 convolutions
+    # (10-bit inputs) turn the two loops' last-bit differences into about 2e-5
+    atol = 1e-4 if device.type == "cuda" else 1e-5
+    with torch.no_grad():
+        assert torch.allclose(kfm.sample(net, x0, steps=steps, solver="heun", shaping=kts).x, bare_heun(net, x0, steps, kts), atol=atol)
     med = interleaved_medians({"kfm.sample (with KPE)": ours, "bare loop": bare}, repeats)
     params = sum(p.numel() for p in net.parameters())
     print(f"device={device} net=SmallConvUNet(width={args.width}, {params / 1e6:.2f} M params) batch={args.batch} heun steps={steps} repeats={repeats}")
