@@ -294,3 +294,35 @@ def test_built_in_fields_are_bitwise_batch_invariant_on_cuda(solver):
                         device="cuda") for i in range(0, 64, 7)]
     assert torch.equal(whole.kpe, torch.cat([p.kpe for p in parts]))
     assert torch.equal(whole.x, torch.cat([p.x for p in parts]))
+
+
+@pytest.mark.parametrize("device", ON_DEVICE, indirect=True)
+def test_kfm_train_and_memorization_on_the_device_match_the_cpu(device, tmp_path, capsys):
+    """`kfm train` and `kfm memorization` with --device: the device run's weights and table equal
+    the CPU run's (under fake_cuda bit for bit: the same kernels; on a GPU to round-off)."""
+    import numpy as np
+    import pandas as pd
+
+    from kinetic_fm.cli import main
+    from kinetic_fm.models.checkpoint import load_weights
+
+    exact = device == "cuda" and not torch.cuda.is_available()    # fake_cuda
+    for where in ("cpu", device):
+        assert main(["train", "--data", "moons", "--n", "200", "--steps", "4", "--batch-size", "16",
+                     "--device", where, "--out", str(tmp_path / f"net_{where}"), "--no-progress"]) == 0
+    w_cpu, w_dev = (load_weights(tmp_path / f"net_{w}" / "final.safetensors") for w in ("cpu", device))
+    assert w_cpu.keys() == w_dev.keys()
+    for k in w_cpu:
+        torch.testing.assert_close(w_dev[k], w_cpu[k], rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
+
+    g = torch.Generator().manual_seed(9)
+    train = torch.randn(300, 24, generator=g)
+    samples = torch.cat([train[:20] + 1e-3 * torch.randn(20, 24, generator=g), torch.randn(30, 24, generator=g)])
+    np.save(tmp_path / "s.npy", samples.numpy())
+    np.save(tmp_path / "t.npy", train.numpy())
+    for where in ("cpu", device):
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                     "--device", where, "--out", str(tmp_path / f"mem_{where}.parquet"), "--no-progress"]) == 0
+    capsys.readouterr()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"mem_{device}.parquet"),
+                                  pd.read_parquet(tmp_path / "mem_cpu.parquet"), check_exact=exact, rtol=1e-12)
