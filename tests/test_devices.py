@@ -326,3 +326,19 @@ def test_kfm_train_and_memorization_on_the_device_match_the_cpu(device, tmp_path
     capsys.readouterr()
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"mem_{device}.parquet"),
                                   pd.read_parquet(tmp_path / "mem_cpu.parquet"), check_exact=exact, rtol=1e-12)
+
+
+def test_a_scalar_time_net_costs_two_syncs_whatever_the_number_of_times():
+    # time="scalar" groups rows by distinct t; the groups used to be found one nonzero per time
+    seen = []
+    net = lambda x, t: (seen.append(t.dim()), x * t)[1]  # noqa: E731
+    adapter = kfm.ModelXT(net, time="scalar")
+    x = torch.arange(12.0).reshape(6, 2)
+    t = torch.tensor([0.5, 0.1, 0.5, 0.9, 0.1, 0.7])
+    with fake_cuda() as fc:
+        xd, td = x.to("cuda"), t.to("cuda")
+        fc.reset()
+        v = adapter(xd, td)
+        assert fc.count() <= 2, fc.summary()                    # unique, then the group sizes
+        torch.testing.assert_close(v.cpu(), x * t[:, None], rtol=0, atol=0)
+    assert seen == [0, 0, 0, 0]                                 # four times, four 0-dim calls

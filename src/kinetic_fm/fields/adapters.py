@@ -85,18 +85,18 @@ def _call_per_time(
 ) -> torch.Tensor:
     """Call a net that accepts one 0-dim time per call, grouping rows by their distinct t.
 
-    ``torch.unique`` synchronises with the host once per call; that is the price of a net that
-    cannot take per-sample times. Per-sample tensors among args/kwargs (first dim == B) are sliced
-    with their rows.
+    ``torch.unique`` synchronises with the host once per call (the price of a net that cannot
+    take per-sample times); rows at several times (dopri5) cost one more, for the group sizes.
+    Per-sample tensors among args/kwargs (first dim == B) are sliced with their rows.
     """
     t = batch_time(t, x)
-    values, inverse = torch.unique(t, return_inverse=True)
+    values, inverse, counts = torch.unique(t, return_inverse=True, return_counts=True)
     if values.numel() == 1:
         return call(x, values[0], *args, **kwargs)
     batch = x.shape[0]
     out = None
-    for k in range(values.numel()):
-        rows = torch.nonzero(inverse == k).squeeze(1)
+    groups = torch.argsort(inverse, stable=True).split(counts.tolist())  # one sync, not one per time
+    for k, rows in enumerate(groups):
         part = call(
             x[rows],
             values[k],
@@ -142,8 +142,9 @@ class ModelTX(_Adapter):
         model: callable ``model(t, x) -> Tensor`` of x's shape.
         time: ``"batch"`` passes t of shape (B,); ``"scalar"`` passes a 0-dim t, as
             ``torchdiffeq.odeint`` does, calling the net once per distinct time in the batch
-            (one host synchronisation per call); ``"shared"`` passes ``t[0]`` as a 0-dim t without
-            checking that all rows share it (no synchronisation: fixed-step grids only).
+            (one host synchronisation per call, two when rows sit at several times, as under
+            dopri5); ``"shared"`` passes ``t[0]`` as a 0-dim t without checking that all rows
+            share it (no synchronisation: fixed-step grids only).
 
     Calling ``adapter(x, t)`` returns ``model(t, x)`` (any further args go after x).
     """
@@ -168,8 +169,9 @@ class ModelXT(_Adapter):
         model: callable ``model(x, t, *args, **extras) -> Tensor`` of x's shape.
         time: ``"batch"`` passes t of shape (B,); ``"scalar"`` passes a 0-dim t, as
             ``flow_matching.solver.ODESolver`` does, calling the net once per distinct time in the
-            batch (one host synchronisation per call); ``"shared"`` passes ``t[0]`` as a 0-dim t
-            without checking (no synchronisation: fixed-step grids only).
+            batch (one host synchronisation per call, two when rows sit at several times, as under
+            dopri5); ``"shared"`` passes ``t[0]`` as a 0-dim t without checking (no
+            synchronisation: fixed-step grids only).
         **extras: fixed keyword arguments for every call (e.g. a condition tensor); tensors
             whose first dimension is the batch size are per-sample and follow ``select``.
     """
