@@ -191,16 +191,22 @@ def test_nearest_neighbors_stay_exact_with_tf32_products(device, api):
     matmul = torch.backends.cuda.matmul
     if api == "fp32_precision" and not hasattr(matmul, "fp32_precision"):
         pytest.skip("torch < 2.9 has no fp32_precision API")
-    previous = matmul.fp32_precision if hasattr(matmul, "fp32_precision") else matmul.allow_tf32
+    new_api = hasattr(matmul, "fp32_precision")
+    previous = matmul.fp32_precision if new_api else matmul.allow_tf32
     setattr(matmul, api, "tf32" if api == "fp32_precision" else True)
     try:
         assert kfm.metrics.neighbors.unit_roundoff(torch.float32, torch.device(device)) == 2.0 ** -11
         got = kfm.nearest_neighbors(queries.to(device), ref.to(device), 2)
     finally:
-        if hasattr(matmul, "fp32_precision"):
-            matmul.fp32_precision = previous if isinstance(previous, str) else ("tf32" if previous else "ieee")
+        # a clean state for the tests that follow: a legacy flag left on keeps torch's "mix of the
+        # legacy and new APIs" state, where reading allow_tf32 (and cuBLAS set-up) raises
+        matmul.allow_tf32 = False
+        if new_api:
+            matmul.fp32_precision = previous
         else:
             matmul.allow_tf32 = previous
+    if new_api:
+        assert matmul.fp32_precision == previous and matmul.allow_tf32 == (previous == "tf32")
     want = brute_knn(queries, ref, 2)
     torch.testing.assert_close(got.distances.cpu(), want.values, rtol=0, atol=1e-10)
     assert torch.equal(got.indices.cpu(), want.indices)
@@ -306,7 +312,9 @@ def test_kfm_train_and_memorization_on_the_device_match_the_cpu(device, tmp_path
     from kinetic_fm.cli import main
     from kinetic_fm.models.checkpoint import load_weights
 
-    exact = device == "cuda" and not torch.cuda.is_available()    # fake_cuda
+    from fake_cuda import active
+
+    exact = active() is not None                                   # fake_cuda: the CPU's kernels
     for where in ("cpu", device):
         assert main(["train", "--data", "moons", "--n", "200", "--steps", "4", "--batch-size", "16",
                      "--device", where, "--out", str(tmp_path / f"net_{where}"), "--no-progress"]) == 0
@@ -342,3 +350,20 @@ def test_a_scalar_time_net_costs_two_syncs_whatever_the_number_of_times():
         assert fc.count() <= 2, fc.summary()                    # unique, then the group sizes
         torch.testing.assert_close(v.cpu(), x * t[:, None], rtol=0, atol=0)
     assert seen == [0, 0, 0, 0]                                 # four times, four 0-dim calls
+
+
+def test_a_feature_space_sends_inputs_to_its_nets_own_gpu():
+    # device="cuda" and a net on cuda:1: the inputs go to cuda:1, not to the current device
+    from kinetic_fm.metrics.features import FeatureSpace
+
+    class OnSecondGpu(torch.nn.Module):
+        def parameters(self, recurse=True):
+            yield type("Held", (), {"device": torch.device("cuda", 1)})()
+
+    net = OnSecondGpu()
+    assert FeatureSpace(net, device="cuda")._run_device() == torch.device("cuda", 1)
+    assert FeatureSpace(net)._run_device() == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"is on cuda:1 but device='cuda:0'"):
+        FeatureSpace(net, device="cuda:0")._run_device()
+    with pytest.raises(ValueError, match=r"is on cuda:1 but device='cpu'"):
+        FeatureSpace(net, device="cpu")._run_device()
