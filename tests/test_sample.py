@@ -532,3 +532,28 @@ def test_mixture_draws_need_a_positive_integer_count(n):
     with pytest.raises(ValueError, match=r"n must be a positive integer"):
         kfm.GaussianMixtureTarget(torch.zeros(2, 2)).sample_target(n)
     assert kfm.GaussianMixtureTarget(torch.zeros(2, 2)).sample_target(np.int64(3))[0].shape == (3, 2)
+
+
+def test_built_in_fields_follow_their_parameters_through_the_device_copies():
+    # the fields keep one copy of their parameters per (device, dtype), so a GPU run does not
+    # copy them in every call; the copies must never go stale or travel with the field
+    import copy
+    import pickle
+
+    field = GaussianTarget(mean=torch.zeros(3), std=0.5)
+    x, t = torch.randn(4, 3), torch.full((4,), 0.3)
+    expected = lambda mean: GaussianTarget(mean=mean, std=0.5)(x.double(), t.double()).float()  # noqa: E731
+    field(x, t)
+    field.mean.add_(1.0)                                   # in place
+    torch.testing.assert_close(field(x, t), expected(torch.ones(3)))
+    field.mean = torch.full((3,), 5.0, dtype=torch.float64)  # reassigned
+    torch.testing.assert_close(field(x, t), expected(torch.full((3,), 5.0)))
+    for twin in (copy.deepcopy(field), pickle.loads(pickle.dumps(field))):
+        assert twin._placed._copies == {}
+        torch.testing.assert_close(twin(x, t), field(x, t), rtol=0, atol=0)
+    fresh = PointTarget(torch.ones(3))
+    with torch.inference_mode():                           # a first call under inference mode
+        fresh(x, t)
+    xr = x.clone().requires_grad_(True)
+    fresh(xr, t).sum().backward()                          # its copy can still join autograd
+    torch.testing.assert_close(xr.grad, torch.full_like(x, -1 / 0.7))

@@ -26,18 +26,26 @@ class _Placed:
     """A field's float64 CPU parameters, copied once per (device, dtype) that calls ask for.
 
     Copying them on every call is a blocking host-to-device transfer on a GPU: a host
-    synchronisation per stage inside the sampler's otherwise sync-free loop.
+    synchronisation per stage inside the sampler's otherwise sync-free loop. A copy is redone when
+    the parameter is reassigned or changed in place (its version counter moves); copies are not
+    pickled or deep-copied (a field saved after a GPU run loads on a CPU-only machine).
     """
 
     def __init__(self) -> None:
         self._copies: dict = {}
 
-    def __call__(self, value: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        key = (id(value), device, dtype)  # the entry holds value, so its id is not reused
-        copy = self._copies.get(key)
-        if copy is None:
-            copy = self._copies[key] = (value, value.to(device=device, dtype=dtype))
-        return copy[1]
+    def __call__(self, name: str, value: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        if value.is_inference():  # made under inference mode: no version counter, copied per call
+            return value.to(device=device, dtype=dtype)
+        key = (name, device, dtype)
+        held = self._copies.get(key)
+        if held is None or held[0] is not value or held[1] != value._version:
+            with torch.inference_mode(False):  # a copy made under inference mode could not join autograd later
+                held = self._copies[key] = (value, value._version, value.to(device=device, dtype=dtype, copy=True))
+        return held[2]
+
+    def __reduce__(self):
+        return (_Placed, ())
 
 
 def _location(name: str, value) -> torch.Tensor:
@@ -98,7 +106,7 @@ class GaussianTarget:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         tc = _time_column(t, x).to(x.dtype)
         _check_sample_shape("mean", self.mean, x)
-        mu = self._placed(self.mean, x.device, x.dtype)
+        mu = self._placed("mean", self.mean, x.device, x.dtype)
         _, rate = _scale(tc, self.std)
         return mu + rate * (x - tc * mu)
 
@@ -130,7 +138,7 @@ class PointTarget:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         tc = _time_column(t, x).to(x.dtype)
         _check_sample_shape("point", self.point, x)
-        return (self._placed(self.point, x.device, x.dtype) - x) / (1 - tc)
+        return (self._placed("point", self.point, x.device, x.dtype) - x) / (1 - tc)
 
     def trajectory(self, x0: torch.Tensor, t: float) -> torch.Tensor:
         return (1 - t) * x0 + t * _as_tensor(self.point, x0)
@@ -168,11 +176,11 @@ class GaussianMixtureTarget:
         tc = _time_column(t, x).to(torch.float64)
         s, rate = _scale(tc.reshape(b, 1), self.std)  # (B, 1)
         xf = x.reshape(b, -1).to(torch.float64)
-        mu = self._placed(self.means, x.device, torch.float64).reshape(self.means.shape[0], -1)  # (K, D)
+        mu = self._placed("means", self.means, x.device, torch.float64).reshape(self.means.shape[0], -1)  # (K, D)
         if mu.shape[1] != xf.shape[1]:
             raise ValueError(f"means hold {mu.shape[1]} values per component but a sample holds {xf.shape[1]}")
         diff = xf.unsqueeze(1) - tc.reshape(b, 1, 1) * mu.unsqueeze(0)  # (B, K, D), K is small
-        logits = self._placed(self.weights, x.device, torch.float64).log() - 0.5 * diff.pow(2).sum(-1) / s.pow(2)
+        logits = self._placed("weights", self.weights, x.device, torch.float64).log() - 0.5 * diff.pow(2).sum(-1) / s.pow(2)
         post = torch.softmax(logits, dim=1)  # (B, K)
         mean = post[:, :1] * mu[0]
         for k in range(1, mu.shape[0]):  # not post @ mu: a GEMM's blocking, and so its bits, follow B
