@@ -60,7 +60,9 @@ class FeatureSpace:
         want = torch.device(self.device)
         if held is not None:
             have = held.device
-            if have.type != want.type or (want.index is not None and have.index != want.index):
+            if have.type == want.type and want.index is None:
+                return have  # "cuda" and a net on cuda:1: its own index, not the current device's
+            if have != want:
                 raise ValueError(f"feature map {self.name!r} is on {have} but device={str(want)!r}: move "
                                  f"the network there first (net.to({str(want)!r})), or pass device=None to "
                                  "run it where it is")
