@@ -83,6 +83,17 @@ def _interrupt_and_resume(tmp_path, case, device):
         assert all(torch.equal(v[n], s2["optimizer"]["state"][k][n]) for n in v)
 
 
+def test_resuming_on_another_kind_of_device_warns(tmp_path):
+    from fake_cuda import fake_cuda
+
+    _, ds = _mixture_data()
+    config = TrainConfig(steps=6, batch_size=8, seed=3, save_every=2, checkpoints="none")
+    with pytest.raises(_Interrupt):
+        train(VelocityMLP(2, hidden=8, depth=1), ds.points[:64], config, out=tmp_path, callback=_stop_at(3))
+    with fake_cuda(), pytest.warns(UserWarning, match="on cuda:0, saved on the CPU: training goes on"):
+        train(VelocityMLP(2, hidden=8, depth=1).to("cuda"), ds.points[:64], config, out=tmp_path, resume=True)
+
+
 def test_training_is_deterministic_by_seed_and_writes_checkpoints(tmp_path):
     _, ds = _mixture_data()
     config = TrainConfig(steps=10, batch_size=16, seed=1, checkpoints=(1, 5, 10))

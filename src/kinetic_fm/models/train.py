@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -242,6 +243,11 @@ def train(
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         losses[:start] = state["losses"][:start]
+        if ("cuda" in state["rng"]) != (device.type == "cuda"):
+            saved_on = "a CUDA device" if "cuda" in state["rng"] else "the CPU"
+            warnings.warn(f"resuming {state_path} on {device}, saved on {saved_on}: training goes on, but "
+                          "the result will not be bit-identical to an uninterrupted run on either",
+                          stacklevel=2)
         _set_rng_state(state["rng"], data_gen, noise_gen, device)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
