@@ -40,8 +40,9 @@ class _Placed:
         key = (name, device, dtype)
         held = self._copies.get(key)
         if held is None or held[0] is not value or held[1] != value._version:
-            with torch.inference_mode(False):  # a copy made under inference mode could not join autograd later
-                held = self._copies[key] = (value, value._version, value.to(device=device, dtype=dtype, copy=True))
+            with torch.inference_mode(False):  # a copy made under inference mode would refuse autograd later
+                copy = value.to(device=device, dtype=dtype, copy=True)
+            held = self._copies[key] = (value, value._version, copy)
         return held[2]
 
     def __reduce__(self):
@@ -125,8 +126,8 @@ class PointTarget:
 
     Every trajectory is the straight line from x0 to y, KPE = ½‖y − x0‖². The field is
     singular at t = 1 and declares ``singular_at_one``: ``kfm.sample`` takes the last step of
-    heun/rk4 without their end stage, so fixed-step solvers never evaluate it there (dopri5's last stages do,
-    so use a fixed-step solver with this field).
+    heun/rk4 without their end stage, so fixed-step solvers never evaluate it there (dopri5's
+    last stages do, so use a fixed-step solver with this field).
     """
 
     singular_at_one = True
@@ -180,7 +181,8 @@ class GaussianMixtureTarget:
         if mu.shape[1] != xf.shape[1]:
             raise ValueError(f"means hold {mu.shape[1]} values per component but a sample holds {xf.shape[1]}")
         diff = xf.unsqueeze(1) - tc.reshape(b, 1, 1) * mu.unsqueeze(0)  # (B, K, D), K is small
-        logits = self._placed("weights", self.weights, x.device, torch.float64).log() - 0.5 * diff.pow(2).sum(-1) / s.pow(2)
+        log_weights = self._placed("weights", self.weights, x.device, torch.float64).log()
+        logits = log_weights - 0.5 * diff.pow(2).sum(-1) / s.pow(2)
         post = torch.softmax(logits, dim=1)  # (B, K)
         mean = post[:, :1] * mu[0]
         for k in range(1, mu.shape[0]):  # not post @ mu: a GEMM's blocking, and so its bits, follow B

@@ -135,7 +135,7 @@ def _rng_state(data_gen: torch.Generator, noise_gen: torch.Generator, device: to
 def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator, noise_gen: torch.Generator,
                    device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:  # runs saved before it was kept resume without it
+    if device.type == "cuda" and "cuda" in state:  # a resume.pt from before this was saved has none
         torch.cuda.set_rng_state(state["cuda"], device)
     np_s = state["numpy"]
     np.random.set_state(("MT19937", np_s["key"].numpy().astype(np.uint32), np_s["pos"], np_s["has_gauss"], np_s["cached"]))
