@@ -58,10 +58,10 @@ class Assets:
         return self._classify(self.classifier.logits, x)
 
     def _classify(self, head, x: Tensor) -> Tensor:
+        from ..metrics.features import FeatureSpace  # chunks, moves them, brings the rows back
+
         where = next(self.classifier.parameters()).device
-        with torch.inference_mode():
-            out = [head(x[i : i + 512].to(where)).to(x.device) for i in range(0, x.shape[0], 512)]
-        return torch.cat(out).clone()
+        return FeatureSpace(head, self.classifier_name, batch_size=512, device=where)(x)
 
 
 def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Assets:
