@@ -121,6 +121,17 @@ def test_scalar_mode_groups_rows_by_time():
     torch.testing.assert_close(out, expected, rtol=1e-14, atol=1e-14)
 
 
+@pytest.mark.parametrize("mode", ["shared", "scalar"])
+def test_time_modes_pass_an_empty_batch_through_the_net(mode):
+    # an empty batch has no time to pass: the net still runs once, so the output has its shape
+    def net(x, t):
+        assert t.dim() == 0
+        return torch.cat([x, x], dim=1)
+
+    out = ModelXT(net, time=mode)(torch.empty(0, DIM, dtype=torch.float64), torch.empty(0, dtype=torch.float64))
+    assert out.shape == (0, 2 * DIM) and out.dtype == torch.float64
+
+
 # --- model(x, t, **extras) -----------------------------------------------------------------------
 
 

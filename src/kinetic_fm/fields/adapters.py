@@ -77,7 +77,13 @@ def _call_time_mode(
     if mode == "scalar":
         return _call_per_time(call, x, t, args, kwargs)
     t = batch_time(t, x)
-    return call(x, t[0] if mode == "shared" else t, *args, **kwargs)
+    return call(x, _first_time(t) if mode == "shared" else t, *args, **kwargs)
+
+
+def _first_time(t: torch.Tensor) -> torch.Tensor:
+    """The 0-dim time of a (B,) batch; an empty batch has none, and its net sees t = 0 (no row
+    depends on it) so that the net still gives its output's shape."""
+    return t[0] if t.shape[0] else t.new_zeros(())
 
 
 def _call_per_time(
@@ -91,8 +97,8 @@ def _call_per_time(
     """
     t = batch_time(t, x)
     values, inverse, counts = torch.unique(t, return_inverse=True, return_counts=True)
-    if values.numel() == 1:
-        return call(x, values[0], *args, **kwargs)
+    if values.numel() <= 1:
+        return call(x, _first_time(values), *args, **kwargs)
     batch = x.shape[0]
     out = None
     groups = torch.argsort(inverse, stable=True).split(counts.tolist())  # one sync, not one per time
