@@ -109,6 +109,8 @@ def test_a_flag_that_would_be_ignored_is_refused(tmp_path, capsys, command, extr
     (["sample", "--steps", "abc"], "kfm sample: error: argument --steps: invalid int value: 'abc'"),
     (["memorization"], "kfm memorization: error: the following arguments are required: --samples, --train"),
     (["nosuch"], "kfm: error: argument COMMAND: invalid choice: 'nosuch'"),
+    # an unknown flag belongs to the sub-command's line: its own --help lists the valid ones
+    (["sample", "--out", "o", "--stpes", "8"], "kfm sample: error: unrecognized arguments: --stpes 8"),
 ])
 def test_a_malformed_command_line_is_one_line_and_a_pointer_to_help(capsys, argv, message):
     # argparse's stock error printed the whole usage block (a dozen lines for sample) first

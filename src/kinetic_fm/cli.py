@@ -40,12 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(sub)
+    parser.set_defaults(_commands=sub.choices)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the sub-command's parser, so the hint names its own --help
+        args._commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         with warnings.catch_warnings():  # restores the global hook when the command returns
             warnings.showwarning = _one_line_warning(args.command)
