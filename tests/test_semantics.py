@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from kinetic_fm.metrics.features import feature_space
 from kinetic_fm.metrics.semantics import (
     CLIPScorer,
     classifier_margin,
@@ -55,6 +56,35 @@ def test_classifier_margin_and_confidence():
         classifier_margin(net, x, 7)
     with pytest.raises(ValueError, match="integer class indices"):
         classifier_margin(net, x, 1.7)                          # not silently class 1
+
+
+def test_feature_networks_receive_floating_inputs_in_their_own_dtype():
+    # float64 samples (a float64 sampling run) into a float32 network failed inside torch
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).eval()
+    x = torch.randn(9, 3, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        expected = net(x.float()).double()
+    assert torch.equal(classifier_margin(net, x).margin,
+                       margin_from_scores(expected, expected.argmax(1))[0])
+    wide = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).double().eval()
+    with torch.no_grad():
+        expected = wide(x.float().double())                     # float32 input, float64 network
+    assert torch.equal(feature_space(wide)(x.float()), expected)
+
+    seen = []
+
+    class ReadsBytes(torch.nn.Module):                          # uint8 images are scaled by the net
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, images):
+            seen.append(images.dtype)
+            return images.flatten(1).float() / 255 * self.scale
+
+    feature_space(ReadsBytes())(torch.zeros(2, 3, dtype=torch.uint8))
+    assert seen == [torch.uint8]
 
 
 # --- a tiny random CLIP, saved and loaded through the real transformers path -----------------

@@ -35,6 +35,10 @@ class FeatureSpace:
             already be there (a clear error otherwise; it is not moved). ``None``: a module's own
             device, the inputs' device for other callables. Features come back on the inputs'
             device.
+
+    Floating inputs reach a module in its own floating dtype (float64 samples into a float32
+    network, say), chunk by chunk; integer inputs (uint8 images) are passed as they are, since
+    only the network knows how to scale them.
     """
 
     fn: FeatureFn | None = None
@@ -47,14 +51,24 @@ class FeatureSpace:
         if self.fn is not None and not callable(self.fn):
             raise TypeError(f"fn must be callable or None, got {type(self.fn).__name__}")
 
+    def _module_tensor(self, floating: bool = False) -> Tensor | None:
+        """A module map's first parameter or buffer (its first floating one if ``floating``)."""
+        if not isinstance(self.fn, torch.nn.Module):
+            return None
+        held = itertools.chain(self.fn.parameters(), self.fn.buffers())
+        return next((p for p in held if not floating or p.is_floating_point()), None)
+
+    def _run_dtype(self, x: Tensor) -> torch.dtype:
+        """The dtype the chunks go in: a module's floating dtype for floating x, else x's own."""
+        held = self._module_tensor(floating=True)
+        return held.dtype if held is not None and x.is_floating_point() else x.dtype
+
     def _run_device(self) -> torch.device | None:
         """Where the chunks go: ``device``, else a module's own device, else None (stay put).
 
         A module must already be on ``device``: inputs are moved, the net is not (moving it would
         change the caller's module in place)."""
-        held = None
-        if isinstance(self.fn, torch.nn.Module):
-            held = next(itertools.chain(self.fn.parameters(), self.fn.buffers()), None)
+        held = self._module_tensor()
         if self.device is None:
             return None if held is None else held.device
         want = torch.device(self.device)
@@ -79,11 +93,11 @@ class FeatureSpace:
             raise ValueError("x must have a batch dimension, got a scalar")
         if self.fn is None:
             return x.reshape(x.shape[0], -1)
-        where = self._run_device()
+        where, dtype = self._run_device(), self._run_dtype(x)
         out = []
         with torch.inference_mode():
             for start in range(0, x.shape[0], self.batch_size):
-                chunk = x[start:start + self.batch_size]
+                chunk = x[start:start + self.batch_size].to(dtype)
                 if where is not None:
                     chunk = chunk.to(where)
                 feats = self.fn(chunk)
