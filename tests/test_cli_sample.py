@@ -153,6 +153,27 @@ def test_a_run_folder_still_training_pins_the_checkpoint_it_sampled(tmp_path, ca
     assert "weights_sha256" in capsys.readouterr().err
 
 
+def test_the_same_weights_by_another_path_resume_the_run(tmp_path, monkeypatch, capsys):
+    # the run is pinned by the weights' hash, not by how the path was spelled: an absolute path,
+    # the folder instead of its final file, or another working directory resume it
+    folder = tmp_path / "trained"
+    _saved_net(folder / "final.safetensors")
+    monkeypatch.chdir(tmp_path)
+    args = ("--n", 8, "--shard-size", 4, "--steps", 3)
+    assert kfm_sample(tmp_path / "run", "--model", "trained/final.safetensors", *args) == 0
+    first = read_run(tmp_path / "run")
+    monkeypatch.chdir(folder)
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "run", "--model", folder, *args, "--resume") == 0
+    assert "this process computed 0, kept 2" in capsys.readouterr().out
+    np.testing.assert_array_equal(first["kpe"].to_numpy(), read_run(tmp_path / "run")["kpe"].to_numpy())
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["runtime"]["model"] == "trained/final.safetensors"   # kept for the record
+    _saved_net(folder / "final.safetensors", seed=1)                     # other weights: refused
+    assert kfm_sample(tmp_path / "run", "--model", folder, *args, "--resume") == 2
+    assert "weights_sha256" in capsys.readouterr().err
+
+
 def test_a_model_samples_in_float64_and_a_wrong_shape_fails_before_the_folder(tmp_path, capsys):
     path = _saved_net(tmp_path / "net.safetensors")
     assert kfm_sample(tmp_path / "run64", "--model", path, "--n", 3, "--steps", 3, "--dtype", "float64") == 0

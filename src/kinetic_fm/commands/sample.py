@@ -126,7 +126,10 @@ def _builtin_field(name: str, dim: int) -> _Target:
 
 
 def _model_target(path: str, shape_arg: str | None) -> _Target:
-    """A velocity net saved by ``kfm train`` (EMA weights), identified by the sha256 of its weights."""
+    """A velocity net saved by ``kfm train`` (EMA weights), identified by the sha256 of its weights.
+
+    The path is not part of the identity: the same weights reached by another spelling (relative
+    or absolute, the folder or its final file, another working directory) resume the same run."""
     from pathlib import Path
 
     from ..models.checkpoint import load_model, resolve_weights
@@ -146,8 +149,7 @@ def _model_target(path: str, shape_arg: str | None) -> _Target:
         shape = tuple(net.shape)
     else:
         raise ValueError(f"--model {path} does not record its sample shape; give --shape C,H,W")
-    identity = {"model": str(source), "kind": getattr(net, "kind", type(net).__name__),
-                "weights_sha256": sha256_file(weights)}
+    identity = {"kind": getattr(net, "kind", type(net).__name__), "weights_sha256": sha256_file(weights)}
     return _Target(net, shape, identity)
 
 
@@ -165,7 +167,7 @@ def _config(args, target: _Target, kts) -> dict:
     from dataclasses import asdict
 
     return {
-        "field": None if args.model else args.field, "dim": args.dim, "model": args.model,
+        "field": None if args.model else args.field, "dim": args.dim,
         "sample_shape": list(target.shape),
         "steps": args.steps, "solver": args.solver, "grid": args.grid, "quadrature": args.quadrature,
         "split": args.split, "on_nonfinite": args.on_nonfinite, "dtype": args.dtype,
@@ -282,7 +284,8 @@ def run(args) -> int:
         manifest = RunManifest(
             kind="sample", config=_config(args, target, kts), identity=target.identity,
             seed_start=args.seed_start, n=args.n, shard_size=args.shard_size,
-            runtime={"batch_size": args.batch_size, "world_size": world.world_size},
+            runtime={"batch_size": args.batch_size, "world_size": world.world_size,
+                     **({"model": str(args.model)} if args.model else {})},
         )
         outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device),
                               resume=args.resume, coordinator=coordinator, progress=args.progress)
