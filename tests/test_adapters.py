@@ -147,6 +147,47 @@ def test_model_xt_forwards_extras_and_slices_per_sample_ones_when_grouping():
     torch.testing.assert_close(out, x * t[:, None] + 1.0 + cond)
 
 
+def _toward_table_rows(x, t, table, y):
+    return table[y] - x                       # dx/dt = c − x: x(1) = c + (x0 − c)/e
+
+
+@pytest.mark.parametrize("time", ["batch", "scalar"])
+def test_named_per_sample_extras_follow_dopri5_and_shared_ones_stay_whole(time):
+    # a class table with as many rows as the batch is shared, not per-sample: the first-dimension
+    # guess slices it (here an IndexError; with other shapes silently wrong rows)
+    table = torch.randn(4, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([2, 0, 3, 1])
+    x0 = _x0(4)
+    exact = table[y] + (x0 - table[y]) * math.exp(-1.0)
+    named = ModelXT(_toward_table_rows, time=time, per_sample=["y"], table=table, y=y)
+    res = kfm.sample(named, x0, solver="dopri5", rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(res.x, exact, rtol=0, atol=1e-7)
+    assert int(res.nfe.min()) < int(res.nfe.max())            # rows finished apart: select was used
+    guessed = ModelXT(_toward_table_rows, time=time, table=table, y=y)
+    with pytest.raises(IndexError):
+        kfm.sample(guessed, x0, solver="dopri5", rtol=1e-9, atol=1e-9)
+
+
+def test_scalar_time_groups_slice_only_the_named_extras():
+    table = torch.randn(4, DIM, dtype=torch.float64)
+    y = torch.tensor([1, 1, 0, 2])
+    t = torch.tensor([0.2, 0.5, 0.2, 0.5], dtype=torch.float64)
+    x = _x0(4)
+    out = ModelXT(_toward_table_rows, time="scalar", per_sample=("y",), table=table, y=y)(x, t)
+    torch.testing.assert_close(out, table[y] - x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("per_sample, extras, message", [
+    ("y", {"y": torch.zeros(2)}, "list of extra names"),
+    (["z"], {"y": torch.zeros(2)}, "'z', which is not among the extras"),
+    (["y"], {"y": 3}, "must be a tensor with a batch dimension"),
+    (["y"], {"y": torch.zeros(5)}, "has 5 rows for a batch of 2"),
+])
+def test_bad_per_sample_extras_are_named(per_sample, extras, message):
+    with pytest.raises(ValueError, match=message):
+        ModelXT(lambda x, t, y: x, per_sample=per_sample, **extras)(_x0(2), torch.rand(2))
+
+
 # --- discrete time ---------------------------------------------------------------------------------
 
 

@@ -131,6 +131,24 @@ def test_dopri5_slices_per_sample_conditions():
     torch.testing.assert_close(batch.x, reference, rtol=0, atol=1e-6)
 
 
+def test_dopri5_keeps_a_shared_extra_whole_when_the_per_sample_ones_are_named():
+    # a (B, 2) shift shared by every row, beside the per-sample condition: ODESolver passes it
+    # whole, and so do we once per_sample names the condition
+    class Shifted(ConditionedMLP):
+        def forward(self, x, t, **extras):
+            return super().forward(x, t, cond=extras["cond"]) + extras["shift"].sum(0)
+
+    model, x0, cond = _setup(6)
+    x0 = x0 * torch.tensor([1.0, 4.0, 0.2, 2.0, 6.0, 1.0], dtype=torch.float64)[:, None]
+    shift = torch.linspace(0.0, 0.1, 12, dtype=torch.float64).reshape(6, 2)
+    ours = KineticODESolver(Shifted()).sample(x0, method="dopri5", cond=cond, shift=shift, per_sample=["cond"],
+                                              rtol=1e-9, atol=1e-9)
+    assert len(set(ours.steps.tolist())) > 1
+    reference = ODESolver(Shifted()).sample(x0, step_size=None, method="dopri5", atol=1e-9, rtol=1e-9,
+                                            cond=cond, shift=shift)
+    torch.testing.assert_close(ours.x, reference, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["heun2", "rk4"])
 def test_a_wrapped_singular_field_is_never_evaluated_at_t_one(method):
     # as_model_wrapper passes singular_at_one through: no evaluation at t = 1, where the point

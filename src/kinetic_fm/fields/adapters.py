@@ -26,7 +26,8 @@ warning (tests/test_adapters.py shows how far off). Check a new net on a case yo
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -178,27 +179,63 @@ class ModelXT(_Adapter):
             batch (one host synchronisation per call, two when rows sit at several times, as under
             dopri5); ``"shared"`` passes ``t[0]`` as a 0-dim t without checking (no
             synchronisation: fixed-step grids only).
-        **extras: fixed keyword arguments for every call (e.g. a condition tensor); tensors
-            whose first dimension is the batch size are per-sample and follow ``select``.
+        per_sample: names of the extras that hold one row per sample; they follow ``select``
+            (dopri5 evaluates only the samples in flight) and the per-time groups of
+            ``time="scalar"``, and the others reach every call whole. None (the default) guesses:
+            a tensor whose first dimension is the batch size is per-sample, which slices a shared
+            tensor that happens to have B rows (a class-embedding table with B classes); name
+            them to be sure.
+        **extras: fixed keyword arguments for every call (e.g. a condition tensor).
     """
 
-    def __init__(self, model: Callable[..., torch.Tensor], *, time: str = "batch", **extras: Any):
+    def __init__(self, model: Callable[..., torch.Tensor], *, time: str = "batch",
+                 per_sample: Iterable[str] | None = None, **extras: Any):
         _check_callable(model)
         _check_time_mode(time)
-        self.inner, self.time, self.extras = model, time, extras
+        if per_sample is not None:
+            if isinstance(per_sample, str):  # "cond" would read as the names c, o, n, d
+                raise ValueError(f"per_sample must be a list of extra names, got the string {per_sample!r}")
+            per_sample = tuple(per_sample)
+            for name in per_sample:
+                if name not in extras:
+                    raise ValueError(f"per_sample names {name!r}, which is not among the extras {sorted(extras)}")
+                if not (isinstance(extras[name], torch.Tensor) and extras[name].dim() >= 1):
+                    raise ValueError(f"per_sample extra {name!r} must be a tensor with a batch dimension, "
+                                     f"got {type(extras[name]).__name__}")
+        self.inner, self.time, self.per_sample, self.extras = model, time, per_sample, extras
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return _call_time_mode(self.inner, self.time, x, t, args, {**self.extras, **kwargs})
+        if self.per_sample is None:
+            return _call_time_mode(self.inner, self.time, x, t, args, {**self.extras, **kwargs})
+        shared = {k: v for k, v in self.extras.items() if k not in self.per_sample}
+        rows = self._rows_for(x.shape[0])
+        # bound into the callable, shared extras are never sliced by the per-time grouping
+        call = functools.partial(self.inner, **shared) if shared else self.inner
+        return _call_time_mode(call, self.time, x, t, args, {**rows, **kwargs})
 
     def select(self, active: torch.Tensor) -> "ModelXT":
-        """As for every adapter; per-sample extras (tensors with first dimension B) are sliced."""
+        """As for every adapter; per-sample extras are sliced to the active rows."""
         part = super().select(active)
-        part.extras = {key: _rows(value, active, active.shape[0]) for key, value in self.extras.items()}
+        batch = active.shape[0]
+        if self.per_sample is None:
+            part.extras = {key: _rows(value, active, batch) for key, value in self.extras.items()}
+        else:
+            rows = {key: value[active] for key, value in self._rows_for(batch).items()}
+            part.extras = {**self.extras, **rows}
         return part
+
+    def _rows_for(self, batch: int) -> dict[str, torch.Tensor]:
+        """The per-sample extras, each checked to have ``batch`` rows."""
+        rows = {name: self.extras[name] for name in self.per_sample}
+        for name, value in rows.items():
+            if value.shape[0] != batch:
+                raise ValueError(f"per_sample extra {name!r} has {value.shape[0]} rows for a batch of {batch}")
+        return rows
 
     def _describe(self) -> str:
         keys = ", ".join(f"{k}=..." for k in self.extras)
-        return f"time={self.time!r}" + (f", {keys}" if keys else "")
+        rows = f", per_sample={list(self.per_sample)}" if self.per_sample is not None else ""
+        return f"time={self.time!r}{rows}" + (f", {keys}" if keys else "")
 
 
 class DiscreteTime(_Adapter):

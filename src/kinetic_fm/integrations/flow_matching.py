@@ -33,6 +33,7 @@ def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "share
 
     ``time="shared"`` passes a 0-dim t like ``ODESolver`` (fixed-step grids, no host sync);
     use ``"scalar"`` with per-sample times (dopri5), ``"batch"`` for models that accept t of shape (B,).
+    ``per_sample=[names]`` among the extras says which hold one row per sample (see ``kfm.ModelXT``).
     """
     return ModelXT(model, time=time, **extras)
 
@@ -101,7 +102,8 @@ class KineticODESolver:
                 drop-in call; only False is supported (``profile=True`` keeps the per-step
                 energies; sampling runs without gradients).
             **model_extras: keyword arguments for every model call (e.g. a condition); tensors
-                whose first dimension is the batch size are per-sample.
+                whose first dimension is the batch size are taken as per-sample, unless
+                ``per_sample=[names]`` lists the per-sample ones (see ``kfm.ModelXT``).
         """
         for name, flag in (("return_intermediates", return_intermediates), ("enable_grad", enable_grad)):
             if flag:
