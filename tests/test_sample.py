@@ -85,6 +85,29 @@ def test_dopri5_under_kts_meets_its_tolerance_across_the_kink_at_tau(launch, lan
     assert 0.6 in res.times[0].tolist()                                # a step boundary sits on τ
 
 
+@pytest.mark.parametrize("solver", ["rk4", "rk4_38"])
+@pytest.mark.parametrize("launch,landing", [("constant", "constant"), ("linear", "constant")])
+def test_kts_keeps_rk4_fourth_order_when_tau_is_a_grid_point(solver, launch, landing):
+    # dx/dt = −η(t)·x, η with a jump at τ = 0.6: x(1) = x0·exp(−∫η), energy ½∫η²‖x‖² in closed form
+    # per phase. The step ending on τ evaluated its last stage on the landing side, an O(1) error in
+    # one stage that made rk4 first order (error ratio 2.0 per halving); the launch side gives 16.
+    kts = kfm.KTS(alpha0=0.2, beta0=0.04, tau_split=0.6, launch=launch, landing=landing)
+    x0 = kfm.noise(range(4), (3,), dtype=torch.float64)
+    from scipy.integrate import quad
+
+    gained = lambda s: quad(kts, 0, s, points=[0.6] if s > 0.6 else None, epsabs=1e-15)[0]  # noqa: E731
+    sq = (x0**2).sum(1)
+    power = lambda s: 0.5 * kts(s) ** 2 * math.exp(-2 * gained(s))                        # noqa: E731
+    kpe = sq * (quad(power, 0, 0.6, epsabs=1e-15)[0] + quad(power, 0.6, 1, epsabs=1e-15)[0])
+    errors = []
+    for steps in (10, 20, 40):
+        res = kfm.sample(lambda x, t: -x, x0, steps=steps, solver=solver, shaping=kts)
+        errors.append(((res.x - x0 * math.exp(-gained(1.0))).abs().max().item(),
+                       ((res.kpe - kpe).abs() / kpe).max().item()))
+    for coarse, fine in zip(errors, errors[1:]):
+        assert coarse[0] / fine[0] > 12 and coarse[1] / fine[1] > 12
+
+
 def test_euler_energy_is_exact_on_its_own_path(x0):
     # Euler moves on straight segments; the solver quadrature is the exact energy of that path.
     field = GaussianTarget(mean=1.0, std=0.7)

@@ -9,6 +9,7 @@ import torch
 
 from .energy import EnergyLedger, quadrature_weights
 from .guards import check_velocity_output
+from .shaping import KTS
 from .tableau import EULER, HEUN3, Tableau
 
 Gain = Callable[[float], float]
@@ -64,7 +65,7 @@ def integrate_fixed(
     n_steps, n_stages = len(times) - 1, tableau.stages
     tableaus = step_tableaus(velocity, tableau, n_steps)
     t_stage = stage_times(times, tableaus, n_stages)
-    eta = [[_gain_at(gain, t) for t in row] for row in t_stage]
+    eta = stage_gains(gain, times, t_stage, tableaus)
     t_vectors = [[torch.full((batch,), t, dtype=dtype, device=device) for t in row] for row in t_stage]
     # half-precision squares overflow (‖v‖² > 65504 in float16) and round coarsely (bfloat16)
     norm_dtype = torch.promote_types(dtype, torch.float32)
@@ -97,6 +98,24 @@ def integrate_fixed(
         x = _update(x, h, step, stage_v, eta[i])
 
     return _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_profile)
+
+
+def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]],
+                tableaus: list[Tableau]) -> list[list[float]]:
+    """η at every stage time, as floats.
+
+    A KTS gain has a kink at τ (a jump for the constant forms). A step that ends on τ belongs to
+    the launch phase, so its stage at τ takes η's left limit, as dopri5's steps do; evaluated on
+    the landing side, that one stage cost rk4 its order (first order with a jump). ``heun`` keeps
+    the reference rule, η(t_{i+1}) in the corrector.
+    """
+    tau = float(gain.tau_split) if isinstance(gain, KTS) else None
+    below_tau = math.nextafter(tau, 0.0) if tau is not None else None
+    rows = []
+    for t0, row, tab in zip(times[:-1], t_stage, tableaus):
+        launch_step = tau is not None and t0 < tau and not tab.mean_gain_update
+        rows.append([_gain_at(gain, below_tau if launch_step and t == tau else t) for t in row])
+    return rows
 
 
 def _gain_at(gain: Gain | None, t: float) -> float:
