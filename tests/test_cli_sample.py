@@ -174,6 +174,23 @@ def test_the_same_weights_by_another_path_resume_the_run(tmp_path, monkeypatch, 
     assert "weights_sha256" in capsys.readouterr().err
 
 
+def test_resuming_a_dopri5_net_run_with_another_batch_size_warns(tmp_path, capsys):
+    # a net's round-off depends on the batch size and can move dopri5's adaptive steps
+    path = _saved_net(tmp_path / "net.safetensors")
+    args = ("--model", path, "--n", 4, "--shard-size", 2, "--solver", "dopri5")
+    assert kfm_sample(tmp_path / "run", *args, "--batch-size", 4) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "run", *args, "--batch-size", 4, "--resume") == 0
+    assert "warning" not in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "run", *args, "--batch-size", 1, "--resume") == 0
+    err = capsys.readouterr().err
+    assert "kfm sample: warning: this dopri5 run of a net started with --batch-size 4; with 1" in err
+    assert kfm_sample(tmp_path / "fixed", "--model", path, "--n", 4, "--steps", 3) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "fixed", "--model", path, "--n", 4, "--steps", 3, "--batch-size", 1, "--resume") == 0
+    assert "warning" not in capsys.readouterr().err                     # fixed steps: round-off only
+
+
 def test_a_model_samples_in_float64_and_a_wrong_shape_fails_before_the_folder(tmp_path, capsys):
     path = _saved_net(tmp_path / "net.safetensors")
     assert kfm_sample(tmp_path / "run64", "--model", path, "--n", 3, "--steps", 3, "--dtype", "float64") == 0

@@ -74,7 +74,8 @@ def register(subparsers) -> None:
     r.add_argument("--shard-size", type=int, default=1000, help="samples per Parquet shard (default 1000)")
     r.add_argument("--batch-size", type=int, default=256,
                    help="samples per sampler call (default 256); a memory setting: results do not depend on it, "
-                        "beyond float32 round-off in a net's batched GEMMs")
+                        "beyond float32 round-off in a net's batched GEMMs, which under dopri5 can move "
+                        "adaptive steps (numbers then move by dopri5's own error)")
     r.add_argument("--no-save-x", dest="save_x", action="store_false",
                    help="do not store the final samples x in the table")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -191,6 +192,27 @@ def _validate(args) -> None:
         raise ValueError("--field point is singular at t = 1, where dopri5 evaluates; use a fixed-step --solver")
 
 
+def _warn_on_dopri5_batch_change(args) -> None:
+    """A net's round-off depends on the batch size, and under dopri5 it can move a sample's
+    adaptive steps: its numbers then change by up to dopri5's own error, not by round-off."""
+    import warnings
+
+    from ..runs import read_manifest
+
+    if not (args.resume and args.model and args.solver == "dopri5"):
+        return
+    try:
+        started = read_manifest(args.out).runtime.get("batch_size")
+    except (OSError, ValueError):
+        return  # no run yet, or a damaged manifest: run_sharded reports it
+    if started is not None and started != args.batch_size:
+        warnings.warn(f"this dopri5 run of a net started with --batch-size {started}; with {args.batch_size}, "
+                      "the net's round-off can move adaptive steps, so the samples computed now may differ "
+                      "from an uninterrupted run by dopri5's own error (up to about 1e-3 relative in KPE), "
+                      f"not by round-off; resume with --batch-size {started} for an identical table",
+                      stacklevel=2)
+
+
 def _shard_sampler(target: _Target, kts, args, device):
     """compute(seeds, advance) -> pyarrow Table with one row per seed, sampled in batches."""
     import numpy as np
@@ -287,6 +309,8 @@ def run(args) -> int:
             runtime={"batch_size": args.batch_size, "world_size": world.world_size,
                      **({"model": str(args.model)} if args.model else {})},
         )
+        if world.is_main:
+            _warn_on_dopri5_batch_change(args)
         outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device),
                               resume=args.resume, coordinator=coordinator, progress=args.progress)
     if outcome.table is None:  # ranks other than 0 are done once their shards are written
