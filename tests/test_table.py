@@ -58,6 +58,12 @@ def test_explicit_seeds_and_join_modes():
     assert inner["seed"].tolist() == [9, 7] and inner["y"].tolist() == [0.25, 0.5]
     outer = per_sample_table(a, b, seeds=[9, 7, 5], how="outer")
     assert len(outer) == 3 and outer["y"].isna().sum() == 1
+    # pandas sorts an outer merge by key: rows must keep the first part's order (res.x and images
+    # are attached by position), then the seeds only later parts hold, as they first appear
+    c = pd.DataFrame({"seed": [11, 1, 7], "z": [11.0, 1.0, 7.0]})
+    outer = per_sample_table(a, b, c, seeds=[9, 7, 5], how="outer")
+    assert outer["seed"].tolist() == [9, 7, 5, 11, 1]
+    assert outer["x"].tolist()[:3] == [1.0, 2.0, 3.0] and outer["z"].tolist()[1] == 7.0
     seed_inside = pd.DataFrame({"x": [1.0, 2.0], "seed": [7, 9]})  # seed not the first column
     assert list(per_sample_table(seed_inside, {"y": [3.0, 4.0]}).columns) == ["seed", "x", "y"]
 

@@ -155,6 +155,14 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
     for frame in frames[1:]:
         table = table.merge(frame, on="seed", how="left" if how == "exact" else how,
                             validate="one_to_one", sort=False)
+    if how == "outer":
+        # pandas sorts an outer merge's keys whatever sort= says: restore the first part's order,
+        # then the seeds only later parts hold, in the order they first appear
+        order: dict = {}
+        for frame in frames:
+            for seed in frame["seed"].tolist():
+                order.setdefault(seed, len(order))
+        table = table.sort_values("seed", key=lambda column: column.map(order), kind="stable")
     return table[["seed", *(c for c in table.columns if c != "seed")]].reset_index(drop=True)
 
 
