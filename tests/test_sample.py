@@ -378,6 +378,17 @@ def test_nonfinite_velocity_names_step_time_and_samples(solver, x0):
         assert err.value.step == 5 and err.value.time == pytest.approx(0.5)
 
 
+def test_a_float32_velocity_whose_square_overflows_is_named_as_such():
+    # fixed-step solvers square float32 velocities in float32: finite 2e19 entries overflow there
+    # (and the message says this can be why); float64 samples and dopri5 square in float64
+    huge = lambda x, t: torch.full_like(x, 2e19)                      # noqa: E731
+    with pytest.raises(kfm.NonFiniteVelocityError, match=r"squared norm overflows: ‖v‖ > 1.8e19"):
+        kfm.sample(huge, kfm.noise(range(3), (2,)), steps=4)
+    for x0, solver in ((kfm.noise(range(3), (2,), dtype=torch.float64), "euler"), (kfm.noise(range(3), (2,)), "dopri5")):
+        kpe = kfm.sample(huge, x0, steps=4, solver=solver).kpe
+        assert torch.allclose(kpe, torch.full_like(kpe, 0.5 * 2 * 2e19**2), rtol=1e-6)
+
+
 @pytest.mark.parametrize("solver", ["heun", "dopri5"])
 def test_nonfinite_can_be_flagged_instead(solver, x0):
     res = kfm.sample(NaNAfter(0.5), _marked(x0, [2, 5]), steps=10, solver=solver, on_nonfinite="flag")

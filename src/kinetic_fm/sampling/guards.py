@@ -7,6 +7,10 @@ import torch
 class NonFiniteVelocityError(FloatingPointError):
     """The velocity field returned NaN or Inf.
 
+    The fixed-step solvers detect it from ‖v‖², formed in float32 for float32 and half-precision
+    samples (float64 for float64 ones), so a finite float32 velocity with ‖v‖ > 1.8e19 is
+    reported too; dopri5 forms ‖v‖² in float64.
+
     Attributes: ``step`` (index of the first bad step), ``time`` (the t at which it was
     evaluated), ``indices`` (sample indices in the batch that went non-finite there).
     """
@@ -15,7 +19,8 @@ class NonFiniteVelocityError(FloatingPointError):
         self.step, self.time, self.indices = step, time, indices
         shown = indices[:20] + (["..."] if len(indices) > 20 else [])
         super().__init__(
-            f"velocity is non-finite at step {step} (t = {time:.6g}) for sample indices {shown}; "
+            f"velocity is non-finite at step {step} (t = {time:.6g}) for sample indices {shown} "
+            "(or, in float32, so large that its squared norm overflows: ‖v‖ > 1.8e19); "
             "pass on_nonfinite='flag' to mark these samples and continue"
         )
 
