@@ -125,3 +125,16 @@ def test_parameters_may_be_numpy_numbers_or_zero_dimensional_tensors():
     given = KTS(alpha0=torch.tensor(0.02, dtype=torch.float64), beta0=np.array(0.01), tau_split=np.float32(0.5),
                 k=torch.tensor(2))
     assert given == plain and all(type(v) is float for v in (given.alpha0, given.beta0, given.tau_split, given.k))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kwargs", [{"beta0": 1e-6, "k": 12.0}, {"beta0": 1 - 1e-9, "landing": "constant"}])
+def test_low_precision_times_get_the_float64_gain_rounded_once(dtype, kwargs):
+    # expm1(12) overflowed float16 (η(1) = −inf for a valid gain), and 1 − β0 cancelled to 0 in float32
+    kts = KTS(**kwargs)
+    t = torch.tensor([0.0, 0.3, 0.9, 0.95, 1.0], dtype=torch.float64)
+    low = kts(t.to(dtype))
+    assert low.dtype == dtype
+    assert torch.equal(low, kts(t.to(dtype).double()).to(dtype))
+    if dtype == torch.float32:
+        assert (low > 0).all()

@@ -133,7 +133,10 @@ class KTS:
     def _gain_float(self, t: float) -> float:
         return 1.0 + self.alpha(t) - self.beta(t)
 
-    def _gain_tensor(self, t: torch.Tensor) -> torch.Tensor:
+    def _gain_tensor(self, times: torch.Tensor) -> torch.Tensor:
+        # formed in float64 and rounded once: expm1(k) overflows float16 for k > 11, and 1 − β0
+        # cancels in float32 when β0 is within 1e-7 of its limit
+        t = times.to(torch.float64)
         tau, a0, b0, k = self.tau_split, self.alpha0, self.beta0, self.k
         u = 1.0 - t / tau
         if self.launch == "linear":
@@ -150,7 +153,7 @@ class KTS:
         else:
             b = torch.full_like(t, b0)
         launch = t < tau
-        return torch.where(launch, 1.0 + a, 1.0 - b)
+        return torch.where(launch, 1.0 + a, 1.0 - b).to(times.dtype)
 
     # --- integrals --------------------------------------------------------------------------
     @property
