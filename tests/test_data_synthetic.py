@@ -27,6 +27,16 @@ def test_mixture_log_prob_matches_single_gaussian_formula():
     assert torch.allclose(gmm.log_prob(x), ref, atol=1e-12)
 
 
+def test_ring_keeps_its_std_in_float64():
+    # torch.tensor(0.4) went through float32: σ = 0.40000000596 and log p off by 3e-6
+    gmm = GaussianMixture.ring(k=3, std=0.4)
+    assert gmm.stds.tolist() == [0.4, 0.4, 0.4]
+    x = torch.tensor([[4.0, 0.3]], dtype=torch.float64)
+    d2 = ((x - gmm.means) ** 2).sum(1)
+    ref = torch.logsumexp(-0.5 * d2 / 0.16 - 2 * math.log(0.4) - math.log(2 * math.pi) - math.log(3), 0)
+    assert gmm.log_prob(x).item() == pytest.approx(ref.item(), abs=1e-13)
+
+
 def test_samplers_are_deterministic_by_seed():
     for fn in (gaussian_mixture, two_moons, checkerboard):
         a, b, c = fn(100, seed=3), fn(100, seed=3), fn(100, seed=4)

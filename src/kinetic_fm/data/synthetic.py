@@ -76,7 +76,7 @@ class GaussianMixture:
             raise ValueError(f"k must be >= 1, got {k}")
         angle = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
         means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
-        return cls(means, torch.ones(k) if weights is None else weights, torch.tensor(std))
+        return cls(means, torch.ones(k) if weights is None else weights, std)  # float64, not via float32
 
     @property
     def dim(self) -> int:
