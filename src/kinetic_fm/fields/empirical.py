@@ -15,7 +15,7 @@ How :class:`EmpiricalFlow` evaluates it (never a (B, N, D) tensor):
    expansion suffers near t → 1 and between near-duplicate atoms.
 2. **Candidates.** Any atom with ℓ̃_j < max ℓ̃ − cutoff − 2e has true weight < e^(−cutoff) times
    the largest weight; with the default cutoff = ln N + 36 (float64 atoms) or ln N + 20 (float32
-   atoms) their total is below 2.3e-16, resp. 2.1e-9 (under float32's resolution), of it.
+   atoms) their total is below 2.4e-16, resp. 2.1e-9 (under float32's resolution), of it.
 3. **Exact re-scoring.** When a query has at most ``exact_max`` candidates (the case once the
    posterior concentrates: mid-to-late t, t → 1), or when its bound e exceeds ``max_logit_error``
    whatever the count (a cluster of more than ``exact_max`` near-duplicates late in a run), its
@@ -205,7 +205,7 @@ class EmpiricalFlow:
         self.chunk, self.eps, self.exact_max = chunk, float(eps), exact_max
         self.max_logit_error = float(max_logit_error)
         self.truncate, self.backend = truncate, backend
-        # neglected atoms weigh < N·e^(−cutoff) of the top one: 2.3e-16 (float64), 2.1e-9 (float32,
+        # neglected atoms weigh < N·e^(−cutoff) of the top one: 2.4e-16 (float64), 2.1e-9 (float32,
         # below the output's resolution 6e-8)
         default_cutoff = math.log(self.n) + (36.0 if dtype == torch.float64 else 20.0)
         self.cutoff = float(cutoff) if cutoff is not None else default_cutoff

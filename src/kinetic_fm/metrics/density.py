@@ -362,7 +362,7 @@ def kde_log_density(samples: Any, reference: Any,
         :class:`KDELogDensity` with float64 log-densities on the samples' device.
         The GEMM runs on inputs centred on the reference mean, in float32 unless both sets
         are float64; its rounding moves a log-density by about u·(‖x‖² + ‖y‖²)/(2h²)
-        (u = 6e-8 in float32, norms from the centre): ~1e-5 at Scott's bandwidth in D = 512.
+        (u = 6e-8 in float32, norms from the centre): 3e-5 to 6e-5 at Scott's bandwidth in D = 512.
         For bandwidths far below the data's spread, pass float64 inputs. The running
         log-sum-exp is accumulated in float64.
     """

@@ -239,7 +239,8 @@ class GroupComparison:
 
     Attributes:
         quantile: the fraction of samples in each group.
-        n_low, n_high: group sizes (``round(quantile * n)`` each, ties in ``by`` broken by order).
+        n_low, n_high: group sizes (⌊quantile·n + ½⌋ each, at most n // 2; ties in ``by``
+            broken by order).
         by_low_max, by_high_min: the group boundaries in ``by``.
         low_mean, low_std, high_mean, high_std: ``score`` per group (std with ddof = 1).
         difference: ``high_mean - low_mean``.
