@@ -7,6 +7,7 @@ import scipy.linalg
 import torch
 
 from kinetic_fm.metrics.fidelity import (
+    FrechetReference,
     Protocol,
     feature_statistics,
     frechet_distance,
@@ -41,6 +42,12 @@ def test_frechet_closed_forms():
     # W2 between Gaussians is symmetric
     assert frechet_distance_from_stats(mu1, s1, mu2, s2) == pytest.approx(
         frechet_distance_from_stats(mu2, s2, mu1, s1), rel=1e-9)
+    # a prepared reference serves many distances with the same value (against scipy's sqrtm)
+    reference = FrechetReference.from_stats(mu2, s2)
+    assert reference.distance(mu1, s1) == pytest.approx(expected, rel=1e-6)
+    assert reference.distance(mu2, s2) == pytest.approx(0.0, abs=1e-9 * np.trace(s2))
+    with pytest.raises(ValueError, match="do not match the reference"):
+        reference.distance(mu1[:3], s1[:3, :3])
 
 
 def test_feature_statistics_float64_with_large_offset():

@@ -95,16 +95,22 @@ def test_late_energy_needs_five_in_each_group():
         assert verdict == "inconclusive" and np.isnan(p)
 
 
-def test_paired_fd_delta_is_the_setting_minus_plain_fm():
-    # the τ_split and KTS intervals read Δ = FD(setting) − FD(plain FM): a setting whose features
-    # drift from the reference must give Δ > 0 in every resample
-    from kinetic_fm.studies.shaping import _paired_fd_delta
+def test_bootstrap_fd_is_each_resamples_frechet_distance():
+    # each resample's FD to the prepared reference equals the plain two-sided formula on its rows;
+    # a setting whose features drift from the reference has the larger FD in every resample
+    from kinetic_fm.metrics.fidelity import frechet_distance_from_stats
+    from kinetic_fm.studies.output import feature_reference
+    from kinetic_fm.studies.shaping import bootstrap_fd
 
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((400, 3))
     plain, drifted = rng.standard_normal((200, 3)), rng.standard_normal((200, 3)) + 1.0
     boot = rng.integers(0, 200, size=(50, 200))
-    deltas = _paired_fd_delta(plain, drifted, ref.mean(0), np.cov(ref, rowvar=False), boot)
+    fd = bootstrap_fd(drifted, feature_reference(ref), boot)
+    direct = [frechet_distance_from_stats(ref.mean(0), np.cov(ref, rowvar=False), drifted[i].mean(0),
+                                          np.cov(drifted[i], rowvar=False)) for i in boot]
+    np.testing.assert_allclose(fd, direct, rtol=1e-12)
+    deltas = fd - bootstrap_fd(plain, feature_reference(ref), boot)
     assert deltas.shape == (50,) and (deltas > 0.5).all()       # a unit shift in 3-D adds FD ≈ 3
 
 
@@ -113,18 +119,17 @@ def _grid(fd_shift: dict, memorized_share: dict, n: int = 200, seed: int = 0):
     ``fd_shift`` (FD grows with the shift) and a ``memorized_share`` of its samples memorized."""
     import pandas as pd
 
-    from kinetic_fm.studies.output import fd_to_reference
+    from kinetic_fm.studies.output import fd_to_reference, feature_reference
 
     rng = np.random.default_rng(seed)
-    ref = rng.standard_normal((2000, 3))
-    mu, cov = ref.mean(0), np.cov(ref, rowvar=False)
+    reference = feature_reference(rng.standard_normal((2000, 3)))
     noise = rng.standard_normal((n, 3))                 # the same seeds in every setting: paired
     feats = {name: noise + shift for name, shift in fd_shift.items()}
     memorized = {name: (np.arange(n) < share * n).astype(float) for name, share in memorized_share.items()}
-    value = pd.DataFrame({"FD": {k: fd_to_reference(f, mu, cov) for k, f in feats.items()},
+    value = pd.DataFrame({"FD": {k: fd_to_reference(f, reference) for k, f in feats.items()},
                           "F_mem": {k: m.mean() for k, m in memorized.items()}})
     boot = rng.integers(0, n, size=(300, n))
-    return feats, memorized, value, mu, cov, boot
+    return feats, memorized, value, reference, boot
 
 
 SETTINGS = ("plain FM", "launch only", "landing only", "balanced", "balanced τ=0.2", "balanced τ=0.4",
@@ -145,7 +150,7 @@ def test_each_shaping_claim_reads_its_own_interval(paper_holds):
                 "balanced τ=0.4": 1.0 - 0.2 * sign, "balanced τ=0.8": 1.0 - 0.2 * sign}
     memorized_share = {name: 0.4 for name in SETTINGS}
     memorized_share |= {"landing only": 0.4 - 0.3 * sign, "balanced": 0.4 - 0.2 * sign}
-    feats, memorized, value, mu, cov, boot = _grid(fd_shift, memorized_share)
-    claims = shaping_claims(feats, memorized, value, "FD", mu, cov, boot)
+    feats, memorized, value, reference, boot = _grid(fd_shift, memorized_share)
+    claims = shaping_claims(feats, memorized, value, "FD", reference, boot)
     expected = "reproduced" if paper_holds else "not reproduced"
     assert [c.verdict for c in claims] == [expected] * 5, [(c.statement, c.verdict, c.ci) for c in claims]

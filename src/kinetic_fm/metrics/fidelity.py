@@ -35,7 +35,7 @@ from .features import FeatureSpace, SpaceLike, as_features, feature_space
 from .neighbors import column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
 
 __all__ = ["Protocol", "FrechetDistance", "PrecisionRecall", "feature_statistics",
-           "frechet_distance_from_stats", "frechet_distance", "precision_recall",
+           "frechet_distance_from_stats", "FrechetReference", "frechet_distance", "precision_recall",
            "inception_feature_space", "STANDARD_INCEPTION"]
 
 STANDARD_INCEPTION = ("inception-v3-compat",)
@@ -161,15 +161,51 @@ def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) ->
     for name, a in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
         if not np.isfinite(a).all():
             raise ValueError(f"{name} has non-finite entries")
-    s1, s2 = 0.5 * (s1 + s1.T), 0.5 * (s2 + s2.T)
-    root1 = _sqrt_psd(s1, "sigma1")
+    s2 = 0.5 * (s2 + s2.T)
     _check_psd("sigma2", np.linalg.eigvalsh(s2))
-    middle = root1 @ s2 @ root1
-    eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
-    trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
-    diff = mu1 - mu2
-    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
-    return max(value, 0.0)
+    return FrechetReference.from_stats(mu1, s1, name="sigma1").distance(mu2, s2)
+
+
+@dataclass(frozen=True)
+class FrechetReference:
+    """N(mean, cov) prepared once for many Fréchet distances to it (bootstrap resamples, checkpoints).
+
+    d² = ‖μ − mean‖² + tr cov + tr Σ − 2 tr (cov^{1/2} Σ cov^{1/2})^{1/2}: the reference's square
+    root is taken once, so each :meth:`distance` costs one symmetric eigenvalue problem instead
+    of three. ``frechet_distance_from_stats(mu1, sigma1, ...)`` is this with (mu1, sigma1) as
+    the reference.
+    """
+
+    mean: np.ndarray
+    cov: np.ndarray
+    root: np.ndarray
+    trace: float
+
+    @classmethod
+    def from_stats(cls, mean: Any, cov: Any, *, name: str = "cov") -> "FrechetReference":
+        """From a (D,) mean and a (D, D) symmetric PSD covariance (``name`` is used in errors)."""
+        mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+        cov = np.atleast_2d(np.asarray(cov, dtype=np.float64))
+        if cov.shape != (mean.size, mean.size):
+            raise ValueError(f"shapes do not match: mean {mean.shape}, {name} {cov.shape}")
+        cov = 0.5 * (cov + cov.T)
+        return cls(mean, cov, _sqrt_psd(cov, name), float(np.trace(cov)))
+
+    def distance(self, mu: Any, sigma: Any) -> float:
+        """Fréchet distance from N(mu, sigma) to this reference; sigma (D, D) symmetric PSD
+        (not checked: a covariance computed from features is PSD up to round-off, which the
+        clip of tiny negative eigenvalues absorbs)."""
+        mu = np.asarray(mu, dtype=np.float64).reshape(-1)
+        sigma = np.asarray(sigma, dtype=np.float64)
+        if mu.shape != self.mean.shape or sigma.shape != self.cov.shape:
+            raise ValueError(f"shapes do not match the reference's {self.mean.shape}: mu {mu.shape}, "
+                             f"sigma {sigma.shape}")
+        middle = self.root @ sigma @ self.root
+        eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
+        trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+        diff = self.mean - mu
+        value = float(diff @ diff + self.trace + np.trace(sigma) - 2.0 * trace_sqrt)
+        return max(value, 0.0)
 
 
 def _protocol(space: FeatureSpace, network: str | None, split: str | None,
@@ -199,7 +235,8 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
     b = as_features(feats_b, fs, argument="feats_b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
-    value = frechet_distance_from_stats(*feature_statistics(a), *feature_statistics(b))
+    # both covariances come from feature_statistics: PSD by construction, so no separate check
+    value = FrechetReference.from_stats(*feature_statistics(a), name="sigma1").distance(*feature_statistics(b))
     return FrechetDistance(value, protocol.fd_name, a.shape[0], b.shape[0], a.shape[1], protocol)
 
 

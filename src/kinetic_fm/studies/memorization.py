@@ -18,7 +18,7 @@ from ..metrics.memorization import memorization
 from ..models.checkpoint import load_model
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
-from .output import StudyOutput, fd_to_reference, image_range
+from .output import StudyOutput, fd_to_reference, feature_reference, image_range
 from .samples import energy_after, energy_frame, late_fraction, sampled, straight_line_energy
 from .semantics import general_samples
 from .verdicts import best_is_interior, fmt_ci, verdict_from_share
@@ -132,13 +132,13 @@ def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, r
     """Share of bootstrap resamples (rows redrawn within each KPE quintile) in which the lowest
     Fréchet distance to ``ref`` falls in an interior quintile."""
     rng = np.random.default_rng(seed)
-    ref_mu, ref_cov = ref.mean(0), np.cov(ref, rowvar=False)
+    reference = feature_reference(ref)
     groups = [np.flatnonzero(bins == q) for q in range(int(bins.max()) + 1)]
     values = np.empty((resamples, len(groups)))
     for r in range(resamples):
         for q, rows in enumerate(groups):
             f = feats[rng.choice(rows, size=len(rows))]
-            values[r, q] = fd_to_reference(f, ref_mu, ref_cov)
+            values[r, q] = fd_to_reference(f, reference)
     return float(best_is_interior(values).mean())
 
 

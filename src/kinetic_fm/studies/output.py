@@ -20,11 +20,18 @@ def image_range(x: torch.Tensor, assets) -> torch.Tensor:
     return x.clamp(float(assets.train.min()), float(assets.train.max()))
 
 
-def fd_to_reference(feats, ref_mu, ref_cov) -> float:
-    """Fréchet distance of (n, D) numpy features to the reference statistics (mean, covariance),
-    the statistic every bootstrap resample of a study recomputes."""
+def feature_reference(feats):
+    """The Fréchet reference (mean, covariance, its square root once) of (n, D) numpy features."""
     import numpy as np
 
-    from ..metrics.fidelity import frechet_distance_from_stats
+    from ..metrics.fidelity import FrechetReference
 
-    return frechet_distance_from_stats(feats.mean(0), np.cov(feats, rowvar=False), ref_mu, ref_cov)
+    return FrechetReference.from_stats(feats.mean(0), np.cov(feats, rowvar=False))
+
+
+def fd_to_reference(feats, reference) -> float:
+    """Fréchet distance of (n, D) numpy features to a :func:`feature_reference`, the statistic
+    every bootstrap resample of a study recomputes (one eigenvalue problem each)."""
+    import numpy as np
+
+    return reference.distance(feats.mean(0), np.cov(feats, rowvar=False))

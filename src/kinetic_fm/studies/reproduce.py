@@ -1,7 +1,8 @@
 """``kfm reproduce``: run the paper's four studies and write one report.
 
-Stages are cached in the output folder (see :class:`Workspace`), so an interrupted run resumes
-from the last finished stage and a re-run with the same configuration only re-renders the report.
+Trained nets and sampling runs are cached in the output folder (see :class:`Workspace`), so an
+interrupted run resumes from the last finished one, and a re-run with the same configuration
+trains and samples nothing: it recomputes the metrics, intervals and figures from the cache.
 """
 from __future__ import annotations
 

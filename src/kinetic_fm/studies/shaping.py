@@ -17,7 +17,7 @@ from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import StudyOutput, fd_to_reference, image_range
+from .output import StudyOutput, fd_to_reference, feature_reference, image_range
 from .samples import energy_after, sampled
 from .verdicts import all_worse_than, fmt_ci, verdict_from_interval, verdict_of_all
 from .workspace import Workspace
@@ -92,8 +92,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     shape = tuple(assets.train.shape[1:])
     device = next(assets.memorizer.parameters()).device
     seeds = range(cfg.seed_start, cfg.seed_start + cfg.n_samples)
-    ref = assets.features(assets.train).double().numpy()
-    ref_mu, ref_cov = ref.mean(0), np.cov(ref, rowvar=False)
+    reference = feature_reference(assets.features(assets.train).double().numpy())
     iterator = settings
     if progress:
         from tqdm.auto import tqdm
@@ -109,7 +108,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
         x = image_range(run["x"], assets)
         audit = memorization(x, assets.memorizer_train, interval="wilson")
         f = assets.features(x).double().numpy()
-        fd = fd_to_reference(f, ref_mu, ref_cov)
+        fd = fd_to_reference(f, reference)
         runs[s.name], feats[s.name], memorized[s.name] = run, f, audit.memorized.cpu().numpy().astype(float)
         rows.append({"setting": s.name, "group": s.group, "solver": s.solver, "steps": steps, "grid": s.grid,
                      "alpha0": s.kts.alpha0 if s.kts else 0.0, "beta0": s.kts.beta0 if s.kts else 0.0,
@@ -127,7 +126,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     boot = rng.integers(0, cfg.n_samples, size=(cfg.bootstrap, cfg.n_samples))
     value = table.set_index("setting")
     fm_fd, fm_mem = value.loc["plain FM", fd_name], value.loc["plain FM", "F_mem"]
-    out.claims += shaping_claims(feats, memorized, value, fd_name, ref_mu, ref_cov, boot)
+    out.claims += shaping_claims(feats, memorized, value, fd_name, reference, boot)
 
     main = ["plain FM", "launch only", "landing only", "balanced"]
     section = Section(
@@ -151,15 +150,14 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     return out
 
 
-def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, ref_mu: np.ndarray, ref_cov: np.ndarray,
-                   boot: np.ndarray) -> list:
+def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference, boot: np.ndarray) -> list:
     """The KTS study's claims, each judged from paired bootstrap intervals against plain FM.
 
     Args:
         feats: setting name → (n, d) features of its samples (same seeds in every setting).
         memorized: setting name → (n,) 0/1 memorized indicators.
         value: the grid table indexed by setting, with columns ``fd_name`` and "F_mem" (for the text).
-        ref_mu, ref_cov: the reference feature statistics of the Fréchet distance.
+        reference: the Fréchet reference (:func:`~kinetic_fm.studies.output.feature_reference`).
         boot: (R, n) resampled sample indices, shared by every difference (paired).
     Returns: the five :class:`~kinetic_fm.studies.report.Claim` rows.
     """
@@ -167,9 +165,17 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, ref_mu: np
 
     n = len(boot[0])
     claims = []
+    resampled: dict[str, np.ndarray] = {}
+
+    def paired_fd_delta(base: str, other: str) -> np.ndarray:
+        # each setting's resamples once: plain FM and balanced are the base of three differences each
+        for name in (base, other):
+            if name not in resampled:
+                resampled[name] = bootstrap_fd(feats[name], reference, boot)
+        return resampled[other] - resampled[base]
 
     def delta(name: str):
-        d_fd = _paired_fd_delta(feats["plain FM"], feats[name], ref_mu, ref_cov, boot)
+        d_fd = paired_fd_delta("plain FM", name)
         d_mem = memorized[name][boot].mean(1) - memorized["plain FM"][boot].mean(1)
         return np.quantile(d_fd, [0.025, 0.975]), np.quantile(d_mem, [0.025, 0.975])
 
@@ -200,7 +206,7 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, ref_mu: np
     best_tau = min(tau_fd, key=tau_fd.get)
     others = [tau for tau in taus if tau != 0.6]
     tau_verdict, low, high = all_worse_than(np.stack(
-        [_paired_fd_delta(feats["balanced"], feats[taus[tau]], ref_mu, ref_cov, boot) for tau in others]))
+        [paired_fd_delta("balanced", taus[tau]) for tau in others]))
     claims.append(Claim("shaping", "τ_split = 0.6 gives the best quality",
                         "FID 60.31 / 48.58 / 14.35 / 21.07 for τ = 0.2 / 0.4 / 0.6 / 0.8",
                         " / ".join(f"{v:.3g}" for v in tau_fd.values()) + f" (best τ = {best_tau})", n,
@@ -209,12 +215,10 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, ref_mu: np
     return claims
 
 
-def _paired_fd_delta(base: np.ndarray, other: np.ndarray, ref_mu, ref_cov, boot: np.ndarray) -> np.ndarray:
-    deltas = np.empty(len(boot))
-    for b, idx in enumerate(boot):
-        fa, fb = base[idx], other[idx]
-        deltas[b] = fd_to_reference(fb, ref_mu, ref_cov) - fd_to_reference(fa, ref_mu, ref_cov)
-    return deltas
+def bootstrap_fd(feats: np.ndarray, reference, boot: np.ndarray) -> np.ndarray:
+    """(R,) Fréchet distances to ``reference`` of the resamples ``feats[boot[r]]``; the same
+    ``boot`` for two settings pairs their resamples."""
+    return np.array([fd_to_reference(feats[idx], reference) for idx in boot])
 
 
 def _slug(name: str) -> str:
