@@ -145,6 +145,30 @@ def test_tiny_reproduce_on_a_cuda_device_gives_the_cpu_tables(tiny_report, tmp_p
                                       pd.read_parquet(cpu_out / "tables" / name), check_exact=True)
 
 
+def test_the_training_features_are_computed_once_per_run():
+    # three studies read the training set's classifier features: about a minute each with
+    # ResNet-56 on 5,000 CIFAR-10 images, when they were recomputed every time
+    from kinetic_fm.studies.assets import Assets
+
+    passes = []
+
+    class Judge(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(4, 3)
+
+        def features(self, x):
+            passes.append(x.shape[0])
+            return self.head(x.flatten(1))
+
+    train = torch.randn(10, 1, 2, 2)
+    assets = Assets(train, None, train[:2], None, None, Judge(), "judge", None, torch.nn.Identity(),
+                    torch.nn.Identity(), train[:4], {}, "test")
+    first = assets.train_features()
+    assert assets.train_features() is first and passes == [10]
+    assert torch.equal(first, assets.features(train))
+
+
 def test_straight_line_energy_is_the_kpe_of_a_straight_constant_speed_path():
     import kinetic_fm as kfm
     from kinetic_fm.studies.samples import start_noise, straight_line_energy

@@ -149,7 +149,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     from .report import Claim, Section
 
     shape = tuple(assets.train.shape[1:])
-    ref_feats = assets.features(assets.train)
+    ref_feats = assets.train_features()
     rows, last = [], None
     device = next(assets.memorizer.parameters()).device
     steps = sorted(assets.memorizer_checkpoints)

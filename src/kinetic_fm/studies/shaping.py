@@ -92,7 +92,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     shape = tuple(assets.train.shape[1:])
     device = next(assets.memorizer.parameters()).device
     seeds = range(cfg.seed_start, cfg.seed_start + cfg.n_samples)
-    reference = feature_reference(assets.features(assets.train).double().numpy())
+    reference = feature_reference(assets.train_features().double().numpy())
     iterator = settings
     if progress:
         from tqdm.auto import tqdm
