@@ -534,6 +534,31 @@ def test_a_mean_with_one_row_per_sample_is_refused():
             kfm.sample(field, x0, steps=2)
 
 
+def test_the_mean_shape_rule_is_torchs_broadcasting_and_imports_nothing_heavy():
+    import itertools
+    import subprocess
+    import sys
+
+    from kinetic_fm.fields.analytic import _check_sample_shape
+
+    sizes = [(), (1,), (3,), (1, 3), (2, 3), (2, 1), (4, 2, 3), (1, 1, 3)]
+    for loc, sample in itertools.product(sizes, sizes):
+        try:
+            expected = torch.broadcast_shapes(loc, sample) == sample
+        except RuntimeError:
+            expected = False
+        try:
+            _check_sample_shape("mean", torch.zeros(loc), torch.zeros((5, *sample)))
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert accepted == expected, (loc, sample)
+    # torch.broadcast_shapes imported sympy (about 0.6 s) on the first field call of a process
+    code = ("import sys, kinetic_fm as kfm; kfm.sample(kfm.GaussianTarget(1.0), seeds=range(2), shape=(2,), "
+            "steps=2); print('sympy' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 def test_numpy_and_zero_dimensional_stds_and_number_times_work():
     x = kfm.noise(range(3), (2,), dtype=torch.float64)
     t = torch.full((3,), 0.25, dtype=torch.float64)
