@@ -47,6 +47,25 @@ def test_digits_range_shape_and_known_facts():
     assert torch.equal(subset(ds, n=100, seed=1).images, sub.images)
 
 
+def test_digits_read_without_importing_scikit_learn_match_its_loader(monkeypatch):
+    # importing sklearn.datasets to read a 60 KB table cost about 2 s of every digits run
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
+    bunch = sklearn_load_digits()
+    ours = load_digits()
+    assert torch.equal(ours.images, torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 8 - 1)
+    assert torch.equal(ours.labels, torch.as_tensor(bunch.target))
+    code = "import sys; from kinetic_fm.data import load_digits; load_digits(); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    # should scikit-learn move its file, its loader is used instead
+    monkeypatch.setattr("importlib.util.find_spec",
+                        lambda name: type("Spec", (), {"origin": "/nonexistent/sklearn/__init__.py"})())
+    assert torch.equal(load_digits().images, ours.images)
+
+
 def test_folder_and_zip_give_identical_pixels_and_labels(tmp_path):
     arrays = _write_tree(tmp_path / "tree" / "train")
     with zipfile.ZipFile(tmp_path / "tree.zip", "w") as z:
