@@ -31,6 +31,10 @@ RESULTS_NAME = "results.parquet"
 SEED = "seed"
 _RUN_ID_KEY = b"kfm.run_id"
 _SHARD_KEY = b"kfm.shard"
+# page checksums let a reader detect a damaged shard; dictionary encoding is left off because
+# per-sample floats are all distinct: trying it made 50-row shards of 784-D samples 5x slower to
+# write and larger (234 vs 157 KiB), for no gain on any column a run writes
+_PARQUET_OPTIONS = {"write_page_checksum": True, "use_dictionary": False}
 
 
 class IncompleteRunError(RuntimeError):
@@ -73,7 +77,7 @@ def write_shard(run_dir: str | os.PathLike, manifest: RunManifest, index: int, t
         _SHARD_KEY: str(index).encode(),
     })
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, write_page_checksum=True)
+    pq.write_table(table, sink, **_PARQUET_OPTIONS)
     data = sink.getvalue().to_pybytes()
     path = shard_path(run_dir, plan, index)
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
@@ -164,7 +168,7 @@ def merge_shards(run_dir: str | os.PathLike, manifest: RunManifest | None = None
 def write_results(run_dir: str | os.PathLike, table: pa.Table) -> Path:
     """Atomically write the merged table to ``<run>/results.parquet``."""
     path = Path(run_dir) / RESULTS_NAME
-    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, **_PARQUET_OPTIONS))
 
 
 def read_run(run_dir: str | os.PathLike, *, columns: list[str] | None = None):
