@@ -155,8 +155,8 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
 
 @torch.no_grad()
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1.0 - decay)
+    # one multi-tensor call, not one lerp_ per parameter: the same arithmetic, elementwise
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
 
@@ -210,8 +210,10 @@ def train(
     info = dict(info or {})
 
     ema = copy.deepcopy(model).requires_grad_(False)
+    # foreach: the multi-tensor update (torch's default on CUDA, not on CPU), the same bits as
+    # the per-parameter loop and a few % faster per step
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay, foreach=True)
     data_gen = torch.Generator().manual_seed(config.seed)
     noise_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
     torch.manual_seed(config.seed)
