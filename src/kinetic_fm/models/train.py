@@ -156,7 +156,9 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
 @torch.no_grad()
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     # one multi-tensor call, not one lerp_ per parameter: the same arithmetic, elementwise
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    averaged = list(ema.parameters())
+    if averaged:  # the multi-tensor op refuses an empty list
+        torch._foreach_lerp_(averaged, list(model.parameters()), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
 
