@@ -34,7 +34,6 @@ def main() -> None:
 
         def write(use_dictionary: bool):
             def run() -> pa.Buffer:
-                sink = pa.BufferOutputStream()
                 for _ in range(10):
                     sink = pa.BufferOutputStream()
                     pq.write_table(table, sink, write_page_checksum=True, use_dictionary=use_dictionary)

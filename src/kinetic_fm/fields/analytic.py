@@ -78,7 +78,7 @@ def _check_sample_shape(name: str, loc: torch.Tensor, x: torch.Tensor) -> None:
     sample = x.shape[1:]
     if loc.dim() > len(sample) or any(a not in (1, b) for a, b in zip(reversed(loc.shape), reversed(sample))):
         raise ValueError(f"{name} of shape {tuple(loc.shape)} does not broadcast to one sample's shape "
-                         f"{tuple(x.shape[1:])}")
+                         f"{tuple(sample)}")
 
 
 def _time_column(t, x: torch.Tensor) -> torch.Tensor:
