@@ -38,3 +38,46 @@ def test_positive_integers_come_back_as_ints_and_the_rest_is_named():
     for bad in (0, -3, 2.5, True, "4", None):
         with pytest.raises(ValueError, match=r"chunk must be a positive integer, got "):
             positive_integer("chunk", bad)
+
+
+def test_layouts_that_only_flatten_alike_are_refused_and_the_rest_pass():
+    from kinetic_fm.checks import check_same_layout
+
+    chw, hwc = torch.zeros(2, 3, 4, 5), torch.zeros(2, 4, 5, 3)
+    with pytest.raises(ValueError, match=r"samples holds items of shape \(4, 5, 3\) and train items of shape \(3, 4, 5\)"):
+        check_same_layout(("samples", hwc), ("train", chw))
+    check_same_layout(("samples", chw), ("train", chw.clone()))
+    check_same_layout(("samples", chw.reshape(2, -1)), ("train", hwc))                # flat rows: any order
+    check_same_layout(("samples", torch.zeros(2, 1, 4, 5)), ("train", np.zeros((3, 4, 5))))  # size-1 axes
+    check_same_layout(("samples", torch.zeros(2, 3, 4)), ("train", torch.zeros(2, 5, 4)))  # sizes differ: later checks
+
+
+def _channels_first_and_last_copies():
+    torch.manual_seed(0)
+    train = torch.rand(40, 3, 6, 6, dtype=torch.float64)
+    return train[:8].permute(0, 2, 3, 1).contiguous(), train   # exact copies, saved channels-last
+
+
+@pytest.mark.parametrize("metric", ["memorization", "nearest_neighbors", "frechet_distance",
+                                    "precision_recall", "local_support", "kde_log_density"])
+def test_every_set_metric_refuses_channels_last_samples_against_channels_first_data(metric):
+    import kinetic_fm as kfm
+
+    samples, train = _channels_first_and_last_copies()
+    call = {"memorization": lambda a, b: kfm.memorization(a, b, bootstrap=0),
+            "nearest_neighbors": lambda a, b: kfm.nearest_neighbors(a, b, 2),
+            "frechet_distance": kfm.frechet_distance,
+            "precision_recall": lambda a, b: kfm.precision_recall(b, a),
+            "local_support": lambda a, b: kfm.local_support(a, b, k=1, ks=()),
+            "kde_log_density": kfm.kde_log_density}[metric]
+    with pytest.raises(ValueError, match="different layouts"):
+        call(samples, train)
+    call(samples.permute(0, 3, 1, 2), train)                 # one layout: accepted
+
+
+def test_the_copies_are_found_once_the_layouts_agree():
+    import kinetic_fm as kfm
+
+    samples, train = _channels_first_and_last_copies()
+    report = kfm.memorization(samples.permute(0, 3, 1, 2), train, bootstrap=0)
+    assert report.fraction == 1.0 and report.nearest.tolist() == list(range(8))

@@ -224,6 +224,10 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
                  "--out", str(tmp_path / "afile" / "table.csv")]) == 2
     err = capsys.readouterr().err
     assert "kfm memorization: error: [Errno 17] File exists" in err and "Traceback" not in err
+    np.save(tmp_path / "chw.npy", np.zeros((5, 3, 4, 4)))
+    np.save(tmp_path / "hwc.npy", np.zeros((2, 4, 4, 3)))
+    assert main(["memorization", "--samples", str(tmp_path / "hwc.npy"), "--train", str(tmp_path / "chw.npy")]) == 2
+    assert "samples holds items of shape (4, 4, 3) and train items of shape (3, 4, 4)" in capsys.readouterr().err
 
 
 def test_cli_figure_shows_the_closest_pairs_of_image_inputs(tmp_path, capsys, case):

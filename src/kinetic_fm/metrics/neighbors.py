@@ -37,7 +37,7 @@ import torch
 
 from .. import gemm
 from ..blocks import block_size
-from ..checks import check_flag, is_integer, positive_integer
+from ..checks import check_flag, check_same_layout, is_integer, positive_integer
 
 BACKENDS = ("torch", "faiss")
 
@@ -230,6 +230,7 @@ def nearest_neighbors(
             named).
     """
     q_name, r_name = names
+    check_same_layout((q_name, queries), (r_name, reference))
     x = _flatten(q_name, queries)
     y = _flatten(r_name, reference)
     if x.shape[1] != y.shape[1]:
