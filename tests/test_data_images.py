@@ -26,7 +26,8 @@ def test_select_indices_deterministic_nested_and_validated():
     assert torch.equal(a, select_indices(100, n=10, seed=5))
     assert not torch.equal(a, select_indices(100, n=10, seed=6))
     assert set(a.tolist()) <= set(select_indices(100, n=40, seed=5).tolist())  # nested sizes
-    assert torch.equal(select_indices(10, indices=[7, 2]), torch.tensor([2, 7]))
+    assert torch.equal(select_indices(10, indices=[7, 2]), torch.tensor([7, 2]))        # the order given
+    assert torch.equal(select_indices(10, indices=[7, 2, 9], n=3, seed=1), torch.tensor([2, 7, 9]))  # a draw: sorted
     assert set(select_indices(10, indices=[1, 3, 5, 7], n=2, seed=0).tolist()) <= {1, 3, 5, 7}
     with pytest.raises(ValueError, match=r"n must be in \[1, 100\]"):
         select_indices(100, n=101)
@@ -81,6 +82,17 @@ def test_folder_and_zip_give_identical_pixels_and_labels(tmp_path):
     assert torch.allclose(a.to_unit()[4] * 255, torch.from_numpy(arrays[("dog", 1)]).permute(2, 0, 1).float(), atol=1e-4)
     classes, labels = list_image_labels(tmp_path / "tree.zip", "train")
     assert classes == ("cat", "dog") and labels.tolist() == [0, 0, 0, 1, 1, 1]
+    picked = load_image_folder(tmp_path / "tree.zip", subdir="train", indices=[4, 0, 2])
+    assert picked.indices.tolist() == [4, 0, 2] and torch.equal(picked.images, a.images[[4, 0, 2]])
+
+
+def test_explicit_indices_keep_their_order_so_two_loads_stay_paired():
+    full = load_digits()
+    order = [1500, 3, 700]
+    picked = load_digits(indices=order)
+    assert picked.indices.tolist() == order
+    assert torch.equal(picked.images, full.images[order]) and torch.equal(picked.labels, full.labels[order])
+    assert torch.equal(subset(full, indices=order).images, picked.images)
 
 
 def test_flat_folder_has_no_labels_and_resize_grayscale(tmp_path):

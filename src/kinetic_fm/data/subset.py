@@ -23,17 +23,19 @@ def select_indices(
     indices: Sequence[int] | Tensor | None = None,
     seed: int = 0,
 ) -> Tensor:
-    """Positions to keep out of ``total`` items, as a sorted (M,) int64 tensor.
+    """Positions to keep out of ``total`` items, as an (M,) int64 tensor.
 
     Args:
         total: size of the full set.
-        n: keep this many, drawn without replacement by ``seed`` from ``indices`` (or from all).
-            For one seed, the subset of size n is contained in the subset of any larger size,
-            so training-set-size sweeps are nested.
-        indices: explicit positions in [0, total) (duplicates are an error).
+        n: keep this many, drawn without replacement by ``seed`` from ``indices`` (or from all),
+            returned in increasing order. For one seed, the subset of size n is contained in the
+            subset of any larger size, so training-set-size sweeps are nested.
+        indices: explicit positions in [0, total) (duplicates are an error). Without ``n`` they
+            are kept in the order given, like indexing an array: item i of the result is
+            position ``indices[i]``, so two sets loaded with the same list stay paired.
         seed: seeds the draw of ``n``; the same (total, n, indices, seed) always gives the same set.
 
-    With neither ``n`` nor ``indices`` all positions are kept.
+    With neither ``n`` nor ``indices`` all positions are kept, in order.
     """
     if total < 0:
         raise ValueError(f"total must be >= 0, got {total}")
@@ -49,8 +51,8 @@ def select_indices(
         if not is_integer(n) or not 0 < n <= pool.numel():
             raise ValueError(f"n must be in [1, {pool.numel()}] (the available items), got {n}")
         generator = torch.Generator().manual_seed(int(seed))
-        pool = pool[torch.randperm(pool.numel(), generator=generator)[:n]]
-    return torch.sort(pool).values
+        pool = torch.sort(pool[torch.randperm(pool.numel(), generator=generator)[:n]]).values
+    return pool
 
 
 def dataset_rows(dataset: ImageDataset | PointDataset) -> Tensor:
