@@ -235,3 +235,79 @@ def test_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(command, "run", interrupted)
     assert main(["sample", "--field", "gaussian", "--n", "2", "--out", str(tmp_path / "run")]) == 130
     assert "interrupted: finished work is kept; rerun the same command with --resume" in capsys.readouterr().err
+
+
+def test_a_unet_trained_by_kfm_train_is_sampled_at_its_recorded_shape(tmp_path):
+    assert main(["train", "--data", "digits", "--n", "16", "--steps", "1", "--batch-size", "4", "--width", "8",
+                 "--model", "unet", "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "net")]) == 0
+    assert kfm_sample(tmp_path / "run", "--model", tmp_path / "net", "--n", 2, "--steps", 2) == 0
+    assert read_samples(tmp_path / "run").shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("where", ["final.safetensors", "checkpoints/step_0000004.safetensors"])
+def test_older_unet_runs_take_their_shape_from_the_run_config(tmp_path, capsys, where):
+    # nets trained before the shape was written into the weights' metadata: config.json's data_shape
+    from kinetic_fm.models import UNet, save_model
+
+    torch.manual_seed(0)
+    net = UNet(1, base_channels=8, channel_mults=(1,))
+    save_model(net, tmp_path / "old" / where, ema=copy.deepcopy(net))
+    assert kfm_sample(tmp_path / "run", "--model", tmp_path / "old", "--n", 2, "--steps", 2) == 2
+    assert "does not record its sample shape; give --shape" in capsys.readouterr().err
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"data_shape": [30, 1, 6, 6]}))
+    assert kfm_sample(tmp_path / "run2", "--model", tmp_path / "old", "--n", 2, "--steps", 2) == 0
+    assert read_samples(tmp_path / "run2").shape == (2, 1, 6, 6)
+
+
+def _class_conditional_net(path):
+    from kinetic_fm.models import VelocityMLP, save_model
+
+    torch.manual_seed(0)
+    net = VelocityMLP((3,), hidden=16, depth=1, num_classes=4)
+    save_model(net, path, ema=copy.deepcopy(net))
+    return path
+
+
+@pytest.mark.parametrize("solver", ["heun", "dopri5"])
+def test_a_class_conditional_net_samples_the_classes_asked_for(tmp_path, solver):
+    from kinetic_fm.fields.guidance import ClassifierFreeGuidance
+    from kinetic_fm.models import load_model
+
+    path = _class_conditional_net(tmp_path / "cc.safetensors")
+    net, seeds = load_model(path), range(10, 16)
+    common = ("--model", path, "--n", 6, "--seed-start", 10, "--steps", 4, "--solver", solver, "--batch-size", 4)
+    assert kfm_sample(tmp_path / "one", *common, "--label", 2) == 0
+    table = read_run(tmp_path / "one")
+    assert table["label"].tolist() == [2] * 6
+
+    def batched(field_of):  # the command's batches of 4 (a net's round-off moves dopri5's steps)
+        return np.concatenate([kfm.sample(field_of(part), seeds=part, shape=(3,), steps=4, solver=solver).kpe.numpy()
+                               for part in (seeds[:4], seeds[4:])])
+
+    direct = batched(lambda part: kfm.ModelXT(net, per_sample=["y"], y=torch.full((len(part),), 2)))
+    np.testing.assert_array_equal(table["kpe"].to_numpy(), direct)
+
+    assert kfm_sample(tmp_path / "cfg", *common, "--label", "seed", "--guidance", 2.5) == 0
+    table = read_run(tmp_path / "cfg")
+    labels = torch.tensor([s % 4 for s in seeds])
+    assert table["label"].tolist() == labels.tolist()
+    guided = batched(lambda part: ClassifierFreeGuidance(net, torch.tensor([s % 4 for s in part]), 2.5, null_label=4))
+    np.testing.assert_array_equal(table["kpe"].to_numpy(), guided)
+    assert not np.allclose(table["kpe"].to_numpy(), read_run(tmp_path / "one")["kpe"].to_numpy())
+
+
+def test_class_flags_are_checked_and_pinned_by_the_run(tmp_path, capsys):
+    path = _class_conditional_net(tmp_path / "cc.safetensors")
+    args = ("--model", path, "--n", 4, "--steps", 2)
+    for flags, message in [((), "is class-conditional (4 classes): pass --label K (0..3)"),
+                           (("--label", 4), "--label must be a class index in [0, 3], 'seed' or 'null', got '4'"),
+                           (("--label", "null", "--guidance", 2), "--guidance needs a class to guide towards"),
+                           (("--label", 1, "--guidance", "nan"), "--guidance must be a finite number")]:
+        assert kfm_sample(tmp_path / "bad", *args, *flags) == 2
+        assert message in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "bad", "--n", 4, "--label", 1) == 2
+    assert "--label applies to a class-conditional --model only; a built-in --field" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "run", *args, "--label", "null") == 0
+    assert read_run(tmp_path / "run")["label"].tolist() == [4] * 4       # the null class's index
+    assert kfm_sample(tmp_path / "run", *args, "--label", 0, "--resume") == 2
+    assert "label" in capsys.readouterr().err

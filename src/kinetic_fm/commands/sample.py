@@ -1,8 +1,9 @@
 """``kfm sample``: per-sample KPE of a built-in field or a trained net into a sharded, resumable run directory.
 
 Writes ``<out>/manifest.json``, ``<out>/shards/shard-*.parquet`` and ``<out>/results.parquet``
-(one row per seed: seed, kpe, kpe_raw, early, late, peak, peak_time, nfe, steps, nonfinite and,
-unless ``--no-save-x``, the final sample ``x`` flattened into a fixed-size list column), then
+(one row per seed: seed, kpe, kpe_raw, early, late, peak, peak_time, nfe, steps, nonfinite, the
+class ``label`` for a class-conditional net and, unless ``--no-save-x``, the final sample ``x``
+flattened into a fixed-size list column), then
 prints a summary table. Works unchanged under ``torchrun --nproc-per-node P``: each rank samples
 its own shards and rank 0 merges. Read results back with ``kinetic_fm.runs.read_run`` /
 ``read_samples``.
@@ -39,6 +40,13 @@ def register(subparsers) -> None:
                         "(EMA weights); its weights' sha256 identifies the run")
     f.add_argument("--shape", default=None,
                    help="one sample's shape for --model, e.g. 1,28,28 (default: the net's own, when it records one)")
+    f.add_argument("--label", default=None,
+                   help="required for a class-conditional --model: a class index K for every sample, 'seed' "
+                        "(sample s gets class s mod the number of classes) or 'null' (the net's unconditional "
+                        "null class); stored per sample in the table's label column")
+    f.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale w with --label K or seed: v = v_null + w·(v_label − v_null), "
+                        "two net calls per evaluation (default: the conditional velocity, w = 1, one call)")
 
     s = p.add_argument_group("sampler")
     # --num-samples: the spelling to use after torchrun, whose parser takes "--n" as an abbreviation
@@ -89,8 +97,9 @@ class _Target:
     is the sha256 of its weights file): anything that yields these three can be run.
     """
 
-    def __init__(self, velocity, shape: tuple[int, ...], identity: dict):
+    def __init__(self, velocity, shape: tuple[int, ...], identity: dict, classes: int | None = None):
         self.velocity, self.shape, self.identity = velocity, shape, identity
+        self.classes = classes  # a class-conditional net's class count (its null class is this index)
 
 
 def _builtin_field(name: str, dim: int) -> _Target:
@@ -133,7 +142,7 @@ def _model_target(path: str, shape_arg: str | None) -> _Target:
     or absolute, the folder or its final file, another working directory) resume the same run."""
     from pathlib import Path
 
-    from ..models.checkpoint import load_model, resolve_weights
+    from ..models.checkpoint import load_model, recorded_sample_shape, resolve_weights
     from ..runs.manifest import sha256_file
 
     source = Path(path)
@@ -148,10 +157,74 @@ def _model_target(path: str, shape_arg: str | None) -> _Target:
             raise ValueError(f"--shape must be comma-separated integers such as 1,28,28, got {shape_arg!r}") from None
     elif getattr(net, "shape", None):
         shape = tuple(net.shape)
+    elif (recorded := recorded_sample_shape(weights)) is not None:
+        shape = recorded
     else:
         raise ValueError(f"--model {path} does not record its sample shape; give --shape C,H,W")
     identity = {"kind": getattr(net, "kind", type(net).__name__), "weights_sha256": sha256_file(weights)}
-    return _Target(net, shape, identity)
+    return _Target(net, shape, identity, classes=getattr(net, "null_class", None))
+
+
+class _Conditioning:
+    """The class each seed is sampled with, and the guidance scale: ``label`` is a class index,
+    "seed" (seed mod ``classes``) or "null" (the null class, index ``classes``)."""
+
+    def __init__(self, label: int | str, guidance: float | None, classes: int):
+        self.label, self.guidance, self.classes = label, guidance, classes
+
+    def labels(self, seeds: list[int]):
+        import torch
+
+        if self.label == "seed":
+            return torch.tensor([s % self.classes for s in seeds], dtype=torch.int64)
+        index = self.classes if self.label == "null" else self.label
+        return torch.full((len(seeds),), index, dtype=torch.int64)
+
+    def velocity(self, net, labels):
+        """The field for one batch: the net at its labels, or classifier-free guidance."""
+        from ..fields.adapters import ModelXT
+        from ..fields.guidance import ClassifierFreeGuidance
+
+        if self.guidance is None or self.guidance == 1.0:
+            return ModelXT(net, per_sample=["y"], y=labels)
+        return ClassifierFreeGuidance(net, labels, self.guidance, null_label=self.classes)
+
+    def describe(self) -> str:
+        what = {"seed": "class = seed mod " + str(self.classes), "null": "the null class"}.get(self.label,
+                                                                                           f"class {self.label}")
+        return what + ("" if self.guidance is None else f", guidance w = {self.guidance:g}")
+
+
+def _conditioning(args, target: _Target) -> _Conditioning | None:
+    """--label / --guidance checked against the target: required for a class-conditional net,
+    refused for anything else."""
+    import math
+
+    if target.classes is None:
+        for flag in ("label", "guidance"):
+            if getattr(args, flag) is not None:
+                what = "--model is not class-conditional" if args.model else "a built-in --field takes no class"
+                raise ValueError(f"--{flag} applies to a class-conditional --model only; {what}")
+        return None
+    n = target.classes
+    if args.label is None:
+        raise ValueError(f"--model {args.model} is class-conditional ({n} classes): pass --label K (0..{n - 1}) "
+                         f"for one class, --label seed (class = seed mod {n}), or --label null for its "
+                         "unconditional null class")
+    label = args.label
+    if label not in ("seed", "null"):
+        try:
+            label = int(label)
+        except ValueError:
+            label = None
+        if label is None or not 0 <= label < n:
+            raise ValueError(f"--label must be a class index in [0, {n - 1}], 'seed' or 'null', got {args.label!r}")
+    if args.guidance is not None:
+        if not math.isfinite(args.guidance):
+            raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+        if label == "null":
+            raise ValueError("--guidance needs a class to guide towards: --label K or seed, not null")
+    return _Conditioning(label, args.guidance, n)
 
 
 def _shaping(args):
@@ -163,11 +236,13 @@ def _shaping(args):
     return KTS(**given) if given else None
 
 
-def _config(args, target: _Target, kts) -> dict:
+def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> dict:
     """Every parameter that determines the per-sample numbers (compared on --resume)."""
     from dataclasses import asdict
 
-    return {
+    # the class keys only for conditional nets, so that unconditional runs resume as before
+    classes = {} if cond is None else {"label": cond.label, "guidance": cond.guidance}
+    return {**classes,
         "field": None if args.model else args.field, "dim": args.dim,
         "sample_shape": list(target.shape),
         "steps": args.steps, "solver": args.solver, "grid": args.grid, "quadrature": args.quadrature,
@@ -213,7 +288,7 @@ def _warn_on_dopri5_batch_change(args) -> None:
                       stacklevel=2)
 
 
-def _shard_sampler(target: _Target, kts, args, device):
+def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | None = None):
     """compute(seeds, advance) -> pyarrow Table with one row per seed, sampled in batches."""
     import numpy as np
     import pandas as pd
@@ -226,8 +301,11 @@ def _shard_sampler(target: _Target, kts, args, device):
     dtype = getattr(torch, args.dtype)
 
     def run_batch(chunk: list[int]):
+        velocity = target.velocity
+        if cond is not None:
+            velocity = cond.velocity(velocity, cond.labels(chunk).to(device))
         try:
-            return sample(target.velocity, seeds=chunk, shape=target.shape, steps=args.steps,
+            return sample(velocity, seeds=chunk, shape=target.shape, steps=args.steps,
                           solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
                           split=args.split, on_nonfinite=args.on_nonfinite, dtype=dtype, device=device)
         except NonFiniteVelocityError as err:
@@ -241,7 +319,10 @@ def _shard_sampler(target: _Target, kts, args, device):
         for lo in range(0, len(seeds), args.batch_size):
             chunk = [int(s) for s in seeds[lo:lo + args.batch_size]]
             res = run_batch(chunk)
-            frames.append(res.to_frame())
+            frame = res.to_frame()
+            if cond is not None:
+                frame["label"] = cond.labels(chunk).numpy()
+            frames.append(frame)
             if args.save_x:
                 finals.append(res.x.detach().reshape(len(chunk), -1).cpu().numpy())
             advance(len(chunk))
@@ -295,6 +376,7 @@ def run(args) -> int:
 
     _validate(args)
     target = _model_target(args.model, args.shape) if args.model else _builtin_field(args.field, args.dim)
+    cond = _conditioning(args, target)
     kts = _shaping(args)
     with world_session(args.device) as (coordinator, device):
         world = coordinator.world
@@ -304,14 +386,14 @@ def run(args) -> int:
             target.velocity.to(device=device, dtype=getattr(torch, args.dtype))
         _trial_call(target, args, device)  # a wrong --shape or --dtype fails before the run folder exists
         manifest = RunManifest(
-            kind="sample", config=_config(args, target, kts), identity=target.identity,
+            kind="sample", config=_config(args, target, kts, cond), identity=target.identity,
             seed_start=args.seed_start, n=args.n, shard_size=args.shard_size,
             runtime={"batch_size": args.batch_size, "world_size": world.world_size,
                      **({"model": str(args.model)} if args.model else {})},
         )
         if world.is_main:
             _warn_on_dopri5_batch_change(args)
-        outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device),
+        outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
                               resume=args.resume, coordinator=coordinator, progress=args.progress)
     if outcome.table is None:  # ranks other than 0 are done once their shards are written
         return 0
@@ -319,6 +401,8 @@ def run(args) -> int:
     nonfinite = int(table.column("nonfinite").to_numpy().sum()) if "nonfinite" in table.column_names else 0
     shaping = "plain FM" if kts is None else str(kts)
     what = f"model {args.model} (shape {target.shape})" if args.model else f"{args.field} (D={args.dim})"
+    if cond is not None:
+        what += f", {cond.describe()}"
     print(f"kfm sample: {table.num_rows} samples of {what}, {args.solver}, "
           f"{args.steps} steps, {args.grid} grid, {shaping}; world size {world.world_size}")
     print(f"run directory: {outcome.run_dir}  (results.parquet, {manifest.plan.count} shard(s); "

@@ -157,6 +157,27 @@ def resolve_weights(path: str | os.PathLike) -> Path:
     return found[-1]
 
 
+def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
+    """One sample's shape as training recorded it for the weights file ``weights``, or None.
+
+    Read from the file's ``sample_shape`` metadata (written by training), else from the
+    ``data_shape`` in the ``config.json`` of the run folder holding it (``final.safetensors``
+    or ``checkpoints/step_*.safetensors``; runs trained before the metadata existed)."""
+    weights = Path(weights)
+    shape = read_metadata(weights).get("sample_shape")
+    if shape is None:
+        for folder in (weights.parent, weights.parent.parent):
+            config = folder / "config.json"
+            if config.is_file():
+                try:
+                    data_shape = json.loads(config.read_text(encoding="utf-8")).get("data_shape")
+                except ValueError:
+                    return None
+                shape = data_shape[1:] if isinstance(data_shape, list) and len(data_shape) > 1 else None
+                break
+    return tuple(int(s) for s in shape) if shape else None
+
+
 def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
     """Rebuild a velocity net saved by :func:`save_model` or by training, in eval mode.
 

@@ -226,6 +226,7 @@ def train(
 
     run_config = {"model": {"kind": getattr(model, "kind", None), "config": getattr(model, "config", None)},
                   "train": _config_json(config), "data_shape": list(data.shape), "info": info}
+    recorded = {**info, "sample_shape": list(data.shape[1:])}  # lets `kfm sample --model` size its noise
     state_path = None if out is None else out / RESUME_FILE
     if out is not None and not resume:
         earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
@@ -308,7 +309,7 @@ def train(
             bar.set_postfix(loss=f"{losses[max(0, i - 49): i + 1].mean().item():.4f}")
         if out is not None and step in schedule:
             path = out / "checkpoints" / f"step_{step:07d}.safetensors"
-            save_model(model, path, ema=ema, step=step, **info)
+            save_model(model, path, ema=ema, step=step, **recorded)
             written[step] = path
         if step % config.save_every == 0 or step == config.steps:
             save_resume(step)
@@ -316,6 +317,6 @@ def train(
             callback(step, loss.detach())
     bar.close()
     if out is not None:
-        save_model(model, out / "final.safetensors", ema=ema, step=config.steps, **info)
+        save_model(model, out / "final.safetensors", ema=ema, step=config.steps, **recorded)
     model.eval()
     return TrainResult(model, ema, losses, dict(sorted(written.items())), out)
