@@ -75,11 +75,23 @@ def test_binomial_intervals_at_the_ends_have_their_closed_forms():
     assert exact.ci[1] == pytest.approx(1 - 0.025 ** (1 / 10), rel=1e-9)
     z2 = 1.959963984540054 ** 2
     wilson = kfm.memorization(fresh, train, interval="wilson")
-    assert wilson.ci[0] == pytest.approx(0.0, abs=1e-15) and wilson.ci[1] == pytest.approx(z2 / (10 + z2), rel=1e-9)
+    assert wilson.ci[0] == 0.0 and wilson.ci[1] == pytest.approx(z2 / (10 + z2), rel=1e-9)
     assert "95% Clopper–Pearson CI 0.0000–0.3085" in str(exact)
     # all memorized: the mirror image
     copies = kfm.memorization(train[:4], train, interval="clopper-pearson", confidence=0.9)
     assert copies.ci == (pytest.approx(0.05 ** (1 / 4), rel=1e-9), 1.0)
+    z2 = 1.6448536269514722 ** 2
+    assert kfm.memorization(train[:4], train, interval="wilson", confidence=0.9).ci == (pytest.approx(4 / (4 + z2), rel=1e-9), 1.0)
+
+
+@pytest.mark.parametrize("n", [7, 10, 25])
+def test_wilson_ends_are_exactly_0_and_1(n):
+    # at 0 of n and n of n the two terms cancel in exact arithmetic; in floats they left 2.8e-17
+    # (n = 7, 25) or 1 − 1.1e-16 (n = 10) in the report's tables
+    train = torch.eye(n + 2, dtype=torch.float64)
+    fresh = torch.full((n, n + 2), 5.0, dtype=torch.float64)
+    assert kfm.memorization(fresh, train, interval="wilson").ci[0] == 0.0
+    assert kfm.memorization(train[:n], train, interval="wilson").ci[1] == 1.0
 
 
 @pytest.mark.parametrize("interval", ["wilson", "clopper-pearson"])

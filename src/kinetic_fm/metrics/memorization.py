@@ -236,4 +236,7 @@ def _binomial_ci(count: int, n: int, confidence: float, kind: str) -> tuple[floa
     p, z2 = count / n, z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # at 0 of n (n of n) centre and half are equal in exact arithmetic; round-off left 7e-18
+    low = 0.0 if count == 0 else max(0.0, centre - half)
+    high = 1.0 if count == n else min(1.0, centre + half)
+    return (low, high)
