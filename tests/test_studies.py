@@ -125,6 +125,14 @@ def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
     assert frame["noise_energy"].to_numpy() == pytest.approx(noise_energy, rel=1e-12)
     assert (frame["excess_energy"] >= -1e-9 * frame["kpe"]).all()          # KPE ≥ ½‖x1 − x0‖²
     assert "Context (not one of the paper's claims)" in text
+    assert "a smoke test of the pipeline" in text and "not evidence for or against the paper" in text
+
+
+def test_only_a_tiny_report_calls_its_verdicts_a_smoke_test():
+    from kinetic_fm.studies.reproduce import _intro
+
+    assert "smoke test" in _intro("digits", "tiny")
+    assert all("smoke test" not in _intro("digits", mode) for mode in ("quick", "full"))
 
 
 def test_tiny_reproduce_on_a_cuda_device_gives_the_cpu_tables(tiny_report, tmp_path):
