@@ -58,6 +58,7 @@ def _channels_first_and_last_copies():
     return train[:8].permute(0, 2, 3, 1).contiguous(), train   # exact copies, saved channels-last
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # 8 samples of 108 features: the FD bias warning
 @pytest.mark.parametrize("metric", ["memorization", "nearest_neighbors", "frechet_distance",
                                     "precision_recall", "local_support", "kde_log_density"])
 def test_every_set_metric_refuses_channels_last_samples_against_channels_first_data(metric):

@@ -78,6 +78,22 @@ def test_frechet_of_samples():
     assert fd_net.value == pytest.approx(direct.value, rel=1e-10) and fd_net.name == "FD-Linear"
 
 
+def test_sets_with_no_more_samples_than_features_warn_of_the_bias():
+    import warnings
+
+    from kinetic_fm.metrics.fidelity import FrechetBiasWarning
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(20, 64)), rng.normal(size=(20, 64))  # one distribution: the true FD is 0
+    with pytest.warns(FrechetBiasWarning, match="20 and 20 samples of 64 features"):
+        small = frechet_distance(a, b)
+    assert small.value > 50                                       # the bias the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        large = frechet_distance(rng.normal(size=(5000, 64)), rng.normal(size=(5000, 64)))
+    assert large.value < 1
+
+
 def test_precision_recall_constructed_cases():
     rng = np.random.default_rng(3)
     real = torch.from_numpy(rng.normal(size=(300, 4)))

@@ -41,6 +41,10 @@ __all__ = ["Protocol", "FrechetDistance", "PrecisionRecall", "feature_statistics
 STANDARD_INCEPTION = ("inception-v3-compat",)
 
 
+class FrechetBiasWarning(UserWarning):
+    """A Fréchet distance was computed from a set with no more samples than features."""
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How a set-level number was measured.
@@ -228,6 +232,10 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
         network: name recorded in the protocol (defaults to the space's name); it decides the
             metric name (``"FID"`` only for ``"inception-v3-compat"``).
         split, preprocessing: recorded in the protocol.
+
+    Warns (``FrechetBiasWarning``) when a set has no more samples than features: its covariance
+    is then singular and the distance is dominated by the estimator's bias (two sets of 20 draws
+    from one 64-d Gaussian give about 83, not 0), so compare such values only at equal sizes.
     """
     fs = feature_space(space)
     protocol = _protocol(fs, network, split, preprocessing)
@@ -236,6 +244,13 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
     b = as_features(feats_b, fs, argument="feats_b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
+    if min(a.shape[0], b.shape[0]) <= a.shape[1]:
+        import warnings
+
+        warnings.warn(f"Fréchet distance from {a.shape[0]} and {b.shape[0]} samples of {a.shape[1]} features: "
+                      "a set with no more samples than features has a singular covariance, and the value is "
+                      "dominated by the estimator's bias; use more samples or fewer features, or compare "
+                      "only values of equal sizes", FrechetBiasWarning, stacklevel=2)
     # both covariances come from feature_statistics: PSD by construction, so no separate check
     value = FrechetReference.from_stats(*feature_statistics(a), name="sigma1").distance(*feature_statistics(b))
     return FrechetDistance(value, protocol.fd_name, a.shape[0], b.shape[0], a.shape[1], protocol)
