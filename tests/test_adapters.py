@@ -386,3 +386,28 @@ def test_adapters_compose_and_print_as_their_composition():
     adapter = NoisePrediction(DiscreteTime(ModelXT(net, time="scalar"), 1000))
     text = repr(adapter)
     assert text.startswith("NoisePrediction(DiscreteTime(ModelXT(") and "num_timesteps=1000" in text
+
+
+class _TorchCFMStyleNet(torch.nn.Module):
+    """forward(t, x) with t (B,) expanded against x, as torchcfm's nets do."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(5, 4)
+
+    def forward(self, t, x):
+        return self.lin(torch.cat([x, t.reshape(-1, 1).expand(-1, 1)], dim=1))
+
+
+@pytest.mark.parametrize("solver", ["euler", "dopri5"])
+def test_a_net_called_in_the_wrong_order_fails_with_a_note_on_the_convention(solver):
+    net = _TorchCFMStyleNet()
+    with pytest.raises((RuntimeError, IndexError)) as caught:   # torch raises either, by the shapes met
+        kfm.sample(net, seeds=range(3), shape=(4,), steps=2, solver=solver)
+    assert any("needs kfm.ModelTX(net)" in note for note in getattr(caught.value, "__notes__", []))
+    kfm.sample(kfm.ModelTX(net), seeds=range(3), shape=(4,), steps=2, solver=solver)   # the fix works
+
+
+def test_a_velocity_of_the_wrong_shape_names_the_convention():
+    with pytest.raises(ValueError, match=r"returned shape \(3, 2\) .*needs kfm.ModelTX\(net\)"):
+        kfm.sample(lambda x, t: x[:, :2], seeds=range(3), shape=(4,), steps=2)

@@ -21,7 +21,7 @@ import torch
 
 from .energy import EnergyLedger, quadrature_weights, squared_norm, step_energy
 from .fixed_step import Trace
-from .guards import NonFiniteVelocityError, check_velocity_output
+from .guards import NonFiniteVelocityError, first_velocity
 from .shaping import KTS
 from .tableau import DOPRI5
 
@@ -74,8 +74,7 @@ def integrate_dopri5(
         return field(x, tt.to(dtype))
 
     x = x0.clone()
-    k1 = f(x, t)
-    check_velocity_output(k1, x)
+    k1 = first_velocity(f, x, t)
     k1 = k1.clone()  # updated in place below; never alias the caller's buffer
     nfe += 1
     h = _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step)

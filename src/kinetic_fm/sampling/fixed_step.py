@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from .energy import EnergyLedger, quadrature_weights
-from .guards import check_velocity_output
+from .guards import first_velocity
 from .shaping import KTS
 from .tableau import EULER, HEUN3, Tableau
 
@@ -87,9 +87,7 @@ def integrate_fixed(
             for l, a_jl in enumerate(step.a[j]):
                 if a_jl != 0.0:
                     xj = torch.add(xj, stage_v[l], alpha=h * a_jl * eta[i][l])
-            v = velocity(xj, t_vectors[i][j])
-            if i == 0 and j == 0:
-                check_velocity_output(v, x)
+            v = first_velocity(velocity, xj, t_vectors[i][j]) if i == 0 and j == 0 else velocity(xj, t_vectors[i][j])
             flat = v.reshape(batch, -1)
             if flat.dtype != norm_dtype:
                 flat = flat.to(norm_dtype)

@@ -36,6 +36,25 @@ def check_initial_state(x0: torch.Tensor) -> None:
         raise ValueError("x0 contains NaN or Inf")
 
 
+CONVENTION_HINT = ("kfm.sample calls velocity(x, t) with x of shape (B, ...) and t of shape (B,), t = 0 at the "
+                   "noise; a net written forward(t, x) (torchcfm) needs kfm.ModelTX(net), and the README's "
+                   "'Other conventions' lists the adapters for the rest")
+
+
+def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The sampler's first call ``velocity(x, t)``, its output checked; an error raised inside the
+    velocity (a net given another call convention fails there, often obscurely) gets a note
+    that states the convention (Python ≥ 3.11 shows notes under the traceback)."""
+    try:
+        v = velocity(x, t)
+    except (RuntimeError, TypeError, IndexError) as err:
+        if hasattr(err, "add_note"):
+            err.add_note(CONVENTION_HINT)
+        raise
+    check_velocity_output(v, x)
+    return v
+
+
 def check_velocity_output(v: object, x: torch.Tensor) -> None:
     """Shape, dtype and device of v(x, t) must match x (checked once, on the first call)."""
     if not isinstance(v, torch.Tensor):
@@ -43,7 +62,7 @@ def check_velocity_output(v: object, x: torch.Tensor) -> None:
     if v.shape != x.shape:
         raise ValueError(
             f"velocity returned shape {tuple(v.shape)} but x has shape {tuple(x.shape)}; "
-            "v(x, t) must return one velocity per coordinate of x"
+            f"v(x, t) must return one velocity per coordinate of x ({CONVENTION_HINT})"
         )
     if v.dtype != x.dtype:
         raise ValueError(f"velocity returned dtype {v.dtype} but x has dtype {x.dtype}")
