@@ -190,6 +190,7 @@ def test_cli_reads_each_format_and_writes_the_table(tmp_path, capsys, case, fmt,
     assert "nearest neighbours" in captured.err                    # the CLI shows a progress bar
     table = pd.read_parquet(out)
     assert len(table) == 100 and int(table["memorized"].sum()) == 40
+    assert table.columns[0] == "sample" and table["sample"].tolist() == list(range(100))
 
 
 def test_a_key_on_a_single_array_file_is_refused(tmp_path):
@@ -298,6 +299,21 @@ def test_cli_reads_image_folders_zips_and_data_specs(tmp_path, capsys):
         else:
             np.testing.assert_array_equal(table["ratio"][:10], 0.0)
         assert (table["ratio"][10:] > 1 / 3).all()
+        import pandas as pd
+
+        named = pd.read_csv(out)                                   # rows named by their files
+        prefix = "gen/" if str(samples).endswith(".zip") else ""
+        assert named["sample"].tolist() == list(range(16))
+        assert named["file"].tolist() == [f"{prefix}{i:02d}.png" for i in range(16)]
+    # a folder of training images: the nearest one is named too (sample 3 copies digit 121)
+    train_folder = tmp_path / "train_images"
+    train_folder.mkdir()
+    for j in range(100, 200):
+        Image.fromarray(pixels[j, 0].numpy(), mode="L").save(train_folder / f"digit{j}.png")
+    assert main(["memorization", "--samples", str(folder), "--train", str(train_folder), "--bootstrap", "0",
+                 "--no-progress", "--out", str(tmp_path / "named.parquet")]) == 0
+    named = pd.read_parquet(tmp_path / "named.parquet")
+    assert named["nearest_file"].tolist()[:10] == [f"digit{100 + 7 * i}.png" for i in range(10)]
     assert main(["memorization", "--samples", str(folder), "--key", "x", "--train", "digits"]) == 2
     assert "--key names an array inside a file" in capsys.readouterr().err
     assert main(["memorization", "--samples", str(folder), "--train", "cifar10:/no/such/folder"]) == 2

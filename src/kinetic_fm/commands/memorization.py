@@ -62,21 +62,22 @@ def run(args: argparse.Namespace) -> int:
 
         net, _ = load_cifar_resnet_spec(args.space, name="--space")
         space = net.to(device).features
-    samples = _load_rows("--samples", args.samples, args.key, args.progress, specs=False).to(device)
-    train = _load_rows("--train", args.train, args.train_key, args.progress, specs=True).to(device)
+    samples, sample_files = _load_rows("--samples", args.samples, args.key, args.progress, specs=False)
+    train, train_files = _load_rows("--train", args.train, args.train_key, args.progress, specs=True)
+    samples, train = samples.to(device), train.to(device)
     if space is not None:
         samples, train = _cifar_images("--samples", samples), _cifar_images("--train", train)
     report = memorization(samples, train, threshold=args.threshold, bootstrap=args.bootstrap, space=space,
                           seed=args.seed, interval=args.interval, backend=args.backend, progress=args.progress)
     print(report)
     if args.out is not None:
-        frame = report.to_frame()
+        frame = _per_sample_frame(report, sample_files, train_files)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() == ".csv":
-            frame.to_csv(out, index_label="sample")
+            frame.to_csv(out, index=False)
         else:
-            frame.to_parquet(out)
+            frame.to_parquet(out, index=False)
         print(f"per-sample table: {out}")
     if args.figure is not None:
         from ..studies.figures import memorization_figure
@@ -89,9 +90,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[str] | None):
+    """The report's table led by ``sample`` (the row of --samples), with the image files' names
+    beside the rows and the nearest training items when the inputs were folders of images."""
+    frame = report.to_frame()
+    frame.insert(0, "sample", range(len(frame)))
+    if sample_files is not None:
+        frame.insert(1, "file", sample_files)
+    if train_files is not None:
+        frame.insert(frame.columns.get_loc("nearest") + 1, "nearest_file",
+                     [train_files[j] for j in frame["nearest"]])
+    return frame
+
+
 def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool):
-    """The rows named by ``value``: a data spec (if ``specs``), a folder or .zip of images, or an
-    array file (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``)."""
+    """The rows named by ``value`` and, for a folder or .zip of images, their file names (else
+    None): a data spec (if ``specs``), a folder or .zip of images, or an array file
+    (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``)."""
     from pathlib import Path
 
     from ..data.registry import DATA_SPECS, load_dataset
@@ -107,15 +122,15 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
         raise ValueError(f"{flag} names an array inside a file; {name} {value!r} is "
                          f"{'a data spec' if is_spec else 'a folder of images'}")
     if is_spec:
-        return dataset_rows(load_dataset(value, progress=progress))
+        return dataset_rows(load_dataset(value, progress=progress)), None
     if is_images:
-        from ..data.images import load_image_folder
+        from ..data.images import image_names, load_image_folder
 
         images = load_image_folder(path, labels_from_folders=False, progress=progress).images
         if bool((images[:, 1:] == images[:, :1]).all()):
             images = images[:, :1]                    # grey throughout (R = G = B): one channel
-        return images
-    return load_array(value, key)
+        return images, image_names(path)
+    return load_array(value, key), None
 
 
 def _cifar_images(name: str, x):

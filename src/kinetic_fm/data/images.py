@@ -260,6 +260,13 @@ def load_image_folder(
     )
 
 
+def image_names(path: str | os.PathLike, subdir: str | None = None) -> list[str]:
+    """The image files of a folder or zip in the loader's order (row i of
+    :func:`load_image_folder` without a subset is file i), as paths relative to the root."""
+    with ImageSource(path) as source:
+        return [name for name, _ in _under(source.names, subdir, path)]
+
+
 def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tuple[tuple[str, ...], Tensor]:
     """Class names and per-file labels of a ``[subdir/]<class>/<file>`` tree, without decoding.
 
