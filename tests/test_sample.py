@@ -616,3 +616,13 @@ def test_built_in_fields_follow_their_parameters_through_the_device_copies():
     xr = x.clone().requires_grad_(True)
     fresh(xr, t).sum().backward()                          # its copy can still join autograd
     torch.testing.assert_close(xr.grad, torch.full_like(x, -1 / 0.7))
+
+
+def test_the_package_lists_its_public_names_and_not_its_own_imports():
+    import kinetic_fm
+
+    listed = dir(kinetic_fm)
+    assert set(kinetic_fm.__all__) <= set(listed) and "KineticODESolver" in listed
+    assert not {"annotations", "importlib", "Any"} & set(listed)
+    for name in kinetic_fm.__all__:                   # each listed public name resolves
+        assert getattr(kinetic_fm, name) is not None

@@ -74,4 +74,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    # what this file itself imports for its own use is not part of the package's surface
+    own_tools = {"annotations", "importlib", "Any"}
+    return sorted((set(globals()) - own_tools) | set(_LAZY))
