@@ -29,7 +29,9 @@ def test_kfm_train_writes_a_loadable_run_and_resumes_identically(tmp_path, capsy
     assert kfm.sample(model, seeds=range(8), shape=(2,), steps=4).x.shape == (8, 2)
 
     assert main(["train", *COMMON, "--steps", "12", "--out", str(tmp_path / "cut")]) == 0
+    assert "resumed" not in capsys.readouterr().out
     assert main(["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert "resumed from step 12 of 20" in capsys.readouterr().out
     assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "cut" / "final.safetensors")
 
 

@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
                    progress=not args.no_progress, info={"data": args.data, "n": args.n})
     tail = result.losses[-min(100, config.steps):].mean().item()
+    if result.resumed_from:
+        print(f"resumed from step {result.resumed_from} of {config.steps}")
     print(f"done: {config.steps} steps, mean loss of the last {min(100, config.steps)} steps {tail:.4f}; "
           f"{len(result.checkpoints)} checkpoints; final weights {result.out / 'final.safetensors'}")
     return 0

@@ -106,6 +106,7 @@ class TrainResult:
         losses: (steps,) float32 loss of every step.
         checkpoints: step -> path of the .safetensors written (empty without ``out``).
         out: the run folder, or None.
+        resumed_from: the step a resumed run started from (0 for a fresh run).
     """
 
     model: nn.Module
@@ -113,6 +114,7 @@ class TrainResult:
     losses: Tensor
     checkpoints: dict[int, Path] = field(default_factory=dict)
     out: Path | None = None
+    resumed_from: int = 0
 
 
 def _rng_state(data_gen: torch.Generator, noise_gen: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -319,4 +321,4 @@ def train(
     if out is not None:
         save_model(model, out / "final.safetensors", ema=ema, step=config.steps, **recorded)
     model.eval()
-    return TrainResult(model, ema, losses, dict(sorted(written.items())), out)
+    return TrainResult(model, ema, losses, dict(sorted(written.items())), out, resumed_from=start)
