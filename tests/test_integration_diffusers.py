@@ -219,6 +219,14 @@ def test_saved_pipeline_reloads_with_its_kts_gain(transformer, conditions, tmp_p
     again = _run_pipeline(loaded, conditions, x0)
     torch.testing.assert_close(again, latents, rtol=0, atol=0)
     torch.testing.assert_close(loaded.scheduler.kpe, pipe.scheduler.kpe, rtol=0, atol=0)
+    # the README's recipe for a folder that loads without kinetic_fm: the base scheduler goes back first
+    import json
+
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path / "plain")
+    index = json.loads((tmp_path / "plain" / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    assert pipe.scheduler.config.shift == 3.0
 
 
 def test_scheduler_config_carries_the_gain(tmp_path):
