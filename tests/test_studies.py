@@ -54,6 +54,28 @@ def test_goldilocks_share_counts_resamples_whose_best_quintile_is_interior():
     assert 0.2 < _interior_best_share(same, bins, ref, 200, seed=0) < 0.95
 
 
+def test_goldilocks_controls_split_into_equal_quintiles_and_sorting_by_content_alone_makes_a_u():
+    from kinetic_fm.studies.memorization import _goldilocks_control, control_orderings, quintile_bins
+
+    rng = np.random.default_rng(4)
+    x1, x0 = torch.from_numpy(rng.normal(size=(500, 3))), torch.from_numpy(rng.normal(size=(500, 3)))
+    kpe = rng.exponential(size=500)                              # carries no information here
+    orderings = control_orderings(kpe, x1, x0, seed=0)
+    assert list(orderings) == ["KPE", "‖x1‖²", "½‖x0‖²", "random"]
+    for bins in orderings.values():
+        assert np.bincount(bins).tolist() == [100] * 5
+    np.testing.assert_array_equal(orderings["KPE"], quintile_bins(kpe)[1])
+    norms = (x1 ** 2).sum(1).numpy()
+    assert norms[orderings["‖x1‖²"] == 0].max() <= norms[orderings["‖x1‖²"] == 1].min()
+    # features = the samples, reference from the same law: the middle of ‖x1‖² looks most like it
+    ref = rng.normal(size=(2000, 3))
+    control, text, share = _goldilocks_control(kpe, x1, x0, x1.numpy(), ref, "FD", 100, seed=0)
+    assert share >= 0.95 and f"best in {share:.0%} of resamples" in text
+    fd = control["‖x1‖²"].to_numpy()
+    assert fd[2] < fd[0] and fd[2] < fd[4]
+    assert control["random"].max() < min(fd[0], fd[4])           # the split by content is no noise
+
+
 def test_workspace_keys_include_the_cache_epoch_and_drops_stale_tables(tmp_path, monkeypatch):
     from kinetic_fm.studies import workspace
 
@@ -126,6 +148,9 @@ def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
     assert (frame["excess_energy"] >= -1e-9 * frame["kpe"]).all()          # KPE ≥ ½‖x1 − x0‖²
     assert "Context (not one of the paper's claims)" in text
     assert "a smoke test of the pipeline" in text and "not evidence for or against the paper" in text
+    assert "Control (not one of the paper's claims)" in text and "control: by ‖x1‖² instead of KPE" in text
+    control = pd.read_parquet(out / "tables" / "memorization__goldilocks_control.parquet")
+    assert list(control.columns) == ["quintile", "KPE", "‖x1‖²", "½‖x0‖²", "random"] and len(control) == 5
 
 
 def test_only_a_tiny_report_calls_its_verdicts_a_smoke_test():
