@@ -58,7 +58,28 @@ def test_dopri5_matches_the_analytic_solution(x0):
     res = kfm.sample(field, x0, solver="dopri5", rtol=1e-8, atol=1e-8)
     assert torch.allclose(res.x, field.trajectory(x0, 1.0), atol=1e-6)
     assert torch.allclose(res.kpe, field.kinetic_energy(x0), rtol=1e-6)
+    assert torch.allclose(res.kpe_raw, field.kinetic_energy(x0), rtol=1e-6)   # no gain: raw = applied
     assert res.nfe.shape == (16,) and (res.steps > 1).all()
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "dopri5"])
+def test_peak_early_late_and_step_times_agree_with_the_profile(solver, x0):
+    res = kfm.sample(GaussianTarget(mean=1.5, std=0.3), x0, steps=10, solver=solver, shaping=kfm.KTS(),
+                     profile=True)
+    rows = torch.arange(x0.shape[0])
+    starts = res.times[rows, res.profile.argmax(1)] if res.times.dim() == 2 else res.times[res.profile.argmax(1)]
+    assert torch.equal(res.peak, res.profile.max(1).values)
+    assert torch.equal(res.peak_time, starts)                         # a step's increment sits at its start
+    assert torch.allclose(res.early + res.late, res.kpe, rtol=1e-13)
+    assert torch.allclose(res.profile.sum(1), res.kpe, rtol=1e-13)
+    if solver == "dopri5":                                           # per-sample step times, NaN-padded
+        assert res.times.shape == (x0.shape[0], int(res.steps.max()) + 1) and (res.times[:, 0] == 0).all()
+        assert (res.times[rows, res.steps] == 1.0).all()
+        for b in range(x0.shape[0]):
+            walked = res.times[b, : int(res.steps[b]) + 1]
+            assert (walked.diff() > 0).all() and torch.isnan(res.times[b, int(res.steps[b]) + 1:]).all()
+    else:
+        assert torch.equal(res.times, kfm.time_grid("uniform", 10).to(res.times.dtype))
 
 
 @pytest.mark.parametrize("launch,landing", [("linear", "exponential"), ("constant", "constant")])
@@ -83,6 +104,11 @@ def test_dopri5_under_kts_meets_its_tolerance_across_the_kink_at_tau(launch, lan
     assert float(res.early[0]) == pytest.approx(early, rel=5 * rtol)
     assert float(res.late[0]) == pytest.approx(late, rel=5 * rtol)
     assert 0.6 in res.times[0].tolist()                                # a step boundary sits on τ
+    # the raw energy ½∫‖v‖² of the unscaled velocity along the same (shaped) path
+    raw_power = lambda s: 0.5 * c**2 * 4 * math.exp(-2 * c * gained(s))  # noqa: E731
+    raw = quad(raw_power, 0, 0.6, epsabs=1e-12)[0] + quad(raw_power, 0.6, 1, epsabs=1e-12)[0]
+    assert float(res.kpe_raw[0]) == pytest.approx(raw, rel=5 * rtol)
+    assert abs(raw - early - late) > 100 * rtol * raw                  # raw and applied differ here
 
 
 @pytest.mark.parametrize("solver", ["rk4", "rk4_38"])
@@ -387,6 +413,41 @@ def test_a_float32_velocity_whose_square_overflows_is_named_as_such():
     for x0, solver in ((kfm.noise(range(3), (2,), dtype=torch.float64), "euler"), (kfm.noise(range(3), (2,)), "dopri5")):
         kpe = kfm.sample(huge, x0, steps=4, solver=solver).kpe
         assert torch.allclose(kpe, torch.full_like(kpe, 0.5 * 2 * 2e19**2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "dopri5"])
+def test_a_velocity_non_finite_from_the_first_call_is_flagged_at_step_0(solver, x0):
+    res = kfm.sample(NaNAfter(0.0), _marked(x0, [1]), steps=10, solver=solver, on_nonfinite="flag")
+    assert res.nonfinite.nonzero().flatten().tolist() == [1] and int(res.nonfinite_step[1]) == 0
+    assert torch.isnan(res.kpe[1]) and torch.isnan(res.kpe_raw[1]) and torch.isfinite(res.kpe[~res.nonfinite]).all()
+
+
+class NaNFrom(nn.Module):
+    """-x; NaN for the marked samples from their own time on (last coordinate = that time, else 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_bad = math.inf                          # the earliest time a NaN was returned
+
+    def forward(self, x, t):
+        v = torch.cat([-x[:, :-1], torch.zeros_like(x[:, -1:])], dim=1)
+        bad = t >= x[:, -1]
+        if bool(bad.any()):
+            self.first_bad = min(self.first_bad, float(t[bad].min()))
+        return torch.where(bad.reshape(-1, 1), torch.nan, v)
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4", "dopri5"])
+def test_the_error_names_the_earliest_failure_at_the_time_the_field_failed(solver, x0):
+    start = torch.full((x0.shape[0], 1), 2.0, dtype=x0.dtype)
+    start[3], start[1] = 0.33, 0.71                       # sample 3 fails first, sample 1 later
+    field = NaNFrom()
+    with pytest.raises(kfm.NonFiniteVelocityError) as err:
+        kfm.sample(field, torch.cat([x0, start], dim=1), steps=10, solver=solver)
+    assert err.value.indices == [3]
+    assert err.value.time == pytest.approx(field.first_bad, abs=1e-12)   # the failing stage's time
+    if solver == "euler":
+        assert err.value.step == 4 and err.value.time == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize("solver", ["heun", "dopri5"])
