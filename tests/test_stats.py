@@ -206,6 +206,37 @@ def test_huge_values_give_the_scale_free_result():
     assert big.p_perm == ref.p_perm
 
 
+def test_values_of_very_different_magnitudes_keep_the_scale_free_result():
+    # the rescaling takes the largest magnitude; scaled by the smallest, 5e300/1e-300 overflowed
+    y = np.array([1.0, 3.0, 2.0, 5.0, 4.0, 6.0])
+    x = np.array([1e-300, 1e300, 2e300, 3e300, 4e300, 5e300])
+    wide = pearson(x, y, bootstrap=200, permutations=0)
+    ref = pearson(x / x.max(), y, bootstrap=200, permutations=0)
+    assert wide.rho == pytest.approx(sps.pearsonr(x / x.max(), y).statistic, rel=1e-12)
+    # x / x.max() rounds where the exact power-of-two scaling does not, which moves the BCa ends by 4e-4
+    assert (wide.ci_low, wide.ci_high) == pytest.approx((ref.ci_low, ref.ci_high), rel=1e-2)
+    assert ref.ci_low < ref.ci_high
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_permutation_p_values_match_an_independent_re_pairing(method):
+    # one outlier makes the two coefficients disagree (Pearson p ≈ 0.04, Spearman p ≈ 0.8), so a
+    # p-value computed for the wrong coefficient is caught; the reference re-pairs with its own
+    # generator, so the two agree to Monte Carlo error only
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=30), rng.normal(size=30)
+    x[0], y[0] = 6.0, 6.0
+    fn = {"pearson": pearson, "spearman": spearman}[method]
+    ours = fn(x, y, bootstrap=0, permutations=4000, seed=2).p_perm
+    a, b = (x, y) if method == "pearson" else (sps.rankdata(x), sps.rankdata(y))
+    observed = np.corrcoef(a, b)[0, 1]
+    draws = np.array([np.corrcoef(a, rng.permutation(b))[0, 1] for _ in range(20000)])
+    tails = [(1 + (draws <= observed + 1e-12).sum()), (1 + (draws >= observed - 1e-12).sum())]
+    reference = min(1.0, 2 * min(tails) / (1 + draws.size))   # two-sided: twice the smaller tail
+    assert abs(ours - reference) < 0.03                        # 3 sd of the two Monte Carlo errors
+    assert (reference < 0.1) == (method == "pearson")          # the case separates the two
+
+
 def test_compare_groups_checks_shapes_quantile_and_nan_policy():
     x, y = _xy(40)
     with pytest.raises(ValueError, match="^nan_policy must"):
