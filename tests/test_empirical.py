@@ -273,6 +273,10 @@ def test_diagnostics_match_brute_force(atoms):
     torch.testing.assert_close(d.entropy, -torch.special.xlogy(w, w).sum(dim=1), rtol=1e-9, atol=1e-10)
     assert d.entropy[0] == pytest.approx(math.log(400))
     assert (d.logit_error_bound[d.exact] == 0).all()
+    # atoms screened out lie at least `cutoff` below the best logit: N·e^(−cutoff) bounds their mass;
+    # at t = 0 every atom counts (the plain mean), so nothing is left out
+    assert d.neglected_bound[0] == 0.0
+    assert (d.neglected_bound[1:] == min(1.0, 400 * math.exp(-field.cutoff))).all() and (d.neglected_bound < 1e-15).all()
 
 
 def test_batch_composition_does_not_change_a_sample(atoms):
@@ -297,6 +301,10 @@ def test_truncated_mode_reports_a_valid_neglected_mass_bound(backend):
     true_mass_left = (1 - w.topk(25, dim=1).values.sum(dim=1)).clamp_min(0)
     moving = t > 0
     assert (out.diagnostics.neglected_bound[moving] >= true_mass_left[moving] - 1e-12).all()
+    # the bound is R/(1 + R) with R = (N − k)·w_(k), w_(k) the smallest kept weight renormalised
+    kept = w.topk(25, dim=1).values
+    ratio = (600 - 25) * kept[:, -1] / kept.sum(dim=1)
+    torch.testing.assert_close(out.diagnostics.neglected_bound[moving], (ratio / (1 + ratio))[moving], rtol=1e-9, atol=1e-15)
     # late in the path the top atoms carry everything and the bound says so
     late = t >= 0.9
     assert (out.diagnostics.neglected_bound[late] < 1e-12).all()
