@@ -177,6 +177,8 @@ def test_errors():
         frechet_distance_from_stats(np.zeros(2), [[1.0, 2.0], [2.0, 1.0]], np.zeros(2), np.eye(2))
     with pytest.raises(ValueError, match=r"k must be an integer in \[1, 9\], got 10"):
         precision_recall(x, x, k=10)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 3\], got 5"):   # the smaller set decides
+        precision_recall(x, x[:4], k=5)
     with pytest.raises(ValueError, match="k must be"):
         precision_recall(x, x, k=True)
     assert precision_recall(x, x, k=np.int64(3)).k == 3

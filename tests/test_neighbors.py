@@ -66,6 +66,16 @@ def test_faiss_backend_gives_identical_results():
     own = nearest_neighbors(reference, reference, 2, exclude_self=True, backend="faiss")
     want = brute(reference, reference, 2, exclude_self=True)
     assert torch.equal(own.indices, want.indices)
+    # more exact duplicates than faiss returns candidates: a row's own index may be missing from
+    # them, and the search must then drop another copy instead
+    copies = torch.cat([torch.zeros(10, 4), torch.randn(2, 4, generator=g)])
+    for k in (1, 2):
+        ours = nearest_neighbors(copies, copies, k, exclude_self=True)
+        theirs = nearest_neighbors(copies, copies, k, exclude_self=True, backend="faiss")
+        assert torch.equal(ours.distances, theirs.distances)
+        assert not (theirs.indices == torch.arange(12)[:, None]).any()
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 11\] \(reference size − 1\)"):
+        nearest_neighbors(copies, copies, 12, exclude_self=True)
 
 
 def test_exclude_self_skips_the_query_index_only():
@@ -273,3 +283,11 @@ def test_exclude_self_must_be_a_bool(flag):
     x = torch.randn(5, 2)
     with pytest.raises(ValueError, match="exclude_self must be True or False"):
         nearest_neighbors(x, x, 1, exclude_self=flag)
+
+
+def test_column_mean_is_the_float64_mean_in_any_block_size():
+    from kinetic_fm.metrics.neighbors import column_mean
+
+    rows = torch.randn(1000, 7, generator=torch.Generator().manual_seed(9)) + 1e4
+    for block in (1, 333, 1024):
+        torch.testing.assert_close(column_mean(rows, block=block), rows.double().mean(0), rtol=1e-15, atol=0)

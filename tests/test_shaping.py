@@ -71,6 +71,7 @@ def test_linear_and_constant_landing_limit_is_one(landing):
         ({"beta0": -0.01}, "beta0"),
         ({"k": 0.0}, r"k must lie in \(0, 700\]"),
         ({"k": 800.0}, r"k must lie in \(0, 700\]"),
+        ({"k": 0.0, "launch": "exponential", "landing": "linear"}, r"k must lie in \(0, 700\]"),
         ({"launch": "cubic"}, "launch"),
         ({"landing": "cubic"}, "landing"),
         ({"alpha0": float("nan")}, "alpha0"),
