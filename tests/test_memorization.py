@@ -333,6 +333,19 @@ def test_cli_space_spec_is_checked(tmp_path, capsys, spec, message):
     assert message in capsys.readouterr().err
 
 
+def test_images_for_the_resnet_space_in_0_1_are_warned_about():
+    import warnings
+
+    from kinetic_fm.commands.memorization import _cifar_images
+
+    unit = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match=r"--samples has no negative value .* rescaled first \(2x − 1\)"):
+        _cifar_images("--samples", unit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _cifar_images("--samples", 2 * unit - 1)
+
+
 def test_cli_audit_in_a_cifar_resnet_feature_space(shared_data, tmp_path, capsys):
     """--space resnet20:PATH gives the Python audit with space=net.features, row for row."""
     from kinetic_fm.data.cifar10 import load_cifar10

@@ -146,4 +146,10 @@ def _cifar_images(name: str, x):
     low, high = (float(v) for v in torch.aminmax(x))
     if low < -1.001 or high > 1.001:
         raise ValueError(f"--space needs images scaled to [-1, 1]; {name} spans [{low:g}, {high:g}]")
+    if low >= 0.0 and high > 0.0:  # no pixel below mid-grey in a whole set: [0, 1] images, most likely
+        import warnings
+
+        warnings.warn(f"{name} has no negative value (it spans [{low:g}, {high:g}]): the ResNet takes images "
+                      "in [-1, 1], so [0, 1] images must be rescaled first (2x − 1), or their features are "
+                      "those of washed-out images", stacklevel=2)
     return x
