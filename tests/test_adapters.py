@@ -307,6 +307,25 @@ def test_noise_prediction_evaluates_its_net_at_t_min_on_the_first_step():
     torch.testing.assert_close(res.x, ref.x, rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noise_prediction_over_integer_steps_starts_from_step_1_not_0(dtype):
+    # int(1e-3·999) = 0: the default clamp put a T = 1000 net at its step 0 (t = 0), where an
+    # exact ε-predictor returns x and the first velocity was 0 (user journey audit)
+    field = kfm.GaussianTarget(MEAN, STD)
+    x0 = _x0(8).to(dtype)
+    stepped = lambda x_, step: _posterior_means(x_.double(), step.double() / 999)[0].to(x_.dtype)  # noqa: E731
+    adapter = NoisePrediction(DiscreteTime(stepped, 1000))
+    assert adapter.t_min > 1 / 999 and NoisePrediction(stepped).t_min == 1e-3
+    assert int(DiscreteTime(stepped, 1000).step_index(torch.tensor([adapter.t_min], dtype=dtype))) == 1
+    zero = torch.zeros(8, dtype=dtype)
+    v0 = adapter(x0, zero).double()
+    assert (v0.norm(dim=1) > 0.1).all()
+    torch.testing.assert_close(v0, field(x0.double(), zero.double()), rtol=0, atol=1e-2)
+    res = kfm.sample(adapter, x0, steps=10, solver="euler")
+    ref = kfm.sample(field, x0.double(), steps=10, solver="euler")
+    torch.testing.assert_close(res.x.double(), ref.x, rtol=0, atol=5e-3)
+
+
 def test_prediction_clamps_keep_the_singular_ends_finite():
     x = _x0(3)
     ends = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)

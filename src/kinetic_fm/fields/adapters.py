@@ -296,6 +296,9 @@ class ReversedTime(_Adapter):
         return f"timestep_scale={self.timestep_scale:g}, flip_sign={self.flip_sign}"
 
 
+_DEFAULT_CLAMP = 1e-3
+
+
 def _check_clamp(value: float, name: str) -> float:
     value = as_scalar(value)
     if not (is_real(value) and 0.0 < value < 1.0):
@@ -321,10 +324,19 @@ class NoisePrediction(_Adapter):
     an exact net returns ε̂ = x there, so the formula gives v = 0). The field is therefore
     evaluated at max(t, ``t_min``), net included: v(x, t) := v(x, max(t, t_min)), finite on
     grids that start at 0 and off by O(t_min) on the first step.
+
+    ``t_min`` defaults to 1e-3, raised when ``inner`` is a :class:`DiscreteTime` to just above its
+    first step 1/(T − 1): with T = 1000, 1e-3 truncates to step 0, where the net sees t = 0 and
+    the first velocity would be 0 again.
     """
 
-    def __init__(self, inner: Callable[..., torch.Tensor], *, t_min: float = 1e-3):
+    def __init__(self, inner: Callable[..., torch.Tensor], *, t_min: float | None = None):
         _check_callable(inner, "inner")
+        if t_min is None:
+            t_min = _DEFAULT_CLAMP
+            if isinstance(inner, DiscreteTime) and inner.num_timesteps > 2:
+                # a relative 1e-6 above 1/(T − 1) keeps int(t·(T − 1)) at 1 in float32 as in float64
+                t_min = max(t_min, (1.0 + 1e-6) / (inner.num_timesteps - 1))
         self.inner, self.t_min = inner, _check_clamp(t_min, "t_min")
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
