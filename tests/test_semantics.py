@@ -254,6 +254,29 @@ def test_clip_value_range_accepts_numpy_and_tensor_bounds(tiny_clip_dir):
     torch.testing.assert_close(a.score, b.score, rtol=0, atol=0)
 
 
+def test_clip_refuses_images_far_outside_their_value_range_and_clips_small_overshoots(tiny_clip_dir):
+    # [-1, 1] images read as [0, 1] lost every dark pixel to the clip, moving scores by up to 17
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ValueError, match=r"images span \[-0\.9.*beyond value_range=\(0, 1\).*pass value_range=\(-1, 1\)"):
+        scorer.scores(images * 2 - 1, ["cat", "dog"])
+    with pytest.raises(ValueError, match=r"beyond value_range=\(-1, 1\)"):
+        scorer.scores(images * 6 - 3, ["cat", "dog"], value_range=(-1, 1))
+    overshoot = images.clone()
+    overshoot[0, 0, 0, 0], overshoot[1, 0, 0, 0] = 1.05, -0.05            # a generated sample's few %
+    clipped = scorer.scores(overshoot, ["cat", "dog"], return_class_scores=True).class_scores
+    want = scorer.scores(overshoot.clamp(0, 1), ["cat", "dog"], return_class_scores=True).class_scores
+    torch.testing.assert_close(clipped, want, rtol=0, atol=0)
+
+
+def test_clip_refuses_a_text_tower_that_cannot_tell_the_classes_apart(tiny_clip_dir, monkeypatch):
+    scorer = load_clip(tiny_clip_dir)
+    same = torch.nn.functional.normalize(torch.ones(1, 8, dtype=torch.float64), dim=1)
+    monkeypatch.setattr(scorer, "text_embeddings", lambda prompts, batch_size=256: same.expand(len(prompts), 8))
+    with pytest.raises(ValueError, match="one embedding for every class prompt, so every margin would be 0"):
+        scorer.scores(torch.rand(2, 3, 16, 16), ["cat", "dog"])
+
+
 @pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.int64])
 def test_clip_integer_images_of_any_dtype_read_as_0_255(tiny_clip_dir, dtype):
     # int64 0..255 images were read as floats in [0, 1] and clamped to white

@@ -159,6 +159,9 @@ def _check_batch_size(batch_size: Any) -> None:
     positive_integer("batch_size", batch_size)
 
 
+_OVERSHOOT = 0.1  # share of value_range's width that float images may exceed it by (then clipped)
+
+
 def _value_range(value_range: Any) -> tuple[float, float]:
     """``value_range`` as two finite floats lo < hi; ValueError naming it otherwise ((0, 0)
     divided by zero, (1, 0) inverted the images, (0, nan) failed inside transformers)."""
@@ -243,10 +246,12 @@ class CLIPScorer:
                          value_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
         """(B, E) float64 unit-norm embeddings of images (B, 3, H, W).
 
-        Float images are mapped from ``value_range`` (two finite numbers lo < hi) to [0, 1];
-        integer images of any integer dtype are taken as [0, 255] (values outside it are
-        refused; ``value_range`` does not apply to them). Resizing, cropping and normalisation
-        are the saved image processor's.
+        Float images are mapped from ``value_range`` (two finite numbers lo < hi) to [0, 1]:
+        overshoots of up to a tenth of the range, common in generated samples, are clipped, and
+        images reaching further out are refused (the wrong range: [-1, 1] images read as [0, 1]
+        lose every dark pixel). Integer images of any integer dtype are taken as [0, 255]
+        (values outside it are refused; ``value_range`` does not apply to them). Resizing,
+        cropping and normalisation are the saved image processor's.
         """
         _check_batch_size(batch_size)
         lo, hi = _value_range(value_range)
@@ -255,7 +260,14 @@ class CLIPScorer:
         if not uint8:
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("images contain NaN or inf")
-            x = ((x.float() - lo) / (hi - lo)).clamp(0.0, 1.0)
+            x = (x.float() - lo) / (hi - lo)
+            low, high = (float(v) for v in torch.aminmax(x))
+            if low < -_OVERSHOOT or high > 1.0 + _OVERSHOOT:
+                found = (lo + low * (hi - lo), lo + high * (hi - lo))
+                hint = " (images in [-1, 1], as kinetic_fm's loaders give: pass value_range=(-1, 1))" if found[0] < 0 <= lo else ""
+                raise ValueError(f"images span [{found[0]:.3g}, {found[1]:.3g}], beyond value_range=({lo:g}, {hi:g}) "
+                                 f"by more than a tenth of its width{hint}")
+            x = x.clamp(0.0, 1.0)
         out = []
         for start in range(0, x.shape[0], batch_size):
             chunk = x[start:start + batch_size].cpu()
@@ -298,8 +310,14 @@ class CLIPScorer:
         if len(class_names) < 2:
             raise ValueError("a CLIP margin needs at least 2 class names")
         t = _targets(labels, n_images, len(class_names), torch.device("cpu"))
+        class_prompts = [template.format(c) for c in class_names]
+        txt = self.text_embeddings(class_prompts)
+        if len(set(class_prompts)) > 1 and bool((txt == txt[:1]).all()):
+            raise ValueError(f"the text tower of {self.name} gives one embedding for every class prompt, so "
+                             "every margin would be 0: its tokenizer and model do not match (token ids outside "
+                             "the model's vocabulary, or a vocabulary that cannot spell the class names)")
         img = self.image_embeddings(images, batch_size, value_range)
-        txt = self.text_embeddings([template.format(c) for c in class_names]).to(img.device)
+        txt = txt.to(img.device)
         per_class = 100.0 * img @ txt.T
         if t is not None:
             t = t.to(per_class.device)
@@ -322,8 +340,10 @@ def clip_scores(images: Any, class_names: Sequence[str] | None = None, labels: A
     """CLIP score and margin per image.
 
     Args:
-        images: (B, 3, H, W) float in ``value_range``, or integers (any integer dtype) in
-            [0, 255]; integer values outside [0, 255] are refused.
+        images: (B, 3, H, W) float in ``value_range`` (default [0, 1]: pass (-1, 1) for
+            kinetic_fm's images; values beyond the range by more than a tenth of its width are
+            refused, smaller overshoots clipped), or integers (any integer dtype) in [0, 255];
+            integer values outside [0, 255] are refused.
         class_names: C >= 2 class names; each becomes ``template.format(name)``.
         labels: None (score the best-matching class; margin = best − second best), one class
             index, or (B,) indices of each image's true class.
