@@ -291,3 +291,17 @@ def test_column_mean_is_the_float64_mean_in_any_block_size():
     rows = torch.randn(1000, 7, generator=torch.Generator().manual_seed(9)) + 1e4
     for block in (1, 333, 1024):
         torch.testing.assert_close(column_mean(rows, block=block), rows.double().mean(0), rtol=1e-12, atol=0)
+
+
+def test_exclude_self_needs_the_queries_to_be_the_reference():
+    import kinetic_fm as kfm
+
+    g = torch.Generator().manual_seed(4)
+    points, other = torch.randn(30, 5, generator=g), torch.randn(30, 5, generator=g)
+    calls = [lambda a, b: nearest_neighbors(a, b, 2, exclude_self=True),
+             lambda a, b: kfm.local_support(a, b, k=2, ks=(), exclude_self=True),
+             lambda a, b: kfm.kde_log_density(a, b, exclude_self=True)]
+    for call in calls:
+        with pytest.raises(ValueError, match="exclude_self=True drops reference row i .* two different sets"):
+            call(other, points)                       # same length, another set: row i is not i's own
+        call(points, points.clone())                   # equal rows (a copy, or features of them) pass

@@ -28,7 +28,7 @@ from .. import gemm
 from ..blocks import block_size
 from ..checks import as_scalar, check_flag, check_same_layout, is_integer, is_real, positive_integer
 from .features import SpaceLike, as_features, feature_space
-from .neighbors import column_mean, row_sq_norms
+from .neighbors import check_same_rows, column_mean, row_sq_norms
 
 __all__ = ["LocalSupport", "KDELogDensity", "local_support", "kde_log_density",
            "knn_log_density", "scott_bandwidth", "median_bandwidth", "sq_distance_blocks"]
@@ -385,6 +385,8 @@ def kde_log_density(samples: Any, reference: Any,
     if exclude_self and x.shape[0] != y.shape[0]:
         raise ValueError(f"exclude_self needs samples and reference of equal length, "
                          f"got {x.shape[0]} and {y.shape[0]}")
+    if exclude_self:
+        check_same_rows("samples", x, "reference", y)
     if isinstance(bandwidth, str):
         if bandwidth == "scott":
             h = scott_bandwidth(y)

@@ -106,6 +106,15 @@ def cuda_matmul_uses_tf32() -> bool:
     return precision == "tf32"
 
 
+def check_same_rows(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) -> None:
+    """ValueError unless ``a`` and ``b`` hold the same rows: leave-one-out (``exclude_self``) drops
+    row i of the reference for query i, which is right only when the queries ARE the reference."""
+    if a is not b and not torch.equal(a, b):
+        raise ValueError(f"exclude_self=True drops reference row i for query i, so {a_name} must be "
+                         f"{b_name} itself; these are two different sets of the same length (for "
+                         "another set, leave exclude_self off)")
+
+
 def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
     """Raise ValueError naming ``name`` and the first offending row when ``tensor`` has NaN/inf.
 
@@ -256,6 +265,8 @@ def nearest_neighbors(
     if check_inputs:
         check_finite(q_name, x)
         check_finite(r_name, y)
+    if exclude_self:
+        check_same_rows(q_name, x, r_name, y)
 
     dtype = _working_dtype(x, y)
     screen_dtype = torch.float32 if backend == "faiss" else dtype
