@@ -247,3 +247,17 @@ def test_compare_groups_checks_shapes_quantile_and_nan_policy():
         compare_groups(x.reshape(20, 2), np.arange(40.0))
     with pytest.raises(ValueError, match="by must hold real numbers"):
         compare_groups(x, y + 1j)
+
+
+@pytest.mark.parametrize("fn,value", [(spearman, "rho"), (pearson, "rho"), (compare_groups, "cohens_d")])
+def test_pandas_series_with_different_indexes_are_refused_not_paired_by_position(fn, value):
+    import pandas as pd
+
+    x, y = _xy(40)
+    a = pd.Series(x, index=range(40))
+    b = pd.Series(y, index=range(40))[::-1]           # the same pairs, stored in another order
+    with pytest.raises(ValueError, match="different indexes, and pairs are taken by position"):
+        fn(a, b)
+    aligned = fn(*a.align(b, join="inner"))
+    direct = fn(x, y)
+    assert getattr(aligned, value) == getattr(direct, value)

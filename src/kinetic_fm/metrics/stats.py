@@ -91,8 +91,21 @@ def _values(name: str, a: Any) -> np.ndarray:
     return arr.astype(np.float64)
 
 
+def _check_aligned(x: Any, y: Any, names: tuple[str, str]) -> None:
+    """Pairs are taken by position; two pandas Series whose indexes differ would pair rows that
+    pandas itself would not, so they are refused rather than silently mismatched."""
+    index_x, index_y = getattr(x, "index", None), getattr(y, "index", None)
+    if index_x is None or index_y is None or not hasattr(index_x, "equals"):
+        return
+    if not index_x.equals(index_y):
+        raise ValueError(f"{names[0]} and {names[1]} are pandas objects with different indexes, and pairs "
+                         f"are taken by position: align them first ({names[0]}, {names[1]} = "
+                         f"{names[0]}.align({names[1]}, join='inner')) or pass .to_numpy() if the order is right")
+
+
 def _pairs(x: Any, y: Any, nan_policy: str, names: tuple[str, str] = ("x", "y")) -> tuple[np.ndarray, np.ndarray]:
     _check_nan_policy(nan_policy)
+    _check_aligned(x, y, names)
     x, y = _values(names[0], x), _values(names[1], y)
     if x.shape != y.shape:
         raise ValueError(f"{names[0]} and {names[1]} must have the same length, got {x.size} and {y.size}")
