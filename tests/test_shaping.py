@@ -50,8 +50,11 @@ def test_defaults_match_the_paper():
 def test_exponential_landing_limit_is_named():
     limit = 1 / (math.e**3 - 1)
     KTS(beta0=limit * 0.999)
-    with pytest.raises(ValueError, match=r"0\.0524"):
+    with pytest.raises(ValueError, match=r"just below 1/\(e\^k − 1\) ≈ 0\.05239569\b"):
         KTS(beta0=0.06)
+    with pytest.raises(ValueError):
+        KTS(beta0=0.0524)                                # above the limit, though it printed as 0.0524
+    KTS(beta0=0.05239569)                                # the printed value is admissible
 
 
 @pytest.mark.parametrize("landing", ["linear", "constant"])

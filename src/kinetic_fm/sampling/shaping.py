@@ -188,5 +188,8 @@ def max_beta0(landing: str, k: float = 3.0) -> float:
 
 def _describe_limit(landing: str, k: float) -> str:
     if landing == "exponential":
-        return f"1/(e^k − 1) = {max_beta0(landing, k):.4g}"
+        # rounded down, so that the printed value is itself admissible (0.0524 was not)
+        limit = max_beta0(landing, k)
+        scale = 10.0 ** (6 - math.floor(math.log10(limit)))
+        return f"1/(e^k − 1) ≈ {math.floor(limit * scale) / scale:.7g}"
     return "1"
