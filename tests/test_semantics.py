@@ -51,7 +51,10 @@ def test_classifier_margin_and_confidence():
     # batch invariance
     torch.testing.assert_close(classifier_margin(net, x, target, batch_size=100).margin, res.margin)
     frame = res.to_frame()
-    assert list(frame.columns) == ["classifier_margin", "classifier_confidence", "classifier_predicted"]
+    assert list(frame.columns) == ["classifier_margin", "classifier_confidence", "classifier_predicted",
+                                   "classifier_target"]
+    assert frame["classifier_target"].tolist() == res.target.tolist()
+    assert "classifier_target" not in pred.to_frame()              # the predicted class was scored
     with pytest.raises(ValueError, match="target classes"):
         classifier_margin(net, x, 7)
     with pytest.raises(ValueError, match="integer class indices"):

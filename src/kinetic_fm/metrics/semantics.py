@@ -82,12 +82,16 @@ class ClassifierMargin:
     target: Tensor | None
 
     def to_frame(self) -> Any:
-        """pandas DataFrame: ``classifier_margin``, ``classifier_confidence``, ``classifier_predicted``."""
+        """pandas DataFrame: ``classifier_margin``, ``classifier_confidence``, ``classifier_predicted``
+        and, when a target was scored, ``classifier_target``."""
         import pandas as pd
 
-        return pd.DataFrame({"classifier_margin": self.margin.cpu().numpy(),
-                             "classifier_confidence": self.confidence.cpu().numpy(),
-                             "classifier_predicted": self.predicted.cpu().numpy()})
+        columns = {"classifier_margin": self.margin.cpu().numpy(),
+                   "classifier_confidence": self.confidence.cpu().numpy(),
+                   "classifier_predicted": self.predicted.cpu().numpy()}
+        if self.target is not None:
+            columns["classifier_target"] = self.target.cpu().numpy()
+        return pd.DataFrame(columns)
 
 
 def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: Any = None,
