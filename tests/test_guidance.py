@@ -200,3 +200,27 @@ def test_flags_numbers_and_the_closing_time_are_checked():
         with pytest.raises(ValueError, match=r"t_end must be a number in \[0.75, 1\]"):
             cfg.part_energies(t_end=bad)
     assert (cfg.part_energies(t_end=torch.tensor(1.0)).conditional > 0).all()
+
+
+@pytest.mark.parametrize("solver", ["heun", "rk4"])
+def test_part_energies_are_the_left_sum_over_every_call_of_a_multi_stage_run(solver):
+    # heun and rk4 call the field twice at some times (a stage end and the next start): a repeated
+    # time is not a new run (a mutant that restarted on t <= t_prev kept only the last stretch)
+    net = ClassNet()
+    calls = []
+
+    def recorded(x, t, y):
+        out = net(x, t, y)
+        calls.append((t[: x.shape[0] // 2].clone(), out[: x.shape[0] // 2].clone(), out[x.shape[0] // 2:].clone()))
+        return out
+
+    x0 = kfm.noise([0, 1, 2], (DIM,), dtype=torch.float64)
+    cfg = ClassifierFreeGuidance(recorded, torch.tensor([0, 1, 2]), 2.0, NULL, track_parts=True)
+    kfm.sample(cfg, x0, steps=6, solver=solver)
+    times = [c[0] for c in calls] + [torch.ones(3, dtype=torch.float64)]
+    want_c = sum(0.5 * (times[i + 1] - times[i]) * calls[i][1].pow(2).sum(1) for i in range(len(calls)))
+    want_u = sum(0.5 * (times[i + 1] - times[i]) * calls[i][2].pow(2).sum(1) for i in range(len(calls)))
+    assert any(bool((times[i + 1] == times[i]).all()) for i in range(len(calls) - 1))   # repeats happen
+    parts = cfg.part_energies()
+    torch.testing.assert_close(parts.conditional, want_c, rtol=1e-12, atol=0)
+    torch.testing.assert_close(parts.unconditional, want_u, rtol=1e-12, atol=0)

@@ -25,6 +25,7 @@ def test_fingerprint_sees_every_element_and_ignores_container_type():
     assert fingerprint({"m": a}) == fingerprint({"m": a.clone()})
     assert fingerprint({"m": a}) != fingerprint({"m": b})
     assert fingerprint({"m": a}) != fingerprint({"m": a.float()})  # dtype is part of identity
+    assert fingerprint({"m": a.reshape(2, 3)}) != fingerprint({"m": a.reshape(3, 2)})  # and the shape
     assert fingerprint({"m": a}) == fingerprint({"m": a.numpy()})
     assert fingerprint((1, 2.5, "x")) == fingerprint([1, 2.5, "x"])
     with pytest.raises(TypeError, match="cannot fingerprint"):
@@ -68,6 +69,9 @@ def test_resume_guard_names_each_differing_field():
     assert "identity.params_sha256" in str(err.value) and "shard_size" in str(err.value)
     with pytest.raises(ResumeMismatchError, match=r"seeds\.seed_start"):
         check_resume(stored, _manifest(seed_start=6))
+    with pytest.raises(ResumeMismatchError, match="kind"):          # a sample run is not a study stage
+        check_resume(stored, _manifest(kind="memorization"))
+    assert _manifest(kind="memorization").run_id != stored.run_id
 
 
 def test_resume_with_new_library_versions_only_warns():

@@ -687,3 +687,40 @@ def test_the_package_lists_its_public_names_and_not_its_own_imports():
     assert not {"annotations", "importlib", "Any"} & set(listed)
     for name in kinetic_fm.__all__:                   # each listed public name resolves
         assert getattr(kinetic_fm, name) is not None
+
+
+def _mixture_velocity_reference(x, t, means, std, weights):
+    """Float64 NumPy/SciPy: v = Σ_k π_k(x, t)·[μ_k + (tσ² − (1 − t))/s²·(x − tμ_k)], s² = (1 − t)² + t²σ²,
+    π_k ∝ w_k·N(x; tμ_k, s²I) (the posterior of the component given x_t)."""
+    from scipy.special import logsumexp
+
+    x, t, mu = x.numpy(), t.numpy()[:, None, None], means.numpy()[None]
+    s2 = (1 - t) ** 2 + t**2 * std**2
+    diff = x[:, None, :] - t * mu
+    logits = np.log(weights.numpy())[None] - 0.5 * (diff**2).sum(-1) / s2[:, :, 0]
+    post = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+    per_component = mu + (t * std**2 - (1 - t)) / s2 * diff
+    return (post[:, :, None] * per_component).sum(1)
+
+
+def test_mixture_velocity_is_the_posterior_mean_of_its_components():
+    means = torch.tensor([[2.0, -1.0], [-3.0, 0.5], [0.5, 3.0]], dtype=torch.float64)
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    field = kfm.GaussianMixtureTarget(means, std=0.4, weights=weights)
+    x = kfm.noise(range(6), (2,), dtype=torch.float64) * 2
+    t = torch.tensor([0.0, 0.1, 0.4, 0.8, 0.95, 0.999], dtype=torch.float64)
+    want = _mixture_velocity_reference(x, t, means, 0.4, weights)
+    np.testing.assert_allclose(field(x, t).numpy(), want, rtol=1e-10, atol=1e-12)
+    # one component is the Gaussian target
+    one = kfm.GaussianMixtureTarget(means[:1], std=0.4)
+    torch.testing.assert_close(one(x, t), kfm.GaussianTarget(means[0], 0.4)(x, t), rtol=1e-12, atol=1e-12)
+    # draws: each component's spread is σ, and labels follow the weights
+    points, labels = field.sample_target(40_000, generator=torch.Generator().manual_seed(0))
+    assert float((points - means[labels]).std()) == pytest.approx(0.4, rel=0.02)
+    np.testing.assert_allclose(torch.bincount(labels, minlength=3).double().numpy() / 40_000, weights.numpy(), atol=0.01)
+
+
+def test_point_target_trajectory_is_the_straight_line_to_its_point():
+    point = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    x0 = kfm.noise(range(4), (3,), dtype=torch.float64)
+    torch.testing.assert_close(kfm.PointTarget(point).trajectory(x0, 0.3), 0.7 * x0 + 0.3 * point, rtol=0, atol=1e-15)

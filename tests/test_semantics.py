@@ -329,3 +329,9 @@ def test_classifier_margin_accepts_nested_lists_as_float32():
     x = torch.randn(6, 3, 2, 2)
     from_list = classifier_margin(_net(), x.tolist())
     torch.testing.assert_close(from_list.margin, classifier_margin(_net(), x).margin, rtol=0, atol=0)
+
+
+def test_clip_free_prompts_must_be_one_per_image(tiny_clip_dir):
+    scorer = load_clip(tiny_clip_dir)
+    with pytest.raises(ValueError, match=r"prompts must hold one prompt per image \(3\), got 1"):
+        scorer.scores(torch.rand(3, 3, 8, 8), prompts=["a photo"])

@@ -22,6 +22,13 @@ def test_verdicts_follow_the_interval():
     assert verdict_from_interval(-0.5, -0.1, -1) == "reproduced"
     assert verdict_from_interval(0.1, 0.5, -1) == "not reproduced"
     assert verdict_from_interval(float("nan"), 0.1, -1) == "inconclusive"
+    # the boundaries: an interval touching 0 decides nothing; a NaN end decides nothing
+    assert verdict_from_interval(0.0, 2.0, +1) == verdict_from_interval(-2.0, 0.0, +1) == "inconclusive"
+    assert verdict_from_interval(0.0, 2.0, -1) == verdict_from_interval(-2.0, 0.0, -1) == "inconclusive"
+    assert verdict_from_interval(float("nan"), -1.0, +1) == verdict_from_interval(1.0, float("nan"), -1) == "inconclusive"
+    # shares: exactly 95 % of the resamples agreeing reproduces, exactly 5 % does not
+    assert verdict_from_share(0.95) == "reproduced" and verdict_from_share(0.05) == "not reproduced"
+    assert verdict_from_share(0.9499) == verdict_from_share(0.0501) == "inconclusive"
 
 
 def test_interval_rules_for_best_of_several():

@@ -111,3 +111,13 @@ def test_a_parts_own_seed_column_must_hold_integers():
         per_sample_table(frame, {"b": np.ones(3)}, seeds=[0, 1, 2], how="inner")
     ok = pd.DataFrame({"seed": [0.0, 1.0, 2.0], "a": [1.0, 2.0, 3.0]})      # integral floats join
     assert per_sample_table(ok, {"b": np.ones(3)}, seeds=[0, 1, 2]).shape == (3, 3)
+
+
+def test_object_seed_columns_hold_plain_integers_or_are_refused():
+    import pandas as pd
+
+    ok = pd.DataFrame({"seed": pd.Series([0, 1, 2], dtype=object), "a": [1.0, 2.0, 3.0]})
+    assert per_sample_table(ok).seed.tolist() == [0, 1, 2]
+    bad = pd.DataFrame({"seed": pd.Series([0, True, 2], dtype=object), "a": [1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match="'seed' column that is not integers"):
+        per_sample_table(bad)                           # True would have been joined as seed 1
