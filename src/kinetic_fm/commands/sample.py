@@ -190,8 +190,10 @@ class _Conditioning:
         return ClassifierFreeGuidance(net, labels, self.guidance, null_label=self.classes)
 
     def describe(self) -> str:
-        what = {"seed": "class = seed mod " + str(self.classes), "null": "the null class"}.get(self.label,
-                                                                                           f"class {self.label}")
+        if self.label == "seed":
+            what = f"class = seed mod {self.classes}"
+        else:
+            what = "the null class" if self.label == "null" else f"class {self.label}"
         return what + ("" if self.guidance is None else f", guidance w = {self.guidance:g}")
 
 
@@ -242,7 +244,8 @@ def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> di
 
     # the class keys only for conditional nets, so that unconditional runs resume as before
     classes = {} if cond is None else {"label": cond.label, "guidance": cond.guidance}
-    return {**classes,
+    return {
+        **classes,
         "field": None if args.model else args.field, "dim": args.dim,
         "sample_shape": list(target.shape),
         "steps": args.steps, "solver": args.solver, "grid": args.grid, "quadrature": args.quadrature,
