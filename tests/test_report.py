@@ -330,3 +330,18 @@ def test_memorization_figure_with_and_without_images():
     assert F.closest_pairs(report, samples.flatten(1), train.flatten(1)) is None
     with pytest.raises(ValueError, match="pairs"):
         F.memorization_figure("mem", "c", report, samples, train, pairs=0)
+
+
+def test_line_figures_over_integer_x_get_integer_ticks(monkeypatch):
+    drawn = {}
+    render = F._render
+
+    def keep(fig, name, caption):
+        drawn[name] = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 5]
+        return render(fig, name, caption)
+
+    monkeypatch.setattr(F, "_render", keep)
+    F.line_figure("quintiles", "c", np.arange(1, 6), {"a": [3.0, 1.0, 0.5, 1.0, 3.0]}, xlabel="x", ylabel="y")
+    F.line_figure("times", "c", np.linspace(1, 5, 9), {"a": np.arange(9.0)}, xlabel="x", ylabel="y")
+    assert drawn["quintiles"] and all(float(t).is_integer() for t in drawn["quintiles"])
+    assert not all(float(t).is_integer() for t in drawn["times"])   # fractional x keeps fractional ticks

@@ -436,6 +436,11 @@ def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: 
         ax.plot(xs[keep][order], v[keep][order], color=color, linewidth=1.8, marker=marker, markersize=4, label=str(label))
         drawn += 1
     _style(ax, xlabel=xlabel, ylabel=ylabel, title=title)
+    finite = xs[np.isfinite(xs)]
+    if not log_x and finite.size and np.all(finite == np.round(finite)):  # counts, quintiles: no 2.5
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish_lines(fig, ax, drawn, name, caption, log_x=log_x, log_y=log_y)
 
 
