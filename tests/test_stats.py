@@ -258,6 +258,9 @@ def test_pandas_series_with_different_indexes_are_refused_not_paired_by_position
     b = pd.Series(y, index=range(40))[::-1]           # the same pairs, stored in another order
     with pytest.raises(ValueError, match="different indexes, and pairs are taken by position"):
         fn(a, b)
+    # a Series beside a list, an array or a tensor is paired by position, as arrays are
+    for other in (list(y), y, torch.from_numpy(y)):
+        assert getattr(fn(a, other), value) == getattr(fn(x, y), value)
     aligned = fn(*a.align(b, join="inner"))
     direct = fn(x, y)
     assert getattr(aligned, value) == getattr(direct, value)

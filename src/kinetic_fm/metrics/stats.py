@@ -94,8 +94,9 @@ def _values(name: str, a: Any) -> np.ndarray:
 def _check_aligned(x: Any, y: Any, names: tuple[str, str]) -> None:
     """Pairs are taken by position; two pandas Series whose indexes differ would pair rows that
     pandas itself would not, so they are refused rather than silently mismatched."""
+    # a list's .index is a method: only two pandas indexes (they have .equals) are compared
     index_x, index_y = getattr(x, "index", None), getattr(y, "index", None)
-    if index_x is None or index_y is None or not hasattr(index_x, "equals"):
+    if not (hasattr(index_x, "equals") and hasattr(index_y, "equals")):
         return
     if not index_x.equals(index_y):
         raise ValueError(f"{names[0]} and {names[1]} are pandas objects with different indexes, and pairs "
