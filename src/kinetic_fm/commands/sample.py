@@ -303,10 +303,8 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
 
     dtype = getattr(torch, args.dtype)
 
-    def run_batch(chunk: list[int]):
-        velocity = target.velocity
-        if cond is not None:
-            velocity = cond.velocity(velocity, cond.labels(chunk).to(device))
+    def run_batch(chunk: list[int], labels):
+        velocity = target.velocity if labels is None else cond.velocity(target.velocity, labels.to(device))
         try:
             return sample(velocity, seeds=chunk, shape=target.shape, steps=args.steps,
                           solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
@@ -321,10 +319,11 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
         frames, finals = [], []
         for lo in range(0, len(seeds), args.batch_size):
             chunk = [int(s) for s in seeds[lo:lo + args.batch_size]]
-            res = run_batch(chunk)
+            labels = None if cond is None else cond.labels(chunk)
+            res = run_batch(chunk, labels)
             frame = res.to_frame()
-            if cond is not None:
-                frame["label"] = cond.labels(chunk).numpy()
+            if labels is not None:
+                frame["label"] = labels.numpy()
             frames.append(frame)
             if args.save_x:
                 finals.append(res.x.detach().reshape(len(chunk), -1).cpu().numpy())
