@@ -79,7 +79,8 @@ def register(subparsers) -> None:
     r.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --out: keep complete shards, redo missing or broken ones")
-    r.add_argument("--shard-size", type=int, default=1000, help="samples per Parquet shard (default 1000)")
+    r.add_argument("--shard-size", type=int, default=1000, help="samples per Parquet shard (default 1000); each shard is sampled on its "
+                        "own, so a shard smaller than --batch-size caps the batch (keep it a multiple)")
     r.add_argument("--batch-size", type=int, default=256,
                    help="samples per sampler call (default 256); a memory setting: results do not depend on it, "
                         "beyond float32 round-off in a net's batched GEMMs, which under dopri5 can move "
