@@ -247,3 +247,72 @@ def test_a_gain_that_cannot_be_saved_warns(tmp_path):
     with pytest.warns(UserWarning, match="cannot be saved"):
         scheduler.save_pretrained(tmp_path)
     assert KineticFlowMatchEulerScheduler.from_pretrained(tmp_path).shaping is None
+
+
+# --- Flux ---------------------------------------------------------------------------------------------
+
+def test_the_step_and_grid_methods_keep_the_base_signature():
+    """Pipelines ask ``inspect.signature(scheduler.set_timesteps)`` whether ``sigmas=`` is accepted
+    (Flux always passes it); a bare ``*args, **kwargs`` override made them refuse the scheduler."""
+    base = inspect.signature(FlowMatchEulerDiscreteScheduler().set_timesteps).parameters
+    ours = inspect.signature(KineticFlowMatchEulerScheduler().set_timesteps).parameters
+    assert list(ours) == list(base)
+    assert "sigmas" in ours
+
+
+def _tiny_flux():
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, vae=None, text_encoder=None,
+                        tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _run_flux(pipe, steps=5):
+    g = torch.Generator().manual_seed(1)
+    prompt, pooled = torch.randn(2, 6, 32, generator=g), torch.randn(2, 16, generator=g)
+    size = 2 * pipe.vae_scale_factor  # the smallest image: one packed latent token per 2×2 patch
+    return pipe(prompt_embeds=prompt, pooled_prompt_embeds=pooled, height=size, width=size,
+                num_inference_steps=steps, guidance_scale=3.5, output_type="latent",
+                generator=torch.Generator().manual_seed(2)).images
+
+
+def test_flux_pipeline_samples_as_its_base_scheduler_and_measures_kpe():
+    pipe = _tiny_flux()
+    base = _run_flux(pipe)
+    pipe.scheduler = KineticFlowMatchEulerScheduler.from_scheduler(pipe.scheduler)
+    outputs = []
+    hook = pipe.transformer.register_forward_hook(lambda m, i, out: outputs.append(out[0].double()))
+    latents = _run_flux(pipe)
+    hook.remove()
+    torch.testing.assert_close(latents, base, rtol=0, atol=0)
+    sched = pipe.scheduler
+    sigmas = 1.0 - sched.times
+    # independent: ½ Σ_i ‖model_output_i‖² (σ_i − σ_{i+1}) from the transformer's own outputs
+    expected = sum(0.5 * float(sigmas[i] - sigmas[i + 1]) * out.flatten(1).pow(2).sum(1)
+                   for i, out in enumerate(outputs))
+    assert len(outputs) == 5 and sched.kpe.shape == (2,)
+    torch.testing.assert_close(sched.kpe, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(sched.profile.sum(1), sched.kpe, rtol=1e-12, atol=0)
+
+    pipe.scheduler.set_shaping(KTS)
+    shaped = _run_flux(pipe)
+    assert not torch.equal(shaped, base)
+    assert bool((pipe.scheduler.kpe != pipe.scheduler.kpe_raw).all())
+
+
+def test_from_scheduler_keeps_a_kinetic_schedulers_gain_unless_told():
+    shaped = KineticFlowMatchEulerScheduler.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0), shaping=KTS)
+    assert KineticFlowMatchEulerScheduler.from_scheduler(shaped).shaping == KTS
+    assert KineticFlowMatchEulerScheduler.from_scheduler(shaped, shaping=None).shaping is None
+    assert KineticFlowMatchEulerScheduler.from_scheduler(FlowMatchEulerDiscreteScheduler()).shaping is None
+    with pytest.raises(ValueError, match="'keep'"):
+        KineticFlowMatchEulerScheduler.from_scheduler(shaped, shaping="kts")

@@ -21,6 +21,7 @@ loading such a pipeline, since diffusers only resolves custom components already
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import Any, Callable
 
@@ -98,9 +99,18 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
 
     @classmethod
     def from_scheduler(
-        cls, scheduler: FlowMatchEulerDiscreteScheduler, shaping: Callable | None = None
+        cls, scheduler: FlowMatchEulerDiscreteScheduler, shaping: Callable | None | str = "keep"
     ) -> "KineticFlowMatchEulerScheduler":
-        """A kinetic scheduler with the same config as ``scheduler`` (e.g. a pipeline's)."""
+        """A kinetic scheduler with the same config as ``scheduler`` (e.g. a pipeline's).
+
+        ``shaping``: a KTS gain or callable η(t), None for plain flow matching, or ``"keep"``
+        (default): the gain ``scheduler`` already has when it is a kinetic scheduler (a pipeline
+        loaded from a folder saved with a KTS), else none.
+        """
+        if isinstance(shaping, str):
+            if shaping != "keep":
+                raise ValueError(f"shaping must be a KTS gain, a callable η(t), None or 'keep', got {shaping!r}")
+            shaping = getattr(scheduler, "shaping", None)
         new = cls.from_config(scheduler.config)
         if hasattr(scheduler, "set_shift"):  # newer diffusers: set_shift() changes it outside the config
             new.set_shift(scheduler.shift)
@@ -125,6 +135,9 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
             )
         super().save_config(*args, **kwargs)
 
+    # Pipelines read this method's signature to decide whether it takes ``sigmas=`` / ``timesteps=``
+    # (Flux always passes sigmas): wraps() gives it the base class's parameters.
+    @functools.wraps(FlowMatchEulerDiscreteScheduler.set_timesteps)
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         super().set_timesteps(*args, **kwargs)
         self._reset_energy()
