@@ -430,3 +430,24 @@ def test_a_net_called_in_the_wrong_order_fails_with_a_note_on_the_convention(sol
 def test_a_velocity_of_the_wrong_shape_names_the_convention():
     with pytest.raises(ValueError, match=r"returned shape \(3, 2\) .*needs kfm.ModelTX\(net\)"):
         kfm.sample(lambda x, t: x[:, :2], seeds=range(3), shape=(4,), steps=2)
+
+
+def test_a_net_in_another_dtype_gets_a_note_on_dtypes_not_on_the_call_order():
+    """A bfloat16 net fed float32 x fails inside torch with a dtype message: the note must point at
+    the dtype (x0's dtype, or a converting wrapper), not at the call order."""
+    net = torch.nn.Linear(2, 2).bfloat16().eval()
+    with pytest.raises(RuntimeError) as caught:
+        kfm.sample(lambda x, t: net(x), seeds=range(3), shape=(2,), steps=2)
+    notes = getattr(caught.value, "__notes__", [])
+    assert any("x is torch.float32 on cpu" in note and "reduced precision" in note for note in notes)
+    assert not any("ModelTX" in note for note in notes)
+    kfm.sample(lambda x, t: net(x.bfloat16()).float(), seeds=range(3), shape=(2,), steps=2)  # the fix works
+
+
+def test_a_half_precision_output_under_autocast_is_refused_with_the_fix():
+    net = torch.nn.Linear(2, 2).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(ValueError, match=r"returned dtype torch.bfloat16 .*torch.autocast is on"):
+            kfm.sample(lambda x, t: net(x), seeds=range(3), shape=(2,), steps=2)
+        res = kfm.sample(lambda x, t: net(x).float(), seeds=range(3), shape=(2,), steps=2)
+    assert res.x.dtype == torch.float32

@@ -1,5 +1,6 @@
 """kfm.sample against analytic solutions, torchdiffeq, and a transcription of the reference loop."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -724,3 +725,57 @@ def test_point_target_trajectory_is_the_straight_line_to_its_point():
     point = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
     x0 = kfm.noise(range(4), (3,), dtype=torch.float64)
     torch.testing.assert_close(kfm.PointTarget(point).trajectory(x0, 0.3), 0.7 * x0 + 0.3 * point, rtol=0, atol=1e-15)
+
+
+# --- a network left in training mode --------------------------------------------------------------
+
+def _stochastic_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.Dropout(0.2), nn.Linear(16, 2))
+
+
+def test_a_net_in_training_mode_warns_through_every_wrapper():
+    """Dropout draws new masks and batch norm normalises by the batch in training mode: the same
+    seeds give another KPE on each call (checked), so sampling says so, however the net is held."""
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    net = _stochastic_net()
+    v_xt = lambda x, t: net(torch.cat([x, t[:, None]], 1))  # noqa: E731  (net in a closure)
+
+    class Held:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, x, t):
+            return self.inner(torch.cat([x, t[:, None]], 1))
+
+    wrappers = {
+        "closure": v_xt,
+        "adapter": kfm.ModelTX(lambda t, x: net(torch.cat([x, t[:, None]], 1))),
+        "object": Held(net),
+        "guidance": kfm.ClassifierFreeGuidance(lambda x, t, y: v_xt(x, t), torch.zeros(4), 2.0, 1.0),
+    }
+    for name, velocity in wrappers.items():
+        with pytest.warns(TrainingModeWarning, match=r"BatchNorm1d at '1', Dropout at '2'.*net.eval\(\)"):
+            kfm.sample(velocity, seeds=range(4), shape=(2,), steps=4)
+        assert net.training, name  # the mode is left as it was
+    with pytest.warns(TrainingModeWarning):
+        a, b = (kfm.sample(v_xt, seeds=range(4), shape=(2,), steps=4).kpe for _ in range(2))
+    assert not torch.equal(a, b)  # why the warning exists
+
+    net.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)
+        c, d = (kfm.sample(v_xt, seeds=range(4), shape=(2,), steps=4).kpe for _ in range(2))
+    assert torch.equal(c, d)
+
+
+def test_a_net_in_training_mode_without_stochastic_layers_does_not_warn():
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    net = TimeMLP()  # training mode (the default), but no dropout or batch norm
+    quiet = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.0), nn.Linear(4, 3)).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)
+        kfm.sample(net, seeds=range(3), shape=(3,), steps=2, dtype=torch.float64)
+        kfm.sample(lambda x, t: quiet(x), seeds=range(3), shape=(3,), steps=2, dtype=torch.float64)

@@ -1,5 +1,9 @@
-"""Input checks and the non-finite velocity error."""
+"""Input checks, the non-finite velocity error and the training-mode warning."""
 from __future__ import annotations
+
+import functools
+import types
+import warnings
 
 import torch
 
@@ -49,10 +53,24 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v = velocity(x, t)
     except (RuntimeError, TypeError, IndexError) as err:
         if hasattr(err, "add_note"):
-            err.add_note(CONVENTION_HINT)
+            text = str(err)
+            about_types = "dtype" in text or "device" in text or "Expected all tensors" in text
+            err.add_note(_dtype_hint(x) if about_types else CONVENTION_HINT)
         raise
     check_velocity_output(v, x)
     return v
+
+
+def _dtype_hint(x: torch.Tensor) -> str:
+    """What to do when the velocity's network works in another dtype or on another device than x."""
+    try:
+        autocast = torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # older torch: no device argument
+        autocast = torch.is_autocast_enabled()
+    where = (" (torch.autocast is on: it makes the network return a lower precision)" if autocast else "")
+    return (f"x is {x.dtype} on {x.device}{where}; make x0 in the network's dtype and device (kfm.sample's "
+            "dtype= and device=), or keep x0 and convert inside the call, e.g. "
+            "lambda x, t: net(x.to(net_dtype), t).to(x.dtype) (README: 'A network in reduced precision')")
 
 
 def check_velocity_output(v: object, x: torch.Tensor) -> None:
@@ -65,6 +83,82 @@ def check_velocity_output(v: object, x: torch.Tensor) -> None:
             f"v(x, t) must return one velocity per coordinate of x ({CONVENTION_HINT})"
         )
     if v.dtype != x.dtype:
-        raise ValueError(f"velocity returned dtype {v.dtype} but x has dtype {x.dtype}")
+        raise ValueError(f"velocity returned dtype {v.dtype} but x has dtype {x.dtype}; {_dtype_hint(x)}")
     if v.device != x.device:
         raise ValueError(f"velocity returned a tensor on {v.device} but x is on {x.device}")
+
+
+class TrainingModeWarning(UserWarning):
+    """The velocity's network is in training mode with layers that are random (dropout) or
+    batch-dependent (batch norm) there, so samples and KPE are neither reproducible nor per sample."""
+
+
+def _stochastic_layer(module: torch.nn.Module) -> bool:
+    if not module.training:
+        return False
+    if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    if isinstance(module, torch.nn.MultiheadAttention):
+        return module.dropout > 0
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+
+
+_NOT_HOLDERS = (torch.Tensor, str, bytes, int, float, bool, type, types.ModuleType)
+
+
+def _reachable_modules(root: object, limit: int = 256) -> list[torch.nn.Module]:
+    """The ``nn.Module``s a velocity callable holds: itself, the attributes of adapters and
+    guidance wrappers, a bound method's object, a partial's function and a closure's cells
+    and the globals a function names (a few levels deep; a module's own children come from
+    ``named_modules``)."""
+    found, seen, queue = [], set(), [(root, 0)]
+    while queue and len(seen) < limit:
+        obj, depth = queue.pop(0)
+        if id(obj) in seen or obj is None or isinstance(obj, _NOT_HOLDERS):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.nn.Module):
+            found.append(obj)
+            continue
+        if depth >= 4:
+            continue
+        children: list = []
+        if isinstance(obj, functools.partial):
+            children += [obj.func, *obj.args, *obj.keywords.values()]
+        if hasattr(obj, "__self__"):  # a bound method
+            children.append(obj.__self__)
+        code, names = getattr(obj, "__code__", None), getattr(obj, "__globals__", None)
+        if code is not None and names is not None:  # `lambda x, t: net(x, t)` with a global net
+            children += [names[n] for n in code.co_names if n in names]
+        call = getattr(type(obj), "__call__", None)
+        if hasattr(call, "__code__"):  # an instance of a Python class: what its __call__ refers to
+            children.append(call)
+        for cell in getattr(obj, "__closure__", None) or ():
+            try:
+                children.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                pass
+        if isinstance(obj, (list, tuple)):
+            children += list(obj)
+        elif not callable(obj) or hasattr(obj, "__dict__") and not isinstance(obj, type):
+            children += [v for v in getattr(obj, "__dict__", {}).values()]
+        queue += [(child, depth + 1) for child in children]
+    return found
+
+
+def warn_if_training(velocity: object, stacklevel: int = 3) -> None:
+    """Warn when a network inside ``velocity`` is in training mode with dropout or batch norm:
+    each call then draws new dropout masks or normalises by the batch (and updates the running
+    statistics), so KPE changes between identical runs and with the batch's composition."""
+    layers = []
+    for module in _reachable_modules(velocity):
+        layers += [f"{type(m).__name__} at {name!r}" if name else type(m).__name__
+                   for name, m in module.named_modules() if _stochastic_layer(m)]
+    if layers:
+        more = f" and {len(layers) - 3} more" if len(layers) > 3 else ""
+        warnings.warn(
+            f"the velocity's network is in training mode ({', '.join(layers[:3])}{more}): its samples and "
+            "KPE are random or depend on the batch, and batch norm updates its running statistics; "
+            "call net.eval() before sampling (kfm.sample leaves a module's mode as it is)",
+            TrainingModeWarning, stacklevel=stacklevel,
+        )

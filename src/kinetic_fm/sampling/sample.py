@@ -11,7 +11,7 @@ from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
 from .grids import time_grid
-from .guards import NonFiniteVelocityError, check_initial_state
+from .guards import NonFiniteVelocityError, check_initial_state, warn_if_training
 from .noise import noise
 from .result import SampleResult
 from .shaping import KTS
@@ -80,6 +80,7 @@ def sample(
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable as velocity(x, t), got {type(velocity).__name__}")
+    warn_if_training(velocity, stacklevel=4)  # past the no_grad wrapper, to the caller
     x0, seed_tuple = _initial_state(x0, seeds, shape, dtype, device)
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
