@@ -82,3 +82,47 @@ def test_the_copies_are_found_once_the_layouts_agree():
     samples, train = _channels_first_and_last_copies()
     report = kfm.memorization(samples.permute(0, 3, 1, 2), train, bootstrap=0)
     assert report.fraction == 1.0 and report.nearest.tolist() == list(range(8))
+
+
+def test_sets_on_different_value_scales_warn_and_one_scale_does_not():
+    import warnings
+
+    from kinetic_fm.checks import ValueRangeWarning, check_same_space
+
+    torch.manual_seed(0)
+    signed = torch.rand(30, 3, 4, 4) * 2 - 1                        # [-1, 1]
+    with pytest.warns(ValueRangeWarning, match=r"samples spans \[0, 255\] .*uint8"):
+        check_same_space(("samples", ((signed + 1) * 127.5).round().to(torch.uint8)), ("train", signed))
+    with pytest.warns(ValueRangeWarning, match="non-negative, the other signed"):
+        check_same_space(("samples", signed.numpy()), ("train", (signed + 1) / 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ValueRangeWarning)
+        check_same_space(("samples", signed * 1.3), ("train", signed))             # an imperfect sampler
+        check_same_space(("samples", torch.randn(30, 48) * 4), ("train", signed))  # noise against data
+        check_same_space(("samples", (signed + 1) / 2), ("train", (signed + 1) / 2 - 0.01))  # both [0, 1]
+        check_same_space(("samples", torch.zeros(3, 48)), ("train", signed))        # all zeros: no scale
+        check_same_space(("samples", [[1.0, 2.0]]), ("train", ["a", "b"]))         # not numbers: skipped
+
+
+@pytest.mark.filterwarnings("ignore::kinetic_fm.metrics.fidelity.FrechetBiasWarning")
+@pytest.mark.parametrize("metric", ["memorization", "frechet_distance", "precision_recall",
+                                    "local_support", "kde_log_density"])
+def test_every_set_metric_warns_about_copies_saved_as_uint8(metric):
+    """Exact copies of [-1, 1] training images saved as uint8 are not found (F_mem 0 of 8): the
+    metrics say why instead of answering quietly."""
+    import kinetic_fm as kfm
+    from kinetic_fm.checks import ValueRangeWarning
+
+    _, train = _channels_first_and_last_copies()
+    train = train * 2 - 1
+    copies = ((train[:8] + 1) * 127.5).round().to(torch.uint8)
+    call = {"memorization": lambda a, b: kfm.memorization(a, b, bootstrap=0),
+            "frechet_distance": kfm.frechet_distance,
+            "precision_recall": lambda a, b: kfm.precision_recall(b, a),
+            "local_support": lambda a, b: kfm.local_support(a, b, k=1, ks=()),
+            "kde_log_density": kfm.kde_log_density}[metric]
+    with pytest.warns(ValueRangeWarning, match="uint8"):
+        result = call(copies, train)
+    if metric == "memorization":
+        assert result.fraction == 0.0                                 # what the warning is about
+        assert kfm.memorization(copies / 127.5 - 1, train, bootstrap=0).fraction == 1.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 
 def is_integer(value) -> bool:
@@ -72,6 +73,62 @@ def check_same_layout(first: tuple[str, object], second: tuple[str, object]) -> 
         "(e.g. x.permute(0, 3, 1, 2) for (N, H, W, C) -> (N, C, H, W)); if the orders really "
         "match, flatten both to (n, D) yourself"
     )
+
+
+class ValueRangeWarning(UserWarning):
+    """Two sets a metric compares look as if they were stored on different value scales."""
+
+
+def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> None:
+    """:func:`check_same_layout`, then warn (:class:`ValueRangeWarning`) when the two sets' values
+    look like different scales of one kind of data: one set's largest magnitude over 20 times the
+    other's (uint8 0..255 against [-1, 1]), or one set non-negative while the other reaches below
+    −½ of its largest magnitude ([0, 1] against [-1, 1]). Distances between such sets measure the
+    scale, not the items: exact copies of training images saved as uint8 gave F_mem = 0.
+
+    One pass over each set (min and max); sets that cannot be read as numbers are skipped.
+    """
+    check_same_layout(first, second)
+    (name_a, a), (name_b, b) = first, second
+    extent_a, extent_b = _extent(a), _extent(b)
+    if extent_a is None or extent_b is None:
+        return
+    (lo_a, hi_a), (lo_b, hi_b) = extent_a, extent_b
+    size_a, size_b = max(abs(lo_a), abs(hi_a)), max(abs(lo_b), abs(hi_b))
+    if not (math.isfinite(size_a) and math.isfinite(size_b)) or size_a == 0 or size_b == 0:
+        return
+    ranges = f"{name_a} spans [{lo_a:.4g}, {hi_a:.4g}] and {name_b} [{lo_b:.4g}, {hi_b:.4g}]"
+    hint = ("bring both to one scale first (images in [-1, 1]: x / 127.5 - 1 from uint8, 2x - 1 from [0, 1]); "
+            "the distances would otherwise measure the scale, not the items")
+    if max(size_a, size_b) > 20 * min(size_a, size_b):
+        warnings.warn(f"{ranges}: magnitudes over 20x apart (uint8 against [-1, 1]?); {hint}",
+                      ValueRangeWarning, stacklevel=3)
+    elif (lo_a >= -0.05 * size_a and lo_b < -0.5 * size_b) or (lo_b >= -0.05 * size_b and lo_a < -0.5 * size_a):
+        warnings.warn(f"{ranges}: one is non-negative, the other signed ([0, 1] against [-1, 1]?); {hint}",
+                      ValueRangeWarning, stacklevel=3)
+
+
+def _extent(array) -> tuple[float, float] | None:
+    """(min, max) of a tensor or array of real numbers as floats; None when empty or not numeric."""
+    import numpy as np
+
+    try:
+        import torch
+
+        if isinstance(array, torch.Tensor):
+            if array.numel() == 0 or array.is_complex():
+                return None
+            values = array.detach()
+            if values.dtype == torch.bool:
+                values = values.to(torch.uint8)
+            lo, hi = torch.aminmax(values)
+            return float(lo), float(hi)
+        values = np.asarray(array)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if values.size == 0 or values.dtype.kind not in "biuf":
+        return None
+    return float(values.min()), float(values.max())
 
 
 def _shape(array) -> tuple[int, ...]:

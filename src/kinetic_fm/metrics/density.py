@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .. import gemm
 from ..blocks import block_size
-from ..checks import as_scalar, check_flag, check_same_layout, is_integer, is_real, positive_integer
+from ..checks import as_scalar, check_flag, check_same_space, is_integer, is_real, positive_integer
 from .features import SpaceLike, as_features, feature_space
 from .neighbors import check_same_rows, column_mean, row_sq_norms
 
@@ -126,7 +126,7 @@ def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = 
     exclude_self = check_flag("exclude_self", exclude_self)
     fs = feature_space(space)
     if reference_features is None:
-        check_same_layout(("samples", samples), ("reference", reference))
+        check_same_space(("samples", samples), ("reference", reference))
     x = as_features(samples, fs, argument="samples")
     y = _reference_features(reference, reference_features, fs)
     _check_dims(x, y)
@@ -378,7 +378,7 @@ def kde_log_density(samples: Any, reference: Any,
         raise ValueError(f"bandwidth must be 'scott', 'median' or a positive finite number, got {bandwidth!r}")
     fs = feature_space(space)
     if reference_features is None:
-        check_same_layout(("samples", samples), ("reference", reference))
+        check_same_space(("samples", samples), ("reference", reference))
     x = as_features(samples, fs, argument="samples")
     y = _reference_features(reference, reference_features, fs)
     _check_dims(x, y)

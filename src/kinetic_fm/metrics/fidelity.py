@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..blocks import block_size
-from ..checks import check_same_layout, is_integer, positive_integer
+from ..checks import check_same_space, is_integer, positive_integer
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
 from .neighbors import column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
@@ -239,7 +239,7 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
     """
     fs = feature_space(space)
     protocol = _protocol(fs, network, split, preprocessing)
-    check_same_layout(("feats_a", feats_a), ("feats_b", feats_b))
+    check_same_space(("feats_a", feats_a), ("feats_b", feats_b))
     a = as_features(feats_a, fs, argument="feats_a")
     b = as_features(feats_b, fs, argument="feats_b")
     if a.shape[1] != b.shape[1]:
@@ -316,7 +316,7 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     """
     fs = feature_space(space)
     protocol = _protocol(fs, network, split, preprocessing)  # before the features and the search
-    check_same_layout(("real", real), ("fake", fake))
+    check_same_space(("real", real), ("fake", fake))
     r = as_features(real, fs, argument="real")
     f = as_features(fake, fs, argument="fake")
     if r.shape[1] != f.shape[1]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..checks import check_same_layout, is_integer, is_real, positive_integer
+from ..checks import check_same_space, is_integer, is_real, positive_integer
 from .neighbors import as_rows, check_finite, nearest_neighbors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -136,7 +136,7 @@ def memorization(
     if space is not None and not callable(space):
         raise TypeError(f"space must be a callable feature map or None, got {type(space).__name__}")
     samples, train = as_rows("samples", samples), as_rows("train", train)
-    check_same_layout(("samples", samples), ("train", train))
+    check_same_space(("samples", samples), ("train", train))
     if train.shape[0] < 2:
         raise ValueError(f"train must hold at least 2 items for the gap ratio (k = 2), got {train.shape[0]}")
     if space is not None:
