@@ -144,9 +144,9 @@ def test_a_run_folder_still_training_pins_the_checkpoint_it_sampled(tmp_path, ca
     args = ("--model", folder, "--n", 8, "--shard-size", 4, "--steps", 3)
     assert kfm_sample(tmp_path / "run", *args) == 0
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    from kinetic_fm.runs.manifest import sha256_file
+    from kinetic_fm.models.checkpoint import weights_digest
 
-    assert manifest["identity"]["weights_sha256"] == sha256_file(folder / "checkpoints" / "step_0000001.safetensors")
+    assert manifest["identity"]["weights_sha256"] == weights_digest(folder / "checkpoints" / "step_0000001.safetensors")
     _saved_net(folder / "checkpoints" / "step_0000002.safetensors", seed=1)
     capsys.readouterr()
     assert kfm_sample(tmp_path / "run", *args, "--resume") == 2
@@ -311,3 +311,55 @@ def test_class_flags_are_checked_and_pinned_by_the_run(tmp_path, capsys):
     assert read_run(tmp_path / "run")["label"].tolist() == [4] * 4       # the null class's index
     assert kfm_sample(tmp_path / "run", *args, "--label", 0, "--resume") == 2
     assert "label" in capsys.readouterr().err
+
+
+def _rewrite_header_in_reverse_order(path):
+    """The same tensors and metadata with the header's keys in reverse order: what another
+    process's safetensors writer may produce for identical weights (its map order is random)."""
+    import struct
+
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    flipped = {k: dict(reversed(list(v.items()))) if k == "__metadata__" else v for k, v in reversed(list(header.items()))}
+    text = json.dumps(flipped, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length:])
+
+
+def test_identical_weights_written_in_another_header_order_resume_the_run(tmp_path, capsys):
+    """A resumed or repeated kfm train writes bit-identical tensors, but safetensors orders the
+    header's metadata differently in each process: the run was refused as 'other weights'."""
+    from kinetic_fm.models.checkpoint import load_weights, weights_digest
+    from kinetic_fm.runs.manifest import sha256_file
+
+    path = _saved_net(tmp_path / "final.safetensors")
+    args = ("--model", path, "--n", 8, "--shard-size", 4, "--steps", 3)
+    assert kfm_sample(tmp_path / "run", *args) == 0
+    before, digest = sha256_file(path), weights_digest(path)
+    tensors = load_weights(path)
+    _rewrite_header_in_reverse_order(path)
+    assert sha256_file(path) != before and weights_digest(path) == digest
+    assert all(torch.equal(tensors[k], v) for k, v in load_weights(path).items())
+    shards = sorted((tmp_path / "run" / "shards").glob("*.parquet"))
+    shards[-1].unlink()
+    assert kfm_sample(tmp_path / "run", *args, "--resume") == 0
+    assert "this process computed 1, kept 1" in capsys.readouterr().out
+
+
+def test_a_run_pinned_by_the_files_bytes_still_resumes_with_that_file(tmp_path, capsys):
+    """Runs started before the header-order-free digest stored the sha256 of the file's bytes."""
+    from kinetic_fm.runs.manifest import sha256_file
+
+    path = _saved_net(tmp_path / "final.safetensors")
+    args = ("--model", path, "--n", 8, "--shard-size", 4, "--steps", 3)
+    assert kfm_sample(tmp_path / "run", *args) == 0
+    manifest_path = tmp_path / "run" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["identity"]["weights_sha256"] = sha256_file(path)   # as an older kinetic_fm wrote it
+    manifest_path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "run", *args, "--resume") == 0, capsys.readouterr().err
+    _saved_net(path, seed=1)                                      # other weights: still refused
+    assert kfm_sample(tmp_path / "run", *args, "--resume") == 2
+    assert "weights_sha256" in capsys.readouterr().err

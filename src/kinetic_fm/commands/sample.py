@@ -136,14 +136,17 @@ def _builtin_field(name: str, dim: int) -> _Target:
     return _Target(velocity, (dim,), identity)
 
 
-def _model_target(path: str, shape_arg: str | None) -> _Target:
-    """A velocity net saved by ``kfm train`` (EMA weights), identified by the sha256 of its weights.
+def _model_target(path: str, shape_arg: str | None, resume_dir: str | None = None) -> _Target:
+    """A velocity net saved by ``kfm train`` (EMA weights), identified by the digest of its weights.
 
     The path is not part of the identity: the same weights reached by another spelling (relative
-    or absolute, the folder or its final file, another working directory) resume the same run."""
+    or absolute, the folder or its final file, another working directory), or written again by a
+    resumed or repeated training (same tensors, another header order), resume the same run.
+    ``resume_dir``: a run folder being resumed, whose manifest may hold the older identity, the
+    sha256 of the file's bytes; the same file still matches it."""
     from pathlib import Path
 
-    from ..models.checkpoint import load_model, recorded_sample_shape, resolve_weights
+    from ..models.checkpoint import load_model, recorded_sample_shape, resolve_weights, weights_digest
     from ..runs.manifest import sha256_file
 
     source = Path(path)
@@ -162,7 +165,11 @@ def _model_target(path: str, shape_arg: str | None) -> _Target:
         shape = recorded
     else:
         raise ValueError(f"--model {path} does not record its sample shape; give --shape C,H,W")
-    identity = {"kind": getattr(net, "kind", type(net).__name__), "weights_sha256": sha256_file(weights)}
+    digest = weights_digest(weights)
+    stored = _stored_identity(resume_dir).get("weights_sha256") if resume_dir else None
+    if stored is not None and stored != digest and stored == sha256_file(weights):
+        digest = stored  # a run started before the digest ignored header order: same file, same run
+    identity = {"kind": getattr(net, "kind", type(net).__name__), "weights_sha256": digest}
     return _Target(net, shape, identity, classes=getattr(net, "null_class", None))
 
 
@@ -271,6 +278,15 @@ def _validate(args) -> None:
         raise ValueError("--field point is singular at t = 1, where dopri5 evaluates; use a fixed-step --solver")
 
 
+def _stored_identity(run_dir: str) -> dict:
+    from ..runs import read_manifest
+
+    try:
+        return dict(read_manifest(run_dir).identity)
+    except (OSError, ValueError):
+        return {}  # no run yet, or a damaged manifest: run_sharded reports it
+
+
 def _warn_on_dopri5_batch_change(args) -> None:
     """A net's round-off depends on the batch size, and under dopri5 it can move a sample's
     adaptive steps: its numbers then change by up to dopri5's own error, not by round-off."""
@@ -287,7 +303,7 @@ def _warn_on_dopri5_batch_change(args) -> None:
     if started is not None and started != args.batch_size:
         warnings.warn(f"this dopri5 run of a net started with --batch-size {started}; with {args.batch_size}, "
                       "the net's round-off can move adaptive steps, so the samples computed now may differ "
-                      "from an uninterrupted run by dopri5's own error (up to about 1e-3 relative in KPE), "
+                      "from an uninterrupted run by dopri5's own error (about 1e-3 relative in KPE, more for a rough net), "
                       f"not by round-off; resume with --batch-size {started} for an identical table",
                       stacklevel=2)
 
@@ -378,7 +394,8 @@ def run(args) -> int:
     from ..runs import RunManifest, run_sharded, world_session
 
     _validate(args)
-    target = _model_target(args.model, args.shape) if args.model else _builtin_field(args.field, args.dim)
+    target = (_model_target(args.model, args.shape, args.out if args.resume else None) if args.model
+              else _builtin_field(args.field, args.dim))
     cond = _conditioning(args, target)
     kts = _shaping(args)
     with world_session(args.device) as (coordinator, device):

@@ -81,6 +81,33 @@ def save_weights(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: 
     _atomic_write(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
+def weights_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """sha256 (hex) of what a weights file holds, independent of how its header is ordered.
+
+    A .safetensors header is a JSON map whose key order the writer does not fix (the metadata
+    comes out in a different order in each process), so two files of bit-identical tensors and
+    metadata can differ byte for byte. Here the header is hashed with sorted keys, then the tensor
+    bytes as stored. Other files: the sha256 of their bytes.
+    """
+    import hashlib
+    import struct
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if path.suffix == ".safetensors":
+            size = fh.read(8)
+            try:
+                (length,) = struct.unpack("<Q", size)
+                header = json.loads(fh.read(length))
+            except (struct.error, ValueError) as err:
+                raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+            digest.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     """Tensors from a .safetensors file or a torch state-dict file (``weights_only=True``).
 
