@@ -451,3 +451,32 @@ def test_a_half_precision_output_under_autocast_is_refused_with_the_fix():
             kfm.sample(lambda x, t: net(x), seeds=range(3), shape=(2,), steps=2)
         res = kfm.sample(lambda x, t: net(x).float(), seeds=range(3), shape=(2,), steps=2)
     assert res.x.dtype == torch.float32
+
+
+class _DiffusersStyleOutput:
+    """What a diffusers model returns by default (return_dict=True): an object holding .sample."""
+
+    def __init__(self, sample):
+        self.sample = sample
+
+
+@pytest.mark.parametrize("solver", ["euler", "dopri5"])
+@pytest.mark.parametrize("case,hint", [
+    ("guidance", r"model must return a torch.Tensor, got tuple; .*\[0\]"),
+    ("reversed", r"wrapped net must return a torch.Tensor, got _DiffusersStyleOutput; .*return_dict=False"),
+    ("tx", r"wrapped net must return a torch.Tensor, got tuple; .*\[0\]"),
+    ("scalar", r"wrapped net must return a torch.Tensor, got dict"),
+    ("noise", r"wrapped net must return a torch.Tensor, got _DiffusersStyleOutput"),
+])
+def test_a_wrapped_net_returning_a_container_is_named_with_the_way_out(case, hint, solver):
+    """Through the adapters and guidance, a tuple or an output object failed deep inside
+    ('tuple' object has no attribute 'shape', bad operand type for unary -) with a note on the
+    call order; the error now says what came back and how to take the tensor out."""
+    field = {"guidance": kfm.ClassifierFreeGuidance(lambda x, t, y: (-x,), torch.zeros(3), 2.0, 1.0),
+             "reversed": kfm.ReversedTime(ModelXT(lambda x, t: _DiffusersStyleOutput(-x))),
+             "tx": kfm.ModelTX(lambda t, x: (x,)),
+             "scalar": ModelXT(lambda x, t: {"v": x}, time="scalar"),
+             "noise": NoisePrediction(ModelXT(lambda x, t: _DiffusersStyleOutput(x)))}[case]
+    with pytest.raises(TypeError, match=hint) as caught:
+        kfm.sample(field, seeds=range(3), shape=(2,), steps=2, solver=solver)
+    assert not any("ModelTX(net)" in note for note in getattr(caught.value, "__notes__", []))

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from ..checks import as_scalar, check_flag, is_integer, is_real
+from ..sampling.guards import tensor_output
 
 TIME_MODES = ("batch", "scalar", "shared")
 
@@ -78,7 +79,7 @@ def _call_time_mode(
     if mode == "scalar":
         return _call_per_time(call, x, t, args, kwargs)
     t = batch_time(t, x)
-    return call(x, _first_time(t) if mode == "shared" else t, *args, **kwargs)
+    return tensor_output(call(x, _first_time(t) if mode == "shared" else t, *args, **kwargs), "the wrapped net")
 
 
 def _first_time(t: torch.Tensor) -> torch.Tensor:
@@ -99,17 +100,17 @@ def _call_per_time(
     t = batch_time(t, x)
     values, inverse, counts = torch.unique(t, return_inverse=True, return_counts=True)
     if values.numel() <= 1:
-        return call(x, _first_time(values), *args, **kwargs)
+        return tensor_output(call(x, _first_time(values), *args, **kwargs), "the wrapped net")
     batch = x.shape[0]
     out = None
     groups = torch.argsort(inverse, stable=True).split(counts.tolist())  # one sync, not one per time
     for k, rows in enumerate(groups):
-        part = call(
+        part = tensor_output(call(
             x[rows],
             values[k],
             *(_rows(a, rows, batch) for a in args),
             **{key: _rows(v, rows, batch) for key, v in kwargs.items()},
-        )
+        ), "the wrapped net")
         if out is None:
             out = part.new_empty((batch, *part.shape[1:]))
         out[rows] = part
@@ -289,7 +290,7 @@ class ReversedTime(_Adapter):
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         sigma = 1.0 - batch_time(t, x)
-        out = self.inner(x, sigma * self.timestep_scale, *args, **kwargs)
+        out = tensor_output(self.inner(x, sigma * self.timestep_scale, *args, **kwargs), "the wrapped net")
         return -out if self.flip_sign else out
 
     def _describe(self) -> str:
@@ -309,8 +310,9 @@ def _check_clamp(value: float, name: str) -> float:
 def _prediction(out: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
     """The net's ``what`` prediction, which must have x's shape: a (B, 1) output would broadcast
     against x, and kfm.sample only sees the adapter's correctly shaped result."""
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    out = tensor_output(out, "the wrapped net")
+    if out.shape != x.shape:
+        shape = tuple(out.shape)
         raise ValueError(f"the wrapped net must return its {what} prediction with x's shape {tuple(x.shape)}, "
                          f"got {shape}")
     return out

@@ -19,6 +19,7 @@ import torch
 
 from ..checks import as_scalar, check_flag, is_real
 from ..sampling.energy import squared_norm
+from ..sampling.guards import tensor_output
 from .adapters import batch_time
 
 
@@ -113,9 +114,9 @@ class ClassifierFreeGuidance:
                 f"x has {batch} rows but labels has {self.labels.shape[0]}; give one label per sample"
             )
         t = batch_time(t, x)
-        out = self.model(
+        out = tensor_output(self.model(
             torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.labels, self.null_labels])
-        )
+        ), "model")
         if out.shape[0] != 2 * batch:
             raise ValueError(f"model returned {out.shape[0]} rows for a doubled batch of {2 * batch}")
         v_c, v_u = out[:batch], out[batch:]

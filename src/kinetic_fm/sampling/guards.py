@@ -51,6 +51,8 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     that states the convention (Python ≥ 3.11 shows notes under the traceback)."""
     try:
         v = velocity(x, t)
+    except VelocityOutputError:
+        raise  # says what came back and how to fix it; the call order was fine
     except (RuntimeError, TypeError, IndexError) as err:
         if hasattr(err, "add_note"):
             text = str(err)
@@ -73,10 +75,28 @@ def _dtype_hint(x: torch.Tensor) -> str:
             "lambda x, t: net(x.to(net_dtype), t).to(x.dtype) (README: 'A network in reduced precision')")
 
 
+class VelocityOutputError(TypeError):
+    """A velocity, or the net inside an adapter, returned something other than a tensor."""
+
+
+def tensor_output(out: object, who: str = "velocity") -> torch.Tensor:
+    """``out`` if it is a tensor; else :class:`VelocityOutputError` saying how to get the tensor
+    out of what came back (a tuple, or a diffusers output object with ``.sample``)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(getattr(out, "sample", None), torch.Tensor):
+        hint = ("; a diffusers model returns an output object unless called with return_dict=False "
+                "(then take [0]), or take its .sample")
+    elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        hint = "; wrap the net to return its first element: lambda *a, **k: net(*a, **k)[0]"
+    else:
+        hint = "; wrap the net to return the velocity tensor"
+    raise VelocityOutputError(f"{who} must return a torch.Tensor, got {type(out).__name__}{hint}")
+
+
 def check_velocity_output(v: object, x: torch.Tensor) -> None:
     """Shape, dtype and device of v(x, t) must match x (checked once, on the first call)."""
-    if not isinstance(v, torch.Tensor):
-        raise TypeError(f"velocity must return a torch.Tensor, got {type(v).__name__}")
+    tensor_output(v)
     if v.shape != x.shape:
         raise ValueError(
             f"velocity returned shape {tuple(v.shape)} but x has shape {tuple(x.shape)}; "
