@@ -471,3 +471,17 @@ def test_values_whose_squared_distances_overflow_are_refused():
     logits = -((x[:, None, :] - 0.5 * atoms[None]) ** 2).sum(-1) / (2 * 0.5**2)   # brute force
     expected = (torch.softmax(logits, 1) @ atoms - x) / 0.5
     torch.testing.assert_close(kfm.EmpiricalFlow(atoms)(x, 0.5), expected, rtol=1e-12, atol=0)
+
+
+def test_the_velocity_is_the_same_inside_autocast():
+    """Users wrap whole sampling scripts in torch.autocast; the dense-row product of the exact
+    velocity ran in bfloat16 there (1.9e-3 relative off at t = 0.4, bound unchanged)."""
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.randn(400, 48, generator=g)
+    field = kfm.EmpiricalFlow(atoms)
+    x, t = torch.randn(16, 48, generator=g), torch.full((16,), 0.4)
+    plain = field(x, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = field(x, t)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)

@@ -87,11 +87,24 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None,
         ``out`` when given, else a new (m, n) tensor.
     """
     if blas == "torch":
-        return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
+        return _mm_full_precision(a, b) if out is None else torch.mm(a, b, out=out)
     if out is None:
         out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype)
     _numpy_matmul(a.detach().numpy(), b.detach().numpy(), out.numpy(), torch.get_num_threads())
     return out
+
+
+def _mm_full_precision(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.mm in the inputs' dtype even inside ``torch.autocast``, which would run it in half
+    precision (exact quantities such as the EFM velocity must not change with the caller's context)."""
+    try:
+        autocast = torch.is_autocast_enabled(a.device.type)
+    except (TypeError, RuntimeError):  # an older torch, or a device type autocast does not know
+        autocast = False
+    if not autocast:
+        return torch.mm(a, b)
+    with torch.autocast(a.device.type, enabled=False):
+        return torch.mm(a, b)
 
 
 def _numpy_matmul(a, b, out, threads: int) -> None:
