@@ -94,6 +94,7 @@ def test_sets_with_no_more_samples_than_features_warn_of_the_bias():
     assert large.value < 1
 
 
+@pytest.mark.filterwarnings("ignore::kinetic_fm.checks.ValueRangeWarning")  # deliberately far-apart sets
 def test_precision_recall_constructed_cases():
     rng = np.random.default_rng(3)
     real = torch.from_numpy(rng.normal(size=(300, 4)))
@@ -290,6 +291,7 @@ def test_torchvision_backend_resizes_normalises_and_drops_the_classifier(tmp_pat
 
 # --- input validation (audit D1, D11, D13, C14) ----------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::kinetic_fm.checks.ValueRangeWarning")  # deliberately far-apart sets
 def test_precision_recall_refuses_rows_that_overflow_float32():
     # at scale 1e20 the float32 squared distances overflowed and (1.0, 1.0) came back silently
     g = torch.Generator().manual_seed(0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,6 +156,10 @@ def test_argument_checks():
     net = ClassNet()
     with pytest.raises(ValueError, match="labels must be a tensor"):
         ClassifierFreeGuidance(net, torch.tensor(1), 1.0, NULL)
+    with pytest.raises(ValueError, match="labels must be a tensor"):
+        ClassifierFreeGuidance(net, "0, 1", 1.0, NULL)
+    for given in ([0, 1], np.array([0, 1])):  # class indices as a list or an array, like a tensor
+        assert torch.equal(ClassifierFreeGuidance(net, given, 1.0, NULL).labels, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="does not broadcast"):
         ClassifierFreeGuidance(net, torch.zeros(2, 3), 1.0, torch.zeros(4))
     cfg = ClassifierFreeGuidance(net, torch.tensor([0, 1]), 1.0, NULL)

@@ -481,6 +481,7 @@ def test_nested_list_parquet_columns_are_flattened_row_by_row(tmp_path, case):
     assert torch.equal(load_array(tmp_path / "fixed.parquet"), case[0].flatten(1))
 
 
+@pytest.mark.filterwarnings("ignore::kinetic_fm.checks.ValueRangeWarning")  # deliberately far-apart sets
 @pytest.mark.parametrize("dtype", [torch.bool, torch.complex64])
 @pytest.mark.parametrize("side", ["samples", "train"])
 def test_non_real_inputs_are_refused_by_their_own_name(dtype, side):
@@ -521,6 +522,7 @@ def test_threshold_and_confidence_take_any_real_scalar(name):
 
 # --- input validation (audit D1, D13, C11) ---------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::kinetic_fm.checks.ValueRangeWarning")  # deliberately far-apart sets
 def test_huge_rows_are_refused_not_scored_zero():
     # at scale 1e20 the float32 squared distances overflowed and F_mem came out 0.0 silently
     g = torch.Generator().manual_seed(0)

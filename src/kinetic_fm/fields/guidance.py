@@ -43,7 +43,8 @@ class ClassifierFreeGuidance:
             net with another convention in the adapters of ``kinetic_fm.fields.adapters`` first
             (they pass ``y`` through).
         labels: the condition of each sample, a tensor with first dimension B (class indices
-            (B,), or embeddings (B, ...)). Row i of x is generated with ``labels[i]``.
+            (B,), or embeddings (B, ...); a list or NumPy array becomes a tensor). Row i of x is
+            generated with ``labels[i]``.
         scale: guidance scale w, any finite number.
         null_label: the "no condition" input: a number (filled into a tensor like ``labels``,
             e.g. the extra class index of DiT/SiT) or a tensor broadcastable to ``labels``.
@@ -70,6 +71,8 @@ class ClassifierFreeGuidance:
     ):
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
+        if isinstance(labels, (list, tuple)) or type(labels).__module__ == "numpy":
+            labels = torch.as_tensor(labels)  # class indices given as a list or a NumPy array
         if not isinstance(labels, torch.Tensor) or labels.dim() == 0:
             raise ValueError("labels must be a tensor with a batch dimension (B, ...)")
         scale = as_scalar(scale)
