@@ -15,7 +15,9 @@ def register(subparsers) -> None:
             ".pt (a tensor, loaded with weights_only=True), .parquet (a list column or the numeric "
             "columns), or a folder or .zip of images (PNG/JPEG, read as [-1, 1], one channel when all "
             "are grey); --train may also be a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, "
-            "folder:PATH, digits: its whole training split, in [-1, 1]). Rows are flattened."
+            "folder:PATH, digits: its whole training split, in [-1, 1]; celeba: grey, centred by the "
+            "mean image of all its faces, so a net kfm train trained on --n of them is audited against "
+            "its own subset: save load_celeba(PATH, n=N, seed=S).images to a .pt). Rows are flattened."
         ),
     )
     parser.add_argument("--samples", required=True,

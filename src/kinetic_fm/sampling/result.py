@@ -62,7 +62,9 @@ class SampleResult:
 
     def to_frame(self) -> "pd.DataFrame":
         """One row per sample: seed (when known), kpe, kpe_raw, early, late, peak, peak_time,
-        nfe, steps, nonfinite. Needs pandas."""
+        nfe, steps, nonfinite. Needs pandas. The per-sample arrays (``x``, ``profile``, ``times``)
+        stay on the result; ``kfm.per_sample_table`` takes extra columns such as
+        ``{"profile": list(res.profile.numpy())}``."""
         import pandas as pd
 
         n = len(self)

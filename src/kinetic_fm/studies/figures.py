@@ -184,8 +184,9 @@ def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any
         if inc.ndim == 1:
             inc = inc[None, :]
         if inc.ndim != 2 or t.size != inc.shape[1] + 1:
-            raise ValueError(f"profiles[{label!r}]: times must have shape (S + 1,) and increments (B, S); "
-                             f"got times {t.shape} and increments {inc.shape}")
+            raise ValueError(f"profiles[{label!r}]: times must have shape (S + 1,) and increments (B, S), one grid "
+                             f"for all samples (dopri5's per-sample grids are not drawn here); got times "
+                             f"{_array(times, name='times').shape} and increments {inc.shape}")
         summary = _power_summary(t, inc, positive=log_y, what=f"profiles[{label!r}] times")
         if summary is None:
             continue
