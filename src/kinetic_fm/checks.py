@@ -8,6 +8,10 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def is_integer(value) -> bool:
@@ -129,6 +133,27 @@ def _extent(array) -> tuple[float, float] | None:
     if values.size == 0 or values.dtype.kind not in "biuf":
         return None
     return float(values.min()), float(values.max())
+
+
+class VelocityOutputError(TypeError):
+    """A velocity, or the net inside an adapter, returned something other than a tensor."""
+
+
+def tensor_output(out: object, who: str = "velocity") -> torch.Tensor:
+    """``out`` if it is a tensor; else :class:`VelocityOutputError` saying how to get the tensor
+    out of what came back (a tuple, or a diffusers output object with ``.sample``)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(getattr(out, "sample", None), torch.Tensor):
+        hint = ("; a diffusers model returns an output object unless called with return_dict=False "
+                "(then take [0]), or take its .sample")
+    elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        hint = "; wrap the net to return its first element: lambda *a, **k: net(*a, **k)[0]"
+    else:
+        hint = "; wrap the net to return the velocity tensor"
+    raise VelocityOutputError(f"{who} must return a torch.Tensor, got {type(out).__name__}{hint}")
 
 
 def _shape(array) -> tuple[int, ...]:

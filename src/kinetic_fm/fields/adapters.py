@@ -31,8 +31,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..checks import as_scalar, check_flag, is_integer, is_real
-from ..sampling.guards import tensor_output
+from ..checks import as_scalar, check_flag, is_integer, is_real, tensor_output
 
 TIME_MODES = ("batch", "scalar", "shared")
 

@@ -17,9 +17,8 @@ from typing import Callable
 
 import torch
 
-from ..checks import as_scalar, check_flag, is_real
+from ..checks import as_scalar, check_flag, is_real, tensor_output
 from ..sampling.energy import squared_norm
-from ..sampling.guards import tensor_output
 from .adapters import batch_time
 
 

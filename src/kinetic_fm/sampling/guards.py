@@ -7,6 +7,8 @@ import warnings
 
 import torch
 
+from ..checks import VelocityOutputError, tensor_output
+
 
 class NonFiniteVelocityError(FloatingPointError):
     """The velocity field returned NaN or Inf.
@@ -73,25 +75,6 @@ def _dtype_hint(x: torch.Tensor) -> str:
     return (f"x is {x.dtype} on {x.device}{where}; make x0 in the network's dtype and device (kfm.sample's "
             "dtype= and device=), or keep x0 and convert inside the call, e.g. "
             "lambda x, t: net(x.to(net_dtype), t).to(x.dtype) (README: 'A network in reduced precision')")
-
-
-class VelocityOutputError(TypeError):
-    """A velocity, or the net inside an adapter, returned something other than a tensor."""
-
-
-def tensor_output(out: object, who: str = "velocity") -> torch.Tensor:
-    """``out`` if it is a tensor; else :class:`VelocityOutputError` saying how to get the tensor
-    out of what came back (a tuple, or a diffusers output object with ``.sample``)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(getattr(out, "sample", None), torch.Tensor):
-        hint = ("; a diffusers model returns an output object unless called with return_dict=False "
-                "(then take [0]), or take its .sample")
-    elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        hint = "; wrap the net to return its first element: lambda *a, **k: net(*a, **k)[0]"
-    else:
-        hint = "; wrap the net to return the velocity tensor"
-    raise VelocityOutputError(f"{who} must return a torch.Tensor, got {type(out).__name__}{hint}")
 
 
 def check_velocity_output(v: object, x: torch.Tensor) -> None:
