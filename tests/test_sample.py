@@ -770,6 +770,33 @@ def test_a_net_in_training_mode_warns_through_every_wrapper():
     assert torch.equal(c, d)
 
 
+def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objects():
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    net = _stochastic_net()
+
+    class Ensemble:  # nets in a dict, beside a long list the walk must not crawl through
+        def __init__(self):
+            self.nets, self.cache = {"main": net}, [torch.zeros(1)] * 100_000
+
+        def __call__(self, x, t):
+            return self.nets["main"](torch.cat([x, t[:, None]], 1))
+
+    with pytest.warns(TrainingModeWarning, match="Dropout"):
+        kfm.sample(Ensemble(), seeds=range(4), shape=(2,), steps=2)
+
+    class Proxy:  # its attributes cannot be listed: the check gives no advice, and sampling goes on
+        def __getattribute__(self, name):
+            if name == "__dict__":
+                raise RuntimeError("attributes are remote")
+            return object.__getattribute__(self, name)
+
+        def __call__(self, x, t):
+            return -x
+
+    assert kfm.sample(Proxy(), seeds=range(2), shape=(2,), steps=2).kpe.shape == (2,)
+
+
 def test_a_net_in_training_mode_without_stochastic_layers_does_not_warn():
     from kinetic_fm.sampling.guards import TrainingModeWarning
 

@@ -1,6 +1,7 @@
 """Input checks, the non-finite velocity error and the training-mode warning."""
 from __future__ import annotations
 
+import collections
 import functools
 import types
 import warnings
@@ -109,44 +110,56 @@ def _stochastic_layer(module: torch.nn.Module) -> bool:
 _NOT_HOLDERS = (torch.Tensor, str, bytes, int, float, bool, type, types.ModuleType)
 
 
-def _reachable_modules(root: object, limit: int = 256) -> list[torch.nn.Module]:
+def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> list[torch.nn.Module]:
     """The ``nn.Module``s a velocity callable holds: itself, the attributes of adapters and
-    guidance wrappers, a bound method's object, a partial's function and a closure's cells
-    and the globals a function names (a few levels deep; a module's own children come from
-    ``named_modules``)."""
-    found, seen, queue = [], set(), [(root, 0)]
-    while queue and len(seen) < limit:
-        obj, depth = queue.pop(0)
+    guidance wrappers, a bound method's object, a partial's function, a closure's cells, the
+    globals a function names and the first items of lists, tuples and dicts (four levels deep, at
+    most ``budget`` objects looked at; a module's own children come from ``named_modules``)."""
+    found, seen, queue = [], set(), collections.deque([(root, 0)])
+    while queue and budget > 0:
+        obj, depth = queue.popleft()
+        budget -= 1
         if id(obj) in seen or obj is None or isinstance(obj, _NOT_HOLDERS):
             continue
         seen.add(id(obj))
         if isinstance(obj, torch.nn.Module):
             found.append(obj)
             continue
-        if depth >= 4:
-            continue
-        children: list = []
-        if isinstance(obj, functools.partial):
-            children += [obj.func, *obj.args, *obj.keywords.values()]
-        if hasattr(obj, "__self__"):  # a bound method
-            children.append(obj.__self__)
-        code, names = getattr(obj, "__code__", None), getattr(obj, "__globals__", None)
-        if code is not None and names is not None:  # `lambda x, t: net(x, t)` with a global net
-            children += [names[n] for n in code.co_names if n in names]
-        call = getattr(type(obj), "__call__", None)
-        if hasattr(call, "__code__"):  # an instance of a Python class: what its __call__ refers to
-            children.append(call)
-        for cell in getattr(obj, "__closure__", None) or ():
+        if depth < 4:
+            try:
+                children = _held_objects(obj, fan_out)
+            except Exception:  # an exotic object (a proxy whose attribute access fails): not ours to judge
+                children = []
+            queue.extend((child, depth + 1) for child in children)
+    return found
+
+
+def _held_objects(obj: object, fan_out: int) -> list:
+    children: list = []
+    if isinstance(obj, functools.partial):
+        children += [obj.func, *obj.args[:fan_out], *list(obj.keywords.values())[:fan_out]]
+    if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
+        children.append(obj.__self__)
+    if isinstance(obj, types.FunctionType):
+        code, names = obj.__code__, obj.__globals__  # `lambda x, t: net(x, t)` with a global net
+        children += [names[n] for n in code.co_names[:fan_out] if n in names]
+        for cell in obj.__closure__ or ():
             try:
                 children.append(cell.cell_contents)
             except ValueError:  # an empty cell
                 pass
-        if isinstance(obj, (list, tuple)):
-            children += list(obj)
-        elif not callable(obj) or hasattr(obj, "__dict__") and not isinstance(obj, type):
-            children += [v for v in getattr(obj, "__dict__", {}).values()]
-        queue += [(child, depth + 1) for child in children]
-    return found
+        return children
+    if isinstance(obj, (list, tuple)):
+        return children + list(obj[:fan_out])
+    if isinstance(obj, dict):
+        return children + list(obj.values())[:fan_out]
+    call = getattr(type(obj), "__call__", None)
+    if isinstance(call, types.FunctionType):  # an instance of a Python class: what its __call__ names
+        children.append(call)
+    attributes = getattr(obj, "__dict__", None)
+    if isinstance(attributes, dict):
+        children += list(attributes.values())[:fan_out]
+    return children
 
 
 def warn_if_training(velocity: object, stacklevel: int = 3) -> None:
@@ -155,8 +168,11 @@ def warn_if_training(velocity: object, stacklevel: int = 3) -> None:
     statistics), so KPE changes between identical runs and with the batch's composition."""
     layers = []
     for module in _reachable_modules(velocity):
-        layers += [f"{type(m).__name__} at {name!r}" if name else type(m).__name__
-                   for name, m in module.named_modules() if _stochastic_layer(m)]
+        try:
+            layers += [f"{type(m).__name__} at {name!r}" if name else type(m).__name__
+                       for name, m in module.named_modules() if _stochastic_layer(m)]
+        except Exception:  # a module that cannot list its children: no advice rather than no sample
+            continue
     if layers:
         more = f" and {len(layers) - 3} more" if len(layers) > 3 else ""
         warnings.warn(
