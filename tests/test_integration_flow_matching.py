@@ -185,8 +185,10 @@ def test_argument_checks():
     with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
         solver.sample(x0, step_size=0.0, cond=cond)
     for step_size in (None, 0.1):  # with a step size torch.arange failed first, with its own words
-        with pytest.raises(ValueError, match="time_grid must run from 0 to 1 .*got 1 to 0"):
+        with pytest.raises(ValueError, match="time_grid must run from 0 to 1 .*got 1 to 0; .*generating direction"):
             solver.sample(x0, time_grid=torch.tensor([1.0, 0.0]), step_size=step_size, cond=cond)
+        with pytest.raises(ValueError, match=r"got 0.001 to 1$"):  # the right direction, another start
+            solver.sample(x0, time_grid=torch.tensor([1e-3, 1.0]), step_size=step_size, cond=cond)
     with pytest.raises(TypeError, match="velocity must be callable"):
         as_model_wrapper(None)
     for flag in ("return_intermediates", "enable_grad"):
@@ -202,3 +204,13 @@ def test_model_wrapper_accepts_a_constant_gain():
     t = torch.tensor(0.3, dtype=torch.float64)
     shaped = as_model_wrapper(field, shaping=lambda t_: 1.25)(x, t)
     torch.testing.assert_close(shaped, 1.25 * field(x, t.expand(3)), rtol=0, atol=1e-15)
+
+
+def test_a_training_mode_net_warns_at_the_callers_line():
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    for kwargs in ({"step_size": 0.5}, {"method": "dopri5"}):
+        with pytest.warns(TrainingModeWarning) as caught:
+            KineticODESolver(lambda x, t: net(x)).sample(torch.zeros(3, 2), **kwargs)
+        assert caught[0].filename == __file__

@@ -1,4 +1,5 @@
 """kfm.sample against analytic solutions, torchdiffeq, and a transcription of the reference loop."""
+import copy
 import math
 import warnings
 
@@ -795,6 +796,55 @@ def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objec
             return -x
 
     assert kfm.sample(Proxy(), seeds=range(2), shape=(2,), steps=2).kpe.shape == (2,)
+
+
+model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))  # a global training net, for the next test
+
+
+def test_an_attribute_spelled_like_a_global_training_net_is_not_that_net():
+    """A periodic-sampling loop: the EMA copy (eval) sits in `self.model` while a global `model`
+    trains. `co_names` lists attribute names too; only the globals a function loads count."""
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    class Held:
+        def __init__(self, net):
+            self.model = net
+
+        def __call__(self, x, t):
+            return self.model(x)
+
+    ema = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)
+        kfm.sample(Held(ema), seeds=range(3), shape=(2,), steps=2)
+    with pytest.warns(TrainingModeWarning) as caught:  # the global loaded inside a comprehension
+        kfm.sample(lambda x, t: torch.stack([model(row) for row in x]), seeds=range(3), shape=(2,), steps=2)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+
+
+def test_drop_path_label_dropout_and_batch_statistics_are_recognised():
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    class DropPath(nn.Module):  # timm's, and DiT's label embedder (dropout_prob), keep a float
+        def __init__(self, attribute):
+            super().__init__()
+            setattr(self, attribute, 0.1)
+
+        def forward(self, x):
+            return x
+
+    class Many:  # the net is the 41st attribute: every attribute is looked at
+        def __init__(self, net):
+            for i in range(40):
+                setattr(self, f"a{i}", i)
+            self.net = net
+
+        def __call__(self, x, t):
+            return self.net(x)
+
+    for layer in (DropPath("drop_prob"), DropPath("dropout_prob"), nn.BatchNorm1d(2, track_running_stats=False).eval()):
+        with pytest.warns(TrainingModeWarning, match=type(layer).__name__):
+            kfm.sample(Many(nn.Sequential(nn.Linear(2, 2), layer)), seeds=range(3), shape=(2,), steps=2)
 
 
 def test_a_net_in_training_mode_without_stochastic_layers_does_not_warn():

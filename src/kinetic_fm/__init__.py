@@ -15,7 +15,8 @@ from .sampling.grids import time_grid
 from .sampling.noise import noise
 from .sampling.sample import SampleResult, sample
 from .sampling.shaping import KTS
-from .sampling.guards import NonFiniteVelocityError
+from .checks import ValueRangeWarning
+from .sampling.guards import NonFiniteVelocityError, TrainingModeWarning
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ _LAZY = {
     "kde_log_density": "kinetic_fm.metrics.density",
     "frechet_distance": "kinetic_fm.metrics.fidelity",
     "precision_recall": "kinetic_fm.metrics.fidelity",
+    "FrechetBiasWarning": "kinetic_fm.metrics.fidelity",
     "spearman": "kinetic_fm.metrics.stats",
     "pearson": "kinetic_fm.metrics.stats",
     "compare_groups": "kinetic_fm.metrics.stats",
@@ -56,6 +58,8 @@ __all__ = [
     "KTS",
     "NonFiniteVelocityError",
     "SampleResult",
+    "TrainingModeWarning",
+    "ValueRangeWarning",
     "noise",
     "sample",
     "time_grid",

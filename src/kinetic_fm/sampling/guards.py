@@ -93,18 +93,25 @@ def check_velocity_output(v: object, x: torch.Tensor) -> None:
 
 
 class TrainingModeWarning(UserWarning):
-    """The velocity's network is in training mode with layers that are random (dropout) or
-    batch-dependent (batch norm) there, so samples and KPE are neither reproducible nor per sample."""
+    """The velocity's network has layers that are random (dropout, in training mode) or
+    batch-dependent (batch norm in training mode, or without running statistics), so samples and
+    KPE are neither reproducible nor per sample."""
+
+
+# attributes by which DiT/SiT's label embedder and timm's DropPath hold their drop probability
+_DROP_ATTRIBUTES = ("dropout_prob", "drop_prob", "drop_path_prob", "drop_rate")
 
 
 def _stochastic_layer(module: torch.nn.Module) -> bool:
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        return module.training or not module.track_running_stats  # batch statistics either way
     if not module.training:
         return False
     if isinstance(module, torch.nn.modules.dropout._DropoutNd):
         return module.p > 0
     if isinstance(module, torch.nn.MultiheadAttention):
         return module.dropout > 0
-    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    return any(isinstance(p := getattr(module, name, None), float) and p > 0 for name in _DROP_ATTRIBUTES)
 
 
 _NOT_HOLDERS = (torch.Tensor, str, bytes, int, float, bool, type, types.ModuleType)
@@ -112,9 +119,10 @@ _NOT_HOLDERS = (torch.Tensor, str, bytes, int, float, bool, type, types.ModuleTy
 
 def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> list[torch.nn.Module]:
     """The ``nn.Module``s a velocity callable holds: itself, the attributes of adapters and
-    guidance wrappers, a bound method's object, a partial's function, a closure's cells, the
-    globals a function names and the first items of lists, tuples and dicts (four levels deep, at
-    most ``budget`` objects looked at; a module's own children come from ``named_modules``)."""
+    guidance wrappers, a bound method's object and function, a partial's function, a closure's
+    cells, the globals a function loads, and the first ``fan_out`` items of lists, tuples and
+    dicts (four levels deep, at most ``budget`` objects looked at; a module's own children come
+    from ``named_modules``)."""
     found, seen, queue = [], set(), collections.deque([(root, 0)])
     while queue and budget > 0:
         obj, depth = queue.popleft()
@@ -134,50 +142,82 @@ def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> l
     return found
 
 
+def _loaded_globals(code: types.CodeType) -> set[str]:
+    """Names a function's code reads as globals (not attribute names such as ``self.model``, which
+    share ``co_names``), its nested code (comprehensions, inner lambdas) included."""
+    import dis
+
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _loaded_globals(const)
+    return names
+
+
 def _held_objects(obj: object, fan_out: int) -> list:
     children: list = []
     if isinstance(obj, functools.partial):
         children += [obj.func, *obj.args[:fan_out], *list(obj.keywords.values())[:fan_out]]
-    if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
+    if isinstance(obj, types.MethodType):
+        children += [obj.__self__, obj.__func__]
+    elif isinstance(obj, types.BuiltinMethodType):
         children.append(obj.__self__)
-    if isinstance(obj, types.FunctionType):
-        code, names = obj.__code__, obj.__globals__  # `lambda x, t: net(x, t)` with a global net
-        children += [names[n] for n in code.co_names[:fan_out] if n in names]
+    if isinstance(obj, types.FunctionType):  # `lambda x, t: net(x, t)` with a global net
+        children += [obj.__globals__[n] for n in sorted(_loaded_globals(obj.__code__)) if n in obj.__globals__]
         for cell in obj.__closure__ or ():
             try:
                 children.append(cell.cell_contents)
             except ValueError:  # an empty cell
                 pass
         return children
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, (list, tuple)):  # a long list (a dataset, a cache) is not where nets live
         return children + list(obj[:fan_out])
     if isinstance(obj, dict):
         return children + list(obj.values())[:fan_out]
     call = getattr(type(obj), "__call__", None)
-    if isinstance(call, types.FunctionType):  # an instance of a Python class: what its __call__ names
+    if isinstance(call, types.FunctionType):  # an instance of a Python class: what its __call__ loads
         children.append(call)
     attributes = getattr(obj, "__dict__", None)
     if isinstance(attributes, dict):
-        children += list(attributes.values())[:fan_out]
+        children += list(attributes.values())
     return children
 
 
-def warn_if_training(velocity: object, stacklevel: int = 3) -> None:
-    """Warn when a network inside ``velocity`` is in training mode with dropout or batch norm:
-    each call then draws new dropout masks or normalises by the batch (and updates the running
-    statistics), so KPE changes between identical runs and with the batch's composition."""
-    layers = []
+def _caller_outside_the_package() -> int:
+    """``stacklevel`` for a warning raised here that points at the first frame outside
+    kinetic_fm and torch's decorators (the user's call, however deep inside us it is raised)."""
+    import os
+    import sys
+
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    decorators = os.path.join("torch", "utils", "_contextlib.py")
+    frame, level = sys._getframe(2), 2  # stacklevel 1 is the function calling warnings.warn, 2 its caller
+    while frame is not None and (frame.f_code.co_filename.startswith(ours)
+                                 or frame.f_code.co_filename.endswith(decorators)):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_if_training(velocity: object) -> None:
+    """Warn when a network inside ``velocity`` has dropout or batch norm in training mode (or batch
+    norm without running statistics): each call then draws new dropout masks or normalises by the
+    batch (and updates the running statistics), so KPE changes between identical runs and with the
+    batch's composition. Layers that drop at random inside ``forward`` (``F.dropout``) are not seen."""
+    layers, listed = [], set()
     for module in _reachable_modules(velocity):
         try:
-            layers += [f"{type(m).__name__} at {name!r}" if name else type(m).__name__
-                       for name, m in module.named_modules() if _stochastic_layer(m)]
+            for name, m in module.named_modules():
+                if id(m) not in listed and _stochastic_layer(m):
+                    listed.add(id(m))
+                    layers.append(f"{type(m).__name__} at {name!r}" if name else type(m).__name__)
         except Exception:  # a module that cannot list its children: no advice rather than no sample
             continue
     if layers:
         more = f" and {len(layers) - 3} more" if len(layers) > 3 else ""
         warnings.warn(
-            f"the velocity's network is in training mode ({', '.join(layers[:3])}{more}): its samples and "
-            "KPE are random or depend on the batch, and batch norm updates its running statistics; "
-            "call net.eval() before sampling (kfm.sample leaves a module's mode as it is)",
-            TrainingModeWarning, stacklevel=stacklevel,
+            f"the velocity's network has random or batch-dependent layers active ({', '.join(layers[:3])}{more}): "
+            "its samples and KPE change between identical runs or with the batch, and batch norm in training "
+            "mode updates its running statistics; call net.eval() before sampling (kfm.sample leaves a "
+            "module's mode as it is)",
+            TrainingModeWarning, stacklevel=_caller_outside_the_package(),
         )

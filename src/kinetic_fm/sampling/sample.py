@@ -80,7 +80,7 @@ def sample(
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable as velocity(x, t), got {type(velocity).__name__}")
-    warn_if_training(velocity, stacklevel=4)  # past the no_grad wrapper, to the caller
+    warn_if_training(velocity)
     x0, seed_tuple = _initial_state(x0, seeds, shape, dtype, device)
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
