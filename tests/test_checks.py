@@ -93,15 +93,21 @@ def test_sets_on_different_value_scales_warn_and_one_scale_does_not():
     signed = torch.rand(30, 3, 4, 4) * 2 - 1                        # [-1, 1]
     with pytest.warns(ValueRangeWarning, match=r"samples spans \[0, 255\] .*uint8"):
         check_same_space(("samples", ((signed + 1) * 127.5).round().to(torch.uint8)), ("train", signed))
-    with pytest.warns(ValueRangeWarning, match="non-negative, the other signed"):
+    with pytest.warns(ValueRangeWarning, match=r"non-negative, the other spans about as far below zero"):
         check_same_space(("samples", signed.numpy()), ("train", (signed + 1) / 2))
+    unit = (signed + 1) / 2                                          # [0, 1] data, as ToTensor gives
     with warnings.catch_warnings():
         warnings.simplefilter("error", ValueRangeWarning)
         check_same_space(("samples", signed * 1.3), ("train", signed))             # an imperfect sampler
         check_same_space(("samples", torch.randn(30, 48) * 4), ("train", signed))  # noise against data
-        check_same_space(("samples", (signed + 1) / 2), ("train", (signed + 1) / 2 - 0.01))  # both [0, 1]
+        check_same_space(("noise", torch.randn(30, 48)), ("data", unit))           # a noise baseline, [0, 1]
+        check_same_space(("samples", unit + 0.5 * torch.randn(30, 3, 4, 4)), ("train", unit))  # early model
+        check_same_space(("samples", unit), ("train", unit - 0.01))                # both [0, 1]
         check_same_space(("samples", torch.zeros(3, 48)), ("train", signed))        # all zeros: no scale
         check_same_space(("samples", [[1.0, 2.0]]), ("train", ["a", "b"]))         # not numbers: skipped
+        many = torch.rand(10_000, 48) * 2 - 1
+        many[0] *= 30                                                               # one diverged sample
+        check_same_space(("samples", many), ("train", signed))
 
 
 @pytest.mark.filterwarnings("ignore::kinetic_fm.metrics.fidelity.FrechetBiasWarning")

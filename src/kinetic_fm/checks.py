@@ -85,12 +85,17 @@ class ValueRangeWarning(UserWarning):
 
 def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> None:
     """:func:`check_same_layout`, then warn (:class:`ValueRangeWarning`) when the two sets' values
-    look like different scales of one kind of data: one set's largest magnitude over 20 times the
-    other's (uint8 0..255 against [-1, 1]), or one set non-negative while the other reaches below
-    −½ of its largest magnitude ([0, 1] against [-1, 1]). Distances between such sets measure the
-    scale, not the items: exact copies of training images saved as uint8 gave F_mem = 0.
+    look like one kind of data on two scales. Each set's range is read as its 0.1 % and 99.9 %
+    quantiles (of up to 100,000 evenly strided values, so one outlier or a larger set does not
+    move it). Two patterns are flagged:
 
-    One pass over each set (min and max); sets that cannot be read as numbers are skipped.
+    - magnitudes over 20× apart: uint8 0..255 against [-1, 1];
+    - one set non-negative, up to s, the other reaching below −s/2 but not above 1.5·s: [0, 1]
+      against [-1, 1]. Gaussian noise, or an untrained model's samples, against [0, 1] data
+      spread above 1.5·s and pass.
+
+    Distances between such sets measure the scale, not the items: exact copies of training images
+    saved as uint8 gave F_mem = 0. Sets that cannot be read as numbers are skipped.
     """
     check_same_layout(first, second)
     (name_a, a), (name_b, b) = first, second
@@ -101,19 +106,28 @@ def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> N
     size_a, size_b = max(abs(lo_a), abs(hi_a)), max(abs(lo_b), abs(hi_b))
     if not (math.isfinite(size_a) and math.isfinite(size_b)) or size_a == 0 or size_b == 0:
         return
-    ranges = f"{name_a} spans [{lo_a:.4g}, {hi_a:.4g}] and {name_b} [{lo_b:.4g}, {hi_b:.4g}]"
+    ranges = (f"{name_a} spans [{lo_a:.4g}, {hi_a:.4g}] and {name_b} [{lo_b:.4g}, {hi_b:.4g}] "
+              "(0.1 % to 99.9 % quantiles)")
     hint = ("bring both to one scale first (images in [-1, 1]: x / 127.5 - 1 from uint8, 2x - 1 from [0, 1]); "
             "the distances would otherwise measure the scale, not the items")
+
+    def half_signed(lo_p, hi_p, size_p, lo_q, hi_q):  # p non-negative up to hi_p, q about [-hi_p, hi_p]
+        return lo_p >= -0.05 * size_p and hi_p > 0 and lo_q < -0.5 * hi_p and hi_q <= 1.5 * hi_p
+
     if max(size_a, size_b) > 20 * min(size_a, size_b):
         warnings.warn(f"{ranges}: magnitudes over 20x apart (uint8 against [-1, 1]?); {hint}",
                       ValueRangeWarning, stacklevel=3)
-    elif (lo_a >= -0.05 * size_a and lo_b < -0.5 * size_b) or (lo_b >= -0.05 * size_b and lo_a < -0.5 * size_a):
-        warnings.warn(f"{ranges}: one is non-negative, the other signed ([0, 1] against [-1, 1]?); {hint}",
-                      ValueRangeWarning, stacklevel=3)
+    elif half_signed(lo_a, hi_a, size_a, lo_b, hi_b) or half_signed(lo_b, hi_b, size_b, lo_a, hi_a):
+        warnings.warn(f"{ranges}: one is non-negative, the other spans about as far below zero "
+                      f"([0, 1] against [-1, 1]?); {hint}", ValueRangeWarning, stacklevel=3)
+
+
+_EXTENT_VALUES = 100_000
 
 
 def _extent(array) -> tuple[float, float] | None:
-    """(min, max) of a tensor or array of real numbers as floats; None when empty or not numeric."""
+    """The 0.1 % and 99.9 % quantiles of a tensor's or array's values (of at most 100,000 of them,
+    evenly strided), as floats; None when empty or not real numbers."""
     import numpy as np
 
     try:
@@ -122,21 +136,23 @@ def _extent(array) -> tuple[float, float] | None:
         if isinstance(array, torch.Tensor):
             if array.numel() == 0 or array.is_complex():
                 return None
-            values = array.detach()
-            if values.dtype == torch.bool:
-                values = values.to(torch.uint8)
-            lo, hi = torch.aminmax(values)
-            return float(lo), float(hi)
+            flat = array.detach().reshape(-1)
+            values = flat[:: max(1, flat.numel() // _EXTENT_VALUES)].to(torch.float64)
+            lo, hi = torch.quantile(values, values.new_tensor([0.001, 0.999])).tolist()
+            return lo, hi
         values = np.asarray(array)
     except (TypeError, ValueError, RuntimeError):
         return None
     if values.size == 0 or values.dtype.kind not in "biuf":
         return None
-    return float(values.min()), float(values.max())
+    flat = values.reshape(-1)
+    lo, hi = np.quantile(flat[:: max(1, flat.size // _EXTENT_VALUES)].astype(np.float64), [0.001, 0.999])
+    return float(lo), float(hi)
 
 
-class VelocityOutputError(TypeError):
-    """A velocity, or the net inside an adapter, returned something other than a tensor."""
+class VelocityOutputError(TypeError, ValueError):
+    """A velocity, or the net inside an adapter, returned something other than a tensor (a
+    TypeError, and a ValueError as the prediction adapters raised before)."""
 
 
 def tensor_output(out: object, who: str = "velocity") -> torch.Tensor:
