@@ -480,3 +480,4 @@ def test_a_wrapped_net_returning_a_container_is_named_with_the_way_out(case, hin
     with pytest.raises(TypeError, match=hint) as caught:
         kfm.sample(field, seeds=range(3), shape=(2,), steps=2, solver=solver)
     assert not any("ModelTX(net)" in note for note in getattr(caught.value, "__notes__", []))
+    assert isinstance(caught.value, ValueError)  # what the prediction adapters raised before

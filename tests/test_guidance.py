@@ -158,8 +158,12 @@ def test_argument_checks():
         ClassifierFreeGuidance(net, torch.tensor(1), 1.0, NULL)
     with pytest.raises(ValueError, match="labels must be a tensor"):
         ClassifierFreeGuidance(net, "0, 1", 1.0, NULL)
-    for given in ([0, 1], np.array([0, 1])):  # class indices as a list or an array, like a tensor
+    for given in ([0, 1], np.array([0, 1]), np.array([0, 1], dtype=np.uint8)):  # class indices: int64
         assert torch.equal(ClassifierFreeGuidance(net, given, 1.0, NULL).labels, torch.tensor([0, 1]))
+    embeddings = ClassifierFreeGuidance(net, np.random.rand(2, 3), 1.0, 0.0).labels  # NumPy's float64
+    assert embeddings.dtype == torch.get_default_dtype() and embeddings.shape == (2, 3)
+    rows = [torch.zeros(3), torch.ones(3)]                               # one embedding per sample
+    assert torch.equal(ClassifierFreeGuidance(net, rows, 1.0, 0.0).labels, torch.stack(rows))
     with pytest.raises(ValueError, match="does not broadcast"):
         ClassifierFreeGuidance(net, torch.zeros(2, 3), 1.0, torch.zeros(4))
     cfg = ClassifierFreeGuidance(net, torch.tensor([0, 1]), 1.0, NULL)

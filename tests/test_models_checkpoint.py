@@ -64,3 +64,26 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="junk.safetensors"):
         load_weights(tmp_path / "junk.safetensors")
+
+
+def test_the_weights_digest_ignores_header_order_and_refuses_broken_files(tmp_path):
+    import json
+    import struct
+
+    from kinetic_fm.models.checkpoint import weights_digest
+    from kinetic_fm.runs.manifest import sha256_file
+
+    path = tmp_path / "w.safetensors"
+    save_model(VelocityMLP((2,), hidden=4, depth=1), path)
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    flipped = json.dumps(dict(reversed(list(header.items()))), separators=(",", ":")).encode()
+    flipped += b" " * (-len(flipped) % 8)
+    other = tmp_path / "flipped.safetensors"
+    other.write_bytes(struct.pack("<Q", len(flipped)) + flipped + raw[8 + length:])
+    assert sha256_file(other) != sha256_file(path) and weights_digest(other) == weights_digest(path)
+    for bad in (struct.pack("<Q", 2**63) + raw[8:], struct.pack("<Q", len(raw)) + raw[8:], b"\x01\x02"):
+        path.write_bytes(bad)
+        with pytest.raises(ValueError, match="not a readable safetensors file"):
+            weights_digest(path)

@@ -42,7 +42,8 @@ class ClassifierFreeGuidance:
             net with another convention in the adapters of ``kinetic_fm.fields.adapters`` first
             (they pass ``y`` through).
         labels: the condition of each sample, a tensor with first dimension B (class indices
-            (B,), or embeddings (B, ...); a list or NumPy array becomes a tensor). Row i of x is
+            (B,), or embeddings (B, ...)). A list or NumPy array becomes a tensor: integers as
+            int64, reals in torch's default dtype, a list of tensors stacked. Row i of x is
             generated with ``labels[i]``.
         scale: guidance scale w, any finite number.
         null_label: the "no condition" input: a number (filled into a tensor like ``labels``,
@@ -70,8 +71,7 @@ class ClassifierFreeGuidance:
     ):
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
-        if isinstance(labels, (list, tuple)) or type(labels).__module__ == "numpy":
-            labels = torch.as_tensor(labels)  # class indices given as a list or a NumPy array
+        labels = _as_label_tensor(labels)
         if not isinstance(labels, torch.Tensor) or labels.dim() == 0:
             raise ValueError("labels must be a tensor with a batch dimension (B, ...)")
         scale = as_scalar(scale)
@@ -163,6 +163,20 @@ class ClassifierFreeGuidance:
 
 
 __all__ = ["ClassifierFreeGuidance", "GuidanceEnergies"]
+
+
+def _as_label_tensor(labels):
+    """Labels given as a list or a NumPy array, as the tensor a net expects: class indices int64
+    (nn.Embedding refuses uint8), embeddings in torch's default dtype (NumPy's float64 would
+    fail in a float32 net), a list of per-sample tensors stacked. Tensors pass unchanged."""
+    if isinstance(labels, (list, tuple)) and labels and all(isinstance(v, torch.Tensor) for v in labels):
+        return torch.stack(list(labels))
+    if not (isinstance(labels, (list, tuple)) or type(labels).__module__ == "numpy"):
+        return labels
+    out = torch.as_tensor(labels)
+    if out.dtype == torch.bool:
+        return out
+    return out.to(torch.int64) if not out.is_floating_point() else out.to(torch.get_default_dtype())
 
 
 def _null_labels(null_label, labels: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ loading such a pipeline, since diffusers only resolves custom components already
 from __future__ import annotations
 
 import dataclasses
-import functools
+import inspect
 import warnings
 from typing import Any, Callable
 
@@ -135,12 +135,14 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
             )
         super().save_config(*args, **kwargs)
 
-    # Pipelines read this method's signature to decide whether it takes ``sigmas=`` / ``timesteps=``
-    # (Flux always passes sigmas): wraps() gives it the base class's parameters.
-    @functools.wraps(FlowMatchEulerDiscreteScheduler.set_timesteps)
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        """The base class's ``set_timesteps`` (same arguments); also resets the energies."""
         super().set_timesteps(*args, **kwargs)
         self._reset_energy()
+
+    # Pipelines read this method's signature to decide whether it takes ``sigmas=`` / ``timesteps=``
+    # (Flux always passes sigmas): it shows the base class's parameters.
+    set_timesteps.__signature__ = inspect.signature(FlowMatchEulerDiscreteScheduler.set_timesteps)
 
     def _reset_energy(self) -> None:
         self.kpe = self.kpe_raw = self.profile = self.times = None

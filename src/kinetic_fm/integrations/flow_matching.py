@@ -117,10 +117,11 @@ class KineticODESolver:
         if not isinstance(time_grid, torch.Tensor) or time_grid.dim() != 1 or time_grid.numel() < 2:
             raise ValueError("time_grid must be a 1-D tensor from 0 to 1 with at least 2 points")
         time_grid = time_grid.detach().to("cpu", torch.float64)
-        if float(time_grid[0]) != 0.0 or float(time_grid[-1]) != 1.0:
+        start, end = float(time_grid[0]), float(time_grid[-1])
+        if start != 0.0 or end != 1.0:
             # ODESolver also integrates backwards (time_grid [1, 0], for inversion or likelihood)
-            raise ValueError(f"time_grid must run from 0 to 1 (noise to data), got {float(time_grid[0]):g} to "
-                             f"{float(time_grid[-1]):g}; kinetic_fm measures the generating direction only")
+            backwards = "; kinetic_fm measures the generating direction only" if start > end else ""
+            raise ValueError(f"time_grid must run from 0 to 1 (noise to data), got {start:g} to {end:g}{backwards}")
         if solver == "dopri5":
             if step_size is not None:
                 raise ValueError("step_size must be None for dopri5 (an adaptive method)")

@@ -96,10 +96,13 @@ def weights_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         if path.suffix == ".safetensors":
-            size = fh.read(8)
             try:
-                (length,) = struct.unpack("<Q", size)
+                (length,) = struct.unpack("<Q", fh.read(8))
+                if length > path.stat().st_size - 8:
+                    raise ValueError(f"its header claims {length} bytes, more than the file holds")
                 header = json.loads(fh.read(length))
+                if not isinstance(header, dict):
+                    raise ValueError("its header is not a JSON object")
             except (struct.error, ValueError) as err:
                 raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
             digest.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
