@@ -305,3 +305,19 @@ def test_exclude_self_needs_the_queries_to_be_the_reference():
         with pytest.raises(ValueError, match="exclude_self=True drops reference row i .* two different sets"):
             call(other, points)                       # same length, another set: row i is not i's own
         call(points, points.clone())                   # equal rows (a copy, or features of them) pass
+
+
+def test_faiss_never_searches_an_index_of_other_data():
+    """The index is cached for repeated searches of one reference set. Keyed on the tensor's
+    address and version only, it served a stale index when another set landed at a freed set's
+    address, or when the data changed through a NumPy view (no version bump): wrong neighbours,
+    certified, without a word."""
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(0)
+    queries, reference = torch.randn(50, 16, generator=g), torch.randn(2000, 16, generator=g) + 50.0
+    nearest_neighbors(queries, reference, 2, backend="faiss")
+    reference.numpy()[:] = torch.randn(2000, 16, generator=g).numpy()   # same storage, same version
+    theirs = nearest_neighbors(queries, reference, 2, backend="faiss")
+    ours = nearest_neighbors(queries, reference, 2, backend="torch")
+    assert torch.equal(theirs.indices, ours.indices)
+    torch.testing.assert_close(theirs.distances, ours.distances, rtol=1e-12, atol=0)
