@@ -322,3 +322,26 @@ def test_kde_reference_features_checked_against_reference_and_numpy_accepted(dat
         kde_log_density(x, y, 0.5, reference_features=bad)
     got = kde_log_density(x, y, 0.5, reference_features=y.numpy()).log_density
     np.testing.assert_allclose(got.numpy(), _brute_kde(x.numpy(), y.numpy(), 0.5), rtol=1e-9)
+
+
+def test_non_finite_rows_are_named_and_large_finite_rows_pass():
+    """as_features screens with row sums: NaN, ±inf and inf − inf rows are found exactly; a finite
+    float32 row whose sum overflows is a suspect, tested element-wise, and accepted."""
+    from kinetic_fm.metrics.features import as_features
+
+    x = torch.zeros(6, 4)
+    x[1, 2], x[3] = float("nan"), torch.tensor([float("inf"), -float("inf"), 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"samples has non-finite features in rows \[1, 3\]$"):
+        as_features(x, None, argument="samples")
+    big = torch.full((2, 4), 3e38)  # finite entries, overflowing row sum
+    assert torch.equal(as_features(big, None, argument="samples"), big)
+
+
+def test_scotts_rule_by_column_blocks_equals_the_whole_set_formula():
+    from kinetic_fm.metrics.density import scott_bandwidth
+
+    g = torch.Generator().manual_seed(0)
+    for n, dim in ((300, 7), (5000, 1000)):  # one block, and several (4M values per block)
+        y = torch.randn(n, dim, generator=g) * torch.linspace(0.1, 3, dim)
+        whole = y.double().var(dim=0).mean().sqrt().item() * n ** (-1.0 / (dim + 4))
+        assert scott_bandwidth(y) == pytest.approx(whole, rel=1e-14)
