@@ -321,9 +321,10 @@ def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas
     buffer = torch.empty(x_work.shape[0], min(chunk, n), dtype=dtype, device=xb.device)
     best_val = best_idx = None
     for c0 in range(0, n, chunk):
-        y_c = y[c0:c0 + chunk].to(dtype)                      # a no-op unless dtypes differ
-        if centre is not None:
-            y_c = y_c - centre
+        if centre is None:
+            y_c = y[c0:c0 + chunk].to(dtype)                  # a no-op unless dtypes differ
+        else:  # the subtraction promotes to the centre's dtype: one temporary, not a cast and a copy
+            y_c = (y[c0:c0 + chunk] - centre).to(dtype)
         scores = gemm.matmul(x_neg2, y_c.T, out=buffer[:, :y_c.shape[0]], blas=blas)
         scores.add_(y_sq[c0:c0 + chunk].to(dtype))
         if exclude_self:
@@ -452,10 +453,15 @@ class _Centred:
         return cls(centre, sq, float(sq.max().sqrt()) * (1 + 1e-3))
 
 
+# the float64 re-screening centres each reference chunk in a temporary: at most this many bytes
+_RESCREEN_BLOCK_BYTES = 64 << 20
+
+
 def _search_again(xs, y, centred, k, n_candidates, chunk, exclude_self, query_ids):
     """Queries whose screening failed its certificate: float64 screening about the reference
     mean, certified; any still uncertified, by direct differences against every row."""
-    cand, worst, u = _screen_gemm(xs, y, torch.float64, centred.sq_norms, n_candidates, chunk, exclude_self,
+    rows = min(chunk, max(256, _RESCREEN_BLOCK_BYTES // (8 * max(1, y.shape[1]))))  # 768 MiB at 16k x 3072
+    cand, worst, u = _screen_gemm(xs, y, torch.float64, centred.sq_norms, n_candidates, rows, exclude_self,
                                   query_ids, "torch", centre=centred.centre)
     d2, idx, ok = _rerank_and_certify(xs, y, cand, worst, k, u, centred.norm_max, centre=centred.centre)
     if not bool(ok.all()):
