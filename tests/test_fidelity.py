@@ -319,3 +319,17 @@ def test_precision_recall_bools_are_not_counts(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=rf"^{name} must"):
         precision_recall(torch.randn(10, 2), torch.randn(8, 2), **kwargs)
+
+
+def test_precision_recall_shows_progress_and_gives_the_same_answer(capsys):
+    g = torch.Generator().manual_seed(5)
+    real, fake = torch.randn(300, 6, generator=g), torch.randn(200, 6, generator=g) + 0.5
+    quiet = precision_recall(real, fake, k=3, chunk=64, batch_chunk=50)
+    capsys.readouterr()
+    shown = precision_recall(real, fake, k=3, chunk=64, batch_chunk=50, progress=True)
+    err = capsys.readouterr().err
+    assert "precision: fake in real balls" in err and "recall: real in fake balls" in err
+    assert (shown.precision, shown.recall) == (quiet.precision, quiet.recall)
+    assert torch.equal(shown.fake_in_real, quiet.fake_in_real)
+    with pytest.raises(ValueError, match="progress must be True or False"):
+        precision_recall(real, fake, progress="yes")

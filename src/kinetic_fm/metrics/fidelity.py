@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..blocks import block_size
-from ..checks import check_same_space, is_integer, positive_integer
+from ..checks import check_flag, check_same_space, is_integer, positive_integer
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
 from .neighbors import column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
@@ -262,7 +262,7 @@ def _exact_sq_distances(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _inside_any_ball(points: Tensor, centres: Tensor, radius_sq: Tensor, chunk: int,
-                     batch_chunk: int) -> Tensor:
+                     batch_chunk: int, progress: bool = False, desc: str = "balls") -> Tensor:
     """(B,) bool: is ``points[i]`` within ``radius_sq[j]`` (squared, exact) of some ``centres[j]``.
 
     The GEMM blocks decide every pair farther than their rounding bound from its ball's edge;
@@ -276,7 +276,12 @@ def _inside_any_ball(points: Tensor, centres: Tensor, radius_sq: Tensor, chunk: 
              + float(row_sq_norms(centres, torch.float64, centre=centre).max().sqrt()))
     slack = 2.0 * (points.shape[1] + 3) * u * reach.square()  # twice sq_distance_blocks' bound
     inside = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
+    from tqdm.auto import tqdm
+
+    blocks = -(-points.shape[0] // batch_chunk) * -(-centres.shape[0] // chunk)
+    bar = tqdm(total=blocks, desc=desc, unit="block", leave=False, disable=not progress)
     for q0, c0, d2 in sq_distance_blocks(points, centres, chunk=chunk, batch_chunk=batch_chunk):
+        bar.update(1)
         rows = slice(q0, q0 + d2.shape[0])
         # the block's largest slack: thresholds stay (columns,) vectors, no block-sized temporaries;
         # a wider band only sends a few more pairs to the exact check
@@ -289,12 +294,14 @@ def _inside_any_ball(points: Tensor, centres: Tensor, radius_sq: Tensor, chunk: 
             q, c = qi[s:s + step] + q0, cj[s:s + step] + c0
             hit = _exact_sq_distances(points[q], centres[c]) <= radius_sq[c]
             inside[q[hit]] = True
+    bar.close()
     return inside
 
 
-def _kth_neighbour_sq_radius(rows: Tensor, k: int, chunk: int, batch_chunk: int, name: str) -> Tensor:
+def _kth_neighbour_sq_radius(rows: Tensor, k: int, chunk: int, batch_chunk: int, name: str,
+                             progress: bool = False) -> Tensor:
     """(N,) float64 exact squared distance from each row to its k-th nearest other row."""
-    kth = nearest_neighbors(rows, rows, k, chunk=chunk, batch_chunk=batch_chunk,
+    kth = nearest_neighbors(rows, rows, k, chunk=chunk, batch_chunk=batch_chunk, progress=progress,
                             exclude_self=True, names=(name, name)).indices[:, -1]
     step = block_size(rows.device, 8 * rows.shape[1], rows.shape[0])
     return torch.cat([_exact_sq_distances(rows[r:r + step], rows[kth[r:r + step]])
@@ -304,7 +311,7 @@ def _kth_neighbour_sq_radius(rows: Tensor, k: int, chunk: int, batch_chunk: int,
 def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = None,
                      network: str | None = None, split: str | None = None,
                      preprocessing: str | None = None, chunk: int = 8192,
-                     batch_chunk: int = 1024) -> PrecisionRecall:
+                     batch_chunk: int = 1024, progress: bool = False) -> PrecisionRecall:
     """Improved precision and recall (Kynkäänniemi et al., 2019) with k-NN manifolds.
 
     Args:
@@ -313,6 +320,7 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
             (itself excluded); default 3 as in the paper.
         space, network, split, preprocessing: as in :func:`frechet_distance`.
         chunk, batch_chunk: GEMM block sizes.
+        progress: tqdm bars (on stderr) over the two k-NN searches and the two ball tests.
     """
     fs = feature_space(space)
     protocol = _protocol(fs, network, split, preprocessing)  # before the features and the search
@@ -331,10 +339,11 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     k = int(k)
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
     # overflow of squared distances (huge rows) is refused by nearest_neighbors, naming the set
-    fake_in_real = _inside_any_ball(f, r, _kth_neighbour_sq_radius(r, k, chunk, batch_chunk, "real"),
-                                    chunk, batch_chunk)
-    real_in_fake = _inside_any_ball(r, f, _kth_neighbour_sq_radius(f, k, chunk, batch_chunk, "fake"),
-                                    chunk, batch_chunk)
+    progress = check_flag("progress", progress)
+    fake_in_real = _inside_any_ball(f, r, _kth_neighbour_sq_radius(r, k, chunk, batch_chunk, "real", progress),
+                                    chunk, batch_chunk, progress, "precision: fake in real balls")
+    real_in_fake = _inside_any_ball(r, f, _kth_neighbour_sq_radius(f, k, chunk, batch_chunk, "fake", progress),
+                                    chunk, batch_chunk, progress, "recall: real in fake balls")
     return PrecisionRecall(float(fake_in_real.double().mean()), float(real_in_fake.double().mean()),
                            k, r.shape[0], f.shape[0], protocol,
                            fake_in_real, real_in_fake)
