@@ -161,7 +161,8 @@ class ModelTX(_Adapter):
         _check_time_mode(time)
         self.inner, self.time = model, time
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
         swapped = lambda x_, t_, *a, **k: self.inner(t_, x_, *a, **k)  # noqa: E731
         return _call_time_mode(swapped, self.time, x, t, args, kwargs)
 
@@ -204,7 +205,8 @@ class ModelXT(_Adapter):
                                      f"got {type(extras[name]).__name__}")
         self.inner, self.time, self.per_sample, self.extras = model, time, per_sample, extras
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
         if self.per_sample is None:
             return _call_time_mode(self.inner, self.time, x, t, args, {**self.extras, **kwargs})
         shared = {k: v for k, v in self.extras.items() if k not in self.per_sample}
@@ -256,7 +258,8 @@ class DiscreteTime(_Adapter):
         """int(t·(T − 1)) as int64, t clamped to [0, 1]."""
         return (t.clamp(0.0, 1.0) * (self.num_timesteps - 1)).to(torch.int64)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
         return self.inner(x, self.step_index(batch_time(t, x)), *args, **kwargs)
 
     def _describe(self) -> str:
@@ -287,7 +290,8 @@ class ReversedTime(_Adapter):
         flip_sign = check_flag("flip_sign", flip_sign)
         self.inner, self.timestep_scale, self.flip_sign = inner, float(timestep_scale), flip_sign
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
         sigma = 1.0 - batch_time(t, x)
         out = tensor_output(self.inner(x, sigma * self.timestep_scale, *args, **kwargs), "the wrapped net")
         return -out if self.flip_sign else out
@@ -340,7 +344,8 @@ class NoisePrediction(_Adapter):
                 t_min = max(t_min, (1.0 + 1e-6) / (inner.num_timesteps - 1))
         self.inner, self.t_min = inner, _check_clamp(t_min, "t_min")
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
         t = batch_time(t, x).clamp(min=self.t_min)
         noise = _prediction(self.inner(x, t, *args, **kwargs), x, "noise")
         return (x - noise) / _broadcast(t, x)
@@ -366,7 +371,8 @@ class DataPrediction(_Adapter):
         _check_callable(inner, "inner")
         self.inner, self.gap_min = inner, _check_clamp(gap_min, "gap_min")
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
         t = batch_time(t, x).clamp(max=1.0 - self.gap_min)
         data = _prediction(self.inner(x, t, *args, **kwargs), x, "data")
         return (data - x) / _broadcast(1.0 - t, x)

@@ -108,7 +108,8 @@ class GaussianTarget:
         self.mean = _location("mean", mean)
         self._placed = _Placed()
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """v(x, t): x (B, ...) float, t (B,) or one number in [0, 1]; (B, ...) in x's dtype."""
         tc = _time_column(t, x).to(x.dtype)
         _check_sample_shape("mean", self.mean, x)
         mu = self._placed("mean", self.mean, x.device, x.dtype)
@@ -140,7 +141,8 @@ class PointTarget:
         self.point = _location("point", point)
         self._placed = _Placed()
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """v(x, t): x (B, ...) float, t (B,) or one number in [0, 1]; (B, ...) in x's dtype."""
         tc = _time_column(t, x).to(x.dtype)
         _check_sample_shape("point", self.point, x)
         return (self._placed("point", self.point, x.device, x.dtype) - x) / (1 - tc)
@@ -176,7 +178,8 @@ class GaussianMixtureTarget:
         self.means, self.std, self.weights = means, float(std), w / w.sum()
         self._placed = _Placed()
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """v(x, t): x (B, ...) float, t (B,) or one number in [0, 1]; (B, ...) in x's dtype."""
         b = x.shape[0]
         tc = _time_column(t, x).to(torch.float64)
         s, rate = _scale(tc.reshape(b, 1), self.std)  # (B, 1)

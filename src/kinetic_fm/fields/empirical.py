@@ -544,6 +544,7 @@ class PosteriorRecorder:
         self._records: list[tuple[torch.Tensor, PosteriorDiagnostics, torch.Tensor | None]] = []
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The wrapped field's v*(x, t), (B, ...); this call's diagnostics are recorded."""
         out = self.field.evaluate(x, t)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float64).expand(x.shape[0])
         self._records.append((t, out.diagnostics, self._active))

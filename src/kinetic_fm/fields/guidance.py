@@ -109,7 +109,9 @@ class ClassifierFreeGuidance:
         self._energy_c: torch.Tensor | None = None
         self._energy_u: torch.Tensor | None = None
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """Guided v(x, t): x (B, ...), t (B,) or one number; (B, ...) in x's dtype (and, with
+        ``track_parts``, the part energies advance)."""
         batch = x.shape[0]
         if self.labels.shape[0] != batch:
             raise ValueError(

@@ -460,7 +460,8 @@ _RESCREEN_BLOCK_BYTES = 64 << 20
 def _search_again(xs, y, centred, k, n_candidates, chunk, exclude_self, query_ids):
     """Queries whose screening failed its certificate: float64 screening about the reference
     mean, certified; any still uncertified, by direct differences against every row."""
-    rows = min(chunk, max(256, _RESCREEN_BLOCK_BYTES // (8 * max(1, y.shape[1]))))  # 768 MiB at 16k x 3072
+    # the search's own chunk (16k rows) made two 384 MiB float64 temporaries at D = 3,072
+    rows = min(chunk, max(256, _RESCREEN_BLOCK_BYTES // (8 * max(1, y.shape[1]))))
     cand, worst, u = _screen_gemm(xs, y, torch.float64, centred.sq_norms, n_candidates, rows, exclude_self,
                                   query_ids, "torch", centre=centred.centre)
     d2, idx, ok = _rerank_and_certify(xs, y, cand, worst, k, u, centred.norm_max, centre=centred.centre)

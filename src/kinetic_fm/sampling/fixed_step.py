@@ -1,4 +1,4 @@
-"""One table-driven fixed-step integrator for euler, midpoint, heun and rk4."""
+"""One table-driven fixed-step integrator for euler, midpoint, heun, rk4 and rk4_38."""
 from __future__ import annotations
 
 import math

@@ -37,6 +37,8 @@ class SampleResult:
     steps:    accepted steps per sample: an int, or (B,) for dopri5.
     nonfinite: (B,) bool, samples whose velocity went NaN/Inf (only with on_nonfinite="flag";
               their energies are NaN); ``nonfinite_step`` the first such step, −1 if none.
+    solver, quadrature: as passed to ``kfm.sample``; split: the τ used for early/late.
+    seeds:    the B seeds x0 was drawn from, or None when x0 was given.
     """
 
     x: torch.Tensor
