@@ -107,7 +107,8 @@ class KTS:
         return eta / self._mean_gain if self.renormalize else eta
 
     def alpha(self, t: float) -> float:
-        """Launch boost α(t) for t < τ (0 elsewhere)."""
+        """Launch boost α(t) for t < τ (0 elsewhere); t one number in [0, 1] (for a tensor of times
+        use the gain itself: ``kts(t)`` is 1 + α(t) − β(t), divided by its mean under ``renormalize``)."""
         tau, a0, k = self.tau_split, self.alpha0, self.k
         if t >= tau:
             return 0.0
@@ -119,7 +120,7 @@ class KTS:
         return a0 * (math.exp(k * u) - 1.0) / (math.exp(k) - 1.0)
 
     def beta(self, t: float) -> float:
-        """Landing brake β(t) for t ≥ τ (0 elsewhere)."""
+        """Landing brake β(t) for t ≥ τ (0 elsewhere); t one number in [0, 1], as for ``alpha``."""
         tau, b0, k = self.tau_split, self.beta0, self.k
         if t < tau:
             return 0.0
