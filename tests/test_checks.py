@@ -108,6 +108,23 @@ def test_sets_on_different_value_scales_warn_and_one_scale_does_not():
         many = torch.rand(10_000, 48) * 2 - 1
         many[0] *= 30                                                               # one diverged sample
         check_same_space(("samples", many), ("train", signed))
+        a_few_inf = torch.rand(1000, 48)
+        a_few_inf.view(-1)[::400] = float("inf")                 # 0.25 %: the 99.9 % quantile is inf
+        check_same_space(("samples", a_few_inf), ("train", torch.rand(1000, 48)))
+
+
+def test_the_scale_check_reads_every_pixel_position_of_large_image_sets():
+    """50,000 MNIST-sized images hold 39.2M values; an even stride of numel // 100,000 = 392 read
+    pixels 0 and 392 of every image only, background in MNIST, and the uint8 trap went unseen."""
+    from kinetic_fm.checks import ValueRangeWarning, check_same_space
+
+    g = torch.Generator().manual_seed(0)
+    ink = torch.rand(50_000, 784, generator=g)
+    ink[:, [0, 392]] = 0.0                                   # background where the stride looked
+    with pytest.warns(ValueRangeWarning, match="uint8"):
+        check_same_space(("samples", ink), ("train", (ink * 255).to(torch.uint8)))
+    with pytest.warns(ValueRangeWarning, match="uint8"):  # a transposed NumPy array, read in place
+        check_same_space(("samples", ink.numpy().T), ("train", (ink.numpy().T * 255).astype(np.uint8)))
 
 
 @pytest.mark.filterwarnings("ignore::kinetic_fm.metrics.fidelity.FrechetBiasWarning")

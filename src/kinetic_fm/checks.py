@@ -85,9 +85,9 @@ class ValueRangeWarning(UserWarning):
 
 def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> None:
     """:func:`check_same_layout`, then warn (:class:`ValueRangeWarning`) when the two sets' values
-    look like one kind of data on two scales. Each set's range is read as its 0.1 % and 99.9 %
-    quantiles (of up to 100,000 evenly strided values, so one outlier or a larger set does not
-    move it). Two patterns are flagged:
+    look like one kind of data on two scales. Each set's range is read as the 0.1 % and 99.9 %
+    quantiles of its finite values (of up to 100,000 at seeded random positions, so one outlier or
+    a larger set does not move it). Two patterns are flagged:
 
     - magnitudes over 20× apart: uint8 0..255 against [-1, 1];
     - one set non-negative, up to s, the other reaching below −s/2 but not above 1.5·s: [0, 1]
@@ -126,8 +126,9 @@ _EXTENT_VALUES = 100_000
 
 
 def _extent(array) -> tuple[float, float] | None:
-    """The 0.1 % and 99.9 % quantiles of a tensor's or array's values (of at most 100,000 of them,
-    evenly strided), as floats; None when empty or not real numbers."""
+    """The 0.1 % and 99.9 % quantiles of a tensor's or array's finite values (of at most 100,000
+    of them at seeded random positions: an even stride can meet the same pixel of every image),
+    as floats; None when empty, not real numbers, or without a finite value."""
     import numpy as np
 
     try:
@@ -136,8 +137,15 @@ def _extent(array) -> tuple[float, float] | None:
         if isinstance(array, torch.Tensor):
             if array.numel() == 0 or array.is_complex():
                 return None
-            flat = array.detach().reshape(-1)
-            values = flat[:: max(1, flat.numel() // _EXTENT_VALUES)].to(torch.float64)
+            values = array.detach()
+            if values.numel() > _EXTENT_VALUES:  # picked by index: no copy of a strided array
+                g = torch.Generator().manual_seed(0)
+                where = torch.randint(values.numel(), (_EXTENT_VALUES,), generator=g).to(values.device)
+                values = values[torch.unravel_index(where, values.shape)] if values.dim() else values
+            values = values.reshape(-1).to(torch.float64)
+            values = values[torch.isfinite(values)]
+            if values.numel() == 0:
+                return None
             lo, hi = torch.quantile(values, values.new_tensor([0.001, 0.999])).tolist()
             return lo, hi
         values = np.asarray(array)
@@ -145,8 +153,13 @@ def _extent(array) -> tuple[float, float] | None:
         return None
     if values.size == 0 or values.dtype.kind not in "biuf":
         return None
-    flat = values.reshape(-1)
-    lo, hi = np.quantile(flat[:: max(1, flat.size // _EXTENT_VALUES)].astype(np.float64), [0.001, 0.999])
+    if values.size > _EXTENT_VALUES:
+        values = values.flat[np.random.default_rng(0).integers(values.size, size=_EXTENT_VALUES)]
+    values = values.reshape(-1).astype(np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    lo, hi = np.quantile(values, [0.001, 0.999])
     return float(lo), float(hi)
 
 
