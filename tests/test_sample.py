@@ -842,9 +842,18 @@ def test_drop_path_label_dropout_and_batch_statistics_are_recognised():
         def __call__(self, x, t):
             return self.net(x)
 
-    for layer in (DropPath("drop_prob"), DropPath("dropout_prob"), nn.BatchNorm1d(2, track_running_stats=False).eval()):
+    tent = nn.BatchNorm1d(2).eval()
+    tent.running_mean = tent.running_var = None  # test-time adaptation: batch statistics in eval
+    for layer in (DropPath("drop_prob"), DropPath("dropout_prob"), nn.BatchNorm1d(2, track_running_stats=False).eval(),
+                  tent):
         with pytest.warns(TrainingModeWarning, match=type(layer).__name__):
             kfm.sample(Many(nn.Sequential(nn.Linear(2, 2), layer)), seeds=range(3), shape=(2,), steps=2)
+    ModelOfX = lambda net: (lambda x, t: net(x))  # noqa: E731
+    trained = nn.BatchNorm1d(2).eval()
+    trained.track_running_stats = False  # the flag alone: eval still uses the running statistics
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)
+        kfm.sample(ModelOfX(nn.Sequential(nn.Linear(2, 2), trained)), seeds=range(3), shape=(2,), steps=2)
 
 
 def test_a_net_in_training_mode_without_stochastic_layers_does_not_warn():

@@ -103,8 +103,8 @@ _DROP_ATTRIBUTES = ("dropout_prob", "drop_prob", "drop_path_prob", "drop_rate")
 
 
 def _stochastic_layer(module: torch.nn.Module) -> bool:
-    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-        return module.training or not module.track_running_stats  # batch statistics either way
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):  # batch statistics, as torch decides
+        return module.training or (module.running_mean is None and module.running_var is None)
     if not module.training:
         return False
     if isinstance(module, torch.nn.modules.dropout._DropoutNd):
@@ -142,7 +142,8 @@ def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> l
     return found
 
 
-def _loaded_globals(code: types.CodeType) -> set[str]:
+@functools.lru_cache(maxsize=1024)
+def _loaded_globals(code: types.CodeType) -> frozenset[str]:
     """Names a function's code reads as globals (not attribute names such as ``self.model``, which
     share ``co_names``), its nested code (comprehensions, inner lambdas) included."""
     import dis
@@ -151,7 +152,7 @@ def _loaded_globals(code: types.CodeType) -> set[str]:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _loaded_globals(const)
-    return names
+    return frozenset(names)
 
 
 def _held_objects(obj: object, fan_out: int) -> list:
@@ -189,7 +190,7 @@ def _caller_outside_the_package() -> int:
     import os
     import sys
 
-    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
     decorators = os.path.join("torch", "utils", "_contextlib.py")
     frame, level = sys._getframe(2), 2  # stacklevel 1 is the function calling warnings.warn, 2 its caller
     while frame is not None and (frame.f_code.co_filename.startswith(ours)
@@ -218,6 +219,8 @@ def warn_if_training(velocity: object) -> None:
             f"the velocity's network has random or batch-dependent layers active ({', '.join(layers[:3])}{more}): "
             "its samples and KPE change between identical runs or with the batch, and batch norm in training "
             "mode updates its running statistics; call net.eval() before sampling (kfm.sample leaves a "
-            "module's mode as it is)",
+            "module's mode as it is; batch norm without running statistics normalises by the batch even "
+            "in eval). If the net you sample is another one, in eval, held beside a training net, "
+            "filter kfm.TrainingModeWarning",
             TrainingModeWarning, stacklevel=_caller_outside_the_package(),
         )
