@@ -160,10 +160,24 @@ def test_argument_checks():
         ClassifierFreeGuidance(net, "0, 1", 1.0, NULL)
     for given in ([0, 1], np.array([0, 1]), np.array([0, 1], dtype=np.uint8)):  # class indices: int64
         assert torch.equal(ClassifierFreeGuidance(net, given, 1.0, NULL).labels, torch.tensor([0, 1]))
-    embeddings = ClassifierFreeGuidance(net, np.random.rand(2, 3), 1.0, 0.0).labels  # NumPy's float64
-    assert embeddings.dtype == torch.get_default_dtype() and embeddings.shape == (2, 3)
     rows = [torch.zeros(3), torch.ones(3)]                               # one embedding per sample
     assert torch.equal(ClassifierFreeGuidance(net, rows, 1.0, 0.0).labels, torch.stack(rows))
+    small = [torch.tensor(0, dtype=torch.uint8), torch.tensor(1, dtype=torch.uint8)]
+    assert ClassifierFreeGuidance(net, small, 1.0, NULL).labels.dtype == torch.int64
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numpy_embeddings_follow_the_samples_dtype(dtype):
+    """NumPy's float64 embeddings failed in a float32 net; cast once at construction to float32,
+    they failed in a float64 net. They follow x's dtype at each call."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(DIM + 1 + 3, DIM).to(dtype)
+    model = lambda x, t, y: net(torch.cat([x, t[:, None], y], 1))  # noqa: E731
+    embeddings = np.random.default_rng(0).random((4, 3))
+    guided = ClassifierFreeGuidance(model, embeddings, 2.0, 0.0)
+    res = kfm.sample(guided, seeds=range(4), shape=(DIM,), steps=3, dtype=dtype)
+    same = ClassifierFreeGuidance(model, torch.as_tensor(embeddings, dtype=dtype), 2.0, 0.0)
+    assert torch.equal(res.kpe, kfm.sample(same, seeds=range(4), shape=(DIM,), steps=3, dtype=dtype).kpe)
     with pytest.raises(ValueError, match="does not broadcast"):
         ClassifierFreeGuidance(net, torch.zeros(2, 3), 1.0, torch.zeros(4))
     cfg = ClassifierFreeGuidance(net, torch.tensor([0, 1]), 1.0, NULL)

@@ -43,7 +43,7 @@ class ClassifierFreeGuidance:
             (they pass ``y`` through).
         labels: the condition of each sample, a tensor with first dimension B (class indices
             (B,), or embeddings (B, ...)). A list or NumPy array becomes a tensor: integers as
-            int64, reals in torch's default dtype, a list of tensors stacked. Row i of x is
+            int64, reals in x's dtype at each call, a list of tensors stacked. Row i of x is
             generated with ``labels[i]``.
         scale: guidance scale w, any finite number.
         null_label: the "no condition" input: a number (filled into a tensor like ``labels``,
@@ -71,7 +71,7 @@ class ClassifierFreeGuidance:
     ):
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
-        labels = _as_label_tensor(labels)
+        labels, self._labels_follow_x = _as_label_tensor(labels)
         if not isinstance(labels, torch.Tensor) or labels.dim() == 0:
             raise ValueError("labels must be a tensor with a batch dimension (B, ...)")
         scale = as_scalar(scale)
@@ -118,9 +118,10 @@ class ClassifierFreeGuidance:
                 f"x has {batch} rows but labels has {self.labels.shape[0]}; give one label per sample"
             )
         t = batch_time(t, x)
-        out = tensor_output(self.model(
-            torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.labels, self.null_labels])
-        ), "model")
+        labels = torch.cat([self.labels, self.null_labels])
+        if self._labels_follow_x:
+            labels = labels.to(x.dtype)
+        out = tensor_output(self.model(torch.cat([x, x]), torch.cat([t, t]), labels), "model")
         if out.shape[0] != 2 * batch:
             raise ValueError(f"model returned {out.shape[0]} rows for a doubled batch of {2 * batch}")
         v_c, v_u = out[:batch], out[batch:]
@@ -167,18 +168,20 @@ class ClassifierFreeGuidance:
 __all__ = ["ClassifierFreeGuidance", "GuidanceEnergies"]
 
 
-def _as_label_tensor(labels):
-    """Labels given as a list or a NumPy array, as the tensor a net expects: class indices int64
-    (nn.Embedding refuses uint8), embeddings in torch's default dtype (NumPy's float64 would
-    fail in a float32 net), a list of per-sample tensors stacked. Tensors pass unchanged."""
+def _as_label_tensor(labels) -> tuple[object, bool]:
+    """Labels given as a list or a NumPy array, as a tensor, and whether real ones should follow
+    x's dtype: class indices become int64 (nn.Embedding refuses uint8); embeddings are cast to
+    x's dtype at each call (NumPy's float64 would fail in a float32 net); a list of per-sample
+    tensors is stacked. Tensors pass unchanged."""
     if isinstance(labels, (list, tuple)) and labels and all(isinstance(v, torch.Tensor) for v in labels):
-        return torch.stack(list(labels))
-    if not (isinstance(labels, (list, tuple)) or type(labels).__module__ == "numpy"):
-        return labels
-    out = torch.as_tensor(labels)
-    if out.dtype == torch.bool:
-        return out
-    return out.to(torch.int64) if not out.is_floating_point() else out.to(torch.get_default_dtype())
+        out = torch.stack(list(labels))
+    elif isinstance(labels, (list, tuple)) or type(labels).__module__ == "numpy":
+        out = torch.as_tensor(labels)
+    else:
+        return labels, False
+    if out.is_floating_point():
+        return out, True
+    return (out if out.dtype == torch.bool else out.to(torch.int64)), False
 
 
 def _null_labels(null_label, labels: torch.Tensor) -> torch.Tensor:

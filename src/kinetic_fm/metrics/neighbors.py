@@ -378,30 +378,30 @@ def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
 
 
 _FAISS_CACHE: dict = {}
-_PROBE_ROWS = 256
 
 
 def _faiss_index(faiss, y: torch.Tensor):
     """A flat L2 index over ``y``, reused while the same data is passed again (the EFM field's
     truncated mode searches its atoms at every call).
 
-    The entry keeps ``y`` itself alive, so its memory cannot be freed and handed to another
-    tensor at the same address (a stale index then returned another set's neighbours, silently);
-    the key adds shape, strides, dtype and in-place version, and a copy of 256 strided rows must
-    still match, which catches writes that bypass the version counter (through a NumPy view).
-    One entry at a time: a new reference set replaces it (and releases the old one).
+    The entry keeps ``y`` itself alive (so the last reference set searched stays in memory until
+    another replaces it): its memory cannot be freed and handed to another tensor at the same
+    address, where a stale index returned another set's neighbours, certified. The key adds
+    shape, strides, dtype and in-place version; writes that bypass the version counter (through a
+    NumPy view or ``.data``) are caught by the float64 column sums, which must still match (one
+    pass over ``y``, cheaper than the search it guards).
     """
     key = (y.data_ptr(), tuple(y.shape), y.stride(), y.dtype, y.device, y._version)
-    probe = torch.arange(0, y.shape[0], max(1, y.shape[0] // _PROBE_ROWS), device=y.device)
+    sums = y.sum(dim=0, dtype=torch.float64)
     entry = _FAISS_CACHE.get(key)
-    if entry is not None and torch.equal(entry[2], y[probe]):
+    if entry is not None and torch.equal(entry[2], sums):
         return entry[0]
     import numpy as np
 
     _FAISS_CACHE.clear()
     index = faiss.IndexFlatL2(y.shape[1])
     index.add(np.ascontiguousarray(y.detach().cpu().to(torch.float32).numpy()))
-    _FAISS_CACHE[key] = (index, y, y[probe].clone())
+    _FAISS_CACHE[key] = (index, y, sums)
     return index
 
 
