@@ -79,8 +79,9 @@ def register(subparsers) -> None:
     r.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --out: keep complete shards, redo missing or broken ones")
-    r.add_argument("--shard-size", type=int, default=1000, help="samples per Parquet shard (default 1000); each shard is sampled on its "
-                        "own, so a shard smaller than --batch-size caps the batch (keep it a multiple)")
+    r.add_argument("--shard-size", type=int, default=1000,
+                   help="samples per Parquet shard (default 1000); each shard is sampled on its own, so a "
+                        "shard smaller than --batch-size caps the batch (keep it a multiple)")
     r.add_argument("--batch-size", type=int, default=256,
                    help="samples per sampler call (default 256); a memory setting: results do not depend on it, "
                         "beyond float32 round-off in a net's batched GEMMs, which under dopri5 can move "
@@ -303,7 +304,8 @@ def _warn_on_dopri5_batch_change(args) -> None:
     if started is not None and started != args.batch_size:
         warnings.warn(f"this dopri5 run of a net started with --batch-size {started}; with {args.batch_size}, "
                       "the net's round-off can move adaptive steps, so the samples computed now may differ "
-                      "from an uninterrupted run by dopri5's own error (about 1e-3 relative in KPE, more for a rough net), "
+                      "from an uninterrupted run by dopri5's own error (about 1e-3 relative in KPE, more "
+                      "for a rough net), "
                       f"not by round-off; resume with --batch-size {started} for an identical table",
                       stacklevel=2)
 

@@ -70,8 +70,8 @@ def _dtype_hint(x: torch.Tensor) -> str:
     """What to do when the velocity's network works in another dtype or on another device than x."""
     try:
         autocast = torch.is_autocast_enabled(x.device.type)
-    except TypeError:  # older torch: no device argument
-        autocast = torch.is_autocast_enabled()
+    except (TypeError, RuntimeError):  # older torch (no device argument), or a device autocast lacks
+        autocast = False
     where = (" (torch.autocast is on: it makes the network return a lower precision)" if autocast else "")
     return (f"x is {x.dtype} on {x.device}{where}; make x0 in the network's dtype and device (kfm.sample's "
             "dtype= and device=), or keep x0 and convert inside the call, e.g. "
