@@ -105,6 +105,7 @@ def test_sets_on_different_value_scales_warn_and_one_scale_does_not():
         check_same_space(("samples", unit), ("train", unit - 0.01))                # both [0, 1]
         check_same_space(("samples", torch.zeros(3, 48)), ("train", signed))        # all zeros: no scale
         check_same_space(("samples", [[1.0, 2.0]]), ("train", ["a", "b"]))         # not numbers: skipped
+        check_same_space(("samples", torch.rand(2, 3)), ("train", -torch.rand(2, 3)))  # too few values to judge
         many = torch.rand(10_000, 48) * 2 - 1
         many[0] *= 30                                                               # one diverged sample
         check_same_space(("samples", many), ("train", signed))

@@ -95,7 +95,8 @@ def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> N
       spread above 1.5·s and pass.
 
     Distances between such sets measure the scale, not the items: exact copies of training images
-    saved as uint8 gave F_mem = 0. Sets that cannot be read as numbers are skipped.
+    saved as uint8 gave F_mem = 0. Sets that cannot be read as numbers, or hold fewer than 64
+    finite values, are skipped.
     """
     check_same_layout(first, second)
     (name_a, a), (name_b, b) = first, second
@@ -123,12 +124,13 @@ def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> N
 
 
 _EXTENT_VALUES = 100_000
+_EXTENT_MIN_VALUES = 64  # a handful of values says little about a scale: six N(0, 1) draws can all be positive
 
 
 def _extent(array) -> tuple[float, float] | None:
     """The 0.1 % and 99.9 % quantiles of a tensor's or array's finite values (of at most 100,000
     of them at seeded random positions: an even stride can meet the same pixel of every image),
-    as floats; None when empty, not real numbers, or without a finite value."""
+    as floats; None when not real numbers or with fewer than 64 finite values."""
     import numpy as np
 
     try:
@@ -144,7 +146,7 @@ def _extent(array) -> tuple[float, float] | None:
                 values = values[torch.unravel_index(where, values.shape)] if values.dim() else values
             values = values.reshape(-1).to(torch.float64)
             values = values[torch.isfinite(values)]
-            if values.numel() == 0:
+            if values.numel() < _EXTENT_MIN_VALUES:
                 return None
             lo, hi = torch.quantile(values, values.new_tensor([0.001, 0.999])).tolist()
             return lo, hi
@@ -157,7 +159,7 @@ def _extent(array) -> tuple[float, float] | None:
         values = values.flat[np.random.default_rng(0).integers(values.size, size=_EXTENT_VALUES)]
     values = values.reshape(-1).astype(np.float64)
     values = values[np.isfinite(values)]
-    if values.size == 0:
+    if values.size < _EXTENT_MIN_VALUES:
         return None
     lo, hi = np.quantile(values, [0.001, 0.999])
     return float(lo), float(hi)
