@@ -137,25 +137,21 @@ def _extent(array) -> tuple[float, float] | None:
         import torch
 
         if isinstance(array, torch.Tensor):
-            if array.numel() == 0 or array.is_complex():
+            if array.is_complex():
                 return None
             values = array.detach()
-            if values.numel() > _EXTENT_VALUES:  # picked by index: no copy of a strided array
+            if values.numel() > _EXTENT_VALUES:  # picked by index: no copy of a strided tensor
                 g = torch.Generator().manual_seed(0)
                 where = torch.randint(values.numel(), (_EXTENT_VALUES,), generator=g).to(values.device)
-                values = values[torch.unravel_index(where, values.shape)] if values.dim() else values
-            values = values.reshape(-1).to(torch.float64)
-            values = values[torch.isfinite(values)]
-            if values.numel() < _EXTENT_MIN_VALUES:
-                return None
-            lo, hi = torch.quantile(values, values.new_tensor([0.001, 0.999])).tolist()
-            return lo, hi
-        values = np.asarray(array)
+                values = values[torch.unravel_index(where, values.shape)]
+            values = values.reshape(-1).to(torch.float64).cpu().numpy()
+        else:
+            values = np.asarray(array)
     except (TypeError, ValueError, RuntimeError):
         return None
-    if values.size == 0 or values.dtype.kind not in "biuf":
+    if values.dtype.kind not in "biuf":
         return None
-    if values.size > _EXTENT_VALUES:
+    if values.size > _EXTENT_VALUES:  # as above, for arrays (ndarray.flat reads in place)
         values = values.flat[np.random.default_rng(0).integers(values.size, size=_EXTENT_VALUES)]
     values = values.reshape(-1).astype(np.float64)
     values = values[np.isfinite(values)]

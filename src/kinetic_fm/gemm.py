@@ -94,14 +94,19 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None,
     return out
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type`` here (False for a device type autocast
+    does not know, or a torch whose ``is_autocast_enabled`` takes no device)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except (TypeError, RuntimeError):
+        return False
+
+
 def _mm_full_precision(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """torch.mm in the inputs' dtype even inside ``torch.autocast``, which would run it in half
     precision (exact quantities such as the EFM velocity must not change with the caller's context)."""
-    try:
-        autocast = torch.is_autocast_enabled(a.device.type)
-    except (TypeError, RuntimeError):  # an older torch, or a device type autocast does not know
-        autocast = False
-    if not autocast:
+    if not autocast_enabled(a.device.type):
         return torch.mm(a, b)
     with torch.autocast(a.device.type, enabled=False):
         return torch.mm(a, b)

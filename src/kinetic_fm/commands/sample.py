@@ -167,7 +167,8 @@ def _model_target(path: str, shape_arg: str | None, resume_dir: str | None = Non
     else:
         raise ValueError(f"--model {path} does not record its sample shape; give --shape C,H,W")
     digest = weights_digest(weights)
-    stored = _stored_identity(resume_dir).get("weights_sha256") if resume_dir else None
+    manifest = _stored_manifest(resume_dir) if resume_dir else None
+    stored = manifest.identity.get("weights_sha256") if manifest is not None else None
     if stored is not None and stored != digest and stored == sha256_file(weights):
         digest = stored  # a run started before the digest ignored header order: same file, same run
     identity = {"kind": getattr(net, "kind", type(net).__name__), "weights_sha256": digest}
@@ -279,13 +280,15 @@ def _validate(args) -> None:
         raise ValueError("--field point is singular at t = 1, where dopri5 evaluates; use a fixed-step --solver")
 
 
-def _stored_identity(run_dir: str) -> dict:
+def _stored_manifest(run_dir: str):
+    """The manifest of the run in ``run_dir``, or None (no run yet, or a damaged manifest, which
+    run_sharded then reports)."""
     from ..runs import read_manifest
 
     try:
-        return dict(read_manifest(run_dir).identity)
+        return read_manifest(run_dir)
     except (OSError, ValueError):
-        return {}  # no run yet, or a damaged manifest: run_sharded reports it
+        return None
 
 
 def _warn_on_dopri5_batch_change(args) -> None:
@@ -293,14 +296,10 @@ def _warn_on_dopri5_batch_change(args) -> None:
     adaptive steps: its numbers then change by up to dopri5's own error, not by round-off."""
     import warnings
 
-    from ..runs import read_manifest
-
     if not (args.resume and args.model and args.solver == "dopri5"):
         return
-    try:
-        started = read_manifest(args.out).runtime.get("batch_size")
-    except (OSError, ValueError):
-        return  # no run yet, or a damaged manifest: run_sharded reports it
+    manifest = _stored_manifest(args.out)
+    started = manifest.runtime.get("batch_size") if manifest is not None else None
     if started is not None and started != args.batch_size:
         warnings.warn(f"this dopri5 run of a net started with --batch-size {started}; with {args.batch_size}, "
                       "the net's round-off can move adaptive steps, so the samples computed now may differ "

@@ -201,8 +201,8 @@ def scott_bandwidth(reference: Tensor) -> float:
         raise ValueError("Scott's rule needs at least 2 references")
     if dim < 1:
         raise ValueError("Scott's rule needs at least one feature, got references of 0 features")
-    # column blocks of about 4M values: a float64 copy of a whole CIFAR training set is 1.2 GiB
-    step = max(1, (1 << 22) // n)
+    # column blocks in the block budget: a float64 copy of a whole CIFAR training set is 1.2 GiB
+    step = block_size(reference.device, 8 * n, dim)
     total = sum(float(reference[:, c0:c0 + step].to(torch.float64).var(dim=0).sum())
                 for c0 in range(0, dim, step))
     sigma = math.sqrt(total / dim)

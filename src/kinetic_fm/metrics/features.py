@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..checks import positive_integer
+from .neighbors import nonfinite_rows
 
 FeatureFn = Callable[[Tensor], Tensor]
 SpaceLike = Union[None, "FeatureSpace", torch.nn.Module, FeatureFn]
@@ -162,12 +163,8 @@ def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x") -> Tens
         feats = feats.to(torch.float32 if exact_in_float32 else torch.float64)
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise ValueError(f"{argument} must hold at least one sample, got shape {tuple(feats.shape)}")
-    # row sums screen for NaN/inf without an element-wise mask of the whole set (1 GiB of
-    # temporaries for 50,000 CIFAR images); rows whose sum is not finite are then tested exactly
-    suspects = (~torch.isfinite(feats.sum(dim=1))).nonzero().flatten()
-    if suspects.numel():
-        bad = suspects[~torch.isfinite(feats[suspects]).all(dim=1)]
-        if bad.numel():
-            raise ValueError(f"{argument} has non-finite features in rows {bad[:10].tolist()}"
-                             f"{' ...' if bad.numel() > 10 else ''}")
+    bad = nonfinite_rows(feats)  # row sums first: no element-wise mask of the whole set
+    if bad.numel():
+        raise ValueError(f"{argument} has non-finite features in rows {bad[:10].tolist()}"
+                         f"{' ...' if bad.numel() > 10 else ''}")
     return feats

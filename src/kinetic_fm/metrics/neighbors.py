@@ -115,25 +115,28 @@ def check_same_rows(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) 
                          "another set, leave exclude_self off)")
 
 
-def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
-    """Raise ValueError naming ``name`` and the first offending row when ``tensor`` has NaN/inf.
+def nonfinite_rows(tensor: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """Indices (increasing, int64) of the rows of ``tensor`` that hold NaN or ±inf.
 
     A row holding NaN or ±inf has a non-finite sum, so row sums screen the tensor in one
-    reduction (20x faster than an element-wise test on the CPU); only rows whose sum is not
-    finite, which includes finite rows whose sum overflows, are tested element by element.
+    reduction (20x faster than an element-wise test on the CPU, and without an element-wise
+    mask of the whole set: 1 GiB for 50,000 CIFAR-10 images); only rows whose sum is not finite,
+    which includes finite rows whose sum overflows, are tested element by element.
     """
-    if tensor.is_floating_point() and tensor.shape[0] > 0:
-        flat = tensor.reshape(tensor.shape[0], -1)
-        suspects = (~torch.isfinite(flat.sum(dim=1))).nonzero().flatten()
-        bad = torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)
-        for r0 in range(0, suspects.numel(), rows):
-            ids = suspects[r0:r0 + rows]
-            bad[ids] = ~torch.isfinite(flat[ids]).all(dim=1)
-        if bool(bad.any()):
-            where = bad.nonzero().flatten()
-            raise ValueError(
-                f"{name} contains NaN or inf in {where.numel()} row(s), first at row {int(where[0])}"
-            )
+    if not tensor.is_floating_point() or tensor.shape[0] == 0:
+        return torch.empty(0, dtype=torch.int64, device=tensor.device)
+    flat = tensor.reshape(tensor.shape[0], -1)
+    suspects = (~torch.isfinite(flat.sum(dim=1))).nonzero().flatten()
+    bad = [ids[~torch.isfinite(flat[ids]).all(dim=1)] for ids in suspects.split(rows)]
+    return torch.cat(bad) if bad else suspects
+
+
+def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
+    """Raise ValueError naming ``name`` and the first offending row when ``tensor`` has NaN/inf
+    (screened by :func:`nonfinite_rows`)."""
+    where = nonfinite_rows(tensor, rows)
+    if where.numel():
+        raise ValueError(f"{name} contains NaN or inf in {where.numel()} row(s), first at row {int(where[0])}")
 
 
 def magnitude_limit(dtype: torch.dtype, dim: int) -> float:

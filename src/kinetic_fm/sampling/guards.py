@@ -9,6 +9,7 @@ import warnings
 import torch
 
 from ..checks import VelocityOutputError, tensor_output
+from ..gemm import autocast_enabled
 
 
 class NonFiniteVelocityError(FloatingPointError):
@@ -68,11 +69,8 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def _dtype_hint(x: torch.Tensor) -> str:
     """What to do when the velocity's network works in another dtype or on another device than x."""
-    try:
-        autocast = torch.is_autocast_enabled(x.device.type)
-    except (TypeError, RuntimeError):  # older torch (no device argument), or a device autocast lacks
-        autocast = False
-    where = (" (torch.autocast is on: it makes the network return a lower precision)" if autocast else "")
+    where = (" (torch.autocast is on: it makes the network return a lower precision)"
+             if autocast_enabled(x.device.type) else "")
     return (f"x is {x.dtype} on {x.device}{where}; make x0 in the network's dtype and device (kfm.sample's "
             "dtype= and device=), or keep x0 and convert inside the call, e.g. "
             "lambda x, t: net(x.to(net_dtype), t).to(x.dtype) (README: 'A network in reduced precision')")
