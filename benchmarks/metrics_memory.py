@@ -5,8 +5,9 @@ The thirteenth session replaced four passes that made temporaries the size of th
 - the set metrics' non-finite check (``as_features``) against ``torch.isfinite(x).all()``;
 - Scott's bandwidth rule by column blocks against ``x.double().var(dim=0)``;
 - the faiss cache's column sums in the set's dtype against ``x.sum(dim=0, dtype=torch.float64)``;
-- the float64 re-screening of uncertified queries (EFM's truncated search at small t) in chunks of
-  at most 64 MiB against the search's own 16,384-row chunks.
+- the float64 re-screening of uncertified queries (``nearest_neighbors`` of x/t at small t, the
+  search EFM's truncated mode made before the fourteenth session and its faiss backend still makes)
+  in chunks of at most 64 MiB against the search's own 16,384-row chunks.
 
     python benchmarks/metrics_memory.py            # 50,000 x 3,072 float32 (CIFAR-10 sized)
     python benchmarks/metrics_memory.py --quick    # 10,000 x 3,072
@@ -52,18 +53,17 @@ def _measure(case: str, variant: str, rows: int, dim: int) -> dict:
     elif case == "column_sums":
         work = (lambda: x.sum(dim=0)) if variant == "ours" else (lambda: x.sum(dim=0, dtype=torch.float64))
     elif case == "rescreen":
-        import kinetic_fm as kfm
         from kinetic_fm.metrics import neighbors
 
         if variant == "naive":
             neighbors._RESCREEN_BLOCK_BYTES = 1 << 60  # the search's own chunk, as before
-        field = kfm.EmpiricalFlow(x, truncate=16)
         queries = torch.randn(16, dim, generator=torch.Generator().manual_seed(1))
 
         def work():
             for t in (0.2, 0.35):
-                field.evaluate(queries * (1 - t) + t * x[:16], torch.full((16,), t))
-        field.evaluate(queries, torch.full((16,), 0.9))  # the field's own first-call allocations
+                x_t = queries * (1 - t) + t * x[:16]
+                neighbors.nearest_neighbors(x_t.double() / t, x, 16, check_inputs=False)
+        neighbors.nearest_neighbors(queries.double(), x, 16, check_inputs=False)  # first-call allocations
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the peak resident size (VmHWM) to the current one
     before = _resident_mib("VmRSS")

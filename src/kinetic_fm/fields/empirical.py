@@ -45,10 +45,17 @@ stage at t = 1 would multiply the predictor's small miss of an atom
 by 1/eps. Euler and midpoint never evaluate at t = 1; dopri5 stages and user grids can come
 arbitrarily close (dopri5's error control rejects steps that the clamp spoils).
 
-Truncated mode (``truncate=k``) keeps only the k atoms with the largest logits — the exact k
-nearest neighbours of x/t (:func:`kinetic_fm.nearest_neighbors`, or faiss) — and reports, per
-sample and per call, a bound on the posterior mass it drops: every dropped atom has ℓ ≤ ℓ_(k), so
-the dropped mass is at most R/(1 + R) with R = (N − k)·exp(ℓ_(k) − logsumexp(ℓ_top-k)).
+Truncated mode (``truncate=k``) keeps at most k atoms per query, and reports, per sample and per
+call, a bound on the posterior mass it drops. After the same screening GEMM, a query with at most
+k candidates (step 2) is re-scored exactly over them, as in step 3 (dropped mass < N·e^(−cutoff));
+otherwise its k largest screened logits are kept and re-scored exactly. A dropped atom j then has
+ℓ̃_j ≤ ℓ̃_(k), so ℓ_j ≤ ℓ_(k) + 2e and ℓ_j ≤ ℓ_b + (ℓ̃_(k) − ℓ̃_b) + 2e (ℓ_(k), ℓ_b the exact
+logits of the last and the first kept atom), and the dropped mass is at most R/(1 + R) with
+R = (N − k)·exp(min of those bounds − logsumexp(ℓ_kept)). The kept atoms are the exact k nearest
+neighbours of x/t up to near-ties within 2e of the k-th, which the bound covers. It skips step 4's
+second product and exponentials; the screening GEMM is the same. With ``backend="faiss"`` the k
+atoms come from a faiss search of x/t instead (:func:`kinetic_fm.nearest_neighbors`), and
+R = (N − k)·exp(ℓ_(k) − logsumexp(ℓ_kept)).
 """
 from __future__ import annotations
 
@@ -146,8 +153,10 @@ class EmpiricalFlow:
             above it is re-scored exactly whatever its number of candidates (see module docs).
         cutoff: log-weight gap below which atoms are neglected; default ln N + 36 (float64 atoms)
             or ln N + 20 (float32).
-        truncate: keep only the k largest-logit atoms per query (None: all N).
-        backend: nearest-neighbour backend for truncated mode, "torch" or "faiss".
+        truncate: keep at most k atoms per query, those of largest logit (None: all N); see
+            the module docs for the bound on the mass dropped.
+        backend: how truncated mode picks its atoms: "torch" from the screening GEMM's logits,
+            "faiss" by a faiss search of x/t.
 
     ``field(x, t)`` takes x (B, ...) with the training tensor's trailing shape and t (B,) (or a
     scalar) and returns v*(x, t) with x's shape, dtype and device. A row's velocity depends on
@@ -327,8 +336,8 @@ class EmpiricalFlow:
 
     def _solve_moving(self, x, t, top_k, blas):
         """:meth:`_solve` for rows with t > 0; ``blas`` runs the products (:mod:`kinetic_fm.gemm`)."""
-        if self.truncate:
-            return self._solve_truncated(x, t, top_k)
+        if self.truncate and self.backend == "faiss":
+            return self._solve_truncated_by_search(x, t, top_k)
         parts = [self._solve_block(x[b0:b0 + self.batch_chunk], t[b0:b0 + self.batch_chunk], top_k, blas)
                  for b0 in range(0, x.shape[0], self.batch_chunk)]
         if len(parts) == 1:
@@ -354,24 +363,42 @@ class EmpiricalFlow:
             gemm.matmul(xa, self.atoms[c0:c0 + self.chunk].T, out=scores[:, c0:c0 + self.chunk], blas=blas)
         return scores.addr_(c.to(dtype), self._sq_norms, alpha=-1.0)
 
+    def _logit_error_bound(self, x, a, c):
+        """(b,) float64 bound e on each query's screened-logit error (module docs, step 1)."""
+        x_norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)
+        u = unit_roundoff(self.atoms.dtype, x.device)      # read per call: TF32 may be switched on later
+        return (self.dim + 4) * u * (a * x_norm * self._norm_max + c * self._norm_max ** 2)
+
     def _solve_block(self, x, t, top_k, blas):
         b = x.shape[0]
         one_minus, a, c = self._coefficients(t)
         scores = self._screen(x, a, c, blas)
         best = scores.amax(dim=1)
-        x_norm = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)
-        u = unit_roundoff(self.atoms.dtype, x.device)      # read per call: TF32 may be switched on later
-        bound = (self.dim + 4) * u * (a * x_norm * self._norm_max + c * self._norm_max ** 2)
+        bound = self._logit_error_bound(x, a, c)
         threshold = best.double() - self.cutoff - 2.0 * bound
         limit = threshold.to(scores.dtype)[:, None]
         count = sum((block >= limit).sum(dim=1) for block in _column_blocks(scores))
-        exact = (count <= self.exact_max) | (bound > self.max_logit_error)
+        if self.truncate:   # every candidate when they are few, else the k best screened ones
+            exact = count <= self.truncate
+        else:
+            exact = (count <= self.exact_max) | (bound > self.max_logit_error)
 
         ybar = torch.empty(b, self.dim, dtype=torch.float64, device=x.device)
         max_w = torch.empty(b, dtype=torch.float64, device=x.device)
         entropy = torch.empty_like(max_w)
+        neglected = torch.full_like(bound, min(1.0, self.n * math.exp(-self.cutoff)))
         top_w = torch.zeros(b, top_k, dtype=torch.float64, device=x.device)
         top_i = torch.zeros(b, top_k, dtype=torch.int64, device=x.device)
+
+        def exact_rows(rows, idx):
+            """Re-score the atoms ``idx`` (sorted by screened logit) of ``rows`` exactly."""
+            yb, w = self._exact(x[rows], t[rows], one_minus[rows], idx)
+            ybar[rows], max_w[rows] = yb, w.max(dim=1).values
+            entropy[rows] = -torch.special.xlogy(w, w).sum(dim=1)
+            if top_k:
+                tw, pos = torch.topk(w, top_k, dim=1)
+                top_w[rows], top_i[rows] = tw, idx.gather(1, pos)
+            return w
 
         # sparse rows, bucketed by candidate count so one wide row does not widen the others
         sparse_rows = exact.nonzero().flatten()
@@ -380,18 +407,23 @@ class EmpiricalFlow:
             bucket = torch.ceil(torch.log2(width.double())).long()
             for level in bucket.unique().tolist():
                 rows = sparse_rows[bucket == level]
-                k = min(2 ** level, self.n)
+                k = min(2 ** level, self.truncate or self.n)       # ≥ every row's count
                 block = scores if rows.numel() == b else scores[rows]      # no copy when all sparse
-                idx = torch.topk(block, k, dim=1).indices
-                yb, w = self._exact(x[rows], t[rows], one_minus[rows], idx)
-                ybar[rows], max_w[rows] = yb, w.max(dim=1).values
-                entropy[rows] = -torch.special.xlogy(w, w).sum(dim=1)
-                if top_k:
-                    tw, pos = torch.topk(w, top_k, dim=1)
-                    top_w[rows], top_i[rows] = tw, idx.gather(1, pos)
+                exact_rows(rows, torch.topk(block, k, dim=1).indices)
 
         dense_rows = (~exact).nonzero().flatten()
-        if dense_rows.numel():
+        if dense_rows.numel() and self.truncate:
+            block = scores if dense_rows.numel() == b else scores[dense_rows]
+            del scores
+            screened, idx = torch.topk(block, self.truncate, dim=1)       # idx[:, 0]: the best
+            w = exact_rows(dense_rows, idx)
+            # A dropped atom j has ℓ̃_j ≤ ℓ̃_(k); each screened logit is within e of the truth up
+            # to one constant per row, so ℓ_j ≤ ℓ_(k) + 2e and ℓ_j ≤ ℓ_b + (ℓ̃_(k) − ℓ̃_b) + 2e,
+            # ℓ_(k) and ℓ_b the exact logits of the last and the first kept atom.
+            gap = (screened[:, -1] - screened[:, 0]).double()
+            log_dropped = torch.minimum(w[:, -1].log(), w[:, 0].log() + gap) + 2.0 * bound[dense_rows]
+            neglected[dense_rows] = self._dropped_mass_bound(log_dropped)
+        elif dense_rows.numel():
             # screened weights with max 1; in place when the whole block is dense (small t)
             weights = scores if dense_rows.numel() == b else scores[dense_rows]
             del scores
@@ -403,13 +435,15 @@ class EmpiricalFlow:
                 tw, ti = torch.topk(weights, top_k, dim=1)
                 top_w[dense_rows], top_i[dense_rows] = tw.double() / total[:, None], ti
 
+        # truncated mode's weights are exact on the atoms it keeps
+        exact = exact | bool(self.truncate)
         diag = PosteriorDiagnostics(
             max_weight=max_w,
             entropy=entropy,
             candidates=count,
             exact=exact,
             logit_error_bound=torch.where(exact, torch.zeros_like(bound), bound),
-            neglected_bound=torch.full_like(bound, min(1.0, self.n * math.exp(-self.cutoff))),
+            neglected_bound=neglected,
         )
         return ybar, diag, (top_w, top_i)
 
@@ -450,8 +484,8 @@ class EmpiricalFlow:
                 ybar[sl] += torch.einsum("rk,rkd->rd", w[:, cs], diff)
         return ybar, weights
 
-    def _solve_truncated(self, x, t, top_k):
-        """The k largest-logit atoms only, for rows with t > 0, with the dropped-mass bound."""
+    def _solve_truncated_by_search(self, x, t, top_k):
+        """Truncated mode through the exact k-nearest-neighbour search of x/t (the faiss backend)."""
         b, k = x.shape[0], self.truncate
         one_minus, _, _ = self._coefficients(t)
         queries = x.double() / t[:, None]
@@ -459,17 +493,27 @@ class EmpiricalFlow:
         idx = nearest_neighbors(queries, self.atoms, k, chunk=self.chunk, backend=self.backend,
                                 check_inputs=False).indices
         ybar, w = self._exact(x, t, one_minus, idx)
-        # w_(k) = exp(ℓ_(k) − logsumexp(ℓ_top)), so R = (N − k)·w_(k)
-        ratio = (self.n - k) * w.min(dim=1).values
         diag = PosteriorDiagnostics(
             max_weight=w.max(dim=1).values,
             entropy=-torch.special.xlogy(w, w).sum(dim=1),
             candidates=torch.full((b,), k, dtype=torch.int64, device=x.device),
             exact=torch.ones(b, dtype=torch.bool, device=x.device),
             logit_error_bound=torch.zeros(b, dtype=torch.float64, device=x.device),
-            neglected_bound=ratio / (1.0 + ratio),
+            # the exact top k: every dropped atom weighs at most the smallest kept one
+            neglected_bound=self._dropped_mass_bound(w.min(dim=1).values.log()),
         )
         return ybar, diag, (w[:, :top_k], idx[:, :top_k])
+
+    def _dropped_mass_bound(self, log_dropped):
+        """Bound on the posterior mass outside the ``truncate`` kept atoms, (b,) float64.
+
+        ``log_dropped`` (b,) bounds the log weight of every dropped atom, on the scale where the
+        kept atoms' weights sum to 1; the mass is then at most R/(1 + R), R = (N − k)·exp(log_dropped),
+        taken as a sigmoid of log R so that it stays in [0, 1] for any bound.
+        """
+        if self.n == self.truncate:
+            return torch.zeros_like(log_dropped)
+        return torch.sigmoid(math.log(self.n - self.truncate) + log_dropped)
 
 
 # Exact re-scoring gathers (rows, k, D) float64 atoms, plus one temporary of that size, per block.
