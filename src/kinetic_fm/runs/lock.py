@@ -1,0 +1,178 @@
+"""One writer per run folder: an advisory ``flock`` on ``<run>/.lock``, held while a run writes.
+
+:func:`~kinetic_fm.runs.runner.run_sharded` takes the lock before it reads or writes anything in
+the folder and keeps it until the merged table is written, so a second writer (the same job
+launched again while the first still runs, or two schedulers picking one job) stops at once with
+:class:`RunLockedError`, naming the folder, the holder's host, pid and start time, and what to
+do, instead of computing the first one's shards again.
+
+Behaviour:
+
+- ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``.lock``, which the holder fills with its host name,
+  pid and start time (JSON) for the refusal message, and empties when it lets go. The file
+  itself stays: deleting a lock file races with a writer that has just opened it, leaving two
+  writers each locking its own file.
+- The operating system drops the lock when the holder's process ends, however it ends (crash,
+  SIGKILL, Ctrl-C), so a killed run never blocks its ``--resume`` and there is nothing to clean.
+  A process forked while the lock is held shares it until that child exits too.
+- The lock is advisory: it stops other kinetic_fm writers, nothing else. Readers
+  (:func:`~kinetic_fm.runs.shards.read_run`, ``read_samples``, ``merge_shards``) never take it:
+  a finished run can be read while another process resumes or holds it.
+- Where Python has no ``fcntl`` (Windows) there is no lock: runs proceed as before, unguarded.
+- A file system that refuses ``flock`` (an ``OSError`` other than "would block", e.g. ENOLCK on
+  some NFS mounts) gets one warning per process, and the run goes on without the lock.
+- Distributed runs: only the main rank (rank 0) locks, for the whole job; see
+  :func:`~kinetic_fm.runs.runner.run_sharded` for why that is enough.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock, runs go unlocked (see the docstring)
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
+_HELD_ERRNOS = frozenset({errno.EWOULDBLOCK, errno.EAGAIN})
+_warned_unlockable = False  # one warning per process for a file system that refuses flock
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a run folder's lock: host name, process id, and since when (local ISO time)."""
+
+    host: str
+    pid: int
+    since: str
+
+    @classmethod
+    def this_process(cls) -> "LockHolder":
+        return cls(socket.gethostname(), os.getpid(),
+                   datetime.now().astimezone().isoformat(timespec="seconds"))
+
+    def to_json(self) -> str:
+        return json.dumps({"host": self.host, "pid": self.pid, "since": self.since}) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "LockHolder | None":
+        """The holder recorded in ``text``, or None when it is empty or unreadable."""
+        try:
+            body = json.loads(text)
+            return cls(str(body["host"]), int(body["pid"]), str(body["since"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def __str__(self) -> str:
+        return f"process {self.pid} on host {self.host}, writing since {self.since}"
+
+
+def read_holder(run_dir: str | os.PathLike) -> LockHolder | None:
+    """The holder recorded in ``run_dir/.lock``, or None (no file, empty, or being written).
+
+    The record says who took the lock last; only a failed :meth:`RunLock.acquire` proves that
+    the lock is held now.
+    """
+    try:
+        return LockHolder.from_json((Path(run_dir) / LOCK_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+class RunLockedError(OSError):
+    """Another process is writing into the run folder (it holds ``<run>/.lock``).
+
+    An ``OSError`` (the folder is busy, not a bad setting), so the ``kfm`` commands report it in
+    one line, and the runner hands it to every rank like its other refusals.
+    """
+
+    def __init__(self, run_dir: Path, holder: LockHolder | None):
+        self.run_dir, self.holder = run_dir, holder
+        who = str(holder) if holder is not None else "a process that is just starting (no holder recorded yet)"
+        super().__init__(
+            f"run folder {run_dir} is in use by another writer: {who}. Wait for it to finish (then "
+            f"--resume if it stopped early), or choose another --out; a writer that has died holds no "
+            f"lock, so there is nothing to delete."
+        )
+
+    def __reduce__(self):  # OSError's pickling would lose the message (e.g. across processes)
+        return type(self), (self.run_dir, self.holder)
+
+
+@dataclass
+class RunLock:
+    """The write lock of one run folder, as a context manager: ``with RunLock(run_dir): ...``.
+
+    :meth:`acquire` creates ``run_dir/.lock`` if needed (the folder must exist), takes the lock
+    without waiting and records this process as the holder, or raises :class:`RunLockedError`.
+    ``held`` says whether a lock is really held: it stays False where the platform or file
+    system offers none (see the module docstring). :meth:`release` is idempotent.
+    """
+
+    run_dir: Path
+    held: bool = field(default=False, init=False)
+    _fd: int | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / LOCK_NAME
+
+    def acquire(self) -> "RunLock":
+        if self._fd is not None:
+            raise RuntimeError(f"the lock of {self.run_dir} is already acquired by this RunLock")
+        if fcntl is None:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's record stays
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in _HELD_ERRNOS:
+                raise RunLockedError(self.run_dir, read_holder(self.run_dir)) from None
+            _warn_unlockable(self.run_dir, err)
+            return self
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, LockHolder.this_process().to_json().encode(), 0)
+        except BaseException:
+            os.close(fd)  # closing drops the lock
+            raise
+        self._fd, self.held = fd, True
+        return self
+
+    def release(self) -> None:
+        fd, self._fd, self.held = self._fd, None, False
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)  # a record left behind would name a holder that is gone
+        except OSError:  # pragma: no cover - the lock is dropped by the close below all the same
+            pass
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _warn_unlockable(run_dir: Path, err: OSError) -> None:
+    global _warned_unlockable
+    if _warned_unlockable:
+        return
+    _warned_unlockable = True
+    warnings.warn(f"cannot lock run folder {run_dir} ({err.strerror or err}); going on without the "
+                  "one-writer lock, so make sure no other process writes into it (this file system "
+                  "may not support flock; warned once per process)", RuntimeWarning, stacklevel=3)
