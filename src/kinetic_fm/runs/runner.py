@@ -9,6 +9,10 @@ Crash safety: the manifest is written once, atomically, before any shard; each s
 into place only when complete. On ``resume=True`` complete shards are skipped and missing or
 invalid ones (see :func:`~kinetic_fm.runs.shards.inspect_shard`) are recomputed, so a run killed
 at any moment and resumed ends with the same table as an uninterrupted one.
+
+One writer at a time: the run holds the folder's lock (:mod:`~kinetic_fm.runs.lock`) from before
+it looks into the folder until the merged table is written; a second run on the same folder
+stops with :class:`~kinetic_fm.runs.lock.RunLockedError` before computing anything.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import pyarrow as pa
 
 from .atomic import TMP_MARKER
 from .distributed import Coordinator, World
+from .lock import LOCK_NAME, RunLock
 from .manifest import MANIFEST_NAME, RunManifest, check_resume, read_manifest, write_manifest
 from .shards import SHARD_DIR, discard_shard, inspect_shard, merge_shards, write_results, write_shard
 
@@ -52,6 +57,8 @@ def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume
     Returns warnings (library version changes). Raises ValueError when the folder already holds
     a run and ``resume`` is False, when a non-empty folder is not a run directory, and
     :class:`~kinetic_fm.runs.manifest.ResumeMismatchError` when the stored manifest differs.
+    It takes no lock: :func:`run_sharded` calls it holding the folder's
+    :class:`~kinetic_fm.runs.lock.RunLock`, and other callers should do the same.
     """
     run_dir = Path(run_dir)
     if (run_dir / MANIFEST_NAME).is_file():
@@ -59,13 +66,21 @@ def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume
             raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
         warnings = check_resume(read_manifest(run_dir), manifest)
     else:
-        if run_dir.exists() and any(TMP_MARKER not in p.name for p in run_dir.iterdir()):
-            raise ValueError(f"{run_dir} is not empty and holds no {MANIFEST_NAME}; choose a new --out")
+        _refuse_foreign_folder(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_manifest(run_dir, manifest)  # before any shard exists
         warnings = []
     (run_dir / SHARD_DIR).mkdir(exist_ok=True)
     return warnings
+
+
+def _refuse_foreign_folder(run_dir: Path) -> None:
+    """ValueError when ``run_dir`` holds files but no run; a killed writer's temporaries and a
+    lock file (left by a run that stopped before its manifest) do not count."""
+    if (run_dir / MANIFEST_NAME).is_file() or not run_dir.exists():
+        return
+    if any(TMP_MARKER not in p.name and p.name != LOCK_NAME for p in run_dir.iterdir()):
+        raise ValueError(f"{run_dir} is not empty and holds no {MANIFEST_NAME}; choose a new --out")
 
 
 def _as_table(result: ShardTable) -> pa.Table:
@@ -102,15 +117,37 @@ def run_sharded(
     Every rank builds the same ``manifest``; rank 0 alone creates or checks the run directory and
     broadcasts its verdict, so all ranks fail alike on a mismatched resume. Rank r owns shards
     i with i % world_size == r (see :meth:`~kinetic_fm.runs.plan.ShardPlan.for_rank`).
+
+    The folder's lock (:class:`~kinetic_fm.runs.lock.RunLock`) is taken by rank 0 alone, before
+    it looks into the folder, and held until it has written the merged table, which is after every
+    rank's last shard (the barrier). The ranks of one job share the folder by design, each writing
+    its own shards, so they must not lock one another out; a second job on the folder is stopped
+    by its own rank 0, whose refusal reaches all of that job's ranks through the verdict, before
+    any of them samples. Per-rank locks (``.lock.rank{r}``) would add nothing: every job has a
+    rank 0, and a job of another world size gives rank r other shards, so a per-rank lock would
+    not stand for the shards a rank writes. Two calls on one folder in one process (threads)
+    exclude each other as two processes do.
     """
     run_dir = Path(run_dir)
     coord = coordinator or Coordinator(World.from_env())
-    world = coord.world
-    tag = f"[rank {world.rank}] " if world.distributed else ""
+    lock = RunLock(run_dir)  # acquired on rank 0 only, in _open_run_dir
+    try:
+        _open_run_dir(run_dir, manifest, resume, coord, lock, log)
+        return _compute_and_merge(run_dir, manifest, compute, coord, progress, log)
+    finally:
+        lock.release()
 
+
+def _open_run_dir(run_dir: Path, manifest: RunManifest, resume: bool, coord: Coordinator, lock: RunLock,
+                  log: Callable[[str], None]) -> None:
+    """Rank 0 locks and prepares (or checks) the folder; every rank gets its verdict."""
+    world = coord.world
     verdict: tuple[str, object] | None = None
     if world.is_main:
         try:
+            _refuse_foreign_folder(run_dir)  # before a lock file is put into someone else's folder
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()  # a second writer stops here, before it reads or writes anything else
             verdict = ("ok", prepare_run_dir(run_dir, manifest, resume=resume))
             _remove_leftover_temporaries(run_dir)  # before any rank writes (they await the verdict)
         except (ValueError, OSError) as err:
@@ -124,6 +161,12 @@ def run_sharded(
         for warning in verdict[1]:
             log(f"warning: resuming with different library versions: {warning}")
 
+
+def _compute_and_merge(run_dir: Path, manifest: RunManifest, compute: ComputeFn, coord: Coordinator,
+                       progress: bool, log: Callable[[str], None]) -> RunOutcome:
+    """This rank's missing or invalid shards, then (rank 0) the verified merge."""
+    world = coord.world
+    tag = f"[rank {world.rank}] " if world.distributed else ""
     plan = manifest.plan
     pending, skipped, redone = [], [], []
     for index in plan.for_rank(world.rank, world.world_size):

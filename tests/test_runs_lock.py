@@ -1,0 +1,285 @@
+"""One writer per run folder: the ``.lock`` flock of kinetic_fm.runs.
+
+The holders are real processes (this file run as a script, see the end), synchronised by a line
+they print once they hold the lock and by their stdin, never by sleeps. The per-seed
+"computation" is a deterministic function of the seed, as in test_runs_shards.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kinetic_fm.runs import RunLock, RunLockedError, RunManifest, World, merge_shards, read_run, run_sharded
+from kinetic_fm.runs import lock as lock_module
+from kinetic_fm.runs.lock import LOCK_NAME, read_holder
+
+
+def expected_frame(seeds) -> pd.DataFrame:
+    rows = []
+    for seed in seeds:
+        z = np.random.default_rng(int(seed)).standard_normal(3)
+        rows.append({"seed": int(seed), "energy": 0.5 * float(z @ z), "x": z.tolist()})
+    return pd.DataFrame(rows)
+
+
+class Recorder:
+    """compute(seeds, advance) that remembers which seed blocks it was asked for."""
+
+    def __init__(self):
+        self.calls: list[list[int]] = []
+
+    def __call__(self, seeds, advance):
+        self.calls.append(seeds.tolist())
+        advance(len(seeds))
+        return expected_frame(seeds)
+
+
+def assert_rows(frame: pd.DataFrame, seeds) -> None:
+    """``frame`` holds exactly the rows of ``seeds`` (x compared as lists: Parquet gives arrays)."""
+    want = expected_frame(seeds)
+    pd.testing.assert_frame_equal(frame.drop(columns="x"), want.drop(columns="x"), check_exact=True)
+    assert [list(x) for x in frame["x"]] == want["x"].tolist()
+
+
+def _manifest() -> RunManifest:
+    return RunManifest(kind="test", config={"a": 1}, identity={"h": "0"}, seed_start=3, n=10, shard_size=3)
+
+
+def _run(run_dir, resume=False, compute=None, coordinator=None):
+    return run_sharded(run_dir, _manifest(), compute or Recorder(), resume=resume, coordinator=coordinator,
+                       progress=False, log=lambda m: None)
+
+
+@contextmanager
+def holder(mode: str, folder: Path):
+    """A child process holding ``folder``'s lock: ``"lock"`` holds the bare lock, ``"run"`` is a
+    run stopped inside its second shard (the first one committed). Yields the Popen."""
+    child = subprocess.Popen([sys.executable, __file__, mode, str(folder)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()  # blocks until the child holds the lock (or ends)
+        if line != "held\n":
+            child.kill()
+            raise AssertionError(f"the holder did not start: {line!r} {child.stderr.read()}")
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        for pipe in (child.stdin, child.stdout, child.stderr):
+            pipe.close()
+
+
+def test_a_second_writer_stops_at_once_naming_folder_and_holder(tmp_path):
+    run = tmp_path / "run"
+    with holder("run", run) as child:
+        compute = Recorder()
+        with pytest.raises(RunLockedError) as caught:
+            _run(run, resume=True, compute=compute)
+        message = str(caught.value)
+        assert str(run) in message and f"process {child.pid} on host {socket.gethostname()}" in message
+        assert "writing since" in message and "Wait for it to finish" in message and "another --out" in message
+        assert caught.value.holder.pid == child.pid
+        assert compute.calls == []  # refused before any sampling work
+        assert sorted(p.name for p in (run / "shards").glob("*.json")) == ["shard-00000-of-00004.json"]
+
+
+def test_a_killed_holder_blocks_nothing_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    run = tmp_path / "run"
+    with holder("run", run) as child:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert read_holder(run).pid == child.pid  # its record is left behind, yet the lock is gone
+
+    compute = Recorder()
+    out = _run(run, resume=True, compute=compute)
+    assert out.skipped == (0,) and out.computed == (1, 2, 3)
+    assert compute.calls == [[6, 7, 8], [9, 10, 11], [12]]
+    reference = _run(tmp_path / "reference")
+    pd.testing.assert_frame_equal(out.table.to_pandas(), reference.table.to_pandas(), check_exact=True)
+    pd.testing.assert_frame_equal(read_run(run), read_run(tmp_path / "reference"), check_exact=True)
+    assert read_holder(run) is None and (run / LOCK_NAME).read_text() == ""  # emptied when released
+
+
+def test_the_cli_reports_a_busy_folder_in_one_line_and_exits_non_zero(tmp_path, capsys):
+    from kinetic_fm.cli import main
+
+    run = tmp_path / "run"
+    flags = ["sample", "--field", "gaussian", "--n", "4", "--steps", "2", "--shard-size", "2", "--no-progress",
+             "--out", str(run)]
+    assert main(flags) == 0
+    capsys.readouterr()
+    with holder("lock", run) as child:
+        assert main([*flags, "--resume"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"kfm sample: error: run folder {run} is in use by another writer: "
+                                   f"process {child.pid} on host ")
+    assert "Traceback" not in captured.err and captured.err.count("\n") == 1 and captured.out == ""
+
+
+class ThreadJob:
+    """The collectives of a job whose ranks are threads of this process (see Coordinator)."""
+
+    def __init__(self, size: int):
+        self.size, self.box = size, None
+        self._barrier = threading.Barrier(size, timeout=60)  # a hang guard only
+
+    def coordinator(self, rank: int):
+        job = self
+
+        class Rank:
+            world = World(rank, job.size)
+
+            def barrier(self):
+                job._barrier.wait()
+
+            def from_main(self, value):
+                if self.world.is_main:
+                    job.box = value
+                job._barrier.wait()
+                return job.box
+
+        return Rank()
+
+    def run(self, run_dir, computes):
+        with ThreadPoolExecutor(self.size) as pool:
+            futures = [pool.submit(_run, run_dir, False, computes[r], self.coordinator(r)) for r in range(self.size)]
+            return [f.exception() or f.result() for f in futures]
+
+
+def test_the_ranks_of_one_job_share_the_folder_and_a_second_job_stops_on_every_rank(tmp_path):
+    run = tmp_path / "run"
+    held_while_rank_1_wrote = []
+
+    def rank_1(seeds, advance):
+        try:
+            RunLock(run).acquire().release()
+            held_while_rank_1_wrote.append(False)
+        except RunLockedError:
+            held_while_rank_1_wrote.append(True)
+        return expected_frame(seeds)
+
+    rank_0 = Recorder()
+    outcomes = ThreadJob(2).run(run, [rank_0, rank_1])
+    assert not any(isinstance(o, BaseException) for o in outcomes), outcomes
+    assert rank_0.calls == [[3, 4, 5], [9, 10, 11]] and held_while_rank_1_wrote == [True, True]
+    assert outcomes[0].computed == (0, 2) and outcomes[1].computed == (1, 3) and outcomes[1].table is None
+    assert_rows(outcomes[0].table.to_pandas(), range(3, 13))
+
+    (run / "shards" / "shard-00001-of-00004.json").unlink()  # leave work that a second job would redo
+    computes = [Recorder(), Recorder()]
+    with holder("lock", run):
+        outcomes = ThreadJob(2).run(run, computes)
+    assert isinstance(outcomes[0], RunLockedError) and str(run) in str(outcomes[0])
+    assert isinstance(outcomes[1], ValueError) and "rank 0 refused the run directory" in str(outcomes[1])
+    assert computes[0].calls == computes[1].calls == []
+
+
+def test_without_fcntl_runs_go_unlocked(tmp_path, monkeypatch):
+    monkeypatch.setattr(lock_module, "fcntl", None)
+    with RunLock(tmp_path) as first, RunLock(tmp_path) as second:  # nothing excludes anything
+        assert not first.held and not second.held
+    out = _run(tmp_path / "run")
+    assert out.computed == (0, 1, 2, 3) and not (tmp_path / "run" / LOCK_NAME).exists()
+    assert_rows(read_run(tmp_path / "run"), range(3, 13))
+
+
+def test_a_file_system_refusing_flock_warns_once_and_runs(tmp_path, monkeypatch):
+    import fcntl
+
+    class NoLocks:
+        LOCK_EX, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_NB
+
+        @staticmethod
+        def flock(fd, operation):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock_module, "fcntl", NoLocks)
+    monkeypatch.setattr(lock_module, "_warned_unlockable", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = _run(tmp_path / "run")
+        second = _run(tmp_path / "run", resume=True)
+    assert [str(w.message) for w in caught] == [
+        f"cannot lock run folder {tmp_path / 'run'} (No locks available); going on without the one-writer "
+        "lock, so make sure no other process writes into it (this file system may not support flock; "
+        "warned once per process)"]
+    assert caught[0].category is RuntimeWarning
+    assert first.computed == (0, 1, 2, 3) and second.skipped == (0, 1, 2, 3)
+
+
+def test_reading_a_run_takes_no_lock(tmp_path):
+    _run(tmp_path / "run")
+    with RunLock(tmp_path / "run") as held:  # a writer holds it
+        assert held.held
+        assert_rows(read_run(tmp_path / "run"), range(3, 13))
+        assert merge_shards(tmp_path / "run").num_rows == 10
+
+
+def test_one_process_is_refused_too_and_the_lock_is_released_on_error(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run):
+        with pytest.raises(RunLockedError, match=f"process {os.getpid()} on host"):
+            _run(run)
+    assert not (run / "manifest.json").exists()  # refused before the folder was looked into
+
+    def failing(seeds, advance):
+        raise RuntimeError("the sampler broke")
+
+    with pytest.raises(RuntimeError, match="the sampler broke"):
+        _run(run, compute=failing)
+    assert _run(run, resume=True).computed == (0, 1, 2, 3)  # not locked out by the failed run
+
+
+def test_a_lock_file_alone_is_no_foreign_content_and_a_foreign_folder_gets_none(tmp_path):
+    (tmp_path / "stopped").mkdir()
+    (tmp_path / "stopped" / LOCK_NAME).write_text("")  # a run that died before its manifest
+    assert _run(tmp_path / "stopped").computed == (0, 1, 2, 3)
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no manifest.json"):
+        _run(tmp_path / "other")
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
+
+
+def test_a_refusal_with_no_holder_recorded_yet_still_says_what_to_do(tmp_path):
+    err = RunLockedError(tmp_path, None)
+    assert "a process that is just starting" in str(err) and "another --out" in str(err)
+    assert str(pickle.loads(pickle.dumps(err))) == str(err)
+
+
+if __name__ == "__main__":  # a holder for the tests above: python test_runs_lock.py lock|run FOLDER
+    mode, folder = sys.argv[1], Path(sys.argv[2])
+
+    def hold():
+        print("held", flush=True)
+        sys.stdin.read()  # until the test closes stdin or kills this process
+
+    if mode == "lock":
+        folder.mkdir(parents=True, exist_ok=True)
+        with RunLock(folder):
+            hold()
+    else:
+        def stop_in_second_shard(seeds, advance):
+            if seeds[0] != 3:  # shard 0 is committed by now
+                hold()
+            return expected_frame(seeds)
+
+        _run(folder, compute=stop_in_second_shard)
