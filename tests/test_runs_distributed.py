@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from kinetic_fm.cli import main
-from kinetic_fm.runs import read_run
+from kinetic_fm.runs import RunLock, read_run
 
 # dopri5 + KTS: ranks take different numbers of adaptive steps, and must not wait on each other
 FLAGS = ["--field", "mixture", "--shard-size", 3, "--batch-size", 2, "--solver", "dopri5",
@@ -60,3 +60,18 @@ def test_resume_with_a_different_world_size_completes_the_same_table(tmp_path):
     run = torchrun(2, *ARGS, "--num-samples", "12", "--out", str(out), "--resume")
     assert run.returncode == 0, run.stderr[-3000:]
     pd.testing.assert_frame_equal(read_run(out), read_run(tmp_path / "one"), check_exact=True)
+
+
+@pytest.mark.slow
+def test_a_second_job_on_a_busy_folder_stops_on_every_rank_before_sampling(tmp_path):
+    out = tmp_path / "run"
+    assert main(["sample", *ARGS, "--n", "4", "--out", str(out)]) == 0
+    lost = out / "shards" / "shard-00001-of-00002.parquet"
+    lost.unlink()  # work that the second job would redo
+    with RunLock(out):  # this process is the first writer
+        run = torchrun(2, *ARGS, "--num-samples", "4", "--out", str(out), "--resume")
+    assert run.returncode != 0
+    text = run.stdout + run.stderr
+    assert f"run folder {out} is in use by another writer: process {os.getpid()} on host" in text
+    assert "rank 1: stopped because rank 0 refused the run directory" in text
+    assert not lost.exists()
