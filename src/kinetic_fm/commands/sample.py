@@ -5,8 +5,9 @@ Writes ``<out>/manifest.json``, ``<out>/shards/shard-*.parquet`` and ``<out>/res
 class ``label`` for a class-conditional net and, unless ``--no-save-x``, the final sample ``x``
 flattened into a fixed-size list column), then
 prints a summary table. Works unchanged under ``torchrun --nproc-per-node P``: each rank samples
-its own shards and rank 0 merges. Read results back with ``kinetic_fm.runs.read_run`` /
-``read_samples``.
+its own shards and rank 0 merges. One writer at a time: while a run writes, ``<out>/.lock`` is
+locked, and a second ``kfm sample`` on that folder stops at once, naming the first. Read results
+back with ``kinetic_fm.runs.read_run`` / ``read_samples``.
 """
 from __future__ import annotations
 
