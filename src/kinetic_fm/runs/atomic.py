@@ -4,10 +4,15 @@
 either the previous state or the complete new file, never a partial one, whenever the writing
 process is killed (SIGKILL included). Leftover temporaries from a killed writer carry the
 ``.tmp-`` marker and are ignored by readers; :func:`remove_stale_temporaries` deletes them.
+
+Every file the library writes atomically goes through :func:`atomic_write` (run shards and
+manifests, study caches and tables, checkpoints, the report); the final file gets the umask's
+permissions, like a plain ``open``.
 """
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -15,8 +20,12 @@ TMP_MARKER = ".tmp-"
 
 
 def temporary_name(path: Path) -> Path:
-    """Hidden sibling of ``path`` unique to this process: ``.<name>.tmp-<pid>``."""
-    return path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}")
+    """Hidden sibling of ``path`` unique to this call: ``.<name>.tmp-<pid>-<8 hex digits>``
+    (two threads writing one path never share a temporary).
+
+    It does not end in ``path``'s suffix, so a reader globbing ``*.parquet`` never sees it.
+    """
+    return path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -34,8 +43,14 @@ def fsync_dir(folder: Path) -> None:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Create ``path`` atomically: ``write(tmp_path)`` fills a temporary file, then it is renamed.
 
-    ``write`` receives the temporary path and must create that file. On any exception the
+    ``write`` receives the temporary path (in ``path``'s folder) and must create that file; it
+    is then fsynced, renamed over ``path`` and the folder fsynced. On any exception the
     temporary is removed and ``path`` is left untouched.
+
+    The temporary's name does not end in ``path``'s suffix: a writer that picks its format from
+    the file name must be told the format (``fig.savefig(tmp, format="png")``,
+    ``image.save(tmp, format="PNG")``), and one that appends a suffix (``np.savez``) must be
+    handed an open file (``with open(tmp, "wb") as fh: np.savez(fh, ...)``).
     """
     path = Path(path)
     tmp = temporary_name(path)
@@ -57,6 +72,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically create or replace a UTF-8 text file."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically create or replace a file holding exactly ``data``."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def remove_stale_temporaries(folder: Path, final_name: str) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_write, atomic_write_text, remove_stale_temporaries
+from .atomic import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from .manifest import RunManifest, read_manifest
 from .plan import ShardPlan
 
@@ -80,7 +80,7 @@ def write_shard(run_dir: str | os.PathLike, manifest: RunManifest, index: int, t
     pq.write_table(table, sink, **_PARQUET_OPTIONS)
     data = sink.getvalue().to_pybytes()
     path = shard_path(run_dir, plan, index)
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    atomic_write_bytes(path, data)
     receipt = {"run_id": manifest.run_id, "shard": index, "rows": len(expected),
                "first_seed": int(expected[0]), "last_seed": int(expected[-1]),
                "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
