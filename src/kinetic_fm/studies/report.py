@@ -16,7 +16,6 @@ import math
 import numbers
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from ..checks import is_integer
+from ..runs.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:  # pandas is only needed by callers that build tables
     import pandas as pd
@@ -407,19 +407,6 @@ def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequ
 # files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``
-    (readers never see a half-written file; permissions follow the umask like a plain open)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_report(out_dir: str | os.PathLike[str], *, title: str, intro: str, claims: list[Claim],
                  sections: list[Section], meta: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``out_dir/report.md``, ``out_dir/report.html`` and ``out_dir/figures/<name>.png``.
@@ -459,8 +446,8 @@ def write_report(out_dir: str | os.PathLike[str], *, title: str, intro: str, cla
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for section in sections:
         for fig in section.figures:
-            _write_atomic(out / "figures" / f"{fig.name}.png", bytes(fig.png))
+            atomic_write_bytes(out / "figures" / f"{fig.name}.png", bytes(fig.png))
     md_path, html_path = out / "report.md", out / "report.html"
-    _write_atomic(md_path, _render_markdown(title, intro, claims, sections, meta).encode("utf-8"))
-    _write_atomic(html_path, _render_html(title, intro, claims, sections, meta).encode("utf-8"))
+    atomic_write_bytes(md_path, _render_markdown(title, intro, claims, sections, meta).encode("utf-8"))
+    atomic_write_bytes(html_path, _render_html(title, intro, claims, sections, meta).encode("utf-8"))
     return md_path, html_path
