@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from ..runs.atomic import atomic_write
 
 
 # Bump when a change in the library alters what a cached stage or model would contain (the
@@ -69,23 +70,10 @@ class Workspace:
     def save_table(self, name: str, frame: Any) -> Path:
         """Write a per-sample table as ``tables/<name>.parquet`` (atomically)."""
         path = self.root / "tables" / f"{name}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            frame.to_parquet(tmp, index=False)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
         return path
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """``torch.save(obj, path)`` through a temporary file and a rename (:func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
