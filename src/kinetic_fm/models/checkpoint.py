@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,18 +23,13 @@ class UnsafeCheckpointError(ValueError):
     """A checkpoint holds Python objects that would execute code when unpickled."""
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    # write next to the target then rename, so a killed process never leaves a half-written file
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """:func:`~kinetic_fm.runs.atomic.atomic_write` (a killed process never leaves a half-written
+    file), creating the folder first."""
+    from ..runs.atomic import atomic_write  # here: the runs package brings pyarrow with it
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, write)
 
 
 def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
