@@ -86,6 +86,8 @@ def weights_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     import hashlib
     import struct
 
+    from ..runs.manifest import hash_chunks
+
     path = Path(path)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -100,8 +102,7 @@ def weights_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
             except (struct.error, ValueError) as err:
                 raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
             digest.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
-        while block := fh.read(chunk_bytes):
-            digest.update(block)
+        hash_chunks(digest, fh, chunk_bytes)  # the tensor bytes, or a whole other file
     return digest.hexdigest()
 
 

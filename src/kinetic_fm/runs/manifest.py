@@ -15,7 +15,7 @@ import platform
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .atomic import atomic_write_text
 from .plan import ShardPlan
@@ -70,13 +70,18 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def hash_chunks(digest: Any, handle: BinaryIO, chunk_bytes: int = 1 << 20) -> Any:
+    """Feed ``handle`` from where it stands to its end into the ``hashlib`` object ``digest``,
+    ``chunk_bytes`` at a time (a large file is never read whole); returns ``digest``."""
+    while block := handle.read(chunk_bytes):
+        digest.update(block)
+    return digest
+
+
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     """sha256 (hex) of a file's bytes, read in chunks (for model weights and dataset files)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+        return hash_chunks(hashlib.sha256(), handle, chunk_bytes).hexdigest()
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
