@@ -39,7 +39,13 @@ TIME_MODES = ("batch", "scalar", "shared")
 def batch_time(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """``t`` as a (B,) tensor on x's device; floats and 0-dim tensors are broadcast to the batch.
 
-    A floating ``t`` takes x's floating dtype; integer times keep theirs.
+    A floating ``t`` takes x's floating dtype; integer times keep theirs (``DiscreteTime``'s
+    step indices stay int64 on their way to the net). A number is read with ``float``.
+
+    Two relatives differ on purpose: the nets' :func:`kinetic_fm.models.embedding.embedding_times`
+    casts every time, integer ones included, to x's dtype; the analytic fields'
+    ``_time_column`` keeps a number in float64, takes only (B,) tensors and returns a
+    (B, 1, ..., 1) column.
     """
     if not isinstance(t, torch.Tensor):
         t = torch.tensor(float(t), dtype=x.dtype, device=x.device)

@@ -82,6 +82,12 @@ def _check_sample_shape(name: str, loc: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def _time_column(t, x: torch.Tensor) -> torch.Tensor:
+    """``t`` as a (B, 1, ..., 1) column that multiplies x, for the closed-form fields.
+
+    Not :func:`~kinetic_fm.fields.adapters.batch_time`: a number becomes float64 (the mixture
+    computes in float64 and must not see it rounded to x's dtype first), and a tensor must
+    already be (B,) (a 0-d tensor is refused) and keeps its dtype and device (callers cast it).
+    """
     if not isinstance(t, torch.Tensor):  # a number: one time for the whole batch
         t = torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
     if t.dim() != 1 or t.shape[0] != x.shape[0]:

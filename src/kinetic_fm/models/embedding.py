@@ -7,8 +7,15 @@ import torch
 from torch import Tensor, nn
 
 
-def batch_times(t: Tensor | float, x: Tensor) -> Tensor:
-    """Times as a (B,) tensor on x's device and dtype; a scalar or 0-d tensor is broadcast.
+def embedding_times(t: Tensor | float, x: Tensor) -> Tensor:
+    """The (B,) times a velocity net's time embedding reads: ``t`` always in x's dtype and on
+    x's device, a scalar or 0-d tensor broadcast to the batch.
+
+    Anything ``torch.as_tensor`` reads is taken (numbers, (B,) tensors, lists, arrays), and
+    integer step indices (``DiscreteTime``'s) are cast to x's dtype too. That is where it
+    differs from :func:`kinetic_fm.fields.adapters.batch_time`, which keeps integer times
+    integer, reads only numbers and tensors, and words its shape error differently (each is
+    tested); fields sit above models, so the nets could not import it anyway.
 
     Raises ValueError when ``t`` has another shape than (B,) for x of shape (B, ...).
     """
@@ -44,7 +51,7 @@ def conditioning(time_embed: nn.Module, class_embed: nn.Module | None, null_clas
                  t: Tensor | float, x: Tensor, y: Tensor | None) -> Tensor:
     """The activated (B, hidden) conditioning vector of a velocity net: time embedding plus,
     for class-conditional nets, the label embedding (the null class when ``y`` is None)."""
-    c = time_embed(batch_times(t, x))
+    c = time_embed(embedding_times(t, x))
     if class_embed is not None:
         if y is None:
             y = torch.full((x.shape[0],), null_class, dtype=torch.long, device=x.device)
