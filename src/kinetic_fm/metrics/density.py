@@ -124,12 +124,7 @@ def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = 
         raise ValueError(f"k must be a positive integer, got {k!r}")
     all_ks = tuple(sorted({int(k), *ks}))
     exclude_self = check_flag("exclude_self", exclude_self)
-    fs = feature_space(space)
-    if reference_features is None:
-        check_same_space(("samples", samples), ("reference", reference))
-    x = as_features(samples, fs, argument="samples")
-    y = _reference_features(reference, reference_features, fs)
-    _check_dims(x, y)
+    fs, x, y = _samples_and_reference(samples, reference, reference_features, space)
     n_ref = y.shape[0] - (1 if exclude_self else 0)
     if all_ks[-1] > n_ref:
         raise ValueError(f"largest k ({all_ks[-1]}, of k={k} and ks={tuple(ks)}) exceeds the {n_ref} usable "
@@ -150,6 +145,18 @@ def _neighbour_counts(ks: Any) -> tuple[int, ...]:
     if not all(is_integer(j) and j >= 1 for j in counts):
         raise ValueError(f"ks must be a sequence of positive integers, got {ks!r}")
     return tuple(int(j) for j in counts)
+
+
+def _samples_and_reference(samples: Any, reference: Any, reference_features: Any, space: Any):
+    """``(fs, x, y)``: the feature space ``space`` names, the samples' feature rows ``x`` and the
+    reference's ``y`` (``reference_features`` when given), checked to agree in width and device."""
+    fs = feature_space(space)
+    if reference_features is None:
+        check_same_space(("samples", samples), ("reference", reference))
+    x = as_features(samples, fs, argument="samples")
+    y = _reference_features(reference, reference_features, fs)
+    _check_dims(x, y)
+    return fs, x, y
 
 
 def _reference_features(reference: Any, reference_features: Any, fs) -> Tensor:
@@ -382,12 +389,7 @@ def kde_log_density(samples: Any, reference: Any,
     bandwidth = as_scalar(bandwidth)
     if not (isinstance(bandwidth, str) or (is_real(bandwidth, finite=True) and bandwidth > 0)):
         raise ValueError(f"bandwidth must be 'scott', 'median' or a positive finite number, got {bandwidth!r}")
-    fs = feature_space(space)
-    if reference_features is None:
-        check_same_space(("samples", samples), ("reference", reference))
-    x = as_features(samples, fs, argument="samples")
-    y = _reference_features(reference, reference_features, fs)
-    _check_dims(x, y)
+    fs, x, y = _samples_and_reference(samples, reference, reference_features, space)
     if exclude_self and x.shape[0] != y.shape[0]:
         raise ValueError(f"exclude_self needs samples and reference of equal length, "
                          f"got {x.shape[0]} and {y.shape[0]}")
