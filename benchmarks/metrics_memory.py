@@ -53,17 +53,17 @@ def _measure(case: str, variant: str, rows: int, dim: int) -> dict:
     elif case == "column_sums":
         work = (lambda: x.sum(dim=0)) if variant == "ours" else (lambda: x.sum(dim=0, dtype=torch.float64))
     elif case == "rescreen":
-        from kinetic_fm.metrics import neighbors
+        from kinetic_fm import knn
 
         if variant == "naive":
-            neighbors._RESCREEN_BLOCK_BYTES = 1 << 60  # the search's own chunk, as before
+            knn._RESCREEN_BLOCK_BYTES = 1 << 60  # the search's own chunk, as before
         queries = torch.randn(16, dim, generator=torch.Generator().manual_seed(1))
 
         def work():
             for t in (0.2, 0.35):
                 x_t = queries * (1 - t) + t * x[:16]
-                neighbors.nearest_neighbors(x_t.double() / t, x, 16, check_inputs=False)
-        neighbors.nearest_neighbors(queries.double(), x, 16, check_inputs=False)  # first-call allocations
+                knn.nearest_neighbors(x_t.double() / t, x, 16, check_inputs=False)
+        knn.nearest_neighbors(queries.double(), x, 16, check_inputs=False)  # first-call allocations
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the peak resident size (VmHWM) to the current one
     before = _resident_mib("VmRSS")

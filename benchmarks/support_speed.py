@@ -17,8 +17,8 @@ import statistics
 import torch
 from _common import interleaved_rounds
 
+from kinetic_fm.knn import nearest_neighbors
 from kinetic_fm.metrics.density import kde_log_density, local_support
-from kinetic_fm.metrics.neighbors import nearest_neighbors
 
 
 def clustered(n: int, dim: int, centres: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -185,6 +185,8 @@ def test_nearest_neighbors_stay_exact_with_tf32_products(device, api):
     """TF32 float32 products (10-bit mantissa) widen the screening bound; re-ranking keeps the
     answer exact (GPU only: the CPU has no TF32). torch ≥ 2.9's fp32_precision API made reading
     the legacy flag raise, which broke every float32 search on CUDA."""
+    from kinetic_fm.knn import unit_roundoff
+
     g = torch.Generator().manual_seed(4)
     ref = torch.randn(2000, 64, generator=g)
     queries = torch.cat([ref[:40] + 1e-3 * torch.randn(40, 64, generator=g), torch.randn(60, 64, generator=g)])
@@ -195,7 +197,7 @@ def test_nearest_neighbors_stay_exact_with_tf32_products(device, api):
     previous = matmul.fp32_precision if new_api else matmul.allow_tf32
     setattr(matmul, api, "tf32" if api == "fp32_precision" else True)
     try:
-        assert kfm.metrics.neighbors.unit_roundoff(torch.float32, torch.device(device)) == 2.0 ** -11
+        assert unit_roundoff(torch.float32, torch.device(device)) == 2.0 ** -11
         got = kfm.nearest_neighbors(queries.to(device), ref.to(device), 2)
     finally:
         # a clean state for the tests that follow: a legacy flag left on keeps torch's "mix of the

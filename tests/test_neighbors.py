@@ -1,4 +1,4 @@
-"""Exact k-NN (kinetic_fm.metrics.neighbors) against a float64 brute force."""
+"""Exact k-NN (kinetic_fm.knn, re-exported by kinetic_fm.metrics.neighbors) against a float64 brute force."""
 import pytest
 import torch
 
@@ -120,11 +120,11 @@ def test_a_large_common_offset_is_searched_exactly(dtype):
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_gaps_below_float64_resolution_of_the_spread_fall_back_to_direct_differences(exclude_self, monkeypatch):
     # points 1e6 apart, three of them within 4e-6: no centring certifies those gaps, direct differences do
-    from kinetic_fm.metrics import neighbors
+    from kinetic_fm import knn
 
     calls = []
-    real = neighbors._brute_force
-    monkeypatch.setattr(neighbors, "_brute_force", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = knn._brute_force
+    monkeypatch.setattr(knn, "_brute_force", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     g = torch.Generator().manual_seed(7)
     reference = 1e6 * torch.randn(60, 8, generator=g, dtype=torch.float64)
     reference[1] = reference[0] + 1e-6
@@ -323,3 +323,18 @@ def test_faiss_never_searches_an_index_of_other_data():
         assert torch.equal(theirs.indices, ours.indices)
         torch.testing.assert_close(theirs.distances, ours.distances, rtol=1e-12, atol=0)
         reference.numpy()[1] = queries[0].numpy()    # one row, then the first query's nearest
+
+
+def test_metrics_neighbors_re_exports_every_public_name_of_the_search():
+    """The search lives in kinetic_fm.knn (below the layers: the EFM field uses it too);
+    kinetic_fm.metrics.neighbors, where it was, still offers every public name, the same objects."""
+    import kinetic_fm as kfm
+    from kinetic_fm import knn
+    from kinetic_fm.metrics import neighbors
+
+    own = {name for name, value in vars(knn).items()
+           if not name.startswith("_") and getattr(value, "__module__", None) == knn.__name__}
+    assert set(neighbors.__all__) == own | {"BACKENDS"}
+    for name in neighbors.__all__:
+        assert getattr(neighbors, name) is getattr(knn, name), name
+    assert kfm.nearest_neighbors is knn.nearest_neighbors

@@ -30,7 +30,7 @@ _LAZY = {
     "read_samples": "kinetic_fm.runs.shards",
     "memorization": "kinetic_fm.metrics.memorization",
     "MemorizationReport": "kinetic_fm.metrics.memorization",
-    "nearest_neighbors": "kinetic_fm.metrics.neighbors",
+    "nearest_neighbors": "kinetic_fm.knn",
     "PosteriorRecorder": "kinetic_fm.fields.empirical",
     "local_support": "kinetic_fm.metrics.density",
     "kde_log_density": "kinetic_fm.metrics.density",

@@ -68,7 +68,7 @@ import torch
 from .. import gemm
 from ..checks import as_scalar, is_integer, is_real, positive_integer
 from ..blocks import block_size
-from ..metrics.neighbors import (
+from ..knn import (
     check_finite,
     check_magnitude,
     column_mean,

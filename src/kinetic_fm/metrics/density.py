@@ -5,7 +5,7 @@ each sample, in any feature space (pixels, a feature network, a callable; see
 :mod:`kinetic_fm.metrics.features`). Higher density = more local support.
 
 - :func:`local_support`: the distance to the k-th nearest reference for several k from ONE
-  exact search (:func:`kinetic_fm.metrics.neighbors.nearest_neighbors`), and the kNN density
+  exact search (:func:`kinetic_fm.knn.nearest_neighbors`), and the kNN density
   estimate ``p̂_k(x) = k / (N · V_D · r_k(x)^D)`` in log form,
   ``log p̂_k = log k − log N − log V_D − D · log r_k`` with ``V_D = π^{D/2} / Γ(D/2 + 1)`` the
   volume of the unit D-ball. Only the ``−D · log r_k`` term varies between samples, so ranks
@@ -27,8 +27,8 @@ from torch import Tensor
 from .. import gemm
 from ..blocks import block_size
 from ..checks import as_scalar, check_flag, check_same_space, is_integer, is_real, positive_integer
+from ..knn import check_same_rows, column_mean, row_sq_norms
 from .features import SpaceLike, as_features, feature_space
-from .neighbors import check_same_rows, column_mean, row_sq_norms
 
 __all__ = ["LocalSupport", "KDELogDensity", "local_support", "kde_log_density",
            "knn_log_density", "scott_bandwidth", "median_bandwidth", "sq_distance_blocks"]
@@ -117,7 +117,7 @@ def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = 
     Returns:
         :class:`LocalSupport` on the samples' device.
     """
-    from .neighbors import nearest_neighbors
+    from ..knn import nearest_neighbors
 
     k, ks = as_scalar(k), _neighbour_counts(ks)
     if not (is_integer(k) and k >= 1):

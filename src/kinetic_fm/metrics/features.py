@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..checks import positive_integer
-from .neighbors import nonfinite_rows
+from ..knn import nonfinite_rows
 
 FeatureFn = Callable[[Tensor], Tensor]
 SpaceLike = Union[None, "FeatureSpace", torch.nn.Module, FeatureFn]

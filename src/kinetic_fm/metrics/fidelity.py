@@ -30,9 +30,9 @@ from torch import Tensor
 
 from ..blocks import block_size
 from ..checks import check_flag, check_same_space, is_integer, positive_integer
+from ..knn import column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
-from .neighbors import column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
 
 __all__ = ["Protocol", "FrechetDistance", "PrecisionRecall", "feature_statistics",
            "frechet_distance_from_stats", "FrechetReference", "frechet_distance", "precision_recall",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ..checks import check_same_space, is_integer, is_real, positive_integer
-from .neighbors import as_rows, check_finite, nearest_neighbors
+from ..knn import as_rows, check_finite, nearest_neighbors
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
