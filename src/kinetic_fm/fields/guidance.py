@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from ..checks import as_scalar, check_flag, is_real, tensor_output
-from ..sampling.energy import squared_norm
+from ..norms import squared_norm
 from .adapters import batch_time
 
 

@@ -38,7 +38,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 # saved component came from; without ``SchedulerMixin`` bound here a saved pipeline cannot reload
 _LOADABLE_BASES = (SchedulerMixin,)
 
-from ..sampling.energy import squared_norm
+from ..norms import squared_norm
 from ..sampling.shaping import KTS
 
 SHAPING_KEY = "kinetic_shaping"

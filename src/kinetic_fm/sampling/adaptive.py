@@ -19,7 +19,8 @@ from typing import Callable
 
 import torch
 
-from .energy import EnergyLedger, quadrature_weights, squared_norm, step_energy
+from ..norms import squared_norm
+from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
 from .guards import NonFiniteVelocityError, first_velocity
 from .shaping import KTS

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..norms import squared_norm  # below every layer, for the fields too; re-exported here
+
+__all__ = ["QUADRATURES", "EnergyLedger", "quadrature_weights", "squared_norm", "step_energy"]
+
 QUADRATURES = ("solver", "left")
-
-
-def squared_norm(v: torch.Tensor) -> torch.Tensor:
-    """‖v_i‖² per sample in float64, shape (B,); computed in float64 so large values do not overflow."""
-    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1, dtype=torch.float64).square()
 
 
 def quadrature_weights(quadrature: str, b: tuple[float, ...]) -> tuple[float, ...]:
