@@ -15,7 +15,6 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..fields.adapters import DiscreteTime
 from .registry import build_model
 
 
@@ -228,7 +227,7 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
 
 
 def load_into(net: nn.Module, path: str | os.PathLike, *, strict: bool = True,
-              num_timesteps: int | None = None) -> nn.Module | DiscreteTime:
+              num_timesteps: int | None = None) -> nn.Module | Callable[..., Tensor]:
     """Load weights from ``path`` into your own ``net`` and return it ready for sampling (eval mode).
 
     Args:
@@ -242,4 +241,11 @@ def load_into(net: nn.Module, path: str | os.PathLike, *, strict: bool = True,
     """
     net.load_state_dict(load_weights(path), strict=strict)
     net.eval()
-    return net if num_timesteps is None else DiscreteTime(net, num_timesteps)
+    if num_timesteps is None:
+        return net
+    # models sit below fields, and wrapping a net as a velocity is the fields' work: this is the
+    # one import of a higher layer in models, kept inside the function so that importing models
+    # never loads fields (tests/test_layers.py allows exactly this one)
+    from ..fields.adapters import DiscreteTime
+
+    return DiscreteTime(net, num_timesteps)
