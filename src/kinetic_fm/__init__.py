@@ -17,8 +17,9 @@ from .sampling.sample import SampleResult, sample
 from .sampling.shaping import KTS
 from .checks import ValueRangeWarning
 from .sampling.guards import NonFiniteVelocityError, TrainingModeWarning
+from . import _version
 
-__version__ = "0.1.0"
+__version__ = _version.__version__
 
 # public name -> module that defines it (imported lazily on first access)
 _LAZY = {
@@ -79,5 +80,5 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     # what this file itself imports for its own use is not part of the package's surface
-    own_tools = {"annotations", "importlib", "Any"}
+    own_tools = {"annotations", "importlib", "Any", "_version"}
     return sorted((set(globals()) - own_tools) | set(_LAZY))

@@ -33,7 +33,7 @@ def library_versions() -> dict[str, str]:
     import numpy
     import torch
 
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "kinetic_fm": __version__,

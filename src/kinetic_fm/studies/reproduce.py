@@ -98,6 +98,6 @@ def _intro(data: str, mode: str) -> str:
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__
