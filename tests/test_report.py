@@ -345,3 +345,94 @@ def test_line_figures_over_integer_x_get_integer_ticks(monkeypatch):
     F.line_figure("times", "c", np.linspace(1, 5, 9), {"a": np.arange(9.0)}, xlabel="x", ylabel="y")
     assert drawn["quintiles"] and all(float(t).is_integer() for t in drawn["quintiles"])
     assert not all(float(t).is_integer() for t in drawn["times"])   # fractional x keeps fractional ticks
+
+
+def _drawn_axes(monkeypatch):
+    """Record, per figure name, each axes' labels, scales, texts and artists as rendered."""
+    drawn = {}
+    render = F._render
+
+    def keep(fig, name, caption):
+        drawn[name] = [{"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "xscale": ax.get_xscale(),
+                        "yscale": ax.get_yscale(), "ylim": ax.get_ylim(), "title": ax.get_title(),
+                        "texts": [t.get_text() for t in ax.texts], "patches": len(ax.patches),
+                        "fills": len(ax.collections),
+                        "legend": [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []}
+                       for ax in fig.axes]
+        return render(fig, name, caption)
+
+    monkeypatch.setattr(F, "_render", keep)
+    return drawn
+
+
+def test_log_axes_say_so_and_narrow_spans_stay_linear(monkeypatch):
+    """Plain tick labels (20, 30, 50) on a log axis read as linear: the label must say log. Data
+    within half a decade (KPE 30–60) gain nothing from a log axis, which there may label one tick."""
+    drawn = _drawn_axes(monkeypatch)
+    rng = np.random.default_rng(0)
+    F.scatter_figure("wide", "c", np.geomspace(1, 1000, 50), rng.normal(size=50), xlabel=F.KPE_LABEL, ylabel="y",
+                     log_x=True)
+    F.scatter_figure("narrow", "c", np.linspace(30, 60, 50), rng.normal(size=50), xlabel=F.KPE_LABEL, ylabel="y",
+                     log_x=True)
+    t = np.linspace(0, 1, 11)
+    F.energy_profile_figure("spike", "c", {"a": (t, np.geomspace(1, 500, 10)[None] * 0.1)}, log_y=True)
+    wide, narrow, spike = drawn["wide"][0], drawn["narrow"][0], drawn["spike"][0]
+    assert wide["xscale"] == "log" and wide["xlabel"] == f"{F.KPE_LABEL} {F.LOG_NOTE}"
+    assert narrow["xscale"] == "linear" and narrow["xlabel"] == F.KPE_LABEL
+    assert spike["yscale"] == "log" and spike["ylabel"] == f"{F.POWER_LABEL} {F.LOG_NOTE}"
+    assert spike["xlabel"] == "t   (0 = noise, 1 = data)"
+
+
+def test_line_figure_puts_other_units_on_a_second_axis(monkeypatch):
+    """Mean KPE and an FD on one axis labelled "value" read as one quantity; each gets its own."""
+    drawn = _drawn_axes(monkeypatch)
+    steps = np.array([1, 10, 100, 1000])
+    F.line_figure("twin", "c", steps, {"mean KPE": [3.0, 10.0, 30.0, 45.0]}, xlabel="training step",
+                  ylabel="mean KPE", right={"FD": [850.0, 400.0, 150.0, 80.0]}, right_ylabel="FD", log_x=True,
+                  log_y=True)
+    left, right = drawn["twin"]
+    assert (left["ylabel"], right["ylabel"]) == (f"mean KPE {F.LOG_NOTE}", f"FD {F.LOG_NOTE}")
+    assert left["legend"] == ["mean KPE", "FD"]
+    F.line_figure("ref", "c", steps, {"share": [0.1, 0.09, 0.1, 0.12]}, xlabel="x", ylabel="y", reference=0.1,
+                  reference_label="uniform in t")
+    assert drawn["ref"][0]["legend"] == ["share", "uniform in t"]
+    with pytest.raises(ValueError, match="right_ylabel"):
+        F.line_figure("bad", "c", steps, {"a": np.ones(4)}, xlabel="x", ylabel="y", right={"b": np.ones(4)})
+
+
+def test_bar_figure_points_fit_the_values_and_name_groups_and_reference(monkeypatch):
+    """F_mem 0.71–0.84 as bars from zero hides the differences; dots on a fitted axis show them."""
+    drawn = _drawn_axes(monkeypatch)
+    grid = pd.DataFrame({"setting": ["plain FM", "landing only", "plain FM · heun", "balanced · heun"],
+                         "group": ["main", "main", "solver", "solver"], "F_mem": [0.82, 0.71, 0.84, 0.80],
+                         "lo": [0.78, 0.67, 0.81, 0.76], "hi": [0.85, 0.75, 0.87, 0.83]})
+    F.bar_figure("dots", "c", grid, x="setting", y="F_mem", low="lo", high="hi", ylabel="F_mem",
+                 reference=0.82, reference_label="plain FM", points=True, group="group")
+    F.bar_figure("bars", "c", grid, x="setting", y="F_mem", xlabel="setting")
+    dots, bars = drawn["dots"][0], drawn["bars"][0]
+    assert dots["patches"] == 0 and dots["ylim"][0] > 0.5
+    assert dots["texts"] == ["main", "solver"] and dots["legend"] == ["plain FM = 0.82"]
+    assert bars["patches"] == 4 and bars["ylim"][0] == 0 and bars["xlabel"] == "setting"
+
+
+def test_memorization_figure_names_its_interval_threshold_and_both_groups(monkeypatch):
+    import torch
+
+    drawn = _drawn_axes(monkeypatch)
+    g = torch.Generator().manual_seed(3)
+    train = torch.rand(30, 1, 6, 6, generator=g) * 2 - 1
+    report = _audit(torch.cat([train[:4], torch.rand(6, 1, 6, 6, generator=g) * 2 - 1]), train)
+    F.memorization_figure("mem", "c", report)
+    (hist,) = drawn["mem"]
+    assert hist["title"].startswith("F_mem = 0.400 (95% bootstrap CI ")
+    assert hist["legend"] == ["not memorized: 6/10", "memorized: 4/10", "threshold d1/d2 = 1/3"]
+
+
+def test_crowded_energy_profiles_outline_their_bands(monkeypatch):
+    """Four overlapping filled bands blend into one grey; beyond two, bands are dotted outlines."""
+    drawn = _drawn_axes(monkeypatch)
+    t = np.linspace(0, 1, 11)
+    inc = np.random.default_rng(0).gamma(2.0, 0.5, (8, 10)) * 0.1
+    F.energy_profile_figure("two", "c", {k: (t, inc) for k in "ab"})
+    F.energy_profile_figure("four", "c", {k: (t, inc) for k in "abcd"})
+    assert drawn["two"][0]["fills"] == 2 and drawn["four"][0]["fills"] == 0

@@ -27,6 +27,14 @@ __all__ = ["energy_profile_figure", "histogram_figure", "scatter_figure", "sampl
            "bar_figure", "line_figure", "memorization_figure"]
 
 DPI = 110
+#: the axis label of a per-sample KPE, the same in every figure (ẋ = η·v; η = 1 without KTS)
+KPE_LABEL = "KPE  ½∫η²‖v‖² dt"
+#: the axis label of the kinetic power along a trajectory (the energy profiles)
+POWER_LABEL = "kinetic power  ½η²‖v‖²"
+#: appended to the label of a logarithmic axis, so a reader never takes it for a linear one
+LOG_NOTE = "(log scale)"
+#: a requested log axis stays linear when the data span fewer decades than this
+MIN_LOG_DECADES = 0.5
 # colour-blind-friendly qualitative palette (Okabe-Ito), first colour blue for "plain FM"
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
@@ -82,11 +90,20 @@ def _style(ax, *, xlabel: str = "", ylabel: str = "", title: str = "") -> None:
 def _log_axis(ax, which: str) -> None:
     """Logarithmic ``which`` ("x" or "y") axis with plain tick labels (20, not 2×10¹). Minor ticks
     are labelled by how many decades the view spans: all of them (20, 30, …, 90) within one
-    decade, those at 2 and 5 within two, none beyond, so a narrow view still reads off values."""
+    decade, those at 2 and 5 within two, none beyond, so a narrow view still reads off values.
+    The axis label, when there is one, ends with :data:`LOG_NOTE`: plain tick labels on a narrow
+    log view look linear at a glance. Data spanning less than :data:`MIN_LOG_DECADES` keep a linear
+    axis: there a log scale bends nothing visibly and may leave a single labelled tick."""
     from matplotlib.ticker import FuncFormatter
 
     axis = ax.xaxis if which == "x" else ax.yaxis
+    low, high = sorted(ax.dataLim.intervalx if which == "x" else ax.dataLim.intervaly)
+    if 0 < low <= high < math.inf and math.log10(high / low) < MIN_LOG_DECADES:
+        return
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    label = axis.get_label_text()
+    if label and not label.endswith(LOG_NOTE):
+        axis.set_label_text(f"{label} {LOG_NOTE}")
 
     def major(value: float, _pos: Any) -> str:
         return f"{value:g}"
@@ -178,6 +195,7 @@ def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any
     fig = _new_figure(6.4, 4.0)
     ax = fig.add_subplot()
     drawn = 0
+    crowded = len(profiles) > 2  # more than two filled bands blend into one grey: outline them instead
     for k, (label, (times, increments)) in enumerate(profiles.items()):
         t = _array(times, name=f"profiles[{label!r}] times").ravel()
         inc = _array(increments, name=f"profiles[{label!r}] increments")
@@ -192,10 +210,14 @@ def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any
             continue
         mid, mean, low, high, n = summary
         color = PALETTE[k % len(PALETTE)]
-        ax.fill_between(mid, low, high, color=color, alpha=0.2, linewidth=0)
+        if crowded:
+            for edge in (low, high):
+                ax.plot(mid, edge, color=color, linewidth=0.9, linestyle=":")
+        else:
+            ax.fill_between(mid, low, high, color=color, alpha=0.2, linewidth=0)
         ax.plot(mid, mean, color=color, linewidth=1.8, label=f"{label} (n={n})")
         drawn += 1
-    _style(ax, xlabel="t   (0 = noise, 1 = data)", ylabel="kinetic power  ½η²‖v‖²", title=title)
+    _style(ax, xlabel="t   (0 = noise, 1 = data)", ylabel=POWER_LABEL, title=title)
     if drawn:
         ax.set_xlim(0, 1)
     return _finish_lines(fig, ax, drawn, name, caption, log_y=log_y)
@@ -217,7 +239,9 @@ def histogram_figure(name: str, caption: str, values: dict[str, Any], *, xlabel:
         _no_data(ax)
         return _render(fig, name, caption)
     lo, hi = float(pooled.min()), float(pooled.max())
-    count = int(np.clip(math.sqrt(pooled.size) * 1.5, 10, 60))
+    # √n bins of the largest group: each group is drawn on its own, so pooling them would make
+    # every bin too narrow to hold more than noise
+    count = int(np.clip(math.sqrt(max(v.size for v in groups.values())), 10, 40))
     if log_x:
         if hi <= lo:
             lo, hi = lo / 1.5, hi * 1.5
@@ -360,13 +384,20 @@ def sample_grid_figure(name: str, caption: str, groups: dict[str, Any], *, title
 
 
 def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str, low: str | None = None,
-               high: str | None = None, ylabel: str = "", title: str = "",
-               reference: float | None = None, reference_label: str = "reference") -> Figure:
+               high: str | None = None, ylabel: str = "", xlabel: str = "", title: str = "",
+               reference: float | None = None, reference_label: str = "reference",
+               points: bool = False, group: str | None = None) -> Figure:
     """Bars of ``frame[y]`` per ``frame[x]``, optional CI whiskers ``[frame[low], frame[high]]``
     and a dashed horizontal ``reference`` line (e.g. the plain-FM value). Rows with a non-finite
-    ``y`` are dropped; a non-finite bound draws no whisker on that side."""
+    ``y`` are dropped; a non-finite bound draws no whisker on that side.
+
+    ``points`` draws a dot per row instead of a bar, on a y axis fitted to the values: a bar's
+    length must start at zero, so bars hide differences of a few percent that dots show.
+    ``group`` names a column whose runs of equal values are fenced off by dotted lines and
+    named above the axes (e.g. the parts of an ablation grid).
+    """
     check_figure_name(name)
-    for arg, column in (("x", x), ("y", y), ("low", low), ("high", high)):
+    for arg, column in (("x", x), ("y", y), ("low", low), ("high", high), ("group", group)):
         if column is not None and column not in frame.columns:
             raise ValueError(f"{arg}={column!r} is not a column of frame (columns: {list(frame.columns)})")
     values = _array(frame[y].to_numpy(), name=f"frame[{y!r}]")
@@ -375,7 +406,7 @@ def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str
     values = values[keep]
     fig = _new_figure(max(5.0, min(11.0, 1.2 + 0.55 * len(labels))), 4.2)
     ax = fig.add_subplot()
-    _style(ax, ylabel=ylabel or y, title=title)
+    _style(ax, xlabel=xlabel, ylabel=ylabel or y, title=title)
     ax.grid(False, axis="x")
     if not labels:
         _no_data(ax)
@@ -388,11 +419,17 @@ def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str
         below = np.where(np.isfinite(lo), np.maximum(values - lo, 0.0), 0.0)
         above = np.where(np.isfinite(hi), np.maximum(hi - values, 0.0), 0.0)
         yerr = np.vstack([below, above])
-    ax.bar(positions, values, color=PALETTE[0], alpha=0.85, width=0.7,
-           yerr=yerr, capsize=3 if yerr is not None else 0, error_kw=dict(ecolor="#333333", linewidth=1.1))
+    if points:
+        ax.errorbar(positions, values, yerr=yerr, fmt="o", color=PALETTE[0], markersize=6,
+                    ecolor="#333333", elinewidth=1.1, capsize=3 if yerr is not None else 0)
+    else:
+        ax.bar(positions, values, color=PALETTE[0], alpha=0.85, width=0.7,
+               yerr=yerr, capsize=3 if yerr is not None else 0, error_kw=dict(ecolor="#333333", linewidth=1.1))
     if reference is not None and math.isfinite(reference):
         ax.axhline(reference, color=PALETTE[1], linestyle="--", linewidth=1.4, label=f"{reference_label} = {reference:.4g}")
         _legend(ax)
+    if group is not None:
+        _fence_groups(ax, [str(v) for v in frame[group].to_numpy()[keep]])
     ax.set_xticks(positions)
     rotate = len(labels) > 6 or max(len(s) for s in labels) > 10
     ax.set_xticklabels(labels, rotation=35 if rotate else 0, ha="right" if rotate else "center")
@@ -400,22 +437,88 @@ def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str
     return _render(fig, name, caption)
 
 
+def _fence_groups(ax, groups: list[str]) -> None:
+    """Dotted vertical lines between runs of equal ``groups`` (one per bar) and each run's name
+    centred above the axes."""
+    from matplotlib.transforms import blended_transform_factory
+
+    above = blended_transform_factory(ax.transData, ax.transAxes)
+    start = 0
+    for i in range(1, len(groups) + 1):
+        if i < len(groups) and groups[i] == groups[start]:
+            continue
+        if i < len(groups):
+            ax.axvline(i - 0.5, color="#999999", linestyle=":", linewidth=1.0)
+        ax.text((start + i - 1) / 2, 1.01, groups[start], transform=above, ha="center", va="bottom",
+                fontsize=8, color="#555555")
+        start = i
+
+
 def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: str, ylabel: str,
                 log_x: bool = False, log_y: bool = False,
-                bands: dict[str, tuple[Any, Any]] | None = None, title: str = "") -> Figure:
+                bands: dict[str, tuple[Any, Any]] | None = None, title: str = "",
+                right: dict[str, Any] | None = None, right_ylabel: str = "",
+                reference: float | None = None, reference_label: str = "reference") -> Figure:
     """Lines ``ys[label]`` against the shared ``x`` (same length), with optional shaded
     ``bands[label] = (low, high)`` (e.g. a CI). Points with a non-finite value are dropped
-    per line; markers are drawn when there are few points."""
+    per line; markers are drawn when there are few points.
+
+    ``right`` holds lines of another quantity (other units), drawn against a second y axis
+    labelled ``right_ylabel`` (log too when ``log_y``); one legend lists both, and an axis with a
+    single line takes that line's colour for its label. ``reference`` draws a dashed grey
+    horizontal line on the left axis, named ``reference_label`` in the legend.
+    """
     check_figure_name(name)
     xs = _array(x, name="x").ravel()
     bands = bands or {}
+    right = right or {}
     unknown = set(bands) - set(ys)
     if unknown:
         raise ValueError(f"bands names labels missing from ys: {sorted(map(str, unknown))}")
+    if right and not right_ylabel:
+        raise ValueError("right needs a right_ylabel: its lines are in other units than ylabel's")
     fig = _new_figure(6.4, 4.0)
     ax = fig.add_subplot()
+    drawn = _lines(ax, xs, ys, bands, log_x, log_y, first_colour=0)
+    _style(ax, xlabel=xlabel, ylabel=ylabel, title=title)
+    if reference is not None and math.isfinite(reference):
+        ax.axhline(reference, color="#777777", linestyle="--", linewidth=1.1, label=reference_label)
+    finite = xs[np.isfinite(xs)]
+    if not log_x and finite.size and np.all(finite == np.round(finite)):  # counts, quintiles: no 2.5
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if not right:
+        return _finish_lines(fig, ax, drawn, name, caption, log_x=log_x, log_y=log_y)
+    twin = ax.twinx()
+    drawn_right = _lines(twin, xs, right, {}, log_x, log_y, first_colour=len(ys))
+    twin.set_ylabel(right_ylabel)
+    twin.spines["top"].set_visible(False)
+    for axis, lines, first in ((ax, ys, 0), (twin, right, len(ys))):
+        if len(lines) == 1:
+            axis.yaxis.label.set_color(PALETTE[first % len(PALETTE)])
+    if not (drawn or drawn_right):
+        _no_data(ax)
+        twin.set_yticks([])
+        return _render(fig, name, caption)
+    if log_x:
+        _log_axis(ax, "x")
+    if log_y:
+        _log_axis(ax, "y")
+        _log_axis(twin, "y")
+    # above the axes: the second axis draws over anything inside the first, a legend included
+    handles = [h for a in (ax, twin) for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, frameon=False, fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=len(handles))
+    return _render(fig, name, caption)
+
+
+def _lines(ax, xs: np.ndarray, ys: dict[str, Any], bands: dict[str, tuple[Any, Any]], log_x: bool, log_y: bool,
+           *, first_colour: int) -> int:
+    """Draw :func:`line_figure`'s lines (and bands) on ``ax``, colours from ``PALETTE[first_colour]``
+    on; return how many lines had a point to draw."""
     drawn = 0
-    for k, (label, values) in enumerate(ys.items()):
+    for k, (label, values) in enumerate(ys.items(), start=first_colour):
         v = _array(values, name=f"ys[{label!r}]").ravel()
         if v.shape != xs.shape:
             raise ValueError(f"ys[{label!r}] has {v.size} values but x has {xs.size}")
@@ -436,13 +539,7 @@ def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: 
         marker = "o" if keep.sum() <= 20 else None
         ax.plot(xs[keep][order], v[keep][order], color=color, linewidth=1.8, marker=marker, markersize=4, label=str(label))
         drawn += 1
-    _style(ax, xlabel=xlabel, ylabel=ylabel, title=title)
-    finite = xs[np.isfinite(xs)]
-    if not log_x and finite.size and np.all(finite == np.round(finite)):  # counts, quintiles: no 2.5
-        from matplotlib.ticker import MaxNLocator
-
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _finish_lines(fig, ax, drawn, name, caption, log_x=log_x, log_y=log_y)
+    return drawn
 
 
 def memorization_figure(name: str, caption: str, report: "MemorizationReport", samples: Any = None,
@@ -467,16 +564,18 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
                         gridspec_kw={"width_ratios": [4.8, max(3.4, 0.75 * shown[0].shape[0])]} if wide else None)[0]
     ax = axes[0]
     bins = np.linspace(0.0, 1.0, 41)
-    ax.hist(ratio, bins=bins, color=PALETTE[0], alpha=0.35, histtype="stepfilled")
     below = ratio[ratio < report.threshold]
+    ax.hist(ratio[~(ratio < report.threshold)], bins=bins, color=PALETTE[0], alpha=0.35, histtype="stepfilled",
+            label=f"not memorized: {ratio.size - below.size}/{ratio.size}")
     ax.hist(below, bins=bins, color=PALETTE[1], alpha=0.8, histtype="stepfilled",
             label=f"memorized: {below.size}/{ratio.size}")
     ax.axvline(report.threshold, color="#333333", linestyle="--", linewidth=1.2,
-               label=f"threshold {report.threshold:.3g}")
+               label=f"threshold d1/d2 = {_fraction_text(report.threshold)}")
     _style(ax, xlabel="gap ratio d1/d2", ylabel="samples")
     ax.set_xlim(0.0, 1.0)
     low, high = report.ci
-    interval = "" if math.isnan(low) else f" (CI {low:.2f}–{high:.2f})"
+    kind = {"wilson": "Wilson", "clopper-pearson": "Clopper–Pearson"}.get(report.interval, report.interval)
+    interval = "" if math.isnan(low) else f" ({report.confidence:.0%} {kind} CI {low:.2f}–{high:.2f})"
     ax.set_title(f"F_mem = {report.fraction:.3f}{interval}", fontsize=11)
     _legend(ax)
     if wide:
@@ -497,6 +596,13 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
         fig.suptitle(title)
     fig.tight_layout()
     return _render(fig, name, caption)
+
+
+def _fraction_text(value: float) -> str:
+    """1/3 for 0.333…, as the report's text writes the gap-ratio threshold; else 3 digits."""
+    if 0 < value < 1 and abs(1 / value - round(1 / value)) < 1e-6:
+        return f"1/{round(1 / value)}"
+    return f"{value:.3g}"
 
 
 def closest_pairs(report: "MemorizationReport", samples: Any, train: Any, pairs: int = 8
