@@ -123,12 +123,30 @@ def test_workspace_recomputes_on_new_config_and_after_a_truncated_write(tmp_path
     assert ws.cached("stage", {"a": 1}, compute)["value"].item() == 3  # corrupt file redone
 
 
+# figure name -> its axes as the tiny run rendered them (filled by the tiny_report fixture)
+_DRAWN: dict[str, list[dict]] = {}
+
+
+def _axes_summary(ax) -> dict:
+    return {"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "xscale": ax.get_xscale(),
+            "yscale": ax.get_yscale(), "image": bool(ax.images), "x_shown": ax.xaxis.get_visible()}
+
+
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
+    from kinetic_fm.studies import figures
     from kinetic_fm.studies.reproduce import reproduce
 
     out = tmp_path_factory.mktemp("reproduce")
-    md, html = reproduce(ReproduceConfig.preset("tiny"), out, progress=False)
+    render = figures._render
+
+    def keep(fig, name, caption):
+        _DRAWN[name] = [_axes_summary(ax) for ax in fig.axes]
+        return render(fig, name, caption)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(figures, "_render", keep)
+        md, html = reproduce(ReproduceConfig.preset("tiny"), out, progress=False)
     return out, md, html
 
 
@@ -158,6 +176,44 @@ def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
     assert "Control (not one of the paper's claims)" in text and "control: by ‖x1‖² instead of KPE" in text
     control = pd.read_parquet(out / "tables" / "memorization__goldilocks_control.parquet")
     assert list(control.columns) == ["quintile", "KPE", "‖x1‖²", "½‖x0‖²", "random"] and len(control) == 5
+
+
+def test_tiny_report_figures_label_their_axes(tiny_report):
+    """Every plotted axis is named; log axes say so; KPE is named alike in every figure; trajectory
+    time states its convention; no axis is a bare "value" holding two quantities."""
+    from kinetic_fm.studies.figures import KPE_LABEL, LOG_NOTE
+
+    out, _, _ = tiny_report
+    assert set(_DRAWN) == {p.stem for p in (out / "figures").glob("*.png")}
+    for name, axes in _DRAWN.items():
+        for ax in (a for a in axes if not a["image"]):
+            assert ax["ylabel"] and ax["ylabel"] != "value", name
+            assert (ax["yscale"] == "log") == ax["ylabel"].endswith(LOG_NOTE), name
+            if ax["x_shown"]:
+                assert ax["xlabel"], name
+                assert (ax["xscale"] == "log") == ax["xlabel"].endswith(LOG_NOTE), name
+            for label in (ax["xlabel"], ax["ylabel"]):
+                assert "KPE" not in label or KPE_LABEL in label or label.endswith(("KPE", "KPE)")), (name, label)
+        if name.startswith("energy_profile"):
+            assert axes[0]["xlabel"] == "t   (0 = noise, 1 = data)"
+    assert _DRAWN["kpe_vs_margin"][0]["xlabel"] == _DRAWN["kpe_histogram_general"][0]["xlabel"] == KPE_LABEL
+    kpe_axis, fd_axis = _DRAWN["memorizer_training_kpe"]                 # one quantity per axis
+    assert kpe_axis["ylabel"].startswith(f"mean {KPE_LABEL}") and fd_axis["ylabel"].startswith("FD-digits-cnn")
+
+
+def test_tiny_report_gives_every_figure_a_caption_and_alt_text(tiny_report):
+    import re
+
+    out, md, html = tiny_report
+    names = sorted(p.stem for p in (out / "figures").glob("*.png"))
+    page = html.read_text(encoding="utf-8")
+    found = re.findall(r'<figure id="fig-([a-z0-9_-]+)"><img src="[^"]+" alt="([^"]+)">'
+                       r"<figcaption>([^<]+)</figcaption></figure>", page)
+    assert sorted(name for name, _, _ in found) == names
+    assert all(len(alt) > 20 and len(caption) > 20 for _, alt, caption in found)
+    text = md.read_text(encoding="utf-8")
+    for name in names:
+        assert re.search(rf"!\[[^\]]{{20,}}\]\(figures/{name}\.png\)\n\n\*[^*\n]{{20,}}\*", text), name
 
 
 def test_only_a_tiny_report_calls_its_verdicts_a_smoke_test():

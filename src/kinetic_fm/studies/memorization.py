@@ -79,8 +79,10 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
     copies = Claim(
         "memorization", "The exact empirical flow reproduces training copies",
         "EFM samples land on training copies",
-        f"F_mem ≥ {worst['F_mem']:.3f} for N in {sizes}", int(cfg.efm_samples),
-        fmt_ci(worst["F_mem CI low"], worst["F_mem CI high"], f"F_mem 95% Wilson CI at N = {int(worst['atoms N'])}"),
+        f"lowest F_mem over N = {', '.join(map(str, sizes))}: {worst['F_mem']:.3f} (at N = {int(worst['atoms N'])})",
+        int(cfg.efm_samples),
+        fmt_ci(worst["F_mem CI low"], worst["F_mem CI high"], f"F_mem 95% Wilson CI at N = {int(worst['atoms N'])}",
+               decimals=3, signed=False),
         "reproduced" if worst["F_mem"] >= 0.95 else "not reproduced",
         "reproduced when every subset gives F_mem ≥ 0.95")
     spike = Claim(
@@ -90,7 +92,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         f"no single sample more than {late_single:.0%}); median KPE ≤ {straightness:.3f}× the straight-line "
         "energy ½‖x1 − x0‖²", int(cfg.efm_samples), "",
         "reproduced" if late_share > 0.5 else "not reproduced",
-        "exact EFM commits to its atom early and then moves in a straight line at constant speed; "
+        "reproduced when some batch spends more than half its energy after t = 0.9. Exact EFM commits to its atom early and then moves in a straight line at constant speed; "
         "1/(1 − t) only bites off the atoms. Since v* = E[y − x0 | x_t], the mean power at any t is at "
         f"most ½(E‖y‖² + D), which caps the share after t = 0.9 at {late_bound:.0%} here")
     claims = [copies, spike]
@@ -102,9 +104,9 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
               "over all paths; the ratio of KPE to it shows how straight the trajectories are. The Jensen bound "
               "caps the batch's energy share after t = 0.9 for the exact field (up to step and sampling error)."),
         tables=[("EFM on training subsets of growing size", table)],
-        figures=[energy_profile_figure("energy_profile_efm", "Kinetic power of EFM trajectories (log scale). "
-                                       "A late spike would rise near t = 1; exact EFM stays level once it has "
-                                       "committed to an atom.", profiles, log_y=True)],
+        figures=[energy_profile_figure("energy_profile_efm", "Kinetic power ½‖v‖² of exact EFM trajectories on N "
+                                       "atoms: mean and 10–90% band. A late spike would rise near t = 1; exact EFM "
+                                       "stays level once it has committed to an atom.", profiles, log_y=True)],
     )
     return section, claims
 
@@ -184,7 +186,7 @@ def _goldilocks_control(kpe, x1, x0, feats, ref, fd_col, resamples, seed):
 def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     import pandas as pd
 
-    from .figures import line_figure, memorization_figure
+    from .figures import KPE_LABEL, line_figure, memorization_figure
     from .report import Claim, Section
 
     shape = tuple(assets.train.shape[1:])
@@ -231,7 +233,9 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         "memorization", "Memorized samples spend more of their energy late",
         "memorization is driven by extreme late energy", ours, len(late),
         "" if np.isnan(p) else f"Mann–Whitney p = {p:.3g}", verdict,
-        f"final checkpoint of a net trained on {len(assets.memorizer_train)} images")
+        f"final checkpoint of a net trained on {len(assets.memorizer_train)} images; reproduced when a two-sided "
+        "Mann–Whitney p < 0.05 and the memorized median is the higher, not reproduced when p < 0.05 and it is "
+        f"the lower; inconclusive with p ≥ 0.05 or fewer than {MIN_GROUP} samples in a group")
     fd_col = [c for c in table.columns if c.startswith("FD") or c == "FID"][0]
     section = Section(
         "Energy and memorization across training",
@@ -240,15 +244,19 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
               f"against those images; {fd_col} against all {len(assets.train)} training images."),
         tables=[("Memorizing net across training", table)],
         figures=[
-            line_figure("memorizer_training", "F_mem (band: 95% Wilson interval) and energy across training of the memorizing net.",
+            line_figure("memorizer_training", "F_mem (band: 95% Wilson interval) and the mean share of each "
+                        "sample's energy spent after t = 0.9 across training of the memorizing net; dashed: that share "
+                        "for energy spread uniformly in time (0.1).",
                         table["training step"].to_numpy(), {"F_mem": table["F_mem"].to_numpy(),
                                                             "share of energy after t = 0.9": table["mean share after t = 0.9"].to_numpy()},
-                        xlabel="training step", ylabel="fraction", log_x=True,
+                        xlabel="training step of the memorizing net", ylabel="fraction (of samples, of energy)",
+                        log_x=True, reference=0.1, reference_label="energy uniform in t (0.1)",
                         bands={"F_mem": (table["F_mem CI low"].to_numpy(), table["F_mem CI high"].to_numpy())}),
-            line_figure("memorizer_training_kpe", "Mean KPE and quality across training of the memorizing net.",
-                        table["training step"].to_numpy(), {"mean KPE": table["mean KPE"].to_numpy(),
-                                                            fd_col: table[fd_col].to_numpy()},
-                        xlabel="training step", ylabel="value", log_x=True, log_y=True),
+            line_figure("memorizer_training_kpe", f"Mean KPE (left axis) and {fd_col} (right axis, lower is "
+                        "better) across training of the memorizing net.",
+                        table["training step"].to_numpy(), {"mean KPE": table["mean KPE"].to_numpy()},
+                        xlabel="training step of the memorizing net", ylabel=f"mean {KPE_LABEL}",
+                        right={fd_col: table[fd_col].to_numpy()}, right_ylabel=fd_col, log_x=True, log_y=True),
             memorization_figure("memorizer_copies", "Gap ratios of the final checkpoint's samples against the "
                                 "memorizing net's training images, and the samples with the smallest ratios "
                                 "beside their nearest training image.", audit, x, assets.memorizer_train),
@@ -290,20 +298,27 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
         len(kpe), f"an interior quintile (Q2–Q4) is best in {interior:.0%} of bootstrap resamples",
         verdict_from_share(interior),
         "quintiles resampled; reproduced when Q2–Q4 wins in ≥ 95% of resamples, not when in ≤ 5%; "
-        f"control: by ‖x1‖² instead of KPE, in {control_share:.0%}")
+        f"control: by ‖x1‖² instead of KPE, in {control_share:.0%}"
+        + (" (so a U shape here is not specific to energy)" if control_share >= 0.95 else ""))
     section = Section(
         "The Goldilocks picture",
         text=(f"The generalising model's samples split into KPE quintiles; each quintile's {fd_col} against "
-              f"{len(assets.heldout)} held-out images and its F_mem against the training images.\n\n"
-              + control_text),
+              f"{len(assets.heldout)} held-out images and its F_mem against the training images."
+              + (" No sample of this model is memorized (F_mem = 0 in every quintile), so only the quality "
+                 "side of the claim is tested here, not that too much energy drives copies."
+                 if not table["F_mem"].any() else "")
+              + "\n\n" + control_text),
         tables=[("Quality and memorization by KPE quintile", table),
                 (f"Control: {fd_col} of the same samples in quintiles of other per-sample scalars", control)],
-        figures=[bar_figure("goldilocks", f"{fd_col} of each KPE quintile (lower is better).", table,
-                            x="KPE quintile", y=fd_col, ylabel=fd_col),
+        figures=[bar_figure("goldilocks", f"{fd_col} of each KPE quintile of the generalising model's "
+                            f"{len(kpe)} samples (lower is better; the paper expects the lowest bar in Q2–Q4).", table,
+                            x="KPE quintile", y=fd_col, ylabel=f"{fd_col} (lower is better)",
+                            xlabel="KPE quintile (Q1 = lowest KPE)"),
                  line_figure("goldilocks_control", f"{fd_col} by quintile of KPE and of the control scalars "
                              "(lower is better; random: five equal groups at random).",
                              np.arange(1, 6), {name: control[name].to_numpy() for name in control.columns[1:]},
-                             xlabel="quintile (low → high)", ylabel=fd_col)],
+                             xlabel="quintile of each scalar (1 = lowest, 5 = highest)",
+                             ylabel=f"{fd_col} (lower is better)")],
     )
     out.tables["goldilocks"] = table
     out.tables["goldilocks_control"] = control

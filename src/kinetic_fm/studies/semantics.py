@@ -19,7 +19,7 @@ from .assets import Assets
 from .config import SemanticsConfig
 from .output import StudyOutput, image_range
 from .samples import energy_frame, sampled, start_noise, straight_line_energy
-from .verdicts import fmt_ci, verdict_from_interval
+from .verdicts import fmt_ci, link_in_words, verdict_from_interval
 from .workspace import Workspace
 
 
@@ -41,7 +41,7 @@ def semantics_verdict(rho: Correlation) -> str:
 
 
 def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key: str) -> StudyOutput:
-    from .figures import energy_profile_figure, histogram_figure, sample_grid_figure, scatter_figure
+    from .figures import KPE_LABEL, energy_profile_figure, histogram_figure, sample_grid_figure, scatter_figure
     from .report import Claim, Section
 
     out = StudyOutput("semantics")
@@ -56,14 +56,16 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
                               "generalising model: mean and 10–90% band, plain FM vs KTS (α0 = β0 = 0.01, τ = 0.6).",
                               {"plain FM": (fm["times"].numpy(), fm["profile"].numpy()),
                                "KTS": (kts["times"].numpy(), kts["profile"].numpy())}, log_y=True),
-        histogram_figure("kpe_histogram_general", "Per-sample KPE of the generalising model, plain FM vs KTS.",
-                         {"plain FM": kpe, "KTS": kts["kpe"].numpy()}, xlabel="KPE ½∫η²‖v‖²dt", log_x=True),
+        histogram_figure("kpe_histogram_general", "Per-sample KPE of the generalising model, plain FM vs KTS "
+                         "(the same seeds).", {"plain FM": kpe, "KTS": kts["kpe"].numpy()}, xlabel=KPE_LABEL),
     ]
     order = np.argsort(kpe)
     shown = min(16, len(order) // 2)
+    low, high = order[:shown], order[-shown:]
     section.figures.append(sample_grid_figure(
-        "samples_by_kpe", "Samples of the generalising model with the lowest and the highest KPE.",
-        {"lowest KPE": x[order[:shown]].numpy(), "highest KPE": x[order[-shown:]].numpy()}))
+        "samples_by_kpe", f"The {shown} samples of the generalising model with the lowest and the {shown} with the "
+        "highest KPE (plain FM), the KPE range of each group in its title.",
+        {f"lowest KPE{_range(kpe[low])}": x[low].numpy(), f"highest KPE{_range(kpe[high])}": x[high].numpy()}))
 
     if assets.classifier is None:
         section.text = ("This data set has no labels, so no classifier judges semantic strength; the energy "
@@ -90,8 +92,9 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
         "CLIP margin 5.7 → 8.9, CLIP score 21.9 → 24.6 (low → high KPE group, ImageNet-256)",
         f"{assets.classifier_name} margin {groups.low_mean:.2f} → {groups.high_mean:.2f} (low → high {q} KPE, "
         f"d = {groups.cohens_d:+.2f}); Spearman ρ = {rho.rho:+.3f}",
-        rho.n, fmt_ci(rho.ci_low, rho.ci_high, "ρ 95% CI"), verdict,
-        "the sign of ρ(KPE, margin) decides; the interval is a paired bootstrap"))
+        rho.n, fmt_ci(rho.ci_low, rho.ci_high, "ρ 95% CI", decimals=3), verdict,
+        f"reproduced when the 95% CI of ρ(KPE, margin) lies above 0, not reproduced when below; "
+        f"a {rho.ci_method} bootstrap over the (KPE, margin) pairs"))
     import pandas as pd
 
     # Context, not a claim of the paper: KPE ≥ ½‖x1 − x0‖², and at small D the start's own norm
@@ -106,11 +109,14 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
     section.text = (
         f"{len(kpe)} samples of the generalising model ({cfg.solver}, {cfg.steps} steps), judged by "
         f"`{assets.classifier_name}` (held-out accuracy {_pct(assets.classifier_accuracy)}). "
-        f"Semantic strength is the logit margin of the predicted class. {rho}.\n\n"
+        f"Semantic strength is the logit margin of the predicted class. Spearman ρ(KPE, margin) = "
+        f"{rho.rho:+.3f}, {rho.confidence:.0%} CI [{rho.ci_low:+.3f}, {rho.ci_high:+.3f}] ({rho.ci_method} "
+        f"bootstrap), permutation p = {rho.p_perm:.3g}, n = {rho.n} ({link_in_words(rho.ci_low, rho.ci_high)}; "
+        "the paper expects a positive link).\n\n"
         f"Context (not one of the paper's claims): a path's KPE is at least ½‖x1 − x0‖², so it can "
         f"follow the energy ½‖x0‖² of the noise it starts from; here ρ(KPE, ½‖x0‖²) = {by_noise.rho:+.3f} "
         f"[{by_noise.ci_low:+.3f}, {by_noise.ci_high:+.3f}] in D = {x0[0].numel()} "
-        f"({_follows(by_noise.ci_low, by_noise.ci_high)}). The excess energy "
+        f"({link_in_words(by_noise.ci_low, by_noise.ci_high)}). The excess energy "
         f"KPE − ½‖x1 − x0‖² (zero for a straight path at constant speed) against the margin: "
         f"ρ = {by_excess.rho:+.3f} [{by_excess.ci_low:+.3f}, {by_excess.ci_high:+.3f}], "
         f"p_perm = {by_excess.p_perm:.3g}. Per sample: columns `noise_energy` and `excess_energy` of "
@@ -120,9 +126,10 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
         {"score": "classifier confidence", **_group_row(conf_groups)},
     ])))
     section.figures.insert(0, scatter_figure(
-        "kpe_vs_margin", "Per-sample KPE against classifier margin (generalising model).", kpe, margin,
-        xlabel="KPE", ylabel=f"{assets.classifier_name} logit margin", log_x=True,
-        annotation=f"Spearman ρ = {rho.rho:+.3f} [{rho.ci_low:+.3f}, {rho.ci_high:+.3f}]"))
+        "kpe_vs_margin", "Per-sample KPE against classifier margin (generalising model, plain FM). The paper "
+        "expects the cloud to rise to the right (ρ > 0).", kpe, margin,
+        xlabel=KPE_LABEL, ylabel=f"{assets.classifier_name} logit margin",
+        annotation=f"Spearman ρ = {rho.rho:+.3f}, 95% CI [{rho.ci_low:+.3f}, {rho.ci_high:+.3f}]"))
     out.tables["general_samples"] = frame
     out.sections.append(section)
     return out
@@ -133,14 +140,10 @@ def _group_row(g) -> dict[str, Any]:
             "Cohen's d": g.cohens_d, "Welch p": g.p_value, "n per group": g.n_low}
 
 
+def _range(values: np.ndarray) -> str:
+    """", 25.9–29.1" for a panel title; empty for no values."""
+    return f", {values.min():.3g}–{values.max():.3g}" if len(values) else ""
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def _follows(low: float, high: float) -> str:
-    """How a correlation interval reads in the text."""
-    if low > 0:
-        return "a clear positive link"
-    if high < 0:
-        return "a clear negative link"
-    return "no link shown at this size"

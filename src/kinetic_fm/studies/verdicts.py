@@ -18,6 +18,15 @@ def verdict_from_interval(low: float, high: float, expected_sign: int) -> str:
     return "reproduced" if high < 0 else "not reproduced" if low > 0 else "inconclusive"
 
 
+def link_in_words(low: float, high: float) -> str:
+    """How a correlation's interval reads in the report's text."""
+    if low > 0:
+        return "a clear positive link"
+    if high < 0:
+        return "a clear negative link"
+    return "no link shown at this size"
+
+
 def verdict_of_all(verdicts: list[str]) -> str:
     """One verdict for a claim made of several parts: "reproduced" when every part is, "not
     reproduced" when any part is not, else "inconclusive"."""
@@ -28,8 +37,14 @@ def verdict_of_all(verdicts: list[str]) -> str:
     return "not reproduced" if "not reproduced" in verdicts else "inconclusive"
 
 
-def fmt_ci(low: float, high: float, what: str = "95% CI", digits: int = 3) -> str:
-    return f"{what} [{low:+.{digits}g}, {high:+.{digits}g}]"
+def fmt_ci(low: float, high: float, what: str = "95% CI", digits: int = 3, *, decimals: int | None = None,
+           signed: bool = True, unit: str = "") -> str:
+    """``what [low, high]``: ``digits`` significant digits, or ``decimals`` fixed ones (the way a
+    correlation is written beside it); ``signed`` writes the + of a positive bound (differences,
+    correlations), not of a proportion; ``unit`` follows the bracket."""
+    sign = "+" if signed else ""
+    spec = f"{sign}.{decimals}f" if decimals is not None else f"{sign}.{digits}g"
+    return f"{what} [{low:{spec}}, {high:{spec}}]" + (f" {unit}" if unit else "")
 
 
 def verdict_from_share(share: float, level: float = 0.95) -> str:
