@@ -216,6 +216,27 @@ def test_tiny_report_gives_every_figure_a_caption_and_alt_text(tiny_report):
         assert re.search(rf"!\[[^\]]{{20,}}\]\(figures/{name}\.png\)\n\n\*[^*\n]{{20,}}\*", text), name
 
 
+def test_tiny_report_says_what_ran_what_verdicts_mean_and_each_rule(tiny_report):
+    import re
+
+    out, md, _ = tiny_report
+    text = md.read_text(encoding="utf-8")
+    intro = text[:text.index("## Claims")]
+    assert re.search(r"on `cpu`, in \d+ s \(data, classifier and models \d+ s, semantics \d+ s", intro)
+    for words in ("**What ran.**", "Sample seeds", "0–63",
+                  "`figures/*.png`", "`tables/<study>__<table>.parquet`", "**Verdicts.**", "“Inconclusive”",
+                  "neither support nor contradict"):
+        assert words in intro, words
+    claims = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and
+              any(label in line for label in ("✅", "❌", "➖"))]
+    assert len(claims) == 12
+    for row in claims:
+        assert "reproduced when" in row[-1], row[1]                     # each note states its rule
+    assert "ΔF_mem 95% CI [" in text and "percentage points" in text   # like the F_mem percentages
+    assert "spearman rho" not in text and "Spearman ρ(KPE, margin) = " in text
+    assert "| configuration.assets.n_train | whole training split |" in text
+
+
 def test_only_a_tiny_report_calls_its_verdicts_a_smoke_test():
     from kinetic_fm.studies.reproduce import _intro
 
