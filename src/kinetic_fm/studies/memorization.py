@@ -92,7 +92,8 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         f"no single sample more than {late_single:.0%}); median KPE ≤ {straightness:.3f}× the straight-line "
         "energy ½‖x1 − x0‖²", int(cfg.efm_samples), "",
         "reproduced" if late_share > 0.5 else "not reproduced",
-        "reproduced when some batch spends more than half its energy after t = 0.9. Exact EFM commits to its atom early and then moves in a straight line at constant speed; "
+        "reproduced when some batch spends more than half its energy after t = 0.9. Exact EFM commits to its "
+        "atom early and then moves in a straight line at constant speed; "
         "1/(1 − t) only bites off the atoms. Since v* = E[y − x0 | x_t], the mean power at any t is at "
         f"most ½(E‖y‖² + D), which caps the share after t = 0.9 at {late_bound:.0%} here")
     claims = [copies, spike]
@@ -311,7 +312,8 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
         tables=[("Quality and memorization by KPE quintile", table),
                 (f"Control: {fd_col} of the same samples in quintiles of other per-sample scalars", control)],
         figures=[bar_figure("goldilocks", f"{fd_col} of each KPE quintile of the generalising model's "
-                            f"{len(kpe)} samples (lower is better; the paper expects the lowest bar in Q2–Q4).", table,
+                            f"{len(kpe)} samples (lower is better; the paper expects the lowest bar in Q2–Q4).",
+                            table,
                             x="KPE quintile", y=fd_col, ylabel=f"{fd_col} (lower is better)",
                             xlabel="KPE quintile (Q1 = lowest KPE)"),
                  line_figure("goldilocks_control", f"{fd_col} by quintile of KPE and of the control scalars "

@@ -227,7 +227,8 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
         [paired_fd_delta("balanced", taus[tau]) for tau in others]))
     claims.append(Claim("shaping", "τ_split = 0.6 gives the best quality",
                         "FID 60.31 / 48.58 / 14.35 / 21.07 for τ = 0.2 / 0.4 / 0.6 / 0.8",
-                        " / ".join(f"{v:.3g}" for v in tau_fd.values()) + f" (best τ = {best_tau})", n,
+                        f"{fd_name} " + " / ".join(f"{v:.3g}" for v in tau_fd.values())
+                        + f" (best τ = {best_tau})", n,
                         "; ".join(fmt_ci(lo, hi, f"ΔFD τ={tau} − τ=0.6") for tau, lo, hi in zip(others, low, high)),
                         tau_verdict, "paired bootstrap; reproduced when τ = 0.6 beats every other τ (each ΔFD "
                         "95% CI above 0), not reproduced when another τ is better (a CI below 0)"))
