@@ -436,3 +436,53 @@ def test_crowded_energy_profiles_outline_their_bands(monkeypatch):
     F.energy_profile_figure("two", "c", {k: (t, inc) for k in "ab"})
     F.energy_profile_figure("four", "c", {k: (t, inc) for k in "abcd"})
     assert drawn["two"][0]["fills"] == 2 and drawn["four"][0]["fills"] == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# kfm.plot_energy_profile: a sampling run's power curve for notebooks
+
+
+@pytest.fixture(scope="module")
+def profiled_runs():
+    import torch
+
+    import kinetic_fm as kfm
+
+    field = kfm.GaussianTarget(mean=2.0, std=0.5)
+    plain = kfm.sample(field, seeds=range(16), shape=(3,), steps=12, profile=True)
+    shaped = kfm.sample(field, seeds=range(16), shape=(3,), steps=12, profile=True,
+                        shaping=kfm.KTS(alpha0=0.3, beta0=0.05))
+    return {"plain FM": plain, "KTS": shaped, "x0": torch.zeros(1)}
+
+
+def test_plot_energy_profile_draws_the_results_profiles(profiled_runs, tmp_path):
+    import kinetic_fm as kfm
+
+    runs = {k: profiled_runs[k] for k in ("plain FM", "KTS")}
+    figure = kfm.plot_energy_profile(runs, title="Gaussian target")
+    # the same figure as the report's, drawn from each result's own grid and increments
+    direct = F.energy_profile_figure("energy_profile", "", {k: (r.times, r.profile) for k, r in runs.items()},
+                                     title="Gaussian target")
+    assert figure.png == direct.png
+    alone = kfm.plot_energy_profile(runs["KTS"])
+    assert alone.png != figure.png and alone.png.startswith(b"\x89PNG")
+    assert figure._repr_png_() == figure.png                  # shown inline by Jupyter
+    path = figure.save(tmp_path / "deep" / "profile.png")
+    assert path.read_bytes() == figure.png
+    with pytest.raises(ValueError, match="must end in .png"):
+        figure.save(tmp_path / "profile.pdf")
+
+
+def test_plot_energy_profile_says_what_is_missing(profiled_runs):
+    import kinetic_fm as kfm
+
+    field = kfm.GaussianTarget(mean=2.0, std=0.5)
+    with pytest.raises(ValueError, match=r"profile=True"):
+        kfm.plot_energy_profile(kfm.sample(field, seeds=range(4), shape=(3,), steps=5))
+    adaptive = kfm.sample(field, seeds=range(4), shape=(3,), solver="dopri5", profile=True)
+    with pytest.raises(ValueError, match=r"results\['ode'\] was sampled by dopri5"):
+        kfm.plot_energy_profile({"ode": adaptive})
+    with pytest.raises(TypeError, match=r"results\['x0'\] must be a SampleResult"):
+        kfm.plot_energy_profile({"x0": profiled_runs["x0"]})
+    with pytest.raises(TypeError, match="non-empty dict"):
+        kfm.plot_energy_profile({})

@@ -44,6 +44,7 @@ _LAZY = {
     "classifier_margin": "kinetic_fm.metrics.semantics",
     "clip_scores": "kinetic_fm.metrics.semantics",
     "per_sample_table": "kinetic_fm.metrics.table",
+    "plot_energy_profile": "kinetic_fm.studies.figures",
     "ModelTX": "kinetic_fm.fields.adapters",
     "ModelXT": "kinetic_fm.fields.adapters",
     "DiscreteTime": "kinetic_fm.fields.adapters",

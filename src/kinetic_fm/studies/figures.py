@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from ..metrics.memorization import MemorizationReport
 
-__all__ = ["energy_profile_figure", "histogram_figure", "scatter_figure", "sample_grid_figure",
+__all__ = ["energy_profile_figure", "plot_energy_profile", "histogram_figure", "scatter_figure", "sample_grid_figure",
            "bar_figure", "line_figure", "memorization_figure"]
 
 DPI = 110
@@ -221,6 +221,39 @@ def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any
     if drawn:
         ax.set_xlim(0, 1)
     return _finish_lines(fig, ax, drawn, name, caption, log_y=log_y)
+
+
+def plot_energy_profile(results: Any, *, log_y: bool = False, title: str = "",
+                        name: str = "energy_profile", caption: str = "") -> Figure:
+    """Kinetic power ½η²‖v‖² over t of ``kfm.sample`` results: mean and 10–90 % band per run.
+
+    Args:
+        results: a :class:`~kinetic_fm.SampleResult` sampled with ``profile=True`` on a
+            fixed-step solver, or a dict label -> such results (one line each, e.g. plain FM
+            against KTS).
+        log_y: logarithmic power axis (shows a late 1/(1 − t) spike).
+        title, name, caption: the figure's title, file stem ([a-z0-9_-]+) and caption.
+
+    Returns a :class:`~kinetic_fm.studies.report.Figure`: Jupyter shows it inline, ``.save(path)``
+    writes the PNG, ``.png`` holds its bytes.
+    """
+    from ..sampling.result import SampleResult
+
+    runs = {"samples": results} if isinstance(results, SampleResult) else results
+    if not isinstance(runs, dict) or not runs:
+        raise TypeError(f"results must be a SampleResult or a non-empty dict of them, got {type(results).__name__}")
+    profiles = {}
+    for label, result in runs.items():
+        where = "results" if runs is not results else f"results[{label!r}]"
+        if not isinstance(result, SampleResult):
+            raise TypeError(f"{where} must be a SampleResult (from kfm.sample), got {type(result).__name__}")
+        if result.profile is None:
+            raise ValueError(f"{where} has no energy profile: sample it with kfm.sample(..., profile=True)")
+        if result.times.dim() != 1:
+            raise ValueError(f"{where} was sampled by dopri5, whose samples each have their own time grid; "
+                             "plot a fixed-step run (euler, midpoint, heun, rk4, rk4_38)")
+        profiles[str(label)] = (result.times, result.profile)
+    return energy_profile_figure(name, caption, profiles, log_y=log_y, title=title)
 
 
 def histogram_figure(name: str, caption: str, values: dict[str, Any], *, xlabel: str,

@@ -97,6 +97,18 @@ class Figure:
         if not isinstance(self.png, (bytes, bytearray)) or not bytes(self.png).startswith(_PNG_SIGNATURE):
             raise ValueError(f"Figure.png of {self.name!r} must be PNG bytes")
 
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the PNG to ``path`` (atomically; the folder is created); returns the path."""
+        path = Path(path)
+        if path.suffix.lower() != ".png":
+            raise ValueError(f"path must end in .png (the figure is a PNG), got {str(path)!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write_bytes(path, bytes(self.png))
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter and IPython show the figure inline."""
+        return bytes(self.png)
+
 
 @dataclass
 class Section:
