@@ -348,6 +348,12 @@ def test_recorder_traces_dominance_along_a_run(atoms):
     # the posterior concentrates: dominance ends at 1, entropy at 0
     assert (trace.max_weight[-1] > 0.999).all() and (trace.entropy[-1] < 1e-2).all()
     assert (trace.max_weight[0] < 0.05).all()
+    # every diagnostic is traced: at t = 0 all N atoms are candidates, weights exact (the mean);
+    # screened rows carry their logit error bound, exact rows none
+    assert (trace.candidates[0] == 400).all() and trace.exact[0].all()
+    assert (trace.logit_error_bound[trace.exact] == 0).all()
+    assert (trace.logit_error_bound[~trace.exact] > 0).all() and (~trace.exact).any()
+    assert (trace.candidates[-1] <= 64).all() and (trace.neglected_bound < 1e-8).all()
 
 
 @pytest.mark.parametrize("solver", ["heun", "rk4", "rk4_38"])
@@ -377,6 +383,8 @@ def test_recorder_under_dopri5_records_the_samples_in_flight(atoms):
     assert (~evaluated).any()                                    # finished samples were not evaluated
     assert torch.equal(evaluated, ~torch.isnan(trace.max_weight))
     assert not trace.exact[~evaluated].any()
+    assert (trace.candidates[~evaluated] == -1).all() and (trace.candidates[evaluated] >= 1).all()
+    assert torch.equal(evaluated, ~torch.isnan(trace.logit_error_bound))
 
 
 def test_bad_input_is_named():

@@ -557,18 +557,22 @@ def _exponentiate(logits: torch.Tensor, best: torch.Tensor) -> tuple[torch.Tenso
 class PosteriorTrace:
     """Diagnostics recorded along a run: each field (calls, B), row i for the i-th field call.
 
-    Samples a call did not evaluate (dopri5 evaluates only those still in flight) hold NaN in
-    the float fields and False in ``exact``.
+    The fields are those of :class:`PosteriorDiagnostics`. Samples a call did not evaluate
+    (dopri5 evaluates only those still in flight) hold NaN in the float fields, −1 in
+    ``candidates`` and False in ``exact``.
     """
 
     t: torch.Tensor
     max_weight: torch.Tensor
     entropy: torch.Tensor
-    neglected_bound: torch.Tensor
+    candidates: torch.Tensor
     exact: torch.Tensor
+    logit_error_bound: torch.Tensor
+    neglected_bound: torch.Tensor
 
 
-_TRACED = ("max_weight", "entropy", "neglected_bound", "exact")
+_TRACED = ("max_weight", "entropy", "candidates", "exact", "logit_error_bound", "neglected_bound")
+_NOT_EVALUATED = {torch.bool: False, torch.int64: -1}   # float fields: NaN
 
 
 class PosteriorRecorder:
@@ -614,7 +618,7 @@ class PosteriorRecorder:
             for name in columns:
                 value = t if name == "t" else getattr(diagnostics, name)
                 if active is not None:
-                    full = value.new_full((batch,), False if value.dtype == torch.bool else math.nan)
+                    full = value.new_full((batch,), _NOT_EVALUATED.get(value.dtype, math.nan))
                     full[active] = value
                     value = full
                 columns[name].append(value)
