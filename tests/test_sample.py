@@ -771,6 +771,51 @@ def test_a_net_in_training_mode_warns_through_every_wrapper():
     assert torch.equal(c, d)
 
 
+def test_the_training_mode_check_follows_only_what_the_velocity_reads():
+    """A training module holds the net being trained (dropout active) and its EMA copy in eval;
+    sampling the EMA copy through a closure or a method of that module is quiet, sampling the
+    trained net or the module itself warns."""
+    import copy
+
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    class Trainer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = _stochastic_net()
+            self.ema = copy.deepcopy(self.model)
+
+        def ema_closure(self):
+            return lambda x, t: self.ema(torch.cat([x, t[:, None]], 1))
+
+        def ema_velocity(self, x, t):
+            return self._ema_call(torch.cat([x, t[:, None]], 1))   # through another method
+
+        def _ema_call(self, inputs):
+            return self.ema(inputs)
+
+        def model_velocity(self, x, t):
+            return self.model(torch.cat([x, t[:, None]], 1))
+
+        def forward(self, x, t):
+            return self.model(torch.cat([x, t[:, None]], 1))
+
+    trainer = Trainer().train()
+    trainer.ema.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)
+        for velocity in (trainer.ema_closure(), trainer.ema_velocity):
+            kfm.sample(velocity, seeds=range(4), shape=(2,), steps=2)
+    loud = {
+        "method": trainer.model_velocity,
+        "the module called whole": lambda x, t: trainer(x, t),
+        "an attribute looked up by name": lambda x, t: getattr(trainer, "model")(torch.cat([x, t[:, None]], 1)),
+    }
+    for name, velocity in loud.items():
+        with pytest.warns(TrainingModeWarning, match=r"Dropout at '(model\.)?2'"):
+            kfm.sample(velocity, seeds=range(4), shape=(2,), steps=2)
+
+
 def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objects():
     from kinetic_fm.sampling.guards import TrainingModeWarning
 

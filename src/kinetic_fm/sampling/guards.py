@@ -153,19 +153,80 @@ def _loaded_globals(code: types.CodeType) -> frozenset[str]:
     return frozenset(names)
 
 
+_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW", "LOAD_DEREF"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _attribute_uses(code: types.CodeType) -> dict[str, frozenset[str] | None]:
+    """For each local or free variable ``code`` touches: the attribute names it reads directly on
+    it (``self.ema(x)`` gives ``{"ema"}``), or None when the variable is used in any other way
+    too (called, passed, returned, stored, captured by nested code)."""
+    import dis
+
+    instructions = list(dis.get_instructions(code))
+    uses: dict[str, set[str] | None] = {}
+    for i, ins in enumerate(instructions):
+        local = ins.opcode in dis.haslocal or ins.opcode in dis.hasfree or any(
+            part in ins.opname for part in ("FAST", "DEREF", "CLOSURE", "CELL"))
+        if not local:
+            continue
+        names = ins.argval if isinstance(ins.argval, tuple) else (ins.argval,)  # 3.13 pairs loads
+        after = instructions[i + 1] if i + 1 < len(instructions) else None
+        for name in names:
+            if not isinstance(name, str):
+                continue
+            if (ins.opname in _LOADS and len(names) == 1 and after is not None
+                    and after.opname in ("LOAD_ATTR", "LOAD_METHOD") and uses.get(name, set()) is not None):
+                uses.setdefault(name, set()).add(after.argval)
+            else:
+                uses[name] = None
+    return {name: None if attrs is None else frozenset(attrs) for name, attrs in uses.items()}
+
+
+def _used_part(obj: object, code: types.CodeType, name: str) -> list:
+    """What of ``obj``, bound to variable ``name`` of ``code``, the code can reach: only the
+    attributes it reads when it reads nothing else of it (a closure over a training module that
+    calls only ``self.ema``), else the whole object. Attributes are looked up without running
+    any code (a property or ``__getattr__`` means the whole object)."""
+    import inspect
+
+    attrs = _attribute_uses(code).get(name, frozenset())
+    if attrs is None:
+        return [obj]
+    parts: list = []
+    for attr in sorted(attrs):
+        held = getattr(obj, "_modules", None) if isinstance(obj, torch.nn.Module) else None
+        if held is not None and attr in held:
+            parts.append(held[attr])
+            continue
+        try:
+            value = inspect.getattr_static(obj, attr)
+        except AttributeError:
+            return [obj]
+        if isinstance(value, types.FunctionType):  # a method of obj's class: follow it bound
+            parts.append(types.MethodType(value, obj))
+        elif isinstance(value, (property, types.MemberDescriptorType, types.GetSetDescriptorType)):
+            return [obj]
+        else:
+            parts.append(value)
+    return parts
+
+
 def _held_objects(obj: object, fan_out: int) -> list:
     children: list = []
     if isinstance(obj, functools.partial):
         children += [obj.func, *obj.args[:fan_out], *list(obj.keywords.values())[:fan_out]]
     if isinstance(obj, types.MethodType):
-        children += [obj.__self__, obj.__func__]
+        function, bound = obj.__func__, obj.__self__
+        first = function.__code__.co_varnames[:1] if isinstance(function, types.FunctionType) else ()
+        children += [function, *(_used_part(bound, function.__code__, first[0]) if first else [bound])]
     elif isinstance(obj, types.BuiltinMethodType):
         children.append(obj.__self__)
     if isinstance(obj, types.FunctionType):  # `lambda x, t: net(x, t)` with a global net
         children += [obj.__globals__[n] for n in sorted(_loaded_globals(obj.__code__)) if n in obj.__globals__]
-        for cell in obj.__closure__ or ():
+        for name, cell in zip(obj.__code__.co_freevars, obj.__closure__ or ()):
             try:
-                children.append(cell.cell_contents)
+                children += _used_part(cell.cell_contents, obj.__code__, name)
             except ValueError:  # an empty cell
                 pass
         return children
