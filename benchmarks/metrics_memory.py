@@ -7,7 +7,10 @@ The thirteenth session replaced four passes that made temporaries the size of th
 - the faiss cache's column sums in the set's dtype against ``x.sum(dim=0, dtype=torch.float64)``;
 - the float64 re-screening of uncertified queries (``nearest_neighbors`` of x/t at small t, the
   search EFM's truncated mode made before the fourteenth session and its faiss backend still makes)
-  in chunks of at most 64 MiB against the search's own 16,384-row chunks.
+  in chunks of at most 64 MiB against the search's own 16,384-row chunks;
+- and, since the fourteenth session, decoding uint8 images to float (the CIFAR-10 and image-folder
+  loaders, ``uint8_to_signed``) into one float tensor against ``.to(float32)`` of the channel-first
+  view followed by ``.contiguous()``.
 
     python benchmarks/metrics_memory.py            # 50,000 x 3,072 float32 (CIFAR-10 sized)
     python benchmarks/metrics_memory.py --quick    # 10,000 x 3,072
@@ -52,6 +55,16 @@ def _measure(case: str, variant: str, rows: int, dim: int) -> dict:
             lambda: x.to(torch.float64).var(dim=0).mean().sqrt().item())
     elif case == "column_sums":
         work = (lambda: x.sum(dim=0)) if variant == "ours" else (lambda: x.sum(dim=0, dtype=torch.float64))
+    elif case == "decode":
+        import numpy as np
+
+        from kinetic_fm.data.images import uint8_to_signed
+
+        side = int(round((dim // 3) ** 0.5))
+        pixels = np.random.default_rng(0).integers(0, 256, (rows, side, side, 3), dtype=np.uint8)
+        del x  # this pass starts from uint8 images
+        work = (lambda: uint8_to_signed(pixels)) if variant == "ours" else (
+            lambda: torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.float32).div_(127.5).sub_(1.0).contiguous())
     elif case == "rescreen":
         from kinetic_fm import knn
 
@@ -90,7 +103,7 @@ def main() -> None:
     size = args.rows * args.dim * 4 / 2**20
     print(f"set: {args.rows} x {args.dim} float32 = {size:.0f} MiB; peak above the resident size before each pass")
     print(f"{'pass':<14}{'naive MiB':>11}{'ours MiB':>10}{'naive s':>9}{'ours s':>8}")
-    for case in ("finite", "scott", "column_sums", "rescreen"):
+    for case in ("finite", "scott", "column_sums", "decode", "rescreen"):
         got = {}
         for variant in ("naive", "ours"):
             out = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),

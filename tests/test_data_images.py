@@ -141,3 +141,17 @@ def test_shared_celeba_zip(shared_data):
     assert isinstance(ds, ImageDataset) and ds.images.shape == (256, 1, 32, 32)
     assert abs(ds.images.mean().item()) < 1e-5
     assert torch.equal(ds.indices, select_indices(6000, n=256, seed=0))
+
+
+def test_uint8_images_decode_to_the_signed_range_bit_for_bit():
+    from kinetic_fm.data.images import uint8_to_signed
+
+    pixels = np.random.default_rng(3).integers(0, 256, (5, 4, 6, 3), dtype=np.uint8)
+    pixels[0, 0, 0] = (0, 127, 255)
+    x = uint8_to_signed(pixels)
+    expected = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    assert x.shape == (5, 3, 4, 6) and x.dtype == torch.float32 and x.is_contiguous()
+    assert torch.equal(x, expected)
+    assert x[0, :, 0, 0].tolist() == [-1.0, pytest.approx(-1 / 255, abs=1e-7), 1.0]
+    grey = uint8_to_signed(pixels[..., 0])
+    assert grey.shape == (5, 1, 4, 6) and torch.equal(grey[:, 0], expected[:, 0])

@@ -70,7 +70,9 @@ def uint8_to_signed(array: np.ndarray) -> Tensor:
     if not array.flags.writeable:
         array = array.copy()
     x = torch.from_numpy(array).permute(0, 3, 1, 2)
-    return x.to(torch.float32).div_(127.5).sub_(1.0).contiguous()
+    # one float tensor, filled from the permuted view: x.to(float32).contiguous() made two
+    # (50,000 CIFAR-10 images: 586 MiB more at the peak)
+    return torch.empty(x.shape, dtype=torch.float32).copy_(x).div_(127.5).sub_(1.0)
 
 
 def _natural_key(name: str) -> list:
