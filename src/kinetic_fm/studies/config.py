@@ -12,6 +12,13 @@ class AssetsConfig:
 
     ``general`` is trained on the whole training split (it generalises); ``memorizer`` on a small
     subset of ``memorizer_n`` images for long enough to copy them (the paper's memorizing regime).
+
+    Attributes (beside the comments): ``data`` a data spec (``digits``, ``cifar10:PATH``, ...);
+    ``classifier_steps`` training steps of the judging classifier when none is given; ``model``
+    and ``width`` the velocity net (``auto``: a U-Net for images, an MLP otherwise; ``width``
+    None = its default); ``general_steps`` / ``memorizer_steps`` their training steps, with
+    ``batch_size`` and learning rate ``lr``; ``seed`` every draw of data, weights and batches;
+    ``device`` where training and sampling run.
     """
 
     data: str = "digits"
@@ -32,6 +39,10 @@ class AssetsConfig:
 
 @dataclass(frozen=True)
 class SemanticsConfig:
+    """Semantics and support studies' samples of the generalising model: ``n_samples`` seeds from
+    ``seed_start``, ``solver`` with ``steps`` steps; low vs high groups are the bottom and top
+    ``quantile`` by KPE; ``bootstrap`` resamples (and permutations) per interval."""
+
     n_samples: int = 1000
     steps: int = 50
     solver: str = "heun"
@@ -42,12 +53,20 @@ class SemanticsConfig:
 
 @dataclass(frozen=True)
 class SupportConfig:
+    """Local support: the ``k``-th nearest training neighbour's distance (and the KDE) per sample of
+    the semantics study, ``bootstrap`` resamples per interval."""
+
     k: int = 5
     bootstrap: int = 1000
 
 
 @dataclass(frozen=True)
 class MemorizationConfig:
+    """Memorization study: exact EFM over training subsets of each size in ``efm_sizes``
+    (``efm_samples`` trajectories each, Euler ``efm_steps`` steps, float64), and the memorizing
+    net at its saved checkpoints (``checkpoint_samples`` samples each, Euler ``steps`` steps);
+    seeds from ``seed_start``, ``bootstrap`` resamples per interval."""
+
     efm_sizes: tuple[int, ...] = (16, 64, 256, 1024)
     efm_samples: int = 200
     efm_steps: int = 100
@@ -59,6 +78,10 @@ class MemorizationConfig:
 
 @dataclass(frozen=True)
 class ShapingConfig:
+    """KTS ablation on the memorizing net: ``n_samples`` seeds from ``seed_start`` under every
+    setting, Euler ``steps`` steps (the NFE rows use ``more_steps``), ``bootstrap`` paired
+    resamples per interval."""
+
     n_samples: int = 500
     steps: int = 100
     more_steps: int = 250
@@ -68,6 +91,9 @@ class ShapingConfig:
 
 @dataclass(frozen=True)
 class ReproduceConfig:
+    """Everything ``kfm reproduce`` runs: the ``mode`` preset's name, the shared assets and one
+    configuration per study. A stage's cache key is its part of this (see ``Workspace``)."""
+
     mode: str = "quick"
     assets: AssetsConfig = field(default_factory=AssetsConfig)
     semantics: SemanticsConfig = field(default_factory=SemanticsConfig)
