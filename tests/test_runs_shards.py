@@ -239,3 +239,29 @@ def test_read_run_names_bad_arguments_and_a_damaged_manifest(tmp_path):
     (run / "manifest.json").write_text('{"format": 1, "kind": ')                               # cut short
     with pytest.raises(ValueError, match=r"manifest.json: the run manifest is not valid JSON"):
         read_run(run)
+
+
+def test_profile_from_table_gives_arrays_for_both_layouts():
+    from kinetic_fm.runs import profile_from_table
+
+    fixed = pa.table({"seed": [0, 1], "profile": pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0, 3.0, 4.0]), 2)})
+    times, increments = profile_from_table(fixed, [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(times, [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(increments, [[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(ValueError, match="needs its grid"):
+        profile_from_table(fixed)
+    with pytest.raises(ValueError, match=r"times must have shape \(3,\)"):
+        profile_from_table(fixed, [0.0, 1.0])
+    with pytest.raises(ValueError, match="without --profile"):
+        profile_from_table(fixed.drop(["profile"]))
+    # dopri5: each row its own steps; in two chunks, as a merge of shards gives them
+    lists = pa.list_(pa.float64())
+    ragged = pa.concat_tables([
+        pa.table({"profile": pa.array([[1.0], [2.0, 3.0]], lists), "times": pa.array([[0.0, 1.0], [0.0, 0.4, 1.0]], lists)}),
+        pa.table({"profile": pa.array([[4.0, 5.0, 6.0]], lists), "times": pa.array([[0.0, 0.2, 0.6, 1.0]], lists)}),
+    ])
+    times, increments = profile_from_table(ragged)
+    np.testing.assert_array_equal(increments, [[1.0, 0.0, 0.0], [2.0, 3.0, 0.0], [4.0, 5.0, 6.0]])
+    np.testing.assert_array_equal(times, [[0.0, 1.0, np.nan, np.nan], [0.0, 0.4, 1.0, np.nan], [0.0, 0.2, 0.6, 1.0]])
+    with pytest.raises(ValueError, match="'times' column"):
+        profile_from_table(ragged.drop(["times"]))

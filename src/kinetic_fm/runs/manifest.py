@@ -101,7 +101,9 @@ class RunManifest:
     that changes the numbers (JSON-able); ``identity`` holds hashes of what is sampled (field
     parameters, model weights file, dataset). ``versions``, ``created`` and ``runtime`` (settings
     that do not change the numbers, e.g. batch size and world size of the first launch) are
-    informational and never compared.
+    informational and never compared. ``runtime`` also holds what a reader needs and the compared
+    config already pins, e.g. the step times of a ``kfm sample --profile`` run (``profile_times``):
+    fixed by grid and steps, their last bits may differ on another machine, as the numbers may.
     """
 
     kind: str

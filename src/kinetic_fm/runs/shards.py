@@ -29,6 +29,9 @@ from .plan import ShardPlan
 SHARD_DIR = "shards"
 RESULTS_NAME = "results.parquet"
 SEED = "seed"
+PROFILE = "profile"              # per-step applied-energy increments (kfm sample --profile)
+TIMES = "times"                  # a dopri5 profile's per-sample step times
+PROFILE_TIMES = "profile_times"  # the manifest's runtime key holding a fixed-step profile's grid
 _RUN_ID_KEY = b"kfm.run_id"
 _SHARD_KEY = b"kfm.shard"
 # page checksums let a reader detect a damaged shard; dictionary encoding is left off because
@@ -204,3 +207,55 @@ def read_samples(run_dir: str | os.PathLike) -> np.ndarray:
     if shape is None:
         raise ValueError(f"the manifest of {run_dir} records no sample_shape")
     return samples_from_table(merge_shards(run_dir, manifest), shape)
+
+
+def profile_from_table(table: pa.Table, times=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(times, increments)`` from a table with a ``profile`` column (``kfm sample --profile``).
+
+    Fixed-step runs store ``profile`` as a fixed-size list of S per-step applied-energy increments
+    and their grid once, outside the table: pass it as ``times`` ((S + 1,)); returns it as a
+    float64 array and ``increments`` (rows, S). dopri5 runs store each sample's own steps as
+    variable-length lists, ``profile`` (steps) and ``times`` (steps + 1); returns them padded
+    like ``kfm.sample``'s result: ``times`` (rows, W + 1) NaN-padded, ``increments`` (rows, W)
+    zero-padded, W the most steps of any row. Either way the kinetic power ½η²‖v‖² of step j
+    is ``increments[..., j] / diff(times)[..., j]``, and a row's increments sum to its ``kpe``.
+    """
+    if PROFILE not in table.column_names:
+        raise ValueError(f"the table has no {PROFILE!r} column (was the run made without --profile?)")
+    column = table.column(PROFILE).combine_chunks()
+    if pa.types.is_fixed_size_list(column.type):
+        if times is None:
+            raise ValueError("a fixed-step profile needs its grid: pass times, (S + 1,)")
+        times = np.asarray(times, dtype=np.float64)
+        width = column.type.list_size
+        if times.shape != (width + 1,):
+            raise ValueError(f"times must have shape ({width + 1},) for {width} steps per sample, got {times.shape}")
+        return times, column.flatten().to_numpy().reshape(table.num_rows, width)
+    if TIMES not in table.column_names:
+        raise ValueError(f"a per-sample (dopri5) profile needs the table's {TIMES!r} column")
+    increments = _padded(column, 0.0)
+    times = _padded(table.column(TIMES).combine_chunks(), np.nan)
+    if times.shape[1] != increments.shape[1] + 1:
+        raise ValueError(f"the {TIMES!r} lists must be one longer than the {PROFILE!r} lists")
+    return times, increments
+
+
+def _padded(column: pa.Array, fill: float) -> np.ndarray:
+    """A variable-length list column as a (rows, longest) float64 array, ``fill`` past each row's end."""
+    offsets = column.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    out = np.full((len(column), int(lengths.max(initial=0))), fill)
+    rows = np.repeat(np.arange(len(column)), lengths)
+    out[rows, np.arange(offsets[-1] - offsets[0]) - np.repeat(offsets[:-1] - offsets[0], lengths)] = \
+        column.values.slice(offsets[0], offsets[-1] - offsets[0]).to_numpy(zero_copy_only=False)
+    return out
+
+
+def read_profile(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(times, increments)`` of a finished ``kfm sample --profile`` run, rows in seed order (see
+    :func:`profile_from_table`): fixed-step runs give times (S + 1,) and increments (n, S)."""
+    manifest = read_manifest(run_dir)
+    table = merge_shards(run_dir, manifest)
+    if PROFILE not in table.column_names:
+        raise ValueError(f"run {run_dir} holds no {PROFILE!r} column: it was made without --profile")
+    return profile_from_table(table, manifest.runtime.get(PROFILE_TIMES))
