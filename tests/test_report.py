@@ -50,6 +50,7 @@ def build_figures(seed: int = 0) -> list[Figure]:
         F.line_figure("fmem_vs_n", "F_mem vs N", [10, 30, 100, 300], {"EFM": [1.0, 0.8, np.nan, 0.1],
                                                                       "model": [0.7, 0.5, 0.3, 0.2]},
                       xlabel="N", ylabel="F_mem", log_x=True, bands={"EFM": ([0.9, 0.7, 0.3, 0.05], [1, 0.9, 0.6, 0.2])}),
+        F.sample_run_figure("sample_run", "One kfm sample run", np.r_[inc.sum(1), np.nan], (t, inc), label="FM"),
     ]
 
 
@@ -486,3 +487,56 @@ def test_plot_energy_profile_says_what_is_missing(profiled_runs):
         kfm.plot_energy_profile({"x0": profiled_runs["x0"]})
     with pytest.raises(TypeError, match="non-empty dict"):
         kfm.plot_energy_profile({})
+
+
+def test_sample_run_figure_draws_one_or_two_panels_and_chooses_log_axes(monkeypatch):
+    """The kfm sample --figure: the KPE histogram, beside the power curve when a profile is given;
+    an axis goes logarithmic when its values span two decades (a late 1/(1 − t)² power spike)."""
+    from PIL import Image
+
+    chosen = {}
+
+    def spy(name, draw):
+        def wrapper(ax, values, **kwargs):
+            chosen[name] = kwargs.get("log_y", kwargs.get("log_x"))
+            return draw(ax, values, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(F, "_draw_power", spy("power", F._draw_power))
+    monkeypatch.setattr(F, "_draw_histogram", spy("kpe", F._draw_histogram))
+    t = np.linspace(0.0, 1.0, 41)
+    mid = 0.5 * (t[:-1] + t[1:])
+    flat = np.outer(np.linspace(1.0, 2.0, 8), np.diff(t))                      # power 1..2: linear axes
+    spike = np.outer(np.linspace(1.0, 2.0, 8), np.diff(t) / (1.0 - mid) ** 2)  # power 1 -> 1600: log
+    one = Image.open(io.BytesIO(F.sample_run_figure("h", "c", flat.sum(1)).png)).size
+    assert chosen == {"kpe": False}
+    two = Image.open(io.BytesIO(F.sample_run_figure("p", "c", flat.sum(1), (t, flat)).png)).size
+    assert chosen == {"kpe": False, "power": False}
+    assert two[0] > 1.7 * one[0] and abs(two[1] - one[1]) < 0.3 * one[1]
+    F.sample_run_figure("s", "c", [1.0, 50.0, 300.0], (t, spike))
+    assert chosen == {"kpe": True, "power": True}
+    F.sample_run_figure("z", "c", [0.0, 500.0], (t, flat))                     # a zero KPE: no log axis
+    assert chosen["kpe"] is False
+    with pytest.raises(ValueError, match="increments"):
+        F.sample_run_figure("b", "c", [1.0], (t, np.ones((2, 5))))
+
+
+def test_per_sample_grids_go_onto_shared_bins_keeping_the_energy():
+    """dopri5's profiles: each sample's power is constant within its own steps; a shared bin gets
+    the energy of the parts of the steps it covers."""
+    from kinetic_fm.studies.figures import _on_shared_grid
+
+    times = np.array([[0.0, 0.25, 1.0, np.nan],       # power 4 on [0, 0.25), 2 on [0.25, 1]
+                      [0.0, 0.5, 0.75, 1.0],          # power 6, 2, 8
+                      [0.0, 0.5, np.nan, np.nan]])    # stopped at t = 0.5 (a flagged sample)
+    increments = np.array([[1.0, 1.5, 0.0], [3.0, 0.5, 2.0], [1.0, 0.0, 0.0]])
+    grid, shared = _on_shared_grid(times, increments, 4)
+    np.testing.assert_array_equal(grid, [0.0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(shared[0], [1.0, 0.5, 0.5, 0.5])
+    np.testing.assert_allclose(shared[1], [1.5, 1.5, 0.5, 2.0])
+    assert np.isnan(shared[2]).all()
+    np.testing.assert_allclose(shared[:2].sum(1), increments[:2].sum(1))
+    fig = F.sample_run_figure("d", "c", increments.sum(1), (times, increments), bins=4)
+    assert fig.png.startswith(PNG_SIGNATURE)
+    with pytest.raises(ValueError, match="per-sample profiles"):
+        _on_shared_grid(times, increments[:, :2], 4)

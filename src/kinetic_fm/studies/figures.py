@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     from ..metrics.memorization import MemorizationReport
 
-__all__ = ["energy_profile_figure", "plot_energy_profile", "histogram_figure", "scatter_figure", "sample_grid_figure",
-           "bar_figure", "line_figure", "memorization_figure"]
+__all__ = ["energy_profile_figure", "plot_energy_profile", "histogram_figure", "sample_run_figure",
+           "scatter_figure", "sample_grid_figure", "bar_figure", "line_figure", "memorization_figure"]
 
 DPI = 110
 #: the axis label of a per-sample KPE, the same in every figure (ẋ = η·v; η = 1 without KTS)
@@ -137,9 +137,8 @@ def _render(fig, name: str, caption: str) -> Figure:
     return Figure(name=name, caption=caption, png=buffer.getvalue())
 
 
-def _finish_lines(fig, ax, drawn: int, name: str, caption: str, *, log_x: bool = False,
-                  log_y: bool = False) -> Figure:
-    """End a line plot: log axes and legend when any line was drawn, else a "no data" mark."""
+def _finish_axes(ax, drawn: int, *, log_x: bool = False, log_y: bool = False) -> None:
+    """End a line panel: log axes and legend when any line was drawn, else a "no data" mark."""
     if drawn:
         if log_x:
             _log_axis(ax, "x")
@@ -148,6 +147,12 @@ def _finish_lines(fig, ax, drawn: int, name: str, caption: str, *, log_x: bool =
         _legend(ax)
     else:
         _no_data(ax)
+
+
+def _finish_lines(fig, ax, drawn: int, name: str, caption: str, *, log_x: bool = False,
+                  log_y: bool = False) -> Figure:
+    """End a one-panel line plot (see :func:`_finish_axes`) and render it."""
+    _finish_axes(ax, drawn, log_x=log_x, log_y=log_y)
     return _render(fig, name, caption)
 
 
@@ -193,7 +198,12 @@ def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any
     """
     check_figure_name(name)
     fig = _new_figure(6.4, 4.0)
-    ax = fig.add_subplot()
+    _draw_power(fig.add_subplot(), profiles, log_y=log_y, title=title)
+    return _render(fig, name, caption)
+
+
+def _draw_power(ax, profiles: dict[str, tuple[Any, Any]], *, log_y: bool, title: str) -> None:
+    """The panel of :func:`energy_profile_figure` on ``ax``."""
     drawn = 0
     crowded = len(profiles) > 2  # more than two filled bands blend into one grey: outline them instead
     for k, (label, (times, increments)) in enumerate(profiles.items()):
@@ -220,7 +230,7 @@ def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any
     _style(ax, xlabel="t   (0 = noise, 1 = data)", ylabel=POWER_LABEL, title=title)
     if drawn:
         ax.set_xlim(0, 1)
-    return _finish_lines(fig, ax, drawn, name, caption, log_y=log_y)
+    _finish_axes(ax, drawn, log_y=log_y)
 
 
 def plot_energy_profile(results: Any, *, log_y: bool = False, title: str = "",
@@ -261,7 +271,12 @@ def histogram_figure(name: str, caption: str, values: dict[str, Any], *, xlabel:
     """Overlaid density histograms on shared bins, one per label (legend shows each n)."""
     check_figure_name(name)
     fig = _new_figure(6.4, 4.0)
-    ax = fig.add_subplot()
+    _draw_histogram(fig.add_subplot(), values, xlabel=xlabel, log_x=log_x, title=title)
+    return _render(fig, name, caption)
+
+
+def _draw_histogram(ax, values: dict[str, Any], *, xlabel: str, log_x: bool, title: str) -> None:
+    """The panel of :func:`histogram_figure` on ``ax``."""
     groups = {}
     for label, vals in values.items():
         v = _array(vals, name=f"values[{label!r}]").ravel()
@@ -270,7 +285,7 @@ def histogram_figure(name: str, caption: str, values: dict[str, Any], *, xlabel:
     if pooled.size == 0:
         _style(ax, xlabel=xlabel, title=title)
         _no_data(ax)
-        return _render(fig, name, caption)
+        return
     lo, hi = float(pooled.min()), float(pooled.max())
     # √n bins of the largest group: each group is drawn on its own, so pooling them would make
     # every bin too narrow to hold more than noise
@@ -295,7 +310,81 @@ def histogram_figure(name: str, caption: str, values: dict[str, Any], *, xlabel:
     if log_x:
         _log_axis(ax, "x")
     _legend(ax)
+
+
+def sample_run_figure(name: str, caption: str, kpe: Any, profile: tuple[Any, Any] | None = None, *,
+                      label: str = "samples", bins: int = 100, title: str = "") -> Figure:
+    """One sampling run at a glance (``kfm sample --figure``).
+
+    With ``profile``, two panels: the kinetic power ½η²‖v‖² over t (mean line and 10–90 % band,
+    as :func:`energy_profile_figure` draws it) beside the per-sample KPE histogram (as
+    :func:`histogram_figure`); without it, the histogram alone. An axis turns logarithmic when
+    its values span two decades or more (the power's mean curve; the finite KPEs, all > 0).
+
+    Args:
+        kpe: (B,) per-sample applied energies; non-finite ones are left out.
+        profile: ``(times, increments)``: times (S + 1,) one grid for all samples and increments
+            (B, S); or dopri5's per-sample steps, times (B, W + 1) NaN-padded and increments (B, W)
+            zero-padded (``kinetic_fm.runs.profile_from_table``). Per-sample grids are put on
+            ``bins`` equal steps of [0, 1] first: each sample's piecewise-constant power is
+            integrated over every bin, so its energy is kept and the curve is the bin-average power.
+            Samples that did not reach t = 1 (a flagged non-finite velocity) are left out there.
+        label: the legend's name for these samples.
+    """
+    check_figure_name(name)
+    values = _array(kpe, name="kpe").ravel()
+    finite = values[np.isfinite(values)]
+    log_x = bool(finite.size and finite.min() > 0) and _spans_decades(finite)
+    if profile is None:
+        fig = _new_figure(6.4, 4.0)
+        _draw_histogram(fig.add_subplot(), {label: values}, xlabel="KPE  ½∫η²‖v‖² dt", log_x=log_x, title=title)
+        return _render(fig, name, caption)
+    times = _array(profile[0], name="profile times")
+    increments = _array(profile[1], name="profile increments")
+    if times.ndim == 2:
+        times, increments = _on_shared_grid(times, increments, bins)
+    if increments.ndim == 1:
+        increments = increments[None, :]
+    log_y = False
+    if times.ndim == 1 and increments.ndim == 2 and times.size == increments.shape[1] + 1:  # else _draw_power says
+        summary = _power_summary(times, increments, what="profile times")
+        log_y = summary is not None and _spans_decades(summary[1][summary[1] > 0])
+    fig = _new_figure(12.8, 4.0)
+    left, right = fig.subplots(1, 2)
+    _draw_power(left, {label: (times, increments)}, log_y=log_y, title="kinetic power over t (mean, 10–90 % band)")
+    _draw_histogram(right, {label: values}, xlabel="KPE  ½∫η²‖v‖² dt", log_x=log_x, title="per-sample KPE")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _render(fig, name, caption)
+
+
+def _spans_decades(values: np.ndarray, decades: float = 2.0) -> bool:
+    """Whether positive ``values`` run over at least ``decades`` powers of ten (False when empty)."""
+    return bool(values.size) and float(values.max()) >= 10.0 ** decades * float(values.min())
+
+
+def _on_shared_grid(times: np.ndarray, increments: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample grids (B, W + 1) (NaN-padded) and increments (B, W) -> (``bins`` + 1,) equal steps
+    of [0, 1] and (B, ``bins``) increments: each sample's cumulative energy, piecewise linear
+    between its step times, read at the shared times. Rows that do not reach t = 1 become NaN."""
+    if not (isinstance(bins, int) and bins >= 1):
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    if times.ndim != 2 or increments.ndim != 2 or times.shape[0] != increments.shape[0] \
+            or times.shape[1] != increments.shape[1] + 1:
+        raise ValueError(f"per-sample profiles need times (B, W + 1) and increments (B, W); got times {times.shape} "
+                         f"and increments {increments.shape}")
+    grid = np.linspace(0.0, 1.0, bins + 1)
+    out = np.full((times.shape[0], bins), np.nan)
+    for i, (row, inc) in enumerate(zip(times, increments)):
+        t = row[np.isfinite(row)]
+        steps = inc[:t.size - 1]
+        if t.size < 2 or t[0] != 0.0 or t[-1] != 1.0 or not np.all(np.isfinite(steps)):
+            continue
+        if np.any(np.diff(t) <= 0):
+            raise ValueError(f"profile times of row {i} must be strictly increasing")
+        out[i] = np.diff(np.interp(grid, t, np.r_[0.0, np.cumsum(steps)]))
+    return grid, out
 
 
 def scatter_figure(name: str, caption: str, x: Any, y: Any, *, xlabel: str, ylabel: str,
