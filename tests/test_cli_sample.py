@@ -363,3 +363,96 @@ def test_a_run_pinned_by_the_files_bytes_still_resumes_with_that_file(tmp_path, 
     _saved_net(path, seed=1)                                      # other weights: still refused
     assert kfm_sample(tmp_path / "run", *args, "--resume") == 2
     assert "weights_sha256" in capsys.readouterr().err
+
+
+# --profile --------------------------------------------------------------------------------------
+
+
+def test_the_stored_profile_is_what_the_sampler_returns_and_sums_to_kpe(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kinetic_fm.runs import read_profile
+
+    flags = ["--field", "gaussian", "--dim", 3, "--n", 7, "--seed-start", 5, "--steps", 12, "--solver", "heun",
+             "--grid", "cosine", "--alpha0", 0.05, "--dtype", "float64", "--shard-size", 4, "--batch-size", 3,
+             "--profile"]
+    assert kfm_sample(tmp_path / "run", *flags) == 0
+    times, increments = read_profile(tmp_path / "run")
+    direct = kfm.sample(kfm.GaussianTarget(2.0 * torch.ones(3, dtype=torch.float64), 0.5), seeds=range(5, 12),
+                        shape=(3,), steps=12, solver="heun", grid="cosine", shaping=kfm.KTS(alpha0=0.05),
+                        dtype=torch.float64, profile=True)
+    np.testing.assert_array_equal(increments, direct.profile.numpy())   # per seed, whatever the batch cut
+    np.testing.assert_array_equal(times, direct.times.numpy())
+    df = read_run(tmp_path / "run")
+    np.testing.assert_array_equal(np.stack(df["profile"]), increments)  # the documented pandas route
+    np.testing.assert_allclose(increments.sum(axis=1), df["kpe"], rtol=1e-13)
+    stored = pq.read_table(tmp_path / "run" / "results.parquet").schema.field("profile").type
+    assert pa.types.is_fixed_size_list(stored) and stored.list_size == 12 and stored.value_type == pa.float64()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["config"]["profile"] is True
+    assert manifest["runtime"]["profile_times"] == times.tolist()
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4"])
+def test_the_point_field_spends_energy_at_a_constant_power(tmp_path, solver):
+    """PointTarget y = 2·1: v = (y − x)/(1 − t) keeps every path on the straight line x0 -> y at the
+    constant velocity y − x0, so the power ½‖v‖² is ½‖y − x0‖² at all t, and a step of length Δt_i
+    holds ½‖y − x0‖²·Δt_i; on a cosine grid the increments vary but the power does not."""
+    from kinetic_fm.runs import read_profile
+
+    assert kfm_sample(tmp_path / "run", "--field", "point", "--dim", 2, "--n", 5, "--steps", 16, "--grid", "cosine",
+                      "--solver", solver, "--dtype", "float64", "--profile") == 0
+    times, increments = read_profile(tmp_path / "run")
+    x0 = kfm.noise(range(5), (2,), dtype=torch.float64).numpy()
+    power = 0.5 * ((2.0 - x0) ** 2).sum(axis=1)                        # ½‖y − x0‖², closed form
+    np.testing.assert_allclose(increments, power[:, None] * np.diff(times)[None, :], rtol=1e-12)
+    np.testing.assert_allclose(increments / np.diff(times), np.repeat(power[:, None], 16, axis=1), rtol=1e-12)
+    assert np.ptp(np.diff(times)) > 0.1 * np.diff(times).max()         # the grid is far from uniform
+
+
+def test_resuming_with_another_profile_setting_is_refused_and_plain_runs_resume_as_before(tmp_path, capsys):
+    from kinetic_fm.runs import read_profile
+
+    common = ["--field", "gaussian", "--n", 4, "--steps", 3, "--shard-size", 2]
+    assert kfm_sample(tmp_path / "prof", *common, "--profile") == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "prof", *common, "--resume") == 2
+    assert "config.profile (stored True, now '<absent>')" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "prof", *common, "--profile", "--resume") == 0
+
+    assert kfm_sample(tmp_path / "plain", *common) == 0
+    first = read_run(tmp_path / "plain")
+    manifest = json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    assert "profile" not in manifest["config"] and "profile_times" not in manifest["runtime"]  # as before the flag
+    assert "profile" not in first.columns
+    with pytest.raises(ValueError, match="made without --profile"):
+        read_profile(tmp_path / "plain")
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "plain", *common, "--profile", "--resume") == 2
+    assert "config.profile (stored '<absent>', now True)" in capsys.readouterr().err
+    sorted((tmp_path / "plain" / "shards").glob("*.parquet"))[-1].unlink()
+    assert kfm_sample(tmp_path / "plain", *common, "--resume") == 0   # the kept shard's run id still matches
+    assert "this process computed 1, kept 1" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(read_run(tmp_path / "plain"), first, check_exact=True)
+
+
+def test_dopri5_profiles_keep_each_samples_own_steps(tmp_path, capsys):
+    from kinetic_fm.runs import read_profile
+
+    assert kfm_sample(tmp_path / "run", "--field", "mixture", "--n", 5, "--solver", "dopri5", "--dtype", "float64",
+                      "--batch-size", 2, "--shard-size", 3, "--profile") == 0
+    direct = kfm.sample(kfm.GaussianMixtureTarget(_ring(), std=0.3), seeds=range(5), shape=(2,), solver="dopri5",
+                        dtype=torch.float64, profile=True)
+    steps = direct.steps.numpy()
+    assert steps.min() < steps.max()   # the samples took different numbers of steps
+    df = read_run(tmp_path / "run")
+    np.testing.assert_array_equal(df["steps"], steps)
+    for i, k in enumerate(steps):      # each row holds its own steps, unpadded
+        np.testing.assert_array_equal(df["profile"][i], direct.profile[i, :k].numpy())
+        np.testing.assert_array_equal(df["times"][i], direct.times[i, :k + 1].numpy())
+    times, increments = read_profile(tmp_path / "run")   # padded as kfm.sample pads them
+    np.testing.assert_array_equal(times, direct.times.numpy())
+    np.testing.assert_array_equal(increments, direct.profile.numpy())
+    np.testing.assert_allclose(increments.sum(axis=1), df["kpe"], rtol=1e-13)
+    assert "profile_times" not in json.loads((tmp_path / "run" / "manifest.json").read_text())["runtime"]

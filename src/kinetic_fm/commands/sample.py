@@ -2,12 +2,12 @@
 
 Writes ``<out>/manifest.json``, ``<out>/shards/shard-*.parquet`` and ``<out>/results.parquet``
 (one row per seed: seed, kpe, kpe_raw, early, late, peak, peak_time, nfe, steps, nonfinite, the
-class ``label`` for a class-conditional net and, unless ``--no-save-x``, the final sample ``x``
-flattened into a fixed-size list column), then
-prints a summary table. Works unchanged under ``torchrun --nproc-per-node P``: each rank samples
-its own shards and rank 0 merges. One writer at a time: while a run writes, ``<out>/.lock`` is
+class ``label`` for a class-conditional net, unless ``--no-save-x`` the final sample ``x``
+flattened into a fixed-size list column, and with ``--profile`` the per-step energy increments
+``profile``), then prints a summary table. Works unchanged
+under ``torchrun --nproc-per-node P``: each rank samples its own shards and rank 0 merges. One writer at a time: while a run writes, ``<out>/.lock`` is
 locked, and a second ``kfm sample`` on that folder stops at once, naming the first. Read results
-back with ``kinetic_fm.runs.read_run`` / ``read_samples``.
+back with ``kinetic_fm.runs.read_run`` / ``read_samples`` / ``read_profile``.
 """
 from __future__ import annotations
 
@@ -89,6 +89,14 @@ def register(subparsers) -> None:
                         "adaptive steps (numbers then move by dopri5's own error)")
     r.add_argument("--no-save-x", dest="save_x", action="store_false",
                    help="do not store the final samples x in the table")
+    r.add_argument("--profile", action="store_true",
+                   help="also store each sample's energy profile: its per-step applied-energy increments "
+                        "(they sum to its kpe; increment / Δt is the kinetic power ½η²‖v‖²) as a list column "
+                        "'profile' of --steps values, their step times t_0..t_S once in manifest.json "
+                        "(runtime.profile_times). dopri5 picks each sample's own steps: its 'profile' holds one "
+                        "value per step that sample took (its 'steps'), and a second list column 'times' their "
+                        "steps + 1 times. Part of the run's settings: a --resume must repeat it. "
+                        "kinetic_fm.runs.read_profile(OUT) gives (times, increments) arrays")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -263,6 +271,8 @@ def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> di
         "split": args.split, "on_nonfinite": args.on_nonfinite, "dtype": args.dtype,
         "device": args.device, "shaping": asdict(kts) if kts is not None else None,
         "save_x": args.save_x,
+        # only when on, so that runs made without it (and before it existed) resume as before
+        **({"profile": True} if args.profile else {}),
     }
 
 
@@ -318,6 +328,7 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
     import torch
 
     from .. import sample
+    from ..runs.shards import PROFILE, TIMES
     from ..sampling.guards import NonFiniteVelocityError
 
     dtype = getattr(torch, args.dtype)
@@ -327,7 +338,8 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
         try:
             return sample(velocity, seeds=chunk, shape=target.shape, steps=args.steps,
                           solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
-                          split=args.split, on_nonfinite=args.on_nonfinite, dtype=dtype, device=device)
+                          split=args.split, on_nonfinite=args.on_nonfinite, dtype=dtype, device=device,
+                          profile=args.profile)
         except NonFiniteVelocityError as err:
             seeds_hit = [chunk[i] for i in err.indices]
             raise ValueError(f"the velocity is non-finite at step {err.step} (t = {err.time:.6g}) for seed(s) "
@@ -335,7 +347,7 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
                              "to record such samples with NaN energies and go on") from None
 
     def compute(seeds: np.ndarray, advance) -> pa.Table:
-        frames, finals = [], []
+        frames, finals, profiles, grids = [], [], [], []
         for lo in range(0, len(seeds), args.batch_size):
             chunk = [int(s) for s in seeds[lo:lo + args.batch_size]]
             labels = None if cond is None else cond.labels(chunk)
@@ -346,12 +358,28 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
             frames.append(frame)
             if args.save_x:
                 finals.append(res.x.detach().reshape(len(chunk), -1).cpu().numpy())
+            if args.profile:
+                increments = res.profile.cpu().numpy()
+                if args.solver == "dopri5":  # each sample's own steps, without the batch's padding
+                    counts = res.steps.cpu().numpy()
+                    times = res.times.cpu().numpy()
+                    profiles += [increments[i, :k] for i, k in enumerate(counts)]
+                    grids += [times[i, :k + 1] for i, k in enumerate(counts)]
+                else:
+                    profiles.append(increments)
             advance(len(chunk))
         table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
         if args.save_x:
             flat = np.concatenate(finals)
             x = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
             table = table.append_column("x", x)
+        if args.profile and args.solver == "dopri5":
+            table = table.append_column(PROFILE, pa.array(profiles, type=pa.list_(pa.float64())))
+            table = table.append_column(TIMES, pa.array(grids, type=pa.list_(pa.float64())))
+        elif args.profile:
+            flat = np.concatenate(profiles)
+            table = table.append_column(PROFILE, pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)),
+                                                                                    flat.shape[1]))
         return table
 
     return compute
@@ -394,6 +422,7 @@ def run(args) -> int:
     import torch
 
     from ..runs import RunManifest, run_sharded, world_session
+    from ..runs.shards import PROFILE_TIMES
 
     _validate(args)
     target = (_model_target(args.model, args.shape, args.out if args.resume else None) if args.model
@@ -411,7 +440,8 @@ def run(args) -> int:
             kind="sample", config=_config(args, target, kts, cond), identity=target.identity,
             seed_start=args.seed_start, n=args.n, shard_size=args.shard_size,
             runtime={"batch_size": args.batch_size, "world_size": world.world_size,
-                     **({"model": str(args.model)} if args.model else {})},
+                     **({"model": str(args.model)} if args.model else {}),
+                     **({PROFILE_TIMES: _profile_times(args)} if args.profile and args.solver != "dopri5" else {})},
         )
         if world.is_main:
             _warn_on_dopri5_batch_change(args)
@@ -434,3 +464,11 @@ def run(args) -> int:
     with pd.option_context("display.float_format", "{:.6g}".format, "display.width", 120):
         print(summary_frame(table).to_string())
     return 0
+
+
+def _profile_times(args) -> list[float]:
+    """The step times t_0 .. t_S of a fixed-step run: the grid ``kfm.sample`` builds from them."""
+    from ..sampling.grids import time_grid
+
+    return time_grid(args.grid, args.steps).tolist()
+
