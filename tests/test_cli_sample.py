@@ -365,7 +365,9 @@ def test_a_run_pinned_by_the_files_bytes_still_resumes_with_that_file(tmp_path, 
     assert "weights_sha256" in capsys.readouterr().err
 
 
-# --profile --------------------------------------------------------------------------------------
+# --profile and --figure ------------------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_stored_profile_is_what_the_sampler_returns_and_sums_to_kpe(tmp_path):
@@ -437,11 +439,42 @@ def test_resuming_with_another_profile_setting_is_refused_and_plain_runs_resume_
     pd.testing.assert_frame_equal(read_run(tmp_path / "plain"), first, check_exact=True)
 
 
+def _png_size(path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.mark.parametrize("profile", [False, True])
+def test_figure_writes_a_png_and_redraws_on_resume(tmp_path, capsys, profile):
+    figure = tmp_path / "figures" / "run.png"   # its folder is made
+    flags = ["--field", "mixture", "--n", 6, "--steps", 4, "--figure", figure, *(["--profile"] if profile else [])]
+    assert kfm_sample(tmp_path / "run", *flags) == 0
+    assert f"figure: {figure}" in capsys.readouterr().out
+    data = figure.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
+    width, height = _png_size(figure)
+    assert (width > 2 * height) == profile     # two panels side by side with the power curve, else one
+    figure.unlink()
+    assert kfm_sample(tmp_path / "run", *flags, "--resume") == 0   # a finished run: nothing sampled, redrawn
+    assert "this process computed 0, kept 1" in capsys.readouterr().out
+    assert figure.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_a_figure_that_is_not_a_png_fails_before_sampling(tmp_path, capsys):
+    assert kfm_sample(tmp_path / "run", "--n", 3, "--steps", 2, "--profile", "--figure", tmp_path / "run.pdf") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kfm sample: error: --figure must end in .png, got") and "run.pdf" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.pdf").exists()
+
+
 def test_dopri5_profiles_keep_each_samples_own_steps(tmp_path, capsys):
     from kinetic_fm.runs import read_profile
 
+    figure = tmp_path / "dopri5.png"
     assert kfm_sample(tmp_path / "run", "--field", "mixture", "--n", 5, "--solver", "dopri5", "--dtype", "float64",
-                      "--batch-size", 2, "--shard-size", 3, "--profile") == 0
+                      "--batch-size", 2, "--shard-size", 3, "--profile", "--figure", figure) == 0
     direct = kfm.sample(kfm.GaussianMixtureTarget(_ring(), std=0.3), seeds=range(5), shape=(2,), solver="dopri5",
                         dtype=torch.float64, profile=True)
     steps = direct.steps.numpy()
@@ -456,3 +489,4 @@ def test_dopri5_profiles_keep_each_samples_own_steps(tmp_path, capsys):
     np.testing.assert_array_equal(increments, direct.profile.numpy())
     np.testing.assert_allclose(increments.sum(axis=1), df["kpe"], rtol=1e-13)
     assert "profile_times" not in json.loads((tmp_path / "run" / "manifest.json").read_text())["runtime"]
+    assert figure.read_bytes().startswith(PNG_SIGNATURE)

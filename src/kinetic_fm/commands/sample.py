@@ -4,7 +4,7 @@ Writes ``<out>/manifest.json``, ``<out>/shards/shard-*.parquet`` and ``<out>/res
 (one row per seed: seed, kpe, kpe_raw, early, late, peak, peak_time, nfe, steps, nonfinite, the
 class ``label`` for a class-conditional net, unless ``--no-save-x`` the final sample ``x``
 flattened into a fixed-size list column, and with ``--profile`` the per-step energy increments
-``profile``), then prints a summary table. Works unchanged
+``profile``), then prints a summary table and, with ``--figure``, draws the run. Works unchanged
 under ``torchrun --nproc-per-node P``: each rank samples its own shards and rank 0 merges. One writer at a time: while a run writes, ``<out>/.lock`` is
 locked, and a second ``kfm sample`` on that folder stops at once, naming the first. Read results
 back with ``kinetic_fm.runs.read_run`` / ``read_samples`` / ``read_profile``.
@@ -97,6 +97,11 @@ def register(subparsers) -> None:
                         "value per step that sample took (its 'steps'), and a second list column 'times' their "
                         "steps + 1 times. Part of the run's settings: a --resume must repeat it. "
                         "kinetic_fm.runs.read_profile(OUT) gives (times, increments) arrays")
+    r.add_argument("--figure", default=None, metavar="PATH.png",
+                   help="after the run, draw it into a .png: the per-sample KPE histogram and, with --profile, "
+                        "beside it the kinetic power ½η²‖v‖² over t (mean and 10–90%% band; dopri5's own steps "
+                        "are averaged over 100 equal bins). An axis spanning two decades or more is drawn in log "
+                        "scale. Works on the --resume of a finished run (redrawn from its results)")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -277,6 +282,8 @@ def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> di
 
 
 def _validate(args) -> None:
+    from pathlib import Path
+
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.steps < 1:
@@ -289,6 +296,8 @@ def _validate(args) -> None:
         raise ValueError("--shape applies to --model only; a built-in --field takes --dim")
     if args.field == "point" and args.solver == "dopri5":
         raise ValueError("--field point is singular at t = 1, where dopri5 evaluates; use a fixed-step --solver")
+    if args.figure is not None and Path(args.figure).suffix.lower() != ".png":  # before a whole run is spent
+        raise ValueError(f"--figure must end in .png, got {args.figure!r}")
 
 
 def _stored_manifest(run_dir: str):
@@ -463,6 +472,13 @@ def run(args) -> int:
         print(f"warning: {nonfinite} sample(s) hit a non-finite velocity (energies NaN)", file=sys.stderr)
     with pd.option_context("display.float_format", "{:.6g}".format, "display.width", 120):
         print(summary_frame(table).to_string())
+    if args.figure is not None:
+        steps = "dopri5" if args.solver == "dopri5" else f"{args.solver}, {args.steps} steps, {args.grid} grid"
+        shaped = "plain FM" if kts is None else (f"KTS α0 = {kts.alpha0:g} ({kts.launch}), β0 = {kts.beta0:g} "
+                                                 f"({kts.landing}), τ = {kts.tau_split:g}")
+        path = _write_figure(args.figure, table, outcome.manifest, label="plain FM" if kts is None else "KTS",
+                             title=f"{what}; {steps}; {shaped}")
+        print(f"figure: {path}")
     return 0
 
 
@@ -472,3 +488,19 @@ def _profile_times(args) -> list[float]:
 
     return time_grid(args.grid, args.steps).tolist()
 
+
+def _write_figure(path: str, table, manifest, *, label: str, title: str):
+    """The run's KPE histogram, beside its kinetic power over t when the table holds a profile."""
+    from pathlib import Path
+
+    from ..runs.shards import PROFILE, PROFILE_TIMES, profile_from_table
+    from ..studies.figures import sample_run_figure
+
+    profile = None
+    if PROFILE in table.column_names:
+        profile = profile_from_table(table, manifest.runtime.get(PROFILE_TIMES))
+    figure = sample_run_figure("sample_run", "", table.column("kpe").to_numpy(), profile, label=label, title=title)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(figure.png)
+    return out
