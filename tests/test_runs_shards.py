@@ -248,6 +248,7 @@ def test_profile_from_table_gives_arrays_for_both_layouts():
     times, increments = profile_from_table(fixed, [0.0, 0.5, 1.0])
     np.testing.assert_array_equal(times, [0.0, 0.5, 1.0])
     np.testing.assert_array_equal(increments, [[1.0, 2.0], [3.0, 4.0]])
+    assert increments.flags.writeable and times.flags.writeable   # arrays of its own, not Arrow's buffers
     with pytest.raises(ValueError, match="needs its grid"):
         profile_from_table(fixed)
     with pytest.raises(ValueError, match=r"times must have shape \(3,\)"):

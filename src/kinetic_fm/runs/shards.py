@@ -230,7 +230,8 @@ def profile_from_table(table: pa.Table, times=None) -> tuple[np.ndarray, np.ndar
         width = column.type.list_size
         if times.shape != (width + 1,):
             raise ValueError(f"times must have shape ({width + 1},) for {width} steps per sample, got {times.shape}")
-        return times, column.flatten().to_numpy().reshape(table.num_rows, width)
+        increments = np.array(column.flatten().to_numpy(zero_copy_only=False))  # a copy: writable, not Arrow's
+        return times, increments.reshape(table.num_rows, width)
     if TIMES not in table.column_names:
         raise ValueError(f"a per-sample (dopri5) profile needs the table's {TIMES!r} column")
     increments = _padded(column, 0.0)
