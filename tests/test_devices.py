@@ -235,6 +235,26 @@ def test_kfm_sample_runs_a_trained_net_on_the_device(device, tmp_path):
                                rtol=1e-10, atol=0)
 
 
+@pytest.mark.parametrize("solver", ["heun", "dopri5"])
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+def test_kfm_sample_profile_comes_back_from_the_device(device, solver, tmp_path):
+    """`kfm sample --profile --device D`: the stored profile (and dopri5's per-sample times) equal
+    the library's CPU run."""
+    from kinetic_fm.cli import main
+    from kinetic_fm.runs import read_profile
+
+    assert main(["sample", "--field", "mixture", "--n", "5", "--steps", "6", "--solver", solver, "--dtype", "float64",
+                 "--batch-size", "2", "--device", device, "--profile", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    means = torch.zeros(8, 2, dtype=torch.float64)
+    angle = torch.arange(8, dtype=torch.float64) * (2 * torch.pi / 8)
+    means[:, 0], means[:, 1] = 4.0 * angle.cos(), 4.0 * angle.sin()
+    want = kfm.sample(kfm.GaussianMixtureTarget(means, std=0.3), seeds=range(5), shape=(2,), steps=6, solver=solver,
+                      dtype=torch.float64, profile=True)
+    times, increments = read_profile(tmp_path / "run")
+    torch.testing.assert_close(torch.from_numpy(increments), want.profile, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.from_numpy(times), want.times, rtol=1e-12, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("device", ON_DEVICE, indirect=True)
 def test_classifier_margin_runs_the_net_where_it_lives(device):
     # device=None follows the net; a net elsewhere than device= is a clear error (it used to fail
