@@ -238,9 +238,10 @@ def plot_energy_profile(results: Any, *, log_y: bool = False, title: str = "",
     """Kinetic power ½η²‖v‖² over t of ``kfm.sample`` results: mean and 10–90 % band per run.
 
     Args:
-        results: a :class:`~kinetic_fm.SampleResult` sampled with ``profile=True`` on a
-            fixed-step solver, or a dict label -> such results (one line each, e.g. plain FM
-            against KTS).
+        results: a :class:`~kinetic_fm.SampleResult` sampled with ``profile=True``, or a dict
+            label -> such results (one line each, e.g. plain FM against KTS). dopri5's
+            per-sample steps are spread over 100 equal steps of [0, 1] first (each sample's
+            power constant within its own steps; its energy kept).
         log_y: logarithmic power axis (shows a late 1/(1 − t) spike).
         title, name, caption: the figure's title, file stem ([a-z0-9_-]+) and caption.
 
@@ -259,10 +260,10 @@ def plot_energy_profile(results: Any, *, log_y: bool = False, title: str = "",
             raise TypeError(f"{where} must be a SampleResult (from kfm.sample), got {type(result).__name__}")
         if result.profile is None:
             raise ValueError(f"{where} has no energy profile: sample it with kfm.sample(..., profile=True)")
-        if result.times.dim() != 1:
-            raise ValueError(f"{where} was sampled by dopri5, whose samples each have their own time grid; "
-                             "plot a fixed-step run (euler, midpoint, heun, rk4, rk4_38)")
-        profiles[str(label)] = (result.times, result.profile)
+        times, increments = result.times, result.profile
+        if times.dim() != 1:  # dopri5: each sample on its own steps
+            times, increments = _on_shared_grid(_array(times, name="times"), _array(increments, name="profile"), 100)
+        profiles[str(label)] = (times, increments)
     return energy_profile_figure(name, caption, profiles, log_y=log_y, title=title)
 
 
