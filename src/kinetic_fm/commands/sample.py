@@ -491,8 +491,6 @@ def _profile_times(args) -> list[float]:
 
 def _write_figure(path: str, table, manifest, *, label: str, title: str):
     """The run's KPE histogram, beside its kinetic power over t when the table holds a profile."""
-    from pathlib import Path
-
     from ..runs.shards import PROFILE, PROFILE_TIMES, profile_from_table
     from ..studies.figures import sample_run_figure
 
@@ -500,7 +498,4 @@ def _write_figure(path: str, table, manifest, *, label: str, title: str):
     if PROFILE in table.column_names:
         profile = profile_from_table(table, manifest.runtime.get(PROFILE_TIMES))
     figure = sample_run_figure("sample_run", "", table.column("kpe").to_numpy(), profile, label=label, title=title)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(figure.png)
-    return out
+    return figure.save(path)  # atomic: an interrupted redraw leaves the old figure
