@@ -85,10 +85,7 @@ def run(args: argparse.Namespace) -> int:
         from ..studies.figures import memorization_figure
 
         figure = memorization_figure("memorization", "", report, samples, train)
-        path = Path(args.figure)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(figure.png)
-        print(f"figure: {path}")
+        print(f"figure: {figure.save(args.figure)}")
     return 0
 
 
