@@ -2,7 +2,7 @@
 
 The holders are real processes (this file run as a script, see the end), synchronised by a line
 they print once they hold the lock and by their stdin, never by sleeps. The per-seed
-"computation" is a deterministic function of the seed, as in test_runs_shards.
+"computation" is test_runs_shards' deterministic function of the seed.
 """
 from __future__ import annotations
 
@@ -19,33 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from kinetic_fm.runs import RunLock, RunLockedError, RunManifest, World, merge_shards, read_run, run_sharded
 from kinetic_fm.runs import lock as lock_module
 from kinetic_fm.runs.lock import LOCK_NAME, read_holder
+from test_runs_shards import Recorder, expected_frame  # the same deterministic per-seed computation
 
 
-def expected_frame(seeds) -> pd.DataFrame:
-    rows = []
-    for seed in seeds:
-        z = np.random.default_rng(int(seed)).standard_normal(3)
-        rows.append({"seed": int(seed), "energy": 0.5 * float(z @ z), "x": z.tolist()})
-    return pd.DataFrame(rows)
-
-
-class Recorder:
-    """compute(seeds, advance) that remembers which seed blocks it was asked for."""
-
-    def __init__(self):
-        self.calls: list[list[int]] = []
-
-    def __call__(self, seeds, advance):
-        self.calls.append(seeds.tolist())
-        advance(len(seeds))
-        return expected_frame(seeds)
 
 
 def assert_rows(frame: pd.DataFrame, seeds) -> None:
