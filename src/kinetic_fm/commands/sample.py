@@ -47,7 +47,8 @@ def register(subparsers) -> None:
                         "null class); stored per sample in the table's label column")
     f.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale w with --label K or seed: v = v_null + w·(v_label − v_null), "
-                        "two net calls per evaluation (default: the conditional velocity, w = 1, one call)")
+                        "one net call on a doubled batch (label and null) per evaluation (default: the conditional "
+                        "velocity, w = 1, a plain call)")
 
     s = p.add_argument_group("sampler")
     # --num-samples: the spelling to use after torchrun, whose parser takes "--n" as an abbreviation

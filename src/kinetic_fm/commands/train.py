@@ -29,19 +29,20 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=int, default=None, help="mlp hidden width or unet base channels")
     p.add_argument("--class-cond", action="store_true",
                    help="condition on the data's labels (null class for classifier-free guidance)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    p.add_argument("--batch-size", type=int, default=256, help="training batch (default 256)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps (default 0)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="decay of the EMA weights that are saved and sampled (default 0.999)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping (default 1)")
     p.add_argument("--label-dropout", type=float, default=None,
                    help="with --class-cond: share of labels replaced by the null class (default 0.1)")
     p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**63 (default 0)")
     p.add_argument("--checkpoints", default="log2",
                    help="log2 (steps 1, 2, 4, ... and the last), none, or comma-separated steps")
-    p.add_argument("--save-every", type=int, default=100, help="steps between resume states")
+    p.add_argument("--save-every", type=int, default=100, help="steps between resume states (default 100)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from <out>/resume.pt if it exists")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")

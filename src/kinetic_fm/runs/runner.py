@@ -3,7 +3,8 @@
 :func:`run_sharded` is generic: it knows nothing of sampling. The caller supplies the manifest
 and ``compute(seeds, advance) -> table`` that turns a contiguous block of seeds into one row per
 seed (a ``seed`` column plus anything else) and calls ``advance(k)`` as it finishes k samples,
-for the progress bar. ``kfm sample`` and the study stages build on it.
+for the progress bar. ``kfm sample`` builds on it (``kfm reproduce`` caches its stages in its own
+workspace instead).
 
 Crash safety: the manifest is written once, atomically, before any shard; each shard is renamed
 into place only when complete. On ``resume=True`` complete shards are skipped and missing or
