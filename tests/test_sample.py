@@ -816,6 +816,74 @@ def test_the_training_mode_check_follows_only_what_the_velocity_reads():
             kfm.sample(velocity, seeds=range(4), shape=(2,), steps=2)
 
 
+def test_the_training_mode_check_still_finds_nets_behind_methods_containers_and_descriptors():
+    """Following only the attributes a velocity reads must not lose a training net that is reached
+    some other way: through a container's methods, a cached_property, super(), or a chain of
+    helper methods (found on every one of many identical checks: bound methods are made anew
+    at each read, so the walk must not mistake a new one for one it has seen)."""
+    import functools
+
+    from kinetic_fm.sampling.guards import TrainingModeWarning, _reachable_modules
+
+    def call(m, x, t):
+        return m(torch.cat([x, t[:, None]], 1))
+
+    nets, models = {"model": _stochastic_net()}, [_stochastic_net()]
+
+    class Lazy:
+        def __init__(self, trainer):
+            self.trainer = trainer
+
+        @functools.cached_property
+        def model(self):
+            return self.trainer
+
+    class Base(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = _stochastic_net()
+
+        def velocity(self, x, t):
+            return call(self.model, x, t)
+
+    class Child(Base):
+        def velocity(self, x, t):
+            return super().velocity(x, t)
+
+    class Chain:  # velocity -> four helpers -> the net
+        def __init__(self):
+            self.model = _stochastic_net()
+
+        def velocity(self, x, t):
+            return self._a(x, t)
+
+        def _a(self, x, t):
+            return self._b(x, t)
+
+        def _b(self, x, t):
+            return self._c(x, t)
+
+        def _c(self, x, t):
+            return self._d(x, t)
+
+        def _d(self, x, t):
+            return call(self.model, x, t)
+
+    lazy, chain = Lazy(_stochastic_net()), Chain()
+    velocities = {
+        "dict.get": lambda x, t: call(nets.get("model"), x, t),
+        "dict.values": lambda x, t: call([*nets.values()][0], x, t),
+        "list.__getitem__": lambda x, t: call(models.__getitem__(0), x, t),
+        "cached_property": lambda x, t: call(lazy.model, x, t),
+        "super()": Child().train().velocity,
+        "four helper methods": chain.velocity,
+    }
+    for name, velocity in velocities.items():
+        with pytest.warns(TrainingModeWarning, match="Dropout"):
+            kfm.sample(velocity, seeds=range(4), shape=(2,), steps=2)
+    assert all(any(m is chain.model for m in _reachable_modules(chain.velocity)) for _ in range(300))
+
+
 def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objects():
     from kinetic_fm.sampling.guards import TrainingModeWarning
 

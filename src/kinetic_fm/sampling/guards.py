@@ -115,6 +115,19 @@ def _stochastic_layer(module: torch.nn.Module) -> bool:
 _NOT_HOLDERS = (torch.Tensor, str, bytes, int, float, bool, type, types.ModuleType)
 
 
+def _identity(obj: object) -> object:
+    """What the walk has seen: a bound method by its function and object (each attribute read
+    makes a new method object), anything else by id."""
+    if isinstance(obj, types.MethodType):
+        return ("method", id(obj.__func__), id(obj.__self__))
+    return id(obj)
+
+
+def _same_object_method(parent: object, child: object) -> bool:
+    return (isinstance(parent, types.MethodType) and isinstance(child, types.MethodType)
+            and child.__self__ is parent.__self__)
+
+
 def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> list[torch.nn.Module]:
     """The ``nn.Module``s a velocity callable holds: itself, the attributes of adapters and
     guidance wrappers, a bound method's object and function, a partial's function, a closure's
@@ -122,12 +135,15 @@ def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> l
     dicts (four levels deep, at most ``budget`` objects looked at; a module's own children come
     from ``named_modules``)."""
     found, seen, queue = [], set(), collections.deque([(root, 0)])
+    alive = []  # the walk makes bound methods: keep them, so that no later object reuses an id in seen
     while queue and budget > 0:
         obj, depth = queue.popleft()
+        alive.append(obj)
         budget -= 1
-        if id(obj) in seen or obj is None or isinstance(obj, _NOT_HOLDERS):
+        key = _identity(obj)
+        if key in seen or obj is None or isinstance(obj, _NOT_HOLDERS):
             continue
-        seen.add(id(obj))
+        seen.add(key)
         if isinstance(obj, torch.nn.Module):
             found.append(obj)
             continue
@@ -136,7 +152,8 @@ def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> l
                 children = _held_objects(obj, fan_out)
             except Exception:  # an exotic object (a proxy whose attribute access fails): not ours to judge
                 children = []
-            queue.extend((child, depth + 1) for child in children)
+            # a method calling another method of its object stays on the object: no level spent
+            queue.extend((child, depth if _same_object_method(obj, child) else depth + 1) for child in children)
     return found
 
 
@@ -191,7 +208,9 @@ def _used_part(obj: object, code: types.CodeType, name: str) -> list:
     import inspect
 
     attrs = _attribute_uses(code).get(name, frozenset())
-    if attrs is None:
+    # zero-argument super() reads the first argument without a load of it (Python ≤ 3.11), and a
+    # container's methods (dict.get, list.__getitem__) hand out what it holds
+    if attrs is None or "__class__" in code.co_freevars or isinstance(obj, (dict, list, tuple, set, frozenset)):
         return [obj]
     parts: list = []
     for attr in sorted(attrs):
@@ -205,10 +224,10 @@ def _used_part(obj: object, code: types.CodeType, name: str) -> list:
             return [obj]
         if isinstance(value, types.FunctionType):  # a method of obj's class: follow it bound
             parts.append(types.MethodType(value, obj))
-        elif isinstance(value, (property, types.MemberDescriptorType, types.GetSetDescriptorType)):
+        elif isinstance(value, torch.nn.Module) or not hasattr(type(value), "__get__"):
+            parts.append(value)    # a value held on the object or its class
+        else:                      # any other descriptor (property, cached_property, slots, C methods) runs code
             return [obj]
-        else:
-            parts.append(value)
     return parts
 
 
