@@ -56,7 +56,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = temporary_name(path)
     try:
         write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
+        fd = os.open(tmp, os.O_RDWR)  # Windows: FlushFileBuffers needs a handle open for writing
         try:
             os.fsync(fd)
         finally:
