@@ -265,3 +265,24 @@ if __name__ == "__main__":  # a holder for the tests above: python test_runs_loc
             return expected_frame(seeds)
 
         _run(folder, compute=stop_in_second_shard)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or lock_module.fcntl is None, reason="needs fork and flock")
+def test_a_child_forked_under_the_lock_does_not_keep_it_after_release(tmp_path):
+    """A DataLoader worker or a 'fork' pool started while a run writes shares the lock's
+    descriptor; once the run releases the lock, the next run on the folder must get it."""
+    lock = RunLock(tmp_path).acquire()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the forked worker: alive, holding its copy, until the parent lets it go
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    try:
+        lock.release()
+        with RunLock(tmp_path) as again:
+            assert again.held
+    finally:
+        os.close(write_end)
+        os.waitpid(child, 0)

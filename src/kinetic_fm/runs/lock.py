@@ -14,7 +14,8 @@ Behaviour:
   writers each locking its own file.
 - The operating system drops the lock when the holder's process ends, however it ends (crash,
   SIGKILL, Ctrl-C), so a killed run never blocks its ``--resume`` and there is nothing to clean.
-  A process forked while the lock is held shares it until that child exits too.
+  A process forked while the lock is held shares it: it keeps the folder locked if the writer
+  dies first, but not after the writer has released it (release unlocks explicitly).
 - The lock is advisory: it stops other kinetic_fm writers, nothing else. Readers
   (:func:`~kinetic_fm.runs.shards.read_run`, ``read_samples``, ``merge_shards``) never take it:
   a finished run can be read while another process resumes or holds it.
@@ -156,6 +157,9 @@ class RunLock:
             return
         try:
             os.ftruncate(fd, 0)  # a record left behind would name a holder that is gone
+            # unlock before closing: a child forked meanwhile (a DataLoader worker, a 'fork' pool)
+            # shares the descriptor, and closing ours alone would leave the lock held by it
+            fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError:  # pragma: no cover - the lock is dropped by the close below all the same
             pass
         finally:
