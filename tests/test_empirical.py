@@ -279,8 +279,9 @@ def test_diagnostics_match_brute_force(atoms):
     assert (d.neglected_bound[1:] == min(1.0, 400 * math.exp(-field.cutoff))).all() and (d.neglected_bound < 1e-15).all()
 
 
-def test_batch_composition_does_not_change_a_sample(atoms):
-    field = kfm.EmpiricalFlow(atoms, batch_chunk=5)
+@pytest.mark.parametrize("truncate", [None, 8])
+def test_batch_composition_does_not_change_a_sample(atoms, truncate):
+    field = kfm.EmpiricalFlow(atoms, batch_chunk=5, truncate=truncate)
     t = torch.tensor(TIMES)
     x = path_states(atoms, t, seed=5)
     whole = field(x, t)
@@ -315,17 +316,20 @@ def test_truncated_mode_reports_a_valid_neglected_mass_bound(backend):
     assert rel_err(full, ref) < 1e-10
 
 
-def test_truncated_mode_picks_atoms_by_screened_logits_and_bounds_the_rest():
+@pytest.mark.parametrize("spacing,truncate", [(1e-5, 12), (1e-4, 4), (1e-3, 4)])
+def test_truncated_mode_picks_atoms_by_screened_logits_and_bounds_the_rest(spacing, truncate):
     # float32 atoms in clusters of near-duplicates: the screened logits cannot order a cluster,
-    # so the kept set may differ from the exact top k; the bound must still cover what is dropped
+    # so the kept set may differ from the exact top k; the bound must still cover what is dropped,
+    # also late, where a cluster larger than k sits beyond the screening's precision (those rows
+    # take the certified search) and kept weights underflow (the bound is taken in log space)
     g = torch.Generator().manual_seed(11)
     centres = torch.rand(30, 48, generator=g) * 2 - 1
-    atoms = (centres.repeat_interleave(8, dim=0) + 1e-5 * torch.randn(240, 48, generator=g)).float()
-    t = torch.tensor([0.03, 0.15, 0.4, 0.7, 0.9, 0.99]).repeat(5)
+    atoms = (centres.repeat_interleave(8, dim=0) + spacing * torch.randn(240, 48, generator=g)).float()
+    t = torch.tensor([0.03, 0.15, 0.4, 0.7, 0.9, 0.99, 0.999, 0.9999, 1 - 1e-6]).repeat(5)
     x = path_states(atoms, t, seed=12)
-    field = kfm.EmpiricalFlow(atoms, truncate=12)
+    field = kfm.EmpiricalFlow(atoms, truncate=truncate)
     out = field.evaluate(x, t)
-    top = field.posterior(x, t, k=12)
+    top = field.posterior(x, t, k=truncate)
     ref, w = brute(atoms, x, t)
     dropped = 1 - w.gather(1, top.indices).sum(dim=1)          # true mass outside the kept set
     assert (out.diagnostics.neglected_bound >= dropped - 1e-6).all()
@@ -334,9 +338,9 @@ def test_truncated_mode_picks_atoms_by_screened_logits_and_bounds_the_rest():
     # |v − v*| ≤ bound · 2 max ‖y‖ / (1 − t), plus float32 output round-off
     slack = out.diagnostics.neglected_bound[:, None] * 2 * atoms.norm(dim=1).max() / (1 - t.double()[:, None])
     assert ((out.velocity.double() - ref).norm(dim=1, keepdim=True) <= slack + 1e-4 * ref.norm(dim=1, keepdim=True)).all()
-    # where the posterior sits on one cluster (late), keeping 12 atoms loses nothing
+    # where the posterior sits on one cluster of 8 (late), keeping 12 atoms loses nothing
     late = t >= 0.9
-    assert (out.diagnostics.neglected_bound[late] < 1e-6).all()
+    assert truncate < 8 or (out.diagnostics.neglected_bound[late] < 1e-6).all()
 
 
 def test_recorder_traces_dominance_along_a_run(atoms):

@@ -48,14 +48,18 @@ arbitrarily close (dopri5's error control rejects steps that the clamp spoils).
 Truncated mode (``truncate=k``) keeps at most k atoms per query, and reports, per sample and per
 call, a bound on the posterior mass it drops. After the same screening GEMM, a query with at most
 k candidates (step 2) is re-scored exactly over them, as in step 3 (dropped mass < N·e^(−cutoff));
-otherwise its k largest screened logits are kept and re-scored exactly. A dropped atom j then has
+otherwise, where the screened logits are within ``max_logit_error`` (e), its k largest screened
+logits are kept and re-scored exactly in float64. A dropped atom j then has
 ℓ̃_j ≤ ℓ̃_(k), so ℓ_j ≤ ℓ_(k) + 2e and ℓ_j ≤ ℓ_b + (ℓ̃_(k) − ℓ̃_b) + 2e (ℓ_(k), ℓ_b the exact
 logits of the last and the first kept atom), and the dropped mass is at most R/(1 + R) with
 R = (N − k)·exp(min of those bounds − logsumexp(ℓ_kept)). The kept atoms are the exact k nearest
-neighbours of x/t up to near-ties within 2e of the k-th, which the bound covers. It skips step 4's
-second product and exponentials; the screening GEMM is the same. With ``backend="faiss"`` the k
-atoms come from a faiss search of x/t instead (:func:`kinetic_fm.nearest_neighbors`), and
-R = (N − k)·exp(ℓ_(k) − logsumexp(ℓ_kept)).
+neighbours of x/t up to near-ties within 2e of the k-th, which the bound covers (the bounds are
+formed from log weights, so a kept weight that underflows does not hide the dropped mass). Where
+e is larger (late t, a cluster of more than k near-duplicates) the screened order cannot pick the
+k largest, and the row takes the certified k-nearest-neighbour search of x/t
+(:func:`kinetic_fm.nearest_neighbors`), R = (N − k)·exp(ℓ_(k) − logsumexp(ℓ_kept)); so does
+every row with ``backend="faiss"``, through faiss. It skips step 4's second product and
+exponentials; the screening GEMM is the same.
 """
 from __future__ import annotations
 
@@ -392,13 +396,14 @@ class EmpiricalFlow:
 
         def exact_rows(rows, idx):
             """Re-score the atoms ``idx`` (sorted by screened logit) of ``rows`` exactly."""
-            yb, w = self._exact(x[rows], t[rows], one_minus[rows], idx)
+            yb, log_w = self._exact(x[rows], t[rows], one_minus[rows], idx)
+            w = log_w.exp()
             ybar[rows], max_w[rows] = yb, w.max(dim=1).values
             entropy[rows] = -torch.special.xlogy(w, w).sum(dim=1)
             if top_k:
                 tw, pos = torch.topk(w, top_k, dim=1)
                 top_w[rows], top_i[rows] = tw, idx.gather(1, pos)
-            return w
+            return log_w
 
         # sparse rows, bucketed by candidate count so one wide row does not widen the others
         sparse_rows = exact.nonzero().flatten()
@@ -413,16 +418,28 @@ class EmpiricalFlow:
 
         dense_rows = (~exact).nonzero().flatten()
         if dense_rows.numel() and self.truncate:
-            block = scores if dense_rows.numel() == b else scores[dense_rows]
-            del scores
-            screened, idx = torch.topk(block, self.truncate, dim=1)       # idx[:, 0]: the best
-            w = exact_rows(dense_rows, idx)
-            # A dropped atom j has ℓ̃_j ≤ ℓ̃_(k); each screened logit is within e of the truth up
-            # to one constant per row, so ℓ_j ≤ ℓ_(k) + 2e and ℓ_j ≤ ℓ_b + (ℓ̃_(k) − ℓ̃_b) + 2e,
-            # ℓ_(k) and ℓ_b the exact logits of the last and the first kept atom.
-            gap = (screened[:, -1] - screened[:, 0]).double()
-            log_dropped = torch.minimum(w[:, -1].log(), w[:, 0].log() + gap) + 2.0 * bound[dense_rows]
-            neglected[dense_rows] = self._dropped_mass_bound(log_dropped)
+            # where the screened logits may be off by more than max_logit_error (late t, a cluster
+            # of more than k near-duplicates) their order cannot pick the k largest: those rows
+            # take the certified search of x/t
+            uncertain = bound[dense_rows] > self.max_logit_error
+            searched, chosen = dense_rows[uncertain], dense_rows[~uncertain]
+            if searched.numel():
+                yb, found, (tw, ti) = self._solve_truncated_by_search(x[searched], t[searched], top_k)
+                ybar[searched], max_w[searched], entropy[searched] = yb, found.max_weight, found.entropy
+                neglected[searched] = found.neglected_bound
+                top_w[searched], top_i[searched] = tw, ti
+            if chosen.numel():
+                block = scores if chosen.numel() == b else scores[chosen]
+                del scores
+                screened, idx = torch.topk(block, self.truncate, dim=1)   # idx[:, 0]: the best
+                log_w = exact_rows(chosen, idx)
+                # A dropped atom j has ℓ̃_j ≤ ℓ̃_(k); each screened logit is within e of the truth
+                # up to one constant per row, so ℓ_j ≤ ℓ_(k) + 2e and ℓ_j ≤ ℓ_b + (ℓ̃_(k) − ℓ̃_b) + 2e,
+                # ℓ_(k) and ℓ_b the exact logits of the last and the first kept atom (log weights:
+                # a weight that underflows must not read as log 0 = −inf)
+                gap = (screened[:, -1] - screened[:, 0]).double()
+                log_dropped = torch.minimum(log_w[:, -1], log_w[:, 0] + gap) + 2.0 * bound[chosen]
+                neglected[chosen] = self._dropped_mass_bound(log_dropped)
         elif dense_rows.numel():
             # screened weights with max 1; in place when the whole block is dense (small t)
             weights = scores if dense_rows.numel() == b else scores[dense_rows]
@@ -476,13 +493,14 @@ class EmpiricalFlow:
                 sq = torch.linalg.vector_norm(diff, dim=2).square_()
                 weights[sl, cs] = scale * (2.0 * cross - tt * sq)
                 kept = diff if len(slices) == 1 else None                   # reused for ȳ below
-            w = torch.softmax(weights[sl], dim=1)
+            w = torch.log_softmax(weights[sl], dim=1)
             weights[sl] = w
+            w = w.exp()
             ybar[sl] = best
             for cs in slices:
                 diff = kept if kept is not None else self.atoms[idx[sl, cs]].double().sub_(best[:, None, :])
                 ybar[sl] += torch.einsum("rk,rkd->rd", w[:, cs], diff)
-        return ybar, weights
+        return ybar, weights  # log weights
 
     def _solve_truncated_by_search(self, x, t, top_k):
         """Truncated mode through the exact k-nearest-neighbour search of x/t (the faiss backend)."""
@@ -492,7 +510,8 @@ class EmpiricalFlow:
         # the atoms were checked once, at construction; x/t is finite whenever x is
         idx = nearest_neighbors(queries, self.atoms, k, chunk=self.chunk, backend=self.backend,
                                 check_inputs=False).indices
-        ybar, w = self._exact(x, t, one_minus, idx)
+        ybar, log_w = self._exact(x, t, one_minus, idx)
+        w = log_w.exp()
         diag = PosteriorDiagnostics(
             max_weight=w.max(dim=1).values,
             entropy=-torch.special.xlogy(w, w).sum(dim=1),
@@ -500,7 +519,7 @@ class EmpiricalFlow:
             exact=torch.ones(b, dtype=torch.bool, device=x.device),
             logit_error_bound=torch.zeros(b, dtype=torch.float64, device=x.device),
             # the exact top k: every dropped atom weighs at most the smallest kept one
-            neglected_bound=self._dropped_mass_bound(w.min(dim=1).values.log()),
+            neglected_bound=self._dropped_mass_bound(log_w.min(dim=1).values),
         )
         return ybar, diag, (w[:, :top_k], idx[:, :top_k])
 
