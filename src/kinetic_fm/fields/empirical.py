@@ -584,13 +584,14 @@ class PosteriorTrace:
     t: torch.Tensor
     max_weight: torch.Tensor
     entropy: torch.Tensor
-    candidates: torch.Tensor
-    exact: torch.Tensor
-    logit_error_bound: torch.Tensor
     neglected_bound: torch.Tensor
+    exact: torch.Tensor
+    # added later: after the first five, so that unpacking a trace by position keeps working
+    candidates: torch.Tensor
+    logit_error_bound: torch.Tensor
 
 
-_TRACED = ("max_weight", "entropy", "candidates", "exact", "logit_error_bound", "neglected_bound")
+_TRACED = ("max_weight", "entropy", "neglected_bound", "exact", "candidates", "logit_error_bound")
 _NOT_EVALUATED = {torch.bool: False, torch.int64: -1}   # float fields: NaN
 
 

@@ -27,6 +27,9 @@ def embedding_times(t: Tensor | float, x: Tensor) -> Tensor:
     return t
 
 
+batch_times = embedding_times  # its name until the fourteenth session, kept for code that imports it
+
+
 class SinusoidalTimeEmbedding(nn.Module):
     """t in [0, 1] -> (B, dim) features [sin(s·t·f_k), cos(s·t·f_k)], f_k = max_period^(-k/(dim/2)).
 
