@@ -133,7 +133,10 @@ def _render(fig, name: str, caption: str) -> Figure:
     try:
         fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     finally:
-        fig.clear()
+        with warnings.catch_warnings():
+            # matplotlib 3.7 resets a shared log axis (line_figure's twin) to (0, 1) while clearing
+            warnings.filterwarnings("ignore", "Attempt to set non-positive", UserWarning)
+            fig.clear()
     return Figure(name=name, caption=caption, png=buffer.getvalue())
 
 
