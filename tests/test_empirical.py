@@ -343,6 +343,25 @@ def test_truncated_mode_picks_atoms_by_screened_logits_and_bounds_the_rest(spaci
     assert truncate < 8 or (out.diagnostics.neglected_bound[late] < 1e-6).all()
 
 
+def test_truncated_mode_keeps_the_exact_top_k_of_a_cluster_it_cannot_screen():
+    # late in a run, with a cluster of near-duplicates larger than k, the screened logits cannot
+    # order the cluster: its candidates are re-scored exactly and the exact top k kept, so the
+    # bound reports what is really left out (k = 1 used to report (N − 1)/N there)
+    g = torch.Generator().manual_seed(21)
+    centres = torch.rand(12, 64, generator=g) * 2 - 1
+    atoms = (centres.repeat_interleave(10, dim=0) + 1e-3 * torch.randn(120, 64, generator=g)).float()
+    t = torch.tensor([0.99, 0.995, 0.999]).repeat(4)
+    x = path_states(atoms, t, seed=22)
+    field = kfm.EmpiricalFlow(atoms, truncate=1)
+    out = field.evaluate(x, t)
+    ref, w = brute(atoms, x, t)
+    top = field.posterior(x, t, k=1)
+    assert torch.equal(top.indices[:, 0], w.argmax(dim=1))                    # the exact top atom
+    dropped = 1 - w.gather(1, top.indices).sum(dim=1)
+    assert (out.diagnostics.neglected_bound >= dropped - 1e-9).all()
+    assert (out.diagnostics.neglected_bound <= dropped + 1e-6).all()          # and not much more
+
+
 def test_recorder_traces_dominance_along_a_run(atoms):
     recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
     res = kfm.sample(recorder, seeds=range(6), shape=(3, 4, 4), steps=20)
