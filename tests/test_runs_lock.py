@@ -286,3 +286,19 @@ def test_a_child_forked_under_the_lock_does_not_keep_it_after_release(tmp_path):
     finally:
         os.close(write_end)
         os.waitpid(child, 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or lock_module.fcntl is None, reason="needs fork and flock")
+def test_a_forked_child_leaving_through_release_keeps_the_parents_lock(tmp_path):
+    """A child forked inside ``with RunLock`` (or run_sharded) that unwinds through it (sys.exit,
+    an exception) must not unlock the parent, which still writes."""
+    with RunLock(tmp_path) as held:
+        child = os.fork()
+        if child == 0:
+            try:
+                held.release()
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+        with pytest.raises(RunLockedError, match=str(os.getpid())):   # still held, record intact
+            RunLock(tmp_path).acquire()

@@ -120,6 +120,7 @@ class RunLock:
     run_dir: Path
     held: bool = field(default=False, init=False)
     _fd: int | None = field(default=None, init=False, repr=False)
+    _owner: int | None = field(default=None, init=False, repr=False)  # pid that acquired it
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -148,12 +149,18 @@ class RunLock:
         except BaseException:
             os.close(fd)  # closing drops the lock
             raise
-        self._fd, self.held = fd, True
+        self._fd, self.held, self._owner = fd, True, os.getpid()
         return self
 
     def release(self) -> None:
         fd, self._fd, self.held = self._fd, None, False
         if fd is None:
+            return
+        if self._owner != os.getpid():
+            # a forked child unwinding through ``with RunLock`` / run_sharded's finally: the lock
+            # and the record are the parent's; unlocking the shared file description would drop
+            # the parent's lock while it still writes. Only drop this process's reference.
+            os.close(fd)
             return
         try:
             os.ftruncate(fd, 0)  # a record left behind would name a holder that is gone
