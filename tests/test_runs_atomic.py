@@ -90,3 +90,15 @@ def test_the_final_file_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.pt").stat().st_mode) == 0o644
+
+
+@pytest.mark.skipif(os.name == "nt" or os.geteuid() == 0, reason="root opens read-only files for writing anyway")
+def test_a_temporary_without_write_permission_is_still_synced_and_renamed(tmp_path):
+    # a umask such as 0o277, or a writer copying a read-only file's mode, leaves the owner unable
+    # to open the temporary for writing; fsync needs no write access on POSIX
+    def write(tmp):
+        tmp.write_bytes(b"abc")
+        tmp.chmod(0o400)
+
+    path = atomic_write(tmp_path / "shard.bin", write)
+    assert path.read_bytes() == b"abc" and sorted(p.name for p in tmp_path.iterdir()) == ["shard.bin"]

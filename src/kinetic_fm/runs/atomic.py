@@ -56,7 +56,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = temporary_name(path)
     try:
         write(tmp)
-        fd = os.open(tmp, os.O_RDWR)  # Windows: FlushFileBuffers needs a handle open for writing
+        # Windows: FlushFileBuffers needs a handle open for writing; POSIX fsyncs any descriptor,
+        # and a read-only one also works where the temporary came out without write permission
+        # (a umask such as 0o277, a writer that copies a read-only file's mode)
+        fd = os.open(tmp, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
