@@ -228,9 +228,11 @@ def _draw_power(ax, profiles: dict[str, tuple[Any, Any]], *, log_y: bool, title:
                 ax.plot(mid, edge, color=color, linewidth=0.9, linestyle=":")
         else:
             ax.fill_between(mid, low, high, color=color, alpha=0.2, linewidth=0)
-        # the first profile (the reference, e.g. plain FM) on top: where the others coincide
-        # with it, drawn later they would hide it
-        ax.plot(mid, mean, color=color, linewidth=1.8, label=f"{label} (n={n})", zorder=3 if k == 0 else 2)
+        # the first profile (the reference, e.g. plain FM) dashed on top: where others coincide
+        # with it, neither hides the other
+        reference = k == 0 and len(profiles) > 1
+        ax.plot(mid, mean, color=color, linewidth=1.8, label=f"{label} (n={n})",
+                linestyle=(0, (4, 2.5)) if reference else "-", zorder=3 if reference else 2)
         drawn += 1
     _style(ax, xlabel="t   (0 = noise, 1 = data)", ylabel=POWER_LABEL, title=title)
     if drawn:
