@@ -421,13 +421,11 @@ class EmpiricalFlow:
         dense_rows = (~exact).nonzero().flatten()
         if dense_rows.numel() and self.truncate:
             # where the screened logits may be off by more than max_logit_error (late t, a cluster
-            # of more than k near-duplicates) their order cannot pick the k largest: those rows
-            # take the certified search of x/t
+            # of more than k near-duplicates) their order cannot pick the k largest: such a row
+            # re-scores every candidate exactly (as the exact field does) and keeps the exact top
+            # k; only one with very many candidates takes the certified search of x/t
             uncertain = bound[dense_rows] > self.max_logit_error
             searched, chosen = dense_rows[uncertain], dense_rows[~uncertain]
-            # rows with a moderate number of candidates: every candidate re-scored exactly (what
-            # the exact field does for them), then the exact top k kept; the search of x/t only
-            # for rows with very many candidates
             few = count[searched] <= _RESCORE_ALL_MAX
             rescored, searched = searched[few], searched[~few]
             if rescored.numel():
