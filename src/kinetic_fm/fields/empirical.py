@@ -409,14 +409,10 @@ class EmpiricalFlow:
 
         # sparse rows, bucketed by candidate count so one wide row does not widen the others
         sparse_rows = exact.nonzero().flatten()
-        if sparse_rows.numel():
-            width = count[sparse_rows].clamp_min(max(top_k, 1))  # no host-to-device copy
-            bucket = torch.ceil(torch.log2(width.double())).long()
-            for level in bucket.unique().tolist():
-                rows = sparse_rows[bucket == level]
-                k = min(2 ** level, self.truncate or self.n)       # ≥ every row's count
-                block = scores if rows.numel() == b else scores[rows]      # no copy when all sparse
-                exact_rows(rows, torch.topk(block, k, dim=1).indices)
+        for rows, width in _by_width(sparse_rows, count[sparse_rows].clamp_min(max(top_k, 1))):
+            k = min(width, self.truncate or self.n)                       # ≥ every row's count
+            block = scores if rows.numel() == b else scores[rows]          # no copy when all sparse
+            exact_rows(rows, torch.topk(block, k, dim=1).indices)
 
         dense_rows = (~exact).nonzero().flatten()
         if dense_rows.numel() and self.truncate:
@@ -428,18 +424,14 @@ class EmpiricalFlow:
             searched, chosen = dense_rows[uncertain], dense_rows[~uncertain]
             few = count[searched] <= _RESCORE_ALL_MAX
             rescored, searched = searched[few], searched[~few]
-            if rescored.numel():
-                width = count[rescored].double()
-                bucket = torch.ceil(torch.log2(width)).long()
-                for level in bucket.unique().tolist():
-                    rows = rescored[bucket == level]
-                    cand = torch.topk(scores[rows], min(2 ** level, self.n), dim=1).indices
-                    _, log_all = self._exact(x[rows], t[rows], one_minus[rows], cand)
-                    best_log, pos = torch.topk(log_all, self.truncate, dim=1)     # exact top k, descending
-                    left_out = -torch.expm1(torch.logsumexp(best_log, dim=1))   # 1 − kept mass, no cancellation
-                    exact_rows(rows, cand.gather(1, pos))
-                    # dropped: the candidates left out, plus at most N·e^(−cutoff) outside them
-                    neglected[rows] = (left_out.clamp_min(0.0) + self.n * math.exp(-self.cutoff)).clamp_max(1.0)
+            for rows, width in _by_width(rescored, count[rescored]):
+                cand = torch.topk(scores[rows], min(width, self.n), dim=1).indices
+                _, log_all = self._exact(x[rows], t[rows], one_minus[rows], cand)
+                best_log, pos = torch.topk(log_all, self.truncate, dim=1)     # exact top k, descending
+                left_out = -torch.expm1(torch.logsumexp(best_log, dim=1))   # 1 − kept mass, no cancellation
+                exact_rows(rows, cand.gather(1, pos))
+                # dropped: the candidates left out, plus at most N·e^(−cutoff) outside them
+                neglected[rows] = (left_out.clamp_min(0.0) + self.n * math.exp(-self.cutoff)).clamp_max(1.0)
             if searched.numel():
                 yb, found, (tw, ti) = self._solve_truncated_by_search(x[searched], t[searched], top_k)
                 ybar[searched], max_w[searched], entropy[searched] = yb, found.max_weight, found.entropy
@@ -561,6 +553,17 @@ _EXACT_BLOCK_BYTES = 16 << 20
 # truncated mode: rows whose screening cannot order their candidates re-score all of them exactly
 # up to this many (a cluster of near-duplicates); beyond it, the certified search of x/t
 _RESCORE_ALL_MAX = 4096
+
+
+def _by_width(rows: torch.Tensor, counts: torch.Tensor):
+    """``rows`` (r,) bucketed by their candidate ``counts`` (r,): yields (rows of a bucket, width),
+    the width the bucket's power of two ≥ each of its counts, so that one wide row does not widen
+    the others' exact re-scoring. Nothing for no rows."""
+    if not rows.numel():
+        return
+    bucket = torch.ceil(torch.log2(counts.double())).long()    # no host-to-device copy
+    for level in bucket.unique().tolist():
+        yield rows[bucket == level], 2 ** level
 
 
 def _column_blocks(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
