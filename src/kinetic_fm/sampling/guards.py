@@ -117,7 +117,8 @@ _NOT_HOLDERS = (torch.Tensor, str, bytes, int, float, bool, type, types.ModuleTy
 
 def _identity(obj: object) -> object:
     """What the walk has seen: a bound method by its function and object (each attribute read
-    makes a new method object), anything else by id."""
+    makes a new method object, which may be freed and its id reused), anything else by id (the
+    walk makes no other objects, so those stay alive through the velocity)."""
     if isinstance(obj, types.MethodType):
         return ("method", id(obj.__func__), id(obj.__self__))
     return id(obj)
@@ -135,10 +136,8 @@ def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> l
     dicts (four levels deep, at most ``budget`` objects looked at; a module's own children come
     from ``named_modules``)."""
     found, seen, queue = [], set(), collections.deque([(root, 0)])
-    alive = []  # the walk makes bound methods: keep them, so that no later object reuses an id in seen
     while queue and budget > 0:
         obj, depth = queue.popleft()
-        alive.append(obj)
         budget -= 1
         key = _identity(obj)
         if key in seen or obj is None or isinstance(obj, _NOT_HOLDERS):
