@@ -345,7 +345,7 @@ def sample_run_figure(name: str, caption: str, kpe: Any, profile: tuple[Any, Any
     log_x = bool(finite.size and finite.min() > 0) and _spans_decades(finite)
     if profile is None:
         fig = _new_figure(6.4, 4.0)
-        _draw_histogram(fig.add_subplot(), {label: values}, xlabel="KPE  ½∫η²‖v‖² dt", log_x=log_x, title=title)
+        _draw_histogram(fig.add_subplot(), {label: values}, xlabel=KPE_LABEL, log_x=log_x, title=title)
         return _render(fig, name, caption)
     times = _array(profile[0], name="profile times")
     increments = _array(profile[1], name="profile increments")
@@ -360,7 +360,7 @@ def sample_run_figure(name: str, caption: str, kpe: Any, profile: tuple[Any, Any
     fig = _new_figure(12.8, 4.0)
     left, right = fig.subplots(1, 2)
     _draw_power(left, {label: (times, increments)}, log_y=log_y, title="kinetic power over t (mean, 10–90 % band)")
-    _draw_histogram(right, {label: values}, xlabel="KPE  ½∫η²‖v‖² dt", log_x=log_x, title="per-sample KPE")
+    _draw_histogram(right, {label: values}, xlabel=KPE_LABEL, log_x=log_x, title="per-sample KPE")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
