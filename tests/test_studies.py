@@ -349,6 +349,29 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
         pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(tmp_path / "tables" / table.name))
 
 
+def test_a_new_classifier_reuses_every_cached_sample(tiny_report, tmp_path, monkeypatch):
+    # the judging classifier only reads the samples: changing it used to resample every study
+    import shutil
+    from dataclasses import replace
+
+    from kinetic_fm.studies import reproduce as module
+    from kinetic_fm.studies import samples
+
+    out, _, _ = tiny_report
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+    cfg = ReproduceConfig.preset("tiny")
+    cached = sorted(p.name for p in (tmp_path / "cache").glob("*.pt"))
+
+    def resampled(*args, **kwargs):
+        raise AssertionError("a cached sampling stage was recomputed")
+
+    monkeypatch.setattr(samples, "sample", resampled)
+    module.reproduce(replace(cfg, assets=replace(cfg.assets, classifier_steps=cfg.assets.classifier_steps + 1)),
+                     tmp_path, progress=False)
+    added = sorted(set(p.name for p in (tmp_path / "cache").glob("*.pt")) - set(cached))
+    assert [name.rsplit("-", 1)[0] for name in added] == ["classifier"]   # retrained, nothing resampled
+
+
 def test_cli_rejects_an_unknown_study(tmp_path):
     result = subprocess.run([sys.executable, "-m", "kinetic_fm.cli", "reproduce", "--tiny", "--out", str(tmp_path),
                              "--studies", "semantics,bogus"], capture_output=True, text=True)

@@ -1,7 +1,7 @@
 """Configuration of ``kfm reproduce``: one dataclass per study plus the shared assets."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 MODES = ("tiny", "quick", "full")
 
@@ -35,6 +35,13 @@ class AssetsConfig:
     lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
+
+    def sample_settings(self) -> dict:
+        """The settings every study's samples depend on: all but the judging classifier's, which
+        only the metrics read (and those are recomputed from the cached samples on every run)."""
+        settings = asdict(self)
+        del settings["classifier"], settings["classifier_steps"]
+        return settings
 
 
 @dataclass(frozen=True)

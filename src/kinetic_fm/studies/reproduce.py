@@ -40,7 +40,7 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     start = time.perf_counter()
     assets = load_assets(cfg.assets, ws, progress)
     timings["data, classifier and models"] = time.perf_counter() - start
-    asset_key = config_hash(cfg.assets)
+    asset_key = config_hash(cfg.assets.sample_settings())
     runners = {
         "semantics": lambda: run_semantics(cfg.semantics, assets, ws, asset_key),
         "support": lambda: run_support(cfg.support, cfg.semantics, assets, ws, asset_key),
