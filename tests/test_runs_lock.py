@@ -114,6 +114,30 @@ def test_the_cli_reports_a_busy_folder_in_one_line_and_exits_non_zero(tmp_path, 
     assert "Traceback" not in captured.err and captured.err.count("\n") == 1 and captured.out == ""
 
 
+def test_kfm_train_into_a_busy_folder_stops_before_writing(tmp_path, capsys):
+    # two `kfm train --resume` on one folder used to overwrite each other's resume states
+    from kinetic_fm.cli import main
+
+    run = tmp_path / "train"
+    with holder("lock", run) as child:
+        assert main(["train", "--data", "gmm", "--n", "64", "--steps", "3", "--batch-size", "8", "--width", "8",
+                     "--no-progress", "--resume", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kfm train: error: run folder {run} is in use by another writer: process {child.pid} ")
+    assert "then --resume if it stopped early" in err and err.count("\n") == 1
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]   # no config, state or checkpoint written
+
+
+def test_kfm_reproduce_into_a_busy_folder_stops_before_training(tmp_path):
+    from kinetic_fm.studies.config import ReproduceConfig
+    from kinetic_fm.studies.reproduce import reproduce
+
+    with holder("lock", tmp_path):
+        with pytest.raises(RunLockedError, match="then run the same command again if it stopped early"):
+            reproduce(ReproduceConfig.preset("tiny"), tmp_path, progress=False)
+    assert not any((tmp_path / "cache").iterdir()) and not any((tmp_path / "models").iterdir())
+
+
 class ThreadJob:
     """The collectives of a job whose ranks are threads of this process (see Coordinator)."""
 
@@ -245,6 +269,8 @@ def test_a_refusal_with_no_holder_recorded_yet_still_says_what_to_do(tmp_path):
     err = RunLockedError(tmp_path, None)
     assert "a process that is just starting" in str(err) and "another --out" in str(err)
     assert str(pickle.loads(pickle.dumps(err))) == str(err)
+    err = RunLockedError(tmp_path, None, "rerun it")
+    assert "(then rerun it if it stopped early)" in str(err) and str(pickle.loads(pickle.dumps(err))) == str(err)
 
 
 if __name__ == "__main__":  # a holder for the tests above: python test_runs_lock.py lock|run FOLDER

@@ -185,7 +185,9 @@ def train(
         config: hyper-parameters, see :class:`TrainConfig`.
         labels: (N,) int64 classes for a class-conditional model (one with ``null_class``).
         out: run folder for ``config.json``, ``checkpoints/step_*.safetensors``, ``final.safetensors``
-            and ``resume.pt``; None keeps everything in memory.
+            and ``resume.pt``; None keeps everything in memory. Training holds the folder's lock
+            (:class:`~kinetic_fm.runs.RunLock`): a second writer is refused with
+            :class:`~kinetic_fm.runs.RunLockedError` instead of overwriting this run's states.
         resume: continue from ``out/resume.pt`` when it exists (the saved config must match
             except ``steps``, which may grow); otherwise start afresh.
         progress: show a tqdm bar.
@@ -197,6 +199,20 @@ def train(
     Returns:
         :class:`TrainResult`.
     """
+    if out is None:
+        return _train(model, data, config, labels, None, resume, progress, callback, info)
+    from ..runs.lock import RunLock  # here: the runs package brings pyarrow with it
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        return _train(model, data, config, labels, out, resume, progress, callback, info)
+
+
+def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor | None, out: Path | None,
+           resume: bool, progress: bool, callback: Callable[[int, Tensor], None] | None,
+           info: dict[str, Any] | None) -> TrainResult:
+    """:func:`train`'s work, with ``out``'s lock held."""
     from tqdm.auto import tqdm
 
     data = torch.as_tensor(data)
@@ -210,7 +226,6 @@ def train(
     if conditional and labels is None:
         raise ValueError("the model is class-conditional: pass labels=")
     device = next(model.parameters()).device
-    out = None if out is None else Path(out)
     info = dict(info or {})
 
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -254,10 +269,9 @@ def train(
             saved_on = "a CUDA device" if "cuda" in state["rng"] else "the CPU"
             warnings.warn(f"resuming {state_path} on {device}, saved on {saved_on}: training goes on, but "
                           "the result will not be bit-identical to an uninterrupted run on either",
-                          stacklevel=2)
+                          stacklevel=3)  # the caller of train()
         _set_rng_state(state["rng"], data_gen, noise_gen, device)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
 
     schedule = set(checkpoint_steps(config.steps, config.checkpoints))

@@ -4,7 +4,9 @@
 the folder and keeps it until the merged table is written, so a second writer (the same job
 launched again while the first still runs, or two schedulers picking one job) stops at once with
 :class:`RunLockedError`, naming the folder, the holder's host, pid and start time, and what to
-do, instead of computing the first one's shards again.
+do, instead of computing the first one's shards again. Training
+(:func:`~kinetic_fm.models.train.train` with ``out``, ``kfm train``) and ``kfm reproduce`` hold
+the lock of their folders in the same way.
 
 Behaviour:
 
@@ -94,17 +96,17 @@ class RunLockedError(OSError):
     one line, and the runner hands it to every rank like its other refusals.
     """
 
-    def __init__(self, run_dir: Path, holder: LockHolder | None):
-        self.run_dir, self.holder = run_dir, holder
+    def __init__(self, run_dir: Path, holder: LockHolder | None, resume: str = "--resume"):
+        self.run_dir, self.holder, self.resume = run_dir, holder, resume
         who = str(holder) if holder is not None else "a process that is just starting (no holder recorded yet)"
         super().__init__(
             f"run folder {run_dir} is in use by another writer: {who}. Wait for it to finish (then "
-            f"--resume if it stopped early), or choose another --out; a writer that has died holds no "
+            f"{resume} if it stopped early), or choose another --out; a writer that has died holds no "
             f"lock, so there is nothing to delete."
         )
 
     def __reduce__(self):  # OSError's pickling would lose the message (e.g. across processes)
-        return type(self), (self.run_dir, self.holder)
+        return type(self), (self.run_dir, self.holder, self.resume)
 
 
 @dataclass
@@ -114,10 +116,12 @@ class RunLock:
     :meth:`acquire` creates ``run_dir/.lock`` if needed (the folder must exist), takes the lock
     without waiting and records this process as the holder, or raises :class:`RunLockedError`.
     ``held`` says whether a lock is really held: it stays False where the platform or file
-    system offers none (see the module docstring). :meth:`release` is idempotent.
+    system offers none (see the module docstring). :meth:`release` is idempotent. ``resume`` says,
+    in the refusal, how the folder's command continues a stopped run.
     """
 
     run_dir: Path
+    resume: str = "--resume"
     held: bool = field(default=False, init=False)
     _fd: int | None = field(default=None, init=False, repr=False)
     _owner: int | None = field(default=None, init=False, repr=False)  # pid that acquired it
@@ -140,7 +144,7 @@ class RunLock:
         except OSError as err:
             os.close(fd)
             if err.errno in _HELD_ERRNOS:
-                raise RunLockedError(self.run_dir, read_holder(self.run_dir)) from None
+                raise RunLockedError(self.run_dir, read_holder(self.run_dir), self.resume) from None
             _warn_unlockable(self.run_dir, err)
             return self
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..runs.lock import RunLock
 from .assets import load_assets
 from .config import ReproduceConfig
 from .memorization import run_memorization
@@ -27,15 +28,24 @@ STUDIES = ("semantics", "support", "memorization", "shaping")
 
 def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...] = STUDIES,
               progress: bool = True) -> tuple[Path, Path]:
-    """Run ``studies`` under ``cfg``, write tables to ``out/tables`` and the report; return (md, html) paths."""
+    """Run ``studies`` under ``cfg``, write tables to ``out/tables`` and the report; return (md, html) paths.
+
+    The run holds ``out``'s lock (:class:`~kinetic_fm.runs.RunLock`): a second run into the same
+    folder stops at once with :class:`~kinetic_fm.runs.RunLockedError`.
+    """
     if not studies:
         raise ValueError(f"name at least one study among {STUDIES}")
     unknown = set(studies) - set(STUDIES)
     if unknown:
         raise ValueError(f"studies must be among {STUDIES}, got {sorted(unknown)}")
+    ws = Workspace(out)
+    with RunLock(ws.root, resume="run the same command again"):
+        return _run_studies(cfg, ws, studies, progress)
+
+
+def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], progress: bool) -> tuple[Path, Path]:
     from .report import write_report
 
-    ws = Workspace(out)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     assets = load_assets(cfg.assets, ws, progress)
