@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -117,7 +118,11 @@ def test_a_trained_model_is_sampled_like_the_library_does(tmp_path):
     direct = kfm.sample(load_model(path), seeds=range(5), shape=(2, 3), steps=8, solver="heun",
                         shaping=kfm.KTS(alpha0=0.05))
     np.testing.assert_array_equal(table["kpe"].to_numpy(), direct.kpe.numpy())
-    assert read_samples(tmp_path / "run").shape == (5, 2, 3)
+    samples = read_samples(tmp_path / "run")
+    assert samples.shape == (5, 2, 3) and samples.flags.writeable   # Arrow's buffer is read-only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(torch.from_numpy(samples), direct.x, rtol=0, atol=0)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert len(manifest["identity"]["weights_sha256"]) == 64
 

@@ -193,10 +193,11 @@ def read_run(run_dir: str | os.PathLike, *, columns: list[str] | None = None):
 
 
 def samples_from_table(table: pa.Table, shape: tuple[int, ...] | list[int], column: str = "x") -> np.ndarray:
-    """Final states stored as a fixed-size list column, reshaped to (rows, *shape)."""
+    """Final states stored as a fixed-size list column, reshaped to (rows, *shape): a writable
+    copy, which ``torch.from_numpy`` takes without a warning (Arrow's own buffer is read-only)."""
     if column not in table.column_names:
         raise ValueError(f"the table has no {column!r} column (was the run made with --no-save-x?)")
-    flat = table.column(column).combine_chunks().flatten().to_numpy()
+    flat = np.array(table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False))
     return flat.reshape(table.num_rows, *shape)
 
 
