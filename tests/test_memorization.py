@@ -84,6 +84,34 @@ def test_binomial_intervals_at_the_ends_have_their_closed_forms():
     assert kfm.memorization(train[:4], train, interval="wilson", confidence=0.9).ci == (pytest.approx(4 / (4 + z2), rel=1e-9), 1.0)
 
 
+def test_gap_ratio_and_fraction_interval_are_the_audits_own(case):
+    # the audit's pieces, public for distances and flags computed elsewhere
+    samples, train = case
+    d1, d2, _ = brute(samples, train)
+    torch.testing.assert_close(kfm.gap_ratio(d1, d2), d1 / d2, rtol=1e-15, atol=0)
+    assert kfm.gap_ratio(torch.zeros(2), torch.tensor([0.0, 2.0])).tolist() == [0.0, 0.0]
+    for interval in ("bootstrap", "wilson", "clopper-pearson"):
+        rep = kfm.memorization(samples, train, interval=interval, seed=5)
+        assert kfm.fraction_interval(int(rep.memorized.sum()), len(rep), interval, seed=5) == rep.ci
+    # textbook values: 5 of 10 at 95 % (Wilson 0.2366–0.7634, Clopper–Pearson 0.1871–0.8129)
+    assert kfm.fraction_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    assert kfm.fraction_interval(5, 10, "clopper-pearson") == pytest.approx((0.18709, 0.81291), abs=1e-5)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: kfm.gap_ratio(torch.ones(3), torch.ones(2)), "one shape"),
+    (lambda: kfm.gap_ratio(torch.tensor([2.0]), torch.tensor([1.0])), "0 <= d1 <= d2"),
+    (lambda: kfm.gap_ratio(torch.tensor([float("nan")]), torch.tensor([1.0])), "0 <= d1 <= d2"),
+    (lambda: kfm.fraction_interval(11, 10), "0 <= count <= n"),
+    (lambda: kfm.fraction_interval(0, 0), "n >= 1"),
+    (lambda: kfm.fraction_interval(1, 10, "normal"), "interval must be one of"),
+    (lambda: kfm.fraction_interval(1, 10, confidence=1.0), "confidence must lie in"),
+])
+def test_gap_ratio_and_fraction_interval_name_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
 @pytest.mark.parametrize("n", [7, 10, 25])
 def test_wilson_ends_are_exactly_0_and_1(n):
     # at 0 of n and n of n the two terms cancel in exact arithmetic; in floats they left 2.8e-17

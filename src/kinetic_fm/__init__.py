@@ -31,6 +31,8 @@ _LAZY = {
     "read_samples": "kinetic_fm.runs.shards",
     "memorization": "kinetic_fm.metrics.memorization",
     "MemorizationReport": "kinetic_fm.metrics.memorization",
+    "gap_ratio": "kinetic_fm.metrics.memorization",
+    "fraction_interval": "kinetic_fm.metrics.memorization",
     "nearest_neighbors": "kinetic_fm.knn",
     "PosteriorRecorder": "kinetic_fm.fields.empirical",
     "local_support": "kinetic_fm.metrics.density",

@@ -24,7 +24,7 @@ from ..knn import as_rows, check_finite, nearest_neighbors
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["INTERVALS", "MemorizationReport", "memorization"]
+__all__ = ["INTERVALS", "MemorizationReport", "fraction_interval", "gap_ratio", "memorization"]
 
 INTERVALS = ("bootstrap", "wilson", "clopper-pearson")
 # the resampled fractions are held at once (8 bytes each): 10**7 is 80 MB, and far more resamples
@@ -157,15 +157,53 @@ def memorization(
     nn = nearest_neighbors(samples, train, 2, chunk=chunk, backend=backend, progress=progress,
                            check_inputs=False, names=names)  # checked above, by name
     d1, d2 = nn.distances[:, 0], nn.distances[:, 1]
-    ratio = torch.where(d2 > 0, d1 / d2.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(d1))
+    ratio = gap_ratio(d1, d2)
     memorized = ratio < threshold
     fraction = float(memorized.double().mean())
-    if interval == "bootstrap":
-        ci = _bootstrap_ci(memorized, bootstrap, confidence, seed)
-    else:
-        ci = _binomial_ci(int(memorized.sum()), memorized.numel(), confidence, interval)
+    ci = _interval(int(memorized.sum()), memorized.numel(), interval, confidence, bootstrap, seed)
     return MemorizationReport(d1, d2, ratio, nn.indices[:, 0], memorized, fraction, ci,
                               threshold, confidence, bootstrap, interval)
+
+
+def gap_ratio(d1: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+    """(B,) d1/d2 from each sample's nearest and second-nearest distances, (B,) each, d1 ≤ d2.
+
+    0 where d1 = d2 = 0 (a copy of a duplicated training item counts as memorized). Distances
+    from any search work, e.g. :func:`kinetic_fm.nearest_neighbors` with k = 2.
+    """
+    d1, d2 = torch.as_tensor(d1), torch.as_tensor(d2)
+    if d1.shape != d2.shape or not (d1.is_floating_point() and d2.is_floating_point()):
+        raise ValueError(f"d1 and d2 must be float tensors of one shape, got {tuple(d1.shape)} {d1.dtype} "
+                         f"and {tuple(d2.shape)} {d2.dtype}")
+    if not bool(((d1 >= 0) & (d2 >= d1)).all()):  # NaN fails too
+        raise ValueError("d1 and d2 must satisfy 0 <= d1 <= d2 in every row (nearest, then second-nearest)")
+    return torch.where(d2 > 0, d1 / d2.clamp_min(torch.finfo(d2.dtype).tiny), torch.zeros_like(d1))
+
+
+def fraction_interval(count: int, n: int, interval: str = "wilson", *, confidence: float = 0.95,
+                      bootstrap: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """(low, high) interval of a fraction ``count / n`` (e.g. F_mem from memorized flags).
+
+    ``interval`` is "wilson" (score), "clopper-pearson" (exact binomial, conservative) or
+    "bootstrap" (percentile, ``bootstrap`` resamples from ``seed``: [0, 0] at 0 of n, and NaNs
+    when ``bootstrap`` is 0), as in :func:`memorization`.
+    """
+    if not (is_integer(n) and n >= 1 and is_integer(count) and 0 <= count <= n):
+        raise ValueError(f"count and n must be integers with 0 <= count <= n and n >= 1, got {count!r} and {n!r}")
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    confidence = _inside_unit_interval("confidence", confidence)
+    if not (is_integer(bootstrap) and 0 <= bootstrap <= MAX_BOOTSTRAP):
+        raise ValueError(f"bootstrap must be an integer in [0, {MAX_BOOTSTRAP:_}], got {bootstrap!r}")
+    if not (is_integer(seed) and seed >= 0):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return _interval(int(count), int(n), interval, confidence, int(bootstrap), int(seed))
+
+
+def _interval(count: int, n: int, interval: str, confidence: float, bootstrap: int, seed: int) -> tuple[float, float]:
+    if interval == "bootstrap":
+        return _bootstrap_ci(count, n, bootstrap, confidence, seed)
+    return _binomial_ci(count, n, confidence, interval)
 
 
 def _inside_unit_interval(name: str, value) -> float:
@@ -204,8 +242,8 @@ def _features(space, x: torch.Tensor, rows: int, bar: str | None = None) -> torc
     return torch.cat([o.reshape(o.shape[0], -1) for o in out])
 
 
-def _bootstrap_ci(memorized: torch.Tensor, bootstrap: int, confidence: float, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap of the mean of 0/1 indicators.
+def _bootstrap_ci(count: int, n: int, bootstrap: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap of the mean of n 0/1 indicators, ``count`` of them 1.
 
     Resampling n indicators with replacement gives a memorized count ~ Binomial(n, F_mem), so the
     bootstrap distribution is drawn from that law directly: identical in distribution, O(bootstrap).
@@ -214,8 +252,7 @@ def _bootstrap_ci(memorized: torch.Tensor, bootstrap: int, confidence: float, se
         return (float("nan"), float("nan"))
     import numpy as np
 
-    n = memorized.numel()
-    fraction = float(memorized.double().mean())
+    fraction = count / n
     rng = np.random.default_rng(seed)
     means = rng.binomial(n, fraction, size=bootstrap) / n
     alpha = (1.0 - confidence) / 2.0
