@@ -911,6 +911,28 @@ def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objec
     assert kfm.sample(Proxy(), seeds=range(2), shape=(2,), steps=2).kpe.shape == (2,)
 
 
+
+def test_the_training_mode_check_never_stops_sampling():
+    """An object that refuses every attribute, __class__ included (so isinstance fails on it too),
+    is skipped: sampling goes on, and a training net held beside it is still found."""
+    from kinetic_fm.sampling.guards import TrainingModeWarning, warn_if_training
+
+    class Remote:
+        def __getattribute__(self, name):
+            raise RuntimeError("attributes are remote")
+
+        def __call__(self, x, t):
+            return -x
+
+    remote, net = Remote(), nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)
+        warn_if_training(remote)
+        assert kfm.sample(lambda x, t: remote(x, t), seeds=range(2), shape=(2,), steps=2).kpe.shape == (2,)
+    with pytest.warns(TrainingModeWarning, match="Dropout"):
+        kfm.sample(lambda x, t: remote(x, t) + 0 * net(x), seeds=range(2), shape=(2,), steps=2)
+
+
 model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))  # a global training net, for the next test
 
 

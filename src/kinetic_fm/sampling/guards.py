@@ -119,13 +119,13 @@ def _identity(obj: object) -> object:
     """What the walk has seen: a bound method by its function and object (each attribute read
     makes a new method object, which may be freed and its id reused), anything else by id (the
     walk makes no other objects, so those stay alive through the velocity)."""
-    if isinstance(obj, types.MethodType):
+    if type(obj) is types.MethodType:  # not isinstance: that reads __class__, which a proxy may refuse
         return ("method", id(obj.__func__), id(obj.__self__))
     return id(obj)
 
 
 def _same_object_method(parent: object, child: object) -> bool:
-    return (isinstance(parent, types.MethodType) and isinstance(child, types.MethodType)
+    return (type(parent) is types.MethodType and type(child) is types.MethodType
             and child.__self__ is parent.__self__)
 
 
@@ -139,20 +139,19 @@ def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> l
     while queue and budget > 0:
         obj, depth = queue.popleft()
         budget -= 1
-        key = _identity(obj)
-        if key in seen or obj is None or isinstance(obj, _NOT_HOLDERS):
+        try:  # an exotic object (a proxy that refuses any attribute, even __class__): not ours to judge
+            key = _identity(obj)
+            if key in seen or obj is None or isinstance(obj, _NOT_HOLDERS):
+                continue
+            seen.add(key)
+            if isinstance(obj, torch.nn.Module):
+                found.append(obj)
+                continue
+            children = _held_objects(obj, fan_out) if depth < 4 else []
+        except Exception:
             continue
-        seen.add(key)
-        if isinstance(obj, torch.nn.Module):
-            found.append(obj)
-            continue
-        if depth < 4:
-            try:
-                children = _held_objects(obj, fan_out)
-            except Exception:  # an exotic object (a proxy whose attribute access fails): not ours to judge
-                children = []
-            # a method calling another method of its object stays on the object: no level spent
-            queue.extend((child, depth if _same_object_method(obj, child) else depth + 1) for child in children)
+        # a method calling another method of its object stays on the object: no level spent
+        queue.extend((child, depth if _same_object_method(obj, child) else depth + 1) for child in children)
     return found
 
 
