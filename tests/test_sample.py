@@ -816,6 +816,37 @@ def test_the_training_mode_check_follows_only_what_the_velocity_reads():
             kfm.sample(velocity, seeds=range(4), shape=(2,), steps=2)
 
 
+def test_a_buffer_or_parameter_read_beside_the_sampled_net_does_not_pull_in_the_training_net():
+    """An eval wrapper scales its EMA net's output by a buffer and a parameter while the net being
+    trained sits beside it: buffers and parameters are tensors that hold no net, so reading them
+    must not make the walk take the whole wrapper (and find the training net)."""
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    class Sampler(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ema = _stochastic_net().eval()
+            self.trained = _stochastic_net()
+            self.register_buffer("scale", torch.tensor(0.5))
+            self.gain = nn.Parameter(torch.tensor(2.0))
+
+        def velocity(self, x, t):
+            return self.gain * self.scale * self.ema(torch.cat([x, t[:, None]], 1))
+
+        def trained_velocity(self, x, t):
+            return self.scale * self.trained(torch.cat([x, t[:, None]], 1))
+
+    sampler = Sampler().eval()
+    sampler.trained.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)
+        kfm.sample(sampler.velocity, seeds=range(4), shape=(2,), steps=2)
+        kfm.sample(lambda x, t: sampler.scale * sampler.ema(torch.cat([x, t[:, None]], 1)),
+                   seeds=range(4), shape=(2,), steps=2)
+    with pytest.warns(TrainingModeWarning, match="Dropout at '2'"):
+        kfm.sample(sampler.trained_velocity, seeds=range(4), shape=(2,), steps=2)
+
+
 def test_the_training_mode_check_still_finds_nets_behind_methods_containers_and_descriptors():
     """Following only the attributes a velocity reads must not lose a training net that is reached
     some other way: through a container's methods, a cached_property, super(), or a chain of

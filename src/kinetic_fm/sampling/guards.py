@@ -203,8 +203,6 @@ def _used_part(obj: object, code: types.CodeType, name: str) -> list:
     attributes it reads when it reads nothing else of it (a closure over a training module that
     calls only ``self.ema``), else the whole object. Attributes are looked up without running
     any code (a property or ``__getattr__`` means the whole object)."""
-    import inspect
-
     attrs = _attribute_uses(code).get(name, frozenset())
     # zero-argument super() reads the first argument without a load of it (Python ≤ 3.11), and a
     # container's methods (dict.get, list.__getitem__) hand out what it holds
@@ -212,21 +210,29 @@ def _used_part(obj: object, code: types.CodeType, name: str) -> list:
         return [obj]
     parts: list = []
     for attr in sorted(attrs):
-        held = getattr(obj, "_modules", None) if isinstance(obj, torch.nn.Module) else None
-        if held is not None and attr in held:
-            parts.append(held[attr])
-            continue
         try:
-            value = inspect.getattr_static(obj, attr)
+            parts.append(_static_attribute(obj, attr))
         except AttributeError:
             return [obj]
-        if isinstance(value, types.FunctionType):  # a method of obj's class: follow it bound
-            parts.append(types.MethodType(value, obj))
-        elif isinstance(value, torch.nn.Module) or not hasattr(type(value), "__get__"):
-            parts.append(value)    # a value held on the object or its class
-        else:                      # any other descriptor (property, cached_property, slots, C methods) runs code
-            return [obj]
     return parts
+
+
+def _static_attribute(obj: object, attr: str) -> object:
+    """``obj.attr`` where it can be had without running code; AttributeError where it cannot (a
+    property, cached_property, ``__getattr__``, a C method: the caller takes ``obj`` whole)."""
+    import inspect
+
+    if isinstance(obj, torch.nn.Module):  # what torch's __getattr__ serves: parameters, buffers, submodules
+        for store in ("_parameters", "_buffers", "_modules"):
+            held = getattr(obj, store, None)
+            if isinstance(held, dict) and attr in held:
+                return held[attr]
+    value = inspect.getattr_static(obj, attr)
+    if isinstance(value, types.FunctionType):  # a method of obj's class: follow it bound
+        return types.MethodType(value, obj)
+    if isinstance(value, torch.nn.Module) or not hasattr(type(value), "__get__"):
+        return value  # a value held on the object or its class
+    raise AttributeError(attr)  # any other descriptor runs code
 
 
 def _held_objects(obj: object, fan_out: int) -> list:
