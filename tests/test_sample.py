@@ -915,6 +915,48 @@ def test_the_training_mode_check_still_finds_nets_behind_methods_containers_and_
     assert all(any(m is chain.model for m in _reachable_modules(chain.velocity)) for _ in range(300))
 
 
+def test_the_training_mode_check_follows_static_and_class_methods():
+    """A method that calls a staticmethod or classmethod of its class reaches the net they read
+    (a class attribute, which the object's own attributes do not show), and a function held on
+    the object is followed as a function, not as a method of the object that holds it."""
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    def call(m, x, t):
+        return m(torch.cat([x, t[:, None]], 1))
+
+    class Holder:
+        net = _stochastic_net()
+
+        @staticmethod
+        def _static(x, t):
+            return call(Holder.net, x, t)
+
+        @classmethod
+        def _class(cls, x, t):
+            return call(cls.net, x, t)
+
+        def static_velocity(self, x, t):
+            return self._static(x, t)
+
+        def class_velocity(self, x, t):
+            return self._class(x, t)
+
+    class Owner:  # the EMA net (eval) is called through a function it holds, the trained one sits beside
+        def __init__(self):
+            self.ema, self.trained = _stochastic_net().eval(), _stochastic_net()
+            self.ema_call = lambda inputs: self.ema(inputs)
+
+        def velocity(self, x, t):
+            return self.ema_call(torch.cat([x, t[:, None]], 1))
+
+    holder = Holder()
+    for velocity in (holder.static_velocity, holder.class_velocity):
+        with pytest.warns(TrainingModeWarning, match="Dropout at '2'"):
+            kfm.sample(velocity, seeds=range(4), shape=(2,), steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)
+        kfm.sample(Owner().velocity, seeds=range(4), shape=(2,), steps=2)
+
 def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objects():
     from kinetic_fm.sampling.guards import TrainingModeWarning
 

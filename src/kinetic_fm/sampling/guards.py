@@ -229,7 +229,13 @@ def _static_attribute(obj: object, attr: str) -> object:
                 return held[attr]
     value = inspect.getattr_static(obj, attr)
     if isinstance(value, types.FunctionType):  # a method of obj's class: follow it bound
-        return types.MethodType(value, obj)
+        own = getattr(obj, "__dict__", None)   # a function held by a class, or by the object itself, is not bound
+        unbound = isinstance(obj, type) or (isinstance(own, dict) and own.get(attr) is value)
+        return value if unbound else types.MethodType(value, obj)
+    if isinstance(value, staticmethod):
+        return value.__func__
+    if isinstance(value, classmethod):
+        return types.MethodType(value.__func__, obj if isinstance(obj, type) else type(obj))
     if isinstance(value, torch.nn.Module) or not hasattr(type(value), "__get__"):
         return value  # a value held on the object or its class
     raise AttributeError(attr)  # any other descriptor runs code
