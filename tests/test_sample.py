@@ -1030,6 +1030,61 @@ def test_an_attribute_spelled_like_a_global_training_net_is_not_that_net():
     assert caught[0].filename == __file__  # the warning points at the caller's line
 
 
+class Registry:  # module-level holders of nets, reached through a global read by attribute (next test)
+    nets = {"a": nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))}
+
+    class Inner:
+        net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+
+    @staticmethod
+    def velocity(x, t):
+        return Registry.Inner.net(x)
+
+
+class TrainingLoop:  # a global training loop: the net it trains and its EMA copy in eval (next test)
+    def __init__(self):
+        self.model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+        self.ema = copy.deepcopy(self.model).eval()
+
+
+training_loop = TrainingLoop()
+
+
+def test_the_training_mode_check_follows_attribute_chains_and_globals_read_by_attribute():
+    """A class is not walked whole (its methods lead everywhere), but the attributes a velocity
+    reads on it are followed, chain by chain (Registry.Inner.net, self.Inner.net), and a global
+    read only by attribute is followed no further than those reads, like a closure's cells."""
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    class Outer:
+        Inner = Registry.Inner
+
+        def velocity(self, x, t):
+            return self.Inner.net(x)
+
+    class Sampler:  # reaches the EMA copy through the trainer it holds
+        def __init__(self, trainer):
+            self.trainer = trainer
+
+        def velocity(self, x, t):
+            return self.trainer.ema(x)
+
+    loud = {
+        "a class attribute's dict": lambda x, t: Registry.nets["a"](x),
+        "a staticmethod reading a nested class": Registry.velocity,
+        "the same, called on an instance": Registry().velocity,
+        "a nested class through self": Outer().velocity,
+        "the trained net through a global": lambda x, t: training_loop.model(x),
+    }
+    for name, velocity in loud.items():
+        with pytest.warns(TrainingModeWarning, match="Dropout at '1'"):
+            kfm.sample(velocity, seeds=range(3), shape=(2,), steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)
+        kfm.sample(lambda x, t: training_loop.ema(x), seeds=range(3), shape=(2,), steps=2)
+        kfm.sample(Sampler(training_loop).velocity, seeds=range(3), shape=(2,), steps=2)
+
+
 def test_drop_path_label_dropout_and_batch_statistics_are_recognised():
     from kinetic_fm.sampling.guards import TrainingModeWarning
 

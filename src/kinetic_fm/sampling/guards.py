@@ -155,65 +155,88 @@ def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> l
     return found
 
 
-@functools.lru_cache(maxsize=1024)
-def _loaded_globals(code: types.CodeType) -> frozenset[str]:
-    """Names a function's code reads as globals (not attribute names such as ``self.model``, which
-    share ``co_names``), its nested code (comprehensions, inner lambdas) included."""
-    import dis
+_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW", "LOAD_DEREF"})
+_GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+# a container's methods (dict.get, list.__getitem__) hand out what it holds
+_CONTAINERS = (dict, list, tuple, set, frozenset)
 
-    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+
+@functools.lru_cache(maxsize=1024)
+def _attribute_uses(code: types.CodeType) -> dict[str, frozenset[tuple[str, ...]] | None]:
+    """For each local or free variable ``code`` touches: the chains of attribute names it reads
+    directly on it (``self.ema(x)`` gives ``{("ema",)}``, ``self.nets.ema(x)`` gives
+    ``{("nets", "ema")}``), or None when the variable is used in any other way too (called,
+    passed, returned, stored, subscripted, captured by nested code)."""
+    uses = _variable_uses(code, global_names=False)
+    if "__class__" in code.co_freevars and code.co_varnames:
+        # zero-argument super() reads the first argument without a load of it (Python ≤ 3.11)
+        uses[code.co_varnames[0]] = None
+    return uses
+
+
+@functools.lru_cache(maxsize=1024)
+def _global_uses(code: types.CodeType) -> dict[str, frozenset[tuple[str, ...]] | None]:
+    """The globals a function's code loads (not attribute names such as ``self.model``, which share
+    ``co_names``), its nested code (comprehensions, inner lambdas) included, each with the
+    attribute chains read on it, as ``_attribute_uses`` gives them for locals."""
+    uses = _variable_uses(code, global_names=True)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names |= _loaded_globals(const)
-    return frozenset(names)
+            for name, chains in _global_uses(const).items():
+                known = uses.get(name, frozenset())
+                uses[name] = None if known is None or chains is None else known | chains
+    return uses
 
 
-_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW", "LOAD_DEREF"})
-
-
-@functools.lru_cache(maxsize=1024)
-def _attribute_uses(code: types.CodeType) -> dict[str, frozenset[str] | None]:
-    """For each local or free variable ``code`` touches: the attribute names it reads directly on
-    it (``self.ema(x)`` gives ``{"ema"}``), or None when the variable is used in any other way
-    too (called, passed, returned, stored, captured by nested code)."""
+def _variable_uses(code: types.CodeType, global_names: bool) -> dict[str, frozenset[tuple[str, ...]] | None]:
+    """The globals ``code`` loads, or the local and free variables it touches, each with the
+    attribute chains that follow its loads, or None (any other use)."""
     import dis
 
     instructions = list(dis.get_instructions(code))
-    uses: dict[str, set[str] | None] = {}
+    loads = _GLOBAL_LOADS if global_names else _LOADS
+    uses: dict[str, set[tuple[str, ...]] | None] = {}
     for i, ins in enumerate(instructions):
-        local = ins.opcode in dis.haslocal or ins.opcode in dis.hasfree or any(
-            part in ins.opname for part in ("FAST", "DEREF", "CLOSURE", "CELL"))
-        if not local:
+        if global_names:
+            if ins.opname not in _GLOBAL_LOADS:
+                continue
+        elif not (ins.opcode in dis.haslocal or ins.opcode in dis.hasfree or any(
+                part in ins.opname for part in ("FAST", "DEREF", "CLOSURE", "CELL"))):
             continue
         names = ins.argval if isinstance(ins.argval, tuple) else (ins.argval,)  # 3.13 pairs loads
-        after = instructions[i + 1] if i + 1 < len(instructions) else None
+        chain: list[str] = []
+        if ins.opname in loads and len(names) == 1:
+            j = i + 1
+            while j < len(instructions) and instructions[j].opname in ("LOAD_ATTR", "LOAD_METHOD"):
+                chain.append(instructions[j].argval)
+                j += 1
         for name in names:
             if not isinstance(name, str):
                 continue
-            if (ins.opname in _LOADS and len(names) == 1 and after is not None
-                    and after.opname in ("LOAD_ATTR", "LOAD_METHOD") and uses.get(name, set()) is not None):
-                uses.setdefault(name, set()).add(after.argval)
+            if chain and uses.get(name, set()) is not None:
+                uses.setdefault(name, set()).add(tuple(chain))
             else:
                 uses[name] = None
-    return {name: None if attrs is None else frozenset(attrs) for name, attrs in uses.items()}
+    return {name: None if chains is None else frozenset(chains) for name, chains in uses.items()}
 
 
-def _used_part(obj: object, code: types.CodeType, name: str) -> list:
-    """What of ``obj``, bound to variable ``name`` of ``code``, the code can reach: only the
-    attributes it reads when it reads nothing else of it (a closure over a training module that
-    calls only ``self.ema``), else the whole object. Attributes are looked up without running
-    any code (a property or ``__getattr__`` means the whole object)."""
-    attrs = _attribute_uses(code).get(name, frozenset())
-    # zero-argument super() reads the first argument without a load of it (Python ≤ 3.11), and a
-    # container's methods (dict.get, list.__getitem__) hand out what it holds
-    if attrs is None or "__class__" in code.co_freevars or isinstance(obj, (dict, list, tuple, set, frozenset)):
+def _used_part(obj: object, chains: frozenset[tuple[str, ...]] | None) -> list:
+    """What of ``obj`` a function can reach that reads only the attribute ``chains`` on it (None: it
+    uses ``obj`` some other way too): the end of each chain (a closure over a training module
+    that calls only ``self.ema`` reaches ``self.ema``), else the whole object. Links are looked
+    up without running any code: where one would run some (a property, ``__getattr__``), the
+    object the chain has reached is taken whole. A container is taken whole."""
+    if chains is None or isinstance(obj, _CONTAINERS):
         return [obj]
     parts: list = []
-    for attr in sorted(attrs):
-        try:
-            parts.append(_static_attribute(obj, attr))
-        except AttributeError:
-            return [obj]
+    for chain in sorted(chains):
+        value = obj
+        for attr in chain:
+            try:
+                value = _static_attribute(value, attr)
+            except AttributeError:
+                break
+        parts.append(value)
     return parts
 
 
@@ -222,6 +245,8 @@ def _static_attribute(obj: object, attr: str) -> object:
     property, cached_property, ``__getattr__``, a C method: the caller takes ``obj`` whole)."""
     import inspect
 
+    if isinstance(obj, types.ModuleType):  # torch.cat, F.dropout: not followed, they lead into library code
+        raise AttributeError(attr)
     if isinstance(obj, torch.nn.Module):  # what torch's __getattr__ serves: parameters, buffers, submodules
         for store in ("_parameters", "_buffers", "_modules"):
             held = getattr(obj, store, None)
@@ -247,15 +272,20 @@ def _held_objects(obj: object, fan_out: int) -> list:
         children += [obj.func, *obj.args[:fan_out], *list(obj.keywords.values())[:fan_out]]
     if isinstance(obj, types.MethodType):
         function, bound = obj.__func__, obj.__self__
-        first = function.__code__.co_varnames[:1] if isinstance(function, types.FunctionType) else ()
-        children += [function, *(_used_part(bound, function.__code__, first[0]) if first else [bound])]
+        code = function.__code__ if isinstance(function, types.FunctionType) else None
+        first = _attribute_uses(code).get(code.co_varnames[0], frozenset()) if code and code.co_varnames else None
+        children += [function, *_used_part(bound, first)]
     elif isinstance(obj, types.BuiltinMethodType):
         children.append(obj.__self__)
     if isinstance(obj, types.FunctionType):  # `lambda x, t: net(x, t)` with a global net
-        children += [obj.__globals__[n] for n in sorted(_loaded_globals(obj.__code__)) if n in obj.__globals__]
-        for name, cell in zip(obj.__code__.co_freevars, obj.__closure__ or ()):
+        code, namespace = obj.__code__, obj.__globals__
+        uses = _global_uses(code)
+        for name in sorted(uses):
+            if name in namespace:
+                children += _used_part(namespace[name], uses[name])
+        for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
             try:
-                children += _used_part(cell.cell_contents, obj.__code__, name)
+                children += _used_part(cell.cell_contents, _attribute_uses(code).get(name, frozenset()))
             except ValueError:  # an empty cell
                 pass
         return children
