@@ -1,4 +1,5 @@
 """kfm.sample against analytic solutions, torchdiffeq, and a transcription of the reference loop."""
+import collections
 import copy
 import math
 import warnings
@@ -971,6 +972,11 @@ def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objec
 
     with pytest.warns(TrainingModeWarning, match="Dropout"):
         kfm.sample(Ensemble(), seeds=range(4), shape=(2,), steps=2)
+    queue, pool = collections.deque([net]), {net}  # a deque (a rolling buffer of checkpoints) and a set
+    for velocity in (lambda x, t: queue[-1](torch.cat([x, t[:, None]], 1)),
+                     lambda x, t: next(iter(pool))(torch.cat([x, t[:, None]], 1))):
+        with pytest.warns(TrainingModeWarning, match="Dropout"):
+            kfm.sample(velocity, seeds=range(4), shape=(2,), steps=2)
 
     class Proxy:  # its attributes cannot be listed: the check gives no advice, and sampling goes on
         def __getattribute__(self, name):

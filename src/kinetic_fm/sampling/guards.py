@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import types
 import warnings
 
@@ -158,7 +159,7 @@ def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> l
 _LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW", "LOAD_DEREF"})
 _GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
 # a container's methods (dict.get, list.__getitem__) hand out what it holds
-_CONTAINERS = (dict, list, tuple, set, frozenset)
+_CONTAINERS = (dict, list, tuple, collections.deque, set, frozenset)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -289,10 +290,8 @@ def _held_objects(obj: object, fan_out: int) -> list:
             except ValueError:  # an empty cell
                 pass
         return children
-    if isinstance(obj, (list, tuple)):  # a long list (a dataset, a cache) is not where nets live
-        return children + list(obj[:fan_out])
-    if isinstance(obj, dict):
-        return children + list(obj.values())[:fan_out]
+    if isinstance(obj, _CONTAINERS):  # a long list (a dataset, a cache) is not where nets live
+        return children + list(itertools.islice(obj.values() if isinstance(obj, dict) else obj, fan_out))
     call = getattr(type(obj), "__call__", None)
     if isinstance(call, types.FunctionType):  # an instance of a Python class: what its __call__ loads
         children.append(call)
