@@ -972,6 +972,19 @@ def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objec
 
     with pytest.warns(TrainingModeWarning, match="Dropout"):
         kfm.sample(Ensemble(), seeds=range(4), shape=(2,), steps=2)
+    class Slotted:  # no __dict__: what it holds is in its slots
+        __slots__ = ("unset", "net")
+
+        def __init__(self, net):
+            self.net = net
+
+        def __call__(self, x, t):
+            return self.net(torch.cat([x, t[:, None]], 1))
+
+    slotted = Slotted(net)
+    for velocity in (slotted, lambda x, t: slotted.net(torch.cat([x, t[:, None]], 1))):
+        with pytest.warns(TrainingModeWarning, match="Dropout"):
+            kfm.sample(velocity, seeds=range(4), shape=(2,), steps=2)
     queue, pool = collections.deque([net]), {net}  # a deque (a rolling buffer of checkpoints) and a set
     for velocity in (lambda x, t: queue[-1](torch.cat([x, t[:, None]], 1)),
                      lambda x, t: next(iter(pool))(torch.cat([x, t[:, None]], 1))):

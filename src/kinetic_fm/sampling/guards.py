@@ -262,6 +262,8 @@ def _static_attribute(obj: object, attr: str) -> object:
         return value.__func__
     if isinstance(value, classmethod):
         return types.MethodType(value.__func__, obj if isinstance(obj, type) else type(obj))
+    if isinstance(value, types.MemberDescriptorType) and not isinstance(obj, type):
+        return value.__get__(obj, type(obj))  # a __slots__ entry (C code; AttributeError when unset)
     if isinstance(value, torch.nn.Module) or not hasattr(type(value), "__get__"):
         return value  # a value held on the object or its class
     raise AttributeError(attr)  # any other descriptor runs code
@@ -298,7 +300,22 @@ def _held_objects(obj: object, fan_out: int) -> list:
     attributes = getattr(obj, "__dict__", None)
     if isinstance(attributes, dict):
         children += list(attributes.values())
-    return children
+    return children + _slot_values(obj)
+
+
+def _slot_values(obj: object) -> list:
+    """What ``obj`` holds in the ``__slots__`` of its classes, read through their member
+    descriptors (C code: no property or ``__getattr__`` runs)."""
+    values = []
+    for cls in type(obj).__mro__:
+        if "__slots__" in vars(cls):
+            for member in vars(cls).values():
+                if isinstance(member, types.MemberDescriptorType):
+                    try:
+                        values.append(member.__get__(obj, cls))
+                    except AttributeError:  # a slot not set
+                        pass
+    return values
 
 
 def _caller_outside_the_package() -> int:
