@@ -275,9 +275,12 @@ def _held_objects(obj: object, fan_out: int) -> list:
         children += [obj.func, *obj.args[:fan_out], *list(obj.keywords.values())[:fan_out]]
     if isinstance(obj, types.MethodType):
         function, bound = obj.__func__, obj.__self__
-        code = function.__code__ if isinstance(function, types.FunctionType) else None
-        first = _attribute_uses(code).get(code.co_varnames[0], frozenset()) if code and code.co_varnames else None
-        children += [function, *_used_part(bound, first)]
+        if not isinstance(function, types.FunctionType):
+            return children + [function, bound]
+        code = function.__code__
+        children += _used_part(bound, _attribute_uses(code).get(code.co_varnames[0], frozenset())
+                               if code.co_varnames else None)
+        obj = function  # its globals and cells are read below, in this step: a chain of methods costs one each
     elif isinstance(obj, types.BuiltinMethodType):
         children.append(obj.__self__)
     if isinstance(obj, types.FunctionType):  # `lambda x, t: net(x, t)` with a global net
