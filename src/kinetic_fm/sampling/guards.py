@@ -132,10 +132,14 @@ def _same_object_method(parent: object, child: object) -> bool:
 
 def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> list[torch.nn.Module]:
     """The ``nn.Module``s a velocity callable holds: itself, the attributes of adapters and
-    guidance wrappers, a bound method's object and function, a partial's function, a closure's
-    cells, the globals a function loads, and the first ``fan_out`` items of lists, tuples and
-    dicts (four levels deep, at most ``budget`` objects looked at; a module's own children come
-    from ``named_modules``)."""
+    guidance wrappers (``__dict__`` and ``__slots__``), a partial's function and arguments, and
+    what a function or bound method reads: the globals it loads, its closure's cells and the
+    method's object, each followed along the chains of attributes the code reads on it
+    (``self.ema``, ``Registry.Inner.net``: classes and staticmethods included) or taken whole
+    where the code uses it otherwise (a class or Python module is then skipped), and the first
+    ``fan_out`` items of lists, tuples, deques, sets and dicts. Four levels deep (a method calling
+    a method of its own object spends none), at most ``budget`` objects looked at, an object that
+    cannot be looked at skipped; a module's own children come from ``named_modules``."""
     found, seen, queue = [], set(), collections.deque([(root, 0)])
     while queue and budget > 0:
         obj, depth = queue.popleft()
@@ -340,7 +344,8 @@ def warn_if_training(velocity: object) -> None:
     """Warn when a network inside ``velocity`` has dropout or batch norm in training mode (or batch
     norm without running statistics): each call then draws new dropout masks or normalises by the
     batch (and updates the running statistics), so KPE changes between identical runs and with the
-    batch's composition. Layers that drop at random inside ``forward`` (``F.dropout``) are not seen."""
+    batch's composition. Layers that drop at random inside ``forward`` (``F.dropout``) are not seen.
+    The walk itself never raises: an object it cannot look at is skipped."""
     layers, listed = [], set()
     for module in _reachable_modules(velocity):
         try:
