@@ -2,6 +2,7 @@
 import collections
 import copy
 import math
+import types
 import warnings
 
 import numpy as np
@@ -1075,6 +1076,10 @@ class Registry:  # module-level holders of nets, reached through a global read b
         return Registry.Inner.net(x)
 
 
+checkpoints = types.ModuleType("checkpoints")  # a Python module holding a net (next test)
+checkpoints.net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+
+
 class TrainingLoop:  # a global training loop: the net it trains and its EMA copy in eval (next test)
     def __init__(self):
         self.model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
@@ -1086,8 +1091,9 @@ training_loop = TrainingLoop()
 
 def test_the_training_mode_check_follows_attribute_chains_and_globals_read_by_attribute():
     """A class is not walked whole (its methods lead everywhere), but the attributes a velocity
-    reads on it are followed, chain by chain (Registry.Inner.net, self.Inner.net), and a global
-    read only by attribute is followed no further than those reads, like a closure's cells."""
+    reads on it are followed, chain by chain (Registry.Inner.net, self.Inner.net), as are the
+    objects a Python module holds; a global read only by attribute is followed no further than
+    those reads, like a closure's cells."""
     from kinetic_fm.sampling.guards import TrainingModeWarning
 
     class Outer:
@@ -1109,6 +1115,8 @@ def test_the_training_mode_check_follows_attribute_chains_and_globals_read_by_at
         "the same, called on an instance": Registry().velocity,
         "a nested class through self": Outer().velocity,
         "the trained net through a global": lambda x, t: training_loop.model(x),
+        "a Python module's net": lambda x, t: checkpoints.net(x),
+        "the same, the module in a closure": (lambda module: lambda x, t: module.net(x))(checkpoints),
     }
     for name, velocity in loud.items():
         with pytest.warns(TrainingModeWarning, match="Dropout at '1'"):

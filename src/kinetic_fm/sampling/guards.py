@@ -135,8 +135,9 @@ def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> l
     guidance wrappers (``__dict__`` and ``__slots__``), a partial's function and arguments, and
     what a function or bound method reads: the globals it loads, its closure's cells and the
     method's object, each followed along the chains of attributes the code reads on it
-    (``self.ema``, ``Registry.Inner.net``: classes and staticmethods included) or taken whole
-    where the code uses it otherwise (a class or Python module is then skipped), and the first
+    (``self.ema``, ``Registry.Inner.net``: classes and staticmethods included; a Python module's
+    objects but not its functions and classes) or taken whole where the code uses it otherwise
+    (a class or Python module is then skipped), and the first
     ``fan_out`` items of lists, tuples, deques, sets and dicts. Four levels deep (a method calling
     a method of its own object spends none), at most ``budget`` objects looked at, an object that
     cannot be looked at skipped; a module's own children come from ``named_modules``."""
@@ -250,8 +251,11 @@ def _static_attribute(obj: object, attr: str) -> object:
     property, cached_property, ``__getattr__``, a C method: the caller takes ``obj`` whole)."""
     import inspect
 
-    if isinstance(obj, types.ModuleType):  # torch.cat, F.dropout: not followed, they lead into library code
-        raise AttributeError(attr)
+    if isinstance(obj, types.ModuleType):  # the objects a Python module holds (checkpoints.net), not its code
+        value = inspect.getattr_static(obj, attr)  # (torch.cat, F.dropout: they lead into library code)
+        if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type, types.ModuleType)):
+            raise AttributeError(attr)
+        return value
     if isinstance(obj, torch.nn.Module):  # what torch's __getattr__ serves: parameters, buffers, submodules
         for store in ("_parameters", "_buffers", "_modules"):
             held = getattr(obj, store, None)
