@@ -568,6 +568,27 @@ def test_wrong_device_is_reported(x0):
         kfm.sample(Meta(), x0, steps=2)
 
 
+@pytest.mark.parametrize("solver", [*FIXED, "dopri5"])
+def test_a_velocity_that_changes_its_input_in_place_is_refused(solver, x0):
+    def halving(x, t):  # a net that rescales its input in place, then answers for the original x
+        x.mul_(0.5)
+        return -2.0 * x
+
+    given = x0.clone()
+    with pytest.raises(ValueError, match=r"changed its input x in place \(step 0, t = 0\)"):
+        kfm.sample(halving, given, steps=4, solver=solver)
+    later = lambda x, t: (x.mul_(1.0) if bool(t[0] > 0.5) else x).neg()  # noqa: E731
+    if solver != "dopri5":  # dopri5 hands the state to the velocity at its first call only
+        with pytest.raises(ValueError, match=r"in place \(step 3, t = 0.75\)"):
+            kfm.sample(later, x0.clone(), steps=4, solver=solver)
+    copying = lambda x, t: halving(x.clone(), t)  # noqa: E731
+    res = kfm.sample(copying, given.clone(), steps=4, solver=solver)
+    ref = kfm.sample(lambda x, t: -x, given.clone(), steps=4, solver=solver)
+    assert torch.equal(res.x, ref.x) and torch.equal(res.kpe, ref.kpe)
+    with torch.inference_mode():  # no version counters there: nothing to check, nothing refused
+        assert kfm.sample(lambda x, t: -x, given.clone(), steps=4, solver=solver).kpe.shape == (16,)
+
+
 def test_seeds_path_records_seeds_in_the_frame():
     res = kfm.sample(GaussianTarget(), seeds=[4, 9], shape=(2,), steps=4)
     frame = res.to_frame()

@@ -22,7 +22,7 @@ import torch
 from ..norms import squared_norm
 from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
-from .guards import NonFiniteVelocityError, first_velocity
+from .guards import NonFiniteVelocityError, check_state_unchanged, first_velocity, state_version
 from .shaping import KTS
 from .tableau import DOPRI5
 
@@ -75,7 +75,9 @@ def integrate_dopri5(
         return field(x, tt.to(dtype))
 
     x = x0.clone()
+    version = state_version(x)
     k1 = first_velocity(f, x, t)
+    check_state_unchanged(x, version, 0, 0.0)
     k1 = k1.clone()  # updated in place below; never alias the caller's buffer
     nfe += 1
     h = _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step)

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from .energy import EnergyLedger, quadrature_weights
-from .guards import first_velocity
+from .guards import check_state_unchanged, first_velocity, state_version
 from .shaping import KTS
 from .tableau import EULER, HEUN3, Tableau
 
@@ -87,7 +87,9 @@ def integrate_fixed(
             for l, a_jl in enumerate(step.a[j]):
                 if a_jl != 0.0:
                     xj = torch.add(xj, stage_v[l], alpha=h * a_jl * eta[i][l])
+            version = state_version(xj) if xj is x else None
             v = first_velocity(velocity, xj, t_vectors[i][j]) if i == 0 and j == 0 else velocity(xj, t_vectors[i][j])
+            check_state_unchanged(xj, version, i, t_stage[i][j])
             flat = v.reshape(batch, -1)
             if flat.dtype != norm_dtype:
                 flat = flat.to(norm_dtype)

@@ -68,6 +68,25 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return v
 
 
+def state_version(x: torch.Tensor) -> int | None:
+    """``x``'s version counter, which every in-place operation on it or on a view of it moves;
+    None for a tensor made under ``torch.inference_mode`` (it keeps no counter)."""
+    return None if x.is_inference() else x._version
+
+
+def check_state_unchanged(x: torch.Tensor, version: int | None, step: int, time: float) -> None:
+    """ValueError if the velocity changed the state ``x`` it was called with in place (``version``
+    from :func:`state_version` before the call; None skips the check). The solvers hand a stage
+    the state itself, not a copy, so such a change would move every later step silently."""
+    if version is not None and x._version != version:
+        raise ValueError(
+            f"the velocity changed its input x in place (step {step}, t = {time:.6g}); x is the sampler's "
+            "state (at step 0 the x0 passed in, now changed too), so the run would go on from altered "
+            "values. Make that operation out of place (x = x * s, not x.mul_(s); no inplace=True on an "
+            "activation applied to the input), or call the net on a copy: lambda x, t: net(x.clone(), t)"
+        )
+
+
 def _dtype_hint(x: torch.Tensor) -> str:
     """What to do when the velocity's network works in another dtype or on another device than x."""
     where = (" (torch.autocast is on: it makes the network return a lower precision)"

@@ -48,6 +48,8 @@ def sample(
 
     Args:
         velocity: callable ``v(x, t)`` with x (B, ...) and t (B,) of x's dtype; returns (B, ...).
+            x is the sampler's state itself: a velocity that changes it in place is refused
+            (ValueError), except under ``torch.inference_mode``, whose tensors cannot tell.
             dopri5 calls it with the B' ≤ B samples still in flight; a field holding per-sample
             data (labels, conditions) provides ``select(active)``, the field for the samples
             where the (B,) bool mask is True (``ClassifierFreeGuidance`` and the adapters do).
