@@ -593,6 +593,9 @@ def test_seeds_path_records_seeds_in_the_frame():
     res = kfm.sample(GaussianTarget(), seeds=[4, 9], shape=(2,), steps=4)
     frame = res.to_frame()
     assert frame["seed"].tolist() == [4, 9]
+    once = kfm.sample(GaussianTarget(), seeds=(s for s in [4, 9]), shape=(2,), steps=4)  # read only once
+    assert once.seeds == (4, 9) and once.to_frame()["seed"].tolist() == [4, 9]
+    assert torch.equal(once.x, res.x)
     assert set(frame.columns) >= {"kpe", "kpe_raw", "early", "late", "peak", "nfe"}
     assert res.x.dtype == torch.float32 and res.kpe.dtype == torch.float64
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -158,7 +158,12 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
         return x0, None
     if seeds is None or shape is None:
         raise ValueError("give x0, or both seeds and shape to draw the initial noise")
-    seed_list = seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds
+    if isinstance(seeds, torch.Tensor):
+        seed_list = seeds.tolist()
+    elif isinstance(seeds, Iterable) and not isinstance(seeds, (str, bytes)):
+        seed_list = list(seeds)  # read once: a generator would give noise() its seeds and the result none
+    else:
+        seed_list = seeds
     # noise() checks the seeds as given: int() here turned 2.7 into 2 and True into 1
     x0 = noise(seed_list, shape, dtype=torch.float32 if dtype is None else dtype, device=device)
     return x0, tuple(int(s) for s in seed_list)
