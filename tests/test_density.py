@@ -345,3 +345,12 @@ def test_scotts_rule_by_column_blocks_equals_the_whole_set_formula():
         y = torch.randn(n, dim, generator=g) * torch.linspace(0.1, 3, dim)
         whole = y.double().var(dim=0).mean().sqrt().item() * n ** (-1.0 / (dim + 4))
         assert scott_bandwidth(y) == pytest.approx(whole, rel=1e-14)
+
+
+def test_inputs_that_require_grad_are_measured_as_their_values(data):
+    x, y = data
+    want_kde = kde_log_density(x, y, "scott").log_density
+    want_knn = local_support(x, y, k=3).radius
+    for xs, ys in ((x.clone().requires_grad_(), y), (x, y.clone().requires_grad_())):
+        assert torch.equal(kde_log_density(xs, ys, "scott").log_density, want_kde)
+        assert torch.equal(local_support(xs, ys, k=3).radius, want_knn)

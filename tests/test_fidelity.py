@@ -333,3 +333,14 @@ def test_precision_recall_shows_progress_and_gives_the_same_answer(capsys):
     assert torch.equal(shown.fake_in_real, quiet.fake_in_real)
     with pytest.raises(ValueError, match="progress must be True or False"):
         precision_recall(real, fake, progress="yes")
+
+
+def test_features_that_require_grad_are_measured_as_their_values():
+    g = torch.Generator().manual_seed(3)
+    real, fake = torch.randn(60, 4, generator=g), torch.randn(50, 4, generator=g) + 0.5
+    made = torch.nn.Linear(4, 4)  # features straight out of a net, outside torch.no_grad
+    real_f, fake_f = made(real), made(fake)
+    assert real_f.requires_grad
+    assert frechet_distance(real_f, fake_f).value == frechet_distance(real_f.detach(), fake_f.detach()).value
+    got, want = precision_recall(real_f, fake_f, k=3), precision_recall(real_f.detach(), fake_f.detach(), k=3)
+    assert (got.precision, got.recall) == (want.precision, want.recall)

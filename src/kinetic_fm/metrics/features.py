@@ -150,7 +150,7 @@ def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x") -> Tens
     features are refused (casting would drop the imaginary part), as are inputs without rows;
     each error names ``argument``.
     """
-    x = as_tensor(x)
+    x = as_tensor(x).detach()  # a measurement, not a loss: no gradient flows through a metric
     if x.is_complex():
         raise ValueError(f"{argument} must hold real numbers, got dtype {x.dtype}")
     if x.ndim == 0 or x.shape[0] == 0:
