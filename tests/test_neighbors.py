@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import kinetic_fm as kfm
 from kinetic_fm import nearest_neighbors
 
 
@@ -159,6 +160,19 @@ def test_inputs_that_require_grad_and_non_finite_inputs():
         nearest_neighbors(made, reference, 2)
     with pytest.raises(ValueError, match="queries contains NaN"):
         nearest_neighbors(torch.full((2, 5), float("inf")), torch.randn(4, 5), 1)
+
+
+def test_pandas_tables_are_searched_as_their_rows():
+    pd = pytest.importorskip("pandas")
+    g = torch.Generator().manual_seed(4)
+    queries, reference = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(30, 5, generator=g, dtype=torch.float64)
+    want = nearest_neighbors(queries, reference, 2)
+    got = nearest_neighbors(pd.DataFrame(queries.numpy()), pd.DataFrame(reference.numpy()), 2)
+    assert torch.equal(got.indices, want.indices) and torch.equal(got.distances, want.distances)
+    got = nearest_neighbors(pd.Series(queries[:, 0].numpy()), reference[:, :1], 1)
+    assert torch.equal(got.indices, nearest_neighbors(queries[:, :1], reference[:, :1], 1).indices)
+    report = kfm.memorization(pd.DataFrame(queries.numpy()), pd.DataFrame(reference.numpy()), bootstrap=0)
+    assert torch.equal(report.nearest, want.indices[:, 0])
 
 
 def test_float64_and_integer_inputs():
