@@ -255,6 +255,9 @@ def test_inputs_that_require_grad_integer_inputs_and_empty_batches():
     assert v.dtype == torch.float32 and torch.equal(v, field(ints.float(), 0.7))
     assert field(torch.zeros(0, 4), 0.5).shape == (0, 4)
     assert field.posterior(torch.zeros(0, 4), 0.5, k=2).indices.shape == (0, 2)
+    times = torch.sigmoid(torch.zeros(6, requires_grad=True))            # a learnt schedule's times
+    assert torch.equal(field(plain, times), field(plain, times.detach()))
+    assert torch.equal(field.posterior(plain, times, k=2).weights, field.posterior(plain, times.detach(), k=2).weights)
 
 
 @pytest.mark.parametrize("dtype,bytes_per_logit", [(torch.float32, 4), (torch.float64, 8)])

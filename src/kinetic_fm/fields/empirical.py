@@ -287,7 +287,7 @@ class EmpiricalFlow:
             raise ValueError(f"t must hold real times in [0, 1], got {t!r}")
         # Python numbers become float64 directly (0.3 must not pass through float32)
         t = torch.as_tensor(t, dtype=None if isinstance(t, torch.Tensor) else torch.float64,
-                            device=x.device).double()
+                            device=x.device).detach().double()
         if t.dim() == 0:
             t = t.expand(batch)
         if t.shape != (batch,):
