@@ -1185,6 +1185,29 @@ def test_drop_path_label_dropout_and_batch_statistics_are_recognised():
         kfm.sample(ModelOfX(nn.Sequential(nn.Linear(2, 2), trained)), seeds=range(3), shape=(2,), steps=2)
 
 
+def test_scripted_nets_in_training_mode_warn_by_their_layers_names():
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    class Net(nn.Module):
+        def __init__(self, *layers):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(3, 2), *layers)
+
+        def forward(self, x, t):
+            return self.body(torch.cat([x, t[:, None]], 1))
+
+    for layer, name in ((nn.Dropout(0.5), "Dropout at 'body.1'"), (nn.BatchNorm1d(2), "BatchNorm1d at 'body.1'")):
+        scripted = torch.jit.script(Net(layer))
+        with pytest.warns(TrainingModeWarning, match=name):
+            kfm.sample(scripted, seeds=range(3), shape=(2,), steps=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", TrainingModeWarning)
+            kfm.sample(scripted.eval(), seeds=range(3), shape=(2,), steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)
+        kfm.sample(torch.jit.script(Net(nn.Dropout(0.0))), seeds=range(3), shape=(2,), steps=2)
+
+
 def test_a_net_in_training_mode_without_stochastic_layers_does_not_warn():
     from kinetic_fm.sampling.guards import TrainingModeWarning
 

@@ -120,7 +120,26 @@ class TrainingModeWarning(UserWarning):
 _DROP_ATTRIBUTES = ("dropout_prob", "drop_prob", "drop_path_prob", "drop_rate")
 
 
+# torch.jit.script turns every layer into a RecursiveScriptModule that keeps the class name only
+_SCRIPTED_DROPOUTS = frozenset({"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+                                "FeatureAlphaDropout"})
+_SCRIPTED_BATCH_NORMS = frozenset({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"})
+
+
+def _layer_name(module: torch.nn.Module) -> str:
+    """The layer's class name; for a scripted layer, the name of the class it was scripted from."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return getattr(module, "original_name", type(module).__name__)
+    return type(module).__name__
+
+
 def _stochastic_layer(module: torch.nn.Module) -> bool:
+    if isinstance(module, torch.jit.ScriptModule):
+        name = _layer_name(module)
+        if name in _SCRIPTED_BATCH_NORMS:
+            no_statistics = getattr(module, "running_mean", None) is None and getattr(module, "running_var", None) is None
+            return module.training or no_statistics
+        return name in _SCRIPTED_DROPOUTS and module.training and float(getattr(module, "p", 0.0)) > 0
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):  # batch statistics, as torch decides
         return module.training or (module.running_mean is None and module.running_var is None)
     if not module.training:
@@ -375,7 +394,7 @@ def warn_if_training(velocity: object) -> None:
             for name, m in module.named_modules():
                 if id(m) not in listed and _stochastic_layer(m):
                     listed.add(id(m))
-                    layers.append(f"{type(m).__name__} at {name!r}" if name else type(m).__name__)
+                    layers.append(f"{_layer_name(m)} at {name!r}" if name else _layer_name(m))
         except Exception:  # a module that cannot list its children: no advice rather than no sample
             continue
     if layers:
