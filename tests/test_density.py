@@ -322,6 +322,8 @@ def test_kde_reference_features_checked_against_reference_and_numpy_accepted(dat
         kde_log_density(x, y, 0.5, reference_features=bad)
     got = kde_log_density(x, y, 0.5, reference_features=y.numpy()).log_density
     np.testing.assert_allclose(got.numpy(), _brute_kde(x.numpy(), y.numpy(), 0.5), rtol=1e-9)
+    as_list = kde_log_density(x, y, 0.5, reference_features=y.tolist()).log_density  # rows as a list
+    np.testing.assert_allclose(as_list.numpy(), got.numpy(), rtol=1e-12)
 
 
 def test_non_finite_rows_are_named_and_large_finite_rows_pass():

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -164,7 +165,8 @@ def _reference_features(reference: Any, reference_features: Any, fs) -> Tensor:
     ``reference_features`` (tensor or array of shape (N, D), N = the reference's rows), checked."""
     if reference_features is None:
         return as_features(reference, fs, argument="reference")
-    shape = tuple(getattr(reference_features, "shape", ()))
+    shape = getattr(reference_features, "shape", None)
+    shape = tuple(np.shape(reference_features) if shape is None else shape)  # lists of rows have no .shape
     if len(shape) != 2:
         raise ValueError(f"reference_features must have shape (N, D), got shape {shape}")
     y = as_features(reference_features, None, argument="reference_features")
@@ -223,8 +225,6 @@ def median_bandwidth(reference: Tensor, max_points: int = 2000, seed: int = 0) -
     Uses a seeded random subset of at most ``max_points`` references (the median of ~2·10⁶
     pairs is stable to well under a percent).
     """
-    import numpy as np
-
     n = reference.shape[0]
     if n < 2:
         raise ValueError("the median heuristic needs at least 2 references")
