@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence
+from collections.abc import Iterator
+from typing import Callable, Sequence
 
 import torch
 
@@ -160,7 +161,7 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
         raise ValueError("give x0, or both seeds and shape to draw the initial noise")
     if isinstance(seeds, torch.Tensor):
         seed_list = seeds.tolist()
-    elif isinstance(seeds, Iterable) and not isinstance(seeds, (str, bytes)):
+    elif isinstance(seeds, Iterator):
         seed_list = list(seeds)  # read once: a generator would give noise() its seeds and the result none
     else:
         seed_list = seeds
