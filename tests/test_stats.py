@@ -116,6 +116,32 @@ def test_auto_interval_falls_back_to_percentile_where_bca_is_undefined():
     assert ordinary.ci_method == "BCa" and ordinary.ci_low < ordinary.rho < ordinary.ci_high
 
 
+@pytest.mark.parametrize("ci_method", ["auto", "percentile", "basic"])
+def test_a_rare_binary_partner_gets_the_interval_of_the_defined_resamples(ci_method):
+    # 3 flagged of 200: about 5 % of resamples hold no flagged row, where a correlation is
+    # undefined; SciPy's interval was NaN for every method. Reference: a brute-force bootstrap
+    # of our own (another generator) over the resamples that hold both values.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    flag = np.zeros(200)
+    flag[np.argsort(x)[-40:][::14]] = 1.0          # 3 rows among the 40 largest x
+    with pytest.warns(RuntimeWarning, match=r"(\d+) of 4000 bootstrap resamples had a constant x or y") as got:
+        r = spearman(x, flag, bootstrap=4000, permutations=0, ci_method=ci_method)
+    dropped = int(str(got[0].message).split()[0])
+    assert 4000 * 0.03 < dropped < 4000 * 0.07          # (197/200)^200 = 4.9 %
+    rows = np.random.default_rng(1).integers(0, 200, size=(20000, 200))
+    xs, fs = x[rows], flag[rows]
+    keep = fs.max(axis=1) > 0
+    ranks = [sps.rankdata(a, axis=1) for a in (xs[keep], fs[keep])]
+    centred = [a - a.mean(axis=1, keepdims=True) for a in ranks]
+    rhos = (centred[0] * centred[1]).sum(1) / np.sqrt((centred[0] ** 2).sum(1) * (centred[1] ** 2).sum(1))
+    low, high = np.quantile(rhos, [0.025, 0.975])
+    if ci_method == "basic":
+        low, high = 2 * r.rho - high, 2 * r.rho - low
+    assert r.ci_low == pytest.approx(low, abs=0.02) and r.ci_high == pytest.approx(high, abs=0.02)
+    assert r.ci_method == ("percentile" if ci_method == "auto" else ci_method)
+
+
 @pytest.mark.parametrize("n, quantile, size", [(7, 0.5, 3), (11, 0.5, 5), (10, 0.25, 3), (10, 0.35, 4)])
 def test_compare_groups_sizes_round_half_up_and_never_overlap(n, quantile, size):
     by = np.arange(n, dtype=float)[::-1].copy()         # distinct values: the groups are known

@@ -173,19 +173,32 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
 
     ci_low = ci_high = math.nan
     if bootstrap > 0 and math.isfinite(rho):
-        def interval(how: str) -> tuple[float, float]:
+        def interval(how: str) -> tuple[float, float, np.ndarray]:
             boot = stats.bootstrap((x, y), statistic, n_resamples=bootstrap, batch=batch,
                                    vectorized=True, paired=True, confidence_level=confidence,
                                    method=how, **_seeded(stats.bootstrap, seed))
-            return float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+            return (float(boot.confidence_interval.low), float(boot.confidence_interval.high),
+                    np.asarray(boot.bootstrap_distribution))
 
-        with warnings.catch_warnings():
-            if auto:  # a degenerate BCa (|rho| = 1, tiny n) falls back below instead of warning
-                warnings.simplefilter("ignore")
-            ci_low, ci_high = interval(ci_method)
-        if auto and ci_method == "BCa" and not (math.isfinite(ci_low) and math.isfinite(ci_high)):
-            ci_method = "percentile"
-            ci_low, ci_high = interval(ci_method)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ci_low, ci_high, resampled = interval(ci_method)
+            if auto and ci_method == "BCa" and not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+                ci_method = "percentile"  # a degenerate BCa (|rho| = 1, tiny n) falls back instead of warning
+                caught.clear()
+                ci_low, ci_high, resampled = interval(ci_method)
+        undefined = int(np.isnan(resampled).sum())
+        if ci_method != "BCa" and 0 < undefined < resampled.size:
+            # resamples in which x or y is constant (a rare binary y) have no correlation, and SciPy
+            # then returns a NaN interval (warning about BCa for any method): take the interval over
+            # the resamples where it is defined, and say how many were left out
+            ci_low, ci_high = _interval_of_defined(resampled, rho, ci_method, confidence)
+            warnings.warn(f"{undefined} of {resampled.size} bootstrap resamples had a constant x or y, where "
+                          f"the {method.capitalize()} correlation is undefined; the {ci_method} interval is taken over the "
+                          f"other {resampled.size - undefined}", RuntimeWarning, stacklevel=3)
+        elif not auto:
+            for w in caught:  # an explicit method's own warnings reach the caller
+                warnings.warn(w.message, w.category, stacklevel=3)
 
     p_perm = math.nan
     if permutations > 0 and math.isfinite(rho):
@@ -201,6 +214,15 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
         p_perm = float(perm.pvalue)
     return Correlation(method, rho, ci_low, ci_high, p_perm, p_value, n, confidence, ci_method,
                        bootstrap, permutations)
+
+
+def _interval_of_defined(resampled: np.ndarray, rho: float, how: str, confidence: float) -> tuple[float, float]:
+    """The percentile or basic bootstrap interval over the finite entries of ``resampled``."""
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(resampled[np.isfinite(resampled)], [alpha, 1.0 - alpha])
+    if how == "basic":
+        low, high = 2.0 * rho - high, 2.0 * rho - low
+    return float(low), float(high)
 
 
 def _seeded(function: Callable, seed: int) -> dict:
@@ -229,6 +251,9 @@ def spearman(x: Any, y: Any, bootstrap: int = 1000, permutations: int = 1000, se
         confidence: CI level, in (0, 1).
         ci_method: ``"auto"`` is BCa for n <= 2000 (its jackknife is O(n^2)), percentile above
             and wherever BCa is undefined (|rho| = 1, tiny n); the result names the one used.
+            Resamples in which x or y is constant (likely when one is a rare binary flag) have
+            no correlation: a percentile or basic interval is taken over the others, with a
+            RuntimeWarning saying how many were left out (an explicit BCa stays NaN).
         nan_policy: ``"raise"`` on non-finite pairs, or ``"omit"`` to drop them (checked even
             when every pair is finite).
 
