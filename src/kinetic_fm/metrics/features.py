@@ -4,7 +4,8 @@ A feature space maps a batch ``(B, ...)`` to flat features ``(B, F)``. It is eit
 (pixels, flattened), an ``nn.Module`` (a feature network such as a classifier's penultimate
 layer) or any callable ``f(x) -> Tensor``. It is applied in chunks of ``batch_size`` under
 ``torch.inference_mode`` so large sample sets never pass through a network at once. A module is
-used in whatever mode the caller left it in: put feature networks in ``eval()`` first.
+used in whatever mode the caller left it in: put feature networks in ``eval()`` first (one with
+dropout or batch norm in training mode gets a ``TrainingModeWarning``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from ..checks import positive_integer
 from ..knn import nonfinite_rows
+from ..sampling.guards import warn_if_feature_map_training
 
 FeatureFn = Callable[[Tensor], Tensor]
 SpaceLike = Union[None, "FeatureSpace", torch.nn.Module, FeatureFn]
@@ -94,6 +96,7 @@ class FeatureSpace:
             raise ValueError("x must have a batch dimension, got a scalar")
         if self.fn is None:
             return x.reshape(x.shape[0], -1)
+        warn_if_feature_map_training(self.fn)
         where, dtype = self._run_device(), self._run_dtype(x)
         out = []
         with torch.inference_mode():

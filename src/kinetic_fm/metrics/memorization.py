@@ -20,6 +20,7 @@ import torch
 
 from ..checks import check_same_space, is_integer, is_real, positive_integer
 from ..knn import as_rows, check_finite, nearest_neighbors
+from ..sampling.guards import warn_if_feature_map_training
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -230,6 +231,7 @@ def _features(space, x: torch.Tensor, rows: int, bar: str | None = None) -> torc
     """``space`` applied to ``x`` in blocks of ``rows``, flattened; a tqdm bar named ``bar`` if given."""
     from tqdm.auto import tqdm
 
+    warn_if_feature_map_training(space)
     out = []
     with tqdm(total=x.shape[0], desc=f"features ({bar})", unit="row", leave=False, disable=bar is None) as shown:
         for r0 in range(0, x.shape[0], rows):

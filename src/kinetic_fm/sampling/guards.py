@@ -382,14 +382,12 @@ def _caller_outside_the_package() -> int:
     return level
 
 
-def warn_if_training(velocity: object) -> None:
-    """Warn when a network inside ``velocity`` has dropout or batch norm in training mode (or batch
-    norm without running statistics): each call then draws new dropout masks or normalises by the
-    batch (and updates the running statistics), so KPE changes between identical runs and with the
-    batch's composition. Layers that drop at random inside ``forward`` (``F.dropout``) are not seen.
-    The walk itself never raises: an object it cannot look at is skipped."""
+def training_layers(obj: object) -> list[str]:
+    """The random or batch-dependent layers active in the networks ``obj`` holds (dropout and batch
+    norm in training mode, batch norm without running statistics), as "Dropout at 'body.1'";
+    what :func:`warn_if_training` warns about. Never raises: an object it cannot look at is skipped."""
     layers, listed = [], set()
-    for module in _reachable_modules(velocity):
+    for module in _reachable_modules(obj):
         try:
             for name, m in module.named_modules():
                 if id(m) not in listed and _stochastic_layer(m):
@@ -397,14 +395,43 @@ def warn_if_training(velocity: object) -> None:
                     layers.append(f"{_layer_name(m)} at {name!r}" if name else _layer_name(m))
         except Exception:  # a module that cannot list its children: no advice rather than no sample
             continue
+    return layers
+
+
+def _listed(layers: list[str]) -> str:
+    more = f" and {len(layers) - 3} more" if len(layers) > 3 else ""
+    return ", ".join(layers[:3]) + more
+
+
+def warn_if_training(velocity: object) -> None:
+    """Warn when a network inside ``velocity`` has dropout or batch norm in training mode (or batch
+    norm without running statistics): each call then draws new dropout masks or normalises by the
+    batch (and updates the running statistics), so KPE changes between identical runs and with the
+    batch's composition. Layers that drop at random inside ``forward`` (``F.dropout``) are not seen.
+    The walk itself never raises: an object it cannot look at is skipped."""
+    layers = training_layers(velocity)
     if layers:
-        more = f" and {len(layers) - 3} more" if len(layers) > 3 else ""
         warnings.warn(
-            f"the velocity's network has random or batch-dependent layers active ({', '.join(layers[:3])}{more}): "
+            f"the velocity's network has random or batch-dependent layers active ({_listed(layers)}): "
             "its samples and KPE change between identical runs or with the batch, and batch norm in training "
             "mode updates its running statistics; call net.eval() before sampling (kfm.sample leaves a "
             "module's mode as it is; batch norm without running statistics normalises by the batch even "
             "in eval). If the net you sample is another one, in eval, held beside a training net, "
             "filter kfm.TrainingModeWarning",
+            TrainingModeWarning, stacklevel=_caller_outside_the_package(),
+        )
+
+
+def warn_if_feature_map_training(space: object) -> None:
+    """:func:`warn_if_training` for a metric's feature map ``space``: in training mode its features,
+    and every distance, density or score taken from them, change between identical calls and
+    with the chunk size the metric feeds it."""
+    layers = training_layers(space)
+    if layers:
+        warnings.warn(
+            f"the feature map's network has random or batch-dependent layers active ({_listed(layers)}): "
+            "its features, and every number measured on them, change between identical calls and with "
+            "the chunk size, and batch norm in training mode updates its running statistics; call "
+            "net.eval() first (the metrics leave a module's mode as it is)",
             TrainingModeWarning, stacklevel=_caller_outside_the_package(),
         )
