@@ -169,3 +169,37 @@ def test_each_shaping_claim_reads_its_own_interval(paper_holds):
     claims = shaping_claims(feats, memorized, value, "FD", reference, boot)
     expected = "reproduced" if paper_holds else "not reproduced"
     assert [c.verdict for c in claims] == [expected] * 5, [(c.statement, c.verdict, c.ci) for c in claims]
+
+
+def test_efm_copies_need_every_interval_at_or_above_095():
+    # a point F_mem of 190/200 = 0.95 said "reproduced"; under a true 0.95 at one of four subsets
+    # the old point rule did so in 60% of simulated runs. Its Wilson interval straddles 0.95.
+    from kinetic_fm.metrics.memorization import _binomial_ci
+    from kinetic_fm.studies.memorization import efm_copies_verdict
+
+    def bounds(*counts):
+        return np.array([_binomial_ci(c, 200, 0.95, "wilson") for c in counts]).T
+
+    assert efm_copies_verdict(*bounds(200, 200, 199, 200)) == "reproduced"
+    assert efm_copies_verdict(*bounds(200, 200, 190, 200)) == "inconclusive"
+    assert efm_copies_verdict(*bounds(200, 200, 175, 200)) == "not reproduced"
+
+
+def test_late_spike_needs_a_subset_whose_interval_lies_above_one_half():
+    # the old rule read the largest point share of four subsets: a batch at 0.52 said "reproduced"
+    # (93% of simulated runs where every subset's true share is exactly one half)
+    from kinetic_fm.studies.memorization import late_spike_verdict
+
+    rng = np.random.default_rng(0)
+    energy = [rng.lognormal(0.0, 1.0, size=200) for _ in range(4)]
+
+    def late(mu):
+        return [e * rng.beta(4 * mu, 4 * (1 - mu), size=200) for e in energy]
+
+    near_half = late(0.5)
+    shares = [lt.sum() / e.sum() for lt, e in zip(near_half, energy)]
+    assert max(shares) > 0.5                                          # the old rule: "reproduced"
+    verdict, low, high = late_spike_verdict(near_half, energy)
+    assert verdict == "inconclusive" and (low < 0.5).all() and (high > 0.5).any()
+    assert late_spike_verdict(late(0.8), energy)[0] == "reproduced"
+    assert late_spike_verdict(late(0.1), energy)[0] == "not reproduced"
