@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kinetic_fm.studies.config import ReproduceConfig
+from kinetic_fm.studies.memorization import _interior_best_share
 from kinetic_fm.studies.shaping import ablation_grid
 from kinetic_fm.studies.verdicts import all_worse_than, verdict_from_interval, verdict_from_share
 from kinetic_fm.studies.workspace import Workspace
@@ -60,7 +61,6 @@ def test_all_worse_than_needs_a_bonferroni_interval_to_call_an_alternative_bette
 
 
 def test_goldilocks_share_counts_resamples_whose_best_quintile_is_interior():
-    from kinetic_fm.studies.memorization import _interior_best_share
 
     rng = np.random.default_rng(1)
     ref = rng.normal(size=(400, 3))
@@ -73,6 +73,32 @@ def test_goldilocks_share_counts_resamples_whose_best_quintile_is_interior():
         assert verdict_from_share(share) == expected
     same = rng.normal(size=(300, 3))                             # KPE carries no information
     assert 0.2 < _interior_best_share(same, bins, ref, 200, seed=0) < 0.95
+
+
+def test_goldilocks_verdict_needs_a_u_beyond_chance_and_beyond_the_content_control():
+    from kinetic_fm.studies.memorization import goldilocks_tests, goldilocks_verdict, quintile_bins
+
+    rng = np.random.default_rng(2)
+    ref, x = rng.normal(size=(1000, 3)), rng.normal(size=(500, 3))   # samples drawn from the reference law
+    norm_bins = quintile_bins((x ** 2).sum(1))[1]
+    # energy that only follows the content (‖x1‖²): the old share rule read "reproduced"
+    kpe = (x ** 2).sum(1) + 0.3 * rng.normal(size=500)
+    bins = quintile_bins(kpe)[1]
+    assert verdict_from_share(_interior_best_share(x, bins, ref, 100, seed=0)) == "reproduced"
+    tests = goldilocks_tests(x, bins, norm_bins, ref, 100, seed=0)
+    assert tests["p_interior"] <= 0.025 and tests["beyond_low"] < 0
+    assert goldilocks_verdict(tests) == "inconclusive"
+    # energy that carries its own information: the end quintiles' samples are folded into the
+    # positive orthant (their norms, and so the ‖x1‖² control, unchanged)
+    bins = quintile_bins(rng.normal(size=500))[1]
+    ends = (bins == 0) | (bins == 4)
+    folded = np.where(ends[:, None], np.abs(x), x)
+    tests = goldilocks_tests(folded, bins, norm_bins, ref, 100, seed=0)
+    assert tests["beyond_low"] > 0 and goldilocks_verdict(tests) == "reproduced"
+    # quality falling with energy, the lowest quintile clearly the best
+    drifted = x + np.array([0.0, 0.8, 1.2, 1.6, 2.0])[bins][:, None]
+    tests = goldilocks_tests(drifted, bins, quintile_bins((drifted ** 2).sum(1))[1], ref, 100, seed=0)
+    assert goldilocks_verdict(tests) == "not reproduced"
 
 
 def test_goldilocks_controls_split_into_equal_quintiles_and_sorting_by_content_alone_makes_a_u():
@@ -187,7 +213,7 @@ def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
     assert (frame["excess_energy"] >= -1e-9 * frame["kpe"]).all()          # KPE ≥ ½‖x1 − x0‖²
     assert "Context (not one of the paper's claims)" in text
     assert "a smoke test of the pipeline" in text and "not evidence for or against the paper" in text
-    assert "Control (not one of the paper's claims)" in text and "control: by ‖x1‖² instead of KPE" in text
+    assert "Control (not one of the paper's claims)" in text and "T by KPE − T by ‖x1‖²" in text
     control = pd.read_parquet(out / "tables" / "memorization__goldilocks_control.parquet")
     assert list(control.columns) == ["quintile", "KPE", "‖x1‖²", "½‖x0‖²", "random"] and len(control) == 5
 

@@ -21,7 +21,7 @@ from .config import MemorizationConfig, SemanticsConfig
 from .output import StudyOutput, fd_to_reference, feature_reference, image_range
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
-from .verdicts import best_is_interior, fmt_ci, verdict_from_share
+from .verdicts import best_is_interior, fmt_ci, interior_margin
 from .workspace import Workspace
 
 
@@ -193,6 +193,49 @@ def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, r
     return float(best_is_interior(values).mean())
 
 
+def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarray, ref: np.ndarray,
+                     resamples: int, seed: int) -> dict[str, float]:
+    """The Goldilocks claim's two tests, on T = min(FD_Q1, FD_Q5) − min(FD_Q2..Q4) (> 0: an interior
+    quintile is best, by T).
+
+    - ``p_interior`` / ``p_end``: one-sided permutation p-values of T under random equal quintiles
+      (``resamples`` random splits; exact when KPE says nothing about the samples).
+    - ``beyond_low`` / ``beyond_high``: 95% paired-bootstrap interval (``resamples`` resamples of the
+      rows, each keeping both its quintiles) of T by KPE minus T by ``control_bins``. Any scalar that
+      sorts samples by content makes a U in set-level FD (the end quintiles are the unusual samples),
+      so energy is only singled out when its U is deeper than the content control's.
+    """
+    rng = np.random.default_rng(seed)
+    reference = feature_reference(ref)
+
+    def margin(rows: np.ndarray, b: np.ndarray) -> float:
+        groups = [rows[b == q] for q in range(5)]
+        if min(len(g) for g in groups) < 2:  # a resample without two rows in a quintile: no covariance
+            return float("nan")
+        return float(interior_margin(np.array([[fd_to_reference(feats[g], reference) for g in groups]]))[0])
+
+    rows = np.arange(len(feats))
+    t = margin(rows, bins)
+    equal = rows * 5 // len(rows)
+    null = np.array([margin(rows, rng.permutation(equal)) for _ in range(resamples)])
+    boot = rng.integers(0, len(rows), size=(resamples, len(rows)))
+    beyond = np.array([margin(idx, bins[idx]) - margin(idx, control_bins[idx]) for idx in boot])
+    low, high = np.nanquantile(beyond, [0.025, 0.975])
+    return {"T": t, "p_interior": (1 + int((null >= t).sum())) / (resamples + 1),
+            "p_end": (1 + int((null <= t).sum())) / (resamples + 1),
+            "beyond_low": float(low), "beyond_high": float(high)}
+
+
+def goldilocks_verdict(tests: dict[str, float], alpha: float = 0.025) -> str:
+    """"reproduced" when an interior KPE quintile is best beyond chance (``p_interior`` ≤ ``alpha``)
+    and beyond the content control (``beyond_low`` > 0); "not reproduced" when an end quintile is
+    best beyond chance (``p_end`` ≤ ``alpha``); else "inconclusive" (also for a U that the content
+    control shows as deeply)."""
+    if tests["p_end"] <= alpha:
+        return "not reproduced"
+    return "reproduced" if tests["p_interior"] <= alpha and tests["beyond_low"] > 0 else "inconclusive"
+
+
 def quintile_bins(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(6,) quintile edges of ``values`` and the (n,) quintile 0..4 of each value."""
     edges = np.quantile(values, np.linspace(0, 1, 6))
@@ -337,18 +380,21 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
     fd_col = table.columns[4]
     best = int(table[fd_col].idxmin())
     resamples = min(200, sem_cfg.bootstrap)
-    interior = _interior_best_share(feats.numpy(), bins, ref.numpy(), resamples, sem_cfg.seed_start)
     control, control_text, control_share = _goldilocks_control(kpe, x, start_noise(run), feats.numpy(), ref.numpy(),
                                                                 fd_col, resamples, sem_cfg.seed_start)
+    x1_bins = control_orderings(kpe, x, start_noise(run), sem_cfg.seed_start)["‖x1‖²"]
+    tests = goldilocks_tests(feats.numpy(), bins, x1_bins, ref.numpy(), resamples, sem_cfg.seed_start)
     claim = Claim(
         "memorization", "Goldilocks: quality is best at intermediate energy",
         "too little energy gives weak samples, too much drives copies",
         f"best {fd_col} in KPE quintile Q{best + 1} of 5 ({', '.join(f'{v:.3g}' for v in table[fd_col])})",
-        len(kpe), f"an interior quintile (Q2–Q4) is best in {interior:.0%} of bootstrap resamples",
-        verdict_from_share(interior),
-        "quintiles resampled; reproduced when Q2–Q4 wins in ≥ 95% of resamples, not when in ≤ 5%; "
-        f"control: by ‖x1‖² instead of KPE, in {control_share:.0%}"
-        + (" (so a U shape here is not specific to energy)" if control_share >= 0.95 else ""))
+        len(kpe), f"T = {tests['T']:.3g}, permutation p = {tests['p_interior']:.3g}; "
+        + fmt_ci(tests["beyond_low"], tests["beyond_high"], "T by KPE − T by ‖x1‖² 95% CI"),
+        goldilocks_verdict(tests),
+        "T = better end quintile's FD − best interior one's; reproduced when T beats random equal quintiles "
+        "(one-sided permutation p ≤ 0.025) and beats T by ‖x1‖² quintiles (paired bootstrap CI above 0: "
+        f"sorting by content alone makes a U; by ‖x1‖² an interior quintile is best in {control_share:.0%} of "
+        "resamples); not reproduced when an end quintile is best beyond chance (p ≤ 0.025 the other way)")
     section = Section(
         "The Goldilocks picture",
         text=(f"The generalising model's samples split into KPE quintiles; each quintile's {fd_col} against "

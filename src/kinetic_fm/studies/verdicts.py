@@ -61,6 +61,15 @@ def best_is_interior(values: np.ndarray) -> np.ndarray:
     return (best > 0) & (best < values.shape[1] - 1)
 
 
+def interior_margin(values: np.ndarray) -> np.ndarray:
+    """(R,) for each row of (R, K) values (lower is better): the better end's value minus the best
+    interior one; > 0 when an interior value is the smallest, by that much."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    return np.minimum(values[:, 0], values[:, -1]) - values[:, 1:-1].min(axis=1)
+
+
 def all_worse_than(deltas: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
     """Verdict for "the baseline beats every alternative" from (A, R) paired bootstrap differences
     alternative − baseline (lower is better): reproduced when every 95% interval lies above 0, not
