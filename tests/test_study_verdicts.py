@@ -185,11 +185,11 @@ def test_each_shaping_claim_reads_its_own_interval(paper_holds):
 def test_efm_copies_need_every_interval_at_or_above_095():
     # a point F_mem of 190/200 = 0.95 said "reproduced"; under a true 0.95 at one of four subsets
     # the old point rule did so in 60% of simulated runs. Its Wilson interval straddles 0.95.
-    from kinetic_fm.metrics.memorization import _binomial_ci
+    from kinetic_fm.metrics.memorization import fraction_interval
     from kinetic_fm.studies.memorization import efm_copies_verdict
 
     def bounds(*counts):
-        return np.array([_binomial_ci(c, 200, 0.95, "wilson") for c in counts]).T
+        return np.array([fraction_interval(c, 200, "wilson") for c in counts]).T
 
     assert efm_copies_verdict(*bounds(200, 200, 199, 200)) == "reproduced"
     assert efm_copies_verdict(*bounds(200, 200, 190, 200)) == "inconclusive"
