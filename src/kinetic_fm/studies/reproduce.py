@@ -102,11 +102,12 @@ def _intro(data: str, mode: str) -> str:
         "paper's figure, ours, the sample size and interval, and a plain verdict. The paper's figures come "
         "from ImageNet-256, CIFAR-10 and CelebA-32 models; ours from small nets trained here, so magnitudes "
         "differ and only directions are compared. An honest negative result is a result."
-        "\n\n**Verdicts.** “Reproduced”: our 95% interval (or share of bootstrap resamples) lies on the "
-        "paper's side of zero. “Not reproduced”: it lies on the other side, or the measurement misses the "
-        "threshold the row's note names; the data point against the claim. “Inconclusive”: the interval "
-        "covers zero, so at this sample size the data neither support nor contradict the claim. Each row's "
-        "note gives its rule."
+        "\n\n**Verdicts.** “Reproduced”: our 95% interval (or a test at the 5% level) lies on the "
+        "paper's side of zero or of the threshold the row's note names. “Not reproduced”: it lies on the "
+        "other side; the data point against the claim. “Inconclusive”: the interval covers zero (or the "
+        "threshold), so at this sample size the data neither support nor contradict the claim. Where a "
+        "claim can be decided by any one of several parts, each part is tested at 5% divided by their "
+        "number. Each row's note gives its rule."
     )
     if mode == "tiny":
         intro += (
