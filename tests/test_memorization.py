@@ -610,3 +610,23 @@ def test_a_feature_map_in_training_mode_is_warned_about():
             net.eval()
             measure()
             net.train()
+
+
+def test_gap_ratio_of_subnormal_distances_is_their_ratio():
+    # float32 distances below finfo.tiny (1.2e-38) were clamped before dividing: 1e-40 / 1e-40 gave
+    # 0.0085, a memorized sample, instead of 1
+    d = torch.tensor([1e-40, 3e-41], dtype=torch.float32)
+    assert d[0] > 0 and d[0] < torch.finfo(torch.float32).tiny
+    ratio = kfm.gap_ratio(d, d)
+    assert ratio.tolist() == [1.0, 1.0]
+    assert kfm.gap_ratio(torch.tensor([0.0, 2.8e-45]), torch.tensor([0.0, 5.6e-45])).tolist() == [0.0, 0.5]
+
+
+def test_fraction_interval_takes_the_counts_of_a_report_as_tensors(case):
+    # the natural call passes memorized.sum(), a 0-d tensor, as the other scalar arguments may be
+    samples, train = case
+    rep = kfm.memorization(samples, train, interval="wilson")
+    assert kfm.fraction_interval(rep.memorized.sum(), rep.memorized.numel()) == rep.ci
+    assert kfm.fraction_interval(torch.tensor(5), np.int64(10)) == kfm.fraction_interval(5, 10)
+    with pytest.raises(ValueError, match="0 <= count <= n"):
+        kfm.fraction_interval(torch.tensor(True), 10)

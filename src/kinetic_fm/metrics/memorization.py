@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..checks import check_same_space, is_integer, is_real, positive_integer
+from ..checks import as_scalar, check_same_space, is_integer, is_real, positive_integer
 from ..knn import as_rows, check_finite, nearest_neighbors
 from ..sampling.guards import warn_if_feature_map_training
 
@@ -178,7 +178,10 @@ def gap_ratio(d1: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
                          f"and {tuple(d2.shape)} {d2.dtype}")
     if not bool(((d1 >= 0) & (d2 >= d1)).all()):  # NaN fails too
         raise ValueError("d1 and d2 must satisfy 0 <= d1 <= d2 in every row (nearest, then second-nearest)")
-    return torch.where(d2 > 0, d1 / d2.clamp_min(torch.finfo(d2.dtype).tiny), torch.zeros_like(d1))
+    # divide by d2 itself where it is positive (a subnormal d2 too: clamping it to finfo.tiny gave
+    # 1e-40 / 1e-40 = 0.0085 in float32), by 1 where it is 0 (that row's ratio is 0)
+    positive = d2 > 0
+    return torch.where(positive, d1 / torch.where(positive, d2, torch.ones_like(d2)), torch.zeros_like(d1))
 
 
 def fraction_interval(count: int, n: int, interval: str = "wilson", *, confidence: float = 0.95,
@@ -187,8 +190,10 @@ def fraction_interval(count: int, n: int, interval: str = "wilson", *, confidenc
 
     ``interval`` is "wilson" (score), "clopper-pearson" (exact binomial, conservative) or
     "bootstrap" (percentile, ``bootstrap`` resamples from ``seed``: [0, 0] at 0 of n, and NaNs
-    when ``bootstrap`` is 0), as in :func:`memorization`.
+    when ``bootstrap`` is 0), as in :func:`memorization`. ``count`` and ``n`` may be 0-d tensors
+    or arrays, e.g. ``fraction_interval(report.memorized.sum(), report.memorized.numel())``.
     """
+    count, n = as_scalar(count), as_scalar(n)
     if not (is_integer(n) and n >= 1 and is_integer(count) and 0 <= count <= n):
         raise ValueError(f"count and n must be integers with 0 <= count <= n and n >= 1, got {count!r} and {n!r}")
     if interval not in INTERVALS:
