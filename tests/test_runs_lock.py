@@ -265,6 +265,26 @@ def test_a_lock_file_alone_is_no_foreign_content_and_a_foreign_folder_gets_none(
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
 
 
+def test_a_lock_this_process_already_holds_is_named_as_its_own(tmp_path):
+    # train(out=...) takes its folder's lock itself now: a caller that wrapped it in its own
+    # RunLock (as the runner's docs advise for other writers) was told "another writer: process
+    # <its own pid>", a process it could not find to wait for
+    import torch
+
+    from kinetic_fm.models import TrainConfig, default_model, train
+
+    with RunLock(tmp_path):
+        with pytest.raises(RunLockedError, match=f"process {os.getpid()} .*this very process") as refused:
+            train(default_model("mlp", (2,), width=8), torch.randn(16, 2), TrainConfig(steps=1, batch_size=4),
+                  out=tmp_path, progress=False)
+    assert refused.value.same_process
+    assert str(pickle.loads(pickle.dumps(refused.value))) == str(refused.value)
+    with holder("lock", tmp_path / "other") as child:   # another process's lock reads as before
+        with pytest.raises(RunLockedError, match=f"process {child.pid} ") as refused:
+            RunLock(tmp_path / "other").acquire()
+    assert not refused.value.same_process and "this very process" not in str(refused.value)
+
+
 def test_a_refusal_with_no_holder_recorded_yet_still_says_what_to_do(tmp_path):
     err = RunLockedError(tmp_path, None)
     assert "a process that is just starting" in str(err) and "another --out" in str(err)

@@ -96,9 +96,13 @@ class RunLockedError(OSError):
     one line, and the runner hands it to every rank like its other refusals.
     """
 
-    def __init__(self, run_dir: Path, holder: LockHolder | None, resume: str = "--resume"):
-        self.run_dir, self.holder, self.resume = run_dir, holder, resume
+    def __init__(self, run_dir: Path, holder: LockHolder | None, resume: str = "--resume", same_process: bool = False):
+        self.run_dir, self.holder, self.resume, self.same_process = run_dir, holder, resume, same_process
         who = str(holder) if holder is not None else "a process that is just starting (no holder recorded yet)"
+        if same_process:  # flock excludes a second open of the file in the same process too
+            who += (" (this very process: a lock on this folder taken earlier in it is still held, by another "
+                    "thread or by a `with RunLock(...)` around train(out=...) or reproduce(), which take their "
+                    "folder's lock themselves)")
         super().__init__(
             f"run folder {run_dir} is in use by another writer: {who}. Wait for it to finish (then "
             f"{resume} if it stopped early), or choose another --out; a writer that has died holds no "
@@ -106,7 +110,7 @@ class RunLockedError(OSError):
         )
 
     def __reduce__(self):  # OSError's pickling would lose the message (e.g. across processes)
-        return type(self), (self.run_dir, self.holder, self.resume)
+        return type(self), (self.run_dir, self.holder, self.resume, self.same_process)
 
 
 @dataclass
@@ -144,7 +148,9 @@ class RunLock:
         except OSError as err:
             os.close(fd)
             if err.errno in _HELD_ERRNOS:
-                raise RunLockedError(self.run_dir, read_holder(self.run_dir), self.resume) from None
+                holder = read_holder(self.run_dir)
+                same = holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname()
+                raise RunLockedError(self.run_dir, holder, self.resume, same) from None
             _warn_unlockable(self.run_dir, err)
             return self
         try:
