@@ -589,6 +589,17 @@ def test_a_velocity_that_changes_its_input_in_place_is_refused(solver, x0):
         assert kfm.sample(lambda x, t: -x, given.clone(), steps=4, solver=solver).kpe.shape == (16,)
 
 
+@pytest.mark.parametrize("solver", ["euler", "heun", "dopri5"])
+def test_the_in_place_refusal_says_whether_the_callers_x0_changed(solver, x0):
+    # dopri5 integrates a copy of x0: its refusal must not tell the caller that x0 was altered
+    given = x0.clone()
+    with pytest.raises(ValueError, match="changed its input x in place") as refused:
+        kfm.sample(lambda x, t: x.mul_(0.5), given, steps=4, solver=solver)
+    altered = not torch.equal(given, x0)
+    assert altered == (solver != "dopri5")
+    assert ("an x0 passed in is now changed too" in str(refused.value)) == altered
+
+
 def test_seeds_path_records_seeds_in_the_frame():
     res = kfm.sample(GaussianTarget(), seeds=[4, 9], shape=(2,), steps=4)
     frame = res.to_frame()

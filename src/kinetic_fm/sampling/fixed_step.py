@@ -89,7 +89,7 @@ def integrate_fixed(
                     xj = torch.add(xj, stage_v[l], alpha=h * a_jl * eta[i][l])
             version = state_version(xj) if xj is x else None
             v = first_velocity(velocity, xj, t_vectors[i][j]) if i == 0 and j == 0 else velocity(xj, t_vectors[i][j])
-            check_state_unchanged(xj, version, i, t_stage[i][j])
+            check_state_unchanged(xj, version, i, t_stage[i][j], is_x0=xj is x0)
             flat = v.reshape(batch, -1)
             if flat.dtype != norm_dtype:
                 flat = flat.to(norm_dtype)

@@ -74,14 +74,18 @@ def state_version(x: torch.Tensor) -> int | None:
     return None if x.is_inference() else x._version
 
 
-def check_state_unchanged(x: torch.Tensor, version: int | None, step: int, time: float) -> None:
+def check_state_unchanged(x: torch.Tensor, version: int | None, step: int, time: float, *,
+                          is_x0: bool = False) -> None:
     """ValueError if the velocity changed the state ``x`` it was called with in place (``version``
     from :func:`state_version` before the call; None skips the check). The solvers hand a stage
-    the state itself, not a copy, so such a change would move every later step silently."""
+    the state itself, not a copy, so such a change would move every later step silently.
+    ``is_x0``: ``x`` is the caller's x0 itself (the fixed-step solvers' first step; dopri5 works
+    on a copy), which the message then says has changed too."""
     if version is not None and x._version != version:
+        also = " (here x0 itself: an x0 passed in is now changed too)" if is_x0 else ""
         raise ValueError(
             f"the velocity changed its input x in place (step {step}, t = {time:.6g}); x is the sampler's "
-            "state (at step 0 the x0 passed in, now changed too), so the run would go on from altered "
+            f"state{also}, so the run would go on from altered "
             "values. Make that operation out of place (x = x * s, not x.mul_(s); no inplace=True on an "
             "activation applied to the input), or call the net on a copy: lambda x, t: net(x.clone(), t)"
         )
