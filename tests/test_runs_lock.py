@@ -128,6 +128,34 @@ def test_kfm_train_into_a_busy_folder_stops_before_writing(tmp_path, capsys):
     assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]   # no config, state or checkpoint written
 
 
+def test_kfm_train_on_centred_data_into_a_busy_folder_keeps_the_holders_data_mean(tmp_path, monkeypatch):
+    # `kfm train` wrote <out>/data_mean.safetensors (CelebA's mean, which `kfm sample --model` adds
+    # back) before train() took the lock: a refused second run replaced the running one's mean
+    import dataclasses
+
+    import torch
+
+    import kinetic_fm.data as data
+    from kinetic_fm.cli import main
+    from kinetic_fm.models import load_weights
+
+    real = data.load_dataset
+
+    def centred(name, n=None, seed=0, **kwargs):
+        ds = real("digits", n=n, seed=seed)
+        return dataclasses.replace(ds, mean=torch.full(ds.images.shape[1:], 0.25))
+
+    monkeypatch.setattr(data, "load_dataset", centred)
+    args = ["train", "--data", "digits", "--n", "32", "--steps", "2", "--batch-size", "8", "--width", "8",
+            "--no-progress", "--out"]
+    run = tmp_path / "train"
+    with holder("lock", run):
+        assert main(args + [str(run)]) == 2
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
+    assert main(args + [str(run)]) == 0          # free: the mean is written with the run
+    assert float(load_weights(run / "data_mean.safetensors")["mean"].mean()) == 0.25
+
+
 def test_kfm_reproduce_into_a_busy_folder_stops_before_training(tmp_path):
     from kinetic_fm.studies.config import ReproduceConfig
     from kinetic_fm.studies.reproduce import reproduce

@@ -85,13 +85,11 @@ def run(args: argparse.Namespace) -> int:
     model = model.to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"data {ds.source}: {tuple(data.shape)}; model {model.kind} ({n_params:,} parameters); out {args.out}")
-    if getattr(ds, "mean", None) is not None:  # centred data (CelebA): keep what sampling must add back
-        from pathlib import Path
-
-        from ..models import save_weights
-        save_weights({"mean": ds.mean}, Path(args.out) / "data_mean.safetensors")
+    # centred data (CelebA): keep what sampling must add back, written under the folder's lock
+    mean = getattr(ds, "mean", None)
+    extra = None if mean is None else {"data_mean.safetensors": {"mean": mean}}
     result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
-                   progress=not args.no_progress, info={"data": args.data, "n": args.n})
+                   progress=not args.no_progress, info={"data": args.data, "n": args.n}, extra_weights=extra)
     tail = result.losses[-min(100, config.steps):].mean().item()
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from} of {config.steps}")

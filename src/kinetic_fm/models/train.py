@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_state, save_model, save_state
+from .checkpoint import load_state, save_model, save_state, save_weights
 
 RESUME_FILE = "resume.pt"
 
@@ -176,6 +176,7 @@ def train(
     progress: bool = False,
     callback: Callable[[int, Tensor], None] | None = None,
     info: dict[str, Any] | None = None,
+    extra_weights: dict[str, dict[str, Tensor]] | None = None,
 ) -> TrainResult:
     """Train ``model`` (a velocity net ``model(x, t[, y])``) by conditional flow matching.
 
@@ -195,23 +196,28 @@ def train(
             0-d tensor); an exception raised there stops training (the last resume state stays).
         info: extra JSON-able values recorded in ``config.json`` and the checkpoints' metadata
             (e.g. the data spec).
+        extra_weights: more safetensors files for ``out`` (file name -> tensors, e.g.
+            ``{"data_mean.safetensors": {"mean": m}}``), written under the folder's lock once it is
+            known to hold this run (with ``config.json``), so a refused call writes none of them.
 
     Returns:
         :class:`TrainResult`.
     """
     if out is None:
+        if extra_weights:
+            raise ValueError("extra_weights are files for the run folder: pass out= too")
         return _train(model, data, config, labels, None, resume, progress, callback, info)
     from ..runs.lock import RunLock  # here: the runs package brings pyarrow with it
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
-        return _train(model, data, config, labels, out, resume, progress, callback, info)
+        return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights)
 
 
 def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor | None, out: Path | None,
            resume: bool, progress: bool, callback: Callable[[int, Tensor], None] | None,
-           info: dict[str, Any] | None) -> TrainResult:
+           info: dict[str, Any] | None, extra_weights: dict[str, dict[str, Tensor]] | None = None) -> TrainResult:
     """:func:`train`'s work, with ``out``'s lock held."""
     from tqdm.auto import tqdm
 
@@ -273,6 +279,8 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         _set_rng_state(state["rng"], data_gen, noise_gen, device)
     if out is not None:
         (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        for name, tensors in (extra_weights or {}).items():
+            save_weights(tensors, out / name)
 
     schedule = set(checkpoint_steps(config.steps, config.checkpoints))
     written: dict[int, Path] = {}
