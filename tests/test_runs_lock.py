@@ -28,8 +28,6 @@ from kinetic_fm.runs.lock import LOCK_NAME, read_holder
 from test_runs_shards import Recorder, expected_frame  # the same deterministic per-seed computation
 
 
-
-
 def assert_rows(frame: pd.DataFrame, seeds) -> None:
     """``frame`` holds exactly the rows of ``seeds`` (x compared as lists: Parquet gives arrays)."""
     want = expected_frame(seeds)

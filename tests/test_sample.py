@@ -994,6 +994,7 @@ def test_the_training_mode_check_follows_static_and_class_methods():
         warnings.simplefilter("error", TrainingModeWarning)
         kfm.sample(Owner().velocity, seeds=range(4), shape=(2,), steps=2)
 
+
 def test_a_long_chain_of_helper_methods_is_followed_within_the_budget():
     """A thousand methods calling one another on the same object, the last calling the net (deeper
     than Python lets it run: only the check is called): the walk has no recursion to overflow,
@@ -1008,6 +1009,7 @@ def test_a_long_chain_of_helper_methods_is_followed_within_the_budget():
     deep.net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
     with pytest.warns(TrainingModeWarning, match="Dropout"):
         warn_if_training(deep.m0)
+
 
 def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objects():
     from kinetic_fm.sampling.guards import TrainingModeWarning
@@ -1052,7 +1054,6 @@ def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objec
             return -x
 
     assert kfm.sample(Proxy(), seeds=range(2), shape=(2,), steps=2).kpe.shape == (2,)
-
 
 
 def test_the_training_mode_check_never_stops_sampling():
