@@ -214,3 +214,93 @@ def test_late_spike_needs_a_subset_whose_interval_lies_above_one_half():
     assert verdict == "inconclusive" and (low < 0.5).all() and (high > 0.5).any()
     assert late_spike_verdict(late(0.8), energy)[0] == "reproduced"
     assert late_spike_verdict(late(0.1), energy)[0] == "not reproduced"
+
+
+def test_efm_copies_note_says_when_the_sample_size_rules_out_reproduced():
+    # n copies of n give a 95% Wilson low of n / (n + 1.96²): under 0.95 below 73 samples, so the
+    # tiny preset's 32 EFM samples can never read "reproduced", and its row must say so
+    from kinetic_fm.studies.memorization import efm_copies_note, efm_copies_verdict
+
+    assert efm_copies_verdict([32, 32], 32) == "inconclusive"
+    assert "cannot read reproduced" in efm_copies_note(32, 2) and "97.5% interval" in efm_copies_note(32, 2)
+    assert efm_copies_verdict([73, 73], 73) == "reproduced"
+    assert "cannot" not in efm_copies_note(73, 2) and "98.75% interval" in efm_copies_note(200, 4)
+
+
+def test_late_spike_is_not_failed_by_one_subset_below_one_half():
+    # "not reproduced" needs every subset's interval below one half; one subset clearly below while
+    # the others straddle it leaves the claim open
+    from kinetic_fm.studies.memorization import late_spike_verdict
+
+    rng = np.random.default_rng(0)
+    energy = [rng.lognormal(0.0, 1.0, size=200) for _ in range(4)]
+    late = [e * rng.beta(4 * mu, 4 * (1 - mu), size=200) for e, mu in zip(energy, (0.1, 0.5, 0.5, 0.5))]
+    verdict, low, high = late_spike_verdict(late, energy)
+    assert high[0] < 0.5 and (high[1:] > 0.5).all() and (low < 0.5).all()
+    assert verdict == "inconclusive"
+
+
+def test_goldilocks_p_values_count_the_observed_split_and_a_nan_t_decides_nothing():
+    from kinetic_fm.studies.memorization import goldilocks_tests, goldilocks_verdict, quintile_bins
+
+    rng = np.random.default_rng(3)
+    ref, x = rng.normal(size=(400, 3)), rng.normal(size=(100, 3))
+    bins = quintile_bins(rng.normal(size=100))[1]
+    tests = goldilocks_tests(x, bins, bins, ref, 50, seed=0)
+    # (1 + #null ≥ T) / (R + 1) and (1 + #null ≤ T) / (R + 1): with no ties they sum to (R + 2) / (R + 1)
+    assert tests["p_interior"] + tests["p_end"] == pytest.approx(52 / 51)
+    assert min(tests["p_interior"], tests["p_end"]) >= 1 / 51
+    # the same bins as their own control: every paired resample's difference is exactly 0
+    assert tests["beyond_low"] == tests["beyond_high"] == 0.0
+    # a quintile with a single row has no covariance, so no T: it used to give both one-sided
+    # p-values their floor 1/(R + 1) and read "not reproduced"
+    single = np.r_[0, np.repeat([1, 2, 3, 4], [25, 25, 25, 24])]
+    tests = goldilocks_tests(x, single, bins, ref, 50, seed=0)
+    assert np.isnan(tests["T"]) and np.isnan(tests["p_end"]) and goldilocks_verdict(tests) == "inconclusive"
+    tied = quintile_bins(np.r_[np.zeros(60), rng.normal(size=40)])[1]      # tied energies: empty quintiles
+    assert goldilocks_verdict(goldilocks_tests(x, tied, bins, ref, 50, seed=0)) == "inconclusive"
+
+
+@pytest.mark.parametrize("p_interior, beyond_low, p_end, expected", [
+    (0.025, 0.1, 0.98, "reproduced"), (0.03, 0.1, 0.98, "inconclusive"), (0.025, -0.1, 0.98, "inconclusive"),
+    (0.98, -0.1, 0.025, "not reproduced"), (0.97, -0.1, 0.03, "inconclusive"), (0.01, 0.1, 0.01, "not reproduced")])
+def test_goldilocks_verdict_decides_at_one_sided_0025(p_interior, beyond_low, p_end, expected):
+    from kinetic_fm.studies.memorization import goldilocks_verdict
+
+    tests = {"T": 1.0, "p_interior": p_interior, "p_end": p_end, "beyond_low": beyond_low, "beyond_high": 1.0}
+    assert goldilocks_verdict(tests) == expected
+
+
+def test_balanced_claim_is_given_the_bonferroni_intervals(monkeypatch):
+    # the runner's wiring: the intervals that can fail the balanced claim are the 97.5% ones of the
+    # same paired resamples (a regression to the 95% ones passed every other test)
+    from kinetic_fm.studies import shaping
+    from kinetic_fm.studies.shaping import bootstrap_fd, shaping_claims
+
+    seen = {}
+
+    def spy(fd_ci, mem_ci, *, against=None):
+        seen.update(fd_ci=fd_ci, mem_ci=mem_ci, against=against)
+        return balanced_verdict(fd_ci, mem_ci, against=against)
+
+    monkeypatch.setattr(shaping, "balanced_verdict", spy)
+    fd_shift = {name: 1.0 for name in SETTINGS} | {"balanced": 0.8}
+    memorized_share = {name: 0.4 for name in SETTINGS} | {"balanced": 0.35}
+    feats, memorized, value, reference, boot = _grid(fd_shift, memorized_share)
+    shaping_claims(feats, memorized, value, "FD", reference, boot)
+    d_fd = bootstrap_fd(feats["balanced"], reference, boot) - bootstrap_fd(feats["plain FM"], reference, boot)
+    d_mem = memorized["balanced"][boot].mean(1) - memorized["plain FM"][boot].mean(1)
+    np.testing.assert_allclose(seen["fd_ci"], np.quantile(d_fd, [0.025, 0.975]))
+    np.testing.assert_allclose(seen["against"][0], np.quantile(d_fd, [0.0125, 0.9875]))
+    np.testing.assert_allclose(seen["against"][1], np.quantile(d_mem, [0.0125, 0.9875]))
+
+
+def test_all_worse_than_reproduces_on_95_percent_intervals():
+    # every alternative must be worse (no correction on that side): 2.2 sd worse each is enough
+    from scipy.stats import norm
+
+    from kinetic_fm.studies.verdicts import all_worse_than
+
+    grid = norm.ppf((np.arange(4000) + 0.5) / 4000)
+    verdict, low, _ = all_worse_than(np.stack([2.2 + grid] * 3))
+    assert verdict == "reproduced" and (low > 0).all()

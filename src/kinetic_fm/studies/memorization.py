@@ -88,8 +88,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         fmt_ci(worst["F_mem CI low"], worst["F_mem CI high"], f"F_mem 95% Wilson CI at N = {int(worst['atoms N'])}",
                decimals=3, signed=False),
         efm_copies_verdict(copies_counts, int(cfg.efm_samples)),
-        "reproduced when every subset's 95% Wilson interval of F_mem lies at or above 0.95, not reproduced "
-        f"when one subset's {1 - 0.05 / len(sizes):.2%} interval (Bonferroni over the {len(sizes)}) lies below 0.95")
+        efm_copies_note(int(cfg.efm_samples), len(sizes)))
     spike = Claim(
         "memorization", "EFM trajectories spend their energy at the very end (late spike)",
         "the 1/(1 − t) factor makes late energy extreme",
@@ -99,7 +98,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         "share after t = 0.9: " + "; ".join(fmt_ci(lo, hi, f"N = {n}", decimals=3, signed=False)
                                             for n, lo, hi in zip(sizes, spike_low, spike_high)),
         spike_verdict,
-        f"bootstrap intervals at {1 - 0.05 / len(sizes):.1%} (Bonferroni over the {len(sizes)} subsets); reproduced "
+        f"bootstrap intervals at {bonferroni_level(len(sizes))} (Bonferroni over the {len(sizes)} subsets); reproduced "
         "when some subset's lies above one half of the energy after t = 0.9, not reproduced when every one lies "
         "below. Exact EFM commits to its "
         "atom early and then moves in a straight line at constant speed; "
@@ -131,6 +130,25 @@ def efm_copies_verdict(copies: list[int], n: int, threshold: float = 0.95) -> st
     if any(fraction_interval(c, n, "wilson", confidence=failing)[1] < threshold for c in copies):
         return "not reproduced"
     return "reproduced" if all(fraction_interval(c, n, "wilson")[0] >= threshold for c in copies) else "inconclusive"
+
+
+def bonferroni_level(parts: int) -> str:
+    """The confidence 1 − 0.05/``parts`` of each part's interval, as a note writes it (98.75%)."""
+    return f"{100 * (1 - 0.05 / parts):.4g}%"
+
+
+def efm_copies_note(n: int, subsets: int, threshold: float = 0.95) -> str:
+    """The EFM-copies row's rule (see :func:`efm_copies_verdict`) for ``n`` samples per subset and
+    ``subsets`` subsets; below about 73 samples even n copies of n leave the 95% Wilson interval
+    reaching under 0.95, and the note says that the row cannot read "reproduced" at this size."""
+    note = (f"reproduced when every subset's 95% Wilson interval of F_mem lies at or above {threshold:g}, "
+            f"not reproduced when one subset's {bonferroni_level(subsets)} interval (Bonferroni over the "
+            f"{subsets}) lies below {threshold:g}")
+    best = fraction_interval(n, n, "wilson")[0]
+    if best < threshold:
+        note += (f"; with {n} samples even {n} copies of {n} give a Wilson low of {best:.3f}, so this row "
+                 "cannot read reproduced at this size")
+    return note
 
 
 def late_spike_verdict(late: list, energy: list, share: float = 0.5, resamples: int = 1000,
@@ -220,11 +238,15 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
 
     rows = np.arange(len(feats))
     t = margin(rows, bins)
+    if np.isnan(t):  # a KPE quintile with fewer than two rows (tied energies, tiny n): no T, no test
+        nan = float("nan")
+        return {"T": nan, "p_interior": nan, "p_end": nan, "beyond_low": nan, "beyond_high": nan}
     equal = rows * 5 // len(rows)
     null = np.array([margin(rows, rng.permutation(equal)) for _ in range(resamples)])
     boot = rng.integers(0, len(rows), size=(resamples, len(rows)))
     beyond = np.array([margin(idx, bins[idx]) - margin(idx, control_bins[idx]) for idx in boot])
-    low, high = np.nanquantile(beyond, [0.025, 0.975])
+    beyond = beyond[~np.isnan(beyond)]  # resamples without two rows in some quintile
+    low, high = np.quantile(beyond, [0.025, 0.975]) if len(beyond) else (float("nan"), float("nan"))
     return {"T": t, "p_interior": (1 + int((null >= t).sum())) / (resamples + 1),
             "p_end": (1 + int((null <= t).sum())) / (resamples + 1),
             "beyond_low": float(low), "beyond_high": float(high)}
@@ -234,7 +256,7 @@ def goldilocks_verdict(tests: dict[str, float], alpha: float = 0.025) -> str:
     """"reproduced" when an interior KPE quintile is best beyond chance (``p_interior`` ≤ ``alpha``)
     and beyond the content control (``beyond_low`` > 0); "not reproduced" when an end quintile is
     best beyond chance (``p_end`` ≤ ``alpha``); else "inconclusive" (also for a U that the content
-    control shows as deeply)."""
+    control shows as deeply, and for NaN p-values: no T when a quintile holds fewer than two rows)."""
     if tests["p_end"] <= alpha:
         return "not reproduced"
     return "reproduced" if tests["p_interior"] <= alpha and tests["beyond_low"] > 0 else "inconclusive"
@@ -392,7 +414,8 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
         "memorization", "Goldilocks: quality is best at intermediate energy",
         "too little energy gives weak samples, too much drives copies",
         f"best {fd_col} in KPE quintile Q{best + 1} of 5 ({', '.join(f'{v:.3g}' for v in table[fd_col])})",
-        len(kpe), f"T = {tests['T']:.3g}, permutation p = {tests['p_interior']:.3g}; "
+        len(kpe), f"T = {tests['T']:.3g}, one-sided permutation p = {tests['p_interior']:.3g} (interior best), "
+        f"{tests['p_end']:.3g} (end best); "
         + fmt_ci(tests["beyond_low"], tests["beyond_high"], "T by KPE − T by ‖x1‖² 95% CI"),
         goldilocks_verdict(tests),
         "T = better end quintile's FD − best interior one's; reproduced when T beats random equal quintiles "
