@@ -45,6 +45,7 @@ class Assets:
     memorizer_train: Tensor
     memorizer_checkpoints: dict[int, Path]
     source: str
+    classifier_pretrained: bool = False  # a --classifier given by the user, not trained on this split here
     _train_features: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def train_features(self) -> Tensor:
@@ -81,7 +82,8 @@ def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Asse
     memorizer_train = train[pick]
     memorizer, checkpoints = _velocity_net(cfg, ws, "memorizer", memorizer_train, cfg.memorizer_steps, progress)
     return Assets(train, train_labels, heldout, heldout_labels, classes, classifier, name, accuracy,
-                  general, memorizer, memorizer_train, checkpoints, source)
+                  general, memorizer, memorizer_train, checkpoints, source,
+                  classifier_pretrained=bool(cfg.classifier))
 
 
 def _load_split(cfg: AssetsConfig, progress: bool = True):

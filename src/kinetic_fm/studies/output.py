@@ -35,3 +35,18 @@ def fd_to_reference(feats, reference) -> float:
     import numpy as np
 
     return reference.distance(feats.mean(0), np.cov(feats, rowvar=False))
+
+
+def judge_text(assets) -> str:
+    """How the samples are judged, in words, for the report: the classifier and what its accuracy
+    was measured on. A pretrained ``--classifier`` is scored on images drawn from the loader's
+    *training* split (the FD reference), which such a net has usually been trained on, so its
+    number is not called held-out; without labels there is no judge at all."""
+    if assets.classifier is None:
+        return "no judging classifier (the data set has no labels; FD on pixels)"
+    acc = assets.classifier_accuracy
+    pct = "n/a" if acc is None else f"{100 * acc:.1f}%"
+    if getattr(assets, "classifier_pretrained", False):
+        return (f"`{assets.classifier_name}` (pretrained; accuracy {pct} on {len(assets.heldout)} images of the "
+                "training split, which it was likely trained on: not a held-out accuracy)")
+    return f"`{assets.classifier_name}` (held-out accuracy {pct})"

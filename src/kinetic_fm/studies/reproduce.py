@@ -17,7 +17,7 @@ from ..runs.lock import RunLock
 from .assets import load_assets
 from .config import ReproduceConfig
 from .memorization import run_memorization
-from .output import StudyOutput
+from .output import StudyOutput, judge_text
 from .semantics import run_semantics
 from .shaping import run_shaping
 from .support import run_support
@@ -74,14 +74,15 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     total = time.perf_counter() - start
     configuration = asdict(cfg)
     # the Run table shows None as a dash; say what the default stands for
-    unset = {"n_train": "whole training split", "classifier": f"trained here ({assets.classifier_name})",
+    judge = (f"trained here ({assets.classifier_name})" if assets.classifier is not None
+             else "none (no labels; FD on pixels)")
+    unset = {"n_train": "whole training split", "classifier": judge,
              "width": "the model's default"}
     configuration["assets"] = {k: unset.get(k, v) if v is None else v for k, v in configuration["assets"].items()}
     meta = {
         "mode": cfg.mode,
         "data": f"{cfg.assets.data} ({assets.source}; {len(assets.train)} training, {len(assets.heldout)} held-out images)",
-        "classifier": f"{assets.classifier_name} (held-out accuracy "
-                      + ("n/a" if assets.classifier_accuracy is None else f"{100 * assets.classifier_accuracy:.1f}%") + ")",
+        "classifier": judge_text(assets),
         "device": cfg.assets.device,
         "seconds per stage": ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
         "total seconds": f"{total:.1f}",
@@ -137,7 +138,7 @@ def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: d
     return (
         f"**What ran.** Studies {', '.join(studies)} on `{a.data}` ({assets.source}; {len(assets.train)} training "
         f"and {len(assets.heldout)} held-out images), on `{a.device}`, in {total:.0f} s ({stages}). Nets: "
-        f"the judging classifier `{assets.classifier_name}`, a generalising velocity net ({a.model}, "
+        f"{'' if assets.classifier is None else 'the judging classifier '}{judge_text(assets)}, a generalising velocity net ({a.model}, "
         f"{a.general_steps} steps on the training split) and a memorizing one ({a.memorizer_steps} steps on "
         f"{len(assets.memorizer_train)} images), trained here with seed {a.seed} or reloaded from `models/`. Sample "
         f"seeds, one noise draw per seed, shared by every setting of a study: {'; '.join(seeds)}. Files beside this "

@@ -17,7 +17,7 @@ from ..metrics.stats import Correlation, compare_groups, spearman
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import SemanticsConfig
-from .output import StudyOutput, image_range
+from .output import StudyOutput, image_range, judge_text
 from .samples import energy_frame, sampled, start_noise, straight_line_energy
 from .verdicts import fmt_ci, link_in_words, verdict_from_interval
 from .workspace import Workspace
@@ -108,7 +108,7 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
                          permutations=cfg.bootstrap, seed=cfg.seed_start)
     section.text = (
         f"{len(kpe)} samples of the generalising model ({cfg.solver}, {cfg.steps} steps), judged by "
-        f"`{assets.classifier_name}` (held-out accuracy {_pct(assets.classifier_accuracy)}). "
+        f"{judge_text(assets)}. "
         f"Semantic strength is the logit margin of the predicted class. Spearman ρ(KPE, margin) = "
         f"{rho.rho:+.3f}, {rho.confidence:.0%} CI [{rho.ci_low:+.3f}, {rho.ci_high:+.3f}] ({rho.ci_method} "
         f"bootstrap), permutation p = {rho.p_perm:.3g}, n = {rho.n} ({link_in_words(rho.ci_low, rho.ci_high)}; "
@@ -143,7 +143,3 @@ def _group_row(g) -> dict[str, Any]:
 def _range(values: np.ndarray) -> str:
     """", 25.9–29.1" for a panel title; empty for no values."""
     return f", {values.min():.3g}–{values.max():.3g}" if len(values) else ""
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
