@@ -1,4 +1,5 @@
 """kfm reproduce: every study end to end at tiny size, resume, and the pieces underneath."""
+import math
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from kinetic_fm.sampling.noise import noise as kfm_noise
 from kinetic_fm.studies.config import ReproduceConfig
 from kinetic_fm.studies.memorization import _interior_best_share
 from kinetic_fm.studies.shaping import ablation_grid
@@ -213,6 +215,7 @@ def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
     assert (frame["excess_energy"] >= -1e-9 * frame["kpe"]).all()          # KPE ≥ ½‖x1 − x0‖²
     assert "Context (not one of the paper's claims)" in text
     assert "a smoke test of the pipeline" in text and "not evidence for or against the paper" in text
+    assert "| sample quality | FD-digits-cnn to 64 held-out images" in text   # tiny draws 64
     assert "Control (not one of the paper's claims)" in text and "T by KPE − T by ‖x1‖²" in text
     control = pd.read_parquet(out / "tables" / "memorization__goldilocks_control.parquet")
     assert list(control.columns) == ["quintile", "KPE", "‖x1‖²", "½‖x0‖²", "random"] and len(control) == 5
@@ -324,6 +327,31 @@ def test_the_training_features_are_computed_once_per_run():
     first = assets.train_features()
     assert assets.train_features() is first and passes == [10]
     assert torch.equal(first, assets.features(train))
+
+
+def test_sample_quality_places_samples_between_real_images_and_their_noise():
+    # a model that draws noise (MNIST and CIFAR-10 at --quick with the MLP) is scored confidently
+    # by its judge; the report must say its verdicts are not evidence
+    from kinetic_fm.studies.assets import Assets
+    from kinetic_fm.studies.quality import SampleQuality, sample_quality
+    from kinetic_fm.studies.reproduce import _intro
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 1, 4, 4, generator=g) * 0.6
+    data = lambda n: (centres[torch.randint(4, (n,), generator=g)]   # noqa: E731
+                      + 0.1 * torch.randn(n, 1, 4, 4, generator=g)).clamp(-1, 1)
+    train, heldout = data(400), data(200)
+    assets = Assets(train, None, heldout, None, None, None, "pixels", None, torch.nn.Identity(),
+                    torch.nn.Identity(), train[:4], {}, "test")
+    seeds = torch.arange(300)
+    good = sample_quality(assets, {"x": data(300), "seeds": seeds})
+    noisy = sample_quality(assets, {"x": kfm_noise(seeds, (1, 4, 4)), "seeds": seeds})
+    assert good.n == noisy.n == 200 and good.real == noisy.real and good.noise == noisy.noise
+    assert good.real < good.samples < good.noise and good.data_like and good.position < 0.2
+    assert noisy.position > 0.9 and not noisy.data_like
+    assert "not data-like" in _intro("mnist", "quick", noisy) and "not evidence" in _intro("mnist", "quick", noisy)
+    assert "not data-like" not in _intro("mnist", "quick", good) + _intro("mnist", "tiny", noisy)
+    assert SampleQuality(50.0, 10.0, 1000.0, 300, "cnn").position == pytest.approx(math.log(5) / math.log(100))
 
 
 def test_straight_line_energy_is_the_kpe_of_a_straight_constant_speed_path():
