@@ -244,6 +244,20 @@ def test_cli_interval_choice_reaches_the_report(tmp_path, capsys, case):
     assert stop.value.code == 2 and "invalid choice: 'bca'" in capsys.readouterr().err
 
 
+def test_cli_says_what_a_zero_width_bootstrap_interval_hides(tmp_path, capsys, case):
+    # "F_mem = 0 (95% bootstrap CI 0.0000–0.0000)" read as "certainly no memorization"
+    samples, train = case
+    np.save(tmp_path / "fresh.npy", samples[60:].numpy())          # the 40 fresh points: 0 of 40
+    np.save(tmp_path / "some.npy", samples[:60].numpy())           # 40 of 60 memorized
+    np.save(tmp_path / "t.npy", train.numpy())
+    flags = ["memorization", "--train", str(tmp_path / "t.npy"), "--no-progress"]
+    assert main([*flags, "--samples", str(tmp_path / "fresh.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "CI 0.0000–0.0000" in out and "the Wilson interval (--interval wilson) is 0.0000–0.0876" in out
+    assert main([*flags, "--samples", str(tmp_path / "some.npy")]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_cli_user_errors_exit_2(tmp_path, capsys):
     np.savez(tmp_path / "a.npz", np.zeros((3, 2)))
     assert main(["memorization", "--samples", str(tmp_path / "missing.npz"), "--train", str(tmp_path / "a.npz")]) == 2
