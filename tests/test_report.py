@@ -118,6 +118,20 @@ def test_html_is_self_contained(report):
         assert f'href="#{anchor}"' in page and f'id="{anchor}"' in page
 
 
+def test_a_claim_the_data_cannot_measure_reads_not_measured(tmp_path):
+    # semantics on an unlabelled set (CelebA) was counted as "inconclusive", which the intro
+    # defines as an interval covering zero; it has no interval at all
+    claims = [Claim("semantics", "Higher-KPE samples carry stronger semantics", "CLIP margin 5.7 → 8.9",
+                    "not measured (no labels)", 64, "", "not measured", "the data set has no class labels"),
+              Claim("support", "sparser support", "ρ = -0.65", "ρ = -0.3", 64, "[-0.5, -0.1]", "reproduced")]
+    md, html_path = write_report(tmp_path, title="t", intro="", claims=claims, sections=[], meta={})
+    text, page = md.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    assert "2 claims: 1 reproduced, 0 not reproduced, 0 inconclusive, 1 not measured." in text
+    assert VERDICTS["not measured"] in text and 'class="verdict not-measured"' in page
+    md, _ = write_report(tmp_path / "b", title="t", intro="", claims=claims[1:], sections=[], meta={})
+    assert "1 claims: 1 reproduced, 0 not reproduced, 0 inconclusive." in md.read_text(encoding="utf-8")
+
+
 def test_text_and_captions_are_escaped(report):
     page = report[2].read_text(encoding="utf-8")
     assert XSS not in page

@@ -35,11 +35,12 @@ VERDICTS = {
     "reproduced": "✅ reproduced",
     "not reproduced": "❌ not reproduced",
     "inconclusive": "➖ inconclusive",
+    "not measured": "⬜ not measured",  # the data cannot measure it (no labels): no interval at all
 }
 # the HTML page colours the verdict cell, so it uses text symbols that every font has
 # (colour emoji fonts are often missing on Linux and render as empty boxes)
 _HTML_VERDICTS = {"reproduced": "✓ reproduced", "not reproduced": "✗ not reproduced",
-                  "inconclusive": "– inconclusive"}
+                  "inconclusive": "– inconclusive", "not measured": "· not measured"}
 _MISSING = "–"
 _FIGURE_NAME = re.compile(r"[a-z0-9_-]+")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -64,7 +65,8 @@ class Claim:
         ours: our figure, e.g. ``"margin 3.1 → 4.6; Spearman ρ = 0.31"``.
         n: sample size behind ``ours``.
         ci: the confidence interval in words, or ``""`` when there is none.
-        verdict: ``"reproduced"``, ``"not reproduced"`` or ``"inconclusive"``.
+        verdict: ``"reproduced"``, ``"not reproduced"``, ``"inconclusive"`` or ``"not measured"``
+            (the data cannot measure the claim, e.g. semantics without labels).
         note: why, in one sentence.
     """
 
@@ -225,7 +227,7 @@ def _claim_cells(claim: Claim, labels: dict[str, str] = VERDICTS) -> list[str]:
 
 def _verdict_summary(claims: Sequence[Claim]) -> str:
     counts = {v: sum(c.verdict == v for c in claims) for v in VERDICTS}
-    return ", ".join(f"{counts[v]} {v}" for v in VERDICTS)
+    return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v] or v != "not measured")
 
 
 def _render_markdown(title: str, intro: str, claims: Sequence[Claim], sections: Sequence[Section],
@@ -341,6 +343,7 @@ td.verdict { font-weight: 600; white-space: nowrap; }
 td.reproduced { background: var(--ok-bg); color: var(--ok-fg); }
 td.not-reproduced { background: var(--bad-bg); color: var(--bad-fg); }
 td.inconclusive { background: var(--na-bg); color: var(--na-fg); }
+td.not-measured { color: var(--muted); }
 figure { margin: 1em 0 1.8em; text-align: center; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
 figcaption { color: var(--muted); font-size: 0.92em; margin-top: 0.4em; text-align: left;

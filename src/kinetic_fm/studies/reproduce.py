@@ -113,7 +113,8 @@ def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:
         "\n\n**Verdicts.** “Reproduced”: our 95% interval (or a test at the 5% level) lies on the "
         "paper's side of zero or of the threshold the row's note names. “Not reproduced”: it lies on the "
         "other side; the data point against the claim. “Inconclusive”: the interval covers zero (or the "
-        "threshold), so at this sample size the data neither support nor contradict the claim. Where a "
+        "threshold), so at this sample size the data neither support nor contradict the claim. “Not "
+        "measured”: this data set cannot measure it (semantics without labels). Where a "
         "claim can be decided by any one of several parts, each part is tested at 5% divided by their "
         "number. Each row's note gives its rule."
     )

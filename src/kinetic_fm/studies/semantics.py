@@ -72,7 +72,7 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
                         "figures are shown for reference.")
         out.claims.append(Claim("semantics", "Higher-KPE samples carry stronger semantics",
                                 "CLIP margin 5.7 → 8.9 (low → high KPE, ImageNet-256)", "not measured (no labels)",
-                                len(kpe), "", "inconclusive", "the data set has no class labels"))
+                                len(kpe), "", "not measured", "the data set has no class labels"))
         out.tables["general_samples"] = frame
         out.sections.append(section)
         return out
