@@ -65,7 +65,6 @@ def test_shaping_flags_build_a_kts_recorded_in_full(tmp_path):
     assert not np.array_equal(df["kpe"], df["kpe_raw"])
 
 
-
 @pytest.mark.parametrize("solver", ["rk4", "dopri5"])
 def test_results_do_not_depend_on_batch_or_shard_cut(tmp_path, solver):
     common = ["--field", "mixture", "--n", 7, "--solver", solver, "--steps", 10, "--dtype", "float64"]
