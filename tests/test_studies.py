@@ -15,7 +15,7 @@ from kinetic_fm.studies.shaping import ablation_grid
 from kinetic_fm.studies.verdicts import all_worse_than, verdict_from_interval, verdict_from_share
 from kinetic_fm.studies.workspace import Workspace
 
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not measured")
 
 
 def test_verdicts_follow_the_interval():
@@ -271,7 +271,7 @@ def test_tiny_report_says_what_ran_what_verdicts_mean_and_each_rule(tiny_report)
                   "neither support nor contradict"):
         assert words in intro, words
     claims = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and
-              any(label in line for label in ("✅", "❌", "➖"))]
+              any(label in line for label in ("✅", "❌", "➖", "⬜"))]
     assert len(claims) == 12
     for row in claims:
         assert "reproduced when" in row[-1], row[1]                     # each note states its rule

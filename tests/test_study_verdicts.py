@@ -182,6 +182,21 @@ def test_each_shaping_claim_reads_its_own_interval(paper_holds):
     assert [c.verdict for c in claims] == [expected] * 5, [(c.statement, c.verdict, c.ci) for c in claims]
 
 
+def test_a_memorizer_that_copies_nothing_leaves_the_reduction_not_measured():
+    # MNIST and CIFAR-10 at --quick: F_mem = 0 under plain FM, and the row read [+0, +0]
+    # "inconclusive" as if a reduction had been looked for and not found
+    from kinetic_fm.studies.shaping import shaping_claims
+
+    shares = {name: 0.0 for name in SETTINGS}
+    feats, memorized, value, reference, boot = _grid({name: 1.0 for name in SETTINGS}, shares)
+    claims = {c.statement: c for c in shaping_claims(feats, memorized, value, "FD", reference, boot)}
+    row = claims["Landing-only KTS reduces memorization"]
+    assert row.verdict == "not measured" and "no memorization to reduce" in row.note
+    feats, memorized, value, reference, boot = _grid({name: 1.0 for name in SETTINGS}, shares | {"plain FM": 0.3})
+    row = {c.statement: c for c in shaping_claims(feats, memorized, value, "FD", reference, boot)}[row.statement]
+    assert row.verdict == "reproduced" and "no memorization" not in row.note
+
+
 def test_efm_copies_need_every_interval_at_or_above_095():
     # a point F_mem of 190/200 = 0.95 said "reproduced"; under a true 0.95 at one of four subsets
     # the old point rule did so in 60% of simulated runs. Its Wilson interval straddles 0.95.
