@@ -125,14 +125,7 @@ def memorization(
         :class:`MemorizationReport` (tensors on the samples' device).
     """
     threshold = _inside_unit_interval("threshold", threshold)
-    if not (is_integer(bootstrap) and 0 <= bootstrap <= MAX_BOOTSTRAP):
-        raise ValueError(f"bootstrap must be an integer in [0, {MAX_BOOTSTRAP:_}], got {bootstrap!r}")
-    bootstrap = int(bootstrap)
-    if not (is_integer(seed) and seed >= 0):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    confidence = _inside_unit_interval("confidence", confidence)
-    if interval not in INTERVALS:
-        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    bootstrap, seed, confidence = _interval_settings(bootstrap, seed, confidence, interval)
     space_chunk = positive_integer("space_chunk", space_chunk)
     if space is not None and not callable(space):
         raise TypeError(f"space must be a callable feature map or None, got {type(space).__name__}")
@@ -196,14 +189,20 @@ def fraction_interval(count: int, n: int, interval: str = "wilson", *, confidenc
     count, n = as_scalar(count), as_scalar(n)
     if not (is_integer(n) and n >= 1 and is_integer(count) and 0 <= count <= n):
         raise ValueError(f"count and n must be integers with 0 <= count <= n and n >= 1, got {count!r} and {n!r}")
-    if interval not in INTERVALS:
-        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
-    confidence = _inside_unit_interval("confidence", confidence)
+    bootstrap, seed, confidence = _interval_settings(bootstrap, seed, confidence, interval)
+    return _interval(int(count), int(n), interval, confidence, bootstrap, seed)
+
+
+def _interval_settings(bootstrap, seed, confidence, interval: str) -> tuple[int, int, float]:
+    """The interval's settings checked (each error names its argument), as (bootstrap, seed, confidence)."""
     if not (is_integer(bootstrap) and 0 <= bootstrap <= MAX_BOOTSTRAP):
         raise ValueError(f"bootstrap must be an integer in [0, {MAX_BOOTSTRAP:_}], got {bootstrap!r}")
     if not (is_integer(seed) and seed >= 0):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return _interval(int(count), int(n), interval, confidence, int(bootstrap), int(seed))
+    confidence = _inside_unit_interval("confidence", confidence)
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    return int(bootstrap), int(seed), confidence
 
 
 def _interval(count: int, n: int, interval: str, confidence: float, bootstrap: int, seed: int) -> tuple[float, float]:
