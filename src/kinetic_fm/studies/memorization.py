@@ -21,7 +21,7 @@ from .config import MemorizationConfig, SemanticsConfig
 from .output import StudyOutput, fd_to_reference, feature_reference, image_range
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
-from .verdicts import best_is_interior, fmt_ci, interior_margin
+from .verdicts import best_is_interior, bonferroni_level, fmt_ci, interior_margin
 from .workspace import Workspace
 
 
@@ -130,11 +130,6 @@ def efm_copies_verdict(copies: list[int], n: int, threshold: float = 0.95) -> st
     if any(fraction_interval(c, n, "wilson", confidence=failing)[1] < threshold for c in copies):
         return "not reproduced"
     return "reproduced" if all(fraction_interval(c, n, "wilson")[0] >= threshold for c in copies) else "inconclusive"
-
-
-def bonferroni_level(parts: int) -> str:
-    """The confidence 1 − 0.05/``parts`` of each part's interval, as a note writes it (98.75%)."""
-    return f"{100 * (1 - 0.05 / parts):.4g}%"
 
 
 def efm_copies_note(n: int, subsets: int, threshold: float = 0.95) -> str:
@@ -406,9 +401,10 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
     fd_col = table.columns[4]
     best = int(table[fd_col].idxmin())
     resamples = min(200, sem_cfg.bootstrap)
-    control, control_text, control_share = _goldilocks_control(kpe, x, start_noise(run), feats.numpy(), ref.numpy(),
+    x0 = start_noise(run)  # drawn again from each seed: once for both
+    control, control_text, control_share = _goldilocks_control(kpe, x, x0, feats.numpy(), ref.numpy(),
                                                                 fd_col, resamples, sem_cfg.seed_start)
-    x1_bins = control_orderings(kpe, x, start_noise(run), sem_cfg.seed_start)["‖x1‖²"]
+    x1_bins = control_orderings(kpe, x, x0, sem_cfg.seed_start)["‖x1‖²"]
     tests = goldilocks_tests(feats.numpy(), bins, x1_bins, ref.numpy(), resamples, sem_cfg.seed_start)
     claim = Claim(
         "memorization", "Goldilocks: quality is best at intermediate energy",

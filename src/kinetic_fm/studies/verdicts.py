@@ -47,6 +47,11 @@ def fmt_ci(low: float, high: float, what: str = "95% CI", digits: int = 3, *, de
     return f"{what} [{low:{spec}}, {high:{spec}}]" + (f" {unit}" if unit else "")
 
 
+def bonferroni_level(parts: int) -> str:
+    """The confidence 1 − 0.05/``parts`` of each part's interval, as a note writes it (98.75%)."""
+    return f"{100 * (1 - 0.05 / parts):.4g}%"
+
+
 def verdict_from_share(share: float, level: float = 0.95) -> str:
     """For a bootstrap share of resamples in which the claim held: "reproduced" when at least
     ``level`` of them agree, "not reproduced" when at most 1 − ``level`` do, else "inconclusive"."""
