@@ -48,7 +48,7 @@ class SampleQuality:
     def sentence(self) -> str:
         """One line for the report."""
         where = ("closer to real images than to noise" if self.data_like
-                 else "closer to noise than to real images" if self.position == self.position
+                 else "closer to noise than to real images" if not math.isnan(self.position)
                  else "not placed: the judge does not tell noise from real images")
         return (f"FD-{self.network} to {self.n} held-out images, from {self.n} rows each: the generalising "
                 f"model's samples {self.samples:.3g}, real training images {self.real:.3g}, the noise the "
