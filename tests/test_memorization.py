@@ -305,6 +305,46 @@ def test_cli_figure_shows_the_closest_pairs_of_image_inputs(tmp_path, capsys, ca
     assert "--figure must end in .png" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def digits_runs(tmp_path_factory):
+    """A U-Net trained by kfm train on a 16-digit subset (seed 3), and 6 samples of it by kfm sample."""
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["train", "--data", "digits", "--n", "16", "--seed", "3", "--steps", "1", "--batch-size", "4",
+                 "--width", "8", "--model", "unet", "--checkpoints", "none", "--no-progress",
+                 "--out", str(root / "net")]) == 0
+    assert main(["sample", "--model", str(root / "net"), "--n", "6", "--steps", "2", "--shard-size", "4",
+                 "--no-progress", "--out", str(root / "samples")]) == 0
+    return root / "net", root / "samples"
+
+
+def test_a_kfm_sample_runs_results_table_restores_its_samples_shape(digits_runs):
+    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.runs import read_samples
+
+    _, run = digits_runs
+    images = read_samples(run)                                     # the manifest's shape: (6, 1, 8, 8)
+    assert images.shape == (6, 1, 8, 8)
+    stored = load_array(run / "results.parquet")                   # the file alone, as --samples reads it
+    assert stored.shape == (6, 1, 8, 8) and np.array_equal(stored.numpy(), images)
+
+
+def test_a_results_table_without_a_recorded_shape_reads_flat_as_before(digits_runs, tmp_path):
+    import pyarrow.parquet as pq
+
+    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.runs.shards import samples_from_table
+
+    _, run = digits_runs
+    old = pq.read_table(run / "results.parquet")
+    old = old.cast(old.schema.remove_metadata().set(old.schema.get_field_index("x"),
+                                                    old.schema.field("x").remove_metadata()))
+    pq.write_table(old, tmp_path / "old.parquet")
+    assert load_array(tmp_path / "old.parquet").shape == (6, 64)
+    with pytest.raises(ValueError, match="records no sample shape: pass shape"):
+        samples_from_table(old)
+    assert samples_from_table(old, (1, 8, 8)).shape == (6, 1, 8, 8)
+
+
 def test_cli_reads_image_folders_zips_and_data_specs(tmp_path, capsys):
     """PNG samples in a folder and in a zip, the training set as an .npy or as the `digits` spec:
     copies of training images are memorized (ratio 0), fresh images are not."""

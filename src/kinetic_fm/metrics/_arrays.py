@@ -24,8 +24,9 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
     * ``.pt`` / ``.pth``: a tensor, or the tensor named ``key`` (else the only one) in a dict;
       loaded with ``weights_only=True`` (no arbitrary code runs).
     * ``.parquet``: the list/array column ``key`` (lists nested to any depth, e.g. images, are
-      flattened row by row), else the only list column, else all numeric columns side by side as
-      (rows, columns), with a warning naming any other columns left out.
+      flattened row by row, and restored to one sample's shape when the column records it, as a
+      ``kfm sample`` run's results.parquet does), else the only list column, else all numeric
+      columns side by side as (rows, columns), with a warning naming any other columns left out.
 
     Raises ValueError naming the file when it is damaged, holds no real numbers (strings,
     complex), holds a single value instead of rows, or is ambiguous (see above).
@@ -131,7 +132,7 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
         if column.null_count:
             raise ValueError(f"{path}: column {name!r} has {column.null_count} null rows")
         if _is_list(column.type):
-            return _to_tensor(path, _list_rows(path, name, column))
+            return _to_tensor(path, _sample_shaped(path, table.schema.field(name), _list_rows(path, name, column)))
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             raise ValueError(f"{path}: column {name!r} holds {column.type}, need numbers or lists of numbers")
         return _to_tensor(path, column.to_numpy(zero_copy_only=False).astype(np.float64)[:, None])
@@ -149,6 +150,26 @@ def _is_list(kind) -> bool:
     import pyarrow as pa
 
     return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+
+
+def _sample_shaped(path: Path, field, rows):
+    """(rows, values) as (rows, *shape) when the column records one sample's shape (the samples
+    column of a ``kfm sample`` run's results.parquet); unchanged otherwise."""
+    from ..runs.shards import recorded_sample_shape
+
+    try:
+        shape = recorded_sample_shape(field)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if shape is None:
+        return rows
+    size = 1
+    for d in shape:
+        size *= d
+    if size != rows.shape[1]:
+        raise ValueError(f"{path}: column {field.name!r} records samples of shape {list(shape)} "
+                         f"({size} values) but its rows hold {rows.shape[1]}")
+    return rows.reshape(rows.shape[0], *shape)
 
 
 def _list_rows(path: Path, name: str, column):

@@ -32,6 +32,10 @@ SEED = "seed"
 PROFILE = "profile"              # per-step applied-energy increments (kfm sample --profile)
 TIMES = "times"                  # a dopri5 profile's per-sample step times
 PROFILE_TIMES = "profile_times"  # the manifest's runtime key holding a fixed-step profile's grid
+SAMPLES = "x"                    # the final samples, one flattened sample per row
+# field metadata of a merged table's samples column: one sample's shape as a JSON list, so that a
+# reader holding results.parquet alone (kfm memorization --samples) can restore the images
+SAMPLE_SHAPE_KEY = b"kfm.sample_shape"
 _RUN_ID_KEY = b"kfm.run_id"
 _SHARD_KEY = b"kfm.shard"
 # page checksums let a reader detect a damaged shard; dictionary encoding is left off because
@@ -165,7 +169,39 @@ def merge_shards(run_dir: str | os.PathLike, manifest: RunManifest | None = None
     seeds = table.column(SEED).to_numpy()
     if not np.array_equal(seeds, plan.all_seeds()):  # holds by construction; cheap to re-check
         raise IncompleteRunError(f"run {run_dir}: merged seeds are not exactly the run's seed range")
+    shape = manifest.config.get("sample_shape")
+    if shape is not None and SAMPLES in table.column_names:
+        table = with_sample_shape(table, shape)
     return table
+
+
+def with_sample_shape(table: pa.Table, shape: tuple[int, ...] | list[int], column: str = SAMPLES) -> pa.Table:
+    """``table`` with one sample's ``shape`` recorded in the field metadata of its flattened list
+    ``column`` (key :data:`SAMPLE_SHAPE_KEY`), which Parquet keeps: :func:`samples_from_table` and
+    ``kfm memorization --samples results.parquet`` read the rows back as (rows, *shape)."""
+    shape = [int(d) for d in shape]
+    kind = table.schema.field(column).type
+    if pa.types.is_fixed_size_list(kind) and kind.list_size != int(np.prod(shape)):
+        raise ValueError(f"column {column!r} holds {kind.list_size} values per row, not a sample of shape {shape}")
+    i = table.schema.get_field_index(column)
+    field = table.schema.field(i)
+    tagged = field.with_metadata({**(field.metadata or {}), SAMPLE_SHAPE_KEY: json.dumps(shape).encode()})
+    return pa.Table.from_arrays(table.columns, schema=table.schema.set(i, tagged))
+
+
+def recorded_sample_shape(field: pa.Field) -> tuple[int, ...] | None:
+    """The sample shape :func:`with_sample_shape` recorded on ``field``, or None (a table written
+    before it existed, or by anything else)."""
+    raw = (field.metadata or {}).get(SAMPLE_SHAPE_KEY)
+    if raw is None:
+        return None
+    try:
+        shape = tuple(json.loads(raw))
+    except ValueError:
+        raise ValueError(f"column {field.name!r} records an unreadable sample shape {raw!r}") from None
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise ValueError(f"column {field.name!r} records an invalid sample shape {raw.decode(errors='replace')}")
+    return shape
 
 
 def write_results(run_dir: str | os.PathLike, table: pa.Table) -> Path:
@@ -192,11 +228,17 @@ def read_run(run_dir: str | os.PathLike, *, columns: list[str] | None = None):
     return table.to_pandas()
 
 
-def samples_from_table(table: pa.Table, shape: tuple[int, ...] | list[int], column: str = "x") -> np.ndarray:
+def samples_from_table(table: pa.Table, shape: tuple[int, ...] | list[int] | None = None,
+                       column: str = SAMPLES) -> np.ndarray:
     """Final states stored as a fixed-size list column, reshaped to (rows, *shape): a writable
-    copy, which ``torch.from_numpy`` takes without a warning (Arrow's own buffer is read-only)."""
+    copy, which ``torch.from_numpy`` takes without a warning (Arrow's own buffer is read-only).
+    ``shape`` None: the one the column records (a merged table's, see :func:`with_sample_shape`)."""
     if column not in table.column_names:
         raise ValueError(f"the table has no {column!r} column (was the run made with --no-save-x?)")
+    if shape is None:
+        shape = recorded_sample_shape(table.schema.field(column))
+        if shape is None:
+            raise ValueError(f"the table's {column!r} column records no sample shape: pass shape")
     flat = np.array(table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False))
     return flat.reshape(table.num_rows, *shape)
 
