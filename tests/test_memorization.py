@@ -345,6 +345,44 @@ def test_a_results_table_without_a_recorded_shape_reads_flat_as_before(digits_ru
     assert samples_from_table(old, (1, 8, 8)).shape == (6, 1, 8, 8)
 
 
+def test_cli_gives_a_kfm_sample_runs_samples_their_shape_and_the_image_panel(digits_runs, tmp_path, capsys):
+    from PIL import Image
+
+    from kinetic_fm.runs import read_samples
+
+    _, run = digits_runs
+    images = read_samples(run)
+    np.save(tmp_path / "flat.npy", images.reshape(6, -1))
+    widths = []
+    for samples in (run, run / "results.parquet", tmp_path / "flat.npy"):
+        figure = tmp_path / f"{samples.name}.png"
+        assert main(["memorization", "--samples", str(samples), "--train", "digits", "--bootstrap", "0",
+                     "--no-progress", "--figure", str(figure)]) == 0
+        assert f"figure: {figure}" in capsys.readouterr().out
+        widths.append(Image.open(figure).size[0])
+    assert widths[0] == widths[1] > widths[2]                      # the run's samples get the pairs panel
+
+
+def test_cli_audits_against_the_subset_a_kfm_train_run_trained_on(digits_runs, tmp_path, capsys):
+    from kinetic_fm.data.digits import load_digits
+
+    net, run = digits_runs
+    out = tmp_path / "table.csv"
+    assert main(["memorization", "--samples", str(run), "--train", str(net), "--bootstrap", "0",
+                 "--no-progress", "--out", str(out)]) == 0
+    assert "the 16 items it trained on (digits, n=16, seed=3)" in capsys.readouterr().out
+    subset = load_digits(n=16, seed=3).images                    # what kfm train --n 16 --seed 3 drew
+    assert not torch.equal(subset, load_digits(n=16, seed=0).images)
+    d1, d2, nearest = brute(torch.from_numpy(kfm.read_samples(run)), subset)
+    table = np.genfromtxt(out, delimiter=",", names=True)
+    np.testing.assert_array_equal(table["nearest"], nearest.numpy())
+    np.testing.assert_allclose(table["ratio"], (d1 / d2).numpy(), rtol=1e-5)
+    assert main(["memorization", "--samples", str(net), "--train", str(net)]) == 2
+    assert "is a kfm train run folder (a net, not samples)" in capsys.readouterr().err
+    assert main(["memorization", "--samples", str(run), "--train", str(net), "--train-key", "x"]) == 2
+    assert "is a run folder" in capsys.readouterr().err
+
+
 def test_cli_reads_image_folders_zips_and_data_specs(tmp_path, capsys):
     """PNG samples in a folder and in a zip, the training set as an .npy or as the `digits` spec:
     copies of training images are memorized (ratio 0), fresh images are not."""

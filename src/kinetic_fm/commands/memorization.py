@@ -5,6 +5,8 @@ import argparse
 
 from ._types import seed_number
 
+TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -16,15 +18,20 @@ def register(subparsers) -> None:
             "columns), or a folder or .zip of images (PNG/JPEG, read as [-1, 1], one channel when all "
             "are grey); --train may also be a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, "
             "folder:PATH, digits: its whole training split, in [-1, 1]; celeba: grey, centred by the "
-            "mean image of all its faces, so a net kfm train trained on --n of them is audited against "
-            "its own subset: save load_celeba(PATH, n=N, seed=S).images to a .pt). Rows are flattened."
+            "mean image of all its faces). A net trained on a subset (kfm train --n) is audited against "
+            "that subset with --train RUN, its kfm train run folder. Rows are flattened; a kfm sample "
+            "run folder or its results.parquet gives each sample its recorded shape, so --figure can "
+            "show images."
         ),
     )
     parser.add_argument("--samples", required=True,
-                        help="generated samples, shape (B, ...): an array file, or a folder/.zip of images")
+                        help="generated samples, shape (B, ...): an array file, a folder/.zip of images, or a "
+                             "kfm sample run folder (its final samples x, in their recorded shape)")
     parser.add_argument("--train", required=True,
-                        help="training items, shape (N, ...): an array file, a folder/.zip of images, or a "
-                             "data spec such as cifar10:/data/cifar-10-batches-py")
+                        help="training items, shape (N, ...): an array file, a folder/.zip of images, a "
+                             "data spec such as cifar10:/data/cifar-10-batches-py, or a kfm train run folder "
+                             "(exactly the items it trained on: its data spec, --n subset and --seed, read "
+                             "from its config.json)")
     parser.add_argument("--key", default=None, help="array/column name inside --samples")
     parser.add_argument("--train-key", default=None, help="array/column name inside --train")
     parser.add_argument("--threshold", type=float, default=1 / 3, help="gap-ratio threshold in (0, 1) (default 1/3)")
@@ -118,14 +125,29 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
     from ..data.subset import dataset_rows
     from ..metrics._arrays import load_array
 
+    from ..runs.manifest import MANIFEST_NAME
+
     path = Path(value)
     spec_names = {spec.partition(":")[0] for spec in DATA_SPECS}
     is_spec = specs and value.partition(":")[0] in spec_names and not path.exists()
-    is_images = not is_spec and (path.is_dir() or path.suffix.lower() == ".zip")
-    if (is_spec or is_images) and key is not None:
+    # kfm sample writes manifest.json into its run folder, kfm train config.json
+    is_run = path.is_dir() and (path / (TRAIN_CONFIG if specs else MANIFEST_NAME)).is_file()
+    is_images = not (is_spec or is_run) and (path.is_dir() or path.suffix.lower() == ".zip")
+    if (is_spec or is_run or is_images) and key is not None:
         flag = "--key" if name == "--samples" else "--train-key"
-        raise ValueError(f"{flag} names an array inside a file; {name} {value!r} is "
-                         f"{'a data spec' if is_spec else 'a folder of images'}")
+        what = "a data spec" if is_spec else "a run folder" if is_run else "a folder of images"
+        raise ValueError(f"{flag} names an array inside a file; {name} {value!r} is {what}")
+    if not specs and path.is_dir() and (path / TRAIN_CONFIG).is_file() and not is_run:
+        raise ValueError(f"--samples {value!r} is a kfm train run folder (a net, not samples): sample it with "
+                         "kfm sample --model and pass that run folder")
+    if is_run and specs:
+        return _training_rows(path, progress), None
+    if is_run:
+        import torch
+
+        from ..runs.shards import read_samples
+
+        return torch.from_numpy(read_samples(path)), None
     if is_spec:
         return dataset_rows(load_dataset(value, progress=progress)), None
     if is_images:
@@ -136,6 +158,33 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
             images = images[:, :1]                    # grey throughout (R = G = B): one channel
         return images, image_names(path)
     return load_array(value, key), None
+
+
+def _training_rows(run, progress: bool):
+    """The items a ``kfm train`` run folder trained on: the data spec, ``--n`` and ``--seed`` its
+    config.json records, loaded again and checked against the recorded data shape."""
+    import json
+
+    from ..data.registry import load_dataset
+    from ..data.subset import dataset_rows
+
+    try:
+        config = json.loads((run / TRAIN_CONFIG).read_text(encoding="utf-8"))
+        spec, n, seed = config["info"]["data"], config["info"].get("n"), config["train"]["seed"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"--train {run}: its {TRAIN_CONFIG} names no data spec (kfm train writes one); "
+                         "pass the training items themselves") from None
+    try:
+        data = load_dataset(spec, n=n, seed=seed, progress=progress)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--train {run} trained on {spec!r}, which is not found from here ({err}); "
+                                "a relative path is read from the current folder") from None
+    rows = dataset_rows(data)
+    if list(rows.shape) != config.get("data_shape"):
+        raise ValueError(f"--train {run}: {spec!r} (n={n}, seed={seed}) now loads {list(rows.shape)}, but the "
+                         f"run trained on {config.get('data_shape')}: the data changed since")
+    print(f"--train {run}: the {rows.shape[0]} items it trained on ({spec}, n={n}, seed={seed})")
+    return rows
 
 
 def _cifar_images(name: str, x):
