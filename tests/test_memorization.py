@@ -162,8 +162,11 @@ def test_duplicated_training_item_copied_counts_as_memorized():
 def test_to_frame_has_one_row_per_sample(case):
     samples, train = case
     frame = kfm.memorization(samples, train, bootstrap=10).to_frame()
-    assert list(frame.columns) == ["d1", "d2", "ratio", "nearest", "memorized"]
+    assert list(frame.columns) == ["sample", "d1", "d2", "ratio", "nearest", "memorized"]
     assert len(frame) == 100 and frame["memorized"].sum() == 40
+    assert frame["sample"].tolist() == list(range(100))
+    copies = frame[frame["d1"] == 0]                 # the 20 exact copies of train[:20] are samples 0..19
+    assert copies["sample"].tolist() == copies["nearest"].tolist() == list(range(20))
 
 
 @pytest.mark.parametrize("samples,train,kwargs,match", [

@@ -103,10 +103,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[str] | None):
-    """The report's table led by ``sample`` (the row of --samples), with the image files' names
+    """The report's table (led by ``sample``, the row of --samples), with the image files' names
     beside the rows and the nearest training items when the inputs were folders of images."""
     frame = report.to_frame()
-    frame.insert(0, "sample", range(len(frame)))
     if sample_files is not None:
         frame.insert(1, "file", sample_files)
     if train_files is not None:

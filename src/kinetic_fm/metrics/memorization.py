@@ -75,10 +75,13 @@ class MemorizationReport:
                 f"samples with d1/d2 < {self.threshold:.4g}")
 
     def to_frame(self) -> "pd.DataFrame":
-        """One row per sample: d1, d2, ratio, nearest, memorized."""
+        """One row per sample: sample (its row in the audited samples, as ``nearest`` is a row of
+        the training set), d1, d2, ratio, nearest, memorized."""
+        import numpy as np
         import pandas as pd
 
         return pd.DataFrame({
+            "sample": np.arange(len(self)),
             "d1": self.d1.cpu().numpy(),
             "d2": self.d2.cpu().numpy(),
             "ratio": self.ratio.cpu().numpy(),
