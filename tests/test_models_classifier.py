@@ -29,3 +29,90 @@ def test_tiny_digits_classifier_generalises_and_is_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(fit.model.state_dict().values(), again.model.state_dict().values()))
     with pytest.raises(ValueError, match="images must be"):
         train_classifier(ds.images[:, 0], ds.labels)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_at(k):
+    def callback(step, loss):
+        if step == k:
+            raise _Interrupt
+    return callback
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_an_interrupted_classifier_resumes_to_the_uninterrupted_weights(tmp_path):
+    from kinetic_fm.models.checkpoint import load_state
+
+    ds = load_digits(n=96, seed=1)
+    kwargs = dict(steps=23, batch_size=16, width=4, lr=5e-3, seed=2, save_every=5)
+    whole = train_classifier(ds.images, ds.labels, **kwargs)              # in memory, no folder
+    with pytest.raises(_Interrupt):                                        # killed after step 13: resume.pt is at 10
+        train_classifier(ds.images, ds.labels, out=tmp_path / "cut", callback=_stop_at(13), **kwargs)
+    assert load_state(tmp_path / "cut" / "resume.pt")["step"] == 10
+    assert not _same_weights(whole.model, train_classifier(ds.images, ds.labels, **{**kwargs, "steps": 10}).model)
+    torch.manual_seed(123)                                                 # the caller's RNG plays no part
+    before = torch.get_rng_state()
+    resumed = train_classifier(ds.images, ds.labels, out=tmp_path / "cut", resume=True,
+                               test=(ds.images, ds.labels), **kwargs)
+    assert _same_weights(whole.model, resumed.model)
+    assert torch.equal(torch.get_rng_state(), before)                      # and it is left as it was
+    assert load_state(tmp_path / "cut" / "resume.pt")["step"] == 23
+    again = train_classifier(ds.images, ds.labels, out=tmp_path / "cut", resume=True, **kwargs)  # nothing left to do
+    assert _same_weights(whole.model, again.model)
+
+
+def test_a_classifier_resume_refuses_other_settings_and_an_unasked_resume(tmp_path):
+    ds = load_digits(n=32, seed=1)
+    kwargs = dict(steps=4, batch_size=8, width=4, save_every=2)
+    train_classifier(ds.images, ds.labels, out=tmp_path, **kwargs)
+    with pytest.raises(ValueError, match=r"settings differ from the saved run \(train.steps, train.lr\)"):
+        train_classifier(ds.images, ds.labels, out=tmp_path, resume=True, **{**kwargs, "steps": 6, "lr": 1e-3})
+    with pytest.raises(ValueError, match="already holds a classifier training"):
+        train_classifier(ds.images, ds.labels, out=tmp_path, **kwargs)
+
+
+def test_kfm_reproduce_resumes_an_interrupted_judging_classifier(tmp_path, monkeypatch):
+    from kinetic_fm.models import classifier as module
+    from kinetic_fm.studies.assets import _classifier, _load_split
+    from kinetic_fm.studies.config import AssetsConfig
+    from kinetic_fm.studies.workspace import Workspace
+
+    cfg = AssetsConfig(data="digits", n_train=200, n_heldout=40, classifier_steps=120)
+    split = _load_split(cfg, progress=False)
+    train, labels, heldout, heldout_labels = split[:4]
+
+    def judge(folder):
+        net, _, accuracy = _classifier(cfg, Workspace(tmp_path / folder), train, labels, heldout, heldout_labels,
+                                       progress=False)
+        return net, accuracy
+
+    whole, accuracy = judge("whole")
+    calls = []
+    forward = module.SmallCNN.forward
+
+    def interrupted(self, x):                    # Ctrl-C in the classifier's 111th step
+        calls.append(1)
+        if len(calls) == 111:
+            raise KeyboardInterrupt
+        return forward(self, x)
+
+    monkeypatch.setattr(module.SmallCNN, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        judge("cut")
+    monkeypatch.setattr(module.SmallCNN, "forward", forward)
+    states = list((tmp_path / "cut" / "models").glob("classifier-*/resume.pt"))
+    assert len(states) == 1
+    from kinetic_fm.models.checkpoint import load_state
+    assert load_state(states[0])["step"] == 100                # save_every = max(100, 120 // 20)
+    calls.clear()
+    monkeypatch.setattr(module.SmallCNN, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    resumed, again = judge("cut")
+    assert len(calls) == 20 + 1                                # the last 20 steps, then the held-out accuracy
+    assert _same_weights(whole, resumed) and again == accuracy

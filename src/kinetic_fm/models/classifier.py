@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,25 +67,71 @@ def train_classifier(
     augment_noise: float = 0.05,
     width: int = 32,
     progress: bool = False,
+    out: str | Path | None = None,
+    resume: bool = False,
+    save_every: int = 100,
+    callback: Callable[[int, Tensor], None] | None = None,
 ) -> ClassifierFit:
     """Train :class:`SmallCNN` on (N, C, H, W) images in [-1, 1] with (N,) int64 labels.
 
     ``augment_noise`` adds Gaussian noise of that std to training batches (so generated samples,
     which are never pixel-perfect, are judged fairly). ``width`` sets the CNN's channels.
     ``test`` = (images, labels) gives ``test_accuracy``. Deterministic for a seed.
-    """
-    from tqdm.auto import tqdm
 
+    ``out``: a folder for ``resume.pt``, written every ``save_every`` steps and at the last (the
+    velocity nets' format, :func:`~kinetic_fm.models.train.save_resume_state`), under the folder's
+    lock; ``resume=True`` continues from it, so an interrupted training ends with the weights of
+    an uninterrupted one, bit for bit. Every setting must match the saved run's, ``steps``
+    included (the one-cycle learning-rate schedule spans them). ``callback(step, loss)`` runs after
+    each step (1-based; an exception there stops training, the last resume state stays).
+    """
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)}, {tuple(labels.shape)}")
+    if save_every < 1:
+        raise ValueError(f"save_every must be >= 1, got {save_every}")
+    settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, augment_noise=augment_noise, width=width)
+    if out is None:
+        return _train_classifier(images, labels, settings, test, progress, None, False, save_every, callback)
+    from ..runs.lock import RunLock  # here: the runs package brings pyarrow with it
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        return _train_classifier(images, labels, settings, test, progress, out, resume, save_every, callback)
+
+
+def _train_classifier(images: Tensor, labels: Tensor, settings: dict[str, Any], test: tuple[Tensor, Tensor] | None,
+                      progress: bool, out: Path | None, resume: bool, save_every: int,
+                      callback: Callable[[int, Tensor], None] | None) -> ClassifierFit:
+    """:func:`train_classifier`'s work, with ``out``'s lock held."""
+    from tqdm.auto import tqdm
+
+    from .train import RESUME_FILE, load_resume_state, save_resume_state
+
+    steps, batch_size, lr, seed = settings["steps"], settings["batch_size"], settings["lr"], settings["seed"]
+    width, augment_noise = settings["width"], settings["augment_noise"]
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = SmallCNN(images.shape[1], int(labels.max()) + 1, width=width, feature_dim=4 * width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    losses = torch.zeros(steps, dtype=torch.float32)
+    # the loop draws from g alone (the model is built under its own seed), so the caller's global
+    # generators are neither saved nor restored: a resumed run leaves them as a fresh one does
+    parts, generators, device = {"model": model, "optimizer": opt, "scheduler": sched}, {"data": g}, images.device
+    run_config = {"model": {"kind": model.kind, "config": model.config}, "train": settings,
+                  "data_shape": list(images.shape)}
+    state_path = None if out is None else out / RESUME_FILE
+    start = 0
+    if state_path is not None and state_path.is_file():
+        if not resume:
+            raise ValueError(f"{out} already holds a classifier training ({RESUME_FILE}); continue it with "
+                             "resume=True or choose another folder")
+        start = load_resume_state(state_path, steps, parts, losses, generators, device, run_config, free=(),
+                                  stacklevel=3)  # the caller of train_classifier()
     model.train()
-    for _ in tqdm(range(steps), desc="classifier", disable=not progress):
+    for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
         idx = torch.randint(images.shape[0], (batch_size,), generator=g)
         x = images[idx] + augment_noise * torch.randn(images[idx].shape, generator=g)
         loss = F.cross_entropy(model(x), labels[idx])
@@ -91,6 +139,12 @@ def train_classifier(
         loss.backward()
         opt.step()
         sched.step()
+        losses[i] = loss.detach()
+        step = i + 1
+        if state_path is not None and (step % save_every == 0 or step == steps):
+            save_resume_state(state_path, step, parts, losses, generators, device, run_config, global_rngs=False)
+        if callback is not None:
+            callback(step, loss.detach())
     model.eval()
     accuracy = None
     if test is not None:

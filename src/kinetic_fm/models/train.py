@@ -117,7 +117,13 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def _rng_state(data_gen: torch.Generator, noise_gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+def _rng_state(generators: dict[str, torch.Generator], device: torch.device, *,
+               global_rngs: bool = True) -> dict[str, Any]:
+    """The states of ``generators`` (by name) and, with ``global_rngs``, of torch's, NumPy's and
+    Python's global generators (and ``device``'s, on a GPU)."""
+    named = {name: g.get_state() for name, g in generators.items()}
+    if not global_rngs:
+        return named
     np_state = np.random.get_state()
     py_state = random.getstate()
     # a net on a GPU draws its dropout from that device's default generator, not the CPU's
@@ -129,22 +135,67 @@ def _rng_state(data_gen: torch.Generator, noise_gen: torch.Generator, device: to
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
         "python": {"version": py_state[0], "state": torch.tensor(py_state[1], dtype=torch.int64),
                    "gauss": py_state[2]},
-        "data": data_gen.get_state(),
-        "noise": noise_gen.get_state(),
+        **named,
     }
 
 
-def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator, noise_gen: torch.Generator,
-                   device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:  # a resume.pt from before this was saved has none
-        torch.cuda.set_rng_state(state["cuda"], device)
-    np_s = state["numpy"]
-    np.random.set_state(("MT19937", np_s["key"].numpy().astype(np.uint32), np_s["pos"], np_s["has_gauss"], np_s["cached"]))
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-    data_gen.set_state(state["data"])
-    noise_gen.set_state(state["noise"])
+def _set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator], device: torch.device) -> None:
+    """Restore what :func:`_rng_state` saved: the global generators only when it saved them."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+        if device.type == "cuda" and "cuda" in state:  # a resume.pt from before this was saved has none
+            torch.cuda.set_rng_state(state["cuda"], device)
+        np_s = state["numpy"]
+        np.random.set_state(("MT19937", np_s["key"].numpy().astype(np.uint32), np_s["pos"], np_s["has_gauss"],
+                             np_s["cached"]))
+        py = state["python"]
+        random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    for name, g in generators.items():
+        g.set_state(state[name])
+
+
+def save_resume_state(path: Path, step: int, parts: dict[str, Any], losses: Tensor,
+                      generators: dict[str, torch.Generator], device: torch.device, run_config: dict[str, Any],
+                      *, global_rngs: bool = True) -> None:
+    """Write a training loop's ``resume.pt`` atomically: the step, the ``state_dict()`` of every
+    part (net, EMA, optimizer, scheduler: name -> object), the (step,) losses so far, the random
+    generators' states (see :func:`_rng_state`) and the settings, ``run_config``, as JSON."""
+    save_state({
+        "step": step, **{name: part.state_dict() for name, part in parts.items()},
+        "losses": losses[:step].clone(), "rng": _rng_state(generators, device, global_rngs=global_rngs),
+        "config": json.dumps(run_config),
+    }, path)
+
+
+def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Tensor,
+                      generators: dict[str, torch.Generator], device: torch.device, run_config: dict[str, Any],
+                      *, free: tuple[str, ...] = ("steps",), stacklevel: int = 2) -> int:
+    """Restore what :func:`save_resume_state` wrote into ``parts``, ``losses`` and ``generators``
+    (and the global generators, when it saved them); returns the step to continue from.
+
+    The saved ``run_config`` must equal this one, except the ``train`` settings named in ``free``
+    (ValueError names every difference); ``steps`` (this run's total) must not be below the saved
+    step. Resuming a CPU state on a GPU, or the reverse, warns: the result is then not
+    bit-identical (``stacklevel`` points the warning at the caller)."""
+    state = load_state(path)
+    saved = json.loads(state["config"])
+    mismatch = [k for k in run_config if k != "train" and saved.get(k) != run_config[k]]
+    mismatch += [f"train.{k}" for k in saved["train"] if k not in free and saved["train"][k] != run_config["train"][k]]
+    if mismatch:
+        raise ValueError(f"cannot resume {path}: settings differ from the saved run ({', '.join(mismatch)})")
+    start = int(state["step"])
+    if start > steps:
+        raise ValueError(f"cannot resume {path}: it is at step {start}, beyond steps={steps}")
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    losses[:start] = state["losses"][:start]
+    if "torch" in state["rng"] and ("cuda" in state["rng"]) != (device.type == "cuda"):
+        saved_on = "a CUDA device" if "cuda" in state["rng"] else "the CPU"
+        warnings.warn(f"resuming {path} on {device}, saved on {saved_on}: training goes on, but "
+                      "the result will not be bit-identical to an uninterrupted run on either",
+                      stacklevel=stacklevel + 1)
+    _set_rng_state(state["rng"], generators, device)
+    return start
 
 
 def _config_json(config: TrainConfig) -> dict[str, Any]:
@@ -257,26 +308,11 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         if earlier:
             raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                              "resume=True (kfm train --resume) or choose another folder")
+    parts = {"model": model, "ema": ema, "optimizer": optimizer}
+    generators = {"data": data_gen, "noise": noise_gen}
     if resume and state_path is not None and state_path.is_file():
-        state = load_state(state_path)
-        saved = json.loads(state["config"])
-        mismatch = [k for k in ("model", "data_shape", "info") if saved.get(k) != run_config[k]]
-        mismatch += [f"train.{k}" for k in saved["train"] if k != "steps" and saved["train"][k] != run_config["train"][k]]
-        if mismatch:
-            raise ValueError(f"cannot resume {state_path}: settings differ from the saved run ({', '.join(mismatch)})")
-        start = int(state["step"])
-        if start > config.steps:
-            raise ValueError(f"cannot resume {state_path}: it is at step {start}, beyond steps={config.steps}")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        losses[:start] = state["losses"][:start]
-        if ("cuda" in state["rng"]) != (device.type == "cuda"):
-            saved_on = "a CUDA device" if "cuda" in state["rng"] else "the CPU"
-            warnings.warn(f"resuming {state_path} on {device}, saved on {saved_on}: training goes on, but "
-                          "the result will not be bit-identical to an uninterrupted run on either",
-                          stacklevel=3)  # the caller of train()
-        _set_rng_state(state["rng"], data_gen, noise_gen, device)
+        start = load_resume_state(state_path, config.steps, parts, losses, generators, device, run_config,
+                                  stacklevel=3)  # the caller of train()
     if out is not None:
         (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
         for name, tensors in (extra_weights or {}).items():
@@ -291,13 +327,8 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
                 written[step] = path
 
     def save_resume(step: int) -> None:
-        if state_path is None:
-            return
-        save_state({
-            "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(), "losses": losses[:step].clone(),
-            "rng": _rng_state(data_gen, noise_gen, device), "config": json.dumps(run_config),
-        }, state_path)
+        if state_path is not None:
+            save_resume_state(state_path, step, parts, losses, generators, device, run_config)
 
     n = data.shape[0]
     model.train()

@@ -1,7 +1,8 @@
 """What every study shares: the image data, a judging classifier, and two trained velocity nets.
 
-Everything is cached in the workspace (classifier weights, model run folders with resumable
-training state), so a re-run after an interruption picks up where it stopped.
+Everything is cached in the workspace (classifier weights, and run folders with resumable
+training state for the classifier and the velocity nets), so a re-run after an interruption
+picks up where it stopped.
 """
 from __future__ import annotations
 
@@ -121,14 +122,19 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
         return None, "pixels", None
     from ..models.classifier import SmallCNN, train_classifier
 
+    key = {"data": cfg.data, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout,
+           "steps": cfg.classifier_steps, "seed": cfg.seed}
+
     def fit():
+        # resumable like the velocity nets: an interrupted run continues from its last resume state
         result = train_classifier(train, train_labels, steps=cfg.classifier_steps, seed=cfg.seed,
-                                  test=(heldout, heldout_labels), progress=progress)
+                                  test=(heldout, heldout_labels), progress=progress,
+                                  out=ws.model_dir("classifier", key), resume=True,
+                                  save_every=max(100, cfg.classifier_steps // 20))
         return {"state": result.model.state_dict(), "config": dict(result.model.config),
                 "accuracy": result.test_accuracy}
 
-    stored = ws.cached("classifier", {"data": cfg.data, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout,
-                                      "steps": cfg.classifier_steps, "seed": cfg.seed}, fit)
+    stored = ws.cached("classifier", key, fit)
     net = SmallCNN(**stored["config"])
     net.load_state_dict(stored["state"])
     name = "digits-cnn" if cfg.data == "digits" else f"{cfg.data.partition(':')[0]}-cnn"
