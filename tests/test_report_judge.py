@@ -36,3 +36,29 @@ def test_overview_names_a_trained_judge_as_before():
     cfg = ReproduceConfig.preset("tiny", data="mnist:/x")
     text = _overview(cfg, ("semantics",), _assets(torch.nn.Identity(), "mnist-cnn", 0.95, False), {"semantics": 1.0}, 1.0)
     assert "Nets: the judging classifier `mnist-cnn` (held-out accuracy 95.0%), a generalising" in text
+
+
+def _support_text(monkeypatch, assets) -> str:
+    from kinetic_fm.studies import support
+    from kinetic_fm.studies.config import SemanticsConfig, SupportConfig
+
+    g = torch.Generator().manual_seed(0)
+    run = {"x": torch.rand(12, 1, 4, 4, generator=g) * 2 - 1, "kpe": torch.rand(12, generator=g),
+           "seeds": torch.arange(12)}
+    monkeypatch.setattr(support, "general_samples", lambda *args: run)
+    out = support.run_support(SupportConfig(k=3, bootstrap=20), SemanticsConfig(), assets, None, "")
+    spaces = set(out.tables["general_support"].filter(like="knn_log_density_").columns)
+    return out.sections[0].text, spaces
+
+
+def test_support_text_names_only_the_spaces_it_measured(monkeypatch):
+    train = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    unlabelled = SimpleNamespace(train=train, classifier=None, classifier_name="pixels")
+    text, spaces = _support_text(monkeypatch, unlabelled)
+    assert spaces == {"knn_log_density_pixels"}
+    assert "feature space" not in text and "in pixel space only: the data have no labels" in text
+    labelled = SimpleNamespace(train=train, classifier=torch.nn.Identity(), classifier_name="digits-cnn",
+                               features=lambda x: x.flatten(1)[:, :3], train_features=lambda: train.flatten(1)[:, :3])
+    text, spaces = _support_text(monkeypatch, labelled)
+    assert spaces == {"knn_log_density_pixels", "knn_log_density_digits-cnn"}
+    assert "in pixel space and in the judging classifier's feature space (`digits-cnn`)" in text

@@ -2,8 +2,8 @@
 
 The paper (CIFAR-10, 150 steps) reports Spearman ρ(KPE, local support) = −0.65 with kNN and −0.64
 with KDE. Support is measured per sample against the training set as a kNN log-density
-(−D·log r_k) and a Gaussian KDE log-density (Scott's bandwidth), in pixel space and in the judging
-classifier's feature space. An exact 2-D Gaussian mixture (closed-form velocity, known density)
+(−D·log r_k) and a Gaussian KDE log-density (Scott's bandwidth), in pixel space and, for a labelled
+set, in the judging classifier's feature space. An exact 2-D Gaussian mixture (closed-form velocity, known density)
 adds a check free of training error.
 """
 from __future__ import annotations
@@ -28,6 +28,17 @@ def support_verdict(rho: Correlation) -> str:
     """Higher-KPE samples have sparser local training support: the paper expects
     ρ(KPE, local log-density) < 0 (−0.65 with kNN, −0.64 with KDE)."""
     return verdict_from_interval(rho.ci_low, rho.ci_high, -1)
+
+
+def _spaces_in_words(spaces, assets) -> str:
+    """Where support was measured, as the section says it: only the spaces in ``spaces``."""
+    others = [f"the judging classifier's feature space (`{name}`)"
+              if assets.classifier is not None and name == assets.classifier_name else f"the `{name}` space"
+              for name in spaces if name != "pixels"]
+    if not others:
+        why = "" if assets.classifier is not None else ": the data have no labels, so no judging classifier"
+        return f"in pixel space only{why}"
+    return "in pixel space and in " + " and in ".join(others)
 
 
 def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key: str) -> StudyOutput:
@@ -79,7 +90,7 @@ def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws
         "Energy and sparsity",
         text=(f"Local support of the same {len(kpe)} samples of the generalising model against the "
               f"{len(assets.train)} training images: kNN log-density (k = {cfg.k}, −D·log r_k up to a constant) "
-              "and Gaussian KDE log-density, in pixel space and in the classifier's feature space. "
+              f"and Gaussian KDE log-density, {_spaces_in_words(spaces, assets)}. "
               "A negative ρ means higher-energy samples lie where the training data are sparse.\n\n"
               f"On the exact 2-D Gaussian mixture (no training error, true density) ρ = {toy_rho.rho:+.3f} "
               f"[{toy_rho.ci_low:+.3f}, {toy_rho.ci_high:+.3f}], n = {toy_rho.n}: "
