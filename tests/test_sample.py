@@ -568,6 +568,32 @@ def test_wrong_device_is_reported(x0):
         kfm.sample(Meta(), x0, steps=2)
 
 
+class ChangesOnThirdCall:
+    """-x, except that the third call returns ``change(-x)``: one velocity per sample only, or
+    float32 for float64 samples. Broadcast or promoted into the state, either went unnoticed."""
+
+    def __init__(self, change):
+        self.change, self.calls = change, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.change(-x) if self.calls == 3 else -x
+
+
+@pytest.mark.parametrize("solver", [*FIXED, "dopri5"])
+@pytest.mark.parametrize("change, message", [
+    (lambda v: v[:, :1], r"returned shape \(16, 1\) .*but x has shape \(16, 3\)"),
+    (lambda v: v.float(), r"returned dtype torch.float32 .*but x has dtype torch.float64"),
+])
+def test_every_velocity_call_is_checked_not_only_the_first(solver, change, message, x0):
+    velocity = ChangesOnThirdCall(change)
+    with pytest.raises(ValueError, match=message) as refused:
+        kfm.sample(velocity, x0, steps=4, solver=solver)
+    assert velocity.calls == 3  # stopped at the call that went wrong
+    if solver == "euler":
+        assert " at step 2 (t = 0.5)" in str(refused.value)
+
+
 @pytest.mark.parametrize("solver", [*FIXED, "dopri5"])
 def test_a_velocity_that_changes_its_input_in_place_is_refused(solver, x0):
     def halving(x, t):  # a net that rescales its input in place, then answers for the original x

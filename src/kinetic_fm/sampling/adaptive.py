@@ -22,7 +22,8 @@ import torch
 from ..norms import squared_norm
 from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
-from .guards import NonFiniteVelocityError, check_state_unchanged, first_velocity, state_version
+from .guards import (NonFiniteVelocityError, check_state_unchanged, check_velocity_output, first_velocity,
+                     state_version)
 from .shaping import KTS
 from .tableau import DOPRI5
 
@@ -72,7 +73,9 @@ def integrate_dopri5(
 
     def f(x: torch.Tensor, tt: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         field = velocity if active is None or select is None else select(active)
-        return field(x, tt.to(dtype))
+        v = field(x, tt.to(dtype))
+        check_velocity_output(v, x, " during dopri5's steps")  # every call: metadata only, no sync
+        return v
 
     x = x0.clone()
     version = state_version(x)

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from .energy import EnergyLedger, quadrature_weights
-from .guards import check_state_unchanged, first_velocity, state_version
+from .guards import check_state_unchanged, check_velocity_output, first_velocity, state_version
 from .shaping import KTS
 from .tableau import EULER, HEUN3, Tableau
 
@@ -88,7 +88,11 @@ def integrate_fixed(
                 if a_jl != 0.0:
                     xj = torch.add(xj, stage_v[l], alpha=h * a_jl * eta[i][l])
             version = state_version(xj) if xj is x else None
-            v = first_velocity(velocity, xj, t_vectors[i][j]) if i == 0 and j == 0 else velocity(xj, t_vectors[i][j])
+            if i == 0 and j == 0:
+                v = first_velocity(velocity, xj, t_vectors[i][j])
+            else:  # metadata only: no synchronisation
+                v = velocity(xj, t_vectors[i][j])
+                check_velocity_output(v, xj, f" at step {i} (t = {t_stage[i][j]:.6g})")
             check_state_unchanged(xj, version, i, t_stage[i][j], is_x0=xj is x0)
             flat = v.reshape(batch, -1)
             if flat.dtype != norm_dtype:

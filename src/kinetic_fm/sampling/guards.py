@@ -100,18 +100,21 @@ def _dtype_hint(x: torch.Tensor) -> str:
             "lambda x, t: net(x.to(net_dtype), t).to(x.dtype) (README: 'A network in reduced precision')")
 
 
-def check_velocity_output(v: object, x: torch.Tensor) -> None:
-    """Shape, dtype and device of v(x, t) must match x (checked once, on the first call)."""
+def check_velocity_output(v: object, x: torch.Tensor, at: str = "") -> None:
+    """Shape, dtype and device of v(x, t) must match x. The solvers check every call: it reads
+    only the tensors' metadata (no host synchronisation), and a later call returning (B, 1) or
+    float64 would otherwise be broadcast or promoted into the state without an error. ``at``
+    names the call in the message (e.g. " at step 2 (t = 0.5)"); empty for the first call."""
     tensor_output(v)
     if v.shape != x.shape:
         raise ValueError(
-            f"velocity returned shape {tuple(v.shape)} but x has shape {tuple(x.shape)}; "
+            f"velocity returned shape {tuple(v.shape)}{at} but x has shape {tuple(x.shape)}; "
             f"v(x, t) must return one velocity per coordinate of x ({CONVENTION_HINT})"
         )
     if v.dtype != x.dtype:
-        raise ValueError(f"velocity returned dtype {v.dtype} but x has dtype {x.dtype}; {_dtype_hint(x)}")
+        raise ValueError(f"velocity returned dtype {v.dtype}{at} but x has dtype {x.dtype}; {_dtype_hint(x)}")
     if v.device != x.device:
-        raise ValueError(f"velocity returned a tensor on {v.device} but x is on {x.device}")
+        raise ValueError(f"velocity returned a tensor on {v.device}{at} but x is on {x.device}")
 
 
 class TrainingModeWarning(UserWarning):
