@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import kinetic_fm as kfm
 from kinetic_fm.checks import as_scalar, check_flag, is_integer, is_real, positive_integer
 
 
@@ -150,3 +151,89 @@ def test_every_set_metric_warns_about_copies_saved_as_uint8(metric):
     if metric == "memorization":
         assert result.fraction == 0.0                                 # what the warning is about
         assert kfm.memorization(copies / 127.5 - 1, train, bootstrap=0).fraction == 1.0
+
+
+# --- arrays as the public functions receive them: other byte orders, pandas tables ----------
+_SET_METRICS = {
+    "memorization": (lambda a, b: kfm.memorization(a, b, bootstrap=0), "ratio"),
+    "nearest_neighbors": (lambda a, b: kfm.nearest_neighbors(a, b, 2), "distances"),
+    "frechet_distance": (lambda a, b: kfm.frechet_distance(a, b), "value"),
+    "precision_recall": (lambda a, b: kfm.precision_recall(b, a), "precision"),
+    "local_support": (lambda a, b: kfm.local_support(a, b, k=2, ks=(1,)), "radii"),
+    "kde_log_density": (lambda a, b: kfm.kde_log_density(a, b), "log_density"),
+}
+
+
+def _two_sets():
+    rng = np.random.default_rng(3)
+    return rng.normal(size=(30, 4)), rng.normal(size=(50, 4))
+
+
+def _as_list(value):
+    return value.tolist() if isinstance(value, torch.Tensor) else value
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # 30 samples of 4 features: the FD bias warning
+@pytest.mark.parametrize("metric", sorted(_SET_METRICS))
+def test_every_set_metric_reads_big_endian_arrays_as_their_values(metric):
+    # torch refuses arrays in non-native byte order ("conversion between byte orders is not
+    # supported"); they come from FITS files or data written on another machine
+    call, field = _SET_METRICS[metric]
+    samples, reference = _two_sets()
+    want = _as_list(getattr(call(samples, reference), field))
+    got = call(samples.astype(">f8"), reference.astype(">f8"))
+    assert _as_list(getattr(got, field)) == want
+
+
+def test_the_kts_gain_reads_a_big_endian_array_of_times():
+    times = np.array([0.0, 0.3, 0.6, 0.9, 1.0])
+    kts = kfm.KTS(alpha0=0.2, beta0=0.02)
+    got = kts(times.astype(">f8"))
+    assert got.dtype.isnative and got.tolist() == kts(times).tolist()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("metric", sorted(_SET_METRICS))
+def test_every_set_metric_hands_torch_writable_arrays_from_pandas_tables(metric, monkeypatch):
+    # pandas' copy-on-write hands out read-only views, and torch warns of a non-writable array
+    # (once per process, so the spy below looks at what torch is given, call by call)
+    pd = pytest.importorskip("pandas")
+    seen = []
+    real = torch.as_tensor
+
+    def spy(data, *args, **kwargs):
+        if isinstance(data, np.ndarray):
+            seen.append(data.flags.writeable)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "as_tensor", spy)
+    call, field = _SET_METRICS[metric]
+    samples, reference = _two_sets()
+    want = _as_list(getattr(call(samples, reference), field))
+    seen.clear()
+    got = call(pd.DataFrame(samples), pd.DataFrame(reference))
+    assert seen and all(seen)
+    assert _as_list(getattr(got, field)) == want
+
+
+def test_pandas_tables_raise_no_warning_in_the_density_and_fidelity_metrics():
+    # torch's non-writable warning is given once per process: a fresh one sees the first offender
+    import subprocess
+    import sys
+
+    pytest.importorskip("pandas")
+    script = """if True:
+        import warnings
+        import numpy as np, pandas as pd
+        import kinetic_fm as kfm
+        rng = np.random.default_rng(3)
+        a, b = pd.DataFrame(rng.normal(size=(40, 3))), pd.DataFrame(rng.normal(size=(60, 3)))
+        warnings.simplefilter("error")
+        kfm.kde_log_density(a, b)
+        kfm.local_support(a, b, k=2, ks=(1,))
+        kfm.frechet_distance(a, b)
+        kfm.precision_recall(a, b)
+        kfm.memorization(a, b, bootstrap=0)
+    """
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

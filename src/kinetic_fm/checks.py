@@ -34,6 +34,35 @@ def as_scalar(value):
     return value
 
 
+def torch_readable(value):
+    """``value`` in a form ``torch.as_tensor`` reads without error or warning, copied only where
+    it must be; one rule for every public function that takes arrays.
+
+    - A pandas DataFrame or Series becomes its values (``torch.as_tensor`` reads a DataFrame by
+      its column labels), copied when pandas hands out a read-only view, as it does under
+      copy-on-write: torch warns of a non-writable array.
+    - A NumPy array in non-native byte order (``'>f8'`` on a little-endian machine, e.g. read from
+      a FITS file or written on another machine) is converted to native order: torch refuses it.
+
+    Anything else (tensors, native arrays, lists, numbers) is returned unchanged.
+    """
+    import numpy as np
+
+    if hasattr(value, "to_numpy") and not isinstance(value, np.ndarray) and not _is_tensor(value):
+        value = value.to_numpy()
+        if isinstance(value, np.ndarray) and not value.flags.writeable:
+            value = value.copy()
+    if isinstance(value, np.ndarray) and not value.dtype.isnative:
+        value = value.astype(value.dtype.newbyteorder("="))
+    return value
+
+
+def _is_tensor(value) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
 def check_flag(name: str, value) -> bool:
     """``value`` as a bool if it is one (Python or NumPy); else ValueError naming ``name``.
 

@@ -42,7 +42,7 @@ import torch
 
 from . import gemm
 from .blocks import block_size
-from .checks import check_flag, check_same_layout, is_integer, positive_integer
+from .checks import check_flag, check_same_layout, is_integer, positive_integer, torch_readable
 
 BACKENDS = ("torch", "faiss")
 
@@ -68,11 +68,7 @@ class Neighbors:
 def as_rows(name: str, value) -> torch.Tensor:
     """``value`` as a tensor of shape (n, ...) with n ≥ 1; ValueError naming ``name`` otherwise.
     A pandas DataFrame or Series counts as its values (rows as rows)."""
-    if not isinstance(value, torch.Tensor) and hasattr(value, "to_numpy"):
-        value = value.to_numpy()  # torch.as_tensor reads a DataFrame by column labels (KeyError)
-        if not value.flags.writeable:  # a view under pandas' copy-on-write; torch warns of those
-            value = value.copy()
-    tensor = torch.as_tensor(value)
+    tensor = torch.as_tensor(torch_readable(value))
     if tensor.dim() == 0:
         raise ValueError(f"{name} must have shape (n, ...), got a scalar")
     if tensor.shape[0] == 0:

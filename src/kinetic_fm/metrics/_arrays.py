@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..checks import torch_readable
+
 FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")
 _NAME_ONE = "name one with a key (kfm memorization: --key or --train-key)"
 _UNREADABLE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what np.load raises on a damaged file
@@ -104,9 +106,7 @@ def _to_tensor(path: Path, data) -> torch.Tensor:
         raise ValueError(f"{path}: holds {data.dtype} values, need real numbers")
     if data.dtype.kind == "f" and data.dtype.itemsize > 8:
         data = data.astype(np.float64)  # long double: torch has no such type
-    if not data.dtype.isnative:  # e.g. big-endian files written elsewhere; torch needs native order
-        data = data.astype(data.dtype.newbyteorder("="))
-    data = np.ascontiguousarray(data)
+    data = np.ascontiguousarray(torch_readable(data))  # e.g. big-endian files written elsewhere
     return torch.from_numpy(data if data.flags.writeable else data.copy())  # Arrow's buffers are read-only
 
 

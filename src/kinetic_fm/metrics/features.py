@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import positive_integer
+from ..checks import positive_integer, torch_readable
 from ..knn import nonfinite_rows
 from ..sampling.guards import warn_if_feature_map_training
 
@@ -139,10 +139,11 @@ def feature_space(space: SpaceLike = None, *, name: str | None = None, batch_siz
 
 
 def as_tensor(x: Any) -> Tensor:
-    """A tensor view of ``x`` (Tensor, numpy array or nested sequence), without copying tensors."""
+    """A tensor view of ``x`` (Tensor, numpy array, pandas DataFrame or Series, or nested
+    sequence), without copying tensors; arrays are read as :func:`~kinetic_fm.checks.torch_readable` says."""
     if isinstance(x, Tensor):
         return x
-    return torch.as_tensor(np.asarray(x))
+    return torch.as_tensor(np.asarray(torch_readable(x)))
 
 
 def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x") -> Tensor:

@@ -19,7 +19,7 @@ from typing import overload
 import numpy as np
 import torch
 
-from ..checks import as_scalar, check_flag, is_real
+from ..checks import as_scalar, check_flag, is_real, torch_readable
 
 LAUNCH_FORMS = ("linear", "constant", "exponential")
 LANDING_FORMS = ("exponential", "linear", "constant")
@@ -92,7 +92,7 @@ class KTS:
 
     def __call__(self, t):
         if isinstance(t, np.ndarray) and t.ndim > 0:
-            return self(torch.from_numpy(t)).numpy()
+            return self(torch.from_numpy(torch_readable(t))).numpy()
         if isinstance(t, torch.Tensor):
             if t.dtype == torch.bool or t.is_complex():
                 raise ValueError(f"t must hold real times in [0, 1], got a {t.dtype} tensor")
