@@ -298,19 +298,36 @@ def test_fixed_step_sampling_makes_no_host_sync_per_step(field, solver):
     assert syncs[0] == syncs[1], fc.summary()
 
 
-def test_dopri5_synchronises_three_times_per_iteration():
+@pytest.mark.parametrize("shaping", [None, kfm.KTS(alpha0=0.05, beta0=0.02)])
+def test_dopri5_synchronises_three_times_per_iteration(shaping):
     # choosing the rows in flight, the finite check, the accepted rows: one sync each (a boolean
-    # mask per accepted array made it nine or ten)
+    # mask per accepted array made it nine or ten). A KTS gain adds none: its range check on a
+    # tensor of times, one sync per call, is left out for dopri5's own times (seven per iteration)
     velocity = kfm.GaussianMixtureTarget(torch.randn(5, 4, dtype=torch.float64,
                                                      generator=torch.Generator().manual_seed(7)), 0.3)
     with fake_cuda() as fc:
         x0 = kfm.noise(range(16), (4,), device="cuda", dtype=torch.float64)
         kfm.sample(velocity, x0, steps=2)                       # the parameters' one copy
         fc.reset()
-        res = kfm.sample(velocity, x0, solver="dopri5", profile=True)
+        res = kfm.sample(velocity, x0, solver="dopri5", profile=True, shaping=shaping)
         syncs = fc.count()
     iterations = int((res.nfe.max() - 2) // 6)                 # 6 new stages per attempt, 2 to start
     assert iterations > 5 and syncs <= 3 * iterations + 8, fc.summary()
+
+
+def test_the_kts_range_check_on_a_device_tensor_is_one_sync():
+    kts = kfm.KTS(alpha0=0.05, beta0=0.02)
+    with fake_cuda() as fc:
+        times = torch.linspace(0, 1, 9, device="cuda")
+        fc.reset()
+        eta = kts(times)
+        assert fc.count() == 1, fc.summary()
+        fc.reset()
+        unchecked = kts.unchecked(times)
+        assert fc.count() == 0, fc.summary()
+        assert torch.equal(unchecked, eta)
+        with pytest.raises(ValueError, match=r"t must hold times in \[0, 1\]"):
+            kts(times + 0.5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (fake_cuda runs the CPU's kernels)")

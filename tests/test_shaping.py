@@ -122,6 +122,27 @@ def test_a_time_outside_zero_one_or_not_a_number_is_refused(t):
         KTS()(t)
 
 
+@pytest.mark.parametrize("times", [torch.tensor([0.5, 1.5]), torch.tensor([-0.25, 0.5], dtype=torch.float16),
+                                   torch.tensor([0.0, float("nan")]), torch.tensor([0, 2]),
+                                   torch.tensor(1.0000001, dtype=torch.float64)])
+def test_a_tensor_or_array_of_times_outside_zero_one_is_refused_too(times):
+    # only a number was checked: kts(torch.tensor([1.5])) extrapolated the landing silently
+    kts = KTS(alpha0=0.1, beta0=0.05)
+    with pytest.raises(ValueError, match=r"t must hold times in \[0, 1\], got a tensor with 1 value\(s\) outside"):
+        kts(times)
+    if times.dim():
+        with pytest.raises(ValueError, match=r"t must hold times in \[0, 1\]"):
+            kts(times.numpy())
+
+
+def test_the_unchecked_gain_is_the_gain_on_a_samplers_times():
+    kts = KTS(alpha0=0.1, beta0=0.05, renormalize=True)
+    times = torch.linspace(0, 1, 11, dtype=torch.float64)
+    assert torch.equal(kts.unchecked(times), kts(times))
+    assert torch.equal(kts.unchecked(torch.tensor([0, 1])), kts(torch.tensor([0.0, 1.0], dtype=torch.float64)))
+    assert kts.unchecked(torch.tensor([1.5])).shape == (1,)  # the caller vouches for the range
+
+
 def test_parameters_may_be_numpy_numbers_or_zero_dimensional_tensors():
     import numpy as np
 

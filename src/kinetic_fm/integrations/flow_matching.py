@@ -24,6 +24,7 @@ import torch
 from ..fields.adapters import ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
+from ..sampling.shaping import KTS
 
 METHODS = {"euler": "euler", "midpoint": "midpoint", "heun2": "heun", "rk4": "rk4_38", "dopri5": "dopri5"}
 
@@ -165,7 +166,10 @@ def _model_wrapper_class() -> type:
                 v = self.velocity(x, t, **extras)
                 if self.shaping is None:
                     return v
-                eta = torch.as_tensor(self.shaping(t), dtype=v.dtype, device=v.device).expand(v.shape[0])
+                # a KTS without its range check: called at every stage, that check would be a host
+                # synchronisation on an accelerator (the times are the solver's grid, from 0 to 1)
+                gain = self.shaping.unchecked if isinstance(self.shaping, KTS) else self.shaping
+                eta = torch.as_tensor(gain(t), dtype=v.dtype, device=v.device).expand(v.shape[0])
                 return eta.reshape(-1, *([1] * (v.dim() - 1))) * v
 
         _WRAPPER_CLASS = KineticModelWrapper

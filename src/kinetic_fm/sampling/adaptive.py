@@ -218,7 +218,12 @@ def lane_safe(fn: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, fill:
 
 
 def _tensor_gain(gain: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
-    """η(t) on a (B',) tensor of times as a (B',) float64 tensor (a constant gain is broadcast)."""
+    """η(t) on a (B',) tensor of times as a (B',) float64 tensor (a constant gain is broadcast).
+    A KTS is evaluated without its range check (the times are dopri5's own, in [0, 1]): that
+    check would be a host synchronisation at every stage on an accelerator."""
+    if isinstance(gain, KTS):
+        gain = gain.unchecked
+
     def eta(t: torch.Tensor) -> torch.Tensor:
         try:
             value = gain(t)

@@ -43,8 +43,10 @@ class KTS:
         renormalize: opt-in (not in the paper): divide η by ∫₀¹ η dt so the gain only
             redistributes motion in time and the mean gain is exactly 1.
 
-    ``kts(t)`` accepts a number t in [0, 1] (returns a float), a tensor of times (returns a
-    tensor of its dtype; integer times give float64) or a NumPy array (returns an array). The
+    ``kts(t)`` accepts a number t in [0, 1] (returns a float), a tensor of times in [0, 1]
+    (returns a tensor of its dtype; integer times give float64; checking the range of a tensor on
+    an accelerator is one host synchronisation, which samplers avoid through :meth:`unchecked`)
+    or a NumPy array (returns an array). The
     numeric parameters may be Python or NumPy numbers or 0-d tensors; α0 ≤ 1e6.
     """
 
@@ -94,16 +96,33 @@ class KTS:
         if isinstance(t, np.ndarray) and t.ndim > 0:
             return self(torch.from_numpy(torch_readable(t))).numpy()
         if isinstance(t, torch.Tensor):
-            if t.dtype == torch.bool or t.is_complex():
-                raise ValueError(f"t must hold real times in [0, 1], got a {t.dtype} tensor")
-            if not t.is_floating_point():
-                t = t.to(torch.float64)  # in an integer tensor, full_like would truncate α0 and β0 to 0
-            eta = self._gain_tensor(t)
-        else:
-            value = as_scalar(t)
-            if not (is_real(value) and 0.0 <= value <= 1.0):  # NaN fails too
-                raise ValueError(f"t must be a real number in [0, 1] or a tensor of times, got {t!r}")
-            eta = self._gain_float(float(value))
+            return self._gain_of_times(t, check=True)
+        value = as_scalar(t)
+        if not (is_real(value) and 0.0 <= value <= 1.0):  # NaN fails too
+            raise ValueError(f"t must be a real number in [0, 1] or a tensor of times, got {t!r}")
+        eta = self._gain_float(float(value))
+        return eta / self._mean_gain if self.renormalize else eta
+
+    def unchecked(self, t: torch.Tensor) -> torch.Tensor:
+        """η on a tensor of times the caller knows to lie in [0, 1] (a sampler's own stage
+        times), as ``kts(t)`` but without its range check: on an accelerator that check reads a
+        flag back to the host, a synchronisation that a sampling loop must not make at every
+        stage. dopri5 and the flow_matching wrapper call this; anything else calls ``kts(t)``."""
+        return self._gain_of_times(t, check=False)
+
+    def _gain_of_times(self, t: torch.Tensor, check: bool) -> torch.Tensor:
+        if t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"t must hold real times in [0, 1], got a {t.dtype} tensor")
+        if not t.is_floating_point():
+            t = t.to(torch.float64)  # in an integer tensor, full_like would truncate α0 and β0 to 0
+        if check:
+            inside = (t >= 0) & (t <= 1)  # NaN is outside
+            if not bool(inside.all()):  # one host synchronisation on an accelerator
+                outside = t[~inside]
+                shown = ", ".join(f"{v:g}" for v in outside[:5].tolist()) + (", ..." if outside.numel() > 5 else "")
+                raise ValueError(f"t must hold times in [0, 1], got a tensor with {outside.numel()} "
+                                 f"value(s) outside it: {shown}")
+        eta = self._gain_tensor(t)
         return eta / self._mean_gain if self.renormalize else eta
 
     def alpha(self, t: float) -> float:
