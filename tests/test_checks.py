@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import kinetic_fm as kfm
-from kinetic_fm.checks import as_scalar, check_flag, is_integer, is_real, positive_integer
+from kinetic_fm.checks import as_scalar, check_flag, check_integer, is_integer, is_real, positive_integer
 
 
 @pytest.mark.parametrize("value,integer,real", [
@@ -237,3 +237,41 @@ def test_pandas_tables_raise_no_warning_in_the_density_and_fidelity_metrics():
     """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# --- integer arguments: one rule, 0-d tensors and arrays included -----------------------------
+@pytest.mark.parametrize("value", [3, np.int64(3), np.array(3), torch.tensor(3), torch.tensor(3, dtype=torch.uint8)])
+def test_an_integer_argument_may_be_a_zero_dimensional_tensor_or_array(value):
+    assert check_integer("k", value, 1, 9) == 3 and type(check_integer("k", value, 1, 9)) is int
+    assert positive_integer("chunk", value) == 3
+
+
+@pytest.mark.parametrize("value, low, high, message", [
+    (torch.tensor(True), 0, None, r"seed must be a non-negative integer, got tensor\(True\)"),
+    (np.array(2.0), 1, None, r"seed must be a positive integer, got array\(2\.\)"),
+    (torch.tensor([3]), 1, 9, r"seed must be an integer in \[1, 9\], got tensor\(\[3\]\)"),
+    (-1, 0, None, "seed must be a non-negative integer, got -1"),
+    (10, 1, 9, r"seed must be an integer in \[1, 9\], got 10"),
+    (1, 2, None, "seed must be an integer >= 2, got 1"),
+    (2.5, None, None, "seed must be an integer, got 2.5"),
+])
+def test_an_integer_argument_out_of_range_or_of_another_kind_is_named(value, low, high, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        check_integer("seed", value, low, high)
+
+
+def test_public_integer_arguments_accept_zero_dimensional_tensors_and_arrays():
+    # precision_recall(k=torch.tensor(3)) and memorization(seed=np.array(3)) were refused while
+    # steps=torch.tensor(4) or kde_log_density(seed=np.array(3)) went through
+    samples, reference = _two_sets()
+    want = kfm.precision_recall(reference, samples, k=3)
+    for k in (torch.tensor(3), np.array(3)):
+        got = kfm.precision_recall(reference, samples, k=k)
+        assert (got.precision, got.recall, got.k) == (want.precision, want.recall, 3)
+    want = kfm.memorization(samples, reference, bootstrap=50, seed=3)
+    for seed, bootstrap in ((np.array(3), np.array(50)), (torch.tensor(3), torch.tensor(50))):
+        got = kfm.memorization(samples, reference, bootstrap=bootstrap, seed=seed)
+        assert (got.fraction, got.ci) == (want.fraction, want.ci)
+    want = kfm.nearest_neighbors(samples, reference, 2)
+    got = kfm.nearest_neighbors(samples, reference, torch.tensor(2), margin=np.array(4), chunk=torch.tensor(16))
+    assert torch.equal(got.indices, want.indices) and torch.equal(got.distances, want.distances)

@@ -75,12 +75,29 @@ def check_flag(name: str, value) -> bool:
     raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
+def check_integer(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int if it is an integer in [low, high] (a bound of None is open): a Python
+    or NumPy integer, or a 0-d integer tensor or array (``k=torch.tensor(3)``); not a bool, not
+    2.0. Else ValueError naming ``name`` and the range: "seed must be a non-negative integer"
+    (low 0), "chunk must be a positive integer" (low 1), "k must be an integer in [1, 9]"."""
+    number = as_scalar(value)
+    if is_integer(number) and (low is None or number >= low) and (high is None or number <= high):
+        return int(number)
+    if high is not None:
+        allowed = f"an integer in [{'-inf' if low is None else f'{low:_}'}, {high:_}]"
+    elif low == 0:
+        allowed = "a non-negative integer"
+    elif low == 1:
+        allowed = "a positive integer"
+    else:
+        allowed = "an integer" if low is None else f"an integer >= {low:_}"
+    raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
 def positive_integer(name: str, value) -> int:
-    """``value`` as an int if it is an integer >= 1 (Python or NumPy, not a bool); else ValueError
+    """``value`` as an int if it is an integer >= 1 (see :func:`check_integer`); else ValueError
     naming ``name`` ("chunk must be a positive integer, got 2.5")."""
-    if not (is_integer(value) and value >= 1):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_integer(name, value, 1)
 
 
 def check_same_layout(first: tuple[str, object], second: tuple[str, object]) -> None:

@@ -42,7 +42,7 @@ import torch
 
 from . import gemm
 from .blocks import block_size
-from .checks import check_flag, check_same_layout, is_integer, positive_integer, torch_readable
+from .checks import as_scalar, check_flag, check_integer, check_same_layout, is_integer, positive_integer, torch_readable
 
 BACKENDS = ("torch", "faiss")
 
@@ -265,12 +265,11 @@ def nearest_neighbors(
             f"exclude_self needs queries and reference of equal length, got {x.shape[0]} and {y.shape[0]}"
         )
     n_ref = y.shape[0] - (1 if exclude_self else 0)
-    if not (is_integer(k) and 1 <= k <= n_ref):
+    count = as_scalar(k)  # a 0-d tensor or array counts, as in checks.check_integer
+    if not (is_integer(count) and 1 <= count <= n_ref):
         raise ValueError(f"k must be an integer in [1, {n_ref}] (reference size{' − 1' if exclude_self else ''}), got {k!r}")
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
-    if not (is_integer(margin) and margin >= 0):
-        raise ValueError(f"margin must be a non-negative integer, got {margin!r}")
-    k, margin = int(k), int(margin)
+    k, margin = int(count), check_integer("margin", margin, 0)
     if check_inputs:
         check_finite(q_name, x)
         check_finite(r_name, y)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..blocks import block_size
-from ..checks import check_flag, check_same_space, is_integer, positive_integer
+from ..checks import check_flag, check_integer, check_same_space, positive_integer
 from ..knn import column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
@@ -334,9 +334,7 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
             raise ValueError(f"{name} must hold at least 2 samples (a ball reaches the k-th nearest "
                              f"other one), got {rows.shape[0]}")
     k_max = min(r.shape[0], f.shape[0]) - 1
-    if not is_integer(k) or not 1 <= k <= k_max:
-        raise ValueError(f"k must be an integer in [1, {k_max}], got {k!r}")
-    k = int(k)
+    k = check_integer("k", k, 1, k_max)
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
     # overflow of squared distances (huge rows) is refused by nearest_neighbors, naming the set
     progress = check_flag("progress", progress)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..checks import as_scalar, check_same_space, is_integer, is_real, positive_integer
+from ..checks import as_scalar, check_integer, check_same_space, is_integer, is_real, positive_integer
 from ..knn import as_rows, check_finite, nearest_neighbors
 from ..sampling.guards import warn_if_feature_map_training
 
@@ -198,10 +198,7 @@ def fraction_interval(count: int, n: int, interval: str = "wilson", *, confidenc
 
 def _interval_settings(bootstrap, seed, confidence, interval: str) -> tuple[int, int, float]:
     """The interval's settings checked (each error names its argument), as (bootstrap, seed, confidence)."""
-    if not (is_integer(bootstrap) and 0 <= bootstrap <= MAX_BOOTSTRAP):
-        raise ValueError(f"bootstrap must be an integer in [0, {MAX_BOOTSTRAP:_}], got {bootstrap!r}")
-    if not (is_integer(seed) and seed >= 0):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    bootstrap, seed = check_integer("bootstrap", bootstrap, 0, MAX_BOOTSTRAP), check_integer("seed", seed, 0)
     confidence = _inside_unit_interval("confidence", confidence)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
