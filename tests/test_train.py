@@ -150,6 +150,35 @@ def test_bad_inputs():
         TrainConfig(save_every=0)
 
 
+@pytest.mark.parametrize("bad, message", [
+    (dict(data=torch.randint(0, 5, (16, 2))), "data must be a float tensor"),
+    (dict(labels=torch.zeros(3, dtype=torch.long)), r"labels must have shape \(16,\)"),
+    (dict(model=VelocityMLP(2, hidden=8, depth=1, num_classes=2)), "class-conditional: pass labels="),
+    (dict(info={"when": object()}), "info must hold JSON values"),
+    (dict(resume="no"), "resume must be True or False"),
+    (dict(extra_weights={"mean.safetensors": {"mean": [0.0, 0.0]}}), r"extra_weights\['mean.safetensors'\]"),
+    (dict(config={"steps": 2}), "config must be a TrainConfig, got dict"),
+])
+def test_a_refused_call_leaves_no_lock_and_no_folder_behind(tmp_path, bad, message):
+    # the arguments were checked after the folder was made and locked: a refused call left a
+    # folder holding .lock (a lock file is never deleted), which reads as a run that died
+    good = dict(model=VelocityMLP(2, hidden=8, depth=1), data=torch.randn(16, 2),
+                config=TrainConfig(steps=2, batch_size=4))
+
+    def refused(out):
+        kwargs = {**good, **bad, "out": out}
+        with pytest.raises((ValueError, TypeError), match=message):
+            train(kwargs.pop("model"), kwargs.pop("data"), kwargs.pop("config"), **kwargs)
+
+    refused(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "kept").mkdir()                               # a folder made beforehand stays empty
+    refused(tmp_path / "kept")
+    assert list((tmp_path / "kept").iterdir()) == []
+    done = train(good["model"], good["data"], good["config"], out=tmp_path / "run")  # a valid call goes through
+    assert (done.out / "final.safetensors").is_file()
+
+
 def _energy_distance(a, b):
     a, b = a.double(), b.double()
     return (2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean()).item()

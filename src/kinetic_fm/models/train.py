@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_flag, torch_readable
 from .checkpoint import load_state, save_model, save_state, save_weights
 
 RESUME_FILE = "resume.pt"
@@ -254,10 +255,24 @@ def train(
     Returns:
         :class:`TrainResult`.
     """
+    # every argument is checked before the run folder is made and locked: a refused call leaves
+    # no folder and no .lock behind (a lock file is never deleted, see runs.lock)
+    data, labels = _training_data(model, data, labels)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    resume = check_flag("resume", resume)
+    info = dict(info or {})
+    try:
+        json.dumps(info)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"info must hold JSON values (it is written to config.json): {err}") from None
     if out is None:
         if extra_weights:
             raise ValueError("extra_weights are files for the run folder: pass out= too")
         return _train(model, data, config, labels, None, resume, progress, callback, info)
+    for name, tensors in (extra_weights or {}).items():
+        if not (isinstance(tensors, dict) and all(isinstance(t, Tensor) for t in tensors.values())):
+            raise ValueError(f"extra_weights[{name!r}] must be a dict of tensors (name -> tensor)")
     from ..runs.lock import RunLock  # here: the runs package brings pyarrow with it
 
     out = Path(out)
@@ -266,24 +281,29 @@ def train(
         return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights)
 
 
-def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor | None, out: Path | None,
-           resume: bool, progress: bool, callback: Callable[[int, Tensor], None] | None,
-           info: dict[str, Any] | None, extra_weights: dict[str, dict[str, Tensor]] | None = None) -> TrainResult:
-    """:func:`train`'s work, with ``out``'s lock held."""
-    from tqdm.auto import tqdm
-
-    data = torch.as_tensor(data)
+def _training_data(model: nn.Module, data: Any, labels: Any) -> tuple[Tensor, Tensor | None]:
+    """``data`` (N, ...) float and ``labels`` (N,) int64 (or None) as tensors, checked against
+    ``model`` (a class-conditional one needs labels); ValueError naming the argument."""
+    data = torch.as_tensor(torch_readable(data))
     if data.ndim < 2 or data.shape[0] < 1 or not data.is_floating_point():
         raise ValueError(f"data must be a float tensor of shape (N, ...) with N >= 1, got {tuple(data.shape)} {data.dtype}")
-    conditional = getattr(model, "null_class", None) is not None
     if labels is not None:
-        labels = torch.as_tensor(labels, dtype=torch.long)
+        labels = torch.as_tensor(torch_readable(labels), dtype=torch.long)
         if labels.shape != (data.shape[0],):
             raise ValueError(f"labels must have shape ({data.shape[0]},), got {tuple(labels.shape)}")
-    if conditional and labels is None:
+    if getattr(model, "null_class", None) is not None and labels is None:
         raise ValueError("the model is class-conditional: pass labels=")
+    return data, labels
+
+
+def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor | None, out: Path | None,
+           resume: bool, progress: bool, callback: Callable[[int, Tensor], None] | None,
+           info: dict[str, Any], extra_weights: dict[str, dict[str, Tensor]] | None = None) -> TrainResult:
+    """:func:`train`'s work on checked arguments, with ``out``'s lock held."""
+    from tqdm.auto import tqdm
+
+    conditional = getattr(model, "null_class", None) is not None
     device = next(model.parameters()).device
-    info = dict(info or {})
 
     ema = copy.deepcopy(model).requires_grad_(False)
     # foreach: the multi-tensor update (torch's default on CUDA, not on CPU), the same bits as
