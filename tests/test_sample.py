@@ -1103,6 +1103,29 @@ def test_the_training_mode_check_never_stops_sampling():
         kfm.sample(lambda x, t: remote(x, t) + 0 * net(x), seeds=range(2), shape=(2,), steps=2)
 
 
+@pytest.mark.parametrize("solver", [*FIXED, "dopri5"])
+def test_a_field_whose_attributes_cannot_be_read_is_sampled_as_a_plain_field(solver):
+    # the training-mode check skipped such an object, but the solvers read singular_at_one (and
+    # dopri5 select) with a bare getattr, so the RuntimeError stopped sampling there
+    class Remote:
+        def __getattribute__(self, name):
+            raise RuntimeError("attributes are remote")
+
+        def __call__(self, x, t):
+            return -x
+
+    class Unanswerable:  # a truth value that cannot be had, as of a tensor of several values
+        singular_at_one = torch.tensor([True, False])
+
+        def __call__(self, x, t):
+            return -x
+
+    want = kfm.sample(lambda x, t: -x, seeds=range(3), shape=(2,), steps=4, solver=solver)
+    for velocity in (Remote(), Unanswerable()):
+        got = kfm.sample(velocity, seeds=range(3), shape=(2,), steps=4, solver=solver)
+        assert torch.equal(got.x, want.x) and torch.equal(got.kpe, want.kpe)
+
+
 model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))  # a global training net, for the next test
 
 

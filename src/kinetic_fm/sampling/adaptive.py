@@ -23,7 +23,7 @@ from ..norms import squared_norm
 from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
 from .guards import (NonFiniteVelocityError, check_state_unchanged, check_velocity_output, first_velocity,
-                     state_version)
+                     optional_attribute, state_version)
 from .shaping import KTS
 from .tableau import DOPRI5
 
@@ -64,7 +64,7 @@ def integrate_dopri5(
     step_times = torch.full((batch, capacity + 1), float("nan"), dtype=torch.float64, device=device)
     step_times[:, 0] = 0.0
 
-    select = getattr(velocity, "select", None)
+    select = optional_attribute(velocity, "select")
     check_gains = gain is not None and not isinstance(gain, KTS)
     # A KTS gain has a kink at τ (a jump for the constant forms): steps land on τ, never across it,
     # and a step ending there takes η's left limit, so the error control sees a smooth problem.

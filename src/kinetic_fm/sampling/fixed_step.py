@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from .energy import EnergyLedger, quadrature_weights
-from .guards import check_state_unchanged, check_velocity_output, first_velocity, state_version
+from .guards import check_state_unchanged, check_velocity_output, declares_singular_at_one, first_velocity, state_version
 from .shaping import KTS
 from .tableau import EULER, HEUN3, Tableau
 
@@ -140,7 +140,7 @@ def step_tableaus(velocity: Callable, tableau: Tableau, n_steps: int) -> list[Ta
     third-order method (stages at 0, 1/3, 2/3) after rk4 and rk4_38. One last step of order p − 1
     adds a local error O(h^p), so the run keeps the solver's order p; an Euler end made rk4 second
     order on a smooth x̂-predictor. Stages past a step's own count stay zero in the norm buffer."""
-    if getattr(velocity, "singular_at_one", False) and 1.0 in tableau.c:
+    if 1.0 in tableau.c and declares_singular_at_one(velocity):
         last = EULER if tableau.order <= 2 else HEUN3
         assert last.order >= tableau.order - 1, "no end step keeps this tableau's order"
         return [tableau] * (n_steps - 1) + [last]
