@@ -112,6 +112,36 @@ def test_the_cli_reports_a_busy_folder_in_one_line_and_exits_non_zero(tmp_path, 
     assert "Traceback" not in captured.err and captured.err.count("\n") == 1 and captured.out == ""
 
 
+def test_kfm_sample_into_a_busy_folder_stops_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    # the lock was met inside run_sharded, after --model had been loaded and hashed: minutes for
+    # a large checkpoint, only to be refused
+    import copy
+
+    from kinetic_fm.cli import main
+    from kinetic_fm.models import VelocityMLP, checkpoint, save_model
+
+    net = VelocityMLP(2, hidden=8, depth=1)
+    save_model(net, tmp_path / "net.safetensors", ema=copy.deepcopy(net))
+    loaded = []
+    real = checkpoint.load_model
+
+    def recording(*args, **kwargs):
+        loaded.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_model", recording)
+    run = tmp_path / "run"
+    flags = ["sample", "--model", str(tmp_path / "net.safetensors"), "--n", "4", "--steps", "2",
+             "--no-progress", "--out", str(run)]
+    with holder("lock", run) as child:
+        assert main(flags) == 2
+    assert capsys.readouterr().err.startswith(f"kfm sample: error: run folder {run} is in use by another "
+                                              f"writer: process {child.pid} ")
+    assert loaded == [] and sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
+    assert main(flags) == 0 and len(loaded) == 1   # free again: loaded once, and the run goes through
+    assert read_run(run).shape[0] == 4
+
+
 def test_kfm_train_into_a_busy_folder_stops_before_writing(tmp_path, capsys):
     # two `kfm train --resume` on one folder used to overwrite each other's resume states
     from kinetic_fm.cli import main

@@ -436,11 +436,12 @@ def run(args) -> int:
     from ..runs.shards import PROFILE_TIMES
 
     _validate(args)
-    target = (_model_target(args.model, args.shape, args.out if args.resume else None) if args.model
-              else _builtin_field(args.field, args.dim))
-    cond = _conditioning(args, target)
     kts = _shaping(args)
     with world_session(args.device) as (coordinator, device):
+        _refuse_a_busy_folder(args.out, coordinator)  # before --model is read and hashed (a big file takes long)
+        target = (_model_target(args.model, args.shape, args.out if args.resume else None) if args.model
+                  else _builtin_field(args.field, args.dim))
+        cond = _conditioning(args, target)
         world = coordinator.world
         if world.distributed and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(1)  # P processes share the cores
@@ -482,6 +483,30 @@ def run(args) -> int:
                              title=f"{what}; {steps}; {shaped}")
         print(f"figure: {path}")
     return 0
+
+
+def _refuse_a_busy_folder(out: str, coordinator) -> None:
+    """RunLockedError when another writer holds ``out``'s lock; every rank gets rank 0's verdict.
+
+    Rank 0 takes the lock and lets go at once; ``run_sharded`` takes it again for the run, so a
+    writer starting in between is still refused there, only later. A folder without a ``.lock``
+    file has no writer, and is left untouched (no lock file is put into it here).
+    """
+    from pathlib import Path
+
+    from ..runs.lock import LOCK_NAME, RunLock
+
+    verdict = None
+    if coordinator.world.is_main:
+        try:
+            if (Path(out) / LOCK_NAME).is_file():
+                RunLock(Path(out)).acquire().release()
+        except OSError as err:
+            coordinator.from_main(("error", str(err)))
+            raise
+        verdict = ("ok", None)
+    if coordinator.from_main(verdict)[0] == "error":  # rank 0 has raised (and reports) the error itself
+        raise ValueError(f"rank {coordinator.world.rank}: stopped because rank 0 refused the run directory")
 
 
 def _profile_times(args) -> list[float]:
