@@ -1,0 +1,89 @@
+"""PrincipalSpace: the top principal directions of a reference set, against a float64 brute force."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kinetic_fm.metrics.features import PrincipalSpace, feature_space
+from kinetic_fm.metrics.fidelity import frechet_distance, precision_recall
+from kinetic_fm.metrics.memorization import memorization
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    """(n, 1, 6, 6) float32 with a spread of variances (distinct eigenvalues) and an offset."""
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(36, 36, generator=g, dtype=torch.float64)
+    scales = torch.logspace(0.5, -1.3, 36, dtype=torch.float64)  # 3.2 down to 0.05
+    z = torch.randn(n, 36, generator=g, dtype=torch.float64) * scales
+    return (z @ torch.linalg.qr(mixing).Q.T + 0.7).float().reshape(n, 1, 6, 6)
+
+
+def _brute_force(x: torch.Tensor, k: int):
+    """Mean, top-k right singular vectors (D, k) and variances of the centred data, numpy float64."""
+    flat = x.reshape(len(x), -1).double().numpy()
+    mean = flat.mean(0)
+    _, s, vt = np.linalg.svd(flat - mean, full_matrices=False)
+    return mean, vt[:k].T, s[:k] ** 2 / (len(flat) - 1)
+
+
+def test_projection_matches_a_float64_svd_up_to_sign():
+    x, k = _images(200), 7
+    space = PrincipalSpace.fit(x, k)
+    mean, v, variance = _brute_force(x, k)
+    assert space.name == "pixels-PCA7" and space.k == k and space.components.dtype == torch.float64
+    np.testing.assert_allclose(space.mean.numpy(), mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(space.variance.numpy(), variance, rtol=1e-10)
+    signs = np.sign((space.components.numpy() * v).sum(0))
+    np.testing.assert_allclose(space.components.numpy(), v * signs, rtol=0, atol=1e-10)
+    queries = _images(30, seed=1)
+    expected = (queries.reshape(30, -1).double().numpy() - mean) @ (v * signs)
+    np.testing.assert_allclose(space(queries).numpy(), expected, rtol=0, atol=1e-10)
+    # the share of the variance kept, against the singular values
+    flat = x.reshape(len(x), -1).double().numpy()
+    total = ((flat - mean) ** 2).sum() / (len(flat) - 1)
+    assert space.share == pytest.approx(variance.sum() / total, rel=1e-10)
+
+
+def test_a_refit_gives_identical_features_and_each_direction_a_fixed_sign():
+    x = _images(120)
+    first, again = PrincipalSpace.fit(x, 5), PrincipalSpace.fit(x.clone(), 5)
+    assert torch.equal(first.components, again.components) and torch.equal(first(x), again(x))
+    c = first.components
+    assert (c[c.abs().argmax(0), torch.arange(5)] > 0).all()
+    # rows in another order: the same directions with the same signs, not a sign-flipped copy
+    shuffled = PrincipalSpace.fit(x[torch.randperm(len(x))], 5)
+    np.testing.assert_allclose(shuffled.components.numpy(), c.numpy(), rtol=0, atol=1e-10)
+
+
+def test_frechet_distance_in_the_space():
+    x, y = _images(300), _images(300, seed=2) * 1.3
+    space = PrincipalSpace.fit(x, 10)
+    assert frechet_distance(x, x, space=space).value == pytest.approx(0.0, abs=1e-9)
+    fd = frechet_distance(x, y, space=space)
+    assert fd.name == "FD-pixels-PCA10" and fd.dim == 10
+    assert fd.value == pytest.approx(frechet_distance(space(x), space(y)).value, rel=1e-12)
+    # all D directions: a rotation of the centred pixels, which leaves the distance as it was
+    full = PrincipalSpace.fit(x, 36)
+    assert frechet_distance(x, y, space=full).value == pytest.approx(frechet_distance(x, y).value, rel=1e-8)
+
+
+def test_the_space_serves_precision_recall_and_memorization():
+    x, y = _images(80), _images(60, seed=3)
+    space = PrincipalSpace.fit(x, 4)
+    assert feature_space(space).name == "pixels-PCA4"
+    pr = precision_recall(x, y, space=space)
+    brute = precision_recall(space(x), space(y))
+    assert pr.protocol.network == "pixels-PCA4" and (pr.precision, pr.recall) == (brute.precision, brute.recall)
+    audit = memorization(y, x, space=space, bootstrap=0)
+    assert torch.equal(audit.nearest, memorization(space(y), space(x), bootstrap=0).nearest)
+
+
+def test_refusals_name_the_limits():
+    x = _images(10)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 9\]"):
+        PrincipalSpace.fit(x, 10)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        PrincipalSpace.fit(x[:1], 1)
+    with pytest.raises(ValueError, match="projects rows of 36 values, got 16"):
+        PrincipalSpace.fit(x, 3)(torch.zeros(2, 16))
