@@ -12,8 +12,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..metrics.features import FeatureSpace, PrincipalSpace
 from .config import AssetsConfig
 from .workspace import Workspace
+
+# Directions kept for Fréchet distances without a judging classifier: raw 32x32 pixels have 1,024,
+# more than a study's sample sets, so their FD was mostly the estimator's bias (and slow); on CelebA
+# 64 keep 92% of the pixel variance and still see a set's contrast, blur and strong noise.
+FD_COMPONENTS = 64
 
 
 @dataclass
@@ -25,12 +31,15 @@ class Assets:
         heldout, heldout_labels: images never used to train the velocity nets (FD reference).
         classes: class names or None.
         classifier: judging net with ``features(x)`` and ``logits(x)`` (None without labels).
-        classifier_name: e.g. "digits-cnn" or "resnet56": names the feature space of FD numbers.
+        classifier_name: e.g. "digits-cnn" or "resnet56": names the feature space of FD numbers
+            (without a classifier, the principal space's name, e.g. "pixels-PCA64").
         classifier_accuracy: held-out accuracy, or None.
         general: velocity net trained on all of ``train`` (EMA weights).
         memorizer: velocity net trained on ``memorizer_train`` only, long enough to copy it.
         memorizer_train: (n, C, H, W) its training subset; memorizer_checkpoints: step -> file.
         source: human-readable data description.
+        principal: without a classifier, the training split's top principal directions, the
+            space of every FD and precision/recall (None: raw pixels).
     """
 
     train: Tensor
@@ -47,6 +56,7 @@ class Assets:
     memorizer_checkpoints: dict[int, Path]
     source: str
     classifier_pretrained: bool = False  # a --classifier given by the user, not trained on this split here
+    principal: PrincipalSpace | None = None
     _train_features: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def train_features(self) -> Tensor:
@@ -57,10 +67,13 @@ class Assets:
         return self._train_features
 
     def features(self, x: Tensor) -> Tensor:
-        """Classifier features (B, F) of images, or flattened pixels without a classifier; on x's
-        device (the classifier runs on its own, ``--device``, in chunks of 512)."""
+        """Classifier features (B, F) of images; without a classifier, the ``principal`` space's
+        (B, k) float64 projection (flattened pixels if there is none); on x's device (the
+        classifier runs on its own, ``--device``, in chunks of 512)."""
         if self.classifier is None:
-            return x.reshape(x.shape[0], -1)
+            if self.principal is None:
+                return x.reshape(x.shape[0], -1)
+            return FeatureSpace(self.principal, self.principal.name, batch_size=512)(x)
         return self._classify(self.classifier.features, x)
 
     def logits(self, x: Tensor) -> Tensor:
@@ -68,8 +81,6 @@ class Assets:
         return self._classify(self.classifier.logits, x)
 
     def _classify(self, head, x: Tensor) -> Tensor:
-        from ..metrics.features import FeatureSpace  # chunks, moves them, brings the rows back
-
         where = next(self.classifier.parameters()).device
         return FeatureSpace(head, self.classifier_name, batch_size=512, device=where)(x)
 
@@ -77,6 +88,10 @@ class Assets:
 def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Assets:
     train, train_labels, heldout, heldout_labels, classes, source = _load_split(cfg, progress)
     classifier, name, accuracy = _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
+    principal = None
+    if classifier is None:  # fitted once per run: about a second on 5,000 images, so not cached
+        principal = PrincipalSpace.fit(train, min(FD_COMPONENTS, train[0].numel(), len(train) - 1))
+        name = principal.name
     general, _ = _velocity_net(cfg, ws, "general", train, cfg.general_steps, progress)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     pick = torch.randperm(train.shape[0], generator=g)[: cfg.memorizer_n].sort().values
@@ -84,7 +99,7 @@ def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Asse
     memorizer, checkpoints = _velocity_net(cfg, ws, "memorizer", memorizer_train, cfg.memorizer_steps, progress)
     return Assets(train, train_labels, heldout, heldout_labels, classes, classifier, name, accuracy,
                   general, memorizer, memorizer_train, checkpoints, source,
-                  classifier_pretrained=bool(cfg.classifier))
+                  classifier_pretrained=bool(cfg.classifier), principal=principal)
 
 
 def _load_split(cfg: AssetsConfig, progress: bool = True):

@@ -43,10 +43,20 @@ def judge_text(assets) -> str:
     *training* split (the FD reference), which such a net has usually been trained on, so its
     number is not called held-out; without labels there is no judge at all."""
     if assets.classifier is None:
-        return "no judging classifier (the data set has no labels; FD on pixels)"
+        return f"no judging classifier (the data set has no labels; {fd_space_text(assets)})"
     acc = assets.classifier_accuracy
     pct = "n/a" if acc is None else f"{100 * acc:.1f}%"
     if getattr(assets, "classifier_pretrained", False):
         return (f"`{assets.classifier_name}` (pretrained; accuracy {pct} on {len(assets.heldout)} images of the "
                 "training split, which it was likely trained on: not a held-out accuracy)")
     return f"`{assets.classifier_name}` (held-out accuracy {pct})"
+
+
+def fd_space_text(assets) -> str:
+    """Where a run without a judging classifier measures its Fréchet distances, in words."""
+    principal = getattr(assets, "principal", None)
+    if principal is None:
+        return "FD on pixels"
+    return (f"FD in `{principal.name}`: pixels projected on the training split's top {principal.k} principal "
+            f"directions, {principal.share:.0%} of its pixel variance")
+

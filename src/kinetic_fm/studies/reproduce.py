@@ -17,7 +17,7 @@ from ..runs.lock import RunLock
 from .assets import load_assets
 from .config import ReproduceConfig
 from .memorization import run_memorization
-from .output import StudyOutput, judge_text
+from .output import StudyOutput, fd_space_text, judge_text
 from .quality import SampleQuality, sample_quality
 from .semantics import general_samples, run_semantics
 from .shaping import run_shaping
@@ -79,7 +79,7 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     configuration = asdict(cfg)
     # the Run table shows None as a dash; say what the default stands for
     judge = (f"trained here ({assets.classifier_name})" if assets.classifier is not None
-             else "none (no labels; FD on pixels)")
+             else f"none (no labels; {fd_space_text(assets)})")
     unset = {"n_train": "whole training split", "classifier": judge,
              "width": "the model's default"}
     configuration["assets"] = {k: unset.get(k, v) if v is None else v for k, v in configuration["assets"].items()}

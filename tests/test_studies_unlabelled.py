@@ -1,0 +1,78 @@
+"""kfm reproduce on a set without labels (CelebA, an image folder): no judging classifier, so
+Fréchet distances are taken in the training split's top principal directions, named as such."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from kinetic_fm.studies.config import (AssetsConfig, MemorizationConfig, ReproduceConfig, SemanticsConfig,
+                                       ShapingConfig, SupportConfig)
+
+
+@pytest.fixture(scope="module")
+def unlabelled_run(tmp_path_factory):
+    """60 smooth 8x8 grayscale images straight under one folder (no class folders: no labels),
+    studied at the smallest sizes: 40 training images, so k = min(64, D = 64, 40 − 1) = 39."""
+    from kinetic_fm.studies.reproduce import reproduce
+
+    folder = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:8, 0:8] / 7.0
+    for i in range(60):
+        a, b, c = rng.uniform(-1, 1, 3)
+        face = 127.5 + 60 * (a * xx + b * yy + c * np.cos(3 * xx * yy)) + rng.normal(0, 8, (8, 8))
+        Image.fromarray(np.clip(face, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    cfg = ReproduceConfig(
+        mode="tiny",
+        assets=AssetsConfig(data=f"folder:{folder}", n_heldout=20, memorizer_n=8, general_steps=2,
+                            memorizer_steps=2, batch_size=8, model="mlp", width=8),
+        semantics=SemanticsConfig(n_samples=16, steps=2, bootstrap=10),
+        support=SupportConfig(k=3, bootstrap=10),
+        memorization=MemorizationConfig(efm_sizes=(4,), efm_samples=4, efm_steps=2, checkpoint_samples=8,
+                                        steps=2, bootstrap=10),
+        shaping=ShapingConfig(n_samples=8, steps=2, more_steps=3, bootstrap=10),
+    )
+    out = tmp_path_factory.mktemp("unlabelled")
+    md, _ = reproduce(cfg, out, studies=("support", "shaping"), progress=False)
+    return cfg, out, md.read_text()
+
+
+def test_the_principal_space_is_the_training_splits_and_matches_a_brute_force(unlabelled_run):
+    from kinetic_fm.studies.assets import load_assets
+    from kinetic_fm.studies.workspace import Workspace
+
+    cfg, out, _ = unlabelled_run
+    assets = load_assets(cfg.assets, Workspace(out), progress=False)  # nets reloaded from models/
+    assert assets.classifier is None and assets.classifier_name == "pixels-PCA39"
+    flat = assets.train.reshape(len(assets.train), -1).double().numpy()
+    mean = flat.mean(0)
+    _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
+    feats = assets.features(assets.heldout).numpy()
+    brute = (assets.heldout.reshape(len(assets.heldout), -1).double().numpy() - mean) @ vt[:39].T
+    signs = np.sign((feats * brute).sum(0))
+    assert feats.shape == (20, 39)
+    # the smallest directions of 40 images hold little variance: compare where the SVD is well posed
+    np.testing.assert_allclose(feats[:, :20], (brute * signs)[:, :20], rtol=0, atol=1e-8)
+    assert torch.equal(assets.train_features(), assets.features(assets.train))
+
+
+def test_the_space_is_named_wherever_an_fd_is_reported(unlabelled_run):
+    _, out, text = unlabelled_run
+    grid = pd.read_parquet(out / "tables" / "shaping__shaping_grid.parquet")
+    assert "FD-pixels-PCA39" in grid.columns and "FD-pixels" not in grid.columns
+    assert "FD-pixels-PCA39 against all 40 training images" in text
+    assert "no labels; FD in `pixels-PCA39`: pixels projected on the training split's top 39 principal" in text
+    assert "FD on pixels" not in text
+
+
+def test_support_densities_stay_in_raw_pixels(unlabelled_run):
+    # kNN and KDE log-densities answer another question (local support in the data's own space):
+    # the support study keeps its pixel space and adds no principal one
+    _, out, _ = unlabelled_run
+    support = pd.read_parquet(out / "tables" / "support__general_support.parquet")
+    assert any(c.endswith("_pixels") for c in support.columns)
+    assert not any("PCA" in c for c in support.columns)
+
