@@ -2,6 +2,8 @@
 Fréchet distances are taken in the training split's top principal directions, named as such."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,7 @@ from kinetic_fm.studies.config import (AssetsConfig, MemorizationConfig, Reprodu
 @pytest.fixture(scope="module")
 def unlabelled_run(tmp_path_factory):
     """60 smooth 8x8 grayscale images straight under one folder (no class folders: no labels),
-    studied at the smallest sizes: 40 training images, so k = min(64, D = 64, 40 − 1) = 39."""
+    studied at the smallest sizes (a few seconds): 40 training images, so k = min(64, D = 64, 40 − 1) = 39."""
     from kinetic_fm.studies.reproduce import reproduce
 
     folder = tmp_path_factory.mktemp("faces")
@@ -36,7 +38,7 @@ def unlabelled_run(tmp_path_factory):
         shaping=ShapingConfig(n_samples=8, steps=2, more_steps=3, bootstrap=10),
     )
     out = tmp_path_factory.mktemp("unlabelled")
-    md, _ = reproduce(cfg, out, studies=("support", "shaping"), progress=False)
+    md, _ = reproduce(cfg, out, studies=("support", "memorization", "shaping"), progress=False)
     return cfg, out, md.read_text()
 
 
@@ -76,3 +78,23 @@ def test_support_densities_stay_in_raw_pixels(unlabelled_run):
     assert any(c.endswith("_pixels") for c in support.columns)
     assert not any("PCA" in c for c in support.columns)
 
+
+def test_the_report_says_when_an_fd_has_no_more_samples_than_features(unlabelled_run):
+    # FrechetBiasWarning reached the console only; the report now says it beside the numbers
+    _, _, text = unlabelled_run
+    sections = {part.split("\n", 1)[0]: part for part in text.split("\n## ")}
+    note = "Each FD-pixels-PCA39 here comes from as few as {} samples of 39 features, no more samples than features"
+    assert note.format(8) in sections["Energy and memorization across training"]   # 8 per checkpoint
+    assert re.search(note.format(r"[2-4]"), sections["The Goldilocks picture"])   # a quintile of 16 samples
+    assert note.format(8) in sections["Kinetic Trajectory Shaping"]   # 8 per setting
+    assert "16 rows of 39 features, no more rows than features" in sections["Run"]   # the sample-quality line
+
+
+def test_the_bias_note_appears_exactly_when_samples_do_not_outnumber_features():
+    from kinetic_fm.studies.output import fd_bias_note
+    from kinetic_fm.studies.quality import SampleQuality
+
+    assert "64 samples of 64 features" in fd_bias_note(64, 64, "FD-x") and fd_bias_note(65, 64, "FD-x") == ""
+    assert "bias" in SampleQuality(3.0, 1.0, 9.0, 64, "x", 64).sentence()
+    assert "bias" not in SampleQuality(3.0, 1.0, 9.0, 65, "x", 64).sentence()
+    assert "bias" not in SampleQuality(3.0, 1.0, 9.0, 64, "x").sentence()

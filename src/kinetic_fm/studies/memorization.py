@@ -18,7 +18,7 @@ from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
-from .output import StudyOutput, fd_to_reference, feature_reference, image_range
+from .output import StudyOutput, fd_bias_note, fd_to_reference, feature_reference, image_range
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import best_is_interior, bonferroni_level, fmt_ci, interior_margin
@@ -354,7 +354,8 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         "Energy and memorization across training",
         text=(f"A velocity net trained on only {len(assets.memorizer_train)} images, sampled at its log-spaced "
               f"checkpoints ({cfg.checkpoint_samples} samples each, Euler {cfg.steps} steps). F_mem is measured "
-              f"against those images; {fd_col} against all {len(assets.train)} training images."),
+              f"against those images; {fd_col} against all {len(assets.train)} training images."
+              + fd_bias_note(min(cfg.checkpoint_samples, len(assets.train)), ref_feats.shape[1], fd_col)),
         tables=[("Memorizing net across training", table)],
         figures=[
             line_figure("memorizer_training", "F_mem (band: 95% Wilson interval) and the mean share of each "
@@ -422,6 +423,7 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
         "The Goldilocks picture",
         text=(f"The generalising model's samples split into KPE quintiles; each quintile's {fd_col} against "
               f"{len(assets.heldout)} held-out images and its F_mem against the training images."
+              + fd_bias_note(min(int(table["n"].min()), len(assets.heldout)), feats.shape[1], fd_col)
               + (" No sample of this model is memorized (F_mem = 0 in every quintile), so only the quality "
                  "side of the claim is tested here, not that too much energy drives copies."
                  if not table["F_mem"].any() else "")

@@ -23,13 +23,14 @@ from .samples import Run, start_noise
 class SampleQuality:
     """Fréchet distances (squared feature units) to ``n`` held-out images in ``network``'s space,
     each from ``n`` rows: ``samples`` (the model's), ``real`` (training images) and ``noise`` (the
-    samples' starting noise)."""
+    samples' starting noise); ``dim`` features per row (None: not recorded)."""
 
     samples: float
     real: float
     noise: float
     n: int
     network: str
+    dim: int | None = None
 
     @property
     def position(self) -> float:
@@ -50,9 +51,11 @@ class SampleQuality:
         where = ("closer to real images than to noise" if self.data_like
                  else "closer to noise than to real images" if not math.isnan(self.position)
                  else "not placed: the judge does not tell noise from real images")
+        biased = (f"; {self.n} rows of {self.dim} features, no more rows than features: each value carries a "
+                  "large bias of the estimator" if self.dim is not None and self.n <= self.dim else "")
         return (f"FD-{self.network} to {self.n} held-out images, from {self.n} rows each: the generalising "
                 f"model's samples {self.samples:.3g}, real training images {self.real:.3g}, the noise the "
-                f"samples start from {self.noise:.3g} ({where})")
+                f"samples start from {self.noise:.3g} ({where}{biased})")
 
 
 def sample_quality(assets, run: Run, n: int = 300, seed: int = 0) -> SampleQuality:
@@ -67,4 +70,4 @@ def sample_quality(assets, run: Run, n: int = 300, seed: int = 0) -> SampleQuali
         warnings.simplefilter("ignore")
         reference = feature_reference(assets.features(assets.heldout[:n]).double().numpy())
         fd = {name: fd_to_reference(assets.features(x).double().numpy(), reference) for name, x in rows.items()}
-    return SampleQuality(fd["samples"], fd["real"], fd["noise"], n, assets.classifier_name)
+    return SampleQuality(fd["samples"], fd["real"], fd["noise"], n, assets.classifier_name, reference.mean.size)

@@ -17,7 +17,7 @@ from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import StudyOutput, fd_to_reference, feature_reference, image_range
+from .output import StudyOutput, fd_bias_note, fd_to_reference, feature_reference, image_range
 from .samples import energy_after, sampled
 from .verdicts import all_worse_than, fmt_ci, verdict_from_interval, verdict_of_all
 from .workspace import Workspace
@@ -145,7 +145,8 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
         "Kinetic Trajectory Shaping",
         text=(f"The memorizing net (trained on {len(assets.memorizer_train)} images) sampled from the same "
               f"{cfg.n_samples} seeds under every setting (Euler, {cfg.steps} steps unless named). F_mem against its "
-              f"training images; {fd_name} against all {len(assets.train)} training images (lower is better)."),
+              f"training images; {fd_name} against all {len(assets.train)} training images (lower is better)."
+              + fd_bias_note(min(cfg.n_samples, len(assets.train)), reference.mean.size, fd_name)),
         tables=[("The KTS ablation grid", table)],
         figures=[
             bar_figure("shaping_fmem", "F_mem across the KTS grid; whiskers: each setting's own 95% Wilson "
