@@ -87,3 +87,32 @@ def test_refusals_name_the_limits():
         PrincipalSpace.fit(x[:1], 1)
     with pytest.raises(ValueError, match="projects rows of 36 values, got 16"):
         PrincipalSpace.fit(x, 3)(torch.zeros(2, 16))
+
+
+def test_the_residual_coordinate_is_the_length_of_what_the_directions_leave_out():
+    x, k = _images(200), 6
+    space = PrincipalSpace.fit(x, k, residual=True)
+    assert space.name == "pixels-PCA6+residual" and (space.k, space.dim) == (6, 7)
+    mean, v, _ = _brute_force(x, k)
+    queries = _images(40, seed=4).reshape(40, -1).double().numpy() - mean
+    feats = space(torch.from_numpy(queries + mean)).numpy()
+    assert feats.shape == (40, 7)
+    rest = queries - (queries @ v) @ v.T
+    np.testing.assert_allclose(feats[:, 6], np.linalg.norm(rest, axis=1), rtol=1e-10)
+    # Pythagoras: the k coordinates and the rest hold the whole centred row
+    np.testing.assert_allclose((feats ** 2).sum(1), (queries ** 2).sum(1), rtol=1e-10)
+    # a point on the mean has nothing left outside
+    assert space(torch.from_numpy(mean[None])).numpy()[0, 6] < 1e-12
+    assert torch.equal(space(x)[:, :6], PrincipalSpace.fit(x, k)(x))
+
+
+def test_noise_outside_the_kept_directions_moves_the_distance_only_with_the_residual():
+    # isotropic noise puts 30 of its 36 dimensions outside 6 kept directions: the projection
+    # barely sees it, its lengthening of every row's rest is plain
+    x, y = _images(800).split(400)                                  # two draws of one distribution
+    noisy = y + 0.3 * torch.randn(y.shape, generator=torch.Generator().manual_seed(6))
+    plain, with_rest = PrincipalSpace.fit(x, 6), PrincipalSpace.fit(x, 6, residual=True)
+    floor = [frechet_distance(x, y, space=s).value for s in (plain, with_rest)]
+    worse = [frechet_distance(x, noisy, space=s).value for s in (plain, with_rest)]
+    assert 0 < worse[0] - floor[0] < 0.05 * floor[0]                   # lost in the sampling floor
+    assert worse[1] - floor[1] > 10 * (worse[0] - floor[0])            # about 35 times as large

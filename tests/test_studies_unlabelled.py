@@ -48,25 +48,29 @@ def test_the_principal_space_is_the_training_splits_and_matches_a_brute_force(un
 
     cfg, out, _ = unlabelled_run
     assets = load_assets(cfg.assets, Workspace(out), progress=False)  # nets reloaded from models/
-    assert assets.classifier is None and assets.classifier_name == "pixels-PCA39"
+    assert assets.classifier is None and assets.classifier_name == "pixels-PCA39+residual"
     flat = assets.train.reshape(len(assets.train), -1).double().numpy()
     mean = flat.mean(0)
     _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
     feats = assets.features(assets.heldout).numpy()
     brute = (assets.heldout.reshape(len(assets.heldout), -1).double().numpy() - mean) @ vt[:39].T
-    signs = np.sign((feats * brute).sum(0))
-    assert feats.shape == (20, 39)
+    signs = np.sign((feats[:, :39] * brute).sum(0))
+    assert feats.shape == (20, 40)
     # the smallest directions of 40 images hold little variance: compare where the SVD is well posed
     np.testing.assert_allclose(feats[:, :20], (brute * signs)[:, :20], rtol=0, atol=1e-8)
+    # the last coordinate: the length of what the 39 directions leave out of each held-out image
+    centred = assets.heldout.reshape(len(assets.heldout), -1).double().numpy() - mean
+    rest = np.linalg.norm(centred - brute @ vt[:39], axis=1)
+    np.testing.assert_allclose(feats[:, 39], rest, rtol=1e-8)
     assert torch.equal(assets.train_features(), assets.features(assets.train))
 
 
 def test_the_space_is_named_wherever_an_fd_is_reported(unlabelled_run):
     _, out, text = unlabelled_run
     grid = pd.read_parquet(out / "tables" / "shaping__shaping_grid.parquet")
-    assert "FD-pixels-PCA39" in grid.columns and "FD-pixels" not in grid.columns
-    assert "FD-pixels-PCA39 against all 40 training images" in text
-    assert "no labels; FD in `pixels-PCA39`: pixels projected on the training split's top 39 principal" in text
+    assert "FD-pixels-PCA39+residual" in grid.columns and "FD-pixels" not in grid.columns
+    assert "FD-pixels-PCA39+residual against all 40 training images" in text
+    assert "no labels; FD in `pixels-PCA39+residual`: pixels projected on the training split's top 39 principal" in text
     assert "FD on pixels" not in text
 
 
@@ -83,11 +87,11 @@ def test_the_report_says_when_an_fd_has_no_more_samples_than_features(unlabelled
     # FrechetBiasWarning reached the console only; the report now says it beside the numbers
     _, _, text = unlabelled_run
     sections = {part.split("\n", 1)[0]: part for part in text.split("\n## ")}
-    note = "Each FD-pixels-PCA39 here comes from as few as {} samples of 39 features, no more samples than features"
+    note = "Each FD-pixels-PCA39+residual here comes from as few as {} samples of 40 features, no more samples than features"
     assert note.format(8) in sections["Energy and memorization across training"]   # 8 per checkpoint
-    assert re.search(note.format(r"[2-4]"), sections["The Goldilocks picture"])   # a quintile of 16 samples
+    assert re.search(re.escape(note.format("@")).replace("@", "[2-4]"), sections["The Goldilocks picture"])   # a quintile of 16 samples
     assert note.format(8) in sections["Kinetic Trajectory Shaping"]   # 8 per setting
-    assert "16 rows of 39 features, no more rows than features" in sections["Run"]   # the sample-quality line
+    assert "16 rows of 40 features, no more rows than features" in sections["Run"]   # the sample-quality line
 
 
 def test_the_bias_note_appears_exactly_when_samples_do_not_outnumber_features():

@@ -18,7 +18,8 @@ from .workspace import Workspace
 
 # Directions kept for Fréchet distances without a judging classifier: raw 32x32 pixels have 1,024,
 # more than a study's sample sets, so their FD was mostly the estimator's bias (and slow); on CelebA
-# 64 keep 92% of the pixel variance and still see a set's contrast, blur and strong noise.
+# 64 keep 92% of the pixel variance and still see a set's contrast and blur. The length of the rest
+# is one more coordinate: white noise, spread over every pixel, shows there and hardly in the 64.
 FD_COMPONENTS = 64
 
 
@@ -32,7 +33,7 @@ class Assets:
         classes: class names or None.
         classifier: judging net with ``features(x)`` and ``logits(x)`` (None without labels).
         classifier_name: e.g. "digits-cnn" or "resnet56": names the feature space of FD numbers
-            (without a classifier, the principal space's name, e.g. "pixels-PCA64").
+            (without a classifier, the principal space's name, e.g. "pixels-PCA64+residual").
         classifier_accuracy: held-out accuracy, or None.
         general: velocity net trained on all of ``train`` (EMA weights).
         memorizer: velocity net trained on ``memorizer_train`` only, long enough to copy it.
@@ -68,8 +69,8 @@ class Assets:
 
     def features(self, x: Tensor) -> Tensor:
         """Classifier features (B, F) of images; without a classifier, the ``principal`` space's
-        (B, k) float64 projection (flattened pixels if there is none); on x's device (the
-        classifier runs on its own, ``--device``, in chunks of 512)."""
+        (B, k + 1) float64 projection and residual length (flattened pixels if there is none); on
+        x's device (the classifier runs on its own, ``--device``, in chunks of 512)."""
         if self.classifier is None:
             if self.principal is None:
                 return x.reshape(x.shape[0], -1)
@@ -90,7 +91,7 @@ def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Asse
     classifier, name, accuracy = _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
     principal = None
     if classifier is None:  # fitted once per run: about a second on 5,000 images, so not cached
-        principal = PrincipalSpace.fit(train, min(FD_COMPONENTS, train[0].numel(), len(train) - 1))
+        principal = PrincipalSpace.fit(train, min(FD_COMPONENTS, train[0].numel(), len(train) - 1), residual=True)
         name = principal.name
     general, _ = _velocity_net(cfg, ws, "general", train, cfg.general_steps, progress)
     g = torch.Generator().manual_seed(cfg.seed + 1)

@@ -57,8 +57,9 @@ def fd_space_text(assets) -> str:
     principal = getattr(assets, "principal", None)
     if principal is None:
         return "FD on pixels"
+    rest = ", and the length of the rest" if principal.residual else ""
     return (f"FD in `{principal.name}`: pixels projected on the training split's top {principal.k} principal "
-            f"directions, {principal.share:.0%} of its pixel variance")
+            f"directions, {principal.share:.0%} of its pixel variance{rest}")
 
 
 def fd_bias_note(n: int, dim: int, fd_name: str) -> str:
