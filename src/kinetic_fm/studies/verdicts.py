@@ -52,14 +52,6 @@ def bonferroni_level(parts: int) -> str:
     return f"{100 * (1 - 0.05 / parts):.4g}%"
 
 
-def verdict_from_share(share: float, level: float = 0.95) -> str:
-    """For a bootstrap share of resamples in which the claim held: "reproduced" when at least
-    ``level`` of them agree, "not reproduced" when at most 1 − ``level`` do, else "inconclusive"."""
-    if not math.isfinite(share):
-        return "inconclusive"
-    return "reproduced" if share >= level else "not reproduced" if share <= 1 - level else "inconclusive"
-
-
 def best_is_interior(values: np.ndarray) -> np.ndarray:
     """(R,) bool: for each row of (R, K) values, is the smallest one neither the first nor the last?"""
     best = values.argmin(axis=1)
