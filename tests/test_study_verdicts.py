@@ -319,3 +319,40 @@ def test_all_worse_than_reproduces_on_95_percent_intervals():
     grid = norm.ppf((np.arange(4000) + 0.5) / 4000)
     verdict, low, _ = all_worse_than(np.stack([2.2 + grid] * 3))
     assert verdict == "reproduced" and (low > 0).all()
+
+
+def _note_level(note: str, before: str) -> float:
+    """The confidence (in %) that ``note`` writes just before ``before``: "its 98.33% CI" -> 98.33."""
+    import re
+
+    return float(re.search(r"(\d+(?:\.\d+)?)% " + re.escape(before), note).group(1))
+
+
+def test_shaping_notes_give_the_bonferroni_level_of_the_parts_their_rules_test(monkeypatch):
+    # the notes wrote their levels by hand ("98.3%", "97.5%"): each must be 1 − 0.05/K for the K parts
+    # the rule is actually given (the other τ values for all_worse_than, the intervals in `against`)
+    from kinetic_fm.studies import shaping
+    from kinetic_fm.studies.shaping import shaping_claims
+    from kinetic_fm.studies.verdicts import all_worse_than
+
+    seen = {}
+
+    def balanced_spy(fd_ci, mem_ci, *, against=None):
+        seen["balanced parts"] = len(against)
+        return balanced_verdict(fd_ci, mem_ci, against=against)
+
+    def tau_spy(deltas):
+        seen["tau parts"] = len(deltas)
+        return all_worse_than(deltas)
+
+    monkeypatch.setattr(shaping, "balanced_verdict", balanced_spy)
+    monkeypatch.setattr(shaping, "all_worse_than", tau_spy)
+    feats, memorized, value, reference, boot = _grid({name: 1.0 for name in SETTINGS},
+                                                     {name: 0.4 for name in SETTINGS})
+    claims = {c.statement: c for c in shaping_claims(feats, memorized, value, "FD", reference, boot)}
+    balanced = claims["Balanced KTS improves quality and reduces memorization"].note
+    tau = claims["τ_split = 0.6 gives the best quality"].note
+    assert seen == {"balanced parts": 2, "tau parts": 3}
+    notes = ((balanced, "CI (Bonferroni", seen["balanced parts"]), (tau, "CI, Bonferroni", seen["tau parts"]))
+    for note, before, parts in notes:
+        assert _note_level(note, before) == pytest.approx(100 * (1 - 0.05 / parts), abs=0.005), note
