@@ -115,7 +115,7 @@ def test_goldilocks_controls_split_into_equal_quintiles_and_sorting_by_content_a
     assert norms[orderings["‖x1‖²"] == 0].max() <= norms[orderings["‖x1‖²"] == 1].min()
     # features = the samples, reference from the same law: the middle of ‖x1‖² looks most like it
     ref = rng.normal(size=(2000, 3))
-    control, text, share = _goldilocks_control(kpe, x1, x0, x1.numpy(), ref, "FD", 100, seed=0)
+    control, text, share = _goldilocks_control(orderings, x1.numpy(), ref, "FD", 100, seed=0)
     assert share >= 0.95 and f"best in {share:.0%} of resamples" in text
     fd = control["‖x1‖²"].to_numpy()
     assert fd[2] < fd[0] and fd[2] < fd[4]

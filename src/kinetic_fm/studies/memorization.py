@@ -276,13 +276,13 @@ def control_orderings(kpe: np.ndarray, x1: torch.Tensor, x0: torch.Tensor, seed:
     }
 
 
-def _goldilocks_control(kpe, x1, x0, feats, ref, fd_col, resamples, seed):
-    """FD by quintile of KPE and of the control scalars (see :func:`control_orderings`), the
-    section's paragraph about them, and the interior-best share of the ‖x1‖² control."""
+def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed):
+    """FD by quintile of KPE and of the control scalars (``orderings``, from
+    :func:`control_orderings`), the section's paragraph about them, and the interior-best share of
+    the ‖x1‖² control."""
     import pandas as pd
 
     reference = feature_reference(ref)
-    orderings = control_orderings(kpe, x1, x0, seed)
     control = pd.DataFrame({"quintile": [f"Q{q + 1}" for q in range(5)], **{
         name: [fd_to_reference(feats[bins == q], reference) for q in range(5)] for name, bins in orderings.items()}})
     share = _interior_best_share(feats, orderings["‖x1‖²"], ref, resamples, seed)
@@ -402,11 +402,10 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
     fd_col = table.columns[4]
     best = int(table[fd_col].idxmin())
     resamples = min(200, sem_cfg.bootstrap)
-    x0 = start_noise(run)  # drawn again from each seed: once for both
-    control, control_text, control_share = _goldilocks_control(kpe, x, x0, feats.numpy(), ref.numpy(),
+    orderings = control_orderings(kpe, x, start_noise(run), sem_cfg.seed_start)
+    control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(),
                                                                 fd_col, resamples, sem_cfg.seed_start)
-    x1_bins = control_orderings(kpe, x, x0, sem_cfg.seed_start)["‖x1‖²"]
-    tests = goldilocks_tests(feats.numpy(), bins, x1_bins, ref.numpy(), resamples, sem_cfg.seed_start)
+    tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start)
     claim = Claim(
         "memorization", "Goldilocks: quality is best at intermediate energy",
         "too little energy gives weak samples, too much drives copies",
