@@ -2,6 +2,7 @@
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -162,8 +163,34 @@ def test_workspace_recomputes_on_new_config_and_after_a_truncated_write(tmp_path
     assert ws.cached("stage", {"a": 1}, compute)["value"].item() == 3  # corrupt file redone
 
 
+def test_workspace_keeps_a_stage_several_studies_read(tmp_path, monkeypatch):
+    from kinetic_fm.studies import workspace
+
+    loads = []
+    load = torch.load
+    monkeypatch.setattr(workspace.torch, "load", lambda path, **kw: loads.append(path) or load(path, **kw))
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return {"value": torch.tensor([len(computed)])}
+
+    ws = Workspace(tmp_path)
+    first = ws.cached("stage", {"a": 1}, compute, keep=True)
+    assert ws.cached("stage", {"a": 1}, compute) is first and (computed, loads) == ([1], [])
+    ws.cached("other", {"a": 1}, compute)
+    ws.cached("other", {"a": 1}, compute)                        # not kept: read from its file
+    assert len(computed) == 2 and len(loads) == 1
+    again = Workspace(tmp_path)                                  # a re-run: read once, then held
+    kept = again.cached("stage", {"a": 1}, compute, keep=True)
+    assert again.cached("stage", {"a": 1}, compute, keep=True) is kept and kept["value"].item() == 1
+    assert len(computed) == 2 and len(loads) == 2
+
+
 # figure name -> its axes as the tiny run rendered them (filled by the tiny_report fixture)
 _DRAWN: dict[str, list[dict]] = {}
+# the stage files the tiny run read back from its cache (filled by the tiny_report fixture)
+_LOADED: list[str] = []
 
 
 def _axes_summary(ax) -> dict:
@@ -183,10 +210,24 @@ def tiny_report(tmp_path_factory):
         _DRAWN[name] = [_axes_summary(ax) for ax in fig.axes]
         return render(fig, name, caption)
 
+    from kinetic_fm.studies import workspace
+
+    load = torch.load
+
+    def counted(path, **kwargs):
+        _LOADED.append(Path(path).name)
+        return load(path, **kwargs)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(figures, "_render", keep)
+        patch.setattr(workspace.torch, "load", counted)
         md, html = reproduce(ReproduceConfig.preset("tiny"), out, progress=False)
     return out, md, html
+
+
+def test_tiny_reproduce_reads_the_generalising_run_it_sampled_from_memory(tiny_report):
+    # semantics samples it; support, Goldilocks and the sample-quality check each read its file again
+    assert not [name for name in _LOADED if name.startswith("general-fm-")], _LOADED
 
 
 def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):

@@ -22,6 +22,7 @@ def sampled(
     *,
     device: str = "cpu",
     batch_size: int = 1024,
+    keep: bool = False,
     **sample_kwargs: Any,
 ) -> Run:
     """Sample ``seeds`` through ``field`` (with ``kfm.sample`` options) and cache the outcome.
@@ -29,6 +30,8 @@ def sampled(
     Returns CPU tensors: ``x`` (B, ...) float32, ``kpe``, ``kpe_raw``, ``early``, ``late``, ``peak``
     (B,) float64, ``profile`` (B, S) float64 (per-step applied energy), ``times`` (S + 1,) and ``seeds``.
     ``key`` must identify the field (the stage is recomputed when it or the options change).
+    ``keep``: the workspace holds the run for later calls (see :meth:`Workspace.cached`): the
+    caller and those calls share its tensors, which none may modify in place.
     """
     full_key = {**key, "seeds": [seeds.start, seeds.stop], "shape": list(shape), **{k: repr(v) for k, v in sample_kwargs.items()}}
 
@@ -47,7 +50,7 @@ def sampled(
             "seeds": torch.arange(seeds.start, seeds.stop),
         }
 
-    return ws.cached(name, full_key, compute)
+    return ws.cached(name, full_key, compute, keep=keep)
 
 
 def energy_after(run: Run, after: float) -> torch.Tensor:

@@ -24,12 +24,14 @@ from .workspace import Workspace
 
 
 def general_samples(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key: str, shaping: KTS | None = None):
-    """Samples of the generalising model for the semantics and support studies (cached)."""
+    """Samples of the generalising model for the semantics, support and Goldilocks studies and the
+    sample-quality check (cached, and held by ``ws`` once read: every one of them reads the plain
+    run; they share its tensors, so none may modify them in place)."""
     return sampled(
         ws, "general-fm" if shaping is None else "general-kts",
         {"assets": asset_key, "net": "general", "shaping": None if shaping is None else asdict(shaping)},
         assets.general, range(cfg.seed_start, cfg.seed_start + cfg.n_samples), tuple(assets.train.shape[1:]),
-        device=str(next(assets.general.parameters()).device),
+        device=str(next(assets.general.parameters()).device), keep=shaping is None,
         steps=cfg.steps, solver=cfg.solver, shaping=shaping,
     )
 

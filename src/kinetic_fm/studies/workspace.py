@@ -39,13 +39,28 @@ class Workspace:
         self.root = Path(out)
         for sub in ("cache", "tables", "models"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._kept: dict[Path, dict[str, Any]] = {}  # stage file -> its result, for cached(keep=True)
 
     def stage_path(self, name: str, config: Any) -> Path:
         return self.root / "cache" / f"{name}-{config_hash(config)}.pt"
 
-    def cached(self, name: str, config: Any, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Return the stored result of stage ``name`` for ``config``, computing and saving it if absent."""
+    def cached(self, name: str, config: Any, compute: Callable[[], dict[str, Any]], *,
+               keep: bool = False) -> dict[str, Any]:
+        """Return the stored result of stage ``name`` for ``config``, computing and saving it if absent.
+
+        ``keep``: also hold the result in memory, so that later calls for the same stage on this
+        workspace return that very object instead of reading the file again (a stage several
+        studies read). They share it, so none may modify it in place.
+        """
         path = self.stage_path(name, config)
+        if path in self._kept:
+            return self._kept[path]
+        result = self._load_or_compute(path, compute)
+        if keep:
+            self._kept[path] = result
+        return result
+
+    def _load_or_compute(self, path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if path.exists():
             try:
                 return torch.load(path, map_location="cpu", weights_only=True)
