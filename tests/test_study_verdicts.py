@@ -356,3 +356,40 @@ def test_shaping_notes_give_the_bonferroni_level_of_the_parts_their_rules_test(m
     notes = ((balanced, "CI (Bonferroni", seen["balanced parts"]), (tau, "CI, Bonferroni", seen["tau parts"]))
     for note, before, parts in notes:
         assert _note_level(note, before) == pytest.approx(100 * (1 - 0.05 / parts), abs=0.005), note
+
+
+def test_percent_of_writes_two_significant_digits_then_whole_percents():
+    from kinetic_fm.studies.verdicts import percent_of
+
+    assert percent_of(-0.41, 1367.0) == "-0.030%"                # 0.02999...%
+    assert percent_of(-1.5, 100.0) == "-1.5%" and percent_of(0.999, 100.0) == "+1.0%"
+    assert percent_of(70.0, 16.68) == "+420%" and percent_of(12.3, 100.0) == "+12%"
+    assert percent_of(0.0, 5.0) == "0%"
+    assert percent_of(1.0, 0.0) == percent_of(1.0, float("nan")) == percent_of(float("inf"), 1.0) == "n/a"
+
+
+def test_each_shaping_fd_interval_shows_the_change_as_a_percent_of_the_baseline_fd():
+    # a ΔFD interval can exclude 0 for a change of 0.03% of FD: the text gives the size beside it
+    import re
+
+    from kinetic_fm.studies.shaping import shaping_claims
+
+    fd_shift = {name: 1.0 for name in SETTINGS} | {"launch only": 0.9, "landing only": 1.6, "balanced": 0.95,
+                                                   "balanced τ=0.2": 1.3, "balanced τ=0.8": 0.97}
+    feats, memorized, value, reference, boot = _grid(fd_shift, {name: 0.4 for name in SETTINGS})
+    claims = shaping_claims(feats, memorized, value, "FD", reference, boot)
+    fd = value["FD"]
+    expected = {                                                 # (setting, baseline) per ΔFD interval
+        "Launch-only KTS improves quality": [("launch only", "plain FM")],
+        "Landing-only KTS costs quality": [("landing only", "plain FM")],
+        "Balanced KTS improves quality and reduces memorization": [("balanced", "plain FM")],
+        "τ_split = 0.6 gives the best quality": [("balanced τ=0.2", "balanced"), ("balanced τ=0.4", "balanced"),
+                                                 ("balanced τ=0.8", "balanced")]}
+    for claim in claims:
+        if claim.statement not in expected:
+            continue
+        found = re.findall(r"\], ([+-][\d.]+|0)% of (plain FM|τ=0\.6)'s FD", claim.ci)
+        assert len(found) == len(expected[claim.statement]), claim.ci
+        for (pct, base_words), (name, base) in zip(found, expected[claim.statement]):
+            assert base_words == ("τ=0.6" if base == "balanced" else base)
+            assert float(pct) == pytest.approx(100 * (fd[name] - fd[base]) / fd[base], rel=0.05, abs=1e-12), claim.ci

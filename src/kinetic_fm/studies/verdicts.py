@@ -47,6 +47,20 @@ def fmt_ci(low: float, high: float, what: str = "95% CI", digits: int = 3, *, de
     return f"{what} [{low:{spec}}, {high:{spec}}]" + (f" {unit}" if unit else "")
 
 
+def percent_of(change: float, base: float) -> str:
+    """``change`` as a signed percentage of ``base``, the way a note writes how large an effect is:
+    two significant digits below 10% (+0.031%, -1.5%), whole percents from there (+420%); "n/a"
+    unless both are finite and ``base`` > 0."""
+    if not (math.isfinite(base) and base > 0 and math.isfinite(change)):
+        return "n/a"
+    pct = 100 * change / base
+    if pct == 0:
+        return "0%"
+    two_digits = float(f"{abs(pct):.2g}")  # 0.999 rounds to 1.0: one decimal, not two
+    decimals = max(0, 1 - math.floor(math.log10(two_digits)))
+    return f"{pct:+.{decimals}f}%"
+
+
 def bonferroni_level(parts: int) -> str:
     """The confidence 1 − 0.05/``parts`` of each part's interval, as a note writes it (98.75%)."""
     return f"{100 * (1 - 0.05 / parts):.4g}%"
