@@ -98,10 +98,10 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         "share after t = 0.9: " + "; ".join(fmt_ci(lo, hi, f"N = {n}", decimals=3, signed=False)
                                             for n, lo, hi in zip(sizes, spike_low, spike_high)),
         spike_verdict,
-        f"bootstrap intervals at {bonferroni_level(len(sizes))} (Bonferroni over the {len(sizes)} subsets); reproduced "
-        "when some subset's lies above one half of the energy after t = 0.9, not reproduced when every one lies "
-        "below. Exact EFM commits to its "
-        "atom early and then moves in a straight line at constant speed; "
+        f"studentized bootstrap intervals at {bonferroni_level(len(sizes))} (Bonferroni over the {len(sizes)} "
+        "subsets); reproduced when some subset's lies above one half of the energy after t = 0.9, not reproduced "
+        "when every one lies below. Exact EFM commits to its atom early and then moves in a straight line at "
+        "constant speed; "
         "1/(1 − t) only bites off the atoms. Since v* = E[y − x0 | x_t], the mean power at any t is at "
         f"most ½(E‖y‖² + D), which caps the share after t = 0.9 at {late_bound:.0%} here")
     claims = [copies, spike]
@@ -150,21 +150,54 @@ def late_spike_verdict(late: list, energy: list, share: float = 0.5, resamples: 
                        seed: int = 0) -> tuple[str, np.ndarray, np.ndarray]:
     """EFM trajectories spend their energy at the very end: per subset, the batch's share
     Σ late / Σ KPE (``late[i]``, ``energy[i]``: (n,) per-sample energy after t = 0.9 and in all)
-    with a percentile bootstrap interval over samples at level 1 − 0.05/K for K subsets (the claim
-    holds if some subset shows it: K chances). "reproduced" when some interval lies above
-    ``share``, "not reproduced" when every one lies below, else "inconclusive". Returns the
-    verdict and the (K,) bounds."""
+    with a studentized bootstrap interval over samples (:func:`late_share_interval`) at level
+    1 − 0.05/K for K subsets (the claim holds if some subset shows it: K chances). "reproduced"
+    when some interval lies above ``share``, "not reproduced" when every one lies below, else
+    "inconclusive". Returns the verdict and the (K,) bounds."""
     rng = np.random.default_rng(seed)
     tail = 0.025 / len(late)
-    bounds = []
-    for lt, en in zip(late, energy):
-        lt, en = np.asarray(lt, dtype=np.float64), np.asarray(en, dtype=np.float64)
-        idx = rng.integers(0, len(en), size=(resamples, len(en)))
-        bounds.append(np.quantile(lt[idx].sum(1) / en[idx].sum(1), [tail, 1 - tail]))
-    low, high = np.array(bounds).T
+    low, high = np.array([late_share_interval(lt, en, tail, resamples, rng) for lt, en in zip(late, energy)]).T
     if (low > share).any():
         return "reproduced", low, high
     return ("not reproduced" if (high < share).all() else "inconclusive"), low, high
+
+
+def late_share_interval(late: np.ndarray, energy: np.ndarray, tail: float = 0.025, resamples: int = 1000,
+                        rng: np.random.Generator | int = 0) -> tuple[float, float]:
+    """Bootstrap-t interval of the batch's late share R = Σ late / Σ energy ((n,) per-sample energies,
+    0 ≤ late ≤ energy), ``tail`` on each side: the quantiles of each resample's (R* − R)/se* (se: the
+    ratio's jackknife standard error) bound R − q·se; clipped to [0, 1]. A share that every sample
+    has alike (se = 0) gives the zero-width interval [R, R]. ``rng``: a generator or a seed.
+
+    The percentile interval it replaces was too narrow at small n: under a true share of one half,
+    32 samples in each of two subsets (the tiny preset), its low end passed one half in 3.3%
+    (chi²-like energies, as exact EFM's) to 5.2% (lognormal ones) of simulated runs instead of 2.5%;
+    this one in 2.3% and 3.5%. Studentizing accounts for the ratio's skew and uncertain spread."""
+    late, energy = np.asarray(late, dtype=np.float64), np.asarray(energy, dtype=np.float64)
+    rng = np.random.default_rng(rng)
+    ratio, se = _share_and_jackknife_se(late, energy)
+    if not se > 0:
+        return (float(ratio), float(ratio)) if se == 0 else (float("nan"), float("nan"))
+    idx = rng.integers(0, len(energy), size=(resamples, len(energy)))
+    ratio_b, se_b = _share_and_jackknife_se(late[idx], energy[idx])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (ratio_b - ratio) / se_b
+    t = t[np.isfinite(t)]  # a resample of one repeated sample has se* = 0
+    if not len(t):
+        return float("nan"), float("nan")
+    q_low, q_high = np.quantile(t, [tail, 1 - tail])
+    return float(np.clip(ratio - q_high * se, 0, 1)), float(np.clip(ratio - q_low * se, 0, 1))
+
+
+def _share_and_jackknife_se(late: np.ndarray, energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """R = Σ late / Σ energy over the last axis and its jackknife standard error
+    √((n − 1)/n · Σ_i (R_(i) − mean R_(·))²), R_(i) = (Σ late − late_i) / (Σ energy − energy_i)."""
+    n = late.shape[-1]
+    total_late, total = late.sum(-1, keepdims=True), energy.sum(-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a sample holding all the energy: NaN
+        leave_one_out = (total_late - late) / (total - energy)
+    spread = ((leave_one_out - leave_one_out.mean(-1, keepdims=True)) ** 2).sum(-1)
+    return total_late[..., 0] / total[..., 0], np.sqrt((n - 1) / n * spread)
 
 
 MIN_GROUP = 5  # fewer memorized (or other) samples than this leave the late-energy claim undecided
