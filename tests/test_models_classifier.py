@@ -116,3 +116,18 @@ def test_kfm_reproduce_resumes_an_interrupted_judging_classifier(tmp_path, monke
     resumed, again = judge("cut")
     assert len(calls) == 20 + 1                                # the last 20 steps, then the held-out accuracy
     assert _same_weights(whole, resumed) and again == accuracy
+
+
+@pytest.mark.parametrize("setting,match", [
+    ({"steps": 0}, "steps must be a positive integer, got 0"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer, got 2.5"),
+    ({"save_every": 0}, "save_every must be a positive integer, got 0"),
+    ({"lr": float("nan")}, "lr must be a finite number > 0"),
+    ({"augment_noise": -0.1}, "augment_noise must be a finite number >= 0"),
+    ({"resume": "no"}, "resume must be True or False"),
+])
+def test_train_classifier_refuses_bad_settings_by_name(setting, match, tmp_path):
+    ds = load_digits(n=16, seed=1)
+    with pytest.raises(ValueError, match=match):
+        train_classifier(ds.images, ds.labels, out=tmp_path / "run", **setting)
+    assert not (tmp_path / "run").exists()          # refused before the folder is made

@@ -146,7 +146,7 @@ def test_bad_inputs():
     for bad in (0.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="lr must be a finite number > 0"):
             TrainConfig(lr=bad)
-    with pytest.raises(ValueError, match="save_every must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="save_every must be a positive integer, got 0"):
         TrainConfig(save_every=0)
 
 
@@ -217,3 +217,26 @@ def test_digits_model_samples_are_confidently_classified():
     assert probs.max(1).values.mean() >= 0.8  # measured 0.94 (real digits: 0.999)
     counts = torch.bincount(probs.argmax(1), minlength=10)
     assert (counts >= 15).all(), f"some digit classes are (nearly) never generated: {counts.tolist()}"
+
+
+@pytest.mark.parametrize("setting,match", [
+    ({"steps": 2.5}, "steps must be a positive integer, got 2.5"),
+    ({"batch_size": True}, "batch_size must be a positive integer, got True"),
+    ({"warmup": -1}, "warmup must be a non-negative integer, got -1"),
+    ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+])
+def test_train_config_refuses_counts_that_are_not_integers(setting, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**setting)
+
+
+def test_train_config_holds_plain_ints_that_config_json_can_write():
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    config = TrainConfig(steps=np.int64(3), batch_size=torch.tensor(4), seed=np.int32(-2))
+    assert (config.steps, config.batch_size, config.seed) == (3, 4, -2)
+    assert all(type(v) is int for v in (config.steps, config.batch_size, config.seed))
+    json.dumps(dataclasses.asdict(config))

@@ -1,6 +1,7 @@
 """A small CNN classifier for digits / MNIST: penultimate features, logits and the logit margin."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -8,6 +9,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..checks import check_flag, check_integer, is_real
 
 
 class SmallCNN(nn.Module):
@@ -87,9 +90,15 @@ def train_classifier(
     """
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)}, {tuple(labels.shape)}")
-    if save_every < 1:
-        raise ValueError(f"save_every must be >= 1, got {save_every}")
-    settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, augment_noise=augment_noise, width=width)
+    steps, batch_size, width, save_every = (check_integer(name, value, 1) for name, value in (
+        ("steps", steps), ("batch_size", batch_size), ("width", width), ("save_every", save_every)))
+    seed, resume = check_integer("seed", seed), check_flag("resume", resume)
+    if not (is_real(lr) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not (is_real(augment_noise) and 0 <= augment_noise < math.inf):
+        raise ValueError(f"augment_noise must be a finite number >= 0, got {augment_noise!r}")
+    settings = dict(steps=steps, batch_size=batch_size, lr=float(lr), seed=seed, augment_noise=float(augment_noise),
+                    width=width)
     if out is None:
         return _train_classifier(images, labels, settings, test, progress, None, False, save_every, callback)
     from ..runs.lock import RunLock  # here: the runs package brings pyarrow with it

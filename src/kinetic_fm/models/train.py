@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_flag, torch_readable
+from ..checks import check_flag, check_integer, torch_readable
 from .checkpoint import load_state, save_model, save_state, save_weights
 
 RESUME_FILE = "resume.pt"
@@ -62,11 +62,9 @@ class TrainConfig:
     save_every: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "save_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        # plain ints: a float step count breaks the loop late, and a NumPy one config.json
+        for name, low in (("steps", 1), ("batch_size", 1), ("save_every", 1), ("warmup", 0), ("seed", None)):
+            object.__setattr__(self, name, check_integer(name, getattr(self, name), low))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
