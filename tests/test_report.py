@@ -329,6 +329,23 @@ def test_closest_pairs_pixel_range(low, high, mapped):
     np.testing.assert_allclose(shown, nearest)                        # each sample is its own nearest
 
 
+def test_closest_pairs_keep_the_training_scale_when_samples_overshoot_it():
+    """An undertrained net's samples spill far outside the data's [-1, 1]: the training items are
+    still drawn as they are (black stays -1, white 1), and the samples clipped to that scale."""
+    import torch
+
+    g = torch.Generator().manual_seed(4)
+    train = torch.rand(12, 1, 5, 5, generator=g) * 2 - 1
+    train[:, :, 0, 0], train[:, :, 0, 1] = -1.0, 1.0
+    samples = 4.0 * train[:3] + 0.1 * torch.randn(3, 1, 5, 5, generator=g)   # spans about [-4, 4]
+    report = _audit(samples, train)
+    shown, nearest, _ = F.closest_pairs(report, samples, train, pairs=3)
+    wanted = train[report.nearest[torch.from_numpy(np.argsort(report.ratio.numpy(), kind="stable")[:3])]]
+    np.testing.assert_array_equal(nearest, wanted.numpy())
+    np.testing.assert_array_equal(shown, np.clip(samples[np.argsort(report.ratio.numpy(), kind="stable")[:3]]
+                                                 .numpy(), -1.0, 1.0))
+
+
 def test_memorization_figure_with_and_without_images():
     import torch
     from PIL import Image

@@ -681,7 +681,8 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     images ((n, C, H, W) or (n, H, W, C) with C in {1, 3}, or (n, H, W)): the ``pairs`` samples
     with the smallest ratio (top row) above their nearest training items (bottom row), each
     column labelled with its ratio. Pixels are shown as uint8 (0–255), [-1, 1] or [0, 1] data,
-    judged from the range of both sets together; any other range is stretched to fit.
+    judged from the training items' range (any other range is stretched to fit it); the samples
+    are drawn on the same scale, clipped where they overshoot it.
     """
     check_figure_name(name)
     if not (isinstance(pairs, int) and pairs >= 1):
@@ -740,8 +741,8 @@ def closest_pairs(report: "MemorizationReport", samples: Any, train: Any, pairs:
     """The ``pairs`` samples with the smallest gap ratio and their nearest training items.
 
     Returns ``(samples, nearest, ratios)``: two (n, C, H, W) arrays in [-1, 1] (n ≤ ``pairs``,
-    smallest ratio first, ties in sample order) and their (n,) ratios; None when the inputs are not
-    images (see :func:`memorization_figure`).
+    smallest ratio first, ties in sample order; on the training items' scale, samples clipped to
+    it) and their (n,) ratios; None when the inputs are not images (see :func:`memorization_figure`).
     """
     ratio = _array(report.ratio, name="report.ratio").ravel()
     order = np.argsort(ratio, kind="stable")[:pairs]
@@ -753,20 +754,20 @@ def closest_pairs(report: "MemorizationReport", samples: Any, train: Any, pairs:
     (sample_axes, sample_shape), (train_axes, train_shape) = layouts
     if sample_shape != train_shape:
         return None
-    # only the shown rows leave the device; the range is read where the data lie
+    # only the shown rows leave the device; the range is read where the data lie. The training
+    # items alone set the scale: samples that overshoot it are clipped when drawn, where a range
+    # taken from both sets had squeezed real images into mid-grey
     picked = _as_images(_array(samples[order.tolist()], name="samples"), sample_axes)
     nearest = _as_images(_array(train[nearest_index.tolist()], name="train"), train_axes)
-    integer = not any(_is_float(a) for a in (samples, train))
-    lo = min(float(samples.min()), float(train.min()))
-    hi = max(float(samples.max()), float(train.max()))
-    if integer and lo >= 0 and 1 < hi <= 255:
+    lo, hi = float(train.min()), float(train.max())
+    if not _is_float(train) and lo >= 0 and 1 < hi <= 255:
         picked, nearest = picked / 127.5 - 1.0, nearest / 127.5 - 1.0       # uint8 pixels
     elif lo >= 0 and hi <= 1.001:
         picked, nearest = 2.0 * picked - 1.0, 2.0 * nearest - 1.0           # [0, 1]
     elif not (lo >= -1.001 and hi <= 1.001):                                # else [-1, 1] as is
         half = max(hi - lo, 1e-12) / 2.0                                    # anything else: stretched
         picked, nearest = (picked - lo) / half - 1.0, (nearest - lo) / half - 1.0
-    return picked, nearest, ratio[order]
+    return np.clip(picked, -1.0, 1.0), nearest, ratio[order]
 
 
 def _image_layout(values: Any) -> tuple[tuple[int, ...] | None, tuple[int, ...]] | None:
