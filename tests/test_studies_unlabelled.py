@@ -102,3 +102,24 @@ def test_the_bias_note_appears_exactly_when_samples_do_not_outnumber_features():
     assert "bias" in SampleQuality(3.0, 1.0, 9.0, 64, "x", 64).sentence()
     assert "bias" not in SampleQuality(3.0, 1.0, 9.0, 65, "x", 64).sentence()
     assert "bias" not in SampleQuality(3.0, 1.0, 9.0, 64, "x").sentence()
+
+
+def test_a_cifar_resnet_judge_on_grey_images_is_refused_before_any_net_trains(tmp_path, monkeypatch):
+    """--classifier resnet20 on grey images (CelebA) failed only in the semantics study, after the
+    velocity nets had trained (minutes at --quick); now the assets refuse it before training."""
+    import kinetic_fm.studies.assets as module
+    from kinetic_fm.models.resnet_cifar import CifarResNet
+    from kinetic_fm.studies.workspace import Workspace
+
+    weights = tmp_path / "resnet20-random.th"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in CifarResNet(20).state_dict().items()}}, weights)
+    g = torch.Generator().manual_seed(1)
+    grey = torch.rand(50, 1, 8, 8, generator=g) * 2 - 1                # what celeba: loads, at 8x8
+    monkeypatch.setattr(module, "_load_split", lambda cfg, progress=True: (grey[10:], None, grey[:10], None,
+                                                                           None, "grey faces"))
+    cfg = AssetsConfig(data="celeba:faces.zip", classifier=f"resnet20:{weights}", n_heldout=10, memorizer_n=8,
+                       general_steps=2, memorizer_steps=2, batch_size=8, model="mlp", width=8)
+    with pytest.raises(ValueError, match=r"--classifier resnet20 judges RGB images \(3, 32, 32\), but "
+                                         r"'celeba:faces.zip' loads images of shape \(1, 8, 8\); leave --classifier"):
+        module.load_assets(cfg, Workspace(tmp_path / "out"), progress=False)
+    assert not any(p.is_dir() for p in (tmp_path / "out" / "models").glob("*"))

@@ -127,6 +127,12 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
     if cfg.classifier:
         from ..models.resnet_cifar import load_cifar_resnet_spec
 
+        if train.ndim != 4 or train.shape[1] != 3:
+            # the ResNet refuses them only when the first study judges samples, after minutes of training
+            raise ValueError(f"--classifier {cfg.classifier.partition(':')[0]} judges RGB images (3, 32, 32), but "
+                             f"{cfg.data!r} loads images of shape {tuple(train.shape[1:])}; leave --classifier out "
+                             "(a set with labels gets a judge trained here, one without measures FD in its "
+                             "pixels' principal directions)")
         net, kind = load_cifar_resnet_spec(cfg.classifier)          # in eval mode
         net = net.to(cfg.device)
         acc = None
