@@ -142,3 +142,16 @@ def test_a_local_rank_past_the_last_gpu_names_it():
         assert resolve_device("cuda", World(0, 1, 0)) == torch.device("cuda", 0)
         with pytest.raises(ValueError, match=r"LOCAL_RANK 1 \(--device cuda\) asks for cuda:1, but torch sees 1 CUDA"):
             resolve_device("cuda", World(1, 2, 1))
+
+
+def test_ctrl_c_in_kfm_reproduce_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    """kfm reproduce has no --resume: the same command on the same --out continues, and says so."""
+    import kinetic_fm.studies.reproduce as study
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "reproduce", interrupted)
+    assert main(["reproduce", "--tiny", "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err == ("kfm reproduce: interrupted: finished stages are kept in --out; rerun the "
+                                       "same command to continue\n")

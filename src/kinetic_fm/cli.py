@@ -68,9 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "steps, a smaller --batch-size, or another device", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = (": finished work is kept; rerun the same command with --resume to continue"
-                if hasattr(args, "resume") else "")
-        print(f"kfm {args.command}: interrupted{hint}", file=sys.stderr)
+        hint = getattr(args, "interrupt_hint", None) or (
+            "finished work is kept; rerun the same command with --resume to continue"
+            if hasattr(args, "resume") else "")
+        print(f"kfm {args.command}: interrupted{': ' + hint if hint else ''}", file=sys.stderr)
         return 130
 
 

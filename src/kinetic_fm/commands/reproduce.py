@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**63 (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    # no --resume flag: the same command on the same --out picks up the cached stages
+    p.set_defaults(func=run, interrupt_hint="finished stages are kept in --out; rerun the same command to continue")
 
 
 def run(args: argparse.Namespace) -> int:
