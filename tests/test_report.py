@@ -460,6 +460,20 @@ def test_memorization_figure_names_its_interval_threshold_and_both_groups(monkey
     assert hist["legend"] == ["not memorized: 6/10", "memorized: 4/10", "threshold d1/d2 = 1/3"]
 
 
+def test_memorization_figure_gives_no_zero_width_interval_when_nothing_is_memorized(monkeypatch):
+    """0 of 400 memorized: every bootstrap resample is 0, so its interval [0, 0] claims certainty;
+    the title shows the Wilson interval, 0 to z²/(n + z²) at 0 of n."""
+    import torch
+
+    drawn = _drawn_axes(monkeypatch)
+    g = torch.Generator().manual_seed(5)
+    report = _audit(torch.randn(400, 1, 4, 4, generator=g), torch.randn(50, 1, 4, 4, generator=g))
+    assert report.fraction == 0.0 and report.ci == (0.0, 0.0)
+    F.memorization_figure("mem", "c", report)
+    z2 = 1.959963984540054 ** 2
+    assert drawn["mem"][0]["title"] == f"F_mem = 0.000 (95% Wilson CI 0.000–{z2 / (400 + z2):.3f})"
+
+
 def test_crowded_energy_profiles_outline_their_bands(monkeypatch):
     """Four overlapping filled bands blend into one grey; beyond two, bands are dotted outlines."""
     drawn = _drawn_axes(monkeypatch)

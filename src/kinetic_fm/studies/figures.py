@@ -677,8 +677,9 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     """The gap-ratio audit at a glance.
 
     Left: the distribution of d1/d2 on [0, 1], the threshold dashed, the memorized part shaded,
-    F_mem with its CI above. Right, when ``samples`` (B, ...) and ``train`` (N, ...) are the audited
-    images ((n, C, H, W) or (n, H, W, C) with C in {1, 3}, or (n, H, W)): the ``pairs`` samples
+    F_mem with its CI above (at F_mem = 0 or 1, where a bootstrap interval has no width, the
+    Wilson one). Right, when ``samples`` (B, ...) and ``train`` (N, ...) are the audited images
+    ((n, C, H, W) or (n, H, W, C) with C in {1, 3}, or (n, H, W)): the ``pairs`` samples
     with the smallest ratio (top row) above their nearest training items (bottom row), each
     column labelled with its ratio. Pixels are shown as uint8 (0–255), [-1, 1] or [0, 1] data,
     judged from the training items' range (any other range is stretched to fit it); the samples
@@ -706,7 +707,14 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     ax.set_xlim(0.0, 1.0)
     low, high = report.ci
     kind = {"wilson": "Wilson", "clopper-pearson": "Clopper–Pearson"}.get(report.interval, report.interval)
-    interval = "" if math.isnan(low) else f" ({report.confidence:.0%} {kind} CI {low:.2f}–{high:.2f})"
+    if report.interval == "bootstrap" and report.fraction in (0.0, 1.0):
+        # every resample of all-or-none flags is the same: a zero-width interval claims certainty
+        from ..metrics.memorization import fraction_interval
+
+        kind = "Wilson"
+        low, high = fraction_interval(int(report.memorized.sum()), report.memorized.numel(), "wilson",
+                                      confidence=report.confidence)
+    interval = "" if math.isnan(low) else f" ({report.confidence:.0%} {kind} CI {low:.3f}–{high:.3f})"
     ax.set_title(f"F_mem = {report.fraction:.3f}{interval}", fontsize=11)
     _legend(ax)
     if wide:
