@@ -436,6 +436,27 @@ def test_efm_lands_on_atoms_in_the_study(tiny_report):
         assert (late > 0).all() and late.max() < 0.5              # the last steps carry energy, not most of it
 
 
+def test_the_late_spike_claim_states_bounds_its_own_table_keeps(tiny_report):
+    """"At most 10%" stood beside batch shares of 10.3%: each bound the claim states holds for the
+    shares recomputed from the per-sample tables, and the Jensen cap it names for the table's."""
+    import re
+
+    out, md, _ = tiny_report
+    text = md.read_text()
+    stated = re.search(r"each batch spends at most ([\d.]+)% of its energy after t = 0\.9 \(10% would be "
+                       r"uniform; no single sample more than ([\d.]+)%\)", text)
+    batch, single = (float(v) / 100 for v in stated.groups())
+    for n in (8, 32):
+        frame = pd.read_parquet(out / "tables" / f"memorization__efm_n{n}.parquet")
+        late = frame["late_fraction_t0.9"] * frame["kpe"]
+        assert late.sum() / frame["kpe"].sum() <= batch
+        assert frame["late_fraction_t0.9"].max() <= single
+    assert batch <= single                                   # a batch's share is a mean of its samples'
+    from kinetic_fm.studies.memorization import _percent_up
+
+    assert [_percent_up(v) for v in (0.1, 0.1042, 0.10401, 0.0999)] == ["10.0%", "10.5%", "10.5%", "10.0%"]
+
+
 def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, monkeypatch):
     from kinetic_fm.studies import reproduce as module
 
