@@ -142,16 +142,16 @@ def test_bootstrap_fd_is_each_resamples_frechet_distance():
     assert deltas.shape == (50,) and (deltas > 0.5).all()       # a unit shift in 3-D adds FD ≈ 3
 
 
-def _grid(fd_shift: dict, memorized_share: dict, n: int = 200, seed: int = 0):
-    """Synthetic KTS-grid inputs: each setting's features are the reference law shifted by
+def _grid(fd_shift: dict, memorized_share: dict, n: int = 200, seed: int = 0, dim: int = 3):
+    """Synthetic KTS-grid inputs: each setting's (n, dim) features are the reference law shifted by
     ``fd_shift`` (FD grows with the shift) and a ``memorized_share`` of its samples memorized."""
     import pandas as pd
 
     from kinetic_fm.studies.output import fd_to_reference, feature_reference
 
     rng = np.random.default_rng(seed)
-    reference = feature_reference(rng.standard_normal((2000, 3)))
-    noise = rng.standard_normal((n, 3))                 # the same seeds in every setting: paired
+    reference = feature_reference(rng.standard_normal((2000, dim)))
+    noise = rng.standard_normal((n, dim))               # the same seeds in every setting: paired
     feats = {name: noise + shift for name, shift in fd_shift.items()}
     memorized = {name: (np.arange(n) < share * n).astype(float) for name, share in memorized_share.items()}
     value = pd.DataFrame({"FD": {k: fd_to_reference(f, reference) for k, f in feats.items()},
@@ -182,6 +182,32 @@ def test_each_shaping_claim_reads_its_own_interval(paper_holds):
     claims = shaping_claims(feats, memorized, value, "FD", reference, boot)
     expected = "reproduced" if paper_holds else "not reproduced"
     assert [c.verdict for c in claims] == [expected] * 5, [(c.statement, c.verdict, c.ci) for c in claims]
+
+
+def test_no_fd_part_decides_a_shaping_claim_with_no_more_samples_than_features():
+    # 40 samples of 40 features: each FD is mostly the estimator's bias, which moves with a
+    # setting's spread. The same grid that reproduces every claim from 41 samples decides only
+    # by F_mem from 40: the memorization row as before, the balanced one's F_mem part failing it.
+    from kinetic_fm.studies.shaping import shaping_claims
+
+    fd_shift = {"plain FM": 1.0, "launch only": 0.2, "landing only": 1.8, "balanced": 0.5,
+                "balanced τ=0.2": 0.8, "balanced τ=0.4": 0.8, "balanced τ=0.8": 0.8}
+    shares = {name: 0.4 for name in SETTINGS} | {"landing only": 0.1, "balanced": 0.2}
+
+    def verdicts(n, shares=shares):
+        feats, memorized, value, reference, boot = _grid(fd_shift, shares, n=n, dim=40)
+        claims = shaping_claims(feats, memorized, value, "FD", reference, boot)
+        return {c.statement: (c.verdict, c.note) for c in claims}
+
+    assert {v for v, _ in verdicts(41).values()} == {"reproduced"}
+    decided = verdicts(40)
+    assert decided.pop("Landing-only KTS reduces memorization")[0] == "reproduced"
+    for statement, (verdict, note) in decided.items():
+        assert verdict == "inconclusive", statement
+        assert "each FD comes from 40 samples of 40 features, no more samples than features" in note
+    worse_mem = shares | {"balanced": 0.7}
+    balanced = verdicts(40, worse_mem)["Balanced KTS improves quality and reduces memorization"]
+    assert balanced[0] == "not reproduced" and "only the F_mem part can say not reproduced" in balanced[1]
 
 
 def test_a_memorizer_that_copies_nothing_leaves_the_reduction_not_measured():
