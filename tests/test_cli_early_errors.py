@@ -42,6 +42,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, command):
     ("--data", "mnist", "data spec 'mnist' needs a path"),
     ("--data", "digits:/x", "data spec 'digits:/x': digits takes no path"),
     ("--data", "moons", "kfm reproduce needs an image data set"),
+    ("--data", "celeba:/no/such/faces.zip", "--data 'celeba:/no/such/faces.zip': no such file or folder"),
 ])
 def test_reproduce_checks_its_specs_first(tmp_path, capsys, flag, spec, message):
     assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), flag, spec]) == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ._types import seed_number
 
@@ -42,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
     # a bad --device, --data or --classifier fails here, before folders are made or data loads
     resolve_device(args.device, World())
-    if parse_spec(args.data)[0] in POINT_SETS:
+    kind, path = parse_spec(args.data)
+    if kind in POINT_SETS:
         raise ValueError(f"--data {args.data!r}: kfm reproduce needs an image data set (2-D point sets are "
                          "studied on their exact field inside the support study)")
+    if path and not Path(path).exists():
+        raise FileNotFoundError(f"--data {args.data!r}: no such file or folder: {path}")
     cfg = ReproduceConfig.preset(args.mode, data=args.data, device=args.device, seed=args.seed)
     if args.classifier:
         from ..models.resnet_cifar import parse_cifar_resnet_spec
