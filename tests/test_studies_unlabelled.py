@@ -72,6 +72,7 @@ def test_the_space_is_named_wherever_an_fd_is_reported(unlabelled_run):
     assert "FD-pixels-PCA39+residual against all 40 training images" in text
     assert "no labels; FD in `pixels-PCA39+residual`: pixels projected on the training split's top 39 principal" in text
     assert "FD on pixels" not in text
+    assert "(not used: no classifier trained here)" in text      # the classifier's steps, in the Run table
 
 
 def test_support_densities_stay_in_raw_pixels(unlabelled_run):

@@ -83,6 +83,9 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     unset = {"n_train": "whole training split", "classifier": judge,
              "width": "the model's default"}
     configuration["assets"] = {k: unset.get(k, v) if v is None else v for k, v in configuration["assets"].items()}
+    if assets.classifier is None or assets.classifier_pretrained:  # no classifier was trained here
+        steps = configuration["assets"]["classifier_steps"]
+        configuration["assets"]["classifier_steps"] = f"{steps} (not used: no classifier trained here)"
     meta = {
         "mode": cfg.mode,
         "data": f"{cfg.assets.data} ({assets.source}; {len(assets.train)} training, {len(assets.heldout)} held-out images)",
