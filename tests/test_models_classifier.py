@@ -72,7 +72,8 @@ def test_a_classifier_resume_refuses_other_settings_and_an_unasked_resume(tmp_pa
     ds = load_digits(n=32, seed=1)
     kwargs = dict(steps=4, batch_size=8, width=4, save_every=2)
     train_classifier(ds.images, ds.labels, out=tmp_path, **kwargs)
-    with pytest.raises(ValueError, match=r"settings differ from the saved run \(train.steps, train.lr\)"):
+    with pytest.raises(ValueError, match=r"settings differ from the saved run \(train.steps, train.lr\): "
+                                         r"train.steps: saved 4, now 6; train.lr: saved 0.002, now 0.001"):
         train_classifier(ds.images, ds.labels, out=tmp_path, resume=True, **{**kwargs, "steps": 6, "lr": 1e-3})
     with pytest.raises(ValueError, match="already holds a classifier training"):
         train_classifier(ds.images, ds.labels, out=tmp_path, **kwargs)

@@ -178,10 +178,12 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     bit-identical (``stacklevel`` points the warning at the caller)."""
     state = load_state(path)
     saved = json.loads(state["config"])
-    mismatch = [k for k in run_config if k != "train" and saved.get(k) != run_config[k]]
-    mismatch += [f"train.{k}" for k in saved["train"] if k not in free and saved["train"][k] != run_config["train"][k]]
-    if mismatch:
-        raise ValueError(f"cannot resume {path}: settings differ from the saved run ({', '.join(mismatch)})")
+    differ = {k: (saved.get(k), run_config[k]) for k in run_config if k != "train" and saved.get(k) != run_config[k]}
+    differ |= {f"train.{k}": (saved["train"][k], run_config["train"].get(k)) for k in saved["train"]
+               if k not in free and saved["train"][k] != run_config["train"].get(k)}
+    if differ:
+        values = "; ".join(f"{k}: saved {_short(old)}, now {_short(new)}" for k, (old, new) in differ.items())
+        raise ValueError(f"cannot resume {path}: settings differ from the saved run ({', '.join(differ)}): {values}")
     start = int(state["step"])
     if start > steps:
         raise ValueError(f"cannot resume {path}: it is at step {start}, beyond steps={steps}")
@@ -195,6 +197,12 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
                       stacklevel=stacklevel + 1)
     _set_rng_state(state["rng"], generators, device)
     return start
+
+
+def _short(value: Any, width: int = 80) -> str:
+    """``value`` as JSON, cut to ``width`` characters for an error message."""
+    text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _config_json(config: TrainConfig) -> dict[str, Any]:
