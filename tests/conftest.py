@@ -57,3 +57,21 @@ def fixed_blas(monkeypatch):
 def pytest_configure(config):
     # Tiny nets run faster on one thread, and CI's 2 cores are shared with pytest itself.
     torch.set_num_threads(1)
+
+
+class TrainingInterrupted(Exception):
+    """Raised by :func:`stop_at`'s callbacks: a training "killed" after a given step."""
+
+
+@pytest.fixture
+def stop_at():
+    """``stop_at(k)``: a training callback that raises ``stop_at.error`` once step k has run
+    (a kill between resume states: the steps since the last one are lost)."""
+    def make(k: int):
+        def callback(step, loss):
+            if step == k:
+                raise TrainingInterrupted
+        return callback
+    make.error = TrainingInterrupted
+    return make
+

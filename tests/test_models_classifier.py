@@ -31,30 +31,19 @@ def test_tiny_digits_classifier_generalises_and_is_deterministic():
         train_classifier(ds.images[:, 0], ds.labels)
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _stop_at(k):
-    def callback(step, loss):
-        if step == k:
-            raise _Interrupt
-    return callback
-
-
 def _same_weights(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_an_interrupted_classifier_resumes_to_the_uninterrupted_weights(tmp_path):
+def test_an_interrupted_classifier_resumes_to_the_uninterrupted_weights(tmp_path, stop_at):
     from kinetic_fm.models.checkpoint import load_state
 
     ds = load_digits(n=96, seed=1)
     kwargs = dict(steps=23, batch_size=16, width=4, lr=5e-3, seed=2, save_every=5)
     whole = train_classifier(ds.images, ds.labels, **kwargs)              # in memory, no folder
-    with pytest.raises(_Interrupt):                                        # killed after step 13: resume.pt is at 10
-        train_classifier(ds.images, ds.labels, out=tmp_path / "cut", callback=_stop_at(13), **kwargs)
+    with pytest.raises(stop_at.error):                                     # killed after step 13: resume.pt is at 10
+        train_classifier(ds.images, ds.labels, out=tmp_path / "cut", callback=stop_at(13), **kwargs)
     assert load_state(tmp_path / "cut" / "resume.pt")["step"] == 10
     assert not _same_weights(whole.model, train_classifier(ds.images, ds.labels, **{**kwargs, "steps": 10}).model)
     torch.manual_seed(123)                                                 # the caller's RNG plays no part

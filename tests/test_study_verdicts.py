@@ -436,24 +436,25 @@ def test_late_spike_interval_keeps_its_level_at_the_tiny_size():
     from kinetic_fm.studies.memorization import late_spike_verdict
 
     rng = np.random.default_rng(0)
-    verdicts = []
-    for law in ("chi2", "lognormal"):
-        for seed in range(4000):
-            energy = rng.gamma(32.0, 1.0, 32) if law == "chi2" else rng.lognormal(0.0, 0.75, 32)
-            late = energy * rng.beta(0.5, 0.5, 32)
-            verdicts.append(late_spike_verdict([late], [energy], resamples=400, seed=seed)[0])
+
+    def verdicts_of(runs: int, shares: tuple[float, float]) -> list[str]:
+        # per law, `runs` subsets of 32 samples whose shares after t = 0.9 are Beta(*shares)
+        verdicts = []
+        for law in ("chi2", "lognormal"):
+            for seed in range(runs):
+                energy = rng.gamma(32.0, 1.0, 32) if law == "chi2" else rng.lognormal(0.0, 0.75, 32)
+                late = energy * rng.beta(*shares, 32)
+                verdicts.append(late_spike_verdict([late], [energy], resamples=400, seed=seed)[0])
+        return verdicts
+
+    verdicts = verdicts_of(4000, (0.5, 0.5))
     runs = len(verdicts)
     reproduced, false = verdicts.count("reproduced") / runs, 1 - verdicts.count("inconclusive") / runs
     assert reproduced <= 0.025 + 2 * math.sqrt(0.025 * 0.975 / runs), reproduced
     assert false <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / runs), false
     # and it still sees a share of 0.75 (shares Beta(1.5, 0.5)): 92% of 400 subsets (the percentile
     # interval 98.5%); a rule that never decides would pass the bounds above
-    verdicts = []
-    for law in ("chi2", "lognormal"):
-        for seed in range(200):
-            energy = rng.gamma(32.0, 1.0, 32) if law == "chi2" else rng.lognormal(0.0, 0.75, 32)
-            late = energy * rng.beta(1.5, 0.5, 32)
-            verdicts.append(late_spike_verdict([late], [energy], resamples=400, seed=seed)[0])
+    verdicts = verdicts_of(200, (1.5, 0.5))
     assert verdicts.count("reproduced") >= 0.85 * len(verdicts)
 
 

@@ -9,17 +9,6 @@ from kinetic_fm.models import TrainConfig, UNet, VelocityMLP, checkpoint_steps, 
 from kinetic_fm.models.checkpoint import load_state, load_weights
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _stop_at(k):
-    def callback(step, loss):
-        if step == k:
-            raise _Interrupt
-    return callback
-
-
 def _mixture_data():
     gmm = GaussianMixture(torch.tensor([[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]]), torch.tensor([0.5, 0.3, 0.2]), 0.5)
     return gmm, gmm.sample(8000, seed=0)
@@ -45,19 +34,19 @@ def test_checkpoint_steps_log_spaced():
 
 @pytest.mark.parametrize("device", ["cpu", "fake_cuda"])
 @pytest.mark.parametrize("case", ["mlp-class-conditional", "unet-dropout"])
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, case, device):
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, case, device, stop_at):
     # fake_cuda keeps a separate CUDA default generator, as a GPU does: dropout on the device
     # draws from it, so resume.pt must hold its state too (it held only the CPU's)
     if device == "fake_cuda":
         from fake_cuda import fake_cuda
 
         with fake_cuda():
-            _interrupt_and_resume(tmp_path, case, "cuda")
+            _interrupt_and_resume(tmp_path, case, "cuda", stop_at)
     else:
-        _interrupt_and_resume(tmp_path, case, "cpu")
+        _interrupt_and_resume(tmp_path, case, "cpu", stop_at)
 
 
-def _interrupt_and_resume(tmp_path, case, device):
+def _interrupt_and_resume(tmp_path, case, device, stop_at):
     make_on_cpu, data, labels = _cases()[case]
     make = lambda: make_on_cpu().to(device)  # noqa: E731
     config = TrainConfig(steps=20, batch_size=8, lr=1e-2, ema_decay=0.9, seed=7, save_every=5, label_dropout=0.3)
@@ -66,8 +55,8 @@ def _interrupt_and_resume(tmp_path, case, device):
     full = train(make(), data, config, labels=labels, out=tmp_path / "full")
 
     torch.manual_seed(0)
-    with pytest.raises(_Interrupt):  # "killed" after step 13: steps 11-13 are lost, resume.pt is at step 10
-        train(make(), data, config, labels=labels, out=tmp_path / "cut", callback=_stop_at(13))
+    with pytest.raises(stop_at.error):  # "killed" after step 13: steps 11-13 are lost, resume.pt is at step 10
+        train(make(), data, config, labels=labels, out=tmp_path / "cut", callback=stop_at(13))
     assert load_state(tmp_path / "cut" / "resume.pt")["step"] == 10
     torch.manual_seed(123)  # the resumed process starts in another RNG state and with fresh weights
     resumed = train(make(), data, config, labels=labels, out=tmp_path / "cut", resume=True)
@@ -83,13 +72,13 @@ def _interrupt_and_resume(tmp_path, case, device):
         assert all(torch.equal(v[n], s2["optimizer"]["state"][k][n]) for n in v)
 
 
-def test_resuming_on_another_kind_of_device_warns(tmp_path):
+def test_resuming_on_another_kind_of_device_warns(tmp_path, stop_at):
     from fake_cuda import fake_cuda
 
     _, ds = _mixture_data()
     config = TrainConfig(steps=6, batch_size=8, seed=3, save_every=2, checkpoints="none")
-    with pytest.raises(_Interrupt):
-        train(VelocityMLP(2, hidden=8, depth=1), ds.points[:64], config, out=tmp_path, callback=_stop_at(3))
+    with pytest.raises(stop_at.error):
+        train(VelocityMLP(2, hidden=8, depth=1), ds.points[:64], config, out=tmp_path, callback=stop_at(3))
     with fake_cuda(), pytest.warns(UserWarning, match="on cuda:0, saved on the CPU: training goes on"):
         train(VelocityMLP(2, hidden=8, depth=1).to("cuda"), ds.points[:64], config, out=tmp_path, resume=True)
 
