@@ -468,3 +468,26 @@ def test_late_share_interval_brackets_the_share_and_is_zero_width_when_every_sam
     late = energy * np.random.default_rng(1).beta(0.5, 0.5, 50)
     low, high = late_share_interval(late, energy, rng=np.random.default_rng(2))
     assert 0 <= low < late.sum() / energy.sum() < high <= 1
+
+
+def test_late_share_interval_keeps_the_resamples_of_one_repeated_sample():
+    # Such a resample has se* = 0, so t* = ±inf, the most extreme value of the bootstrap-t
+    # distribution. Dropping it left n = 2 with t* = 0 alone: a zero-width interval [R, R], so two
+    # samples with shares 0.6 and 0.9 read "reproduced". A resample is all sample i with
+    # probability n^-n, so any 95% bootstrap interval holds both shares at n = 2.
+    from kinetic_fm.studies.memorization import late_share_interval, late_spike_verdict
+
+    energy = np.array([2.0, 5.0])
+    late = np.array([0.6, 0.9]) * energy
+    low, high = late_share_interval(late, energy)
+    assert low <= 0.6 and high >= 0.9
+    assert late_spike_verdict([late], [energy])[0] == "inconclusive"
+    # n = 3 under a true share of one half: a one-sample resample is 1/9 of them, and dropping
+    # those passed one half in about 7% of simulated subsets (nominal 2.5%)
+    rng = np.random.default_rng(11)
+    runs, reproduced = 400, 0
+    for seed in range(runs):
+        energy = rng.gamma(32.0, 1.0, 3)
+        reproduced += late_spike_verdict([energy * rng.beta(2.0, 2.0, 3)], [energy], resamples=400,
+                                         seed=seed)[0] == "reproduced"
+    assert reproduced / runs <= 0.025 + 2 * math.sqrt(0.025 * 0.975 / runs), reproduced
