@@ -117,7 +117,11 @@ def _load_shard(run_dir, manifest: RunManifest, index: int) -> tuple[ShardStatus
         return invalid(f"unreadable receipt ({err})")
     if receipt.get("run_id") != manifest.run_id or receipt.get("shard") != index:
         return invalid("written by a different run or for another shard")
-    data = path.read_bytes()
+    # read once into memory Arrow owns, hashed and parsed from there: a table parsed from Python's
+    # own bytes holds them, and releasing them at interpreter exit with torch loaded aborted the
+    # process ("terminate called without an active exception", exit status 134) in most runs
+    with pa.OSFile(str(path), "rb") as file:
+        data = file.read_buffer()
     if len(data) != receipt.get("bytes") or hashlib.sha256(data).hexdigest() != receipt.get("sha256"):
         return invalid(f"corrupt: {len(data)} bytes whose sha256 differs from the receipt's")
     try:
