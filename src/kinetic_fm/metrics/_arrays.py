@@ -27,7 +27,8 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
       loaded with ``weights_only=True`` (no arbitrary code runs).
     * ``.parquet``: the list/array column ``key`` (lists nested to any depth, e.g. images, are
       flattened row by row, and restored to one sample's shape when the column records it, as a
-      ``kfm sample`` run's results.parquet does), else the only list column, else all numeric
+      ``kfm sample`` run's results.parquet does), else the only list column (or, among several,
+      the only one recording a sample shape: x beside ``--profile``'s columns), else all numeric
       columns side by side as (rows, columns), with a warning naming any other columns left out.
 
     Raises ValueError naming the file when it is damaged, holds no real numbers (strings,
@@ -122,10 +123,16 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
     if table.num_rows == 0:
         raise ValueError(f"{path}: the table has no rows")
     list_columns = [f.name for f in table.schema if _is_list(f.type)]
+    if key is None and len(list_columns) > 1:
+        from ..runs.shards import SAMPLE_SHAPE_KEY
+
+        # a kfm sample run's table: the samples x beside --profile's energy increments (and times)
+        shaped = [f.name for f in table.schema if f.name in list_columns and SAMPLE_SHAPE_KEY in (f.metadata or {})]
+        if len(shaped) != 1:
+            raise ValueError(f"{path}: several list columns {list_columns}; {_NAME_ONE}")
+        list_columns = shaped
     if key is not None or list_columns:
         name = key if key is not None else list_columns[0]
-        if key is None and len(list_columns) > 1:
-            raise ValueError(f"{path}: several list columns {list_columns}; {_NAME_ONE}")
         if name not in table.column_names:
             raise ValueError(f"{path}: no column named {name!r}; it holds {table.column_names}")
         column = table.column(name).combine_chunks()
