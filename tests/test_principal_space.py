@@ -116,3 +116,17 @@ def test_noise_outside_the_kept_directions_moves_the_distance_only_with_the_resi
     worse = [frechet_distance(x, noisy, space=s).value for s in (plain, with_rest)]
     assert 0 < worse[0] - floor[0] < 0.05 * floor[0]                   # lost in the sampling floor
     assert worse[1] - floor[1] > 10 * (worse[0] - floor[0])            # about 35 times as large
+
+
+def test_errors_name_the_reference_and_an_empty_batch_maps_to_no_rows():
+    # a NaN pixel in the reference was reported as "feats has non-finite features", the name of an
+    # internal argument; an empty batch failed in reshape ("the unspecified dimension size -1")
+    x = _images(20)
+    bad = x.clone()
+    bad[3, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"reference has non-finite features in rows \[3\]"):
+        PrincipalSpace.fit(bad, 4)
+    space = PrincipalSpace.fit(x, 4, residual=True)
+    assert space(x[:0]).shape == (0, 5) and space(x[:0]).dtype == torch.float64
+    with pytest.raises(ValueError, match="projects rows of 36 values, got 35"):
+        space(torch.zeros(0, 35))

@@ -14,6 +14,7 @@ than in raw pixels, whose covariance is singular at a few hundred samples of 32x
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -181,7 +182,7 @@ class PrincipalSpace:
             raise ValueError(f"k must be an integer in [1, {largest}] (at most N − 1 = {flat.shape[0] - 1} "
                              f"and D = {flat.shape[1]}), got {k!r}")
         k, residual = int(k), check_flag("residual", residual)
-        mean, cov = feature_statistics(flat)
+        mean, cov = feature_statistics(as_features(flat, argument="reference"))  # errors name the argument
         eigenvalues, eigenvectors = np.linalg.eigh(cov)  # ascending
         top = eigenvectors[:, ::-1][:, :k]
         peak = np.abs(top).argmax(axis=0)
@@ -210,7 +211,7 @@ class PrincipalSpace:
         x = as_tensor(x)
         if x.ndim == 0:
             raise ValueError("x must have a batch dimension, got a scalar")
-        flat = x.reshape(x.shape[0], -1)
+        flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch has no inferred size
         if flat.shape[1] != self.mean.numel():
             raise ValueError(f"{self.name} projects rows of {self.mean.numel()} values, got {flat.shape[1]}")
         mean, components = self.mean.to(flat.device), self.components.to(flat.device)
