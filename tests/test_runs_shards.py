@@ -268,7 +268,7 @@ def test_profile_from_table_gives_arrays_for_both_layouts():
         profile_from_table(ragged.drop(["times"]))
 
 
-
+@pytest.mark.slow  # eight interpreters importing torch; and it can fail only on a busy machine
 def test_a_merged_table_held_until_exit_does_not_abort_the_process(tmp_path):
     # Shards were parsed from Python bytes; a table still holding them at interpreter exit, with
     # torch loaded, could end the process with "terminate called without an active exception"
