@@ -539,3 +539,24 @@ def test_reproduce_report_renders_in_chromium(tiny_report):
     assert len(figures) == len(list((out / "figures").glob("*.png"))) >= 10
     assert all(img["ok"] for img in figures), [img["id"] for img in figures if not img["ok"]]
     assert _console_lines(page.stderr) == []
+
+
+def test_goldilocks_decides_nothing_from_quintiles_of_no_more_samples_than_features():
+    # quality falling with energy (the lowest quintile best, as in the test above): decided from
+    # quintiles of 100 samples of 99 features, but from 100 samples of 100 features each FD is
+    # mostly the estimator's bias (the tiny preset: about 13 samples of 128 features per quintile)
+    from kinetic_fm.studies.memorization import goldilocks_tests, goldilocks_verdict, quintile_bins
+
+    rng = np.random.default_rng(4)
+
+    def tested(dim: int) -> dict:
+        ref, x = rng.normal(size=(1000, dim)), rng.normal(size=(500, dim))
+        bins = quintile_bins(rng.normal(size=500))[1]
+        drifted = x + np.array([0.0, 0.8, 1.2, 1.6, 2.0])[bins][:, None]
+        return goldilocks_tests(drifted, bins, quintile_bins((drifted ** 2).sum(1))[1], ref, 50, seed=0)
+
+    decided, undecided = tested(99), tested(100)
+    assert (decided["n_min"], decided["dim"]) == (100, 99)
+    assert goldilocks_verdict(decided) == "not reproduced"
+    assert (undecided["n_min"], undecided["dim"]) == (100, 100)
+    assert undecided["p_end"] <= 0.025 and goldilocks_verdict(undecided) == "inconclusive"
