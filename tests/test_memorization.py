@@ -331,7 +331,6 @@ def test_a_kfm_sample_runs_results_table_restores_its_samples_shape(digits_runs)
     assert stored.shape == (6, 1, 8, 8) and np.array_equal(stored.numpy(), images)
 
 
-
 @pytest.mark.parametrize("solver", ["euler", "dopri5"])
 def test_a_profile_runs_results_table_gives_its_samples_without_a_key(digits_runs, tmp_path, solver):
     # --profile adds list columns (profile; dopri5 also times) beside x: the samples were refused
@@ -347,6 +346,7 @@ def test_a_profile_runs_results_table_gives_its_samples_without_a_key(digits_run
     assert stored.shape == (3, 1, 8, 8) and np.array_equal(stored.numpy(), read_samples(run))
     if solver == "euler":   # a key still picks any column (dopri5's profiles differ in length)
         assert load_array(run / "results.parquet", "profile").shape == (3, 2)
+
 
 def test_a_results_table_without_a_recorded_shape_reads_flat_as_before(digits_runs, tmp_path):
     import pyarrow.parquet as pq
