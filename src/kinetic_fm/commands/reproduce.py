@@ -47,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
     if kind in POINT_SETS:
         raise ValueError(f"--data {args.data!r}: kfm reproduce needs an image data set (2-D point sets are "
                          "studied on their exact field inside the support study)")
-    if path and not Path(path).exists():
-        raise FileNotFoundError(f"--data {args.data!r}: no such file or folder: {path}")
+    if path:
+        try:
+            Path(path).stat()  # other errors (a folder we may not read) keep their own message
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--data {args.data!r}: no such file or folder: {path}") from None
     cfg = ReproduceConfig.preset(args.mode, data=args.data, device=args.device, seed=args.seed)
     if args.classifier:
         from ..models.resnet_cifar import parse_cifar_resnet_spec

@@ -25,7 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, default=None,
                    help="training-set size: a seeded image subset, or the number of 2-D points (default all / 20000)")
     p.add_argument("--model", choices=("auto", "mlp", "unet"), default="auto",
-                   help="auto: mlp for 2-D data and 8x8 digits, unet for larger images")
+                   help="auto: mlp for 2-D data and 8x8 digits, unet for larger images (the unet learns "
+                        "images far better per step but is tens of times slower per step on a CPU: 2,000 "
+                        "MNIST steps at --batch-size 64 take ~14 min on 2 cores, the mlp's under a minute)")
     p.add_argument("--width", type=int, default=None, help="mlp hidden width or unet base channels")
     p.add_argument("--class-cond", action="store_true",
                    help="condition on the data's labels (null class for classifier-free guidance)")
