@@ -155,3 +155,20 @@ def test_uint8_images_decode_to_the_signed_range_bit_for_bit():
     assert x[0, :, 0, 0].tolist() == [-1.0, pytest.approx(-1 / 255, abs=1e-7), 1.0]
     grey = uint8_to_signed(pixels[..., 0])
     assert grey.shape == (5, 1, 4, 6) and torch.equal(grey[:, 0], expected[:, 0])
+
+
+def test_jpeg_files_at_their_own_size_are_marked_lossy(tmp_path):
+    # CIFAR-10's JPEG copy differs from the lossless images by 5.8/255 on average; a distance to
+    # such a reference carries that, so the data set says so (and resizing smooths it away)
+    from kinetic_fm.studies.assets import _lossy_text
+
+    arrays = _write_tree(tmp_path / "png")
+    for (c, i), a in arrays.items():
+        (tmp_path / "jpg" / c).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(tmp_path / "jpg" / c / f"{i}.jpg", quality=75)
+    assert load_image_folder(tmp_path / "png").lossy is None
+    jpeg = load_image_folder(tmp_path / "jpg")
+    assert jpeg.lossy == "JPEG" and load_image_folder(tmp_path / "jpg", size=3).lossy is None
+    assert _lossy_text(load_image_folder(tmp_path / "png")) == ""
+    assert "decoded from lossy JPEG files" in _lossy_text(jpeg)
+    assert load_celeba(tmp_path / "jpg", size=5, crop=None).lossy is None      # always resized

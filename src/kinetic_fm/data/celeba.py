@@ -49,4 +49,4 @@ def load_celeba(
     x = ds.images.double()
     mean = x.mean(dim=0) if center == "pixel" else x.mean().expand(x.shape[1:])
     mean = mean.float().contiguous()
-    return ImageDataset((ds.images - mean).contiguous(), None, None, ds.source, mean, ds.indices)
+    return ImageDataset((ds.images - mean).contiguous(), None, None, ds.source, mean, ds.indices, ds.lossy)

@@ -37,6 +37,9 @@ class ImageDataset:
         source: where the data came from (file or folder, for messages and reports).
         mean: (C, H, W) float32 per-pixel mean that was subtracted, or None.
         indices: (N,) int64 positions of these images in the full source (after any subset).
+        lossy: "JPEG" when the images are JPEG files decoded at their own size, whose compression
+            artefacts (CIFAR-10 q75: 5.8/255 mean error) are part of any distance to them; None
+            otherwise (lossless files, or resized ones: resizing smooths most artefacts away).
     """
 
     images: Tensor
@@ -45,6 +48,7 @@ class ImageDataset:
     source: str
     mean: Tensor | None = None
     indices: Tensor | None = None
+    lossy: str | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -259,6 +263,8 @@ def load_image_folder(
         classes=classes,
         source=str(path) if subdir is None else f"{path}/{subdir}",
         indices=chosen,
+        lossy="JPEG" if size is None and any(names[i].lower().endswith((".jpg", ".jpeg"))
+                                              for i in chosen.tolist()) else None,
     )
 
 

@@ -120,7 +120,15 @@ def _load_split(cfg: AssetsConfig, progress: bool = True):
     labels = data.labels
     return (data.images[rest].contiguous(), None if labels is None else labels[rest],
             data.images[held].contiguous(), None if labels is None else labels[held],
-            data.classes, data.source)
+            data.classes, data.source + _lossy_text(data))
+
+
+def _lossy_text(data) -> str:
+    """What the source description adds for images decoded from lossy files at their own size."""
+    if getattr(data, "lossy", None) is None:
+        return ""
+    return (f"; decoded from lossy {data.lossy} files, whose compression artefacts are part of every FD "
+            "to them while the samples have none: compare FDs within this run, not with lossless references")
 
 
 def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress):
