@@ -66,10 +66,12 @@ def fd_bias_note(n: int, dim: int, fd_name: str) -> str:
     """A sentence for a section whose ``fd_name`` values come from sets of ``n`` samples (the
     smaller set) of ``dim`` features, or "" when n > dim. With no more samples than features the
     covariance is singular and the estimator's bias, which shrinks as n grows, dominates the value
-    (``FrechetBiasWarning`` says so on the console, which the report does not show)."""
+    (``FrechetBiasWarning`` says so on the console, which the report does not show). The sentence
+    says no verdict rests on such values: ARCHITECTURE §7's rule, which the studies' verdicts
+    follow (shaping, Goldilocks); a new caller must too."""
     if n > dim:
         return ""
     return (f" Each {fd_name} here comes from as few as {n} samples of {dim} features, no more samples than "
             "features, so the covariance is singular and the value carries a large bias of the estimator, "
-            "which shrinks as the sample grows: compare only values measured at equal sizes, not with other "
-            "runs or published numbers.")
+            "which shrinks as the sample grows and moves with each set's spread: no verdict rests on these "
+            "values, and they compare with no other run or published number.")
