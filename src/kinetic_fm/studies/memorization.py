@@ -20,7 +20,7 @@ from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
-from .output import StudyOutput, fd_bias_note, fd_to_reference, feature_reference, image_range
+from .output import StudyOutput, fd_bias_note, fd_to_reference, fd_undecided_note, feature_reference, image_range
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import best_is_interior, bonferroni_level, fmt_ci, interior_margin
@@ -482,9 +482,7 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
         "(one-sided permutation p ≤ 0.025) and beats T by ‖x1‖² quintiles (paired bootstrap CI above 0: "
         f"sorting by content alone makes a U; by ‖x1‖² an interior quintile is best in {control_share:.0%} of "
         "resamples); not reproduced when an end quintile is best beyond chance (p ≤ 0.025 the other way)"
-        + (f"; not decided here: each FD comes from as few as {tests['n_min']:.0f} samples of {tests['dim']:.0f} "
-           "features, no more samples than features, so it is mostly the estimator's bias, which moves with "
-           "each quintile's spread" if tests["n_min"] <= tests["dim"] else ""))
+        + fd_undecided_note(int(tests["n_min"]), int(tests["dim"]), "quintile", smallest=True))
     section = Section(
         "The Goldilocks picture",
         text=(f"The generalising model's samples split into KPE quintiles; each quintile's {fd_col} against "

@@ -75,3 +75,15 @@ def fd_bias_note(n: int, dim: int, fd_name: str) -> str:
             "features, so the covariance is singular and the value carries a large bias of the estimator, "
             "which shrinks as the sample grows and moves with each set's spread: no verdict rests on these "
             "values, and they compare with no other run or published number.")
+
+
+def fd_undecided_note(n: int, dim: int, each: str, *, smallest: bool = False) -> str:
+    """The rule text a claim adds when none of its FD parts decides it: its sets have ``n`` samples
+    (``smallest``: the smallest set has) of ``dim`` features, n ≤ dim (ARCHITECTURE §7); "" when
+    n > dim. ``each`` names what the sets are ("setting", "quintile")."""
+    if n > dim:
+        return ""
+    return (f"; not decided here: each FD comes from {'as few as ' if smallest else ''}{n} samples of {dim} "
+            "features, no more samples than features, so it is mostly the estimator's bias, which moves with "
+            f"each {each}'s spread")
+

@@ -17,7 +17,7 @@ from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import StudyOutput, fd_bias_note, fd_to_reference, feature_reference, image_range
+from .output import StudyOutput, fd_bias_note, fd_to_reference, fd_undecided_note, feature_reference, image_range
 from .samples import energy_after, sampled
 from .verdicts import all_worse_than, bonferroni_level, fmt_ci, percent_of, verdict_from_interval, verdict_of_all
 from .workspace import Workspace
@@ -192,9 +192,7 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
     # tell it from a change of quality, so no FD part decides a verdict there.
     dim = next(iter(feats.values())).shape[1]
     fd_undecided = n <= dim
-    undecided_note = (f"; not decided here: each FD comes from {n} samples of {dim} features, no more samples "
-                      "than features, so it is mostly the estimator's bias, which moves with each setting's "
-                      "spread" if fd_undecided else "")
+    undecided_note = fd_undecided_note(n, dim, "setting")
 
     def fd_verdict(verdict: str) -> str:
         return "inconclusive" if fd_undecided else verdict
