@@ -79,10 +79,8 @@ def run(args: argparse.Namespace) -> int:
     report = memorization(samples, train, threshold=args.threshold, bootstrap=args.bootstrap, space=space,
                           seed=args.seed, interval=args.interval, backend=args.backend, progress=args.progress)
     print(report)
-    if args.interval == "bootstrap" and report.fraction in (0.0, 1.0):
-        from ..metrics.memorization import fraction_interval
-
-        low, high = fraction_interval(int(report.memorized.sum()), len(report), "wilson", confidence=report.confidence)
+    kind, low, high = report.shown_interval()
+    if args.interval == "bootstrap" and kind == "Wilson":
         print(f"note: the bootstrap interval has no width at F_mem = {report.fraction:g}; the Wilson interval "
               f"(--interval wilson) is {low:.4f}–{high:.4f}")
     if args.out is not None:

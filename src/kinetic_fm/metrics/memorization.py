@@ -74,6 +74,15 @@ class MemorizationReport:
         return (f"F_mem = {self.fraction:.4f}{interval}, {int(self.memorized.sum())}/{len(self)} "
                 f"samples with d1/d2 < {self.threshold:.4g}")
 
+    def shown_interval(self) -> tuple[str, float, float]:
+        """(kind, low, high) of the interval to show beside F_mem: ``ci`` with its kind's name, or,
+        where a bootstrap interval has no width (F_mem 0 or 1: every resample agrees, which would
+        read as certainty), the Wilson interval at the same confidence, named "Wilson"."""
+        if self.interval == "bootstrap" and self.fraction in (0.0, 1.0):
+            low, high = fraction_interval(int(self.memorized.sum()), len(self), "wilson", confidence=self.confidence)
+            return "Wilson", low, high
+        return (_INTERVAL_NAMES.get(self.interval, self.interval), *self.ci)
+
     def to_frame(self) -> "pd.DataFrame":
         """One row per sample: sample (its row in the audited samples, as ``nearest`` is a row of
         the training set), d1, d2, ratio, nearest, memorized."""

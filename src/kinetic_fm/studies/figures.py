@@ -705,15 +705,7 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
                label=f"threshold d1/d2 = {_fraction_text(report.threshold)}")
     _style(ax, xlabel="gap ratio d1/d2", ylabel="samples")
     ax.set_xlim(0.0, 1.0)
-    low, high = report.ci
-    kind = {"wilson": "Wilson", "clopper-pearson": "Clopper–Pearson"}.get(report.interval, report.interval)
-    if report.interval == "bootstrap" and report.fraction in (0.0, 1.0):
-        # every resample of all-or-none flags is the same: a zero-width interval claims certainty
-        from ..metrics.memorization import fraction_interval
-
-        kind = "Wilson"
-        low, high = fraction_interval(int(report.memorized.sum()), report.memorized.numel(), "wilson",
-                                      confidence=report.confidence)
+    kind, low, high = report.shown_interval()
     interval = "" if math.isnan(low) else f" ({report.confidence:.0%} {kind} CI {low:.3f}–{high:.3f})"
     ax.set_title(f"F_mem = {report.fraction:.3f}{interval}", fontsize=11)
     _legend(ax)
