@@ -4,6 +4,7 @@ Used by command-line metrics; the heavy readers are imported only for the format
 """
 from __future__ import annotations
 
+import math
 import warnings
 import zipfile
 import zlib
@@ -170,9 +171,7 @@ def _sample_shaped(path: Path, field, rows):
         raise ValueError(f"{path}: {err}") from None
     if shape is None:
         return rows
-    size = 1
-    for d in shape:
-        size *= d
+    size = math.prod(shape)
     if size != rows.shape[1]:
         raise ValueError(f"{path}: column {field.name!r} records samples of shape {list(shape)} "
                          f"({size} values) but its rows hold {rows.shape[1]}")

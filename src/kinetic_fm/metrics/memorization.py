@@ -211,7 +211,7 @@ def _interval_settings(bootstrap, seed, confidence, interval: str) -> tuple[int,
     confidence = _inside_unit_interval("confidence", confidence)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
-    return int(bootstrap), int(seed), confidence
+    return bootstrap, seed, confidence
 
 
 def _interval(count: int, n: int, interval: str, confidence: float, bootstrap: int, seed: int) -> tuple[float, float]:
