@@ -92,7 +92,7 @@ def integrate_fixed(
                 v = first_velocity(velocity, xj, t_vectors[i][j])
             else:  # metadata only: no synchronisation
                 v = velocity(xj, t_vectors[i][j])
-                check_velocity_output(v, xj, f" at step {i} (t = {t_stage[i][j]:.6g})")
+                check_velocity_output(v, xj, step=i, time=t_stage[i][j])
             check_state_unchanged(xj, version, i, t_stage[i][j], is_x0=xj is x0)
             flat = v.reshape(batch, -1)
             if flat.dtype != norm_dtype:

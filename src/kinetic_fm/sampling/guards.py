@@ -119,12 +119,19 @@ def _dtype_hint(x: torch.Tensor) -> str:
             "lambda x, t: net(x.to(net_dtype), t).to(x.dtype) (README: 'A network in reduced precision')")
 
 
-def check_velocity_output(v: object, x: torch.Tensor, at: str = "") -> None:
+def check_velocity_output(v: object, x: torch.Tensor, at: str = "", *, step: int | None = None,
+                          time: float | None = None) -> None:
     """Shape, dtype and device of v(x, t) must match x. The solvers check every call: it reads
     only the tensors' metadata (no host synchronisation), and a later call returning (B, 1) or
     float64 would otherwise be broadcast or promoted into the state without an error. ``at``
-    names the call in the message (e.g. " at step 2 (t = 0.5)"); empty for the first call."""
+    names the call in the message (e.g. " during dopri5's steps"; empty for the first call);
+    ``step`` and ``time`` name it as " at step 2 (t = 0.5)", formatted only when a check fails
+    (the fixed-step loop calls this at every stage)."""
     tensor_output(v)
+    if v.shape == x.shape and v.dtype == x.dtype and v.device == x.device:
+        return
+    if step is not None:
+        at = f" at step {step} (t = {time:.6g})"
     if v.shape != x.shape:
         raise ValueError(
             f"velocity returned shape {tuple(v.shape)}{at} but x has shape {tuple(x.shape)}; "
@@ -132,8 +139,7 @@ def check_velocity_output(v: object, x: torch.Tensor, at: str = "") -> None:
         )
     if v.dtype != x.dtype:
         raise ValueError(f"velocity returned dtype {v.dtype}{at} but x has dtype {x.dtype}; {_dtype_hint(x)}")
-    if v.device != x.device:
-        raise ValueError(f"velocity returned a tensor on {v.device}{at} but x is on {x.device}")
+    raise ValueError(f"velocity returned a tensor on {v.device}{at} but x is on {x.device}")
 
 
 class TrainingModeWarning(UserWarning):
