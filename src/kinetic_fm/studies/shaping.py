@@ -250,7 +250,7 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
                         _balanced(fd_ci, mem_ci, delta("balanced", (tail, 1 - tail)), fd_undecided),
                         "paired bootstrap; reproduced when both 95% CIs lie below 0, not reproduced when "
                         f"either's {bonferroni_level(parts)} CI (Bonferroni over the {parts}) lies above 0"
-                        + (undecided_note + ": only the F_mem part can say not reproduced" if fd_undecided else "")))
+                        + (undecided_note + "; only the F_mem part can still read not reproduced" if fd_undecided else "")))
     taus = {0.2: "balanced τ=0.2", 0.4: "balanced τ=0.4", 0.6: "balanced", 0.8: "balanced τ=0.8"}
     tau_fd = {tau: float(value.loc[name, fd_name]) for tau, name in taus.items()}
     best_tau = min(tau_fd, key=tau_fd.get)
