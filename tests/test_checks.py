@@ -1,4 +1,7 @@
 """The shared argument predicates: what counts as a number, a scalar and a flag."""
+import math
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -275,3 +278,57 @@ def test_public_integer_arguments_accept_zero_dimensional_tensors_and_arrays():
     want = kfm.nearest_neighbors(samples, reference, 2)
     got = kfm.nearest_neighbors(samples, reference, torch.tensor(2), margin=np.array(4), chunk=torch.tensor(16))
     assert torch.equal(got.indices, want.indices) and torch.equal(got.distances, want.distances)
+
+
+def _integer_sites():
+    """(argument, low, high, call(value)) for public integer arguments that had their own checks."""
+    from kinetic_fm.data import PointDataset, subset
+    from kinetic_fm.sampling.grids import time_grid
+
+    gen = torch.Generator().manual_seed(0)
+    x0, train = torch.randn(3, 2, generator=gen), torch.randn(5, 2, generator=gen)
+    points = PointDataset(torch.randn(6, 2, generator=gen), None, "test")
+    spread = np.arange(10.0)
+    return [
+        ("steps", 1, None, lambda v: kfm.sample(lambda x, t: -x, x0, steps=v).x),
+        ("max_steps", 1, None, lambda v: kfm.sample(lambda x, t: -x, x0, steps=2, max_steps=v).x),
+        ("steps", 1, None, lambda v: time_grid("uniform", v)),
+        ("seed", 0, 2**63 - 1, lambda v: kfm.kde_log_density(x0, train, "median", seed=v).log_density),
+        ("k", 1, None, lambda v: kfm.local_support(x0, train, k=v, ks=()).radii),
+        ("bootstrap", 0, None, lambda v: kfm.spearman(spread, spread ** 2, bootstrap=v, permutations=0).ci_low),
+        ("permutations", 0, None, lambda v: kfm.pearson(spread, spread ** 2, bootstrap=0, permutations=v).p_perm),
+        ("seed", 0, None, lambda v: kfm.spearman(spread, -spread, bootstrap=20, permutations=0, seed=v).ci_low),
+        ("batch_chunk", 1, None, lambda v: kfm.EmpiricalFlow(train, batch_chunk=v)(x0, 0.5)),
+        ("truncate", 1, 5, lambda v: kfm.EmpiricalFlow(train, truncate=v)(x0, 0.5)),
+        ("k", 1, 5, lambda v: kfm.EmpiricalFlow(train).posterior(x0, 0.5, k=v).weights),
+        ("num_timesteps", 2, 2**53, lambda v: kfm.DiscreteTime(lambda x, s: x * s[:, None], num_timesteps=v)(x0, 0.5)),
+        ("n", 1, 6, lambda v: subset(points, n=v).points),
+        ("seed", None, None, lambda v: subset(points, n=3, seed=v).points),
+    ]
+
+
+def _same(a, b):
+    return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)) if not isinstance(a, torch.Tensor) \
+        else torch.equal(a, b)
+
+
+@pytest.mark.parametrize("site", range(14))
+def test_public_integer_arguments_are_read_by_the_shared_check(site):
+    # steps, max_steps, the KDE seed, the stats settings, EmpiricalFlow's batch_chunk, truncate and
+    # posterior k, DiscreteTime and data.subset had their own checks and wording; subset(n=) refused
+    # a 0-d tensor and took seed=2.5 as 2 and seed=True as 1
+    name, low, high, call = _integer_sites()[site]
+    value = 3 if high is None else min(3, high)
+    want = call(value)
+    for zero_d in (torch.tensor(value), np.array(value), np.int64(value)):
+        assert _same(call(zero_d), want)
+    for bad in (True, 2.5, torch.tensor(2.5)):
+        try:
+            check_integer(name, bad, low, high)
+        except ValueError as err:
+            message = str(err)
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            call(bad)
+    if low is not None:
+        with pytest.raises(ValueError, match=f"^{name} must be .*, got {low - 1}$"):
+            call(low - 1)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence, TypeVar
 import torch
 from torch import Tensor
 
-from ..checks import is_integer
+from ..checks import check_integer
 
 if TYPE_CHECKING:
     from .images import ImageDataset
@@ -48,9 +48,8 @@ def select_indices(
         if torch.unique(pool).numel() != pool.numel():
             raise ValueError("indices must not contain duplicates")
     if n is not None:
-        if not is_integer(n) or not 0 < n <= pool.numel():
-            raise ValueError(f"n must be in [1, {pool.numel()}] (the available items), got {n}")
-        generator = torch.Generator().manual_seed(int(seed))
+        n = check_integer("n", n, 1, pool.numel())  # at most the available items
+        generator = torch.Generator().manual_seed(check_integer("seed", seed))
         pool = torch.sort(pool[torch.randperm(pool.numel(), generator=generator)[:n]]).values
     return pool
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..checks import as_scalar, check_flag, is_integer, is_real, tensor_output
+from ..checks import as_scalar, check_flag, check_integer, is_real, tensor_output
 
 TIME_MODES = ("batch", "scalar", "shared")
 
@@ -255,10 +255,8 @@ class DiscreteTime(_Adapter):
 
     def __init__(self, inner: Callable[..., torch.Tensor], num_timesteps: int = 1000):
         _check_callable(inner, "inner")
-        num_timesteps = as_scalar(num_timesteps)
-        if not (is_integer(num_timesteps) and 2 <= num_timesteps <= 2**53):  # t·(T − 1) exact in float64
-            raise ValueError(f"num_timesteps must be an integer in [2, 2**53], got {num_timesteps!r}")
-        self.inner, self.num_timesteps = inner, int(num_timesteps)
+        # at most 2**53: t·(T − 1) exact in float64
+        self.inner, self.num_timesteps = inner, check_integer("num_timesteps", num_timesteps, 2, 2**53)
 
     def step_index(self, t: torch.Tensor) -> torch.Tensor:
         """int(t·(T − 1)) as int64, t clamped to [0, 1]."""

@@ -72,7 +72,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import gemm
-from ..checks import as_scalar, is_integer, is_real, positive_integer
+from ..checks import as_scalar, check_integer, is_real, positive_integer
 from ..blocks import block_size
 from ..knn import (
     check_finite,
@@ -197,24 +197,18 @@ class EmpiricalFlow:
         self.n, self.dim = self.atoms.shape
         check_magnitude("train", self.atoms, dtype)   # its squared norms and logits must stay finite
         self._x_limit = magnitude_limit(dtype, self.dim)
-        chunk, memory_budget, exact_max, batch_chunk, truncate, eps, max_logit_error, cutoff = (
-            as_scalar(v) for v in (chunk, memory_budget, exact_max, batch_chunk, truncate, eps,
-                                   max_logit_error, cutoff))
+        eps, max_logit_error, cutoff = (as_scalar(v) for v in (eps, max_logit_error, cutoff))
         chunk, memory_budget, exact_max = (positive_integer(name, value) for name, value in (
             ("chunk", chunk), ("memory_budget", memory_budget), ("exact_max", exact_max)))
-        if batch_chunk is not None and not (is_integer(batch_chunk) and batch_chunk >= 1):
-            raise ValueError(f"batch_chunk must be a positive integer or None, got {batch_chunk!r}")
+        batch_chunk = None if batch_chunk is None else positive_integer("batch_chunk", batch_chunk)
+        truncate = None if truncate is None else check_integer("truncate", truncate, 1, self.n)
         if not (is_real(eps) and 0.0 < eps < 1.0):
             raise ValueError(f"eps must be a number in (0, 1), got {eps!r}")
-        if truncate is not None and not (is_integer(truncate) and 1 <= truncate <= self.n):
-            raise ValueError(f"truncate must be None or an integer in [1, {self.n}], got {truncate!r}")
         # finite: inf would switch off the re-scoring (max_logit_error) or the neglect bound (cutoff)
         if not (is_real(max_logit_error, finite=True) and max_logit_error > 0):
             raise ValueError(f"max_logit_error must be a positive finite number, got {max_logit_error!r}")
         if cutoff is not None and not (is_real(cutoff, finite=True) and cutoff > 0):
             raise ValueError(f"cutoff must be None or a positive finite number, got {cutoff!r}")
-        batch_chunk = None if batch_chunk is None else int(batch_chunk)
-        truncate = None if truncate is None else int(truncate)
         if backend not in ("torch", "faiss"):
             raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
         self.chunk, self.eps, self.exact_max = chunk, float(eps), exact_max
@@ -247,10 +241,7 @@ class EmpiricalFlow:
     def posterior(self, x: torch.Tensor, t: torch.Tensor | float, k: int = 1) -> Posterior:
         """Top-k posterior weights and atom indices per sample (k ≤ N, ≤ ``truncate``)."""
         limit = self.truncate or self.n
-        k = as_scalar(k)
-        if not (is_integer(k) and 1 <= k <= limit):
-            raise ValueError(f"k must be an integer in [1, {limit}], got {k!r}")
-        k = int(k)
+        k = check_integer("k", k, 1, limit)
         flat, t64 = self._check(x, t)
         _, diag, top = self._solve(flat, t64, top_k=k)
         return Posterior(top[0], top[1], diag.exact)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import gemm
 from ..blocks import block_size
-from ..checks import as_scalar, check_flag, check_same_space, is_integer, is_real, positive_integer
+from ..checks import as_scalar, check_flag, check_integer, check_same_space, is_integer, is_real, positive_integer
 from ..knn import check_same_rows, column_mean, row_sq_norms
 from .features import SpaceLike, as_features, feature_space
 
@@ -120,10 +120,8 @@ def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = 
     """
     from ..knn import nearest_neighbors
 
-    k, ks = as_scalar(k), _neighbour_counts(ks)
-    if not (is_integer(k) and k >= 1):
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    all_ks = tuple(sorted({int(k), *ks}))
+    k, ks = positive_integer("k", k), _neighbour_counts(ks)
+    all_ks = tuple(sorted({k, *ks}))
     exclude_self = check_flag("exclude_self", exclude_self)
     fs, x, y = _samples_and_reference(samples, reference, reference_features, space)
     n_ref = y.shape[0] - (1 if exclude_self else 0)
@@ -134,7 +132,7 @@ def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = 
                            exclude_self=exclude_self, backend=backend,
                            names=("samples", "reference" if reference_features is None else "reference_features"))
     radii = nn.distances[:, [j - 1 for j in all_ks]].contiguous()
-    return LocalSupport(all_ks, radii, int(k), n_ref, x.shape[1], fs.name, nn.indices[:, 0])
+    return LocalSupport(all_ks, radii, k, n_ref, x.shape[1], fs.name, nn.indices[:, 0])
 
 
 def _neighbour_counts(ks: Any) -> tuple[int, ...]:
@@ -383,9 +381,7 @@ def kde_log_density(samples: Any, reference: Any,
     """
     exclude_self = check_flag("exclude_self", exclude_self)
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
-    seed = as_scalar(seed)
-    if not (is_integer(seed) and 0 <= seed < 2**63):
-        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    seed = check_integer("seed", seed, 0, 2**63 - 1)
     bandwidth = as_scalar(bandwidth)
     if not (isinstance(bandwidth, str) or (is_real(bandwidth, finite=True) and bandwidth > 0)):
         raise ValueError(f"bandwidth must be 'scott', 'median' or a positive finite number, got {bandwidth!r}")
@@ -399,7 +395,7 @@ def kde_log_density(samples: Any, reference: Any,
         if bandwidth == "scott":
             h = scott_bandwidth(y)
         elif bandwidth == "median":
-            h = median_bandwidth(y, seed=int(seed))
+            h = median_bandwidth(y, seed=seed)
         else:
             raise ValueError(f"bandwidth must be 'scott', 'median' or a positive float, got {bandwidth!r}")
         rule = bandwidth

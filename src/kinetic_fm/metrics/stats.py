@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from ..checks import as_scalar, is_integer, is_real
+from ..checks import as_scalar, check_integer, is_real
 
 __all__ = ["Correlation", "GroupComparison", "spearman", "pearson", "compare_groups"]
 
@@ -141,11 +141,8 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
                  confidence: float, ci_method: str, nan_policy: str) -> Correlation:
     from scipy import stats
 
-    bootstrap, permutations, seed = as_scalar(bootstrap), as_scalar(permutations), as_scalar(seed)
-    for name, value in (("bootstrap", bootstrap), ("permutations", permutations), ("seed", seed)):
-        if not (is_integer(value) and value >= 0):
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    bootstrap, permutations, seed = int(bootstrap), int(permutations), int(seed)
+    bootstrap, permutations, seed = (check_integer(name, value, 0) for name, value in (
+        ("bootstrap", bootstrap), ("permutations", permutations), ("seed", seed)))
     confidence = as_scalar(confidence)
     if not (is_real(confidence) and 0.0 < confidence < 1.0):
         raise ValueError(f"confidence must be a real number in (0, 1), got {confidence!r}")

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from ..checks import as_scalar, is_integer
+from ..checks import check_integer
 from .noise import check_float_dtype
 
 GRIDS = ("uniform", "cosine")
@@ -30,10 +30,7 @@ def time_grid(
         grid = torch.from_numpy(grid)
     if isinstance(grid, torch.Tensor):
         return _still_increasing(validate_grid(grid).to(dtype=dtype, device="cpu"), dtype)
-    steps = as_scalar(steps)
-    if not is_integer(steps) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    steps = int(steps)
+    steps = check_integer("steps", steps, 1)
     i = torch.arange(steps + 1, dtype=torch.float64)
     if grid == "uniform":
         t = i / steps

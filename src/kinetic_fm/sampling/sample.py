@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..checks import as_scalar, check_flag, is_integer, is_real
+from ..checks import as_scalar, check_flag, check_integer, is_real
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
@@ -102,9 +102,7 @@ def sample(
 
     # checked whichever solver runs: a typo in a setting the chosen solver ignores is still a typo
     rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
-    steps = as_scalar(steps)
-    if not (is_integer(steps) and steps >= 1):
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = check_integer("steps", steps, 1)
     if solver == "dopri5":
         if not (isinstance(grid, str) and grid == "uniform"):
             raise ValueError("grid applies to fixed-step solvers only; dopri5 chooses its own steps")
@@ -172,13 +170,11 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
 
 def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_steps: int):
     """The dopri5 settings as Python numbers (0-d tensors and NumPy scalars unwrapped), checked."""
-    rtol, atol, first_step, max_steps = (as_scalar(v) for v in (rtol, atol, first_step, max_steps))
+    rtol, atol, first_step = (as_scalar(v) for v in (rtol, atol, first_step))
     if not (is_real(rtol, finite=True) and rtol > 0):
         raise ValueError(f"rtol must be a positive finite number, got {rtol!r}")
     if not (is_real(atol, finite=True) and atol > 0):
         raise ValueError(f"atol must be a positive finite number, got {atol!r}")
     if first_step is not None and not (is_real(first_step, finite=True) and 0 < first_step <= 1):
         raise ValueError(f"first_step must be None or a number in (0, 1], got {first_step!r}")
-    if not (is_integer(max_steps) and max_steps >= 1):
-        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
-    return rtol, atol, first_step, max_steps
+    return rtol, atol, first_step, check_integer("max_steps", max_steps, 1)
