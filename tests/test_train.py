@@ -147,6 +147,9 @@ def test_bad_inputs():
     (dict(resume="no"), "resume must be True or False"),
     (dict(extra_weights={"mean.safetensors": {"mean": [0.0, 0.0]}}), r"extra_weights\['mean.safetensors'\]"),
     (dict(config={"steps": 2}), "config must be a TrainConfig, got dict"),
+    # a StopIteration from next(model.parameters()), raised with the folder made and locked
+    (dict(model=torch.nn.Identity()), r"model has no parameters to train \(Identity\)"),
+    (dict(model=lambda x, t: -x), "model must be a torch.nn.Module"),
 ])
 def test_a_refused_call_leaves_no_lock_and_no_folder_behind(tmp_path, bad, message):
     # the arguments were checked after the folder was made and locked: a refused call left a

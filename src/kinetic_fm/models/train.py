@@ -289,7 +289,14 @@ def train(
 
 def _training_data(model: nn.Module, data: Any, labels: Any) -> tuple[Tensor, Tensor | None]:
     """``data`` (N, ...) float and ``labels`` (N,) int64 (or None) as tensors, checked against
-    ``model`` (a class-conditional one needs labels); ValueError naming the argument."""
+    ``model`` (a class-conditional one needs labels); ValueError naming the argument.
+
+    A model without parameters has nothing to train (and no device to read the batches' from):
+    refused here, not by a StopIteration from inside the run folder's lock."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a velocity net model(x, t)), got {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise ValueError(f"model has no parameters to train ({type(model).__name__})")
     data = torch.as_tensor(torch_readable(data))
     if data.ndim < 2 or data.shape[0] < 1 or not data.is_floating_point():
         raise ValueError(f"data must be a float tensor of shape (N, ...) with N >= 1, got {tuple(data.shape)} {data.dtype}")
