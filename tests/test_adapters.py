@@ -481,3 +481,56 @@ def test_a_wrapped_net_returning_a_container_is_named_with_the_way_out(case, hin
         kfm.sample(field, seeds=range(3), shape=(2,), steps=2, solver=solver)
     assert not any("ModelTX(net)" in note for note in getattr(caught.value, "__notes__", []))
     assert isinstance(caught.value, ValueError)  # what the prediction adapters raised before
+
+
+class _Remote:
+    """A proxy whose own attributes cannot be read (reading one raises RuntimeError), called as -x."""
+
+    def __getattribute__(self, name):
+        if name.startswith("__"):  # its class and the like are local
+            return object.__getattribute__(self, name)
+        raise RuntimeError("attributes are remote")
+
+    def __call__(self, x, *args, **kwargs):
+        return -x
+
+
+class _Unanswerable:
+    """``singular_at_one`` without a truth value, as a tensor of several values has none."""
+
+    singular_at_one = torch.tensor([True, False])
+
+    def __call__(self, x, *args, **kwargs):
+        return -x
+
+
+def _pass_through_wrappers():
+    from kinetic_fm.fields.guidance import ClassifierFreeGuidance
+
+    return {
+        "ModelXT": ModelXT, "ModelTX": ModelTX, "DiscreteTime": DiscreteTime, "NoisePrediction": NoisePrediction,
+        "CFG": lambda inner: ClassifierFreeGuidance(inner, torch.zeros(3, dtype=torch.long), 1.5, 9),
+    }
+
+
+@pytest.mark.parametrize("name", ["ModelXT", "ModelTX", "DiscreteTime", "NoisePrediction", "CFG"])
+def test_a_wrapper_reads_its_inner_singular_at_one_as_the_sampler_does(name):
+    # the wrappers read it with a bare getattr: a proxy's RuntimeError, or bool() of a tensor of
+    # several values, escaped from wrapper.singular_at_one, where the sampler reading the field
+    # itself calls it a plain field
+    wrap = _pass_through_wrappers()[name]
+    assert wrap(_SmoothButSingularAtOne(lambda x, t: -x)).singular_at_one is True
+    assert wrap(lambda x, *a: -x).singular_at_one is False
+    for inner in (_Remote(), _Unanswerable()):
+        assert wrap(inner).singular_at_one is False
+
+
+@pytest.mark.parametrize("name", ["ModelXT", "CFG"])
+def test_dopri5_samples_a_wrapped_proxy_as_a_plain_field(name):
+    # select() asked hasattr(inner, "select"), which lets the proxy's RuntimeError through once
+    # dopri5 drops the samples that have finished
+    x0 = torch.tensor([[0.01], [1.0], [100.0]], dtype=torch.float64)
+    want = kfm.sample(lambda x, t: -x, x0, solver="dopri5")
+    assert len(set(want.nfe.tolist())) > 1                       # some calls saw a subset
+    got = kfm.sample(_pass_through_wrappers()[name](_Remote()), x0, solver="dopri5")
+    assert torch.equal(got.x, want.x) and torch.equal(got.kpe, want.kpe)

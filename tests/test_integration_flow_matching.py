@@ -214,3 +214,22 @@ def test_a_training_mode_net_warns_at_the_callers_line():
         with pytest.warns(TrainingModeWarning) as caught:
             KineticODESolver(lambda x, t: net(x)).sample(torch.zeros(3, 2), **kwargs)
         assert caught[0].filename == __file__
+
+
+def test_the_wrapper_reads_singular_at_one_as_the_sampler_does():
+    # a bare getattr let an unreadable or truth-less attribute escape from wrapped.singular_at_one
+    class Unanswerable:
+        singular_at_one = torch.tensor([True, False])
+
+        def __call__(self, x, t):
+            return -x
+
+    class Remote:
+        def __getattr__(self, name):
+            raise RuntimeError("attributes are remote")
+
+        def __call__(self, x, t):
+            return -x
+
+    assert as_model_wrapper(Unanswerable()).singular_at_one is False
+    assert as_model_wrapper(Remote()).singular_at_one is False

@@ -63,6 +63,26 @@ def _is_tensor(value) -> bool:
     return isinstance(value, torch.Tensor)
 
 
+def optional_attribute(velocity: object, name: str, default: object = None) -> object:
+    """``velocity.name``, or ``default`` when it has none or it cannot be read: a proxy or remote
+    handle may raise something other than AttributeError. Like the training-mode walk, the
+    sampler does not stop over an object it cannot look at; it calls it as a plain field.
+    Here, under every layer, for the adapters and CFG that pass attributes through."""
+    try:
+        return getattr(velocity, name, default)
+    except Exception:
+        return default
+
+
+def declares_singular_at_one(velocity: object) -> bool:
+    """Whether ``velocity`` declares ``singular_at_one = True`` (v blows up at t = 1); an
+    attribute that cannot be read, or has no truth value, declares nothing."""
+    try:
+        return bool(optional_attribute(velocity, "singular_at_one", False))
+    except Exception:
+        return False
+
+
 def check_flag(name: str, value) -> bool:
     """``value`` as a bool if it is one (Python or NumPy); else ValueError naming ``name``.
 

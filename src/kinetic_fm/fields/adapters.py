@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..checks import as_scalar, check_flag, check_integer, is_real, tensor_output
+from ..checks import (as_scalar, check_flag, check_integer, declares_singular_at_one, is_real, optional_attribute,
+                      tensor_output)
 
 TIME_MODES = ("batch", "scalar", "shared")
 
@@ -130,14 +131,14 @@ class _Adapter:
     @property
     def singular_at_one(self) -> bool:
         """Whether the wrapped field blows up at t = 1 (see ``kfm.sample``); passed through."""
-        return bool(getattr(self.inner, "singular_at_one", False))
+        return declares_singular_at_one(self.inner)
 
     def select(self, active: torch.Tensor) -> "_Adapter":
         """This adapter for the samples where the (B,) bool mask ``active`` is True (dopri5
         evaluates only the samples still in flight); passed through to the wrapped field."""
-        part = copy.copy(self)
-        if hasattr(self.inner, "select"):
-            part.inner = self.inner.select(active)
+        part, select = copy.copy(self), optional_attribute(self.inner, "select")
+        if select is not None:
+            part.inner = select(active)
         return part
 
     def _describe(self) -> str:

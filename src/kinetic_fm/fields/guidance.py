@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from ..checks import as_scalar, check_flag, is_real, tensor_output
+from ..checks import as_scalar, check_flag, declares_singular_at_one, is_real, optional_attribute, tensor_output
 from ..norms import squared_norm
 from .adapters import batch_time
 
@@ -88,7 +88,7 @@ class ClassifierFreeGuidance:
     @property
     def singular_at_one(self) -> bool:
         """Whether the model blows up at t = 1 (see ``kfm.sample``); passed through."""
-        return bool(getattr(self.model, "singular_at_one", False))
+        return declares_singular_at_one(self.model)
 
     def select(self, active: torch.Tensor) -> "ClassifierFreeGuidance":
         """The guided field for the samples where the (B,) bool mask ``active`` is True, with
@@ -97,8 +97,9 @@ class ClassifierFreeGuidance:
             raise ValueError("track_parts is not supported with adaptive solvers (dopri5)")
         part = copy.copy(self)
         part.labels, part.null_labels = self.labels[active], self.null_labels[active]
-        if hasattr(self.model, "select"):  # the model sees the doubled batch [x; x]
-            part.model = self.model.select(torch.cat([active, active]))
+        select = optional_attribute(self.model, "select")
+        if select is not None:  # the model sees the doubled batch [x; x]
+            part.model = select(torch.cat([active, active]))
         return part
 
     def reset(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..checks import declares_singular_at_one
 from ..fields.adapters import ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
@@ -159,7 +160,7 @@ def _model_wrapper_class() -> type:
 
             @property
             def singular_at_one(self) -> bool:  # passed through: kfm.sample's last step skips t = 1
-                return bool(getattr(self.velocity, "singular_at_one", False))
+                return declares_singular_at_one(self.velocity)
 
             def forward(self, x: torch.Tensor, t: torch.Tensor, **extras: Any) -> torch.Tensor:
                 t = batch_time(t, x)

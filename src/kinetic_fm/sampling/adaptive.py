@@ -19,11 +19,12 @@ from typing import Callable
 
 import torch
 
+from ..checks import optional_attribute
 from ..norms import squared_norm
 from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
 from .guards import (NonFiniteVelocityError, check_state_unchanged, check_velocity_output, first_velocity,
-                     optional_attribute, state_version)
+                     state_version)
 from .shaping import KTS
 from .tableau import DOPRI5
 

@@ -7,8 +7,9 @@ from typing import Callable
 
 import torch
 
+from ..checks import declares_singular_at_one
 from .energy import EnergyLedger, quadrature_weights
-from .guards import check_state_unchanged, check_velocity_output, declares_singular_at_one, first_velocity, state_version
+from .guards import check_state_unchanged, check_velocity_output, first_velocity, state_version
 from .shaping import KTS
 from .tableau import EULER, HEUN3, Tableau
 

@@ -68,25 +68,6 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def optional_attribute(velocity: object, name: str, default: object = None) -> object:
-    """``velocity.name``, or ``default`` when it has none or it cannot be read: a proxy or remote
-    handle may raise something other than AttributeError. Like the training-mode walk, the
-    sampler does not stop over an object it cannot look at; it calls it as a plain field."""
-    try:
-        return getattr(velocity, name, default)
-    except Exception:
-        return default
-
-
-def declares_singular_at_one(velocity: object) -> bool:
-    """Whether ``velocity`` declares ``singular_at_one = True`` (v blows up at t = 1); an
-    attribute that cannot be read, or has no truth value, declares nothing."""
-    try:
-        return bool(optional_attribute(velocity, "singular_at_one", False))
-    except Exception:
-        return False
-
-
 def state_version(x: torch.Tensor) -> int | None:
     """``x``'s version counter, which every in-place operation on it or on a view of it moves;
     None for a tensor made under ``torch.inference_mode`` (it keeps no counter)."""
