@@ -142,6 +142,46 @@ def test_kfm_sample_into_a_busy_folder_stops_before_loading_the_model(tmp_path, 
     assert read_run(run).shape[0] == 4
 
 
+def test_kfm_sample_holds_the_lock_from_its_early_check_through_the_run(tmp_path, capsys, monkeypatch):
+    # the early check took the lock and let it go, and run_sharded took it again after --model had
+    # been loaded: a second writer starting in between got the folder, and this run was refused
+    # only after loading. A second process trying the lock while the model loads is refused now.
+    import copy
+
+    from kinetic_fm.cli import main
+    from kinetic_fm.models import VelocityMLP, checkpoint, save_model
+
+    net = VelocityMLP(2, hidden=8, depth=1)
+    save_model(net, tmp_path / "net.safetensors", ema=copy.deepcopy(net))
+    run = tmp_path / "run"
+    flags = ["sample", "--model", str(tmp_path / "net.safetensors"), "--n", "4", "--steps", "2",
+             "--no-progress", "--out", str(run)]
+    assert main(flags) == 0                                       # the folder now has its .lock file
+    answers, real = [], checkpoint.load_model
+    probe = ("import sys; from kinetic_fm.runs import RunLock, RunLockedError\n"
+             "try:\n    RunLock(sys.argv[1]).acquire().release(); print('got it')\n"
+             "except RunLockedError: print('refused')")
+
+    def load_while_another_process_tries_the_lock(*args, **kwargs):
+        done = subprocess.run([sys.executable, "-c", probe, str(run)], capture_output=True, text=True)
+        answers.append(done.stdout.strip() or done.stderr[-500:])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_model", load_while_another_process_tries_the_lock)
+    assert main([*flags, "--resume"]) == 0
+    assert answers == ["refused"]
+    capsys.readouterr()
+    assert read_holder(run) is None and RunLock(run).acquire().release() is None   # let go at the end
+
+    def failing(*args, **kwargs):
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(checkpoint, "load_model", failing)       # an error before run_sharded lets go too
+    assert main([*flags, "--resume"]) == 2
+    assert "the disk went away" in capsys.readouterr().err
+    assert read_holder(run) is None and RunLock(run).acquire().release() is None
+
+
 def test_kfm_train_into_a_busy_folder_stops_before_writing(tmp_path, capsys):
     # two `kfm train --resume` on one folder used to overwrite each other's resume states
     from kinetic_fm.cli import main

@@ -426,6 +426,7 @@ def summary_frame(table, columns=SUMMARY_COLUMNS):
 
 
 def run(args) -> int:
+    import contextlib
     import os
     import sys
 
@@ -437,8 +438,10 @@ def run(args) -> int:
 
     _validate(args)
     kts = _shaping(args)
-    with world_session(args.device) as (coordinator, device):
-        _refuse_a_busy_folder(args.out, coordinator)  # before --model is read and hashed (a big file takes long)
+    with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
+        lock = _lock_a_busy_folder(args.out, coordinator)  # before --model is read and hashed (a big file takes long)
+        if lock is not None:
+            held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
         target = (_model_target(args.model, args.shape, args.out if args.resume else None) if args.model
                   else _builtin_field(args.field, args.dim))
         cond = _conditioning(args, target)
@@ -458,7 +461,7 @@ def run(args) -> int:
         if world.is_main:
             _warn_on_dopri5_batch_change(args)
         outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
-                              resume=args.resume, coordinator=coordinator, progress=args.progress)
+                              resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock)
     if outcome.table is None:  # ranks other than 0 are done once their shards are written
         return 0
     table = outcome.table
@@ -485,28 +488,37 @@ def run(args) -> int:
     return 0
 
 
-def _refuse_a_busy_folder(out: str, coordinator) -> None:
-    """RunLockedError when another writer holds ``out``'s lock; every rank gets rank 0's verdict.
+def _lock_a_busy_folder(out: str, coordinator):
+    """``out``'s RunLock, held, when the folder has a ``.lock`` file; RunLockedError when another
+    writer holds it; else None. Every rank gets rank 0's verdict; only rank 0 holds the lock.
 
-    Rank 0 takes the lock and lets go at once; ``run_sharded`` takes it again for the run, so a
-    writer starting in between is still refused there, only later. A folder without a ``.lock``
-    file has no writer, and is left untouched (no lock file is put into it here).
+    Rank 0 keeps the lock from here through ``run_sharded`` (which it is handed to), so no writer
+    can start while the model loads; taken and let go here, a writer starting in between was
+    refused only inside ``run_sharded``. A folder without a ``.lock`` file has no writer, and is
+    left untouched (no lock file is put into it here: ``run_sharded`` first checks that the folder
+    is a run's, and two new runs on one new folder still meet there).
     """
     from pathlib import Path
 
     from ..runs.lock import LOCK_NAME, RunLock
 
-    verdict = None
+    verdict, lock = None, None
     if coordinator.world.is_main:
         try:
             if (Path(out) / LOCK_NAME).is_file():
-                RunLock(Path(out)).acquire().release()
+                lock = RunLock(Path(out)).acquire()
         except OSError as err:
             coordinator.from_main(("error", str(err)))
             raise
         verdict = ("ok", None)
-    if coordinator.from_main(verdict)[0] == "error":  # rank 0 has raised (and reports) the error itself
-        raise ValueError(f"rank {coordinator.world.rank}: stopped because rank 0 refused the run directory")
+    try:
+        if coordinator.from_main(verdict)[0] == "error":  # rank 0 has raised (and reports) the error itself
+            raise ValueError(f"rank {coordinator.world.rank}: stopped because rank 0 refused the run directory")
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
 
 
 def _profile_times(args) -> list[float]:

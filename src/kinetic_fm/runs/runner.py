@@ -112,6 +112,7 @@ def run_sharded(
     coordinator: Coordinator | None = None,
     progress: bool = True,
     log: Callable[[str], None] = _stderr,
+    lock: RunLock | None = None,
 ) -> RunOutcome:
     """Compute this rank's shards of the run and, on rank 0, merge them after a barrier.
 
@@ -128,10 +129,17 @@ def run_sharded(
     rank 0, and a job of another world size gives rank r other shards, so a per-rank lock would
     not stand for the shards a rank writes. Two calls on one folder in one process (threads)
     exclude each other as two processes do.
+
+    ``lock``: rank 0's :class:`~kinetic_fm.runs.lock.RunLock` of ``run_dir``, already acquired
+    by the caller (``kfm sample`` takes it before loading its model, so that no writer starts in
+    between); it is kept, not taken again, and released at the end like the runner's own.
     """
     run_dir = Path(run_dir)
     coord = coordinator or Coordinator(World.from_env())
-    lock = RunLock(run_dir)  # acquired on rank 0 only, in _open_run_dir
+    if lock is None:
+        lock = RunLock(run_dir)  # acquired on rank 0 only, in _open_run_dir
+    elif lock.run_dir.resolve() != run_dir.resolve():
+        raise ValueError(f"lock is the lock of {lock.run_dir}, not of the run folder {run_dir}")
     try:
         _open_run_dir(run_dir, manifest, resume, coord, lock, log)
         return _compute_and_merge(run_dir, manifest, compute, coord, progress, log)
@@ -148,7 +156,8 @@ def _open_run_dir(run_dir: Path, manifest: RunManifest, resume: bool, coord: Coo
         try:
             _refuse_foreign_folder(run_dir)  # before a lock file is put into someone else's folder
             run_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire()  # a second writer stops here, before it reads or writes anything else
+            if not lock.held:  # held: the caller's, taken before it prepared the run
+                lock.acquire()  # a second writer stops here, before it reads or writes anything else
             verdict = ("ok", prepare_run_dir(run_dir, manifest, resume=resume))
             _remove_leftover_temporaries(run_dir)  # before any rank writes (they await the verdict)
         except (ValueError, OSError) as err:
