@@ -534,3 +534,54 @@ def test_dopri5_samples_a_wrapped_proxy_as_a_plain_field(name):
     assert len(set(want.nfe.tolist())) > 1                       # some calls saw a subset
     got = kfm.sample(_pass_through_wrappers()[name](_Remote()), x0, solver="dopri5")
     assert torch.equal(got.x, want.x) and torch.equal(got.kpe, want.kpe)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.int64])
+def test_batch_time_reads_a_python_number_as_one_floating_time(dtype):
+    from kinetic_fm.fields.adapters import batch_time
+
+    x = torch.zeros(4, 2, dtype=dtype)
+    t = batch_time(0.3, x)
+    want_dtype = dtype if dtype.is_floating_point else torch.float64   # int x truncated 0.3 to 0
+    assert t.shape == (4,) and t.dtype == want_dtype
+    assert torch.equal(t, torch.full((4,), 0.3, dtype=torch.float64).to(want_dtype))  # rounded once from 0.3
+    assert torch.equal(batch_time(np.float64(0.3), x), t) and torch.equal(batch_time(1, x), torch.ones(4, dtype=want_dtype))
+
+
+def test_a_zero_dimensional_extra_reaches_every_per_time_call_whole():
+    # time="scalar" slices per-sample extras by each time's rows; a 0-d tensor extra has no rows
+    seen = []
+
+    def net(x, t, scale, cond):
+        seen.append((t.dim(), scale.dim(), cond.shape[0], x.shape[0]))
+        return scale * t * x + cond
+
+    x = torch.arange(8.0).reshape(4, 2)
+    t = torch.tensor([0.25, 0.5, 0.25, 0.5])
+    cond = torch.arange(4.0)[:, None]
+    out = ModelXT(net, time="scalar", scale=torch.tensor(2.0), cond=cond)(x, t)
+    torch.testing.assert_close(out, 2.0 * t[:, None] * x + cond, rtol=0, atol=0)
+    assert sorted(seen) == [(0, 0, 2, 2), (0, 0, 2, 2)]
+
+
+def test_guidance_takes_a_number_for_the_time_as_the_same_time_for_every_sample():
+    from kinetic_fm.fields.guidance import ClassifierFreeGuidance
+
+    times = []
+
+    def model(x, t, y):
+        times.append(t)
+        return x * t[:, None] + y[:, None].to(x.dtype)
+
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2])
+    guided = ClassifierFreeGuidance(model, labels, 2.0, 5, track_parts=True)
+    by_number = [guided(x, s) for s in (0.0, 0.5, 1.0)]
+    energies = guided.part_energies()
+    assert all(t.shape == (6,) and t.dtype == torch.float64 for t in times)
+    guided.reset()
+    by_tensor = [guided(x, torch.full((3,), s, dtype=torch.float64)) for s in (0.0, 0.5, 1.0)]
+    for a, b in zip(by_number, by_tensor):
+        assert torch.equal(a, b)
+    assert torch.equal(energies.conditional, guided.part_energies().conditional)
+    torch.testing.assert_close(by_number[1], x * 0.5 + (2.0 * labels[:, None] - 5.0), rtol=1e-15, atol=1e-15)

@@ -228,6 +228,9 @@ def test_classifier_margin_target_must_be_scalar_or_per_sample():
     one = classifier_margin(_net(), x, torch.tensor(2))
     per = classifier_margin(_net(), x, torch.full((6,), 2))
     torch.testing.assert_close(one.margin, per.margin, rtol=0, atol=0)
+    for wrong in (torch.full((5,), 2), [2] * 7, np.zeros(0, dtype=np.int64)):   # named, not gather's RuntimeError
+        with pytest.raises(ValueError, match=rf"^target must be one class or one per sample \(6\), got {len(wrong)}$"):
+            classifier_margin(_net(), x, wrong)
 
 
 @pytest.mark.parametrize("batch_size", [True, 0, 2.7, "2"])

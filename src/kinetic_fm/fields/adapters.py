@@ -41,7 +41,8 @@ def batch_time(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """``t`` as a (B,) tensor on x's device; floats and 0-dim tensors are broadcast to the batch.
 
     A floating ``t`` takes x's floating dtype; integer times keep theirs (``DiscreteTime``'s
-    step indices stay int64 on their way to the net). A number is read with ``float``.
+    step indices stay int64 on their way to the net). A number is read with ``float``: it is a
+    floating time, so x of an integer dtype does not truncate it.
 
     Two relatives differ on purpose: the nets' :func:`kinetic_fm.models.embedding.embedding_times`
     casts every time, integer ones included, to x's dtype; the analytic fields'
@@ -49,7 +50,7 @@ def batch_time(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     (B, 1, ..., 1) column.
     """
     if not isinstance(t, torch.Tensor):
-        t = torch.tensor(float(t), dtype=x.dtype, device=x.device)
+        t = torch.tensor(float(t), dtype=torch.float64, device=x.device)  # rounded once, to x's dtype below
     if t.dim() not in (0, 1) or (t.dim() == 1 and t.shape[0] != x.shape[0]):
         raise ValueError(f"t must have shape ({x.shape[0]},) or be a scalar, got shape {tuple(t.shape)}")
     dtype = x.dtype if t.is_floating_point() and x.is_floating_point() else t.dtype
