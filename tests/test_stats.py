@@ -222,6 +222,19 @@ def test_constant_input_is_refused(fn):
         fn(x, np.full_like(y, 2.0))
 
 
+def test_compare_groups_refuses_a_constant_by_and_reads_a_constant_score_as_no_difference():
+    # a constant by was split by input order: score = arange gave d = +12.4, Welch p = 2e-6
+    with pytest.raises(ValueError, match=r"^by is constant \(20 values all 3\): there are no low and high groups"):
+        compare_groups(np.arange(20.0), np.full(20, 3.0))
+    with pytest.raises(ValueError, match="by is constant"):                 # constant once the NaN pair is omitted
+        compare_groups(np.arange(20.0), np.r_[np.full(19, 3.0), np.nan], nan_policy="omit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)                     # SciPy: a t-test of constant groups
+        same = compare_groups(np.full(20, 1.5), np.arange(20.0))
+    assert (same.difference, same.low_std, same.high_std, same.p_mannwhitney) == (0.0, 0.0, 0.0, 1.0)
+    assert math.isnan(same.cohens_d) and math.isnan(same.p_value)
+
+
 def test_huge_values_give_the_scale_free_result():
     # x*1e300 overflowed the sums of squares: rho 0.97 with CI (0, 0) and p_perm 1.0
     x, y = _xy()

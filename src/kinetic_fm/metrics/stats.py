@@ -280,7 +280,8 @@ class GroupComparison:
         by_low_max, by_high_min: the group boundaries in ``by``.
         low_mean, low_std, high_mean, high_std: ``score`` per group (std with ddof = 1).
         difference: ``high_mean - low_mean``.
-        cohens_d: ``difference`` over the pooled standard deviation.
+        cohens_d: ``difference`` over the pooled standard deviation (±inf for groups without
+            spread that differ; NaN, as ``p_value``, for groups that are one and the same value).
         p_value: Welch's two-sided t-test; ``p_mannwhitney``: Mann-Whitney U two-sided.
     """
 
@@ -314,7 +315,8 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
 
     Args:
         score: (n,) the measurement compared (e.g. CLIP score); 1-D real values.
-        by: (n,) the grouping variable (e.g. KPE), the same length.
+        by: (n,) the grouping variable (e.g. KPE), the same length; not constant (ValueError:
+            the groups would be the first and last samples in input order).
         quantile: fraction in each group, in (0, 0.5]; each group holds ``quantile * n``
             samples rounded half up, at most ``n // 2`` so the groups never share a sample
             (at least 2).
@@ -330,6 +332,9 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
         raise ValueError(f"quantile must be a real number in (0, 0.5], got {quantile!r}")
     quantile = float(quantile)
     score, by = _pairs(score, by, nan_policy, names=("score", "by"))
+    if by.min() == by.max():
+        raise ValueError(f"by is constant ({by.size} values all {by[0]:g}): there are no low and high "
+                         "groups, only the first and last samples in input order")
     n = score.size
     m = min(math.floor(quantile * n + 0.5), n // 2)
     if m < 2:
