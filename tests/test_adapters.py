@@ -585,3 +585,21 @@ def test_guidance_takes_a_number_for_the_time_as_the_same_time_for_every_sample(
         assert torch.equal(a, b)
     assert torch.equal(energies.conditional, guided.part_energies().conditional)
     torch.testing.assert_close(by_number[1], x * 0.5 + (2.0 * labels[:, None] - 5.0), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("bad", [math.nan, 1.5, -0.25, math.inf, True, "0.5"])
+def test_the_closed_form_fields_refuse_a_number_for_t_off_the_path(bad):
+    # NaN gave NaN velocities and 1.5 or -0.25 an extrapolation that read like an answer
+    x = _x0(3)
+    fields = [kfm.GaussianTarget(MEAN, STD), kfm.PointTarget(MEAN), kfm.GaussianMixtureTarget(MEAN[None], STD)]
+    for field in fields:
+        with pytest.raises(ValueError, match=r"^t must be a number in \[0, 1\] or a \(B,\) tensor"):
+            field(x, bad)
+    for field in fields[:2]:
+        with pytest.raises(ValueError, match=r"^t must be a number in \[0, 1\]"):
+            field.trajectory(x, bad)
+    for field in fields:                                       # the ends and a 0-d array are times on the path
+        for t in (0.0, 1.0, np.array(0.25)):
+            if not (t == 1.0 and isinstance(field, kfm.PointTarget)):
+                want = field(x, torch.full((3,), float(t), dtype=x.dtype))
+                assert torch.equal(field(x, t), want)

@@ -87,12 +87,24 @@ def _time_column(t, x: torch.Tensor) -> torch.Tensor:
     Not :func:`~kinetic_fm.fields.adapters.batch_time`: a number becomes float64 (the mixture
     computes in float64 and must not see it rounded to x's dtype first), and a tensor must
     already be (B,) (a 0-d tensor is refused) and keeps its dtype and device (callers cast it).
+    A number outside [0, 1], NaN included, is refused; a tensor's times are not looked at (that
+    would be a host synchronisation per call; the samplers' grids lie in [0, 1]).
     """
     if not isinstance(t, torch.Tensor):  # a number: one time for the whole batch
-        t = torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
+        t = torch.full((x.shape[0],), _unit_time(t), dtype=torch.float64, device=x.device)
     if t.dim() != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
     return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _unit_time(t) -> float:
+    """A number ``t`` (a 0-d array counts) as a float in [0, 1]; else ValueError. The closed
+    forms hold on the path's time only: NaN came out as NaN velocities, and t = 1.5 as an
+    extrapolation that looked like an answer."""
+    number = as_scalar(t)
+    if not (is_real(number) and 0.0 <= number <= 1.0):  # NaN fails the comparison
+        raise ValueError(f"t must be a number in [0, 1] or a (B,) tensor, got {t!r}")
+    return float(number)
 
 
 def _scale(t: torch.Tensor, std: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +136,8 @@ class GaussianTarget:
 
     def trajectory(self, x0: torch.Tensor, t: float) -> torch.Tensor:
         """The exact state x_t of the sample starting at x0."""
-        s, _ = _scale(torch.tensor(float(t), dtype=torch.float64), self.std)
+        t = _unit_time(t)
+        s, _ = _scale(torch.tensor(t, dtype=torch.float64), self.std)
         return t * _as_tensor(self.mean, x0) + s.item() * x0
 
     def kinetic_energy(self, x0: torch.Tensor) -> torch.Tensor:
@@ -154,6 +167,8 @@ class PointTarget:
         return (self._placed("point", self.point, x.device, x.dtype) - x) / (1 - tc)
 
     def trajectory(self, x0: torch.Tensor, t: float) -> torch.Tensor:
+        """The exact state x_t of the sample starting at x0."""
+        t = _unit_time(t)
         return (1 - t) * x0 + t * _as_tensor(self.point, x0)
 
     def kinetic_energy(self, x0: torch.Tensor) -> torch.Tensor:
