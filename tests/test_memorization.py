@@ -1,4 +1,5 @@
 """Gap-ratio memorization (kinetic_fm.metrics.memorization) and the `kfm memorization` command."""
+import math
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +260,15 @@ def test_cli_says_what_a_zero_width_bootstrap_interval_hides(tmp_path, capsys, c
     assert "CI 0.0000–0.0000" in out and "the Wilson interval (--interval wilson) is 0.0000–0.0876" in out
     assert main([*flags, "--samples", str(tmp_path / "some.npy")]) == 0
     assert "note:" not in capsys.readouterr().out
+    # --bootstrap 0 computes no interval: the note said "the bootstrap interval has no width at
+    # F_mem = 0" of a bootstrap that never ran, and the figure's title showed a Wilson interval
+    # at F_mem 0 or 1 but none in between
+    assert main([*flags, "--samples", str(tmp_path / "fresh.npy"), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("F_mem = 0.0000, 0/40 samples") and "note:" not in out and "CI" not in out
+    for samples in (samples[60:], samples[:60]):
+        kind, low, high = kfm.memorization(samples, train, bootstrap=0).shown_interval()
+        assert kind == "bootstrap" and math.isnan(low) and math.isnan(high)
 
 
 def test_cli_user_errors_exit_2(tmp_path, capsys):

@@ -77,8 +77,9 @@ class MemorizationReport:
     def shown_interval(self) -> tuple[str, float, float]:
         """(kind, low, high) of the interval to show beside F_mem: ``ci`` with its kind's name, or,
         where a bootstrap interval has no width (F_mem 0 or 1: every resample agrees, which would
-        read as certainty), the Wilson interval at the same confidence, named "Wilson"."""
-        if self.interval == "bootstrap" and self.fraction in (0.0, 1.0):
+        read as certainty), the Wilson interval at the same confidence, named "Wilson". Without a
+        bootstrap (``bootstrap=0``) there is no interval to show: ("bootstrap", NaN, NaN), as ``ci``."""
+        if self.interval == "bootstrap" and self.bootstrap > 0 and self.fraction in (0.0, 1.0):
             low, high = fraction_interval(int(self.memorized.sum()), len(self), "wilson", confidence=self.confidence)
             return "Wilson", low, high
         return (_INTERVAL_NAMES.get(self.interval, self.interval), *self.ci)
