@@ -209,7 +209,7 @@ def test_discrete_time_truncates_to_integer_steps():
 @pytest.mark.parametrize("bad", [1, 0, 2.5, True, "1000", 10**30])
 def test_discrete_time_rejects_bad_num_timesteps(bad):
     # 10**30 overflowed only at the first call
-    with pytest.raises(ValueError, match=r"num_timesteps must be an integer in \[2, 9_007_199_254_740_992\]"):
+    with pytest.raises(ValueError, match=r"num_timesteps must be an integer in \[2, 2\*\*53\]"):
         DiscreteTime(lambda x, s: x, num_timesteps=bad)
 
 

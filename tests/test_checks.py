@@ -257,6 +257,9 @@ def test_an_integer_argument_may_be_a_zero_dimensional_tensor_or_array(value):
     (10, 1, 9, r"seed must be an integer in \[1, 9\], got 10"),
     (1, 2, None, "seed must be an integer >= 2, got 1"),
     (2.5, None, None, "seed must be an integer, got 2.5"),
+    (-1, 0, 2**63 - 1, r"seed must be an integer in \[0, 2\*\*63 - 1\], got -1"),   # not 19 digits
+    (1, 2, 2**53, r"seed must be an integer in \[2, 2\*\*53\], got 1"),
+    (0, 1, 1_000_000, r"seed must be an integer in \[1, 1_000_000\], got 0"),   # not a power of two
 ])
 def test_an_integer_argument_out_of_range_or_of_another_kind_is_named(value, low, high, message):
     with pytest.raises(ValueError, match=f"^{message}$"):

@@ -104,7 +104,7 @@ def check_integer(name: str, value, low: int | None = None, high: int | None = N
     if is_integer(number) and (low is None or number >= low) and (high is None or number <= high):
         return int(number)
     if high is not None:
-        allowed = f"an integer in [{'-inf' if low is None else f'{low:_}'}, {high:_}]"
+        allowed = f"an integer in [{'-inf' if low is None else _bound(low)}, {_bound(high)}]"
     elif low == 0:
         allowed = "a non-negative integer"
     elif low == 1:
@@ -112,6 +112,14 @@ def check_integer(name: str, value, low: int | None = None, high: int | None = N
     else:
         allowed = "an integer" if low is None else f"an integer >= {low:_}"
     raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _bound(value: int) -> str:
+    """A range end as a reader takes it in: 2**53 and 2**63 - 1 rather than 16 or 19 digits."""
+    for power, offset in ((value, ""), (value + 1, " - 1")):
+        if power >= 2**20 and power & (power - 1) == 0:
+            return f"2**{power.bit_length() - 1}{offset}"
+    return f"{value:_}"
 
 
 def positive_integer(name: str, value) -> int:
