@@ -470,17 +470,112 @@ def test_cli_reads_image_folders_zips_and_data_specs(tmp_path, capsys):
     assert "/no/such/folder" in capsys.readouterr().err
 
 
+ANY_SPACE = "--space must be 'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH', got"
+PCA_FORM = "--space must be 'pca:K' or 'pca:K+residual' with K a positive integer"
+
+
 @pytest.mark.parametrize("spec, message", [
-    ("resnet32:/weights.th", "--space must be 'resnet20:PATH' or 'resnet56:PATH'"),
+    ("resnet32:/weights.th", ANY_SPACE),
     ("resnet20:", "--space must be 'resnet20:PATH' or 'resnet56:PATH'"),
-    ("/weights.th", "--space must be 'resnet20:PATH' or 'resnet56:PATH'"),
+    ("/weights.th", ANY_SPACE),
+    ("PCA:3", ANY_SPACE),
     ("resnet20:/no/such/weights.th", "--space: no such file: /no/such/weights.th"),
+    ("pca:", PCA_FORM), ("pca:0", PCA_FORM), ("pca:-1", PCA_FORM), ("pca:1.5", PCA_FORM), ("pca:x", PCA_FORM),
+    ("pca:٣", PCA_FORM), ("pca:2+resid", PCA_FORM), ("pca:2+", PCA_FORM), ("pca:+residual", PCA_FORM),
+    ("pca:3", "--space pca:3: K must be an integer from 1 to min(N − 1, D) = 2 for the N = 3 training items of "
+              "D = 3072 values, got 3"),
 ])
 def test_cli_space_spec_is_checked(tmp_path, capsys, spec, message):
     np.save(tmp_path / "a.npy", np.zeros((3, 3072), dtype=np.float32))
     assert main(["memorization", "--samples", str(tmp_path / "a.npy"), "--train", str(tmp_path / "a.npy"),
                  "--space", spec]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def drowned():
+    """16 binary 28x28 training images; samples: a copy of each, then 16 fresh binary images,
+    all under heavy salt-and-pepper noise (10 % of the pixels set to -5 or 5 at random)."""
+    g = torch.Generator().manual_seed(1)
+
+    def binary(n):
+        return torch.randint(0, 2, (n, 1, 28, 28), generator=g).double() * 2 - 1
+
+    def salt_and_pepper(x):
+        hit = torch.rand(x.shape, generator=g) < 0.1
+        return torch.where(hit, torch.where(torch.rand(x.shape, generator=g) < 0.5, -5.0, 5.0).double(), x)
+
+    train = binary(16)
+    return torch.cat([salt_and_pepper(train), salt_and_pepper(binary(16))]), train
+
+
+def _principal_brute(samples, train, k):
+    """Samples and training items projected on the top k right singular vectors of the centred
+    training items (NumPy's SVD, not the covariance's eigh), as float64 rows."""
+    y = train.flatten(1).numpy()
+    _, _, vt = np.linalg.svd(y - y.mean(0), full_matrices=False)
+
+    def project(x):
+        return torch.from_numpy((x.flatten(1).numpy() - y.mean(0)) @ vt[:k].T)
+    return project(samples), project(train)
+
+
+def test_cli_pca_space_finds_copies_drowned_in_salt_and_pepper_noise(tmp_path, capsys, drowned, monkeypatch):
+    """In pixels the noise hides every copy (d1/d2 > 1/3); projected on the 15 principal directions
+    of the 16 training items (their whole affine span), each copy is found, on its own item, and
+    no fresh image is flagged; the ratios equal a brute force in an SVD basis."""
+    import pandas as pd
+
+    import kinetic_fm.studies.figures as figures
+
+    samples, train = drowned
+    d1, d2, _ = brute(samples, train)
+    assert ((d1 / d2) > 1 / 3).all()                                    # the pixel audit misses them
+    np.save(tmp_path / "s.npy", samples.numpy())
+    np.save(tmp_path / "t.npy", train.numpy())
+    titles = []
+    drawn = figures.memorization_figure
+    monkeypatch.setattr(figures, "memorization_figure",
+                        lambda *args, **kwargs: titles.append(kwargs["title"]) or drawn(*args, **kwargs))
+    flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+             "--bootstrap", "0", "--no-progress"]
+    assert main([*flags, "--space", "pca:15", "--out", str(tmp_path / "pca.csv"),
+                 "--figure", str(tmp_path / "pca.png")]) == 0
+    out = capsys.readouterr().out
+    assert "--space pca:15: pixels-PCA15, the top 15 principal directions of the 16 training items (100.0% " in out
+    assert "F_mem = 0.5000" in out and "16/32 samples" in out
+    table = pd.read_csv(tmp_path / "pca.csv")
+    want_d1, want_d2, want_nearest = brute(*_principal_brute(samples, train, 15))
+    np.testing.assert_allclose(table["ratio"], (want_d1 / want_d2).numpy(), rtol=1e-9)
+    np.testing.assert_array_equal(table["nearest"][:16], np.arange(16))
+    np.testing.assert_array_equal(table["nearest"], want_nearest.numpy())
+    assert table["memorized"].tolist() == [True] * 16 + [False] * 16
+    assert (table["space"] == "pixels-PCA15").all()
+    assert titles == ["audited in pixels-PCA15"]
+
+    assert main([*flags, "--out", str(tmp_path / "pixels.csv"), "--figure", str(tmp_path / "pixels.png")]) == 0
+    pixels = pd.read_csv(tmp_path / "pixels.csv")
+    assert (pixels["space"] == "pixels").all() and not pixels["memorized"].any()
+    assert titles[-1] == "audited in pixels"
+
+
+def test_cli_pca_space_with_the_residual_at_n_minus_1_directions_is_pixels(tmp_path, capsys, drowned):
+    """Training items lie in their own affine span, so K = N − 1 directions plus the length of
+    the rest keep every sample-to-item distance: the pixel ratios come back."""
+    import pandas as pd
+
+    samples, train = drowned
+    np.save(tmp_path / "s.npy", samples.numpy())
+    np.save(tmp_path / "t.npy", train.numpy())
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--space", "pca:15+residual", "--bootstrap", "0", "--no-progress",
+                 "--out", str(tmp_path / "table.parquet")]) == 0
+    assert "pixels-PCA15+residual, the top 15 principal directions" in capsys.readouterr().out
+    table = pd.read_parquet(tmp_path / "table.parquet")
+    d1, d2, nearest = brute(samples, train)
+    np.testing.assert_allclose(table["ratio"], (d1 / d2).numpy(), rtol=1e-9)
+    np.testing.assert_array_equal(table["nearest"], nearest.numpy())
+    assert (table["space"] == "pixels-PCA15+residual").all()
 
 
 def test_images_for_the_resnet_space_in_0_1_are_warned_about():

@@ -6,6 +6,7 @@ import argparse
 from ._types import seed_number
 
 TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
+SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
 
 
 def register(subparsers) -> None:
@@ -44,8 +45,14 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu",
                         help="cpu | cuda | cuda:N: where the search runs (default cpu; faiss searches on the CPU)")
     parser.add_argument("--space", default=None,
-                        help="audit in a feature space: resnet20:PATH or resnet56:PATH, a pretrained CIFAR-10 "
-                             "ResNet's 64-d features (inputs: images (n, 3, 32, 32) or (n, 3072) in [-1, 1])")
+                        help="audit in a feature space instead of pixels: pca:K, the top K principal directions "
+                             "of the training items (K from 1 to min(N − 1, D); K = N − 1 projects the samples "
+                             "onto the training items' affine span, which keeps every distance between training "
+                             "items and drops noise outside it, so copies drowned in pixel noise show; too few "
+                             "directions also match fresh images); pca:K+residual, the same plus the length of "
+                             "what the K directions leave out (at K = N − 1 that gives the pixel ratios back); "
+                             "or resnet20:PATH or resnet56:PATH, a pretrained CIFAR-10 ResNet's 64-d features "
+                             "(inputs: images (n, 3, 32, 32) or (n, 3072) in [-1, 1])")
     parser.add_argument("--out", default=None, help="per-sample table: .parquet or .csv")
     parser.add_argument("--figure", default=None,
                         help="a .png: the gap-ratio histogram and, for image inputs, the samples with the "
@@ -65,16 +72,23 @@ def run(args: argparse.Namespace) -> int:
     if args.figure is not None and Path(args.figure).suffix.lower() != ".png":
         raise ValueError(f"--figure must end in .png, got {args.figure!r}")
     device = resolve_device(args.device, World())
-    space = None
-    if args.space is not None:
+    space, space_name = None, "pixels"
+    principal = None if args.space is None else _principal_spec(args.space)
+    if args.space is not None and principal is None:
         from ..models.resnet_cifar import load_cifar_resnet_spec
 
-        net, _ = load_cifar_resnet_spec(args.space, name="--space")
+        net, space_name = load_cifar_resnet_spec(args.space, name="--space")
         space = net.to(device).features
     samples, sample_files = _load_rows("--samples", args.samples, args.key, args.progress, specs=False)
     train, train_files = _load_rows("--train", args.train, args.train_key, args.progress, specs=True)
     samples, train = samples.to(device), train.to(device)
-    if space is not None:
+    if principal is not None:
+        space = _principal_space(args.space, *principal, train)
+        space_name = space.name
+        print(f"--space {args.space}: {space.name}, the top {space.k} principal directions of the "
+              f"{train.shape[0]} training items ({space.share:.1%} of their variance)"
+              + (", and the length of the rest" if space.residual else ""))
+    elif space is not None:
         samples, train = _cifar_images("--samples", samples), _cifar_images("--train", train)
     report = memorization(samples, train, threshold=args.threshold, bootstrap=args.bootstrap, space=space,
                           seed=args.seed, interval=args.interval, backend=args.backend, progress=args.progress)
@@ -85,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
               f"(--interval wilson) is {low:.4f}–{high:.4f}")
     if args.out is not None:
         frame = _per_sample_frame(report, sample_files, train_files)
+        frame["space"] = space_name
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() == ".csv":
@@ -95,9 +110,43 @@ def run(args: argparse.Namespace) -> int:
     if args.figure is not None:
         from ..studies.figures import memorization_figure
 
-        figure = memorization_figure("memorization", "", report, samples, train)
+        figure = memorization_figure("memorization", "", report, samples, train, title=f"audited in {space_name}")
         print(f"figure: {figure.save(args.figure)}")
     return 0
+
+
+def _principal_spec(spec: str) -> tuple[int, bool] | None:
+    """``(K, residual)`` of a ``--space`` value ``pca:K`` or ``pca:K+residual``; None for another
+    kind of space (a ResNet's, checked where it is loaded). A malformed pca spec, or a value of
+    no known kind, is a ValueError naming ``--space`` and the forms it takes."""
+    kind, _, rest = spec.partition(":")
+    if kind != "pca":
+        if kind not in ("resnet20", "resnet56"):
+            raise ValueError(f"--space must be {SPACE_FORMS}, got {spec!r}")
+        return None
+    count, plus, extra = rest.partition("+")
+    if not (count.isdecimal() and count.isascii() and int(count) >= 1) or (plus and extra != "residual"):
+        raise ValueError(f"--space must be 'pca:K' or 'pca:K+residual' with K a positive integer (the number of "
+                         f"principal directions of the training items), got {spec!r}")
+    return int(count), bool(plus)
+
+
+def _principal_space(spec: str, k: int, residual: bool, train):
+    """The :class:`~kinetic_fm.metrics.features.PrincipalSpace` of ``--space pca:K[+residual]``,
+    fitted on the training items ``train`` (N, ...); K above min(N − 1, D) names --space."""
+    import math
+
+    from ..metrics.features import PrincipalSpace
+
+    n, dim = train.shape[0], math.prod(train.shape[1:])
+    largest = min(n - 1, dim)
+    if largest < 1:
+        raise ValueError(f"--space {spec} needs at least 2 training items of at least 1 value, got shape "
+                         f"{tuple(train.shape)}")
+    if k > largest:
+        raise ValueError(f"--space {spec}: K must be an integer from 1 to min(N − 1, D) = {largest} for the N = {n} "
+                         f"training items of D = {dim} values, got {k}")
+    return PrincipalSpace.fit(train, k, residual=residual)
 
 
 def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[str] | None):
