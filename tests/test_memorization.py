@@ -578,6 +578,39 @@ def test_cli_pca_space_with_the_residual_at_n_minus_1_directions_is_pixels(tmp_p
     assert (table["space"] == "pixels-PCA15+residual").all()
 
 
+def test_cli_clamp_audits_the_samples_clamped_to_the_training_range(tmp_path, capsys, drowned, monkeypatch):
+    """--clamp audits min(max(x, lo), hi) with [lo, hi] the training items' range (here [-1, 1]),
+    as kfm reproduce does; the table and the figure say so; without it samples are audited as given."""
+    import pandas as pd
+
+    import kinetic_fm.studies.figures as figures
+
+    samples, train = drowned
+    np.save(tmp_path / "s.npy", samples.numpy())
+    np.save(tmp_path / "t.npy", train.numpy())
+    titles = []
+    drawn = figures.memorization_figure
+    monkeypatch.setattr(figures, "memorization_figure",
+                        lambda *args, **kwargs: titles.append(kwargs["title"]) or drawn(*args, **kwargs))
+    flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+             "--bootstrap", "0", "--no-progress", "--out", str(tmp_path / "table.csv")]
+    assert main([*flags, "--clamp", "--space", "pca:15", "--figure", str(tmp_path / "a.png")]) == 0
+    outside = int((samples.abs() > 1).sum())
+    assert 0 < outside
+    assert (f"--clamp: samples clamped to the training items' range [-1, 1] ({outside:,} of 25,088 values changed)"
+            in capsys.readouterr().out)
+    table = pd.read_csv(tmp_path / "table.csv")
+    d1, d2, _ = brute(*_principal_brute(samples.clamp(-1, 1), train, 15))
+    np.testing.assert_allclose(table["ratio"], (d1 / d2).numpy(), rtol=1e-9)     # fresh ones may tie
+    assert table["clamped"].all() and (table["space"] == "pixels-PCA15").all()
+    assert titles == ["audited in pixels-PCA15; samples clamped to [-1, 1]"]
+    assert main(flags) == 0
+    table = pd.read_csv(tmp_path / "table.csv")
+    d1, d2, _ = brute(samples, train)
+    np.testing.assert_allclose(table["ratio"], (d1 / d2).numpy(), rtol=1e-9)
+    assert not table["clamped"].any()
+
+
 def test_images_for_the_resnet_space_in_0_1_are_warned_about():
     import warnings
 

@@ -53,6 +53,11 @@ def register(subparsers) -> None:
                              "what the K directions leave out (at K = N − 1 that gives the pixel ratios back); "
                              "or resnet20:PATH or resnet56:PATH, a pretrained CIFAR-10 ResNet's 64-d features "
                              "(inputs: images (n, 3, 32, 32) or (n, 3072) in [-1, 1])")
+    parser.add_argument("--clamp", action="store_true",
+                        help="clamp the samples to the training items' value range [min, max] before the audit, "
+                             "as kfm reproduce does (off by default: the samples are audited as given; clamping "
+                             "turns zero-mean pixel noise on a flat background into a one-sided offset, which "
+                             "a pca: space no longer drops)")
     parser.add_argument("--out", default=None, help="per-sample table: .parquet or .csv")
     parser.add_argument("--figure", default=None,
                         help="a .png: the gap-ratio histogram and, for image inputs, the samples with the "
@@ -82,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     samples, sample_files = _load_rows("--samples", args.samples, args.key, args.progress, specs=False)
     train, train_files = _load_rows("--train", args.train, args.train_key, args.progress, specs=True)
     samples, train = samples.to(device), train.to(device)
+    clamped = ""
+    if args.clamp:
+        samples, clamped = _clamped_to(train, samples)
     if principal is not None:
         space = _principal_space(args.space, *principal, train)
         space_name = space.name
@@ -100,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         frame = _per_sample_frame(report, sample_files, train_files)
         frame["space"] = space_name
+        frame["clamped"] = args.clamp
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() == ".csv":
@@ -110,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if args.figure is not None:
         from ..studies.figures import memorization_figure
 
-        figure = memorization_figure("memorization", "", report, samples, train, title=f"audited in {space_name}")
+        title = f"audited in {space_name}" + (f"; samples clamped to {clamped}" if clamped else "")
+        figure = memorization_figure("memorization", "", report, samples, train, title=title)
         print(f"figure: {figure.save(args.figure)}")
     return 0
 
@@ -147,6 +157,23 @@ def _principal_space(spec: str, k: int, residual: bool, train):
         raise ValueError(f"--space {spec}: K must be an integer from 1 to min(N − 1, D) = {largest} for the N = {n} "
                          f"training items of D = {dim} values, got {k}")
     return PrincipalSpace.fit(train, k, residual=residual)
+
+
+def _clamped_to(train, samples):
+    """``samples`` (as float64 if they are integers) clamped to the value range of ``train``, and
+    that range as text."""
+    import torch
+
+    if train.numel() == 0:
+        raise ValueError(f"--clamp takes the range of the training items, but --train has shape {tuple(train.shape)}")
+    low, high = (float(v) for v in torch.aminmax(train))
+    samples = samples if samples.is_floating_point() else samples.to(torch.float64)
+    inside = samples.clamp(low, high)
+    changed = int((inside != samples).sum())
+    text = f"[{low:g}, {high:g}]"
+    print(f"--clamp: samples clamped to the training items' range {text} ({changed:,} of {samples.numel():,} "
+          "values changed)")
+    return inside, text
 
 
 def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[str] | None):
