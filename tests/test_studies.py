@@ -457,6 +457,38 @@ def test_the_late_spike_claim_states_bounds_its_own_table_keeps(tiny_report):
     assert [_percent_up(v) for v in (0.1, 0.1042, 0.10401, 0.0999)] == ["10.0%", "10.5%", "10.5%", "10.0%"]
 
 
+def test_memorizer_table_adds_the_audit_in_the_training_span_as_context(tiny_report):
+    """The checkpoint table keeps its columns and appends F_mem in the 15 principal directions of
+    the memorizing net's 16 images (samples unclamped) with its CI; the final table's ratios give it."""
+    out, md, _ = tiny_report
+    table = pd.read_parquet(out / "tables" / "memorization__memorizer_checkpoints.parquet")
+    column = "F_mem in pixels-PCA15, unclamped"
+    assert list(table.columns) == ["training step", "F_mem", "F_mem CI low", "F_mem CI high", "mean KPE",
+                                   "mean late energy (t ≥ τ)", "mean share after t = 0.9", "FD-digits-cnn",
+                                   column, f"{column} CI low", f"{column} CI high"]
+    assert (table[f"{column} CI low"] <= table[column]).all() and (table[column] <= table[f"{column} CI high"]).all()
+    final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
+    assert table[column].iloc[-1] == (final["gap_ratio_pixels-PCA15_unclamped"] < 1 / 3).mean()
+    assert f"Context, read by no claim: '{column}' is the same audit" in md.read_text()
+
+
+def test_memorizer_span_keeps_training_distances_and_projects_samples_on_their_affine_hull():
+    from kinetic_fm.studies.memorization import memorizer_span
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64)
+    x = 3 * torch.randn(5, 1, 4, 4, generator=g, dtype=torch.float64)
+    span = memorizer_span(train)
+    assert span.k == 5
+    y = train.flatten(1)
+    torch.testing.assert_close(torch.cdist(span(train), span(train)), torch.cdist(y, y))
+    # brute force: each sample's orthogonal projection on the training items' affine hull, by least squares
+    edges = (y[1:] - y[0]).T                                                   # (D, N − 1)
+    projected = (edges @ torch.linalg.lstsq(edges, (x.flatten(1) - y[0]).T).solution).T + y[0]
+    torch.testing.assert_close(torch.cdist(span(x), span(train)), torch.cdist(projected, y))
+    assert memorizer_span(torch.randn(10, 3, generator=g, dtype=torch.float64)).k == 3   # D < N − 1: all D
+
+
 def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, monkeypatch):
     from kinetic_fm.studies import reproduce as module
 

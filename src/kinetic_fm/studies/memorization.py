@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..fields.empirical import EmpiricalFlow
+from ..metrics.features import PrincipalSpace
 from ..metrics.fidelity import frechet_distance
 from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
@@ -368,6 +369,8 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
 
     shape = tuple(assets.train.shape[1:])
     ref_feats = assets.train_features()
+    principal = memorizer_span(assets.memorizer_train)
+    spanned_col = f"F_mem in {principal.name}, unclamped"
     rows, last = [], None
     device = next(assets.memorizer.parameters()).device
     steps = sorted(assets.memorizer_checkpoints)
@@ -383,17 +386,23 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                       steps=cfg.steps, solver="euler")
         x = image_range(run["x"], assets)
         audit = memorization(x, assets.memorizer_train, interval="wilson")
+        # context, no claim reads it: the same audit in the training images' span, on the samples as
+        # drawn (clamping makes the noise on a flat background one-sided, and the span keeps that)
+        spanned = memorization(run["x"], assets.memorizer_train, space=principal, interval="wilson")
         fd = frechet_distance(assets.features(x).double(), ref_feats.double(), network=assets.classifier_name)
         rows.append({"training step": step, "F_mem": audit.fraction, "F_mem CI low": audit.ci[0],
                      "F_mem CI high": audit.ci[1], "mean KPE": float(run["kpe"].mean()),
                      "mean late energy (t ≥ τ)": float(run["late"].mean()),
-                     "mean share after t = 0.9": float(late_fraction(run).mean()), fd.name: fd.value})
-        last = (run, audit, x)
+                     "mean share after t = 0.9": float(late_fraction(run).mean()), fd.name: fd.value,
+                     spanned_col: spanned.fraction, f"{spanned_col} CI low": spanned.ci[0],
+                     f"{spanned_col} CI high": spanned.ci[1]})
+        last = (run, audit, x, spanned)
     table = pd.DataFrame(rows)
-    run, audit, x = last
+    run, audit, x, spanned = last
     frame = energy_frame(run)
     frame["gap_ratio"] = audit.ratio.cpu().numpy()
     frame["memorized"] = audit.memorized.cpu().numpy()
+    frame[f"gap_ratio_{principal.name}_unclamped"] = spanned.ratio.cpu().numpy()
     out.tables["memorizer_final"] = frame
     out.tables["memorizer_checkpoints"] = table
 
@@ -418,7 +427,10 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         "Energy and memorization across training",
         text=(f"A velocity net trained on only {len(assets.memorizer_train)} images, sampled at its log-spaced "
               f"checkpoints ({cfg.checkpoint_samples} samples each, Euler {cfg.steps} steps). F_mem is measured "
-              f"against those images; {fd_col} against all {len(assets.train)} training images."
+              f"against those images; {fd_col} against all {len(assets.train)} training images. Context, read by "
+              f"no claim: '{spanned_col}' is the same audit in the {principal.k} principal directions of those "
+              "images, on the samples before they are clamped to the training range; it counts copies that "
+              "pixel noise hides from the pixel audit."
               + fd_bias_note(min(cfg.checkpoint_samples, len(assets.train)), ref_feats.shape[1], fd_col)),
         tables=[("Memorizing net across training", table)],
         figures=[
@@ -441,6 +453,13 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         ],
     )
     return section, claim
+
+
+def memorizer_span(train: torch.Tensor) -> PrincipalSpace:
+    """The principal space of the memorizing net's training images (N, ...): all min(N − 1, D)
+    directions, their affine span, which keeps the distances between them and drops whatever a
+    sample holds outside it (see ``kfm memorization --space pca:K``)."""
+    return PrincipalSpace.fit(train, min(train.shape[0] - 1, train[0].numel()))
 
 
 def _goldilocks(sem_cfg, assets, ws, asset_key, out):
