@@ -1,4 +1,5 @@
 """Gap-ratio memorization (kinetic_fm.metrics.memorization) and the `kfm memorization` command."""
+import json
 import math
 from pathlib import Path
 
@@ -411,6 +412,56 @@ def test_cli_audits_against_the_subset_a_kfm_train_run_trained_on(digits_runs, t
     assert "is a kfm train run folder (a net, not samples)" in capsys.readouterr().err
     assert main(["memorization", "--samples", str(run), "--train", str(net), "--train-key", "x"]) == 2
     assert "is a run folder" in capsys.readouterr().err
+
+
+def test_a_kfm_train_run_finds_its_relative_data_path_from_any_folder(tmp_path, monkeypatch, capsys):
+    # kfm train recorded --data folder:faces as given, so kfm memorization --train read "faces"
+    # from wherever it ran: from any other folder the run could not be audited
+    from PIL import Image
+
+    from kinetic_fm.data.images import load_image_folder
+
+    rng = np.random.default_rng(1)
+    faces = tmp_path / "work" / "faces"
+    faces.mkdir(parents=True)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(faces / f"{i:02d}.png")
+    train = ["train", "--data", "folder:faces", "--n", "12", "--seed", "2", "--batch-size", "4", "--width", "8",
+             "--model", "mlp", "--checkpoints", "none", "--no-progress", "--out", "net"]
+    monkeypatch.chdir(faces.parent)
+    assert main(train + ["--steps", "1"]) == 0
+    subset = load_image_folder(faces, n=12, seed=2).images       # what --n 12 --seed 2 drew
+    samples = torch.cat([subset[[3, 7]], torch.rand(4, *subset.shape[1:], generator=torch.Generator().manual_seed(0))])
+    np.save(tmp_path / "s.npy", samples.numpy())
+    monkeypatch.chdir(tmp_path)                                   # "faces" is not here
+    assert main(["memorization", "--samples", "s.npy", "--train", "work/net", "--bootstrap", "0", "--no-progress",
+                 "--out", "table.csv"]) == 0
+    assert "the 12 items it trained on" in capsys.readouterr().out
+    table = np.genfromtxt(tmp_path / "table.csv", delimiter=",", names=True)
+    d1, d2, nearest = brute(samples, subset)
+    np.testing.assert_array_equal(table["nearest"], nearest.numpy())
+    np.testing.assert_allclose(table["ratio"], (d1 / d2).numpy(), rtol=1e-5, atol=1e-7)
+    assert list(table["nearest"][:2]) == [3, 7]
+
+    # a folder written before, which recorded the path as given: tried as recorded, and the error
+    # says why it fails; it still works, and resumes, from where it was trained
+    from kinetic_fm.data import registry
+
+    monkeypatch.chdir(faces.parent)
+    with monkeypatch.context() as old_code:
+        old_code.setattr(registry, "absolute_spec", lambda spec: spec)
+        assert main(train[:-1] + ["old", "--steps", "1"]) == 0
+    config_path = faces.parent / "old" / "config.json"
+    assert json.loads(config_path.read_text())["info"]["data"] == "folder:faces"
+    monkeypatch.chdir(tmp_path)
+    assert main(["memorization", "--samples", "s.npy", "--train", "work/old", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on 'folder:faces', which is not found from here" in err and "relative path" in err
+    monkeypatch.chdir(faces.parent)
+    assert main(["memorization", "--samples", "../s.npy", "--train", "old", "--bootstrap", "0",
+                 "--no-progress"]) == 0
+    assert main(train[:-1] + ["old", "--steps", "2", "--resume"]) == 0   # its resume state names the same data
+    assert json.loads(config_path.read_text())["info"]["data"] == "folder:faces"
 
 
 def test_cli_reads_image_folders_zips_and_data_specs(tmp_path, capsys):

@@ -426,6 +426,45 @@ def test_energy_after_counts_the_straddling_step_by_its_share():
     assert energy_after({"times": times, "profile": profile}, 1.0).eq(0).all()
 
 
+def test_kfm_memorization_audits_against_the_items_a_reproduce_net_trained_on(tiny_report, tmp_path, capsys):
+    # the studies' nets recorded no data spec, so `kfm memorization --train models/memorizer-*` was refused
+    import shutil
+
+    from kinetic_fm.cli import main
+    from kinetic_fm.studies.assets import load_assets
+
+    out, _, _ = tiny_report
+    shutil.copytree(out, tmp_path / "ws")
+    assets = load_assets(ReproduceConfig.preset("tiny").assets, Workspace(tmp_path / "ws"), progress=False)
+    noise = torch.rand(4, *assets.train.shape[1:], generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for name, items in (("memorizer", assets.memorizer_train), ("general", assets.train)):
+        net = next((tmp_path / "ws" / "models").glob(f"{name}-*"))
+        samples = torch.cat([items[[1, 5]], noise])
+        np.save(tmp_path / "s.npy", samples.numpy())
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(net), "--bootstrap", "0",
+                     "--no-progress", "--out", str(tmp_path / "t.csv")]) == 0
+        assert f"the {len(items)} items it trained on (digits, n=None, seed=0" in capsys.readouterr().out
+        table = pd.read_csv(tmp_path / "t.csv")
+        d1, d2, nearest = brute_nearest(samples, items)
+        np.testing.assert_array_equal(table["nearest"], nearest.numpy())
+        np.testing.assert_allclose(table["ratio"], (d1 / d2).numpy(), rtol=1e-5, atol=1e-7)
+        assert list(table["nearest"][:2]) == [1, 5]
+    # a workspace from before the record: refused with what to do, and its next run writes the record
+    (net / "training_items.json").unlink()
+    flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(net), "--no-progress"]
+    assert main(flags) == 2
+    assert "run the same kfm reproduce command on its folder again" in capsys.readouterr().err
+    load_assets(ReproduceConfig.preset("tiny").assets, Workspace(tmp_path / "ws"), progress=False)
+    assert main(flags) == 0
+
+
+def brute_nearest(samples, train):
+    """(B,) distances to the nearest and second-nearest training item, and the nearest's index."""
+    d = torch.cdist(samples.double().flatten(1), train.double().flatten(1))
+    top = d.topk(2, dim=1, largest=False)
+    return top.values[:, 0], top.values[:, 1], top.indices[:, 0]
+
+
 def test_efm_lands_on_atoms_in_the_study(tiny_report):
     out, _, _ = tiny_report
     for n in (8, 32):

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
             "are grey); --train may also be a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, "
             "folder:PATH, digits: its whole training split, in [-1, 1]; celeba: grey, centred by the "
             "mean image of all its faces). A net trained on a subset (kfm train --n) is audited against "
-            "that subset with --train RUN, its kfm train run folder. Rows are flattened; a kfm sample "
+            "that subset with --train RUN, its kfm train run folder, and a kfm reproduce net against its "
+            "training images with --train OUT/models/general-* or memorizer-*. Rows are flattened; a kfm sample "
             "run folder or its results.parquet gives each sample its recorded shape, so --figure can "
             "show images."
         ),
@@ -32,7 +33,8 @@ def register(subparsers) -> None:
                         help="training items, shape (N, ...): an array file, a folder/.zip of images, a "
                              "data spec such as cifar10:/data/cifar-10-batches-py, or a kfm train run folder "
                              "(exactly the items it trained on: its data spec, --n subset and --seed, read "
-                             "from its config.json)")
+                             "from its config.json), or a kfm reproduce net's folder, OUT/models/general-* or "
+                             "memorizer-* (its training images, read from its training_items.json)")
     parser.add_argument("--key", default=None, help="array/column name inside --samples")
     parser.add_argument("--train-key", default=None, help="array/column name inside --train")
     parser.add_argument("--threshold", type=float, default=1 / 3, help="gap-ratio threshold in (0, 1) (default 1/3)")
@@ -234,30 +236,54 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
 
 
 def _training_rows(run, progress: bool):
-    """The items a ``kfm train`` run folder trained on: the data spec, ``--n`` and ``--seed`` its
-    config.json records, loaded again and checked against the recorded data shape."""
+    """The items a run folder's net trained on, loaded again and checked against the recorded
+    shape: for ``kfm train``, the data spec, ``--n`` and ``--seed`` its config.json records; for a
+    ``kfm reproduce`` net (``models/general-*``, ``models/memorizer-*``), the data spec, load and
+    rows its training_items.json records."""
     import json
+    from pathlib import Path
 
     from ..data.registry import load_dataset
     from ..data.subset import dataset_rows
+    from ..studies.assets import TRAINING_ITEMS
 
+    config, rows = None, None
     try:
         config = json.loads((run / TRAIN_CONFIG).read_text(encoding="utf-8"))
-        spec, n, seed = config["info"]["data"], config["info"].get("n"), config["train"]["seed"]
+        if (run / TRAINING_ITEMS).is_file():
+            config = json.loads((run / TRAINING_ITEMS).read_text(encoding="utf-8"))
+            spec, n, seed, rows = config["data"], config["n"], config["seed"], config["rows"]
+        else:
+            spec, n, seed = config["info"]["data"], config["info"].get("n"), config["train"]["seed"]
     except (ValueError, KeyError, TypeError):
-        raise ValueError(f"--train {run}: its {TRAIN_CONFIG} names no data spec (kfm train writes one); "
-                         "pass the training items themselves") from None
+        study = isinstance(config, dict) and isinstance(config.get("info"), dict) and "study" in config["info"]
+        raise ValueError(f"--train {run}: " + (
+            f"this kfm reproduce net records no training items ({TRAINING_ITEMS}, written since this "
+            "version); run the same kfm reproduce command on its folder again (it trains nothing) to write "
+            "it, or pass the training items themselves" if study else
+            f"its {TRAIN_CONFIG} names no data spec (kfm train writes one); pass the training items "
+            "themselves")) from None
     try:
         data = load_dataset(spec, n=n, seed=seed, progress=progress)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"--train {run} trained on {spec!r}, which is not found from here ({err}); "
-                                "a relative path is read from the current folder") from None
-    rows = dataset_rows(data)
-    if list(rows.shape) != config.get("data_shape"):
-        raise ValueError(f"--train {run}: {spec!r} (n={n}, seed={seed}) now loads {list(rows.shape)}, but the "
+        name, _, path = spec.partition(":")
+        hint = ("; it is a relative path, which a run folder written before paths were recorded absolute "
+                "leaves to be read from the folder the training ran in: run from there"
+                if path and not Path(path).is_absolute() else "")
+        raise FileNotFoundError(f"--train {run} trained on {spec!r}, which is not found from here ({Path.cwd()}): "
+                                f"{err}{hint}") from None
+    items = dataset_rows(data)
+    if rows is not None:
+        if not all(isinstance(i, int) and 0 <= i < len(items) for i in rows):
+            raise ValueError(f"--train {run}: its {TRAINING_ITEMS} names rows outside the {len(items)} items "
+                             f"{spec!r} (n={n}, seed={seed}) loads: the data changed since")
+        items = items[rows]
+    if list(items.shape) != config.get("data_shape"):
+        raise ValueError(f"--train {run}: {spec!r} (n={n}, seed={seed}) now loads {list(items.shape)}, but the "
                          f"run trained on {config.get('data_shape')}: the data changed since")
-    print(f"--train {run}: the {rows.shape[0]} items it trained on ({spec}, n={n}, seed={seed})")
-    return rows
+    subset = "" if rows is None else f", {len(rows)} rows of them"
+    print(f"--train {run}: the {items.shape[0]} items it trained on ({spec}, n={n}, seed={seed}{subset})")
+    return items
 
 
 def _cifar_images(name: str, x):

@@ -90,11 +90,34 @@ def run(args: argparse.Namespace) -> int:
     # centred data (CelebA): keep what sampling must add back, written under the folder's lock
     mean = getattr(ds, "mean", None)
     extra = None if mean is None else {"data_mean.safetensors": {"mean": mean}}
+    info = {"data": _recorded_spec(args.data, args.out, args.resume), "n": args.n}
     result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
-                   progress=not args.no_progress, info={"data": args.data, "n": args.n}, extra_weights=extra)
+                   progress=not args.no_progress, info=info, extra_weights=extra)
     tail = result.losses[-min(100, config.steps):].mean().item()
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from} of {config.steps}")
     print(f"done: {config.steps} steps, mean loss of the last {min(100, config.steps)} steps {tail:.4f}; "
           f"{len(result.checkpoints)} checkpoints; final weights {result.out / 'final.safetensors'}")
     return 0
+
+
+def _recorded_spec(spec: str, out: str, resume: bool) -> str:
+    """The data spec config.json records: its path made absolute, so that ``kfm memorization
+    --train`` finds the data from any folder; but a resumed run folder that recorded the same
+    data by a relative path (written before paths were made absolute) keeps its own record, which
+    the resume compares with this run's."""
+    import json
+    from pathlib import Path
+
+    from ..data.registry import absolute_spec
+
+    spec = absolute_spec(spec)
+    config = Path(out) / "config.json"
+    if resume and config.is_file():
+        try:
+            recorded = json.loads(config.read_text(encoding="utf-8"))["info"]["data"]
+            if recorded != spec and absolute_spec(recorded) == spec:
+                return recorded
+        except (ValueError, KeyError, TypeError):
+            pass  # not a kfm train record: the resume itself says what differs
+    return spec

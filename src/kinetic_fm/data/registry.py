@@ -1,6 +1,8 @@
 """Short data specs for the command line: ``digits``, ``moons``, ``gmm``, ``mnist:PATH`` ..."""
 from __future__ import annotations
 
+import os
+
 from .images import ImageDataset
 from .synthetic import PointDataset
 
@@ -35,6 +37,14 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
         "folder": lambda p: images.load_image_folder(p, n=n, seed=seed, progress=progress),
     }
     return loaders[name](path)
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with its path made absolute against the current folder (``mnist:data/mnist`` ->
+    ``mnist:/home/me/data/mnist``), unchanged when it has none: what a run folder records, so that
+    reading the spec back works from any folder."""
+    name, path = parse_spec(spec)
+    return f"{name}:{os.path.abspath(path)}" if path else spec
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

@@ -16,6 +16,10 @@ from ..metrics.features import FeatureSpace, PrincipalSpace
 from .config import AssetsConfig
 from .workspace import Workspace
 
+# What a study's velocity net trained on, beside it in its run folder (models/<name>-<hash>/):
+# `kfm memorization --train FOLDER` reads it to audit samples against exactly those items.
+TRAINING_ITEMS = "training_items.json"
+
 # Directions kept for Fréchet distances without a judging classifier: raw 32x32 pixels have 1,024,
 # more than a study's sample sets, so their FD was mostly the estimator's bias (and slow); on CelebA
 # 64 keep 92% of the pixel variance and still see a set's contrast and blur. The length of the rest
@@ -93,11 +97,13 @@ def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Asse
     if classifier is None:  # fitted once per run: about a second on 5,000 images, so not cached
         principal = PrincipalSpace.fit(train, min(FD_COMPONENTS, train[0].numel(), len(train) - 1), residual=True)
         name = principal.name
-    general, _ = _velocity_net(cfg, ws, "general", train, cfg.general_steps, progress)
+    rows = _split_rows(cfg, len(train) + len(heldout))[1]   # train's rows in the loaded data set
+    general, _ = _velocity_net(cfg, ws, "general", train, rows, cfg.general_steps, progress)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     pick = torch.randperm(train.shape[0], generator=g)[: cfg.memorizer_n].sort().values
     memorizer_train = train[pick]
-    memorizer, checkpoints = _velocity_net(cfg, ws, "memorizer", memorizer_train, cfg.memorizer_steps, progress)
+    memorizer, checkpoints = _velocity_net(cfg, ws, "memorizer", memorizer_train, rows[pick], cfg.memorizer_steps,
+                                           progress)
     return Assets(train, train_labels, heldout, heldout_labels, classes, classifier, name, accuracy,
                   general, memorizer, memorizer_train, checkpoints, source,
                   classifier_pretrained=bool(cfg.classifier), principal=principal)
@@ -106,8 +112,7 @@ def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Asse
 def _load_split(cfg: AssetsConfig, progress: bool = True):
     from ..data.registry import load_dataset
 
-    wanted = None if cfg.n_train is None else cfg.n_train + cfg.n_heldout
-    data = load_dataset(cfg.data, n=wanted, seed=cfg.seed, progress=progress)
+    data = load_dataset(cfg.data, n=_loaded_n(cfg), seed=cfg.seed, progress=progress)
     if not hasattr(data, "images"):
         raise ValueError(f"kfm reproduce needs an image data set, got {cfg.data!r} (2-D point sets are studied "
                          "on their exact field inside the support study)")
@@ -115,12 +120,22 @@ def _load_split(cfg: AssetsConfig, progress: bool = True):
     if n < cfg.n_heldout + max(cfg.memorizer_n, 16):
         raise ValueError(f"data set {cfg.data!r} has {n} images; need at least n_heldout + memorizer_n = "
                          f"{cfg.n_heldout + cfg.memorizer_n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
-    held, rest = order[: cfg.n_heldout], order[cfg.n_heldout :]
+    held, rest = _split_rows(cfg, n)
     labels = data.labels
     return (data.images[rest].contiguous(), None if labels is None else labels[rest],
             data.images[held].contiguous(), None if labels is None else labels[held],
             data.classes, data.source + _lossy_text(data))
+
+
+def _loaded_n(cfg: AssetsConfig) -> int | None:
+    """How many items the studies load (the ``n`` of :func:`~kinetic_fm.data.registry.load_dataset`)."""
+    return None if cfg.n_train is None else cfg.n_train + cfg.n_heldout
+
+
+def _split_rows(cfg: AssetsConfig, n: int) -> tuple[Tensor, Tensor]:
+    """(n_heldout,) held-out and (n − n_heldout,) training rows of the ``n`` loaded items, seeded."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    return order[: cfg.n_heldout], order[cfg.n_heldout :]
 
 
 def _lossy_text(data) -> str:
@@ -171,7 +186,9 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
     return net.to(cfg.device).eval(), name, stored["accuracy"]
 
 
-def _velocity_net(cfg, ws, name, data, steps, progress):
+def _velocity_net(cfg, ws, name, data, rows, steps, progress):
+    """The EMA net ``name`` trained on ``data`` (rows ``rows`` of the loaded data set), trained
+    here or reloaded, and its checkpoints (step -> file)."""
     from ..models.checkpoint import load_model
     from ..models.registry import default_model
     from ..models.train import TrainConfig, train
@@ -187,5 +204,24 @@ def _velocity_net(cfg, ws, name, data, steps, progress):
         config = TrainConfig(steps=steps, batch_size=min(cfg.batch_size, 4 * int(data.shape[0])), lr=cfg.lr,
                              seed=cfg.seed, checkpoints="log2", save_every=max(100, steps // 20))
         train(net, data.to(cfg.device), config, out=out, resume=True, progress=progress, info={"study": name})
+    # beside the run, not in its config.json: the resume compares that, and a workspace from
+    # before this record gets it on its next run without retraining
+    _record_training_items(out, cfg, rows, data.shape)
     checkpoints = {int(p.stem.split("_")[1]): p for p in sorted((out / "checkpoints").glob("step_*.safetensors"))}
     return load_model(final).to(cfg.device).eval(), checkpoints
+
+
+def _record_training_items(out: Path, cfg: AssetsConfig, rows: Tensor, shape: torch.Size) -> None:
+    """Write ``out/`` :data:`TRAINING_ITEMS`: the data spec (its path absolute), the ``n`` and
+    seed it was loaded with, the (N,) rows of that data set the net trained on, and their shape."""
+    import json
+
+    from ..data.registry import absolute_spec
+    from ..runs.atomic import atomic_write_text
+
+    record = {"data": absolute_spec(cfg.data), "n": _loaded_n(cfg), "seed": cfg.seed,
+              "rows": [int(i) for i in rows], "data_shape": list(shape)}
+    text = json.dumps(record) + "\n"
+    path = out / TRAINING_ITEMS
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
