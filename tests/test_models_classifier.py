@@ -84,6 +84,12 @@ def test_kfm_reproduce_resumes_an_interrupted_judging_classifier(tmp_path, monke
         return net, accuracy
 
     whole, accuracy = judge("whole")
+    # once its weights are cached the resume state goes (one left by an older run too)
+    assert list((tmp_path / "whole" / "cache").glob("classifier-*.pt"))
+    folder = next((tmp_path / "whole" / "models").glob("classifier-*"))
+    assert not (folder / "resume.pt").exists()
+    (folder / "resume.pt").write_bytes(b"older run")
+    assert _same_weights(judge("whole")[0], whole) and not (folder / "resume.pt").exists()
     calls = []
     forward = module.SmallCNN.forward
 
@@ -106,6 +112,7 @@ def test_kfm_reproduce_resumes_an_interrupted_judging_classifier(tmp_path, monke
     resumed, again = judge("cut")
     assert len(calls) == 20 + 1                                # the last 20 steps, then the held-out accuracy
     assert _same_weights(whole, resumed) and again == accuracy
+    assert not states[0].exists()
 
 
 @pytest.mark.parametrize("setting,match", [

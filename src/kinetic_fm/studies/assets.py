@@ -180,6 +180,11 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
                 "accuracy": result.test_accuracy}
 
     stored = ws.cached("classifier", key, fit)
+    # its weights are in the cache now, written atomically: the resume state has done its work
+    # (one from an older run goes too)
+    from ..models.train import RESUME_FILE
+
+    (ws.model_path("classifier", key) / RESUME_FILE).unlink(missing_ok=True)
     net = SmallCNN(**stored["config"])
     net.load_state_dict(stored["state"])
     name = "digits-cnn" if cfg.data == "digits" else f"{cfg.data.partition(':')[0]}-cnn"

@@ -70,8 +70,13 @@ class Workspace:
         atomic_torch_save(result, path)
         return result
 
+    def model_path(self, name: str, config: Any) -> Path:
+        """``models/<name>-<hash>``, the run folder of a net trained for ``config`` (not made here)."""
+        return self.root / "models" / f"{name}-{config_hash(config)}"
+
     def model_dir(self, name: str, config: Any) -> Path:
-        path = self.root / "models" / f"{name}-{config_hash(config)}"
+        """:meth:`model_path`, made if absent."""
+        path = self.model_path(name, config)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
