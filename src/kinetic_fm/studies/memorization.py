@@ -279,7 +279,8 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
       sorts samples by content makes a U in set-level FD (the end quintiles are the unusual samples),
       so energy is only singled out when its U is deeper than the content control's.
     - ``n_min`` / ``dim``: the smallest KPE quintile's size and the number of features, which
-      :func:`goldilocks_verdict` compares.
+      :func:`goldilocks_verdict` compares. With ``n_min`` ≤ ``dim`` no verdict is taken, so the
+      tests are not run (their values are NaN; seconds at the tiny preset): only ``T`` is given.
     """
     rng = np.random.default_rng(seed)
     reference = feature_reference(ref)
@@ -296,6 +297,9 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
     if np.isnan(t):  # a KPE quintile with fewer than two rows (tied energies, tiny n): no T, no test
         nan = float("nan")
         return {"T": nan, "p_interior": nan, "p_end": nan, "beyond_low": nan, "beyond_high": nan} | sizes
+    if sizes["n_min"] <= sizes["dim"]:
+        nan = float("nan")
+        return {"T": t, "p_interior": nan, "p_end": nan, "beyond_low": nan, "beyond_high": nan} | sizes
     equal = rows * 5 // len(rows)
     null = np.array([margin(rows, rng.permutation(equal)) for _ in range(resamples)])
     boot = rng.integers(0, len(rows), size=(resamples, len(rows)))
@@ -462,6 +466,17 @@ def memorizer_span(train: torch.Tensor) -> PrincipalSpace:
     return PrincipalSpace.fit(train, min(train.shape[0] - 1, train[0].numel()))
 
 
+def _goldilocks_interval(tests: dict[str, float]) -> str:
+    """The Goldilocks row's interval column: T, its permutation p-values and the paired bootstrap
+    CI, or why those were not computed."""
+    if tests["n_min"] <= tests["dim"]:
+        return (f"T = {tests['T']:.3g}; permutation p and bootstrap CI not computed: n ≤ D "
+                f"({int(tests['n_min'])} samples of {int(tests['dim'])} features in the smallest quintile)")
+    return (f"T = {tests['T']:.3g}, one-sided permutation p = {tests['p_interior']:.3g} (interior best), "
+            f"{tests['p_end']:.3g} (end best); "
+            + fmt_ci(tests["beyond_low"], tests["beyond_high"], "T by KPE − T by ‖x1‖² 95% CI"))
+
+
 def _goldilocks(sem_cfg, assets, ws, asset_key, out):
     import pandas as pd
 
@@ -493,9 +508,7 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
         "memorization", "Goldilocks: quality is best at intermediate energy",
         "too little energy gives weak samples, too much drives copies",
         f"best {fd_col} in KPE quintile Q{best + 1} of 5 ({', '.join(f'{v:.3g}' for v in table[fd_col])})",
-        len(kpe), f"T = {tests['T']:.3g}, one-sided permutation p = {tests['p_interior']:.3g} (interior best), "
-        f"{tests['p_end']:.3g} (end best); "
-        + fmt_ci(tests["beyond_low"], tests["beyond_high"], "T by KPE − T by ‖x1‖² 95% CI"),
+        len(kpe), _goldilocks_interval(tests),
         goldilocks_verdict(tests),
         "T = better end quintile's FD − best interior one's; reproduced when T beats random equal quintiles "
         "(one-sided permutation p ≤ 0.025) and beats T by ‖x1‖² quintiles (paired bootstrap CI above 0: "
