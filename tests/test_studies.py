@@ -1,4 +1,5 @@
 """kfm reproduce: every study end to end at tiny size, resume, and the pieces underneath."""
+import json
 import math
 import subprocess
 import sys
@@ -544,9 +545,46 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
         module.reproduce(cfg, tmp_path, progress=False)
     assert any((tmp_path / "cache").glob("general-fm-*.pt"))  # finished stages were kept
     monkeypatch.undo()
-    module.reproduce(cfg, tmp_path, progress=False)
+    md, _ = module.reproduce(cfg, tmp_path, progress=False)
     for table in (out / "tables").glob("*.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(tmp_path / "tables" / table.name))
+
+    # the report counts both invocations' stage times, not only the last one's
+    record = json.loads((tmp_path / "timings.json").read_text())["invocations"]
+    assert [r["finished"] for r in record] == [False, True]
+    first, second = (r["stages"] for r in record)
+    assert list(first) == list(second) == ["data, classifier and models", "semantics", "support", "memorization",
+                                           "shaping"]                        # shaping: until it was stopped
+    summed = ", ".join(f"{k} {first[k] + second[k]:.1f}" for k in second)
+    assert f"| seconds per stage | {summed} (summed over 2 invocations, the run interrupted and resumed; this one: " \
+        in md.read_text()
+    assert "over 2 invocations: the run was interrupted and resumed once; per stage, summed:" in md.read_text()
+    md, _ = module.reproduce(cfg, tmp_path, progress=False)    # a rerun of the finished run counts itself alone
+    third = json.loads((tmp_path / "timings.json").read_text())["invocations"][-1]["stages"]
+    row = next(line for line in md.read_text().splitlines() if line.startswith("| seconds per stage"))
+    assert row == "| seconds per stage | " + ", ".join(f"{k} {v:.1f}" for k, v in third.items()) + " |"
+
+
+def test_stage_times_count_the_unfinished_invocations_a_run_resumes(tmp_path):
+    from kinetic_fm.studies.timings import StageTimes
+
+    def invocation(settings, seconds, finish):
+        times = StageTimes.start(tmp_path, settings)
+        times.current["stages"]["stage"] = seconds           # as if the stage had taken that long
+        if finish:
+            times.finish()
+        else:
+            times._save()
+        return times
+
+    invocation("a", 1.0, finish=False)                       # interrupted, other settings
+    invocation("b", 2.0, finish=False)                       # interrupted
+    times = invocation("b", 4.0, finish=True)                # resumed and finished
+    assert len(times.counted()) == 2 and times.totals()[0] == {"stage": 6.0}
+    times = invocation("b", 8.0, finish=True)                # a rerun after the finished one
+    assert len(times.counted()) == 1 and times.totals()[0] == {"stage": 8.0}
+    (tmp_path / "timings.json").write_text("{")              # unreadable: a fresh count
+    assert len(invocation("b", 1.0, finish=False).counted()) == 1
 
 
 def test_a_new_classifier_reuses_every_cached_sample(tiny_report, tmp_path, monkeypatch):

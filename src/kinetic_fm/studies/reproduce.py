@@ -7,7 +7,6 @@ trains and samples nothing: it recomputes the metrics, intervals and figures fro
 from __future__ import annotations
 
 import platform
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .quality import SampleQuality, sample_quality
 from .semantics import general_samples, run_semantics
 from .shaping import run_shaping
 from .support import run_support
+from .timings import StageTimes
 from .workspace import Workspace, config_hash
 
 STUDIES = ("semantics", "support", "memorization", "shaping")
@@ -47,10 +47,10 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
 def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], progress: bool) -> tuple[Path, Path]:
     from .report import write_report
 
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    assets = load_assets(cfg.assets, ws, progress)
-    timings["data, classifier and models"] = time.perf_counter() - start
+    # each invocation's stage times are kept in the workspace: a resumed run's report counts them all
+    times = StageTimes.start(ws.root, config_hash({"config": asdict(cfg), "studies": list(studies)}))
+    with times.stage("data, classifier and models"):
+        assets = load_assets(cfg.assets, ws, progress)
     asset_key = config_hash(cfg.assets.sample_settings())
     runners = {
         "semantics": lambda: run_semantics(cfg.semantics, assets, ws, asset_key),
@@ -62,9 +62,8 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     for name in studies:
         if progress:
             print(f"[kfm reproduce] study: {name}", flush=True)
-        t0 = time.perf_counter()
-        outputs.append(runners[name]())
-        timings[name] = time.perf_counter() - t0
+        with times.stage(name):
+            outputs.append(runners[name]())
     ws.remove_tables_except({f"{o.name}__{t}" for o in outputs for t in o.tables})  # the folder mirrors the report
     for output in outputs:
         for table_name, frame in output.tables.items():
@@ -75,7 +74,8 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     quality = None
     if {"semantics", "support", "memorization"} & set(studies):  # their samples are cached by now
         quality = sample_quality(assets, general_samples(cfg.semantics, assets, ws, asset_key), seed=cfg.assets.seed)
-    total = time.perf_counter() - start
+    timings, total = times.totals()
+    invocations = len(times.counted())
     configuration = asdict(cfg)
     # the Run table shows None as a dash; say what the default stands for
     judge = (f"trained here ({assets.classifier_name})" if assets.classifier is not None
@@ -91,17 +91,23 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
         "data": f"{cfg.assets.data} ({assets.source}; {len(assets.train)} training, {len(assets.heldout)} held-out images)",
         "classifier": judge_text(assets),
         "device": cfg.assets.device,
-        "seconds per stage": ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
-        "total seconds": f"{total:.1f}",
+        "seconds per stage": ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + (
+            "" if invocations == 1 else f" (summed over {invocations} invocations, the run interrupted and resumed; "
+            "this one: " + ", ".join(f"{k} {v:.1f}" for k, v in times.current["stages"].items()) + ")"),
+        "total seconds": f"{total:.1f}" + (
+            "" if invocations == 1 else f" over {invocations} invocations (this one {times.current['seconds']:.1f})"),
         "configuration": configuration,
         "versions": f"kinetic_fm {_version()}, torch {torch.__version__}, python {platform.python_version()}",
         "tables": str(ws.root / "tables"),
     }
     if quality is not None:
         meta["sample quality"] = quality.sentence()
-    intro = _intro(cfg.assets.data, cfg.mode, quality) + "\n\n" + _overview(cfg, studies, assets, timings, total)
-    return write_report(ws.root, title="Kinetic energy of flow matching: reproduction report", intro=intro,
-                        claims=claims, sections=sections, meta=meta)
+    intro = (_intro(cfg.assets.data, cfg.mode, quality) + "\n\n"
+             + _overview(cfg, studies, assets, timings, total, invocations))
+    paths = write_report(ws.root, title="Kinetic energy of flow matching: reproduction report", intro=intro,
+                         claims=claims, sections=sections, meta=meta)
+    times.finish()
+    return paths
 
 
 def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:
@@ -139,8 +145,10 @@ def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:
     return intro
 
 
-def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: dict[str, float], total: float) -> str:
-    """What ran, on what, how long, from which seeds, and where each file is."""
+def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: dict[str, float], total: float,
+              invocations: int = 1) -> str:
+    """What ran, on what, how long (``timings`` and ``total`` summed over ``invocations``, the
+    interrupted ones this run resumed and itself), from which seeds, and where each file is."""
     a, sem, mem, sh = cfg.assets, cfg.semantics, cfg.memorization, cfg.shaping
     seeds = []
     if {"semantics", "support", "memorization"} & set(studies):
@@ -154,6 +162,10 @@ def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: d
     if "shaping" in studies:
         seeds.append(f"KTS grid {sh.seed_start}–{sh.seed_start + sh.n_samples - 1}")
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
+    if invocations > 1:
+        resumed = "once" if invocations == 2 else f"{invocations - 1} times"
+        stages = (f"over {invocations} invocations: the run was interrupted and resumed {resumed}; per stage, "
+                  f"summed: {stages}")
     return (
         f"**What ran.** Studies {', '.join(studies)} on `{a.data}` ({assets.source}; {len(assets.train)} training "
         f"and {len(assets.heldout)} held-out images), on `{a.device}`, in {total:.0f} s ({stages}). Nets: "
@@ -163,7 +175,8 @@ def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: d
         f"seeds, one noise draw per seed, shared by every setting of a study: {'; '.join(seeds)}. Files beside this "
         "report: `figures/*.png` (every figure), `tables/<study>__<table>.parquet` (the per-sample and "
         "summary tables behind each section), `models/` and `cache/` (trained nets and sampling runs, reused by a "
-        "re-run with the same settings). The full configuration is in the Run table at the end."
+        "re-run with the same settings), `timings.json` (each invocation's seconds per stage). The full "
+        "configuration is in the Run table at the end."
     )
 
 
