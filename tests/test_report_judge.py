@@ -46,7 +46,8 @@ def _support_text(monkeypatch, assets) -> str:
     run = {"x": torch.rand(12, 1, 4, 4, generator=g) * 2 - 1, "kpe": torch.rand(12, generator=g),
            "seeds": torch.arange(12)}
     monkeypatch.setattr(support, "general_samples", lambda *args: run)
-    out = support.run_support(SupportConfig(k=3, bootstrap=20), SemanticsConfig(), assets, None, "")
+    quiet = SimpleNamespace(say=lambda text: None)                  # a workspace that shows no progress
+    out = support.run_support(SupportConfig(k=3, bootstrap=20), SemanticsConfig(), assets, quiet, "")
     spaces = set(out.tables["general_support"].filter(like="knn_log_density_").columns)
     return out.sections[0].text, spaces
 

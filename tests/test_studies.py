@@ -565,6 +565,27 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
     assert row == "| seconds per stage | " + ", ".join(f"{k} {v:.1f}" for k, v in third.items()) + " |"
 
 
+def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tmp_path, monkeypatch, capsys):
+    # the studies sampled without a bar and ran their metric loops without a word: at --full a run
+    # could go silent for minutes between "study: ..." lines
+    from kinetic_fm.studies import samples
+    from kinetic_fm.studies.reproduce import reproduce
+
+    bars = []
+    real = samples.sample
+    monkeypatch.setattr(samples, "sample", lambda *a, **kw: bars.append(kw.get("progress")) or real(*a, **kw))
+    reproduce(ReproduceConfig.preset("tiny"), tmp_path, progress=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(bars) == len(list((tmp_path / "cache").glob("*.pt"))) - 1 and all(bars)   # all but the judge's
+    assert len([line for line in lines if line.startswith("[kfm reproduce] sampling ")]) == len(bars)
+    for step in ("semantics: judging", "support: kNN and KDE support", "memorization: Goldilocks",
+                 "shaping: paired bootstrap", "sample quality"):
+        assert any(line.startswith(f"[kfm reproduce] {step}") for line in lines), step
+    bars.clear()
+    reproduce(ReproduceConfig.preset("tiny"), tmp_path / "quiet", progress=False)
+    assert capsys.readouterr().out == "" and bars and not any(bars)
+
+
 def test_stage_times_count_the_unfinished_invocations_a_run_resumes(tmp_path):
     from kinetic_fm.studies.timings import StageTimes
 

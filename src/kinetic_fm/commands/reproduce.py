@@ -28,7 +28,9 @@ def register(subparsers) -> None:
                    help="judge CIFAR-10 samples with a pretrained net: resnet20:PATH or resnet56:PATH")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**63 (default 0)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars and no step lines, only warnings and the report's paths (without "
+                        "it, every sampling shows a bar and every long metric step a line first)")
     # no --resume flag: the same command on the same --out picks up the cached stages
     p.set_defaults(func=run, interrupt_hint="finished stages are kept in --out; rerun the same command to continue")
 

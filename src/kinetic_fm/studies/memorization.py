@@ -501,6 +501,7 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
     best = int(table[fd_col].idxmin())
     resamples = min(200, sem_cfg.bootstrap)
     orderings = control_orderings(kpe, x, start_noise(run), sem_cfg.seed_start)
+    ws.say(f"memorization: Goldilocks controls, permutation test and bootstrap ({resamples} resamples)")
     control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(),
                                                                 fd_col, resamples, sem_cfg.seed_start)
     tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start)

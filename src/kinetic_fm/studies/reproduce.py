@@ -39,7 +39,7 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     unknown = set(studies) - set(STUDIES)
     if unknown:
         raise ValueError(f"studies must be among {STUDIES}, got {sorted(unknown)}")
-    ws = Workspace(out)
+    ws = Workspace(out, progress=progress)
     with RunLock(ws.root, resume="run the same command again"):
         return _run_studies(cfg, ws, studies, progress)
 
@@ -49,6 +49,7 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
 
     # each invocation's stage times are kept in the workspace: a resumed run's report counts them all
     times = StageTimes.start(ws.root, config_hash({"config": asdict(cfg), "studies": list(studies)}))
+    ws.say("data, judging classifier and velocity nets (trained here or read from models/)")
     with times.stage("data, classifier and models"):
         assets = load_assets(cfg.assets, ws, progress)
     asset_key = config_hash(cfg.assets.sample_settings())
@@ -60,8 +61,7 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     }
     outputs: list[StudyOutput] = []
     for name in studies:
-        if progress:
-            print(f"[kfm reproduce] study: {name}", flush=True)
+        ws.say(f"study: {name}")
         with times.stage(name):
             outputs.append(runners[name]())
     ws.remove_tables_except({f"{o.name}__{t}" for o in outputs for t in o.tables})  # the folder mirrors the report
@@ -73,6 +73,7 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     sections = [s for o in outputs for s in o.sections]
     quality = None
     if {"semantics", "support", "memorization"} & set(studies):  # their samples are cached by now
+        ws.say("sample quality: Fréchet distances of the generalising model's samples")
         quality = sample_quality(assets, general_samples(cfg.semantics, assets, ws, asset_key), seed=cfg.assets.seed)
     timings, total = times.totals()
     invocations = len(times.counted())

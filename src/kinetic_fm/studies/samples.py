@@ -32,14 +32,18 @@ def sampled(
     ``key`` must identify the field (the stage is recomputed when it or the options change).
     ``keep``: the workspace holds the run for later calls (see :meth:`Workspace.cached`): the
     caller and those calls share its tensors, which none may modify in place.
+    A workspace that shows progress announces the sampling and shows the sampler's bar (not part
+    of the cache key).
     """
     full_key = {**key, "seeds": [seeds.start, seeds.stop], "shape": list(shape), **{k: repr(v) for k, v in sample_kwargs.items()}}
 
     def compute() -> Run:
+        ws.say(f"sampling {name}: {len(seeds)} samples")
         parts = []
         for start in range(seeds.start, seeds.stop, batch_size):
             chunk = range(start, min(start + batch_size, seeds.stop))
-            parts.append(sample(field, seeds=chunk, shape=shape, device=device, profile=True, **sample_kwargs))
+            parts.append(sample(field, seeds=chunk, shape=shape, device=device, profile=True, progress=ws.progress,
+                                **sample_kwargs))
         first = parts[0]
         cat = lambda name: torch.cat([getattr(p, name).cpu() for p in parts])  # noqa: E731
         return {

@@ -79,6 +79,7 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
         out.sections.append(section)
         return out
 
+    ws.say(f"semantics: judging {len(x)} samples, Spearman ρ with {cfg.bootstrap} resamples")
     judged = classifier_margin(assets.classifier, x.to(next(assets.classifier.parameters()).device))
     margin = judged.margin.cpu().numpy()
     frame["margin"] = margin

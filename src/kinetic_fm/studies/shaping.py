@@ -134,6 +134,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     table = table.rename(columns={"FD": fd_name})
     out.tables["shaping_grid"] = table
 
+    ws.say(f"shaping: paired bootstrap intervals of the claims ({cfg.bootstrap} resamples)")
     rng = np.random.default_rng(cfg.seed_start)
     boot = rng.integers(0, cfg.n_samples, size=(cfg.bootstrap, cfg.n_samples))
     value = table.set_index("setting")

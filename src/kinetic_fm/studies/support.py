@@ -58,6 +58,8 @@ def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws
 
     rows, correlations = [], {}
     for space, (query, reference) in spaces.items():
+        ws.say(f"support: kNN and KDE support of {len(query)} samples among {len(reference)} training images "
+               f"({space}), Spearman ρ with {cfg.bootstrap} resamples")
         knn = local_support(query, reference, k=cfg.k)
         kde = kde_log_density(query, reference, bandwidth="scott")
         frame[f"knn_radius_k{cfg.k}_{space}"] = knn.radius.cpu().numpy()

@@ -33,13 +33,23 @@ def config_hash(config: Any) -> str:
 
 
 class Workspace:
-    """``out/`` holds ``cache/`` (stage results), ``tables/`` (Parquet), ``figures/`` and the report."""
+    """``out/`` holds ``cache/`` (stage results), ``tables/`` (Parquet), ``figures/`` and the report.
 
-    def __init__(self, out: str | os.PathLike):
+    ``progress``: the run shows progress, a bar for every sampling it computes and a line (:meth:`say`)
+    before each long step, so that no step of minutes goes by without a sign of life.
+    """
+
+    def __init__(self, out: str | os.PathLike, *, progress: bool = False):
         self.root = Path(out)
+        self.progress = progress
         for sub in ("cache", "tables", "models"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._kept: dict[Path, dict[str, Any]] = {}  # stage file -> its result, for cached(keep=True)
+
+    def say(self, text: str) -> None:
+        """Print ``[kfm reproduce] text`` (stdout, flushed) when the run shows progress."""
+        if self.progress:
+            print(f"[kfm reproduce] {text}", flush=True)
 
     def stage_path(self, name: str, config: Any) -> Path:
         return self.root / "cache" / f"{name}-{config_hash(config)}.pt"
