@@ -414,6 +414,21 @@ def test_cli_audits_against_the_subset_a_kfm_train_run_trained_on(digits_runs, t
     assert "is a run folder" in capsys.readouterr().err
 
 
+def test_cli_names_a_whole_split_run_by_its_data_spec_alone(tmp_path, capsys):
+    # a run trained on a whole split (no --n) was described as "digits, n=None, seed=0"
+    from kinetic_fm.data.digits import load_digits
+
+    net = tmp_path / "net"
+    assert main(["train", "--data", "digits", "--steps", "1", "--batch-size", "4", "--width", "8", "--model", "mlp",
+                 "--checkpoints", "none", "--no-progress", "--out", str(net)]) == 0
+    whole = load_digits().images
+    np.save(tmp_path / "s.npy", whole[:3].reshape(3, -1).numpy())
+    capsys.readouterr()
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(net), "--bootstrap", "0",
+                 "--no-progress"]) == 0
+    assert f"the {len(whole)} items it trained on (digits)" in capsys.readouterr().out
+
+
 def test_a_kfm_train_run_finds_its_relative_data_path_from_any_folder(tmp_path, monkeypatch, capsys):
     # kfm train recorded --data folder:faces as given, so kfm memorization --train read "faces"
     # from wherever it ran: from any other folder the run could not be audited

@@ -273,16 +273,18 @@ def _training_rows(run, progress: bool):
         raise FileNotFoundError(f"--train {run} trained on {spec!r}, which is not found from here ({Path.cwd()}): "
                                 f"{err}{hint}") from None
     items = dataset_rows(data)
+    loads = f"{spec!r}" + ("" if n is None else f" (n={n}, seed={seed})")  # n None: the whole split
     if rows is not None:
         if not all(isinstance(i, int) and 0 <= i < len(items) for i in rows):
             raise ValueError(f"--train {run}: its {TRAINING_ITEMS} names rows outside the {len(items)} items "
-                             f"{spec!r} (n={n}, seed={seed}) loads: the data changed since")
+                             f"{loads} loads: the data changed since")
         items = items[rows]
     if list(items.shape) != config.get("data_shape"):
-        raise ValueError(f"--train {run}: {spec!r} (n={n}, seed={seed}) now loads {list(items.shape)}, but the "
+        raise ValueError(f"--train {run}: {loads} now loads {list(items.shape)}, but the "
                          f"run trained on {config.get('data_shape')}: the data changed since")
     subset = "" if rows is None else f", {len(rows)} rows of them"
-    print(f"--train {run}: the {items.shape[0]} items it trained on ({spec}, n={n}, seed={seed}{subset})")
+    print(f"--train {run}: the {items.shape[0]} items it trained on ({spec}"
+          + ("" if n is None else f", n={n}, seed={seed}") + f"{subset})")
     return items
 
 
