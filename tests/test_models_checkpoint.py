@@ -1,10 +1,13 @@
+import os
 import pickle
+import stat
 
 import pytest
 import torch
 
 from kinetic_fm.models import (UNet, UnsafeCheckpointError, VelocityMLP, load_model, load_state, load_weights,
                                read_metadata, save_model)
+from kinetic_fm.models.checkpoint import save_state
 
 
 def test_save_and_load_model_roundtrip(tmp_path):
@@ -87,3 +90,20 @@ def test_the_weights_digest_ignores_header_order_and_refuses_broken_files(tmp_pa
         path.write_bytes(bad)
         with pytest.raises(ValueError, match="not a readable safetensors file"):
             weights_digest(path)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+def test_saved_weights_and_states_follow_the_umask(tmp_path):
+    # safetensors' save_file made every .safetensors 0600 whatever the umask, while states,
+    # shards and tables got 0644 (ARCHITECTURE: the umask's permissions for every file written)
+    net = VelocityMLP(2, hidden=4, depth=1)
+    old = os.umask(0o022)
+    try:
+        save_model(net, tmp_path / "net.safetensors")
+        save_state({"step": 1}, tmp_path / "state.pt")
+    finally:
+        os.umask(old)
+    for name in ("net.safetensors", "state.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    again = load_model(tmp_path / "net.safetensors", weights="model")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))

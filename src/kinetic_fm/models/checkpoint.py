@@ -67,11 +67,14 @@ def load_state(path: str | os.PathLike) -> Any:
 
 
 def save_weights(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write tensors (made contiguous, on CPU) to a .safetensors file atomically."""
-    from safetensors.torch import save_file
+    """Write tensors (made contiguous, on CPU) to a .safetensors file atomically, with the
+    umask's permissions like every other file written here."""
+    from safetensors.torch import save
 
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
+    # save_file creates its file with mode 0600 whatever the umask; the bytes written by Python
+    # get the umask's mode (one extra copy of the weights in memory, small for the nets saved here)
+    _atomic_write(Path(path), lambda tmp: tmp.write_bytes(save(flat, metadata=metadata)))
 
 
 def weights_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
