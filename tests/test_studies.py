@@ -446,7 +446,7 @@ def test_kfm_memorization_audits_against_the_items_a_reproduce_net_trained_on(ti
         np.save(tmp_path / "s.npy", samples.numpy())
         assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(net), "--bootstrap", "0",
                      "--no-progress", "--out", str(tmp_path / "t.csv")]) == 0
-        assert f"the {len(items)} items it trained on (digits, n=None, seed=0" in capsys.readouterr().out
+        assert f"the {len(items)} items it trained on (digits, {len(items)} rows of them)" in capsys.readouterr().out
         table = pd.read_csv(tmp_path / "t.csv")
         d1, d2, nearest = brute_nearest(samples, items)
         np.testing.assert_array_equal(table["nearest"], nearest.numpy())
