@@ -482,6 +482,25 @@ def test_late_share_interval_brackets_the_share_and_is_zero_width_when_every_sam
     assert 0 <= low < late.sum() / energy.sum() < high <= 1
 
 
+def test_late_share_interval_stops_at_the_shares_a_batch_can_have():
+    # 12 samples spending a few % of their energy late: Fieller's set reaches below a share of 0,
+    # which no batch can have; the interval ends at 0 and its high end is still the t-test's. The
+    # early energy's interval is the late one's mirror image, so it ends at 1.
+    from scipy.stats import t as student_t
+    from scipy.stats import ttest_1samp
+
+    from kinetic_fm.studies.memorization import late_share_interval
+
+    rng = np.random.default_rng(5)
+    energy = rng.lognormal(0.0, 1.0, 12)
+    late = energy * rng.beta(0.3, 6.0, 12)
+    low, high = late_share_interval(late, energy, tail=0.01)
+    assert low == 0.0 and late.sum() / energy.sum() < high < 1
+    assert ttest_1samp(late - high * energy, 0.0).statistic == pytest.approx(-student_t.ppf(0.99, 11), rel=1e-9)
+    early_low, early_high = late_share_interval(energy - late, energy, tail=0.01)
+    assert early_high == 1.0 and early_low == pytest.approx(1 - high, rel=1e-12)
+
+
 def test_late_share_interval_with_two_or_three_samples():
     # The bootstrap interval had to keep its resamples of one repeated sample (t* = ±inf): dropping
     # them left n = 2 with a zero-width [R, R], so two samples with shares 0.6 and 0.9 read
