@@ -1,5 +1,6 @@
 """Each study claim's verdict rule on inputs whose answer is known: the paper's expected sign decides."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -513,6 +514,11 @@ def test_late_share_interval_with_two_or_three_samples():
     assert late_share_interval(late, energy) == (0.0, 1.0)
     assert late_spike_verdict([late], [energy])[0] == "inconclusive"
     assert np.isnan(late_share_interval(late[:1], energy[:1])).all()
+    # batches that spent no energy at all: no share to bound, and no RuntimeWarning from 0/0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert late_share_interval(np.zeros(4), np.zeros(4)) == (0.0, 1.0)
+        assert late_spike_verdict([np.zeros(4)], [np.zeros(4)])[0] == "inconclusive"
     # n = 3 under a true share of one half: dropping the bootstrap's one-sample resamples (1/9 of
     # them) passed one half in about 7% of simulated subsets (nominal 2.5%)
     rng = np.random.default_rng(11)

@@ -191,7 +191,8 @@ def late_share_interval(late: np.ndarray, energy: np.ndarray, tail: float = 0.02
         return float("nan"), float("nan")
     from scipy.special import stdtrit  # Student t quantiles (a ufunc: scipy.stats.t.ppf costs 50× more)
 
-    ratio = late.sum() / energy.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):  # Σ energy = 0: R is NaN, the interval [0, 1]
+        ratio = late.sum() / energy.sum()
     # around ρ = R + δ: the quadratic (Ē² − q·s_ee)δ² + 2q·s_re·δ − q·s_rr ≤ 0 in the residuals
     # r = late − R·energy, written so that no terms of size (L̄Ē)² cancel at large n
     q = stdtrit(n - 1, 1 - tail) ** 2 / n
