@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import kinetic_fm as kfm
-from kinetic_fm.checks import as_scalar, check_flag, check_integer, is_integer, is_real, positive_integer
+from kinetic_fm.checks import (as_scalar, check_flag, check_integer, is_integer, is_real, optional_integer,
+                               positive_integer)
 
 
 @pytest.mark.parametrize("value,integer,real", [
@@ -284,7 +285,8 @@ def test_public_integer_arguments_accept_zero_dimensional_tensors_and_arrays():
 
 
 def _integer_sites():
-    """(argument, low, high, call(value)) for public integer arguments that had their own checks."""
+    """(argument, low, high, call(value)) for public integer arguments that had their own checks;
+    those that also take None are in OPTIONAL_SITES."""
     from kinetic_fm.data import PointDataset, subset
     from kinetic_fm.sampling.grids import time_grid
 
@@ -315,6 +317,9 @@ def _same(a, b):
         else torch.equal(a, b)
 
 
+OPTIONAL_SITES = (8, 9)  # EmpiricalFlow's batch_chunk and truncate: None is the default
+
+
 @pytest.mark.parametrize("site", range(14))
 def test_public_integer_arguments_are_read_by_the_shared_check(site):
     # steps, max_steps, the KDE seed, the stats settings, EmpiricalFlow's batch_chunk, truncate and
@@ -325,9 +330,10 @@ def test_public_integer_arguments_are_read_by_the_shared_check(site):
     want = call(value)
     for zero_d in (torch.tensor(value), np.array(value), np.int64(value)):
         assert _same(call(zero_d), want)
+    check = optional_integer if site in OPTIONAL_SITES else check_integer
     for bad in (True, 2.5, torch.tensor(2.5)):
         try:
-            check_integer(name, bad, low, high)
+            check(name, bad, low, high)
         except ValueError as err:
             message = str(err)
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
@@ -335,3 +341,24 @@ def test_public_integer_arguments_are_read_by_the_shared_check(site):
     if low is not None:
         with pytest.raises(ValueError, match=f"^{name} must be .*, got {low - 1}$"):
             call(low - 1)
+
+
+@pytest.mark.parametrize("value, low, high, message", [
+    (0, 1, None, "batch_chunk must be None or a positive integer, got 0"),
+    (2.5, 1, 9, r"batch_chunk must be None or an integer in \[1, 9\], got 2.5"),
+    (True, 0, None, "batch_chunk must be None or a non-negative integer, got True"),
+])
+def test_an_optional_integer_argument_says_none_is_allowed_too(value, low, high, message):
+    assert optional_integer("batch_chunk", None, low, high) is None
+    assert optional_integer("batch_chunk", np.array(3), low, high) == 3
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        optional_integer("batch_chunk", value, low, high)
+
+
+def test_empirical_flow_says_its_integer_options_may_be_none():
+    # their own checks said "must be None or ..."; the shared check had dropped the None
+    train = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^batch_chunk must be None or a positive integer, got 0$"):
+        kfm.EmpiricalFlow(train, batch_chunk=0)
+    with pytest.raises(ValueError, match=r"^truncate must be None or an integer in \[1, 5\], got 6$"):
+        kfm.EmpiricalFlow(train, truncate=6)

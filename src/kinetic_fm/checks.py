@@ -103,15 +103,29 @@ def check_integer(name: str, value, low: int | None = None, high: int | None = N
     number = as_scalar(value)
     if is_integer(number) and (low is None or number >= low) and (high is None or number <= high):
         return int(number)
+    raise ValueError(f"{name} must be {_integers(low, high)}, got {value!r}")
+
+
+def optional_integer(name: str, value, low: int | None = None, high: int | None = None) -> int | None:
+    """None, or ``value`` as an int read by :func:`check_integer`; a refusal says that None is
+    allowed too ("truncate must be None or an integer in [1, 9], got 0")."""
+    if value is None:
+        return None
+    try:
+        return check_integer(name, value, low, high)
+    except ValueError:
+        raise ValueError(f"{name} must be None or {_integers(low, high)}, got {value!r}") from None
+
+
+def _integers(low: int | None, high: int | None) -> str:
+    """The integers in [low, high] in words (a bound of None is open)."""
     if high is not None:
-        allowed = f"an integer in [{'-inf' if low is None else _bound(low)}, {_bound(high)}]"
-    elif low == 0:
-        allowed = "a non-negative integer"
-    elif low == 1:
-        allowed = "a positive integer"
-    else:
-        allowed = "an integer" if low is None else f"an integer >= {low:_}"
-    raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        return f"an integer in [{'-inf' if low is None else _bound(low)}, {_bound(high)}]"
+    if low == 0:
+        return "a non-negative integer"
+    if low == 1:
+        return "a positive integer"
+    return "an integer" if low is None else f"an integer >= {low:_}"
 
 
 def _bound(value: int) -> str:

@@ -72,7 +72,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import gemm
-from ..checks import as_scalar, check_integer, is_real, positive_integer
+from ..checks import as_scalar, check_integer, is_real, optional_integer, positive_integer
 from ..blocks import block_size
 from ..knn import (
     check_finite,
@@ -200,8 +200,8 @@ class EmpiricalFlow:
         eps, max_logit_error, cutoff = (as_scalar(v) for v in (eps, max_logit_error, cutoff))
         chunk, memory_budget, exact_max = (positive_integer(name, value) for name, value in (
             ("chunk", chunk), ("memory_budget", memory_budget), ("exact_max", exact_max)))
-        batch_chunk = None if batch_chunk is None else positive_integer("batch_chunk", batch_chunk)
-        truncate = None if truncate is None else check_integer("truncate", truncate, 1, self.n)
+        batch_chunk = optional_integer("batch_chunk", batch_chunk, 1)
+        truncate = optional_integer("truncate", truncate, 1, self.n)
         if not (is_real(eps) and 0.0 < eps < 1.0):
             raise ValueError(f"eps must be a number in (0, 1), got {eps!r}")
         # finite: inf would switch off the re-scoring (max_logit_error) or the neglect bound (cutoff)
