@@ -349,6 +349,23 @@ def test_one_process_is_refused_too_and_the_lock_is_released_on_error(tmp_path):
     assert _run(run, resume=True).computed == (0, 1, 2, 3)  # not locked out by the failed run
 
 
+def test_run_sharded_keeps_the_lock_it_is_handed_and_refuses_another_folders(tmp_path):
+    # kfm sample hands run_sharded the lock of its early check; the lock of another folder would
+    # let the run write unlocked, so it is refused before anything is read or written
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    other.mkdir()
+    foreign = RunLock(other).acquire()
+    with pytest.raises(ValueError, match="is the lock of .*other, not of the run folder .*run$"):
+        run_sharded(run, _manifest(), Recorder(), progress=False, log=lambda m: None, lock=foreign)
+    assert list(run.iterdir()) == []
+    foreign.release()
+    held = RunLock(run).acquire()
+    outcome = run_sharded(run, _manifest(), Recorder(), progress=False, log=lambda m: None, lock=held)
+    assert outcome.computed == (0, 1, 2, 3) and not held.held   # kept through the run, let go at its end
+    RunLock(run).acquire().release()
+
+
 def test_a_lock_file_alone_is_no_foreign_content_and_a_foreign_folder_gets_none(tmp_path):
     (tmp_path / "stopped").mkdir()
     (tmp_path / "stopped" / LOCK_NAME).write_text("")  # a run that died before its manifest
