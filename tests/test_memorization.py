@@ -558,6 +558,15 @@ def test_cli_space_spec_is_checked(tmp_path, capsys, spec, message):
     assert message in capsys.readouterr().err
 
 
+def test_cli_pca_space_of_one_training_item_names_what_it_needs(tmp_path, capsys):
+    # one item has no principal directions: the refusal says why, not "K from 1 to 0"
+    np.save(tmp_path / "one.npy", np.zeros((1, 4), dtype=np.float32))
+    assert main(["memorization", "--samples", str(tmp_path / "one.npy"), "--train", str(tmp_path / "one.npy"),
+                 "--space", "pca:1"]) == 2
+    assert "--space pca:1 needs at least 2 training items of at least 1 value, got shape (1, 4)" in \
+        capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def drowned():
     """16 binary 28x28 training images; samples: a copy of each, then 16 fresh binary images,
