@@ -27,8 +27,9 @@ def _brute_force(x: torch.Tensor, k: int):
     return mean, vt[:k].T, s[:k] ** 2 / (len(flat) - 1)
 
 
-def test_projection_matches_a_float64_svd_up_to_sign():
-    x, k = _images(200), 7
+@pytest.mark.parametrize("n", [200, 20])  # 20 < D = 36: fitted from the SVD of the rows, not the covariance
+def test_projection_matches_a_float64_svd_up_to_sign(n):
+    x, k = _images(n), 7
     space = PrincipalSpace.fit(x, k)
     mean, v, variance = _brute_force(x, k)
     assert space.name == "pixels-PCA7" and space.k == k and space.components.dtype == torch.float64
@@ -36,6 +37,9 @@ def test_projection_matches_a_float64_svd_up_to_sign():
     np.testing.assert_allclose(space.variance.numpy(), variance, rtol=1e-10)
     signs = np.sign((space.components.numpy() * v).sum(0))
     np.testing.assert_allclose(space.components.numpy(), v * signs, rtol=0, atol=1e-10)
+    cov_values, cov_vectors = np.linalg.eigh(np.cov(x.reshape(n, -1).double().numpy(), rowvar=False))
+    np.testing.assert_allclose(np.abs(space.components.numpy()), np.abs(cov_vectors[:, ::-1][:, :k]), atol=1e-9)
+    np.testing.assert_allclose(space.variance.numpy(), cov_values[::-1][:k], rtol=1e-9)
     queries = _images(30, seed=1)
     expected = (queries.reshape(30, -1).double().numpy() - mean) @ (v * signs)
     np.testing.assert_allclose(space(queries).numpy(), expected, rtol=0, atol=1e-10)
@@ -45,8 +49,9 @@ def test_projection_matches_a_float64_svd_up_to_sign():
     assert space.share == pytest.approx(variance.sum() / total, rel=1e-10)
 
 
-def test_a_refit_gives_identical_features_and_each_direction_a_fixed_sign():
-    x = _images(120)
+@pytest.mark.parametrize("n", [120, 24])
+def test_a_refit_gives_identical_features_and_each_direction_a_fixed_sign(n):
+    x = _images(n)
     first, again = PrincipalSpace.fit(x, 5), PrincipalSpace.fit(x.clone(), 5)
     assert torch.equal(first.components, again.components) and torch.equal(first(x), again(x))
     c = first.components
