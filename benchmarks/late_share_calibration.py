@@ -25,7 +25,8 @@ Methods (each two-sided at 95%, so 2.5% per side):
   BCa           bias-corrected and accelerated percentile interval (jackknife acceleration)
   Wald          R ± z·se (jackknife se)
   Wald logit    expit(logit R ± z·se / (R(1 − R)))
-  Fieller       Fieller's interval for the ratio of means Σ late / Σ energy with Student t(n − 1)
+  Fieller       the shipped late_share_interval: Fieller's interval for the ratio of means
+                Σ late / Σ energy with Student t(n − 1)
                 quantiles: the ρ whose d_i = late_i − ρ·energy_i have a mean that a one-sample
                 t-test does not reject; its low end passes one half iff the t-test of
                 late − early > 0 rejects one-sided at 2.5%
@@ -40,12 +41,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 
 import numpy as np
 from scipy import stats
+
+from kinetic_fm.studies.memorization import late_share_interval
 
 
 LAWS = ["efm", "efm-U", "ln0.5", "ln1", "ln1.5", "ln1-U", "outliers", "skewed"]
@@ -110,17 +112,7 @@ def intervals(late: np.ndarray, energy: np.ndarray, resamples: int, seed: int, t
     out["Wald"] = (ratio - z * se, ratio + z * se)
     se_logit = se / (ratio * (1 - ratio))
     out["Wald logit"] = (expit(logit(ratio) - z * se_logit), expit(logit(ratio) + z * se_logit))
-    # Fieller: (L̄ − ρĒ)² ≤ c²/n · (s_ll − 2ρ s_le + ρ² s_ee)
-    c = stats.t.ppf(1 - tail, n - 1)
-    cov = np.cov(np.stack([late, energy]), ddof=1)
-    q = c * c / n
-    lm, em = late.mean(), energy.mean()
-    a, b, c0 = em * em - q * cov[1, 1], lm * em - q * cov[0, 1], lm * lm - q * cov[0, 0]
-    disc = b * b - a * c0
-    if a > 0 and disc >= 0:
-        out["Fieller"] = ((b - math.sqrt(disc)) / a, (b + math.sqrt(disc)) / a)
-    else:  # unbounded: the data cannot tell the ratio
-        out["Fieller"] = (-np.inf, np.inf)
+    out["Fieller"] = late_share_interval(late, energy, tail)  # the shipped interval (clipped to [0, 1])
     if resamples == 0:
         return {k: (float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1))) for k, (lo, hi) in out.items()}
     rng = np.random.default_rng(seed)
