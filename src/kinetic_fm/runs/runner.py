@@ -132,7 +132,8 @@ def run_sharded(
 
     ``lock``: rank 0's :class:`~kinetic_fm.runs.lock.RunLock` of ``run_dir``, already acquired
     by the caller (``kfm sample`` takes it before loading its model, so that no writer starts in
-    between); it is kept, not taken again, and released at the end like the runner's own.
+    between); it is kept, not taken again, and released at the end like the runner's own. A
+    lock of another folder is refused (ValueError) and left held: the caller releases it.
     """
     run_dir = Path(run_dir)
     coord = coordinator or Coordinator(World.from_env())
