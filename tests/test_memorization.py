@@ -595,23 +595,30 @@ def _principal_brute(samples, train, k):
     return project(samples), project(train)
 
 
-def test_cli_pca_space_finds_copies_drowned_in_salt_and_pepper_noise(tmp_path, capsys, drowned, monkeypatch):
-    """In pixels the noise hides every copy (d1/d2 > 1/3); projected on the 15 principal directions
-    of the 16 training items (their whole affine span), each copy is found, on its own item, and
-    no fresh image is flagged; the ratios equal a brute force in an SVD basis."""
-    import pandas as pd
-
+def _saved_with_figure_titles(tmp_path, samples, train, monkeypatch) -> list:
+    """Save ``samples`` and ``train`` as s.npy and t.npy under ``tmp_path``; the returned list
+    collects the title of every memorization figure the CLI draws."""
     import kinetic_fm.studies.figures as figures
 
-    samples, train = drowned
-    d1, d2, _ = brute(samples, train)
-    assert ((d1 / d2) > 1 / 3).all()                                    # the pixel audit misses them
     np.save(tmp_path / "s.npy", samples.numpy())
     np.save(tmp_path / "t.npy", train.numpy())
     titles = []
     drawn = figures.memorization_figure
     monkeypatch.setattr(figures, "memorization_figure",
                         lambda *args, **kwargs: titles.append(kwargs["title"]) or drawn(*args, **kwargs))
+    return titles
+
+
+def test_cli_pca_space_finds_copies_drowned_in_salt_and_pepper_noise(tmp_path, capsys, drowned, monkeypatch):
+    """In pixels the noise hides every copy (d1/d2 > 1/3); projected on the 15 principal directions
+    of the 16 training items (their whole affine span), each copy is found, on its own item, and
+    no fresh image is flagged; the ratios equal a brute force in an SVD basis."""
+    import pandas as pd
+
+    samples, train = drowned
+    d1, d2, _ = brute(samples, train)
+    assert ((d1 / d2) > 1 / 3).all()                                    # the pixel audit misses them
+    titles = _saved_with_figure_titles(tmp_path, samples, train, monkeypatch)
     flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
              "--bootstrap", "0", "--no-progress"]
     assert main([*flags, "--space", "pca:15", "--out", str(tmp_path / "pca.csv"),
@@ -658,15 +665,8 @@ def test_cli_clamp_audits_the_samples_clamped_to_the_training_range(tmp_path, ca
     as kfm reproduce does; the table and the figure say so; without it samples are audited as given."""
     import pandas as pd
 
-    import kinetic_fm.studies.figures as figures
-
     samples, train = drowned
-    np.save(tmp_path / "s.npy", samples.numpy())
-    np.save(tmp_path / "t.npy", train.numpy())
-    titles = []
-    drawn = figures.memorization_figure
-    monkeypatch.setattr(figures, "memorization_figure",
-                        lambda *args, **kwargs: titles.append(kwargs["title"]) or drawn(*args, **kwargs))
+    titles = _saved_with_figure_titles(tmp_path, samples, train, monkeypatch)
     flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
              "--bootstrap", "0", "--no-progress", "--out", str(tmp_path / "table.csv")]
     assert main([*flags, "--clamp", "--space", "pca:15", "--figure", str(tmp_path / "a.png")]) == 0
