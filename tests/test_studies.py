@@ -608,6 +608,16 @@ def test_stage_times_count_the_unfinished_invocations_a_run_resumes(tmp_path):
     assert len(invocation("b", 1.0, finish=False).counted()) == 1
 
 
+def test_stage_times_keep_the_latest_hundred_invocations(tmp_path):
+    # timings.json grows by one invocation per kfm reproduce call; it keeps the latest KEPT
+    from kinetic_fm.studies.timings import KEPT, StageTimes
+
+    for i in range(KEPT + 50):
+        StageTimes.start(tmp_path, f"settings {i}")
+    kept = json.loads((tmp_path / "timings.json").read_text())["invocations"]
+    assert [entry["settings"] for entry in kept] == [f"settings {i}" for i in range(50, KEPT + 50)]
+
+
 def test_a_new_classifier_reuses_every_cached_sample(tiny_report, tmp_path, monkeypatch):
     # the judging classifier only reads the samples: changing it used to resample every study
     import shutil
