@@ -232,3 +232,31 @@ def test_train_config_holds_plain_ints_that_config_json_can_write():
     assert (config.steps, config.batch_size, config.seed) == (3, 4, -2)
     assert all(type(v) is int for v in (config.steps, config.batch_size, config.seed))
     json.dumps(dataclasses.asdict(config))
+
+
+def _small_run():
+    return VelocityMLP(2, hidden=8, depth=1), torch.randn(32, 2), TrainConfig(steps=4, batch_size=4, save_every=2)
+
+
+def test_config_json_is_written_atomically(tmp_path, monkeypatch):
+    # a writer killed while writing config.json left it truncated (a plain write_text): simulate
+    # the kill half-way through the write; the earlier config.json must survive whole
+    import pathlib
+
+    model, data, config = _small_run()
+    train(model, data, config, out=tmp_path / "run")
+    before = (tmp_path / "run" / "config.json").read_text()
+    plain_write_text = pathlib.Path.write_text
+
+    def killed_half_way(self, text, *args, **kwargs):
+        if "config.json" in self.name:
+            plain_write_text(self, text[: len(text) // 2], *args, **kwargs)
+            raise KeyboardInterrupt("killed")
+        return plain_write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", killed_half_way)
+    model, data, config = _small_run()
+    with pytest.raises(KeyboardInterrupt):
+        train(model, data, config, out=tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "config.json").read_text() == before
+    assert [p.name for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name] == []

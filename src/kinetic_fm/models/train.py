@@ -347,7 +347,9 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         start = load_resume_state(state_path, config.steps, parts, losses, generators, device, run_config,
                                   stacklevel=3)  # the caller of train()
     if out is not None:
-        (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        from ..runs.atomic import atomic_write_text  # here: the runs package brings pyarrow with it
+
+        atomic_write_text(out / "config.json", json.dumps(run_config, indent=2) + "\n")
         for name, tensors in (extra_weights or {}).items():
             save_weights(tensors, out / name)
 
