@@ -57,6 +57,18 @@ def test_an_interrupted_classifier_resumes_to_the_uninterrupted_weights(tmp_path
     assert _same_weights(whole.model, again.model)
 
 
+def test_a_classifier_resume_removes_temporaries_of_writers_killed_mid_save(tmp_path):
+    # kfm reproduce deletes the judge's resume.pt once its weights are cached, but a SIGKILL
+    # during a save left resume.pt's hidden temporary, which nothing ever removed
+    ds = load_digits(n=32, seed=1)
+    kwargs = dict(steps=3, batch_size=8, width=4, seed=2, save_every=2)
+    train_classifier(ds.images, ds.labels, out=tmp_path / "judge", **kwargs)
+    stale = tmp_path / "judge" / ".resume.pt.tmp-4242-0123abcd"
+    stale.write_bytes(b"half a state")
+    train_classifier(ds.images, ds.labels, out=tmp_path / "judge", resume=True, **kwargs)
+    assert not stale.exists()
+
+
 def test_a_classifier_resume_refuses_other_settings_and_an_unasked_resume(tmp_path):
     ds = load_digits(n=32, seed=1)
     kwargs = dict(steps=4, batch_size=8, width=4, save_every=2)

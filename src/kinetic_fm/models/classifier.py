@@ -115,7 +115,7 @@ def _train_classifier(images: Tensor, labels: Tensor, settings: dict[str, Any], 
     """:func:`train_classifier`'s work, with ``out``'s lock held."""
     from tqdm.auto import tqdm
 
-    from .train import RESUME_FILE, load_resume_state, save_resume_state
+    from .train import RESUME_FILE, load_resume_state, remove_leftover_temporaries, save_resume_state
 
     steps, batch_size, lr, seed = settings["steps"], settings["batch_size"], settings["lr"], settings["seed"]
     width, augment_noise = settings["width"], settings["augment_noise"]
@@ -132,6 +132,8 @@ def _train_classifier(images: Tensor, labels: Tensor, settings: dict[str, Any], 
     run_config = {"model": {"kind": model.kind, "config": model.config}, "train": settings,
                   "data_shape": list(images.shape)}
     state_path = None if out is None else out / RESUME_FILE
+    if out is not None:
+        remove_leftover_temporaries(out)  # resume.pt's, from writers killed mid-save
     start = 0
     if state_path is not None and state_path.is_file():
         if not resume:

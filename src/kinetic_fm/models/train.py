@@ -199,6 +199,25 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     return start
 
 
+def remove_leftover_temporaries(out: Path) -> int:
+    """Delete the hidden temporaries (``.<name>.tmp-<pid>-<hex>``, see
+    :func:`~kinetic_fm.runs.atomic.atomic_write`) that writers killed mid-write left in the
+    training folder ``out`` and its ``checkpoints/``; returns how many went.
+
+    Call it holding ``out``'s lock: then no live writer owns one. Nothing reads them, but each
+    kill during a save leaves one, and ``resume.pt``'s is as large as the net and its optimizer
+    state (11 MB for the digits MLP)."""
+    from ..runs.atomic import TMP_MARKER
+
+    removed = 0
+    for folder in (out, out / "checkpoints"):
+        if folder.is_dir():
+            for stale in folder.glob(f".*{TMP_MARKER}*"):
+                stale.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def _short(value: Any, width: int = 80) -> str:
     """``value`` as JSON, cut to ``width`` characters for an error message."""
     text = json.dumps(value)
@@ -349,6 +368,7 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     if out is not None:
         from ..runs.atomic import atomic_write_text  # here: the runs package brings pyarrow with it
 
+        remove_leftover_temporaries(out)
         atomic_write_text(out / "config.json", json.dumps(run_config, indent=2) + "\n")
         for name, tensors in (extra_weights or {}).items():
             save_weights(tensors, out / name)
