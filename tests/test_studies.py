@@ -565,6 +565,32 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
     assert row == "| seconds per stage | " + ", ".join(f"{k} {v:.1f}" for k, v in third.items()) + " |"
 
 
+def test_a_rerun_removes_the_temporaries_of_writers_killed_mid_write(tmp_path, monkeypatch):
+    # a SIGKILL while a cache, table, figure, report or model file was written left its hidden
+    # temporary for good; one in tables/ sat beside the report's tables. Plant them as a kill
+    # leaves them and stop the rerun once it holds the lock
+    from kinetic_fm.studies import reproduce as module
+
+    stale = [tmp_path / "cache" / ".general-fm-0123456789ab.pt.tmp-4242-0123abcd",
+             tmp_path / "tables" / ".semantics__general_samples.parquet.tmp-4242-89abcdef",
+             tmp_path / "figures" / ".goldilocks.png.tmp-4242-deadbeef",
+             tmp_path / ".report.md.tmp-4242-00000000",
+             tmp_path / "models" / "general-0123456789ab" / "checkpoints" / ".step_0000002.safetensors.tmp-7-ab"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    (tmp_path / "tables" / "kept.parquet").write_bytes(b"not a temporary")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(module, "load_assets", killed)
+    with pytest.raises(KeyboardInterrupt):
+        module.reproduce(ReproduceConfig.preset("tiny"), tmp_path, progress=False)
+    assert [path for path in stale if path.exists()] == []
+    assert (tmp_path / "tables" / "kept.parquet").read_bytes() == b"not a temporary"
+
+
 def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tmp_path, monkeypatch, capsys):
     # the studies sampled without a bar and ran their metric loops without a word: at --full a run
     # could go silent for minutes between "study: ..." lines

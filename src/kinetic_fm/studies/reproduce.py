@@ -41,6 +41,7 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
         raise ValueError(f"studies must be among {STUDIES}, got {sorted(unknown)}")
     ws = Workspace(out, progress=progress)
     with RunLock(ws.root, resume="run the same command again"):
+        ws.remove_leftover_temporaries()
         return _run_studies(cfg, ws, studies, progress)
 
 
