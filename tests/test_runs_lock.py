@@ -96,6 +96,35 @@ def test_a_killed_holder_blocks_nothing_and_the_resumed_run_equals_an_uninterrup
     assert read_holder(run) is None and (run / LOCK_NAME).read_text() == ""  # emptied when released
 
 
+@pytest.mark.skipif(lock_module.fcntl is None, reason="needs flock")
+def test_a_refusal_does_not_name_a_killed_writer_whose_record_is_left(tmp_path):
+    # a SIGKILL leaves the holder's record in .lock; a new writer takes the lock, then writes its
+    # own record: a refusal in between named the dead writer as the one "writing since" then
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    from kinetic_fm.runs.lock import LockHolder
+
+    (tmp_path / LOCK_NAME).write_text(LockHolder(socket.gethostname(), dead.pid, "2020-01-01T00:00:00+00:00").to_json())
+    fd = os.open(tmp_path / LOCK_NAME, os.O_RDWR)    # the new writer, between its flock and its record
+    try:
+        lock_module.fcntl.flock(fd, lock_module.fcntl.LOCK_EX | lock_module.fcntl.LOCK_NB)
+        with pytest.raises(RunLockedError) as caught:
+            RunLock(tmp_path).acquire()
+    finally:
+        os.close(fd)
+    assert caught.value.holder is None
+    assert str(dead.pid) not in str(caught.value) and "just starting" in str(caught.value)
+    alive = LockHolder(socket.gethostname(), os.getppid(), "2020-01-01T00:00:00+00:00")
+    (tmp_path / LOCK_NAME).write_text(alive.to_json())    # a live holder is still named
+    fd = os.open(tmp_path / LOCK_NAME, os.O_RDWR)
+    try:
+        lock_module.fcntl.flock(fd, lock_module.fcntl.LOCK_EX | lock_module.fcntl.LOCK_NB)
+        with pytest.raises(RunLockedError, match=f"process {os.getppid()} on host"):
+            RunLock(tmp_path).acquire()
+    finally:
+        os.close(fd)
+
+
 def test_the_cli_reports_a_busy_folder_in_one_line_and_exits_non_zero(tmp_path, capsys):
     from kinetic_fm.cli import main
 

@@ -149,6 +149,10 @@ class RunLock:
             os.close(fd)
             if err.errno in _HELD_ERRNOS:
                 holder = read_holder(self.run_dir)
+                if holder is not None and not _may_be_running(holder):
+                    # a killed writer's record, not yet overwritten by the new holder, which has
+                    # taken the lock but not written its own (a few microseconds): name no one
+                    holder = None
                 same = holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname()
                 raise RunLockedError(self.run_dir, holder, self.resume, same) from None
             _warn_unlockable(self.run_dir, err)
@@ -187,6 +191,20 @@ class RunLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def _may_be_running(holder: LockHolder) -> bool:
+    """False when ``holder`` names a process of this host that no longer exists; True otherwise
+    (another host's, or one that exists, perhaps under a reused pid: no way to tell)."""
+    if holder.host != socket.gethostname():
+        return True
+    try:
+        os.kill(holder.pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by another user
+        return True
+    return True
 
 
 def _warn_unlockable(run_dir: Path, err: OSError) -> None:
