@@ -955,3 +955,26 @@ def test_fraction_interval_takes_the_counts_of_a_report_as_tensors(case):
     assert kfm.fraction_interval(torch.tensor(5), np.int64(10)) == kfm.fraction_interval(5, 10)
     with pytest.raises(ValueError, match="0 <= count <= n"):
         kfm.fraction_interval(torch.tensor(True), 10)
+
+
+@pytest.mark.parametrize("suffix, method", [(".csv", "to_csv"), (".parquet", "to_parquet")])
+def test_cli_out_table_interrupted_midway_leaves_the_previous_table(tmp_path, monkeypatch, suffix, method):
+    # --out was written straight into the target: a failed or killed write left half a table
+    import pandas as pd
+
+    gen = torch.Generator().manual_seed(0)
+    np.save(tmp_path / "s.npy", torch.randn(6, 4, generator=gen).numpy())
+    np.save(tmp_path / "t.npy", torch.randn(9, 4, generator=gen).numpy())
+    out = tmp_path / f"table{suffix}"
+    flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+             "--bootstrap", "0", "--no-progress", "--out", str(out)]
+    assert main(flags) == 0
+    before = out.read_bytes()
+
+    def killed(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"half a table")
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(pd.DataFrame, method, killed)
+    assert main(flags) == 2
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "t.npy", out.name]

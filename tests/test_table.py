@@ -121,3 +121,25 @@ def test_object_seed_columns_hold_plain_integers_or_are_refused():
     bad = pd.DataFrame({"seed": pd.Series([0, True, 2], dtype=object), "a": [1.0, 2.0, 3.0]})
     with pytest.raises(ValueError, match="'seed' column that is not integers"):
         per_sample_table(bad)                           # True would have been joined as seed 1
+
+
+def _half_written(method: str):
+    """A stand-in for a DataFrame writer killed mid-write: some bytes land in the target, then an error."""
+    def write(self, path, *args, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"PAR1 half a table")
+        raise OSError(f"{method} killed mid-write")
+    return write
+
+
+def test_a_table_write_that_fails_midway_leaves_the_previous_table(tmp_path, monkeypatch):
+    # save_table wrote straight into the target: an interrupted write left a truncated file
+    # where a complete table had been
+    before = pd.DataFrame({"seed": [1, 2, 3], "kpe": [0.5, 1.5, 2.5]})
+    path = save_table(before, tmp_path / "samples.parquet")
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", _half_written("to_parquet"))
+    with pytest.raises(OSError, match="killed mid-write"):
+        save_table(before.assign(kpe=0.0), path)
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(load_table(path), before)
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.parquet"]  # no temporary left either

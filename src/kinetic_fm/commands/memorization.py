@@ -111,12 +111,14 @@ def run(args: argparse.Namespace) -> int:
         frame = _per_sample_frame(report, sample_files, train_files)
         frame["space"] = space_name
         frame["clamped"] = args.clamp
+        from ..runs.atomic import atomic_write
+
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() == ".csv":
-            frame.to_csv(out, index=False)
+            atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
         else:
-            frame.to_parquet(out, index=False)
+            atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
         print(f"per-sample table: {out}")
     if args.figure is not None:
         from ..studies.figures import memorization_figure

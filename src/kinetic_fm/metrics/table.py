@@ -167,11 +167,13 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
 
 
 def save_table(table: Any, path: str | Path) -> Path:
-    """Write ``table`` to Parquet (pyarrow), creating parent folders; returns the path."""
+    """Write ``table`` to Parquet (pyarrow) atomically (a killed process leaves the old file or
+    none, never half a table), creating parent folders; returns the path."""
+    from ..runs.atomic import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(path, engine="pyarrow", index=False)
-    return path
+    return atomic_write(path, lambda tmp: table.to_parquet(tmp, engine="pyarrow", index=False))
 
 
 def load_table(path: str | Path) -> Any:
