@@ -91,3 +91,20 @@ def test_kfm_train_on_centred_celeba_saves_the_mean(tmp_path):
     from kinetic_fm.data import load_celeba
     mean = load_weights(tmp_path / "run" / "data_mean.safetensors")["mean"]
     assert torch.equal(mean, load_celeba(faces).mean)
+
+
+def test_kfm_train_no_progress_hides_the_decoding_bar_too(tmp_path, capfd):
+    """--no-progress promises no bar; an image folder's decoding bar went to stderr anyway."""
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8)).save(images / f"{i}.png")
+    args = ["train", "--data", f"folder:{images}", "--steps", "1", "--batch-size", "2", "--width", "8",
+            "--model", "mlp", "--checkpoints", "none", "--out", str(tmp_path / "run")]
+    assert main([*args, "--no-progress"]) == 0
+    assert "decode" not in capfd.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "shown")]) == 0      # without it, the bar is there
+    assert "decode" in capfd.readouterr().err

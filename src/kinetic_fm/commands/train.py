@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                          warmup=args.warmup, ema_decay=args.ema_decay, grad_clip=args.grad_clip or None,
                          label_dropout=label_dropout, seed=args.seed, checkpoints=checkpoints,
                          save_every=args.save_every)
-    ds = load_dataset(args.data, n=args.n, seed=args.seed)
+    ds = load_dataset(args.data, n=args.n, seed=args.seed, progress=not args.no_progress)
     data = dataset_rows(ds)
     labels = ds.labels if args.class_cond else None
     if args.class_cond and labels is None:
