@@ -190,6 +190,7 @@ def test_workspace_keeps_a_stage_several_studies_read(tmp_path, monkeypatch):
 
 # figure name -> its axes as the tiny run rendered them (filled by the tiny_report fixture)
 _DRAWN: dict[str, list[dict]] = {}
+_TITLES: dict[str, str | None] = {}  # each figure's suptitle
 # the stage files the tiny run read back from its cache (filled by the tiny_report fixture)
 _LOADED: list[str] = []
 
@@ -209,6 +210,7 @@ def tiny_report(tmp_path_factory):
 
     def keep(fig, name, caption):
         _DRAWN[name] = [_axes_summary(ax) for ax in fig.axes]
+        _TITLES[name] = None if fig._suptitle is None else fig._suptitle.get_text()
         return render(fig, name, caption)
 
     from kinetic_fm.studies import workspace
@@ -512,6 +514,16 @@ def test_memorizer_table_adds_the_audit_in_the_training_span_as_context(tiny_rep
     final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
     assert table[column].iloc[-1] == (final["gap_ratio_pixels-PCA15_unclamped"] < 1 / 3).mean()
     assert f"Context, read by no claim: '{column}' is the same audit" in md.read_text()
+
+
+def test_memorizer_copies_figure_names_the_space_and_the_clamp(tiny_report):
+    """Beside a table with F_mem in pixels and in the span, the figure says which audit it shows:
+    pixels, on the samples clamped to the training range."""
+    from kinetic_fm.data import load_dataset
+
+    images = load_dataset("digits").images
+    low, high = float(images.min()), float(images.max())
+    assert _TITLES["memorizer_copies"] == f"audited in pixels; samples clamped to [{low:g}, {high:g}]"
 
 
 def test_memorizer_span_keeps_training_distances_and_projects_samples_on_their_affine_hull():

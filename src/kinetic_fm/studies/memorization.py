@@ -387,6 +387,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         last = (run, audit, x, spanned)
     table = pd.DataFrame(rows)
     run, audit, x, spanned = last
+    low, high = float(assets.train.min()), float(assets.train.max())   # image_range's clamp
     frame = energy_frame(run)
     frame["gap_ratio"] = audit.ratio.cpu().numpy()
     frame["memorized"] = audit.memorized.cpu().numpy()
@@ -437,7 +438,8 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                         right={fd_col: table[fd_col].to_numpy()}, right_ylabel=fd_col, log_x=True, log_y=True),
             memorization_figure("memorizer_copies", "Gap ratios of the final checkpoint's samples against the "
                                 "memorizing net's training images, and the samples with the smallest ratios "
-                                "beside their nearest training image.", audit, x, assets.memorizer_train),
+                                "beside their nearest training image.", audit, x, assets.memorizer_train,
+                                title=f"audited in pixels; samples clamped to [{low:g}, {high:g}]"),
         ],
     )
     return section, claim
