@@ -526,6 +526,28 @@ def test_memorizer_copies_figure_names_the_space_and_the_clamp(tiny_report):
     assert _TITLES["memorizer_copies"] == f"audited in pixels; samples clamped to [{low:g}, {high:g}]"
 
 
+def test_memorizer_span_audit_reports_its_false_positive_rate_on_held_out_images(tiny_report, tmp_path):
+    """The span column counts copies the pixel audit misses; held-out images, which no net trained on,
+    give its false-positive rate: their count matches a brute force in the span, and the span audit's
+    closest pairs get their own figure."""
+    import shutil
+
+    from kinetic_fm.studies.assets import load_assets
+    from kinetic_fm.studies.memorization import memorizer_span
+
+    out, md, _ = tiny_report
+    shutil.copytree(out, tmp_path / "ws")
+    cfg = ReproduceConfig.preset("tiny")
+    assets = load_assets(cfg.assets, Workspace(tmp_path / "ws"), progress=False)
+    span = memorizer_span(assets.memorizer_train)
+    held = assets.heldout[: cfg.memorization.checkpoint_samples]
+    d1, d2, _ = brute_nearest(span(held), span(assets.memorizer_train))
+    count = int((d1 / d2 < 1 / 3).sum())
+    assert f"As a control, {len(held)} held-out images that no net trained on score F_mem {count}/{len(held)} = " \
+        in md.read_text()
+    assert _TITLES["memorizer_copies_span"] == f"audited in {span.name}; samples as drawn"
+
+
 def test_memorizer_span_keeps_training_distances_and_projects_samples_on_their_affine_hull():
     from kinetic_fm.studies.memorization import memorizer_span
 

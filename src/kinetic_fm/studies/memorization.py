@@ -387,6 +387,9 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         last = (run, audit, x, spanned)
     table = pd.DataFrame(rows)
     run, audit, x, spanned = last
+    # the span audit's false-positive rate here: held-out images, which no net trained on
+    control = memorization(assets.heldout[: cfg.checkpoint_samples], assets.memorizer_train, space=principal,
+                           interval="wilson")
     low, high = float(assets.train.min()), float(assets.train.max())   # image_range's clamp
     frame = energy_frame(run)
     frame["gap_ratio"] = audit.ratio.cpu().numpy()
@@ -419,7 +422,9 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
               f"against those images; {fd_col} against all {len(assets.train)} training images. Context, read by "
               f"no claim: '{spanned_col}' is the same audit in the {principal.k} principal directions of those "
               "images, on the samples before they are clamped to the training range; it counts copies that "
-              "pixel noise hides from the pixel audit."
+              f"pixel noise hides from the pixel audit. As a control, {len(control.ratio)} held-out images that no "
+              f"net trained on score F_mem {_count_text(control)} in that space (its false-positive rate here); "
+              "the last figure shows the span audit's closest pairs, to be judged by eye."
               + fd_bias_note(min(cfg.checkpoint_samples, len(assets.train)), ref_feats.shape[1], fd_col)),
         tables=[("Memorizing net across training", table)],
         figures=[
@@ -440,9 +445,21 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                                 "memorizing net's training images, and the samples with the smallest ratios "
                                 "beside their nearest training image.", audit, x, assets.memorizer_train,
                                 title=f"audited in pixels; samples clamped to [{low:g}, {high:g}]"),
+            memorization_figure("memorizer_copies_span", f"The same final-checkpoint samples audited in the "
+                                f"{principal.k} principal directions of the memorizing net's training images "
+                                "(context, read by no claim), unclamped, with their nearest training images: "
+                                "copies under pixel noise show here.", spanned, run["x"], assets.memorizer_train,
+                                title=f"audited in {principal.name}; samples as drawn"),
         ],
     )
     return section, claim
+
+
+def _count_text(report) -> str:
+    """``k/n = f (95% Wilson CI [low, high])`` of a memorization report audited with Wilson."""
+    count = int(report.memorized.sum())
+    return (f"{count}/{len(report.ratio)} = {report.fraction:.3f} "
+            f"({fmt_ci(*report.ci, '95% Wilson CI', decimals=3, signed=False)})")
 
 
 def memorizer_span(train: torch.Tensor) -> PrincipalSpace:
