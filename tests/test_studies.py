@@ -197,7 +197,8 @@ _LOADED: list[str] = []
 
 def _axes_summary(ax) -> dict:
     return {"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "xscale": ax.get_xscale(),
-            "yscale": ax.get_yscale(), "image": bool(ax.images), "x_shown": ax.xaxis.get_visible()}
+            "yscale": ax.get_yscale(), "image": bool(ax.images), "x_shown": ax.xaxis.get_visible(),
+            "lines": [line.get_label() for line in ax.get_lines()]}
 
 
 @pytest.fixture(scope="module")
@@ -546,6 +547,7 @@ def test_memorizer_span_audit_reports_its_false_positive_rate_on_held_out_images
     assert f"As a control, {len(held)} held-out images that no net trained on score F_mem {count}/{len(held)} = " \
         in md.read_text()
     assert _TITLES["memorizer_copies_span"] == f"audited in {span.name}; samples as drawn"
+    assert f"F_mem in {span.name}" in _DRAWN["memorizer_training"][0]["lines"]      # drawn beside the pixel F_mem
 
 
 def test_memorizer_span_keeps_training_distances_and_projects_samples_on_their_affine_hull():

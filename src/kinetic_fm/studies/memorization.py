@@ -428,10 +428,12 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
               + fd_bias_note(min(cfg.checkpoint_samples, len(assets.train)), ref_feats.shape[1], fd_col)),
         tables=[("Memorizing net across training", table)],
         figures=[
-            line_figure("memorizer_training", "F_mem (band: 95% Wilson interval) and the mean share of each "
-                        "sample's energy spent after t = 0.9 across training of the memorizing net; dashed: that share "
-                        "for energy spread uniformly in time (0.1).",
+            line_figure("memorizer_training", "F_mem (band: 95% Wilson interval), the same audit in the training "
+                        "images' span (context), and the mean share of each sample's energy spent after t = 0.9 "
+                        "across training of the memorizing net; dashed: that share for energy spread uniformly in "
+                        "time (0.1).",
                         table["training step"].to_numpy(), {"F_mem": table["F_mem"].to_numpy(),
+                                                            f"F_mem in {principal.name}": table[spanned_col].to_numpy(),
                                                             "share of energy after t = 0.9": table["mean share after t = 0.9"].to_numpy()},
                         xlabel="training step of the memorizing net", ylabel="fraction (of samples, of energy)",
                         log_x=True, reference=0.1, reference_label="energy uniform in t (0.1)",
