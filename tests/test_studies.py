@@ -234,6 +234,15 @@ def test_tiny_reproduce_reads_the_generalising_run_it_sampled_from_memory(tiny_r
     assert not [name for name in _LOADED if name.startswith("general-fm-")], _LOADED
 
 
+def test_the_studies_nets_keep_their_weights_and_checkpoints_but_not_their_resume_state(tiny_report):
+    # resume.pt (net + optimiser, 17 MB each at MNIST quick) stayed beside every finished net
+    out, _, _ = tiny_report
+    for name in ("general", "memorizer"):
+        folder = next((out / "models").glob(f"{name}-*"))
+        assert (folder / "final.safetensors").is_file() and any((folder / "checkpoints").iterdir())
+        assert not (folder / "resume.pt").exists()
+
+
 def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
     out, md, html = tiny_report
     text = md.read_text()

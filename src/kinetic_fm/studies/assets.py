@@ -196,7 +196,7 @@ def _velocity_net(cfg, ws, name, data, rows, steps, progress):
     here or reloaded, and its checkpoints (step -> file)."""
     from ..models.checkpoint import load_model
     from ..models.registry import default_model
-    from ..models.train import TrainConfig, train
+    from ..models.train import RESUME_FILE, TrainConfig, train
 
     key = {"data": cfg.data, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout, "n": int(data.shape[0]),
            "model": cfg.model, "width": cfg.width, "steps": steps, "batch": cfg.batch_size, "lr": cfg.lr,
@@ -209,6 +209,9 @@ def _velocity_net(cfg, ws, name, data, rows, steps, progress):
         config = TrainConfig(steps=steps, batch_size=min(cfg.batch_size, 4 * int(data.shape[0])), lr=cfg.lr,
                              seed=cfg.seed, checkpoints="log2", save_every=max(100, steps // 20))
         train(net, data.to(cfg.device), config, out=out, resume=True, progress=progress, info={"study": name})
+    # the final weights are written (atomically): the resume state, as large as the net and its
+    # optimiser, has done its work; no study trains a finished net further (more steps are a new net)
+    (out / RESUME_FILE).unlink(missing_ok=True)
     # beside the run, not in its config.json: the resume compares that, and a workspace from
     # before this record gets it on its next run without retraining
     _record_training_items(out, cfg, rows, data.shape)
