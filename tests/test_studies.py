@@ -559,6 +559,45 @@ def test_memorizer_span_audit_reports_its_false_positive_rate_on_held_out_images
     assert f"F_mem in {span.name}" in _DRAWN["memorizer_training"][0]["lines"]      # drawn beside the pixel F_mem
 
 
+def test_memorizer_section_compares_late_energy_by_the_span_audits_flags_as_context(tiny_report):
+    """The late-energy claim's comparison, split by the span audit's flags: the tiny run's final
+    samples, flagged where their span gap ratio is below 1/3, give the sentence; the claim's row keeps
+    the pixel flags."""
+    out, md, _ = tiny_report
+    final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
+    flagged = int((final["gap_ratio_pixels-PCA15_unclamped"] < 1 / 3).sum())
+    text = md.read_text()
+    assert (f"Context, read by no claim: split by the span audit's flags instead of the pixel ones: {flagged} "
+            f"span-flagged vs {len(final) - flagged} not: too few in one group.") in text
+    pixel = int(final["memorized"].sum())
+    assert f"{pixel} memorized vs {len(final) - pixel} not: too few in one group" in text     # the claim's row
+
+
+def test_span_late_energy_text_gives_the_medians_and_the_claims_test():
+    """Against numpy's medians and scipy's Brunner–Munzel run here: copies with a larger late share
+    read reproduced, with a smaller one not reproduced; the same shares in both groups, inconclusive."""
+    from scipy.stats import brunnermunzel
+
+    from kinetic_fm.studies.memorization import span_late_energy_text
+
+    rng = np.random.default_rng(0)
+    late = rng.uniform(0.05, 0.15, 60)
+    flagged = np.zeros(60, bool)
+    flagged[:20] = True
+    for shift, verdict in ((0.05, "reproduced"), (-0.04, "not reproduced")):
+        shares = np.where(flagged, late + shift, late)
+        p = brunnermunzel(shares[flagged], shares[~flagged]).pvalue
+        assert p < 0.05
+        assert span_late_energy_text(shares, flagged) == (
+            "Context, read by no claim: split by the span audit's flags instead of the pixel ones: median share of "
+            f"energy after t = 0.9: {np.median(shares[flagged]):.3f} (span-flagged, n = 20) vs "
+            f"{np.median(shares[~flagged]):.3f} (others, n = 40); Brunner–Munzel p = {p:.3g}, which by the claim's "
+            f"rule reads {verdict}.")
+    alike = np.tile([0.1, 0.2, 0.3, 0.4], 15)
+    assert span_late_energy_text(alike, np.arange(60) % 3 == 0).endswith("which by the claim's rule reads inconclusive.")
+    assert span_late_energy_text(late, np.arange(60) < 4).endswith(": 4 span-flagged vs 56 not: too few in one group.")
+
+
 def test_memorizer_span_keeps_training_distances_and_projects_samples_on_their_affine_hull():
     from kinetic_fm.studies.memorization import memorizer_span
 

@@ -400,13 +400,9 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
 
     memorized = audit.memorized.cpu().numpy().astype(bool)
     late = frame["late_fraction_t0.9"].to_numpy()
-    n_mem, n_not = int(memorized.sum()), int((~memorized).sum())
     verdict, p = late_energy_verdict(late[memorized], late[~memorized])
-    if min(n_mem, n_not) < MIN_GROUP:
-        ours = f"{n_mem} memorized vs {n_not} not: too few in one group"
-    else:
-        med_m, med_n = float(np.median(late[memorized])), float(np.median(late[~memorized]))
-        ours = f"median share of energy after t = 0.9: {med_m:.3f} (memorized, n = {n_mem}) vs {med_n:.3f} (others, n = {n_not})"
+    ours = _late_share_text(late, memorized, "memorized")
+    span_text = span_late_energy_text(late, spanned.memorized.cpu().numpy().astype(bool))
     claim = Claim(
         "memorization", "Memorized samples spend more of their energy late",
         "memorization is driven by extreme late energy", ours, len(late),
@@ -424,7 +420,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
               "images, on the samples before they are clamped to the training range; it counts copies that "
               f"pixel noise hides from the pixel audit. As a control, {len(control.ratio)} held-out images that no "
               f"net trained on score F_mem {_count_text(control)} in that space (its false-positive rate here); "
-              "the last figure shows the span audit's closest pairs, to be judged by eye."
+              "the last figure shows the span audit's closest pairs, to be judged by eye. " + span_text
               + fd_bias_note(min(cfg.checkpoint_samples, len(assets.train)), ref_feats.shape[1], fd_col)),
         tables=[("Memorizing net across training", table)],
         figures=[
@@ -455,6 +451,30 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         ],
     )
     return section, claim
+
+
+def span_late_energy_text(late: np.ndarray, flagged: np.ndarray) -> str:
+    """The late-energy comparison of the claim "memorized samples spend more of their energy late",
+    as context read by no claim, with the span audit's flags ``flagged`` ((n,) bool) in place of the
+    pixel audit's: on real data the pixel audit flags nothing, while the span audit finds the copies
+    pixel noise hides. ``late``: (n,) each sample's share of its energy after t = 0.9. The same
+    medians, test (:func:`late_energy_verdict`) and rule as the claim; one sentence."""
+    verdict, p = late_energy_verdict(late[flagged], late[~flagged])
+    return ("Context, read by no claim: split by the span audit's flags instead of the pixel ones: "
+            + _late_share_text(late, flagged, "span-flagged")
+            + ("" if np.isnan(p) else f"; Brunner–Munzel p = {p:.3g}, which by the claim's rule reads {verdict}")
+            + ".")
+
+
+def _late_share_text(late: np.ndarray, flagged: np.ndarray, group: str) -> str:
+    """The late-energy row's comparison in words: the median share of energy after t = 0.9 of the
+    ``flagged`` samples ((n,) bool) and of the others (``late``: (n,) shares), named ``group``; or
+    the two counts when a group has fewer than ``MIN_GROUP`` samples (no test is run then)."""
+    n_flagged, n_other = int(flagged.sum()), int((~flagged).sum())
+    if min(n_flagged, n_other) < MIN_GROUP:
+        return f"{n_flagged} {group} vs {n_other} not: too few in one group"
+    return (f"median share of energy after t = 0.9: {float(np.median(late[flagged])):.3f} ({group}, n = {n_flagged}) "
+            f"vs {float(np.median(late[~flagged])):.3f} (others, n = {n_other})")
 
 
 def _count_text(report) -> str:
