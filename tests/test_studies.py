@@ -516,14 +516,16 @@ def test_memorizer_table_adds_the_audit_in_the_training_span_as_context(tiny_rep
     the memorizing net's 16 images (samples unclamped) with its CI; the final table's ratios give it."""
     out, md, _ = tiny_report
     table = pd.read_parquet(out / "tables" / "memorization__memorizer_checkpoints.parquet")
-    column = "F_mem in pixels-PCA15, unclamped"
+    column = "span F_mem"
     assert list(table.columns) == ["training step", "F_mem", "F_mem CI low", "F_mem CI high", "mean KPE",
                                    "mean late energy (t ≥ τ)", "mean share after t = 0.9", "FD-digits-cnn",
                                    column, f"{column} CI low", f"{column} CI high"]
     assert (table[f"{column} CI low"] <= table[column]).all() and (table[column] <= table[f"{column} CI high"]).all()
     final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
     assert table[column].iloc[-1] == (final["gap_ratio_pixels-PCA15_unclamped"] < 1 / 3).mean()
-    assert f"Context, read by no claim: '{column}' is the same audit" in md.read_text()
+    assert (f"Context, read by no claim: '{column}' (with its 95% Wilson CI) is the same audit in pixels-PCA15, the "
+            "15 principal directions of those images (their span), on the samples before they are clamped") \
+        in md.read_text()
 
 
 def test_memorizer_copies_figure_names_the_space_and_the_clamp(tiny_report):

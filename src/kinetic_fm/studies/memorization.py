@@ -358,7 +358,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     shape = tuple(assets.train.shape[1:])
     ref_feats = assets.train_features()
     principal = memorizer_span(assets.memorizer_train)
-    spanned_col = f"F_mem in {principal.name}, unclamped"
+    spanned_col = "span F_mem"  # the section's text names its space; three columns repeated a long name
     rows, last = [], None
     device = next(assets.memorizer.parameters()).device
     steps = sorted(assets.memorizer_checkpoints)
@@ -416,8 +416,9 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         text=(f"A velocity net trained on only {len(assets.memorizer_train)} images, sampled at its log-spaced "
               f"checkpoints ({cfg.checkpoint_samples} samples each, Euler {cfg.steps} steps). F_mem is measured "
               f"against those images; {fd_col} against all {len(assets.train)} training images. Context, read by "
-              f"no claim: '{spanned_col}' is the same audit in the {principal.k} principal directions of those "
-              "images, on the samples before they are clamped to the training range; it counts copies that "
+              f"no claim: '{spanned_col}' (with its 95% Wilson CI) is the same audit in {principal.name}, the "
+              f"{principal.k} principal directions of those images (their span), on the samples before they are "
+              "clamped to the training range; it counts copies that "
               f"pixel noise hides from the pixel audit. As a control, {len(control.ratio)} held-out images that no "
               f"net trained on score F_mem {_count_text(control)} in that space (its false-positive rate here); "
               "the last figure shows the span audit's closest pairs, to be judged by eye. " + span_text
