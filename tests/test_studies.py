@@ -473,6 +473,26 @@ def test_kfm_memorization_audits_against_the_items_a_reproduce_net_trained_on(ti
     assert main(flags) == 0
 
 
+def test_kfm_memorization_re_audits_the_samples_reproduce_cached_as_its_report_did(tiny_report, tmp_path, capsys):
+    """What the help says: the memorizer's final samples, OUT/cache/memorizer-step<k>-*.pt read with
+    --key x, audited with --clamp give the report's pixel gap ratios and with --space pca:15 its span ones."""
+    from kinetic_fm.cli import main
+
+    out, _, _ = tiny_report
+    final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
+    last = max(int(p.name.split("-")[1][len("step"):]) for p in (out / "cache").glob("memorizer-step*.pt"))
+    cached = next((out / "cache").glob(f"memorizer-step{last}-*.pt"))
+    net = next((out / "models").glob("memorizer-*"))
+    for flags, column in ((["--clamp"], "gap_ratio"), (["--space", "pca:15"], "gap_ratio_pixels-PCA15_unclamped")):
+        assert main(["memorization", "--samples", str(cached), "--key", "x", "--train", str(net), "--bootstrap", "0",
+                     "--no-progress", "--out", str(tmp_path / "t.csv"), *flags]) == 0
+        np.testing.assert_allclose(pd.read_csv(tmp_path / "t.csv")["ratio"], final[column], rtol=1e-5, atol=1e-7)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["memorization", "--help"])
+    assert "OUT/cache/<stage>-<hash>.pt" in "".join(capsys.readouterr().out.split())   # wrapped anywhere
+
+
 def brute_nearest(samples, train):
     """(B,) distances to the nearest and second-nearest training item, and the nearest's index."""
     d = torch.cdist(samples.double().flatten(1), train.double().flatten(1))

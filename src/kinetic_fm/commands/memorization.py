@@ -15,13 +15,17 @@ def register(subparsers) -> None:
         help="F_mem (d1/d2 < threshold) of samples against a training set, with a CI",
         description=(
             "Exact 2-nearest-neighbour gap-ratio audit. Inputs: .npy, .npz (its only array, or --key), "
-            ".pt (a tensor, loaded with weights_only=True), .parquet (a list column or the numeric "
-            "columns), or a folder or .zip of images (PNG/JPEG, read as [-1, 1], one channel when all "
-            "are grey); --train may also be a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, "
+            ".pt (a tensor, or a dict of them with --key, loaded with weights_only=True), .parquet (a list "
+            "column or the numeric columns), or a folder or .zip of images (PNG/JPEG, read as [-1, 1], one "
+            "channel when all are grey); --train may also be a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, "
             "folder:PATH, digits: its whole training split, in [-1, 1]; celeba: grey, centred by the "
             "mean image of all its faces). A net trained on a subset (kfm train --n) is audited against "
             "that subset with --train RUN, its kfm train run folder, and a kfm reproduce net against its "
-            "training images with --train OUT/models/general-* or memorizer-*. Rows are flattened; a kfm sample "
+            "training images with --train OUT/models/general-* or memorizer-*; kfm reproduce keeps its samples "
+            "in OUT/cache/<stage>-<hash>.pt (the memorizer's at checkpoint k: memorizer-step<k>-*.pt), read with "
+            "--key x, so --space pca:N-1 (N training images) re-audits them as its span column and --clamp as "
+            "its pixel one (exactly when the N images reach -1 and 1; kfm reproduce clamps to its whole training "
+            "split's range, for centred CelebA wider than the N images'). Rows are flattened; a kfm sample "
             "run folder or its results.parquet gives each sample its recorded shape, so --figure can "
             "show images."
         ),
