@@ -117,10 +117,63 @@ def test_a_cifar_resnet_judge_on_grey_images_is_refused_before_any_net_trains(tm
     g = torch.Generator().manual_seed(1)
     grey = torch.rand(50, 1, 8, 8, generator=g) * 2 - 1                # what celeba: loads, at 8x8
     monkeypatch.setattr(module, "_load_split", lambda cfg, progress=True: (grey[10:], None, grey[:10], None,
-                                                                           None, "grey faces"))
+                                                                           None, "grey faces", None))
     cfg = AssetsConfig(data="celeba:faces.zip", classifier=f"resnet20:{weights}", n_heldout=10, memorizer_n=8,
                        general_steps=2, memorizer_steps=2, batch_size=8, model="mlp", width=8)
     with pytest.raises(ValueError, match=r"--classifier resnet20 judges RGB images \(3, 32, 32\), but "
                                          r"'celeba:faces.zip' loads images of shape \(1, 8, 8\); leave --classifier"):
         module.load_assets(cfg, Workspace(tmp_path / "out"), progress=False)
     assert not any(p.is_dir() for p in (tmp_path / "out" / "models").glob("*"))
+
+
+def test_centred_faces_are_drawn_with_their_mean_image_added_back(tmp_path, monkeypatch):
+    """CelebA is centred by its mean face; the report's image figures add it back (display only), so
+    the training images they draw are the uncentred ones, and the samples move by that same mean."""
+    from kinetic_fm.data import load_celeba
+    from kinetic_fm.studies import figures
+    from kinetic_fm.studies.assets import load_assets
+    from kinetic_fm.studies.reproduce import reproduce
+    from kinetic_fm.studies.workspace import Workspace
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(40):
+        a = np.zeros((218, 178, 3), np.uint8)
+        a[39:179, 19:159] = rng.integers(60, 200, 3, dtype=np.uint8)         # a flat square a face would fill
+        a[80:140, 60:120] = rng.integers(0, 256, 3, dtype=np.uint8)
+        Image.fromarray(a).save(faces / f"{i:06d}.jpg", quality=95)
+    raw = load_celeba(faces, center="none").images                       # what the faces look like
+    drawn = {}
+    for name in ("memorization_figure", "sample_grid_figure"):
+        def keep(fig_name, caption, *args, _draw=getattr(figures, name), **kwargs):
+            drawn[fig_name] = (caption, args)
+            return _draw(fig_name, caption, *args, **kwargs)
+        monkeypatch.setattr(figures, name, keep)
+    cfg = ReproduceConfig(
+        mode="tiny",
+        assets=AssetsConfig(data=f"celeba:{faces}", n_heldout=16, memorizer_n=8, general_steps=2,
+                            memorizer_steps=2, batch_size=8, model="mlp", width=8),
+        semantics=SemanticsConfig(n_samples=20, steps=2, bootstrap=10),
+        memorization=MemorizationConfig(efm_sizes=(4,), efm_samples=4, efm_steps=2, checkpoint_samples=8,
+                                        steps=2, bootstrap=10),
+    )
+    reproduce(cfg, tmp_path / "out", studies=("semantics", "memorization"), progress=False)
+    mean = raw.double().mean(0)
+    cache = tmp_path / "out" / "cache"
+    for name in ("memorizer_copies", "memorizer_copies_span"):
+        caption, (report, samples, train) = drawn[name]
+        assert "mean image added back (display only)" in caption
+        nearest_raw = torch.cdist(train.double().flatten(1), raw.double().flatten(1)).min(1).values
+        assert nearest_raw.max() < 1e-5                                     # every drawn item is an uncentred face
+    final_x = torch.load(max(cache.glob("memorizer-step*.pt"), key=lambda p: int(p.name.split("-")[1][4:])))["x"]
+    torch.testing.assert_close(drawn["memorizer_copies_span"][1][1].double(), final_x.double() + mean)
+    # the KPE groups: the generalising model's samples, clamped to the centred training range as judged
+    assets = load_assets(cfg.assets, Workspace(tmp_path / "out"), progress=False)
+    judged = next(cache.glob("general-fm-*.pt"))
+    judged = torch.load(judged)["x"].clamp(float(assets.train.min()), float(assets.train.max())).double()
+    caption, (groups,) = drawn["samples_by_kpe"]
+    assert "mean image added back" in caption
+    for images in groups.values():
+        shown = torch.as_tensor(images).double() - mean
+        assert torch.cdist(shown.flatten(1), judged.flatten(1)).min(1).values.max() < 1e-5

@@ -45,6 +45,9 @@ class Assets:
         source: human-readable data description.
         principal: without a classifier, the training split's top principal directions, the
             space of every FD and precision/recall (None: raw pixels).
+        mean: (C, H, W) the image the loader subtracted from every image (CelebA's mean face), or
+            None; added back for display only (:func:`~kinetic_fm.studies.output.for_display`),
+            never for a metric.
     """
 
     train: Tensor
@@ -62,6 +65,7 @@ class Assets:
     source: str
     classifier_pretrained: bool = False  # a --classifier given by the user, not trained on this split here
     principal: PrincipalSpace | None = None
+    mean: Tensor | None = None
     _train_features: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def train_features(self) -> Tensor:
@@ -91,7 +95,7 @@ class Assets:
 
 
 def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Assets:
-    train, train_labels, heldout, heldout_labels, classes, source = _load_split(cfg, progress)
+    train, train_labels, heldout, heldout_labels, classes, source, mean = _load_split(cfg, progress)
     classifier, name, accuracy = _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
     principal = None
     if classifier is None:  # fitted once per run: about a second on 5,000 images, so not cached
@@ -106,7 +110,7 @@ def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Asse
                                            progress)
     return Assets(train, train_labels, heldout, heldout_labels, classes, classifier, name, accuracy,
                   general, memorizer, memorizer_train, checkpoints, source,
-                  classifier_pretrained=bool(cfg.classifier), principal=principal)
+                  classifier_pretrained=bool(cfg.classifier), principal=principal, mean=mean)
 
 
 def _load_split(cfg: AssetsConfig, progress: bool = True):
@@ -124,7 +128,7 @@ def _load_split(cfg: AssetsConfig, progress: bool = True):
     labels = data.labels
     return (data.images[rest].contiguous(), None if labels is None else labels[rest],
             data.images[held].contiguous(), None if labels is None else labels[held],
-            data.classes, data.source + _lossy_text(data))
+            data.classes, data.source + _lossy_text(data), data.mean)
 
 
 def _loaded_n(cfg: AssetsConfig) -> int | None:

@@ -21,7 +21,8 @@ from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
-from .output import StudyOutput, fd_bias_note, fd_to_reference, fd_undecided_note, feature_reference, image_range
+from .output import (StudyOutput, display_note, fd_bias_note, fd_to_reference, fd_undecided_note, feature_reference,
+                     for_display, image_range)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import best_is_interior, bonferroni_level, fmt_ci, interior_margin
@@ -442,12 +443,14 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                         right={fd_col: table[fd_col].to_numpy()}, right_ylabel=fd_col, log_x=True, log_y=True),
             memorization_figure("memorizer_copies", "Gap ratios of the final checkpoint's samples against the "
                                 "memorizing net's training images, and the samples with the smallest ratios "
-                                "beside their nearest training image.", audit, x, assets.memorizer_train,
+                                "beside their nearest training image." + display_note(assets), audit,
+                                for_display(x, assets), for_display(assets.memorizer_train, assets),
                                 title=f"audited in pixels; samples clamped to [{low:g}, {high:g}]"),
             memorization_figure("memorizer_copies_span", f"The same final-checkpoint samples audited in the "
                                 f"{principal.k} principal directions of the memorizing net's training images "
                                 "(context, read by no claim), unclamped, with their nearest training images: "
-                                "copies under pixel noise show here.", spanned, run["x"], assets.memorizer_train,
+                                "copies under pixel noise show here." + display_note(assets), spanned,
+                                for_display(run["x"], assets), for_display(assets.memorizer_train, assets),
                                 title=f"audited in {principal.name}; samples as drawn"),
         ],
     )

@@ -20,6 +20,18 @@ def image_range(x: torch.Tensor, assets) -> torch.Tensor:
     return x.clamp(float(assets.train.min()), float(assets.train.max()))
 
 
+def for_display(x: torch.Tensor, assets) -> torch.Tensor:
+    """Images (B, C, H, W) in the loader's range as they look: with the mean image the loader
+    subtracted (``assets.mean``, CelebA's mean face) added back, so centred faces are not drawn
+    as washed-out differences clipped to [-1, 1]. For figures only; every metric reads ``x``."""
+    return x if assets.mean is None else x + assets.mean.to(x)
+
+
+def display_note(assets) -> str:
+    """The caption's word on :func:`for_display`: empty unless a mean image is added back."""
+    return "" if assets.mean is None else " Images drawn with the data set's mean image added back (display only)."
+
+
 def feature_reference(feats):
     """The Fréchet reference (mean, covariance, its square root once) of (n, D) numpy features."""
     import numpy as np

@@ -17,7 +17,7 @@ from ..metrics.stats import Correlation, compare_groups, spearman
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import SemanticsConfig
-from .output import StudyOutput, image_range, judge_text
+from .output import StudyOutput, display_note, for_display, image_range, judge_text
 from .samples import energy_frame, sampled, start_noise, straight_line_energy
 from .verdicts import fmt_ci, link_in_words, verdict_from_interval
 from .workspace import Workspace
@@ -66,8 +66,9 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
     low, high = order[:shown], order[-shown:]
     section.figures.append(sample_grid_figure(
         "samples_by_kpe", f"The {shown} samples of the generalising model with the lowest and the {shown} with the "
-        "highest KPE (plain FM), the KPE range of each group in its title.",
-        {f"lowest KPE{_range(kpe[low])}": x[low].numpy(), f"highest KPE{_range(kpe[high])}": x[high].numpy()}))
+        "highest KPE (plain FM), the KPE range of each group in its title." + display_note(assets),
+        {f"lowest KPE{_range(kpe[low])}": for_display(x[low], assets).numpy(),
+         f"highest KPE{_range(kpe[high])}": for_display(x[high], assets).numpy()}))
 
     if assets.classifier is None:
         section.text = ("This data set has no labels, so no classifier judges semantic strength; the energy "
