@@ -598,3 +598,19 @@ def test_per_sample_grids_go_onto_shared_bins_keeping_the_energy():
     assert fig.png.startswith(PNG_SIGNATURE)
     with pytest.raises(ValueError, match="per-sample profiles"):
         _on_shared_grid(times, increments[:, :2], 4)
+
+
+def test_html_table_cells_render_code_spans_as_the_markdown_does(tmp_path):
+    """A `code` span in a table cell (the Run table's judge, a section table's value) is code in
+    both renderings: the Markdown table shows it as code, so the HTML one must not print backticks;
+    the cell is still escaped."""
+    frame = pd.DataFrame({"setting": ["`plain` FM", f"x {XSS}"], "FD": [1.5, 2.5]})
+    _, html_path = write_report(tmp_path, title="t", intro="", claims=[],
+                                sections=[Section("S", "text", tables=[("table", frame)])],
+                                meta={"classifier": "`digits-cnn` (held-out accuracy 98.3%)"})
+    page = html_path.read_text(encoding="utf-8")
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", page)
+    assert "<code>digits-cnn</code> (held-out accuracy 98.3%)" in cells
+    assert "<code>plain</code> FM" in cells
+    assert not [c for c in cells if "`" in c]
+    assert XSS not in page and "x &lt;script&gt;" in page

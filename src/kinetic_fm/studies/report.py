@@ -305,7 +305,7 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric
             classes = (["num"] if numeric[j] else []) + ([cell_class(j, cell)] if cell_class else [])
             classes = [c for c in classes if c]
             attr = f' class="{" ".join(classes)}"' if classes else ""
-            cells.append(f"<td{attr}>{html.escape(cell)}</td>")
+            cells.append(f"<td{attr}>{_inline_html(cell)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     table = f'<table class="{table_class}">' if table_class else "<table>"
