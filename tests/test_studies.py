@@ -548,6 +548,19 @@ def test_memorizer_table_adds_the_audit_in_the_training_span_as_context(tiny_rep
         in md.read_text()
 
 
+def test_memorizer_span_audit_says_what_it_found_beside_the_pixel_audit(tiny_report):
+    """The section does not only say what the span audit is for: it gives both audits' counts at
+    the final checkpoint and how many samples only one of them calls a copy, from the final table."""
+    out, md, _ = tiny_report
+    final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
+    in_pixels = final["memorized"].to_numpy().astype(bool)
+    in_span = (final["gap_ratio_pixels-PCA15_unclamped"] < 1 / 3).to_numpy()
+    n = len(final)
+    assert (f"At the final checkpoint it counts {in_span.sum()}/{n} copies and the pixel audit {in_pixels.sum()}/{n}: "
+            f"{(in_span & ~in_pixels).sum()} copies in the span only (those the pixel audit misses), "
+            f"{(in_pixels & ~in_span).sum()} in pixels only.") in md.read_text()
+
+
 def test_memorizer_copies_figure_names_the_space_and_the_clamp(tiny_report):
     """Beside a table with F_mem in pixels and in the span, the figure says which audit it shows:
     pixels, on the samples clamped to the training range."""

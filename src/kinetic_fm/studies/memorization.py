@@ -419,8 +419,8 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
               f"against those images; {fd_col} against all {len(assets.train)} training images. Context, read by "
               f"no claim: '{spanned_col}' (with its 95% Wilson CI) is the same audit in {principal.name}, the "
               f"{principal.k} principal directions of those images (their span), on the samples before they are "
-              "clamped to the training range; it counts copies that "
-              f"pixel noise hides from the pixel audit. As a control, {len(control.ratio)} held-out images that no "
+              "clamped to the training range, where copies that pixel noise hides from the pixel audit can show. "
+              f"{_span_versus_pixels_text(audit, spanned)} As a control, {len(control.ratio)} held-out images that no "
               f"net trained on score F_mem {_count_text(control)} in that space (its false-positive rate here); "
               "the last figure shows the span audit's closest pairs, to be judged by eye. " + span_text
               + fd_bias_note(min(cfg.checkpoint_samples, len(assets.train)), ref_feats.shape[1], fd_col)),
@@ -449,7 +449,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
             memorization_figure("memorizer_copies_span", f"The same final-checkpoint samples audited in the "
                                 f"{principal.k} principal directions of the memorizing net's training images "
                                 "(context, read by no claim), unclamped, with their nearest training images: "
-                                "copies under pixel noise show here." + display_note(assets), spanned,
+                                "copies under pixel noise would show here." + display_note(assets), spanned,
                                 for_display(run["x"], assets), for_display(assets.memorizer_train, assets),
                                 title=f"audited in {principal.name}; samples as drawn"),
         ],
@@ -479,6 +479,19 @@ def _late_share_text(late: np.ndarray, flagged: np.ndarray, group: str) -> str:
         return f"{n_flagged} {group} vs {n_other} not: too few in one group"
     return (f"median share of energy after t = 0.9: {float(np.median(late[flagged])):.3f} ({group}, n = {n_flagged}) "
             f"vs {float(np.median(late[~flagged])):.3f} (others, n = {n_other})")
+
+
+def _span_versus_pixels_text(pixels, span) -> str:
+    """The final checkpoint's two audits side by side, for the section's text: each one's count and
+    how many samples only one of them calls a copy. The copies in the span only are those the pixel
+    audit misses (pixel noise, or the span's false positives, which the control measures); the
+    section says what the span audit found, not only what it is for."""
+    in_pixels = pixels.memorized.cpu().numpy().astype(bool)
+    in_span = span.memorized.cpu().numpy().astype(bool)
+    n = len(in_pixels)
+    return (f"At the final checkpoint it counts {int(in_span.sum())}/{n} copies and the pixel audit "
+            f"{int(in_pixels.sum())}/{n}: {int((in_span & ~in_pixels).sum())} copies in the span only (those the "
+            f"pixel audit misses), {int((in_pixels & ~in_span).sum())} in pixels only.")
 
 
 def _count_text(report) -> str:
