@@ -156,3 +156,21 @@ def test_ctrl_c_in_kfm_reproduce_says_how_to_continue(tmp_path, capsys, monkeypa
     assert main(["reproduce", "--tiny", "--out", str(tmp_path / "out")]) == 130
     assert capsys.readouterr().err == ("kfm reproduce: interrupted: finished stages are kept in --out; rerun the "
                                        "same command to continue\n")
+
+
+@pytest.mark.parametrize("command", ["memorization", "reproduce", "sample", "train"])
+def test_help_names_every_default_and_prints_no_rst_markup(command, capsys):
+    """`kfm <verb> --help` is what a newcomer reads first: every option that takes a value and has
+    one by default says it (argparse does not), and the description shows no ``double backticks``
+    from the module docstring it is built from."""
+    import argparse
+
+    from kinetic_fm.cli import build_parser
+
+    verb = build_parser()._subparsers._group_actions[0].choices[command]
+    silent = [a.option_strings for a in verb._actions
+              if type(a) is argparse._StoreAction and a.default is not None and "default" not in (a.help or "")]
+    assert silent == []
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "``" not in capsys.readouterr().out

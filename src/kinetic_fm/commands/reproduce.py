@@ -23,10 +23,10 @@ def register(subparsers) -> None:
     p.set_defaults(mode="quick")
     p.add_argument("--out", required=True, help="output folder (created; re-use it to resume)")
     p.add_argument("--studies", default="semantics,support,memorization,shaping",
-                   help="comma-separated subset of: semantics, support, memorization, shaping")
+                   help="comma-separated subset of: semantics, support, memorization, shaping (default all four)")
     p.add_argument("--classifier", default=None,
                    help="judge CIFAR-10 samples with a pretrained net: resnet20:PATH or resnet56:PATH")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**63 (default 0)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars and no step lines, only warnings and the report's paths (without "

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
         "sample",
         help="sample a built-in field or a trained net and record per-sample kinetic energies "
              "(sharded, resumable)",
-        description=__doc__,
+        description=__doc__.replace("``", "`"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     f = p.add_argument_group("velocity field")
@@ -57,16 +57,17 @@ def register(subparsers) -> None:
                    help="number of samples (default 1000)")
     s.add_argument("--seed-start", type=seed_number, default=0, help="first seed; seeds are S .. S+n-1 (default 0)")
     s.add_argument("--steps", type=int, default=100, help="steps of fixed-step solvers (default 100)")
-    s.add_argument("--solver", choices=SOLVERS, default="euler")
-    s.add_argument("--grid", choices=("uniform", "cosine"), default="uniform")
+    s.add_argument("--solver", choices=SOLVERS, default="euler", help="ODE solver (default euler)")
+    s.add_argument("--grid", choices=("uniform", "cosine"), default="uniform", help="time grid (default uniform)")
     s.add_argument("--quadrature", choices=("solver", "left"), default="solver",
-                   help="energy quadrature: the solver's stage weights, or the reference left sum")
+                   help="energy quadrature: the solver's stage weights (default), or the reference left sum")
     s.add_argument("--split", type=float, default=None,
                    help="τ splitting early/late energy (default: --tau when shaping, else 0.6)")
     s.add_argument("--on-nonfinite", choices=("raise", "flag"), default="raise",
-                   help="a NaN/Inf velocity stops the run (raise) or marks the sample (flag)")
-    s.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    s.add_argument("--device", default="cpu", help="cpu | cuda (under torchrun: cuda:<LOCAL_RANK>)")
+                   help="a NaN/Inf velocity stops the run (raise, the default) or marks the sample (flag)")
+    s.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of the state x (default float32; energies are float64 either way)")
+    s.add_argument("--device", default="cpu", help="cpu | cuda (under torchrun: cuda:<LOCAL_RANK>) (default cpu)")
 
     k = p.add_argument_group("kinetic trajectory shaping (any flag turns KTS on; none = plain FM)")
     k.add_argument("--alpha0", type=float, default=None, help="launch boost α0 (KTS default 0.01)")

@@ -20,12 +20,12 @@ DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | c
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a small flow-matching velocity net (EMA, checkpoints, resume)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__.replace("``", "`"), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--n", type=int, default=None,
                    help="training-set size: a seeded image subset, or the number of 2-D points (default all / 20000)")
     p.add_argument("--model", choices=("auto", "mlp", "unet"), default="auto",
-                   help="auto: mlp for 2-D data and 8x8 digits, unet for larger images (the unet learns "
+                   help="auto (the default): mlp for 2-D data and 8x8 digits, unet for larger images (the unet learns "
                         "images far better per step but is tens of times slower per step on a CPU: 2,000 "
                         "MNIST steps at --batch-size 64 take ~14 min on 2 cores, the mlp's under a minute)")
     p.add_argument("--width", type=int, default=None, help="mlp hidden width or unet base channels")
@@ -43,11 +43,11 @@ def register(subparsers) -> None:
                    help="with --class-cond: share of labels replaced by the null class (default 0.1)")
     p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**63 (default 0)")
     p.add_argument("--checkpoints", default="log2",
-                   help="log2 (steps 1, 2, 4, ... and the last), none, or comma-separated steps")
+                   help="log2 (steps 1, 2, 4, ... and the last; the default), none, or comma-separated steps")
     p.add_argument("--save-every", type=int, default=100, help="steps between resume states (default 100)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from <out>/resume.pt if it exists")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
