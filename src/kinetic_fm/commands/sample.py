@@ -4,11 +4,14 @@ Writes ``<out>/manifest.json``, ``<out>/shards/shard-*.parquet`` and ``<out>/res
 (one row per seed: seed, kpe, kpe_raw, early, late, peak, peak_time, nfe, steps, nonfinite, the
 class ``label`` for a class-conditional net, unless ``--no-save-x`` the final sample ``x``
 flattened into a fixed-size list column (results.parquet records one sample's shape on it, so
-``kfm memorization --samples <out>`` or its results.parquet sees images), and with ``--profile`` the per-step energy increments
-``profile``), then prints a summary table and, with ``--figure``, draws the run. Works unchanged
-under ``torchrun --nproc-per-node P``: each rank samples its own shards and rank 0 merges. One writer at a time: while a run writes, ``<out>/.lock`` is
-locked, and a second ``kfm sample`` on that folder stops at once, naming the first. Read results
-back with ``kinetic_fm.runs.read_run`` / ``read_samples`` / ``read_profile``.
+``kfm memorization --samples <out>`` or its results.parquet sees images), and with ``--profile``
+the per-step energy increments ``profile``), then prints a summary table and, with ``--figure``,
+draws the run. Works unchanged under torchrun (``python -m torch.distributed.run --nproc-per-node
+P -m kinetic_fm.cli sample --num-samples N ...``: after torchrun spell ``--n`` as
+``--num-samples``): each rank samples its own shards and rank 0 merges. One writer at a time:
+while a run writes, ``<out>/.lock`` is locked, and a second ``kfm sample`` on that folder stops at
+once, naming the first. Read results back with ``kinetic_fm.runs.read_run`` / ``read_samples`` /
+``read_profile``.
 """
 from __future__ import annotations
 
