@@ -174,3 +174,13 @@ def test_help_names_every_default_and_prints_no_rst_markup(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert "``" not in capsys.readouterr().out
+
+
+def test_kfm_version_prints_the_package_version(capsys):
+    # the version was only in a report's Run table: `kfm --version` was refused for want of a COMMAND
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kfm (kinetic_fm) {importlib.metadata.version('kinetic_fm')}"

@@ -29,10 +29,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
+    from ._version import __version__
+
     parser = _Parser(
         prog="kfm",
         description="Kinetic energy diagnostics and shaping for flow-matching samplers.",
     )
+    parser.add_argument("--version", action="version", version=f"kfm (kinetic_fm) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
