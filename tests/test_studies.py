@@ -719,6 +719,7 @@ def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tmp_
     bars = []
     real = samples.sample
     monkeypatch.setattr(samples, "sample", lambda *a, **kw: bars.append(kw.get("progress")) or real(*a, **kw))
+    monkeypatch.setattr(samples, "_interactive", lambda: True)              # as on a terminal
     reproduce(ReproduceConfig.preset("tiny"), tmp_path, progress=True)
     lines = capsys.readouterr().out.splitlines()
     assert len(bars) == len(list((tmp_path / "cache").glob("*.pt"))) - 1 and all(bars)   # all but the judge's
@@ -729,6 +730,13 @@ def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tmp_
     bars.clear()
     reproduce(ReproduceConfig.preset("tiny"), tmp_path / "quiet", progress=False)
     assert capsys.readouterr().out == "" and bars and not any(bars)
+    # into a log file: nested bars would print every redraw as a line; the "sampling" lines stay
+    bars.clear()
+    monkeypatch.setattr(samples, "_interactive", lambda: False)
+    reproduce(ReproduceConfig.preset("tiny"), tmp_path / "logged", progress=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert bars and not any(bars)
+    assert len([line for line in lines if line.startswith("[kfm reproduce] sampling ")]) == len(bars)
 
 
 def test_stage_times_count_the_unfinished_invocations_a_run_resumes(tmp_path):

@@ -1,6 +1,7 @@
 """Cached sampling for the studies: one call = one set of seeds through one field."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import torch
@@ -10,6 +11,13 @@ from ..sampling.sample import sample
 from .workspace import Workspace
 
 Run = dict[str, torch.Tensor]
+
+
+def _interactive() -> bool:
+    """Whether the bars reach a terminal: these nest inside the studies' own bars, and in a log
+    file every redraw of nested bars is a line of its own (2,500 of them in a quick run's log);
+    the workspace's "sampling ..." line still says what runs."""
+    return sys.stderr.isatty()
 
 
 def sampled(
@@ -32,8 +40,8 @@ def sampled(
     ``key`` must identify the field (the stage is recomputed when it or the options change).
     ``keep``: the workspace holds the run for later calls (see :meth:`Workspace.cached`): the
     caller and those calls share its tensors, which none may modify in place.
-    A workspace that shows progress announces the sampling and shows the sampler's bar (not part
-    of the cache key).
+    A workspace that shows progress announces the sampling and, on a terminal, shows the sampler's
+    bar (not part of the cache key).
     """
     full_key = {**key, "seeds": [seeds.start, seeds.stop], "shape": list(shape), **{k: repr(v) for k, v in sample_kwargs.items()}}
 
@@ -42,8 +50,8 @@ def sampled(
         parts = []
         for start in range(seeds.start, seeds.stop, batch_size):
             chunk = range(start, min(start + batch_size, seeds.stop))
-            parts.append(sample(field, seeds=chunk, shape=shape, device=device, profile=True, progress=ws.progress,
-                                **sample_kwargs))
+            parts.append(sample(field, seeds=chunk, shape=shape, device=device, profile=True,
+                                progress=ws.progress and _interactive(), **sample_kwargs))
         first = parts[0]
         cat = lambda name: torch.cat([getattr(p, name).cpu() for p in parts])  # noqa: E731
         return {
