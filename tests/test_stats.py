@@ -303,3 +303,42 @@ def test_pandas_series_with_different_indexes_are_refused_not_paired_by_position
     aligned = fn(*a.align(b, join="inner"))
     direct = fn(x, y)
     assert getattr(aligned, value) == getattr(direct, value)
+
+
+def test_counted_ranks_are_rankdata_on_resamples_with_ties():
+    from kinetic_fm.metrics.stats import _codes, _ranks_of_codes
+
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=300), 1)                  # about 50 distinct values: many ties
+    codes, k = _codes(x)
+    rows = rng.integers(0, 300, size=(64, 300))
+    assert np.array_equal(_ranks_of_codes(codes[rows], k), sps.rankdata(x[rows], axis=1))
+    assert np.array_equal(_ranks_of_codes(codes, k), sps.rankdata(x))
+    leave_one_out = np.array([np.delete(np.arange(300), i) for i in range(0, 300, 7)])
+    assert np.array_equal(_ranks_of_codes(codes[leave_one_out], k), sps.rankdata(x[leave_one_out], axis=1))
+
+
+@pytest.mark.parametrize("ci_method", ["BCa", "percentile"])
+def test_spearman_bootstrap_sorts_no_resample_and_gives_scipys_interval(monkeypatch, ci_method):
+    from kinetic_fm.metrics.stats import _seeded
+
+    # SciPy's bootstrap of the values with a rankdata statistic (a sort per resample and per
+    # jackknife set) is the reference; ours resamples each value's place among the distinct
+    # values and counts ranks, and must give the very same interval
+    rng = np.random.default_rng(4)
+    x = rng.gamma(2.0, size=150)
+    y = np.round(-0.4 * x + rng.normal(size=150), 1)
+
+    def statistic(a, b, axis=-1):
+        ra, rb = sps.rankdata(a, axis=axis), sps.rankdata(b, axis=axis)
+        return np.array([np.corrcoef(u, v)[0, 1] for u, v in zip(ra.reshape(-1, a.shape[-1]),
+                                                                  rb.reshape(-1, b.shape[-1]))]).reshape(ra.shape[:-1])
+
+    ref = sps.bootstrap((x, y), statistic, n_resamples=300, paired=True, vectorized=True, method=ci_method,
+                        **_seeded(sps.bootstrap, 9)).confidence_interval
+    ranked = []
+    real_rankdata = sps.rankdata
+    monkeypatch.setattr(sps, "rankdata", lambda a, *args, **kw: ranked.append(np.ndim(a)) or real_rankdata(a, *args, **kw))
+    ours = spearman(x, y, bootstrap=300, permutations=0, seed=9, ci_method=ci_method)
+    assert max(ranked, default=1) == 1                      # whole rows only: no resample was sorted
+    assert (ours.ci_low, ours.ci_high) == pytest.approx((ref.low, ref.high), rel=1e-12, abs=1e-12)
