@@ -200,22 +200,12 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
 
 
 def remove_leftover_temporaries(out: Path) -> int:
-    """Delete the hidden temporaries (``.<name>.tmp-<pid>-<hex>``, see
-    :func:`~kinetic_fm.runs.atomic.atomic_write`) that writers killed mid-write left in the
-    training folder ``out`` and its ``checkpoints/``; returns how many went.
+    """Delete the temporaries writers killed mid-save left in the training folder ``out`` and its
+    ``checkpoints/`` (:func:`~kinetic_fm.runs.atomic.remove_temporaries`; hold ``out``'s lock);
+    returns how many went."""
+    from ..runs.atomic import remove_temporaries  # here: the runs package brings pyarrow with it
 
-    Call it holding ``out``'s lock: then no live writer owns one. Nothing reads them, but each
-    kill during a save leaves one, and ``resume.pt``'s is as large as the net and its optimizer
-    state (11 MB for the digits MLP)."""
-    from ..runs.atomic import TMP_MARKER
-
-    removed = 0
-    for folder in (out, out / "checkpoints"):
-        if folder.is_dir():
-            for stale in folder.glob(f".*{TMP_MARKER}*"):
-                stale.unlink(missing_ok=True)
-                removed += 1
-    return removed
+    return remove_temporaries((out, out / "checkpoints"))
 
 
 def _short(value: Any, width: int = 80) -> str:

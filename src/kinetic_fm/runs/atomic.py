@@ -3,7 +3,8 @@
 ``os.replace`` is atomic on POSIX within one file system, so a reader (or a resumed run) sees
 either the previous state or the complete new file, never a partial one, whenever the writing
 process is killed (SIGKILL included). Leftover temporaries from a killed writer carry the
-``.tmp-`` marker and are ignored by readers; :func:`remove_stale_temporaries` deletes them.
+``.tmp-`` marker and are ignored by readers; :func:`remove_stale_temporaries` (one file's) and
+:func:`remove_temporaries` (whole folders, under their lock) delete them.
 
 Every file the library writes atomically goes through :func:`atomic_write` (run shards and
 manifests, study caches and tables, checkpoints, the report); the final file gets the umask's
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 TMP_MARKER = ".tmp-"
 
@@ -88,4 +89,20 @@ def remove_stale_temporaries(folder: Path, final_name: str) -> int:
     for stale in folder.glob(f".{final_name}{TMP_MARKER}*"):
         stale.unlink(missing_ok=True)
         removed += 1
+    return removed
+
+
+def remove_temporaries(folders: Iterable[Path], *, recursive: bool = False) -> int:
+    """Delete every temporary (``.<name>.tmp-<pid>-<hex>``) in ``folders`` (and, ``recursive``,
+    their subfolders), as writers killed mid-write leave them; returns how many went. Call it
+    holding the folders' lock, so that no live writer owns one: nothing reads them, but each kill
+    during a write leaves one for good (a training's ``resume.pt``'s is as large as the net and its
+    optimiser state)."""
+    removed = 0
+    for folder in folders:
+        if folder.is_dir():
+            for stale in (folder.rglob if recursive else folder.glob)(f".*{TMP_MARKER}*"):
+                if stale.is_file():
+                    stale.unlink(missing_ok=True)
+                    removed += 1
     return removed

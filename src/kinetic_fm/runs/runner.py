@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Union
 import numpy as np
 import pyarrow as pa
 
-from .atomic import TMP_MARKER
+from .atomic import TMP_MARKER, remove_temporaries
 from .distributed import Coordinator, World
 from .lock import LOCK_NAME, RunLock
 from .manifest import MANIFEST_NAME, RunManifest, check_resume, read_manifest, write_manifest
@@ -94,15 +94,6 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _remove_leftover_temporaries(run_dir: Path) -> None:
-    """Delete the hidden temporaries of writers killed mid-write (shards, receipts, results,
-    manifest): no reader uses them, and only the main rank runs this, before any shard starts."""
-    for folder in (run_dir, run_dir / SHARD_DIR):
-        if folder.is_dir():
-            for stale in folder.glob(f".*{TMP_MARKER}*"):
-                stale.unlink(missing_ok=True)
-
-
 def run_sharded(
     run_dir: str | os.PathLike,
     manifest: RunManifest,
@@ -160,7 +151,8 @@ def _open_run_dir(run_dir: Path, manifest: RunManifest, resume: bool, coord: Coo
             if not lock.held:  # held: the caller's, taken before it prepared the run
                 lock.acquire()  # a second writer stops here, before it reads or writes anything else
             verdict = ("ok", prepare_run_dir(run_dir, manifest, resume=resume))
-            _remove_leftover_temporaries(run_dir)  # before any rank writes (they await the verdict)
+            # killed writers' leftovers, before any rank writes (they await the verdict)
+            remove_temporaries((run_dir, run_dir / SHARD_DIR))
         except (ValueError, OSError) as err:
             verdict = ("error", str(err))
             coord.from_main(verdict)

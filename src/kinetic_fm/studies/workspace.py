@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..runs.atomic import TMP_MARKER, atomic_write
+from ..runs.atomic import atomic_write, remove_temporaries
 
 
 # Bump when a change in the library alters what a cached stage or model would contain (the
@@ -47,17 +47,11 @@ class Workspace:
         self._kept: dict[Path, dict[str, Any]] = {}  # stage file -> its result, for cached(keep=True)
 
     def remove_leftover_temporaries(self) -> int:
-        """Delete the hidden temporaries (``.<name>.tmp-<pid>-<hex>``) that writers killed
-        mid-write left anywhere in the workspace (caches, tables, figures, the report, the model
-        folders); returns how many went. Call it holding the workspace's lock, so that no live
-        writer owns one: nothing reads them, but each kill during a write left one for good, and
-        one in ``tables/`` sat beside the tables of the report."""
-        removed = 0
-        for stale in self.root.rglob(f".*{TMP_MARKER}*"):
-            if stale.is_file():
-                stale.unlink(missing_ok=True)
-                removed += 1
-        return removed
+        """Delete the temporaries writers killed mid-write left anywhere in the workspace (caches,
+        tables, figures, the report, the model folders; :func:`~kinetic_fm.runs.atomic.remove_temporaries`);
+        returns how many went. Call it holding the workspace's lock: one in ``tables/`` sat beside
+        the tables of the report."""
+        return remove_temporaries((self.root,), recursive=True)
 
     def say(self, text: str) -> None:
         """Print ``[kfm reproduce] text`` (stdout, flushed) when the run shows progress."""
