@@ -591,7 +591,7 @@ def test_memorizer_span_audit_reports_its_false_positive_rate_on_held_out_images
     assert f"As a control, {len(held)} held-out images that no net trained on score F_mem {count}/{len(held)} = " \
         in md.read_text()
     assert _TITLES["memorizer_copies_span"] == f"audited in {span.name}; samples as drawn"
-    assert f"F_mem in {span.name}" in _DRAWN["memorizer_training"][0]["lines"]      # drawn beside the pixel F_mem
+    assert f"span F_mem ({span.name})" in _DRAWN["memorizer_training"][0]["lines"]      # drawn beside the pixel F_mem
 
 
 def test_memorizer_section_compares_late_energy_by_the_span_audits_flags_as_context(tiny_report):
@@ -602,7 +602,7 @@ def test_memorizer_section_compares_late_energy_by_the_span_audits_flags_as_cont
     final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
     flagged = int((final["gap_ratio_pixels-PCA15_unclamped"] < 1 / 3).sum())
     text = md.read_text()
-    assert (f"Context, read by no claim: split by the span audit's flags instead of the pixel ones: {flagged} "
+    assert (f"Split by the span audit's flags instead of the pixel ones (context too): {flagged} "
             f"span-flagged vs {len(final) - flagged} not: too few in one group.") in text
     pixel = int(final["memorized"].sum())
     assert f"{pixel} memorized vs {len(final) - pixel} not: too few in one group" in text     # the claim's row
@@ -624,7 +624,7 @@ def test_span_late_energy_text_gives_the_medians_and_the_claims_test():
         p = brunnermunzel(shares[flagged], shares[~flagged]).pvalue
         assert p < 0.05
         assert span_late_energy_text(shares, flagged) == (
-            "Context, read by no claim: split by the span audit's flags instead of the pixel ones: median share of "
+            "Split by the span audit's flags instead of the pixel ones (context too): median share of "
             f"energy after t = 0.9: {np.median(shares[flagged]):.3f} (span-flagged, n = 20) vs "
             f"{np.median(shares[~flagged]):.3f} (others, n = 40); Brunner–Munzel p = {p:.3g}, which by the claim's "
             f"rule reads {verdict}.")

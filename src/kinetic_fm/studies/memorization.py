@@ -431,7 +431,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                         "across training of the memorizing net; dashed: that share for energy spread uniformly in "
                         "time (0.1).",
                         table["training step"].to_numpy(), {"F_mem": table["F_mem"].to_numpy(),
-                                                            f"F_mem in {principal.name}": table[spanned_col].to_numpy(),
+                                                            f"span F_mem ({principal.name})": table[spanned_col].to_numpy(),
                                                             "share of energy after t = 0.9": table["mean share after t = 0.9"].to_numpy()},
                         xlabel="training step of the memorizing net", ylabel="fraction (of samples, of energy)",
                         log_x=True, reference=0.1, reference_label="energy uniform in t (0.1)",
@@ -464,7 +464,7 @@ def span_late_energy_text(late: np.ndarray, flagged: np.ndarray) -> str:
     pixel noise hides. ``late``: (n,) each sample's share of its energy after t = 0.9. The same
     medians, test (:func:`late_energy_verdict`) and rule as the claim; one sentence."""
     verdict, p = late_energy_verdict(late[flagged], late[~flagged])
-    return ("Context, read by no claim: split by the span audit's flags instead of the pixel ones: "
+    return ("Split by the span audit's flags instead of the pixel ones (context too): "
             + _late_share_text(late, flagged, "span-flagged")
             + ("" if np.isnan(p) else f"; Brunner–Munzel p = {p:.3g}, which by the claim's rule reads {verdict}")
             + ".")
