@@ -54,11 +54,13 @@ def _support_text(monkeypatch, assets) -> str:
 
 def test_support_text_names_only_the_spaces_it_measured(monkeypatch):
     train = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    unlabelled = SimpleNamespace(train=train, classifier=None, classifier_name="pixels")
+    value_range = lambda: (float(train.min()), float(train.max()))  # noqa: E731  (Assets.value_range)
+    unlabelled = SimpleNamespace(train=train, classifier=None, classifier_name="pixels", value_range=value_range)
     text, spaces = _support_text(monkeypatch, unlabelled)
     assert spaces == {"knn_log_density_pixels"}
     assert "feature space" not in text and "in pixel space only: the data have no labels" in text
     labelled = SimpleNamespace(train=train, classifier=torch.nn.Identity(), classifier_name="digits-cnn",
+                               value_range=value_range,
                                features=lambda x: x.flatten(1)[:, :3], train_features=lambda: train.flatten(1)[:, :3])
     text, spaces = _support_text(monkeypatch, labelled)
     assert spaces == {"knn_log_density_pixels", "knn_log_density_digits-cnn"}

@@ -67,6 +67,7 @@ class Assets:
     principal: PrincipalSpace | None = None
     mean: Tensor | None = None
     _train_features: Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _value_range: tuple[float, float] | None = field(default=None, init=False, repr=False, compare=False)
 
     def train_features(self) -> Tensor:
         """``features(train)``, computed once per run: three studies read it, and ResNet-56 takes
@@ -74,6 +75,14 @@ class Assets:
         if self._train_features is None:
             self._train_features = self.features(self.train)
         return self._train_features
+
+    def value_range(self) -> tuple[float, float]:
+        """(min, max) of the training images, read once per run: every study clamps its samples
+        to it (:func:`~kinetic_fm.studies.output.image_range`), and each read was a pass over the split."""
+        if self._value_range is None:
+            low, high = torch.aminmax(self.train)
+            self._value_range = (float(low), float(high))
+        return self._value_range
 
     def features(self, x: Tensor) -> Tensor:
         """Classifier features (B, F) of images; without a classifier, the ``principal`` space's

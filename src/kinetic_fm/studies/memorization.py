@@ -391,7 +391,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     # the span audit's false-positive rate here: held-out images, which no net trained on
     control = memorization(assets.heldout[: cfg.checkpoint_samples], assets.memorizer_train, space=principal,
                            interval="wilson")
-    low, high = float(assets.train.min()), float(assets.train.max())   # image_range's clamp
+    low, high = assets.value_range()   # image_range's clamp
     frame = energy_frame(run)
     frame["gap_ratio"] = audit.ratio.cpu().numpy()
     frame["memorized"] = audit.memorized.cpu().numpy()

@@ -17,7 +17,7 @@ class StudyOutput:
 
 def image_range(x: torch.Tensor, assets) -> torch.Tensor:
     """Clamp generated images to the training data's value range before judging them."""
-    return x.clamp(float(assets.train.min()), float(assets.train.max()))
+    return x.clamp(*assets.value_range())
 
 
 def for_display(x: torch.Tensor, assets) -> torch.Tensor:
