@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .sampling.energy import energy_after, energy_between
 from .sampling.grids import time_grid
 from .sampling.noise import noise
 from .sampling.sample import SampleResult, sample
@@ -64,6 +65,8 @@ __all__ = [
     "SampleResult",
     "TrainingModeWarning",
     "ValueRangeWarning",
+    "energy_after",
+    "energy_between",
     "noise",
     "sample",
     "time_grid",

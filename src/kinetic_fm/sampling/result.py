@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .energy import energy_after, energy_between
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -27,7 +29,8 @@ class SampleResult:
               t = 0.65 for τ = 0.6. dopri5: step start time < τ, whole steps; under KTS its
               steps land on τ_split, so the default split is exact there.) Compare early/late
               across runs on the same grid.
-    late:     applied energy of the remaining steps (early + late = kpe).
+    late:     applied energy of the remaining steps (early + late = kpe). For the energy after
+              (or between) given times, on any grid: ``energy_after(t)``, ``energy_between(t0, t1)``.
     peak:     the largest single-step applied-energy increment; ``peak_time`` its step's start time.
     profile:  (B, S) per-step applied-energy increments, or None; for dopri5 (B, max steps),
               zero-padded past each sample's ``steps``.
@@ -61,6 +64,19 @@ class SampleResult:
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    def energy_between(self, t0: float, t1: float) -> torch.Tensor:
+        """(B,) float64 applied energy each sample spent between times t0 ≤ t1 in [0, 1], on the
+        profile's device, whatever the grid or solver (a step straddling t0 or t1 counts by the share
+        of its length inside); needs ``kfm.sample(..., profile=True)``. See
+        :func:`kinetic_fm.sampling.energy.energy_between`."""
+        return energy_between(self.profile, self.times, t0, t1)
+
+    def energy_after(self, t: float) -> torch.Tensor:
+        """(B,) float64 applied energy each sample spent at times ≥ t in [0, 1] (``energy_between(t,
+        1)``): unlike ``late``, split at a time rather than a step index, so it compares across grids
+        and solvers. Needs ``kfm.sample(..., profile=True)``."""
+        return energy_after(self.profile, self.times, t)
 
     def to_frame(self) -> "pd.DataFrame":
         """One row per sample: seed (when known), kpe, kpe_raw, early, late, peak, peak_time,
