@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..sampling.energy import energy_after as shared_energy_after
 from ..sampling.noise import noise
 from ..sampling.sample import sample
 from .workspace import Workspace
@@ -67,17 +68,9 @@ def sampled(
 
 def energy_after(run: Run, after: float) -> torch.Tensor:
     """(B,) applied energy each sample spends at t ≥ ``after`` (the same time for every grid and
-    shaping, unlike the sampler's early/late split).
-
-    A step that straddles ``after`` counts by the share of its length past it (power taken as
-    constant within a step, as Euler's is), so a coarse grid whose points miss ``after`` (8 uniform
-    steps and t = 0.9) still counts its last stretch; on a grid through ``after`` this is the sum
-    over the steps that start at or after it.
-    """
-    times = run["times"].double()
-    starts, ends = times[:-1], times[1:]
-    share = ((ends - after) / (ends - starts)).clamp(0.0, 1.0)
-    return run["profile"] @ share.to(run["profile"])
+    shaping, unlike the sampler's early/late split): :func:`kinetic_fm.sampling.energy.energy_after`
+    of the run's profile and times, a step straddling ``after`` counted by its share past it."""
+    return shared_energy_after(run["profile"], run["times"], after)
 
 
 def late_fraction(run: Run, after: float = 0.9) -> torch.Tensor:
