@@ -301,7 +301,9 @@ def _padded(column: pa.Array, fill: float) -> np.ndarray:
 
 def read_profile(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """``(times, increments)`` of a finished ``kfm sample --profile`` run, rows in seed order (see
-    :func:`profile_from_table`): fixed-step runs give times (S + 1,) and increments (n, S)."""
+    :func:`profile_from_table`): fixed-step runs give times (S + 1,) and increments (n, S), dopri5
+    runs times (n, W + 1) NaN-padded and increments (n, W) zero-padded. Either way
+    ``kfm.energy_after(increments, times, t)`` is each sample's energy spent at times ≥ t."""
     manifest = read_manifest(run_dir)
     table = merge_shards(run_dir, manifest)
     if PROFILE not in table.column_names:
