@@ -494,3 +494,125 @@ def test_dopri5_profiles_keep_each_samples_own_steps(tmp_path, capsys):
     np.testing.assert_allclose(increments.sum(axis=1), df["kpe"], rtol=1e-13)
     assert "profile_times" not in json.loads((tmp_path / "run" / "manifest.json").read_text())["runtime"]
     assert figure.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def _pandas_route_shard(velocity_of, seeds, batch_size: int, *, save_x: bool, profile: bool, **sample_kwargs):
+    """A shard's table as kfm sample built it before it built Arrow arrays directly: each batch's
+    scalars as a pandas frame (plus its labels), the frames concatenated and turned into Arrow by
+    ``pa.Table.from_pandas``, then the list columns appended. ``velocity_of(chunk)`` -> (field, labels)."""
+    import pyarrow as pa
+
+    frames, finals, profiles, grids = [], [], [], []
+    dopri5 = sample_kwargs.get("solver") == "dopri5"
+    for lo in range(0, len(seeds), batch_size):
+        chunk = [int(s) for s in seeds[lo:lo + batch_size]]
+        field, labels = velocity_of(chunk)
+        res = kfm.sample(field, seeds=chunk, profile=profile, **sample_kwargs)
+        frame = pd.DataFrame({"seed": chunk, **{name: getattr(res, name).numpy() for name in
+                                                ("kpe", "kpe_raw", "early", "late", "peak", "peak_time")}})
+        for name in ("nfe", "steps"):
+            value = getattr(res, name)
+            frame[name] = value.numpy() if isinstance(value, torch.Tensor) else [value] * len(chunk)
+        frame["nonfinite"] = res.nonfinite.numpy()
+        if labels is not None:
+            frame["label"] = labels.numpy()
+        frames.append(frame)
+        finals.append(res.x.reshape(len(chunk), -1).numpy())
+        if profile and dopri5:
+            profiles += [res.profile[i, :k].numpy() for i, k in enumerate(res.steps.tolist())]
+            grids += [res.times[i, :k + 1].numpy() for i, k in enumerate(res.steps.tolist())]
+        elif profile:
+            profiles.append(res.profile.numpy())
+    table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+
+    def fixed(rows):
+        rows = np.concatenate(rows)
+        return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
+
+    if save_x:
+        table = table.append_column("x", fixed(finals))
+    if profile and dopri5:
+        table = table.append_column("profile", pa.array(profiles, type=pa.list_(pa.float64())))
+        table = table.append_column("times", pa.array(grids, type=pa.list_(pa.float64())))
+    elif profile:
+        table = table.append_column("profile", fixed(profiles))
+    return table
+
+
+def _write_pandas_route_shards(run_dir, manifest, indices, velocity_of, batch_size, *, save_x, profile, **kwargs):
+    """A run folder holding ``manifest`` and the shards ``indices`` as the pandas route wrote them."""
+    from kinetic_fm.runs.manifest import write_manifest
+    from kinetic_fm.runs.shards import SHARD_DIR, write_shard
+
+    (run_dir / SHARD_DIR).mkdir(parents=True)
+    write_manifest(run_dir, manifest)
+    for index in indices:
+        table = _pandas_route_shard(velocity_of, manifest.plan.seeds(index), batch_size, save_x=save_x,
+                                    profile=profile, **kwargs)
+        write_shard(run_dir, manifest, index, table)
+
+
+_MIXTURE = ("--field", "mixture", "--dim", 2)
+
+
+@pytest.mark.parametrize("case", ["rk4 x profile", "dopri5 profile", "heun classes"])
+def test_shards_hold_the_bytes_the_pandas_route_wrote(tmp_path, case):
+    """Built as Arrow arrays, a shard keeps the old files' schema, column order, dtypes and
+    metadata (pandas' included): its Parquet bytes, hence its receipt, are the old ones."""
+    import pyarrow.parquet as pq
+
+    from kinetic_fm.models import load_model
+    from kinetic_fm.runs import read_manifest
+
+    solver = case.split()[0]
+    save_x, profile = case != "dopri5 profile", "profile" in case
+    flags = ["--n", 7, "--shard-size", 4, "--batch-size", 3, "--steps", 6, "--solver", solver]
+    flags += [] if save_x else ["--no-save-x"]
+    flags += ["--profile"] if profile else []
+    if case == "heun classes":
+        path = _class_conditional_net(tmp_path / "cc.safetensors")
+        net = load_model(path)
+        flags += ["--model", path, "--label", "seed"]
+        shape, dtype = (3,), torch.float32
+
+        def velocity_of(chunk):
+            labels = torch.tensor([s % 4 for s in chunk], dtype=torch.int64)
+            return kfm.ModelXT(net, per_sample=["y"], y=labels), labels
+    else:
+        flags += [*_MIXTURE, "--dtype", "float64"]
+        shape, dtype = (2,), torch.float64
+
+        def velocity_of(chunk):
+            return kfm.GaussianMixtureTarget(_ring(), std=0.3), None
+    assert kfm_sample(tmp_path / "new", *flags) == 0
+    manifest = read_manifest(tmp_path / "new")
+    _write_pandas_route_shards(tmp_path / "old", manifest, range(manifest.plan.count), velocity_of, 3,
+                               save_x=save_x, profile=profile, shape=shape, steps=6, solver=solver, dtype=dtype)
+    for index in range(manifest.plan.count):
+        name = manifest.plan.name(index)
+        new, old = tmp_path / "new" / "shards" / name, tmp_path / "old" / "shards" / name
+        new_table, old_table = pq.read_table(new), pq.read_table(old)
+        assert new_table.schema.equals(old_table.schema, check_metadata=True), (new_table.schema, old_table.schema)
+        assert b"pandas" in new_table.schema.metadata
+        for column in old_table.column_names:
+            assert new_table.column(column).equals(old_table.column(column)), column
+        assert new.read_bytes() == old.read_bytes()
+        assert new.with_suffix(".json").read_text() == old.with_suffix(".json").read_text()
+
+
+def test_a_run_whose_first_shards_the_pandas_route_wrote_resumes_to_the_same_table(tmp_path, capsys):
+    from kinetic_fm.runs import read_manifest
+
+    flags = [*_MIXTURE, "--n", 10, "--shard-size", 3, "--batch-size", 2, "--steps", 5, "--solver", "rk4",
+             "--dtype", "float64", "--profile"]
+    assert kfm_sample(tmp_path / "whole", *flags) == 0
+    manifest = read_manifest(tmp_path / "whole")
+    _write_pandas_route_shards(tmp_path / "mixed", manifest, [0, 1], lambda chunk: (kfm.GaussianMixtureTarget(_ring(), std=0.3), None),
+                               2, save_x=True, profile=True, shape=(2,), steps=5, solver="rk4", dtype=torch.float64)
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "mixed", *flags, "--resume") == 0
+    captured = capsys.readouterr()
+    assert "2 complete shard(s) kept, 2 to compute" in captured.err
+    assert "this process computed 2, kept 2" in captured.out
+    pd.testing.assert_frame_equal(read_run(tmp_path / "mixed"), read_run(tmp_path / "whole"), check_exact=True)
+    assert (tmp_path / "mixed" / "results.parquet").read_bytes() == (tmp_path / "whole" / "results.parquet").read_bytes()

@@ -9,6 +9,7 @@ import torch
 from .energy import energy_after, energy_between
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import pandas as pd
 
 
@@ -78,23 +79,31 @@ class SampleResult:
         and solvers. Needs ``kfm.sample(..., profile=True)``."""
         return energy_after(self.profile, self.times, t)
 
-    def to_frame(self) -> "pd.DataFrame":
-        """One row per sample: seed (when known), kpe, kpe_raw, early, late, peak, peak_time,
-        nfe, steps, nonfinite. Needs pandas. The per-sample arrays (``x``, ``profile``, ``times``)
-        stay on the result; ``kfm.per_sample_table`` takes extra columns such as
-        ``{"profile": list(res.profile.numpy())}``."""
-        import pandas as pd
+    def columns(self) -> dict[str, "np.ndarray"]:
+        """The per-sample scalars of :meth:`to_frame` as NumPy arrays of length B, in its column
+        order: seed (int64, when known), kpe, kpe_raw, early, late, peak, peak_time (float64),
+        nfe and steps (int64; a fixed-step solver's one count repeated), nonfinite (bool)."""
+        import numpy as np
 
         n = len(self)
 
         def col(v):
             if isinstance(v, torch.Tensor):
                 return v.detach().cpu().numpy()
-            return [v] * n
+            return np.full(n, v, dtype=np.int64)  # nfe / steps of a fixed-step solver
 
         data = {}
         if self.seeds is not None:
-            data["seed"] = list(self.seeds)
+            data["seed"] = np.array(self.seeds, dtype=np.int64)
         for name in ("kpe", "kpe_raw", "early", "late", "peak", "peak_time", "nfe", "steps", "nonfinite"):
             data[name] = col(getattr(self, name))
-        return pd.DataFrame(data)
+        return data
+
+    def to_frame(self) -> "pd.DataFrame":
+        """One row per sample: seed (when known), kpe, kpe_raw, early, late, peak, peak_time,
+        nfe, steps, nonfinite (:meth:`columns`). Needs pandas. The per-sample arrays (``x``,
+        ``profile``, ``times``) stay on the result; ``kfm.per_sample_table`` takes extra columns
+        such as ``{"profile": list(res.profile.numpy())}``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.columns())
