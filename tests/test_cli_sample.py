@@ -616,3 +616,40 @@ def test_a_run_whose_first_shards_the_pandas_route_wrote_resumes_to_the_same_tab
     assert "this process computed 2, kept 2" in captured.out
     pd.testing.assert_frame_equal(read_run(tmp_path / "mixed"), read_run(tmp_path / "whole"), check_exact=True)
     assert (tmp_path / "mixed" / "results.parquet").read_bytes() == (tmp_path / "whole" / "results.parquet").read_bytes()
+
+
+def test_readers_parse_only_the_columns_they_need_and_hand_back_arrays_of_their_own(tmp_path):
+    import pyarrow.parquet as pq
+
+    from kinetic_fm.runs import IncompleteRunError, merge_shards, read_profile
+
+    run = tmp_path / "run"
+    assert kfm_sample(run, *_MIXTURE, "--n", 8, "--shard-size", 3, "--steps", 4, "--profile", "--dtype", "float64") == 0
+    shards = sorted((run / "shards").glob("*.parquet"))
+    stored = [pq.read_table(path) for path in shards]  # three shards: the merged columns come in three chunks
+    assert merge_shards(run, columns=["profile", "times", "kpe"]).column_names == ["seed", "kpe", "profile"]
+
+    times, increments = read_profile(run)
+    np.testing.assert_array_equal(increments, np.concatenate([np.stack(t.column("profile").to_pylist()) for t in stored]))
+    samples = read_samples(run)
+    np.testing.assert_array_equal(samples, np.concatenate([np.stack(t.column("x").to_pylist()) for t in stored]))
+    for array in (increments, samples):  # the caller's own: writing into it changes no later read
+        assert array.flags.writeable
+        array[...] = -1.0
+    np.testing.assert_array_equal(read_profile(run)[1], np.concatenate([np.stack(t.column("profile").to_pylist()) for t in stored]))
+    assert (read_samples(run) != -1.0).all()
+
+    pd.testing.assert_frame_equal(read_run(run, columns=["kpe", "seed"]), read_run(run)[["kpe", "seed"]])
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['nope'\]; it holds \['seed', 'kpe', .*'x', 'profile'\]"):
+        read_run(run, columns=["kpe", "nope"])
+    with pytest.raises(ValueError, match="columns must be a list"):
+        merge_shards(run, columns="profile")
+
+    # damage in a column a reader leaves unparsed (x) is still caught: the whole file is hashed
+    meta = pq.ParquetFile(shards[1]).metadata.row_group(0)
+    x_at = next(meta.column(i).data_page_offset for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith("x"))
+    data = bytearray(shards[1].read_bytes())
+    data[x_at + 20] ^= 0xFF
+    shards[1].write_bytes(bytes(data))
+    with pytest.raises(IncompleteRunError, match=r"shard-00001-of-00003.parquet \(invalid: corrupt"):
+        read_profile(run)

@@ -100,7 +100,10 @@ def receipt_path(shard: Path) -> Path:
     return shard.with_suffix(".json")
 
 
-def _load_shard(run_dir, manifest: RunManifest, index: int) -> tuple[ShardStatus, pa.Table | None]:
+def _load_shard(run_dir, manifest: RunManifest, index: int,
+                columns: list[str] | None = None) -> tuple[ShardStatus, pa.Table | None]:
+    """Check shard ``index`` and parse it: every column, or ``seed`` and those of ``columns`` it
+    holds, in its order (the sha256 of the whole file still vouches for the columns left unread)."""
     plan = manifest.plan
     path = shard_path(run_dir, plan, index)
 
@@ -125,7 +128,11 @@ def _load_shard(run_dir, manifest: RunManifest, index: int) -> tuple[ShardStatus
     if len(data) != receipt.get("bytes") or hashlib.sha256(data).hexdigest() != receipt.get("sha256"):
         return invalid(f"corrupt: {len(data)} bytes whose sha256 differs from the receipt's")
     try:
-        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+        if columns is None:
+            table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+        else:
+            parquet = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
+            table = parquet.read(columns=[c for c in parquet.schema_arrow.names if c == SEED or c in columns])
     except Exception as err:  # pyarrow raises several types for truncated / corrupt files
         return invalid(f"unreadable ({type(err).__name__}: {err})")
     meta = table.schema.metadata or {}
@@ -152,15 +159,21 @@ def discard_shard(run_dir: str | os.PathLike, plan: ShardPlan, index: int) -> No
         remove_stale_temporaries(file.parent, file.name)
 
 
-def merge_shards(run_dir: str | os.PathLike, manifest: RunManifest | None = None) -> pa.Table:
+def merge_shards(run_dir: str | os.PathLike, manifest: RunManifest | None = None, *,
+                 columns: list[str] | None = None) -> pa.Table:
     """Concatenate every shard of the run in seed order, after verifying each one.
 
     Raises :class:`IncompleteRunError` listing missing / invalid shards; the returned table holds
-    every seed of the run exactly once, sorted by seed.
+    every seed of the run exactly once, sorted by seed. ``columns``: parse only ``seed`` and those
+    of these the shards hold (a name they lack is left out, not an error), in the shards' order,
+    for a reader that needs a few; every shard is still hashed whole, so damage in a column left
+    unread is caught all the same.
     """
+    if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
+        raise ValueError(f"columns must be a list of column names, got {columns!r}")
     manifest = manifest or read_manifest(run_dir)
     plan = manifest.plan
-    loaded = [_load_shard(run_dir, manifest, i) for i in range(plan.count)]
+    loaded = [_load_shard(run_dir, manifest, i, columns) for i in range(plan.count)]
     bad = [status for status, _ in loaded if not status.complete]
     if bad:
         listed = ", ".join(f"{s.path.name} ({s.state}{': ' + s.reason if s.reason else ''})" for s in bad[:10])
@@ -223,11 +236,13 @@ def read_run(run_dir: str | os.PathLike, *, columns: list[str] | None = None):
     if columns is not None:
         if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
             raise ValueError(f"columns must be a list of column names, got {columns!r}")
-    table = merge_shards(run_dir)
+    manifest = read_manifest(run_dir)
+    table = merge_shards(run_dir, manifest, columns=columns)  # parses only the columns asked for
     if columns is not None:
         missing = [c for c in columns if c not in table.column_names]
         if missing:
-            raise ValueError(f"run {run_dir} has no column(s) {missing}; it holds {table.column_names}")
+            held = pq.read_schema(shard_path(run_dir, manifest.plan, 0)).names  # a shard merge_shards verified
+            raise ValueError(f"run {run_dir} has no column(s) {missing}; it holds {held}")
         table = table.select(list(columns))
     return table.to_pandas()
 
@@ -243,8 +258,7 @@ def samples_from_table(table: pa.Table, shape: tuple[int, ...] | list[int] | Non
         shape = recorded_sample_shape(table.schema.field(column))
         if shape is None:
             raise ValueError(f"the table's {column!r} column records no sample shape: pass shape")
-    flat = np.array(table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False))
-    return flat.reshape(table.num_rows, *shape)
+    return _fixed_size_rows(table.column(column)).reshape(table.num_rows, *shape)
 
 
 def read_samples(run_dir: str | os.PathLike) -> np.ndarray:
@@ -253,7 +267,7 @@ def read_samples(run_dir: str | os.PathLike) -> np.ndarray:
     shape = manifest.config.get("sample_shape")
     if shape is None:
         raise ValueError(f"the manifest of {run_dir} records no sample_shape")
-    return samples_from_table(merge_shards(run_dir, manifest), shape)
+    return samples_from_table(merge_shards(run_dir, manifest, columns=[SAMPLES]), shape)
 
 
 def profile_from_table(table: pa.Table, times=None) -> tuple[np.ndarray, np.ndarray]:
@@ -269,7 +283,7 @@ def profile_from_table(table: pa.Table, times=None) -> tuple[np.ndarray, np.ndar
     """
     if PROFILE not in table.column_names:
         raise ValueError(f"the table has no {PROFILE!r} column (was the run made without --profile?)")
-    column = table.column(PROFILE).combine_chunks()
+    column = table.column(PROFILE)
     if pa.types.is_fixed_size_list(column.type):
         if times is None:
             raise ValueError("a fixed-step profile needs its grid: pass times, (S + 1,)")
@@ -277,25 +291,41 @@ def profile_from_table(table: pa.Table, times=None) -> tuple[np.ndarray, np.ndar
         width = column.type.list_size
         if times.shape != (width + 1,):
             raise ValueError(f"times must have shape ({width + 1},) for {width} steps per sample, got {times.shape}")
-        increments = np.array(column.flatten().to_numpy(zero_copy_only=False))  # a copy: writable, not Arrow's
-        return times, increments.reshape(table.num_rows, width)
+        return times, _fixed_size_rows(column)
     if TIMES not in table.column_names:
         raise ValueError(f"a per-sample (dopri5) profile needs the table's {TIMES!r} column")
     increments = _padded(column, 0.0)
-    times = _padded(table.column(TIMES).combine_chunks(), np.nan)
+    times = _padded(table.column(TIMES), np.nan)
     if times.shape[1] != increments.shape[1] + 1:
         raise ValueError(f"the {TIMES!r} lists must be one longer than the {PROFILE!r} lists")
     return times, increments
 
 
-def _padded(column: pa.Array, fill: float) -> np.ndarray:
-    """A variable-length list column as a (rows, longest) float64 array, ``fill`` past each row's end."""
-    offsets = column.offsets.to_numpy()
-    lengths = np.diff(offsets)
-    out = np.full((len(column), int(lengths.max(initial=0))), fill)
-    rows = np.repeat(np.arange(len(column)), lengths)
-    out[rows, np.arange(offsets[-1] - offsets[0]) - np.repeat(offsets[:-1] - offsets[0], lengths)] = \
-        column.values.slice(offsets[0], offsets[-1] - offsets[0]).to_numpy(zero_copy_only=False)
+def _fixed_size_rows(column: pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size list column of w values a row as a (rows, w) array of its own, writable and
+    apart from Arrow's read-only buffers: one copy, chunk by chunk (a merge of shards has a chunk
+    per shard, which combining first would copy once more)."""
+    width = column.type.list_size
+    rows = np.empty((len(column), width), dtype=column.type.value_type.to_pandas_dtype())
+    start = 0
+    for chunk in column.chunks:
+        rows[start:start + len(chunk)] = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), width)
+        start += len(chunk)
+    return rows
+
+
+def _padded(column: pa.ChunkedArray, fill: float) -> np.ndarray:
+    """A variable-length list column as a (rows, longest) float64 array, ``fill`` past each row's
+    end, filled chunk by chunk (no combined copy of the column)."""
+    lengths = [np.diff(chunk.offsets.to_numpy()) for chunk in column.chunks]
+    out = np.full((len(column), int(max((n.max(initial=0) for n in lengths), default=0))), fill)
+    start = 0
+    for chunk, length in zip(column.chunks, lengths):
+        offsets = chunk.offsets.to_numpy()
+        rows = np.repeat(np.arange(start, start + len(chunk)), length)
+        out[rows, np.arange(offsets[-1] - offsets[0]) - np.repeat(offsets[:-1] - offsets[0], length)] = \
+            chunk.values.slice(offsets[0], offsets[-1] - offsets[0]).to_numpy(zero_copy_only=False)
+        start += len(chunk)
     return out
 
 
@@ -305,7 +335,7 @@ def read_profile(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     runs times (n, W + 1) NaN-padded and increments (n, W) zero-padded. Either way
     ``kfm.energy_after(increments, times, t)`` is each sample's energy spent at times ≥ t."""
     manifest = read_manifest(run_dir)
-    table = merge_shards(run_dir, manifest)
+    table = merge_shards(run_dir, manifest, columns=[PROFILE, TIMES])  # not x, which can be far larger
     if PROFILE not in table.column_names:
         raise ValueError(f"run {run_dir} holds no {PROFILE!r} column: it was made without --profile")
     return profile_from_table(table, manifest.runtime.get(PROFILE_TIMES))
