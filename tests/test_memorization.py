@@ -978,3 +978,33 @@ def test_cli_out_table_interrupted_midway_leaves_the_previous_table(tmp_path, mo
     monkeypatch.setattr(pd.DataFrame, method, killed)
     assert main(flags) == 2
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "t.npy", out.name]
+
+
+def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(tmp_path):
+    """--train folder:PATH loads the same images as --train PATH; its table names them alike."""
+    import pandas as pd
+    from PIL import Image
+
+    from kinetic_fm.cli import main
+
+    rng = np.random.default_rng(3)
+    train = rng.integers(0, 256, size=(12, 6, 6), dtype=np.uint8)
+    folder = tmp_path / "train"
+    (folder / "b").mkdir(parents=True)
+    names = [f"b/img{j}.png" if j % 3 == 0 else f"img{j}.png" for j in range(12)]
+    for image, name in zip(train, names):
+        Image.fromarray(image, mode="L").save(folder / name)
+    picks = [7, 0, 11, 3]
+    grey = train[picks].astype(np.float32)[:, None] / 127.5 - 1.0 + 0.01  # near copies
+    np.save(tmp_path / "grey.npy", grey)                   # the folder form reads grey images as one channel,
+    np.save(tmp_path / "rgb.npy", grey.repeat(3, axis=1))  # the folder: spec as three
+    tables = []
+    for samples, form in (("grey.npy", str(folder)), ("rgb.npy", f"folder:{folder}")):
+        out = tmp_path / f"{len(tables)}.parquet"
+        assert main(["memorization", "--samples", str(tmp_path / samples), "--train", form,
+                     "--bootstrap", "0", "--no-progress", "--out", str(out)]) == 0
+        tables.append(pd.read_parquet(out))
+    by_path, by_spec = tables
+    assert by_spec.columns.tolist() == by_path.columns.tolist()
+    assert by_spec["nearest"].tolist() == by_path["nearest"].tolist()
+    assert by_spec["nearest_file"].tolist() == by_path["nearest_file"].tolist() == [names[j] for j in picks]

@@ -231,7 +231,8 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
 
         return torch.from_numpy(read_samples(path)), None
     if is_spec:
-        return dataset_rows(load_dataset(value, progress=progress)), None
+        data = load_dataset(value, progress=progress)
+        return dataset_rows(data), _spec_item_files(value, data)
     if is_images:
         from ..data.images import image_names, load_image_folder
 
@@ -240,6 +241,20 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
             images = images[:, :1]                    # grey throughout (R = G = B): one channel
         return images, image_names(path)
     return load_array(value, key), None
+
+
+def _spec_item_files(spec: str, data) -> list[str] | None:
+    """The image file of each item a ``folder:`` or ``celeba:`` spec loaded (named as for a folder
+    of images given directly), else None: the items of digits, mnist and cifar10 have no name
+    beyond their index in the split, which the table's ``nearest`` column already is."""
+    from ..data.images import image_names
+    from ..data.registry import parse_spec
+
+    name, path = parse_spec(spec)
+    if name not in ("folder", "celeba"):  # both read every image file of PATH, in image_names' order
+        return None
+    files = image_names(path)
+    return [files[i] for i in data.indices.tolist()]
 
 
 def _training_rows(run, progress: bool):
