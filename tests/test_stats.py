@@ -228,11 +228,40 @@ def test_compare_groups_refuses_a_constant_by_and_reads_a_constant_score_as_no_d
         compare_groups(np.arange(20.0), np.full(20, 3.0))
     with pytest.raises(ValueError, match="by is constant"):                 # constant once the NaN pair is omitted
         compare_groups(np.arange(20.0), np.r_[np.full(19, 3.0), np.nan], nan_policy="omit")
+
+
+@pytest.mark.parametrize("value", [1.5, 0.1, 1e10, -3.7e-8])
+def test_a_constant_score_compares_as_no_difference_without_a_warning(value):
+    # SciPy's t-test of two constant groups warned of "precision loss" and gave p = NaN (and d was
+    # NaN); a mean of 0.1 repeated can miss 0.1 in its last bit, which left stds of ~1e-17
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)                     # SciPy: a t-test of constant groups
-        same = compare_groups(np.full(20, 1.5), np.arange(20.0))
-    assert (same.difference, same.low_std, same.high_std, same.p_mannwhitney) == (0.0, 0.0, 0.0, 1.0)
-    assert math.isnan(same.cohens_d) and math.isnan(same.p_value)
+        warnings.simplefilter("error")
+        same = compare_groups(np.full(20, value), np.arange(20.0))
+    assert (same.low_mean, same.high_mean, same.low_std, same.high_std) == (value, value, 0.0, 0.0)
+    assert (same.difference, same.cohens_d, same.p_value, same.p_mannwhitney) == (0.0, 0.0, 1.0, 1.0)
+
+
+def test_groups_without_spread_give_exact_results_without_a_warning():
+    # two constant groups that differ: Welch's limit; one constant group beside one with spread:
+    # Welch's test, which SciPy's two-sample test gets right but with a "precision loss" warning
+    by = np.arange(20.0)
+    apart = np.r_[np.full(10, 0.1), np.full(10, 0.3)]
+    spread = np.r_[np.full(10, 0.1), 0.1 + np.random.default_rng(3).normal(size=10)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split = compare_groups(apart, by)
+        one = compare_groups(spread, by, quantile=0.4)
+        mirrored = compare_groups(spread[::-1].copy(), by, quantile=0.4)
+    assert (split.difference, split.cohens_d, split.p_value) == (0.3 - 0.1, math.inf, 0.0)
+    low, high = spread[:8], spread[-8:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        reference = sps.ttest_ind(high, low, equal_var=False).pvalue
+    assert one.low_std == 0.0 and one.high_std == pytest.approx(high.std(ddof=1), rel=1e-12)
+    assert one.p_value == pytest.approx(reference, rel=1e-9) and 0.0 < one.p_value < 1.0
+    assert one.cohens_d == pytest.approx((high.mean() - 0.1) / math.sqrt(high.var(ddof=1) / 2), rel=1e-12)
+    assert mirrored.high_std == 0.0 and mirrored.p_value == pytest.approx(one.p_value, rel=1e-12)
+    assert mirrored.cohens_d == pytest.approx(-one.cohens_d, rel=1e-12)
 
 
 def test_huge_values_give_the_scale_free_result():

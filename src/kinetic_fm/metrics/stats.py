@@ -313,9 +313,13 @@ class GroupComparison:
         by_low_max, by_high_min: the group boundaries in ``by``.
         low_mean, low_std, high_mean, high_std: ``score`` per group (std with ddof = 1).
         difference: ``high_mean - low_mean``.
-        cohens_d: ``difference`` over the pooled standard deviation (±inf for groups without
-            spread that differ; NaN, as ``p_value``, for groups that are one and the same value).
-        p_value: Welch's two-sided t-test; ``p_mannwhitney``: Mann-Whitney U two-sided.
+        cohens_d: ``difference`` over the pooled standard deviation; for groups without
+            spread, ±inf when they differ and 0 when they are one and the same value.
+        p_value: Welch's two-sided t-test; for groups without spread, its limit 0 when they
+            differ and 1 when they are one and the same value (no difference: every relabelling
+            of the samples gives the same groups; Welch's t is 0/0 there). A group without spread
+            beside one with spread is exact (the one-sample test against its value).
+        p_mannwhitney: Mann-Whitney U two-sided (1 for one and the same value).
     """
 
     quantile: float
@@ -347,7 +351,8 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
     """Compare ``score`` between the samples lowest and highest in ``by``.
 
     Args:
-        score: (n,) the measurement compared (e.g. CLIP score); 1-D real values.
+        score: (n,) the measurement compared (e.g. CLIP score); 1-D real values. A constant
+            score compares as no difference (d = 0, both p-values 1), without a warning.
         by: (n,) the grouping variable (e.g. KPE), the same length; not constant (ValueError:
             the groups would be the first and last samples in input order).
         quantile: fraction in each group, in (0, 0.5]; each group holds ``quantile * n``
@@ -374,13 +379,38 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
         raise ValueError(f"quantile={quantile} of n={n} samples leaves {m} per group; need >= 2")
     order = np.argsort(by, kind="stable")
     low, high = score[order[:m]], score[order[-m:]]
-    low_std, high_std = float(low.std(ddof=1)), float(high.std(ddof=1))
-    difference = float(high.mean() - low.mean())
+    (low_mean, low_std), (high_mean, high_std) = _mean_and_std(low), _mean_and_std(high)
+    difference = high_mean - low_mean
     pooled = math.sqrt(((m - 1) * low_std ** 2 + (m - 1) * high_std ** 2) / (2 * m - 2))
-    d = difference / pooled if pooled > 0 else math.copysign(math.inf, difference) if difference else math.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p_t = float(stats.ttest_ind(high, low, equal_var=False).pvalue)
+    if pooled > 0:
+        d, p_t = difference / pooled, _welch_p(high, low, high_std, low_std)
+    elif difference:  # two groups without spread that differ: Welch's limit
+        d, p_t = math.copysign(math.inf, difference), 0.0
+    else:  # one and the same value in both groups: no difference (t would be 0/0)
+        d, p_t = 0.0, 1.0
     p_u = float(stats.mannwhitneyu(high, low, alternative="two-sided").pvalue)
     return GroupComparison(quantile, m, m, float(by[order[m - 1]]), float(by[order[-m]]),
-                           float(low.mean()), low_std, float(high.mean()), high_std, difference,
-                           d, p_t, p_u)
+                           low_mean, low_std, high_mean, high_std, difference, d, p_t, p_u)
+
+
+def _mean_and_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation (ddof = 1) of one group; a group without spread gives its value
+    and 0 exactly (NumPy's mean of 0.1 repeated can differ from 0.1 in the last bit, and the
+    deviations from it then leave a std of about 1e-17)."""
+    if values.min() == values.max():
+        return float(values[0]), 0.0
+    return float(values.mean()), float(values.std(ddof=1))
+
+
+def _welch_p(high: np.ndarray, low: np.ndarray, high_std: float, low_std: float) -> float:
+    """Welch's two-sided p of two groups, at least one with spread. A group without spread is its
+    value exactly: Welch's test is then the one-sample t-test of the other group against it,
+    which SciPy computes without its "precision loss" warning (its two-sample test warns about
+    the constant group, whose variance is exactly 0)."""
+    from scipy import stats
+
+    if low_std == 0.0:
+        return float(stats.ttest_1samp(high, low[0]).pvalue)
+    if high_std == 0.0:
+        return float(stats.ttest_1samp(low, high[0]).pvalue)
+    return float(stats.ttest_ind(high, low, equal_var=False).pvalue)
