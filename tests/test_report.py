@@ -364,6 +364,59 @@ def test_memorization_figure_with_and_without_images():
         F.memorization_figure("mem", "c", report, samples, train, pairs=0)
 
 
+def _figure_integer_sites():
+    """(argument, call(value)) for the figures' integer settings; each call returns something
+    comparable (PNG bytes, arrays) that the plain int 3 determines."""
+    import torch
+
+    g = torch.Generator().manual_seed(2)
+    train = torch.rand(12, 1, 4, 4, generator=g) * 2 - 1
+    samples = torch.cat([train[:3], torch.rand(4, 1, 4, 4, generator=g) * 2 - 1])
+    report = _audit(samples, train)
+    times = np.array([[0.0, 0.25, 1.0, np.nan], [0.0, 0.5, 0.75, 1.0]])
+    increments = np.array([[1.0, 1.5, 0.0], [3.0, 0.5, 2.0]])
+    return [
+        ("bins", lambda v: F.sample_run_figure("d", "c", increments.sum(1), (times, increments), bins=v).png),
+        ("columns", lambda v: F.sample_grid_figure("g", "c", {"a": samples.numpy()}, columns=v).png),
+        ("pairs", lambda v: F.memorization_figure("m", "c", report, samples, train, pairs=v).png),
+        ("pairs", lambda v: F.closest_pairs(report, samples, train, pairs=v)[2].tolist()),
+    ]
+
+
+@pytest.mark.parametrize("site", range(4))
+def test_figure_integer_settings_take_numpy_integers_and_name_the_range(site):
+    # bins= and pairs= refused np.int64(3) ("must be a positive integer, got np.int64(3)"),
+    # columns=2.5 and closest_pairs(pairs=2.5) failed inside NumPy with a TypeError, and
+    # bins was checked only for per-sample grids
+    import torch
+
+    from kinetic_fm.checks import check_integer
+
+    name, call = _figure_integer_sites()[site]
+    want = call(3)
+    for value in (np.int64(3), np.array(3), torch.tensor(3)):
+        assert call(value) == want
+    for bad in (0, 2.5, True, np.float64(3.0), torch.tensor(2.5)):
+        with pytest.raises(ValueError) as refusal:
+            check_integer(name, bad, 1)
+        with pytest.raises(ValueError, match=f"^{re.escape(str(refusal.value))}$"):
+            call(bad)
+    with pytest.raises(ValueError, match=r"^bins must be a positive integer, got 0$"):
+        F.sample_run_figure("d", "c", [1.0, 2.0], (np.linspace(0, 1, 3), np.ones((2, 2))), bins=0)
+
+
+def test_a_claim_reads_its_sample_size_with_the_shared_integer_check():
+    # a 0-d array or tensor was refused, and an np.int64 was kept as it came
+    import torch
+
+    for n in (np.int64(300), np.array(300), torch.tensor(300)):
+        claim = Claim("s", "c", "p", "o", n, "", "reproduced")
+        assert claim.n == 300 and type(claim.n) is int
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=f"^Claim.n must be a non-negative integer, got {bad!r}$"):
+            Claim("s", "c", "p", "o", bad, "", "reproduced")
+
+
 def test_line_figures_over_integer_x_get_integer_ticks(monkeypatch):
     drawn = {}
     render = F._render

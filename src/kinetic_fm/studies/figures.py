@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..checks import positive_integer
 from .report import Figure, check_figure_name
 
 if TYPE_CHECKING:
@@ -338,8 +339,11 @@ def sample_run_figure(name: str, caption: str, kpe: Any, profile: tuple[Any, Any
             integrated over every bin, so its energy is kept and the curve is the bin-average power.
             Samples that did not reach t = 1 (a flagged non-finite velocity) are left out there.
         label: the legend's name for these samples.
+        bins: a positive integer (a NumPy integer or 0-d tensor too), checked with or without
+            per-sample grids.
     """
     check_figure_name(name)
+    bins = positive_integer("bins", bins)
     values = _array(kpe, name="kpe").ravel()
     finite = values[np.isfinite(values)]
     log_x = bool(finite.size and finite.min() > 0) and _spans_decades(finite)
@@ -376,8 +380,7 @@ def _on_shared_grid(times: np.ndarray, increments: np.ndarray, bins: int) -> tup
     """Per-sample grids (B, W + 1) (NaN-padded) and increments (B, W) -> (``bins`` + 1,) equal steps
     of [0, 1] and (B, ``bins``) increments: each sample's cumulative energy, piecewise linear
     between its step times, read at the shared times. Rows that do not reach t = 1 become NaN."""
-    if not (isinstance(bins, int) and bins >= 1):
-        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    bins = positive_integer("bins", bins)
     if times.ndim != 2 or increments.ndim != 2 or times.shape[0] != increments.shape[0] \
             or times.shape[1] != increments.shape[1] + 1:
         raise ValueError(f"per-sample profiles need times (B, W + 1) and increments (B, W); got times {times.shape} "
@@ -460,12 +463,12 @@ def sample_grid_figure(name: str, caption: str, groups: dict[str, Any], *, title
             drawn as a mosaic with ``columns`` columns; or 2-D points (n, D), drawn as a scatter
             of the first two coordinates on axes shared by all point panels. Samples with a
             non-finite value are dropped.
+        columns: the mosaics' columns, a positive integer (a NumPy integer or 0-d tensor too).
     """
     check_figure_name(name)
     if not groups:
         raise ValueError("groups must name at least one group")
-    if columns < 1:
-        raise ValueError(f"columns must be >= 1, got {columns}")
+    columns = positive_integer("columns", columns)
     arrays = {}
     for label, values in groups.items():
         a = _array(values, name=f"groups[{label!r}]")
@@ -683,11 +686,11 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     with the smallest ratio (top row) above their nearest training items (bottom row), each
     column labelled with its ratio. Pixels are shown as uint8 (0–255), [-1, 1] or [0, 1] data,
     judged from the training items' range (any other range is stretched to fit it); the samples
-    are drawn on the same scale, clipped where they overshoot it.
+    are drawn on the same scale, clipped where they overshoot it. ``pairs`` is a positive integer
+    (a NumPy integer or 0-d tensor too).
     """
     check_figure_name(name)
-    if not (isinstance(pairs, int) and pairs >= 1):
-        raise ValueError(f"pairs must be a positive integer, got {pairs!r}")
+    pairs = positive_integer("pairs", pairs)
     ratio = _array(report.ratio, name="report.ratio").ravel()
     shown = closest_pairs(report, samples, train, pairs) if samples is not None and train is not None else None
     wide = shown is not None
@@ -743,7 +746,9 @@ def closest_pairs(report: "MemorizationReport", samples: Any, train: Any, pairs:
     Returns ``(samples, nearest, ratios)``: two (n, C, H, W) arrays in [-1, 1] (n ≤ ``pairs``,
     smallest ratio first, ties in sample order; on the training items' scale, samples clipped to
     it) and their (n,) ratios; None when the inputs are not images (see :func:`memorization_figure`).
+    ``pairs`` is a positive integer (a NumPy integer or 0-d tensor too).
     """
+    pairs = positive_integer("pairs", pairs)
     ratio = _array(report.ratio, name="report.ratio").ravel()
     order = np.argsort(ratio, kind="stable")[:pairs]
     order = order[np.isfinite(ratio[order])]

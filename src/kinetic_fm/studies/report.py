@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from ..checks import is_integer
+from ..checks import check_integer
 from ..runs.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:  # pandas is only needed by callers that build tables
@@ -82,8 +82,7 @@ class Claim:
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"Claim.verdict must be one of {sorted(VERDICTS)}, got {self.verdict!r}")
-        if not is_integer(self.n) or self.n < 0:
-            raise ValueError(f"Claim.n must be a non-negative integer, got {self.n!r}")
+        object.__setattr__(self, "n", check_integer("Claim.n", self.n, 0))  # stored as an int
 
 
 @dataclass(frozen=True)
