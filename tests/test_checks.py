@@ -318,6 +318,7 @@ def _same(a, b):
 
 
 OPTIONAL_SITES = (8, 9)  # EmpiricalFlow's batch_chunk and truncate: None is the default
+NOTES = {12: "the available items"}  # what a site's bound means, said after its range
 
 
 @pytest.mark.parametrize("site", range(14))
@@ -333,7 +334,7 @@ def test_public_integer_arguments_are_read_by_the_shared_check(site):
     check = optional_integer if site in OPTIONAL_SITES else check_integer
     for bad in (True, 2.5, torch.tensor(2.5)):
         try:
-            check(name, bad, low, high)
+            check(name, bad, low, high, note=NOTES.get(site, ""))
         except ValueError as err:
             message = str(err)
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
@@ -341,6 +342,14 @@ def test_public_integer_arguments_are_read_by_the_shared_check(site):
     if low is not None:
         with pytest.raises(ValueError, match=f"^{name} must be .*, got {low - 1}$"):
             call(low - 1)
+
+
+def test_a_note_says_what_the_range_is_after_it():
+    with pytest.raises(ValueError, match=r"^n must be an integer in \[1, 6\] \(the available items\), got 9$"):
+        check_integer("n", 9, 1, 6, note="the available items")
+    with pytest.raises(ValueError, match=r"^n must be None or a positive integer \(the rows\), got 0$"):
+        optional_integer("n", 0, 1, note="the rows")
+    assert check_integer("n", np.int64(6), 1, 6, note="the available items") == 6
 
 
 @pytest.mark.parametrize("value, low, high, message", [

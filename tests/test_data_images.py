@@ -29,8 +29,11 @@ def test_select_indices_deterministic_nested_and_validated():
     assert torch.equal(select_indices(10, indices=[7, 2]), torch.tensor([7, 2]))        # the order given
     assert torch.equal(select_indices(10, indices=[7, 2, 9], n=3, seed=1), torch.tensor([2, 7, 9]))  # a draw: sorted
     assert set(select_indices(10, indices=[1, 3, 5, 7], n=2, seed=0).tolist()) <= {1, 3, 5, 7}
-    with pytest.raises(ValueError, match=r"n must be an integer in \[1, 100\]"):
+    # the hint says what the upper bound is (the shared check's wording had dropped it)
+    with pytest.raises(ValueError, match=r"^n must be an integer in \[1, 100\] \(the available items\), got 101$"):
         select_indices(100, n=101)
+    with pytest.raises(ValueError, match=r"^n must be an integer in \[1, 3\] \(the available items\), got 4$"):
+        select_indices(100, indices=[4, 8, 9], n=4)
     with pytest.raises(ValueError, match=r"n must be an integer in \[1, 100\]"):
         select_indices(100, n=1.5)
     assert torch.equal(select_indices(100, n=np.int64(10), seed=5), a)

@@ -95,18 +95,22 @@ def check_flag(name: str, value) -> bool:
     raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
-def check_integer(name: str, value, low: int | None = None, high: int | None = None) -> int:
+def check_integer(name: str, value, low: int | None = None, high: int | None = None, *,
+                  note: str = "") -> int:
     """``value`` as an int if it is an integer in [low, high] (a bound of None is open): a Python
     or NumPy integer, or a 0-d integer tensor or array (``k=torch.tensor(3)``); not a bool, not
     2.0. Else ValueError naming ``name`` and the range: "seed must be a non-negative integer"
-    (low 0), "chunk must be a positive integer" (low 1), "k must be an integer in [1, 9]"."""
+    (low 0), "chunk must be a positive integer" (low 1), "k must be an integer in [1, 9]".
+    ``note`` says what a bound is, in parentheses after the range: "n must be an integer in
+    [1, 6] (the available items), got 9"."""
     number = as_scalar(value)
     if is_integer(number) and (low is None or number >= low) and (high is None or number <= high):
         return int(number)
-    raise ValueError(f"{name} must be {_integers(low, high)}, got {value!r}")
+    raise ValueError(f"{name} must be {_integers(low, high)}{_noted(note)}, got {value!r}")
 
 
-def optional_integer(name: str, value, low: int | None = None, high: int | None = None) -> int | None:
+def optional_integer(name: str, value, low: int | None = None, high: int | None = None, *,
+                     note: str = "") -> int | None:
     """None, or ``value`` as an int read by :func:`check_integer`; a refusal says that None is
     allowed too ("truncate must be None or an integer in [1, 9], got 0")."""
     if value is None:
@@ -114,7 +118,11 @@ def optional_integer(name: str, value, low: int | None = None, high: int | None 
     try:
         return check_integer(name, value, low, high)
     except ValueError:
-        raise ValueError(f"{name} must be None or {_integers(low, high)}, got {value!r}") from None
+        raise ValueError(f"{name} must be None or {_integers(low, high)}{_noted(note)}, got {value!r}") from None
+
+
+def _noted(note: str) -> str:
+    return f" ({note})" if note else ""
 
 
 def _integers(low: int | None, high: int | None) -> str:

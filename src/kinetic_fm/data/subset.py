@@ -48,7 +48,7 @@ def select_indices(
         if torch.unique(pool).numel() != pool.numel():
             raise ValueError("indices must not contain duplicates")
     if n is not None:
-        n = check_integer("n", n, 1, pool.numel())  # at most the available items
+        n = check_integer("n", n, 1, pool.numel(), note="the available items")
         generator = torch.Generator().manual_seed(check_integer("seed", seed))
         pool = torch.sort(pool[torch.randperm(pool.numel(), generator=generator)[:n]]).values
     return pool
