@@ -46,6 +46,19 @@ def test_ratios_equal_brute_force(case):
     assert (rep.d1[:20] == 0).all()
 
 
+def test_numpy_arrays_and_data_frames_give_the_tensors_report(case):
+    # the accepted forms the type hints name: a NumPy array (any layout) or a DataFrame of rows
+    import pandas as pd
+
+    samples, train = case
+    want = kfm.memorization(samples, train, bootstrap=100, seed=1)
+    for s, t in ((samples.numpy(), train.numpy()),
+                 (pd.DataFrame(samples.flatten(1).numpy()), pd.DataFrame(train.flatten(1).numpy()))):
+        got = kfm.memorization(s, t, bootstrap=100, seed=1)
+        assert torch.equal(got.ratio, want.ratio) and torch.equal(got.nearest, want.nearest)
+        assert (got.fraction, got.ci) == (want.fraction, want.ci)
+
+
 def test_float32_inputs_give_the_same_verdicts(case):
     samples, train = case
     rep32 = kfm.memorization(samples.float(), train.float())

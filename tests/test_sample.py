@@ -549,6 +549,22 @@ def test_zero_dimensional_tensors_and_numpy_grids_are_accepted(x0):
     assert torch.equal(tight.x, kfm.sample(field, x0, solver="dopri5", rtol=1e-6).x)
 
 
+def test_seeds_may_be_a_tensor_or_array_and_grids_an_array():
+    # the accepted forms the type hints name: seeds as a list, range, NumPy array or tensor give
+    # one result; a NumPy grid gives the tensor grid's
+    field = GaussianTarget()
+    want = kfm.sample(field, seeds=[4, 9, 2], shape=(2,), steps=4)
+    for seeds in (range(4, 10, 5), np.array([4, 9]), torch.tensor([4, 9]), torch.tensor([4, 9], dtype=torch.int32)):
+        got = kfm.sample(field, seeds=seeds, shape=(2,), steps=4)
+        assert got.seeds == (4, 9) and torch.equal(got.x, want.x[:2]) and torch.equal(got.kpe, want.kpe[:2])
+    assert torch.equal(kfm.noise(np.array([4, 9, 2]), (2,)), kfm.noise(torch.tensor([4, 9, 2]), (2,)))
+    cosine = kfm.time_grid("cosine", 6)
+    assert torch.equal(kfm.time_grid(cosine.numpy()), cosine)
+    assert torch.equal(kfm.time_grid(cosine.numpy().astype(np.float32), dtype=torch.float32), cosine.float())
+    on_array = kfm.sample(field, seeds=[4, 9], shape=(2,), grid=cosine.numpy())
+    assert torch.equal(on_array.x, kfm.sample(field, seeds=[4, 9], shape=(2,), grid=cosine).x)
+
+
 def test_numpy_scalars_and_constant_gains_are_accepted(x0):
     field = GaussianTarget(mean=1.0, std=0.5)
     plain = kfm.sample(field, x0, steps=10, split=0.5, shaping=lambda t: 1.2)

@@ -23,6 +23,7 @@ from ..knn import as_rows, check_finite, nearest_neighbors
 from ..sampling.guards import warn_if_feature_map_training
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import pandas as pd
 
 __all__ = ["INTERVALS", "MemorizationReport", "fraction_interval", "gap_ratio", "memorization"]
@@ -101,8 +102,8 @@ class MemorizationReport:
 
 
 def memorization(
-    samples: torch.Tensor,
-    train: torch.Tensor,
+    samples: torch.Tensor | np.ndarray | pd.DataFrame,
+    train: torch.Tensor | np.ndarray | pd.DataFrame,
     threshold: float = 1 / 3,
     bootstrap: int = 1000,
     space: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -118,7 +119,8 @@ def memorization(
     """Gap-ratio memorization audit of ``samples`` against ``train``.
 
     Args:
-        samples: (B, ...) generated samples (tensor or array of real numbers), B ≥ 1, finite.
+        samples: (B, ...) generated samples (a tensor, NumPy array or pandas DataFrame of real
+            numbers; a DataFrame's rows are the samples), B ≥ 1, finite.
         train: (N, ...) training items with the same trailing size, N ≥ 2, finite.
         threshold: memorized when d1/d2 < threshold; a real number in (0, 1) (a float, a NumPy
             scalar or a 0-d tensor).

@@ -13,7 +13,7 @@ GRIDS = ("uniform", "cosine")
 
 
 def time_grid(
-    grid: str | torch.Tensor = "uniform",
+    grid: str | torch.Tensor | np.ndarray = "uniform",
     steps: int = 100,
     *,
     dtype: torch.dtype = torch.float64,
@@ -21,9 +21,10 @@ def time_grid(
     """Return the (steps + 1,) grid 0 = t_0 < t_1 < ... < t_N = 1 on the CPU.
 
     ``"uniform"``: t_i = i / N.  ``"cosine"``: t_i = ½(1 − cos(π i / N)), dense at both ends.
-    A user tensor is validated (1-D, starts at 0, ends at 1, strictly increasing) and returned
-    as given; ``steps`` is then ignored. The grid stays on the CPU in float64 so step sizes and
-    KTS gains can be precomputed without touching the device.
+    A user tensor or NumPy array is validated (1-D, floating point, starts at 0, ends at 1,
+    strictly increasing) and returned with its values as given; ``steps`` is then ignored. The
+    grid stays on the CPU in float64 so step sizes and KTS gains can be precomputed without
+    touching the device.
     """
     check_float_dtype(dtype)
     if isinstance(grid, np.ndarray):

@@ -9,13 +9,15 @@ from ..checks import is_integer
 
 
 def noise(
-    seeds: Sequence[int] | torch.Tensor,
+    seeds: Iterable[int] | torch.Tensor,
     shape: Sequence[int],
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Standard normal noise of shape (len(seeds), *shape); row i depends on ``seeds[i]`` only.
+
+    ``seeds`` are integers in [0, 2**63): a list, range, generator, NumPy array or 1-D tensor.
 
     Each row is drawn on the CPU from ``torch.Generator().manual_seed(seeds[i])`` in float64 and
     cast, so the same seed gives the same noise in any batch, on any device and world size.

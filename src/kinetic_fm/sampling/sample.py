@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Callable, Sequence
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -18,6 +18,9 @@ from .result import SampleResult
 from .shaping import KTS
 from .tableau import FIXED_STEP, SOLVERS
 
+if TYPE_CHECKING:
+    import numpy as np
+
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NONFINITE_POLICIES = ("raise", "flag")
 
@@ -27,11 +30,11 @@ def sample(
     velocity: Velocity,
     x0: torch.Tensor | None = None,
     *,
-    seeds: Sequence[int] | None = None,
+    seeds: Iterable[int] | torch.Tensor | None = None,
     shape: Sequence[int] | None = None,
     steps: int = 100,
     solver: str = "euler",
-    grid: str | torch.Tensor = "uniform",
+    grid: str | torch.Tensor | np.ndarray = "uniform",
     shaping: KTS | Callable | None = None,
     quadrature: str = "solver",
     profile: bool = False,
@@ -55,10 +58,13 @@ def sample(
             data (labels, conditions) provides ``select(active)``, the field for the samples
             where the (B,) bool mask is True (``ClassifierFreeGuidance`` and the adapters do).
         x0: (B, ...) initial noise; or give ``seeds`` and ``shape`` to draw it with ``kfm.noise``.
+        seeds: B non-negative integer seeds, one per sample: a list, range, generator (read once),
+            NumPy array or 1-D integer tensor.
         steps: number of steps S for fixed-step solvers (ignored for a tensor grid and dopri5).
         solver: "euler" | "midpoint" | "heun" | "rk4" | "rk4_38" (fixed step; rk4_38 is Kutta's
             3/8 rule, torchdiffeq's "rk4") | "dopri5" (adaptive, per-sample step control).
-        grid: "uniform" | "cosine" | a 1-D tensor from 0 to 1 (fixed-step solvers only).
+        grid: "uniform" | "cosine" | a 1-D float tensor or NumPy array from 0 to 1 (fixed-step
+            solvers only).
         shaping: a ``KTS`` gain (or any callable η(t) > 0 accepting floats and tensors); None = plain FM.
         quadrature: "solver" (the solver's stage weights) or "left" (reference: first stage only).
         profile: keep the per-step applied-energy increments.
