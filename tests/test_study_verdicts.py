@@ -1,4 +1,5 @@
 """Each study claim's verdict rule on inputs whose answer is known: the paper's expected sign decides."""
+import collections
 import math
 import warnings
 
@@ -500,6 +501,49 @@ def test_late_share_interval_stops_at_the_shares_a_batch_can_have():
     assert ttest_1samp(late - high * energy, 0.0).statistic == pytest.approx(-student_t.ppf(0.99, 11), rel=1e-9)
     early_low, early_high = late_share_interval(energy - late, energy, tail=0.01)
     assert early_high == 1.0 and early_low == pytest.approx(1 - high, rel=1e-12)
+
+
+def _fieller_hull_by_scan(late, energy, tail, rho):
+    """The smallest and largest share on the grid ``rho`` that the one-sample t-test of
+    late − ρ·energy does not reject (T² ≤ t², with the t statistic formed directly), and whether
+    the accepted shares have a gap between them."""
+    from scipy.stats import t as student_t
+
+    excess = late[None, :] - rho[:, None] * energy[None, :]
+    n = late.size
+    t_squared = n * excess.mean(1) ** 2 / excess.var(1, ddof=1)
+    accepted = t_squared <= student_t.ppf(1 - tail, n - 1) ** 2
+    first, last = np.argmax(accepted), rho.size - 1 - np.argmax(accepted[::-1])
+    return rho[first], rho[last], not accepted[first:last + 1].all()
+
+
+def test_late_share_interval_is_the_exact_hull_when_the_mean_energy_is_not_bounded_away_from_zero():
+    # With a ≤ 0 (few samples, heavy-tailed energies) Fieller's set is two rays or the whole line,
+    # and the interval was always [0, 1]; its part in [0, 1] can be [ρ2, 1] or [0, ρ1]. Reference:
+    # a scan of the t statistic over 50,001 shares, on 300 small heavy-tailed subsets.
+    from scipy.special import stdtrit
+
+    from kinetic_fm.studies.memorization import late_share_interval
+
+    rng = np.random.default_rng(11)
+    rho = np.linspace(0.0, 1.0, 50_001)
+    kinds = collections.Counter()
+    for trial in range(300):
+        n = int(rng.integers(2, 7))
+        energy = rng.lognormal(0.0, 2.5, n)
+        late = energy * rng.beta(rng.uniform(0.2, 3.0), rng.uniform(0.2, 3.0), n)
+        tail = (0.025, 0.0125, 0.1)[trial % 3]
+        spread = energy - energy.mean()
+        if energy.mean() ** 2 - stdtrit(n - 1, 1 - tail) ** 2 / n * (spread @ spread) / (n - 1) > 0:
+            continue  # a > 0: a bounded interval, checked elsewhere
+        low, high = late_share_interval(late, energy, tail)
+        scan_low, scan_high, gap = _fieller_hull_by_scan(late, energy, tail, rho)
+        assert low == pytest.approx(scan_low, abs=3e-5) and high == pytest.approx(scan_high, abs=3e-5)  # a step: 2e-5
+        assert low <= late.sum() / energy.sum() <= high
+        kinds[(low == 0.0, high == 1.0, gap)] += 1
+    # every shape of the hull occurs: the whole range (with and without a gap inside), and one ray
+    assert {(True, True, False), (True, True, True), (False, True, False), (True, False, False)} <= set(kinds)
+    assert kinds[(False, True, False)] + kinds[(True, False, False)] >= 10
 
 
 def test_late_share_interval_with_two_or_three_samples():

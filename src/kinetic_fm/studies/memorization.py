@@ -176,9 +176,12 @@ def late_share_interval(late: np.ndarray, energy: np.ndarray, tail: float = 0.02
     per-sample excess d_i = late_i − ρ·energy_i has a mean that a one-sample Student t-test
     (n − 1 degrees of freedom) does not reject. Its low end lies above ρ exactly when that
     one-sided t-test says Σ late > ρ·Σ energy (at ρ = ½: late energy exceeds early energy). When
-    the mean energy itself is not significantly above zero the set is unbounded and the interval
-    is the whole range [0, 1] (a conservative hull of the set's part in it); a share that every
-    sample has alike gives the zero-width [R, R]; fewer than two samples give NaN.
+    the mean energy itself is not significantly above zero the set is unbounded, two rays
+    (−∞, ρ1] ∪ [ρ2, +∞) or the whole line, and the interval is the exact hull of its part in
+    [0, 1]: [0, 1] when both rays reach into it (the shares in (ρ1, ρ2) are then rejected but
+    inside the hull) or the set is the whole line, [ρ2, 1] or [0, ρ1] when only the ray holding
+    R does (:func:`_unbounded_share_hull`); a share that every sample has alike gives the
+    zero-width [R, R]; fewer than two samples give NaN.
 
     It replaces a bootstrap-t interval (studentized by the ratio's jackknife SE), whose low end
     passed one half too often under heavy-tailed energies, where a few samples carry most of the
@@ -203,10 +206,35 @@ def late_share_interval(late: np.ndarray, energy: np.ndarray, tail: float = 0.02
     s_rr, s_re, s_ee = residual @ residual / (n - 1), residual @ spread / (n - 1), spread @ spread / (n - 1)
     a = energy.mean() ** 2 - q * s_ee
     if not a > 0:  # also when Σ energy = 0 (R = NaN)
-        return 0.0, 1.0
+        return _unbounded_share_hull(ratio, a, q * s_re, q * s_rr)
     half_width = math.sqrt(q * q * s_re ** 2 + a * q * s_rr)
     low, high = ratio + (-q * s_re - half_width) / a, ratio + (-q * s_re + half_width) / a
     return float(min(max(low, 0.0), 1.0)), float(min(max(high, 0.0), 1.0))
+
+
+def _unbounded_share_hull(ratio: float, a: float, h: float, c: float) -> tuple[float, float]:
+    """The hull in [0, 1] of Fieller's set {R + δ : a·δ² + 2h·δ − c ≤ 0} when a ≤ 0 (the mean
+    energy is not significantly above zero), with c = q·s_rr ≥ 0, so δ = 0 (ρ = R) is always in it.
+
+    Without a real gap (h² + a·c ≤ 0, or h = 0) the set is the whole line: [0, 1]. Otherwise it is
+    two rays, (−∞, ρ1] ∪ [ρ2, +∞), both roots on the same side of R (their product −c/a ≥ 0), R in
+    the ray away from them: in the left ray when h > 0. That ray's inner end, the root nearer R, is
+    −c/u with u = −(h + sign(h)·√(h² + a·c)) (no cancellation); the far root u/a is the other ray's
+    inner end (at infinity when a = 0, where the set is one ray). The hull of the set's part in
+    [0, 1] then runs from 0 (R's ray reaches below 0, or the far ray starts at or below 0 on its
+    side) to 1 (likewise), else to the near end; R itself is in it for 0 ≤ R ≤ 1."""
+    if not math.isfinite(ratio):  # Σ energy = 0: no share to bound
+        return 0.0, 1.0
+    discriminant = h * h + a * c
+    if not (discriminant > 0 and h != 0):
+        return 0.0, 1.0
+    u = -(h + math.copysign(math.sqrt(discriminant), h))
+    near = ratio - c / u
+    far = ratio + u / a if a < 0 else math.copysign(math.inf, h)
+    near = min(max(near, 0.0), 1.0)
+    if h > 0:  # R in (−∞, near], the other ray [far, +∞) with far > near
+        return 0.0, (1.0 if far <= 1.0 else near)
+    return (0.0 if far >= 0.0 else near), 1.0  # R in [near, +∞), the other ray (−∞, far]
 
 
 MIN_GROUP = 5  # fewer memorized (or other) samples than this leave the late-energy claim undecided
