@@ -22,6 +22,20 @@ def test_user_grid_is_returned_unchanged():
     assert torch.equal(time_grid(g).float(), g)
 
 
+def test_numpy_grids_read_alike_when_read_only_or_big_endian():
+    import warnings
+
+    import numpy as np
+
+    native = np.array([0.0, 0.1, 0.5, 1.0])
+    read_only = native.copy()
+    read_only.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns of a non-writable array
+        for g in (read_only, native.astype(">f8")):
+            assert torch.equal(time_grid(g), torch.from_numpy(native))
+
+
 @pytest.mark.parametrize(
     "grid, message",
     [

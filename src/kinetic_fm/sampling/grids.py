@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from ..checks import check_integer
+from ..checks import check_integer, torch_readable
 from .noise import check_float_dtype
 
 GRIDS = ("uniform", "cosine")
@@ -27,8 +27,8 @@ def time_grid(
     touching the device.
     """
     check_float_dtype(dtype)
-    if isinstance(grid, np.ndarray):
-        grid = torch.from_numpy(grid)
+    if isinstance(grid, np.ndarray):  # copied (a few values): writable and in native byte order
+        grid = torch.from_numpy(np.array(torch_readable(grid)))
     if isinstance(grid, torch.Tensor):
         return _still_increasing(validate_grid(grid).to(dtype=dtype, device="cpu"), dtype)
     steps = check_integer("steps", steps, 1)
