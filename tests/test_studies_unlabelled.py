@@ -3,6 +3,7 @@ Fréchet distances are taken in the training split's top principal directions, n
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -38,8 +39,14 @@ def unlabelled_run(tmp_path_factory):
         shaping=ShapingConfig(n_samples=8, steps=2, more_steps=3, bootstrap=10),
     )
     out = tmp_path_factory.mktemp("unlabelled")
-    md, _ = reproduce(cfg, out, studies=("support", "memorization", "shaping"), progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        md, _ = reproduce(cfg, out, studies=("support", "memorization", "shaping"), progress=False)
+    _WARNED[:] = caught
     return cfg, out, md.read_text()
+
+
+_WARNED: list[warnings.WarningMessage] = []   # what the unlabelled run warned
 
 
 def test_the_principal_space_is_the_training_splits_and_matches_a_brute_force(unlabelled_run):
@@ -93,6 +100,23 @@ def test_the_report_says_when_an_fd_has_no_more_samples_than_features(unlabelled
     assert re.search(re.escape(note.format("@")).replace("@", "[2-4]"), sections["The Goldilocks picture"])   # a quintile of 16 samples
     assert note.format(8) in sections["Kinetic Trajectory Shaping"]   # 8 per setting
     assert "16 rows of 40 features, no more rows than features" in sections["Run"]   # the sample-quality line
+
+
+def test_the_run_leaves_the_bias_warning_to_its_report_while_the_metric_still_warns(unlabelled_run):
+    # a tiny run printed FrechetBiasWarning three times on the terminal, for values whose sections
+    # already say it (the note above); the public metric keeps warning on the same inputs
+    import kinetic_fm as kfm
+    from kinetic_fm.studies.assets import load_assets
+    from kinetic_fm.studies.workspace import Workspace
+
+    cfg, out, text = unlabelled_run
+    assert "no more samples than features" in text
+    assert not [w for w in _WARNED if issubclass(w.category, kfm.FrechetBiasWarning)], \
+        [str(w.message) for w in _WARNED]
+    assets = load_assets(cfg.assets, Workspace(out), progress=False)
+    feats = assets.features(assets.heldout[:8]).double()     # 8 samples of 40 features, as per checkpoint
+    with pytest.warns(kfm.FrechetBiasWarning, match="8 and 40 samples of 40 features"):
+        kfm.frechet_distance(feats, assets.train_features().double())
 
 
 def test_the_bias_note_appears_exactly_when_samples_do_not_outnumber_features():

@@ -16,13 +16,12 @@ import torch
 
 from ..fields.empirical import EmpiricalFlow
 from ..metrics.features import PrincipalSpace
-from ..metrics.fidelity import frechet_distance
 from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
 from .output import (StudyOutput, display_note, fd_bias_note, fd_to_reference, fd_undecided_note, feature_reference,
-                     for_display, image_range)
+                     for_display, image_range, noted_frechet_distance)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import best_is_interior, bonferroni_level, fmt_ci, interior_margin
@@ -406,7 +405,8 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         # context, no claim reads it: the same audit in the training images' span, on the samples as
         # drawn (clamping makes the noise on a flat background one-sided, and the span keeps that)
         spanned = memorization(run["x"], assets.memorizer_train, space=principal, interval="wilson")
-        fd = frechet_distance(assets.features(x).double(), ref_feats.double(), network=assets.classifier_name)
+        fd = noted_frechet_distance(assets.features(x).double(), ref_feats.double(),
+                                    network=assets.classifier_name)
         rows.append({"training step": step, "F_mem": audit.fraction, "F_mem CI low": audit.ci[0],
                      "F_mem CI high": audit.ci[1], "mean KPE": float(run["kpe"].mean()),
                      "mean late energy (t ≥ τ)": float(run["late"].mean()),
@@ -563,7 +563,7 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
     rows = []
     for q in range(5):
         rows_q = np.flatnonzero(bins == q)
-        fd = frechet_distance(feats[rows_q], ref, network=assets.classifier_name)
+        fd = noted_frechet_distance(feats[rows_q], ref, network=assets.classifier_name)
         rows.append({"KPE quintile": f"Q{q + 1}", "KPE from": edges[q], "KPE to": edges[q + 1], "n": len(rows_q),
                      fd.name: fd.value, "F_mem": float(audit.memorized[rows_q].float().mean())})
     table = pd.DataFrame(rows)
