@@ -343,6 +343,61 @@ def test_balanced_claim_is_given_the_bonferroni_intervals(monkeypatch):
     np.testing.assert_allclose(seen["against"][1], np.quantile(d_mem, [0.0125, 0.9875]))
 
 
+def _shown_intervals(text: str, what: str) -> list[tuple[float, float]]:
+    """Every ``[low, high]`` the row's interval text writes after ``what`` and before the next ";"."""
+    import re
+
+    part = text.split(what, 1)[1].split(";")[0]
+    return [(float(lo), float(hi)) for lo, hi in re.findall(r"\[([-+\d.e]+), ([-+\d.e]+)\]", part)]
+
+
+@pytest.mark.parametrize("lift, expected", [(0.016, "inconclusive"), (0.006, "not reproduced")])
+def test_tau_split_row_shows_the_bonferroni_interval_its_verdict_reads(lift, expected):
+    # "not reproduced" reads each other τ's 98.33% interval (Bonferroni over 3); the row showed only
+    # 95% ones, unlabelled, so at lift 0.016 (95% CI below 0, 98.33% CI across it) a reader could not
+    # check the verdict. Each shown interval must be that τ's paired bootstrap quantiles.
+    from kinetic_fm.studies.output import fd_to_reference
+    from kinetic_fm.studies.shaping import bootstrap_fd, shaping_claims
+
+    fd_shift = {name: 1.0 for name in SETTINGS} | {"balanced τ=0.2": 1.3, "balanced τ=0.4": 1.3}
+    feats, memorized, value, reference, boot = _grid(fd_shift, {name: 0.4 for name in SETTINGS})
+    jitter = 0.3 * np.random.default_rng(7).standard_normal(feats["balanced"].shape)
+    feats["balanced τ=0.8"] = feats["balanced"] + jitter + lift     # a little better than τ = 0.6
+    value.loc["balanced τ=0.8", "FD"] = fd_to_reference(feats["balanced τ=0.8"], reference)
+    claim = {c.statement: c for c in shaping_claims(feats, memorized, value, "FD", reference, boot)}[
+        "τ_split = 0.6 gives the best quality"]
+    assert claim.verdict == expected, claim.ci
+    base = bootstrap_fd(feats["balanced"], reference, boot)
+    tail = 0.025 / 3
+    for tau in (0.2, 0.4, 0.8):
+        d = bootstrap_fd(feats[f"balanced τ={tau}"], reference, boot) - base
+        assert f"ΔFD τ={tau} − τ=0.6 95% CI [" in claim.ci and "], 98.33% CI [" in claim.ci, claim.ci
+        shown_95, shown_b = _shown_intervals(claim.ci, f"ΔFD τ={tau} − τ=0.6")
+        np.testing.assert_allclose(shown_95, np.quantile(d, [0.025, 0.975]), rtol=5e-3, atol=1e-12)
+        np.testing.assert_allclose(shown_b, np.quantile(d, [tail, 1 - tail]), rtol=5e-3, atol=1e-12)
+    high_95, high_b = shown_95[1], shown_b[1]          # τ = 0.8's, the only better τ
+    assert high_95 < 0                                 # the 95% interval alone would say "not reproduced"
+    assert (high_b < 0) == (expected == "not reproduced")
+
+
+def test_balanced_row_shows_the_bonferroni_intervals_its_verdict_reads():
+    # the balanced claim fails when either part's 97.5% interval lies above 0: the row shows both
+    from kinetic_fm.studies.shaping import bootstrap_fd, shaping_claims
+
+    fd_shift = {name: 1.0 for name in SETTINGS} | {"balanced": 0.8}
+    memorized_share = {name: 0.4 for name in SETTINGS} | {"balanced": 0.35}
+    feats, memorized, value, reference, boot = _grid(fd_shift, memorized_share)
+    claim = {c.statement: c for c in shaping_claims(feats, memorized, value, "FD", reference, boot)}[
+        "Balanced KTS improves quality and reduces memorization"]
+    d_fd = bootstrap_fd(feats["balanced"], reference, boot) - bootstrap_fd(feats["plain FM"], reference, boot)
+    d_mem = 100 * (memorized["balanced"][boot].mean(1) - memorized["plain FM"][boot].mean(1))
+    for what, d in (("ΔFD 95% CI", d_fd), ("ΔF_mem 95% CI", d_mem)):
+        assert f"{what} [" in claim.ci and "], 97.5% CI [" in claim.ci.split(what, 1)[1].split(";")[0], claim.ci
+        shown_95, shown_b = _shown_intervals(claim.ci, what)
+        np.testing.assert_allclose(shown_95, np.quantile(d, [0.025, 0.975]), rtol=5e-3, atol=1e-12)
+        np.testing.assert_allclose(shown_b, np.quantile(d, [0.0125, 0.9875]), rtol=5e-3, atol=1e-12)
+
+
 def test_all_worse_than_reproduces_on_95_percent_intervals():
     # every alternative must be worse (no correction on that side): 2.2 sd worse each is enough
     from scipy.stats import norm

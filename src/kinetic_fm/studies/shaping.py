@@ -19,7 +19,8 @@ from .assets import Assets
 from .config import ShapingConfig
 from .output import StudyOutput, fd_bias_note, fd_to_reference, fd_undecided_note, feature_reference, image_range
 from .samples import energy_after, sampled
-from .verdicts import all_worse_than, bonferroni_level, fmt_ci, percent_of, verdict_from_interval, verdict_of_all
+from .verdicts import (all_worse_than, bonferroni_intervals, bonferroni_level, fmt_ci, percent_of,
+                       verdict_from_interval, verdict_of_all)
 from .workspace import Workspace
 
 
@@ -216,14 +217,20 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
         return (f"{fd_name} {fm_fd:.3g} → {value.loc[name, fd_name]:.3g}, "
                 f"F_mem {fm_mem:.1%} → {value.loc[name, 'F_mem']:.1%}")
 
-    def mem_ci_text(ci) -> str:  # in points, like the F_mem percentages beside it
-        return fmt_ci(100 * ci[0], 100 * ci[1], "ΔF_mem 95% CI", unit="percentage points")
+    # A rule that tests each of K parts at 0.05/K reads their 1 − 0.05/K intervals for "not
+    # reproduced": the row shows them, labelled, beside the 95% ones, so its verdict can be checked.
+    def wider_text(wider, scale: float = 1.0) -> str:
+        return "" if wider is None else ", " + fmt_ci(scale * wider[0], scale * wider[1], f"{wider[2]} CI")
 
-    def fd_ci_text(ci, name: str, what: str = "ΔFD 95% CI", base: str = "plain FM") -> str:
+    def mem_ci_text(ci, wider=None) -> str:  # in points, like the F_mem percentages beside it
+        return (fmt_ci(100 * ci[0], 100 * ci[1], "ΔF_mem 95% CI") + wider_text(wider, 100.0)
+                + " percentage points")
+
+    def fd_ci_text(ci, name: str, what: str = "ΔFD 95% CI", base: str = "plain FM", wider=None) -> str:
         # a narrow interval can exclude 0 for a change of 0.03% of FD: the size sits beside it
         base_fd = float(value.loc[base, fd_name])
         change = percent_of(float(value.loc[name, fd_name]) - base_fd, base_fd)
-        return f"{fmt_ci(*ci, what)}, {change} of {'τ=0.6' if base == 'balanced' else base}'s FD"
+        return f"{fmt_ci(*ci, what)}{wider_text(wider)}, {change} of {'τ=0.6' if base == 'balanced' else base}'s FD"
 
     (fd_ci, mem_ci) = delta("launch only")
     claims.append(Claim("shaping", "Launch-only KTS improves quality", "FID 16.68 → 11.27 (CelebA-32)",
@@ -245,28 +252,34 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
     (fd_ci, mem_ci) = delta("balanced")
     parts = 2  # ΔFD and ΔF_mem: either can fail the claim
     tail = 0.025 / parts
+    against = delta("balanced", (tail, 1 - tail))
+    level = bonferroni_level(parts)
     claims.append(Claim("shaping", "Balanced KTS improves quality and reduces memorization",
                         "FID 16.68 → 14.35, F_mem 37.34% → 31.22% (CelebA-32)", ours("balanced"), n,
-                        f"{fd_ci_text(fd_ci, 'balanced')}; {mem_ci_text(mem_ci)}",
-                        _balanced(fd_ci, mem_ci, delta("balanced", (tail, 1 - tail)), fd_undecided),
+                        f"{fd_ci_text(fd_ci, 'balanced', wider=(*against[0], level))}; "
+                        f"{mem_ci_text(mem_ci, wider=(*against[1], level))}",
+                        _balanced(fd_ci, mem_ci, against, fd_undecided),
                         "paired bootstrap; reproduced when both 95% CIs lie below 0, not reproduced when "
-                        f"either's {bonferroni_level(parts)} CI (Bonferroni over the {parts}) lies above 0"
+                        f"either's {level} CI (Bonferroni over the {parts}) lies above 0"
                         + (undecided_note + "; only the F_mem part can still read not reproduced" if fd_undecided else "")))
     taus = {0.2: "balanced τ=0.2", 0.4: "balanced τ=0.4", 0.6: "balanced", 0.8: "balanced τ=0.8"}
     tau_fd = {tau: float(value.loc[name, fd_name]) for tau, name in taus.items()}
     best_tau = min(tau_fd, key=tau_fd.get)
     others = [tau for tau in taus if tau != 0.6]
-    tau_verdict, low, high = all_worse_than(np.stack(
-        [paired_fd_delta("balanced", taus[tau]) for tau in others]))
+    tau_deltas = np.stack([paired_fd_delta("balanced", taus[tau]) for tau in others])
+    tau_verdict, low, high = all_worse_than(tau_deltas)
+    level = bonferroni_level(len(others))
     claims.append(Claim("shaping", "τ_split = 0.6 gives the best quality",
                         "FID 60.31 / 48.58 / 14.35 / 21.07 for τ = 0.2 / 0.4 / 0.6 / 0.8",
                         f"{fd_name} " + " / ".join(f"{v:.3g}" for v in tau_fd.values())
                         + f" (best τ = {best_tau})", n,
-                        "; ".join(fd_ci_text((lo, hi), taus[tau], f"ΔFD τ={tau} − τ=0.6", base="balanced")
-                                  for tau, lo, hi in zip(others, low, high)),
+                        "; ".join(fd_ci_text((lo, hi), taus[tau], f"ΔFD τ={tau} − τ=0.6 95% CI", base="balanced",
+                                             wider=(b_lo, b_hi, level))
+                                  for tau, lo, hi, b_lo, b_hi in zip(others, low, high,
+                                                                     *bonferroni_intervals(tau_deltas))),
                         fd_verdict(tau_verdict), "paired bootstrap; reproduced when τ = 0.6 beats every other τ "
                         "(each ΔFD 95% CI above 0), not reproduced when another τ is better (its "
-                        f"{bonferroni_level(len(others))} CI, Bonferroni over the {len(others)}, below 0)"
+                        f"{level} CI, Bonferroni over the {len(others)}, below 0)"
                         + undecided_note))
     return claims
 
