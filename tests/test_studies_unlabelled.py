@@ -168,10 +168,11 @@ def test_centred_faces_are_drawn_with_their_mean_image_added_back(tmp_path, monk
         a[80:140, 60:120] = rng.integers(0, 256, 3, dtype=np.uint8)
         Image.fromarray(a).save(faces / f"{i:06d}.jpg", quality=95)
     raw = load_celeba(faces, center="none").images                       # what the faces look like
-    drawn = {}
+    drawn, titles = {}, {}
     for name in ("memorization_figure", "sample_grid_figure"):
         def keep(fig_name, caption, *args, _draw=getattr(figures, name), **kwargs):
             drawn[fig_name] = (caption, args)
+            titles[fig_name] = kwargs.get("title")
             return _draw(fig_name, caption, *args, **kwargs)
         monkeypatch.setattr(figures, name, keep)
     cfg = ReproduceConfig(
@@ -194,6 +195,11 @@ def test_centred_faces_are_drawn_with_their_mean_image_added_back(tmp_path, monk
     torch.testing.assert_close(drawn["memorizer_copies_span"][1][1].double(), final_x.double() + mean)
     # the KPE groups: the generalising model's samples, clamped to the centred training range as judged
     assets = load_assets(cfg.assets, Workspace(tmp_path / "out"), progress=False)
+    # the copies figure's title gives that clamp as drawn: the mean face plus the centred range (a
+    # bare centred range read as the range of the uncentred faces beside it)
+    low, high = float(assets.train.min()), float(assets.train.max())
+    assert float(assets.mean.abs().max()) > 0.01       # a mean was taken out: the two readings differ
+    assert titles["memorizer_copies"] == f"audited in pixels; samples clamped to mean image + [{low:g}, {high:g}]"
     judged = next(cache.glob("general-fm-*.pt"))
     judged = torch.load(judged)["x"].clamp(float(assets.train.min()), float(assets.train.max())).double()
     caption, (groups,) = drawn["samples_by_kpe"]

@@ -20,8 +20,8 @@ from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
-from .output import (StudyOutput, display_note, fd_bias_note, fd_to_reference, fd_undecided_note, feature_reference,
-                     for_display, image_range, noted_frechet_distance)
+from .output import (StudyOutput, clamp_text, display_note, fd_bias_note, fd_to_reference, fd_undecided_note,
+                     feature_reference, for_display, image_range, noted_frechet_distance)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import best_is_interior, bonferroni_level, fmt_ci, interior_margin
@@ -419,7 +419,6 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     # the span audit's false-positive rate here: held-out images, which no net trained on
     control = memorization(assets.heldout[: cfg.checkpoint_samples], assets.memorizer_train, space=principal,
                            interval="wilson")
-    low, high = assets.value_range()   # image_range's clamp
     frame = energy_frame(run)
     frame["gap_ratio"] = audit.ratio.cpu().numpy()
     frame["memorized"] = audit.memorized.cpu().numpy()
@@ -473,7 +472,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                                 "memorizing net's training images, and the samples with the smallest ratios "
                                 "beside their nearest training image." + display_note(assets), audit,
                                 for_display(x, assets), for_display(assets.memorizer_train, assets),
-                                title=f"audited in pixels; samples clamped to [{low:g}, {high:g}]"),
+                                title=f"audited in pixels; samples clamped to {clamp_text(assets)}"),
             memorization_figure("memorizer_copies_span", f"The same final-checkpoint samples audited in the "
                                 f"{principal.k} principal directions of the memorizing net's training images "
                                 "(context, read by no claim), unclamped, with their nearest training images: "

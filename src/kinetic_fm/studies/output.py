@@ -32,6 +32,15 @@ def display_note(assets) -> str:
     return "" if assets.mean is None else " Images drawn with the data set's mean image added back (display only)."
 
 
+def clamp_text(assets) -> str:
+    """:func:`image_range`'s clamp in the units :func:`for_display` draws: "[-1, 1]", or for centred
+    data "mean image + [-1.62, 1.71]" (the clamp acts on centred values, and the figures add the
+    mean image back, so a bare centred range would misread the images beside it)."""
+    low, high = assets.value_range()
+    bounds = f"[{low:g}, {high:g}]"
+    return bounds if assets.mean is None else f"mean image + {bounds}"
+
+
 def feature_reference(feats):
     """The Fréchet reference (mean, covariance, its square root once) of (n, D) numpy features."""
     import numpy as np
