@@ -117,3 +117,62 @@ def test_no_console_messages(rendered):
     assert any("kfm-console-control" in line for line in _console_lines(probe_run.stderr)), \
         "console capture does not work (the control message was not seen)"
     assert _console_lines(page_run.stderr) == []
+
+
+# Read back after load: for each table, how wide its scrolling wrapper's content is against the
+# wrapper, and where the table ends against the page (CSS px).
+_WIDTH_PROBE = """
+<script>
+window.addEventListener("load", () => {
+  const page = document.documentElement.clientWidth;
+  const tables = [...document.querySelectorAll(".table-wrap")].map(wrap => ({
+    scroll: wrap.scrollWidth, client: wrap.clientWidth, page: page,
+    right: wrap.querySelector("table").getBoundingClientRect().right}));
+  const out = document.createElement("pre");
+  out.id = "kfm-widths";
+  out.textContent = JSON.stringify(tables);
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+# A printed letter or A4 page leaves 7.5 to 7.7 inches between Chromium's default margins
+# (about 717-739 CSS px at 96 per inch): lay the page out a little narrower than that.
+_PRINT_WIDTH = 700
+
+
+def _table_widths(browser: str, profile: Path, page: Path) -> list[dict]:
+    run = _run(browser, profile, f"--window-size={_PRINT_WIDTH},2000", "--virtual-time-budget=3000", "--dump-dom",
+               page.as_uri())
+    match = re.search(r'<pre id="kfm-widths">(.*?)</pre>', run.stdout, re.S)
+    assert match, "the width probe did not run"
+    return json.loads(match.group(1).replace("&quot;", '"'))
+
+
+def test_a_printed_report_keeps_every_column_of_a_wide_table(tmp_path):
+    """On screen a wide table scrolls inside its wrapper; on paper that wrapper clipped its right-hand
+    columns. The page's print rules, applied on screen at a printed page's width, must fit every
+    table; the same page without them overflows there (so the check can fail)."""
+    import pandas as pd
+
+    from kinetic_fm.studies.report import Section, write_report
+
+    browser = _chromium()
+    header = ["setting", "group", "solver", "steps", "grid", "alpha0", "beta0", "tau", "launch", "landing",
+              "FD-digits-cnn", "F_mem", "F_mem CI low", "F_mem CI high", "mean KPE", "mean KPE after t = 0.6"]
+    row = ["launch exponential", "launch form", "midpoint", 10, "uniform", 0.01, 0.01, 0.6, "exponential",
+           "exponential", 105.4, 0.0, 0.0, 0.0741, 12.79, 4.924]   # the tiny run's KTS grid, 16 columns
+    frame = pd.DataFrame([row] * 3, columns=header)
+    _, html_path = write_report(tmp_path / "report", title="wide", intro="", claims=[], meta={"wall_s": 1.0},
+                                sections=[Section("Shaping", "The KTS ablation grid.", tables=[("grid", frame)])])
+    page = html_path.read_text(encoding="utf-8")
+    views = {}
+    for name, text in (("print", page.replace("@media print", "@media all")), ("screen", page)):
+        views[name] = tmp_path / f"{name}.html"
+        views[name].write_text(text.replace("</body>", _WIDTH_PROBE + "</body>"), encoding="utf-8")
+    printed = _table_widths(browser, tmp_path / "profile-print", views["print"])
+    screen = _table_widths(browser, tmp_path / "profile-screen", views["screen"])
+    assert len(printed) == len(screen) == 2                         # the grid and the Run table
+    assert screen[0]["scroll"] > screen[0]["client"] + 50, screen    # control: on screen the grid scrolls
+    for table in printed:
+        assert table["scroll"] <= table["client"] and table["right"] <= table["page"], printed

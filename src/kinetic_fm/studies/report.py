@@ -348,6 +348,20 @@ figure img { max-width: 100%; height: auto; border: 1px solid var(--line); borde
 figcaption { color: var(--muted); font-size: 0.92em; margin-top: 0.4em; text-align: left;
              max-width: 900px; margin-left: auto; margin-right: auto; }
 table.meta td:first-child { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: nowrap; }
+/* On paper a wide table cannot scroll: its wrapper would clip the right-hand columns. Smaller
+   type, tighter cells and wrapping allowed in every cell (numbers too; a word longer than its
+   column breaks) let the table fit the page's width. */
+@media print {
+  body { font-size: 11px; }
+  main { max-width: none; padding: 0; }
+  .table-wrap { overflow: visible; }
+  table { font-size: 0.85em; max-width: 100%; }
+  th, td { padding: 2px 4px; overflow-wrap: break-word; }
+  td.num, th.num, td.verdict, table.meta td:first-child { white-space: normal; }
+  tr, figure { break-inside: avoid; }
+  th, td.reproduced, td.not-reproduced, td.inconclusive {
+    print-color-adjust: exact; -webkit-print-color-adjust: exact; }
+}
 """
 
 
