@@ -235,12 +235,73 @@ def test_tiny_reproduce_reads_the_generalising_run_it_sampled_from_memory(tiny_r
 
 
 def test_the_studies_nets_keep_their_weights_and_checkpoints_but_not_their_resume_state(tiny_report):
-    # resume.pt (net + optimiser, 17 MB each at MNIST quick) stayed beside every finished net
+    # resume.pt (net + optimiser, 17 MB each at MNIST quick) stayed beside every finished net; the
+    # general net's checkpoints, which no study reads, were 74 MB of an MNIST quick workspace's 180
     out, _, _ = tiny_report
     for name in ("general", "memorizer"):
         folder = next((out / "models").glob(f"{name}-*"))
-        assert (folder / "final.safetensors").is_file() and any((folder / "checkpoints").iterdir())
-        assert not (folder / "resume.pt").exists()
+        assert (folder / "final.safetensors").is_file() and not (folder / "resume.pt").exists()
+        assert json.loads((folder / "config.json").read_text())["train"]["checkpoints"] == (
+            "log2" if name == "memorizer" else "none")
+        written = sorted(p.name for p in (folder / "checkpoints").glob("*")) if (folder / "checkpoints").exists() else []
+        assert bool(written) == (name == "memorizer"), written
+
+
+def test_a_workspace_interrupted_while_training_with_general_checkpoints_resumes_to_the_same_net(
+        tmp_path, monkeypatch, stop_at):
+    # older workspaces trained the general net with log2 checkpoints: the resume check compares the
+    # recorded schedule, so one interrupted mid-training must resume with it, not be refused or retrained,
+    # and a schedule must not change the weights (checkpoints draw no random number and take no step)
+    import importlib
+    from dataclasses import replace
+
+    from kinetic_fm.studies import assets as assets_module
+
+    train_module = importlib.import_module("kinetic_fm.models.train")   # the package's `train` is the function
+
+    cfg = replace(ReproduceConfig.preset("tiny").assets, general_steps=200)   # resume states every 100 steps
+    fresh = assets_module.load_assets(cfg, Workspace(tmp_path / "new"), progress=False)
+    folder = next((tmp_path / "new" / "models").glob("general-*"))
+    assert not (folder / "checkpoints").exists()
+
+    real_train = train_module.train
+    results = []
+
+    def old_and_cut(net, data, config, **kwargs):                # the code before this change, "killed" at
+        if kwargs["info"]["study"] == "general":                 # step 150 of the general net
+            config, kwargs["callback"] = replace(config, checkpoints="log2"), stop_at(150)
+        return real_train(net, data, config, **kwargs)
+
+    def recorded(*args, **kwargs):
+        results.append((kwargs["info"]["study"], real_train(*args, **kwargs)))
+        return results[-1][1]
+
+    old = Workspace(tmp_path / "old")
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "train", old_and_cut)
+        with pytest.raises(stop_at.error):
+            assets_module.load_assets(cfg, old, progress=False)
+    folder = next((tmp_path / "old" / "models").glob("general-*"))
+    assert (folder / "resume.pt").is_file() and not (folder / "final.safetensors").exists()
+    assert sorted(int(p.stem.split("_")[1]) for p in (folder / "checkpoints").glob("step_*")) == [
+        1, 2, 4, 8, 16, 32, 64, 128]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "train", recorded)
+        resumed = assets_module.load_assets(cfg, Workspace(tmp_path / "old"), progress=False)
+    assert [(name, r.resumed_from) for name, r in results] == [("general", 100), ("memorizer", 0)]
+    for a, b in ((fresh.general, resumed.general), (fresh.memorizer, resumed.memorizer)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert sorted(fresh.memorizer_checkpoints) == sorted(resumed.memorizer_checkpoints) != []
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a finished net was trained again")
+
+    with monkeypatch.context() as patch:                         # finished: read back, not retrained
+        patch.setattr(train_module, "train", refused)
+        again = assets_module.load_assets(cfg, Workspace(tmp_path / "old"), progress=False)
+    assert all(torch.equal(v, resumed.general.state_dict()[k]) for k, v in again.general.state_dict().items())
 
 
 def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):

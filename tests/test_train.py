@@ -105,6 +105,34 @@ def test_training_is_deterministic_by_seed_and_writes_checkpoints(tmp_path):
         assert not torch.equal(load_model(a.checkpoints[1])(x, t), a.ema(x, t))
 
 
+@pytest.mark.parametrize("case", ["mlp-class-conditional", "unet-dropout"])
+def test_the_checkpoint_schedule_changes_no_weight(tmp_path, case):
+    # kfm reproduce trains its general net without checkpoints, and resumes older workspaces' with
+    # them: writing a checkpoint must draw no random number and take no optimizer step
+    make, data, labels = _cases()[case]
+    runs = {}
+    for schedule in ("log2", "none"):
+        torch.manual_seed(0)
+        config = TrainConfig(steps=12, batch_size=8, lr=1e-2, ema_decay=0.9, seed=5, save_every=4,
+                             label_dropout=0.3, checkpoints=schedule)
+        runs[schedule] = train(make(), data, config, labels=labels, out=tmp_path / schedule)
+    assert sorted(runs["log2"].checkpoints) == [1, 2, 4, 8, 12] and runs["none"].checkpoints == {}
+    assert torch.equal(runs["log2"].losses, runs["none"].losses)
+    for name in ("final.safetensors", "resume.pt"):
+        a, b = (load_state(tmp_path / s / name) if name == "resume.pt" else load_weights(tmp_path / s / name)
+                for s in ("log2", "none"))
+        flat_a, flat_b = _tensors(a), _tensors(b)
+        assert flat_a.keys() == flat_b.keys() and all(torch.equal(flat_a[k], flat_b[k]) for k in flat_a)
+
+
+def _tensors(tree, prefix=""):
+    """Every tensor in a nested dict/list (a resume state), by its path."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}/{key}").items()}
+
+
 def test_resume_refuses_changed_settings(tmp_path):
     _, ds = _mixture_data()
     train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=4, batch_size=4), out=tmp_path)

@@ -206,7 +206,8 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
 
 def _velocity_net(cfg, ws, name, data, rows, steps, progress):
     """The EMA net ``name`` trained on ``data`` (rows ``rows`` of the loaded data set), trained
-    here or reloaded, and its checkpoints (step -> file)."""
+    here or reloaded, and its checkpoints (step -> file; only the memorizer's are written, the
+    studies read no others)."""
     from ..models.checkpoint import load_model
     from ..models.registry import default_model
     from ..models.train import RESUME_FILE, TrainConfig, train
@@ -220,7 +221,8 @@ def _velocity_net(cfg, ws, name, data, rows, steps, progress):
         torch.manual_seed(cfg.seed)
         net = default_model(cfg.model, tuple(data.shape[1:]), width=cfg.width).to(cfg.device)
         config = TrainConfig(steps=steps, batch_size=min(cfg.batch_size, 4 * int(data.shape[0])), lr=cfg.lr,
-                             seed=cfg.seed, checkpoints="log2", save_every=max(100, steps // 20))
+                             seed=cfg.seed, checkpoints="log2" if name == "memorizer" else _general_schedule(out),
+                             save_every=max(100, steps // 20))
         train(net, data.to(cfg.device), config, out=out, resume=True, progress=progress, info={"study": name})
     # the final weights are written (atomically): the resume state, as large as the net and its
     # optimiser, has done its work; no study trains a finished net further (more steps are a new net)
@@ -230,6 +232,24 @@ def _velocity_net(cfg, ws, name, data, rows, steps, progress):
     _record_training_items(out, cfg, rows, data.shape)
     checkpoints = {int(p.stem.split("_")[1]): p for p in sorted((out / "checkpoints").glob("step_*.safetensors"))}
     return load_model(final).to(cfg.device).eval(), checkpoints
+
+
+def _general_schedule(out: Path) -> str | list[int]:
+    """The general net's checkpoint schedule: "none", as no study reads its checkpoints (74 MB
+    of an MNIST ``--quick`` workspace's 180), except for an interrupted run in ``out`` that
+    recorded another (older workspaces trained it with "log2"): the resume check compares the
+    schedule, and keeping it changes no weight (a checkpoint draws nothing and steps nothing),
+    so that run resumes instead of being refused."""
+    import json
+
+    from ..models.train import RESUME_FILE
+
+    if not (out / RESUME_FILE).is_file():
+        return "none"
+    try:  # config.json holds the run_config its resume.pt was saved with
+        return json.loads((out / "config.json").read_text(encoding="utf-8"))["train"]["checkpoints"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "none"  # nothing readable recorded: the resume check names any difference
 
 
 def _record_training_items(out: Path, cfg: AssetsConfig, rows: Tensor, shape: torch.Size) -> None:
