@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from kinetic_fm.runs import atomic
+from kinetic_fm.runs import lock as run_lock
 from kinetic_fm.runs.atomic import TMP_MARKER, atomic_write, atomic_write_bytes, temporary_name
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="folder fsync and umask are POSIX")
@@ -102,3 +103,34 @@ def test_a_temporary_without_write_permission_is_still_synced_and_renamed(tmp_pa
 
     path = atomic_write(tmp_path / "shard.bin", write)
     assert path.read_bytes() == b"abc" and sorted(p.name for p in tmp_path.iterdir()) == ["shard.bin"]
+
+
+@pytest.mark.skipif(run_lock.fcntl is None, reason="no flock on this platform: run folders go unlocked")
+def test_a_recursive_cleanup_leaves_a_run_folder_another_process_writes(tmp_path):
+    # another process holds models/live's lock (as `kfm train --out` does while it writes): its
+    # temporaries are files about to be renamed; a run folder whose lock is free is a killed writer's
+    import subprocess
+    import sys
+
+    live, dead = tmp_path / "models" / "live", tmp_path / "models" / "dead"
+    for folder in (live / "checkpoints", dead / "checkpoints"):
+        folder.mkdir(parents=True)
+    (dead / ".lock").touch()
+    names = (".resume.pt.tmp-1-ab", "checkpoints/.step_0000004.safetensors.tmp-1-cd")
+    for folder in (live, dead, tmp_path):
+        for name in names:
+            (folder / name).parent.mkdir(exist_ok=True)
+            (folder / name).write_bytes(b"half")
+    hold = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(live / ".lock")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert atomic.remove_temporaries((tmp_path,), recursive=True) == 4
+        assert all((live / name).read_bytes() == b"half" for name in names)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert not [p for p in (dead, tmp_path) for name in names if (p / name).exists()]
+    assert atomic.remove_temporaries((tmp_path,), recursive=True) == 2    # its writer has let go

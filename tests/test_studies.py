@@ -771,6 +771,33 @@ def test_a_rerun_removes_the_temporaries_of_writers_killed_mid_write(tmp_path, m
     assert (tmp_path / "tables" / "kept.parquet").read_bytes() == b"not a temporary"
 
 
+def test_a_rerun_spares_the_temporaries_of_a_live_writer_in_the_workspace(tmp_path, monkeypatch):
+    # `kfm train --out OUT/models/by-hand` running while `kfm reproduce --out OUT` starts: the
+    # cleanup deleted the temporary it was about to rename, and the training crashed
+    from kinetic_fm.runs import RunLock
+    from kinetic_fm.studies import reproduce as module
+
+    live = tmp_path / "models" / "by-hand"
+    dead = tmp_path / "models" / "general-0123456789ab"          # a killed writer's: its lock is free
+    spared = [live / ".resume.pt.tmp-4242-0123abcd", live / "checkpoints" / ".step_0000002.safetensors.tmp-4242-ab"]
+    stale = [dead / ".resume.pt.tmp-7-89abcdef", dead / "checkpoints" / ".step_0000002.safetensors.tmp-7-ab",
+             tmp_path / "cache" / ".general-fm-0123456789ab.pt.tmp-7-0123abcd"]
+    for path in spared + stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    RunLock(dead).acquire().release()                            # leaves dead/.lock, held by no one
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(module, "load_assets", killed)
+    with RunLock(live), pytest.raises(KeyboardInterrupt):
+        module.reproduce(ReproduceConfig.preset("tiny"), tmp_path, progress=False)
+    assert [path for path in stale if path.exists()] == []
+    assert all(path.read_bytes() == b"half a file" for path in spared)
+    RunLock(dead).acquire().release()                            # the cleanup let go of the lock it took
+
+
 def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tmp_path, monkeypatch, capsys):
     # the studies sampled without a bar and ran their metric loops without a word: at --full a run
     # could go silent for minutes between "study: ..." lines

@@ -12,10 +12,13 @@ permissions, like a plain ``open``.
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import uuid
 from pathlib import Path
 from typing import Callable, Iterable
+
+from .lock import LOCK_NAME, RunLock, RunLockedError
 
 TMP_MARKER = ".tmp-"
 
@@ -97,12 +100,36 @@ def remove_temporaries(folders: Iterable[Path], *, recursive: bool = False) -> i
     their subfolders), as writers killed mid-write leave them; returns how many went. Call it
     holding the folders' lock, so that no live writer owns one: nothing reads them, but each kill
     during a write leaves one for good (a training's ``resume.pt``'s is as large as the net and its
-    optimiser state)."""
+    optimiser state).
+
+    ``recursive`` goes into a subfolder with a lock of its own (``.lock``: a run folder, which
+    another command may be writing, e.g. ``kfm train --out`` into a workspace's ``models/``) only
+    while it can take that lock: a live writer's temporary is the file it is about to rename, and
+    deleting it would crash that writer. Symbolic links to folders are not followed."""
+    return sum(_remove_in(Path(folder), recursive) for folder in folders)
+
+
+def _remove_in(folder: Path, recursive: bool) -> int:
+    if not folder.is_dir():
+        return 0
     removed = 0
-    for folder in folders:
-        if folder.is_dir():
-            for stale in (folder.rglob if recursive else folder.glob)(f".*{TMP_MARKER}*"):
-                if stale.is_file():
-                    stale.unlink(missing_ok=True)
-                    removed += 1
+    for entry in folder.iterdir():
+        if fnmatch.fnmatchcase(entry.name, f".*{TMP_MARKER}*"):
+            if entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed += 1
+        elif recursive and entry.is_dir() and not entry.is_symlink():
+            removed += _remove_in_run(entry) if (entry / LOCK_NAME).is_file() else _remove_in(entry, True)
     return removed
+
+
+def _remove_in_run(folder: Path) -> int:
+    """:func:`_remove_in` ``folder``, a run folder, holding its lock; 0 while another writer holds it."""
+    try:
+        lock = RunLock(folder).acquire()
+    except RunLockedError:
+        return 0
+    try:
+        return _remove_in(folder, True)
+    finally:
+        lock.release()

@@ -50,7 +50,8 @@ class Workspace:
         """Delete the temporaries writers killed mid-write left anywhere in the workspace (caches,
         tables, figures, the report, the model folders; :func:`~kinetic_fm.runs.atomic.remove_temporaries`);
         returns how many went. Call it holding the workspace's lock: one in ``tables/`` sat beside
-        the tables of the report."""
+        the tables of the report. A run folder inside whose own lock another process holds (a
+        ``kfm train --out`` into ``models/`` by hand) keeps its temporaries: they are being written."""
         return remove_temporaries((self.root,), recursive=True)
 
     def say(self, text: str) -> None:
