@@ -1294,3 +1294,69 @@ def test_a_net_in_training_mode_without_stochastic_layers_does_not_warn():
         warnings.simplefilter("error", TrainingModeWarning)
         kfm.sample(net, seeds=range(3), shape=(3,), steps=2, dtype=torch.float64)
         kfm.sample(lambda x, t: quiet(x), seeds=range(3), shape=(3,), steps=2, dtype=torch.float64)
+
+
+# --- energy accounting at the edges (each test kills a mutant the suite above let through) -----
+@pytest.mark.parametrize("solver", FIXED + ["dopri5"])
+def test_a_split_at_zero_or_one_puts_the_whole_energy_late_or_early(solver, x0):
+    # split = 0: no step starts before it, so early is exactly 0; split = 1: every step does.
+    # (early = running[int(split·N) − 1] read running[−1], the total, when int(split·N) = 0.)
+    field = GaussianTarget(mean=1.0, std=0.5)
+    at_zero = kfm.sample(field, x0, steps=8, solver=solver, split=0.0)
+    assert (at_zero.early == 0).all() and torch.equal(at_zero.late, at_zero.kpe) and (at_zero.kpe > 0).all()
+    at_one = kfm.sample(field, x0, steps=8, solver=solver, split=1.0)
+    assert torch.equal(at_one.early, at_one.kpe) and (at_one.late == 0).all()
+    tiny_tau = kfm.sample(field, x0, steps=8, solver=solver, shaping=kfm.KTS(tau_split=0.1))  # int(0.1·8) = 0
+    if solver != "dopri5":
+        assert (tiny_tau.early == 0).all() and torch.equal(tiny_tau.late, tiny_tau.kpe)
+
+
+@pytest.mark.parametrize("solver", FIXED + ["dopri5"])
+def test_a_tied_peak_is_reported_at_the_first_step(solver, x0):
+    # v = 0: every step's increment is 0, so the peak ties everywhere; like the profile's argmax
+    # (torch returns the first maximum), peak_time is the first step's start, t = 0, for every solver.
+    res = kfm.sample(lambda x, t: torch.zeros_like(x), x0, steps=5, solver=solver, profile=True)
+    assert (res.peak == 0).all() and (res.kpe == 0).all()
+    assert (res.peak_time == 0).all()
+    assert (res.profile.argmax(1) == 0).all()
+
+
+@pytest.mark.parametrize("solver", ["rk4", "rk4_38"])
+def test_a_stage_at_a_steps_end_is_the_grid_point_itself(solver):
+    # On the grid (0, 0.03, 0.3, 1), t0 + (t1 − t0) = 0.30000000000000004 ≠ t1 = τ: a stage at c = 1
+    # formed as t0 + h fell past τ and took the landing gain. For v = 1 and a gain constant on each
+    # phase, rk4 is exact: x(1) = x0 + ∫η and KPE = ½·D·∫η², with the left limit of η at τ.
+    a0, b0, tau = 0.2, 0.1, 0.3
+    assert 0.03 + (tau - 0.03) != tau                                   # the rounding this test needs
+    kts = kfm.KTS(alpha0=a0, beta0=b0, tau_split=tau, launch="constant", landing="constant")
+    grid = torch.tensor([0.0, 0.03, tau, 1.0], dtype=torch.float64)
+    x0 = torch.zeros(2, 3, dtype=torch.float64)
+    seen = []
+
+    def unit(x, t):
+        seen.extend(t.tolist())
+        return torch.ones_like(x)
+
+    res = kfm.sample(unit, x0, grid=grid, solver=solver, shaping=kts)
+    gain_integral = tau * (1 + a0) + (1 - tau) * (1 - b0)
+    assert torch.allclose(res.x, torch.full_like(x0, gain_integral), rtol=0, atol=1e-15)
+    kpe = 0.5 * 3 * (tau * (1 + a0) ** 2 + (1 - tau) * (1 - b0) ** 2)
+    assert torch.allclose(res.kpe, torch.full((2,), kpe, dtype=torch.float64), rtol=1e-14, atol=0)
+    assert {0.03, tau, 1.0} <= set(seen) and 0.03 + (tau - 0.03) not in seen   # the field sees t1 too
+
+
+def test_no_stage_of_a_field_singular_at_one_evaluates_the_gain_at_one():
+    # The last step drops its end stage (rk4 → Heun3, 3 of 4 stages); the unused slot is padded
+    # with the step's start time, so a gain defined on [0, 1) — here η = 1 − t, 0 at t = 1 — is
+    # never asked for η(1) (a pad at t_{i+1} = 1 raised "a gain must be finite and > 0").
+    asked = []
+
+    def to_rest(t):
+        asked.append(t)
+        return 1.0 - t
+
+    for solver in ("heun", "rk4", "rk4_38"):
+        asked.clear()
+        res = kfm.sample(PointTarget(torch.ones(3, dtype=torch.float64)), seeds=range(2), shape=(3,), steps=6,
+                         solver=solver, shaping=to_rest, dtype=torch.float64)
+        assert torch.isfinite(res.kpe).all() and asked and max(asked) < 1.0
