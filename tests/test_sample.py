@@ -463,6 +463,28 @@ def test_nonfinite_can_be_flagged_instead(solver, x0):
     assert frame["nonfinite"].sum() == 2
 
 
+
+@pytest.mark.parametrize("solver", FIXED + ["dopri5"])
+def test_a_flagged_sample_has_no_peak_time_and_its_infinite_velocity_reads_nan(solver, x0):
+    # A flagged sample's peak is NaN, so its peak_time names no step: NaN as well (it was the
+    # profile's first NaN for fixed-step solvers, the last accepted step's peak for dopri5). An
+    # infinite velocity leaves NaN in a fixed-step profile from its step on, never +inf, which
+    # would read as a real if huge energy.
+    def infinite_after_half(x, t):
+        v = torch.cat([-x[:, :-1], torch.zeros_like(x[:, -1:])], dim=1)
+        bad = (t >= 0.5) & (x[:, -1] > 0.5)
+        return torch.where(bad.reshape(-1, 1), torch.inf, v)
+
+    res = kfm.sample(infinite_after_half, _marked(x0, [2, 5]), steps=10, solver=solver, on_nonfinite="flag",
+                     profile=True)
+    flagged = res.nonfinite
+    assert flagged.nonzero().flatten().tolist() == [2, 5]
+    assert torch.isnan(res.peak[flagged]).all() and torch.isnan(res.peak_time[flagged]).all()
+    assert torch.isfinite(res.peak_time[~flagged]).all()
+    if solver != "dopri5":
+        bad_step = int(res.nonfinite_step[2])
+        assert torch.isnan(res.profile[flagged, bad_step:]).all() and torch.isfinite(res.profile[~flagged]).all()
+
 def test_bad_inputs_get_clear_errors(x0):
     field = GaussianTarget()
     with pytest.raises(ValueError, match="shape"):

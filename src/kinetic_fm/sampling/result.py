@@ -40,7 +40,8 @@ class SampleResult:
     nfe:      velocity evaluations per sample: an int for fixed-step solvers, (B,) for dopri5.
     steps:    accepted steps per sample: an int, or (B,) for dopri5.
     nonfinite: (B,) bool, samples whose velocity went NaN/Inf (only with on_nonfinite="flag";
-              their energies are NaN); ``nonfinite_step`` the first such step, −1 if none.
+              their energies and peak_time are NaN); ``nonfinite_step`` the first such step,
+              −1 if none.
     solver, quadrature: as passed to ``kfm.sample``; split: the τ used for early/late.
     seeds:    the B seeds x0 was drawn from, or None when x0 was given.
     """

@@ -131,12 +131,11 @@ def sample(
     nonfinite = trace.bad_step >= 0
     ledger = trace.ledger
     energies = {}
-    for name in ("kpe", "kpe_raw", "early", "late", "peak"):
+    for name in ("kpe", "kpe_raw", "early", "late", "peak", "peak_time"):  # a NaN peak has no time
         energies[name] = torch.where(nonfinite, math.nan, getattr(ledger, name))
     return SampleResult(
         x=trace.x,
         **energies,
-        peak_time=ledger.peak_time,
         profile=trace.profile,
         times=trace.step_times,
         nfe=trace.nfe,
