@@ -90,6 +90,20 @@ def test_exclude_self_skips_the_query_index_only():
     assert not (got.indices == torch.arange(120)[:, None]).any()
 
 
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_with_exclude_self_every_other_row_a_candidate_needs_no_certificate(k):
+    # N − 1 candidates are every row but the query's own: the answer is exact by construction and
+    # none is re-searched. Counting the excluded row as missing made the certificate decide; at
+    # k = N − 1 the worst candidate is the k-th neighbour itself, so it never cleared the rounding
+    # margin and every query went through the float64 re-screening.
+    g = torch.Generator().manual_seed(31)
+    reference = torch.randn(6, 5, generator=g)
+    got = nearest_neighbors(reference, reference, k, exclude_self=True, margin=4)
+    want = brute(reference, reference, k, exclude_self=True)
+    assert torch.equal(got.indices, want.indices) and torch.allclose(got.distances, want.values)
+    assert got.rechecked == 0
+
 def test_uncertifiable_screening_is_rechecked_in_float64():
     # tiny differences on a huge common offset: float32 screening cannot rank them
     g = torch.Generator().manual_seed(4)
