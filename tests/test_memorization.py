@@ -79,6 +79,36 @@ def test_bootstrap_interval_brackets_the_fraction_and_is_seeded(case):
     assert all(np.isnan(kfm.memorization(samples, train, bootstrap=0).ci))
 
 
+
+def test_a_ratio_exactly_on_the_threshold_is_not_memorized():
+    # d1 = 1 and d2 = 3 exactly, so d1/d2 is the float 1/3, the default threshold: "d1/d2 < 1/3"
+    origin = torch.zeros(1, 1, dtype=torch.float64)
+    on = kfm.memorization(origin, torch.tensor([[1.0], [-3.0]], dtype=torch.float64))
+    assert on.ratio.item() == 1 / 3 and not on.memorized.any() and on.fraction == 0.0
+    assert kfm.memorization(origin, torch.tensor([[1.0], [-3.001]], dtype=torch.float64)).memorized.all()
+
+
+def test_the_bootstrap_interval_is_the_binomial_quantiles():
+    # resampling n indicators, count of them 1, makes count* ~ Binomial(n, count/n): the percentile
+    # interval is its (α/2, 1 − α/2) quantiles over n, to resampling noise and the 1/n lattice
+    # (at most 1/n over seeds 0–29; the one-sided α of a 90 % interval is 4.6/n off)
+    from scipy import stats
+
+    n, count = 1000, 300
+    low, high = kfm.fraction_interval(count, n, "bootstrap", bootstrap=20_000, seed=1)
+    want_low, want_high = stats.binom.ppf([0.025, 0.975], n, count / n) / n
+    assert abs(low - want_low) <= 1.5 / n and abs(high - want_high) <= 1.5 / n
+    # at the ends every resample agrees: exactly [0, 0] and [1, 1]
+    assert kfm.fraction_interval(0, 7, "bootstrap") == (0.0, 0.0)
+    assert kfm.fraction_interval(7, 7, "bootstrap") == (1.0, 1.0)
+
+
+def test_all_memorized_shows_the_wilson_interval_not_the_zero_width_bootstrap():
+    train = 10.0 * torch.eye(6, dtype=torch.float64)
+    rep = kfm.memorization(train.clone(), train)                      # copies: d1 = 0, ratio 0
+    assert rep.fraction == 1.0 and rep.ci == (1.0, 1.0)
+    assert rep.shown_interval() == ("Wilson", *kfm.fraction_interval(6, 6, "wilson"))
+
 def test_binomial_intervals_at_the_ends_have_their_closed_forms():
     # 0 of n memorized: the bootstrap collapses to [0, 0]; the binomial intervals keep a width whose
     # upper end is known in closed form (Clopper–Pearson: 1 − (α/2)^(1/n); Wilson: z²/(n + z²))
