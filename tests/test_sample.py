@@ -12,6 +12,7 @@ from torch import nn
 
 import kinetic_fm as kfm
 from kinetic_fm import GaussianTarget, PointTarget
+from kinetic_fm.sampling.guards import StepLimitError
 
 FIXED = ["euler", "midpoint", "heun", "rk4", "rk4_38"]
 ORDER = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "rk4_38": 4}
@@ -558,8 +559,11 @@ def test_flags_and_dtypes_are_checked(kwargs, message):
 
 def test_extreme_tolerances_step_instead_of_failing_as_nan(x0):
     # the initial-step estimate was inf/inf, reported as a non-finite velocity at t = nan
-    with pytest.raises(RuntimeError, match="dopri5 exceeded max_steps = 20"):
+    with pytest.raises(RuntimeError, match="dopri5 exceeded max_steps = 20") as info:
         kfm.sample(GaussianTarget(), x0, solver="dopri5", rtol=1e-100, atol=1e-100, max_steps=20)
+    # its own class (still a RuntimeError), naming the samples short of t = 1: here all of them
+    assert isinstance(info.value, StepLimitError)
+    assert info.value.max_steps == 20 and info.value.indices == list(range(len(x0)))
 
 
 def test_zero_dimensional_tensors_and_numpy_grids_are_accepted(x0):

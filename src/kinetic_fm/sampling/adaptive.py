@@ -23,8 +23,8 @@ from ..checks import optional_attribute
 from ..norms import squared_norm
 from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
-from .guards import (NonFiniteVelocityError, check_state_unchanged, check_velocity_output, first_velocity,
-                     state_version)
+from .guards import (NonFiniteVelocityError, StepLimitError, check_state_unchanged, check_velocity_output,
+                     first_velocity, state_version)
 from .shaping import KTS
 from .tableau import DOPRI5
 
@@ -105,10 +105,7 @@ def integrate_dopri5(
             break
         iteration += 1
         if iteration > max_steps:
-            raise RuntimeError(
-                f"dopri5 exceeded max_steps = {max_steps} attempted steps with {n_active} samples "
-                "unfinished; loosen rtol/atol or raise max_steps"
-            )
+            raise StepLimitError(max_steps, rows.tolist())
         ta, xa = t[rows], x[rows]
         active = None if n_active == batch else ~done
         ha = torch.minimum(h[rows], 1.0 - ta)

@@ -34,6 +34,21 @@ class NonFiniteVelocityError(FloatingPointError):
         )
 
 
+class StepLimitError(RuntimeError):
+    """dopri5 made more than ``max_steps`` attempted steps before every sample reached t = 1.
+
+    A RuntimeError, as before it had a class of its own. Attributes: ``max_steps`` (the limit),
+    ``indices`` (sample indices in the batch still short of t = 1).
+    """
+
+    def __init__(self, max_steps: int, indices: list[int]):
+        self.max_steps, self.indices = max_steps, indices
+        super().__init__(
+            f"dopri5 exceeded max_steps = {max_steps} attempted steps with {len(indices)} samples "
+            "unfinished; loosen rtol/atol or raise max_steps"
+        )
+
+
 def check_initial_state(x0: torch.Tensor) -> None:
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
