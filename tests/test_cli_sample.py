@@ -443,6 +443,103 @@ def test_resuming_with_another_profile_setting_is_refused_and_plain_runs_resume_
     pd.testing.assert_frame_equal(read_run(tmp_path / "plain"), first, check_exact=True)
 
 
+_GAUSSIAN_3D = ["--field", "gaussian", "--dim", 3, "--solver", "dopri5", "--dtype", "float64"]
+
+
+def _gaussian_3d(seeds, **kwargs):
+    """The command's gaussian field at D = 3, sampled by kfm.sample with dopri5 in float64."""
+    field = kfm.GaussianTarget(2.0 * torch.ones(3, dtype=torch.float64), 0.5)
+    return kfm.sample(field, seeds=seeds, shape=(3,), solver="dopri5", dtype=torch.float64, profile=True, **kwargs)
+
+
+@pytest.mark.parametrize("flag,name,value", [
+    ("--rtol", "rtol", 1e-3), ("--atol", "atol", 1e-3), ("--first-step", "first_step", 0.05),
+])
+def test_dopri5_step_control_flags_reach_kfm_sample(tmp_path, capsys, flag, name, value):
+    # with the defaults dopri5 takes 4-5 steps on this smooth field; each of these flags moves them
+    assert kfm_sample(tmp_path / "run", *_GAUSSIAN_3D, "--n", 4, "--profile", flag, value) == 0
+    assert f"dopri5, {name.replace('_', ' ')} {value:g}," in capsys.readouterr().out
+    df = read_run(tmp_path / "run")
+    direct, default = _gaussian_3d(range(4), **{name: value}), _gaussian_3d(range(4))
+    np.testing.assert_array_equal(read_samples(tmp_path / "run"), direct.x.numpy())
+    for column in ("kpe", "kpe_raw", "early", "late", "peak", "nfe", "steps"):
+        np.testing.assert_array_equal(df[column].to_numpy(), getattr(direct, column).numpy())
+    assert not np.array_equal(df["kpe"].to_numpy(), default.kpe.numpy())   # the flag was not dropped
+    config = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
+    others = {"rtol", "atol", "first_step", "max_steps"} - {name}
+    assert config[name] == value and not others & set(config)   # only the one given
+
+
+def test_max_steps_stops_the_run_naming_the_seeds_and_a_resume_may_raise_it(tmp_path, capsys):
+    flags = [*_GAUSSIAN_3D, "--n", 4, "--shard-size", 2, "--seed-start", 7]
+    assert kfm_sample(tmp_path / "run", *flags, "--max-steps", 3) == 2   # each sample takes 4 or 5 steps (and rejects some)
+    err = capsys.readouterr().err
+    assert err.startswith("kfm sample: error: dopri5 made more than --max-steps 3 attempted steps with seed(s) [7, 8]")
+    assert "loosen --rtol/--atol or raise --max-steps" in err and "Traceback" not in err
+    # a limit, not a setting of the numbers: not in the config, so a resume may raise it
+    assert kfm_sample(tmp_path / "run", *flags, "--max-steps", 20, "--resume") == 0
+    config = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
+    assert "max_steps" not in config
+    direct = _gaussian_3d(range(7, 11))
+    np.testing.assert_array_equal(read_run(tmp_path / "run")["kpe"].to_numpy(), direct.kpe.numpy())
+    np.testing.assert_array_equal(read_run(tmp_path / "run")["steps"].to_numpy(), direct.steps.numpy())
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--rtol", 0], "--rtol must be a positive finite number, got 0.0"),
+    (["--rtol", "inf"], "--rtol must be a positive finite number, got inf"),
+    (["--atol", -0.001], "--atol must be a positive finite number, got -0.001"),
+    (["--atol", "nan"], "--atol must be a positive finite number, got nan"),
+    (["--first-step", 0], "--first-step must be a number in (0, 1], got 0.0"),
+    (["--first-step", 1.5], "--first-step must be a number in (0, 1], got 1.5"),
+    (["--max-steps", 0], "--max-steps must be >= 1, got 0"),
+])
+def test_dopri5_step_control_out_of_range_is_one_line_and_exit_2(tmp_path, capsys, flags, message):
+    assert kfm_sample(tmp_path / "run", "--solver", "dopri5", *flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kfm sample: error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4"])
+def test_dopri5_step_control_with_a_fixed_step_solver_is_refused(tmp_path, capsys, solver):
+    # kfm.sample ignores them there: the command would have run 100 fixed steps without a word
+    assert kfm_sample(tmp_path / "run", "--solver", solver, "--rtol", 1e-3) == 2
+    assert f"--rtol applies to --solver dopri5 only; {solver} takes --steps fixed steps" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "run", "--solver", solver, "--atol", 1e-3, "--max-steps", 50) == 2
+    assert "--atol, --max-steps apply to --solver dopri5 only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_with_other_dopri5_tolerances_is_refused_and_older_runs_resume_as_before(tmp_path, capsys):
+    flags = [*_GAUSSIAN_3D, "--n", 4, "--shard-size", 2]
+    assert kfm_sample(tmp_path / "tight", *flags, "--rtol", 1e-4) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "tight", *flags, "--rtol", 1e-3, "--resume") == 2
+    assert "config.rtol (stored 0.0001, now 0.001)" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "tight", *flags, "--resume") == 2
+    assert "config.rtol (stored 0.0001, now '<absent>')" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "tight", *flags, "--rtol", 1e-4, "--first-step", 0.1, "--resume") == 2
+    assert "config.first_step (stored '<absent>', now 0.1)" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "tight", *flags, "--rtol", 1e-4, "--resume") == 0
+
+    # a run without the flags records none of them: its config is what the command wrote before
+    # they existed, so such a run folder keeps its run id and resumes (also with the defaults spelled out)
+    assert kfm_sample(tmp_path / "plain", *flags) == 0
+    first = read_run(tmp_path / "plain")
+    config = json.loads((tmp_path / "plain" / "manifest.json").read_text())["config"]
+    assert set(config) == {"field", "dim", "sample_shape", "steps", "solver", "grid", "quadrature", "split",
+                           "on_nonfinite", "dtype", "device", "shaping", "save_x"}
+    sorted((tmp_path / "plain" / "shards").glob("*.parquet"))[-1].unlink()
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "plain", *flags, "--rtol", 1e-5, "--atol", 1e-5, "--max-steps", 10_000,
+                      "--resume") == 0
+    assert "this process computed 1, kept 1" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(read_run(tmp_path / "plain"), first, check_exact=True)
+    assert kfm_sample(tmp_path / "plain", *flags, "--atol", 1e-6, "--resume") == 2
+    assert "config.atol (stored '<absent>', now 1e-06)" in capsys.readouterr().err
+
+
 def _png_size(path) -> tuple[int, int]:
     from PIL import Image
 

@@ -24,6 +24,8 @@ SOLVERS = ("euler", "midpoint", "heun", "rk4", "rk4_38", "dopri5")
 # KTS flags; giving any of them turns shaping on (the others take KTS's defaults)
 _KTS_FLAGS = {"alpha0": "alpha0", "beta0": "beta0", "tau": "tau_split", "launch": "launch",
               "landing": "landing", "k": "k", "renormalize": "renormalize"}
+# dopri5's step control, each passed to kfm.sample only when given (None: kfm.sample's default)
+_STEP_CONTROL = ("rtol", "atol", "first_step", "max_steps")
 SUMMARY_COLUMNS = ("kpe", "kpe_raw", "early", "late")
 
 
@@ -61,6 +63,17 @@ def register(subparsers) -> None:
     s.add_argument("--seed-start", type=seed_number, default=0, help="first seed; seeds are S .. S+n-1 (default 0)")
     s.add_argument("--steps", type=int, default=100, help="steps of fixed-step solvers (default 100)")
     s.add_argument("--solver", choices=SOLVERS, default="euler", help="ODE solver (default euler)")
+    s.add_argument("--rtol", type=float, default=None,
+                   help="dopri5 only: relative tolerance of each sample's step control, > 0 (default 1e-5)")
+    s.add_argument("--atol", type=float, default=None,
+                   help="dopri5 only: absolute tolerance, > 0 (default 1e-5)")
+    s.add_argument("--first-step", type=float, default=None,
+                   help="dopri5 only: every sample's first step, in (0, 1] (default: estimated per sample "
+                        "from its starting velocity)")
+    s.add_argument("--max-steps", type=int, default=None,
+                   help="dopri5 only: attempted steps (accepted or rejected) before a batch with samples "
+                        "short of t = 1 stops the run, >= 1 (default 10000); a limit, not a setting: a "
+                        "--resume may raise it")
     s.add_argument("--grid", choices=("uniform", "cosine"), default="uniform", help="time grid (default uniform)")
     s.add_argument("--quadrature", choices=("solver", "left"), default="solver",
                    help="energy quadrature: the solver's stage weights (default), or the reference left sum")
@@ -284,7 +297,30 @@ def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> di
         "save_x": args.save_x,
         # only when on, so that runs made without it (and before it existed) resume as before
         **({"profile": True} if args.profile else {}),
+        **_recorded_step_control(args),
     }
+
+
+def _step_control(args) -> dict:
+    """The dopri5 step-control flags given, as ``kfm.sample`` keyword arguments (the rest keep its
+    defaults)."""
+    return {name: getattr(args, name) for name in _STEP_CONTROL if getattr(args, name) is not None}
+
+
+def _recorded_step_control(args) -> dict:
+    """The step-control settings that change the numbers (rtol, atol, first_step), for the run's
+    config: only those given with a value other than ``kfm.sample``'s default, as ``profile`` is
+    only recorded when on. A run made without them, or before the flags existed, has none of these
+    keys and ran at those defaults, so it resumes without the flags and refuses a resume with
+    another value. (Should ``kfm.sample``'s defaults ever change, a missing key still means the
+    old ones.) max_steps only decides whether a run stops, never what it computes: not compared."""
+    import inspect
+
+    from .. import sample
+
+    defaults = inspect.signature(sample).parameters
+    return {name: value for name, value in _step_control(args).items()
+            if name != "max_steps" and value != defaults[name].default}
 
 
 def _validate(args) -> None:
@@ -300,10 +336,31 @@ def _validate(args) -> None:
         raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
     if args.shape is not None and args.model is None:  # it would be ignored without a word
         raise ValueError("--shape applies to --model only; a built-in --field takes --dim")
+    _validate_step_control(args)
     if args.field == "point" and args.solver == "dopri5":
         raise ValueError("--field point is singular at t = 1, where dopri5 evaluates; use a fixed-step --solver")
     if args.figure is not None and Path(args.figure).suffix.lower() != ".png":  # before a whole run is spent
         raise ValueError(f"--figure must end in .png, got {args.figure!r}")
+
+
+def _validate_step_control(args) -> None:
+    """--rtol, --atol, --first-step, --max-steps: the ranges ``kfm.sample`` accepts, and only with
+    dopri5 (a fixed-step solver would ignore them without a word, as it ignores them in Python)."""
+    import math
+
+    positive = {"rtol": args.rtol, "atol": args.atol}
+    for name, value in positive.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name} must be a positive finite number, got {value}")
+    if args.first_step is not None and not (math.isfinite(args.first_step) and 0 < args.first_step <= 1):
+        raise ValueError(f"--first-step must be a number in (0, 1], got {args.first_step}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    given = [name for name in _STEP_CONTROL if getattr(args, name) is not None]
+    if given and args.solver != "dopri5":
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"{flags} appl{'ies' if len(given) == 1 else 'y'} to --solver dopri5 only; "
+                         f"{args.solver} takes --steps fixed steps")
 
 
 def _stored_manifest(run_dir: str):
@@ -342,9 +399,10 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
     import torch
 
     from .. import sample
-    from ..sampling.guards import NonFiniteVelocityError
+    from ..sampling.guards import NonFiniteVelocityError, StepLimitError
 
     dtype = getattr(torch, args.dtype)
+    step_control = _step_control(args)
 
     def run_batch(chunk: list[int], labels):
         velocity = target.velocity if labels is None else cond.velocity(target.velocity, labels.to(device))
@@ -352,12 +410,17 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
             return sample(velocity, seeds=chunk, shape=target.shape, steps=args.steps,
                           solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
                           split=args.split, on_nonfinite=args.on_nonfinite, dtype=dtype, device=device,
-                          profile=args.profile)
+                          profile=args.profile, **step_control)
         except NonFiniteVelocityError as err:
             seeds_hit = [chunk[i] for i in err.indices]
             raise ValueError(f"the velocity is non-finite at step {err.step} (t = {err.time:.6g}) for seed(s) "
                              f"{seeds_hit[:20]}{' ...' if len(seeds_hit) > 20 else ''}; pass --on-nonfinite flag "
                              "to record such samples with NaN energies and go on") from None
+        except StepLimitError as err:
+            seeds_hit = [chunk[i] for i in err.indices]
+            raise ValueError(f"dopri5 made more than --max-steps {err.max_steps} attempted steps with seed(s) "
+                             f"{seeds_hit[:20]}{' ...' if len(seeds_hit) > 20 else ''} short of t = 1; loosen "
+                             "--rtol/--atol or raise --max-steps, and --resume to keep the finished shards") from None
 
     def compute(seeds: np.ndarray, advance) -> pa.Table:
         shard = _ShardColumns(save_x=args.save_x, profile=args.profile, per_sample_steps=args.solver == "dopri5")
@@ -525,8 +588,8 @@ def run(args) -> int:
     what = f"model {args.model} (shape {target.shape})" if args.model else f"{args.field} (D={args.dim})"
     if cond is not None:
         what += f", {cond.describe()}"
-    print(f"kfm sample: {table.num_rows} samples of {what}, {args.solver}, "
-          f"{args.steps} steps, {args.grid} grid, {shaping}; world size {world.world_size}")
+    print(f"kfm sample: {table.num_rows} samples of {what}, {_stepping(args)}, {shaping}; "
+          f"world size {world.world_size}")
     print(f"run directory: {outcome.run_dir}  (results.parquet, {manifest.plan.count} shard(s); "
           f"this process computed {len(outcome.computed)}, kept {len(outcome.skipped)})")
     if nonfinite:
@@ -534,13 +597,22 @@ def run(args) -> int:
     with pd.option_context("display.float_format", "{:.6g}".format, "display.width", 120):
         print(summary_frame(table).to_string())
     if args.figure is not None:
-        steps = "dopri5" if args.solver == "dopri5" else f"{args.solver}, {args.steps} steps, {args.grid} grid"
+        steps = _stepping(args)
         shaped = "plain FM" if kts is None else (f"KTS α0 = {kts.alpha0:g} ({kts.launch}), β0 = {kts.beta0:g} "
                                                  f"({kts.landing}), τ = {kts.tau_split:g}")
         path = _write_figure(args.figure, table, outcome.manifest, label="plain FM" if kts is None else "KTS",
                              title=f"{what}; {steps}; {shaped}")
         print(f"figure: {path}")
     return 0
+
+
+def _stepping(args) -> str:
+    """How the run steps, for its summary: "heun, 100 steps, uniform grid", or dopri5's settings
+    other than kfm.sample's defaults ("dopri5, rtol 1e-07")."""
+    if args.solver != "dopri5":
+        return f"{args.solver}, {args.steps} steps, {args.grid} grid"
+    given = _recorded_step_control(args)
+    return ", ".join(["dopri5", *(f"{name.replace('_', ' ')} {value:g}" for name, value in given.items())])
 
 
 def _lock_a_busy_folder(out: str, coordinator):
