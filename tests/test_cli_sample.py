@@ -540,6 +540,24 @@ def test_resuming_with_other_dopri5_tolerances_is_refused_and_older_runs_resume_
     assert "config.atol (stored '<absent>', now 1e-06)" in capsys.readouterr().err
 
 
+def test_one_kts_flag_takes_the_other_defaults_and_beta0_0_launches_only(tmp_path, capsys):
+    # recorded behaviour, kept: --alpha0 alone also brakes the landing with KTS's beta0 = 0.01
+    flags = ["--field", "gaussian", "--dim", 3, "--n", 3, "--steps", 20, "--solver", "heun", "--dtype", "float64"]
+    assert kfm_sample(tmp_path / "both", *flags, "--alpha0", 0.5) == 0
+    shaping = json.loads((tmp_path / "both" / "manifest.json").read_text())["config"]["shaping"]
+    assert shaping["alpha0"] == 0.5 and shaping["beta0"] == 0.01
+    assert kfm_sample(tmp_path / "launch", *flags, "--alpha0", 0.5, "--beta0", 0) == 0
+    field = kfm.GaussianTarget(2.0 * torch.ones(3, dtype=torch.float64), 0.5)
+    direct = kfm.sample(field, seeds=range(3), shape=(3,), steps=20, solver="heun", dtype=torch.float64,
+                        shaping=kfm.KTS(alpha0=0.5, beta0=0.0))
+    np.testing.assert_array_equal(read_run(tmp_path / "launch")["kpe"].to_numpy(), direct.kpe.numpy())
+    assert not np.array_equal(read_run(tmp_path / "both")["kpe"], read_run(tmp_path / "launch")["kpe"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert "--alpha0 0.05 --beta0 0" in capsys.readouterr().out   # --help shows launch-only shaping
+
+
 def _png_size(path) -> tuple[int, int]:
     from PIL import Image
 

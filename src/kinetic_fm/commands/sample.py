@@ -85,13 +85,24 @@ def register(subparsers) -> None:
                    help="dtype of the state x (default float32; energies are float64 either way)")
     s.add_argument("--device", default="cpu", help="cpu | cuda (under torchrun: cuda:<LOCAL_RANK>) (default cpu)")
 
-    k = p.add_argument_group("kinetic trajectory shaping (any flag turns KTS on; none = plain FM)")
-    k.add_argument("--alpha0", type=float, default=None, help="launch boost α0 (KTS default 0.01)")
-    k.add_argument("--beta0", type=float, default=None, help="landing brake β0 (KTS default 0.01)")
-    k.add_argument("--tau", type=float, default=None, help="τ_split in (0, 1) (KTS default 0.6)")
-    k.add_argument("--launch", choices=("linear", "constant", "exponential"), default=None)
-    k.add_argument("--landing", choices=("exponential", "linear", "constant"), default=None)
-    k.add_argument("--k", type=float, default=None, help="rate of the exponential forms (KTS default 3)")
+    k = p.add_argument_group(
+        "kinetic trajectory shaping (KTS)",
+        "Without these flags: plain flow matching (η = 1). Any one of them turns KTS on, and those\n"
+        "not given take KTS's defaults, the brake included: --alpha0 0.05 alone runs α0 = 0.05 with\n"
+        "the landing brake β0 = 0.01 (exponential, τ = 0.6).\n"
+        "Launch boost only: --alpha0 0.05 --beta0 0; landing brake only: --beta0 0.02 --alpha0 0.")
+    k.add_argument("--alpha0", type=float, default=None,
+                   help="launch boost α0 in [0, 1e6] (default 0.01 under KTS; 0: no boost)")
+    k.add_argument("--beta0", type=float, default=None,
+                   help="landing brake β0 >= 0, below 1/(e^k − 1) ≈ 0.0524 for the exponential landing "
+                        "(k = 3), below 1 for the others (default 0.01 under KTS; 0: no brake)")
+    k.add_argument("--tau", type=float, default=None, help="τ_split in (0, 1) (default 0.6 under KTS)")
+    k.add_argument("--launch", choices=("linear", "constant", "exponential"), default=None,
+                   help="form of the launch boost for t < τ (default linear under KTS)")
+    k.add_argument("--landing", choices=("exponential", "linear", "constant"), default=None,
+                   help="form of the landing brake for t >= τ (default exponential under KTS)")
+    k.add_argument("--k", type=float, default=None,
+                   help="rate of the exponential forms, in (0, 700] (default 3 under KTS)")
     k.add_argument("--renormalize", action="store_true", default=None,
                    help="rescale η so that ∫η dt = 1 (not in the paper)")
 
