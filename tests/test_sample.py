@@ -562,7 +562,7 @@ def test_extreme_tolerances_step_instead_of_failing_as_nan(x0):
     with pytest.raises(RuntimeError, match="dopri5 exceeded max_steps = 20") as info:
         kfm.sample(GaussianTarget(), x0, solver="dopri5", rtol=1e-100, atol=1e-100, max_steps=20)
     # its own class (still a RuntimeError), naming the samples short of t = 1: here all of them
-    assert isinstance(info.value, StepLimitError)
+    assert isinstance(info.value, StepLimitError) and kfm.StepLimitError is StepLimitError
     assert info.value.max_steps == 20 and info.value.indices == list(range(len(x0)))
 
 

@@ -17,7 +17,7 @@ from .sampling.noise import noise
 from .sampling.sample import SampleResult, sample
 from .sampling.shaping import KTS
 from .checks import ValueRangeWarning
-from .sampling.guards import NonFiniteVelocityError, TrainingModeWarning
+from .sampling.guards import NonFiniteVelocityError, StepLimitError, TrainingModeWarning
 from . import _version
 
 __version__ = _version.__version__
@@ -63,6 +63,7 @@ __all__ = [
     "KTS",
     "NonFiniteVelocityError",
     "SampleResult",
+    "StepLimitError",
     "TrainingModeWarning",
     "ValueRangeWarning",
     "energy_after",
