@@ -768,3 +768,23 @@ def test_readers_parse_only_the_columns_they_need_and_hand_back_arrays_of_their_
     shards[1].write_bytes(bytes(data))
     with pytest.raises(IncompleteRunError, match=r"shard-00001-of-00003.parquet \(invalid: corrupt"):
         read_profile(run)
+
+
+def test_steps_and_grid_given_with_dopri5_are_ignored_with_a_warning(tmp_path, capsys):
+    # dopri5 picks each sample's steps: a given --steps or --grid changed nothing, without a word
+    assert kfm_sample(tmp_path / "plain", *_GAUSSIAN_3D, "--n", 3) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "given", *_GAUSSIAN_3D, "--n", 3, "--steps", 7, "--grid", "uniform") == 0
+    err = capsys.readouterr().err
+    assert "kfm sample: warning: --steps and --grid do not apply to --solver dopri5" in err
+    np.testing.assert_array_equal(read_run(tmp_path / "given")["kpe"], read_run(tmp_path / "plain")["kpe"])
+    # another grid was refused by kfm.sample once the run had started; now before anything is written
+    assert kfm_sample(tmp_path / "cosine", *_GAUSSIAN_3D, "--grid", "cosine") == 2
+    assert "kfm sample: error: --grid cosine applies to fixed-step solvers only" in capsys.readouterr().err
+    assert not (tmp_path / "cosine").exists()
+    # a fixed-step solver takes them without a warning, and the defaults stay 100 uniform steps
+    assert kfm_sample(tmp_path / "euler", "--field", "gaussian", "--n", 2, "--steps", 7) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "default", "--field", "gaussian", "--n", 2) == 0
+    config = json.loads((tmp_path / "default" / "manifest.json").read_text())["config"]
+    assert (config["steps"], config["grid"]) == (100, "uniform")

@@ -27,6 +27,7 @@ _KTS_FLAGS = {"alpha0": "alpha0", "beta0": "beta0", "tau": "tau_split", "launch"
 # dopri5's step control, each passed to kfm.sample only when given (None: kfm.sample's default)
 _STEP_CONTROL = ("rtol", "atol", "first_step", "max_steps")
 SUMMARY_COLUMNS = ("kpe", "kpe_raw", "early", "late")
+DEFAULT_STEPS, DEFAULT_GRID = 100, "uniform"
 
 
 def register(subparsers) -> None:
@@ -61,7 +62,8 @@ def register(subparsers) -> None:
     s.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
                    help="number of samples (default 1000)")
     s.add_argument("--seed-start", type=seed_number, default=0, help="first seed; seeds are S .. S+n-1 (default 0)")
-    s.add_argument("--steps", type=int, default=100, help="steps of fixed-step solvers (default 100)")
+    s.add_argument("--steps", type=int, default=None,
+                   help=f"steps of fixed-step solvers (default {DEFAULT_STEPS}; dopri5 ignores it, with a warning)")
     s.add_argument("--solver", choices=SOLVERS, default="euler", help="ODE solver (default euler)")
     s.add_argument("--rtol", type=float, default=None,
                    help="dopri5 only: relative tolerance of each sample's step control, > 0 (default 1e-5)")
@@ -74,7 +76,8 @@ def register(subparsers) -> None:
                    help="dopri5 only: attempted steps (accepted or rejected) before a batch with samples "
                         "short of t = 1 stops the run, >= 1 (default 10000); a limit, not a setting: a "
                         "--resume may raise it")
-    s.add_argument("--grid", choices=("uniform", "cosine"), default="uniform", help="time grid (default uniform)")
+    s.add_argument("--grid", choices=("uniform", "cosine"), default=None,
+                   help=f"time grid of fixed-step solvers (default {DEFAULT_GRID}; dopri5 ignores it, with a warning)")
     s.add_argument("--quadrature", choices=("solver", "left"), default="solver",
                    help="energy quadrature: the solver's stage weights (default), or the reference left sum")
     s.add_argument("--split", type=float, default=None,
@@ -334,8 +337,27 @@ def _recorded_step_control(args) -> dict:
             if name != "max_steps" and value != defaults[name].default}
 
 
+def _fixed_grid_defaults(args) -> None:
+    """Fill --steps and --grid with their defaults; under dopri5, which picks each sample's own
+    steps, refuse a grid other than the default (kfm.sample does, once the run has started) and
+    say that the ones given are ignored (they are still recorded in the run's config, as they
+    always were, so that older runs resume)."""
+    import warnings
+
+    if args.solver == "dopri5" and args.grid not in (None, DEFAULT_GRID):
+        raise ValueError(f"--grid {args.grid} applies to fixed-step solvers only; dopri5 picks each sample's steps")
+    given = [flag for flag, value in (("--steps", args.steps), ("--grid", args.grid)) if value is not None]
+    if given and args.solver == "dopri5":
+        warnings.warn(f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --solver dopri5, "
+                      "which picks each sample's steps (--rtol, --atol); ignored", stacklevel=2)
+    args.steps = DEFAULT_STEPS if args.steps is None else args.steps
+    args.grid = DEFAULT_GRID if args.grid is None else args.grid
+
+
 def _validate(args) -> None:
     from pathlib import Path
+
+    _fixed_grid_defaults(args)
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
