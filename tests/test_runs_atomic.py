@@ -134,3 +134,67 @@ def test_a_recursive_cleanup_leaves_a_run_folder_another_process_writes(tmp_path
         holder.wait(timeout=30)
     assert not [p for p in (dead, tmp_path) for name in names if (p / name).exists()]
     assert atomic.remove_temporaries((tmp_path,), recursive=True) == 2    # its writer has let go
+
+
+def _forbid(monkeypatch, folder) -> None:
+    """Make ``folder`` act as another user's with mode 0o700, which this user may neither list nor
+    search: with real permissions where the tests do not run as root (who passes them), else by
+    answering EACCES, as the kernel does, to a listing of it and to any path inside it."""
+    import errno
+
+    if os.geteuid() != 0:
+        folder.chmod(0)
+        return
+    inside = str(folder) + os.sep
+
+    def refusing(call, listing: bool):
+        def guarded(path, *args, **kwargs):
+            text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""
+            if text.startswith(inside) or (listing and text == str(folder)):
+                raise PermissionError(errno.EACCES, "Permission denied", text)
+            return call(path, *args, **kwargs)
+        return guarded
+
+    for name, listing in (("stat", False), ("lstat", False), ("open", False), ("scandir", True), ("listdir", True)):
+        monkeypatch.setattr(os, name, refusing(getattr(os, name), listing))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_recursive_cleanup_passes_folders_it_may_not_read(tmp_path, monkeypatch):
+    # a workspace folder that holds another user's subfolder (mode 0o700): the old rglob skipped
+    # it; the cleanup must not stop `kfm reproduce` with a PermissionError
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / ".lock").touch()
+    (private / ".data.tmp-1-ab").write_bytes(b"theirs")
+    (tmp_path / ".report.html.tmp-1-cd").write_bytes(b"half")
+    _forbid(monkeypatch, private)
+    try:
+        assert atomic.remove_temporaries((tmp_path,), recursive=True) == 1
+    finally:
+        monkeypatch.undo()
+        private.chmod(0o700)
+    assert (private / ".data.tmp-1-ab").exists() and not (tmp_path / ".report.html.tmp-1-cd").exists()
+
+
+@pytest.mark.skipif(run_lock.fcntl is None, reason="no flock on this platform: run folders go unlocked")
+def test_a_recursive_cleanup_leaves_a_run_folder_whose_lock_it_may_not_open(tmp_path, monkeypatch):
+    # models/theirs is another user's run (its .lock mode 0o644, theirs): this user cannot open the
+    # lock to take it, so it cannot tell whether a writer is live there, and leaves the folder
+    import errno
+
+    theirs = tmp_path / "models" / "theirs"
+    theirs.mkdir(parents=True)
+    (theirs / ".lock").touch()
+    (theirs / ".resume.pt.tmp-1-ab").write_bytes(b"half")
+    (tmp_path / "models" / ".x.tmp-1-cd").write_bytes(b"half")
+    lock_file, real_open = str(theirs / ".lock"), os.open
+
+    def open_as_another_user(path, flags, *args, **kwargs):
+        if os.fspath(path) == lock_file and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(errno.EACCES, "Permission denied", lock_file)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(run_lock.os, "open", open_as_another_user)
+    assert atomic.remove_temporaries((tmp_path,), recursive=True) == 1
+    assert (theirs / ".resume.pt.tmp-1-ab").exists() and not (tmp_path / "models" / ".x.tmp-1-cd").exists()

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .lock import LOCK_NAME, RunLock, RunLockedError
+from .lock import LOCK_NAME, RunLock
 
 TMP_MARKER = ".tmp-"
 
@@ -105,29 +106,48 @@ def remove_temporaries(folders: Iterable[Path], *, recursive: bool = False) -> i
     ``recursive`` goes into a subfolder with a lock of its own (``.lock``: a run folder, which
     another command may be writing, e.g. ``kfm train --out`` into a workspace's ``models/``) only
     while it can take that lock: a live writer's temporary is the file it is about to rename, and
-    deleting it would crash that writer. Symbolic links to folders are not followed."""
+    deleting it would crash that writer. A subfolder this user may not list, or a run folder
+    whose lock it may not open (another user's run), is left as it is, not an error: the cleanup
+    must not stop the command that called it. Symbolic links to folders are not followed."""
     return sum(_remove_in(Path(folder), recursive) for folder in folders)
 
 
 def _remove_in(folder: Path, recursive: bool) -> int:
-    if not folder.is_dir():
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # not a folder, or one this user may not list: nothing to clean (as glob skips it)
         return 0
     removed = 0
-    for entry in folder.iterdir():
+    for entry in entries:
+        try:
+            is_file, is_folder = entry.is_file(), entry.is_dir(follow_symlinks=False)
+        except OSError:  # an entry this user may not stat
+            continue
         if fnmatch.fnmatchcase(entry.name, f".*{TMP_MARKER}*"):
-            if entry.is_file():
-                entry.unlink(missing_ok=True)
+            if is_file:
+                Path(entry.path).unlink(missing_ok=True)
                 removed += 1
-        elif recursive and entry.is_dir() and not entry.is_symlink():
-            removed += _remove_in_run(entry) if (entry / LOCK_NAME).is_file() else _remove_in(entry, True)
+        elif recursive and is_folder:
+            removed += _remove_in_subfolder(Path(entry.path))
     return removed
 
 
-def _remove_in_run(folder: Path) -> int:
-    """:func:`_remove_in` ``folder``, a run folder, holding its lock; 0 while another writer holds it."""
+def _remove_in_subfolder(folder: Path) -> int:
+    """:func:`_remove_in` ``folder`` recursively; a run folder (one holding a ``.lock`` file) only
+    while this process can take its lock. A folder whose lock it cannot open (another user's run,
+    or a folder it may not search) is left alone, as one whose lock another writer holds: no one
+    can tell whether a writer is live there."""
+    try:
+        is_run = stat.S_ISREG(os.stat(folder / LOCK_NAME).st_mode)
+    except FileNotFoundError:
+        is_run = False
+    except OSError:  # e.g. PermissionError: a folder this user may not search
+        return 0
+    if not is_run:
+        return _remove_in(folder, True)
     try:
         lock = RunLock(folder).acquire()
-    except RunLockedError:
+    except OSError:  # RunLockedError (a live writer), or a lock file this user may not open
         return 0
     try:
         return _remove_in(folder, True)
