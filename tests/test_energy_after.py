@@ -194,3 +194,23 @@ def test_bad_arguments_are_named():
         kfm.energy_after(profile, times * 2, 0.5)
     # a 0-d tensor is a number
     assert kfm.energy_after(profile, times, torch.tensor(0.5)).tolist() == [2.0, 2.0]
+
+
+def test_a_nan_time_is_padding_only_after_a_samples_last_step():
+    # a NaN inside the times (a missing value, not dopri5's padding) used to drop the steps beside
+    # it silently: one unit of energy a step, 4 steps, read as 2
+    profile = torch.ones(2, 4, dtype=torch.float64)
+    grid = torch.linspace(0, 1, 5, dtype=torch.float64)
+    holed = grid.clone()
+    holed[1] = math.nan
+    with pytest.raises(ValueError, match=r"times must increase.*NaN only as padding"):
+        kfm.energy_between(profile, holed, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"times must increase.*NaN only as padding"):
+        kfm.energy_between(profile, torch.stack([grid, holed]), 0.0, 1.0)
+    # padding holds no energy: a profile that has some there is refused, not half counted
+    padded = torch.stack([grid, torch.tensor([0.0, 0.5, 1.0, math.nan, math.nan], dtype=torch.float64)])
+    with pytest.raises(ValueError, match="profile must hold 0 at the padded steps"):
+        kfm.energy_between(profile, padded, 0.0, 1.0)
+    profile[1, 2:] = 0.0  # as dopri5 pads it: the sample's two steps, then zeros
+    assert kfm.energy_between(profile, padded, 0.0, 1.0).tolist() == [4.0, 2.0]
+    assert kfm.energy_between(profile, padded, 0.25, 1.0).tolist() == [3.0, 1.5]

@@ -159,10 +159,16 @@ def _window_shares(profile, times, t0, t1) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"times must have shape ({steps + 1},) or ({batch}, {steps + 1}) for a profile "
                          f"of {batch} samples and {steps} steps, got {tuple(times_t.shape)}")
     starts, ends = times_t[..., :-1], times_t[..., 1:]
-    if bool((ends <= starts).any()) or bool(((times_t < 0) | (times_t > 1)).any()):
+    missing = torch.isnan(times_t)
+    padding = torch.cumsum(missing, dim=-1) > 0  # from a row's first NaN on
+    if (bool((ends <= starts).any()) or bool(((times_t < 0) | (times_t > 1)).any())
+            or bool((padding & ~missing).any())):
         raise ValueError("times must increase from step to step within [0, 1] (NaN only as padding "
                          "after a sample's last step)")
+    padded = padding[..., 1:]  # steps whose end time is padding
+    if bool((padded & (profile_t != 0)).any()):
+        raise ValueError("profile must hold 0 at the padded steps (a NaN end time in times): their "
+                         "energy would count nowhere")
     inside = (torch.clamp(ends, max=t1) - torch.clamp(starts, min=t0)).clamp_min(0.0)
     share = inside / (ends - starts)
-    # padded dopri5 steps (NaN times) hold no energy
-    return profile_t, torch.where(ends > starts, share, 0.0)
+    return profile_t, torch.where(padded, 0.0, share)
