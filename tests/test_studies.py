@@ -304,6 +304,30 @@ def test_a_workspace_interrupted_while_training_with_general_checkpoints_resumes
     assert all(torch.equal(v, resumed.general.state_dict()[k]) for k, v in again.general.state_dict().items())
 
 
+@pytest.mark.parametrize("damage", ["truncated", "no train settings", "a number"])
+def test_an_interrupted_general_nets_schedule_is_read_from_its_resume_state(tmp_path, stop_at, damage):
+    # the resume check compares resume.pt's recorded settings; a damaged config.json beside it gave
+    # "none" (then a refusal: saved "log2", now "none") or a schedule train() cannot take (TypeError)
+    from kinetic_fm.models import VelocityMLP
+    from kinetic_fm.models.train import TrainConfig, train
+    from kinetic_fm.studies.assets import _general_schedule
+
+    out, data = tmp_path / "general", torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    assert _general_schedule(out) == "none"                      # nothing to resume: no checkpoints
+
+    def config(schedule):
+        return TrainConfig(steps=8, batch_size=4, save_every=4, seed=1, checkpoints=schedule)
+
+    with pytest.raises(stop_at.error):                             # an older workspace's run, killed
+        train(VelocityMLP(2, hidden=8, depth=1), data, config("log2"), out=out, resume=True, callback=stop_at(6))
+    (out / "config.json").write_text({"truncated": '{"model": {"kind": "mlp", "con',
+                                      "no train settings": '{"model": null}',
+                                      "a number": '{"train": {"checkpoints": 5}}'}[damage])
+    schedule = _general_schedule(out)
+    assert schedule == "log2"
+    assert train(VelocityMLP(2, hidden=8, depth=1), data, config(schedule), out=out, resume=True).resumed_from == 4
+
+
 def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
     out, md, html = tiny_report
     text = md.read_text()

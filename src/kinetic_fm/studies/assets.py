@@ -239,17 +239,25 @@ def _general_schedule(out: Path) -> str | list[int]:
     of an MNIST ``--quick`` workspace's 180), except for an interrupted run in ``out`` that
     recorded another (older workspaces trained it with "log2"): the resume check compares the
     schedule, and keeping it changes no weight (a checkpoint draws nothing and steps nothing),
-    so that run resumes instead of being refused."""
+    so that run resumes instead of being refused.
+
+    The schedule is read from ``resume.pt`` itself, the record the resume check compares (one
+    extra load of a file that training loads next anyway, only for an interrupted run): a
+    damaged ``config.json`` beside it must not block the resume."""
     import json
 
+    from ..models.checkpoint import load_state
     from ..models.train import RESUME_FILE
 
-    if not (out / RESUME_FILE).is_file():
+    state_path = out / RESUME_FILE
+    if not state_path.is_file():
         return "none"
-    try:  # config.json holds the run_config its resume.pt was saved with
-        return json.loads((out / "config.json").read_text(encoding="utf-8"))["train"]["checkpoints"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "none"  # nothing readable recorded: the resume check names any difference
+    try:
+        recorded = json.loads(load_state(state_path)["config"])["train"]["checkpoints"]
+    except Exception:  # noqa: BLE001 - an unreadable state: train's own load names what is wrong
+        return "none"
+    steps_list = isinstance(recorded, list) and all(type(step) is int for step in recorded)
+    return recorded if recorded in ("log2", "none") or steps_list else "none"
 
 
 def _record_training_items(out: Path, cfg: AssetsConfig, rows: Tensor, shape: torch.Size) -> None:
