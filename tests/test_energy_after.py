@@ -214,3 +214,40 @@ def test_a_nan_time_is_padding_only_after_a_samples_last_step():
     profile[1, 2:] = 0.0  # as dopri5 pads it: the sample's two steps, then zeros
     assert kfm.energy_between(profile, padded, 0.0, 1.0).tolist() == [4.0, 2.0]
     assert kfm.energy_between(profile, padded, 0.25, 1.0).tolist() == [3.0, 1.5]
+
+
+def _fails_after_03(x, t):
+    """-x, but NaN for the samples with x[:, 1] > 0 (v = -x keeps its sign) once t > 0.3."""
+    t = t.reshape(-1) if t.ndim else t.expand(x.shape[0])
+    return torch.where(((x[:, 1] > 0) & (t > 0.3))[:, None], math.nan, -x)
+
+
+def test_a_non_finite_samples_unknown_energy_is_nan_and_its_known_energy_a_number():
+    # dopri5 stops a sample it flags: its times end before t = 1, and it used to read as having
+    # spent 0 after t = 0.5 and a finite kpe, where res.kpe is NaN
+    res = kfm.sample(_fails_after_03, seeds=range(6), shape=(2,), solver="dopri5", profile=True,
+                     on_nonfinite="flag")
+    flagged = res.nonfinite
+    assert flagged.any() and not flagged.all()
+    for window in ((0.5, 1.0), (0.0, 1.0), (0.3, 0.9)):
+        energy = res.energy_between(*window)
+        assert torch.isnan(energy[flagged]).all() and torch.isfinite(energy[~flagged]).all(), window
+    torch.testing.assert_close(res.energy_between(0, 1), res.kpe, rtol=0, atol=0, equal_nan=True)
+    # a fixed grid keeps stepping a flagged sample, with NaN increments from its first bad step
+    # (t = 0.4 on 10 Euler steps) on: the energy before that is known, and used to read NaN
+    res = kfm.sample(_fails_after_03, seeds=range(6), shape=(2,), solver="euler", steps=10, profile=True,
+                     on_nonfinite="flag")
+    flagged = res.nonfinite
+    assert flagged.any() and torch.isnan(res.profile[flagged, 4:]).all()
+    before = res.profile[:, :4].sum(dim=1)
+    torch.testing.assert_close(res.energy_between(0.0, 0.4), before, rtol=1e-15, atol=0)
+    torch.testing.assert_close(res.energy_between(0.0, 0.35), before - 0.5 * res.profile[:, 3], rtol=1e-14, atol=0)
+    assert torch.isnan(res.energy_between(0.0, 0.45)[flagged]).all()
+    assert torch.isnan(res.energy_after(0.4)[flagged]).all() and torch.isfinite(res.energy_after(0.4)[~flagged]).all()
+
+
+def test_times_that_do_not_span_the_window_give_nan():
+    profile = torch.ones(2, 4, dtype=torch.float64)
+    part = torch.tensor([0.5, 0.6, 0.7, 0.8, 0.9], dtype=torch.float64)  # used to give 4 for [0, 1]
+    assert torch.isnan(kfm.energy_between(profile, part, 0.0, 1.0)).all()
+    torch.testing.assert_close(kfm.energy_between(profile, part, 0.55, 0.85), torch.full((2,), 3.0, dtype=torch.float64))

@@ -13,6 +13,7 @@ increments) for the energy spent in any window of time, on any grid, fixed or pe
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -110,6 +111,11 @@ def energy_between(profile: torch.Tensor | np.ndarray | None, times: torch.Tenso
     not on the sampler's early/late split (a step index) or its grid. Windows add up exactly in
     real arithmetic: between(a, b) + between(b, c) = between(a, c), between(0, 1) = kpe.
 
+    Unknown energy is NaN, never a number: a sample whose times do not span the window (dopri5
+    stops a sample it flags non-finite, so its times end before t = 1) gets NaN, as its ``kpe``
+    is; a NaN or inf increment counts only where its step overlaps the window (a fixed-step
+    sample that turned non-finite at t = 0.4 has a finite energy before 0.4 and NaN after it).
+
     Rounding: with a shared grid each row is one dot product with the steps' shares (a GEMV, as
     the studies have always summed it); per-sample times are summed step by step in time order (a
     running sum, as dopri5 sums kpe), so a padded row gives the same bits whatever its batch's
@@ -117,12 +123,15 @@ def energy_between(profile: torch.Tensor | np.ndarray | None, times: torch.Tenso
     (a fixed grid's to rounding). Returns a tensor on ``profile``'s device for a tensor profile,
     else a NumPy array.
     """
-    profile_t, share = _window_shares(profile, times, t0, t1)
+    profile_t, share, spanned = _window_shares(profile, times, t0, t1)
+    # a step outside the window adds 0, not 0 * its increment (NaN for a non-finite one)
+    profile_t = torch.where(share > 0, profile_t, 0.0)
     if share.ndim == 1:
         energy = profile_t @ share
     else:
         # not a dot product per row: its vector lanes would regroup the steps with the padding
         energy = torch.cumsum(profile_t * share, dim=1)[:, -1]
+    energy = torch.where(spanned, energy, math.nan)
     return energy if isinstance(profile, torch.Tensor) else energy.cpu().numpy()
 
 
@@ -140,8 +149,9 @@ def _time(name: str, value) -> float:
     return float(value)
 
 
-def _window_shares(profile, times, t0, t1) -> tuple[torch.Tensor, torch.Tensor]:
-    """``profile`` as a float64 tensor and the share of each step inside [t0, t1]: (S,) or (B, S)."""
+def _window_shares(profile, times, t0, t1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``profile`` as a float64 tensor, the share of each step inside [t0, t1], (S,) or (B, S), and
+    whether the times span the window, () or (B,)."""
     if profile is None:
         raise ValueError("profile is None: the run kept no per-step energies; sample with "
                          "kfm.sample(..., profile=True) or `kfm sample --profile`")
@@ -171,4 +181,6 @@ def _window_shares(profile, times, t0, t1) -> tuple[torch.Tensor, torch.Tensor]:
                          "energy would count nowhere")
     inside = (torch.clamp(ends, max=t1) - torch.clamp(starts, min=t0)).clamp_min(0.0)
     share = inside / (ends - starts)
-    return profile_t, torch.where(padded, 0.0, share)
+    last = torch.where(missing, -math.inf, times_t).amax(dim=-1)  # a row's last time before its padding
+    spanned = (times_t[..., 0] <= t0) & (last >= t1)
+    return profile_t, torch.where(padded, 0.0, share), spanned
