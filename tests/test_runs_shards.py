@@ -287,3 +287,22 @@ def test_a_merged_table_held_until_exit_does_not_abort_the_process(tmp_path):
     script = f"import torch\nfrom kinetic_fm.runs import merge_shards\ntable = merge_shards({str(run)!r})\n"
     codes = [subprocess.run([sys.executable, "-c", script], capture_output=True).returncode for _ in range(8)]
     assert codes == [0] * 8
+
+
+def test_samples_from_a_table_that_went_through_pandas_read_as_before():
+    # read_run(...) -> DataFrame.to_parquet turns the fixed-size x column into list<double>; the
+    # chunk-by-chunk reader of fixed-size lists raised AttributeError (no list_size) on it
+    import io
+
+    import pyarrow.parquet as pq
+
+    from kinetic_fm.runs.shards import samples_from_table
+
+    rows = np.arange(12.0).reshape(3, 4)
+    buffer = io.BytesIO()
+    pd.DataFrame({"seed": [0, 1, 2], "x": list(rows)}).to_parquet(buffer)
+    table = pq.read_table(io.BytesIO(buffer.getvalue()))
+    assert pa.types.is_list(table.schema.field("x").type)
+    samples = samples_from_table(table, (2, 2))
+    np.testing.assert_array_equal(samples, rows.reshape(3, 2, 2))
+    assert samples.flags.writeable

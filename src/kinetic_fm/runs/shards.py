@@ -249,7 +249,8 @@ def read_run(run_dir: str | os.PathLike, *, columns: list[str] | None = None):
 
 def samples_from_table(table: pa.Table, shape: tuple[int, ...] | list[int] | None = None,
                        column: str = SAMPLES) -> np.ndarray:
-    """Final states stored as a fixed-size list column, reshaped to (rows, *shape): a writable
+    """Final states stored as a list column (fixed-size, as ``kfm sample`` writes it, or lists of
+    equal length, as a table that went through pandas holds it), reshaped to (rows, *shape): a writable
     copy, which ``torch.from_numpy`` takes without a warning (Arrow's own buffer is read-only).
     ``shape`` None: the one the column records (a merged table's, see :func:`with_sample_shape`)."""
     if column not in table.column_names:
@@ -258,7 +259,11 @@ def samples_from_table(table: pa.Table, shape: tuple[int, ...] | list[int] | Non
         shape = recorded_sample_shape(table.schema.field(column))
         if shape is None:
             raise ValueError(f"the table's {column!r} column records no sample shape: pass shape")
-    return _fixed_size_rows(table.column(column)).reshape(table.num_rows, *shape)
+    values = table.column(column)
+    if not pa.types.is_fixed_size_list(values.type):  # e.g. a table that went through pandas: list<double>
+        flat = np.array(values.combine_chunks().flatten().to_numpy(zero_copy_only=False))  # a copy of its own
+        return flat.reshape(table.num_rows, *shape)
+    return _fixed_size_rows(values).reshape(table.num_rows, *shape)
 
 
 def read_samples(run_dir: str | os.PathLike) -> np.ndarray:
