@@ -159,7 +159,8 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
     applied_coef = raw_coef * torch.tensor(eta, dtype=torch.float64) ** 2
     n64 = norms.to(torch.float64)
     finite = torch.isfinite(n64)
-    n64 = torch.where(finite, n64, torch.nan)  # zero weights must not hide a non-finite stage
+    # +inf becomes NaN (0·inf is NaN already): a non-finite stage reads NaN, whatever its weight
+    n64 = torch.where(finite, n64, torch.nan)
     # Element-wise products and a sequential scan over steps: every sample's numbers come from the
     # same correctly rounded operations in the same order, whatever the batch size (a GEMM or a
     # tree reduction here would change the last bits with the batch).
