@@ -191,6 +191,8 @@ def test_argument_checks():
             solver.sample(x0, time_grid=torch.tensor([1e-3, 1.0]), step_size=step_size, cond=cond)
     with pytest.raises(TypeError, match="velocity must be callable"):
         as_model_wrapper(None)
+    with pytest.raises(ValueError, match=r"time must be None or one of \('batch', 'scalar', 'shared'\), got 'batched'"):
+        KineticODESolver(model, time="batched")  # named at construction, before any sampling
     for flag in ("return_intermediates", "enable_grad"):
         with pytest.raises(ValueError, match=f"{flag}=True is not supported"):
             solver.sample(x0, step_size=0.5, cond=cond, **{flag: True})

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from ..checks import declares_singular_at_one
-from ..fields.adapters import ModelXT, batch_time
+from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
 from ..sampling.shaping import KTS
@@ -65,11 +65,17 @@ class KineticODESolver:
     Args:
         velocity_model: a ``ModelWrapper`` or any callable ``model(x, t, **extras)`` taking a 0-dim t
             (pass ``time="batch"`` if it takes per-sample times of shape (B,)).
+        time: how t reaches the model (see ``kfm.ModelXT``): None (default) passes a 0-dim t as
+            ``ODESolver`` does, ``"shared"`` on fixed-step grids and ``"scalar"`` under dopri5;
+            or ``"batch"`` | ``"scalar"`` | ``"shared"`` for every method. ValueError otherwise.
     """
 
     def __init__(self, velocity_model: Callable[..., torch.Tensor], *, time: str | None = None):
         if not callable(velocity_model):
             raise TypeError(f"velocity_model must be callable, got {type(velocity_model).__name__}")
+        # checked here, not at the first sample() call, so a typo is named where it is made
+        if time is not None and time not in TIME_MODES:
+            raise ValueError(f"time must be None or one of {TIME_MODES}, got {time!r}")
         self.velocity_model, self.time = velocity_model, time
 
     def sample(
