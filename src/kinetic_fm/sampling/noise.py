@@ -17,7 +17,10 @@ def noise(
 ) -> torch.Tensor:
     """Standard normal noise of shape (len(seeds), *shape); row i depends on ``seeds[i]`` only.
 
-    ``seeds`` are integers in [0, 2**63): a list, range, generator, NumPy array or 1-D tensor.
+    ``seeds`` are integers in [0, 2**63): a list, range, generator, NumPy array or 1-D tensor
+    (at least one). ``shape`` is one sample's shape, a sequence of positive integers.
+    ``dtype`` a floating torch dtype; ``device`` where the result goes (None: the CPU).
+    ValueError names a bad seed, dimension, dtype or device; TypeError a seeds or shape that is no sequence.
 
     Each row is drawn on the CPU from ``torch.Generator().manual_seed(seeds[i])`` in float64 and
     cast, so the same seed gives the same noise in any batch, on any device and world size.

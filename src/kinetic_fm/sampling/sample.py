@@ -57,9 +57,11 @@ def sample(
             dopri5 calls it with the B' ≤ B samples still in flight; a field holding per-sample
             data (labels, conditions) provides ``select(active)``, the field for the samples
             where the (B,) bool mask is True (``ClassifierFreeGuidance`` and the adapters do).
-        x0: (B, ...) initial noise; or give ``seeds`` and ``shape`` to draw it with ``kfm.noise``.
+        x0: (B, ...) initial noise, a floating tensor (used as given: its dtype and device are the
+            run's); or give ``seeds`` and ``shape`` to draw it with ``kfm.noise``.
         seeds: B non-negative integer seeds, one per sample: a list, range, generator (read once),
             NumPy array or 1-D integer tensor.
+        shape: one sample's shape (without the batch dimension), with ``seeds``.
         steps: number of steps S for fixed-step solvers (ignored for a tensor grid and dopri5).
         solver: "euler" | "midpoint" | "heun" | "rk4" | "rk4_38" (fixed step; rk4_38 is Kutta's
             3/8 rule, torchdiffeq's "rk4") | "dopri5" (adaptive, per-sample step control).
@@ -71,11 +73,23 @@ def sample(
         split: τ at which energy is split into early/late; default the KTS τ_split, else 0.6.
         on_nonfinite: "raise" (NonFiniteVelocityError naming step, t and samples) or "flag"
             (mark those samples in ``result.nonfinite``, give them NaN energies, go on).
-        rtol, atol, first_step, max_steps: dopri5 step control (per sample). Under a KTS gain its
+        rtol, atol, first_step, max_steps: dopri5 step control (per sample): rtol, atol > 0;
+            first_step None (chosen) or in (0, 1]; max_steps ≥ 1 attempted steps, beyond which
+            ``StepLimitError`` names the unfinished samples. Under a KTS gain its
             steps land on τ_split rather than cross it (η has a kink there, a jump for the constant
             forms), so x meets rtol and the early/late split falls exactly at τ.
         dtype, device: for x0 drawn from seeds (default float32, CPU).
         progress: show a tqdm progress bar.
+
+    Returns:
+        :class:`SampleResult`: x (B, ...) at t = 1 in x0's dtype, and (B,) float64 energies on
+        x0's device.
+
+    Raises:
+        ValueError: an argument out of range (each named), x0 with NaN/Inf, a velocity of the
+            wrong shape, dtype or device. TypeError: a velocity or shaping that is not callable.
+        NonFiniteVelocityError: NaN/Inf velocities under ``on_nonfinite="raise"``.
+        StepLimitError: dopri5 needed more than ``max_steps`` steps.
 
     Fixed-step solvers never synchronise with the host inside the loop; energies accumulate on
     the device in float64 (squared norms of half-precision velocities in float32). Results do

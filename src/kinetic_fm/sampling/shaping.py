@@ -91,8 +91,10 @@ class KTS:
     def __call__(self, t: float) -> float: ...
     @overload
     def __call__(self, t: torch.Tensor) -> torch.Tensor: ...
+    @overload
+    def __call__(self, t: np.ndarray) -> np.ndarray: ...
 
-    def __call__(self, t):
+    def __call__(self, t: float | torch.Tensor | np.ndarray) -> float | torch.Tensor | np.ndarray:
         if isinstance(t, np.ndarray) and t.ndim > 0:
             return self(torch.from_numpy(torch_readable(t))).numpy()
         if isinstance(t, torch.Tensor):
