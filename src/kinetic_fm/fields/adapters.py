@@ -338,7 +338,7 @@ class NoisePrediction(_Adapter):
 
     ``t_min`` defaults to 1e-3, raised when ``inner`` is a :class:`DiscreteTime` to just above its
     first step 1/(T − 1): with T = 1000, 1e-3 truncates to step 0, where the net sees t = 0 and
-    the first velocity would be 0 again.
+    the first velocity would be 0 again. ``t_min`` must lie in (0, 1) (ValueError otherwise).
     """
 
     def __init__(self, inner: Callable[..., torch.Tensor], *, t_min: float | None = None):
@@ -368,7 +368,8 @@ class DataPrediction(_Adapter):
     field is evaluated at min(t, 1 − ``gap_min``), net included, and declares
     ``singular_at_one`` so that ``kfm.sample`` takes the last step of heun with Euler and of
     rk4 with Heun's third-order method, instead of evaluating the end stage at t = 1 (rk4 stays
-    fourth order).
+    fourth order). ``inner`` is a callable ``inner(x, t, ...)`` returning x̂1 with x's shape;
+    ``gap_min`` must lie in (0, 1) (ValueError otherwise).
     """
 
     singular_at_one = True

@@ -135,13 +135,15 @@ class GaussianTarget:
         return mu + rate * (x - tc * mu)
 
     def trajectory(self, x0: torch.Tensor, t: float) -> torch.Tensor:
-        """The exact state x_t of the sample starting at x0."""
+        """The exact state x_t, (B, ...) in x0's dtype, of the samples starting at x0 (B, ...);
+        t one number in [0, 1] (ValueError otherwise)."""
         t = _unit_time(t)
         s, _ = _scale(torch.tensor(t, dtype=torch.float64), self.std)
         return t * _as_tensor(self.mean, x0) + s.item() * x0
 
     def kinetic_energy(self, x0: torch.Tensor) -> torch.Tensor:
-        """Closed-form KPE ½∫‖ẋ‖² dt per sample, (B,) float64."""
+        """Closed-form KPE ½∫‖ẋ‖² dt of the samples starting at x0 (B, ...): (B,) float64 on x0's
+        device."""
         return _gaussian_kpe(x0, self.mean, self.std)
 
 
@@ -167,11 +169,14 @@ class PointTarget:
         return (self._placed("point", self.point, x.device, x.dtype) - x) / (1 - tc)
 
     def trajectory(self, x0: torch.Tensor, t: float) -> torch.Tensor:
-        """The exact state x_t of the sample starting at x0."""
+        """The exact state x_t, (B, ...) in x0's dtype, of the samples starting at x0 (B, ...);
+        t one number in [0, 1] (ValueError otherwise)."""
         t = _unit_time(t)
         return (1 - t) * x0 + t * _as_tensor(self.point, x0)
 
     def kinetic_energy(self, x0: torch.Tensor) -> torch.Tensor:
+        """Closed-form KPE ½‖y − x0‖² of the samples starting at x0 (B, ...): (B,) float64 on x0's
+        device."""
         return _gaussian_kpe(x0, self.point, 0.0)
 
 
@@ -219,7 +224,8 @@ class GaussianMixtureTarget:
         return v.reshape(x.shape).to(x.dtype)
 
     def sample_target(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact draws from the target: (n, ...) points and their (n,) component labels."""
+        """Exact draws from the target: (n, ...) float64 CPU points and their (n,) int64 component
+        labels; ``n`` ≥ 1, ``generator`` a CPU ``torch.Generator`` (None: torch's global one)."""
         n = positive_integer("n", as_scalar(n))
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn((n, *self.means.shape[1:]), dtype=torch.float64, generator=generator)

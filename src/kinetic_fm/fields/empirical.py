@@ -68,6 +68,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -83,6 +84,9 @@ from ..knn import (
     row_sq_norms,
     unit_roundoff,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 # per-call product size from which the float32 CPU products may go through NumPy's BLAS when it
 # was measured faster (kinetic_fm.gemm): ≈ 80 ms of work, recurring at every step of a run
@@ -147,7 +151,8 @@ class EmpiricalFlow:
     """Exact closed-form EFM velocity over a training tensor; a velocity field for ``kfm.sample``.
 
     Args:
-        train: (N, ...) training atoms (any real dtype, any device; kept where given).
+        train: (N, ...) training atoms, N ≥ 1, finite (a tensor of any real dtype, on any device,
+            kept where given; or a NumPy array).
             Float64 atoms give float64 screening; anything else screens in float32.
         chunk: atoms per screening GEMM (bounds the temporary (batch_chunk, chunk) block).
         batch_chunk: queries per block; default from ``memory_budget``.
@@ -164,8 +169,9 @@ class EmpiricalFlow:
         backend: how truncated mode picks its atoms: "torch" from the screening GEMM's logits,
             "faiss" by a faiss search of x/t.
 
-    ``field(x, t)`` takes x (B, ...) with the training tensor's trailing shape and t (B,) (or a
-    scalar) and returns v*(x, t) with x's shape, dtype and device. A row's velocity depends on
+    ``field(x, t)`` takes x (B, ...) with the training tensor's trailing shape, on its device, and
+    t (B,) (or a scalar) in [0, 1], and returns v*(x, t) with x's shape, dtype and device (float32
+    for integer x); ValueError names a bad shape, device, time or entry. A row's velocity depends on
     its batch-mates only through the BLAS's blocking of the products: equal to rounding, not
     bit for bit, across batch sizes (the sampler itself is bitwise batch-invariant). ``field.evaluate`` also returns
     the per-sample :class:`PosteriorDiagnostics`; ``field.posterior(x, t, k)`` the top-k weights.
@@ -175,7 +181,7 @@ class EmpiricalFlow:
 
     def __init__(
         self,
-        train: torch.Tensor,
+        train: torch.Tensor | np.ndarray,
         *,
         chunk: int = 16384,
         batch_chunk: int | None = None,
@@ -230,7 +236,8 @@ class EmpiricalFlow:
         return self.evaluate(x, t).velocity
 
     def evaluate(self, x: torch.Tensor, t: torch.Tensor | float) -> EmpiricalVelocity:
-        """Velocity and per-sample posterior diagnostics in one pass."""
+        """Velocity (B, ...) and per-sample posterior diagnostics (B,) in one pass; x and t as for
+        ``field(x, t)``."""
         flat, t64 = self._check(x, t)
         ybar, diag, _ = self._solve(flat, t64, top_k=0)
         one_minus = (1.0 - t64).clamp_min(self.eps)[:, None]
@@ -239,7 +246,8 @@ class EmpiricalFlow:
         return EmpiricalVelocity(velocity.reshape(x.shape), diag)
 
     def posterior(self, x: torch.Tensor, t: torch.Tensor | float, k: int = 1) -> Posterior:
-        """Top-k posterior weights and atom indices per sample (k ≤ N, ≤ ``truncate``)."""
+        """Top-k posterior weights (B, k) float64 and atom indices (B, k) int64 per sample; x and t
+        as for ``field(x, t)``, k an integer in [1, N] (at most ``truncate`` when set)."""
         limit = self.truncate or self.n
         k = check_integer("k", k, 1, limit)
         flat, t64 = self._check(x, t)
@@ -247,7 +255,8 @@ class EmpiricalFlow:
         return Posterior(top[0], top[1], diag.exact)
 
     def diagnostics(self, x: torch.Tensor, t: torch.Tensor | float) -> PosteriorDiagnostics:
-        """Posterior dominance (max weight), entropy and precision flags per sample."""
+        """Posterior dominance (max weight), entropy and precision flags, (B,) each; x and t as for
+        ``field(x, t)``."""
         return self.evaluate(x, t).diagnostics
 
     def __repr__(self) -> str:

@@ -13,13 +13,16 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from ..checks import as_scalar, check_flag, declares_singular_at_one, is_real, optional_attribute, tensor_output
 from ..norms import squared_norm
 from .adapters import batch_time
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class ClassifierFreeGuidance:
     def __init__(
         self,
         model: Callable[..., torch.Tensor],
-        labels: torch.Tensor,
+        labels: torch.Tensor | np.ndarray | Sequence,
         scale: float,
         null_label: int | float | torch.Tensor,
         *,
