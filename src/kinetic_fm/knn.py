@@ -37,12 +37,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import gemm
 from .blocks import block_size
 from .checks import as_scalar, check_flag, check_integer, check_same_layout, is_integer, positive_integer, torch_readable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
 
 BACKENDS = ("torch", "faiss")
 
@@ -207,8 +212,8 @@ def row_sq_norms(rows: torch.Tensor, dtype: torch.dtype, *, centre: torch.Tensor
 
 
 def nearest_neighbors(
-    queries: torch.Tensor,
-    reference: torch.Tensor,
+    queries: torch.Tensor | np.ndarray | pd.DataFrame,
+    reference: torch.Tensor | np.ndarray | pd.DataFrame,
     k: int = 1,
     *,
     chunk: int = 8192,
@@ -223,8 +228,9 @@ def nearest_neighbors(
     """The k nearest rows of ``reference`` for every row of ``queries``, exact in float64.
 
     Args:
-        queries: (B, ...) tensor; flattened to (B, D). Any real dtype and device.
-        reference: (N, ...) tensor with the same number of features D, on the same device.
+        queries: (B, ...) tensor (or NumPy array, or DataFrame of rows); flattened to (B, D).
+            Any real dtype and device.
+        reference: (N, ...) rows with the same number of features D, on the same device.
         k: number of neighbours, 1 ≤ k ≤ N (≤ N − 1 with ``exclude_self``).
         chunk: reference rows per GEMM (bounds the (batch_chunk, chunk) score block).
         batch_chunk: query rows per block.

@@ -80,10 +80,12 @@ class LocalSupport:
 
     @property
     def radius(self) -> Tensor:
+        """(B,) float64 distance to the ``k``-th nearest reference (the headline k)."""
         return self.radius_at(self.k)
 
     @property
     def log_density(self) -> Tensor:
+        """(B,) float64 kNN log-density estimate with the headline ``k``."""
         return self.log_density_at(self.k)
 
     def to_frame(self) -> Any:
@@ -101,14 +103,15 @@ class LocalSupport:
 def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = (1, 5, 10),
                   space: SpaceLike = None, *, exclude_self: bool = False, chunk: int = 8192,
                   batch_chunk: int = 1024, backend: Literal["torch", "faiss"] = "torch",
-                  reference_features: Tensor | None = None) -> LocalSupport:
+                  reference_features: Tensor | np.ndarray | None = None) -> LocalSupport:
     """kNN radii for every k in ``ks ∪ {k}`` from one exact neighbour search.
 
     Args:
         samples: (B, ...) generated samples (or their features when ``space`` is None).
         reference: (N, ...) reference set, same trailing shape.
-        k: headline neighbour count (default 5).
-        ks: further neighbour counts to report (the search runs once, for ``max(ks ∪ {k})``).
+        k: headline neighbour count, a positive integer (default 5).
+        ks: further neighbour counts to report, positive integers (the search runs once, for
+            ``max(ks ∪ {k})``, which must not exceed the usable references).
         space: feature space both sets are mapped through (None = flattened inputs).
         exclude_self: the samples ARE the reference (leave-one-out: row i never matches row i).
         chunk, batch_chunk, backend: passed to ``nearest_neighbors``.
@@ -353,7 +356,7 @@ def kde_log_density(samples: Any, reference: Any,
                     bandwidth: Union[Literal["scott", "median"], float] = "scott",
                     space: SpaceLike = None, *, exclude_self: bool = False, chunk: int = 8192,
                     batch_chunk: int = 1024, seed: int = 0,
-                    reference_features: Tensor | None = None) -> KDELogDensity:
+                    reference_features: Tensor | np.ndarray | None = None) -> KDELogDensity:
     """Per-sample Gaussian KDE log-density over ALL references, chunked and streaming.
 
     Args:

@@ -66,7 +66,15 @@ class Protocol:
 
 @dataclass(frozen=True)
 class FrechetDistance:
-    """A Fréchet distance with its protocol: ``value`` in squared feature units."""
+    """A Fréchet distance with its protocol.
+
+    Attributes:
+        value: the distance ‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½), float64, in squared
+            feature units (``float(fd)`` gives it).
+        name: ``"FID"`` for the standard Inception, else ``"FD-<network>"``.
+        n_a, n_b: the two sets' sizes; dim: the feature dimension D.
+        protocol: how the features were taken (:class:`Protocol`).
+    """
 
     value: float
     name: str
@@ -97,6 +105,9 @@ class PrecisionRecall:
         k: neighbour count of the ball radii.
         fake_in_real: (n_fake,) bool, per generated sample (its precision contribution).
         real_in_fake: (n_real,) bool.
+        n_real, n_fake: the two sets' sizes; protocol: as in :class:`FrechetDistance`.
+
+    The membership tensors are on the inputs' (features') device.
     """
 
     precision: float
@@ -233,6 +244,13 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
             metric name (``"FID"`` only for ``"inception-v3-compat"``).
         split, preprocessing: recorded in the protocol.
 
+    Returns:
+        :class:`FrechetDistance`.
+
+    Raises:
+        ValueError: fewer than 2 rows in a set, feature sizes or layouts that differ.
+        TypeError: ``network``, ``split`` or ``preprocessing`` not a string or None.
+
     Warns (``FrechetBiasWarning``) when a set has no more samples than features: its covariance
     is then singular and the distance is dominated by the estimator's bias (two sets of 20 draws
     from one 64-d Gaussian give about 83, not 0), so compare such values only at equal sizes.
@@ -317,10 +335,14 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     Args:
         real: (N_r, ...) reference samples or features; fake: (N_f, ...) generated ones.
         k: the ball around each point reaches its k-th nearest neighbour in its own set
-            (itself excluded); default 3 as in the paper.
+            (itself excluded); default 3 as in the paper; an integer in [1, min(N_r, N_f) − 1].
         space, network, split, preprocessing: as in :func:`frechet_distance`.
-        chunk, batch_chunk: GEMM block sizes.
+        chunk, batch_chunk: GEMM block sizes (positive integers).
         progress: tqdm bars (on stderr) over the two k-NN searches and the two ball tests.
+
+    Returns:
+        :class:`PrecisionRecall` (ValueError for sets of fewer than 2 samples, differing feature
+        sizes, or arguments out of range).
     """
     fs = feature_space(space)
     protocol = _protocol(fs, network, split, preprocessing)  # before the features and the search

@@ -138,6 +138,11 @@ def memorization(
 
     Returns:
         :class:`MemorizationReport` (tensors on the samples' device).
+
+    Raises:
+        ValueError: an argument out of range, NaN/inf rows, sets of different layouts or
+            feature counts, fewer than 2 training items (each named). TypeError: ``space`` not
+            callable.
     """
     threshold = _inside_unit_interval("threshold", threshold)
     bootstrap, seed, confidence = _interval_settings(bootstrap, seed, confidence, interval)
@@ -174,9 +179,11 @@ def memorization(
                               threshold, confidence, bootstrap, interval)
 
 
-def gap_ratio(d1: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+def gap_ratio(d1: torch.Tensor | np.ndarray, d2: torch.Tensor | np.ndarray) -> torch.Tensor:
     """(B,) d1/d2 from each sample's nearest and second-nearest distances, (B,) each, d1 ≤ d2.
 
+    Tensors or NumPy arrays of one floating shape; returns a tensor of their floating dtype
+    (ValueError for other dtypes or shapes, or a row without 0 ≤ d1 ≤ d2, NaN included).
     0 where d1 = d2 = 0 (a copy of a duplicated training item counts as memorized). Distances
     from any search work, e.g. :func:`kinetic_fm.nearest_neighbors` with k = 2.
     """
@@ -198,7 +205,8 @@ def fraction_interval(count: int, n: int, interval: str = "wilson", *, confidenc
 
     ``interval`` is "wilson" (score), "clopper-pearson" (exact binomial, conservative) or
     "bootstrap" (percentile, ``bootstrap`` resamples from ``seed``: [0, 0] at 0 of n, and NaNs
-    when ``bootstrap`` is 0), as in :func:`memorization`. ``count`` and ``n`` may be 0-d tensors
+    when ``bootstrap`` is 0), as in :func:`memorization`; ``confidence`` its coverage in (0, 1).
+    ValueError unless 0 ≤ count ≤ n, n ≥ 1 (integers), and for settings out of range. ``count`` and ``n`` may be 0-d tensors
     or arrays, e.g. ``fraction_interval(report.memorized.sum(), report.memorized.numel())``.
     """
     count, n = as_scalar(count), as_scalar(n)

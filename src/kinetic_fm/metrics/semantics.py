@@ -108,6 +108,10 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
         batch_size: rows per classifier call, a positive integer.
         device: where the classifier runs; a module must already be there (inputs are moved
             chunk by chunk). None: the module's own device.
+
+    Returns:
+        :class:`ClassifierMargin`, its tensors on x's device (the CPU for an array or list).
+        ValueError for an empty x, non-finite logits, or targets out of [0, C − 1].
     """
     if classifier is None or not callable(classifier):
         raise TypeError(f"classifier must be callable (an nn.Module or a function), got {type(classifier).__name__}")
@@ -358,6 +362,8 @@ def clip_scores(images: Any, class_names: Sequence[str] | None = None, labels: A
         batch_size: images per model call, a positive integer.
         value_range: (lo, hi), two finite numbers with lo < hi, the range of float images.
         return_class_scores: keep the (B, C) matrix of class scores (True or False).
+        device: where a model loaded from a directory runs (None: the CPU); a given
+            :class:`CLIPScorer` keeps its own.
 
     Returns:
         :class:`ClipScores` (float64, on the images' device).

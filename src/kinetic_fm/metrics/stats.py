@@ -32,10 +32,12 @@ class Correlation:
         method: ``"spearman"`` or ``"pearson"``.
         rho: the coefficient on all ``n`` pairs (scipy's value).
         ci_low, ci_high: bootstrap confidence interval at ``confidence`` (NaN when
-            ``bootstrap=0``), by ``ci_method`` (``"BCa"`` or ``"percentile"``).
+            ``bootstrap=0``), by ``ci_method`` (``"BCa"``, ``"percentile"`` or ``"basic"``: the
+            one used, which ``"auto"`` resolves to BCa or percentile).
         p_perm: two-sided permutation p-value of rho = 0 (NaN when ``permutations=0``).
         p_value: scipy's asymptotic two-sided p-value.
         n: number of pairs used (after dropping non-finite pairs when ``nan_policy="omit"``).
+        confidence, bootstrap, permutations: the settings the call used.
     """
 
     method: str
