@@ -17,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,9 @@ import pyarrow.parquet as pq
 from .atomic import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from .manifest import RunManifest, read_manifest
 from .plan import ShardPlan
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 SHARD_DIR = "shards"
 RESULTS_NAME = "results.parquet"
@@ -227,11 +231,20 @@ def write_results(run_dir: str | os.PathLike, table: pa.Table) -> Path:
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp, **_PARQUET_OPTIONS))
 
 
-def read_run(run_dir: str | os.PathLike, *, columns: list[str] | None = None):
+def read_run(run_dir: str | os.PathLike, *, columns: list[str] | None = None) -> pd.DataFrame:
     """The verified per-sample table of a finished run, as a pandas DataFrame (one row per seed).
 
     Reads the shards (not ``results.parquet``) so that what is returned is always checked for
     completeness: every seed of the manifest's range present exactly once, every shard intact.
+
+    Args:
+        run_dir: the run's folder (``kfm sample --out``).
+        columns: the column names to read (None: all), in the order wanted.
+
+    Raises:
+        FileNotFoundError: no run manifest in ``run_dir``. IncompleteRunError (a RuntimeError):
+            shards missing or invalid. ValueError: an unreadable manifest, ``columns`` not a list
+            of names, or a column the run does not hold.
     """
     if columns is not None:
         if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
@@ -267,7 +280,9 @@ def samples_from_table(table: pa.Table, shape: tuple[int, ...] | list[int] | Non
 
 
 def read_samples(run_dir: str | os.PathLike) -> np.ndarray:
-    """Final samples x of a finished ``kfm sample`` run, (n, *sample_shape), in seed order."""
+    """Final samples x of a finished ``kfm sample`` run in the folder ``run_dir``, (n, *sample_shape)
+    in the stored dtype, in seed order; errors as :func:`read_run` (ValueError also for a run
+    saved without x or without its sample shape)."""
     manifest = read_manifest(run_dir)
     shape = manifest.config.get("sample_shape")
     if shape is None:
