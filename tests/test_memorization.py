@@ -135,6 +135,11 @@ def test_gap_ratio_and_fraction_interval_are_the_audits_own(case):
     d1, d2, _ = brute(samples, train)
     torch.testing.assert_close(kfm.gap_ratio(d1, d2), d1 / d2, rtol=1e-15, atol=0)
     assert kfm.gap_ratio(torch.zeros(2), torch.tensor([0.0, 2.0])).tolist() == [0.0, 0.0]
+    # NumPy distances in, a tensor of their dtype out (as the docstring and hint say)
+    from_arrays = kfm.gap_ratio(d1.numpy(), d2.numpy())
+    assert isinstance(from_arrays, torch.Tensor) and from_arrays.dtype == d1.dtype
+    torch.testing.assert_close(from_arrays, d1 / d2, rtol=1e-15, atol=0)
+    assert kfm.gap_ratio(d1.float(), d2.float()).dtype == torch.float32
     for interval in ("bootstrap", "wilson", "clopper-pearson"):
         rep = kfm.memorization(samples, train, interval=interval, seed=5)
         assert kfm.fraction_interval(int(rep.memorized.sum()), len(rep), interval, seed=5) == rep.ci

@@ -823,6 +823,7 @@ def test_mixture_velocity_is_the_posterior_mean_of_its_components():
     torch.testing.assert_close(one(x, t), kfm.GaussianTarget(means[0], 0.4)(x, t), rtol=1e-12, atol=1e-12)
     # draws: each component's spread is σ, and labels follow the weights
     points, labels = field.sample_target(40_000, generator=torch.Generator().manual_seed(0))
+    assert (points.dtype, labels.dtype, points.device.type) == (torch.float64, torch.int64, "cpu")
     assert float((points - means[labels]).std()) == pytest.approx(0.4, rel=0.02)
     np.testing.assert_allclose(torch.bincount(labels, minlength=3).double().numpy() / 40_000, weights.numpy(), atol=0.01)
 
