@@ -1,6 +1,7 @@
 """KTS gain against an independent transcription of the paper's reference formulas."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,7 +107,6 @@ def test_renormalized_gain_integrates_to_one(launch, landing):
 @pytest.mark.parametrize("launch, landing", FORMS)
 def test_integer_and_numpy_times_give_the_float_gain(launch, landing):
     # in an integer tensor the constant forms' full_like truncated α0 and β0 to 0 (η = 1, 1)
-    import numpy as np
 
     kts = KTS(alpha0=0.1, beta0=0.02, launch=launch, landing=landing)
     expected = [reference_eta(t, 0.1, 0.02, 0.6, launch, landing, 3.0) for t in (0.0, 1.0)]
@@ -120,6 +120,19 @@ def test_a_time_outside_zero_one_or_not_a_number_is_refused(t):
     # kts(1.5) extrapolated the landing to a negative gain
     with pytest.raises(ValueError, match=r"t must be a real number in \[0, 1\]"):
         KTS()(t)
+    # alpha and beta promise the same range: beta(1.5) extrapolated past the brake's end,
+    # alpha(-0.1) past its start, and NaN came back as NaN
+    for part in (KTS().alpha, KTS().beta):
+        with pytest.raises(ValueError, match=r"t must be a real number in \[0, 1\], got"):
+            part(t)
+
+
+@pytest.mark.parametrize("launch, landing", FORMS)
+def test_alpha_and_beta_are_the_gains_parts(launch, landing):
+    kts = KTS(alpha0=0.02, beta0=0.03, tau_split=0.4, launch=launch, landing=landing, k=2.5)
+    for t in (0.0, 0.2, 0.4, 0.7, 1.0, np.float64(0.3), torch.tensor(0.9)):
+        assert 1.0 + kts.alpha(t) - kts.beta(t) == pytest.approx(
+            reference_eta(float(t), 0.02, 0.03, 0.4, launch, landing, 2.5), abs=1e-15)
 
 
 @pytest.mark.parametrize("times", [torch.tensor([0.5, 1.5]), torch.tensor([-0.25, 0.5], dtype=torch.float16),
@@ -144,7 +157,6 @@ def test_the_unchecked_gain_is_the_gain_on_a_samplers_times():
 
 
 def test_parameters_may_be_numpy_numbers_or_zero_dimensional_tensors():
-    import numpy as np
 
     plain = KTS(alpha0=0.02, beta0=0.01, tau_split=0.5, k=2.0)
     given = KTS(alpha0=torch.tensor(0.02, dtype=torch.float64), beta0=np.array(0.01), tau_split=np.float32(0.5),

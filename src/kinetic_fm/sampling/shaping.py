@@ -99,10 +99,7 @@ class KTS:
             return self(torch.from_numpy(torch_readable(t))).numpy()
         if isinstance(t, torch.Tensor):
             return self._gain_of_times(t, check=True)
-        value = as_scalar(t)
-        if not (is_real(value) and 0.0 <= value <= 1.0):  # NaN fails too
-            raise ValueError(f"t must be a real number in [0, 1] or a tensor of times, got {t!r}")
-        eta = self._gain_float(float(value))
+        eta = self._gain_float(_time_number(t, "or a tensor of times"))
         return eta / self._mean_gain if self.renormalize else eta
 
     def unchecked(self, t: torch.Tensor) -> torch.Tensor:
@@ -129,7 +126,11 @@ class KTS:
 
     def alpha(self, t: float) -> float:
         """Launch boost α(t) for t < τ (0 elsewhere); t one number in [0, 1] (for a tensor of times
-        use the gain itself: ``kts(t)`` is 1 + α(t) − β(t), divided by its mean under ``renormalize``)."""
+        use the gain itself: ``kts(t)`` is 1 + α(t) − β(t), divided by its mean under ``renormalize``).
+        ValueError for a t outside [0, 1] or NaN, as ``kts(t)``."""
+        return self._alpha(_time_number(t))
+
+    def _alpha(self, t: float) -> float:
         tau, a0, k = self.tau_split, self.alpha0, self.k
         if t >= tau:
             return 0.0
@@ -142,6 +143,9 @@ class KTS:
 
     def beta(self, t: float) -> float:
         """Landing brake β(t) for t ≥ τ (0 elsewhere); t one number in [0, 1], as for ``alpha``."""
+        return self._beta(_time_number(t))
+
+    def _beta(self, t: float) -> float:
         tau, b0, k = self.tau_split, self.beta0, self.k
         if t < tau:
             return 0.0
@@ -153,7 +157,7 @@ class KTS:
         return b0
 
     def _gain_float(self, t: float) -> float:
-        return 1.0 + self.alpha(t) - self.beta(t)
+        return 1.0 + self._alpha(t) - self._beta(t)
 
     def _gain_tensor(self, times: torch.Tensor) -> torch.Tensor:
         # formed in float64 and rounded once: expm1(k) overflows float16 for k > 11, and 1 − β0
@@ -199,6 +203,15 @@ class KTS:
     def mean_gain(self) -> float:
         """∫₀¹ η dt of the gain as applied (exactly 1 when ``renormalize=True``)."""
         return 1.0 if self.renormalize else self._mean_gain
+
+
+def _time_number(t, alternative: str = "") -> float:
+    """``t``, one real number (a NumPy scalar or 0-d tensor counts), as a float in [0, 1]; else
+    ValueError. Outside it the forms extrapolate (β(1.5) > β0·(e^k − 1)) rather than fail."""
+    value = as_scalar(t)
+    if not (is_real(value) and 0.0 <= value <= 1.0):  # NaN fails too
+        raise ValueError(f"t must be a real number in [0, 1]{' ' + alternative if alternative else ''}, got {t!r}")
+    return float(value)
 
 
 def max_beta0(landing: str, k: float = 3.0) -> float:
