@@ -211,7 +211,6 @@ def test_more_near_duplicates_than_exact_max_late_in_a_run_are_exact(cluster, t)
     torch.testing.assert_close(out.diagnostics.entropy, -torch.special.xlogy(w, w).sum(dim=1), rtol=1e-6, atol=1e-9)
 
 
-
 def test_a_row_with_exactly_exact_max_candidates_is_rescored_exactly():
     # "at most exact_max candidates" includes exact_max itself: 4 atoms near x, 40 far beyond the
     # cutoff. With exact_max = 4 the row is re-scored in float64 (velocity to float64 round-off);
@@ -227,6 +226,7 @@ def test_a_row_with_exactly_exact_max_candidates_is_rescored_exactly():
     assert rel_err(at_limit.velocity, ref) < 1e-13
     above = kfm.EmpiricalFlow(atoms, exact_max=3).evaluate(x, t).diagnostics
     assert not above.exact.any() and (above.logit_error_bound > 0).all()
+
 
 def test_many_candidates_are_rescored_in_slices(cluster, monkeypatch):
     # a row whose candidates do not fit one float64 block is done in slices, in two passes

@@ -79,7 +79,6 @@ def test_bootstrap_interval_brackets_the_fraction_and_is_seeded(case):
     assert all(np.isnan(kfm.memorization(samples, train, bootstrap=0).ci))
 
 
-
 def test_a_ratio_exactly_on_the_threshold_is_not_memorized():
     # d1 = 1 and d2 = 3 exactly, so d1/d2 is the float 1/3, the default threshold: "d1/d2 < 1/3"
     origin = torch.zeros(1, 1, dtype=torch.float64)
@@ -108,6 +107,7 @@ def test_all_memorized_shows_the_wilson_interval_not_the_zero_width_bootstrap():
     rep = kfm.memorization(train.clone(), train)                      # copies: d1 = 0, ratio 0
     assert rep.fraction == 1.0 and rep.ci == (1.0, 1.0)
     assert rep.shown_interval() == ("Wilson", *kfm.fraction_interval(6, 6, "wilson"))
+
 
 def test_binomial_intervals_at_the_ends_have_their_closed_forms():
     # 0 of n memorized: the bootstrap collapses to [0, 0]; the binomial intervals keep a width whose

@@ -90,7 +90,6 @@ def test_exclude_self_skips_the_query_index_only():
     assert not (got.indices == torch.arange(120)[:, None]).any()
 
 
-
 @pytest.mark.parametrize("k", [3, 5])
 def test_with_exclude_self_every_other_row_a_candidate_needs_no_certificate(k):
     # N − 1 candidates are every row but the query's own: the answer is exact by construction and
@@ -103,6 +102,7 @@ def test_with_exclude_self_every_other_row_a_candidate_needs_no_certificate(k):
     want = brute(reference, reference, k, exclude_self=True)
     assert torch.equal(got.indices, want.indices) and torch.allclose(got.distances, want.values)
     assert got.rechecked == 0
+
 
 def test_uncertifiable_screening_is_rechecked_in_float64():
     # tiny differences on a huge common offset: float32 screening cannot rank them

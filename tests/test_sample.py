@@ -464,7 +464,6 @@ def test_nonfinite_can_be_flagged_instead(solver, x0):
     assert frame["nonfinite"].sum() == 2
 
 
-
 @pytest.mark.parametrize("solver", FIXED + ["dopri5"])
 def test_a_flagged_sample_has_no_peak_time_and_its_infinite_velocity_reads_nan(solver, x0):
     # A flagged sample's peak is NaN, so its peak_time names no step: NaN as well (it was the
@@ -485,6 +484,7 @@ def test_a_flagged_sample_has_no_peak_time_and_its_infinite_velocity_reads_nan(s
     if solver != "dopri5":
         bad_step = int(res.nonfinite_step[2])
         assert torch.isnan(res.profile[flagged, bad_step:]).all() and torch.isfinite(res.profile[~flagged]).all()
+
 
 def test_bad_inputs_get_clear_errors(x0):
     field = GaussianTarget()
