@@ -363,6 +363,32 @@ def test_truncated_mode_picks_atoms_by_screened_logits_and_bounds_the_rest(spaci
     assert truncate < 8 or (out.diagnostics.neglected_bound[late] < 1e-6).all()
 
 
+@pytest.mark.parametrize("far", [335.3817, 321.123457, 333.2718])
+def test_truncated_bound_covers_an_atom_the_float32_screening_ranks_below_the_kept_one(far):
+    # One feature, two float32 atoms (far, far/3), t = 0.75, truncate=1, and x/t swept across
+    # their midpoint within ±2 float32 ulps of x: where the truth favours one atom by less than
+    # the float32 screening's error, the screening keeps the other. The dropped atom then weighs
+    # up to ~0.516 of the two, more than the ~0.5 its neighbour's exact logit alone would give
+    # (R = (N − k)·exp(ℓ_(k) − ℓ_(k)) = 1); the 2e in the bound is what covers it
+    atoms = torch.tensor([[far], [far / 3]], dtype=torch.float32)
+    t = 0.75
+    midpoint = t * atoms.double().sum() / 2
+    ulp = 2.0 ** (math.floor(math.log2(midpoint)) - 23)
+    x = (midpoint + torch.linspace(-2, 2, 4001, dtype=torch.float64) * ulp)[:, None]
+    field = kfm.EmpiricalFlow(atoms, truncate=1)
+    out = field.evaluate(x, t)
+    kept = field.posterior(x, t, k=1).indices[:, 0]
+    _, w = brute(atoms, x, t)
+    dropped = 1 - w.gather(1, kept[:, None])[:, 0]
+    # the regime of the bound: both atoms are candidates and the screening error bound
+    # e = (D + 4)·u·(a‖x‖·max‖y‖ + c·max‖y‖²) (module docs) is within max_logit_error = 0.5
+    a, c, y_max = t / (1 - t) ** 2, t ** 2 / (2 * (1 - t) ** 2), far * (1 + 1e-3)
+    e = 5 * 2.0 ** -24 * (a * x.abs().max() * y_max + c * y_max ** 2)
+    assert (out.diagnostics.candidates == 2).all() and e < 0.5
+    assert (dropped > 0.505).any()                          # the screening did drop the heavier atom
+    assert (out.diagnostics.neglected_bound >= dropped - 1e-12).all()
+
+
 def test_truncated_mode_keeps_the_exact_top_k_of_a_cluster_it_cannot_screen():
     # late in a run, with a cluster of near-duplicates larger than k, the screened logits cannot
     # order the cluster: its candidates are re-scored exactly and the exact top k kept, so the
