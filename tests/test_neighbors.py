@@ -410,3 +410,30 @@ def test_metrics_neighbors_re_exports_every_public_name_of_the_search():
     for name in neighbors.__all__:
         assert getattr(neighbors, name) is getattr(knn, name), name
     assert kfm.nearest_neighbors is knn.nearest_neighbors
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 4])
+def test_the_float64_screening_stays_within_its_error_bound_in_exact_arithmetic(dim):
+    # queries ~1 from a tight cluster far from the origin: the centring, the score's add and
+    # ‖x‖² round at the bound's own scale here. Measured against exact rational arithmetic, the
+    # screened squared distance of each query's best row must lie within _screening_error (the
+    # earlier (D + 3)·u with a squared vector_norm for ‖x‖² was exceeded 1.1× at D = 2).
+    from fractions import Fraction
+
+    from kinetic_fm.knn import _Centred, _screen_gemm, _screening_error
+
+    def exact_d2(a, b):
+        return sum((Fraction(p) - Fraction(q)) ** 2 for p, q in zip(a.tolist(), b.tolist()))
+
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        c0 = torch.randn(dim, generator=g, dtype=torch.float64)
+        y = c0 / c0.norm() + torch.randn(8, dim, generator=g, dtype=torch.float64) / 256 / dim ** 0.5
+        x = torch.randn(300, dim, generator=g, dtype=torch.float64) * 0.3
+        centred = _Centred.of(y)
+        cand, worst, u = _screen_gemm(x, y, torch.float64, centred.sq_norms, 1, 8, False, 0, "torch",
+                                      centre=centred.centre)
+        bound = _screening_error(torch.linalg.vector_norm(x - centred.centre, dim=1), centred.norm_max, dim, u)
+        for i in range(x.shape[0]):
+            error = abs(Fraction(float(worst[i])) - exact_d2(x[i], y[int(cand[i, 0])]))
+            assert error <= Fraction(float(bound[i])), (seed, i, float(error) / float(bound[i]))
