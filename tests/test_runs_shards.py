@@ -306,3 +306,25 @@ def test_samples_from_a_table_that_went_through_pandas_read_as_before():
     samples = samples_from_table(table, (2, 2))
     np.testing.assert_array_equal(samples, rows.reshape(3, 2, 2))
     assert samples.flags.writeable
+
+
+def test_a_fixed_step_profile_that_went_through_pandas_reads_with_its_grid():
+    # the fixed-size profile column becomes list<double> through pandas; with the grid given it
+    # reads as before (it was taken for a dopri5 profile and refused for want of a times column)
+    import io
+
+    import pyarrow.parquet as pq
+
+    from kinetic_fm.runs.shards import profile_from_table
+
+    rows = np.arange(9.0).reshape(3, 3)
+    grid = np.array([0.0, 0.25, 0.5, 1.0])
+    buffer = io.BytesIO()
+    pd.DataFrame({"seed": [0, 1, 2], "profile": list(rows)}).to_parquet(buffer)
+    table = pq.read_table(io.BytesIO(buffer.getvalue()))
+    assert pa.types.is_list(table.schema.field("profile").type)
+    times, increments = profile_from_table(table, grid)
+    np.testing.assert_array_equal(times, grid)
+    np.testing.assert_array_equal(increments, rows)
+    with pytest.raises(ValueError, match=r"times must have shape \(S \+ 1,\)"):
+        profile_from_table(table, grid[:-1])

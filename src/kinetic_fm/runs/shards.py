@@ -295,7 +295,8 @@ def profile_from_table(table: pa.Table, times=None) -> tuple[np.ndarray, np.ndar
 
     Fixed-step runs store ``profile`` as a fixed-size list of S per-step applied-energy increments
     and their grid once, outside the table: pass it as ``times`` ((S + 1,)); returns it as a
-    float64 array and ``increments`` (rows, S). dopri5 runs store each sample's own steps as
+    float64 array and ``increments`` (rows, S). (A table that went through pandas holds the same
+    rows as plain lists of S values; read alike.) dopri5 runs store each sample's own steps as
     variable-length lists, ``profile`` (steps) and ``times`` (steps + 1); returns them padded
     like ``kfm.sample``'s result: ``times`` (rows, W + 1) NaN-padded, ``increments`` (rows, W)
     zero-padded, W the most steps of any row. Either way the kinetic power ½η²‖v‖² of step j
@@ -312,6 +313,14 @@ def profile_from_table(table: pa.Table, times=None) -> tuple[np.ndarray, np.ndar
         if times.shape != (width + 1,):
             raise ValueError(f"times must have shape ({width + 1},) for {width} steps per sample, got {times.shape}")
         return times, _fixed_size_rows(column)
+    if TIMES not in table.column_names and times is not None:
+        # a fixed-step profile that went through pandas (read_run(...).to_parquet): equal-length lists
+        times = np.asarray(times, dtype=np.float64)
+        lengths = np.concatenate([np.diff(chunk.offsets.to_numpy()) for chunk in column.chunks] or [[]])
+        if times.ndim != 1 or (lengths != times.shape[0] - 1).any():
+            raise ValueError(f"times must have shape (S + 1,) for a profile of S steps per sample; got "
+                             f"{times.shape} for lists of {sorted(set(lengths.tolist()))[:5]} steps")
+        return times, _padded(column, 0.0)
     if TIMES not in table.column_names:
         raise ValueError(f"a per-sample (dopri5) profile needs the table's {TIMES!r} column")
     increments = _padded(column, 0.0)
