@@ -198,7 +198,8 @@ def test_x_and_y_must_be_1d_real_and_equal_length(fn):
     ({"bootstrap": float("inf")}, "bootstrap"), ({"permutations": True}, "permutations"),
     ({"permutations": 2.7}, "permutations"), ({"seed": -1}, "seed"), ({"seed": 2.7}, "seed"),
     ({"seed": "a"}, "seed"), ({"seed": None}, "seed"), ({"seed": True}, "seed"),
-    ({"confidence": "0.9"}, "confidence"), ({"nan_policy": "propagate"}, "nan_policy"),
+    ({"confidence": "0.9"}, "confidence"), ({"confidence": 1.0}, "confidence"), ({"confidence": 0.0}, "confidence"),
+    ({"nan_policy": "propagate"}, "nan_policy"),
     ({"nan_policy": "x"}, "nan_policy"),
 ])
 def test_counts_seed_confidence_and_nan_policy_checked_up_front(kwargs, name):
@@ -371,3 +372,144 @@ def test_spearman_bootstrap_sorts_no_resample_and_gives_scipys_interval(monkeypa
     ours = spearman(x, y, bootstrap=300, permutations=0, seed=9, ci_method=ci_method)
     assert max(ranked, default=1) == 1                      # whole rows only: no resample was sorted
     assert (ours.ci_low, ours.ci_high) == pytest.approx((ref.low, ref.high), rel=1e-12, abs=1e-12)
+
+
+# --- gaps found by the mutation audit (briefs18 G) --------------------------------------------
+
+@pytest.mark.parametrize("fn", [spearman, pearson])
+def test_fewer_than_three_finite_pairs_are_refused(fn):
+    with pytest.raises(ValueError, match="need at least 3 finite pairs, got 2"):
+        fn([1.0, 2.0], [2.0, 1.0], bootstrap=0, permutations=0)
+    with pytest.raises(ValueError, match="need at least 3 finite pairs, got 2"):
+        fn([1.0, 2.0, np.nan], [2.0, 1.0, 3.0], bootstrap=0, permutations=0, nan_policy="omit")
+    assert fn([1.0, 2.0, 3.0], [2.0, 1.0, 3.0], bootstrap=0, permutations=0).n == 3
+
+
+def test_auto_interval_is_bca_up_to_2000_pairs_and_percentile_above():
+    # the docstring's threshold, on both sides of it
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=2001)
+    y = x + rng.normal(size=2001)
+    assert spearman(x[:2000], y[:2000], bootstrap=20, permutations=0).ci_method == "BCa"
+    assert spearman(x, y, bootstrap=20, permutations=0).ci_method == "percentile"
+
+
+def test_the_interval_of_the_defined_resamples_has_the_asked_confidence():
+    # at confidence 0.5 the interval is the quartiles of the defined resamples (not their median,
+    # nor one tail at the 2.5 % point); reference: a brute-force bootstrap with its own generator,
+    # tolerance 0.15 of the bootstrap sd (Monte Carlo error of a quartile of 4000 draws: 0.02 sd)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    flag = np.zeros(200)
+    flag[np.argsort(x)[-40:][::14]] = 1.0
+    with pytest.warns(RuntimeWarning, match="bootstrap resamples had a constant x or y"):
+        r = spearman(x, flag, bootstrap=4000, permutations=0, ci_method="percentile", confidence=0.5)
+    rows = np.random.default_rng(1).integers(0, 200, size=(20000, 200))
+    xs, fs = x[rows], flag[rows]
+    keep = fs.max(axis=1) > 0
+    rhos = np.array([sps.spearmanr(a, b).statistic for a, b in zip(xs[keep], fs[keep])])
+    low, high = np.quantile(rhos, [0.25, 0.75])
+    tolerance = 0.15 * rhos.std()
+    assert abs(r.ci_low - low) < tolerance and abs(r.ci_high - high) < tolerance
+
+
+def test_no_defined_resample_gives_a_nan_interval_not_an_error():
+    # one flagged row of 200 is missing from a resample with probability 0.37: find a seed where
+    # it is missing from both, where no interval exists
+    flag = np.zeros(200)
+    flag[-1] = 1.0
+    for seed in range(40):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = spearman(np.arange(200.0), flag, bootstrap=2, permutations=0, seed=seed, ci_method="percentile")
+        if math.isnan(r.ci_low):
+            break
+    else:
+        pytest.fail("no seed in 0..39 left both resamples without the flagged row (chance 1e-8)")
+    assert math.isnan(r.ci_high) and r.rho == pytest.approx(sps.spearmanr(np.arange(200.0), flag).statistic)
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_permutation_p_value_is_scipys_test_seeded_with_seed_plus_one(method):
+    # the docstring's contract: permutation_test over pairings (of the ranks for Spearman),
+    # two-sided, its generator seeded with seed + 1
+    from kinetic_fm.metrics.stats import _seeded
+
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=25), rng.normal(size=25)     # independent: p well above its floor 2/1000
+    a, b = (x, y) if method == "pearson" else (sps.rankdata(x), sps.rankdata(y))
+    reference = sps.permutation_test((a, b), lambda u, v: np.corrcoef(u, v)[0, 1], permutation_type="pairings",
+                                     n_resamples=999, alternative="two-sided",
+                                     **_seeded(sps.permutation_test, 4)).pvalue
+    fn = {"pearson": pearson, "spearman": spearman}[method]
+    assert reference > 0.1
+    assert fn(x, y, bootstrap=0, permutations=999, seed=3).p_perm == pytest.approx(reference, rel=1e-12)
+
+
+def test_compare_groups_p_value_is_welchs_not_students():
+    # equal group sizes give Welch and Student the same t but not the same degrees of freedom;
+    # very unequal spreads and a moderate p make the two p-values differ (an approx of a p below
+    # 1e-12 is vacuous: pytest.approx's default abs tolerance is 1e-12)
+    rng = np.random.default_rng(2)
+    by = np.arange(20.0)
+    score = np.r_[0.1 * rng.normal(size=10), 0.8 + 3.0 * rng.normal(size=10)]
+    g = compare_groups(score, by, quantile=0.5)
+    low, high = score[:10], score[10:]
+    welch = sps.ttest_ind(high, low, equal_var=False).pvalue
+    student = sps.ttest_ind(high, low, equal_var=True).pvalue
+    assert abs(welch - student) > 0.01                  # the case separates the two
+    assert g.p_value == pytest.approx(welch, rel=1e-9, abs=0.0)
+    assert g.p_mannwhitney == pytest.approx(sps.mannwhitneyu(high, low).pvalue, rel=1e-9, abs=0.0)
+
+
+def test_groups_without_spread_keep_the_sign_of_their_difference():
+    by = np.arange(20.0)
+    falling = compare_groups(np.r_[np.full(10, 0.3), np.full(10, 0.1)], by)
+    assert (falling.difference, falling.cohens_d, falling.p_value) == (0.1 - 0.3, -math.inf, 0.0)
+
+
+@pytest.mark.parametrize("fn", [spearman, pearson])
+def test_huge_negative_values_give_the_scale_free_result(fn):
+    # the rescaling takes the largest magnitude, which here is the most negative value (the
+    # largest value is 0, which would leave the values unscaled and their squares overflowing)
+    x, y = _xy()
+    x = x.min() - x                                      # in [-range, 0]
+    big = fn(x * 1e300, y, bootstrap=100, permutations=100)
+    ref = fn(x, y, bootstrap=100, permutations=100)
+    assert big.rho == pytest.approx(ref.rho, rel=1e-12)
+    assert (big.ci_low, big.ci_high) == pytest.approx((ref.ci_low, ref.ci_high), rel=1e-9)
+    assert big.p_perm == ref.p_perm
+
+
+def test_percentile_bounds_of_an_exact_line_stay_within_minus_one_and_one():
+    # float rounding puts some resamples' Pearson r of an exact line at 1 + 2e-16
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        x = rng.normal(size=int(rng.integers(5, 60)))
+        for slope in (3.7, -0.31):
+            r = pearson(x, slope * x + 1.3, bootstrap=200, permutations=0, ci_method="percentile", seed=seed)
+            assert -1.0 <= r.ci_low <= r.ci_high <= 1.0
+
+
+def test_a_group_without_spread_is_its_value_exactly():
+    # NumPy's mean of 0.1 three times is 0.10000000000000002, and the deviations from it leave a
+    # std of 1.7e-17: the low group (the constant one) must read 0.1 and 0 exactly
+    by = np.arange(12.0)
+    score = np.r_[np.full(3, 0.1), np.random.default_rng(1).normal(size=9)]
+    assert np.full(3, 0.1).mean() != 0.1                 # the case is the one NumPy rounds
+    g = compare_groups(score, by, quantile=0.25)
+    assert g.n_low == 3 and (g.low_mean, g.low_std) == (0.1, 0.0)
+    high = score[-3:]
+    assert g.p_value == pytest.approx(sps.ttest_1samp(high, 0.1).pvalue, rel=1e-12)
+
+
+def test_ties_in_by_are_broken_by_input_order():
+    # three distinct values of by: the groups cut through ties, which go to the earlier samples;
+    # reference: a plain sort on (by, position)
+    rng = np.random.default_rng(4)
+    by = rng.integers(0, 3, size=200).astype(float)
+    score = rng.normal(size=200)
+    g = compare_groups(score, by, quantile=0.2)
+    order = sorted(range(200), key=lambda i: (by[i], i))
+    assert g.low_mean == pytest.approx(score[order[:40]].mean(), rel=1e-12)
+    assert g.high_mean == pytest.approx(score[order[-40:]].mean(), rel=1e-12)
