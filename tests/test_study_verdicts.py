@@ -648,3 +648,56 @@ def test_late_share_interval_is_the_shares_a_t_test_of_late_minus_share_times_en
         assert abs(ttest_1samp(late - late.sum() / energy.sum() * energy, 0.0).statistic) < 1e-6
         rejects = ttest_1samp(late - 0.5 * energy, 0.0, alternative="greater").pvalue < 0.01
         assert (low > 0.5) == rejects
+
+
+# --- the shared rules of studies/verdicts.py, on hand-made intervals (mutation audit, briefs18 G) ---
+
+@pytest.mark.parametrize("low, high, sign, expected", [
+    (0.1, 0.3, +1, "reproduced"), (-0.3, -0.1, +1, "not reproduced"), (-0.1, 0.1, +1, "inconclusive"),
+    (0.0, 0.3, +1, "inconclusive"), (-0.3, 0.0, +1, "inconclusive"),          # an end at 0 covers 0
+    (-0.3, -0.1, -1, "reproduced"), (0.1, 0.3, -1, "not reproduced"), (-0.1, 0.1, -1, "inconclusive"),
+    (-0.3, 0.0, -1, "inconclusive"), (0.0, 0.3, -1, "inconclusive"),
+    (0.1, math.nan, +1, "inconclusive"), (math.nan, 0.3, +1, "inconclusive"),
+    (-0.3, math.nan, -1, "inconclusive"), (math.nan, -0.1, -1, "inconclusive"),
+    (0.1, math.inf, +1, "inconclusive"),
+])
+def test_verdict_from_interval_decides_only_when_a_finite_interval_excludes_zero(low, high, sign, expected):
+    from kinetic_fm.studies.verdicts import verdict_from_interval
+
+    assert verdict_from_interval(low, high, sign) == expected
+
+
+@pytest.mark.parametrize("low, high, words", [
+    (0.1, 0.3, "a clear positive link"), (-0.3, -0.1, "a clear negative link"),
+    (-0.1, 0.3, "no link shown at this size"), (-0.3, 0.1, "no link shown at this size"),
+    (0.0, 0.3, "no link shown at this size"), (-0.3, 0.0, "no link shown at this size"),
+])
+def test_link_in_words_reads_the_side_of_zero_the_interval_lies_on(low, high, words):
+    from kinetic_fm.studies.verdicts import link_in_words
+
+    assert link_in_words(low, high) == words
+
+
+def test_fmt_ci_writes_fixed_decimals_or_significant_digits():
+    from kinetic_fm.studies.verdicts import fmt_ci
+
+    assert fmt_ci(0.00012, 0.5, "ρ 95% CI", decimals=3) == "ρ 95% CI [+0.000, +0.500]"
+    assert fmt_ci(0.0123, 0.5, "share", decimals=3, signed=False) == "share [0.012, 0.500]"
+    assert fmt_ci(-0.00012345, 12345.0) == "95% CI [-0.000123, +1.23e+04]"
+    assert fmt_ci(1.0, 2.0, "ΔFD", unit="nats") == "ΔFD [+1, +2] nats"
+
+
+def test_best_is_interior_and_interior_margin_against_a_loop():
+    from kinetic_fm.studies.verdicts import best_is_interior, interior_margin
+
+    rows = np.array([[3.0, 1.0, 2.0, 4.0],       # interior best, the first end better than the last
+                     [5.0, 2.0, 3.0, 1.0],       # the last end best
+                     [0.5, 2.0, 3.0, 1.0],       # the first end best
+                     [4.0, 3.0, 1.0, 2.0]])      # interior best, the last end better
+    rows = np.r_[rows, np.random.default_rng(0).normal(size=(50, 5))[:, :4]]
+    expected_interior = [0 < int(np.argmin(r)) < len(r) - 1 for r in rows]
+    expected_margin = [min(r[0], r[-1]) - min(r[1:-1]) for r in rows]
+    assert best_is_interior(rows).tolist() == expected_interior
+    assert expected_interior[:4] == [True, False, False, True]
+    np.testing.assert_allclose(interior_margin(rows), expected_margin, rtol=0, atol=0)
+    assert interior_margin(rows[:4]).tolist() == [2.0, -1.0, -1.5, 1.0]
