@@ -701,3 +701,50 @@ def test_best_is_interior_and_interior_margin_against_a_loop():
     assert expected_interior[:4] == [True, False, False, True]
     np.testing.assert_allclose(interior_margin(rows), expected_margin, rtol=0, atol=0)
     assert interior_margin(rows[:4]).tolist() == [2.0, -1.0, -1.5, 1.0]
+
+
+def test_late_spike_reads_each_subset_at_its_bonferroni_level_and_needs_only_one_above_one_half():
+    # K = 3 subsets: each interval at 1 − 0.05/3 (a t-test at the one-sided 0.025/3 quantile at
+    # each end, scipy's ttest_1samp as the reference), and one subset clearly above one half is
+    # enough (the claim holds if some subset shows it), whatever the others show
+    from scipy.stats import t as student_t
+    from scipy.stats import ttest_1samp
+
+    from kinetic_fm.studies.memorization import late_spike_verdict
+
+    rng = np.random.default_rng(7)
+    energy = [rng.lognormal(0.0, 1.0, size=100) for _ in range(3)]
+    late = [e * rng.beta(4 * mu, 4 * (1 - mu), size=100) for e, mu in zip(energy, (0.85, 0.5, 0.15))]
+    verdict, low, high = late_spike_verdict(late, energy)
+    quantile = student_t.ppf(1 - 0.025 / 3, 99)
+    for lt, e, lo, hi in zip(late, energy, low, high):
+        assert ttest_1samp(lt - lo * e, 0.0).statistic == pytest.approx(quantile, rel=1e-9)
+        assert ttest_1samp(lt - hi * e, 0.0).statistic == pytest.approx(-quantile, rel=1e-9)
+    assert low[0] > 0.5 and high[2] < 0.5 and low[1] < 0.5 < high[1]
+    assert verdict == "reproduced"
+
+
+def _hull_by_scan(ratio, a, h, c, rho):
+    """The smallest and largest ρ on the grid ``rho`` with a·δ² + 2h·δ − c ≤ 0 at δ = ρ − ratio."""
+    delta = rho - ratio
+    accepted = a * delta ** 2 + 2 * h * delta - c <= 0
+    return rho[accepted].min(), rho[accepted].max()
+
+
+@pytest.mark.parametrize("ratio, a, h, c", [
+    (0.5, 0.0, -0.1, 0.01),     # a = 0: one ray [0.45, +inf)
+    (0.5, 0.0, 0.1, 0.01),      # a = 0: one ray (-inf, 0.55]
+    (0.0, -1.0, 0.75, 0.5),     # rays (-inf, 0.5] and [1, +inf): the far ray starts exactly at 1
+    (1.0, -1.0, -0.75, 0.5),    # rays (-inf, 0] and [0.5, +inf): the far ray ends exactly at 0
+    (0.2, -1.0, 0.75, 0.5),     # rays (-inf, 0.7] and [1.2, +inf): only R's ray in [0, 1]
+    (0.95, -4.0, -1.0, 0.1875), # rays (-inf, 0.575] and [0.825, +inf): a gap inside [0, 1]
+])
+def test_unbounded_share_hull_is_the_hull_of_the_accepted_shares_in_0_1(ratio, a, h, c):
+    # reference: a scan over 100,001 shares in [0, 1] (exact at the grid's binary fractions, so the
+    # rays that start exactly at 0 or 1 are seen)
+    from kinetic_fm.studies.memorization import _unbounded_share_hull
+
+    rho = np.linspace(0.0, 1.0, 100_001)
+    low, high = _unbounded_share_hull(ratio, a, h, c)
+    scan_low, scan_high = _hull_by_scan(ratio, a, h, c, rho)
+    assert (low, high) == pytest.approx((scan_low, scan_high), abs=2e-5)
