@@ -344,3 +344,47 @@ def test_features_that_require_grad_are_measured_as_their_values():
     assert frechet_distance(real_f, fake_f).value == frechet_distance(real_f.detach(), fake_f.detach()).value
     got, want = precision_recall(real_f, fake_f, k=3), precision_recall(real_f.detach(), fake_f.detach(), k=3)
     assert (got.precision, got.recall) == (want.precision, want.recall)
+
+
+# --- gaps found by the mutation audit (briefs18 G) --------------------------------------------
+
+def test_a_set_against_itself_is_zero_never_negative():
+    # the trace terms cancel to round-off, which left about a third of these seeds at -1.7e-13
+    # before the clip at 0: a distance is never negative
+    for seed in range(20):
+        x = np.random.default_rng(seed).normal(size=(200, 16)) * 3.0 + 5.0
+        value = frechet_distance(x, x).value
+        assert 0.0 <= value < 1e-9, (seed, value)
+
+
+def test_clearly_negative_eigenvalues_are_refused_and_round_off_is_not():
+    # "a clearly negative one is a wrong input": 1e-4 of the largest is clearly negative,
+    # 1e-12 is round-off
+    mu = np.zeros(2)
+    with pytest.raises(ValueError, match="sigma2 is not a covariance"):
+        frechet_distance_from_stats(mu, np.eye(2), mu, np.diag([1.0, -1e-4]))
+    with pytest.raises(ValueError, match="sigma1 is not a covariance"):
+        frechet_distance_from_stats(mu, np.diag([1.0, -1e-4]), mu, np.eye(2))
+    # diag(1, 0) against I: d² = tr + tr − 2 tr (diag(1, 0))^{1/2} = 2 + 1 − 2 = 1
+    assert frechet_distance_from_stats(mu, np.diag([1.0, -1e-12]), mu, np.eye(2)) == pytest.approx(1.0)
+
+
+def test_the_bias_warning_starts_at_as_many_samples_as_features():
+    import warnings
+
+    from kinetic_fm.metrics.fidelity import FrechetBiasWarning
+
+    rng = np.random.default_rng(0)
+    with pytest.warns(FrechetBiasWarning, match="8 and 30 samples of 8 features"):
+        frechet_distance(rng.normal(size=(8, 8)), rng.normal(size=(30, 8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frechet_distance(rng.normal(size=(9, 8)), rng.normal(size=(30, 8)))
+
+
+def test_feature_statistics_needs_two_rows():
+    with pytest.raises(ValueError, match="feats needs at least 2 rows for a covariance, got 1"):
+        feature_statistics(np.ones((1, 3)))
+    mean, cov = feature_statistics(np.array([[0.0, 1.0], [2.0, 5.0]]))
+    np.testing.assert_array_equal(mean, [1.0, 3.0])
+    np.testing.assert_array_equal(cov, np.cov(np.array([[0.0, 1.0], [2.0, 5.0]]).T))
