@@ -356,3 +356,28 @@ def test_inputs_that_require_grad_are_measured_as_their_values(data):
     for xs, ys in ((x.clone().requires_grad_(), y), (x, y.clone().requires_grad_())):
         assert torch.equal(kde_log_density(xs, ys, "scott").log_density, want_kde)
         assert torch.equal(local_support(xs, ys, k=3).radius, want_knn)
+
+
+# --- gaps found by the mutation audit (briefs18 G) --------------------------------------------
+
+def test_local_support_nearest_is_the_brute_force_nearest_reference(data):
+    x, y = data
+    support = local_support(x, y, k=5, ks=(1, 10))
+    d2 = _brute_sq_dist(x.numpy(), y.numpy())
+    assert support.nearest.tolist() == d2.argmin(axis=1).tolist()
+    np.testing.assert_allclose(support.radius_at(1).numpy(), np.sqrt(d2.min(axis=1)), rtol=1e-12)
+
+
+def test_median_heuristic_subsamples_only_above_max_points(data):
+    # 211 references: a 50-row subset depends on the seed, all 211 do not
+    _, y = data
+    assert median_bandwidth(y, max_points=50, seed=3) != median_bandwidth(y, max_points=50, seed=4)
+    assert median_bandwidth(y, max_points=211, seed=3) == median_bandwidth(y, max_points=211, seed=4)
+    assert median_bandwidth(y, max_points=211) == pytest.approx(float(np.median(torch.pdist(y).numpy())), rel=1e-12)
+
+
+def test_a_zero_bandwidth_is_refused_as_a_given_value(data):
+    # not with the hint meant for a rule's bandwidth of 0 ("are all references identical?")
+    x, y = data
+    with pytest.raises(ValueError, match=r"^bandwidth must be 'scott', 'median' or a positive finite number, got 0\.0$"):
+        kde_log_density(x, y, 0.0)
