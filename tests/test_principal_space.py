@@ -135,3 +135,22 @@ def test_errors_name_the_reference_and_an_empty_batch_maps_to_no_rows():
     assert space(x[:0]).shape == (0, 5) and space(x[:0]).dtype == torch.float64
     with pytest.raises(ValueError, match="projects rows of 36 values, got 35"):
         space(torch.zeros(0, 35))
+
+
+# --- gaps found by the mutation audit (briefs18 G) --------------------------------------------
+
+def test_directions_beyond_the_references_rank_have_variance_zero_not_round_off_below_it():
+    # rows in a 2-D plane of R^6: the 3rd to 5th eigenvalues are round-off, most of them
+    # negative (-1e-16); a variance is never negative
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(60, 2)) @ rng.normal(size=(2, 6)) + 3.0
+        space = PrincipalSpace.fit(x, k=5)
+        assert (space.variance >= 0).all() and float(space.variance[2:].max()) < 1e-12
+        np.testing.assert_allclose(space.variance[:2].numpy(), np.linalg.eigvalsh(np.cov(x.T))[::-1][:2], rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(10, 3), (3, 10)])
+def test_a_reference_without_variance_keeps_all_of_it(shape):
+    # share is kept / total; with a total of 0 nothing is lost: 1, on both fitting paths
+    assert PrincipalSpace.fit(np.ones(shape), k=2).share == 1.0
