@@ -513,3 +513,16 @@ def test_ties_in_by_are_broken_by_input_order():
     order = sorted(range(200), key=lambda i: (by[i], i))
     assert g.low_mean == pytest.approx(score[order[:40]].mean(), rel=1e-12)
     assert g.high_mean == pytest.approx(score[order[-40:]].mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("correlation", [spearman, pearson])
+def test_a_basic_interval_stays_within_minus_one_and_one(correlation):
+    # the basic interval reflects the resamples' quantiles about rho: near |rho| = 1 it passed 1
+    # (Spearman 0.90 from 10 pairs gave [0.81, 1.33]); its ends are cut to [-1, 1], and only there
+    rng = np.random.default_rng(0)
+    x = np.arange(10.0)
+    y = x + rng.normal(0.0, 1.5, 10)
+    c = correlation(x, y, ci_method="basic", bootstrap=2000, seed=0)
+    assert c.ci_high == 1.0 and -1.0 < c.ci_low < c.rho
+    mirrored = correlation(x, -y, ci_method="basic", bootstrap=2000, seed=0)
+    assert mirrored.ci_low == -1.0 and mirrored.rho < mirrored.ci_high < 1.0
