@@ -168,6 +168,32 @@ def test_named_per_sample_extras_follow_dopri5_and_shared_ones_stay_whole(time):
         kfm.sample(guessed, x0, solver="dopri5", rtol=1e-9, atol=1e-9)
 
 
+def _toward_table_rows_in_sigma(x, timestep, table, y):
+    return x - table[y]                       # dx/dσ = −(c − x), read on the σ clock
+
+
+def _toward_table_rows_by_step(x, step, table, y):
+    assert step.dtype == torch.int64
+    return table[y] - x
+
+
+@pytest.mark.parametrize("outer", ["ReversedTime", "DiscreteTime"])
+def test_an_outer_adapter_passes_dopri5s_selection_to_the_inner_model_xt(outer):
+    # dopri5 calls select() on the outermost field; an adapter must pass it to the ModelXT inside,
+    # whose per-sample extras would otherwise keep all B rows against fewer x rows (mutation audit)
+    table = torch.randn(4, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([2, 0, 3, 1])
+    x0 = _x0(4) * torch.tensor([0.01, 1.0, 10.0, 100.0], dtype=torch.float64)[:, None]
+    exact = table[y] + (x0 - table[y]) * math.exp(-1.0)
+    if outer == "ReversedTime":
+        field = ReversedTime(ModelXT(_toward_table_rows_in_sigma, per_sample=["y"], table=table, y=y))
+    else:
+        field = DiscreteTime(ModelXT(_toward_table_rows_by_step, per_sample=["y"], table=table, y=y), 1000)
+    res = kfm.sample(field, x0, solver="dopri5", rtol=1e-9, atol=1e-9)
+    assert int(res.nfe.min()) < int(res.nfe.max())            # rows finished apart: select was used
+    torch.testing.assert_close(res.x, exact, rtol=1e-7, atol=1e-7)
+
+
 def test_scalar_time_groups_slice_only_the_named_extras():
     table = torch.randn(4, DIM, dtype=torch.float64)
     y = torch.tensor([1, 1, 0, 2])
@@ -324,6 +350,18 @@ def test_noise_prediction_over_integer_steps_starts_from_step_1_not_0(dtype):
     res = kfm.sample(adapter, x0, steps=10, solver="euler")
     ref = kfm.sample(field, x0.double(), steps=10, solver="euler")
     torch.testing.assert_close(res.x.double(), ref.x, rtol=0, atol=5e-3)
+
+
+def test_data_prediction_evaluates_its_net_at_one_minus_gap_min_at_the_end():
+    # the mirror of NoisePrediction at t = 0: an exact x1-predictor returns x at t = 1, so a net
+    # called at t = 1 (only the divisor clamped) would give v = 0 there (mutation audit)
+    field = kfm.GaussianTarget(MEAN, STD)
+    x = _x0(8) * 2.0
+    data_net = lambda x_, t_: _posterior_means(x_, t_)[1]  # noqa: E731
+    adapter = DataPrediction(data_net, gap_min=1e-2)
+    one = torch.ones(8, dtype=torch.float64)
+    torch.testing.assert_close(adapter(x, one), field(x, one - 1e-2), rtol=1e-12, atol=1e-12)
+    assert (adapter(x, one).norm(dim=1) > 0.1).all()
 
 
 def test_prediction_clamps_keep_the_singular_ends_finite():
