@@ -247,3 +247,32 @@ def test_part_energies_are_the_left_sum_over_every_call_of_a_multi_stage_run(sol
     parts = cfg.part_energies()
     torch.testing.assert_close(parts.conditional, want_c, rtol=1e-12, atol=0)
     torch.testing.assert_close(parts.unconditional, want_u, rtol=1e-12, atol=0)
+
+
+def test_last_velocities_are_the_conditional_and_unconditional_halves():
+    # only their shapes were checked: a swap of the two attributes passed (mutation audit)
+    net = ClassNet()
+    x = kfm.noise(range(3), (DIM,), dtype=torch.float64)
+    t = torch.full((3,), 0.4, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1])
+    cfg = ClassifierFreeGuidance(net, y, 3.0, NULL)
+    cfg(x, t)
+    with torch.no_grad():
+        torch.testing.assert_close(cfg.last_conditional, net(x, t, y), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(cfg.last_unconditional, net(x, t, torch.full_like(y, NULL)), rtol=1e-12, atol=1e-12)
+
+
+def test_per_sample_null_labels_follow_dopri5s_selection():
+    # a null condition per sample (a negative prompt each): dopri5's select must keep each
+    # sample's own null row, not the first rows of the batch (mutation audit)
+    net = ClassNet()
+    x0 = kfm.noise(range(4), (DIM,), dtype=torch.float64) * torch.tensor([0.1, 1.0, 4.0, 0.5])[:, None]
+    labels, nulls = torch.tensor([0, 1, 2, 0]), torch.tensor([3, 2, 1, 3])
+    tol = dict(rtol=1e-9, atol=1e-9)
+    batch = kfm.sample(ClassifierFreeGuidance(net, labels, 2.0, nulls), x0, solver="dopri5", **tol)
+    assert len(set(batch.steps.tolist())) > 1                   # some calls saw a subset
+    for i in range(4):
+        alone = kfm.sample(ClassifierFreeGuidance(net, labels[i:i + 1], 2.0, nulls[i:i + 1]), x0[i:i + 1],
+                           solver="dopri5", **tol)
+        torch.testing.assert_close(batch.x[i:i + 1], alone.x, rtol=0, atol=1e-12)
+        torch.testing.assert_close(batch.kpe[i:i + 1], alone.kpe, rtol=1e-12, atol=0)
