@@ -235,3 +235,50 @@ def test_the_wrapper_reads_singular_at_one_as_the_sampler_does():
 
     assert as_model_wrapper(Unanswerable()).singular_at_one is False
     assert as_model_wrapper(Remote()).singular_at_one is False
+
+
+def test_the_solver_passes_a_zero_dimensional_time_like_ode_solver():
+    # the default time mode, not only from_model_wrapper's: a ModelWrapper written for ODESolver
+    # may assume a 0-dim t (mutation audit: time="batch" on fixed grids passed every other test)
+    seen = []
+
+    class Probe(ModelWrapper):
+        def forward(self, x, t, **extras):
+            seen.append(t.dim())
+            return -x
+
+    x0 = kfm.noise(range(3), (DIM,), dtype=torch.float64)
+    for method in ("euler", "rk4", "dopri5"):
+        seen.clear()
+        step_size = None if method == "dopri5" else 0.25
+        KineticODESolver(Probe(None)).sample(x0, step_size=step_size, method=method)
+        assert seen and set(seen) == {0}, method
+
+
+@pytest.mark.parametrize("method", ["midpoint", "dopri5"])
+def test_sample_arguments_reach_the_sampler(method):
+    # shaping, quadrature, profile and the two tolerances must each reach kfm.sample; each is
+    # first shown to change the result, so that dropping or swapping one is seen (mutation audit)
+    field = kfm.GaussianTarget(torch.tensor([2.0, -1.0], dtype=torch.float64), 0.5)
+    kts = kfm.KTS(alpha0=0.2, beta0=0.02)
+    x0 = 10.0 * kfm.noise(list(range(4)), (DIM,), dtype=torch.float64)   # |x| ≫ 1: rtol and atol differ
+    if method == "dopri5":
+        given = dict(rtol=1e-4, atol=1e-10)
+        ours = dict(solver="dopri5", rtol=1e-4, atol=1e-10)
+        swapped = kfm.sample(field, x0, solver="dopri5", rtol=1e-10, atol=1e-4, shaping=kts, quadrature="left")
+    else:
+        grid = kfm.time_grid("cosine", 10)
+        given, ours = dict(time_grid=grid), dict(grid=grid, solver="midpoint")
+        swapped = None
+    want = kfm.sample(field, x0, shaping=kts, quadrature="left", profile=True, **ours)
+    assert not torch.allclose(want.kpe, want.kpe_raw)                                   # shaping acts
+    assert not torch.allclose(want.kpe, kfm.sample(field, x0, shaping=kts, **ours).kpe)  # quadrature acts
+    if swapped is not None:
+        assert not torch.allclose(swapped.kpe, want.kpe)                                 # rtol, atol act
+    got = KineticODESolver(as_model_wrapper(field)).sample(
+        x0, method=method, shaping=kts, quadrature="left", profile=True, **given)
+    assert got.profile is not None
+    torch.testing.assert_close(got.x, want.x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.kpe, want.kpe, rtol=1e-12, atol=0)
+    torch.testing.assert_close(got.profile, want.profile, rtol=1e-12, atol=1e-15)
+    assert torch.equal(torch.as_tensor(got.nfe), torch.as_tensor(want.nfe))
