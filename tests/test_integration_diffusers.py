@@ -316,3 +316,29 @@ def test_from_scheduler_keeps_a_kinetic_schedulers_gain_unless_told():
     assert KineticFlowMatchEulerScheduler.from_scheduler(FlowMatchEulerDiscreteScheduler()).shaping is None
     with pytest.raises(ValueError, match="'keep'"):
         KineticFlowMatchEulerScheduler.from_scheduler(shaped, shaping="kts")
+
+
+def test_from_scheduler_keeps_a_shift_set_outside_the_config():
+    # newer diffusers change the shift with set_shift(), which the config does not record; the
+    # kinetic copy must walk the base scheduler's own grid (mutation audit)
+    base = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    if not hasattr(base, "set_shift"):
+        pytest.skip("this diffusers has no set_shift")
+    base.set_shift(5.0)
+    kinetic = KineticFlowMatchEulerScheduler.from_scheduler(base)
+    base.set_timesteps(8)
+    kinetic.set_timesteps(8)
+    torch.testing.assert_close(kinetic.sigmas, base.sigmas, rtol=0, atol=0)
+    unshifted = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    unshifted.set_timesteps(8)
+    assert not torch.allclose(base.sigmas, unshifted.sigmas)   # the shift moved the grid
+
+
+@pytest.mark.parametrize("gain", [lambda t: 0.0, lambda t: -1.0, lambda t: float("nan")])
+def test_a_gain_that_is_not_positive_on_the_grid_is_refused(gain):
+    # η ≤ 0 would stall or reverse the Euler step and still report an energy (mutation audit)
+    scheduler = KineticFlowMatchEulerScheduler()
+    scheduler.set_shaping(gain)
+    scheduler.set_timesteps(4)
+    with pytest.raises(ValueError, match=r"η\(t\) must be > 0"):
+        scheduler.step(torch.zeros(BATCH, CHANNELS, SIZE, SIZE), scheduler.timesteps[0], _x0())
