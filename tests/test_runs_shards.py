@@ -147,12 +147,58 @@ def _drop_receipt(path):
     receipt_path(path).unlink()
 
 
+def _reissue_receipt(path):
+    """A receipt that vouches for the shard's present bytes: only the checks past the sha256 remain."""
+    receipt = json.loads(receipt_path(path).read_text())
+    data = path.read_bytes()
+    receipt.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    receipt_path(path).write_text(json.dumps(receipt))
+
+
+def _flip_sample_values_and_reissue_receipt(path):
+    """Damage the sha256 cannot see: the Parquet page checksums must still catch it. (The bytes
+    flipped lie among the energies' values, in their data page: the footer, most of a small
+    file, carries no page checksum.)"""
+    import pyarrow.parquet as pq
+
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(1)  # seed, energy, x
+    end = chunk.data_page_offset + chunk.total_compressed_size
+    data = bytearray(path.read_bytes())
+    for i in range(end - 16, end - 8):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    _reissue_receipt(path)
+
+
+def _other_runs_shard_with_reissued_receipt(path):
+    """The same shard of a run with another config (same plan, same seeds) under this run's receipt:
+    the run id stamped in the Parquet must still refuse it."""
+    run = path.parent.parent
+    other = run.parent / "other-run"
+    _run(other, manifest=_manifest(config={"a": 2}))
+    path.write_bytes((other / "shards" / path.name).read_bytes())
+    _reissue_receipt(path)
+
+
+def _shifted_seeds_with_reissued_receipt(path):
+    """This run's stamps and a matching receipt, but each seed one too high (a writer's off-by-one)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    table = table.set_column(table.column_names.index("seed"), "seed", pa.compute.add(table.column("seed"), 1))
+    pq.write_table(table, path)
+    _reissue_receipt(path)
+
+
 @pytest.mark.parametrize("damage,reason", [
     (_truncate, "corrupt"),
     (_flip_middle_bytes, "corrupt"),
     (_truncate_and_forge_receipt, "unreadable"),
     (_copy_other_shard, "another shard"),
     (_drop_receipt, "no receipt"),
+    (_flip_sample_values_and_reissue_receipt, "unreadable"),
+    (_other_runs_shard_with_reissued_receipt, "different run"),
+    (_shifted_seeds_with_reissued_receipt, "seeds differ from 6..8"),
 ])
 def test_damaged_shard_is_detected_never_merged_and_redone(tmp_path, damage, reason):
     run = tmp_path / "run"
@@ -163,6 +209,8 @@ def test_damaged_shard_is_detected_never_merged_and_redone(tmp_path, damage, rea
     assert status.state == "invalid" and reason in status.reason
     with pytest.raises(IncompleteRunError, match=r"shard-00001-of-00004\.parquet \(invalid"):
         read_run(run)
+    with pytest.raises(IncompleteRunError, match=r"shard-00001-of-00004\.parquet \(invalid"):
+        merge_shards(run, columns=["energy"])  # a reader of a few columns refuses it too
     compute = Recorder()
     out = _run(run, resume=True, compute=compute)
     assert compute.calls == [[6, 7, 8]] and out.redone == (1,)
@@ -179,13 +227,31 @@ def test_shard_of_another_run_is_rejected(tmp_path):
     assert status.state == "invalid" and "different run" in status.reason
 
 
-def test_wrong_row_count_is_rejected_at_write_time(tmp_path):
-    def short(seeds, advance):
-        return expected_frame(seeds[:-1])
+@pytest.mark.parametrize("wrong", [
+    lambda seeds: seeds[:-1],   # a row short
+    lambda seeds: seeds + 1,    # the right count, each seed one too high (an off-by-one in compute)
+    lambda seeds: seeds[::-1],  # the right seeds, out of order
+])
+def test_wrong_rows_are_rejected_at_write_time(tmp_path, wrong):
+    def faulty(seeds, advance):
+        return expected_frame(wrong(seeds))
 
     with pytest.raises(ValueError, match="must hold seeds 3..5 in order"):
-        _run(tmp_path / "run", compute=short)
+        _run(tmp_path / "run", compute=faulty)
     assert not list((tmp_path / "run" / "shards").iterdir())  # refused before anything is written
+
+
+def test_every_bad_shard_is_named_in_the_refusal(tmp_path):
+    run = tmp_path / "run"
+    _run(run)
+    plan = _manifest().plan
+    shard_path(run, plan, 0).unlink()
+    _truncate(shard_path(run, plan, 2))
+    with pytest.raises(IncompleteRunError, match="2 of 4 shards") as err:
+        merge_shards(run)
+    assert "shard-00000-of-00004.parquet (missing)" in str(err.value)
+    assert "shard-00002-of-00004.parquet (invalid: corrupt" in str(err.value)
+    assert "shard-00001" not in str(err.value) and "shard-00003" not in str(err.value)
 
 
 def test_killed_writer_leftovers_are_ignored_and_cleaned(tmp_path):
