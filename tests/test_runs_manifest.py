@@ -74,6 +74,16 @@ def test_resume_guard_names_each_differing_field():
     assert _manifest(kind="memorization").run_id != stored.run_id
 
 
+@pytest.mark.parametrize("stored,now", [(1, 1.0), (1, True), (0, False), ([1, 2], [1.0, 2]), ({"k": 1}, {"k": 1.0})])
+def test_resume_refuses_a_value_of_another_json_type_as_the_run_id_does(stored, now):
+    # Python's == takes 1 == 1.0 == True, the run id (JSON text) does not: the guard let such a
+    # resume through, whose shards then all read as "written by a different run"
+    a, b = _manifest(config={"beta0": stored}), _manifest(config={"beta0": now})
+    assert a.run_id != b.run_id
+    with pytest.raises(ResumeMismatchError, match=r"config\.beta0"):
+        check_resume(a, b)
+
+
 def test_resume_with_new_library_versions_only_warns():
     stored = _manifest(versions={"torch": "2.12.0", "kinetic_fm": "0.1.0"})
     new = _manifest(versions={"torch": "2.13.0", "kinetic_fm": "0.1.0"})

@@ -103,6 +103,18 @@ def test_resume_refuses_a_changed_config_naming_the_field(tmp_path):
         _run(tmp_path / "run", manifest=_manifest(config={"a": 2}), resume=True)
 
 
+def test_resume_refuses_a_setting_equal_only_in_python_and_the_run_stays_readable(tmp_path):
+    # 1 == 1.0 in Python, not in the run id: such a resume was let through, redid every shard
+    # under the new id, and left a run that read_run (the stored manifest's id) refused
+    run = tmp_path / "run"
+    _run(run)
+    compute = Recorder()
+    with pytest.raises(ResumeMismatchError, match=r"config\.a \(stored 1, now 1\.0\)"):
+        _run(run, manifest=_manifest(config={"a": 1.0}), resume=True, compute=compute)
+    assert compute.calls == []
+    _assert_same(read_run(run), np.arange(3, 13))
+
+
 def test_missing_shard_fails_the_merge_and_is_redone_on_resume(tmp_path):
     run = tmp_path / "run"
     _run(run)

@@ -142,12 +142,16 @@ class RunManifest:
         return fingerprint(self.compared())
 
     def differences(self, other: "RunManifest") -> list[str]:
-        """Dotted names of compared fields that differ, each with both values."""
+        """Dotted names of compared fields that differ, each with both values.
+
+        Values are compared as the run id sees them, as JSON text: Python's ``1 == 1.0 == True``
+        would let through a resume whose run id differs, and every shard would then read as
+        another run's."""
         mine, theirs = _flatten(self.compared()), _flatten(other.compared())
         out = []
         for key in sorted(set(mine) | set(theirs)):
             a, b = mine.get(key, "<absent>"), theirs.get(key, "<absent>")
-            if a != b:
+            if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
                 out.append(f"{key} (stored {a!r}, now {b!r})")
         return out
 
