@@ -25,6 +25,8 @@ def test_fingerprint_sees_every_element_and_ignores_container_type():
     assert fingerprint({"m": a}) == fingerprint({"m": a.clone()})
     assert fingerprint({"m": a}) != fingerprint({"m": b})
     assert fingerprint({"m": a}) != fingerprint({"m": a.float()})  # dtype is part of identity
+    # even where the bytes agree: zeros are zero bytes in every dtype of one width
+    assert fingerprint(np.zeros(4, np.float32)) != fingerprint(np.zeros(4, np.int32))
     assert fingerprint({"m": a.reshape(2, 3)}) != fingerprint({"m": a.reshape(3, 2)})  # and the shape
     assert fingerprint({"m": a}) == fingerprint({"m": a.numpy()})
     assert fingerprint((1, 2.5, "x")) == fingerprint([1, 2.5, "x"])
@@ -49,6 +51,14 @@ def test_manifest_round_trips_through_json(tmp_path):
     assert back.run_id == m.run_id
     assert back.config["shape"] == [2, 3]
     assert not list(tmp_path.glob(".*tmp-*"))  # the atomic write left no temporary
+
+
+def test_a_manifest_of_another_format_is_refused_naming_it(tmp_path):
+    write_manifest(tmp_path, _manifest())
+    path = tmp_path / "manifest.json"
+    path.write_text(path.read_text().replace('"format": 1', '"format": 2'))
+    with pytest.raises(ValueError, match=r"manifest.json: unsupported manifest format 2 \(expected 1\)"):
+        read_manifest(tmp_path)
 
 
 def test_run_id_ignores_informational_fields():
@@ -100,6 +110,13 @@ def test_plan_covers_every_seed_once_and_ranks_partition_the_shards(n, size):
         owned = sorted(i for r in range(world) for i in plan.for_rank(r, world))
         assert owned == list(range(plan.count))
     assert plan.name(0) == f"shard-00000-of-{plan.count:05d}.parquet"
+
+
+def test_shard_names_widen_past_99999_shards_and_stay_the_same_width():
+    # the names are a file format: a resume finds shards by them, and they sort in seed order
+    plan = ShardPlan(0, 123_456, 1)
+    assert plan.name(7) == "shard-000007-of-123456.parquet"
+    assert plan.name(123_455) == "shard-123455-of-123456.parquet"
 
 
 def test_plan_rejects_bad_numbers():
