@@ -198,3 +198,40 @@ def test_a_recursive_cleanup_leaves_a_run_folder_whose_lock_it_may_not_open(tmp_
     monkeypatch.setattr(run_lock.os, "open", open_as_another_user)
     assert atomic.remove_temporaries((tmp_path,), recursive=True) == 1
     assert (theirs / ".resume.pt.tmp-1-ab").exists() and not (tmp_path / "models" / ".x.tmp-1-cd").exists()
+
+
+def test_cleanup_removes_only_hidden_temporary_files_and_goes_down_only_when_asked(tmp_path):
+    sub = tmp_path / "plain"
+    sub.mkdir()
+    temporaries = [tmp_path / ".a.parquet.tmp-1-ab", sub / ".b.json.tmp-2-cd"]
+    kept = [tmp_path / "notes.tmp-3.txt",   # a user's file: not hidden, so no temporary of ours
+            tmp_path / "data.parquet"]
+    for path in temporaries + kept:
+        path.write_bytes(b"x")
+    (tmp_path / ".c.tmp-4-ef").mkdir()     # a folder named like a temporary is no file to delete
+    assert atomic.remove_temporaries((tmp_path,)) == 1
+    assert not temporaries[0].exists() and temporaries[1].exists()   # not recursive: sub untouched
+    assert atomic.remove_temporaries((tmp_path,), recursive=True) == 1
+    assert not temporaries[1].exists() and all(path.exists() for path in kept)
+    assert (tmp_path / ".c.tmp-4-ef").is_dir()
+    assert not (sub / run_lock.LOCK_NAME).exists()  # a folder that is no run gets no lock file
+
+
+@posix_only
+def test_a_recursive_cleanup_does_not_follow_a_link_to_another_folder(tmp_path):
+    outside, root = tmp_path / "outside", tmp_path / "workspace"
+    outside.mkdir()
+    root.mkdir()
+    (outside / ".theirs.bin.tmp-1-ab").write_bytes(b"x")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    assert atomic.remove_temporaries((root,), recursive=True) == 0
+    assert (outside / ".theirs.bin.tmp-1-ab").exists()
+
+
+def test_stale_temporaries_of_one_file_go_and_those_of_others_stay(tmp_path):
+    mine = [tmp_path / ".shard-00001.parquet.tmp-1-ab", tmp_path / ".shard-00001.parquet.tmp-22-cd"]
+    others = [tmp_path / ".shard-00002.parquet.tmp-1-ab", tmp_path / "shard-00001.parquet"]
+    for path in mine + others:
+        path.write_bytes(b"x")
+    assert atomic.remove_stale_temporaries(tmp_path, "shard-00001.parquet") == 2
+    assert not any(path.exists() for path in mine) and all(path.exists() for path in others)

@@ -321,6 +321,81 @@ def test_the_ranks_of_one_job_share_the_folder_and_a_second_job_stops_on_every_r
     assert computes[0].calls == computes[1].calls == []
 
 
+def test_rank_0_merges_only_after_every_rank_has_written(tmp_path):
+    # rank 1 finishes its last shard only once rank 0 waits at the barrier: a rank 0 that merged
+    # without waiting would miss that shard (and refuse the run as incomplete)
+    rank_0_waits = threading.Event()
+
+    class WatchedJob(ThreadJob):
+        def coordinator(self, rank):
+            inner = super().coordinator(rank)
+            if rank != 0:
+                return inner
+
+            class Rank0:
+                world = inner.world
+                from_main = inner.from_main
+
+                def barrier(self):
+                    rank_0_waits.set()
+                    inner.barrier()
+
+            return Rank0()
+
+    def rank_1(seeds, advance):
+        if seeds[0] == 12:                  # its last shard
+            rank_0_waits.wait(timeout=60)   # a hang guard only
+        return expected_frame(seeds)
+
+    outcomes = WatchedJob(2).run(tmp_path / "run", [Recorder(), rank_1])
+    assert not any(isinstance(o, BaseException) for o in outcomes), outcomes
+    assert outcomes[1].computed == (1, 3)
+    assert_rows(outcomes[0].table.to_pandas(), range(3, 13))
+
+
+def _exited_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.skipif(lock_module.fcntl is None, reason="needs flock")
+def test_a_refusal_names_holders_it_cannot_prove_gone_and_its_own_process_only_on_its_host(tmp_path, monkeypatch):
+    def refusal(host, pid):
+        (tmp_path / LOCK_NAME).write_text(lock_module.LockHolder(host, pid, "then").to_json())
+        with pytest.raises(RunLockedError) as err:
+            RunLock(tmp_path).acquire()
+        return err.value
+
+    with RunLock(tmp_path):
+        # another host's process: a pid that is free here says nothing about it
+        gone_here = _exited_pid()
+        err = refusal("elsewhere.invalid", gone_here)
+        assert err.holder == lock_module.LockHolder("elsewhere.invalid", gone_here, "then")
+        assert not err.same_process
+        err = refusal("elsewhere.invalid", os.getpid())  # this pid, on another host: not this process
+        assert err.holder is not None and not err.same_process
+        err = refusal(socket.gethostname(), os.getpid())
+        assert err.same_process
+
+        def not_permitted(pid, sig):  # another user's live process
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(lock_module.os, "kill", not_permitted)
+        assert refusal(socket.gethostname(), 1).holder.pid == 1
+
+
+@pytest.mark.skipif(lock_module.fcntl is None, reason="needs flock")
+def test_a_new_holder_replaces_a_longer_record_whole_and_a_lock_is_acquired_once(tmp_path):
+    long = lock_module.LockHolder("a-much-longer-host-name-than-this-one.example.invalid", 4_000_000, "then")
+    (tmp_path / LOCK_NAME).write_text(long.to_json())  # a killed writer's record
+    with RunLock(tmp_path) as lock:
+        assert read_holder(tmp_path) is not None and read_holder(tmp_path).pid == os.getpid()
+        with pytest.raises(RuntimeError, match="already acquired by this RunLock"):
+            lock.acquire()
+    assert lock_module.LockHolder.from_json('{"host": "h", "since": "then"}') is None  # no pid: no one
+
+
 def test_without_fcntl_runs_go_unlocked(tmp_path, monkeypatch):
     monkeypatch.setattr(lock_module, "fcntl", None)
     with RunLock(tmp_path) as first, RunLock(tmp_path) as second:  # nothing excludes anything
