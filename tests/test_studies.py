@@ -973,3 +973,21 @@ def test_goldilocks_decides_nothing_from_quintiles_of_no_more_samples_than_featu
 
     assert "not computed: n ≤ D (100 samples of 100 features" in _goldilocks_interval(undecided)
     assert "one-sided permutation p" in _goldilocks_interval(decided)
+
+
+def test_the_efm_rows_show_the_intervals_their_verdicts_read(tiny_report):
+    """"Not reproduced" reads each subset's 1 − 0.05/K interval (Bonferroni over the K subsets): the
+    copies row shows the worst subset's beside its 95% one, and the late-spike row names its level."""
+    import re
+
+    from kinetic_fm.metrics.memorization import fraction_interval
+
+    _, md, _ = tiny_report
+    text = md.read_text()
+    frames = {n: pd.read_parquet(tiny_report[0] / "tables" / f"memorization__efm_n{n}.parquet") for n in (8, 32)}
+    worst = min(frames.values(), key=lambda f: f["memorized"].mean())
+    low, high = fraction_interval(int(worst["memorized"].sum()), len(worst), "wilson", confidence=0.975)
+    shown = re.search(r"97\.5% Wilson CI \[([\d.]+), ([\d.]+)\]", text)
+    assert shown is not None, "the copies row shows no 97.5% interval"
+    np.testing.assert_allclose([float(v) for v in shown.groups()], [low, high], atol=5e-4)
+    assert "share after t = 0.9, Fieller 97.5% CI: N = 8 [" in text
