@@ -194,7 +194,8 @@ class ModelXT(_Adapter):
             a tensor whose first dimension is the batch size is per-sample, which slices a shared
             tensor that happens to have B rows (a class-embedding table with B classes); name
             them to be sure.
-        **extras: fixed keyword arguments for every call (e.g. a condition tensor).
+        **extras: fixed keyword arguments for every call (e.g. a condition tensor); a keyword
+            given at call time replaces the extra of that name for that call.
     """
 
     def __init__(self, model: Callable[..., torch.Tensor], *, time: str = "batch",
