@@ -144,6 +144,16 @@ def _bound(value: int) -> str:
     return f"{value:_}"
 
 
+def check_unit_number(name: str, value, what: str = "a number in [0, 1]") -> float:
+    """``value``, one real number (a Python or NumPy number, or a 0-d tensor or array), as a float
+    in [0, 1]; else ValueError "``name`` must be ``what``, got ...". NaN fails too. For a time on
+    the path, a split, a share: outside [0, 1] formulas extrapolate rather than fail."""
+    number = as_scalar(value)
+    if is_real(number) and 0.0 <= number <= 1.0:
+        return float(number)
+    raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
 def positive_integer(name: str, value) -> int:
     """``value`` as an int if it is an integer >= 1 (see :func:`check_integer`); else ValueError
     naming ``name`` ("chunk must be a positive integer, got 2.5")."""

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..checks import as_scalar, is_real, positive_integer
+from ..checks import as_scalar, check_unit_number, is_real, positive_integer
 
 
 def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
@@ -98,13 +98,10 @@ def _time_column(t, x: torch.Tensor) -> torch.Tensor:
 
 
 def _unit_time(t) -> float:
-    """A number ``t`` (a 0-d array counts) as a float in [0, 1]; else ValueError. The closed
-    forms hold on the path's time only: NaN came out as NaN velocities, and t = 1.5 as an
-    extrapolation that looked like an answer."""
-    number = as_scalar(t)
-    if not (is_real(number) and 0.0 <= number <= 1.0):  # NaN fails the comparison
-        raise ValueError(f"t must be a number in [0, 1] or a (B,) tensor, got {t!r}")
-    return float(number)
+    """A number ``t`` as a float in [0, 1]; else ValueError. The closed forms hold on the path's
+    time only: NaN came out as NaN velocities, and t = 1.5 as an extrapolation that looked like
+    an answer."""
+    return check_unit_number("t", t, "a number in [0, 1] or a (B,) tensor")
 
 
 def _scale(t: torch.Tensor, std: float) -> tuple[torch.Tensor, torch.Tensor]:

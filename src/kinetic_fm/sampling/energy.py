@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..checks import as_scalar, is_real, torch_readable
+from ..checks import check_unit_number, torch_readable
 from ..norms import squared_norm  # below every layer, for the fields too; re-exported here
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -143,14 +143,10 @@ def energy_after(profile: torch.Tensor | np.ndarray | None, times: torch.Tensor 
                  t: float) -> torch.Tensor | np.ndarray:
     """(B,) float64 applied energy each sample spends at times ≥ ``t``, 0 ≤ t ≤ 1:
     ``energy_between(profile, times, t, 1)`` (see there for the arguments and the straddling step)."""
-    return energy_between(profile, times, _time("t", t), 1.0)
+    return energy_between(profile, times, check_unit_number("t", t, _TIME), 1.0)
 
 
-def _time(name: str, value) -> float:
-    value = as_scalar(value)
-    if not is_real(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a time in [0, 1], got {value!r}")
-    return float(value)
+_TIME = "a time in [0, 1]"
 
 
 def _window_shares(profile, times, t0, t1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -159,7 +155,7 @@ def _window_shares(profile, times, t0, t1) -> tuple[torch.Tensor, torch.Tensor, 
     if profile is None:
         raise ValueError("profile is None: the run kept no per-step energies; sample with "
                          "kfm.sample(..., profile=True) or `kfm sample --profile`")
-    t0, t1 = _time("t0", t0), _time("t1", t1)
+    t0, t1 = check_unit_number("t0", t0, _TIME), check_unit_number("t1", t1, _TIME)
     if t0 > t1:
         raise ValueError(f"t0 must not exceed t1, got t0 = {t0} and t1 = {t1}")
     profile_t = torch.as_tensor(torch_readable(profile))

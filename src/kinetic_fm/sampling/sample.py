@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..checks import as_scalar, check_flag, check_integer, is_real
+from ..checks import as_scalar, check_flag, check_integer, check_unit_number, is_real
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
@@ -114,9 +114,7 @@ def sample(
     profile = check_flag("profile", profile)
     if split is None:
         split = shaping.tau_split if isinstance(shaping, KTS) else 0.6
-    split = as_scalar(split)
-    if not (is_real(split) and 0.0 <= split <= 1.0):
-        raise ValueError(f"split must be a number in [0, 1], got {split!r}")
+    split = check_unit_number("split", split)
     if shaping is not None and not callable(shaping):
         raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
 

@@ -19,7 +19,7 @@ from typing import overload
 import numpy as np
 import torch
 
-from ..checks import as_scalar, check_flag, is_real, torch_readable
+from ..checks import as_scalar, check_flag, check_unit_number, is_real, torch_readable
 
 LAUNCH_FORMS = ("linear", "constant", "exponential")
 LANDING_FORMS = ("exponential", "linear", "constant")
@@ -99,7 +99,7 @@ class KTS:
             return self(torch.from_numpy(torch_readable(t))).numpy()
         if isinstance(t, torch.Tensor):
             return self._gain_of_times(t, check=True)
-        eta = self._gain_float(_time_number(t, "or a tensor of times"))
+        eta = self._gain_float(check_unit_number("t", t, "a real number in [0, 1] or a tensor of times"))
         return eta / self._mean_gain if self.renormalize else eta
 
     def unchecked(self, t: torch.Tensor) -> torch.Tensor:
@@ -128,7 +128,7 @@ class KTS:
         """Launch boost α(t) for t < τ (0 elsewhere); t one number in [0, 1] (for a tensor of times
         use the gain itself: ``kts(t)`` is 1 + α(t) − β(t), divided by its mean under ``renormalize``).
         ValueError for a t outside [0, 1] or NaN, as ``kts(t)``."""
-        return self._alpha(_time_number(t))
+        return self._alpha(check_unit_number("t", t, _ONE_TIME))
 
     def _alpha(self, t: float) -> float:
         tau, a0, k = self.tau_split, self.alpha0, self.k
@@ -143,7 +143,7 @@ class KTS:
 
     def beta(self, t: float) -> float:
         """Landing brake β(t) for t ≥ τ (0 elsewhere); t one number in [0, 1], as for ``alpha``."""
-        return self._beta(_time_number(t))
+        return self._beta(check_unit_number("t", t, _ONE_TIME))
 
     def _beta(self, t: float) -> float:
         tau, b0, k = self.tau_split, self.beta0, self.k
@@ -205,13 +205,8 @@ class KTS:
         return 1.0 if self.renormalize else self._mean_gain
 
 
-def _time_number(t, alternative: str = "") -> float:
-    """``t``, one real number (a NumPy scalar or 0-d tensor counts), as a float in [0, 1]; else
-    ValueError. Outside it the forms extrapolate (β(1.5) > β0·(e^k − 1)) rather than fail."""
-    value = as_scalar(t)
-    if not (is_real(value) and 0.0 <= value <= 1.0):  # NaN fails too
-        raise ValueError(f"t must be a real number in [0, 1]{' ' + alternative if alternative else ''}, got {t!r}")
-    return float(value)
+# α(t) and β(t) take one time: outside [0, 1] the forms extrapolate (β(1.5) > β0·(e^k − 1))
+_ONE_TIME = "a real number in [0, 1]"
 
 
 def max_beta0(landing: str, k: float = 3.0) -> float:
