@@ -357,7 +357,7 @@ def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas
     if best_idx.shape[1] + (1 if exclude_self else 0) >= n:       # everything is a candidate
         worst = torch.full((x_work.shape[0],), math.inf, dtype=torch.float64, device=x_work.device)
     else:
-        x_sq = _squared_norms(x_work)
+        x_sq = row_sq_norms(x_work, torch.float64)   # a float64 sum of squares, in blocks (no full copy)
         worst = best_val.double().max(dim=1).values + x_sq
     return best_idx, worst, unit_roundoff(dtype, y.device)
 
@@ -458,21 +458,12 @@ def _screening_error(x_norm: torch.Tensor, y_norm_max: float, dim: int, u: float
     any), in ``dim`` features, screened with unit round-off ``u``: (D + 6)·u·(‖x‖ + R)².
 
     D·u covers the GEMM's −2x·y and ‖y‖², and the rest the centring of x and y, the score's add,
-    ‖x‖² and its add: measured against exact rational arithmetic on adversarial float64 cases
-    (queries ~1 from a tight cluster far from the origin), the error reaches 0.52 of this bound
+    ‖x‖² (a float64 sum of squares, :func:`row_sq_norms`) and its add: measured against exact
+    rational arithmetic on adversarial float64 cases (queries ~1 from a tight cluster far from the
+    origin), the error reaches 0.52 of this bound
     at D = 1–4; the earlier (D + 3)·u, with ‖x‖² formed as a squared norm, was exceeded (1.1× at
     D = 2), though no wrong neighbour was found."""
     return (dim + 6) * u * (x_norm + y_norm_max).pow(2)
-
-
-def _squared_norms(x_work: torch.Tensor) -> torch.Tensor:
-    """(b,) float64 ‖x‖² of the screened queries: a float64 sum of squares (a squared
-    ``vector_norm`` adds a square root's and a square's rounding, which a float64 screening's bound
-    must then carry); a float32 block is summed in float64 by ``vector_norm`` without a float64
-    copy, its rounding far below float32's."""
-    if x_work.dtype == torch.float64:
-        return x_work.square().sum(dim=1)
-    return torch.linalg.vector_norm(x_work, dim=1, dtype=torch.float64).square()
 
 
 @dataclass(frozen=True)
