@@ -162,17 +162,23 @@ def test_a_wrapped_singular_field_is_never_evaluated_at_t_one(method):
     torch.testing.assert_close(res.kpe, 0.5 * ((y - x0) ** 2).sum(1), rtol=1e-12, atol=0)
 
 
+class TimeProbe(ModelWrapper):
+    """v = −x, recording the number of dimensions of every t it is called with (``seen``)."""
+
+    def __init__(self):
+        super().__init__(None)
+        self.seen = []
+
+    def forward(self, x, t, **extras):
+        self.seen.append(t.dim())
+        return -x
+
+
 def test_from_model_wrapper_passes_a_scalar_time_like_ode_solver():
-    seen = []
-
-    class Probe(ModelWrapper):
-        def forward(self, x, t, **extras):
-            seen.append(t.dim())
-            return -x
-
-    field = from_model_wrapper(Probe(None))
+    probe = TimeProbe()
+    field = from_model_wrapper(probe)
     field(torch.zeros(3, DIM), torch.full((3,), 0.5))
-    assert seen == [0]
+    assert probe.seen == [0]
 
 
 def test_argument_checks():
@@ -240,19 +246,12 @@ def test_the_wrapper_reads_singular_at_one_as_the_sampler_does():
 def test_the_solver_passes_a_zero_dimensional_time_like_ode_solver():
     # the default time mode, not only from_model_wrapper's: a ModelWrapper written for ODESolver
     # may assume a 0-dim t (mutation audit: time="batch" on fixed grids passed every other test)
-    seen = []
-
-    class Probe(ModelWrapper):
-        def forward(self, x, t, **extras):
-            seen.append(t.dim())
-            return -x
-
     x0 = kfm.noise(range(3), (DIM,), dtype=torch.float64)
     for method in ("euler", "rk4", "dopri5"):
-        seen.clear()
+        probe = TimeProbe()
         step_size = None if method == "dopri5" else 0.25
-        KineticODESolver(Probe(None)).sample(x0, step_size=step_size, method=method)
-        assert seen and set(seen) == {0}, method
+        KineticODESolver(probe).sample(x0, step_size=step_size, method=method)
+        assert probe.seen and set(probe.seen) == {0}, method
 
 
 @pytest.mark.parametrize("method", ["midpoint", "dopri5"])
