@@ -235,3 +235,32 @@ def test_stale_temporaries_of_one_file_go_and_those_of_others_stay(tmp_path):
         path.write_bytes(b"x")
     assert atomic.remove_stale_temporaries(tmp_path, "shard-00001.parquet") == 2
     assert not any(path.exists() for path in mine) and all(path.exists() for path in others)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_cleanup_passes_a_temporary_it_may_not_delete(tmp_path, monkeypatch):
+    # a workspace subfolder this user may list but not write (another user's, mode 0o755): its
+    # stale temporary cannot go, and that must not stop `kfm reproduce`; the others still go
+    import errno
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    kept, gone = shared / ".data.bin.tmp-1-ab", tmp_path / ".report.html.tmp-1-cd"
+    kept.write_bytes(b"theirs")
+    gone.write_bytes(b"half")
+    if os.geteuid() != 0:
+        shared.chmod(0o555)
+    else:  # root passes permissions: answer as the kernel would to an unlink in that folder
+        real_unlink = os.unlink
+
+        def unlink(path, *args, **kwargs):
+            if os.path.dirname(os.fspath(path)) == str(shared):
+                raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+            return real_unlink(path, *args, **kwargs)
+        monkeypatch.setattr(os, "unlink", unlink)
+    try:
+        assert atomic.remove_temporaries((tmp_path,), recursive=True) == 1
+    finally:
+        monkeypatch.undo()
+        shared.chmod(0o755)
+    assert kept.exists() and not gone.exists()

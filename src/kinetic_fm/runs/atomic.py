@@ -108,7 +108,8 @@ def remove_temporaries(folders: Iterable[Path], *, recursive: bool = False) -> i
     while it can take that lock: a live writer's temporary is the file it is about to rename, and
     deleting it would crash that writer. A subfolder this user may not list, or a run folder
     whose lock it may not open (another user's run), is left as it is, not an error: the cleanup
-    must not stop the command that called it. Symbolic links to folders are not followed."""
+    must not stop the command that called it; so is a temporary this user may not delete (in a
+    folder it may not write), which is not counted. Symbolic links to folders are not followed."""
     return sum(_remove_in(Path(folder), recursive) for folder in folders)
 
 
@@ -125,7 +126,10 @@ def _remove_in(folder: Path, recursive: bool) -> int:
             continue
         if fnmatch.fnmatchcase(entry.name, f".*{TMP_MARKER}*"):
             if is_file:
-                Path(entry.path).unlink(missing_ok=True)
+                try:
+                    Path(entry.path).unlink(missing_ok=True)
+                except OSError:  # a folder this user may list but not write: the file stays, harmless
+                    continue
                 removed += 1
         elif recursive and is_folder:
             removed += _remove_in_subfolder(Path(entry.path))
