@@ -31,6 +31,10 @@ def test_verdicts_follow_the_interval():
     assert verdict_from_interval(0.0, 2.0, +1) == verdict_from_interval(-2.0, 0.0, +1) == "inconclusive"
     assert verdict_from_interval(0.0, 2.0, -1) == verdict_from_interval(-2.0, 0.0, -1) == "inconclusive"
     assert verdict_from_interval(float("nan"), -1.0, +1) == verdict_from_interval(1.0, float("nan"), -1) == "inconclusive"
+    # a claim's side must be given: 0 (or 2) read as "negative" before
+    for sign in (0, 2, -2, 0.5):
+        with pytest.raises(ValueError, match="expected_sign must be"):
+            verdict_from_interval(-0.5, -0.1, sign)
 
 
 def test_interval_rules_for_best_of_several():

@@ -10,7 +10,10 @@ if TYPE_CHECKING:
 
 def verdict_from_interval(low: float, high: float, expected_sign: int) -> str:
     """"reproduced" when the interval lies on the expected side of 0, "not reproduced" when it lies
-    on the other side, "inconclusive" when it covers 0 (or is undefined)."""
+    on the other side, "inconclusive" when it covers 0 (or is undefined). ``expected_sign``: +1 or
+    −1, the side of 0 the paper's claim puts the effect on."""
+    if expected_sign not in (1, -1):
+        raise ValueError(f"expected_sign must be +1 or -1, got {expected_sign!r}")
     if not (math.isfinite(low) and math.isfinite(high)):
         return "inconclusive"
     if expected_sign > 0:
