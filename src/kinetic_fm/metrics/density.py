@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from ..blocks import block_size
 from ..checks import as_scalar, check_flag, check_integer, check_same_space, is_integer, is_real, positive_integer
 from ..knn import check_same_rows, column_mean, row_sq_norms
 from .features import SpaceLike, as_features, feature_space
+
+if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
+    import pandas as pd
 
 __all__ = ["LocalSupport", "KDELogDensity", "local_support", "kde_log_density",
            "knn_log_density", "scott_bandwidth", "median_bandwidth", "sq_distance_blocks"]
@@ -88,7 +91,7 @@ class LocalSupport:
         """(B,) float64 kNN log-density estimate with the headline ``k``."""
         return self.log_density_at(self.k)
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> "pd.DataFrame":
         """pandas DataFrame: ``knn_radius_k{k}`` and ``knn_log_density_k{k}`` for every k."""
         import pandas as pd
 
@@ -197,7 +200,7 @@ class KDELogDensity:
     dim: int
     space: str
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> "pd.DataFrame":
         """pandas DataFrame with one column, ``kde_log_density``."""
         import pandas as pd
 

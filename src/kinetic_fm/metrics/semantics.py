@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from torch import Tensor
 
 from ..checks import as_scalar, check_flag, is_real, positive_integer
 from .features import as_tensor, feature_space
+
+if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
+    import pandas as pd
 
 __all__ = ["ClassifierMargin", "ClipScores", "CLIPScorer", "classifier_margin", "clip_scores",
            "load_clip", "margin_from_scores"]
@@ -81,7 +84,7 @@ class ClassifierMargin:
     predicted: Tensor
     target: Tensor | None
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> "pd.DataFrame":
         """pandas DataFrame: ``classifier_margin``, ``classifier_confidence``, ``classifier_predicted``
         and, when a target was scored, ``classifier_target``."""
         import pandas as pd
@@ -152,7 +155,7 @@ class ClipScores:
     template: str
     model: str
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> "pd.DataFrame":
         """pandas DataFrame: ``clip_score`` (+ ``clip_margin``, ``clip_predicted`` when classes were used)."""
         import pandas as pd
 

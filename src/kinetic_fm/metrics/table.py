@@ -12,14 +12,17 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from ..checks import as_scalar, is_integer
+
+if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
+    import pandas as pd
 
 __all__ = ["per_sample_table", "save_table", "load_table"]
 
 
-def _frame(part: Any, label: str) -> Any:
+def _frame(part: Any, label: str) -> "pd.DataFrame":
     import pandas as pd
 
     if isinstance(part, pd.DataFrame):
@@ -87,7 +90,7 @@ def _duplicates(values: Any) -> list:
 
 
 def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
-                     how: Literal["exact", "inner", "outer"] = "exact") -> Any:
+                     how: Literal["exact", "inner", "outer"] = "exact") -> "pd.DataFrame":
     """Join per-sample parts on ``seed`` into one pandas DataFrame.
 
     Args:
@@ -176,7 +179,7 @@ def save_table(table: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: table.to_parquet(tmp, engine="pyarrow", index=False))
 
 
-def load_table(path: str | Path) -> Any:
+def load_table(path: str | Path) -> "pd.DataFrame":
     """Read a table written by :func:`save_table`."""
     import pandas as pd
 
