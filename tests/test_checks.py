@@ -318,7 +318,7 @@ def _same(a, b):
 
 
 OPTIONAL_SITES = (8, 9)  # EmpiricalFlow's batch_chunk and truncate: None is the default
-NOTES = {12: "the available items"}  # what a site's bound means, said after its range
+NOTES = {9: "the training items", 10: "the training items", 12: "the available items"}  # a bound's meaning
 
 
 @pytest.mark.parametrize("site", range(14))
@@ -369,5 +369,5 @@ def test_empirical_flow_says_its_integer_options_may_be_none():
     train = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"^batch_chunk must be None or a positive integer, got 0$"):
         kfm.EmpiricalFlow(train, batch_chunk=0)
-    with pytest.raises(ValueError, match=r"^truncate must be None or an integer in \[1, 5\], got 6$"):
+    with pytest.raises(ValueError, match=r"^truncate must be None or an integer in \[1, 5\] \(the training items\), got 6$"):
         kfm.EmpiricalFlow(train, truncate=6)

@@ -470,15 +470,17 @@ def test_bad_input_is_named():
         field(torch.randn(2, 3), float("nan"))
     with pytest.raises(ValueError, match="t must be a scalar"):
         field(torch.randn(2, 3), torch.zeros(3))
-    with pytest.raises(ValueError, match="truncate"):
+    with pytest.raises(ValueError, match=r"^truncate must be None or an integer in \[1, 10\] \(the training items\), got 11$"):
         kfm.EmpiricalFlow(torch.randn(10, 3), truncate=11)
     for name in ("truncate", "chunk", "exact_max", "batch_chunk"):
         with pytest.raises(ValueError, match=name):
             kfm.EmpiricalFlow(torch.randn(10, 3), **{name: True})
     with pytest.raises(ValueError, match="max_logit_error"):
         kfm.EmpiricalFlow(torch.randn(10, 3), max_logit_error=0.0)
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, \d+\] \(the training items\), got 11"):
         field.posterior(torch.randn(2, 3), 0.5, k=11)
+    with pytest.raises(ValueError, match=r"^k must be an integer in \[1, 4\] \(the field's truncate\), got 5$"):
+        kfm.EmpiricalFlow(torch.randn(10, 3), truncate=4).posterior(torch.randn(2, 3), 0.5, k=5)
 
 
 @pytest.mark.parametrize("call,message", [

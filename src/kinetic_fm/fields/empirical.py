@@ -207,7 +207,7 @@ class EmpiricalFlow:
         chunk, memory_budget, exact_max = (positive_integer(name, value) for name, value in (
             ("chunk", chunk), ("memory_budget", memory_budget), ("exact_max", exact_max)))
         batch_chunk = optional_integer("batch_chunk", batch_chunk, 1)
-        truncate = optional_integer("truncate", truncate, 1, self.n)
+        truncate = optional_integer("truncate", truncate, 1, self.n, note="the training items")
         if not (is_real(eps) and 0.0 < eps < 1.0):
             raise ValueError(f"eps must be a number in (0, 1), got {eps!r}")
         # finite: inf would switch off the re-scoring (max_logit_error) or the neglect bound (cutoff)
@@ -249,7 +249,7 @@ class EmpiricalFlow:
         """Top-k posterior weights (B, k) float64 and atom indices (B, k) int64 per sample; x and t
         as for ``field(x, t)``, k an integer in [1, N] (at most ``truncate`` when set)."""
         limit = self.truncate or self.n
-        k = check_integer("k", k, 1, limit)
+        k = check_integer("k", k, 1, limit, note="the field's truncate" if self.truncate else "the training items")
         flat, t64 = self._check(x, t)
         _, diag, top = self._solve(flat, t64, top_k=k)
         return Posterior(top[0], top[1], diag.exact)
