@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from kinetic_fm.data import CIFAR10_CLASSES, list_image_labels, load_cifar10, load_cifar10_sprite, read_cifar_batch
+from kinetic_fm.data.cifar10 import item_files
 
 
 def _write_batches(root, n=4):
@@ -29,6 +30,7 @@ def test_python_batches(tmp_path):
     assert torch.allclose((train.images[4] + 1) * 127.5, torch.from_numpy(data[0].reshape(3, 32, 32)).float(), atol=1e-4)
     assert train.labels[4:8].tolist() == labels
     assert train.classes == CIFAR10_CLASSES
+    assert item_files(tmp_path, "train", train.indices) is None   # batches name no files
 
 
 class _Payload:

@@ -1056,3 +1056,34 @@ def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(
     assert by_spec.columns.tolist() == by_path.columns.tolist()
     assert by_spec["nearest"].tolist() == by_path["nearest"].tolist()
     assert by_spec["nearest_file"].tolist() == by_path["nearest_file"].tolist() == [names[j] for j in picks]
+
+
+def test_a_cifar10_image_tree_spec_names_the_nearest_training_files(tmp_path):
+    """--train cifar10:TREE names each nearest item's file (train/<class>/<file>); python batches
+    have no file names, so their table has no such column."""
+    import pandas as pd
+    from PIL import Image
+
+    from kinetic_fm.cli import main
+    from kinetic_fm.data import CIFAR10_CLASSES
+
+    rng = np.random.default_rng(5)
+    tree = tmp_path / "cifar"
+    names = []
+    for c, cls in enumerate(CIFAR10_CLASSES):
+        for j in range(2):
+            (tree / "train" / cls).mkdir(parents=True, exist_ok=True)
+            names.append(f"train/{cls}/{c}{j}.png")
+            Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(tree / names[-1])
+        (tree / "test" / cls).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(tree / "test" / cls / "t.png")
+    picks = [13, 0, 19, 6]
+    near = np.stack([np.asarray(Image.open(tree / names[j]), dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+                     for j in picks]) + 0.01
+    np.save(tmp_path / "near.npy", near)
+    out = tmp_path / "table.parquet"
+    assert main(["memorization", "--samples", str(tmp_path / "near.npy"), "--train", f"cifar10:{tree}",
+                 "--bootstrap", "0", "--no-progress", "--out", str(out)]) == 0
+    table = pd.read_parquet(out)
+    assert table["nearest"].tolist() == picks                       # the loader's order is the listing's
+    assert table["nearest_file"].tolist() == [names[j] for j in picks]

@@ -245,12 +245,16 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
 
 def _spec_item_files(spec: str, data) -> list[str] | None:
     """The image file of each item a ``folder:`` or ``celeba:`` spec loaded (named as for a folder
-    of images given directly), else None: the items of digits, mnist and cifar10 have no name
-    beyond their index in the split, which the table's ``nearest`` column already is."""
+    of images given directly), or a ``cifar10:`` spec loaded from an image tree (``train/cat/…``),
+    else None: the items of digits, mnist and CIFAR-10's python batches have no name beyond their
+    index in the split, which the table's ``nearest`` column already is."""
+    from ..data.cifar10 import item_files
     from ..data.images import image_names
     from ..data.registry import parse_spec
 
     name, path = parse_spec(spec)
+    if name == "cifar10":
+        return item_files(path, "train", data.indices)   # the split load_dataset reads
     if name not in ("folder", "celeba"):  # both read every image file of PATH, in image_names' order
         return None
     files = image_names(path)

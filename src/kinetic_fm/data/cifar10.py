@@ -115,6 +115,20 @@ def load_cifar10(
     return ds
 
 
+def item_files(path: str | os.PathLike, split: str, indices: Tensor) -> list[str] | None:
+    """The image file of each item :func:`load_cifar10` loaded from an image tree at ``indices``
+    (its dataset's ``indices``), as paths relative to ``path`` (``train/cat/0001.jpg``); None for
+    python batches, whose items have no name beyond their position in the split."""
+    from .images import image_names
+
+    if split not in _BATCHES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if _is_pickle_folder(Path(path)):
+        return None
+    files = image_names(path, subdir=split)
+    return [files[i] for i in indices.tolist()]
+
+
 def load_cifar10_sprite(
     sprite: str | os.PathLike,
     labels_file: str | os.PathLike | None = None,
