@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -163,6 +163,32 @@ def discard_shard(run_dir: str | os.PathLike, plan: ShardPlan, index: int) -> No
         remove_stale_temporaries(file.parent, file.name)
 
 
+def _each_verified_shard(run_dir, manifest: RunManifest, columns: list[str] | None,
+                         take: Callable[[int, pa.Table], None]) -> None:
+    """Verify every shard of the run in seed order and hand each to ``take(first_row, table)``
+    (``first_row``: its first row's position in the whole run) while no shard before it was bad, so
+    a reader may copy one out and let it go before the next is read. Raises
+    :class:`IncompleteRunError` listing every missing / invalid shard once all were checked."""
+    plan = manifest.plan
+    bad: list[ShardStatus] = []
+    first_row = 0
+    for index in range(plan.count):
+        status, table = _load_shard(run_dir, manifest, index, columns)
+        if not status.complete:
+            bad.append(status)
+        elif not bad:
+            take(first_row, table)
+        first_row += len(plan.seeds(index))
+        del table
+    if bad:
+        listed = ", ".join(f"{s.path.name} ({s.state}{': ' + s.reason if s.reason else ''})" for s in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise IncompleteRunError(
+            f"run {run_dir} is incomplete: {len(bad)} of {plan.count} shards are not complete: "
+            f"{listed}{more}. Run again with --resume to finish it."
+        )
+
+
 def merge_shards(run_dir: str | os.PathLike, manifest: RunManifest | None = None, *,
                  columns: list[str] | None = None) -> pa.Table:
     """Concatenate every shard of the run in seed order, after verifying each one.
@@ -177,16 +203,9 @@ def merge_shards(run_dir: str | os.PathLike, manifest: RunManifest | None = None
         raise ValueError(f"columns must be a list of column names, got {columns!r}")
     manifest = manifest or read_manifest(run_dir)
     plan = manifest.plan
-    loaded = [_load_shard(run_dir, manifest, i, columns) for i in range(plan.count)]
-    bad = [status for status, _ in loaded if not status.complete]
-    if bad:
-        listed = ", ".join(f"{s.path.name} ({s.state}{': ' + s.reason if s.reason else ''})" for s in bad[:10])
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise IncompleteRunError(
-            f"run {run_dir} is incomplete: {len(bad)} of {plan.count} shards are not complete: "
-            f"{listed}{more}. Run again with --resume to finish it."
-        )
-    table = pa.concat_tables([t for _, t in loaded]).replace_schema_metadata(None)
+    tables: list[pa.Table] = []
+    _each_verified_shard(run_dir, manifest, columns, lambda _, table: tables.append(table))
+    table = pa.concat_tables(tables).replace_schema_metadata(None)
     seeds = table.column(SEED).to_numpy()
     if not np.array_equal(seeds, plan.all_seeds()):  # holds by construction; cheap to re-check
         raise IncompleteRunError(f"run {run_dir}: merged seeds are not exactly the run's seed range")
@@ -306,13 +325,7 @@ def profile_from_table(table: pa.Table, times=None) -> tuple[np.ndarray, np.ndar
         raise ValueError(f"the table has no {PROFILE!r} column (was the run made without --profile?)")
     column = table.column(PROFILE)
     if pa.types.is_fixed_size_list(column.type):
-        if times is None:
-            raise ValueError("a fixed-step profile needs its grid: pass times, (S + 1,)")
-        times = np.asarray(times, dtype=np.float64)
-        width = column.type.list_size
-        if times.shape != (width + 1,):
-            raise ValueError(f"times must have shape ({width + 1},) for {width} steps per sample, got {times.shape}")
-        return times, _fixed_size_rows(column)
+        return _fixed_grid(times, column.type.list_size), _fixed_size_rows(column)
     if TIMES not in table.column_names and times is not None:
         # a fixed-step profile that went through pandas (read_run(...).to_parquet): equal-length lists
         times = np.asarray(times, dtype=np.float64)
@@ -330,12 +343,22 @@ def profile_from_table(table: pa.Table, times=None) -> tuple[np.ndarray, np.ndar
     return times, increments
 
 
-def _fixed_size_rows(column: pa.ChunkedArray) -> np.ndarray:
+def _fixed_grid(times, width: int) -> np.ndarray:
+    """A fixed-step profile's grid ``times`` as float64 (S + 1,), checked against S = ``width``."""
+    if times is None:
+        raise ValueError("a fixed-step profile needs its grid: pass times, (S + 1,)")
+    times = np.asarray(times, dtype=np.float64)
+    if times.shape != (width + 1,):
+        raise ValueError(f"times must have shape ({width + 1},) for {width} steps per sample, got {times.shape}")
+    return times
+
+
+def _fixed_size_rows(column: pa.ChunkedArray, out: np.ndarray | None = None) -> np.ndarray:
     """A fixed-size list column of w values a row as a (rows, w) array of its own, writable and
     apart from Arrow's read-only buffers: one copy, chunk by chunk (a merge of shards has a chunk
-    per shard, which combining first would copy once more)."""
+    per shard, which combining first would copy once more), into ``out`` when given."""
     width = column.type.list_size
-    rows = np.empty((len(column), width), dtype=column.type.value_type.to_pandas_dtype())
+    rows = np.empty((len(column), width), dtype=column.type.value_type.to_pandas_dtype()) if out is None else out
     start = 0
     for chunk in column.chunks:
         rows[start:start + len(chunk)] = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), width)
@@ -364,7 +387,24 @@ def read_profile(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     runs times (n, W + 1) NaN-padded and increments (n, W) zero-padded. Either way
     ``kfm.energy_after(increments, times, t)`` is each sample's energy spent at times ≥ t."""
     manifest = read_manifest(run_dir)
-    table = merge_shards(run_dir, manifest, columns=[PROFILE, TIMES])  # not x, which can be far larger
-    if PROFILE not in table.column_names:
-        raise ValueError(f"run {run_dir} holds no {PROFILE!r} column: it was made without --profile")
-    return profile_from_table(table, manifest.runtime.get(PROFILE_TIMES))
+    times = manifest.runtime.get(PROFILE_TIMES)
+    rows: list[np.ndarray] = []     # a fixed-step run's (n, S), filled shard by shard
+    tables: list[pa.Table] = []     # a dopri5 run's shards, padded once all are read
+
+    def take(first_row: int, table: pa.Table) -> None:
+        if PROFILE not in table.column_names:
+            raise ValueError(f"run {run_dir} holds no {PROFILE!r} column: it was made without --profile")
+        column = table.column(PROFILE)
+        if times is None or not pa.types.is_fixed_size_list(column.type):
+            tables.append(table)
+        else:  # copied out at once: the run's Arrow columns are never all held beside the result
+            if not rows:
+                _fixed_grid(times, column.type.list_size)
+                rows.append(np.empty((manifest.plan.n, column.type.list_size),
+                                     dtype=column.type.value_type.to_pandas_dtype()))
+            _fixed_size_rows(column, out=rows[0][first_row:first_row + len(column)])
+
+    _each_verified_shard(run_dir, manifest, [PROFILE, TIMES], take)  # not x, which can be far larger
+    if rows:
+        return _fixed_grid(times, rows[0].shape[1]), rows[0]
+    return profile_from_table(pa.concat_tables(tables), times)
