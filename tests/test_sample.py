@@ -116,6 +116,83 @@ def test_dopri5_under_kts_meets_its_tolerance_across_the_kink_at_tau(launch, lan
     assert abs(raw - early - late) > 100 * rtol * raw                  # raw and applied differ here
 
 
+# scipy's RK45 is the same Dormand–Prince pair with the same controller (safety 0.9, factors in
+# [0.2, 10], exponent −1/5, rms error norm against atol + rtol·max(|x|, |x_new|)) and the same
+# Hairer–Nørsett–Wanner starting step, integrating one sample: each sample's accepted step times,
+# evaluation count and end point must be its. Times agree to ~1e-10, ~3e-6 at rtol = 1e-10 (the
+# error estimate is a cancelling sum, rounded differently); a changed controller moves them by percents.
+_SPIRAL = torch.tensor([[0.8, -3.0, 0.0], [3.0, 0.8, 0.0], [0.0, 0.0, -1.5]], dtype=torch.float64)
+
+
+def _spiral(x, t):  # growing, rotating and decaying components, forced in time
+    return x @ _SPIRAL.T + torch.stack([torch.sin(4 * t), torch.cos(3 * t), t * t], 1)
+
+
+def _scipy_rk45(fun, y0, t_end, rtol, atol, first_step=None):
+    from scipy.integrate import RK45
+
+    kw = {} if first_step is None else {"first_step": first_step}
+    solver = RK45(fun, 0.0, y0, t_end, rtol=rtol, atol=atol, **kw)
+    times = [0.0]
+    while solver.status == "running":
+        solver.step()
+        times.append(solver.t)
+    return np.array(times), solver.y, solver.nfev
+
+
+@pytest.mark.parametrize("rtol,atol", [(1e-6, 1e-8), (1e-3, 1e-5)])
+def test_dopri5_takes_scipys_rk45_steps_sample_by_sample(rtol, atol):
+    pytest.importorskip("scipy")
+    x0 = kfm.noise(range(6), (3,), dtype=torch.float64)
+    res = kfm.sample(_spiral, x0, solver="dopri5", rtol=rtol, atol=atol)
+    fun = lambda t, y: _spiral(torch.from_numpy(y)[None], torch.tensor([t], dtype=torch.float64))[0].numpy()  # noqa: E731
+    rejected = 0
+    for b in range(x0.shape[0]):
+        times, x1, nfev = _scipy_rk45(fun, x0[b].numpy(), 1.0, rtol, atol)
+        assert int(res.steps[b]) == len(times) - 1 and int(res.nfe[b]) == nfev
+        np.testing.assert_allclose(res.times[b, : len(times)].numpy(), times, rtol=1e-5, atol=0)
+        np.testing.assert_allclose(res.x[b].numpy(), x1, rtol=0, atol=1e-12)
+        rejected += nfev - (2 + 6 * (len(times) - 1))
+    assert rejected > 0                                               # the rejection path is compared too
+
+
+def test_dopri5_runs_past_its_64_step_buffers_without_a_rejection():
+    # dx/dt = 3x: x(1) = x0·e³, KPE = ½·9‖x0‖²·(e⁶ − 1)/6. At rtol = 1e-10 every sample takes 81
+    # steps and none is rejected, so at iteration 65 a sample needs column 64 of the step-time and
+    # profile buffers (a rejection anywhere would leave it slack to grow a step late)
+    x0 = kfm.noise(range(4), (2,), dtype=torch.float64)
+    res = kfm.sample(lambda x, t: 3 * x, x0, solver="dopri5", rtol=1e-10, atol=1e-12, profile=True)
+    assert (res.steps > 64).all() and torch.equal(res.nfe, 2 + 6 * res.steps)    # no rejection
+    torch.testing.assert_close(res.x, x0 * math.exp(3.0), rtol=1e-9, atol=0)
+    kpe = 0.5 * 9 * (x0**2).sum(1) * math.expm1(6.0) / 6
+    torch.testing.assert_close(res.kpe, kpe, rtol=1e-9, atol=0)
+    torch.testing.assert_close(res.profile.sum(1), res.kpe, rtol=1e-13, atol=0)
+    assert res.times.shape == (4, int(res.steps.max()) + 1) and (res.times.diff(dim=1) > 0).all()
+
+
+@pytest.mark.parametrize("field,first_step", [(_spiral, None), (lambda x, t: -0.5 * x, 0.12355698520362282)],
+                         ids=["spiral", "decay-rounding-pair"])
+def test_dopri5_under_kts_steps_the_launch_side_until_it_lands_exactly_on_tau(field, first_step):
+    # Before τ a constant-launch KTS makes the field (1 + α0)·v, a smooth problem whose steps on
+    # [0, τ] are scipy's on that interval: the step ending on τ takes η's left limit (its landing
+    # value there is a jump, which the error control would see and reject). With τ = 0.45, a first
+    # step of 0.1235569852… is followed by one to τ for which ta + (τ − ta) rounds past τ: the step
+    # must end on τ itself, not on that sum.
+    pytest.importorskip("scipy")
+    tau, alpha0, rtol, atol = 0.45, 0.3, 1e-5, 1e-7
+    kts = kfm.KTS(alpha0=alpha0, beta0=0.04, tau_split=tau, launch="constant", landing="constant")
+    x0 = kfm.noise(range(4), (3,), dtype=torch.float64)
+    res = kfm.sample(field, x0, solver="dopri5", shaping=kts, rtol=rtol, atol=atol, first_step=first_step)
+    fun = lambda t, y: (1 + alpha0) * field(torch.from_numpy(y)[None], torch.tensor([t], dtype=torch.float64))[0].numpy()  # noqa: E731
+    for b in range(x0.shape[0]):
+        times, _, _ = _scipy_rk45(fun, x0[b].numpy(), tau, rtol, atol, first_step=first_step)
+        ours = res.times[b, : len(times)]
+        assert float(ours[-1]) == tau                                 # exactly τ, not 1 ulp beside it
+        np.testing.assert_allclose(ours.numpy(), times, rtol=0, atol=1e-8)
+        if first_step is not None:
+            assert len(times) == 3 and times[1] + (tau - times[1]) != tau
+
+
 @pytest.mark.parametrize("solver", ["rk4", "rk4_38"])
 @pytest.mark.parametrize("launch,landing", [("constant", "constant"), ("linear", "constant")])
 def test_kts_keeps_rk4_fourth_order_when_tau_is_a_grid_point(solver, launch, landing):
