@@ -22,6 +22,16 @@ def test_user_grid_is_returned_unchanged():
     assert torch.equal(time_grid(g).float(), g)
 
 
+def test_a_user_grid_takes_the_requested_dtype_and_a_named_grid_must_survive_rounding_to_it():
+    g = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    as32 = time_grid(g, dtype=torch.float32)
+    assert as32.dtype == torch.float32 and as32.tolist() == [0.0, 0.25, 1.0]
+    # 1/5000 steps round to repeated float16 values near 1 (spacing 2⁻¹¹ there)
+    assert time_grid("uniform", 1000, dtype=torch.float16).dtype == torch.float16
+    with pytest.raises(ValueError, match=r"grid of 5000 steps is not strictly increasing in torch.float16"):
+        time_grid("uniform", 5000, dtype=torch.float16)
+
+
 def test_numpy_grids_read_alike_when_read_only_or_big_endian():
     import warnings
 
@@ -46,6 +56,13 @@ def test_numpy_grids_read_alike_when_read_only_or_big_endian():
         (torch.tensor([0.0, 0.7, 0.5, 1.0]), "strictly increasing"),
         (torch.tensor([0.0]), "at least 2"),
         (torch.tensor([0, 1]), "floating-point"),
+        (torch.tensor([0.0, float("nan"), 1.0]), "must be finite"),
+        (torch.tensor([-0.25, 0.5, 1.0]), "start at 0"),               # before 0, not only after it
+        (torch.tensor([0.0, 0.5, 1.25]), "end at 1"),                  # past 1, not only short of it
+        (torch.tensor([0.0, 0.5, 1 - 1e-12], dtype=torch.float64), "end at 1"),  # 1 only in float32
+        # the message names the first pair that does not increase, by index and value
+        (torch.tensor([0.0, 0.5, 0.5, 1.0]), r"grid\[2\] = 0.5 <= grid\[1\] = 0.5$"),
+        (torch.tensor([0.0, 0.75, 0.5, 0.25, 1.0]), r"grid\[2\] = 0.5 <= grid\[1\] = 0.75$"),
     ],
 )
 def test_bad_user_grids_name_the_broken_rule(grid, message):
