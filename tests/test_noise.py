@@ -20,9 +20,19 @@ def test_noise_matches_a_generator_per_seed_and_is_standard_normal():
     assert abs(z.mean().item()) < 0.03 and abs(z.std().item() - 1) < 0.03
 
 
+def test_every_dtype_is_the_float64_draw_rounded():
+    # the docstring's promise: one float64 stream per seed, cast. From 16 values on, torch's CPU
+    # randn draws a float32 tensor by another path than the float64 one cast (below 16 they agree)
+    exact = kfm.noise([4, 9], (4, 8), dtype=torch.float64)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert torch.equal(kfm.noise([4, 9], (4, 8), dtype=dtype), exact.to(dtype))
+    assert kfm.noise([2**63 - 1], (2,)).shape == (1, 2)                # the largest seed is allowed
+
+
 @pytest.mark.parametrize("seeds, shape, message", [
     ([], (2,), "at least one"), ([1], (0,), "positive"), ([-1], (2,), "seeds"),
     ([1.7], (2,), r"seeds must be integers in \[0, 2\*\*63\), got 1.7"), ([True], (2,), "got True"),
+    ([2**63 - 1, 2**63], (2,), r"got 9223372036854775808$"),          # the bound is open
 ])
 def test_bad_noise_requests(seeds, shape, message):
     with pytest.raises(ValueError, match=message):
