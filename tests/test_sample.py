@@ -476,6 +476,15 @@ def _marked(x0, rows):
     return torch.cat([x0, marker], dim=1)
 
 
+@pytest.mark.parametrize("solver", ["euler", "rk4"])
+def test_the_message_shows_the_first_20_failing_samples_and_the_error_keeps_all(solver, x0):
+    x0 = torch.cat([x0, x0[:9]])                                       # 25 samples, all failing at t = 0.5
+    with pytest.raises(kfm.NonFiniteVelocityError) as err:
+        kfm.sample(NaNAfter(0.5), _marked(x0, list(range(25))), steps=10, solver=solver)
+    assert err.value.indices == list(range(25))
+    assert f"sample indices {list(range(20)) + ['...']} " in str(err.value)
+
+
 @pytest.mark.parametrize("solver", ["euler", "rk4", "dopri5"])
 def test_nonfinite_velocity_names_step_time_and_samples(solver, x0):
     with pytest.raises(kfm.NonFiniteVelocityError, match=r"sample indices \[2, 5\]") as err:
@@ -636,7 +645,7 @@ def test_flags_and_dtypes_are_checked(kwargs, message):
 
 def test_extreme_tolerances_step_instead_of_failing_as_nan(x0):
     # the initial-step estimate was inf/inf, reported as a non-finite velocity at t = nan
-    with pytest.raises(RuntimeError, match="dopri5 exceeded max_steps = 20") as info:
+    with pytest.raises(RuntimeError, match="dopri5 exceeded max_steps = 20 attempted steps with 16 samples unfinished") as info:
         kfm.sample(GaussianTarget(), x0, solver="dopri5", rtol=1e-100, atol=1e-100, max_steps=20)
     # its own class (still a RuntimeError), naming the samples short of t = 1: here all of them
     assert isinstance(info.value, StepLimitError) and kfm.StepLimitError is StepLimitError
@@ -1352,18 +1361,29 @@ def test_drop_path_label_dropout_and_batch_statistics_are_recognised():
         def __call__(self, x, t):
             return self.net(x)
 
+    class WithAttention(nn.Module):  # an attention block with dropout, held beside the layer used
+        def __init__(self, dropout):
+            super().__init__()
+            self.linear, self.attention = nn.Linear(2, 2), nn.MultiheadAttention(2, 1, dropout=dropout)
+
+        def forward(self, x):
+            return self.linear(x)
+
     tent = nn.BatchNorm1d(2).eval()
     tent.running_mean = tent.running_var = None  # test-time adaptation: batch statistics in eval
     for layer in (DropPath("drop_prob"), DropPath("dropout_prob"), nn.BatchNorm1d(2, track_running_stats=False).eval(),
                   tent):
         with pytest.warns(TrainingModeWarning, match=type(layer).__name__):
             kfm.sample(Many(nn.Sequential(nn.Linear(2, 2), layer)), seeds=range(3), shape=(2,), steps=2)
+    with pytest.warns(TrainingModeWarning, match="MultiheadAttention"):
+        kfm.sample(Many(WithAttention(0.1)), seeds=range(3), shape=(2,), steps=2)
     ModelOfX = lambda net: (lambda x, t: net(x))  # noqa: E731
     trained = nn.BatchNorm1d(2).eval()
     trained.track_running_stats = False  # the flag alone: eval still uses the running statistics
     with warnings.catch_warnings():
         warnings.simplefilter("error", TrainingModeWarning)
         kfm.sample(ModelOfX(nn.Sequential(nn.Linear(2, 2), trained)), seeds=range(3), shape=(2,), steps=2)
+        kfm.sample(Many(WithAttention(0.0)), seeds=range(3), shape=(2,), steps=2)   # training, no dropout
 
 
 def test_scripted_nets_in_training_mode_warn_by_their_layers_names():
