@@ -765,6 +765,24 @@ def test_seeds_path_records_seeds_in_the_frame():
     assert res.x.dtype == torch.float32 and res.kpe.dtype == torch.float64
 
 
+
+@pytest.mark.parametrize("solver", ["heun", "dopri5"])
+def test_the_frame_columns_are_the_results_fields_in_the_documented_order_and_dtypes(solver):
+    # under a gain kpe and kpe_raw differ, so a column that read the wrong field would show
+    res = kfm.sample(GaussianTarget(mean=1.0), seeds=[4, 9, 2**40], shape=(2,), steps=4, solver=solver,
+                     shaping=kfm.KTS())
+    columns = res.columns()
+    names = ["seed", "kpe", "kpe_raw", "early", "late", "peak", "peak_time", "nfe", "steps", "nonfinite"]
+    assert list(columns) == names and list(res.to_frame().columns) == names
+    assert columns["seed"].dtype == np.int64 and columns["seed"].tolist() == [4, 9, 2**40]
+    assert not np.array_equal(columns["kpe"], columns["kpe_raw"])
+    for name in names[1:]:
+        value = getattr(res, name)
+        expected = value.numpy() if isinstance(value, torch.Tensor) else np.full(3, value)
+        assert np.array_equal(columns[name], expected), name
+    for name in ("nfe", "steps"):
+        assert columns[name].dtype == np.int64
+
 # --- the analytic targets' arguments ------------------------------------------------------------
 @pytest.mark.parametrize("make,message", [
     (lambda: GaussianTarget(std=True), "std must be a positive finite number, got True"),
