@@ -58,6 +58,13 @@ def test_rk4_200_steps_is_within_1e8(x0):
     assert torch.allclose(res.x, field.trajectory(x0, 1.0), atol=1e-9)
 
 
+def test_dopri5_accepts_a_first_step_of_the_whole_interval(x0):
+    # first_step lies in (0, 1]: a step of 1 is tried (and rejected down to tolerance)
+    field = GaussianTarget(mean=1.5, std=0.3)
+    res = kfm.sample(field, x0, solver="dopri5", rtol=1e-8, atol=1e-8, first_step=1)
+    assert torch.allclose(res.x, field.trajectory(x0, 1.0), atol=1e-6)
+
+
 def test_dopri5_matches_the_analytic_solution(x0):
     field = GaussianTarget(mean=1.5, std=0.3)
     res = kfm.sample(field, x0, solver="dopri5", rtol=1e-8, atol=1e-8)
@@ -315,6 +322,8 @@ def test_the_split_is_the_reference_step_index_rule_in_floating_point(x0):
     field = GaussianTarget(mean=1.0, std=0.5)
     res = kfm.sample(field, x0, steps=100, split=0.29, profile=True)
     assert torch.allclose(res.profile[:, :28].sum(1), res.early, rtol=1e-14)
+    assert res.split == 0.29                                          # the result records the τ it used
+    assert kfm.sample(field, x0, steps=4, shaping=kfm.KTS(tau_split=0.35)).split == 0.35
 
 
 def test_shaping_scales_applied_energy(x0):
@@ -546,6 +555,9 @@ def test_nonfinite_can_be_flagged_instead(solver, x0):
     res = kfm.sample(NaNAfter(0.5), _marked(x0, [2, 5]), steps=10, solver=solver, on_nonfinite="flag")
     assert res.nonfinite.nonzero().flatten().tolist() == [2, 5]
     assert torch.isnan(res.kpe[[2, 5]]).all() and torch.isfinite(res.kpe[~res.nonfinite]).all()
+    for name in ("kpe_raw", "early", "late", "peak", "peak_time"):   # every energy of a flagged sample
+        assert torch.isnan(getattr(res, name)[[2, 5]]).all(), name
+        assert torch.isfinite(getattr(res, name)[~res.nonfinite]).all(), name
     frame = res.to_frame()
     assert frame["nonfinite"].sum() == 2
 
