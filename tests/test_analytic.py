@@ -1,6 +1,7 @@
 """The analytic fields' parameters as documented (mutation audit of fields/analytic.py)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import kinetic_fm as kfm
@@ -13,3 +14,22 @@ def test_mixture_weights_are_normalised_and_keep_their_ratios():
     field = kfm.GaussianMixtureTarget(means, std=0.3, weights=torch.tensor([1.0, 3.0, 4.0]))
     torch.testing.assert_close(field.weights, torch.tensor([0.125, 0.375, 0.5], dtype=torch.float64),
                                rtol=0, atol=1e-15)
+
+
+def test_a_negative_weight_is_refused_even_when_the_sum_is_positive():
+    with pytest.raises(ValueError, match="weights must be .* non-negative"):
+        kfm.GaussianMixtureTarget(torch.zeros(2, 3), weights=[-1.0, 2.0])
+
+
+def test_trajectories_start_at_x0_and_move_with_the_field_at_every_time():
+    # the flow map x_t = tμ + s_t·x0 (a point: (1 − t)x0 + t·y) checked against its own field by a
+    # float64 central difference at interior times (t = 1 alone cannot tell tμ from μ)
+    x0 = kfm.noise(range(5), (3,), dtype=torch.float64)
+    mean = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    h = 1e-5
+    for field in (kfm.GaussianTarget(mean=mean, std=0.4), kfm.PointTarget(mean)):
+        assert torch.equal(field.trajectory(x0, 0.0), x0)
+        for t in (0.2, 0.55, 0.9):
+            x_t = field.trajectory(x0, t)
+            rate = (field.trajectory(x0, t + h) - field.trajectory(x0, t - h)) / (2 * h)
+            torch.testing.assert_close(rate, field(x_t, t), rtol=0, atol=1e-8)
