@@ -183,6 +183,10 @@ def test_numpy_embeddings_follow_the_samples_dtype(dtype):
     cfg = ClassifierFreeGuidance(net, torch.tensor([0, 1]), 1.0, NULL)
     with pytest.raises(ValueError, match="x has 3 rows but labels has 2"):
         cfg(torch.zeros(3, DIM, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    # a model that answers only the first half of the doubled batch [x; x] (per-row reduction bug)
+    halves = ClassifierFreeGuidance(lambda x, t, y: x[: x.shape[0] // 2], torch.tensor([0, 1]), 1.0, NULL)
+    with pytest.raises(ValueError, match="model returned 2 rows for a doubled batch of 4"):
+        halves(torch.zeros(2, DIM, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="track_parts=True"):
         cfg.part_energies()
 
