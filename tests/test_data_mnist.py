@@ -52,3 +52,28 @@ def test_shared_mnist_shapes_and_label_counts(shared_data):
     assert test.labels.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert train.images.min() == -1 and train.images.max() == 1
     assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]
+
+
+def test_wrong_lengths_counts_and_labels_are_refused(tmp_path):
+    images = np.zeros((3, 28, 28), np.uint8)
+    (tmp_path / "extra").write_bytes(_idx(2051, images.shape, images) + b"\0")     # one trailing byte
+    with pytest.raises(ValueError, match=r"extra: IDX header says \[3, 28, 28\] = 2352 bytes of data, found 2353"):
+        read_idx(tmp_path / "extra", 2051)
+    (tmp_path / "short").write_bytes(_idx(2051, images.shape, images)[:10])        # 3 dims need 16 header bytes
+    with pytest.raises(ValueError, match="short: truncated IDX header"):
+        read_idx(tmp_path / "short", 2051)
+    _write(tmp_path, images, np.array([1, 2], np.uint8), gz=False)
+    with pytest.raises(ValueError, match="has 3 images but .* has 2 labels"):
+        load_mnist(tmp_path)
+    _write(tmp_path, images, np.array([1, 10, 2], np.uint8), gz=False)
+    with pytest.raises(ValueError, match=r"labels must be 0..9, found 10"):
+        load_mnist(tmp_path)
+
+
+def test_a_subset_keeps_each_image_with_its_label(tmp_path):
+    # image k is flat with value 10·k and has label 9 − k: the pairing is readable from the pixels
+    images = np.stack([np.full((28, 28), 10 * k, np.uint8) for k in range(10)])
+    _write(tmp_path, images, np.arange(9, -1, -1, dtype=np.uint8), gz=True)
+    ds = load_mnist(tmp_path, "train", n=4, seed=3)
+    k = ((ds.images[:, 0, 0, 0] + 1) * 127.5).round().long() // 10
+    assert torch.equal(ds.indices, k) and torch.equal(ds.labels, 9 - k)
