@@ -78,3 +78,49 @@ def test_shared_sprite_labels(shared_data):
     ds = load_cifar10_sprite(root / "cifar10_batch_50.png", root / "cifar10_labels_51000.txt", label_offset=50_000)
     assert ds.images.shape == (1000, 3, 32, 32)
     assert ds.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+
+
+def test_a_python_batch_subset_keeps_images_and_labels_paired(tmp_path):
+    expected = _write_batches(tmp_path)
+    data = np.concatenate([expected[f"data_batch_{i}"][0] for i in range(1, 6)])
+    labels = sum((expected[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+    ds = load_cifar10(tmp_path, "train", n=6, seed=4)
+    assert ds.labels.tolist() == [labels[i] for i in ds.indices.tolist()]
+    pixels = torch.from_numpy(data[ds.indices.numpy()].reshape(-1, 3, 32, 32)).float()
+    assert torch.allclose((ds.images + 1) * 127.5, pixels, atol=1e-4)
+
+
+def test_malformed_batches_and_folders_are_refused(tmp_path):
+    for name, batch, match in (
+        ("label10", {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "'labels' must be 2 integers in 0..9"),
+        ("narrow", {b"data": np.zeros((2, 3071), np.uint8), b"labels": [0, 1]}, r"shape \(2, 3071\), expected \(N, 3072\)"),
+    ):
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+        with pytest.raises(ValueError, match=match):
+            read_cifar_batch(tmp_path / name)
+    from PIL import Image
+
+    for classes, side, match in ((("cat", "dog"), 32, "not the 10 CIFAR-10 classes"),
+                                 (CIFAR10_CLASSES, 8, r"images are \(3, 8, 8\), expected \(3, 32, 32\)")):
+        root = tmp_path / f"tree{side}{len(classes)}"
+        for c in classes:
+            (root / "train" / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(root / "train" / c / "0.png")
+        with pytest.raises(ValueError, match=match):
+            load_cifar10(root, "train")
+
+
+def test_sprite_rows_are_row_major_rgb_pixels_and_label_lines_are_checked(tmp_path):
+    from PIL import Image
+
+    # row r = image r; column j = pixel (y = j // 32, x = j % 32), each an RGB triple
+    sprite = np.random.default_rng(2).integers(0, 256, (2, 1024, 3), dtype=np.uint8)
+    Image.fromarray(sprite).save(tmp_path / "s.png")
+    (tmp_path / "labels.txt").write_text("7\n3\n5\n")
+    ds = load_cifar10_sprite(tmp_path / "s.png", tmp_path / "labels.txt", label_offset=1)
+    j = 5 * 32 + 17
+    assert ((ds.images[1, :, 5, 17] + 1) * 127.5).round().tolist() == sprite[1, j].tolist()
+    assert ds.labels.tolist() == [3, 5]
+    with pytest.raises(ValueError, match="has 3 labels; rows 2..3 requested"):
+        load_cifar10_sprite(tmp_path / "s.png", tmp_path / "labels.txt", label_offset=2)
