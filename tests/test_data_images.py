@@ -7,6 +7,7 @@ from PIL import Image
 
 from kinetic_fm.data import (ImageDataset, list_image_labels, load_celeba, load_digits, load_image_folder,
                              select_indices, subset)
+from kinetic_fm.data.images import image_names
 
 
 def _write_tree(root, classes=("cat", "dog"), per_class=3, size=(6, 5)):
@@ -175,3 +176,87 @@ def test_jpeg_files_at_their_own_size_are_marked_lossy(tmp_path):
     assert _lossy_text(load_image_folder(tmp_path / "png")) == ""
     assert "decoded from lossy JPEG files" in _lossy_text(jpeg)
     assert load_celeba(tmp_path / "jpg", size=5, crop=None).lossy is None      # always resized
+
+
+def _faces(root, n=4):
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        a = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)
+        Image.fromarray(a).save(root / f"{i:06d}.png")
+
+
+def test_celeba_centring_in_colour_matches_a_float64_mean(tmp_path):
+    _faces(tmp_path)
+    raw = load_celeba(tmp_path, size=6, grayscale=False, center="none")
+    x = raw.images.double()
+    pixel = load_celeba(tmp_path, size=6, grayscale=False, center="pixel")
+    assert torch.allclose(pixel.mean.double(), x.mean(0), atol=1e-6)
+    flat = load_celeba(tmp_path, size=6, grayscale=False, center="global")
+    assert torch.allclose(flat.mean.double(), torch.full((3, 6, 6), x.mean().item(), dtype=torch.float64), atol=1e-6)
+    for ds in (pixel, flat):                                          # to_unit undoes the centring
+        assert torch.allclose(ds.to_unit(), raw.to_unit(), atol=1e-6)
+    with pytest.raises(ValueError, match="center must be one of"):
+        load_celeba(tmp_path, center="channel")
+
+
+def test_celeba_default_crop_is_the_central_140_square(tmp_path):
+    # white inside the central 140x140 square except its first column (black); black around it
+    a = np.zeros((218, 178), np.uint8)
+    a[39:179, 20:159] = 255
+    Image.fromarray(a).save(tmp_path / "000001.png")
+    ds = load_celeba(tmp_path, size=140, center="none")                # no resize: the crop itself
+    unit = ds.to_unit()[0, 0]
+    assert unit[:, 0].max() == 0 and unit[:, 1:].min() == 1
+
+
+def test_to_unit_clamps_to_the_unit_interval():
+    ds = ImageDataset(torch.tensor([[[[-1.5, -1.0, 0.0, 1.0, 1.5]]]]), None, None, "x")
+    assert ds.to_unit().tolist() == [[[[0.0, 0.0, 0.5, 1.0, 1.0]]]]
+
+
+def test_file_order_classes_and_checks_of_image_folders(tmp_path):
+    def png(path, shape=(4, 4, 3), value=0):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full(shape, value, np.uint8)).save(path, format="PNG")
+
+    for name in ("2.png", "10.png", "1.PNG"):                          # natural order, any case
+        png(tmp_path / "flat" / name)
+    assert image_names(tmp_path / "flat") == ["1.PNG", "2.png", "10.png"]
+    for c in ("9", "10"):                                                # classes sorted as names
+        png(tmp_path / "num" / c / "0.png")
+    ds = load_image_folder(tmp_path / "num")
+    assert ds.classes == ("10", "9") and ds.labels.tolist() == [1, 0]
+    for c in ("cat", "dog"):                                             # the label is the parent folder
+        png(tmp_path / "deep" / "group" / c / "0.png")
+    assert load_image_folder(tmp_path / "deep").classes == ("cat", "dog")
+    with zipfile.ZipFile(tmp_path / "wrap.zip", "w") as z:                # one wrapping folder, no classes
+        png(tmp_path / "a.png")
+        z.write(tmp_path / "a.png", "wrap/train/a.png")
+    assert load_image_folder(tmp_path / "wrap.zip", subdir="train").labels is None
+    png(tmp_path / "mixed" / "a.png", (4, 4, 3))
+    png(tmp_path / "mixed" / "b.png", (4, 5, 3))
+    with pytest.raises(ValueError, match=r"b.png: image of shape \(4, 5, 3\) differs"):
+        load_image_folder(tmp_path / "mixed")
+    png(tmp_path / "wide" / "a.png", (10, 12, 3))
+    with pytest.raises(ValueError, match=r"crop=11 is larger than the image \(12x10\)"):
+        load_image_folder(tmp_path / "wide", crop=11)
+
+
+def test_resizing_is_antialiased_not_nearest_neighbour(tmp_path):
+    # a one-pixel checkerboard shrunk 4x averages to mid-grey; picking pixels would keep 0 or 255
+    board = ((np.add.outer(np.arange(16), np.arange(16)) % 2) * 255).astype(np.uint8)
+    Image.fromarray(board).save(tmp_path / "board.png")
+    ds = load_image_folder(tmp_path, size=4, grayscale=True)
+    assert (ds.to_unit() - 0.5).abs().max() < 0.1
+
+
+def test_select_indices_refuses_duplicates_and_a_negative_total_and_subsets_compose():
+    with pytest.raises(ValueError, match="duplicates"):
+        select_indices(10, indices=[3, 3])
+    with pytest.raises(ValueError, match="total must be >= 0"):
+        select_indices(-1)
+    full = load_digits()
+    first = subset(full, n=50, seed=1)
+    second = subset(first, indices=[7, 2])
+    assert torch.equal(second.indices, first.indices[[7, 2]])          # positions in the full set
+    assert torch.equal(second.images, full.images[second.indices])
