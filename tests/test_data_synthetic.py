@@ -78,3 +78,28 @@ def test_subset_of_points_keeps_labels_aligned():
     sub = subset(ds, n=10, seed=2)
     assert torch.equal(sub.points, ds.points[sub.indices])
     assert torch.equal(sub.labels, ds.labels[sub.indices])
+
+
+def test_ring_means_are_evenly_spaced_on_the_circle():
+    gmm = GaussianMixture.ring(k=4, radius=2.0)
+    expected = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0], [0.0, -2.0]], dtype=torch.float64)
+    assert torch.allclose(gmm.means, expected, atol=1e-12)
+
+
+def test_assign_is_the_argmax_of_weighted_component_densities():
+    gmm = GaussianMixture(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]]), torch.tensor([0.7, 0.1, 0.2]),
+                          torch.tensor([0.3, 1.5, 0.8]))
+    x = torch.randn(500, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
+    # float64 brute force: log w_k + log N(x; mu_k, s_k² I) in 2-D
+    d2 = ((x[:, None, :] - gmm.means[None]) ** 2).sum(-1)
+    log_density = gmm.weights.log() - d2 / (2 * gmm.stds ** 2) - 2 * gmm.stds.log() - math.log(2 * math.pi)
+    assert torch.equal(gmm.assign(x), log_density.argmax(1))
+    assert torch.allclose(gmm.log_prob(x), torch.logsumexp(log_density, 1), atol=1e-12)
+
+
+def test_two_moons_noise_is_gaussian_with_the_given_std():
+    # with noise 10 the moons (variance < 1) barely matter: the per-coordinate std is ≈ 10 and
+    # the mean ≈ the moons' centre (0.5, 0.25); uniform noise would give std 2.9 and mean + 5
+    x = two_moons(20_000, seed=0, noise=10.0).points.double()
+    assert torch.allclose(x.std(0), torch.full((2,), 10.0, dtype=torch.float64), atol=0.3)
+    assert torch.allclose(x.mean(0), torch.tensor([0.5, 0.25], dtype=torch.float64), atol=0.3)
