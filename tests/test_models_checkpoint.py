@@ -107,3 +107,24 @@ def test_saved_weights_and_states_follow_the_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
     again = load_model(tmp_path / "net.safetensors", weights="model")
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))
+
+
+def test_a_run_folder_loads_final_first_strictly_and_in_eval_mode(tmp_path):
+    from kinetic_fm.models import load_into
+    from kinetic_fm.models.checkpoint import model_metadata, resolve_weights, save_weights
+
+    (tmp_path / "checkpoints").mkdir()
+    for step in (1, 2):
+        save_model(VelocityMLP((2,), hidden=8, depth=1), tmp_path / "checkpoints" / f"step_{step:07d}.safetensors")
+    assert resolve_weights(tmp_path).name == "step_0000002.safetensors"      # the latest, while training
+    save_model(VelocityMLP((2,), hidden=8, depth=1), tmp_path / "final.safetensors")
+    assert resolve_weights(tmp_path).name == "final.safetensors"             # final wins once written
+    # a file missing one of the net's tensors is refused, not half loaded
+    small = VelocityMLP((2,), hidden=8, depth=1)
+    state = {f"model.{k}": v for k, v in list(small.state_dict().items())[:-1]}
+    save_weights(state, tmp_path / "partial.safetensors", model_metadata(small))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_model(tmp_path / "partial.safetensors", weights="model")
+    net = VelocityMLP((2,), hidden=8, depth=1).train()
+    save_weights(net.state_dict(), tmp_path / "w.safetensors")
+    assert not load_into(VelocityMLP((2,), hidden=8, depth=1).train(), tmp_path / "w.safetensors").training

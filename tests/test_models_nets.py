@@ -96,3 +96,10 @@ def test_default_model_picks_architecture():
     assert default_model("auto", (1, 28, 28)).kind == "unet"
     with pytest.raises(ValueError, match="image"):
         default_model("unet", (2,))
+    assert default_model("auto", (1, 16, 16)).kind == "mlp"          # "at most 256 values": 256 included
+    assert default_model("auto", (1, 17, 16)).kind == "unet"
+    # as many levels as H and W halve evenly: 6x6 takes two (6 -> 3), 4x4 three, 5x5 one
+    for side, levels in ((6, 2), (4, 3), (5, 1)):
+        net = default_model("unet", (1, side, side), width=8)
+        assert len(net.config["channel_mults"]) == levels
+        assert net(torch.zeros(2, 1, side, side), torch.rand(2)).shape == (2, 1, side, side)
