@@ -26,6 +26,9 @@ def test_architecture_sizes_and_option_a_shortcut():
         assert torch.equal(model(x), model(x.float()))
     with pytest.raises(ValueError, match="6n"):
         CifarResNet(21)
+    # the input normalisation the weights were trained with (data README), channel by channel
+    assert model.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406], abs=1e-7)
+    assert model.std.flatten().tolist() == pytest.approx([0.229, 0.224, 0.225], abs=1e-7)
 
 
 def test_pretrained_resnets_on_lossless_test_images(shared_data):
@@ -37,7 +40,9 @@ def test_pretrained_resnets_on_lossless_test_images(shared_data):
     with torch.inference_mode():
         pred = torch.cat([model(test.images[i:i + 250]).argmax(1) for i in range(0, 1000, 250)])
     accuracy = (pred == test.labels).double().mean().item()
-    assert accuracy >= 0.90  # the README's independent check measured 92.6 %
+    # the README's independent re-implementation measured 92.6 % (926 of 1000); two flips allowed.
+    # 0.90 let a max-pooled head (91.9 %) through
+    assert accuracy >= 0.924
     r20 = next(weights.glob("resnet20-*.th"))
     assert load_cifar_resnet(r20).depth == 20
     with pytest.raises(ValueError, match="ResNet-20"):
