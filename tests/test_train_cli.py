@@ -53,7 +53,7 @@ def test_kfm_train_user_errors_exit_2(tmp_path, capsys):
     assert main(["train", "--data", "gmm", "--width", "0", "--out", str(tmp_path)]) == 2
     assert "--width must be >= 1" in capsys.readouterr().err
     assert main(["train", "--data", "gmm", "--grad-clip=-1", "--out", str(tmp_path)]) == 2
-    assert "grad_clip must be None or a finite number > 0, got -1" in capsys.readouterr().err
+    assert "--grad-clip must be a finite number >= 0 (0 disables clipping), got -1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -108,3 +108,118 @@ def test_kfm_train_no_progress_hides_the_decoding_bar_too(tmp_path, capfd):
     assert "decode" not in capfd.readouterr().err
     assert main([*args[:-1], str(tmp_path / "shown")]) == 0      # without it, the bar is there
     assert "decode" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    # each named the library's argument ("batch_size must be ..."), --grad-clip offered "None",
+    # which the flag spells 0, and --checkpoints named neither itself nor --steps
+    (["--steps", "0"], "--steps must be a positive integer, got 0"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    (["--save-every", "0"], "--save-every must be a positive integer, got 0"),
+    (["--warmup", "-1"], "--warmup must be a non-negative integer, got -1"),
+    (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0, got -1.0"),
+    (["--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
+    (["--grad-clip", "nan"], "--grad-clip must be a finite number >= 0 (0 disables clipping), got nan"),
+    (["--class-cond", "--label-dropout", "1"], "--label-dropout must be in [0, 1), got 1.0"),
+    (["--n", "0"], "--n must be >= 1, got 0"),
+    (["--data", "digits", "--n", "5000"], "--n must be an integer in [1, 1_797] (the available items), got 5000"),
+    (["--steps", "4", "--checkpoints", "2,5"], "--checkpoints steps must lie in [1, --steps] = [1, 4], got [5]"),
+    (["--checkpoints", "0"], "--checkpoints steps must lie in [1, --steps] = [1, 2000], got [0]"),
+])
+def test_a_flag_out_of_range_is_named_with_its_range(tmp_path, capsys, flags, message):
+    assert main(["train", "--data", "gmm", "--no-progress", *flags, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"kfm train: error: {message}\n"
+    assert not (tmp_path / "run").exists()                        # refused before anything started
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_out_that_cannot_be_a_folder_is_named_before_the_data_loads(tmp_path, capsys, monkeypatch, where):
+    # "[Errno 17] File exists: ..." came after the data had loaded, naming no flag
+    import kinetic_fm.data as data
+
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" if where == "file" else tmp_path / "afile" / "run"
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("the data was loaded"))
+    assert main(["train", "--data", "gmm", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    expected = (f"--out {out} is a file; name a folder" if where == "file"
+                else f"--out {out}: {tmp_path / 'afile'} is a file, so no folder can be made inside it")
+    assert err.startswith(f"kfm train: error: {expected}")
+
+
+def test_every_training_flag_is_recorded_as_given(tmp_path):
+    """Each flag reaches TrainConfig (config.json is written from the config train() ran with),
+    and the defaults are the documented ones; --grad-clip 0 is no clipping (None)."""
+    import json
+
+    from kinetic_fm.models import TrainConfig
+
+    flags = ["--batch-size", "8", "--lr", "0.002", "--warmup", "1", "--weight-decay", "0.01", "--ema-decay", "0.9",
+             "--grad-clip", "0", "--class-cond", "--label-dropout", "0.25", "--seed", "5", "--checkpoints", "1,3",
+             "--save-every", "2"]
+    assert main(["train", "--data", "gmm", "--n", "64", "--steps", "3", "--width", "8", "--no-progress", *flags,
+                 "--out", str(tmp_path / "given")]) == 0
+    given = json.loads((tmp_path / "given" / "config.json").read_text())
+    assert given["train"] == {"steps": 3, "batch_size": 8, "lr": 0.002, "weight_decay": 0.01, "betas": [0.9, 0.999],
+                              "warmup": 1, "ema_decay": 0.9, "grad_clip": None, "label_dropout": 0.25, "seed": 5,
+                              "checkpoints": [1, 3], "save_every": 2}
+    assert given["info"]["n"] == 64 and given["model"]["config"]["num_classes"] == 8
+    assert main(["train", "--data", "gmm", "--n", "64", "--steps", "3", "--width", "8", "--no-progress",
+                 "--class-cond", "--out", str(tmp_path / "defaults")]) == 0
+    defaults = json.loads((tmp_path / "defaults" / "config.json").read_text())["train"]
+    expected = TrainConfig(steps=3, batch_size=256, lr=1e-3, weight_decay=0.0, warmup=0, ema_decay=0.999,
+                           grad_clip=1.0, label_dropout=0.1, seed=0, checkpoints="log2", save_every=100)
+    assert defaults == json.loads(json.dumps(expected.__dict__))
+
+
+def test_seed_draws_the_subset_and_the_initial_weights(tmp_path, monkeypatch):
+    """--seed picks the --n subset (which kfm memorization --train RUN loads again with it) and the
+    initial weights: both checked against the library called directly with that seed."""
+    import kinetic_fm.models as models
+    from kinetic_fm.data import dataset_rows, load_dataset
+    from kinetic_fm.models import default_model
+
+    seen = {}
+    real_train = models.train
+
+    def spy(model, data, config, **kwargs):
+        seen["weights"] = {k: v.clone() for k, v in model.state_dict().items()}
+        seen["data"] = data.clone()
+        return real_train(model, data, config, **kwargs)
+
+    monkeypatch.setattr(models, "train", spy)
+    assert main(["train", "--data", "digits", "--n", "16", "--seed", "7", "--steps", "1", "--batch-size", "4",
+                 "--width", "8", "--model", "mlp", "--checkpoints", "none", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 0
+    expected = dataset_rows(load_dataset("digits", n=16, seed=7, progress=False))
+    assert torch.equal(seen["data"], expected)
+    assert not torch.equal(expected, dataset_rows(load_dataset("digits", n=16, seed=0, progress=False)))
+    torch.manual_seed(7)
+    fresh = default_model("mlp", expected.shape[1:], width=8).state_dict()
+    assert all(torch.equal(seen["weights"][k], fresh[k]) for k in fresh)
+
+
+def test_a_rerun_without_resume_or_with_other_data_is_refused(tmp_path, capsys):
+    # the record of a relative spec is kept only when it names the same data as this run's
+    assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path / "run")]) == 0
+    assert main(["train", *COMMON, "--steps", "4", "--out", str(tmp_path / "run")]) == 2   # without --resume
+    assert "already holds" in capsys.readouterr().err
+    flags = [*COMMON, "--steps", "4", "--resume", "--out", str(tmp_path / "run")]
+    assert main(["train", *[("moons" if f == "gmm" else f) for f in flags]]) == 2
+    assert 'info: saved {"data": "gmm", "n": 500}, now {"data": "moons", "n": 500}' in capsys.readouterr().err
+
+
+def test_class_cond_on_data_without_labels_is_refused(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(images / f"{i}.png")
+    assert main(["train", "--data", f"folder:{images}", "--class-cond", "--steps", "1", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert f"--class-cond: data 'folder:{images}' has no labels" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._types import seed_number
+from ._types import check_output_path, seed_number
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
              "(PATH a folder or .zip). digits: scikit-learn's 8x8 digits, bundled; moons: two half circles; "
@@ -53,6 +53,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
+
     import torch
 
     from ..data import dataset_rows, load_dataset
@@ -60,22 +62,36 @@ def run(args: argparse.Namespace) -> int:
     from ..runs.distributed import World, resolve_device
 
     resolve_device(args.device, World())        # a bad --device fails before the data loads
+    check_output_path("--out", args.out, folder=True)
     if args.label_dropout is not None and not args.class_cond:  # it would be ignored without a word
         raise ValueError("--label-dropout applies to --class-cond only")
     label_dropout = 0.1 if args.label_dropout is None else args.label_dropout
     if args.width is not None and args.width < 1:
         raise ValueError(f"--width must be >= 1, got {args.width}")
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if not (math.isfinite(args.grad_clip) and args.grad_clip >= 0):  # TrainConfig's "None" is the flag's 0
+        raise ValueError(f"--grad-clip must be a finite number >= 0 (0 disables clipping), got {args.grad_clip}")
     checkpoints = args.checkpoints
     if checkpoints not in ("log2", "none"):
         try:
             checkpoints = tuple(int(s) for s in checkpoints.split(","))
         except ValueError:
             raise ValueError(f"--checkpoints must be log2, none or comma-separated steps, got {args.checkpoints!r}") from None
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         warmup=args.warmup, ema_decay=args.ema_decay, grad_clip=args.grad_clip or None,
-                         label_dropout=label_dropout, seed=args.seed, checkpoints=checkpoints,
-                         save_every=args.save_every)
-    ds = load_dataset(args.data, n=args.n, seed=args.seed, progress=not args.no_progress)
+        outside = sorted(s for s in checkpoints if not 1 <= s <= args.steps)
+        if outside:
+            raise ValueError(f"--checkpoints steps must lie in [1, --steps] = [1, {args.steps}], got {outside}")
+    try:
+        config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                             warmup=args.warmup, ema_decay=args.ema_decay, grad_clip=args.grad_clip or None,
+                             label_dropout=label_dropout, seed=args.seed, checkpoints=checkpoints,
+                             save_every=args.save_every)
+    except ValueError as err:
+        raise _named_by_its_flag(err) from None
+    try:
+        ds = load_dataset(args.data, n=args.n, seed=args.seed, progress=not args.no_progress)
+    except ValueError as err:  # "n must be an integer in [1, 1_797] (the available items)"
+        raise _named_by_its_flag(err) from None
     data = dataset_rows(ds)
     labels = ds.labels if args.class_cond else None
     if args.class_cond and labels is None:
@@ -99,6 +115,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"done: {config.steps} steps, mean loss of the last {min(100, config.steps)} steps {tail:.4f}; "
           f"{len(result.checkpoints)} checkpoints; final weights {result.out / 'final.safetensors'}")
     return 0
+
+
+# TrainConfig's and load_dataset's argument names -> the flags that set them
+_FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup",
+          "weight_decay": "--weight-decay", "ema_decay": "--ema-decay", "label_dropout": "--label-dropout",
+          "save_every": "--save-every", "n": "--n"}
+
+
+def _named_by_its_flag(err: ValueError) -> ValueError:
+    """``err`` ("steps must be a positive integer, got 0") with the flag for the argument it
+    names ("--steps must be ..."): the range stays where it is checked, the name is the user's."""
+    text = str(err)
+    name, _, rest = text.partition(" must ")
+    return ValueError(f"{_FLAGS[name]} must {rest}" if name in _FLAGS and rest else text)
 
 
 def _recorded_spec(spec: str, out: str, resume: bool) -> str:
