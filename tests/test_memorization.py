@@ -340,7 +340,8 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert main(["memorization", "--samples", str(tmp_path / "a.npz"), "--train", str(tmp_path / "a.npz"),
                  "--out", str(tmp_path / "afile" / "table.csv")]) == 2
     err = capsys.readouterr().err
-    assert "kfm memorization: error: [Errno 17] File exists" in err and "Traceback" not in err
+    assert f"kfm memorization: error: --out {tmp_path / 'afile' / 'table.csv'}: {tmp_path / 'afile'} is a file" in err
+    assert "Traceback" not in err
     np.save(tmp_path / "chw.npy", np.zeros((5, 3, 4, 4)))
     np.save(tmp_path / "hwc.npy", np.zeros((2, 4, 4, 3)))
     assert main(["memorization", "--samples", str(tmp_path / "hwc.npy"), "--train", str(tmp_path / "chw.npy")]) == 2
@@ -1054,6 +1055,8 @@ def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(
         tables.append(pd.read_parquet(out))
     by_path, by_spec = tables
     assert by_spec.columns.tolist() == by_path.columns.tolist()
+    columns = by_path.columns.tolist()                     # each name beside what it names
+    assert columns[columns.index("nearest") + 1] == "nearest_file"
     assert by_spec["nearest"].tolist() == by_path["nearest"].tolist()
     assert by_spec["nearest_file"].tolist() == by_path["nearest_file"].tolist() == [names[j] for j in picks]
 
@@ -1087,3 +1090,92 @@ def test_a_cifar10_image_tree_spec_names_the_nearest_training_files(tmp_path):
     table = pd.read_parquet(out)
     assert table["nearest"].tolist() == picks                       # the loader's order is the listing's
     assert table["nearest_file"].tolist() == [names[j] for j in picks]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--threshold", "1"], "--threshold must lie in (0, 1), got 1.0"),
+    (["--threshold", "nan"], "--threshold must lie in (0, 1), got nan"),
+    (["--bootstrap", "-1"], "--bootstrap must be an integer in [0, 10_000_000], got -1"),
+    (["--out", "{tmp}/a.csv/t.csv"], "--out {tmp}/a.csv/t.csv: {tmp}/a.csv is a file, so no folder can be made inside it"),
+    (["--out", "{tmp}/d.parquet"], "--out {tmp}/d.parquet is a folder; name a file"),
+    (["--figure", "{tmp}/a.csv/f.png"], "--figure {tmp}/a.csv/f.png: {tmp}/a.csv is a file"),
+])
+def test_cli_flags_out_of_range_are_named_before_the_inputs_load(tmp_path, capsys, flags, message):
+    # the library named "threshold" and "bootstrap", and the OS an --out path ("[Errno 17] File
+    # exists"), each after the inputs had loaded (--samples here is missing: its error came first)
+    (tmp_path / "a.csv").write_text("x")
+    (tmp_path / "d.parquet").mkdir()
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    assert main(["memorization", "--samples", str(tmp_path / "missing.npy"), "--train", str(tmp_path / "missing.npy"),
+                 *flags]) == 2
+    assert capsys.readouterr().err.startswith(f"kfm memorization: error: {message.format(tmp=tmp_path)}")
+
+
+def test_cli_seed_and_backend_reach_the_audit(tmp_path, capsys, case, monkeypatch):
+    samples, train = case
+    np.save(tmp_path / "s.npy", samples.numpy())
+    np.save(tmp_path / "t.npy", train.numpy())
+    flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"), "--no-progress",
+             "--bootstrap", "50"]
+    assert main([*flags, "--seed", "5"]) == 0
+    seeded = str(kfm.memorization(samples, train, bootstrap=50, seed=5))
+    assert seeded != str(kfm.memorization(samples, train, bootstrap=50, seed=0))   # the seed shows in the CI
+    assert seeded in capsys.readouterr().out
+    import kinetic_fm.metrics.memorization as module
+
+    calls = []
+    real = module.memorization
+    monkeypatch.setattr(module, "memorization", lambda *a, **k: calls.append(k) or real(*a, **k))
+    assert main([*flags, "--backend", "faiss"]) == 0
+    assert calls[0]["backend"] == "faiss"
+
+
+def test_cli_wilson_interval_asked_for_gets_no_note_about_the_bootstrap(tmp_path, capsys, case):
+    samples, train = case
+    np.save(tmp_path / "fresh.npy", samples[60:].numpy())      # F_mem = 0: the bootstrap interval has no width
+    np.save(tmp_path / "t.npy", train.numpy())
+    assert main(["memorization", "--samples", str(tmp_path / "fresh.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--interval", "wilson", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Wilson" in out and "note:" not in out
+
+
+def test_a_file_named_like_a_data_spec_is_read_as_the_file(tmp_path, capsys, monkeypatch):
+    # --train digits is the data spec, unless ./digits exists: then it is that folder of images
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 60 * i, dtype=np.uint8)).save(tmp_path / "digits" / f"{i}.png")
+    np.save(tmp_path / "s.npy", np.zeros((2, 1, 8, 8), dtype=np.float32))
+    assert main(["memorization", "--samples", "s.npy", "--train", "digits", "--bootstrap", "0", "--no-progress",
+                 "--out", "t.csv"]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert set(table["nearest_file"]) <= {"0.png", "1.png", "2.png"}
+
+
+def test_a_kfm_train_run_whose_data_changed_since_is_refused(digits_runs, tmp_path, capsys):
+    import shutil
+
+    net, samples = digits_runs
+    copy = tmp_path / "net"
+    shutil.copytree(net, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["data_shape"] = [15, 1, 8, 8]                        # as if the subset had been one item smaller
+    (copy / "config.json").write_text(json.dumps(config))
+    assert main(["memorization", "--samples", str(samples), "--train", str(copy), "--bootstrap", "0",
+                 "--no-progress"]) == 2
+    assert "now loads [16, 1, 8, 8], but the run trained on [15, 1, 8, 8]: the data changed since" in capsys.readouterr().err
+
+
+def test_resnet_space_images_beyond_1_are_refused():
+    from kinetic_fm.commands.memorization import _cifar_images
+
+    assert _cifar_images("--samples", torch.zeros(2, 3072)).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"--space needs images scaled to \[-1, 1\]; --samples spans \[0, 2\]"):
+        _cifar_images("--samples", torch.linspace(0, 2, 2 * 3072).reshape(2, 3072))
+    with pytest.raises(ValueError, match=r"--samples spans \[-2, 0\]"):
+        _cifar_images("--samples", torch.linspace(-2, 0, 2 * 3072).reshape(2, 3072))

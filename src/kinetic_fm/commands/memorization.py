@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._types import seed_number
+from ._types import check_output_path, seed_number
 
 TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
 SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
@@ -76,13 +76,22 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..metrics.memorization import memorization
+    from ..metrics.memorization import MAX_BOOTSTRAP, memorization
     from ..runs.distributed import World, resolve_device
 
+    # before the inputs load and the audit runs, each named by its flag (the library names its
+    # arguments, and the OS its paths: "[Errno 17] File exists" came after the whole audit)
+    if not 0 < args.threshold < 1:  # NaN fails too
+        raise ValueError(f"--threshold must lie in (0, 1), got {args.threshold}")
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise ValueError(f"--bootstrap must be an integer in [0, {MAX_BOOTSTRAP:_}], got {args.bootstrap}")
     if args.out is not None and Path(args.out).suffix.lower() not in (".parquet", ".csv"):
         raise ValueError(f"--out must end in .parquet or .csv, got {args.out!r}")
     if args.figure is not None and Path(args.figure).suffix.lower() != ".png":
         raise ValueError(f"--figure must end in .png, got {args.figure!r}")
+    for flag, path in (("--out", args.out), ("--figure", args.figure)):
+        if path is not None:
+            check_output_path(flag, path, folder=False)
     device = resolve_device(args.device, World())
     space, space_name = None, "pixels"
     principal = None if args.space is None else _principal_spec(args.space)
