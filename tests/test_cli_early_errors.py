@@ -184,3 +184,51 @@ def test_kfm_version_prints_the_package_version(capsys):
         main(["--version"])
     assert stop.value.code == 0
     assert capsys.readouterr().out.strip() == f"kfm (kinetic_fm) {importlib.metadata.version('kinetic_fm')}"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--studies", "semantics,bogus"], "--studies must be a comma-separated subset of semantics, support, memorization, "
+                                       "shaping, each once; got 'semantics,bogus' (unknown ['bogus'])"),
+    # a repeated study failed late, on "two figures are named 'kpe_vs_margin'"
+    (["--studies", "semantics,semantics"], "each once; got 'semantics,semantics' (['semantics'] named twice)"),
+    (["--studies", " , "], "each once; got ' , ' (none named)"),
+    (["--out", "{tmp}/afile"], "--out {tmp}/afile is a file; name a folder"),
+    (["--out", "{tmp}/afile/rep"], "--out {tmp}/afile/rep: {tmp}/afile is a file, so no folder can be made inside it"),
+])
+def test_reproduce_names_a_bad_studies_or_out_flag_before_it_starts(tmp_path, capsys, flags, message):
+    (tmp_path / "afile").write_text("x")
+    argv = ["reproduce", "--tiny", "--out", str(tmp_path / "rep"), *[f.format(tmp=tmp_path) for f in flags]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kfm reproduce: error: --") and message.format(tmp=tmp_path) in err
+    assert not (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize("flags, mode, seed, studies, progress", [
+    ([], "quick", 0, ("semantics", "support", "memorization", "shaping"), True),
+    (["--full", "--seed", "9", "--studies", " shaping , semantics,", "--quiet"], "full", 9, ("shaping", "semantics"),
+     False),
+    (["--tiny", "--device", "cuda"], "tiny", 0, ("semantics", "support", "memorization", "shaping"), True),
+])
+def test_reproduce_flags_reach_the_study_config(tmp_path, monkeypatch, capsys, flags, mode, seed, studies, progress):
+    """What kfm reproduce hands kinetic_fm.studies.reproduce, against the preset built directly."""
+    from dataclasses import replace
+
+    import kinetic_fm.studies.reproduce as study
+    from kinetic_fm.studies.config import ReproduceConfig
+
+    calls = []
+    monkeypatch.setattr(study, "reproduce", lambda cfg, out, **kw: calls.append((cfg, out, kw)) or ("r.md", "r.html"))
+    (tmp_path / "w.th").write_bytes(b"")
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    from fake_cuda import fake_cuda
+
+    with fake_cuda():                                        # torch sees one GPU: --device cuda is taken
+        assert main(["reproduce", "--out", str(tmp_path / "rep"), "--data", f"celeba:{faces}",
+                     "--classifier", f"resnet56:{tmp_path / 'w.th'}", *flags]) == 0
+    cfg, out, kwargs = calls[0]
+    device = "cuda" if "cuda" in flags else "cpu"
+    expected = ReproduceConfig.preset(mode, data=f"celeba:{faces}", device=device, seed=seed)
+    assert cfg == replace(expected, assets=replace(expected.assets, classifier=f"resnet56:{tmp_path / 'w.th'}"))
+    assert str(out) == str(tmp_path / "rep") and kwargs == {"studies": studies, "progress": progress}

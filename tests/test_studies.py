@@ -913,7 +913,7 @@ def test_a_new_classifier_reuses_every_cached_sample(tiny_report, tmp_path, monk
 def test_cli_rejects_an_unknown_study(tmp_path):
     result = subprocess.run([sys.executable, "-m", "kinetic_fm.cli", "reproduce", "--tiny", "--out", str(tmp_path),
                              "--studies", "semantics,bogus"], capture_output=True, text=True)
-    assert result.returncode == 2 and "studies must be among" in result.stderr
+    assert result.returncode == 2 and "--studies must be a comma-separated subset of" in result.stderr
     from kinetic_fm.cli import main
 
     assert main(["reproduce", "--tiny", "--out", str(tmp_path / "none"), "--studies", ","]) == 2

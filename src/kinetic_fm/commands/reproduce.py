@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._types import seed_number
+from ._types import check_output_path, seed_number
 
 
 def register(subparsers) -> None:
@@ -41,10 +41,19 @@ def run(args: argparse.Namespace) -> int:
     from ..data.registry import POINT_SETS, parse_spec
     from ..runs.distributed import World, resolve_device
     from ..studies.config import ReproduceConfig
-    from ..studies.reproduce import reproduce
+    from ..studies.reproduce import STUDIES, reproduce
 
-    # a bad --device, --data or --classifier fails here, before folders are made or data loads
+    # a bad --device, --out, --studies, --data or --classifier fails here, before folders are made
+    # or data loads
     resolve_device(args.device, World())
+    check_output_path("--out", args.out, folder=True)
+    studies = tuple(s.strip() for s in args.studies.split(",") if s.strip())
+    unknown = [s for s in studies if s not in STUDIES]
+    repeated = sorted({s for s in studies if studies.count(s) > 1})
+    if not studies or unknown or repeated:  # a repeat failed late, on "two figures are named ..."
+        what = (f"unknown {unknown}" if unknown else f"{repeated} named twice" if repeated else "none named")
+        raise ValueError(f"--studies must be a comma-separated subset of {', '.join(STUDIES)}, each once; "
+                         f"got {args.studies!r} ({what})")
     kind, path = parse_spec(args.data)
     if kind in POINT_SETS:
         raise ValueError(f"--data {args.data!r}: kfm reproduce needs an image data set (2-D point sets are "
@@ -60,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
 
         parse_cifar_resnet_spec(args.classifier, name="--classifier")
         cfg = replace(cfg, assets=replace(cfg.assets, classifier=args.classifier))
-    studies = tuple(s.strip() for s in args.studies.split(",") if s.strip())
     md, html = reproduce(cfg, args.out, studies=studies, progress=not args.quiet)
     print(f"report: {html}\n        {md}")
     return 0
