@@ -64,6 +64,10 @@ def test_seeds_are_checked_by_their_flag(tmp_path, capsys, command, flag):
     (MemoryError("Unable to allocate 7.28 TiB"), "the run does not fit in memory or in range (MemoryError"),
     (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"),
      "out of memory ([enforce fail"),
+    # torch before 1.13 raised CUDA's as a plain RuntimeError, known by its words only
+    (RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB"), "out of memory (CUDA out of memory. Tried"),
+    (OverflowError("cannot convert float infinity to integer"), "the run does not fit in memory or in range "
+                                                                "(OverflowError"),
 ])
 def test_runs_too_big_for_memory_are_one_line_errors(monkeypatch, capsys, error, expected):
     # --n 10**12 (numpy) and --steps 10**12 (torch's CPU allocator) escaped as tracebacks; raised
@@ -232,3 +236,56 @@ def test_reproduce_flags_reach_the_study_config(tmp_path, monkeypatch, capsys, f
     expected = ReproduceConfig.preset(mode, data=f"celeba:{faces}", device=device, seed=seed)
     assert cfg == replace(expected, assets=replace(expected.assets, classifier=f"resnet56:{tmp_path / 'w.th'}"))
     assert str(out) == str(tmp_path / "rep") and kwargs == {"studies": studies, "progress": progress}
+
+
+@pytest.mark.parametrize("command, hint", [
+    ("memorization", ""),                          # it keeps nothing to resume: no --resume hint
+    ("train", ": finished work is kept; rerun the same command with --resume to continue"),
+])
+def test_ctrl_c_says_how_to_continue_only_where_a_command_can(tmp_path, capsys, monkeypatch, command, hint):
+    import importlib
+
+    module = importlib.import_module(f"kinetic_fm.commands.{command}")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "run", interrupted)
+    assert main(_commands(tmp_path, "cpu")[command]) == 130
+    assert capsys.readouterr().err == f"kfm {command}: interrupted{hint}\n"
+
+
+def test_warnings_are_one_line_during_a_command_and_the_hook_is_restored_after(monkeypatch, capsys):
+    import warnings
+
+    from kinetic_fm.commands import sample as command
+
+    def warns(args):
+        warnings.warn("a thing to know", stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(command, "run", warns)
+    with warnings.catch_warnings():              # this test's own filters, undone at its end
+        warnings.simplefilter("always")
+        before = warnings.showwarning
+        assert main(["sample", "--out", "unused"]) == 0
+        assert warnings.showwarning is before    # an in-process caller keeps its own hook
+    assert capsys.readouterr().err == "kfm sample: warning: a thing to know\n"
+
+
+def test_kfm_without_a_command_names_what_is_missing(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("kfm: error: the following arguments are required: COMMAND")
+
+
+def test_seed_flags_take_0_to_2_63_minus_1_and_integers_only():
+    import argparse
+
+    from kinetic_fm.commands._types import seed_number
+
+    assert seed_number("0") == 0 and seed_number(str(2**63 - 1)) == 2**63 - 1
+    for text in (str(2**63), "-1", "1.5", "1e3", "one"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"must be an integer in \[0, 2\*\*63\)"):
+            seed_number(text)

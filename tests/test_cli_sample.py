@@ -788,3 +788,17 @@ def test_steps_and_grid_given_with_dopri5_are_ignored_with_a_warning(tmp_path, c
     assert kfm_sample(tmp_path / "default", "--field", "gaussian", "--n", 2) == 0
     config = json.loads((tmp_path / "default" / "manifest.json").read_text())["config"]
     assert (config["steps"], config["grid"]) == (100, "uniform")
+
+
+def test_split_and_a_first_step_of_1_reach_kfm_sample(tmp_path):
+    """--split is the τ of early/late (a plain run's default 0.6 is another split), and
+    --first-step takes its whole range (0, 1]: both checked against kfm.sample called directly."""
+    target = kfm.GaussianTarget(2.0 * torch.ones(2, dtype=torch.float64), 0.5)
+    assert kfm_sample(tmp_path / "split", "--n", 3, "--steps", 10, "--split", 0.3) == 0
+    direct = kfm.sample(target, seeds=range(3), shape=(2,), steps=10, split=0.3)
+    df = read_run(tmp_path / "split")
+    np.testing.assert_array_equal(df["early"].to_numpy(), direct.early.numpy())
+    assert not np.array_equal(direct.early.numpy(), kfm.sample(target, seeds=range(3), shape=(2,), steps=10).early.numpy())
+    assert kfm_sample(tmp_path / "first", "--n", 3, "--solver", "dopri5", "--first-step", 1) == 0
+    direct = kfm.sample(target, seeds=range(3), shape=(2,), solver="dopri5", first_step=1.0)
+    np.testing.assert_array_equal(read_run(tmp_path / "first")["kpe"].to_numpy(), direct.kpe.numpy())
