@@ -62,6 +62,9 @@ def test_balanced_calls_a_part_failed_only_on_its_bonferroni_interval():
     assert balanced_verdict(np.array(fd_95), np.array(mem), against=(fd_975, mem)) == "inconclusive"
     assert balanced_verdict(np.array(ABOVE), np.array(mem), against=(ABOVE, mem)) == "not reproduced"
     assert balanced_verdict(np.array(BELOW), np.array(BELOW), against=(ACROSS, ACROSS)) == "reproduced"
+    # with the Bonferroni intervals given, "reproduced" still needs both 95% intervals below 0
+    for fd, mem in ((BELOW, ACROSS), (ACROSS, BELOW)):
+        assert balanced_verdict(np.array(fd), np.array(mem), against=(ACROSS, ACROSS)) == "inconclusive"
 
 
 def test_a_claim_of_several_parts_holds_only_when_every_part_does():
@@ -748,3 +751,31 @@ def test_unbounded_share_hull_is_the_hull_of_the_accepted_shares_in_0_1(ratio, a
     low, high = _unbounded_share_hull(ratio, a, h, c)
     scan_low, scan_high = _hull_by_scan(ratio, a, h, c, rho)
     assert (low, high) == pytest.approx((scan_low, scan_high), abs=2e-5)
+
+
+def test_tau_split_row_names_the_tau_with_the_lowest_fd():
+    # the row lists each τ's FD in the paper's order 0.2 / 0.4 / 0.6 / 0.8 and names the lowest
+    from kinetic_fm.studies.shaping import shaping_claims
+
+    fd_shift = {name: 1.0 for name in SETTINGS} | {"balanced τ=0.4": 0.3, "balanced τ=0.8": 1.6}
+    feats, memorized, value, reference, boot = _grid(fd_shift, {name: 0.4 for name in SETTINGS})
+    claim = {c.statement: c for c in shaping_claims(feats, memorized, value, "FD", reference, boot)}[
+        "τ_split = 0.6 gives the best quality"]
+    fds = [value.loc[name, "FD"] for name in ("balanced τ=0.2", "balanced τ=0.4", "balanced", "balanced τ=0.8")]
+    assert min(fds) == fds[1] and max(fds) == fds[3]
+    assert claim.ours == "FD " + " / ".join(f"{v:.3g}" for v in fds) + " (best τ = 0.4)"
+
+
+def test_quintile_bins_hold_each_value_from_its_lower_edge_up_to_the_next():
+    # 11 values 0..10: inner edges fall on the data (2, 4 and 8 here; 0.6 · 10 rounds just above
+    # 6). A value on an edge opens its quintile: [e_q, e_q+1), the last one closed, as the
+    # Goldilocks table's "KPE from / to" columns read
+    from kinetic_fm.studies.memorization import quintile_bins
+
+    values = np.arange(11.0)
+    edges, bins = quintile_bins(values)
+    assert set(edges[1:-1]) & set(values)                 # else the test could not tell the sides apart
+    for q in range(5):
+        inside = values[bins == q]
+        assert (edges[q] <= inside).all() and ((inside < edges[q + 1]) | (q == 4)).all(), q
+    assert (values[bins == 4] <= edges[5]).all()
