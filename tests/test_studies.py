@@ -153,6 +153,32 @@ def test_ablation_grid_is_the_papers():
     assert grid["balanced · 250 steps"].steps == 250
 
 
+def test_ablation_grid_rows_vary_one_thing_each():
+    # the forms rows vary one form of balanced KTS (the other keeps its default); each solver, NFE
+    # and grid pair is plain FM and balanced KTS under the same non-default sampler setting
+    from kinetic_fm.sampling.shaping import KTS
+
+    cfg = ReproduceConfig.preset("quick").shaping
+    grid = {s.name: s for s in ablation_grid(cfg)}
+    balanced = KTS(alpha0=0.01, beta0=0.01)
+    for form in ("constant", "exponential"):
+        assert grid[f"launch {form}"].kts == KTS(alpha0=0.01, beta0=0.01, launch=form)
+    for form in ("linear", "constant"):
+        assert grid[f"landing {form}"].kts == KTS(alpha0=0.01, beta0=0.01, landing=form)
+    assert balanced.launch == "linear" and balanced.landing == "exponential"   # so no form row repeats balanced
+    pairs = {"solver": [("midpoint", None, "uniform"), ("heun", None, "uniform")],
+             "NFE": [("euler", cfg.more_steps, "uniform")], "grid": [("euler", None, "cosine")]}
+    for group, settings in pairs.items():
+        rows = [s for s in grid.values() if s.group == group]
+        assert len(rows) == 2 * len(settings), group
+        for solver, steps, spacing in settings:
+            same = [s for s in rows if (s.solver, s.steps, s.grid) == (solver, steps, spacing)]
+            assert sorted(s.kts is None for s in same) == [False, True], (group, solver)
+            assert [s.kts for s in same if s.kts is not None] == [balanced]
+    assert all((s.solver, s.steps, s.grid) == ("euler", None, "uniform")
+               for s in grid.values() if s.group in ("main", "tau", "launch form", "landing form"))
+
+
 def test_workspace_recomputes_on_new_config_and_after_a_truncated_write(tmp_path):
     ws = Workspace(tmp_path)
     calls = []
@@ -720,6 +746,7 @@ def test_span_late_energy_text_gives_the_medians_and_the_claims_test():
     alike = np.tile([0.1, 0.2, 0.3, 0.4], 15)
     assert span_late_energy_text(alike, np.arange(60) % 3 == 0).endswith("which by the claim's rule reads inconclusive.")
     assert span_late_energy_text(late, np.arange(60) < 4).endswith(": 4 span-flagged vs 56 not: too few in one group.")
+    assert span_late_energy_text(late, np.arange(60) >= 4).endswith(": 56 span-flagged vs 4 not: too few in one group.")
 
 
 def test_memorizer_span_keeps_training_distances_and_projects_samples_on_their_affine_hull():
@@ -995,3 +1022,211 @@ def test_the_efm_rows_show_the_intervals_their_verdicts_read(tiny_report):
     assert shown is not None, "the copies row shows no 97.5% interval"
     np.testing.assert_allclose([float(v) for v in shown.groups()], [low, high], atol=5e-4)
     assert "share after t = 0.9, Fieller 97.5% CI: N = 8 [" in text
+
+
+def test_sampled_in_batches_is_the_one_batch_run_and_its_cache_key_names_seeds_shape_and_options(tmp_path):
+    # a run sampled in batches of 2 holds the same rows as one batch of 5; a call with other seeds,
+    # another shape or other sampler options must not be served the cached run
+    from kinetic_fm.sampling.noise import noise
+    from kinetic_fm.studies.samples import sampled
+
+    def field(x, t):
+        return -x
+
+    ws = Workspace(tmp_path / "ws")
+    whole = sampled(Workspace(tmp_path / "one"), "run", {"field": "decay"}, field, range(3, 8), (2,), steps=4)
+    batched = sampled(ws, "run", {"field": "decay"}, field, range(3, 8), (2,), batch_size=2, steps=4)
+    assert whole["seeds"].tolist() == batched["seeds"].tolist() == [3, 4, 5, 6, 7]
+    for name, value in whole.items():
+        torch.testing.assert_close(batched[name], value, rtol=0, atol=0, msg=name)
+    # Euler on dx/dt = −x from x0 (seeded per sample): x1 = (1 − 1/4)^4 x0
+    torch.testing.assert_close(whole["x"], (0.75 ** 4 * noise(range(3, 8), (2,))).float())
+    more = sampled(ws, "run", {"field": "decay"}, field, range(3, 9), (2,), steps=4)
+    assert more["seeds"].tolist() == [3, 4, 5, 6, 7, 8]
+    assert sampled(ws, "run", {"field": "decay"}, field, range(3, 8), (3,), steps=4)["x"].shape == (5, 3)
+    finer = sampled(ws, "run", {"field": "decay"}, field, range(3, 8), (2,), steps=8)
+    assert finer["profile"].shape == (5, 8) and len(finer["times"]) == 9
+    wide = sampled(ws, "run", {"field": "decay"}, field, range(3, 8), (2,), steps=4, dtype=torch.float64)
+    assert wide["x"].dtype == torch.float32 and wide["kpe"].dtype == torch.float64     # as documented
+
+
+def test_config_hash_ignores_key_order_and_every_stage_and_model_path_names_its_config(tmp_path):
+    from kinetic_fm.studies.workspace import config_hash
+
+    assert config_hash({"a": 1, "b": [2, 3]}) == config_hash({"b": [2, 3], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+    ws = Workspace(tmp_path)
+    assert ws.stage_path("efm-8", {"atoms": 8}) != ws.stage_path("efm-8", {"atoms": 9})
+    assert ws.model_path("general", {"steps": 60}) != ws.model_path("general", {"steps": 61})
+    assert ws.model_path("general", {"steps": 60}) == ws.model_path("general", {"steps": 60})
+
+
+def test_presets_refuse_an_unknown_mode_and_key_samples_by_every_asset_setting_but_the_judges():
+    import dataclasses
+
+    from kinetic_fm.studies.config import AssetsConfig
+
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ReproduceConfig.preset("medium")
+    judge = {"classifier", "classifier_steps"}
+    settings = AssetsConfig().sample_settings()
+    assert set(settings) == {f.name for f in dataclasses.fields(AssetsConfig)} - judge
+    # the MLP keeps CPU runs to minutes; on an accelerator the quick preset takes the default model
+    assert ReproduceConfig.preset("quick").assets.model == "mlp"
+    assert ReproduceConfig.preset("quick", device="cuda").assets.model == "auto"
+    assert ReproduceConfig.preset("tiny", device="cuda").assets.model == "mlp"
+    # any data but the bundled digits is an image set, capped in size; digits use all their images
+    quick = {data: ReproduceConfig.preset("quick", data=data).assets.n_train
+             for data in ("digits", "mnist", "cifar10:/data/cifar")}
+    assert quick["digits"] is None and quick["mnist"] == quick["cifar10:/data/cifar"] is not None
+    assert quick["mnist"] < ReproduceConfig.preset("full", data="mnist").assets.n_train
+
+
+def test_shaping_grid_rows_give_each_settings_energy_after_06_and_its_own_interval(tiny_report):
+    # against the cached runs: on the tiny preset's uniform 10-step grid the energy after t = 0.6
+    # is the sum of the last four steps' increments; every F_mem sits inside its Wilson interval
+    out, _, _ = tiny_report
+    table = pd.read_parquet(out / "tables" / "shaping__shaping_grid.parquet").set_index("setting")
+    assert (table["F_mem CI low"] <= table["F_mem"]).all() and (table["F_mem"] <= table["F_mem CI high"]).all()
+    from kinetic_fm.metrics.memorization import fraction_interval
+
+    n = ReproduceConfig.preset("tiny").shaping.n_samples
+    for setting, row in table.iterrows():                   # a share of n samples, with its own Wilson CI
+        copies = round(row["F_mem"] * n)
+        assert row["F_mem"] == copies / n, setting
+        np.testing.assert_allclose([row["F_mem CI low"], row["F_mem CI high"]],
+                                   fraction_interval(copies, n, "wilson"), rtol=1e-12)
+    assert math.isnan(table.loc["plain FM", "tau"]) and table.loc["balanced τ=0.2", "tau"] == 0.2
+    for setting, slug in (("plain FM", "plain-fm"), ("balanced", "balanced"), ("landing only", "landing-only")):
+        (path,) = (out / "cache").glob(f"shaping-{slug}-{'?' * 12}.pt")        # slug, then the hash
+        run = torch.load(path, weights_only=True)
+        assert run["profile"].shape[1] == 10 and table.loc[setting, "steps"] == 10
+        late = run["profile"][:, 6:].sum(1).mean().item()
+        assert table.loc[setting, "mean KPE after t = 0.6"] == pytest.approx(late, rel=1e-12)
+        assert table.loc[setting, "mean KPE"] == pytest.approx(run["kpe"].mean().item(), rel=1e-12)
+
+
+def test_shaping_resamples_every_sample_the_same_way_in_each_setting(tiny_report, tmp_path, monkeypatch):
+    # the paired bootstrap draws (R, n) sample indices over all n samples: each index 0..n − 1 occurs
+    # (50 resamples of 48 miss one with probability about 48·(47/48)^2400, nil)
+    import shutil
+
+    from kinetic_fm.studies import shaping
+    from kinetic_fm.studies.assets import load_assets
+    from kinetic_fm.studies.workspace import config_hash
+
+    out, _, _ = tiny_report
+    shutil.copytree(out, tmp_path / "ws")
+    cfg = ReproduceConfig.preset("tiny")
+    ws = Workspace(tmp_path / "ws")
+    assets = load_assets(cfg.assets, ws, progress=False)
+    seen = []
+    claims = shaping.shaping_claims
+
+    def spy(feats, memorized, value, fd_name, reference, boot):
+        seen.append(boot)
+        assert {len(f) for f in feats.values()} == {len(m) for m in memorized.values()} == {cfg.shaping.n_samples}
+        return claims(feats, memorized, value, fd_name, reference, boot)
+
+    monkeypatch.setattr(shaping, "shaping_claims", spy)
+    shaping.run_shaping(cfg.shaping, assets, ws, config_hash(cfg.assets.sample_settings()), progress=False)
+    (boot,) = seen
+    assert boot.shape == (cfg.shaping.bootstrap, cfg.shaping.n_samples)
+    assert set(np.unique(boot)) == set(range(cfg.shaping.n_samples))
+
+
+def test_stage_times_add_a_stage_run_twice_and_sum_the_counted_invocations_wall_times(tmp_path, monkeypatch):
+    from kinetic_fm.studies import timings
+    from kinetic_fm.studies.timings import StageTimes
+
+    first = StageTimes.start(tmp_path, "s")                   # interrupted after 5 s, 3 of them training
+    first.current.update(stages={"train": 3.0}, seconds=5.0)
+    (tmp_path / "timings.json").write_text(json.dumps({"invocations": first.invocations}))
+    clock = iter(range(100, 1000))                             # each reading one second later
+    monkeypatch.setattr(timings.time, "perf_counter", lambda: float(next(clock)))
+    times = StageTimes.start(tmp_path, "s")
+    for name in ("sample", "train", "train"):
+        with times.stage(name):
+            pass                                               # one second each
+    stages, seconds = times.totals()
+    assert stages == {"train": 5.0, "sample": 1.0} and list(stages) == ["train", "sample"]
+    assert times.current["stages"] == {"sample": 1.0, "train": 2.0}
+    assert seconds == 5.0 + times.current["seconds"]                # the earlier run's 5 s and this one's
+
+
+def test_stage_times_start_afresh_when_the_record_is_not_a_list(tmp_path):
+    from kinetic_fm.studies.timings import StageTimes
+
+    (tmp_path / "timings.json").write_text(json.dumps({"invocations": {"settings": "s"}}))
+    assert len(StageTimes.start(tmp_path, "s").invocations) == 1
+
+
+def test_sample_quality_calls_the_geometric_mean_data_like_and_flags_no_more_rows_than_features():
+    from kinetic_fm.studies.quality import SampleQuality
+
+    middle = SampleQuality(10.0, 1.0, 100.0, 300, "cnn")               # log-midway: position ½ exactly
+    assert middle.position == 0.5 and middle.data_like
+    assert not SampleQuality(10.5, 1.0, 100.0, 300, "cnn").data_like
+    unplaced = SampleQuality(10.0, 5.0, 5.0, 300, "cnn")                # the judge sees no difference
+    assert math.isnan(unplaced.position) and not unplaced.data_like
+    assert "not placed: the judge does not tell noise from real images" in unplaced.sentence()
+    bias = "no more rows than features"
+    assert bias in SampleQuality(1.0, 0.5, 9.0, 128, "cnn", dim=128).sentence()
+    assert bias not in SampleQuality(1.0, 0.5, 9.0, 129, "cnn", dim=128).sentence()
+
+
+def test_efm_table_gives_each_subsets_batch_share_and_jensen_bound(tiny_report, tmp_path):
+    """Recomputed from the cached runs and the subsets' atoms (the first N of the seed-7
+    permutation of the training set): the batch's share Σ late / Σ KPE, the cap 0.1·½(E‖y‖² + D) /
+    mean ½‖x1 − x0‖², the largest sample's share and the median KPE / straight-line energy, as
+    the report's table prints them (4 significant digits)."""
+    import re
+    import shutil
+
+    from kinetic_fm.studies.assets import load_assets
+    from kinetic_fm.studies.memorization import late_share_interval
+
+    out, md, _ = tiny_report
+    shutil.copytree(out, tmp_path / "ws")
+    cfg = ReproduceConfig.preset("tiny")
+    train = load_assets(cfg.assets, Workspace(tmp_path / "ws"), progress=False).train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(7))
+    text = md.read_text()
+    for n in cfg.memorization.efm_sizes:
+        printed = re.search(rf"^\| {n} \| (.*) \|$", text, re.M).group(1).split(" | ")
+        frame = pd.read_parquet(out / "tables" / f"memorization__efm_n{n}.parquet")
+        (path,) = (out / "cache").glob(f"efm-{n}-{'?' * 12}.pt")
+        run = torch.load(path, weights_only=True)
+        atoms = train[order[:n]].double().reshape(n, -1)
+        x0 = kfm_noise(run["seeds"], tuple(run["x"].shape[1:]), dtype=torch.float64).reshape(len(run["x"]), -1)
+        straight = 0.5 * (run["x"].double().reshape(len(x0), -1) - x0).pow(2).sum(1)
+        bound = 0.1 * 0.5 * (atoms.pow(2).sum(1).mean() + atoms.shape[1]) / straight.mean()
+        kpe, share = frame["kpe"].to_numpy(), frame["late_fraction_t0.9"].to_numpy()
+        expected = {4: np.median(kpe / straight.numpy()), 5: (share * kpe).sum() / kpe.sum(), 6: float(bound),
+                    7: share.max()}
+        for column, value in expected.items():
+            assert float(printed[column]) == pytest.approx(value, rel=6e-4), (n, column)
+        # the late-spike row's Fieller interval of that share, per-sample energies after t = 0.9 and
+        # in all, at 1 − 0.05/K for the K subsets
+        low, high = late_share_interval(share * kpe, kpe, 0.025 / len(cfg.memorization.efm_sizes))
+        shown = re.search(rf"share after t = 0.9, Fieller 97.5% CI: .*?N = {n} \[([\d.]+), ([\d.]+)\]", text)
+        np.testing.assert_allclose([float(v) for v in shown.groups()], [low, high], atol=5e-4 + 1e-9)
+
+
+def test_goldilocks_row_names_the_quintile_with_the_lowest_fd(tiny_report):
+    out, md, _ = tiny_report
+    table = pd.read_parquet(out / "tables" / "memorization__goldilocks.parquet")
+    fd = table["FD-digits-cnn"].to_numpy()
+    assert list(table.columns[:5]) == ["KPE quintile", "KPE from", "KPE to", "n", "FD-digits-cnn"]
+    assert (f"best FD-digits-cnn in KPE quintile Q{int(np.argmin(fd)) + 1} of 5 ("
+            + ", ".join(f"{v:.3g}" for v in fd) + ")") in md.read_text()
+
+
+def test_memorizer_checkpoint_rows_average_their_samples_energies(tiny_report):
+    # the last checkpoint's row against the per-sample table of that checkpoint's samples
+    out, _, _ = tiny_report
+    row = pd.read_parquet(out / "tables" / "memorization__memorizer_checkpoints.parquet").iloc[-1]
+    final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
+    assert row["mean KPE"] == pytest.approx(final["kpe"].mean(), rel=1e-12)
+    assert row["mean late energy (t ≥ τ)"] == pytest.approx(final["late"].mean(), rel=1e-12)
+    assert row["mean share after t = 0.9"] == pytest.approx(final["late_fraction_t0.9"].mean(), rel=1e-12)
