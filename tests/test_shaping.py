@@ -58,6 +58,20 @@ def test_exponential_landing_limit_is_named():
     KTS(beta0=0.05239569)                                # the printed value is admissible
 
 
+@pytest.mark.parametrize("k", [0.5, 50.0, 696.0, 700.0])
+def test_exponential_landing_limit_is_named_over_the_whole_range_of_k(k):
+    """k may be anything in (0, 700] (`kfm sample --help`): the refusal names its bound there too.
+
+    Up to k ≈ 695 the bound's rounding overflowed a float, so KTS(k=700) raised OverflowError
+    (and `kfm sample --k 700` said the run did not fit in memory)."""
+    with pytest.raises(ValueError, match=r"just below 1/\(e\^k − 1\) ≈ ") as refusal:
+        KTS(beta0=2.0, k=k)
+    printed = float(str(refusal.value).rsplit("≈ ", 1)[1])
+    limit = 1 / math.expm1(k)
+    assert limit * (1 - 1e-6) <= printed < limit       # seven significant digits, rounded down
+    KTS(beta0=printed, k=k)                            # the printed value is admissible
+
+
 @pytest.mark.parametrize("landing", ["linear", "constant"])
 def test_linear_and_constant_landing_limit_is_one(landing):
     KTS(beta0=0.99, landing=landing)

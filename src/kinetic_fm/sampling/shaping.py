@@ -12,6 +12,7 @@ These are the formulas of the paper's reference code. The realised motion is ẋ
 """
 from __future__ import annotations
 
+import decimal
 import math
 from dataclasses import dataclass
 from typing import overload
@@ -218,8 +219,9 @@ def max_beta0(landing: str, k: float = 3.0) -> float:
 
 def _describe_limit(landing: str, k: float) -> str:
     if landing == "exponential":
-        # rounded down, so that the printed value is itself admissible (0.0524 was not)
-        limit = max_beta0(landing, k)
-        scale = 10.0 ** (6 - math.floor(math.log10(limit)))
-        return f"1/(e^k − 1) ≈ {math.floor(limit * scale) / scale:.7g}"
+        # rounded down to 7 significant digits, so that the printed value is itself admissible
+        # (0.0524 was not); in Decimal, since 10^(6 − log10 limit) overflows a float for k ≳ 695
+        limit = decimal.Decimal(max_beta0(landing, k))
+        last_digit = decimal.Decimal(1).scaleb(limit.adjusted() - 6)
+        return f"1/(e^k − 1) ≈ {float(limit.quantize(last_digit, rounding=decimal.ROUND_FLOOR)):.7g}"
     return "1"
