@@ -664,6 +664,20 @@ def test_extreme_tolerances_step_instead_of_failing_as_nan(x0):
     assert info.value.max_steps == 20 and info.value.indices == list(range(len(x0)))
 
 
+def test_the_step_limit_error_names_the_unfinished_samples_in_its_message():
+    # the README: StepLimitError names the samples short of t = 1 (as NonFiniteVelocityError
+    # names its samples); rows 1 and 3 are stiff (rate 1e4), rows 0 and 2 finish in 4 steps
+    x0 = torch.tensor([[1.0, -1.0], [1.0, 1.0], [1.0, -1.0], [1.0, 1.0]], dtype=torch.float64)
+
+    def stiff_where_marked(x, t):       # x[:, 1] never moves: it marks the stiff rows
+        rate = torch.where(x[:, 1] > 0, 1e4, 1.0)
+        return torch.stack([-rate * x[:, 0], torch.zeros_like(t)], dim=1)
+
+    with pytest.raises(StepLimitError, match=r"2 samples unfinished \(sample indices \[1, 3\]\)") as info:
+        kfm.sample(stiff_where_marked, x0, solver="dopri5", max_steps=30)
+    assert info.value.indices == [1, 3]
+
+
 def test_zero_dimensional_tensors_and_numpy_grids_are_accepted(x0):
     field = GaussianTarget()
     plain = kfm.sample(field, x0, steps=4, split=0.5)

@@ -43,9 +43,10 @@ class StepLimitError(RuntimeError):
 
     def __init__(self, max_steps: int, indices: list[int]):
         self.max_steps, self.indices = max_steps, indices
+        shown = indices[:20] + (["..."] if len(indices) > 20 else [])
         super().__init__(
             f"dopri5 exceeded max_steps = {max_steps} attempted steps with {len(indices)} samples "
-            "unfinished; loosen rtol/atol or raise max_steps"
+            f"unfinished (sample indices {shown}); loosen rtol/atol or raise max_steps"
         )
 
 
