@@ -77,7 +77,8 @@ def register(subparsers) -> None:
                         "short of t = 1 stops the run, >= 1 (default 10000); a limit, not a setting: a "
                         "--resume may raise it")
     s.add_argument("--grid", choices=("uniform", "cosine"), default=None,
-                   help=f"time grid of fixed-step solvers (default {DEFAULT_GRID}; dopri5 ignores it, with a warning)")
+                   help=f"time grid of fixed-step solvers (default {DEFAULT_GRID}; dopri5 refuses cosine and ignores "
+                        f"{DEFAULT_GRID}, with a warning)")
     s.add_argument("--quadrature", choices=("solver", "left"), default="solver",
                    help="energy quadrature: the solver's stage weights (default), or the reference left sum")
     s.add_argument("--split", type=float, default=None,
