@@ -1,0 +1,152 @@
+"""What the help texts, the README and docs/ARCHITECTURE.md state as facts about the code, checked
+against the code: the defaults `kfm <command> --help` prints, the README's list of `kfm train`
+defaults and of a run's columns, and the names, defaults and attributes of ARCHITECTURE §4's API.
+"""
+import ast
+import dataclasses
+import inspect
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import kinetic_fm as kfm
+from kinetic_fm.cli import build_parser, main
+from kinetic_fm.models import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+ARCHITECTURE = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+
+_SAMPLE = inspect.signature(kfm.sample).parameters
+_KTS = {f.name: f.default for f in dataclasses.fields(kfm.KTS)}
+# flags whose argparse default is None (so that "not given" can be told apart) and whose help
+# states the default that then applies: where that default lives
+EFFECTIVE_DEFAULTS = {
+    ("sample", "--steps"): _SAMPLE["steps"].default,
+    ("sample", "--grid"): _SAMPLE["grid"].default,
+    ("sample", "--rtol"): _SAMPLE["rtol"].default,
+    ("sample", "--atol"): _SAMPLE["atol"].default,
+    ("sample", "--max-steps"): _SAMPLE["max_steps"].default,
+    ("sample", "--alpha0"): _KTS["alpha0"],
+    ("sample", "--beta0"): _KTS["beta0"],
+    ("sample", "--tau"): _KTS["tau_split"],
+    ("sample", "--launch"): _KTS["launch"],
+    ("sample", "--landing"): _KTS["landing"],
+    ("sample", "--k"): _KTS["k"],
+    ("train", "--label-dropout"): TrainConfig().label_dropout,
+}
+# defaults the help describes in words rather than as a value
+PROSE_DEFAULTS = {("sample", "--shape"), ("sample", "--guidance"), ("sample", "--first-step"),
+                  ("sample", "--split"), ("train", "--n"), ("reproduce", "--studies")}
+
+
+def _commands() -> dict:
+    return build_parser()._subparsers._group_actions[0].choices
+
+
+def _same(stated: str, actual) -> bool:
+    """Does the value a text states ("1e-3", "1/3", "linear", "3") equal ``actual``?"""
+    if isinstance(actual, str):
+        return stated == actual
+    try:
+        return Fraction(stated) == Fraction(actual).limit_denominator(10**6) or float(stated) == actual
+    except (ValueError, TypeError):
+        return False
+
+
+def _stated_defaults():
+    """(command, flag, the default its help states, the default that applies) for every flag whose
+    help says "(default X)", "(default: X)" or "(default X under KTS)"."""
+    rows = []
+    for command, parser in _commands().items():
+        for action in parser._actions:
+            found = re.search(r"\(default:? ([^;)]+?)(?: under KTS)?[;)]", action.help or "")
+            if not found:
+                continue
+            flag = action.option_strings[-1] if action.dest != "n" else "--n"
+            key = (command, flag)
+            if key in PROSE_DEFAULTS:
+                continue
+            applies = EFFECTIVE_DEFAULTS.get(key, action.default)
+            rows.append((command, flag, found.group(1), applies))
+    return rows
+
+
+def test_the_help_texts_state_their_defaults():
+    rows = _stated_defaults()
+    assert len(rows) >= 30  # every command's numeric and named defaults are covered
+    assert all(applies is not None for *_, applies in rows), (
+        "a flag defaults to None but its help states a value: add where that value lives to "
+        f"EFFECTIVE_DEFAULTS: {[row for row in rows if row[3] is None]}")
+    wrong = [row for row in rows if not _same(row[2], row[3])]
+    assert not wrong, "help text (command, flag, stated default, actual default):\n" + "\n".join(map(str, wrong))
+
+
+def test_the_readmes_list_of_train_defaults_matches_kfm_train():
+    sentence = re.search(r"Defaults \(`kfm train --help` lists the flags\):(.*?)\n\n", README, re.S)
+    assert sentence, "README: the paragraph of `kfm train` defaults moved; update this test"
+    stated = re.findall(r"`(--[\w-]+) ([^`\s]+)`", sentence.group(1))
+    assert len(stated) >= 6
+    actions = {a.option_strings[-1]: a for a in _commands()["train"]._actions if a.option_strings}
+    applies = {flag: EFFECTIVE_DEFAULTS.get(("train", flag), actions[flag].default) for flag, _ in stated}
+    wrong = [(flag, value, applies[flag]) for flag, value in stated if not _same(value, applies[flag])]
+    assert not wrong, f"README's kfm train defaults (flag, stated, actual): {wrong}"
+
+
+def test_a_runs_columns_are_the_ones_the_readme_and_the_help_list(tmp_path, capsys):
+    readme = re.search(r"- Rows: `([^`]*)`", README)
+    help_text = re.search(r"one row per seed: ([^`(]*?), the\s+class", _commands()["sample"].description)
+    assert readme and help_text, "the README's or --help's list of columns moved; update this test"
+    listed = [[c.strip() for c in m.group(1).split(",")] for m in (readme, help_text)]
+    assert main(["sample", "--n", "3", "--steps", "2", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    columns = list(pd.read_parquet(tmp_path / "run" / "results.parquet").columns)
+    for named in listed:
+        assert columns == named + ["x"], f"README/--help list {named} + x, the run wrote {columns}"
+
+
+def _architecture_api_block() -> str:
+    section = ARCHITECTURE.split("## 4. ", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_every_name_in_architecture_section_4_is_public():
+    names = set(re.findall(r"\bkfm\.(\w+)", _architecture_api_block()))
+    assert {"KTS", "sample", "noise", "EmpiricalFlow", "memorization"} <= names
+    assert not names - set(kfm.__all__), f"ARCHITECTURE §4 names {names - set(kfm.__all__)}, not in kfm.__all__"
+
+
+def test_architecture_section_4_keywords_and_defaults_match_the_signatures():
+    calls = [node for node in ast.walk(ast.parse(_architecture_api_block()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and isinstance(node.func.value, ast.Name) and node.func.value.id == "kfm"]
+    assert len(calls) >= 5
+    wrong = []
+    for call in calls:
+        parameters = inspect.signature(getattr(kfm, call.func.attr)).parameters
+        positional = [p for p in parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(call.args) > len(positional):
+            wrong.append(f"kfm.{call.func.attr}: {len(call.args)} positional arguments, takes {len(positional)}")
+        for keyword in call.keywords:
+            if keyword.arg not in parameters:
+                wrong.append(f"kfm.{call.func.attr}: no argument {keyword.arg!r}")
+                continue
+            try:  # a literal (0.6, "euler", 1/3) is the documented default; a name is an example
+                value = eval(compile(ast.Expression(keyword.value), "§4", "eval"), {"__builtins__": {}})
+            except NameError:
+                continue
+            if value != parameters[keyword.arg].default:
+                wrong.append(f"kfm.{call.func.attr}({keyword.arg}={value!r}): "
+                             f"the default is {parameters[keyword.arg].default!r}")
+    assert not wrong, "ARCHITECTURE §4:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("variable, cls", [("res", kfm.SampleResult), ("rep", kfm.MemorizationReport)])
+def test_architecture_section_4_attributes_exist(variable, cls):
+    documented = set(re.findall(rf"\b{variable}\.(\w+)", _architecture_api_block()))
+    assert documented
+    fields = {f.name for f in dataclasses.fields(cls)}
+    missing = {name for name in documented if name not in fields and not hasattr(cls, name)}
+    assert not missing, f"ARCHITECTURE §4 documents {variable}.{missing}, which {cls.__name__} lacks"
