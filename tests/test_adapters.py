@@ -168,6 +168,30 @@ def test_named_per_sample_extras_follow_dopri5_and_shared_ones_stay_whole(time):
         kfm.sample(guessed, x0, solver="dopri5", rtol=1e-9, atol=1e-9)
 
 
+def _decay_at_own_time(x, t):
+    assert t.dim() == 0
+    return -2.0 * t * x                       # x(1) = x0·e^(−1) whatever the steps
+
+
+@pytest.mark.parametrize("wrap", ["plain", "ReversedTime", "DiscreteTime", "guidance"])
+def test_dopri5_refuses_a_net_that_sees_one_time_for_the_whole_batch(wrap):
+    # under dopri5 the rows sit at different times, and time="shared" gave each the first row's:
+    # a wrong x and KPE with no error; fixed-step grids stay allowed
+    shared = ModelXT(_decay_at_own_time, time="shared")
+    guided = ModelXT(lambda x, t, y: _decay_at_own_time(x, t), time="shared")
+    field = {"plain": shared, "ReversedTime": ReversedTime(shared), "DiscreteTime": DiscreteTime(shared, 1000),
+             "guidance": kfm.ClassifierFreeGuidance(guided, torch.zeros(4), 1.0, -1)}[wrap]
+    x0 = _x0(4) * torch.tensor([0.01, 1.0, 10.0, 100.0], dtype=torch.float64)[:, None]
+    with pytest.raises(ValueError, match=r"time='shared'.*dopri5 holds each sample at its own time"):
+        kfm.sample(field, x0, solver="dopri5")
+    if wrap == "plain":
+        res = kfm.sample(ModelXT(_decay_at_own_time, time="scalar"), x0, solver="dopri5", rtol=1e-9, atol=1e-9)
+        assert int(res.nfe.min()) < int(res.nfe.max())        # rows apart: "shared" would be wrong here
+        torch.testing.assert_close(res.x, x0 * math.exp(-1.0), rtol=1e-7, atol=1e-9)
+        fixed = kfm.sample(shared, x0, steps=400, solver="rk4")
+        torch.testing.assert_close(fixed.x, x0 * math.exp(-1.0), rtol=1e-9, atol=1e-9)
+
+
 def _toward_table_rows_in_sigma(x, timestep, table, y):
     return x - table[y]                       # dx/dσ = −(c − x), read on the σ clock
 

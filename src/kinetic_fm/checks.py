@@ -74,13 +74,19 @@ def optional_attribute(velocity: object, name: str, default: object = None) -> o
         return default
 
 
-def declares_singular_at_one(velocity: object) -> bool:
-    """Whether ``velocity`` declares ``singular_at_one = True`` (v blows up at t = 1); an
-    attribute that cannot be read, or has no truth value, declares nothing."""
+def declares(velocity: object, name: str) -> bool:
+    """Whether ``velocity`` declares the flag ``name`` True (``singular_at_one``: v blows up at
+    t = 1; ``one_time_per_call``: the net sees one time for the whole batch); an attribute that
+    cannot be read, or has no truth value, declares nothing."""
     try:
-        return bool(optional_attribute(velocity, "singular_at_one", False))
+        return bool(optional_attribute(velocity, name, False))
     except Exception:
         return False
+
+
+def declares_singular_at_one(velocity: object) -> bool:
+    """Whether ``velocity`` declares ``singular_at_one = True`` (v blows up at t = 1)."""
+    return declares(velocity, "singular_at_one")
 
 
 def check_flag(name: str, value) -> bool:

@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..checks import (as_scalar, check_flag, check_integer, declares_singular_at_one, is_real, optional_attribute,
-                      tensor_output)
+from ..checks import (as_scalar, check_flag, check_integer, declares, declares_singular_at_one, is_real,
+                      optional_attribute, tensor_output)
 
 TIME_MODES = ("batch", "scalar", "shared")
 
@@ -134,6 +134,12 @@ class _Adapter:
         """Whether the wrapped field blows up at t = 1 (see ``kfm.sample``); passed through."""
         return declares_singular_at_one(self.inner)
 
+    @property
+    def one_time_per_call(self) -> bool:
+        """Whether the net sees one time for the whole batch (``time="shared"``, here or in the
+        wrapped field), which is wrong where rows sit at different times (dopri5 refuses it)."""
+        return getattr(self, "time", None) == "shared" or declares(self.inner, "one_time_per_call")
+
     def select(self, active: torch.Tensor) -> "_Adapter":
         """This adapter for the samples where the (B,) bool mask ``active`` is True (dopri5
         evaluates only the samples still in flight); passed through to the wrapped field."""
@@ -159,7 +165,7 @@ class ModelTX(_Adapter):
             ``torchdiffeq.odeint`` does, calling the net once per distinct time in the batch
             (one host synchronisation per call, two when rows sit at several times, as under
             dopri5); ``"shared"`` passes ``t[0]`` as a 0-dim t without checking that all rows
-            share it (no synchronisation: fixed-step grids only).
+            share it (no synchronisation: fixed-step grids only; ``kfm.sample`` refuses it under dopri5).
 
     Calling ``adapter(x, t)`` returns ``model(t, x)`` (any further args go after x).
     """
@@ -187,7 +193,7 @@ class ModelXT(_Adapter):
             ``flow_matching.solver.ODESolver`` does, calling the net once per distinct time in the
             batch (one host synchronisation per call, two when rows sit at several times, as under
             dopri5); ``"shared"`` passes ``t[0]`` as a 0-dim t without checking (no
-            synchronisation: fixed-step grids only).
+            synchronisation: fixed-step grids only; ``kfm.sample`` refuses it under dopri5).
         per_sample: names of the extras that hold one row per sample; they follow ``select``
             (dopri5 evaluates only the samples in flight) and the per-time groups of
             ``time="scalar"``, and the others reach every call whole. None (the default) guesses:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..checks import as_scalar, check_flag, declares_singular_at_one, is_real, optional_attribute, tensor_output
+from ..checks import (as_scalar, check_flag, declares, declares_singular_at_one, is_real, optional_attribute,
+                      tensor_output)
 from ..norms import squared_norm
 from .adapters import batch_time
 
@@ -92,6 +93,11 @@ class ClassifierFreeGuidance:
     def singular_at_one(self) -> bool:
         """Whether the model blows up at t = 1 (see ``kfm.sample``); passed through."""
         return declares_singular_at_one(self.model)
+
+    @property
+    def one_time_per_call(self) -> bool:
+        """Whether the model sees one time for the whole batch (see ``kfm.sample``); passed through."""
+        return declares(self.model, "one_time_per_call")
 
     def select(self, active: torch.Tensor) -> "ClassifierFreeGuidance":
         """The guided field for the samples where the (B,) bool mask ``active`` is True, with

@@ -33,7 +33,7 @@ METHODS = {"euler": "euler", "midpoint": "midpoint", "heun2": "heun", "rk4": "rk
 def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "shared", **extras: Any) -> ModelXT:
     """A flow_matching ``ModelWrapper`` (or any ``model(x, t, **extras)``) as our field ``v(x, t)``.
 
-    ``time="shared"`` passes a 0-dim t like ``ODESolver`` (fixed-step grids, no host sync);
+    ``time="shared"`` passes a 0-dim t like ``ODESolver`` (fixed-step grids, no host sync; dopri5 refuses it);
     use ``"scalar"`` with per-sample times (dopri5), ``"batch"`` for models that accept t of shape (B,).
     ``per_sample=[names]`` among the extras says which hold one row per sample (see ``kfm.ModelXT``).
     """
@@ -67,7 +67,8 @@ class KineticODESolver:
             (pass ``time="batch"`` if it takes per-sample times of shape (B,)).
         time: how t reaches the model (see ``kfm.ModelXT``): None (default) passes a 0-dim t as
             ``ODESolver`` does, ``"shared"`` on fixed-step grids and ``"scalar"`` under dopri5;
-            or ``"batch"`` | ``"scalar"`` | ``"shared"`` for every method. ValueError otherwise.
+            or ``"batch"`` | ``"scalar"`` for every method, ``"shared"`` for the fixed-step ones
+            (dopri5 refuses it). ValueError otherwise.
     """
 
     def __init__(self, velocity_model: Callable[..., torch.Tensor], *, time: str | None = None):

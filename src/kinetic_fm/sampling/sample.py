@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..checks import as_scalar, check_flag, check_integer, check_unit_number, is_real
+from ..checks import as_scalar, check_flag, check_integer, check_unit_number, declares, is_real
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
@@ -57,6 +57,8 @@ def sample(
             dopri5 calls it with the B' ≤ B samples still in flight; a field holding per-sample
             data (labels, conditions) provides ``select(active)``, the field for the samples
             where the (B,) bool mask is True (``ClassifierFreeGuidance`` and the adapters do).
+            dopri5 refuses a field that declares ``one_time_per_call`` (an adapter with
+            ``time="shared"``): its net would see the first row's time for every row.
         x0: (B, ...) initial noise, a floating tensor (used as given: its dtype and device are the
             run's); or give ``seeds`` and ``shape`` to draw it with ``kfm.noise``.
         seeds: B non-negative integer seeds, one per sample: a list, range, generator (read once),
@@ -124,6 +126,11 @@ def sample(
     if solver == "dopri5":
         if not (isinstance(grid, str) and grid == "uniform"):
             raise ValueError("grid applies to fixed-step solvers only; dopri5 chooses its own steps")
+        if declares(velocity, "one_time_per_call"):
+            # every row would be integrated at the first row's time, without an error to show it
+            raise ValueError("velocity passes one time for the whole batch (an adapter with time='shared'), "
+                             "but dopri5 holds each sample at its own time; use time='scalar' (one net call "
+                             "per distinct time) or time='batch' (a net that takes per-sample times)")
         trace = integrate_dopri5(
             velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
             raise_nonfinite=on_nonfinite == "raise", progress=progress,
