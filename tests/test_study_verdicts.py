@@ -766,6 +766,25 @@ def test_tau_split_row_names_the_tau_with_the_lowest_fd():
     assert claim.ours == "FD " + " / ".join(f"{v:.3g}" for v in fds) + " (best τ = 0.4)"
 
 
+@pytest.mark.parametrize("n", [11, 16, 26, 64, 101, 300, 1001])
+def test_quintile_bins_split_distinct_values_evenly(n):
+    # sizes differ by at most one, as a split by rank would give; with n − 1 a multiple of 5 the
+    # edge at 0.6 landed an ulp past its order statistic (11 values split 2, 2, 3, 1, 3). The
+    # edges stay NumPy's linear quantiles wherever they fall between two values
+    from kinetic_fm.studies.memorization import quintile_bins
+
+    values = np.random.default_rng(n).normal(size=n)
+    edges, bins = quintile_bins(values)
+    sizes = np.bincount(bins, minlength=5)
+    assert sizes.max() - sizes.min() <= 1, sizes
+    assert (np.diff(bins[np.argsort(values)]) >= 0).all()         # quintiles follow the values
+    exact = np.quantile(values, np.linspace(0, 1, 6))
+    between = [q for q in range(6) if q * (n - 1) % 5]
+    np.testing.assert_array_equal(edges[between], exact[between])
+    hits = [q for q in range(6) if q * (n - 1) % 5 == 0]
+    np.testing.assert_array_equal(edges[hits], np.sort(values)[[q * (n - 1) // 5 for q in hits]])
+
+
 def test_quintile_bins_hold_each_value_from_its_lower_edge_up_to_the_next():
     # 11 values 0..10: inner edges fall on the data (2, 4 and 8 here; 0.6 · 10 rounds just above
     # 6). A value on an edge opens its quintile: [e_q, e_q+1), the last one closed, as the

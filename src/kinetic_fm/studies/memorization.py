@@ -344,8 +344,18 @@ def goldilocks_verdict(tests: dict[str, float], alpha: float = 0.025) -> str:
 
 
 def quintile_bins(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(6,) quintile edges of ``values`` and the (n,) quintile 0..4 of each value."""
+    """(6,) quintile edges of ``values`` (NumPy's linear quantiles) and the (n,) quintile 0..4 of
+    each value: [e_q, e_q+1), the last one closed. Distinct values fill the quintiles evenly (their
+    sizes differ by at most one)."""
     edges = np.quantile(values, np.linspace(0, 1, 6))
+    # an edge whose position q·(n − 1)/5 is a whole index is that order statistic exactly: in
+    # floating point 0.6·(n − 1) can land an ulp past it, and the value there then fell one
+    # quintile low (11 values split 2, 2, 3, 1, 3)
+    n = len(values)
+    on_a_value = [q for q in range(6) if q * (n - 1) % 5 == 0]
+    if n and on_a_value:
+        order = np.sort(values)
+        edges[on_a_value] = order[[q * (n - 1) // 5 for q in on_a_value]]
     return edges, np.clip(np.searchsorted(edges, values, side="right") - 1, 0, 4)
 
 
