@@ -59,6 +59,41 @@ def _forbid_writing_in(monkeypatch, folder):
     monkeypatch.setattr(os, "access", access)
 
 
+@pytest.mark.parametrize("command, flag, name", [
+    ("sample", "--out", "run"), ("sample", "--figure", "f.png"), ("train", "--out", "run"),
+    ("memorization", "--out", "t.csv"), ("memorization", "--figure", "f.png"), ("reproduce", "--out", "rep"),
+])
+def test_a_folder_the_user_may_not_write_into_is_named_before_anything_loads(tmp_path, monkeypatch, capsys,
+                                                                             command, flag, name):
+    # it came as "[Errno 13] Permission denied: ..." once the data, net or samples had loaded
+    # (kfm sample --figure: after the whole run), naming no flag
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _forbid_writing_in(monkeypatch, locked)
+    _no_loading(monkeypatch)
+    path = str(locked / "new" / name)
+    try:
+        assert main(_argv(command, tmp_path, flag, path)) == 2
+    finally:
+        locked.chmod(0o755)
+    assert capsys.readouterr().err == (f"kfm {command}: error: {flag} {path}: {locked} is a folder this user may "
+                                       "not write into\n")
+    assert list(locked.iterdir()) == [] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["sample", "train", "reproduce"])
+def test_an_existing_output_folder_the_user_may_not_write_into_is_named(tmp_path, monkeypatch, capsys, command):
+    out = tmp_path / "out"
+    out.mkdir()
+    _forbid_writing_in(monkeypatch, out)
+    _no_loading(monkeypatch)
+    try:
+        assert main(_argv(command, tmp_path, "--out", str(out))) == 2
+    finally:
+        out.chmod(0o755)
+    assert capsys.readouterr().err == f"kfm {command}: error: --out {out} is a folder this user may not write into\n"
+
+
 def test_a_read_only_file_system_is_called_so(tmp_path, monkeypatch):
     real_statvfs = os.statvfs
 
@@ -72,10 +107,69 @@ def test_a_read_only_file_system_is_called_so(tmp_path, monkeypatch):
         check_output_path("--out", str(tmp_path / "run"), folder=True)
 
 
+@pytest.mark.parametrize("flag, where, message", [
+    ("--out", "afile", "--out {tmp}/afile is a file; name a folder (new, or one this command wrote)"),
+    ("--out", "afile/run", "--out {tmp}/afile/run: {tmp}/afile is a file, so no folder can be made inside it"),
+    ("--figure", "afile/f.png",
+     "--figure {tmp}/afile/f.png: {tmp}/afile is a file, so no folder can be made inside it"),
+    ("--figure", "adir.png", "--figure {tmp}/adir.png is a folder; name a file"),
+])
+def test_kfm_sample_checks_its_paths_before_the_field_or_net_loads(tmp_path, monkeypatch, capsys, flag, where, message):
+    # "[Errno 20] Not a directory: ..." came after the net had loaded and (--figure) the run had ended
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.png").mkdir()
+    _no_loading(monkeypatch)
+    assert main(_argv("sample", tmp_path, flag, str(tmp_path / where))) == 2
+    assert capsys.readouterr().err == f"kfm sample: error: {message.format(tmp=tmp_path)}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_kfm_sample_refuses_a_folder_holding_a_run_or_other_files_before_the_net_loads(tmp_path, monkeypatch, capsys):
+    run, other = tmp_path / "run", tmp_path / "other"
+    assert main([*SAMPLE, "--out", str(run)]) == 0
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    _no_loading(monkeypatch)
+    assert main([*SAMPLE, "--out", str(run)]) == 2
+    assert capsys.readouterr().err == (f"kfm sample: error: --out {run} already holds a run; pass --resume to "
+                                       "continue it, or choose a new --out\n")
+    assert main([*SAMPLE, "--out", str(other), "--resume"]) == 2
+    assert capsys.readouterr().err == (f"kfm sample: error: --out {other} is not empty and holds no manifest.json; "
+                                       "choose a new --out\n")
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_kfm_sample_still_resumes_and_redraws_into_its_own_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*SAMPLE, "--out", str(run)]) == 0
+    assert main([*SAMPLE, "--out", str(run), "--resume", "--figure", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").is_file()
+
+
 def _refuse(error):
     def refused(*args, **kwargs):
         raise error
     return refused
+
+
+def test_a_refusal_at_write_time_names_kfm_sample_s_flag(tmp_path, monkeypatch, capsys):
+    # as root, or on a full disk, only the write shows it: the OS's words alone named no flag
+    import kinetic_fm.runs.runner as runner
+    from kinetic_fm.commands import sample
+
+    run = tmp_path / "run"
+    shard = str(run / "shards" / "shard-00000.parquet")
+    monkeypatch.setattr(runner, "write_shard", _refuse(PermissionError(errno.EACCES, "Permission denied", shard)))
+    assert main([*SAMPLE, "--out", str(run)]) == 2
+    assert capsys.readouterr().err == f"kfm sample: error: --out {run} cannot be written (Permission denied: {shard})\n"
+
+    figure = str(tmp_path / "f.png")
+    monkeypatch.undo()
+    monkeypatch.setattr(sample, "_write_figure", _refuse(OSError(errno.ENOSPC, "No space left on device")))
+    assert main([*SAMPLE, "--out", str(tmp_path / "run2"), "--figure", figure]) == 2
+    assert capsys.readouterr().err.endswith(f"kfm sample: error: --figure {figure} cannot be written (No space left on "
+                                            "device)\n")
 
 
 @pytest.mark.parametrize("code, name, named", [

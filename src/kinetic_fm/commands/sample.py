@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._types import seed_number
+from ._types import check_output_path, seed_number, writing
 
 FIELDS = ("gaussian", "point", "mixture")
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "rk4_38", "dopri5")
@@ -375,6 +375,11 @@ def _validate(args) -> None:
         raise ValueError("--field point is singular at t = 1, where dopri5 evaluates; use a fixed-step --solver")
     if args.figure is not None and Path(args.figure).suffix.lower() != ".png":  # before a whole run is spent
         raise ValueError(f"--figure must end in .png, got {args.figure!r}")
+    # before the net loads and the run starts ("[Errno 20] Not a directory" came after both); a
+    # folder that holds another run is refused, by rank 0, in _lock_a_busy_folder
+    check_output_path("--out", args.out, folder=True)
+    if args.figure is not None:
+        check_output_path("--figure", args.figure, folder=False)
 
 
 def _validate_step_control(args) -> None:
@@ -591,7 +596,8 @@ def run(args) -> int:
     _validate(args)
     kts = _shaping(args)
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
-        lock = _lock_a_busy_folder(args.out, coordinator)  # before --model is read and hashed (a big file takes long)
+        with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
+            lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
         if lock is not None:
             held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
         target = (_model_target(args.model, args.shape, args.out if args.resume else None) if args.model
@@ -612,8 +618,9 @@ def run(args) -> int:
         )
         if world.is_main:
             _warn_on_dopri5_batch_change(args)
-        outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
-                              resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock)
+        with writing("--out", args.out):
+            outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
+                                  resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock)
     if outcome.table is None:  # ranks other than 0 are done once their shards are written
         return 0
     table = outcome.table
@@ -634,8 +641,9 @@ def run(args) -> int:
         steps = _stepping(args)
         shaped = "plain FM" if kts is None else (f"KTS α0 = {kts.alpha0:g} ({kts.launch}), β0 = {kts.beta0:g} "
                                                  f"({kts.landing}), τ = {kts.tau_split:g}")
-        path = _write_figure(args.figure, table, outcome.manifest, label="plain FM" if kts is None else "KTS",
-                             title=f"{what}; {steps}; {shaped}")
+        with writing("--figure", args.figure):
+            path = _write_figure(args.figure, table, outcome.manifest, label="plain FM" if kts is None else "KTS",
+                                 title=f"{what}; {steps}; {shaped}")
         print(f"figure: {path}")
     return 0
 
@@ -649,9 +657,12 @@ def _stepping(args) -> str:
     return ", ".join(["dopri5", *(f"{name.replace('_', ' ')} {value:g}" for name, value in given.items())])
 
 
-def _lock_a_busy_folder(out: str, coordinator):
+def _lock_a_busy_folder(out: str, resume: bool, coordinator):
     """``out``'s RunLock, held, when the folder has a ``.lock`` file; RunLockedError when another
-    writer holds it; else None. Every rank gets rank 0's verdict; only rank 0 holds the lock.
+    writer holds it; else None. Then a ValueError naming --out when the folder may not take this
+    run (it holds a run and ``resume`` is False, or it holds files but no run), which
+    ``run_sharded`` found only after the net had loaded. Every rank gets rank 0's verdict; only
+    rank 0 holds the lock, and only rank 0 looks into the folder, since it alone creates it.
 
     Rank 0 keeps the lock from here through ``run_sharded`` (which it is handed to), so no writer
     can start while the model loads; taken and let go here, a writer starting in between was
@@ -662,14 +673,21 @@ def _lock_a_busy_folder(out: str, coordinator):
     from pathlib import Path
 
     from ..runs.lock import LOCK_NAME, RunLock
+    from ..runs.runner import check_run_dir
 
     verdict, lock = None, None
     if coordinator.world.is_main:
         try:
             if (Path(out) / LOCK_NAME).is_file():
                 lock = RunLock(Path(out)).acquire()
-        except OSError as err:
+            try:
+                check_run_dir(out, resume=resume)
+            except ValueError as err:
+                raise ValueError(f"--out {err}") from None
+        except (OSError, ValueError) as err:
             coordinator.from_main(("error", str(err)))
+            if lock is not None:
+                lock.release()
             raise
         verdict = ("ok", None)
     try:

@@ -62,17 +62,26 @@ def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume
     :class:`~kinetic_fm.runs.lock.RunLock`, and other callers should do the same.
     """
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume)
     if (run_dir / MANIFEST_NAME).is_file():
-        if not resume:
-            raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
         warnings = check_resume(read_manifest(run_dir), manifest)
     else:
-        _refuse_foreign_folder(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_manifest(run_dir, manifest)  # before any shard exists
         warnings = []
     (run_dir / SHARD_DIR).mkdir(exist_ok=True)
     return warnings
+
+
+def check_run_dir(run_dir: str | os.PathLike, *, resume: bool) -> None:
+    """ValueError when ``run_dir`` may not take this run: it already holds a run and ``resume``
+    is False, or it holds files but no run. A missing or empty folder passes; nothing is created.
+    ``kfm sample`` calls it before its net loads, :func:`prepare_run_dir` again, under the
+    folder's lock, before it writes."""
+    run_dir = Path(run_dir)
+    if (run_dir / MANIFEST_NAME).is_file() and not resume:
+        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
+    _refuse_foreign_folder(run_dir)
 
 
 def _refuse_foreign_folder(run_dir: Path) -> None:
