@@ -147,6 +147,16 @@ def test_kfm_sample_still_resumes_and_redraws_into_its_own_folder(tmp_path, caps
     assert (tmp_path / "f.png").is_file()
 
 
+def test_kfm_train_refuses_a_folder_holding_a_training_run_before_the_data_loads(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    _no_loading(monkeypatch)
+    assert main(_argv("train", tmp_path, "--out", str(run))) == 2
+    assert capsys.readouterr().err == (f"kfm train: error: --out {run} already holds a training run (config.json); "
+                                       "continue it with resume=True (kfm train --resume) or choose another folder\n")
+
+
 def _refuse(error):
     def refused(*args, **kwargs):
         raise error
@@ -170,6 +180,16 @@ def test_a_refusal_at_write_time_names_kfm_sample_s_flag(tmp_path, monkeypatch, 
     assert main([*SAMPLE, "--out", str(tmp_path / "run2"), "--figure", figure]) == 2
     assert capsys.readouterr().err.endswith(f"kfm sample: error: --figure {figure} cannot be written (No space left on "
                                             "device)\n")
+
+
+def test_a_refusal_at_write_time_names_kfm_train_s_flag(tmp_path, monkeypatch, capsys):
+    import kinetic_fm.runs.atomic as atomic
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(atomic, "atomic_write_text", _refuse(OSError(errno.EROFS, "Read-only file system", str(run))))
+    assert main(_argv("train", tmp_path, "--out", str(run))) == 2
+    assert capsys.readouterr().err.endswith(f"kfm train: error: --out {run} cannot be written (Read-only file "
+                                            f"system: {run})\n")
 
 
 @pytest.mark.parametrize("code, name, named", [

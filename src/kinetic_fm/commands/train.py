@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._types import check_output_path, seed_number
+from ._types import check_output_path, seed_number, writing
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
              "(PATH a folder or .zip). digits: scikit-learn's 8x8 digits, bundled; moons: two half circles; "
@@ -59,10 +59,15 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import dataset_rows, load_dataset
     from ..models import TrainConfig, default_model, train
+    from ..models.train import check_train_dir
     from ..runs.distributed import World, resolve_device
 
     resolve_device(args.device, World())        # a bad --device fails before the data loads
     check_output_path("--out", args.out, folder=True)
+    try:  # train() checks it again, under the folder's lock; here it comes before the data loads
+        check_train_dir(args.out, resume=args.resume)
+    except ValueError as err:
+        raise ValueError(f"--out {err}") from None
     if args.label_dropout is not None and not args.class_cond:  # it would be ignored without a word
         raise ValueError("--label-dropout applies to --class-cond only")
     label_dropout = 0.1 if args.label_dropout is None else args.label_dropout
@@ -107,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
     mean = getattr(ds, "mean", None)
     extra = None if mean is None else {"data_mean.safetensors": {"mean": mean}}
     info = {"data": _recorded_spec(args.data, args.out, args.resume), "n": args.n}
-    result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
-                   progress=not args.no_progress, info=info, extra_weights=extra)
+    with writing("--out", args.out):
+        result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
+                       progress=not args.no_progress, info=info, extra_weights=extra)
     tail = result.losses[-min(100, config.steps):].mean().item()
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from} of {config.steps}")

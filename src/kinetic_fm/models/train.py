@@ -199,6 +199,18 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     return start
 
 
+def check_train_dir(out: str | Path, *, resume: bool) -> None:
+    """ValueError when ``out`` already holds a training run and ``resume`` is False (its files
+    would be overwritten). :func:`train` checks it under the folder's lock; ``kfm train`` calls
+    it before the data loads."""
+    out = Path(out)
+    earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
+               if (out / name).exists()]
+    if earlier and not resume:
+        raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
+                         "resume=True (kfm train --resume) or choose another folder")
+
+
 def remove_leftover_temporaries(out: Path) -> int:
     """Delete the temporaries writers killed mid-save left in the training folder ``out`` and its
     ``checkpoints/`` (:func:`~kinetic_fm.runs.atomic.remove_temporaries`; hold ``out``'s lock);
@@ -344,12 +356,8 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
                   "train": _config_json(config), "data_shape": list(data.shape), "info": info}
     recorded = {**info, "sample_shape": list(data.shape[1:])}  # lets `kfm sample --model` size its noise
     state_path = None if out is None else out / RESUME_FILE
-    if out is not None and not resume:
-        earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
-                   if (out / name).exists()]
-        if earlier:
-            raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
-                             "resume=True (kfm train --resume) or choose another folder")
+    if out is not None:
+        check_train_dir(out, resume=resume)
     parts = {"model": model, "ema": ema, "optimizer": optimizer}
     generators = {"data": data_gen, "noise": noise_gen}
     if resume and state_path is not None and state_path.is_file():
