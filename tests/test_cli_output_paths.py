@@ -192,6 +192,36 @@ def test_a_refusal_at_write_time_names_kfm_train_s_flag(tmp_path, monkeypatch, c
                                             f"system: {run})\n")
 
 
+@pytest.mark.parametrize("flag, name", [("--out", "t.csv"), ("--figure", "f.png")])
+def test_a_refusal_at_write_time_names_kfm_memorization_s_flag(tmp_path, monkeypatch, capsys, flag, name):
+    import kinetic_fm.runs.atomic as atomic
+    import kinetic_fm.studies.report as report
+
+    path = tmp_path / name
+    temporary = str(tmp_path / f".{name}.tmp-1-ab")        # an atomic write's temporary, beside the file
+    refusal = _refuse(PermissionError(errno.EACCES, "Permission denied", temporary))
+    monkeypatch.setattr(atomic, "atomic_write", refusal)
+    monkeypatch.setattr(report.Figure, "save", refusal)
+    assert main([*_argv("memorization", tmp_path, flag, str(path)), "--bootstrap", "0", "--no-progress"]) == 2
+    assert capsys.readouterr().err.endswith(f"kfm memorization: error: {flag} {path} cannot be written (Permission "
+                                            f"denied: {temporary})\n")
+
+
+def test_kfm_reproduce_names_its_flag_for_its_folder_only(tmp_path, monkeypatch, capsys):
+    import kinetic_fm.studies.reproduce as study
+
+    out, data = tmp_path / "rep", tmp_path / "data" / "faces.zip"
+    monkeypatch.setattr(study, "reproduce", _refuse(PermissionError(errno.EACCES, "Permission denied",
+                                                                    str(out / "tables"))))
+    assert main(["reproduce", "--tiny", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"kfm reproduce: error: --out {out} cannot be written (Permission denied: "
+                                       f"{out / 'tables'})\n")
+    # a file it reads is not --out's: the OS's words stay
+    monkeypatch.setattr(study, "reproduce", _refuse(PermissionError(errno.EACCES, "Permission denied", str(data))))
+    assert main(["reproduce", "--tiny", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"kfm reproduce: error: [Errno 13] Permission denied: '{data}'\n"
+
+
 @pytest.mark.parametrize("code, name, named", [
     (errno.EACCES, "{out}", True),
     (errno.EACCES, "{out}/shards/s.parquet", True),

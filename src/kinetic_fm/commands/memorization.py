@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._types import check_output_path, seed_number
+from ._types import check_output_path, seed_number, writing
 
 TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
 SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
@@ -128,18 +128,21 @@ def run(args: argparse.Namespace) -> int:
         from ..runs.atomic import atomic_write
 
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix.lower() == ".csv":
-            atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
-        else:
-            atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
+        with writing("--out", args.out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if out.suffix.lower() == ".csv":
+                atomic_write(out, lambda tmp: frame.to_csv(tmp, index=False))
+            else:
+                atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
         print(f"per-sample table: {out}")
     if args.figure is not None:
         from ..studies.figures import memorization_figure
 
         title = f"audited in {space_name}" + (f"; samples clamped to {clamped}" if clamped else "")
         figure = memorization_figure("memorization", "", report, samples, train, title=title)
-        print(f"figure: {figure.save(args.figure)}")
+        with writing("--figure", args.figure):
+            saved = figure.save(args.figure)
+        print(f"figure: {saved}")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._types import check_output_path, seed_number
+from ._types import check_output_path, seed_number, writing
 
 
 def register(subparsers) -> None:
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
         parse_cifar_resnet_spec(args.classifier, name="--classifier")
         cfg = replace(cfg, assets=replace(cfg.assets, classifier=args.classifier))
-    md, html = reproduce(cfg, args.out, studies=studies, progress=not args.quiet)
+    with writing("--out", args.out):
+        md, html = reproduce(cfg, args.out, studies=studies, progress=not args.quiet)
     print(f"report: {html}\n        {md}")
     return 0
