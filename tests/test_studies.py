@@ -1230,3 +1230,177 @@ def test_memorizer_checkpoint_rows_average_their_samples_energies(tiny_report):
     assert row["mean KPE"] == pytest.approx(final["kpe"].mean(), rel=1e-12)
     assert row["mean late energy (t ≥ τ)"] == pytest.approx(final["late"].mean(), rel=1e-12)
     assert row["mean share after t = 0.9"] == pytest.approx(final["late_fraction_t0.9"].mean(), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# the support and semantics studies on small stand-ins for the assets, against brute force
+
+
+def _drawn_figures(monkeypatch) -> dict:
+    """Record what each study figure is given (name -> arguments) instead of drawing it."""
+    from types import SimpleNamespace
+
+    from kinetic_fm.studies import figures
+
+    drawn = {}
+    for kind in ("scatter_figure", "histogram_figure", "energy_profile_figure", "sample_grid_figure"):
+        def record(name, caption, *args, _kind=kind, **kwargs):
+            drawn[name] = SimpleNamespace(caption=caption, args=args, kwargs=kwargs)
+            return SimpleNamespace(name=name)
+        monkeypatch.setattr(figures, kind, record)
+    return drawn
+
+
+def _support_assets(labelled: bool):
+    """40 training images in [-0.5, 0.5] (the samples below reach ±1, so the clamp matters); a
+    labelled set's "classifier features" are its first 3 pixels."""
+    from types import SimpleNamespace
+
+    train = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(1)) - 0.5
+    extra = {} if not labelled else {"features": lambda x: x.flatten(1)[:, :3].clone(),
+                                     "train_features": lambda: train.flatten(1)[:, :3].clone()}
+    return SimpleNamespace(train=train, classifier=torch.nn.Identity() if labelled else None,
+                           classifier_name="digits-cnn" if labelled else "pixels",
+                           value_range=lambda: (float(train.min()), float(train.max())), **extra)
+
+
+def _kth_distance(query: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+    dist = np.sqrt(((query[:, None, :] - reference[None]) ** 2).sum(-1))
+    return np.sort(dist, axis=1)[:, k - 1]
+
+
+def _scott_kde(query: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
+    """log (1/N) Σ_j N(x; y_j, h² I) with Scott's h = σ̄ N^(−1/(D+4)), σ̄² the mean coordinate variance."""
+    from scipy.special import logsumexp
+
+    n, dim = reference.shape
+    h = math.sqrt(reference.var(axis=0, ddof=1).mean()) * n ** (-1.0 / (dim + 4))
+    sq = ((query[:, None, :] - reference[None]) ** 2).sum(-1)
+    return logsumexp(-sq / (2 * h * h), axis=1) - math.log(n) - 0.5 * dim * math.log(2 * math.pi * h * h), h
+
+
+def _run_support(monkeypatch, assets, kpe=None, mixture=None):
+    """run_support on 24 samples in [-1, 1] of 16 pixels; ``mixture``: what the 2-D mixture check
+    returns (default: a stand-in, for the tests that do not read it)."""
+    from types import SimpleNamespace
+
+    from kinetic_fm.studies import support
+    from kinetic_fm.studies.config import SemanticsConfig, SupportConfig
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 1, 4, 4, generator=g) * 2 - 1
+    run = {"x": x, "kpe": torch.rand(24, generator=g, dtype=torch.float64) if kpe is None else kpe(x),
+           "seeds": torch.arange(7, 31)}
+    monkeypatch.setattr(support, "general_samples", lambda *args: run)
+    if mixture is None:
+        mixture = (pd.DataFrame({"kpe": [1.0, 2.0], "true_log_density": [0.0, 1.0]}),
+                   SimpleNamespace(rho=0.5, ci_low=0.1, ci_high=0.8, p_perm=0.2, n=2))
+    monkeypatch.setattr(support, "_mixture_check", lambda cfg: mixture)
+    drawn = _drawn_figures(monkeypatch)
+    quiet = SimpleNamespace(say=lambda text: None)
+    out = support.run_support(SupportConfig(k=3, bootstrap=50), SemanticsConfig(), assets, quiet, "")
+    return run, out, drawn
+
+
+def _clamped_pixels(run, assets) -> np.ndarray:
+    low, high = assets.value_range()
+    return run["x"].clamp(low, high).flatten(1).double().numpy()
+
+
+def test_support_columns_are_the_kth_neighbour_and_scott_kde_of_the_clamped_samples(monkeypatch):
+    assets = _support_assets(labelled=True)
+    run, out, _ = _run_support(monkeypatch, assets)
+    frame = out.tables["general_support"]
+    pixels, train = _clamped_pixels(run, assets), assets.train.flatten(1).double().numpy()
+    assert frame["seed"].tolist() == list(range(7, 31))
+    radius = _kth_distance(pixels, train, 3)
+    np.testing.assert_allclose(frame["knn_radius_k3_pixels"], radius, rtol=1e-10)
+    # −D·log r_k up to one constant shared by all samples
+    shifted = frame["knn_log_density_pixels"].to_numpy() + 16 * np.log(radius)
+    np.testing.assert_allclose(shifted, shifted[0], rtol=1e-10)
+    kde, h = _scott_kde(pixels, train)
+    np.testing.assert_allclose(frame["kde_log_density_pixels"], kde, rtol=1e-9)
+    # the classifier's feature space: the clamped samples' features against the training features
+    feats, train_feats = pixels[:, :3], train[:, :3]
+    np.testing.assert_allclose(frame["knn_radius_k3_digits-cnn"], _kth_distance(feats, train_feats, 3), rtol=1e-10)
+    np.testing.assert_allclose(frame["kde_log_density_digits-cnn"], _scott_kde(feats, train_feats)[0], rtol=1e-9)
+    rows = out.sections[0].tables[0][1].set_index(["support", "space"])
+    assert rows.loc[("kNN", "pixels"), "detail"] == "k = 3"
+    assert rows.loc[("KDE", "pixels"), "detail"] == f"Scott h = {h:.3g}"
+
+
+def test_support_rows_are_spearman_of_kpe_and_each_density_and_the_claims_read_pixels(monkeypatch):
+    from scipy import stats
+
+
+    assets = _support_assets(labelled=True)
+    # KPE rising with the pixel kNN radius: ρ(KPE, kNN log-density in pixels) = −1 exactly
+    kpe = lambda x: torch.from_numpy(_kth_distance(_clamped_pixels({"x": x}, assets),  # noqa: E731
+                                                   assets.train.flatten(1).double().numpy(), 3))
+    run, out, drawn = _run_support(monkeypatch, assets, kpe=kpe)
+    frame, rows = out.tables["general_support"], out.sections[0].tables[0][1].set_index(["support", "space"])
+    for method, column in (("kNN", "knn_log_density"), ("KDE", "kde_log_density")):
+        for space in ("pixels", "digits-cnn"):
+            row = rows.loc[(method, space)]
+            expected = stats.spearmanr(frame["kpe"], frame[f"{column}_{space}"]).statistic
+            assert row["Spearman ρ"] == pytest.approx(expected, abs=1e-12), (method, space)
+            assert row["CI low"] - 1e-12 <= row["Spearman ρ"] <= row["CI high"] + 1e-12
+            assert 0 < row["permutation p"] <= 1
+            assert row["n"] == 24
+    assert rows.loc[("kNN", "pixels"), "Spearman ρ"] == pytest.approx(-1.0)
+    assert rows.loc[("KDE", "pixels"), "CI low"] < rows.loc[("KDE", "pixels"), "CI high"]
+    knn_claim, kde_claim = out.claims
+    feature_rho = rows.loc[("kNN", "digits-cnn"), "Spearman ρ"]
+    assert knn_claim.ours == f"ρ = -1.000 in pixels (digits-cnn: {feature_rho:+.2f})"
+    assert knn_claim.verdict == "reproduced" and "-0.65" in knn_claim.paper
+    kde = rows.loc[("KDE", "pixels")]
+    assert kde_claim.ours.startswith(f"ρ = {kde['Spearman ρ']:+.3f} in pixels") and "-0.64" in kde_claim.paper
+    assert kde_claim.verdict == ("reproduced" if kde["CI high"] < 0 else "not reproduced" if kde["CI low"] > 0
+                                 else "inconclusive")
+    # the figure: KPE against the pixel kNN log-density, annotated with that ρ
+    figure = drawn["kpe_vs_knn_support"]
+    np.testing.assert_array_equal(figure.args[1], frame["knn_log_density_pixels"])
+    assert figure.kwargs["annotation"].startswith("Spearman ρ = -1.000, 95% CI [-1.000, -1.000]")
+
+
+def test_mixture_check_is_kpe_against_the_exact_log_density_of_the_weighted_ring():
+    from scipy import stats
+    from scipy.special import logsumexp
+
+    from kinetic_fm.fields.analytic import GaussianMixtureTarget
+    from kinetic_fm.sampling.sample import sample
+    from kinetic_fm.studies.config import SupportConfig
+    from kinetic_fm.studies.support import _mixture_check
+
+    frame, rho = _mixture_check(SupportConfig(bootstrap=20))
+    assert frame["seed"].tolist() == list(range(200))
+    # 8 modes on a circle of radius 4, weights 1..8 (of 36), σ = 0.3
+    angles = np.arange(8) * 2 * np.pi / 8
+    means = 4 * np.c_[np.cos(angles), np.sin(angles)]
+    points = frame[["x", "y"]].to_numpy()
+    sq = ((points[:, None, :] - means[None]) ** 2).sum(-1)
+    log_p = logsumexp(np.log(np.arange(1, 9) / 36) - sq / (2 * 0.09), axis=1) - math.log(2 * math.pi * 0.09)
+    np.testing.assert_allclose(frame["true_log_density"], log_p, rtol=1e-10)
+    assert rho.rho == pytest.approx(stats.spearmanr(frame["kpe"], log_p).statistic, abs=1e-12) and rho.n == 200
+    # each row is its seed's trajectory through that field (a fine RK4 run agrees to the study's Heun error)
+    field = GaussianMixtureTarget(torch.tensor(means), std=0.3, weights=torch.arange(1.0, 9.0, dtype=torch.float64))
+    rows = [0, 57, 199]
+    fine = sample(field, seeds=rows, shape=(2,), dtype=torch.float64, steps=200, solver="rk4")
+    np.testing.assert_allclose(points[rows], fine.x.numpy(), atol=2e-3)
+    np.testing.assert_allclose(frame["kpe"].to_numpy()[rows], fine.kpe.numpy(), rtol=2e-3)
+
+
+@pytest.mark.parametrize("low, high, words", [
+    (0.1, 0.4, "a clear positive link, the opposite of the paper's sign."),
+    (-0.4, -0.1, "a clear negative link, the paper's sign."),
+    (-0.1, 0.4, "no link shown at this size."),
+])
+def test_support_text_sets_the_mixture_interval_against_the_papers_negative_sign(monkeypatch, low, high, words):
+    from types import SimpleNamespace
+
+    toy = (pd.DataFrame({"kpe": [1.0, 2.0], "true_log_density": [0.0, 1.0]}),
+           SimpleNamespace(rho=(low + high) / 2, ci_low=low, ci_high=high, p_perm=0.01, n=200))
+    _, out, _ = _run_support(monkeypatch, _support_assets(labelled=False), mixture=toy)
+    assert f"[{low:+.3f}, {high:+.3f}], n = 200: {words} It is context" in out.sections[0].text
+    row = out.sections[0].tables[0][1].set_index("support").loc["exact log-density"]
+    assert (row["CI low"], row["CI high"], row["n"]) == (low, high, 200)
