@@ -1404,3 +1404,129 @@ def test_support_text_sets_the_mixture_interval_against_the_papers_negative_sign
     assert f"[{low:+.3f}, {high:+.3f}], n = 200: {words} It is context" in out.sections[0].text
     row = out.sections[0].tables[0][1].set_index("support").loc["exact log-density"]
     assert (row["CI low"], row["CI high"], row["n"]) == (low, high, 200)
+
+
+class _LinearDrift(torch.nn.Module):
+    """v(x, t) = A·x + b on the flattened pixels: a generalising net whose samples differ in energy."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.a = torch.nn.Parameter(0.3 * torch.randn(dim, dim, generator=g))
+        self.b = torch.nn.Parameter(0.5 * torch.randn(dim, generator=g))
+
+    def forward(self, x, t):
+        return (x.flatten(1) @ self.a.T + self.b).reshape(x.shape)
+
+
+def _semantics_assets(labelled: bool = True):
+    """Training images in [-0.5, 0.5] of 16 pixels (the samples overshoot it, so the clamp
+    matters) and, when labelled, a linear 3-class judge."""
+    from types import SimpleNamespace
+
+    train = torch.rand(30, 1, 4, 4, generator=torch.Generator().manual_seed(1)) - 0.5
+    judge = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)) if labelled else None
+    return SimpleNamespace(train=train, general=_LinearDrift(16), classifier=judge, classifier_name="lin3",
+                           classifier_accuracy=0.9, mean=None, value_range=lambda: (-0.5, 0.5))
+
+
+def _run_semantics(tmp_path, monkeypatch, assets, **cfg):
+    from kinetic_fm.studies.config import SemanticsConfig
+    from kinetic_fm.studies.semantics import run_semantics
+
+    drawn = _drawn_figures(monkeypatch)
+    cfg = SemanticsConfig(**{"n_samples": 40, "steps": 4, "bootstrap": 50, "seed_start": 5, **cfg})
+    return cfg, run_semantics(cfg, assets, Workspace(tmp_path), "fake"), drawn
+
+
+def test_semantics_table_is_the_judges_margin_on_the_clamped_samples_and_their_own_energies(tmp_path, monkeypatch):
+    from kinetic_fm.studies.semantics import general_samples
+
+    assets = _semantics_assets()
+    cfg, out, _ = _run_semantics(tmp_path, monkeypatch, assets)
+    frame = out.tables["general_samples"]
+    assert frame["seed"].tolist() == list(range(5, 45))
+    run = general_samples(cfg, assets, Workspace(tmp_path), "fake")
+    with torch.no_grad():
+        logits = assets.classifier(run["x"].clamp(-0.5, 0.5)).double().numpy()
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    np.testing.assert_allclose(frame["margin"], top2[:, 1] - top2[:, 0], rtol=1e-12)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(frame["confidence"], 1 / probs.sum(1), rtol=1e-12)
+    assert frame["predicted"].tolist() == logits.argmax(1).tolist()
+    # ½‖x0‖² and KPE − ½‖x1 − x0‖², the noise drawn again from each seed (not through kfm.noise)
+    x0 = torch.stack([torch.randn((1, 4, 4), generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                      for s in range(5, 45)]).flatten(1)
+    np.testing.assert_allclose(frame["noise_energy"], 0.5 * x0.pow(2).sum(1).numpy(), rtol=1e-12)
+    straight = 0.5 * (run["x"].double().flatten(1) - x0).pow(2).sum(1).numpy()
+    np.testing.assert_allclose(frame["excess_energy"], frame["kpe"] - straight, rtol=1e-12, atol=1e-12)
+
+
+def test_semantics_groups_and_correlations_read_the_margin_by_kpe(tmp_path, monkeypatch):
+    from scipy import stats
+
+    cfg, out, drawn = _run_semantics(tmp_path, monkeypatch, _semantics_assets(), quantile=0.25)
+    frame = out.tables["general_samples"]
+    kpe, margin, confidence = (frame[c].to_numpy() for c in ("kpe", "margin", "confidence"))
+    order = np.argsort(kpe)
+    low, high = order[:10], order[-10:]                       # a quarter of 40 at each end
+    table = out.sections[0].tables[0][1].set_index("score")
+    for score, values in (("classifier margin", margin), ("classifier confidence", confidence)):
+        row = table.loc[score]
+        assert row["low mean"] == pytest.approx(values[low].mean())
+        assert row["high mean"] == pytest.approx(values[high].mean())
+        assert row["low std"] == pytest.approx(values[low].std(ddof=1))
+        assert row["high std"] == pytest.approx(values[high].std(ddof=1)) and row["n per group"] == 10
+    (claim,) = out.claims
+    rho, d = stats.spearmanr(kpe, margin).statistic, table.loc["classifier margin", "Cohen's d"]
+    assert claim.ours == (f"lin3 margin {margin[low].mean():.2f} → {margin[high].mean():.2f} (low → high 25% KPE, "
+                          f"d = {d:+.2f}); Spearman ρ = {rho:+.3f}")
+    text = out.sections[0].text
+    assert f"Spearman ρ(KPE, margin) = {rho:+.3f}, 95% CI [" in text and "permutation p = nan" not in text
+    by_noise = stats.spearmanr(kpe, frame["noise_energy"]).statistic
+    by_excess = stats.spearmanr(frame["excess_energy"], margin).statistic
+    assert f"here ρ(KPE, ½‖x0‖²) = {by_noise:+.3f} [" in text
+    assert f"against the margin: ρ = {by_excess:+.3f} [" in text and "p_perm = nan" not in text
+    scatter = drawn["kpe_vs_margin"]
+    np.testing.assert_array_equal(scatter.args[0], kpe)
+    np.testing.assert_array_equal(scatter.args[1], margin)
+
+
+def test_semantics_grid_shows_the_lowest_and_the_highest_kpe_samples(tmp_path, monkeypatch):
+    from kinetic_fm.sampling.shaping import KTS
+    from kinetic_fm.studies.config import SemanticsConfig
+    from kinetic_fm.studies.semantics import general_samples
+
+    assets = _semantics_assets(labelled=False)
+    _, out, drawn = _run_semantics(tmp_path, monkeypatch, assets)
+    (claim,) = out.claims
+    assert claim.verdict == "not measured" and "margin" not in out.tables["general_samples"]
+    frame = out.tables["general_samples"]
+    kpe = frame["kpe"].to_numpy()
+    run = general_samples(SemanticsConfig(n_samples=40, steps=4, seed_start=5), assets, Workspace(tmp_path), "fake")
+    (lowest, low_images), (highest, high_images) = drawn["samples_by_kpe"].args[0].items()
+    low, high = np.sort(kpe)[:16], np.sort(kpe)[-16:]
+    assert lowest == f"lowest KPE, {low.min():.3g}–{low.max():.3g}"
+    assert highest == f"highest KPE, {high.min():.3g}–{high.max():.3g}"
+    order = np.argsort(kpe)
+    np.testing.assert_array_equal(low_images, run["x"][order[:16]].clamp(-0.5, 0.5).numpy())
+    np.testing.assert_array_equal(high_images, run["x"][order[-16:]].clamp(-0.5, 0.5).numpy())
+    # the KTS run the captions describe: α0 = β0 = 0.01, τ = 0.6, the same seeds
+    shaped = general_samples(SemanticsConfig(n_samples=40, steps=4, seed_start=5), assets, Workspace(tmp_path),
+                             "fake", KTS(alpha0=0.01, beta0=0.01, tau_split=0.6))
+    np.testing.assert_array_equal(drawn["kpe_histogram_general"].args[0]["KTS"], shaped["kpe"].numpy())
+    np.testing.assert_array_equal(drawn["energy_profile_general"].args[0]["KTS"][1], shaped["profile"].numpy())
+
+
+def test_general_samples_of_another_shaping_are_sampled_not_read_from_the_cache(tmp_path):
+    from kinetic_fm.sampling.shaping import KTS
+    from kinetic_fm.studies.config import SemanticsConfig
+    from kinetic_fm.studies.semantics import general_samples
+
+    assets, ws = _semantics_assets(labelled=False), Workspace(tmp_path)
+    cfg = SemanticsConfig(n_samples=6, steps=4, seed_start=2)
+    mild = general_samples(cfg, assets, ws, "fake", KTS())
+    strong = general_samples(cfg, assets, ws, "fake", KTS(alpha0=0.3, beta0=0.05))
+    plain = general_samples(cfg, assets, ws, "fake")
+    assert mild["seeds"].tolist() == list(range(2, 8))
+    assert not torch.equal(mild["kpe"], strong["kpe"]) and not torch.equal(mild["kpe"], plain["kpe"])
