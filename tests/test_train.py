@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import kinetic_fm as kfm
 from kinetic_fm.data import GaussianMixture, load_digits
@@ -305,3 +306,101 @@ def test_config_json_is_written_atomically(tmp_path, monkeypatch):
         train(model, data, config, out=tmp_path / "run", resume=True)
     assert (tmp_path / "run" / "config.json").read_text() == before
     assert [p.name for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name] == []
+
+
+class _Affine(nn.Module):
+    """v(x, t) = W x + t b in float64: few enough weights to follow AdamW by hand."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.weight = nn.Parameter(torch.randn(2, 2, generator=g, dtype=torch.float64))
+        self.bias = nn.Parameter(torch.randn(2, generator=g, dtype=torch.float64))
+
+    def forward(self, x, t):
+        return x @ self.weight.T + t[:, None] * self.bias
+
+
+def _adamw_by_hand(weights, grads, config):
+    """The weights after each step of AdamW (bias-corrected moments, decoupled weight decay) fed
+    ``grads``, with the learning rate warmed up linearly over ``config.warmup`` steps and each
+    gradient whose global norm exceeds ``config.grad_clip`` rescaled to that norm."""
+    (b1, b2), eps = config.betas, 1e-8
+    weights = [w.clone() for w in weights]
+    m = [torch.zeros_like(w) for w in weights]
+    v = [torch.zeros_like(w) for w in weights]
+    trajectory = []
+    for s, g in enumerate(grads, start=1):
+        norm = math.sqrt(sum(x.square().sum().item() for x in g))
+        if config.grad_clip is not None and norm > config.grad_clip:
+            g = [x * (config.grad_clip / norm) for x in g]
+        lr = config.lr * min(1.0, s / config.warmup) if config.warmup else config.lr
+        for w, mk, vk, gk in zip(weights, m, v, g):
+            mk.mul_(b1).add_((1 - b1) * gk)
+            vk.mul_(b2).add_((1 - b2) * gk.square())
+            w.mul_(1 - lr * config.weight_decay)
+            w.sub_(lr * (mk / (1 - b1 ** s)) / ((vk / (1 - b2 ** s)).sqrt() + eps))
+        trajectory.append([w.clone() for w in weights])
+    return trajectory
+
+
+def _train_recording(config, data):
+    """Train an :class:`_Affine` net; returns its initial weights, the raw gradient of every step
+    (before clipping), the weights after every step and the TrainResult."""
+    net = _Affine()
+    initial = [p.detach().clone() for p in net.parameters()]
+    grads, after = [[] for _ in initial], []
+    for k, p in enumerate(net.parameters()):
+        p.register_hook(lambda g, k=k: grads[k].append(g.clone()))
+    result = train(net, data, config,
+                   callback=lambda step, loss: after.append([p.detach().clone() for p in net.parameters()]))
+    return initial, [list(g) for g in zip(*grads)], after, result
+
+
+@pytest.mark.parametrize("warmup, grad_clip", [(0, None), (3, None), (0, 8.0), (3, 8.0)])
+def test_each_step_is_the_adamw_step_of_the_clipped_gradient_at_the_warmed_up_rate(warmup, grad_clip):
+    data = 3 * torch.randn(64, 2, dtype=torch.float64)
+    config = TrainConfig(steps=8, batch_size=16, lr=0.05, betas=(0.8, 0.95), weight_decay=0.3, warmup=warmup,
+                         grad_clip=grad_clip, ema_decay=0.5, checkpoints="none")
+    initial, grads, after, _ = _train_recording(config, data)
+    norms = [math.sqrt(sum(x.square().sum().item() for x in g)) for g in grads]
+    # AdamW is blind to one rescaling of every gradient: a bound of 8 cuts some and spares others
+    assert min(norms) < 8.0 < max(norms)
+    expected = _adamw_by_hand(initial, grads, config)
+    assert len(after) == len(expected) == config.steps
+    for s, (got, want) in enumerate(zip(after, expected), start=1):
+        for g, w in zip(got, want):  # clip_grad_norm_ divides by the norm + 1e-6: ~1e-9 apart
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-7, msg=f"step {s}")
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.3, 0.99])
+def test_the_ema_averages_the_raw_weights_with_the_ramped_up_decay(decay):
+    # 0.3 is passed by the ramp (1 + s)/(10 + s) at step 3: both regimes of the min are met
+    config = TrainConfig(steps=6, batch_size=8, lr=0.05, ema_decay=decay, checkpoints="none")
+    initial, _, after, result = _train_recording(config, 3 * torch.randn(32, 2, dtype=torch.float64))
+    ema = [w.clone() for w in initial]
+    for s, weights in enumerate(after, start=1):
+        d = min(decay, (1 + s) / (10 + s))
+        ema = [d * e + (1 - d) * w for e, w in zip(ema, weights)]
+    for got, want in zip(result.ema.parameters(), ema):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+class _Normalised(nn.Module):
+    """v(x, t) = W batchnorm(x): a net whose running statistics are buffers, not parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(2, dtype=torch.float64)
+        self.linear = nn.Linear(2, 2, dtype=torch.float64)
+
+    def forward(self, x, t):
+        return self.linear(self.norm(x))
+
+
+def test_the_ema_copies_buffers_from_the_raw_net():
+    result = train(_Normalised(), 3 + torch.randn(32, 2, dtype=torch.float64), TrainConfig(steps=3, batch_size=8))
+    running = result.model.norm.running_mean
+    assert running.abs().min() > 0.1  # the statistics moved from their initial zeros
+    assert torch.equal(result.ema.norm.running_mean, running)
+    assert result.ema.norm.num_batches_tracked == 3
