@@ -7,7 +7,7 @@ from torch import nn
 import kinetic_fm as kfm
 from kinetic_fm.data import GaussianMixture, load_digits
 from kinetic_fm.models import TrainConfig, UNet, VelocityMLP, checkpoint_steps, load_model, train
-from kinetic_fm.models.checkpoint import load_state, load_weights
+from kinetic_fm.models.checkpoint import load_state, load_weights, read_metadata
 
 
 def _mixture_data():
@@ -404,3 +404,96 @@ def test_the_ema_copies_buffers_from_the_raw_net():
     assert running.abs().min() > 0.1  # the statistics moved from their initial zeros
     assert torch.equal(result.ema.norm.running_mean, running)
     assert result.ema.norm.num_batches_tracked == 3
+
+
+class _Spy(nn.Module):
+    """v = w x (w a float64 scalar) that records what training feeds it and in which mode; with
+    ``null_class`` it is class-conditional, and ``draws`` makes it use the global RNG as dropout does."""
+
+    def __init__(self, null_class=None, draws=False):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+        self.null_class, self.draws = null_class, draws
+        self.seen, self.modes = [], []
+
+    def forward(self, x, t, y=None):
+        self.seen.append((x.detach().clone(), t.clone(), None if y is None else y.clone()))
+        self.modes.append(self.training)
+        if self.draws:
+            torch.rand(3)
+        return self.w * x
+
+
+def test_the_loss_is_the_flow_matching_loss_on_the_straight_path_from_noise():
+    x1 = torch.tensor([[3.0, -2.0]], dtype=torch.float64)  # one sample: each x_t gives back its noise
+    net = _Spy()
+    result = train(net, x1, TrainConfig(steps=1, batch_size=4096, seed=3))
+    (xt, t, _), = net.seen
+    assert 0 <= t.min() and t.max() < 1
+    assert abs(t.mean() - 0.5) < 5 * math.sqrt(1 / 12 / 4096) and t.min() < 0.01 and t.max() > 0.99
+    x0 = (xt - t[:, None] * x1) / (1 - t[:, None])
+    assert abs(x0.mean()) < 5 / math.sqrt(x0.numel()) and abs(x0.std() - 1) < 5 / math.sqrt(2 * x0.numel())
+    loss = (0.5 * xt - (x1 - x0)).square().mean()
+    assert result.losses.shape == (1,)
+    torch.testing.assert_close(result.losses[0].double(), loss, rtol=1e-6, atol=0)
+
+
+def _labelled(k=4):
+    """Samples k·[1000, 0] labelled k: x_t/t tells the sample (and so its label) back."""
+    return 1000 * torch.arange(k, dtype=torch.float64)[:, None] * torch.tensor([[1.0, 0.0]]), torch.arange(k)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.25])
+def test_label_dropout_gives_the_null_class_at_the_configured_rate_to_labels_of_the_drawn_samples(rate):
+    data, labels = _labelled()
+    net = _Spy(null_class=4)
+    train(net, data, TrainConfig(steps=4, batch_size=500, label_dropout=rate, seed=1), labels=labels)
+    xt, t, y = (torch.cat(parts) for parts in zip(*net.seen))
+    dropped = y == 4
+    n = len(y)
+    # binomial counts, 5 standard deviations: seeded, so this is a fixed draw that passes
+    assert abs(dropped.sum().item() - rate * n) <= 5 * math.sqrt(n * rate * (1 - rate))
+    kept = ~dropped & (t > 0.05)  # there |(1 - t) x0| / (1000 t) < 1/2 for |x0| < 25
+    drawn = torch.round(xt[kept, 0] / (1000 * t[kept])).long()
+    assert torch.equal(y[kept], drawn)
+    counts = torch.bincount(y[~dropped], minlength=4)
+    m = (~dropped).sum().item()
+    assert ((counts - m / 4).abs() <= 5 * math.sqrt(m * 3 / 16)).all(), counts.tolist()
+
+
+def test_which_labels_are_dropped_depends_on_the_seed_not_on_the_nets_own_draws():
+    data, labels = _labelled()
+    quiet, drawing = _Spy(null_class=4), _Spy(null_class=4, draws=True)
+    for net in (quiet, drawing):
+        train(net, data, TrainConfig(steps=3, batch_size=64, label_dropout=0.5, seed=2), labels=labels)
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(quiet.seen, drawing.seen))
+
+
+def test_the_net_trains_in_train_mode_and_comes_back_in_eval_mode_with_its_ema():
+    net = _Spy()
+    result = train(net, torch.randn(8, 2, dtype=torch.float64), TrainConfig(steps=3, batch_size=4))
+    assert net.modes == [True] * 3
+    assert not result.model.training and not result.ema.training
+
+
+def test_resume_states_follow_save_every_and_the_end_and_checkpoints_their_schedule(tmp_path):
+    seen = []
+
+    def look(step, loss):
+        state = tmp_path / "resume.pt"
+        seen.append((load_state(state)["step"] if state.is_file() else None,
+                     sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.safetensors"))))
+
+    config = TrainConfig(steps=7, batch_size=4, save_every=3)
+    result = train(VelocityMLP(2, hidden=8, depth=1), torch.randn(32, 2), config, out=tmp_path, callback=look)
+    assert [state for state, _ in seen] == [None, None, 3, 3, 3, 6, 7]
+    names = [[f"step_{s:07d}.safetensors" for s in steps] for steps in ([1], [1, 2], [1, 2], [1, 2, 4], [1, 2, 4],
+                                                                       [1, 2, 4], [1, 2, 4, 7])]
+    assert [files for _, files in seen] == names
+    assert sorted(result.checkpoints) == [1, 2, 4, 7]
+    assert all(read_metadata(path)["step"] == step for step, path in result.checkpoints.items())
+    assert read_metadata(tmp_path / "final.safetensors")["step"] == 7
+    for path in (result.checkpoints[7], tmp_path / "final.safetensors"):
+        saved = load_weights(path)
+        for prefix, net in (("model.", result.model), ("ema.", result.ema)):
+            assert all(torch.equal(saved[prefix + k], v) for k, v in net.state_dict().items())
