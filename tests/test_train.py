@@ -497,3 +497,29 @@ def test_resume_states_follow_save_every_and_the_end_and_checkpoints_their_sched
         saved = load_weights(path)
         for prefix, net in (("model.", result.model), ("ema.", result.ema)):
             assert all(torch.equal(saved[prefix + k], v) for k, v in net.state_dict().items())
+
+
+def test_an_extended_run_reports_every_checkpoint_its_folder_holds(tmp_path):
+    # log2's "last" of the first 12 steps stays in the folder: it is a checkpoint of this run
+    data = torch.randn(32, 2)
+    train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=12, batch_size=4, save_every=4), out=tmp_path)
+    more = train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=20, batch_size=4, save_every=4),
+                 out=tmp_path, resume=True)
+    on_disk = sorted((tmp_path / "checkpoints").glob("step_*.safetensors"))
+    assert sorted(more.checkpoints) == [1, 2, 4, 8, 12, 16, 20]
+    assert [more.checkpoints[s] for s in sorted(more.checkpoints)] == on_disk
+
+
+def test_a_run_resumed_at_its_last_step_writes_its_last_checkpoint(tmp_path, stop_at):
+    # killed at step 17 of 20 with the resume state at 15, then finished with steps=15: no step
+    # was left to run, so the log2 schedule's last checkpoint (15) was never written
+    data = torch.randn(32, 2)
+    with pytest.raises(stop_at.error):
+        train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=20, batch_size=4, save_every=5),
+              out=tmp_path, callback=stop_at(17))
+    done = train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=15, batch_size=4, save_every=5),
+                 out=tmp_path, resume=True)
+    assert done.resumed_from == 15 and sorted(done.checkpoints) == [1, 2, 4, 8, 15]
+    assert read_metadata(done.checkpoints[15])["step"] == 15
+    last, final = load_weights(done.checkpoints[15]), load_weights(tmp_path / "final.safetensors")
+    assert last.keys() == final.keys() and all(torch.equal(last[k], final[k]) for k in last)

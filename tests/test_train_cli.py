@@ -35,6 +35,16 @@ def test_kfm_train_writes_a_loadable_run_and_resumes_identically(tmp_path, capsy
     assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "cut" / "final.safetensors")
 
 
+def test_kfm_train_counts_the_checkpoints_its_folder_holds(tmp_path, capsys):
+    # extended from 12 to 20 steps, it counted 6: log2's last of the first 12 steps was left out
+    assert main(["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "full")]) == 0
+    assert "; 6 checkpoints;" in capsys.readouterr().out
+    assert main(["train", *COMMON, "--steps", "12", "--out", str(tmp_path / "cut")]) == 0
+    assert "; 5 checkpoints;" in capsys.readouterr().out
+    assert main(["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert "; 7 checkpoints;" in capsys.readouterr().out
+    assert len(list((tmp_path / "cut" / "checkpoints").iterdir())) == 7
+
 def test_kfm_train_images_and_class_conditioning(tmp_path):
     args = ["train", "--data", "digits", "--n", "16", "--steps", "2", "--batch-size", "4", "--width", "8",
             "--checkpoints", "none", "--class-cond", "--no-progress", "--model", "unet", "--out", str(tmp_path)]

@@ -103,7 +103,8 @@ class TrainResult:
         model: the trained net (raw weights, eval mode).
         ema: the EMA copy (eval mode), the one to sample from.
         losses: (steps,) float32 loss of every step.
-        checkpoints: step -> path of the .safetensors written (empty without ``out``).
+        checkpoints: step -> path of the run's checkpoints in ``out/checkpoints``, those an
+            earlier leg of a resumed run wrote included (empty without ``out``).
         out: the run folder, or None.
         resumed_from: the step a resumed run started from (0 for a fresh run).
     """
@@ -330,6 +331,16 @@ def _training_data(model: nn.Module, data: Any, labels: Any) -> tuple[Tensor, Te
     return data, labels
 
 
+def _checkpoints_up_to(out: Path, step: int) -> dict[int, Path]:
+    """The ``checkpoints/step_*.safetensors`` in the run folder ``out`` at steps <= ``step``."""
+    found = {}
+    for path in (out / "checkpoints").glob("step_*.safetensors"):
+        number = path.name[len("step_"):-len(".safetensors")]
+        if number.isdigit() and int(number) <= step:
+            found[int(number)] = path
+    return found
+
+
 def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor | None, out: Path | None,
            resume: bool, progress: bool, callback: Callable[[int, Tensor], None] | None,
            info: dict[str, Any], extra_weights: dict[str, dict[str, Tensor]] | None = None) -> TrainResult:
@@ -372,12 +383,9 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
             save_weights(tensors, out / name)
 
     schedule = set(checkpoint_steps(config.steps, config.checkpoints))
-    written: dict[int, Path] = {}
-    if out is not None:
-        for step in schedule:
-            path = out / "checkpoints" / f"step_{step:07d}.safetensors"
-            if step <= start and path.is_file():
-                written[step] = path
+    # the checkpoints earlier legs of this run wrote up to its resume state, those off this
+    # schedule included: log2's last of a run since extended (steps 12, then 20) is one of them
+    written = {} if out is None else _checkpoints_up_to(out, start)
 
     def save_resume(step: int) -> None:
         if state_path is not None:
@@ -425,6 +433,12 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
             callback(step, loss.detach())
     bar.close()
     if out is not None:
+        if config.steps in schedule and config.steps not in written:
+            # resumed at its last step (a killed run finished with steps = its resume step): no
+            # step ran to write the schedule's last checkpoint, and the net is at that step
+            path = out / "checkpoints" / f"step_{config.steps:07d}.safetensors"
+            save_model(model, path, ema=ema, step=config.steps, **recorded)
+            written[config.steps] = path
         save_model(model, out / "final.safetensors", ema=ema, step=config.steps, **recorded)
     model.eval()
     return TrainResult(model, ema, losses, dict(sorted(written.items())), out, resumed_from=start)
