@@ -166,6 +166,9 @@ def test_bad_inputs():
             TrainConfig(lr=bad)
     with pytest.raises(ValueError, match="save_every must be a positive integer, got 0"):
         TrainConfig(save_every=0)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
+            TrainConfig(weight_decay=bad)
 
 
 @pytest.mark.parametrize("bad, message", [
