@@ -60,7 +60,8 @@ def sampled(
             **{k: cat(k) for k in ("kpe", "kpe_raw", "early", "late", "peak")},
             "profile": cat("profile"),
             "times": first.times.cpu(),
-            "seeds": torch.arange(seeds.start, seeds.stop),
+            # from the start: arange(start, stop) overflows int64 at stop = 2**63 (last seed 2**63 - 1)
+            "seeds": seeds.start + torch.arange(len(seeds)),
         }
 
     return ws.cached(name, full_key, compute, keep=keep)
