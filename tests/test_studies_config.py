@@ -1,5 +1,194 @@
-"""kfm reproduce's configuration and the sampling runs it keys."""
+"""kfm reproduce's configuration: every dataclass refuses, when it is built, a value its study cannot
+use, naming the field and the range; the smallest accepted values build, and the presets are the
+same configurations as before (cache keys and run ids hash ``asdict``)."""
 from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+
+from kinetic_fm.studies.config import (AssetsConfig, MemorizationConfig, ReproduceConfig, SemanticsConfig,
+                                       ShapingConfig, SupportConfig)
+
+TINY = ReproduceConfig.preset("tiny")
+
+# (part of the tiny preset, field, bad value, what the message must say after "<Class>.<field> must be")
+BAD = [
+    ("assets", "data", None, "a string"),
+    ("assets", "classifier", 3, "None or a string"),
+    ("assets", "device", None, "a string"),
+    ("assets", "n_train", 15, "None or an integer >= 16"),
+    ("assets", "n_train", 300.0, "None or an integer >= 16"),
+    ("assets", "n_heldout", 1, "an integer >= 2"),
+    ("assets", "n_heldout", 0, "an integer >= 2"),
+    ("assets", "classifier_steps", 0, "a positive integer"),
+    ("assets", "general_steps", 0, "a positive integer"),
+    ("assets", "memorizer_steps", -1, "a positive integer"),
+    ("assets", "model", "resnet", "'mlp', 'unet' or 'auto'"),
+    ("assets", "width", 1, "None or an integer >= 2"),
+    ("assets", "width", 0, "None or an integer >= 2"),
+    ("assets", "memorizer_n", 1, "an integer >= 2"),
+    ("assets", "batch_size", 0, "a positive integer"),
+    ("assets", "batch_size", True, "a positive integer"),
+    ("assets", "lr", 0.0, "a finite number > 0"),
+    ("assets", "lr", -1e-3, "a finite number > 0"),
+    ("assets", "lr", math.nan, "a finite number > 0"),
+    ("assets", "lr", math.inf, "a finite number > 0"),
+    ("assets", "seed", -1, "an integer in [0, 2**63 - 1]"),
+    ("assets", "seed", 2**63, "an integer in [0, 2**63 - 1]"),
+    ("semantics", "n_samples", 1, "an integer >= 10"),
+    ("semantics", "n_samples", 9, "an integer >= 10"),
+    ("semantics", "steps", 0, "a positive integer"),
+    ("semantics", "solver", "foo", "one of ('euler', 'midpoint', 'heun', 'rk4', 'rk4_38')"),
+    ("semantics", "solver", "dopri5", "one of ('euler', 'midpoint', 'heun', 'rk4', 'rk4_38')"),
+    ("semantics", "quantile", 0.7, r"a real number in (0, 0.5]"),
+    ("semantics", "quantile", 0.0, r"a real number in (0, 0.5]"),
+    ("semantics", "quantile", math.nan, r"a real number in (0, 0.5]"),
+    ("semantics", "quantile", "0.2", r"a real number in (0, 0.5]"),
+    ("semantics", "bootstrap", 1, "an integer >= 2"),     # one resample: a zero-width interval, read as certain
+    ("semantics", "bootstrap", 0, "an integer >= 2"),     # none: every interval NaN
+    ("semantics", "seed_start", -1, "an integer in [0, "),
+    ("semantics", "seed_start", 2**63 - 63, "an integer in [0, "),      # the tiny preset's 64 seeds pass 2**63 - 1
+    ("support", "k", 0, "a positive integer"),
+    ("support", "bootstrap", 1, "an integer >= 2"),
+    ("memorization", "efm_sizes", (), "a non-empty tuple of integers >= 2"),
+    ("memorization", "efm_sizes", (8, 1), "a non-empty tuple of integers >= 2"),
+    ("memorization", "efm_sizes", (8, 32.0), "a non-empty tuple of integers >= 2"),
+    ("memorization", "efm_sizes", 8, "a non-empty tuple of integers >= 2"),
+    ("memorization", "efm_samples", 1, "an integer >= 2"),
+    ("memorization", "efm_steps", 0, "a positive integer"),
+    ("memorization", "checkpoint_samples", 1, "an integer >= 2"),
+    ("memorization", "steps", 0, "a positive integer"),
+    ("memorization", "bootstrap", -1, "a non-negative integer"),
+    ("memorization", "seed_start", 2**63 - 31, "an integer in [0, "),   # the tiny preset's 32 seeds
+    ("shaping", "n_samples", 1, "an integer >= 2"),
+    ("shaping", "steps", 0, "a positive integer"),
+    ("shaping", "more_steps", 10, "an integer >= 11"),                   # the tiny preset's steps: 10
+    ("shaping", "more_steps", 0, "an integer >= 11"),
+    ("shaping", "bootstrap", 1, "an integer >= 2"),
+    ("shaping", "seed_start", -5, "an integer in [0, "),
+]
+
+
+@pytest.mark.parametrize("part, name, value, allowed", BAD, ids=[f"{p}.{n}={v!r}" for p, n, v, _ in BAD])
+def test_a_bad_value_is_refused_when_the_config_is_built_naming_the_field_and_its_range(part, name, value, allowed):
+    owner = type(getattr(TINY, part)).__name__
+    with pytest.raises(ValueError, match=re.escape(f"{owner}.{name} must be {allowed}")):
+        replace(getattr(TINY, part), **{name: value})
+
+
+def test_a_value_a_study_of_the_whole_run_cannot_use_is_refused_with_both_fields_named():
+    # the memorizer's subset, and the kNN neighbour, are drawn from the n_train training images
+    with pytest.raises(ValueError, match=re.escape("AssetsConfig.memorizer_n must be an integer in [2, 20] (two for "
+                                                   "the gap ratio, at most the n_train images")):
+        AssetsConfig(n_train=20, memorizer_n=21)
+    with pytest.raises(ValueError, match=re.escape("SupportConfig.k must be an integer in [1, 16] (the k-th nearest "
+                                                   "of the AssetsConfig.n_train training images), got 17")):
+        replace(TINY, assets=replace(TINY.assets, n_train=16), support=SupportConfig(k=17))
+    # quantile · n_samples rounded half up is each KPE group's size, which compare_groups needs >= 2
+    with pytest.raises(ValueError, match=re.escape("SemanticsConfig.quantile must leave at least 2 of the "
+                                                   "SemanticsConfig.n_samples in each group")):
+        SemanticsConfig(n_samples=10, quantile=0.1)
+    with pytest.raises(ValueError, match=re.escape("AssetsConfig.width must be even for the U-Net")):
+        AssetsConfig(model="unet", width=3)
+    with pytest.raises(ValueError, match=re.escape("ReproduceConfig.mode must be one of ('tiny', 'quick', 'full'), "
+                                                   "got 'medium'")):
+        replace(TINY, mode="medium")
+    with pytest.raises(ValueError, match=re.escape("ReproduceConfig.semantics must be a SemanticsConfig, got dict")):
+        replace(TINY, semantics={"n_samples": 64})
+
+
+def test_the_group_size_rule_is_the_one_compare_groups_applies():
+    from kinetic_fm.metrics.stats import compare_groups
+
+    for n in (10, 11, 13, 20, 30):
+        for quantile in (0.05, 0.1, 0.15, 0.2, 0.25, 0.5):
+            values = np.arange(n, dtype=float)
+            try:
+                compare_groups(values, values, quantile=quantile)
+                runs = True
+            except ValueError:
+                runs = False
+            try:
+                SemanticsConfig(n_samples=n, quantile=quantile)
+                built = True
+            except ValueError:
+                built = False
+            assert built == runs, (n, quantile)
+
+
+def test_the_smallest_accepted_values_build():
+    """Each a tiny run at that value reached a report (the next smaller one failed or read wrong)."""
+    smallest = ReproduceConfig(
+        mode="tiny",
+        assets=AssetsConfig(n_train=16, n_heldout=2, classifier_steps=1, model="unet", width=2, general_steps=1,
+                            memorizer_n=2, memorizer_steps=1, batch_size=1, lr=1e-9, seed=2**63 - 1),
+        semantics=SemanticsConfig(n_samples=10, steps=1, solver="rk4_38", quantile=0.15, bootstrap=2,
+                                  seed_start=2**63 - 10),
+        support=SupportConfig(k=16, bootstrap=2),
+        memorization=MemorizationConfig(efm_sizes=(2,), efm_samples=2, efm_steps=1, checkpoint_samples=2, steps=1,
+                                        bootstrap=0, seed_start=2**63 - 2),
+        shaping=ShapingConfig(n_samples=2, steps=1, more_steps=2, bootstrap=2, seed_start=2**63 - 2),
+    )
+    assert smallest.semantics.quantile == 0.15
+    # the shared integer rule: NumPy integers count, and an efm_sizes list is read as the tuple is
+    SemanticsConfig(n_samples=np.int64(10), quantile=np.float32(0.5))
+    MemorizationConfig(efm_sizes=[2, np.int32(4)])
+    AssetsConfig(model="mlp", width=3)   # an odd width is refused for the U-Net only
+
+
+PRESET = {
+    "assets": {"data": "digits", "n_train": None, "classifier": None, "model": "mlp", "lr": 0.001, "seed": 0,
+               "device": "cpu"},
+    "semantics": {"solver": "heun", "quantile": 0.2, "seed_start": 0},
+    "memorization": {"seed_start": 100_000},
+    "shaping": {"seed_start": 200_000},
+}
+PRESETS = {
+    "tiny": {
+        "assets": {**PRESET["assets"], "n_heldout": 100, "classifier_steps": 60, "width": 64, "general_steps": 60,
+                   "memorizer_n": 16, "memorizer_steps": 60, "batch_size": 64},
+        "semantics": {**PRESET["semantics"], "n_samples": 64, "steps": 8, "bootstrap": 100},
+        "support": {"k": 5, "bootstrap": 100},
+        "memorization": {**PRESET["memorization"], "efm_sizes": (8, 32), "efm_samples": 32, "efm_steps": 20,
+                         "checkpoint_samples": 32, "steps": 10, "bootstrap": 100},
+        "shaping": {**PRESET["shaping"], "n_samples": 48, "steps": 10, "more_steps": 20, "bootstrap": 50},
+    },
+    "quick": {
+        "assets": {**PRESET["assets"], "n_heldout": 300, "classifier_steps": 800, "width": None,
+                   "general_steps": 3000, "memorizer_n": 64, "memorizer_steps": 4000, "batch_size": 256},
+        "semantics": {**PRESET["semantics"], "n_samples": 1000, "steps": 50, "bootstrap": 1000},
+        "support": {"k": 5, "bootstrap": 1000},
+        "memorization": {**PRESET["memorization"], "efm_sizes": (16, 64, 256, 1024), "efm_samples": 200,
+                         "efm_steps": 100, "checkpoint_samples": 300, "steps": 100, "bootstrap": 1000},
+        "shaping": {**PRESET["shaping"], "n_samples": 500, "steps": 100, "more_steps": 250, "bootstrap": 500},
+    },
+    "full": {
+        "assets": {**PRESET["assets"], "model": "auto", "n_heldout": 300, "classifier_steps": 2000, "width": None,
+                   "general_steps": 20_000, "memorizer_n": 128, "memorizer_steps": 20_000, "batch_size": 256},
+        "semantics": {**PRESET["semantics"], "n_samples": 4000, "steps": 100, "bootstrap": 1000},
+        "support": {"k": 5, "bootstrap": 1000},
+        "memorization": {**PRESET["memorization"], "efm_sizes": (16, 64, 256, 1024, 4096), "efm_samples": 500,
+                         "efm_steps": 100, "checkpoint_samples": 1000, "steps": 250, "bootstrap": 1000},
+        "shaping": {**PRESET["shaping"], "n_samples": 2000, "steps": 100, "more_steps": 250, "bootstrap": 1000},
+    },
+}
+
+
+@pytest.mark.parametrize("mode", ["tiny", "quick", "full"])
+def test_the_presets_build_unchanged(mode):
+    assert asdict(ReproduceConfig.preset(mode)) == {"mode": mode, **PRESETS[mode]}
+    # an image set is capped in size (and a spec without its path still builds: the loader reads it)
+    for data in ("mnist", "cifar10:/data/cifar"):
+        images = ReproduceConfig.preset(mode, data=data, device="cuda", seed=7)
+        n_train = {"tiny": 300, "quick": 5000, "full": 20_000}[mode]
+        model = "mlp" if mode == "tiny" else "auto"
+        assets = {**PRESETS[mode]["assets"], "data": data, "device": "cuda", "seed": 7, "n_train": n_train,
+                  "model": model}
+        assert asdict(images) == {"mode": mode, **PRESETS[mode], "assets": assets}
 
 
 def test_the_largest_accepted_seed_start_samples_up_to_the_last_int64_seed(tmp_path):

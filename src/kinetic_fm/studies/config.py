@@ -1,9 +1,61 @@
-"""Configuration of ``kfm reproduce``: one dataclass per study plus the shared assets."""
+"""Configuration of ``kfm reproduce``: one dataclass per study plus the shared assets.
+
+Each dataclass checks its values when it is built (also by ``dataclasses.replace``): a value a
+study cannot use raises ValueError naming the field and its range, instead of failing minutes
+later inside a study or finishing a report that reads wrong. Each minimum is what the studies
+need (the notes in the messages say why); values are checked, never converted, so ``asdict``,
+and with it every cache key and run id, is what it was.
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 
+from ..checks import as_scalar, check_integer, is_real, optional_integer
+from ..sampling.tableau import FIXED_STEP
+
 MODES = ("tiny", "quick", "full")
+# The studies draw every sample of a run on one time grid (the energy profiles, and the batches of
+# a run, are stacked step by step): dopri5's per-sample grids break the semantics study's figure.
+STUDY_SOLVERS = tuple(FIXED_STEP)
+# What the loader needs in the training split (``_load_split``): n_train below it is refused there.
+MIN_TRAIN = 16
+SEED_LIMIT = 2**63  # seeds are int64, as torch and NumPy generators take them
+
+
+def _seed_start(owner: str, value, count: int, what: str) -> None:
+    """Refuse a ``seed_start`` whose seeds ``seed_start .. seed_start + count - 1`` leave [0, 2**63)."""
+    check_integer(f"{owner}.seed_start", value, 0, SEED_LIMIT - count,
+                  note=f"its {count} seeds, one per {what}, must stay below 2**63")
+
+
+def _bootstrap(name: str, value) -> None:
+    """Refuse a count of resamples that leaves the 95% intervals the verdicts read without a width:
+    0 makes every interval NaN (every verdict inconclusive), 1 a zero-width interval at the one
+    resample, which a verdict then reads as certain."""
+    check_integer(name, value, 2, note="a verdict reads an interval between resamples")
+
+
+def _positive_real(name: str, value, note: str) -> None:
+    number = as_scalar(value)
+    if not (is_real(number, finite=True) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0 ({note}), got {value!r}")
+
+
+def _at_least(value, low: int) -> bool:
+    """Whether ``value`` is an integer >= ``low`` by :func:`~kinetic_fm.checks.check_integer`'s rule."""
+    try:
+        check_integer("value", value, low)
+    except ValueError:
+        return False
+    return True
+
+
+def _text(name: str, value, *, optional: bool = False) -> None:
+    """Only the type: what the string says is parsed where it is used (the data registry, the
+    CIFAR ResNet loader, the device resolver)."""
+    if not (isinstance(value, str) or (optional and value is None)):
+        raise ValueError(f"{name} must be {'None or ' if optional else ''}a string, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -36,6 +88,34 @@ class AssetsConfig:
     seed: int = 0
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        name = "AssetsConfig."
+        _text(name + "data", self.data)
+        _text(name + "classifier", self.classifier, optional=True)
+        _text(name + "device", self.device)
+        # the FD reference of the Goldilocks quintiles and of the sample-quality check is a covariance
+        check_integer(name + "n_heldout", self.n_heldout, 2, note="a covariance of the held-out images needs two")
+        for steps in ("classifier_steps", "general_steps", "memorizer_steps"):
+            check_integer(name + steps, getattr(self, steps), 1)
+        if not (isinstance(self.model, str) and self.model in ("mlp", "unet", "auto")):
+            raise ValueError(f"{name}model must be 'mlp', 'unet' or 'auto', got {self.model!r}")
+        # an MLP of width 1 ends in a LayerNorm of one feature, which is always 0: its velocity is
+        # a constant, every sample has the same KPE, and the studies' correlations are undefined
+        width = optional_integer(name + "width", self.width, 2, note="an MLP of width 1 draws a constant field")
+        if self.model == "unet" and width is not None and width % 2:
+            raise ValueError(f"{name}width must be even for the U-Net (its time embedding pairs sines and "
+                             f"cosines), got {self.width!r}")
+        # the gap ratio (a sample's two nearest training items) and the memorizer's principal span
+        # need two training images; the subset is drawn from the training split
+        n_train = optional_integer(name + "n_train", self.n_train, MIN_TRAIN,
+                                   note="the loader's floor for a training split")
+        check_integer(name + "memorizer_n", self.memorizer_n, 2, n_train,
+                      note="the gap ratio needs two training items" if n_train is None else
+                      "two for the gap ratio, at most the n_train images it is drawn from")
+        check_integer(name + "batch_size", self.batch_size, 1)
+        _positive_real(name + "lr", self.lr, "the velocity nets' AdamW learning rate")
+        check_integer(name + "seed", self.seed, 0, SEED_LIMIT - 1)
+
     def sample_settings(self) -> dict:
         """The settings every study's samples depend on: all but the judging classifier's, which
         only the metrics read (and those are recomputed from the cached samples on every run)."""
@@ -57,6 +137,28 @@ class SemanticsConfig:
     bootstrap: int = 1000
     seed_start: int = 0
 
+    def __post_init__(self) -> None:
+        name = "SemanticsConfig."
+        # the Goldilocks study (memorization) splits these samples into KPE quintiles, and each
+        # quintile's Fréchet distance needs a covariance: two samples in each of five
+        n = check_integer(name + "n_samples", self.n_samples, 10, note="two per KPE quintile of the Goldilocks study")
+        check_integer(name + "steps", self.steps, 1)
+        if not (isinstance(self.solver, str) and self.solver in STUDY_SOLVERS):
+            raise ValueError(f"{name}solver must be one of {STUDY_SOLVERS} (a fixed-step solver: the studies "
+                             f"draw every sample on one time grid), got {self.solver!r}")
+        quantile = as_scalar(self.quantile)
+        if not (is_real(quantile) and 0.0 < quantile <= 0.5):
+            raise ValueError(f"{name}quantile must be a real number in (0, 0.5] (the share of the samples in "
+                             f"each of the low and high KPE groups), got {self.quantile!r}")
+        # the group size compare_groups takes: quantile·n rounded half up (n // 2 >= 5 here)
+        per_group = math.floor(quantile * n + 0.5)
+        if per_group < 2:
+            raise ValueError(f"{name}quantile must leave at least 2 of the {name}n_samples in each group "
+                             f"(quantile · n_samples rounded half up): {self.quantile!r} of {n} leaves "
+                             f"{per_group}; take quantile >= {1.5 / n:.3g}")
+        _bootstrap(name + "bootstrap", self.bootstrap)
+        _seed_start("SemanticsConfig", self.seed_start, n, "sample")
+
 
 @dataclass(frozen=True)
 class SupportConfig:
@@ -65,6 +167,11 @@ class SupportConfig:
 
     k: int = 5
     bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        # at most the training split's size: checked by ReproduceConfig when n_train is given
+        check_integer("SupportConfig.k", self.k, 1)
+        _bootstrap("SupportConfig.bootstrap", self.bootstrap)
 
 
 @dataclass(frozen=True)
@@ -82,6 +189,23 @@ class MemorizationConfig:
     bootstrap: int = 1000
     seed_start: int = 100_000
 
+    def __post_init__(self) -> None:
+        name = "MemorizationConfig."
+        sizes = self.efm_sizes
+        # sizes above the training split's are cut to it by the study
+        if not (isinstance(sizes, (tuple, list)) and sizes and all(_at_least(size, 2) for size in sizes)):
+            raise ValueError(f"{name}efm_sizes must be a non-empty tuple of integers >= 2 (training subsets; "
+                             f"the gap ratio needs two training items), got {sizes!r}")
+        # the late-spike claim's Fieller interval needs a variance
+        efm_samples = check_integer(name + "efm_samples", self.efm_samples, 2, note="Fieller's interval needs two")
+        check_integer(name + "efm_steps", self.efm_steps, 1)
+        checkpoint_samples = check_integer(name + "checkpoint_samples", self.checkpoint_samples, 2,
+                                           note="a checkpoint's Fréchet distance needs a covariance")
+        check_integer(name + "steps", self.steps, 1)
+        # no interval of this study reads it (they are Wilson and Fieller intervals); checked as a count
+        check_integer(name + "bootstrap", self.bootstrap, 0)
+        _seed_start("MemorizationConfig", self.seed_start, max(efm_samples, checkpoint_samples), "sample of a run")
+
 
 @dataclass(frozen=True)
 class ShapingConfig:
@@ -95,6 +219,17 @@ class ShapingConfig:
     bootstrap: int = 500
     seed_start: int = 200_000
 
+    def __post_init__(self) -> None:
+        name = "ShapingConfig."
+        n = check_integer(name + "n_samples", self.n_samples, 2,
+                          note="each setting's Fréchet distance needs a covariance")
+        steps = check_integer(name + "steps", self.steps, 1)
+        # the NFE rows sample with more_steps against the base rows' steps: as many compare nothing
+        # (and 0 read as "the base steps", under a "0 steps" label)
+        check_integer(name + "more_steps", self.more_steps, steps + 1, note=f"more than steps = {steps}")
+        _bootstrap(name + "bootstrap", self.bootstrap)
+        _seed_start("ShapingConfig", self.seed_start, n, "sample")
+
 
 @dataclass(frozen=True)
 class ReproduceConfig:
@@ -107,6 +242,19 @@ class ReproduceConfig:
     support: SupportConfig = field(default_factory=SupportConfig)
     memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.mode, str) and self.mode in MODES):
+            raise ValueError(f"ReproduceConfig.mode must be one of {MODES}, got {self.mode!r}")
+        for part, kind in (("assets", AssetsConfig), ("semantics", SemanticsConfig), ("support", SupportConfig),
+                           ("memorization", MemorizationConfig), ("shaping", ShapingConfig)):
+            if not isinstance(getattr(self, part), kind):
+                raise ValueError(f"ReproduceConfig.{part} must be a {kind.__name__}, "
+                                 f"got {type(getattr(self, part)).__name__}")
+        n_train = self.assets.n_train
+        if n_train is not None:  # else the split's size is known once the data load (local_support checks it)
+            check_integer("SupportConfig.k", self.support.k, 1, n_train,
+                          note="the k-th nearest of the AssetsConfig.n_train training images")
 
     @classmethod
     def preset(cls, mode: str = "quick", *, data: str = "digits", device: str = "cpu", seed: int = 0) -> "ReproduceConfig":
