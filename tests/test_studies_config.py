@@ -205,3 +205,13 @@ def test_the_largest_accepted_seed_start_samples_up_to_the_last_int64_seed(tmp_p
                   (2,), steps=1)
     assert run["seeds"].tolist() == list(seeds) and run["seeds"].dtype == torch.int64
     torch.testing.assert_close(run["x"], noise(seeds, (2,)))
+
+
+def test_a_data_set_too_small_for_the_split_says_the_size_it_needs():
+    # the loader keeps at least 16 training images (AssetsConfig's floor for n_train): it said
+    # "has 1797 images; need at least n_heldout + memorizer_n = 1793" and refused them anyway
+    from kinetic_fm.studies.assets import _load_split
+
+    with pytest.raises(ValueError, match=re.escape("'digits' has 1797 images; need at least n_heldout + "
+                                                   "max(memorizer_n, 16) = 1801")):
+        _load_split(AssetsConfig(n_heldout=1785, memorizer_n=8), progress=False)

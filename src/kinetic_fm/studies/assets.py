@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..metrics.features import FeatureSpace, PrincipalSpace
-from .config import AssetsConfig
+from .config import MIN_TRAIN, AssetsConfig
 from .workspace import Workspace
 
 # What a study's velocity net trained on, beside it in its run folder (models/<name>-<hash>/):
@@ -130,9 +130,9 @@ def _load_split(cfg: AssetsConfig, progress: bool = True):
         raise ValueError(f"kfm reproduce needs an image data set, got {cfg.data!r} (2-D point sets are studied "
                          "on their exact field inside the support study)")
     n = len(data)
-    if n < cfg.n_heldout + max(cfg.memorizer_n, 16):
-        raise ValueError(f"data set {cfg.data!r} has {n} images; need at least n_heldout + memorizer_n = "
-                         f"{cfg.n_heldout + cfg.memorizer_n}")
+    if n < cfg.n_heldout + max(cfg.memorizer_n, MIN_TRAIN):
+        raise ValueError(f"data set {cfg.data!r} has {n} images; need at least n_heldout + max(memorizer_n, "
+                         f"{MIN_TRAIN}) = {cfg.n_heldout + max(cfg.memorizer_n, MIN_TRAIN)}")
     held, rest = _split_rows(cfg, n)
     labels = data.labels
     return (data.images[rest].contiguous(), None if labels is None else labels[rest],
