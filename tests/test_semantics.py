@@ -338,3 +338,103 @@ def test_clip_free_prompts_must_be_one_per_image(tiny_clip_dir):
     scorer = load_clip(tiny_clip_dir)
     with pytest.raises(ValueError, match=r"prompts must hold one prompt per image \(3\), got 1"):
         scorer.scores(torch.rand(3, 3, 8, 8), prompts=["a photo"])
+
+
+# --- mutation audit: boundaries, to_frame values and refusals the tests above left open ------
+
+def test_margin_from_scores_refuses_a_negative_target_by_name():
+    # gather reads index -1 as an IndexError-like RuntimeError, not the documented ValueError
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\]"):
+        margin_from_scores(torch.zeros(2, 3), torch.tensor([-1, 0]))
+
+
+@pytest.mark.parametrize("target", [-1, 5])
+def test_classifier_margin_names_the_class_range_just_outside_it(target):
+    with pytest.raises(ValueError, match=r"^target classes must be in \[0, 4\]"):
+        classifier_margin(_net(), torch.randn(4, 3, 2, 2), target)
+
+
+def test_classifier_margin_refuses_non_finite_logits():
+    def with_nan(x):
+        out = x.flatten(1)[:, :3].clone()
+        out[1, 2] = math.nan
+        return out
+
+    with pytest.raises(ValueError, match="non-finite logits"):
+        classifier_margin(with_nan, torch.randn(3, 4))
+
+
+def test_classifier_margin_frame_holds_each_field_in_its_own_dtype():
+    # float64 hand computation: margin = logit[t] − best other, confidence = softmax(logits)[t]
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 3.5], [1.0, 1.0, -2.0]], dtype=torch.float64)
+    res = classifier_margin(lambda x: x, logits, torch.tensor([0, 1, 2]))
+    frame = res.to_frame()
+    p = np.exp(logits.numpy()) / np.exp(logits.numpy()).sum(1, keepdims=True)
+    np.testing.assert_allclose(frame["classifier_margin"], [1.5, -0.5, -3.0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(frame["classifier_confidence"], p[[0, 1, 2], [0, 1, 2]], rtol=1e-14)
+    assert frame["classifier_predicted"].tolist() == [0, 2, 0]
+    assert frame["classifier_target"].tolist() == [0, 1, 2]
+    assert frame.dtypes.to_dict() == {"classifier_margin": np.float64, "classifier_confidence": np.float64,
+                                      "classifier_predicted": np.int64, "classifier_target": np.int64}
+
+
+def test_clip_frame_holds_score_margin_and_predicted_class(tiny_clip_dir):
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    res = scorer.scores(images, ["cat", "dog", "ship"], return_class_scores=True)
+    cs = res.class_scores.numpy()
+    frame = res.to_frame()
+    assert frame.dtypes.to_dict() == {"clip_score": np.float64, "clip_margin": np.float64, "clip_predicted": np.int64}
+    np.testing.assert_array_equal(frame["clip_score"], cs.max(1))
+    np.testing.assert_array_equal(frame["clip_margin"], cs.max(1) - np.sort(cs, 1)[:, -2])
+    assert frame["clip_predicted"].tolist() == cs.argmax(1).tolist()
+
+
+@pytest.mark.parametrize("value, ok", [(0, True), (255, True), (-1, False), (256, False)])
+def test_clip_integer_images_are_refused_just_outside_0_255(tiny_clip_dir, value, ok):
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.full((1, 3, 8, 8), 128, dtype=torch.int32)
+    images[0, 0, 0, 0] = value
+    if ok:
+        assert torch.isfinite(scorer.scores(images, ["cat", "dog"]).score).all()
+    else:
+        with pytest.raises(ValueError, match=r"integer images are read as \[0, 255\]"):
+            scorer.scores(images, ["cat", "dog"])
+
+
+@pytest.mark.parametrize("peak, ok", [(1.09, True), (1.15, False), (-0.09, True), (-0.15, False)])
+def test_clip_float_images_may_overshoot_their_range_by_a_tenth_of_it_and_no_more(tiny_clip_dir, peak, ok):
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.full((1, 3, 8, 8), 0.5)
+    images[0, 0, 0, 0] = peak * 2 - 1                      # in value_range=(-1, 1): a tenth is 0.2
+    if ok:
+        scorer.scores(images, ["cat", "dog"], value_range=(-1, 1))
+    else:
+        with pytest.raises(ValueError, match=r"by more than a tenth of its width"):
+            scorer.scores(images, ["cat", "dog"], value_range=(-1, 1))
+
+
+def test_clip_prompts_longer_than_the_text_tower_are_truncated_not_refused(tiny_clip_dir):
+    # the tiny tower has 40 positions and the character-level tokenizer spends one per letter:
+    # two names alike in their first 50 letters read the same
+    scorer = load_clip(tiny_clip_dir)
+    long = "x" * 50
+    res = scorer.scores(torch.rand(2, 3, 16, 16), [long + "a", long + "b", "cat"], return_class_scores=True)
+    torch.testing.assert_close(res.class_scores[:, 0], res.class_scores[:, 1], rtol=0, atol=0)
+
+
+def test_clip_refuses_one_class_or_a_label_past_the_last_before_embedding(tiny_clip_dir, monkeypatch):
+    scorer = load_clip(tiny_clip_dir)
+    calls = []
+    monkeypatch.setattr(scorer.model, "get_image_features", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match="at least 2 class names"):
+        scorer.scores(torch.rand(2, 3, 8, 8), ["cat"])
+    with pytest.raises(ValueError, match=r"target classes must be in \[0, 1\]"):
+        scorer.scores(torch.rand(2, 3, 8, 8), ["cat", "dog"], labels=[0, 2])
+    assert calls == []
+
+
+def test_clip_identical_class_names_score_equal_not_as_a_broken_tokenizer(tiny_clip_dir):
+    # the mismatch check must not fire when the prompts themselves are the same
+    res = load_clip(tiny_clip_dir).scores(torch.rand(2, 3, 8, 8), ["cat", "cat"])
+    assert res.margin.tolist() == [0.0, 0.0]
