@@ -143,3 +143,79 @@ def test_a_table_write_that_fails_midway_leaves_the_previous_table(tmp_path, mon
     monkeypatch.undo()
     pd.testing.assert_frame_equal(load_table(path), before)
     assert [p.name for p in tmp_path.iterdir()] == ["samples.parquet"]  # no temporary left either
+
+
+# --- mutation audit: join contracts and exact round-trips ------------------------------------
+
+def test_exact_refuses_a_later_part_with_seeds_the_first_lacks():
+    # a left merge would drop seed 5 silently
+    with pytest.raises(ValueError, match=r"seeds differ.*0 missing \[\], 1 extra \[5\]"):
+        per_sample_table({"x": [1.0, 2.0]}, pd.DataFrame({"seed": [7, 9, 5], "y": [0.1, 0.2, 0.3]}), seeds=[9, 7])
+
+
+def test_how_is_checked_even_with_one_part():
+    with pytest.raises(ValueError, match="how must be 'exact', 'inner' or 'outer', got 'left'"):
+        per_sample_table({"x": [1.0]}, seeds=[3], how="left")
+
+
+def test_parts_without_seeds_align_with_the_first_part_that_has_them():
+    first = pd.DataFrame({"seed": [4, 2, 9], "a": [40.0, 20.0, 90.0]})
+    later = pd.DataFrame({"seed": [9, 4, 2], "b": [9.0, 4.0, 2.0]})
+    table = per_sample_table(first, later, {"c": [4, 2, 9]})
+    assert table["seed"].tolist() == table["c"].tolist() == [4, 2, 9]
+    assert table["b"].tolist() == [4.0, 2.0, 9.0]
+
+
+def test_unsigned_seed_columns_join():
+    part = pd.DataFrame({"seed": np.array([3, 1], dtype=np.uint64), "a": [0.3, 0.1]})
+    table = per_sample_table(part, {"b": [30.0, 10.0]}, seeds=[3, 1])
+    assert table["a"].tolist() == [0.3, 0.1] and table["b"].tolist() == [30.0, 10.0]
+
+
+def test_a_dataframe_part_without_seeds_is_not_modified():
+    part = pd.DataFrame({"a": [1.0, 2.0]})
+    per_sample_table(part, seeds=[5, 6])
+    assert list(part.columns) == ["a"]
+
+
+def test_a_to_frame_that_returns_a_series_becomes_one_column():
+    class Scores:
+        def to_frame(self):
+            return pd.Series([0.5, 0.25], name="score")
+
+    table = per_sample_table(Scores(), seeds=[1, 2])
+    assert list(table.columns) == ["seed", "score"] and table["score"].tolist() == [0.5, 0.25]
+
+
+def test_an_outer_table_is_numbered_from_zero_in_its_own_order():
+    a = pd.DataFrame({"seed": [9, 7], "x": [1.0, 2.0]})
+    b = pd.DataFrame({"seed": [1, 7], "y": [3.0, 4.0]})
+    table = per_sample_table(a, b, how="outer")
+    assert table["seed"].tolist() == [9, 7, 1]
+    pd.testing.assert_index_equal(table.index, pd.RangeIndex(3))
+
+
+def test_semantic_results_round_trip_through_parquet_with_exact_dtypes(tmp_path):
+    from kinetic_fm.metrics.semantics import ClipScores, classifier_margin
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 3.5]], dtype=torch.float64)
+    margin = classifier_margin(lambda x: x, logits, torch.tensor([0, 1]))
+    clip = ClipScores(torch.tensor([25.0, 31.5], dtype=torch.float64), torch.tensor([1.5, -0.5], dtype=torch.float64),
+                      torch.tensor([0, 2]), None, "a photo of a {}", "tiny")
+    table = per_sample_table(margin, clip, {"label": ["cat", "dog"]}, seeds=[12, 4])
+    assert list(table.columns) == ["seed", "classifier_margin", "classifier_confidence", "classifier_predicted",
+                                   "classifier_target", "clip_score", "clip_margin", "clip_predicted", "label"]
+    assert table["classifier_margin"].tolist() == [1.5, -0.5]      # 2 − 0.5 and 3 − 3.5
+    assert table["clip_predicted"].tolist() == [0, 2] and table["clip_margin"].tolist() == [1.5, -0.5]
+    for col in ("seed", "classifier_predicted", "classifier_target", "clip_predicted"):
+        assert table[col].dtype == np.int64, col
+    back = load_table(save_table(table, tmp_path / "semantics.parquet"))
+    pd.testing.assert_frame_equal(back, table, check_exact=True)
+    assert dict(back.dtypes) == dict(table.dtypes)
+
+
+def test_a_filtered_table_saves_its_columns_only_and_reloads_numbered_from_zero(tmp_path):
+    table = pd.DataFrame({"seed": [1, 2, 3, 4], "kpe": [0.5, 2.5, 1.0, 3.0]})
+    high = table[table.kpe > 1.0]                                   # index [1, 3]
+    back = load_table(save_table(high, tmp_path / "high.parquet"))
+    pd.testing.assert_frame_equal(back, high.reset_index(drop=True), check_exact=True)
