@@ -219,3 +219,9 @@ def test_a_filtered_table_saves_its_columns_only_and_reloads_numbered_from_zero(
     high = table[table.kpe > 1.0]                                   # index [1, 3]
     back = load_table(save_table(high, tmp_path / "high.parquet"))
     pd.testing.assert_frame_equal(back, high.reset_index(drop=True), check_exact=True)
+
+
+def test_loading_a_folder_is_refused_not_read_as_an_empty_table(tmp_path):
+    # pyarrow reads a folder as a (here empty) data set: a mistyped run folder gave a 0-row table
+    with pytest.raises(FileNotFoundError, match="no table at"):
+        load_table(tmp_path)
