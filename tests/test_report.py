@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +171,8 @@ def test_rewrite_is_byte_identical(report, tmp_path):
     (16.6812345, "16.68"), (0.000123456, "0.0001235"), (123456.7, "123457"), (2.5e7, "2.5e+07"),
     (-3.14159, "-3.142"), (1.0, "1"), (np.float32(0.5), "0.5"), (float("nan"), "–"), (None, "–"),
     (np.int64(12345678), "12345678"), (7, "7"), (True, "True"), ("text", "text"),
+    (float("inf"), "∞"), (float("-inf"), "−∞"), (-0.0, "0"), (2000.0, "2000"), (1000.4, "1000"),
+    ([np.float64(0.5), "a"], '[0.5, "a"]'),
 ])
 def test_format_value(value, text):
     assert format_value(value) == text
@@ -177,6 +181,9 @@ def test_format_value(value, text):
 def test_markdown_subset():
     assert markdown_to_html("a **b** `c **d**`\nnext line\n\n<e>") == (
         "<p>a <strong>b</strong> <code>c **d**</code> next line</p>\n<p>&lt;e&gt;</p>")
+    # a list only when every line of the block is an item
+    assert markdown_to_html("- one\n- two\n\n- item\nplain line") == (
+        "<ul><li>one</li><li>two</li></ul>\n<p>- item plain line</p>")
 
 
 def test_invalid_inputs_raise(tmp_path):
@@ -667,3 +674,146 @@ def test_html_table_cells_render_code_spans_as_the_markdown_does(tmp_path):
     assert "<code>plain</code> FM" in cells
     assert not [c for c in cells if "`" in c]
     assert XSS not in page and "x &lt;script&gt;" in page
+
+
+# ----------------------------------------------------------------------------------------------
+# the report read back: every claim cell, the verdict counts, tables, escaping, anchors
+
+# what a reader sees for each verdict, written out here rather than read from the module
+_MD_LABELS = {"reproduced": "✅ reproduced", "not reproduced": "❌ not reproduced",
+              "inconclusive": "➖ inconclusive", "not measured": "⬜ not measured"}
+_HTML_LABELS = {"reproduced": "✓ reproduced", "not reproduced": "✗ not reproduced",
+                "inconclusive": "– inconclusive", "not measured": "· not measured"}
+
+
+def _md_row(line: str) -> list[str]:
+    """The cells of one Markdown table row, with the \\| and \\\\ escapes undone."""
+    assert line.startswith("| ") and line.endswith(" |"), line
+    cells, cell, chars = [], "", iter(line[1:-1])
+    for char in chars:
+        if char == "\\":
+            cell += next(chars)
+        elif char == "|":
+            cells.append(cell.strip())
+            cell = ""
+        else:
+            cell += char
+    return cells + [cell.strip()]
+
+
+def _md_table_after(text: str, heading: str) -> tuple[list[str], list[str], list[list[str]]]:
+    """(header, rule, rows) of the first table after the line ``heading``."""
+    lines = text.splitlines()
+    start = next(i for i in range(lines.index(heading), len(lines)) if lines[i].startswith("| "))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("| ")), len(lines))
+    header, rule, *rows = lines[start:end]
+    return _md_row(header), _md_row(rule), [_md_row(row) for row in rows]
+
+
+def _html_rows(table: str) -> list[list[tuple[str, str]]]:
+    """(class attribute, unescaped text) of each body cell of one HTML table."""
+    body = re.search(r"<tbody>(.*?)</tbody>", table, re.S).group(1)
+    return [[(attr.strip(), html.unescape(text)) for attr, text in re.findall(r"<td([^>]*)>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+
+
+def _mixed_claims() -> list[Claim]:
+    verdicts = ["inconclusive", "reproduced", "not reproduced", "reproduced", "inconclusive", "reproduced",
+                "not measured"]
+    return [Claim(f"study{i}", f"claim {i} with a | pipe, a \\ backslash & <b>", f"paper {i}", f"ours {2 * i}",
+                  10 * i + 3, "" if i % 3 == 0 else f"[{i}.1, {i}.9]", verdict, f"note {i}\nsecond line")
+            for i, verdict in enumerate(verdicts)]
+
+
+def test_claims_summary_counts_each_verdict_and_the_table_reads_back_cell_by_cell(tmp_path):
+    claims = _mixed_claims()
+    counts = Counter(c.verdict for c in claims)
+    md, html_path = write_report(tmp_path, title="t", intro="", claims=claims, sections=[], meta={})
+    text, page = md.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    summary = (f"7 claims: {counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
+               f"{counts['inconclusive']} inconclusive, {counts['not measured']} not measured.")
+    assert summary == "7 claims: 3 reproduced, 1 not reproduced, 2 inconclusive, 1 not measured."
+    assert summary in text.splitlines() and f'<p class="summary">{summary}</p>' in page
+
+    expected = [[c.study, c.statement, c.paper, c.ours, str(c.n), c.ci or "–", _MD_LABELS[c.verdict],
+                 c.note.replace("\n", " ")] for c in claims]
+    header, rule, rows = _md_table_after(text, "## Claims")
+    assert header == ["study", "claim", "paper", "ours", "n", "CI", "verdict", "note"]
+    assert rule == ["---"] * 8 and rows == expected
+
+    table = re.search(r'<table class="claims">.*?</table>', page, re.S).group(0)
+    assert re.findall(r"<th(?: [^>]*)?>(.*?)</th>", table) == header
+    cells = _html_rows(table)
+    assert [[text for _, text in row] for row in cells] == [
+        row[:6] + [_HTML_LABELS[c.verdict], c.note] for row, c in zip(expected, claims)]
+    assert [[attr for attr, _ in row] for row in cells] == [
+        ["", "", "", "", 'class="num"', "", f'class="verdict {c.verdict.replace(" ", "-")}"', ""] for c in claims]
+
+
+def test_section_tables_show_the_index_align_numbers_and_read_back_in_both_renderings(tmp_path):
+    named = pd.DataFrame({"FD": [1.5, np.nan, 12345.678], "judge": ["a|b", "c\\d", "e"]},
+                         index=pd.Index(["FM", "KTS", "EFM"], name="config"))
+    unnamed = pd.DataFrame({"F_mem": [0.25, 0.5]}, index=["train", "held out"])
+    nested = pd.DataFrame([[1, 2.5]], columns=pd.MultiIndex.from_tuples([("F_mem", "low"), ("F_mem", "high")]))
+    sections = [Section("Tables", tables=[("named", named), ("unnamed", unnamed), ("nested", nested),
+                                          ("nothing", pd.DataFrame())])]
+    md, html_path = write_report(tmp_path, title="t", intro="", claims=[], sections=sections, meta={})
+    text, page = md.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+
+    header, rule, rows = _md_table_after(text, "**named**")
+    assert header == ["config", "FD", "judge"] and rule == ["---", "---:", "---"]  # a missing cell stays numeric
+    assert rows == [["FM", "1.5", "a|b"], ["KTS", "–", "c\\d"], ["EFM", "12346", "e"]]
+    assert _md_table_after(text, "**unnamed**")[0::2] == (["index", "F_mem"], [["train", "0.25"], ["held out", "0.5"]])
+    assert _md_table_after(text, "**nested**")[0::2] == (["F_mem / low", "F_mem / high"], [["1", "2.5"]])
+    lines = text.splitlines()
+    assert lines[lines.index("**nothing**") + 2] == "(empty table)"
+
+    tables = re.findall(r"<table>.*?</table>", page, re.S)
+    assert len(tables) == 3 and "<p><strong>nothing</strong>: (empty table)</p>" in page
+    assert re.findall(r"<th(?: [^>]*)?>(.*?)</th>", tables[0]) == ["config", "FD", "judge"]
+    assert _html_rows(tables[0]) == [[("", "FM"), ('class="num"', "1.5"), ("", "a|b")],
+                                     [("", "KTS"), ('class="num"', "–"), ("", "c\\d")],
+                                     [("", "EFM"), ('class="num"', "12346"), ("", "e")]]
+
+
+def test_user_text_is_escaped_wherever_the_html_shows_it(tmp_path):
+    title, heading, column = "KPE <i>study</i> & co", "A<B & C>D", "FD <ref>"
+    caption, empty, figure_caption = "table <one> & more", "empty <none>", "ratio < 1/3 & > 0"
+    png = F.line_figure("tiny", "c", [0, 1], {"a": [0, 1]}, xlabel="x", ylabel="y").png
+    section = Section(heading, "x < y & **y > z**", tables=[(caption, pd.DataFrame({column: [1.0]})),
+                                                             (empty, pd.DataFrame())],
+                      figures=[Figure("tiny", figure_caption, png)])
+    _, html_path = write_report(tmp_path, title=title, intro="", claims=[], sections=[section], meta={})
+    page = html_path.read_text(encoding="utf-8")
+    for raw in (title, heading, column, caption, empty, figure_caption):
+        assert raw not in page and html.escape(raw) in page
+    assert f"<title>{html.escape(title)}</title>" in page and f"<h1>{html.escape(title)}</h1>" in page
+    assert f">{html.escape(heading)}</a></li>" in page and f"<h2>{html.escape(heading)}</h2>" in page
+    assert "<p>x &lt; y &amp; <strong>y &gt; z</strong></p>" in page
+
+
+def test_markdown_headings_alt_text_and_run_table(tmp_path):
+    png = F.line_figure("tiny", "c", [0, 1], {"a": [0, 1]}, xlabel="x", ylabel="y").png
+    # a half-open interval leaves a bracket unmatched, which ends the alt text early
+    fig = Figure("half_open", "F_mem on [0, 1/3) of the ratios", png)
+    md, _ = write_report(tmp_path, title="t", intro="", claims=[], sections=[Section("Memorization", figures=[fig])],
+                         meta={"overrides": {}, "studies": ["semantics", np.float64(0.5)], "config": {"steps": 10}})
+    lines = md.read_text(encoding="utf-8").splitlines()
+    assert "## Memorization" in lines and "## Claims" in lines and "## Run" in lines
+    alt = next(line for line in lines if line.startswith("!["))
+    assert re.fullmatch(r"!\[[^\[\]]*\]\(figures/half_open\.png\)", alt), alt
+    assert "*F_mem on [0, 1/3) of the ratios*" in lines
+    assert _md_table_after("\n".join(lines), "## Run")[2] == [["overrides", "{}"], ["studies", '["semantics", 0.5]'],
+                                                             ["config.steps", "10"]]
+
+
+def test_section_anchors_are_unique_and_the_contents_link_each_in_order(tmp_path):
+    titles = ["Run", "Claims", "Shaping", "Shaping", "shaping!"]
+    _, html_path = write_report(tmp_path, title="t", intro="", claims=[], meta={},
+                                sections=[Section(title, "text") for title in titles])
+    page = html_path.read_text(encoding="utf-8")
+    ids = re.findall(r'<section id="([^"]+)"><h2>([^<]*)</h2>', page)
+    assert [heading for _, heading in ids] == ["Claims"] + titles + ["Run"]
+    assert len({sid for sid, _ in ids}) == len(ids)
+    toc = re.findall(r'<li><a href="#([^"]+)">([^<]*)</a></li>', page)
+    assert toc == ids
