@@ -322,6 +322,7 @@ def test_closest_pairs_show_the_smallest_ratios_beside_their_nearest_training_it
     (0.0, 1.0, (-1.0, 1.0)),        # [0, 1] data: 2x − 1
     (0.0, 0.5, (-1.0, 0.0)),        # [0, 1] data that stays dark is not brightened
     (-3.0, 1000.0, (-1.0, 1.0)),    # anything else: stretched
+    (0.0, 1.2, (-1.0, 1.0)),        # a little above 1 is not [0, 1] data: stretched too
 ])
 def test_closest_pairs_pixel_range(low, high, mapped):
     import torch
@@ -466,11 +467,14 @@ def test_log_axes_say_so_and_narrow_spans_stay_linear(monkeypatch):
                      log_x=True)
     F.scatter_figure("narrow", "c", np.linspace(30, 60, 50), rng.normal(size=50), xlabel=F.KPE_LABEL, ylabel="y",
                      log_x=True)
+    F.scatter_figure("decade", "c", np.linspace(10, 60, 50), rng.normal(size=50), xlabel=F.KPE_LABEL, ylabel="y",
+                     log_x=True)   # 0.78 decades: log
     t = np.linspace(0, 1, 11)
     F.energy_profile_figure("spike", "c", {"a": (t, np.geomspace(1, 500, 10)[None] * 0.1)}, log_y=True)
     wide, narrow, spike = drawn["wide"][0], drawn["narrow"][0], drawn["spike"][0]
     assert wide["xscale"] == "log" and wide["xlabel"] == f"{F.KPE_LABEL} {F.LOG_NOTE}"
     assert narrow["xscale"] == "linear" and narrow["xlabel"] == F.KPE_LABEL
+    assert drawn["decade"][0]["xscale"] == "log"
     assert spike["yscale"] == "log" and spike["ylabel"] == f"{F.POWER_LABEL} {F.LOG_NOTE}"
     assert spike["xlabel"] == "t   (0 = noise, 1 = data)"
 
@@ -817,3 +821,243 @@ def test_section_anchors_are_unique_and_the_contents_link_each_in_order(tmp_path
     assert len({sid for sid, _ in ids}) == len(ids)
     toc = re.findall(r'<li><a href="#([^"]+)">([^<]*)</a></li>', page)
     assert toc == ids
+
+
+# ----------------------------------------------------------------------------------------------
+# the figures' data read back from their artists, against numpy on the same inputs
+
+
+def _drawn_data(monkeypatch):
+    """Per figure name, each axes' lines, filled bands, patches, error bars, points, images and
+    labels as they were when the figure was rendered."""
+    from matplotlib.collections import LineCollection, PathCollection, PolyCollection
+    from matplotlib.patches import Polygon, Rectangle
+
+    drawn = {}
+    render = F._render
+
+    def keep(fig, name, caption):
+        drawn[name] = [{
+            "lines": [(line.get_label(), np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float),
+                       line.get_linestyle(), line.get_color()) for line in ax.lines],
+            "bands": [c.get_paths()[0].vertices for c in ax.collections if isinstance(c, PolyCollection)],
+            "bars": [(p.get_x() + p.get_width() / 2, p.get_height()) for p in ax.patches if isinstance(p, Rectangle)],
+            "polygons": [p.get_xy() for p in ax.patches if isinstance(p, Polygon)],
+            "whiskers": [s for c in ax.collections if isinstance(c, LineCollection) for s in c.get_segments()],
+            "points": [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)],
+            "images": [np.asarray(im.get_array()) for im in ax.images],
+            "texts": [(t.get_position(), t.get_text()) for t in ax.texts],
+            "xticks": list(ax.get_xticks()), "xticklabels": [t.get_text() for t in ax.get_xticklabels()],
+            "xrotation": [t.get_rotation() for t in ax.get_xticklabels()],
+            "yticks": list(ax.get_yticks()), "yticklabels": [t.get_text() for t in ax.get_yticklabels()],
+            "xscale": ax.get_xscale(), "yscale": ax.get_yscale(), "xlim": ax.get_xlim(),
+            "title": ax.get_title() or ax.get_title(loc="left"),
+            "ylabel": ax.get_ylabel(),
+            "legend": [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []}
+            for ax in fig.axes]
+        return render(fig, name, caption)
+
+    monkeypatch.setattr(F, "_render", keep)
+    return drawn
+
+
+def _band_edges(vertices: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest y of a filled band's outline at each of ``xs``."""
+    at = [vertices[np.isclose(vertices[:, 0], x, rtol=0, atol=1e-12), 1] for x in xs]
+    assert all(v.size for v in at), "the band does not reach every x"
+    return np.array([v.min() for v in at]), np.array([v.max() for v in at])
+
+
+def _power(times, increments, positive=False):
+    """Kinetic power per step, the mean over samples and the 10th/90th percentiles (numpy, float64)."""
+    power = np.asarray(increments, float) / np.diff(times)
+    power[~np.isfinite(power) | ((power <= 0) if positive else False)] = np.nan
+    rows = ~np.all(np.isnan(power), axis=1)
+    return (power[rows].mean(axis=0, where=~np.isnan(power[rows])),
+            *np.nanpercentile(power, [10, 90], axis=0), int(rows.sum()))
+
+
+def test_energy_profiles_draw_the_mean_and_the_10_to_90_band_of_each_runs_power(monkeypatch):
+    drawn = _drawn_data(monkeypatch)
+    rng = np.random.default_rng(3)
+    t = np.r_[0.0, np.sort(rng.uniform(0, 1, 7)), 1.0]
+    plain = rng.gamma(2.0, 0.5, (12, 8)) * np.diff(t)
+    shaped = plain * rng.uniform(0.2, 1.0, (12, 8))
+    shaped[3] = np.nan        # a sample with no finite step is not counted
+    shaped[5, 2] = np.inf
+    shaped[7, 4] = 0.0        # dropped on the log axis only
+    mid = (t[:-1] + t[1:]) / 2
+    for log in (False, True):
+        F.energy_profile_figure(f"p{int(log)}", "c", {"plain FM": (t, plain), "KTS": (t, shaped)}, log_y=log)
+        (ax,) = drawn[f"p{int(log)}"]
+        assert ax["yscale"] == ("log" if log else "linear") and ax["xlim"] == (0.0, 1.0)
+        assert ax["legend"] == ["plain FM (n=12)", "KTS (n=11)"]
+        for k, inc in enumerate((plain, shaped)):
+            mean, low, high, _ = _power(t, inc, positive=log)
+            label, x, y, style, _ = ax["lines"][k]
+            np.testing.assert_allclose(x, mid, rtol=1e-12)
+            np.testing.assert_allclose(y, mean, rtol=1e-12)
+            assert style == ("--" if k == 0 else "-")     # the reference run is dashed
+            edges = _band_edges(ax["bands"][k], mid)
+            np.testing.assert_allclose(edges, (low, high), rtol=1e-12)
+    # three runs and more: the bands are dotted outlines at the 10th and 90th percentiles
+    F.energy_profile_figure("crowded", "c", {"a": (t, plain), "b": (t, shaped), "c": (t, 2 * plain)})
+    (ax,) = drawn["crowded"]
+    dotted = [y for _, _, y, style, _ in ax["lines"] if style == ":"]
+    _, low, high, _ = _power(t, 2 * plain)
+    assert len(dotted) == 6 and not ax["bands"]
+    np.testing.assert_allclose(dotted[4:], [low, high], rtol=1e-12)
+
+
+def _polygon_area(xy: np.ndarray) -> float:
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def test_histograms_are_densities_on_shared_bins_and_count_only_what_they_draw(monkeypatch):
+    drawn = _drawn_data(monkeypatch)
+    rng = np.random.default_rng(4)
+    big = np.r_[rng.lognormal(1.0, 1.0, 900), np.nan, np.inf]
+    small = np.r_[rng.lognormal(2.0, 0.5, 20), 0.0, -1.0]      # the zero and -1 cannot sit on a log axis
+    for log in (False, True):
+        F.histogram_figure(f"h{int(log)}", "c", {"big": big, "small": small, "none": []}, xlabel="KPE", log_x=log)
+        (ax,) = drawn[f"h{int(log)}"]
+        assert ax["xscale"] == ("log" if log else "linear")
+        assert ax["legend"] == ["big (n=900)", f"small (n={20 if log else 22})", "none (no data)"]
+        kept = [v[np.isfinite(v) & ((v > 0) if log else True)] for v in (big, small)]
+        filled = ax["polygons"][0::2]          # each group: a filled step polygon, then its outline
+        assert len(filled) == 2
+        edges = [np.unique(p[:, 0]) for p in filled]
+        for e in edges:          # one set of bins for both, from the smallest to the largest value drawn
+            np.testing.assert_allclose(e, edges[0], rtol=1e-12)
+        pooled = np.concatenate(kept)
+        np.testing.assert_allclose(edges[0][[0, -1]], [pooled.min(), pooled.max()], rtol=1e-12)
+        assert edges[0].size == 31                      # √900 bins: the largest group sets the count
+        widths = np.diff(np.log(edges[0]) if log else edges[0])
+        np.testing.assert_allclose(widths, widths[0], rtol=1e-9)   # equal steps, in log on a log axis
+        for polygon in filled:
+            assert _polygon_area(polygon) == pytest.approx(1.0, rel=1e-9)   # a density integrates to 1
+
+
+def test_scatter_draws_and_counts_the_pairs_each_axis_can_show(monkeypatch):
+    drawn = _drawn_data(monkeypatch)
+    x = np.array([1.0, 2.0, np.nan, 4.0, -5.0, 6.0])
+    y = np.array([0.5, -1.0, 3.0, np.inf, 2.0, 4.0])
+    F.scatter_figure("lin", "c", x, y, xlabel="x", ylabel="y", annotation="ρ = 0.5")
+    F.scatter_figure("logy", "c", x, y, xlabel="x", ylabel="y", log_y=True)
+    lin, logy = drawn["lin"][0], drawn["logy"][0]
+    np.testing.assert_array_equal(lin["points"][0], [[1.0, 0.5], [2.0, -1.0], [-5.0, 2.0], [6.0, 4.0]])
+    assert lin["title"] == "ρ = 0.5   (n = 4)"
+    np.testing.assert_array_equal(logy["points"][0], [[1.0, 0.5], [-5.0, 2.0], [6.0, 4.0]])
+    assert logy["title"] == "n = 3"
+
+
+def test_bar_figure_bars_whiskers_labels_and_group_fences_follow_the_rows(monkeypatch):
+    drawn = _drawn_data(monkeypatch)
+    grid = pd.DataFrame({"setting": ["plain FM", "launch", "dropped", "landing only (long)", "balanced"],
+                         "part": ["main", "main", "main", "grid", "grid"],
+                         "F_mem": [0.8234, 0.70, np.nan, 0.65, 0.60], "lo": [0.78, 0.66, 0.1, np.nan, 0.55],
+                         "hi": [0.86, 0.75, 0.2, 0.69, np.inf]})
+    F.bar_figure("bars", "c", grid, x="setting", y="F_mem", low="lo", high="hi", reference=0.8234,
+                 reference_label="plain FM", group="part")
+    (ax,) = drawn["bars"]
+    assert ax["bars"] == [(0.0, 0.8234), (1.0, 0.70), (2.0, 0.65), (3.0, 0.60)]
+    assert ax["xticklabels"] == ["plain FM", "launch", "landing only (long)", "balanced"]
+    assert set(ax["xrotation"]) == {35.0}                     # a long label turns them all
+    assert ax["legend"] == ["plain FM = 0.8234"]
+    # a whisker spans [lo, hi] at its bar; a missing bound draws nothing on that side
+    spans = sorted((float(s[0, 0]), *sorted((float(s[0, 1]), float(s[1, 1])))) for s in ax["whiskers"])
+    np.testing.assert_allclose(spans, [(0.0, 0.78, 0.86), (1.0, 0.66, 0.75), (2.0, 0.65, 0.69), (3.0, 0.55, 0.60)])
+    fences = [x[0] for label, x, _, style, _ in ax["lines"] if style == ":"]
+    assert fences == [1.5]                                     # between "launch" and "landing only"
+    assert [(pos[0], text) for pos, text in ax["texts"]] == [(0.5, "main"), (2.5, "grid")]
+
+
+def test_line_figure_sorts_each_line_by_x_and_keeps_its_band_and_axes_paired(monkeypatch):
+    drawn = _drawn_data(monkeypatch)
+    x = np.array([300.0, 10.0, 100.0, 30.0, np.nan])
+    ys = {"EFM": [0.1, 1.0, np.nan, 0.8, 0.5], "model": [0.2, 0.7, 0.3, 0.0, 0.4]}
+    bands = {"EFM": ([0.05, 0.9, 0.2, 0.7, 0.4], [0.2, 1.0, 0.6, 0.9, 0.6])}
+    F.line_figure("lines", "c", x, ys, xlabel="N", ylabel="F_mem", log_x=True, log_y=True, bands=bands,
+                  right={"FD": [40.0, 900.0, 60.0, 80.0, 1.0]}, right_ylabel="FD")
+    left, right = drawn["lines"]
+    assert (left["xscale"], left["yscale"], right["yscale"]) == ("log", "log", "log")
+    (efm, model), (fd,) = left["lines"], right["lines"]
+    assert [efm[0], model[0], fd[0]] == ["EFM", "model", "FD"]
+    np.testing.assert_array_equal(np.c_[efm[1], efm[2]], [[10, 1.0], [30, 0.8], [300, 0.1]])
+    np.testing.assert_array_equal(np.c_[model[1], model[2]], [[10, 0.7], [100, 0.3], [300, 0.2]])  # 0: not on log
+    np.testing.assert_array_equal(np.c_[fd[1], fd[2]], [[10, 900.0], [30, 80.0], [100, 60.0], [300, 40.0]])
+    assert len({efm[4], model[4], fd[4]}) == 3                  # the second axis's line has its own colour
+    (band,) = left["bands"]
+    assert set(np.unique(band[:, 0])) == {10.0, 30.0, 300.0}    # only where the line itself is drawn
+    np.testing.assert_allclose(_band_edges(band, [10.0, 30.0, 300.0]), [[0.9, 0.7, 0.05], [1.0, 0.9, 0.2]])
+    # each axis drops only what it cannot show: a log x keeps a zero or negative y
+    F.line_figure("logx", "c", [1.0, 2.0, 3.0], {"a": [0.0, 1.0, -2.0]}, xlabel="x", ylabel="y", log_x=True)
+    F.line_figure("logy", "c", [-1.0, 2.0, 3.0], {"a": [0.0, 1.0, 20.0]}, xlabel="x", ylabel="y", log_y=True)
+    ((_, x, y, _, _),) = drawn["logx"][0]["lines"]
+    np.testing.assert_array_equal(np.c_[x, y], [[1.0, 0.0], [2.0, 1.0], [3.0, -2.0]])
+    ((_, x, y, _, _),) = drawn["logy"][0]["lines"]
+    np.testing.assert_array_equal(np.c_[x, y], [[2.0, 1.0], [3.0, 20.0]])
+
+
+def _hand_audit(ratio, nearest):
+    """A memorization report with the given gap ratios (threshold 1/3, no interval)."""
+    import torch
+
+    from kinetic_fm.metrics.memorization import MemorizationReport
+
+    ratio = torch.tensor(ratio, dtype=torch.float64)
+    memorized = ratio < 1 / 3
+    return MemorizationReport(d1=ratio, d2=torch.ones_like(ratio), ratio=ratio, nearest=torch.tensor(nearest),
+                              memorized=memorized, fraction=float(memorized.double().mean()),
+                              ci=(float("nan"), float("nan")), threshold=1 / 3, bootstrap=0)
+
+
+def test_memorization_figure_counts_as_the_audit_and_pairs_each_sample_with_its_nearest(monkeypatch):
+    drawn = _drawn_data(monkeypatch)
+    rng = np.random.default_rng(6)
+    train = rng.uniform(-1, 1, (6, 1, 3, 4))
+    train[0, 0, 0, :2] = -1.0, 1.0                       # the training range is [-1, 1]: pixels shown as they are
+    samples = rng.uniform(-0.9, 0.9, (6, 1, 3, 4))
+    report = _hand_audit([0.6, 1 / 3, 0.05, 0.2, 0.9, 0.01], [3, 0, 5, 1, 2, 4])   # 1/3 itself is not memorized
+    F.memorization_figure("mem", "c", report, samples, train, pairs=3)
+    hist, pairs = drawn["mem"]
+    assert hist["title"] == "F_mem = 0.500"
+    assert hist["legend"] == ["not memorized: 3/6", "memorized: 3/6", "threshold d1/d2 = 1/3"]
+    order = [5, 2, 3]                                        # the three smallest ratios, smallest first
+    assert pairs["xticklabels"] == ["0.01", "0.05", "0.20"]
+    assert pairs["yticks"][0] < pairs["yticks"][1] and pairs["yticklabels"] == ["sample", "nearest\ntraining"]
+    (mosaic,) = pairs["images"]
+    for q, i in enumerate(order):                            # top row: the sample; below it: its nearest item
+        cell = np.s_[1 + q * 5:1 + q * 5 + 4]
+        np.testing.assert_allclose(mosaic[1:4, cell], (samples[i, 0] + 1) / 2)
+        np.testing.assert_allclose(mosaic[5:8, cell], (train[report.nearest[i].item(), 0] + 1) / 2)
+
+
+def test_sample_grid_titles_count_the_samples_drawn_and_place_one_d_points_on_a_line(monkeypatch):
+    drawn = _drawn_data(monkeypatch)
+    images = np.zeros((5, 1, 4, 4))
+    images[2, 0, 1, 1] = np.nan                              # one bad pixel drops the whole image
+    points = np.array([[0.0, 1.0], [1.0, np.nan], [2.0, 0.5]])
+    line = np.array([[3.0], [1.0], [np.inf]])
+    F.sample_grid_figure("grid", "c", {"images": images, "points": points, "line": line})
+    imgs, pts, ln = drawn["grid"]
+    assert [imgs["title"], pts["title"], ln["title"]] == ["images  (n=4)", "points  (n=2)", "line  (n=2)"]
+    np.testing.assert_array_equal(pts["points"][0], [[0.0, 1.0], [2.0, 0.5]])
+    np.testing.assert_array_equal(ln["points"][0], [[3.0, 0.0], [1.0, 0.0]])
+
+
+def test_sample_run_figure_goes_log_only_from_two_decades(monkeypatch):
+    drawn = _drawn_data(monkeypatch)
+    F.sample_run_figure("thirty", "c", [1.0, 5.0, 30.0])
+    F.sample_run_figure("hundred", "c", [1.0, 5.0, 100.0])
+    assert drawn["thirty"][0]["xscale"] == "linear" and drawn["hundred"][0]["xscale"] == "log"
+
+
+def test_a_per_sample_grid_that_does_not_start_at_zero_is_left_out():
+    from kinetic_fm.studies.figures import _on_shared_grid
+
+    times = np.array([[0.0, 0.5, 1.0], [0.25, 0.5, 1.0]])
+    grid, shared = _on_shared_grid(times, np.ones((2, 2)), 2)
+    np.testing.assert_allclose(shared[0], [1.0, 1.0])
+    assert np.isnan(shared[1]).all()
