@@ -131,7 +131,7 @@ def test_a_claim_the_data_cannot_measure_reads_not_measured(tmp_path):
     assert "2 claims: 1 reproduced, 0 not reproduced, 0 inconclusive, 1 not measured." in text
     assert VERDICTS["not measured"] in text and 'class="verdict not-measured"' in page
     md, _ = write_report(tmp_path / "b", title="t", intro="", claims=claims[1:], sections=[], meta={})
-    assert "1 claims: 1 reproduced, 0 not reproduced, 0 inconclusive." in md.read_text(encoding="utf-8")
+    assert "1 claim: 1 reproduced, 0 not reproduced, 0 inconclusive." in md.read_text(encoding="utf-8")
 
 
 def test_text_and_captions_are_escaped(report):

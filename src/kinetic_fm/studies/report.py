@@ -225,8 +225,11 @@ def _claim_cells(claim: Claim, labels: dict[str, str] = VERDICTS) -> list[str]:
 
 
 def _verdict_summary(claims: Sequence[Claim]) -> str:
+    """The summary line, e.g. "12 claims: 3 reproduced, 2 not reproduced, 7 inconclusive" ("1 claim: ..."
+    for one; "not measured" only when some are)."""
     counts = {v: sum(c.verdict == v for c in claims) for v in VERDICTS}
-    return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v] or v != "not measured")
+    tally = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v] or v != "not measured")
+    return f"{len(claims)} claim{'' if len(claims) == 1 else 's'}: {tally}"
 
 
 def _render_markdown(title: str, intro: str, claims: Sequence[Claim], sections: Sequence[Section],
@@ -236,7 +239,7 @@ def _render_markdown(title: str, intro: str, claims: Sequence[Claim], sections: 
         out += [intro.strip(), ""]
     out += ["## Claims", ""]
     if claims:
-        out += [f"{len(claims)} claims: {_verdict_summary(claims)}.", ""]
+        out += [f"{_verdict_summary(claims)}.", ""]
         out += [_md_table(_CLAIM_HEADER, [_claim_cells(c) for c in claims]), ""]
     else:
         out += ["No claims were evaluated.", ""]
@@ -388,7 +391,7 @@ def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequ
 
     body.append('<section id="claims"><h2>Claims</h2>')
     if claims:
-        body.append(f'<p class="summary">{len(claims)} claims: {html.escape(_verdict_summary(claims))}.</p>')
+        body.append(f'<p class="summary">{html.escape(_verdict_summary(claims))}.</p>')
         verdict_col = _CLAIM_HEADER.index("verdict")
         by_label = {label: key for key, label in _HTML_VERDICTS.items()}
 
