@@ -45,6 +45,7 @@ def test_unet_size_check_and_class_conditioning():
     torch.nn.init.normal_(model.class_embed.weight)
     x, t = torch.randn(3, 1, 8, 8), torch.rand(3)
     with torch.no_grad():
+        assert model.null_class == 10
         assert torch.equal(model(x, t), model(x, t, torch.full((3,), 10)))  # no label = null class
         assert not torch.allclose(model(x, t, torch.tensor([1, 2, 3])), model(x, t, torch.tensor([4, 5, 6])))
 
@@ -103,3 +104,173 @@ def test_default_model_picks_architecture():
         net = default_model("unet", (1, side, side), width=8)
         assert len(net.config["channel_mults"]) == levels
         assert net(torch.zeros(2, 1, side, side), torch.rand(2)).shape == (2, 1, side, side)
+
+
+def _conv(cin, cout, k):
+    return k * k * cin * cout + cout
+
+
+def _unet_res(cin, cout, cond):
+    # GroupNorm-conv, conditioning projection, GroupNorm-conv, and a 1x1 skip on width change
+    skip = _conv(cin, cout, 1) if cin != cout else 0
+    return 2 * cin + _conv(cin, cout, 3) + cond * cout + cout + 2 * cout + _conv(cout, cout, 3) + skip
+
+
+def _unet_attn(ch):
+    return 2 * ch + _conv(ch, 3 * ch, 1) + _conv(ch, ch, 1)
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_unet_parameter_count_follows_the_documented_architecture():
+    # two levels (8, 16 channels), one block per level, attention by default at the lowest level only
+    b, cond = 8, 32
+    expected = (b * cond + cond + cond * cond + cond                                   # time MLP
+                + _conv(1, 8, 3)                                                     # stem
+                + _unet_res(8, 8, cond) + _conv(8, 8, 3)                             # level 0, downsample
+                + _unet_res(8, 16, cond) + _unet_attn(16)                            # level 1
+                + _unet_res(16, 16, cond) + _unet_attn(16) + _unet_res(16, 16, cond)  # middle
+                + _unet_res(16 + 16, 16, cond) + _unet_attn(16) + _unet_res(16 + 8, 16, cond) + _unet_attn(16)
+                + _conv(16, 16, 3)                                                   # decoder level 1, upsample
+                + _unet_res(16 + 8, 8, cond) + _unet_res(8 + 8, 8, cond)              # decoder level 0
+                + 2 * 8 + _conv(8, 1, 3))                                            # output
+    assert _count(UNet(1, base_channels=8, channel_mults=(1, 2))) == expected
+
+    # widths 4 and 12, two blocks per level (three in the decoder), attention at full resolution, 5 classes + null
+    cond = 16
+    expected = (4 * cond + cond + cond * cond + cond + 6 * cond + _conv(3, 4, 3)
+                + 2 * (_unet_res(4, 4, cond) + _unet_attn(4)) + _conv(4, 4, 3)
+                + _unet_res(4, 12, cond) + _unet_res(12, 12, cond)
+                + _unet_res(12, 12, cond) + _unet_attn(12) + _unet_res(12, 12, cond)
+                + 2 * _unet_res(12 + 12, 12, cond) + _unet_res(12 + 4, 12, cond) + _conv(12, 12, 3)
+                + _unet_res(12 + 4, 4, cond) + 2 * _unet_res(4 + 4, 4, cond) + 3 * _unet_attn(4)
+                + 2 * 4 + _conv(4, 3, 3))
+    net = UNet(3, base_channels=4, channel_mults=(1, 3), num_res_blocks=2, attention_levels=(0,), num_classes=5)
+    assert _count(net) == expected
+
+
+def test_mlp_parameter_count_follows_the_documented_architecture():
+    dim, h, time_dim, depth, classes = 16, 16, 8, 3, 2
+    block = 2 * h + 3 * (h * h + h)  # LayerNorm, conditioning, two linears
+    expected = (time_dim * h + h + h * h + h + (classes + 1) * h + dim * h + h
+                + depth * block + 2 * h + h * dim + dim)
+    assert _count(VelocityMLP((1, 4, 4), hidden=h, depth=depth, time_dim=time_dim, num_classes=classes)) == expected
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: UNet(1, base_channels=4, channel_mults=(1, 2), attention_levels=(0, 1), num_classes=3), (1, 4, 4)),
+    (lambda: VelocityMLP((1, 2, 2), hidden=8, depth=3, time_dim=4, num_classes=3), (1, 2, 2)),
+])
+def test_every_parameter_shapes_the_output(make, shape):
+    # a layer built but skipped in forward (a dropped norm, attention or block) gets no gradient
+    torch.manual_seed(0)
+    model = make().double()
+    x, t, y = torch.randn(3, *shape, dtype=torch.float64), torch.rand(3, dtype=torch.float64), torch.tensor([0, 1, 2])
+    model(x, t, y).square().sum().backward()
+    unused = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert unused == []
+
+
+def test_unet_residual_branches_are_added_to_their_input():
+    from kinetic_fm.models.unet import ResBlock, SelfAttention
+
+    x, c = torch.randn(2, 8, 4, 4), torch.randn(2, 16)
+    block, attn = ResBlock(8, 8, 16, 4, 0.0), SelfAttention(8, 4)
+    with torch.no_grad():
+        assert not torch.allclose(block(x, c), x) and not torch.allclose(attn(x), x)
+        for layer in (block.conv2, attn.proj):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        assert torch.equal(block(x, c), x) and torch.equal(attn(x), x)
+
+
+def test_mlp_blocks_are_residual():
+    model = VelocityMLP(2, hidden=8, depth=2, time_dim=4).eval()
+    x = torch.randn(4, 2)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.fc2.weight.zero_()
+            block.fc2.bias.zero_()
+        # time enters only through the blocks' residual branches, now zero; x still passes through
+        assert torch.equal(model(x, torch.zeros(4)), model(x, torch.ones(4)))
+        assert not torch.allclose(model(x, 0.5), model(x + 1.0, 0.5))
+
+
+def test_unet_decoder_reads_each_encoder_activation_as_its_skip():
+    model = UNet(1, base_channels=4, channel_mults=(1, 2), num_res_blocks=1).eval()
+    encoder, decoder_inputs = [], []
+    for module in [model.stem, *model.down_attn, *model.downsample]:
+        module.register_forward_hook(lambda m, args, out: encoder.append(out))
+    for block in model.up_blocks:
+        block.register_forward_pre_hook(lambda m, args: decoder_inputs.append(args[0]))
+    with torch.no_grad():
+        model(torch.randn(2, 1, 8, 8), torch.rand(2))
+    assert len(decoder_inputs) == len(encoder) == 4
+    # encoder activations in forward order (stem, level-0 block, downsample, level-1 block),
+    # read back by the decoder last-in first-out
+    for inp, skip in zip(decoder_inputs, reversed(encoder)):
+        assert torch.equal(inp[:, -skip.shape[1]:], skip)
+
+
+def test_unet_dropout_only_in_train_mode():
+    torch.manual_seed(0)
+    model = UNet(1, base_channels=4, channel_mults=(1, 2), dropout=0.5)
+    x, t = torch.randn(2, 1, 4, 4), torch.rand(2)
+    with torch.no_grad():
+        assert not torch.equal(model.train()(x, t), model(x, t))
+        assert torch.equal(model.eval()(x, t), model(x, t))
+        plain = UNet(1, base_channels=4, channel_mults=(1, 2)).train()
+        assert torch.equal(plain(x, t), plain(x, t))
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: UNet(1, base_channels=4, channel_mults=(1, 2), dropout=0.3, groups=2, num_classes=2), (1, 4, 4)),
+    (lambda: VelocityMLP((1, 2, 2), hidden=8, depth=2, time_dim=6, num_classes=2), (1, 2, 2)),
+])
+def test_config_rebuilds_the_same_net(make, shape):
+    from kinetic_fm.models import build_model
+
+    torch.manual_seed(0)
+    model = make()
+    clone = build_model(model.kind, model.config)
+    assert clone.config == model.config
+    clone.load_state_dict(model.state_dict())
+    x, t = torch.randn(3, *shape), torch.rand(3)
+    with torch.no_grad():
+        for mode in (False, True):  # train mode: the same dropout masks from the same seed
+            model.train(mode), clone.train(mode)
+            torch.manual_seed(1)
+            out = model(x, t)
+            torch.manual_seed(1)
+            assert torch.equal(clone(x, t), out)
+    torch.manual_seed(0)
+    again = make()  # same seed, same weights
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(channel_mults=(1, 0)), "channel_mults"), (dict(channel_mults=()), "channel_mults"),
+    (dict(num_res_blocks=0), "num_res_blocks"),
+    (dict(channel_mults=(1, 2), attention_levels=(2,)), "attention_levels"),
+    (dict(channel_mults=(1, 2), attention_levels=(-1,)), "attention_levels"),
+])
+def test_unet_refuses_bad_architecture_naming_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        UNet(1, base_channels=4, **kwargs)
+
+
+def test_velocity_nets_refuse_inputs_of_the_wrong_shape():
+    unet = UNet(1, base_channels=4, channel_mults=(1, 2, 2))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        unet(torch.randn(1, 1, 6, 8), torch.rand(1))  # H fails, W passes
+    with pytest.raises(ValueError, match="divisible by 4"):
+        unet(torch.randn(1, 1, 8, 6), torch.rand(1))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        unet(torch.randn(1, 8, 8), torch.rand(1))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 8, 8\)"):
+        VelocityMLP((1, 8, 8), hidden=8, depth=1)(torch.randn(2, 64), torch.rand(2))  # same numel, wrong shape
+    for kwargs, name in ((dict(depth=0), "depth"), (dict(hidden=0), "hidden")):
+        with pytest.raises(ValueError, match=name):
+            VelocityMLP(2, **kwargs)
