@@ -255,10 +255,12 @@ def test_config_rebuilds_the_same_net(make, shape):
     (dict(num_res_blocks=0), "num_res_blocks"),
     (dict(channel_mults=(1, 2), attention_levels=(2,)), "attention_levels"),
     (dict(channel_mults=(1, 2), attention_levels=(-1,)), "attention_levels"),
+    (dict(base_channels=7), "base_channels"), (dict(base_channels=0), "base_channels"),
+    (dict(groups=0), "groups"), (dict(in_channels=0), "in_channels"),
 ])
 def test_unet_refuses_bad_architecture_naming_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        UNet(1, base_channels=4, **kwargs)
+        UNet(**{"in_channels": 1, "base_channels": 4, **kwargs})
 
 
 def test_velocity_nets_refuse_inputs_of_the_wrong_shape():
@@ -271,6 +273,6 @@ def test_velocity_nets_refuse_inputs_of_the_wrong_shape():
         unet(torch.randn(1, 8, 8), torch.rand(1))
     with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 8, 8\)"):
         VelocityMLP((1, 8, 8), hidden=8, depth=1)(torch.randn(2, 64), torch.rand(2))  # same numel, wrong shape
-    for kwargs, name in ((dict(depth=0), "depth"), (dict(hidden=0), "hidden")):
+    for kwargs, name in ((dict(depth=0), "depth"), (dict(hidden=0), "hidden"), (dict(time_dim=7), "time_dim")):
         with pytest.raises(ValueError, match=name):
             VelocityMLP(2, **kwargs)

@@ -45,6 +45,8 @@ class VelocityMLP(nn.Module):
         shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
         if depth < 1 or hidden < 1:
             raise ValueError(f"depth and hidden must be >= 1, got depth={depth}, hidden={hidden}")
+        if time_dim < 2 or time_dim % 2:
+            raise ValueError(f"time_dim must be an even integer >= 2, got {time_dim}")
         self.shape = shape
         self.config = dict(shape=list(shape), hidden=hidden, depth=depth, time_dim=time_dim, num_classes=num_classes)
         dim = math.prod(shape)

@@ -81,6 +81,11 @@ class UNet(nn.Module):
             raise ValueError(f"channel_mults must be positive integers, got {channel_mults}")
         if num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
+        if in_channels < 1 or groups < 1:
+            raise ValueError(f"in_channels and groups must be >= 1, got in_channels={in_channels}, groups={groups}")
+        if base_channels < 2 or base_channels % 2:
+            raise ValueError(f"base_channels must be an even integer >= 2 (it sizes the time embedding), "
+                             f"got {base_channels}")
         levels = len(mults)
         attention = (levels - 1,) if attention_levels is None else tuple(int(a) for a in attention_levels)
         if any(not 0 <= a < levels for a in attention):
