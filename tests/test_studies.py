@@ -1530,3 +1530,157 @@ def test_general_samples_of_another_shaping_are_sampled_not_read_from_the_cache(
     plain = general_samples(cfg, assets, ws, "fake")
     assert mild["seeds"].tolist() == list(range(2, 12))
     assert not torch.equal(mild["kpe"], strong["kpe"]) and not torch.equal(mild["kpe"], plain["kpe"])
+
+
+def _patch_loader(monkeypatch, total: int, labels: bool = False) -> list:
+    """Make ``load_dataset`` hand back ``total`` random 1x4x4 images, each carrying its own row in
+    pixel (0, 0) (and as its label), so every split can be traced to the rows it took."""
+    from kinetic_fm.data import registry
+    from kinetic_fm.data.images import ImageDataset
+
+    asked = []
+
+    def load(spec, *, n=None, seed=0, progress=True):
+        asked.append(n)
+        images = torch.randn(total, 1, 4, 4, generator=torch.Generator().manual_seed(7))
+        images[:, 0, 0, 0] = torch.arange(total, dtype=torch.float32)
+        return ImageDataset(images, torch.arange(total) if labels else None, None, "tagged")
+
+    monkeypatch.setattr(registry, "load_dataset", load)
+    return asked
+
+
+def _rows(images) -> list[int]:
+    return images[:, 0, 0, 0].long().tolist()
+
+
+def test_the_held_out_split_is_disjoint_from_training_of_its_configured_size_and_seeded(monkeypatch):
+    from dataclasses import replace
+
+    from kinetic_fm.studies.assets import _load_split
+    from kinetic_fm.studies.config import AssetsConfig
+
+    asked = _patch_loader(monkeypatch, 40, labels=True)
+    cfg = AssetsConfig(n_train=30, n_heldout=10, memorizer_n=4)
+
+    def split(seed):
+        train, train_labels, held, held_labels, *_ = _load_split(replace(cfg, seed=seed), progress=False)
+        assert _rows(train) == train_labels.tolist() and _rows(held) == held_labels.tolist()  # labels follow images
+        return _rows(train), _rows(held)
+
+    train, held = split(0)
+    assert asked == [40]                                       # n_train + n_heldout items loaded
+    assert len(held) == 10 and len(train) == 30 and sorted(train + held) == list(range(40))
+    assert split(0) == (train, held)
+    assert set(split(1)[1]) != set(held)
+
+
+def test_the_split_takes_a_data_set_of_exactly_the_size_it_needs(monkeypatch):
+    from kinetic_fm.studies.assets import _load_split
+    from kinetic_fm.studies.config import MIN_TRAIN, AssetsConfig
+
+    for memorizer_n in (MIN_TRAIN - 4, MIN_TRAIN + 4):          # the floor binds, then the memorizer's subset
+        cfg = AssetsConfig(n_heldout=10, memorizer_n=memorizer_n)
+        need = 10 + max(memorizer_n, MIN_TRAIN)
+        _patch_loader(monkeypatch, need)
+        assert len(_load_split(cfg, progress=False)[0]) == need - 10
+        _patch_loader(monkeypatch, need - 1)
+        with pytest.raises(ValueError, match=f"= {need}$"):
+            _load_split(cfg, progress=False)
+
+
+def test_the_memorizer_trains_on_a_subset_of_the_training_rows_only(tmp_path, monkeypatch):
+    from kinetic_fm.studies import assets as assets_module
+    from kinetic_fm.studies.config import AssetsConfig
+
+    _patch_loader(monkeypatch, 60)
+    trained = {}
+
+    def recorded(cfg, ws, name, data, rows, steps, progress):
+        trained[name] = (data, rows.tolist())
+        return torch.nn.Identity(), {}
+
+    monkeypatch.setattr(assets_module, "_velocity_net", recorded)
+    assets = assets_module.load_assets(AssetsConfig(n_train=40, n_heldout=20, memorizer_n=8), Workspace(tmp_path),
+                                       progress=False)
+    train_rows = _rows(assets.train)
+    data, rows = trained["general"]
+    assert data is assets.train and rows == train_rows       # the rows recorded are those it trained on
+    data, rows = trained["memorizer"]
+    assert data is assets.memorizer_train and rows == _rows(data)
+    assert len(set(rows)) == 8 and set(rows) <= set(train_rows)
+
+
+def test_a_second_load_reuses_the_cached_nets_and_retrains_only_what_a_setting_changes(tmp_path, monkeypatch):
+    import importlib
+    from dataclasses import replace
+
+    from kinetic_fm.studies.assets import TRAINING_ITEMS, load_assets
+    from kinetic_fm.studies.config import AssetsConfig
+
+    train_module = importlib.import_module("kinetic_fm.models.train")   # the package's `train` is the function
+    real_train = train_module.train
+    trained = []
+
+    def counted(net, data, config, **kwargs):
+        trained.append(kwargs["info"]["study"])
+        return real_train(net, data, config, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", counted)
+    _patch_loader(monkeypatch, 48)
+    cfg = AssetsConfig(n_train=32, n_heldout=16, memorizer_n=8, model="mlp", width=16, general_steps=3,
+                       memorizer_steps=3, batch_size=8)
+    ws = Workspace(tmp_path)
+    first = load_assets(cfg, ws, progress=False)
+    record = next((tmp_path / "models").glob("memorizer-*")) / TRAINING_ITEMS
+    record.write_text("{}", encoding="utf-8")                 # damaged: the next load writes it again
+    again = load_assets(cfg, ws, progress=False)
+    assert trained == ["general", "memorizer"]
+    assert json.loads(record.read_text(encoding="utf-8"))["rows"] == _rows(first.memorizer_train)
+    for name in ("general", "memorizer"):
+        for a, b in zip(getattr(first, name).state_dict().values(), getattr(again, name).state_dict().values()):
+            assert torch.equal(a, b)
+    load_assets(replace(cfg, memorizer_n=12), ws, progress=False)
+    assert trained[2:] == ["memorizer"]
+    load_assets(replace(cfg, seed=1), ws, progress=False)
+    assert trained[3:] == ["general", "memorizer"]
+
+
+def test_the_judging_classifier_is_cached_per_seed(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from kinetic_fm.models import classifier as classifier_module
+    from kinetic_fm.studies.assets import _classifier
+    from kinetic_fm.studies.config import AssetsConfig
+
+    real_train = classifier_module.train_classifier
+    seeds = []
+
+    def counted(images, labels, **kwargs):
+        seeds.append(kwargs["seed"])
+        return real_train(images, labels, **kwargs)
+
+    monkeypatch.setattr(classifier_module, "train_classifier", counted)
+    images = torch.randn(24, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(24) % 3
+    cfg, ws = AssetsConfig(n_train=16, n_heldout=8, memorizer_n=4, classifier_steps=2), Workspace(tmp_path)
+
+    def judge(cfg):
+        return _classifier(cfg, ws, images[:16], labels[:16], images[16:], labels[16:], False)
+
+    first, name, accuracy = judge(cfg)
+    again, _, accuracy_again = judge(cfg)
+    assert seeds == [0] and name == "digits-cnn" and accuracy_again == accuracy
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    judge(replace(cfg, seed=1))
+    assert seeds == [0, 1]
+
+
+def test_only_images_decoded_from_lossy_files_get_the_lossy_note():
+    from types import SimpleNamespace
+
+    from kinetic_fm.studies.assets import _lossy_text
+
+    assert _lossy_text(SimpleNamespace(lossy=None)) == _lossy_text(SimpleNamespace()) == ""
+    assert _lossy_text(SimpleNamespace(lossy="JPEG")).startswith("; decoded from lossy JPEG files")
