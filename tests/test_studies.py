@@ -1684,3 +1684,91 @@ def test_only_images_decoded_from_lossy_files_get_the_lossy_note():
 
     assert _lossy_text(SimpleNamespace(lossy=None)) == _lossy_text(SimpleNamespace()) == ""
     assert _lossy_text(SimpleNamespace(lossy="JPEG")).startswith("; decoded from lossy JPEG files")
+
+
+def _orchestrated(tmp_path, monkeypatch, cfg, studies):
+    """``reproduce`` with every study, the data and the report stubbed out: which studies ran, in
+    which order, what the report was handed, and the seeds the sample-quality check got."""
+    from types import SimpleNamespace
+
+    from kinetic_fm.studies import report
+    from kinetic_fm.studies import reproduce as reproduce_module
+    from kinetic_fm.studies.output import StudyOutput
+
+    ran, written, quality_seeds = [], {}, []
+    assets = SimpleNamespace(classifier=None, classifier_name="pixels", classifier_pretrained=False, principal=None,
+                             source="tagged", train=torch.zeros(30, 1, 2, 2), heldout=torch.zeros(7, 1, 2, 2),
+                             memorizer_train=torch.zeros(5, 1, 2, 2))
+    monkeypatch.setattr(reproduce_module, "load_assets", lambda *args: assets)
+
+    def runner(name):
+        def run(*args):
+            ran.append(name)
+            return StudyOutput(name)
+        return run
+
+    for name in reproduce_module.STUDIES:
+        monkeypatch.setattr(reproduce_module, f"run_{name}", runner(name))
+    monkeypatch.setattr(reproduce_module, "general_samples", lambda *args: None)
+    monkeypatch.setattr(reproduce_module, "sample_quality", lambda assets, samples, seed: quality_seeds.append(seed))
+
+    def write(root, **parts):
+        written.update(parts)
+        return root / "report.md", root / "report.html"
+
+    monkeypatch.setattr(report, "write_report", write)
+    reproduce_module.reproduce(cfg, tmp_path, studies=studies, progress=False)
+    return ran, written, quality_seeds
+
+
+def test_reproduce_runs_the_studies_asked_for_in_their_order_and_says_so(tmp_path, monkeypatch):
+    cfg = ReproduceConfig.preset("tiny", seed=3)
+    ran, written, quality_seeds = _orchestrated(tmp_path, monkeypatch, cfg, ("shaping", "memorization"))
+    assert ran == ["shaping", "memorization"]
+    assert ("**What ran.** Studies shaping, memorization on `digits` (tagged; 30 training and 7 held-out images)"
+            in written["intro"])
+    assert written["meta"]["data"] == "digits (tagged; 30 training, 7 held-out images)"
+    assert quality_seeds == [3]          # the memorization study sampled the generalising model too
+    assets = written["meta"]["configuration"]["assets"]
+    assert assets["classifier"] == "none (no labels; FD on pixels)"
+    assert assets["classifier_steps"] == f"{cfg.assets.classifier_steps} (not used: no classifier trained here)"
+    assert _orchestrated(tmp_path / "shaping", monkeypatch, cfg, ("shaping",))[2] == []   # it sampled nothing there
+
+
+def test_what_ran_states_each_studys_seed_range_from_its_configuration():
+    from types import SimpleNamespace
+
+    from kinetic_fm.studies.reproduce import STUDIES, _overview
+
+    cfg = SimpleNamespace(
+        assets=SimpleNamespace(data="digits", device="cpu", model="mlp", general_steps=60, memorizer_steps=70, seed=0),
+        semantics=SimpleNamespace(seed_start=10, n_samples=40),
+        memorization=SimpleNamespace(seed_start=1000, efm_samples=20, checkpoint_samples=6),
+        shaping=SimpleNamespace(seed_start=5000, n_samples=12))
+    assets = SimpleNamespace(classifier=None, principal=None, source="tagged", train=torch.zeros(30),
+                             heldout=torch.zeros(7), memorizer_train=torch.zeros(5))
+
+    def seeds(studies, invocations=1):
+        text = _overview(cfg, studies, assets, {"data": 1.0}, 1.0, invocations)
+        return text[text.index("shared by every setting of a study: ") + 36:text.index(". Files beside")]
+
+    assert seeds(STUDIES) == ("the generalising model (semantics, support, Goldilocks) 10–49; the 2-D mixture "
+                              "from 0; EFM 1000–1019, memorizer checkpoints 1000–1005; KTS grid 5000–5011")
+    assert seeds(("shaping",)) == "KTS grid 5000–5011"
+    assert seeds(("semantics",)) == "the generalising model (semantics, support, Goldilocks) 10–49"
+    assert "70 steps on 5 images" in _overview(cfg, STUDIES, assets, {}, 1.0)
+    assert "interrupted and resumed once;" in _overview(cfg, STUDIES, assets, {}, 1.0, 2)
+    assert "interrupted and resumed 2 times;" in _overview(cfg, STUDIES, assets, {}, 1.0, 3)
+
+
+def test_only_a_run_whose_samples_are_not_data_like_says_its_verdicts_are_not_evidence():
+    from types import SimpleNamespace
+
+    from kinetic_fm.studies.reproduce import _intro
+
+    def quality(data_like):
+        return SimpleNamespace(data_like=data_like, sentence=lambda: "FD 9 to noise, 1 to the data")
+
+    assert "not data-like**: by FD 9 to noise, 1 to the data." in _intro("digits", "quick", quality(False))
+    assert "not data-like" not in _intro("digits", "quick", quality(True))
+    assert "not data-like" not in _intro("digits", "quick")
