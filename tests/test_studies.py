@@ -1772,3 +1772,63 @@ def test_only_a_run_whose_samples_are_not_data_like_says_its_verdicts_are_not_ev
     assert "not data-like**: by FD 9 to noise, 1 to the data." in _intro("digits", "quick", quality(False))
     assert "not data-like" not in _intro("digits", "quick", quality(True))
     assert "not data-like" not in _intro("digits", "quick")
+
+
+def test_the_clamp_and_display_texts_name_the_mean_image_only_for_centred_data():
+    from types import SimpleNamespace
+
+    from kinetic_fm.studies.output import clamp_text, display_note
+
+    plain = SimpleNamespace(mean=None, value_range=lambda: (-1.0, 1.0))
+    centred = SimpleNamespace(mean=torch.zeros(1, 2, 2), value_range=lambda: (-1.62, 1.71))
+    assert clamp_text(plain) == "[-1, 1]" and display_note(plain) == ""
+    assert clamp_text(centred) == "mean image + [-1.62, 1.71]" and "mean image added back" in display_note(centred)
+
+
+def test_fd_to_reference_is_the_frechet_distance_of_the_unbiased_sample_statistics():
+    from scipy.linalg import sqrtm
+
+    from kinetic_fm.studies.output import fd_to_reference, feature_reference
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((12, 3)), 2 + 0.5 * rng.standard_normal((9, 3))
+    mean_a, mean_b = a.sum(0) / 12, b.sum(0) / 9
+    cov_a, cov_b = (a - mean_a).T @ (a - mean_a) / 11, (b - mean_b).T @ (b - mean_b) / 8
+    brute = ((mean_a - mean_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * sqrtm(cov_a @ cov_b).real)
+    assert fd_to_reference(a, feature_reference(b)) == pytest.approx(brute, rel=1e-9)
+
+
+def test_the_fd_space_and_undecided_notes_follow_their_inputs():
+    from types import SimpleNamespace
+
+    from kinetic_fm.studies.output import fd_space_text, fd_undecided_note
+
+    def space(residual):
+        principal = SimpleNamespace(name="pixels-PCA4", k=4, share=0.92, residual=residual)
+        return fd_space_text(SimpleNamespace(principal=principal))
+
+    assert space(False) == ("FD in `pixels-PCA4`: pixels projected on the training split's top 4 principal "
+                            "directions, 92% of its pixel variance")
+    assert space(True) == space(False) + ", and the length of the rest"
+    assert fd_space_text(SimpleNamespace(principal=None)) == "FD on pixels"
+    assert fd_undecided_note(65, 64, "setting") == ""
+    assert "each FD comes from 64 samples of 64 features" in fd_undecided_note(64, 64, "setting")
+    assert "each FD comes from as few as 8 samples" in fd_undecided_note(8, 64, "quintile", smallest=True)
+
+
+def test_noted_frechet_distance_silences_only_the_bias_warning(monkeypatch):
+    import warnings
+
+    from kinetic_fm.metrics import fidelity
+    from kinetic_fm.studies.output import noted_frechet_distance
+
+    def warns(a, b, network=None):
+        warnings.warn("singular", fidelity.FrechetBiasWarning)
+        warnings.warn("something else", UserWarning)
+        return 1.5
+
+    monkeypatch.setattr(fidelity, "frechet_distance", warns)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert noted_frechet_distance(None, None) == 1.5
+    assert [str(w.message) for w in caught] == ["something else"]
