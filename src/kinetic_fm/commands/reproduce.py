@@ -41,19 +41,17 @@ def run(args: argparse.Namespace) -> int:
     from ..data.registry import POINT_SETS, parse_spec
     from ..runs.distributed import World, resolve_device
     from ..studies.config import ReproduceConfig
-    from ..studies.reproduce import STUDIES, reproduce
+    from ..studies.reproduce import STUDIES, reproduce, studies_problem
 
     # a bad --device, --out, --studies, --data or --classifier fails here, before folders are made
     # or data loads
     resolve_device(args.device, World())
     check_output_path("--out", args.out, folder=True)
     studies = tuple(s.strip() for s in args.studies.split(",") if s.strip())
-    unknown = [s for s in studies if s not in STUDIES]
-    repeated = sorted({s for s in studies if studies.count(s) > 1})
-    if not studies or unknown or repeated:  # a repeat failed late, on "two figures are named ..."
-        what = (f"unknown {unknown}" if unknown else f"{repeated} named twice" if repeated else "none named")
+    problem = studies_problem(studies)
+    if problem:
         raise ValueError(f"--studies must be a comma-separated subset of {', '.join(STUDIES)}, each once; "
-                         f"got {args.studies!r} ({what})")
+                         f"got {args.studies!r} ({problem})")
     kind, path = parse_spec(args.data)
     if kind in POINT_SETS:
         raise ValueError(f"--data {args.data!r}: kfm reproduce needs an image data set (2-D point sets are "

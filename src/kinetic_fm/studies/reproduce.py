@@ -27,6 +27,19 @@ from .workspace import Workspace, config_hash
 STUDIES = ("semantics", "support", "memorization", "shaping")
 
 
+def studies_problem(studies: tuple[str, ...]) -> str | None:
+    """What is wrong with a selection of ``studies`` ("unknown ['x']", "['semantics'] named twice",
+    "none named"), or None when it is a non-empty subset of :data:`STUDIES` naming each once (a
+    repeat would fail late, on two figures of one name)."""
+    unknown = [s for s in studies if s not in STUDIES]
+    repeated = sorted({s for s in studies if studies.count(s) > 1})
+    if unknown:
+        return f"unknown {unknown}"
+    if repeated:
+        return f"{repeated} named twice"
+    return None if studies else "none named"
+
+
 def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...] = STUDIES,
               progress: bool = True) -> tuple[Path, Path]:
     """Run ``studies`` under ``cfg``, write tables to ``out/tables`` and the report; return (md, html) paths.
@@ -34,11 +47,9 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     The run holds ``out``'s lock (:class:`~kinetic_fm.runs.RunLock`): a second run into the same
     folder stops at once with :class:`~kinetic_fm.runs.RunLockedError`.
     """
-    if not studies:
-        raise ValueError(f"name at least one study among {STUDIES}")
-    unknown = set(studies) - set(STUDIES)
-    if unknown:
-        raise ValueError(f"studies must be among {STUDIES}, got {sorted(unknown)}")
+    problem = studies_problem(studies)
+    if problem:
+        raise ValueError(f"studies must be a subset of {STUDIES}, each once; got {tuple(studies)} ({problem})")
     ws = Workspace(out, progress=progress)
     with RunLock(ws.root, resume="run the same command again"):
         ws.remove_leftover_temporaries()
