@@ -1222,6 +1222,29 @@ def test_goldilocks_row_names_the_quintile_with_the_lowest_fd(tiny_report):
             + ", ".join(f"{v:.3g}" for v in fd) + ")") in md.read_text()
 
 
+def test_goldilocks_resamples_come_from_the_memorization_config(tiny_report, tmp_path, monkeypatch):
+    """The Goldilocks claim sits in the memorization study, so ``MemorizationConfig.bootstrap``
+    sets its permutations and paired resamples (capped at 200), not the semantics study's count."""
+    import shutil
+    from dataclasses import replace
+
+    from kinetic_fm.studies import memorization as study
+    from kinetic_fm.studies.reproduce import reproduce
+
+    out, _, _ = tiny_report
+    seen = []
+    for name in ("goldilocks_tests", "_goldilocks_control"):
+        real = getattr(study, name)
+        monkeypatch.setattr(study, name, lambda *a, _real=real, **k: (seen.append(a[4]), _real(*a, **k))[1])
+    cfg = ReproduceConfig.preset("tiny")
+    for count, expected in ((7, 7), (500, 200)):
+        shutil.copytree(out, tmp_path / str(count))
+        seen.clear()
+        reproduce(replace(cfg, memorization=replace(cfg.memorization, bootstrap=count)), tmp_path / str(count),
+                  studies=("memorization",), progress=False)
+        assert cfg.semantics.bootstrap == 100 and seen == [expected, expected], count
+
+
 def test_memorizer_checkpoint_rows_average_their_samples_energies(tiny_report):
     # the last checkpoint's row against the per-sample table of that checkpoint's samples
     out, _, _ = tiny_report

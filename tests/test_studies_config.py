@@ -62,7 +62,7 @@ BAD = [
     ("memorization", "efm_steps", 0, "a positive integer"),
     ("memorization", "checkpoint_samples", 1, "an integer >= 2"),
     ("memorization", "steps", 0, "a positive integer"),
-    ("memorization", "bootstrap", -1, "a non-negative integer"),
+    ("memorization", "bootstrap", 1, "an integer >= 2"),   # the Goldilocks test's resamples
     ("memorization", "seed_start", 2**63 - 31, "an integer in [0, "),   # the tiny preset's 32 seeds
     ("shaping", "n_samples", 1, "an integer >= 2"),
     ("shaping", "steps", 0, "a positive integer"),
@@ -130,7 +130,7 @@ def test_the_smallest_accepted_values_build():
                                   seed_start=2**63 - 10),
         support=SupportConfig(k=16, bootstrap=2),
         memorization=MemorizationConfig(efm_sizes=(2,), efm_samples=2, efm_steps=1, checkpoint_samples=2, steps=1,
-                                        bootstrap=0, seed_start=2**63 - 2),
+                                        bootstrap=2, seed_start=2**63 - 2),
         shaping=ShapingConfig(n_samples=2, steps=1, more_steps=2, bootstrap=2, seed_start=2**63 - 2),
     )
     assert smallest.semantics.quantile == 0.15

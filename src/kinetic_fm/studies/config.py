@@ -179,7 +179,9 @@ class MemorizationConfig:
     """Memorization study: exact EFM over training subsets of each size in ``efm_sizes``
     (``efm_samples`` trajectories each, Euler ``efm_steps`` steps, float64), and the memorizing
     net at its saved checkpoints (``checkpoint_samples`` samples each, Euler ``steps`` steps);
-    seeds from ``seed_start``, ``bootstrap`` resamples per interval."""
+    seeds from ``seed_start``. ``bootstrap`` is the Goldilocks test's count of permutations and of
+    paired resamples, at most 200 of each (every one recomputes five quintiles' Fréchet distances);
+    the study's other intervals are Wilson and Fieller intervals."""
 
     efm_sizes: tuple[int, ...] = (16, 64, 256, 1024)
     efm_samples: int = 200
@@ -202,8 +204,7 @@ class MemorizationConfig:
         checkpoint_samples = check_integer(name + "checkpoint_samples", self.checkpoint_samples, 2,
                                            note="a checkpoint's Fréchet distance needs a covariance")
         check_integer(name + "steps", self.steps, 1)
-        # no interval of this study reads it (they are Wilson and Fieller intervals); checked as a count
-        check_integer(name + "bootstrap", self.bootstrap, 0)
+        _bootstrap(name + "bootstrap", self.bootstrap)
         _seed_start("MemorizationConfig", self.seed_start, max(efm_samples, checkpoint_samples), "sample of a run")
 
 

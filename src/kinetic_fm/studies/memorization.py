@@ -33,7 +33,7 @@ def run_memorization(cfg: MemorizationConfig, sem_cfg: SemanticsConfig, assets: 
     out = StudyOutput("memorization")
     efm_section, efm_claims = _efm_subsets(cfg, assets, ws, asset_key, out)
     ckpt_section, ckpt_claim = _checkpoints(cfg, assets, ws, asset_key, out, progress)
-    gold_section, gold_claim = _goldilocks(sem_cfg, assets, ws, asset_key, out)
+    gold_section, gold_claim = _goldilocks(sem_cfg, cfg.bootstrap, assets, ws, asset_key, out)
     out.claims += [*efm_claims, ckpt_claim, gold_claim]
     out.sections += [efm_section, ckpt_section, gold_section]
     return out
@@ -561,7 +561,9 @@ def _goldilocks_interval(tests: dict[str, float]) -> str:
             + fmt_ci(tests["beyond_low"], tests["beyond_high"], "T by KPE − T by ‖x1‖² 95% CI"))
 
 
-def _goldilocks(sem_cfg, assets, ws, asset_key, out):
+def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
+    """The Goldilocks claim on the semantics study's samples, with ``min(200, bootstrap)``
+    permutations and paired resamples."""
     import pandas as pd
 
     from .figures import bar_figure, line_figure
@@ -583,7 +585,7 @@ def _goldilocks(sem_cfg, assets, ws, asset_key, out):
     table = pd.DataFrame(rows)
     fd_col = table.columns[4]
     best = int(table[fd_col].idxmin())
-    resamples = min(200, sem_cfg.bootstrap)
+    resamples = min(200, bootstrap)
     orderings = control_orderings(kpe, x, start_noise(run), sem_cfg.seed_start)
     ws.say(f"memorization: Goldilocks controls, permutation test and bootstrap ({resamples} resamples)")
     control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(),
