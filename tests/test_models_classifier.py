@@ -31,6 +31,19 @@ def test_tiny_digits_classifier_generalises_and_is_deterministic():
         train_classifier(ds.images[:, 0], ds.labels)
 
 
+def test_classifier_refuses_fewer_than_two_classes_and_negative_labels():
+    # before: one class trained a constant classifier (margin undefined), -1 an IndexError in the loss
+    images = torch.zeros(8, 1, 8, 8)
+    for labels, shown in ((torch.zeros(8, dtype=torch.long), r"\[0, 0\]"),
+                          (torch.tensor([-1, 0, 1, 1, 0, 0, 1, 1]), r"\[-1, 1\]")):
+        with pytest.raises(ValueError, match=rf"labels must be class indices .* two classes .*{shown}"):
+            train_classifier(images, labels, steps=1, batch_size=4)
+    with pytest.raises(ValueError, match=r"num_classes must be an integer >= 2"):
+        SmallCNN(1, 1)
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        SmallCNN(1, 10, width=8.0)
+
+
 def _same_weights(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -263,6 +263,42 @@ def test_unet_refuses_bad_architecture_naming_the_argument(kwargs, name):
         UNet(**{"in_channels": 1, "base_channels": 4, **kwargs})
 
 
+@pytest.mark.parametrize("make, name", [
+    (lambda: UNet(1.5, base_channels=4), "in_channels"), (lambda: UNet(1, base_channels=4.0), "base_channels"),
+    (lambda: UNet(1, base_channels=4, channel_mults=(1, 1.5)), r"channel_mults\[1\]"),
+    (lambda: UNet(1, base_channels=4, num_res_blocks=1.5), "num_res_blocks"),
+    (lambda: UNet(1, base_channels=4, attention_levels=(0.5,)), r"attention_levels\[0\]"),
+    (lambda: UNet(1, base_channels=4, num_classes=0), "num_classes"),
+    (lambda: UNet(1, base_channels=4, num_classes=-1), "num_classes"),
+    (lambda: UNet(1, base_channels=4, dropout=1.0), "dropout"),
+    (lambda: UNet(1, base_channels=4, dropout=float("nan")), "dropout"),
+    (lambda: VelocityMLP(()), "shape"), (lambda: VelocityMLP((1, 0, 8)), r"shape\[1\]"),
+    (lambda: VelocityMLP(-2), r"shape\[0\]"), (lambda: VelocityMLP(True), r"shape\[0\]"),
+    (lambda: VelocityMLP(2, hidden=16.0), "hidden"), (lambda: VelocityMLP(2, depth=2.5), "depth"),
+    (lambda: VelocityMLP(2, num_classes=0), "num_classes"),
+])
+def test_velocity_nets_refuse_non_integer_sizes_and_empty_class_sets(make, name):
+    # before: a float size failed deep in torch, shape 0 and num_classes 0 or -1 built a net silently
+    with pytest.raises(ValueError, match=name):
+        make()
+
+
+def test_velocity_nets_take_numpy_sizes_and_save_them_as_plain_integers(tmp_path):
+    """Sizes from a NumPy sweep (np.int64) build the same net as Python ints, and its config goes
+    into the checkpoint's JSON metadata (np.int64 there stopped save_model after training)."""
+    np = pytest.importorskip("numpy")
+    from kinetic_fm.models import load_model, save_model
+
+    for make in (lambda i: UNet(i(1), base_channels=i(4), channel_mults=[i(1), i(2)], attention_levels=[i(1)],
+                                num_classes=i(3), dropout=np.float32(0.25) if i is np.int64 else 0.25),
+                 lambda i: VelocityMLP(i(3), hidden=i(8), depth=i(1), time_dim=i(4), num_classes=i(2))):
+        plain, numpy_sized = make(int), make(np.int64)
+        assert numpy_sized.config == plain.config
+        assert all(type(v) is not np.int64 for v in numpy_sized.config.values())
+        save_model(numpy_sized, tmp_path / "net.safetensors")
+        assert load_model(tmp_path / "net.safetensors", weights="model").config == plain.config
+
+
 def test_velocity_nets_refuse_inputs_of_the_wrong_shape():
     unet = UNet(1, base_channels=4, channel_mults=(1, 2, 2))
     with pytest.raises(ValueError, match="divisible by 4"):

@@ -24,6 +24,10 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128):
         super().__init__()
+        # Python ints: the config is saved as JSON beside the weights
+        in_channels, width, feature_dim = (check_integer(name, value, 1) for name, value in (
+            ("in_channels", in_channels), ("width", width), ("feature_dim", feature_dim)))
+        num_classes = check_integer("num_classes", num_classes, 2, note="a logit margin needs two classes")
         self.config = dict(in_channels=in_channels, num_classes=num_classes, width=width, feature_dim=feature_dim)
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
@@ -90,6 +94,9 @@ def train_classifier(
     """
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)}, {tuple(labels.shape)}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) < 1):
+        raise ValueError(f"labels must be class indices 0, 1, ... with at least two classes (0 and 1 at least), "
+                         f"got labels in [{int(labels.min())}, {int(labels.max())}]")
     steps, batch_size, width, save_every = (check_integer(name, value, 1) for name, value in (
         ("steps", steps), ("batch_size", batch_size), ("width", width), ("save_every", save_every)))
     seed, resume = check_integer("seed", seed), check_flag("resume", resume)

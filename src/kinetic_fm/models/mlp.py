@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_integer, optional_integer
 from .embedding import SinusoidalTimeEmbedding, conditioning
 
 
@@ -42,11 +43,19 @@ class VelocityMLP(nn.Module):
     def __init__(self, shape: int | Sequence[int], hidden: int = 256, depth: int = 3, time_dim: int = 64,
                  num_classes: int | None = None):
         super().__init__()
-        shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
-        if depth < 1 or hidden < 1:
-            raise ValueError(f"depth and hidden must be >= 1, got depth={depth}, hidden={hidden}")
-        if time_dim < 2 or time_dim % 2:
+        # Python ints throughout: the config is saved as JSON beside the weights
+        try:
+            sizes = tuple(shape)
+        except TypeError:  # one size: 2, np.int64(2), a 0-d tensor
+            sizes = (shape,)
+        if not sizes:
+            raise ValueError(f"shape must be a positive integer or a non-empty sequence of them, got {shape!r}")
+        shape = tuple(check_integer(f"shape[{i}]", size, 1) for i, size in enumerate(sizes))
+        hidden, depth = check_integer("hidden", hidden, 1), check_integer("depth", depth, 1)
+        time_dim = check_integer("time_dim", time_dim, 2)
+        if time_dim % 2:
             raise ValueError(f"time_dim must be an even integer >= 2, got {time_dim}")
+        num_classes = optional_integer("num_classes", num_classes, 1)
         self.shape = shape
         self.config = dict(shape=list(shape), hidden=hidden, depth=depth, time_dim=time_dim, num_classes=num_classes)
         dim = math.prod(shape)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import as_scalar, check_integer, is_integer, is_real, optional_integer
 from .embedding import SinusoidalTimeEmbedding, conditioning
 
 
@@ -76,20 +77,26 @@ class UNet(nn.Module):
                  num_res_blocks: int = 1, attention_levels: Sequence[int] | None = None,
                  num_classes: int | None = None, dropout: float = 0.0, groups: int = 8):
         super().__init__()
-        mults = tuple(int(m) for m in channel_mults)
-        if not mults or min(mults) < 1:
-            raise ValueError(f"channel_mults must be positive integers, got {channel_mults}")
-        if num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
-        if in_channels < 1 or groups < 1:
-            raise ValueError(f"in_channels and groups must be >= 1, got in_channels={in_channels}, groups={groups}")
-        if base_channels < 2 or base_channels % 2:
+        # Python ints throughout: the config is saved as JSON beside the weights
+        mults = tuple(check_integer(f"channel_mults[{i}]", m, 1) for i, m in enumerate(channel_mults))
+        if not mults:
+            raise ValueError(f"channel_mults must be a non-empty sequence of positive integers, got {channel_mults!r}")
+        num_res_blocks = check_integer("num_res_blocks", num_res_blocks, 1)
+        in_channels, groups = check_integer("in_channels", in_channels, 1), check_integer("groups", groups, 1)
+        base_channels = as_scalar(base_channels)
+        if not (is_integer(base_channels) and base_channels >= 2 and base_channels % 2 == 0):
             raise ValueError(f"base_channels must be an even integer >= 2 (it sizes the time embedding), "
-                             f"got {base_channels}")
+                             f"got {base_channels!r}")
+        base_channels = int(base_channels)
         levels = len(mults)
-        attention = (levels - 1,) if attention_levels is None else tuple(int(a) for a in attention_levels)
-        if any(not 0 <= a < levels for a in attention):
-            raise ValueError(f"attention_levels must be in [0, {levels}), got {attention}")
+        attention = (levels - 1,) if attention_levels is None else tuple(
+            check_integer(f"attention_levels[{i}]", a, 0, levels - 1, note="the levels of channel_mults")
+            for i, a in enumerate(attention_levels))
+        num_classes = optional_integer("num_classes", num_classes, 1)
+        dropout = as_scalar(dropout)
+        if not (is_real(dropout) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        dropout = float(dropout)
         self.config = dict(in_channels=in_channels, base_channels=base_channels, channel_mults=list(mults),
                            num_res_blocks=num_res_blocks, attention_levels=list(attention),
                            num_classes=num_classes, dropout=dropout, groups=groups)
