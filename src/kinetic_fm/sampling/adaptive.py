@@ -87,6 +87,7 @@ def integrate_dopri5(
     h = _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step)
     nfe += 0 if first_step is not None else 1
     done = torch.zeros(batch, dtype=torch.bool, device=device)
+    rejected = torch.zeros(batch, dtype=torch.bool, device=device)  # the last try of a sample failed its error test
     _flag_rows(squared_norm(k1), torch.arange(batch, device=device), 0, t, bad_step, bad_time, done, raise_nonfinite)
 
     bar = None
@@ -182,6 +183,11 @@ def integrate_dopri5(
             torch.full_like(ratio, MAX_FACTOR),
             (SAFETY * lane_safe(lambda r: r.pow(-1.0 / tab.order), ratio, 1.0)).clamp(MIN_FACTOR, MAX_FACTOR),
         )
+        # a step accepted after a rejection does not grow the next one (Hairer–Nørsett–Wanner
+        # II.4; SciPy's RK45 too): the error just seen was the controller's misjudgement
+        retried = rejected[rows]
+        factor = torch.where(accept & retried, factor.clamp(max=1.0), factor)
+        rejected[rows] = finite & ~accept
         h[rows] = torch.where(finite, ha * factor, ha)
         done[rows] = done[rows] | (accept & last)
 
