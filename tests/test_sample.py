@@ -559,6 +559,26 @@ def test_the_error_names_the_earliest_failure_at_the_time_the_field_failed(solve
         assert err.value.step == 4 and err.value.time == pytest.approx(0.4)
 
 
+def test_dopri5_names_the_earliest_time_among_samples_failing_in_one_call():
+    # sample 0 decays slowly and strides ahead, stiff sample 1 creeps: when one call returns NaN for
+    # both, sample 1 is at the earlier time (the error named sample 0's, 0.39 against 0.013)
+    seen = {"calls": 0, "times": None}
+
+    def field(x, t):
+        seen["calls"] += 1
+        v = -torch.tensor([0.1, 30.0], dtype=x.dtype)[:, None] * x
+        if seen["calls"] == 12:
+            seen["times"] = t.tolist()
+            return v * torch.nan
+        return v
+
+    with pytest.raises(kfm.NonFiniteVelocityError) as err:
+        kfm.sample(field, torch.ones(2, 3, dtype=torch.float64), solver="dopri5", rtol=1e-6, atol=1e-8)
+    assert err.value.indices == [0, 1]
+    assert seen["times"][1] < seen["times"][0] / 10
+    assert err.value.time == seen["times"][1]
+
+
 @pytest.mark.parametrize("solver", ["heun", "dopri5"])
 def test_nonfinite_can_be_flagged_instead(solver, x0):
     res = kfm.sample(NaNAfter(0.5), _marked(x0, [2, 5]), steps=10, solver=solver, on_nonfinite="flag")

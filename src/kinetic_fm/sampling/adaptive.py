@@ -281,8 +281,10 @@ def _flag_rows(norm, rows, step, time, bad_step, bad_time, done, raise_nonfinite
     bad_rows = rows[bad]
     step_b = step[bad] if isinstance(step, torch.Tensor) else torch.full_like(bad_rows, step)
     time_b = time[bad] if time.dim() else time
-    if raise_nonfinite:
-        raise NonFiniteVelocityError(int(step_b[0]), float(time_b[0]), bad_rows.tolist())
+    if raise_nonfinite:  # named by the earliest time: the samples' steps do not line up in time
+        time_b = time_b.expand_as(bad_rows)
+        first = int(torch.argmin(time_b))
+        raise NonFiniteVelocityError(int(step_b[first]), float(time_b[first]), bad_rows.tolist())
     bad_step[bad_rows] = step_b
     bad_time[bad_rows] = time_b.to(torch.float64)
     done[bad_rows] = True
