@@ -431,19 +431,45 @@ def test_no_defined_resample_gives_a_nan_interval_not_an_error():
 
 @pytest.mark.parametrize("method", ["pearson", "spearman"])
 def test_permutation_p_value_is_scipys_test_seeded_with_seed_plus_one(method):
-    # the docstring's contract: permutation_test over pairings (of the ranks for Spearman),
-    # two-sided, its generator seeded with seed + 1
+    # the docstring's contract: permutation_test over the orders of y (of the ranks for Spearman)
+    # against x fixed, two-sided, its generator seeded with seed + 1
     from kinetic_fm.metrics.stats import _seeded
 
     rng = np.random.default_rng(6)
     x, y = rng.normal(size=25), rng.normal(size=25)     # independent: p well above its floor 2/1000
     a, b = (x, y) if method == "pearson" else (sps.rankdata(x), sps.rankdata(y))
-    reference = sps.permutation_test((a, b), lambda u, v: np.corrcoef(u, v)[0, 1], permutation_type="pairings",
+    reference = sps.permutation_test((b,), lambda v: np.corrcoef(a, v)[0, 1], permutation_type="pairings",
                                      n_resamples=999, alternative="two-sided",
                                      **_seeded(sps.permutation_test, 4)).pvalue
     fn = {"pearson": pearson, "spearman": spearman}[method]
     assert reference > 0.1
     assert fn(x, y, bootstrap=0, permutations=999, seed=3).p_perm == pytest.approx(reference, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_permutation_p_value_is_exact_once_permutations_reach_n_factorial(method):
+    # every one of the 6! = 720 re-pairings, enumerated here: the p-value at 720 permutations or
+    # more is their two-sided tail share, whatever the seed (it was a seeded Monte Carlo value
+    # below (6!)² = 518,400: 0.075 or 0.111 against the exact 0.103 for Spearman)
+    import itertools
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=6)
+    y = x + rng.normal(size=6)
+    a, b = (x, y) if method == "pearson" else (sps.rankdata(x), sps.rankdata(y))
+    observed = np.corrcoef(a, b)[0, 1]
+    null = np.array([np.corrcoef(a, b[list(order)])[0, 1] for order in itertools.permutations(range(6))])
+    tails = (null <= observed + 1e-12).mean(), (null >= observed - 1e-12).mean()
+    exact = min(1.0, 2 * min(tails))
+    fn = {"pearson": pearson, "spearman": spearman}[method]
+    for permutations, seed in ((720, 0), (1000, 0), (1000, 7), (10_000, 3)):
+        assert fn(x, y, bootstrap=0, permutations=permutations, seed=seed).p_perm == pytest.approx(exact, rel=1e-12)
+
+
+def test_spearman_of_values_far_below_the_largest_keeps_their_order():
+    # a power-of-two rescaling by the largest |value| sent 1e-300.. to 0, tying them: ρ 0.77
+    x, y = [1e300, 1e-300, 2e-300, 3e-300], [4.0, 1.0, 2.0, 3.0]
+    assert spearman(x, y, bootstrap=0, permutations=0).rho == sps.spearmanr(x, y).statistic == 1.0
 
 
 def test_compare_groups_p_value_is_welchs_not_students():

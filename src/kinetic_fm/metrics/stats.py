@@ -2,9 +2,10 @@
 
 Built on scipy: the point estimates and asymptotic p-values are ``scipy.stats.spearmanr`` /
 ``pearsonr``; confidence intervals are ``scipy.stats.bootstrap`` over (x, y) pairs; the
-permutation p-value is ``scipy.stats.permutation_test`` over pairings (two-sided, with the
-observed statistic counted in the null; two-sided doubles the smaller tail, so
-p >= 2 / (permutations + 1)).
+permutation p-value is ``scipy.stats.permutation_test`` over the orders of y against x fixed
+(two-sided: twice the smaller tail). It is exact when n! <= permutations (every re-pairing once);
+otherwise random re-pairings, with the observed statistic counted in the null, so
+p >= 2 / (permutations + 1).
 """
 from __future__ import annotations
 
@@ -165,8 +166,8 @@ def _to_numpy(a: Any) -> Any:
 
 def _unit_scaled(values: np.ndarray) -> np.ndarray:
     """``values`` times the power of two that brings max |value| into [0.5, 1): exact (no rounding
-    unless a value underflows), and both correlations are invariant to it, but the sums of
-    squares no longer overflow (x ~ 1e300 gave rho 0.97 with a (0, 0) CI)."""
+    unless a value underflows), and Pearson's r is invariant to it, but the sums of squares no
+    longer overflow (x ~ 1e300 gave rho 0.97 with a (0, 0) CI)."""
     _, exponent = np.frexp(np.max(np.abs(values)))
     return np.ldexp(values, -int(exponent))
 
@@ -188,7 +189,8 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
         if values.min() == values.max():
             raise ValueError(f"{name} is constant ({values.size} values all {values[0]:g}): "
                              f"the {method} correlation is undefined")
-    x, y = _unit_scaled(x), _unit_scaled(y)
+    if method == "pearson":  # Spearman reads ranks: scaling could only underflow small values into ties
+        x, y = _unit_scaled(x), _unit_scaled(y)
     n = x.size
     if method == "spearman":
         res = stats.spearmanr(x, y)
@@ -237,11 +239,17 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
     p_perm = math.nan
     if permutations > 0 and math.isfinite(rho):
         if method == "spearman":  # ranks travel with their values under re-pairing
-            x, y, statistic = stats.rankdata(x), stats.rankdata(y), _pearson_along
-        # SciPy counts the possible pairings as a power of n!, which overflows to inf already at
-        # moderate n (SciPy 1.10 warns); inf only means "too many to enumerate": random re-pairings
+            x, y = stats.rankdata(x), stats.rankdata(y)
+        fixed = x
+
+        def re_paired(y_orders: np.ndarray, axis: int = -1) -> np.ndarray:
+            return _pearson_along(fixed, y_orders, axis=axis)
+
+        # y's n! orders are each pairing once, so the test is exact when n! <= permutations (given
+        # both samples SciPy counts (n!)² orders, each pairing n! times). n! overflows to inf
+        # already at moderate n (SciPy warns); inf only means "too many to enumerate"
         with np.errstate(over="ignore"):
-            perm = stats.permutation_test((x, y), statistic, permutation_type="pairings",
+            perm = stats.permutation_test((y,), re_paired, permutation_type="pairings",
                                           vectorized=True, n_resamples=permutations, batch=batch,
                                           alternative="two-sided",
                                           **_seeded(stats.permutation_test, seed + 1))
@@ -276,11 +284,12 @@ def spearman(x: Any, y: Any, bootstrap: int = 1000, permutations: int = 1000, se
         x, y: (n,) paired real values of equal length (1-D array-likes, tensors or Series; cast
             to float64; other shapes, strings and complex values are refused). Neither may be
             constant (ValueError: the correlation is undefined). Values of any magnitude work
-            (both are rescaled by a power of two first; correlations are scale-free).
+            (Spearman reads ranks; Pearson rescales both by a power of two first).
         bootstrap: number of paired bootstrap resamples for the CI, a non-negative integer
             (0 skips it; a bool is refused).
         permutations: number of random re-pairings for the permutation p-value, a non-negative
-            integer (0 skips it; scipy runs the exact test instead when n! <= permutations).
+            integer (0 skips it; the exact test over all n! re-pairings runs instead when
+            n! <= permutations: n <= 6 at the default).
         seed: a non-negative integer; seeds the bootstrap (``seed``) and permutation
             (``seed + 1``) generators.
         confidence: CI level, in (0, 1).
