@@ -540,6 +540,33 @@ def test_resuming_with_other_dopri5_tolerances_is_refused_and_older_runs_resume_
     assert "config.atol (stored '<absent>', now 1e-06)" in capsys.readouterr().err
 
 
+def test_resume_takes_the_runs_record_of_settings_that_change_no_number(tmp_path, capsys):
+    # dopri5 ignores --steps, yet it is recorded (the run id is unchanged since it was): a resume
+    # with another --steps was refused as "config.steps (stored 100, now 50)"; likewise --split
+    # spelled out at its default (--tau under shaping) against a run that left it out
+    flags = [*_GAUSSIAN_3D, "--n", 4, "--shard-size", 2, "--tau", 0.7]
+    assert kfm_sample(tmp_path / "run", *flags, "--steps", 30) == 0
+    assert "--steps does not apply to --solver dopri5" in capsys.readouterr().err
+    first = read_run(tmp_path / "run")
+    sorted((tmp_path / "run" / "shards").glob("*.parquet"))[-1].unlink()
+    assert kfm_sample(tmp_path / "run", *flags, "--steps", 50, "--split", 0.7, "--resume") == 0
+    out, err = capsys.readouterr()
+    assert "this process computed 1, kept 1" in out and "--steps does not apply" in err
+    pd.testing.assert_frame_equal(read_run(tmp_path / "run"), first, check_exact=True)
+    config = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
+    assert (config["steps"], config["split"]) == (30, None)
+    # a split that means another τ still changes the numbers, and is refused
+    assert kfm_sample(tmp_path / "run", *flags, "--split", 0.5, "--resume") == 2
+    assert "config.split (stored None, now 0.5)" in capsys.readouterr().err
+
+    # and the other way round: a fixed-step run that spelled out --split 0.6 resumes without it
+    fixed = ["--field", "gaussian", "--dim", 3, "--steps", 4, "--n", 4, "--shard-size", 2]
+    assert kfm_sample(tmp_path / "fixed", *fixed, "--split", 0.6) == 0
+    assert kfm_sample(tmp_path / "fixed", *fixed, "--resume") == 0
+    assert kfm_sample(tmp_path / "fixed", *fixed, "--steps", 5, "--resume") == 2   # steps count here
+    assert "config.steps (stored 4, now 5)" in capsys.readouterr().err
+
+
 def test_one_kts_flag_takes_the_other_defaults_and_beta0_0_launches_only(tmp_path, capsys):
     # recorded behaviour, kept: --alpha0 alone also brakes the landing with KTS's beta0 = 0.01
     flags = ["--field", "gaussian", "--dim", 3, "--n", 3, "--steps", 20, "--solver", "heun", "--dtype", "float64"]

@@ -413,6 +413,24 @@ def _stored_manifest(run_dir: str):
         return None
 
 
+def _resume_as_recorded(args, kts) -> None:
+    """On --resume, take the run's own record of settings that change no number: --steps under
+    dopri5 (ignored there, but recorded, as it always was), and --split given or left out where
+    both mean the same τ (left out: --tau under shaping, else 0.6). The run then resumes instead
+    of being refused as a different configuration."""
+    stored = _stored_manifest(args.out)
+    if stored is None:
+        return
+    recorded = stored.config
+    if args.solver == "dopri5" and recorded.get("solver") == "dopri5" and "steps" in recorded:
+        args.steps = recorded["steps"]
+    default_split = kts.tau_split if kts is not None else 0.6
+    if "split" in recorded and recorded["split"] != args.split:
+        meant = [default_split if value is None else value for value in (recorded["split"], args.split)]
+        if meant[0] == meant[1]:
+            args.split = recorded["split"]
+
+
 def _warn_on_dopri5_batch_change(args) -> None:
     """A net's round-off depends on the batch size, and under dopri5 it can move a sample's
     adaptive steps: its numbers then change by up to dopri5's own error, not by round-off."""
@@ -595,6 +613,8 @@ def run(args) -> int:
 
     _validate(args)
     kts = _shaping(args)
+    if args.resume:
+        _resume_as_recorded(args, kts)
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
