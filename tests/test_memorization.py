@@ -866,6 +866,19 @@ def test_parquet_columns_left_out_are_named(tmp_path, capsys):
                       f"left out ['name'] (not numbers); name a column with a key to read one alone"]
 
 
+def test_a_sample_runs_table_without_x_is_named_as_such(tmp_path, capsys):
+    # its seeds and energies read as 9 features: "got 9 and 64 features" said nothing of --no-save-x
+    assert main(["sample", "--field", "gaussian", "--dim", "4", "--n", "3", "--steps", "2", "--no-save-x",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    np.save(tmp_path / "t.npy", np.zeros((5, 4)))
+    capsys.readouterr()
+    results = tmp_path / "run" / "results.parquet"
+    assert main(["memorization", "--samples", str(results), "--train", str(tmp_path / "t.npy"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kfm memorization: error: {results}: a kfm sample results table without its samples' 'x' column "
+        "(was the run made with --no-save-x?)")
+
+
 def test_nested_list_parquet_columns_are_flattened_row_by_row(tmp_path, case):
     import pyarrow as pa
     import pyarrow.parquet as pq

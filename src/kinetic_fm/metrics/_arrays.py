@@ -144,6 +144,9 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             raise ValueError(f"{path}: column {name!r} holds {column.type}, need numbers or lists of numbers")
         return _to_tensor(path, column.to_numpy(zero_copy_only=False).astype(np.float64)[:, None])
+    if {"seed", "kpe", "kpe_raw"} <= set(table.column_names):  # its energies are no features
+        raise ValueError(f"{path}: a kfm sample results table without its samples' 'x' column "
+                         "(was the run made with --no-save-x?)")
     numeric = [f.name for f in table.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
     if not numeric:
         raise ValueError(f"{path}: no numeric or list columns")
