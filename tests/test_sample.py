@@ -993,6 +993,16 @@ def test_point_target_trajectory_is_the_straight_line_to_its_point():
     torch.testing.assert_close(kfm.PointTarget(point).trajectory(x0, 0.3), 0.7 * x0 + 0.3 * point, rtol=0, atol=1e-15)
 
 
+def test_analytic_trajectories_take_one_time_and_say_so():
+    # the refusal offered "or a (B,) tensor", which only the field call takes
+    x0 = torch.zeros(3, 2, dtype=torch.float64)
+    for field in (kfm.GaussianTarget(torch.ones(2), 0.5), kfm.PointTarget(torch.ones(2))):
+        with pytest.raises(ValueError, match=r"^t must be a number in \[0, 1\], got tensor"):
+            field.trajectory(x0, torch.full((3,), 0.5))
+        with pytest.raises(ValueError, match=r"^t must be a number in \[0, 1\] or a \(B,\) tensor, got 1.5"):
+            field(x0, 1.5)
+
+
 # --- a network left in training mode --------------------------------------------------------------
 
 def _stochastic_net():

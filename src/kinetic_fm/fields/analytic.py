@@ -91,17 +91,18 @@ def _time_column(t, x: torch.Tensor) -> torch.Tensor:
     would be a host synchronisation per call; the samplers' grids lie in [0, 1]).
     """
     if not isinstance(t, torch.Tensor):  # a number: one time for the whole batch
-        t = torch.full((x.shape[0],), _unit_time(t), dtype=torch.float64, device=x.device)
+        t = torch.full((x.shape[0],), _unit_time(t, "a number in [0, 1] or a (B,) tensor"), dtype=torch.float64,
+                       device=x.device)
     if t.dim() != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
     return t.reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def _unit_time(t) -> float:
-    """A number ``t`` as a float in [0, 1]; else ValueError. The closed forms hold on the path's
-    time only: NaN came out as NaN velocities, and t = 1.5 as an extrapolation that looked like
-    an answer."""
-    return check_unit_number("t", t, "a number in [0, 1] or a (B,) tensor")
+def _unit_time(t, what: str = "a number in [0, 1]") -> float:
+    """A number ``t`` as a float in [0, 1]; else ValueError saying ``t`` must be ``what``. The
+    closed forms hold on the path's time only: NaN came out as NaN velocities, and t = 1.5 as an
+    extrapolation that looked like an answer."""
+    return check_unit_number("t", t, what)
 
 
 def _scale(t: torch.Tensor, std: float) -> tuple[torch.Tensor, torch.Tensor]:
