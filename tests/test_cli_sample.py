@@ -12,6 +12,7 @@ import torch
 
 import kinetic_fm as kfm
 from kinetic_fm.cli import main
+from kinetic_fm.models import VelocityMLP, save_model
 from kinetic_fm.runs import read_run, read_samples
 
 
@@ -538,6 +539,21 @@ def test_resuming_with_other_dopri5_tolerances_is_refused_and_older_runs_resume_
     pd.testing.assert_frame_equal(read_run(tmp_path / "plain"), first, check_exact=True)
     assert kfm_sample(tmp_path / "plain", *flags, "--atol", 1e-6, "--resume") == 2
     assert "config.atol (stored '<absent>', now 1e-06)" in capsys.readouterr().err
+
+
+def test_field_and_dim_beside_a_model_are_refused_and_a_model_run_records_dim_2_as_before(tmp_path, capsys):
+    # --field point --model X sampled the net without a word about --field
+    net = tmp_path / "net.safetensors"
+    model = VelocityMLP(3, hidden=8, depth=1)
+    save_model(model, net, ema=copy.deepcopy(model))
+    for flags, named in ((["--field", "point"], "--field applies"), (["--dim", "3"], "--dim applies"),
+                         (["--field", "gaussian", "--dim", "2"], "--field and --dim apply")):
+        assert kfm_sample(tmp_path / "refused", "--model", net, *flags) == 2
+        assert capsys.readouterr().err.startswith(f"kfm sample: error: {named} to a built-in field only")
+    assert not (tmp_path / "refused").exists()
+    assert kfm_sample(tmp_path / "run", "--model", net, "--n", 2, "--steps", 2) == 0
+    config = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
+    assert (config["field"], config["dim"]) == (None, 2)   # the run id of earlier model runs holds
 
 
 def test_resume_takes_the_runs_record_of_settings_that_change_no_number(tmp_path, capsys):

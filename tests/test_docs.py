@@ -5,6 +5,7 @@ defaults and of a run's columns, and the names, defaults and attributes of ARCHI
 import ast
 import dataclasses
 import inspect
+import json
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -37,6 +38,9 @@ EFFECTIVE_DEFAULTS = {
     ("sample", "--landing"): _KTS["landing"],
     ("sample", "--k"): _KTS["k"],
     ("train", "--label-dropout"): TrainConfig().label_dropout,
+    # what a run made without them records: checked by test_a_runs_columns_are_the_ones_...
+    ("sample", "--field"): "gaussian",
+    ("sample", "--dim"): 2,
 }
 # defaults the help describes in words rather than as a value
 PROSE_DEFAULTS = {("sample", "--shape"), ("sample", "--guidance"), ("sample", "--first-step"),
@@ -103,6 +107,9 @@ def test_a_runs_columns_are_the_ones_the_readme_and_the_help_list(tmp_path, caps
     listed = [[c.strip() for c in m.group(1).split(",")] for m in (readme, help_text)]
     assert main(["sample", "--n", "3", "--steps", "2", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     columns = list(pd.read_parquet(tmp_path / "run" / "results.parquet").columns)
+    config = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]
+    assert (config["field"], config["dim"]) == (EFFECTIVE_DEFAULTS[("sample", "--field")],
+                                                EFFECTIVE_DEFAULTS[("sample", "--dim")])
     for named in listed:
         assert columns == named + ["x"], f"README/--help list {named} + x, the run wrote {columns}"
 

@@ -28,6 +28,7 @@ _KTS_FLAGS = {"alpha0": "alpha0", "beta0": "beta0", "tau": "tau_split", "launch"
 _STEP_CONTROL = ("rtol", "atol", "first_step", "max_steps")
 SUMMARY_COLUMNS = ("kpe", "kpe_raw", "early", "late")
 DEFAULT_STEPS, DEFAULT_GRID = 100, "uniform"
+DEFAULT_FIELD, DEFAULT_DIM = "gaussian", 2
 
 
 def register(subparsers) -> None:
@@ -39,10 +40,11 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     f = p.add_argument_group("velocity field")
-    f.add_argument("--field", choices=FIELDS, default="gaussian",
+    f.add_argument("--field", choices=FIELDS, default=None,
                    help="gaussian: N(2·1, 0.5²I); point: the point 2·1; mixture: 8 Gaussians (σ 0.3) "
-                        "on a ring of radius 4 in the first two coordinates (default: gaussian)")
-    f.add_argument("--dim", type=int, default=2, help="dimension D of a sample (default 2)")
+                        "on a ring of radius 4 in the first two coordinates (evenly on [-4, 4] at --dim 1) "
+                        f"(default: {DEFAULT_FIELD})")
+    f.add_argument("--dim", type=int, default=None, help=f"dimension D of a built-in field's samples (default {DEFAULT_DIM})")
     f.add_argument("--model", default=None,
                    help="sample a trained net instead of --field: a `kfm train` run folder or .safetensors file "
                         "(EMA weights); its weights' sha256 identifies the run")
@@ -370,6 +372,13 @@ def _validate(args) -> None:
         raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
     if args.shape is not None and args.model is None:  # it would be ignored without a word
         raise ValueError("--shape applies to --model only; a built-in --field takes --dim")
+    given = [flag for flag, value in (("--field", args.field), ("--dim", args.dim)) if value is not None]
+    if given and args.model is not None:  # they too would be ignored without a word
+        raise ValueError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a built-in field only; "
+                         "--model samples the net, in the shape its run records (or --shape)")
+    # the defaults, filled after that check: a --model run's config records dim 2, as it always has
+    args.field = DEFAULT_FIELD if args.field is None else args.field
+    args.dim = DEFAULT_DIM if args.dim is None else args.dim
     _validate_step_control(args)
     if args.field == "point" and args.solver == "dopri5":
         raise ValueError("--field point is singular at t = 1, where dopri5 evaluates; use a fixed-step --solver")
