@@ -309,6 +309,31 @@ def test_flux_pipeline_samples_as_its_base_scheduler_and_measures_kpe():
     assert bool((pipe.scheduler.kpe != pipe.scheduler.kpe_raw).all())
 
 
+def test_reversed_time_at_scale_1_samples_a_flux_transformer_as_its_pipeline():
+    """The documented Flux wrapping: FluxTransformer2DModel takes σ and scales it by 1000 itself
+    (FluxPipeline passes timestep / 1000), so ``timestep_scale=1``. The README had 1000 for Flux as
+    for SD3: its latents missed the pipeline's by 3.6e-2, without an error."""
+    pipe = _tiny_flux()
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: calls.append({k: v.clone() if torch.is_tensor(v) else v for k, v in kw.items()}),
+        with_kwargs=True)
+    latents = _run_flux(pipe, steps=6)
+    hook.remove()
+    assert float(calls[0]["timestep"][0]) == 1.0                      # σ itself at the first step
+    fixed = {k: v for k, v in calls[0].items() if k not in ("hidden_states", "timestep")}
+
+    def net(x, timestep):
+        with torch.no_grad():
+            return pipe.transformer(hidden_states=x, timestep=timestep, **fixed)[0]
+
+    grid = 1.0 - pipe.scheduler.sigmas.double()
+    runs = {scale: kfm.sample(kfm.ReversedTime(kfm.ModelXT(net), timestep_scale=scale), calls[0]["hidden_states"],
+                              grid=grid, solver="euler").x for scale in (1.0, 1000.0)}
+    torch.testing.assert_close(runs[1.0], latents, rtol=0, atol=1e-5)
+    assert float((runs[1000.0] - latents).abs().max()) > 1e-2
+
+
 def test_from_scheduler_keeps_a_kinetic_schedulers_gain_unless_told():
     shaped = KineticFlowMatchEulerScheduler.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0), shaping=KTS)
     assert KineticFlowMatchEulerScheduler.from_scheduler(shaped).shaping == KTS

@@ -285,8 +285,11 @@ class ReversedTime(_Adapter):
     Calls ``inner(x, timestep_scale·(1 − t))``. Such a net's velocity is dx/dσ = −dx/dt, so its
     output is negated (``flip_sign=True``); pass ``flip_sign=False`` when it predicts noise or
     data instead (those mean the same in both clocks) and wrap with ``NoisePrediction`` /
-    ``DataPrediction`` outside. diffusers transformers take ``timestep = 1000·σ``
-    (``timestep_scale=1000``); nets that read σ itself use ``timestep_scale=1``.
+    ``DataPrediction`` outside. The scale is what the net's ``timestep`` argument expects, which
+    differs between diffusers' transformers: ``SD3Transformer2DModel`` takes ``1000·σ``
+    (``timestep_scale=1000``), ``FluxTransformer2DModel`` takes σ itself and multiplies by 1000
+    inside (``timestep_scale=1``; ``FluxPipeline`` passes ``timestep / 1000``). When unsure, read
+    the ``timestep`` its own pipeline passes. A wrong scale raises nothing and samples wrongly.
     """
 
     # the inner clock runs the other way: a field singular at its own σ = 1 is singular at our
