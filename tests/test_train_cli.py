@@ -53,6 +53,18 @@ def test_kfm_train_images_and_class_conditioning(tmp_path):
     assert model.kind == "unet" and model.null_class == 10
 
 
+def test_class_cond_counts_the_data_sets_classes_not_the_subsets_largest_label(tmp_path):
+    # digits --n 6 --seed 3 draws labels [0, 3, 6, 6, 7, 8]: the net had 9 classes, and 9, a digit,
+    # was its null class (kfm sample --label 9 sampled unconditionally)
+    from kinetic_fm.data import load_dataset
+
+    assert int(load_dataset("digits", n=6, seed=3).labels.max()) == 8
+    assert main(["train", "--data", "digits", "--n", "6", "--seed", "3", "--steps", "2", "--batch-size", "4",
+                 "--width", "8", "--checkpoints", "none", "--class-cond", "--no-progress", "--out", str(tmp_path)]) == 0
+    model = load_model(tmp_path)
+    assert (model.num_classes, model.null_class) == (10, 10)
+
+
 def test_kfm_train_user_errors_exit_2(tmp_path, capsys):
     assert main(["train", "--data", "nope", "--steps", "1", "--out", str(tmp_path)]) == 2
     assert "unknown data spec" in capsys.readouterr().err

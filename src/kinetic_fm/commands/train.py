@@ -101,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
     labels = ds.labels if args.class_cond else None
     if args.class_cond and labels is None:
         raise ValueError(f"--class-cond: data {args.data!r} has no labels")
-    num_classes = int(labels.max()) + 1 if labels is not None else None
+    # the data set's classes, not the subset's largest label: a --n subset without the top class
+    # made that class's label the null class
+    classes = getattr(ds, "classes", None)
+    num_classes = (len(classes) if classes else int(labels.max()) + 1) if labels is not None else None
     with torch.random.fork_rng():
         torch.manual_seed(args.seed)  # initial weights depend on the seed only
         model = default_model(args.model, data.shape[1:], num_classes=num_classes, width=args.width)
