@@ -182,6 +182,11 @@ def test_bad_inputs():
     # a StopIteration from next(model.parameters()), raised with the folder made and locked
     (dict(model=torch.nn.Identity()), r"model has no parameters to train \(Identity\)"),
     (dict(model=lambda x, t: -x), "model must be a torch.nn.Module"),
+    # these failed at step 1, inside a folder already holding config.json
+    (dict(model=VelocityMLP(2, hidden=8, depth=1, num_classes=2), labels=torch.full((16,), 5)),
+     r"labels must be classes in \[0, 1\] \(the model's num_classes = 2; 2 is its null class\), got labels in \[5, 5\]"),
+    (dict(model=VelocityMLP(2, hidden=8, depth=1, num_classes=2), labels=torch.full((16,), -1)),
+     r"got labels in \[-1, -1\]"),
 ])
 def test_a_refused_call_leaves_no_lock_and_no_folder_behind(tmp_path, bad, message):
     # the arguments were checked after the folder was made and locked: a refused call left a
@@ -264,6 +269,55 @@ def test_train_config_holds_plain_ints_that_config_json_can_write():
     assert (config.steps, config.batch_size, config.seed) == (3, 4, -2)
     assert all(type(v) is int for v in (config.steps, config.batch_size, config.seed))
     json.dumps(dataclasses.asdict(config))
+    # and plain floats: np.float32 settings passed the checks and stopped config.json being written
+    floats = TrainConfig(steps=3, lr=np.float32(1e-3), ema_decay=np.float32(0.5), grad_clip=np.float64(2.0),
+                         label_dropout=np.float32(0.25), weight_decay=np.float32(0), betas=np.array([0.5, 0.75]),
+                         checkpoints=np.array([1, 3]))
+    assert all(type(getattr(floats, name)) is float
+               for name in ("lr", "ema_decay", "grad_clip", "label_dropout", "weight_decay"))
+    assert floats.betas == (0.5, 0.75) and floats.checkpoints == (1, 3) and type(floats.checkpoints[0]) is int
+    json.dumps(dataclasses.asdict(floats))
+
+
+@pytest.mark.parametrize("setting,match", [
+    # refused when the config is built, not after the run folder holds config.json
+    ({"steps": 4, "checkpoints": (8,)}, r"checkpoints\[0\] must be an integer in \[1, 4\] \(steps of this training\)"),
+    ({"checkpoints": [2.7]}, r"checkpoints\[0\] must be an integer"),       # was truncated to 2
+    ({"betas": (1.5, 0.9)}, r"betas\[0\] must be in \[0, 1\), got 1.5"),
+    ({"betas": 0.9}, r"betas must be two numbers in \[0, 1\)"),
+    ({"label_dropout": -0.1}, r"label_dropout must be in \[0, 1\), got -0.1"),
+    ({"ema_decay": "0.9"}, r"ema_decay must be in \[0, 1\), got '0.9'"),
+])
+def test_train_config_refuses_settings_that_failed_inside_the_run(setting, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**setting)
+
+
+def test_a_tuple_in_info_resumes(tmp_path, stop_at):
+    # config.json reads a tuple back as a list: the resume compared [8, 8] with (8, 8) and refused,
+    # printing two equal values as the difference
+    make = lambda: VelocityMLP(2, hidden=8, depth=1)                 # noqa: E731
+    data, config = torch.randn(32, 2), TrainConfig(steps=6, batch_size=4, save_every=2, checkpoints="none")
+    torch.manual_seed(0)
+    straight = train(make(), data, config, info={"size": (8, 8)})
+    torch.manual_seed(0)
+    with pytest.raises(stop_at.error):
+        train(make(), data, config, out=tmp_path, info={"size": (8, 8)}, callback=stop_at(3))
+    torch.manual_seed(0)
+    resumed = train(make(), data, config, out=tmp_path, info={"size": (8, 8)}, resume=True)
+    assert resumed.resumed_from == 2
+    assert all(torch.equal(a, b) for a, b in zip(resumed.ema.state_dict().values(), straight.ema.state_dict().values()))
+
+
+def test_float64_data_trains_a_float32_net_in_its_precision():
+    # the float64 batch met the float32 net's GEMM at step 1 ("mat1 and mat2 must have the same dtype")
+    data = torch.randn(32, 2, dtype=torch.float64)
+    config = TrainConfig(steps=3, batch_size=4)
+    torch.manual_seed(0)
+    from_double = train(VelocityMLP(2, hidden=8, depth=1), data, config)
+    torch.manual_seed(0)
+    from_single = train(VelocityMLP(2, hidden=8, depth=1), data.float(), config)
+    assert torch.equal(from_double.losses, from_single.losses)
 
 
 def _small_run():

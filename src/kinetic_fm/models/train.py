@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_flag, check_integer, torch_readable
+from ..checks import as_scalar, check_flag, check_integer, is_real, torch_readable
 from .checkpoint import load_state, save_model, save_state, save_weights
 
 RESUME_FILE = "resume.pt"
@@ -65,21 +65,38 @@ class TrainConfig:
         # plain ints: a float step count breaks the loop late, and a NumPy one config.json
         for name, low in (("steps", 1), ("batch_size", 1), ("save_every", 1), ("warmup", 0), ("seed", None)):
             object.__setattr__(self, name, check_integer(name, getattr(self, name), low))
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
-            raise ValueError(f"grad_clip must be None or a finite number > 0, got {self.grad_clip}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not 0 <= self.label_dropout < 1:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if not isinstance(self.checkpoints, str):
-            object.__setattr__(self, "checkpoints", tuple(int(s) for s in self.checkpoints))
-        elif self.checkpoints not in ("log2", "none"):
-            raise ValueError(f"checkpoints must be 'log2', 'none' or a list of steps, got {self.checkpoints!r}")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        # plain floats too (a NumPy float32 lr stopped config.json being written), each in its range
+        for name, low, high, what in (
+                ("lr", 0.0, math.inf, "a finite number > 0"), ("weight_decay", 0.0, math.inf, "a finite number >= 0"),
+                ("ema_decay", 0.0, 1.0, "in [0, 1)"), ("label_dropout", 0.0, 1.0, "in [0, 1)")):
+            object.__setattr__(self, name, _real_in(name, getattr(self, name), low, high, what, open_low=name == "lr"))
+        if self.grad_clip is not None:
+            object.__setattr__(self, "grad_clip", _real_in("grad_clip", self.grad_clip, 0.0, math.inf,
+                                                           "None or a finite number > 0", open_low=True))
+        if isinstance(self.checkpoints, str):
+            if self.checkpoints not in ("log2", "none"):
+                raise ValueError(f"checkpoints must be 'log2', 'none' or a list of steps, got {self.checkpoints!r}")
+        else:  # checked here, not when the run folder already exists
+            object.__setattr__(self, "checkpoints", tuple(
+                check_integer(f"checkpoints[{i}]", step, 1, self.steps, note="steps of this training")
+                for i, step in enumerate(self.checkpoints)))
+        try:
+            betas = tuple(self.betas)
+        except TypeError:  # one number
+            betas = ()
+        if len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1) (AdamW's), got {self.betas!r}")
+        object.__setattr__(self, "betas", tuple(_real_in(f"betas[{i}]", b, 0.0, 1.0, "in [0, 1)")
+                                                for i, b in enumerate(betas)))
+
+
+def _real_in(name: str, value, low: float, high: float, what: str, open_low: bool = False) -> float:
+    """``value`` as a float in [low, high) ((low, high) when ``open_low``); else ValueError saying
+    that ``name`` must be ``what``."""
+    number = as_scalar(value)
+    if not (is_real(number) and (number > low if open_low else number >= low) and number < high):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return float(number)
 
 
 def checkpoint_steps(total: int, spec: str | Sequence[int] = "log2") -> list[int]:
@@ -262,7 +279,8 @@ def train(
 
     Args:
         model: the net, trained in place; its device is used for the batches.
-        data: (N, ...) float training samples (x1), e.g. images in [-1, 1] or 2-D points.
+        data: (N, ...) float training samples (x1), e.g. images in [-1, 1] or 2-D points; the
+            batches take the net's parameter dtype.
         config: hyper-parameters, see :class:`TrainConfig`.
         labels: (N,) int64 classes for a class-conditional model (one with ``null_class``).
         out: run folder for ``config.json``, ``checkpoints/step_*.safetensors``, ``final.safetensors``
@@ -289,9 +307,8 @@ def train(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     resume = check_flag("resume", resume)
-    info = dict(info or {})
-    try:
-        json.dumps(info)
+    try:  # as config.json will read back (a tuple as a list), so that a resume compares like with like
+        info = json.loads(json.dumps(dict(info or {})))
     except (TypeError, ValueError) as err:
         raise ValueError(f"info must hold JSON values (it is written to config.json): {err}") from None
     if out is None:
@@ -326,8 +343,15 @@ def _training_data(model: nn.Module, data: Any, labels: Any) -> tuple[Tensor, Te
         labels = torch.as_tensor(torch_readable(labels), dtype=torch.long)
         if labels.shape != (data.shape[0],):
             raise ValueError(f"labels must have shape ({data.shape[0]},), got {tuple(labels.shape)}")
-    if getattr(model, "null_class", None) is not None and labels is None:
+    null_class = getattr(model, "null_class", None)
+    if null_class is not None and labels is None:
         raise ValueError("the model is class-conditional: pass labels=")
+    if null_class is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= null_class):
+        raise ValueError(f"labels must be classes in [0, {null_class - 1}] (the model's num_classes = {null_class}; "
+                         f"{null_class} is its null class), got labels in [{int(labels.min())}, {int(labels.max())}]")
+    weights = next(model.parameters())
+    if weights.is_floating_point():  # the batches in the net's precision (float64 data met a float32 net's GEMM)
+        data = data.to(weights.dtype)
     return data, labels
 
 
