@@ -260,3 +260,15 @@ def test_select_indices_refuses_duplicates_and_a_negative_total_and_subsets_comp
     second = subset(first, indices=[7, 2])
     assert torch.equal(second.indices, first.indices[[7, 2]])          # positions in the full set
     assert torch.equal(second.images, full.images[second.indices])
+
+
+def test_16_bit_grey_pngs_keep_their_levels(tmp_path):
+    # PIL's convert clipped a 16-bit ("I;16") image at 255: a gradient came out as two levels, -1 and 1
+    levels = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    ds = load_image_folder(tmp_path, grayscale=True)
+    expected = np.floor(levels / 257 + 0.5) / 127.5 - 1         # each value as 8 bits, then to [-1, 1]
+    np.testing.assert_allclose(ds.images[0, 0].numpy(), expected, rtol=0, atol=1e-6)
+    rgb = load_image_folder(tmp_path)                           # three equal channels
+    assert rgb.images.shape == (1, 3, 8, 8) and torch.equal(rgb.images[0, 1], ds.images[0, 0])

@@ -25,9 +25,10 @@ def load_celeba(
 ) -> ImageDataset:
     """Aligned CelebA JPEGs (178x218) from a folder or zip, preprocessed as in the paper.
 
-    Each image is centre-cropped to ``crop`` x ``crop``, resized to ``size`` x ``size`` (bicubic),
-    converted to grayscale, mapped to [-1, 1], and centred by the mean of the loaded (training)
-    images. Files are taken in name order; ``n``/``indices``/``seed`` select the training subset
+    Each image is converted to grayscale (8-bit, PIL's "L"), centre-cropped to ``crop`` x ``crop``,
+    resized to ``size`` x ``size`` (bicubic), mapped to [-1, 1], and centred by the mean of the
+    loaded (training) images. (Grayscale before resizing: the other order rounds the resized
+    colour image first, up to 5.9/255 apart.) Files are taken in name order; ``n``/``indices``/``seed`` select the training subset
     (the paper uses n = 1024) before decoding.
 
     Args:

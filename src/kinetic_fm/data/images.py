@@ -154,6 +154,7 @@ def decode_image(
             raise ValueError(f"{argument} must be None or an integer >= 1 (pixels), got {side!r}")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            img = _eight_bit(img, name)
             img = img.convert("L" if grayscale else "RGB")
             if crop is not None:
                 w, h = img.size
@@ -167,6 +168,21 @@ def decode_image(
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"{name}: not a readable image file ({err})") from None
     return array[..., None] if array.ndim == 2 else array
+
+
+def _eight_bit(img, name: str):
+    """A 16-bit grey image (PIL modes "I;16*" and "I", as 16-bit PNGs open) as 8-bit "L", each
+    value v as round(v / 257): PIL's own conversion clips at 255, which left such an image at two
+    levels. Other modes pass unchanged (16-bit RGB PNGs already open as 8-bit "RGB")."""
+    from PIL import Image
+
+    if not (img.mode.startswith("I;16") or img.mode == "I"):
+        return img
+    values = np.asarray(img).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"{name}: a 32-bit integer image with values in [{values.min()}, {values.max()}], "
+                         "outside the 16-bit range [0, 65535]")
+    return Image.fromarray(((values * 2 + 257) // 514).astype(np.uint8))   # a 2-D uint8 array: "L"
 
 
 def decode_many(
