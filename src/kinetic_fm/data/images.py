@@ -39,7 +39,9 @@ class ImageDataset:
         indices: (N,) int64 positions of these images in the full source (after any subset).
         lossy: "JPEG" when the images are JPEG files decoded at their own size, whose compression
             artefacts (CIFAR-10 q75: 5.8/255 mean error) are part of any distance to them; None
-            otherwise (lossless files, or resized ones: resizing smooths most artefacts away).
+            otherwise (lossless files, or resized ones: resizing smooths most artefacts away). A
+            loader given ``size`` counts as resizing even where ``size`` is the files' own side
+            (no file is opened to compare): pass ``size=None`` to keep the mark.
     """
 
     images: Tensor
