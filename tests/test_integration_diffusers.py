@@ -193,6 +193,13 @@ def test_unsupported_configurations_raise(transformer, conditions):
     plain.set_timesteps(4)
     with pytest.raises(ValueError, match="per_token_timesteps"):
         plain.step(out, plain.timesteps[0], x, per_token_timesteps=torch.ones(BATCH, 4))
+    if "per_token_timesteps" in inspect.signature(FlowMatchEulerDiscreteScheduler.step).parameters:
+        # by position too, as the base binds it (it went through, measured at the scalar step)
+        order = list(inspect.signature(FlowMatchEulerDiscreteScheduler.step).parameters)[4:]
+        defaults = [inspect.signature(FlowMatchEulerDiscreteScheduler.step).parameters[n].default for n in order]
+        positional = [torch.ones(BATCH, 4) if n == "per_token_timesteps" else d for n, d in zip(order, defaults)]
+        with pytest.raises(ValueError, match="per_token_timesteps"):
+            plain.step(out, plain.timesteps[0], x, *positional[:order.index("per_token_timesteps") + 1])
     with pytest.raises(ValueError, match="integer indices"):
         plain.step(out, 3, x)
     plain.step(out, plain.timesteps[0], x)

@@ -179,14 +179,17 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         timestep: float | torch.FloatTensor,
         sample: torch.FloatTensor,
         *args: Any,
-        per_token_timesteps: torch.Tensor | None = None,
         **kwargs: Any,
     ):
         """The base Euler step with the KTS-scaled velocity, plus the per-sample energy bookkeeping.
 
-        Same signature and return value as ``FlowMatchEulerDiscreteScheduler.step``.
+        Same arguments and return value as ``FlowMatchEulerDiscreteScheduler.step``.
         """
-        if per_token_timesteps is not None:
+        try:  # read as the base binds them: per_token_timesteps may come by position too
+            given = inspect.signature(super().step).bind(model_output, timestep, sample, *args, **kwargs).arguments
+        except TypeError:
+            given = {}  # the base call below raises its own message
+        if given.get("per_token_timesteps") is not None:
             raise ValueError("per_token_timesteps is not supported by KineticFlowMatchEulerScheduler")
         if _is_integer_timestep(timestep):  # let the base class raise its own message
             return super().step(model_output, timestep, sample, *args, **kwargs)
