@@ -28,8 +28,8 @@ def load_celeba(
     Each image is converted to grayscale (8-bit, PIL's "L"), centre-cropped to ``crop`` x ``crop``,
     resized to ``size`` x ``size`` (bicubic), mapped to [-1, 1], and centred by the mean of the
     loaded (training) images. (Grayscale before resizing: the other order rounds the resized
-    colour image first, up to 5.9/255 apart.) Files are taken in name order; ``n``/``indices``/``seed`` select the training subset
-    (the paper uses n = 1024) before decoding.
+    colour image first, up to 5.9/255 apart.) Files are taken in name order;
+    ``n``/``indices``/``seed`` select the training subset (the paper uses n = 1024) before decoding.
 
     Args:
         center: "pixel" subtracts the per-pixel mean image, "global" one scalar mean, "none" nothing.
