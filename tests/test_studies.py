@@ -1245,6 +1245,29 @@ def test_goldilocks_resamples_come_from_the_memorization_config(tiny_report, tmp
         assert cfg.semantics.bootstrap == 100 and seen == [expected, expected], count
 
 
+def test_the_reports_bounds_round_outwards_and_its_counts_are_stated(tiny_report):
+    """"median KPE ≤ r×" is the largest subset median rounded up (it was rounded to nearest: 1.107
+    for 1.10708); the Goldilocks note states its resample count, and the memorizer section its τ."""
+    import math
+    import re
+
+    from kinetic_fm.studies.samples import straight_line_energy
+
+    out, md, _ = tiny_report
+    text = md.read_text(encoding="utf-8")
+    cfg = ReproduceConfig.preset("tiny")
+    medians = []
+    for n in cfg.memorization.efm_sizes:
+        (path,) = (out / "cache").glob(f"efm-{n}-{'?' * 12}.pt")
+        run = torch.load(path, weights_only=True)
+        medians.append(float(np.median((run["kpe"] / straight_line_energy(run)).numpy())))
+    largest = max(medians)
+    shown = float(re.search(r"median KPE ≤ ([\d.]+)× the straight-line", text).group(1))
+    assert shown == math.ceil(largest * 1000) / 1000 and shown >= largest
+    assert f"({min(200, cfg.memorization.bootstrap)} permutations and as many paired resamples" in text
+    assert "late energy is spent at t ≥ τ = 0.6, the sampler's default split" in text
+
+
 def test_memorizer_checkpoint_rows_average_their_samples_energies(tiny_report):
     # the last checkpoint's row against the per-sample table of that checkpoint's samples
     out, _, _ = tiny_report

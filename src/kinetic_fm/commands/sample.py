@@ -427,13 +427,15 @@ def _resume_as_recorded(args, kts) -> None:
     dopri5 (ignored there, but recorded, as it always was), and --split given or left out where
     both mean the same τ (left out: --tau under shaping, else 0.6). The run then resumes instead
     of being refused as a different configuration."""
+    from ..sampling.sample import DEFAULT_SPLIT
+
     stored = _stored_manifest(args.out)
     if stored is None:
         return
     recorded = stored.config
     if args.solver == "dopri5" and recorded.get("solver") == "dopri5" and "steps" in recorded:
         args.steps = recorded["steps"]
-    default_split = kts.tau_split if kts is not None else 0.6
+    default_split = kts.tau_split if kts is not None else DEFAULT_SPLIT
     if "split" in recorded and recorded["split"] != args.split:
         meant = [default_split if value is None else value for value in (recorded["split"], args.split)]
         if meant[0] == meant[1]:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NONFINITE_POLICIES = ("raise", "flag")
+DEFAULT_SPLIT = 0.6  # τ splitting early from late energy where no KTS gives its own
 
 
 @torch.no_grad()
@@ -115,7 +116,7 @@ def sample(
         raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
     profile = check_flag("profile", profile)
     if split is None:
-        split = shaping.tau_split if isinstance(shaping, KTS) else 0.6
+        split = shaping.tau_split if isinstance(shaping, KTS) else DEFAULT_SPLIT
     split = check_unit_number("split", split)
     if shaping is not None and not callable(shaping):
         raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")

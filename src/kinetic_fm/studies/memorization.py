@@ -18,6 +18,7 @@ from ..fields.empirical import EmpiricalFlow
 from ..metrics.features import PrincipalSpace
 from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
+from ..sampling.sample import DEFAULT_SPLIT
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
 from .output import (StudyOutput, clamp_text, display_note, fd_bias_note, fd_to_reference, fd_undecided_note,
@@ -100,7 +101,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         "memorization", "EFM trajectories spend their energy at the very end (late spike)",
         "the 1/(1 − t) factor makes late energy extreme",
         f"each batch spends at most {_percent_up(late_share)} of its energy after t = 0.9 (10% would be uniform; "
-        f"no single sample more than {_percent_up(late_single)}); median KPE ≤ {straightness:.3f}× the straight-line "
+        f"no single sample more than {_percent_up(late_single)}); median KPE ≤ {_up(straightness)}× the straight-line "
         "energy ½‖x1 − x0‖²", int(cfg.efm_samples),
         f"share after t = 0.9, Fieller {bonferroni_level(len(sizes))} CI: "
         + "; ".join(fmt_ci(lo, hi, f"N = {n}", decimals=3, signed=False)
@@ -126,6 +127,12 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
                                        "stays level once it has committed to an atom.", profiles, log_y=True)],
     )
     return section, claims
+
+
+def _up(value: float, decimals: int = 3) -> str:
+    """``value`` rounded up at ``decimals``, so that "≤" stays true (1.10708 is "1.108")."""
+    scale = 10 ** decimals
+    return f"{math.ceil(round(value * scale, 6)) / scale:.{decimals}f}"
 
 
 def _percent_up(share: float) -> str:
@@ -457,7 +464,8 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     section = Section(
         "Energy and memorization across training",
         text=(f"A velocity net trained on only {len(assets.memorizer_train)} images, sampled at its log-spaced "
-              f"checkpoints ({cfg.checkpoint_samples} samples each, Euler {cfg.steps} steps). F_mem is measured "
+              f"checkpoints ({cfg.checkpoint_samples} samples each, Euler {cfg.steps} steps, no shaping: late "
+              f"energy is spent at t ≥ τ = {DEFAULT_SPLIT:g}, the sampler's default split). F_mem is measured "
               f"against those images; {fd_col} against all {len(assets.train)} training images. Context, read by "
               f"no claim: '{spanned_col}' (with its 95% Wilson CI) is the same audit in {principal.name}, the "
               f"{principal.k} principal directions of those images (their span), on the samples before they are "
@@ -597,7 +605,9 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
         f"best {fd_col} in KPE quintile Q{best + 1} of 5 ({', '.join(f'{v:.3g}' for v in table[fd_col])})",
         len(kpe), _goldilocks_interval(tests),
         goldilocks_verdict(tests),
-        "T = better end quintile's FD − best interior one's; reproduced when T beats random equal quintiles "
+        f"T = better end quintile's FD − best interior one's ({resamples} permutations and as many paired "
+        "resamples: the memorization study's bootstrap count, at most 200); reproduced when T beats random equal "
+        "quintiles "
         "(one-sided permutation p ≤ 0.025) and beats T by ‖x1‖² quintiles (paired bootstrap CI above 0: "
         f"sorting by content alone makes a U; by ‖x1‖² an interior quintile is best in {control_share:.0%} of "
         "resamples); not reproduced when an end quintile is best beyond chance (p ≤ 0.025 the other way)"
