@@ -266,7 +266,7 @@ def test_16_bit_grey_pngs_keep_their_levels(tmp_path):
     # PIL's convert clipped a 16-bit ("I;16") image at 255: a gradient came out as two levels, -1 and 1
     levels = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
     Image.fromarray(levels).save(tmp_path / "deep.png")
-    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    assert Image.open(tmp_path / "deep.png").mode in ("I;16", "I")   # older Pillow opens it as "I"
     ds = load_image_folder(tmp_path, grayscale=True)
     expected = np.floor(levels / 257 + 0.5) / 127.5 - 1         # each value as 8 bits, then to [-1, 1]
     np.testing.assert_allclose(ds.images[0, 0].numpy(), expected, rtol=0, atol=1e-6)

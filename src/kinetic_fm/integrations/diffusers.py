@@ -185,10 +185,12 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
 
         Same arguments and return value as ``FlowMatchEulerDiscreteScheduler.step``.
         """
+        given = dict(kwargs)  # a diffusers without per_token_timesteps still hears it refused
         try:  # read as the base binds them: per_token_timesteps may come by position too
-            given = inspect.signature(super().step).bind(model_output, timestep, sample, *args, **kwargs).arguments
+            bound = inspect.signature(super().step).bind(model_output, timestep, sample, *args, **kwargs)
+            given.update(bound.arguments)
         except TypeError:
-            given = {}  # the base call below raises its own message
+            pass  # the base call below raises its own message
         if given.get("per_token_timesteps") is not None:
             raise ValueError("per_token_timesteps is not supported by KineticFlowMatchEulerScheduler")
         if _is_integer_timestep(timestep):  # let the base class raise its own message
