@@ -66,3 +66,27 @@ def test_int32_values_past_float32s_integers_stay_exact():
     feats = as_features(x)
     assert (feats[1] - feats[0]).item() == 1.0
     np.testing.assert_array_equal(feats.numpy(), x.numpy().astype(np.float64))
+
+
+@pytest.mark.filterwarnings("ignore:.*Fréchet distance:UserWarning")
+def test_a_float32_net_or_its_method_measures_float64_samples_in_every_metric():
+    # memorization called a module on the float64 rows as they were ("Input type (double) and bias
+    # type (float) should be the same"), and no metric cast for a bound method such as net.features,
+    # the README's own spelling; FeatureSpace(net) worked
+    import kinetic_fm as kfm
+    from kinetic_fm.models import SmallCNN
+
+    torch.manual_seed(0)
+    net = SmallCNN(1, 10, width=4, feature_dim=8).eval()
+    samples = torch.rand(6, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    train = torch.rand(12, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        by_hand = {"net": (net(samples.float()), net(train.float())),
+                   "features": (net.features(samples.float()), net.features(train.float()))}
+    for name, space in (("net", net), ("features", net.features)):
+        report = kfm.memorization(samples, train, bootstrap=0, space=space)
+        reference = kfm.memorization(by_hand[name][0], by_hand[name][1], bootstrap=0)
+        torch.testing.assert_close(report.ratio, reference.ratio, rtol=1e-5, atol=0)
+        assert torch.equal(report.nearest, reference.nearest)
+        fd = kfm.frechet_distance(samples, train, space=space)
+        assert fd.value == pytest.approx(kfm.frechet_distance(*by_hand[name]).value, rel=1e-4)

@@ -44,9 +44,9 @@ class FeatureSpace:
             device, the inputs' device for other callables. Features come back on the inputs'
             device.
 
-    Floating inputs reach a module in its own floating dtype (float64 samples into a float32
-    network, say), chunk by chunk; integer inputs (uint8 images) are passed as they are, since
-    only the network knows how to scale them.
+    Floating inputs reach a module, or a module's method such as ``net.features``, in its own
+    floating dtype (float64 samples into a float32 network, say), chunk by chunk; integer inputs
+    (uint8 images) are passed as they are, since only the network knows how to scale them.
     """
 
     fn: FeatureFn | None = None
@@ -61,9 +61,10 @@ class FeatureSpace:
 
     def _module_tensor(self, floating: bool = False) -> Tensor | None:
         """A module map's first parameter or buffer (its first floating one if ``floating``)."""
-        if not isinstance(self.fn, torch.nn.Module):
+        module = module_of(self.fn)
+        if module is None:
             return None
-        held = itertools.chain(self.fn.parameters(), self.fn.buffers())
+        held = itertools.chain(module.parameters(), module.buffers())
         return next((p for p in held if not floating or p.is_floating_point()), None)
 
     def _run_dtype(self, x: Tensor) -> torch.dtype:
@@ -235,6 +236,15 @@ class PrincipalSpace:
         # the rest itself, not sqrt(‖x‖² − ‖kept‖²): no cancellation when little is left outside
         rest = torch.linalg.vector_norm(centred - kept @ components.T, dim=1, keepdim=True)
         return torch.cat([kept, rest], dim=1)
+
+
+def module_of(fn: Any) -> torch.nn.Module | None:
+    """The network behind a feature map: ``fn`` itself if a module, the module a bound method such
+    as ``net.features`` belongs to, else None."""
+    if isinstance(fn, torch.nn.Module):
+        return fn
+    owner = getattr(fn, "__self__", None)
+    return owner if isinstance(owner, torch.nn.Module) else None
 
 
 def feature_space(space: SpaceLike = None, *, name: str | None = None, batch_size: int = 256,

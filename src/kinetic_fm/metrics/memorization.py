@@ -21,6 +21,7 @@ import torch
 from ..checks import as_scalar, check_integer, check_same_space, is_integer, is_real, positive_integer
 from ..knn import as_rows, check_finite, nearest_neighbors
 from ..sampling.guards import warn_if_feature_map_training
+from .features import feature_space, module_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -256,6 +257,8 @@ def _features(space, x: torch.Tensor, rows: int, bar: str | None = None) -> torc
     from tqdm.auto import tqdm
 
     warn_if_feature_map_training(space)
+    if module_of(space) is not None:  # a network takes chunks in its own dtype and on its device
+        space = feature_space(space, batch_size=rows)
     out = []
     with tqdm(total=x.shape[0], desc=f"features ({bar})", unit="row", leave=False, disable=bar is None) as shown:
         for r0 in range(0, x.shape[0], rows):
