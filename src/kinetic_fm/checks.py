@@ -150,6 +150,16 @@ def _bound(value: int) -> str:
     return f"{value:_}"
 
 
+def check_real(name: str, value, low: float, high: float, what: str, *, open_low: bool = False) -> float:
+    """``value``, one real number (as :func:`check_unit_number` reads it), as a float in
+    [low, high) ((low, high) when ``open_low``); else ValueError "``name`` must be ``what``, got
+    ...". NaN fails; ``high=math.inf`` asks for a finite number."""
+    number = as_scalar(value)
+    if is_real(number) and (number > low if open_low else number >= low) and number < high:
+        return float(number)
+    raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
 def check_unit_number(name: str, value, what: str = "a number in [0, 1]") -> float:
     """``value``, one real number (a Python or NumPy number, or a 0-d tensor or array), as a float
     in [0, 1]; else ValueError "``name`` must be ``what``, got ...". NaN fails too. For a time on

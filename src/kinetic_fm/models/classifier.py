@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_flag, check_integer, is_real
+from ..checks import check_flag, check_integer, check_real
 
 
 class SmallCNN(nn.Module):
@@ -100,11 +100,9 @@ def train_classifier(
     steps, batch_size, width, save_every = (check_integer(name, value, 1) for name, value in (
         ("steps", steps), ("batch_size", batch_size), ("width", width), ("save_every", save_every)))
     seed, resume = check_integer("seed", seed), check_flag("resume", resume)
-    if not (is_real(lr) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not (is_real(augment_noise) and 0 <= augment_noise < math.inf):
-        raise ValueError(f"augment_noise must be a finite number >= 0, got {augment_noise!r}")
-    settings = dict(steps=steps, batch_size=batch_size, lr=float(lr), seed=seed, augment_noise=float(augment_noise),
+    lr = check_real("lr", lr, 0.0, math.inf, "a finite number > 0", open_low=True)
+    augment_noise = check_real("augment_noise", augment_noise, 0.0, math.inf, "a finite number >= 0")
+    settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, augment_noise=augment_noise,
                     width=width)
     if out is None:
         return _train_classifier(images, labels, settings, test, progress, None, False, save_every, callback)

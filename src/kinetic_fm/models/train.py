@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checks import as_scalar, check_flag, check_integer, is_real, torch_readable
+from ..checks import check_flag, check_integer, check_real, torch_readable
 from .checkpoint import load_state, save_model, save_state, save_weights
 
 RESUME_FILE = "resume.pt"
@@ -69,10 +69,10 @@ class TrainConfig:
         for name, low, high, what in (
                 ("lr", 0.0, math.inf, "a finite number > 0"), ("weight_decay", 0.0, math.inf, "a finite number >= 0"),
                 ("ema_decay", 0.0, 1.0, "in [0, 1)"), ("label_dropout", 0.0, 1.0, "in [0, 1)")):
-            object.__setattr__(self, name, _real_in(name, getattr(self, name), low, high, what, open_low=name == "lr"))
+            object.__setattr__(self, name, check_real(name, getattr(self, name), low, high, what, open_low=name == "lr"))
         if self.grad_clip is not None:
-            object.__setattr__(self, "grad_clip", _real_in("grad_clip", self.grad_clip, 0.0, math.inf,
-                                                           "None or a finite number > 0", open_low=True))
+            object.__setattr__(self, "grad_clip", check_real("grad_clip", self.grad_clip, 0.0, math.inf,
+                                                             "None or a finite number > 0", open_low=True))
         if isinstance(self.checkpoints, str):
             if self.checkpoints not in ("log2", "none"):
                 raise ValueError(f"checkpoints must be 'log2', 'none' or a list of steps, got {self.checkpoints!r}")
@@ -86,17 +86,8 @@ class TrainConfig:
             betas = ()
         if len(betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1) (AdamW's), got {self.betas!r}")
-        object.__setattr__(self, "betas", tuple(_real_in(f"betas[{i}]", b, 0.0, 1.0, "in [0, 1)")
+        object.__setattr__(self, "betas", tuple(check_real(f"betas[{i}]", b, 0.0, 1.0, "in [0, 1)")
                                                 for i, b in enumerate(betas)))
-
-
-def _real_in(name: str, value, low: float, high: float, what: str, open_low: bool = False) -> float:
-    """``value`` as a float in [low, high) ((low, high) when ``open_low``); else ValueError saying
-    that ``name`` must be ``what``."""
-    number = as_scalar(value)
-    if not (is_real(number) and (number > low if open_low else number >= low) and number < high):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return float(number)
 
 
 def checkpoint_steps(total: int, spec: str | Sequence[int] = "log2") -> list[int]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import as_scalar, check_integer, is_integer, is_real, optional_integer
+from ..checks import as_scalar, check_integer, check_real, is_integer, optional_integer
 from .embedding import SinusoidalTimeEmbedding, conditioning
 
 
@@ -93,10 +93,7 @@ class UNet(nn.Module):
             check_integer(f"attention_levels[{i}]", a, 0, levels - 1, note="the levels of channel_mults")
             for i, a in enumerate(attention_levels))
         num_classes = optional_integer("num_classes", num_classes, 1)
-        dropout = as_scalar(dropout)
-        if not (is_real(dropout) and 0.0 <= dropout < 1.0):
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        dropout = float(dropout)
+        dropout = check_real("dropout", dropout, 0.0, 1.0, "a number in [0, 1)")
         self.config = dict(in_channels=in_channels, base_channels=base_channels, channel_mults=list(mults),
                            num_res_blocks=num_res_blocks, attention_levels=list(attention),
                            num_classes=num_classes, dropout=dropout, groups=groups)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from ..checks import as_scalar, check_integer, is_real, optional_integer
+from ..checks import as_scalar, check_integer, check_real, is_real, optional_integer
 from ..sampling.tableau import FIXED_STEP
 
 MODES = ("tiny", "quick", "full")
@@ -37,9 +37,7 @@ def _bootstrap(name: str, value) -> None:
 
 
 def _positive_real(name: str, value, note: str) -> None:
-    number = as_scalar(value)
-    if not (is_real(number, finite=True) and number > 0):
-        raise ValueError(f"{name} must be a finite number > 0 ({note}), got {value!r}")
+    check_real(name, value, 0.0, math.inf, f"a finite number > 0 ({note})", open_low=True)
 
 
 def _at_least(value, low: int) -> bool:
