@@ -103,6 +103,11 @@ class FeatureSpace:
         if self.fn is None:
             return x.reshape(x.shape[0], -1)
         warn_if_feature_map_training(self.fn)
+        return self._mapped(x)
+
+    def _mapped(self, x: Tensor) -> Tensor:
+        """:meth:`__call__`'s work on a (B, ...) tensor, without its training-mode check (for a
+        caller that feeds one set chunk by chunk and has checked once)."""
         where, dtype = self._run_device(), self._run_dtype(x)
         out = []
         with torch.inference_mode():

@@ -258,7 +258,7 @@ def _features(space, x: torch.Tensor, rows: int, bar: str | None = None) -> torc
 
     warn_if_feature_map_training(space)
     if module_of(space) is not None:  # a network takes chunks in its own dtype and on its device
-        space = feature_space(space, batch_size=rows)
+        space = feature_space(space, batch_size=rows)._mapped
     out = []
     with tqdm(total=x.shape[0], desc=f"features ({bar})", unit="row", leave=False, disable=bar is None) as shown:
         for r0 in range(0, x.shape[0], rows):
