@@ -187,8 +187,7 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         """
         given = dict(kwargs)  # a diffusers without per_token_timesteps still hears it refused
         try:  # read as the base binds them: per_token_timesteps may come by position too
-            bound = inspect.signature(super().step).bind(model_output, timestep, sample, *args, **kwargs)
-            given.update(bound.arguments)
+            given.update(_BASE_STEP.bind(self, model_output, timestep, sample, *args, **kwargs).arguments)
         except TypeError:
             pass  # the base call below raises its own message
         if given.get("per_token_timesteps") is not None:
@@ -220,5 +219,8 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         shaped = model_output if eta == 1.0 else model_output * eta
         return super().step(shaped, timestep, sample, *args, **kwargs)
 
+
+# the base step's signature, read once: step() binds its arguments by it on every call
+_BASE_STEP = inspect.signature(FlowMatchEulerDiscreteScheduler.step)
 
 __all__ = ["KineticFlowMatchEulerScheduler"]
