@@ -151,9 +151,11 @@ def test_kfm_train_refuses_a_folder_holding_a_training_run_before_the_data_loads
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")
+    (run / "final.safetensors").write_bytes(b"")
     _no_loading(monkeypatch)
     assert main(_argv("train", tmp_path, "--out", str(run))) == 2
-    assert capsys.readouterr().err == (f"kfm train: error: --out {run} already holds a training run (config.json); "
+    assert capsys.readouterr().err == (f"kfm train: error: --out {run} already holds a training run "
+                                       "(config.json, final.safetensors); "
                                        "continue it with resume=True (kfm train --resume) or choose another folder\n")
 
 

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -580,3 +581,18 @@ def test_a_run_resumed_at_its_last_step_writes_its_last_checkpoint(tmp_path, sto
     assert read_metadata(done.checkpoints[15])["step"] == 15
     last, final = load_weights(done.checkpoints[15]), load_weights(tmp_path / "final.safetensors")
     assert last.keys() == final.keys() and all(torch.equal(last[k], final[k]) for k in last)
+
+
+def test_a_run_that_failed_before_saving_a_step_can_be_started_again_without_resume(tmp_path):
+    # a net that cannot take the data's shape fails at step 1, after config.json is written; the
+    # folder then holds no weights and no step, so a corrected call starts there, as resume would
+    data = torch.randn(32, 2)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3\)"):
+        train(VelocityMLP(3, hidden=8, depth=1), data, TrainConfig(steps=2, batch_size=4), out=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["config.json"]
+    again = train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=2, batch_size=4), out=tmp_path)
+    fresh = train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=2, batch_size=4), out=tmp_path / "fresh")
+    assert torch.equal(again.losses, fresh.losses)
+    assert json.loads((tmp_path / "config.json").read_text())["data_shape"] == [32, 2]
+    with pytest.raises(ValueError, match=r"already holds a training run \(config.json, resume.pt, final"):
+        train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=2, batch_size=4), out=tmp_path)

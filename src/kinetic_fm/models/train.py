@@ -210,12 +210,14 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
 
 def check_train_dir(out: str | Path, *, resume: bool) -> None:
     """ValueError when ``out`` already holds a training run and ``resume`` is False (its files
-    would be overwritten). :func:`train` checks it under the folder's lock; ``kfm train`` calls
-    it before the data loads."""
+    would be overwritten). A folder holding ``config.json`` alone holds no step (a run that
+    failed or was stopped before its first save), so a new run may start there, as a resume
+    would. :func:`train` checks it under the folder's lock; ``kfm train`` calls it before the
+    data loads."""
     out = Path(out)
     earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
                if (out / name).exists()]
-    if earlier and not resume:
+    if earlier and earlier != ["config.json"] and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                          "resume=True (kfm train --resume) or choose another folder")
 
