@@ -105,7 +105,7 @@ def test_kfm_reproduce_resumes_an_interrupted_judging_classifier(tmp_path, monke
 
     def judge(folder):
         net, _, accuracy = _classifier(cfg, Workspace(tmp_path / folder), train, labels, heldout, heldout_labels,
-                                       progress=False)
+                                       split[4], progress=False)
         return net, accuracy
 
     whole, accuracy = judge("whole")
@@ -153,3 +153,21 @@ def test_train_classifier_refuses_bad_settings_by_name(setting, match, tmp_path)
     with pytest.raises(ValueError, match=match):
         train_classifier(ds.images, ds.labels, out=tmp_path / "run", **setting)
     assert not (tmp_path / "run").exists()          # refused before the folder is made
+
+
+def test_num_classes_gives_the_judge_every_class_a_split_lacks():
+    # a split of digits 0-6 makes a 7-way judge unless told there are 10 classes; with
+    # num_classes it is the same net grown by three output rows (same seed, same draws)
+    ds = load_digits(n=200, seed=2)
+    keep = ds.labels < 7
+    images, labels = ds.images[keep], ds.labels[keep]
+    short = train_classifier(images, labels, steps=3, batch_size=8, width=8).model
+    full = train_classifier(images, labels, steps=3, batch_size=8, width=8, num_classes=10).model
+    assert short.logits(images[:4]).shape == (4, 7) and full.logits(images[:4]).shape == (4, 10)
+    assert full.config["num_classes"] == 10
+    same = train_classifier(images, labels, steps=3, batch_size=8, width=8, num_classes=7).model
+    assert _same_weights(short, same)
+    for bad, shown in ((6, r"num_classes must be an integer >= 7 \(one more than the largest label, 6\), got 6"),
+                       (2.0, "got 2.0")):
+        with pytest.raises(ValueError, match=shown):
+            train_classifier(images, labels, steps=1, batch_size=4, num_classes=bad)

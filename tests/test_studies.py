@@ -1712,7 +1712,7 @@ def test_the_judging_classifier_is_cached_per_seed(tmp_path, monkeypatch):
     cfg, ws = AssetsConfig(n_train=16, n_heldout=8, memorizer_n=4, classifier_steps=2), Workspace(tmp_path)
 
     def judge(cfg):
-        return _classifier(cfg, ws, images[:16], labels[:16], images[16:], labels[16:], False)
+        return _classifier(cfg, ws, images[:16], labels[:16], images[16:], labels[16:], None, False)
 
     first, name, accuracy = judge(cfg)
     again, _, accuracy_again = judge(cfg)
@@ -1721,6 +1721,10 @@ def test_the_judging_classifier_is_cached_per_seed(tmp_path, monkeypatch):
         assert torch.equal(a, b)
     judge(replace(cfg, seed=1))
     assert seeds == [0, 1]
+    # a data set of four classes whose split holds three: the judge still has four outputs
+    four, _, _ = _classifier(replace(cfg, seed=2), ws, images[:16], labels[:16], images[16:], labels[16:],
+                             ("a", "b", "c", "d"), False)
+    assert four.logits(images[:2]).shape == (2, 4)
 
 
 def test_only_images_decoded_from_lossy_files_get_the_lossy_note():

@@ -78,12 +78,15 @@ def train_classifier(
     resume: bool = False,
     save_every: int = 100,
     callback: Callable[[int, Tensor], None] | None = None,
+    num_classes: int | None = None,
 ) -> ClassifierFit:
     """Train :class:`SmallCNN` on (N, C, H, W) images in [-1, 1] with (N,) int64 labels.
 
     ``augment_noise`` adds Gaussian noise of that std to training batches (so generated samples,
     which are never pixel-perfect, are judged fairly). ``width`` sets the CNN's channels.
     ``test`` = (images, labels) gives ``test_accuracy``. Deterministic for a seed.
+    ``num_classes``: the judge's outputs, the data set's class count (a split may lack its last
+    classes); None takes the largest label + 1.
 
     ``out``: a folder for ``resume.pt``, written every ``save_every`` steps and at the last (the
     velocity nets' format, :func:`~kinetic_fm.models.train.save_resume_state`), under the folder's
@@ -100,22 +103,27 @@ def train_classifier(
     steps, batch_size, width, save_every = (check_integer(name, value, 1) for name, value in (
         ("steps", steps), ("batch_size", batch_size), ("width", width), ("save_every", save_every)))
     seed, resume = check_integer("seed", seed), check_flag("resume", resume)
+    largest = int(labels.max()) if len(labels) else 1
+    num_classes = largest + 1 if num_classes is None else check_integer(
+        "num_classes", num_classes, largest + 1, note=f"one more than the largest label, {largest}")
     lr = check_real("lr", lr, 0.0, math.inf, "a finite number > 0", open_low=True)
     augment_noise = check_real("augment_noise", augment_noise, 0.0, math.inf, "a finite number >= 0")
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, augment_noise=augment_noise,
                     width=width)
     if out is None:
-        return _train_classifier(images, labels, settings, test, progress, None, False, save_every, callback)
+        return _train_classifier(images, labels, num_classes, settings, test, progress, None, False, save_every,
+                                 callback)
     from ..runs.lock import RunLock  # here: the runs package brings pyarrow with it
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
-        return _train_classifier(images, labels, settings, test, progress, out, resume, save_every, callback)
+        return _train_classifier(images, labels, num_classes, settings, test, progress, out, resume, save_every,
+                                 callback)
 
 
-def _train_classifier(images: Tensor, labels: Tensor, settings: dict[str, Any], test: tuple[Tensor, Tensor] | None,
-                      progress: bool, out: Path | None, resume: bool, save_every: int,
+def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings: dict[str, Any],
+                      test: tuple[Tensor, Tensor] | None, progress: bool, out: Path | None, resume: bool, save_every: int,
                       callback: Callable[[int, Tensor], None] | None) -> ClassifierFit:
     """:func:`train_classifier`'s work, with ``out``'s lock held."""
     from tqdm.auto import tqdm
@@ -127,7 +135,7 @@ def _train_classifier(images: Tensor, labels: Tensor, settings: dict[str, Any], 
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = SmallCNN(images.shape[1], int(labels.max()) + 1, width=width, feature_dim=4 * width)
+        model = SmallCNN(images.shape[1], num_classes, width=width, feature_dim=4 * width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     losses = torch.zeros(steps, dtype=torch.float32)

@@ -105,7 +105,8 @@ class Assets:
 
 def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Assets:
     train, train_labels, heldout, heldout_labels, classes, source, mean = _load_split(cfg, progress)
-    classifier, name, accuracy = _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
+    classifier, name, accuracy = _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes,
+                                             progress)
     principal = None
     if classifier is None:  # fitted once per run: about a second on 5,000 images, so not cached
         principal = PrincipalSpace.fit(train, min(FD_COMPONENTS, train[0].numel(), len(train) - 1), residual=True)
@@ -159,7 +160,7 @@ def _lossy_text(data) -> str:
             "to them while the samples have none: compare FDs within this run, not with lossless references")
 
 
-def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress):
+def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes, progress):
     if cfg.classifier:
         from ..models.resnet_cifar import load_cifar_resnet_spec
 
@@ -187,6 +188,7 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, progress)
         # resumable like the velocity nets: an interrupted run continues from its last resume state
         result = train_classifier(train, train_labels, steps=cfg.classifier_steps, seed=cfg.seed,
                                   test=(heldout, heldout_labels), progress=progress,
+                                  num_classes=None if classes is None else len(classes),
                                   out=ws.model_dir("classifier", key), resume=True,
                                   save_every=max(100, cfg.classifier_steps // 20))
         return {"state": result.model.state_dict(), "config": dict(result.model.config),
