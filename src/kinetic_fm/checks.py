@@ -160,6 +160,19 @@ def check_real(name: str, value, low: float, high: float, what: str, *, open_low
     raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
+def inside_unit_interval(name: str, value) -> float:
+    """``value``, one real number (as :func:`check_unit_number` reads it), as a float in the open
+    interval (0, 1): a threshold, a confidence, a clamp. Else ValueError naming ``name``: "must be
+    a real number in (0, 1)" for what is not one real number, "must lie in (0, 1)" for one outside
+    (NaN included)."""
+    number = as_scalar(value)
+    if not is_real(number):
+        raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
+    if not 0.0 < number < 1.0:
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+    return float(number)
+
+
 def check_unit_number(name: str, value, what: str = "a number in [0, 1]") -> float:
     """``value``, one real number (a Python or NumPy number, or a 0-d tensor or array), as a float
     in [0, 1]; else ValueError "``name`` must be ``what``, got ...". NaN fails too. For a time on

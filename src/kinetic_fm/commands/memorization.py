@@ -76,13 +76,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..checks import check_integer
-    from ..metrics.memorization import MAX_BOOTSTRAP, _inside_unit_interval, memorization
+    from ..checks import check_integer, inside_unit_interval
+    from ..metrics.memorization import MAX_BOOTSTRAP, memorization
     from ..runs.distributed import World, resolve_device
 
     # before the inputs load and the audit runs, each named by its flag (the library names its
     # arguments, and the OS its paths: "[Errno 17] File exists" came after the whole audit)
-    _inside_unit_interval("--threshold", args.threshold)
+    inside_unit_interval("--threshold", args.threshold)
     check_integer("--bootstrap", args.bootstrap, 0, MAX_BOOTSTRAP)
     if args.out is not None and Path(args.out).suffix.lower() not in (".parquet", ".csv"):
         raise ValueError(f"--out must end in .parquet or .csv, got {args.out!r}")

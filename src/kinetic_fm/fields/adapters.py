@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..checks import (as_scalar, check_flag, check_integer, declares, declares_singular_at_one, is_real,
-                      optional_attribute, tensor_output)
+from ..checks import (as_scalar, check_flag, check_integer, declares, declares_singular_at_one, inside_unit_interval,
+                      is_real, optional_attribute, tensor_output)
 
 TIME_MODES = ("batch", "scalar", "shared")
 
@@ -319,11 +319,6 @@ class ReversedTime(_Adapter):
 _DEFAULT_CLAMP = 1e-3
 
 
-def _check_clamp(value: float, name: str) -> float:
-    value = as_scalar(value)
-    if not (is_real(value) and 0.0 < value < 1.0):
-        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
-    return float(value)
 
 
 def _prediction(out: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
@@ -358,7 +353,7 @@ class NoisePrediction(_Adapter):
             if isinstance(inner, DiscreteTime) and inner.num_timesteps > 2:
                 # a relative 1e-6 above 1/(T − 1) keeps int(t·(T − 1)) at 1 in float32 as in float64
                 t_min = max(t_min, (1.0 + 1e-6) / (inner.num_timesteps - 1))
-        self.inner, self.t_min = inner, _check_clamp(t_min, "t_min")
+        self.inner, self.t_min = inner, inside_unit_interval("t_min", t_min)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
         """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
@@ -386,7 +381,7 @@ class DataPrediction(_Adapter):
 
     def __init__(self, inner: Callable[..., torch.Tensor], *, gap_min: float = 1e-3):
         _check_callable(inner, "inner")
-        self.inner, self.gap_min = inner, _check_clamp(gap_min, "gap_min")
+        self.inner, self.gap_min = inner, inside_unit_interval("gap_min", gap_min)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
         """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..checks import as_scalar, check_integer, check_same_space, is_integer, is_real, positive_integer
+from ..checks import as_scalar, check_integer, check_same_space, inside_unit_interval, is_integer, positive_integer
 from ..knn import as_rows, check_finite, nearest_neighbors
 from ..sampling.guards import warn_if_feature_map_training
 from .features import feature_space, module_of
@@ -145,7 +145,7 @@ def memorization(
             feature counts, fewer than 2 training items (each named). TypeError: ``space`` not
             callable.
     """
-    threshold = _inside_unit_interval("threshold", threshold)
+    threshold = inside_unit_interval("threshold", threshold)
     bootstrap, seed, confidence = _interval_settings(bootstrap, seed, confidence, interval)
     space_chunk = positive_integer("space_chunk", space_chunk)
     if space is not None and not callable(space):
@@ -220,7 +220,7 @@ def fraction_interval(count: int, n: int, interval: str = "wilson", *, confidenc
 def _interval_settings(bootstrap, seed, confidence, interval: str) -> tuple[int, int, float]:
     """The interval's settings checked (each error names its argument), as (bootstrap, seed, confidence)."""
     bootstrap, seed = check_integer("bootstrap", bootstrap, 0, MAX_BOOTSTRAP), check_integer("seed", seed, 0)
-    confidence = _inside_unit_interval("confidence", confidence)
+    confidence = inside_unit_interval("confidence", confidence)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     return bootstrap, seed, confidence
@@ -230,16 +230,6 @@ def _interval(count: int, n: int, interval: str, confidence: float, bootstrap: i
     if interval == "bootstrap":
         return _bootstrap_ci(count, n, bootstrap, confidence, seed)
     return _binomial_ci(count, n, confidence, interval)
-
-
-def _inside_unit_interval(name: str, value) -> float:
-    """``value``, a real number (a 0-d array or tensor counts, a bool does not), as a float in (0, 1)."""
-    number = value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
-    if not is_real(number):
-        raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
-    if not 0.0 < number < 1.0:  # NaN fails here too
-        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
-    return float(number)
 
 
 def _real_rows(name: str, rows: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from ..checks import as_scalar, check_integer, is_real
+from ..checks import as_scalar, check_integer, inside_unit_interval, is_real
 
 __all__ = ["Correlation", "GroupComparison", "spearman", "pearson", "compare_groups"]
 
@@ -178,10 +178,7 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
 
     bootstrap, permutations, seed = (check_integer(name, value, 0) for name, value in (
         ("bootstrap", bootstrap), ("permutations", permutations), ("seed", seed)))
-    confidence = as_scalar(confidence)
-    if not (is_real(confidence) and 0.0 < confidence < 1.0):
-        raise ValueError(f"confidence must be a real number in (0, 1), got {confidence!r}")
-    confidence = float(confidence)
+    confidence = inside_unit_interval("confidence", confidence)
     if not (isinstance(ci_method, str) and ci_method in ("auto", "BCa", "percentile", "basic")):
         raise ValueError(f"ci_method must be 'auto', 'BCa', 'percentile' or 'basic', got {ci_method!r}")
     x, y = _pairs(x, y, nan_policy)
