@@ -1552,6 +1552,20 @@ def test_a_stage_at_a_steps_end_is_the_grid_point_itself(solver):
     assert {0.03, tau, 1.0} <= set(seen) and 0.03 + (tau - 0.03) not in seen   # the field sees t1 too
 
 
+@pytest.mark.parametrize("solver,expected", [
+    ("midpoint", 0.8),                                      # its one stage, at τ: η(τ) = 1 − β0
+    ("rk4", (1.5 + 2 * 0.8 + 2 * 0.8 + 0.8) / 6),           # stages at 0, τ, τ, 1
+    ("rk4_38", (1.5 + 3 * 1.5 + 3 * 0.8 + 0.8) / 8),        # stages at 0, 1/3, 2/3, 1 (none at τ)
+])
+def test_a_stage_inside_a_step_at_tau_takes_the_landing_gain(solver, expected):
+    # Only a stage ending a step on τ takes η's left limit; one inside a step across τ is at t = τ,
+    # in the landing phase (t ≥ τ): η(τ) = 1 − β0. It took the launch gain 1 + α0 (midpoint x 1.5).
+    kts = kfm.KTS(alpha0=0.5, beta0=0.2, tau_split=0.5, launch="constant", landing="constant")
+    x0 = torch.zeros(2, 3, dtype=torch.float64)
+    res = kfm.sample(lambda x, t: torch.ones_like(x), x0, steps=1, solver=solver, shaping=kts)
+    assert torch.allclose(res.x, torch.full_like(x0, expected), rtol=0, atol=1e-15)
+
+
 def test_no_stage_of_a_field_singular_at_one_evaluates_the_gain_at_one():
     # The last step drops its end stage (rk4 → Heun3, 3 of 4 stages); the unused slot is padded
     # with the step's start time, so a gain defined on [0, 1) — here η = 1 − t, 0 at t = 1 — is

@@ -111,14 +111,15 @@ def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]
 
     A KTS gain has a kink at τ (a jump for the constant forms). A step that ends on τ belongs to
     the launch phase, so its stage at τ takes η's left limit, as dopri5's steps do; evaluated on
-    the landing side, that one stage cost rk4 its order (first order with a jump). ``heun`` keeps
-    the reference rule, η(t_{i+1}) in the corrector.
+    the landing side, that one stage cost rk4 its order (first order with a jump). A stage at τ
+    inside a step across τ (midpoint's, rk4's c = ½) is in the landing phase and takes η(τ).
+    ``heun`` keeps the reference rule, η(t_{i+1}) in the corrector.
     """
     tau = float(gain.tau_split) if isinstance(gain, KTS) else None
     below_tau = math.nextafter(tau, 0.0) if tau is not None else None
     rows = []
-    for t0, row, tab in zip(times[:-1], t_stage, tableaus):
-        launch_step = tau is not None and t0 < tau and not tab.mean_gain_update
+    for t0, t1, row, tab in zip(times[:-1], times[1:], t_stage, tableaus):
+        launch_step = tau is not None and t0 < tau and t1 == tau and not tab.mean_gain_update
         rows.append([_gain_at(gain, below_tau if launch_step and t == tau else t) for t in row])
     return rows
 
