@@ -72,6 +72,35 @@ def test_exponential_landing_limit_is_named_over_the_whole_range_of_k(k):
     KTS(beta0=printed, k=k)                            # the printed value is admissible
 
 
+def test_a_beta0_just_below_the_limit_is_refused_unless_its_gain_at_one_is_positive_as_computed():
+    # β0 < 1/(e^k − 1) is the exact condition, but 1 − β0·expm1(k) may round to 0 or below for the
+    # largest float under it: accepted, then a sampler's stage at t = 1 raised "a gain must be > 0"
+    rng = np.random.default_rng(0)
+    refused = 0
+    for k in rng.uniform(0.01, 20.0, 400):
+        try:
+            kts = KTS(beta0=math.nextafter(1 / math.expm1(k), 0.0), k=float(k))
+        except ValueError as err:
+            assert "largest admissible beta0" in str(err)
+            refused += 1
+            continue
+        assert kts(1.0) > 0 and float(kts(torch.tensor([1.0], dtype=torch.float64))) > 0
+    assert 0 < refused < 400
+
+
+@pytest.mark.parametrize("k", [1e-6, 1e-12, 1e-15])
+def test_the_float_gain_is_accurate_for_small_k_as_the_tensor_gain_is(k):
+    # e^x − 1 as exp(x) − 1 cancels for small x (η(1) 0.445 for 0.5 at k = 1e-15); expm1 does not
+    kts = KTS(alpha0=0.0, beta0=0.5 / math.expm1(k), k=k)
+    assert kts(1.0) == pytest.approx(0.5, abs=1e-15)
+    assert kts(1.0) == float(kts(torch.tensor([1.0], dtype=torch.float64)))
+    launch = KTS(alpha0=1.0, beta0=0.0, launch="exponential", k=k * 1e-2)   # → the linear form 1 + (1 − t/τ)
+    assert launch(0.3) == pytest.approx(1.5, abs=1e-7)
+    # ∫η → 1 + α0·τ/2 − β0·(1 − τ)·k/2 (the linear forms' means), here 1 + 0.3 − 0.1
+    both = KTS(alpha0=1.0, beta0=0.5 / math.expm1(k), launch="exponential", k=k)
+    assert both.mean_gain() == pytest.approx(1.2, abs=1e-6)
+
+
 @pytest.mark.parametrize("landing", ["linear", "constant"])
 def test_linear_and_constant_landing_limit_is_one(landing):
     KTS(beta0=0.99, landing=landing)

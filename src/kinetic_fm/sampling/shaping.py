@@ -80,7 +80,10 @@ class KTS:
         if uses_k and not 0 < self.k <= _K_MAX:
             raise ValueError(f"k must lie in (0, {_K_MAX:g}] for the exponential forms, got {self.k!r}")
         limit = max_beta0(self.landing, self.k)
-        if self.beta0 >= limit:
+        # β0 < limit is the exact condition; for the largest floats under it 1 − β0·(e^k − 1) can
+        # still round to 0 or below, which each path that computes η must not meet at t = 1
+        end = torch.ones(1, dtype=torch.float64)
+        if self.beta0 >= limit or not (self._gain_float(1.0) > 0 and float(self._gain_tensor(end)) > 0):
             raise ValueError(
                 f"beta0 = {self.beta0!r} makes η(t) ≤ 0 near t = 1 for the {self.landing} landing"
                 + (f" with k = {self.k:g}" if self.landing == "exponential" else "")
@@ -140,7 +143,7 @@ class KTS:
             return a0 * u
         if self.launch == "constant":
             return a0
-        return a0 * (math.exp(k * u) - 1.0) / (math.exp(k) - 1.0)
+        return a0 * math.expm1(k * u) / math.expm1(k)  # as the tensor gain: exp(x) − 1 cancels for small x
 
     def beta(self, t: float) -> float:
         """Landing brake β(t) for t ≥ τ (0 elsewhere); t one number in [0, 1], as for ``alpha``."""
@@ -152,7 +155,7 @@ class KTS:
             return 0.0
         s = (t - tau) / (1.0 - tau)
         if self.landing == "exponential":
-            return b0 * (math.exp(k * s) - 1.0)
+            return b0 * math.expm1(k * s)
         if self.landing == "linear":
             return b0 * s
         return b0
@@ -192,9 +195,9 @@ class KTS:
         elif self.launch == "constant":
             launch = a0 * tau
         else:
-            launch = a0 * tau * (math.expm1(k) / k - 1.0) / math.expm1(k)
+            launch = a0 * tau * _expm1_excess(k) / math.expm1(k)
         if self.landing == "exponential":
-            landing = b0 * (1.0 - tau) * (math.expm1(k) / k - 1.0)
+            landing = b0 * (1.0 - tau) * _expm1_excess(k)
         elif self.landing == "linear":
             landing = b0 * (1.0 - tau) / 2.0
         else:
@@ -204,6 +207,12 @@ class KTS:
     def mean_gain(self) -> float:
         """∫₀¹ η dt of the gain as applied (exactly 1 when ``renormalize=True``)."""
         return 1.0 if self.renormalize else self._mean_gain
+
+
+def _expm1_excess(k: float) -> float:
+    """(e^k − 1)/k − 1 = ∫₀¹ (e^{ks} − 1) ds, without the cancellation of its closed form for small
+    k (0 at k = 1e-15, for 5e-16): below 1e-4 its series k/2 + k²/6 + k³/24, off by < k⁴/120."""
+    return k / 2.0 + k * k / 6.0 + k ** 3 / 24.0 if k < 1e-4 else math.expm1(k) / k - 1.0
 
 
 # α(t) and β(t) take one time: outside [0, 1] the forms extrapolate (β(1.5) > β0·(e^k − 1))
