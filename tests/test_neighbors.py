@@ -414,6 +414,23 @@ def test_faiss_sees_rows_swapped_in_place(dtype):
     assert torch.equal(theirs.indices, nearest_neighbors(queries, train, 1, backend="torch").indices)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint64])
+def test_integers_float64_cannot_hold_are_refused_by_name(dtype):
+    # nanosecond times near 1.7e18 rounded to float64 (spacing 256) before subtracting: nearest
+    # [1, 0] at distances [0, 256] where |Δ| = [150, 160]; within 2**53 integers stay exact
+    t0 = 1_700_000_000_000_000_000
+    reference, queries = torch.tensor([[t0], [t0 + 310]], dtype=dtype), torch.tensor([[t0 + 150]], dtype=dtype)
+    with pytest.raises(ValueError, match=r"^queries holds integers beyond 2\*\*53 in magnitude"):
+        nearest_neighbors(queries, reference, 2)
+    with pytest.raises(ValueError, match=r"^train holds integers beyond 2\*\*53 in magnitude"):
+        kfm.memorization(torch.tensor([[150], [3]], dtype=dtype), reference, bootstrap=0)
+    with pytest.raises(ValueError, match=r"^reference holds integers beyond 2\*\*53 in magnitude"):
+        kfm.kde_log_density(torch.tensor([[150.0]]), reference, bandwidth=1.0)
+    t0 = 2 ** 53 - 400                                   # the largest integers float64 holds exactly
+    small = nearest_neighbors(torch.tensor([[t0 + 150]], dtype=dtype), torch.tensor([[t0], [t0 + 310]], dtype=dtype), 2)
+    assert small.indices.tolist() == [[0, 1]] and small.distances.tolist() == [[150.0, 160.0]]
+
+
 def test_metrics_neighbors_re_exports_every_public_name_of_the_search():
     """The search lives in kinetic_fm.knn (below the layers: the EFM field uses it too);
     kinetic_fm.metrics.neighbors, where it was, still offers every public name, the same objects."""

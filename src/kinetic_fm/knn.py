@@ -81,8 +81,25 @@ def as_rows(name: str, value) -> torch.Tensor:
     return tensor
 
 
+def check_exact_integers(name: str, tensor: torch.Tensor) -> None:
+    """ValueError naming ``name`` when a 64-bit integer ``tensor`` holds values beyond 2**53 in
+    magnitude, which float64 (every distance here) rounds: nanosecond times near 1.7e18 are 256
+    apart there, so a distance of 150 read 0. Narrower integers always fit."""
+    if tensor.numel() == 0 or tensor.dtype not in (torch.int64, torch.uint64):
+        return
+    if tensor.dtype == torch.uint64:              # torch has no max of uint64
+        largest = int(tensor.cpu().numpy().max())
+    else:
+        largest = max(abs(int(tensor.max())), abs(int(tensor.min())))
+    if largest > 2 ** 53:
+        raise ValueError(f"{name} holds integers beyond 2**53 in magnitude (up to {largest}), which float64 "
+                         "distances cannot hold exactly; subtract a common offset (e.g. the smallest value) "
+                         "from both sets first")
+
+
 def _flatten(name: str, value) -> torch.Tensor:
     tensor = as_rows(name, value).detach()       # distances are not differentiable here
+    check_exact_integers(name, tensor)
     if tensor.dtype in (torch.uint16, torch.uint32, torch.uint64):
         tensor = tensor.to(torch.float64)        # few kernels take them; exact up to uint32
     if not (tensor.is_floating_point() or tensor.dtype in (torch.uint8, torch.int8, torch.int16,

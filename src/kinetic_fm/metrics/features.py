@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..checks import as_scalar, check_flag, is_integer, positive_integer, torch_readable
-from ..knn import nonfinite_rows
+from ..knn import check_exact_integers, nonfinite_rows
 from ..sampling.guards import warn_if_feature_map_training
 
 FeatureFn = Callable[[Tensor], Tensor]
@@ -299,6 +299,7 @@ def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x") -> Tens
     if feats.is_complex():
         raise ValueError(f"{argument}: the feature map returned complex features ({feats.dtype}); need real ones")
     if not feats.is_floating_point():
+        check_exact_integers(argument, feats)
         exact_in_float32 = feats.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16)
         feats = feats.to(torch.float32 if exact_in_float32 else torch.float64)
     if feats.ndim != 2 or feats.shape[0] == 0:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ..checks import as_scalar, check_integer, check_same_space, inside_unit_interval, is_integer, positive_integer
-from ..knn import as_rows, check_finite, nearest_neighbors
+from ..knn import as_rows, check_exact_integers, check_finite, nearest_neighbors
 from ..sampling.guards import warn_if_feature_map_training
 from .features import feature_space, module_of
 
@@ -236,6 +236,7 @@ def _real_rows(name: str, rows: torch.Tensor) -> torch.Tensor:
     """``rows`` if it holds real numbers, widened to float64 where the search lacks the integer type."""
     if rows.dtype == torch.bool or rows.is_complex():
         raise ValueError(f"{name} must hold real numbers, got dtype {rows.dtype}")
+    check_exact_integers(name, rows)
     if rows.dtype in (torch.uint16, torch.uint32, torch.uint64):
         return rows.to(torch.float64)  # exact for uint16/uint32; the distances are float64 in any case
     return rows
