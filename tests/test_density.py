@@ -381,3 +381,19 @@ def test_a_zero_bandwidth_is_refused_as_a_given_value(data):
     x, y = data
     with pytest.raises(ValueError, match=r"^bandwidth must be 'scott', 'median' or a positive finite number, got 0\.0$"):
         kde_log_density(x, y, 0.0)
+
+
+@pytest.mark.parametrize("dtype,power", [(torch.float32, -66), (torch.float32, 60), (torch.float64, -520)])
+def test_kde_is_scale_equivariant_at_any_scale_the_dtype_holds(dtype, power):
+    # log p(s·x; s·Y, s·h) = log p(x; Y, h) − D log s. With s = 2**power every input scales
+    # exactly; float32 data at 1e-20 gave NaN (1/h² ≈ 4e40 overflowed float32), without a word
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(5, 4, generator=g, dtype=dtype), torch.randn(200, 4, generator=g, dtype=dtype)
+    unit = kde_log_density(x, y, bandwidth=0.8)
+    s = 2.0 ** power
+    scaled = kde_log_density(x * s, y * s, bandwidth=0.8 * s)
+    assert scaled.bandwidth == 0.8 * s
+    torch.testing.assert_close(scaled.log_density, unit.log_density - 4 * math.log(s), rtol=1e-12, atol=1e-9)
+    scott = kde_log_density(x * s, y * s)                            # its own rule, scaled too
+    assert scott.bandwidth == pytest.approx(kde_log_density(x, y).bandwidth * s, rel=1e-12)
+    assert torch.isfinite(scott.log_density).all()

@@ -278,9 +278,10 @@ def sq_distance_blocks(x: Tensor, y: Tensor, *, chunk: int = 8192, batch_chunk: 
             yield q0, c0, d2
 
 
-def _centred_reference(x: Tensor, y: Tensor) -> tuple[torch.dtype, Tensor, Tensor, Tensor]:
-    """GEMM dtype, the centre (mean of y, float64), y centred in that dtype, and its float64 ‖y‖²
-    (of the centred rows as rounded to the GEMM dtype, i.e. of the GEMM's own operands)."""
+def _centred_reference(x: Tensor, y: Tensor, scale: float = 1.0) -> tuple[torch.dtype, Tensor, Tensor, Tensor]:
+    """GEMM dtype, the centre (mean of y, float64), y centred in that dtype (times ``scale``, a
+    power of two), and its float64 ‖y‖² (of the centred rows as rounded to the GEMM dtype, i.e.
+    of the GEMM's own operands)."""
     dtype = torch.float64 if (x.dtype == torch.float64 and y.dtype == torch.float64) else torch.float32
     n, dim = y.shape
     rows = block_size(y.device, 8 * dim, n)
@@ -289,7 +290,7 @@ def _centred_reference(x: Tensor, y: Tensor) -> tuple[torch.dtype, Tensor, Tenso
     y_sq = torch.empty(n, dtype=torch.float64, device=y.device)
     for r in range(0, n, rows):
         block = yc[r:r + rows]
-        block.copy_(y[r:r + rows].to(torch.float64) - centre)
+        block.copy_((y[r:r + rows].to(torch.float64) - centre) * scale)
         torch.sum(block.to(torch.float64).pow(2), dim=1, out=y_sq[r:r + rows])
     return dtype, centre, yc, y_sq
 
@@ -303,18 +304,25 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
     float64 running sum of ``exp(logit − max)``. In float32 the exponentials and their
     per-block sums are float32 (terms in [0, 1], pairwise-summed: relative error ~1e-6, below
     the GEMM's own rounding); everything is float64 when both inputs are.
+
+    The sum depends on the data only through (x − y)/h, so it is computed in units in which
+    h ∈ [1, 2): both sets are multiplied by a power of two s (exact), and h by it. Bit-identical
+    wherever nothing under- or overflows, and correct where it would (float32 data at 1e-20:
+    1/h² ≈ 4e40 overflowed float32 to NaN).
     """
     if chunk < 1 or batch_chunk < 1:
         raise ValueError(f"chunk and batch_chunk must be >= 1, got {chunk}, {batch_chunk}")
-    dtype, centre, yc, y_sq = _centred_reference(x, y)
-    c = 0.5 / h / h                     # not 0.5 / (h * h): h² overflows for h > 1e154
+    scale = 2.0 ** -math.floor(math.log2(h))
+    dtype, centre, yc, y_sq = _centred_reference(x, y, scale)
+    h = h * scale
+    c = 0.5 / h / h
     # the logits c·(2x·y − ‖y‖²) are formed in `dtype`: refuse a bandwidth so small against
     # the data's spread (norms from the centre) that they overflow, instead of returning NaN
-    reach = math.sqrt(float(y_sq.max())) + math.sqrt(float(row_sq_norms(x, torch.float64, centre=centre).max()))
+    reach = math.sqrt(float(y_sq.max())) + math.sqrt(float(row_sq_norms(x, torch.float64, centre=centre).max())) * scale
     limit = torch.finfo(dtype).max / 8.0
     if not (reach <= math.sqrt(limit) and c * reach * reach <= limit):
         name = str(dtype).replace("torch.", "")
-        smallest = reach * math.sqrt(0.5 / limit)
+        smallest, h, reach = reach * math.sqrt(0.5 / limit) / scale, h / scale, reach / scale
         raise ValueError(
             f"bandwidth {h:.3g} is too small for data spread over {reach:.3g} (norms about the reference "
             f"mean): the kernel exponents overflow {name}; use a bandwidth >= {smallest:.3g}"
@@ -326,7 +334,7 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
     # mmap, paid in page faults
     buffer = torch.empty(min(batch_chunk, x.shape[0]), min(chunk, y.shape[0]), dtype=dtype, device=x.device)
     for q0 in range(0, x.shape[0], batch_chunk):
-        xb = (x[q0:q0 + batch_chunk].to(torch.float64) - centre).to(dtype)
+        xb = ((x[q0:q0 + batch_chunk].to(torch.float64) - centre) * scale).to(dtype)
         xb_2c = xb * (2.0 * c)
         run_max = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
         run_sum = torch.zeros(xb.shape[0], dtype=torch.float64, device=x.device)
