@@ -298,6 +298,17 @@ def nearest_neighbors(
         check_finite(r_name, y)
     if exclude_self:
         check_same_rows(q_name, x, r_name, y)
+    if x.is_floating_point() and y.is_floating_point():
+        largest = max(abs_max(x), abs_max(y))
+        if 0.0 < largest < _TINY:
+            # products this small leave the dtype's normal range, where the certificate's relative
+            # rounding bound fails (float32 at 1e-22 certified wrong neighbours) and float64's d²
+            # loses digits (1e-160): search a copy scaled by a power of two, which is exact
+            scale = 2.0 ** -math.floor(math.log2(largest))
+            found = nearest_neighbors(x * scale, y * scale, k, chunk=chunk, batch_chunk=batch_chunk, margin=margin,
+                                      exclude_self=exclude_self, backend=backend, progress=progress,
+                                      check_inputs=False, names=names)
+            return Neighbors(found.distances / scale, found.indices, found.rechecked)
 
     dtype = _working_dtype(x, y)
     screen_dtype = torch.float32 if backend == "faiss" else dtype
@@ -409,6 +420,8 @@ def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
 
 
 _FAISS_CACHE: dict = {}
+# below this largest |entry| a search runs on a copy scaled by a power of two (see nearest_neighbors)
+_TINY = 2.0 ** -30
 
 
 def _faiss_index(faiss, y: torch.Tensor):
