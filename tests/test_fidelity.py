@@ -388,3 +388,17 @@ def test_feature_statistics_needs_two_rows():
     mean, cov = feature_statistics(np.array([[0.0, 1.0], [2.0, 5.0]]))
     np.testing.assert_array_equal(mean, [1.0, 3.0])
     np.testing.assert_array_equal(cov, np.cov(np.array([[0.0, 1.0], [2.0, 5.0]]).T))
+
+
+@pytest.mark.parametrize("power", [-76, -83])
+def test_precision_recall_of_tiny_float32_features_is_their_unit_scale_copys(power):
+    # 2**power scales every float32 entry exactly and changes no ball membership; at 1e-23 the
+    # GEMM's products underflowed, and P/R read 0.160/0.090 for 0.830/0.895 (helper-97)
+    rng = np.random.default_rng(0)
+    real = torch.tensor(rng.standard_normal((200, 8)), dtype=torch.float32)
+    fake = torch.tensor(rng.standard_normal((200, 8)), dtype=torch.float32)
+    unit = precision_recall(real, fake, k=3)
+    s = 2.0 ** power
+    tiny = precision_recall(real * s, fake * s, k=3)
+    assert torch.equal(tiny.fake_in_real, unit.fake_in_real) and torch.equal(tiny.real_in_fake, unit.real_in_fake)
+    assert (tiny.precision, tiny.recall) == (unit.precision, unit.recall)

@@ -298,17 +298,15 @@ def nearest_neighbors(
         check_finite(r_name, y)
     if exclude_self:
         check_same_rows(q_name, x, r_name, y)
-    if x.is_floating_point() and y.is_floating_point():
-        largest = max(abs_max(x), abs_max(y))
-        if 0.0 < largest < _TINY:
-            # products this small leave the dtype's normal range, where the certificate's relative
-            # rounding bound fails (float32 at 1e-22 certified wrong neighbours) and float64's d²
-            # loses digits (1e-160): search a copy scaled by a power of two, which is exact
-            scale = 2.0 ** -math.floor(math.log2(largest))
-            found = nearest_neighbors(x * scale, y * scale, k, chunk=chunk, batch_chunk=batch_chunk, margin=margin,
-                                      exclude_self=exclude_self, backend=backend, progress=progress,
-                                      check_inputs=False, names=names)
-            return Neighbors(found.distances / scale, found.indices, found.rechecked)
+    scale = tiny_data_scale(x, y)
+    if scale != 1.0:
+        # products this small leave the dtype's normal range, where the certificate's relative
+        # rounding bound fails (float32 at 1e-22 certified wrong neighbours) and float64's d²
+        # loses digits (1e-160): search a copy scaled by a power of two, which is exact
+        found = nearest_neighbors(x * scale, y * scale, k, chunk=chunk, batch_chunk=batch_chunk, margin=margin,
+                                  exclude_self=exclude_self, backend=backend, progress=progress,
+                                  check_inputs=False, names=names)
+        return Neighbors(found.distances / scale, found.indices, found.rechecked)
 
     dtype = _working_dtype(x, y)
     screen_dtype = torch.float32 if backend == "faiss" else dtype
@@ -420,8 +418,18 @@ def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
 
 
 _FAISS_CACHE: dict = {}
-# below this largest |entry| a search runs on a copy scaled by a power of two (see nearest_neighbors)
-_TINY = 2.0 ** -30
+
+
+def tiny_data_scale(*rows: torch.Tensor) -> float:
+    """A power of two s that brings float rows whose largest |entry| is below 2**-30 up to
+    [1, 2), else 1.0 (integer rows are never tiny). Squared distances of such rows and their
+    products leave the dtype's normal range, where the GEMM screens' relative rounding bounds do
+    not hold; multiplied by s every entry stays exact, so a search or a ball test of the scaled
+    rows is the original's, distances times s."""
+    if not all(r.is_floating_point() for r in rows):
+        return 1.0
+    largest = max(abs_max(r) for r in rows)
+    return 2.0 ** -math.floor(math.log2(largest)) if 0.0 < largest < 2.0 ** -30 else 1.0
 
 
 def _faiss_index(faiss, y: torch.Tensor):

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..blocks import block_size
 from ..checks import check_flag, check_integer, check_same_space, positive_integer
-from ..knn import column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
+from ..knn import column_mean, nearest_neighbors, row_sq_norms, tiny_data_scale, unit_roundoff
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
 
@@ -360,6 +360,9 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
     # overflow of squared distances (huge rows) is refused by nearest_neighbors, naming the set
     progress = check_flag("progress", progress)
+    scale = tiny_data_scale(r, f)  # tiny rows' products underflow the ball tests' GEMM
+    if scale != 1.0:
+        r, f = r * scale, f * scale
     fake_in_real = _inside_any_ball(f, r, _kth_neighbour_sq_radius(r, k, chunk, batch_chunk, "real", progress),
                                     chunk, batch_chunk, progress, "precision: fake in real balls")
     real_in_fake = _inside_any_ball(r, f, _kth_neighbour_sq_radius(f, k, chunk, batch_chunk, "fake", progress),

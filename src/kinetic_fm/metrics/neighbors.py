@@ -20,6 +20,7 @@ from ..knn import (
     nearest_neighbors,
     nonfinite_rows,
     row_sq_norms,
+    tiny_data_scale,
     unit_roundoff,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "nearest_neighbors",
     "nonfinite_rows",
     "row_sq_norms",
+    "tiny_data_scale",
     "unit_roundoff",
 ]
