@@ -25,7 +25,7 @@ from .output import (StudyOutput, clamp_text, display_note, fd_bias_note, fd_to_
                      feature_reference, for_display, image_range, noted_frechet_distance)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
-from .verdicts import best_is_interior, bonferroni_level, fmt_ci, interior_margin
+from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, interior_margin
 from .workspace import Workspace
 
 
@@ -298,7 +298,7 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
 
     - ``p_interior`` / ``p_end``: one-sided permutation p-values of T under random equal quintiles
       (``resamples`` random splits; exact when KPE says nothing about the samples).
-    - ``beyond_low`` / ``beyond_high``: 95% paired-bootstrap interval (``resamples`` resamples of the
+    - ``beyond_low`` / ``beyond_high``: 95% paired basic bootstrap interval (``resamples`` resamples of the
       rows, each keeping both its quintiles) of T by KPE minus T by ``control_bins``. Any scalar that
       sorts samples by content makes a U in set-level FD (the end quintiles are the unusual samples),
       so energy is only singled out when its U is deeper than the content control's.
@@ -329,6 +329,9 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
     boot = rng.integers(0, len(rows), size=(resamples, len(rows)))
     beyond = np.array([margin(idx, bins[idx]) - margin(idx, control_bins[idx]) for idx in boot])
     beyond = beyond[~np.isnan(beyond)]  # resamples without two rows in some quintile
+    # the basic interval: each quintile's FD carries a bias that moves with its spread, and the
+    # resamples' repeated rows add about as much again (verdicts.basic_bootstrap)
+    beyond = basic_bootstrap(t - margin(rows, control_bins), beyond)
     low, high = np.quantile(beyond, [0.025, 0.975]) if len(beyond) else (float("nan"), float("nan"))
     return {"T": t, "p_interior": (1 + int((null >= t).sum())) / (resamples + 1),
             "p_end": (1 + int((null <= t).sum())) / (resamples + 1),
@@ -559,8 +562,8 @@ def memorizer_span(train: torch.Tensor) -> PrincipalSpace:
 
 
 def _goldilocks_interval(tests: dict[str, float]) -> str:
-    """The Goldilocks row's interval column: T, its permutation p-values and the paired bootstrap
-    CI, or why those were not computed."""
+    """The Goldilocks row's interval column: T, its permutation p-values and the paired basic
+    bootstrap CI, or why those were not computed."""
     if tests["n_min"] <= tests["dim"]:
         return (f"T = {tests['T']:.3g}; permutation p and bootstrap CI not computed: n ≤ D "
                 f"({int(tests['n_min'])} samples of {int(tests['dim'])} features in the smallest quintile)")
@@ -608,7 +611,7 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
         f"T = better end quintile's FD − best interior one's ({resamples} permutations and as many paired "
         "resamples: the memorization study's bootstrap count, at most 200); reproduced when T beats random equal "
         "quintiles "
-        "(one-sided permutation p ≤ 0.025) and beats T by ‖x1‖² quintiles (paired bootstrap CI above 0: "
+        "(one-sided permutation p ≤ 0.025) and beats T by ‖x1‖² quintiles (paired basic bootstrap CI above 0: "
         f"sorting by content alone makes a U; by ‖x1‖² an interior quintile is best in {control_share:.0%} of "
         "resamples); not reproduced when an end quintile is best beyond chance (p ≤ 0.025 the other way)"
         + fd_undecided_note(int(tests["n_min"]), int(tests["dim"]), "quintile", smallest=True))

