@@ -132,9 +132,13 @@ def test_workspace_keys_include_the_cache_epoch_and_drops_stale_tables(tmp_path,
     from kinetic_fm.studies import workspace
 
     key = workspace.config_hash({"steps": 10})
+    net = Workspace(tmp_path).model_path("general", {"steps": 10})
     monkeypatch.setattr(workspace, "CACHE_EPOCH", workspace.CACHE_EPOCH + 1)
     assert workspace.config_hash({"steps": 10}) != key          # a library change invalidates the cache
     ws = Workspace(tmp_path)
+    assert ws.model_path("general", {"steps": 10}) == net        # ... but not the trained nets
+    monkeypatch.setattr(workspace, "MODEL_EPOCH", workspace.MODEL_EPOCH + 1)
+    assert ws.model_path("general", {"steps": 10}) != net        # unless training changed
     for name in ("semantics__a", "support__old"):
         ws.save_table(name, pd.DataFrame({"x": [1.0]}))
     ws.remove_tables_except({"semantics__a"})
@@ -1720,6 +1724,10 @@ def test_the_judging_classifier_is_cached_per_seed(tmp_path, monkeypatch):
     for a, b in zip(first.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
     judge(replace(cfg, seed=1))
+    assert seeds == [0, 1]
+    from kinetic_fm.studies import workspace                  # a change of sampling keeps the judge
+    monkeypatch.setattr(workspace, "CACHE_EPOCH", workspace.CACHE_EPOCH + 1)
+    judge(cfg)
     assert seeds == [0, 1]
     # a data set of four classes whose split holds three: the judge still has four outputs
     four, _, _ = _classifier(replace(cfg, seed=2), ws, images[:16], labels[:16], images[16:], labels[16:],

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..metrics.features import FeatureSpace, PrincipalSpace
 from .config import MIN_TRAIN, AssetsConfig
-from .workspace import Workspace
+from .workspace import MODEL_EPOCH, Workspace
 
 # What a study's velocity net trained on, beside it in its run folder (models/<name>-<hash>/):
 # `kfm memorization --train FOLDER` reads it to audit samples against exactly those items.
@@ -194,7 +194,7 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes, 
         return {"state": result.model.state_dict(), "config": dict(result.model.config),
                 "accuracy": result.test_accuracy}
 
-    stored = ws.cached("classifier", key, fit)
+    stored = ws.cached("classifier", key, fit, epoch=MODEL_EPOCH)  # weights: a change of sampling keeps them
     # its weights are in the cache now, written atomically: the resume state has done its work
     # (one from an older run goes too)
     from ..models.train import RESUME_FILE
