@@ -1566,6 +1566,25 @@ def test_a_stage_inside_a_step_at_tau_takes_the_landing_gain(solver, expected):
     assert torch.allclose(res.x, torch.full_like(x0, expected), rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("solver", ["midpoint", "rk4", "rk4_38"])
+@pytest.mark.parametrize("grid, tol", [
+    (np.linspace(0, 1, 11), 1e-13),                                  # point 6 is 0.6000000000000001
+    (torch.arange(11, dtype=torch.float64) * 0.1, 1e-13),            # the same
+    (torch.linspace(0, 1, 11), 1e-6),                                # float32: 0.6000000238
+    (np.r_[np.linspace(0, 0.5, 6), np.nextafter(0.6, 0), np.linspace(0.7, 1, 4)], 1e-13),   # just below
+])
+def test_a_grid_point_a_rounding_off_tau_is_tau_for_the_gain(solver, grid, tol):
+    # the usual ways to write ten steps hold τ = 0.6 a few ulps off; the step ending there took
+    # the landing gain across η's jump (KPE 1,000× less accurate than grid="uniform", helper-102)
+    kts = kfm.KTS(alpha0=0.2, beta0=0.3, launch="constant", landing="constant")
+    target = kfm.GaussianTarget(mean=torch.tensor([2.0, -1.0], dtype=torch.float64), std=0.5)
+    x0 = kfm.noise(range(3), (2,), dtype=torch.float64)
+    uniform = kfm.sample(target, x0, steps=10, solver=solver, shaping=kts)
+    given = kfm.sample(target, x0, steps=10, grid=grid, solver=solver, shaping=kts)
+    for name in ("x", "kpe", "kpe_raw", "early", "late"):
+        torch.testing.assert_close(getattr(given, name), getattr(uniform, name), rtol=tol, atol=tol, msg=name)
+
+
 def test_no_stage_of_a_field_singular_at_one_evaluates_the_gain_at_one():
     # The last step drops its end stage (rk4 → Heun3, 3 of 4 stages); the unused slot is padded
     # with the step's start time, so a gain defined on [0, 1) — here η = 1 − t, 0 at t = 1 — is
