@@ -23,8 +23,8 @@ from ..checks import optional_attribute
 from ..norms import squared_norm
 from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
-from .guards import (NonFiniteVelocityError, StepLimitError, check_state_unchanged, check_velocity_output,
-                     first_velocity, state_version)
+from .guards import (NonFiniteVelocityError, StepLimitError, check_outputs_unchanged, check_state_unchanged,
+                     check_velocity_output, first_velocity, state_version)
 from .shaping import KTS
 from .tableau import DOPRI5
 
@@ -78,6 +78,7 @@ def integrate_dopri5(
         check_velocity_output(v, x, " during dopri5's steps")  # every call: metadata only, no sync
         return v
 
+    read_after = [tab.read_after(j) for j in range(tab.stages)]
     x = x0.clone()
     version = state_version(x)
     k1 = first_velocity(f, x, t)
@@ -119,6 +120,7 @@ def integrate_dopri5(
         if stop is not None:
             t_end = torch.where(at_stop, torch.full_like(ta, stop), t_end)
         kv = [k1[rows]]
+        versions = [None]  # a copy of k1's rows: no field reaches it
         etas = [eta_of(ta)]
         norms = [squared_norm(kv[0])]
         for j in range(1, tab.stages):
@@ -128,7 +130,9 @@ def integrate_dopri5(
                 if a_jl != 0.0:
                     xj = xj + _bcast(ha * a_jl * etas[l], xa) * kv[l]
             v = f(xj, tj, active)
+            check_outputs_unchanged(kv, versions, read_after[j], iteration)
             kv.append(v)
+            versions.append(state_version(v))
             etas.append(eta_of(tj if stop is None else torch.where(before & (tj >= stop), below_stop, tj)))
             norms.append(squared_norm(v))
         nfe.index_add_(0, rows, torch.full_like(rows, tab.stages - 1))

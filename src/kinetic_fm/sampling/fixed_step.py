@@ -9,7 +9,8 @@ import torch
 
 from ..checks import declares_singular_at_one
 from .energy import EnergyLedger, quadrature_weights
-from .guards import check_state_unchanged, check_velocity_output, first_velocity, state_version
+from .guards import (check_outputs_unchanged, check_state_unchanged, check_velocity_output, first_velocity,
+                     state_version)
 from .shaping import KTS
 from .tableau import EULER, HEUN3, Tableau
 
@@ -68,6 +69,7 @@ def integrate_fixed(
     t_stage = stage_times(times, tableaus, n_stages)
     eta = stage_gains(gain, times, t_stage, tableaus)
     t_vectors = [[torch.full((batch,), t, dtype=dtype, device=device) for t in row] for row in t_stage]
+    read_after = [[tab.read_after(j) for j in range(tab.stages)] for tab in tableaus]
     # half-precision squares overflow (‖v‖² > 65504 in float16) and round coarsely (bfloat16)
     norm_dtype = torch.promote_types(dtype, torch.float32)
     norms = torch.zeros(n_steps, n_stages, batch, dtype=norm_dtype, device=device)
@@ -83,6 +85,7 @@ def integrate_fixed(
         h = times[i + 1] - times[i]
         step = tableaus[i]
         stage_v: list[torch.Tensor] = []
+        versions: list[int | None] = []
         for j in range(step.stages):
             xj = x
             for l, a_jl in enumerate(step.a[j]):
@@ -95,11 +98,13 @@ def integrate_fixed(
                 v = velocity(xj, t_vectors[i][j])
                 check_velocity_output(v, xj, step=i, time=t_stage[i][j])
             check_state_unchanged(xj, version, i, t_stage[i][j], is_x0=xj is x0)
+            check_outputs_unchanged(stage_v, versions, read_after[i][j], i, t_stage[i][j])
             flat = v.reshape(batch, -1)
             if flat.dtype != norm_dtype:
                 flat = flat.to(norm_dtype)
             torch.linalg.vecdot(flat, flat, out=norms[i, j])
             stage_v.append(v)
+            versions.append(state_version(v))
         x = _update(x, h, step, stage_v, eta[i])
 
     return _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_profile)

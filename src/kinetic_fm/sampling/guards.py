@@ -107,6 +107,23 @@ def check_state_unchanged(x: torch.Tensor, version: int | None, step: int, time:
         )
 
 
+def check_outputs_unchanged(outputs: list[torch.Tensor], versions: list[int | None], kept: tuple[int, ...],
+                            step: int, time: float | None = None) -> None:
+    """ValueError if the velocity wrote into a tensor it returned for an earlier stage of this
+    step that the solver still reads (``kept`` indexes ``outputs``; ``versions`` from
+    :func:`state_version` when each came back; None skips; ``step`` and ``time`` name the step,
+    dopri5's try without a time). A wrapper that returns one preallocated buffer for every call
+    does that, and the step would use the last answer for all: metadata only, no synchronisation."""
+    for l in kept:
+        if versions[l] is not None and outputs[l]._version != versions[l]:
+            where = f"dopri5's try {step}" if time is None else f"step {step}, t = {time:.6g}"
+            raise ValueError(
+                f"the velocity wrote into the tensor it returned for an earlier stage ({where}), which the "
+                "solver still reads: it reuses one output buffer across calls (a "
+                "static-buffer, CUDA-graph or TensorRT wrapper?). Return a new tensor from every call, e.g. "
+                "lambda x, t: field(x, t).clone()")
+
+
 def _dtype_hint(x: torch.Tensor) -> str:
     """What to do when the velocity's network works in another dtype or on another device than x."""
     where = (" (torch.autocast is on: it makes the network return a lower precision)"

@@ -23,6 +23,15 @@ class Tableau:
     def stages(self) -> int:
         return len(self.c)
 
+    def read_after(self, j: int) -> tuple[int, ...]:
+        """The earlier stages (< ``j``) whose outputs are read after stage ``j``'s evaluation: by a
+        later stage's input, the update or the error estimate. A field that writes into one of
+        them (a reused output buffer) changes the step."""
+        later = range(j + 1, self.stages)
+        error = self.b_error or (0.0,) * self.stages
+        return tuple(l for l in range(j) if self.b[l] != 0.0 or error[l] != 0.0
+                     or any(self.a[m][l] != 0.0 for m in later))
+
 
 EULER = Tableau("euler", c=(0.0,), a=((),), b=(1.0,), order=1)
 MIDPOINT = Tableau("midpoint", c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0), order=2)
