@@ -69,6 +69,11 @@ def test_dopri5_gives_each_sample_its_own_label():
     tracked = ClassifierFreeGuidance(net, labels, 2.0, NULL, track_parts=True)
     with pytest.raises(ValueError, match="track_parts is not supported with adaptive solvers"):
         kfm.sample(tracked, x0, solver="dopri5", **tol)
+    # one sample (or samples all finishing together) never selects a subset, where the refusal
+    # was: each rejected try restarted the parts (36 % low), without a word (helper-102)
+    with pytest.raises(ValueError, match="track_parts is not supported with adaptive solvers"):
+        kfm.sample(ClassifierFreeGuidance(net, labels[:1], 2.0, NULL, track_parts=True), x0[:1],
+                   solver="dopri5", **tol)
 
 
 def test_dopri5_slices_an_inner_models_extras_over_the_doubled_batch():

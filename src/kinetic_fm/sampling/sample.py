@@ -59,7 +59,10 @@ def sample(
             data (labels, conditions) provides ``select(active)``, the field for the samples
             where the (B,) bool mask is True (``ClassifierFreeGuidance`` and the adapters do).
             dopri5 refuses a field that declares ``one_time_per_call`` (an adapter with
-            ``time="shared"``): its net would see the first row's time for every row.
+            ``time="shared"``): its net would see the first row's time for every row; and one
+            with ``track_parts`` (``ClassifierFreeGuidance``'s part energies, which a rejected
+            try restarts). A field must return a new tensor from each call (one that writes into
+            an output the solver still reads is refused).
         x0: (B, ...) initial noise, a floating tensor (used as given: its dtype and device are the
             run's); or give ``seeds`` and ``shape`` to draw it with ``kfm.noise``.
         seeds: B non-negative integer seeds, one per sample: a list, range, generator (read once),
@@ -127,6 +130,10 @@ def sample(
     if solver == "dopri5":
         if not (isinstance(grid, str) and grid == "uniform"):
             raise ValueError("grid applies to fixed-step solvers only; dopri5 chooses its own steps")
+        if declares(velocity, "track_parts"):
+            # a rejected try goes back in time, which restarts ClassifierFreeGuidance's part energies
+            raise ValueError("track_parts is not supported with adaptive solvers (dopri5): its rejected tries "
+                             "restart the part energies; use a fixed-step solver, or track_parts=False")
         if declares(velocity, "one_time_per_call"):
             # every row would be integrated at the first row's time, without an error to show it
             raise ValueError("velocity passes one time for the whole batch (an adapter with time='shared'), "
