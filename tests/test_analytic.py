@@ -33,3 +33,20 @@ def test_trajectories_start_at_x0_and_move_with_the_field_at_every_time():
             x_t = field.trajectory(x0, t)
             rate = (field.trajectory(x0, t + h) - field.trajectory(x0, t - h)) / (2 * h)
             torch.testing.assert_close(rate, field(x_t, t), rtol=0, atol=1e-8)
+
+
+FIELDS = [kfm.GaussianTarget(mean=torch.tensor([2.0, -1.0]), std=0.5), kfm.PointTarget(torch.tensor([1.0, 2.0])),
+          kfm.GaussianMixtureTarget(means=torch.tensor([[1.0, 1.0], [-1.0, 2.0]]), std=0.3)]
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=["gaussian", "point", "mixture"])
+def test_an_integer_or_non_tensor_state_and_a_bool_time_are_refused_by_name(field):
+    # an int64 x made t an integer too (0.3 → 0): Gaussian [[1, 1], [2, -2]] for [[1.46, 1.35], ...]
+    x = torch.tensor([[1, 2], [4, -3]])
+    with pytest.raises(ValueError, match=r"x must be a \(B, \.\.\.\) floating tensor, got dtype torch.int64"):
+        field(x, 0.3)
+    with pytest.raises(ValueError, match=r"x must be a \(B, \.\.\.\) floating tensor, got list"):
+        field(x.tolist(), 0.3)
+    with pytest.raises(ValueError, match="t must hold real times in \\[0, 1\\], got a torch.bool tensor"):
+        field(x.double(), torch.tensor([True, False]))
+    assert field(x.double(), 0.3).dtype == torch.float64

@@ -90,9 +90,15 @@ def _time_column(t, x: torch.Tensor) -> torch.Tensor:
     A number outside [0, 1], NaN included, is refused; a tensor's times are not looked at (that
     would be a host synchronisation per call; the samplers' grids lie in [0, 1]).
     """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        # an integer x made t an integer too (t → 0) and the velocity an integer, without a word
+        got = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a (B, ...) floating tensor, got {got}")
     if not isinstance(t, torch.Tensor):  # a number: one time for the whole batch
         t = torch.full((x.shape[0],), _unit_time(t, "a number in [0, 1] or a (B,) tensor"), dtype=torch.float64,
                        device=x.device)
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"t must hold real times in [0, 1], got a {t.dtype} tensor")
     if t.dim() != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
     return t.reshape(-1, *([1] * (x.dim() - 1)))
@@ -204,8 +210,8 @@ class GaussianMixtureTarget:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """v(x, t): x (B, ...) float, t (B,) or one number in [0, 1]; (B, ...) in x's dtype."""
-        b = x.shape[0]
         tc = _time_column(t, x).to(torch.float64)
+        b = x.shape[0]
         s, rate = _scale(tc.reshape(b, 1), self.std)  # (B, 1)
         xf = x.reshape(b, -1).to(torch.float64)
         mu = self._placed("means", self.means, x.device, torch.float64).reshape(self.means.shape[0], -1)  # (K, D)
