@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import load_weights
+from .classifier import as_signed_pixels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,7 +40,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 RGB images given in [-1, 1] (the data loaders' range).
+    """ResNet-(6n+2) for 32x32 RGB images given in [-1, 1] (the data loaders' range), or as integer
+    pixels in [0, 255] (:func:`~kinetic_fm.models.classifier.as_signed_pixels`).
 
     Inputs are mapped to [0, 1] and normalised with the ImageNet mean/std inside, as the
     pretrained weights expect. ``features(x)`` is the (B, 64) global-average-pooled feature,
@@ -69,7 +71,7 @@ class CifarResNet(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"x must have shape (B, 3, H, W), got {tuple(x.shape)}")
-        x = ((x.to(self.conv1.weight.dtype) + 1) / 2 - self.mean) / self.std  # e.g. float64 samples
+        x = ((as_signed_pixels(x, self.conv1.weight.dtype) + 1) / 2 - self.mean) / self.std  # e.g. float64 samples
         h = F.relu(self.bn1(self.conv1(x)))
         h = self.layer3(self.layer2(self.layer1(h)))
         return h.mean(dim=(2, 3))
