@@ -124,3 +124,8 @@ def test_sprite_rows_are_row_major_rgb_pixels_and_label_lines_are_checked(tmp_pa
     assert ds.labels.tolist() == [3, 5]
     with pytest.raises(ValueError, match="has 3 labels; rows 2..3 requested"):
         load_cifar10_sprite(tmp_path / "s.png", tmp_path / "labels.txt", label_offset=2)
+    # a label outside 0..9 loaded, and failed later as ds.classes[12] (helper-101)
+    for bad, shown in (("12\n3\n", "12"), ("-3\n3\n", "-3"), ("x\n3\n", "'x'")):
+        (tmp_path / "bad.txt").write_text(bad)
+        with pytest.raises(ValueError, match=rf"bad.txt: labels must be integers in 0..9, found {shown} at line 1"):
+            load_cifar10_sprite(tmp_path / "s.png", tmp_path / "bad.txt")

@@ -159,5 +159,10 @@ def load_cifar10_sprite(
         if label_offset < 0 or label_offset + len(images) > len(lines):
             raise ValueError(f"{labels_file}: has {len(lines)} labels; rows {label_offset}.."
                              f"{label_offset + len(images) - 1} requested")
-        labels = torch.tensor([int(v) for v in lines[label_offset: label_offset + len(images)]], dtype=torch.int64)
+        read = lines[label_offset: label_offset + len(images)]
+        for line, text in enumerate(read, start=label_offset + 1):
+            if not (text.lstrip("-").isdigit() and 0 <= int(text) <= 9):
+                shown = text if text.lstrip("-").isdigit() else repr(text)
+                raise ValueError(f"{labels_file}: labels must be integers in 0..9, found {shown} at line {line}")
+        labels = torch.tensor([int(v) for v in read], dtype=torch.int64)
     return ImageDataset(uint8_to_signed(images), labels, CIFAR10_CLASSES, str(sprite))
