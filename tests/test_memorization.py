@@ -152,6 +152,10 @@ def test_gap_ratio_and_fraction_interval_are_the_audits_own(case):
     (lambda: kfm.gap_ratio(torch.ones(3), torch.ones(2)), "one shape"),
     (lambda: kfm.gap_ratio(torch.tensor([2.0]), torch.tensor([1.0])), "0 <= d1 <= d2"),
     (lambda: kfm.gap_ratio(torch.tensor([float("nan")]), torch.tensor([1.0])), "0 <= d1 <= d2"),
+    # an infinite d2 gave ratio 0 (memorized), inf and inf NaN
+    (lambda: kfm.gap_ratio(torch.tensor([1.0]), torch.tensor([float("inf")])), "finite"),
+    (lambda: kfm.gap_ratio(torch.tensor([float("inf")]), torch.tensor([float("inf")])), "finite"),
+    (lambda: kfm.gap_ratio(torch.ones(2, 2), torch.ones(2, 2)), r"shape \(B,\)"),
     (lambda: kfm.fraction_interval(11, 10), "0 <= count <= n"),
     (lambda: kfm.fraction_interval(0, 0), "n >= 1"),
     (lambda: kfm.fraction_interval(1, 10, "normal"), "interval must be one of"),
