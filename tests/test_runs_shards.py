@@ -159,6 +159,20 @@ def _drop_receipt(path):
     receipt_path(path).unlink()
 
 
+def _receipt_not_an_object(path):
+    receipt_path(path).write_text("[]")         # valid JSON: .get raised AttributeError (helper-100)
+
+
+def _receipt_a_folder(path):
+    receipt_path(path).unlink()
+    receipt_path(path).mkdir()
+
+
+def _shard_a_folder(path):
+    path.unlink()
+    path.mkdir()
+
+
 def _reissue_receipt(path):
     """A receipt that vouches for the shard's present bytes: only the checks past the sha256 remain."""
     receipt = json.loads(receipt_path(path).read_text())
@@ -211,6 +225,9 @@ def _shifted_seeds_with_reissued_receipt(path):
     (_flip_sample_values_and_reissue_receipt, "unreadable"),
     (_other_runs_shard_with_reissued_receipt, "different run"),
     (_shifted_seeds_with_reissued_receipt, "seeds differ from 6..8"),
+    (_receipt_not_an_object, "unreadable receipt (not a JSON object"),
+    (_receipt_a_folder, "unreadable receipt"),
+    (_shard_a_folder, "unreadable"),
 ])
 def test_damaged_shard_is_detected_never_merged_and_redone(tmp_path, damage, reason):
     run = tmp_path / "run"

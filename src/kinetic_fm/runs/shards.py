@@ -120,15 +120,20 @@ def _load_shard(run_dir, manifest: RunManifest, index: int,
         receipt = json.loads(receipt_path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return invalid("no receipt: its writer stopped before committing it")
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # not JSON, not UTF-8, a folder in its place
         return invalid(f"unreadable receipt ({err})")
+    if not isinstance(receipt, dict):
+        return invalid(f"unreadable receipt (not a JSON object: {type(receipt).__name__})")
     if receipt.get("run_id") != manifest.run_id or receipt.get("shard") != index:
         return invalid("written by a different run or for another shard")
     # read once into memory Arrow owns, hashed and parsed from there: a table parsed from Python's
     # own bytes holds them, and releasing them at interpreter exit with torch loaded aborted the
     # process ("terminate called without an active exception", exit status 134) in most runs
-    with pa.OSFile(str(path), "rb") as file:
-        data = file.read_buffer()
+    try:
+        with pa.OSFile(str(path), "rb") as file:
+            data = file.read_buffer()
+    except OSError as err:  # a folder in its place
+        return invalid(f"unreadable ({err})")
     if len(data) != receipt.get("bytes") or hashlib.sha256(data).hexdigest() != receipt.get("sha256"):
         return invalid(f"corrupt: {len(data)} bytes whose sha256 differs from the receipt's")
     try:
@@ -159,7 +164,14 @@ def discard_shard(run_dir: str | os.PathLike, plan: ShardPlan, index: int) -> No
     """Remove shard ``index`` and any temporaries a killed writer left for it."""
     path = shard_path(run_dir, plan, index)
     for file in (path, receipt_path(path)):
-        file.unlink(missing_ok=True)
+        if file.is_dir() and not file.is_symlink():
+            try:  # an empty folder in a shard file's place goes; one holding files is not ours to delete
+                file.rmdir()
+            except OSError:
+                raise ValueError(f"{file} is a folder where the run keeps a shard file; move it away and "
+                                 "resume again") from None
+        else:
+            file.unlink(missing_ok=True)
         remove_stale_temporaries(file.parent, file.name)
 
 
