@@ -1,6 +1,8 @@
 """Run manifest, identity fingerprints and the shard plan (kinetic_fm.runs.manifest / plan)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,31 @@ def test_a_manifest_of_another_format_is_refused_naming_it(tmp_path):
     path.write_text(path.read_text().replace('"format": 1', '"format": 2'))
     with pytest.raises(ValueError, match=r"manifest.json: unsupported manifest format 2 \(expected 1\)"):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda body: body.pop("versions"), None),                       # informational: read without it
+    (lambda body: body.pop("created"), None),
+    (lambda body: body.pop("n"), r"lacks 'n'"),
+    (lambda body: body.pop("config"), r"lacks 'config'"),
+    (lambda body: body.update(n="400"), r"'n' must be an integer, got '400'"),
+    (lambda body: body.update(shard_size=50.0), r"'shard_size' must be an integer, got 50.0"),
+    (lambda body: body.update(seed_start=True), r"'seed_start' must be an integer, got True"),
+    (lambda body: body.update(config=[1]), r"'config' must be a JSON object, got list"),
+    (lambda body: body.update(kind=3), r"'kind' must be a string, got 3"),
+])
+def test_a_manifest_missing_a_field_or_holding_the_wrong_type_is_refused_naming_it(tmp_path, edit, message):
+    # KeyError, TypeError from ShardPlan's comparisons, a float range() (helper-100)
+    write_manifest(tmp_path, _manifest())
+    path = tmp_path / "manifest.json"
+    body = json.loads(path.read_text())
+    edit(body)
+    path.write_text(json.dumps(body))
+    if message is None:
+        assert read_manifest(tmp_path).run_id == _manifest().run_id
+    else:
+        with pytest.raises(ValueError, match=r"manifest.json: the run manifest.* " + message):
+            read_manifest(tmp_path)
 
 
 def test_run_id_ignores_informational_fields():

@@ -174,8 +174,18 @@ class RunManifest:
             raise ValueError(f"the run manifest must be a JSON object, got {type(body).__name__}")
         if body.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported manifest format {body.get('format')!r} (expected {FORMAT_VERSION})")
-        names = ("kind", "config", "identity", "seed_start", "n", "shard_size", "versions", "created")
-        return cls(**{k: body[k] for k in names}, runtime=body.get("runtime", {}))
+        kinds = {"kind": str, "config": dict, "identity": dict, "seed_start": int, "n": int, "shard_size": int}
+        for name, kind in kinds.items():
+            if name not in body:
+                raise ValueError(f"the run manifest lacks {name!r}; was it edited?")
+            value = body[name]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                what = {str: "a string", dict: "a JSON object", int: "an integer"}[kind]
+                got = type(value).__name__ if kind is dict else repr(value)
+                raise ValueError(f"the run manifest's {name!r} must be {what}, got {got}; was it edited?")
+        # informational, never compared: a manifest without them still reads
+        return cls(**{k: body[k] for k in kinds}, versions=body.get("versions", {}),
+                   created=body.get("created", ""), runtime=body.get("runtime", {}))
 
 
 def read_manifest(run_dir: str | os.PathLike) -> RunManifest:
