@@ -1196,3 +1196,17 @@ def test_resnet_space_images_beyond_1_are_refused():
         _cifar_images("--samples", torch.linspace(0, 2, 2 * 3072).reshape(2, 3072))
     with pytest.raises(ValueError, match=r"--samples spans \[-2, 0\]"):
         _cifar_images("--samples", torch.linspace(-2, 0, 2 * 3072).reshape(2, 3072))
+
+
+def test_kfm_memorization_of_an_incomplete_run_is_one_error_line(tmp_path, capsys):
+    # IncompleteRunError is a RuntimeError, which the CLI re-raised as a bug: 21 lines of traceback
+    run = tmp_path / "run"
+    assert main(["sample", "--n", "6", "--steps", "2", "--shard-size", "2", "--no-progress", "--out", str(run)]) == 0
+    for part in (run / "shards").glob("shard-00001-of-00003.*"):
+        part.unlink()
+    np.save(tmp_path / "train.npy", np.zeros((5, 2)))
+    capsys.readouterr()
+    code = main(["memorization", "--samples", str(run), "--train", str(tmp_path / "train.npy"), "--bootstrap", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("kfm memorization: error: ") and err.count("\n") == 1
+    assert "shard-00001-of-00003.parquet (missing" in err and "--resume" in err

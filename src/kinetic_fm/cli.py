@@ -65,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({type(err).__name__}: {err}); ask for fewer samples, steps or resamples", file=sys.stderr)
         return 2
     except RuntimeError as err:
+        from .runs.shards import IncompleteRunError  # here: the runs package brings pyarrow with it
+
+        if isinstance(err, IncompleteRunError):  # a run folder with shards missing: say which, no traceback
+            print(f"kfm {args.command}: error: {err}", file=sys.stderr)
+            return 2
         if not _out_of_memory(err):  # anything else is a bug: keep its traceback
             raise
         print(f"kfm {args.command}: error: out of memory ({str(err).splitlines()[0]}); ask for fewer samples, "
