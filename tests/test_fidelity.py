@@ -402,3 +402,41 @@ def test_precision_recall_of_tiny_float32_features_is_their_unit_scale_copys(pow
     tiny = precision_recall(real * s, fake * s, k=3)
     assert torch.equal(tiny.fake_in_real, unit.fake_in_real) and torch.equal(tiny.real_in_fake, unit.real_in_fake)
     assert (tiny.precision, tiny.recall) == (unit.precision, unit.recall)
+
+
+@pytest.mark.parametrize("power", [260, -330])
+def test_frechet_distance_scales_as_the_square_of_the_features_at_any_magnitude(power):
+    # FD(s·a, s·b) = s²·FD(a, b); with s = 2**power every entry scales exactly. cov^½ Σ cov^½
+    # grows as s⁴: NaN from 1e77 on, and 5.1e-200 for 1.09e-200 at 1e-100 (helper-97)
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(200, 5)), rng.normal(size=(150, 5)) * 1.3 + 0.2
+    s = 2.0 ** power
+    unit = frechet_distance(a, b).value
+    assert frechet_distance(a * s, b * s).value == pytest.approx(unit * s * s, rel=1e-10, abs=0)
+    mu_a, cov_a = feature_statistics(a)
+    mu_b, cov_b = feature_statistics(b)
+    assert frechet_distance_from_stats(mu_a * s, cov_a * s * s, mu_b * s, cov_b * s * s) == \
+        pytest.approx(unit * s * s, rel=1e-10, abs=0)
+
+
+def test_frechet_inputs_are_checked_naming_the_argument():
+    x = np.random.default_rng(2).normal(size=(10, 3))
+    with pytest.raises(ValueError, match=r"feats_a and feats_b have different feature sizes: 3 vs 4"):
+        frechet_distance(x, np.zeros((10, 4)))
+    with pytest.raises(ValueError, match=r"feats_b needs at least 2 rows for a covariance, got 1"):
+        frechet_distance(x, x[:1])
+    for chunk in (0, -1, 2.5):      # -1 gave the mean of all rows but the last and a zero covariance
+        with pytest.raises(ValueError, match=rf"chunk must be a positive integer, got {chunk}"):
+            feature_statistics(x, chunk=chunk)
+    with pytest.raises(ValueError, match=r"mu1 must be a \(D,\) vector, got shape \(2, 2\)"):
+        frechet_distance_from_stats(np.zeros((2, 2)), np.eye(4), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="sigma2 is not symmetric"):
+        frechet_distance_from_stats(np.zeros(2), np.eye(2), np.zeros(2), [[1.0, 0.5], [0.0, 1.0]])
+
+
+def test_the_studies_fd_to_reference_takes_one_feature():
+    from kinetic_fm.studies.output import fd_to_reference, feature_reference
+
+    rng = np.random.default_rng(3)
+    ref, x = rng.normal(size=(300, 1)), rng.normal(size=(200, 1)) * 2 + 1
+    assert fd_to_reference(x, feature_reference(ref)) == pytest.approx(frechet_distance(ref, x).value, rel=1e-12)

@@ -20,6 +20,7 @@ says which network measured it: ``"FID"`` only for the standard TF-ported Incept
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,11 @@ from torch import Tensor
 
 from ..blocks import block_size
 from ..checks import check_flag, check_integer, check_same_space, positive_integer
-from ..knn import column_mean, nearest_neighbors, row_sq_norms, tiny_data_scale, unit_roundoff
+from ..knn import abs_max, column_mean, nearest_neighbors, row_sq_norms, tiny_data_scale, unit_roundoff
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
 
-__all__ = ["Protocol", "FrechetDistance", "PrecisionRecall", "feature_statistics",
+__all__ = ["Protocol", "FrechetDistance", "FrechetBiasWarning", "PrecisionRecall", "feature_statistics",
            "frechet_distance_from_stats", "FrechetReference", "frechet_distance", "precision_recall",
            "inception_feature_space", "STANDARD_INCEPTION"]
 
@@ -124,16 +125,18 @@ class PrecisionRecall:
                 f"{self.n_real} real, {self.n_fake} fake, network {self.protocol.network})")
 
 
-def feature_statistics(feats: Any, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (D,) and unbiased covariance (D, D) of (N, D) features, float64, streamed by chunks.
+def feature_statistics(feats: Any, chunk: int = 8192, *, argument: str = "feats") -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D) of (N, D) features, float64, streamed by chunks
+    of ``chunk`` rows (a positive integer). Errors name the features ``argument``.
 
     Sums run around a pilot shift (the first chunk's mean), so a large common offset does not
     cancel the covariance.
     """
-    x = as_features(feats, None, argument="feats")
+    chunk = positive_integer("chunk", chunk)
+    x = as_features(feats, None, argument=argument)
     n, dim = x.shape
     if n < 2:
-        raise ValueError(f"feats needs at least 2 rows for a covariance, got {n}")
+        raise ValueError(f"{argument} needs at least 2 rows for a covariance, got {n}")
     shift = x[:chunk].to(torch.float64).mean(0)
     total = torch.zeros(dim, dtype=torch.float64, device=x.device)
     outer = torch.zeros(dim, dim, dtype=torch.float64, device=x.device)
@@ -165,9 +168,13 @@ def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) ->
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64).
 
     Args:
-        mu1, mu2: (D,) means. sigma1, sigma2: (D, D) symmetric positive semi-definite covariances.
+        mu1, mu2: (D,) means. sigma1, sigma2: (D, D) symmetric positive semi-definite covariances
+            (symmetric to 1e-6 of their largest entry; round-off below that is averaged away).
     """
-    mu1, mu2 = (np.asarray(m, dtype=np.float64).reshape(-1) for m in (mu1, mu2))
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
+    for name, mu in (("mu1", mu1), ("mu2", mu2)):
+        if mu.ndim != 1:
+            raise ValueError(f"{name} must be a (D,) vector, got shape {mu.shape}")
     s1, s2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
     dim = mu1.size
     if mu2.size != dim or s1.shape != (dim, dim) or s2.shape != (dim, dim):
@@ -176,9 +183,25 @@ def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) ->
     for name, a in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
         if not np.isfinite(a).all():
             raise ValueError(f"{name} has non-finite entries")
+    for name, a in (("sigma1", s1), ("sigma2", s2)):
+        if np.abs(a - a.T).max(initial=0.0) > 1e-6 * np.abs(a).max(initial=0.0):
+            raise ValueError(f"{name} is not symmetric (a covariance must be)")
+    # cov^½ Σ cov^½ grows as the features' scale to the fourth: in units of about 1 it neither
+    # overflows (NaN from features at 1e77) nor underflows (5e-200 for 1.1e-200 at 1e-100)
+    scale = _unit_scale(max(np.abs(mu1).max(initial=0.0), np.abs(mu2).max(initial=0.0),
+                            np.sqrt(np.abs(s1).max(initial=0.0)), np.sqrt(np.abs(s2).max(initial=0.0))))
+    mu1, mu2, s1, s2 = mu1 * scale, mu2 * scale, s1 * scale ** 2, s2 * scale ** 2
     s2 = 0.5 * (s2 + s2.T)
     _check_psd("sigma2", np.linalg.eigvalsh(s2))
-    return FrechetReference.from_stats(mu1, s1, name="sigma1").distance(mu2, s2)
+    return FrechetReference.from_stats(mu1, s1, name="sigma1").distance(mu2, s2) / scale ** 2
+
+
+def _unit_scale(largest: float) -> float:
+    """A power of two that brings ``largest`` (the features' largest magnitude) into [1, 2) when it
+    lies outside [2**-30, 2**30], else 1.0: a Fréchet distance scales by its square, exactly."""
+    if largest > 0 and not 2.0 ** -30 <= largest <= 2.0 ** 30:
+        return 2.0 ** -math.floor(math.log2(largest))
+    return 1.0
 
 
 @dataclass(frozen=True)
@@ -253,7 +276,8 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
 
     Warns (``FrechetBiasWarning``) when a set has no more samples than features: its covariance
     is then singular and the distance is dominated by the estimator's bias (two sets of 20 draws
-    from one 64-d Gaussian give about 83, not 0), so compare such values only at equal sizes.
+    from one 64-d Gaussian give about 77, not 0: mean 77.4, sd 3.2 over 300 pairs), so compare
+    such values only at equal sizes. Covariances are unbiased (ddof = 1).
     """
     fs = feature_space(space)
     protocol = _protocol(fs, network, split, preprocessing)
@@ -261,7 +285,10 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
     a = as_features(feats_a, fs, argument="feats_a")
     b = as_features(feats_b, fs, argument="feats_b")
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
+        raise ValueError(f"feats_a and feats_b have different feature sizes: {a.shape[1]} vs {b.shape[1]}")
+    for name, rows in (("feats_a", a), ("feats_b", b)):
+        if rows.shape[0] < 2:
+            raise ValueError(f"{name} needs at least 2 rows for a covariance, got {rows.shape[0]}")
     if min(a.shape[0], b.shape[0]) <= a.shape[1]:
         import warnings
 
@@ -269,8 +296,13 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
                       "a set with no more samples than features has a singular covariance, and the value is "
                       "dominated by the estimator's bias; use more samples or fewer features, or compare "
                       "only values of equal sizes", FrechetBiasWarning, stacklevel=2)
-    # both covariances come from feature_statistics: PSD by construction, so no separate check
-    value = FrechetReference.from_stats(*feature_statistics(a), name="sigma1").distance(*feature_statistics(b))
+    # both covariances come from feature_statistics: PSD by construction, so no separate check.
+    # Features far from unit scale are measured scaled by a power of two (exact; see _unit_scale)
+    scale = _unit_scale(max(abs_max(a), abs_max(b)))
+    if scale != 1.0:
+        a, b = a * scale, b * scale
+    value = FrechetReference.from_stats(*feature_statistics(a), name="sigma1").distance(
+        *feature_statistics(b)) / scale ** 2
     return FrechetDistance(value, protocol.fd_name, a.shape[0], b.shape[0], a.shape[1], protocol)
 
 

@@ -55,7 +55,7 @@ def fd_to_reference(feats, reference) -> float:
     every bootstrap resample of a study recomputes (one eigenvalue problem each)."""
     import numpy as np
 
-    return reference.distance(feats.mean(0), np.cov(feats, rowvar=False))
+    return reference.distance(feats.mean(0), np.atleast_2d(np.cov(feats, rowvar=False)))  # D = 1: 0-d
 
 
 def judge_text(assets) -> str:
