@@ -181,11 +181,21 @@ def test_the_float64_rescreen_certificate_is_taken_about_the_reference_mean(k, m
         assert torch.equal(at, got.distances)
 
 
-def test_the_float64_rescreen_is_exact_for_a_set_searched_against_itself():
+def test_the_float64_rescreen_is_exact_for_a_set_searched_against_itself(monkeypatch):
     # exclude_self on the cap plus one row at the origin, whose neighbours are all ~1 away, all
     # re-screened about the mean. (A query that is a reference row has ‖x − c‖ ≤ R, so the
     # uncentred bound (D + 3)·u·(‖x‖ + R)² is at least a quarter of the centred one: no such
-    # mutant was seen to fail here; this pins the exclude_self path of the re-screen.)
+    # mutant was seen to fail here; this pins the exclude_self path of the re-screen.) The first
+    # screening certifies nothing here, so that every query is re-screened.
+    from kinetic_fm import knn
+
+    real = knn._rerank_and_certify
+
+    def first_screening_uncertified(*args, centre=None):
+        d2, idx, ok = real(*args, centre=centre)
+        return d2, idx, ok if centre is not None else torch.zeros_like(ok)
+
+    monkeypatch.setattr(knn, "_rerank_and_certify", first_screening_uncertified)
     for seed in range(4):
         cap, g = _cap_about_a_far_point(seed)
         rows = torch.cat([cap, 1e-15 * torch.randn(1, 8, generator=g, dtype=torch.float64)])
@@ -448,6 +458,17 @@ def test_tiny_data_gets_the_neighbours_of_its_unit_scale_copy(dtype, power, back
     assert torch.equal(tiny.indices, unit.indices)
     assert torch.equal(tiny.indices, brute(queries, reference, 3)[1])
     torch.testing.assert_close(tiny.distances, unit.distances * s, rtol=1e-14, atol=0)
+
+
+def test_margin_zero_still_certifies_by_screening():
+    # with only k candidates the certificate compared the k-th one's screened distance with its own
+    # exact one, which its rounding bound always straddles: every query went to the brute-force
+    # re-search (200x slower, helper-98). One candidate beyond the k-th is kept in any case.
+    g = torch.Generator().manual_seed(0)
+    queries, reference = torch.randn(60, 8, generator=g), torch.randn(3000, 8, generator=g)
+    found = nearest_neighbors(queries, reference, 1, margin=0)
+    assert found.rechecked < 6
+    assert torch.equal(found.indices, brute(queries, reference, 1)[1])
 
 
 def test_metrics_neighbors_re_exports_every_public_name_of_the_search():

@@ -251,7 +251,8 @@ def nearest_neighbors(
         k: number of neighbours, 1 ≤ k ≤ N (≤ N − 1 with ``exclude_self``).
         chunk: reference rows per GEMM (bounds the (batch_chunk, chunk) score block).
         batch_chunk: query rows per block.
-        margin: extra candidates kept per query for the exact re-ranking (≥ 0).
+        margin: extra candidates kept per query for the exact re-ranking (≥ 0; at least one is
+            kept, which the certificate needs).
         exclude_self: queries and reference are the same set (B == N); query i never matches
             reference row i. Exclusion is by index: duplicates at other rows still count.
         backend: "torch" (GEMM on the inputs' device) or "faiss" (``faiss.IndexFlatL2`` on CPU,
@@ -310,7 +311,9 @@ def nearest_neighbors(
 
     dtype = _working_dtype(x, y)
     screen_dtype = torch.float32 if backend == "faiss" else dtype
-    n_candidates = min(k + margin, n_ref)
+    # a certificate compares the k-th exact distance with the screened one of a candidate beyond
+    # it, so one more is kept even at margin 0 (with k alone every query went to the re-search)
+    n_candidates = min(k + max(margin, 1), n_ref)
     # rows so large that ‖x‖², ‖y‖² or x·y overflow the screening dtype would rank by inf/NaN:
     # refuse them (one max-|x| reduction over the queries; the reference's norms are at hand)
     check_magnitude(q_name, x, screen_dtype)
