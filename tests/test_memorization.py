@@ -310,7 +310,9 @@ def test_cli_says_what_a_zero_width_bootstrap_interval_hides(tmp_path, capsys, c
     flags = ["memorization", "--train", str(tmp_path / "t.npy"), "--no-progress"]
     assert main([*flags, "--samples", str(tmp_path / "fresh.npy")]) == 0
     out = capsys.readouterr().out
-    assert "CI 0.0000–0.0000" in out and "the Wilson interval (--interval wilson) is 0.0000–0.0876" in out
+    assert "F_mem = 0.0000 (95% Wilson CI 0.0000–0.0876), 0/40" in out    # as print(report) shows it
+    assert "no width at F_mem = 0 (every resample agrees); shown is the Wilson interval" in out
+    assert "CI 0.0000–0.0000" not in out
     assert main([*flags, "--samples", str(tmp_path / "some.npy")]) == 0
     assert "note:" not in capsys.readouterr().out
     # --bootstrap 0 computes no interval: the note said "the bootstrap interval has no width at

@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
     print(report)
     kind, low, high = report.shown_interval()
     if args.interval == "bootstrap" and kind == "Wilson":
-        print(f"note: the bootstrap interval has no width at F_mem = {report.fraction:g}; the Wilson interval "
-              f"(--interval wilson) is {low:.4f}–{high:.4f}")
+        print(f"note: the bootstrap interval has no width at F_mem = {report.fraction:g} (every resample "
+              f"agrees); shown is the Wilson interval (--interval wilson), {low:.4f}–{high:.4f}")
     if args.out is not None:
         frame = _per_sample_frame(report, sample_files, train_files)
         frame["space"] = space_name

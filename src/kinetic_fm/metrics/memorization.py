@@ -70,8 +70,7 @@ class MemorizationReport:
         return self.ratio.shape[0]
 
     def __str__(self) -> str:
-        low, high = self.ci
-        kind = _INTERVAL_NAMES.get(self.interval, self.interval)
+        kind, low, high = self.shown_interval()  # a zero-width bootstrap interval read as certainty
         interval = "" if math.isnan(low) else f" ({self.confidence:.0%} {kind} CI {low:.4f}–{high:.4f})"
         return (f"F_mem = {self.fraction:.4f}{interval}, {int(self.memorized.sum())}/{len(self)} "
                 f"samples with d1/d2 < {self.threshold:.4g}")
