@@ -47,8 +47,9 @@ class KTS:
     ``kts(t)`` accepts a number t in [0, 1] (returns a float), a tensor of times in [0, 1]
     (returns a tensor of its dtype; integer times give float64; checking the range of a tensor on
     an accelerator is one host synchronisation, which samplers avoid through :meth:`unchecked`)
-    or a NumPy array (returns an array). The
-    numeric parameters may be Python or NumPy numbers or 0-d tensors; α0 ≤ 1e6.
+    or a NumPy array of times (returns an array of their shape; a 0-d array, like a NumPy
+    number, counts as one number and returns a float). The numeric parameters may be Python or
+    NumPy numbers or 0-d tensors; α0 ≤ 1e6.
     """
 
     alpha0: float = 0.01
