@@ -272,3 +272,26 @@ def test_16_bit_grey_pngs_keep_their_levels(tmp_path):
     np.testing.assert_allclose(ds.images[0, 0].numpy(), expected, rtol=0, atol=1e-6)
     rgb = load_image_folder(tmp_path)                           # three equal channels
     assert rgb.images.shape == (1, 3, 8, 8) and torch.equal(rgb.images[0, 1], ds.images[0, 0])
+
+
+def test_macos_metadata_entries_are_not_images(tmp_path):
+    # Finder's zips hold __MACOSX/._name.jpg (AppleDouble metadata, not an image) beside each file:
+    # load_image_folder and load_celeba failed on them (helper-101); copied folders hold ._name too
+    arrays = _write_tree(tmp_path / "tree" / "train")
+    with zipfile.ZipFile(tmp_path / "mac.zip", "w") as z:
+        for p in sorted((tmp_path / "tree").rglob("*.png")):
+            rel = p.relative_to(tmp_path / "tree").as_posix()
+            z.write(p, rel)
+            z.writestr(f"__MACOSX/{p.parent.relative_to(tmp_path / 'tree').as_posix()}/._{p.name}", b"\x00\x05\x16\x07")
+    (tmp_path / "tree" / "train" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+    plain = load_image_folder(tmp_path / "tree", subdir="train")
+    zipped = load_image_folder(tmp_path / "mac.zip", subdir="train")
+    assert len(plain) == len(zipped) == sum(1 for _ in arrays)
+    assert torch.equal(plain.images, zipped.images) and plain.classes == ("cat", "dog")
+
+
+def test_a_32_bit_float_image_is_refused_by_name(tmp_path):
+    # mode "F" with values in [0, 1] decoded to all zeros, without a word (helper-101)
+    Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)).save(tmp_path / "f.tiff")
+    with pytest.raises(ValueError, match=r"f.tiff: a 32-bit float image \(PIL mode F\)"):
+        load_image_folder(tmp_path, grayscale=True)

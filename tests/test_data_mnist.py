@@ -77,3 +77,12 @@ def test_a_subset_keeps_each_image_with_its_label(tmp_path):
     ds = load_mnist(tmp_path, "train", n=4, seed=3)
     k = ((ds.images[:, 0, 0, 0] + 1) * 127.5).round().long() // 10
     assert torch.equal(ds.indices, k) and torch.equal(ds.labels, 9 - k)
+
+
+def test_a_file_given_for_the_mnist_folder_is_named_as_a_file(tmp_path):
+    # the message said "MNIST folder not found" for a path that exists (helper-101)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is a file; MNIST is read from the folder"):
+        load_mnist(tmp_path / "train-images-idx3-ubyte")
+    with pytest.raises(FileNotFoundError, match="MNIST folder not found"):
+        load_mnist(tmp_path / "absent")

@@ -111,7 +111,7 @@ class ImageSource:
             ]
         else:
             raise ValueError(f"{self.path}: expected a folder of images or a zip archive of images")
-        self.names: list[str] = sorted(names, key=_natural_key)
+        self.names: list[str] = sorted((n for n in names if not _macos_metadata(n)), key=_natural_key)
 
     def read(self, name: str) -> bytes:
         if self._zip is not None:
@@ -130,6 +130,13 @@ class ImageSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _macos_metadata(name: str) -> bool:
+    """Whether ``name`` (a relative path) is macOS metadata that carries an image's extension:
+    a Finder zip's ``__MACOSX/`` tree, or an AppleDouble ``._name`` file beside the image."""
+    parts = name.split("/")
+    return "__MACOSX" in parts[:-1] or parts[-1].startswith("._")
 
 
 def decode_image(
@@ -178,6 +185,8 @@ def _eight_bit(img, name: str):
     levels. Other modes pass unchanged (16-bit RGB PNGs already open as 8-bit "RGB")."""
     from PIL import Image
 
+    if img.mode == "F":  # its range is anyone's guess ([0, 1], [0, 255], ...): PIL's "L" read [0, 1] as 0
+        raise ValueError(f"{name}: a 32-bit float image (PIL mode F); save it as an 8- or 16-bit image")
     if not (img.mode.startswith("I;16") or img.mode == "I"):
         return img
     values = np.asarray(img).astype(np.int64)

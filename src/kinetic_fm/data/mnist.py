@@ -76,6 +76,9 @@ def load_mnist(
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root)
+    if root.is_file():  # "not found" misled when the path exists
+        raise ValueError(f"{root} is a file; MNIST is read from the folder holding its IDX files "
+                         "(train-images-idx3-ubyte[.gz] and the rest)")
     if not root.is_dir():
         raise FileNotFoundError(f"MNIST folder not found: {root}")
     image_path, label_path = (_find(root, stem) for stem in _FILES[split])
