@@ -524,6 +524,23 @@ def test_sample_quality_places_samples_between_real_images_and_their_noise():
     assert "not data-like" in _intro("mnist", "quick", noisy) and "not evidence" in _intro("mnist", "quick", noisy)
     assert "not data-like" not in _intro("mnist", "quick", good) + _intro("mnist", "tiny", noisy)
     assert SampleQuality(50.0, 10.0, 1000.0, 300, "cnn").position == pytest.approx(math.log(5) / math.log(100))
+    # a judge left in training mode is warned of here too (an "ignore" filter hid every warning)
+    import kinetic_fm as kfm
+
+    class Judge(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = torch.nn.Dropout(0.5)              # random in training mode
+            self.lin = torch.nn.Linear(16, 3)
+
+        def features(self, x):
+            return self.lin(self.drop(x.flatten(1)))
+
+    judge = Judge().train()
+    judged = Assets(train, None, heldout, None, None, judge, "cnn", None, torch.nn.Identity(), torch.nn.Identity(),
+                    train[:4], {}, "test")
+    with pytest.warns(kfm.TrainingModeWarning):
+        sample_quality(judged, {"x": data(300), "seeds": seeds})
 
 
 def test_straight_line_energy_is_the_kpe_of_a_straight_constant_speed_path():
