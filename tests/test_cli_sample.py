@@ -91,6 +91,15 @@ def test_resume_with_a_changed_kts_parameter_is_refused_naming_it(tmp_path, caps
     assert kfm_sample(tmp_path / "run", *common, "--resume", "--batch-size", 1) == 0  # batch size is free
 
 
+def test_resume_of_a_folder_holding_no_run_says_it_starts_one(tmp_path, capsys):
+    # a typo in --out with --resume started a fresh run without a word (helper-100)
+    common = ["--field", "gaussian", "--n", 3, "--steps", 5]
+    assert kfm_sample(tmp_path / "typo", *common, "--resume") == 0
+    assert f"--resume: {tmp_path / 'typo'} holds no run yet; starting a new one" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "typo", *common, "--resume") == 0
+    assert "holds no run yet" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--n", 0], "--n must be >= 1"),
     (["--steps", 0], "--steps must be >= 1"),

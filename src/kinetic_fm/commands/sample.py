@@ -615,6 +615,7 @@ def run(args) -> int:
     import contextlib
     import os
     import sys
+    from pathlib import Path
 
     import pandas as pd
     import torch
@@ -649,6 +650,8 @@ def run(args) -> int:
         )
         if world.is_main:
             _warn_on_dopri5_batch_change(args)
+            if args.resume and not (Path(args.out) / "manifest.json").is_file():  # a typo in --out, say
+                print(f"kfm sample: --resume: {args.out} holds no run yet; starting a new one", file=sys.stderr)
         with writing("--out", args.out):
             outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
                                   resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock)
