@@ -471,6 +471,23 @@ def test_margin_zero_still_certifies_by_screening():
     assert torch.equal(found.indices, brute(queries, reference, 1)[1])
 
 
+@pytest.mark.parametrize("n", [50, 20000])
+def test_all_equal_rows_come_in_index_order(n):
+    # all-zero rows: the rounding bound is 0, so topk's arbitrary pick among the ties passed the
+    # certificate ([31, 32] at N = 50, [16384, 16385] at N = 20000, helper-98); lower index first
+    zeros = torch.zeros(n, 4)
+    assert nearest_neighbors(zeros[:1], zeros, 2).indices.tolist() == [[0, 1]]
+
+
+def test_no_features_and_no_other_row_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"queries and reference have no features"):
+        nearest_neighbors(torch.zeros(3, 0), torch.zeros(5, 0), 2)           # every distance read 0
+    with pytest.raises(ValueError, match=r"samples and reference have no features"):
+        kfm.kde_log_density(torch.zeros(3, 0), torch.zeros(5, 0), bandwidth=1.0)   # log p read 0
+    with pytest.raises(ValueError, match=r"exclude_self needs a reference of at least 2 rows, got 1"):
+        nearest_neighbors(torch.zeros(1, 2), torch.zeros(1, 2), 1, exclude_self=True)   # "k in [1, 0]"
+
+
 def test_metrics_neighbors_re_exports_every_public_name_of_the_search():
     """The search lives in kinetic_fm.knn (below the layers: the EFM field uses it too);
     kinetic_fm.metrics.neighbors, where it was, still offers every public name, the same objects."""

@@ -279,6 +279,8 @@ def nearest_neighbors(
         raise ValueError(
             f"queries and reference must have the same number of features, got {x.shape[1]} and {y.shape[1]}"
         )
+    if x.shape[1] == 0:  # every distance would read 0
+        raise ValueError(f"queries and reference have no features (shapes {tuple(x.shape)} and {tuple(y.shape)})")
     if x.device != y.device:
         raise ValueError(f"queries and reference must be on the same device, got {x.device} and {y.device}")
     if backend not in BACKENDS:
@@ -288,6 +290,8 @@ def nearest_neighbors(
         raise ValueError(
             f"exclude_self needs queries and reference of equal length, got {x.shape[0]} and {y.shape[0]}"
         )
+    if exclude_self and y.shape[0] < 2:
+        raise ValueError(f"exclude_self needs a reference of at least 2 rows, got {y.shape[0]}")
     n_ref = y.shape[0] - (1 if exclude_self else 0)
     count = as_scalar(k)  # a 0-d tensor or array counts, as in checks.check_integer
     if not (is_integer(count) and 1 <= count <= n_ref):
@@ -505,7 +509,10 @@ def _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max, centre=None):
     d2, idx = d2[:, :k], cand.gather(1, order[:, :k])
     x_work = xb.double() if centre is None else xb.double() - centre
     error = _screening_error(torch.linalg.vector_norm(x_work, dim=1), y_norm_max, xb.shape[1], u)
-    ok = (worst - error >= d2[:, -1]) | torch.isinf(worst)
+    # a tie with an unseen row passes only past a rounding bound (all-zero rows have none: there
+    # an equal worst candidate may hide lower-indexed ties)
+    margin = worst - error
+    ok = (margin > d2[:, -1]) | ((margin == d2[:, -1]) & (error > 0)) | torch.isinf(worst)
     return d2, idx, ok
 
 

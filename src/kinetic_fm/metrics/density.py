@@ -432,5 +432,7 @@ def _check_dims(x: Tensor, y: Tensor) -> None:
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"samples and reference have different feature sizes: "
                          f"{x.shape[1]} vs {y.shape[1]}")
+    if x.shape[1] == 0:  # a density over no features read log p = 0 for every sample
+        raise ValueError(f"samples and reference have no features (shapes {tuple(x.shape)} and {tuple(y.shape)})")
     if x.device != y.device:
         raise ValueError(f"samples and reference must be on one device, got {x.device} and {y.device}")
