@@ -260,7 +260,8 @@ class CLIPScorer:
         Float images are mapped from ``value_range`` (two finite numbers lo < hi) to [0, 1]:
         overshoots of up to a tenth of the range, common in generated samples, are clipped, and
         images reaching further out are refused (the wrong range: [-1, 1] images read as [0, 1]
-        lose every dark pixel). Integer images of any integer dtype are taken as [0, 255]
+        lose every dark pixel); then rounded to 8 bits, so a float image scores as the uint8
+        image it equals. Integer images of any integer dtype are taken as [0, 255]
         (values outside it are refused; ``value_range`` does not apply to them). Resizing,
         cropping and normalisation are the saved image processor's.
         """
@@ -271,14 +272,16 @@ class CLIPScorer:
         if not uint8:
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("images contain NaN or inf")
-            x = (x.float() - lo) / (hi - lo)
+            x = (x.double() - lo) / (hi - lo)  # float64: an overshoot of exactly a tenth stays one
             low, high = (float(v) for v in torch.aminmax(x))
             if low < -_OVERSHOOT or high > 1.0 + _OVERSHOOT:
                 found = (lo + low * (hi - lo), lo + high * (hi - lo))
                 hint = " (images in [-1, 1], as kinetic_fm's loaders give: pass value_range=(-1, 1))" if found[0] < 0 <= lo else ""
                 raise ValueError(f"images span [{found[0]:.3g}, {found[1]:.3g}], beyond value_range=({lo:g}, {hi:g}) "
                                  f"by more than a tenth of its width{hint}")
-            x = x.clamp(0.0, 1.0)
+            # rounded to 8 bits here, as the uint8 path: the processor's own float-to-PIL step
+            # truncates (a fifth of the pixels one level darker than the uint8 image they equal)
+            x, uint8 = (x.clamp(0.0, 1.0) * 255).round().to(torch.uint8), True
         out = []
         for start in range(0, x.shape[0], batch_size):
             chunk = x[start:start + batch_size].cpu()
