@@ -596,3 +596,23 @@ def test_a_run_that_failed_before_saving_a_step_can_be_started_again_without_res
     assert json.loads((tmp_path / "config.json").read_text())["data_shape"] == [32, 2]
     with pytest.raises(ValueError, match=r"already holds a training run \(config.json, resume.pt, final"):
         train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=2, batch_size=4), out=tmp_path)
+
+
+def test_a_resume_may_change_what_it_saves_but_not_what_it_computes(tmp_path, stop_at):
+    # save_every and the checkpoint schedule draw nothing and step nothing (see the test above):
+    # a resume with other values was refused as another run (helper-91)
+    data = torch.randn(32, 2)
+    config = TrainConfig(steps=12, batch_size=4, lr=1e-2, seed=2, save_every=3, checkpoints="log2")
+    torch.manual_seed(0)
+    full = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "full")
+    torch.manual_seed(0)
+    with pytest.raises(stop_at.error):
+        train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "cut", callback=stop_at(7))
+    other = TrainConfig(steps=12, batch_size=4, lr=1e-2, seed=2, save_every=5, checkpoints="none")
+    resumed = train(VelocityMLP(2, hidden=8, depth=1), data, other, out=tmp_path / "cut", resume=True)
+    assert resumed.resumed_from == 6 and torch.equal(full.losses, resumed.losses)
+    assert all(torch.equal(a, b) for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()))
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["train"]["save_every"] == 5
+    with pytest.raises(ValueError, match=r"train.lr"):                      # what it computes is compared
+        train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=12, batch_size=4, lr=2e-2, seed=2),
+              out=tmp_path / "cut", resume=True)

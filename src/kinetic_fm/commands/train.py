@@ -4,7 +4,8 @@ Writes ``<out>/config.json``, ``<out>/checkpoints/step_*.safetensors`` (log-spac
 ... and the last; model and EMA weights with their config), ``<out>/final.safetensors`` and
 ``<out>/data_mean.safetensors`` for centred data (CelebA: add it back to samples) and
 ``<out>/resume.pt`` (everything needed to continue bit-identically after an interruption:
-rerun the same command with ``--resume``, optionally with a larger ``--steps``). Load the trained
+rerun the same command with ``--resume``, optionally with a larger ``--steps``, another
+``--save-every`` or ``--checkpoints``, which change no weight). Load the trained
 net with ``kinetic_fm.models.load_model(<out>)`` and sample it with ``kinetic_fm.sample``.
 """
 from __future__ import annotations

@@ -389,8 +389,9 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     parts = {"model": model, "ema": ema, "optimizer": optimizer}
     generators = {"data": data_gen, "noise": noise_gen}
     if resume and state_path is not None and state_path.is_file():
+        # what a run saves (resume states, checkpoints) draws nothing and steps nothing: free to change
         start = load_resume_state(state_path, config.steps, parts, losses, generators, device, run_config,
-                                  stacklevel=3)  # the caller of train()
+                                  free=("steps", "save_every", "checkpoints"), stacklevel=3)  # the caller of train()
     if out is not None:
         from ..runs.atomic import atomic_write_text  # here: the runs package brings pyarrow with it
 
