@@ -459,6 +459,16 @@ def test_only_a_tiny_report_calls_its_verdicts_a_smoke_test():
     assert all("smoke test" not in _intro("digits", mode) for mode in ("quick", "full"))
 
 
+def test_the_verdict_definitions_cover_two_part_claims_and_name_the_fd_intervals():
+    # the balanced row (both parts must hold) read "not reproduced" with its parts pointing different
+    # ways, where the intro said such a row is inconclusive (helper-104)
+    from kinetic_fm.studies.reproduce import _intro
+
+    text = _intro("digits", "quick")
+    assert "of two parts that must both hold" in text and "is not reproduced when either part points against it" in text
+    assert "Intervals of differences of Fréchet distances are basic bootstrap intervals" in text
+
+
 def test_tiny_reproduce_on_a_cuda_device_gives_the_cpu_tables(tiny_report, tmp_path):
     # `kfm reproduce --device cuda` under fake_cuda (CUDA's device rules, the CPU's kernels; TF32
     # and a separate CUDA RNG off, so the numbers must be the CPU run's, bit for bit). The support

@@ -135,11 +135,17 @@ def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:
         "\n\n**Verdicts.** “Reproduced”: our 95% interval (or a test at the 5% level) lies on the "
         "paper's side of zero or of the threshold the row's note names. “Not reproduced”: it lies on the "
         "other side; the data point against the claim. “Inconclusive”: neither: mostly the interval covers zero "
-        "(or the threshold), so at this sample size the data neither support nor contradict the claim; a row "
-        "decided by two tests is inconclusive too when they point different ways (its note gives both). “Not "
+        "(or the threshold), so at this sample size the data neither support nor contradict the claim. A claim "
+        "of two parts that must both hold (“improves quality and reduces memorization”) is not reproduced when "
+        "either part points against it; a row whose two tests ask one thing (Goldilocks) is inconclusive when "
+        "they point different ways (its note gives both). “Not "
         "measured”: this data set cannot measure it (semantics without labels). Where a "
         "claim can be decided by any one of several parts, each part is tested at 5% divided by their "
-        "number. Each row's note gives its rule."
+        "number. Each row's note gives its rule. Intervals of differences of Fréchet distances are basic "
+        "bootstrap intervals (the resampled differences reflected about the estimate): the FD estimator's "
+        "bias grows with a set's spread and a resample adds about as much again, so percentile intervals "
+        "would centre near twice the difference of the biases; intervals of F_mem and of ρ are percentile "
+        "or BCa ones, as their notes say."
     )
     if mode == "tiny":
         intro += (

@@ -245,7 +245,7 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
     claims.append(Claim("shaping", "Landing-only KTS reduces memorization", "F_mem 37.34% → 19.36% (CelebA-32)",
                         ours("landing only"), n, mem_ci_text(mem_ci),
                         "not measured" if nothing_copied else landing_only_memorization_verdict(mem_ci),
-                        "paired bootstrap of the F_mem difference; reproduced when its 95% CI lies below 0"
+                        "paired percentile bootstrap of the F_mem difference; reproduced when its 95% CI lies below 0"
                         + ("; not measured here: under plain FM the memorizing net copies none of its "
                            "samples, so there is no memorization to reduce" if nothing_copied else "")))
     claims.append(Claim("shaping", "Landing-only KTS costs quality", "FID 16.68 → 86.56 (CelebA-32)",
@@ -262,7 +262,7 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
                         f"{fd_ci_text(fd_ci, 'balanced', wider=(*against[0], level))}; "
                         f"{mem_ci_text(mem_ci, wider=(*against[1], level))}",
                         _balanced(fd_ci, mem_ci, against, fd_undecided),
-                        "paired bootstrap (basic for ΔFD); reproduced when both 95% CIs lie below 0, not "
+                        "paired bootstrap (basic for ΔFD, percentile for ΔF_mem); reproduced when both 95% CIs lie below 0, not "
                         f"reproduced when either's {level} CI (Bonferroni over the {parts}) lies above 0"
                         + (undecided_note + "; only the F_mem part can still read not reproduced" if fd_undecided else "")))
     taus = {0.2: "balanced τ=0.2", 0.4: "balanced τ=0.4", 0.6: "balanced", 0.8: "balanced τ=0.8"}

@@ -112,10 +112,10 @@ def all_worse_than(deltas: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
 
 
 def bonferroni_intervals(deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(A,) low and (A,) high bounds of each row's percentile interval at 1 − 0.05/A, for (A, R)
-    bootstrap differences: the interval whose high end :func:`all_worse_than` reads for "not
-    reproduced" (the report shows it beside the 95% one, labelled
-    :func:`bonferroni_level` of A)."""
+    """(A,) low and (A,) high bounds of each row's interval at 1 − 0.05/A, the quantiles of (A, R)
+    bootstrap differences (a basic interval when they were reflected by :func:`basic_bootstrap`):
+    the interval whose high end :func:`all_worse_than` reads for "not reproduced" (the report
+    shows it beside the 95% one, labelled :func:`bonferroni_level` of A)."""
     import numpy as np
 
     tail = 0.025 / len(deltas)
