@@ -102,7 +102,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         "the 1/(1 − t) factor makes late energy extreme",
         f"each batch spends at most {_percent_up(late_share)} of its energy after t = 0.9 (10% would be uniform; "
         f"no single sample more than {_percent_up(late_single)}); median KPE ≤ {_up(straightness)}× the straight-line "
-        "energy ½‖x1 − x0‖²", int(cfg.efm_samples),
+        "energy ½‖x1 − x0‖² (bounds rounded up)", int(cfg.efm_samples),
         f"share after t = 0.9, Fieller {bonferroni_level(len(sizes))} CI: "
         + "; ".join(fmt_ci(lo, hi, f"N = {n}", decimals=3, signed=False)
                                             for n, lo, hi in zip(sizes, spike_low, spike_high)),
