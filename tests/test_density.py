@@ -383,6 +383,18 @@ def test_a_zero_bandwidth_is_refused_as_a_given_value(data):
         kde_log_density(x, y, 0.0)
 
 
+@pytest.mark.parametrize("dtype,power", [(torch.float32, -140), (torch.float64, -1040)])
+def test_kde_of_subnormal_data_is_its_unit_copys_shifted(dtype, power):
+    # a bandwidth below 2**-1022 asked for 2.0**1050 (OverflowError); integer coordinates times
+    # 2**power are exact subnormals, and h = 2**power·h_unit keeps the exponents unchanged
+    g = torch.Generator().manual_seed(5)
+    y_units, x_units = torch.randint(0, 20, (60, 2), generator=g).double(), torch.randint(0, 20, (4, 2), generator=g).double()
+    unit = kde_log_density(x_units, y_units, bandwidth=3.0).log_density
+    scaled = kde_log_density((x_units * 2.0 ** power).to(dtype), (y_units * 2.0 ** power).to(dtype),
+                             bandwidth=math.ldexp(3.0, power))
+    torch.testing.assert_close(scaled.log_density, unit - 2 * power * math.log(2.0), rtol=1e-6, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype,power", [(torch.float32, -66), (torch.float32, 60), (torch.float64, -520)])
 def test_kde_is_scale_equivariant_at_any_scale_the_dtype_holds(dtype, power):
     # log p(s·x; s·Y, s·h) = log p(x; Y, h) − D log s. With s = 2**power every input scales

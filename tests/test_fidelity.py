@@ -1,6 +1,8 @@
 """Fréchet distance against closed forms; precision/recall on constructed cases."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -404,6 +406,16 @@ def test_precision_recall_of_tiny_float32_features_is_their_unit_scale_copys(pow
     assert (tiny.precision, tiny.recall) == (unit.precision, unit.recall)
 
 
+def test_frechet_distance_of_subnormal_or_huge_features_is_the_representable_value():
+    # 2.0**1050 overflowed a Python float (OverflowError) for features below 2**-1022
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 20, (200, 3)).astype(float), rng.integers(0, 20, (150, 3)).astype(float) + 1
+    unit = frechet_distance(a, b).value
+    assert frechet_distance(a * 2.0 ** -1040, b * 2.0 ** -1040).value == 0.0          # 2**-2080: below float64
+    assert frechet_distance(a * 2.0 ** -520, b * 2.0 ** -520).value == pytest.approx(unit * 2.0 ** -1040, rel=1e-9)
+    assert frechet_distance(a * 2.0 ** 600, b * 2.0 ** 600).value == math.inf         # beyond float64
+
+
 @pytest.mark.parametrize("power", [260, -330])
 def test_frechet_distance_scales_as_the_square_of_the_features_at_any_magnitude(power):
     # FD(s·a, s·b) = s²·FD(a, b); with s = 2**power every entry scales exactly. cov^½ Σ cov^½
@@ -417,6 +429,18 @@ def test_frechet_distance_scales_as_the_square_of_the_features_at_any_magnitude(
     mu_b, cov_b = feature_statistics(b)
     assert frechet_distance_from_stats(mu_a * s, cov_a * s * s, mu_b * s, cov_b * s * s) == \
         pytest.approx(unit * s * s, rel=1e-10, abs=0)
+
+
+@pytest.mark.parametrize("dtype,power", [(torch.float32, -140), (torch.float64, -1040)])
+def test_precision_recall_of_subnormal_features_is_exact(dtype, power):
+    # 2**149 is inf in float32 ("real contains NaN or inf" for finite input); 2.0**1050 overflowed
+    rng = np.random.default_rng(4)
+    real, fake = rng.integers(0, 20, (60, 3)), rng.integers(0, 20, (50, 3))
+    want_p, want_r = _integer_brute_force(real, fake, 3)
+    scaled = [torch.tensor(a * 2.0 ** power, dtype=dtype) for a in (real, fake)]
+    got = precision_recall(*scaled, k=3)
+    np.testing.assert_array_equal(got.fake_in_real.numpy(), want_p)
+    np.testing.assert_array_equal(got.real_in_fake.numpy(), want_r)
 
 
 def test_frechet_inputs_are_checked_naming_the_argument():

@@ -460,6 +460,22 @@ def test_tiny_data_gets_the_neighbours_of_its_unit_scale_copy(dtype, power, back
     torch.testing.assert_close(tiny.distances, unit.distances * s, rtol=1e-14, atol=0)
 
 
+@pytest.mark.parametrize("dtype,power", [(torch.float32, -140), (torch.float64, -1040)])
+def test_subnormal_data_gets_finite_exact_neighbours(dtype, power):
+    # below 2**-128 the scale 2**149 is inf in float32 (NaN distances); below 2**-1022 a Python
+    # 2.0**1050 overflowed (OverflowError): integer coordinates times 2**power are exact subnormals
+    g = torch.Generator().manual_seed(3)
+    reference_units = torch.randint(0, 100, (80, 2), generator=g).double()
+    query_units = torch.randint(0, 100, (20, 2), generator=g).double()
+    reference, queries = (reference_units * 2.0 ** power).to(dtype), (query_units * 2.0 ** power).to(dtype)
+    found = nearest_neighbors(queries, reference, 2)
+    assert torch.isfinite(found.distances).all()
+    want = brute(query_units, reference_units, 2).values               # exact in units of 2**power
+    torch.testing.assert_close(found.distances / 2.0 ** power, want, rtol=1e-9, atol=0)
+    at = (query_units[:, None, :] - reference_units[found.indices]).pow(2).sum(2).sqrt()
+    assert torch.equal(at, want)                                       # ties may pick either row
+
+
 def test_margin_zero_still_certifies_by_screening():
     # with only k candidates the certificate compared the k-th one's screened distance with its own
     # exact one, which its rounding bound always straddles: every query went to the brute-force

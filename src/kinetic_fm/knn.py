@@ -43,6 +43,7 @@ import torch
 
 from . import gemm
 from .blocks import block_size
+from .exact_scaling import TINY, times_power_of_two, unit_exponent
 from .checks import as_scalar, check_flag, check_integer, check_same_layout, is_integer, positive_integer, torch_readable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -303,16 +304,6 @@ def nearest_neighbors(
         check_finite(r_name, y)
     if exclude_self:
         check_same_rows(q_name, x, r_name, y)
-    scale = tiny_data_scale(x, y)
-    if scale != 1.0:
-        # products this small leave the dtype's normal range, where the certificate's relative
-        # rounding bound fails (float32 at 1e-22 certified wrong neighbours) and float64's d²
-        # loses digits (1e-160): search a copy scaled by a power of two, which is exact
-        found = nearest_neighbors(x * scale, y * scale, k, chunk=chunk, batch_chunk=batch_chunk, margin=margin,
-                                  exclude_self=exclude_self, backend=backend, progress=progress,
-                                  check_inputs=False, names=names)
-        return Neighbors(found.distances / scale, found.indices, found.rechecked)
-
     dtype = _working_dtype(x, y)
     screen_dtype = torch.float32 if backend == "faiss" else dtype
     # a certificate compares the k-th exact distance with the screened one of a candidate beyond
@@ -320,11 +311,23 @@ def nearest_neighbors(
     n_candidates = min(k + max(margin, 1), n_ref)
     # rows so large that ‖x‖², ‖y‖² or x·y overflow the screening dtype would rank by inf/NaN:
     # refuse them (one max-|x| reduction over the queries; the reference's norms are at hand)
-    check_magnitude(q_name, x, screen_dtype)
+    x_largest = abs_max(x)
+    check_magnitude(q_name, x, screen_dtype, largest=x_largest)
     y_sq = row_sq_norms(y, dtype)                             # computed once per call
     if not float(y_sq.max()) <= torch.finfo(screen_dtype).max / 8.0:
         check_magnitude(r_name, y, screen_dtype)
     y_norm_max = float(y_sq.max().double().sqrt()) * (1 + 1e-3)
+    # rows this small leave the dtype's normal range in their products, where the certificate's
+    # relative rounding bound fails (float32 at 1e-22 certified wrong neighbours) and float64's d²
+    # loses digits (1e-160): search a copy scaled by a power of two, which is exact. The norms
+    # bound every entry, so the exact pass over the reference runs only for such small sets.
+    if x.is_floating_point() and y.is_floating_point() and max(x_largest, y_norm_max) < TINY:
+        e = unit_exponent(max(x_largest, abs_max(y)))
+        if e:
+            found = nearest_neighbors(times_power_of_two(x, e), times_power_of_two(y, e), k, chunk=chunk,
+                                      batch_chunk=batch_chunk, margin=margin, exclude_self=exclude_self,
+                                      backend=backend, progress=progress, check_inputs=False, names=names)
+            return Neighbors(times_power_of_two(found.distances, -e), found.indices, found.rechecked)
 
     blas = "torch" if backend == "faiss" else gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
     from tqdm.auto import tqdm
@@ -425,18 +428,6 @@ def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
 
 
 _FAISS_CACHE: dict = {}
-
-
-def tiny_data_scale(*rows: torch.Tensor) -> float:
-    """A power of two s that brings float rows whose largest |entry| is below 2**-30 up to
-    [1, 2), else 1.0 (integer rows are never tiny). Squared distances of such rows and their
-    products leave the dtype's normal range, where the GEMM screens' relative rounding bounds do
-    not hold; multiplied by s every entry stays exact, so a search or a ball test of the scaled
-    rows is the original's, distances times s."""
-    if not all(r.is_floating_point() for r in rows):
-        return 1.0
-    largest = max(abs_max(r) for r in rows)
-    return 2.0 ** -math.floor(math.log2(largest)) if 0.0 < largest < 2.0 ** -30 else 1.0
 
 
 def _faiss_index(faiss, y: torch.Tensor):

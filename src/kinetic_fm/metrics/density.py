@@ -28,6 +28,7 @@ from torch import Tensor
 from .. import gemm
 from ..blocks import block_size
 from ..checks import as_scalar, check_flag, check_integer, check_same_space, is_integer, is_real, positive_integer
+from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
 from ..knn import check_same_rows, column_mean, row_sq_norms
 from .features import SpaceLike, as_features, feature_space
 
@@ -278,21 +279,29 @@ def sq_distance_blocks(x: Tensor, y: Tensor, *, chunk: int = 8192, batch_chunk: 
             yield q0, c0, d2
 
 
-def _centred_reference(x: Tensor, y: Tensor, scale: float = 1.0) -> tuple[torch.dtype, Tensor, Tensor, Tensor]:
-    """GEMM dtype, the centre (mean of y, float64), y centred in that dtype (times ``scale``, a
-    power of two), and its float64 ‖y‖² (of the centred rows as rounded to the GEMM dtype, i.e.
+def _centred_reference(x: Tensor, y: Tensor, e: int = 0, centre: Tensor | None = None,
+                       ) -> tuple[torch.dtype, Tensor, Tensor, Tensor]:
+    """GEMM dtype, the centre (mean of y, float64, unless given), y centred in that dtype (times
+    2**e, exact), and its float64 ‖y‖² (of the centred rows as rounded to the GEMM dtype, i.e.
     of the GEMM's own operands)."""
     dtype = torch.float64 if (x.dtype == torch.float64 and y.dtype == torch.float64) else torch.float32
     n, dim = y.shape
     rows = block_size(y.device, 8 * dim, n)
-    centre = column_mean(y, rows)
+    centre = column_mean(y, rows) if centre is None else centre
     yc = torch.empty(n, dim, dtype=dtype, device=y.device)
     y_sq = torch.empty(n, dtype=torch.float64, device=y.device)
     for r in range(0, n, rows):
         block = yc[r:r + rows]
-        block.copy_((y[r:r + rows].to(torch.float64) - centre) * scale)
+        block.copy_(times_power_of_two(y[r:r + rows].to(torch.float64) - centre, e))
         torch.sum(block.to(torch.float64).pow(2), dim=1, out=y_sq[r:r + rows])
     return dtype, centre, yc, y_sq
+
+
+def _centred_abs_max(rows: Tensor, centre: Tensor) -> float:
+    """max |rows − centre| over every entry, in float64 blocks (no full copy)."""
+    step = block_size(rows.device, 8 * rows.shape[1], rows.shape[0])
+    return max((float((rows[r:r + step].to(torch.float64) - centre).abs().max())
+                for r in range(0, rows.shape[0], step)), default=0.0)
 
 
 def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk: int,
@@ -305,24 +314,28 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
     per-block sums are float32 (terms in [0, 1], pairwise-summed: relative error ~1e-6, below
     the GEMM's own rounding); everything is float64 when both inputs are.
 
-    The sum depends on the data only through (x − y)/h, so it is computed in units in which
-    h ∈ [1, 2): both sets are multiplied by a power of two s (exact), and h by it. Bit-identical
-    wherever nothing under- or overflows, and correct where it would (float32 data at 1e-20:
+    The sum depends on the data only through (x − y)/h, so data whose entries about the
+    reference mean lie beyond 2**±30 are measured in units where they are about 1: both sets
+    and h are multiplied by a power of two (exact; :mod:`kinetic_fm.exact_scaling`). Other data
+    are measured as given; scaled ones no longer under- or overflow (float32 data at 1e-20:
     1/h² ≈ 4e40 overflowed float32 to NaN).
     """
     if chunk < 1 or batch_chunk < 1:
         raise ValueError(f"chunk and batch_chunk must be >= 1, got {chunk}, {batch_chunk}")
-    scale = 2.0 ** -math.floor(math.log2(h))
-    dtype, centre, yc, y_sq = _centred_reference(x, y, scale)
-    h = h * scale
+    centre = column_mean(y, block_size(y.device, 8 * y.shape[1], y.shape[0]))
+    e = unit_exponent(max(_centred_abs_max(y, centre), _centred_abs_max(x, centre)), TINY, HUGE)
+    dtype, centre, yc, y_sq = _centred_reference(x, y, e, centre)
+    h = ldexp(h, e)
     c = 0.5 / h / h
     # the logits c·(2x·y − ‖y‖²) are formed in `dtype`: refuse a bandwidth so small against
     # the data's spread (norms from the centre) that they overflow, instead of returning NaN
-    reach = math.sqrt(float(y_sq.max())) + math.sqrt(float(row_sq_norms(x, torch.float64, centre=centre).max())) * scale
+    x_sq = (row_sq_norms(x, torch.float64, centre=centre) if e == 0 else  # a copy only for scaled data
+            row_sq_norms(times_power_of_two(x.to(torch.float64) - centre, e), torch.float64))
+    reach = math.sqrt(float(y_sq.max())) + math.sqrt(float(x_sq.max()))
     limit = torch.finfo(dtype).max / 8.0
     if not (reach <= math.sqrt(limit) and c * reach * reach <= limit):
         name = str(dtype).replace("torch.", "")
-        smallest, h, reach = reach * math.sqrt(0.5 / limit) / scale, h / scale, reach / scale
+        smallest, h, reach = ldexp(reach * math.sqrt(0.5 / limit), -e), ldexp(h, -e), ldexp(reach, -e)
         raise ValueError(
             f"bandwidth {h:.3g} is too small for data spread over {reach:.3g} (norms about the reference "
             f"mean): the kernel exponents overflow {name}; use a bandwidth >= {smallest:.3g}"
@@ -334,7 +347,7 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
     # mmap, paid in page faults
     buffer = torch.empty(min(batch_chunk, x.shape[0]), min(chunk, y.shape[0]), dtype=dtype, device=x.device)
     for q0 in range(0, x.shape[0], batch_chunk):
-        xb = ((x[q0:q0 + batch_chunk].to(torch.float64) - centre) * scale).to(dtype)
+        xb = times_power_of_two(x[q0:q0 + batch_chunk].to(torch.float64) - centre, e).to(dtype)
         xb_2c = xb * (2.0 * c)
         run_max = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
         run_sum = torch.zeros(xb.shape[0], dtype=torch.float64, device=x.device)

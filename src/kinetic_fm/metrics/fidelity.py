@@ -31,7 +31,8 @@ from torch import Tensor
 
 from ..blocks import block_size
 from ..checks import check_flag, check_integer, check_same_space, positive_integer
-from ..knn import abs_max, column_mean, nearest_neighbors, row_sq_norms, tiny_data_scale, unit_roundoff
+from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
+from ..knn import abs_max, column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
 
@@ -186,22 +187,16 @@ def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) ->
     for name, a in (("sigma1", s1), ("sigma2", s2)):
         if np.abs(a - a.T).max(initial=0.0) > 1e-6 * np.abs(a).max(initial=0.0):
             raise ValueError(f"{name} is not symmetric (a covariance must be)")
-    # cov^½ Σ cov^½ grows as the features' scale to the fourth: in units of about 1 it neither
-    # overflows (NaN from features at 1e77) nor underflows (5e-200 for 1.1e-200 at 1e-100)
-    scale = _unit_scale(max(np.abs(mu1).max(initial=0.0), np.abs(mu2).max(initial=0.0),
-                            np.sqrt(np.abs(s1).max(initial=0.0)), np.sqrt(np.abs(s2).max(initial=0.0))))
-    mu1, mu2, s1, s2 = mu1 * scale, mu2 * scale, s1 * scale ** 2, s2 * scale ** 2
+    # cov^½ Σ cov^½ grows as the features' scale to the fourth: in units of about 1 (a power of
+    # two, exact) it neither overflows (NaN from features at 1e77) nor underflows (5e-200 for
+    # 1.1e-200 at 1e-100); the distance scales by the square
+    e = unit_exponent(max(np.abs(mu1).max(initial=0.0), np.abs(mu2).max(initial=0.0),
+                          math.sqrt(np.abs(s1).max(initial=0.0)), math.sqrt(np.abs(s2).max(initial=0.0))),
+                      TINY, HUGE)
+    mu1, mu2, s1, s2 = np.ldexp(mu1, e), np.ldexp(mu2, e), np.ldexp(s1, 2 * e), np.ldexp(s2, 2 * e)
     s2 = 0.5 * (s2 + s2.T)
     _check_psd("sigma2", np.linalg.eigvalsh(s2))
-    return FrechetReference.from_stats(mu1, s1, name="sigma1").distance(mu2, s2) / scale ** 2
-
-
-def _unit_scale(largest: float) -> float:
-    """A power of two that brings ``largest`` (the features' largest magnitude) into [1, 2) when it
-    lies outside [2**-30, 2**30], else 1.0: a Fréchet distance scales by its square, exactly."""
-    if largest > 0 and not 2.0 ** -30 <= largest <= 2.0 ** 30:
-        return 2.0 ** -math.floor(math.log2(largest))
-    return 1.0
+    return ldexp(FrechetReference.from_stats(mu1, s1, name="sigma1").distance(mu2, s2), -2 * e)
 
 
 @dataclass(frozen=True)
@@ -297,12 +292,11 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
                       "dominated by the estimator's bias; use more samples or fewer features, or compare "
                       "only values of equal sizes", FrechetBiasWarning, stacklevel=2)
     # both covariances come from feature_statistics: PSD by construction, so no separate check.
-    # Features far from unit scale are measured scaled by a power of two (exact; see _unit_scale)
-    scale = _unit_scale(max(abs_max(a), abs_max(b)))
-    if scale != 1.0:
-        a, b = a * scale, b * scale
-    value = FrechetReference.from_stats(*feature_statistics(a), name="sigma1").distance(
-        *feature_statistics(b)) / scale ** 2
+    # features far from unit scale are measured scaled by a power of two (exact), as from stats
+    e = unit_exponent(max(abs_max(a), abs_max(b)), TINY, HUGE) if a.is_floating_point() else 0
+    a, b = times_power_of_two(a, e), times_power_of_two(b, e)
+    value = ldexp(FrechetReference.from_stats(*feature_statistics(a), name="sigma1").distance(
+        *feature_statistics(b)), -2 * e)
     return FrechetDistance(value, protocol.fd_name, a.shape[0], b.shape[0], a.shape[1], protocol)
 
 
@@ -392,9 +386,9 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
     # overflow of squared distances (huge rows) is refused by nearest_neighbors, naming the set
     progress = check_flag("progress", progress)
-    scale = tiny_data_scale(r, f)  # tiny rows' products underflow the ball tests' GEMM
-    if scale != 1.0:
-        r, f = r * scale, f * scale
+    # tiny rows' products underflow the ball tests' GEMM: test a copy scaled by a power of two
+    e = unit_exponent(max(abs_max(r), abs_max(f))) if r.is_floating_point() and f.is_floating_point() else 0
+    r, f = times_power_of_two(r, e), times_power_of_two(f, e)
     fake_in_real = _inside_any_ball(f, r, _kth_neighbour_sq_radius(r, k, chunk, batch_chunk, "real", progress),
                                     chunk, batch_chunk, progress, "precision: fake in real balls")
     real_in_fake = _inside_any_ball(r, f, _kth_neighbour_sq_radius(f, k, chunk, batch_chunk, "fake", progress),

@@ -20,7 +20,6 @@ from ..knn import (
     nearest_neighbors,
     nonfinite_rows,
     row_sq_norms,
-    tiny_data_scale,
     unit_roundoff,
 )
 
@@ -39,6 +38,5 @@ __all__ = [
     "nearest_neighbors",
     "nonfinite_rows",
     "row_sq_norms",
-    "tiny_data_scale",
     "unit_roundoff",
 ]
