@@ -1566,7 +1566,19 @@ def test_a_stage_inside_a_step_at_tau_takes_the_landing_gain(solver, expected):
     assert torch.allclose(res.x, torch.full_like(x0, expected), rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize("solver", ["midpoint", "rk4", "rk4_38"])
+@pytest.mark.parametrize("tau, steps", [(0.75, 2), (0.65, 10), (0.35, 10), (0.45, 10)])
+def test_a_midpoint_stage_a_rounding_off_tau_takes_the_landing_gain(tau, steps):
+    # t0 + h/2 gives 0.6499999999999999 for τ = 0.65 at 10 steps: that stage took the launch gain
+    # (helper-103); v = 1, so x(1) = Σ h·η(midpoint of step i), each step before τ's at 1 + α0
+    kts = kfm.KTS(alpha0=0.5, beta0=0.3, tau_split=tau, launch="constant", landing="constant")
+    res = kfm.sample(lambda x, t: torch.ones_like(x), torch.zeros(1, 1, dtype=torch.float64), steps=steps,
+                     solver="midpoint", shaping=kts)
+    on_tau = round(tau * steps - 0.5)
+    expected = sum(1.5 if j < on_tau else 0.7 for j in range(steps)) / steps
+    assert float(res.x) == pytest.approx(expected, abs=1e-14)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "midpoint", "rk4", "rk4_38"])
 @pytest.mark.parametrize("grid, tol", [
     (np.linspace(0, 1, 11), 1e-13),                                  # point 6 is 0.6000000000000001
     (torch.arange(11, dtype=torch.float64) * 0.1, 1e-13),            # the same

@@ -118,8 +118,9 @@ def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]
     the launch phase, so its stage at τ takes η's left limit, as dopri5's steps do; evaluated on
     the landing side, that one stage cost rk4 its order (first order with a jump). A stage at τ
     inside a step across τ (midpoint's, rk4's c = ½) is in the landing phase and takes η(τ).
-    A grid point within 1e-6·τ of τ counts as τ (``np.linspace`` and float32 grids hold it a few
-    ulps off). ``heun`` keeps the reference rule, η(t_{i+1}) in the corrector.
+    A stage time within 1e-6·τ of τ counts as τ (``np.linspace`` and float32 grids hold it a few
+    ulps off, and t0 + h/2 may round below it). ``heun`` keeps the reference rule, η(t_{i+1}) in
+    the corrector.
     """
     tau = float(gain.tau_split) if isinstance(gain, KTS) else None
     if tau is None:
@@ -127,25 +128,22 @@ def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]
     below_tau = math.nextafter(tau, 0.0)
     rows = []
     for t0, t1, row, tab in zip(times[:-1], times[1:], t_stage, tableaus):
-        if tab.mean_gain_update:  # heun: the reference rule, at the times themselves
-            rows.append([_gain_at(gain, t) for t in row])
-            continue
-        # a grid point a rounding off τ is τ (np.linspace's 0.6000000000000001, a float32 grid's
-        # 0.6000000238): across η's jump, its other side cost rk4 three orders
-        ends_on_tau, starts_on_tau = _on_tau(t1, tau), _on_tau(t0, tau)
+        # a time a rounding off τ is τ (np.linspace's 0.6000000000000001, a float32 grid's
+        # 0.6000000238, t0 + h/2 = 0.6499999999999999): across η's jump, its other side cost rk4
+        # three orders. On τ a stage takes the landing gain η(τ), except the one ending a step
+        # from before τ, the launch phase's last (heun keeps the reference rule: η at the times)
+        ends_on_tau = _on_tau(t1, tau) and t0 < tau and not _on_tau(t0, tau) and not tab.mean_gain_update
         gains = []
         for t in row:
-            if t == t1 and ends_on_tau:
-                t = below_tau            # the launch side: the step is the launch phase's last
-            elif t == t0 and starts_on_tau:
-                t = tau                  # the landing phase's first step
+            if _on_tau(t, tau):
+                t = below_tau if t == t1 and ends_on_tau else tau
             gains.append(_gain_at(gain, t))
         rows.append(gains)
     return rows
 
 
 def _on_tau(t: float, tau: float) -> bool:
-    """Whether grid time ``t`` stands for τ (in (0, 1)): within 1e-6·τ, about 16 float32 ulps (a
+    """Whether stage time ``t`` stands for τ (in (0, 1)): within 1e-6·τ, about 16 float32 ulps (a
     grid written in float32 or as i·h holds τ a few ulps off; no useful grid has two points that
     close)."""
     return abs(t - tau) <= 1e-6 * tau
