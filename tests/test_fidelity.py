@@ -454,6 +454,8 @@ def test_frechet_inputs_are_checked_naming_the_argument():
             feature_statistics(x, chunk=chunk)
     with pytest.raises(ValueError, match=r"mu1 must be a \(D,\) vector, got shape \(2, 2\)"):
         frechet_distance_from_stats(np.zeros((2, 2)), np.eye(4), np.zeros(4), np.eye(4))
+    row = frechet_distance_from_stats(np.ones((1, 4)), np.eye(4), np.zeros((4, 1)), np.eye(4))   # torchmetrics' (1, D)
+    assert row == pytest.approx(4.0, rel=1e-12)
     with pytest.raises(ValueError, match="sigma2 is not symmetric"):
         frechet_distance_from_stats(np.zeros(2), np.eye(2), np.zeros(2), [[1.0, 0.5], [0.0, 1.0]])
 

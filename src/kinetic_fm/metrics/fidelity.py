@@ -174,8 +174,9 @@ def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) ->
     """
     mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
     for name, mu in (("mu1", mu1), ("mu2", mu2)):
-        if mu.ndim != 1:
+        if sum(side > 1 for side in mu.shape) > 1:  # (1, D) and (D, 1), as torchmetrics keeps them, are vectors
             raise ValueError(f"{name} must be a (D,) vector, got shape {mu.shape}")
+    mu1, mu2 = mu1.reshape(-1), mu2.reshape(-1)
     s1, s2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
     dim = mu1.size
     if mu2.size != dim or s1.shape != (dim, dim) or s2.shape != (dim, dim):

@@ -182,14 +182,15 @@ def memorization(
 def gap_ratio(d1: torch.Tensor | np.ndarray, d2: torch.Tensor | np.ndarray) -> torch.Tensor:
     """(B,) d1/d2 from each sample's nearest and second-nearest distances, (B,) each, d1 ≤ d2.
 
-    Tensors or NumPy arrays of one floating shape (B,); returns a tensor of their floating dtype
-    (ValueError for other dtypes or shapes, or a row without finite 0 ≤ d1 ≤ d2, NaN included).
+    Tensors or NumPy arrays of one floating shape ((B,), or any, element by element); returns a
+    tensor of their floating dtype and shape (ValueError for other dtypes, differing shapes, or a
+    row without finite 0 ≤ d1 ≤ d2, NaN included).
     0 where d1 = d2 = 0 (a copy of a duplicated training item counts as memorized). Distances
     from any search work, e.g. :func:`kinetic_fm.nearest_neighbors` with k = 2.
     """
     d1, d2 = torch.as_tensor(d1), torch.as_tensor(d2)
-    if d1.shape != d2.shape or d1.dim() != 1 or not (d1.is_floating_point() and d2.is_floating_point()):
-        raise ValueError(f"d1 and d2 must be float tensors of one shape (B,), got {tuple(d1.shape)} {d1.dtype} "
+    if d1.shape != d2.shape or not (d1.is_floating_point() and d2.is_floating_point()):
+        raise ValueError(f"d1 and d2 must be float tensors of one shape, got {tuple(d1.shape)} {d1.dtype} "
                          f"and {tuple(d2.shape)} {d2.dtype}")
     if not bool(((d1 >= 0) & (d2 >= d1)).all()):  # NaN fails too
         raise ValueError("d1 and d2 must satisfy 0 <= d1 <= d2 in every row (nearest, then second-nearest)")
