@@ -1757,8 +1757,8 @@ def test_the_judging_classifier_is_cached_per_seed(tmp_path, monkeypatch):
     judge(cfg)
     assert seeds == [0, 1]
     # a data set of four classes whose split holds three: the judge still has four outputs
-    four, _, _ = _classifier(replace(cfg, seed=2), ws, images[:16], labels[:16], images[16:], labels[16:],
-                             ("a", "b", "c", "d"), False)
+    # (another judge than the one cached for these settings without class names: 3 outputs)
+    four, _, _ = _classifier(cfg, ws, images[:16], labels[:16], images[16:], labels[16:], ("a", "b", "c", "d"), False)
     assert four.logits(images[:2]).shape == (2, 4)
 
 

@@ -183,12 +183,17 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes, 
 
     key = {"data": cfg.data, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout,
            "steps": cfg.classifier_steps, "seed": cfg.seed}
+    num_classes = None if classes is None else len(classes)
+    if num_classes is not None and num_classes != int(train_labels.max()) + 1:
+        # a split lacking the data set's last classes gets a judge of them all: not a judge cached
+        # before that was so (keys of complete splits, every preset's, stay as they were)
+        key["num_classes"] = num_classes
 
     def fit():
         # resumable like the velocity nets: an interrupted run continues from its last resume state
         result = train_classifier(train, train_labels, steps=cfg.classifier_steps, seed=cfg.seed,
                                   test=(heldout, heldout_labels), progress=progress,
-                                  num_classes=None if classes is None else len(classes),
+                                  num_classes=num_classes,
                                   out=ws.model_dir("classifier", key), resume=True,
                                   save_every=max(100, cfg.classifier_steps // 20))
         return {"state": result.model.state_dict(), "config": dict(result.model.config),
