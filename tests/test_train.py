@@ -596,6 +596,13 @@ def test_a_run_that_failed_before_saving_a_step_can_be_started_again_without_res
     assert json.loads((tmp_path / "config.json").read_text())["data_shape"] == [32, 2]
     with pytest.raises(ValueError, match=r"already holds a training run \(config.json, resume.pt, final"):
         train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=2, batch_size=4), out=tmp_path)
+    # another program's config.json (a Hugging Face model folder) is not ours to overwrite (helper-103)
+    foreign = tmp_path / "hf"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"architectures": ["CLIPModel"]}')
+    with pytest.raises(ValueError, match=r"already holds a training run \(config.json\)"):
+        train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=2, batch_size=4), out=foreign)
+    assert json.loads((foreign / "config.json").read_text()) == {"architectures": ["CLIPModel"]}
 
 
 def test_a_resume_may_change_what_it_saves_but_not_what_it_computes(tmp_path, stop_at):

@@ -210,16 +210,26 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
 
 def check_train_dir(out: str | Path, *, resume: bool) -> None:
     """ValueError when ``out`` already holds a training run and ``resume`` is False (its files
-    would be overwritten). A folder holding ``config.json`` alone holds no step (a run that
-    failed or was stopped before its first save), so a new run may start there, as a resume
-    would. :func:`train` checks it under the folder's lock; ``kfm train`` calls it before the
+    would be overwritten). A folder holding a training ``config.json`` alone holds no step (a run
+    that failed or was stopped before its first save), so a new run may start there, as a resume
+    would; another program's config.json is refused like a run. :func:`train` checks it under the folder's lock; ``kfm train`` calls it before the
     data loads."""
     out = Path(out)
     earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
                if (out / name).exists()]
-    if earlier and earlier != ["config.json"] and not resume:
+    if earlier and not (earlier == ["config.json"] and _is_training_config(out / "config.json")) and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                          "resume=True (kfm train --resume) or choose another folder")
+
+
+def _is_training_config(path: Path) -> bool:
+    """Whether ``path`` is a config.json :func:`train` wrote (its model, settings and data shape),
+    not another program's (a Hugging Face model folder holds one too)."""
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(body, dict) and {"model", "train", "data_shape"} <= body.keys()
 
 
 def remove_leftover_temporaries(out: Path) -> int:
