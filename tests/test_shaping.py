@@ -218,3 +218,10 @@ def test_low_precision_times_get_the_float64_gain_rounded_once(dtype, kwargs):
     assert torch.equal(low, kts(t.to(dtype).double()).to(dtype))
     if dtype == torch.float32:
         assert (low > 0).all()
+
+
+def test_a_gain_is_built_under_any_default_device():
+    # the η(1) check made a tensor on the default device and read it back: meta has no values
+    with torch.device("meta"):
+        kts = KTS(alpha0=0.02, beta0=0.03)
+    assert kts(1.0) == pytest.approx(1 - 0.03 * math.expm1(3.0), rel=1e-15)

@@ -83,7 +83,7 @@ class KTS:
         limit = max_beta0(self.landing, self.k)
         # β0 < limit is the exact condition; for the largest floats under it 1 − β0·(e^k − 1) can
         # still round to 0 or below, which each path that computes η must not meet at t = 1
-        end = torch.ones(1, dtype=torch.float64)
+        end = torch.ones(1, dtype=torch.float64, device="cpu")  # not the default device (meta, cuda)
         if self.beta0 >= limit or not (self._gain_float(1.0) > 0 and float(self._gain_tensor(end)) > 0):
             raise ValueError(
                 f"beta0 = {self.beta0!r} makes η(t) ≤ 0 near t = 1 for the {self.landing} landing"
