@@ -460,7 +460,8 @@ def _fingerprint(y: torch.Tensor) -> torch.Tensor:
     set), integer sets in float64 blocks. Plain sums miss a permutation of rows (a shuffle through
     a NumPy view); the weighted ones see it unless the swapped rows are (nearly) equal, which
     moves no distance. A change small enough to vanish in the sums moves the answer as little."""
-    weights = torch.rand(y.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weights = torch.rand(y.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64,
+                         device="cpu")  # the generator's device, whatever the default device is
     work = y.dtype if y.is_floating_point() else torch.float64
     weights = weights.to(device=y.device, dtype=work)
     sums = torch.zeros(2, y.shape[1], dtype=work, device=y.device)

@@ -272,16 +272,18 @@ class CLIPScorer:
         if not uint8:
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("images contain NaN or inf")
-            x = (x.double() - lo) / (hi - lo)  # float64: an overshoot of exactly a tenth stays one
-            low, high = (float(v) for v in torch.aminmax(x))
+            found = tuple(float(v) for v in torch.aminmax(x))  # mapped in Python floats: an overshoot
+            low, high = ((v - lo) / (hi - lo) for v in found)    # of exactly a tenth stays one
             if low < -_OVERSHOOT or high > 1.0 + _OVERSHOOT:
-                found = (lo + low * (hi - lo), lo + high * (hi - lo))
                 hint = " (images in [-1, 1], as kinetic_fm's loaders give: pass value_range=(-1, 1))" if found[0] < 0 <= lo else ""
                 raise ValueError(f"images span [{found[0]:.3g}, {found[1]:.3g}], beyond value_range=({lo:g}, {hi:g}) "
                                  f"by more than a tenth of its width{hint}")
             # rounded to 8 bits here, as the uint8 path: the processor's own float-to-PIL step
-            # truncates (a fifth of the pixels one level darker than the uint8 image they equal)
-            x, uint8 = (x.clamp(0.0, 1.0) * 255).round().to(torch.uint8), True
+            # truncates (a fifth of the pixels one level darker than the uint8 image they equal);
+            # mapped in float64 chunk by chunk (a whole float64 copy doubled the images' memory)
+            step = max(1, batch_size)
+            x, uint8 = torch.cat([((x[i:i + step].double() - lo) / (hi - lo)).clamp(0.0, 1.0).mul(255).round()
+                                  .to(torch.uint8) for i in range(0, x.shape[0], step)]), True
         out = []
         for start in range(0, x.shape[0], batch_size):
             chunk = x[start:start + batch_size].cpu()
