@@ -43,8 +43,8 @@ import torch
 
 from . import gemm
 from .blocks import block_size
-from .exact_scaling import TINY, times_power_of_two, unit_exponent
 from .checks import as_scalar, check_flag, check_integer, check_same_layout, is_integer, positive_integer, torch_readable
+from .exact_scaling import TINY, times_power_of_two, unit_exponent
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
