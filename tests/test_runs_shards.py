@@ -330,6 +330,9 @@ def test_read_run_names_bad_arguments_and_a_damaged_manifest(tmp_path):
         read_run(run, columns=[1])
     with pytest.raises(TypeError, match="run_dir must be a path"):
         read_run(None)
+    for columns in (["kpe", "kpe"], []):       # a duplicated column, a 3 x 0 frame (helper-100)
+        with pytest.raises(ValueError, match=r"columns must name at least one column, each once"):
+            read_run(run, columns=columns)
     assert list(read_run(run, columns=["seed", "kpe"]).columns) == ["seed", "kpe"]
     (run / "manifest.json").write_text('{"format": 1, "kind": ')                               # cut short
     with pytest.raises(ValueError, match=r"manifest.json: the run manifest is not valid JSON"):

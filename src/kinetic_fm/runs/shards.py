@@ -280,6 +280,8 @@ def read_run(run_dir: str | os.PathLike, *, columns: list[str] | None = None) ->
     if columns is not None:
         if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
             raise ValueError(f"columns must be a list of column names, got {columns!r}")
+        if not columns or len(set(columns)) != len(columns):  # a frame of no columns, or one twice
+            raise ValueError(f"columns must name at least one column, each once, got {columns!r}")
     manifest = read_manifest(run_dir)
     table = merge_shards(run_dir, manifest, columns=columns)  # parses only the columns asked for
     if columns is not None:
