@@ -124,6 +124,48 @@ def test_custom_and_dynamic_sigmas_are_read_not_recomputed(transformer, conditio
     torch.testing.assert_close(scheduler.kpe, ours.kpe, rtol=1e-5, atol=0)
 
 
+def test_a_grid_point_a_float32_rounding_off_tau_takes_our_samplers_gain(transformer, conditions):
+    # FLUX.1-schnell's σ grid linspace(1, 0.1, 10) in float32 puts t = 0.5999999940 for τ = 0.6:
+    # the scheduler took the launch gain there, kfm.sample (which counts it as τ) the landing one,
+    # KPE 3 % apart with constant forms (helper-105)
+    import numpy as np
+
+    kts = kfm.KTS(alpha0=0.1, beta0=0.05, launch="constant", landing="constant")
+    scheduler = KineticFlowMatchEulerScheduler(shift=1.0)
+    scheduler.set_shaping(kts)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.1, 10))
+    x0 = _x0()
+    net = _sigma_net(transformer, *conditions)
+    x = x0
+    for t in scheduler.timesteps:
+        x = scheduler.step(net(x, t.expand(BATCH)), t, x, return_dict=False)[0]
+    assert 0 < abs(float(scheduler.times[6]) - 0.6) < 1e-7                  # σ = float32(0.4)
+    ours = kfm.sample(ReversedTime(ModelXT(net)), x0, grid=scheduler.times, quadrature="left", shaping=kts)
+    torch.testing.assert_close(scheduler.kpe, ours.kpe, rtol=1e-5, atol=0)
+    torch.testing.assert_close(x, ours.x, rtol=1e-5, atol=1e-5)
+
+
+def test_a_step_that_fails_adds_no_energy_and_a_mismatched_output_is_named(transformer, conditions):
+    # the energy was added before the base step ran: a step that raised, then its retry, counted
+    # twice (KPE 5.5 % high, no longer the profile's sum); a doubled CFG batch met a raw shape error
+    scheduler = KineticFlowMatchEulerScheduler(shift=3.0)
+    scheduler.set_timesteps(4)
+    x0 = _x0()
+    net = _sigma_net(transformer, *conditions)
+    t = scheduler.timesteps[0]
+    out = net(x0, t.expand(BATCH))
+    with pytest.raises(ValueError, match=r"model_output has 6 rows but sample has 3"):
+        scheduler.step(torch.cat([out, out]), t, x0, return_dict=False)
+    with pytest.raises(Exception):
+        scheduler.step(out[..., :-1], t, x0, return_dict=False)            # the base step's own error
+    x = scheduler.step(out, t, x0, return_dict=False)[0]
+    for t in scheduler.timesteps[1:]:
+        x = scheduler.step(net(x, t.expand(BATCH)), t, x, return_dict=False)[0]
+    torch.testing.assert_close(scheduler.profile.sum(1), scheduler.kpe, rtol=1e-12, atol=0)
+    ours = kfm.sample(ReversedTime(ModelXT(net)), x0, grid=scheduler.times, quadrature="left")
+    torch.testing.assert_close(scheduler.kpe, ours.kpe, rtol=1e-5, atol=0)
+
+
 NO_ENCODERS = dict(vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
                    text_encoder_3=None, tokenizer_3=None)
 
@@ -366,11 +408,11 @@ def test_from_scheduler_keeps_a_shift_set_outside_the_config():
     assert not torch.allclose(base.sigmas, unshifted.sigmas)   # the shift moved the grid
 
 
-@pytest.mark.parametrize("gain", [lambda t: 0.0, lambda t: -1.0, lambda t: float("nan")])
+@pytest.mark.parametrize("gain", [lambda t: 0.0, lambda t: -1.0, lambda t: float("nan"), lambda t: float("inf")])
 def test_a_gain_that_is_not_positive_on_the_grid_is_refused(gain):
     # η ≤ 0 would stall or reverse the Euler step and still report an energy (mutation audit)
     scheduler = KineticFlowMatchEulerScheduler()
     scheduler.set_shaping(gain)
     scheduler.set_timesteps(4)
-    with pytest.raises(ValueError, match=r"η\(t\) must be > 0"):
+    with pytest.raises(ValueError, match=r"η\(t\) must be finite and > 0 on the scheduler's grid"):
         scheduler.step(torch.zeros(BATCH, CHANNELS, SIZE, SIZE), scheduler.timesteps[0], _x0())

@@ -164,10 +164,17 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         sigma_list = sigmas.tolist()
         self.times = times
         self._step_size = [a - b for a, b in zip(sigma_list[:-1], sigma_list[1:])]
-        gain = self.shaping
-        self._gain = [1.0 if gain is None else float(gain(t)) for t in times[:-1].tolist()]
-        if any(not (g > 0.0) for g in self._gain):
-            raise ValueError("the shaping gain η(t) must be > 0 on the scheduler's grid")
+        # η at each step's start as kfm.sample's Euler takes it (a time a float32 rounding off τ
+        # counts as τ: FLUX.1-schnell's grid has t = 0.5999999940), refused unless finite and > 0
+        from ..sampling.fixed_step import stage_gains
+        from ..sampling.tableau import EULER
+
+        grid = times.tolist()
+        try:
+            self._gain = [row[0] for row in stage_gains(self.shaping, grid, [[t] for t in grid[:-1]],
+                                                        [EULER] * (len(grid) - 1))]
+        except ValueError as err:
+            raise ValueError(f"the shaping gain η(t) must be finite and > 0 on the scheduler's grid: {err}") from None
         steps = len(self._step_size)
         self.kpe = torch.zeros(batch, dtype=torch.float64, device=device)
         self.kpe_raw = torch.zeros(batch, dtype=torch.float64, device=device)
@@ -197,6 +204,9 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         if self.step_index is None:
             self._init_step_index(timestep)
         batch = model_output.shape[0]
+        if getattr(sample, "shape", None) is not None and sample.shape[:1] != model_output.shape[:1]:
+            raise ValueError(f"model_output has {batch} rows but sample has {sample.shape[0]}; combine "
+                             "classifier-free guidance halves before step()")
         if self._step_size is None:
             self._prepare_run(batch, model_output.device)
         elif self.kpe.shape[0] != batch:
@@ -212,12 +222,14 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         norm = squared_norm(model_output)  # ‖v‖² = ‖−model_output‖²
         raw = (0.5 * dt) * norm
         applied = (eta * eta) * raw
+
+        shaped = model_output if eta == 1.0 else model_output * eta
+        out = super().step(shaped, timestep, sample, *args, **kwargs)
+        # counted once the base step went through: one that raised, then its retry, counted twice
         self.kpe += applied
         self.kpe_raw += raw
         self.profile[:, i] = applied
-
-        shaped = model_output if eta == 1.0 else model_output * eta
-        return super().step(shaped, timestep, sample, *args, **kwargs)
+        return out
 
 
 # the base step's signature, read once: step() binds its arguments by it on every call
