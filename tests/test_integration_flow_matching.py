@@ -110,6 +110,24 @@ def test_kts_path_matches_ode_solver_on_a_shaped_wrapper():
     assert not torch.allclose(ours.kpe, ours.kpe_raw)  # the gain is really applied
 
 
+@pytest.mark.parametrize("dtype, tau, steps, method", [
+    (torch.float32, 0.7, 10, "euler"),       # float32(0.7) = 0.69999999: the launch gain was taken at τ
+    (torch.float32, 0.9, 10, "euler"),
+    (torch.float64, 0.65, 10, "midpoint"),   # the stage 0.6 + h/2 = 0.6499999999999999
+])
+def test_a_shaped_wrapper_takes_the_gain_at_tau_as_our_sampler_does(dtype, tau, steps, method):
+    # with constant forms the wrapper's gain was read at the time rounded to x's dtype, or at a
+    # stage a rounding below τ, on the launch side where kfm.sample takes η(τ): x 1.1-1.5 % off
+    field = kfm.GaussianTarget(torch.tensor([2.0, -1.0], dtype=dtype), 0.5)
+    kts = kfm.KTS(alpha0=0.1, beta0=0.05, tau_split=tau, launch="constant", landing="constant")
+    x0 = kfm.noise(list(range(4)), (DIM,), dtype=dtype)
+    grid = kfm.time_grid("uniform", steps)
+    theirs = ODESolver(as_model_wrapper(field, shaping=kts)).sample(x0, step_size=None, method=method, time_grid=grid)
+    ours = kfm.sample(field, x0, grid=grid, solver=method, shaping=kts)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(theirs, ours.x, rtol=tol, atol=tol)
+
+
 def test_dopri5_reaches_the_analytic_solution():
     field = kfm.GaussianTarget(torch.tensor([2.0, -1.0], dtype=torch.float64), 0.5)
     x0 = kfm.noise(list(range(6)), (DIM,), dtype=torch.float64)

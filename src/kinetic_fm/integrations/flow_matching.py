@@ -25,7 +25,7 @@ from ..checks import declares_singular_at_one
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
-from ..sampling.shaping import KTS
+from ..sampling.shaping import KTS, TAU_TOLERANCE
 
 METHODS = {"euler": "euler", "midpoint": "midpoint", "heun2": "heun", "rk4": "rk4_38", "dopri5": "dopri5"}
 
@@ -170,14 +170,22 @@ def _model_wrapper_class() -> type:
                 return declares_singular_at_one(self.velocity)
 
             def forward(self, x: torch.Tensor, t: torch.Tensor, **extras: Any) -> torch.Tensor:
+                given = t
                 t = batch_time(t, x)
                 v = self.velocity(x, t, **extras)
                 if self.shaping is None:
                     return v
+                # η at the solver's own time, not rounded to x's dtype (float32(0.7) lies below τ =
+                # 0.7), a time within TAU_TOLERANCE·τ counting as τ, as kfm.sample's stages do
+                times = given if isinstance(given, torch.Tensor) else torch.tensor(float(given))
+                times = times.to(device=v.device, dtype=torch.float64)
+                if isinstance(self.shaping, KTS):
+                    tau = self.shaping.tau_split
+                    times = torch.where((times - tau).abs() <= TAU_TOLERANCE * tau, torch.full_like(times, tau), times)
                 # a KTS without its range check: called at every stage, that check would be a host
                 # synchronisation on an accelerator (the times are the solver's grid, from 0 to 1)
                 gain = self.shaping.unchecked if isinstance(self.shaping, KTS) else self.shaping
-                eta = torch.as_tensor(gain(t), dtype=v.dtype, device=v.device).expand(v.shape[0])
+                eta = torch.as_tensor(gain(times), dtype=v.dtype, device=v.device).expand(v.shape[0])
                 return eta.reshape(-1, *([1] * (v.dim() - 1))) * v
 
         _WRAPPER_CLASS = KineticModelWrapper

@@ -11,7 +11,7 @@ from ..checks import declares_singular_at_one
 from .energy import EnergyLedger, quadrature_weights
 from .guards import (check_outputs_unchanged, check_state_unchanged, check_velocity_output, first_velocity,
                      state_version)
-from .shaping import KTS
+from .shaping import KTS, TAU_TOLERANCE
 from .tableau import EULER, HEUN3, Tableau
 
 Gain = Callable[[float], float]
@@ -143,10 +143,8 @@ def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]
 
 
 def _on_tau(t: float, tau: float) -> bool:
-    """Whether stage time ``t`` stands for τ (in (0, 1)): within 1e-6·τ, about 16 float32 ulps (a
-    grid written in float32 or as i·h holds τ a few ulps off; no useful grid has two points that
-    close)."""
-    return abs(t - tau) <= 1e-6 * tau
+    """Whether stage time ``t`` stands for τ (in (0, 1)): within ``TAU_TOLERANCE``·τ."""
+    return abs(t - tau) <= TAU_TOLERANCE * tau
 
 
 def _gain_at(gain: Gain | None, t: float) -> float:

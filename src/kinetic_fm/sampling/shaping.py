@@ -26,6 +26,11 @@ LAUNCH_FORMS = ("linear", "constant", "exponential")
 LANDING_FORMS = ("exponential", "linear", "constant")
 
 
+# a time within this share of τ stands for τ in the solvers (about 16 float32 ulps): a grid written
+# in float32 or as i·h, or a stage t0 + c·h, holds τ a few ulps off; no useful grid has two points
+# that close
+TAU_TOLERANCE = 1e-6
+
 _K_MAX = 700.0  # e^k must stay finite in float64 (e^709.8 overflows)
 _ALPHA0_MAX = 1e6  # η = 1 + α0 multiplies the velocity; far beyond any use, and float32-safe
 
