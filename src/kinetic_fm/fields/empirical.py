@@ -638,7 +638,8 @@ class PosteriorRecorder:
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """The wrapped field's v*(x, t), (B, ...); this call's diagnostics are recorded."""
         out = self.field.evaluate(x, t)
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float64).expand(x.shape[0])
+        # a copy: a solver may move the time tensor it passed forward in place (dopri5 does)
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float64).expand(x.shape[0]).clone()
         self._records.append((t, out.diagnostics, self._active))
         return out.velocity
 

@@ -81,7 +81,7 @@ def integrate_dopri5(
     read_after = [tab.read_after(j) for j in range(tab.stages)]
     x = x0.clone()
     version = state_version(x)
-    k1 = first_velocity(f, x, t)
+    k1 = first_velocity(f, x, t.clone())  # not the time buffer itself, which moves forward in place
     check_state_unchanged(x, version, 0, 0.0)
     k1 = k1.clone()  # updated in place below; never alias the caller's buffer
     nfe += 1
