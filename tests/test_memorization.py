@@ -1212,3 +1212,29 @@ def test_kfm_memorization_of_an_incomplete_run_is_one_error_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("kfm memorization: error: ") and err.count("\n") == 1
     assert "shard-00001-of-00003.parquet (missing" in err and "--resume" in err
+
+
+def test_a_grey_folder_is_audited_against_colour_items_in_colour(tmp_path, capsys):
+    # a folder of images was dropped to one channel when that folder alone was grey throughout, so
+    # RGB copies of grey training images met "64 and 192 features" (helper-106)
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    train[:3] = train[:3, :, :, :1]                                   # three grey training images
+    (tmp_path / "train").mkdir()
+    (tmp_path / "samples").mkdir()
+    for i, image in enumerate(train):
+        Image.fromarray(image, "RGB").save(tmp_path / "train" / f"{i:03d}.png")
+    for i in range(3):
+        Image.fromarray(train[i], "RGB").save(tmp_path / "samples" / f"{i:03d}.png")
+    copies = (train[:3].transpose(0, 3, 1, 2) / 127.5 - 1).astype(np.float32)
+    np.save(tmp_path / "copies.npy", copies)
+    grey_train = tmp_path / "grey_train"
+    grey_train.mkdir()
+    for i in range(3):
+        Image.fromarray(train[i], "RGB").save(grey_train / f"{i:03d}.png")
+    for samples, train_path in ((tmp_path / "samples", tmp_path / "train"), (tmp_path / "copies.npy", grey_train)):
+        assert main(["memorization", "--samples", str(samples), "--train", str(train_path), "--bootstrap", "0",
+                     "--no-progress"]) == 0
+        assert "F_mem = 1.0000" in capsys.readouterr().out

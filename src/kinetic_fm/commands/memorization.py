@@ -17,7 +17,7 @@ def register(subparsers) -> None:
             "Exact 2-nearest-neighbour gap-ratio audit. Inputs: .npy, .npz (its only array, or --key), "
             ".pt (a tensor, or a dict of them with --key, loaded with weights_only=True), .parquet (a list "
             "column or the numeric columns), or a folder or .zip of images (PNG/JPEG, read as [-1, 1], one "
-            "channel when all are grey); --train may also be a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, "
+            "channel when all are grey, unless the other input is colour); --train may also be a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, "
             "folder:PATH, digits: its whole training split, in [-1, 1]; celeba: grey, centred by the "
             "mean image of all its faces). A net trained on a subset (kfm train --n) is audited against "
             "that subset with --train RUN, its kfm train run folder, and a kfm reproduce net against its "
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         space = net.to(device).features
     samples, sample_files = _load_rows("--samples", args.samples, args.key, args.progress, specs=False)
     train, train_files = _load_rows("--train", args.train, args.train_key, args.progress, specs=True)
+    samples, train = _same_channels(samples, args.samples, train, args.train)
     samples, train = samples.to(device), train.to(device)
     clamped = ""
     if args.clamp:
@@ -252,6 +253,24 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
             images = images[:, :1]                    # grey throughout (R = G = B): one channel
         return images, image_names(path)
     return load_array(value, key), None
+
+
+def _same_channels(samples, samples_arg: str, train, train_arg: str):
+    """``samples`` and ``train`` with a grey folder of images (collapsed to one channel) given back
+    its three equal channels when the other side is colour: a folder is collapsed on its own, so
+    RGB copies of grey training images met "64 and 192 features"."""
+    from pathlib import Path
+
+    if samples.dim() == 4 and train.dim() == 4 and samples.shape[2:] == train.shape[2:]:
+        channels = {samples.shape[1], train.shape[1]}
+        if channels == {1, 3}:
+            grey_folder = {name: Path(value).is_dir() or Path(value).suffix.lower() == ".zip"
+                           for name, value in (("samples", samples_arg), ("train", train_arg))}
+            if samples.shape[1] == 1 and grey_folder["samples"]:
+                samples = samples.expand(-1, 3, -1, -1).contiguous()
+            elif train.shape[1] == 1 and grey_folder["train"]:
+                train = train.expand(-1, 3, -1, -1).contiguous()
+    return samples, train
 
 
 def _spec_item_files(spec: str, data) -> list[str] | None:
