@@ -591,3 +591,16 @@ def test_the_velocity_is_the_same_inside_autocast():
         inside = field(x, t)
     assert inside.dtype == torch.float32
     torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+
+
+def test_integer_atoms_and_states_beyond_float32s_integers_stay_exact():
+    # 2**24 + 1 and + 3 were stored as float32 (16777216, 16777220): at t = 0.99, v = 300 for 200
+    atoms = torch.tensor([[2 ** 24 + 1], [2 ** 24 + 3]], dtype=torch.int64)
+    x = torch.tensor([[2 ** 24 + 1]], dtype=torch.int64)
+    t = torch.tensor([0.99], dtype=torch.float64)
+    want = kfm.EmpiricalFlow(atoms.double())(x.double(), t)
+    for train in (atoms, atoms.double()):
+        got = kfm.EmpiricalFlow(train)(x, t)
+        torch.testing.assert_close(got.double(), want, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match=r"train holds integers beyond 2\*\*53"):
+        kfm.EmpiricalFlow(torch.tensor([[2 ** 60], [0]]))

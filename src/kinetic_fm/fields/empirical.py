@@ -76,6 +76,7 @@ from .. import gemm
 from ..checks import as_scalar, check_integer, is_real, optional_integer, positive_integer
 from ..blocks import block_size
 from ..knn import (
+    check_exact_integers,
     check_finite,
     check_magnitude,
     column_mean,
@@ -147,13 +148,24 @@ class EmpiricalVelocity:
     diagnostics: PosteriorDiagnostics
 
 
+def _beyond_float32(rows: torch.Tensor, name: str) -> bool:
+    """Whether integer ``rows`` hold values float32 cannot (beyond 2**24 in magnitude), so that
+    they must be float64 (2**24 + 1 read as 2**24); beyond 2**53 even float64 cannot, refused."""
+    if rows.is_floating_point() or rows.numel() == 0:
+        return False
+    check_exact_integers(name, rows)
+    wide = rows.to(torch.int64) if rows.dtype != torch.uint64 else rows.to(torch.float64)
+    return bool(wide.abs().max() > 2 ** 24)
+
+
 class EmpiricalFlow:
     """Exact closed-form EFM velocity over a training tensor; a velocity field for ``kfm.sample``.
 
     Args:
         train: (N, ...) training atoms, N ≥ 1, finite (a tensor of any real dtype, on any device,
             kept where given; or a NumPy array).
-            Float64 atoms give float64 screening; anything else screens in float32.
+            Float64 atoms give float64 screening, as do integers beyond 2**24 (which float32 would
+            round; beyond 2**53 they are refused); anything else screens in float32.
         chunk: atoms per screening GEMM (bounds the temporary (batch_chunk, chunk) block).
         batch_chunk: queries per block; default from ``memory_budget``.
         memory_budget: bytes for the per-block (batch_chunk, N) screened-logit matrix (in the
@@ -170,8 +182,8 @@ class EmpiricalFlow:
             "faiss" by a faiss search of x/t.
 
     ``field(x, t)`` takes x (B, ...) with the training tensor's trailing shape, on its device, and
-    t (B,) (or a scalar) in [0, 1], and returns v*(x, t) with x's shape, dtype and device (float32
-    for integer x); ValueError names a bad shape, device, time or entry. A row's velocity depends on
+    t (B,) (or a scalar) in [0, 1], and returns v*(x, t) with x's shape, dtype and device (for
+    integer x the atoms' dtype, float64 beyond 2**24); ValueError names a bad shape, device, time or entry. A row's velocity depends on
     its batch-mates only through the BLAS's blocking of the products: equal to rounding, not
     bit for bit, across batch sizes (the sampler itself is bitwise batch-invariant). ``field.evaluate`` also returns
     the per-sample :class:`PosteriorDiagnostics`; ``field.posterior(x, t, k)`` the top-k weights.
@@ -197,7 +209,7 @@ class EmpiricalFlow:
         if train.dim() < 1 or train.shape[0] == 0:
             raise ValueError(f"train must have shape (N, ...) with N ≥ 1, got {tuple(train.shape)}")
         check_finite("train", train)
-        dtype = torch.float64 if train.dtype == torch.float64 else torch.float32
+        dtype = torch.float64 if train.dtype == torch.float64 or _beyond_float32(train, "train") else torch.float32
         self.atoms = train.reshape(train.shape[0], -1).to(dtype)  # a view when already float32/64
         self.shape = tuple(train.shape[1:])
         self.n, self.dim = self.atoms.shape
@@ -279,8 +291,8 @@ class EmpiricalFlow:
         if x.dtype == torch.bool or x.is_complex():
             raise ValueError(f"x must hold real numbers, got dtype {x.dtype}")
         flat = x.detach().reshape(batch, self.dim)
-        if not flat.is_floating_point():
-            flat = flat.float()
+        if not flat.is_floating_point():  # as exact as the atoms, or float64 where float32 would round
+            flat = flat.to(torch.float64 if _beyond_float32(flat, "x") else self.atoms.dtype)
         if x.device != self.atoms.device:
             raise ValueError(f"x is on {x.device} but the training atoms are on {self.atoms.device}")
         if isinstance(t, bool) or (isinstance(t, torch.Tensor) and (t.dtype == torch.bool or t.is_complex())):
