@@ -91,6 +91,15 @@ def test_resume_with_a_changed_kts_parameter_is_refused_naming_it(tmp_path, caps
     assert kfm_sample(tmp_path / "run", *common, "--resume", "--batch-size", 1) == 0  # batch size is free
 
 
+def test_a_bad_split_is_refused_before_the_run_folder_is_written(tmp_path, capsys):
+    # "split must be a number in [0, 1]" came after manifest.json and shards/ were written: the
+    # corrected command was then refused as another run, and --resume as a changed split
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 3, "--steps", 5, "--split", 1.5) == 2
+    assert "--split must be a number in [0, 1], got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 3, "--steps", 5, "--split", 0.5) == 0
+
+
 def test_resume_of_a_folder_holding_no_run_says_it_starts_one(tmp_path, capsys):
     # a typo in --out with --resume started a fresh run without a word (helper-100)
     common = ["--field", "gaussian", "--n", 3, "--steps", 5]

@@ -380,6 +380,10 @@ def _validate(args) -> None:
     args.field = DEFAULT_FIELD if args.field is None else args.field
     args.dim = DEFAULT_DIM if args.dim is None else args.dim
     _validate_step_control(args)
+    if args.split is not None:  # kfm.sample checks it too, but only after the run folder is written
+        from ..checks import check_unit_number
+
+        check_unit_number("--split", args.split)
     if args.field == "point" and args.solver == "dopri5":
         raise ValueError("--field point is singular at t = 1, where dopri5 evaluates; use a fixed-step --solver")
     if args.figure is not None and Path(args.figure).suffix.lower() != ".png":  # before a whole run is spent

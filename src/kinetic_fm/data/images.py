@@ -217,7 +217,7 @@ def decode_many(
         elif array.shape != out.shape[1:]:
             raise ValueError(
                 f"{source.describe(name)}: image of shape {array.shape} differs from the first "
-                f"image's {out.shape[1:]}; pass size= to resize all images to one size"
+                f"image's {out.shape[1:]}; pass size= to resize all images to one size (the kfm commands take no such flag: resize the files first)"
             )
         out[i] = array
     if out is None:
