@@ -294,7 +294,7 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
                       "only values of equal sizes", FrechetBiasWarning, stacklevel=2)
     # both covariances come from feature_statistics: PSD by construction, so no separate check.
     # features far from unit scale are measured scaled by a power of two (exact), as from stats
-    e = unit_exponent(max(abs_max(a), abs_max(b)), TINY, HUGE) if a.is_floating_point() else 0
+    e = unit_exponent(max(abs_max(a), abs_max(b)), TINY, HUGE)  # as_features gave floating rows
     a, b = times_power_of_two(a, e), times_power_of_two(b, e)
     value = ldexp(FrechetReference.from_stats(*feature_statistics(a), name="sigma1").distance(
         *feature_statistics(b)), -2 * e)
