@@ -1,6 +1,7 @@
 """kfm reproduce: every study end to end at tiny size, resume, and the pieces underneath."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -1917,3 +1918,59 @@ def test_noted_frechet_distance_silences_only_the_bias_warning(monkeypatch):
         warnings.simplefilter("always")
         assert noted_frechet_distance(None, None) == 1.5
     assert [str(w.message) for w in caught] == ["something else"]
+
+
+def _image_folder(path, count: int):
+    from PIL import Image
+
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(path / f"{i}.png")
+    return path
+
+
+def test_a_data_set_smaller_than_the_studies_load_is_refused_in_their_terms(tmp_path):
+    # the loader's own text, "n must be an integer in [1, 30] (the available items), got 400",
+    # named an n that kfm reproduce has no flag for
+    from kinetic_fm.studies.assets import _load_split
+    from kinetic_fm.studies.config import AssetsConfig
+
+    folder = _image_folder(tmp_path / "small", 30)
+    cfg = AssetsConfig(data=f"folder:{folder}", n_train=300, n_heldout=100)
+    with pytest.raises(ValueError, match=re.escape("has 30 images; the studies load n_train + n_heldout = 300 + 100 "
+                                                   "= 400 of them")) as caught:
+        _load_split(cfg, progress=False)
+    assert "n must" not in str(caught.value)
+
+
+def test_a_run_refused_before_its_first_result_leaves_no_folder_behind(tmp_path):
+    from kinetic_fm.studies.reproduce import reproduce
+
+    folder = _image_folder(tmp_path / "small", 30)
+    cfg = ReproduceConfig.preset("tiny", data=f"folder:{folder}")
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        with pytest.raises(ValueError, match="has 30 images"):
+            reproduce(cfg, out, progress=False)
+        assert not out.exists()                      # was: cache/, models/, tables/, .lock, timings.json
+    kept = tmp_path / "kept"                         # a folder that held something stays, with what it held
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="has 30 images"):
+        reproduce(cfg, kept, progress=False)
+    assert (kept / "notes.txt").read_text() == "mine"
+
+
+def test_too_few_items_is_a_value_error_that_says_how_many(tmp_path):
+    from kinetic_fm.data.subset import TooFewItemsError, select_indices
+
+    with pytest.raises(TooFewItemsError, match=re.escape("n must be an integer in [1, 3] (the available items), "
+                                                         "got 5")) as caught:
+        select_indices(3, n=5)
+    assert (caught.value.requested, caught.value.available) == (5, 3)
+    for bad in (0, 2.5, True):                       # not an integer count: the plain ValueError
+        with pytest.raises(ValueError) as caught:
+            select_indices(3, n=bad)
+        assert type(caught.value) is ValueError

@@ -7,13 +7,24 @@ from typing import TYPE_CHECKING, Sequence, TypeVar
 import torch
 from torch import Tensor
 
-from ..checks import check_integer
+from ..checks import as_scalar, check_integer, is_integer
 
 if TYPE_CHECKING:
     from .images import ImageDataset
     from .synthetic import PointDataset
 
 T = TypeVar("T")
+
+
+class TooFewItemsError(ValueError):
+    """A subset of ``requested`` items asked of a source holding only ``available`` (a ValueError,
+    whose text names ``n`` and the range); callers that know which of their settings made ``n``
+    (``kfm reproduce``'s n_train + n_heldout) say so instead."""
+
+    def __init__(self, message: str, *, requested: int, available: int):
+        super().__init__(message)
+        self.requested = requested
+        self.available = available
 
 
 def select_indices(
@@ -48,7 +59,13 @@ def select_indices(
         if torch.unique(pool).numel() != pool.numel():
             raise ValueError("indices must not contain duplicates")
     if n is not None:
-        n = check_integer("n", n, 1, pool.numel(), note="the available items")
+        try:
+            n = check_integer("n", n, 1, pool.numel(), note="the available items")
+        except ValueError as err:
+            number = as_scalar(n)
+            if is_integer(number) and number > pool.numel():  # a good integer, just too many
+                raise TooFewItemsError(str(err), requested=int(number), available=pool.numel()) from None
+            raise
         generator = torch.Generator().manual_seed(check_integer("seed", seed))
         pool = torch.sort(pool[torch.randperm(pool.numel(), generator=generator)[:n]]).values
     return pool

@@ -7,12 +7,13 @@ trains and samples nothing: it recomputes the metrics, intervals and figures fro
 from __future__ import annotations
 
 import platform
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ..runs.lock import RunLock
+from ..runs.lock import LOCK_NAME, RunLock, RunLockedError
 from .assets import load_assets
 from .config import ReproduceConfig
 from .memorization import run_memorization
@@ -21,7 +22,7 @@ from .quality import SampleQuality, sample_quality
 from .semantics import general_samples, run_semantics
 from .shaping import run_shaping
 from .support import run_support
-from .timings import StageTimes
+from .timings import TIMINGS_FILE, StageTimes
 from .workspace import Workspace, config_hash
 
 STUDIES = ("semantics", "support", "memorization", "shaping")
@@ -50,10 +51,29 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     problem = studies_problem(studies)
     if problem:
         raise ValueError(f"studies must be a subset of {STUDIES}, each once; got {tuple(studies)} ({problem})")
-    ws = Workspace(out, progress=progress)
-    with RunLock(ws.root, resume="run the same command again"):
-        ws.remove_leftover_temporaries()
-        return _run_studies(cfg, ws, studies, progress)
+    root = Path(out)
+    fresh = not root.exists() or (root.is_dir() and not any(root.iterdir()))
+    try:
+        ws = Workspace(out, progress=progress)
+        with RunLock(ws.root, resume="run the same command again"):
+            ws.remove_leftover_temporaries()
+            return _run_studies(cfg, ws, studies, progress)
+    except RunLockedError:
+        raise
+    except BaseException:
+        if fresh:  # a run refused before it wrote anything leaves no empty workspace behind
+            _remove_if_skeleton(root)
+        raise
+
+
+def _remove_if_skeleton(root: Path) -> None:
+    """Delete ``root`` when it holds nothing but a workspace's empty folders, its lock file and its
+    stage times: what a run that failed before its first result (data too small, a refused
+    classifier) leaves."""
+    bookkeeping = {root / LOCK_NAME, root / TIMINGS_FILE}
+    if any(p.is_file() and p not in bookkeeping or p.is_symlink() for p in root.rglob("*")):
+        return
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], progress: bool) -> tuple[Path, Path]:
