@@ -1974,3 +1974,19 @@ def test_too_few_items_is_a_value_error_that_says_how_many(tmp_path):
         with pytest.raises(ValueError) as caught:
             select_indices(3, n=bad)
         assert type(caught.value) is ValueError
+
+
+def test_a_run_of_fewer_studies_keeps_only_the_figures_its_report_shows(tiny_report, tmp_path):
+    """``--studies memorization`` into a full run's folder left the other studies' PNGs in
+    figures/ beside a report that shows none of them (tables were already pruned)."""
+    import shutil
+
+    from kinetic_fm.studies.reproduce import reproduce
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_report[0], out)
+    before = {p.name for p in (out / "figures").glob("*.png")}
+    md, _ = reproduce(ReproduceConfig.preset("tiny"), out, studies=("memorization",), progress=False)
+    shown = set(re.findall(r"\(figures/([a-z0-9_-]+\.png)\)", md.read_text(encoding="utf-8")))
+    assert shown and shown < before
+    assert {p.name for p in (out / "figures").glob("*.png")} == shown

@@ -137,6 +137,7 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
         meta["sample quality"] = quality.sentence()
     intro = (_intro(cfg.assets.data, cfg.mode, quality) + "\n\n"
              + _overview(cfg, studies, assets, timings, total, invocations))
+    ws.remove_figures_except({fig.name for section in sections for fig in section.figures})
     paths = write_report(ws.root, title="Kinetic energy of flow matching: reproduction report", intro=intro,
                          claims=claims, sections=sections, meta=meta)
     times.finish()

@@ -113,6 +113,13 @@ class Workspace:
             if path.stem not in names:
                 path.unlink()
 
+    def remove_figures_except(self, names: set[str]) -> None:
+        """Delete ``figures/*.png`` not named in ``names``: a run of fewer studies into the folder
+        of a fuller one kept the other studies' figures beside a report that does not show them."""
+        for path in (self.root / "figures").glob("*.png"):
+            if path.stem not in names:
+                path.unlink()
+
     def save_table(self, name: str, frame: Any) -> Path:
         """Write a per-sample table as ``tables/<name>.parquet`` (atomically)."""
         path = self.root / "tables" / f"{name}.parquet"
