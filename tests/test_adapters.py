@@ -256,6 +256,19 @@ def test_discrete_time_truncates_to_integer_steps():
     assert seen["step"].tolist() == [0, 0, 1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_discrete_time_steps_are_the_exact_truncation_in_every_dtype(dtype):
+    # the product was formed in t's dtype: bfloat16 rounded 999·0.5 to 500 and 999·1 to 1000 (an
+    # nn.Embedding(1000) raised IndexError), float16 overflowed to -2**63 beyond 65504, float32
+    # rounded 0.5·(2**25 − 1) up to 2**24
+    for T in (1000, 100_000, 2**25):
+        t = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=dtype)
+        expected = [int(v * (T - 1)) for v in t.double().tolist()]     # exact: float64, T < 2**53
+        step = DiscreteTime(lambda x, s: s, num_timesteps=T).step_index(t)
+        assert step.tolist() == expected, (dtype, T)
+        assert 0 <= int(step.min()) and int(step.max()) <= T - 1
+
+
 @pytest.mark.parametrize("bad", [1, 0, 2.5, True, "1000", 10**30])
 def test_discrete_time_rejects_bad_num_timesteps(bad):
     # 10**30 overflowed only at the first call
@@ -355,6 +368,37 @@ def test_noise_prediction_evaluates_its_net_at_t_min_on_the_first_step():
     res = kfm.sample(NoisePrediction(noise_net), x0, steps=10, solver="euler")
     ref = kfm.sample(field, x0, steps=10, solver="euler")
     torch.testing.assert_close(res.x, ref.x, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("T", [50, 100, 500, 1000])
+def test_noise_prediction_over_integer_steps_starts_from_step_1_in_half_precision(dtype, T):
+    # t_min = (1 + 1e-6)/(T − 1) rounded to nearest in float16/bfloat16 fell below 1/(T − 1), so
+    # the net saw step 0, where an exact ε-predictor returns x and the velocity is 0
+    seen = {}
+
+    def net(x, step):
+        seen["step"] = step
+        return torch.zeros_like(x)
+
+    NoisePrediction(DiscreteTime(net, T))(torch.ones(3, 2, dtype=dtype), torch.zeros(3, dtype=dtype))
+    assert seen["step"].tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_data_prediction_stays_finite_at_t_1_in_every_dtype(dtype):
+    # 1 − 1e-3 rounds to 1 in bfloat16: the clamp left t = 1 and v = (x̂1 − x)/0 = inf
+    seen = {}
+
+    def net(x, t):
+        seen["t"] = t
+        return x + 1.0
+
+    v = DataPrediction(net)(torch.zeros(2, 2, dtype=dtype), torch.ones(2, dtype=dtype))
+    assert torch.isfinite(v).all() and v.dtype == dtype
+    assert (seen["t"].double() <= 1 - 1e-3).all() and (seen["t"] < 1).all()
+    # the largest value of the dtype at or below 1 − gap_min: nothing larger was allowed
+    assert (torch.nextafter(seen["t"], torch.ones_like(seen["t"])).double() > 1 - 1e-3).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

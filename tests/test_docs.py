@@ -157,3 +157,18 @@ def test_architecture_section_4_attributes_exist(variable, cls):
     fields = {f.name for f in dataclasses.fields(cls)}
     missing = {name for name in documented if name not in fields and not hasattr(cls, name)}
     assert not missing, f"ARCHITECTURE §4 documents {variable}.{missing}, which {cls.__name__} lacks"
+
+
+def test_every_readme_section_the_messages_name_exists():
+    # the convention hint sent users to "the README's 'Other conventions'", a section that no
+    # longer existed
+    from kinetic_fm.sampling import guards
+
+    headings = set(re.findall(r"^#+ (.+)$", README, flags=re.MULTILINE))
+    named = re.findall(r"README's section '([^']+)'", guards.CONVENTION_HINT)
+    assert named and set(named) <= headings
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "src").rglob("*.py"))
+    for quoted in re.findall(r"README's (?:section )?'([^']+)'", sources):
+        assert quoted in headings, quoted
+    phrases = re.findall(r"README: '([^']+)'", sources)      # a paragraph's opening words
+    assert phrases and all(phrase in README for phrase in phrases)

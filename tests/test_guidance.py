@@ -285,3 +285,38 @@ def test_per_sample_null_labels_follow_dopri5s_selection():
                            solver="dopri5", **tol)
         torch.testing.assert_close(batch.x[i:i + 1], alone.x, rtol=0, atol=1e-12)
         torch.testing.assert_close(batch.kpe[i:i + 1], alone.kpe, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_scale_one_is_the_conditional_velocity_and_zero_the_unconditional_bit_for_bit(dtype):
+    # v_u + 1·(v_c − v_u) rounds: in bfloat16 it was 0.125 off v_c and a run's x 0.03 off a plain
+    # conditional run (the CLI skips guidance at 1, so the two disagreed)
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(3, DIM, generator=gen, dtype=torch.float64) * 40
+    model = lambda x, t, y: means.to(x.dtype)[y] - x * t[:, None]  # noqa: E731
+    labels = torch.tensor([0, 1, 0, 1])
+    x = (torch.randn(4, DIM, generator=gen, dtype=torch.float64) * 30).to(dtype)
+    t = torch.full((4,), 0.3, dtype=dtype)
+    for scale, y in ((1.0, labels), (0.0, torch.full_like(labels, 2))):
+        guided = ClassifierFreeGuidance(model, labels, scale=scale, null_label=2)(x, t)
+        assert torch.equal(guided, model(x, t, y)), (dtype, scale)
+    cond = kfm.sample(lambda x_, t_: model(x_, t_, labels), seeds=range(4), shape=(DIM,), steps=8, dtype=dtype)
+    guided = kfm.sample(ClassifierFreeGuidance(model, labels, scale=1.0, null_label=2), seeds=range(4),
+                        shape=(DIM,), steps=8, dtype=dtype)
+    assert torch.equal(guided.x, cond.x) and torch.equal(guided.kpe, cond.kpe)
+
+
+def test_list_labels_follow_the_samples_to_their_device():
+    # labels=[0, 1, ...] became a CPU tensor that was handed to a CUDA net as it was
+    from fake_cuda import fake_cuda
+
+    with fake_cuda():
+        table = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 0.0]], device="cuda")
+        model = lambda x, t, y: table.index_select(0, y) - x  # noqa: E731
+        for labels in ([0, 1, 0, 1], np.array([0, 1, 0, 1])):
+            res = kfm.sample(ClassifierFreeGuidance(model, labels, scale=2.0, null_label=2), seeds=range(4),
+                             shape=(2,), steps=4, device="cuda")
+            assert res.x.device.type == "cuda"
+            on_cpu = kfm.sample(ClassifierFreeGuidance(lambda x, t, y: table.cpu()[y] - x, torch.tensor(labels),
+                                                       scale=2.0, null_label=2), seeds=range(4), shape=(2,), steps=4)
+            torch.testing.assert_close(res.x.cpu(), on_cpu.x)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from typing import Any, Callable, Iterable
 
 import torch
@@ -268,8 +269,15 @@ class DiscreteTime(_Adapter):
         self.inner, self.num_timesteps = inner, check_integer("num_timesteps", num_timesteps, 2, 2**53)
 
     def step_index(self, t: torch.Tensor) -> torch.Tensor:
-        """int(t·(T − 1)) as int64, t clamped to [0, 1]."""
-        return (t.clamp(0.0, 1.0) * (self.num_timesteps - 1)).to(torch.int64)
+        """int(t·(T − 1)) as int64 in [0, T − 1], t clamped to [0, 1].
+
+        The product is formed in float32 for float32 and half-precision t (exact for a half t,
+        and a float32 rounding of a step's time j/(T − 1) maps to j as before), in float64 for
+        float64 t or T − 1 beyond 2**24 (where float32 cannot hold every step). In bfloat16
+        999·0.5 rounded to 500 and float16 overflowed beyond 65504."""
+        wide = t.dtype == torch.float64 or self.num_timesteps - 1 > 2**24
+        product = t.to(torch.float64 if wide else torch.float32).clamp(0.0, 1.0) * (self.num_timesteps - 1)
+        return product.to(torch.int64)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
         """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
@@ -332,6 +340,17 @@ def _prediction(out: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _rounded(bound: float, dtype: torch.dtype, *, up: bool) -> float:
+    """``bound`` as a value of ``dtype``, rounded up (``up``) or down, not to nearest: in
+    bfloat16 1 − 1e-3 rounds to 1 (DataPrediction divided by 1 − t = 0) and a float16 t_min just
+    above 1/(T − 1) rounds below it (NoisePrediction's DiscreteTime net saw step 0 again)."""
+    value = torch.tensor(bound, dtype=dtype)
+    if (float(value) < bound) if up else (float(value) > bound):
+        value = torch.nextafter(value, torch.tensor(math.inf if up else -math.inf, dtype=dtype))
+    return float(value)
+
+
 class NoisePrediction(_Adapter):
     """A net predicting the noise ε̂ ≈ x0 of the linear path, turned into a velocity.
 
@@ -339,7 +358,8 @@ class NoisePrediction(_Adapter):
     The division is singular at t = 0 (where x = ε and v cannot be recovered from ε̂ alone:
     an exact net returns ε̂ = x there, so the formula gives v = 0). The field is therefore
     evaluated at max(t, ``t_min``), net included: v(x, t) := v(x, max(t, t_min)), finite on
-    grids that start at 0 and off by O(t_min) on the first step.
+    grids that start at 0 and off by O(t_min) on the first step. In x's dtype the clamp is
+    ``t_min`` rounded up (a half-precision t_min never falls below it).
 
     ``t_min`` defaults to 1e-3, raised when ``inner`` is a :class:`DiscreteTime` to just above its
     first step 1/(T − 1): with T = 1000, 1e-3 truncates to step 0, where the net sees t = 0 and
@@ -357,7 +377,8 @@ class NoisePrediction(_Adapter):
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
         """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
-        t = batch_time(t, x).clamp(min=self.t_min)
+        t = batch_time(t, x)
+        t = t.clamp(min=_rounded(self.t_min, t.dtype, up=True))
         noise = _prediction(self.inner(x, t, *args, **kwargs), x, "noise")
         return (x - noise) / _broadcast(t, x)
 
@@ -370,7 +391,8 @@ class DataPrediction(_Adapter):
 
     On x_t = (1 − t)·ε + t·x1:  ε̂ = (x − t·x̂1)/(1 − t),  so  v = x̂1 − ε̂ = (x̂1 − x)/(1 − t).
     Singular at t = 1 (an exact net returns x̂1 = x there, so the formula gives v = 0): the
-    field is evaluated at min(t, 1 − ``gap_min``), net included, and declares
+    field is evaluated at min(t, 1 − ``gap_min``), net included (1 − gap_min rounded down in x's
+    dtype: in bfloat16 1 − 1e-3 is 0.99609375, not 1), and declares
     ``singular_at_one`` so that ``kfm.sample`` takes the last step of heun with Euler and of
     rk4 with Heun's third-order method, instead of evaluating the end stage at t = 1 (rk4 stays
     fourth order). ``inner`` is a callable ``inner(x, t, ...)`` returning x̂1 with x's shape;
@@ -385,7 +407,8 @@ class DataPrediction(_Adapter):
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
         """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
-        t = batch_time(t, x).clamp(max=1.0 - self.gap_min)
+        t = batch_time(t, x)
+        t = t.clamp(max=_rounded(1.0 - self.gap_min, t.dtype, up=False))
         data = _prediction(self.inner(x, t, *args, **kwargs), x, "data")
         return (data - x) / _broadcast(1.0 - t, x)
 

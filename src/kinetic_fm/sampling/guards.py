@@ -63,7 +63,7 @@ def check_initial_state(x0: torch.Tensor) -> None:
 
 CONVENTION_HINT = ("kfm.sample calls velocity(x, t) with x of shape (B, ...) and t of shape (B,), t = 0 at the "
                    "noise; a net written forward(t, x) (torchcfm) needs kfm.ModelTX(net), and the README's "
-                   "'Other conventions' lists the adapters for the rest")
+                   "section 'Adapters: use a network written for another convention' lists the rest")
 
 
 def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
