@@ -863,3 +863,20 @@ def test_split_and_a_first_step_of_1_reach_kfm_sample(tmp_path):
     assert kfm_sample(tmp_path / "first", "--n", 3, "--solver", "dopri5", "--first-step", 1) == 0
     direct = kfm.sample(target, seeds=range(3), shape=(2,), solver="dopri5", first_step=1.0)
     np.testing.assert_array_equal(read_run(tmp_path / "first")["kpe"].to_numpy(), direct.kpe.numpy())
+
+
+def test_a_reader_that_leaves_early_does_not_cost_the_figure(tmp_path):
+    # `kfm sample ... | head -1`: the summary's next print met a closed pipe, the command failed
+    # with "[Errno 32] Broken pipe" (exit 2) and the figure that comes after it was never drawn
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "kinetic_fm.cli", "sample", "--field", "gaussian", "--n", "8", "--steps", "4",
+           "--out", str(tmp_path / "run"), "--figure", str(tmp_path / "kpe.png"), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                              # the reader is gone before the first line
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert b"Broken pipe" not in err and b"Traceback" not in err
+    assert (tmp_path / "kpe.png").stat().st_size > 0
+    assert len(read_run(tmp_path / "run")) == 8

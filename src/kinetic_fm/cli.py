@@ -8,7 +8,10 @@ at module level; the work they call is imported inside ``func`` so ``kfm --help`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
+import os
 import pkgutil
 import sys
 import warnings
@@ -53,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:  # reported by the sub-command's parser, so the hint names its own --help
         args._commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        with warnings.catch_warnings():  # restores the global hook when the command returns
+        with warnings.catch_warnings(), _stdout_reader_may_leave():  # both restored when the command returns
             warnings.showwarning = _one_line_warning(args.command)
             return int(args.func(args) or 0)
     except (ValueError, OSError) as err:
@@ -81,6 +84,53 @@ def main(argv: Sequence[str] | None = None) -> int:
             if hasattr(args, "resume") else "")
         print(f"kfm {args.command}: interrupted{': ' + hint if hint else ''}", file=sys.stderr)
         return 130
+
+
+class _ReaderMayLeave:
+    """``sys.stdout`` for a command whose reader may leave early (``kfm sample ... | head -1``):
+    once a write finds the pipe closed, the rest of the output is dropped and the command goes
+    on to write its files (the figure came after the summary and was lost to "[Errno 32] Broken
+    pipe")."""
+
+    def __init__(self, stream):
+        self._stream, self.reader_left = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.reader_left:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop_output()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_left:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop_output()
+
+    def _drop_output(self) -> None:
+        self.reader_left = True
+        try:  # what is still buffered (and Python's flush at exit) goes nowhere, silently
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _stdout_reader_may_leave():
+    stream = sys.stdout
+    sys.stdout = _ReaderMayLeave(stream)
+    try:
+        yield
+    finally:
+        sys.stdout = stream
 
 
 def _out_of_memory(err: RuntimeError) -> bool:
