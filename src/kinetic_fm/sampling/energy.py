@@ -120,21 +120,19 @@ def energy_between(profile: torch.Tensor | np.ndarray | None, times: torch.Tenso
     is; a NaN or inf increment counts only where its step overlaps the window (a fixed-step
     sample that turned non-finite at t = 0.4 has a finite energy before 0.4 and NaN after it).
 
-    Rounding: with a shared grid each row is one dot product with the steps' shares (a GEMV, as
-    the studies have always summed it); per-sample times are summed step by step in time order (a
-    running sum, as dopri5 sums kpe), so a padded row gives the same bits whatever its batch's
-    longest run, and ``energy_between(p, times, 0, 1)`` is dopri5's ``kpe`` bit for bit on the CPU
+    Rounding: each row is summed step by step in time order (a running sum, as dopri5 sums kpe),
+    so a sample gives the same bits in any batch and a padded row whatever its batch's longest
+    run, and ``energy_between(p, times, 0, 1)`` is dopri5's ``kpe`` bit for bit on the CPU
     (a fixed grid's to rounding). Returns a tensor on ``profile``'s device for a tensor profile,
     else a NumPy array.
     """
     profile_t, share, spanned = _window_shares(profile, times, t0, t1)
     # a step outside the window adds 0, not 0 * its increment (NaN for a non-finite one)
     profile_t = torch.where(share > 0, profile_t, 0.0)
-    if share.ndim == 1:
-        energy = profile_t @ share
-    else:
-        # not a dot product per row: its vector lanes would regroup the steps with the padding
-        energy = torch.cumsum(profile_t * share, dim=1)[:, -1]
+    # a running sum in time order, not a dot product per row: a GEMV's reduction order follows
+    # the batch size (a sample's energy after t moved in the last bits between batches of 1 and
+    # 64), and its vector lanes would regroup per-sample steps with the padding
+    energy = torch.cumsum(profile_t * share, dim=-1)[..., -1]
     energy = torch.where(spanned, energy, math.nan)
     return energy if isinstance(profile, torch.Tensor) else energy.cpu().numpy()
 
