@@ -589,6 +589,8 @@ def test_nonfinite_can_be_flagged_instead(solver, x0):
         assert torch.isfinite(getattr(res, name)[~res.nonfinite]).all(), name
     frame = res.to_frame()
     assert frame["nonfinite"].sum() == 2
+    # no state at t = 1 either: dopri5 left the flagged rows where they stopped, finite
+    assert torch.isnan(res.x[[2, 5]]).all() and torch.isfinite(res.x[~res.nonfinite]).all()
 
 
 @pytest.mark.parametrize("solver", FIXED + ["dopri5"])

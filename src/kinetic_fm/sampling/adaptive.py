@@ -198,6 +198,9 @@ def integrate_dopri5(
     if bar is not None:
         bar.close()
     width = int(steps.max())
+    # a flagged sample stopped where its last accepted step left it, mid-way: its x is no state at
+    # t = 1, and the fixed-step solvers' is NaN already (a filter on isfinite(x) kept it)
+    x = torch.where(_bcast(bad_step >= 0, x), float("nan"), x)
     return Trace(
         x=x,
         ledger=ledger,

@@ -20,7 +20,7 @@ class SampleResult:
     Energies are float64 tensors of shape (B,) on the sampling device, in units of
     (data units)² per unit time, with ‖·‖² summed over all coordinates:
 
-    x:        (B, ...) final state at t = 1, dtype of x0.
+    x:        (B, ...) final state at t = 1, dtype of x0 (NaN for a sample flagged non-finite).
     kpe:      applied energy ½∫η²‖v‖² dt (the motion actually realised under shaping).
     kpe_raw:  ½∫‖v‖² dt of the raw field along the same realised path.
     early:    applied energy of the steps before the split τ (fixed grids: step index
