@@ -253,7 +253,7 @@ def test_digits_model_samples_are_confidently_classified():
     ({"steps": 2.5}, "steps must be a positive integer, got 2.5"),
     ({"batch_size": True}, "batch_size must be a positive integer, got True"),
     ({"warmup": -1}, "warmup must be a non-negative integer, got -1"),
-    ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+    ({"seed": 1.5}, r"seed must be an integer in \[0, 2\*\*63 - 1\], got 1.5"),
 ])
 def test_train_config_refuses_counts_that_are_not_integers(setting, match):
     with pytest.raises(ValueError, match=match):
@@ -266,8 +266,8 @@ def test_train_config_holds_plain_ints_that_config_json_can_write():
 
     import numpy as np
 
-    config = TrainConfig(steps=np.int64(3), batch_size=torch.tensor(4), seed=np.int32(-2))
-    assert (config.steps, config.batch_size, config.seed) == (3, 4, -2)
+    config = TrainConfig(steps=np.int64(3), batch_size=torch.tensor(4), seed=np.int32(2))
+    assert (config.steps, config.batch_size, config.seed) == (3, 4, 2)
     assert all(type(v) is int for v in (config.steps, config.batch_size, config.seed))
     json.dumps(dataclasses.asdict(config))
     # and plain floats: np.float32 settings passed the checks and stopped config.json being written
@@ -623,3 +623,112 @@ def test_a_resume_may_change_what_it_saves_but_not_what_it_computes(tmp_path, st
     with pytest.raises(ValueError, match=r"train.lr"):                      # what it computes is compared
         train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=12, batch_size=4, lr=2e-2, seed=2),
               out=tmp_path / "cut", resume=True)
+
+
+# --- found by a user audit of training (helper-108) ----------------------------------------------
+
+
+def _moons(n=64):
+    return kfm.data.two_moons(n, seed=0).points
+
+
+def test_a_net_that_cannot_be_saved_is_refused_before_the_run_folder():
+    # trained to the end, then "MyNet has no kind/config" at the first save: the EMA was lost
+    class MyNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x, t):
+            return self.lin(torch.cat([x, t[:, None]], 1))
+
+    import tempfile
+    from pathlib import Path
+
+    out = Path(tempfile.mkdtemp()) / "run"
+    with pytest.raises(ValueError, match="out= saves kinetic_fm.models nets .* MyNet does not"):
+        train(MyNet(), _moons(), TrainConfig(steps=3, batch_size=4), out=out)
+    assert not out.exists()
+    assert train(MyNet(), _moons(), TrainConfig(steps=3, batch_size=4)).losses.shape == (3,)   # in memory: fine
+
+
+def test_an_interrupted_extension_leaves_no_stale_final_weights(tmp_path):
+    # finished at 12, extended to 40 and stopped at 20: load_model(out) read final.safetensors of
+    # step 12 while config.json already said 40
+    from kinetic_fm.models.checkpoint import resolve_weights
+
+    config = TrainConfig(steps=12, batch_size=8, save_every=4)
+    train(VelocityMLP(2, hidden=8, depth=1), _moons(), config, out=tmp_path)
+    assert read_metadata(resolve_weights(tmp_path))["step"] == 12
+
+    def stop(step, loss):
+        if step == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(VelocityMLP(2, hidden=8, depth=1), _moons(), TrainConfig(steps=40, batch_size=8, save_every=4),
+              out=tmp_path, resume=True, callback=stop)
+    assert not (tmp_path / "final.safetensors").exists()
+    assert read_metadata(resolve_weights(tmp_path))["step"] == 16      # the latest checkpoint of the run
+
+
+def test_the_latest_checkpoint_is_found_by_its_step_number_not_its_name(tmp_path):
+    from kinetic_fm.models import save_model
+    from kinetic_fm.models.checkpoint import resolve_weights
+
+    net = VelocityMLP(2, hidden=4, depth=1)
+    (tmp_path / "checkpoints").mkdir()
+    for step in (9_999_999, 10_000_000):                 # "step_10000000" < "step_9999999" as text
+        save_model(net, tmp_path / "checkpoints" / f"step_{step:07d}.safetensors", step=step)
+    assert resolve_weights(tmp_path).name == "step_10000000.safetensors"
+
+
+def test_a_float64_net_loads_back_in_float64_bit_for_bit(tmp_path):
+    net = VelocityMLP(2, hidden=8, depth=1).double()
+    result = train(net, _moons().double(), TrainConfig(steps=3, batch_size=8), out=tmp_path)
+    loaded = load_model(tmp_path)                         # was float32: rounded, and refused float64 x
+    assert next(loaded.parameters()).dtype == torch.float64
+    for mine, theirs in zip(result.ema.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(mine, theirs)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(data_nan=True), r"data must be finite; 1 row\(s\) hold NaN or inf, the first row 5"),
+    (dict(labels=[0, 1] * 32), "labels= needs a class-conditional model"),
+    (dict(conditional=True, labels=[0.0, 0.5] * 32), "labels must be whole class numbers"),
+])
+def test_training_input_that_used_to_pass_silently_is_refused(change, message):
+    data = _moons().clone()
+    if change.get("data_nan"):
+        data[5, 1] = math.nan                            # every loss NaN from step 1, no error
+    net = VelocityMLP(2, hidden=8, depth=1, num_classes=2 if change.get("conditional") else None)
+    labels = change.get("labels")
+    with pytest.raises(ValueError, match=message):
+        train(net, data, TrainConfig(steps=2, batch_size=4), labels=None if labels is None else torch.tensor(labels))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64])
+def test_the_training_seed_has_the_clis_range(seed):
+    # 2**64 failed inside the run folder's lock ("Overflow when unpacking long long")
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63 - 1\]"):
+        TrainConfig(seed=seed)
+    assert TrainConfig(seed=2**63 - 1).seed == 2**63 - 1
+
+
+def test_a_diverging_run_stops_with_an_error_and_keeps_its_last_finite_resume_state(tmp_path):
+    # lr 1e9: every loss from step 2 NaN, NaN weights in every later checkpoint, final and
+    # resume.pt (the last good resume state overwritten), and the command exited 0
+    config = TrainConfig(steps=20, batch_size=16, lr=1e9, save_every=1)
+    with pytest.raises(ValueError, match=r"training diverged at step \d+: .* keeps the resume state of step \d+"):
+        train(VelocityMLP(2, hidden=32, depth=2), _moons(256), config, out=tmp_path)
+    state = load_state(tmp_path / "resume.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (tmp_path / "final.safetensors").exists()
+    for path in (tmp_path / "checkpoints").glob("*.safetensors"):
+        assert all(torch.isfinite(v).all() for v in load_weights(path).values())
+
+
+def test_log2_checkpoints_never_pass_the_last_step():
+    for total in (2**49 - 1, 2**53 - 1, 3, 1):
+        steps = checkpoint_steps(total)
+        assert max(steps) == total and all(s <= total for s in steps)

@@ -178,7 +178,10 @@ def resolve_weights(path: str | os.PathLike) -> Path:
     if not path.is_dir():
         return path
     final = path / "final.safetensors"
-    found = [final] if final.is_file() else sorted((path / "checkpoints").glob("step_*.safetensors"))
+    # by step number: names compare as text, and step_10000000 sorted before step_9999999
+    found = [final] if final.is_file() else sorted(
+        (p for p in (path / "checkpoints").glob("step_*.safetensors") if p.stem[len("step_"):].isdigit()),
+        key=lambda p: int(p.stem[len("step_"):]))
     if not found:
         raise FileNotFoundError(f"{path}: no final.safetensors or checkpoints/step_*.safetensors")
     return found[-1]
@@ -225,6 +228,9 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
     if not state:
         raise ValueError(f"{path}: holds no {weights!r} weights")
     model = build_model(meta["kind"], meta["config"])
+    stored = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(stored) == 1:  # a float64 net comes back float64 (load_state_dict rounded it into float32)
+        model = model.to(stored.pop())
     model.load_state_dict(state)
     return model.eval()
 

@@ -63,8 +63,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # plain ints: a float step count breaks the loop late, and a NumPy one config.json
-        for name, low in (("steps", 1), ("batch_size", 1), ("save_every", 1), ("warmup", 0), ("seed", None)):
+        for name, low in (("steps", 1), ("batch_size", 1), ("save_every", 1), ("warmup", 0)):
             object.__setattr__(self, name, check_integer(name, getattr(self, name), low))
+        # what kfm train --seed takes; 2**64 and beyond failed inside the run folder's lock
+        object.__setattr__(self, "seed", check_integer("seed", self.seed, 0, 2**63 - 1))
         # plain floats too (a NumPy float32 lr stopped config.json being written), each in its range
         for name, low, high, what in (
                 ("lr", 0.0, math.inf, "a finite number > 0"), ("weight_decay", 0.0, math.inf, "a finite number >= 0"),
@@ -94,8 +96,8 @@ def checkpoint_steps(total: int, spec: str | Sequence[int] = "log2") -> list[int
     """Steps after which a checkpoint is written: "log2" gives 1, 2, 4, ..., plus ``total``."""
     if spec == "none":
         return []
-    if spec == "log2":
-        steps = {2 ** k for k in range(int(math.log2(total)) + 1)} | {total}
+    if spec == "log2":  # bit_length: log2 of 2**49 − 1 rounds up to 49 in floating point
+        steps = {2 ** k for k in range(total.bit_length())} | {total}
     else:
         steps = {int(s) for s in spec}
         if any(s < 1 or s > total for s in steps):
@@ -321,6 +323,11 @@ def train(
     for name, tensors in (extra_weights or {}).items():
         if not (isinstance(tensors, dict) and all(isinstance(t, Tensor) for t in tensors.values())):
             raise ValueError(f"extra_weights[{name!r}] must be a dict of tensors (name -> tensor)")
+    if getattr(model, "kind", None) is None or not hasattr(model, "config"):
+        # its checkpoints are kinetic_fm nets' files (kind and config rebuild the net): another net
+        # trained to the end and failed at its first save, its EMA lost
+        raise ValueError(f"out= saves kinetic_fm.models nets (they carry .kind and .config); {type(model).__name__} "
+                         "does not: train it with out=None and save result.ema's state_dict yourself")
     from ..runs.lock import RunLock  # here: the runs package brings pyarrow with it
 
     out = Path(out)
@@ -342,13 +349,23 @@ def _training_data(model: nn.Module, data: Any, labels: Any) -> tuple[Tensor, Te
     data = torch.as_tensor(torch_readable(data))
     if data.ndim < 2 or data.shape[0] < 1 or not data.is_floating_point():
         raise ValueError(f"data must be a float tensor of shape (N, ...) with N >= 1, got {tuple(data.shape)} {data.dtype}")
+    finite = torch.isfinite(data.reshape(data.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):  # one NaN made every loss NaN from step 1, silently
+        rows = torch.nonzero(~finite).flatten()
+        raise ValueError(f"data must be finite; {rows.numel()} row(s) hold NaN or inf, the first row {int(rows[0])}")
     if labels is not None:
-        labels = torch.as_tensor(torch_readable(labels), dtype=torch.long)
+        labels = torch.as_tensor(torch_readable(labels))
+        if labels.is_floating_point() and not bool((torch.isfinite(labels) & (labels == labels.round())).all()):
+            # as_tensor(..., dtype=long) cut 1.7 to class 1
+            raise ValueError("labels must be whole class numbers; got non-integer or non-finite values")
+        labels = labels.to(torch.long)
         if labels.shape != (data.shape[0],):
             raise ValueError(f"labels must have shape ({data.shape[0]},), got {tuple(labels.shape)}")
     null_class = getattr(model, "null_class", None)
     if null_class is not None and labels is None:
         raise ValueError("the model is class-conditional: pass labels=")
+    if null_class is None and labels is not None:  # they were ignored: the net has no classes to read
+        raise ValueError("labels= needs a class-conditional model (one built with num_classes); this one is not")
     if null_class is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= null_class):
         raise ValueError(f"labels must be classes in [0, {null_class - 1}] (the model's num_classes = {null_class}; "
                          f"{null_class} is its null class), got labels in [{int(labels.min())}, {int(labels.max())}]")
@@ -410,14 +427,27 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         for name, tensors in (extra_weights or {}).items():
             save_weights(tensors, out / name)
 
+        if start < config.steps:  # an extension under way: load_model(out) must not read the old end
+            (out / "final.safetensors").unlink(missing_ok=True)
+
     schedule = set(checkpoint_steps(config.steps, config.checkpoints))
     # the checkpoints earlier legs of this run wrote up to its resume state, those off this
     # schedule included: log2's last of a run since extended (steps 12, then 20) is one of them
     written = {} if out is None else _checkpoints_up_to(out, start)
 
+    saved = start  # the step of the resume state on disk
+
     def save_resume(step: int) -> None:
+        nonlocal saved
         if state_path is not None:
             save_resume_state(state_path, step, parts, losses, generators, device, run_config)
+            saved = step
+
+    def diverged(step: int, what: str) -> ValueError:
+        kept = (f"{out} keeps the resume state of step {saved}" if out is not None and saved
+                else "no resume state was saved")
+        return ValueError(f"training diverged at step {step}: {what}; try a smaller learning rate (lr, kfm train "
+                          f"--lr) or gradient clipping (grad_clip); {kept}")
 
     n = data.shape[0]
     model.train()
@@ -449,8 +479,15 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         optimizer.step()
         _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
         losses[i] = loss.detach().to("cpu", torch.float32)
+        if not math.isfinite(float(losses[i])):  # the copy above synchronised already: free to read
+            raise diverged(step, f"the loss is {float(losses[i])}")
         if progress and (step % 50 == 0 or step == config.steps):
             bar.set_postfix(loss=f"{losses[max(0, i - 49): i + 1].mean().item():.4f}")
+        if out is not None and (step in schedule or step % config.save_every == 0 or step == config.steps):
+            # a finite loss can still step to non-finite weights: none is written (a NaN resume.pt
+            # replaced the last good one)
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise diverged(step, "the weights are no longer finite")
         if out is not None and step in schedule:
             path = out / "checkpoints" / f"step_{step:07d}.safetensors"
             save_model(model, path, ema=ema, step=step, **recorded)
