@@ -103,3 +103,15 @@ def test_two_moons_noise_is_gaussian_with_the_given_std():
     x = two_moons(20_000, seed=0, noise=10.0).points.double()
     assert torch.allclose(x.std(0), torch.full((2,), 10.0, dtype=torch.float64), atol=0.3)
     assert torch.allclose(x.mean(0), torch.tensor([0.5, 0.25], dtype=torch.float64), atol=0.3)
+
+
+def test_a_subset_keeps_the_distributions_classes():
+    # kfm train --class-cond --data gmm --n 6 --seed 1 holds labels {0, 1, 4} of 8 components: the
+    # net got 5 classes (the subset's largest label + 1), and --label 5..7 were refused
+    from kinetic_fm.data.registry import load_dataset
+
+    for spec, count in (("gmm", 8), ("moons", 2), ("checkerboard", 16)):
+        full = load_dataset(spec)
+        part = load_dataset(spec, n=6, seed=1)
+        assert len(full.classes) == len(part.classes) == count
+        assert int(full.labels.max()) < count

@@ -63,6 +63,11 @@ def test_class_cond_counts_the_data_sets_classes_not_the_subsets_largest_label(t
                  "--width", "8", "--checkpoints", "none", "--class-cond", "--no-progress", "--out", str(tmp_path)]) == 0
     model = load_model(tmp_path)
     assert (model.num_classes, model.null_class) == (10, 10)
+    # 2-D point sets too: gmm --n 6 --seed 1 holds components {0, 1, 4} of 8 (the net had 5)
+    assert main(["train", "--data", "gmm", "--n", "6", "--seed", "1", "--steps", "2", "--batch-size", "4",
+                 "--width", "8", "--checkpoints", "none", "--class-cond", "--no-progress",
+                 "--out", str(tmp_path / "gmm")]) == 0
+    assert load_model(tmp_path / "gmm").num_classes == 8
 
 
 def test_kfm_train_user_errors_exit_2(tmp_path, capsys):

@@ -21,12 +21,15 @@ class PointDataset:
         labels: (N,) int64 (mixture component, moon, or square index) or None.
         source: a short description of the distribution.
         indices: (N,) int64 positions in the full set after a subset, or None.
+        classes: a name for each label value 0, 1, ... of the distribution (not only those a
+            subset holds), or None: a class-conditional net needs that many classes.
     """
 
     points: Tensor
     labels: Tensor | None
     source: str
     indices: Tensor | None = None
+    classes: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.points.shape[0])
@@ -90,7 +93,8 @@ class GaussianMixture:
         component = torch.multinomial(self.weights, n, replacement=True, generator=g)
         eps = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
         x = self.means[component] + self.stds[component, None] * eps
-        return PointDataset(x.float(), component, f"gaussian mixture (K={len(self.weights)})")
+        return PointDataset(x.float(), component, f"gaussian mixture (K={len(self.weights)})",
+                            classes=tuple(f"component {k}" for k in range(len(self.weights))))
 
     def log_prob(self, x: Tensor) -> Tensor:
         """(N,) log density at points x (N, D), computed in float64."""
@@ -131,7 +135,7 @@ def two_moons(n: int, seed: int = 0, *, noise: float = 0.05) -> PointDataset:
     x = torch.stack([a.cos(), a.sin()], dim=1)
     x = torch.where(moon[:, None] == 1, torch.tensor([1.0, 0.5], dtype=torch.float64) - x, x)
     x = x + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)
-    return PointDataset(x.float(), moon, f"two moons (noise={noise})")
+    return PointDataset(x.float(), moon, f"two moons (noise={noise})", classes=("moon 0", "moon 1"))
 
 
 def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) -> PointDataset:
@@ -152,4 +156,5 @@ def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) 
     u = torch.rand(n, 2, generator=g, dtype=torch.float64)
     width = 2 * side / squares
     x = torch.stack([col + u[:, 0], row + u[:, 1]], dim=1) * width - side
-    return PointDataset(x.float(), cell, f"checkerboard ({squares}x{squares})")
+    return PointDataset(x.float(), cell, f"checkerboard ({squares}x{squares})",
+                        classes=tuple(f"cell {i}" for i in range(squares * squares)))
