@@ -312,3 +312,22 @@ def test_velocity_nets_refuse_inputs_of_the_wrong_shape():
     for kwargs, name in ((dict(depth=0), "depth"), (dict(hidden=0), "hidden"), (dict(time_dim=7), "time_dim")):
         with pytest.raises(ValueError, match=name):
             VelocityMLP(2, **kwargs)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: VelocityMLP(2, hidden=8, depth=1, num_classes=3), (4, 2)),
+    (lambda: UNet(1, base_channels=8, channel_mults=(1, 2), num_classes=3), (4, 1, 8, 8)),
+])
+@pytest.mark.parametrize("y, message", [
+    (torch.tensor([0, 1, 2, 4]), r"classes in \[0, 3\] \(3 = no class\), got values in \[0, 4\]"),
+    (torch.tensor([0, -1, 2, 3]), r"got values in \[-1, 3\]"),
+    (torch.tensor([[0], [1], [2], [3]]), r"y must be a \(4,\) integer tensor .* got \(4, 1\)"),   # broadcast to (4, 4, hidden)
+    (torch.tensor([0.0, 1.0, 2.0, 3.0]), r"y must be a \(4,\) integer tensor .* torch.float32"),
+])
+def test_class_conditional_nets_name_a_bad_y(make, shape, y, message):
+    # these failed as torch's IndexError, "Expected tensor for argument #1 'indices'", or a shape
+    # error far from the cause
+    net = make()
+    with pytest.raises(ValueError, match=message):
+        net(torch.zeros(shape), torch.zeros(shape[0]), y)
+    assert net(torch.zeros(shape), torch.zeros(shape[0]), torch.tensor([0, 1, 2, 3])).shape == shape

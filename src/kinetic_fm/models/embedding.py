@@ -58,5 +58,21 @@ def conditioning(time_embed: nn.Module, class_embed: nn.Module | None, null_clas
     if class_embed is not None:
         if y is None:
             y = torch.full((x.shape[0],), null_class, dtype=torch.long, device=x.device)
+        _check_labels(y, x.shape[0], null_class)
         c = c + class_embed(y)
     return torch.nn.functional.silu(c)
+
+
+def _check_labels(y: Tensor, batch: int, null_class: int) -> None:
+    """``y`` must be (B,) integer classes in [0, null_class] (null_class = no class): a (B, 1)
+    column broadcast into a (B, B, hidden) conditioning and failed far away, out-of-range and
+    float labels in nn.Embedding's own words."""
+    if not isinstance(y, Tensor) or y.shape != (batch,) or y.is_floating_point() or y.is_complex() \
+            or y.dtype == torch.bool:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        dtype = f" {y.dtype}" if isinstance(y, Tensor) else ""
+        raise ValueError(f"y must be a ({batch},) integer tensor of classes in [0, {null_class}] "
+                         f"({null_class} = no class), got {shape}{dtype}")
+    if y.numel() and (y.device.type == "cpu") and not bool(((y >= 0) & (y <= null_class)).all()):
+        raise ValueError(f"y must hold classes in [0, {null_class}] ({null_class} = no class), "
+                         f"got values in [{int(y.min())}, {int(y.max())}]")
