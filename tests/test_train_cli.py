@@ -45,6 +45,16 @@ def test_kfm_train_counts_the_checkpoints_its_folder_holds(tmp_path, capsys):
     assert "; 7 checkpoints;" in capsys.readouterr().out
     assert len(list((tmp_path / "cut" / "checkpoints").iterdir())) == 7
 
+
+def test_resume_refusals_name_the_flags(tmp_path, capsys):
+    # they read "(train.lr): train.lr: saved 0.001, now 0.002" and "beyond steps=12"
+    assert main(["train", *COMMON, "--steps", "12", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["train", *COMMON, "--steps", "12", "--lr", "0.002", "--out", str(tmp_path), "--resume"]) == 2
+    assert "settings differ from the saved run (--lr): --lr: saved 0.001, now 0.002" in capsys.readouterr().err
+    assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path), "--resume"]) == 2
+    assert "it is at step 12, beyond --steps 8" in capsys.readouterr().err
+
 def test_kfm_train_images_and_class_conditioning(tmp_path):
     args = ["train", "--data", "digits", "--n", "16", "--steps", "2", "--batch-size", "4", "--width", "8",
             "--checkpoints", "none", "--class-cond", "--no-progress", "--model", "unet", "--out", str(tmp_path)]
@@ -79,6 +89,10 @@ def test_kfm_train_user_errors_exit_2(tmp_path, capsys):
     assert "--checkpoints must be log2, none or comma-separated steps" in capsys.readouterr().err
     assert main(["train", "--data", "gmm", "--width", "0", "--out", str(tmp_path)]) == 2
     assert "--width must be >= 1" in capsys.readouterr().err
+    # a U-Net's width is its base_channels, even: the message named that internal argument
+    assert main(["train", "--data", "digits", "--model", "unet", "--width", "3", "--steps", "1", "--no-progress",
+                 "--out", str(tmp_path / "odd")]) == 2
+    assert "kfm train: error: --width must be an even integer >= 2" in capsys.readouterr().err
     assert main(["train", "--data", "gmm", "--grad-clip=-1", "--out", str(tmp_path)]) == 2
     assert "--grad-clip must be a finite number >= 0 (0 disables clipping), got -1" in capsys.readouterr().err
 

@@ -108,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
     num_classes = (len(classes) if classes else int(labels.max()) + 1) if labels is not None else None
     with torch.random.fork_rng():
         torch.manual_seed(args.seed)  # initial weights depend on the seed only
-        model = default_model(args.model, data.shape[1:], num_classes=num_classes, width=args.width)
+        try:  # --width is the U-Net's base_channels (even) or the MLP's hidden width
+            model = default_model(args.model, data.shape[1:], num_classes=num_classes, width=args.width)
+        except ValueError as err:
+            raise _named_by_its_flag(err) from None
     model = model.to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"data {ds.source}: {tuple(data.shape)}; model {model.kind} ({n_params:,} parameters); out {args.out}")
@@ -117,8 +120,11 @@ def run(args: argparse.Namespace) -> int:
     extra = None if mean is None else {"data_mean.safetensors": {"mean": mean}}
     info = {"data": _recorded_spec(args.data, args.out, args.resume), "n": args.n}
     with writing("--out", args.out):
-        result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
-                       progress=not args.no_progress, info=info, extra_weights=extra)
+        try:
+            result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
+                           progress=not args.no_progress, info=info, extra_weights=extra)
+        except ValueError as err:
+            raise ValueError(_flags_for_settings(str(err))) from None
     tail = result.losses[-min(100, config.steps):].mean().item()
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from} of {config.steps}")
@@ -130,7 +136,16 @@ def run(args: argparse.Namespace) -> int:
 # TrainConfig's and load_dataset's argument names -> the flags that set them
 _FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup",
           "weight_decay": "--weight-decay", "ema_decay": "--ema-decay", "label_dropout": "--label-dropout",
-          "save_every": "--save-every", "n": "--n"}
+          "save_every": "--save-every", "n": "--n", "base_channels": "--width", "hidden": "--width"}
+
+
+def _flags_for_settings(text: str) -> str:
+    """A resume refusal in the flags' words: "train.lr: saved 0.001, now 0.002" as "--lr: ...",
+    "beyond steps=2" as "beyond --steps 2"."""
+    import re
+
+    text = re.sub(r"\btrain\.(\w+)", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
+    return re.sub(r"\bbeyond steps=(\d+)", r"beyond --steps \1", text)
 
 
 def _named_by_its_flag(err: ValueError) -> ValueError:
