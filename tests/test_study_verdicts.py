@@ -866,3 +866,31 @@ def test_quintile_bins_hold_each_value_from_its_lower_edge_up_to_the_next():
         inside = values[bins == q]
         assert (edges[q] <= inside).all() and ((inside < edges[q + 1]) | (q == 4)).all(), q
     assert (values[bins == 4] <= edges[5]).all()
+
+
+def test_the_verdict_helpers_refuse_what_no_interval_or_claim_can_be():
+    # (0.3, -0.2) read "reproduced", True passed for +1, a misspelt part counted as inconclusive,
+    # and bonferroni_level(0) / an empty or 1-D deltas raised ZeroDivisionError / AxisError
+    from kinetic_fm.studies import report
+    from kinetic_fm.studies.verdicts import (_VERDICTS, all_worse_than, bonferroni_intervals, bonferroni_level,
+                                             link_in_words, verdict_from_interval, verdict_of_all)
+
+    with pytest.raises(ValueError, match=r"low <= high, got low 0.3 > high -0.2"):
+        verdict_from_interval(0.3, -0.2, +1)
+    with pytest.raises(ValueError, match=r"low <= high"):
+        link_in_words(0.3, -0.2)
+    with pytest.raises(ValueError, match="low must be a number"):
+        verdict_from_interval(None, 0.2, +1)
+    with pytest.raises(ValueError, match="expected_sign must be"):
+        verdict_from_interval(0.1, 0.2, True)
+    assert verdict_from_interval(math.nan, 0.2, +1) == "inconclusive"       # undefined: no order to check
+    with pytest.raises(ValueError, match=r"verdicts must be among .* got \['reproducd'\]"):
+        verdict_of_all(["reproduced", "reproducd"])
+    assert set(_VERDICTS) == set(report.VERDICTS)
+    with pytest.raises(ValueError, match="parts must be a positive integer"):
+        bonferroni_level(0)
+    for bad in (np.zeros((0, 10)), np.zeros(10), np.zeros((2, 0))):
+        for helper in (all_worse_than, bonferroni_intervals):
+            with pytest.raises(ValueError, match=r"deltas must be an \(alternatives, resamples\) array"):
+                helper(bad)
+    assert bonferroni_level(4) == "98.75%"

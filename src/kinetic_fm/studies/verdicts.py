@@ -12,8 +12,9 @@ def verdict_from_interval(low: float, high: float, expected_sign: int) -> str:
     """"reproduced" when the interval lies on the expected side of 0, "not reproduced" when it lies
     on the other side, "inconclusive" when it covers 0 (or is undefined). ``expected_sign``: +1 or
     −1, the side of 0 the paper's claim puts the effect on."""
-    if expected_sign not in (1, -1):
+    if type(expected_sign) is not int or expected_sign not in (1, -1):  # True == 1 read as +1
         raise ValueError(f"expected_sign must be +1 or -1, got {expected_sign!r}")
+    low, high = _interval_ends(low, high)
     if not (math.isfinite(low) and math.isfinite(high)):
         return "inconclusive"
     if expected_sign > 0:
@@ -21,8 +22,23 @@ def verdict_from_interval(low: float, high: float, expected_sign: int) -> str:
     return "reproduced" if high < 0 else "not reproduced" if low > 0 else "inconclusive"
 
 
+def _interval_ends(low, high) -> tuple[float, float]:
+    """``low`` and ``high`` as floats, low ≤ high unless one is NaN (an undefined interval);
+    ValueError naming them otherwise: (0.3, −0.2) read as "reproduced"."""
+    ends = []
+    for name, value in (("low", low), ("high", high)):
+        try:
+            ends.append(float(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number (an interval's end), got {value!r}") from None
+    if ends[0] > ends[1]:
+        raise ValueError(f"an interval needs low <= high, got low {ends[0]!r} > high {ends[1]!r}")
+    return ends[0], ends[1]
+
+
 def link_in_words(low: float, high: float) -> str:
     """How a correlation's interval reads in the report's text."""
+    low, high = _interval_ends(low, high)
     if low > 0:
         return "a clear positive link"
     if high < 0:
@@ -35,6 +51,9 @@ def verdict_of_all(verdicts: list[str]) -> str:
     reproduced" when any part is not, else "inconclusive"."""
     if not verdicts:
         raise ValueError("verdict_of_all needs at least one part")
+    unknown = sorted({v for v in verdicts if v not in _VERDICTS}, key=str)
+    if unknown:  # a misspelt "reproducd" counted as inconclusive
+        raise ValueError(f"verdicts must be among {_VERDICTS}, got {unknown}")
     if all(v == "reproduced" for v in verdicts):
         return "reproduced"
     return "not reproduced" if "not reproduced" in verdicts else "inconclusive"
@@ -64,8 +83,13 @@ def percent_of(change: float, base: float) -> str:
     return f"{pct:+.{decimals}f}%"
 
 
+_VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not measured")  # report.VERDICTS
+
+
 def bonferroni_level(parts: int) -> str:
     """The confidence 1 − 0.05/``parts`` of each part's interval, as a note writes it (98.75%)."""
+    if type(parts) is not int or parts < 1:
+        raise ValueError(f"parts must be a positive integer (how many intervals share the 5 %), got {parts!r}")
     return f"{100 * (1 - 0.05 / parts):.4g}%"
 
 
@@ -105,6 +129,7 @@ def all_worse_than(deltas: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
     stays at 5%, as one interval's would), else inconclusive. Also returns the (A,) 95% bounds."""
     import numpy as np
 
+    deltas = _alternatives_by_resamples(deltas)
     low, high = np.quantile(deltas, [0.025, 0.975], axis=1)
     if (bonferroni_intervals(deltas)[1] < 0).any():
         return "not reproduced", low, high
@@ -118,6 +143,19 @@ def bonferroni_intervals(deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     shows it beside the 95% one, labelled :func:`bonferroni_level` of A)."""
     import numpy as np
 
+    deltas = _alternatives_by_resamples(deltas)
     tail = 0.025 / len(deltas)
     low, high = np.quantile(deltas, [tail, 1 - tail], axis=1)
     return low, high
+
+
+def _alternatives_by_resamples(deltas) -> np.ndarray:
+    """``deltas`` as an (A, R) float array with A ≥ 1 and R ≥ 1; ValueError naming it otherwise
+    (a ZeroDivisionError for A = 0, an AxisError for a 1-D array)."""
+    import numpy as np
+
+    deltas = np.asarray(deltas, dtype=np.float64)
+    if deltas.ndim != 2 or 0 in deltas.shape:
+        raise ValueError(f"deltas must be an (alternatives, resamples) array with both sizes >= 1, "
+                         f"got shape {deltas.shape}")
+    return deltas
