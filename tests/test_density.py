@@ -409,3 +409,21 @@ def test_kde_is_scale_equivariant_at_any_scale_the_dtype_holds(dtype, power):
     scott = kde_log_density(x * s, y * s)                            # its own rule, scaled too
     assert scott.bandwidth == pytest.approx(kde_log_density(x, y).bandwidth * s, rel=1e-12)
     assert torch.isfinite(scott.log_density).all()
+
+
+def test_kde_decides_its_scale_from_the_norms_and_passes_over_the_data_only_when_it_must(monkeypatch):
+    # two extra float64 passes (the largest entry about the centre) ran on every call; the norms
+    # the KDE computes anyway bound that entry, so unit-scale data skip them, tiny data do not
+    from kinetic_fm.metrics import density
+
+    calls = []
+    real = density._centred_abs_max
+    monkeypatch.setattr(density, "_centred_abs_max", lambda rows, centre: calls.append(1) or real(rows, centre))
+    g = torch.Generator().manual_seed(0)
+    y, x = torch.randn(50, 8, generator=g), torch.randn(9, 8, generator=g)
+    ordinary = kde_log_density(x, y, bandwidth=0.5).log_density
+    assert calls == []
+    tiny = kde_log_density(x * 2.0**-40, y * 2.0**-40, bandwidth=0.5 * 2.0**-40).log_density
+    assert len(calls) == 2
+    # exact scaling: the same numbers, shifted by D·40·log 2 (the density's units)
+    torch.testing.assert_close(tiny, ordinary + 8 * 40 * math.log(2.0), rtol=1e-12, atol=1e-9)

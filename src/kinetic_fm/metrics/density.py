@@ -323,14 +323,23 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
     if chunk < 1 or batch_chunk < 1:
         raise ValueError(f"chunk and batch_chunk must be >= 1, got {chunk}, {batch_chunk}")
     centre = column_mean(y, block_size(y.device, 8 * y.shape[1], y.shape[0]))
-    e = unit_exponent(max(_centred_abs_max(y, centre), _centred_abs_max(x, centre)), TINY, HUGE)
-    dtype, centre, yc, y_sq = _centred_reference(x, y, e, centre)
+    dtype, centre, yc, y_sq = _centred_reference(x, y, 0, centre)
+    x_sq = row_sq_norms(x, torch.float64, centre=centre)
+    # the largest entry about the centre lies within [norm/√D, norm] of the largest norm: when
+    # that range is inside [TINY, HUGE] the data are measured as given (e = 0), decided from the
+    # norms at hand; else (or when the squares under- or overflowed) by two exact passes
+    largest_sq = max(float(y_sq.max()), float(x_sq.max()))
+    margin = 1.0 + 1e-5  # the norms are of the rows rounded to the GEMM's dtype
+    e = 0
+    if not (TINY * TINY * y.shape[1] * margin <= largest_sq <= HUGE * HUGE / margin):
+        e = unit_exponent(max(_centred_abs_max(y, centre), _centred_abs_max(x, centre)), TINY, HUGE)
+    if e != 0:
+        dtype, centre, yc, y_sq = _centred_reference(x, y, e, centre)
+        x_sq = row_sq_norms(times_power_of_two(x.to(torch.float64) - centre, e), torch.float64)
     h = ldexp(h, e)
     c = 0.5 / h / h
     # the logits c·(2x·y − ‖y‖²) are formed in `dtype`: refuse a bandwidth so small against
     # the data's spread (norms from the centre) that they overflow, instead of returning NaN
-    x_sq = (row_sq_norms(x, torch.float64, centre=centre) if e == 0 else  # a copy only for scaled data
-            row_sq_norms(times_power_of_two(x.to(torch.float64) - centre, e), torch.float64))
     reach = math.sqrt(float(y_sq.max())) + math.sqrt(float(x_sq.max()))
     limit = torch.finfo(dtype).max / 8.0
     if not (reach <= math.sqrt(limit) and c * reach * reach <= limit):
