@@ -68,7 +68,6 @@ def integrate_fixed(
     tableaus = step_tableaus(velocity, tableau, n_steps)
     t_stage = stage_times(times, tableaus, n_stages)
     eta = stage_gains(gain, times, t_stage, tableaus)
-    t_vectors = [[torch.full((batch,), t, dtype=dtype, device=device) for t in row] for row in t_stage]
     read_after = [[tab.read_after(j) for j in range(tab.stages)] for tab in tableaus]
     # half-precision squares overflow (‖v‖² > 65504 in float16) and round coarsely (bfloat16)
     norm_dtype = torch.promote_types(dtype, torch.float32)
@@ -92,10 +91,13 @@ def integrate_fixed(
                 if a_jl != 0.0:
                     xj = torch.add(xj, stage_v[l], alpha=h * a_jl * eta[i][l])
             version = state_version(xj) if xj is x else None
+            # made here, not S·stages tensors ahead (~750 bytes each whatever B: 300 MB at 10**5
+            # rk4 steps); a fill, no synchronisation
+            t_j = torch.full((batch,), t_stage[i][j], dtype=dtype, device=device)
             if i == 0 and j == 0:
-                v = first_velocity(velocity, xj, t_vectors[i][j])
+                v = first_velocity(velocity, xj, t_j)
             else:  # metadata only: no synchronisation
-                v = velocity(xj, t_vectors[i][j])
+                v = velocity(xj, t_j)
                 check_velocity_output(v, xj, step=i, time=t_stage[i][j])
             check_state_unchanged(xj, version, i, t_stage[i][j], is_x0=xj is x0)
             check_outputs_unchanged(stage_v, versions, read_after[i][j], i, t_stage[i][j])
@@ -181,20 +183,26 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
     h = torch.tensor(times, dtype=torch.float64).diff()
     raw_coef = 0.5 * h[:, None] * weights
     applied_coef = raw_coef * torch.tensor(eta, dtype=torch.float64) ** 2
-    n64 = norms.to(torch.float64)
-    finite = torch.isfinite(n64)
-    # +inf becomes NaN (0·inf is NaN already): a non-finite stage reads NaN, whatever its weight
-    n64 = torch.where(finite, n64, torch.nan)
     # Element-wise products and a sequential scan over steps: every sample's numbers come from the
     # same correctly rounded operations in the same order, whatever the batch size (a GEMM or a
-    # tree reduction here would change the last bits with the batch).
+    # tree reduction here would change the last bits with the batch). One stage at a time: a
+    # float64 copy of the whole (S, stages, B) buffer, and its masks, held the peak at ~8× it.
     applied_coef, raw_coef = applied_coef.to(device), raw_coef.to(device)
     applied = raw = None
-    for j in range(n64.shape[1]):
-        a_term = applied_coef[:, j, None] * n64[:, j, :]
-        r_term = raw_coef[:, j, None] * n64[:, j, :]
-        applied = a_term if applied is None else applied + a_term
-        raw = r_term if raw is None else raw + r_term
+    # the first non-finite (step, stage) per sample, in time order, as step·stages + stage
+    first = torch.full((batch,), n_steps * n_stages, dtype=torch.int64, device=device)
+    for j in range(n_stages):
+        n64 = norms[:, j, :].to(torch.float64)
+        bad = ~torch.isfinite(n64)
+        # +inf becomes NaN (0·inf is NaN already): a non-finite stage reads NaN, whatever its weight
+        n64.masked_fill_(bad, torch.nan)
+        first = torch.minimum(first, torch.where(bad.any(0), bad.to(torch.uint8).argmax(0) * n_stages + j,
+                                                 n_steps * n_stages))
+        a_term = applied_coef[:, j, None] * n64
+        r_term = raw_coef[:, j, None] * n64
+        applied = a_term if applied is None else applied.add_(a_term)
+        raw = r_term if raw is None else raw.add_(r_term)
+        del n64, bad, a_term, r_term
     running = torch.cumsum(applied, dim=0)  # (S, B), sequential along the steps
 
     early_steps = int(split * n_steps)
@@ -209,10 +217,8 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
         peak=peak,
         peak_time=torch.tensor(times[:-1], dtype=torch.float64, device=device)[peak_step],
     )
-    # first non-finite stage per sample: flatten (step, stage) in time order
-    bad = ~finite.reshape(-1, batch)  # (S·stages, B)
-    any_bad = bad.any(0)
-    first = torch.where(any_bad, bad.to(torch.uint8).argmax(0), 0)
+    any_bad = first < n_steps * n_stages
+    first = torch.where(any_bad, first, 0)
     stage_t = torch.tensor(t_stage, dtype=torch.float64, device=device).reshape(-1)
     return Trace(
         x=x,
