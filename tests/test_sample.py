@@ -1659,3 +1659,23 @@ def test_a_half_precision_state_is_not_left_to_stall_silently():
         grid = torch.tensor([0.0, 0.5, 1.0 - 1e-16, 1.0], dtype=torch.float64)
         for dtype in (torch.float32, torch.float64):
             kfm.sample(field, seeds=range(2), shape=(2,), grid=grid, dtype=dtype)
+
+
+def test_a_setting_the_solver_ignores_is_not_ignored_silently():
+    # kfm sample refuses --rtol with a fixed-step solver and warns about --steps with dopri5; the
+    # library ran them without a word (solver="euler", rtol=1e-8: a misspelt solver looks so)
+    import inspect
+
+    from kinetic_fm.sampling.sample import ADAPTIVE_ONLY, FIXED_ONLY
+
+    defaults = inspect.signature(kfm.sample).parameters
+    assert {k: defaults[k].default for k in {**ADAPTIVE_ONLY, **FIXED_ONLY}} == {**ADAPTIVE_ONLY, **FIXED_ONLY}
+    field = GaussianTarget()
+    with pytest.warns(UserWarning, match=r"rtol, max_steps are ignored by solver='euler'"):
+        kfm.sample(field, seeds=range(2), shape=(2,), solver="euler", rtol=1e-3, max_steps=3)
+    with pytest.warns(UserWarning, match=r"steps is ignored by solver='dopri5': dopri5 chooses its own steps"):
+        kfm.sample(field, seeds=range(2), shape=(2,), solver="dopri5", steps=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kfm.sample(field, seeds=range(2), shape=(2,), solver="dopri5", rtol=1e-3, atol=1e-4, max_steps=50)
+        kfm.sample(field, seeds=range(2), shape=(2,), solver="rk4", steps=7)

@@ -183,7 +183,8 @@ class EmpiricalFlow:
 
     ``field(x, t)`` takes x (B, ...) with the training tensor's trailing shape, on its device, and
     t (B,) (or a scalar) in [0, 1], and returns v*(x, t) with x's shape, dtype and device (for
-    integer x the atoms' dtype, float64 beyond 2**24); ValueError names a bad shape, device, time or entry. A row's velocity depends on
+    integer x the dtype the atoms are stored in: float32, or float64 for float64 atoms and for
+    integers beyond 2**24); ValueError names a bad shape, device, time or entry. A row's velocity depends on
     its batch-mates only through the BLAS's blocking of the products: equal to rounding, not
     bit for bit, across batch sizes (the sampler itself is bitwise batch-invariant). ``field.evaluate`` also returns
     the per-sample :class:`PosteriorDiagnostics`; ``field.posterior(x, t, k)`` the top-k weights.

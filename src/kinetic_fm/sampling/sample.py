@@ -128,6 +128,7 @@ def sample(
     # checked whichever solver runs: a typo in a setting the chosen solver ignores is still a typo
     rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
     steps = check_integer("steps", steps, 1)
+    _warn_about_ignored_settings(solver, steps, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
     if solver == "dopri5":
         if not (isinstance(grid, str) and grid == "uniform"):
             raise ValueError("grid applies to fixed-step solvers only; dopri5 chooses its own steps")
@@ -218,8 +219,28 @@ def _check_state_resolution(grid: torch.Tensor, dtype: torch.dtype) -> None:
         warnings.warn(
             f"the grid's median step {typical:.3g} is below {dtype}'s resolution {eps:.3g}: an update moves x by "
             "less than its rounding and the samples can stall near the noise; use fewer steps, or keep x0 in "
-            "float32 and lower the precision inside the velocity call (README: 'A network in reduced "
-            "precision')", stacklevel=3)
+            "float32 and lower the precision inside the velocity call "
+            "(README: 'A network in reduced precision')", stacklevel=3)
+
+
+# the settings only one kind of solver reads, with sample()'s defaults
+ADAPTIVE_ONLY = {"rtol": 1e-5, "atol": 1e-5, "first_step": None, "max_steps": 10_000}
+FIXED_ONLY = {"steps": 100}
+
+
+def _warn_about_ignored_settings(solver: str, steps: int, **adaptive) -> None:
+    """Warn when a setting the chosen solver ignores was changed from its default, as ``kfm
+    sample`` refuses it: ``solver="euler", rtol=1e-8`` ran 100 Euler steps without a word (a
+    misspelt solver name looks like that)."""
+    if solver == "dopri5":
+        changed = ["steps"] if steps != FIXED_ONLY["steps"] else []
+        reads = "dopri5 chooses its own steps"
+    else:
+        changed = [name for name, value in adaptive.items() if value != ADAPTIVE_ONLY[name]]
+        reads = "kfm.sample reads them only with solver='dopri5'"
+    if changed:
+        warnings.warn(f"{', '.join(changed)} {'is' if len(changed) == 1 else 'are'} ignored by solver={solver!r}: "
+                      f"{reads}", stacklevel=4)
 
 
 def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_steps: int):
