@@ -873,10 +873,24 @@ def test_a_reader_that_leaves_early_does_not_cost_the_figure(tmp_path):
 
     cmd = [sys.executable, "-m", "kinetic_fm.cli", "sample", "--field", "gaussian", "--n", "8", "--steps", "4",
            "--out", str(tmp_path / "run"), "--figure", str(tmp_path / "kpe.png"), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdout.close()                              # the reader is gone before the first line
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()
-    assert b"Broken pipe" not in err and b"Traceback" not in err
-    assert (tmp_path / "kpe.png").stat().st_size > 0
-    assert len(read_run(tmp_path / "run")) == 8
+    import os
+
+    for unbuffered in ("1", None):                   # a pipe's stdout is block-buffered by default
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        if unbuffered:
+            env["PYTHONUNBUFFERED"] = unbuffered
+        out = tmp_path / f"unbuffered-{unbuffered}"
+        args = [*cmd[:-5], "--out", str(out / "run"), "--figure", str(out / "kpe.png"), "--no-progress"]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc.stdout.close()                          # the reader is gone before the first line
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+        assert b"Broken pipe" not in err and b"BrokenPipeError" not in err and b"Traceback" not in err
+        assert (out / "kpe.png").stat().st_size > 0
+        assert len(read_run(out / "run")) == 8
+    # stdout closed altogether (>&-): output dropped, the command done
+    done = subprocess.run([*cmd[:-5], "--out", str(tmp_path / "closed"), "--no-progress"], stdout=None,
+                          stderr=subprocess.PIPE, pass_fds=(), close_fds=True,
+                          preexec_fn=lambda: os.close(1), timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(read_run(tmp_path / "closed")) == 8

@@ -310,7 +310,7 @@ def test_list_labels_follow_the_samples_to_their_device():
     # labels=[0, 1, ...] became a CPU tensor that was handed to a CUDA net as it was
     from fake_cuda import fake_cuda
 
-    with fake_cuda():
+    with fake_cuda() as fc:
         table = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 0.0]], device="cuda")
         model = lambda x, t, y: table.index_select(0, y) - x  # noqa: E731
         for labels in ([0, 1, 0, 1], np.array([0, 1, 0, 1])):
@@ -320,3 +320,15 @@ def test_list_labels_follow_the_samples_to_their_device():
             on_cpu = kfm.sample(ClassifierFreeGuidance(lambda x, t, y: table.cpu()[y] - x, torch.tensor(labels),
                                                        scale=2.0, null_label=2), seeds=range(4), shape=(2,), steps=4)
             torch.testing.assert_close(res.x.cpu(), on_cpu.x)
+        # moved once, not copied to the device at every call (a host synchronisation per step),
+        # and dopri5's selection of the samples in flight indexes them on the device too
+        x0 = kfm.noise(range(4), (2,), device="cuda")
+        syncs = []
+        for steps in (8, 16):
+            guided = ClassifierFreeGuidance(model, [0, 1, 0, 1], scale=2.0, null_label=2)
+            fc.reset()
+            kfm.sample(guided, x0, steps=steps)
+            syncs.append(fc.count())
+        assert syncs[0] == syncs[1], fc.summary()
+        res = kfm.sample(ClassifierFreeGuidance(model, [0, 1, 0, 1], scale=2.0, null_label=2), x0, solver="dopri5")
+        assert res.x.device.type == "cuda"

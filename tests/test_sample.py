@@ -676,8 +676,6 @@ def test_seeds_are_checked_as_given_not_truncated(seeds):
     (dict(profile="no"), "profile must be True or False, got 'no'"),                 # was read as True
     (dict(dtype=torch.int64), "dtype must be a floating torch dtype"),               # integer noise before
     (dict(dtype=torch.complex64), "dtype must be a floating torch dtype"),
-    # the state has x0's dtype: 5000 float16 steps hit times that collide (they ran, stalled)
-    (dict(steps=5000, grid="uniform", dtype=torch.float16), "not strictly increasing in torch.float16"),
 ])
 def test_flags_and_dtypes_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -1646,15 +1644,16 @@ def test_a_half_precision_state_is_not_left_to_stall_silently():
     # each update below half an ulp of x rounds away: bfloat16 at 1000 Euler steps ended 57 % of
     # the way to a N(2, 0.5²) target with no error or warning (mean 0.94, KPE 80 % off)
     field = GaussianTarget(2.0, 0.5)
-    with pytest.raises(ValueError, match="grid of 1000 steps is not strictly increasing in torch.bfloat16"):
-        kfm.sample(field, seeds=range(8), shape=(2,), steps=1000, dtype=torch.bfloat16)
-    with pytest.warns(UserWarning, match="median step 0.00391 is below torch.bfloat16's resolution"):
-        stalled = kfm.sample(field, seeds=range(256), shape=(2,), steps=256, dtype=torch.bfloat16)
-    assert abs(float(stalled.x.float().mean()) - 2.0) > 0.05      # what the warning is about: already off
+    for dtype, steps in ((torch.bfloat16, 1000), (torch.bfloat16, 256), (torch.float16, 5000)):
+        with pytest.warns(UserWarning, match=f"median step .* below twice {dtype}'s resolution"):
+            stalled = kfm.sample(field, seeds=range(256), shape=(2,), steps=steps, dtype=dtype)
+        assert abs(float(stalled.x.float().mean()) - 2.0) > 0.05      # what the warning is about: off
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fine = kfm.sample(field, seeds=range(256), shape=(2,), steps=64, dtype=torch.bfloat16)
+        fine = kfm.sample(field, seeds=range(256), shape=(2,), steps=32, dtype=torch.bfloat16)
         assert abs(float(fine.x.float().mean()) - 2.0) < 0.05
+        # cosine grids' short end steps collide in bfloat16 from 36 steps, harmlessly: no warning
+        kfm.sample(field, seeds=range(4), shape=(2,), steps=50, grid="cosine", dtype=torch.bfloat16)
         # wider states take any increasing float64 grid, a last step of 1e-16 included
         grid = torch.tensor([0.0, 0.5, 1.0 - 1e-16, 1.0], dtype=torch.float64)
         for dtype in (torch.float32, torch.float64):

@@ -574,3 +574,34 @@ def test_a_basic_interval_stays_within_minus_one_and_one(correlation):
     assert c.ci_high == 1.0 and -1.0 < c.ci_low < c.rho
     mirrored = correlation(x, -y, ci_method="basic", bootstrap=2000, seed=0)
     assert mirrored.ci_low == -1.0 and mirrored.rho < mirrored.ci_high < 1.0
+
+
+@pytest.mark.parametrize("how", ["percentile", "basic"])
+@pytest.mark.parametrize("undefined", [1, 7, 24])
+def test_the_widest_interval_puts_each_undefined_resample_at_the_far_end_of_its_tail(how, undefined):
+    # the interval whatever the undefined resamples hold is the quantile of the whole set with them
+    # at -inf for the low end and +inf for the high one (an exact statement: no bootstrap noise;
+    # the defined ones alone, the old interval, are narrower by the undefined share)
+    from kinetic_fm.metrics.stats import _interval_whatever_the_undefined
+
+    rng = np.random.default_rng(3)
+    resampled = rng.normal(0.2, 0.1, size=1000)
+    resampled[rng.choice(1000, undefined, replace=False)] = np.nan
+    defined = resampled[np.isfinite(resampled)]
+    low = np.quantile(np.concatenate([defined, np.full(undefined, -np.inf)]), 0.025, method="inverted_cdf")
+    high = np.quantile(np.concatenate([defined, np.full(undefined, np.inf)]), 0.975, method="inverted_cdf")
+    rho = 0.21
+    if how == "basic":
+        low, high = 2 * rho - high, 2 * rho - low
+    got = _interval_whatever_the_undefined(resampled, rho, how, 0.95)
+    if undefined >= 25:
+        assert all(math.isnan(v) for v in got)
+        return
+    step = np.diff(np.sort(defined)).max()            # interpolation moves an end by at most one gap
+    assert abs(got[0] - low) <= step and abs(got[1] - high) <= step
+    alone = np.quantile(defined, [0.025, 0.975])
+    if how == "basic":
+        alone = 2 * rho - alone[::-1]
+    assert got[0] <= alone[0] and got[1] >= alone[1]
+    if undefined >= 7:                                 # wider than the defined ones alone, visibly
+        assert got[1] - got[0] > alone[1] - alone[0] + 1e-3

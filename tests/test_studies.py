@@ -1944,7 +1944,7 @@ def test_a_data_set_smaller_than_the_studies_load_is_refused_in_their_terms(tmp_
     assert "n must" not in str(caught.value)
 
 
-def test_a_run_refused_before_its_first_result_leaves_no_folder_behind(tmp_path):
+def test_a_run_refused_before_its_first_result_leaves_nothing_but_its_lock(tmp_path):
     from kinetic_fm.studies.reproduce import reproduce
 
     folder = _image_folder(tmp_path / "small", 30)
@@ -1954,7 +1954,9 @@ def test_a_run_refused_before_its_first_result_leaves_no_folder_behind(tmp_path)
             out.mkdir()
         with pytest.raises(ValueError, match="has 30 images"):
             reproduce(cfg, out, progress=False)
-        assert not out.exists()                      # was: cache/, models/, tables/, .lock, timings.json
+        # was: cache/, models/, tables/, timings.json; the lock file stays (never deleted: a writer
+        # that opened it since would lock a file no longer there)
+        assert [p.name for p in out.iterdir()] == [".lock"]
     kept = tmp_path / "kept"                         # a folder that held something stays, with what it held
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")
@@ -1986,7 +1988,8 @@ def test_a_run_of_fewer_studies_keeps_only_the_figures_its_report_shows(tiny_rep
     out = tmp_path / "run"
     shutil.copytree(tiny_report[0], out)
     before = {p.name for p in (out / "figures").glob("*.png")}
+    (out / "figures" / "my_paper_fig1.png").write_bytes(b"a user's own figure")   # no report of ours wrote it
     md, _ = reproduce(ReproduceConfig.preset("tiny"), out, studies=("memorization",), progress=False)
     shown = set(re.findall(r"\(figures/([a-z0-9_-]+\.png)\)", md.read_text(encoding="utf-8")))
     assert shown and shown < before
-    assert {p.name for p in (out / "figures").glob("*.png")} == shown
+    assert {p.name for p in (out / "figures").glob("*.png")} == shown | {"my_paper_fig1.png"}

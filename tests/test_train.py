@@ -670,6 +670,16 @@ def test_an_interrupted_extension_leaves_no_stale_final_weights(tmp_path):
               out=tmp_path, resume=True, callback=stop)
     assert not (tmp_path / "final.safetensors").exists()
     assert read_metadata(resolve_weights(tmp_path))["step"] == 16      # the latest checkpoint of the run
+    # without checkpoints the old end stays loadable, as the checkpoint of its step
+    other = tmp_path / "none"
+    train(VelocityMLP(2, hidden=8, depth=1), _moons(), TrainConfig(steps=12, batch_size=8, checkpoints="none"),
+          out=other)
+    before = load_weights(other / "final.safetensors")
+    with pytest.raises(KeyboardInterrupt):
+        train(VelocityMLP(2, hidden=8, depth=1), _moons(), TrainConfig(steps=40, batch_size=8, checkpoints="none"),
+              out=other, resume=True, callback=stop)
+    assert resolve_weights(other).name == "step_0000012.safetensors"
+    assert all(torch.equal(before[k], v) for k, v in load_weights(resolve_weights(other)).items())
 
 
 def test_the_latest_checkpoint_is_found_by_its_step_number_not_its_name(tmp_path):

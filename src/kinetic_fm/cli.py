@@ -126,10 +126,16 @@ class _ReaderMayLeave:
 @contextlib.contextmanager
 def _stdout_reader_may_leave():
     stream = sys.stdout
-    sys.stdout = _ReaderMayLeave(stream)
+    if stream is None:  # stdout closed (>&-): print() drops output by itself
+        yield
+        return
+    sys.stdout = wrapper = _ReaderMayLeave(stream)
     try:
         yield
     finally:
+        # a block-buffered stdout (the default for a pipe) meets the closed pipe only here, or
+        # in Python's own flush at exit, after the wrapper is gone
+        wrapper.flush()
         sys.stdout = stream
 
 

@@ -108,7 +108,8 @@ class ClassifierFreeGuidance:
         if self.track_parts:
             raise ValueError("track_parts is not supported with adaptive solvers (dopri5)")
         part = copy.copy(self)
-        part.labels, part.null_labels = self.labels[active], self.null_labels[active]
+        rows = active.to(self.labels.device)  # list labels not yet moved to the samples' device
+        part.labels, part.null_labels = self.labels[rows], self.null_labels[rows]
         select = optional_attribute(self.model, "select")
         if select is not None:  # the model sees the doubled batch [x; x]
             part.model = select(torch.cat([active, active]))
@@ -131,11 +132,13 @@ class ClassifierFreeGuidance:
                 f"x has {batch} rows but labels has {self.labels.shape[0]}; give one label per sample"
             )
         t = batch_time(t, x)
+        if self._labels_converted and self.labels.device != x.device:
+            # made here from a list or array: they go where x is, once (a copy per call was a
+            # host synchronisation per step)
+            self.labels, self.null_labels = self.labels.to(x.device), self.null_labels.to(x.device)
         labels = torch.cat([self.labels, self.null_labels])
         if self._labels_follow_x:
             labels = labels.to(x.dtype)
-        if self._labels_converted:  # made here from a list or array: they go where x is
-            labels = labels.to(x.device)
         out = tensor_output(self.model(torch.cat([x, x]), torch.cat([t, t]), labels), "model")
         if out.shape[0] != 2 * batch:
             raise ValueError(f"model returned {out.shape[0]} rows for a doubled batch of {2 * batch}")

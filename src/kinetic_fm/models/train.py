@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import random
 import warnings
 from dataclasses import dataclass, field
@@ -427,8 +428,17 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         for name, tensors in (extra_weights or {}).items():
             save_weights(tensors, out / name)
 
-        if start < config.steps:  # an extension under way: load_model(out) must not read the old end
-            (out / "final.safetensors").unlink(missing_ok=True)
+        final = out / "final.safetensors"
+        if start < config.steps and final.is_file():
+            # an extension under way: load_model(out) must not read the old end as the run's end,
+            # but an interrupted extension must leave it loadable: it becomes the checkpoint of
+            # its step (or goes, when that checkpoint exists: the same weights)
+            kept = out / "checkpoints" / f"step_{start:07d}.safetensors"
+            if kept.is_file():
+                final.unlink()
+            else:
+                kept.parent.mkdir(exist_ok=True)
+                os.replace(final, kept)
 
     schedule = set(checkpoint_steps(config.steps, config.checkpoints))
     # the checkpoints earlier legs of this run wrote up to its resume state, those off this

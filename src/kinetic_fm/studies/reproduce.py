@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..runs.lock import LOCK_NAME, RunLock, RunLockedError
+from ..runs.lock import LOCK_NAME, RunLock
 from .assets import load_assets
 from .config import ReproduceConfig
 from .memorization import run_memorization
@@ -53,27 +53,32 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
         raise ValueError(f"studies must be a subset of {STUDIES}, each once; got {tuple(studies)} ({problem})")
     root = Path(out)
     fresh = not root.exists() or (root.is_dir() and not any(root.iterdir()))
-    try:
-        ws = Workspace(out, progress=progress)
-        with RunLock(ws.root, resume="run the same command again"):
+    ws = Workspace(out, progress=progress)
+    with RunLock(ws.root, resume="run the same command again"):
+        try:
             ws.remove_leftover_temporaries()
             return _run_studies(cfg, ws, studies, progress)
-    except RunLockedError:
-        raise
-    except BaseException:
-        if fresh:  # a run refused before it wrote anything leaves no empty workspace behind
-            _remove_if_skeleton(root)
-        raise
+        except BaseException:
+            if fresh:  # a run refused before its first result leaves no empty workspace behind
+                _remove_skeleton(root)
+            raise
 
 
-def _remove_if_skeleton(root: Path) -> None:
-    """Delete ``root`` when it holds nothing but a workspace's empty folders, its lock file and its
-    stage times: what a run that failed before its first result (data too small, a refused
-    classifier) leaves."""
-    bookkeeping = {root / LOCK_NAME, root / TIMINGS_FILE}
-    if any(p.is_file() and p not in bookkeeping or p.is_symlink() for p in root.rglob("*")):
+def _remove_skeleton(root: Path) -> None:
+    """Empty ``root`` (except its lock file) when it holds nothing but a workspace's empty
+    folders and its stage times: what a run that failed before its first result (data too small,
+    a refused classifier) leaves. Called holding the lock, which stays: a lock file is never
+    deleted (:mod:`kinetic_fm.runs.lock`)."""
+    lock = root / LOCK_NAME
+    if any((p.is_file() or p.is_symlink()) and p not in (lock, root / TIMINGS_FILE) for p in root.rglob("*")):
         return
-    shutil.rmtree(root, ignore_errors=True)
+    for child in root.iterdir():
+        if child == lock:
+            continue
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], progress: bool) -> tuple[Path, Path]:
@@ -137,9 +142,10 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
         meta["sample quality"] = quality.sentence()
     intro = (_intro(cfg.assets.data, cfg.mode, quality) + "\n\n"
              + _overview(cfg, studies, assets, timings, total, invocations))
-    ws.remove_figures_except({fig.name for section in sections for fig in section.figures})
+    earlier = ws.report_figures()
     paths = write_report(ws.root, title="Kinetic energy of flow matching: reproduction report", intro=intro,
                          claims=claims, sections=sections, meta=meta)
+    ws.remove_figures(earlier - {fig.name for section in sections for fig in section.figures})
     times.finish()
     return paths
 

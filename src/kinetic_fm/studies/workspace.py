@@ -113,12 +113,22 @@ class Workspace:
             if path.stem not in names:
                 path.unlink()
 
-    def remove_figures_except(self, names: set[str]) -> None:
-        """Delete ``figures/*.png`` not named in ``names``: a run of fewer studies into the folder
-        of a fuller one kept the other studies' figures beside a report that does not show them."""
-        for path in (self.root / "figures").glob("*.png"):
-            if path.stem not in names:
-                path.unlink()
+    def report_figures(self) -> set[str]:
+        """The names of the figures the folder's current ``report.md`` shows (``figures/<name>.png``),
+        the ones an earlier run wrote; empty without a report."""
+        import re
+
+        report = self.root / "report.md"
+        if not report.is_file():
+            return set()
+        return set(re.findall(r"\]\(figures/([a-z0-9_-]+)\.png\)", report.read_text(encoding="utf-8")))
+
+    def remove_figures(self, names: set[str]) -> None:
+        """Delete ``figures/<name>.png`` for each of ``names``: called with the figures an earlier
+        report showed and this one does not (a run of fewer studies into a fuller run's folder
+        kept them beside a report without them). A PNG no report of ours wrote is never touched."""
+        for name in names:
+            (self.root / "figures" / f"{name}.png").unlink(missing_ok=True)
 
     def save_table(self, name: str, frame: Any) -> Path:
         """Write a per-sample table as ``tables/<name>.parquet`` (atomically)."""
