@@ -229,8 +229,8 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
         raise ValueError(f"{path}: holds no {weights!r} weights")
     model = build_model(meta["kind"], meta["config"])
     stored = {v.dtype for v in state.values() if v.is_floating_point()}
-    if len(stored) == 1:  # a float64 net comes back float64 (load_state_dict rounded it into float32)
-        model = model.to(stored.pop())
+    if stored == {torch.float64}:  # a float64 net comes back float64 (load_state_dict rounded it into float32)
+        model = model.double()
     model.load_state_dict(state)
     return model.eval()
 
