@@ -299,6 +299,13 @@ def test_cli_interval_choice_reaches_the_report(tmp_path, capsys, case):
         main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
               "--interval", "bca"])
     assert stop.value.code == 2 and "invalid choice: 'bca'" in capsys.readouterr().err
+    # resamples for an interval that draws none were ignored without a word
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--interval", "wilson", "--bootstrap", "50", "--no-progress"]) == 2
+    assert "--bootstrap applies to --interval bootstrap only" in capsys.readouterr().err
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--bootstrap", "50", "--seed", "3", "--no-progress"]) == 0
+    assert str(kfm.memorization(samples, train, bootstrap=50, seed=3)) in capsys.readouterr().out
 
 
 def test_cli_says_what_a_zero_width_bootstrap_interval_hides(tmp_path, capsys, case):

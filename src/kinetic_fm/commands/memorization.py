@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     parser.add_argument("--key", default=None, help="array/column name inside --samples")
     parser.add_argument("--train-key", default=None, help="array/column name inside --train")
     parser.add_argument("--threshold", type=float, default=1 / 3, help="gap-ratio threshold in (0, 1) (default 1/3)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI (default 1000)")
+    parser.add_argument("--bootstrap", type=int, default=None,
+                        help="bootstrap resamples for the CI (default 1000; --interval bootstrap only)")
     parser.add_argument("--interval", choices=("bootstrap", "wilson", "clopper-pearson"), default="bootstrap",
                         help="the CI of F_mem: percentile bootstrap (default), Wilson score, or Clopper-Pearson "
                              "(exact binomial); the bootstrap has zero width when F_mem is 0 or 1")
@@ -83,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
     # before the inputs load and the audit runs, each named by its flag (the library names its
     # arguments, and the OS its paths: "[Errno 17] File exists" came after the whole audit)
     inside_unit_interval("--threshold", args.threshold)
-    check_integer("--bootstrap", args.bootstrap, 0, MAX_BOOTSTRAP)
+    if args.bootstrap is not None and args.interval != "bootstrap":  # it would be ignored without a word
+        raise ValueError(f"--bootstrap applies to --interval bootstrap only (the {args.interval} interval "
+                         "draws no resamples)")
+    resamples = {} if args.bootstrap is None else {  # unset: kfm.memorization's own default
+        "bootstrap": check_integer("--bootstrap", args.bootstrap, 0, MAX_BOOTSTRAP)}
     if args.out is not None and Path(args.out).suffix.lower() not in (".parquet", ".csv"):
         raise ValueError(f"--out must end in .parquet or .csv, got {args.out!r}")
     if args.figure is not None and Path(args.figure).suffix.lower() != ".png":
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
               + (", and the length of the rest" if space.residual else ""))
     elif space is not None:
         samples, train = _cifar_images("--samples", samples), _cifar_images("--train", train)
-    report = memorization(samples, train, threshold=args.threshold, bootstrap=args.bootstrap, space=space,
+    report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
                           seed=args.seed, interval=args.interval, backend=args.backend, progress=args.progress)
     print(report)
     kind, low, high = report.shown_interval()
