@@ -141,7 +141,10 @@ def two_moons(n: int, seed: int = 0, *, noise: float = 0.05) -> PointDataset:
 def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) -> PointDataset:
     """Uniform on the dark cells of a ``squares`` x ``squares`` board covering [-side, side]^2.
 
-    Dark cells are those with (row + column) even. Labels are the cell index row * squares + col.
+    Dark cells are those with (row + column) even. Labels number the dark cells 0, 1, ... in
+    row-major order (``classes`` names each "cell (row, col)"): the cell index row·squares + col,
+    the label before, left half the classes empty, and a class-conditional net trained on them
+    half its classes untrained.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -151,10 +154,11 @@ def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) 
         raise ValueError(f"side must be a finite number > 0, got {side}")
     g = _generator(seed)
     cells = torch.tensor([r * squares + c for r in range(squares) for c in range(squares) if (r + c) % 2 == 0])
-    cell = cells[torch.randint(0, len(cells), (n,), generator=g)]
+    label = torch.randint(0, len(cells), (n,), generator=g)
+    cell = cells[label]
     row, col = cell // squares, cell % squares
     u = torch.rand(n, 2, generator=g, dtype=torch.float64)
     width = 2 * side / squares
     x = torch.stack([col + u[:, 0], row + u[:, 1]], dim=1) * width - side
-    return PointDataset(x.float(), cell, f"checkerboard ({squares}x{squares})",
-                        classes=tuple(f"cell {i}" for i in range(squares * squares)))
+    return PointDataset(x.float(), label, f"checkerboard ({squares}x{squares})",
+                        classes=tuple(f"cell ({int(c) // squares}, {int(c) % squares})" for c in cells))
