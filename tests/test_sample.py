@@ -1678,3 +1678,15 @@ def test_a_setting_the_solver_ignores_is_not_ignored_silently():
         warnings.simplefilter("error")
         kfm.sample(field, seeds=range(2), shape=(2,), solver="dopri5", rtol=1e-3, atol=1e-4, max_steps=50)
         kfm.sample(field, seeds=range(2), shape=(2,), solver="rk4", steps=7)
+
+
+def test_the_sampling_warnings_name_the_callers_line():
+    # the resolution warning named torch's no_grad wrapper (stacklevel one short), so the default
+    # filter showed it once for every call site together
+    import inspect
+
+    with pytest.warns(UserWarning) as caught:
+        kfm.sample(GaussianTarget(), seeds=range(2), shape=(2,), steps=200, dtype=torch.bfloat16)
+        line = inspect.currentframe().f_lineno - 1
+        kfm.sample(GaussianTarget(), seeds=range(2), shape=(2,), solver="euler", rtol=1e-3)
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, line), (__file__, line + 2)]

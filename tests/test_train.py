@@ -739,6 +739,10 @@ def test_a_diverging_run_stops_with_an_error_and_keeps_its_last_finite_resume_st
 
 
 def test_log2_checkpoints_never_pass_the_last_step():
+    import numpy as np
+
     for total in (2**49 - 1, 2**53 - 1, 3, 1):
         steps = checkpoint_steps(total)
         assert max(steps) == total and all(s <= total for s in steps)
+    # a NumPy or 0-d tensor count is an integer too (int.bit_length raised AttributeError on them)
+    assert checkpoint_steps(np.int64(10)) == checkpoint_steps(torch.tensor(10)) == [1, 2, 4, 8, 10]

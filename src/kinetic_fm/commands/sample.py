@@ -479,7 +479,9 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
     def run_batch(chunk: list[int], labels):
         velocity = target.velocity if labels is None else cond.velocity(target.velocity, labels.to(device))
         try:
-            return sample(velocity, seeds=chunk, shape=target.shape, steps=args.steps,
+            # dopri5 takes no steps (the CLI has said --steps is ignored), kfm.sample would say it again
+            steps = {} if args.solver == "dopri5" else {"steps": args.steps}
+            return sample(velocity, seeds=chunk, shape=target.shape, **steps,
                           solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
                           split=args.split, on_nonfinite=args.on_nonfinite, dtype=dtype, device=device,
                           profile=args.profile, **step_control)

@@ -97,6 +97,7 @@ def checkpoint_steps(total: int, spec: str | Sequence[int] = "log2") -> list[int
     """Steps after which a checkpoint is written: "log2" gives 1, 2, 4, ..., plus ``total``."""
     if spec == "none":
         return []
+    total = check_integer("total", total, 1)  # NumPy and 0-d tensor counts too, as a Python int
     if spec == "log2":  # bit_length: log2 of 2**49 − 1 rounds up to 49 in floating point
         steps = {2 ** k for k in range(total.bit_length())} | {total}
     else:

@@ -219,7 +219,7 @@ def _check_state_resolution(grid: torch.Tensor, dtype: torch.dtype) -> None:
             f"the grid's median step {typical:.3g} is below twice {dtype}'s resolution {eps:.3g}: the state's "
             "updates round coarsely or away and the samples can drift or stall; use fewer steps, or keep x0 in "
             "float32 and lower the precision inside the velocity call "
-            "(README: 'A network in reduced precision')", stacklevel=3)
+            "(README: 'A network in reduced precision')", stacklevel=4)  # past torch.no_grad's frame
 
 
 # the settings only one kind of solver reads, with sample()'s defaults
