@@ -1203,8 +1203,10 @@ def test_resnet_space_images_beyond_1_are_refused():
     assert _cifar_images("--samples", torch.zeros(2, 3072)).shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match=r"--space needs images scaled to \[-1, 1\]; --samples spans \[0, 2\]"):
         _cifar_images("--samples", torch.linspace(0, 2, 2 * 3072).reshape(2, 3072))
-    with pytest.raises(ValueError, match=r"--samples spans \[-2, 0\]"):
+    with pytest.raises(ValueError, match=r"--samples spans \[-2, 0\] \(generated samples overshoot: --clamp"):
         _cifar_images("--samples", torch.linspace(-2, 0, 2 * 3072).reshape(2, 3072))
+    with pytest.raises(ValueError, match=r"--train spans \[-2, 0\]$"):           # --clamp moves samples only
+        _cifar_images("--train", torch.linspace(-2, 0, 2 * 3072).reshape(2, 3072))
 
 
 def test_kfm_memorization_of_an_incomplete_run_is_one_error_line(tmp_path, capsys):

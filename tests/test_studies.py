@@ -1129,6 +1129,9 @@ def test_shaping_grid_rows_give_each_settings_energy_after_06_and_its_own_interv
         np.testing.assert_allclose([row["F_mem CI low"], row["F_mem CI high"]],
                                    fraction_interval(copies, n, "wilson"), rtol=1e-12)
     assert math.isnan(table.loc["plain FM", "tau"]) and table.loc["balanced τ=0.2", "tau"] == 0.2
+    # a phase switched off (coefficient 0) has no form: "launch only" listed landing "exponential"
+    assert table.loc["launch only", "landing"] == "–" and table.loc["landing only", "launch"] == "–"
+    assert table.loc["balanced", "launch"] == "linear" and table.loc["balanced", "landing"] == "exponential"
     for setting, slug in (("plain FM", "plain-fm"), ("balanced", "balanced"), ("landing only", "landing-only")):
         (path,) = (out / "cache").glob(f"shaping-{slug}-{'?' * 12}.pt")        # slug, then the hash
         run = torch.load(path, weights_only=True)
@@ -1202,6 +1205,10 @@ def test_sample_quality_calls_the_geometric_mean_data_like_and_flags_no_more_row
     unplaced = SampleQuality(10.0, 5.0, 5.0, 300, "cnn")                # the judge sees no difference
     assert math.isnan(unplaced.position) and not unplaced.data_like
     assert "not placed: the judge does not tell noise from real images" in unplaced.sentence()
+    # 43.8 lies nearer 9.57 than 94.8 in plain units but above their geometric mean, 30.1: say which
+    cifar = SampleQuality(43.8, 9.57, 94.8, 100, "pixels")
+    assert "(closer to noise than to real images on a log scale (split at their geometric mean, 30.1)" \
+        in cifar.sentence()
     bias = "no more rows than features"
     assert bias in SampleQuality(1.0, 0.5, 9.0, 128, "cnn", dim=128).sentence()
     assert bias not in SampleQuality(1.0, 0.5, 9.0, 129, "cnn", dim=128).sentence()

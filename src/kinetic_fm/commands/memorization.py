@@ -361,7 +361,9 @@ def _cifar_images(name: str, x):
     x = x.reshape(x.shape[0], 3, 32, 32).to(torch.float32)
     low, high = (float(v) for v in torch.aminmax(x))
     if low < -1.001 or high > 1.001:
-        raise ValueError(f"--space needs images scaled to [-1, 1]; {name} spans [{low:g}, {high:g}]")
+        raise ValueError(f"--space needs images scaled to [-1, 1]; {name} spans [{low:g}, {high:g}]"
+                         + (" (generated samples overshoot: --clamp clips them to the training images' range)"
+                            if name == "--samples" else ""))
     if low >= 0.0 and high > 0.0:  # no pixel below mid-grey in a whole set: [0, 1] images, most likely
         import warnings
 

@@ -127,7 +127,10 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
         rows.append({"setting": s.name, "group": s.group, "solver": s.solver, "steps": steps, "grid": s.grid,
                      "alpha0": s.kts.alpha0 if s.kts else 0.0, "beta0": s.kts.beta0 if s.kts else 0.0,
                      "tau": s.kts.tau_split if s.kts else float("nan"),
-                     "launch": s.kts.launch if s.kts else "–", "landing": s.kts.landing if s.kts else "–",
+                     # a phase whose coefficient is 0 has no form to speak of ("launch only" listed
+                     # landing "exponential")
+                     "launch": s.kts.launch if s.kts and s.kts.alpha0 else "–",
+                     "landing": s.kts.landing if s.kts and s.kts.beta0 else "–",
                      "FD": fd, "F_mem": audit.fraction, "F_mem CI low": audit.ci[0], "F_mem CI high": audit.ci[1],
                      "mean KPE": float(run["kpe"].mean()),
                      "mean KPE after t = 0.6": float(energy_after(run, 0.6).mean())})
