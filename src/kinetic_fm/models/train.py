@@ -430,7 +430,7 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
             save_weights(tensors, out / name)
 
         final = out / "final.safetensors"
-        if start < config.steps and final.is_file():
+        if 0 < start < config.steps and final.is_file():
             # an extension under way: load_model(out) must not read the old end as the run's end,
             # but an interrupted extension must leave it loadable: it becomes the checkpoint of
             # its step (or goes, when that checkpoint exists: the same weights)
