@@ -142,9 +142,9 @@ def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) 
     """Uniform on the dark cells of a ``squares`` x ``squares`` board covering [-side, side]^2.
 
     Dark cells are those with (row + column) even. Labels number the dark cells 0, 1, ... in
-    row-major order (``classes`` names each "cell (row, col)"): the cell index row·squares + col,
-    the label before, left half the classes empty, and a class-conditional net trained on them
-    half its classes untrained.
+    row-major order, and ``classes`` names each "cell (row, col)". (The label used to be the cell
+    index row·squares + col, which left half the label values unused and half the classes of a
+    class-conditional net untrained.)
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

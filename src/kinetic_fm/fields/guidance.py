@@ -61,9 +61,11 @@ class ClassifierFreeGuidance:
     an Euler run this is exactly the reference left Riemann sum; for multi-stage solvers it is the
     left sum over all stage times (an approximation), and adaptive runs with rejected steps are
     not supported. The times are those the model sees, in x's dtype: in half precision they are
-    rounded (the sampler steps in float64), so the sums differ from the sampler's by that rounding. Everything stays on the device. A call at an earlier time than the previous one
-    starts a new run (``reset()`` does the same explicitly). After each call, ``last_conditional`` and ``last_unconditional`` hold the two
-    (B, ...) velocities for callers who accumulate their own statistics.
+    rounded (the sampler steps in float64), so the sums differ from the sampler's by that
+    rounding. Everything stays on the device. A call at an earlier time than the previous one
+    starts a new run (``reset()`` does the same explicitly). After each call,
+    ``last_conditional`` and ``last_unconditional`` hold the two (B, ...) velocities for callers
+    who accumulate their own statistics.
     """
 
     def __init__(
