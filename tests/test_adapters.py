@@ -709,3 +709,26 @@ def test_the_closed_form_fields_refuse_a_number_for_t_off_the_path(bad):
             if not (t == 1.0 and isinstance(field, kfm.PointTarget)):
                 want = field(x, torch.full((3,), float(t), dtype=x.dtype))
                 assert torch.equal(field(x, t), want)
+
+
+def test_noise_prediction_finds_the_integer_steps_through_guidance_and_call_adapters():
+    # NoisePrediction(CFG(DiscreteTime(net))) kept t_min = 1e-3, which T = 1000 truncates to
+    # step 0, where an exact ε-predictor returns x and the first velocity is 0
+    from kinetic_fm.fields.guidance import ClassifierFreeGuidance
+
+    seen = []
+
+    def net(x, step, y=None):
+        seen.append(step.clone())
+        return torch.zeros_like(x)
+
+    stepped = DiscreteTime(net, 1000)
+    for inner in (ClassifierFreeGuidance(stepped, [0, 1], scale=2.0, null_label=2),
+                  ModelXT(stepped), ClassifierFreeGuidance(ModelXT(stepped), [0, 1], scale=1.5, null_label=2)):
+        adapter = NoisePrediction(inner)
+        assert adapter.t_min > 1 / 999
+        seen.clear()
+        adapter(torch.ones(2, 3), torch.zeros(2))
+        assert all(int(s.min()) == 1 for s in seen)
+    # a clock that runs the other way stops the search: its σ = 1 − t is not the steps' t
+    assert NoisePrediction(ReversedTime(stepped)).t_min == 1e-3

@@ -332,3 +332,9 @@ def test_list_labels_follow_the_samples_to_their_device():
         assert syncs[0] == syncs[1], fc.summary()
         res = kfm.sample(ClassifierFreeGuidance(model, [0, 1, 0, 1], scale=2.0, null_label=2), x0, solver="dopri5")
         assert res.x.device.type == "cuda"
+
+
+def test_an_empty_label_list_is_refused_when_the_guidance_is_built():
+    # labels=[] was taken, and every call then failed on "x has B rows but labels has 0"
+    with pytest.raises(ValueError, match=r"labels must be a tensor with a non-empty batch dimension .* got \(0,\)"):
+        ClassifierFreeGuidance(lambda x, t, y: x, [], scale=2.0, null_label=0)

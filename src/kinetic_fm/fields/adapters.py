@@ -340,6 +340,25 @@ def _prediction(out: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
     return out
 
 
+def _discrete_time_within(field) -> "DiscreteTime | None":
+    """The :class:`DiscreteTime` that ``field`` hands its time to unchanged, through call-convention
+    adapters and classifier-free guidance (``NoisePrediction(CFG(DiscreteTime(net)))`` kept the
+    default t_min, step 0 at T = 1000), or None (a clock-changing adapter such as
+    :class:`ReversedTime` stops the search)."""
+    from .guidance import ClassifierFreeGuidance
+
+    for _ in range(32):  # a chain of wrappers, not a cycle
+        if isinstance(field, DiscreteTime):
+            return field
+        if isinstance(field, (ModelTX, ModelXT)):
+            field = field.inner
+        elif isinstance(field, ClassifierFreeGuidance):
+            field = field.model
+        else:
+            return None
+    return None
+
+
 @functools.lru_cache(maxsize=64)
 def _rounded(bound: float, dtype: torch.dtype, *, up: bool) -> float:
     """``bound`` as a value of ``dtype``, rounded up (``up``) or down, not to nearest: in
@@ -361,7 +380,8 @@ class NoisePrediction(_Adapter):
     grids that start at 0 and off by O(t_min) on the first step. In x's dtype the clamp is
     ``t_min`` rounded up (a half-precision t_min never falls below it).
 
-    ``t_min`` defaults to 1e-3, raised when ``inner`` is a :class:`DiscreteTime` to just above its
+    ``t_min`` defaults to 1e-3, raised when ``inner`` is a :class:`DiscreteTime` (or hands its time
+    unchanged to one: ``ModelXT``/``ModelTX``, classifier-free guidance) to just above its
     first step 1/(T − 1): with T = 1000, 1e-3 truncates to step 0, where the net sees t = 0 and
     the first velocity would be 0 again. ``t_min`` must lie in (0, 1) (ValueError otherwise).
     """
@@ -370,9 +390,10 @@ class NoisePrediction(_Adapter):
         _check_callable(inner, "inner")
         if t_min is None:
             t_min = _DEFAULT_CLAMP
-            if isinstance(inner, DiscreteTime) and inner.num_timesteps > 2:
+            stepped = _discrete_time_within(inner)
+            if stepped is not None and stepped.num_timesteps > 2:
                 # a relative 1e-6 above 1/(T − 1) keeps int(t·(T − 1)) at 1 in float32 as in float64
-                t_min = max(t_min, (1.0 + 1e-6) / (inner.num_timesteps - 1))
+                t_min = max(t_min, (1.0 + 1e-6) / (stepped.num_timesteps - 1))
         self.inner, self.t_min = inner, inside_unit_interval("t_min", t_min)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -81,8 +81,9 @@ class ClassifierFreeGuidance:
             raise TypeError(f"model must be callable, got {type(model).__name__}")
         self._labels_converted = not isinstance(labels, torch.Tensor)
         labels, self._labels_follow_x = _as_label_tensor(labels)
-        if not isinstance(labels, torch.Tensor) or labels.dim() == 0:
-            raise ValueError("labels must be a tensor with a batch dimension (B, ...)")
+        if not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] == 0:
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f"labels must be a tensor with a non-empty batch dimension (B, ...), got {shape}")
         scale = as_scalar(scale)
         if not is_real(scale, finite=True):
             raise ValueError(f"scale must be a finite number, got {scale!r}")
