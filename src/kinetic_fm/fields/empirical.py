@@ -151,11 +151,12 @@ class EmpiricalVelocity:
 def _beyond_float32(rows: torch.Tensor, name: str) -> bool:
     """Whether integer ``rows`` hold values float32 cannot (beyond 2**24 in magnitude), so that
     they must be float64 (2**24 + 1 read as 2**24); beyond 2**53 even float64 cannot, refused."""
-    if rows.is_floating_point() or rows.numel() == 0:
-        return False
+    if rows.is_floating_point() or rows.numel() == 0 or rows.element_size() <= 2:
+        return False  # 8- and 16-bit integers always fit (uint8 images: no int64 copy of the set)
     check_exact_integers(name, rows)
-    wide = rows.to(torch.int64) if rows.dtype != torch.uint64 else rows.to(torch.float64)
-    return bool(wide.abs().max() > 2 ** 24)
+    if rows.dtype in (torch.uint32, torch.uint64):  # torch has no max of these
+        return bool(rows.cpu().numpy().max() > 2 ** 24)
+    return max(abs(int(rows.max())), abs(int(rows.min()))) > 2 ** 24
 
 
 class EmpiricalFlow:
