@@ -494,16 +494,18 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
             raise diverged(step, f"the loss is {float(losses[i])}")
         if progress and (step % 50 == 0 or step == config.steps):
             bar.set_postfix(loss=f"{losses[max(0, i - 49): i + 1].mean().item():.4f}")
-        if out is not None and (step in schedule or step % config.save_every == 0 or step == config.steps):
-            # a finite loss can still step to non-finite weights: none is written (a NaN resume.pt
-            # replaced the last good one)
-            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                raise diverged(step, "the weights are no longer finite")
-        if out is not None and step in schedule:
+        checkpoint = out is not None and step in schedule
+        resume_state = out is not None and (step % config.save_every == 0 or step == config.steps)
+        # a finite loss can still step to non-finite weights: none is written (a NaN resume.pt
+        # replaced the last good one); one synchronisation for all parameters
+        if (checkpoint or resume_state) and not bool(torch.stack(
+                [torch.isfinite(p).all() for p in model.parameters()]).all()):
+            raise diverged(step, "the weights are no longer finite")
+        if checkpoint:
             path = out / "checkpoints" / f"step_{step:07d}.safetensors"
             save_model(model, path, ema=ema, step=step, **recorded)
             written[step] = path
-        if step % config.save_every == 0 or step == config.steps:
+        if resume_state:
             save_resume(step)
         if callback is not None:
             callback(step, loss.detach())
