@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         space = net.to(device).features
     samples, sample_files = _load_rows("--samples", args.samples, args.key, args.progress, specs=False)
     train, train_files = _load_rows("--train", args.train, args.train_key, args.progress, specs=True)
-    samples, train = _same_channels(samples, args.samples, train, args.train)
+    samples, train = _grey_folders_as_one_channel(samples, sample_files is not None and _is_folder(args.samples),
+                                                  train, train_files is not None and _is_folder(args.train))
     samples, train = samples.to(device), train.to(device)
     clamped = ""
     if args.clamp:
@@ -254,27 +255,34 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
         from ..data.images import image_names, load_image_folder
 
         images = load_image_folder(path, labels_from_folders=False, progress=progress).images
-        if bool((images[:, 1:] == images[:, :1]).all()):
-            images = images[:, :1]                    # grey throughout (R = G = B): one channel
         return images, image_names(path)
     return load_array(value, key), None
 
 
-def _same_channels(samples, samples_arg: str, train, train_arg: str):
-    """``samples`` and ``train`` with a grey folder of images (collapsed to one channel) given back
-    its three equal channels when the other side is colour: a folder is collapsed on its own, so
-    RGB copies of grey training images met "64 and 192 features"."""
+def _is_folder(value: str) -> bool:
+    """Whether ``value`` names a folder or .zip of images (what :func:`_load_rows` decodes)."""
     from pathlib import Path
 
-    if samples.dim() == 4 and train.dim() == 4 and samples.shape[2:] == train.shape[2:]:
-        channels = {samples.shape[1], train.shape[1]}
-        if channels == {1, 3}:
-            grey_folder = {name: Path(value).is_dir() or Path(value).suffix.lower() == ".zip"
-                           for name, value in (("samples", samples_arg), ("train", train_arg))}
-            if samples.shape[1] == 1 and grey_folder["samples"]:
-                samples = samples.expand(-1, 3, -1, -1).contiguous()
-            elif train.shape[1] == 1 and grey_folder["train"]:
-                train = train.expand(-1, 3, -1, -1).contiguous()
+    return Path(value).is_dir() or Path(value).suffix.lower() == ".zip"
+
+
+def _grey_folders_as_one_channel(samples, samples_folder: bool, train, train_folder: bool):
+    """``samples`` and ``train`` with each folder of images that is grey throughout (R = G = B)
+    as one channel, unless the other input is colour at the same size: both are decided here,
+    where both are loaded (a folder collapsed on its own met RGB copies of its grey training
+    images as "64 and 192 features")."""
+    def grey(images, folder: bool) -> bool:
+        return folder and images.dim() == 4 and images.shape[1] == 3 and bool((images[:, 1:] == images[:, :1]).all())
+
+    grey_samples, grey_train = grey(samples, samples_folder), grey(train, train_folder)
+
+    def colour(images, is_grey: bool, other) -> bool:  # three channels that stay three, at other's size
+        return images.dim() == 4 and images.shape[1] == 3 and not is_grey and images.shape[2:] == other.shape[2:]
+
+    if grey_samples and not colour(train, grey_train, samples):
+        samples = samples[:, :1]
+    if grey_train and not colour(samples, grey_samples, train):
+        train = train[:, :1]
     return samples, train
 
 
