@@ -503,7 +503,7 @@ def test_the_message_shows_the_first_20_failing_samples_and_the_error_keeps_all(
     assert f"sample indices {list(range(20)) + ['...']} " in str(err.value)
 
 
-@pytest.mark.parametrize("solver", ["euler", "rk4", "dopri5"])
+@pytest.mark.parametrize("solver", ["euler", "rk4"])
 def test_nonfinite_velocity_names_step_time_and_samples(solver, x0):
     with pytest.raises(kfm.NonFiniteVelocityError, match=r"sample indices \[2, 5\]") as err:
         kfm.sample(NaNAfter(0.5), _marked(x0, [2, 5]), steps=10, solver=solver)
@@ -511,6 +511,36 @@ def test_nonfinite_velocity_names_step_time_and_samples(solver, x0):
     assert err.value.time >= 0.5
     if solver == "euler":
         assert err.value.step == 5 and err.value.time == pytest.approx(0.5)
+
+
+def test_dopri5_retries_a_non_finite_try_until_it_pins_where_the_field_fails(x0):
+    # a non-finite try is rejected and retried shorter (SciPy's RK45 rule), so each failing
+    # sample creeps up to t = 0.5 and fails there, within ten float64 spacings; the error names
+    # the first sample to run out of step, the flag each failing one at its own time
+    with pytest.raises(kfm.NonFiniteVelocityError, match=r"sample indices \[[25]") as err:
+        kfm.sample(NaNAfter(0.5), _marked(x0, [2, 5]), solver="dopri5")
+    assert set(err.value.indices) <= {2, 5} and err.value.time == pytest.approx(0.5, abs=1e-14)
+    res = kfm.sample(NaNAfter(0.5), _marked(x0, [2, 5]), solver="dopri5", on_nonfinite="flag")
+    assert res.nonfinite.nonzero().flatten().tolist() == [2, 5]
+    reached = res.times[[2, 5]].nan_to_num(-1.0).amax(1)             # their last accepted times
+    assert ((reached < 0.5) & (reached > 0.5 - 1e-13)).all()
+    fine = ~res.nonfinite
+    assert torch.isfinite(res.kpe[fine]).all() and (res.times[fine].nan_to_num(0).amax(1) == 1).all()
+
+
+def test_dopri5_rejects_a_try_that_leaves_the_fields_domain_as_scipy_does():
+    # dx/dt = −1.95·√x from x = 1: x(t) = (1 − 0.975 t)² stays positive, but at rtol = 1e-3 a
+    # long try takes a stage below 0 where √x is NaN; RK45 rejects that try and finishes, and so
+    # must dopri5 (it flagged the sample at t ≈ 0.75)
+    pytest.importorskip("scipy")
+    field = lambda x, t: -1.95 * x.sqrt()                              # noqa: E731
+    x0 = torch.ones(1, 1, dtype=torch.float64)
+    res = kfm.sample(field, x0, solver="dopri5", rtol=1e-3, atol=1e-3, on_nonfinite="flag")
+    fun = lambda t, y: -1.95 * np.sqrt(y)                              # noqa: E731
+    times, x1, nfev = _scipy_rk45(fun, x0[0].numpy(), 1.0, 1e-3, 1e-3)
+    assert not bool(res.nonfinite[0]) and int(res.steps[0]) == len(times) - 1 and int(res.nfe[0]) == nfev
+    np.testing.assert_allclose(res.x[0].numpy(), x1, rtol=0, atol=1e-12)
+    assert float(res.x[0]) == pytest.approx(0.025**2, abs=2e-6)
 
 
 def test_a_float32_velocity_whose_square_overflows_is_named_as_such():
@@ -553,30 +583,31 @@ def test_the_error_names_the_earliest_failure_at_the_time_the_field_failed(solve
     field = NaNFrom()
     with pytest.raises(kfm.NonFiniteVelocityError) as err:
         kfm.sample(field, torch.cat([x0, start], dim=1), steps=10, solver=solver)
-    assert err.value.indices == [3]
-    assert err.value.time == pytest.approx(field.first_bad, abs=1e-12)   # the failing stage's time
+    if solver != "dopri5":
+        assert err.value.indices == [3]
+        assert err.value.time == pytest.approx(field.first_bad, abs=1e-12)   # the failing stage's time
+    else:  # retried tries creep up to each sample's own failure time: the first to run out is named
+        assert err.value.indices in ([3], [1])
+        assert err.value.time == pytest.approx({3: 0.33, 1: 0.71}[err.value.indices[0]], abs=1e-12)
     if solver == "euler":
         assert err.value.step == 4 and err.value.time == pytest.approx(0.4)
 
 
-def test_dopri5_names_the_earliest_time_among_samples_failing_in_one_call():
-    # sample 0 decays slowly and strides ahead, stiff sample 1 creeps: when one call returns NaN for
-    # both, sample 1 is at the earlier time (the error named sample 0's, 0.39 against 0.013)
-    seen = {"calls": 0, "times": None}
+def test_dopri5_retries_a_try_that_met_a_passing_nan_and_finishes():
+    # one call returns NaN for every sample: the try is rejected and retried, as SciPy's RK45 would,
+    # and the run ends as an exact decay (it raised NonFiniteVelocityError)
+    calls = {"n": 0}
 
-    def field(x, t):
-        seen["calls"] += 1
-        v = -torch.tensor([0.1, 30.0], dtype=x.dtype)[:, None] * x
-        if seen["calls"] == 12:
-            seen["times"] = t.tolist()
-            return v * torch.nan
-        return v
+    def field(x, t):  # the last coordinate holds the sample's decay rate, frozen
+        calls["n"] += 1
+        v = torch.cat([-x[:, -1:] * x[:, :-1], torch.zeros_like(x[:, -1:])], dim=1)
+        return v * torch.nan if calls["n"] == 12 else v
 
-    with pytest.raises(kfm.NonFiniteVelocityError) as err:
-        kfm.sample(field, torch.ones(2, 3, dtype=torch.float64), solver="dopri5", rtol=1e-6, atol=1e-8)
-    assert err.value.indices == [0, 1]
-    assert seen["times"][1] < seen["times"][0] / 10
-    assert err.value.time == seen["times"][1]
+    rates = torch.tensor([[0.1], [30.0]], dtype=torch.float64)
+    x0 = torch.cat([torch.ones(2, 3, dtype=torch.float64), rates], dim=1)
+    res = kfm.sample(field, x0, solver="dopri5", rtol=1e-6, atol=1e-8)
+    assert not res.nonfinite.any()
+    torch.testing.assert_close(res.x[:, :-1], torch.exp(-rates).expand(2, 3), rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("solver", ["heun", "dopri5"])

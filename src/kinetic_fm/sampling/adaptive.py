@@ -158,8 +158,13 @@ def integrate_dopri5(
             if check_gains and not bool(gains_ok):
                 raise ValueError(f"shaping gave a gain that is not finite and > 0 at t in "
                                  f"[{float(ta.min()):g}, {float(t_end.max()):g}]; a gain must be finite and > 0")
+            # A non-finite try is rejected and retried 5× shorter, as SciPy's RK45 does (a long
+            # try may leave the field's domain, e.g. sqrt(x) past x = 0, while the path stays in
+            # it); the sample fails only when the step can shrink no further.
+            exhausted = ~finite & (ha < _min_step(ta))
             bad_at = _first_bad_stage_time(norms, [ta] + [ta + c * ha for c in tab.c[1:]], t_end, tab.c)
-            _flag_rows(torch.where(finite, 0.0, float("nan")), rows, steps[rows], bad_at, bad_step, bad_time, done, raise_nonfinite)
+            _flag_rows(torch.where(exhausted, float("nan"), 0.0), rows, steps[rows], bad_at, bad_step, bad_time, done,
+                       raise_nonfinite)
             ratio = torch.where(finite, ratio, float("inf"))
         accept = (ratio <= 1.0) & finite
 
@@ -191,8 +196,8 @@ def integrate_dopri5(
         # II.4; SciPy's RK45 too): the error just seen was the controller's misjudgement
         retried = rejected[rows]
         factor = torch.where(accept & retried, factor.clamp(max=1.0), factor)
-        rejected[rows] = finite & ~accept
-        h[rows] = torch.where(finite, ha * factor, ha)
+        rejected[rows] = ~accept
+        h[rows] = ha * factor  # a non-finite try's ratio is inf: factor MIN_FACTOR
         done[rows] = done[rows] | (accept & last)
 
     if bar is not None:
@@ -270,6 +275,13 @@ def _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step) -> torch.Tensor:
     h = torch.minimum(100 * h0, h1).clamp(max=1.0)
     # extreme tolerances (rtol = atol = 1e-100) make the estimate inf/inf: start small instead
     return torch.where(torch.isfinite(h) & (h > 0), h, torch.full_like(h, 1e-6))
+
+
+def _min_step(t: torch.Tensor) -> torch.Tensor:
+    """The shortest step a non-finite try is retried with: ten float64 spacings of t (SciPy's
+    RK45 rule), with t floored at 2**-10 so a failure at t = 0 ends after ~25 tries, not ~460."""
+    t = t.clamp(min=2.0 ** -10)
+    return 10.0 * (torch.nextafter(t, torch.full_like(t, 2.0)) - t)
 
 
 def _first_bad_stage_time(norms, times, t_end, c) -> torch.Tensor:

@@ -79,7 +79,9 @@ def sample(
         profile: keep the per-step applied-energy increments.
         split: τ at which energy is split into early/late; default the KTS τ_split, else 0.6.
         on_nonfinite: "raise" (NonFiniteVelocityError naming step, t and samples) or "flag"
-            (mark those samples in ``result.nonfinite``, give them NaN energies, go on).
+            (mark those samples in ``result.nonfinite``, give them NaN energies, go on). dopri5
+            first rejects a non-finite try and retries it 5× shorter (SciPy's RK45 rule); a
+            sample fails when the step falls below ten float64 spacings of its time.
         rtol, atol, first_step, max_steps: dopri5 step control (per sample): rtol, atol > 0;
             first_step None (chosen) or in (0, 1]; max_steps ≥ 1 attempted steps, beyond which
             ``StepLimitError`` names the unfinished samples. Under a KTS gain its
