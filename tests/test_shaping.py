@@ -225,3 +225,19 @@ def test_a_gain_is_built_under_any_default_device():
     with torch.device("meta"):
         kts = KTS(alpha0=0.02, beta0=0.03)
     assert kts(1.0) == pytest.approx(1 - 0.03 * math.expm1(3.0), rel=1e-15)
+
+
+@pytest.mark.parametrize("alpha0,k", [(1e6, 700.0), (2e4, 700.0), (1e6, 697.0)])
+def test_the_exponential_launch_stays_finite_at_the_largest_admissible_settings(alpha0, k):
+    # α0·(e^{ku} − 1) overflowed before the division by e^k − 1 for k·u ≳ 709.8 − ln α0: η(0) was
+    # inf (1 + α0 exactly); against the same formula in 50-digit arithmetic
+    mpmath = pytest.importorskip("mpmath")
+    kts = KTS(alpha0=alpha0, beta0=0.0, launch="exponential", k=k)
+    times = [0.0, 0.001, 0.003, 0.1, 0.59]
+    with mpmath.workdps(50):
+        expected = [float(1 + alpha0 * mpmath.expm1(k * (1 - mpmath.mpf(t) / mpmath.mpf(0.6))) / mpmath.expm1(k))
+                    for t in times]
+    got = kts(torch.tensor(times, dtype=torch.float64)).tolist()
+    # e^{ku} amplifies the rounding of k·u ≈ 700 by 700: a few 1e-14 relative
+    assert got == pytest.approx(expected, rel=1e-12) and [kts(t) for t in times] == got
+    assert math.isfinite(kts.mean_gain()) and kts(0.0) == 1.0 + alpha0
