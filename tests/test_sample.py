@@ -694,6 +694,13 @@ def test_bad_inputs_get_clear_errors(x0):
             kfm.sample(field, x0, steps=4, shaping=gain)
     with pytest.raises(TypeError, match="write it with torch operations"):
         kfm.sample(field, x0, solver="dopri5", shaping=lambda t: 1 + 0.1 * math.exp(-t))
+    # the fixed-step solvers pass one float: a torch-only gain, or one returning no number, is
+    # named as the shaping gain (it was torch's "sin(): argument 'input' must be Tensor")
+    with pytest.raises(TypeError, match=r"call the shaping gain with one time as a Python float \(t = 0\)"):
+        kfm.sample(field, x0, steps=4, shaping=lambda t: 1 + 0.1 * torch.sin(t))
+    for gain in (lambda t: None, lambda t: torch.ones(2)):
+        with pytest.raises(TypeError, match=r"shaping returned (NoneType|Tensor) at t = 0, not one number"):
+            kfm.sample(field, x0, steps=4, shaping=gain)
 
 
 @pytest.mark.parametrize("seeds", [[2.7, 0.2], [True, False], ["1", "2"], torch.tensor([0.5, 1.5])])

@@ -153,7 +153,16 @@ def _gain_at(gain: Gain | None, t: float) -> float:
     """η(t) as a float, checked: a gain must be finite and > 0 (the error names ``shaping``)."""
     if gain is None:
         return 1.0
-    eta = float(gain(t))
+    try:
+        value = gain(t)
+    except TypeError as err:  # e.g. torch.sin(t): the fixed-step solvers pass a float, dopri5 a tensor
+        raise TypeError(f"the fixed-step solvers call the shaping gain with one time as a Python float "
+                        f"(t = {t:g}) and this gain failed on it ({err}); write it for floats as well as "
+                        "tensors (math and torch.as_tensor both take a float)") from err
+    try:
+        eta = float(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"shaping returned {type(value).__name__} at t = {t:g}, not one number ({err})") from err
     if not (math.isfinite(eta) and eta > 0):
         raise ValueError(f"shaping gave η({t:g}) = {eta!r}; a gain must be finite and > 0")
     return eta
