@@ -604,3 +604,42 @@ def test_integer_atoms_and_states_beyond_float32s_integers_stay_exact():
         torch.testing.assert_close(got.double(), want, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match=r"train holds integers beyond 2\*\*53"):
         kfm.EmpiricalFlow(torch.tensor([[2 ** 60], [0]]))
+
+
+def test_a_training_tensor_changed_in_place_after_building_is_refused(atoms):
+    # float32 atoms are kept as a view, their norms and mean cached: after train.mul_(2).sub_(1)
+    # the field mixed new atoms with the old cache (0.5–0.9 off either set's velocity)
+    train = atoms.clone()
+    field = kfm.EmpiricalFlow(train)
+    x = path_states(atoms, torch.full((6,), 0.6), seed=1)
+    field(x, 0.6)
+    train.mul_(2).sub_(1)
+    for call in (lambda: field(x, 0.6), lambda: field(x, 0.0), lambda: field.posterior(x, 0.6, 2)):
+        with pytest.raises(RuntimeError, match="train was changed in place after this EmpiricalFlow was built"):
+            call()
+    # a copy made while building (uint8 atoms → float32) is the field's own: later edits do not matter
+    pixels = (atoms.flatten(1)[:50] * 100 + 100).to(torch.uint8)
+    field = kfm.EmpiricalFlow(pixels)
+    pixels.zero_()
+    v, _ = brute((atoms.flatten(1)[:50] * 100 + 100).to(torch.uint8).float(), x.flatten(1) * 100, 0.6)
+    assert rel_err(field(x.flatten(1) * 100, 0.6), v) < 1e-5
+
+
+def test_numpy_atoms_are_copied_and_any_strides_or_byte_order_read(atoms):
+    # a NumPy array shared its memory (edits after building went unseen, as above); a flipped view
+    # (negative strides) failed with torch's own error, a big-endian one with its byte-order error
+    images = atoms.numpy()[:60]
+    x = path_states(atoms[:60], torch.full((5,), 0.7), seed=2)
+    flipped = np.flip(images, axis=3)
+    expected, _ = brute(torch.from_numpy(flipped.copy()), x, 0.7)
+    for given in (flipped, flipped.astype(">f4")):
+        assert rel_err(kfm.EmpiricalFlow(given)(x, 0.7), expected) < 1e-5
+    mine = images.copy()
+    field = kfm.EmpiricalFlow(mine)
+    mine *= 3
+    assert rel_err(field(x, 0.7), brute(torch.from_numpy(images), x, 0.7)[0]) < 1e-5
+    # the metrics read a flipped set as its copy
+    a = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    rep = kfm.memorization(a[::-1], a[::2][::-1], bootstrap=0)
+    ref = kfm.memorization(a[::-1].copy(), a[::2][::-1].copy(), bootstrap=0)
+    assert np.array_equal(rep.ratio, ref.ratio) and np.array_equal(rep.nearest, ref.nearest)

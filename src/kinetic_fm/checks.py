@@ -43,6 +43,8 @@ def torch_readable(value):
       copy-on-write: torch warns of a non-writable array.
     - A NumPy array in non-native byte order (``'>f8'`` on a little-endian machine, e.g. read from
       a FITS file or written on another machine) is converted to native order: torch refuses it.
+    - A NumPy view with a negative stride (``np.flip(images, 3)``, ``a[::-1]``) is copied: torch
+      refuses those too.
 
     Anything else (tensors, native arrays, lists, numbers) is returned unchanged.
     """
@@ -54,6 +56,8 @@ def torch_readable(value):
             value = value.copy()
     if isinstance(value, np.ndarray) and not value.dtype.isnative:
         value = value.astype(value.dtype.newbyteorder("="))
+    if isinstance(value, np.ndarray) and any(stride < 0 for stride in value.strides):
+        value = np.ascontiguousarray(value)
     return value
 
 

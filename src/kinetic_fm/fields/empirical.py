@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import gemm
-from ..checks import as_scalar, check_integer, is_real, optional_integer, positive_integer
+from ..checks import as_scalar, check_integer, is_real, optional_integer, positive_integer, torch_readable
 from ..blocks import block_size
 from ..knn import (
     check_exact_integers,
@@ -164,7 +164,9 @@ class EmpiricalFlow:
 
     Args:
         train: (N, ...) training atoms, N ≥ 1, finite (a tensor of any real dtype, on any device,
-            kept where given; or a NumPy array).
+            kept where given, and not copied when float32/float64: a call after it was changed in
+            place is refused, as the cached norms and mean would not match; or a NumPy array or
+            DataFrame, copied).
             Float64 atoms give float64 screening, as do integers beyond 2**24 (which float32 would
             round; beyond 2**53 they are refused); anything else screens in float32.
         chunk: atoms per screening GEMM (bounds the temporary (batch_chunk, chunk) block).
@@ -207,7 +209,8 @@ class EmpiricalFlow:
         truncate: int | None = None,
         backend: str = "torch",
     ):
-        train = torch.as_tensor(train).detach()     # the field is not differentiable in its atoms
+        # an array is copied: torch would share its memory, and edits in NumPy leave no trace
+        train = train.detach() if isinstance(train, torch.Tensor) else torch.tensor(torch_readable(train))
         if train.dim() < 1 or train.shape[0] == 0:
             raise ValueError(f"train must have shape (N, ...) with N ≥ 1, got {tuple(train.shape)}")
         check_finite("train", train)
@@ -242,6 +245,7 @@ class EmpiricalFlow:
         self._sq_norms = row_sq_norms(self.atoms, dtype)    # cached ‖y_j‖², screening dtype
         self._norm_max = float(self._sq_norms.max().double().sqrt()) * (1 + 1e-3)
         self._mean = column_mean(self.atoms)                 # exact ȳ at t = 0
+        self._atoms_version = self.atoms._version            # shared with the caller's tensor when a view
         self.last_diagnostics: PosteriorDiagnostics | None = None
 
     # ------------------------------------------------------------------ public
@@ -279,6 +283,10 @@ class EmpiricalFlow:
 
     # ------------------------------------------------------------------ checks
     def _check(self, x, t) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.atoms._version != self._atoms_version:
+            raise RuntimeError("train was changed in place after this EmpiricalFlow was built, so its cached "
+                               "norms and mean no longer match the atoms; build a new field (or pass "
+                               "train.clone() to keep the field apart from later edits)")
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise ValueError("x must be a tensor of shape (B, ...)")
         batch = x.shape[0]
