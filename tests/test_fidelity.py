@@ -52,6 +52,29 @@ def test_frechet_closed_forms():
         reference.distance(mu1[:3], s1[:3, :3])
 
 
+def test_statistics_as_tensors_of_any_dtype_and_non_finite_ones_are_named():
+    # bfloat16 or grad-tracking tensors (torchmetrics keeps its means as tensors) failed with
+    # torch's own errors; a prepared reference took NaN or inf statistics and returned nan or inf
+    mu1, s1 = np.array([1.0, 0.0, 2.0]), np.diag([1.0, 4.0, 9.0])
+    mu2, s2 = np.zeros(3), np.eye(3)
+    expected = 5.0 + (0 + 1 + 4)                                    # ‖Δμ‖² + Σ(√a − √b)²
+    assert frechet_distance_from_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-12)
+    as_tensors = [torch.tensor(mu1, dtype=torch.bfloat16), torch.tensor(s1, dtype=torch.bfloat16),
+                  torch.tensor(mu2, requires_grad=True), torch.tensor(s2, dtype=torch.float16)]
+    assert frechet_distance_from_stats(*as_tensors) == pytest.approx(expected, rel=1e-12)  # exact in bf16
+    assert FrechetReference.from_stats(*as_tensors[2:]).distance(*as_tensors[:2]) == pytest.approx(expected, rel=1e-12)
+    bad = np.diag([1.0, np.nan, 1.0])
+    for call, name in ((lambda: FrechetReference.from_stats(mu2, bad), "cov"),
+                       (lambda: FrechetReference.from_stats([np.inf, 0, 0], s2), "mean"),
+                       (lambda: FrechetReference.from_stats(mu2, s2).distance(mu1, bad), "sigma"),
+                       (lambda: FrechetReference.from_stats(mu2, s2).distance([0, np.inf, 0], s1), "mu"),
+                       (lambda: frechet_distance_from_stats(mu1, s1, torch.tensor([0.0, math.nan, 0.0]), s2), "mu2")):
+        with pytest.raises(ValueError, match=f"^{name} has non-finite entries"):
+            call()
+    with pytest.raises(ValueError, match="cov is not symmetric"):          # it was averaged silently
+        FrechetReference.from_stats(mu2, [[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
 def test_feature_statistics_float64_with_large_offset():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3000, 5)) * [1, 2, 3, 4, 5] + 1e4

@@ -165,6 +165,22 @@ def _sqrt_psd(s: np.ndarray, name: str) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
+def _stats_array(name: str, value: Any) -> np.ndarray:
+    """A mean or covariance given as an array, list or tensor (any dtype, device, gradient) as a
+    finite float64 NumPy array; ValueError naming ``name`` for NaN or inf."""
+    if isinstance(value, torch.Tensor):  # bfloat16 has no NumPy dtype; a grad or CUDA tensor no .numpy()
+        value = value.detach().to("cpu", torch.float64).numpy()
+    array = np.asarray(value, dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} has non-finite entries")
+    return array
+
+
+def _check_symmetric(name: str, a: np.ndarray) -> None:
+    if np.abs(a - a.T).max(initial=0.0) > 1e-6 * np.abs(a).max(initial=0.0):
+        raise ValueError(f"{name} is not symmetric (a covariance must be)")
+
+
 def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64).
 
@@ -172,22 +188,17 @@ def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) ->
         mu1, mu2: (D,) means. sigma1, sigma2: (D, D) symmetric positive semi-definite covariances
             (symmetric to 1e-6 of their largest entry; round-off below that is averaged away).
     """
-    mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
+    mu1, mu2 = (np.atleast_1d(_stats_array(name, m)) for name, m in (("mu1", mu1), ("mu2", mu2)))
     for name, mu in (("mu1", mu1), ("mu2", mu2)):
         if sum(side > 1 for side in mu.shape) > 1:  # (1, D) and (D, 1), as torchmetrics keeps them, are vectors
             raise ValueError(f"{name} must be a (D,) vector, got shape {mu.shape}")
     mu1, mu2 = mu1.reshape(-1), mu2.reshape(-1)
-    s1, s2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
+    s1, s2 = (np.atleast_2d(_stats_array(name, s)) for name, s in (("sigma1", sigma1), ("sigma2", sigma2)))
     dim = mu1.size
     if mu2.size != dim or s1.shape != (dim, dim) or s2.shape != (dim, dim):
         raise ValueError(f"shapes do not match: mu1 {mu1.shape}, sigma1 {s1.shape}, "
                          f"mu2 {mu2.shape}, sigma2 {s2.shape}")
-    for name, a in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
-        if not np.isfinite(a).all():
-            raise ValueError(f"{name} has non-finite entries")
-    for name, a in (("sigma1", s1), ("sigma2", s2)):
-        if np.abs(a - a.T).max(initial=0.0) > 1e-6 * np.abs(a).max(initial=0.0):
-            raise ValueError(f"{name} is not symmetric (a covariance must be)")
+    _check_symmetric("sigma2", s2)  # sigma1 as the reference's cov, below
     # cov^½ Σ cov^½ grows as the features' scale to the fourth: in units of about 1 (a power of
     # two, exact) it neither overflows (NaN from features at 1e77) nor underflows (5e-200 for
     # 1.1e-200 at 1e-100); the distance scales by the square
@@ -217,20 +228,22 @@ class FrechetReference:
 
     @classmethod
     def from_stats(cls, mean: Any, cov: Any, *, name: str = "cov") -> "FrechetReference":
-        """From a (D,) mean and a (D, D) symmetric PSD covariance (``name`` is used in errors)."""
-        mean = np.asarray(mean, dtype=np.float64).reshape(-1)
-        cov = np.atleast_2d(np.asarray(cov, dtype=np.float64))
+        """From a (D,) mean and a (D, D) symmetric PSD covariance, finite (arrays, lists or
+        tensors; ``name`` is used in errors)."""
+        mean = _stats_array("mean", mean).reshape(-1)
+        cov = np.atleast_2d(_stats_array(name, cov))
         if cov.shape != (mean.size, mean.size):
             raise ValueError(f"shapes do not match: mean {mean.shape}, {name} {cov.shape}")
+        _check_symmetric(name, cov)
         cov = 0.5 * (cov + cov.T)
         return cls(mean, cov, _sqrt_psd(cov, name), float(np.trace(cov)))
 
     def distance(self, mu: Any, sigma: Any) -> float:
-        """Fréchet distance from N(mu, sigma) to this reference; sigma (D, D) symmetric PSD
-        (not checked: a covariance computed from features is PSD up to round-off, which the
-        clip of tiny negative eigenvalues absorbs)."""
-        mu = np.asarray(mu, dtype=np.float64).reshape(-1)
-        sigma = np.asarray(sigma, dtype=np.float64)
+        """Fréchet distance from N(mu, sigma) to this reference; mu (D,) and sigma (D, D) finite,
+        sigma symmetric PSD (its definiteness is not checked: a covariance computed from features
+        is PSD up to round-off, which the clip of tiny negative eigenvalues absorbs)."""
+        mu = _stats_array("mu", mu).reshape(-1)
+        sigma = _stats_array("sigma", sigma)
         if mu.shape != self.mean.shape or sigma.shape != self.cov.shape:
             raise ValueError(f"shapes do not match the reference's {self.mean.shape}: mu {mu.shape}, "
                              f"sigma {sigma.shape}")
