@@ -427,3 +427,28 @@ def test_kde_decides_its_scale_from_the_norms_and_passes_over_the_data_only_when
     assert len(calls) == 2
     # exact scaling: the same numbers, shifted by D·40·log 2 (the density's units)
     torch.testing.assert_close(tiny, ordinary + 8 * 40 * math.log(2.0), rtol=1e-12, atol=1e-9)
+
+
+def test_the_bandwidth_rules_take_arrays_and_name_bad_references():
+    # public helpers: a NumPy array failed with "no attribute 'to'", NaN gave a nan bandwidth
+    four = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [1.0, 1.0]])
+    pairs = np.sort(np.sqrt(_brute_sq_dist(four, four))[np.triu_indices(4, 1)])
+    assert median_bandwidth(four) == pytest.approx((pairs[2] + pairs[3]) / 2, rel=1e-15)
+    sigma = math.sqrt(four.var(axis=0, ddof=1).mean())                # Scott: σ̄ · N^(−1/(D+4))
+    assert scott_bandwidth(four) == pytest.approx(sigma * 4 ** (-1 / 6), rel=1e-14)
+    assert scott_bandwidth(four.tolist()) == scott_bandwidth(torch.from_numpy(four))
+    bad = four.copy()
+    bad[2, 1] = np.nan
+    for rule in (scott_bandwidth, median_bandwidth):
+        with pytest.raises(ValueError, match="reference has non-finite"):
+            rule(bad)
+    with pytest.raises(ValueError, match="max_points must be"):
+        median_bandwidth(four, max_points=1)
+
+
+def test_argument_slips_are_named_by_the_callers_names():
+    y = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="exclude_self needs samples and reference of equal length"):
+        local_support(y[:5], y, exclude_self=True)                    # it said "queries"
+    with pytest.raises(ValueError, match="chunk must be a positive integer, got 2.5"):
+        next(sq_distance_blocks(y, y, chunk=2.5))                     # it failed inside torch.empty

@@ -278,21 +278,21 @@ def nearest_neighbors(
     y = _flatten(r_name, reference)
     if x.shape[1] != y.shape[1]:
         raise ValueError(
-            f"queries and reference must have the same number of features, got {x.shape[1]} and {y.shape[1]}"
+            f"{q_name} and {r_name} must have the same number of features, got {x.shape[1]} and {y.shape[1]}"
         )
     if x.shape[1] == 0:  # every distance would read 0
-        raise ValueError(f"queries and reference have no features (shapes {tuple(x.shape)} and {tuple(y.shape)})")
+        raise ValueError(f"{q_name} and {r_name} have no features (shapes {tuple(x.shape)} and {tuple(y.shape)})")
     if x.device != y.device:
-        raise ValueError(f"queries and reference must be on the same device, got {x.device} and {y.device}")
+        raise ValueError(f"{q_name} and {r_name} must be on the same device, got {x.device} and {y.device}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     exclude_self = check_flag("exclude_self", exclude_self)
     if exclude_self and x.shape[0] != y.shape[0]:
         raise ValueError(
-            f"exclude_self needs queries and reference of equal length, got {x.shape[0]} and {y.shape[0]}"
+            f"exclude_self needs {q_name} and {r_name} of equal length, got {x.shape[0]} and {y.shape[0]}"
         )
     if exclude_self and y.shape[0] < 2:
-        raise ValueError(f"exclude_self needs a reference of at least 2 rows, got {y.shape[0]}")
+        raise ValueError(f"exclude_self needs a {r_name} of at least 2 rows, got {y.shape[0]}")
     n_ref = y.shape[0] - (1 if exclude_self else 0)
     count = as_scalar(k)  # a 0-d tensor or array counts, as in checks.check_integer
     if not (is_integer(count) and 1 <= count <= n_ref):

@@ -208,8 +208,13 @@ class KDELogDensity:
         return pd.DataFrame({"kde_log_density": self.log_density.cpu().numpy()})
 
 
-def scott_bandwidth(reference: Tensor) -> float:
-    """Scott's rule for an isotropic kernel: ``h = σ̄ · N^(−1/(D+4))``, σ̄² = mean coordinate variance."""
+def scott_bandwidth(reference: Any) -> float:
+    """Scott's rule for an isotropic kernel: ``h = σ̄ · N^(−1/(D+4))``, σ̄² = mean coordinate
+    variance; ``reference`` (N, ...) rows, finite (a tensor, array or list; flattened to features)."""
+    return _scott(as_features(reference, argument="reference"))
+
+
+def _scott(reference: Tensor) -> float:
     n, dim = reference.shape
     if n < 2:
         raise ValueError("Scott's rule needs at least 2 references")
@@ -223,13 +228,19 @@ def scott_bandwidth(reference: Tensor) -> float:
     return sigma * n ** (-1.0 / (dim + 4))
 
 
-def median_bandwidth(reference: Tensor, max_points: int = 2000, seed: int = 0) -> float:
+def median_bandwidth(reference: Any, max_points: int = 2000, seed: int = 0) -> float:
     """Median heuristic: h = median distance between distinct references (Gretton et al.); for
-    an even number of pairs the mean of the two middle distances.
+    an even number of pairs the mean of the two middle distances. ``reference`` (N, ...) rows,
+    finite (a tensor, array or list; flattened to features).
 
-    Uses a seeded random subset of at most ``max_points`` references (the median of ~2·10⁶
+    Uses a seeded random subset of at most ``max_points`` (≥ 2) references (the median of ~2·10⁶
     pairs is stable to well under a percent).
     """
+    max_points = check_integer("max_points", max_points, 2)
+    return _median(as_features(reference, argument="reference"), max_points, seed)
+
+
+def _median(reference: Tensor, max_points: int = 2000, seed: int = 0) -> float:
     n = reference.shape[0]
     if n < 2:
         raise ValueError("the median heuristic needs at least 2 references")
@@ -257,8 +268,7 @@ def sq_distance_blocks(x: Tensor, y: Tensor, *, chunk: int = 8192, batch_chunk: 
     ``d2`` is a view of one buffer that the next block overwrites (a fresh block each time
     would be paid in page faults): reduce it or clone it before advancing the iterator.
     """
-    if chunk < 1 or batch_chunk < 1:
-        raise ValueError(f"chunk and batch_chunk must be >= 1, got {chunk}, {batch_chunk}")
+    chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
     dtype, centre, yc, y_sq = _centred_reference(x, y)
     blas = gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
     shape = (min(batch_chunk, x.shape[0]), min(chunk, y.shape[0]))
@@ -320,8 +330,7 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
     are measured as given; scaled ones no longer under- or overflow (float32 data at 1e-20:
     1/h² ≈ 4e40 overflowed float32 to NaN).
     """
-    if chunk < 1 or batch_chunk < 1:
-        raise ValueError(f"chunk and batch_chunk must be >= 1, got {chunk}, {batch_chunk}")
+    chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
     centre = column_mean(y, block_size(y.device, 8 * y.shape[1], y.shape[0]))
     dtype, centre, yc, y_sq = _centred_reference(x, y, 0, centre)
     x_sq = row_sq_norms(x, torch.float64, centre=centre)
@@ -429,9 +438,9 @@ def kde_log_density(samples: Any, reference: Any,
         check_same_rows("samples", x, "reference", y)
     if isinstance(bandwidth, str):
         if bandwidth == "scott":
-            h = scott_bandwidth(y)
+            h = _scott(y)  # y is checked features already
         elif bandwidth == "median":
-            h = median_bandwidth(y, seed=seed)
+            h = _median(y, seed=seed)
         else:
             raise ValueError(f"bandwidth must be 'scott', 'median' or a positive float, got {bandwidth!r}")
         rule = bandwidth
