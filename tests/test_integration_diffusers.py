@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 
@@ -226,6 +227,12 @@ def test_unsupported_configurations_raise(transformer, conditions):
         inverted.set_timesteps(4)
         with pytest.raises(ValueError, match="strictly decreasing"):
             inverted.step(out, inverted.timesteps[0], x)
+    # sigmas=np.linspace(1, 0, N) ends at 0 and the scheduler appends its own: the repeated pair is
+    # named with the fix (the message blamed invert_sigmas and showed the first four σ, all fine)
+    ending_at_zero = KineticFlowMatchEulerScheduler()
+    ending_at_zero.set_timesteps(sigmas=np.linspace(1.0, 0.0, 5).tolist())
+    with pytest.raises(ValueError, match=r"σ\[4\] = 0, σ\[5\] = 0: the sigmas given end at 0 .* leave the final 0 out"):
+        ending_at_zero.step(out, ending_at_zero.timesteps[0], x)
     if "stochastic_sampling" in options:
         stochastic = KineticFlowMatchEulerScheduler(stochastic_sampling=True)
         stochastic.set_timesteps(4)

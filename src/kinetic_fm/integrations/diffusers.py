@@ -156,10 +156,14 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         if sigmas.dim() != 1 or sigmas.numel() < 2:
             raise ValueError(f"scheduler.sigmas must be a 1-D grid with at least 2 values, got {tuple(sigmas.shape)}")
         if not bool((sigmas[1:] < sigmas[:-1]).all()):
-            raise ValueError(
-                "the σ grid must be strictly decreasing (noise to data); got "
-                f"{sigmas.tolist()[:4]}... (invert_sigmas schedules are not supported)"
-            )
+            i = int(torch.nonzero(sigmas[1:] >= sigmas[:-1])[0])
+            pair = f"σ[{i}] = {float(sigmas[i]):g}, σ[{i + 1}] = {float(sigmas[i + 1]):g}"
+            if i + 2 == sigmas.numel() and float(sigmas[i]) == 0.0:
+                why = (f"{pair}: the sigmas given end at 0 and the scheduler appends its own 0, a step of "
+                       "length 0; leave the final 0 out (np.linspace(1, 0, N + 1)[:-1] for N steps)")
+            else:
+                why = f"{pair} (invert_sigmas schedules are not supported)"
+            raise ValueError(f"the σ grid must be strictly decreasing (noise to data); {why}")
         times = 1.0 - sigmas
         sigma_list = sigmas.tolist()
         self.times = times
