@@ -879,6 +879,29 @@ def test_parquet_columns_left_out_are_named(tmp_path, capsys):
                       f"left out ['name'] (not numbers); name a column with a key to read one alone"]
 
 
+def test_a_pandas_index_saved_in_parquet_is_no_feature(tmp_path, recwarn):
+    # a filtered or shuffled DataFrame keeps its row labels as a column that pandas reads back as the
+    # index; they were read as a 4th coordinate: 20 near-copies audited F_mem 0.05, not 1
+    import pandas as pd
+
+    from kinetic_fm.metrics._arrays import load_array
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 3))
+    samples = train[:20] + 0.01 * rng.normal(size=(20, 3))
+    shuffled = pd.DataFrame(train, columns=list("abc")).sample(frac=1, random_state=0)
+    shuffled.to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame(samples, columns=list("abc"), index=range(0, 40, 2)).to_parquet(tmp_path / "samples.parquet")
+    pd.DataFrame(train, columns=list("abc"), index=pd.Index(np.arange(50) * 7, name="item")).to_parquet(
+        tmp_path / "named.parquet")
+    assert load_array(tmp_path / "train.parquet").tolist() == shuffled.to_numpy().tolist()
+    assert load_array(tmp_path / "named.parquet").tolist() == train.tolist()
+    assert not recwarn.list                                           # nothing "left out" to warn of
+    assert main(["memorization", "--samples", str(tmp_path / "samples.parquet"), "--train",
+                 str(tmp_path / "train.parquet"), "--no-progress"]) == 0
+    assert kfm.memorization(load_array(tmp_path / "samples.parquet"), train, bootstrap=0).fraction == 1.0
+
+
 def test_a_sample_runs_table_without_x_is_named_as_such(tmp_path, capsys):
     # its seeds and energies read as 9 features: "got 9 and 64 features" said nothing of --no-save-x
     assert main(["sample", "--field", "gaussian", "--dim", "4", "--n", "3", "--steps", "2", "--no-save-x",

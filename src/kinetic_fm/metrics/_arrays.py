@@ -147,10 +147,15 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
     if {"seed", "kpe", "kpe_raw"} <= set(table.column_names):  # its energies are no features
         raise ValueError(f"{path}: a kfm sample results table without its samples' 'x' column "
                          "(was the run made with --no-save-x?)")
-    numeric = [f.name for f in table.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+    # a DataFrame saved with an index other than 0..n−1 (after a filter or a shuffle) keeps it as a
+    # column that pandas reads back as the index: row labels, no feature (they became one)
+    index = [name for name in ((table.schema.pandas_metadata or {}).get("index_columns") or [])
+             if isinstance(name, str)]
+    numeric = [f.name for f in table.schema
+               if f.name not in index and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
     if not numeric:
         raise ValueError(f"{path}: no numeric or list columns")
-    left_out = [name for name in table.column_names if name not in numeric]
+    left_out = [name for name in table.column_names if name not in numeric and name not in index]
     if left_out:  # e.g. file names beside the features: say so, or a later size mismatch is a puzzle
         warnings.warn(f"{path}: read the {len(numeric)} numeric columns; left out {left_out} "
                       f"(not numbers); name a column with a key to read one alone", stacklevel=3)
