@@ -289,3 +289,22 @@ def test_seed_flags_take_0_to_2_63_minus_1_and_integers_only():
     for text in (str(2**63), "-1", "1.5", "1e3", "one"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"must be an integer in \[0, 2\*\*63\)"):
             seed_number(text)
+
+
+@pytest.mark.parametrize("command,flag", [("reproduce", "--out"), ("sample", "--out"), ("train", "--out"),
+                                          ("memorization", "--samples"), ("memorization", "--train"),
+                                          ("reproduce", "--classifier"), ("sample", "--figure")])
+def test_an_empty_value_is_refused_by_its_flag_not_read_as_the_working_folder(tmp_path, capsys, monkeypatch,
+                                                                               command, flag):
+    # Path("") is ".": `--out "$OUT"` with OUT unset wrote a whole reproduce run into the working
+    # folder, `--classifier ""` ran without the judge asked for, `--samples ""` read "." as images
+    argv = _commands(tmp_path, "cpu")[command]
+    argv = argv[:argv.index(flag) + 1] + [" "] + argv[argv.index(flag) + 2:] if flag in argv else argv + [flag, ""]
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert f"kfm {command}: error: {flag} is empty (a shell variable left unset?)" in capsys.readouterr().err
+    assert not any(work.iterdir())

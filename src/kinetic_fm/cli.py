@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the sub-command's parser, so the hint names its own --help
         args._commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    _refuse_empty_values(args._commands[args.command], args)
     try:
         with warnings.catch_warnings(), _stdout_reader_may_leave():  # both restored when the command returns
             warnings.showwarning = _one_line_warning(args.command)
@@ -84,6 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if hasattr(args, "resume") else "")
         print(f"kfm {args.command}: interrupted{': ' + hint if hint else ''}", file=sys.stderr)
         return 130
+
+
+def _refuse_empty_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """No option takes an empty or blank value: as a path, Path("") is the working folder, so
+    ``--out "$OUT"`` with OUT unset filled it with a run, ``--model ""`` sampled the default field
+    and ``--samples ""`` audited the images lying there."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.option_strings and isinstance(value, str) and not value.strip():
+            parser.error(f"{action.option_strings[-1]} is empty (a shell variable left unset?)")
 
 
 class _ReaderMayLeave:
