@@ -1285,7 +1285,7 @@ def test_goldilocks_resamples_come_from_the_memorization_config(tiny_report, tmp
 
 
 def test_the_reports_bounds_round_outwards_and_its_counts_are_stated(tiny_report):
-    """"median KPE ≤ r×" is the largest subset median rounded up (it was rounded to nearest: 1.107
+    """The median of KPE / ½‖x1 − x0‖² "≤ r" is the largest subset median rounded up (it was rounded to nearest: 1.107
     for 1.10708); the Goldilocks note states its resample count, and the memorizer section its τ."""
     import math
     import re
@@ -1301,7 +1301,7 @@ def test_the_reports_bounds_round_outwards_and_its_counts_are_stated(tiny_report
         run = torch.load(path, weights_only=True)
         medians.append(float(np.median((run["kpe"] / straight_line_energy(run)).numpy())))
     largest = max(medians)
-    shown = float(re.search(r"median KPE ≤ ([\d.]+)× the straight-line", text).group(1))
+    shown = float(re.search(r"KPE / ½‖x1 − x0‖² \(its straight-line energy\) is ≤ ([\d.]+)", text).group(1))
     assert shown == math.ceil(largest * 1000) / 1000 and shown >= largest
     assert f"({min(200, cfg.memorization.bootstrap)} permutations and as many paired resamples" in text
     assert "late energy is spent at t ≥ τ = 0.6, the sampler's default split" in text

@@ -68,7 +68,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         out.tables[f"efm_n{n}"] = frame
         rows.append({"atoms N": n, "F_mem": audit.fraction, "F_mem CI low": audit.ci[0], "F_mem CI high": audit.ci[1],
                      "median KPE": float(np.median(run["kpe"].numpy())),
-                     "median KPE / straight-line energy": float(np.median((run["kpe"] / straight).numpy())),
+                     "median of KPE / straight-line energy": float(np.median((run["kpe"] / straight).numpy())),
                      # the bound covers the batch's share (Σ late / Σ KPE), not each sample's
                      "batch's share of energy after t = 0.9": float(energy_after(run, 0.9).sum() / run["kpe"].sum()),
                      "bound on that share (Jensen)": share_bound,
@@ -82,7 +82,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
     late_share = float(table["batch's share of energy after t = 0.9"].max())
     late_bound = float(table["bound on that share (Jensen)"].max())
     late_single = float(table["largest sample's share"].max())
-    straightness = float(table["median KPE / straight-line energy"].max())
+    straightness = float(table["median of KPE / straight-line energy"].max())
     spike_verdict, spike_low, spike_high = late_spike_verdict(late_energy, energy)
     copies = Claim(
         "memorization", "The exact empirical flow reproduces training copies",
@@ -101,17 +101,17 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         "memorization", "EFM trajectories spend their energy at the very end (late spike)",
         "the 1/(1 − t) factor makes late energy extreme",
         f"each batch spends at most {_percent_up(late_share)} of its energy after t = 0.9 (10% would be uniform; "
-        f"no single sample more than {_percent_up(late_single)}); median KPE ≤ {_up(straightness)}× the straight-line "
-        "energy ½‖x1 − x0‖² (bounds rounded up)", int(cfg.efm_samples),
+        f"no single sample more than {_percent_up(late_single)}); the median of each sample's KPE / ½‖x1 − x0‖² "
+        f"(its straight-line energy) is ≤ {_up(straightness)} (bounds rounded up)", int(cfg.efm_samples),
         f"share after t = 0.9, Fieller {bonferroni_level(len(sizes))} CI: "
         + "; ".join(fmt_ci(lo, hi, f"N = {n}", decimals=3, signed=False)
                                             for n, lo, hi in zip(sizes, spike_low, spike_high)),
         spike_verdict,
         f"Fieller intervals at {bonferroni_level(len(sizes))} (Bonferroni over the {len(sizes)} "
-        "subsets); reproduced when some subset's lies above one half of the energy after t = 0.9, not reproduced "
+        "subsets); reproduced when some subset's interval lies above a share of 0.5 after t = 0.9, not reproduced "
         "when every one lies below. Exact EFM commits to its atom early and then moves in a straight line at "
         "constant speed; "
-        "1/(1 − t) only bites off the atoms. Since v* = E[y − x0 | x_t], the mean power at any t is at "
+        "the 1/(1 − t) factor only acts on points away from the atoms. Since v* = E[y − x0 | x_t], the mean power at any t is at "
         f"most ½(E‖y‖² + D), which caps the share after t = 0.9 at {_percent_up(late_bound)} here")
     claims = [copies, spike]
     section = Section(

@@ -171,8 +171,9 @@ def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:
         "number. Each row's note gives its rule. Intervals of differences of Fréchet distances are basic "
         "bootstrap intervals (the resampled differences reflected about the estimate): the FD estimator's "
         "bias grows with a set's spread and a resample adds about as much again, so percentile intervals "
-        "would centre near twice the difference of the biases; intervals of F_mem and of ρ are percentile "
-        "or BCa ones, as their notes say."
+        "would centre near twice the difference of the biases; intervals of one set's F_mem are Wilson "
+        "intervals, of a difference of F_mem paired percentile bootstrap ones, and of ρ BCa (or percentile) "
+        "ones, as their notes say."
     )
     if mode == "tiny":
         intro += (
