@@ -1285,8 +1285,8 @@ def test_goldilocks_resamples_come_from_the_memorization_config(tiny_report, tmp
 
 
 def test_the_reports_bounds_round_outwards_and_its_counts_are_stated(tiny_report):
-    """The median of KPE / ½‖x1 − x0‖² "≤ r" is the largest subset median rounded up (it was rounded to nearest: 1.107
-    for 1.10708); the Goldilocks note states its resample count, and the memorizer section its τ."""
+    """The median of KPE / ½‖x1 − x0‖² "≤ r" is the largest subset median rounded up (it was
+    rounded to nearest: 1.107 for 1.10708); the Goldilocks note states its resample count, and the memorizer section its τ."""
     import math
     import re
 

@@ -110,8 +110,8 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         f"Fieller intervals at {bonferroni_level(len(sizes))} (Bonferroni over the {len(sizes)} "
         "subsets); reproduced when some subset's interval lies above a share of 0.5 after t = 0.9, not reproduced "
         "when every one lies below. Exact EFM commits to its atom early and then moves in a straight line at "
-        "constant speed; "
-        "the 1/(1 − t) factor only acts on points away from the atoms. Since v* = E[y − x0 | x_t], the mean power at any t is at "
+        "constant speed; the 1/(1 − t) factor only acts on points away from the atoms. "
+        "Since v* = E[y − x0 | x_t], the mean power at any t is at "
         f"most ½(E‖y‖² + D), which caps the share after t = 0.9 at {_percent_up(late_bound)} here")
     claims = [copies, spike]
     section = Section(
