@@ -31,6 +31,20 @@ def test_tiny_digits_classifier_generalises_and_is_deterministic():
         train_classifier(ds.images[:, 0], ds.labels)
 
 
+def test_uint8_images_and_int32_labels_train_the_judge_as_their_float_and_int64_equivalents():
+    # SmallCNN reads integer pixels as x/127.5 − 1, but training added its noise first, making
+    # uint8 batches float 0..255, which it kept as they were: a judge trained on the wrong scale
+    # (test accuracy 0.16 for 0.68); int32 labels failed in cross_entropy
+    pixels = torch.randint(0, 256, (60, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    labels = torch.arange(60) % 3
+    kwargs = dict(steps=5, batch_size=16, width=4, seed=1)
+    as_floats = train_classifier(pixels.float() / 127.5 - 1.0, labels, **kwargs)
+    as_pixels = train_classifier(pixels, labels.to(torch.int32), test=(pixels, labels), **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(as_floats.model.state_dict().values(),
+                                                 as_pixels.model.state_dict().values()))
+    assert as_pixels.test_accuracy == float((as_floats.model(pixels).argmax(1) == labels).double().mean())
+
+
 def test_classifier_refuses_fewer_than_two_classes_and_negative_labels():
     # before: one class trained a constant classifier (margin undefined), -1 an IndexError in the loss
     images = torch.zeros(8, 1, 8, 8)
