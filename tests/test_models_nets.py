@@ -17,6 +17,28 @@ def test_time_embedding_is_sin_cos_of_scaled_time():
         SinusoidalTimeEmbedding(7)
 
 
+def test_a_float64_net_embeds_its_time_in_float64():
+    # t.float() made a float64 net's embedding 3e-5 off the formula and the net a step function of t
+    # (60 times 1e-9 apart around 0.7 gave 2 distinct velocities)
+    import math
+
+    emb = SinusoidalTimeEmbedding(16).double()
+    t = torch.tensor([0.0, 0.3, 0.7, 0.7 + 1e-9, 1.0], dtype=torch.float64)
+    freqs = [math.exp(-math.log(10_000.0) * k / 8) for k in range(8)]
+    expected = torch.tensor([[f(1000.0 * s * q) for f in (math.sin, math.cos) for q in freqs] for s in t.tolist()],
+                            dtype=torch.float64)
+    torch.testing.assert_close(emb(t), expected, rtol=0, atol=1e-12)
+    net = VelocityMLP(2, hidden=16, depth=2, time_dim=16).double()
+    x = torch.ones(60, 2, dtype=torch.float64)
+    v = net(x, 0.7 + 1e-9 * torch.arange(60, dtype=torch.float64))
+    assert len(set(v[:, 0].tolist())) == 60
+    # other dtypes embed as before: float32 arithmetic on the float32 frequencies
+    t32 = t.float()
+    single = SinusoidalTimeEmbedding(16)
+    angle = (1000.0 * t32)[:, None] * single.freqs[None, :]
+    assert torch.equal(single(t32), torch.cat([angle.sin(), angle.cos()], 1))
+
+
 @pytest.mark.parametrize("make, shape", [
     (lambda: VelocityMLP(2, hidden=32, depth=2), (2,)),
     (lambda: VelocityMLP((1, 8, 8), hidden=32, depth=1), (1, 8, 8)),

@@ -34,6 +34,8 @@ class SinusoidalTimeEmbedding(nn.Module):
     """t in [0, 1] -> (B, dim) features [sin(s·t·f_k), cos(s·t·f_k)], f_k = max_period^(-k/(dim/2)).
 
     ``scale`` (default 1000) stretches [0, 1] so the fastest frequencies resolve small time steps.
+    Float64 times (a float64 net's) are embedded in float64 throughout; any other dtype in float32,
+    as the weights were trained.
     """
 
     def __init__(self, dim: int, *, scale: float = 1000.0, max_period: float = 10_000.0):
@@ -43,10 +45,16 @@ class SinusoidalTimeEmbedding(nn.Module):
         half = dim // 2
         freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
         self.register_buffer("freqs", freqs, persistent=False)
-        self.dim, self.scale = dim, scale
+        self.dim, self.scale, self.max_period = dim, scale, max_period
 
     def forward(self, t: Tensor) -> Tensor:
-        angle = (self.scale * t.float())[:, None] * self.freqs[None, :]
+        if t.dtype == torch.float64:  # t.float() made a float64 net a step function of t (steps ~6e-8)
+            half = self.dim // 2
+            freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float64, device=t.device)
+                              / half)
+            angle = (self.scale * t)[:, None] * freqs[None, :]
+        else:
+            angle = (self.scale * t.float())[:, None] * self.freqs[None, :]
         return torch.cat([angle.sin(), angle.cos()], dim=1)
 
 
