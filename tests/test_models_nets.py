@@ -353,3 +353,18 @@ def test_class_conditional_nets_name_a_bad_y(make, shape, y, message):
     with pytest.raises(ValueError, match=message):
         net(torch.zeros(shape), torch.zeros(shape[0]), y)
     assert net(torch.zeros(shape), torch.zeros(shape[0]), torch.tensor([0, 1, 2, 3])).shape == shape
+
+
+def test_narrow_integer_labels_condition_as_int64_and_a_net_saves_as_its_own_ema(tmp_path):
+    # uint8/int8/int16 labels passed the label check, then failed in nn.Embedding; save_model(net,
+    # ema=net) failed in safetensors ("Some tensors share memory")
+    from kinetic_fm.models import load_model, save_model
+
+    net = VelocityMLP(2, hidden=8, depth=1, num_classes=3)
+    x, labels = torch.randn(4, 2, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3])
+    expected = net(x, 0.5, labels)
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        assert torch.equal(net(x, 0.5, labels.to(dtype)), expected)
+    save_model(net, tmp_path / "net.safetensors", ema=net)
+    for weights in ("ema", "model"):
+        assert torch.equal(load_model(tmp_path / "net.safetensors", weights=weights)(x, 0.5, labels), expected)

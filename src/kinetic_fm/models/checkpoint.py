@@ -71,7 +71,14 @@ def save_weights(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: 
     umask's permissions like every other file written here."""
     from safetensors.torch import save
 
-    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    flat, storages = {}, set()
+    for name, value in tensors.items():
+        value = value.detach().to("cpu").contiguous()
+        storage = value.untyped_storage().data_ptr()
+        if value.numel() and storage in storages:  # safetensors refuses tensors sharing memory
+            value = value.clone()                   # (save_model(net, path, ema=net))
+        storages.add(storage)
+        flat[name] = value
     # save_file creates its file with mode 0600 whatever the umask; the bytes written by Python
     # get the umask's mode (one extra copy of the weights in memory, small for the nets saved here)
     _atomic_write(Path(path), lambda tmp: tmp.write_bytes(save(flat, metadata=metadata)))

@@ -67,7 +67,7 @@ def conditioning(time_embed: nn.Module, class_embed: nn.Module | None, null_clas
         if y is None:
             y = torch.full((x.shape[0],), null_class, dtype=torch.long, device=x.device)
         _check_labels(y, x.shape[0], null_class)
-        c = c + class_embed(y)
+        c = c + class_embed(y.long())  # nn.Embedding takes int64 or int32 only (uint8 labels failed there)
     return torch.nn.functional.silu(c)
 
 
