@@ -123,8 +123,22 @@ def test_a_run_folder_loads_final_first_strictly_and_in_eval_mode(tmp_path):
     small = VelocityMLP((2,), hidden=8, depth=1)
     state = {f"model.{k}": v for k, v in list(small.state_dict().items())[:-1]}
     save_weights(state, tmp_path / "partial.safetensors", model_metadata(small))
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(ValueError, match=r"partial.safetensors: its 'model' weights do not rebuild .*Missing key"):
         load_model(tmp_path / "partial.safetensors", weights="model")
+    # damaged metadata, a config the tensors do not fit, a net the file does not fit: each names the
+    # file (they were torch's or json's own errors, naming none)
+    import json
+
+    from safetensors.torch import save_file
+
+    good = {f"ema.{k}": v for k, v in small.state_dict().items()}
+    for name, config in (("json", "{cut"), ("wider", json.dumps({**small.config, "hidden": 16})),
+                         ("unknown", json.dumps({"shape": [2], "width": 8})), ("list", "[2, 8]")):
+        save_file(good, tmp_path / f"{name}.safetensors", metadata={"kinetic_fm.kind": "mlp", "kinetic_fm.config": config})
+        with pytest.raises(ValueError, match=rf"^{tmp_path / name}.safetensors: its "):
+            load_model(tmp_path / f"{name}.safetensors")
     net = VelocityMLP((2,), hidden=8, depth=1).train()
     save_weights(net.state_dict(), tmp_path / "w.safetensors")
     assert not load_into(VelocityMLP((2,), hidden=8, depth=1).train(), tmp_path / "w.safetensors").training
+    with pytest.raises(ValueError, match=r"w.safetensors: does not fit VelocityMLP \(Error\(s\) in loading"):
+        load_into(VelocityMLP((2,), hidden=16, depth=1), tmp_path / "w.safetensors")

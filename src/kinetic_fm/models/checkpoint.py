@@ -174,7 +174,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     for key, value in meta.items():
         if key.startswith("kinetic_fm."):
             name = key.removeprefix("kinetic_fm.")
-            out[name] = value if name == "kind" else json.loads(value)
+            try:
+                out[name] = value if name == "kind" else json.loads(value)
+            except ValueError as err:
+                raise ValueError(f"{path}: its metadata {key!r} is not valid JSON ({err})") from None
     return out
 
 
@@ -234,11 +237,15 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:
         raise ValueError(f"{path}: holds no {weights!r} weights")
-    model = build_model(meta["kind"], meta["config"])
-    stored = {v.dtype for v in state.values() if v.is_floating_point()}
-    if stored == {torch.float64}:  # a float64 net comes back float64 (load_state_dict rounded it into float32)
-        model = model.double()
-    model.load_state_dict(state)
+    try:
+        model = build_model(meta["kind"], meta["config"])
+        stored = {v.dtype for v in state.values() if v.is_floating_point()}
+        if stored == {torch.float64}:  # a float64 net comes back float64 (load_state_dict rounded it into float32)
+            model = model.double()
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as err:  # a config or tensors that do not make the net
+        raise ValueError(f"{path}: its {weights!r} weights do not rebuild the {meta['kind']!r} net its "
+                         f"metadata describes ({' '.join(str(err).split())})") from None
     return model.eval()
 
 
@@ -255,7 +262,10 @@ def load_into(net: nn.Module, path: str | os.PathLike, *, strict: bool = True,
             (the paper's nets, T = 1000), give T and get the net wrapped in
             ``kinetic_fm.DiscreteTime`` (a velocity ``v(x, t)``; the module itself stays ``net``).
     """
-    net.load_state_dict(load_weights(path), strict=strict)
+    try:
+        net.load_state_dict(load_weights(path), strict=strict)
+    except RuntimeError as err:  # missing, unexpected or mismatched tensors, in torch's words
+        raise ValueError(f"{path}: does not fit {type(net).__name__} ({' '.join(str(err).split())})") from None
     net.eval()
     if num_timesteps is None:
         return net
