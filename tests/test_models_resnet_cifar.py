@@ -65,3 +65,16 @@ def test_integer_images_are_read_as_pixels_in_0_255(make):
         net.logits(torch.tensor([-1, 3]).repeat(2, 3, 16, 16))
     with pytest.raises(ValueError, match="images must hold real numbers"):
         net.logits(pixels > 100)
+
+
+def test_a_file_of_other_weights_is_named_as_such(tmp_path):
+    # a state dict without layer1 tensors read as depth 2 ("depth must be 6n + 2, got 2"); one with
+    # them but the wrong shapes failed in torch's words, naming no file
+    torch.save({"state_dict": {"module.fc.weight": torch.zeros(10, 4)}}, tmp_path / "resnet56-other.th")
+    with pytest.raises(ValueError, match=r"resnet56-other.th: not a CIFAR-10 ResNet's weights"):
+        load_cifar_resnet(tmp_path / "resnet56-other.th")
+    state = CifarResNet(20).state_dict()
+    state["linear.weight"] = torch.zeros(7, 64)
+    torch.save({"state_dict": state}, tmp_path / "resnet20-seven.th")
+    with pytest.raises(ValueError, match=r"resnet20-seven.th: does not fit a CIFAR-10 ResNet-20 \(.*size mismatch"):
+        load_cifar_resnet(tmp_path / "resnet20-seven.th")

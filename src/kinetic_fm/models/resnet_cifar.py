@@ -86,19 +86,25 @@ class CifarResNet(nn.Module):
 def load_cifar_resnet(path: str | os.PathLike, depth: int | None = None) -> CifarResNet:
     """Pretrained CIFAR-10 ResNet from a ``.th`` file (``{'state_dict': ...}``, ``module.`` keys).
 
-    ``depth`` defaults to the number in the file name (``resnet56-....th`` -> 56) or, failing
-    that, to what the weights imply. Loaded with ``weights_only=True``; returned in eval mode.
+    ``depth`` defaults to what the weights imply (the blocks of their first stage); given, it
+    must agree. Loaded with ``weights_only=True``; returned in eval mode. ValueError naming the
+    file for one that holds no CIFAR ResNet's weights.
     """
     path = Path(path)
     state = load_weights(path)
     blocks = {k.split(".")[1] for k in state if k.startswith("layer1.")}
+    if not blocks or "conv1.weight" not in state:  # read as depth 2: "depth must be 6n + 2, got 2"
+        raise ValueError(f"{path}: not a CIFAR-10 ResNet's weights (no conv1 and layer1 tensors)")
     implied = 6 * len(blocks) + 2
     if depth is None:
         depth = implied
     elif depth != implied:
         raise ValueError(f"{path}: holds a ResNet-{implied}, but depth={depth} was asked")
     model = CifarResNet(depth)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: does not fit a CIFAR-10 ResNet-{depth} ({' '.join(str(err).split())})") from None
     return model.eval()
 
 
