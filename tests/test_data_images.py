@@ -120,6 +120,39 @@ def test_corrupt_and_missing_files_are_named(tmp_path):
         load_image_folder(tmp_path, subdir="train")
 
 
+def test_a_damaged_archive_member_and_an_oversized_image_are_named(tmp_path, monkeypatch):
+    # zipfile's "Bad CRC-32" and PIL's DecompressionBombError came out raw, naming neither file
+    _write_tree(tmp_path / "tree", classes=("a",), per_class=1)
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.write(tmp_path / "tree" / "a" / "0.png", "a/0.png")
+    data = bytearray((tmp_path / "bad.zip").read_bytes())
+    data[100] ^= 0xFF                                                 # inside the stored PNG's bytes
+    (tmp_path / "bad.zip").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"bad.zip:a/0.png: cannot be read from the archive \(Bad CRC-32"):
+        load_image_folder(tmp_path / "bad.zip")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)               # 6x5 = 30 pixels: over twice the limit
+    with pytest.raises(ValueError, match=r"0.png: not a readable image file \(Image size \(30 pixels\)"):
+        load_image_folder(tmp_path / "tree")
+
+
+def test_one_class_folder_is_unlabelled_and_equal_natural_names_keep_one_order(tmp_path):
+    # all images in one folder (zip -r faces.zip faces/) made a "labelled" set of one class, which the
+    # studies refused; 1.png, 01.png, 001.png tie in the natural order and came out in listing
+    # order, which differs between a folder and its zip
+    root = tmp_path / "faces" / "all"
+    root.mkdir(parents=True)
+    for name in ("1.png", "01.png", "001.png", "2.png"):
+        Image.fromarray(np.full((4, 4, 3), len(name), dtype=np.uint8)).save(root / name)
+    with zipfile.ZipFile(tmp_path / "faces.zip", "w") as zf:
+        for name in ("01.png", "2.png", "1.png", "001.png"):
+            zf.write(root / name, f"all/{name}")
+    folder, archive = load_image_folder(tmp_path / "faces"), load_image_folder(tmp_path / "faces.zip")
+    assert folder.labels is None and folder.classes is None and archive.labels is None
+    assert image_names(tmp_path / "faces") == ["all/001.png", "all/01.png", "all/1.png", "all/2.png"]
+    assert image_names(tmp_path / "faces.zip") == image_names(tmp_path / "faces")
+    assert torch.equal(folder.images, archive.images)
+
+
 def test_celeba_preprocessing_on_synthetic_faces(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(4):

@@ -11,6 +11,7 @@ import io
 import os
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -111,11 +112,18 @@ class ImageSource:
             ]
         else:
             raise ValueError(f"{self.path}: expected a folder of images or a zip archive of images")
-        self.names: list[str] = sorted((n for n in names if not _macos_metadata(n)), key=_natural_key)
+        # ties of the natural order (1.png, 01.png) by name: the listing order differs between a
+        # folder and its zip, and so did the rows and every --n subset
+        self.names: list[str] = sorted((n for n in names if not _macos_metadata(n)),
+                                       key=lambda n: (_natural_key(n), n))
 
     def read(self, name: str) -> bytes:
         if self._zip is not None:
-            return self._zip.read(name)
+            try:
+                return self._zip.read(name)
+            except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as err:
+                # a damaged member (bad CRC), an encrypted one, an unsupported compression
+                raise ValueError(f"{self.describe(name)}: cannot be read from the archive ({err})") from None
         return (self.path / name).read_bytes()
 
     def describe(self, name: str) -> str:
@@ -174,7 +182,7 @@ def decode_image(
             if size is not None and img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BICUBIC)
             array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{name}: not a readable image file ({err})") from None
     return array[..., None] if array.ndim == 2 else array
 
@@ -269,7 +277,8 @@ def load_image_folder(
             one top-level folder of the archive (``cifar10/train/...``).
         size, crop, grayscale: see :func:`decode_image`. Without ``size`` all images must share a size.
         labels_from_folders: label each image by its parent folder name (classes sorted
-            alphabetically); images directly under the root make the labels None.
+            alphabetically); images directly under the root, or all in one folder (``zip -r
+            faces.zip faces/``), make the labels None: one class is no labelling.
         n, indices, seed: subset selection before decoding, see :func:`~kinetic_fm.data.subset.select_indices`.
 
     Returns:
@@ -281,6 +290,8 @@ def load_image_folder(
             raise FileNotFoundError(f"{path}: contains no image files ({', '.join(IMAGE_EXTENSIONS)})")
         names = [name for name, _ in pairs]
         classes, all_labels = _folder_labels([rel for _, rel in pairs]) if labels_from_folders else (None, None)
+        if classes is not None and len(classes) < 2:  # the studies refused a "labelled" set of one class
+            classes, all_labels = None, None
         chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
         array = decode_many(source, [names[i] for i in chosen.tolist()],
                             grayscale=grayscale, crop=crop, size=size, progress=progress)
