@@ -117,3 +117,22 @@ def test_a_subset_keeps_the_distributions_classes():
         part = load_dataset(spec, n=6, seed=1)
         assert len(full.classes) == len(part.classes) == count
         assert int(full.labels.max()) < count
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: gaussian_mixture(10, std=math.nan), "stds must be one or 8 finite numbers > 0"),
+    (lambda: gaussian_mixture(10, std=math.inf), "stds must be one or 8 finite numbers > 0"),
+    (lambda: gaussian_mixture(10, k=3, std=[0.1, 0.2]), r"stds must be one or 3 .* got \[0.1, 0.2\]"),
+    (lambda: gaussian_mixture(10, radius=math.nan), "radius must be a finite number"),
+    (lambda: gaussian_mixture(10, k=2, weights=[math.nan, 1.0]), "weights must be 2 finite positive numbers"),
+    (lambda: GaussianMixture([[math.nan, 0.0]], [1.0], 1.0), "means must be finite"),
+    (lambda: gaussian_mixture(1e4), "n must be a positive integer, got 10000.0"),
+    (lambda: two_moons(1e4), "n must be a positive integer"),
+    (lambda: checkerboard(10.0), "n must be a positive integer"),
+    (lambda: two_moons(10, seed=1.5), "seed must be an integer"),
+])
+def test_mixture_settings_and_counts_are_checked_by_name(make, match):
+    # NaN or inf settings drew NaN points silently; mismatched stds, NaN weights and float counts
+    # failed in torch's words; seed 1.5 was seed 1
+    with pytest.raises(ValueError, match=match):
+        make()

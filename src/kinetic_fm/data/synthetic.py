@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..checks import check_integer
+
 
 @dataclass(frozen=True)
 class PointDataset:
@@ -40,7 +42,11 @@ class PointDataset:
 
 
 def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed))
+    return torch.Generator().manual_seed(check_integer("seed", seed, 0, 2**63 - 1))  # int(1.5) was seed 1
+
+
+def _count(n: int) -> int:
+    return check_integer("n", n, 1)  # 1e4 failed inside torch's samplers
 
 
 @dataclass(frozen=True)
@@ -61,13 +67,16 @@ class GaussianMixture:
         means = torch.as_tensor(self.means, dtype=torch.float64)
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
+        if not bool(torch.isfinite(means).all()):  # NaN means drew NaN points without a word
+            raise ValueError(f"means must be finite, got {means.tolist()}")
         k = means.shape[0]
         weights = torch.as_tensor(self.weights, dtype=torch.float64).reshape(-1)
-        stds = torch.as_tensor(self.stds, dtype=torch.float64).reshape(-1).expand(k).clone()
-        if weights.shape != (k,) or (weights <= 0).any():
-            raise ValueError(f"weights must be {k} positive numbers, got {weights.tolist()}")
-        if (stds <= 0).any():
-            raise ValueError(f"stds must be > 0, got {stds.tolist()}")
+        stds = torch.as_tensor(self.stds, dtype=torch.float64).reshape(-1)
+        if weights.shape != (k,) or not bool(((weights > 0) & torch.isfinite(weights)).all()):
+            raise ValueError(f"weights must be {k} finite positive numbers, got {weights.tolist()}")
+        if stds.numel() not in (1, k) or not bool(((stds > 0) & torch.isfinite(stds)).all()):
+            raise ValueError(f"stds must be one or {k} finite numbers > 0, got {stds.tolist()}")
+        stds = stds.expand(k).clone()
         object.__setattr__(self, "means", means)
         object.__setattr__(self, "weights", weights / weights.sum())
         object.__setattr__(self, "stds", stds)
@@ -75,8 +84,9 @@ class GaussianMixture:
     @classmethod
     def ring(cls, k: int = 8, radius: float = 4.0, std: float = 0.4, weights=None) -> "GaussianMixture":
         """k components evenly spaced on a circle of ``radius`` (first one on the +x axis)."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = check_integer("k", k, 1)
+        if not math.isfinite(radius):
+            raise ValueError(f"radius must be a finite number, got {radius}")
         angle = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
         means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
         return cls(means, torch.ones(k) if weights is None else weights, std)  # float64, not via float32
@@ -87,8 +97,7 @@ class GaussianMixture:
 
     def sample(self, n: int, seed: int = 0) -> PointDataset:
         """n exact draws; labels are the component indices."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        n = _count(n)
         g = _generator(seed)
         component = torch.multinomial(self.weights, n, replacement=True, generator=g)
         eps = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
@@ -125,8 +134,7 @@ def two_moons(n: int, seed: int = 0, *, noise: float = 0.05) -> PointDataset:
     Moon 0: (cos a, sin a), moon 1: (1 - cos a, 0.5 - sin a), a ~ U[0, pi]; each point picks a
     moon with probability 1/2. Labels are the moon index.
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    n = _count(n)
     if not (noise >= 0 and math.isfinite(noise)):
         raise ValueError(f"noise must be a finite number >= 0, got {noise}")
     g = _generator(seed)
@@ -146,8 +154,7 @@ def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) 
     index row·squares + col, which left half the label values unused and half the classes of a
     class-conditional net untrained.)
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    n = _count(n)
     if squares < 2:
         raise ValueError(f"squares must be >= 2, got {squares}")
     if not (side > 0 and math.isfinite(side)):
