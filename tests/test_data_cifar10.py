@@ -33,6 +33,21 @@ def test_python_batches(tmp_path):
     assert item_files(tmp_path, "train", train.indices) is None   # batches name no files
 
 
+def test_the_folder_holding_the_batches_reads_them_and_a_missing_split_is_named(tmp_path):
+    # torchvision's root (or wherever the tarball was unpacked) holds cifar-10-batches-py: it was read
+    # as an image tree ("no images under 'train/'"), as was a batches folder without test_batch
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    _write_batches(batches)
+    assert torch.equal(load_cifar10(tmp_path, "train").images, load_cifar10(batches, "train").images)
+    assert item_files(tmp_path, "train", torch.arange(2)) is None
+    (batches / "test_batch").unlink()
+    assert load_cifar10(batches, "train").images.shape == (20, 3, 32, 32)   # the test split is not needed
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py: a CIFAR-10 python batches folder "
+                                                r"without the test split's test_batch"):
+        load_cifar10(tmp_path, "test")
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = marker

@@ -66,8 +66,14 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def _is_pickle_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "test_batch").is_file()
+def _batches_folder(path: Path) -> Path | None:
+    """The folder of python batches that ``path`` is or holds (torchvision's root and an unpacked
+    tarball hold ``cifar-10-batches-py``), or None: one with any batch file in it, so that a
+    missing one is named rather than the folder read as an image tree."""
+    for folder in (path, path / "cifar-10-batches-py"):
+        if folder.is_dir() and any((folder / name).is_file() for names in _BATCHES.values() for name in names):
+            return folder
+    return None
 
 
 def load_cifar10(
@@ -98,13 +104,18 @@ def load_cifar10(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"CIFAR-10 not found at {path} (expected a batches folder, an image folder or a zip)")
-    if _is_pickle_folder(path):
-        parts = [read_cifar_batch(path / name) for name in _BATCHES[split]]
+    batches = _batches_folder(path)
+    if batches is not None:
+        missing = [name for name in _BATCHES[split] if not (batches / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{batches}: a CIFAR-10 python batches folder without the {split} split's "
+                                    f"{', '.join(missing)}")
+        parts = [read_cifar_batch(batches / name) for name in _BATCHES[split]]
         images = np.concatenate([p[0] for p in parts])
         labels = torch.as_tensor(np.concatenate([p[1] for p in parts]))
         chosen = select_indices(images.shape[0], n=n, indices=indices, seed=seed)
         return ImageDataset(uint8_to_signed(images[chosen.numpy()]), labels[chosen], CIFAR10_CLASSES,
-                            str(path), indices=chosen)
+                            str(batches), indices=chosen)
     if not (path.is_dir() or zipfile.is_zipfile(path)):
         raise ValueError(f"{path}: expected a CIFAR-10 batches folder, an image folder or a zip")
     ds = load_image_folder(path, subdir=split, n=n, indices=indices, seed=seed, progress=progress)
@@ -123,7 +134,7 @@ def item_files(path: str | os.PathLike, split: str, indices: Tensor) -> list[str
 
     if split not in _BATCHES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if _is_pickle_folder(Path(path)):
+    if _batches_folder(Path(path)) is not None:
         return None
     files = image_names(path, subdir=split)
     return [files[i] for i in indices.tolist()]
