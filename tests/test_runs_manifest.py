@@ -101,6 +101,13 @@ def test_resume_guard_names_each_differing_field():
     changed = _manifest(config={"solver": "heun", "steps": 10, "shaping": {"alpha0": 0.01, "beta0": 0.02}})
     with pytest.raises(ResumeMismatchError, match=r"config\.shaping\.beta0 \(stored 0\.01, now 0\.02\)"):
         check_resume(stored, changed)
+    # a run with KTS resumed without: the key named once, each side's value as stored (it read
+    # "config.shaping (stored '<absent>', now None)", backwards, beside a line per parameter)
+    dropped = _manifest(config={"solver": "heun", "steps": 10, "shaping": None})
+    assert stored.differences(dropped) == ["config.shaping (stored {'alpha0': 0.01, 'beta0': 0.01}, now None)"]
+    assert dropped.differences(stored) == ["config.shaping (stored None, now {'alpha0': 0.01, 'beta0': 0.01})"]
+    assert _manifest(config={"solver": "heun"}).differences(_manifest(config={"solver": "heun", "steps": 10})) == [
+        "config.steps (stored '<absent>', now 10)"]
     with pytest.raises(ResumeMismatchError) as err:
         check_resume(stored, _manifest(identity={"field": "gaussian", "params_sha256": "abd"}, shard_size=5))
     assert "identity.params_sha256" in str(err.value) and "shard_size" in str(err.value)

@@ -84,13 +84,20 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
         return hash_chunks(hashlib.sha256(), handle, chunk_bytes).hexdigest()
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+def _differences(stored: Any, now: Any, prefix: str) -> list[str]:
+    """``key (stored a, now b)`` for each difference, walking into mappings both sides hold; where
+    one side holds a mapping and the other not (a run with KTS resumed without), the key is named
+    once with both values (it read "config.shaping (stored '<absent>', now None)", backwards, beside
+    one line per parameter)."""
+    if isinstance(stored, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(stored) | set(now)):
+            out += _differences(stored.get(key, "<absent>"), now.get(key, "<absent>"),
+                                f"{prefix}.{key}" if prefix else str(key))
         return out
-    return {prefix: obj}
+    if json.dumps(stored, sort_keys=True) == json.dumps(now, sort_keys=True):
+        return []
+    return [f"{prefix} (stored {stored!r}, now {now!r})"]
 
 
 @dataclass(frozen=True)
@@ -147,13 +154,7 @@ class RunManifest:
         Values are compared as the run id sees them, as JSON text: Python's ``1 == 1.0 == True``
         would let through a resume whose run id differs, and every shard would then read as
         another run's."""
-        mine, theirs = _flatten(self.compared()), _flatten(other.compared())
-        out = []
-        for key in sorted(set(mine) | set(theirs)):
-            a, b = mine.get(key, "<absent>"), theirs.get(key, "<absent>")
-            if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-                out.append(f"{key} (stored {a!r}, now {b!r})")
-        return out
+        return _differences(self.compared(), other.compared(), "")
 
     def version_differences(self, other: "RunManifest") -> list[str]:
         return [f"{k} {self.versions.get(k)} -> {other.versions.get(k)}"
