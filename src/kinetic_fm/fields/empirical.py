@@ -245,7 +245,10 @@ class EmpiricalFlow:
         self._sq_norms = row_sq_norms(self.atoms, dtype)    # cached ‖y_j‖², screening dtype
         self._norm_max = float(self._sq_norms.max().double().sqrt()) * (1 + 1e-3)
         self._mean = column_mean(self.atoms)                 # exact ȳ at t = 0
-        self._atoms_version = self.atoms._version            # shared with the caller's tensor when a view
+        # the caller's tensor (a view of it, when already float32/64) may change in place after
+        # this; a copy cannot, and an inference tensor keeps no version counter
+        shared = self.atoms.untyped_storage().data_ptr() == train.untyped_storage().data_ptr()
+        self._atoms_version = self.atoms._version if shared and not self.atoms.is_inference() else None
         self.last_diagnostics: PosteriorDiagnostics | None = None
 
     # ------------------------------------------------------------------ public
@@ -283,10 +286,11 @@ class EmpiricalFlow:
 
     # ------------------------------------------------------------------ checks
     def _check(self, x, t) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.atoms._version != self._atoms_version:
-            raise RuntimeError("train was changed in place after this EmpiricalFlow was built, so its cached "
-                               "norms and mean no longer match the atoms; build a new field (or pass "
-                               "train.clone() to keep the field apart from later edits)")
+        if self._atoms_version is not None and self.atoms._version != self._atoms_version:
+            raise RuntimeError("train (or another view of its storage) was changed in place after this "
+                               "EmpiricalFlow was built, so its cached norms and mean may no longer match the "
+                               "atoms; build a new field (or pass train.clone() to keep the field apart from "
+                               "later edits)")
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise ValueError("x must be a tensor of shape (B, ...)")
         batch = x.shape[0]
