@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import warnings
 from typing import Any, Callable
 
@@ -156,11 +157,13 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         if sigmas.dim() != 1 or sigmas.numel() < 2:
             raise ValueError(f"scheduler.sigmas must be a 1-D grid with at least 2 values, got {tuple(sigmas.shape)}")
         if not bool((sigmas[1:] < sigmas[:-1]).all()):
-            i = int(torch.nonzero(sigmas[1:] >= sigmas[:-1])[0])
+            i = int(torch.nonzero(~(sigmas[1:] < sigmas[:-1]))[0])  # NaN compares False either way
             pair = f"σ[{i}] = {float(sigmas[i]):g}, σ[{i + 1}] = {float(sigmas[i + 1]):g}"
             if i + 2 == sigmas.numel() and float(sigmas[i]) == 0.0:
                 why = (f"{pair}: the sigmas given end at 0 and the scheduler appends its own 0, a step of "
                        "length 0; leave the final 0 out (np.linspace(1, 0, N + 1)[:-1] for N steps)")
+            elif math.isnan(float(sigmas[i])) or math.isnan(float(sigmas[i + 1])):
+                why = f"{pair}: a σ is NaN"
             else:
                 why = f"{pair} (invert_sigmas schedules are not supported)"
             raise ValueError(f"the σ grid must be strictly decreasing (noise to data); {why}")
