@@ -81,7 +81,9 @@ def sample(
         on_nonfinite: "raise" (NonFiniteVelocityError naming step, t and samples) or "flag"
             (mark those samples in ``result.nonfinite``, give them NaN energies, go on). dopri5
             first rejects a non-finite try and retries it 5× shorter (SciPy's RK45 rule); a
-            sample fails when the step falls below ten float64 spacings of its time.
+            sample fails when the step falls below ten float64 spacings of its time (t floored at
+            2⁻¹⁰), after ~90 attempted steps for a field failing from some t on, which count
+            against ``max_steps``.
         rtol, atol, first_step, max_steps: dopri5 step control (per sample): rtol, atol > 0;
             first_step None (chosen) or in (0, 1]; max_steps ≥ 1 attempted steps, beyond which
             ``StepLimitError`` names the unfinished samples. Under a KTS gain its
