@@ -245,7 +245,7 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
         model.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as err:  # a config or tensors that do not make the net
         raise ValueError(f"{path}: its {weights!r} weights do not rebuild the {meta['kind']!r} net its "
-                         f"metadata describes ({' '.join(str(err).split())})") from None
+                         f"metadata describes ({' '.join(str(err).split())})") from err
     return model.eval()
 
 
@@ -265,7 +265,7 @@ def load_into(net: nn.Module, path: str | os.PathLike, *, strict: bool = True,
     try:
         net.load_state_dict(load_weights(path), strict=strict)
     except RuntimeError as err:  # missing, unexpected or mismatched tensors, in torch's words
-        raise ValueError(f"{path}: does not fit {type(net).__name__} ({' '.join(str(err).split())})") from None
+        raise ValueError(f"{path}: does not fit {type(net).__name__} ({' '.join(str(err).split())})") from err
     net.eval()
     if num_timesteps is None:
         return net

@@ -104,7 +104,7 @@ def load_cifar_resnet(path: str | os.PathLike, depth: int | None = None) -> Cifa
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{path}: does not fit a CIFAR-10 ResNet-{depth} ({' '.join(str(err).split())})") from None
+        raise ValueError(f"{path}: does not fit a CIFAR-10 ResNet-{depth} ({' '.join(str(err).split())})") from err
     return model.eval()
 
 
