@@ -230,11 +230,11 @@ def test_unsupported_configurations_raise(transformer, conditions):
     # sigmas=np.linspace(1, 0, N) ends at 0 and the scheduler appends its own: the repeated pair is
     # named with the fix (the message blamed invert_sigmas and showed the first four σ, all fine)
     ending_at_zero = KineticFlowMatchEulerScheduler()
-    ending_at_zero.set_timesteps(sigmas=np.linspace(1.0, 0.0, 5).tolist())
+    ending_at_zero.set_timesteps(sigmas=np.linspace(1.0, 0.0, 5))   # an array: diffusers 0.30 takes no list
     with pytest.raises(ValueError, match=r"σ\[4\] = 0, σ\[5\] = 0: the sigmas given end at 0 .* leave the final 0 out"):
         ending_at_zero.step(out, ending_at_zero.timesteps[0], x)
     with_nan = KineticFlowMatchEulerScheduler()                   # NaN compares False: it was an IndexError
-    with_nan.set_timesteps(sigmas=[1.0, float("nan"), 0.5])
+    with_nan.set_timesteps(sigmas=np.array([1.0, np.nan, 0.5]))
     with pytest.raises(ValueError, match=r"σ\[0\] = 1, σ\[1\] = nan: a σ is NaN"):
         with_nan.step(out, with_nan.timesteps[0], x)
     if "stochastic_sampling" in options:
