@@ -197,9 +197,10 @@ def as_model_wrapper(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tens
 
     The wrapper returns η(t)·v(x, t), the realised KTS motion, so flow_matching's ``ODESolver``
     with method euler, midpoint or rk4 follows the path ``kfm.sample(..., shaping=kts)`` follows
-    with solver euler, midpoint or rk4_38 (their rk4 is Kutta's 3/8 rule; to round-off, tested), with three exceptions: our heun uses the reference code's mean-gain
-    rule; with the constant KTS forms a stage of ours that ends a step at τ takes η's left limit,
-    theirs η(τ); and a field singular at t = 1 is evaluated there by their solver, never by ours.
+    with solver euler, midpoint or rk4_38 (their rk4 is Kutta's 3/8 rule; to round-off, tested),
+    with three exceptions: our heun uses the reference code's mean-gain rule; with the constant
+    KTS forms a stage of ours that ends a step at τ takes η's left limit, theirs η(τ); and a field
+    singular at t = 1 is evaluated there by their solver, never by ours.
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable, got {type(velocity).__name__}")
