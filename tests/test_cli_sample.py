@@ -115,7 +115,8 @@ def test_resume_of_a_folder_holding_no_run_says_it_starts_one(tmp_path, capsys):
     (["--dim", 0], "--dim must be >= 1"),
     (["--field", "point", "--solver", "dopri5"], "use a fixed-step --solver"),
     (["--beta0", 0.2], "beta0"),
-    (["--tau", 1.5], "tau_split"),
+    (["--tau", 1.5], "--tau must lie in (0, 1), got 1.5"),              # it named KTS's tau_split
+    (["--k", 0, "--landing", "linear", "--launch", "exponential"], "--k must lie in (0, 700]"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, flags, message):
     assert kfm_sample(tmp_path / "run", *flags) == 2
@@ -265,6 +266,17 @@ def test_a_unet_trained_by_kfm_train_is_sampled_at_its_recorded_shape(tmp_path):
                  "--model", "unet", "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "net")]) == 0
     assert kfm_sample(tmp_path / "run", "--model", tmp_path / "net", "--n", 2, "--steps", 2) == 0
     assert read_samples(tmp_path / "run").shape == (2, 1, 8, 8)
+
+
+def test_a_wrong_shape_for_a_net_names_the_shape_flag(tmp_path, capsys):
+    # our nets refuse a wrong shape with a ValueError, which came out as "x must have shape (B, 2)"
+    from kinetic_fm.models import VelocityMLP, save_model
+
+    net = VelocityMLP(2, hidden=8, depth=1)
+    save_model(net, tmp_path / "net.safetensors", ema=net)
+    assert kfm_sample(tmp_path / "run", "--model", tmp_path / "net.safetensors", "--shape", 3, "--n", 2) == 2
+    assert ("the velocity failed on one sample of shape (3,) (the shape given by --shape): x must have shape "
+            "(B, 2)") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("where", ["final.safetensors", "checkpoints/step_0000004.safetensors"])

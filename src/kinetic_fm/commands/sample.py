@@ -295,7 +295,15 @@ def _shaping(args):
 
     given = {kts_name: getattr(args, flag) for flag, kts_name in _KTS_FLAGS.items()
              if getattr(args, flag) is not None}
-    return KTS(**given) if given else None
+    if not given:
+        return None
+    try:
+        return KTS(**given)
+    except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
+        message = str(err)
+        for flag, kts_name in _KTS_FLAGS.items():
+            message = message.replace(f"{kts_name} must", f"--{flag} must", 1)
+        raise ValueError(message) from None
 
 
 def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> dict:
@@ -599,8 +607,9 @@ def _trial_call(target: _Target, args, device) -> None:
     try:
         with torch.no_grad():
             v = target.velocity(x, torch.zeros(1, dtype=x.dtype, device=device))
-    except RuntimeError as err:  # e.g. a net fed samples of the wrong shape
-        raise ValueError(f"the velocity failed on one sample of shape {target.shape}: {err}") from None
+    except (RuntimeError, ValueError) as err:  # e.g. a net fed samples of the wrong shape (our nets: ValueError)
+        hint = " (the shape given by --shape)" if args.model and args.shape is not None else ""
+        raise ValueError(f"the velocity failed on one sample of shape {target.shape}{hint}: {err}") from None
     check_velocity_output(v, x)
 
 
