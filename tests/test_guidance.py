@@ -338,3 +338,19 @@ def test_an_empty_label_list_is_refused_when_the_guidance_is_built():
     # labels=[] was taken, and every call then failed on "x has B rows but labels has 0"
     with pytest.raises(ValueError, match=r"labels must be a tensor with a non-empty batch dimension .* got \(0,\)"):
         ClassifierFreeGuidance(lambda x, t, y: x, [], scale=2.0, null_label=0)
+
+
+@pytest.mark.parametrize("adapter", [kfm.NoisePrediction, kfm.DataPrediction])
+def test_part_energies_are_refused_with_the_guidance_inside_a_prediction_adapter(adapter):
+    # inside, the guidance combines ε̂ or x̂1, so its part energies were the predictions' (up to 92 %
+    # off the velocities'); outside, it guides the same field and tracks the velocities
+    net, y = ClassNet(), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=rf"{adapter.__name__} around ClassifierFreeGuidance\(track_parts=True\)"):
+        adapter(ClassifierFreeGuidance(ModelXT(net), y, 2.0, NULL, track_parts=True))
+    adapter(ClassifierFreeGuidance(net, y, 2.0, NULL))                     # no part energies: fine
+    x0 = kfm.noise([0, 1, 2], (DIM,), dtype=torch.float64)
+    inside = kfm.sample(adapter(ClassifierFreeGuidance(net, y, 2.0, NULL)), x0, steps=8)
+    outside_cfg = ClassifierFreeGuidance(adapter(net), y, 2.0, NULL, track_parts=True)
+    outside = kfm.sample(outside_cfg, x0, steps=8)
+    torch.testing.assert_close(outside.x, inside.x, rtol=1e-12, atol=1e-12)   # guidance is affine
+    torch.testing.assert_close(outside.kpe, inside.kpe, rtol=1e-12, atol=0)

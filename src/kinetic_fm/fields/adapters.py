@@ -359,6 +359,27 @@ def _discrete_time_within(field) -> "DiscreteTime | None":
     return None
 
 
+def _refuse_guidance_parts_within(inner, adapter: str, prediction: str) -> None:
+    """ValueError for ``adapter`` around a ``ClassifierFreeGuidance(track_parts=True)``: the
+    guidance there combines the net's predictions, so its part energies would be those of ε̂ or
+    x̂1 (92 % off the velocities' in one case), not the ½∫‖v_c‖², ½∫‖v_u‖² it promises."""
+    from .guidance import ClassifierFreeGuidance
+
+    field = inner
+    for _ in range(32):  # a chain of wrappers, not a cycle
+        if isinstance(field, ClassifierFreeGuidance):
+            if field.track_parts:
+                raise ValueError(
+                    f"{adapter} around ClassifierFreeGuidance(track_parts=True) would track the energies of the "
+                    f"{prediction} predictions, not of velocities; put the guidance outside: "
+                    f"ClassifierFreeGuidance({adapter}(net), labels, scale, null_label, track_parts=True) "
+                    "guides the same field")
+            return
+        if not isinstance(field, _Adapter):
+            return
+        field = field.inner
+
+
 @functools.lru_cache(maxsize=64)
 def _rounded(bound: float, dtype: torch.dtype, *, up: bool) -> float:
     """``bound`` as a value of ``dtype``, rounded up (``up``) or down, not to nearest: in
@@ -394,6 +415,7 @@ class NoisePrediction(_Adapter):
             if stepped is not None and stepped.num_timesteps > 2:
                 # a relative 1e-6 above 1/(T − 1) keeps int(t·(T − 1)) at 1 in float32 as in float64
                 t_min = max(t_min, (1.0 + 1e-6) / (stepped.num_timesteps - 1))
+        _refuse_guidance_parts_within(inner, "NoisePrediction", "noise")
         self.inner, self.t_min = inner, inside_unit_interval("t_min", t_min)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -424,6 +446,7 @@ class DataPrediction(_Adapter):
 
     def __init__(self, inner: Callable[..., torch.Tensor], *, gap_min: float = 1e-3):
         _check_callable(inner, "inner")
+        _refuse_guidance_parts_within(inner, "DataPrediction", "data")
         self.inner, self.gap_min = inner, inside_unit_interval("gap_min", gap_min)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
