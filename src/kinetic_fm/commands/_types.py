@@ -16,6 +16,15 @@ def seed_number(text: str) -> int:
     return value
 
 
+def named_by_its_flag(err: ValueError, flags: dict[str, str]) -> ValueError:
+    """``err`` ("steps must be a positive integer, got 0") with the flag ``flags`` maps the
+    argument it names to ("--steps must be ..."): the range stays where it is checked, the name is
+    the user's. Other messages pass unchanged."""
+    text = str(err)
+    name, _, rest = text.partition(" must ")
+    return ValueError(f"{flags[name]} must {rest}" if name in flags and rest else text)
+
+
 def check_output_path(flag: str, path: str, *, folder: bool) -> None:
     """ValueError naming ``flag`` when ``path`` cannot be written as a folder (``folder``) or a
     file: it is a file where a folder is asked for (or the reverse), a file stands where one of

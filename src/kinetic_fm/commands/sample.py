@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._types import check_output_path, seed_number, writing
+from ._types import check_output_path, named_by_its_flag, seed_number, writing
 
 FIELDS = ("gaussian", "point", "mixture")
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "rk4_38", "dopri5")
@@ -300,10 +300,7 @@ def _shaping(args):
     try:
         return KTS(**given)
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
-        message = str(err)
-        for flag, kts_name in _KTS_FLAGS.items():
-            message = message.replace(f"{kts_name} must", f"--{flag} must", 1)
-        raise ValueError(message) from None
+        raise named_by_its_flag(err, {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}) from None
 
 
 def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> dict:

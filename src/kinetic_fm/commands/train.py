@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._types import check_output_path, seed_number, writing
+from ._types import check_output_path, named_by_its_flag, seed_number, writing
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
              "(PATH a folder or .zip). digits: scikit-learn's 8x8 digits, bundled; moons: two half circles; "
@@ -93,11 +93,11 @@ def run(args: argparse.Namespace) -> int:
                              label_dropout=label_dropout, seed=args.seed, checkpoints=checkpoints,
                              save_every=args.save_every)
     except ValueError as err:
-        raise _named_by_its_flag(err) from None
+        raise named_by_its_flag(err, _FLAGS) from None
     try:
         ds = load_dataset(args.data, n=args.n, seed=args.seed, progress=not args.no_progress)
     except ValueError as err:  # "n must be an integer in [1, 1_797] (the available items)"
-        raise _named_by_its_flag(err) from None
+        raise named_by_its_flag(err, _FLAGS) from None
     data = dataset_rows(ds)
     labels = ds.labels if args.class_cond else None
     if args.class_cond and labels is None:
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         try:  # --width is the U-Net's base_channels (even) or the MLP's hidden width
             model = default_model(args.model, data.shape[1:], num_classes=num_classes, width=args.width)
         except ValueError as err:
-            raise _named_by_its_flag(err) from None
+            raise named_by_its_flag(err, _FLAGS) from None
     model = model.to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"data {ds.source}: {tuple(data.shape)}; model {model.kind} ({n_params:,} parameters); out {args.out}")
@@ -146,14 +146,6 @@ def _flags_for_settings(text: str) -> str:
 
     text = re.sub(r"\btrain\.(\w+)", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
     return re.sub(r"\bbeyond steps=(\d+)", r"beyond --steps \1", text)
-
-
-def _named_by_its_flag(err: ValueError) -> ValueError:
-    """``err`` ("steps must be a positive integer, got 0") with the flag for the argument it
-    names ("--steps must be ..."): the range stays where it is checked, the name is the user's."""
-    text = str(err)
-    name, _, rest = text.partition(" must ")
-    return ValueError(f"{_FLAGS[name]} must {rest}" if name in _FLAGS and rest else text)
 
 
 def _recorded_spec(spec: str, out: str, resume: bool) -> str:
