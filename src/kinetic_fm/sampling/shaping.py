@@ -149,10 +149,11 @@ class KTS:
             return a0 * u
         if self.launch == "constant":
             return a0
-        grown = a0 * math.expm1(k * u)  # as the tensor gain: exp(x) − 1 cancels for small x
+        rise = math.expm1(k * u)  # as the tensor gain: exp(x) − 1 cancels for small x
         # α0·(e^{ku} − 1) overflows for k·u ≳ 709.8 − ln α0 (α0 = 1e6, k = 700 at t = 0): the
         # ratio first then, which keeps the usual order's last bits everywhere else
-        return grown / math.expm1(k) if math.isfinite(grown) else a0 * (math.expm1(k * u) / math.expm1(k))
+        grown = a0 * rise
+        return grown / math.expm1(k) if math.isfinite(grown) else a0 * (rise / math.expm1(k))
 
     def beta(self, t: float) -> float:
         """Landing brake β(t) for t ≥ τ (0 elsewhere); t one number in [0, 1], as for ``alpha``."""
@@ -183,8 +184,9 @@ class KTS:
         elif self.launch == "constant":
             a = torch.full_like(t, a0)
         else:
-            grown = a0 * torch.expm1(k * u)  # the ratio first where this overflows, as in _alpha
-            a = torch.where(torch.isfinite(grown), grown / math.expm1(k), a0 * (torch.expm1(k * u) / math.expm1(k)))
+            rise = torch.expm1(k * u)
+            grown = a0 * rise  # the ratio first where this overflows, as in _alpha
+            a = torch.where(torch.isfinite(grown), grown / math.expm1(k), a0 * (rise / math.expm1(k)))
         s = (t - tau) / (1.0 - tau)
         if self.landing == "exponential":
             b = b0 * torch.expm1(k * s)
