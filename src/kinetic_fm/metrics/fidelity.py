@@ -35,6 +35,7 @@ from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
 from ..knn import abs_max, column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
+from .stats import _to_numpy
 
 __all__ = ["Protocol", "FrechetDistance", "FrechetBiasWarning", "PrecisionRecall", "feature_statistics",
            "frechet_distance_from_stats", "FrechetReference", "frechet_distance", "precision_recall",
@@ -168,9 +169,8 @@ def _sqrt_psd(s: np.ndarray, name: str) -> np.ndarray:
 def _stats_array(name: str, value: Any) -> np.ndarray:
     """A mean or covariance given as an array, list or tensor (any dtype, device, gradient) as a
     finite float64 NumPy array; ValueError naming ``name`` for NaN or inf."""
-    if isinstance(value, torch.Tensor):  # bfloat16 has no NumPy dtype; a grad or CUDA tensor no .numpy()
-        value = value.detach().to("cpu", torch.float64).numpy()
-    array = np.asarray(value, dtype=np.float64)
+    # a tensor through float64 on the CPU: bfloat16 has no NumPy dtype, a grad or CUDA tensor no .numpy()
+    array = np.asarray(_to_numpy(value), dtype=np.float64)
     if not np.isfinite(array).all():
         raise ValueError(f"{name} has non-finite entries")
     return array
