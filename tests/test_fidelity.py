@@ -489,3 +489,54 @@ def test_the_studies_fd_to_reference_takes_one_feature():
     rng = np.random.default_rng(3)
     ref, x = rng.normal(size=(300, 1)), rng.normal(size=(200, 1)) * 2 + 1
     assert fd_to_reference(x, feature_reference(ref)) == pytest.approx(frechet_distance(ref, x).value, rel=1e-12)
+
+
+def _nuclear_norm_fd(a: np.ndarray, b: np.ndarray) -> float:
+    """FD from rows by the nuclear-norm identity, straight from its definition in float64:
+    tr (Σ_a^½ Σ_b Σ_a^½)^½ = ‖B Aᵀ‖_* / √((n_a − 1)(n_b − 1)) with A, B the centred rows."""
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    na, nb = len(a), len(b)
+    trace_sqrt = np.linalg.svd(cb @ ca.T, compute_uv=False).sum() / math.sqrt((na - 1) * (nb - 1))
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + (ca ** 2).sum() / (na - 1) + (cb ** 2).sum() / (nb - 1)
+                 - 2 * trace_sqrt)
+
+
+@pytest.mark.filterwarnings("ignore::kinetic_fm.metrics.fidelity.FrechetBiasWarning")
+@pytest.mark.parametrize("sizes", [(30, 40), (40, 30), (30, 700)])
+def test_few_samples_in_many_features_measure_no_round_off_null_eigenvalues(sizes):
+    # rows in an 8-dimensional subspace of 300 features: FD is rotation invariant, so it equals
+    # the FD of the 8 coordinates (n > 8, well posed). Through 300 × 300 eigenproblems the
+    # ~290 null eigenvalues' round-off entered as √(ε λ_max) each: 1e-6 relative low
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(sizes[0], 8)) * np.geomspace(1, 30, 8) + 4.0
+    b = rng.normal(size=(sizes[1], 8)) * 1.2 + 4.3
+    q, _ = np.linalg.qr(rng.normal(size=(300, 8)))
+    want = frechet_distance(a, b).value
+    assert want == pytest.approx(_nuclear_norm_fd(a, b), rel=1e-12)
+    assert frechet_distance(a @ q.T, b @ q.T).value == pytest.approx(want, rel=1e-11)
+    assert frechet_distance(b @ q.T, a @ q.T).value == pytest.approx(want, rel=1e-11)
+
+
+@pytest.mark.filterwarnings("ignore::kinetic_fm.metrics.fidelity.FrechetBiasWarning")
+def test_few_samples_fd_equals_the_nuclear_norm_form_in_float32_and_with_an_offset():
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(50, 120)) * np.geomspace(0.1, 3, 120) + 1e3
+    b = rng.normal(size=(2000, 120)) + 1e3 + 0.05
+    want = _nuclear_norm_fd(a, b)
+    assert frechet_distance(a, b).value == pytest.approx(want, rel=1e-10)
+    a32, b32 = (torch.tensor(x, dtype=torch.float32) for x in (a, b))
+    assert frechet_distance(a32, b32).value == pytest.approx(
+        _nuclear_norm_fd(a32.double().numpy(), b32.double().numpy()), rel=1e-10)
+
+
+def test_a_reference_refuses_a_sigma_that_is_not_a_covariance():
+    # it returned 0 for diag(1, -1) against I, and clipped to 0 where the reference is singular
+    for cov, sigma in ((np.eye(2), np.diag([1.0, -1.0])), (np.diag([1.0, 0.0]), np.diag([1.0, -1.0])),
+                       (np.eye(2), [[1.0, 2.0], [2.0, 1.0]])):
+        with pytest.raises(ValueError, match="sigma is not a covariance"):
+            FrechetReference.from_stats(np.zeros(2), cov).distance(np.zeros(2), sigma)
+    with pytest.raises(ValueError, match="sigma is not symmetric"):
+        FrechetReference.from_stats(np.zeros(2), np.eye(2)).distance(np.zeros(2), [[1.0, 0.5], [0.0, 1.0]])
+    # round-off below 1e-6 of the largest entry is a covariance: diag(1, 0) against I is 1
+    assert FrechetReference.from_stats(np.zeros(2), np.eye(2)).distance(
+        np.zeros(2), np.diag([1.0, -1e-12])) == pytest.approx(1.0)

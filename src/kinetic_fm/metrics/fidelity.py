@@ -9,7 +9,12 @@ says which network measured it: ``"FID"`` only for the standard TF-ported Incept
 - Fréchet distance between N(μ₁, Σ₁) and N(μ₂, Σ₂):
   ``‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}``, statistics in float64,
   the trace term from two symmetric eigendecompositions (no non-symmetric ``sqrtm``, so no
-  complex round-off); tiny negative eigenvalues from round-off are clipped to 0.
+  complex round-off); tiny negative eigenvalues from round-off are clipped to 0. From feature
+  rows where a set has no more rows than features, the trace term comes from that set's centred
+  rows A (n × D) and the other's B: it is the nuclear norm of B Aᵀ over √((n₁ − 1)(n₂ − 1)), so
+  the D − n + 1 zero eigenvalues of Σ₁^{1/2} Σ₂ Σ₁^{1/2} never meet a square root (through the
+  D × D route their round-off, about √(ε λ_max) each, biased the value low) and no D × D
+  eigendecomposition is needed.
 - Precision/recall (Kynkäänniemi et al., 2019): each real feature owns a ball whose radius is
   the distance to its k-th nearest other real feature (exact, from ``nearest_neighbors``);
   precision = fraction of fakes inside some real ball, recall = fraction of reals inside some
@@ -139,7 +144,7 @@ def feature_statistics(feats: Any, chunk: int = 8192, *, argument: str = "feats"
     n, dim = x.shape
     if n < 2:
         raise ValueError(f"{argument} needs at least 2 rows for a covariance, got {n}")
-    shift = x[:chunk].to(torch.float64).mean(0)
+    shift = _pilot_shift(x, chunk)
     total = torch.zeros(dim, dtype=torch.float64, device=x.device)
     outer = torch.zeros(dim, dim, dtype=torch.float64, device=x.device)
     for c0 in range(0, n, chunk):
@@ -150,6 +155,44 @@ def feature_statistics(feats: Any, chunk: int = 8192, *, argument: str = "feats"
     cov = (outer - n * torch.outer(mean_shifted, mean_shifted)) / (n - 1)
     cov = 0.5 * (cov + cov.T)
     return (mean_shifted + shift).cpu().numpy(), cov.cpu().numpy()
+
+
+def _pilot_shift(x: Tensor, chunk: int) -> Tensor:
+    """(D,) float64 mean of the first ``chunk`` rows: sums taken around it do not cancel a large
+    common offset."""
+    return x[:chunk].to(torch.float64).mean(0)
+
+
+def _few_rows_distance(small: Tensor, other: Tensor) -> float:
+    """Fréchet distance of (n, D) features ``small``, n ≤ D, and (m, D) features ``other``.
+
+    With A (n × D) and B (m × D) the two sets' centred rows, the trace term's eigenvalues are
+    those of A Σ_o Aᵀ/(n − 1), whose square roots are the singular values of B Aᵀ over
+    √((n − 1)(m − 1)): tr (Σ_s^{1/2} Σ_o Σ_s^{1/2})^{1/2} is that nuclear norm. B Aᵀ is reduced
+    to an n × n triangle R by a QR over chunks of B's rows, so neither m × n nor D × D is held,
+    and singular values are exact to ε·σ_max (no square root of a round-off null eigenvalue).
+    """
+    n, dim = small.shape
+    shift_s = _pilot_shift(small, n)
+    a = small.to(torch.float64) - shift_s
+    centre = a.mean(0)
+    a -= centre
+    mean_s = shift_s + centre
+    shift = _pilot_shift(other, 8192)
+    rows = max(n, block_size(other.device, 8 * dim, other.shape[0]))
+    mean_o = shift + sum((other[r:r + rows].to(torch.float64) - shift).sum(0)
+                         for r in range(0, other.shape[0], rows)) / other.shape[0]
+    triangle = a.new_zeros(0, n)
+    scatter_o = 0.0
+    for r in range(0, other.shape[0], rows):
+        b = other[r:r + rows].to(torch.float64) - mean_o
+        scatter_o += float(b.square().sum())
+        triangle = torch.linalg.qr(torch.cat([triangle, b @ a.T]), mode="r").R
+    m = other.shape[0]
+    trace_sqrt = float(torch.linalg.svdvals(triangle).sum()) / math.sqrt((n - 1) * (m - 1))
+    diff = mean_s - mean_o
+    value = float(diff @ diff) + float(a.square().sum()) / (n - 1) + scatter_o / (m - 1) - 2.0 * trace_sqrt
+    return max(value, 0.0)
 
 
 def _check_psd(name: str, eigenvalues: np.ndarray) -> None:
@@ -181,6 +224,18 @@ def _check_symmetric(name: str, a: np.ndarray) -> None:
         raise ValueError(f"{name} is not symmetric (a covariance must be)")
 
 
+def _check_semidefinite(name: str, s: np.ndarray) -> None:
+    """ValueError naming ``name`` unless the symmetric ``s`` is positive semi-definite up to
+    round-off: a Cholesky factorisation of s + 1e-6·max(diag)·I (a third of an eigvalsh's cost)
+    succeeds exactly when no eigenvalue is below −1e-6·max(diag)."""
+    top = max(float(np.diag(s).max(initial=0.0)), np.finfo(np.float64).tiny)
+    try:
+        np.linalg.cholesky(s + 1e-6 * top * np.eye(s.shape[0]))
+    except np.linalg.LinAlgError:
+        _check_psd(name, np.linalg.eigvalsh(s))  # names the eigenvalue
+        raise ValueError(f"{name} is not a covariance: it is not positive semi-definite") from None
+
+
 def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64).
 
@@ -198,7 +253,6 @@ def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) ->
     if mu2.size != dim or s1.shape != (dim, dim) or s2.shape != (dim, dim):
         raise ValueError(f"shapes do not match: mu1 {mu1.shape}, sigma1 {s1.shape}, "
                          f"mu2 {mu2.shape}, sigma2 {s2.shape}")
-    _check_symmetric("sigma2", s2)  # sigma1 as the reference's cov, below
     # cov^½ Σ cov^½ grows as the features' scale to the fourth: in units of about 1 (a power of
     # two, exact) it neither overflows (NaN from features at 1e77) nor underflows (5e-200 for
     # 1.1e-200 at 1e-100); the distance scales by the square
@@ -206,9 +260,8 @@ def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) ->
                           math.sqrt(np.abs(s1).max(initial=0.0)), math.sqrt(np.abs(s2).max(initial=0.0))),
                       TINY, HUGE)
     mu1, mu2, s1, s2 = np.ldexp(mu1, e), np.ldexp(mu2, e), np.ldexp(s1, 2 * e), np.ldexp(s2, 2 * e)
-    s2 = 0.5 * (s2 + s2.T)
-    _check_psd("sigma2", np.linalg.eigvalsh(s2))
-    return ldexp(FrechetReference.from_stats(mu1, s1, name="sigma1").distance(mu2, s2), -2 * e)
+    reference = FrechetReference.from_stats(mu1, s1, name="sigma1")
+    return ldexp(reference._distance(mu2, s2, ("mu2", "sigma2")), -2 * e)
 
 
 @dataclass(frozen=True)
@@ -240,13 +293,19 @@ class FrechetReference:
 
     def distance(self, mu: Any, sigma: Any) -> float:
         """Fréchet distance from N(mu, sigma) to this reference; mu (D,) and sigma (D, D) finite,
-        sigma symmetric PSD (its definiteness is not checked: a covariance computed from features
-        is PSD up to round-off, which the clip of tiny negative eigenvalues absorbs)."""
-        mu = _stats_array("mu", mu).reshape(-1)
-        sigma = _stats_array("sigma", sigma)
+        sigma symmetric positive semi-definite (ValueError otherwise; round-off of a computed
+        covariance, an eigenvalue down to −1e-6 × its largest diagonal entry, is accepted)."""
+        return self._distance(mu, sigma, ("mu", "sigma"))
+
+    def _distance(self, mu: Any, sigma: Any, names: tuple[str, str]) -> float:
+        mu = _stats_array(names[0], mu).reshape(-1)
+        sigma = _stats_array(names[1], sigma)
         if mu.shape != self.mean.shape or sigma.shape != self.cov.shape:
-            raise ValueError(f"shapes do not match the reference's {self.mean.shape}: mu {mu.shape}, "
-                             f"sigma {sigma.shape}")
+            raise ValueError(f"shapes do not match the reference's {self.mean.shape}: {names[0]} {mu.shape}, "
+                             f"{names[1]} {sigma.shape}")
+        _check_symmetric(names[1], sigma)
+        sigma = 0.5 * (sigma + sigma.T)
+        _check_semidefinite(names[1], sigma)
         middle = self.root @ sigma @ self.root
         eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
         trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
@@ -305,12 +364,15 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
                       "a set with no more samples than features has a singular covariance, and the value is "
                       "dominated by the estimator's bias; use more samples or fewer features, or compare "
                       "only values of equal sizes", FrechetBiasWarning, stacklevel=2)
-    # both covariances come from feature_statistics: PSD by construction, so no separate check.
     # features far from unit scale are measured scaled by a power of two (exact), as from stats
     e = unit_exponent(max(abs_max(a), abs_max(b)), TINY, HUGE)  # as_features gave floating rows
     a, b = times_power_of_two(a, e), times_power_of_two(b, e)
-    value = ldexp(FrechetReference.from_stats(*feature_statistics(a), name="sigma1").distance(
-        *feature_statistics(b)), -2 * e)
+    if min(a.shape[0], b.shape[0]) <= a.shape[1]:
+        value = _few_rows_distance(*((a, b) if a.shape[0] <= b.shape[0] else (b, a)))
+    else:
+        reference = FrechetReference.from_stats(*feature_statistics(a), name="sigma1")
+        value = reference._distance(*feature_statistics(b), ("mu2", "sigma2"))
+    value = ldexp(value, -2 * e)
     return FrechetDistance(value, protocol.fd_name, a.shape[0], b.shape[0], a.shape[1], protocol)
 
 
