@@ -117,6 +117,7 @@ def test_malformed_batches_and_folders_are_refused(tmp_path):
     from PIL import Image
 
     for classes, side, match in ((("cat", "dog"), 32, "not the 10 CIFAR-10 classes"),
+                                 (("cat",), 32, r"the images are not in class folders \(expected the 10"),  # said "class folders None"
                                  (CIFAR10_CLASSES, 8, r"images are \(3, 8, 8\), expected \(3, 32, 32\)")):
         root = tmp_path / f"tree{side}{len(classes)}"
         for c in classes:

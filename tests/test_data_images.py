@@ -151,6 +151,9 @@ def test_one_class_folder_is_unlabelled_and_equal_natural_names_keep_one_order(t
     assert image_names(tmp_path / "faces") == ["all/001.png", "all/01.png", "all/1.png", "all/2.png"]
     assert image_names(tmp_path / "faces.zip") == image_names(tmp_path / "faces")
     assert torch.equal(folder.images, archive.images)
+    # the label lister agrees with the loader: one class folder is no labelling (it returned ('all',))
+    with pytest.raises(ValueError, match=r"faces: expected images in <class>/<file> folders, at least two classes"):
+        list_image_labels(tmp_path / "faces")
 
 
 def test_celeba_preprocessing_on_synthetic_faces(tmp_path):

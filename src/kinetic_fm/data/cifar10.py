@@ -119,6 +119,9 @@ def load_cifar10(
     if not (path.is_dir() or zipfile.is_zipfile(path)):
         raise ValueError(f"{path}: expected a CIFAR-10 batches folder, an image folder or a zip")
     ds = load_image_folder(path, subdir=split, n=n, indices=indices, seed=seed, progress=progress)
+    if ds.classes is None:
+        raise ValueError(f"{path}/{split}: the images are not in class folders (expected the 10 CIFAR-10 classes "
+                         f"{CIFAR10_CLASSES}, one folder each)")
     if ds.classes != CIFAR10_CLASSES:
         raise ValueError(f"{path}/{split}: class folders {ds.classes} are not the 10 CIFAR-10 classes {CIFAR10_CLASSES}")
     if ds.shape != (3, 32, 32):

@@ -248,8 +248,10 @@ def _under(names: list[str], subdir: str | None, path) -> list[tuple[str, str]]:
 
 
 def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor | None]:
+    """Classes (sorted) and (N,) labels from each file's parent folder, or (None, None) when a
+    file has no folder or all share one: one class is no labelling (the studies refuse it)."""
     folders = [r.split("/")[-2] if "/" in r else None for r in relative]
-    if not folders or any(f is None for f in folders):
+    if not folders or any(f is None for f in folders) or len(set(folders)) < 2:
         return None, None
     classes = tuple(sorted(set(folders)))
     lookup = {c: i for i, c in enumerate(classes)}
@@ -290,8 +292,6 @@ def load_image_folder(
             raise FileNotFoundError(f"{path}: contains no image files ({', '.join(IMAGE_EXTENSIONS)})")
         names = [name for name, _ in pairs]
         classes, all_labels = _folder_labels([rel for _, rel in pairs]) if labels_from_folders else (None, None)
-        if classes is not None and len(classes) < 2:  # the studies refused a "labelled" set of one class
-            classes, all_labels = None, None
         chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
         array = decode_many(source, [names[i] for i in chosen.tolist()],
                             grayscale=grayscale, crop=crop, size=size, progress=progress)
@@ -322,5 +322,5 @@ def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tup
         pairs = _under(source.names, subdir, path)
     classes, labels = _folder_labels([rel for _, rel in pairs])
     if classes is None:
-        raise ValueError(f"{path}: expected images in <class>/<file> folders")
+        raise ValueError(f"{path}: expected images in <class>/<file> folders, at least two classes")
     return classes, labels
