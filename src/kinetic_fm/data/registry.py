@@ -48,8 +48,10 @@ def absolute_spec(spec: str) -> str:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """``(name, path)`` of a data spec, checked without loading anything (path "" when none)."""
+    """``(name, path)`` of a data spec, checked without loading anything (path "" when none; a
+    leading ``~`` expanded, which the shell does not do after ``mnist:``)."""
     name, _, path = spec.partition(":")
+    path = os.path.expanduser(path)
     takes_path = {s.partition(":")[0]: s.endswith(":PATH") for s in DATA_SPECS}
     if name not in takes_path:
         raise ValueError(f"unknown data spec {spec!r}; expected one of {', '.join(DATA_SPECS)}")
