@@ -691,6 +691,11 @@ def test_the_latest_checkpoint_is_found_by_its_step_number_not_its_name(tmp_path
     for step in (9_999_999, 10_000_000):                 # "step_10000000" < "step_9999999" as text
         save_model(net, tmp_path / "checkpoints" / f"step_{step:07d}.safetensors", step=step)
     assert resolve_weights(tmp_path).name == "step_10000000.safetensors"
+    # a folder named like a later checkpoint is not one (it was chosen, then "weights not found")
+    (tmp_path / "checkpoints" / "step_20000000.safetensors").mkdir()
+    assert resolve_weights(tmp_path).name == "step_10000000.safetensors"
+    with pytest.raises(IsADirectoryError, match="step_20000000.safetensors: a folder, not a safetensors weights file"):
+        load_weights(tmp_path / "checkpoints" / "step_20000000.safetensors")
 
 
 def test_a_float64_net_loads_back_in_float64_bit_for_bit(tmp_path):

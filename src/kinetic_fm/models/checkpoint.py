@@ -126,6 +126,8 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: a folder, not a safetensors weights file")
         if not path.is_file():
             raise FileNotFoundError(f"weights not found: {path}")
         try:
@@ -190,7 +192,8 @@ def resolve_weights(path: str | os.PathLike) -> Path:
     final = path / "final.safetensors"
     # by step number: names compare as text, and step_10000000 sorted before step_9999999
     found = [final] if final.is_file() else sorted(
-        (p for p in (path / "checkpoints").glob("step_*.safetensors") if p.stem[len("step_"):].isdigit()),
+        (p for p in (path / "checkpoints").glob("step_*.safetensors")
+         if p.stem[len("step_"):].isdigit() and p.is_file()),
         key=lambda p: int(p.stem[len("step_"):]))
     if not found:
         raise FileNotFoundError(f"{path}: no final.safetensors or checkpoints/step_*.safetensors")
