@@ -460,10 +460,11 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     k_max = min(r.shape[0], f.shape[0]) - 1
     k = check_integer("k", k, 1, k_max)
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
-    # overflow of squared distances (huge rows) is refused by nearest_neighbors, naming the set
     progress = check_flag("progress", progress)
-    # tiny rows' products underflow the ball tests' GEMM: test a copy scaled by a power of two
-    e = unit_exponent(max(abs_max(r), abs_max(f))) if r.is_floating_point() and f.is_floating_point() else 0
+    # tiny rows' products underflow the ball tests' GEMM and huge rows' squared distances overflow
+    # it (float32 from 1.8e19): test a copy scaled by a power of two, which moves no ball's edge
+    e = (unit_exponent(max(abs_max(r), abs_max(f)), TINY, HUGE)
+         if r.is_floating_point() and f.is_floating_point() else 0)
     r, f = times_power_of_two(r, e), times_power_of_two(f, e)
     fake_in_real = _inside_any_ball(f, r, _kth_neighbour_sq_radius(r, k, chunk, batch_chunk, "real", progress),
                                     chunk, batch_chunk, progress, "precision: fake in real balls")
