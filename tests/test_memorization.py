@@ -1243,7 +1243,8 @@ def test_kfm_memorization_of_an_incomplete_run_is_one_error_line(tmp_path, capsy
     code = main(["memorization", "--samples", str(run), "--train", str(tmp_path / "train.npy"), "--bootstrap", "0"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("kfm memorization: error: ") and err.count("\n") == 1
-    assert "shard-00001-of-00003.parquet (missing" in err and "--resume" in err
+    assert "shard-00001-of-00003.parquet (missing" in err
+    assert "running its command again with --resume (`kfm sample`" in err   # a kfm sample flag, said so
 
 
 def test_a_grey_folder_is_audited_against_colour_items_in_colour(tmp_path, capsys):

@@ -197,7 +197,8 @@ def _each_verified_shard(run_dir, manifest: RunManifest, columns: list[str] | No
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise IncompleteRunError(
             f"run {run_dir} is incomplete: {len(bad)} of {plan.count} shards are not complete: "
-            f"{listed}{more}. Run again with --resume to finish it."
+            f"{listed}{more}. Finish it by running its command again with --resume (`kfm sample`; "
+            "resume=True in Python), with the same settings."
         )
 
 
