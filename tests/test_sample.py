@@ -465,6 +465,51 @@ def test_batch_invariance_is_bit_exact_for_an_elementwise_field(solver):
             assert torch.equal(getattr(whole, name)[start:stop], getattr(part, name)), name
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("solver", FIXED)
+def test_a_half_precision_state_gives_every_sample_the_same_bits_in_any_batch(solver, dtype):
+    # ATen's add(x, v, alpha=c) rounds 16-bit tensors differently in its vectorised body and its
+    # scalar tail: 64 of 64 float16 rows (63 bfloat16) differed between a batch and one at a time
+    x0 = torch.randn(64, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    field = lambda x, t: -x + t.to(x.dtype)[:, None]                    # noqa: E731  row-wise
+    whole = kfm.sample(field, x0, steps=10, solver=solver)
+    alone = [kfm.sample(field, x0[i:i + 1], steps=10, solver=solver) for i in range(64)]
+    assert torch.equal(whole.x, torch.cat([a.x for a in alone]))
+    assert torch.equal(whole.kpe, torch.cat([a.kpe for a in alone]))
+    # one Euler step of length 1 is x0 + v(x0, 0), both 16-bit: exact in float32, rounded once
+    one = kfm.sample(field, x0, steps=1, solver="euler")
+    assert torch.equal(one.x, (x0.float() + field(x0, torch.zeros(64, dtype=dtype)).float()).to(dtype))
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4", "dopri5"])
+def test_rows_longer_than_atens_grain_size_give_the_same_energy_in_any_batch_at_two_threads(solver):
+    # beyond 32,768 values ATen splits a row's sum across threads when the batch is small, so
+    # ‖v‖² (vecdot) and dopri5's error norm depended on the batch size at two threads: 1 of 8
+    # KPEs, and for dopri5 2 of 8 x through the steps chosen (3 × 128 × 128 values; the suite
+    # otherwise runs on one thread)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x0 = torch.randn(6, 3, 128, 128, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        field = lambda x, t: torch.sin(3 * x) * (1 + t.to(x.dtype).reshape(-1, 1, 1, 1)) - x   # noqa: E731
+        kw = dict(steps=3) if solver != "dopri5" else dict(rtol=1e-4, atol=1e-4)
+        whole = kfm.sample(field, x0, solver=solver, **kw)
+        alone = [kfm.sample(field, x0[i:i + 1], solver=solver, **kw) for i in range(6)]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(whole.kpe, torch.cat([a.kpe for a in alone]))
+    assert torch.equal(whole.x, torch.cat([a.x for a in alone]))
+    # and the blocked sums are the float64 sums to round-off
+    from kinetic_fm.norms import row_dot, row_mean_square
+    flat = x0.reshape(6, -1)
+    want = (flat.numpy() ** 2).sum(1)
+    np.testing.assert_allclose(row_dot(flat).numpy(), want, rtol=1e-13)
+    np.testing.assert_allclose(row_mean_square(flat).numpy(), want / flat.shape[1], rtol=1e-13)
+    short = flat[:, :32_768]                                 # up to the grain size: summed whole, as before
+    assert torch.equal(row_dot(short), torch.linalg.vecdot(short, short))
+    assert torch.equal(row_mean_square(short), short.pow(2).mean(dim=1))
+
+
 def test_dopri5_samples_do_not_depend_on_profile_or_quadrature(x0):
     net = TimeMLP(seed=3)
     a = kfm.sample(net, x0, solver="dopri5", shaping=kfm.KTS())

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from ..checks import optional_attribute
-from ..norms import squared_norm
+from ..norms import row_mean_square, squared_norm
 from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
 from .guards import (NonFiniteVelocityError, StepLimitError, check_outputs_unchanged, check_state_unchanged,
@@ -32,7 +32,7 @@ SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 
 
 def _rms(z: torch.Tensor) -> torch.Tensor:
-    return z.reshape(z.shape[0], -1).double().pow(2).mean(dim=1).sqrt()
+    return row_mean_square(z.reshape(z.shape[0], -1).double()).sqrt()
 
 
 def integrate_dopri5(

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from ..checks import declares_singular_at_one
+from ..norms import row_dot
 from .energy import EnergyLedger, quadrature_weights
 from .guards import (check_outputs_unchanged, check_state_unchanged, check_velocity_output, first_velocity,
                      state_version)
@@ -86,10 +87,8 @@ def integrate_fixed(
         stage_v: list[torch.Tensor] = []
         versions: list[int | None] = []
         for j in range(step.stages):
-            xj = x
-            for l, a_jl in enumerate(step.a[j]):
-                if a_jl != 0.0:
-                    xj = torch.add(xj, stage_v[l], alpha=h * a_jl * eta[i][l])
+            xj = _stage_state(x, [(v, h * a_jl * eta[i][l]) for l, (a_jl, v) in enumerate(zip(step.a[j], stage_v))
+                                  if a_jl != 0.0])
             version = state_version(xj) if xj is x else None
             # made here, not S·stages tensors ahead (~750 bytes each whatever B: 300 MB at 10**5
             # rk4 steps); a fill, no synchronisation
@@ -104,7 +103,7 @@ def integrate_fixed(
             flat = v.reshape(batch, -1)
             if flat.dtype != norm_dtype:
                 flat = flat.to(norm_dtype)
-            torch.linalg.vecdot(flat, flat, out=norms[i, j])
+            row_dot(flat, out=norms[i, j])
             stage_v.append(v)
             versions.append(state_version(v))
         x = _update(x, h, step, stage_v, eta[i])
@@ -245,15 +244,33 @@ def _padded(weights: tuple[float, ...], stages: int) -> tuple[float, ...]:
     return weights + (0.0,) * (stages - len(weights))
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _stage_state(x: torch.Tensor, terms: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    """x + Σ c·v over ``terms`` ((v, c) pairs), x itself when there are none.
+
+    A 16-bit state sums in float32 and rounds once: ATen's ``add(x, v, alpha=c)`` on 16-bit
+    tensors rounds differently in its vectorised body and its scalar tail, so an element's bits
+    depended on its row's place in the batch (64 of 64 float16 rows differed between a batch and
+    one sample at a time); float32 and float64 are summed in their own dtype, as before."""
+    if not terms:
+        return x
+    half = x.dtype in _HALF
+    out = x.float() if half else x
+    for v, c in terms:
+        out = torch.add(out, v.float() if half else v, alpha=c)
+    return out.to(x.dtype) if half else out
+
+
 def _update(x, h, tableau: Tableau, stage_v, etas) -> torch.Tensor:
     if tableau.mean_gain_update:
         gain = sum(b * e for b, e in zip(tableau.b, etas))
+        half = x.dtype in _HALF
         mean_v = None
         for b, v in zip(tableau.b, stage_v):
             if b != 0.0:
+                v = v.float() if half else v
                 mean_v = b * v if mean_v is None else torch.add(mean_v, v, alpha=b)
-        return torch.add(x, mean_v, alpha=h * gain)
-    for b, e, v in zip(tableau.b, etas, stage_v):
-        if b != 0.0:
-            x = torch.add(x, v, alpha=h * b * e)
-    return x
+        return _stage_state(x, [(mean_v, h * gain)])
+    return _stage_state(x, [(v, h * b * e) for b, e, v in zip(tableau.b, etas, stage_v) if b != 0.0])
