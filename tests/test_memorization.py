@@ -87,6 +87,28 @@ def test_a_ratio_exactly_on_the_threshold_is_not_memorized():
     assert kfm.memorization(origin, torch.tensor([[1.0], [-3.001]], dtype=torch.float64)).memorized.all()
 
 
+def test_exact_ties_at_one_third_on_integer_data_are_never_memorized_and_near_ties_are_decided_exactly():
+    # d1² = a² + b² and d2² = 9·d1²: d1/d2 is exactly 1/3, but √d1²/√d2² rounded below the float
+    # 1/3 in 1.6 % of such ties (helper-130). Each sample sits 10,000 from the next, its own two
+    # items beside it; the float threshold 1/3 is a hair below the real 1/3, so any tie is not memorized
+    pairs = [(a, b) for a in range(1, 41) for b in range(0, 41)]
+    samples = torch.tensor([[10_000.0 * i, 0.0] for i in range(len(pairs))], dtype=torch.float64)
+    train = torch.tensor([row for i, (a, b) in enumerate(pairs)
+                          for row in ([10_000.0 * i + a, b], [10_000.0 * i - 3 * a, -3.0 * b])], dtype=torch.float64)
+    report = kfm.memorization(samples, train, interval="wilson")
+    assert not report.memorized.any() and report.fraction == 0.0
+    # a second neighbour one unit² closer than the tie (d2² = 9·d1² − 1): ratio above 1/3, not
+    # memorized; one unit² farther: below 1/3, memorized
+    origin = torch.zeros(1, 3, dtype=torch.float64)
+    for second, want in (([6.0, 8.0, 4.0], False), ([6.0, 9.0, 1.0], True)):   # d1² = 13; d2² = 116 or 118
+        items = torch.tensor([[2.0, 3.0, 0.0], second], dtype=torch.float64)
+        assert bool(kfm.memorization(origin, items, interval="wilson").memorized[0]) is want
+    uint8 = kfm.memorization(torch.tensor([[[[100, 100], [100, 100]]]], dtype=torch.uint8),
+                             torch.tensor([[[[105, 102], [101, 101]]], [[[115, 106], [103, 103]]]], dtype=torch.uint8),
+                             interval="wilson")                     # 31 and 279 = 9·31, helper-130's case
+    assert not uint8.memorized.any()
+
+
 def test_the_bootstrap_interval_is_the_binomial_quantiles():
     # resampling n indicators, count of them 1, makes count* ~ Binomial(n, count/n): the percentile
     # interval is its (α/2, 1 − α/2) quantiles over n, to resampling noise and the 1/n lattice
