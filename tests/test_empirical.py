@@ -336,6 +336,16 @@ def test_truncated_mode_reports_a_valid_neglected_mass_bound(backend):
     assert rel_err(full, ref) < 1e-10
 
 
+def test_the_faiss_backend_without_truncate_is_warned_of_as_ignored():
+    # it picks truncated mode's atoms; without truncate the field weighs all N, and the setting
+    # went without a word (helper-132)
+    atoms = torch.rand(50, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with pytest.warns(UserWarning, match="backend='faiss' is ignored without truncate"):
+        field = kfm.EmpiricalFlow(atoms, backend="faiss")
+    x, t = torch.zeros(3, 4, dtype=torch.float64), torch.full((3,), 0.5, dtype=torch.float64)
+    assert torch.equal(field(x, t), kfm.EmpiricalFlow(atoms)(x, t))
+
+
 @pytest.mark.parametrize("spacing,truncate", [(1e-5, 12), (1e-4, 4), (1e-3, 4)])
 def test_truncated_mode_picks_atoms_by_screened_logits_and_bounds_the_rest(spacing, truncate):
     # float32 atoms in clusters of near-duplicates: the screened logits cannot order a cluster,

@@ -234,6 +234,12 @@ class EmpiricalFlow:
             raise ValueError(f"cutoff must be None or a positive finite number, got {cutoff!r}")
         if backend not in ("torch", "faiss"):
             raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
+        if backend == "faiss" and truncate is None:  # as kfm.sample warns of a setting its solver ignores
+            import warnings
+
+            warnings.warn("backend='faiss' is ignored without truncate: it picks the atoms of truncated mode, "
+                          "and the exact field weighs all N (pass truncate=k to search the k nearest with faiss)",
+                          stacklevel=2)
         self.chunk, self.eps, self.exact_max = chunk, float(eps), exact_max
         self.max_logit_error = float(max_logit_error)
         self.truncate, self.backend = truncate, backend
