@@ -79,6 +79,9 @@ def test_clear_errors():
         per_sample_table({"x": [1, 2]}, {"x": [3, 4]}, seeds=[1, 2])
     with pytest.raises(TypeError, match="to_frame"):
         per_sample_table(42, seeds=[1])
+    # every part carries its seeds: seeds= was dropped without a word, even disagreeing (helper-132)
+    with pytest.raises(ValueError, match="every part has one .* drop seeds="):
+        per_sample_table(pd.DataFrame({"seed": [0, 1, 2, 3], "x": [0, 1, 2, 3]}), seeds=[10, 11])
     with pytest.raises(FileNotFoundError):
         load_table("/nonexistent/table.parquet")
 

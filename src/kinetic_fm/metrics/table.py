@@ -121,6 +121,9 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
         seeds = next((f["seed"].tolist() for f in frames if "seed" in f.columns), None)
     else:
         seeds = _seed_list(seeds)
+        if all("seed" in f.columns for f in frames):  # it was dropped without a word, even when it disagreed
+            raise ValueError("seeds= labels the rows of parts without a 'seed' column, and every part has one "
+                             "(a SampleResult sampled with seeds carries them) and joins by it: drop seeds=")
     owner: dict[str, str] = {}
     for frame, label in zip(frames, labels):
         if "seed" not in frame.columns:
