@@ -114,7 +114,7 @@ def test_resume_of_a_folder_holding_no_run_says_it_starts_one(tmp_path, capsys):
     (["--steps", 0], "--steps must be >= 1"),
     (["--dim", 0], "--dim must be >= 1"),
     (["--field", "point", "--solver", "dopri5"], "use a fixed-step --solver"),
-    (["--beta0", 0.2], "beta0"),
+    (["--beta0", 0.2], "error: --beta0 = 0.2 makes η(t) ≤ 0"),      # it named KTS's beta0
     (["--tau", 1.5], "--tau must lie in (0, 1), got 1.5"),              # it named KTS's tau_split
     (["--k", 0, "--landing", "linear", "--launch", "exponential"], "--k must lie in (0, 700]"),
 ])

@@ -17,12 +17,16 @@ def seed_number(text: str) -> int:
 
 
 def named_by_its_flag(err: ValueError, flags: dict[str, str]) -> ValueError:
-    """``err`` ("steps must be a positive integer, got 0") with the flag ``flags`` maps the
-    argument it names to ("--steps must be ..."): the range stays where it is checked, the name is
-    the user's. Other messages pass unchanged."""
+    """``err`` ("steps must be a positive integer, got 0", "beta0 = 0.06 makes ...") with the flag
+    ``flags`` maps the argument it opens with to ("--steps must be ...", "--beta0 = 0.06 makes
+    ..."): the range stays where it is checked, the name is the user's. Other messages pass
+    unchanged."""
     text = str(err)
-    name, _, rest = text.partition(" must ")
-    return ValueError(f"{flags[name]} must {rest}" if name in flags and rest else text)
+    for joint in (" must ", " = "):
+        name, _, rest = text.partition(joint)
+        if name in flags and rest:
+            return ValueError(f"{flags[name]}{joint}{rest}")
+    return ValueError(text)
 
 
 def check_output_path(flag: str, path: str, *, folder: bool) -> None:
