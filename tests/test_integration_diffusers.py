@@ -167,6 +167,25 @@ def test_a_step_that_fails_adds_no_energy_and_a_mismatched_output_is_named(trans
     torch.testing.assert_close(scheduler.kpe, ours.kpe, rtol=1e-5, atol=0)
 
 
+def test_a_non_finite_model_output_flags_that_image_at_its_first_step():
+    # a NaN output gave NaN energies with no flag: ARCHITECTURE's "never a silent NaN" (helper-132);
+    # the pipeline itself is not stopped, as kfm.sample(on_nonfinite="flag") goes on
+    scheduler = KineticFlowMatchEulerScheduler(shift=3.0)
+    scheduler.set_timesteps(5)
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    for i, t in enumerate(scheduler.timesteps):
+        out = x.clone()
+        if i >= 2:
+            out[1, 0, 0, 0] = torch.nan                     # image 1 from step 2 on
+        if i == 3:
+            out[2, 1, 1, 1] = torch.inf                     # image 2 at step 3 only
+        x = scheduler.step(out, t, x, return_dict=False)[0]
+    assert scheduler.nonfinite_step.tolist() == [-1, 2, 3] and scheduler.nonfinite.tolist() == [False, True, True]
+    assert torch.isfinite(scheduler.kpe[0]) and not torch.isfinite(scheduler.kpe[1:]).any()
+    scheduler.set_timesteps(5)
+    assert scheduler.nonfinite is None and scheduler.nonfinite_step is None
+
+
 NO_ENCODERS = dict(vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
                    text_encoder_3=None, tokenizer_3=None)
 

@@ -65,6 +65,10 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         profile: (B, N) float64 applied-energy increment of each of the N steps (0 for steps not
             taken, e.g. before an img2img begin index).
         times: (N + 1,) float64 CPU tensor of FM times t_i = 1 − σ_i of the run.
+        nonfinite_step: (B,) int64, the first step whose model output was NaN or inf for that
+            image (its energies are then NaN, as ``kfm.sample(on_nonfinite="flag")`` leaves
+            them), −1 for a finite run; ``nonfinite`` is ``nonfinite_step >= 0``. The pipeline
+            is not stopped: it decodes what it has.
 
     ``shaping`` (attribute; None = plain flow matching) is a ``kfm.KTS`` or any callable η(t) on
     floats. A ``KTS`` is saved by ``save_pretrained`` (config key ``kinetic_shaping``) and
@@ -80,6 +84,7 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     kpe_raw: torch.Tensor | None = None
     profile: torch.Tensor | None = None
     times: torch.Tensor | None = None
+    nonfinite_step: torch.Tensor | None = None
     _step_size: list[float] | None = None
     _gain: list[float] | None = None
 
@@ -146,7 +151,7 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     set_timesteps.__signature__ = inspect.signature(FlowMatchEulerDiscreteScheduler.set_timesteps)
 
     def _reset_energy(self) -> None:
-        self.kpe = self.kpe_raw = self.profile = self.times = None
+        self.kpe = self.kpe_raw = self.profile = self.times = self.nonfinite_step = None
         self._step_size = self._gain = None
 
     def _prepare_run(self, batch: int, device: torch.device) -> None:
@@ -186,6 +191,7 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         self.kpe = torch.zeros(batch, dtype=torch.float64, device=device)
         self.kpe_raw = torch.zeros(batch, dtype=torch.float64, device=device)
         self.profile = torch.zeros(batch, steps, dtype=torch.float64, device=device)
+        self.nonfinite_step = torch.full((batch,), -1, dtype=torch.int64, device=device)
 
     def step(
         self,
@@ -236,7 +242,15 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         self.kpe += applied
         self.kpe_raw += raw
         self.profile[:, i] = applied
+        # no synchronisation: the first non-finite step of each image, recorded on the device
+        first = (self.nonfinite_step < 0) & ~torch.isfinite(norm)
+        self.nonfinite_step.masked_fill_(first, i)
         return out
+
+    @property
+    def nonfinite(self) -> torch.Tensor | None:
+        """(B,) bool: the images whose model output was NaN or inf at some step (None before a run)."""
+        return None if self.nonfinite_step is None else self.nonfinite_step >= 0
 
 
 # the base step's signature, read once: step() binds its arguments by it on every call
