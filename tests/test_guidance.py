@@ -354,3 +354,22 @@ def test_part_energies_are_refused_with_the_guidance_inside_a_prediction_adapter
     outside = kfm.sample(outside_cfg, x0, steps=8)
     torch.testing.assert_close(outside.x, inside.x, rtol=1e-12, atol=1e-12)   # guidance is affine
     torch.testing.assert_close(outside.kpe, inside.kpe, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("clock", [lambda f: kfm.ReversedTime(f, timestep_scale=1), lambda f: kfm.DiscreteTime(f, 1000)])
+def test_part_energies_are_refused_with_the_guidance_inside_a_clock_adapter(clock):
+    # inside ReversedTime the guidance saw σ falling and restarted its sums at every call (a third
+    # of the energy, silently); inside DiscreteTime it summed over integer steps (helper-131)
+    net, y = ClassNet(), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=r"(ReversedTime|DiscreteTime) around ClassifierFreeGuidance\(track_parts=True\) "
+                                         r"would sum its part energies over the net's"):
+        clock(ClassifierFreeGuidance(net, y, 2.0, NULL, track_parts=True))
+    clock(ClassifierFreeGuidance(net, y, 2.0, NULL))                       # no part energies: fine
+
+
+def test_dopri5_refuses_tracked_parts_behind_an_adapter_up_front():
+    # the up-front check read only the outermost object: ModelXT(guidance) got through, and with one
+    # sample its rejected tries restarted the part energies without a word (helper-131)
+    guided = ClassifierFreeGuidance(lambda x, t, y: -x, torch.tensor([0]), 2.0, NULL, track_parts=True)
+    with pytest.raises(ValueError, match="track_parts is not supported with adaptive solvers"):
+        kfm.sample(ModelXT(guided, time="batch"), kfm.noise([0], (DIM,)), solver="dopri5")

@@ -141,6 +141,12 @@ class _Adapter:
         wrapped field), which is wrong where rows sit at different times (dopri5 refuses it)."""
         return getattr(self, "time", None) == "shared" or declares(self.inner, "one_time_per_call")
 
+    @property
+    def track_parts(self) -> bool:
+        """Whether a wrapped guidance tracks part energies, which dopri5's rejected tries would
+        restart (``kfm.sample`` refuses it up front); passed through."""
+        return declares(self.inner, "track_parts")
+
     def select(self, active: torch.Tensor) -> "_Adapter":
         """This adapter for the samples where the (B,) bool mask ``active`` is True (dopri5
         evaluates only the samples still in flight); passed through to the wrapped field."""
@@ -265,6 +271,8 @@ class DiscreteTime(_Adapter):
 
     def __init__(self, inner: Callable[..., torch.Tensor], num_timesteps: int = 1000):
         _check_callable(inner, "inner")
+        _refuse_guidance_parts_within(inner, "DiscreteTime", "sum its part energies over the net's integer steps, "
+                                      "not over t")
         # at most 2**53: t·(T − 1) exact in float64
         self.inner, self.num_timesteps = inner, check_integer("num_timesteps", num_timesteps, 2, 2**53)
 
@@ -308,6 +316,8 @@ class ReversedTime(_Adapter):
         self, inner: Callable[..., torch.Tensor], *, timestep_scale: float = 1000.0, flip_sign: bool = True
     ):
         _check_callable(inner, "inner")
+        _refuse_guidance_parts_within(inner, "ReversedTime", "sum its part energies over the net's σ = 1 − t, "
+                                      "which decreases (each call would restart them), not over t")
         timestep_scale = as_scalar(timestep_scale)
         if not (is_real(timestep_scale, finite=True) and timestep_scale > 0):
             raise ValueError(f"timestep_scale must be a finite number > 0, got {timestep_scale!r}")
@@ -359,10 +369,12 @@ def _discrete_time_within(field) -> "DiscreteTime | None":
     return None
 
 
-def _refuse_guidance_parts_within(inner, adapter: str, prediction: str) -> None:
-    """ValueError for ``adapter`` around a ``ClassifierFreeGuidance(track_parts=True)``: the
-    guidance there combines the net's predictions, so its part energies would be those of ε̂ or
-    x̂1 (92 % off the velocities' in one case), not the ½∫‖v_c‖², ½∫‖v_u‖² it promises."""
+def _refuse_guidance_parts_within(inner, adapter: str, why: str) -> None:
+    """ValueError for ``adapter`` around a ``ClassifierFreeGuidance(track_parts=True)``, saying
+    ``why`` its part energies would not be the ½∫‖v_c‖², ½∫‖v_u‖² it promises: inside a
+    prediction adapter the guidance combines ε̂ or x̂1 (92 % off the velocities' in one case);
+    inside a clock adapter it sums over the net's own clock (σ decreasing: each call restarted the
+    sums, a third of the energy; integer steps: Δ 999× too large, then refused)."""
     from .guidance import ClassifierFreeGuidance
 
     field = inner
@@ -370,9 +382,8 @@ def _refuse_guidance_parts_within(inner, adapter: str, prediction: str) -> None:
         if isinstance(field, ClassifierFreeGuidance):
             if field.track_parts:
                 raise ValueError(
-                    f"{adapter} around ClassifierFreeGuidance(track_parts=True) would track the energies of the "
-                    f"{prediction} predictions, not of velocities; put the guidance outside: "
-                    f"ClassifierFreeGuidance({adapter}(net), labels, scale, null_label, track_parts=True) "
+                    f"{adapter} around ClassifierFreeGuidance(track_parts=True) would {why}; put the guidance "
+                    f"outside: ClassifierFreeGuidance({adapter}(net), labels, scale, null_label, track_parts=True) "
                     "guides the same field")
             return
         if not isinstance(field, _Adapter):
@@ -415,7 +426,8 @@ class NoisePrediction(_Adapter):
             if stepped is not None and stepped.num_timesteps > 2:
                 # a relative 1e-6 above 1/(T − 1) keeps int(t·(T − 1)) at 1 in float32 as in float64
                 t_min = max(t_min, (1.0 + 1e-6) / (stepped.num_timesteps - 1))
-        _refuse_guidance_parts_within(inner, "NoisePrediction", "noise")
+        _refuse_guidance_parts_within(inner, "NoisePrediction", "track the energies of the noise predictions, not "
+                                      "of velocities")
         self.inner, self.t_min = inner, inside_unit_interval("t_min", t_min)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -446,7 +458,8 @@ class DataPrediction(_Adapter):
 
     def __init__(self, inner: Callable[..., torch.Tensor], *, gap_min: float = 1e-3):
         _check_callable(inner, "inner")
-        _refuse_guidance_parts_within(inner, "DataPrediction", "data")
+        _refuse_guidance_parts_within(inner, "DataPrediction", "track the energies of the data predictions, not "
+                                      "of velocities")
         self.inner, self.gap_min = inner, inside_unit_interval("gap_min", gap_min)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
