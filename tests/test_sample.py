@@ -527,6 +527,27 @@ def test_left_quadrature_over_dopri5_steps_is_warned_of():
         kfm.sample(field, x0, solver="euler", steps=1000, quadrature="left")  # the reference's own use
 
 
+def test_a_singular_field_under_a_gain_with_eta_at_one_at_most_half_is_warned_of():
+    # PointTarget: v = (y − x)/(1 − t), so under η the gap closes as (1 − t)^η(1) and η²‖v‖² grows
+    # as (1 − t)^(2η(1) − 2): infinite energy for η(1) ≤ ½. β0 = 0.03 (η(1) = 0.43, admissible)
+    # reported a KPE that kept growing with the steps, silently (helper-131)
+    import warnings
+
+    field = kfm.PointTarget(torch.full((2,), 2.0, dtype=torch.float64))
+    x0 = kfm.noise([0], (2,), dtype=torch.float64)
+    kts = kfm.KTS(alpha0=0.0, beta0=0.03)
+    assert kts(1.0) == pytest.approx(1 - 0.03 * (math.e ** 3 - 1))        # the exponential landing's η(1)
+    with pytest.warns(UserWarning, match=r"η\(1\) = 0.427 ≤ 1/2 and the field is singular at t = 1"):
+        coarse = kfm.sample(field, x0, steps=100, shaping=kts).kpe
+    with pytest.warns(UserWarning, match="energy is infinite"):
+        fine = kfm.sample(field, x0, steps=10_000, shaping=kts).kpe
+    assert float(fine) > 1.1 * float(coarse)                                 # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kfm.sample(field, x0, steps=10, shaping=kfm.KTS(alpha0=0.0, beta0=0.02))       # η(1) = 0.62
+        kfm.sample(kfm.GaussianTarget(mean=2.0, std=0.5), x0, steps=10, shaping=kts)  # not singular
+
+
 @pytest.mark.filterwarnings("ignore:quadrature='left'")
 def test_dopri5_samples_do_not_depend_on_profile_or_quadrature(x0):
     net = TimeMLP(seed=3)
