@@ -548,6 +548,17 @@ def test_a_singular_field_under_a_gain_with_eta_at_one_at_most_half_is_warned_of
         kfm.sample(kfm.GaussianTarget(mean=2.0, std=0.5), x0, steps=10, shaping=kts)  # not singular
 
 
+def test_dopri5_on_a_half_precision_state_starts_with_the_step_a_float32_state_gets():
+    # |x|/atol overflowed float16 in the starting-step estimate, which fell back to 1e-6 for every
+    # sample (float32: 0.037-0.039) (helper-131)
+    field = lambda x, t: 2.0 - x                                            # noqa: E731
+    wide = kfm.sample(field, seeds=range(4), shape=(2,), dtype=torch.float32, solver="dopri5")
+    half = kfm.sample(field, seeds=range(4), shape=(2,), dtype=torch.float16, solver="dopri5")
+    torch.testing.assert_close(half.times[:, 1], wide.times[:, 1], rtol=1e-3, atol=0)
+    coarse = kfm.sample(field, seeds=range(4), shape=(2,), dtype=torch.bfloat16, solver="dopri5")
+    assert (coarse.times[:, 1] > 0.02).all()                       # bfloat16 rounds x0 itself: near, not equal
+
+
 @pytest.mark.filterwarnings("ignore:quadrature='left'")
 def test_dopri5_samples_do_not_depend_on_profile_or_quadrature(x0):
     net = TimeMLP(seed=3)

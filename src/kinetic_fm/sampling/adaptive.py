@@ -262,8 +262,11 @@ def _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step) -> torch.Tensor:
     if first_step is not None:
         return torch.full((batch,), float(first_step), dtype=torch.float64, device=x.device)
     f0 = _bcast(eta_of(t), x) * k1
-    scale = atol + rtol * x.abs()
-    d0, d1 = _rms(x / scale), _rms(f0 / scale)
+    # a 16-bit state's x/scale overflowed (|x|/atol passes 65504 from |x| ≈ 0.65), and every
+    # sample started at the 1e-6 fallback: the ratios are formed in float32 at least
+    wide = torch.promote_types(x.dtype, torch.float32)
+    scale = atol + rtol * x.abs().to(wide)
+    d0, d1 = _rms(x.to(wide) / scale), _rms(f0 / scale)
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
     h0 = h0.clamp(max=1.0)
     t1 = t + h0
