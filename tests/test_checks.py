@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kinetic_fm as kfm
-from kinetic_fm.checks import (as_scalar, check_flag, check_integer, is_integer, is_real, optional_integer,
+from kinetic_fm.checks import (SEED_NOTE, as_scalar, check_flag, check_integer, is_integer, is_real, optional_integer,
                                positive_integer)
 
 
@@ -298,7 +298,7 @@ def _integer_sites():
         ("steps", 1, None, lambda v: kfm.sample(lambda x, t: -x, x0, steps=v).x),
         ("max_steps", 1, None, lambda v: kfm.sample(lambda x, t: -x, x0, steps=2, max_steps=v).x),
         ("steps", 1, None, lambda v: time_grid("uniform", v)),
-        ("seed", 0, 2**63 - 1, lambda v: kfm.kde_log_density(x0, train, "median", seed=v).log_density),
+        ("seed", 0, 2**32 - 1, lambda v: kfm.kde_log_density(x0, train, "median", seed=v).log_density),
         ("k", 1, None, lambda v: kfm.local_support(x0, train, k=v, ks=()).radii),
         ("bootstrap", 0, None, lambda v: kfm.spearman(spread, spread ** 2, bootstrap=v, permutations=0).ci_low),
         ("permutations", 0, None, lambda v: kfm.pearson(spread, spread ** 2, bootstrap=0, permutations=v).p_perm),
@@ -318,7 +318,7 @@ def _same(a, b):
 
 
 OPTIONAL_SITES = (8, 9)  # EmpiricalFlow's batch_chunk and truncate: None is the default
-NOTES = {9: "the training items", 10: "the training items", 12: "the available items"}  # a bound's meaning
+NOTES = {3: SEED_NOTE, 9: "the training items", 10: "the training items", 12: "the available items"}  # a bound's meaning
 
 
 @pytest.mark.parametrize("site", range(14))

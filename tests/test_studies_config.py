@@ -37,8 +37,9 @@ BAD = [
     ("assets", "lr", -1e-3, "a finite number > 0"),
     ("assets", "lr", math.nan, "a finite number > 0"),
     ("assets", "lr", math.inf, "a finite number > 0"),
-    ("assets", "seed", -1, "an integer in [0, 2**63 - 1]"),
-    ("assets", "seed", 2**63, "an integer in [0, 2**63 - 1]"),
+    ("assets", "seed", -1, "an integer in [0, 4_294_967_294]"),
+    ("assets", "seed", 2**32 - 1, "an integer in [0, 4_294_967_294]"),   # its + 1 seeds the judge
+    ("assets", "seed", 2**63, "an integer in [0, 4_294_967_294] (its 2 seeds stay below 2**32; torch's generator"),
     ("semantics", "n_samples", 1, "an integer >= 10"),
     ("semantics", "n_samples", 9, "an integer >= 10"),
     ("semantics", "steps", 0, "a positive integer"),
@@ -51,7 +52,7 @@ BAD = [
     ("semantics", "bootstrap", 1, "an integer >= 2"),     # one resample: a zero-width interval, read as certain
     ("semantics", "bootstrap", 0, "an integer >= 2"),     # none: every interval NaN
     ("semantics", "seed_start", -1, "an integer in [0, "),
-    ("semantics", "seed_start", 2**63 - 63, "an integer in [0, "),      # the tiny preset's 64 seeds pass 2**63 - 1
+    ("semantics", "seed_start", 2**32 - 63, "an integer in [0, "),      # the tiny preset's 64 seeds pass 2**32 - 1
     ("support", "k", 0, "a positive integer"),
     ("support", "bootstrap", 1, "an integer >= 2"),
     ("memorization", "efm_sizes", (), "a non-empty tuple of integers >= 2"),
@@ -63,7 +64,7 @@ BAD = [
     ("memorization", "checkpoint_samples", 1, "an integer >= 2"),
     ("memorization", "steps", 0, "a positive integer"),
     ("memorization", "bootstrap", 1, "an integer >= 2"),   # the Goldilocks test's resamples
-    ("memorization", "seed_start", 2**63 - 31, "an integer in [0, "),   # the tiny preset's 32 seeds
+    ("memorization", "seed_start", 2**32 - 31, "an integer in [0, "),   # the tiny preset's 32 seeds
     ("shaping", "n_samples", 1, "an integer >= 2"),
     ("shaping", "steps", 0, "a positive integer"),
     ("shaping", "more_steps", 10, "an integer >= 11"),                   # the tiny preset's steps: 10
@@ -125,13 +126,13 @@ def test_the_smallest_accepted_values_build():
     smallest = ReproduceConfig(
         mode="tiny",
         assets=AssetsConfig(n_train=16, n_heldout=2, classifier_steps=1, model="unet", width=2, general_steps=1,
-                            memorizer_n=2, memorizer_steps=1, batch_size=1, lr=1e-9, seed=2**63 - 1),
+                            memorizer_n=2, memorizer_steps=1, batch_size=1, lr=1e-9, seed=2**32 - 2),
         semantics=SemanticsConfig(n_samples=10, steps=1, solver="rk4_38", quantile=0.15, bootstrap=2,
-                                  seed_start=2**63 - 10),
+                                  seed_start=2**32 - 10),
         support=SupportConfig(k=16, bootstrap=2),
         memorization=MemorizationConfig(efm_sizes=(2,), efm_samples=2, efm_steps=1, checkpoint_samples=2, steps=1,
-                                        bootstrap=2, seed_start=2**63 - 2),
-        shaping=ShapingConfig(n_samples=2, steps=1, more_steps=2, bootstrap=2, seed_start=2**63 - 2),
+                                        bootstrap=2, seed_start=2**32 - 2),
+        shaping=ShapingConfig(n_samples=2, steps=1, more_steps=2, bootstrap=2, seed_start=2**32 - 2),
     )
     assert smallest.semantics.quantile == 0.15
     # the shared integer rule: NumPy integers count, and an efm_sizes list is read as the tuple is
@@ -191,16 +192,16 @@ def test_the_presets_build_unchanged(mode):
         assert asdict(images) == {"mode": mode, **PRESETS[mode], "assets": assets}
 
 
-def test_the_largest_accepted_seed_start_samples_up_to_the_last_int64_seed(tmp_path):
-    # seed_start may reach 2**63 - n (the last seed 2**63 - 1, as kfm.noise takes it): the cached
-    # run's seed column was torch.arange(start, stop), and a stop of 2**63 overflowed int64
+def test_the_largest_accepted_seed_start_samples_up_to_the_last_seed(tmp_path):
+    # seed_start may reach 2**32 - n (the last seed 2**32 - 1, as kfm.noise takes it); when seeds
+    # reached 2**63 the cached run's seed column was torch.arange(start, stop), which overflowed int64
     import torch
 
     from kinetic_fm.sampling.noise import noise
     from kinetic_fm.studies.samples import sampled
     from kinetic_fm.studies.workspace import Workspace
 
-    seeds = range(2**63 - 3, 2**63)
+    seeds = range(2**32 - 3, 2**32)
     run = sampled(Workspace(tmp_path), "last-seeds", {"field": "zero"}, lambda x, t: torch.zeros_like(x), seeds,
                   (2,), steps=1)
     assert run["seeds"].tolist() == list(seeds) and run["seeds"].dtype == torch.int64

@@ -105,6 +105,19 @@ def check_flag(name: str, value) -> bool:
     raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
+# torch's CPU generator (mt19937) is seeded from the low 32 bits of a seed: s and s + 2**32 draw
+# the same numbers, so a seed that reaches it lies in [0, 2**32) (2**63 allowed silent duplicates)
+SEED_LIMIT = 2**32
+SEED_NOTE = "torch's generator keeps 32 bits of a seed: s and s + 2**32 would draw the same numbers"
+
+
+def check_seed(name: str, value, count: int = 1) -> int:
+    """``value`` as an int if ``value .. value + count − 1`` are seeds in [0, 2**32) (see
+    :data:`SEED_LIMIT`); else ValueError naming ``name``, the range and why."""
+    return check_integer(name, value, 0, SEED_LIMIT - count,
+                         note=SEED_NOTE if count == 1 else f"its {count} seeds stay below 2**32; {SEED_NOTE}")
+
+
 def check_integer(name: str, value, low: int | None = None, high: int | None = None, *,
                   note: str = "") -> int:
     """``value`` as an int if it is an integer in [low, high] (a bound of None is open): a Python

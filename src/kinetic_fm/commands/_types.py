@@ -6,13 +6,15 @@ import contextlib
 
 
 def seed_number(text: str) -> int:
-    """A seed: an integer in [0, 2**63), as torch and NumPy generators take it."""
+    """A seed: an integer in [0, 2**32), as torch's generator takes it (it keeps 32 bits: s and
+    s + 2**32 would draw the same numbers)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text}")
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32) (torch's generator keeps 32 bits of "
+                                         f"a seed), got {text}")
     return value
 
 

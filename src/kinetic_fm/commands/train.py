@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping (default 1)")
     p.add_argument("--label-dropout", type=float, default=None,
                    help="with --class-cond: share of labels replaced by the null class (default 0.1)")
-    p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**63 (default 0)")
+    p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**32 (default 0)")
     p.add_argument("--checkpoints", default="log2",
                    help="log2 (steps 1, 2, 4, ... and the last; the default), none, or comma-separated steps")
     p.add_argument("--save-every", type=int, default=100, help="steps between resume states (default 100)")

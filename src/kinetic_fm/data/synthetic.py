@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..checks import check_integer
+from ..checks import check_integer, check_seed
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class PointDataset:
 
 
 def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(check_integer("seed", seed, 0, 2**63 - 1))  # int(1.5) was seed 1
+    return torch.Generator().manual_seed(check_seed("seed", seed))  # int(1.5) was seed 1
 
 
 def _count(n: int) -> int:

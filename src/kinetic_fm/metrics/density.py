@@ -27,7 +27,8 @@ from torch import Tensor
 
 from .. import gemm
 from ..blocks import block_size
-from ..checks import as_scalar, check_flag, check_integer, check_same_space, is_integer, is_real, positive_integer
+from ..checks import (as_scalar, check_flag, check_integer, check_same_space, check_seed, is_integer, is_real,
+                      positive_integer)
 from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
 from ..knn import check_same_rows, column_mean, row_sq_norms
 from .features import SpaceLike, as_features, feature_space
@@ -236,7 +237,7 @@ def median_bandwidth(reference: Any, max_points: int = 2000, seed: int = 0) -> f
     Uses a seeded random subset of at most ``max_points`` (≥ 2) references (the median of ~2·10⁶
     pairs is stable to well under a percent).
     """
-    max_points = check_integer("max_points", max_points, 2)
+    max_points, seed = check_integer("max_points", max_points, 2), check_seed("seed", seed)
     return _median(as_features(reference, argument="reference"), max_points, seed)
 
 
@@ -413,7 +414,7 @@ def kde_log_density(samples: Any, reference: Any,
         space: feature space both sets are mapped through (None = flattened inputs).
         exclude_self: the samples ARE the reference; leave-one-out (term j = i dropped, N − 1).
         chunk: reference rows per GEMM; batch_chunk: query rows per block.
-        seed: seed of the median rule's subset, an integer in [0, 2**63) (checked in any case).
+        seed: seed of the median rule's subset, an integer in [0, 2**32) (checked in any case).
         reference_features: precomputed ``space(reference)``, a tensor or array of shape
             (N, D) with N the reference's rows.
 
@@ -427,7 +428,7 @@ def kde_log_density(samples: Any, reference: Any,
     """
     exclude_self = check_flag("exclude_self", exclude_self)
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
-    seed = check_integer("seed", seed, 0, 2**63 - 1)
+    seed = check_seed("seed", seed)
     bandwidth = as_scalar(bandwidth)
     if not (isinstance(bandwidth, str) or (is_real(bandwidth, finite=True) and bandwidth > 0)):
         raise ValueError(f"bandwidth must be 'scott', 'median' or a positive finite number, got {bandwidth!r}")

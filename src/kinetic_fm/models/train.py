@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_flag, check_integer, check_real, torch_readable
+from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
 from .checkpoint import load_state, save_model, save_state, save_weights
 
 RESUME_FILE = "resume.pt"
@@ -67,7 +67,7 @@ class TrainConfig:
         for name, low in (("steps", 1), ("batch_size", 1), ("save_every", 1), ("warmup", 0)):
             object.__setattr__(self, name, check_integer(name, getattr(self, name), low))
         # what kfm train --seed takes; 2**64 and beyond failed inside the run folder's lock
-        object.__setattr__(self, "seed", check_integer("seed", self.seed, 0, 2**63 - 1))
+        object.__setattr__(self, "seed", check_seed("seed", self.seed))
         # plain floats too (a NumPy float32 lr stopped config.json being written), each in its range
         for name, low, high, what in (
                 ("lr", 0.0, math.inf, "a finite number > 0"), ("weight_decay", 0.0, math.inf, "a finite number >= 0"),

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checks import SEED_LIMIT, SEED_NOTE
+
 
 @dataclass(frozen=True)
 class ShardPlan:
@@ -25,9 +27,9 @@ class ShardPlan:
             raise ValueError(f"n must be >= 1 samples, got {self.n}")
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1 samples, got {self.shard_size}")
-        if not 0 <= self.seed_start <= 2**63 - self.n:
-            raise ValueError(f"seed_start must lie in [0, 2**63 - n] = [0, {2**63 - self.n}] (seeds are "
-                             f"int64), got {self.seed_start}")
+        if not 0 <= self.seed_start <= SEED_LIMIT - self.n:
+            raise ValueError(f"seed_start must lie in [0, 2**32 - n] = [0, {SEED_LIMIT - self.n}] (the n seeds stay "
+                             f"below 2**32; {SEED_NOTE}), got {self.seed_start}")
 
     @property
     def count(self) -> int:

@@ -5,7 +5,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ..checks import is_integer
+from ..checks import SEED_LIMIT, SEED_NOTE, is_integer
 
 
 def noise(
@@ -17,7 +17,7 @@ def noise(
 ) -> torch.Tensor:
     """Standard normal noise of shape (len(seeds), *shape); row i depends on ``seeds[i]`` only.
 
-    ``seeds`` are integers in [0, 2**63): a list, range, generator, NumPy array or 1-D tensor
+    ``seeds`` are integers in [0, 2**32) (torch's generator keeps 32 bits of a seed): a list, range, generator, NumPy array or 1-D tensor
     (at least one). ``shape`` is one sample's shape, a sequence of positive integers.
     ``dtype`` a floating torch dtype; ``device`` where the result goes (None: the CPU).
     ValueError names a bad seed, dimension, dtype or device; TypeError a seeds or shape that is no sequence.
@@ -33,8 +33,8 @@ def noise(
     if not seeds:
         raise ValueError("seeds must hold at least one seed (got an empty sequence)")
     for s in seeds:
-        if not (is_integer(s) and 0 <= s < 2**63):
-            raise ValueError(f"seeds must be integers in [0, 2**63), got {s!r}")
+        if not (is_integer(s) and 0 <= s < SEED_LIMIT):
+            raise ValueError(f"seeds must be integers in [0, 2**32) ({SEED_NOTE}), got {s!r}")
     seeds = [int(s) for s in seeds]
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable) or not all(is_integer(d) for d in shape):
         raise TypeError(f"shape must be a sequence of integers (one sample's shape), got {shape!r}")

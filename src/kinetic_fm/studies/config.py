@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from ..checks import as_scalar, check_integer, check_real, is_real, optional_integer
+from ..checks import SEED_LIMIT, SEED_NOTE, as_scalar, check_integer, check_real, check_seed, is_real, optional_integer
 from ..sampling.tableau import FIXED_STEP
 
 MODES = ("tiny", "quick", "full")
@@ -20,13 +20,10 @@ MODES = ("tiny", "quick", "full")
 STUDY_SOLVERS = tuple(FIXED_STEP)
 # What the loader needs in the training split (``_load_split``): n_train below it is refused there.
 MIN_TRAIN = 16
-SEED_LIMIT = 2**63  # seeds are int64, as torch and NumPy generators take them
-
-
 def _seed_start(owner: str, value, count: int, what: str) -> None:
-    """Refuse a ``seed_start`` whose seeds ``seed_start .. seed_start + count - 1`` leave [0, 2**63)."""
+    """Refuse a ``seed_start`` whose seeds ``seed_start .. seed_start + count - 1`` leave [0, 2**32)."""
     check_integer(f"{owner}.seed_start", value, 0, SEED_LIMIT - count,
-                  note=f"its {count} seeds, one per {what}, must stay below 2**63")
+                  note=f"its {count} seeds, one per {what}, must stay below 2**32; {SEED_NOTE}")
 
 
 def _bootstrap(name: str, value) -> None:
@@ -112,7 +109,7 @@ class AssetsConfig:
                       "two for the gap ratio, at most the n_train images it is drawn from")
         check_integer(name + "batch_size", self.batch_size, 1)
         _positive_real(name + "lr", self.lr, "the velocity nets' AdamW learning rate")
-        check_integer(name + "seed", self.seed, 0, SEED_LIMIT - 1)
+        check_seed(name + "seed", self.seed, 2)  # the nets' seed and, + 1, the judge's
 
     def sample_settings(self) -> dict:
         """The settings every study's samples depend on: all but the judging classifier's, which
