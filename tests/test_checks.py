@@ -308,7 +308,7 @@ def _integer_sites():
         ("k", 1, 5, lambda v: kfm.EmpiricalFlow(train).posterior(x0, 0.5, k=v).weights),
         ("num_timesteps", 2, 2**53, lambda v: kfm.DiscreteTime(lambda x, s: x * s[:, None], num_timesteps=v)(x0, 0.5)),
         ("n", 1, 6, lambda v: subset(points, n=v).points),
-        ("seed", None, None, lambda v: subset(points, n=3, seed=v).points),
+        ("seed", 0, 2**63 - 1, lambda v: subset(points, n=3, seed=v).points),
     ]
 
 
