@@ -10,6 +10,19 @@ def test_logit_margin_is_top1_minus_top2():
     assert torch.equal(logit_margin(logits), torch.tensor([3.0, 0.0]))
 
 
+@pytest.mark.parametrize("logits,match", [
+    (torch.randn(10), r"logits must be \(B, C\) with C >= 2 classes, got shape \(10,\)"),
+    (torch.randn(4, 1), r"logits must be \(B, C\) with C >= 2 classes, got shape \(4, 1\)"),
+    (torch.full((2, 3), float("nan")), "logits must be finite"),
+    (torch.tensor([[1.0, float("inf")]]), "logits must be finite"),
+])
+def test_logit_margin_refuses_what_has_no_margin(logits, match):
+    # one sample's (C,) logits raised IndexError, (B, 1) "selected index k out of range", NaN
+    # gave NaN margins without a word (classifier_margin refuses all three)
+    with pytest.raises(ValueError, match=match):
+        logit_margin(logits)
+
+
 def test_features_and_logits_shapes():
     model = SmallCNN(1, 10, width=8, feature_dim=16).eval()
     x = torch.randn(4, 1, 28, 28)

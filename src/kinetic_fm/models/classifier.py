@@ -68,7 +68,14 @@ class SmallCNN(nn.Module):
 
 
 def logit_margin(logits: Tensor) -> Tensor:
-    """(B,) top-1 minus top-2 logit: how decisively each sample is classified."""
+    """(B,) top-1 minus top-2 logit: how decisively each sample is classified.
+
+    ValueError for logits that are not (B, C) with C >= 2 or not finite, as
+    :func:`~kinetic_fm.metrics.semantics.classifier_margin` refuses them (a NaN margin said nothing)."""
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be (B, C) with C >= 2 classes, got shape {tuple(logits.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("logits must be finite, got NaN or inf")
     top = logits.topk(2, dim=1).values
     return top[:, 0] - top[:, 1]
 
