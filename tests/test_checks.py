@@ -308,7 +308,7 @@ def _integer_sites():
         ("k", 1, 5, lambda v: kfm.EmpiricalFlow(train).posterior(x0, 0.5, k=v).weights),
         ("num_timesteps", 2, 2**53, lambda v: kfm.DiscreteTime(lambda x, s: x * s[:, None], num_timesteps=v)(x0, 0.5)),
         ("n", 1, 6, lambda v: subset(points, n=v).points),
-        ("seed", None, None, lambda v: subset(points, n=3, seed=v).points),
+        ("seed", 0, 2**32 - 1, lambda v: subset(points, n=3, seed=v).points),
     ]
 
 
@@ -318,7 +318,8 @@ def _same(a, b):
 
 
 OPTIONAL_SITES = (8, 9)  # EmpiricalFlow's batch_chunk and truncate: None is the default
-NOTES = {3: SEED_NOTE, 9: "the training items", 10: "the training items", 12: "the available items"}  # a bound's meaning
+NOTES = {3: SEED_NOTE, 9: "the training items", 10: "the training items", 12: "the available items",
+         13: SEED_NOTE}  # a bound's meaning
 
 
 @pytest.mark.parametrize("site", range(14))

@@ -227,6 +227,16 @@ def test_a_model_samples_in_float64_and_a_wrong_shape_fails_before_the_folder(tm
     assert "config.json: not a torch checkpoint (Unsupported operand" in capsys.readouterr().err
 
 
+def test_a_text_file_given_as_the_model_is_one_error_line(tmp_path, capsys):
+    # "hello" escaped the checkpoint's error handling as a raw KeyError traceback, exit 1
+    for text in ("hello\n", "airplane\n", "root:x:0:0\n"):
+        (tmp_path / "notes.txt").write_text(text)
+        assert kfm_sample(tmp_path / "run", "--model", tmp_path / "notes.txt", "--n", 2, "--steps", 2) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "notes.txt: not a torch checkpoint (" in err[0]
+        assert not (tmp_path / "run").exists()
+
+
 def test_a_non_finite_velocity_names_seeds_and_the_flag(tmp_path, capsys):
     from safetensors.torch import save_file
 

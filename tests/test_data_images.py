@@ -42,6 +42,35 @@ def test_select_indices_deterministic_nested_and_validated():
         select_indices(5, indices=[5])
 
 
+def test_select_indices_refuses_fractions_masks_and_text_by_name():
+    # [1.9] was cut to position 1, a bool mask read as positions 0 and 1 (a full-length one as
+    # "duplicates"), and ['1'] failed inside torch ("too many dimensions 'str'")
+    mask = np.zeros(10, dtype=bool)
+    mask[[3, 7]] = True
+    for indices, match in (
+        ([1.9], r"^indices must be integer positions in \[0, 10\), got float values"),
+        (np.array([1.0, 2.0]), r"^indices must be integer positions in \[0, 10\), got float values"),
+        (torch.tensor([0.5]), r"^indices must be integer positions in \[0, 10\), got float values"),
+        (mask, r"^indices must be integer positions, not a bool mask: pass its positions, np.flatnonzero\(mask\)"),
+        (torch.from_numpy(mask[:2]), r"^indices must be integer positions, not a bool mask"),
+        (["1"], r"^indices must be integer positions in \[0, 10\), got \['1'\]"),
+        (np.array(["1"]), r"^indices must be integer positions in \[0, 10\), got array\(\['1'\]"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            select_indices(10, indices=indices)
+    assert torch.equal(select_indices(10, indices=np.flatnonzero(mask)), torch.tensor([3, 7]))
+    assert select_indices(10, indices=[]).tolist() == []
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**63, 2**70, 1.5])
+def test_select_indices_takes_seeds_in_0_to_2_32_as_other_seeded_calls(seed):
+    # -1 was taken (the same subset as 2**64 - 1), 2**70 overflowed inside torch, and 2**32 + s
+    # drew seed s's subset (torch's generator keeps 32 bits)
+    with pytest.raises(ValueError, match=r"^seed must be an integer in \[0, 2\*\*32 - 1\] \(torch's generator"):
+        select_indices(100, n=5, seed=seed)
+    assert torch.equal(select_indices(100, n=5, seed=2**32 - 1), select_indices(100, n=5, seed=np.int64(2**32 - 1)))
+
+
 def test_digits_range_shape_and_known_facts():
     ds = load_digits()
     assert ds.images.shape == (1797, 1, 8, 8) and ds.images.dtype == torch.float32

@@ -422,6 +422,24 @@ def test_from_scheduler_keeps_a_kinetic_schedulers_gain_unless_told():
         KineticFlowMatchEulerScheduler.from_scheduler(shaped, shaping="kts")
 
 
+@pytest.mark.parametrize("given,shown", [
+    (FlowMatchEulerDiscreteScheduler, "the class FlowMatchEulerDiscreteScheduler"),
+    (KineticFlowMatchEulerScheduler, "the class KineticFlowMatchEulerScheduler"),
+    (3, "int"),
+])
+def test_from_scheduler_asks_for_an_instance(given, shown):
+    # the class went to from_config, which read its config property as a repository name and
+    # tried to download it; an int raised AttributeError 'config'
+    with pytest.raises(TypeError, match=rf"^scheduler must be a diffusers scheduler instance such as a "
+                                        rf"FlowMatchEulerDiscreteScheduler, e.g. pipe.scheduler, got {shown}$"):
+        KineticFlowMatchEulerScheduler.from_scheduler(given)
+
+
+def test_from_scheduler_takes_another_flow_matching_schedulers_instance():
+    heun = diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0)
+    assert KineticFlowMatchEulerScheduler.from_scheduler(heun).config.shift == 3.0
+
+
 def test_from_scheduler_keeps_a_shift_set_outside_the_config():
     # newer diffusers change the shift with set_shift(), which the config does not record; the
     # kinetic copy must walk the base scheduler's own grid (mutation audit)

@@ -69,6 +69,17 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
         load_weights(tmp_path / "junk.safetensors")
 
 
+@pytest.mark.parametrize("text", ["hello\n", "airplane\n", "root:x:0:0\n", "kfm\n", "jN", "Mus.98"])
+def test_a_text_file_is_named_as_not_a_torch_checkpoint(tmp_path, text):
+    # torch's weights-only unpickler read some letters as opcodes and failed in its own stack:
+    # KeyError 101 for "hello", IndexError for "airplane", struct.error for "jN"
+    path = tmp_path / "notes.txt"
+    path.write_text(text)
+    for load in (load_state, load_model):
+        with pytest.raises(ValueError, match=r"notes.txt: not a (readable )?torch checkpoint \("):
+            load(path)
+
+
 def test_the_weights_digest_ignores_header_order_and_refuses_broken_files(tmp_path):
     import json
     import struct

@@ -10,6 +10,19 @@ def test_logit_margin_is_top1_minus_top2():
     assert torch.equal(logit_margin(logits), torch.tensor([3.0, 0.0]))
 
 
+@pytest.mark.parametrize("logits,match", [
+    (torch.randn(10), r"logits must be \(B, C\) with C >= 2 classes, got shape \(10,\)"),
+    (torch.randn(4, 1), r"logits must be \(B, C\) with C >= 2 classes, got shape \(4, 1\)"),
+    (torch.full((2, 3), float("nan")), "logits must be finite"),
+    (torch.tensor([[1.0, float("inf")]]), "logits must be finite"),
+])
+def test_logit_margin_refuses_what_has_no_margin(logits, match):
+    # one sample's (C,) logits raised IndexError, (B, 1) "selected index k out of range", NaN
+    # gave NaN margins without a word (classifier_margin refuses all three)
+    with pytest.raises(ValueError, match=match):
+        logit_margin(logits)
+
+
 def test_features_and_logits_shapes():
     model = SmallCNN(1, 10, width=8, feature_dim=16).eval()
     x = torch.randn(4, 1, 28, 28)
@@ -185,3 +198,41 @@ def test_num_classes_gives_the_judge_every_class_a_split_lacks():
                        (2.0, "got 2.0")):
         with pytest.raises(ValueError, match=shown):
             train_classifier(images, labels, steps=1, batch_size=4, num_classes=bad)
+
+
+def test_train_classifier_checks_the_test_pair_before_training():
+    # test= was never checked: (M, 1) labels broadcast to an (M, M) comparison (accuracy 0.10
+    # for 0.65, silently), and a wrong length failed only after every training step
+    ds = load_digits(n=48, seed=1)
+    images, labels, held, held_labels = ds.images[:32], ds.labels[:32], ds.images[32:], ds.labels[32:]
+    kwargs = dict(steps=2, batch_size=8, width=4, seed=0, num_classes=10)
+    steps = []
+    for test, match in (
+        ((held, held_labels[:, None]), r"test\[1\] must be \(16,\) labels, .* got \(16, 1\)"),
+        ((held, held_labels[:5]), r"test\[1\] must be \(16,\) labels, .* got \(5,\)"),
+        ((held[:, 0], held_labels), r"test\[0\] must be \(M, 1, 8, 8\) images, .* got \(16, 8, 8\)"),
+        ((held.expand(-1, 3, -1, -1), held_labels), r"test\[0\] must be \(M, 1, 8, 8\)"),
+        ((held, held_labels.float()), r"test\[1\] must hold integer class indices, got dtype torch.float32"),
+        ((held, held_labels + 10), r"test\[1\] must be classes in \[0, 9\] .* got labels in \[10, 19\]"),
+        ((held * float("nan"), held_labels), r"test\[0\] must be finite; 16 row\(s\) hold NaN or inf, the first row 0"),
+        ((held,), r"test must be None or a pair \(images, labels\)"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            train_classifier(images, labels, test=test, callback=lambda step, loss: steps.append(step), **kwargs)
+    assert steps == []                              # refused before the first step
+    as_arrays = train_classifier(images.numpy(), labels.numpy(), test=(held.numpy(), held_labels.tolist()), **kwargs)
+    as_tensors = train_classifier(images, labels, test=(held, held_labels), **kwargs)
+    assert _same_weights(as_arrays.model, as_tensors.model)
+    assert as_arrays.test_accuracy == as_tensors.test_accuracy == float(
+        (as_tensors.model(held).argmax(1) == held_labels).double().mean())
+
+
+def test_train_classifier_refuses_float_labels_and_non_finite_images_by_name():
+    # float labels failed inside cross_entropy; NaN images trained NaN weights without a word
+    ds = load_digits(n=16, seed=1)
+    with pytest.raises(ValueError, match=r"labels must hold integer class indices, got dtype torch.float32"):
+        train_classifier(ds.images, ds.labels.float(), steps=1)
+    nan = ds.images.clone()
+    nan[3, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"images must be finite; 1 row\(s\) hold NaN or inf, the first row 3"):
+        train_classifier(nan, ds.labels, steps=1)

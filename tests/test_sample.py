@@ -1823,3 +1823,9 @@ def test_the_sampling_warnings_name_the_callers_line():
         line = inspect.currentframe().f_lineno - 1
         kfm.sample(GaussianTarget(), seeds=range(2), shape=(2,), solver="euler", rtol=1e-3)
     assert [(w.filename, w.lineno) for w in caught] == [(__file__, line), (__file__, line + 2)]
+
+
+def test_a_device_that_is_no_torch_device_is_named_with_x0_given(x0):
+    # with x0 given, device='gpu' raised torch's own error listing every device type
+    with pytest.raises(ValueError, match=r"^device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'$"):
+        kfm.sample(GaussianTarget(), x0, steps=2, device="gpu")

@@ -453,3 +453,21 @@ def test_clip_identical_class_names_score_equal_not_as_a_broken_tokenizer(tiny_c
     # the mismatch check must not fire when the prompts themselves are the same
     res = load_clip(tiny_clip_dir).scores(torch.rand(2, 3, 8, 8), ["cat", "cat"])
     assert res.margin.tolist() == [0.0, 0.0]
+
+
+DEVICE_MESSAGE = r"^device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'$"
+
+
+def test_a_device_that_is_no_torch_device_is_named_by_margins_and_feature_spaces(tmp_path):
+    # torch's own error listing every device type, from inside the first chunk
+    with pytest.raises(ValueError, match=DEVICE_MESSAGE):
+        classifier_margin(torch.nn.Linear(2, 3), torch.zeros(2, 2), device="gpu")
+    with pytest.raises(ValueError, match=DEVICE_MESSAGE):
+        feature_space(None, device="gpu")
+    with pytest.raises(ValueError, match=DEVICE_MESSAGE):  # before the folder is looked at
+        clip_scores(torch.rand(2, 3, 8, 8), ["a", "b"], model=tmp_path / "no_clip", device="gpu")
+
+
+def test_clip_scores_names_a_device_that_is_no_torch_device(tiny_clip_dir):
+    with pytest.raises(ValueError, match=DEVICE_MESSAGE):
+        clip_scores(torch.rand(2, 3, 8, 8), ["a", "b"], model=tiny_clip_dir, device="gpu")

@@ -148,6 +148,22 @@ def test_a_table_write_that_fails_midway_leaves_the_previous_table(tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] == ["samples.parquet"]  # no temporary left either
 
 
+def test_save_table_refuses_other_suffixes_a_folder_and_a_non_table_by_name(tmp_path):
+    # a .csv path got Parquet bytes, an existing folder failed in the rename naming the
+    # temporary, and a dict failed with AttributeError 'to_parquet'
+    table = pd.DataFrame({"kpe": [1.0, 2.0]})
+    for name in ("table.csv", "table", "table.pq"):
+        with pytest.raises(ValueError, match=rf"path must end in \.parquet .*, got '.*{name}'"):
+            save_table(table, tmp_path / name)
+        assert not (tmp_path / name).exists()
+    (tmp_path / "folder.parquet").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"path is a folder, not a file: '.*folder.parquet'"):
+        save_table(table, tmp_path / "folder.parquet")
+    with pytest.raises(TypeError, match="table must be a pandas DataFrame .*, got dict"):
+        save_table({"kpe": [1.0]}, tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(load_table(save_table(table, tmp_path / "T.PARQUET")), table)
+
+
 # --- mutation audit: join contracts and exact round-trips ------------------------------------
 
 def test_exact_refuses_a_later_part_with_seeds_the_first_lacks():

@@ -200,6 +200,19 @@ def check_unit_number(name: str, value, what: str = "a number in [0, 1]") -> flo
     raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
+def check_device(device, name: str = "device") -> torch.device | None:
+    """None, or ``device`` as a ``torch.device``; else ValueError naming ``name``. torch's own
+    error listed every device type it knows and named no argument."""
+    import torch
+
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
+
+
 def positive_integer(name: str, value) -> int:
     """``value`` as an int if it is an integer >= 1 (see :func:`check_integer`); else ValueError
     naming ``name`` ("chunk must be a positive integer, got 2.5")."""

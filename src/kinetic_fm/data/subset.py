@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence, TypeVar
 import torch
 from torch import Tensor
 
-from ..checks import as_scalar, check_integer, is_integer
+from ..checks import as_scalar, check_integer, check_seed, is_integer, torch_readable
 
 if TYPE_CHECKING:
     from .images import ImageDataset
@@ -41,19 +41,22 @@ def select_indices(
         n: keep this many, drawn without replacement by ``seed`` from ``indices`` (or from all),
             returned in increasing order. For one seed, the subset of size n is contained in the
             subset of any larger size, so training-set-size sweeps are nested.
-        indices: explicit positions in [0, total) (duplicates are an error). Without ``n`` they
+        indices: explicit integer positions in [0, total) (duplicates, floats and bool masks are an
+            error: pass a mask's positions, ``np.flatnonzero(mask)``). Without ``n`` they
             are kept in the order given, like indexing an array: item i of the result is
             position ``indices[i]``, so two sets loaded with the same list stay paired.
-        seed: seeds the draw of ``n``; the same (total, n, indices, seed) always gives the same set.
+        seed: seeds the draw of ``n``, an integer in [0, 2**32); the same (total, n, indices, seed)
+            always gives the same set.
 
     With neither ``n`` nor ``indices`` all positions are kept, in order.
     """
     if total < 0:
         raise ValueError(f"total must be >= 0, got {total}")
+    seed = check_seed("seed", seed)  # a negative one aliased seed + 2**64, 2**32 + s seed s
     if indices is None:
         pool = torch.arange(total, dtype=torch.int64)
     else:
-        pool = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        pool = _positions(indices, total)
         if pool.numel() and (int(pool.min()) < 0 or int(pool.max()) >= total):
             raise ValueError(f"indices must lie in [0, {total}), got range [{int(pool.min())}, {int(pool.max())}]")
         if torch.unique(pool).numel() != pool.numel():
@@ -66,9 +69,30 @@ def select_indices(
             if is_integer(number) and number > pool.numel():  # a good integer, just too many
                 raise TooFewItemsError(str(err), requested=int(number), available=pool.numel()) from None
             raise
-        generator = torch.Generator().manual_seed(check_integer("seed", seed))
+        generator = torch.Generator().manual_seed(seed)
         pool = torch.sort(pool[torch.randperm(pool.numel(), generator=generator)[:n]]).values
     return pool
+
+
+def _positions(indices: Sequence[int] | Tensor, total: int) -> Tensor:
+    """``indices`` as a flat int64 tensor; ValueError naming ``indices`` for what is not integer
+    positions: int64 conversion cut 1.9 to position 1 and read a bool mask as positions 0 and 1."""
+    try:
+        values = torch.as_tensor(torch_readable(indices))
+    except (TypeError, ValueError, RuntimeError):  # text, objects: torch's own words named neither
+        raise ValueError(f"indices must be integer positions in [0, {total}), got {_short(indices)}") from None
+    if values.dtype == torch.bool:
+        raise ValueError("indices must be integer positions, not a bool mask: pass its positions, "
+                         "np.flatnonzero(mask) (or mask.nonzero().flatten() for a tensor)")
+    if values.numel() and (values.is_floating_point() or values.is_complex()):
+        raise ValueError(f"indices must be integer positions in [0, {total}), got float values "
+                         f"({values.dtype}, e.g. {values.reshape(-1)[0].item()!r})")
+    return values.to(torch.int64).reshape(-1)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def dataset_rows(dataset: ImageDataset | PointDataset) -> Tensor:

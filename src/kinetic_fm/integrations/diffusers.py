@@ -111,8 +111,16 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
 
         ``shaping``: a KTS gain or callable η(t), None for plain flow matching, or ``"keep"``
         (default): the gain ``scheduler`` already has when it is a kinetic scheduler (a pipeline
-        loaded from a folder saved with a KTS), else none.
+        loaded from a folder saved with a KTS), else none. TypeError for what is not a scheduler
+        instance (the class itself, say).
         """
+        if not isinstance(scheduler, SchedulerMixin):
+            # the class itself went on to from_config, which read its config property as a
+            # repository name to download. Any scheduler instance passes, as before: a flow-matching
+            # Heun scheduler's config (shift, num_train_timesteps) builds this one
+            given = f"the class {scheduler.__name__}" if isinstance(scheduler, type) else type(scheduler).__name__
+            raise TypeError(f"scheduler must be a diffusers scheduler instance such as a "
+                            f"FlowMatchEulerDiscreteScheduler, e.g. pipe.scheduler, got {given}")
         if isinstance(shaping, str):
             if shaping != "keep":
                 raise ValueError(f"shaping must be a KTS gain, a callable η(t), None or 'keep', got {shaping!r}")

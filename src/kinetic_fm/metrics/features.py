@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import as_scalar, check_flag, is_integer, positive_integer, torch_readable
+from ..checks import as_scalar, check_device, check_flag, is_integer, positive_integer, torch_readable
 from ..knn import check_exact_integers, nonfinite_rows
 from ..sampling.guards import warn_if_feature_map_training
 
@@ -56,6 +56,7 @@ class FeatureSpace:
 
     def __post_init__(self) -> None:
         positive_integer("batch_size", self.batch_size)
+        check_device(self.device)
         if self.fn is not None and not callable(self.fn):
             raise TypeError(f"fn must be callable or None, got {type(self.fn).__name__}")
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import as_scalar, check_flag, is_real, positive_integer
+from ..checks import as_scalar, check_device, check_flag, is_real, positive_integer
 from .features import as_tensor, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
@@ -225,6 +225,7 @@ class CLIPScorer:
     """
 
     def __init__(self, model_dir: str | Path, *, device: torch.device | str | None = None) -> None:
+        self.device = check_device(device) or torch.device("cpu")
         path = Path(model_dir)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no CLIP model at {path} (expected a local save_pretrained "
@@ -235,7 +236,6 @@ class CLIPScorer:
             raise ImportError("CLIP scores need transformers: pip install transformers "
                               "(or pip install kinetic_fm[clip])") from err
         self.name = path.name
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)

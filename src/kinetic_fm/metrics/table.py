@@ -173,11 +173,23 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
 
 
 def save_table(table: Any, path: str | Path) -> Path:
-    """Write ``table`` to Parquet (pyarrow) atomically (a killed process leaves the old file or
-    none, never half a table), creating parent folders; returns the path."""
+    """Write ``table``, a pandas DataFrame, to Parquet (pyarrow) atomically (a killed process
+    leaves the old file or none, never half a table), creating parent folders; returns the path.
+
+    ``path`` must end in ``.parquet``: a ``.csv`` path got Parquet bytes. TypeError for a table
+    that is not a DataFrame, IsADirectoryError for a path that is a folder."""
+    import pandas as pd
+
     from ..runs.atomic import atomic_write
 
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"table must be a pandas DataFrame (e.g. per_sample_table's), got {type(table).__name__}")
     path = Path(path)
+    if path.suffix.lower() != ".parquet":
+        raise ValueError(f"path must end in .parquet (save_table writes Parquet; for CSV use "
+                         f"table.to_csv(path, index=False)), got {str(path)!r}")
+    if path.is_dir():  # the rename onto it failed naming the temporary
+        raise IsADirectoryError(f"path is a folder, not a file: {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda tmp: table.to_parquet(tmp, engine="pyarrow", index=False))
 

@@ -52,10 +52,7 @@ def load_state(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-        if "GLOBAL" not in detail and head[:1] != b"\x80" and head != b"PK":
-            # neither a pickle (protocol >= 2) nor torch's zip: a text file, say
+        if "GLOBAL" not in detail and not _starts_as_torch_writes(path):  # a text file, say
             raise ValueError(f"{path}: not a torch checkpoint ({detail.strip()})") from None
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it contains Python objects that would run code when unpickled "
@@ -64,6 +61,21 @@ def load_state(path: str | os.PathLike) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from None
+    except Exception as err:
+        # the weights-only unpickler reads other bytes as opcodes and fails inside its own stack
+        # (KeyError 101 for "hello", IndexError, struct.error); only a file torch cannot have
+        # written is renamed, so an error met while reading a real checkpoint surfaces as itself
+        if _starts_as_torch_writes(path):
+            raise
+        raise ValueError(f"{path}: not a torch checkpoint (the unpickler failed: {type(err).__name__}: {err})") from None
+
+
+def _starts_as_torch_writes(path: Path) -> bool:
+    """Whether the file starts as torch.save writes: a zip (b"PK") or, in the legacy format, a
+    pickle of protocol 2 or later (b"\\x80")."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return head[:1] == b"\x80" or head == b"PK"
 
 
 def save_weights(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:

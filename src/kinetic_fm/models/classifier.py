@@ -10,23 +10,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_flag, check_integer, check_real
+from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
 
 
-def as_signed_pixels(x: Tensor, dtype: torch.dtype) -> Tensor:
+def as_signed_pixels(x: Tensor, dtype: torch.dtype, *, name: str = "images") -> Tensor:
     """Images for a judge trained on [-1, 1], in ``dtype``: floating images keep their values,
     integer ones (uint8 as saved, any integer dtype) must lie in [0, 255] and become x/127.5 − 1.
-    ValueError otherwise, naming the range. Fed as they were, uint8 images read as far above 1:
-    the CIFAR-10 ResNet-56 called all 500 test images "bird" (accuracy 0.10 for 0.94)."""
+    ValueError otherwise, naming ``name`` and the range. Fed as they were, uint8 images read as far
+    above 1: the CIFAR-10 ResNet-56 called all 500 test images "bird" (accuracy 0.10 for 0.94)."""
     if x.is_floating_point():
         return x.to(dtype)
     if x.dtype == torch.bool or x.is_complex():
-        raise ValueError(f"images must hold real numbers (float in [-1, 1], or integers in [0, 255]), "
+        raise ValueError(f"{name} must hold real numbers (float in [-1, 1], or integers in [0, 255]), "
                          f"got dtype {x.dtype}")
     if x.numel():
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
-            raise ValueError(f"integer images are read as pixels in [0, 255], got values in [{lo}, {hi}]; "
+            raise ValueError(f"integer {name} are read as pixels in [0, 255], got values in [{lo}, {hi}]; "
                              "pass floats in [-1, 1] otherwise")
     return x.to(dtype) / 127.5 - 1.0
 
@@ -68,7 +68,14 @@ class SmallCNN(nn.Module):
 
 
 def logit_margin(logits: Tensor) -> Tensor:
-    """(B,) top-1 minus top-2 logit: how decisively each sample is classified."""
+    """(B,) top-1 minus top-2 logit: how decisively each sample is classified.
+
+    ValueError for logits that are not (B, C) with C >= 2 or not finite, as
+    :func:`~kinetic_fm.metrics.semantics.classifier_margin` refuses them (a NaN margin said nothing)."""
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be (B, C) with C >= 2 classes, got shape {tuple(logits.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("logits must be finite, got NaN or inf")
     top = logits.topk(2, dim=1).values
     return top[:, 0] - top[:, 1]
 
@@ -104,7 +111,8 @@ def train_classifier(
 
     ``augment_noise`` adds Gaussian noise of that std to training batches (so generated samples,
     which are never pixel-perfect, are judged fairly). ``width`` sets the CNN's channels.
-    ``test`` = (images, labels) gives ``test_accuracy``. Deterministic for a seed.
+    ``test`` = (images, labels) gives ``test_accuracy``; it is checked as the training pair is
+    before the first step. NumPy arrays are read as tensors. Deterministic for a seed.
     ``num_classes``: the judge's outputs, the data set's class count (a split may lack its last
     classes); None takes the largest label + 1.
 
@@ -115,24 +123,26 @@ def train_classifier(
     included (the one-cycle learning-rate schedule spans them). ``callback(step, loss)`` runs after
     each step (1-based; an exception there stops training, the last resume state stays).
     """
+    images, labels = torch.as_tensor(torch_readable(images)), torch.as_tensor(torch_readable(labels))
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)}, {tuple(labels.shape)}")
     # integer pixels are scaled here as SmallCNN scales them when judging: the noise added below
     # made uint8 batches float 0..255, which SmallCNN keeps as they are (test accuracy 0.16 for 0.68)
     images = images if images.is_floating_point() else as_signed_pixels(images, torch.float32)
-    if not (labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex()):
-        labels = labels.long()  # cross_entropy takes int64 class indices only
+    _check_finite("images", images)
+    labels = _class_indices("labels", labels)
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) < 1):
         raise ValueError(f"labels must be class indices 0, 1, ... with at least two classes (0 and 1 at least), "
                          f"got labels in [{int(labels.min())}, {int(labels.max())}]")
     steps, batch_size, width, save_every = (check_integer(name, value, 1) for name, value in (
         ("steps", steps), ("batch_size", batch_size), ("width", width), ("save_every", save_every)))
-    seed, resume = check_integer("seed", seed), check_flag("resume", resume)
+    seed, resume = check_seed("seed", seed), check_flag("resume", resume)
     largest = int(labels.max()) if len(labels) else 1
     num_classes = largest + 1 if num_classes is None else check_integer(
         "num_classes", num_classes, largest + 1, note=f"one more than the largest label, {largest}")
     lr = check_real("lr", lr, 0.0, math.inf, "a finite number > 0", open_low=True)
     augment_noise = check_real("augment_noise", augment_noise, 0.0, math.inf, "a finite number >= 0")
+    test = None if test is None else _test_pair(test, images.shape[1:], num_classes)
     settings = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, augment_noise=augment_noise,
                     width=width)
     if out is None:
@@ -145,6 +155,49 @@ def train_classifier(
     with RunLock(out):
         return _train_classifier(images, labels, num_classes, settings, test, progress, out, resume, save_every,
                                  callback)
+
+
+def _check_finite(name: str, images: Tensor) -> None:
+    """ValueError naming ``name`` when float (N, C, H, W) images hold NaN or inf: one such image
+    made every loss NaN and trained NaN weights without a word (train() refuses them too)."""
+    if not images.is_floating_point():
+        return
+    finite = torch.isfinite(images.flatten(1)).all(dim=1)
+    if not bool(finite.all()):
+        rows = torch.nonzero(~finite).flatten()
+        raise ValueError(f"{name} must be finite; {rows.numel()} row(s) hold NaN or inf, the first row {int(rows[0])}")
+
+
+def _class_indices(name: str, labels: Tensor) -> Tensor:
+    """``labels`` as int64, the only class indices cross_entropy takes; ValueError naming ``name``
+    for float, bool or complex ones (float labels failed inside the loss)."""
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+    return labels.long()
+
+
+def _test_pair(test: Any, item_shape: torch.Size, num_classes: int) -> tuple[Tensor, Tensor]:
+    """``test`` = (images, labels) checked as the training pair is, before any step: (M, C, H, W)
+    images of the training images' C, H, W, finite, and (M,) integer labels in [0, num_classes).
+    Unchecked, (M, 1) labels broadcast to an (M, M) comparison (accuracy 0.10 for 0.65, silently)
+    and a wrong length failed only after the last step."""
+    if not isinstance(test, (tuple, list)) or len(test) != 2:
+        raise ValueError(f"test must be None or a pair (images, labels), got {type(test).__name__}"
+                         f"{f' of length {len(test)}' if isinstance(test, (tuple, list)) else ''}")
+    images, labels = (torch.as_tensor(torch_readable(part)) for part in test)
+    if images.ndim != 4 or images.shape[1:] != item_shape:
+        raise ValueError(f"test[0] must be (M, {', '.join(map(str, item_shape))}) images, as the training "
+                         f"images, got {tuple(images.shape)}")
+    images = as_signed_pixels(images, torch.float32, name="test[0]") if not images.is_floating_point() else images
+    _check_finite("test[0]", images)
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"test[1] must be ({images.shape[0]},) labels, one per image of test[0], "
+                         f"got {tuple(labels.shape)}")
+    labels = _class_indices("test[1]", labels)
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"test[1] must be classes in [0, {num_classes - 1}] (the judge's num_classes = "
+                         f"{num_classes}), got labels in [{int(labels.min())}, {int(labels.max())}]")
+    return images, labels
 
 
 def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings: dict[str, Any],

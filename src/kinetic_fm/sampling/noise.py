@@ -5,7 +5,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ..checks import SEED_LIMIT, SEED_NOTE, is_integer
+from ..checks import SEED_LIMIT, SEED_NOTE, check_device, is_integer
 
 
 def noise(
@@ -42,10 +42,7 @@ def noise(
     if any(d < 1 for d in shape):
         raise ValueError(f"shape must have positive dimensions, got {shape}")
     check_float_dtype(dtype)
-    try:
-        target = torch.device(device) if device is not None else None
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
+    target = check_device(device)
     if target is not None and target.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA device")
     gen = torch.Generator(device="cpu")

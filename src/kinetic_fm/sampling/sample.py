@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..checks import (as_scalar, check_flag, check_integer, check_unit_number, declares, declares_singular_at_one,
-                      is_real)
+from ..checks import (as_scalar, check_device, check_flag, check_integer, check_unit_number, declares,
+                      declares_singular_at_one, is_real)
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
@@ -195,7 +195,7 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
     if x0 is not None:
         if seeds is not None or shape is not None:
             raise ValueError("give either x0 or seeds and shape, not both")
-        asked = None if device is None else torch.device(device)
+        asked = check_device(device)
         other_device = asked is not None and (asked.type, asked.index or 0) != (x0.device.type, x0.device.index or 0)
         if (dtype is not None and dtype != x0.dtype) or other_device:
             raise ValueError(f"dtype and device apply to noise drawn from seeds; x0 ({x0.dtype}, {x0.device}) "
