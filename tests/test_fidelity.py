@@ -538,6 +538,15 @@ def test_a_reference_refuses_a_sigma_that_is_not_a_covariance():
             FrechetReference.from_stats(np.zeros(2), cov).distance(np.zeros(2), sigma)
     with pytest.raises(ValueError, match="sigma is not symmetric"):
         FrechetReference.from_stats(np.zeros(2), np.eye(2)).distance(np.zeros(2), [[1.0, 0.5], [0.0, 1.0]])
+    # a float32 covariance of correlated features: its round-off eigenvalue (-3.6e-6) is below
+    # -1e-6 × its largest diagonal entry but within -1e-6 × its largest eigenvalue, the rule the
+    # reference's covariance has; it was refused in the sigma2 place only (helper-135)
+    torch.manual_seed(0)
+    f = torch.randn(200, 1) + 0.1 * torch.randn(200, 512) + 5
+    g = torch.randn(200, 1) + 0.1 * torch.randn(200, 512) + 5.01
+    sf, sg = torch.cov(f.T), torch.cov(g.double().T)
+    assert frechet_distance_from_stats(g.mean(0), sg, f.mean(0), sf) == pytest.approx(
+        frechet_distance_from_stats(f.mean(0), sf, g.mean(0), sg), rel=1e-3)   # round-off in either place
     # round-off below 1e-6 of the largest entry is a covariance: diag(1, 0) against I is 1
     assert FrechetReference.from_stats(np.zeros(2), np.eye(2)).distance(
         np.zeros(2), np.diag([1.0, -1e-12])) == pytest.approx(1.0)

@@ -226,14 +226,16 @@ def _check_symmetric(name: str, a: np.ndarray) -> None:
 
 def _check_semidefinite(name: str, s: np.ndarray) -> None:
     """ValueError naming ``name`` unless the symmetric ``s`` is positive semi-definite up to
-    round-off: a Cholesky factorisation of s + 1e-6·max(diag)·I (a third of an eigvalsh's cost)
-    succeeds exactly when no eigenvalue is below −1e-6·max(diag)."""
+    round-off, by :func:`_check_psd`'s rule (no eigenvalue below −1e-6 × the largest in magnitude),
+    as the reference's covariance is checked. A Cholesky factorisation of s + 1e-6·max(diag)·I (a
+    third of an eigvalsh's cost) accepts at once every matrix whose eigenvalues stay above
+    −1e-6·max(diag), a stricter floor; only the rest pay for the eigenvalues (a float32
+    covariance of correlated features sits between the two floors)."""
     top = max(float(np.diag(s).max(initial=0.0)), np.finfo(np.float64).tiny)
     try:
         np.linalg.cholesky(s + 1e-6 * top * np.eye(s.shape[0]))
     except np.linalg.LinAlgError:
-        _check_psd(name, np.linalg.eigvalsh(s))  # names the eigenvalue
-        raise ValueError(f"{name} is not a covariance: it is not positive semi-definite") from None
+        _check_psd(name, np.linalg.eigvalsh(s))
 
 
 def frechet_distance_from_stats(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
