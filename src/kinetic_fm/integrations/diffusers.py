@@ -241,6 +241,7 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         eta, dt = self._gain[i], self._step_size[i]
 
         norm = squared_norm(model_output)  # ‖v‖² = ‖−model_output‖²
+        norm = torch.where(torch.isfinite(norm), norm, torch.nan)  # inf too: unknown energy is NaN, as kfm.sample's
         raw = (0.5 * dt) * norm
         applied = (eta * eta) * raw
 
