@@ -78,3 +78,14 @@ def test_a_file_of_other_weights_is_named_as_such(tmp_path):
     torch.save({"state_dict": state}, tmp_path / "resnet20-seven.th")
     with pytest.raises(ValueError, match=r"resnet20-seven.th: does not fit a CIFAR-10 ResNet-20 \(.*size mismatch"):
         load_cifar_resnet(tmp_path / "resnet20-seven.th")
+
+
+def test_a_resnet_spec_expands_a_leading_tilde(tmp_path, monkeypatch):
+    # --classifier / --space resnet56:~/nets/w.th reached us as written (the shell expands ~ only at
+    # a word's start) and was "no such file", while the data specs expanded it (helper-135)
+    from kinetic_fm.models.resnet_cifar import parse_cifar_resnet_spec
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "w.th").write_bytes(b"")
+    assert parse_cifar_resnet_spec("resnet56:~/nets/w.th") == ("resnet56", tmp_path / "nets" / "w.th")

@@ -113,13 +113,15 @@ RESNET_SPECS = ("resnet20", "resnet56")
 
 def parse_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[str, Path]:
     """``(kind, path)`` of a ``"resnet20:PATH"`` or ``"resnet56:PATH"`` spec, as the CLIs take it;
-    ``name`` is the argument it came from, for the error messages. The file must exist."""
+    ``name`` is the argument it came from, for the error messages. The file must exist; a leading
+    ``~`` is expanded (the shell does not after ``resnet56:``), as in the data specs."""
     kind, _, path = spec.partition(":")
     if kind not in RESNET_SPECS or not path:
         raise ValueError(f"{name} must be 'resnet20:PATH' or 'resnet56:PATH', got {spec!r}")
-    if not Path(path).is_file():
+    path = Path(path).expanduser()
+    if not path.is_file():
         raise FileNotFoundError(f"{name}: no such file: {path}")
-    return kind, Path(path)
+    return kind, path
 
 
 def load_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[CifarResNet, str]:
