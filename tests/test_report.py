@@ -372,6 +372,25 @@ def test_memorization_figure_with_and_without_images():
         F.memorization_figure("mem", "c", report, samples, train, pairs=0)
 
 
+def test_memorization_figure_splits_by_the_reports_flags_not_by_the_rounded_ratio(monkeypatch):
+    # an exact tie d2² = 9·d1² reads 0.33333333333333326 < 1/3 but is not memorized: the legend said
+    # "memorized: 1/1" under "F_mem = 0.000" (helper-135)
+    import matplotlib.axes
+    import torch
+
+    import kinetic_fm as kfm
+
+    report = kfm.memorization(torch.tensor([[[[100, 100], [100, 100]]]], dtype=torch.uint8),
+                              torch.tensor([[[[105, 102], [101, 101]]], [[[115, 106], [103, 103]]]], dtype=torch.uint8),
+                              interval="wilson")
+    assert float(report.ratio[0]) < report.threshold and not bool(report.memorized[0])
+    labels, hist = [], matplotlib.axes.Axes.hist
+    monkeypatch.setattr(matplotlib.axes.Axes, "hist", lambda self, *a, **k: (labels.append(k.get("label")),
+                                                                             hist(self, *a, **k))[1])
+    F.memorization_figure("mem", "c", report)
+    assert labels == ["not memorized: 1/1", "memorized: 0/1"]
+
+
 def _figure_integer_sites():
     """(argument, call(value)) for the figures' integer settings; each call returns something
     comparable (PNG bytes, arrays) that the plain int 3 determines."""

@@ -44,7 +44,8 @@ class MemorizationReport:
         d1, d2: (B,) float64 distances to the nearest and second-nearest training item.
         ratio: (B,) float64 d1/d2 (0 when d1 = d2 = 0).
         nearest: (B,) int64 index of the nearest training item.
-        memorized: (B,) bool, ratio < threshold.
+        memorized: (B,) bool, ratio < threshold (rows within rounding of it decided on exact
+            squared distances, so an exact tie is not memorized even where ``ratio`` reads below).
         fraction: F_mem, the mean of ``memorized``.
         ci: (low, high) interval of F_mem at ``confidence``, of kind ``interval`` (NaN when
             ``interval`` is "bootstrap" and ``bootstrap`` is 0).

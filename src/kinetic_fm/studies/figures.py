@@ -699,8 +699,10 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
                         gridspec_kw={"width_ratios": [4.8, max(3.4, 0.75 * shown[0].shape[0])]} if wide else None)[0]
     ax = axes[0]
     bins = np.linspace(0.0, 1.0, 41)
-    below = ratio[ratio < report.threshold]
-    ax.hist(ratio[~(ratio < report.threshold)], bins=bins, color=PALETTE[0], alpha=0.35, histtype="stepfilled",
+    # the report's own flags: an exact tie at the threshold can read just below it
+    memorized = _array(report.memorized, name="report.memorized").ravel().astype(bool)
+    below = ratio[memorized]
+    ax.hist(ratio[~memorized], bins=bins, color=PALETTE[0], alpha=0.35, histtype="stepfilled",
             label=f"not memorized: {ratio.size - below.size}/{ratio.size}")
     ax.hist(below, bins=bins, color=PALETTE[1], alpha=0.8, histtype="stepfilled",
             label=f"memorized: {below.size}/{ratio.size}")
