@@ -58,7 +58,10 @@ def test_seeds_are_checked_by_their_flag(tmp_path, capsys, command, flag):
         main([*_commands(tmp_path, "cpu")[command], flag, "-1"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument {flag}: must be an integer in [0, 2**32) (torch's generator keeps 32 bits" in err and "got -1" in err
+    if command == "memorization":   # the bootstrap's NumPy generator keeps every bit
+        assert f"argument {flag}: must be an integer in [0, 2**63), got -1" in err
+    else:
+        assert f"argument {flag}: must be an integer in [0, 2**32) (torch's generator keeps 32 bits" in err and "got -1" in err
 
 
 @pytest.mark.parametrize("error,expected", [
@@ -281,15 +284,20 @@ def test_kfm_without_a_command_names_what_is_missing(capsys):
     assert capsys.readouterr().err.startswith("kfm: error: the following arguments are required: COMMAND")
 
 
-def test_seed_flags_take_0_to_2_63_minus_1_and_integers_only():
+def test_seed_flags_take_0_to_2_32_minus_1_and_integers_only_and_the_bootstrap_seed_2_63():
     import argparse
 
-    from kinetic_fm.commands._types import seed_number
+    from kinetic_fm.commands._types import bootstrap_seed_number, seed_number
 
     assert seed_number("0") == 0 and seed_number(str(2**32 - 1)) == 2**32 - 1
     for text in (str(2**32), str(2**63), "-1", "1.5", "1e3", "one"):      # torch keeps 32 bits of a seed
         with pytest.raises(argparse.ArgumentTypeError, match=r"must be an integer in \[0, 2\*\*32\)"):
             seed_number(text)
+    # kfm memorization's bootstrap seed feeds NumPy's generator, which keeps every bit (helper-135)
+    assert bootstrap_seed_number(str(2**63 - 1)) == 2**63 - 1
+    for text in (str(2**63), "-1", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"must be an integer in \[0, 2\*\*63\), got"):
+            bootstrap_seed_number(text)
 
 
 @pytest.mark.parametrize("command,flag", [("reproduce", "--out"), ("sample", "--out"), ("train", "--out"),

@@ -6,15 +6,23 @@ import contextlib
 
 
 def seed_number(text: str) -> int:
-    """A seed: an integer in [0, 2**32), as torch's generator takes it (it keeps 32 bits: s and
+    """A seed that reaches torch's generator: an integer in [0, 2**32) (it keeps 32 bits, so s and
     s + 2**32 would draw the same numbers)."""
+    return _integer_below(text, 32, " (torch's generator keeps 32 bits of a seed)")
+
+
+def bootstrap_seed_number(text: str) -> int:
+    """A seed of a NumPy generator (the bootstrap's): an integer in [0, 2**63)."""
+    return _integer_below(text, 63, "")
+
+
+def _integer_below(text: str, bits: int, why: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32) (torch's generator keeps 32 bits of "
-                                         f"a seed), got {text}")
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**{bits}), got {text!r}") from None
+    if not 0 <= value < 2**bits:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**{bits}){why}, got {text}")
     return value
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._types import check_output_path, seed_number, writing
+from ._types import bootstrap_seed_number, check_output_path, writing
 
 TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
 SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
@@ -47,7 +47,8 @@ def register(subparsers) -> None:
     parser.add_argument("--interval", choices=("bootstrap", "wilson", "clopper-pearson"), default="bootstrap",
                         help="the CI of F_mem: percentile bootstrap (default), Wilson score, or Clopper-Pearson "
                              "(exact binomial); the bootstrap has zero width when F_mem is 0 or 1")
-    parser.add_argument("--seed", type=seed_number, default=0, help="bootstrap seed in [0, 2**32) (default 0)")
+    parser.add_argument("--seed", type=bootstrap_seed_number, default=0,
+                        help="bootstrap seed in [0, 2**63) (default 0)")
     parser.add_argument("--backend", choices=("torch", "faiss"), default="torch",
                         help="nearest-neighbour search by torch (default) or by faiss (needs faiss-cpu)")
     parser.add_argument("--device", default="cpu",
