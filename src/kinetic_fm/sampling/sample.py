@@ -67,7 +67,7 @@ def sample(
             an output the solver still reads is refused).
         x0: (B, ...) initial noise, a floating tensor (used as given: its dtype and device are the
             run's); or give ``seeds`` and ``shape`` to draw it with ``kfm.noise``.
-        seeds: B non-negative integer seeds, one per sample: a list, range, generator (read once),
+        seeds: B integer seeds in [0, 2**32), one per sample: a list, range, generator (read once),
             NumPy array or 1-D integer tensor.
         shape: one sample's shape (without the batch dimension), with ``seeds``.
         steps: number of steps S for fixed-step solvers (ignored for a tensor grid and dopri5).

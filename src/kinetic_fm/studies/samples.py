@@ -60,7 +60,7 @@ def sampled(
             **{k: cat(k) for k in ("kpe", "kpe_raw", "early", "late", "peak")},
             "profile": cat("profile"),
             "times": first.times.cpu(),
-            # from the start: arange(start, stop) overflows int64 at stop = 2**63 (last seed 2**63 - 1)
+            # start + offsets: arange(start, stop) overflowed int64 when seeds could reach 2**63 - 1
             "seeds": seeds.start + torch.arange(len(seeds)),
         }
 
