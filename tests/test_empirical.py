@@ -658,3 +658,18 @@ def test_numpy_atoms_are_copied_and_any_strides_or_byte_order_read(atoms):
     rep = kfm.memorization(a[::-1], a[::2][::-1], bootstrap=0)
     ref = kfm.memorization(a[::-1].copy(), a[::2][::-1].copy(), bootstrap=0)
     assert np.array_equal(rep.ratio, ref.ratio) and np.array_equal(rep.nearest, ref.nearest)
+
+
+def test_posterior_ranks_runners_up_by_logit_where_their_weights_underflow():
+    # late in a run the 2nd and 3rd weights are 0.0 even in float64; ranked by weight they tied and
+    # came back in no order ([0, 74, 86] where the logits give [0, 7, 74]) (helper-136)
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.rand(256, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    x = atoms[:4] + 0.3 * torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = 0.9
+    post = kfm.EmpiricalFlow(atoms).posterior(x, torch.full((4,), t, dtype=torch.float64), k=3)
+    y = atoms.flatten(1)
+    logit = -((x.flatten(1)[:, None] - t * y[None]) ** 2).sum(-1) / (2 * (1 - t) ** 2)  # the definition
+    want = logit.topk(3, dim=1).indices
+    assert (post.weights[:, 1:] == 0).all()                     # the case: runners-up underflow
+    assert torch.equal(post.indices, want)

@@ -434,9 +434,9 @@ class EmpiricalFlow:
             w = log_w.exp()
             ybar[rows], max_w[rows] = yb, w.max(dim=1).values
             entropy[rows] = -torch.special.xlogy(w, w).sum(dim=1)
-            if top_k:
-                tw, pos = torch.topk(w, top_k, dim=1)
-                top_w[rows], top_i[rows] = tw, idx.gather(1, pos)
+            if top_k:  # ranked by log weight: weights that underflow to 0 all tie, in no order
+                top_log, pos = torch.topk(log_w, top_k, dim=1)
+                top_w[rows], top_i[rows] = top_log.exp(), idx.gather(1, pos)
             return log_w
 
         # sparse rows, bucketed by candidate count so one wide row does not widen the others
