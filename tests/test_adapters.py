@@ -731,4 +731,25 @@ def test_noise_prediction_finds_the_integer_steps_through_guidance_and_call_adap
         adapter(torch.ones(2, 3), torch.zeros(2))
         assert all(int(s.min()) == 1 for s in seen)
     # a clock that runs the other way stops the search: its σ = 1 − t is not the steps' t
-    assert NoisePrediction(ReversedTime(stepped)).t_min == 1e-3
+    assert NoisePrediction(ReversedTime(stepped, timestep_scale=1)).t_min == 1e-3
+
+
+def test_a_dit_style_reversed_integer_clock_has_one_order_and_scale_and_the_others_are_refused():
+    # step T − 1 = noise: ReversedTime(DiscreteTime(net), timestep_scale=1) hands σ to DiscreteTime,
+    # which maps it to steps. With the default scale 1000 DiscreteTime clamped 1000σ to 1 (step 999
+    # at every call); the other order passed 1000, -98000, ... to the net, samples near 1e18 (helper-136)
+    seen = []
+
+    def dit(x, step):
+        seen.append(int(step[0]))
+        return x                                           # dx/dσ = x: dx/dt = −x, a decay toward 0
+
+    good = kfm.ReversedTime(kfm.DiscreteTime(dit, num_timesteps=1000), timestep_scale=1)
+    res = kfm.sample(good, seeds=range(2), shape=(2,), steps=10, dtype=torch.float64)
+    assert seen == [int((1 - i / 10) * 999) for i in range(10)]      # σ = 1 − t_i on the steps
+    torch.testing.assert_close(res.x, kfm.noise(range(2), (2,), dtype=torch.float64) * 0.9 ** 10)   # x ← x − 0.1x
+    with pytest.raises(ValueError, match=r"ReversedTime\(timestep_scale=1000\) around DiscreteTime .* use timestep_scale=1"):
+        kfm.ReversedTime(kfm.DiscreteTime(dit, num_timesteps=1000))
+    with pytest.raises(ValueError, match=r"DiscreteTime around ReversedTime .* ReversedTime\(DiscreteTime\(net, "
+                                         r"num_timesteps\), timestep_scale=1\)"):
+        kfm.DiscreteTime(kfm.ModelXT(kfm.ReversedTime(dit)), num_timesteps=1000)

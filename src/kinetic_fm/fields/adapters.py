@@ -273,6 +273,11 @@ class DiscreteTime(_Adapter):
         _check_callable(inner, "inner")
         _refuse_guidance_parts_within(inner, "DiscreteTime", "sum its part energies over the net's integer steps, "
                                       "not over t")
+        if _clock_within(inner, ReversedTime) is not None:
+            # the reversed clock would read integer steps as times: 1000, −98000, ... and samples near 1e18
+            raise ValueError("DiscreteTime around ReversedTime hands integer steps to a clock that reads times in "
+                             "[0, 1]; for a net whose step T − 1 is noise (DiT) the order is "
+                             "ReversedTime(DiscreteTime(net, num_timesteps), timestep_scale=1)")
         # at most 2**53: t·(T − 1) exact in float64
         self.inner, self.num_timesteps = inner, check_integer("num_timesteps", num_timesteps, 2, 2**53)
 
@@ -322,6 +327,11 @@ class ReversedTime(_Adapter):
         if not (is_real(timestep_scale, finite=True) and timestep_scale > 0):
             raise ValueError(f"timestep_scale must be a finite number > 0, got {timestep_scale!r}")
         flip_sign = check_flag("flip_sign", flip_sign)
+        if timestep_scale != 1 and _clock_within(inner, DiscreteTime) is not None:
+            # DiscreteTime clamps its time to [0, 1]: 1000·σ read as 1, step T − 1 at every call
+            raise ValueError(f"ReversedTime(timestep_scale={timestep_scale:g}) around DiscreteTime hands it "
+                             f"{timestep_scale:g}·σ, which DiscreteTime clamps to [0, 1] (step T − 1 at every call); "
+                             "DiscreteTime maps σ in [0, 1] to its steps itself: use timestep_scale=1")
         self.inner, self.timestep_scale, self.flip_sign = inner, float(timestep_scale), flip_sign
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -350,15 +360,13 @@ def _prediction(out: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
     return out
 
 
-def _discrete_time_within(field) -> "DiscreteTime | None":
-    """The :class:`DiscreteTime` that ``field`` hands its time to unchanged, through call-convention
-    adapters and classifier-free guidance (``NoisePrediction(CFG(DiscreteTime(net)))`` kept the
-    default t_min, step 0 at T = 1000), or None (a clock-changing adapter such as
-    :class:`ReversedTime` stops the search)."""
+def _clock_within(field, clock: type) -> "_Adapter | None":
+    """The ``clock`` adapter (:class:`DiscreteTime` or :class:`ReversedTime`) that ``field`` hands
+    its time to unchanged, through call-convention adapters and guidance, or None."""
     from .guidance import ClassifierFreeGuidance
 
     for _ in range(32):  # a chain of wrappers, not a cycle
-        if isinstance(field, DiscreteTime):
+        if isinstance(field, clock):
             return field
         if isinstance(field, (ModelTX, ModelXT)):
             field = field.inner
@@ -422,7 +430,7 @@ class NoisePrediction(_Adapter):
         _check_callable(inner, "inner")
         if t_min is None:
             t_min = _DEFAULT_CLAMP
-            stepped = _discrete_time_within(inner)
+            stepped = _clock_within(inner, DiscreteTime)
             if stepped is not None and stepped.num_timesteps > 2:
                 # a relative 1e-6 above 1/(T − 1) keeps int(t·(T − 1)) at 1 in float32 as in float64
                 t_min = max(t_min, (1.0 + 1e-6) / (stepped.num_timesteps - 1))
