@@ -92,7 +92,23 @@ def test_shared_sprite_labels(shared_data):
     root = shared_data / "cifar10" / "convnetjs_lossless"
     ds = load_cifar10_sprite(root / "cifar10_batch_50.png", root / "cifar10_labels_51000.txt", label_offset=50_000)
     assert ds.images.shape == (1000, 3, 32, 32)
-    assert ds.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert ds.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]   # the official test_batch's first labels
+    # by default the offset follows the name: the test sprite got the training labels (helper-136)
+    by_name = load_cifar10_sprite(root / "cifar10_batch_50.png", root / "cifar10_labels_51000.txt")
+    assert torch.equal(by_name.labels, ds.labels)
+
+
+def test_a_sprite_named_for_its_batch_reads_its_labels_from_line_1000k(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((2, 1024, 3), dtype=np.uint8)).save(tmp_path / "cifar10_batch_2.png")
+    Image.fromarray(np.zeros((2, 1024, 3), dtype=np.uint8)).save(tmp_path / "mine.png")
+    (tmp_path / "labels.txt").write_text("".join(f"{i % 10}\n" for i in range(3000)))
+    assert load_cifar10_sprite(tmp_path / "cifar10_batch_2.png", tmp_path / "labels.txt").labels.tolist() == [0, 1]
+    assert load_cifar10_sprite(tmp_path / "mine.png", tmp_path / "labels.txt").labels.tolist() == [0, 1]
+    (tmp_path / "labels.txt").write_text("".join(f"{(i // 1000) + 3}\n" for i in range(3000)))
+    assert load_cifar10_sprite(tmp_path / "cifar10_batch_2.png", tmp_path / "labels.txt").labels.tolist() == [5, 5]
+    assert load_cifar10_sprite(tmp_path / "mine.png", tmp_path / "labels.txt").labels.tolist() == [3, 3]
 
 
 def test_a_python_batch_subset_keeps_images_and_labels_paired(tmp_path):

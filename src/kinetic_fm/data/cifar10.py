@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -147,19 +148,25 @@ def load_cifar10_sprite(
     sprite: str | os.PathLike,
     labels_file: str | os.PathLike | None = None,
     *,
-    label_offset: int = 0,
+    label_offset: int | None = None,
 ) -> ImageDataset:
     """Images from a ConvNetJS CIFAR-10 sprite PNG (row r = image r, 1024 pixels of 32x32 RGB).
 
     Args:
         sprite: the PNG, e.g. ``cifar10_batch_50.png`` (1000 rows x 1024 columns, RGB).
         labels_file: optional text file with one integer label per line.
-        label_offset: line of ``labels_file`` holding the first row's label (e.g. 50000 for the
-            test sprite ``cifar10_batch_50.png`` with ``cifar10_labels_51000.txt``).
+        label_offset: line of ``labels_file`` holding the first row's label. None (default):
+            1000·k for a sprite named ``cifar10_batch_<k>.png`` (ConvNetJS's batch k holds images
+            1000k.., and the test sprite ``cifar10_batch_50.png`` line 50000 of
+            ``cifar10_labels_51000.txt``), else 0. An offset of 0 gave the test sprite the
+            training labels: ResNet-56 read 9.8 % accurate for 92.6 %.
     """
     from PIL import Image
 
     sprite = Path(sprite)
+    if label_offset is None:
+        numbered = re.fullmatch(r"cifar10_batch_(\d+)\.png", sprite.name)
+        label_offset = 1000 * int(numbered.group(1)) if numbered else 0
     if not sprite.is_file():
         raise FileNotFoundError(f"sprite not found: {sprite}")
     with Image.open(sprite) as img:
