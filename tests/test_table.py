@@ -244,3 +244,15 @@ def test_loading_a_folder_is_refused_not_read_as_an_empty_table(tmp_path):
     # pyarrow reads a folder as a (here empty) data set: a mistyped run folder gave a 0-row table
     with pytest.raises(FileNotFoundError, match="no table at"):
         load_table(tmp_path)
+
+
+def test_precision_recall_joins_the_table_by_its_generated_samples():
+    # PrecisionRecall had no to_frame: per_sample_table(res, pr) raised TypeError (helper-136)
+    import kinetic_fm as kfm
+
+    res = kfm.sample(lambda x, t: -x, seeds=range(6), shape=(2,), steps=2)
+    real = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    pr = kfm.precision_recall(real, res.x, k=2)
+    table = per_sample_table(res, pr)
+    assert table["in_real_manifold"].tolist() == pr.fake_in_real.tolist()
+    assert table["in_real_manifold"].mean() == pytest.approx(pr.precision)

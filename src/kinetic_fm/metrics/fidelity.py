@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from ..knn import abs_max, column_mean, nearest_neighbors, row_sq_norms, unit_ro
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
 from .stats import _to_numpy
+
+if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
+    import pandas as pd
 
 __all__ = ["Protocol", "FrechetDistance", "FrechetBiasWarning", "PrecisionRecall", "feature_statistics",
            "frechet_distance_from_stats", "FrechetReference", "frechet_distance", "precision_recall",
@@ -126,6 +129,14 @@ class PrecisionRecall:
     protocol: Protocol
     fake_in_real: Tensor = field(repr=False)
     real_in_fake: Tensor = field(repr=False)
+
+    def to_frame(self) -> "pd.DataFrame":
+        """pandas DataFrame, one row per generated sample: ``in_real_manifold`` (its precision
+        membership), for :func:`~kinetic_fm.per_sample_table`; ``real_in_fake`` is per real item
+        and stays on the result."""
+        import pandas as pd
+
+        return pd.DataFrame({"in_real_manifold": self.fake_in_real.cpu().numpy()})
 
     def __str__(self) -> str:
         return (f"precision = {self.precision:.4f}, recall = {self.recall:.4f} (k={self.k}, "

@@ -95,8 +95,8 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
 
     Args:
         parts: DataFrames, objects with ``to_frame()`` (``SampleResult``, ``MemorizationReport``,
-            ``LocalSupport``, ``KDELogDensity``, ``ClassifierMargin``, ``ClipScores``) or
-            mappings ``column -> (n,) values``. A part with a ``seed`` column joins by it; a part
+            ``LocalSupport``, ``KDELogDensity``, ``ClassifierMargin``, ``ClipScores``,
+            ``PrecisionRecall``) or mappings ``column -> (n,) values``. A part with a ``seed`` column joins by it; a part
             without one is aligned row by row with ``seeds`` (or, when ``seeds`` is None, with
             the first part that has a ``seed`` column) and must have the same length.
         seeds: the seed of each row of the parts that have no ``seed`` column: a sequence of
