@@ -96,9 +96,10 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
     Args:
         parts: DataFrames, objects with ``to_frame()`` (``SampleResult``, ``MemorizationReport``,
             ``LocalSupport``, ``KDELogDensity``, ``ClassifierMargin``, ``ClipScores``,
-            ``PrecisionRecall``) or mappings ``column -> (n,) values``. A part with a ``seed`` column joins by it; a part
-            without one is aligned row by row with ``seeds`` (or, when ``seeds`` is None, with
-            the first part that has a ``seed`` column) and must have the same length.
+            ``PrecisionRecall``) or mappings ``column -> (n,) values``. A part with a ``seed``
+            column joins by it; a part without one is aligned row by row with ``seeds`` (or, when
+            ``seeds`` is None, with the first part that has a ``seed`` column) and must have the
+            same length.
         seeds: the seed of each row of the parts that have no ``seed`` column: a sequence of
             integers (NumPy integers, 0-d or 1-D integer tensors count; fractional values,
             strings and bools are refused rather than truncated).

@@ -17,8 +17,8 @@ def noise(
 ) -> torch.Tensor:
     """Standard normal noise of shape (len(seeds), *shape); row i depends on ``seeds[i]`` only.
 
-    ``seeds`` are integers in [0, 2**32) (torch's generator keeps 32 bits of a seed): a list, range, generator, NumPy array or 1-D tensor
-    (at least one). ``shape`` is one sample's shape, a sequence of positive integers.
+    ``seeds`` are integers in [0, 2**32) (torch's generator keeps 32 bits of a seed): a list,
+    range, generator, NumPy array or 1-D tensor (at least one). ``shape`` is one sample's shape, a sequence of positive integers.
     ``dtype`` a floating torch dtype; ``device`` where the result goes (None: the CPU).
     ValueError names a bad seed, dimension, dtype or device; TypeError a seeds or shape that is no sequence.
 
