@@ -310,15 +310,18 @@ class FrechetReference:
         covariance, an eigenvalue down to −1e-6 × its largest diagonal entry, is accepted)."""
         return self._distance(mu, sigma, ("mu", "sigma"))
 
-    def _distance(self, mu: Any, sigma: Any, names: tuple[str, str]) -> float:
+    def _distance(self, mu: Any, sigma: Any, names: tuple[str, str], *, covariance: bool = False) -> float:
+        """:meth:`distance`, naming ``names`` in errors; ``covariance``: sigma comes from
+        :func:`feature_statistics`, symmetric PSD by construction, so its checks are skipped."""
         mu = _stats_array(names[0], mu).reshape(-1)
         sigma = _stats_array(names[1], sigma)
         if mu.shape != self.mean.shape or sigma.shape != self.cov.shape:
             raise ValueError(f"shapes do not match the reference's {self.mean.shape}: {names[0]} {mu.shape}, "
                              f"{names[1]} {sigma.shape}")
-        _check_symmetric(names[1], sigma)
-        sigma = 0.5 * (sigma + sigma.T)
-        _check_semidefinite(names[1], sigma)
+        if not covariance:
+            _check_symmetric(names[1], sigma)
+            sigma = 0.5 * (sigma + sigma.T)
+            _check_semidefinite(names[1], sigma)
         middle = self.root @ sigma @ self.root
         eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
         trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
@@ -384,7 +387,7 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
         value = _few_rows_distance(*((a, b) if a.shape[0] <= b.shape[0] else (b, a)))
     else:
         reference = FrechetReference.from_stats(*feature_statistics(a), name="sigma1")
-        value = reference._distance(*feature_statistics(b), ("mu2", "sigma2"))
+        value = reference._distance(*feature_statistics(b), ("mu2", "sigma2"), covariance=True)
     value = ldexp(value, -2 * e)
     return FrechetDistance(value, protocol.fd_name, a.shape[0], b.shape[0], a.shape[1], protocol)
 
