@@ -65,6 +65,34 @@ def test_the_gaussian_rate_keeps_float32_accuracy_near_the_data():
     assert torch.allclose(field(x.double(), torch.ones(64, dtype=torch.float64)), x.double(), rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_the_point_field_is_finite_at_one_and_unchanged_below_one_minus_eps(dtype):
+    # dopri5's last stages evaluate at t = 1, where (y − x)/(1 − t) was inf or NaN for every sample
+    y = torch.tensor([1.0, -2.0, 0.5])
+    x = kfm.noise(range(4), (3,), dtype=dtype)
+    field = kfm.PointTarget(y, eps=1e-4)
+    at_one = field(x, torch.ones(4, dtype=dtype))
+    assert torch.isfinite(at_one).all()
+    torch.testing.assert_close(at_one.double(), (y.double() - x.double()) / 1e-4, rtol=2e-3, atol=0)
+    t = torch.full((4,), 0.75, dtype=dtype)                              # 1 − t exact in every dtype
+    assert torch.equal(field(x, t), (y.to(dtype) - x) / (1 - t[:, None]))
+    for eps in (0, 1, -1e-6, float("nan")):
+        with pytest.raises(ValueError, match="eps must"):
+            kfm.PointTarget(y, eps=eps)
+
+
+def test_dopri5_reaches_the_point_with_its_closed_form_energy():
+    # every dopri5 sample failed non-finite at t = 1 (its stages with c = 1); the paths are straight
+    # lines x0 -> y with KPE ½‖y − x0‖²
+    y = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    x0 = kfm.noise(range(6), (3,), dtype=torch.float64)
+    field = kfm.PointTarget(y)
+    result = kfm.sample(field, x0=x0, solver="dopri5", rtol=1e-8, atol=1e-8)
+    assert not result.nonfinite.any()
+    torch.testing.assert_close(result.x, y.expand(6, 3), rtol=0, atol=1e-5)
+    torch.testing.assert_close(result.kpe, field.kinetic_energy(x0), rtol=1e-5, atol=0)
+
+
 def test_closed_forms_refuse_a_start_of_another_shape_by_name():
     # trajectory and kinetic_energy failed in torch's expand where the field itself names the shape
     x0 = torch.zeros(4, 4)

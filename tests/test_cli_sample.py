@@ -113,7 +113,6 @@ def test_resume_of_a_folder_holding_no_run_says_it_starts_one(tmp_path, capsys):
     (["--n", 0], "--n must be >= 1"),
     (["--steps", 0], "--steps must be >= 1"),
     (["--dim", 0], "--dim must be >= 1"),
-    (["--field", "point", "--solver", "dopri5"], "use a fixed-step --solver"),
     (["--beta0", 0.2], "error: --beta0 = 0.2 makes η(t) ≤ 0"),      # it named KTS's beta0
     (["--tau", 1.5], "--tau must lie in (0, 1), got 1.5"),              # it named KTS's tau_split
     (["--k", 0, "--landing", "linear", "--launch", "exponential"], "--k must lie in (0, 700]"),
@@ -439,6 +438,14 @@ def test_the_stored_profile_is_what_the_sampler_returns_and_sums_to_kpe(tmp_path
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["config"]["profile"] is True
     assert manifest["runtime"]["profile_times"] == times.tolist()
+
+
+def test_the_point_field_samples_under_dopri5_with_its_closed_form_energy(tmp_path):
+    # it was refused ("singular at t = 1, where dopri5 evaluates"): the field now clamps 1 − t
+    assert kfm_sample(tmp_path / "run", "--field", "point", "--dim", 2, "--n", 4, "--solver", "dopri5",
+                      "--dtype", "float64") == 0
+    x0 = kfm.noise(range(4), (2,), dtype=torch.float64).numpy()
+    np.testing.assert_allclose(read_run(tmp_path / "run")["kpe"], 0.5 * ((2.0 - x0) ** 2).sum(axis=1), rtol=1e-4)
 
 
 @pytest.mark.parametrize("solver", ["euler", "rk4"])

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..checks import as_scalar, check_unit_number, is_real, positive_integer
+from ..checks import as_scalar, check_unit_number, inside_unit_interval, is_real, positive_integer
 
 
 def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
@@ -160,21 +160,24 @@ class PointTarget:
 
     Every trajectory is the straight line from x0 to y, KPE = ½‖y − x0‖². The field is
     singular at t = 1 and declares ``singular_at_one``: ``kfm.sample`` takes the last step of
-    heun/rk4 without their end stage, so fixed-step solvers never evaluate it there (dopri5's
-    last stages do, so use a fixed-step solver with this field).
+    heun/rk4 without their end stage, so fixed-step solvers never evaluate it there. dopri5's
+    last stages do (c = 1): there, as in ``EmpiricalFlow``, 1 − t is taken as at least ``eps``
+    (v carries x to y in the remaining time eps), which leaves every time below 1 − eps as it
+    was and keeps the velocity finite at t = 1. ``eps`` must lie in (0, 1).
     """
 
     singular_at_one = True
 
-    def __init__(self, point: torch.Tensor | float):
+    def __init__(self, point: torch.Tensor | float, *, eps: float = 1e-6):
         self.point = _location("point", point)
+        self.eps = inside_unit_interval("eps", eps)
         self._placed = _Placed()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """v(x, t): x (B, ...) float, t (B,) or one number in [0, 1]; (B, ...) in x's dtype."""
         tc = _time_column(t, x).to(x.dtype)
         _check_sample_shape("point", self.point, x)
-        return (self._placed("point", self.point, x.device, x.dtype) - x) / (1 - tc)
+        return (self._placed("point", self.point, x.device, x.dtype) - x) / (1 - tc).clamp_min(self.eps)
 
     def trajectory(self, x0: torch.Tensor, t: float) -> torch.Tensor:
         """The exact state x_t, (B, ...) in x0's dtype, of the samples starting at x0 (B, ...);
