@@ -243,3 +243,18 @@ def test_which_os_errors_are_the_output_s(tmp_path, code, name, named):
     with pytest.raises(OSError) as caught, writing("--out", str(out)):
         raise OSError(code, os.strerror(code), filename)
     assert str(caught.value).startswith(f"--out {out} cannot be written") is named
+
+
+def test_a_tilde_after_the_equals_sign_is_the_home_folder(tmp_path, monkeypatch):
+    # the shell leaves "--out=~/run" as it is, and kfm sample made a folder named "~" in the
+    # working directory
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert main([*SAMPLE, "--out=~/run", "--figure=~/run.png"]) == 0
+    assert (home / "run" / "manifest.json").is_file() and (home / "run.png").is_file()
+    np.save(home / "s.npy", np.eye(3, dtype=np.float32))
+    assert main(["memorization", "--samples=~/s.npy", "--train=~/s.npy", "--out=~/m.parquet", "--no-progress"]) == 0
+    assert (home / "m.parquet").is_file()
+    assert list(work.iterdir()) == []

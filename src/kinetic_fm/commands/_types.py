@@ -26,6 +26,15 @@ def _integer_below(text: str, bits: int, why: str) -> int:
     return value
 
 
+def user_path(text: str) -> str:
+    """A path flag's value with a leading ``~`` or ``~user`` expanded: the shell leaves
+    ``--out=~/runs`` as it is (it expands ``~`` only at a word's start), and a folder named "~"
+    was made in the working directory."""
+    import os
+
+    return os.path.expanduser(text)
+
+
 def named_by_its_flag(err: ValueError, flags: dict[str, str]) -> ValueError:
     """``err`` ("steps must be a positive integer, got 0", "beta0 = 0.06 makes ...") with the flag
     ``flags`` maps the argument it opens with to ("--steps must be ...", "--beta0 = 0.06 makes

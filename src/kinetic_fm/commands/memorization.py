@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._types import bootstrap_seed_number, check_output_path, writing
+from ._types import bootstrap_seed_number, check_output_path, user_path, writing
 
 TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
 SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
@@ -30,10 +30,10 @@ def register(subparsers) -> None:
             "show images."
         ),
     )
-    parser.add_argument("--samples", required=True,
+    parser.add_argument("--samples", required=True, type=user_path,
                         help="generated samples, shape (B, ...): an array file, a folder/.zip of images, or a "
                              "kfm sample run folder (its final samples x, in their recorded shape)")
-    parser.add_argument("--train", required=True,
+    parser.add_argument("--train", required=True, type=user_path,
                         help="training items, shape (N, ...): an array file, a folder/.zip of images, a "
                              "data spec such as cifar10:/data/cifar-10-batches-py, or a kfm train run folder "
                              "(exactly the items it trained on: its data spec, --n subset and --seed, read "
@@ -67,8 +67,8 @@ def register(subparsers) -> None:
                              "as kfm reproduce does (off by default: the samples are audited as given; clamping "
                              "turns zero-mean pixel noise on a flat background into a one-sided offset, which "
                              "a pca: space no longer drops)")
-    parser.add_argument("--out", default=None, help="per-sample table: .parquet or .csv")
-    parser.add_argument("--figure", default=None,
+    parser.add_argument("--out", default=None, type=user_path, help="per-sample table: .parquet or .csv")
+    parser.add_argument("--figure", default=None, type=user_path,
                         help="a .png: the gap-ratio histogram and, for image inputs, the samples with the "
                              "smallest ratios beside their nearest training images")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

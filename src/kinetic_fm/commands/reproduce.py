@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._types import check_output_path, seed_number, writing
+from ._types import check_output_path, seed_number, user_path, writing
 
 
 def register(subparsers) -> None:
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     size.add_argument("--full", dest="mode", action="store_const", const="full", help="paper-like sample sizes")
     size.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="seconds; a smoke test")
     p.set_defaults(mode="quick")
-    p.add_argument("--out", required=True, help="output folder (created; re-use it to resume)")
+    p.add_argument("--out", required=True, type=user_path, help="output folder (created; re-use it to resume)")
     p.add_argument("--studies", default="semantics,support,memorization,shaping",
                    help="comma-separated subset of: semantics, support, memorization, shaping (default all four)")
     p.add_argument("--classifier", default=None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._types import check_output_path, named_by_its_flag, seed_number, writing
+from ._types import check_output_path, named_by_its_flag, seed_number, user_path, writing
 
 FIELDS = ("gaussian", "point", "mixture")
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "rk4_38", "dopri5")
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
                         "on a ring of radius 4 in the first two coordinates (evenly on [-4, 4] at --dim 1) "
                         f"(default: {DEFAULT_FIELD})")
     f.add_argument("--dim", type=int, default=None, help=f"dimension D of a built-in field's samples (default {DEFAULT_DIM})")
-    f.add_argument("--model", default=None,
+    f.add_argument("--model", default=None, type=user_path,
                    help="sample a trained net instead of --field: a `kfm train` run folder or .safetensors file "
                         "(EMA weights); its weights' sha256 identifies the run")
     f.add_argument("--shape", default=None,
@@ -113,7 +113,7 @@ def register(subparsers) -> None:
                    help="rescale η so that ∫η dt = 1 (not in the paper)")
 
     r = p.add_argument_group("run directory")
-    r.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    r.add_argument("--out", required=True, type=user_path, help="run directory to create (or to continue with --resume)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --out: keep complete shards, redo missing or broken ones")
     r.add_argument("--shard-size", type=int, default=1000,
@@ -133,7 +133,7 @@ def register(subparsers) -> None:
                         "value per step that sample took (its 'steps'), and a second list column 'times' their "
                         "steps + 1 times. Part of the run's settings: a --resume must repeat it. "
                         "kinetic_fm.runs.read_profile(OUT) gives (times, increments) arrays")
-    r.add_argument("--figure", default=None, metavar="PATH.png",
+    r.add_argument("--figure", default=None, type=user_path, metavar="PATH.png",
                    help="after the run, draw it into a .png: the per-sample KPE histogram and, with --profile, "
                         "beside it the kinetic power ½η²‖v‖² over t (mean and 10–90%% band; dopri5's own steps "
                         "are averaged over 100 equal bins). An axis spanning two decades or more is drawn in log "

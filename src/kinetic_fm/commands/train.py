@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._types import check_output_path, named_by_its_flag, seed_number, writing
+from ._types import check_output_path, named_by_its_flag, seed_number, user_path, writing
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
              "(PATH a folder or .zip). digits: scikit-learn's 8x8 digits, bundled; moons: two half circles; "
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoints", default="log2",
                    help="log2 (steps 1, 2, 4, ... and the last; the default), none, or comma-separated steps")
     p.add_argument("--save-every", type=int, default=100, help="steps between resume states (default 100)")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True, type=user_path, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from <out>/resume.pt if it exists")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
