@@ -74,8 +74,18 @@ def integrate_dopri5(
 
     def f(x: torch.Tensor, tt: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         field = velocity if active is None or select is None else select(active)
-        v = field(x, tt.to(dtype))
-        check_velocity_output(v, x, " during dopri5's steps")  # every call: metadata only, no sync
+        # a copy: tt is the solver's own clock (a stage's end time becomes the sample's time), and
+        # a net that rescales or clamps its t in place would move it
+        try:
+            v = field(x, tt.to(dtype, copy=True))
+            check_velocity_output(v, x, " during dopri5's steps")  # every call: metadata only, no sync
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            if active is not None and select is None and x.shape[0] < batch and hasattr(err, "add_note"):
+                err.add_note(f"dopri5 calls the velocity with only the {x.shape[0]} of {batch} samples still "
+                             "running: per-sample inputs held in a closure (lambda x, t: net(x, t, y)) no longer "
+                             "line up; pass them as kfm.ModelXT(net, y=y, per_sample=['y']), or give the velocity a "
+                             "select(active) method (kfm.sample's docstring)")
+            raise
         return v
 
     read_after = [tab.read_after(j) for j in range(tab.stages)]
