@@ -550,6 +550,49 @@ def test_a_net_in_another_dtype_gets_a_note_on_dtypes_not_on_the_call_order():
     kfm.sample(lambda x, t: net(x.bfloat16()).float(), seeds=range(3), shape=(2,), steps=2)  # the fix works
 
 
+@pytest.mark.parametrize("first", ["conv", "groupnorm", "linear"])
+def test_every_dtype_mismatch_of_torch_gets_the_dtype_note(first):
+    # a convolution's "Input type (float) and bias type (c10::BFloat16) should be the same" got the
+    # note on the call order (forward(t, x), kfm.ModelTX)
+    layer = {"conv": torch.nn.Conv2d(2, 2, 3, padding=1), "groupnorm": torch.nn.GroupNorm(1, 2),
+             "linear": torch.nn.Linear(4, 4)}[first]
+    net = layer.to(torch.bfloat16).eval()
+    with pytest.raises(RuntimeError) as caught:
+        kfm.sample(lambda x, t: net(x), seeds=range(2), shape=(2, 4, 4), steps=2)
+    notes = getattr(caught.value, "__notes__", [])
+    assert any("x is torch.float32 on cpu" in note for note in notes), notes
+    assert not any("ModelTX" in note for note in notes)
+
+
+def test_a_net_reading_t_as_one_number_gets_the_convention_note():
+    # float(t) on the (B,) time raised a ValueError without any note
+    class FloatTime(torch.nn.Module):
+        def forward(self, x, t):
+            return -x * float(t)
+
+    with pytest.raises(ValueError, match="only one element tensors") as caught:
+        kfm.sample(FloatTime(), seeds=range(2), shape=(2,), steps=2)
+    assert any("kfm.ModelXT(net, time='scalar')" in note for note in getattr(caught.value, "__notes__", []))
+    res = kfm.sample(ModelXT(FloatTime(), time="scalar"), seeds=range(2), shape=(2,), steps=2, dtype=torch.float64)
+    x0 = kfm.noise(range(2), (2,), dtype=torch.float64)
+    torch.testing.assert_close(res.x, x0 * (1 - 0.0) * (1 - 0.5 * 0.5))  # x ← x(1 − t_i·Δt), t = 0, ½
+
+
+def test_a_closure_over_per_sample_labels_under_dopri5_is_told_what_to_use():
+    # dopri5 evaluates only the samples still running; a closure's labels no longer line up, and
+    # the broadcast error said nothing about why
+    rates = torch.tensor([1.0, 5.0, 20.0, 60.0], dtype=torch.float64)   # very different step sizes
+    net = lambda x, t, y: -x * y[:, None]  # noqa: E731
+    with pytest.raises(RuntimeError) as caught:
+        kfm.sample(lambda x, t: net(x, t, rates), seeds=range(4), shape=(2,), solver="dopri5", dtype=torch.float64)
+    assert any("only the" in note and "ModelXT(net, y=y, per_sample=['y'])" in note
+               for note in getattr(caught.value, "__notes__", []))
+    res = kfm.sample(ModelXT(net, y=rates, per_sample=["y"]), seeds=range(4), shape=(2,), solver="dopri5",
+                     dtype=torch.float64, rtol=1e-9, atol=1e-9)
+    x0 = kfm.noise(range(4), (2,), dtype=torch.float64)
+    torch.testing.assert_close(res.x, x0 * torch.exp(-rates)[:, None], rtol=1e-6, atol=1e-8)
+
+
 def test_a_half_precision_output_under_autocast_is_refused_with_the_fix():
     net = torch.nn.Linear(2, 2).eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -76,12 +76,22 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise  # says what came back and how to fix it; the call order was fine
     except (RuntimeError, TypeError, IndexError) as err:
         if hasattr(err, "add_note"):
-            text = str(err)
-            about_types = "dtype" in text or "device" in text or "Expected all tensors" in text
-            err.add_note(_dtype_hint(x) if about_types else CONVENTION_HINT)
+            err.add_note(_dtype_hint(x) if _about_types(str(err)) else CONVENTION_HINT)
+        raise
+    except ValueError as err:  # a net that reads t as one number: float(t) on a (B,) tensor
+        if hasattr(err, "add_note") and "only one element tensors" in str(err):
+            err.add_note(CONVENTION_HINT + "; a net taking t as one number needs kfm.ModelXT(net, time='scalar')")
         raise
     check_velocity_output(v, x)
     return v
+
+
+def _about_types(text: str) -> bool:
+    """Whether torch's message ``text`` is about dtypes or devices: "Expected all tensors to be on
+    the same device", "expected m1 and m2 to have the same dtype", and convolutions' "Input type
+    (float) and bias type (c10::BFloat16) should be the same"."""
+    return any(word in text for word in ("dtype", "device", "Expected all tensors", "Input type (",
+                                         "weight type", "bias type", "scalar type"))
 
 
 def state_version(x: torch.Tensor) -> int | None:
@@ -185,6 +195,8 @@ def _stochastic_layer(module: torch.nn.Module) -> bool:
         if name in _SCRIPTED_BATCH_NORMS:
             no_statistics = getattr(module, "running_mean", None) is None and getattr(module, "running_var", None) is None
             return module.training or no_statistics
+        if name == "RReLU":
+            return module.training and getattr(module, "lower", 0.0) != getattr(module, "upper", 0.0)
         return name in _SCRIPTED_DROPOUTS and module.training and float(getattr(module, "p", 0.0)) > 0
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):  # batch statistics, as torch decides
         return module.training or (module.running_mean is None and module.running_var is None)
@@ -194,6 +206,8 @@ def _stochastic_layer(module: torch.nn.Module) -> bool:
         return module.p > 0
     if isinstance(module, torch.nn.MultiheadAttention):
         return module.dropout > 0
+    if isinstance(module, torch.nn.RReLU):  # a random negative slope per element while training
+        return module.lower != module.upper
     return any(isinstance(p := getattr(module, name, None), float) and p > 0 for name in _DROP_ATTRIBUTES)
 
 
