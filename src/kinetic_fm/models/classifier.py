@@ -112,7 +112,9 @@ def train_classifier(
     ``augment_noise`` adds Gaussian noise of that std to training batches (so generated samples,
     which are never pixel-perfect, are judged fairly). ``width`` sets the CNN's channels.
     ``test`` = (images, labels) gives ``test_accuracy``; it is checked as the training pair is
-    before the first step. NumPy arrays are read as tensors. Deterministic for a seed.
+    before the first step. NumPy arrays are read as tensors. Deterministic for a seed. The net is
+    built on the CPU (the same initial weights everywhere) and trained on ``images``' device; the
+    test pair is moved there.
     ``num_classes``: the judge's outputs, the data set's class count (a split may lack its last
     classes); None takes the largest label + 1.
 
@@ -213,7 +215,8 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = SmallCNN(images.shape[1], num_classes, width=width, feature_dim=4 * width)
+        # built on the CPU under the seed (the same weights on every device), trained where the images are
+        model = SmallCNN(images.shape[1], num_classes, width=width, feature_dim=4 * width).to(images.device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     losses = torch.zeros(steps, dtype=torch.float32)
@@ -234,9 +237,9 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
                                   stacklevel=3)  # the caller of train_classifier()
     model.train()
     for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
-        idx = torch.randint(images.shape[0], (batch_size,), generator=g)
-        x = images[idx] + augment_noise * torch.randn(images[idx].shape, generator=g)
-        loss = F.cross_entropy(model(x), labels[idx])
+        idx = torch.randint(images.shape[0], (batch_size,), device="cpu", generator=g)
+        x = images[idx] + augment_noise * torch.randn(images[idx].shape, device="cpu", generator=g).to(images.device)
+        loss = F.cross_entropy(model(x), labels[idx].to(images.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -251,5 +254,6 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     accuracy = None
     if test is not None:
         with torch.no_grad():
-            accuracy = float((model(test[0]).argmax(1) == test[1]).double().mean())
+            predicted = model(test[0].to(images.device)).argmax(1)
+            accuracy = float((predicted == test[1].to(images.device)).double().mean())
     return ClassifierFit(model, accuracy)
