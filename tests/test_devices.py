@@ -410,3 +410,61 @@ def test_a_feature_space_sends_inputs_to_its_nets_own_gpu():
         FeatureSpace(net, device="cuda:0")._run_device()
     with pytest.raises(ValueError, match=r"is on cuda:1 but device='cpu'"):
         FeatureSpace(net, device="cpu")._run_device()
+
+
+class _DefaultCuda(torch.overrides.TorchFunctionMode):
+    """``torch.set_default_device("cuda")``'s rule (torch.utils._device.DeviceContext) over
+    fake_cuda: a factory call that names no device makes a cuda tensor. torch keeps its own
+    DeviceContext at the bottom of the mode stack, under fake_cuda, so it cannot be used here."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        from torch.utils._device import _device_constructors
+
+        kwargs = dict(kwargs or {})
+        if func in _device_constructors() and kwargs.get("device") is None:
+            kwargs["device"] = "cuda"
+        return func(*args, **kwargs)
+
+
+def test_seeded_draws_and_cpu_rows_work_under_a_default_cuda_device():
+    # a notebook's torch.set_default_device("cuda") made every draw from a seeded CPU generator
+    # fail ("Expected a 'cuda' device type for generator but found 'cpu'"), kfm.noise(device="cpu")
+    # included, and moved precision_recall's CPU rows to the device while its indices stayed behind
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(50, 3, generator=g), torch.randn(40, 3, generator=g)
+    refs = torch.randn(3000, 3, generator=g)
+    expected = (kfm.noise([0, 1], (3,)),
+                kfm.sample(kfm.GaussianTarget(0.0, 1.0), seeds=[0, 1], shape=(3,), steps=4).kpe,
+                kfm.precision_recall(real, fake),
+                kfm.kde_log_density(real[:2], refs, bandwidth="median").bandwidth)
+    with fake_cuda(), _DefaultCuda():
+        assert torch.zeros(1).device.type == "cuda"  # the mode is on
+        assert torch.equal(kfm.noise([0, 1], (3,), device="cpu"), expected[0])
+        kpe = kfm.sample(kfm.GaussianTarget(0.0, 1.0), seeds=[0, 1], shape=(3,), steps=4, device="cuda").kpe
+        pr = kfm.precision_recall(real, fake)
+        bandwidth = kfm.kde_log_density(real[:2], refs, bandwidth="median").bandwidth
+    assert torch.equal(kpe.cpu(), expected[1])
+    assert (pr.precision, pr.recall) == (expected[2].precision, expected[2].recall)
+    assert bandwidth == expected[3]
+
+
+@pytest.mark.parametrize("where", ["train", "test"])
+def test_the_judge_trains_where_its_images_are(where):
+    # the net stayed on the CPU while the images, its noise and the test pair were on the device:
+    # "Expected all tensors to be on the same device"
+    from kinetic_fm.models.classifier import train_classifier
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(40, 1, 8, 8, generator=g) * 2 - 1, torch.arange(40) % 2
+    cpu = train_classifier(images, labels, steps=3, batch_size=8, test=(images, labels))
+    conv = torch.backends.cudnn
+    with fake_cuda(), torch.backends.cudnn.flags(enabled=conv.enabled, benchmark=conv.benchmark,
+                                                 deterministic=conv.deterministic, allow_tf32=False):
+        moved = (images.cuda(), labels.cuda()) if where == "train" else (images, labels)
+        test = (images.cuda(), labels.cuda()) if where == "test" else (images, labels)
+        fit = train_classifier(*moved, steps=3, batch_size=8, test=test)
+        assert next(fit.model.parameters()).device.type == moved[0].device.type
+        weights = [p.detach().cpu() for p in fit.model.parameters()]
+    for a, b in zip(weights, cpu.model.parameters()):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+    assert fit.test_accuracy == cpu.test_accuracy

@@ -307,7 +307,7 @@ def _extent(array) -> tuple[float, float] | None:
             values = array.detach()
             if values.numel() > _EXTENT_VALUES:  # picked by index: no copy of a strided tensor
                 g = torch.Generator().manual_seed(0)
-                where = torch.randint(values.numel(), (_EXTENT_VALUES,), generator=g).to(values.device)
+                where = torch.randint(values.numel(), (_EXTENT_VALUES,), device="cpu", generator=g).to(values.device)
                 values = values[torch.unravel_index(where, values.shape)]
             values = values.reshape(-1).to(torch.float64).cpu().numpy()
         else:

@@ -155,7 +155,7 @@ def _calibrated(threads: int) -> str:
     # round by round cancel the load drifts of a shared machine; 4,096 columns with medians
     # of separate timings picked torch in about half of fresh processes.
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(256, 2048, generator=g), torch.randn(8192, 2048, generator=g)
+    a, b = torch.randn(256, 2048, device="cpu", generator=g), torch.randn(8192, 2048, device="cpu", generator=g)
     out = torch.empty(256, 8192)
     a_np, b_np, out_np = a.numpy(), b.numpy().T, out.numpy()
     ratios = []

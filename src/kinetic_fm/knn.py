@@ -74,7 +74,8 @@ class Neighbors:
 def as_rows(name: str, value) -> torch.Tensor:
     """``value`` as a tensor of shape (n, ...) with n ≥ 1; ValueError naming ``name`` otherwise.
     A pandas DataFrame or Series counts as its values (rows as rows)."""
-    tensor = torch.as_tensor(torch_readable(value))
+    # a tensor as it is: torch.as_tensor would move it under torch.set_default_device
+    tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(torch_readable(value))
     if tensor.dim() == 0:
         raise ValueError(f"{name} must have shape (n, ...), got a scalar")
     if tensor.shape[0] == 0:

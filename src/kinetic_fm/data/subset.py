@@ -70,7 +70,7 @@ def select_indices(
                 raise TooFewItemsError(str(err), requested=int(number), available=pool.numel()) from None
             raise
         generator = torch.Generator().manual_seed(seed)
-        pool = torch.sort(pool[torch.randperm(pool.numel(), generator=generator)[:n]]).values
+        pool = torch.sort(pool[torch.randperm(pool.numel(), device="cpu", generator=generator)[:n]]).values
     return pool
 
 

@@ -100,7 +100,7 @@ class GaussianMixture:
         n = _count(n)
         g = _generator(seed)
         component = torch.multinomial(self.weights, n, replacement=True, generator=g)
-        eps = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
+        eps = torch.randn(n, self.dim, device="cpu", generator=g, dtype=torch.float64)
         x = self.means[component] + self.stds[component, None] * eps
         return PointDataset(x.float(), component, f"gaussian mixture (K={len(self.weights)})",
                             classes=tuple(f"component {k}" for k in range(len(self.weights))))
@@ -138,11 +138,11 @@ def two_moons(n: int, seed: int = 0, *, noise: float = 0.05) -> PointDataset:
     if not (noise >= 0 and math.isfinite(noise)):
         raise ValueError(f"noise must be a finite number >= 0, got {noise}")
     g = _generator(seed)
-    moon = torch.randint(0, 2, (n,), generator=g)
-    a = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
+    moon = torch.randint(0, 2, (n,), device="cpu", generator=g)
+    a = torch.rand(n, device="cpu", generator=g, dtype=torch.float64) * math.pi
     x = torch.stack([a.cos(), a.sin()], dim=1)
     x = torch.where(moon[:, None] == 1, torch.tensor([1.0, 0.5], dtype=torch.float64) - x, x)
-    x = x + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x = x + noise * torch.randn(n, 2, device="cpu", generator=g, dtype=torch.float64)
     return PointDataset(x.float(), moon, f"two moons (noise={noise})", classes=("moon 0", "moon 1"))
 
 
@@ -161,10 +161,10 @@ def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) 
         raise ValueError(f"side must be a finite number > 0, got {side}")
     g = _generator(seed)
     cells = torch.tensor([r * squares + c for r in range(squares) for c in range(squares) if (r + c) % 2 == 0])
-    label = torch.randint(0, len(cells), (n,), generator=g)
+    label = torch.randint(0, len(cells), (n,), device="cpu", generator=g)
     cell = cells[label]
     row, col = cell // squares, cell % squares
-    u = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    u = torch.rand(n, 2, device="cpu", generator=g, dtype=torch.float64)
     width = 2 * side / squares
     x = torch.stack([col + u[:, 0], row + u[:, 1]], dim=1) * width - side
     return PointDataset(x.float(), label, f"checkerboard ({squares}x{squares})",

@@ -241,7 +241,7 @@ class GaussianMixtureTarget:
         labels; ``n`` ≥ 1, ``generator`` a CPU ``torch.Generator`` (None: torch's global one)."""
         n = positive_integer("n", as_scalar(n))
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        eps = torch.randn((n, *self.means.shape[1:]), dtype=torch.float64, generator=generator)
+        eps = torch.randn((n, *self.means.shape[1:]), dtype=torch.float64, device="cpu", generator=generator)
         return self.means[labels] + self.std * eps, labels
 
 

@@ -248,7 +248,7 @@ def _median(reference: Tensor, max_points: int = 2000, seed: int = 0) -> float:
     y = reference
     if n > max_points:
         g = torch.Generator().manual_seed(seed)
-        y = reference[torch.randperm(n, generator=g)[:max_points].to(reference.device)]
+        y = reference[torch.randperm(n, device="cpu", generator=g)[:max_points].to(reference.device)]
     y = y.to(torch.float64)
     y = y - y.mean(dim=0)  # cdist expands ‖a‖² + ‖b‖² − 2a·b: a common offset would cancel digits
     d = torch.cdist(y, y)

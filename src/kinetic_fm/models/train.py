@@ -469,15 +469,15 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         if config.warmup:
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * min(1.0, step / config.warmup)
-        idx = torch.randint(n, (config.batch_size,), generator=data_gen)
+        idx = torch.randint(n, (config.batch_size,), device="cpu", generator=data_gen)
         x1 = data[idx].to(device)
-        x0 = torch.randn(x1.shape, generator=noise_gen).to(device=device, dtype=x1.dtype)
-        t = torch.rand(config.batch_size, generator=noise_gen).to(device=device, dtype=x1.dtype)
+        x0 = torch.randn(x1.shape, device="cpu", generator=noise_gen).to(device=device, dtype=x1.dtype)
+        t = torch.rand(config.batch_size, device="cpu", generator=noise_gen).to(device=device, dtype=x1.dtype)
         tb = t.reshape(-1, *([1] * (x1.ndim - 1)))
         xt = (1 - tb) * x0 + tb * x1
         if conditional:
             y = labels[idx].clone()
-            drop = torch.rand(config.batch_size, generator=noise_gen) < config.label_dropout
+            drop = torch.rand(config.batch_size, device="cpu", generator=noise_gen) < config.label_dropout
             y[drop] = model.null_class
             v = model(xt, t, y.to(device))
         else:

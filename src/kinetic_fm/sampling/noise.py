@@ -49,7 +49,7 @@ def noise(
     rows = []
     for s in seeds:
         gen.manual_seed(s)
-        rows.append(torch.randn(shape, generator=gen, dtype=torch.float64))
+        rows.append(torch.randn(shape, device="cpu", generator=gen, dtype=torch.float64))
     return torch.stack(rows).to(dtype=dtype, device=target)
 
 

@@ -114,7 +114,7 @@ def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Asse
     rows = _split_rows(cfg, len(train) + len(heldout))[1]   # train's rows in the loaded data set
     general, _ = _velocity_net(cfg, ws, "general", train, rows, cfg.general_steps, progress)
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    pick = torch.randperm(train.shape[0], generator=g)[: cfg.memorizer_n].sort().values
+    pick = torch.randperm(train.shape[0], device="cpu", generator=g)[: cfg.memorizer_n].sort().values
     memorizer_train = train[pick]
     memorizer, checkpoints = _velocity_net(cfg, ws, "memorizer", memorizer_train, rows[pick], cfg.memorizer_steps,
                                            progress)
@@ -153,7 +153,7 @@ def _loaded_n(cfg: AssetsConfig) -> int | None:
 
 def _split_rows(cfg: AssetsConfig, n: int) -> tuple[Tensor, Tensor]:
     """(n_heldout,) held-out and (n − n_heldout,) training rows of the ``n`` loaded items, seeded."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    order = torch.randperm(n, device="cpu", generator=torch.Generator().manual_seed(cfg.seed))
     return order[: cfg.n_heldout], order[cfg.n_heldout :]
 
 

@@ -46,7 +46,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
     from .figures import energy_profile_figure
     from .report import Claim, Section
 
-    order = torch.randperm(len(assets.train), generator=torch.Generator().manual_seed(7))
+    order = torch.randperm(len(assets.train), device="cpu", generator=torch.Generator().manual_seed(7))
     sizes = sorted({min(n, len(assets.train)) for n in cfg.efm_sizes})
     shape = tuple(assets.train.shape[1:])
     rows, profiles, late_energy, energy, copies_counts = [], {}, [], [], []

@@ -65,7 +65,7 @@ def sample_quality(assets, run: Run, n: int = 300, seed: int = 0) -> SampleQuali
     ``n`` rows (fewer where a set is smaller) of its samples, of randomly chosen training images
     (``seed``) and of its starting noise, against the first ``n`` held-out images."""
     n = min(n, len(assets.heldout), len(assets.train), len(run["x"]))
-    pick = torch.randperm(len(assets.train), generator=torch.Generator().manual_seed(seed))[:n]
+    pick = torch.randperm(len(assets.train), device="cpu", generator=torch.Generator().manual_seed(seed))[:n]
     rows = {"samples": image_range(run["x"][:n], assets), "real": assets.train[pick],
             "noise": image_range(start_noise(run)[:n].to(run["x"].dtype), assets)}
     # equal sizes, so the three FDs compare at one n (the estimator's bias still moves with each
