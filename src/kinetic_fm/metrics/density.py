@@ -422,9 +422,12 @@ def kde_log_density(samples: Any, reference: Any,
         :class:`KDELogDensity` with float64 log-densities on the samples' device.
         The GEMM runs on inputs centred on the reference mean, in float32 unless both sets
         are float64; its rounding moves a log-density by about u·(‖x‖² + ‖y‖²)/(2h²)
-        (u = 6e-8 in float32, norms from the centre): 3e-5 to 6e-5 at Scott's bandwidth in D = 512.
-        For bandwidths far below the data's spread, pass float64 inputs. The running
-        log-sum-exp is accumulated in float64.
+        (u = 6e-8 in float32, norms from the centre): e.g. 3e-5 to 6e-5 at Scott's bandwidth in
+        D = 512. On a GPU whose float32 products run in TF32 (``torch.backends.cuda.matmul``;
+        :func:`~kinetic_fm.metrics.neighbors.cuda_matmul_uses_tf32`) u is 4.9e-4, about 8,000×
+        larger (4e-2 in that example); this metric does not re-rank, so pass float64 inputs or
+        switch TF32 off for it. For bandwidths far below the data's spread, pass float64 inputs.
+        The running log-sum-exp is accumulated in float64.
     """
     exclude_self = check_flag("exclude_self", exclude_self)
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
