@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from kinetic_fm.metrics.stats import compare_groups, pearson, spearman
+from kinetic_fm.metrics.stats import _pearson_along, compare_groups, pearson, spearman
 
 
 def _bivariate_normal(rng, n, rho):
@@ -605,3 +605,18 @@ def test_the_widest_interval_puts_each_undefined_resample_at_the_far_end_of_its_
     assert got[0] <= alone[0] and got[1] >= alone[1]
     if undefined >= 7:                                 # wider than the defined ones alone, visibly
         assert got[1] - got[0] > alone[1] - alone[0] + 1e-3
+
+
+@pytest.mark.parametrize("low,high", [(0.0, 1.0), (0.123456, 2.0), (-7.3, 1e-3)])
+def test_pearsons_undefined_resamples_do_not_depend_on_how_the_flag_is_coded(low, high):
+    # Pearson's r is affine-invariant, so a flag coded {0.123456, 2} must resample as {0, 1} does.
+    # The mean of 40 equal values 0.123456 is an ulp off them: constant resamples read r ≈ 1e-17
+    # and counted as r = 0, and the interval came out finite and narrow, without a warning
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=40)
+    flag = np.zeros(40)
+    flag[[3, 17]] = 1
+    with pytest.warns(RuntimeWarning, match="could fill a whole tail"):
+        r = pearson(x, np.where(flag == 1, high, low), bootstrap=1000, permutations=0, ci_method="percentile")
+    assert math.isnan(r.ci_low) and math.isnan(r.ci_high)
+    assert np.isnan(_pearson_along(np.full(40, 0.061728), x))  # 5.7e-17 before

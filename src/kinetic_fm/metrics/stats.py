@@ -65,11 +65,16 @@ class Correlation:
 
 
 def _pearson_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Pearson's r along ``axis``; NaN where x or y is constant. The mean of n equal values can
+    be an ulp off them, which left tiny equal deviations and r ≈ 1e-17 instead of 0/0: a constant
+    resample then counted as r = 0 (Pearson's r is affine-invariant, and recoding a rare flag
+    {0, 1} as {0.123456, 2} turned an undefined interval into a narrow one)."""
     xc = x - x.mean(axis=axis, keepdims=True)
     yc = y - y.mean(axis=axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (xc * yc).sum(axis) / np.sqrt((xc * xc).sum(axis) * (yc * yc).sum(axis))
-    return np.clip(r, -1.0, 1.0)
+    constant = (x.max(axis=axis) == x.min(axis=axis)) | (y.max(axis=axis) == y.min(axis=axis))
+    return np.clip(np.where(constant, np.nan, r), -1.0, 1.0)
 
 
 def _spearman_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
