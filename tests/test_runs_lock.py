@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from kinetic_fm.cli import main
 from kinetic_fm.runs import RunLock, RunLockedError, RunManifest, World, merge_shards, read_run, run_sharded
 from kinetic_fm.runs import lock as lock_module
 from kinetic_fm.runs.lock import LOCK_NAME, read_holder
@@ -565,3 +566,28 @@ def test_a_forked_child_leaving_through_release_keeps_the_parents_lock(tmp_path)
         os.waitpid(child, 0)
         with pytest.raises(RunLockedError, match=str(os.getpid())):   # still held, record intact
             RunLock(tmp_path).acquire()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "folder", "fifo"])
+def test_a_lock_that_is_no_regular_file_is_refused_and_nothing_is_written_through_it(tmp_path, kind, capsys):
+    # .lock was opened following links and truncated: a run folder unpacked with a .lock link to
+    # ../notes.txt emptied notes.txt, for a new run as for a --resume (helper-142)
+    run, victim = tmp_path / "run", tmp_path / "notes.txt"
+    run.mkdir()
+    victim.write_text("precious\n")
+    lock = run / ".lock"
+    if kind == "symlink":
+        lock.symlink_to("../notes.txt")
+    elif kind == "dangling symlink":
+        lock.symlink_to("../missing.txt")
+    elif kind == "folder":
+        lock.mkdir()
+    else:
+        os.mkfifo(lock)
+    with pytest.raises(OSError, match=r"\.lock is (a symbolic link|not a regular file), where a run's lock file "
+                                      r"belongs.*remove"):
+        RunLock(run).acquire()
+    assert main(["sample", "--field", "gaussian", "--n", "2", "--steps", "2", "--no-progress", "--out", str(run)]) != 0
+    assert "where a run's lock file belongs" in capsys.readouterr().err
+    assert victim.read_text() == "precious\n" and not (tmp_path / "missing.txt").exists()
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]

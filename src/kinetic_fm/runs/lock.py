@@ -142,7 +142,7 @@ class RunLock:
             raise RuntimeError(f"the lock of {self.run_dir} is already acquired by this RunLock")
         if fcntl is None:
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's record stays
+        fd = _open_lock_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -191,6 +191,34 @@ class RunLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def _open_lock_file(path: Path) -> int:
+    """A read-write descriptor of the lock file ``path``, created if absent (no O_TRUNC: the
+    holder's record stays). A symbolic link there, or anything but a regular file, is refused
+    with an OSError naming it: the holder truncates and rewrites the file, so a ``.lock`` link in
+    an unpacked run folder emptied whatever file it pointed at."""
+    import stat
+
+    def refused(what: str) -> OSError:
+        return OSError(f"{path} is {what}, where a run's lock file belongs; kinetic_fm writes into its lock "
+                       "file, so remove it (the lock file is made again)")
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP or path.is_symlink():
+            raise refused("a symbolic link") from None
+        if err.errno == errno.EISDIR:
+            raise refused("not a regular file") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise refused("not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _may_be_running(holder: LockHolder) -> bool:
