@@ -153,3 +153,28 @@ def test_a_run_folder_loads_final_first_strictly_and_in_eval_mode(tmp_path):
     assert not load_into(VelocityMLP((2,), hidden=8, depth=1).train(), tmp_path / "w.safetensors").training
     with pytest.raises(ValueError, match=r"w.safetensors: does not fit VelocityMLP \(Error\(s\) in loading"):
         load_into(VelocityMLP((2,), hidden=16, depth=1), tmp_path / "w.safetensors")
+
+
+def test_a_full_disk_while_saving_a_state_is_an_oserror_and_leaves_nothing(tmp_path):
+    # torch.save reported a write failure as "RuntimeError: [enforce fail at inline_container.cc]
+    # unexpected pos", which kfm train and kfm reproduce showed as a traceback (helper-142); a
+    # file-size limit stands in for a full disk, in a child process
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import errno, resource, signal, torch
+        from kinetic_fm.models.checkpoint import save_state
+        from kinetic_fm.studies.workspace import atomic_torch_save
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        for save in (save_state, atomic_torch_save):
+            try:
+                save({{"w": torch.zeros(100_000)}}, {str(tmp_path)!r} + "/state.pt")
+            except OSError as err:
+                print(save.__name__, err.errno == errno.EFBIG)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["save_state", "True", "atomic_torch_save", "True"], done.stderr
+    assert list(tmp_path.iterdir()) == []  # no state, no temporary

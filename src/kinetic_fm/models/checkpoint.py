@@ -33,7 +33,20 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
     """torch.save a dict of tensors / numbers / strings / nested dicts, atomically."""
-    _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    _atomic_write(Path(path), lambda tmp: write_torch(state, tmp))
+
+
+def write_torch(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)``, serialised in memory and written by Python, so that a full disk
+    or a file-size limit raises ``OSError`` ("[Errno 28] No space left on device"): torch's own
+    writer reports it as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos",
+    which the commands showed as a traceback."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def load_state(path: str | os.PathLike) -> Any:

@@ -139,4 +139,6 @@ class Workspace:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save(obj, path)`` through a temporary file and a rename (:func:`atomic_write`)."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    from ..models.checkpoint import write_torch
+
+    atomic_write(path, lambda tmp: write_torch(obj, tmp))
