@@ -264,3 +264,20 @@ def test_a_cleanup_passes_a_temporary_it_may_not_delete(tmp_path, monkeypatch):
         monkeypatch.undo()
         shared.chmod(0o755)
     assert kept.exists() and not gone.exists()
+
+
+@pytest.mark.parametrize("name", ["c" * 240 + ".png", "é" * 120 + ".parquet", "[x]" * 70 + ".png"])
+def test_a_name_near_the_file_systems_limit_is_written_and_its_stale_temporaries_found(tmp_path, name):
+    # the temporary added ~25 bytes to a legal 240-byte name: "[Errno 36] File name too long",
+    # after a whole kfm sample run when it was --figure's (helper-142)
+    path = tmp_path / name
+    assert len(name.encode()) <= 255
+    atomic_write_bytes(path, b"data")
+    assert path.read_bytes() == b"data" and sorted(p.name for p in tmp_path.iterdir()) == [name]
+    temporary = temporary_name(path)
+    assert len(temporary.name.encode()) <= 255 and temporary.name.startswith(".")
+    temporary.write_bytes(b"left by a killed writer")
+    other = temporary_name(tmp_path / ("d" * 240 + ".png"))
+    other.write_bytes(b"another file's")
+    assert atomic.remove_stale_temporaries(tmp_path, name) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, other.name])
