@@ -60,9 +60,13 @@ def check_output_path(flag: str, path: str, *, folder: bool) -> None:
 
     As root every folder passes the permission test (``os.access``); what only writing shows (a
     full disk, a pseudo file system such as /proc) is named by :func:`writing`."""
+    import os
     from pathlib import Path
 
     target = Path(path)
+    if target.is_symlink() and not target.exists():  # mkdir(exist_ok=True) said "[Errno 17] File exists"
+        raise ValueError(f"{flag} {path} is a symbolic link to {os.readlink(target)}, which does not exist; "
+                         "make what it points to first, or name another path")
     if target.exists():
         if folder and not target.is_dir():
             raise ValueError(f"{flag} {path} is a file; name a folder (new, or one this command wrote)")
