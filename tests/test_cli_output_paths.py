@@ -260,12 +260,14 @@ def test_a_tilde_after_the_equals_sign_is_the_home_folder(tmp_path, monkeypatch)
     assert list(work.iterdir()) == []
 
 
-@pytest.mark.parametrize("command, flag", [("sample", "--out"), ("sample", "--figure"), ("train", "--out"),
-                                           ("memorization", "--out"), ("reproduce", "--out")])
-def test_a_dangling_link_as_output_is_named_with_its_target(tmp_path, monkeypatch, capsys, command, flag):
+@pytest.mark.parametrize("command, flag, name", [
+    ("sample", "--out", "link"), ("sample", "--figure", "link.png"), ("train", "--out", "link"),
+    ("memorization", "--out", "link.csv"), ("reproduce", "--out", "link"),
+])
+def test_a_dangling_link_as_output_is_named_with_its_target(tmp_path, monkeypatch, capsys, command, flag, name):
     # the folder was made with mkdir(exist_ok=True) through the link: "[Errno 17] File exists"
     _no_loading(monkeypatch)
-    link = tmp_path / "link"
+    link = tmp_path / name
     link.symlink_to(tmp_path / "scratch" / "missing")
     assert main(_argv(command, tmp_path, flag, str(link))) == 2
     err = capsys.readouterr().err
