@@ -1019,8 +1019,8 @@ def test_goldilocks_decides_nothing_from_quintiles_of_no_more_samples_than_featu
 
     rng = np.random.default_rng(4)
 
-    def tested(dim: int) -> dict:
-        ref, x = rng.normal(size=(1000, dim)), rng.normal(size=(500, dim))
+    def tested(dim: int, reference_rows: int = 1000) -> dict:
+        ref, x = rng.normal(size=(reference_rows, dim)), rng.normal(size=(500, dim))
         bins = quintile_bins(rng.normal(size=500))[1]
         drifted = x + np.array([0.0, 0.8, 1.2, 1.6, 2.0])[bins][:, None]
         return goldilocks_tests(drifted, bins, quintile_bins((drifted ** 2).sum(1))[1], ref, 50, seed=0)
@@ -1030,6 +1030,12 @@ def test_goldilocks_decides_nothing_from_quintiles_of_no_more_samples_than_featu
     assert goldilocks_verdict(decided) == "not reproduced"
     assert (undecided["n_min"], undecided["dim"]) == (100, 100)
     assert goldilocks_verdict(undecided) == "inconclusive"
+    # a reference of no more rows than features is as singular as a quintile: the section's note
+    # said "no verdict rests on these values" while the claims row took one (helper-144)
+    few_references = tested(40, reference_rows=40)
+    assert (few_references["n_min"], few_references["dim"]) == (40, 40)
+    assert goldilocks_verdict(few_references) == "inconclusive"
+    assert goldilocks_verdict(tested(40, reference_rows=41)) == "not reproduced"
     # so its permutation and bootstrap, which took seconds at --tiny, are not run; T still is
     assert undecided["T"] < 0 and all(math.isnan(undecided[k]) for k in ("p_interior", "p_end", "beyond_low"))
     from kinetic_fm.studies.memorization import _goldilocks_interval

@@ -215,6 +215,25 @@ def test_no_fd_part_decides_a_shaping_claim_with_no_more_samples_than_features()
     assert balanced[0] == "not reproduced" and "only the F_mem part can still read not reproduced" in balanced[1]
 
 
+def test_no_fd_part_decides_a_shaping_claim_when_the_reference_has_no_more_rows_than_features():
+    # 200 samples but a reference from 40 rows of 40 features: the section's note said "no verdict
+    # rests on these values" while the claims took FD verdicts (helper-144)
+    from kinetic_fm.studies.shaping import shaping_claims
+
+    fd_shift = {"plain FM": 1.0, "launch only": 0.2, "landing only": 1.8, "balanced": 0.5,
+                "balanced τ=0.2": 0.8, "balanced τ=0.4": 0.8, "balanced τ=0.8": 0.8}
+    shares = {name: 0.4 for name in SETTINGS} | {"landing only": 0.1, "balanced": 0.2}
+    feats, memorized, value, reference, boot = _grid(fd_shift, shares, dim=40)
+    verdicts = {rows: {c.statement: (c.verdict, c.note) for c in shaping_claims(
+        feats, memorized, value, "FD", reference, boot, reference_rows=rows)} for rows in (41, 40)}
+    assert {v for v, _ in verdicts[41].values()} == {"reproduced"}
+    decided = verdicts[40]
+    assert decided.pop("Landing-only KTS reduces memorization")[0] == "reproduced"
+    for statement, (verdict, note) in decided.items():
+        assert verdict == "inconclusive", statement
+        assert "each FD comes from as few as 40 samples of 40 features" in note
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_change_of_spread_alone_does_not_decide_a_shaping_claim(seed):
     # 0.9·z against 1.1·z, z ~ N(0, I), with the reference N(0, I): the same FD (0.01 per

@@ -302,9 +302,11 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
       rows, each keeping both its quintiles) of T by KPE minus T by ``control_bins``. Any scalar that
       sorts samples by content makes a U in set-level FD (the end quintiles are the unusual samples),
       so energy is only singled out when its U is deeper than the content control's.
-    - ``n_min`` / ``dim``: the smallest KPE quintile's size and the number of features, which
-      :func:`goldilocks_verdict` compares. With ``n_min`` ≤ ``dim`` no verdict is taken, so the
-      tests are not run (their values are NaN; seconds at the tiny preset): only ``T`` is given.
+    - ``n_min`` / ``dim``: the smaller of the smallest KPE quintile's size and the reference's
+      rows ``ref``, and the number of features, which :func:`goldilocks_verdict` compares (the
+      section's note takes the same smaller set: a reference of no more rows than features is as
+      singular as a quintile). With ``n_min`` ≤ ``dim`` no verdict is taken, so the tests are not
+      run (their values are NaN; seconds at the tiny preset): only ``T`` is given.
     """
     rng = np.random.default_rng(seed)
     reference = feature_reference(ref)
@@ -316,7 +318,7 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
         return float(interior_margin(np.array([[fd_to_reference(feats[g], reference) for g in groups]]))[0])
 
     rows = np.arange(len(feats))
-    sizes = {"n_min": float(min((bins == q).sum() for q in range(5))), "dim": float(feats.shape[1])}
+    sizes = {"n_min": float(min(min((bins == q).sum() for q in range(5)), len(ref))), "dim": float(feats.shape[1])}
     t = margin(rows, bins)
     if np.isnan(t):  # a KPE quintile with fewer than two rows (tied energies, tiny n): no T, no test
         nan = float("nan")

@@ -144,7 +144,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     boot = rng.integers(0, cfg.n_samples, size=(cfg.bootstrap, cfg.n_samples))
     value = table.set_index("setting")
     fm_fd, fm_mem = value.loc["plain FM", fd_name], value.loc["plain FM", "F_mem"]
-    out.claims += shaping_claims(feats, memorized, value, fd_name, reference, boot)
+    out.claims += shaping_claims(feats, memorized, value, fd_name, reference, boot, reference_rows=len(assets.train))
 
     main = ["plain FM", "launch only", "landing only", "balanced"]
     section = Section(
@@ -177,7 +177,8 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     return out
 
 
-def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference, boot: np.ndarray) -> list:
+def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference, boot: np.ndarray, *,
+                   reference_rows: int | None = None) -> list:
     """The KTS study's claims, each judged from paired bootstrap intervals against plain FM.
 
     Args:
@@ -186,6 +187,8 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
         value: the grid table indexed by setting, with columns ``fd_name`` and "F_mem" (for the text).
         reference: the Fréchet reference (:func:`~kinetic_fm.studies.output.feature_reference`).
         boot: (R, n) resampled sample indices, shared by every difference (paired).
+        reference_rows: the rows the reference was estimated from; with the samples' n, the
+            smaller decides whether any FD part may decide (no more rows than features: none).
     Returns: the five :class:`~kinetic_fm.studies.report.Claim` rows.
     """
     from .report import Claim
@@ -197,9 +200,11 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
     # With no more samples than features an FD is mostly the estimator's bias, and that bias moves
     # with each setting's spread, which KTS changes: a paired interval of the difference cannot
     # tell it from a change of quality, so no FD part decides a verdict there.
+    # The reference's rows count as the samples' do (the section's note takes the smaller set).
     dim = next(iter(feats.values())).shape[1]
-    fd_undecided = n <= dim
-    undecided_note = fd_undecided_note(n, dim, "setting")
+    smallest = n if reference_rows is None else min(n, reference_rows)
+    fd_undecided = smallest <= dim
+    undecided_note = fd_undecided_note(smallest, dim, "setting", smallest=smallest < n)
 
     def fd_verdict(verdict: str) -> str:
         return "inconclusive" if fd_undecided else verdict
