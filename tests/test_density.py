@@ -452,3 +452,16 @@ def test_argument_slips_are_named_by_the_callers_names():
         local_support(y[:5], y, exclude_self=True)                    # it said "queries"
     with pytest.raises(ValueError, match="chunk must be a positive integer, got 2.5"):
         next(sq_distance_blocks(y, y, chunk=2.5))                     # it failed inside torch.empty
+
+
+@pytest.mark.parametrize("spread", [1e-3, 1e-9, 0.0])
+def test_the_median_heuristic_is_exact_among_near_duplicates(spread):
+    # torch.cdist's GEMM expansion cancels between near-duplicates: 80 rows within 1e-9 of one
+    # point and 20 far ones gave a median 3.2× SciPy's (helper-143); exact duplicates give 0 pairs
+    from scipy.spatial.distance import pdist
+
+    g = torch.Generator().manual_seed(16)
+    far = 3 * torch.randn(20, 4, generator=g, dtype=torch.float64)
+    tight = 2.0 + spread * torch.randn(80, 4, generator=g, dtype=torch.float64)
+    for rows in (torch.cat([tight, far]), torch.cat([tight, far[:-1]])):  # an even and an odd pair count
+        assert median_bandwidth(rows) == pytest.approx(float(np.median(pdist(rows.numpy()))), rel=1e-12, abs=0)
