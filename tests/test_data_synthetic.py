@@ -136,3 +136,17 @@ def test_mixture_settings_and_counts_are_checked_by_name(make, match):
     # failed in torch's words; seed 1.5 was seed 1
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("std", [1e-3, 1e-6])
+def test_mixture_log_prob_near_its_means_does_not_depend_on_the_batch(std):
+    # torch.cdist's expansion (used above 25 rows) cancelled within σ of a mean: 2e-3 off at
+    # σ = 1e-6 for a 40-row call, exact in 8-row calls (helper-143)
+    gmm = GaussianMixture.ring(8, 4.0, std)
+    g = torch.Generator().manual_seed(0)
+    x = gmm.means[torch.arange(40) % 8] + std * torch.randn(40, 2, generator=g, dtype=torch.float64)
+    d2 = ((x[:, None, :] - gmm.means[None]) ** 2).sum(-1)  # float64 brute force from differences
+    ref = torch.logsumexp(gmm.weights.log() - d2 / (2 * std ** 2) - 2 * math.log(std) - math.log(2 * math.pi), 1)
+    torch.testing.assert_close(gmm.log_prob(x), ref, rtol=1e-14, atol=1e-12)
+    assert torch.equal(gmm.log_prob(x), torch.cat([gmm.log_prob(x[i:i + 8]) for i in range(0, 40, 8)]))
+    assert torch.equal(gmm.assign(x), torch.arange(40) % 8)
