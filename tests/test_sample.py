@@ -505,6 +505,12 @@ def test_rows_longer_than_atens_grain_size_give_the_same_energy_in_any_batch_at_
     want = (flat.numpy() ** 2).sum(1)
     np.testing.assert_allclose(row_dot(flat).numpy(), want, rtol=1e-13)
     np.testing.assert_allclose(row_mean_square(flat).numpy(), want / flat.shape[1], rtol=1e-13)
+    # a row that is not a multiple of the 16,384-value block (a 3 × 224 × 224 image): the tail
+    # after the whole blocks is summed too (a row_dot dropping it read 147,783 for 150,840)
+    odd = torch.randn(2, 3 * 224 * 224, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = (odd.numpy() ** 2).sum(1)
+    np.testing.assert_allclose(row_dot(odd).numpy(), want, rtol=1e-13)
+    np.testing.assert_allclose(row_mean_square(odd).numpy(), want / odd.shape[1], rtol=1e-13)
     short = flat[:, :32_768]                                 # up to the grain size: summed whole, as before
     assert torch.equal(row_dot(short), torch.linalg.vecdot(short, short))
     assert torch.equal(row_mean_square(short), short.pow(2).mean(dim=1))
