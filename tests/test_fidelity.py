@@ -393,6 +393,19 @@ def test_clearly_negative_eigenvalues_are_refused_and_round_off_is_not():
         frechet_distance_from_stats(mu, np.diag([1.0, -1e-4]), mu, np.eye(2))
     # diag(1, 0) against I: d² = tr + tr − 2 tr (diag(1, 0))^{1/2} = 2 + 1 − 2 = 1
     assert frechet_distance_from_stats(mu, np.diag([1.0, -1e-12]), mu, np.eye(2)) == pytest.approx(1.0)
+    # the limits themselves, just either side of 1e-6 of the largest eigenvalue (entry, for the
+    # asymmetry): a 10× looser eigenvalue floor or Cholesky shift, or a 1e-3 symmetry tolerance,
+    # accepted all of the refused ones and no test noticed. Accepted: diag(1, 0) against I is 1
+    # less the tiny negative trace (−5e-7) the clip at 0 does not remove from tr σ
+    for where in ("sigma1", "sigma2"):
+        pair = lambda s: (mu, s, mu, np.eye(2)) if where == "sigma1" else (mu, np.eye(2), mu, s)  # noqa: E731
+        with pytest.raises(ValueError, match=f"{where} is not a covariance: eigenvalue -2e-06"):
+            frechet_distance_from_stats(*pair(np.diag([1.0, -2e-6])))
+        assert frechet_distance_from_stats(*pair(np.diag([1.0, -5e-7]))) == pytest.approx(1.0 - 5e-7, abs=1e-12)
+        with pytest.raises(ValueError, match=f"{where} is not symmetric"):
+            frechet_distance_from_stats(*pair(np.array([[1.0, 2e-6], [0.0, 1.0]])))
+        # symmetric to 5e-7: averaged to off-diagonals c = 2.5e-7, d² = 4 − 2(√(1 + c) + √(1 − c)) ≈ c²/2
+        assert frechet_distance_from_stats(*pair(np.array([[1.0, 5e-7], [0.0, 1.0]]))) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_the_bias_warning_starts_at_as_many_samples_as_features():
