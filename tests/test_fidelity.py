@@ -516,11 +516,13 @@ def _nuclear_norm_fd(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.filterwarnings("ignore::kinetic_fm.metrics.fidelity.FrechetBiasWarning")
-@pytest.mark.parametrize("sizes", [(30, 40), (40, 30), (30, 700)])
+@pytest.mark.parametrize("sizes", [(30, 40), (40, 30), (30, 700), (300, 700), (700, 300)])
 def test_few_samples_in_many_features_measure_no_round_off_null_eigenvalues(sizes):
     # rows in an 8-dimensional subspace of 300 features: FD is rotation invariant, so it equals
     # the FD of the 8 coordinates (n > 8, well posed). Through 300 × 300 eigenproblems the
-    # ~290 null eigenvalues' round-off entered as √(ε λ_max) each: 1e-6 relative low
+    # ~290 null eigenvalues' round-off entered as √(ε λ_max) each: 1e-6 relative low. n = D = 300
+    # is the route's boundary: a set with as many rows as features has a singular covariance too
+    # (a route test `n < D` survived, taking such sets through the D × D eigenproblems)
     rng = np.random.default_rng(5)
     a = rng.normal(size=(sizes[0], 8)) * np.geomspace(1, 30, 8) + 4.0
     b = rng.normal(size=(sizes[1], 8)) * 1.2 + 4.3
