@@ -660,6 +660,14 @@ def test_a_velocity_non_finite_from_the_first_call_is_flagged_at_step_0(solver, 
     res = kfm.sample(NaNAfter(0.0), _marked(x0, [1]), steps=10, solver=solver, on_nonfinite="flag")
     assert res.nonfinite.nonzero().flatten().tolist() == [1] and int(res.nonfinite_step[1]) == 0
     assert torch.isnan(res.kpe[1]) and torch.isnan(res.kpe_raw[1]) and torch.isfinite(res.kpe[~res.nonfinite]).all()
+    # and its x is NaN, as for a sample flagged later: it never left x0, which is no state at t = 1
+    # (dopri5 kept x0 for a sample failing in its first step, a test `bad_step > 0` survived)
+    assert torch.isnan(res.x[1]).all() and torch.isfinite(res.x[~res.nonfinite]).all()
+    if solver == "dopri5":
+        # finite at t = 0 and NaN at every t > 0: the first step fails however short dopri5 makes it
+        late = kfm.sample(NaNAfter(5e-324), _marked(x0, [1]), solver=solver, on_nonfinite="flag")
+        assert late.nonfinite.nonzero().flatten().tolist() == [1] and int(late.nonfinite_step[1]) == 0
+        assert torch.isnan(late.x[1]).all() and torch.isfinite(late.x[~late.nonfinite]).all()
 
 
 class NaNFrom(nn.Module):
