@@ -479,6 +479,13 @@ def test_a_half_precision_state_gives_every_sample_the_same_bits_in_any_batch(so
     # one Euler step of length 1 is x0 + v(x0, 0), both 16-bit: exact in float32, rounded once
     one = kfm.sample(field, x0, steps=1, solver="euler")
     assert torch.equal(one.x, (x0.float() + field(x0, torch.zeros(64, dtype=dtype)).float()).to(dtype))
+    # and one heun step is x0 + (v0 + v1)/2 summed in float32 and rounded once; a mean velocity
+    # summed in 16 bits first (a mutant dropping the float32 in the mean-gain update survived)
+    # misses it here in both dtypes
+    v0 = field(x0, torch.zeros(64, dtype=dtype))
+    v1 = field((x0.float() + v0.float()).to(dtype), torch.ones(64, dtype=dtype))
+    one = kfm.sample(field, x0, steps=1, solver="heun")
+    assert torch.equal(one.x, (x0.float() + (0.5 * v0.float() + 0.5 * v1.float())).to(dtype))
 
 
 @pytest.mark.parametrize("solver", ["euler", "rk4", "dopri5"])
