@@ -572,6 +572,29 @@ def test_dopri5_on_a_half_precision_state_starts_with_the_step_a_float32_state_g
     assert (coarse.times[:, 1] > 0.02).all()                       # bfloat16 rounds x0 itself: near, not equal
 
 
+def test_dopri5_starting_step_is_capped_by_100_h0_and_its_probe_stays_in_the_unit_interval():
+    # Hairer–Nørsett–Wanner II.4 (SciPy's select_initial_step): h = min(100·h0, h1). From x0 = 0
+    # under v = 1, d0 = 0 gives h0 = 1e-6, d2 = 0 gives h1 = (0.01/d1)^(1/5) = (0.01·atol)^(1/5):
+    # the first step is 100·h0 = 1e-4, as SciPy's RK45 takes (a start at h1 alone, 0.0251, survived)
+    pytest.importorskip("scipy")
+    rtol, atol = 1e-3, 1e-6
+    res = kfm.sample(lambda x, t: torch.ones_like(x), torch.zeros(1, 4, dtype=torch.float64), solver="dopri5",
+                     rtol=rtol, atol=atol)
+    times, _, _ = _scipy_rk45(lambda t, y: np.ones_like(y), np.zeros(4), 1.0, rtol, atol)
+    assert float(res.times[0, 1]) == pytest.approx(times[1], rel=1e-12)
+    assert float(res.times[0, 1]) == pytest.approx(min(100 * 1e-6, (0.01 * atol) ** 0.2), rel=1e-12)
+    # a large state under a small velocity makes 0.01·d0/d1 ≫ 1: the probe at t + h0 is clamped to
+    # t ≤ 1, the field's domain (without the clamp it was asked for t = 511)
+    seen = []
+
+    def field(x, t):
+        seen.append(float(t.max()))
+        return torch.full_like(x, 0.01)
+
+    kfm.sample(field, 1000 * kfm.noise(range(2), (4,), dtype=torch.float64), solver="dopri5")
+    assert max(seen) <= 1.0
+
+
 @pytest.mark.filterwarnings("ignore:quadrature='left'")
 def test_dopri5_samples_do_not_depend_on_profile_or_quadrature(x0):
     net = TimeMLP(seed=3)
