@@ -810,6 +810,12 @@ def test_a_dit_style_reversed_integer_clock_has_one_order_and_scale_and_the_othe
     torch.testing.assert_close(res.x, kfm.noise(range(2), (2,), dtype=torch.float64) * 0.9 ** 10)   # x ← x − 0.1x
     with pytest.raises(ValueError, match=r"ReversedTime\(timestep_scale=1000\) around DiscreteTime .* use timestep_scale=1"):
         kfm.ReversedTime(kfm.DiscreteTime(dit, num_timesteps=1000))
+    # a scale below 1 is refused too, and not as a clamp: 0.5·σ compresses the steps, so the net
+    # saw [499, 374, 249, 124] for [999, 749, 499, 249] (a refusal of scales above 1 only survived)
+    with pytest.raises(ValueError, match=r"ReversedTime\(timestep_scale=0.5\) around DiscreteTime hands it 0.5·σ, "
+                                         r"which DiscreteTime maps to steps 0 to 499 only, compressed \(σ = 1, pure "
+                                         r"noise, reads as step 499, not 999\); .* use timestep_scale=1"):
+        kfm.ReversedTime(kfm.DiscreteTime(dit, num_timesteps=1000), timestep_scale=0.5)
     with pytest.raises(ValueError, match=r"DiscreteTime around ReversedTime .* ReversedTime\(DiscreteTime\(net, "
                                          r"num_timesteps\), timestep_scale=1\)"):
         kfm.DiscreteTime(kfm.ModelXT(kfm.ReversedTime(dit)), num_timesteps=1000)

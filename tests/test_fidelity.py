@@ -381,6 +381,16 @@ def test_a_set_against_itself_is_zero_never_negative():
         x = np.random.default_rng(seed).normal(size=(200, 16)) * 3.0 + 5.0
         value = frechet_distance(x, x).value
         assert 0.0 <= value < 1e-9, (seed, value)
+    # and through the few-rows route (n ≤ D, its own clip): 11 of these 40 seeds read down to -4.5e-13 without it
+    import warnings
+
+    from kinetic_fm.metrics.fidelity import FrechetBiasWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FrechetBiasWarning)
+        for seed in range(40):
+            x = np.random.default_rng(seed).normal(size=(20, 64)) * 3.0 + 5.0
+            value = frechet_distance(x, x).value
+            assert 0.0 <= value < 1e-9, (seed, value)
 
 
 def test_clearly_negative_eigenvalues_are_refused_and_round_off_is_not():
@@ -393,6 +403,19 @@ def test_clearly_negative_eigenvalues_are_refused_and_round_off_is_not():
         frechet_distance_from_stats(mu, np.diag([1.0, -1e-4]), mu, np.eye(2))
     # diag(1, 0) against I: d² = tr + tr − 2 tr (diag(1, 0))^{1/2} = 2 + 1 − 2 = 1
     assert frechet_distance_from_stats(mu, np.diag([1.0, -1e-12]), mu, np.eye(2)) == pytest.approx(1.0)
+    # the limits themselves, just either side of 1e-6 of the largest eigenvalue (entry, for the
+    # asymmetry): a 10× looser eigenvalue floor or Cholesky shift, or a 1e-3 symmetry tolerance,
+    # accepted all of the refused ones and no test noticed. Accepted: diag(1, 0) against I is 1
+    # less the tiny negative trace (−5e-7) the clip at 0 does not remove from tr σ
+    for where in ("sigma1", "sigma2"):
+        pair = lambda s: (mu, s, mu, np.eye(2)) if where == "sigma1" else (mu, np.eye(2), mu, s)  # noqa: E731
+        with pytest.raises(ValueError, match=f"{where} is not a covariance: eigenvalue -2e-06"):
+            frechet_distance_from_stats(*pair(np.diag([1.0, -2e-6])))
+        assert frechet_distance_from_stats(*pair(np.diag([1.0, -5e-7]))) == pytest.approx(1.0 - 5e-7, abs=1e-12)
+        with pytest.raises(ValueError, match=f"{where} is not symmetric"):
+            frechet_distance_from_stats(*pair(np.array([[1.0, 2e-6], [0.0, 1.0]])))
+        # symmetric to 5e-7: averaged to off-diagonals c = 2.5e-7, d² = 4 − 2(√(1 + c) + √(1 − c)) ≈ c²/2
+        assert frechet_distance_from_stats(*pair(np.array([[1.0, 5e-7], [0.0, 1.0]]))) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_the_bias_warning_starts_at_as_many_samples_as_features():
@@ -503,11 +526,13 @@ def _nuclear_norm_fd(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.filterwarnings("ignore::kinetic_fm.metrics.fidelity.FrechetBiasWarning")
-@pytest.mark.parametrize("sizes", [(30, 40), (40, 30), (30, 700)])
+@pytest.mark.parametrize("sizes", [(30, 40), (40, 30), (30, 700), (300, 700), (700, 300)])
 def test_few_samples_in_many_features_measure_no_round_off_null_eigenvalues(sizes):
     # rows in an 8-dimensional subspace of 300 features: FD is rotation invariant, so it equals
     # the FD of the 8 coordinates (n > 8, well posed). Through 300 × 300 eigenproblems the
-    # ~290 null eigenvalues' round-off entered as √(ε λ_max) each: 1e-6 relative low
+    # ~290 null eigenvalues' round-off entered as √(ε λ_max) each: 1e-6 relative low. n = D = 300
+    # is the route's boundary: a set with as many rows as features has a singular covariance too
+    # (a route test `n < D` survived, taking such sets through the D × D eigenproblems)
     rng = np.random.default_rng(5)
     a = rng.normal(size=(sizes[0], 8)) * np.geomspace(1, 30, 8) + 4.0
     b = rng.normal(size=(sizes[1], 8)) * 1.2 + 4.3
@@ -519,7 +544,7 @@ def test_few_samples_in_many_features_measure_no_round_off_null_eigenvalues(size
 
 
 @pytest.mark.filterwarnings("ignore::kinetic_fm.metrics.fidelity.FrechetBiasWarning")
-def test_few_samples_fd_equals_the_nuclear_norm_form_in_float32_and_with_an_offset():
+def test_few_samples_fd_equals_the_nuclear_norm_form_in_float32_and_with_an_offset(monkeypatch):
     rng = np.random.default_rng(6)
     a = rng.normal(size=(50, 120)) * np.geomspace(0.1, 3, 120) + 1e3
     b = rng.normal(size=(2000, 120)) + 1e3 + 0.05
@@ -528,6 +553,13 @@ def test_few_samples_fd_equals_the_nuclear_norm_form_in_float32_and_with_an_offs
     a32, b32 = (torch.tensor(x, dtype=torch.float32) for x in (a, b))
     assert frechet_distance(a32, b32).value == pytest.approx(
         _nuclear_norm_fd(a32.double().numpy(), b32.double().numpy()), rel=1e-10)
+    # the larger set over several row blocks (300 rows of 120 float64 here, 7 blocks, the last
+    # partial; 1,747 rows at D = 300 by default): each block's B Aᵀ is stacked under the running
+    # triangle and each block's scatter is added. Keeping only the last block's triangle read
+    # 735.9 for 580.2 (30 vs 4,000 rows, D = 300), keeping only its scatter 136.7
+    import kinetic_fm.blocks
+    monkeypatch.setattr(kinetic_fm.blocks, "CPU_BLOCK_BYTES", 300 * 8 * 120)
+    assert frechet_distance(a, b).value == pytest.approx(want, rel=1e-10)
 
 
 def test_a_reference_refuses_a_sigma_that_is_not_a_covariance():

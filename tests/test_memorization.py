@@ -107,6 +107,17 @@ def test_exact_ties_at_one_third_on_integer_data_are_never_memorized_and_near_ti
                              torch.tensor([[[[105, 102], [101, 101]]], [[[115, 106], [103, 103]]]], dtype=torch.uint8),
                              interval="wilson")                     # 31 and 279 = 9·31, helper-130's case
     assert not uint8.memorized.any()
+    # at a threshold exact in binary (0.5, 0.25) the tie's ratio is the threshold itself, not a
+    # hair above it as at 1/3: "d1/d2 < τ" must still hold strictly (the exact test `sq1 <= τ²·sq2`
+    # survived, since at 1/3 the float τ² is below the real 1/9 and no tie reaches it)
+    origin = torch.zeros(1, 1, dtype=torch.float64)
+    for tau, far in ((0.5, -2.0), (0.25, -4.0)):                  # d1 = 1, d2 = 1/τ
+        tie = kfm.memorization(origin, torch.tensor([[1.0], [far]], dtype=torch.float64), threshold=tau,
+                               interval="wilson")
+        assert tie.ratio.item() == tau and not tie.memorized.any()
+    tie = kfm.memorization(torch.tensor([[0, 0]], dtype=torch.uint8), torch.tensor([[3, 4], [6, 8]], dtype=torch.uint8),
+                           threshold=0.5, interval="wilson")         # d1 = 5, d2 = 10
+    assert tie.ratio.item() == 0.5 and not tie.memorized.any()
 
 
 def test_the_bootstrap_interval_is_the_binomial_quantiles():

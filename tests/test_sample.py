@@ -479,6 +479,13 @@ def test_a_half_precision_state_gives_every_sample_the_same_bits_in_any_batch(so
     # one Euler step of length 1 is x0 + v(x0, 0), both 16-bit: exact in float32, rounded once
     one = kfm.sample(field, x0, steps=1, solver="euler")
     assert torch.equal(one.x, (x0.float() + field(x0, torch.zeros(64, dtype=dtype)).float()).to(dtype))
+    # and one heun step is x0 + (v0 + v1)/2 summed in float32 and rounded once; a mean velocity
+    # summed in 16 bits first (a mutant dropping the float32 in the mean-gain update survived)
+    # misses it here in both dtypes
+    v0 = field(x0, torch.zeros(64, dtype=dtype))
+    v1 = field((x0.float() + v0.float()).to(dtype), torch.ones(64, dtype=dtype))
+    one = kfm.sample(field, x0, steps=1, solver="heun")
+    assert torch.equal(one.x, (x0.float() + (0.5 * v0.float() + 0.5 * v1.float())).to(dtype))
 
 
 @pytest.mark.parametrize("solver", ["euler", "rk4", "dopri5"])
@@ -505,6 +512,12 @@ def test_rows_longer_than_atens_grain_size_give_the_same_energy_in_any_batch_at_
     want = (flat.numpy() ** 2).sum(1)
     np.testing.assert_allclose(row_dot(flat).numpy(), want, rtol=1e-13)
     np.testing.assert_allclose(row_mean_square(flat).numpy(), want / flat.shape[1], rtol=1e-13)
+    # a row that is not a multiple of the 16,384-value block (a 3 × 224 × 224 image): the tail
+    # after the whole blocks is summed too (a row_dot dropping it read 147,783 for 150,840)
+    odd = torch.randn(2, 3 * 224 * 224, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = (odd.numpy() ** 2).sum(1)
+    np.testing.assert_allclose(row_dot(odd).numpy(), want, rtol=1e-13)
+    np.testing.assert_allclose(row_mean_square(odd).numpy(), want / odd.shape[1], rtol=1e-13)
     short = flat[:, :32_768]                                 # up to the grain size: summed whole, as before
     assert torch.equal(row_dot(short), torch.linalg.vecdot(short, short))
     assert torch.equal(row_mean_square(short), short.pow(2).mean(dim=1))
@@ -557,6 +570,29 @@ def test_dopri5_on_a_half_precision_state_starts_with_the_step_a_float32_state_g
     torch.testing.assert_close(half.times[:, 1], wide.times[:, 1], rtol=1e-3, atol=0)
     coarse = kfm.sample(field, seeds=range(4), shape=(2,), dtype=torch.bfloat16, solver="dopri5")
     assert (coarse.times[:, 1] > 0.02).all()                       # bfloat16 rounds x0 itself: near, not equal
+
+
+def test_dopri5_starting_step_is_capped_by_100_h0_and_its_probe_stays_in_the_unit_interval():
+    # Hairer–Nørsett–Wanner II.4 (SciPy's select_initial_step): h = min(100·h0, h1). From x0 = 0
+    # under v = 1, d0 = 0 gives h0 = 1e-6, d2 = 0 gives h1 = (0.01/d1)^(1/5) = (0.01·atol)^(1/5):
+    # the first step is 100·h0 = 1e-4, as SciPy's RK45 takes (a start at h1 alone, 0.0251, survived)
+    pytest.importorskip("scipy")
+    rtol, atol = 1e-3, 1e-6
+    res = kfm.sample(lambda x, t: torch.ones_like(x), torch.zeros(1, 4, dtype=torch.float64), solver="dopri5",
+                     rtol=rtol, atol=atol)
+    times, _, _ = _scipy_rk45(lambda t, y: np.ones_like(y), np.zeros(4), 1.0, rtol, atol)
+    assert float(res.times[0, 1]) == pytest.approx(times[1], rel=1e-12)
+    assert float(res.times[0, 1]) == pytest.approx(min(100 * 1e-6, (0.01 * atol) ** 0.2), rel=1e-12)
+    # a large state under a small velocity makes 0.01·d0/d1 ≫ 1: the probe at t + h0 is clamped to
+    # t ≤ 1, the field's domain (without the clamp it was asked for t = 511)
+    seen = []
+
+    def field(x, t):
+        seen.append(float(t.max()))
+        return torch.full_like(x, 0.01)
+
+    kfm.sample(field, 1000 * kfm.noise(range(2), (4,), dtype=torch.float64), solver="dopri5")
+    assert max(seen) <= 1.0
 
 
 @pytest.mark.filterwarnings("ignore:quadrature='left'")
@@ -654,6 +690,14 @@ def test_a_velocity_non_finite_from_the_first_call_is_flagged_at_step_0(solver, 
     res = kfm.sample(NaNAfter(0.0), _marked(x0, [1]), steps=10, solver=solver, on_nonfinite="flag")
     assert res.nonfinite.nonzero().flatten().tolist() == [1] and int(res.nonfinite_step[1]) == 0
     assert torch.isnan(res.kpe[1]) and torch.isnan(res.kpe_raw[1]) and torch.isfinite(res.kpe[~res.nonfinite]).all()
+    # and its x is NaN, as for a sample flagged later: it never left x0, which is no state at t = 1
+    # (dopri5 kept x0 for a sample failing in its first step, a test `bad_step > 0` survived)
+    assert torch.isnan(res.x[1]).all() and torch.isfinite(res.x[~res.nonfinite]).all()
+    if solver == "dopri5":
+        # finite at t = 0 and NaN at every t > 0: the first step fails however short dopri5 makes it
+        late = kfm.sample(NaNAfter(5e-324), _marked(x0, [1]), solver=solver, on_nonfinite="flag")
+        assert late.nonfinite.nonzero().flatten().tolist() == [1] and int(late.nonfinite_step[1]) == 0
+        assert torch.isnan(late.x[1]).all() and torch.isfinite(late.x[~late.nonfinite]).all()
 
 
 class NaNFrom(nn.Module):

@@ -327,10 +327,18 @@ class ReversedTime(_Adapter):
         if not (is_real(timestep_scale, finite=True) and timestep_scale > 0):
             raise ValueError(f"timestep_scale must be a finite number > 0, got {timestep_scale!r}")
         flip_sign = check_flag("flip_sign", flip_sign)
-        if timestep_scale != 1 and _clock_within(inner, DiscreteTime) is not None:
-            # DiscreteTime clamps its time to [0, 1]: 1000·σ read as 1, step T − 1 at every call
+        clock = _clock_within(inner, DiscreteTime) if timestep_scale != 1 else None
+        if clock is not None:
+            # DiscreteTime clamps its time to [0, 1]: 1000·σ read as 1, step T − 1 at every call;
+            # a scale below 1 is not clamped but compresses the steps (0.5: σ = 1 read as step 499)
+            if timestep_scale > 1:
+                effect = "which DiscreteTime clamps to [0, 1] (step T − 1 at every call)"
+            else:
+                top = int(clock.step_index(torch.tensor([timestep_scale], dtype=torch.float64)))
+                effect = (f"which DiscreteTime maps to steps 0 to {top} only, compressed (σ = 1, pure noise, "
+                          f"reads as step {top}, not {clock.num_timesteps - 1})")
             raise ValueError(f"ReversedTime(timestep_scale={timestep_scale:g}) around DiscreteTime hands it "
-                             f"{timestep_scale:g}·σ, which DiscreteTime clamps to [0, 1] (step T − 1 at every call); "
+                             f"{timestep_scale:g}·σ, {effect}; "
                              "DiscreteTime maps σ in [0, 1] to its steps itself: use timestep_scale=1")
         self.inner, self.timestep_scale, self.flip_sign = inner, float(timestep_scale), flip_sign
 

@@ -307,7 +307,7 @@ class FrechetReference:
     def distance(self, mu: Any, sigma: Any) -> float:
         """Fréchet distance from N(mu, sigma) to this reference; mu (D,) and sigma (D, D) finite,
         sigma symmetric positive semi-definite (ValueError otherwise; round-off of a computed
-        covariance, an eigenvalue down to −1e-6 × its largest diagonal entry, is accepted)."""
+        covariance, an eigenvalue down to −1e-6 × its largest eigenvalue in magnitude, is accepted)."""
         return self._distance(mu, sigma, ("mu", "sigma"))
 
     def _distance(self, mu: Any, sigma: Any, names: tuple[str, str], *, covariance: bool = False) -> float:
