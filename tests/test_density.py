@@ -465,3 +465,19 @@ def test_the_median_heuristic_is_exact_among_near_duplicates(spread):
     tight = 2.0 + spread * torch.randn(80, 4, generator=g, dtype=torch.float64)
     for rows in (torch.cat([tight, far]), torch.cat([tight, far[:-1]])):  # an even and an odd pair count
         assert median_bandwidth(rows) == pytest.approx(float(np.median(pdist(rows.numpy()))), rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1e-200, 1e160])
+def test_the_bandwidth_rules_scale_with_data_beyond_float64s_squares(scale):
+    # both rules square the data: beyond ~1e±154 Scott's rule gave 0 or inf, the median 0 or NaN,
+    # and kde_log_density refused "are all references identical?" (helper-143). Each is
+    # homogeneous of degree 1 in the data; the KDE shifts by −D·log(scale)
+    g = torch.Generator().manual_seed(15)
+    x = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    assert scott_bandwidth(y * scale) / scale == pytest.approx(scott_bandwidth(y), rel=1e-12)
+    assert median_bandwidth(y * scale) / scale == pytest.approx(median_bandwidth(y), rel=1e-12)
+    for rule in ("scott", "median"):
+        got = kde_log_density(x * scale, y * scale, bandwidth=rule).log_density
+        expected = kde_log_density(x, y, bandwidth=rule).log_density - 3 * math.log(scale)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-9)

@@ -223,10 +223,24 @@ def _scott(reference: Tensor) -> float:
         raise ValueError("Scott's rule needs at least one feature, got references of 0 features")
     # column blocks in the block budget: a float64 copy of a whole CIFAR training set is 1.2 GiB
     step = block_size(reference.device, 8 * n, dim)
-    total = sum(float(reference[:, c0:c0 + step].to(torch.float64).var(dim=0).sum())
-                for c0 in range(0, dim, step))
-    sigma = math.sqrt(total / dim)
+    centre, e = _unit_scale(reference)
+
+    def block(c0: int) -> Tensor:
+        columns = reference[:, c0:c0 + step].to(torch.float64)
+        return columns if e == 0 else times_power_of_two(columns - centre[c0:c0 + step], e)
+
+    total = sum(float(block(c0).var(dim=0).sum()) for c0 in range(0, dim, step))
+    sigma = ldexp(math.sqrt(total / dim), -e)
     return sigma * n ** (-1.0 / (dim + 4))
+
+
+def _unit_scale(rows: Tensor) -> tuple[Tensor, int]:
+    """The column mean of ``rows`` (N, D) (float64) and the e that brings their largest entry
+    about it into [1, 2) when it lies outside [TINY, HUGE], else 0: the bandwidth rules square
+    the data, which under- or overflows float64 beyond about 1e±154 (Scott's rule gave 0 or inf,
+    and the refusal blamed identical references)."""
+    centre = column_mean(rows, block_size(rows.device, 8 * rows.shape[1], rows.shape[0]))
+    return centre, unit_exponent(_centred_abs_max(rows, centre), TINY, HUGE)
 
 
 def median_bandwidth(reference: Any, max_points: int = 2000, seed: int = 0) -> float:
@@ -250,6 +264,9 @@ def _median(reference: Tensor, max_points: int = 2000, seed: int = 0) -> float:
         g = torch.Generator().manual_seed(seed)
         y = reference[torch.randperm(n, device="cpu", generator=g)[:max_points].to(reference.device)]
     y = y.to(torch.float64)
+    centre, e = _unit_scale(y)
+    if e != 0:
+        y = times_power_of_two(y - centre, e)
     i, j = torch.triu_indices(y.shape[0], y.shape[0], offset=1, device=y.device)
     # the GEMM expansion ‖a‖² + ‖b‖² − 2a·b (on rows centred on their mean, which removes a common
     # offset) ranks the pairs; it cancels between near-duplicates (a median 3× off at a spread of
@@ -270,7 +287,7 @@ def _median(reference: Tensor, max_points: int = 2000, seed: int = 0) -> float:
         exact = torch.cat([((y[i[part]] - y[j[part]]) ** 2).sum(dim=1)
                            for part in unsure.split(max(1, 2 ** 22 // max(y.shape[1], 1)))])
         middle.append(float(torch.kthvalue(exact, k - int(below.sum()) + 1).values.sqrt()))
-    return sum(middle) / len(middle)  # the mean of the two middle distances for an even count
+    return ldexp(sum(middle) / len(middle), -e)  # the mean of the two middle distances for an even count
 
 
 def sq_distance_blocks(x: Tensor, y: Tensor, *, chunk: int = 8192, batch_chunk: int = 1024
