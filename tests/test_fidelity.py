@@ -582,3 +582,16 @@ def test_a_reference_refuses_a_sigma_that_is_not_a_covariance():
     # round-off below 1e-6 of the largest entry is a covariance: diag(1, 0) against I is 1
     assert FrechetReference.from_stats(np.zeros(2), np.eye(2)).distance(
         np.zeros(2), np.diag([1.0, -1e-12])) == pytest.approx(1.0)
+
+
+def test_feature_statistics_leave_float64_features_as_they_were():
+    # each chunk is centred in place on its own float64 copy; for float64 features .to(float64)
+    # alone would be a view, and the caller's features would come back shifted
+    from kinetic_fm.metrics.fidelity import feature_statistics
+
+    feats = torch.randn(300, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 5.0
+    kept = feats.clone()
+    mean, cov = feature_statistics(feats, chunk=64)
+    assert torch.equal(feats, kept)
+    np.testing.assert_allclose(mean, kept.numpy().mean(0), rtol=1e-14)
+    np.testing.assert_allclose(cov, np.cov(kept.numpy(), rowvar=False), rtol=1e-12, atol=1e-14)

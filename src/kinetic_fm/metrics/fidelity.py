@@ -159,7 +159,7 @@ def feature_statistics(feats: Any, chunk: int = 8192, *, argument: str = "feats"
     total = torch.zeros(dim, dtype=torch.float64, device=x.device)
     outer = torch.zeros(dim, dim, dtype=torch.float64, device=x.device)
     for c0 in range(0, n, chunk):
-        xc = x[c0:c0 + chunk].to(torch.float64) - shift
+        xc = x[c0:c0 + chunk].to(torch.float64, copy=True).sub_(shift)  # one float64 copy, not two
         total += xc.sum(0)
         outer += xc.T @ xc
     mean_shifted = total / n
