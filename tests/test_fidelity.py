@@ -587,8 +587,6 @@ def test_a_reference_refuses_a_sigma_that_is_not_a_covariance():
 def test_feature_statistics_leave_float64_features_as_they_were():
     # each chunk is centred in place on its own float64 copy; for float64 features .to(float64)
     # alone would be a view, and the caller's features would come back shifted
-    from kinetic_fm.metrics.fidelity import feature_statistics
-
     feats = torch.randn(300, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 5.0
     kept = feats.clone()
     mean, cov = feature_statistics(feats, chunk=64)
