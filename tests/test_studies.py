@@ -1164,10 +1164,10 @@ def test_shaping_resamples_every_sample_the_same_way_in_each_setting(tiny_report
     seen = []
     claims = shaping.shaping_claims
 
-    def spy(feats, memorized, value, fd_name, reference, boot):
+    def spy(feats, memorized, value, fd_name, reference, boot, **kwargs):
         seen.append(boot)
         assert {len(f) for f in feats.values()} == {len(m) for m in memorized.values()} == {cfg.shaping.n_samples}
-        return claims(feats, memorized, value, fd_name, reference, boot)
+        return claims(feats, memorized, value, fd_name, reference, boot, **kwargs)
 
     monkeypatch.setattr(shaping, "shaping_claims", spy)
     shaping.run_shaping(cfg.shaping, assets, ws, config_hash(cfg.assets.sample_settings()), progress=False)
