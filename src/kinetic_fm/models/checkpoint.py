@@ -37,16 +37,35 @@ def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def write_torch(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)``, serialised in memory and written by Python, so that a full disk
-    or a file-size limit raises ``OSError`` ("[Errno 28] No space left on device"): torch's own
-    writer reports it as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos",
-    which the commands showed as a traceback."""
+    """``torch.save(obj, path)`` through a Python file, so that a full disk or a file-size limit
+    raises ``OSError`` ("[Errno 28] No space left on device"): torch's own writer reports it as
+    "RuntimeError: [enforce fail at inline_container.cc] unexpected pos", which the commands
+    showed as a traceback. The bytes stream to the file as torch writes them (no copy in memory)."""
     import io
 
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    with open(path, "wb") as f:
-        f.write(buffer.getbuffer())
+    class Recording(io.RawIOBase):  # torch turns the write's OSError into its RuntimeError: keep it
+        def __init__(self, file) -> None:
+            super().__init__()
+            self.file, self.error = file, None
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            try:
+                return self.file.write(data)
+            except OSError as err:
+                self.error = err
+                raise
+
+    with open(path, "wb") as file:
+        sink = Recording(file)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
 
 
 def load_state(path: str | os.PathLike) -> Any:
