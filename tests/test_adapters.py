@@ -433,6 +433,7 @@ def test_the_default_gap_min_bounds_a_trained_nets_error_near_the_data():
     assert abs(kept / exact - 1) < 0.25 and loose / exact > 10, (float(kept / exact), float(loose / exact))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_noise_prediction_over_integer_steps_starts_from_step_1_not_0(dtype):
     # int(1e-3·999) = 0: the default clamp put a T = 1000 net at its step 0 (t = 0), where an
     # exact ε-predictor returns x and the first velocity was 0 (user journey audit)
