@@ -448,6 +448,22 @@ def test_seeded_draws_and_cpu_rows_work_under_a_default_cuda_device():
     assert bandwidth == expected[3]
 
 
+def test_the_seeded_data_sets_draw_the_same_points_under_a_default_cuda_device():
+    # two_moons and checkerboard mixed their CPU draws with constants made on the default device,
+    # and the mixtures' weights went there too, so multinomial met a CPU generator (reviewer)
+    from kinetic_fm.data import GaussianMixture, checkerboard, two_moons
+
+    makers = {"moons": lambda: two_moons(10).points, "board": lambda: checkerboard(10).points,
+              "ring": lambda: GaussianMixture.ring(8).sample(10).points,
+              "target": lambda: kfm.GaussianMixtureTarget(torch.zeros(2, 3)).sample_target(
+                  5, torch.Generator().manual_seed(0))[0]}
+    expected = {name: make() for name, make in makers.items()}
+    with fake_cuda(), _DefaultCuda():
+        got = {name: make() for name, make in makers.items()}
+    for name in makers:
+        assert got[name].device.type == "cpu" and torch.equal(got[name], expected[name]), name
+
+
 @pytest.mark.parametrize("where", ["train", "test"])
 def test_the_judge_trains_where_its_images_are(where):
     # the net stayed on the CPU while the images, its noise and the test pair were on the device:

@@ -64,14 +64,14 @@ class GaussianMixture:
     stds: Tensor
 
     def __post_init__(self) -> None:
-        means = torch.as_tensor(self.means, dtype=torch.float64)
+        means = torch.as_tensor(self.means, dtype=torch.float64, device="cpu")  # a CPU data set
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
         if not bool(torch.isfinite(means).all()):  # NaN means drew NaN points without a word
             raise ValueError(f"means must be finite, got {means.tolist()}")
         k = means.shape[0]
-        weights = torch.as_tensor(self.weights, dtype=torch.float64).reshape(-1)
-        stds = torch.as_tensor(self.stds, dtype=torch.float64).reshape(-1)
+        weights = torch.as_tensor(self.weights, dtype=torch.float64, device="cpu").reshape(-1)
+        stds = torch.as_tensor(self.stds, dtype=torch.float64, device="cpu").reshape(-1)
         if weights.shape != (k,) or not bool(((weights > 0) & torch.isfinite(weights)).all()):
             raise ValueError(f"weights must be {k} finite positive numbers, got {weights.tolist()}")
         if stds.numel() not in (1, k) or not bool(((stds > 0) & torch.isfinite(stds)).all()):
@@ -87,9 +87,9 @@ class GaussianMixture:
         k = check_integer("k", k, 1)
         if not math.isfinite(radius):
             raise ValueError(f"radius must be a finite number, got {radius}")
-        angle = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+        angle = torch.arange(k, dtype=torch.float64, device="cpu") * (2 * math.pi / k)
         means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
-        return cls(means, torch.ones(k) if weights is None else weights, std)  # float64, not via float32
+        return cls(means, torch.ones(k, device="cpu") if weights is None else weights, std)  # float64, not via float32
 
     @property
     def dim(self) -> int:
@@ -147,7 +147,7 @@ def two_moons(n: int, seed: int = 0, *, noise: float = 0.05) -> PointDataset:
     moon = torch.randint(0, 2, (n,), device="cpu", generator=g)
     a = torch.rand(n, device="cpu", generator=g, dtype=torch.float64) * math.pi
     x = torch.stack([a.cos(), a.sin()], dim=1)
-    x = torch.where(moon[:, None] == 1, torch.tensor([1.0, 0.5], dtype=torch.float64) - x, x)
+    x = torch.where(moon[:, None] == 1, torch.tensor([1.0, 0.5], dtype=torch.float64, device="cpu") - x, x)
     x = x + noise * torch.randn(n, 2, device="cpu", generator=g, dtype=torch.float64)
     return PointDataset(x.float(), moon, f"two moons (noise={noise})", classes=("moon 0", "moon 1"))
 
@@ -166,7 +166,8 @@ def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) 
     if not (side > 0 and math.isfinite(side)):
         raise ValueError(f"side must be a finite number > 0, got {side}")
     g = _generator(seed)
-    cells = torch.tensor([r * squares + c for r in range(squares) for c in range(squares) if (r + c) % 2 == 0])
+    cells = torch.tensor([r * squares + c for r in range(squares) for c in range(squares) if (r + c) % 2 == 0],
+                         device="cpu")
     label = torch.randint(0, len(cells), (n,), device="cpu", generator=g)
     cell = cells[label]
     row, col = cell // squares, cell % squares

@@ -52,7 +52,7 @@ class _Placed:
 def _location(name: str, value) -> torch.Tensor:
     """A mean or point as a finite float64 tensor; ValueError naming ``name`` otherwise."""
     try:
-        loc = torch.as_tensor(value)
+        loc = torch.as_tensor(value, device="cpu")  # the fields keep float64 CPU parameters
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"{name} must be a real number or tensor, got {value!r}") from None
     if loc.dtype == torch.bool or loc.is_complex():
@@ -240,9 +240,9 @@ class GaussianMixtureTarget:
         """Exact draws from the target: (n, ...) float64 CPU points and their (n,) int64 component
         labels; ``n`` ≥ 1, ``generator`` a CPU ``torch.Generator`` (None: torch's global one)."""
         n = positive_integer("n", as_scalar(n))
-        labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        labels = torch.multinomial(self.weights.cpu(), n, replacement=True, generator=generator)
         eps = torch.randn((n, *self.means.shape[1:]), dtype=torch.float64, device="cpu", generator=generator)
-        return self.means[labels] + self.std * eps, labels
+        return self.means.cpu()[labels] + self.std * eps, labels
 
 
 def _gaussian_kpe(x0: torch.Tensor, mean, std: float) -> torch.Tensor:
