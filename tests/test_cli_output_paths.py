@@ -273,3 +273,16 @@ def test_a_dangling_link_as_output_is_named_with_its_target(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert f"{flag} {link} is a symbolic link to {tmp_path / 'scratch' / 'missing'}, which does not exist" in err
     assert not (tmp_path / "scratch").exists()
+
+
+def test_the_temporary_of_a_long_output_name_is_named_as_the_output(tmp_path):
+    # names over 200 bytes get a shortened temporary, which the flag's naming no longer
+    # recognised: a refusal under /proc came out as the OS's words about a hidden file (reviewer)
+    from kinetic_fm.runs.atomic import temporary_name
+
+    out = tmp_path / ("a" * 240 + ".png")
+    temporary = temporary_name(out)
+    assert _refused_writing(OSError(errno.ENOENT, os.strerror(errno.ENOENT), str(temporary)), str(out))
+    with pytest.raises(OSError) as caught, writing("--figure", str(out)):
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), str(temporary))
+    assert str(caught.value).startswith(f"--figure {out} cannot be written")
