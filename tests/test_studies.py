@@ -1042,6 +1042,7 @@ def test_goldilocks_decides_nothing_from_quintiles_of_no_more_samples_than_featu
 
     assert "not computed: n ≤ D (100 samples of 100 features" in _goldilocks_interval(undecided)
     assert "one-sided permutation p" in _goldilocks_interval(decided)
+    assert "(40 reference rows of 40 features)" in _goldilocks_interval(few_references)  # not "quintile"
 
 
 def test_the_efm_rows_show_the_intervals_their_verdicts_read(tiny_report):
@@ -1913,6 +1914,7 @@ def test_the_fd_space_and_undecided_notes_follow_their_inputs():
     assert fd_undecided_note(65, 64, "setting") == ""
     assert "each FD comes from 64 samples of 64 features" in fd_undecided_note(64, 64, "setting")
     assert "each FD comes from as few as 8 samples" in fd_undecided_note(8, 64, "quintile", smallest=True)
+    assert "against a reference of 8 rows of 64 features" in fd_undecided_note(8, 64, "quintile", reference=True)
 
 
 def test_noted_frechet_distance_silences_only_the_bias_warning(monkeypatch):

@@ -231,7 +231,7 @@ def test_no_fd_part_decides_a_shaping_claim_when_the_reference_has_no_more_rows_
     assert decided.pop("Landing-only KTS reduces memorization")[0] == "reproduced"
     for statement, (verdict, note) in decided.items():
         assert verdict == "inconclusive", statement
-        assert "each FD comes from as few as 40 samples of 40 features" in note
+        assert "each FD is taken against a reference of 40 rows of 40 features" in note
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

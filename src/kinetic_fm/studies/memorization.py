@@ -305,8 +305,9 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
     - ``n_min`` / ``dim``: the smaller of the smallest KPE quintile's size and the reference's
       rows ``ref``, and the number of features, which :func:`goldilocks_verdict` compares (the
       section's note takes the same smaller set: a reference of no more rows than features is as
-      singular as a quintile). With ``n_min`` ≤ ``dim`` no verdict is taken, so the tests are not
-      run (their values are NaN; seconds at the tiny preset): only ``T`` is given.
+      singular as a quintile); ``reference_limits`` is 1.0 when the reference is the smaller. With
+      ``n_min`` ≤ ``dim`` no verdict is taken, so the tests are not run (their values are NaN;
+      seconds at the tiny preset): only ``T`` is given.
     """
     rng = np.random.default_rng(seed)
     reference = feature_reference(ref)
@@ -318,7 +319,9 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
         return float(interior_margin(np.array([[fd_to_reference(feats[g], reference) for g in groups]]))[0])
 
     rows = np.arange(len(feats))
-    sizes = {"n_min": float(min(min((bins == q).sum() for q in range(5)), len(ref))), "dim": float(feats.shape[1])}
+    quintile = float(min((bins == q).sum() for q in range(5)))
+    sizes = {"n_min": min(quintile, float(len(ref))), "dim": float(feats.shape[1]),
+             "reference_limits": float(len(ref) < quintile)}
     t = margin(rows, bins)
     if np.isnan(t):  # a KPE quintile with fewer than two rows (tied energies, tiny n): no T, no test
         nan = float("nan")
@@ -567,8 +570,10 @@ def _goldilocks_interval(tests: dict[str, float]) -> str:
     """The Goldilocks row's interval column: T, its permutation p-values and the paired basic
     bootstrap CI, or why those were not computed."""
     if tests["n_min"] <= tests["dim"]:
-        return (f"T = {tests['T']:.3g}; permutation p and bootstrap CI not computed: n ≤ D "
-                f"({int(tests['n_min'])} samples of {int(tests['dim'])} features in the smallest quintile)")
+        n, dim = int(tests["n_min"]), int(tests["dim"])
+        sizes = (f"{n} reference rows of {dim} features" if tests.get("reference_limits")
+                 else f"{n} samples of {dim} features in the smallest quintile")
+        return f"T = {tests['T']:.3g}; permutation p and bootstrap CI not computed: n ≤ D ({sizes})"
     return (f"T = {tests['T']:.3g}, one-sided permutation p = {tests['p_interior']:.3g} (interior best), "
             f"{tests['p_end']:.3g} (end best); "
             + fmt_ci(tests["beyond_low"], tests["beyond_high"], "T by KPE − T by ‖x1‖² 95% CI"))
@@ -616,7 +621,8 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
         "(one-sided permutation p ≤ 0.025) and beats T by ‖x1‖² quintiles (paired basic bootstrap CI above 0: "
         f"sorting by content alone makes a U; by ‖x1‖² an interior quintile is best in {control_share:.0%} of "
         "resamples); not reproduced when an end quintile is best beyond chance (p ≤ 0.025 the other way)"
-        + fd_undecided_note(int(tests["n_min"]), int(tests["dim"]), "quintile", smallest=True))
+        + fd_undecided_note(int(tests["n_min"]), int(tests["dim"]), "quintile", smallest=True,
+                            reference=bool(tests.get("reference_limits"))))
     section = Section(
         "The Goldilocks picture",
         text=(f"The generalising model's samples split into KPE quintiles; each quintile's {fd_col} against "

@@ -113,13 +113,17 @@ def fd_bias_note(n: int, dim: int, fd_name: str) -> str:
             "values, and they compare with no other run or published number.")
 
 
-def fd_undecided_note(n: int, dim: int, each: str, *, smallest: bool = False) -> str:
+def fd_undecided_note(n: int, dim: int, each: str, *, smallest: bool = False, reference: bool = False) -> str:
     """The rule text a claim adds when none of its FD parts decides it: its sets have ``n`` samples
-    (``smallest``: the smallest set has) of ``dim`` features, n ≤ dim (ARCHITECTURE §7); "" when
+    (``smallest``: the smallest set has; ``reference``: the reference the FDs are taken against
+    has n rows, fewer than any sample set) of ``dim`` features, n ≤ dim (ARCHITECTURE §7); "" when
     n > dim. ``each`` names what the sets are ("setting", "quintile")."""
     if n > dim:
         return ""
+    if reference:
+        return (f"; not decided here: each FD is taken against a reference of {n} rows of {dim} features, no "
+                "more rows than features, so it is mostly the estimator's bias, which moves with each "
+                f"{each}'s spread")
     return (f"; not decided here: each FD comes from {'as few as ' if smallest else ''}{n} samples of {dim} "
             "features, no more samples than features, so it is mostly the estimator's bias, which moves with "
             f"each {each}'s spread")
-

@@ -204,7 +204,7 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
     dim = next(iter(feats.values())).shape[1]
     smallest = n if reference_rows is None else min(n, reference_rows)
     fd_undecided = smallest <= dim
-    undecided_note = fd_undecided_note(smallest, dim, "setting", smallest=smallest < n)
+    undecided_note = fd_undecided_note(smallest, dim, "setting", reference=smallest < n)
 
     def fd_verdict(verdict: str) -> str:
         return "inconclusive" if fd_undecided else verdict
