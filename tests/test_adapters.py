@@ -605,6 +605,9 @@ def test_a_net_reading_t_as_one_number_gets_the_convention_note():
     with pytest.raises(ValueError, match="only one element tensors") as caught:
         kfm.sample(FloatTime(), seeds=range(2), shape=(2,), steps=2)
     assert any("kfm.ModelXT(net, time='scalar')" in note for note in getattr(caught.value, "__notes__", []))
+    with pytest.raises(RuntimeError, match="cannot be converted to Scalar") as caught:  # t.item(), likewise
+        kfm.sample(lambda x, t: -x * t.item(), seeds=range(2), shape=(2,), steps=2)
+    assert any("kfm.ModelXT(net, time='scalar')" in note for note in getattr(caught.value, "__notes__", []))
     res = kfm.sample(ModelXT(FloatTime(), time="scalar"), seeds=range(2), shape=(2,), steps=2, dtype=torch.float64)
     x0 = kfm.noise(range(2), (2,), dtype=torch.float64)
     torch.testing.assert_close(res.x, x0 * (1 - 0.0) * (1 - 0.5 * 0.5))  # x ← x(1 − t_i·Δt), t = 0, ½

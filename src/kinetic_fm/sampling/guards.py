@@ -74,13 +74,14 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v = velocity(x, t)
     except VelocityOutputError:
         raise  # says what came back and how to fix it; the call order was fine
-    except (RuntimeError, TypeError, IndexError) as err:
-        if hasattr(err, "add_note"):
-            err.add_note(_dtype_hint(x) if _about_types(str(err)) else CONVENTION_HINT)
-        raise
-    except ValueError as err:  # a net that reads t as one number: float(t) on a (B,) tensor
-        if hasattr(err, "add_note") and "only one element tensors" in str(err):
-            err.add_note(CONVENTION_HINT + "; a net taking t as one number needs kfm.ModelXT(net, time='scalar')")
+    except (RuntimeError, TypeError, IndexError, ValueError) as err:
+        text = str(err)
+        # a net that reads t as one number: float(t) (ValueError) or t.item() (RuntimeError)
+        one_number = "only one element tensors" in text or "cannot be converted to Scalar" in text
+        if hasattr(err, "add_note") and (one_number or not isinstance(err, ValueError)):
+            err.add_note(_dtype_hint(x) if _about_types(text) and not one_number else
+                         CONVENTION_HINT + ("; a net taking t as one number needs kfm.ModelXT(net, time='scalar')"
+                                            if one_number else ""))
         raise
     check_velocity_output(v, x)
     return v
