@@ -481,3 +481,13 @@ def test_the_bandwidth_rules_scale_with_data_beyond_float64s_squares(scale):
         got = kde_log_density(x * scale, y * scale, bandwidth=rule).log_density
         expected = kde_log_density(x, y, bandwidth=rule).log_density - 3 * math.log(scale)
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-9)
+
+
+def test_the_median_heuristic_of_many_tied_pairs_is_exact():
+    # one-hot rows: every pair at √2, so every pair is unsure and is measured directly at once
+    # (pair by pair it took 270× the GEMM route); plus a few distinct rows to move the middle
+    from scipy.spatial.distance import pdist
+
+    rows = torch.cat([torch.eye(60, dtype=torch.float64), 3.0 * torch.eye(60, dtype=torch.float64)[:7]])
+    assert median_bandwidth(torch.eye(60)) == math.sqrt(2)
+    assert median_bandwidth(rows) == pytest.approx(float(np.median(pdist(rows.numpy()))), rel=1e-15, abs=0)

@@ -278,15 +278,20 @@ def _median(reference: Tensor, max_points: int = 2000, seed: int = 0) -> float:
     norms = sq.sqrt()
     bound = 4.0 * (y.shape[1] + 3) * 2.0 ** -53 * (norms[i] + norms[j]) ** 2
     pairs = approx.numel()
-    middle = []
+    middle, direct = [], None
     for k in sorted({(pairs - 1) // 2, pairs // 2}):  # np.median's middle ranks, 0-based
         low = torch.kthvalue(approx - bound, k + 1).values   # the exact k-th value lies in [low, high]
         high = torch.kthvalue(approx + bound, k + 1).values
         below = approx + bound < low                           # surely before it in the order
         unsure = torch.nonzero(~below & (approx - bound <= high)).flatten()
-        exact = torch.cat([((y[i[part]] - y[j[part]]) ** 2).sum(dim=1)
-                           for part in unsure.split(max(1, 2 ** 22 // max(y.shape[1], 1)))])
-        middle.append(float(torch.kthvalue(exact, k - int(below.sum()) + 1).values.sqrt()))
+        if unsure.numel() > 4 * y.shape[0]:  # many ties at the middle (one-hot rows): all pairs at once
+            if direct is None:
+                direct = torch.cdist(y, y, compute_mode="donot_use_mm_for_euclid_dist")
+            exact = direct[i[unsure], j[unsure]]
+        else:
+            exact = torch.cat([((y[i[part]] - y[j[part]]) ** 2).sum(dim=1).sqrt()
+                               for part in unsure.split(max(1, 2 ** 22 // max(y.shape[1], 1)))])
+        middle.append(float(torch.kthvalue(exact, k - int(below.sum()) + 1).values))
     return ldexp(sum(middle) / len(middle), -e)  # the mean of the two middle distances for an even count
 
 
