@@ -78,10 +78,12 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         text = str(err)
         # a net that reads t as one number: float(t) (ValueError) or t.item() (RuntimeError)
         one_number = "only one element tensors" in text or "cannot be converted to Scalar" in text
-        if hasattr(err, "add_note") and (one_number or not isinstance(err, ValueError)):
-            err.add_note(_dtype_hint(x) if _about_types(text) and not one_number else
-                         CONVENTION_HINT + ("; a net taking t as one number needs kfm.ModelXT(net, time='scalar')"
-                                            if one_number else ""))
+        if not hasattr(err, "add_note") or (isinstance(err, ValueError) and not one_number):
+            raise  # a ValueError of the velocity's own checks says what it means
+        if one_number:
+            err.add_note(CONVENTION_HINT + "; a net taking t as one number needs kfm.ModelXT(net, time='scalar')")
+        else:
+            err.add_note(_dtype_hint(x) if _about_types(text) else CONVENTION_HINT)
         raise
     check_velocity_output(v, x)
     return v
