@@ -272,7 +272,7 @@ def _median(reference: Tensor, max_points: int = 2000, seed: int = 0) -> float:
     # offset) ranks the pairs; it cancels between near-duplicates (a median 3× off at a spread of
     # 1e-9), so the pairs that its error bound cannot place either side of the middle ranks are
     # measured again from their differences, as ARCHITECTURE §3 asks
-    centred = y - y.mean(dim=0)
+    centred = y - centre if e == 0 else y  # a scaled y is centred already
     sq = (centred * centred).sum(dim=1)
     approx = (sq[:, None] + sq[None, :] - 2.0 * centred @ centred.T)[i, j]
     norms = sq.sqrt()

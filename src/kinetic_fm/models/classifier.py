@@ -235,11 +235,13 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
                              "resume=True or choose another folder")
         start = load_resume_state(state_path, steps, parts, losses, generators, device, run_config, free=(),
                                   stacklevel=3)  # the caller of train_classifier()
+    labels = labels.to(images.device)  # once, not per step
     model.train()
     for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
         idx = torch.randint(images.shape[0], (batch_size,), device="cpu", generator=g)
-        x = images[idx] + augment_noise * torch.randn(images[idx].shape, device="cpu", generator=g).to(images.device)
-        loss = F.cross_entropy(model(x), labels[idx].to(images.device))
+        batch = images[idx]
+        x = batch + augment_noise * torch.randn(batch.shape, device="cpu", generator=g).to(images.device)
+        loss = F.cross_entropy(model(x), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
