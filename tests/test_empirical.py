@@ -186,6 +186,29 @@ def test_near_duplicates_close_to_t_one_are_exact():
         torch.testing.assert_close(out.diagnostics.max_weight, w.max(dim=1).values, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("dim", [2, 784])
+@pytest.mark.parametrize("truncate", [None, 1])
+def test_a_tie_between_two_atoms_late_in_a_run_weighs_them_equally(dim, truncate):
+    # y2 is y1 reversed and x = t·(y1 + y2)/2 is a palindrome, so ‖x − t·y1‖ = ‖x − t·y2‖ exactly
+    # and w = (1/2, 1/2). Near t = 1 the logits' expanded form 2d·(x − t·y_b) − t‖d‖² cancelled,
+    # its rounding magnified by t/(2(1−t)²): weights (1, 8e-6), a velocity 1e5× too large, and a
+    # truncated bound of 8e-6 for a dropped mass of 1/2.
+    g = torch.Generator().manual_seed(5)
+    y1 = (torch.rand(dim, generator=g, dtype=torch.float64) * 2 - 1) * 1000 + 1500
+    atoms = torch.stack([y1, y1.flip(0)])
+    t = torch.tensor([1 - 3e-6], dtype=torch.float64)
+    x = (t * (atoms[0] + atoms[1]) / 2)[None]
+    assert torch.equal(x, x.flip(1))
+    out = kfm.EmpiricalFlow(atoms, truncate=truncate).evaluate(x, t)
+    if truncate is None:
+        w = kfm.EmpiricalFlow(atoms).posterior(x, t, k=2).weights
+        torch.testing.assert_close(w, torch.full((1, 2), 0.5, dtype=torch.float64), rtol=0, atol=1e-9)
+        expected = ((atoms[0] + atoms[1]) / 2 - x) / (1 - t)
+        assert rel_err(out.velocity, expected) < 1e-6
+    else:
+        assert out.diagnostics.neglected_bound.item() >= 0.5 - 1e-9
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """200 spread atoms plus 100 jittered copies (spread 1e-4) of one centre: more near-duplicates
@@ -467,6 +490,17 @@ def test_recorder_under_dopri5_records_the_samples_in_flight(atoms):
     # the first call is at t = 0 for every sample: dopri5 moves the time buffer it passed forward
     # in place, and a float64 run's record of it read t = 1 (helper-106)
     assert (trace.t[0] == 0).all() and (trace.max_weight[0] == trace.max_weight[0].min()).all()
+
+
+@pytest.mark.parametrize("atoms_dtype, x_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16),
+                                                  (torch.float64, torch.float32), (torch.float64, torch.bfloat16)])
+def test_an_infinite_x_is_refused_whatever_its_dtype(atoms_dtype, x_dtype):
+    # the magnitude limit compared in x's dtype rounded to inf where x cannot hold it, and
+    # inf <= inf passed: a NaN velocity row instead of the refusal (helper-152)
+    field = kfm.EmpiricalFlow(torch.linspace(-1, 1, 15).reshape(5, 3).to(atoms_dtype))
+    x = torch.tensor([[0.1, 0.2, 0.3], [0.0, -math.inf, 0.0]], dtype=x_dtype)
+    with pytest.raises(ValueError, match=r"x has NaN or inf in rows \[1\]"):
+        field.evaluate(x, torch.full((2,), 0.5, dtype=torch.float64))
 
 
 def test_bad_input_is_named():

@@ -328,8 +328,10 @@ class EmpiricalFlow:
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
         bad = (t < 0) | (t > 1) | ~torch.isfinite(t)
-        # NaN fails the comparison, so one reduction (no |x| copy) covers NaN and entries too large
-        bad_x = ~(torch.linalg.vector_norm(flat, ord=math.inf, dim=1) <= self._x_limit)
+        # NaN fails the comparison, so one reduction (no |x| copy) covers NaN and entries too large;
+        # compared in float64: in x's dtype a limit beyond its range (float16 x, or float32 x with
+        # float64 atoms) rounded to inf, and inf <= inf let an inf row through as a NaN velocity
+        bad_x = ~(torch.linalg.vector_norm(flat, ord=math.inf, dim=1).double() <= self._x_limit)
         if bool((bad | bad_x).any()):  # one synchronisation for all checks
             if bool(bad.any()):
                 row = int(bad.nonzero()[0, 0])
@@ -526,16 +528,19 @@ class EmpiricalFlow:
             sl = slice(r0, r0 + rows)
             tt = t[sl, None]
             best = self.atoms[idx[sl, 0]].double()                           # (rows, D)
-            offset = x[sl].double() - tt * best                             # x − t·y_b
+            twice_x = 2.0 * x[sl].double()
             scale = tt / (2.0 * one_minus[sl, None].pow(2))
             slices = [slice(c0, c0 + width) for c0 in range(0, k, width)]
             kept = None
             for cs in slices:
-                diff = self.atoms[idx[sl, cs]].double().sub_(best[:, None, :])   # (rows, width, D)
-                # ℓ_j − ℓ_b = t/(2(1−t)²)·(2 d·(x − t·y_b) − t‖d‖²), d = y_j − y_b
-                cross = torch.einsum("rkd,rd->rk", diff, offset)
-                sq = torch.linalg.vector_norm(diff, dim=2).square_()
-                weights[sl, cs] = scale * (2.0 * cross - tt * sq)
+                gathered = self.atoms[idx[sl, cs]].double()                   # (rows, width, D)
+                diff = gathered - best[:, None, :]                           # d = y_j − y_b
+                # ℓ_j − ℓ_b = t/(2(1−t)²)·d·(2x − t·(y_j + y_b)), its second factor formed per
+                # entry: near the bisector of y_j and y_b the expanded 2d·(x − t·y_b) − t‖d‖² is a
+                # difference of two O(‖d‖²) terms whose rounding t/(2(1−t)²) (5e11 at t = 1 − 1e-6)
+                # magnified into weights of (1, 0) for a tie
+                towards = gathered.add_(best[:, None, :]).mul_(-tt[..., None]).add_(twice_x[:, None, :])
+                weights[sl, cs] = scale * torch.einsum("rkd,rkd->rk", diff, towards)
                 kept = diff if len(slices) == 1 else None                   # reused for ȳ below
             w = torch.log_softmax(weights[sl], dim=1)
             weights[sl] = w
