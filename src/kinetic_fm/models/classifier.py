@@ -130,6 +130,9 @@ def train_classifier(
         raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)}, {tuple(labels.shape)}")
     # integer pixels are scaled here as SmallCNN scales them when judging: the noise added below
     # made uint8 batches float 0..255, which SmallCNN keeps as they are (test accuracy 0.16 for 0.68)
+    from .train import refuse_inference_mode
+
+    refuse_inference_mode("train_classifier()")
     images = images if images.is_floating_point() else as_signed_pixels(images, torch.float32)
     _check_finite("images", images)
     labels = _class_indices("labels", labels)
@@ -202,6 +205,7 @@ def _test_pair(test: Any, item_shape: torch.Size, num_classes: int) -> tuple[Ten
     return images, labels
 
 
+@torch.enable_grad()  # whatever the caller's grad mode, as train()
 def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings: dict[str, Any],
                       test: tuple[Tensor, Tensor] | None, progress: bool, out: Path | None, resume: bool, save_every: int,
                       callback: Callable[[int, Tensor], None] | None) -> ClassifierFit:
@@ -240,7 +244,8 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
         idx = torch.randint(images.shape[0], (batch_size,), device="cpu", generator=g)
         batch = images[idx]
-        x = batch + augment_noise * torch.randn(batch.shape, device="cpu", generator=g).to(images.device)
+        x = batch + augment_noise * torch.randn(batch.shape, device="cpu", dtype=torch.float32,
+                                                generator=g).to(images.device)
         loss = F.cross_entropy(model(x), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()

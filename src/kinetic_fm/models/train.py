@@ -310,6 +310,7 @@ def train(
     """
     # every argument is checked before the run folder is made and locked: a refused call leaves
     # no folder and no .lock behind (a lock file is never deleted, see runs.lock)
+    refuse_inference_mode("train()")
     data, labels = _training_data(model, data, labels)
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -387,6 +388,16 @@ def _checkpoints_up_to(out: Path, step: int) -> dict[int, Path]:
     return found
 
 
+def refuse_inference_mode(call: str) -> None:
+    """Training needs autograd: refused inside ``torch.inference_mode()`` (before any folder is
+    made), where tensors cannot be saved for backward even with grad mode switched back on."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{call} trains a net, which needs autograd: call it outside torch.inference_mode()")
+
+
+# grad mode on whatever the caller's (a notebook's torch.set_grad_enabled(False) or no_grad() failed
+# with "element 0 of tensors does not require grad"); the same bits as under the default
+@torch.enable_grad()
 def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor | None, out: Path | None,
            resume: bool, progress: bool, callback: Callable[[int, Tensor], None] | None,
            info: dict[str, Any], extra_weights: dict[str, dict[str, Tensor]] | None = None) -> TrainResult:
@@ -471,13 +482,17 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
                 group["lr"] = config.lr * min(1.0, step / config.warmup)
         idx = torch.randint(n, (config.batch_size,), device="cpu", generator=data_gen)
         x1 = data[idx].to(device)
-        x0 = torch.randn(x1.shape, device="cpu", generator=noise_gen).to(device=device, dtype=x1.dtype)
-        t = torch.rand(config.batch_size, device="cpu", generator=noise_gen).to(device=device, dtype=x1.dtype)
+        # drawn in float32 whatever torch's default dtype (float64 drew other numbers from the seed)
+        x0 = torch.randn(x1.shape, device="cpu", dtype=torch.float32, generator=noise_gen).to(device=device,
+                                                                                           dtype=x1.dtype)
+        t = torch.rand(config.batch_size, device="cpu", dtype=torch.float32, generator=noise_gen).to(device=device,
+                                                                                                   dtype=x1.dtype)
         tb = t.reshape(-1, *([1] * (x1.ndim - 1)))
         xt = (1 - tb) * x0 + tb * x1
         if conditional:
             y = labels[idx].clone()
-            drop = torch.rand(config.batch_size, device="cpu", generator=noise_gen) < config.label_dropout
+            drop = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
+                              generator=noise_gen) < config.label_dropout
             y[drop] = model.null_class
             v = model(xt, t, y.to(device))
         else:
