@@ -620,3 +620,14 @@ def test_pearsons_undefined_resamples_do_not_depend_on_how_the_flag_is_coded(low
         r = pearson(x, np.where(flag == 1, high, low), bootstrap=1000, permutations=0, ci_method="percentile")
     assert math.isnan(r.ci_low) and math.isnan(r.ci_high)
     assert np.isnan(_pearson_along(np.full(40, 0.061728), x))  # 5.7e-17 before
+
+
+def test_a_degenerate_bca_falls_back_under_numpy_errors_set_to_raise():
+    # a two-valued score makes SciPy's BCa divide by zero; under a caller's np.seterr(all="raise")
+    # that FloatingPointError escaped instead of the documented fallback to percentile (helper-148)
+    flag, score = np.r_[np.zeros(10), np.ones(10)], np.arange(20.0)
+    expected = spearman(flag, score, bootstrap=200, permutations=0, seed=0)
+    with np.errstate(all="raise"):
+        got = spearman(flag, score, bootstrap=200, permutations=0, seed=0)
+    assert got.ci_method == "percentile"
+    assert (got.ci_low, got.ci_high) == (expected.ci_low, expected.ci_high)

@@ -913,3 +913,9 @@ def test_the_verdict_helpers_refuse_what_no_interval_or_claim_can_be():
             with pytest.raises(ValueError, match=r"deltas must be an \(alternatives, resamples\) array"):
                 helper(bad)
     assert bonferroni_level(4) == "98.75%"
+
+
+def test_tied_groups_are_inconclusive_under_numpy_errors_set_to_raise():
+    # Brunner–Munzel divides by a zero variance here; np.seterr(all="raise") made it raise (helper-148)
+    with np.errstate(all="raise"):
+        assert late_energy_verdict(np.ones(20), np.ones(30)) == ("inconclusive", 1.0)

@@ -212,9 +212,11 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
     ci_low = ci_high = math.nan
     if bootstrap > 0 and math.isfinite(rho):
         def interval(how: str) -> tuple[float, float, np.ndarray]:
-            boot = stats.bootstrap(resampled_data, statistic, n_resamples=bootstrap, batch=batch,
-                                   vectorized=True, paired=True, confidence_level=confidence,
-                                   method=how, **_seeded(stats.bootstrap, seed))
+            # a caller's np.seterr(all="raise") made SciPy's degenerate BCa (handled below) raise
+            with np.errstate(divide="ignore", invalid="ignore"):
+                boot = stats.bootstrap(resampled_data, statistic, n_resamples=bootstrap, batch=batch,
+                                       vectorized=True, paired=True, confidence_level=confidence,
+                                       method=how, **_seeded(stats.bootstrap, seed))
             return (float(boot.confidence_interval.low), float(boot.confidence_interval.high),
                     np.asarray(boot.bootstrap_distribution))
 

@@ -265,7 +265,8 @@ def late_energy_verdict(late_memorized: np.ndarray, late_others: np.ndarray, min
 
     if min(len(late_memorized), len(late_others)) < min_group:
         return "inconclusive", float("nan")
-    with warnings.catch_warnings():  # no overlap divides by a zero variance estimate: handled below
+    # no overlap divides by a zero variance estimate: handled below (also under np.seterr(all="raise"))
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         res = brunnermunzel(late_memorized, late_others)
     p = float(res.pvalue)
