@@ -438,7 +438,26 @@ def test_from_scheduler_asks_for_an_instance(given, shown):
 
 def test_from_scheduler_takes_another_flow_matching_schedulers_instance():
     heun = diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0)
-    assert KineticFlowMatchEulerScheduler.from_scheduler(heun).config.shift == 3.0
+    with pytest.warns(UserWarning, match="FlowMatchHeunDiscreteScheduler takes order-2 steps; the kinetic "
+                                         "scheduler takes Euler steps on the same sigma grid"):
+        assert KineticFlowMatchEulerScheduler.from_scheduler(heun).config.shift == 3.0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: diffusers.EulerDiscreteScheduler(prediction_type="epsilon"),
+     "scheduler EulerDiscreteScheduler predicts 'epsilon'; KineticFlowMatchEulerScheduler steps a flow-matching velocity"),
+    (lambda: diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction"),
+     r"scheduler DPMSolverMultistepScheduler makes its own flow sigmas \(flow_shift=3.0\)"),
+])
+def test_from_scheduler_refuses_what_it_cannot_stand_in_for(make, message):
+    if "flow_shift" in message and "use_flow_sigmas" not in inspect.signature(
+            diffusers.DPMSolverMultistepScheduler.__init__).parameters:
+        pytest.skip("this diffusers has no flow sigmas in DPMSolverMultistepScheduler")
+    # from_config dropped the keys it did not know: an ε-prediction scheduler stepped its net's
+    # output as a velocity, and Sana's flow sigmas (flow_shift 3) became the unshifted grid,
+    # both without a word (helper-151)
+    with pytest.raises(ValueError, match=message):
+        KineticFlowMatchEulerScheduler.from_scheduler(make())
 
 
 def test_from_scheduler_keeps_a_shift_set_outside_the_config():

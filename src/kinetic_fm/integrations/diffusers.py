@@ -112,7 +112,9 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         ``shaping``: a KTS gain or callable η(t), None for plain flow matching, or ``"keep"``
         (default): the gain ``scheduler`` already has when it is a kinetic scheduler (a pipeline
         loaded from a folder saved with a KTS), else none. TypeError for what is not a scheduler
-        instance (the class itself, say).
+        instance (the class itself, say); ValueError for a scheduler of another prediction type
+        (ε, v) or with its own flow sigmas (DPM-Solver and UniPC's ``use_flow_sigmas``); a warning
+        for a higher-order flow-matching scheduler (Heun), whose steps become Euler's.
         """
         if not isinstance(scheduler, SchedulerMixin):
             # the class itself went on to from_config, which read its config property as a
@@ -125,7 +127,22 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
             if shaping != "keep":
                 raise ValueError(f"shaping must be a KTS gain, a callable η(t), None or 'keep', got {shaping!r}")
             shaping = getattr(scheduler, "shaping", None)
-        new = cls.from_config(scheduler.config)
+        name, config = type(scheduler).__name__, scheduler.config
+        # from_config drops the keys this scheduler does not know: an ε-prediction scheduler was
+        # turned into one stepping its net's output as a velocity, and a DPM/UniPC scheduler's
+        # flow sigmas (Sana, Wan: flow_shift) into the unshifted grid, both silently (helper-151)
+        predicts = config.get("prediction_type")
+        if predicts not in (None, "flow_prediction"):
+            raise ValueError(f"scheduler {name} predicts {predicts!r}; KineticFlowMatchEulerScheduler steps a "
+                             "flow-matching velocity and stands in for FlowMatchEulerDiscreteScheduler (SD3, Flux) only")
+        if config.get("use_flow_sigmas"):
+            raise ValueError(f"scheduler {name} makes its own flow sigmas (flow_shift={config.get('flow_shift')!r}), "
+                             "not FlowMatchEulerDiscreteScheduler's grid, which this scheduler steps: build "
+                             "KineticFlowMatchEulerScheduler(shift=...) yourself (a different grid, Euler steps)")
+        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler) and getattr(scheduler, "order", 1) != 1:
+            warnings.warn(f"{name} takes order-{scheduler.order} steps; the kinetic scheduler takes Euler steps on "
+                          "the same sigma grid (its energies are Euler's)", UserWarning, stacklevel=2)
+        new = cls.from_config(config)
         if hasattr(scheduler, "set_shift"):  # newer diffusers: set_shift() changes it outside the config
             new.set_shift(scheduler.shift)
         new.set_shaping(shaping)
