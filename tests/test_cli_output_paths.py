@@ -260,6 +260,21 @@ def test_a_tilde_after_the_equals_sign_is_the_home_folder(tmp_path, monkeypatch)
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv, dest, name", [
+    (["reproduce", "--tiny", "--out=~/r"], "out", "r"),
+    (["train", "--data", "moons", "--out=~/t"], "out", "t"),
+    (["sample", "--model=~/net.safetensors", "--out", "o"], "model", "net.safetensors"),
+    (["memorization", "--samples", "s.npy", "--train", "s.npy", "--figure=~/f.png"], "figure", "f.png"),
+])
+def test_a_tilde_after_the_equals_sign_is_the_home_folder_in_every_path_flag(tmp_path, monkeypatch, argv, dest, name):
+    # parse only: the flags the test above does not run; without type=user_path each of them kept
+    # "~/..." and kfm wrote into a folder named "~" in the working directory (mutants survived)
+    from kinetic_fm.cli import build_parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert getattr(build_parser().parse_args(argv), dest) == str(tmp_path / name)
+
+
 @pytest.mark.parametrize("command, flag, name", [
     ("sample", "--out", "link"), ("sample", "--figure", "link.png"), ("train", "--out", "link"),
     ("memorization", "--out", "link.csv"), ("reproduce", "--out", "link"),

@@ -150,3 +150,13 @@ def test_mixture_log_prob_near_its_means_does_not_depend_on_the_batch(std):
     torch.testing.assert_close(gmm.log_prob(x), ref, rtol=1e-14, atol=1e-12)
     assert torch.equal(gmm.log_prob(x), torch.cat([gmm.log_prob(x[i:i + 8]) for i in range(0, 40, 8)]))
     assert torch.equal(gmm.assign(x), torch.arange(40) % 8)
+
+
+def test_mixture_assign_tells_apart_means_closer_than_their_distance_from_the_origin_resolves():
+    # assign, like log_prob, takes ‖x − μ‖² from differences: torch.cdist's expansion (above 25 rows)
+    # cancels for means 1e-6 apart near 1000 and put 19 of these 40 points in the wrong component
+    means = torch.tensor([[1000.0, 1000.0], [1000.0 + 1e-6, 1000.0]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x = means[torch.arange(40) % 2] + 1e-7 * torch.randn(40, 2, generator=g, dtype=torch.float64)
+    nearest = ((x[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)  # float64 brute force, equal weights and σ
+    assert torch.equal(GaussianMixture(means, torch.ones(2), 1e-7).assign(x), nearest)

@@ -467,6 +467,30 @@ def test_the_median_heuristic_is_exact_among_near_duplicates(spread):
         assert median_bandwidth(rows) == pytest.approx(float(np.median(pdist(rows.numpy()))), rel=1e-12, abs=0)
 
 
+def test_the_median_heuristic_is_exact_among_near_duplicates_in_many_dimensions():
+    # the GEMM route's error bound grows with D (4·(D + 3)·2⁻⁵³·(‖a‖ + ‖b‖)²): without its (D + 3)
+    # factor pairs within 1e-7 in D = 2048 were ranked as sure from their cancelled GEMM values and
+    # the median came out 2.9e-4 off SciPy's (helper-147; the test above has D = 4)
+    from scipy.spatial.distance import pdist
+
+    g = torch.Generator().manual_seed(1)
+    rows = torch.cat([2.0 + 1e-7 * torch.randn(80, 2048, generator=g, dtype=torch.float64),
+                      3 * torch.randn(20, 2048, generator=g, dtype=torch.float64)])
+    assert median_bandwidth(rows) == pytest.approx(float(np.median(pdist(rows.numpy()))), rel=1e-12, abs=0)
+
+
+def test_scotts_rule_centres_the_data_before_scaling_it_by_a_power_of_two():
+    # columns at 1e-150 with a spread of 1e-164: scaled by 2^e before the column mean was taken off,
+    # the variance cancelled and Scott's rule came out 1.9e-4 off (helper-147); the reference
+    # centres first and then divides by the spread, NumPy float64
+    y = 1e-150 + 1e-164 * torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = y.numpy()
+    unit = (a - a.mean(axis=0)) / 1e-164
+    expected = 1e-164 * math.sqrt(float(unit.var(axis=0, ddof=1).mean())) * 50 ** (-1 / 7)  # D = 3: N^(−1/7)
+    # abs=0: approx's default abs=1e-12 would pass any value this small
+    assert scott_bandwidth(y) == pytest.approx(expected, rel=1e-12, abs=0)
+
+
 @pytest.mark.parametrize("scale", [1e-160, 1e-200, 1e160])
 def test_the_bandwidth_rules_scale_with_data_beyond_float64s_squares(scale):
     # both rules square the data: beyond ~1e±154 Scott's rule gave 0 or inf, the median 0 or NaN,

@@ -464,10 +464,11 @@ def test_the_seeded_data_sets_draw_the_same_points_under_a_default_cuda_device()
         assert got[name].device.type == "cpu" and torch.equal(got[name], expected[name]), name
 
 
-@pytest.mark.parametrize("where", ["train", "test"])
+@pytest.mark.parametrize("where", ["train", "test", "images"])
 def test_the_judge_trains_where_its_images_are(where):
     # the net stayed on the CPU while the images, its noise and the test pair were on the device:
-    # "Expected all tensors to be on the same device"
+    # "Expected all tensors to be on the same device"; "images": images on the device, labels on
+    # the CPU (the labels follow the images once, before the loop; a mutant dropping that survived)
     from kinetic_fm.models.classifier import train_classifier
 
     g = torch.Generator().manual_seed(0)
@@ -476,7 +477,8 @@ def test_the_judge_trains_where_its_images_are(where):
     conv = torch.backends.cudnn
     with fake_cuda(), torch.backends.cudnn.flags(enabled=conv.enabled, benchmark=conv.benchmark,
                                                  deterministic=conv.deterministic, allow_tf32=False):
-        moved = (images.cuda(), labels.cuda()) if where == "train" else (images, labels)
+        moved = {"train": (images.cuda(), labels.cuda()),
+                 "images": (images.cuda(), labels)}.get(where, (images, labels))
         test = (images.cuda(), labels.cuda()) if where == "test" else (images, labels)
         fit = train_classifier(*moved, steps=3, batch_size=8, test=test)
         assert next(fit.model.parameters()).device.type == moved[0].device.type

@@ -591,3 +591,23 @@ def test_a_lock_that_is_no_regular_file_is_refused_and_nothing_is_written_throug
     assert "where a run's lock file belongs" in capsys.readouterr().err
     assert victim.read_text() == "precious\n" and not (tmp_path / "missing.txt").exists()
     assert sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts this process's open descriptors in /proc")
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "folder"])
+def test_a_refused_lock_that_is_no_regular_file_leaves_no_descriptor_open(tmp_path, kind):
+    # a FIFO opens (O_RDWR does not wait for a writer) before fstat refuses it: without closing that
+    # descriptor each refusal would leak one (a mutant dropping the os.close survived); links and
+    # folders fail in os.open itself and open nothing
+    lock = tmp_path / LOCK_NAME
+    if kind == "fifo":
+        os.mkfifo(lock)
+    elif kind == "symlink":
+        lock.symlink_to("elsewhere")
+    else:
+        lock.mkdir()
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(OSError, match="where a run's lock file belongs"):
+            RunLock(tmp_path).acquire()
+    assert sorted(os.listdir("/proc/self/fd")) == before
