@@ -75,3 +75,25 @@ def test_a_second_job_on_a_busy_folder_stops_on_every_rank_before_sampling(tmp_p
     assert f"run folder {out} is in use by another writer: process {os.getpid()} on host" in text
     assert "rank 1: stopped because rank 0 refused the run directory" in text
     assert not lost.exists()
+
+
+@pytest.mark.slow
+def test_a_rank_started_with_other_settings_stops_every_rank_before_touching_a_shard(tmp_path):
+    # only rank 0 compared the folder with its settings: a rank 1 given --beta0 0.02 found the
+    # finished run's shards "written by a different run", deleted them, wrote its own and exited
+    # 0, leaving the run unreadable (helper-150)
+    out = tmp_path / "run"
+    assert main(["sample", *ARGS, "--n", "8", "--out", str(out)]) == 0
+    shards = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    cli = [sys.executable, "-m", "kinetic_fm.cli", "sample", *ARGS, "--n", "8", "--out", str(out), "--resume"]
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29571",
+           "OMP_NUM_THREADS": "1", "KFM_DIST_TIMEOUT_S": "120"}
+    ranks = [subprocess.Popen(cli + extra, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r, extra in ((0, []), (1, ["--beta0", "0.02"]))]
+    texts = [p.communicate(timeout=240)[0] for p in ranks]
+    assert [p.returncode for p in ranks] == [2, 2], texts
+    for text in texts:
+        assert "rank 1 was started with other settings than rank 0 (config.shaping.beta0 (stored 0.01, now 0.02)" in text
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == shards
+    assert read_run(out)["seed"].tolist() == list(range(8))  # still whole and readable

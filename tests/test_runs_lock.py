@@ -268,7 +268,7 @@ class ThreadJob:
     """The collectives of a job whose ranks are threads of this process (see Coordinator)."""
 
     def __init__(self, size: int):
-        self.size, self.box = size, None
+        self.size, self.box, self.boxes = size, None, [None] * size
         self._barrier = threading.Barrier(size, timeout=60)  # a hang guard only
 
     def coordinator(self, rank: int):
@@ -285,6 +285,13 @@ class ThreadJob:
                     job.box = value
                 job._barrier.wait()
                 return job.box
+
+            def from_all(self, value):
+                job.boxes[self.world.rank] = value
+                job._barrier.wait()
+                values = list(job.boxes)
+                job._barrier.wait()  # all have read before a next call writes
+                return values
 
         return Rank()
 
@@ -336,6 +343,7 @@ def test_rank_0_merges_only_after_every_rank_has_written(tmp_path):
             class Rank0:
                 world = inner.world
                 from_main = inner.from_main
+                from_all = inner.from_all
 
                 def barrier(self):
                     rank_0_waits.set()

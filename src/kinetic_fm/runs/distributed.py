@@ -75,6 +75,16 @@ class Coordinator:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def from_all(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order, on every rank."""
+        if not self.world.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.world.world_size
+        dist.all_gather_object(values, value)
+        return values
+
 
 def resolve_device(device: str | None, world: World):
     """``torch.device`` for this rank: ``"cuda"`` becomes ``cuda:<LOCAL_RANK>``; None means CPU."""

@@ -29,7 +29,8 @@ import pyarrow as pa
 from .atomic import TMP_MARKER, remove_temporaries
 from .distributed import Coordinator, World
 from .lock import LOCK_NAME, RunLock
-from .manifest import MANIFEST_NAME, RunManifest, check_resume, read_manifest, write_manifest
+from .manifest import (MANIFEST_NAME, ResumeMismatchError, RunManifest, check_resume, read_manifest,
+                       write_manifest)
 from .shards import SHARD_DIR, discard_shard, inspect_shard, merge_shards, write_results, write_shard
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ def _open_run_dir(run_dir: Path, manifest: RunManifest, resume: bool, coord: Coo
             run_dir.mkdir(parents=True, exist_ok=True)
             if not lock.held:  # held: the caller's, taken before it prepared the run
                 lock.acquire()  # a second writer stops here, before it reads or writes anything else
-            verdict = ("ok", prepare_run_dir(run_dir, manifest, resume=resume))
+            verdict = ("ok", prepare_run_dir(run_dir, manifest, resume=resume), manifest, str(run_dir.resolve()))
             # killed writers' leftovers, before any rank writes (they await the verdict)
             remove_temporaries((run_dir, run_dir / SHARD_DIR))
         except (ValueError, OSError) as err:
@@ -169,6 +170,21 @@ def _open_run_dir(run_dir: Path, manifest: RunManifest, resume: bool, coord: Coo
     verdict = coord.from_main(verdict)
     if verdict[0] == "error":  # rank 0 has raised (and reports) the error itself
         raise ValueError(f"rank {world.rank}: stopped because rank 0 refused the run directory")
+    if world.distributed:
+        # every rank must run rank 0's run: one started with other settings found the folder's
+        # shards "written by a different run", deleted them and wrote its own (helper-150)
+        _, _, main_manifest, main_dir = verdict
+        differs = [] if world.is_main else main_manifest.differences(manifest)
+        if not world.is_main and str(run_dir.resolve()) != main_dir:
+            differs.append(f"run folder (rank 0 {main_dir}, this rank {run_dir.resolve()})")
+        reports = coord.from_all(differs)
+        odd = [(rank, d) for rank, d in enumerate(reports) if d]
+        if odd:
+            rank, d = odd[0]
+            raise ResumeMismatchError(
+                f"rank {rank} was started with other settings than rank 0 ({'; '.join(d)}; 'stored' is rank "
+                f"0's, 'now' rank {rank}'s); every rank must run the same command. Nothing was sampled"
+                + (f" ({len(odd)} ranks differ)" if len(odd) > 1 else ""))
     if world.is_main:
         for warning in verdict[1]:
             log(f"warning: resuming with different library versions: {warning}")
