@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +133,25 @@ def test_resume_with_new_library_versions_only_warns():
     stored = _manifest(versions={"torch": "2.12.0", "kinetic_fm": "0.1.0"})
     new = _manifest(versions={"torch": "2.13.0", "kinetic_fm": "0.1.0"})
     assert check_resume(stored, new) == ["torch 2.12.0 -> 2.13.0"]
+
+
+def test_a_changed_kinetic_fm_source_is_a_version_difference(tmp_path):
+    # the version is 0.1.0 in every commit, so a resume under a changed checkout (numbers moved in
+    # their last bits by a commit) had no warning; the source digest tells them apart (helper-150)
+    import shutil
+
+    import kinetic_fm
+    from kinetic_fm.runs.manifest import library_versions, source_digest
+
+    package = Path(kinetic_fm.__file__).parent
+    copy = shutil.copytree(package, tmp_path / "kinetic_fm", ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_digest(copy) == source_digest() == library_versions()["kinetic_fm_source"]
+    (copy / "blocks.py").write_text((copy / "blocks.py").read_text() + "# another build\n")
+    changed = source_digest(copy)
+    assert changed != source_digest()
+    stored = _manifest(versions={"kinetic_fm": "0.1.0", "kinetic_fm_source": source_digest()})
+    new = _manifest(versions={"kinetic_fm": "0.1.0", "kinetic_fm_source": changed})
+    assert check_resume(stored, new) == [f"kinetic_fm_source {source_digest()} -> {changed}"]
 
 
 @pytest.mark.parametrize("n,size", [(1, 1), (10, 4), (12, 4), (7, 100)])

@@ -4,7 +4,8 @@
 numbers), identity hashes of the field / model weights / dataset, the seed range and shard
 size, and library versions. Resuming compares the stored manifest with the new one field by
 field and refuses when any compared field differs, naming it (:class:`ResumeMismatchError`).
-Versions are informational: a different torch or kinetic_fm version gives a warning only.
+Versions are informational: a different torch or kinetic_fm version, or another kinetic_fm source
+(a changed checkout), gives a warning only.
 """
 from __future__ import annotations
 
@@ -28,8 +29,31 @@ class ResumeMismatchError(ValueError):
     """A resumed run's configuration or identity differs from the stored manifest."""
 
 
+_SOURCE_DIGEST: str | None = None
+
+
+def source_digest(package: Path | None = None) -> str:
+    """First 16 hex digits of a sha256 over a package's ``.py`` files (names and bytes);
+    ``package`` defaults to kinetic_fm's own folder, whose digest is computed once per process.
+
+    The version stays 0.1.0 until a release, so a resume under a changed checkout (whose numbers
+    may differ in their last bits) went without the warning a different version gives."""
+    global _SOURCE_DIGEST
+    if package is None and _SOURCE_DIGEST is not None:
+        return _SOURCE_DIGEST
+    root = Path(__file__).resolve().parents[1] if package is None else Path(package)
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    found = digest.hexdigest()[:16]
+    if package is None:
+        _SOURCE_DIGEST = found
+    return found
+
+
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries that determine the numbers: kinetic_fm, torch, numpy, python."""
+    """Versions of the libraries that determine the numbers: kinetic_fm (and a digest of its
+    source, :func:`source_digest`), torch, numpy, python."""
     import numpy
     import torch
 
@@ -37,6 +61,7 @@ def library_versions() -> dict[str, str]:
 
     return {
         "kinetic_fm": __version__,
+        "kinetic_fm_source": source_digest(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "python": platform.python_version(),
