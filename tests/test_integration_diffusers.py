@@ -445,7 +445,8 @@ def test_from_scheduler_takes_another_flow_matching_schedulers_instance():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: diffusers.EulerDiscreteScheduler(prediction_type="epsilon"),
-     "scheduler EulerDiscreteScheduler predicts 'epsilon'; KineticFlowMatchEulerScheduler steps a flow-matching velocity"),
+     "scheduler EulerDiscreteScheduler predicts 'epsilon'; KineticFlowMatchEulerScheduler takes Euler steps"),
+    (lambda: diffusers.IPNDMScheduler(), "scheduler IPNDMScheduler is no flow-matching Euler or Heun scheduler"),
     (lambda: diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction"),
      r"scheduler DPMSolverMultistepScheduler makes its own flow sigmas \(flow_shift=3.0\)"),
 ])

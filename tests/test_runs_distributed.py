@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -86,7 +87,10 @@ def test_a_rank_started_with_other_settings_stops_every_rank_before_touching_a_s
     assert main(["sample", *ARGS, "--n", "8", "--out", str(out)]) == 0
     shards = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
     cli = [sys.executable, "-m", "kinetic_fm.cli", "sample", *ARGS, "--n", "8", "--out", str(out), "--resume"]
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29571",
+    with socket.socket() as probe:  # a free port (torchrun's --standalone picks its own)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
            "OMP_NUM_THREADS": "1", "KFM_DIST_TIMEOUT_S": "120"}
     ranks = [subprocess.Popen(cli + extra, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -21,6 +21,7 @@ loading such a pipeline, since diffusers only resolves custom components already
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import math
 import warnings
@@ -112,9 +113,10 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         ``shaping``: a KTS gain or callable η(t), None for plain flow matching, or ``"keep"``
         (default): the gain ``scheduler`` already has when it is a kinetic scheduler (a pipeline
         loaded from a folder saved with a KTS), else none. TypeError for what is not a scheduler
-        instance (the class itself, say); ValueError for a scheduler of another prediction type
-        (ε, v) or with its own flow sigmas (DPM-Solver and UniPC's ``use_flow_sigmas``); a warning
-        for a higher-order flow-matching scheduler (Heun), whose steps become Euler's.
+        instance (the class itself, say); ValueError for any scheduler but FlowMatchEulerDiscreteScheduler
+        (and its subclasses) and FlowMatchHeunDiscreteScheduler, whose steps become Euler's (warned):
+        an ε- or v-prediction scheduler, or one with its own flow sigmas (DPM-Solver and UniPC's
+        ``use_flow_sigmas``), would be run on another grid or as a velocity, silently.
         """
         if not isinstance(scheduler, SchedulerMixin):
             # the class itself went on to from_config, which read its config property as a
@@ -130,16 +132,19 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         name, config = type(scheduler).__name__, scheduler.config
         # from_config drops the keys this scheduler does not know: an ε-prediction scheduler was
         # turned into one stepping its net's output as a velocity, and a DPM/UniPC scheduler's
-        # flow sigmas (Sana, Wan: flow_shift) into the unshifted grid, both silently (helper-151)
-        predicts = config.get("prediction_type")
-        if predicts not in (None, "flow_prediction"):
-            raise ValueError(f"scheduler {name} predicts {predicts!r}; KineticFlowMatchEulerScheduler steps a "
-                             "flow-matching velocity and stands in for FlowMatchEulerDiscreteScheduler (SD3, Flux) only")
-        if config.get("use_flow_sigmas"):
-            raise ValueError(f"scheduler {name} makes its own flow sigmas (flow_shift={config.get('flow_shift')!r}), "
-                             "not FlowMatchEulerDiscreteScheduler's grid, which this scheduler steps: build "
-                             "KineticFlowMatchEulerScheduler(shift=...) yourself (a different grid, Euler steps)")
-        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler) and getattr(scheduler, "order", 1) != 1:
+        # flow sigmas (Sana, Wan: flow_shift) into the unshifted grid, both silently (helper-151);
+        # so only the flow-matching Euler and Heun schedulers, whose grid this one walks, are taken
+        heun = getattr(importlib.import_module("diffusers"), "FlowMatchHeunDiscreteScheduler", None)
+        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+            if heun is None or not isinstance(scheduler, heun):
+                predicts = config.get("prediction_type")
+                what = (f"predicts {predicts!r}" if predicts not in (None, "flow_prediction") else
+                        f"makes its own flow sigmas (flow_shift={config.get('flow_shift')!r})"
+                        if config.get("use_flow_sigmas") else "is no flow-matching Euler or Heun scheduler")
+                raise ValueError(f"scheduler {name} {what}; KineticFlowMatchEulerScheduler takes Euler steps of a "
+                                 "flow-matching velocity on FlowMatchEulerDiscreteScheduler's sigma grid and stands "
+                                 "in for it (SD3, Flux) or FlowMatchHeunDiscreteScheduler only: build "
+                                 "KineticFlowMatchEulerScheduler(shift=...) yourself for another pipeline")
             warnings.warn(f"{name} takes order-{scheduler.order} steps; the kinetic scheduler takes Euler steps on "
                           "the same sigma grid (its energies are Euler's)", UserWarning, stacklevel=2)
         new = cls.from_config(config)
