@@ -239,7 +239,8 @@ def test_kfm_sample_runs_a_trained_net_on_the_device(device, tmp_path):
 @pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_kfm_sample_profile_comes_back_from_the_device(device, solver, tmp_path):
     """`kfm sample --profile --device D`: the stored profile (and dopri5's per-sample times) equal
-    the library's CPU run."""
+    the library's run on the same device (its agreement with the CPU is
+    test_sampling_with_shaping_agrees_with_the_cpu's)."""
     from kinetic_fm.cli import main
     from kinetic_fm.runs import read_profile
 
@@ -248,15 +249,19 @@ def test_kfm_sample_profile_comes_back_from_the_device(device, solver, tmp_path)
     means = torch.zeros(8, 2, dtype=torch.float64)
     angle = torch.arange(8, dtype=torch.float64) * (2 * torch.pi / 8)
     means[:, 0], means[:, 1] = 4.0 * angle.cos(), 4.0 * angle.sin()
-    want = kfm.sample(kfm.GaussianMixtureTarget(means, std=0.3), seeds=range(5), shape=(2,), steps=6, solver=solver,
-                      dtype=torch.float64, profile=True)
+    # on the device: dopri5's controller turns a GPU's last-bit differences in the mixture's
+    # softmax into 1.4e-7 relative in a few steps' energies (an H200 against the CPU), which is
+    # the device's arithmetic, not the CLI's round trip that this test is about
+    want = kfm.sample(kfm.GaussianMixtureTarget(means.to(device), std=0.3), seeds=range(5), shape=(2,), steps=6,
+                      solver=solver, dtype=torch.float64, profile=True, device=device)
+    want_profile, want_times = want.profile.cpu(), want.times.cpu()
     times, increments = read_profile(tmp_path / "run")
     # dopri5's step control pads its exp/pow on the CPU only (adaptive.lane_safe), so under
     # fake_cuda a few controller values take the CPU's scalar loop and may differ in the last bit
     # (2.4e-10 relative in one step on one machine's SIMD); the stored values are still compared
     rtol = 1e-10 if solver == "heun" else 1e-8
-    torch.testing.assert_close(torch.from_numpy(increments), want.profile, rtol=rtol, atol=1e-12)
-    torch.testing.assert_close(torch.from_numpy(times), want.times, rtol=rtol / 100, atol=0, equal_nan=True)
+    torch.testing.assert_close(torch.from_numpy(increments), want_profile, rtol=rtol, atol=1e-12)
+    torch.testing.assert_close(torch.from_numpy(times), want_times, rtol=rtol / 100, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("device", ON_DEVICE, indirect=True)
@@ -363,8 +368,18 @@ def test_kfm_train_and_memorization_on_the_device_match_the_cpu(device, tmp_path
                      "--device", where, "--out", str(tmp_path / f"net_{where}"), "--no-progress"]) == 0
     w_cpu, w_dev = (load_weights(tmp_path / f"net_{w}" / "final.safetensors") for w in ("cpu", device))
     assert w_cpu.keys() == w_dev.keys()
-    for k in w_cpu:
-        torch.testing.assert_close(w_dev[k], w_cpu[k], rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
+    if exact:
+        for k in w_cpu:
+            torch.testing.assert_close(w_dev[k], w_cpu[k], rtol=0, atol=0)
+    else:
+        # on a GPU, round-off as AdamW amplifies it: a weight whose gradient is near 0 moves by
+        # lr·m/(√v + ε), ε = 1e-8, which a last-bit change in g can move by up to 2·lr a step (an
+        # H200 left 3 of 677,890 weights 2.8e-6 off in one run, 1 at 1.1e-5 in another); a wrong
+        # seed, data order or initialisation moves nearly all of them by ~lr
+        off = torch.cat([(w_dev[k] - w_cpu[k]).abs().flatten() for k in w_cpu])
+        scale = torch.cat([w_cpu[k].abs().flatten() for k in w_cpu])
+        assert (off > 1e-6 + 1e-5 * scale).float().mean() <= 1e-3
+        assert off.max() <= 2 * 4 * 1e-3                              # 4 steps at --lr 1e-3
 
     g = torch.Generator().manual_seed(9)
     train = torch.randn(300, 24, generator=g)
