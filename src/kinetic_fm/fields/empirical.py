@@ -613,16 +613,17 @@ def _by_width(rows: torch.Tensor, counts: torch.Tensor):
 
 def _column_blocks(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Views of ``matrix`` (b, N) split along N into blocks sized by :func:`kinetic_fm.blocks.block_size`,
-    and on an accelerator into at least four once it exceeds ``_SPLIT_FLOOR_BYTES``.
+    each at most a quarter of it or ``_SPLIT_FLOOR_BYTES``, whichever is larger (on the CPU the
+    byte budget is the smaller bound).
 
     Passes over the logits after their GEMM (a mask counted, exponentials summed in float64) then
     keep their temporaries in the cache on the CPU: whole-matrix ones cost about 12 ms each at
     (256, 10,000), a third of a GEMM, in page faults. On an accelerator a block's temporaries (its
     mask, and the int64 or float64 copy ATen makes of a block summed in a wider dtype) reach 2.25×
-    the block: whole-matrix blocks held the peak at train + 3.3× the logits, 1.34 × (train +
-    output) at N = 50,000, B = 256 on an H200, over the 1.3 the field promises. Quarters keep it
-    near train + 1.6× the logits, for three more launches per pass.
-    """
+    the block: whole-matrix blocks held the peak at train + 3.2–4.1× the logits, 1.34 × (train +
+    output) at N = 50,000, B = 256 on an H200, over the 1.3 the field promises. Quarters hold it
+    at train + 1.8–2.3× the logits (1.14–1.18; simulated on the CPU with the device's block sizes,
+    ``benchmarks/efm_speed.py --device-blocks``), for three more launches per pass."""
     column_bytes = matrix.shape[0] * matrix.element_size()
     columns = block_size(matrix.device, column_bytes, matrix.shape[1])
     quarter = max(-(-matrix.shape[1] // 4), _SPLIT_FLOOR_BYTES // max(1, column_bytes))
