@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one run, for a session that is lent a CUDA machine (CI and the
-# project's own machines have none): the device tests, then the GPU benchmarks.
+# project's own machines have none): the device tests, then the GPU benchmarks and profiles. Eight
+# logs, the most the device tool brings back from $OUT.
 #
 #   bash benchmarks/device_checks.sh              # on the GPU machine, from the repository root
 #   DEVICE=cpu QUICK=1 bash benchmarks/device_checks.sh   # the same plumbing, small, on a CPU
@@ -28,5 +29,7 @@ step efm_speed python3 benchmarks/efm_speed.py --device "$device" $quick
 step nn_speed python3 benchmarks/nn_speed.py --device "$device" $quick
 step kpe_overhead python3 benchmarks/kpe_overhead.py --device "$device" $quick
 step reference_speed python3 benchmarks/reference_speed.py --device "$device" $quick
+[ -z "$quick" ] && step efm_large python3 benchmarks/efm_speed.py --device "$device" --batch 2048 --atoms 50000 --repeats 3
+step device_profile python3 benchmarks/device_profile.py --device "$device"
 echo "== done (status $status); logs in $out/"
 exit $status

@@ -2,6 +2,8 @@
 
     python benchmarks/efm_speed.py            # N = 10,000, D = 3,072, B = 256, float32
     python benchmarks/efm_speed.py --quick    # N = 2,000, B = 64, N_mem = 10,000
+    python benchmarks/efm_speed.py --device cuda --batch 2048 --atoms 50000   # where the overhead amortises
+    python benchmarks/efm_speed.py --device-blocks   # peak memory with a GPU's block sizes, on the CPU
 
 Inputs: atoms uniform in [−1, 1]^D (CIFAR-sized), queries on the conditional paths
 x_t = (1 − t)·noise + t·y_j at several t (where a sampler evaluates the field).
@@ -39,7 +41,7 @@ import torch
 from _common import interleaved_medians, median_time
 
 import kinetic_fm as kfm
-from kinetic_fm import gemm
+from kinetic_fm import blocks, gemm
 from kinetic_fm.fields import empirical
 
 
@@ -90,17 +92,25 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--run-steps", type=int, default=50)
     parser.add_argument("--memory-only", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=None, help="queries per call (default 256; 64 with --quick)")
+    parser.add_argument("--atoms", type=int, default=None, help="N for the speed part (default 10,000; 2,000 with --quick)")
+    parser.add_argument("--device-blocks", action="store_true",
+                        help="only the memory part, on the CPU with an accelerator's block budget "
+                             "(kinetic_fm.blocks.DEVICE_BLOCK_BYTES): the peak a GPU's passes hold, without a GPU")
     args = parser.parse_args()
     if args.memory_only:
-        return memory(args.memory_only, 3_072, args.batch, torch.device("cpu"))
+        if args.device_blocks:
+            blocks.CPU_BLOCK_BYTES = blocks.DEVICE_BLOCK_BYTES
+        return memory(args.memory_only, 3_072, args.batch or 256, torch.device("cpu"))
     n, dim, batch, n_mem = (2_000, 3_072, 64, 10_000) if args.quick else (10_000, 3_072, 256, 50_000)
+    n, batch = args.atoms or n, args.batch or batch
     device = torch.device(args.device)
-    speed(n, dim, batch, device, args)                # its atoms are freed before the memory part
+    if not args.device_blocks:
+        speed(n, dim, batch, device, args)            # its atoms are freed before the memory part
     if device.type == "cpu":
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
         cmd = [sys.executable, __file__, "--memory-only", str(n_mem), "--batch", str(batch)]
-        subprocess.run(cmd, env=env, check=True)
+        subprocess.run(cmd + ["--device-blocks"] * args.device_blocks, env=env, check=True)
     else:
         memory(n_mem, dim, batch, device)
 

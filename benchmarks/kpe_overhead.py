@@ -4,6 +4,10 @@ Both run the same solver steps on the same conv U-Net and inputs; ours also accu
 and raw KPE, early/late, peak and non-finite flags per sample. Prints the median-time ratio.
 
     python benchmarks/kpe_overhead.py [--quick] [--device cuda]
+    python benchmarks/kpe_overhead.py --net negation --batch 2   # v = −x: the loops' host cost alone
+
+With ``--net negation`` the network does no work, so the times are each loop's own per-step host
+cost (Python, dispatch, launches): what a GPU pays for a network too small to keep it busy.
 """
 from __future__ import annotations
 
@@ -29,16 +33,24 @@ def bare_heun(net, x0, steps, kts):
     return x
 
 
+class Negation(torch.nn.Module):
+    """v(x, t) = −x: no work, so a run's time is the sampling loop's own."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -x
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--net", choices=["unet", "negation"], default="unet")
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
-    net = SmallConvUNet(width=args.width).to(device).eval()
+    net = (SmallConvUNet(width=args.width) if args.net == "unet" else Negation()).to(device).eval()
     steps, repeats = (10, 3) if args.quick else (20, 7)
     x0 = kfm.noise(range(args.batch), (3, 32, 32), device=device)
     kts = kfm.KTS()
@@ -48,13 +60,13 @@ def main() -> None:
             torch.cuda.synchronize()
 
     @torch.no_grad()
-    def ours():
-        kfm.sample(net, x0, steps=steps, solver="heun", shaping=kts, profile=True)
+    def ours(n=steps):
+        kfm.sample(net, x0, steps=n, solver="heun", shaping=kts, profile=True)
         sync()
 
     @torch.no_grad()
-    def bare():
-        bare_heun(net, x0, steps, kts)
+    def bare(n=steps):
+        bare_heun(net, x0, n, kts)
         sync()
 
     # same samples, so the comparison is like for like; on a GPU cuDNN's default TF32 convolutions
@@ -64,11 +76,20 @@ def main() -> None:
         assert torch.allclose(kfm.sample(net, x0, steps=steps, solver="heun", shaping=kts).x, bare_heun(net, x0, steps, kts), atol=atol)
     med = interleaved_medians({"kfm.sample (with KPE)": ours, "bare loop": bare}, repeats)
     params = sum(p.numel() for p in net.parameters())
-    print(f"device={device} net=SmallConvUNet(width={args.width}, {params / 1e6:.2f} M params) batch={args.batch} heun steps={steps} repeats={repeats}")
+    name = f"SmallConvUNet(width={args.width}, {params / 1e6:.2f} M params)" if args.net == "unet" else "negation (v = -x)"
+    print(f"device={device} net={name} batch={args.batch} heun steps={steps} repeats={repeats}")
     for name, t in med.items():
         print(f"  {name:24s} median {t * 1e3:9.1f} ms")
     ratio = med["kfm.sample (with KPE)"] / med["bare loop"]
     print(f"overhead of energy accounting: {100 * (ratio - 1):+.2f}%  (ratio {ratio:.4f}; target <= +3%)")
+    if args.net == "negation":   # per step: runs of 5x the steps minus runs of the steps, fixed costs cancel
+        longer = interleaved_medians({"ours": lambda: ours(5 * steps), "bare": lambda: bare(5 * steps)}, repeats)
+        per_step = {k: (longer[k] - med[label]) / (4 * steps)
+                    for k, label in (("ours", "kfm.sample (with KPE)"), ("bare", "bare loop"))}
+        print(f"host cost per Heun step: kfm.sample {per_step['ours'] * 1e6:.0f} us, bare loop {per_step['bare'] * 1e6:.0f} us "
+              f"(ratio {per_step['ours'] / per_step['bare']:.2f}); per run besides the steps: kfm.sample "
+              f"{(med['kfm.sample (with KPE)'] - steps * per_step['ours']) * 1e3:.2f} ms, "
+              f"bare {(med['bare loop'] - steps * per_step['bare']) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":
