@@ -21,6 +21,17 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def synced(fn: Callable[[], object], device: torch.device | str) -> Callable[[], object]:
+    """``fn`` followed by a CUDA synchronisation when ``device`` is a GPU, so that a wall time
+    covers its kernels, not only their launches."""
+    def call():
+        result = fn()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        return result
+    return call
+
+
 def interleaved_rounds(fns: dict[str, Callable[[], object]], repeats: int, *, warmup: bool = False,
                        after_round: Callable[[int, dict[str, list[float]]], None] | None = None,
                        ) -> tuple[dict[str, list[float]], dict[str, object]]:

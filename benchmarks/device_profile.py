@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import SmallConvUNet
+from _common import SmallConvUNet, synced
 from kpe_overhead import bare_heun
 from torch.profiler import ProfilerActivity, profile
 
@@ -41,13 +41,6 @@ def main() -> None:
     small = device.type == "cpu"
     n, dim, batch = (2_000, 3_072, 64) if small else (10_000, 3_072, 256)
 
-    def synced(fn):
-        def call():
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        return call
-
     g = torch.Generator().manual_seed(0)
     atoms = torch.rand(n, dim, generator=g) * 2 - 1
     field = kfm.EmpiricalFlow(atoms.to(device))
@@ -58,7 +51,7 @@ def main() -> None:
         candidates = field.diagnostics(x, t).candidates.double().cpu()
         print(f"== EmpiricalFlow, N={n}, D={dim}, B={batch}, t={t_value}, {device}: candidates per row "
               f"min {candidates.min():.0f}, median {candidates.median():.0f}, max {candidates.max():.0f}")
-        print(tables(synced(lambda: field(x, t)), device, args.rows))
+        print(tables(synced(lambda: field(x, t), device), device, args.rows))
 
     torch.manual_seed(0)
     net = SmallConvUNet().to(device).eval()
@@ -69,7 +62,7 @@ def main() -> None:
     with torch.no_grad():
         for name, fn in runs.items():
             print(f"== {name}: conv U-Net, batch {x0.shape[0]}, 20 Heun steps with KTS, {device}")
-            print(tables(synced(fn), device, args.rows))
+            print(tables(synced(fn, device), device, args.rows))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import sys
 import time
 
 import torch
-from _common import interleaved_medians, median_time
+from _common import interleaved_medians, median_time, synced
 
 import kinetic_fm as kfm
 from kinetic_fm import blocks, gemm
@@ -124,17 +124,10 @@ def speed(n, dim, batch, device, args):
 
     x_floor = torch.randn(batch, dim, generator=g).to(device)
 
-    def synced(fn):
-        def call():
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        return call
-
-    floors = {"floor": synced(lambda: torch.mm(x_floor, atoms.T))}
+    floors = {"floor": synced(lambda: torch.mm(x_floor, atoms.T), device)}
     blas = gemm.choose(atoms.dtype, device, 2.0 * batch * n * dim, empirical._CALIBRATE_FLOPS)
     if blas != "torch":
-        floors["same-BLAS floor"] = synced(lambda: gemm.matmul(x_floor, atoms.T, blas=blas))
+        floors["same-BLAS floor"] = synced(lambda: gemm.matmul(x_floor, atoms.T, blas=blas), device)
 
     floor = median_time(floors["floor"], args.repeats)
     print(f"GEMM floor, torch.mm ({batch},{dim})x({dim},{n}): {floor * 1e3:.1f} ms "
@@ -146,7 +139,7 @@ def speed(n, dim, batch, device, args):
     for t_value in (0.05, 0.2, 0.5, 0.9, 0.99):
         x = states(atoms.cpu(), batch, t_value, g).to(device)
         t = torch.full((batch,), t_value, device=device)
-        timed = interleaved_medians({"ours": synced(lambda: field(x, t)), **floors}, args.repeats)
+        timed = interleaved_medians({"ours": synced(lambda: field(x, t), device), **floors}, args.repeats)
         ours, floor_t = timed["ours"], timed["floor"]
         same = ours / timed.get("same-BLAS floor", floor_t)
         q = args.naive_queries
@@ -158,17 +151,17 @@ def speed(n, dim, batch, device, args):
         print(f"{t_value:>6} {ours * 1e3:>9.1f} {ours / floor_t:>7.2f} {same:>10.2f} {naive * 1e3:>19.0f} {naive / ours:>10.1f} "
               f"{err:>11.1e} {exact:>10.2f}")
 
-    run_cost(field, atoms, batch, args.run_steps, synced, floors, g, device)
+    run_cost(field, atoms, batch, args.run_steps, floors, g, device)
 
 
-def run_cost(field, atoms, batch, steps, synced, floors, generator, device):
+def run_cost(field, atoms, batch, steps, floors, generator, device):
     """Time every field call of one Euler run from noise, each beside one product of each floor."""
     calls, same = [], []
 
     def timed(x, t):
         out = []
         t0 = time.perf_counter()
-        synced(lambda: out.append(field(x, t)))()
+        synced(lambda: out.append(field(x, t)), device)()
         t1 = time.perf_counter()
         floors["floor"]()
         t2 = time.perf_counter()
