@@ -827,6 +827,9 @@ class _Patches:
             "reset_peak_memory_stats": lambda device=None: None,
             "reset_max_memory_allocated": lambda device=None: None,
             "empty_cache": lambda: None,
+            # optimizers ask before each step (torch.optim's graph-capture check): a real call on
+            # a CUDA build of torch without a driver raised cudaErrorInsufficientDriver (torch 2.11)
+            "is_current_stream_capturing": lambda: False,
             "mem_get_info": lambda device=None: (80 << 30, 80 << 30),
             "manual_seed": manual_seed,
             "manual_seed_all": manual_seed,
