@@ -227,13 +227,15 @@ def test_tf32_products_are_emulated_when_enabled():
     exact = a.double() @ b.double()
     with fake_cuda():
         off = (a.cuda() @ b.cuda()).cpu().double()
-        old = torch.backends.cuda.matmul.fp32_precision
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        matmul = torch.backends.cuda.matmul
+        api = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"   # torch < 2.9: legacy only
+        old = getattr(matmul, api)
+        setattr(matmul, api, "tf32" if api == "fp32_precision" else True)
         try:
             on = (a.cuda() @ b.cuda()).cpu().double()
             lin = nn.functional.linear(a.cuda(), b.T.cuda()).cpu().double()
         finally:
-            torch.backends.cuda.matmul.fp32_precision = old
+            setattr(matmul, api, old)
     rel = lambda m: ((m - exact).norm() / exact.norm()).item()  # noqa: E731
     assert rel(off) < 1e-6 and 1e-5 < rel(on) < 3e-3 and 1e-5 < rel(lin) < 3e-3
 
