@@ -540,6 +540,9 @@ def test_bad_input_is_named():
         field(torch.randn(2, 3), float("nan"))
     with pytest.raises(ValueError, match="t must be a scalar"):
         field(torch.randn(2, 3), torch.zeros(3))
+    for t in (None, "0.5", object()):        # a bare TypeError from torch.as_tensor before
+        with pytest.raises(ValueError, match=r"^t must be a number in \[0, 1\] or a \(2,\) tensor of times, got "):
+            field(torch.randn(2, 3), t)
     with pytest.raises(ValueError, match=r"^truncate must be None or an integer in \[1, 10\] \(the training items\), got 11$"):
         kfm.EmpiricalFlow(torch.randn(10, 3), truncate=11)
     for name in ("truncate", "chunk", "exact_max", "batch_chunk"):

@@ -321,8 +321,12 @@ class EmpiricalFlow:
         if isinstance(t, bool) or (isinstance(t, torch.Tensor) and (t.dtype == torch.bool or t.is_complex())):
             raise ValueError(f"t must hold real times in [0, 1], got {t!r}")
         # Python numbers become float64 directly (0.3 must not pass through float32)
-        t = torch.as_tensor(t, dtype=None if isinstance(t, torch.Tensor) else torch.float64,
-                            device=x.device).detach().double()
+        try:
+            t = torch.as_tensor(t, dtype=None if isinstance(t, torch.Tensor) else torch.float64,
+                                device=x.device).detach().double()
+        except (TypeError, ValueError, RuntimeError) as err:   # None, a string: a bare TypeError before
+            raise ValueError(f"t must be a number in [0, 1] or a ({batch},) tensor of times, got "
+                             f"{type(t).__name__} ({err})") from None
         if t.dim() == 0:
             t = t.expand(batch)
         if t.shape != (batch,):
