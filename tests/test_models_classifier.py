@@ -58,6 +58,23 @@ def test_uint8_images_and_int32_labels_train_the_judge_as_their_float_and_int64_
     assert as_pixels.test_accuracy == float((as_floats.model(pixels).argmax(1) == labels).double().mean())
 
 
+def test_the_judge_is_float32_and_the_same_whatever_the_default_dtype():
+    # under torch.set_default_dtype(torch.float64) the judge was built (and its weights drawn) in
+    # float64: the same seed and images trained other weights, in another dtype (as train() did)
+    images = torch.rand(48, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    labels = torch.arange(48) % 4
+    kwargs = dict(steps=4, batch_size=16, width=4, seed=5)
+    want = train_classifier(images, labels, **kwargs).model.state_dict()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = train_classifier(images, labels, **kwargs).model.state_dict()
+    finally:
+        torch.set_default_dtype(previous)
+    assert all(v.dtype == torch.float32 for v in got.values())
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_classifier_refuses_fewer_than_two_classes_and_negative_labels():
     # before: one class trained a constant classifier (margin undefined), -1 an IndexError in the loss
     images = torch.zeros(8, 1, 8, 8)

@@ -41,7 +41,10 @@ class SmallCNN(nn.Module):
 
     kind = "small_cnn"
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128,
+                 dtype: torch.dtype | None = None):
+        """``dtype``: the layers' (None: torch's default dtype); not part of ``config``, as the
+        weights a model is loaded with carry their own."""
         super().__init__()
         # Python ints: the config is saved as JSON beside the weights
         in_channels, width, feature_dim = (check_integer(name, value, 1) for name, value in (
@@ -49,13 +52,13 @@ class SmallCNN(nn.Module):
         num_classes = check_integer("num_classes", num_classes, 2, note="a logit margin needs two classes")
         self.config = dict(in_channels=in_channels, num_classes=num_classes, width=width, feature_dim=feature_dim)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels, width, 3, padding=1, dtype=dtype), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1, dtype=dtype), nn.ReLU(),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-            nn.Linear(8 * width, feature_dim), nn.ReLU(),
+            nn.Linear(8 * width, feature_dim, dtype=dtype), nn.ReLU(),
         )
-        self.head = nn.Linear(feature_dim, num_classes)
+        self.head = nn.Linear(feature_dim, num_classes, dtype=dtype)
 
     def features(self, x: Tensor) -> Tensor:
         return self.body(as_signed_pixels(x, self.head.weight.dtype))
@@ -219,8 +222,10 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        # built on the CPU under the seed (the same weights on every device), trained where the images are
-        model = SmallCNN(images.shape[1], num_classes, width=width, feature_dim=4 * width).to(images.device)
+        # built on the CPU under the seed (the same weights on every device), trained where the images
+        # are; float32 whatever torch's default dtype (float64 drew other weights from the seed)
+        model = SmallCNN(images.shape[1], num_classes, width=width, feature_dim=4 * width,
+                         dtype=torch.float32).to(images.device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     losses = torch.zeros(steps, dtype=torch.float32)
