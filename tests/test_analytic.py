@@ -16,6 +16,15 @@ def test_mixture_weights_are_normalised_and_keep_their_ratios():
                                rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("field", [kfm.GaussianTarget(mean=0.5, std=0.7), kfm.PointTarget(torch.ones(2, 3)),
+                                   kfm.GaussianMixtureTarget(torch.randn(4, 2, 3), std=0.3)])
+def test_an_empty_batch_gets_an_empty_velocity(field):
+    # the mixture failed in reshape(0, -1) ("the unspecified dimension size -1 can be any value")
+    for t in (torch.zeros(0), 0.5):
+        v = field(torch.zeros(0, 2, 3), t)
+        assert v.shape == (0, 2, 3) and v.dtype == torch.float32
+
+
 def test_a_negative_weight_is_refused_even_when_the_sum_is_positive():
     with pytest.raises(ValueError, match="weights must be .* non-negative"):
         kfm.GaussianMixtureTarget(torch.zeros(2, 3), weights=[-1.0, 2.0])

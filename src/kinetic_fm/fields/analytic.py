@@ -226,7 +226,7 @@ class GaussianMixtureTarget:
         tc = _time_column(t, x).to(torch.float64)
         b = x.shape[0]
         s, rate = _scale(tc.reshape(b, 1), self.std)  # (B, 1)
-        xf = x.reshape(b, -1).to(torch.float64)
+        xf = x.reshape(b, math.prod(x.shape[1:])).to(torch.float64)   # (b, -1) cannot infer D at b = 0
         mu = self._placed("means", self.means, x.device, torch.float64).reshape(self.means.shape[0], -1)  # (K, D)
         if mu.shape[1] != xf.shape[1]:
             raise ValueError(f"means hold {mu.shape[1]} values per component but a sample holds {xf.shape[1]}")
