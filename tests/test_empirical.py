@@ -481,6 +481,20 @@ def test_recorder_traces_dominance_along_a_run(atoms):
     assert (trace.candidates[-1] <= 64).all() and (trace.neglected_bound < 1e-8).all()
 
 
+def test_a_recorder_used_for_two_runs_of_other_sizes_says_so_and_clear_empties_it(atoms):
+    # trace() of a recorder reused for a run of another batch size failed in torch.stack
+    # ("stack expects each tensor to be equal size"); clear() starts it afresh
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    kfm.sample(recorder, seeds=range(4), shape=(3, 4, 4), steps=3)
+    kfm.sample(recorder, seeds=range(6), shape=(3, 4, 4), steps=3)
+    with pytest.raises(ValueError, match=r"batches of 4 and 6 rows.*own recorder, or clear\(\) it between runs"):
+        recorder.trace()
+    recorder.clear()
+    assert len(recorder) == 0
+    res = kfm.sample(recorder, seeds=range(6), shape=(3, 4, 4), steps=3)
+    assert recorder.trace().max_weight.shape == (res.nfe, 6)
+
+
 @pytest.mark.parametrize("solver", ["heun", "rk4", "rk4_38"])
 def test_solvers_with_an_end_stage_land_on_atoms(solver):
     # their stage at t = 1 would multiply the predictor's small miss by 1/eps; the field is
@@ -540,6 +554,8 @@ def test_bad_input_is_named():
         field(torch.randn(2, 3), float("nan"))
     with pytest.raises(ValueError, match="t must be a scalar"):
         field(torch.randn(2, 3), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"train must hold at least one value per item, got shape \(10, 0\)"):
+        kfm.EmpiricalFlow(torch.zeros(10, 0))      # it built, then failed its first call in vector_norm
     for t in (None, "0.5", object()):        # a bare TypeError from torch.as_tensor before
         with pytest.raises(ValueError, match=r"^t must be a number in \[0, 1\] or a \(2,\) tensor of times, got "):
             field(torch.randn(2, 3), t)

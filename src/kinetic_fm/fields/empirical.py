@@ -216,6 +216,8 @@ class EmpiricalFlow:
         train = train.detach() if isinstance(train, torch.Tensor) else torch.tensor(torch_readable(train))
         if train.dim() < 1 or train.shape[0] == 0:
             raise ValueError(f"train must have shape (N, ...) with N ≥ 1, got {tuple(train.shape)}")
+        if math.prod(train.shape[1:]) == 0:   # it built, then failed its first call in vector_norm
+            raise ValueError(f"train must hold at least one value per item, got shape {tuple(train.shape)}")
         check_finite("train", train)
         dtype = torch.float64 if train.dtype == torch.float64 or _beyond_float32(train, "train") else torch.float32
         self.atoms = train.reshape(train.shape[0], -1).to(dtype)  # a view when already float32/64
@@ -680,7 +682,8 @@ class PosteriorRecorder:
     """Wrap an :class:`EmpiricalFlow` so every ``v(x, t)`` call also records its diagnostics.
 
     The records stay on the device (no host synchronisation beyond the field's own); pass the
-    recorder to ``kfm.sample`` in place of the field, then read :meth:`trace`.
+    recorder to ``kfm.sample`` in place of the field, then read :meth:`trace`. Records accumulate
+    over calls: use one recorder per run, or :meth:`clear` it between runs.
     """
 
     singular_at_one = True
@@ -710,11 +713,21 @@ class PosteriorRecorder:
     def __len__(self) -> int:
         return len(self._records)
 
+    def clear(self) -> None:
+        """Forget every record (views made by :meth:`select` share them and forget them too)."""
+        self._records.clear()
+
     def trace(self) -> PosteriorTrace:
-        """Stack the records; raises ValueError when nothing was recorded yet."""
+        """Stack the records; raises ValueError when nothing was recorded yet, or when the calls
+        were on batches of different sizes (the records of several runs)."""
         if not self._records:
             raise ValueError("the recorder has not been called yet")
-        batch = max(t.shape[0] if active is None else active.shape[0] for t, _, active in self._records)
+        sizes = sorted({t.shape[0] if active is None else active.shape[0] for t, _, active in self._records})
+        if len(sizes) > 1:
+            raise ValueError(f"the recorder holds calls on batches of {', '.join(map(str, sizes[:-1]))} and "
+                             f"{sizes[-1]} rows, so its records are not one run's: record each run with its "
+                             "own recorder, or clear() it between runs")
+        batch = sizes[0]
         columns: dict[str, list[torch.Tensor]] = {name: [] for name in ("t", *_TRACED)}
         for t, diagnostics, active in self._records:
             for name in columns:
