@@ -22,6 +22,15 @@ def test_user_grid_is_returned_unchanged():
     assert torch.equal(time_grid(g).float(), g)
 
 
+def test_steps_is_checked_with_a_user_grid_too_as_kfm_sample_checks_it():
+    # time_grid(tensor, steps=-5) returned the grid while kfm.sample(steps=0, grid=tensor) refused
+    grid = torch.linspace(0, 1, 5, dtype=torch.float64)
+    for steps in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="steps must be"):
+            time_grid(grid, steps=steps)
+    assert torch.equal(time_grid(grid, steps=1), grid)           # and ignored once it is valid
+
+
 def test_a_user_grid_takes_the_requested_dtype_and_a_named_grid_must_survive_rounding_to_it():
     g = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
     as32 = time_grid(g, dtype=torch.float32)

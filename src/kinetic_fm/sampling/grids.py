@@ -22,17 +22,17 @@ def time_grid(
 
     ``"uniform"``: t_i = i / N.  ``"cosine"``: t_i = ½(1 − cos(π i / N)), dense at both ends.
     A user tensor or NumPy array is validated (1-D, floating point, starts at 0, ends at 1,
-    strictly increasing) and returned with its values as given; ``steps`` (an integer ≥ 1) is
-    then ignored. ``dtype`` is the result's floating dtype (ValueError if rounding to it breaks
+    strictly increasing) and returned with its values as given; ``steps`` must still be an
+    integer ≥ 1, as ``kfm.sample`` asks, and is then ignored. ``dtype`` is the result's floating dtype (ValueError if rounding to it breaks
     the increase). The grid stays on the CPU, in float64 by default, so step sizes and KTS gains
     can be precomputed without touching the device.
     """
     check_float_dtype(dtype)
+    steps = check_integer("steps", steps, 1)
     if isinstance(grid, np.ndarray):  # copied (a few values): writable and in native byte order
         grid = torch.from_numpy(np.array(torch_readable(grid)))
     if isinstance(grid, torch.Tensor):
         return _still_increasing(validate_grid(grid).to(dtype=dtype, device="cpu"), dtype)
-    steps = check_integer("steps", steps, 1)
     i = torch.arange(steps + 1, dtype=torch.float64)
     if grid == "uniform":
         t = i / steps
