@@ -30,6 +30,17 @@ def test_features_and_logits_shapes():
     assert torch.equal(model.logits(x), model.head(model.features(x)))
 
 
+def test_images_below_two_pixels_a_side_are_refused_by_name(tmp_path):
+    # torch's pooling said "Given input size: (32x1x1). Calculated output size: (32x0x0)"
+    with pytest.raises(ValueError, match=r"SmallCNN needs images of at least 2 x 2 pixels \(its 2 x 2 max "
+                                         r"pooling\), got 1 x 3"):
+        SmallCNN(1, 2, width=4, feature_dim=8)(torch.zeros(2, 1, 1, 3))
+    with pytest.raises(ValueError, match="at least 2 x 2 pixels"):
+        train_classifier(torch.rand(8, 1, 1, 1), torch.arange(8) % 2, steps=2, batch_size=4, out=tmp_path / "judge")
+    assert not (tmp_path / "judge").exists()                    # refused before any folder
+    assert SmallCNN(1, 2, width=4, feature_dim=8)(torch.zeros(2, 1, 2, 2)).shape == (2, 2)
+
+
 def test_tiny_digits_classifier_generalises_and_is_deterministic():
     ds = load_digits()
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))

@@ -61,6 +61,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(feature_dim, num_classes, dtype=dtype)
 
     def features(self, x: Tensor) -> Tensor:
+        _check_image_size(x.shape)
         return self.body(as_signed_pixels(x, self.head.weight.dtype))
 
     def logits(self, x: Tensor) -> Tensor:
@@ -68,6 +69,14 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.logits(x)
+
+
+def _check_image_size(shape: torch.Size) -> None:
+    """ValueError for (B, C, H, W) images below 2 x 2 pixels: torch's pooling error spoke of
+    "(32x0x0)" outputs."""
+    if len(shape) == 4 and min(shape[2:]) < 2:
+        raise ValueError(f"SmallCNN needs images of at least 2 x 2 pixels (its 2 x 2 max pooling), got "
+                         f"{shape[2]} x {shape[3]}")
 
 
 def logit_margin(logits: Tensor) -> Tensor:
@@ -131,6 +140,7 @@ def train_classifier(
     images, labels = torch.as_tensor(torch_readable(images)), torch.as_tensor(torch_readable(labels))
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)}, {tuple(labels.shape)}")
+    _check_image_size(images.shape)   # before any folder
     # integer pixels are scaled here as SmallCNN scales them when judging: the noise added below
     # made uint8 batches float 0..255, which SmallCNN keeps as they are (test accuracy 0.16 for 0.68)
     from .train import refuse_inference_mode
