@@ -76,11 +76,12 @@ def test_logit_passes_in_small_column_blocks_match_brute_force(atoms, monkeypatc
     torch.testing.assert_close(d.max_weight, w.max(dim=1).values, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("floor,blocks_per_pass", [(1024, 4), (None, 1)])
-def test_logit_passes_go_in_quarters_on_an_accelerator_beyond_the_floor(atoms, monkeypatch, floor, blocks_per_pass):
+@pytest.mark.parametrize("floor,blocks_per_pass", [(1024, 4), (20_000, 2), (None, 1)])
+def test_logit_passes_go_in_equal_parts_on_an_accelerator_beyond_the_floor(atoms, monkeypatch, floor, blocks_per_pass):
     # an accelerator's budget (256 MiB) held whole logit matrices, whose passes' temporaries (a mask,
     # the int64/float64 copies of a wider sum) took the N = 50,000 peak past 1.3 x (train + output);
-    # beyond _SPLIT_FLOOR_BYTES (lowered here to 1 KiB: 96-byte columns) they go in quarters
+    # beyond _SPLIT_FLOOR_BYTES (lowered here: 20 moving rows of 400 float32 logits, 32,000 bytes)
+    # they go in two to four equal parts (16 MiB blocks left a 1-column tail at N = 16,385)
     from kinetic_fm import blocks
     from kinetic_fm.fields import empirical
 
@@ -88,13 +89,16 @@ def test_logit_passes_go_in_quarters_on_an_accelerator_beyond_the_floor(atoms, m
     if floor is not None:
         monkeypatch.setattr(empirical, "_SPLIT_FLOOR_BYTES", floor)
     widths, split = [], empirical._column_blocks
-    monkeypatch.setattr(empirical, "_column_blocks", lambda m: widths.append([b.shape[1] for b in split(m)]) or split(m))
+    monkeypatch.setattr(empirical, "_column_blocks",
+                        lambda m: widths.append((m.shape[0], [b.shape[1] for b in split(m)])) or split(m))
     field = kfm.EmpiricalFlow(atoms, batch_chunk=24)
     t = torch.tensor([0.0, 0.02, 0.05, 0.3, 0.8, 0.99]).repeat_interleave(4)       # dense and sparse rows
     x = path_states(atoms, t, seed=11)
     v, d = field(x, t), field.diagnostics(x, t)
     ref, w = brute(atoms, x, t)
-    assert widths and all(len(ws) == blocks_per_pass and sum(ws) == atoms.shape[0] for ws in widths)
+    assert widths and all(sum(ws) == atoms.shape[0] and max(ws) - min(ws) <= 1 for _, ws in widths)
+    widest = max(rows for rows, _ in widths)                    # the 20 rows with t > 0: 32,000 bytes
+    assert {len(ws) for rows, ws in widths if rows == widest} == {blocks_per_pass}
     assert rel_err(v, ref) < 1e-5
     torch.testing.assert_close(d.entropy, -torch.special.xlogy(w, w).sum(dim=1), rtol=1e-5, atol=1e-5)
 

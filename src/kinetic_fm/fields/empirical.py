@@ -598,7 +598,8 @@ class EmpiricalFlow:
 _EXACT_BLOCK_BYTES = 16 << 20
 
 # logit matrices up to this size are passed over whole on an accelerator (kernel launches are what
-# costs there); larger ones in quarters (``_column_blocks``). The CPU's blocks are smaller anyway.
+# costs there); larger ones in two to four equal parts (``_column_blocks``). The CPU's blocks are
+# smaller anyway.
 _SPLIT_FLOOR_BYTES = 16 << 20
 
 # truncated mode: rows whose screening cannot order their candidates re-score all of them exactly
@@ -619,8 +620,8 @@ def _by_width(rows: torch.Tensor, counts: torch.Tensor):
 
 def _column_blocks(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Views of ``matrix`` (b, N) split along N into blocks sized by :func:`kinetic_fm.blocks.block_size`,
-    each at most a quarter of it or ``_SPLIT_FLOOR_BYTES``, whichever is larger (on the CPU the
-    byte budget is the smaller bound).
+    and beyond ``_SPLIT_FLOOR_BYTES`` into two to four equal parts, as many as that size needs (on
+    the CPU the byte budget is the smaller bound).
 
     Passes over the logits after their GEMM (a mask counted, exponentials summed in float64) then
     keep their temporaries in the cache on the CPU: whole-matrix ones cost about 12 ms each at
@@ -629,11 +630,11 @@ def _column_blocks(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
     the block: whole-matrix blocks held the peak at train + 3.2–4.1× the logits, 1.34 × (train +
     output) at N = 50,000, B = 256 on an H200, over the 1.3 the field promises. Quarters hold it
     at train + 1.8–2.3× the logits (1.14–1.18; simulated on the CPU with the device's block sizes,
-    ``benchmarks/efm_speed.py --device-blocks``), for three more launches per pass."""
+    ``benchmarks/efm_speed.py --device-blocks``), for at most three more launches per pass."""
     column_bytes = matrix.shape[0] * matrix.element_size()
     columns = block_size(matrix.device, column_bytes, matrix.shape[1])
-    quarter = max(-(-matrix.shape[1] // 4), _SPLIT_FLOOR_BYTES // max(1, column_bytes))
-    return matrix.split(max(1, min(columns, quarter)), dim=1)
+    parts = min(4, max(1, -(-column_bytes * matrix.shape[1] // _SPLIT_FLOOR_BYTES)))   # equal parts: no ragged tail
+    return matrix.split(max(1, min(columns, -(-matrix.shape[1] // parts))), dim=1)
 
 
 def _exponentiate(logits: torch.Tensor, best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -725,8 +726,8 @@ class PosteriorRecorder:
         sizes = sorted({t.shape[0] if active is None else active.shape[0] for t, _, active in self._records})
         if len(sizes) > 1:
             raise ValueError(f"the recorder holds calls on batches of {', '.join(map(str, sizes[:-1]))} and "
-                             f"{sizes[-1]} rows, so its records are not one run's: record each run with its "
-                             "own recorder, or clear() it between runs")
+                             f"{sizes[-1]} rows, so more than one run: record each run with its own "
+                             "recorder, or clear() it between runs")
         batch = sizes[0]
         columns: dict[str, list[torch.Tensor]] = {name: [] for name in ("t", *_TRACED)}
         for t, diagnostics, active in self._records:
