@@ -86,6 +86,26 @@ def test_the_judge_is_float32_and_the_same_whatever_the_default_dtype():
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_the_studies_judge_is_float32_when_trained_or_reloaded_under_a_float64_default(tmp_path):
+    # the studies rebuild their judge from its cached state: SmallCNN(**config) made float64
+    # layers under a float64 default, and load_state_dict copied the float32 weights into them
+    from kinetic_fm.studies.assets import _classifier, _load_split
+    from kinetic_fm.studies.config import AssetsConfig
+    from kinetic_fm.studies.workspace import Workspace
+
+    cfg = AssetsConfig(data="digits", n_train=64, n_heldout=16, classifier_steps=3)
+    train, labels, heldout, heldout_labels, classes = _load_split(cfg, progress=False)[:5]
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for _ in range(2):                     # trained, then reloaded from the cache
+            net = _classifier(cfg, Workspace(tmp_path), train, labels, heldout, heldout_labels, classes,
+                              progress=False)[0]
+            assert {p.dtype for p in net.parameters()} == {torch.float32}
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def test_classifier_refuses_fewer_than_two_classes_and_negative_labels():
     # before: one class trained a constant classifier (margin undefined), -1 an IndexError in the loss
     images = torch.zeros(8, 1, 8, 8)

@@ -43,8 +43,9 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128,
                  dtype: torch.dtype | None = None):
-        """``dtype``: the layers' (None: torch's default dtype); not part of ``config``, as the
-        weights a model is loaded with carry their own."""
+        """``dtype``: the layers' (None: torch's default dtype). Not part of ``config``: pass it
+        again when rebuilding a model to load weights into (``load_state_dict`` copies them into
+        the layers' dtype)."""
         super().__init__()
         # Python ints: the config is saved as JSON beside the weights
         in_channels, width, feature_dim = (check_integer(name, value, 1) for name, value in (

@@ -210,7 +210,7 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes, 
     from ..models.train import RESUME_FILE
 
     (ws.model_path("classifier", key) / RESUME_FILE).unlink(missing_ok=True)
-    net = SmallCNN(**stored["config"])
+    net = SmallCNN(**stored["config"], dtype=torch.float32)   # load_state_dict keeps the layers' dtype
     net.load_state_dict(stored["state"])
     name = "digits-cnn" if cfg.data == "digits" else f"{cfg.data.partition(':')[0]}-cnn"
     return net.to(cfg.device).eval(), name, stored["accuracy"]
