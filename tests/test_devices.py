@@ -373,9 +373,9 @@ def test_kfm_train_and_memorization_on_the_device_match_the_cpu(device, tmp_path
             torch.testing.assert_close(w_dev[k], w_cpu[k], rtol=0, atol=0)
     else:
         # on a GPU, round-off as AdamW amplifies it: a weight whose gradient is near 0 moves by
-        # lr·m/(√v + ε), ε = 1e-8, which a last-bit change in g can move by up to 2·lr a step (an
-        # H200 left 3 of 677,890 weights 2.8e-6 off in one run, 1 at 1.1e-5 in another); a wrong
-        # seed, data order or initialisation moves nearly all of them by ~lr
+        # lr·m/(√v + ε), ε = 1e-8, which a last-bit change in g can move by up to 2·lr a step (on
+        # an H200, 3 values of one 256 × 256 matrix were 2.8e-6 off in one run, 1 was 1.1e-5 off in
+        # another); a wrong seed, data order or initialisation moves nearly all of them by ~lr
         off = torch.cat([(w_dev[k] - w_cpu[k]).abs().flatten() for k in w_cpu])
         scale = torch.cat([w_cpu[k].abs().flatten() for k in w_cpu])
         assert (off > 1e-6 + 1e-5 * scale).float().mean() <= 1e-3
