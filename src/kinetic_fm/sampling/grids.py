@@ -23,9 +23,9 @@ def time_grid(
     ``"uniform"``: t_i = i / N.  ``"cosine"``: t_i = ½(1 − cos(π i / N)), dense at both ends.
     A user tensor or NumPy array is validated (1-D, floating point, starts at 0, ends at 1,
     strictly increasing) and returned with its values as given; ``steps`` must still be an
-    integer ≥ 1, as ``kfm.sample`` asks, and is then ignored. ``dtype`` is the result's floating dtype (ValueError if rounding to it breaks
-    the increase). The grid stays on the CPU, in float64 by default, so step sizes and KTS gains
-    can be precomputed without touching the device.
+    integer ≥ 1, as ``kfm.sample`` asks, and is then ignored. ``dtype`` is the result's floating
+    dtype (ValueError if rounding to it breaks the increase). The grid stays on the CPU, in
+    float64 by default, so step sizes and KTS gains can be precomputed without touching the device.
     """
     check_float_dtype(dtype)
     steps = check_integer("steps", steps, 1)
