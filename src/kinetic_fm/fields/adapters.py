@@ -74,11 +74,14 @@ def _check_time_mode(time: str) -> None:
         raise ValueError(f"time must be one of {TIME_MODES}, got {time!r}")
 
 
+def _has_rows(value: Any, batch: int) -> bool:
+    """Whether ``value`` looks per-sample: a tensor whose first dimension is ``batch``."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch
+
+
 def _rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
     """The ``rows`` of a per-sample tensor (first dim == batch); anything else unchanged."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-        return value[rows]
-    return value
+    return value[rows] if _has_rows(value, batch) else value
 
 
 def _call_time_mode(
@@ -227,8 +230,20 @@ class ModelXT(_Adapter):
                                      f"got {type(extras[name]).__name__}")
         self.inner, self.time, self.per_sample, self.extras = model, time, per_sample, extras
 
+    _subset_note: str | None = None   # set by select() when an extra may be on the wrong side
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
         """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
+        if self._subset_note is None:
+            return self._call(x, t, args, kwargs)
+        try:
+            return self._call(x, t, args, kwargs)
+        except (RuntimeError, IndexError, ValueError, TypeError) as err:
+            if hasattr(err, "add_note"):
+                err.add_note(self._subset_note)
+            raise
+
+    def _call(self, x: torch.Tensor, t: torch.Tensor | float, args: tuple, kwargs: dict) -> torch.Tensor:
         if self.per_sample is None:
             return _call_time_mode(self.inner, self.time, x, t, args, {**self.extras, **kwargs})
         shared = {k: v for k, v in self.extras.items() if k not in self.per_sample}
@@ -246,7 +261,25 @@ class ModelXT(_Adapter):
         else:
             rows = {key: value[active] for key, value in self._rows_for(batch).items()}
             part.extras = {**self.extras, **rows}
+        part._subset_note = self._subset_hint(batch)
         return part
+
+    def _subset_hint(self, batch: int) -> str | None:
+        """A note for an error raised on a subset of the rows: which extras with ``batch`` rows
+        were sliced by the guess, or passed whole beside the named per-sample ones (None: no such
+        extra, nothing to suspect)."""
+        with_rows = [key for key, value in self.extras.items() if _has_rows(value, batch)]
+        if self.per_sample is None and with_rows:
+            return (f"dopri5 calls the net with only the samples still running, and the extras {with_rows} have "
+                    f"{batch} rows, so by the guess they hold one per sample and were cut to those samples; if one "
+                    f"of them is shared (a table with {batch} rows), list only the per-sample ones, e.g. "
+                    "ModelXT(net, ..., per_sample=['y']), and the rest reach every call whole")
+        whole = [key for key in with_rows if key not in (self.per_sample or ())]
+        if whole:
+            return (f"dopri5 calls the net with only the samples still running; the extras {whole} have {batch} "
+                    f"rows but are not in per_sample, so they reached the call whole; if they hold one row per "
+                    f"sample, add them: per_sample={[*self.per_sample, *whole]}")
+        return None
 
     def _rows_for(self, batch: int) -> dict[str, torch.Tensor]:
         """The per-sample extras, each checked to have ``batch`` rows."""
