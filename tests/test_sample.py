@@ -833,6 +833,13 @@ def test_bad_inputs_get_clear_errors(x0):
             kfm.sample(field, x0, steps=4, shaping=gain)
     with pytest.raises(TypeError, match="write it with torch operations"):
         kfm.sample(field, x0, solver="dopri5", shaping=lambda t: 1 + 0.1 * math.exp(-t))
+    # one gain per time, or one number: a (n, 1) gain met expand_as's message about padded sizes
+    for gain in (lambda t: (1 + t)[:, None], lambda t: torch.ones(3)):
+        with pytest.raises(ValueError, match=r"expects one gain per time .* returned shape \((\d+, 1|3,)\)"):
+            kfm.sample(field, x0, solver="dopri5", shaping=gain)
+    one = kfm.sample(field, x0, solver="dopri5", shaping=lambda t: 1.5 + 0 * t[:1])   # one number, as a tensor
+    torch.testing.assert_close(one.kpe, kfm.sample(field, x0, solver="dopri5", shaping=lambda t: 1.5).kpe,
+                               rtol=0, atol=0)
     # the fixed-step solvers pass one float: a torch-only gain, or one returning no number, is
     # named as the shaping gain (it was torch's "sin(): argument 'input' must be Tensor")
     with pytest.raises(TypeError, match=r"call the shaping gain with one time as a Python float \(t = 0\)"):

@@ -256,7 +256,12 @@ def _tensor_gain(gain: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
         except (TypeError, ValueError, RuntimeError) as err:
             raise TypeError("dopri5 evaluates the shaping gain on a tensor of per-sample times; "
                             f"this gain failed on one ({err}); write it with torch operations") from err
-        return torch.as_tensor(value, dtype=torch.float64, device=t.device).expand_as(t)
+        value = torch.as_tensor(value, dtype=torch.float64, device=t.device)
+        if value.numel() != 1 and value.shape != t.shape:   # expand_as's message named padded sizes
+            raise ValueError("dopri5 evaluates the shaping gain on a 1-D tensor of per-sample times and expects "
+                             "one gain per time (the times' shape) or one number; on times of shape "
+                             f"{tuple(t.shape)} this gain returned shape {tuple(value.shape)}")
+        return value.reshape(()).expand_as(t) if value.numel() == 1 else value
     return eta
 
 
