@@ -966,7 +966,24 @@ def test_nested_list_parquet_columns_are_flattened_row_by_row(tmp_path, case):
 
 
 @pytest.mark.filterwarnings("ignore::kinetic_fm.checks.ValueRangeWarning")  # deliberately far-apart sets
-@pytest.mark.parametrize("dtype", [torch.bool, torch.complex64])
+def test_binary_rows_are_audited_as_zeros_and_ones_like_the_other_metrics():
+    # bool rows were refused here and in nearest_neighbors, but read as 0/1 by local_support,
+    # kde_log_density and the Fréchet distance; here the uint8 audit is the reference
+    generator = torch.Generator().manual_seed(3)
+    train = torch.rand(40, 12, generator=generator) > 0.5
+    samples = torch.cat([train[:5], torch.rand(6, 12, generator=generator) > 0.5])   # 5 exact copies
+    expected = kfm.memorization(samples.to(torch.uint8), train.to(torch.uint8), bootstrap=0)
+    audit = kfm.memorization(samples, train, bootstrap=0)
+    assert torch.equal(audit.ratio, expected.ratio) and torch.equal(audit.nearest, expected.nearest)
+    assert audit.memorized[:5].all()
+    for mixed in ((samples, train.to(torch.uint8)), (samples.to(torch.float32), train)):
+        assert torch.equal(kfm.memorization(*mixed, bootstrap=0).ratio, expected.ratio)
+    found = kfm.nearest_neighbors(samples, train, 3)
+    brute = torch.cdist(samples.double(), train.double()).topk(3, largest=False)
+    torch.testing.assert_close(found.distances, brute.values, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64])
 @pytest.mark.parametrize("side", ["samples", "train"])
 def test_non_real_inputs_are_refused_by_their_own_name(dtype, side):
     sets = {"samples": torch.randn(4, 3), "train": torch.randn(5, 3)}

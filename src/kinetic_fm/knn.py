@@ -104,6 +104,8 @@ def _flatten(name: str, value) -> torch.Tensor:
     check_exact_integers(name, tensor)
     if tensor.dtype in (torch.uint16, torch.uint32, torch.uint64):
         tensor = tensor.to(torch.float64)        # few kernels take them; exact up to uint32
+    elif tensor.dtype == torch.bool:
+        tensor = tensor.to(torch.uint8)          # 0/1, as the metrics' feature maps read binary data
     if not (tensor.is_floating_point() or tensor.dtype in (torch.uint8, torch.int8, torch.int16,
                                                            torch.int32, torch.int64)):
         raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
@@ -248,7 +250,7 @@ def nearest_neighbors(
 
     Args:
         queries: (B, ...) tensor (or NumPy array, or DataFrame of rows); flattened to (B, D).
-            Any real dtype and device.
+            Any real dtype (bool read as 0/1) and device.
         reference: (N, ...) rows with the same number of features D, on the same device.
         k: number of neighbours, 1 ≤ k ≤ N (≤ N − 1 with ``exclude_self``).
         chunk: reference rows per GEMM (bounds the (batch_chunk, chunk) score block).

@@ -259,9 +259,12 @@ def _decided_exactly(memorized: torch.Tensor, ratio: torch.Tensor, threshold: fl
 
 
 def _real_rows(name: str, rows: torch.Tensor) -> torch.Tensor:
-    """``rows`` if it holds real numbers, widened to float64 where the search lacks the integer type."""
-    if rows.dtype == torch.bool or rows.is_complex():
+    """``rows`` if it holds real numbers, widened to float64 where the search lacks the integer type
+    (bool rows are binary data: 0/1, as in the other metrics)."""
+    if rows.is_complex():
         raise ValueError(f"{name} must hold real numbers, got dtype {rows.dtype}")
+    if rows.dtype == torch.bool:
+        return rows.to(torch.uint8)
     check_exact_integers(name, rows)
     if rows.dtype in (torch.uint16, torch.uint32, torch.uint64):
         return rows.to(torch.float64)  # exact for uint16/uint32; the distances are float64 in any case
