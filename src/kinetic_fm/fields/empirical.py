@@ -167,9 +167,9 @@ class EmpiricalFlow:
 
     Args:
         train: (N, ...) training atoms, N ≥ 1, finite (a tensor of any real dtype, on any device,
-            kept where given, and not copied when float32/float64: a call after it was changed in
-            place is refused, as the cached norms and mean would not match; or a NumPy array or
-            DataFrame, copied).
+            kept where given, and not copied when float32/float64: a call after the atoms were
+            changed in place is refused, as the cached norms and mean would not match (a write to
+            another part of the same storage is not); or a NumPy array or DataFrame, copied).
             Float64 atoms give float64 screening, as do integers beyond 2**24 (which float32 would
             round; beyond 2**53 they are refused); anything else screens in float32.
         chunk: atoms per screening GEMM (bounds the temporary (batch_chunk, chunk) block).
@@ -298,10 +298,7 @@ class EmpiricalFlow:
     # ------------------------------------------------------------------ checks
     def _check(self, x, t) -> tuple[torch.Tensor, torch.Tensor]:
         if self._atoms_version is not None and self.atoms._version != self._atoms_version:
-            raise RuntimeError("train (or another view of its storage) was changed in place after this "
-                               "EmpiricalFlow was built, so its cached norms and mean may no longer match the "
-                               "atoms; build a new field (or pass train.clone() to keep the field apart from "
-                               "later edits)")
+            self._recheck_cache()
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise ValueError("x must be a tensor of shape (B, ...)")
         batch = x.shape[0]
@@ -347,6 +344,18 @@ class EmpiricalFlow:
                 raise ValueError(f"x has NaN or inf in rows {rows}")
             check_magnitude("x", flat[rows], self.atoms.dtype)
         return flat, t.clamp_max(1.0 - self.eps)
+
+    def _recheck_cache(self) -> None:
+        """The storage of the atoms was written to since the last check (its version counter
+        moved): keep going when the cached norms and mean still equal the atoms' own, bit for bit
+        (another view of the storage was written, as with ``EmpiricalFlow(data[:50])`` after
+        ``data[50:] *= 2``); RuntimeError otherwise. One pass over the atoms per such change."""
+        if not (torch.equal(row_sq_norms(self.atoms, self.atoms.dtype), self._sq_norms)
+                and torch.equal(column_mean(self.atoms), self._mean)):
+            raise RuntimeError("train was changed in place after this EmpiricalFlow was built: the norms and "
+                               "mean it cached then no longer match the atoms; build a new field (or pass "
+                               "train.clone() to keep the field apart from later edits)")
+        self._atoms_version = self.atoms._version
 
     # ------------------------------------------------------------------ core
     def _solve(self, x, t, top_k):
