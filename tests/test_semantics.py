@@ -379,6 +379,20 @@ def test_classifier_margin_refuses_non_finite_logits():
         classifier_margin(with_nan, torch.randn(3, 4))
 
 
+def test_classifier_margin_refuses_logits_that_are_not_b_by_c():
+    # a (b, 2, 5) output was flattened and scored as 10 classes, a (b,) one met "C >= 2 classes"
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"classifier must return \(b, C\) logits, got shape \(4, 2, 5\)$"):
+        classifier_margin(lambda x: torch.randn(x.shape[0], 2, 5), x)
+    with pytest.raises(ValueError, match=r"got shape \(4,\); a single-logit binary classifier"):
+        classifier_margin(lambda x: x[:, 0], x)
+    # the hint's logits: softmax of (−z/2, z/2) is sigmoid(z), so the confidence is the sigmoid's
+    z = torch.tensor([-2.0, -0.5, 0.0, 3.0])
+    scored = classifier_margin(lambda x: torch.stack([-x[:, 0] / 2, x[:, 0] / 2], 1), z[:, None].expand(4, 3))
+    torch.testing.assert_close(scored.confidence, torch.sigmoid(z.abs()).double())
+    torch.testing.assert_close(scored.margin, z.abs().double())
+
+
 def test_classifier_margin_frame_holds_each_field_in_its_own_dtype():
     # float64 hand computation: margin = logit[t] − best other, confidence = softmax(logits)[t]
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 3.5], [1.0, 1.0, -2.0]], dtype=torch.float64)

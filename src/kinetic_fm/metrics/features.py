@@ -106,9 +106,10 @@ class FeatureSpace:
         warn_if_feature_map_training(self.fn)
         return self._mapped(x)
 
-    def _mapped(self, x: Tensor) -> Tensor:
+    def _mapped(self, x: Tensor, flatten: bool = True) -> Tensor:
         """:meth:`__call__`'s work on a (B, ...) tensor, without its training-mode check (for a
-        caller that feeds one set chunk by chunk and has checked once)."""
+        caller that feeds one set chunk by chunk and has checked once); ``flatten=False`` keeps
+        the map's own output shape (B, ...), for a caller that checks it."""
         where, dtype = self._run_device(), self._run_dtype(x)
         out = []
         with torch.inference_mode():
@@ -124,7 +125,7 @@ class FeatureSpace:
                     raise ValueError(
                         f"feature map {self.name!r} returned {feats.shape[0]} rows "
                         f"for {chunk.shape[0]} inputs")
-                out.append(feats.reshape(feats.shape[0], -1).to(x.device))
+                out.append((feats.reshape(feats.shape[0], -1) if flatten else feats).to(x.device))
         if not out:
             return x.new_zeros((0, 0))
         # clone leaves inference mode: the result is an ordinary tensor downstream

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..checks import as_scalar, check_device, check_flag, is_real, positive_integer
+from ..sampling.guards import warn_if_feature_map_training
 from .features import as_tensor, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
@@ -125,7 +126,13 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     x = as_tensor(x)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
-    logits = feature_space(classifier, batch_size=batch_size, device=device)(x).to(torch.float64)
+    judge = feature_space(classifier, batch_size=batch_size, device=device)
+    warn_if_feature_map_training(judge.fn)
+    logits = judge._mapped(x, flatten=False).to(torch.float64)
+    if logits.dim() != 2:   # a (b, 2, 5) output was read as 10 classes, a (b,) one as 1
+        hint = ("; a single-logit binary classifier z gives the logits torch.stack([-z / 2, z / 2], 1), "
+                "whose softmax is sigmoid(z)" if logits.dim() == 1 else "")
+        raise ValueError(f"classifier must return (b, C) logits, got shape {tuple(logits.shape)}{hint}")
     if not torch.isfinite(logits).all():
         raise ValueError("classifier returned non-finite logits")
     t = _targets(target, logits.shape[0], logits.shape[1], logits.device)
