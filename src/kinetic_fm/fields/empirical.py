@@ -133,6 +133,10 @@ class PosteriorDiagnostics:
         logit_error_bound: float64, bound e on the screened logits' error (0 where ``exact``).
         neglected_bound: float64, bound on the posterior mass left out: N·e^(−cutoff) in full
             mode, R/(1 + R) in truncated mode (see module docs).
+
+    In truncated mode ``max_weight`` and ``entropy`` are those of the kept atoms' weights,
+    renormalised to sum to 1 (the posterior the velocity uses): the full posterior's largest
+    weight is at least (1 − ``neglected_bound``) × ``max_weight``.
     """
 
     max_weight: torch.Tensor
