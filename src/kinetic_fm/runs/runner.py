@@ -76,12 +76,18 @@ def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume
 
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool) -> None:
     """ValueError when ``run_dir`` may not take this run: it already holds a run and ``resume``
-    is False, or it holds files but no run. A missing or empty folder passes; nothing is created.
-    ``kfm sample`` calls it before its net loads, :func:`prepare_run_dir` again, under the
-    folder's lock, before it writes."""
+    is False, its ``shards`` is not a folder, or it holds files but no run. A missing or empty
+    folder passes; nothing is created. ``kfm sample`` calls it before its net loads,
+    :func:`prepare_run_dir` again, under the folder's lock, before it writes."""
     run_dir = Path(run_dir)
-    if (run_dir / MANIFEST_NAME).is_file() and not resume:
-        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
+    if (run_dir / MANIFEST_NAME).is_file():
+        if not resume:
+            raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
+        shards = run_dir / SHARD_DIR
+        if (shards.exists() or shards.is_symlink()) and not shards.is_dir():  # else mkdir: "[Errno 17] File exists"
+            what = "a file" if shards.is_file() else "a broken link" if not shards.exists() else "something else"
+            raise ValueError(f"{run_dir} holds a run, but its {SHARD_DIR} is {what}, not a folder ({shards}): move "
+                             "or delete it and resume (the run's shards are computed again), or choose a new --out")
     _refuse_foreign_folder(run_dir)
 
 
