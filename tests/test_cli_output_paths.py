@@ -174,6 +174,22 @@ def test_a_run_whose_shards_folder_became_a_file_is_named_before_the_net_loads(t
     assert read_run(run)["seed"].tolist() == [0, 1, 2, 3]  # recomputed in full
 
 
+def test_a_run_whose_manifest_was_deleted_is_named_as_such(tmp_path, monkeypatch, capsys):
+    # it read "is not empty and holds no manifest.json", as for a folder of someone else's files
+    run = tmp_path / "run"
+    assert main([*SAMPLE, "--out", str(run), "--shard-size", "2"]) == 0
+    (run / "manifest.json").unlink()
+    before = sorted(run.rglob("*"))
+    capsys.readouterr()
+    _no_loading(monkeypatch)
+    for resume in [["--resume"], []]:
+        assert main([*SAMPLE, "--out", str(run), "--shard-size", "2", *resume]) == 2
+        assert capsys.readouterr().err == (
+            f"kfm sample: error: --out {run} looks like a run whose manifest.json is missing (it holds results.parquet "
+            "and shards/ with 2 shard files): without it the run's settings are unknown, so it cannot be resumed; "
+            "put manifest.json back to resume it, or choose a new --out (or remove the folder) to start over\n")
+    assert sorted(run.rglob("*")) == before  # left as found
+
 def test_kfm_train_refuses_a_folder_holding_a_training_run_before_the_data_loads(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     run.mkdir()
