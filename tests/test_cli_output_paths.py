@@ -3,6 +3,7 @@ user may not write into, a kfm sample folder that holds another run), and a refu
 shows (a full disk, /proc as root) names the flag, not only the OS's "[Errno 13] Permission denied"."""
 import errno
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -146,6 +147,48 @@ def test_kfm_sample_still_resumes_and_redraws_into_its_own_folder(tmp_path, caps
     assert main([*SAMPLE, "--out", str(run), "--resume", "--figure", str(tmp_path / "f.png")]) == 0
     assert (tmp_path / "f.png").is_file()
 
+
+def test_a_run_whose_shards_folder_became_a_file_is_named_before_the_net_loads(tmp_path, monkeypatch, capsys):
+    # the resume failed with mkdir's bare "[Errno 17] File exists: '<run>/shards'"
+    run = tmp_path / "run"
+    assert main([*SAMPLE, "--out", str(run)]) == 0
+    shutil.rmtree(run / "shards")
+    (run / "results.parquet").unlink()
+    (run / "shards").write_text("not a folder")
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        _no_loading(patched)
+        assert main([*SAMPLE, "--out", str(run), "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"kfm sample: error: --out {run} holds a run, but its shards is a file, not a folder ({run / 'shards'}): "
+        "move or delete it and resume (the run's shards are computed again), or choose a new --out\n")
+    assert (run / "shards").read_text() == "not a folder"  # left as found
+
+    # the library's own entry refuses it in the same words
+    from kinetic_fm.runs import read_manifest, read_run, run_sharded
+
+    with pytest.raises(ValueError, match=r"its shards is a file, not a folder"):
+        run_sharded(run, read_manifest(run), lambda seeds, advance: None, resume=True, progress=False)
+    (run / "shards").unlink()
+    assert main([*SAMPLE, "--out", str(run), "--resume"]) == 0
+    assert read_run(run)["seed"].tolist() == [0, 1, 2, 3]  # recomputed in full
+
+
+def test_a_run_whose_manifest_was_deleted_is_named_as_such(tmp_path, monkeypatch, capsys):
+    # it read "is not empty and holds no manifest.json", as for a folder of someone else's files
+    run = tmp_path / "run"
+    assert main([*SAMPLE, "--out", str(run), "--shard-size", "2"]) == 0
+    (run / "manifest.json").unlink()
+    before = sorted(run.rglob("*"))
+    capsys.readouterr()
+    _no_loading(monkeypatch)
+    for resume in [["--resume"], []]:
+        assert main([*SAMPLE, "--out", str(run), "--shard-size", "2", *resume]) == 2
+        assert capsys.readouterr().err == (
+            f"kfm sample: error: --out {run} looks like a run whose manifest.json is missing (it holds results.parquet "
+            "and shards/ with 2 shard files): without it the run's settings are unknown, so it cannot be resumed; "
+            "put manifest.json back to resume it, or choose a new --out (or remove the folder) to start over\n")
+    assert sorted(run.rglob("*")) == before  # left as found
 
 def test_kfm_train_refuses_a_folder_holding_a_training_run_before_the_data_loads(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"

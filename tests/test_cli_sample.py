@@ -634,6 +634,30 @@ def test_resume_takes_the_runs_record_of_settings_that_change_no_number(tmp_path
     assert "config.steps (stored 4, now 5)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("made,resumed", [("cpu", "cpu:0"), ("cpu:0", "cpu"), ("cpu:0", "cpu:0"), ("cpu", "cpu:1")])
+def test_cpu_and_cpu_0_are_one_device_on_resume(tmp_path, capsys, made, resumed):
+    # --device cpu:0 against a run made with --device cpu was refused as
+    # "config.device (stored 'cpu', now 'cpu:0')"; torch puts a tensor of any cpu:N on the one CPU
+    run = tmp_path / "run"
+    flags = ["--field", "gaussian", "--dim", 3, "--steps", 4, "--n", 4, "--shard-size", 2]
+    assert kfm_sample(run, *flags, "--device", made) == 0
+    written, first = (run / "manifest.json").read_bytes(), read_run(run)
+    sorted((run / "shards").glob("*.parquet"))[-1].unlink()
+    capsys.readouterr()
+    assert kfm_sample(run, *flags, "--device", resumed, "--resume") == 0
+    assert "this process computed 1, kept 1" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(read_run(run), first, check_exact=True)
+    assert (run / "manifest.json").read_bytes() == written  # its record, and so its run id, as made
+
+
+def test_only_cpu_device_names_are_merged_on_resume():
+    from kinetic_fm.commands.sample import _on_the_cpu
+
+    assert [_on_the_cpu(d) for d in ["cpu", "cpu:0", "cpu:3"]] == [True] * 3
+    # "cuda" is cuda:<LOCAL_RANK> under torchrun: it and cuda:0 or cuda:1 may be other GPUs
+    assert [_on_the_cpu(d) for d in ["cuda", "cuda:0", "cuda:1", "cpu:00", "CPU", None]] == [False] * 6
+
+
 def test_one_kts_flag_takes_the_other_defaults_and_beta0_0_launches_only(tmp_path, capsys):
     # recorded behaviour, kept: --alpha0 alone also brakes the landing with KTS's beta0 = 0.01
     flags = ["--field", "gaussian", "--dim", 3, "--n", 3, "--steps", 20, "--solver", "heun", "--dtype", "float64"]

@@ -44,6 +44,28 @@ def test_bad_magic_and_truncation_name_the_file(tmp_path):
         load_mnist(tmp_path, "test")
 
 
+def test_idx_files_are_told_gzip_or_raw_by_their_bytes_not_their_name(tmp_path):
+    # a raw IDX file named *.gz (unpacked by a browser that kept the name) failed with
+    # "cannot read IDX file (Not a gzipped file (b'\x00\x00'))"
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    raw = _idx(2051, images.shape, images)
+    (tmp_path / "raw.gz").write_bytes(raw)
+    (tmp_path / "packed").write_bytes(gzip.compress(raw))
+    for name in ["raw.gz", "packed"]:
+        np.testing.assert_array_equal(read_idx(tmp_path / name, 2051), images)
+
+    labels = np.array([7, 2], np.uint8)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(raw)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(_idx(2049, labels.shape, labels))
+    assert load_mnist(tmp_path, "train").labels.tolist() == [7, 2]
+
+    # a .gz file that is neither says both
+    (tmp_path / "neither.gz").write_bytes(b"PK\x03\x04" + bytes(60))
+    with pytest.raises(ValueError, match=r"neither.gz: not gzip-compressed \(it does not start with 1f 8b\); "
+                                         r"read as a raw IDX file: IDX magic number 1347093252 .*expected 2051"):
+        read_idx(tmp_path / "neither.gz", 2051)
+
+
 def test_shared_mnist_shapes_and_label_counts(shared_data):
     train = load_mnist(shared_data / "mnist", "train")
     test = load_mnist(shared_data / "mnist", "test")

@@ -391,6 +391,39 @@ def test_memorization_figure_splits_by_the_reports_flags_not_by_the_rounded_rati
     assert labels == ["not memorized: 1/1", "memorized: 0/1"]
 
 
+@pytest.mark.parametrize("threshold", [0.05, 1 / 3, 0.5, 0.95])
+@pytest.mark.parametrize("images", [False, True])
+def test_memorization_legend_keeps_clear_of_the_threshold_line(monkeypatch, threshold, images):
+    # with no free corner "best" put the legend across the dashed threshold line (at 1/3 whenever
+    # nothing was memorized); checked in display coordinates after an Agg draw
+    import torch
+
+    import kinetic_fm as kfm
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(40, 1, 6, 6, generator=g)
+    samples = torch.rand(20, 1, 6, 6, generator=g)      # nothing memorized: ratios near 1
+    report = kfm.memorization(samples, train, threshold=threshold, bootstrap=50)
+    seen, render = [], F._render
+
+    def inspect(fig, name, caption):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        x = ax.transData.transform((threshold, 0.0))[0]
+        # the line runs from the axes' bottom to its top at x
+        seen.append(bool(not (legend.x0 <= x <= legend.x1 and legend.y0 < frame.y1 and legend.y1 > frame.y0)))
+        seen.append(bool(frame.x0 < x < frame.x1))           # the line is there to be missed
+        # the saved image holds the legend whole ("tight" grows it)
+        whole = fig.get_tightbbox(fig.canvas.get_renderer()).transformed(fig.dpi_scale_trans)
+        seen.append(bool(whole.x0 <= legend.x0 and legend.x1 <= whole.x1 and whole.y0 <= legend.y0))
+        return render(fig, name, caption)
+
+    monkeypatch.setattr(F, "_render", inspect)
+    F.memorization_figure("mem", "c", report, *((samples, train) if images else ()))
+    assert seen == [True, True, True]
+
+
 def _figure_integer_sites():
     """(argument, call(value)) for the figures' integer settings; each call returns something
     comparable (PNG bytes, arrays) that the plain int 3 determines."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +17,7 @@ from .subset import select_indices
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+GZIP_MAGIC = b"\x1f\x8b"
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -25,20 +27,25 @@ _FILES = {
 def read_idx(path: str | os.PathLike, expected_magic: int) -> np.ndarray:
     """Read an IDX file of unsigned bytes (gzip or raw) into a uint8 array.
 
-    Raises ValueError naming the file when the magic number, the header or the length is wrong.
+    gzip is told by the file's first two bytes (1f 8b), not its name: a browser that unpacks
+    ``….gz`` may keep the name. Raises ValueError naming the file when the magic number, the
+    header or the length is wrong.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as fh:
-            data = fh.read()
-    except (OSError, EOFError) as err:
+        data = path.read_bytes()
+        packed = data[:2] == GZIP_MAGIC
+        if packed:
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
         raise ValueError(f"{path}: cannot read IDX file ({err})") from None
     if len(data) < 4:
         raise ValueError(f"{path}: too short for an IDX header ({len(data)} bytes)")
     magic = int.from_bytes(data[:4], "big")
     if magic != expected_magic:
-        raise ValueError(f"{path}: IDX magic number {magic} (0x{magic:08x}), expected {expected_magic} "
+        raw = (f"not gzip-compressed (it does not start with {GZIP_MAGIC.hex(' ')}); read as a raw IDX file: "
+               if path.suffix == ".gz" and not packed else "")
+        raise ValueError(f"{path}: {raw}IDX magic number {magic} (0x{magic:08x}), expected {expected_magic} "
                          f"(0x{expected_magic:08x})")
     ndim = data[3]
     header = 4 + 4 * ndim

@@ -31,7 +31,8 @@ from .distributed import Coordinator, World
 from .lock import LOCK_NAME, RunLock
 from .manifest import (MANIFEST_NAME, ResumeMismatchError, RunManifest, check_resume, read_manifest,
                        write_manifest)
-from .shards import SHARD_DIR, discard_shard, inspect_shard, merge_shards, write_results, write_shard
+from .shards import (RESULTS_NAME, SHARD_DIR, discard_shard, inspect_shard, merge_shards, write_results,
+                     write_shard)
 
 if TYPE_CHECKING:
     import pandas
@@ -76,22 +77,39 @@ def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume
 
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool) -> None:
     """ValueError when ``run_dir`` may not take this run: it already holds a run and ``resume``
-    is False, or it holds files but no run. A missing or empty folder passes; nothing is created.
-    ``kfm sample`` calls it before its net loads, :func:`prepare_run_dir` again, under the
-    folder's lock, before it writes."""
+    is False, its ``shards`` is not a folder, or it holds files but no run. A missing or empty
+    folder passes; nothing is created. ``kfm sample`` calls it before its net loads,
+    :func:`prepare_run_dir` again, under the folder's lock, before it writes."""
     run_dir = Path(run_dir)
-    if (run_dir / MANIFEST_NAME).is_file() and not resume:
-        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
+    if (run_dir / MANIFEST_NAME).is_file():
+        if not resume:
+            raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
+        shards = run_dir / SHARD_DIR
+        if (shards.exists() or shards.is_symlink()) and not shards.is_dir():  # else mkdir: "[Errno 17] File exists"
+            what = "a file" if shards.is_file() else "a broken link" if not shards.exists() else "something else"
+            raise ValueError(f"{run_dir} holds a run, but its {SHARD_DIR} is {what}, not a folder ({shards}): move "
+                             "or delete it and resume (the run's shards are computed again), or choose a new --out")
     _refuse_foreign_folder(run_dir)
 
 
 def _refuse_foreign_folder(run_dir: Path) -> None:
     """ValueError when ``run_dir`` holds files but no run; a killed writer's temporaries and a
-    lock file (left by a run that stopped before its manifest) do not count."""
+    lock file (left by a run that stopped before its manifest) do not count. A folder holding a
+    run's shards or results is named as a run that lost its manifest."""
     if (run_dir / MANIFEST_NAME).is_file() or not run_dir.exists():
         return
-    if any(TMP_MARKER not in p.name and p.name != LOCK_NAME for p in run_dir.iterdir()):
-        raise ValueError(f"{run_dir} is not empty and holds no {MANIFEST_NAME}; choose a new --out")
+    if not any(TMP_MARKER not in p.name and p.name != LOCK_NAME for p in run_dir.iterdir()):
+        return
+    left = [RESULTS_NAME] if (run_dir / RESULTS_NAME).is_file() else []
+    if (run_dir / SHARD_DIR).is_dir():
+        count = sum(1 for _ in (run_dir / SHARD_DIR).glob("shard-*.parquet"))
+        left.append(f"{SHARD_DIR}/ with {count} shard file{'' if count == 1 else 's'}")
+    if left:
+        raise ValueError(
+            f"{run_dir} looks like a run whose {MANIFEST_NAME} is missing (it holds {' and '.join(left)}): "
+            "without it the run's settings are unknown, so it cannot be resumed; put "
+            f"{MANIFEST_NAME} back to resume it, or choose a new --out (or remove the folder) to start over")
+    raise ValueError(f"{run_dir} is not empty and holds no {MANIFEST_NAME}; choose a new --out")
 
 
 def _as_table(result: ShardTable) -> pa.Table:

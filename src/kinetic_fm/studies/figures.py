@@ -713,7 +713,6 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     kind, low, high = report.shown_interval()
     interval = "" if math.isnan(low) else f" ({report.confidence:.0%} {kind} CI {low:.3f}–{high:.3f})"
     ax.set_title(f"F_mem = {report.fraction:.3f}{interval}", fontsize=11)
-    _legend(ax)
     if wide:
         images, nearest, ratios = shown
         ax = axes[1]
@@ -731,7 +730,20 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    _legend_below(axes[0])
     return _render(fig, name, caption)
+
+
+def _legend_below(ax) -> None:
+    """``ax``'s legend under its x-axis labels, outside the axes: inside, "best" placed it across
+    the memorization threshold's full-height line whenever the bars left no free corner. Call it
+    once the layout is final; the saved image (``bbox_inches="tight"``) grows to hold it."""
+    fig = ax.figure
+    labels = ax.xaxis.get_tightbbox(fig.canvas.get_renderer())  # tick labels and axis label
+    centre = (ax.get_window_extent().x0 + ax.get_window_extent().x1) / 2
+    anchor = fig.transFigure.inverted().transform((centre, labels.y0))
+    ax.legend(frameon=False, fontsize=9, loc="upper center", bbox_to_anchor=tuple(anchor),
+              bbox_transform=fig.transFigure)
 
 
 def _fraction_text(value: float) -> str:
