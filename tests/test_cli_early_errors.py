@@ -24,7 +24,7 @@ def _commands(tmp_path, device):
 @pytest.mark.parametrize("command", ["memorization", "sample", "train", "reproduce"])
 def test_unknown_device_is_a_clear_error(tmp_path, capsys, command, device):
     assert main(_commands(tmp_path, device)[command]) == 2
-    assert f"--device must be cpu, cuda or cuda:N, got '{device}'" in capsys.readouterr().err
+    assert f"--device must be cpu, cpu:N, cuda or cuda:N, got '{device}'" in capsys.readouterr().err
     assert not any(tmp_path.glob("rep*")) and not any(tmp_path.glob("train*"))   # nothing started
 
 

@@ -192,6 +192,13 @@ def test_the_presets_build_unchanged(mode):
         assert asdict(images) == {"mode": mode, **PRESETS[mode], "assets": assets}
 
 
+@pytest.mark.parametrize("device, model", [("cpu", "mlp"), ("cpu:0", "mlp"), ("cpu:1", "mlp"), ("cuda", "auto"),
+                                            ("cuda:0", "auto")])
+def test_the_quick_preset_picks_the_cpu_model_for_any_spelling_of_the_cpu(device, model):
+    # cpu:0 is the same CPU as cpu, but the quick preset took the U-Net ("auto") for it
+    assert ReproduceConfig.preset("quick", data="mnist", device=device).assets.model == model
+
+
 def test_the_largest_accepted_seed_start_samples_up_to_the_last_seed(tmp_path):
     # seed_start may reach 2**32 - n (the last seed 2**32 - 1, as kfm.noise takes it); when seeds
     # reached 2**63 the cached run's seed column was torch.arange(start, stop), which overflowed int64

@@ -260,7 +260,8 @@ class ReproduceConfig:
         image_set = data != "digits"
         # The U-Net is the better model for 32x32 images but several times slower than the MLP per
         # step on a CPU; tiny and quick runs on a CPU use the MLP so they finish in minutes.
-        model = "mlp" if mode == "tiny" or (mode == "quick" and device == "cpu") else "auto"
+        on_cpu = isinstance(device, str) and device.partition(":")[0] == "cpu"   # cpu:0 is the same CPU
+        model = "mlp" if mode == "tiny" or (mode == "quick" and on_cpu) else "auto"
         assets = AssetsConfig(data=data, device=device, seed=seed, model=model)
         if mode == "tiny":
             return cls(
