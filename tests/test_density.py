@@ -204,6 +204,15 @@ def test_bandwidth_rules_and_errors(data):
     pairs = sorted(torch.pdist(four).tolist())                   # 6 pairs: the middle two averaged
     assert median_bandwidth(four) == pytest.approx((pairs[2] + pairs[3]) / 2, rel=1e-15)
     assert median_bandwidth(four + 1e7) == pytest.approx(median_bandwidth(four), rel=1e-9)
+    # most pairs duplicates (6 of 10 at distance 0), the references not all one: the median rule's
+    # 0 was refused asking "are all references identical?"
+    mostly = torch.tensor([[0.0, 0.0]] * 4 + [[1.0, 2.0]], dtype=torch.float64)
+    assert median_bandwidth(mostly) == 0.0 and scott_bandwidth(mostly) > 0
+    with pytest.raises(ValueError, match=r"at least half of the pairs of references are identical .* use "
+                                         r"bandwidth='scott' or a number$"):
+        kde_log_density(mostly[:2], mostly, "median")
+    with pytest.raises(ValueError, match=r"are all references identical\?$"):
+        kde_log_density(mostly[:2], mostly[:4], "scott")
     with pytest.raises(ValueError, match="bandwidth"):
         kde_log_density(x, y, "silverman")
     with pytest.raises(ValueError, match="bandwidth"):

@@ -493,8 +493,10 @@ def kde_log_density(samples: Any, reference: Any,
     else:
         h, rule = float(bandwidth), "given"
     if not (math.isfinite(h) and h > 0):
-        raise ValueError(f"bandwidth must be a positive finite number, got {h} (rule {rule!r}); "
-                         "are all references identical?")
+        why = ("are all references identical?" if rule != "median" else
+               "at least half of the pairs of references are identical (the median distance is 0); "
+               "use bandwidth='scott' or a number")
+        raise ValueError(f"bandwidth must be a positive finite number, got {h} (rule {rule!r}); {why}")
     n, dim = y.shape[0] - (1 if exclude_self else 0), x.shape[1]
     if n < 1:
         raise ValueError("need at least one reference")
