@@ -562,10 +562,11 @@ _RESCREEN_BLOCK_BYTES = 64 << 20
 _WIDER_CANDIDATES = 4
 
 # direct differences for this many queries cost about as much as centring the reference in float64
-# and re-screening it, so fewer still-uncertified queries than this skip the re-screen. Both scale
-# with N·D; on a 2-core CPU at N = 20,000, D = 3,072 the re-screen took 4.0-4.6 s for 1 to 32
-# queries, direct differences 0.5-1 s per query
-_BRUTE_FORCE_BREAK_EVEN = 4
+# and re-screening it, so fewer still-uncertified queries than this skip the re-screen. Both grow
+# with N·D, the re-screen hardly with the queries. Measured on one thread of a 2-core CPU, the two
+# cost the same at 10 queries at N = 5,000 and 10-13 at N = 20,000 for D = 3,072 (0.3 and 1.1-1.5
+# s), below 4 at N = 50,000, D = 256 (0.15 s)
+_BRUTE_FORCE_BREAK_EVEN = 8
 
 
 def _search_again(x, ids, widen, y, k, screen, y_norm_max, n_candidates, batch_chunk, chunk, exclude_self):
