@@ -563,9 +563,9 @@ _WIDER_CANDIDATES = 4
 
 # direct differences for this many queries cost about as much as centring the reference in float64
 # and re-screening it, so fewer still-uncertified queries than this skip the re-screen. Both grow
-# with N·D, the re-screen hardly with the queries. Measured on one thread of a 2-core CPU, the two
-# cost the same at 10 queries at N = 5,000 and 10-13 at N = 20,000 for D = 3,072 (0.3 and 1.1-1.5
-# s), below 4 at N = 50,000, D = 256 (0.15 s)
+# with N·D, the re-screen hardly with the queries. On one thread of a 2-core CPU
+# (benchmarks/nn_recheck.py --break-even) the two cost the same at 10-13 queries at N = 20,000,
+# D = 3,072 (about 1.3 s) and 10 at N = 5,000; at N = 50,000, D = 256 at 4-7 (about 0.2 s)
 _BRUTE_FORCE_BREAK_EVEN = 8
 
 
