@@ -16,6 +16,54 @@ def brute(queries, reference, k, exclude_self=False):
     return d.topk(k, dim=1, largest=False)
 
 
+def brute_in_blocks(queries, reference, k, exclude_self=False, rows=16):
+    """``brute`` over ``rows`` queries at a time (its (B, N, D) block would not fit); ties in
+    index order, as the search promises."""
+    q, r = queries.double().flatten(1), reference.double().flatten(1)
+    values, indices = [], []
+    for q0 in range(0, q.shape[0], rows):
+        d = (q[q0:q0 + rows, None, :] - r[None, :, :]).pow(2).sum(dim=2).sqrt()
+        if exclude_self:
+            d[torch.arange(d.shape[0]), torch.arange(q0, q0 + d.shape[0])] = float("inf")
+        d, order = torch.sort(d, dim=1, stable=True)
+        values.append(d[:, :k])
+        indices.append(order[:, :k])
+    return torch.cat(values), torch.cat(indices)
+
+
+@pytest.fixture
+def routes(monkeypatch):
+    """The re-search's routes taken during a test, counted: "float64 re-screen" (the reference
+    centred on its mean) and "direct differences" (``knn._brute_force``)."""
+    from kinetic_fm import knn
+
+    taken = {"float64 re-screen": 0, "direct differences": 0}
+    centred, direct = knn._Centred.of.__func__, knn._brute_force
+
+    def centre(cls, y):
+        taken["float64 re-screen"] += 1
+        return centred(cls, y)
+
+    def brute_force(*args, **kwargs):
+        taken["direct differences"] += 1
+        return direct(*args, **kwargs)
+
+    monkeypatch.setattr(knn._Centred, "of", classmethod(centre))
+    monkeypatch.setattr(knn, "_brute_force", brute_force)
+    return taken
+
+
+@pytest.fixture
+def always_rescreen(monkeypatch, routes):
+    """Queries left uncertified go through the float64 re-screen however few they are (fewer than
+    ``knn._BRUTE_FORCE_BREAK_EVEN`` go straight to direct differences otherwise); returns
+    :func:`routes`' counts, so a test can check it took that path."""
+    from kinetic_fm import knn
+
+    monkeypatch.setattr(knn, "_BRUTE_FORCE_BREAK_EVEN", 0)
+    return routes
+
+
 @pytest.mark.parametrize("chunk,batch_chunk", [(37, 23), (64, 1000), (10_000, 13)])
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_matches_brute_force_for_any_chunking(chunk, batch_chunk, k):
@@ -105,7 +153,7 @@ def test_with_exclude_self_every_other_row_a_candidate_needs_no_certificate(k):
     assert got.rechecked == 0
 
 
-def test_uncertifiable_screening_is_rechecked_in_float64():
+def test_uncertifiable_screening_is_rechecked_in_float64(always_rescreen):
     # tiny differences on a huge common offset: float32 screening cannot rank them
     g = torch.Generator().manual_seed(4)
     offset = torch.full((64,), 100.0)
@@ -113,13 +161,13 @@ def test_uncertifiable_screening_is_rechecked_in_float64():
     queries = (offset + 1e-3 * torch.randn(20, 64, generator=g, dtype=torch.float64)).float()
     got = nearest_neighbors(queries, reference, 3, margin=0, chunk=16)
     want = brute(queries, reference, 3)
-    assert got.rechecked > 0
+    assert got.rechecked > 0 and always_rescreen["float64 re-screen"] == 1
     assert torch.equal(got.indices, want.indices)
     torch.testing.assert_close(got.distances, want.values, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_a_large_common_offset_is_searched_exactly(dtype):
+def test_a_large_common_offset_is_searched_exactly(dtype, always_rescreen):
     # spread 1e-3 around 1e5: even float64 expansion cannot rank these (offset²·D·2⁻⁵³ > the gaps);
     # the re-search centres both sets on the reference mean
     g = torch.Generator().manual_seed(6)
@@ -128,19 +176,14 @@ def test_a_large_common_offset_is_searched_exactly(dtype):
     queries = (base + 1e-3 * torch.randn(20, 16, generator=g, dtype=torch.float64)).to(dtype)
     got = nearest_neighbors(queries, reference, 2)
     want = brute(queries, reference, 2)
-    assert got.rechecked == 20
+    assert got.rechecked == 20 and always_rescreen["float64 re-screen"] == 1
     assert torch.equal(got.indices, want.indices)
     torch.testing.assert_close(got.distances, want.values, rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_gaps_below_float64_resolution_of_the_spread_fall_back_to_direct_differences(exclude_self, monkeypatch):
+def test_gaps_below_float64_resolution_of_the_spread_fall_back_to_direct_differences(exclude_self, always_rescreen):
     # points 1e6 apart, three of them within 4e-6: no centring certifies those gaps, direct differences do
-    from kinetic_fm import knn
-
-    calls = []
-    real = knn._brute_force
-    monkeypatch.setattr(knn, "_brute_force", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     g = torch.Generator().manual_seed(7)
     reference = 1e6 * torch.randn(60, 8, generator=g, dtype=torch.float64)
     reference[1] = reference[0] + 1e-6
@@ -148,9 +191,61 @@ def test_gaps_below_float64_resolution_of_the_spread_fall_back_to_direct_differe
     queries = reference if exclude_self else reference[:3] + 2e-7
     got = nearest_neighbors(queries, reference, 1, exclude_self=exclude_self, margin=0, chunk=16)
     want = brute(queries, reference, 1, exclude_self=exclude_self)
-    assert got.rechecked > 0 and calls
+    assert got.rechecked > 0
+    assert always_rescreen["float64 re-screen"] == 1 and always_rescreen["direct differences"] > 0
     assert torch.equal(got.indices, want.indices)
     torch.testing.assert_close(got.distances, want.values, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_crowded_distances_are_settled_by_a_wider_screening_alone(backend, routes):
+    # uniform [0, 1] rows in 512 dimensions: distances crowd within a few percent of each other,
+    # so for some queries every one of the k + 1 candidates lies within the float32 rounding
+    # bound of the k-th. More candidates from the same screening certify them (measured: 2 of 100
+    # queries, 9 of 300 rows searched against themselves), without the float64 re-screen
+    # (centring the whole reference) or direct differences against every row.
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(0)
+    reference, queries = torch.rand(1000, 512, generator=g), torch.rand(100, 512, generator=g)
+    got = nearest_neighbors(queries, reference, 2, margin=0, batch_chunk=64, backend=backend)
+    rows = reference[:300]
+    own = nearest_neighbors(rows, rows, 2, margin=0, batch_chunk=100, exclude_self=True, backend=backend)
+    assert got.rechecked > 0 and own.rechecked > 0
+    assert routes == {"float64 re-screen": 0, "direct differences": 0}
+    for found, want in ((got, brute_in_blocks(queries, reference, 2)),
+                        (own, brute_in_blocks(rows, rows, 2, exclude_self=True))):
+        assert torch.equal(found.distances, want[0]) and torch.equal(found.indices, want[1])
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("break_even,route", [(13, "direct differences"), (12, "float64 re-screen")])
+def test_fewer_queries_left_uncertified_than_the_break_even_go_straight_to_direct_differences(
+        exclude_self, break_even, route, routes, monkeypatch):
+    # gaps of 1e-3 on a common offset of 100 in float32: the rounding bound exceeds the distances
+    # themselves, so no screening about the origin certifies the 12 queries in that cluster,
+    # however many candidates it keeps (the other rows, 100 apart, are certified at once). Fewer
+    # than the break-even are searched by direct differences; as many, by the float64 re-screen
+    # about the reference mean (which certifies these)
+    from kinetic_fm import knn
+
+    monkeypatch.setattr(knn, "_BRUTE_FORCE_BREAK_EVEN", break_even)
+    g = torch.Generator().manual_seed(4)
+
+    def cluster(n):
+        return (100.0 + 1e-3 * torch.randn(n, 64, generator=g, dtype=torch.float64)).float()
+
+    spread = 100.0 * torch.randn(48, 64, generator=g)
+    reference = torch.cat([cluster(12 if exclude_self else 60), spread])
+    reference = reference[torch.randperm(reference.shape[0], generator=g)]
+    queries = torch.cat([cluster(12), spread[:12] + 0.1])[torch.randperm(24, generator=g)]
+    if exclude_self:
+        queries = reference
+    got = nearest_neighbors(queries, reference, 2, exclude_self=exclude_self, batch_chunk=5)
+    want = brute_in_blocks(queries, reference, 2, exclude_self=exclude_self)
+    assert got.rechecked == 12
+    assert {taken for taken, calls in routes.items() if calls} == {route}
+    assert torch.equal(got.distances, want[0]) and torch.equal(got.indices, want[1])
 
 
 def _cap_about_a_far_point(seed, dim=8, width=1 / 16, n=64):
@@ -162,7 +257,7 @@ def _cap_about_a_far_point(seed, dim=8, width=1 / 16, n=64):
 
 
 @pytest.mark.parametrize("k,margin", [(1, 0), (2, 1)])
-def test_the_float64_rescreen_certificate_is_taken_about_the_reference_mean(k, margin):
+def test_the_float64_rescreen_certificate_is_taken_about_the_reference_mean(k, margin, always_rescreen):
     # Queries within 1e-15 of the origin, reference on the unit sphere about it in a cap 1/16
     # wide: every distance is 1 to a few float64 ulps, so the first screening certifies nothing
     # and the float64 re-screen about the reference mean c decides. There ‖x‖ ≈ 0 but
@@ -174,14 +269,14 @@ def test_the_float64_rescreen_certificate_is_taken_about_the_reference_mean(k, m
         queries = 1e-15 * torch.randn(256, 8, generator=g, dtype=torch.float64)
         got = nearest_neighbors(queries, reference, k, margin=margin)
         want = brute(queries, reference, k)
-        assert got.rechecked == 256
+        assert got.rechecked == 256 and always_rescreen["float64 re-screen"] == seed + 1
         assert torch.equal(got.distances, want.values)
         # near-equal rows may come in either order; each index is at its reported distance
         at = (queries[:, None, :] - reference[got.indices]).pow(2).sum(dim=2).sqrt()
         assert torch.equal(at, got.distances)
 
 
-def test_the_float64_rescreen_is_exact_for_a_set_searched_against_itself(monkeypatch):
+def test_the_float64_rescreen_is_exact_for_a_set_searched_against_itself(monkeypatch, always_rescreen):
     # exclude_self on the cap plus one row at the origin, whose neighbours are all ~1 away, all
     # re-screened about the mean. (A query that is a reference row has ‖x − c‖ ≤ R, so the
     # uncentred bound (D + 3)·u·(‖x‖ + R)² is at least a quarter of the centred one: no such
@@ -201,7 +296,7 @@ def test_the_float64_rescreen_is_exact_for_a_set_searched_against_itself(monkeyp
         rows = torch.cat([cap, 1e-15 * torch.randn(1, 8, generator=g, dtype=torch.float64)])
         got = nearest_neighbors(rows, rows, 2, exclude_self=True, margin=0)
         want = brute(rows, rows, 2, exclude_self=True)
-        assert got.rechecked == 65
+        assert got.rechecked == 65 and always_rescreen["float64 re-screen"] == seed + 1
         assert torch.equal(got.distances, want.values)
         at = (rows[:, None, :] - rows[got.indices]).pow(2).sum(dim=2).sqrt()
         assert torch.equal(at, got.distances) and (got.indices != torch.arange(65)[:, None]).all()

@@ -19,11 +19,14 @@ How it stays exact and fast:
    ``e = (D·u + 3u)(‖x‖ + max‖y‖)²`` (u = unit round-off of the screening dtype). Every atom that
    is not a candidate has screened score ≥ the worst candidate's, hence true squared distance
    ≥ that score − e. If that lower bound is not above the k-th exact distance, the query is
-   searched again with float64 screening of both sets centred on the reference mean (so a large
-   common offset, e.g. raw coordinates far from the origin, does not swamp the gaps), certified
-   the same way; a query that still fails is searched by direct float64 differences against
-   every reference row. The number of re-searched queries is reported as ``Neighbors.rechecked``
-   (it is 0 on ordinary data).
+   searched again, after the last query block, by the cheapest route that can settle it: the
+   same screening with more candidates (in high dimensions distances crowd, and k + margin
+   candidates may all lie within e of the k-th), certified the same way; then, for the few
+   queries still open, direct float64 differences against every reference row, or, for many,
+   float64 screening of both sets centred on the reference mean (so a large common offset, e.g.
+   raw coordinates far from the origin, does not swamp the gaps), certified, with direct
+   differences for any query that still fails. The number of re-searched queries is reported
+   as ``Neighbors.rechecked``.
 
 Works unchanged on CPU and CUDA tensors (the reference stays on the device it is given). The
 optional ``backend="faiss"`` uses ``faiss.IndexFlatL2`` (CPU) for screening and then the same
@@ -63,7 +66,7 @@ class Neighbors:
             ordered by lower index first (among the screened candidates, i.e. whenever no more
             than ``k + margin`` rows tie).
         rechecked: number of queries whose screening could not be certified and were searched
-            again in float64 (diagnostic; 0 on ordinary data).
+            again (a diagnostic: it costs time, never exactness).
     """
 
     distances: torch.Tensor
@@ -335,26 +338,36 @@ def nearest_neighbors(
     blas = "torch" if backend == "faiss" else gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
     from tqdm.auto import tqdm
 
-    out_d, out_i, rechecked, centred = [], [], 0, None
+    def screen(xb, n, query_ids):
+        if backend == "faiss":
+            return _screen_faiss(xb, y, n, exclude_self, query_ids)
+        return _screen_gemm(xb, y, dtype, y_sq, n, chunk, exclude_self, query_ids, blas)
+
+    out_d, out_i, uncertified, widen = [], [], [], []
     with tqdm(total=x.shape[0], desc="nearest neighbours", unit="query", leave=False, disable=not progress) as bar:
         for q0 in range(0, x.shape[0], batch_chunk):
             xb = x[q0:q0 + batch_chunk]
-            if backend == "faiss":
-                cand, worst, u = _screen_faiss(xb, y, n_candidates, exclude_self, q0)
-            else:
-                cand, worst, u = _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas)
+            cand, worst, u = screen(xb, n_candidates, q0)
             d2, idx, ok = _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max)
             if not bool(ok.all()):
                 bad = (~ok).nonzero().flatten()
-                rechecked += bad.numel()
-                if centred is None:
-                    centred = _Centred.of(y)
-                d2[bad], idx[bad] = _search_again(xb[bad], y, centred, k, n_candidates, chunk, exclude_self,
-                                                  q0 + bad)
-            out_d.append(d2.sqrt())
+                uncertified.append(q0 + bad)
+                # more candidates can settle a query only where the rounding bound is below its
+                # k-th distance: not under a large common offset, where it exceeds the distances
+                error = _screening_error(torch.linalg.vector_norm(xb[bad].double(), dim=1), y_norm_max,
+                                         xb.shape[1], u)
+                widen.append(error < d2[bad, -1])
+            out_d.append(d2)
             out_i.append(idx)
             bar.update(xb.shape[0])
-    return Neighbors(torch.cat(out_d), torch.cat(out_i), rechecked)
+        d2, idx = torch.cat(out_d), torch.cat(out_i)
+        # searched together after the last block: the float64 re-screen, when it comes to that,
+        # then centres the reference's chunks once per call rather than once per query block
+        ids = torch.cat(uncertified) if uncertified else torch.empty(0, dtype=torch.int64, device=x.device)
+        if ids.numel():
+            d2[ids], idx[ids] = _search_again(x, ids, torch.cat(widen), y, k, screen, y_norm_max, n_candidates,
+                                              batch_chunk, chunk, exclude_self)
+    return Neighbors(d2.sqrt(), idx, ids.numel())
 
 
 def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas, centre=None):
@@ -415,7 +428,7 @@ def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
     dist = torch.from_numpy(dist).to(xb.device, torch.float64)
     idx = torch.from_numpy(idx).to(xb.device)
     if exclude_self:
-        own = torch.arange(xb.shape[0], device=xb.device)[:, None] + q0
+        own = (torch.arange(xb.shape[0], device=xb.device) + q0 if isinstance(q0, int) else q0)[:, None]
         is_self = idx == own
         # drop the self match if present, else the last column
         drop = torch.where(is_self.any(1), is_self.float().argmax(1), torch.full_like(own[:, 0], want - 1))
@@ -543,19 +556,72 @@ class _Centred:
 # the float64 re-screening centres each reference chunk in a temporary: at most this many bytes
 _RESCREEN_BLOCK_BYTES = 64 << 20
 
+# uncertified queries are screened again as the first time, keeping this many times the candidates
+# (1: not at all). In high dimensions distances crowd together, and k + margin candidates can all
+# fall within the rounding bound of the k-th. Twice as many settled every such query of 2,000
+# uniform ones against 20,000 at D = 3,072 (31 at k = 2, 756 at k = 10) and of blurred CIFAR-10
+# images; 4x leaves room, and re-ranking them stays small beside a pass over the reference
+_WIDER_CANDIDATES = 4
 
-def _search_again(xs, y, centred, k, n_candidates, chunk, exclude_self, query_ids):
-    """Queries whose screening failed its certificate: float64 screening about the reference
-    mean, certified; any still uncertified, by direct differences against every row."""
-    # the search's own chunk (16k rows) made two 384 MiB float64 temporaries at D = 3,072
-    rows = min(chunk, max(256, _RESCREEN_BLOCK_BYTES // (8 * max(1, y.shape[1]))))
-    cand, worst, u = _screen_gemm(xs, y, torch.float64, centred.sq_norms, n_candidates, rows, exclude_self,
-                                  query_ids, "torch", centre=centred.centre)
-    d2, idx, ok = _rerank_and_certify(xs, y, cand, worst, k, u, centred.norm_max, centre=centred.centre)
-    if not bool(ok.all()):
-        bad = (~ok).nonzero().flatten()
-        d2[bad], idx[bad] = _brute_force(xs[bad], y, k, query_ids[bad] if exclude_self else None)
+# direct differences for this many queries cost about as much as centring the reference in float64
+# and re-screening it, so fewer still-uncertified queries than this skip the re-screen. Both grow
+# with N·D, the re-screen hardly with the queries. On one thread of a 2-core CPU
+# (benchmarks/nn_recheck.py --break-even) the two cost the same at 10-13 queries at N = 20,000,
+# D = 3,072 (about 1.3 s) and 10 at N = 5,000; at N = 50,000, D = 256 at 4-7 (about 0.2 s)
+_BRUTE_FORCE_BREAK_EVEN = 8
+
+
+def _search_again(x, ids, widen, y, k, screen, y_norm_max, n_candidates, batch_chunk, chunk, exclude_self):
+    """(b, k) exact squared distances and indices for the queries ``x[ids]`` ((b,) int64 indices
+    into the (B, D) ``x``) whose first screening, ``screen(xs, n, query_ids)`` with
+    ``n_candidates`` candidates and the reference's norms bounded by ``y_norm_max``, was not
+    certified. ``widen`` (b,) bool: the queries that more candidates might settle.
+
+    Cheapest route first: (1) the same screening with :data:`_WIDER_CANDIDATES` times the
+    candidates, certified; (2) what is left, by direct float64 differences when fewer than
+    :data:`_BRUTE_FORCE_BREAK_EVEN` queries, else by float64 screening about the reference mean,
+    certified, and direct differences for any query still uncertified. Each step walks
+    ``batch_chunk`` queries at a time.
+    """
+    d2 = torch.empty(ids.shape[0], k, dtype=torch.float64, device=x.device)
+    idx = torch.empty(ids.shape[0], k, dtype=torch.int64, device=x.device)
+    left = torch.arange(ids.shape[0], device=x.device)          # positions in ids not yet certified
+    if _WIDER_CANDIDATES > 1:
+        n_wider = min(_WIDER_CANDIDATES * n_candidates, y.shape[0] - (1 if exclude_self else 0))
+        left = torch.cat([_certify_in_blocks(left[widen], d2, idx, ids, x, y, k, batch_chunk,
+                                             lambda xs, query_ids: screen(xs, n_wider, query_ids), y_norm_max),
+                          left[~widen]])
+    if left.numel() >= _BRUTE_FORCE_BREAK_EVEN:
+        centred = _Centred.of(y)
+        # the search's own chunk (16k rows) made two 384 MiB float64 temporaries at D = 3,072
+        rows = min(chunk, max(256, _RESCREEN_BLOCK_BYTES // (8 * max(1, y.shape[1]))))
+
+        def about_the_mean(xs, query_ids):
+            return _screen_gemm(xs, y, torch.float64, centred.sq_norms, n_candidates, rows, exclude_self,
+                                query_ids, "torch", centre=centred.centre)
+
+        left = _certify_in_blocks(left, d2, idx, ids, x, y, k, batch_chunk, about_the_mean, centred.norm_max,
+                                  centred.centre)
+    for p0 in range(0, left.shape[0], batch_chunk):
+        at = left[p0:p0 + batch_chunk]
+        d2[at], idx[at] = _brute_force(x[ids[at]], y, k, ids[at] if exclude_self else None)
     return d2, idx
+
+
+def _certify_in_blocks(positions, d2, idx, ids, x, y, k, batch_chunk, screen, norm_max, centre=None):
+    """Screen the queries ``x[ids[positions]]`` ``batch_chunk`` at a time with
+    ``screen(xs, query_ids)`` -> (candidates, worst, u), about ``centre`` (or the origin) where
+    the reference's norms are at most ``norm_max``; re-rank and certify. Writes the certified
+    queries' rows of the (b, k) ``d2`` and ``idx`` and returns the positions left uncertified."""
+    left = []
+    for p0 in range(0, positions.shape[0], batch_chunk):
+        at = positions[p0:p0 + batch_chunk]
+        xs = x[ids[at]]
+        cand, worst, u = screen(xs, ids[at])
+        d2_s, idx_s, ok = _rerank_and_certify(xs, y, cand, worst, k, u, norm_max, centre=centre)
+        d2[at[ok]], idx[at[ok]] = d2_s[ok], idx_s[ok]
+        left.append(at[~ok])
+    return torch.cat(left) if left else positions
 
 
 # direct differences make a (queries, rows, D) float64 block; only uncertifiable queries come here
