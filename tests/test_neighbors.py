@@ -434,6 +434,21 @@ def test_large_rows_in_float64_match_brute_force():
     assert torch.equal(got.indices, want.indices)
 
 
+@pytest.mark.parametrize("which", ["queries", "reference"])
+def test_float64_rows_too_large_for_faiss_are_told_to_use_the_torch_backend(which):
+    # faiss screens in float32 whatever the inputs: the refusal told float64 inputs "pass every
+    # input as float64"
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(3)
+    sets = {"queries": torch.randn(20, 2, generator=g).double(), "reference": torch.randn(40, 2, generator=g).double()}
+    sets[which] = sets[which] * 1e20
+    with pytest.raises(ValueError, match=rf"^{which} holds values up to .*float32.*or use backend='torch'"):
+        nearest_neighbors(sets["queries"], sets["reference"], 2, backend="faiss")
+    got = nearest_neighbors(sets["queries"], sets["reference"], 2)        # the remedy: exact
+    want = brute(sets["queries"], sets["reference"], 2)   # (far queries see near-ties: distances only)
+    torch.testing.assert_close(got.distances, want.values, rtol=1e-12, atol=0)
+
+
 def test_float64_rows_beyond_the_float64_limit_are_refused_with_rescale_hint():
     g = torch.Generator().manual_seed(3)
     queries, reference = torch.randn(5, 2, generator=g).double(), torch.randn(8, 2, generator=g).double()

@@ -191,18 +191,20 @@ def abs_max(rows: torch.Tensor) -> float:
     return 0.0
 
 
-def check_magnitude(name: str, rows: torch.Tensor, dtype: torch.dtype, *, largest: float | None = None) -> None:
+def check_magnitude(name: str, rows: torch.Tensor, dtype: torch.dtype, *, largest: float | None = None,
+                    wider: str = "pass every input as float64") -> None:
     """ValueError naming ``name`` when the (n, D) ``rows`` hold entries so large that squared
     distances formed in ``dtype`` would overflow (see :func:`magnitude_limit`); the message gives
-    the magnitude, the limit and the remedy. ``largest``: max |entry| if already known. NaN is
-    left to :func:`check_finite`."""
+    the magnitude, the limit and the remedy (``wider``: how to get float64 distances, offered
+    when they would not overflow). ``largest``: max |entry| if already known. NaN is left to
+    :func:`check_finite`."""
     dim = rows.shape[1] if rows.dim() > 1 else 1
     limit = magnitude_limit(dtype, dim)
     largest = abs_max(rows) if largest is None else largest
     if largest > limit:
         remedy = "rescale the data (distances scale with it)"
         if dtype != torch.float64 and largest <= magnitude_limit(torch.float64, dim):
-            remedy += ", or pass every input as float64"
+            remedy += f", or {wider}"
         raise ValueError(
             f"{name} holds values up to {largest:.3g} in magnitude; with {dim} features, squared "
             f"distances in {str(dtype).replace('torch.', '')} overflow above {limit:.3g}: {remedy}"
@@ -318,10 +320,13 @@ def nearest_neighbors(
     # rows so large that ‖x‖², ‖y‖² or x·y overflow the screening dtype would rank by inf/NaN:
     # refuse them (one max-|x| reduction over the queries; the reference's norms are at hand)
     x_largest = abs_max(x)
-    check_magnitude(q_name, x, screen_dtype, largest=x_largest)
+    # faiss screens in float32 whatever the inputs; float64 screening is the torch backend's
+    wider = ("use backend='torch', which screens float64 inputs in float64" if backend == "faiss"
+             else "pass every input as float64")
+    check_magnitude(q_name, x, screen_dtype, largest=x_largest, wider=wider)
     y_sq = row_sq_norms(y, dtype)                             # computed once per call
     if not float(y_sq.max()) <= torch.finfo(screen_dtype).max / 8.0:
-        check_magnitude(r_name, y, screen_dtype)
+        check_magnitude(r_name, y, screen_dtype, wider=wider)
     y_norm_max = float(y_sq.max().double().sqrt()) * (1 + 1e-3)
     # rows this small leave the dtype's normal range in their products, where the certificate's
     # relative rounding bound fails (float32 at 1e-22 certified wrong neighbours) and float64's d²
