@@ -632,34 +632,47 @@ def _notes(err: BaseException) -> str:
     return " ".join(getattr(err, "__notes__", []))
 
 
-def test_a_shared_table_guessed_per_sample_under_dopri5_is_named_in_a_note():
+@pytest.mark.parametrize("time", ["batch", "scalar"])
+def test_a_shared_table_guessed_per_sample_under_dopri5_is_named_in_a_note(time):
     # a (4, 1) table of rates for a batch of 4: the guess takes it as per-sample and cuts it to the
-    # samples still running, and the net's table[y] then raised a bare IndexError
+    # samples still running (and time="scalar" to each time's rows), and the net's table[y] then
+    # raised a bare IndexError
     table = torch.tensor([[1.0], [5.0], [20.0], [60.0]], dtype=torch.float64)
     labels = torch.tensor([3, 2, 1, 0])
     net = lambda x, t, table, y: -x * table[y]  # noqa: E731
     with pytest.raises(IndexError) as caught:
-        kfm.sample(ModelXT(net, table=table, y=labels), seeds=range(4), shape=(2,), solver="dopri5",
+        kfm.sample(ModelXT(net, time=time, table=table, y=labels), seeds=range(4), shape=(2,), solver="dopri5",
                    dtype=torch.float64)
     assert "['table', 'y']" in _notes(caught.value) and "per_sample=" in _notes(caught.value)
-    res = kfm.sample(ModelXT(net, table=table, y=labels, per_sample=["y"]), seeds=range(4), shape=(2,),
+    res = kfm.sample(ModelXT(net, time=time, table=table, y=labels, per_sample=["y"]), seeds=range(4), shape=(2,),
                      solver="dopri5", dtype=torch.float64, rtol=1e-9, atol=1e-9)
     x0 = kfm.noise(range(4), (2,), dtype=torch.float64)
     torch.testing.assert_close(res.x, x0 * torch.exp(-table[labels]), rtol=1e-6, atol=1e-8)
 
 
-def test_a_per_sample_extra_left_out_of_per_sample_under_dopri5_is_named_in_a_note():
+def test_a_shared_table_with_as_many_rows_as_one_time_group_is_named_in_a_note():
+    # a shared 2-row table, and 2 of the 4 rows at one time: time="scalar" cut the table with them
+    table = torch.tensor([[1.0], [5.0]], dtype=torch.float64)
+    net = lambda x, t, table, y: -x * table[y]  # noqa: E731
+    with pytest.raises(IndexError) as caught:
+        kfm.sample(ModelXT(net, time="scalar", table=table, y=torch.tensor([1, 1, 0, 0])), seeds=range(4),
+                   shape=(2,), solver="dopri5", dtype=torch.float64)
+    assert "'table'" in _notes(caught.value) and "time='scalar'" in _notes(caught.value)
+
+
+@pytest.mark.parametrize("time", ["batch", "scalar"])
+def test_a_per_sample_extra_left_out_of_per_sample_under_dopri5_is_named_in_a_note(time):
     rates = torch.tensor([1.0, 5.0, 20.0, 60.0], dtype=torch.float64)
     net = lambda x, t, a, b: -x * (a * b)[:, None]  # noqa: E731
     with pytest.raises(RuntimeError) as caught:
-        kfm.sample(ModelXT(net, per_sample=["a"], a=rates, b=torch.ones(4, dtype=torch.float64)), seeds=range(4),
-                   shape=(2,), solver="dopri5", dtype=torch.float64)
+        kfm.sample(ModelXT(net, time=time, per_sample=["a"], a=rates, b=torch.ones(4, dtype=torch.float64)),
+                   seeds=range(4), shape=(2,), solver="dopri5", dtype=torch.float64)
     assert "['b']" in _notes(caught.value) and "per_sample=['a', 'b']" in _notes(caught.value)
     # nothing to suspect, no note: the net's own error on a subset, its other extra not of 4 rows
     failing = lambda x, t, a, s: -x * a[:, None] if x.shape[0] == 4 else s[99]  # noqa: E731
     with pytest.raises(IndexError) as caught:
-        kfm.sample(ModelXT(failing, per_sample=["a"], a=rates, s=torch.ones(5)), seeds=range(4), shape=(2,),
-                   solver="dopri5", dtype=torch.float64)
+        kfm.sample(ModelXT(failing, time=time, per_sample=["a"], a=rates, s=torch.ones(5)), seeds=range(4),
+                   shape=(2,), solver="dopri5", dtype=torch.float64)
     assert "per_sample" not in _notes(caught.value)
 
 

@@ -190,6 +190,7 @@ def test_a_run_whose_manifest_was_deleted_is_named_as_such(tmp_path, monkeypatch
             "put manifest.json back to resume it, or choose a new --out (or remove the folder) to start over\n")
     assert sorted(run.rglob("*")) == before  # left as found
 
+
 def test_kfm_train_refuses_a_folder_holding_a_training_run_before_the_data_loads(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     run.mkdir()

@@ -651,11 +651,11 @@ def test_cpu_and_cpu_0_are_one_device_on_resume(tmp_path, capsys, made, resumed)
 
 
 def test_only_cpu_device_names_are_merged_on_resume():
-    from kinetic_fm.commands.sample import _on_the_cpu
+    from kinetic_fm.checks import names_the_cpu
 
-    assert [_on_the_cpu(d) for d in ["cpu", "cpu:0", "cpu:3"]] == [True] * 3
+    assert [names_the_cpu(d) for d in ["cpu", "cpu:0", "cpu:3"]] == [True] * 3
     # "cuda" is cuda:<LOCAL_RANK> under torchrun: it and cuda:0 or cuda:1 may be other GPUs
-    assert [_on_the_cpu(d) for d in ["cuda", "cuda:0", "cuda:1", "cpu:00", "CPU", None]] == [False] * 6
+    assert [names_the_cpu(d) for d in ["cuda", "cuda:0", "cuda:1", "cpu:00", "CPU", None]] == [False] * 6
 
 
 def test_one_kts_flag_takes_the_other_defaults_and_beta0_0_launches_only(tmp_path, capsys):

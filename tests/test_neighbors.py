@@ -442,8 +442,10 @@ def test_float64_rows_too_large_for_faiss_are_told_to_use_the_torch_backend(whic
     g = torch.Generator().manual_seed(3)
     sets = {"queries": torch.randn(20, 2, generator=g).double(), "reference": torch.randn(40, 2, generator=g).double()}
     sets[which] = sets[which] * 1e20
-    with pytest.raises(ValueError, match=rf"^{which} holds values up to .*float32.*or use backend='torch'"):
+    with pytest.raises(ValueError, match=rf"^{which} holds values up to .*float32.*or use backend='torch', which"):
         nearest_neighbors(sets["queries"], sets["reference"], 2, backend="faiss")
+    with pytest.raises(ValueError, match=rf"^{which} .*or use backend='torch' and pass every input as float64$"):
+        nearest_neighbors(sets["queries"].float(), sets["reference"].float(), 2, backend="faiss")
     got = nearest_neighbors(sets["queries"], sets["reference"], 2)        # the remedy: exact
     want = brute(sets["queries"], sets["reference"], 2)   # (far queries see near-ties: distances only)
     torch.testing.assert_close(got.distances, want.values, rtol=1e-12, atol=0)

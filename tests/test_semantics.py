@@ -386,6 +386,9 @@ def test_classifier_margin_refuses_logits_that_are_not_b_by_c():
         classifier_margin(lambda x: torch.randn(x.shape[0], 2, 5), x)
     with pytest.raises(ValueError, match=r"got shape \(4,\); a single-logit binary classifier"):
         classifier_margin(lambda x: x[:, 0], x)
+    # a convolutional head's (b, C, 1, 1) is (b, C)
+    torch.testing.assert_close(classifier_margin(lambda x: x[:, :, None, None], x).margin,
+                               classifier_margin(lambda x: x, x).margin, rtol=0, atol=0)
     # the hint's logits: softmax of (−z/2, z/2) is sigmoid(z), so the confidence is the sigmoid's
     z = torch.tensor([-2.0, -0.5, 0.0, 3.0])
     scored = classifier_margin(lambda x: torch.stack([-x[:, 0] / 2, x[:, 0] / 2], 1), z[:, None].expand(4, 3))

@@ -197,6 +197,10 @@ def test_the_presets_build_unchanged(mode):
 def test_the_quick_preset_picks_the_cpu_model_for_any_spelling_of_the_cpu(device, model):
     # cpu:0 is the same CPU as cpu, but the quick preset took the U-Net ("auto") for it
     assert ReproduceConfig.preset("quick", data="mnist", device=device).assets.model == model
+    # and one sampling cache for every spelling of the CPU (the device is part of its key)
+    cpu = ReproduceConfig.preset("quick", data="mnist", device="cpu").assets.sample_settings()
+    same = ReproduceConfig.preset("quick", data="mnist", device=device).assets.sample_settings() == cpu
+    assert same == (model == "mlp")
 
 
 def test_the_largest_accepted_seed_start_samples_up_to_the_last_seed(tmp_path):

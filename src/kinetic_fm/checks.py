@@ -213,6 +213,18 @@ def check_device(device, name: str = "device") -> torch.device | None:
         raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
 
 
+def names_the_cpu(device) -> bool:
+    """Whether a device string names the CPU: "cpu" or "cpu:N", which torch maps to the one CPU
+    (so a run or cache made with one is the other's). CUDA strings are never merged: under
+    torchrun "cuda" means cuda:<LOCAL_RANK>, so it and "cuda:1" can differ."""
+    import torch
+
+    try:
+        return isinstance(device, str) and torch.device(device).type == "cpu"
+    except RuntimeError:  # not a device; the caller's own check names it
+        return False
+
+
 def positive_integer(name: str, value) -> int:
     """``value`` as an int if it is an integer >= 1 (see :func:`check_integer`); else ValueError
     naming ``name`` ("chunk must be a positive integer, got 2.5")."""

@@ -321,8 +321,10 @@ def nearest_neighbors(
     # refuse them (one max-|x| reduction over the queries; the reference's norms are at hand)
     x_largest = abs_max(x)
     # faiss screens in float32 whatever the inputs; float64 screening is the torch backend's
-    wider = ("use backend='torch', which screens float64 inputs in float64" if backend == "faiss"
-             else "pass every input as float64")
+    wider = "pass every input as float64"
+    if backend == "faiss":
+        wider = ("use backend='torch', which screens float64 inputs in float64" if dtype == torch.float64
+                 else "use backend='torch' and pass every input as float64")
     check_magnitude(q_name, x, screen_dtype, largest=x_largest, wider=wider)
     y_sq = row_sq_norms(y, dtype)                             # computed once per call
     if not float(y_sq.max()) <= torch.finfo(screen_dtype).max / 8.0:

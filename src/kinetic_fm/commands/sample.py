@@ -435,13 +435,14 @@ def _resume_as_recorded(args, kts) -> None:
     both mean the same τ (left out: --tau under shaping, else 0.6), and --device where both name
     the CPU (cpu, cpu:0). The run then resumes instead of being refused as a different
     configuration, and its manifest, hence its run id, stays as it was written."""
+    from ..checks import names_the_cpu
     from ..sampling.sample import DEFAULT_SPLIT
 
     stored = _stored_manifest(args.out)
     if stored is None:
         return
     recorded = stored.config
-    if _on_the_cpu(recorded.get("device")) and _on_the_cpu(args.device):
+    if names_the_cpu(recorded.get("device")) and names_the_cpu(args.device):
         args.device = recorded["device"]
     if args.solver == "dopri5" and recorded.get("solver") == "dopri5" and "steps" in recorded:
         args.steps = recorded["steps"]
@@ -450,17 +451,6 @@ def _resume_as_recorded(args, kts) -> None:
         meant = [default_split if value is None else value for value in (recorded["split"], args.split)]
         if meant[0] == meant[1]:
             args.split = recorded["split"]
-
-
-def _on_the_cpu(device) -> bool:
-    """Whether a --device value names the CPU: "cpu" or "cpu:N", which torch maps to the one CPU.
-    CUDA values are never merged: "cuda" means cuda:<LOCAL_RANK>, so it and "cuda:1" can differ."""
-    import torch
-
-    try:
-        return isinstance(device, str) and torch.device(device).type == "cpu"
-    except RuntimeError:  # not a device; resolve_device names it
-        return False
 
 
 def _warn_on_dopri5_batch_change(args) -> None:

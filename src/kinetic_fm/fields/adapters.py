@@ -230,17 +230,16 @@ class ModelXT(_Adapter):
                                      f"got {type(extras[name]).__name__}")
         self.inner, self.time, self.per_sample, self.extras = model, time, per_sample, extras
 
-    _subset_note: str | None = None   # set by select() when an extra may be on the wrong side
+    _selected_from: int | None = None   # the batch size select() cut this adapter from
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
         """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
-        if self._subset_note is None:
-            return self._call(x, t, args, kwargs)
         try:
             return self._call(x, t, args, kwargs)
         except (RuntimeError, IndexError, ValueError, TypeError) as err:
-            if hasattr(err, "add_note"):
-                err.add_note(self._subset_note)
+            note = self._extras_hint(x.shape[0]) if hasattr(err, "add_note") else None
+            if note:
+                err.add_note(note)
             raise
 
     def _call(self, x: torch.Tensor, t: torch.Tensor | float, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -261,24 +260,37 @@ class ModelXT(_Adapter):
         else:
             rows = {key: value[active] for key, value in self._rows_for(batch).items()}
             part.extras = {**self.extras, **rows}
-        part._subset_note = self._subset_hint(batch)
+        part._selected_from = batch
         return part
 
-    def _subset_hint(self, batch: int) -> str | None:
-        """A note for an error raised on a subset of the rows: which extras with ``batch`` rows
-        were sliced by the guess, or passed whole beside the named per-sample ones (None: no such
-        extra, nothing to suspect)."""
-        with_rows = [key for key, value in self.extras.items() if _has_rows(value, batch)]
-        if self.per_sample is None and with_rows:
-            return (f"dopri5 calls the net with only the samples still running, and the extras {with_rows} have "
-                    f"{batch} rows, so by the guess they hold one per sample and were cut to those samples; if one "
-                    f"of them is shared (a table with {batch} rows), list only the per-sample ones, e.g. "
-                    "ModelXT(net, ..., per_sample=['y']), and the rest reach every call whole")
-        whole = [key for key in with_rows if key not in (self.per_sample or ())]
+    def _extras_hint(self, rows: int) -> str | None:
+        """A note for an error raised by a call on ``rows`` rows that met the net on part of a
+        batch (dopri5's samples still running, time="scalar"'s groups by time): the extras that
+        were cut with the rows by the guess, or passed whole beside the declared per-sample
+        ones; None when the call was on a whole batch or no extra is suspect."""
+        how = []
+        if self._selected_from is not None:
+            how.append(f"dopri5 calls the net with only the {rows} of {self._selected_from} samples still running")
+        if self.time == "scalar":
+            how.append("time='scalar' calls it once per distinct time, with that time's rows")
+        if not how:
+            return None
+        how = " and ".join(how)
+        if self.per_sample is None:
+            cut = [key for key, value in self.extras.items() if _has_rows(value, rows)]
+            if cut:
+                return (f"{how}; the extras {cut} have as many rows as the call, so by the guess they hold one "
+                        "per sample and were cut with its rows; if one of them is shared (a table), list only the "
+                        "per-sample ones, e.g. ModelXT(net, ..., per_sample=['y']), and the rest reach every call "
+                        "whole")
+            return None
+        sizes = {rows, self._selected_from} - {None}
+        whole = [key for key, value in self.extras.items()
+                 if key not in self.per_sample and any(_has_rows(value, n) for n in sizes)]
         if whole:
-            return (f"dopri5 calls the net with only the samples still running; the extras {whole} have {batch} "
-                    f"rows but are not in per_sample, so they reached the call whole; if they hold one row per "
-                    f"sample, add them: per_sample={[*self.per_sample, *whole]}")
+            return (f"{how}; the extras {whole} have a row per sample but are not in per_sample, so they "
+                    f"reached the net whole; if they hold one row per sample, add them: "
+                    f"per_sample={[*self.per_sample, *whole]}")
         return None
 
     def _rows_for(self, batch: int) -> dict[str, torch.Tensor]:

@@ -494,8 +494,8 @@ def kde_log_density(samples: Any, reference: Any,
         h, rule = float(bandwidth), "given"
     if not (math.isfinite(h) and h > 0):
         why = ("are all references identical?" if rule != "median" else
-               "at least half of the pairs of references are identical (the median distance is 0); "
-               "use bandwidth='scott' or a number")
+               "more than half of the pairs of references (of 2,000 drawn, beyond that many) are identical, "
+               "so the median distance is 0; use bandwidth='scott' or a number")
         raise ValueError(f"bandwidth must be a positive finite number, got {h} (rule {rule!r}); {why}")
     n, dim = y.shape[0] - (1 if exclude_self else 0), x.shape[1]
     if n < 1:

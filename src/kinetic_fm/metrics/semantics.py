@@ -129,7 +129,9 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     judge = feature_space(classifier, batch_size=batch_size, device=device)
     warn_if_feature_map_training(judge.fn)
     logits = judge._mapped(x, flatten=False).to(torch.float64)
-    if logits.dim() != 2:   # a (b, 2, 5) output was read as 10 classes, a (b,) one as 1
+    if logits.dim() > 2 and math.prod(logits.shape[2:]) == 1:   # a convolutional head's (b, C, 1, 1)
+        logits = logits.reshape(logits.shape[:2])
+    if logits.dim() != 2:   # a (b, 2, 5) output was read as 10 classes
         hint = ("; a single-logit binary classifier z gives the logits torch.stack([-z / 2, z / 2], 1), "
                 "whose softmax is sigmoid(z)" if logits.dim() == 1 else "")
         raise ValueError(f"classifier must return (b, C) logits, got shape {tuple(logits.shape)}{hint}")

@@ -258,9 +258,11 @@ def _tensor_gain(gain: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
                             f"this gain failed on one ({err}); write it with torch operations") from err
         value = torch.as_tensor(value, dtype=torch.float64, device=t.device)
         if value.numel() != 1 and value.shape != t.shape:   # expand_as's message named padded sizes
-            raise ValueError("dopri5 evaluates the shaping gain on a 1-D tensor of per-sample times and expects "
-                             "one gain per time (the times' shape) or one number; on times of shape "
-                             f"{tuple(t.shape)} this gain returned shape {tuple(value.shape)}")
+            # n, not a size: the times may be padded (lane_safe), which the caller never sees
+            shape = ", ".join("n" if i == 0 and size == t.shape[0] else str(size) for i, size in enumerate(value.shape))
+            raise ValueError("dopri5 evaluates the shaping gain on a (n,) tensor of per-sample times and expects "
+                             f"one gain per time, shape (n,), or one number; this gain returned shape ({shape}"
+                             f"{',' if value.dim() == 1 else ''})")
         return value.reshape(()).expand_as(t) if value.numel() == 1 else value
     return eta
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from ..checks import SEED_LIMIT, SEED_NOTE, as_scalar, check_integer, check_real, check_seed, is_real, optional_integer
+from ..checks import (SEED_LIMIT, SEED_NOTE, as_scalar, check_integer, check_real, check_seed, is_real,
+                      names_the_cpu, optional_integer)
 from ..sampling.tableau import FIXED_STEP
 
 MODES = ("tiny", "quick", "full")
@@ -116,6 +117,8 @@ class AssetsConfig:
         only the metrics read (and those are recomputed from the cached samples on every run)."""
         settings = asdict(self)
         del settings["classifier"], settings["classifier_steps"]
+        if names_the_cpu(settings["device"]):   # cpu:0 samples what cpu does: one cache for both
+            settings["device"] = "cpu"
         return settings
 
 
@@ -260,8 +263,7 @@ class ReproduceConfig:
         image_set = data != "digits"
         # The U-Net is the better model for 32x32 images but several times slower than the MLP per
         # step on a CPU; tiny and quick runs on a CPU use the MLP so they finish in minutes.
-        on_cpu = isinstance(device, str) and device.partition(":")[0] == "cpu"   # cpu:0 is the same CPU
-        model = "mlp" if mode == "tiny" or (mode == "quick" and on_cpu) else "auto"
+        model = "mlp" if mode == "tiny" or (mode == "quick" and names_the_cpu(device)) else "auto"
         assets = AssetsConfig(data=data, device=device, seed=seed, model=model)
         if mode == "tiny":
             return cls(
