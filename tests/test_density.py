@@ -208,8 +208,8 @@ def test_bandwidth_rules_and_errors(data):
     # 0 was refused asking "are all references identical?"
     mostly = torch.tensor([[0.0, 0.0]] * 4 + [[1.0, 2.0]], dtype=torch.float64)
     assert median_bandwidth(mostly) == 0.0 and scott_bandwidth(mostly) > 0
-    with pytest.raises(ValueError, match=r"more than half of the pairs of references .* are identical, so the median distance is 0; use "
-                                         r"bandwidth='scott' or a number$"):
+    with pytest.raises(ValueError, match=r"more than half of the pairs of references .* are identical, so the "
+                                         r"median distance is 0; use bandwidth='scott' or a number$"):
         kde_log_density(mostly[:2], mostly, "median")
     with pytest.raises(ValueError, match=r"are all references identical\?$"):
         kde_log_density(mostly[:2], mostly[:4], "scott")

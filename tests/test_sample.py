@@ -835,7 +835,8 @@ def test_bad_inputs_get_clear_errors(x0):
         kfm.sample(field, x0, solver="dopri5", shaping=lambda t: 1 + 0.1 * math.exp(-t))
     # one gain per time, or one number: a (n, 1) gain met expand_as's message about padded sizes
     for gain in (lambda t: (1 + t)[:, None], lambda t: torch.ones(3)):
-        with pytest.raises(ValueError, match=r"expects one gain per time, shape \(n,\), or one number; this gain returned shape \((n, 1|3,)\)$"):
+        with pytest.raises(ValueError, match=r"expects one gain per time, shape \(n,\), or one number; this gain "
+                                             r"returned shape \((n, 1|3,)\)$"):
             kfm.sample(field, x0, solver="dopri5", shaping=gain)
     one = kfm.sample(field, x0, solver="dopri5", shaping=lambda t: 1.5 + 0 * t[:1])   # one number, as a tensor
     torch.testing.assert_close(one.kpe, kfm.sample(field, x0, solver="dopri5", shaping=lambda t: 1.5).kpe,
