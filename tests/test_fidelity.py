@@ -402,9 +402,11 @@ def test_precision_recall_shows_progress_and_gives_the_same_answer(capsys):
     capsys.readouterr()
     shown = precision_recall(real, fake, k=3, chunk=64, batch_chunk=50, progress=True)
     err = capsys.readouterr().err
-    assert "precision: fake in real balls" in err and "recall: real in fake balls" in err
+    # the two k-NN searches, then one sweep that tests both directions
+    assert "0/300" in err and "0/200" in err and "nearest neighbours" in err
+    assert "precision and recall: fake in real balls, real in fake balls" in err
     assert (shown.precision, shown.recall) == (quiet.precision, quiet.recall)
-    assert torch.equal(shown.fake_in_real, quiet.fake_in_real)
+    assert torch.equal(shown.fake_in_real, quiet.fake_in_real) and torch.equal(shown.real_in_fake, quiet.real_in_fake)
     with pytest.raises(ValueError, match="progress must be True or False"):
         precision_recall(real, fake, progress="yes")
 
