@@ -9,7 +9,8 @@ binary (where exact ties d = r are common):
   variant runs once in a fresh process and the peak resident memory above the size before the
   call is printed instead of times (Linux: /proc/self/clear_refs, as metrics_memory.py).
 
-    python benchmarks/precision_recall_speed.py [--quick] [--sweeps [--memory]] [--points N] [--repeats N] [--threads N]
+    python benchmarks/precision_recall_speed.py [--quick] [--sweeps [--memory]] [--case C] [--points N]
+        [--repeats N] [--threads N]
 """
 from __future__ import annotations
 
@@ -181,6 +182,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 5; 3 quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--memory", action="store_true", help="with --sweeps: peak memory, not times")
+    parser.add_argument("--case", choices=("continuous", "binary"), default=None, help="only this case")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     n, repeats = (2000, 3) if args.quick else (10_000, 5)
@@ -214,6 +216,8 @@ def main() -> None:
     print(f"{n} real and {n} fake points, k = 3, {repeats} interleaved rounds after a warm-up, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     for name, (real, fake) in cases.items():
+        if args.case and not name.startswith(args.case):
+            continue
         if args.sweeps:
             print(name)
             memory(name, n) if args.memory else sweeps(real, fake, repeats)
