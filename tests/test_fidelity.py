@@ -180,6 +180,54 @@ def test_precision_recall_decides_ties_on_quantised_data_exactly():
         np.testing.assert_array_equal(res.real_in_fake.numpy(), real_in_fake)
 
 
+def _float64_brute_force(real: np.ndarray, fake: np.ndarray, k: int, *, edge_inside: bool = True
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Ball membership from the full float64 matrices of squared distances; d = r counts as
+    inside unless ``edge_inside`` is False."""
+    real, fake = real.astype(np.float64), fake.astype(np.float64)
+    within = np.less_equal if edge_inside else np.less
+
+    def sq(a, b):
+        return ((a[:, None] - b[None]) ** 2).sum(-1)
+
+    r2_real, r2_fake = (np.sort(sq(a, a), 1)[:, k] for a in (real, fake))  # column 0: the point itself
+    d2 = sq(fake, real)
+    return within(d2, r2_real[None]).any(1), within(d2.T, r2_fake[None]).any(1)
+
+
+def _tied_sets(rng: np.random.Generator, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Small-integer (180, 6) real and (150, 6) fake rows with exact ties at ball edges and
+    duplicate rows: k + 1 copies of some reals (balls of radius 0), fakes that copy a real or sit
+    on a real's k-th neighbour (d = r exactly), and repeated fakes."""
+    real = rng.integers(0, 4, (180, 6))
+    fake = rng.integers(0, 4, (150, 6)) + rng.integers(0, 2, (150, 6))
+    real[:(k + 1) * 10] = np.repeat(real[:10], k + 1, axis=0)
+    fake[:20] = real[rng.integers(0, 180, 20)]
+    sq_real = ((real[:, None] - real[None]) ** 2).sum(-1)
+    centres = rng.integers(0, 180, 20)
+    fake[20:40] = real[np.argsort(sq_real[centres], 1, kind="stable")[:, k]]
+    fake[40:60] = fake[60:80]
+    return real, fake
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_precision_recall_equals_the_float64_brute_force_with_ties_and_duplicates(dtype):
+    rng = np.random.default_rng(21)
+    for k in (1, 3):
+        real, fake = _tied_sets(rng, k)
+        if dtype != np.uint8:  # quarters: every difference, square and sum stays exact
+            real, fake = real / 4.0 - 0.3125, fake / 4.0 - 0.3125
+        real, fake = real.astype(dtype), fake.astype(dtype)
+        want_p, want_r = _float64_brute_force(real, fake, k)
+        # the case has rows inside only through d = r, in both directions
+        strict_p, strict_r = _float64_brute_force(real, fake, k, edge_inside=False)
+        assert (want_p & ~strict_p).any() and (want_r & ~strict_r).any() and not want_p.all()
+        for blocks in ({}, {"chunk": 17, "batch_chunk": 11}, {"chunk": 64, "batch_chunk": 7}):
+            got = precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=k, **blocks)
+            np.testing.assert_array_equal(got.fake_in_real.numpy(), want_p)
+            np.testing.assert_array_equal(got.real_in_fake.numpy(), want_r)
+
+
 def test_precision_recall_counts_copies_inside_tiny_balls_in_float32():
     # near-duplicate reals give tiny balls; fakes that copy a real point are inside them
     # (distance 0), although float32 GEMM distances at this offset are off by far more
@@ -354,9 +402,11 @@ def test_precision_recall_shows_progress_and_gives_the_same_answer(capsys):
     capsys.readouterr()
     shown = precision_recall(real, fake, k=3, chunk=64, batch_chunk=50, progress=True)
     err = capsys.readouterr().err
-    assert "precision: fake in real balls" in err and "recall: real in fake balls" in err
+    # the two k-NN searches, then one sweep that tests both directions
+    assert "0/300" in err and "0/200" in err and "nearest neighbours" in err
+    assert "precision and recall: fake in real balls, real in fake balls" in err
     assert (shown.precision, shown.recall) == (quiet.precision, quiet.recall)
-    assert torch.equal(shown.fake_in_real, quiet.fake_in_real)
+    assert torch.equal(shown.fake_in_real, quiet.fake_in_real) and torch.equal(shown.real_in_fake, quiet.real_in_fake)
     with pytest.raises(ValueError, match="progress must be True or False"):
         precision_recall(real, fake, progress="yes")
 

@@ -18,10 +18,12 @@ says which network measured it: ``"FID"`` only for the standard TF-ported Incept
 - Precision/recall (Kynkäänniemi et al., 2019): each real feature owns a ball whose radius is
   the distance to its k-th nearest other real feature (exact, from ``nearest_neighbors``);
   precision = fraction of fakes inside some real ball, recall = fraction of reals inside some
-  fake ball. Ball membership is tested by GEMM blocks (:func:`density.sq_distance_blocks`);
-  the pairs within the GEMM's rounding bound of a ball's edge are decided on exact float64
-  differences, against the exact squared radius, so a copy of a real point always counts as
-  inside and ties on quantised data (``d = r`` counts as inside) are decided exactly.
+  fake ball. Ball membership is tested by GEMM blocks (:func:`density.sq_distance_blocks`), one
+  sweep over the fake × real blocks for both directions (rows against the real balls, columns
+  against the fake ones); the pairs within the GEMM's rounding bound of a ball's edge are
+  decided on exact float64 differences, against the exact squared radius, so a copy of a real
+  point always counts as inside and ties on quantised data (``d = r`` counts as inside) are
+  decided exactly.
 """
 from __future__ import annotations
 
@@ -397,41 +399,58 @@ def _exact_sq_distances(a: Tensor, b: Tensor) -> Tensor:
     return (a.to(torch.float64) - b.to(torch.float64)).square_().sum(dim=1)
 
 
-def _inside_any_ball(points: Tensor, centres: Tensor, radius_sq: Tensor, chunk: int,
-                     batch_chunk: int, progress: bool = False, desc: str = "balls") -> Tensor:
-    """(B,) bool: is ``points[i]`` within ``radius_sq[j]`` (squared, exact) of some ``centres[j]``.
+def _ball_memberships(fake: Tensor, real: Tensor, real_radius_sq: Tensor, fake_radius_sq: Tensor,
+                      chunk: int, batch_chunk: int, progress: bool = False) -> tuple[Tensor, Tensor]:
+    """Both directions of ball membership from one sweep over the fake × real distance blocks.
+
+    Args:
+        fake: (N_f, D) and real: (N_r, D) rows; real_radius_sq: (N_r,) and fake_radius_sq:
+            (N_f,) float64 squared radii (exact) of the balls around each row.
+
+    Returns:
+        fake_in_real: (N_f,) bool, is ``fake[i]`` within ``real_radius_sq[j]`` of some
+        ``real[j]``; real_in_fake: (N_r,) bool, is ``real[j]`` within ``fake_radius_sq[i]`` of
+        some ``fake[i]``. A block's rows reduce to the first, its columns to the second.
 
     The GEMM blocks decide every pair farther than their rounding bound from its ball's edge;
     the pairs within it (copies of a centre whose ball is tiny, ties on quantised data) are
     decided on exact float64 differences, so the answer equals the float64 brute force.
     """
-    dtype = torch.float64 if points.dtype == centres.dtype == torch.float64 else torch.float32
-    u = unit_roundoff(dtype, points.device)
-    centre = column_mean(centres)
-    reach = (row_sq_norms(points, torch.float64, centre=centre).sqrt()
-             + float(row_sq_norms(centres, torch.float64, centre=centre).max().sqrt()))
-    slack = 2.0 * (points.shape[1] + 3) * u * reach.square()  # twice sq_distance_blocks' bound
-    inside = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
+    dtype = torch.float64 if fake.dtype == real.dtype == torch.float64 else torch.float32
+    u = unit_roundoff(dtype, fake.device)
+    centre = column_mean(real)  # sq_distance_blocks centres both sides on the mean of real
+    reach = (row_sq_norms(fake, torch.float64, centre=centre).sqrt()
+             + float(row_sq_norms(real, torch.float64, centre=centre).max().sqrt()))
+    slack = 2.0 * (fake.shape[1] + 3) * u * reach.square()  # twice sq_distance_blocks' bound, per fake row
+    fake_in_real = torch.zeros(fake.shape[0], dtype=torch.bool, device=fake.device)
+    real_in_fake = torch.zeros(real.shape[0], dtype=torch.bool, device=fake.device)
     from tqdm.auto import tqdm
 
-    blocks = -(-points.shape[0] // batch_chunk) * -(-centres.shape[0] // chunk)
-    bar = tqdm(total=blocks, desc=desc, unit="block", leave=False, disable=not progress)
-    for q0, c0, d2 in sq_distance_blocks(points, centres, chunk=chunk, batch_chunk=batch_chunk):
+    blocks = -(-fake.shape[0] // batch_chunk) * -(-real.shape[0] // chunk)
+    bar = tqdm(total=blocks, desc="precision and recall: fake in real balls, real in fake balls",
+               unit="block", leave=False, disable=not progress)
+    for q0, c0, d2 in sq_distance_blocks(fake, real, chunk=chunk, batch_chunk=batch_chunk):
         bar.update(1)
-        rows = slice(q0, q0 + d2.shape[0])
-        # the block's largest slack: thresholds stay (columns,) vectors, no block-sized temporaries;
-        # a wider band only sends a few more pairs to the exact check
-        r2, e = radius_sq[c0:c0 + d2.shape[1]], float(slack[rows].max())
-        inside[rows] |= (d2 <= r2 - e).any(dim=1)
-        unsure = (d2 <= r2 + e) & ~inside[rows, None]  # rows not yet inside have no pair below r2 - e
+        rows, cols = slice(q0, q0 + d2.shape[0]), slice(c0, c0 + d2.shape[1])
+        # the block's largest slack bounds every pair's rounding, so it serves both directions;
+        # thresholds stay vectors (no block-sized float temporaries), and a wider band only sends
+        # a few more pairs to the exact check
+        e = float(slack[rows].max())
+        r2_real, r2_fake = real_radius_sq[cols], fake_radius_sq[rows, None]
+        fake_in_real[rows] |= (d2 <= r2_real - e).any(dim=1)
+        real_in_fake[cols] |= (d2 <= r2_fake - e).any(dim=0)
+        # a row (column) not yet inside has no pair below its edge minus e
+        unsure = (d2 <= r2_real + e).logical_and_(~fake_in_real[rows, None])
+        unsure |= (d2 <= r2_fake + e).logical_and_(~real_in_fake[None, cols])
         qi, cj = unsure.nonzero(as_tuple=True)
-        step = block_size(points.device, 8 * points.shape[1], qi.numel())
+        step = block_size(fake.device, 8 * fake.shape[1], qi.numel())
         for s in range(0, qi.numel(), step):
             q, c = qi[s:s + step] + q0, cj[s:s + step] + c0
-            hit = _exact_sq_distances(points[q], centres[c]) <= radius_sq[c]
-            inside[q[hit]] = True
+            d2_exact = _exact_sq_distances(fake[q], real[c])
+            fake_in_real[q[d2_exact <= real_radius_sq[c]]] = True
+            real_in_fake[c[d2_exact <= fake_radius_sq[q]]] = True
     bar.close()
-    return inside
+    return fake_in_real, real_in_fake
 
 
 def _kth_neighbour_sq_radius(rows: Tensor, k: int, chunk: int, batch_chunk: int, name: str,
@@ -456,7 +475,8 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
             (itself excluded); default 3 as in the paper; an integer in [1, min(N_r, N_f) − 1].
         space, network, split, preprocessing: as in :func:`frechet_distance`.
         chunk, batch_chunk: GEMM block sizes (positive integers).
-        progress: tqdm bars (on stderr) over the two k-NN searches and the two ball tests.
+        progress: tqdm bars (on stderr) over the two k-NN searches and the one sweep of ball
+            tests (fake in real balls and real in fake balls from the same blocks).
 
     Returns:
         :class:`PrecisionRecall` (ValueError for sets of fewer than 2 samples, differing feature
@@ -482,10 +502,10 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     e = (unit_exponent(max(abs_max(r), abs_max(f)), TINY, HUGE)
          if r.is_floating_point() and f.is_floating_point() else 0)
     r, f = times_power_of_two(r, e), times_power_of_two(f, e)
-    fake_in_real = _inside_any_ball(f, r, _kth_neighbour_sq_radius(r, k, chunk, batch_chunk, "real", progress),
-                                    chunk, batch_chunk, progress, "precision: fake in real balls")
-    real_in_fake = _inside_any_ball(r, f, _kth_neighbour_sq_radius(f, k, chunk, batch_chunk, "fake", progress),
-                                    chunk, batch_chunk, progress, "recall: real in fake balls")
+    real_radius_sq = _kth_neighbour_sq_radius(r, k, chunk, batch_chunk, "real", progress)
+    fake_radius_sq = _kth_neighbour_sq_radius(f, k, chunk, batch_chunk, "fake", progress)
+    fake_in_real, real_in_fake = _ball_memberships(f, r, real_radius_sq, fake_radius_sq, chunk, batch_chunk,
+                                                   progress)
     return PrecisionRecall(float(fake_in_real.double().mean()), float(real_in_fake.double().mean()),
                            k, r.shape[0], f.shape[0], protocol,
                            fake_in_real, real_in_fake)
