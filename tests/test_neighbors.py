@@ -219,32 +219,35 @@ def test_crowded_distances_are_settled_by_a_wider_screening_alone(backend, route
 
 
 @pytest.mark.parametrize("exclude_self", [False, True])
-@pytest.mark.parametrize("break_even,route", [(13, "direct differences"), (12, "float64 re-screen")])
+@pytest.mark.parametrize("above,route", [(1, "direct differences"), (0, "float64 re-screen")])
 def test_fewer_queries_left_uncertified_than_the_break_even_go_straight_to_direct_differences(
-        exclude_self, break_even, route, routes, monkeypatch):
+        exclude_self, above, route, routes, monkeypatch):
     # gaps of 1e-3 on a common offset of 100 in float32: the rounding bound exceeds the distances
-    # themselves, so no screening about the origin certifies the 12 queries in that cluster,
-    # however many candidates it keeps (the other rows, 100 apart, are certified at once). Fewer
-    # than the break-even are searched by direct differences; as many, by the float64 re-screen
-    # about the reference mean (which certifies these)
+    # themselves, so no screening about the origin certifies the queries in that cluster while
+    # the cluster holds more rows than the candidates, 24 in the wider screening (the other rows,
+    # 100 apart, are certified at once). Fewer than the break-even are searched by direct
+    # differences; as many, by the float64 re-screen about the reference mean (which certifies
+    # these), once for all the query blocks
     from kinetic_fm import knn
 
-    monkeypatch.setattr(knn, "_BRUTE_FORCE_BREAK_EVEN", break_even)
     g = torch.Generator().manual_seed(4)
 
     def cluster(n):
         return (100.0 + 1e-3 * torch.randn(n, 64, generator=g, dtype=torch.float64)).float()
 
     spread = 100.0 * torch.randn(48, 64, generator=g)
-    reference = torch.cat([cluster(12 if exclude_self else 60), spread])
+    reference = torch.cat([cluster(30 if exclude_self else 60), spread])
     reference = reference[torch.randperm(reference.shape[0], generator=g)]
     queries = torch.cat([cluster(12), spread[:12] + 0.1])[torch.randperm(24, generator=g)]
     if exclude_self:
         queries = reference
+    uncertified = 30 if exclude_self else 12
+    monkeypatch.setattr(knn, "_BRUTE_FORCE_BREAK_EVEN", uncertified + above)
     got = nearest_neighbors(queries, reference, 2, exclude_self=exclude_self, batch_chunk=5)
     want = brute_in_blocks(queries, reference, 2, exclude_self=exclude_self)
-    assert got.rechecked == 12
+    assert got.rechecked == uncertified
     assert {taken for taken, calls in routes.items() if calls} == {route}
+    assert route == "direct differences" or routes["float64 re-screen"] == 1
     assert torch.equal(got.distances, want[0]) and torch.equal(got.indices, want[1])
 
 

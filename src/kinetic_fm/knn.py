@@ -350,20 +350,14 @@ def nearest_neighbors(
             return _screen_faiss(xb, y, n, exclude_self, query_ids)
         return _screen_gemm(xb, y, dtype, y_sq, n, chunk, exclude_self, query_ids, blas)
 
-    out_d, out_i, uncertified, widen = [], [], [], []
+    out_d, out_i, uncertified = [], [], []
     with tqdm(total=x.shape[0], desc="nearest neighbours", unit="query", leave=False, disable=not progress) as bar:
         for q0 in range(0, x.shape[0], batch_chunk):
             xb = x[q0:q0 + batch_chunk]
             cand, worst, u = screen(xb, n_candidates, q0)
             d2, idx, ok = _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max)
             if not bool(ok.all()):
-                bad = (~ok).nonzero().flatten()
-                uncertified.append(q0 + bad)
-                # more candidates can settle a query only where the rounding bound is below its
-                # k-th distance: not under a large common offset, where it exceeds the distances
-                error = _screening_error(torch.linalg.vector_norm(xb[bad].double(), dim=1), y_norm_max,
-                                         xb.shape[1], u)
-                widen.append(error < d2[bad, -1])
+                uncertified.append(q0 + (~ok).nonzero().flatten())
             out_d.append(d2)
             out_i.append(idx)
             bar.update(xb.shape[0])
@@ -372,8 +366,8 @@ def nearest_neighbors(
         # then centres the reference's chunks once per call rather than once per query block
         ids = torch.cat(uncertified) if uncertified else torch.empty(0, dtype=torch.int64, device=x.device)
         if ids.numel():
-            d2[ids], idx[ids] = _search_again(x, ids, torch.cat(widen), y, k, screen, y_norm_max, n_candidates,
-                                              batch_chunk, chunk, exclude_self)
+            d2[ids], idx[ids] = _search_again(x, ids, y, k, screen, y_norm_max, n_candidates, batch_chunk, chunk,
+                                              exclude_self)
     return Neighbors(d2.sqrt(), idx, ids.numel())
 
 
@@ -565,27 +559,33 @@ _RESCREEN_BLOCK_BYTES = 64 << 20
 
 # uncertified queries are screened again as the first time, keeping this many times the candidates
 # (1: not at all). In high dimensions distances crowd together, and k + margin candidates can all
-# fall within the rounding bound of the k-th. Twice as many settled every such query of 2,000
-# uniform ones against 20,000 at D = 3,072 (31 at k = 2, 756 at k = 10) and of blurred CIFAR-10
-# images; 4x leaves room, and re-ranking them stays small beside a pass over the reference
+# fall within the rounding bound of the k-th; a cluster of near-duplicates smaller than the wider
+# set is settled too. Twice as many settled every such query of 2,000 uniform ones against 20,000
+# at D = 3,072 (31 at k = 2; 756 at k = 10, a one-off run) and of blurred CIFAR-10 images; 4x
+# leaves room, and re-ranking them stays small beside a pass over the reference. Queries under a
+# large common offset gain nothing from it and pay one more screening of themselves.
 _WIDER_CANDIDATES = 4
+# ... within this many bytes of one query's float64 candidate differences (the re-ranking's
+# (rows, candidates, D) block has at least one row): at k = 2,000, D = 3,072 the fourfold set
+# would hold 197 MB a row
+_WIDER_ROW_BYTES = 64 << 20
 
 # direct differences for this many queries cost about as much as centring the reference in float64
 # and re-screening it, so fewer still-uncertified queries than this skip the re-screen. Both grow
 # with N·D, the re-screen hardly with the queries. On one thread of a 2-core CPU
 # (benchmarks/nn_recheck.py --break-even) the two cost the same at 10-13 queries at N = 20,000,
-# D = 3,072 (about 1.3 s) and 10 at N = 5,000; at N = 50,000, D = 256 at 4-7 (about 0.2 s)
+# D = 3,072 (about 1.3 s); at N = 50,000, D = 256 at 4-7 (about 0.2 s)
 _BRUTE_FORCE_BREAK_EVEN = 8
 
 
-def _search_again(x, ids, widen, y, k, screen, y_norm_max, n_candidates, batch_chunk, chunk, exclude_self):
+def _search_again(x, ids, y, k, screen, y_norm_max, n_candidates, batch_chunk, chunk, exclude_self):
     """(b, k) exact squared distances and indices for the queries ``x[ids]`` ((b,) int64 indices
     into the (B, D) ``x``) whose first screening, ``screen(xs, n, query_ids)`` with
     ``n_candidates`` candidates and the reference's norms bounded by ``y_norm_max``, was not
-    certified. ``widen`` (b,) bool: the queries that more candidates might settle.
+    certified.
 
     Cheapest route first: (1) the same screening with :data:`_WIDER_CANDIDATES` times the
-    candidates, certified; (2) what is left, by direct float64 differences when fewer than
+    candidates (within :data:`_WIDER_ROW_BYTES`), certified; (2) what is left, by direct float64 differences when fewer than
     :data:`_BRUTE_FORCE_BREAK_EVEN` queries, else by float64 screening about the reference mean,
     certified, and direct differences for any query still uncertified. Each step walks
     ``batch_chunk`` queries at a time.
@@ -593,11 +593,11 @@ def _search_again(x, ids, widen, y, k, screen, y_norm_max, n_candidates, batch_c
     d2 = torch.empty(ids.shape[0], k, dtype=torch.float64, device=x.device)
     idx = torch.empty(ids.shape[0], k, dtype=torch.int64, device=x.device)
     left = torch.arange(ids.shape[0], device=x.device)          # positions in ids not yet certified
-    if _WIDER_CANDIDATES > 1:
-        n_wider = min(_WIDER_CANDIDATES * n_candidates, y.shape[0] - (1 if exclude_self else 0))
-        left = torch.cat([_certify_in_blocks(left[widen], d2, idx, ids, x, y, k, batch_chunk,
-                                             lambda xs, query_ids: screen(xs, n_wider, query_ids), y_norm_max),
-                          left[~widen]])
+    n_wider = min(_WIDER_CANDIDATES * n_candidates, max(n_candidates, _WIDER_ROW_BYTES // (8 * y.shape[1])),
+                  y.shape[0] - (1 if exclude_self else 0))
+    if n_wider > n_candidates:
+        left = _certify_in_blocks(left, d2, idx, ids, x, y, k, batch_chunk,
+                                  lambda xs, query_ids: screen(xs, n_wider, query_ids), y_norm_max)
     if left.numel() >= _BRUTE_FORCE_BREAK_EVEN:
         centred = _Centred.of(y)
         # the search's own chunk (16k rows) made two 384 MiB float64 temporaries at D = 3,072
@@ -626,8 +626,9 @@ def _certify_in_blocks(positions, d2, idx, ids, x, y, k, batch_chunk, screen, no
         xs = x[ids[at]]
         cand, worst, u = screen(xs, ids[at])
         d2_s, idx_s, ok = _rerank_and_certify(xs, y, cand, worst, k, u, norm_max, centre=centre)
-        d2[at[ok]], idx[at[ok]] = d2_s[ok], idx_s[ok]
-        left.append(at[~ok])
+        done = ok.nonzero().flatten()          # one host synchronisation for the certified rows
+        d2[at[done]], idx[at[done]] = d2_s[done], idx_s[done]
+        left.append(at[(~ok).nonzero().flatten()])
     return torch.cat(left) if left else positions
 
 
