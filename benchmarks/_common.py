@@ -89,3 +89,13 @@ class SmallConvUNet(nn.Module):
         h0 = self.inp(x) + self.t_embed(t.reshape(-1, 1).to(x.dtype))[:, :, None, None]
         h = self.mid(self.down(h0))
         return self.out(torch.cat([self.up(h), h0], dim=1))
+
+
+def resident_mib(field: str) -> float:
+    """This process's ``field`` of /proc/self/status (Linux) in MiB: "VmRSS" the resident size,
+    "VmHWM" its peak since the last reset (writing "5" to /proc/self/clear_refs resets it)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")

@@ -29,16 +29,9 @@ import sys
 import time
 
 
-def _resident_mib(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _measure(case: str, variant: str, rows: int, dim: int) -> dict:
     import torch
+    from _common import resident_mib
 
     torch.manual_seed(0)
     x = torch.empty(rows, dim).uniform_(-1.0, 1.0)
@@ -82,11 +75,11 @@ def _measure(case: str, variant: str, rows: int, dim: int) -> dict:
         knn.nearest_neighbors(queries.double(), x, 16, check_inputs=False)  # first-call allocations
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the peak resident size (VmHWM) to the current one
-    before = _resident_mib("VmRSS")
+    before = resident_mib("VmRSS")
     start = time.perf_counter()
     work()
     seconds = time.perf_counter() - start
-    return {"peak_mib": _resident_mib("VmHWM") - before, "seconds": seconds}
+    return {"peak_mib": resident_mib("VmHWM") - before, "seconds": seconds}
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 import kinetic_fm as kfm
-from _common import interleaved_rounds
+from _common import interleaved_rounds, resident_mib
 from kinetic_fm.blocks import block_size
 from kinetic_fm.checks import check_integer, check_same_space, positive_integer
 from kinetic_fm.exact_scaling import HUGE, TINY, times_power_of_two, unit_exponent
@@ -138,21 +138,13 @@ def sweeps(real: torch.Tensor, fake: torch.Tensor, repeats: int) -> None:
                                           _inside_any_ball(r, f, r2_fake, 8192, 1024))}, repeats)
 
 
-def _resident_mib(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def peak_mib(work: Callable[[], object]) -> float:
     """Peak resident memory of ``work()`` above the resident size before it, in MiB."""
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the peak resident size (VmHWM) to the current one
-    before = _resident_mib("VmRSS")
+    before = resident_mib("VmRSS")
     work()
-    return _resident_mib("VmHWM") - before
+    return resident_mib("VmHWM") - before
 
 
 def memory(case: str, n: int) -> None:
