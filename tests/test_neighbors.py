@@ -56,11 +56,13 @@ def routes(monkeypatch):
 @pytest.fixture
 def always_rescreen(monkeypatch, routes):
     """Queries left uncertified go through the float64 re-screen however few they are (fewer than
-    ``knn._BRUTE_FORCE_BREAK_EVEN`` go straight to direct differences otherwise); returns
+    ``knn._BRUTE_FORCE_BREAK_EVEN`` go straight to direct differences otherwise) and without the
+    wider screening first (which settles a cluster smaller than its candidates); returns
     :func:`routes`' counts, so a test can check it took that path."""
     from kinetic_fm import knn
 
     monkeypatch.setattr(knn, "_BRUTE_FORCE_BREAK_EVEN", 0)
+    monkeypatch.setattr(knn, "_WIDER_CANDIDATES", 1)
     return routes
 
 
