@@ -587,7 +587,7 @@ def _search_again(x, ids, y, k, screen, y_norm_max, n_candidates, batch_chunk, c
     Cheapest route first: (1) the same screening with :data:`_WIDER_CANDIDATES` times the
     candidates (within :data:`_WIDER_ROW_BYTES`), certified; (2) what is left, by direct float64 differences when fewer than
     :data:`_BRUTE_FORCE_BREAK_EVEN` queries, else by float64 screening about the reference mean,
-    certified, and direct differences for any query still uncertified. Each step walks
+    certified, and direct differences for any query still uncertified. The screenings walk
     ``batch_chunk`` queries at a time.
     """
     d2 = torch.empty(ids.shape[0], k, dtype=torch.float64, device=x.device)
@@ -609,9 +609,8 @@ def _search_again(x, ids, y, k, screen, y_norm_max, n_candidates, batch_chunk, c
 
         left = _certify_in_blocks(left, d2, idx, ids, x, y, k, batch_chunk, about_the_mean, centred.norm_max,
                                   centred.centre)
-    for p0 in range(0, left.shape[0], batch_chunk):
-        at = left[p0:p0 + batch_chunk]
-        d2[at], idx[at] = _brute_force(x[ids[at]], y, k, ids[at] if exclude_self else None)
+    if left.numel():   # _brute_force blocks its queries itself
+        d2[left], idx[left] = _brute_force(x[ids[left]], y, k, ids[left] if exclude_self else None)
     return d2, idx
 
 
