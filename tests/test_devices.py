@@ -165,6 +165,75 @@ def test_efm_sampling_lands_on_atoms_with_the_recorder(device, data):
     assert trace.max_weight.shape == (60, 12) and (trace.max_weight[-1] > 0.999).all()
 
 
+BAD_VALUES = [   # (row, x's value there or None, t there, message): the CPU's messages on every device
+    (1, None, 1.5, r"t must lie in \[0, 1\], got 1.5 at row 1"),
+    (5, None, math.nan, r"t must lie in \[0, 1\], got nan at row 5"),
+    (6, None, -0.25, r"t must lie in \[0, 1\], got -0.25 at row 6"),
+    (5, math.nan, 0.5, r"x has NaN or inf in rows \[5\]"),
+    (6, -math.inf, 0.0, r"x has NaN or inf in rows \[6\]"),    # at t = 0, where no GEMM is needed
+    (4, 1e30, 0.9, r"x holds values up to 1e\+30"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("row,value,time,message", BAD_VALUES)
+@pytest.mark.parametrize("batch_chunk", [None, 3])     # 3: the bad row in a later block than the first
+def test_efm_refuses_bad_values_with_the_cpus_message(device, row, value, time, message, batch_chunk):
+    # on an accelerator the checks are settled by the first block's synchronisation, after its
+    # GEMM; a bad row in a later block is found by that block's
+    g = torch.Generator().manual_seed(3)
+    atoms = torch.rand(30, 6, generator=g)
+    x, t = torch.rand(8, 6, generator=g), torch.full((8,), 0.95)
+    t[row] = time
+    if value is not None:
+        x[row, 2] = value
+    field = kfm.EmpiricalFlow(atoms.to(device), batch_chunk=batch_chunk)
+    for call in (field, field.evaluate, lambda x, t: field.posterior(x, t, k=2)):
+        with pytest.raises(ValueError, match=message):
+            call(x.to(device), t.to(device))
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("times", ["late", "early", "some at zero", "all at zero", "mixed"])
+def test_efm_device_routes_agree_with_the_brute_force(device, times, data):
+    # late: one candidate a row (each posterior a point mass); early: none re-scored; the rest mixed
+    atoms, x, t = data
+    t = {"late": torch.full_like(t, 0.97), "early": torch.full_like(t, 0.02), "some at zero": t,
+         "all at zero": torch.zeros_like(t), "mixed": t.clamp_min(0.01)}[times].double()
+    field = kfm.EmpiricalFlow(atoms.to(device, torch.float64), batch_chunk=10)
+    ref, w = brute_efm(atoms, x, t)
+    out = field.evaluate(x.to(device, torch.float64), t.to(device))
+    assert rel_err(out.velocity, ref) < 1e-10
+    torch.testing.assert_close(out.diagnostics.max_weight.cpu(), w.max(dim=1).values, rtol=1e-9, atol=1e-12)
+    post = field.posterior(x.to(device, torch.float64), t.to(device), k=1)
+    assert torch.equal(post.indices.cpu()[:, 0], w.argmax(dim=1))
+    torch.testing.assert_close(post.weights.cpu()[:, 0], w.max(dim=1).values, rtol=1e-9, atol=1e-12)
+    start = t == 0        # the cached mean, nothing neglected (not the screened softmax's answer)
+    assert (out.diagnostics.neglected_bound.cpu()[start] == 0).all()
+    if times == "late":   # the point masses: their atom exactly, weight 1
+        assert (out.diagnostics.candidates == 1).all() and (post.weights == 1).all()
+        flat = x.flatten(1).double()
+        expected = (atoms.flatten(1).double()[w.argmax(dim=1)] - flat) / (1 - t[:, None])
+        assert torch.equal(out.velocity.cpu().flatten(1), expected)
+
+
+@pytest.mark.parametrize("times,syncs", [(0.97, 1), (0.02, 1), (0.0, 4)])
+def test_an_efm_call_on_a_device_synchronises_once(times, syncs):
+    # one synchronisation settles the value checks and routes the rows, after the GEMM is launched
+    # (a call at t = 0.5 made seven: the checks, the rows at t = 0, and the row lists); at t = 0
+    # (a run's first call) the call starts again with its checks settled: three more
+    g = torch.Generator().manual_seed(4)
+    atoms = torch.rand(200, 16, generator=g)
+    j = torch.randint(0, 200, (32,), generator=g)
+    x = (1 - times) * torch.randn(32, 16, generator=g) + times * atoms[j]
+    with fake_cuda() as fc:
+        field = kfm.EmpiricalFlow(atoms.to("cuda"))
+        x, t = x.to("cuda"), torch.full((32,), times, device="cuda")
+        fc.reset()
+        field(x, t)
+        assert fc.count() == syncs, fc.summary()
+
+
 @pytest.mark.parametrize("device", ON_DEVICE, indirect=True)
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dopri5"])
 def test_sampling_with_shaping_agrees_with_the_cpu(device, solver):

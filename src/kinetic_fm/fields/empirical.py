@@ -35,6 +35,15 @@ The float32 products of steps 1 and 4 run on CPU through the faster of torch's a
 At t = 0 every logit is equal, so ȳ is the training mean, cached in float64: those rows (the
 first call of every run) cost no GEMM, in either mode.
 
+A query whose screening leaves one candidate (most of a run once the posterior concentrates) is
+a point mass on its best atom: ȳ is that atom, in float64, with no re-scoring pass. On an
+accelerator a call synchronises with the host once per block of queries (it used to take seven
+and more): the value checks of x and t, whether any row is at t = 0, and the rows' routes (one
+candidate, re-scored, dense) are read together after the screening GEMM is launched, so that the
+host's small launches overlap it. A call with rows at t = 0, or one the checks refuse, is found out
+only then and starts again with its checks settled first: the GEMM of a run's first call is
+wasted there, and a refusal comes after it. A mix of re-scored widths or of routes costs one more.
+
 Behaviour as t → 1: times are clamped to t ≤ 1 − ``eps`` (default 1e-6), i.e. v(x, t) :=
 v(x, min(t, 1 − eps)) (the posterior and the 1/(1 − t) factor alike): the velocity that carries x
 to the posterior mean ȳ (≈ the nearest atom) in the remaining time eps. It is finite for every
@@ -69,6 +78,7 @@ exponentials; the screening GEMM is the same.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -275,8 +285,8 @@ class EmpiricalFlow:
     def evaluate(self, x: torch.Tensor, t: torch.Tensor | float) -> EmpiricalVelocity:
         """Velocity (B, ...) and per-sample posterior diagnostics (B,) in one pass; x and t as for
         ``field(x, t)``."""
-        flat, t64 = self._check(x, t)
-        ybar, diag, _ = self._solve(flat, t64, top_k=0)
+        flat, t64, values = self._check(x, t)
+        ybar, diag, _ = self._solve(flat, t64, 0, values)
         one_minus = (1.0 - t64).clamp_min(self.eps)[:, None]
         velocity = ybar.sub_(flat).div_(one_minus).to(flat.dtype)
         self.last_diagnostics = diag
@@ -287,8 +297,8 @@ class EmpiricalFlow:
         as for ``field(x, t)``, k an integer in [1, N] (at most ``truncate`` when set)."""
         limit = self.truncate or self.n
         k = check_integer("k", k, 1, limit, note="the field's truncate" if self.truncate else "the training items")
-        flat, t64 = self._check(x, t)
-        _, diag, top = self._solve(flat, t64, top_k=k)
+        flat, t64, values = self._check(x, t)
+        _, diag, top = self._solve(flat, t64, k, values)
         return Posterior(top[0], top[1], diag.exact)
 
     def diagnostics(self, x: torch.Tensor, t: torch.Tensor | float) -> PosteriorDiagnostics:
@@ -301,7 +311,9 @@ class EmpiricalFlow:
         return f"EmpiricalFlow(N={self.n}, shape={self.shape}, dtype={self.atoms.dtype}{mode})"
 
     # ------------------------------------------------------------------ checks
-    def _check(self, x, t) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check(self, x, t) -> tuple[torch.Tensor, torch.Tensor, _ValueCheck]:
+        """x flattened to (B, D), t as (B,) float64 clamped to ≤ 1 − eps, and the check of their
+        values, pending (see :meth:`_solve`); ValueError names a bad shape, type or device."""
         if self._atoms_version is not None and self.atoms._version != self._atoms_version:
             self._recheck_cache()
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
@@ -335,20 +347,7 @@ class EmpiricalFlow:
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-        bad = (t < 0) | (t > 1) | ~torch.isfinite(t)
-        # NaN fails the comparison, so one reduction (no |x| copy) covers NaN and entries too large;
-        # compared in float64: in x's dtype a limit beyond its range (float16 x, or float32 x with
-        # float64 atoms) rounded to inf, and inf <= inf let an inf row through as a NaN velocity
-        bad_x = ~(torch.linalg.vector_norm(flat, ord=math.inf, dim=1).double() <= self._x_limit)
-        if bool((bad | bad_x).any()):  # one synchronisation for all checks
-            if bool(bad.any()):
-                row = int(bad.nonzero()[0, 0])
-                raise ValueError(f"t must lie in [0, 1], got {float(t[row])!r} at row {row}")
-            rows = bad_x.nonzero().flatten()[:10].tolist()
-            if not bool(torch.isfinite(flat[rows]).all()):
-                raise ValueError(f"x has NaN or inf in rows {rows}")
-            check_magnitude("x", flat[rows], self.atoms.dtype)
-        return flat, t.clamp_max(1.0 - self.eps)
+        return flat, t.clamp_max(1.0 - self.eps), _ValueCheck(flat, t, self._x_limit, self.atoms.dtype)
 
     def _recheck_cache(self) -> None:
         """The storage of the atoms was written to since the last check (its version counter
@@ -363,14 +362,25 @@ class EmpiricalFlow:
         self._atoms_version = self.atoms._version
 
     # ------------------------------------------------------------------ core
-    def _solve(self, x, t, top_k):
-        """ȳ (B, D) float64, diagnostics, and (weights, indices) of the top_k atoms (if top_k)."""
+    def _solve(self, x, t, top_k, values):
+        """ȳ (B, D) float64, diagnostics, and (weights, indices) of the top_k atoms (if top_k);
+        ``values`` the pending check of x and t (:class:`_ValueCheck`).
+
+        On an accelerator that check is settled by the first block's synchronisation, not one of
+        its own before the GEMM: a call whose rows are not all fine (one at t = 0, or an input the
+        check refuses) is only then found out, and starts again here (its GEMM wasted: the first
+        call of a run, at t = 0)."""
         if x.shape[0] == 0:
             return self._at_start(0, top_k, x.device)
         blas = gemm.choose(self.atoms.dtype, x.device, 2.0 * x.shape[0] * self.n * self.dim, _CALIBRATE_FLOPS)
-        moving = (t > 0).nonzero().flatten()
-        if moving.numel() == x.shape[0]:
+        if x.device.type != "cpu" and _DEFER_CHECKS and not (self.truncate and self.backend == "faiss"):
+            try:
+                return self._solve_moving(x, t, top_k, blas, values)
+            except _NotAllFine:
+                pass
+        if values.settle():
             return self._solve_moving(x, t, top_k, blas)
+        moving = (t > 0).nonzero().flatten()
         # at t = 0 every atom has the same logit: ȳ is the cached float64 mean, no GEMM needed
         ybar, diag, top = self._at_start(x.shape[0], top_k, x.device)
         if moving.numel():
@@ -397,12 +407,15 @@ class EmpiricalFlow:
                torch.arange(top_k, device=device).expand(b, -1).clone())
         return ybar, diag, top
 
-    def _solve_moving(self, x, t, top_k, blas):
-        """:meth:`_solve` for rows with t > 0; ``blas`` runs the products (:mod:`kinetic_fm.gemm`)."""
+    def _solve_moving(self, x, t, top_k, blas, values=None):
+        """:meth:`_solve` for rows with t > 0; ``blas`` runs the products (:mod:`kinetic_fm.gemm`);
+        ``values``, when given, the rows' pending value check (:class:`_NotAllFine` when a row is
+        not fine)."""
         if self.truncate and self.backend == "faiss":
             return self._solve_truncated_by_search(x, t, top_k)
-        parts = [self._solve_block(x[b0:b0 + self.batch_chunk], t[b0:b0 + self.batch_chunk], top_k, blas)
-                 for b0 in range(0, x.shape[0], self.batch_chunk)]
+        step = self.batch_chunk
+        parts = [self._solve_block(x[b0:b0 + step], t[b0:b0 + step], top_k, blas, values, slice(b0, b0 + step))
+                 for b0 in range(0, x.shape[0], step)]
         if len(parts) == 1:
             return parts[0]
         ybar = torch.cat([p[0] for p in parts])
@@ -412,19 +425,21 @@ class EmpiricalFlow:
         return ybar, diag, top
 
     def _coefficients(self, t):
+        """(b,) float64 1 − t (≥ eps) and a = t/(1 − t)², which multiplies x·y_j in the logits."""
         one_minus = (1.0 - t).clamp_min(self.eps)
-        a = t / one_minus.pow(2)                          # multiplies x·y_j
-        c = t.pow(2) / (2.0 * one_minus.pow(2))           # multiplies ‖y_j‖²
-        return one_minus, a, c
+        return one_minus, t / one_minus.pow(2)
 
-    def _screen(self, x, a, c, blas):
-        """Screened logits ℓ̃ (b, N) in the screening dtype, one GEMM per chunk of atoms."""
+    def _screen(self, x, t, one_minus, a, blas):
+        """Screened logits ℓ̃ (b, N) in the screening dtype, one GEMM per chunk of atoms, and
+        c = t²/(2(1 − t)²) (b,) float64, which multiplies ‖y_j‖² (formed once the GEMM is launched:
+        on a GPU the host's small launches then overlap it)."""
         dtype = self.atoms.dtype
         xa = x.to(dtype) * a.to(dtype)[:, None]
         scores = torch.empty(x.shape[0], self.n, dtype=dtype, device=x.device)
         for c0 in range(0, self.n, self.chunk):
             gemm.matmul(xa, self.atoms[c0:c0 + self.chunk].T, out=scores[:, c0:c0 + self.chunk], blas=blas)
-        return scores.addr_(c.to(dtype), self._sq_norms, alpha=-1.0)
+        c = t.pow(2) / (2.0 * one_minus.pow(2))
+        return scores.addr_(c.to(dtype), self._sq_norms, alpha=-1.0), c
 
     def _logit_error_bound(self, x, a, c):
         """(b,) float64 bound e on each query's screened-logit error (module docs, step 1)."""
@@ -432,11 +447,11 @@ class EmpiricalFlow:
         u = unit_roundoff(self.atoms.dtype, x.device)      # read per call: TF32 may be switched on later
         return (self.dim + 4) * u * (a * x_norm * self._norm_max + c * self._norm_max ** 2)
 
-    def _solve_block(self, x, t, top_k, blas):
+    def _solve_block(self, x, t, top_k, blas, values=None, rows=None):
         b = x.shape[0]
-        one_minus, a, c = self._coefficients(t)
-        scores = self._screen(x, a, c, blas)
-        best = scores.amax(dim=1)
+        one_minus, a = self._coefficients(t)
+        scores, c = self._screen(x, t, one_minus, a, blas)
+        best, best_index = scores.max(dim=1)
         bound = self._logit_error_bound(x, a, c)
         threshold = best.double() - self.cutoff - 2.0 * bound
         limit = threshold.to(scores.dtype)[:, None]
@@ -445,6 +460,15 @@ class EmpiricalFlow:
             exact = count <= self.truncate
         else:
             exact = (count <= self.exact_max) | (bound > self.max_logit_error)
+        # The block's one synchronisation when every row has one candidate (late t) or none is
+        # re-scored (small t); a mix takes one more, for its buckets. On a GPU each waits for the
+        # GEMM, and the host then launches the rest while the device idles.
+        summary = [count.max(), exact.sum()] + ([] if values is None else [values.fine[rows].all().long()])
+        most, n_exact, *all_fine = torch.stack(summary).tolist()
+        if all_fine and not all_fine[0]:
+            raise _NotAllFine
+        if most == 1 and top_k <= 1:
+            return self._point_masses(best_index, count, bound, top_k)
 
         ybar = torch.empty(b, self.dim, dtype=torch.float64, device=x.device)
         max_w = torch.empty(b, dtype=torch.float64, device=x.device)
@@ -464,15 +488,22 @@ class EmpiricalFlow:
                 top_w[rows], top_i[rows] = top_log.exp(), idx.gather(1, pos)
             return log_w
 
-        # sparse rows, bucketed by candidate count so one wide row does not widen the others
-        sparse_rows = exact.nonzero().flatten()
-        for rows, width in _by_width(sparse_rows, count[sparse_rows].clamp_min(max(top_k, 1))):
-            k = min(width, self.truncate or self.n)                       # ≥ every row's count
-            block = scores if rows.numel() == b else scores[rows]          # no copy when all sparse
-            exact_rows(rows, torch.topk(block, k, dim=1).indices)
+        buckets, dense_rows = _buckets(exact, count.clamp_min(max(top_k, 1)), n_exact)
+        for rows, width_log2 in buckets:
+            if width_log2 == 0 and top_k <= 1:
+                # one candidate: the posterior is a point mass on the best atom (what _exact
+                # returns for one atom, without its gathers and passes)
+                ybar[rows] = self.atoms[best_index[rows]].double()
+                max_w[rows], entropy[rows] = 1.0, 0.0
+                if top_k:
+                    top_w[rows], top_i[rows] = 1.0, best_index[rows, None]
+                continue
+            k = min(2 ** width_log2, self.truncate or self.n)                 # ≥ every row's count
+            exact_rows(rows, torch.topk(scores[rows], k, dim=1).indices)
 
-        dense_rows = (~exact).nonzero().flatten()
-        if dense_rows.numel() and self.truncate:
+        if isinstance(dense_rows, slice) and self.truncate:
+            dense_rows = torch.arange(b, device=x.device)
+        if n_exact < b and self.truncate:
             # where the screened logits may be off by more than max_logit_error (late t, a cluster
             # of more than k near-duplicates) their order cannot pick the k largest: such a row
             # re-scores every candidate exactly (as the exact field does) and keeps the exact top
@@ -506,29 +537,47 @@ class EmpiricalFlow:
                 gap = (screened[:, -1] - screened[:, 0]).double()
                 log_dropped = torch.minimum(log_w[:, -1], log_w[:, 0] + gap) + 2.0 * bound[chosen]
                 neglected[chosen] = self._dropped_mass_bound(log_dropped)
-        elif dense_rows.numel():
+        elif n_exact < b:
             # screened weights with max 1; in place when the whole block is dense (small t)
-            weights = scores if dense_rows.numel() == b else scores[dense_rows]
+            rows = dense_rows
+            weights = scores[rows]
             del scores
-            total, w_log_w = _exponentiate(weights, best[dense_rows])
-            ybar[dense_rows] = gemm.matmul(weights, self.atoms, blas=blas).double() / total[:, None]
-            max_w[dense_rows] = 1.0 / total
-            entropy[dense_rows] = total.log() - w_log_w / total
+            total, w_log_w = _exponentiate(weights, best[rows])
+            ybar[rows] = gemm.matmul(weights, self.atoms, blas=blas).double() / total[:, None]
+            max_w[rows] = 1.0 / total
+            entropy[rows] = total.log() - w_log_w / total
             if top_k:
                 tw, ti = torch.topk(weights, top_k, dim=1)
-                top_w[dense_rows], top_i[dense_rows] = tw.double() / total[:, None], ti
+                top_w[rows], top_i[rows] = tw.double() / total[:, None], ti
 
-        # truncated mode's weights are exact on the atoms it keeps
-        exact = exact | bool(self.truncate)
+        if self.truncate:   # its weights are exact on the atoms it keeps
+            exact = torch.ones_like(exact)
         diag = PosteriorDiagnostics(
             max_weight=max_w,
             entropy=entropy,
             candidates=count,
             exact=exact,
-            logit_error_bound=torch.where(exact, torch.zeros_like(bound), bound),
+            logit_error_bound=bound.masked_fill(exact, 0.0),
             neglected_bound=neglected,
         )
         return ybar, diag, (top_w, top_i)
+
+    def _point_masses(self, best_index, count, bound, top_k):
+        """:meth:`_solve_block`'s answer when every row has one candidate (top_k ≤ 1): each
+        posterior is a point mass on the best atom, to within N·e^(−cutoff) (what ``_exact``
+        gives one atom, without its gathers and passes)."""
+        ones = torch.ones_like(bound)
+        diag = PosteriorDiagnostics(
+            max_weight=ones,
+            entropy=torch.zeros_like(bound),
+            candidates=count,
+            exact=torch.ones_like(bound, dtype=torch.bool),
+            logit_error_bound=torch.zeros_like(bound),
+            neglected_bound=torch.full_like(bound, min(1.0, self.n * math.exp(-self.cutoff))),
+        )
+        top_w, top_i = ones[:, None], best_index[:, None]
+        top = (top_w.clone(), top_i) if top_k else (top_w[:, :0], top_i[:, :0])
+        return self.atoms[best_index].double(), diag, top
 
     def _exact(self, x, t, one_minus, idx):
         """ȳ (r, D) float64 and normalised float64 weights (r, k) over the atoms ``idx`` (r, k).
@@ -575,7 +624,7 @@ class EmpiricalFlow:
     def _solve_truncated_by_search(self, x, t, top_k):
         """Truncated mode through the exact k-nearest-neighbour search of x/t (the faiss backend)."""
         b, k = x.shape[0], self.truncate
-        one_minus, _, _ = self._coefficients(t)
+        one_minus, _ = self._coefficients(t)
         queries = x.double() / t[:, None]
         # the atoms were checked once, at construction; x/t is finite whenever x is
         idx = nearest_neighbors(queries, self.atoms, k, chunk=self.chunk, backend=self.backend,
@@ -620,6 +669,55 @@ _SPLIT_FLOOR_BYTES = 16 << 20
 # up to this many (a cluster of near-duplicates); beyond it, the certified search of x/t
 _RESCORE_ALL_MAX = 4096
 
+# the bucket of the rows that are not re-scored exactly (2**64 would exceed any candidate count)
+_DENSE_LEVEL = 64
+
+# on an accelerator, settle the value checks with the first block's synchronisation (EmpiricalFlow._solve)
+_DEFER_CHECKS = True
+
+
+class _NotAllFine(Exception):
+    """A block's rows are not all fine (``_ValueCheck``): the call starts again with its checks settled."""
+
+
+class _ValueCheck:
+    """The check of one call's values, pending: ``fine`` (B,) bool marks rows with t in (0, 1] and
+    x within the magnitude limit (``fine_x``), computed without a synchronisation."""
+
+    def __init__(self, x: torch.Tensor, t: torch.Tensor, x_limit: float, dtype: torch.dtype):
+        self.x, self.t, self.x_limit, self.dtype = x, t, x_limit, dtype
+
+    @functools.cached_property
+    def fine_x(self) -> torch.Tensor:
+        # NaN fails every comparison, so one reduction (no |x| copy) covers NaN and entries too
+        # large; compared in float64: in x's dtype a limit beyond its range (float16 x, or float32
+        # x with float64 atoms) rounded to inf, and inf <= inf let an inf row through as NaN
+        return torch.linalg.vector_norm(self.x, ord=math.inf, dim=1).double() <= self.x_limit
+
+    @functools.cached_property
+    def fine(self) -> torch.Tensor:
+        # formed when first read: on a GPU after the first block's GEMM is launched, so overlapping it
+        return (self.t > 0) & (self.t <= 1) & self.fine_x
+
+    def settle(self) -> bool:
+        """Whether every row is fine (one synchronisation); False when some are at t = 0, and a
+        ValueError naming the first bad time, or the rows of x with NaN, inf or too large a
+        magnitude, when some are not fine otherwise."""
+        if bool(self.fine.all()):
+            return True
+        x, t = self.x, self.t
+        bad, bad_x = (t < 0) | (t > 1) | ~torch.isfinite(t), ~self.fine_x
+        if not bool((bad | bad_x).any()):
+            return False                 # rows at t = 0, nothing wrong
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(f"t must lie in [0, 1], got {float(t[row])!r} at row {row}")
+        rows = bad_x.nonzero().flatten()[:10].tolist()
+        if not bool(torch.isfinite(x[rows]).all()):
+            raise ValueError(f"x has NaN or inf in rows {rows}")
+        check_magnitude("x", x[rows], self.dtype)
+        return False
+
 
 def _by_width(rows: torch.Tensor, counts: torch.Tensor):
     """``rows`` (r,) bucketed by their candidate ``counts`` (r,): yields (rows of a bucket, width),
@@ -630,6 +728,24 @@ def _by_width(rows: torch.Tensor, counts: torch.Tensor):
     bucket = torch.ceil(torch.log2(counts.double())).long()    # no host-to-device copy
     for level in bucket.unique().tolist():
         yield rows[bucket == level], 2 ** level
+
+
+def _buckets(exact: torch.Tensor, counts: torch.Tensor, n_exact: int):
+    """The rows of a block grouped for :meth:`EmpiricalFlow._solve_block`: a list of
+    (rows, log2 width) for the ``exact`` (b,) rows, bucketed by the power of two ≥ their
+    ``counts`` (b,) in increasing order (rows ascending within a bucket), and the other rows.
+    Rows are ``slice(None)`` for all b rows (views, not copies), else an index tensor. One
+    synchronisation, none when no row is re-scored."""
+    b = exact.shape[0]
+    if n_exact == 0:
+        return [], slice(None)
+    # a bucket's rows are a slice of the rows sorted by bucket, its bounds found in one read
+    width_log2 = torch.ceil(torch.log2(counts.double())).long()
+    level, order = torch.sort(torch.where(exact, width_log2, _DENSE_LEVEL), stable=True)
+    ends = torch.searchsorted(level, torch.arange(_DENSE_LEVEL + 1, device=exact.device), right=True).tolist()
+    buckets = [(slice(None) if end - start == b else order[start:end], level_)
+               for level_, (start, end) in enumerate(zip([0, *ends[:-2]], ends[:-1])) if end > start]
+    return buckets, order[ends[-2]:]
 
 
 def _column_blocks(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
