@@ -1,12 +1,38 @@
 """Shared helpers for the benchmark scripts: timing and small reference nets."""
 from __future__ import annotations
 
+import re
 import statistics
+import subprocess
+import sys
 import time
+import types
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def module_at(rev: str, path: str) -> types.ModuleType:
+    """The module at ``path`` (e.g. "src/kinetic_fm/knn.py") as committed at git revision ``rev``,
+    or read from the file ``rev`` where one exists (a machine without the history), loaded as a
+    module of today's package: its relative imports reach today's modules."""
+    if Path(rev).is_file():
+        source = Path(rev).read_text()
+    else:
+        source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, check=True,
+                                capture_output=True, text=True).stdout
+    package = ".".join(Path(path).relative_to("src").parent.parts)
+    tag = re.sub(r"\W", "_", rev)
+    module = types.ModuleType(f"{package}._{Path(path).stem}_{tag}")
+    module.__package__ = package
+    sys.modules[module.__name__] = module          # its dataclasses look their module up there
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
+    return module
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

@@ -4,6 +4,7 @@
     python benchmarks/efm_speed.py --quick    # N = 2,000, B = 64, N_mem = 10,000
     python benchmarks/efm_speed.py --device cuda --batch 2048 --atoms 50000   # where the overhead amortises
     python benchmarks/efm_speed.py --device-blocks   # peak memory with a GPU's block sizes, on the CPU
+    python benchmarks/efm_speed.py --previous 8eaafc0 # also the field as committed then (or a file of it)
 
 Inputs: atoms uniform in [−1, 1]^D (CIFAR-sized), queries on the conditional paths
 x_t = (1 − t)·noise + t·y_j at several t (where a sampler evaluates the field).
@@ -17,6 +18,9 @@ x_t = (1 − t)·noise + t·y_j at several t (where a sampler evaluates the fiel
          faster of torch's and NumPy's, timed once). ours / floor is what a user gains over
          torch.mm; ours / same-BLAS floor is the method's own overhead (2 at small t, where the
          exact Σ w_j y_j is a second product of the same size).
+* previous (``--previous REV``): ``fields/empirical.py`` as committed at REV (or read from the
+         file REV, for a machine without the history), timed in the same rounds; its results are
+         asserted equal to ours, bit for bit.
 * run:   a whole ``kfm.sample`` Euler run from noise (``--run-steps`` steps) on the same atoms:
          every field call is timed, and the run's field time is compared with NFE x floor. This
          is what a user pays per trajectory batch; the per-t rows above show where it goes.
@@ -38,7 +42,7 @@ import sys
 import time
 
 import torch
-from _common import interleaved_medians, median_time, synced
+from _common import interleaved_medians, median_time, module_at, synced
 
 import kinetic_fm as kfm
 from kinetic_fm import blocks, gemm
@@ -94,6 +98,8 @@ def main():
     parser.add_argument("--memory-only", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=None, help="queries per call (default 256; 64 with --quick)")
     parser.add_argument("--atoms", type=int, default=None, help="N for the speed part (default 10,000; 2,000 with --quick)")
+    parser.add_argument("--previous", metavar="REV", help="also time fields/empirical.py as committed at REV "
+                        "(or read from the file REV)")
     parser.add_argument("--device-blocks", action="store_true",
                         help="only the memory part, on the CPU with an accelerator's block budget "
                              "(kinetic_fm.blocks.DEVICE_BLOCK_BYTES): the peak a GPU's passes hold, without a GPU")
@@ -119,6 +125,9 @@ def speed(n, dim, batch, device, args):
     g = torch.Generator().manual_seed(0)
     atoms = (torch.rand(n, dim, generator=g) * 2 - 1).to(device)
     field = kfm.EmpiricalFlow(atoms)
+    previous = None
+    if args.previous:
+        previous = module_at(args.previous, "src/kinetic_fm/fields/empirical.py").EmpiricalFlow(atoms)
     print(f"EFM velocity, N={n}, D={dim}, B={batch}, float32, {device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
 
@@ -135,11 +144,15 @@ def speed(n, dim, batch, device, args):
     print(f"ours' products run through {blas}'s BLAS (kinetic_fm.gemm)"
           + ("; /same-BLAS is ours / that product through it" if blas != "torch" else ""))
     print(f"{'t':>6} {'ours ms':>9} {'/floor':>7} {'/same-BLAS':>10} {'naive ms (extrap.)':>19} {'naive/ours':>10} "
-          f"{'max rel err':>11} {'exact rows':>10}")
+          f"{'max rel err':>11} {'exact rows':>10}" + (f" {'previous/ours':>13}" if previous else ""))
     for t_value in (0.05, 0.2, 0.5, 0.9, 0.99):
         x = states(atoms.cpu(), batch, t_value, g).to(device)
         t = torch.full((batch,), t_value, device=device)
-        timed = interleaved_medians({"ours": synced(lambda: field(x, t), device), **floors}, args.repeats)
+        ways = {"ours": synced(lambda: field(x, t), device), **floors}
+        if previous:
+            ways["previous"] = synced(lambda: previous(x, t), device)
+            assert torch.equal(previous(x, t), field(x, t)), f"the previous field differs at t = {t_value}"
+        timed = interleaved_medians(ways, args.repeats)
         ours, floor_t = timed["ours"], timed["floor"]
         same = ours / timed.get("same-BLAS floor", floor_t)
         q = args.naive_queries
@@ -149,12 +162,15 @@ def speed(n, dim, batch, device, args):
         err = ((v - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
         exact = field.diagnostics(x, t).exact.float().mean().item()
         print(f"{t_value:>6} {ours * 1e3:>9.1f} {ours / floor_t:>7.2f} {same:>10.2f} {naive * 1e3:>19.0f} {naive / ours:>10.1f} "
-              f"{err:>11.1e} {exact:>10.2f}")
+              f"{err:>11.1e} {exact:>10.2f}" + (f" {timed['previous'] / ours:>13.2f}" if previous else ""))
 
-    run_cost(field, atoms, batch, args.run_steps, floors, g, device)
+    run_cost(field, atoms, batch, args.run_steps, floors, device)
+    if previous:
+        print("the previous field:", end=" ")
+        run_cost(previous, atoms, batch, args.run_steps, floors, device)
 
 
-def run_cost(field, atoms, batch, steps, floors, generator, device):
+def run_cost(field, atoms, batch, steps, floors, device):
     """Time every field call of one Euler run from noise, each beside one product of each floor."""
     calls, same = [], []
 
@@ -171,7 +187,7 @@ def run_cost(field, atoms, batch, steps, floors, generator, device):
             same.append(time.perf_counter() - t2)
         return out[0]
 
-    x0 = torch.randn(batch, atoms.shape[1], generator=generator).to(device)
+    x0 = torch.randn(batch, atoms.shape[1], generator=torch.Generator().manual_seed(7)).to(device)   # the same for every field
     kfm.sample(field, x0, steps=2, solver="euler")                          # warm-up
     kfm.sample(timed, x0, steps=steps, solver="euler")
     ratios = [seconds / floor for _, seconds, floor in calls]

@@ -39,18 +39,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
-import types
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import interleaved_rounds
+from _common import REPO, interleaved_rounds, module_at
 
 from kinetic_fm import knn
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def blur(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
@@ -83,17 +78,6 @@ def inputs(args) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return sets
 
 
-def module_at(rev: str) -> types.ModuleType:
-    """kinetic_fm/knn.py as committed at ``rev``, as a module of today's package."""
-    source = subprocess.run(["git", "show", f"{rev}:src/kinetic_fm/knn.py"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout
-    module = types.ModuleType(f"kinetic_fm._knn_{rev}")
-    module.__package__ = "kinetic_fm"
-    sys.modules[module.__name__] = module          # its dataclasses look their module up there
-    exec(compile(source, f"{rev}:src/kinetic_fm/knn.py", "exec"), module.__dict__)
-    return module
-
-
 def search_with(wider: int, break_even: int):
     """The 2-NN search with the re-search's two switches set to these values for the call."""
     def search(queries, reference):
@@ -110,7 +94,7 @@ def compare(args) -> None:
     ways = {"routed": search_with(knn._WIDER_CANDIDATES, knn._BRUTE_FORCE_BREAK_EVEN),
             "re-screened": search_with(1, 0)}
     if args.previous:
-        previous = module_at(args.previous).nearest_neighbors
+        previous = module_at(args.previous, "src/kinetic_fm/knn.py").nearest_neighbors
         ways[f"at {args.previous}"] = lambda queries, reference: previous(queries, reference, 2)
     for name, (queries, reference) in inputs(args).items():
         calls = {way: (lambda search: lambda: search(queries, reference))(search) for way, search in ways.items()}

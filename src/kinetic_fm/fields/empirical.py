@@ -488,7 +488,7 @@ class EmpiricalFlow:
                 top_w[rows], top_i[rows] = top_log.exp(), idx.gather(1, pos)
             return log_w
 
-        buckets, dense_rows = _buckets(exact, count.clamp_min(max(top_k, 1)), n_exact)
+        buckets, dense_rows = _buckets(exact, count, max(top_k, 1), n_exact)
         for rows, width_log2 in buckets:
             if width_log2 == 0 and top_k <= 1:
                 # one candidate: the posterior is a point mass on the best atom (what _exact
@@ -730,17 +730,18 @@ def _by_width(rows: torch.Tensor, counts: torch.Tensor):
         yield rows[bucket == level], 2 ** level
 
 
-def _buckets(exact: torch.Tensor, counts: torch.Tensor, n_exact: int):
+def _buckets(exact: torch.Tensor, counts: torch.Tensor, least: int, n_exact: int):
     """The rows of a block grouped for :meth:`EmpiricalFlow._solve_block`: a list of
     (rows, log2 width) for the ``exact`` (b,) rows, bucketed by the power of two ≥ their
-    ``counts`` (b,) in increasing order (rows ascending within a bucket), and the other rows.
+    ``counts`` (b,) and ≥ ``least``, in increasing order (rows ascending within a bucket), and the
+    other rows.
     Rows are ``slice(None)`` for all b rows (views, not copies), else an index tensor. One
     synchronisation, none when no row is re-scored."""
     b = exact.shape[0]
     if n_exact == 0:
         return [], slice(None)
     # a bucket's rows are a slice of the rows sorted by bucket, its bounds found in one read
-    width_log2 = torch.ceil(torch.log2(counts.double())).long()
+    width_log2 = torch.ceil(torch.log2(counts.clamp_min(least).double())).long()
     level, order = torch.sort(torch.where(exact, width_log2, _DENSE_LEVEL), stable=True)
     ends = torch.searchsorted(level, torch.arange(_DENSE_LEVEL + 1, device=exact.device), right=True).tolist()
     buckets = [(slice(None) if end - start == b else order[start:end], level_)
