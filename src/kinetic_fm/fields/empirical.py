@@ -425,11 +425,13 @@ class EmpiricalFlow:
         return ybar, diag, top
 
     def _coefficients(self, t):
-        """(b,) float64 1 − t (≥ eps) and a = t/(1 − t)², which multiplies x·y_j in the logits."""
+        """(b,) float64 1 − t (≥ eps), its square, and a = t/(1 − t)², which multiplies x·y_j in
+        the logits."""
         one_minus = (1.0 - t).clamp_min(self.eps)
-        return one_minus, t / one_minus.pow(2)
+        squared = one_minus.pow(2)
+        return one_minus, squared, t / squared
 
-    def _screen(self, x, t, one_minus, a, blas):
+    def _screen(self, x, t, squared, a, blas):
         """Screened logits ℓ̃ (b, N) in the screening dtype, one GEMM per chunk of atoms, and
         c = t²/(2(1 − t)²) (b,) float64, which multiplies ‖y_j‖² (formed once the GEMM is launched:
         on a GPU the host's small launches then overlap it)."""
@@ -438,7 +440,7 @@ class EmpiricalFlow:
         scores = torch.empty(x.shape[0], self.n, dtype=dtype, device=x.device)
         for c0 in range(0, self.n, self.chunk):
             gemm.matmul(xa, self.atoms[c0:c0 + self.chunk].T, out=scores[:, c0:c0 + self.chunk], blas=blas)
-        c = t.pow(2) / (2.0 * one_minus.pow(2))
+        c = t.pow(2) / (2.0 * squared)
         return scores.addr_(c.to(dtype), self._sq_norms, alpha=-1.0), c
 
     def _logit_error_bound(self, x, a, c):
@@ -449,11 +451,11 @@ class EmpiricalFlow:
 
     def _solve_block(self, x, t, top_k, blas, values=None, rows=None):
         b = x.shape[0]
-        one_minus, a = self._coefficients(t)
-        scores, c = self._screen(x, t, one_minus, a, blas)
+        one_minus, squared, a = self._coefficients(t)
+        scores, c = self._screen(x, t, squared, a, blas)
         best, best_index = scores.max(dim=1)
         bound = self._logit_error_bound(x, a, c)
-        threshold = best.double() - self.cutoff - 2.0 * bound
+        threshold = (best.double() - self.cutoff).sub_(bound, alpha=2.0)    # 2·bound is exact
         limit = threshold.to(scores.dtype)[:, None]
         count = sum((block >= limit).sum(dim=1) for block in _column_blocks(scores))
         if self.truncate:   # every candidate when they are few, else the k best screened ones
@@ -624,7 +626,7 @@ class EmpiricalFlow:
     def _solve_truncated_by_search(self, x, t, top_k):
         """Truncated mode through the exact k-nearest-neighbour search of x/t (the faiss backend)."""
         b, k = x.shape[0], self.truncate
-        one_minus, _ = self._coefficients(t)
+        one_minus, _, _ = self._coefficients(t)
         queries = x.double() / t[:, None]
         # the atoms were checked once, at construction; x/t is finite whenever x is
         idx = nearest_neighbors(queries, self.atoms, k, chunk=self.chunk, backend=self.backend,
