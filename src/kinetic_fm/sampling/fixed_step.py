@@ -69,10 +69,10 @@ def integrate_fixed(
     tableaus = step_tableaus(velocity, tableau, n_steps)
     t_stage = stage_times(times, tableaus, n_stages)
     eta = stage_gains(gain, times, t_stage, tableaus)
-    read_after = [[tab.read_after(j) for j in range(tab.stages)] for tab in tableaus]
     # half-precision squares overflow (‖v‖² > 65504 in float16) and round coarsely (bfloat16)
     norm_dtype = torch.promote_types(dtype, torch.float32)
     norms = torch.zeros(n_steps, n_stages, batch, dtype=norm_dtype, device=device)
+    norm_rows = norms.view(n_steps * n_stages, batch)  # row i·stages + j: step i, stage j
 
     steps_iter = range(n_steps)
     if progress:
@@ -80,35 +80,60 @@ def integrate_fixed(
 
         steps_iter = tqdm(steps_iter, desc=f"{tableau.name} sampling", unit="step", leave=False)
 
+    times_of = _StageTimes(batch, dtype, device)
+    shape, flat_shape, half = x0.shape, (batch, -1), dtype in _HALF
     x = x0
     for i in steps_iter:
         h = times[i + 1] - times[i]
-        step = tableaus[i]
+        step, eta_i, t_i = tableaus[i], eta[i], t_stage[i]
         stage_v: list[torch.Tensor] = []
         versions: list[int | None] = []
-        for j in range(step.stages):
-            xj = _stage_state(x, [(v, h * a_jl * eta[i][l]) for l, (a_jl, v) in enumerate(zip(step.a[j], stage_v))
-                                  if a_jl != 0.0])
-            version = state_version(xj) if xj is x else None
-            # made here, not S·stages tensors ahead (~750 bytes each whatever B: 300 MB at 10**5
-            # rk4 steps); a fill, no synchronisation
-            t_j = torch.full((batch,), t_stage[i][j], dtype=dtype, device=device)
+        for j, (inputs, kept) in enumerate(step.stage_plan):
+            if inputs:
+                xj = _stage_state(x, [(stage_v[l], h * a_jl * eta_i[l]) for l, a_jl in inputs])
+                version = None
+            else:
+                xj, version = x, state_version(x)
+            t_j = times_of(t_i[j])
             if i == 0 and j == 0:
                 v = first_velocity(velocity, xj, t_j)
             else:  # metadata only: no synchronisation
                 v = velocity(xj, t_j)
-                check_velocity_output(v, xj, step=i, time=t_stage[i][j])
-            check_state_unchanged(xj, version, i, t_stage[i][j], is_x0=xj is x0)
-            check_outputs_unchanged(stage_v, versions, read_after[i][j], i, t_stage[i][j])
-            flat = v.reshape(batch, -1)
-            if flat.dtype != norm_dtype:
-                flat = flat.to(norm_dtype)
-            row_dot(flat, out=norms[i, j])
+                if type(v) is not torch.Tensor or v.shape != shape or v.dtype != dtype or v.device != device:
+                    check_velocity_output(v, xj, step=i, time=t_i[j])
+            if version is not None and xj._version != version:
+                check_state_unchanged(xj, version, i, t_i[j], is_x0=xj is x0)
+            for l in kept:
+                if versions[l] is not None and stage_v[l]._version != versions[l]:
+                    check_outputs_unchanged(stage_v, versions, kept, i, t_i[j])
+            flat = v.reshape(flat_shape)
+            row_dot(flat.float() if half else flat, out=norm_rows[i * n_stages + j])
             stage_v.append(v)
             versions.append(state_version(v))
-        x = _update(x, h, step, stage_v, eta[i])
+        x = _update(x, h, step, stage_v, eta_i)
 
     return _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_profile)
+
+
+class _StageTimes:
+    """The (B,) time tensors handed to the velocity, filled with t in x's dtype (a fill, no
+    synchronisation). A stage at the time of the one before it (heun's and rk4's step end is the
+    next step's start, rk4's two midpoints) gets the same tensor again unless the velocity changed
+    it in place: one fill fewer a step. Under ``torch.inference_mode`` (no version counter to
+    tell) every stage gets a new one."""
+
+    def __init__(self, batch: int, dtype: torch.dtype, device: torch.device):
+        self.batch, self.dtype, self.device = batch, dtype, device
+        self.t: float | None = None
+        self.tensor: torch.Tensor | None = None
+        self.version: int | None = None
+
+    def __call__(self, t: float) -> torch.Tensor:
+        if t == self.t and self.version is not None and self.tensor._version == self.version:
+            return self.tensor
+        self.tensor = torch.full((self.batch,), t, dtype=self.dtype, device=self.device)
+        self.t, self.version = t, state_version(self.tensor)
+        return self.tensor
 
 
 def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]],
@@ -127,6 +152,8 @@ def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]
     if tau is None:
         return [[_gain_at(gain, t) for t in row] for row in t_stage]
     below_tau = math.nextafter(tau, 0.0)
+    tolerance = TAU_TOLERANCE * tau
+    known: dict[float, float] = {}  # η by time: a step's end is the next one's start, rk4 has c = ½ twice
     rows = []
     for t0, t1, row, tab in zip(times[:-1], times[1:], t_stage, tableaus):
         # a time a rounding off τ is τ (np.linspace's 0.6000000000000001, a float32 grid's
@@ -136,9 +163,12 @@ def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]
         ends_on_tau = _on_tau(t1, tau) and t0 < tau and not _on_tau(t0, tau) and not tab.mean_gain_update
         gains = []
         for t in row:
-            if _on_tau(t, tau):
+            if abs(t - tau) <= tolerance:
                 t = below_tau if t == t1 and ends_on_tau else tau
-            gains.append(_gain_at(gain, t))
+            eta = known.get(t)
+            if eta is None:
+                eta = known[t] = _gain_at(gain, t)
+            gains.append(eta)
         rows.append(gains)
     return rows
 
@@ -186,7 +216,7 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
     """Energies from the stage norms: applied ½ h Σ w η²‖v‖², raw ½ h Σ w ‖v‖² per step."""
     n_steps, n_stages, batch = norms.shape
     device = norms.device
-    weights = torch.tensor([_padded(quadrature_weights(quadrature, tab.b), n_stages) for tab in tableaus],
+    weights = torch.tensor(_per_tableau(tableaus, lambda tab: _padded(quadrature_weights(quadrature, tab.b), n_stages)),
                            dtype=torch.float64)  # (S, stages)
     h = torch.tensor(times, dtype=torch.float64).diff()
     raw_coef = 0.5 * h[:, None] * weights
@@ -238,6 +268,18 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
         bad_step=torch.where(any_bad, first // n_stages, -1),
         bad_time=torch.where(any_bad, stage_t[first], torch.nan),
     )
+
+
+def _per_tableau(tableaus: list[Tableau], row_of: Callable[[Tableau], tuple]) -> list[tuple]:
+    """``row_of(tab)`` for every step's tableau, worked out once for each distinct one."""
+    known: dict[int, tuple] = {}
+    rows = []
+    for tab in tableaus:
+        row = known.get(id(tab))
+        if row is None:
+            row = known[id(tab)] = row_of(tab)
+        rows.append(row)
+    return rows
 
 
 def _padded(weights: tuple[float, ...], stages: int) -> tuple[float, ...]:
