@@ -72,7 +72,10 @@ def integrate_fixed(
     # half-precision squares overflow (‖v‖² > 65504 in float16) and round coarsely (bfloat16)
     norm_dtype = torch.promote_types(dtype, torch.float32)
     norms = torch.zeros(n_steps, n_stages, batch, dtype=norm_dtype, device=device)
-    norm_rows = norms.view(n_steps * n_stages, batch)  # row i·stages + j: step i, stage j
+    # row i·stages + j holds step i's stage j; views of a block of steps' rows are made at once
+    # (one unbind), not one indexing op per stage
+    norm_rows = norms.view(n_steps * n_stages, batch)
+    block_steps = max(1, _ROW_BLOCK // n_stages)
 
     steps_iter = range(n_steps)
     if progress:
@@ -86,6 +89,9 @@ def integrate_fixed(
     for i in steps_iter:
         h = times[i + 1] - times[i]
         step, eta_i, t_i = tableaus[i], eta[i], t_stage[i]
+        if i % block_steps == 0:
+            block_rows = norm_rows[i * n_stages:(i + block_steps) * n_stages].unbind()
+        step_row = (i % block_steps) * n_stages
         stage_v: list[torch.Tensor] = []
         versions: list[int | None] = []
         for j, (inputs, kept) in enumerate(step.stage_plan):
@@ -107,7 +113,7 @@ def integrate_fixed(
                 if versions[l] is not None and stage_v[l]._version != versions[l]:
                     check_outputs_unchanged(stage_v, versions, kept, i, t_i[j])
             flat = v.reshape(flat_shape)
-            row_dot(flat.float() if half else flat, out=norm_rows[i * n_stages + j])
+            row_dot(flat.float() if half else flat, out=block_rows[step_row + j])
             stage_v.append(v)
             versions.append(state_version(v))
         x = _update(x, h, step, stage_v, eta_i)
@@ -221,26 +227,31 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
     h = torch.tensor(times, dtype=torch.float64).diff()
     raw_coef = 0.5 * h[:, None] * weights
     applied_coef = raw_coef * torch.tensor(eta, dtype=torch.float64) ** 2
+    # what the device needs from the host, in one copy: per stage j the (2, S, 1) column of the
+    # applied and raw coefficients, then the step start times and the stage times (S·stages,)
+    stage_t = torch.tensor(t_stage, dtype=torch.float64).reshape(-1)
+    host = torch.cat([torch.stack([applied_coef, raw_coef]).movedim(2, 0).reshape(-1),
+                      torch.tensor(times[:-1], dtype=torch.float64), stage_t]).to(device)
+    coef_size = 2 * n_steps * n_stages
+    coef = host[:coef_size].view(n_stages, 2, n_steps, 1)
+    step_starts, stage_t = host[coef_size:coef_size + n_steps], host[coef_size + n_steps:]
     # Element-wise products and a sequential scan over steps: every sample's numbers come from the
     # same correctly rounded operations in the same order, whatever the batch size (a GEMM or a
     # tree reduction here would change the last bits with the batch). One stage at a time: a
-    # float64 copy of the whole (S, stages, B) buffer, and its masks, held the peak at ~8× it.
-    applied_coef, raw_coef = applied_coef.to(device), raw_coef.to(device)
-    applied = raw = None
-    # the first non-finite (step, stage) per sample, in time order, as step·stages + stage
-    first = torch.full((batch,), n_steps * n_stages, dtype=torch.int64, device=device)
+    # float64 copy of the whole (S, stages, B) buffer held the peak at ~8× it. A product with the
+    # float64 coefficients reads the norms in float64 (exactly) without a copy of them.
+    energy = None  # (2, S, B): applied and raw increments
     for j in range(n_stages):
-        n64 = norms[:, j, :].to(torch.float64)
-        bad = ~torch.isfinite(n64)
-        # +inf becomes NaN (0·inf is NaN already): a non-finite stage reads NaN, whatever its weight
-        n64.masked_fill_(bad, torch.nan)
-        first = torch.minimum(first, torch.where(bad.any(0), bad.to(torch.uint8).argmax(0) * n_stages + j,
-                                                 n_steps * n_stages))
-        a_term = applied_coef[:, j, None] * n64
-        r_term = raw_coef[:, j, None] * n64
-        applied = a_term if applied is None else applied.add_(a_term)
-        raw = r_term if raw is None else raw.add_(r_term)
-        del n64, bad, a_term, r_term
+        terms = coef[j] * norms[:, j, :]
+        energy = terms if energy is None else energy.add_(terms)
+        del terms
+    # the first non-finite (step, stage) per sample, in time order, as the row i·stages + j (0 if none);
+    # a step with one reads NaN in both energies, whatever its stages' weights (0·inf is NaN, w·inf is not)
+    finite = torch.isfinite(norms)
+    all_finite, first = finite.view(n_steps * n_stages, batch).min(dim=0)
+    energy.masked_fill_(~finite.all(dim=1), torch.nan)
+    del finite
+    applied, raw = energy.unbind()
     running = torch.cumsum(applied, dim=0)  # (S, B), sequential along the steps
 
     early_steps = int(split * n_steps)
@@ -253,11 +264,8 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
         early=early,
         late=kpe - early,
         peak=peak,
-        peak_time=torch.tensor(times[:-1], dtype=torch.float64, device=device)[peak_step],
+        peak_time=step_starts[peak_step],
     )
-    any_bad = first < n_steps * n_stages
-    first = torch.where(any_bad, first, 0)
-    stage_t = torch.tensor(t_stage, dtype=torch.float64, device=device).reshape(-1)
     return Trace(
         x=x,
         ledger=ledger,
@@ -265,8 +273,8 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
         step_times=torch.tensor(times, dtype=torch.float64),
         nfe=sum(tab.stages for tab in tableaus),
         steps=n_steps,
-        bad_step=torch.where(any_bad, first // n_stages, -1),
-        bad_time=torch.where(any_bad, stage_t[first], torch.nan),
+        bad_step=torch.where(all_finite, -1, first // n_stages),
+        bad_time=torch.where(all_finite, torch.nan, stage_t[first]),
     )
 
 
@@ -287,6 +295,7 @@ def _padded(weights: tuple[float, ...], stages: int) -> tuple[float, ...]:
 
 
 _HALF = (torch.float16, torch.bfloat16)
+_ROW_BLOCK = 256  # stage-norm rows viewed at once
 
 
 def _stage_state(x: torch.Tensor, terms: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
@@ -298,11 +307,16 @@ def _stage_state(x: torch.Tensor, terms: list[tuple[torch.Tensor, float]]) -> to
     one sample at a time); float32 and float64 are summed in their own dtype, as before."""
     if not terms:
         return x
-    half = x.dtype in _HALF
-    out = x.float() if half else x
-    for v, c in terms:
-        out = torch.add(out, v.float() if half else v, alpha=c)
-    return out.to(x.dtype) if half else out
+    if x.dtype in _HALF:
+        out = x.float()
+        for v, c in terms:
+            out.add_(v.float(), alpha=c)
+        return out.to(x.dtype)
+    (v, c), *rest = terms
+    out = torch.add(x, v, alpha=c)
+    for v, c in rest:  # into the sum just made: the same additions, without a new tensor each
+        out.add_(v, alpha=c)
+    return out
 
 
 def _update(x, h, tableau: Tableau, stage_v, etas) -> torch.Tensor:
@@ -313,6 +327,6 @@ def _update(x, h, tableau: Tableau, stage_v, etas) -> torch.Tensor:
         for b, v in zip(tableau.b, stage_v):
             if b != 0.0:
                 v = v.float() if half else v
-                mean_v = b * v if mean_v is None else torch.add(mean_v, v, alpha=b)
+                mean_v = b * v if mean_v is None else mean_v.add_(v, alpha=b)
         return _stage_state(x, [(mean_v, h * gain)])
     return _stage_state(x, [(v, h * b * e) for b, e, v in zip(tableau.b, etas, stage_v) if b != 0.0])
