@@ -235,22 +235,25 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
     coef_size = 2 * n_steps * n_stages
     coef = host[:coef_size].view(n_stages, 2, n_steps, 1)
     step_starts, stage_t = host[coef_size:coef_size + n_steps], host[coef_size + n_steps:]
+    # the first non-finite (step, stage) per sample, in time order, as the row i·stages + j (0 if
+    # none), and the steps with one, (S, B); found before the energies are made, which peak higher
+    finite = torch.isfinite(norms)
+    all_finite, first = finite.view(n_steps * n_stages, batch).min(dim=0)
+    nonfinite_steps = ~finite.all(dim=1)
+    del finite
     # Element-wise products and a sequential scan over steps: every sample's numbers come from the
     # same correctly rounded operations in the same order, whatever the batch size (a GEMM or a
     # tree reduction here would change the last bits with the batch). One stage at a time: a
-    # float64 copy of the whole (S, stages, B) buffer held the peak at ~8× it. A product with the
-    # float64 coefficients reads the norms in float64 (exactly) without a copy of them.
+    # float64 copy of the whole (S, stages, B) buffer held the peak at ~8× it. The product with
+    # the float64 coefficients reads a stage's norms in float64, exactly.
     energy = None  # (2, S, B): applied and raw increments
     for j in range(n_stages):
         terms = coef[j] * norms[:, j, :]
         energy = terms if energy is None else energy.add_(terms)
         del terms
-    # the first non-finite (step, stage) per sample, in time order, as the row i·stages + j (0 if none);
-    # a step with one reads NaN in both energies, whatever its stages' weights (0·inf is NaN, w·inf is not)
-    finite = torch.isfinite(norms)
-    all_finite, first = finite.view(n_steps * n_stages, batch).min(dim=0)
-    energy.masked_fill_(~finite.all(dim=1), torch.nan)
-    del finite
+    # a step with a non-finite stage reads NaN in both energies, whatever its stages' weights
+    # (0·inf is NaN, w·inf is not)
+    energy.masked_fill_(nonfinite_steps, torch.nan)
     applied, raw = energy.unbind()
     running = torch.cumsum(applied, dim=0)  # (S, B), sequential along the steps
 
