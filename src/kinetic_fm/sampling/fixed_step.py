@@ -123,10 +123,11 @@ def integrate_fixed(
 
 class _StageTimes:
     """The (B,) time tensors handed to the velocity, filled with t in x's dtype (a fill, no
-    synchronisation). A stage at the time of the one before it (heun's and rk4's step end is the
-    next step's start, rk4's two midpoints) gets the same tensor again unless the velocity changed
-    it in place: one fill fewer a step. Under ``torch.inference_mode`` (no version counter to
-    tell) every stage gets a new one."""
+    synchronisation), made as the loop goes (S·stages made ahead cost ~750 bytes each whatever B:
+    300 MB at 10**5 rk4 steps). A stage at the time of the one before it (heun's and rk4's step
+    end is the next step's start, rk4's two midpoints) gets the same tensor again unless the
+    velocity changed it in place: one fill fewer a step. Under ``torch.inference_mode`` (no
+    version counter to tell) every stage gets a new one."""
 
     def __init__(self, batch: int, dtype: torch.dtype, device: torch.device):
         self.batch, self.dtype, self.device = batch, dtype, device
