@@ -5,6 +5,7 @@ and raw KPE, early/late, peak and non-finite flags per sample. Prints the median
 
     python benchmarks/kpe_overhead.py [--quick] [--device cuda]
     python benchmarks/kpe_overhead.py --net negation --batch 2   # v = −x: the loops' host cost alone
+    python benchmarks/kpe_overhead.py --net negation --batch 2 --ops   # and the aten ops each makes
 
 With ``--net negation`` the network does no work, so the times are each loop's own per-step host
 cost (Python, dispatch, launches): what a GPU pays for a network too small to keep it busy.
@@ -34,6 +35,21 @@ def bare_heun(net, x0, steps, kts):
     return x
 
 
+def print_op_counts(fns, steps: int) -> None:
+    """Top-level aten ops (each a dispatch, most a kernel launch on a GPU) of each loop: per step
+    (the difference between 2·steps and steps) and per run besides; the net's own included."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, fn in fns.items():
+        counts = []
+        for n in (steps, 2 * steps):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn(n)
+            counts.append(sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::")))
+        per_step = (counts[1] - counts[0]) / steps
+        print(f"aten ops of {name}: {per_step:g} a Heun step + {counts[0] - per_step * steps:g} a run")
+
+
 class Negation(torch.nn.Module):
     """v(x, t) = −x: no work, so a run's time is the sampling loop's own."""
 
@@ -48,6 +64,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--net", choices=["unet", "negation"], default="unet")
+    parser.add_argument("--ops", action="store_true", help="also count the top-level aten ops of each loop")
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -75,6 +92,8 @@ def main() -> None:
     atol = 1e-4 if device.type == "cuda" else 1e-5
     with torch.no_grad():
         assert torch.allclose(kfm.sample(net, x0, steps=steps, solver="heun", shaping=kts).x, bare_heun(net, x0, steps, kts), atol=atol)
+    if args.ops:
+        print_op_counts({"kfm.sample": ours, "bare loop": bare}, steps)
     med = interleaved_medians({"kfm.sample (with KPE)": ours, "bare loop": bare}, repeats)
     params = sum(p.numel() for p in net.parameters())
     name = f"SmallConvUNet(width={args.width}, {params / 1e6:.2f} M params)" if args.net == "unet" else "negation (v = -x)"

@@ -372,6 +372,18 @@ def test_fixed_step_sampling_makes_no_host_sync_per_step(field, solver):
     assert syncs[0] == syncs[1], fc.summary()
 
 
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
+def test_a_fixed_step_run_synchronises_three_times(solver):
+    # x0's finite check, one copy of the accounting's coefficients and times to the device, and the
+    # non-finite check after the loop (8eaafc0 copied four host arrays one by one: six)
+    velocity = lambda x, t: -x * t[:, None]  # noqa: E731
+    with fake_cuda() as fc:
+        x0 = kfm.noise(range(8), (4,), device="cuda")
+        fc.reset()
+        kfm.sample(velocity, x0, steps=8, solver=solver, shaping=kfm.KTS(), profile=True)
+        assert fc.count() == 3, fc.summary()
+
+
 @pytest.mark.parametrize("shaping", [None, kfm.KTS(alpha0=0.05, beta0=0.02)])
 def test_dopri5_synchronises_three_times_per_iteration(shaping):
     # choosing the rows in flight, the finite check, the accepted rows: one sync each (a boolean

@@ -1001,6 +1001,34 @@ def test_a_velocity_that_changes_its_time_in_place_does_not_move_the_clock(solve
     torch.testing.assert_close(a.times, b.times, rtol=0, atol=0, equal_nan=True)  # dopri5 pads with NaN
 
 
+# aten ops a step makes besides the velocity's: per stage its input state (x + Σ c·v: one op,
+# then in-place sums), its time tensor (a fill, shared with the stage before at the same time:
+# heun's and rk4's step end is the next start) and its ‖v‖² (reshape, vecdot into the buffer),
+# then the update. 8eaafc0 made 6 / 12 / 14 / 27 / 30 (a fill every stage, two index ops per
+# norm row, a new tensor for every partial sum).
+OPS_PER_STEP = {"euler": 5, "midpoint": 10, "heun": 9, "rk4": 17, "rk4_38": 21}
+
+
+@pytest.mark.parametrize("solver", FIXED)
+def test_a_fixed_step_makes_few_aten_ops_besides_the_velocitys(solver):
+    # on a GPU every op is a kernel launch or at least a dispatch, ~10 µs of host time that a small
+    # net does not hide (BENCHMARKS.md, "KPE accounting overhead"); counted, not timed
+    from torch.profiler import ProfilerActivity, profile
+
+    x0 = kfm.noise(range(2), (3, 8))
+    kts = kfm.KTS()
+
+    def ops(steps):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            kfm.sample(lambda x, t: -x, x0, steps=steps, solver=solver, shaping=kts, profile=True)
+        return sum(1 for e in prof.events()
+                   if e.cpu_parent is None and e.name.startswith("aten::") and e.name != "aten::neg")
+
+    kfm.sample(lambda x, t: -x, x0, steps=2, solver=solver)
+    per_step = (ops(12) - ops(4)) / 8
+    assert per_step <= OPS_PER_STEP[solver]
+
+
 @pytest.mark.parametrize("solver", ["euler", "heun", "dopri5"])
 def test_the_in_place_refusal_says_whether_the_callers_x0_changed(solver, x0):
     # dopri5 integrates a copy of x0: its refusal must not tell the caller that x0 was altered

@@ -69,10 +69,13 @@ def integrate_fixed(
     tableaus = step_tableaus(velocity, tableau, n_steps)
     t_stage = stage_times(times, tableaus, n_stages)
     eta = stage_gains(gain, times, t_stage, tableaus)
-    read_after = [[tab.read_after(j) for j in range(tab.stages)] for tab in tableaus]
     # half-precision squares overflow (‖v‖² > 65504 in float16) and round coarsely (bfloat16)
     norm_dtype = torch.promote_types(dtype, torch.float32)
     norms = torch.zeros(n_steps, n_stages, batch, dtype=norm_dtype, device=device)
+    # row i·stages + j holds step i's stage j; views of a block of steps' rows are made at once
+    # (one unbind), not one indexing op per stage
+    norm_rows = norms.view(n_steps * n_stages, batch)
+    block_steps = max(1, _ROW_BLOCK // n_stages)
 
     steps_iter = range(n_steps)
     if progress:
@@ -80,35 +83,64 @@ def integrate_fixed(
 
         steps_iter = tqdm(steps_iter, desc=f"{tableau.name} sampling", unit="step", leave=False)
 
+    times_of = _StageTimes(batch, dtype, device)
+    shape, flat_shape, half = x0.shape, (batch, -1), dtype in _HALF
     x = x0
     for i in steps_iter:
         h = times[i + 1] - times[i]
-        step = tableaus[i]
+        step, eta_i, t_i = tableaus[i], eta[i], t_stage[i]
+        if i % block_steps == 0:
+            block_rows = norm_rows[i * n_stages:(i + block_steps) * n_stages].unbind()
+        step_row = (i % block_steps) * n_stages
         stage_v: list[torch.Tensor] = []
         versions: list[int | None] = []
-        for j in range(step.stages):
-            xj = _stage_state(x, [(v, h * a_jl * eta[i][l]) for l, (a_jl, v) in enumerate(zip(step.a[j], stage_v))
-                                  if a_jl != 0.0])
-            version = state_version(xj) if xj is x else None
-            # made here, not S·stages tensors ahead (~750 bytes each whatever B: 300 MB at 10**5
-            # rk4 steps); a fill, no synchronisation
-            t_j = torch.full((batch,), t_stage[i][j], dtype=dtype, device=device)
+        for j, (inputs, kept) in enumerate(step.stage_plan):
+            if inputs:
+                xj = _stage_state(x, [(stage_v[l], h * a_jl * eta_i[l]) for l, a_jl in inputs])
+                version = None
+            else:
+                xj, version = x, state_version(x)
+            t_j = times_of(t_i[j])
             if i == 0 and j == 0:
                 v = first_velocity(velocity, xj, t_j)
             else:  # metadata only: no synchronisation
                 v = velocity(xj, t_j)
-                check_velocity_output(v, xj, step=i, time=t_stage[i][j])
-            check_state_unchanged(xj, version, i, t_stage[i][j], is_x0=xj is x0)
-            check_outputs_unchanged(stage_v, versions, read_after[i][j], i, t_stage[i][j])
-            flat = v.reshape(batch, -1)
-            if flat.dtype != norm_dtype:
-                flat = flat.to(norm_dtype)
-            row_dot(flat, out=norms[i, j])
+                if type(v) is not torch.Tensor or v.shape != shape or v.dtype != dtype or v.device != device:
+                    check_velocity_output(v, xj, step=i, time=t_i[j])
+            if version is not None and xj._version != version:
+                check_state_unchanged(xj, version, i, t_i[j], is_x0=xj is x0)
+            for l in kept:
+                if versions[l] is not None and stage_v[l]._version != versions[l]:
+                    check_outputs_unchanged(stage_v, versions, kept, i, t_i[j])
+            flat = v.reshape(flat_shape)
+            row_dot(flat.float() if half else flat, out=block_rows[step_row + j])
             stage_v.append(v)
             versions.append(state_version(v))
-        x = _update(x, h, step, stage_v, eta[i])
+        x = _update(x, h, step, stage_v, eta_i)
 
     return _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_profile)
+
+
+class _StageTimes:
+    """The (B,) time tensors handed to the velocity, filled with t in x's dtype (a fill, no
+    synchronisation), made as the loop goes (S·stages made ahead cost ~750 bytes each whatever B:
+    300 MB at 10**5 rk4 steps). A stage at the time of the one before it (heun's and rk4's step
+    end is the next step's start, rk4's two midpoints) gets the same tensor again unless the
+    velocity changed it in place: one fill fewer a step. Under ``torch.inference_mode`` (no
+    version counter to tell) every stage gets a new one."""
+
+    def __init__(self, batch: int, dtype: torch.dtype, device: torch.device):
+        self.batch, self.dtype, self.device = batch, dtype, device
+        self.t: float | None = None
+        self.tensor: torch.Tensor | None = None
+        self.version: int | None = None
+
+    def __call__(self, t: float) -> torch.Tensor:
+        if t == self.t and self.version is not None and self.tensor._version == self.version:
+            return self.tensor
+        self.tensor = torch.full((self.batch,), t, dtype=self.dtype, device=self.device)
+        self.t, self.version = t, state_version(self.tensor)
+        return self.tensor
 
 
 def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]],
@@ -127,6 +159,8 @@ def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]
     if tau is None:
         return [[_gain_at(gain, t) for t in row] for row in t_stage]
     below_tau = math.nextafter(tau, 0.0)
+    tolerance = TAU_TOLERANCE * tau
+    known: dict[float, float] = {}  # η by time: a step's end is the next one's start, rk4 has c = ½ twice
     rows = []
     for t0, t1, row, tab in zip(times[:-1], times[1:], t_stage, tableaus):
         # a time a rounding off τ is τ (np.linspace's 0.6000000000000001, a float32 grid's
@@ -136,9 +170,12 @@ def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]
         ends_on_tau = _on_tau(t1, tau) and t0 < tau and not _on_tau(t0, tau) and not tab.mean_gain_update
         gains = []
         for t in row:
-            if _on_tau(t, tau):
+            if abs(t - tau) <= tolerance:
                 t = below_tau if t == t1 and ends_on_tau else tau
-            gains.append(_gain_at(gain, t))
+            eta = known.get(t)
+            if eta is None:
+                eta = known[t] = _gain_at(gain, t)
+            gains.append(eta)
         rows.append(gains)
     return rows
 
@@ -186,31 +223,39 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
     """Energies from the stage norms: applied ½ h Σ w η²‖v‖², raw ½ h Σ w ‖v‖² per step."""
     n_steps, n_stages, batch = norms.shape
     device = norms.device
-    weights = torch.tensor([_padded(quadrature_weights(quadrature, tab.b), n_stages) for tab in tableaus],
+    weights = torch.tensor(_per_tableau(tableaus, lambda tab: _padded(quadrature_weights(quadrature, tab.b), n_stages)),
                            dtype=torch.float64)  # (S, stages)
     h = torch.tensor(times, dtype=torch.float64).diff()
     raw_coef = 0.5 * h[:, None] * weights
     applied_coef = raw_coef * torch.tensor(eta, dtype=torch.float64) ** 2
+    # what the device needs from the host, in one copy: per stage j the (2, S, 1) column of the
+    # applied and raw coefficients, then the step start times and the stage times (S·stages,)
+    stage_t = torch.tensor(t_stage, dtype=torch.float64).reshape(-1)
+    host = torch.cat([torch.stack([applied_coef, raw_coef]).movedim(2, 0).reshape(-1),
+                      torch.tensor(times[:-1], dtype=torch.float64), stage_t]).to(device)
+    coef_size = 2 * n_steps * n_stages
+    coef = host[:coef_size].view(n_stages, 2, n_steps, 1)
+    step_starts, stage_t = host[coef_size:coef_size + n_steps], host[coef_size + n_steps:]
+    # the first non-finite (step, stage) per sample, in time order, as the row i·stages + j (0 if
+    # none), and the steps with one, (S, B); found before the energies are made, which peak higher
+    finite = torch.isfinite(norms)
+    all_finite, first = finite.view(n_steps * n_stages, batch).min(dim=0)
+    nonfinite_steps = ~finite.all(dim=1)
+    del finite
     # Element-wise products and a sequential scan over steps: every sample's numbers come from the
     # same correctly rounded operations in the same order, whatever the batch size (a GEMM or a
     # tree reduction here would change the last bits with the batch). One stage at a time: a
-    # float64 copy of the whole (S, stages, B) buffer, and its masks, held the peak at ~8× it.
-    applied_coef, raw_coef = applied_coef.to(device), raw_coef.to(device)
-    applied = raw = None
-    # the first non-finite (step, stage) per sample, in time order, as step·stages + stage
-    first = torch.full((batch,), n_steps * n_stages, dtype=torch.int64, device=device)
+    # float64 copy of the whole (S, stages, B) buffer held the peak at ~8× it. The product with
+    # the float64 coefficients reads a stage's norms in float64, exactly.
+    energy = None  # (2, S, B): applied and raw increments
     for j in range(n_stages):
-        n64 = norms[:, j, :].to(torch.float64)
-        bad = ~torch.isfinite(n64)
-        # +inf becomes NaN (0·inf is NaN already): a non-finite stage reads NaN, whatever its weight
-        n64.masked_fill_(bad, torch.nan)
-        first = torch.minimum(first, torch.where(bad.any(0), bad.to(torch.uint8).argmax(0) * n_stages + j,
-                                                 n_steps * n_stages))
-        a_term = applied_coef[:, j, None] * n64
-        r_term = raw_coef[:, j, None] * n64
-        applied = a_term if applied is None else applied.add_(a_term)
-        raw = r_term if raw is None else raw.add_(r_term)
-        del n64, bad, a_term, r_term
+        terms = coef[j] * norms[:, j, :]
+        energy = terms if energy is None else energy.add_(terms)
+        del terms
+    # a step with a non-finite stage reads NaN in both energies, whatever its stages' weights
+    # (0·inf is NaN, w·inf is not)
+    energy.masked_fill_(nonfinite_steps, torch.nan)
+    applied, raw = energy.unbind()
     running = torch.cumsum(applied, dim=0)  # (S, B), sequential along the steps
 
     early_steps = int(split * n_steps)
@@ -223,11 +268,8 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
         early=early,
         late=kpe - early,
         peak=peak,
-        peak_time=torch.tensor(times[:-1], dtype=torch.float64, device=device)[peak_step],
+        peak_time=step_starts[peak_step],
     )
-    any_bad = first < n_steps * n_stages
-    first = torch.where(any_bad, first, 0)
-    stage_t = torch.tensor(t_stage, dtype=torch.float64, device=device).reshape(-1)
     return Trace(
         x=x,
         ledger=ledger,
@@ -235,9 +277,21 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
         step_times=torch.tensor(times, dtype=torch.float64),
         nfe=sum(tab.stages for tab in tableaus),
         steps=n_steps,
-        bad_step=torch.where(any_bad, first // n_stages, -1),
-        bad_time=torch.where(any_bad, stage_t[first], torch.nan),
+        bad_step=torch.where(all_finite, -1, first // n_stages),
+        bad_time=torch.where(all_finite, torch.nan, stage_t[first]),
     )
+
+
+def _per_tableau(tableaus: list[Tableau], row_of: Callable[[Tableau], tuple]) -> list[tuple]:
+    """``row_of(tab)`` for every step's tableau, worked out once for each distinct one."""
+    known: dict[int, tuple] = {}
+    rows = []
+    for tab in tableaus:
+        row = known.get(id(tab))
+        if row is None:
+            row = known[id(tab)] = row_of(tab)
+        rows.append(row)
+    return rows
 
 
 def _padded(weights: tuple[float, ...], stages: int) -> tuple[float, ...]:
@@ -245,6 +299,7 @@ def _padded(weights: tuple[float, ...], stages: int) -> tuple[float, ...]:
 
 
 _HALF = (torch.float16, torch.bfloat16)
+_ROW_BLOCK = 256  # stage-norm rows viewed at once
 
 
 def _stage_state(x: torch.Tensor, terms: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
@@ -256,11 +311,16 @@ def _stage_state(x: torch.Tensor, terms: list[tuple[torch.Tensor, float]]) -> to
     one sample at a time); float32 and float64 are summed in their own dtype, as before."""
     if not terms:
         return x
-    half = x.dtype in _HALF
-    out = x.float() if half else x
-    for v, c in terms:
-        out = torch.add(out, v.float() if half else v, alpha=c)
-    return out.to(x.dtype) if half else out
+    if x.dtype in _HALF:
+        out = x.float()
+        for v, c in terms:
+            out.add_(v.float(), alpha=c)
+        return out.to(x.dtype)
+    (v, c), *rest = terms
+    out = torch.add(x, v, alpha=c)
+    for v, c in rest:  # into the sum just made: the same additions, without a new tensor each
+        out.add_(v, alpha=c)
+    return out
 
 
 def _update(x, h, tableau: Tableau, stage_v, etas) -> torch.Tensor:
@@ -271,6 +331,6 @@ def _update(x, h, tableau: Tableau, stage_v, etas) -> torch.Tensor:
         for b, v in zip(tableau.b, stage_v):
             if b != 0.0:
                 v = v.float() if half else v
-                mean_v = b * v if mean_v is None else torch.add(mean_v, v, alpha=b)
+                mean_v = b * v if mean_v is None else mean_v.add_(v, alpha=b)
         return _stage_state(x, [(mean_v, h * gain)])
     return _stage_state(x, [(v, h * b * e) for b, e, v in zip(tableau.b, etas, stage_v) if b != 0.0])

@@ -6,6 +6,7 @@ gain times the mean velocity (identical to the stage rule when there is no shapi
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -22,6 +23,13 @@ class Tableau:
     @property
     def stages(self) -> int:
         return len(self.c)
+
+    @functools.cached_property
+    def stage_plan(self) -> tuple[tuple[tuple[tuple[int, float], ...], tuple[int, ...]], ...]:
+        """For each stage j: its inputs, the pairs (l, a_jl) with a_jl ≠ 0, and ``read_after(j)``
+        (worked out once per tableau, not at every step)."""
+        return tuple((tuple((l, a_jl) for l, a_jl in enumerate(self.a[j]) if a_jl != 0.0), self.read_after(j))
+                     for j in range(self.stages))
 
     def read_after(self, j: int) -> tuple[int, ...]:
         """The earlier stages (< ``j``) whose outputs are read after stage ``j``'s evaluation: by a
