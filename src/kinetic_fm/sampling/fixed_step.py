@@ -159,7 +159,6 @@ def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]
     if tau is None:
         return [[_gain_at(gain, t) for t in row] for row in t_stage]
     below_tau = math.nextafter(tau, 0.0)
-    tolerance = TAU_TOLERANCE * tau
     known: dict[float, float] = {}  # η by time: a step's end is the next one's start, rk4 has c = ½ twice
     rows = []
     for t0, t1, row, tab in zip(times[:-1], times[1:], t_stage, tableaus):
@@ -170,7 +169,7 @@ def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]
         ends_on_tau = _on_tau(t1, tau) and t0 < tau and not _on_tau(t0, tau) and not tab.mean_gain_update
         gains = []
         for t in row:
-            if abs(t - tau) <= tolerance:
+            if _on_tau(t, tau):
                 t = below_tau if t == t1 and ends_on_tau else tau
             eta = known.get(t)
             if eta is None:
