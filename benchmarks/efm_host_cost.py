@@ -12,7 +12,7 @@ and the one committed at ``--previous``, on the same inputs at each t:
   makes a GPU's host wait for the queue to drain, and the device then idles while the host
   launches what follows).
 
-    python benchmarks/efm_host_cost.py [--previous 8eaafc0] [--atoms 1000 --dim 64 --batch 16]
+    python benchmarks/efm_host_cost.py [--previous 8eaafc0] [--atoms 500 --dim 256 --batch 16]
 """
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--previous", default="8eaafc0", metavar="REV",
                         help="git revision (or file) of fields/empirical.py to compare with")
-    parser.add_argument("--atoms", type=int, default=1000)
-    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--atoms", type=int, default=500)
+    parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
