@@ -570,3 +570,31 @@ def test_the_judge_trains_where_its_images_are(where):
     for a, b in zip(weights, cpu.model.parameters()):
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
     assert fit.test_accuracy == cpu.test_accuracy
+
+
+def _syncs_of(call, *tensors):
+    """Host synchronisations of ``call(*tensors on "cuda")``, after the copies to the device."""
+    with fake_cuda(record_stacks=False) as fc:
+        on_device = [t.to("cuda") for t in tensors]
+        fc.reset()
+        call(*on_device)
+        return fc.count(), fc.summary()
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_a_nearest_neighbour_search_synchronises_as_often_in_any_blocks(exclude_self):
+    # the certificates are read back once per call, and the own column of exclude_self is found
+    # on the host (a nonzero per query block and reference chunk made 2 syncs per block, and
+    # reading each query block's certificates 1 to 3); quantised rows leave queries to re-search
+    g = torch.Generator().manual_seed(8)
+    reference = torch.randint(0, 3, (120, 4), generator=g).float()
+    queries = reference if exclude_self else torch.randint(0, 3, (90, 4), generator=g).float()
+    counts = {}
+    for chunk, batch_chunk in ((200, 200), (50, 40), (13, 7)):
+        def search(q, r):
+            found = kfm.nearest_neighbors(q, r, 3, chunk=chunk, batch_chunk=batch_chunk, margin=0,
+                                          exclude_self=exclude_self)
+            assert found.rechecked > 0
+        counts[chunk], summary = _syncs_of(search, queries, reference)
+    assert len(set(counts.values())) == 1, (counts, summary)
+

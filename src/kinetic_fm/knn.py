@@ -350,21 +350,21 @@ def nearest_neighbors(
             return _screen_faiss(xb, y, n, exclude_self, query_ids)
         return _screen_gemm(xb, y, dtype, y_sq, n, chunk, exclude_self, query_ids, blas)
 
-    out_d, out_i, uncertified = [], [], []
+    out_d, out_i, out_ok = [], [], []
     with tqdm(total=x.shape[0], desc="nearest neighbours", unit="query", leave=False, disable=not progress) as bar:
         for q0 in range(0, x.shape[0], batch_chunk):
             xb = x[q0:q0 + batch_chunk]
             cand, worst, u = screen(xb, n_candidates, q0)
             d2, idx, ok = _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max)
-            if not bool(ok.all()):
-                uncertified.append(q0 + (~ok).nonzero().flatten())
             out_d.append(d2)
             out_i.append(idx)
+            out_ok.append(ok)
             bar.update(xb.shape[0])
         d2, idx = torch.cat(out_d), torch.cat(out_i)
         # searched together after the last block: the float64 re-screen, when it comes to that,
         # then centres the reference's chunks once per call rather than once per query block
-        ids = torch.cat(uncertified) if uncertified else torch.empty(0, dtype=torch.int64, device=x.device)
+        # (and the host learns which queries are left once per call)
+        ids = (~torch.cat(out_ok)).nonzero().flatten()
         if ids.numel():
             d2[ids], idx[ids] = _search_again(x, ids, y, k, screen, y_norm_max, n_candidates, batch_chunk, chunk,
                                               exclude_self)
@@ -394,10 +394,15 @@ def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas
             y_c = (y[c0:c0 + chunk] - centre).to(dtype)
         scores = gemm.matmul(x_neg2, y_c.T, out=buffer[:, :y_c.shape[0]], blas=blas)
         scores.add_(y_sq[c0:c0 + chunk].to(dtype))
-        if exclude_self:
+        if exclude_self and isinstance(q0, int):  # query r is reference row q0 + r: a diagonal of the block
+            first, last = max(c0 - q0, 0), min(c0 + y_c.shape[0] - q0, x_work.shape[0])
+            if first < last:
+                scores[first:last, q0 + first - c0:q0 + last - c0].diagonal().fill_(math.inf)
+        elif exclude_self:  # scattered queries: each row's own column, or its current score where outside
             local = query_ids - c0
             inside = (local >= 0) & (local < y_c.shape[0])
-            scores[inside.nonzero().flatten(), local[inside]] = math.inf
+            own = local.clamp(0, y_c.shape[0] - 1)[:, None]
+            scores.scatter_(1, own, scores.gather(1, own).masked_fill_(inside[:, None], math.inf))
         take = min(n_candidates, scores.shape[1])
         val, idx = torch.topk(scores, take, dim=1, largest=False, sorted=False)
         idx = idx + c0
@@ -618,17 +623,20 @@ def _certify_in_blocks(positions, d2, idx, ids, x, y, k, batch_chunk, screen, no
     """Screen the queries ``x[ids[positions]]`` ``batch_chunk`` at a time with
     ``screen(xs, query_ids)`` -> (candidates, worst, u), about ``centre`` (or the origin) where
     the reference's norms are at most ``norm_max``; re-rank and certify. Writes the certified
-    queries' rows of the (b, k) ``d2`` and ``idx`` and returns the positions left uncertified."""
-    left = []
+    queries' rows of the (b, k) ``d2`` and ``idx`` and returns the positions left uncertified.
+
+    The uncertified queries' rows are written too, to be overwritten by the next stage: so the
+    host learns which are left once per call, not per block."""
+    if not positions.numel():
+        return positions
+    certified = []
     for p0 in range(0, positions.shape[0], batch_chunk):
         at = positions[p0:p0 + batch_chunk]
         xs = x[ids[at]]
         cand, worst, u = screen(xs, ids[at])
-        d2_s, idx_s, ok = _rerank_and_certify(xs, y, cand, worst, k, u, norm_max, centre=centre)
-        done = ok.nonzero().flatten()          # one host synchronisation for the certified rows
-        d2[at[done]], idx[at[done]] = d2_s[done], idx_s[done]
-        left.append(at[(~ok).nonzero().flatten()])
-    return torch.cat(left) if left else positions
+        d2[at], idx[at], ok = _rerank_and_certify(xs, y, cand, worst, k, u, norm_max, centre=centre)
+        certified.append(ok)
+    return positions[(~torch.cat(certified)).nonzero().flatten()]
 
 
 # direct differences make a (queries, rows, D) float64 block; only uncertifiable queries come here
