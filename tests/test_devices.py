@@ -8,6 +8,7 @@ are what keeps the device paths honest there; a lent GPU machine runs the real o
 (``benchmarks/device_checks.sh``). The brute forces never touch the device under test.
 """
 import math
+import sys
 
 import pytest
 import torch
@@ -598,3 +599,36 @@ def test_a_nearest_neighbour_search_synchronises_as_often_in_any_blocks(exclude_
         counts[chunk], summary = _syncs_of(search, queries, reference)
     assert len(set(counts.values())) == 1, (counts, summary)
 
+
+def test_precision_recall_synchronises_at_most_once_per_ball_test_block(monkeypatch):
+    # the sweep of ball tests reads back only the pairs near a ball's edge (one nonzero per
+    # block); the rounding bound stayed a float (one more sync per block) and the exact checks
+    # wrote through boolean masks (two more per batch of pairs)
+    from kinetic_fm.metrics import fidelity
+
+    g = torch.Generator().manual_seed(9)
+    real = torch.randint(0, 3, (150, 5), generator=g).float()   # ties at the balls' edges
+    fake = torch.randint(0, 3, (130, 5), generator=g).float()
+    exact, exact_sq_distances = [], fidelity._exact_sq_distances
+
+    def counted(a, b):
+        if sys._getframe(1).f_code.co_name == "_ball_memberships":
+            exact.append(a.shape[0])
+        return exact_sq_distances(a, b)
+
+    monkeypatch.setattr(fidelity, "_exact_sq_distances", counted)
+    counts, results = {}, []
+    for chunk, batch_chunk in ((200, 200), (40, 30), (9, 11)):
+        blocks = -(-130 // batch_chunk) * -(-150 // chunk)
+        with fake_cuda(record_stacks=False) as fc:
+            r, f = real.to("cuda"), fake.to("cuda")
+            fc.reset()
+            res = fidelity.precision_recall(r, f, k=3, chunk=chunk, batch_chunk=batch_chunk)
+            counts[blocks] = fc.count()
+            results.append((res.precision, res.recall, res.fake_in_real.cpu(), res.real_in_fake.cpu()))
+    assert exact, "no pair was near a ball's edge: the exact checks went untested"
+    (few, *_), (many, *_) = sorted(counts), sorted(counts, reverse=True)
+    assert counts[many] - counts[few] <= many - few, counts
+    for other in results[1:]:
+        assert other[:2] == results[0][:2]
+        assert torch.equal(other[2], results[0][2]) and torch.equal(other[3], results[0][3])
