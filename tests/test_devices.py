@@ -632,3 +632,13 @@ def test_precision_recall_synchronises_at_most_once_per_ball_test_block(monkeypa
     for other in results[1:]:
         assert other[:2] == results[0][:2]
         assert torch.equal(other[2], results[0][2]) and torch.equal(other[3], results[0][3])
+
+
+def test_a_leave_one_out_kde_synchronises_as_often_in_any_blocks():
+    # the own term of each query is a diagonal of the block, found on the host (a nonzero and a
+    # boolean mask per query block and reference chunk made 1,347 syncs at the smallest blocks)
+    reference = torch.randn(200, 6, generator=torch.Generator().manual_seed(10))
+    counts = [_syncs_of(lambda r: kfm.kde_log_density(r, r, exclude_self=True, chunk=chunk, batch_chunk=batch_chunk),
+                        reference)[0]
+              for chunk, batch_chunk in ((300, 300), (40, 30), (9, 7))]
+    assert len(set(counts)) == 1, counts

@@ -196,15 +196,15 @@ def _few_rows_distance(small: Tensor, other: Tensor) -> float:
     mean_o = shift + sum((other[r:r + rows].to(torch.float64) - shift).sum(0)
                          for r in range(0, other.shape[0], rows)) / other.shape[0]
     triangle = a.new_zeros(0, n)
-    scatter_o = 0.0
+    scatter_o = 0.0  # a 0-d float64 tensor after the first block: read back once, after the loop
     for r in range(0, other.shape[0], rows):
         b = other[r:r + rows].to(torch.float64) - mean_o
-        scatter_o += float(b.square().sum())
+        scatter_o = scatter_o + b.square().sum()
         triangle = torch.linalg.qr(torch.cat([triangle, b @ a.T]), mode="r").R
     m = other.shape[0]
     trace_sqrt = float(torch.linalg.svdvals(triangle).sum()) / math.sqrt((n - 1) * (m - 1))
     diff = mean_s - mean_o
-    value = float(diff @ diff) + float(a.square().sum()) / (n - 1) + scatter_o / (m - 1) - 2.0 * trace_sqrt
+    value = float(diff @ diff) + float(a.square().sum()) / (n - 1) + float(scatter_o) / (m - 1) - 2.0 * trace_sqrt
     return max(value, 0.0)
 
 
