@@ -266,7 +266,10 @@ def nearest_neighbors(
             reference row i. Exclusion is by index: duplicates at other rows still count.
         backend: "torch" (GEMM on the inputs' device) or "faiss" (``faiss.IndexFlatL2`` on CPU,
             needs ``pip install faiss-cpu``); both end with the same exact re-ranking.
-        progress: show a tqdm bar over the queries (on stderr; off by default).
+        progress: show a tqdm bar over the queries (on stderr; off by default). Queries whose
+            screening is not certified are searched again after the last block; the bar's total
+            then grows by their number, its description says it re-checks them, and it fills
+            only when they are done.
         check_inputs: scan both sets for NaN/inf first (one pass over each); callers that
             checked them already (memorization, the EFM field's fixed atoms) skip it.
         names: what to call the two sets in error messages (callers pass their own argument names).
@@ -351,23 +354,30 @@ def nearest_neighbors(
         return _screen_gemm(xb, y, dtype, y_sq, n, chunk, exclude_self, query_ids, blas)
 
     out_d, out_i, out_ok = [], [], []
+    blocks = range(0, x.shape[0], batch_chunk)
     with tqdm(total=x.shape[0], desc="nearest neighbours", unit="query", leave=False, disable=not progress) as bar:
-        for q0 in range(0, x.shape[0], batch_chunk):
+        for q0 in blocks:
             xb = x[q0:q0 + batch_chunk]
             cand, worst, u = screen(xb, n_candidates, q0)
             d2, idx, ok = _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max)
             out_d.append(d2)
             out_i.append(idx)
             out_ok.append(ok)
-            bar.update(xb.shape[0])
+            if q0 != blocks[-1]:  # the last block counts once the re-check's size is on the bar
+                bar.update(xb.shape[0])
         d2, idx = torch.cat(out_d), torch.cat(out_i)
         # searched together after the last block: the float64 re-screen, when it comes to that,
         # then centres the reference's chunks once per call rather than once per query block
         # (and the host learns which queries are left once per call)
         ids = (~torch.cat(out_ok)).nonzero().flatten()
+        if ids.numel():  # the bar then counts each uncertified query twice: screened, re-checked
+            bar.total += ids.numel()
+            bar.set_description(f"nearest neighbours: re-checking {ids.numel()} uncertified", refresh=False)
+        bar.update(xb.shape[0])
         if ids.numel():
             d2[ids], idx[ids] = _search_again(x, ids, y, k, screen, y_norm_max, n_candidates, batch_chunk, chunk,
                                               exclude_self)
+            bar.update(ids.numel())
     return Neighbors(d2.sqrt(), idx, ids.numel())
 
 
