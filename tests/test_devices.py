@@ -642,3 +642,17 @@ def test_a_leave_one_out_kde_synchronises_as_often_in_any_blocks():
                         reference)[0]
               for chunk, batch_chunk in ((300, 300), (40, 30), (9, 7))]
     assert len(set(counts)) == 1, counts
+
+
+def test_screening_finite_rows_and_matching_a_set_with_itself_read_back_little():
+    # finite rows: the nonzero of suspect rows says so (an empty boolean mask made a second sync);
+    # exclude_self with one tensor as both sets compares nothing (torch.equal read the whole set)
+    from kinetic_fm.knn import check_finite
+
+    rows = torch.randn(64, 5, generator=torch.Generator().manual_seed(11))
+    assert _syncs_of(lambda r: check_finite("rows", r), rows)[0] == 1
+    with fake_cuda(record_stacks=False) as fc:
+        r = rows.to("cuda")
+        fc.reset()
+        kfm.nearest_neighbors(r, r, 2, exclude_self=True)
+        assert fc.count("compare") == 0, fc.summary()

@@ -144,10 +144,18 @@ def cuda_matmul_uses_tf32() -> bool:
 def check_same_rows(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) -> None:
     """ValueError unless ``a`` and ``b`` hold the same rows: leave-one-out (``exclude_self``) drops
     row i of the reference for query i, which is right only when the queries ARE the reference."""
-    if a is not b and not torch.equal(a, b):
+    if _same_memory(a, b):  # e.g. two flattened views of one tensor: nothing to compare
+        return
+    if not torch.equal(a, b):
         raise ValueError(f"exclude_self=True drops reference row i for query i, so {a_name} must be "
                          f"{b_name} itself; these are two different sets of the same length (for "
                          "another set, leave exclude_self off)")
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` read the same elements of the same memory (so hold equal values)."""
+    return a is b or (a.device == b.device and a.dtype == b.dtype and a.shape == b.shape
+                      and a.stride() == b.stride() and a.data_ptr() == b.data_ptr())
 
 
 def nonfinite_rows(tensor: torch.Tensor, rows: int = 4096) -> torch.Tensor:
@@ -162,8 +170,10 @@ def nonfinite_rows(tensor: torch.Tensor, rows: int = 4096) -> torch.Tensor:
         return torch.empty(0, dtype=torch.int64, device=tensor.device)
     flat = tensor.reshape(tensor.shape[0], -1)
     suspects = (~torch.isfinite(flat.sum(dim=1))).nonzero().flatten()
+    if not suspects.numel():  # the usual case: the host knows it from the nonzero, nothing more to read back
+        return suspects
     bad = [ids[~torch.isfinite(flat[ids]).all(dim=1)] for ids in suspects.split(rows)]
-    return torch.cat(bad) if bad else suspects
+    return torch.cat(bad)
 
 
 def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:

@@ -460,9 +460,10 @@ def _ball_memberships(fake: Tensor, real: Tensor, real_radius_sq: Tensor, fake_r
 
 def _kth_neighbour_sq_radius(rows: Tensor, k: int, chunk: int, batch_chunk: int, name: str,
                              progress: bool = False) -> Tensor:
-    """(N,) float64 exact squared distance from each row to its k-th nearest other row."""
+    """(N,) float64 exact squared distance from each row to its k-th nearest other row (``rows``
+    finite: as_features checked them, so the search does not scan them again)."""
     kth = nearest_neighbors(rows, rows, k, chunk=chunk, batch_chunk=batch_chunk, progress=progress,
-                            exclude_self=True, names=(name, name)).indices[:, -1]
+                            exclude_self=True, check_inputs=False, names=(name, name)).indices[:, -1]
     step = block_size(rows.device, 8 * rows.shape[1], rows.shape[0])
     return torch.cat([_exact_sq_distances(rows[r:r + step], rows[kth[r:r + step]])
                       for r in range(0, rows.shape[0], step)])
