@@ -4,7 +4,8 @@ A synchronisation stalls the host until the GPU catches up; the README promises 
 fixed-step loop. Without a GPU, fake_cuda runs the cuda code paths on the CPU and records each
 synchronisation with its source line. Prints, per built-in field and solver, the syncs per step
 (a 32-step run minus a 16-step run, over 16), dopri5's syncs per attempted step, and a
-time="scalar" adapter's syncs per call with rows at several times.
+time="scalar" adapter's syncs per call with rows at several times, and precision_recall's
+syncs per call (its two k-NN searches and its sweep of ball tests) at several block sizes.
 
     python benchmarks/host_syncs.py
 """
@@ -58,6 +59,16 @@ def main() -> None:
         fc.reset()
         adapter(x, t)
         print(f'ModelXT(time="scalar"), rows at 8 times: {fc.count()} syncs per call')
+
+        g = torch.Generator().manual_seed(0)
+        real = torch.randint(0, 3, (600, 8), generator=g).float().to("cuda")  # ties at the balls' edges
+        fake = torch.randint(0, 3, (500, 8), generator=g).float().to("cuda")
+        print("precision_recall(k=3) of 600 real and 500 fake quantised rows, syncs per call:")
+        for chunk, batch_chunk in ((1000, 1000), (200, 100), (50, 25)):
+            blocks = -(-500 // batch_chunk) * -(-600 // chunk)
+            fc.reset()
+            kfm.precision_recall(real, fake, k=3, chunk=chunk, batch_chunk=batch_chunk)
+            print(f"  chunk={chunk:4d} batch_chunk={batch_chunk:4d} ({blocks:3d} ball-test blocks): {fc.count()}")
 
 
 if __name__ == "__main__":

@@ -317,3 +317,25 @@ def test_an_empty_value_is_refused_by_its_flag_not_read_as_the_working_folder(tm
     assert exit_.value.code == 2
     assert f"kfm {command}: error: {flag} is empty (a shell variable left unset?)" in capsys.readouterr().err
     assert not any(work.iterdir())
+
+
+@pytest.mark.parametrize("command", ["memorization", "reproduce", "sample", "train"])
+def test_device_help_names_every_form_the_commands_accept(command):
+    # the help said "cpu | cuda | cuda:N" (sample: "cpu | cuda"), but cpu:N is accepted too
+    import re
+    import sys
+    from pathlib import Path
+
+    from kinetic_fm.cli import build_parser
+    from kinetic_fm.runs.distributed import World, resolve_device
+
+    verb = build_parser()._subparsers._group_actions[0].choices[command]
+    (device,) = [a for a in verb._actions if "--device" in a.option_strings]
+    named = set(re.findall(r"\b(?:cpu|cuda)(?::N)?(?!\w)", device.help))
+    assert named == {"cpu", "cpu:N", "cuda", "cuda:N"}, device.help
+    assert resolve_device("cpu:1", World()).type == "cpu"           # each form named is accepted
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_cuda import fake_cuda
+
+    with fake_cuda():
+        assert resolve_device("cuda", World()).type == resolve_device("cuda:0", World()).type == "cuda"

@@ -8,6 +8,7 @@ are what keeps the device paths honest there; a lent GPU machine runs the real o
 (``benchmarks/device_checks.sh``). The brute forces never touch the device under test.
 """
 import math
+import sys
 
 import pytest
 import torch
@@ -582,3 +583,88 @@ def test_the_judge_trains_where_its_images_are(where):
     for a, b in zip(weights, cpu.model.parameters()):
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
     assert fit.test_accuracy == cpu.test_accuracy
+
+
+def _syncs_of(call, *tensors):
+    """Host synchronisations of ``call(*tensors on "cuda")``, after the copies to the device."""
+    with fake_cuda(record_stacks=False) as fc:
+        on_device = [t.to("cuda") for t in tensors]
+        fc.reset()
+        call(*on_device)
+        return fc.count(), fc.summary()
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_a_nearest_neighbour_search_synchronises_as_often_in_any_blocks(exclude_self):
+    # the certificates are read back once per call, and the own column of exclude_self is found
+    # on the host (a nonzero per query block and reference chunk made 2 syncs per block, and
+    # reading each query block's certificates 1 to 3); quantised rows leave queries to re-search
+    g = torch.Generator().manual_seed(8)
+    reference = torch.randint(0, 3, (120, 4), generator=g).float()
+    queries = reference if exclude_self else torch.randint(0, 3, (90, 4), generator=g).float()
+    counts = {}
+    for chunk, batch_chunk in ((200, 200), (50, 40), (13, 7)):
+        def search(q, r):
+            found = kfm.nearest_neighbors(q, r, 3, chunk=chunk, batch_chunk=batch_chunk, margin=0,
+                                          exclude_self=exclude_self)
+            assert found.rechecked > 0
+        counts[chunk], summary = _syncs_of(search, queries, reference)
+    assert len(set(counts.values())) == 1, (counts, summary)
+
+
+def test_precision_recall_synchronises_at_most_once_per_ball_test_block(monkeypatch):
+    # the sweep of ball tests reads back only the pairs near a ball's edge (one nonzero per
+    # block); the rounding bound stayed a float (one more sync per block) and the exact checks
+    # wrote through boolean masks (two more per batch of pairs)
+    from kinetic_fm.metrics import fidelity
+
+    g = torch.Generator().manual_seed(9)
+    real = torch.randint(0, 3, (150, 5), generator=g).float()   # ties at the balls' edges
+    fake = torch.randint(0, 3, (130, 5), generator=g).float()
+    exact, exact_sq_distances = [], fidelity._exact_sq_distances
+
+    def counted(a, b):
+        if sys._getframe(1).f_code.co_name == "_ball_memberships":
+            exact.append(a.shape[0])
+        return exact_sq_distances(a, b)
+
+    monkeypatch.setattr(fidelity, "_exact_sq_distances", counted)
+    counts, results = {}, []
+    for chunk, batch_chunk in ((200, 200), (40, 30), (9, 11)):
+        blocks = -(-130 // batch_chunk) * -(-150 // chunk)
+        with fake_cuda(record_stacks=False) as fc:
+            r, f = real.to("cuda"), fake.to("cuda")
+            fc.reset()
+            res = fidelity.precision_recall(r, f, k=3, chunk=chunk, batch_chunk=batch_chunk)
+            counts[blocks] = fc.count()
+            results.append((res.precision, res.recall, res.fake_in_real.cpu(), res.real_in_fake.cpu()))
+    assert exact, "no pair was near a ball's edge: the exact checks went untested"
+    (few, *_), (many, *_) = sorted(counts), sorted(counts, reverse=True)
+    assert counts[many] - counts[few] <= many - few, counts
+    for other in results[1:]:
+        assert other[:2] == results[0][:2]
+        assert torch.equal(other[2], results[0][2]) and torch.equal(other[3], results[0][3])
+
+
+def test_a_leave_one_out_kde_synchronises_as_often_in_any_blocks():
+    # the own term of each query is a diagonal of the block, found on the host (a nonzero and a
+    # boolean mask per query block and reference chunk made 1,347 syncs at the smallest blocks)
+    reference = torch.randn(200, 6, generator=torch.Generator().manual_seed(10))
+    counts = [_syncs_of(lambda r: kfm.kde_log_density(r, r, exclude_self=True, chunk=chunk, batch_chunk=batch_chunk),
+                        reference)[0]
+              for chunk, batch_chunk in ((300, 300), (40, 30), (9, 7))]
+    assert len(set(counts)) == 1, counts
+
+
+def test_screening_finite_rows_and_matching_a_set_with_itself_read_back_little():
+    # finite rows: the nonzero of suspect rows says so (an empty boolean mask made a second sync);
+    # exclude_self with one tensor as both sets compares nothing (torch.equal read the whole set)
+    from kinetic_fm.knn import check_finite
+
+    rows = torch.randn(64, 5, generator=torch.Generator().manual_seed(11))
+    assert _syncs_of(lambda r: check_finite("rows", r), rows)[0] == 1
+    with fake_cuda(record_stacks=False) as fc:
+        r = rows.to("cuda")
+        fc.reset()
+        kfm.nearest_neighbors(r, r, 2, exclude_self=True)
+        assert fc.count("compare") == 0, fc.summary()

@@ -414,6 +414,45 @@ def test_progress_bar_counts_every_query_and_changes_nothing(capsys, monkeypatch
     assert torch.equal(shown.distances, quiet.distances) and torch.equal(shown.indices, quiet.indices)
 
 
+
+def test_progress_bar_is_not_full_before_the_uncertified_queries_are_searched_again(capsys, monkeypatch):
+    # the bar reached 100 % when the last block was screened, before the re-search (often the
+    # longest part on quantised data) had started
+    import tqdm.auto
+
+    import kinetic_fm.knn as knn
+
+    events = []
+
+    class Recording(tqdm.auto.tqdm):
+        def update(self, n=1):
+            out = super().update(n)
+            events.append(("bar", self.n, self.total, self.desc))
+            return out
+
+    search_again = knn._search_again
+
+    def recorded(*args, **kwargs):
+        events.append(("re-search", len(args[1])))
+        found = search_again(*args, **kwargs)
+        events.append(("re-search done",))
+        return found
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    monkeypatch.setattr(knn, "_search_again", recorded)
+    g = torch.Generator().manual_seed(8)
+    reference = torch.randint(0, 3, (120, 4), generator=g).float()        # ties: uncertified queries
+    queries = torch.randint(0, 3, (50, 4), generator=g).float()
+    found = nearest_neighbors(queries, reference, 3, batch_chunk=16, margin=0, progress=True)
+    assert found.rechecked > 0 and "nearest neighbours" in capsys.readouterr().err
+    kinds = [e[0] for e in events]
+    start, done = kinds.index("re-search"), kinds.index("re-search done")
+    bars = [e for e in events[:done] if e[0] == "bar"]
+    assert bars and all(n < total for _, n, total, _ in bars), bars     # never full before the work is
+    assert f"re-checking {found.rechecked}" in bars[-1][3] and events[start][1] == found.rechecked
+    _, n, total, _ = events[-1]
+    assert events[-1][0] == "bar" and n == total == 50 + found.rechecked
+
 # --- input validation (audit D1, D12, D13) ---------------------------------------------------
 
 @pytest.mark.parametrize("which", ["queries", "reference"])

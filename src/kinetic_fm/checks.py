@@ -213,6 +213,11 @@ def check_device(device, name: str = "device") -> torch.device | None:
         raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
 
 
+# the forms of a --device flag the commands accept (resolve_device in runs.distributed): one
+# wording for their help and their errors
+DEVICE_FORMS = "cpu, cpu:N, cuda or cuda:N"
+
+
 def names_the_cpu(device) -> bool:
     """Whether a device string names the CPU: "cpu" or "cpu:N", which torch maps to the one CPU
     (so a run or cache made with one is the other's). CUDA strings are never merged: under

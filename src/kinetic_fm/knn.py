@@ -144,10 +144,18 @@ def cuda_matmul_uses_tf32() -> bool:
 def check_same_rows(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) -> None:
     """ValueError unless ``a`` and ``b`` hold the same rows: leave-one-out (``exclude_self``) drops
     row i of the reference for query i, which is right only when the queries ARE the reference."""
-    if a is not b and not torch.equal(a, b):
+    if _same_memory(a, b):  # e.g. two flattened views of one tensor: nothing to compare
+        return
+    if not torch.equal(a, b):
         raise ValueError(f"exclude_self=True drops reference row i for query i, so {a_name} must be "
                          f"{b_name} itself; these are two different sets of the same length (for "
                          "another set, leave exclude_self off)")
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` read the same elements of the same memory (so hold equal values)."""
+    return a is b or (a.device == b.device and a.dtype == b.dtype and a.shape == b.shape
+                      and a.stride() == b.stride() and a.data_ptr() == b.data_ptr())
 
 
 def nonfinite_rows(tensor: torch.Tensor, rows: int = 4096) -> torch.Tensor:
@@ -162,8 +170,10 @@ def nonfinite_rows(tensor: torch.Tensor, rows: int = 4096) -> torch.Tensor:
         return torch.empty(0, dtype=torch.int64, device=tensor.device)
     flat = tensor.reshape(tensor.shape[0], -1)
     suspects = (~torch.isfinite(flat.sum(dim=1))).nonzero().flatten()
+    if not suspects.numel():  # the usual case: the host knows it from the nonzero, nothing more to read back
+        return suspects
     bad = [ids[~torch.isfinite(flat[ids]).all(dim=1)] for ids in suspects.split(rows)]
-    return torch.cat(bad) if bad else suspects
+    return torch.cat(bad)
 
 
 def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
@@ -266,7 +276,10 @@ def nearest_neighbors(
             reference row i. Exclusion is by index: duplicates at other rows still count.
         backend: "torch" (GEMM on the inputs' device) or "faiss" (``faiss.IndexFlatL2`` on CPU,
             needs ``pip install faiss-cpu``); both end with the same exact re-ranking.
-        progress: show a tqdm bar over the queries (on stderr; off by default).
+        progress: show a tqdm bar over the queries (on stderr; off by default). Queries whose
+            screening is not certified are searched again after the last block; the bar's total
+            then grows by their number, its description says it re-checks them, and it fills
+            only when they are done.
         check_inputs: scan both sets for NaN/inf first (one pass over each); callers that
             checked them already (memorization, the EFM field's fixed atoms) skip it.
         names: what to call the two sets in error messages (callers pass their own argument names).
@@ -350,24 +363,31 @@ def nearest_neighbors(
             return _screen_faiss(xb, y, n, exclude_self, query_ids)
         return _screen_gemm(xb, y, dtype, y_sq, n, chunk, exclude_self, query_ids, blas)
 
-    out_d, out_i, uncertified = [], [], []
+    out_d, out_i, out_ok = [], [], []
+    blocks = range(0, x.shape[0], batch_chunk)
     with tqdm(total=x.shape[0], desc="nearest neighbours", unit="query", leave=False, disable=not progress) as bar:
-        for q0 in range(0, x.shape[0], batch_chunk):
+        for q0 in blocks:
             xb = x[q0:q0 + batch_chunk]
             cand, worst, u = screen(xb, n_candidates, q0)
             d2, idx, ok = _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max)
-            if not bool(ok.all()):
-                uncertified.append(q0 + (~ok).nonzero().flatten())
             out_d.append(d2)
             out_i.append(idx)
-            bar.update(xb.shape[0])
+            out_ok.append(ok)
+            if q0 != blocks[-1]:  # the last block counts once the re-check's size is on the bar
+                bar.update(xb.shape[0])
         d2, idx = torch.cat(out_d), torch.cat(out_i)
         # searched together after the last block: the float64 re-screen, when it comes to that,
         # then centres the reference's chunks once per call rather than once per query block
-        ids = torch.cat(uncertified) if uncertified else torch.empty(0, dtype=torch.int64, device=x.device)
+        # (and the host learns which queries are left once per call)
+        ids = (~torch.cat(out_ok)).nonzero().flatten()
+        if ids.numel():  # the bar then counts each uncertified query twice: screened, re-checked
+            bar.total += ids.numel()
+            bar.set_description(f"nearest neighbours: re-checking {ids.numel()} uncertified", refresh=False)
+        bar.update(xb.shape[0])
         if ids.numel():
             d2[ids], idx[ids] = _search_again(x, ids, y, k, screen, y_norm_max, n_candidates, batch_chunk, chunk,
                                               exclude_self)
+            bar.update(ids.numel())
     return Neighbors(d2.sqrt(), idx, ids.numel())
 
 
@@ -394,10 +414,15 @@ def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas
             y_c = (y[c0:c0 + chunk] - centre).to(dtype)
         scores = gemm.matmul(x_neg2, y_c.T, out=buffer[:, :y_c.shape[0]], blas=blas)
         scores.add_(y_sq[c0:c0 + chunk].to(dtype))
-        if exclude_self:
+        if exclude_self and isinstance(q0, int):  # query r is reference row q0 + r: a diagonal of the block
+            first, last = max(c0 - q0, 0), min(c0 + y_c.shape[0] - q0, x_work.shape[0])
+            if first < last:
+                scores[first:last, q0 + first - c0:q0 + last - c0].diagonal().fill_(math.inf)
+        elif exclude_self:  # scattered queries: each row's own column, or its current score where outside
             local = query_ids - c0
             inside = (local >= 0) & (local < y_c.shape[0])
-            scores[inside.nonzero().flatten(), local[inside]] = math.inf
+            own = local.clamp(0, y_c.shape[0] - 1)[:, None]
+            scores.scatter_(1, own, scores.gather(1, own).masked_fill_(inside[:, None], math.inf))
         take = min(n_candidates, scores.shape[1])
         val, idx = torch.topk(scores, take, dim=1, largest=False, sorted=False)
         idx = idx + c0
@@ -618,17 +643,20 @@ def _certify_in_blocks(positions, d2, idx, ids, x, y, k, batch_chunk, screen, no
     """Screen the queries ``x[ids[positions]]`` ``batch_chunk`` at a time with
     ``screen(xs, query_ids)`` -> (candidates, worst, u), about ``centre`` (or the origin) where
     the reference's norms are at most ``norm_max``; re-rank and certify. Writes the certified
-    queries' rows of the (b, k) ``d2`` and ``idx`` and returns the positions left uncertified."""
-    left = []
+    queries' rows of the (b, k) ``d2`` and ``idx`` and returns the positions left uncertified.
+
+    The uncertified queries' rows are written too, to be overwritten by the next stage: so the
+    host learns which are left once per call, not per block."""
+    if not positions.numel():
+        return positions
+    certified = []
     for p0 in range(0, positions.shape[0], batch_chunk):
         at = positions[p0:p0 + batch_chunk]
         xs = x[ids[at]]
         cand, worst, u = screen(xs, ids[at])
-        d2_s, idx_s, ok = _rerank_and_certify(xs, y, cand, worst, k, u, norm_max, centre=centre)
-        done = ok.nonzero().flatten()          # one host synchronisation for the certified rows
-        d2[at[done]], idx[at[done]] = d2_s[done], idx_s[done]
-        left.append(at[(~ok).nonzero().flatten()])
-    return torch.cat(left) if left else positions
+        d2[at], idx[at], ok = _rerank_and_certify(xs, y, cand, worst, k, u, norm_max, centre=centre)
+        certified.append(ok)
+    return positions[(~torch.cat(certified)).nonzero().flatten()]
 
 
 # direct differences make a (queries, rows, D) float64 block; only uncertifiable queries come here

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..checks import DEVICE_FORMS
 from ._types import bootstrap_seed_number, check_output_path, user_path, writing
 
 TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
@@ -52,7 +53,7 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", choices=("torch", "faiss"), default="torch",
                         help="nearest-neighbour search by torch (default) or by faiss (needs faiss-cpu)")
     parser.add_argument("--device", default="cpu",
-                        help="cpu | cuda | cuda:N: where the search runs (default cpu; faiss searches on the CPU)")
+                        help=f"where the search runs: {DEVICE_FORMS} (default cpu; faiss searches on the CPU)")
     parser.add_argument("--space", default=None,
                         help="audit in a feature space instead of pixels: pca:K, the top K principal directions "
                              "of the training items (K from 1 to min(N − 1, D); K = N − 1 projects the samples "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checks import DEVICE_FORMS
 from ._types import check_output_path, seed_number, user_path, writing
 
 
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
                    help="comma-separated subset of: semantics, support, memorization, shaping (default all four)")
     p.add_argument("--classifier", default=None,
                    help="judge CIFAR-10 samples with a pretrained net: resnet20:PATH or resnet56:PATH")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_FORMS} (default cpu)")
     p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**32 (default 0)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars and no step lines, only warnings and the report's paths (without "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..checks import DEVICE_FORMS
 from ._types import check_output_path, named_by_its_flag, seed_number, user_path, writing
 
 FIELDS = ("gaussian", "point", "mixture")
@@ -89,7 +90,8 @@ def register(subparsers) -> None:
                    help="a NaN/Inf velocity stops the run (raise, the default) or marks the sample (flag)")
     s.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="dtype of the state x (default float32; energies are float64 either way)")
-    s.add_argument("--device", default="cpu", help="cpu | cuda (under torchrun: cuda:<LOCAL_RANK>) (default cpu)")
+    s.add_argument("--device", default="cpu",
+                   help=f"{DEVICE_FORMS}; under torchrun, cuda means cuda:<LOCAL_RANK> (default cpu)")
 
     k = p.add_argument_group(
         "kinetic trajectory shaping (KTS)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..checks import DEVICE_FORMS
 from ._types import check_output_path, named_by_its_flag, seed_number, user_path, writing
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
@@ -48,7 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--save-every", type=int, default=100, help="steps between resume states (default 100)")
     p.add_argument("--out", required=True, type=user_path, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from <out>/resume.pt if it exists")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_FORMS} (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

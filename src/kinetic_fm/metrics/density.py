@@ -229,7 +229,7 @@ def _scott(reference: Tensor) -> float:
         columns = reference[:, c0:c0 + step].to(torch.float64)
         return columns if e == 0 else times_power_of_two(columns - centre[c0:c0 + step], e)
 
-    total = sum(float(block(c0).var(dim=0).sum()) for c0 in range(0, dim, step))
+    total = float(sum(block(c0).var(dim=0).sum() for c0 in range(0, dim, step)))  # read back once
     sigma = ldexp(math.sqrt(total / dim), -e)
     return sigma * n ** (-1.0 / (dim + 4))
 
@@ -353,8 +353,10 @@ def _centred_reference(x: Tensor, y: Tensor, e: int = 0, centre: Tensor | None =
 def _centred_abs_max(rows: Tensor, centre: Tensor) -> float:
     """max |rows − centre| over every entry, in float64 blocks (no full copy)."""
     step = block_size(rows.device, 8 * rows.shape[1], rows.shape[0])
-    return max((float((rows[r:r + step].to(torch.float64) - centre).abs().max())
-                for r in range(0, rows.shape[0], step)), default=0.0)
+    if rows.shape[0] == 0:
+        return 0.0
+    return float(torch.stack([(rows[r:r + step].to(torch.float64) - centre).abs().max()
+                              for r in range(0, rows.shape[0], step)]).max())  # read back once
 
 
 def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk: int,
@@ -416,19 +418,19 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
             y_c = yc[c0:c0 + chunk]
             part = gemm.matmul(xb_2c, y_c.T, out=buffer[:xb.shape[0], :y_c.shape[0]], blas=blas)
             part.add_(bias[c0:c0 + chunk])
-            self_rows = self_cols = None
-            if exclude_self:
-                q = torch.arange(q0, q0 + part.shape[0], device=x.device)
-                inside = (q >= c0) & (q < c0 + part.shape[1])
-                self_rows, self_cols = inside.nonzero().flatten(), q[inside] - c0
-                part[self_rows, self_cols] = -math.inf
+            own = None
+            if exclude_self:  # query q0 + r is reference row q0 + r: a diagonal of the block, found on the host
+                first, last = max(c0 - q0, 0), min(c0 + part.shape[1] - q0, part.shape[0])
+                if first < last:
+                    own = (slice(first, last), slice(q0 + first - c0, q0 + last - c0))
+                    part[own].diagonal().fill_(-math.inf)
             new_max = torch.maximum(run_max, part.amax(dim=1).to(torch.float64))
             shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
             # terms below e^-80 of the running max weigh < N·1.8e-35 and would only produce
             # subnormal exponentials, which are many times slower on x86 CPUs
             terms = part.sub_(shift.to(dtype)[:, None]).clamp_(min=-80.0).exp_()
-            if self_rows is not None:
-                terms[self_rows, self_cols] = 0.0
+            if own is not None:
+                terms[own].diagonal().fill_(0.0)
             block = terms.sum(dim=1, dtype=dtype)
             run_sum = run_sum * torch.exp(run_max - shift) + block.to(torch.float64)
             run_max = new_max

@@ -196,15 +196,15 @@ def _few_rows_distance(small: Tensor, other: Tensor) -> float:
     mean_o = shift + sum((other[r:r + rows].to(torch.float64) - shift).sum(0)
                          for r in range(0, other.shape[0], rows)) / other.shape[0]
     triangle = a.new_zeros(0, n)
-    scatter_o = 0.0
+    scatter_o = 0.0  # a 0-d float64 tensor after the first block: read back once, after the loop
     for r in range(0, other.shape[0], rows):
         b = other[r:r + rows].to(torch.float64) - mean_o
-        scatter_o += float(b.square().sum())
+        scatter_o = scatter_o + b.square().sum()
         triangle = torch.linalg.qr(torch.cat([triangle, b @ a.T]), mode="r").R
     m = other.shape[0]
     trace_sqrt = float(torch.linalg.svdvals(triangle).sum()) / math.sqrt((n - 1) * (m - 1))
     diff = mean_s - mean_o
-    value = float(diff @ diff) + float(a.square().sum()) / (n - 1) + scatter_o / (m - 1) - 2.0 * trace_sqrt
+    value = float(diff @ diff) + float(a.square().sum()) / (n - 1) + float(scatter_o) / (m - 1) - 2.0 * trace_sqrt
     return max(value, 0.0)
 
 
@@ -420,44 +420,50 @@ def _ball_memberships(fake: Tensor, real: Tensor, real_radius_sq: Tensor, fake_r
     u = unit_roundoff(dtype, fake.device)
     centre = column_mean(real)  # sq_distance_blocks centres both sides on the mean of real
     reach = (row_sq_norms(fake, torch.float64, centre=centre).sqrt()
-             + float(row_sq_norms(real, torch.float64, centre=centre).max().sqrt()))
+             + row_sq_norms(real, torch.float64, centre=centre).max().sqrt())
     slack = 2.0 * (fake.shape[1] + 3) * u * reach.square()  # twice sq_distance_blocks' bound, per fake row
-    fake_in_real = torch.zeros(fake.shape[0], dtype=torch.bool, device=fake.device)
-    real_in_fake = torch.zeros(real.shape[0], dtype=torch.bool, device=fake.device)
+    # the bounds and memberships stay on the device: the sweep reads nothing back but the pairs
+    # to re-check, and it writes True through indices whose misses point at a spare last slot
+    n_f, n_r = fake.shape[0], real.shape[0]
+    fake_in_real = torch.zeros(n_f + 1, dtype=torch.bool, device=fake.device)
+    real_in_fake = torch.zeros(n_r + 1, dtype=torch.bool, device=fake.device)
     from tqdm.auto import tqdm
 
     blocks = -(-fake.shape[0] // batch_chunk) * -(-real.shape[0] // chunk)
     bar = tqdm(total=blocks, desc="precision and recall: fake in real balls, real in fake balls",
                unit="block", leave=False, disable=not progress)
+    e_rows = None
     for q0, c0, d2 in sq_distance_blocks(fake, real, chunk=chunk, batch_chunk=batch_chunk):
         bar.update(1)
         rows, cols = slice(q0, q0 + d2.shape[0]), slice(c0, c0 + d2.shape[1])
         # the block's largest slack bounds every pair's rounding, so it serves both directions;
         # thresholds stay vectors (no block-sized float temporaries), and a wider band only sends
         # a few more pairs to the exact check
-        e = float(slack[rows].max())
+        if q0 != e_rows:
+            e, e_rows = slack[rows].max(), q0  # a 0-d float64 tensor: comparisons as with its float
         r2_real, r2_fake = real_radius_sq[cols], fake_radius_sq[rows, None]
         fake_in_real[rows] |= (d2 <= r2_real - e).any(dim=1)
         real_in_fake[cols] |= (d2 <= r2_fake - e).any(dim=0)
         # a row (column) not yet inside has no pair below its edge minus e
         unsure = (d2 <= r2_real + e).logical_and_(~fake_in_real[rows, None])
         unsure |= (d2 <= r2_fake + e).logical_and_(~real_in_fake[None, cols])
-        qi, cj = unsure.nonzero(as_tuple=True)
+        qi, cj = unsure.nonzero(as_tuple=True)  # the one host synchronisation per block
         step = block_size(fake.device, 8 * fake.shape[1], qi.numel())
         for s in range(0, qi.numel(), step):
             q, c = qi[s:s + step] + q0, cj[s:s + step] + c0
             d2_exact = _exact_sq_distances(fake[q], real[c])
-            fake_in_real[q[d2_exact <= real_radius_sq[c]]] = True
-            real_in_fake[c[d2_exact <= fake_radius_sq[q]]] = True
+            fake_in_real[torch.where(d2_exact <= real_radius_sq[c], q, n_f)] = True
+            real_in_fake[torch.where(d2_exact <= fake_radius_sq[q], c, n_r)] = True
     bar.close()
-    return fake_in_real, real_in_fake
+    return fake_in_real[:n_f], real_in_fake[:n_r]
 
 
 def _kth_neighbour_sq_radius(rows: Tensor, k: int, chunk: int, batch_chunk: int, name: str,
                              progress: bool = False) -> Tensor:
-    """(N,) float64 exact squared distance from each row to its k-th nearest other row."""
+    """(N,) float64 exact squared distance from each row to its k-th nearest other row (``rows``
+    finite: as_features checked them, so the search does not scan them again)."""
     kth = nearest_neighbors(rows, rows, k, chunk=chunk, batch_chunk=batch_chunk, progress=progress,
-                            exclude_self=True, names=(name, name)).indices[:, -1]
+                            exclude_self=True, check_inputs=False, names=(name, name)).indices[:, -1]
     step = block_size(rows.device, 8 * rows.shape[1], rows.shape[0])
     return torch.cat([_exact_sq_distances(rows[r:r + step], rows[kth[r:r + step]])
                       for r in range(0, rows.shape[0], step)])

@@ -90,12 +90,14 @@ def resolve_device(device: str | None, world: World):
     """``torch.device`` for this rank: ``"cuda"`` becomes ``cuda:<LOCAL_RANK>``; None means CPU."""
     import torch
 
+    from ..checks import DEVICE_FORMS
+
     try:
         dev = torch.device(device or "cpu")
     except RuntimeError:
-        raise ValueError(f"--device must be cpu, cpu:N, cuda or cuda:N, got {device!r}") from None
+        raise ValueError(f"--device must be {DEVICE_FORMS}, got {device!r}") from None
     if dev.type not in ("cpu", "cuda"):  # e.g. meta: accepted by torch.device, fails much later
-        raise ValueError(f"--device must be cpu, cpu:N, cuda or cuda:N, got {device!r}")
+        raise ValueError(f"--device must be {DEVICE_FORMS}, got {device!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was requested but torch sees no CUDA device")
