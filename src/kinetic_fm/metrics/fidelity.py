@@ -455,7 +455,7 @@ def _ball_memberships(fake: Tensor, real: Tensor, real_radius_sq: Tensor, fake_r
             fake_in_real[torch.where(d2_exact <= real_radius_sq[c], q, n_f)] = True
             real_in_fake[torch.where(d2_exact <= fake_radius_sq[q], c, n_r)] = True
     bar.close()
-    return fake_in_real[:n_f], real_in_fake[:n_r]
+    return fake_in_real[:n_f].clone(), real_in_fake[:n_r].clone()   # without the spare slot's storage
 
 
 def _kth_neighbour_sq_radius(rows: Tensor, k: int, chunk: int, batch_chunk: int, name: str,
