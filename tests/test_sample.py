@@ -1001,12 +1001,34 @@ def test_a_velocity_that_changes_its_time_in_place_does_not_move_the_clock(solve
     torch.testing.assert_close(a.times, b.times, rtol=0, atol=0, equal_nan=True)  # dopri5 pads with NaN
 
 
+@pytest.mark.parametrize("solver", FIXED)
+@pytest.mark.parametrize("change", ["numpy", "data", "requires_grad"])
+def test_a_velocity_that_changes_its_time_unseen_does_not_change_the_next_stages(solver, change):
+    # changes torch's version counter does not see: each stage must get its own time tensor (one
+    # shared between a step's end and the next step's start carried the net's ×1000 into the next
+    # stage, KPE 2e5 instead of 0.8; helper-163)
+    def net(x, t):
+        if t.requires_grad:
+            raise AssertionError("a stage received a time tensor that requires grad")
+        if change == "numpy":
+            t.numpy()[:] *= 1000.0
+        elif change == "data":
+            t.data.mul_(1000.0)
+        else:
+            t.requires_grad_()
+        return -x * (t.detach() / (1000.0 if change != "requires_grad" else 1.0))[:, None]
+
+    x0 = kfm.noise(range(2), (3,), dtype=torch.float64)
+    res = kfm.sample(net, x0, steps=4, solver=solver)
+    ref = kfm.sample(lambda x, t: -x * t[:, None], x0, steps=4, solver=solver)
+    assert torch.equal(res.x, ref.x) and torch.equal(res.kpe, ref.kpe)
+
+
 # aten ops a step makes besides the velocity's: per stage its input state (x + Σ c·v: one op,
-# then in-place sums), its time tensor (a fill, shared with the stage before at the same time:
-# heun's and rk4's step end is the next start) and its ‖v‖² (reshape, vecdot into the buffer),
+# then in-place sums), its time tensor (a fill) and its ‖v‖² (reshape, vecdot into the buffer),
 # then the update. 8eaafc0 made 6 / 12 / 14 / 27 / 30 (a fill every stage, two index ops per
 # norm row, a new tensor for every partial sum).
-OPS_PER_STEP = {"euler": 5, "midpoint": 10, "heun": 9, "rk4": 17, "rk4_38": 21}
+OPS_PER_STEP = {"euler": 5, "midpoint": 10, "heun": 10, "rk4": 19, "rk4_38": 22}
 
 
 @pytest.mark.parametrize("solver", FIXED)

@@ -83,7 +83,6 @@ def integrate_fixed(
 
         steps_iter = tqdm(steps_iter, desc=f"{tableau.name} sampling", unit="step", leave=False)
 
-    times_of = _StageTimes(batch, dtype, device)
     shape, flat_shape, half = x0.shape, (batch, -1), dtype in _HALF
     x = x0
     for i in steps_iter:
@@ -100,7 +99,11 @@ def integrate_fixed(
                 version = None
             else:
                 xj, version = x, state_version(x)
-            t_j = times_of(t_i[j])
+            # a new tensor for every stage, made here (S·stages made ahead cost ~750 bytes each
+            # whatever B: 300 MB at 10**5 rk4 steps); a fill, no synchronisation. Not shared with
+            # the stage before at the same time: a net may change its t unseen (through NumPy,
+            # .data, requires_grad_) and the next stage would read that
+            t_j = torch.full((batch,), t_i[j], dtype=dtype, device=device)
             if i == 0 and j == 0:
                 v = first_velocity(velocity, xj, t_j)
             else:  # metadata only: no synchronisation
@@ -119,28 +122,6 @@ def integrate_fixed(
         x = _update(x, h, step, stage_v, eta_i)
 
     return _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_profile)
-
-
-class _StageTimes:
-    """The (B,) time tensors handed to the velocity, filled with t in x's dtype (a fill, no
-    synchronisation), made as the loop goes (S·stages made ahead cost ~750 bytes each whatever B:
-    300 MB at 10**5 rk4 steps). A stage at the time of the one before it (heun's and rk4's step
-    end is the next step's start, rk4's two midpoints) gets the same tensor again unless the
-    velocity changed it in place: one fill fewer a step. Under ``torch.inference_mode`` (no
-    version counter to tell) every stage gets a new one."""
-
-    def __init__(self, batch: int, dtype: torch.dtype, device: torch.device):
-        self.batch, self.dtype, self.device = batch, dtype, device
-        self.t: float | None = None
-        self.tensor: torch.Tensor | None = None
-        self.version: int | None = None
-
-    def __call__(self, t: float) -> torch.Tensor:
-        if t == self.t and self.version is not None and self.tensor._version == self.version:
-            return self.tensor
-        self.tensor = torch.full((self.batch,), t, dtype=self.dtype, device=self.device)
-        self.t, self.version = t, state_version(self.tensor)
-        return self.tensor
 
 
 def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]],
