@@ -1,4 +1,5 @@
 """Closed-form EFM velocity (kinetic_fm.fields.empirical) against a float64 brute force."""
+import contextlib
 import gzip
 import math
 
@@ -782,3 +783,36 @@ def test_a_call_whose_rows_have_one_candidate_each_dispatches_few_operators():
     assert (field.last_diagnostics.candidates == 1).all()
     assert torch.equal(v, ((atoms[:16].double() - x.double()) / (1 - t.double()[:, None])).float())   # ȳ: the atom
     assert sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::")) <= 90
+
+
+@pytest.mark.parametrize("device", ["cpu", "fake_cuda"])
+def test_screened_logits_that_overflow_are_refused_not_read_as_an_arbitrary_atom(device):
+    # values within the magnitude checks, but t/(1 − t)² = 1e12 times x·y leaves float32: inf − inf
+    # read NaN, no candidate, and an arbitrary atom reported as exact (helper-163)
+    from fake_cuda import fake_cuda
+
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.randn(20, 4, generator=g) * 1e14
+    x = atoms[:3] * 0.999 + torch.randn(3, 4, generator=g) * 1e12
+    with fake_cuda() if device == "fake_cuda" else contextlib.nullcontext():
+        on = "cuda" if device == "fake_cuda" else "cpu"
+        field = kfm.EmpiricalFlow(atoms.to(on))
+        with pytest.raises(ValueError, match=r"screened logits overflow torch.float32 at t = 0.999999: "
+                                             r".*or pass the atoms as float64"):
+            field(x.to(on), 0.999999)
+        assert (field.diagnostics(x.to(on), 0.5).candidates == 1).all()       # earlier, they do not
+        v = kfm.EmpiricalFlow(atoms.double().to(on))(x.double().to(on), 0.999999)   # float64: in range
+        torch.testing.assert_close(v.cpu(), (atoms[:3].double() - x.double()) / 1e-6, rtol=1e-6, atol=0)
+
+
+def test_a_bad_input_on_the_cpu_is_refused_before_the_blas_is_chosen(monkeypatch):
+    # choosing may time both BLAS libraries (~0.7 s) for a large product: not for a call refused anyway
+    from kinetic_fm import gemm
+
+    def choose(*args, **kwargs):
+        raise AssertionError("gemm.choose ran before the input was checked")
+
+    monkeypatch.setattr(gemm, "choose", choose)
+    field = kfm.EmpiricalFlow(torch.randn(10, 3))
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got 1.5 at row 1"):
+        field(torch.randn(2, 3), torch.tensor([0.5, 1.5]))

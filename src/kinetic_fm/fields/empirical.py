@@ -37,12 +37,15 @@ first call of every run) cost no GEMM, in either mode.
 
 A query whose screening leaves one candidate (most of a run once the posterior concentrates) is
 a point mass on its best atom: ȳ is that atom, in float64, with no re-scoring pass. On an
-accelerator a call synchronises with the host once per block of queries (it used to take seven
-and more): the value checks of x and t, whether any row is at t = 0, and the rows' routes (one
-candidate, re-scored, dense) are read together after the screening GEMM is launched, so that the
-host's small launches overlap it. A call with rows at t = 0, or one the checks refuse, is found out
-only then and starts again with its checks settled first: the GEMM of a run's first call is
-wasted there, and a refusal comes after it. A mix of re-scored widths or of routes costs one more.
+accelerator a call synchronises with the host once per block of queries when its rows take one
+route (it used to take seven and more): the value checks of x and t, whether any row is at
+t = 0, and the rows' routes (one candidate, re-scored, dense) are read together after the
+screening GEMM is launched, so that the host's small launches overlap it. A mix of routes or of
+re-scored widths costs one more, as does ``posterior(k)`` with k ≥ 2. A call with rows at t = 0, or
+one the checks refuse, is found out only then and starts again with its checks settled first:
+the blocks computed until then are wasted (the GEMM of a run's first call), and a refusal comes
+after them. A row whose screened logits overflow (a = t/(1 − t)² reaches 1e12 near t = 1, so
+values that pass the magnitude checks can) is refused: its screening cannot rank the atoms.
 
 Behaviour as t → 1: times are clamped to t ≤ 1 − ``eps`` (default 1e-6), i.e. v(x, t) :=
 v(x, min(t, 1 − eps)) (the posterior and the 1/(1 − t) factor alike): the velocity that carries x
@@ -366,19 +369,22 @@ class EmpiricalFlow:
         """ȳ (B, D) float64, diagnostics, and (weights, indices) of the top_k atoms (if top_k);
         ``values`` the pending check of x and t (:class:`_ValueCheck`).
 
-        On an accelerator that check is settled by the first block's synchronisation, not one of
-        its own before the GEMM: a call whose rows are not all fine (one at t = 0, or an input the
-        check refuses) is only then found out, and starts again here (its GEMM wasted: the first
-        call of a run, at t = 0)."""
+        On an accelerator each block's rows are checked in that block's synchronisation, not in one
+        of their own before the GEMM: a call whose rows are not all fine (one at t = 0, or an input
+        the check refuses) is only then found out, and starts again here with its checks settled
+        (the blocks computed until then are wasted: a run's first call, at t = 0, wastes its
+        GEMM)."""
         if x.shape[0] == 0:
             return self._at_start(0, top_k, x.device)
+        deferred = x.device.type != "cpu" and _DEFER_CHECKS and not (self.truncate and self.backend == "faiss")
+        all_fine = None if deferred else values.settle()     # on a CPU a bad input is refused first
         blas = gemm.choose(self.atoms.dtype, x.device, 2.0 * x.shape[0] * self.n * self.dim, _CALIBRATE_FLOPS)
-        if x.device.type != "cpu" and _DEFER_CHECKS and not (self.truncate and self.backend == "faiss"):
+        if deferred:
             try:
                 return self._solve_moving(x, t, top_k, blas, values)
             except _NotAllFine:
-                pass
-        if values.settle():
+                all_fine = values.settle()
+        if all_fine:
             return self._solve_moving(x, t, top_k, blas)
         moving = (t > 0).nonzero().flatten()
         # at t = 0 every atom has the same logit: ȳ is the cached float64 mean, no GEMM needed
@@ -462,13 +468,17 @@ class EmpiricalFlow:
             exact = count <= self.truncate
         else:
             exact = (count <= self.exact_max) | (bound > self.max_logit_error)
-        # The block's one synchronisation when every row has one candidate (late t) or none is
-        # re-scored (small t); a mix takes one more, for its buckets. On a GPU each waits for the
-        # GEMM, and the host then launches the rest while the device idles.
-        summary = [count.max(), exact.sum()] + ([] if values is None else [values.fine[rows].all().long()])
-        most, n_exact, *all_fine = torch.stack(summary).tolist()
+        # The block's one synchronisation when every row has one candidate (late t, and top_k ≤ 1)
+        # or none is re-scored (small t); a mix takes one more, for its buckets. On a GPU each
+        # waits for the GEMM, and the host then launches the rest while the device idles.
+        summary = [count.max(), exact.sum(), torch.isfinite(best).all().long()]
+        if values is not None:
+            summary.append(values.fine[rows].all().long())
+        most, n_exact, finite, *all_fine = torch.stack(summary).tolist()
         if all_fine and not all_fine[0]:
             raise _NotAllFine
+        if not finite:
+            self._refuse_overflow(x, t, a, best)
         if most == 1 and top_k <= 1:
             return self._point_masses(best_index, count, bound, top_k)
 
@@ -563,6 +573,18 @@ class EmpiricalFlow:
             neglected_bound=neglected,
         )
         return ybar, diag, (top_w, top_i)
+
+    def _refuse_overflow(self, x, t, a, best):
+        """ValueError for a block whose screened logits left the screening dtype's range: a·x·y_j
+        with a = t/(1 − t)² up to 1e12 can overflow where x and the atoms passed the magnitude
+        checks (which bound ‖x‖², ‖y‖² and x·y), and their inf − inf read as NaN picked an
+        arbitrary atom, reported as exact."""
+        row = int((~torch.isfinite(best)).nonzero()[0, 0])
+        dtype = self.atoms.dtype
+        remedy = "scale x and the training atoms down" + (", or pass the atoms as float64" if dtype == torch.float32 else "")
+        raise ValueError(f"the screened logits overflow {dtype} at t = {float(t[row])!r}: t/(1 − t)² = "
+                         f"{float(a[row]):.3g} times x·y_j leaves its range for x and atoms this large "
+                         f"(|x| up to {float(x[row].abs().max()):.3g}); {remedy}")
 
     def _point_masses(self, best_index, count, bound, top_k):
         """:meth:`_solve_block`'s answer when every row has one candidate (top_k ≤ 1): each
@@ -674,7 +696,7 @@ _RESCORE_ALL_MAX = 4096
 # the bucket of the rows that are not re-scored exactly (2**64 would exceed any candidate count)
 _DENSE_LEVEL = 64
 
-# on an accelerator, settle the value checks with the first block's synchronisation (EmpiricalFlow._solve)
+# on an accelerator, check each block's values in that block's synchronisation (EmpiricalFlow._solve)
 _DEFER_CHECKS = True
 
 
