@@ -187,7 +187,8 @@ def run_cost(field, atoms, batch, steps, floors, device):
             same.append(time.perf_counter() - t2)
         return out[0]
 
-    x0 = torch.randn(batch, atoms.shape[1], generator=torch.Generator().manual_seed(7)).to(device)   # the same for every field
+    # the same for every field
+    x0 = torch.randn(batch, atoms.shape[1], generator=torch.Generator().manual_seed(7)).to(device)
     kfm.sample(field, x0, steps=2, solver="euler")                          # warm-up
     kfm.sample(timed, x0, steps=steps, solver="euler")
     ratios = [seconds / floor for _, seconds, floor in calls]

@@ -581,7 +581,9 @@ class EmpiricalFlow:
         arbitrary atom, reported as exact."""
         row = int((~torch.isfinite(best)).nonzero()[0, 0])
         dtype = self.atoms.dtype
-        remedy = "scale x and the training atoms down" + (", or pass the atoms as float64" if dtype == torch.float32 else "")
+        remedy = "scale x and the training atoms down"
+        if dtype == torch.float32:
+            remedy += ", or pass the atoms as float64"
         raise ValueError(f"the screened logits overflow {dtype} at t = {float(t[row])!r}: t/(1 − t)² = "
                          f"{float(a[row]):.3g} times x·y_j leaves its range for x and atoms this large "
                          f"(|x| up to {float(x[row].abs().max()):.3g}); {remedy}")
