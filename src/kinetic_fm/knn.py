@@ -158,6 +158,17 @@ def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
                       and a.stride() == b.stride() and a.data_ptr() == b.data_ptr())
 
 
+def own_diagonal(q0: int, c0: int, rows: int, columns: int) -> tuple[slice, slice] | None:
+    """Where a (rows, columns) block of queries q0.. against reference rows c0.. pairs query i
+    with reference row i (leave-one-out: the queries are the reference), as (row slice, column
+    slice) of a square sub-block whose diagonal those pairs are; None when the block has none.
+    Worked out on the host: no index tensor, no synchronisation."""
+    first, last = max(c0 - q0, 0), min(c0 + columns - q0, rows)
+    if first >= last:
+        return None
+    return slice(first, last), slice(q0 + first - c0, q0 + last - c0)
+
+
 def nonfinite_rows(tensor: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     """Indices (increasing, int64) of the rows of ``tensor`` that hold NaN or ±inf.
 
@@ -415,9 +426,9 @@ def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas
         scores = gemm.matmul(x_neg2, y_c.T, out=buffer[:, :y_c.shape[0]], blas=blas)
         scores.add_(y_sq[c0:c0 + chunk].to(dtype))
         if exclude_self and isinstance(q0, int):  # query r is reference row q0 + r: a diagonal of the block
-            first, last = max(c0 - q0, 0), min(c0 + y_c.shape[0] - q0, x_work.shape[0])
-            if first < last:
-                scores[first:last, q0 + first - c0:q0 + last - c0].diagonal().fill_(math.inf)
+            own = own_diagonal(q0, c0, scores.shape[0], y_c.shape[0])
+            if own is not None:
+                scores[own].diagonal().fill_(math.inf)
         elif exclude_self:  # scattered queries: each row's own column, or its current score where outside
             local = query_ids - c0
             inside = (local >= 0) & (local < y_c.shape[0])

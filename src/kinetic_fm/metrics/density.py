@@ -30,7 +30,7 @@ from ..blocks import block_size
 from ..checks import (as_scalar, check_flag, check_integer, check_same_space, check_seed, is_integer, is_real,
                       positive_integer)
 from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
-from ..knn import check_same_rows, column_mean, row_sq_norms
+from ..knn import check_same_rows, column_mean, own_diagonal, row_sq_norms
 from .features import SpaceLike, as_features, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
@@ -418,12 +418,9 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
             y_c = yc[c0:c0 + chunk]
             part = gemm.matmul(xb_2c, y_c.T, out=buffer[:xb.shape[0], :y_c.shape[0]], blas=blas)
             part.add_(bias[c0:c0 + chunk])
-            own = None
-            if exclude_self:  # query q0 + r is reference row q0 + r: a diagonal of the block, found on the host
-                first, last = max(c0 - q0, 0), min(c0 + part.shape[1] - q0, part.shape[0])
-                if first < last:
-                    own = (slice(first, last), slice(q0 + first - c0, q0 + last - c0))
-                    part[own].diagonal().fill_(-math.inf)
+            own = own_diagonal(q0, c0, *part.shape) if exclude_self else None
+            if own is not None:
+                part[own].diagonal().fill_(-math.inf)
             new_max = torch.maximum(run_max, part.amax(dim=1).to(torch.float64))
             shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
             # terms below e^-80 of the running max weigh < N·1.8e-35 and would only produce

@@ -19,6 +19,7 @@ from ..knn import (
     magnitude_limit,
     nearest_neighbors,
     nonfinite_rows,
+    own_diagonal,
     row_sq_norms,
     unit_roundoff,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "magnitude_limit",
     "nearest_neighbors",
     "nonfinite_rows",
+    "own_diagonal",
     "row_sq_norms",
     "unit_roundoff",
 ]
