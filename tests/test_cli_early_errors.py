@@ -35,6 +35,23 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, command):
     assert "--device cuda was requested but torch sees no CUDA device" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["memorization", "train", "reproduce"])
+def test_single_process_commands_refuse_several_ranks(tmp_path, capsys, monkeypatch, command):
+    # under torchrun each rank did the whole job into the same outputs, and train moved its model
+    # to the raw "cuda" (not the rank's GPU)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(_commands(tmp_path, "cpu")[command]) == 2
+    assert f"kfm {command} runs as one process, but WORLD_SIZE is 2" in capsys.readouterr().err
+    assert not any(tmp_path.glob("rep*")) and not any(tmp_path.glob("train*"))   # nothing started
+    monkeypatch.setenv("WORLD_SIZE", "1")   # a one-rank launch is one process
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    if command == "train":
+        assert main(_commands(tmp_path, "cpu")[command] + ["--no-progress"]) == 0
+
+
 @pytest.mark.parametrize("flag, spec, message", [
     ("--classifier", "resnet57:/w.th", "--classifier must be 'resnet20:PATH' or 'resnet56:PATH', got 'resnet57:/w.th'"),
     ("--classifier", "resnet56:/no/such/w.th", "--classifier: no such file: /no/such/w.th"),

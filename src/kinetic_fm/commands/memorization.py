@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checks import check_integer, inside_unit_interval
     from ..metrics.memorization import MAX_BOOTSTRAP, memorization
-    from ..runs.distributed import World, resolve_device
+    from ..runs.distributed import single_process_device
 
     # before the inputs load and the audit runs, each named by its flag (the library names its
     # arguments, and the OS its paths: "[Errno 17] File exists" came after the whole audit)
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--out", args.out), ("--figure", args.figure)):
         if path is not None:
             check_output_path(flag, path, folder=False)
-    device = resolve_device(args.device, World())
+    device = single_process_device(args.device, "memorization")
     space, space_name = None, "pixels"
     principal = None if args.space is None else _principal_spec(args.space)
     if args.space is not None and principal is None:

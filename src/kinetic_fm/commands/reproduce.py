@@ -40,13 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..data.registry import POINT_SETS, parse_spec
-    from ..runs.distributed import World, resolve_device
+    from ..runs.distributed import single_process_device
     from ..studies.config import ReproduceConfig
     from ..studies.reproduce import STUDIES, reproduce, studies_problem
 
     # a bad --device, --out, --studies, --data or --classifier fails here, before folders are made
     # or data loads
-    resolve_device(args.device, World())
+    single_process_device(args.device, "reproduce")
     check_output_path("--out", args.out, folder=True)
     studies = tuple(s.strip() for s in args.studies.split(",") if s.strip())
     problem = studies_problem(studies)

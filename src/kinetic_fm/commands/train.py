@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
     from ..data import dataset_rows, load_dataset
     from ..models import TrainConfig, default_model, train
     from ..models.train import check_train_dir
-    from ..runs.distributed import World, resolve_device
+    from ..runs.distributed import single_process_device
 
-    resolve_device(args.device, World())        # a bad --device fails before the data loads
+    device = single_process_device(args.device, "train")   # a bad --device fails before the data loads
     check_output_path("--out", args.out, folder=True)
     try:  # train() checks it again, under the folder's lock; here it comes before the data loads
         check_train_dir(args.out, resume=args.resume)
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             model = default_model(args.model, data.shape[1:], num_classes=num_classes, width=args.width)
         except ValueError as err:
             raise named_by_its_flag(err, _FLAGS) from None
-    model = model.to(args.device)
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"data {ds.source}: {tuple(data.shape)}; model {model.kind} ({n_params:,} parameters); out {args.out}")
     # centred data (CelebA): keep what sampling must add back, written under the folder's lock

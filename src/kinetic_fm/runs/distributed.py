@@ -112,6 +112,18 @@ def resolve_device(device: str | None, world: World):
     return dev
 
 
+def single_process_device(device: str | None, command: str):
+    """``resolve_device`` for a command that runs as one process (``kfm train``, ``memorization``,
+    ``reproduce``): refused under a launcher that started several ranks, where each would do the
+    same whole job into the same outputs (and "cuda" would not be the rank's GPU)."""
+    world = World.from_env()
+    if world.distributed:
+        raise ValueError(f"kfm {command} runs as one process, but WORLD_SIZE is {world.world_size} (torchrun?): "
+                         f"every rank would do the whole job into the same outputs; launch it without "
+                         f"torchrun (kfm sample is the command that shares its work over ranks)")
+    return resolve_device(device, world)
+
+
 @contextlib.contextmanager
 def world_session(device: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
                   ) -> Iterator[tuple[Coordinator, Any]]:
