@@ -464,17 +464,20 @@ class EmpiricalFlow:
         threshold = (best.double() - self.cutoff).sub_(bound, alpha=2.0)    # 2·bound is exact
         limit = threshold.to(scores.dtype)[:, None]
         count = sum((block >= limit).sum(dim=1) for block in _column_blocks(scores))
+        # rescored: the rows whose candidates are re-scored exactly, some or all of them (the rest keep
+        # their screened logits, or in truncated mode the screened top k)
         if self.truncate:   # every candidate when they are few, else the k best screened ones
             exact = count <= self.truncate
+            rescored = exact | (bound > self.max_logit_error)
         else:
-            exact = (count <= self.exact_max) | (bound > self.max_logit_error)
+            exact = rescored = (count <= self.exact_max) | (bound > self.max_logit_error)
         # The block's one synchronisation when every row has one candidate (late t, and top_k ≤ 1)
         # or none is re-scored (small t); a mix takes one more, for its buckets. On a GPU each
         # waits for the GEMM, and the host then launches the rest while the device idles.
-        summary = [count.max(), exact.sum(), torch.isfinite(best).all().long()]
+        summary = [count.max(), rescored.sum(), torch.isfinite(best).all().long()]
         if values is not None:
             summary.append(values.fine[rows].all().long())
-        most, n_exact, finite, *all_fine = torch.stack(summary).tolist()
+        most, n_rescored, finite, *all_fine = torch.stack(summary).tolist()
         if all_fine and not all_fine[0]:
             raise _NotAllFine
         if not finite:
@@ -500,58 +503,63 @@ class EmpiricalFlow:
                 top_w[rows], top_i[rows] = top_log.exp(), idx.gather(1, pos)
             return log_w
 
-        buckets, dense_rows = _buckets(exact, count, max(top_k, 1), n_exact)
-        for rows, width_log2 in buckets:
-            if width_log2 == 0 and top_k <= 1:
+        # rows bucketed by route and width (_buckets), so that one wide row does not widen the others'
+        # re-scoring; none re-scored (small t): all screened, with no synchronisation
+        if n_rescored:
+            width_log2 = torch.ceil(torch.log2(count.clamp_min(max(top_k, 1)).double())).long()
+            route = torch.where(exact, width_log2, _SCREENED)
+            if self.truncate:   # the rows re-scored beyond their screened top k
+                everything = torch.where(count <= _RESCORE_ALL_MAX, width_log2 + _RESCORE_ALL, _SEARCHED)
+                route = torch.where(rescored & ~exact, everything, route)
+            buckets = _buckets(route, _SCREENED + 1)
+        else:
+            buckets = [(slice(None), _SCREENED)]
+        plain = buckets.pop()[0] if buckets[-1][1] == _SCREENED else None     # the screened rows
+        for rows, level in buckets:
+            if level == 0 and top_k <= 1:
                 # one candidate: the posterior is a point mass on the best atom (what _exact
                 # returns for one atom, without its gathers and passes)
                 ybar[rows] = self.atoms[best_index[rows]].double()
                 max_w[rows], entropy[rows] = 1.0, 0.0
                 if top_k:
                     top_w[rows], top_i[rows] = 1.0, best_index[rows, None]
-                continue
-            k = min(2 ** width_log2, self.truncate or self.n)                 # ≥ every row's count
-            exact_rows(rows, torch.topk(scores[rows], k, dim=1).indices)
-
-        if isinstance(dense_rows, slice) and self.truncate:
-            dense_rows = torch.arange(b, device=x.device)
-        if n_exact < b and self.truncate:
-            # where the screened logits may be off by more than max_logit_error (late t, a cluster
-            # of more than k near-duplicates) their order cannot pick the k largest: such a row
-            # re-scores every candidate exactly (as the exact field does) and keeps the exact top
-            # k; only one with very many candidates takes the certified search of x/t
-            uncertain = bound[dense_rows] > self.max_logit_error
-            searched, chosen = dense_rows[uncertain], dense_rows[~uncertain]
-            few = count[searched] <= _RESCORE_ALL_MAX
-            rescored, searched = searched[few], searched[~few]
-            for rows, width in _by_width(rescored, count[rescored]):
-                cand = torch.topk(scores[rows], min(width, self.n), dim=1).indices
+            elif level < _RESCORE_ALL:
+                k = min(2 ** level, self.truncate or self.n)                  # ≥ every row's count
+                exact_rows(rows, torch.topk(scores[rows], k, dim=1).indices)
+            elif level < _SEARCHED:
+                # where the screened logits may be off by more than max_logit_error (late t, a cluster
+                # of more than k near-duplicates) their order cannot pick the k largest: such a row
+                # re-scores every candidate exactly (as the exact field does) and keeps the exact top
+                # k; only one with very many candidates takes the certified search of x/t
+                cand = torch.topk(scores[rows], min(2 ** (level - _RESCORE_ALL), self.n), dim=1).indices
                 _, log_all = self._exact(x[rows], t[rows], one_minus[rows], cand)
                 best_log, pos = torch.topk(log_all, self.truncate, dim=1)     # exact top k, descending
                 left_out = -torch.expm1(torch.logsumexp(best_log, dim=1))   # 1 − kept mass, no cancellation
                 exact_rows(rows, cand.gather(1, pos))
                 # dropped: the candidates left out, plus at most N·e^(−cutoff) outside them
                 neglected[rows] = (left_out.clamp_min(0.0) + self.n * math.exp(-self.cutoff)).clamp_max(1.0)
-            if searched.numel():
-                yb, found, (tw, ti) = self._solve_truncated_by_search(x[searched], t[searched], top_k)
-                ybar[searched], max_w[searched], entropy[searched] = yb, found.max_weight, found.entropy
-                neglected[searched] = found.neglected_bound
-                top_w[searched], top_i[searched] = tw, ti
-            if chosen.numel():
-                block = scores if chosen.numel() == b else scores[chosen]
-                del scores
-                screened, idx = torch.topk(block, self.truncate, dim=1)   # idx[:, 0]: the best
-                log_w = exact_rows(chosen, idx)
-                # A dropped atom j has ℓ̃_j ≤ ℓ̃_(k); each screened logit is within e of the truth
-                # up to one constant per row, so ℓ_j ≤ ℓ_(k) + 2e and ℓ_j ≤ ℓ_b + (ℓ̃_(k) − ℓ̃_b) + 2e,
-                # ℓ_(k) and ℓ_b the exact logits of the last and the first kept atom (log weights:
-                # a weight that underflows must not read as log 0 = −inf)
-                gap = (screened[:, -1] - screened[:, 0]).double()
-                log_dropped = torch.minimum(log_w[:, -1], log_w[:, 0] + gap) + 2.0 * bound[chosen]
-                neglected[chosen] = self._dropped_mass_bound(log_dropped)
-        elif n_exact < b:
+            else:
+                yb, found, (tw, ti) = self._solve_truncated_by_search(x[rows], t[rows], top_k)
+                ybar[rows], max_w[rows], entropy[rows] = yb, found.max_weight, found.entropy
+                neglected[rows] = found.neglected_bound
+                top_w[rows], top_i[rows] = tw, ti
+
+        if plain is not None and self.truncate:
+            rows = plain
+            block = scores[rows]
+            del scores
+            screened, idx = torch.topk(block, self.truncate, dim=1)   # idx[:, 0]: the best
+            log_w = exact_rows(rows, idx)
+            # A dropped atom j has ℓ̃_j ≤ ℓ̃_(k); each screened logit is within e of the truth
+            # up to one constant per row, so ℓ_j ≤ ℓ_(k) + 2e and ℓ_j ≤ ℓ_b + (ℓ̃_(k) − ℓ̃_b) + 2e,
+            # ℓ_(k) and ℓ_b the exact logits of the last and the first kept atom (log weights:
+            # a weight that underflows must not read as log 0 = −inf)
+            gap = (screened[:, -1] - screened[:, 0]).double()
+            log_dropped = torch.minimum(log_w[:, -1], log_w[:, 0] + gap) + 2.0 * bound[rows]
+            neglected[rows] = self._dropped_mass_bound(log_dropped)
+        elif plain is not None:
             # screened weights with max 1; in place when the whole block is dense (small t)
-            rows = dense_rows
+            rows = plain
             weights = scores[rows]
             del scores
             total, w_log_w = _exponentiate(weights, best[rows])
@@ -695,8 +703,14 @@ _SPLIT_FLOOR_BYTES = 16 << 20
 # up to this many (a cluster of near-duplicates); beyond it, the certified search of x/t
 _RESCORE_ALL_MAX = 4096
 
-# the bucket of the rows that are not re-scored exactly (2**64 would exceed any candidate count)
-_DENSE_LEVEL = 64
+# The buckets of a block's rows (_solve_block): log2 of the width of the rows whose candidates are
+# re-scored exactly (0-63: 2**64 would exceed any candidate count); in truncated mode _RESCORE_ALL
+# + log2 width for the rows whose every candidate is re-scored to pick the exact top k (at most
+# _RESCORE_ALL_MAX), _SEARCHED for those beyond; last, _SCREENED, the rows that keep their screened
+# logits (or their screened top k)
+_RESCORE_ALL = 64
+_SEARCHED = _RESCORE_ALL + _RESCORE_ALL_MAX.bit_length()
+_SCREENED = _SEARCHED + 1
 
 # on an accelerator, check each block's values in that block's synchronisation (EmpiricalFlow._solve)
 _DEFER_CHECKS = True
@@ -745,34 +759,15 @@ class _ValueCheck:
         return False
 
 
-def _by_width(rows: torch.Tensor, counts: torch.Tensor):
-    """``rows`` (r,) bucketed by their candidate ``counts`` (r,): yields (rows of a bucket, width),
-    the width the bucket's power of two ≥ each of its counts, so that one wide row does not widen
-    the others' exact re-scoring. Nothing for no rows."""
-    if not rows.numel():
-        return
-    bucket = torch.ceil(torch.log2(counts.double())).long()    # no host-to-device copy
-    for level in bucket.unique().tolist():
-        yield rows[bucket == level], 2 ** level
-
-
-def _buckets(exact: torch.Tensor, counts: torch.Tensor, least: int, n_exact: int):
-    """The rows of a block grouped for :meth:`EmpiricalFlow._solve_block`: a list of
-    (rows, log2 width) for the ``exact`` (b,) rows, bucketed by the power of two ≥ their
-    ``counts`` (b,) and ≥ ``least``, in increasing order (rows ascending within a bucket), and the
-    other rows.
-    Rows are ``slice(None)`` for all b rows (views, not copies), else an index tensor. One
-    synchronisation, none when no row is re-scored."""
-    b = exact.shape[0]
-    if n_exact == 0:
-        return [], slice(None)
-    # a bucket's rows are a slice of the rows sorted by bucket, its bounds found in one read
-    width_log2 = torch.ceil(torch.log2(counts.clamp_min(least).double())).long()
-    level, order = torch.sort(torch.where(exact, width_log2, _DENSE_LEVEL), stable=True)
-    ends = torch.searchsorted(level, torch.arange(_DENSE_LEVEL + 1, device=exact.device), right=True).tolist()
-    buckets = [(slice(None) if end - start == b else order[start:end], level_)
-               for level_, (start, end) in enumerate(zip([0, *ends[:-2]], ends[:-1])) if end > start]
-    return buckets, order[ends[-2]:]
+def _buckets(level: torch.Tensor, levels: int) -> list[tuple[torch.Tensor | slice, int]]:
+    """The rows of a block grouped by their ``level`` (b,) int64 in [0, ``levels``): a list of
+    (rows, level) for the levels present, in increasing order, rows ascending within a bucket.
+    Rows are ``slice(None)`` (views, not copies) when one level holds all b rows, else an index
+    tensor. One synchronisation: the rows sorted by level on the device, the bounds read at once."""
+    level, order = torch.sort(level, stable=True)
+    ends = torch.searchsorted(level, torch.arange(levels, device=level.device), right=True).tolist()
+    return [(slice(None) if end - start == level.shape[0] else order[start:end], level_)
+            for level_, (start, end) in enumerate(zip([0, *ends[:-1]], ends)) if end > start]
 
 
 def _column_blocks(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
