@@ -482,8 +482,17 @@ class EmpiricalFlow:
             raise _NotAllFine
         if not finite:
             self._refuse_overflow(x, t, a, best)
-        if most == 1 and top_k <= 1:
-            return self._point_masses(best_index, count, bound, top_k)
+        if most == 1 and top_k <= 1:   # every posterior a point mass
+            ybar, ones, zeros, top = self._point_masses(best_index, top_k)
+            diag = PosteriorDiagnostics(
+                max_weight=ones,
+                entropy=zeros,
+                candidates=count,
+                exact=torch.ones_like(bound, dtype=torch.bool),
+                logit_error_bound=torch.zeros_like(bound),
+                neglected_bound=torch.full_like(bound, min(1.0, self.n * math.exp(-self.cutoff))),
+            )
+            return ybar, diag, top
 
         ybar = torch.empty(b, self.dim, dtype=torch.float64, device=x.device)
         max_w = torch.empty(b, dtype=torch.float64, device=x.device)
@@ -516,13 +525,10 @@ class EmpiricalFlow:
             buckets = [(slice(None), _SCREENED)]
         plain = buckets.pop()[0] if buckets[-1][1] == _SCREENED else None     # the screened rows
         for rows, level in buckets:
-            if level == 0 and top_k <= 1:
-                # one candidate: the posterior is a point mass on the best atom (what _exact
-                # returns for one atom, without its gathers and passes)
-                ybar[rows] = self.atoms[best_index[rows]].double()
-                max_w[rows], entropy[rows] = 1.0, 0.0
+            if level == 0 and top_k <= 1:     # one candidate
+                ybar[rows], max_w[rows], entropy[rows], top = self._point_masses(best_index[rows], top_k)
                 if top_k:
-                    top_w[rows], top_i[rows] = 1.0, best_index[rows, None]
+                    top_w[rows], top_i[rows] = top
             elif level < _RESCORE_ALL:
                 k = min(2 ** level, self.truncate or self.n)                  # ≥ every row's count
                 exact_rows(rows, torch.topk(scores[rows], k, dim=1).indices)
@@ -596,22 +602,15 @@ class EmpiricalFlow:
                          f"{float(a[row]):.3g} times x·y_j leaves its range for x and atoms this large "
                          f"(|x| up to {float(x[row].abs().max()):.3g}); {remedy}")
 
-    def _point_masses(self, best_index, count, bound, top_k):
-        """:meth:`_solve_block`'s answer when every row has one candidate (top_k ≤ 1): each
-        posterior is a point mass on the best atom, to within N·e^(−cutoff) (what ``_exact``
-        gives one atom, without its gathers and passes)."""
-        ones = torch.ones_like(bound)
-        diag = PosteriorDiagnostics(
-            max_weight=ones,
-            entropy=torch.zeros_like(bound),
-            candidates=count,
-            exact=torch.ones_like(bound, dtype=torch.bool),
-            logit_error_bound=torch.zeros_like(bound),
-            neglected_bound=torch.full_like(bound, min(1.0, self.n * math.exp(-self.cutoff))),
-        )
+    def _point_masses(self, best_index, top_k):
+        """The posteriors of rows whose screening left one candidate (top_k ≤ 1): a point mass on
+        the best atom ``best_index`` (r,), to within N·e^(−cutoff) (what ``_exact`` gives one atom,
+        without its gathers and passes). Returns ȳ (r, D) float64, the max weights (ones) and the
+        entropies (zeros), (r,) float64, and the top_k weights and indices (r, top_k)."""
+        ones = torch.ones(best_index.shape[0], dtype=torch.float64, device=best_index.device)
         top_w, top_i = ones[:, None], best_index[:, None]
         top = (top_w.clone(), top_i) if top_k else (top_w[:, :0], top_i[:, :0])
-        return self.atoms[best_index].double(), diag, top
+        return self.atoms[best_index].double(), ones, torch.zeros_like(ones), top
 
     def _exact(self, x, t, one_minus, idx):
         """ȳ (r, D) float64 and normalised float64 weights (r, k) over the atoms ``idx`` (r, k).
