@@ -42,10 +42,11 @@ route (it used to take seven and more): the value checks of x and t, whether any
 t = 0, and the rows' routes (one candidate, re-scored, dense) are read together after the
 screening GEMM is launched, so that the host's small launches overlap it. A mix of routes or of
 re-scored widths costs one more, as does ``posterior(k)`` with k ≥ 2. A call with rows at t = 0, or
-one the checks refuse, is found out only then and starts again with its checks settled first:
-the blocks computed until then are wasted (the GEMM of a run's first call), and a refusal comes
-after them. A row whose screened logits overflow (a = t/(1 − t)² reaches 1e12 near t = 1, so
-values that pass the magnitude checks can) is refused: its screening cannot rank the atoms.
+one the checks refuse, is found out only then, by the first block that holds such a row, and goes
+on from that block with its checks settled: the earlier blocks are kept, that block's GEMM is
+wasted (the GEMM of a run's first call), and a refusal comes after them. A row whose screened
+logits overflow (a = t/(1 − t)² reaches 1e12 near t = 1, so values that pass the magnitude checks
+can) is refused: its screening cannot rank the atoms.
 
 Behaviour as t → 1: times are clamped to t ≤ 1 − ``eps`` (default 1e-6), i.e. v(x, t) :=
 v(x, min(t, 1 − eps)) (the posterior and the 1/(1 − t) factor alike): the velocity that carries x
@@ -371,19 +372,23 @@ class EmpiricalFlow:
 
         On an accelerator each block's rows are checked in that block's synchronisation, not in one
         of their own before the GEMM: a call whose rows are not all fine (one at t = 0, or an input
-        the check refuses) is only then found out, and starts again here with its checks settled
-        (the blocks computed until then are wasted: a run's first call, at t = 0, wastes its
-        GEMM)."""
+        the check refuses) is only then found out, and goes on here from that block with its checks
+        settled (the blocks before it are kept; its own GEMM is wasted: a run's first call, at
+        t = 0, wastes its GEMM)."""
         if x.shape[0] == 0:
             return self._at_start(0, top_k, x.device)
         deferred = x.device.type != "cpu" and _DEFER_CHECKS and not (self.truncate and self.backend == "faiss")
         all_fine = None if deferred else values.settle()     # on a CPU a bad input is refused first
         blas = gemm.choose(self.atoms.dtype, x.device, 2.0 * x.shape[0] * self.n * self.dim, _CALIBRATE_FLOPS)
+        done = []
         if deferred:
             try:
                 return self._solve_moving(x, t, top_k, blas, values)
-            except _NotAllFine:
-                all_fine = values.settle()
+            except _NotAllFine as stop:
+                # the rows before stop.start were all fine, so their blocks stand as computed
+                # (and as a restart would block the rows with t > 0)
+                all_fine, done = values.settle(), stop.done
+                x, t = x[stop.start:], t[stop.start:]
         if all_fine:
             return self._solve_moving(x, t, top_k, blas)
         moving = (t > 0).nonzero().flatten()
@@ -395,7 +400,7 @@ class EmpiricalFlow:
             for name in PosteriorDiagnostics.__dataclass_fields__:
                 getattr(diag, name)[moving] = getattr(dg, name)
             top[0][moving], top[1][moving] = tp
-        return ybar, diag, top
+        return _joined([*done, (ybar, diag, top)])
 
     def _at_start(self, b, top_k, device):
         """The t = 0 answer for b rows: the mean, uniform weights, nothing neglected."""
@@ -416,19 +421,18 @@ class EmpiricalFlow:
     def _solve_moving(self, x, t, top_k, blas, values=None):
         """:meth:`_solve` for rows with t > 0; ``blas`` runs the products (:mod:`kinetic_fm.gemm`);
         ``values``, when given, the rows' pending value check (:class:`_NotAllFine` when a row is
-        not fine)."""
+        not fine, holding the blocks done before its own)."""
         if self.truncate and self.backend == "faiss":
             return self._solve_truncated_by_search(x, t, top_k)
-        step = self.batch_chunk
-        parts = [self._solve_block(x[b0:b0 + step], t[b0:b0 + step], top_k, blas, values, slice(b0, b0 + step))
-                 for b0 in range(0, x.shape[0], step)]
-        if len(parts) == 1:
-            return parts[0]
-        ybar = torch.cat([p[0] for p in parts])
-        diag = PosteriorDiagnostics(*(torch.cat([getattr(p[1], f) for p in parts])
-                                      for f in PosteriorDiagnostics.__dataclass_fields__))
-        top = (torch.cat([p[2][0] for p in parts]), torch.cat([p[2][1] for p in parts]))
-        return ybar, diag, top
+        step, parts = self.batch_chunk, []
+        for b0 in range(0, x.shape[0], step):
+            try:
+                parts.append(self._solve_block(x[b0:b0 + step], t[b0:b0 + step], top_k, blas, values,
+                                               slice(b0, b0 + step)))
+            except _NotAllFine as stop:
+                stop.start, stop.done = b0, parts
+                raise
+        return _joined(parts)
 
     def _coefficients(self, t):
         """(b,) float64 1 − t (≥ eps), its square, and a = t/(1 − t)², which multiplies x·y_j in
@@ -716,7 +720,21 @@ _DEFER_CHECKS = True
 
 
 class _NotAllFine(Exception):
-    """A block's rows are not all fine (``_ValueCheck``): the call starts again with its checks settled."""
+    """A block's rows are not all fine (``_ValueCheck``): the call goes on from that block, its first
+    row ``start``, with its checks settled; ``done`` holds the answers of the blocks before it."""
+
+    start: int    # set by EmpiricalFlow._solve_moving
+    done: list
+
+
+def _joined(parts: list) -> tuple:
+    """The (ȳ, diagnostics, top) answers of consecutive blocks of rows, as one."""
+    if len(parts) == 1:
+        return parts[0]
+    ybar = torch.cat([p[0] for p in parts])
+    diag = PosteriorDiagnostics(*(torch.cat([getattr(p[1], f) for p in parts])
+                                  for f in PosteriorDiagnostics.__dataclass_fields__))
+    return ybar, diag, (torch.cat([p[2][0] for p in parts]), torch.cat([p[2][1] for p in parts]))
 
 
 class _ValueCheck:
