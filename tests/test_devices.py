@@ -235,6 +235,44 @@ def test_an_efm_call_on_a_device_synchronises_once(times, syncs):
         assert fc.count() == syncs, fc.summary()
 
 
+@pytest.mark.parametrize("times,max_logit_error", [(0.97, 0.5), (0.02, 0.5), (0.02, 1e-9)])
+def test_a_truncated_efm_call_on_a_device_synchronises_once(times, max_logit_error):
+    # one route a block (late: one candidate each; early: the screened top k, or with a tiny
+    # max_logit_error every candidate re-scored): its one read; the truncated rows the screening
+    # cannot rank used to be split with boolean masks and bucketed a width at a time (5 to 8)
+    g = torch.Generator().manual_seed(4)
+    atoms = torch.rand(200, 16, generator=g)
+    j = torch.randint(0, 200, (32,), generator=g)
+    x = (1 - times) * torch.randn(32, 16, generator=g) + times * atoms[j]
+    with fake_cuda() as fc:
+        field = kfm.EmpiricalFlow(atoms.to("cuda"), truncate=4, max_logit_error=max_logit_error)
+        x, t = x.to("cuda"), torch.full((32,), times, device="cuda")
+        fc.reset()
+        field(x, t)
+        assert fc.count() == (2 if max_logit_error < 1e-3 else 1), fc.summary()   # + its buckets' bounds
+
+
+@pytest.mark.parametrize("truncate", [None, 4])
+def test_an_efm_call_with_a_row_at_zero_in_a_later_block_keeps_the_earlier_blocks(truncate):
+    # the row at t = 0 is found out by the last of four blocks: the call goes on from that block,
+    # its checks settled (2 reads), its rows at t > 0 found (1) and done again (1); it used to redo
+    # every block. The answer is the CPU's, bit for bit (fake_cuda: the same kernels)
+    g = torch.Generator().manual_seed(5)
+    atoms = torch.rand(200, 16, generator=g)
+    x, t = torch.randn(32, 16, generator=g), torch.full((32,), 0.5)
+    t[29] = 0.0
+    cpu = kfm.EmpiricalFlow(atoms, batch_chunk=8, truncate=truncate).evaluate(x, t)
+    with fake_cuda() as fc:
+        field = kfm.EmpiricalFlow(atoms.to("cuda"), batch_chunk=8, truncate=truncate)
+        x, t = x.to("cuda"), t.to("cuda")
+        fc.reset()
+        out = field.evaluate(x, t)
+        assert fc.count() == 4 + 4, fc.summary()
+        assert torch.equal(out.velocity.cpu(), cpu.velocity)
+        for name in ("max_weight", "entropy", "candidates", "exact", "logit_error_bound", "neglected_bound"):
+            assert torch.equal(getattr(out.diagnostics, name).cpu(), getattr(cpu.diagnostics, name)), name
+
+
 @pytest.mark.parametrize("device", ON_DEVICE, indirect=True)
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dopri5"])
 def test_sampling_with_shaping_agrees_with_the_cpu(device, solver):

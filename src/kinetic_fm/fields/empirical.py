@@ -42,10 +42,11 @@ route (it used to take seven and more): the value checks of x and t, whether any
 t = 0, and the rows' routes (one candidate, re-scored, dense) are read together after the
 screening GEMM is launched, so that the host's small launches overlap it. A mix of routes or of
 re-scored widths costs one more, as does ``posterior(k)`` with k ≥ 2. A call with rows at t = 0, or
-one the checks refuse, is found out only then and starts again with its checks settled first:
-the blocks computed until then are wasted (the GEMM of a run's first call), and a refusal comes
-after them. A row whose screened logits overflow (a = t/(1 − t)² reaches 1e12 near t = 1, so
-values that pass the magnitude checks can) is refused: its screening cannot rank the atoms.
+one the checks refuse, is found out only then, by the first block that holds such a row, and goes
+on from that block with its checks settled: the earlier blocks are kept, that block's GEMM is
+wasted (the GEMM of a run's first call), and a refusal comes after them. A row whose screened
+logits overflow (a = t/(1 − t)² reaches 1e12 near t = 1, so values that pass the magnitude checks
+can) is refused: its screening cannot rank the atoms.
 
 Behaviour as t → 1: times are clamped to t ≤ 1 − ``eps`` (default 1e-6), i.e. v(x, t) :=
 v(x, min(t, 1 − eps)) (the posterior and the 1/(1 − t) factor alike): the velocity that carries x
@@ -371,19 +372,23 @@ class EmpiricalFlow:
 
         On an accelerator each block's rows are checked in that block's synchronisation, not in one
         of their own before the GEMM: a call whose rows are not all fine (one at t = 0, or an input
-        the check refuses) is only then found out, and starts again here with its checks settled
-        (the blocks computed until then are wasted: a run's first call, at t = 0, wastes its
-        GEMM)."""
+        the check refuses) is only then found out, and goes on here from that block with its checks
+        settled (the blocks before it are kept; its own GEMM is wasted: a run's first call, at
+        t = 0, wastes its GEMM)."""
         if x.shape[0] == 0:
             return self._at_start(0, top_k, x.device)
         deferred = x.device.type != "cpu" and _DEFER_CHECKS and not (self.truncate and self.backend == "faiss")
         all_fine = None if deferred else values.settle()     # on a CPU a bad input is refused first
         blas = gemm.choose(self.atoms.dtype, x.device, 2.0 * x.shape[0] * self.n * self.dim, _CALIBRATE_FLOPS)
+        done = []
         if deferred:
             try:
                 return self._solve_moving(x, t, top_k, blas, values)
-            except _NotAllFine:
-                all_fine = values.settle()
+            except _NotAllFine as stop:
+                # the rows before stop.start were all fine, so their blocks stand as computed
+                # (and as a restart would block the rows with t > 0)
+                all_fine, done = values.settle(), stop.done
+                x, t = x[stop.start:], t[stop.start:]
         if all_fine:
             return self._solve_moving(x, t, top_k, blas)
         moving = (t > 0).nonzero().flatten()
@@ -395,7 +400,7 @@ class EmpiricalFlow:
             for name in PosteriorDiagnostics.__dataclass_fields__:
                 getattr(diag, name)[moving] = getattr(dg, name)
             top[0][moving], top[1][moving] = tp
-        return ybar, diag, top
+        return _joined([*done, (ybar, diag, top)])
 
     def _at_start(self, b, top_k, device):
         """The t = 0 answer for b rows: the mean, uniform weights, nothing neglected."""
@@ -416,19 +421,18 @@ class EmpiricalFlow:
     def _solve_moving(self, x, t, top_k, blas, values=None):
         """:meth:`_solve` for rows with t > 0; ``blas`` runs the products (:mod:`kinetic_fm.gemm`);
         ``values``, when given, the rows' pending value check (:class:`_NotAllFine` when a row is
-        not fine)."""
+        not fine, holding the blocks done before its own)."""
         if self.truncate and self.backend == "faiss":
             return self._solve_truncated_by_search(x, t, top_k)
-        step = self.batch_chunk
-        parts = [self._solve_block(x[b0:b0 + step], t[b0:b0 + step], top_k, blas, values, slice(b0, b0 + step))
-                 for b0 in range(0, x.shape[0], step)]
-        if len(parts) == 1:
-            return parts[0]
-        ybar = torch.cat([p[0] for p in parts])
-        diag = PosteriorDiagnostics(*(torch.cat([getattr(p[1], f) for p in parts])
-                                      for f in PosteriorDiagnostics.__dataclass_fields__))
-        top = (torch.cat([p[2][0] for p in parts]), torch.cat([p[2][1] for p in parts]))
-        return ybar, diag, top
+        step, parts = self.batch_chunk, []
+        for b0 in range(0, x.shape[0], step):
+            try:
+                parts.append(self._solve_block(x[b0:b0 + step], t[b0:b0 + step], top_k, blas, values,
+                                               slice(b0, b0 + step)))
+            except _NotAllFine as stop:
+                stop.start, stop.done = b0, parts
+                raise
+        return _joined(parts)
 
     def _coefficients(self, t):
         """(b,) float64 1 − t (≥ eps), its square, and a = t/(1 − t)², which multiplies x·y_j in
@@ -464,23 +468,35 @@ class EmpiricalFlow:
         threshold = (best.double() - self.cutoff).sub_(bound, alpha=2.0)    # 2·bound is exact
         limit = threshold.to(scores.dtype)[:, None]
         count = sum((block >= limit).sum(dim=1) for block in _column_blocks(scores))
+        # rescored: the rows whose candidates are re-scored exactly, some or all of them (the rest keep
+        # their screened logits, or in truncated mode the screened top k)
         if self.truncate:   # every candidate when they are few, else the k best screened ones
             exact = count <= self.truncate
+            rescored = exact | (bound > self.max_logit_error)
         else:
-            exact = (count <= self.exact_max) | (bound > self.max_logit_error)
+            exact = rescored = (count <= self.exact_max) | (bound > self.max_logit_error)
         # The block's one synchronisation when every row has one candidate (late t, and top_k ≤ 1)
         # or none is re-scored (small t); a mix takes one more, for its buckets. On a GPU each
         # waits for the GEMM, and the host then launches the rest while the device idles.
-        summary = [count.max(), exact.sum(), torch.isfinite(best).all().long()]
+        summary = [count.max(), rescored.sum(), torch.isfinite(best).all().long()]
         if values is not None:
             summary.append(values.fine[rows].all().long())
-        most, n_exact, finite, *all_fine = torch.stack(summary).tolist()
+        most, n_rescored, finite, *all_fine = torch.stack(summary).tolist()
         if all_fine and not all_fine[0]:
             raise _NotAllFine
         if not finite:
             self._refuse_overflow(x, t, a, best)
-        if most == 1 and top_k <= 1:
-            return self._point_masses(best_index, count, bound, top_k)
+        if most == 1 and top_k <= 1:   # every posterior a point mass
+            ybar, ones, zeros, top = self._point_masses(best_index, top_k)
+            diag = PosteriorDiagnostics(
+                max_weight=ones,
+                entropy=zeros,
+                candidates=count,
+                exact=torch.ones_like(bound, dtype=torch.bool),
+                logit_error_bound=torch.zeros_like(bound),
+                neglected_bound=torch.full_like(bound, min(1.0, self.n * math.exp(-self.cutoff))),
+            )
+            return ybar, diag, top
 
         ybar = torch.empty(b, self.dim, dtype=torch.float64, device=x.device)
         max_w = torch.empty(b, dtype=torch.float64, device=x.device)
@@ -500,58 +516,60 @@ class EmpiricalFlow:
                 top_w[rows], top_i[rows] = top_log.exp(), idx.gather(1, pos)
             return log_w
 
-        buckets, dense_rows = _buckets(exact, count, max(top_k, 1), n_exact)
-        for rows, width_log2 in buckets:
-            if width_log2 == 0 and top_k <= 1:
-                # one candidate: the posterior is a point mass on the best atom (what _exact
-                # returns for one atom, without its gathers and passes)
-                ybar[rows] = self.atoms[best_index[rows]].double()
-                max_w[rows], entropy[rows] = 1.0, 0.0
+        # rows bucketed by route and width (_buckets), so that one wide row does not widen the others'
+        # re-scoring; none re-scored (small t): all screened, with no synchronisation
+        if n_rescored:
+            width_log2 = torch.ceil(torch.log2(count.clamp_min(max(top_k, 1)).double())).long()
+            route = torch.where(exact, width_log2, _SCREENED)
+            if self.truncate:   # the rows re-scored beyond their screened top k
+                everything = torch.where(count <= _RESCORE_ALL_MAX, width_log2 + _RESCORE_ALL, _SEARCHED)
+                route = torch.where(rescored & ~exact, everything, route)
+            buckets = _buckets(route, _SCREENED + 1)
+        else:
+            buckets = [(slice(None), _SCREENED)]
+        plain = buckets.pop()[0] if buckets[-1][1] == _SCREENED else None     # the screened rows
+        for rows, level in buckets:
+            if level == 0 and top_k <= 1:     # one candidate
+                ybar[rows], max_w[rows], entropy[rows], top = self._point_masses(best_index[rows], top_k)
                 if top_k:
-                    top_w[rows], top_i[rows] = 1.0, best_index[rows, None]
-                continue
-            k = min(2 ** width_log2, self.truncate or self.n)                 # ≥ every row's count
-            exact_rows(rows, torch.topk(scores[rows], k, dim=1).indices)
-
-        if isinstance(dense_rows, slice) and self.truncate:
-            dense_rows = torch.arange(b, device=x.device)
-        if n_exact < b and self.truncate:
-            # where the screened logits may be off by more than max_logit_error (late t, a cluster
-            # of more than k near-duplicates) their order cannot pick the k largest: such a row
-            # re-scores every candidate exactly (as the exact field does) and keeps the exact top
-            # k; only one with very many candidates takes the certified search of x/t
-            uncertain = bound[dense_rows] > self.max_logit_error
-            searched, chosen = dense_rows[uncertain], dense_rows[~uncertain]
-            few = count[searched] <= _RESCORE_ALL_MAX
-            rescored, searched = searched[few], searched[~few]
-            for rows, width in _by_width(rescored, count[rescored]):
-                cand = torch.topk(scores[rows], min(width, self.n), dim=1).indices
+                    top_w[rows], top_i[rows] = top
+            elif level < _RESCORE_ALL:
+                k = min(2 ** level, self.truncate or self.n)                  # ≥ every row's count
+                exact_rows(rows, torch.topk(scores[rows], k, dim=1).indices)
+            elif level < _SEARCHED:
+                # where the screened logits may be off by more than max_logit_error (late t, a cluster
+                # of more than k near-duplicates) their order cannot pick the k largest: such a row
+                # re-scores every candidate exactly (as the exact field does) and keeps the exact top
+                # k; only one with very many candidates takes the certified search of x/t
+                cand = torch.topk(scores[rows], min(2 ** (level - _RESCORE_ALL), self.n), dim=1).indices
                 _, log_all = self._exact(x[rows], t[rows], one_minus[rows], cand)
                 best_log, pos = torch.topk(log_all, self.truncate, dim=1)     # exact top k, descending
                 left_out = -torch.expm1(torch.logsumexp(best_log, dim=1))   # 1 − kept mass, no cancellation
                 exact_rows(rows, cand.gather(1, pos))
                 # dropped: the candidates left out, plus at most N·e^(−cutoff) outside them
                 neglected[rows] = (left_out.clamp_min(0.0) + self.n * math.exp(-self.cutoff)).clamp_max(1.0)
-            if searched.numel():
-                yb, found, (tw, ti) = self._solve_truncated_by_search(x[searched], t[searched], top_k)
-                ybar[searched], max_w[searched], entropy[searched] = yb, found.max_weight, found.entropy
-                neglected[searched] = found.neglected_bound
-                top_w[searched], top_i[searched] = tw, ti
-            if chosen.numel():
-                block = scores if chosen.numel() == b else scores[chosen]
-                del scores
-                screened, idx = torch.topk(block, self.truncate, dim=1)   # idx[:, 0]: the best
-                log_w = exact_rows(chosen, idx)
-                # A dropped atom j has ℓ̃_j ≤ ℓ̃_(k); each screened logit is within e of the truth
-                # up to one constant per row, so ℓ_j ≤ ℓ_(k) + 2e and ℓ_j ≤ ℓ_b + (ℓ̃_(k) − ℓ̃_b) + 2e,
-                # ℓ_(k) and ℓ_b the exact logits of the last and the first kept atom (log weights:
-                # a weight that underflows must not read as log 0 = −inf)
-                gap = (screened[:, -1] - screened[:, 0]).double()
-                log_dropped = torch.minimum(log_w[:, -1], log_w[:, 0] + gap) + 2.0 * bound[chosen]
-                neglected[chosen] = self._dropped_mass_bound(log_dropped)
-        elif n_exact < b:
+            else:
+                yb, found, (tw, ti) = self._solve_truncated_by_search(x[rows], t[rows], top_k)
+                ybar[rows], max_w[rows], entropy[rows] = yb, found.max_weight, found.entropy
+                neglected[rows] = found.neglected_bound
+                top_w[rows], top_i[rows] = tw, ti
+
+        if plain is not None and self.truncate:
+            rows = plain
+            block = scores[rows]
+            del scores
+            screened, idx = torch.topk(block, self.truncate, dim=1)   # idx[:, 0]: the best
+            log_w = exact_rows(rows, idx)
+            # A dropped atom j has ℓ̃_j ≤ ℓ̃_(k); each screened logit is within e of the truth
+            # up to one constant per row, so ℓ_j ≤ ℓ_(k) + 2e and ℓ_j ≤ ℓ_b + (ℓ̃_(k) − ℓ̃_b) + 2e,
+            # ℓ_(k) and ℓ_b the exact logits of the last and the first kept atom (log weights:
+            # a weight that underflows must not read as log 0 = −inf)
+            gap = (screened[:, -1] - screened[:, 0]).double()
+            log_dropped = torch.minimum(log_w[:, -1], log_w[:, 0] + gap) + 2.0 * bound[rows]
+            neglected[rows] = self._dropped_mass_bound(log_dropped)
+        elif plain is not None:
             # screened weights with max 1; in place when the whole block is dense (small t)
-            rows = dense_rows
+            rows = plain
             weights = scores[rows]
             del scores
             total, w_log_w = _exponentiate(weights, best[rows])
@@ -588,22 +606,15 @@ class EmpiricalFlow:
                          f"{float(a[row]):.3g} times x·y_j leaves its range for x and atoms this large "
                          f"(|x| up to {float(x[row].abs().max()):.3g}); {remedy}")
 
-    def _point_masses(self, best_index, count, bound, top_k):
-        """:meth:`_solve_block`'s answer when every row has one candidate (top_k ≤ 1): each
-        posterior is a point mass on the best atom, to within N·e^(−cutoff) (what ``_exact``
-        gives one atom, without its gathers and passes)."""
-        ones = torch.ones_like(bound)
-        diag = PosteriorDiagnostics(
-            max_weight=ones,
-            entropy=torch.zeros_like(bound),
-            candidates=count,
-            exact=torch.ones_like(bound, dtype=torch.bool),
-            logit_error_bound=torch.zeros_like(bound),
-            neglected_bound=torch.full_like(bound, min(1.0, self.n * math.exp(-self.cutoff))),
-        )
+    def _point_masses(self, best_index, top_k):
+        """The posteriors of rows whose screening left one candidate (top_k ≤ 1): a point mass on
+        the best atom ``best_index`` (r,), to within N·e^(−cutoff) (what ``_exact`` gives one atom,
+        without its gathers and passes). Returns ȳ (r, D) float64, the max weights (ones) and the
+        entropies (zeros), (r,) float64, and the top_k weights and indices (r, top_k)."""
+        ones = torch.ones(best_index.shape[0], dtype=torch.float64, device=best_index.device)
         top_w, top_i = ones[:, None], best_index[:, None]
         top = (top_w.clone(), top_i) if top_k else (top_w[:, :0], top_i[:, :0])
-        return self.atoms[best_index].double(), diag, top
+        return self.atoms[best_index].double(), ones, torch.zeros_like(ones), top
 
     def _exact(self, x, t, one_minus, idx):
         """ȳ (r, D) float64 and normalised float64 weights (r, k) over the atoms ``idx`` (r, k).
@@ -695,15 +706,35 @@ _SPLIT_FLOOR_BYTES = 16 << 20
 # up to this many (a cluster of near-duplicates); beyond it, the certified search of x/t
 _RESCORE_ALL_MAX = 4096
 
-# the bucket of the rows that are not re-scored exactly (2**64 would exceed any candidate count)
-_DENSE_LEVEL = 64
+# The buckets of a block's rows (_solve_block): log2 of the width of the rows whose candidates are
+# re-scored exactly (0-63: 2**64 would exceed any candidate count); in truncated mode _RESCORE_ALL
+# + log2 width for the rows whose every candidate is re-scored to pick the exact top k (at most
+# _RESCORE_ALL_MAX), _SEARCHED for those beyond; last, _SCREENED, the rows that keep their screened
+# logits (or their screened top k)
+_RESCORE_ALL = 64
+_SEARCHED = _RESCORE_ALL + _RESCORE_ALL_MAX.bit_length()
+_SCREENED = _SEARCHED + 1
 
 # on an accelerator, check each block's values in that block's synchronisation (EmpiricalFlow._solve)
 _DEFER_CHECKS = True
 
 
 class _NotAllFine(Exception):
-    """A block's rows are not all fine (``_ValueCheck``): the call starts again with its checks settled."""
+    """A block's rows are not all fine (``_ValueCheck``): the call goes on from that block, its first
+    row ``start``, with its checks settled; ``done`` holds the answers of the blocks before it."""
+
+    start: int    # set by EmpiricalFlow._solve_moving
+    done: list
+
+
+def _joined(parts: list) -> tuple:
+    """The (ȳ, diagnostics, top) answers of consecutive blocks of rows, as one."""
+    if len(parts) == 1:
+        return parts[0]
+    ybar = torch.cat([p[0] for p in parts])
+    diag = PosteriorDiagnostics(*(torch.cat([getattr(p[1], f) for p in parts])
+                                  for f in PosteriorDiagnostics.__dataclass_fields__))
+    return ybar, diag, (torch.cat([p[2][0] for p in parts]), torch.cat([p[2][1] for p in parts]))
 
 
 class _ValueCheck:
@@ -745,34 +776,15 @@ class _ValueCheck:
         return False
 
 
-def _by_width(rows: torch.Tensor, counts: torch.Tensor):
-    """``rows`` (r,) bucketed by their candidate ``counts`` (r,): yields (rows of a bucket, width),
-    the width the bucket's power of two ≥ each of its counts, so that one wide row does not widen
-    the others' exact re-scoring. Nothing for no rows."""
-    if not rows.numel():
-        return
-    bucket = torch.ceil(torch.log2(counts.double())).long()    # no host-to-device copy
-    for level in bucket.unique().tolist():
-        yield rows[bucket == level], 2 ** level
-
-
-def _buckets(exact: torch.Tensor, counts: torch.Tensor, least: int, n_exact: int):
-    """The rows of a block grouped for :meth:`EmpiricalFlow._solve_block`: a list of
-    (rows, log2 width) for the ``exact`` (b,) rows, bucketed by the power of two ≥ their
-    ``counts`` (b,) and ≥ ``least``, in increasing order (rows ascending within a bucket), and the
-    other rows.
-    Rows are ``slice(None)`` for all b rows (views, not copies), else an index tensor. One
-    synchronisation, none when no row is re-scored."""
-    b = exact.shape[0]
-    if n_exact == 0:
-        return [], slice(None)
-    # a bucket's rows are a slice of the rows sorted by bucket, its bounds found in one read
-    width_log2 = torch.ceil(torch.log2(counts.clamp_min(least).double())).long()
-    level, order = torch.sort(torch.where(exact, width_log2, _DENSE_LEVEL), stable=True)
-    ends = torch.searchsorted(level, torch.arange(_DENSE_LEVEL + 1, device=exact.device), right=True).tolist()
-    buckets = [(slice(None) if end - start == b else order[start:end], level_)
-               for level_, (start, end) in enumerate(zip([0, *ends[:-2]], ends[:-1])) if end > start]
-    return buckets, order[ends[-2]:]
+def _buckets(level: torch.Tensor, levels: int) -> list[tuple[torch.Tensor | slice, int]]:
+    """The rows of a block grouped by their ``level`` (b,) int64 in [0, ``levels``): a list of
+    (rows, level) for the levels present, in increasing order, rows ascending within a bucket.
+    Rows are ``slice(None)`` (views, not copies) when one level holds all b rows, else an index
+    tensor. One synchronisation: the rows sorted by level on the device, the bounds read at once."""
+    level, order = torch.sort(level, stable=True)
+    ends = torch.searchsorted(level, torch.arange(levels, device=level.device), right=True).tolist()
+    return [(slice(None) if end - start == level.shape[0] else order[start:end], level_)
+            for level_, (start, end) in enumerate(zip([0, *ends[:-1]], ends)) if end > start]
 
 
 def _column_blocks(matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
