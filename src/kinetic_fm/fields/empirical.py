@@ -389,8 +389,8 @@ class EmpiricalFlow:
                 # (and as a restart would block the rows with t > 0)
                 all_fine, done = values.settle(), stop.done
                 x, t = x[stop.start:], t[stop.start:]
-        if all_fine:
-            return self._solve_moving(x, t, top_k, blas)
+        if all_fine:   # (never after a stop: a stopped block held a row at t = 0 or a refused one)
+            return _joined([*done, self._solve_moving(x, t, top_k, blas)])
         moving = (t > 0).nonzero().flatten()
         # at t = 0 every atom has the same logit: ȳ is the cached float64 mean, no GEMM needed
         ybar, diag, top = self._at_start(x.shape[0], top_k, x.device)
