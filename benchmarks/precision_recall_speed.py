@@ -7,10 +7,14 @@ binary (where exact ties d = r are common):
   two sweeps it replaced (fake × real for precision, then real × fake for recall), kept below as
   a faithful copy of that procedure; the answers must be identical. With ``--memory`` each
   variant runs once in a fresh process and the peak resident memory above the size before the
-  call is printed instead of times (Linux: /proc/self/clear_refs, as metrics_memory.py).
+  call is printed instead of times (Linux: /proc/self/clear_refs, as metrics_memory.py);
+- ``--previous REV``: ours vs ``metrics/fidelity.py`` as committed at git revision REV (or read
+  from the file REV), the ball tests alone on the same radii (and the whole call with
+  ``--whole``); the memberships must be identical. The case ``pixels`` (D = 3,072, values
+  k/255) runs only when named by ``--case``, or with ``--previous`` and no ``--case``.
 
-    python benchmarks/precision_recall_speed.py [--quick] [--sweeps [--memory]] [--case C] [--points N]
-        [--repeats N] [--threads N]
+    python benchmarks/precision_recall_speed.py [--quick] [--sweeps [--memory]] [--previous REV [--whole]]
+        [--case C] [--points N] [--repeats N] [--threads N]
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 import kinetic_fm as kfm
-from _common import interleaved_rounds, resident_mib
+from _common import interleaved_rounds, module_at, resident_mib
 from kinetic_fm.blocks import block_size
 from kinetic_fm.checks import check_integer, check_same_space, positive_integer
 from kinetic_fm.exact_scaling import HUGE, TINY, times_power_of_two, unit_exponent
@@ -102,9 +106,10 @@ def two_sweeps(real: torch.Tensor, fake: torch.Tensor, k: int, chunk: int = 8192
 
 
 def paired_rounds(fns: dict[str, Callable[[], object]], repeats: int) -> None:
-    """Times ``{"one sweep": f, "two sweeps": g}`` alternating, after a warm-up of each; prints the
-    medians of wall and process CPU time (CPU time is steadier when other jobs share the cores),
-    their ratio and the median of the rounds' own ratios."""
+    """Times two functions, e.g. ``{"one sweep": f, "two sweeps": g}``, alternating, after a
+    warm-up of each; prints the medians of wall and process CPU time (CPU time is steadier when
+    other jobs share the cores), the second's over the first's and the median of the rounds' own
+    ratios."""
     for fn in fns.values():
         fn()
     wall: dict[str, list[float]] = {name: [] for name in fns}
@@ -115,11 +120,12 @@ def paired_rounds(fns: dict[str, Callable[[], object]], repeats: int) -> None:
             fn()
             wall[name].append(time.perf_counter() - w)
             cpu[name].append(time.process_time() - c)
+    first, second = fns
     for clock, ts in (("wall", wall), ("CPU", cpu)):
-        one, two = statistics.median(ts["one sweep"]), statistics.median(ts["two sweeps"])
-        paired = statistics.median(b / a for a, b in zip(ts["one sweep"], ts["two sweeps"]))
-        print(f"    {clock:4s} one sweep {one * 1e3:8.1f} ms  two sweeps {two * 1e3:8.1f} ms  "
-              f"two / one {two / one:5.2f}  (median of the rounds' ratios {paired:.2f})")
+        a, b = statistics.median(ts[first]), statistics.median(ts[second])
+        paired = statistics.median(y / x for x, y in zip(ts[first], ts[second]))
+        print(f"    {clock:4s} {first} {a * 1e3:8.1f} ms  {second} {b * 1e3:8.1f} ms  "
+              f"{second.split()[0]} / {first.split()[0]} {b / a:5.2f}  (median of the rounds' ratios {paired:.2f})")
 
 
 def sweeps(real: torch.Tensor, fake: torch.Tensor, repeats: int) -> None:
@@ -136,6 +142,25 @@ def sweeps(real: torch.Tensor, fake: torch.Tensor, repeats: int) -> None:
     paired_rounds({"one sweep": lambda: _ball_memberships(f, r, r2_real, r2_fake, 8192, 1024),
                    "two sweeps": lambda: (_inside_any_ball(f, r, r2_real, 8192, 1024),
                                           _inside_any_ball(r, f, r2_fake, 8192, 1024))}, repeats)
+
+
+def previous(real: torch.Tensor, fake: torch.Tensor, rev: str, repeats: int, whole: bool) -> None:
+    """The ball tests alone on the same radii (and the whole call if ``whole``), ours vs
+    ``metrics/fidelity.py`` at ``rev``; both must give the same memberships."""
+    before = module_at(rev, "src/kinetic_fm/metrics/fidelity.py")
+    r, f = as_features(real, None, argument="real"), as_features(fake, None, argument="fake")
+    r2_real, r2_fake = (_kth_neighbour_sq_radius(x, 3, 8192, 1024, "x") for x in (r, f))
+    ours = _ball_memberships(f, r, r2_real, r2_fake, 8192, 1024)
+    then = before._ball_memberships(f, r, r2_real, r2_fake, 8192, 1024)
+    assert torch.equal(ours[0], then[0]) and torch.equal(ours[1], then[1])
+    print(f"  identical memberships; precision {ours[0].double().mean():.4f}, recall {ours[1].double().mean():.4f}")
+    print("  ball tests alone (same k-NN radii)")
+    paired_rounds({"ours": lambda: _ball_memberships(f, r, r2_real, r2_fake, 8192, 1024),
+                   f"{rev} then": lambda: before._ball_memberships(f, r, r2_real, r2_fake, 8192, 1024)}, repeats)
+    if whole:
+        print("  whole call")
+        paired_rounds({"ours": lambda: kfm.precision_recall(real, fake, k=3),
+                       f"{rev} then": lambda: before.precision_recall(real, fake, k=3)}, repeats)
 
 
 def peak_mib(work: Callable[[], object]) -> float:
@@ -174,7 +199,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 5; 3 quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--memory", action="store_true", help="with --sweeps: peak memory, not times")
-    parser.add_argument("--case", choices=("continuous", "binary"), default=None, help="only this case")
+    parser.add_argument("--previous", metavar="REV", default=None,
+                        help="ours vs metrics/fidelity.py at git revision REV (the ball tests, same radii)")
+    parser.add_argument("--whole", action="store_true", help="with --previous: the whole call too")
+    parser.add_argument("--case", choices=("continuous", "binary", "pixels"), default=None, help="only this case")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     n, repeats = (2000, 3) if args.quick else (10_000, 5)
@@ -187,6 +215,9 @@ def main() -> None:
         "binary D=100 (ties)": ((torch.rand(n, 100, generator=g) < 0.1).float(),
                                 (torch.rand(n, 100, generator=g) < 0.1).float()),
     }
+    if args.case == "pixels" or (args.previous and not args.case):  # opt-in: 10,000 rows take minutes
+        cases["pixels D=3072 (k/255)"] = (torch.randint(0, 256, (n, 3072), generator=g) / 255.0,
+                                          torch.randint(0, 256, (n, 3072), generator=g) / 255.0)
     if args.child:  # one variant and part of --memory, in a fresh process
         import json
 
@@ -209,6 +240,10 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     for name, (real, fake) in cases.items():
         if args.case and not name.startswith(args.case):
+            continue
+        if args.previous:
+            print(name)
+            previous(real, fake, args.previous, repeats, args.whole)
             continue
         if args.sweeps:
             print(name)
