@@ -700,34 +700,3 @@ def test_the_float64_screening_stays_within_its_error_bound_in_exact_arithmetic(
         for i in range(x.shape[0]):
             error = abs(Fraction(float(worst[i])) - exact_d2(x[i], y[int(cand[i, 0])]))
             assert error <= Fraction(float(bound[i])), (seed, i, float(error) / float(bound[i]))
-
-
-def test_full_float32_turns_tf32_off_inside_and_restores_the_settings():
-    from kinetic_fm.knn import full_float32
-
-    backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
-    before = [b.fp32_precision for b in backends]
-    torch.backends.cudnn.conv.fp32_precision = "tf32"
-    try:
-        with pytest.raises(KeyError):       # restored on an error as well
-            with full_float32():
-                assert [b.fp32_precision for b in backends] == ["ieee"] * 3
-                raise KeyError
-        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
-        assert (backends[0].fp32_precision, backends[2].fp32_precision) == (before[0], before[2])
-    finally:
-        for b, value in zip(backends, before):
-            b.fp32_precision = value
-
-
-def test_full_float32_uses_allow_tf32_on_a_torch_without_fp32_precision(monkeypatch):
-    from types import SimpleNamespace
-
-    from kinetic_fm.knn import full_float32
-
-    matmul, cudnn = SimpleNamespace(allow_tf32=True), SimpleNamespace(allow_tf32=True)   # torch < 2.9
-    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
-    monkeypatch.setattr(torch.backends, "cudnn", cudnn)
-    with full_float32():
-        assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
-    assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)

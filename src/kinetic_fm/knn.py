@@ -38,10 +38,9 @@ certified against the same rounding bound and re-ranked exactly.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -140,36 +139,6 @@ def cuda_matmul_uses_tf32() -> bool:
     if precision is None:  # torch < 2.9
         return bool(torch.backends.cuda.matmul.allow_tf32)
     return precision == "tf32"
-
-
-@contextlib.contextmanager
-def full_float32() -> Iterator[None]:
-    """Inside, float32 CUDA matrix products and cuDNN convolutions (and RNNs) run in full float32,
-    not TF32; torch's settings are restored on exit. CPU work is unaffected.
-
-    cuDNN convolutions use TF32 by default on Ampere and later GPUs (10-bit mantissas, ~1e-3
-    relative): a feature network run there gives features that far from a CPU's. Set through
-    ``fp32_precision`` where it exists (torch ≥ 2.9: mixing it with the legacy ``allow_tf32``
-    makes torch raise on later reads), else through ``allow_tf32``.
-    """
-    cudnn = torch.backends.cudnn
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(cudnn, "conv"):
-        backends = (torch.backends.cuda.matmul, cudnn.conv, cudnn.rnn)
-        saved = [b.fp32_precision for b in backends]
-        try:
-            for b in backends:
-                b.fp32_precision = "ieee"
-            yield
-        finally:
-            for b, value in zip(backends, saved):
-                b.fp32_precision = value
-        return
-    saved = (torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32)   # torch < 2.9
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = cudnn.allow_tf32 = False
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 def check_same_rows(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) -> None:

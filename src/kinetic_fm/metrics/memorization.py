@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ..checks import as_scalar, check_integer, check_same_space, inside_unit_interval, is_integer, positive_integer
-from ..knn import as_rows, check_exact_integers, check_finite, full_float32, nearest_neighbors
+from ..knn import as_rows, check_exact_integers, check_finite, nearest_neighbors
 from ..sampling.guards import warn_if_feature_map_training
 from .features import feature_space, module_of
 
@@ -129,8 +129,7 @@ def memorization(
         bootstrap: bootstrap resamples for the CI of F_mem, an integer in [0, 10**7] (0
             disables it); used only when ``interval`` is "bootstrap".
         space: optional feature map applied to both sets (in chunks of ``space_chunk`` rows,
-            without gradients, with CUDA's TF32 off); distances are then measured between its
-            flattened outputs.
+            without gradients); distances are then measured between its flattened outputs.
         seed: seed of the bootstrap generator, a non-negative integer.
         confidence: coverage of the interval, a real number in (0, 1).
         interval: "bootstrap" (percentile bootstrap, the reference's choice), "wilson" (score
@@ -274,17 +273,14 @@ def _real_rows(name: str, rows: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _features(space, x: torch.Tensor, rows: int, bar: str | None = None) -> torch.Tensor:
-    """``space`` applied to ``x`` in blocks of ``rows``, flattened; a tqdm bar named ``bar`` if given.
-    On a GPU in full float32 (:func:`~kinetic_fm.knn.full_float32`): with cuDNN's default TF32
-    a feature network's features lay ~1e-3 off a CPU's, enough to move ratios near the threshold."""
+    """``space`` applied to ``x`` in blocks of ``rows``, flattened; a tqdm bar named ``bar`` if given."""
     from tqdm.auto import tqdm
 
     warn_if_feature_map_training(space)
     if module_of(space) is not None:  # a network takes chunks in its own dtype and on its device
         space = feature_space(space, batch_size=rows)._mapped
     out = []
-    with tqdm(total=x.shape[0], desc=f"features ({bar})", unit="row", leave=False, disable=bar is None) as shown, \
-            full_float32():
+    with tqdm(total=x.shape[0], desc=f"features ({bar})", unit="row", leave=False, disable=bar is None) as shown:
         for r0 in range(0, x.shape[0], rows):
             feats = torch.as_tensor(space(x[r0:r0 + rows]))
             if feats.dim() == 0 or feats.shape[0] != min(rows, x.shape[0] - r0):
