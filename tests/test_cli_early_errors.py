@@ -45,9 +45,9 @@ def test_single_process_commands_refuse_several_ranks(tmp_path, capsys, monkeypa
     assert main(_commands(tmp_path, "cpu")[command]) == 2
     assert f"kfm {command} runs as one process, but WORLD_SIZE is 2" in capsys.readouterr().err
     assert not any(tmp_path.glob("rep*")) and not any(tmp_path.glob("train*"))   # nothing started
-    monkeypatch.setenv("WORLD_SIZE", "1")   # a one-rank launch is one process
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")   # a one-rank launch is one process, and stray ranks no launch
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "x")
     if command == "train":
         assert main(_commands(tmp_path, "cpu")[command] + ["--no-progress"]) == 0
 

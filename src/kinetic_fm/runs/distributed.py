@@ -115,13 +115,14 @@ def resolve_device(device: str | None, world: World):
 def single_process_device(device: str | None, command: str):
     """``resolve_device`` for a command that runs as one process (``kfm train``, ``memorization``,
     ``reproduce``): refused under a launcher that started several ranks, where each would do the
-    same whole job into the same outputs (and "cuda" would not be the rank's GPU)."""
-    world = World.from_env()
-    if world.distributed:
-        raise ValueError(f"kfm {command} runs as one process, but WORLD_SIZE is {world.world_size} (torchrun?): "
+    same whole job into the same outputs (and "cuda" would not be the rank's GPU). Only
+    ``WORLD_SIZE`` is read: a stray ``RANK`` or ``LOCAL_RANK`` is no launch, and "cuda" is cuda:0."""
+    size = os.environ.get("WORLD_SIZE", "").strip()
+    if size.isdigit() and int(size) > 1:
+        raise ValueError(f"kfm {command} runs as one process, but WORLD_SIZE is {int(size)} (torchrun?): "
                          f"every rank would do the whole job into the same outputs; launch it without "
                          f"torchrun (kfm sample is the command that shares its work over ranks)")
-    return resolve_device(device, world)
+    return resolve_device(device, World())
 
 
 @contextlib.contextmanager
