@@ -218,21 +218,28 @@ def test_efm_device_routes_agree_with_the_brute_force(device, times, data):
         assert torch.equal(out.velocity.cpu().flatten(1), expected)
 
 
-@pytest.mark.parametrize("times,syncs", [(0.97, 1), (0.02, 1), (0.0, 4)])
-def test_an_efm_call_on_a_device_synchronises_once(times, syncs):
-    # one synchronisation settles the value checks and routes the rows, after the GEMM is launched
-    # (a call at t = 0.5 made seven: the checks, the rows at t = 0, and the row lists); at t = 0
-    # (a run's first call) the call starts again with its checks settled: three more
+def _efm_call_syncs(times: float, **field_options) -> tuple[int, str]:
+    """Host synchronisations of one EmpiricalFlow call on "cuda" (fake_cuda) at 32 rows at ``times``
+    on the conditional paths of 200 atoms, and fake_cuda's summary of them."""
     g = torch.Generator().manual_seed(4)
     atoms = torch.rand(200, 16, generator=g)
     j = torch.randint(0, 200, (32,), generator=g)
     x = (1 - times) * torch.randn(32, 16, generator=g) + times * atoms[j]
     with fake_cuda() as fc:
-        field = kfm.EmpiricalFlow(atoms.to("cuda"))
+        field = kfm.EmpiricalFlow(atoms.to("cuda"), **field_options)
         x, t = x.to("cuda"), torch.full((32,), times, device="cuda")
         fc.reset()
         field(x, t)
-        assert fc.count() == syncs, fc.summary()
+        return fc.count(), fc.summary()
+
+
+@pytest.mark.parametrize("times,syncs", [(0.97, 1), (0.02, 1), (0.0, 4)])
+def test_an_efm_call_on_a_device_synchronises_once(times, syncs):
+    # one synchronisation settles the value checks and routes the rows, after the GEMM is launched
+    # (a call at t = 0.5 made seven: the checks, the rows at t = 0, and the row lists); at t = 0
+    # (a run's first call) the call starts again with its checks settled: three more
+    count, summary = _efm_call_syncs(times)
+    assert count == syncs, summary
 
 
 @pytest.mark.parametrize("times,max_logit_error", [(0.97, 0.5), (0.02, 0.5), (0.02, 1e-9)])
@@ -240,16 +247,8 @@ def test_a_truncated_efm_call_on_a_device_synchronises_once(times, max_logit_err
     # one route a block (late: one candidate each; early: the screened top k, or with a tiny
     # max_logit_error every candidate re-scored): its one read; the truncated rows the screening
     # cannot rank used to be split with boolean masks and bucketed a width at a time (5 to 8)
-    g = torch.Generator().manual_seed(4)
-    atoms = torch.rand(200, 16, generator=g)
-    j = torch.randint(0, 200, (32,), generator=g)
-    x = (1 - times) * torch.randn(32, 16, generator=g) + times * atoms[j]
-    with fake_cuda() as fc:
-        field = kfm.EmpiricalFlow(atoms.to("cuda"), truncate=4, max_logit_error=max_logit_error)
-        x, t = x.to("cuda"), torch.full((32,), times, device="cuda")
-        fc.reset()
-        field(x, t)
-        assert fc.count() == (2 if max_logit_error < 1e-3 else 1), fc.summary()   # + its buckets' bounds
+    count, summary = _efm_call_syncs(times, truncate=4, max_logit_error=max_logit_error)
+    assert count == (2 if max_logit_error < 1e-3 else 1), summary   # + its buckets' bounds
 
 
 @pytest.mark.parametrize("truncate", [None, 4])
