@@ -430,9 +430,10 @@ def _slot_values(obj: object) -> list:
     return values
 
 
-def _caller_outside_the_package() -> int:
-    """``stacklevel`` for a warning raised here that points at the first frame outside
-    kinetic_fm and torch's decorators (the user's call, however deep inside us it is raised)."""
+def caller_outside_the_package() -> int:
+    """``stacklevel`` for a warning raised inside kinetic_fm that points at the first frame outside
+    kinetic_fm and torch's decorators (the user's call, however deep inside us it is raised: through
+    an integration such as ``KineticODESolver.sample`` as through ``kfm.sample``)."""
     import os
     import sys
 
@@ -481,7 +482,7 @@ def warn_if_training(velocity: object) -> None:
             "module's mode as it is; batch norm without running statistics normalises by the batch even "
             "in eval). If the net you sample is another one, in eval, held beside a training net, "
             "filter kfm.TrainingModeWarning",
-            TrainingModeWarning, stacklevel=_caller_outside_the_package(),
+            TrainingModeWarning, stacklevel=caller_outside_the_package(),
         )
 
 
@@ -496,5 +497,5 @@ def warn_if_feature_map_training(space: object) -> None:
             "its features, and every number measured on them, change between identical calls and with "
             "the chunk size, and batch norm in training mode updates its running statistics; call "
             "net.eval() first (the metrics leave a module's mode as it is)",
-            TrainingModeWarning, stacklevel=_caller_outside_the_package(),
+            TrainingModeWarning, stacklevel=caller_outside_the_package(),
         )

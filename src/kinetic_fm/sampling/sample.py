@@ -14,7 +14,7 @@ from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
 from .grids import time_grid
-from .guards import NonFiniteVelocityError, check_initial_state, warn_if_training
+from .guards import NonFiniteVelocityError, caller_outside_the_package, check_initial_state, warn_if_training
 from .noise import noise
 from .result import SampleResult
 from .shaping import KTS
@@ -232,7 +232,7 @@ def _check_state_resolution(grid: torch.Tensor, dtype: torch.dtype) -> None:
             f"the grid's median step {typical:.3g} is below twice {dtype}'s resolution {eps:.3g}: the state's "
             "updates round coarsely or away and the samples can drift or stall; use fewer steps, or keep x0 in "
             "float32 and lower the precision inside the velocity call "
-            "(README: 'A network in reduced precision')", stacklevel=4)  # past torch.no_grad's frame
+            "(README: 'A network in reduced precision')", stacklevel=caller_outside_the_package())
 
 
 def _warn_adaptive_half_precision(dtype: torch.dtype) -> None:
@@ -249,7 +249,7 @@ def _warn_adaptive_half_precision(dtype: torch.dtype) -> None:
         "error control cannot see below the state's rounding, so energies and end points can be far off "
         "(PointTarget's KPE up to 57 % in bfloat16); keep x0 in float32 and lower the precision inside the "
         "velocity call (README: 'A network in reduced precision'), or use a fixed-step solver",
-        stacklevel=4)  # past torch.no_grad's frame
+        stacklevel=caller_outside_the_package())
 
 
 # the settings only one kind of solver reads, with sample()'s defaults
@@ -269,7 +269,7 @@ def _warn_about_ignored_settings(solver: str, steps: int, **adaptive) -> None:
         reads = "kfm.sample reads them only with solver='dopri5'"
     if changed:
         warnings.warn(f"{', '.join(changed)} {'is' if len(changed) == 1 else 'are'} ignored by solver={solver!r}: "
-                      f"{reads}", stacklevel=4)
+                      f"{reads}", stacklevel=caller_outside_the_package())
 
 
 def _warn_about_infinite_energy(velocity, shaping) -> None:
@@ -283,7 +283,8 @@ def _warn_about_infinite_energy(velocity, shaping) -> None:
     if end <= 0.5:
         warnings.warn(f"the shaping gain has η(1) = {end:.3g} ≤ 1/2 and the field is singular at t = 1: its kinetic "
                       "energy is infinite there (η²‖v‖² grows as (1 − t)^(2η(1) − 2)), so the KPE reported depends on "
-                      "the grid and grows with the steps; use a gain with η(1) > 1/2 (a smaller beta0)", stacklevel=4)
+                      "the grid and grows with the steps; use a gain with η(1) > 1/2 (a smaller beta0)",
+                      stacklevel=caller_outside_the_package())
 
 
 def _warn_left_quadrature_over_long_steps(quadrature: str) -> None:
@@ -294,7 +295,7 @@ def _warn_left_quadrature_over_long_steps(quadrature: str) -> None:
         warnings.warn("quadrature='left' takes each step's power at its start, the reference's rule for fixed "
                       "grids; over dopri5's few long steps that is a first-order sum and the energies can be "
                       "far off (tens of %) while x is accurate: use quadrature='solver' with dopri5",
-                      stacklevel=4)
+                      stacklevel=caller_outside_the_package())
 
 
 def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_steps: int):
