@@ -843,6 +843,12 @@ class _Patches:
         }.items():
             self._set(cuda, attr, value)
         self._set(torch, "Generator", _FakeGenerator)
+        # torch >= 2.13's optimizers ask the device-generic API instead: on a CUDA build of torch
+        # (which then sees an available "cuda") without a driver, its real stream call raised
+        # cudaErrorInsufficientDriver at the first optimizer.step()
+        accelerator = getattr(torch, "accelerator", None)
+        if accelerator is not None and hasattr(accelerator, "current_stream"):
+            self._set(accelerator, "current_stream", lambda device=None: (_device_index(device), _FakeStream())[1])
         # clip_grad_norm_ & co. group tensors by their C++ device (always cpu here): report the
         # "cuda" groups under cuda:0 so those helpers move nothing across devices
         import torch.utils._foreach_utils as fu
@@ -873,6 +879,20 @@ class _Patches:
 
 
 _MISSING = object()
+
+
+class _FakeStream:
+    """The current stream of the one fake device: never capturing a graph; ``synchronize`` is
+    counted like ``torch.cuda.synchronize``."""
+
+    def is_capturing(self) -> bool:
+        return False
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
 
 
 def fake_cuda(**options) -> FakeCuda:

@@ -202,6 +202,19 @@ def _train_steps(device, steps=3):
     return torch.stack(losses), [p.detach().cpu() for p in ema.parameters()], net
 
 
+def test_the_device_generic_stream_is_the_fake_devices():
+    # torch.optim's graph-capture check asks torch.accelerator for the current stream; on a CUDA
+    # build of torch without a driver the real call raised cudaErrorInsufficientDriver (and on a
+    # CPU build it has no device to answer for)
+    with fake_cuda() as fc:
+        stream = torch.accelerator.current_stream()
+        assert stream.is_capturing() is False and stream.query() is True
+        stream.synchronize()
+        assert [e.kind for e in fc.events] == ["synchronize"]
+        with pytest.raises(RuntimeError, match="invalid device ordinal"):
+            torch.accelerator.current_stream("cuda:1")
+
+
 def test_module_to_cuda_trains_like_the_cpu():
     want, want_ema, _ = _train_steps("cpu")
     with fake_cuda():
