@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -19,9 +17,6 @@ from kinetic_fm.fields.adapters import (
     ReversedTime,
 )
 
-# the library adds its hints with BaseException.add_note (Python 3.11+); on 3.10 the errors go out
-# without them
-NEEDS_NOTES = pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes need Python 3.11")
 
 
 DIM = 3
@@ -561,7 +556,6 @@ class _TorchCFMStyleNet(torch.nn.Module):
         return self.lin(torch.cat([x, t.reshape(-1, 1).expand(-1, 1)], dim=1))
 
 
-@NEEDS_NOTES
 @pytest.mark.parametrize("solver", ["euler", "dopri5"])
 def test_a_net_called_in_the_wrong_order_fails_with_a_note_on_the_convention(solver):
     net = _TorchCFMStyleNet()
@@ -576,7 +570,6 @@ def test_a_velocity_of_the_wrong_shape_names_the_convention():
         kfm.sample(lambda x, t: x[:, :2], seeds=range(3), shape=(4,), steps=2)
 
 
-@NEEDS_NOTES
 def test_a_net_in_another_dtype_gets_a_note_on_dtypes_not_on_the_call_order():
     """A bfloat16 net fed float32 x fails inside torch with a dtype message: the note must point at
     the dtype (x0's dtype, or a converting wrapper), not at the call order."""
@@ -589,7 +582,6 @@ def test_a_net_in_another_dtype_gets_a_note_on_dtypes_not_on_the_call_order():
     kfm.sample(lambda x, t: net(x.bfloat16()).float(), seeds=range(3), shape=(2,), steps=2)  # the fix works
 
 
-@NEEDS_NOTES
 @pytest.mark.parametrize("first", ["conv", "groupnorm", "linear"])
 def test_every_dtype_mismatch_of_torch_gets_the_dtype_note(first):
     # a convolution's "Input type (float) and bias type (c10::BFloat16) should be the same" got the
@@ -604,7 +596,6 @@ def test_every_dtype_mismatch_of_torch_gets_the_dtype_note(first):
     assert not any("ModelTX" in note for note in notes)
 
 
-@NEEDS_NOTES
 def test_a_net_reading_t_as_one_number_gets_the_convention_note():
     # float(t) on the (B,) time raised a ValueError without any note
     class FloatTime(torch.nn.Module):
@@ -622,7 +613,6 @@ def test_a_net_reading_t_as_one_number_gets_the_convention_note():
     torch.testing.assert_close(res.x, x0 * (1 - 0.0) * (1 - 0.5 * 0.5))  # x ← x(1 − t_i·Δt), t = 0, ½
 
 
-@NEEDS_NOTES
 def test_a_closure_over_per_sample_labels_under_dopri5_is_told_what_to_use():
     # dopri5 evaluates only the samples still running; a closure's labels no longer line up, and
     # the broadcast error said nothing about why
@@ -642,7 +632,6 @@ def _notes(err: BaseException) -> str:
     return " ".join(getattr(err, "__notes__", []))
 
 
-@NEEDS_NOTES
 @pytest.mark.parametrize("time", ["batch", "scalar"])
 def test_a_shared_table_guessed_per_sample_under_dopri5_is_named_in_a_note(time):
     # a (4, 1) table of rates for a batch of 4: the guess takes it as per-sample and cuts it to the
@@ -661,7 +650,6 @@ def test_a_shared_table_guessed_per_sample_under_dopri5_is_named_in_a_note(time)
     torch.testing.assert_close(res.x, x0 * torch.exp(-table[labels]), rtol=1e-6, atol=1e-8)
 
 
-@NEEDS_NOTES
 def test_a_shared_table_with_as_many_rows_as_one_time_group_is_named_in_a_note():
     # a shared 2-row table, and 2 of the 4 rows at one time: time="scalar" cut the table with them
     table = torch.tensor([[1.0], [5.0]], dtype=torch.float64)
@@ -672,7 +660,6 @@ def test_a_shared_table_with_as_many_rows_as_one_time_group_is_named_in_a_note()
     assert "'table'" in _notes(caught.value) and "time='scalar'" in _notes(caught.value)
 
 
-@NEEDS_NOTES
 @pytest.mark.parametrize("time", ["batch", "scalar"])
 def test_a_per_sample_extra_left_out_of_per_sample_under_dopri5_is_named_in_a_note(time):
     rates = torch.tensor([1.0, 5.0, 20.0, 60.0], dtype=torch.float64)

@@ -1,6 +1,7 @@
 """The shared argument predicates: what counts as a number, a scalar and a flag."""
 import math
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -372,3 +373,30 @@ def test_empirical_flow_says_its_integer_options_may_be_none():
         kfm.EmpiricalFlow(train, batch_chunk=0)
     with pytest.raises(ValueError, match=r"^truncate must be None or an integer in \[1, 5\] \(the training items\), got 6$"):
         kfm.EmpiricalFlow(train, truncate=6)
+
+
+class _NoNotes(RuntimeError):
+    """An exception as Python 3.10 makes them: no add_note."""
+
+    @property
+    def add_note(self):
+        raise AttributeError("add_note")
+
+
+def test_a_hint_reaches_the_message_where_exceptions_have_no_notes():
+    # the library's hints (call conventions, extras, dopri5's shrinking batch) went out with
+    # BaseException.add_note only, so on Python 3.10 they were silently dropped
+    from kinetic_fm.checks import add_note
+
+    err = _NoNotes("mat1 and mat2 shapes cannot be multiplied", 7)
+    add_note(err, "first hint")
+    add_note(err, "second hint")
+    assert err.args == ("mat1 and mat2 shapes cannot be multiplied\nfirst hint\nsecond hint", 7)
+    assert err.__notes__ == ["first hint", "second hint"]
+    bare = _NoNotes()
+    add_note(bare, "hint")
+    assert bare.args == () and bare.__notes__ == ["hint"]
+    native = RuntimeError("boom")
+    add_note(native, "hint")
+    assert native.__notes__ == ["hint"]
+    assert str(native) == ("boom" if sys.version_info >= (3, 11) else "boom\nhint")  # 3.11+ prints notes itself

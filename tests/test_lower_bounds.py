@@ -17,7 +17,10 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def declared_floors() -> dict[str, tuple[int, ...]]:
-    tomllib = pytest.importorskip("tomllib")           # Python ≥ 3.11
+    try:
+        import tomllib                                 # Python ≥ 3.11
+    except ModuleNotFoundError:
+        tomllib = pytest.importorskip("tomli")         # 3.10: pytest's own TOML reader there
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = list(project["dependencies"])
     for extra in project["optional-dependencies"].values():

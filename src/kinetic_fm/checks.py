@@ -348,6 +348,19 @@ class VelocityOutputError(TypeError, ValueError):
     TypeError, and a ValueError as the prediction adapters raised before)."""
 
 
+def add_note(err: BaseException, note: str) -> None:
+    """Attach a hint to an exception on its way out: ``err.add_note(note)`` (Python >= 3.11 prints
+    notes under the message). Python 3.10 has no notes, and there the hint went missing: the note
+    is appended to a string message instead (and kept in ``err.__notes__``, as 3.11 keeps it)."""
+    if hasattr(err, "add_note"):
+        err.add_note(note)
+        return
+    notes = getattr(err, "__notes__", None)
+    err.__notes__ = [*(notes if isinstance(notes, list) else []), note]
+    if err.args and isinstance(err.args[0], str):
+        err.args = (f"{err.args[0]}\n{note}", *err.args[1:])
+
+
 def tensor_output(out: object, who: str = "velocity") -> torch.Tensor:
     """``out`` if it is a tensor; else :class:`VelocityOutputError` saying how to get the tensor
     out of what came back (a tuple, or a diffusers output object with ``.sample``)."""

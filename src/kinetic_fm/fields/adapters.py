@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ..checks import (as_scalar, check_flag, check_integer, declares, declares_singular_at_one, inside_unit_interval,
-                      is_real, optional_attribute, tensor_output)
+from ..checks import (add_note, as_scalar, check_flag, check_integer, declares, declares_singular_at_one,
+                      inside_unit_interval, is_real, optional_attribute, tensor_output)
 
 TIME_MODES = ("batch", "scalar", "shared")
 
@@ -237,9 +237,9 @@ class ModelXT(_Adapter):
         try:
             return self._call(x, t, args, kwargs)
         except (RuntimeError, IndexError, ValueError, TypeError) as err:
-            note = self._extras_hint(x.shape[0]) if hasattr(err, "add_note") else None
+            note = self._extras_hint(x.shape[0])
             if note:
-                err.add_note(note)
+                add_note(err, note)
             raise
 
     def _call(self, x: torch.Tensor, t: torch.Tensor | float, args: tuple, kwargs: dict) -> torch.Tensor:

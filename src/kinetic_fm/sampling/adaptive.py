@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..checks import optional_attribute
+from ..checks import add_note, optional_attribute
 from ..norms import row_mean_square, squared_norm
 from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
@@ -80,8 +80,8 @@ def integrate_dopri5(
             v = field(x, tt.to(dtype, copy=True))
             check_velocity_output(v, x, " during dopri5's steps")  # every call: metadata only, no sync
         except (RuntimeError, ValueError, TypeError, IndexError) as err:
-            if active is not None and select is None and x.shape[0] < batch and hasattr(err, "add_note"):
-                err.add_note(f"dopri5 calls the velocity with only the {x.shape[0]} of {batch} samples still "
+            if active is not None and select is None and x.shape[0] < batch:
+                add_note(err, f"dopri5 calls the velocity with only the {x.shape[0]} of {batch} samples still "
                              "running: per-sample inputs held in a closure (lambda x, t: net(x, t, y)) no longer "
                              "line up; pass them as kfm.ModelXT(net, y=y, per_sample=['y']), or give the velocity a "
                              "select(active) method (kfm.sample's docstring)")

@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from ..checks import VelocityOutputError, tensor_output
+from ..checks import VelocityOutputError, add_note, tensor_output
 from ..gemm import autocast_enabled
 
 
@@ -78,12 +78,12 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         text = str(err)
         # a net that reads t as one number: float(t) (ValueError) or t.item() (RuntimeError)
         one_number = "only one element tensors" in text or "cannot be converted to Scalar" in text
-        if not hasattr(err, "add_note") or (isinstance(err, ValueError) and not one_number):
+        if isinstance(err, ValueError) and not one_number:
             raise  # a ValueError of the velocity's own checks says what it means
         if one_number:
-            err.add_note(CONVENTION_HINT + "; a net taking t as one number needs kfm.ModelXT(net, time='scalar')")
+            add_note(err, CONVENTION_HINT + "; a net taking t as one number needs kfm.ModelXT(net, time='scalar')")
         else:
-            err.add_note(_dtype_hint(x) if _about_types(text) else CONVENTION_HINT)
+            add_note(err, _dtype_hint(x) if _about_types(text) else CONVENTION_HINT)
         raise
     check_velocity_output(v, x)
     return v
