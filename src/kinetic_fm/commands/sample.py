@@ -212,6 +212,8 @@ def _model_target(path: str, shape_arg: str | None, resume_dir: str | None = Non
             shape = tuple(int(d) for d in shape_arg.split(","))
         except ValueError:
             raise ValueError(f"--shape must be comma-separated integers such as 1,28,28, got {shape_arg!r}") from None
+        if min(shape) < 1:  # kfm.noise would refuse it as "shape", a name the command line does not have
+            raise ValueError(f"--shape must be positive integers such as 1,28,28, got {shape_arg!r}")
     elif getattr(net, "shape", None):
         shape = tuple(net.shape)
     elif (recorded := recorded_sample_shape(weights)) is not None:
