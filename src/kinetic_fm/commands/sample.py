@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..checks import DEVICE_FORMS
+from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ._types import check_output_path, named_by_its_flag, seed_number, user_path, writing
 
 FIELDS = ("gaussian", "point", "mixture")
@@ -373,6 +373,9 @@ def _validate(args) -> None:
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.seed_start > SEED_LIMIT - args.n:  # the run plan refuses it too, as "seed_start", after the net loads
+        raise ValueError(f"--seed-start must lie in [0, 2**32 - --n] = [0, {SEED_LIMIT - args.n}] (the seeds "
+                         f"S .. S+n-1 stay below 2**32; {SEED_NOTE}), got {args.seed_start}")
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
