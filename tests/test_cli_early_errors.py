@@ -120,6 +120,13 @@ def test_a_kts_gain_beyond_its_range_is_refused_before_sampling(tmp_path, capsys
     assert "alpha0 must lie in [0, 1e+06], got 1e+308" in capsys.readouterr().err
 
 
+def test_seeds_past_2_32_are_refused_naming_the_flags(tmp_path, capsys):
+    # the run plan's message named "seed_start", an argument the command line does not have
+    assert main([*_commands(tmp_path, "cpu")["sample"], "--seed-start", str(2**32 - 3)]) == 2
+    assert "--seed-start must lie in [0, 2**32 - --n] = [0, 4294967292]" in capsys.readouterr().err
+    assert not any(tmp_path.glob("run*"))
+
+
 @pytest.mark.parametrize("command,extra,message", [
     ("sample", ["--shape", "1,2"], "--shape applies to --model only; a built-in --field takes --dim"),
     ("train", ["--label-dropout", "0.5"], "--label-dropout applies to --class-cond only"),

@@ -290,6 +290,18 @@ def test_a_wrong_shape_for_a_net_names_the_shape_flag(tmp_path, capsys):
             "(B, 2)") in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("shape", ["0,2", "-1"])
+def test_a_shape_without_positive_dimensions_names_the_shape_flag(tmp_path, capsys, shape):
+    # it reached kfm.noise, which refused it as "shape must have positive dimensions"
+    from kinetic_fm.models import VelocityMLP, save_model
+
+    net = VelocityMLP(2, hidden=8, depth=1)
+    save_model(net, tmp_path / "net.safetensors", ema=net)
+    assert kfm_sample(tmp_path / "run", "--model", tmp_path / "net.safetensors", "--shape", shape, "--n", 2) == 2
+    assert f"--shape must be positive integers such as 1,28,28, got '{shape}'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("where", ["final.safetensors", "checkpoints/step_0000004.safetensors"])
 def test_older_unet_runs_take_their_shape_from_the_run_config(tmp_path, capsys, where):
     # nets trained before the shape was written into the weights' metadata: config.json's data_shape

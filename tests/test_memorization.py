@@ -1282,6 +1282,20 @@ def test_resnet_space_images_beyond_1_are_refused():
         _cifar_images("--train", torch.linspace(-2, 0, 2 * 3072).reshape(2, 3072))
 
 
+def test_resnet_space_refuses_channels_last_images_rather_than_scrambling_them():
+    # a (32, 32, 3) item has 3,072 values and was reshaped to (3, 32, 32): its pixels scrambled,
+    # the audit ran on them (0/200 copies of the training images themselves) without a word
+    from kinetic_fm.commands.memorization import _cifar_images
+
+    assert _cifar_images("--samples", torch.zeros(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"--samples has shape \(2, 32, 32, 3\) \(channels-last: bring it to "
+                                         r"\(n, 3, 32, 32\) first"):
+        _cifar_images("--samples", torch.zeros(2, 32, 32, 3))
+    for shape in ((2, 96, 32), (2, 1, 3072)):                  # 3,072 values, not a CIFAR image's layout
+        with pytest.raises(ValueError, match=rf"--train has shape \({shape[0]}, {shape[1]}, {shape[2]}\)$"):
+            _cifar_images("--train", torch.zeros(shape))
+
+
 def test_kfm_memorization_of_an_incomplete_run_is_one_error_line(tmp_path, capsys):
     # IncompleteRunError is a RuntimeError, which the CLI re-raised as a bug: 21 lines of traceback
     run = tmp_path / "run"

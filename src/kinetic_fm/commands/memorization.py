@@ -365,9 +365,11 @@ def _cifar_images(name: str, x):
 
     if x.shape[0] == 0:
         raise ValueError(f"{name} holds no rows")
-    if x.dim() < 2 or x[0].numel() != 3 * 32 * 32:
+    if tuple(x.shape[1:]) not in ((3, 32, 32), (3 * 32 * 32,)):
+        # a (32, 32, 3) item reshaped to (3, 32, 32) would scramble its pixels, silently
         raise ValueError(f"--space needs CIFAR-sized images, (n, 3, 32, 32) or (n, 3072); {name} has shape "
-                         f"{tuple(x.shape)}")
+                         f"{tuple(x.shape)}" + (" (channels-last: bring it to (n, 3, 32, 32) first, "
+                                                "e.g. x.transpose(0, 3, 1, 2))" if x.shape[1:] == (32, 32, 3) else ""))
     x = x.reshape(x.shape[0], 3, 32, 32).to(torch.float32)
     low, high = (float(v) for v in torch.aminmax(x))
     if low < -1.001 or high > 1.001:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..checks import DEVICE_FORMS
+from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ._types import check_output_path, named_by_its_flag, seed_number, user_path, writing
 
 FIELDS = ("gaussian", "point", "mixture")
@@ -212,6 +212,8 @@ def _model_target(path: str, shape_arg: str | None, resume_dir: str | None = Non
             shape = tuple(int(d) for d in shape_arg.split(","))
         except ValueError:
             raise ValueError(f"--shape must be comma-separated integers such as 1,28,28, got {shape_arg!r}") from None
+        if min(shape) < 1:  # kfm.noise would refuse it as "shape", a name the command line does not have
+            raise ValueError(f"--shape must be positive integers such as 1,28,28, got {shape_arg!r}")
     elif getattr(net, "shape", None):
         shape = tuple(net.shape)
     elif (recorded := recorded_sample_shape(weights)) is not None:
@@ -371,6 +373,9 @@ def _validate(args) -> None:
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.seed_start > SEED_LIMIT - args.n:  # the run plan refuses it too, as "seed_start", after the net loads
+        raise ValueError(f"--seed-start must lie in [0, 2**32 - --n] = [0, {SEED_LIMIT - args.n}] (the seeds "
+                         f"S .. S+n-1 stay below 2**32; {SEED_NOTE}), got {args.seed_start}")
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:

@@ -30,7 +30,8 @@ def register(subparsers) -> None:
                    help="auto (the default): mlp for 2-D data and 8x8 digits, unet for larger images (the unet learns "
                         "images far better per step but is tens of times slower per step on a CPU: 2,000 "
                         "MNIST steps at --batch-size 64 take ~14 min on 2 cores, the mlp's under a minute)")
-    p.add_argument("--width", type=int, default=None, help="mlp hidden width or unet base channels")
+    p.add_argument("--width", type=int, default=None,
+                   help="mlp hidden width or unet base channels: 256 or 32 unless given")
     p.add_argument("--class-cond", action="store_true",
                    help="condition on the data's labels (null class for classifier-free guidance)")
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")

@@ -390,8 +390,8 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
         by: (n,) the grouping variable (e.g. KPE), the same length; not constant (ValueError:
             the groups would be the first and last samples in input order).
         quantile: fraction in each group, in (0, 0.5]; each group holds ``quantile * n``
-            samples rounded half up, at most ``n // 2`` so the groups never share a sample
-            (at least 2).
+            samples rounded half up, at most ``n // 2`` so the groups never share a sample;
+            fewer than 2 is a ValueError (no group is padded: n = 5 needs quantile ≥ 0.3).
         nan_policy: as in :func:`spearman`.
 
     Returns:
