@@ -543,6 +543,17 @@ def test_truncated_bound_by_search_covers_near_ties_and_duplicates(backend, monk
     assert (truth == 0.9).all() and (bound >= 0.9).all() and (bound < 0.9001).all()
 
 
+def test_truncated_bound_reaches_the_subnormals():
+    # a dropped mass below float64's smallest normal number (2.2e-308) was reported as 0: float64's
+    # sigmoid 1/(1 + e^−z) flushes to 0 once e^−z overflows (z < −709). x = 0, t = 0.9, so
+    # ℓ_0 − ℓ_j = 40.5·y_j²: 730 for the second kept atom, 735 for the dropped one (a cutoff of
+    # 1000 keeps all three candidates)
+    atoms = torch.tensor([[0.0], [4.2456], [-4.26006]], dtype=torch.float64)
+    x, t = torch.zeros(1, 1, dtype=torch.float64), torch.tensor([0.9], dtype=torch.float64)
+    bound, truth = neglect_against_exact(kfm.EmpiricalFlow(atoms, truncate=2, cutoff=1000.0), x, t)
+    assert 0 < truth[0] < 1e-310 and bound[0] >= truth[0] and bound[0] < 1e-300
+
+
 def test_recorder_traces_dominance_along_a_run(atoms):
     recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
     res = kfm.sample(recorder, seeds=range(6), shape=(3, 4, 4), steps=20)

@@ -777,9 +777,14 @@ def _search_rounding(queries, t, one_minus, kth):
 def _mass_bound(log_ratio, size, floor=0.0):
     """R/(1 + R) + ``floor`` (b,), R = exp(``log_ratio``), made an upper bound on its value in exact
     arithmetic: ``log_ratio`` raised by u·``size`` (the caller's bound on its float64 rounding, u =
-    2⁻⁵³), the result by 8u relative (float64's sigmoid 1/(1 + e^−z) is within 2u, the sum within
-    u), and at most 1."""
-    return torch.sigmoid(log_ratio + _U64 * size).add_(floor).mul_(1.0 + 8 * _U64).clamp_max_(1.0)
+    2⁻⁵³), the result by 8u relative (float64's sigmoid 1/(1 + e^−z) and exp are within 2u, the sum
+    within u) and by 2⁻¹⁰⁷³ absolute (the rounding of a subnormal result), and at most 1.
+
+    Below z = −40, R/(1 + R) ≤ e^z is taken, equal to it in float64 there: float64's sigmoid
+    flushes to 0 from z ≈ −709 (e^−z overflows), where the mass can still be a subnormal."""
+    z = log_ratio + _U64 * size
+    value = torch.where(z > -40.0, torch.sigmoid(z), torch.exp(z))
+    return value.add_(floor).mul_(1.0 + 8 * _U64).add_(2.0 ** -1073).clamp_max_(1.0)
 
 
 # Exact re-scoring gathers (rows, k, D) float64 atoms, plus their differences d of that size, per block.
