@@ -78,6 +78,22 @@ certified k-nearest-neighbour search of x/t (:func:`kinetic_fm.nearest_neighbors
 R = (N − k)·exp(ℓ_(k) − logsumexp(ℓ_kept)). Every row with ``backend="faiss"`` takes that search,
 through faiss. It skips step 4's second product and
 exponentials; the screening GEMM is the same.
+
+The bound is a true bound on the mass the exact posterior (of the x and t given, in exact
+arithmetic) puts outside the kept atoms, not only on that of the float64 logits: "exact" above
+means float64, whose relative logits near a tie late in a run, or far from the origin, can be off
+by far more than their size (x on the bisector of two atoms near 1000·(1, 1, 1, 1) at
+t = 1 − 1e-6: logits ~1e11, their difference off by 0.09, a bound of 0.4977 for 0.5207 left out).
+Each re-scored logit carries a forward-error bound δ_j ≤ u·((D + 8)(λ_j + λ_b)² + 5μ(λ_j + λ_b)
++ 8|ℓ_j − ℓ_b|), u = 2⁻⁵³, λ = ‖x − t·y‖/(√2(1 − t)), μ = t‖y_b‖/(√2(1 − t)) (derived in
+``_relative_logit_rounding``): ℓ_(k) is taken up to it, the kept mass down to it (logsumexp of
+ℓ_kept − δ), the candidates left out up to it (their mass is R/(1 + R) with R the ratio of their
+sum to the kept one's: no 1 − kept mass, whose normalisation rounds in absolute terms), and the
+search's order of x/t up to its float64 rounding (``_search_rounding``: it could keep the lighter
+atom of a near-tie). The log-space sums and the final R/(1 + R) are then raised by bounds on their
+own rounding (8u relative; a mass below float64's normal range is e^z, not a sigmoid that flushes
+it to 0). Where the logits are well conditioned this moves the bound in its last digits; where
+they are not it loosens it by e^(2δ), as it must (at most 1.9× the truth on the bisector above).
 """
 from __future__ import annotations
 
@@ -146,7 +162,7 @@ class PosteriorDiagnostics:
         exact: bool, weights from exact float64 re-scoring (False: screened GEMM logits).
         logit_error_bound: float64, bound e on the screened logits' error (0 where ``exact``).
         neglected_bound: float64, bound on the posterior mass left out: N·e^(−cutoff) in full
-            mode, R/(1 + R) in truncated mode (see module docs).
+            mode, R/(1 + R) in truncated mode (see module docs), float64 rounding included.
 
     In truncated mode ``max_weight`` and ``entropy`` are those of the kept atoms' weights,
     renormalised to sum to 1 (the posterior the velocity uses): the full posterior's largest
