@@ -1,7 +1,10 @@
 """Closed-form EFM velocity (kinetic_fm.fields.empirical) against a float64 brute force."""
 import contextlib
+import decimal
 import gzip
 import math
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -19,6 +22,30 @@ def brute(atoms, x, t, eps=1e-6):
     dist2 = (x[:, None, :] - t[:, None, None] * y[None]).pow(2).sum(dim=2)
     w = torch.softmax(-dist2 / (2 * one_minus[:, None] ** 2), dim=1)
     return (w @ y - x) / one_minus[:, None], w
+
+
+def exact_neglected(atoms, x, t, kept):
+    """The posterior mass 1 − Σ_kept w_j at (x, t) in exact arithmetic on the float inputs, rounded
+    once to float64: the logits as fractions, their exponentials to 60 digits (no float64 anywhere)."""
+    t = Fraction(float(t))
+    xs = [Fraction(v) for v in x.double().tolist()]
+    sq = [sum((xi - t * Fraction(yi)) ** 2 for xi, yi in zip(xs, y)) for y in atoms.double().flatten(1).tolist()]
+    low = min(sq)
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        w = [(Decimal(r.numerator) / Decimal(r.denominator)).exp()
+             for r in ((low - s) / (2 * (1 - t) ** 2) for s in sq)]
+        kept = set(kept)
+        return float(sum(v for j, v in enumerate(w) if j not in kept) / sum(w))
+
+
+def neglect_against_exact(field, x, t):
+    """Each row's ``neglected_bound`` and the exact mass its kept atoms leave out, (B,) float64."""
+    bound = field.evaluate(x, t).diagnostics.neglected_bound
+    kept = field.posterior(x, t, k=field.truncate).indices
+    t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]).clamp_max(1 - field.eps)
+    truth = [exact_neglected(field.atoms, x[i], t[i], kept[i].tolist()) for i in range(x.shape[0])]
+    return bound, torch.tensor(truth, dtype=torch.float64)
 
 
 def path_states(atoms, t, seed):
@@ -467,6 +494,64 @@ def test_truncated_mode_keeps_the_exact_top_k_of_a_cluster_it_cannot_screen():
     dropped = 1 - w.gather(1, top.indices).sum(dim=1)
     assert (out.diagnostics.neglected_bound >= dropped - 1e-9).all()
     assert (out.diagnostics.neglected_bound <= dropped + 1e-6).all()          # and not much more
+
+
+def test_truncated_bound_covers_the_float64_rounding_of_the_exact_logits_far_from_the_origin():
+    # float64 atoms near (1000, 1000, 1000, 1000), t = 1 − 1e-6, x near the bisector of two of
+    # them: the screened logits are off by far more than max_logit_error, so every candidate is
+    # re-scored in float64 and the exact top 1 kept. Those float64 logits are ill-conditioned
+    # there (|ℓ| ~ 1e11 for a difference ~ 1, terms t·(y_j + y_b) ~ 2000 cancelling against 2x):
+    # the bound fell short in 20 of these 40 rows, by up to 0.023 (0.4977 where 0.5207 was left
+    # out); it now adds their rounding bound (module docs), at most 1.9× the truth here
+    g = torch.Generator().manual_seed(3)
+    atoms = 1000.0 + torch.rand(3, 4, generator=g, dtype=torch.float64)
+    t = torch.full((40,), 1 - 1e-6, dtype=torch.float64)
+    spread = torch.linspace(0, 2e-12, 40, dtype=torch.float64)[:, None]   # up to ~20 ulps of x
+    x = t[0] * (atoms[0] + atoms[1]) / 2 + spread * torch.randn(40, 4, generator=g, dtype=torch.float64)
+    field = kfm.EmpiricalFlow(atoms, truncate=1)
+    bound, truth = neglect_against_exact(field, x, t)
+    assert (truth > 0.4).any()                                   # near-ties were met
+    assert (bound >= truth).all()
+    assert (bound <= torch.maximum(2 * truth, truth + 0.2)).all()    # looser where unsure, not useless
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_truncated_bound_by_search_covers_near_ties_and_duplicates(backend, monkeypatch):
+    # rows taking the k-nearest-neighbour search of x/t (every row with faiss; with torch those
+    # with more than _RESCORE_ALL_MAX candidates, made 1 here so that two atoms do): the search
+    # ranks by float64 distances to fl(x/t), so at a near-tie late in a run it may keep the
+    # lighter atom (x within 2⁻⁵¹ of the bisector, t = 1 − 3e-6: up to 1.5e-7 was missed), and
+    # with exact duplicates the bound equals the truth but for its float64 rounding (10 copies,
+    # k = 1: 0.8999999999999999 was reported for 0.9)
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    from kinetic_fm.fields import empirical
+
+    monkeypatch.setattr(empirical, "_RESCORE_ALL_MAX", 1)
+    g = torch.Generator().manual_seed(18)
+    atoms = torch.rand(2, 1, generator=g, dtype=torch.float64)
+    t = torch.full((64,), 1 - 3e-6, dtype=torch.float64)
+    x = t[0] * (atoms[0] + atoms[1]) / 2 + (torch.rand(64, 1, generator=g, dtype=torch.float64) - 0.5) * 2.0 ** -50
+    field = kfm.EmpiricalFlow(atoms, truncate=1, backend=backend, max_logit_error=1e-9)
+    bound, truth = neglect_against_exact(field, x, t)
+    assert (bound >= truth).all()
+    assert (bound <= truth + 1e-4).all()
+    same = torch.full((10, 3), 0.25, dtype=torch.float64)
+    field = kfm.EmpiricalFlow(same, truncate=1, backend=backend, max_logit_error=1e-9)
+    t = torch.tensor([0.3, 0.9, 1 - 1e-6], dtype=torch.float64)
+    bound, truth = neglect_against_exact(field, torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float64).repeat(3, 1), t)
+    assert (truth == 0.9).all() and (bound >= 0.9).all() and (bound < 0.9001).all()
+
+
+def test_truncated_bound_reaches_the_subnormals():
+    # a dropped mass below float64's smallest normal number (2.2e-308) was reported as 0: float64's
+    # sigmoid 1/(1 + e^−z) flushes to 0 once e^−z overflows (z < −709). x = 0, t = 0.9, so
+    # ℓ_0 − ℓ_j = 40.5·y_j²: 730 for the second kept atom, 735 for the dropped one (a cutoff of
+    # 1000 keeps all three candidates)
+    atoms = torch.tensor([[0.0], [4.2456], [-4.26006]], dtype=torch.float64)
+    x, t = torch.zeros(1, 1, dtype=torch.float64), torch.tensor([0.9], dtype=torch.float64)
+    bound, truth = neglect_against_exact(kfm.EmpiricalFlow(atoms, truncate=2, cutoff=1000.0), x, t)
+    assert 0 < truth[0] < 1e-310 and bound[0] >= truth[0] and bound[0] < 1e-300
 
 
 def test_recorder_traces_dominance_along_a_run(atoms):

@@ -78,6 +78,22 @@ certified k-nearest-neighbour search of x/t (:func:`kinetic_fm.nearest_neighbors
 R = (N − k)·exp(ℓ_(k) − logsumexp(ℓ_kept)). Every row with ``backend="faiss"`` takes that search,
 through faiss. It skips step 4's second product and
 exponentials; the screening GEMM is the same.
+
+The bound is a true bound on the mass the exact posterior (of the x and t given, in exact
+arithmetic) puts outside the kept atoms, not only on that of the float64 logits: "exact" above
+means float64, whose relative logits near a tie late in a run, or far from the origin, can be off
+by far more than their size (x on the bisector of two atoms near 1000·(1, 1, 1, 1) at
+t = 1 − 1e-6: logits ~1e11, their difference off by 0.09, a bound of 0.4977 for 0.5207 left out).
+Each re-scored logit carries a forward-error bound δ_j ≤ u·((D + 8)(λ_j + λ_b)² + 5μ(λ_j + λ_b)
++ 8|ℓ_j − ℓ_b|), u = 2⁻⁵³, λ = ‖x − t·y‖/(√2(1 − t)), μ = t‖y_b‖/(√2(1 − t)) (derived in
+``_relative_logit_rounding``): ℓ_(k) is taken up to it, the kept mass down to it (logsumexp of
+ℓ_kept − δ), the candidates left out up to it (their mass is R/(1 + R) with R the ratio of their
+sum to the kept one's: no 1 − kept mass, whose normalisation rounds in absolute terms), and the
+search's order of x/t up to its float64 rounding (``_search_rounding``: it could keep the lighter
+atom of a near-tie). The log-space sums and the final R/(1 + R) are then raised by bounds on their
+own rounding (8u relative; a mass below float64's normal range is e^z, not a sigmoid that flushes
+it to 0). Where the logits are well conditioned this moves the bound in its last digits; where
+they are not it loosens it by e^(2δ), as it must (at most 1.9× the truth on the bisector above).
 """
 from __future__ import annotations
 
@@ -146,7 +162,7 @@ class PosteriorDiagnostics:
         exact: bool, weights from exact float64 re-scoring (False: screened GEMM logits).
         logit_error_bound: float64, bound e on the screened logits' error (0 where ``exact``).
         neglected_bound: float64, bound on the posterior mass left out: N·e^(−cutoff) in full
-            mode, R/(1 + R) in truncated mode (see module docs).
+            mode, R/(1 + R) in truncated mode (see module docs), float64 rounding included.
 
     In truncated mode ``max_weight`` and ``entropy`` are those of the kept atoms' weights,
     renormalised to sum to 1 (the posterior the velocity uses): the full posterior's largest
@@ -505,16 +521,17 @@ class EmpiricalFlow:
         top_w = torch.zeros(b, top_k, dtype=torch.float64, device=x.device)
         top_i = torch.zeros(b, top_k, dtype=torch.int64, device=x.device)
 
-        def exact_rows(rows, idx):
-            """Re-score the atoms ``idx`` (sorted by screened logit) of ``rows`` exactly."""
-            yb, log_w = self._exact(x[rows], t[rows], one_minus[rows], idx)
+        def exact_rows(rows, idx, rounding=False):
+            """Re-score the atoms ``idx`` (sorted by screened logit) of ``rows`` exactly; their log
+            weights, and with ``rounding`` the bound on their logits' rounding (``_exact``)."""
+            yb, log_w, *error = self._exact(x[rows], t[rows], one_minus[rows], idx, rounding)
             w = log_w.exp()
             ybar[rows], max_w[rows] = yb, w.max(dim=1).values
             entropy[rows] = -torch.special.xlogy(w, w).sum(dim=1)
             if top_k:  # ranked by log weight: weights that underflow to 0 all tie, in no order
                 top_log, pos = torch.topk(log_w, top_k, dim=1)
                 top_w[rows], top_i[rows] = top_log.exp(), idx.gather(1, pos)
-            return log_w
+            return (log_w, *error) if rounding else log_w
 
         # rows bucketed by route and width (_buckets), so that one wide row does not widen the others'
         # re-scoring; none re-scored (small t): all screened, with no synchronisation
@@ -542,12 +559,17 @@ class EmpiricalFlow:
                 # re-scores every candidate exactly (as the exact field does) and keeps the exact top
                 # k; only one with very many candidates takes the certified search of x/t
                 cand = torch.topk(scores[rows], min(2 ** (level - _RESCORE_ALL), self.n), dim=1).indices
-                _, log_all = self._exact(x[rows], t[rows], one_minus[rows], cand)
+                _, log_all, error = self._exact(x[rows], t[rows], one_minus[rows], cand, rounding=True)
                 best_log, pos = torch.topk(log_all, self.truncate, dim=1)     # exact top k, descending
-                left_out = -torch.expm1(torch.logsumexp(best_log, dim=1))   # 1 − kept mass, no cancellation
                 exact_rows(rows, cand.gather(1, pos))
-                # dropped: the candidates left out, plus at most N·e^(−cutoff) outside them
-                neglected[rows] = (left_out.clamp_min(0.0) + self.n * math.exp(-self.cutoff)).clamp_max(1.0)
+                # dropped: the candidates left out, plus at most N·e^(−cutoff) outside them. Their mass
+                # is R/(1 + R), R the ratio of their total to the kept atoms', each logit moved by its
+                # rounding bound against the kept ones (a ratio of two sums: no 1 − kept mass, whose
+                # normalisation's rounding is absolute)
+                kept = torch.logsumexp(best_log - error.gather(1, pos), dim=1)
+                left = torch.logsumexp((log_all + error).scatter_(1, pos, -math.inf), dim=1)
+                size = 4.0 * (left.abs() + kept.abs()) + 2.0 * cand.shape[1] + 16.0
+                neglected[rows] = _mass_bound(left - kept, size, self.n * math.exp(-self.cutoff))
             else:
                 yb, found, (tw, ti) = self._solve_truncated_by_search(x[rows], t[rows], top_k)
                 ybar[rows], max_w[rows], entropy[rows] = yb, found.max_weight, found.entropy
@@ -559,14 +581,18 @@ class EmpiricalFlow:
             block = scores[rows]
             del scores
             screened, idx = torch.topk(block, self.truncate, dim=1)   # idx[:, 0]: the best
-            log_w = exact_rows(rows, idx)
+            log_w, error = exact_rows(rows, idx, rounding=True)
             # A dropped atom j has ℓ̃_j ≤ ℓ̃_(k); each screened logit is within e of the truth
             # up to one constant per row, so ℓ_j ≤ ℓ_(k) + 2e and ℓ_j ≤ ℓ_b + (ℓ̃_(k) − ℓ̃_b) + 2e,
             # ℓ_(k) and ℓ_b the exact logits of the last and the first kept atom (log weights:
-            # a weight that underflows must not read as log 0 = −inf)
+            # a weight that underflows must not read as log 0 = −inf). ℓ_(k) is the float64 one
+            # plus its rounding bound (ℓ_b, the reference, is exact); the screened gap, a float32
+            # difference, is raised by its own rounding
             gap = (screened[:, -1] - screened[:, 0]).double()
-            log_dropped = torch.minimum(log_w[:, -1], log_w[:, 0] + gap) + 2.0 * bound[rows]
-            neglected[rows] = self._dropped_mass_bound(log_dropped)
+            gap_up = gap + gap.abs() * (torch.finfo(screened.dtype).eps / 2)
+            log_dropped = torch.minimum(log_w[:, -1] + error[:, -1], log_w[:, 0] + gap_up) + 2.0 * bound[rows]
+            size = log_w[:, -1].abs() + log_w[:, 0].abs() + gap.abs() + error[:, -1] + 2.0 * bound[rows]
+            neglected[rows] = self._dropped_mass_bound(log_dropped, log_w, error, size)
         elif plain is not None:
             # screened weights with max 1; in place when the whole block is dense (small t)
             rows = plain
@@ -616,13 +642,15 @@ class EmpiricalFlow:
         top = (top_w.clone(), top_i) if top_k else (top_w[:, :0], top_i[:, :0])
         return self.atoms[best_index].double(), ones, torch.zeros_like(ones), top
 
-    def _exact(self, x, t, one_minus, idx):
+    def _exact(self, x, t, one_minus, idx, rounding=False):
         """ȳ (r, D) float64 and normalised float64 weights (r, k) over the atoms ``idx`` (r, k).
 
         ``idx[:, 0]`` is the reference atom b (the best screened one, or the nearest in truncated
         mode); logits are taken relative to it (module docs, step 3). Rows go in blocks whose
         gathered float64 atoms stay under ``_EXACT_BLOCK_BYTES``; a row with more candidates than
         one block holds is done alone, its candidates in slices, in two passes (logits, then ȳ).
+        With ``rounding``, also a (r, k) float64 bound on each relative logit's float64 rounding
+        error (:func:`_relative_logit_rounding`), which truncated mode's neglect bound needs.
         """
         r, k = idx.shape
         per_atom = self.dim * 8
@@ -630,6 +658,7 @@ class EmpiricalFlow:
         rows = max(1, _EXACT_BLOCK_BYTES // (width * per_atom)) if width == k else 1
         ybar = torch.empty(r, self.dim, dtype=torch.float64, device=x.device)
         weights = torch.empty(r, k, dtype=torch.float64, device=x.device)
+        error = torch.empty_like(weights) if rounding else None
         for r0 in range(0, r, rows):
             sl = slice(r0, r0 + rows)
             tt = t[sl, None]
@@ -649,6 +678,8 @@ class EmpiricalFlow:
                                         value=-1.0, out=gathered)
                 weights[sl, cs] = scale * towards.mul_(diff).sum(dim=2)
                 kept = diff if len(slices) == 1 else None                   # reused for ȳ below
+            if rounding:
+                error[sl] = _relative_logit_rounding(x[sl].double(), t[sl], one_minus[sl], best, weights[sl])
             w = torch.log_softmax(weights[sl], dim=1)
             weights[sl] = w
             w = w.exp()
@@ -656,7 +687,7 @@ class EmpiricalFlow:
             for cs in slices:
                 diff = kept if kept is not None else self.atoms[idx[sl, cs]].double().sub_(best[:, None, :])
                 ybar[sl] += torch.einsum("rk,rkd->rd", w[:, cs], diff)
-        return ybar, weights  # log weights
+        return (ybar, weights) if not rounding else (ybar, weights, error)  # log weights
 
     def _solve_truncated_by_search(self, x, t, top_k):
         """Truncated mode through the exact k-nearest-neighbour search of x/t (the faiss backend)."""
@@ -664,31 +695,112 @@ class EmpiricalFlow:
         one_minus, _, _ = self._coefficients(t)
         queries = x.double() / t[:, None]
         # the atoms were checked once, at construction; x/t is finite whenever x is
-        idx = nearest_neighbors(queries, self.atoms, k, chunk=self.chunk, backend=self.backend,
-                                check_inputs=False).indices
-        ybar, log_w = self._exact(x, t, one_minus, idx)
+        found = nearest_neighbors(queries, self.atoms, k, chunk=self.chunk, backend=self.backend,
+                                  check_inputs=False)
+        idx = found.indices
+        ybar, log_w, error = self._exact(x, t, one_minus, idx, rounding=True)
         w = log_w.exp()
+        # the exact top k of ℓ: every dropped atom j is at least as far from x/t as the k-th kept
+        # one, so ℓ_j ≤ ℓ_(k), to within the search's float64 rounding (_search_rounding)
+        slack = _search_rounding(queries, t, one_minus, found.distances[:, -1])
+        log_dropped = log_w[:, -1] + error[:, -1] + slack
         diag = PosteriorDiagnostics(
             max_weight=w.max(dim=1).values,
             entropy=-torch.special.xlogy(w, w).sum(dim=1),
             candidates=torch.full((b,), k, dtype=torch.int64, device=x.device),
             exact=torch.ones(b, dtype=torch.bool, device=x.device),
             logit_error_bound=torch.zeros(b, dtype=torch.float64, device=x.device),
-            # the exact top k: every dropped atom weighs at most the smallest kept one
-            neglected_bound=self._dropped_mass_bound(log_w.min(dim=1).values),
+            neglected_bound=self._dropped_mass_bound(log_dropped, log_w, error,
+                                                     log_w[:, -1].abs() + error[:, -1] + slack),
         )
         return ybar, diag, (w[:, :top_k], idx[:, :top_k])
 
-    def _dropped_mass_bound(self, log_dropped):
+    def _dropped_mass_bound(self, log_dropped, log_w, error, size):
         """Bound on the posterior mass outside the ``truncate`` kept atoms, (b,) float64.
 
-        ``log_dropped`` (b,) bounds the log weight of every dropped atom, on the scale where the
-        kept atoms' weights sum to 1; the mass is then at most R/(1 + R), R = (N − k)·exp(log_dropped),
-        taken as a sigmoid of log R so that it stays in [0, 1] for any bound.
+        ``log_dropped`` (b,) bounds the true logit of every dropped atom on the scale of the kept
+        atoms' float64 log weights ``log_w`` (b, k) (their relative logits less their log-sum-exp),
+        whose logits are within ``error`` (b, k) of the truth; ``size`` (b,) is the sum of the
+        magnitudes of the terms that formed ``log_dropped``. The kept atoms' true mass on that
+        scale is at least exp(LSE(log_w − error)), so the mass dropped is at most R/(1 + R),
+        R = (N − k)·exp(log_dropped − LSE(log_w − error)), taken as a sigmoid of log R so that it
+        stays in [0, 1] for any bound, and made a bound on its own float64 rounding (``_mass_bound``).
         """
         if self.n == self.truncate:
             return torch.zeros_like(log_dropped)
-        return torch.sigmoid(math.log(self.n - self.truncate) + log_dropped)
+        log_n = math.log(self.n - self.truncate)
+        kept = torch.logsumexp(log_w - error, dim=1)
+        # the rounding of log_w's entries (≤ 2u|log w| each), of this log-sum-exp (≤ (2k + 4)u plus
+        # its entries' on average, weighted: ≤ 2u·log k) and of the sums, generously
+        size = 4.0 * (size + kept.abs() + log_n) + 2.0 * self.truncate + 16.0
+        return _mass_bound(log_n + log_dropped - kept, size)
+
+
+_U64 = 2.0 ** -53   # float64's unit round-off
+
+
+def _relative_logit_rounding(x, t, one_minus, best, rel):
+    """(r, k) float64 bound on |r̂_j − r_j|, the float64 rounding of the relative logits
+    r_j = ℓ_j − ℓ_b that :meth:`EmpiricalFlow._exact` forms as ``rel`` = S·Σ_i d_i·T_i, with
+    S = t/(2(1 − t)²), d = y_j − y_b, T = 2x − t·(y_j + y_b); x and ``best`` = y_b (r, D) float64,
+    t and ``one_minus`` (r,). Column 0, b itself (d = 0), is exact.
+
+    Forward error analysis (u = 2⁻⁵³): T_i is formed with error ≤ u·(|T_i| + 2t·|y_j + y_b|_i) (the
+    sum y_j + y_b, the product by t, the difference), d_i with ≤ u·|d_i|, and the products and the
+    D-term sum add (D + 1)·u·Σ|d_i T_i| (in any summation order); S (1 − t, its square, the quotient)
+    and the product by it are within 6u relative. To first order
+
+        |r̂_j − r_j| ≤ u·S·((D + 2)·Σ_i |d_i T_i| + 2t·Σ_i |d_i|·|y_j + y_b|_i) + 6u·|r_j|.
+
+    With ρ_j = ‖x − t·y_j‖, T = (x − t y_j) + (x − t y_b) and t·d = (x − t y_b) − (x − t y_j), so
+    ‖T‖ and t‖d‖ are at most ρ_j + ρ_b, and t‖y_j + y_b‖ ≤ 2t‖y_b‖ + ρ_j + ρ_b. By Cauchy–Schwarz,
+    in logit units λ = ρ/(√2(1 − t)) (λ_j² = −ℓ_j = λ_b² − r_j) and μ = t‖y_b‖/(√2(1 − t)):
+
+        |r̂_j − r_j| ≤ u·((D + 4)·(λ_j + λ_b)² + 4μ·(λ_j + λ_b) + 6|r_j|).
+
+    It is large exactly where the float64 logits lose digits: near-ties (r_j ≈ 0 with λ large:
+    late t, x far from both atoms' paths) and a large common offset (μ). The constants are raised
+    to D + 8, 5 and 8 to absorb second-order terms and the rounding of the bound's own inputs
+    (ρ_b, formed in float64, with ≤ (D + 4)u relative and 2u·t‖y_b‖ absolute error, is raised by it).
+    """
+    dim = x.shape[1]
+    tt = t[:, None]
+    y_norm = torch.linalg.vector_norm(best, dim=1)
+    rho_b = torch.linalg.vector_norm(x - tt * best, dim=1) * (1 + (dim + 4) * _U64) + 2 * _U64 * t * y_norm
+    per_unit = 1.0 / (math.sqrt(2.0) * one_minus)                   # λ = ρ·per_unit
+    lam_b, mu = (rho_b * per_unit)[:, None], (t * y_norm * per_unit)[:, None]
+    both = torch.sqrt(lam_b.square() + (-rel).clamp_min(0.0)) + lam_b   # λ_j + λ_b
+    error = _U64 * ((dim + 8) * both.square() + 5.0 * mu * both + 8.0 * rel.abs())
+    error[:, 0] = 0.0
+    return error
+
+
+def _search_rounding(queries, t, one_minus, kth):
+    """(b,) float64 bound on how far a dropped atom's logit can exceed the k-th kept one's when
+    the k nearest atoms to x/t come from :func:`~kinetic_fm.nearest_neighbors`: ``queries`` (b, D)
+    = fl(x/t), within η = u·‖x/t‖ of x/t (u = 2⁻⁵³; 2η taken), ``kth`` (b,) the k-th float64
+    distance d̂, √ of a sum of D rounded squares of differences (within γ = (D + 8)u relative of
+    the distance to fl(x/t), sqrt included). Every dropped atom is then at least d̂(1 − γ) − η
+    from x/t (certified, or ranked after the k-th), the k-th at most d̂(1 + γ) + η, so its logit
+    ℓ = −t²‖x/t − y‖²/(2(1 − t)²) exceeds the k-th's by at most t²/(2(1 − t)²)·(A² − B²),
+    A = d̂(1 + γ) + η, B = max(0, d̂(1 − γ) − η)."""
+    gamma = (queries.shape[1] + 8) * _U64
+    eta = 2.0 * _U64 * torch.linalg.vector_norm(queries, dim=1)
+    far, near = kth * (1 + gamma) + eta, (kth * (1 - gamma) - eta).clamp_min(0.0)
+    return t.square() / (2.0 * one_minus.square()) * (far - near) * (far + near)
+
+
+def _mass_bound(log_ratio, size, floor=0.0):
+    """R/(1 + R) + ``floor`` (b,), R = exp(``log_ratio``), made an upper bound on its value in exact
+    arithmetic: ``log_ratio`` raised by u·``size`` (the caller's bound on its float64 rounding, u =
+    2⁻⁵³), the result by 8u relative (float64's sigmoid 1/(1 + e^−z) and exp are within 2u, the sum
+    within u) and by 2⁻¹⁰⁷³ absolute (the rounding of a subnormal result), and at most 1.
+
+    Below z = −40, R/(1 + R) ≤ e^z is taken, equal to it in float64 there: float64's sigmoid
+    flushes to 0 from z ≈ −709 (e^−z overflows), where the mass can still be a subnormal."""
+    z = log_ratio + _U64 * size
+    value = torch.where(z > -40.0, torch.sigmoid(z), torch.exp(z))
+    return value.add_(floor).mul_(1.0 + 8 * _U64).add_(2.0 ** -1073).clamp_max_(1.0)
 
 
 # Exact re-scoring gathers (rows, k, D) float64 atoms, plus their differences d of that size, per block.
