@@ -1128,6 +1128,31 @@ def test_cli_out_table_interrupted_midway_leaves_the_previous_table(tmp_path, mo
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "t.npy", out.name]
 
 
+def test_cli_out_never_replaces_an_input(digits_runs, tmp_path, capsys):
+    # --out s.parquet beside --samples s.parquet (or RUN/results.parquet beside --samples RUN)
+    # replaced the samples with the per-sample table, without a word
+    import pandas as pd
+
+    _, run = digits_runs
+    rows = kfm.read_samples(run).reshape(6, -1)
+    samples = tmp_path / "s.parquet"
+    pd.DataFrame({"x": list(rows)}).to_parquet(samples)
+    results = run / "results.parquet"
+    kept = {path: path.read_bytes() for path in (samples, results)}
+    for given, out in ((samples, samples), (run, results), (run, run / "shards" / "audit.parquet"),
+                       (tmp_path / ".." / tmp_path.name / "s.parquet", samples)):
+        assert main(["memorization", "--samples", str(given), "--train", "digits", "--bootstrap", "0",
+                     "--no-progress", "--out", str(out)]) == 2
+        assert f"--out {out} would overwrite" in capsys.readouterr().err
+    assert main(["memorization", "--samples", str(tmp_path / "t.npy"), "--train", str(samples), "--no-progress",
+                 "--out", str(samples)]) == 2
+    assert f"which --train {samples} reads" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert main(["memorization", "--samples", str(samples), "--train", "digits", "--bootstrap", "0",
+                 "--no-progress", "--out", str(tmp_path / "audit.parquet")]) == 0
+    assert len(pd.read_parquet(tmp_path / "audit.parquet")) == 6
+
+
 def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(tmp_path):
     """--train folder:PATH loads the same images as --train PATH; its table names them alike."""
     import pandas as pd

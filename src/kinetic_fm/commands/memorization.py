@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--out", args.out), ("--figure", args.figure)):
         if path is not None:
             check_output_path(flag, path, folder=False)
+    if args.out is not None:
+        _check_not_an_input(args.out, ("--samples", args.samples), ("--train", args.train))
     device = single_process_device(args.device, "memorization")
     space, space_name = None, "pixels"
     principal = None if args.space is None else _principal_spec(args.space)
@@ -152,6 +154,30 @@ def run(args: argparse.Namespace) -> int:
             saved = figure.save(args.figure)
         print(f"figure: {saved}")
     return 0
+
+
+def _check_not_an_input(out: str, *inputs: tuple[str, str]) -> None:
+    """ValueError naming the flags when the table ``--out`` would replace what an input reads: the
+    input file itself (``--samples s.parquet --out s.parquet``), or a kfm sample run folder's
+    results table or shards (``--samples RUN --out RUN/results.parquet``); the table replaced
+    the samples without a word."""
+    from pathlib import Path
+
+    from ..runs.manifest import MANIFEST_NAME
+    from ..runs.shards import RESULTS_NAME, SHARD_DIR
+
+    target = Path(out).resolve()
+    for flag, value in inputs:
+        path = Path(value)
+        if not path.exists():
+            continue  # a data spec: it reads no .csv or .parquet file
+        path = path.resolve()
+        run = path.is_dir() and (path / MANIFEST_NAME).is_file()
+        if target == path or (run and (target == path / RESULTS_NAME or path / SHARD_DIR in target.parents)):
+            what = "that file" if target == path else "the run's " + (
+                "results table" if target == path / RESULTS_NAME else "shards")
+            raise ValueError(f"--out {out} would overwrite {what}, which {flag} {value} reads; "
+                             "name another file for the per-sample table")
 
 
 def _principal_spec(spec: str) -> tuple[int, bool] | None:
