@@ -1185,6 +1185,51 @@ def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(
     assert by_spec["nearest_file"].tolist() == by_path["nearest_file"].tolist() == [names[j] for j in picks]
 
 
+def test_a_run_folders_table_names_each_nearest_item_in_its_whole_split(digits_runs, tmp_path):
+    """--train RUN audits the subset it trained on; ``nearest`` is a row of that subset, which the
+    table alone could not map back to the data: ``nearest_item`` is its position in the split
+    (as --train SPEC's ``nearest``), and a folder's run names the file too."""
+    import pandas as pd
+    from PIL import Image
+
+    from kinetic_fm.data.digits import load_digits
+
+    net, _ = digits_runs
+    subset = load_digits(n=16, seed=3)                       # what the run trained on
+    picks = [9, 0, 15, 4]
+    np.save(tmp_path / "s.npy", (subset.images[picks] + 0.01).numpy())
+    tables = []
+    for train in (str(net), "digits"):
+        out = tmp_path / f"{len(tables)}.csv"
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", train, "--bootstrap", "0",
+                     "--no-progress", "--out", str(out)]) == 0
+        tables.append(pd.read_csv(out))
+    by_run, whole = tables
+    assert by_run["nearest"].tolist() == picks and "nearest_item" not in whole.columns
+    assert by_run["nearest_item"].tolist() == subset.indices[picks].tolist() == whole["nearest"].tolist()
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    images = rng.integers(0, 256, size=(10, 8, 8), dtype=np.uint8)
+    for j, image in enumerate(images):
+        Image.fromarray(image, mode="L").save(folder / f"{j:02d}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"folder:{folder}", "--n", "5", "--seed", "2", "--steps", "1", "--model", "mlp",
+                 "--width", "8", "--checkpoints", "none", "--no-progress", "--out", str(run)]) == 0
+    from kinetic_fm.data.registry import load_dataset
+
+    trained = load_dataset(f"folder:{folder}", n=5, seed=2, progress=False)
+    np.save(tmp_path / "f.npy", trained.images[[3, 1]].numpy())
+    out = tmp_path / "f.csv"
+    assert main(["memorization", "--samples", str(tmp_path / "f.npy"), "--train", str(run), "--bootstrap", "0",
+                 "--no-progress", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    positions = trained.indices[[3, 1]].tolist()
+    assert table["nearest_item"].tolist() == positions
+    assert table["nearest_file"].tolist() == [f"{j:02d}.png" for j in positions]
+
+
 def test_a_cifar10_image_tree_spec_names_the_nearest_training_files(tmp_path):
     """--train cifar10:TREE names each nearest item's file (train/<class>/<file>); python batches
     have no file names, so their table has no such column."""

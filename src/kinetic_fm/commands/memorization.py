@@ -39,7 +39,9 @@ def register(subparsers) -> None:
                              "data spec such as cifar10:/data/cifar-10-batches-py, or a kfm train run folder "
                              "(exactly the items it trained on: its data spec, --n subset and --seed, read "
                              "from its config.json), or a kfm reproduce net's folder, OUT/models/general-* or "
-                             "memorizer-* (its training images, read from its training_items.json)")
+                             "memorizer-* (its training images, read from its training_items.json); for a run "
+                             "folder the table's nearest is a row of that subset and nearest_item the item's "
+                             "position in the data spec's whole split")
     parser.add_argument("--key", default=None, help="array/column name inside --samples")
     parser.add_argument("--train-key", default=None, help="array/column name inside --train")
     parser.add_argument("--threshold", type=float, default=1 / 3, help="gap-ratio threshold in (0, 1) (default 1/3)")
@@ -108,10 +110,11 @@ def run(args: argparse.Namespace) -> int:
 
         net, space_name = load_cifar_resnet_spec(args.space, name="--space")
         space = net.to(device).features
-    samples, sample_files = _load_rows("--samples", args.samples, args.key, args.progress, specs=False)
-    train, train_files = _load_rows("--train", args.train, args.train_key, args.progress, specs=True)
+    samples, sample_files, _ = _load_rows("--samples", args.samples, args.key, args.progress, specs=False)
+    train, train_files, train_items = _load_rows("--train", args.train, args.train_key, args.progress, specs=True)
+    train_folder = train_files is not None and train_items is None and _is_folder(args.train)  # not a run's
     samples, train = _grey_folders_as_one_channel(samples, sample_files is not None and _is_folder(args.samples),
-                                                  train, train_files is not None and _is_folder(args.train))
+                                                  train, train_folder)
     samples, train = samples.to(device), train.to(device)
     clamped = ""
     if args.clamp:
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: the bootstrap interval has no width at F_mem = {report.fraction:g} (every resample "
               f"agrees); shown is the Wilson interval (--interval wilson), {low:.4f}–{high:.4f}")
     if args.out is not None:
-        frame = _per_sample_frame(report, sample_files, train_files)
+        frame = _per_sample_frame(report, sample_files, train_files, train_items)
         frame["space"] = space_name
         frame["clamped"] = args.clamp
         from ..runs.atomic import atomic_write
@@ -231,12 +234,17 @@ def _clamped_to(train, samples):
     return inside, text
 
 
-def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[str] | None):
+def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[str] | None,
+                      train_items=None):
     """The report's table (led by ``sample``, the row of --samples), with the image files' names
-    beside the rows and the nearest training items when the inputs were folders of images."""
+    beside the rows and the nearest training items when the inputs were folders of images, and,
+    for a run folder's training subset, ``nearest_item``: the nearest item's position in the
+    split its data spec loads whole (``nearest`` is its row in the subset)."""
     frame = report.to_frame()
     if sample_files is not None:
         frame.insert(1, "file", sample_files)
+    if train_items is not None:
+        frame.insert(frame.columns.get_loc("nearest") + 1, "nearest_item", train_items[frame["nearest"].to_numpy()])
     if train_files is not None:
         frame.insert(frame.columns.get_loc("nearest") + 1, "nearest_file",
                      [train_files[j] for j in frame["nearest"]])
@@ -244,8 +252,10 @@ def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[
 
 
 def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool):
-    """The rows named by ``value`` and, for a folder or .zip of images, their file names (else
-    None): a data spec (if ``specs``), a folder or .zip of images, or an array file
+    """``(rows, files, items)``: the rows named by ``value``, their image files' names for a folder
+    or .zip of images or a data spec of image files (else None), and for a kfm train or reproduce
+    run folder the rows' positions in the split its data spec loads whole (else None): a data
+    spec (if ``specs``), a run folder, a folder or .zip of images, or an array file
     (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``)."""
     from pathlib import Path
 
@@ -269,22 +279,22 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
         raise ValueError(f"--samples {value!r} is a kfm train run folder (a net, not samples): sample it with "
                          "kfm sample --model and pass that run folder")
     if is_run and specs:
-        return _training_rows(path, progress), None
+        return _training_rows(path, progress)
     if is_run:
         import torch
 
         from ..runs.shards import read_samples
 
-        return torch.from_numpy(read_samples(path)), None
+        return torch.from_numpy(read_samples(path)), None, None
     if is_spec:
         data = load_dataset(value, progress=progress)
-        return dataset_rows(data), _spec_item_files(value, data)
+        return dataset_rows(data), _spec_item_files(value, data), None
     if is_images:
         from ..data.images import image_names, load_image_folder
 
         images = load_image_folder(path, labels_from_folders=False, progress=progress).images
-        return images, image_names(path)
-    return load_array(value, key), None
+        return images, image_names(path), None
+    return load_array(value, key), None, None
 
 
 def _is_folder(value: str) -> bool:
@@ -336,7 +346,9 @@ def _training_rows(run, progress: bool):
     """The items a run folder's net trained on, loaded again and checked against the recorded
     shape: for ``kfm train``, the data spec, ``--n`` and ``--seed`` its config.json records; for a
     ``kfm reproduce`` net (``models/general-*``, ``models/memorizer-*``), the data spec, load and
-    rows its training_items.json records."""
+    rows its training_items.json records. Returns ``(items, files, positions)``: the items, their
+    image files (None where the data has none) and their positions in the split the spec loads
+    whole (None for 2-D points)."""
     import json
     from pathlib import Path
 
@@ -369,20 +381,22 @@ def _training_rows(run, progress: bool):
                 if path and not Path(path).is_absolute() else "")
         raise FileNotFoundError(f"--train {run} trained on {spec!r}, which is not found from here ({Path.cwd()}): "
                                 f"{err}{hint}") from None
-    items = dataset_rows(data)
+    items, files, positions = dataset_rows(data), _spec_item_files(spec, data), data.indices
     loads = f"{spec!r}" + ("" if n is None else f" (n={n}, seed={seed})")  # n None: the whole split
     if rows is not None:
         if not all(isinstance(i, int) and 0 <= i < len(items) for i in rows):
             raise ValueError(f"--train {run}: its {TRAINING_ITEMS} names rows outside the {len(items)} items "
                              f"{loads} loads: the data changed since")
         items = items[rows]
+        files = None if files is None else [files[i] for i in rows]
+        positions = None if positions is None else positions[rows]
     if list(items.shape) != config.get("data_shape"):
         raise ValueError(f"--train {run}: {loads} now loads {list(items.shape)}, but the "
                          f"run trained on {config.get('data_shape')}: the data changed since")
     subset = "" if rows is None else f", {len(rows)} rows of them"
     print(f"--train {run}: the {items.shape[0]} items it trained on ({spec}"
           + ("" if n is None else f", n={n}, seed={seed}") + f"{subset})")
-    return items
+    return items, files, None if positions is None else positions.numpy()
 
 
 def _cifar_images(name: str, x):
