@@ -59,6 +59,30 @@ def test_numpy_arrays_and_data_frames_give_the_tensors_report(case):
         assert (got.fraction, got.ci) == (want.fraction, want.ci)
 
 
+def test_data_frames_of_pandas_nullable_numbers_are_audited_as_their_values():
+    # Int64 / Float64 / boolean columns (read_parquet(dtype_backend="numpy_nullable"), convert_dtypes())
+    # hand torch Python objects: a TypeError that named neither the argument nor the dtype
+    import pandas as pd
+
+    gen = torch.Generator().manual_seed(4)
+    train = torch.randint(0, 9, (30, 5), generator=gen)
+    samples = torch.cat([train[[2, 7]], torch.randint(0, 9, (6, 5), generator=gen)])
+    for s, t in ((pd.DataFrame(samples.numpy()).astype("Int64"), pd.DataFrame(train.numpy()).astype("Int64")),
+                 (pd.DataFrame(samples.numpy()).astype("Float64"), train.numpy()),
+                 (pd.DataFrame(samples.numpy() > 4).astype("boolean"), train.numpy() > 4)):
+        rep = kfm.memorization(s, t, bootstrap=0)
+        rows = [torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in (s, t)]
+        d = torch.cdist(*rows, compute_mode="donot_use_mm_for_euclid_dist")
+        d, order = d.sort(dim=1, stable=True)                  # ties: the lower index first, as documented
+        torch.testing.assert_close(rep.d1, d[:, 0])
+        torch.testing.assert_close(rep.d2, d[:, 1])
+        assert torch.equal(rep.nearest, order[:, 0])
+    missing = pd.DataFrame(samples.numpy()).astype("Float64")
+    missing.iloc[3, 1] = pd.NA
+    with pytest.raises(ValueError, match=r"samples contains NaN or inf in 1 row.*row 3"):
+        kfm.memorization(missing, train)
+
+
 def test_float32_inputs_give_the_same_verdicts(case):
     samples, train = case
     rep32 = kfm.memorization(samples.float(), train.float())
