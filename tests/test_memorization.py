@@ -1254,6 +1254,46 @@ def test_a_run_folders_table_names_each_nearest_item_in_its_whole_split(digits_r
     assert table["nearest_file"].tolist() == [f"{j:02d}.png" for j in positions]
 
 
+def test_image_files_against_a_centred_celeba_spec_are_centred_alike(tmp_path, capsys):
+    """celeba: centres its items by their mean image; image files decode to [-1, 1], uncentred, so
+    exact copies of the training faces read d1 = ‖mean‖ and F_mem = 0. A folder of them is centred
+    by the same mean; uncentred arrays are warned about, centred ones (a net's samples) are not."""
+    import pandas as pd
+    from PIL import Image
+
+    from kinetic_fm.data import load_dataset
+
+    rng = np.random.default_rng(8)
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for j in range(40):      # bright, smooth-ish faces of CelebA's aligned size: a mean image far from 0
+        base = rng.integers(120, 230) + rng.integers(-25, 25, size=(218, 178))
+        Image.fromarray(base.clip(0, 255).astype(np.uint8), mode="L").save(faces / f"{j:06d}.png")
+    spec = f"celeba:{faces}"
+    data = load_dataset(spec, progress=False)
+    assert data.mean is not None and float(data.mean.norm()) > 5
+    picks = [4, 31, 17]
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for j in picks:          # the training faces as a user saves them: [-1, 1] images, uncentred
+        image = ((data.images[j, 0] + data.mean[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        Image.fromarray(image, mode="L").save(folder / f"{j}.png")
+    out = tmp_path / "t.csv"
+    assert main(["memorization", "--samples", str(folder), "--train", spec, "--bootstrap", "0", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert "images centred by the mean image" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert table["nearest"].tolist() == [int(name[:-4]) for name in table["file"]] and table["memorized"].all()
+    assert sorted(table["nearest"]) == sorted(picks)
+    np.testing.assert_allclose(table["d1"], 0.0, atol=1e-5)
+
+    for rows, uncentred in ((data.images + data.mean, True), (data.images, False)):
+        np.save(tmp_path / "s.npy", rows.numpy())
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", spec, "--bootstrap", "0",
+                     "--no-progress"]) == 0
+        assert ("look uncentred" in capsys.readouterr().err) is uncentred
+
+
 def test_a_cifar10_image_tree_spec_names_the_nearest_training_files(tmp_path):
     """--train cifar10:TREE names each nearest item's file (train/<class>/<file>); python batches
     have no file names, so their table has no such column."""
