@@ -59,6 +59,30 @@ def test_numpy_arrays_and_data_frames_give_the_tensors_report(case):
         assert (got.fraction, got.ci) == (want.fraction, want.ci)
 
 
+def test_data_frames_of_pandas_nullable_numbers_are_audited_as_their_values():
+    # Int64 / Float64 / boolean columns (read_parquet(dtype_backend="numpy_nullable"), convert_dtypes())
+    # hand torch Python objects: a TypeError that named neither the argument nor the dtype
+    import pandas as pd
+
+    gen = torch.Generator().manual_seed(4)
+    train = torch.randint(0, 9, (30, 5), generator=gen)
+    samples = torch.cat([train[[2, 7]], torch.randint(0, 9, (6, 5), generator=gen)])
+    for s, t in ((pd.DataFrame(samples.numpy()).astype("Int64"), pd.DataFrame(train.numpy()).astype("Int64")),
+                 (pd.DataFrame(samples.numpy()).astype("Float64"), train.numpy()),
+                 (pd.DataFrame(samples.numpy() > 4).astype("boolean"), train.numpy() > 4)):
+        rep = kfm.memorization(s, t, bootstrap=0)
+        rows = [torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in (s, t)]
+        d = torch.cdist(*rows, compute_mode="donot_use_mm_for_euclid_dist")
+        d, order = d.sort(dim=1, stable=True)                  # ties: the lower index first, as documented
+        torch.testing.assert_close(rep.d1, d[:, 0])
+        torch.testing.assert_close(rep.d2, d[:, 1])
+        assert torch.equal(rep.nearest, order[:, 0])
+    missing = pd.DataFrame(samples.numpy()).astype("Float64")
+    missing.iloc[3, 1] = pd.NA
+    with pytest.raises(ValueError, match=r"samples contains NaN or inf in 1 row.*row 3"):
+        kfm.memorization(missing, train)
+
+
 def test_float32_inputs_give_the_same_verdicts(case):
     samples, train = case
     rep32 = kfm.memorization(samples.float(), train.float())
@@ -1128,6 +1152,31 @@ def test_cli_out_table_interrupted_midway_leaves_the_previous_table(tmp_path, mo
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "t.npy", out.name]
 
 
+def test_cli_out_never_replaces_an_input(digits_runs, tmp_path, capsys):
+    # --out s.parquet beside --samples s.parquet (or RUN/results.parquet beside --samples RUN)
+    # replaced the samples with the per-sample table, without a word
+    import pandas as pd
+
+    _, run = digits_runs
+    rows = kfm.read_samples(run).reshape(6, -1)
+    samples = tmp_path / "s.parquet"
+    pd.DataFrame({"x": list(rows)}).to_parquet(samples)
+    results = run / "results.parquet"
+    kept = {path: path.read_bytes() for path in (samples, results)}
+    for given, out in ((samples, samples), (run, results), (run, run / "shards" / "audit.parquet"),
+                       (tmp_path / ".." / tmp_path.name / "s.parquet", samples)):
+        assert main(["memorization", "--samples", str(given), "--train", "digits", "--bootstrap", "0",
+                     "--no-progress", "--out", str(out)]) == 2
+        assert f"--out {out} would overwrite" in capsys.readouterr().err
+    assert main(["memorization", "--samples", str(tmp_path / "t.npy"), "--train", str(samples), "--no-progress",
+                 "--out", str(samples)]) == 2
+    assert f"which --train {samples} reads" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert main(["memorization", "--samples", str(samples), "--train", "digits", "--bootstrap", "0",
+                 "--no-progress", "--out", str(tmp_path / "audit.parquet")]) == 0
+    assert len(pd.read_parquet(tmp_path / "audit.parquet")) == 6
+
+
 def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(tmp_path):
     """--train folder:PATH loads the same images as --train PATH; its table names them alike."""
     import pandas as pd
@@ -1158,6 +1207,91 @@ def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(
     assert columns[columns.index("nearest") + 1] == "nearest_file"
     assert by_spec["nearest"].tolist() == by_path["nearest"].tolist()
     assert by_spec["nearest_file"].tolist() == by_path["nearest_file"].tolist() == [names[j] for j in picks]
+
+
+def test_a_run_folders_table_names_each_nearest_item_in_its_whole_split(digits_runs, tmp_path):
+    """--train RUN audits the subset it trained on; ``nearest`` is a row of that subset, which the
+    table alone could not map back to the data: ``nearest_item`` is its position in the split
+    (as --train SPEC's ``nearest``), and a folder's run names the file too."""
+    import pandas as pd
+    from PIL import Image
+
+    from kinetic_fm.data.digits import load_digits
+
+    net, _ = digits_runs
+    subset = load_digits(n=16, seed=3)                       # what the run trained on
+    picks = [9, 0, 15, 4]
+    np.save(tmp_path / "s.npy", (subset.images[picks] + 0.01).numpy())
+    tables = []
+    for train in (str(net), "digits"):
+        out = tmp_path / f"{len(tables)}.csv"
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", train, "--bootstrap", "0",
+                     "--no-progress", "--out", str(out)]) == 0
+        tables.append(pd.read_csv(out))
+    by_run, whole = tables
+    assert by_run["nearest"].tolist() == picks and "nearest_item" not in whole.columns
+    assert by_run["nearest_item"].tolist() == subset.indices[picks].tolist() == whole["nearest"].tolist()
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    images = rng.integers(0, 256, size=(10, 8, 8), dtype=np.uint8)
+    for j, image in enumerate(images):
+        Image.fromarray(image, mode="L").save(folder / f"{j:02d}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"folder:{folder}", "--n", "5", "--seed", "2", "--steps", "1", "--model", "mlp",
+                 "--width", "8", "--checkpoints", "none", "--no-progress", "--out", str(run)]) == 0
+    from kinetic_fm.data.registry import load_dataset
+
+    trained = load_dataset(f"folder:{folder}", n=5, seed=2, progress=False)
+    np.save(tmp_path / "f.npy", trained.images[[3, 1]].numpy())
+    out = tmp_path / "f.csv"
+    assert main(["memorization", "--samples", str(tmp_path / "f.npy"), "--train", str(run), "--bootstrap", "0",
+                 "--no-progress", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    positions = trained.indices[[3, 1]].tolist()
+    assert table["nearest_item"].tolist() == positions
+    assert table["nearest_file"].tolist() == [f"{j:02d}.png" for j in positions]
+
+
+def test_image_files_against_a_centred_celeba_spec_are_centred_alike(tmp_path, capsys):
+    """celeba: centres its items by their mean image; image files decode to [-1, 1], uncentred, so
+    exact copies of the training faces read d1 = ‖mean‖ and F_mem = 0. A folder of them is centred
+    by the same mean; uncentred arrays are warned about, centred ones (a net's samples) are not."""
+    import pandas as pd
+    from PIL import Image
+
+    from kinetic_fm.data import load_dataset
+
+    rng = np.random.default_rng(8)
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for j in range(40):      # bright, smooth-ish faces of CelebA's aligned size: a mean image far from 0
+        base = rng.integers(120, 230) + rng.integers(-25, 25, size=(218, 178))
+        Image.fromarray(base.clip(0, 255).astype(np.uint8), mode="L").save(faces / f"{j:06d}.png")
+    spec = f"celeba:{faces}"
+    data = load_dataset(spec, progress=False)
+    assert data.mean is not None and float(data.mean.norm()) > 5
+    picks = [4, 31, 17]
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for j in picks:          # the training faces as a user saves them: [-1, 1] images, uncentred
+        image = ((data.images[j, 0] + data.mean[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        Image.fromarray(image, mode="L").save(folder / f"{j}.png")
+    out = tmp_path / "t.csv"
+    assert main(["memorization", "--samples", str(folder), "--train", spec, "--bootstrap", "0", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert "images centred by the mean image" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert table["nearest"].tolist() == [int(name[:-4]) for name in table["file"]] and table["memorized"].all()
+    assert sorted(table["nearest"]) == sorted(picks)
+    np.testing.assert_allclose(table["d1"], 0.0, atol=1e-5)
+
+    for rows, uncentred in ((data.images + data.mean, True), (data.images, False)):
+        np.save(tmp_path / "s.npy", rows.numpy())
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", spec, "--bootstrap", "0",
+                     "--no-progress"]) == 0
+        assert ("look uncentred" in capsys.readouterr().err) is uncentred
 
 
 def test_a_cifar10_image_tree_spec_names_the_nearest_training_files(tmp_path):

@@ -593,6 +593,7 @@ def test_kfm_memorization_audits_against_the_items_a_reproduce_net_trained_on(ti
     import shutil
 
     from kinetic_fm.cli import main
+    from kinetic_fm.data import load_dataset
     from kinetic_fm.studies.assets import load_assets
 
     out, _, _ = tiny_report
@@ -611,6 +612,10 @@ def test_kfm_memorization_audits_against_the_items_a_reproduce_net_trained_on(ti
         np.testing.assert_array_equal(table["nearest"], nearest.numpy())
         np.testing.assert_allclose(table["ratio"], (d1 / d2).numpy(), rtol=1e-5, atol=1e-7)
         assert list(table["nearest"][:2]) == [1, 5]
+        record = json.loads((net / "training_items.json").read_text(encoding="utf-8"))
+        positions = load_dataset(record["data"], n=record["n"], seed=record["seed"]).indices[record["rows"]]
+        assert list(table["nearest_item"][:2]) == positions[[1, 5]].tolist()  # in the whole split
+        assert torch.equal(load_dataset(record["data"]).images[positions], items)
     # a workspace from before the record: refused with what to do, and its next run writes the record
     (net / "training_items.json").unlink()
     flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(net), "--no-progress"]

@@ -41,6 +41,10 @@ def torch_readable(value):
     - A pandas DataFrame or Series becomes its values (``torch.as_tensor`` reads a DataFrame by
       its column labels), copied when pandas hands out a read-only view, as it does under
       copy-on-write: torch warns of a non-writable array.
+    - A DataFrame or Series of pandas' nullable numbers (``Int64``, ``Float64``, ``boolean``, as
+      ``read_parquet(dtype_backend="numpy_nullable")`` or ``convert_dtypes()`` give) becomes int64
+      values, or float64 with NaN where a value is missing (caught then by the finiteness checks):
+      its plain values are Python objects, which torch refused with a TypeError naming no argument.
     - A NumPy array in non-native byte order (``'>f8'`` on a little-endian machine, e.g. read from
       a FITS file or written on another machine) is converted to native order: torch refuses it.
     - A NumPy view with a negative stride (``np.flip(images, 3)``, ``a[::-1]``) is copied: torch
@@ -51,7 +55,9 @@ def torch_readable(value):
     import numpy as np
 
     if hasattr(value, "to_numpy") and not isinstance(value, np.ndarray) and not _is_tensor(value):
-        value = value.to_numpy()
+        frame, value = value, value.to_numpy()
+        if isinstance(value, np.ndarray) and value.dtype == object:
+            value = _nullable_numbers(frame, value)
         if isinstance(value, np.ndarray) and not value.flags.writeable:
             value = value.copy()
     if isinstance(value, np.ndarray) and not value.dtype.isnative:
@@ -59,6 +65,23 @@ def torch_readable(value):
     if isinstance(value, np.ndarray) and any(stride < 0 for stride in value.strides):
         value = np.ascontiguousarray(value)
     return value
+
+
+def _nullable_numbers(frame, values):
+    """The values of a pandas ``frame`` whose columns are all numbers or booleans, some of pandas'
+    nullable kinds, as int64 (integers without a missing value) or float64 (NaN where missing);
+    ``values`` (its object array) for anything else, e.g. a column of strings."""
+    import numpy as np
+    import pandas as pd
+
+    kinds = list(frame.dtypes) if isinstance(frame, pd.DataFrame) else [getattr(frame, "dtype", None)]
+    if not kinds or not all(pd.api.types.is_numeric_dtype(kind) or pd.api.types.is_bool_dtype(kind)
+                            for kind in kinds):
+        return values
+    whole = all(pd.api.types.is_integer_dtype(kind) or pd.api.types.is_bool_dtype(kind) for kind in kinds)
+    if whole and not bool(np.asarray(frame.isna()).any()):
+        return frame.to_numpy(dtype=np.int64)
+    return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _is_tensor(value) -> bool:

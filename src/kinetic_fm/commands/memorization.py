@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..checks import DEVICE_FORMS
 from ._types import bootstrap_seed_number, check_output_path, user_path, writing
@@ -20,7 +21,8 @@ def register(subparsers) -> None:
             "column or the numeric columns), or a folder or .zip of images (PNG/JPEG, read as [-1, 1], one "
             "channel when all are grey, unless the other input is colour); --train may also be a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, "
             "folder:PATH, digits: its whole training split, in [-1, 1]; celeba: grey, centred by the "
-            "mean image of all its faces). A net trained on a subset (kfm train --n) is audited against "
+            "mean image of all its faces, as --samples images from a folder or .zip are then too). "
+            "A net trained on a subset (kfm train --n) is audited against "
             "that subset with --train RUN, its kfm train run folder, and a kfm reproduce net against its "
             "training images with --train OUT/models/general-* or memorizer-*; kfm reproduce keeps its samples "
             "in OUT/cache/<stage>-<hash>.pt (the memorizer's at checkpoint k: memorizer-step<k>-*.pt), read with "
@@ -39,7 +41,9 @@ def register(subparsers) -> None:
                              "data spec such as cifar10:/data/cifar-10-batches-py, or a kfm train run folder "
                              "(exactly the items it trained on: its data spec, --n subset and --seed, read "
                              "from its config.json), or a kfm reproduce net's folder, OUT/models/general-* or "
-                             "memorizer-* (its training images, read from its training_items.json)")
+                             "memorizer-* (its training images, read from its training_items.json); for a run "
+                             "folder the table's nearest is a row of that subset and nearest_item the item's "
+                             "position in the data spec's whole split")
     parser.add_argument("--key", default=None, help="array/column name inside --samples")
     parser.add_argument("--train-key", default=None, help="array/column name inside --train")
     parser.add_argument("--threshold", type=float, default=1 / 3, help="gap-ratio threshold in (0, 1) (default 1/3)")
@@ -98,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--out", args.out), ("--figure", args.figure)):
         if path is not None:
             check_output_path(flag, path, folder=False)
+    if args.out is not None:
+        _check_not_an_input(args.out, ("--samples", args.samples), ("--train", args.train))
     device = single_process_device(args.device, "memorization")
     space, space_name = None, "pixels"
     principal = None if args.space is None else _principal_spec(args.space)
@@ -106,10 +112,14 @@ def run(args: argparse.Namespace) -> int:
 
         net, space_name = load_cifar_resnet_spec(args.space, name="--space")
         space = net.to(device).features
-    samples, sample_files = _load_rows("--samples", args.samples, args.key, args.progress, specs=False)
-    train, train_files = _load_rows("--train", args.train, args.train_key, args.progress, specs=True)
-    samples, train = _grey_folders_as_one_channel(samples, sample_files is not None and _is_folder(args.samples),
-                                                  train, train_files is not None and _is_folder(args.train))
+    samples, sample_files, _, _ = _load_rows("--samples", args.samples, args.key, args.progress, specs=False)
+    train, train_files, train_items, train_mean = _load_rows("--train", args.train, args.train_key, args.progress,
+                                                             specs=True)
+    train_folder = train_files is not None and train_items is None and _is_folder(args.train)  # not a run's
+    samples_folder = sample_files is not None and _is_folder(args.samples)
+    samples, train = _grey_folders_as_one_channel(samples, samples_folder, train, train_folder)
+    if train_mean is not None:
+        samples = _centred_as_train(samples, samples_folder, train_mean, args.samples, args.train)
     samples, train = samples.to(device), train.to(device)
     clamped = ""
     if args.clamp:
@@ -130,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: the bootstrap interval has no width at F_mem = {report.fraction:g} (every resample "
               f"agrees); shown is the Wilson interval (--interval wilson), {low:.4f}–{high:.4f}")
     if args.out is not None:
-        frame = _per_sample_frame(report, sample_files, train_files)
+        frame = _per_sample_frame(report, sample_files, train_files, train_items)
         frame["space"] = space_name
         frame["clamped"] = args.clamp
         from ..runs.atomic import atomic_write
@@ -152,6 +162,30 @@ def run(args: argparse.Namespace) -> int:
             saved = figure.save(args.figure)
         print(f"figure: {saved}")
     return 0
+
+
+def _check_not_an_input(out: str, *inputs: tuple[str, str]) -> None:
+    """ValueError naming the flags when the table ``--out`` would replace what an input reads: the
+    input file itself (``--samples s.parquet --out s.parquet``), or a kfm sample run folder's
+    results table or shards (``--samples RUN --out RUN/results.parquet``); the table replaced
+    the samples without a word."""
+    from pathlib import Path
+
+    from ..runs.manifest import MANIFEST_NAME
+    from ..runs.shards import RESULTS_NAME, SHARD_DIR
+
+    target = Path(out).resolve()
+    for flag, value in inputs:
+        path = Path(value)
+        if not path.exists():
+            continue  # a data spec: it reads no .csv or .parquet file
+        path = path.resolve()
+        run = path.is_dir() and (path / MANIFEST_NAME).is_file()
+        if target == path or (run and (target == path / RESULTS_NAME or path / SHARD_DIR in target.parents)):
+            what = "that file" if target == path else "the run's " + (
+                "results table" if target == path / RESULTS_NAME else "shards")
+            raise ValueError(f"--out {out} would overwrite {what}, which {flag} {value} reads; "
+                             "name another file for the per-sample table")
 
 
 def _principal_spec(spec: str) -> tuple[int, bool] | None:
@@ -205,12 +239,17 @@ def _clamped_to(train, samples):
     return inside, text
 
 
-def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[str] | None):
+def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[str] | None,
+                      train_items=None):
     """The report's table (led by ``sample``, the row of --samples), with the image files' names
-    beside the rows and the nearest training items when the inputs were folders of images."""
+    beside the rows and the nearest training items when the inputs were folders of images, and,
+    for a run folder's training subset, ``nearest_item``: the nearest item's position in the
+    split its data spec loads whole (``nearest`` is its row in the subset)."""
     frame = report.to_frame()
     if sample_files is not None:
         frame.insert(1, "file", sample_files)
+    if train_items is not None:
+        frame.insert(frame.columns.get_loc("nearest") + 1, "nearest_item", train_items[frame["nearest"].to_numpy()])
     if train_files is not None:
         frame.insert(frame.columns.get_loc("nearest") + 1, "nearest_file",
                      [train_files[j] for j in frame["nearest"]])
@@ -218,8 +257,11 @@ def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[
 
 
 def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool):
-    """The rows named by ``value`` and, for a folder or .zip of images, their file names (else
-    None): a data spec (if ``specs``), a folder or .zip of images, or an array file
+    """``(rows, files, items, mean)``: the rows named by ``value``, their image files' names for a
+    folder or .zip of images or a data spec of image files (else None), for a kfm train or
+    reproduce run folder the rows' positions in the split its data spec loads whole (else None),
+    and the mean image a centred data set (celeba:) subtracted from its items (else None): a data
+    spec (if ``specs``), a run folder, a folder or .zip of images, or an array file
     (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``)."""
     from pathlib import Path
 
@@ -243,22 +285,22 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
         raise ValueError(f"--samples {value!r} is a kfm train run folder (a net, not samples): sample it with "
                          "kfm sample --model and pass that run folder")
     if is_run and specs:
-        return _training_rows(path, progress), None
+        return _training_rows(path, progress)
     if is_run:
         import torch
 
         from ..runs.shards import read_samples
 
-        return torch.from_numpy(read_samples(path)), None
+        return torch.from_numpy(read_samples(path)), None, None, None
     if is_spec:
         data = load_dataset(value, progress=progress)
-        return dataset_rows(data), _spec_item_files(value, data)
+        return dataset_rows(data), _spec_item_files(value, data), None, getattr(data, "mean", None)
     if is_images:
         from ..data.images import image_names, load_image_folder
 
         images = load_image_folder(path, labels_from_folders=False, progress=progress).images
-        return images, image_names(path)
-    return load_array(value, key), None
+        return images, image_names(path), None, None
+    return load_array(value, key), None, None, None
 
 
 def _is_folder(value: str) -> bool:
@@ -266,6 +308,40 @@ def _is_folder(value: str) -> bool:
     from pathlib import Path
 
     return Path(value).is_dir() or Path(value).suffix.lower() == ".zip"
+
+
+def _centred_as_train(samples, from_images: bool, mean, samples_value: str, train_value: str):
+    """``samples`` against training items centred by their ``mean`` image (celeba:, or a run trained
+    on it): decoded from image files (which hold [-1, 1] images, never centred ones), centred by the
+    same mean, with a line saying so; as they are otherwise (a kfm sample run of such a net makes
+    centred samples), with a warning when their mean image lies clearly nearer ``mean`` than 0, as
+    uncentred images' does. Exact copies of the training faces read F_mem = 0 (d1 = ‖mean‖) before."""
+    import torch
+
+    if tuple(samples.shape[1:]) != tuple(mean.shape):
+        return samples  # the search names the mismatch
+    if from_images:
+        print(f"--samples {samples_value}: images centred by the mean image of --train {train_value}'s items, "
+              "as those are")
+        return samples.to(torch.float32) - mean.to(samples.device)
+    along = mean.reshape(-1).double().to(samples.device)
+    scale = float(along @ along)
+    if scale == 0 or not samples.is_floating_point():
+        return samples
+    # each row's coefficient on the mean image: ~0 for centred rows, ~1 for uncentred ones, spread
+    # by brightness (σ ≈ 0.8 for CelebA); their mean decides once it lies 4 standard errors off 0
+    coefficients = samples.reshape(samples.shape[0], -1).double() @ along / scale
+    average = float(coefficients.mean())
+    spread = float(coefficients.std()) if samples.shape[0] > 1 else math.inf
+    if average > 0.5 and average > 4 * spread / math.sqrt(samples.shape[0]):
+        import warnings
+
+        warnings.warn(f"--samples {samples_value} look uncentred: their mean image holds {average:.2f} times the "
+                      f"mean image --train {train_value} subtracted from its items (centred samples hold about 0 "
+                      "times it); subtract that mean first (kinetic_fm.data.load_dataset(spec).mean, or a kfm "
+                      "train run's data_mean.safetensors), or the distances measure the offset, not the items",
+                      stacklevel=2)
+    return samples
 
 
 def _grey_folders_as_one_channel(samples, samples_folder: bool, train, train_folder: bool):
@@ -310,7 +386,9 @@ def _training_rows(run, progress: bool):
     """The items a run folder's net trained on, loaded again and checked against the recorded
     shape: for ``kfm train``, the data spec, ``--n`` and ``--seed`` its config.json records; for a
     ``kfm reproduce`` net (``models/general-*``, ``models/memorizer-*``), the data spec, load and
-    rows its training_items.json records."""
+    rows its training_items.json records. Returns ``(items, files, positions, mean)``: the items,
+    their image files (None where the data has none), their positions in the split the spec loads
+    whole (None for 2-D points) and the mean image a centred set subtracted (else None)."""
     import json
     from pathlib import Path
 
@@ -343,20 +421,22 @@ def _training_rows(run, progress: bool):
                 if path and not Path(path).is_absolute() else "")
         raise FileNotFoundError(f"--train {run} trained on {spec!r}, which is not found from here ({Path.cwd()}): "
                                 f"{err}{hint}") from None
-    items = dataset_rows(data)
+    items, files, positions = dataset_rows(data), _spec_item_files(spec, data), data.indices
     loads = f"{spec!r}" + ("" if n is None else f" (n={n}, seed={seed})")  # n None: the whole split
     if rows is not None:
         if not all(isinstance(i, int) and 0 <= i < len(items) for i in rows):
             raise ValueError(f"--train {run}: its {TRAINING_ITEMS} names rows outside the {len(items)} items "
                              f"{loads} loads: the data changed since")
         items = items[rows]
+        files = None if files is None else [files[i] for i in rows]
+        positions = None if positions is None else positions[rows]
     if list(items.shape) != config.get("data_shape"):
         raise ValueError(f"--train {run}: {loads} now loads {list(items.shape)}, but the "
                          f"run trained on {config.get('data_shape')}: the data changed since")
     subset = "" if rows is None else f", {len(rows)} rows of them"
     print(f"--train {run}: the {items.shape[0]} items it trained on ({spec}"
           + ("" if n is None else f", n={n}, seed={seed}") + f"{subset})")
-    return items
+    return items, files, None if positions is None else positions.numpy(), getattr(data, "mean", None)
 
 
 def _cifar_images(name: str, x):
