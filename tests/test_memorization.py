@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -634,8 +635,6 @@ def test_cli_reads_image_folders_zips_and_data_specs(tmp_path, capsys):
         else:
             np.testing.assert_array_equal(table["ratio"][:10], 0.0)
         assert (table["ratio"][10:] > 1 / 3).all()
-        import pandas as pd
-
         named = pd.read_csv(out)                                   # rows named by their files
         prefix = "gen/" if str(samples).endswith(".zip") else ""
         assert named["sample"].tolist() == list(range(16))
@@ -1005,6 +1004,26 @@ def test_binary_rows_are_audited_as_zeros_and_ones_like_the_other_metrics():
     found = kfm.nearest_neighbors(samples, train, 3)
     brute = torch.cdist(samples.double(), train.double()).topk(3, largest=False)
     torch.testing.assert_close(found.distances, brute.values, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("value, says", [
+    (np.array([["a", "b"], ["c", "d"]]), "got a NumPy array of dtype <U1"),
+    (pd.DataFrame({"a": [1.0, 2.0], "label": ["cat", "dog"]}), "its column label holds no numbers"),
+    (pd.DataFrame({"u": ["1"], "v": ["2"]}), "its columns u, v hold no numbers"),
+    (np.array([[1.0, None], [2.0, 3.0]], dtype=object), "got a NumPy array of dtype object"),
+    ([[1.0, 2.0], [3.0]], "got a nested sequence that is not a rectangular array"),
+])
+@pytest.mark.parametrize("side", ["samples", "train"])
+def test_inputs_torch_cannot_read_are_refused_by_their_own_name(value, says, side):
+    # torch's own TypeError ("can't convert np.ndarray of type numpy.str_ ...") named neither input
+    sets = {"samples": np.random.rand(2, 2), "train": np.random.rand(5, 2), side: value}
+    with pytest.raises(ValueError, match=rf"^{side} must be an \(n, \.\.\.\) array of numbers; {says}"):
+        kfm.memorization(sets["samples"], sets["train"])
+    if isinstance(value, list):
+        return  # nearest_neighbors takes arrays and frames only
+    named = "queries" if side == "samples" else "reference"
+    with pytest.raises(ValueError, match=rf"^{named} must be an \(n, \.\.\.\) array of numbers; {says}"):
+        kfm.nearest_neighbors(sets["samples"], sets["train"], 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64])

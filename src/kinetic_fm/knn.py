@@ -78,12 +78,36 @@ def as_rows(name: str, value) -> torch.Tensor:
     """``value`` as a tensor of shape (n, ...) with n ≥ 1; ValueError naming ``name`` otherwise.
     A pandas DataFrame or Series counts as its values (rows as rows)."""
     # a tensor as it is: torch.as_tensor would move it under torch.set_default_device
-    tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(torch_readable(value))
+    try:
+        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(torch_readable(value))
+    except (TypeError, ValueError, RuntimeError) as err:  # torch's own words name no argument
+        first = str(err).split(". ")[0]
+        raise ValueError(f"{name} must be an (n, ...) array of numbers; {_not_numbers(value)} ({first})") from None
     if tensor.dim() == 0:
         raise ValueError(f"{name} must have shape (n, ...), got a scalar")
     if tensor.shape[0] == 0:
         raise ValueError(f"{name} is empty (0 rows)")
     return tensor
+
+
+def _not_numbers(value) -> str:
+    """What keeps ``value`` from being a tensor of numbers, in a few words."""
+    import numpy as np
+
+    dtypes = getattr(value, "dtypes", None)   # a pandas DataFrame: name the columns that are not numbers
+    if dtypes is not None and hasattr(dtypes, "items"):
+        import pandas as pd
+
+        text = [str(c) for c, kind in dtypes.items()
+                if not (pd.api.types.is_numeric_dtype(kind) or pd.api.types.is_bool_dtype(kind))]
+        if text:
+            listed = ", ".join(text[:5]) + (" ..." if len(text) > 5 else "")
+            return f"its column {listed} holds no numbers" if len(text) == 1 else f"its columns {listed} hold no numbers"
+    if isinstance(value, np.ndarray):
+        return f"got a NumPy array of dtype {value.dtype}"
+    if isinstance(value, (list, tuple)):
+        return "got a nested sequence that is not a rectangular array of numbers"
+    return f"got {type(value).__name__}"
 
 
 def check_exact_integers(name: str, tensor: torch.Tensor) -> None:
