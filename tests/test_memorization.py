@@ -1329,7 +1329,9 @@ def test_image_files_against_a_centred_celeba_spec_are_centred_alike(tmp_path, c
     assert sorted(table["nearest"]) == sorted(picks)
     np.testing.assert_allclose(table["d1"], 0.0, atol=1e-5)
 
-    for rows, uncentred in ((data.images + data.mean, True), (data.images, False)):
+    # flat (n, H·W) arrays, which the search compares as the items, too: they were not looked at
+    flat = (data.images + data.mean).reshape(data.images.shape[0], -1)
+    for rows, uncentred in ((data.images + data.mean, True), (data.images, False), (flat, True)):
         np.save(tmp_path / "s.npy", rows.numpy())
         assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", spec, "--bootstrap", "0",
                      "--no-progress"]) == 0

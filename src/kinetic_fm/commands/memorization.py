@@ -330,8 +330,9 @@ def _centred_as_train(samples, from_images: bool, mean, samples_value: str, trai
     uncentred images' does. Exact copies of the training faces read F_mem = 0 (d1 = ‖mean‖) before."""
     import torch
 
-    if tuple(samples.shape[1:]) != tuple(mean.shape):
-        return samples  # the search names the mismatch
+    same = tuple(samples.shape[1:]) == tuple(mean.shape)
+    if not same and (from_images or math.prod(samples.shape[1:]) != mean.numel()):
+        return samples  # the search names the mismatch (flat (n, H·W) arrays are compared as items)
     if from_images:
         print(f"--samples {samples_value}: images centred by the mean image of --train {train_value}'s items, "
               "as those are")
