@@ -554,6 +554,16 @@ def test_truncated_bound_reaches_the_subnormals():
     assert 0 < truth[0] < 1e-310 and bound[0] >= truth[0] and bound[0] < 1e-300
 
 
+def test_truncated_bound_is_a_number_where_its_rounding_bound_overflows():
+    # x ~1e150 (within float64's magnitude limit) at t = 1 − 1e-6, the best atom at the origin: the
+    # logit rounding bound's λ_b² overflows to inf and μ = 0, and 5·μ·(λ_j + λ_b) = 0·inf made the
+    # neglected bound NaN (it was 2.3e-16 before the rounding bound; 1 is true, if loose)
+    atoms = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    x = torch.tensor([[0.4, 1e150]], dtype=torch.float64)
+    bound = kfm.EmpiricalFlow(atoms, truncate=1).evaluate(x, 1 - 1e-6).diagnostics.neglected_bound
+    assert 0 <= bound[0] <= 1
+
+
 def test_recorder_traces_dominance_along_a_run(atoms):
     recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
     res = kfm.sample(recorder, seeds=range(6), shape=(3, 4, 4), steps=20)

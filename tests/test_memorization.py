@@ -1196,6 +1196,29 @@ def test_cli_out_never_replaces_an_input(digits_runs, tmp_path, capsys):
     assert len(pd.read_parquet(tmp_path / "audit.parquet")) == 6
 
 
+def test_cli_figure_never_replaces_or_adds_an_input_image(tmp_path, capsys):
+    # --figure imgs/0.png with --samples imgs (or --train folder:imgs) replaced a sample image with
+    # the figure, without a word; a new PNG there would be read as a sample the next time
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in ("s", "t"):
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(tmp_path / folder / f"{i}.png")
+    kept = {p: p.read_bytes() for p in tmp_path.rglob("*.png")}
+    for samples, train, figure, what in (
+            ("s", "t", "s/0.png", "overwrite one of the images, which --samples"),
+            ("s", "folder:" + str(tmp_path / "t"), "t/1.png", "overwrite one of the images, which --train"),
+            ("s", "t", "t/sub/new.png", "add an image to the folder of images, which --train")):
+        samples = samples if ":" in samples else str(tmp_path / samples)
+        train = train if ":" in train else str(tmp_path / train)
+        assert main(["memorization", "--samples", samples, "--train", train, "--bootstrap", "0",
+                     "--no-progress", "--figure", str(tmp_path / figure)]) == 2
+        assert f"--figure {tmp_path / figure} would {what}" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.png")} == kept
+
+
 def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(tmp_path):
     """--train folder:PATH loads the same images as --train PATH; its table names them alike."""
     import pandas as pd
@@ -1306,7 +1329,9 @@ def test_image_files_against_a_centred_celeba_spec_are_centred_alike(tmp_path, c
     assert sorted(table["nearest"]) == sorted(picks)
     np.testing.assert_allclose(table["d1"], 0.0, atol=1e-5)
 
-    for rows, uncentred in ((data.images + data.mean, True), (data.images, False)):
+    # flat (n, H·W) arrays, which the search compares as the items, too: they were not looked at
+    flat = (data.images + data.mean).reshape(data.images.shape[0], -1)
+    for rows, uncentred in ((data.images + data.mean, True), (data.images, False), (flat, True)):
         np.save(tmp_path / "s.npy", rows.numpy())
         assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", spec, "--bootstrap", "0",
                      "--no-progress"]) == 0

@@ -102,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--out", args.out), ("--figure", args.figure)):
         if path is not None:
             check_output_path(flag, path, folder=False)
-    if args.out is not None:
-        _check_not_an_input(args.out, ("--samples", args.samples), ("--train", args.train))
+    for flag, path in (("--out", args.out), ("--figure", args.figure)):
+        if path is not None:
+            _check_not_an_input(flag, path, ("--samples", args.samples), ("--train", args.train))
     device = single_process_device(args.device, "memorization")
     space, space_name = None, "pixels"
     principal = None if args.space is None else _principal_spec(args.space)
@@ -164,28 +165,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_not_an_input(out: str, *inputs: tuple[str, str]) -> None:
-    """ValueError naming the flags when the table ``--out`` would replace what an input reads: the
-    input file itself (``--samples s.parquet --out s.parquet``), or a kfm sample run folder's
-    results table or shards (``--samples RUN --out RUN/results.parquet``); the table replaced
-    the samples without a word."""
+def _check_not_an_input(flag: str, out: str, *inputs: tuple[str, str]) -> None:
+    """ValueError naming the flags when the file ``out`` (--out's table, --figure's PNG) would replace
+    what an input reads: the input file itself (``--samples s.parquet --out s.parquet``), a kfm
+    sample run folder's results table or shards (``--samples RUN --out RUN/results.parquet``), or an
+    image of a folder of images, given directly or by a ``folder:``/``celeba:`` spec (``--samples
+    imgs --figure imgs/0.png``: a new image there would be read as one next time); the table
+    replaced the samples, and the figure a sample image, without a word."""
     from pathlib import Path
 
+    from ..data.images import IMAGE_EXTENSIONS
     from ..runs.manifest import MANIFEST_NAME
     from ..runs.shards import RESULTS_NAME, SHARD_DIR
 
     target = Path(out).resolve()
-    for flag, value in inputs:
+    for name, value in inputs:
         path = Path(value)
-        if not path.exists():
-            continue  # a data spec: it reads no .csv or .parquet file
+        if not path.exists():   # a data spec: only folder: and celeba: name files (their images)
+            kind, _, spec_path = value.partition(":")
+            if kind not in ("folder", "celeba") or not Path(spec_path).expanduser().exists():
+                continue
+            path = Path(spec_path).expanduser()
         path = path.resolve()
         run = path.is_dir() and (path / MANIFEST_NAME).is_file()
-        if target == path or (run and (target == path / RESULTS_NAME or path / SHARD_DIR in target.parents)):
-            what = "that file" if target == path else "the run's " + (
-                "results table" if target == path / RESULTS_NAME else "shards")
-            raise ValueError(f"--out {out} would overwrite {what}, which {flag} {value} reads; "
-                             "name another file for the per-sample table")
+        images = (path.is_dir() and not run and path in target.parents
+                  and target.suffix.lower() in IMAGE_EXTENSIONS)
+        if target == path or images or (run and (target == path / RESULTS_NAME or path / SHARD_DIR in target.parents)):
+            if target == path or not images:
+                what = "overwrite " + ("that file" if target == path else "the run's " + (
+                    "results table" if target == path / RESULTS_NAME else "shards"))
+            else:   # the folder's images are read recursively: a new one would be read next time
+                what = "overwrite one of the images" if target.exists() else "add an image to the folder of images"
+            raise ValueError(f"{flag} {out} would {what}, which {name} {value} reads; "
+                             f"name another file for the {'figure' if flag == '--figure' else 'per-sample table'}")
 
 
 def _principal_spec(spec: str) -> tuple[int, bool] | None:
@@ -318,8 +330,9 @@ def _centred_as_train(samples, from_images: bool, mean, samples_value: str, trai
     uncentred images' does. Exact copies of the training faces read F_mem = 0 (d1 = ‖mean‖) before."""
     import torch
 
-    if tuple(samples.shape[1:]) != tuple(mean.shape):
-        return samples  # the search names the mismatch
+    same = tuple(samples.shape[1:]) == tuple(mean.shape)
+    if not same and (from_images or math.prod(samples.shape[1:]) != mean.numel()):
+        return samples  # the search names the mismatch (flat (n, H·W) arrays are compared as items)
     if from_images:
         print(f"--samples {samples_value}: images centred by the mean image of --train {train_value}'s items, "
               "as those are")

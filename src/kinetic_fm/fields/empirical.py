@@ -771,6 +771,7 @@ def _relative_logit_rounding(x, t, one_minus, best, rel):
     lam_b, mu = (rho_b * per_unit)[:, None], (t * y_norm * per_unit)[:, None]
     both = torch.sqrt(lam_b.square() + (-rel).clamp_min(0.0)) + lam_b   # λ_j + λ_b
     error = _U64 * ((dim + 8) * both.square() + 5.0 * mu * both + 8.0 * rel.abs())
+    error.nan_to_num_(nan=math.inf)   # λ² past float64's range with μ = 0: 0·inf is an unbounded error
     error[:, 0] = 0.0
     return error
 
