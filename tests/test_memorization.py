@@ -1329,9 +1329,16 @@ def test_image_files_against_a_centred_celeba_spec_are_centred_alike(tmp_path, c
     assert sorted(table["nearest"]) == sorted(picks)
     np.testing.assert_allclose(table["d1"], 0.0, atol=1e-5)
 
-    # flat (n, H·W) arrays, which the search compares as the items, too: they were not looked at
+    # flat (n, H·W) arrays, which the search compares as the items, too: they were not looked at.
+    # Centred copies of the brightest face (a memorizing net's samples) are centred: a first rule,
+    # the samples' mean coefficient on the mean image above 0.5, called them uncentred
     flat = (data.images + data.mean).reshape(data.images.shape[0], -1)
-    for rows, uncentred in ((data.images + data.mean, True), (data.images, False), (flat, True)):
+    along = data.mean.reshape(-1)
+    brightest = int((data.images.reshape(len(data.images), -1) @ along).argmax())
+    copies = data.images[[brightest] * 8]
+    assert float(copies[0].reshape(-1) @ along / (along @ along)) > 0.5
+    for rows, uncentred in ((data.images + data.mean, True), (data.images, False), (flat, True), (copies, False),
+                            (copies + data.mean, True)):
         np.save(tmp_path / "s.npy", rows.numpy())
         assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", spec, "--bootstrap", "0",
                      "--no-progress"]) == 0

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     samples_folder = sample_files is not None and _is_folder(args.samples)
     samples, train = _grey_folders_as_one_channel(samples, samples_folder, train, train_folder)
     if train_mean is not None:
-        samples = _centred_as_train(samples, samples_folder, train_mean, args.samples, args.train)
+        samples = _centred_as_train(samples, train, samples_folder, train_mean, args.samples, args.train)
     samples, train = samples.to(device), train.to(device)
     clamped = ""
     if args.clamp:
@@ -322,12 +322,12 @@ def _is_folder(value: str) -> bool:
     return Path(value).is_dir() or Path(value).suffix.lower() == ".zip"
 
 
-def _centred_as_train(samples, from_images: bool, mean, samples_value: str, train_value: str):
+def _centred_as_train(samples, train, from_images: bool, mean, samples_value: str, train_value: str):
     """``samples`` against training items centred by their ``mean`` image (celeba:, or a run trained
     on it): decoded from image files (which hold [-1, 1] images, never centred ones), centred by the
     same mean, with a line saying so; as they are otherwise (a kfm sample run of such a net makes
-    centred samples), with a warning when their mean image lies clearly nearer ``mean`` than 0, as
-    uncentred images' does. Exact copies of the training faces read F_mem = 0 (d1 = ‖mean‖) before."""
+    centred samples), with a warning when they look uncentred (:func:`_looks_uncentred`). Exact
+    copies of the training faces read F_mem = 0 (d1 = ‖mean‖) before."""
     import torch
 
     same = tuple(samples.shape[1:]) == tuple(mean.shape)
@@ -337,24 +337,43 @@ def _centred_as_train(samples, from_images: bool, mean, samples_value: str, trai
         print(f"--samples {samples_value}: images centred by the mean image of --train {train_value}'s items, "
               "as those are")
         return samples.to(torch.float32) - mean.to(samples.device)
-    along = mean.reshape(-1).double().to(samples.device)
-    scale = float(along @ along)
-    if scale == 0 or not samples.is_floating_point():
-        return samples
-    # each row's coefficient on the mean image: ~0 for centred rows, ~1 for uncentred ones, spread
-    # by brightness (σ ≈ 0.8 for CelebA); their mean decides once it lies 4 standard errors off 0
-    coefficients = samples.reshape(samples.shape[0], -1).double() @ along / scale
-    average = float(coefficients.mean())
-    spread = float(coefficients.std()) if samples.shape[0] > 1 else math.inf
-    if average > 0.5 and average > 4 * spread / math.sqrt(samples.shape[0]):
+    if samples.is_floating_point() and _looks_uncentred(samples, train, mean):
         import warnings
 
-        warnings.warn(f"--samples {samples_value} look uncentred: their mean image holds {average:.2f} times the "
-                      f"mean image --train {train_value} subtracted from its items (centred samples hold about 0 "
-                      "times it); subtract that mean first (kinetic_fm.data.load_dataset(spec).mean, or a kfm "
-                      "train run's data_mean.safetensors), or the distances measure the offset, not the items",
+        warnings.warn(f"--samples {samples_value} look uncentred: with the mean image --train {train_value} "
+                      "subtracted from its items taken off them too, they lie less than half as far from those "
+                      "items; subtract that mean first (kinetic_fm.data.load_dataset(spec).mean, or a kfm train "
+                      "run's data_mean.safetensors), or the distances measure the offset, not the items",
                       stacklevel=2)
     return samples
+
+
+# how many samples (evenly spaced) _looks_uncentred searches twice
+_CENTRING_PROBES = 64
+
+
+def _looks_uncentred(samples, train, mean) -> bool:
+    """Whether samples audited against items centred by ``mean`` lie less than half as far from
+    them (median nearest distance of up to 64 evenly spaced samples) once ``mean`` is taken off.
+
+    Centred samples move away by about ‖mean‖ when it is taken off, copies of training items
+    most of all; uncentred copies land on their items and uncentred fresh samples shed the
+    offset. A statistic of the samples alone cannot tell: a centred face's coefficient on the mean
+    image spreads with its brightness (σ ≈ 0.8 on CelebA), so centred copies of a few training
+    faces (a memorizing net's samples) averaged above 0.5 in a third of draws at n = 1."""
+    import torch
+
+    from ..knn import nearest_neighbors
+
+    picks = torch.linspace(0, samples.shape[0] - 1, min(samples.shape[0], _CENTRING_PROBES)).round().long()
+    probes = samples[picks.to(samples.device)].reshape(len(picks), -1).double()
+    items = train.reshape(train.shape[0], -1)
+    if items.shape[1] != probes.shape[1]:
+        return False
+    shift = mean.reshape(1, -1).double().to(probes.device)
+    as_given = nearest_neighbors(probes, items, 1).distances[:, 0].median()
+    shed = nearest_neighbors(probes - shift, items, 1).distances[:, 0].median()
+    return bool(shed < 0.5 * as_given)
 
 
 def _grey_folders_as_one_channel(samples, samples_folder: bool, train, train_folder: bool):
