@@ -388,11 +388,14 @@ def test_a_hint_reaches_the_message_where_exceptions_have_no_notes():
     # BaseException.add_note only, so on Python 3.10 they were silently dropped
     from kinetic_fm.checks import add_note
 
-    err = _NoNotes("mat1 and mat2 shapes cannot be multiplied", 7)
+    err = _NoNotes("mat1 and mat2 shapes cannot be multiplied")
     add_note(err, "first hint")
     add_note(err, "second hint")
-    assert err.args == ("mat1 and mat2 shapes cannot be multiplied\nfirst hint\nsecond hint", 7)
+    assert err.args == ("mat1 and mat2 shapes cannot be multiplied\nfirst hint\nsecond hint",)
     assert err.__notes__ == ["first hint", "second hint"]
+    several = _NoNotes(2, "No such file")          # printed from its arguments: left as it is
+    add_note(several, "hint")
+    assert several.args == (2, "No such file") and several.__notes__ == ["hint"]
     bare = _NoNotes()
     add_note(bare, "hint")
     assert bare.args == () and bare.__notes__ == ["hint"]

@@ -110,7 +110,8 @@ def test_resume_of_a_folder_holding_no_run_says_it_starts_one(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--n", 0], "--n must be >= 1"),
+    (["--n", 0], "--n must lie in [1, 2**32], got 0"),
+    (["--n", 2**32 + 1], "--n must lie in [1, 2**32], got 4294967297"),   # it blamed --seed-start 0
     (["--steps", 0], "--steps must be >= 1"),
     (["--dim", 0], "--dim must be >= 1"),
     (["--beta0", 0.2], "error: --beta0 = 0.2 makes η(t) ≤ 0"),      # it named KTS's beta0

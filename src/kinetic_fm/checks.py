@@ -374,14 +374,16 @@ class VelocityOutputError(TypeError, ValueError):
 def add_note(err: BaseException, note: str) -> None:
     """Attach a hint to an exception on its way out: ``err.add_note(note)`` (Python >= 3.11 prints
     notes under the message). Python 3.10 has no notes, and there the hint went missing: the note
-    is appended to a string message instead (and kept in ``err.__notes__``, as 3.11 keeps it)."""
+    is appended to the message instead when that is the exception's one argument (torch's errors,
+    ``ValueError(text)``; others, ``OSError(errno, text)`` or ``ValueError(text, 3)``, would print
+    it garbled), and kept in ``err.__notes__``, as 3.11 keeps it."""
     if hasattr(err, "add_note"):
         err.add_note(note)
         return
     notes = getattr(err, "__notes__", None)
     err.__notes__ = [*(notes if isinstance(notes, list) else []), note]
-    if err.args and isinstance(err.args[0], str):
-        err.args = (f"{err.args[0]}\n{note}", *err.args[1:])
+    if len(err.args) == 1 and isinstance(err.args[0], str):
+        err.args = (f"{err.args[0]}\n{note}",)
 
 
 def tensor_output(out: object, who: str = "velocity") -> torch.Tensor:

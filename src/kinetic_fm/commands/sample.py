@@ -371,8 +371,8 @@ def _validate(args) -> None:
 
     _fixed_grid_defaults(args)
 
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if not 1 <= args.n <= SEED_LIMIT:  # one seed a sample, each below 2**32
+        raise ValueError(f"--n must lie in [1, 2**32], got {args.n}")
     if args.seed_start > SEED_LIMIT - args.n:  # the run plan refuses it too, as "seed_start", after the net loads
         raise ValueError(f"--seed-start must lie in [0, 2**32 - --n] = [0, {SEED_LIMIT - args.n}] (the seeds "
                          f"S .. S+n-1 stay below 2**32; {SEED_NOTE}), got {args.seed_start}")
