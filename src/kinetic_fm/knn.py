@@ -102,7 +102,8 @@ def _not_numbers(value) -> str:
                 if not (pd.api.types.is_numeric_dtype(kind) or pd.api.types.is_bool_dtype(kind))]
         if text:
             listed = ", ".join(text[:5]) + (" ..." if len(text) > 5 else "")
-            return f"its column {listed} holds no numbers" if len(text) == 1 else f"its columns {listed} hold no numbers"
+            return (f"its column {listed} holds no numbers" if len(text) == 1
+                    else f"its columns {listed} hold no numbers")
     if isinstance(value, np.ndarray):
         return f"got a NumPy array of dtype {value.dtype}"
     if isinstance(value, (list, tuple)):
