@@ -1343,6 +1343,11 @@ def test_image_files_against_a_centred_celeba_spec_are_centred_alike(tmp_path, c
         assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", spec, "--bootstrap", "0",
                      "--no-progress"]) == 0
         assert ("look uncentred" in capsys.readouterr().err) is uncentred
+    bad = data.images.clone()
+    bad[1, 0, 0, 0] = float("nan")      # the centring check's own search named it "queries"
+    np.save(tmp_path / "s.npy", bad.numpy())
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", spec, "--no-progress"]) == 2
+    assert "error: samples contains NaN or inf in 1 row(s), first at row 1" in capsys.readouterr().err
 
 
 def test_a_cifar10_image_tree_spec_names_the_nearest_training_files(tmp_path):

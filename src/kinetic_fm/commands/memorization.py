@@ -368,8 +368,8 @@ def _looks_uncentred(samples, train, mean) -> bool:
     picks = torch.linspace(0, samples.shape[0] - 1, min(samples.shape[0], _CENTRING_PROBES)).round().long()
     probes = samples[picks.to(samples.device)].reshape(len(picks), -1).double()
     items = train.reshape(train.shape[0], -1)
-    if items.shape[1] != probes.shape[1]:
-        return False
+    if items.shape[1] != probes.shape[1] or not bool(torch.isfinite(probes).all()):
+        return False  # the audit names the mismatch or the bad row
     shift = mean.reshape(1, -1).double().to(probes.device)
     as_given = nearest_neighbors(probes, items, 1).distances[:, 0].median()
     shed = nearest_neighbors(probes - shift, items, 1).distances[:, 0].median()
