@@ -67,6 +67,13 @@ def torch_readable(value):
     return value
 
 
+def is_number_kind(kind) -> bool:
+    """Whether a pandas column ``kind`` (dtype) holds numbers or booleans, nullable kinds included."""
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(kind) or pd.api.types.is_bool_dtype(kind)
+
+
 def _nullable_numbers(frame, values):
     """The values of a pandas ``frame`` whose columns are all numbers or booleans, some of pandas'
     nullable kinds, as int64 (integers without a missing value) or float64 (NaN where missing);
@@ -75,8 +82,7 @@ def _nullable_numbers(frame, values):
     import pandas as pd
 
     kinds = list(frame.dtypes) if isinstance(frame, pd.DataFrame) else [getattr(frame, "dtype", None)]
-    if not kinds or not all(pd.api.types.is_numeric_dtype(kind) or pd.api.types.is_bool_dtype(kind)
-                            for kind in kinds):
+    if not kinds or not all(is_number_kind(kind) for kind in kinds):
         return values
     whole = all(pd.api.types.is_integer_dtype(kind) or pd.api.types.is_bool_dtype(kind) for kind in kinds)
     if whole and not bool(np.asarray(frame.isna()).any()):

@@ -46,7 +46,8 @@ import torch
 
 from . import gemm
 from .blocks import block_size
-from .checks import as_scalar, check_flag, check_integer, check_same_layout, is_integer, positive_integer, torch_readable
+from .checks import (as_scalar, check_flag, check_integer, check_same_layout, is_integer, is_number_kind,
+                     positive_integer, torch_readable)
 from .exact_scaling import TINY, times_power_of_two, unit_exponent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,10 +97,7 @@ def _not_numbers(value) -> str:
 
     dtypes = getattr(value, "dtypes", None)   # a pandas DataFrame: name the columns that are not numbers
     if dtypes is not None and hasattr(dtypes, "items"):
-        import pandas as pd
-
-        text = [str(c) for c, kind in dtypes.items()
-                if not (pd.api.types.is_numeric_dtype(kind) or pd.api.types.is_bool_dtype(kind))]
+        text = [str(c) for c, kind in dtypes.items() if not is_number_kind(kind)]
         if text:
             listed = ", ".join(text[:5]) + (" ..." if len(text) > 5 else "")
             return (f"its column {listed} holds no numbers" if len(text) == 1

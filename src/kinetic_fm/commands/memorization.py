@@ -102,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--out", args.out), ("--figure", args.figure)):
         if path is not None:
             check_output_path(flag, path, folder=False)
-    for flag, path in (("--out", args.out), ("--figure", args.figure)):
-        if path is not None:
             _check_not_an_input(flag, path, ("--samples", args.samples), ("--train", args.train))
     device = single_process_device(args.device, "memorization")
     space, space_name = None, "pixels"
@@ -188,16 +186,19 @@ def _check_not_an_input(flag: str, out: str, *inputs: tuple[str, str]) -> None:
             path = Path(spec_path).expanduser()
         path = path.resolve()
         run = path.is_dir() and (path / MANIFEST_NAME).is_file()
-        images = (path.is_dir() and not run and path in target.parents
-                  and target.suffix.lower() in IMAGE_EXTENSIONS)
-        if target == path or images or (run and (target == path / RESULTS_NAME or path / SHARD_DIR in target.parents)):
-            if target == path or not images:
-                what = "overwrite " + ("that file" if target == path else "the run's " + (
-                    "results table" if target == path / RESULTS_NAME else "shards"))
-            else:   # the folder's images are read recursively: a new one would be read next time
-                what = "overwrite one of the images" if target.exists() else "add an image to the folder of images"
-            raise ValueError(f"{flag} {out} would {what}, which {name} {value} reads; "
-                             f"name another file for the {'figure' if flag == '--figure' else 'per-sample table'}")
+        if target == path:
+            what = "overwrite that file"
+        elif run and target == path / RESULTS_NAME:
+            what = "overwrite the run's results table"
+        elif run and path / SHARD_DIR in target.parents:
+            what = "overwrite the run's shards"
+        elif path.is_dir() and not run and path in target.parents and target.suffix.lower() in IMAGE_EXTENSIONS:
+            # the folder's images are read recursively: a new one would be read next time
+            what = "overwrite one of the images" if target.exists() else "add an image to the folder of images"
+        else:
+            continue
+        raise ValueError(f"{flag} {out} would {what}, which {name} {value} reads; "
+                         f"name another file for the {'figure' if flag == '--figure' else 'per-sample table'}")
 
 
 def _principal_spec(spec: str) -> tuple[int, bool] | None:
