@@ -414,6 +414,29 @@ def test_truncated_mode_reports_a_valid_neglected_mass_bound(backend):
     assert rel_err(full, ref) < 1e-10
 
 
+def test_the_faiss_backend_takes_the_logits_route_where_x_over_t_is_past_float32(monkeypatch):
+    # its atoms come from a search of x/t in float32: at t = 1e-20 that raised "queries holds values
+    # up to 3e+20", naming an argument the caller never passed (22nd session's list); such a call
+    # now picks its atoms from the screening GEMM, as backend="torch" does, and gets the same answer
+    pytest.importorskip("faiss")
+    from kinetic_fm.fields import empirical
+
+    searched = []
+    search = empirical.nearest_neighbors
+    monkeypatch.setattr(empirical, "nearest_neighbors", lambda *a, **kw: searched.append(1) or search(*a, **kw))
+    g = torch.Generator().manual_seed(3)
+    atoms, x = torch.randn(100, 8, generator=g), torch.randn(4, 8, generator=g)
+    by_faiss = kfm.EmpiricalFlow(atoms, truncate=5, backend="faiss")
+    by_torch = kfm.EmpiricalFlow(atoms, truncate=5)
+    for t in (1e-20, 1e-30, 1e-300):
+        out, ref = by_faiss.evaluate(x, t), by_torch.evaluate(x, t)
+        assert torch.equal(out.velocity, ref.velocity) and torch.isfinite(out.velocity).all()
+        assert torch.equal(out.diagnostics.neglected_bound, ref.diagnostics.neglected_bound)
+    assert not searched
+    by_faiss.evaluate(x, 1e-10)    # still within float32's reach: searched
+    assert searched
+
+
 def test_the_faiss_backend_without_truncate_is_warned_of_as_ignored():
     # it picks truncated mode's atoms; without truncate the field weighs all N, and the setting
     # went without a word (helper-132)

@@ -76,7 +76,8 @@ k largest: up to 4,096 candidates are all re-scored exactly, the exact top k kep
 is the candidates' mass left out plus N·e^(−cutoff); a row with more candidates takes the
 certified k-nearest-neighbour search of x/t (:func:`kinetic_fm.nearest_neighbors`),
 R = (N − k)·exp(ℓ_(k) − logsumexp(ℓ_kept)). Every row with ``backend="faiss"`` takes that search,
-through faiss. It skips step 4's second product and
+through faiss (but for a call so early that x/t would overflow faiss's float32 distances, t ≲ 1e-18
+for data of unit size: it takes the torch backend's route). It skips step 4's second product and
 exponentials; the screening GEMM is the same.
 
 The bound is a true bound on the mass the exact posterior (of the x and t given, in exact
@@ -109,6 +110,7 @@ from .. import gemm
 from ..checks import as_scalar, check_integer, is_real, optional_integer, positive_integer, torch_readable
 from ..blocks import block_size
 from ..knn import (
+    abs_max,
     check_exact_integers,
     check_finite,
     check_magnitude,
@@ -220,7 +222,8 @@ class EmpiricalFlow:
         truncate: keep at most k atoms per query, those of largest logit (None: all N); see
             the module docs for the bound on the mass dropped.
         backend: how truncated mode picks its atoms: "torch" from the screening GEMM's logits,
-            "faiss" by a faiss search of x/t.
+            "faiss" by a faiss search of x/t (for a call with t ≲ 1e-18, which that search
+            cannot take in float32, from the logits as "torch" does).
 
     ``field(x, t)`` takes x (B, ...) with the training tensor's trailing shape, on its device, and
     t (B,) (or a scalar) in [0, 1], and returns v*(x, t) with x's shape, dtype and device (for
@@ -439,7 +442,10 @@ class EmpiricalFlow:
         ``values``, when given, the rows' pending value check (:class:`_NotAllFine` when a row is
         not fine, holding the blocks done before its own)."""
         if self.truncate and self.backend == "faiss":
-            return self._solve_truncated_by_search(x, t, top_k)
+            # the search is of x/t: at t ≲ 1e-18 (unit data) its float32 squared distances would
+            # overflow, and the screening GEMM, which never divides by t, picks the atoms instead
+            if abs_max(x) <= float(t.min()) * magnitude_limit(torch.float32, self.dim):
+                return self._solve_truncated_by_search(x, t, top_k)
         step, parts = self.batch_chunk, []
         for b0 in range(0, x.shape[0], step):
             try:
