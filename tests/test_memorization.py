@@ -865,6 +865,21 @@ def test_array_files_in_foreign_byte_order_and_a_key_for_npy(tmp_path):
         load_array(tmp_path / "big.npy", key="x")
 
 
+def test_a_key_on_a_pt_file_of_one_tensor_is_refused(tmp_path, capsys):
+    """--train-key x on a .pt file holding a bare tensor (not a dict) was ignored without a word,
+    as a key on a .npy file is refused: the user who names an array expects that one read."""
+    from kinetic_fm.metrics._arrays import load_array
+
+    torch.save(torch.zeros(3, 2), tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match=r"bare.pt: holds one tensor \(not a dict\), so key='x' does not apply"):
+        load_array(tmp_path / "bare.pt", key="x")
+    assert load_array(tmp_path / "bare.pt").shape == (3, 2)
+    torch.save({"x": torch.ones(4, 2)}, tmp_path / "named.pt")
+    assert main(["memorization", "--samples", str(tmp_path / "named.pt"), "--key", "x",
+                 "--train", str(tmp_path / "bare.pt"), "--train-key", "x", "--no-progress"]) == 2
+    assert "so key='x' does not apply" in capsys.readouterr().err
+
+
 def _write_bad(path):
     """Files `kfm memorization` must refuse with one line naming the file (audit F6)."""
     import pyarrow as pa

@@ -24,7 +24,7 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
 
     * ``.npy``: the array. ``.npz``: the array named ``key``, else the only one (an archive of
       several, e.g. images and labels, must be told which: guessing could audit the labels).
-    * ``.pt`` / ``.pth``: a tensor, or the tensor named ``key`` (else the only one) in a dict;
+    * ``.pt`` / ``.pth``: a tensor (no ``key``), or the tensor named ``key`` (else the only one) in a dict;
       loaded with ``weights_only=True`` (no arbitrary code runs).
     * ``.parquet``: the list/array column ``key`` (lists nested to any depth, e.g. images, are
       flattened row by row, and restored to one sample's shape when the column records it, as a
@@ -59,6 +59,8 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
                 obj = next(iter(tensors.values()))
             else:
                 raise ValueError(f"{path}: a dict of {len(tensors)} tensors {sorted(tensors)}; {_NAME_ONE}")
+        elif key is not None and isinstance(obj, torch.Tensor):  # as for .npy: the key would be ignored
+            raise ValueError(f"{path}: holds one tensor (not a dict), so key={key!r} does not apply")
         if not isinstance(obj, torch.Tensor):
             raise ValueError(f"{path}: expected a tensor, found {type(obj).__name__}")
         if obj.dim() == 0:
