@@ -804,6 +804,22 @@ def test_cli_clamp_audits_the_samples_clamped_to_the_training_range(tmp_path, ca
     assert not table["clamped"].any()
 
 
+def test_cli_clamp_warns_of_the_samples_scale_as_given(tmp_path, capsys):
+    """uint8 copies of [-1, 1] training images with --clamp: the scale warning is about the samples
+    as given, 0..255 ("magnitudes over 20x apart"); it came after the clamp, which had moved them
+    to [0, 1], so it read "[0, 1] against [-1, 1]?" and advised 2x − 1, a wrong remedy."""
+    train = torch.rand(40, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    copies = ((train[:10] + 1) * 127.5).round().to(torch.uint8)
+    np.save(tmp_path / "s.npy", copies.numpy())
+    np.save(tmp_path / "t.npy", train.numpy())
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--clamp", "--bootstrap", "0", "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    as_given = r"--samples spans \[[0-9.]+, 25[0-9.]+\] and --train \["   # uint8's 0.1 % to 99.9 % quantiles
+    assert len(warned) == 1 and __import__("re").search(as_given, warned[0]), warned
+    assert "magnitudes over 20x apart (uint8 against [-1, 1]?)" in warned[0]
+
+
 def test_images_for_the_resnet_space_in_0_1_are_warned_about():
     import warnings
 

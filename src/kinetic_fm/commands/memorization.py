@@ -83,7 +83,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..checks import check_integer, inside_unit_interval
+    import warnings
+
+    from ..checks import ValueRangeWarning, check_integer, inside_unit_interval
     from ..metrics.memorization import MAX_BOOTSTRAP, memorization
     from ..runs.distributed import single_process_device
 
@@ -131,8 +133,11 @@ def run(args: argparse.Namespace) -> int:
               + (", and the length of the rest" if space.residual else ""))
     elif space is not None:
         samples, train = _cifar_images("--samples", samples), _cifar_images("--train", train)
-    report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
-                          seed=args.seed, interval=args.interval, backend=args.backend, progress=args.progress)
+    with warnings.catch_warnings():
+        if args.clamp:  # the scale was checked before the clamp, which can misname it (_clamped_to)
+            warnings.simplefilter("ignore", ValueRangeWarning)
+        report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
+                              seed=args.seed, interval=args.interval, backend=args.backend, progress=args.progress)
     print(report)
     kind, low, high = report.shown_interval()
     if args.interval == "bootstrap" and kind == "Wilson":
@@ -237,11 +242,16 @@ def _principal_space(spec: str, k: int, residual: bool, train):
 
 def _clamped_to(train, samples):
     """``samples`` (as float64 if they are integers) clamped to the value range of ``train``, and
-    that range as text."""
+    that range as text; a warning first when the two look like one kind of data on two scales
+    (:func:`~kinetic_fm.checks.check_same_space`), read before the clamp hides the samples' own."""
     import torch
+
+    from ..checks import check_same_space
 
     if train.numel() == 0:
         raise ValueError(f"--clamp takes the range of the training items, but --train has shape {tuple(train.shape)}")
+    # the scale as given: clamped, uint8 samples against [-1, 1] items read as [0, 1] ones (see run)
+    check_same_space(("--samples", samples), ("--train", train))
     low, high = (float(v) for v in torch.aminmax(train))
     samples = samples if samples.is_floating_point() else samples.to(torch.float64)
     inside = samples.clamp(low, high)
