@@ -663,6 +663,27 @@ def test_an_infinite_x_is_refused_whatever_its_dtype(atoms_dtype, x_dtype):
         field.evaluate(x, torch.full((2,), 0.5, dtype=torch.float64))
 
 
+def test_training_atoms_that_hold_no_numbers_are_named():
+    """A data set object passed for its images (EmpiricalFlow(load_mnist(...)) rather than its
+    .images), strings, a ragged list or complex atoms: torch's own errors ("Could not infer dtype
+    of ImageDataset", "max_all not implemented for 'ComplexFloat'") named no argument."""
+    from kinetic_fm.data import load_digits
+
+    with pytest.raises(ValueError, match=r"^train must be an \(n, \.\.\.\) array of numbers; got ImageDataset"):
+        kfm.EmpiricalFlow(load_digits())
+    for bad in (np.array([["a", "b"]]), [[1.0, 2.0], [3.0]], None):
+        with pytest.raises(ValueError, match=r"^train must be an \(n, \.\.\.\) array of numbers"):
+            kfm.EmpiricalFlow(bad)
+    with pytest.raises(ValueError, match=r"^train must hold real numbers, got dtype torch.complex64$"):
+        kfm.EmpiricalFlow(torch.zeros(3, 2, dtype=torch.complex64))
+    with pytest.raises(ValueError, match=r"^train must hold real numbers, got dtype torch.complex128$"):
+        kfm.EmpiricalFlow(np.zeros((3, 2), dtype=np.complex128))
+    array = np.arange(6.0).reshape(3, 2)
+    field = kfm.EmpiricalFlow(array)           # an array is still copied: later edits leave the field as built
+    array[0] = 100.0
+    assert field.atoms[0].tolist() == [0.0, 1.0]
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="train contains NaN"):
         kfm.EmpiricalFlow(torch.tensor([[0.0, 1.0], [float("nan"), 2.0]]))

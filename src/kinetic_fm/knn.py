@@ -75,12 +75,14 @@ class Neighbors:
     rechecked: int = 0
 
 
-def as_rows(name: str, value) -> torch.Tensor:
+def as_rows(name: str, value, *, copy: bool = False) -> torch.Tensor:
     """``value`` as a tensor of shape (n, ...) with n ≥ 1; ValueError naming ``name`` otherwise.
-    A pandas DataFrame or Series counts as its values (rows as rows)."""
+    A pandas DataFrame or Series counts as its values (rows as rows). ``copy``: a value that is
+    not a tensor is copied (``torch.tensor``), never sharing an array's memory."""
     # a tensor as it is: torch.as_tensor would move it under torch.set_default_device
+    convert = torch.tensor if copy else torch.as_tensor
     try:
-        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(torch_readable(value))
+        tensor = value if isinstance(value, torch.Tensor) else convert(torch_readable(value))
     except (TypeError, ValueError, RuntimeError) as err:  # torch's own words name no argument
         first = str(err).split(". ")[0]
         raise ValueError(f"{name} must be an (n, ...) array of numbers; {_not_numbers(value)} ({first})") from None

@@ -107,10 +107,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import gemm
-from ..checks import as_scalar, check_integer, is_real, optional_integer, positive_integer, torch_readable
+from ..checks import as_scalar, check_integer, is_real, optional_integer, positive_integer
 from ..blocks import block_size
 from ..knn import (
     abs_max,
+    as_rows,
     check_exact_integers,
     check_finite,
     check_magnitude,
@@ -250,8 +251,11 @@ class EmpiricalFlow:
         truncate: int | None = None,
         backend: str = "torch",
     ):
-        # an array is copied: torch would share its memory, and edits in NumPy leave no trace
-        train = train.detach() if isinstance(train, torch.Tensor) else torch.tensor(torch_readable(train))
+        # an array is copied: torch would share its memory, and edits in NumPy leave no trace;
+        # as_rows names train for what holds no numbers (a data set object rather than its .images)
+        train = train.detach() if isinstance(train, torch.Tensor) else as_rows("train", train, copy=True)
+        if train.is_complex():
+            raise ValueError(f"train must hold real numbers, got dtype {train.dtype}")
         if train.dim() < 1 or train.shape[0] == 0:
             raise ValueError(f"train must have shape (N, ...) with N ≥ 1, got {tuple(train.shape)}")
         if math.prod(train.shape[1:]) == 0:   # it built, then failed its first call in vector_norm
