@@ -39,6 +39,7 @@ EFFECTIVE_DEFAULTS = {
     ("sample", "--k"): _KTS["k"],
     ("train", "--label-dropout"): TrainConfig().label_dropout,
     ("memorization", "--bootstrap"): inspect.signature(kfm.memorization).parameters["bootstrap"].default,
+    ("memorization", "--seed"): inspect.signature(kfm.memorization).parameters["seed"].default,
     # what a run made without them records: checked by test_a_runs_columns_are_the_ones_...
     ("sample", "--field"): "gaussian",
     ("sample", "--dim"): 2,

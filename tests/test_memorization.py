@@ -361,6 +361,11 @@ def test_cli_interval_choice_reaches_the_report(tmp_path, capsys, case):
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
                  "--interval", "wilson", "--bootstrap", "50", "--no-progress"]) == 2
     assert "--bootstrap applies to --interval bootstrap only" in capsys.readouterr().err
+    # and so was the bootstrap's seed
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--interval", "clopper-pearson", "--seed", "3", "--no-progress"]) == 2
+    assert ("--seed applies to --interval bootstrap only (the clopper-pearson interval draws no resamples)"
+            in capsys.readouterr().err)
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
                  "--bootstrap", "50", "--seed", "3", "--no-progress"]) == 0
     assert str(kfm.memorization(samples, train, bootstrap=50, seed=3)) in capsys.readouterr().out

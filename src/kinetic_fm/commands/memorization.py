@@ -52,8 +52,8 @@ def register(subparsers) -> None:
     parser.add_argument("--interval", choices=("bootstrap", "wilson", "clopper-pearson"), default="bootstrap",
                         help="the CI of F_mem: percentile bootstrap (default), Wilson score, or Clopper-Pearson "
                              "(exact binomial); the bootstrap has zero width when F_mem is 0 or 1")
-    parser.add_argument("--seed", type=bootstrap_seed_number, default=0,
-                        help="bootstrap seed in [0, 2**63) (default 0)")
+    parser.add_argument("--seed", type=bootstrap_seed_number, default=None,
+                        help="bootstrap seed in [0, 2**63) (default 0; --interval bootstrap only)")
     parser.add_argument("--backend", choices=("torch", "faiss"), default="torch",
                         help="nearest-neighbour search by torch (default) or by faiss (needs faiss-cpu)")
     parser.add_argument("--device", default="cpu",
@@ -92,11 +92,14 @@ def run(args: argparse.Namespace) -> int:
     # before the inputs load and the audit runs, each named by its flag (the library names its
     # arguments, and the OS its paths: "[Errno 17] File exists" came after the whole audit)
     inside_unit_interval("--threshold", args.threshold)
-    if args.bootstrap is not None and args.interval != "bootstrap":  # it would be ignored without a word
-        raise ValueError(f"--bootstrap applies to --interval bootstrap only (the {args.interval} interval "
-                         "draws no resamples)")
+    for flag, value in (("--bootstrap", args.bootstrap), ("--seed", args.seed)):
+        if value is not None and args.interval != "bootstrap":  # it would be ignored without a word
+            raise ValueError(f"{flag} applies to --interval bootstrap only (the {args.interval} interval "
+                             "draws no resamples)")
     resamples = {} if args.bootstrap is None else {  # unset: kfm.memorization's own default
         "bootstrap": check_integer("--bootstrap", args.bootstrap, 0, MAX_BOOTSTRAP)}
+    if args.seed is not None:
+        resamples["seed"] = args.seed
     if args.out is not None and Path(args.out).suffix.lower() not in (".parquet", ".csv"):
         raise ValueError(f"--out must end in .parquet or .csv, got {args.out!r}")
     if args.figure is not None and Path(args.figure).suffix.lower() != ".png":
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         if args.clamp:  # the scale was checked before the clamp, which can misname it (_clamped_to)
             warnings.simplefilter("ignore", ValueRangeWarning)
         report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
-                              seed=args.seed, interval=args.interval, backend=args.backend, progress=args.progress)
+                              interval=args.interval, backend=args.backend, progress=args.progress)
     print(report)
     kind, low, high = report.shown_interval()
     if args.interval == "bootstrap" and kind == "Wilson":
