@@ -372,6 +372,19 @@ def test_memorization_figure_with_and_without_images():
         F.memorization_figure("mem", "c", report, samples, train, pairs=0)
 
 
+def test_memorization_figure_of_bfloat16_images_is_that_of_their_float32_values():
+    # NumPy has no bfloat16: kfm memorization --figure on bf16 samples (a half-precision net's) failed
+    # with a traceback after the audit ("Got unsupported ScalarType BFloat16")
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    train = (torch.rand(30, 3, 6, 6, generator=g) * 2 - 1).bfloat16()
+    samples = torch.cat([train[:4], (torch.rand(6, 3, 6, 6, generator=g) * 2 - 1).bfloat16()])
+    report = _audit(samples, train)
+    drawn = F.memorization_figure("mem", "c", report, samples, train, pairs=5)
+    assert drawn.png == F.memorization_figure("mem", "c", report, samples.float(), train.float(), pairs=5).png
+
+
 def test_memorization_figure_splits_by_the_reports_flags_not_by_the_rounded_ratio(monkeypatch):
     # an exact tie d2² = 9·d1² reads 0.33333333333333326 < 1/3 but is not memorized: the legend said
     # "memorized: 1/1" under "F_mem = 0.000" (helper-135)

@@ -43,7 +43,9 @@ PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
 def _array(values: Any, *, name: str) -> np.ndarray:
     """Float64 numpy copy of an array-like or tensor (detached, on the host)."""
     if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
+        values = values.detach().cpu()
+        # float64 first: NumPy has no bfloat16, and every value ends as float64 anyway
+        values = (values.double() if values.is_floating_point() else values).numpy()
     try:
         return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
