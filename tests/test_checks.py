@@ -244,6 +244,35 @@ def test_pandas_tables_raise_no_warning_in_the_density_and_fidelity_metrics():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_read_only_arrays_raise_no_warning_in_the_set_metrics():
+    # np.load(path, mmap_mode="r") (a training set too large to copy) and other read-only arrays:
+    # torch warned "The given NumPy array is not writable ... undefined behavior" once per process,
+    # though the metrics only read them; a fresh process sees the first offender
+    import subprocess
+    import sys
+
+    script = """if True:
+        import warnings
+        import numpy as np
+        import kinetic_fm as kfm
+        rng = np.random.default_rng(3)
+        a, b = rng.normal(size=(40, 3)), rng.normal(size=(60, 3))
+        want = kfm.memorization(a, b, bootstrap=0).ratio.tolist()
+        a.flags.writeable = b.flags.writeable = False
+        warnings.simplefilter("error")
+        assert kfm.memorization(a, b, bootstrap=0).ratio.tolist() == want
+        kfm.nearest_neighbors(a, b, k=2)
+        kfm.kde_log_density(a, b)
+        kfm.local_support(a, b, k=2, ks=(1,))
+        kfm.frechet_distance(a, b)
+        kfm.precision_recall(a, b)
+        kfm.EmpiricalFlow(b)
+        assert (a == np.random.default_rng(3).normal(size=(40, 3))).all()       # read, never written
+    """
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 # --- integer arguments: one rule, 0-d tensors and arrays included -----------------------------
 @pytest.mark.parametrize("value", [3, np.int64(3), np.array(3), torch.tensor(3), torch.tensor(3, dtype=torch.uint8)])
 def test_an_integer_argument_may_be_a_zero_dimensional_tensor_or_array(value):

@@ -39,6 +39,7 @@ certified against the same rounding bound and re-ranked exactly.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -77,12 +78,16 @@ class Neighbors:
 
 def as_rows(name: str, value, *, copy: bool = False) -> torch.Tensor:
     """``value`` as a tensor of shape (n, ...) with n ≥ 1; ValueError naming ``name`` otherwise.
-    A pandas DataFrame or Series counts as its values (rows as rows). ``copy``: a value that is
-    not a tensor is copied (``torch.tensor``), never sharing an array's memory."""
+    A pandas DataFrame or Series counts as its values (rows as rows), and a read-only array
+    (``np.load(path, mmap_mode="r")``) is read without torch's warning of one: nothing here writes
+    to it. ``copy``: a value that is not a tensor is copied (``torch.tensor``), never sharing an
+    array's memory."""
     # a tensor as it is: torch.as_tensor would move it under torch.set_default_device
     convert = torch.tensor if copy else torch.as_tensor
     try:
-        tensor = value if isinstance(value, torch.Tensor) else convert(torch_readable(value))
+        with warnings.catch_warnings():  # a read-only array (np.load(mmap_mode="r")) is only read here
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+            tensor = value if isinstance(value, torch.Tensor) else convert(torch_readable(value))
     except (TypeError, ValueError, RuntimeError) as err:  # torch's own words name no argument
         first = str(err).split(". ")[0]
         raise ValueError(f"{name} must be an (n, ...) array of numbers; {_not_numbers(value)} ({first})") from None
