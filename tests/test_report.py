@@ -372,6 +372,20 @@ def test_memorization_figure_with_and_without_images():
         F.memorization_figure("mem", "c", report, samples, train, pairs=0)
 
 
+def test_memorization_histogram_counts_samples_in_whole_numbers(monkeypatch):
+    # one or two audited samples: the y axis ("samples") read 0.0, 0.2, ..., 1.0
+    import torch
+
+    drawn = []
+    render = F._render
+    monkeypatch.setattr(F, "_render", lambda fig, *args: (drawn.append(fig.axes[0].get_yticks()),
+                                                          render(fig, *args))[1])     # it clears the figure
+    train = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    F.memorization_figure("mem", "c", _audit(train[:1] + 0.1, train))
+    ticks = drawn[0]
+    assert len(ticks) >= 2 and all(float(tick).is_integer() for tick in ticks), ticks
+
+
 def test_memorization_figure_of_bfloat16_images_is_that_of_their_float32_values():
     # NumPy has no bfloat16: kfm memorization --figure on bf16 samples (a half-precision net's) failed
     # with a traceback after the audit ("Got unsupported ScalarType BFloat16")

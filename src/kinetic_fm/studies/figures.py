@@ -711,6 +711,9 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     ax.axvline(report.threshold, color="#333333", linestyle="--", linewidth=1.2,
                label=f"threshold d1/d2 = {_fraction_text(report.threshold)}")
     _style(ax, xlabel="gap ratio d1/d2", ylabel="samples")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count: 0.2 samples for a set of one
     ax.set_xlim(0.0, 1.0)
     kind, low, high = report.shown_interval()
     interval = "" if math.isnan(low) else f" ({report.confidence:.0%} {kind} CI {low:.3f}–{high:.3f})"
