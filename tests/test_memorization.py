@@ -1048,6 +1048,8 @@ def test_binary_rows_are_audited_as_zeros_and_ones_like_the_other_metrics():
     (pd.DataFrame({"u": ["1"], "v": ["2"]}), "its columns u, v hold no numbers"),
     (np.array([[1.0, None], [2.0, 3.0]], dtype=object), "got a NumPy array of dtype object"),
     ([[1.0, 2.0], [3.0]], "got a nested sequence that is not a rectangular array"),
+    # samples gathered batch by batch: the list is rectangular, but torch reads no list of tensors
+    ([torch.zeros(1, 2), torch.ones(1, 2)], r"got a list of 2 tensors: torch.cat \(or torch.stack\) them into one"),
 ])
 @pytest.mark.parametrize("side", ["samples", "train"])
 def test_inputs_torch_cannot_read_are_refused_by_their_own_name(value, says, side):

@@ -112,6 +112,8 @@ def _not_numbers(value) -> str:
     if isinstance(value, np.ndarray):
         return f"got a NumPy array of dtype {value.dtype}"
     if isinstance(value, (list, tuple)):
+        if value and all(isinstance(item, torch.Tensor) for item in value):  # e.g. samples kept batch by batch
+            return f"got a {type(value).__name__} of {len(value)} tensors: torch.cat (or torch.stack) them into one"
         return "got a nested sequence that is not a rectangular array of numbers"
     return f"got {type(value).__name__}"
 
