@@ -13,7 +13,7 @@ values with many ties and duplicated rows, the bandwidth rule, the CPU BLAS and 
 budget (``kinetic_fm.blocks.CPU_BLOCK_BYTES``, so that row blocks straddle the chunks); every
 fifth case runs again under ``tests/fake_cuda.py`` (device "cuda" on the CPU).
 
-    python benchmarks/centred_chunks_identity.py --previous 16668bd [--cases 300] [--threads N]
+    python benchmarks/centred_chunks_identity.py --previous 16668bd [--cases 300] [--first 0] [--threads N]
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def _outputs(case: dict, device: str) -> dict:
     return out
 
 
-def emit(src: str, cases: int, path: str) -> None:
+def emit(src: str, cases: range, path: str) -> None:
     """Run every case with the package in ``src``; save the outputs to ``path``."""
     sys.path.insert(0, src)
     sys.path.insert(0, str(REPO / "tests"))
@@ -124,7 +124,7 @@ def emit(src: str, cases: int, path: str) -> None:
     assert Path(kinetic_fm.__file__).resolve().is_relative_to(Path(src).resolve()), kinetic_fm.__file__
     default_budget = blocks.CPU_BLOCK_BYTES
     results = {}
-    for i in range(cases):
+    for i in cases:
         case = _case(i)
         blocks.CPU_BLOCK_BYTES = case["block_bytes"] or default_budget
         gemm.CPU_GEMM = case["blas"]
@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--previous", metavar="REV", help="git revision of the package to compare with")
     parser.add_argument("--old-src", help="or: a folder holding that revision's kinetic_fm package")
     parser.add_argument("--cases", type=int, default=300)
+    parser.add_argument("--first", type=int, default=0, help="seed of the first case (cases are seeded in a row)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in both processes")
     parser.add_argument("--emit", nargs=2, metavar=("SRC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -170,7 +171,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     if args.emit:
-        emit(args.emit[0], args.cases, args.emit[1])
+        emit(args.emit[0], range(args.first, args.first + args.cases), args.emit[1])
         return
     if not (args.previous or args.old_src):
         parser.error("name the package to compare with: --previous REV or --old-src FOLDER")
@@ -186,7 +187,8 @@ def main() -> None:
         outputs = {}
         for name, src in (("previous", old_src), ("ours", str(REPO / "src"))):
             path = os.path.join(folder, f"{name}.pt")
-            command = [sys.executable, __file__, "--cases", str(args.cases), "--emit", src, path]
+            command = [sys.executable, __file__, "--cases", str(args.cases), "--first", str(args.first),
+                       "--emit", src, path]
             if args.threads:
                 command[2:2] = ["--threads", str(args.threads)]
             subprocess.run(command, check=True)
@@ -205,7 +207,8 @@ def main() -> None:
             tally[2] += isinstance(old[key].get(name), str)
             if not same:
                 differ.append((key, name))
-    print(f"{args.cases} cases, previous = {args.previous or old_src}, torch threads {args.threads or 'default'}")
+    print(f"{args.cases} cases (seeds {args.first} to {args.first + args.cases - 1}), previous = "
+          f"{args.previous or old_src}, torch threads {args.threads or 'default'}")
     for label, (same, total, errors) in sorted(counts.items()):
         print(f"  {label:<28} {same:4d} / {total:4d} identical ({errors} raised the same error)")
     if differ:

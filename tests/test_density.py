@@ -187,9 +187,10 @@ def test_the_reference_is_centred_a_chunk_at_a_time_not_copied_whole(monkeypatch
     assert 0 < seen.largest < half, (seen.largest, half)
     # reference chunks outside, query blocks inside: each chunk is centred once
     assert order == [(q0, c0) for c0 in range(0, 8000, 512) for q0 in (0, 32, 64)]
-    with _LargestTemporary(x, y) as seen:
-        kde_log_density(x, y, 3.0, **kw)
-    assert 0 < seen.largest < half, (seen.largest, half)
+    for queries in (x, y[:600]):   # fewer rows than a chunk (kept centred), more (centred per chunk)
+        with _LargestTemporary(x, y) as seen:
+            kde_log_density(queries, y, 3.0, **kw)
+        assert 0 < seen.largest < half, (seen.largest, half)
 
 
 @pytest.mark.parametrize("budget_rows", [1, 3, 7, 64, 10_000])
