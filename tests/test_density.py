@@ -460,7 +460,8 @@ def test_median_heuristic_subsamples_only_above_max_points(data):
 def test_a_zero_bandwidth_is_refused_as_a_given_value(data):
     # not with the hint meant for a rule's bandwidth of 0 ("are all references identical?")
     x, y = data
-    with pytest.raises(ValueError, match=r"^bandwidth must be 'scott', 'median' or a positive finite number, got 0\.0$"):
+    message = r"^bandwidth must be 'scott', 'median' or a positive finite number, got 0\.0$"
+    with pytest.raises(ValueError, match=message):
         kde_log_density(x, y, 0.0)
 
 
@@ -469,7 +470,8 @@ def test_kde_of_subnormal_data_is_its_unit_copys_shifted(dtype, power):
     # a bandwidth below 2**-1022 asked for 2.0**1050 (OverflowError); integer coordinates times
     # 2**power are exact subnormals, and h = 2**power·h_unit keeps the exponents unchanged
     g = torch.Generator().manual_seed(5)
-    y_units, x_units = torch.randint(0, 20, (60, 2), generator=g).double(), torch.randint(0, 20, (4, 2), generator=g).double()
+    y_units = torch.randint(0, 20, (60, 2), generator=g).double()
+    x_units = torch.randint(0, 20, (4, 2), generator=g).double()
     unit = kde_log_density(x_units, y_units, bandwidth=3.0).log_density
     scaled = kde_log_density((x_units * 2.0 ** power).to(dtype), (y_units * 2.0 ** power).to(dtype),
                              bandwidth=math.ldexp(3.0, power))

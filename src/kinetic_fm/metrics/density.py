@@ -176,7 +176,8 @@ def _reference_features(reference: Any, reference_features: Any, fs) -> Tensor:
     if len(shape) != 2:
         raise ValueError(f"reference_features must have shape (N, D), got shape {shape}")
     y = as_features(reference_features, None, argument="reference_features")
-    n = reference.shape[0] if getattr(reference, "ndim", 0) else (len(reference) if hasattr(reference, "__len__") else None)
+    n = (reference.shape[0] if getattr(reference, "ndim", 0)
+         else len(reference) if hasattr(reference, "__len__") else None)
     if n is not None and n != y.shape[0]:
         raise ValueError(f"reference_features has {y.shape[0]} rows but reference has {n}; "
                          "pass the features of this reference")
