@@ -12,12 +12,23 @@ The thirteenth session replaced four passes that made temporaries the size of th
   loaders, ``uint8_to_signed``) into one float tensor against ``.to(float32)`` of the channel-first
   view followed by ``.contiguous()``.
 
+Since the thirty-second session, whole calls of the metrics that centre the reference set on its
+mean (``--cases kde distance_blocks precision_recall local_support``; ``--cases all`` for every
+case): ``kde_log_density`` (Scott's rule), a sweep of ``sq_distance_blocks`` reduced block by block,
+``precision_recall`` (fake = the samples) and ``local_support`` (the k-NN search, which centres
+nothing), each of ``--samples`` samples against the set as the reference. With ``--previous REV``
+each of them also runs on the package as committed at REV (``git archive REV src``, extracted to a
+temporary folder and put first on the child's path), so both are measured side by side; the peak
+is also given as a multiple of the inputs' size (the set and the samples).
+
     python benchmarks/metrics_memory.py            # 50,000 x 3,072 float32 (CIFAR-10 sized)
     python benchmarks/metrics_memory.py --quick    # 10,000 x 3,072
+    python benchmarks/metrics_memory.py --cases kde distance_blocks --previous 16668bd
 
 Each measurement runs in a fresh process: the set is made, the process's peak resident memory is
 reset (Linux: /proc/self/clear_refs), the pass runs, and the peak above the resident size before it
-is reported with the pass's wall time. Memory is what this script claims; times are one run each.
+is reported with the pass's wall time. Memory is what this script claims; times are one run each
+(``benchmarks/centred_chunks_speed.py`` times the centring metrics old against new, alternating).
 """
 from __future__ import annotations
 
@@ -26,16 +37,45 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+# the passes made lighter by the thirteenth and fourteenth sessions, against one-expression versions
+NAIVE_CASES = ("finite", "scott", "column_sums", "decode", "rescreen")
+# whole calls of the metrics that centre the reference (thirty-second session), against --previous
+CENTRING_CASES = ("kde", "distance_blocks", "precision_recall", "local_support")
 
 
-def _measure(case: str, variant: str, rows: int, dim: int) -> dict:
+def _centring_call(case: str, x, samples):
+    """The call measured by a case of CENTRING_CASES, on the set ``x`` as the reference."""
+    import kinetic_fm as kfm
+    from kinetic_fm.metrics.density import sq_distance_blocks
+
+    if case == "kde":
+        return lambda: kfm.kde_log_density(samples, x)                  # Scott's bandwidth
+    if case == "distance_blocks":
+        return lambda: min(float(d2.min()) for _, _, d2 in sq_distance_blocks(samples, x))
+    if case == "precision_recall":
+        return lambda: kfm.precision_recall(x, samples, k=3)
+    if case == "local_support":
+        return lambda: kfm.local_support(samples, x, k=5)
+    raise ValueError(f"unknown case {case!r}")
+
+
+def _measure(case: str, variant: str, rows: int, dim: int, samples: int) -> dict:
     import torch
     from _common import resident_mib
 
     torch.manual_seed(0)
     x = torch.empty(rows, dim).uniform_(-1.0, 1.0)
     work = None
+    if case in CENTRING_CASES:  # "previous" differs from "ours" only by the package on the path
+        queries = torch.empty(samples, dim).uniform_(-1.0, 1.0, generator=torch.Generator().manual_seed(1))
+        work = _centring_call(case, x, queries)
+        from kinetic_fm import gemm
+
+        gemm.cpu_gemm()  # the once-a-process timing of the CPU BLAS (its 74 MiB of operands) before the reset
     if case == "finite":
         from kinetic_fm.metrics.features import as_features
 
@@ -82,31 +122,74 @@ def _measure(case: str, variant: str, rows: int, dim: int) -> dict:
     return {"peak_mib": resident_mib("VmHWM") - before, "seconds": seconds}
 
 
+def _child(args, case: str, variant: str, src: str | None = None) -> dict:
+    """One measurement in a fresh process; ``src``: a folder put first on its path (the package as
+    committed at --previous)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    out = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),
+                          "--samples", str(args.samples), "--child", case, variant],
+                         capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _previous_src(rev: str, folder: str) -> str:
+    """``src`` of the repository as committed at ``rev``, extracted under ``folder``."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "archive", rev, "src"], cwd=repo, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    return str(Path(folder) / "src")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=3_072)
+    parser.add_argument("--samples", type=int, default=1_000,
+                        help="samples (queries, fake) of the centring cases (default 1,000)")
     parser.add_argument("--quick", action="store_true", help="10,000 rows")
+    parser.add_argument("--cases", nargs="+", default=list(NAIVE_CASES),
+                        choices=NAIVE_CASES + CENTRING_CASES + ("all",),
+                        help="the passes to measure (default: the naive-vs-ours ones; 'all' for every case)")
+    parser.add_argument("--previous", metavar="REV",
+                        help="also run the centring cases on the package as committed at git revision REV")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.rows = 10_000
     if args.child:
-        print(json.dumps(_measure(*args.child, args.rows, args.dim)))
+        print(json.dumps(_measure(*args.child, args.rows, args.dim, args.samples)))
         return
     if not os.path.exists("/proc/self/clear_refs"):
         sys.exit("this benchmark reads peak memory from /proc (Linux only)")
+    cases = NAIVE_CASES + CENTRING_CASES if "all" in args.cases else tuple(args.cases)
     size = args.rows * args.dim * 4 / 2**20
     print(f"set: {args.rows} x {args.dim} float32 = {size:.0f} MiB; peak above the resident size before each pass")
-    print(f"{'pass':<14}{'naive MiB':>11}{'ours MiB':>10}{'naive s':>9}{'ours s':>8}")
-    for case in ("finite", "scott", "column_sums", "decode", "rescreen"):
-        got = {}
-        for variant in ("naive", "ours"):
-            out = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--dim", str(args.dim),
-                                  "--child", case, variant], capture_output=True, text=True, check=True)
-            got[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    naive = [c for c in cases if c in NAIVE_CASES]
+    if naive:
+        print(f"{'pass':<14}{'naive MiB':>11}{'ours MiB':>10}{'naive s':>9}{'ours s':>8}")
+    for case in naive:
+        got = {variant: _child(args, case, variant) for variant in ("naive", "ours")}
         print(f"{case:<14}{got['naive']['peak_mib']:>11.0f}{got['ours']['peak_mib']:>10.0f}"
               f"{got['naive']['seconds']:>9.2f}{got['ours']['seconds']:>8.2f}")
+    centring = [c for c in cases if c in CENTRING_CASES]
+    if not centring:
+        return
+    inputs = (args.rows + args.samples) * args.dim * 4 / 2**20
+    print(f"\ncentring cases: {args.samples} samples against the set; inputs {inputs:.0f} MiB; "
+          f"previous = the package at {args.previous or '(not asked: --previous REV)'}")
+    print(f"{'call':<18}{'previous MiB':>13}{'x inputs':>9}{'ours MiB':>10}{'x inputs':>9}"
+          f"{'previous s':>11}{'ours s':>8}")
+    with tempfile.TemporaryDirectory() as folder:
+        src = _previous_src(args.previous, folder) if args.previous else None
+        for case in centring:
+            ours = _child(args, case, "ours")
+            before = _child(args, case, "previous", src) if src else None
+            old = (f"{before['peak_mib']:>13.0f}{before['peak_mib'] / inputs:>9.2f}" if before
+                   else f"{'-':>13}{'-':>9}")
+            print(f"{case:<18}{old}{ours['peak_mib']:>10.0f}{ours['peak_mib'] / inputs:>9.2f}"
+                  f"{before['seconds'] if before else float('nan'):>11.2f}{ours['seconds']:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

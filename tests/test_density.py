@@ -8,6 +8,8 @@ import pytest
 import torch
 from scipy import stats as sps
 from scipy.special import gammaln, logsumexp
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from kinetic_fm.metrics.density import (
     kde_log_density,
@@ -147,6 +149,76 @@ def test_sq_distance_blocks_in_small_cache_blocks_match_brute_force(monkeypatch)
     assert len(seen) == 3 * 4
     np.testing.assert_allclose(d2.numpy(), _brute_sq_dist(x.numpy(), y.numpy()), rtol=1e-12, atol=1e-10)
     assert torch.equal(y, y_before)  # float64 inputs are centred into a copy, never in place
+
+
+class _LargestTemporary(TorchDispatchMode):
+    """Records the largest storage (bytes) that an op makes while active, the inputs' own excepted."""
+
+    def __init__(self, *inputs: torch.Tensor):
+        super().__init__()
+        self.inputs = {t.untyped_storage().data_ptr() for t in inputs}
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.inputs:
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_reference_is_centred_a_chunk_at_a_time_not_copied_whole(monkeypatch, fixed_blas, dtype):
+    # a centred copy of the whole reference was as large as the reference again (586 MiB for
+    # CIFAR-10's training images); now one chunk is: no temporary reaches half the reference
+    # (precision_recall's ball tests are a sweep of these blocks)
+    from kinetic_fm import blocks
+
+    fixed_blas("torch")
+    monkeypatch.setattr(blocks, "CPU_BLOCK_BYTES", 50 * 8 * 128)     # cache blocks of 50 rows
+    g = torch.Generator().manual_seed(3)
+    # 1M values: the set metrics' range check copies 100,000 of each set (0.8 MB in float64)
+    y = (torch.randn(8000, 128, generator=g, dtype=torch.float64) + 100.0).to(dtype)
+    x = (torch.randn(70, 128, generator=g, dtype=torch.float64) + 100.0).to(dtype)
+    half = y.numel() * y.element_size() // 2
+    kw = {"chunk": 512, "batch_chunk": 32}
+    with _LargestTemporary(x, y) as seen:
+        order = [(q0, c0) for q0, c0, _ in sq_distance_blocks(x, y, **kw)]
+    assert 0 < seen.largest < half, (seen.largest, half)
+    # reference chunks outside, query blocks inside: each chunk is centred once
+    assert order == [(q0, c0) for c0 in range(0, 8000, 512) for q0 in (0, 32, 64)]
+    for queries in (x, y[:600]):   # fewer rows than a chunk (kept centred), more (centred per chunk)
+        with _LargestTemporary(x, y) as seen:
+            kde_log_density(queries, y, 3.0, **kw)
+        assert 0 < seen.largest < half, (seen.largest, half)
+
+
+@pytest.mark.parametrize("budget_rows", [1, 3, 7, 64, 10_000])
+@pytest.mark.parametrize("e", [0, -40])
+def test_centred_chunks_equal_a_whole_centred_copy_bit_for_bit(monkeypatch, budget_rows, e):
+    # the chunks, and the norms summed in the cache blocks that straddle them, are those of the
+    # whole centred copy the code made before (summed by cache block from row 0)
+    from kinetic_fm import blocks
+    from kinetic_fm.exact_scaling import times_power_of_two
+    from kinetic_fm.knn import column_mean
+    from kinetic_fm.metrics.density import _CentredReference
+
+    dim = 5
+    monkeypatch.setattr(blocks, "CPU_BLOCK_BYTES", budget_rows * 8 * dim)
+    g = torch.Generator().manual_seed(4)
+    y = torch.randn(203, dim, generator=g, dtype=torch.float64) * 1e-3 + 7.0
+    for dtype in (torch.float32, torch.float64):
+        rows = blocks.block_size(y.device, 8 * dim, y.shape[0])
+        centre = column_mean(y, rows)
+        whole = times_power_of_two(y - centre, e).to(dtype)
+        norms = torch.cat([whole[r:r + rows].double().pow(2).sum(dim=1) for r in range(0, 203, rows)])
+        for chunk in (1, 4, 7, 50, 203, 500):
+            reference = _CentredReference(y, dtype, centre, e)
+            for c0 in range(0, 203, chunk):
+                part = reference.chunk(c0, min(c0 + chunk, 203))
+                assert torch.equal(part, whole[c0:c0 + chunk]), (chunk, c0)
+                assert torch.equal(reference.sq_norms[c0:c0 + chunk], norms[c0:c0 + chunk]), (chunk, c0)
+            assert torch.equal(_CentredReference(y, dtype, centre, e).all_sq_norms(), norms)
 
 
 def test_kde_tiny_bandwidth_is_finite_and_nearest_dominated(data):
@@ -388,7 +460,8 @@ def test_median_heuristic_subsamples_only_above_max_points(data):
 def test_a_zero_bandwidth_is_refused_as_a_given_value(data):
     # not with the hint meant for a rule's bandwidth of 0 ("are all references identical?")
     x, y = data
-    with pytest.raises(ValueError, match=r"^bandwidth must be 'scott', 'median' or a positive finite number, got 0\.0$"):
+    message = r"^bandwidth must be 'scott', 'median' or a positive finite number, got 0\.0$"
+    with pytest.raises(ValueError, match=message):
         kde_log_density(x, y, 0.0)
 
 
@@ -397,7 +470,8 @@ def test_kde_of_subnormal_data_is_its_unit_copys_shifted(dtype, power):
     # a bandwidth below 2**-1022 asked for 2.0**1050 (OverflowError); integer coordinates times
     # 2**power are exact subnormals, and h = 2**power·h_unit keeps the exponents unchanged
     g = torch.Generator().manual_seed(5)
-    y_units, x_units = torch.randint(0, 20, (60, 2), generator=g).double(), torch.randint(0, 20, (4, 2), generator=g).double()
+    y_units = torch.randint(0, 20, (60, 2), generator=g).double()
+    x_units = torch.randint(0, 20, (4, 2), generator=g).double()
     unit = kde_log_density(x_units, y_units, bandwidth=3.0).log_density
     scaled = kde_log_density((x_units * 2.0 ** power).to(dtype), (y_units * 2.0 ** power).to(dtype),
                              bandwidth=math.ldexp(3.0, power))

@@ -176,7 +176,8 @@ def _reference_features(reference: Any, reference_features: Any, fs) -> Tensor:
     if len(shape) != 2:
         raise ValueError(f"reference_features must have shape (N, D), got shape {shape}")
     y = as_features(reference_features, None, argument="reference_features")
-    n = reference.shape[0] if getattr(reference, "ndim", 0) else (len(reference) if hasattr(reference, "__len__") else None)
+    n = (reference.shape[0] if getattr(reference, "ndim", 0)
+         else len(reference) if hasattr(reference, "__len__") else None)
     if n is not None and n != y.shape[0]:
         raise ValueError(f"reference_features has {y.shape[0]} rows but reference has {n}; "
                          "pass the features of this reference")
@@ -308,55 +309,188 @@ def sq_distance_blocks(x: Tensor, y: Tensor, *, chunk: int = 8192, batch_chunk: 
     unit round-off, norms measured from the centre (the 3 covers rounding the centred inputs to
     the GEMM's dtype, which D·u alone missed 2.3-fold at D = 1 in float32).
 
+    The blocks come reference chunk by reference chunk (``c0`` ascending), and within a chunk
+    query block by query block (``q0`` ascending): each chunk of ``y`` is centred once, into one
+    reused buffer, where a centred copy of the whole of ``y`` was as large as ``y`` again. The
+    values do not depend on the order.
+
     ``d2`` is a view of one buffer that the next block overwrites (a fresh block each time
     would be paid in page faults): reduce it or clone it before advancing the iterator.
     """
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
-    dtype, centre, yc, y_sq = _centred_reference(x, y)
+    dtype = _gemm_dtype(x, y)
+    reference = _CentredReference(y, dtype, column_mean(y, block_size(y.device, 8 * y.shape[1], y.shape[0])))
+    queries = _CentredQueries(x, dtype, reference.centre, 0, batch_chunk, chunk, y.shape[0])
     blas = gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
     shape = (min(batch_chunk, x.shape[0]), min(chunk, y.shape[0]))
     cross_buffer = torch.empty(shape, dtype=dtype, device=x.device)
     d2_buffer = torch.empty(shape, dtype=torch.float64, device=x.device)
-    for q0 in range(0, x.shape[0], batch_chunk):
-        xb = (x[q0:q0 + batch_chunk].to(torch.float64) - centre).to(dtype)
-        x_sq = xb.to(torch.float64).pow(2).sum(dim=1, keepdim=True)
-        for c0 in range(0, y.shape[0], chunk):
-            y_c = yc[c0:c0 + chunk]
+    x_sq = torch.empty(x.shape[0], 1, dtype=torch.float64, device=x.device)
+    for c0 in range(0, y.shape[0], chunk):
+        y_c = reference.chunk(c0, min(c0 + chunk, y.shape[0]))
+        y_sq = reference.sq_norms[c0:c0 + chunk]
+        for q0 in range(0, x.shape[0], batch_chunk):
+            xb = queries.block(q0, first=c0 == 0)
+            if c0 == 0:
+                x_sq[q0:q0 + xb.shape[0]] = xb.to(torch.float64).pow(2).sum(dim=1, keepdim=True)
             cross = gemm.matmul(xb, y_c.T, out=cross_buffer[:xb.shape[0], :y_c.shape[0]], blas=blas)
             d2 = d2_buffer[:xb.shape[0], :y_c.shape[0]]
             rows = block_size(x.device, 8 * y_c.shape[0], xb.shape[0])
             for r in range(0, xb.shape[0], rows):  # row blocks: the float64 cast stays in cache
                 part = d2[r:r + rows]
-                torch.add(x_sq[r:r + rows], y_sq[c0:c0 + chunk], out=part)
+                torch.add(x_sq[q0 + r:q0 + r + part.shape[0]], y_sq, out=part)
                 part.sub_(cross[r:r + rows].to(torch.float64), alpha=2.0).clamp_(min=0.0)
             yield q0, c0, d2
 
 
-def _centred_reference(x: Tensor, y: Tensor, e: int = 0, centre: Tensor | None = None,
-                       ) -> tuple[torch.dtype, Tensor, Tensor, Tensor]:
-    """GEMM dtype, the centre (mean of y, float64, unless given), y centred in that dtype (times
-    2**e, exact), and its float64 ‖y‖² (of the centred rows as rounded to the GEMM dtype, i.e.
-    of the GEMM's own operands)."""
-    dtype = torch.float64 if (x.dtype == torch.float64 and y.dtype == torch.float64) else torch.float32
-    n, dim = y.shape
-    rows = block_size(y.device, 8 * dim, n)
-    centre = column_mean(y, rows) if centre is None else centre
-    yc = torch.empty(n, dim, dtype=dtype, device=y.device)
-    y_sq = torch.empty(n, dtype=torch.float64, device=y.device)
-    for r in range(0, n, rows):
-        block = yc[r:r + rows]
-        block.copy_(times_power_of_two(y[r:r + rows].to(torch.float64) - centre, e))
-        torch.sum(block.to(torch.float64).pow(2), dim=1, out=y_sq[r:r + rows])
-    return dtype, centre, yc, y_sq
+def _gemm_dtype(x: Tensor, y: Tensor) -> torch.dtype:
+    """float64 when both sets are, else float32: the dtype the distance GEMMs run in."""
+    return torch.float64 if (x.dtype == torch.float64 and y.dtype == torch.float64) else torch.float32
+
+
+# the centred rows handed to a GEMM start where they did when they were slices of a centred copy
+# of the whole reference, or fresh query blocks, modulo this many bytes (BLAS kernels may take
+# other paths for other alignments, and the results must not change)
+_ALIGN_BYTES = 256
+
+
+def _aligned_rows(flat: Tensor, rows: int, dim: int, offset: int) -> Tensor:
+    """A (rows, dim) view of the 1-D buffer ``flat`` (``_ALIGN_BYTES`` elements longer than the
+    largest view) whose address is ``offset`` elements past a multiple of ``_ALIGN_BYTES``."""
+    size = flat.element_size()
+    start = (offset * size - flat.data_ptr()) % _ALIGN_BYTES // size
+    return flat[start:start + rows * dim].view(rows, dim)
+
+
+def _centre_into(out: Tensor, rows: Tensor, centre: Tensor, e: int, scratch: Tensor) -> Tensor:
+    """``out`` ← ``times_power_of_two(rows.to(float64) − centre, e)`` rounded to ``out``'s dtype,
+    through the float64 ``scratch`` (at least as many elements as ``out``): the same values, with
+    no fresh temporaries (element-wise, so any blocking gives the same bits)."""
+    diff = scratch[:rows.numel()].view(rows.shape).copy_(rows).sub_(centre)
+    return out.copy_(times_power_of_two(diff, e))
+
+
+def _sq_norms_into(out: Tensor, block: Tensor, scratch: Tensor) -> None:
+    """``out`` ← ``block.to(float64).pow(2).sum(dim=1)`` (the same bits), squared in ``scratch``."""
+    torch.sum(scratch[:block.numel()].view(block.shape).copy_(block).pow_(2), dim=1, out=out)
+
+
+class _CentredReference:
+    """The (N, D) reference ``y`` centred on ``centre`` ((D,) float64), times 2**e, rounded to the
+    GEMM's ``dtype``, one chunk of rows at a time, and its rows' float64 squared norms (of the
+    rounded rows, the GEMM's own operands).
+
+    A centred copy of the whole reference was as large as the reference again (586 MiB for the
+    50,000 CIFAR-10 training images in float32); one chunk is ``chunk`` rows. Its values are that
+    copy's bit for bit: the centring is element-wise, and each norm is summed in the same row block
+    as it was there (:func:`~kinetic_fm.blocks.block_size` rows from row 0; a row's sum could depend
+    on its block's shape), which is also the block of the float64 scratch.
+    """
+
+    def __init__(self, y: Tensor, dtype: torch.dtype, centre: Tensor, e: int = 0):
+        self.y, self.dtype, self.centre, self.e = y, dtype, centre, e
+        n, dim = y.shape
+        self.rows = block_size(y.device, 8 * dim, n)
+        self.sq_norms = torch.empty(n, dtype=torch.float64, device=y.device)
+        self._summed = 0            # the norms of rows [0, _summed) are in sq_norms: whole row blocks
+        self._scratch = torch.empty(min(self.rows, n) * dim, dtype=torch.float64, device=y.device)
+        self._block: Tensor | None = None
+        self._flat: Tensor | None = None
+
+    def _centre(self, r0: int, r1: int, out: Tensor) -> Tensor:
+        return _centre_into(out, self.y[r0:r1], self.centre, self.e, self._scratch)
+
+    def _sum(self, r: int, block: Tensor) -> None:
+        _sq_norms_into(self.sq_norms[r:r + block.shape[0]], block, self._scratch)
+        self._summed = r + block.shape[0]
+
+    def _centred_block(self, r: int) -> Tensor:
+        """Row block r (a multiple of ``rows``) centred into a buffer of its own, its norms summed."""
+        n, dim = self.y.shape
+        if self._block is None:
+            self._block = torch.empty(self.rows * dim + _ALIGN_BYTES, dtype=self.dtype, device=self.y.device)
+        block = _aligned_rows(self._block, min(self.rows, n - r), dim, r * dim)
+        self._sum(r, self._centre(r, r + block.shape[0], block))
+        return block
+
+    def all_sq_norms(self) -> Tensor:
+        """(N,) float64 squared norms of every centred row, in one pass that keeps no chunk."""
+        for r in range(self._summed, self.y.shape[0], self.rows):
+            self._centred_block(r)
+        return self.sq_norms
+
+    def chunk(self, c0: int, c1: int) -> Tensor:
+        """Rows [c0, c1) centred, a view of one buffer that the next call overwrites; their
+        norms are in ``sq_norms[c0:c1]`` afterwards. Chunks come in increasing order from row 0
+        (or after :meth:`all_sq_norms`)."""
+        n, dim = self.y.shape
+        if self._flat is None:
+            self._flat = torch.empty((c1 - c0) * dim + _ALIGN_BYTES, dtype=self.dtype, device=self.y.device)
+        out = _aligned_rows(self._flat, c1 - c0, dim, c0 * dim)
+        r0 = c0
+        while r0 < c1:                     # the parts of the chunk in each row block
+            r = r0 - r0 % self.rows        # the row block r0 lies in: rows [r, end)
+            end = min(r + self.rows, n)
+            r1 = min(end, c1)
+            if r >= self._summed and (r < c0 or end > c1):   # new, and not whole in the chunk
+                out[r0 - c0:r1 - c0].copy_(self._centred_block(r)[r0 - r:r1 - r])
+            else:
+                self._centre(r0, r1, out[r0 - c0:r1 - c0])
+                if r >= self._summed:      # new and whole in the chunk (r0 = r, r1 = end)
+                    self._sum(r, out[r0 - c0:r1 - c0])
+            r0 = r1
+        return out
+
+
+class _CentredQueries:
+    """Query blocks of ``batch_chunk`` rows of the (B, D) ``x`` centred on ``centre``, times 2**e,
+    rounded to ``dtype``, for a sweep over the reference in chunks of ``chunk`` of its ``n`` rows.
+
+    Each reference chunk needs every query block. When the queries are no more rows than a chunk
+    (and there are several chunks), every block is kept from the first chunk on, which takes no more
+    memory than the chunk; else one buffer is reused and a block is centred again for each chunk.
+    Each block starts at the alignment of a fresh tensor (``_ALIGN_BYTES``), as it did when it was one.
+    """
+
+    def __init__(self, x: Tensor, dtype: torch.dtype, centre: Tensor, e: int, batch_chunk: int,
+                 chunk: int, n: int):
+        self.x, self.centre, self.e, self.batch_chunk = x, centre, e, batch_chunk
+        b, dim = x.shape
+        self.keep = n > chunk and b <= chunk
+        size = torch.finfo(dtype).bits // 8   # a block takes whole _ALIGN_BYTES
+        self.stride = -(-min(batch_chunk, b) * dim * size // _ALIGN_BYTES) * _ALIGN_BYTES // size
+        blocks = -(-b // batch_chunk) if self.keep else 1
+        self.buffer = torch.empty(blocks * self.stride + _ALIGN_BYTES, dtype=dtype, device=x.device)
+        # a whole block's float64 scratch: a block centred again for every chunk in cache-sized
+        # parts took six times the kernel calls, which cost far more than their work when other
+        # jobs share the cores (KDE 0.88x the previous speed with two other jobs)
+        self.scratch = torch.empty(min(batch_chunk, b) * dim, dtype=torch.float64, device=x.device)
+
+    def block(self, q0: int, first: bool) -> Tensor:
+        """Rows [q0, q0 + batch_chunk) centred. ``first``: asked for the first time (the first
+        chunk); a kept block is then handed back as the caller left it, else it is centred again
+        into the one buffer, which the next call overwrites."""
+        b, dim = min(self.batch_chunk, self.x.shape[0] - q0), self.x.shape[1]
+        at = q0 // self.batch_chunk * self.stride if self.keep else 0
+        xb = _aligned_rows(self.buffer[at:], b, dim, 0)
+        if self.keep and not first:
+            return xb
+        return _centre_into(xb, self.x[q0:q0 + b], self.centre, self.e, self.scratch)
 
 
 def _centred_abs_max(rows: Tensor, centre: Tensor) -> float:
-    """max |rows − centre| over every entry, in float64 blocks (no full copy)."""
+    """max |rows − centre| over every entry, in float64 blocks (no full copy).
+
+    Each block's max goes into one preallocated tensor: kept as a list of 0-d tensors, those
+    small live allocations between the blocks' temporaries stopped glibc's heap from reusing
+    them, and Scott's rule on 50,000 x 3,072 float32 rows (586 MiB) peaked 1.1-1.2 GiB above them."""
     step = block_size(rows.device, 8 * rows.shape[1], rows.shape[0])
     if rows.shape[0] == 0:
         return 0.0
-    return float(torch.stack([(rows[r:r + step].to(torch.float64) - centre).abs().max()
-                              for r in range(0, rows.shape[0], step)]).max())  # read back once
+    maxima = torch.empty(-(-rows.shape[0] // step), dtype=torch.float64, device=rows.device)
+    for i, r in enumerate(range(0, rows.shape[0], step)):
+        torch.amax((rows[r:r + step].to(torch.float64) - centre).abs_(), out=maxima[i])
+    return float(maxima.max())  # read back once
 
 
 def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk: int,
@@ -364,10 +498,12 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
     """(B,) float64 ``log Σ_j exp(−‖x_i − y_j‖² / (2h²))`` over all rows of y, streaming.
 
     Per block one GEMM (through :mod:`kinetic_fm.gemm`) gives ``c(2 x·y − ‖y‖²)``
-    (c = 1/(2h²)), the logit up to the row constant ``−c‖x‖²`` (added back in float64 at the end); each query keeps a running max and a
-    float64 running sum of ``exp(logit − max)``. In float32 the exponentials and their
-    per-block sums are float32 (terms in [0, 1], pairwise-summed: relative error ~1e-6, below
-    the GEMM's own rounding); everything is float64 when both inputs are.
+    (c = 1/(2h²)), the logit up to the row constant ``−c‖x‖²`` (added back in float64 at the
+    end); each query keeps a running max and a float64 running sum of ``exp(logit − max)``
+    across the reference chunks, which come in the outer loop (each is centred once). In
+    float32 the exponentials and their per-block sums are float32 (terms in [0, 1],
+    pairwise-summed: relative error ~1e-6, below the GEMM's own rounding); everything is
+    float64 when both inputs are.
 
     The sum depends on the data only through (x − y)/h, so data whose entries about the
     reference mean lie beyond 2**±30 are measured in units where they are about 1: both sets
@@ -376,52 +512,70 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
     1/h² ≈ 4e40 overflowed float32 to NaN).
     """
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
+    dtype = _gemm_dtype(x, y)
     centre = column_mean(y, block_size(y.device, 8 * y.shape[1], y.shape[0]))
-    dtype, centre, yc, y_sq = _centred_reference(x, y, 0, centre)
+    reference = _CentredReference(y, dtype, centre)
     x_sq = row_sq_norms(x, torch.float64, centre=centre)
+    limit = torch.finfo(dtype).max / 8.0   # the logits c·(2x·y − ‖y‖²) are formed in `dtype`
     # the largest entry about the centre lies within [norm/√D, norm] of the largest norm: when
     # that range is inside [TINY, HUGE] the data are measured as given (e = 0), decided from the
     # norms at hand; else (or when the squares under- or overflowed) by two exact passes
-    largest_sq = max(float(y_sq.max()), float(x_sq.max()))
     margin = 1.0 + 1e-5  # the norms are of the rows rounded to the GEMM's dtype
+    low, high = TINY * TINY * y.shape[1] * margin, HUGE * HUGE / margin
+    # the reference's norms: an upper bound from max |y| and max |centre| (a pass that copies
+    # nothing) settles both checks for most data, and then they are summed chunk by chunk in the
+    # sweep; else a pass of their own computes them first
+    x_largest, y_bound = float(x_sq.max()), _sq_norm_bound(y, centre)
+    settled = low <= x_largest and max(y_bound, x_largest) <= high and _logits_fit(
+        0.5 / h / h, math.sqrt(y_bound) + math.sqrt(x_largest), limit)
     e = 0
-    if not (TINY * TINY * y.shape[1] * margin <= largest_sq <= HUGE * HUGE / margin):
-        e = unit_exponent(max(_centred_abs_max(y, centre), _centred_abs_max(x, centre)), TINY, HUGE)
-    if e != 0:
-        dtype, centre, yc, y_sq = _centred_reference(x, y, e, centre)
-        x_sq = row_sq_norms(times_power_of_two(x.to(torch.float64) - centre, e), torch.float64)
+    if not settled:
+        y_sq = reference.all_sq_norms()
+        largest_sq = max(float(y_sq.max()), x_largest)
+        if not (low <= largest_sq <= high):
+            e = unit_exponent(max(_centred_abs_max(y, centre), _centred_abs_max(x, centre)), TINY, HUGE)
+        if e != 0:
+            reference = _CentredReference(y, dtype, centre, e)
+            y_sq = reference.all_sq_norms()
+            x_sq = _scaled_sq_norms(x, centre, e)
+        # refuse a bandwidth so small against the data's spread (norms from the centre) that the
+        # logits overflow, instead of returning NaN
+        reach, scaled = math.sqrt(float(y_sq.max())) + math.sqrt(float(x_sq.max())), ldexp(h, e)
+        if not _logits_fit(0.5 / scaled / scaled, reach, limit):
+            name = str(dtype).replace("torch.", "")
+            smallest, shown, reach = ldexp(reach * math.sqrt(0.5 / limit), -e), ldexp(scaled, -e), ldexp(reach, -e)
+            raise ValueError(
+                f"bandwidth {shown:.3g} is too small for data spread over {reach:.3g} (norms about the reference "
+                f"mean): the kernel exponents overflow {name}; use a bandwidth >= {smallest:.3g}"
+                + (", or pass float64 samples and reference" if dtype != torch.float64 else ", or rescale the data"))
     h = ldexp(h, e)
     c = 0.5 / h / h
-    # the logits c·(2x·y − ‖y‖²) are formed in `dtype`: refuse a bandwidth so small against
-    # the data's spread (norms from the centre) that they overflow, instead of returning NaN
-    reach = math.sqrt(float(y_sq.max())) + math.sqrt(float(x_sq.max()))
-    limit = torch.finfo(dtype).max / 8.0
-    if not (reach <= math.sqrt(limit) and c * reach * reach <= limit):
-        name = str(dtype).replace("torch.", "")
-        smallest, h, reach = ldexp(reach * math.sqrt(0.5 / limit), -e), ldexp(h, -e), ldexp(reach, -e)
-        raise ValueError(
-            f"bandwidth {h:.3g} is too small for data spread over {reach:.3g} (norms about the reference "
-            f"mean): the kernel exponents overflow {name}; use a bandwidth >= {smallest:.3g}"
-            + (", or pass float64 samples and reference" if dtype != torch.float64 else ", or rescale the data"))
-    bias = (-c * y_sq).to(dtype)
     blas = gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
-    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    queries = _CentredQueries(x, dtype, centre, e, batch_chunk, chunk, y.shape[0])
     # one logit buffer for every block: a fresh (batch_chunk, chunk) block each time is a fresh
     # mmap, paid in page faults
     buffer = torch.empty(min(batch_chunk, x.shape[0]), min(chunk, y.shape[0]), dtype=dtype, device=x.device)
-    for q0 in range(0, x.shape[0], batch_chunk):
-        xb = times_power_of_two(x[q0:q0 + batch_chunk].to(torch.float64) - centre, e).to(dtype)
-        xb_2c = xb * (2.0 * c)
-        run_max = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
-        run_sum = torch.zeros(xb.shape[0], dtype=torch.float64, device=x.device)
-        for c0 in range(0, y.shape[0], chunk):
-            y_c = yc[c0:c0 + chunk]
-            part = gemm.matmul(xb_2c, y_c.T, out=buffer[:xb.shape[0], :y_c.shape[0]], blas=blas)
-            part.add_(bias[c0:c0 + chunk])
+    # reference chunks outside, query blocks inside (each chunk is centred once): each query's
+    # running max and sum persist across the chunks, which reach it in increasing order as before
+    run_max = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+    run_sum = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    x_sq = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)  # of the rows as rounded
+    for c0 in range(0, y.shape[0], chunk):
+        y_c = reference.chunk(c0, min(c0 + chunk, y.shape[0]))
+        bias = (-c * reference.sq_norms[c0:c0 + chunk]).to(dtype)
+        for q0 in range(0, x.shape[0], batch_chunk):
+            xb_2c = queries.block(q0, first=c0 == 0)
+            if c0 == 0 or not queries.keep:      # a kept block stays scaled by 2c
+                if c0 == 0:
+                    x_sq[q0:q0 + xb_2c.shape[0]] = xb_2c.to(torch.float64).pow(2).sum(dim=1)
+                xb_2c.mul_(2.0 * c)
+            part = gemm.matmul(xb_2c, y_c.T, out=buffer[:xb_2c.shape[0], :y_c.shape[0]], blas=blas)
+            part.add_(bias)
             own = own_diagonal(q0, c0, *part.shape) if exclude_self else None
             if own is not None:
                 part[own].diagonal().fill_(-math.inf)
-            new_max = torch.maximum(run_max, part.amax(dim=1).to(torch.float64))
+            rows = slice(q0, q0 + part.shape[0])
+            new_max = torch.maximum(run_max[rows], part.amax(dim=1).to(torch.float64))
             shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
             # terms below e^-80 of the running max weigh < N·1.8e-35 and would only produce
             # subnormal exponentials, which are many times slower on x86 CPUs
@@ -429,10 +583,39 @@ def _log_sum_gaussian(x: Tensor, y: Tensor, h: float, exclude_self: bool, chunk:
             if own is not None:
                 terms[own].diagonal().fill_(0.0)
             block = terms.sum(dim=1, dtype=dtype)
-            run_sum = run_sum * torch.exp(run_max - shift) + block.to(torch.float64)
-            run_max = new_max
-        x_sq = xb.to(torch.float64).pow(2).sum(dim=1)
-        out[q0:q0 + xb.shape[0]] = run_max + torch.log(run_sum) - c * x_sq
+            run_sum[rows] = run_sum[rows] * torch.exp(run_max[rows] - shift) + block.to(torch.float64)
+            run_max[rows] = new_max
+    return run_max + torch.log(run_sum) - c * x_sq
+
+
+def _logits_fit(c: float, reach: float, limit: float) -> bool:
+    """Whether logits c·(2x·y − ‖y‖²) of norms up to ``reach`` (together) stay below ``limit``."""
+    return reach <= math.sqrt(limit) and c * reach * reach <= limit
+
+
+def _sq_norm_bound(y: Tensor, centre: Tensor) -> float:
+    """An upper bound on the squared norm of every row of ``y`` (N, D) about ``centre``, also as
+    rounded to float32 and summed in float64: D·(max |y| + max |centre|)², 1 % over (inf when it
+    overflows). One reduction, no copy."""
+    largest = float(torch.linalg.vector_norm(y, ord=math.inf)) if y.numel() else 0.0
+    try:
+        return y.shape[1] * (largest + float(centre.abs().max())) ** 2 * 1.01
+    except OverflowError:
+        return math.inf
+
+
+def _scaled_sq_norms(x: Tensor, centre: Tensor, e: int) -> Tensor:
+    """(B,) float64 ``row_sq_norms(times_power_of_two(x.to(float64) − centre, e), float64)``, bit for
+    bit, without that float64 copy of the whole of ``x``: the same row blocks, each made at the
+    address it had in the copy, modulo ``_ALIGN_BYTES`` (a library's dot products may depend on it)."""
+    n, dim = x.shape
+    rows = block_size(x.device, dim * 8, n)   # row_sq_norms' blocks of a float64 (B, D) tensor
+    out = torch.empty(n, dtype=torch.float64, device=x.device)
+    flat = torch.empty(min(rows, n) * dim + _ALIGN_BYTES, dtype=torch.float64, device=x.device)
+    for r0 in range(0, n, rows):
+        block = _aligned_rows(flat, min(rows, n - r0), dim, r0 * dim)
+        block.copy_(times_power_of_two(x[r0:r0 + rows].to(torch.float64) - centre, e))
+        out[r0:r0 + rows] = torch.einsum("ij,ij->i", block, block)
     return out
 
 
