@@ -1209,6 +1209,39 @@ def test_cli_out_table_interrupted_midway_leaves_the_previous_table(tmp_path, mo
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy", "t.npy", out.name]
 
 
+def test_cli_figure_is_drawn_before_the_table_is_written(tmp_path, monkeypatch):
+    # drawn after the table, a Ctrl-C in the second it takes left the new table beside the previous
+    # run's figure; a figure that fails to draw must not cost the table
+    import pandas as pd
+
+    from kinetic_fm.studies import figures
+
+    gen = torch.Generator().manual_seed(0)
+    np.save(tmp_path / "s.npy", torch.randn(6, 4, generator=gen).numpy())
+    np.save(tmp_path / "t.npy", torch.randn(9, 4, generator=gen).numpy())
+    out, png = tmp_path / "table.parquet", tmp_path / "figure.png"
+    flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+             "--bootstrap", "0", "--no-progress", "--out", str(out), "--figure", str(png)]
+    drawn, draw = [], figures.memorization_figure
+
+    def drawing(*args, **kwargs):
+        drawn.append(out.exists())
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(figures, "memorization_figure", drawing)
+    assert main(flags) == 0
+    assert drawn == [False] and png.read_bytes().startswith(b"\x89PNG") and len(pd.read_parquet(out)) == 6
+    out.unlink()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a figure bug")
+
+    monkeypatch.setattr(figures, "memorization_figure", broken)
+    with pytest.raises(RuntimeError, match="a figure bug"):   # a bug: its traceback, after the table
+        main(flags)
+    assert len(pd.read_parquet(out)) == 6
+
+
 def test_cli_out_never_replaces_an_input(digits_runs, tmp_path, capsys):
     # --out s.parquet beside --samples s.parquet (or RUN/results.parquet beside --samples RUN)
     # replaced the samples with the per-sample table, without a word

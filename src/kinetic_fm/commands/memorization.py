@@ -146,6 +146,18 @@ def run(args: argparse.Namespace) -> int:
     if args.interval == "bootstrap" and kind == "Wilson":
         print(f"note: the bootstrap interval has no width at F_mem = {report.fraction:g} (every resample "
               f"agrees); shown is the Wilson interval (--interval wilson), {low:.4f}–{high:.4f}")
+    # the figure is drawn (its PNG rendered) before either file is written: drawn after the table,
+    # a Ctrl-C in that second left the new table beside the previous run's figure; a figure that
+    # fails to draw still lets the table be written, then its error is raised
+    figure, failed = None, None
+    if args.figure is not None:
+        from ..studies.figures import memorization_figure
+
+        title = f"audited in {space_name}" + (f"; samples clamped to {clamped}" if clamped else "")
+        try:
+            figure = memorization_figure("memorization", "", report, samples, train, title=title)
+        except Exception as err:
+            failed = err
     if args.out is not None:
         frame = _per_sample_frame(report, sample_files, train_files, train_items)
         frame["space"] = space_name
@@ -160,11 +172,9 @@ def run(args: argparse.Namespace) -> int:
             else:
                 atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
         print(f"per-sample table: {out}")
-    if args.figure is not None:
-        from ..studies.figures import memorization_figure
-
-        title = f"audited in {space_name}" + (f"; samples clamped to {clamped}" if clamped else "")
-        figure = memorization_figure("memorization", "", report, samples, train, title=title)
+    if failed is not None:
+        raise failed
+    if figure is not None:
         with writing("--figure", args.figure):
             saved = figure.save(args.figure)
         print(f"figure: {saved}")
