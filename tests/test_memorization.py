@@ -1135,6 +1135,15 @@ def test_space_must_be_callable_and_return_rows():
                      space=lambda x: x * float("nan") if x.shape[0] == 4 else x)
 
 
+@pytest.mark.parametrize("space", [lambda x: (x, x), lambda x: [x[:, 0], x[:, 1]], lambda x: (2 * x,)])
+def test_a_space_returning_a_tuple_of_tensors_is_named(space):
+    # a plain function returning (features, extra), as many networks' forward does, failed in
+    # torch.as_tensor with "only one element tensors can be converted to Python scalars"; a
+    # module returning one was already refused by name
+    with pytest.raises(TypeError, match="space must return one tensor of features.*got a tuple|got a list"):
+        kfm.memorization(torch.randn(4, 2), torch.randn(6, 2), bootstrap=0, space=space)
+
+
 def test_bootstrap_has_an_upper_bound_instead_of_a_memory_error():
     from kinetic_fm.metrics.memorization import MAX_BOOTSTRAP
 

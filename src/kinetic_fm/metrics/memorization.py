@@ -144,7 +144,7 @@ def memorization(
     Raises:
         ValueError: an argument out of range, NaN/inf rows, sets of different layouts or
             feature counts, fewer than 2 training items (each named). TypeError: ``space`` not
-            callable.
+            callable, or returning a tuple or list of tensors rather than one tensor.
     """
     threshold = inside_unit_interval("threshold", threshold)
     bootstrap, seed, confidence = _interval_settings(bootstrap, seed, confidence, interval)
@@ -282,7 +282,12 @@ def _features(space, x: torch.Tensor, rows: int, bar: str | None = None) -> torc
     out = []
     with tqdm(total=x.shape[0], desc=f"features ({bar})", unit="row", leave=False, disable=bar is None) as shown:
         for r0 in range(0, x.shape[0], rows):
-            feats = torch.as_tensor(space(x[r0:r0 + rows]))
+            feats = space(x[r0:r0 + rows])
+            if isinstance(feats, (tuple, list)) and any(isinstance(f, torch.Tensor) for f in feats):
+                # torch.as_tensor's own words: "only one element tensors can be converted to Python scalars"
+                raise TypeError(f"space must return one tensor of features, got a {type(feats).__name__} "
+                                f"of {len(feats)} items: return the features alone (e.g. lambda x: net(x)[0])")
+            feats = torch.as_tensor(feats)
             if feats.dim() == 0 or feats.shape[0] != min(rows, x.shape[0] - r0):
                 raise ValueError(f"space must return one row per input, got shape {tuple(feats.shape)} "
                                  f"for {min(rows, x.shape[0] - r0)} inputs")
