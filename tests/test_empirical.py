@@ -652,6 +652,16 @@ def test_recorder_under_dopri5_records_the_samples_in_flight(atoms):
     assert (trace.t[0] == 0).all() and (trace.max_weight[0] == trace.max_weight[0].min()).all()
 
 
+@pytest.mark.parametrize("active", [torch.tensor([1, 0, 1]), torch.tensor([[True, False, True]]), [True, False, True]])
+def test_recorder_select_takes_a_one_dimensional_bool_mask(atoms, active):
+    # an integer 0/1 mask was kept and read as indices when the trace was stacked: a shape
+    # error from torch at trace(), or, where as many rows were evaluated as the mask is long,
+    # one sample's records written over another's
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    with pytest.raises(ValueError, match=r"active must be a \(B,\) bool mask"):
+        recorder.select(active)
+
+
 @pytest.mark.parametrize("atoms_dtype, x_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16),
                                                   (torch.float64, torch.float32), (torch.float64, torch.bfloat16)])
 def test_an_infinite_x_is_refused_whatever_its_dtype(atoms_dtype, x_dtype):

@@ -999,6 +999,11 @@ class PosteriorRecorder:
     def select(self, active: torch.Tensor) -> "PosteriorRecorder":
         """A recorder for the samples where the (B,) bool mask ``active`` is True, writing into
         this one's records (dopri5 evaluates only the samples still in flight)."""
+        if not (isinstance(active, torch.Tensor) and active.dtype == torch.bool and active.dim() == 1):
+            # an integer 0/1 mask would be read as row indices when the trace is stacked
+            got = (f"a {active.dim()}-D {active.dtype} tensor" if isinstance(active, torch.Tensor)
+                   else type(active).__name__)
+            raise ValueError(f"active must be a (B,) bool mask of the samples to record, got {got}")
         view = copy.copy(self)                  # shares the record list
         view._active = active.clone()
         return view
