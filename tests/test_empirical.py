@@ -662,6 +662,17 @@ def test_recorder_select_takes_a_one_dimensional_bool_mask(atoms, active):
         recorder.select(active)
 
 
+def test_a_recorder_view_called_on_other_rows_than_its_mask_names_the_call(atoms):
+    # a view for 2 of 3 samples called on all 3 was recorded, and trace() then failed in torch
+    # ("shape mismatch: value tensor of shape [3] cannot be broadcast to indexing result of shape [2]")
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    x = torch.randn(3, 3, 4, 4, dtype=atoms.dtype)
+    recorder(x, 0.5)
+    recorder.select(torch.tensor([True, False, True]))(x, 0.5)
+    with pytest.raises(ValueError, match=r"call 1 .* 3 rows .* mask selects 2"):
+        recorder.trace()
+
+
 @pytest.mark.parametrize("atoms_dtype, x_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16),
                                                   (torch.float64, torch.float32), (torch.float64, torch.bfloat16)])
 def test_an_infinite_x_is_refused_whatever_its_dtype(atoms_dtype, x_dtype):

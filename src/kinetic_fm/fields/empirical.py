@@ -1017,7 +1017,8 @@ class PosteriorRecorder:
 
     def trace(self) -> PosteriorTrace:
         """Stack the records; raises ValueError when nothing was recorded yet, or when the calls
-        were on batches of different sizes (the records of several runs)."""
+        were on batches of different sizes (the records of several runs), or a :meth:`select` view
+        was called on other rows than its mask selects."""
         if not self._records:
             raise ValueError("the recorder has not been called yet")
         sizes = sorted({t.shape[0] if active is None else active.shape[0] for t, _, active in self._records})
@@ -1027,7 +1028,10 @@ class PosteriorRecorder:
                              "recorder, or clear() it between runs")
         batch = sizes[0]
         columns: dict[str, list[torch.Tensor]] = {name: [] for name in ("t", *_TRACED)}
-        for t, diagnostics, active in self._records:
+        for call, (t, diagnostics, active) in enumerate(self._records):
+            if active is not None and t.shape[0] != int(active.sum()):  # torch's own words name no call
+                raise ValueError(f"the recorder's call {call} evaluated {t.shape[0]} rows but its select(active) "
+                                 f"mask selects {int(active.sum())}: call a view only on the rows it selects")
             for name in columns:
                 value = t if name == "t" else getattr(diagnostics, name)
                 if active is not None:
