@@ -1027,11 +1027,16 @@ class PosteriorRecorder:
                              f"{sizes[-1]} rows, so more than one run: record each run with its own "
                              "recorder, or clear() it between runs")
         batch = sizes[0]
+        # each select(active) view's rows against its mask's count, read back in one go (torch's own
+        # words for a mismatch name no call)
+        masked = [(call, t.shape[0], active) for call, (t, _, active) in enumerate(self._records) if active is not None]
+        counts = torch.stack([active.sum() for _, _, active in masked]).tolist() if masked else []
+        for (call, rows, _), count in zip(masked, counts):
+            if rows != count:
+                raise ValueError(f"the recorder's call {call} evaluated {rows} rows but its select(active) "
+                                 f"mask selects {count}: call a view only on the rows it selects")
         columns: dict[str, list[torch.Tensor]] = {name: [] for name in ("t", *_TRACED)}
-        for call, (t, diagnostics, active) in enumerate(self._records):
-            if active is not None and t.shape[0] != int(active.sum()):  # torch's own words name no call
-                raise ValueError(f"the recorder's call {call} evaluated {t.shape[0]} rows but its select(active) "
-                                 f"mask selects {int(active.sum())}: call a view only on the rows it selects")
+        for t, diagnostics, active in self._records:
             for name in columns:
                 value = t if name == "t" else getattr(diagnostics, name)
                 if active is not None:
