@@ -604,12 +604,39 @@ def test_recorder_traces_dominance_along_a_run(atoms):
     assert (trace.candidates[-1] <= 64).all() and (trace.neglected_bound < 1e-8).all()
 
 
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4", "dopri5"])
+def test_a_recorder_passed_to_a_second_run_is_refused_and_its_first_trace_kept(atoms, solver):
+    # a second kfm.sample of the same batch size appended its records to the first run's, and
+    # trace() returned the two runs stacked as one, without a word
+    settings = dict(solver=solver, rtol=1e-3, atol=1e-3) if solver == "dopri5" else dict(solver=solver, steps=4)
+    field = kfm.EmpiricalFlow(atoms)
+    single = PosteriorRecorder(field)
+    kfm.sample(single, seeds=range(4), shape=(3, 4, 4), **settings)
+    expected = single.trace()
+
+    recorder = PosteriorRecorder(field)
+    kfm.sample(recorder, seeds=range(4), shape=(3, 4, 4), **settings)
+    calls = len(recorder)
+    with pytest.raises(ValueError, match=rf"PosteriorRecorder passed to kfm.sample already holds {calls} records "
+                                         r"of an earlier run.*clear\(\) it.*new PosteriorRecorder per run"):
+        kfm.sample(recorder, seeds=range(4, 8), shape=(3, 4, 4), **settings)
+    assert len(recorder) == calls                 # refused before its first velocity call
+    for name, value in vars(recorder.trace()).items():
+        assert torch.equal(value.nan_to_num(-9.0), getattr(expected, name).nan_to_num(-9.0)), name
+    # cleared, the recorder takes the next run and traces it alone
+    recorder.clear()
+    kfm.sample(recorder, seeds=range(4), shape=(3, 4, 4), **settings)
+    for name, value in vars(recorder.trace()).items():
+        assert torch.equal(value.nan_to_num(-9.0), getattr(expected, name).nan_to_num(-9.0)), name
+
+
 def test_a_recorder_used_for_two_runs_of_other_sizes_says_so_and_clear_empties_it(atoms):
     # trace() of a recorder reused for a run of another batch size failed in torch.stack
-    # ("stack expects each tensor to be equal size"); clear() starts it afresh
+    # ("stack expects each tensor to be equal size"); clear() starts it afresh. kfm.sample now
+    # refuses the second run; calls made directly still meet trace()'s check
     recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
     kfm.sample(recorder, seeds=range(4), shape=(3, 4, 4), steps=3)
-    kfm.sample(recorder, seeds=range(6), shape=(3, 4, 4), steps=3)
+    recorder(kfm.noise(range(6), (3, 4, 4)), 0.5)
     with pytest.raises(ValueError, match=r"batches of 4 and 6 rows.*own recorder, or clear\(\) it between runs"):
         recorder.trace()
     recorder.clear()

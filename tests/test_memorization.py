@@ -1430,6 +1430,87 @@ def test_image_files_against_a_centred_celeba_spec_are_centred_alike(tmp_path, c
     assert "error: samples contains NaN or inf in 1 row(s), first at row 1" in capsys.readouterr().err
 
 
+def _bright_faces(folder, count, seed=8):
+    """Bright, smooth-ish greyscale faces of CelebA's aligned size: a mean image far from 0."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for j in range(count):
+        base = rng.integers(120, 230) + rng.integers(-25, 25, size=(218, 178))
+        Image.fromarray(base.clip(0, 255).astype(np.uint8), mode="L").save(folder / f"{j:06d}.png")
+
+
+def _audit(tmp_path, rows, spec, capsys):
+    """(table, stderr) of kfm memorization of the array ``rows`` against ``spec``."""
+    np.save(tmp_path / "s.npy", rows.numpy())
+    out = tmp_path / "t.csv"
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", spec, "--bootstrap", "0",
+                 "--no-progress", "--out", str(out)]) == 0
+    return pd.read_csv(out), capsys.readouterr().err
+
+
+def test_samples_centred_by_a_subsets_mean_against_a_celeba_spec_are_warned_about(tmp_path, capsys):
+    """load_celeba(n=...) centres by its subset's mean image, celeba:PATH by all the faces': copies
+    of the subset's faces audited against the spec sat ‖difference of the means‖ off their items
+    (d1 = 0.33 on the shared 6,000 faces, not 0), without a word. The memorized samples' common
+    offset is named; samples in the spec's frame, or whose offsets differ, are not warned about."""
+    from kinetic_fm.data import load_celeba, load_dataset
+
+    _bright_faces(tmp_path / "faces", 40)
+    spec = f"celeba:{tmp_path / 'faces'}"
+    whole = load_dataset(spec, progress=False)
+    subset = load_celeba(tmp_path / "faces", n=12, seed=0)
+    offset = float((subset.mean - whole.mean).norm())
+    assert offset > 0.1                       # the two means differ: the subset's own is not the spec's
+    copies = subset.images[:8]
+    table, err = _audit(tmp_path, copies, spec, capsys)
+    assert table["memorized"].all()
+    np.testing.assert_allclose(table["d1"], offset, rtol=1e-4)   # d1 is the means' difference, not 0
+    assert f"sit one common offset from their nearest training items (its norm {offset:.3g})" in err
+    assert "load_celeba(n=...) centres by its subset's mean image" in err
+
+    # moved into the spec's frame (the remedy the warning names): on their items, nothing to say
+    table, err = _audit(tmp_path, copies + subset.mean - whole.mean, spec, capsys)
+    np.testing.assert_allclose(table["d1"], 0.0, atol=1e-5)
+    assert "common offset" not in err
+    # near-copies each off its item its own way (a net's memorized samples) show no common offset
+    noise = torch.randn(copies.shape, generator=torch.Generator().manual_seed(3)) * 0.005
+    table, err = _audit(tmp_path, copies + subset.mean - whole.mean + noise, spec, capsys)
+    assert table["memorized"].all() and (table["d1"] > 0.1).all() and "common offset" not in err
+    # one memorized sample cannot show an offset common to several
+    table, err = _audit(tmp_path, copies[:1], spec, capsys)
+    assert table["memorized"].all() and "common offset" not in err
+    # repeated copies of a face, each off it the same way (a collapsed net's), and one of another:
+    # their misses are their items', not one offset common to all (estimated from the other
+    # samples alone, the first face's six fellow copies read as one)
+    repeated = copies[[0] * 7 + [5]] + subset.mean - whole.mean + noise[[0] * 7 + [1]]
+    table, err = _audit(tmp_path, repeated, spec, capsys)
+    assert table["memorized"].all() and "common offset" not in err
+
+
+def test_the_shared_celeba_subset_against_the_celeba_spec_names_the_offset(shared_data, tmp_path, capsys):
+    """On the real faces: copies of load_celeba(n=1000)'s faces read d1 = ‖mean(1000) − mean(6000)‖
+    (0.33) against celeba:PATH, and the warning names that offset. Where a face has a near twin
+    (d2 = 0.81) the offset turns a copy's verdict: d1/d2 = 0.40, not memorized."""
+    from kinetic_fm.data import load_celeba, load_dataset
+
+    path = shared_data / "celeba" / "celeba_align_subset6000.zip"
+    spec = f"celeba:{path}"
+    subset = load_celeba(path, n=1000, seed=0)
+    whole = load_dataset(spec, progress=False)
+    offset = float((subset.mean.double() - whole.mean.double()).norm())
+    assert 0.2 < offset < 0.5
+    table, err = _audit(tmp_path, subset.images[::40], spec, capsys)
+    np.testing.assert_allclose(table["d1"], offset, rtol=1e-4)
+    assert table["memorized"].sum() == 24 and not table["memorized"][10]
+    assert f"(its norm {offset:.3g})" in err and "load_dataset" in err
+    # in the spec's frame, as the warning says: every copy on its face, all 25 memorized
+    table, err = _audit(tmp_path, subset.images[::40] + subset.mean - whole.mean, spec, capsys)
+    np.testing.assert_allclose(table["d1"], 0.0, atol=1e-5)
+    assert table["memorized"].all() and "common offset" not in err
+
+
 def test_a_cifar10_image_tree_spec_names_the_nearest_training_files(tmp_path):
     """--train cifar10:TREE names each nearest item's file (train/<class>/<file>); python batches
     have no file names, so their table has no such column."""

@@ -142,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
                               interval=args.interval, backend=args.backend, progress=args.progress)
     print(report)
+    if train_mean is not None and not samples_folder:
+        _warn_of_a_common_offset(samples, train, report, args.train)
     kind, low, high = report.shown_interval()
     if args.interval == "bootstrap" and kind == "Wilson":
         print(f"note: the bootstrap interval has no width at F_mem = {report.fraction:g} (every resample "
@@ -398,6 +400,54 @@ def _looks_uncentred(samples, train, mean) -> bool:
     as_given = nearest_neighbors(probes, items, 1).distances[:, 0].median()
     shed = nearest_neighbors(probes - shift, items, 1).distances[:, 0].median()
     return bool(shed < 0.5 * as_given)
+
+
+# how many memorized samples (evenly spaced) _warn_of_a_common_offset compares
+_OFFSET_PROBES = 256
+
+
+def _warn_of_a_common_offset(samples, train, report, train_value: str) -> None:
+    """Warn when the memorized samples sit one common offset from their nearest training items
+    (centred ones: celeba:, or a run trained on it): taken off, each sample's estimated from the
+    samples nearest to other items (so that a sample's own miss, shared by repeated copies of its
+    item, cannot read as one), their median d1 falls below half.
+
+    Samples centred by another mean image than the items' do that: ``load_celeba(n=...)`` centres
+    by its subset's mean, ``celeba:PATH`` by all the faces' (on the shared 6,000 faces a 1,000
+    subset's copies read d1 = 0.33, not 0, and a copy of a face with a near twin, d2 = 0.81, was
+    judged not memorized). Array samples carry no record of the mean they were centred by."""
+    import torch
+
+    rows = torch.nonzero(report.memorized.cpu()).squeeze(1)
+    if rows.numel() < 2:
+        return  # one sample's miss is its own: no offset common to several to see
+    memorized = rows.numel()
+    rows = rows[torch.linspace(0, rows.numel() - 1, min(rows.numel(), _OFFSET_PROBES)).round().long()]
+    nearest = report.nearest.cpu()[rows]
+    misses = (samples[rows.to(samples.device)].double() - train[nearest.to(train.device)].double())
+    misses = misses.reshape(rows.numel(), -1).cpu()
+    _, item = torch.unique(nearest, return_inverse=True)
+    own_sum = torch.zeros(int(item.max()) + 1, misses.shape[1], dtype=misses.dtype).index_add_(0, item, misses)[item]
+    others = rows.numel() - torch.bincount(item)[item]
+    kept = others > 0
+    if int(kept.sum()) < 2:
+        return  # the samples copy one item: its copies' shared miss may be its own
+    estimate = (misses.sum(0) - own_sum[kept]) / others[kept, None]
+    given = misses[kept].norm(dim=1).median()
+    shed = (misses[kept] - estimate).norm(dim=1).median()
+    if not (given > 0 and shed < 0.5 * given):
+        return
+    import warnings
+
+    offset = float(misses.mean(0).norm())
+    probed = "" if rows.numel() == memorized else f" ({rows.numel()} of them compared)"
+    warnings.warn(f"the {memorized} memorized --samples{probed} sit one common offset from their nearest training items "
+                  f"(its norm {offset:.3g}): taken off, their median d1 falls from {float(given):.3g} to "
+                  f"{float(shed):.3g}. Samples centred by another mean image than --train {train_value}'s items "
+                  "do that: load_celeba(n=...) centres by its subset's mean image, a celeba: spec its items by "
+                  "the mean of all its faces. Move such samples into --train's frame (x + faces.mean - "
+                  "kinetic_fm.data.load_dataset(spec).mean), or audit them against the subset itself (its kfm "
+                  "train run folder, or the subset's images saved as --train)", stacklevel=2)
 
 
 def _grey_folders_as_one_channel(samples, samples_folder: bool, train, train_folder: bool):

@@ -38,6 +38,12 @@ def load_celeba(
         :class:`ImageDataset` of (N, 1, size, size) float32 (3 channels if ``grayscale=False``);
         ``mean`` (C, size, size) holds what was subtracted (undo with :meth:`ImageDataset.to_unit`).
         Labels are None.
+
+    The mean is the loaded subset's own, so one face's values depend on the subset: the
+    ``celeba:PATH`` spec (``kfm memorization --train celeba:PATH``) loads every face and centres by
+    their mean. On the shared 6,000 faces an n = 1000 subset's mean is 0.33 (L2) from theirs, so
+    its copies sit that far from their faces there (``kfm memorization`` warns of such a common
+    offset); move samples across with ``x + subset.mean - whole.mean``.
     """
     if center not in CENTERING:
         raise ValueError(f"center must be one of {CENTERING}, got {center!r}")

@@ -975,8 +975,10 @@ class PosteriorRecorder:
     """Wrap an :class:`EmpiricalFlow` so every ``v(x, t)`` call also records its diagnostics.
 
     The records stay on the device (no host synchronisation beyond the field's own); pass the
-    recorder to ``kfm.sample`` in place of the field, then read :meth:`trace`. Records accumulate
-    over calls: use one recorder per run, or :meth:`clear` it between runs.
+    recorder to ``kfm.sample`` in place of the field, then read :meth:`trace`. One recorder holds
+    one run: ``kfm.sample`` refuses (ValueError) a recorder that still holds records, whose trace
+    would stack two runs as one; :meth:`clear` it between runs, or make one per run. Called
+    directly, outside ``kfm.sample``, its records accumulate over calls.
     """
 
     singular_at_one = True
@@ -1010,6 +1012,14 @@ class PosteriorRecorder:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def start_run(self) -> None:
+        """Called by ``kfm.sample`` before a run's first velocity call: refuses a recorder that
+        still holds records, whose :meth:`trace` would return the runs stacked as one."""
+        if self._records:
+            raise ValueError(f"the PosteriorRecorder passed to kfm.sample already holds {len(self._records)} records "
+                             "of an earlier run, and its trace() would mix the two runs: read its trace(), then "
+                             "clear() it before the next run, or use a new PosteriorRecorder per run")
 
     def clear(self) -> None:
         """Forget every record (views made by :meth:`select` share them and forget them too)."""
