@@ -838,6 +838,32 @@ def test_images_for_the_resnet_space_in_0_1_are_warned_about():
         _cifar_images("--samples", 2 * unit - 1)
 
 
+def test_cli_resnet_space_with_clamp_warns_of_the_samples_scale_once(tmp_path, capsys):
+    """uint8 copies of [-1, 1] training images, --clamp and a ResNet space: the scale warning read
+    before the clamp is the only one; the ResNet's "[0, 1] images ... 2x − 1" followed it, about
+    samples the clamp had moved into [0, 1] (not [0, 1] images, and 2x − 1 not the remedy). Where
+    the samples' scale raised no warning (both sets in [0, 1]), both sets are still warned about."""
+    from kinetic_fm.models.resnet_cifar import CifarResNet
+
+    torch.manual_seed(0)
+    state = CifarResNet(20).state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "r20.th")
+    train = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    np.save(tmp_path / "t.npy", train.numpy())
+    flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"), "--clamp",
+             "--space", f"resnet20:{tmp_path / 'r20.th'}", "--bootstrap", "0", "--no-progress"]
+    np.save(tmp_path / "s.npy", ((train[:4] + 1) * 127.5).round().to(torch.uint8).numpy())
+    assert main(flags) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "magnitudes over 20x apart (uint8 against [-1, 1]?)" in warned[0], warned
+    np.save(tmp_path / "t.npy", ((train + 1) / 2).numpy())
+    np.save(tmp_path / "s.npy", ((train[:4] + 1) / 2).numpy())
+    assert main(flags) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert [name for name in ("--train", "--samples") if any(f"{name} has no negative value" in w for w in warned)] \
+        == ["--train", "--samples"], warned
+
+
 def test_cli_audit_in_a_cifar_resnet_feature_space(shared_data, tmp_path, capsys):
     """--space resnet20:PATH gives the Python audit with space=net.features, row for row."""
     from kinetic_fm.data.cifar10 import load_cifar10

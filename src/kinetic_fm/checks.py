@@ -294,9 +294,9 @@ class ValueRangeWarning(UserWarning):
     """Two sets a metric compares look as if they were stored on different value scales."""
 
 
-def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> None:
+def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> bool:
     """:func:`check_same_layout`, then warn (:class:`ValueRangeWarning`) when the two sets' values
-    look like one kind of data on two scales. Each set's range is read as the 0.1 % and 99.9 %
+    look like one kind of data on two scales; returns whether it warned. Each set's range is read as the 0.1 % and 99.9 %
     quantiles of its finite values (of up to 100,000 at seeded random positions, so one outlier or
     a larger set does not move it). Two patterns are flagged:
 
@@ -313,11 +313,11 @@ def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> N
     (name_a, a), (name_b, b) = first, second
     extent_a, extent_b = _extent(a), _extent(b)
     if extent_a is None or extent_b is None:
-        return
+        return False
     (lo_a, hi_a), (lo_b, hi_b) = extent_a, extent_b
     size_a, size_b = max(abs(lo_a), abs(hi_a)), max(abs(lo_b), abs(hi_b))
     if not (math.isfinite(size_a) and math.isfinite(size_b)) or size_a == 0 or size_b == 0:
-        return
+        return False
     ranges = (f"{name_a} spans [{lo_a:.4g}, {hi_a:.4g}] and {name_b} [{lo_b:.4g}, {hi_b:.4g}] "
               "(0.1 % to 99.9 % quantiles)")
     hint = ("bring both to one scale first (images in [-1, 1]: x / 127.5 - 1 from uint8, 2x - 1 from [0, 1]); "
@@ -332,6 +332,9 @@ def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> N
     elif half_signed(lo_a, hi_a, size_a, lo_b, hi_b) or half_signed(lo_b, hi_b, size_b, lo_a, hi_a):
         warnings.warn(f"{ranges}: one is non-negative, the other spans about as far below zero "
                       f"([0, 1] against [-1, 1]?); {hint}", ValueRangeWarning, stacklevel=3)
+    else:
+        return False
+    return True
 
 
 _EXTENT_VALUES = 100_000
