@@ -1201,6 +1201,51 @@ def test_a_feature_map_in_training_mode_is_warned_about():
             net.train()
 
 
+def test_a_feature_map_in_training_mode_is_warned_about_once_a_call():
+    # it was warned about once per set, and through a FeatureSpace once more per chunk (10 times here)
+    import warnings
+
+    from kinetic_fm.metrics.features import FeatureSpace
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+    x, y = torch.randn(10, 4), torch.randn(20, 4)
+    for space in (net, net.forward, lambda rows: net(rows), FeatureSpace(net, batch_size=4)):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            kfm.memorization(x, y, space=space, bootstrap=0, space_chunk=4)
+        assert [w.category for w in got] == [TrainingModeWarning], (space, [str(w.message)[:60] for w in got])
+
+
+def test_a_chunk_of_one_row_through_batch_norm_in_training_mode_is_refused_by_name():
+    # torch's own words, "Expected more than 1 value per channel when training", named neither space nor .eval()
+    import warnings
+
+    from kinetic_fm.metrics.features import FeatureSpace
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+    x, y = torch.randn(9, 4), torch.randn(20, 4)   # 9 rows in chunks of 4: the last holds one
+    refused = r"space.*batch norm in training mode.* one row.*\.eval\(\)"
+    for space in (net, lambda rows: net(rows), FeatureSpace(net, batch_size=4)):
+        with pytest.warns(TrainingModeWarning), pytest.raises(ValueError, match=refused):
+            kfm.memorization(x, y, space=space, bootstrap=0, space_chunk=4)
+    with pytest.warns(TrainingModeWarning), pytest.raises(ValueError, match=refused):
+        FeatureSpace(net, batch_size=4)(x)
+    with pytest.warns(TrainingModeWarning), pytest.raises(ValueError, match=r"row 4 of the 10 rows of samples"):
+        kfm.memorization(torch.randn(10, 4), y, space=FeatureSpace(net, batch_size=4), bootstrap=0, space_chunk=5)
+    net.eval()   # in eval mode one row is normalised by the running statistics, as any other
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = kfm.memorization(x, y, space=net, bootstrap=0, space_chunk=4)
+    with torch.no_grad():
+        d1, d2, nearest = brute(net(x), net(y))
+    torch.testing.assert_close(report.ratio, d1 / d2, rtol=1e-6, atol=1e-9)
+    assert report.nearest.tolist() == nearest.tolist()
+
+
 def test_gap_ratio_of_subnormal_distances_is_their_ratio():
     # float32 distances below finfo.tiny (1.2e-38) were clamped before dividing: 1e-40 / 1e-40 gave
     # 0.0085, a memorized sample, instead of 1

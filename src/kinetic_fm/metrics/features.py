@@ -13,6 +13,7 @@ than in raw pixels, whose covariance is singular at a few hundred samples of 32x
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -117,7 +118,8 @@ class FeatureSpace:
                 chunk = x[start:start + self.batch_size].to(dtype)
                 if where is not None:
                     chunk = chunk.to(where)
-                feats = self.fn(chunk)
+                with one_row_batch_norm_named(f"space (feature map {self.name!r})", start, f"{x.shape[0]} inputs"):
+                    feats = self.fn(chunk)
                 if not isinstance(feats, Tensor):
                     raise TypeError(
                         f"feature map {self.name!r} must return a Tensor, got {type(feats).__name__}")
@@ -243,6 +245,33 @@ class PrincipalSpace:
         # the rest itself, not sqrt(‖x‖² − ‖kept‖²): no cancellation when little is left outside
         rest = torch.linalg.vector_norm(centred - kept @ components.T, dim=1, keepdim=True)
         return torch.cat([kept, rest], dim=1)
+
+
+class OneRowBatchNormError(ValueError):
+    """Batch norm in training mode given a chunk of one row: row ``row`` of the rows being mapped."""
+
+    def __init__(self, what: str, row: int, rows: str):
+        self.row = row
+        super().__init__(
+            f"{what} holds batch norm in training mode, which cannot normalise a chunk of one row (row {row} "
+            f"of {rows} came alone in its chunk); call .eval() on the network first (net.eval()): in training "
+            "mode its features also change with the chunk size")
+
+
+@contextlib.contextmanager
+def one_row_batch_norm_named(what: str, start: int, rows: str):
+    """Torch's "Expected more than 1 value per channel when training" (batch norm in training mode
+    given a chunk of one row, the chunk that starts at row ``start`` of ``rows``) re-raised as a
+    :class:`OneRowBatchNormError` naming ``what``; one raised by an inner chunking (rows counted
+    from ``start``) named again, by the outermost caller. Other errors pass as they are."""
+    try:
+        yield
+    except OneRowBatchNormError as err:
+        raise OneRowBatchNormError(what, start + err.row, rows) from err.__cause__
+    except ValueError as err:
+        if "more than 1 value per channel when training" not in str(err):
+            raise
+        raise OneRowBatchNormError(what, start, rows) from err
 
 
 def module_of(fn: Any) -> torch.nn.Module | None:

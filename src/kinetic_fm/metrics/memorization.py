@@ -21,7 +21,7 @@ import torch
 from ..checks import as_scalar, check_integer, check_same_space, inside_unit_interval, is_integer, positive_integer
 from ..knn import as_rows, check_exact_integers, check_finite, nearest_neighbors
 from ..sampling.guards import warn_if_feature_map_training
-from .features import feature_space, module_of
+from .features import FeatureSpace, feature_space, module_of, one_row_batch_norm_named
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -156,8 +156,9 @@ def memorization(
     if train.shape[0] < 2:
         raise ValueError(f"train must hold at least 2 items for the gap ratio (k = 2), got {train.shape[0]}")
     if space is not None:
-        samples = _features(space, samples, space_chunk, "samples" if progress else None)
-        train = _features(space, train, space_chunk, "train" if progress else None)
+        warn_if_feature_map_training(space)  # once for both sets
+        samples = _features(space, samples, space_chunk, "samples", progress)
+        train = _features(space, train, space_chunk, "train", progress)
     if samples.shape[1:].numel() != train.shape[1:].numel():
         raise ValueError(
             f"samples and train must have the same number of features, got "
@@ -272,17 +273,20 @@ def _real_rows(name: str, rows: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _features(space, x: torch.Tensor, rows: int, bar: str | None = None) -> torch.Tensor:
-    """``space`` applied to ``x`` in blocks of ``rows``, flattened; a tqdm bar named ``bar`` if given."""
+def _features(space, x: torch.Tensor, rows: int, name: str, progress: bool = False) -> torch.Tensor:
+    """``space`` applied to ``x`` (the argument ``name``) in blocks of ``rows``, flattened; a tqdm bar if ``progress``.
+    The caller has warned about a network in training mode (a FeatureSpace's __call__ would per block)."""
     from tqdm.auto import tqdm
 
-    warn_if_feature_map_training(space)
     if module_of(space) is not None:  # a network takes chunks in its own dtype and on its device
         space = feature_space(space, batch_size=rows)._mapped
+    elif isinstance(space, FeatureSpace) and not space.is_identity:
+        space = space._mapped
     out = []
-    with tqdm(total=x.shape[0], desc=f"features ({bar})", unit="row", leave=False, disable=bar is None) as shown:
+    with tqdm(total=x.shape[0], desc=f"features ({name})", unit="row", leave=False, disable=not progress) as shown:
         for r0 in range(0, x.shape[0], rows):
-            feats = space(x[r0:r0 + rows])
+            with one_row_batch_norm_named("space", r0, f"the {x.shape[0]} rows of {name}"):
+                feats = space(x[r0:r0 + rows])
             if isinstance(feats, (tuple, list)) and any(isinstance(f, torch.Tensor) for f in feats):
                 # torch.as_tensor's own words: "only one element tensors can be converted to Python scalars"
                 raise TypeError(f"space must return one tensor of features, got a {type(feats).__name__} "
