@@ -1090,6 +1090,44 @@ def test_inputs_torch_cannot_read_are_refused_by_their_own_name(value, says, sid
         kfm.nearest_neighbors(sets["samples"], sets["train"], 1)
 
 
+@pytest.mark.parametrize("side", ["samples", "train"])
+def test_object_arrays_and_columns_of_numbers_are_read_as_numbers(side):
+    # a pandas object column of ints (a table built row by row, or read from CSV-derived data) and
+    # np.array(ints, dtype=object) were refused: "its column b holds no numbers", "dtype object"
+    rng = np.random.default_rng(0)
+    sets = {"samples": rng.integers(0, 9, (6, 3)), "train": rng.integers(0, 9, (9, 3))}
+    want = kfm.memorization(sets["samples"], sets["train"], bootstrap=0)
+    ints = sets[side]
+    objects = {side: pd.DataFrame({"a": ints[:, 0], "b": pd.Series(ints[:, 1].tolist(), dtype=object),
+                                   "c": ints[:, 2].astype(np.float64)})}
+    objects[side]["b"] = objects[side]["b"].astype(object)
+    assert objects[side]["b"].dtype == object
+    for given in (objects[side], np.array(ints.tolist(), dtype=object),
+                  np.array([[int(v) if j else float(v) for j, v in enumerate(row)] for row in ints], dtype=object)):
+        report = kfm.memorization(**{**sets, side: given}, bootstrap=0)
+        assert torch.equal(report.d1, want.d1) and torch.equal(report.d2, want.d2)
+        assert torch.equal(report.nearest, want.nearest)
+    found = kfm.nearest_neighbors(np.array(sets["samples"].tolist(), dtype=object), sets["train"], 2)
+    assert torch.equal(found.distances, kfm.nearest_neighbors(sets["samples"], sets["train"], 2).distances)
+
+
+@pytest.mark.parametrize("value, says", [
+    (pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": pd.Series([1, None, "x"], dtype=object)}),
+     r"its column b holds values other than numbers \(row 1: None, a NoneType\)"),
+    (pd.DataFrame({"a": pd.Series([1, 2, "3"], dtype=object), "b": [1.0, 2.0, 3.0]}),
+     r"its column a holds values other than numbers \(row 2: '3', a str\)"),
+    (pd.DataFrame({"a": pd.Series([1, True, 0], dtype=object), "b": [1.0, 2.0, 3.0]}),
+     r"its column a holds values other than numbers \(row 1: True, a bool\)"),
+    (np.array([[1, 2], ["3", 4], [5, 6]], dtype=object),
+     r"got a NumPy array of dtype object holding values other than numbers \(\[1, 0\]: '3', a str\)"),
+])
+def test_object_columns_of_other_values_are_refused_naming_the_first(value, says):
+    for side in ("samples", "train"):
+        sets = {"samples": np.random.rand(3, 2), "train": np.random.rand(5, 2), side: value}
+        with pytest.raises(ValueError, match=rf"^{side} must be an \(n, \.\.\.\) array of numbers; {says}"):
+            kfm.memorization(sets["samples"], sets["train"])
+
+
 @pytest.mark.parametrize("dtype", [torch.complex64])
 @pytest.mark.parametrize("side", ["samples", "train"])
 def test_non_real_inputs_are_refused_by_their_own_name(dtype, side):

@@ -49,6 +49,10 @@ def torch_readable(value):
       a FITS file or written on another machine) is converted to native order: torch refuses it.
     - A NumPy view with a negative stride (``np.flip(images, 3)``, ``a[::-1]``) is copied: torch
       refuses those too.
+    - An object array (a pandas object column, ``np.array(ints, dtype=object)``) whose every element
+      is a real number (:func:`is_real`: no bools, strings or None) becomes int64 where all are
+      integers within its range, else float64: torch refuses object arrays. One holding anything
+      else is returned as it is; :func:`first_non_number` finds what to name in the refusal.
 
     Anything else (tensors, native arrays, lists, numbers) is returned unchanged.
     """
@@ -64,7 +68,34 @@ def torch_readable(value):
         value = value.astype(value.dtype.newbyteorder("="))
     if isinstance(value, np.ndarray) and any(stride < 0 for stride in value.strides):
         value = np.ascontiguousarray(value)
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        value = _object_numbers(value)
     return value
+
+
+def first_non_number(values) -> tuple[tuple[int, ...], object] | None:
+    """``(index, element)`` of the first element of the NumPy array ``values`` that is not a real
+    number (:func:`is_real`), in C order; None when every element is one."""
+    import numpy as np
+
+    for i, element in enumerate(values.flat):
+        if not is_real(element):
+            return tuple(int(j) for j in np.unravel_index(i, values.shape)), element
+    return None
+
+
+def _object_numbers(values):
+    """The object array ``values`` as int64 (all integers) or float64 (other real numbers), or as
+    it is when an element is no real number or does not fit (int64 beyond 2**63: float64 would
+    round it without a word)."""
+    import numpy as np
+
+    if values.size == 0 or first_non_number(values) is not None:
+        return values
+    try:
+        return values.astype(np.int64 if all(is_integer(v) for v in values.flat) else np.float64)
+    except OverflowError:
+        return values
 
 
 def is_number_kind(kind) -> bool:
