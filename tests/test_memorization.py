@@ -1208,6 +1208,37 @@ def test_a_space_returning_a_tuple_of_tensors_is_named(space):
         kfm.memorization(torch.randn(4, 2), torch.randn(6, 2), bootstrap=0, space=space)
 
 
+def test_a_bootstrap_of_few_resamples_is_warned_about(tmp_path, capsys):
+    # bootstrap=1 printed a zero-width "95 % bootstrap CI" that need not contain F_mem, without a word
+    import warnings
+
+    rng = np.random.default_rng(0)
+    train = torch.from_numpy(rng.normal(size=(40, 3)))
+    samples = torch.cat([train[:5] + 1e-3, torch.from_numpy(rng.normal(size=(15, 3)))])
+    few = r"^bootstrap=(1|99): a percentile interval from fewer than 100 resamples is unreliable"
+    for count in (1, 99):
+        with pytest.warns(UserWarning, match=few):
+            report = kfm.memorization(samples, train, bootstrap=count, seed=2)
+        with pytest.warns(UserWarning, match=few):
+            assert kfm.fraction_interval(report.memorized.sum(), 20, "bootstrap", bootstrap=count, seed=2) == report.ci
+    memorized = int(report.memorized.sum())
+    assert 5 <= memorized < 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for count in (0, 100, 1000):
+            report = kfm.memorization(samples, train, bootstrap=count, seed=2)
+            draws = np.random.default_rng(2).binomial(20, memorized / 20, size=count) / 20   # as before
+            want = tuple(np.quantile(draws, [0.025, 0.975])) if count else None
+            assert report.ci == want or (want is None and all(math.isnan(v) for v in report.ci))
+        kfm.memorization(samples, train, bootstrap=1, interval="wilson")         # draws no resamples
+    np.save(tmp_path / "s.npy", samples.numpy())
+    np.save(tmp_path / "t.npy", train.numpy())
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--bootstrap", "1", "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "--bootstrap 1: a percentile interval from fewer than 100 resamples" in warned[0]
+
+
 def test_bootstrap_has_an_upper_bound_instead_of_a_memory_error():
     from kinetic_fm.metrics.memorization import MAX_BOOTSTRAP
 

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     from ..checks import ValueRangeWarning, check_integer, inside_unit_interval
-    from ..metrics.memorization import MAX_BOOTSTRAP, memorization
+    from ..metrics.memorization import FEW_BOOTSTRAP, MAX_BOOTSTRAP, few_resamples, memorization
     from ..runs.distributed import single_process_device
 
     # before the inputs load and the audit runs, each named by its flag (the library names its
@@ -141,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         if args.clamp:  # the scale was checked before the clamp, which can misname it (_clamped_to)
             warnings.simplefilter("ignore", ValueRangeWarning)
+        if 0 < resamples.get("bootstrap", FEW_BOOTSTRAP) < FEW_BOOTSTRAP:  # given: --interval bootstrap
+            warnings.warn(few_resamples(f"--bootstrap {args.bootstrap}"), UserWarning, stacklevel=2)
+            warnings.filterwarnings("ignore", "bootstrap=", UserWarning)  # the library's, naming its argument
         report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
                               interval=args.interval, backend=args.backend, progress=args.progress)
     print(report)
