@@ -313,20 +313,22 @@ def as_tensor(x: Any) -> Tensor:
     return torch.as_tensor(np.asarray(torch_readable(x)))
 
 
-def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x") -> Tensor:
+def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x", check_training: bool = True) -> Tensor:
     """``x`` mapped through ``space`` into a 2-D floating tensor (B, F), checked finite.
 
     Integers become float32 up to 16 bits (exact: uint8 images stay cheap) and float64 beyond
     (float32 rounds 2^25 + 1 to 2^25, which made a distance of 1 read 0). Complex inputs or
     features are refused (casting would drop the imaginary part), as are inputs without rows;
-    each error names ``argument``.
+    each error names ``argument``. ``check_training=False``: no warning of a network in training
+    mode, for a metric that maps two sets and has warned once.
     """
     x = as_tensor(x).detach()  # a measurement, not a loss: no gradient flows through a metric
     if x.is_complex():
         raise ValueError(f"{argument} must hold real numbers, got dtype {x.dtype}")
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"{argument} must hold at least one sample, got shape {tuple(x.shape)}")
-    feats = feature_space(space)(x)
+    fs = feature_space(space)
+    feats = fs(x) if check_training or fs.is_identity else fs._mapped(x)
     if feats.is_complex():
         raise ValueError(f"{argument}: the feature map returned complex features ({feats.dtype}); need real ones")
     if not feats.is_floating_point():
