@@ -305,8 +305,8 @@ def test_public_integer_arguments_accept_zero_dimensional_tensors_and_arrays():
     for k in (torch.tensor(3), np.array(3)):
         got = kfm.precision_recall(reference, samples, k=k)
         assert (got.precision, got.recall, got.k) == (want.precision, want.recall, 3)
-    want = kfm.memorization(samples, reference, bootstrap=50, seed=3)
-    for seed, bootstrap in ((np.array(3), np.array(50)), (torch.tensor(3), torch.tensor(50))):
+    want = kfm.memorization(samples, reference, bootstrap=100, seed=3)
+    for seed, bootstrap in ((np.array(3), np.array(100)), (torch.tensor(3), torch.tensor(100))):
         got = kfm.memorization(samples, reference, bootstrap=bootstrap, seed=seed)
         assert (got.fraction, got.ci) == (want.fraction, want.ci)
     want = kfm.nearest_neighbors(samples, reference, 2)

@@ -273,7 +273,7 @@ def test_duplicated_training_item_copied_counts_as_memorized():
 
 def test_to_frame_has_one_row_per_sample(case):
     samples, train = case
-    frame = kfm.memorization(samples, train, bootstrap=10).to_frame()
+    frame = kfm.memorization(samples, train, bootstrap=100).to_frame()
     assert list(frame.columns) == ["sample", "d1", "d2", "ratio", "nearest", "memorized"]
     assert len(frame) == 100 and frame["memorized"].sum() == 40
     assert frame["sample"].tolist() == list(range(100))
@@ -367,8 +367,8 @@ def test_cli_interval_choice_reaches_the_report(tmp_path, capsys, case):
     assert ("--seed applies to --interval bootstrap only (the clopper-pearson interval draws no resamples)"
             in capsys.readouterr().err)
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
-                 "--bootstrap", "50", "--seed", "3", "--no-progress"]) == 0
-    assert str(kfm.memorization(samples, train, bootstrap=50, seed=3)) in capsys.readouterr().out
+                 "--bootstrap", "100", "--seed", "3", "--no-progress"]) == 0
+    assert str(kfm.memorization(samples, train, bootstrap=100, seed=3)) in capsys.readouterr().out
 
 
 def test_cli_says_what_a_zero_width_bootstrap_interval_hides(tmp_path, capsys, case):
@@ -1625,10 +1625,10 @@ def test_cli_seed_and_backend_reach_the_audit(tmp_path, capsys, case, monkeypatc
     np.save(tmp_path / "s.npy", samples.numpy())
     np.save(tmp_path / "t.npy", train.numpy())
     flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"), "--no-progress",
-             "--bootstrap", "50"]
+             "--bootstrap", "100"]
     assert main([*flags, "--seed", "5"]) == 0
-    seeded = str(kfm.memorization(samples, train, bootstrap=50, seed=5))
-    assert seeded != str(kfm.memorization(samples, train, bootstrap=50, seed=0))   # the seed shows in the CI
+    seeded = str(kfm.memorization(samples, train, bootstrap=100, seed=5))
+    assert seeded != str(kfm.memorization(samples, train, bootstrap=100, seed=0))   # the seed shows in the CI
     assert seeded in capsys.readouterr().out
     import kinetic_fm.metrics.memorization as module
 
