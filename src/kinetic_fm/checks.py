@@ -327,9 +327,9 @@ class ValueRangeWarning(UserWarning):
 
 def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> bool:
     """:func:`check_same_layout`, then warn (:class:`ValueRangeWarning`) when the two sets' values
-    look like one kind of data on two scales; returns whether it warned. Each set's range is read as the 0.1 % and 99.9 %
-    quantiles of its finite values (of up to 100,000 at seeded random positions, so one outlier or
-    a larger set does not move it). Two patterns are flagged:
+    look like one kind of data on two scales; returns whether it warned. Each set's range is read
+    as the 0.1 % and 99.9 % quantiles of its finite values (of up to 100,000 at seeded random
+    positions, so one outlier or a larger set does not move it). Two patterns are flagged:
 
     - magnitudes over 20× apart: uint8 0..255 against [-1, 1];
     - one set non-negative, up to s, the other reaching below −s/2 but not above 1.5·s: [0, 1]
