@@ -305,8 +305,8 @@ def test_public_integer_arguments_accept_zero_dimensional_tensors_and_arrays():
     for k in (torch.tensor(3), np.array(3)):
         got = kfm.precision_recall(reference, samples, k=k)
         assert (got.precision, got.recall, got.k) == (want.precision, want.recall, 3)
-    want = kfm.memorization(samples, reference, bootstrap=50, seed=3)
-    for seed, bootstrap in ((np.array(3), np.array(50)), (torch.tensor(3), torch.tensor(50))):
+    want = kfm.memorization(samples, reference, bootstrap=100, seed=3)
+    for seed, bootstrap in ((np.array(3), np.array(100)), (torch.tensor(3), torch.tensor(100))):
         got = kfm.memorization(samples, reference, bootstrap=bootstrap, seed=seed)
         assert (got.fraction, got.ci) == (want.fraction, want.ci)
     want = kfm.nearest_neighbors(samples, reference, 2)
@@ -432,3 +432,21 @@ def test_a_hint_reaches_the_message_where_exceptions_have_no_notes():
     add_note(native, "hint")
     assert native.__notes__ == ["hint"]
     assert str(native) == ("boom" if sys.version_info >= (3, 11) else "boom\nhint")  # 3.11+ prints notes itself
+
+
+def test_torch_readable_reads_object_arrays_of_real_numbers_as_numbers():
+    # torch refuses object arrays ("can't convert np.ndarray of type numpy.object_"): a pandas
+    # object column of ints was refused as "holds no numbers"
+    from fractions import Fraction
+
+    from kinetic_fm.checks import first_non_number, torch_readable
+
+    ints = torch_readable(np.array([[1, 2], [np.int16(3), 2**62]], dtype=object))
+    assert ints.dtype == np.int64 and ints.tolist() == [[1, 2], [3, 2**62]]
+    mixed = torch_readable(np.array([1, 2.5, np.float32(0.5), Fraction(1, 4)], dtype=object))
+    assert mixed.dtype == np.float64 and mixed.tolist() == [1.0, 2.5, 0.5, 0.25]
+    for kept in ([1, None], [1, "2"], [1, True], [2**70, 1], [1j, 2]):   # refused by the caller, by name
+        given = np.array(kept, dtype=object)
+        assert torch_readable(given) is given
+    assert first_non_number(np.array([[1, 2], [3, None]], dtype=object)) == ((1, 1), None)
+    assert first_non_number(np.array([2**70, 1.5], dtype=object)) is None

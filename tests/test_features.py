@@ -90,3 +90,22 @@ def test_a_float32_net_or_its_method_measures_float64_samples_in_every_metric():
         assert torch.equal(report.nearest, reference.nearest)
         fd = kfm.frechet_distance(samples, train, space=space)
         assert fd.value == pytest.approx(kfm.frechet_distance(*by_hand[name]).value, rel=1e-4)
+
+
+def test_a_feature_map_in_training_mode_is_warned_about_once_a_call():
+    # the metrics that map two sets warned once per set, twice a call
+    import warnings
+
+    import kinetic_fm as kfm
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+    x, y = torch.randn(10, 4), torch.randn(20, 4)
+    for measure in (lambda: kfm.frechet_distance(x, y, space=net), lambda: kfm.precision_recall(y, x, k=2, space=net),
+                    lambda: kfm.local_support(x, y, k=2, space=net), lambda: kfm.kde_log_density(x, y, space=net),
+                    lambda: kfm.memorization(x, y, space=net, bootstrap=0)):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            measure()
+        assert [w.category for w in got if w.category is TrainingModeWarning] == [TrainingModeWarning]

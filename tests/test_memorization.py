@@ -273,7 +273,7 @@ def test_duplicated_training_item_copied_counts_as_memorized():
 
 def test_to_frame_has_one_row_per_sample(case):
     samples, train = case
-    frame = kfm.memorization(samples, train, bootstrap=10).to_frame()
+    frame = kfm.memorization(samples, train, bootstrap=100).to_frame()
     assert list(frame.columns) == ["sample", "d1", "d2", "ratio", "nearest", "memorized"]
     assert len(frame) == 100 and frame["memorized"].sum() == 40
     assert frame["sample"].tolist() == list(range(100))
@@ -367,8 +367,8 @@ def test_cli_interval_choice_reaches_the_report(tmp_path, capsys, case):
     assert ("--seed applies to --interval bootstrap only (the clopper-pearson interval draws no resamples)"
             in capsys.readouterr().err)
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
-                 "--bootstrap", "50", "--seed", "3", "--no-progress"]) == 0
-    assert str(kfm.memorization(samples, train, bootstrap=50, seed=3)) in capsys.readouterr().out
+                 "--bootstrap", "100", "--seed", "3", "--no-progress"]) == 0
+    assert str(kfm.memorization(samples, train, bootstrap=100, seed=3)) in capsys.readouterr().out
 
 
 def test_cli_says_what_a_zero_width_bootstrap_interval_hides(tmp_path, capsys, case):
@@ -838,6 +838,32 @@ def test_images_for_the_resnet_space_in_0_1_are_warned_about():
         _cifar_images("--samples", 2 * unit - 1)
 
 
+def test_cli_resnet_space_with_clamp_warns_of_the_samples_scale_once(tmp_path, capsys):
+    """uint8 copies of [-1, 1] training images, --clamp and a ResNet space: the scale warning read
+    before the clamp is the only one; the ResNet's "[0, 1] images ... 2x − 1" followed it, about
+    samples the clamp had moved into [0, 1] (not [0, 1] images, and 2x − 1 not the remedy). Where
+    the samples' scale raised no warning (both sets in [0, 1]), both sets are still warned about."""
+    from kinetic_fm.models.resnet_cifar import CifarResNet
+
+    torch.manual_seed(0)
+    state = CifarResNet(20).state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "r20.th")
+    train = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    np.save(tmp_path / "t.npy", train.numpy())
+    flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"), "--clamp",
+             "--space", f"resnet20:{tmp_path / 'r20.th'}", "--bootstrap", "0", "--no-progress"]
+    np.save(tmp_path / "s.npy", ((train[:4] + 1) * 127.5).round().to(torch.uint8).numpy())
+    assert main(flags) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "magnitudes over 20x apart (uint8 against [-1, 1]?)" in warned[0], warned
+    np.save(tmp_path / "t.npy", ((train + 1) / 2).numpy())
+    np.save(tmp_path / "s.npy", ((train[:4] + 1) / 2).numpy())
+    assert main(flags) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert [name for name in ("--train", "--samples") if any(f"{name} has no negative value" in w for w in warned)] \
+        == ["--train", "--samples"], warned
+
+
 def test_cli_audit_in_a_cifar_resnet_feature_space(shared_data, tmp_path, capsys):
     """--space resnet20:PATH gives the Python audit with space=net.features, row for row."""
     from kinetic_fm.data.cifar10 import load_cifar10
@@ -1064,6 +1090,44 @@ def test_inputs_torch_cannot_read_are_refused_by_their_own_name(value, says, sid
         kfm.nearest_neighbors(sets["samples"], sets["train"], 1)
 
 
+@pytest.mark.parametrize("side", ["samples", "train"])
+def test_object_arrays_and_columns_of_numbers_are_read_as_numbers(side):
+    # a pandas object column of ints (a table built row by row, or read from CSV-derived data) and
+    # np.array(ints, dtype=object) were refused: "its column b holds no numbers", "dtype object"
+    rng = np.random.default_rng(0)
+    sets = {"samples": rng.integers(0, 9, (6, 3)), "train": rng.integers(0, 9, (9, 3))}
+    want = kfm.memorization(sets["samples"], sets["train"], bootstrap=0)
+    ints = sets[side]
+    objects = {side: pd.DataFrame({"a": ints[:, 0], "b": pd.Series(ints[:, 1].tolist(), dtype=object),
+                                   "c": ints[:, 2].astype(np.float64)})}
+    objects[side]["b"] = objects[side]["b"].astype(object)
+    assert objects[side]["b"].dtype == object
+    for given in (objects[side], np.array(ints.tolist(), dtype=object),
+                  np.array([[int(v) if j else float(v) for j, v in enumerate(row)] for row in ints], dtype=object)):
+        report = kfm.memorization(**{**sets, side: given}, bootstrap=0)
+        assert torch.equal(report.d1, want.d1) and torch.equal(report.d2, want.d2)
+        assert torch.equal(report.nearest, want.nearest)
+    found = kfm.nearest_neighbors(np.array(sets["samples"].tolist(), dtype=object), sets["train"], 2)
+    assert torch.equal(found.distances, kfm.nearest_neighbors(sets["samples"], sets["train"], 2).distances)
+
+
+@pytest.mark.parametrize("value, says", [
+    (pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": pd.Series([1, None, "x"], dtype=object)}),
+     r"its column b holds values other than numbers \(row 1: None, a NoneType\)"),
+    (pd.DataFrame({"a": pd.Series([1, 2, "3"], dtype=object), "b": [1.0, 2.0, 3.0]}),
+     r"its column a holds values other than numbers \(row 2: '3', a str\)"),
+    (pd.DataFrame({"a": pd.Series([1, True, 0], dtype=object), "b": [1.0, 2.0, 3.0]}),
+     r"its column a holds values other than numbers \(row 1: True, a bool\)"),
+    (np.array([[1, 2], ["3", 4], [5, 6]], dtype=object),
+     r"got a NumPy array of dtype object holding values other than numbers \(\[1, 0\]: '3', a str\)"),
+])
+def test_object_columns_of_other_values_are_refused_naming_the_first(value, says):
+    for side in ("samples", "train"):
+        sets = {"samples": np.random.rand(3, 2), "train": np.random.rand(5, 2), side: value}
+        with pytest.raises(ValueError, match=rf"^{side} must be an \(n, \.\.\.\) array of numbers; {says}"):
+            kfm.memorization(sets["samples"], sets["train"])
+
+
 @pytest.mark.parametrize("dtype", [torch.complex64])
 @pytest.mark.parametrize("side", ["samples", "train"])
 def test_non_real_inputs_are_refused_by_their_own_name(dtype, side):
@@ -1144,6 +1208,37 @@ def test_a_space_returning_a_tuple_of_tensors_is_named(space):
         kfm.memorization(torch.randn(4, 2), torch.randn(6, 2), bootstrap=0, space=space)
 
 
+def test_a_bootstrap_of_few_resamples_is_warned_about(tmp_path, capsys):
+    # bootstrap=1 printed a zero-width "95 % bootstrap CI" that need not contain F_mem, without a word
+    import warnings
+
+    rng = np.random.default_rng(0)
+    train = torch.from_numpy(rng.normal(size=(40, 3)))
+    samples = torch.cat([train[:5] + 1e-3, torch.from_numpy(rng.normal(size=(15, 3)))])
+    few = r"^bootstrap=(1|99): a percentile interval from fewer than 100 resamples is unreliable"
+    for count in (1, 99):
+        with pytest.warns(UserWarning, match=few):
+            report = kfm.memorization(samples, train, bootstrap=count, seed=2)
+        with pytest.warns(UserWarning, match=few):
+            assert kfm.fraction_interval(report.memorized.sum(), 20, "bootstrap", bootstrap=count, seed=2) == report.ci
+    memorized = int(report.memorized.sum())
+    assert 5 <= memorized < 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for count in (0, 100, 1000):
+            report = kfm.memorization(samples, train, bootstrap=count, seed=2)
+            draws = np.random.default_rng(2).binomial(20, memorized / 20, size=count) / 20   # as before
+            want = tuple(np.quantile(draws, [0.025, 0.975])) if count else None
+            assert report.ci == want or (want is None and all(math.isnan(v) for v in report.ci))
+        kfm.memorization(samples, train, bootstrap=1, interval="wilson")         # draws no resamples
+    np.save(tmp_path / "s.npy", samples.numpy())
+    np.save(tmp_path / "t.npy", train.numpy())
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--bootstrap", "1", "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "--bootstrap 1: a percentile interval from fewer than 100 resamples" in warned[0]
+
+
 def test_bootstrap_has_an_upper_bound_instead_of_a_memory_error():
     from kinetic_fm.metrics.memorization import MAX_BOOTSTRAP
 
@@ -1173,6 +1268,51 @@ def test_a_feature_map_in_training_mode_is_warned_about():
             net.eval()
             measure()
             net.train()
+
+
+def test_a_feature_map_in_training_mode_is_warned_about_once_a_call():
+    # it was warned about once per set, and through a FeatureSpace once more per chunk (10 times here)
+    import warnings
+
+    from kinetic_fm.metrics.features import FeatureSpace
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+    x, y = torch.randn(10, 4), torch.randn(20, 4)
+    for space in (net, net.forward, lambda rows: net(rows), FeatureSpace(net, batch_size=4)):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            kfm.memorization(x, y, space=space, bootstrap=0, space_chunk=4)
+        assert [w.category for w in got] == [TrainingModeWarning], (space, [str(w.message)[:60] for w in got])
+
+
+def test_a_chunk_of_one_row_through_batch_norm_in_training_mode_is_refused_by_name():
+    # torch's own words, "Expected more than 1 value per channel when training", named neither space nor .eval()
+    import warnings
+
+    from kinetic_fm.metrics.features import FeatureSpace
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+    x, y = torch.randn(9, 4), torch.randn(20, 4)   # 9 rows in chunks of 4: the last holds one
+    refused = r"space.*batch norm in training mode.* one row.*\.eval\(\)"
+    for space in (net, lambda rows: net(rows), FeatureSpace(net, batch_size=4)):
+        with pytest.warns(TrainingModeWarning), pytest.raises(ValueError, match=refused):
+            kfm.memorization(x, y, space=space, bootstrap=0, space_chunk=4)
+    with pytest.warns(TrainingModeWarning), pytest.raises(ValueError, match=refused):
+        FeatureSpace(net, batch_size=4)(x)
+    with pytest.warns(TrainingModeWarning), pytest.raises(ValueError, match=r"row 4 of the 10 rows of samples"):
+        kfm.memorization(torch.randn(10, 4), y, space=FeatureSpace(net, batch_size=4), bootstrap=0, space_chunk=5)
+    net.eval()   # in eval mode one row is normalised by the running statistics, as any other
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = kfm.memorization(x, y, space=net, bootstrap=0, space_chunk=4)
+    with torch.no_grad():
+        d1, d2, nearest = brute(net(x), net(y))
+    torch.testing.assert_close(report.ratio, d1 / d2, rtol=1e-6, atol=1e-9)
+    assert report.nearest.tolist() == nearest.tolist()
 
 
 def test_gap_ratio_of_subnormal_distances_is_their_ratio():
@@ -1566,10 +1706,10 @@ def test_cli_seed_and_backend_reach_the_audit(tmp_path, capsys, case, monkeypatc
     np.save(tmp_path / "s.npy", samples.numpy())
     np.save(tmp_path / "t.npy", train.numpy())
     flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"), "--no-progress",
-             "--bootstrap", "50"]
+             "--bootstrap", "100"]
     assert main([*flags, "--seed", "5"]) == 0
-    seeded = str(kfm.memorization(samples, train, bootstrap=50, seed=5))
-    assert seeded != str(kfm.memorization(samples, train, bootstrap=50, seed=0))   # the seed shows in the CI
+    seeded = str(kfm.memorization(samples, train, bootstrap=100, seed=5))
+    assert seeded != str(kfm.memorization(samples, train, bootstrap=100, seed=0))   # the seed shows in the CI
     assert seeded in capsys.readouterr().out
     import kinetic_fm.metrics.memorization as module
 

@@ -49,6 +49,10 @@ def torch_readable(value):
       a FITS file or written on another machine) is converted to native order: torch refuses it.
     - A NumPy view with a negative stride (``np.flip(images, 3)``, ``a[::-1]``) is copied: torch
       refuses those too.
+    - An object array (a pandas object column, ``np.array(ints, dtype=object)``) whose every element
+      is a real number (:func:`is_real`: no bools, strings or None) becomes int64 where all are
+      integers within its range, else float64: torch refuses object arrays. One holding anything
+      else is returned as it is; :func:`first_non_number` finds what to name in the refusal.
 
     Anything else (tensors, native arrays, lists, numbers) is returned unchanged.
     """
@@ -64,7 +68,34 @@ def torch_readable(value):
         value = value.astype(value.dtype.newbyteorder("="))
     if isinstance(value, np.ndarray) and any(stride < 0 for stride in value.strides):
         value = np.ascontiguousarray(value)
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        value = _object_numbers(value)
     return value
+
+
+def first_non_number(values) -> tuple[tuple[int, ...], object] | None:
+    """``(index, element)`` of the first element of the NumPy array ``values`` that is not a real
+    number (:func:`is_real`), in C order; None when every element is one."""
+    import numpy as np
+
+    for i, element in enumerate(values.flat):
+        if not is_real(element):
+            return tuple(int(j) for j in np.unravel_index(i, values.shape)), element
+    return None
+
+
+def _object_numbers(values):
+    """The object array ``values`` as int64 (all integers) or float64 (other real numbers), or as
+    it is when an element is no real number or does not fit (int64 beyond 2**63: float64 would
+    round it without a word)."""
+    import numpy as np
+
+    if values.size == 0 or first_non_number(values) is not None:
+        return values
+    try:
+        return values.astype(np.int64 if all(is_integer(v) for v in values.flat) else np.float64)
+    except OverflowError:
+        return values
 
 
 def is_number_kind(kind) -> bool:
@@ -294,11 +325,11 @@ class ValueRangeWarning(UserWarning):
     """Two sets a metric compares look as if they were stored on different value scales."""
 
 
-def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> None:
+def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> bool:
     """:func:`check_same_layout`, then warn (:class:`ValueRangeWarning`) when the two sets' values
-    look like one kind of data on two scales. Each set's range is read as the 0.1 % and 99.9 %
-    quantiles of its finite values (of up to 100,000 at seeded random positions, so one outlier or
-    a larger set does not move it). Two patterns are flagged:
+    look like one kind of data on two scales; returns whether it warned. Each set's range is read
+    as the 0.1 % and 99.9 % quantiles of its finite values (of up to 100,000 at seeded random
+    positions, so one outlier or a larger set does not move it). Two patterns are flagged:
 
     - magnitudes over 20× apart: uint8 0..255 against [-1, 1];
     - one set non-negative, up to s, the other reaching below −s/2 but not above 1.5·s: [0, 1]
@@ -313,11 +344,11 @@ def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> N
     (name_a, a), (name_b, b) = first, second
     extent_a, extent_b = _extent(a), _extent(b)
     if extent_a is None or extent_b is None:
-        return
+        return False
     (lo_a, hi_a), (lo_b, hi_b) = extent_a, extent_b
     size_a, size_b = max(abs(lo_a), abs(hi_a)), max(abs(lo_b), abs(hi_b))
     if not (math.isfinite(size_a) and math.isfinite(size_b)) or size_a == 0 or size_b == 0:
-        return
+        return False
     ranges = (f"{name_a} spans [{lo_a:.4g}, {hi_a:.4g}] and {name_b} [{lo_b:.4g}, {hi_b:.4g}] "
               "(0.1 % to 99.9 % quantiles)")
     hint = ("bring both to one scale first (images in [-1, 1]: x / 127.5 - 1 from uint8, 2x - 1 from [0, 1]); "
@@ -332,6 +363,9 @@ def check_same_space(first: tuple[str, object], second: tuple[str, object]) -> N
     elif half_signed(lo_a, hi_a, size_a, lo_b, hi_b) or half_signed(lo_b, hi_b, size_b, lo_a, hi_a):
         warnings.warn(f"{ranges}: one is non-negative, the other spans about as far below zero "
                       f"([0, 1] against [-1, 1]?); {hint}", ValueRangeWarning, stacklevel=3)
+    else:
+        return False
+    return True
 
 
 _EXTENT_VALUES = 100_000

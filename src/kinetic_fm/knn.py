@@ -47,8 +47,8 @@ import torch
 
 from . import gemm
 from .blocks import block_size
-from .checks import (as_scalar, check_flag, check_integer, check_same_layout, is_integer, is_number_kind,
-                     positive_integer, torch_readable)
+from .checks import (as_scalar, check_flag, check_integer, check_same_layout, first_non_number, is_integer,
+                     is_number_kind, is_real, positive_integer, torch_readable)
 from .exact_scaling import TINY, times_power_of_two, unit_exponent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,11 +104,34 @@ def _not_numbers(value) -> str:
 
     dtypes = getattr(value, "dtypes", None)   # a pandas DataFrame: name the columns that are not numbers
     if dtypes is not None and hasattr(dtypes, "items"):
-        text = [str(c) for c, kind in dtypes.items() if not is_number_kind(kind)]
-        if text:
+        flagged = [j for j, kind in enumerate(dtypes) if not is_number_kind(kind)]
+        if flagged:
+            text = [str(value.columns[j]) for j in flagged]
             listed = ", ".join(text[:5]) + (" ..." if len(text) > 5 else "")
-            return (f"its column {listed} holds no numbers" if len(text) == 1
-                    else f"its columns {listed} hold no numbers")
+            held = {j: value.iloc[:, j].to_numpy(dtype=object) for j in range(value.shape[1])}
+            # the first value that is no number, in those columns first (a missing value of a
+            # nullable column beside an object column of numbers is elsewhere)
+            found = next(((str(value.columns[j]), hit) for j in flagged + sorted(set(held) - set(flagged))
+                          if (hit := first_non_number(held[j])) is not None), None)
+            if found is None:
+                what = _BEYOND
+            elif found[0] not in text:
+                return (f"its column {found[0]} holds values other than numbers "
+                        f"(row {found[1][0][0]}: {_shown(found[1][1])})")
+            elif not any(is_real(v) for j in flagged for v in held[j]):
+                what = "no numbers"
+            else:
+                what = "values other than numbers"
+            column = "" if found is None or len(text) == 1 else f"column {found[0]}, "
+            where = "" if found is None else f" ({column}row {found[1][0][0]}: {_shown(found[1][1])})"
+            return (f"its column {listed} holds {what}" if len(text) == 1
+                    else f"its columns {listed} hold {what}") + where
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        found = first_non_number(value)
+        if found is None:
+            return f"got a NumPy array of dtype object holding {_BEYOND}"
+        what = "values other than numbers" if any(is_real(v) for v in value.flat) else "no numbers"
+        return f"got a NumPy array of dtype object holding {what} ({list(found[0])}: {_shown(found[1])})"
     if isinstance(value, np.ndarray):
         return f"got a NumPy array of dtype {value.dtype}"
     if isinstance(value, (list, tuple)):
@@ -116,6 +139,16 @@ def _not_numbers(value) -> str:
             return f"got a {type(value).__name__} of {len(value)} tensors: torch.cat (or torch.stack) them into one"
         return "got a nested sequence that is not a rectangular array of numbers"
     return f"got {type(value).__name__}"
+
+
+# every element a number, and still no array of them: what torch_readable's conversion overflowed
+_BEYOND = "integers beyond int64's range, or numbers beyond float64's"
+
+
+def _shown(element) -> str:
+    """An element that is not a number, as an error names it: its repr (shortened) and its type."""
+    text = repr(element)
+    return f"{text if len(text) <= 40 else text[:37] + '...'}, a {type(element).__name__}"
 
 
 def check_exact_integers(name: str, tensor: torch.Tensor) -> None:

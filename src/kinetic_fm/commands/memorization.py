@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     from ..checks import ValueRangeWarning, check_integer, inside_unit_interval
-    from ..metrics.memorization import MAX_BOOTSTRAP, memorization
+    from ..metrics.memorization import FEW_BOOTSTRAP, MAX_BOOTSTRAP, few_resamples, memorization
     from ..runs.distributed import single_process_device
 
     # before the inputs load and the audit runs, each named by its flag (the library names its
@@ -125,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
     if train_mean is not None:
         samples = _centred_as_train(samples, train, samples_folder, train_mean, args.samples, args.train)
     samples, train = samples.to(device), train.to(device)
-    clamped = ""
+    clamped, scale_warned = "", False
     if args.clamp:
-        samples, clamped = _clamped_to(train, samples)
+        samples, clamped, scale_warned = _clamped_to(train, samples)
     if principal is not None:
         space = _principal_space(args.space, *principal, train)
         space_name = space.name
@@ -135,10 +135,15 @@ def run(args: argparse.Namespace) -> int:
               f"{train.shape[0]} training items ({space.share:.1%} of their variance)"
               + (", and the length of the rest" if space.residual else ""))
     elif space is not None:
-        samples, train = _cifar_images("--samples", samples), _cifar_images("--train", train)
+        # after a scale warning the clamp has moved the samples (uint8 ones into [0, 1]): no second one
+        samples = _cifar_images("--samples", samples, scale_warned=scale_warned)
+        train = _cifar_images("--train", train)
     with warnings.catch_warnings():
         if args.clamp:  # the scale was checked before the clamp, which can misname it (_clamped_to)
             warnings.simplefilter("ignore", ValueRangeWarning)
+        if 0 < resamples.get("bootstrap", FEW_BOOTSTRAP) < FEW_BOOTSTRAP:  # given: --interval bootstrap
+            warnings.warn(few_resamples(f"--bootstrap {args.bootstrap}"), UserWarning, stacklevel=2)
+            warnings.filterwarnings("ignore", "bootstrap=", UserWarning)  # the library's, naming its argument
         report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
                               interval=args.interval, backend=args.backend, progress=args.progress)
     print(report)
@@ -256,9 +261,9 @@ def _principal_space(spec: str, k: int, residual: bool, train):
 
 
 def _clamped_to(train, samples):
-    """``samples`` (as float64 if they are integers) clamped to the value range of ``train``, and
-    that range as text; a warning first when the two look like one kind of data on two scales
-    (:func:`~kinetic_fm.checks.check_same_space`), read before the clamp hides the samples' own."""
+    """``samples`` (as float64 if they are integers) clamped to the value range of ``train``, that
+    range as text, and whether a warning came first because the two look like one kind of data on
+    two scales (:func:`~kinetic_fm.checks.check_same_space`, read before the clamp hides the samples' own)."""
     import torch
 
     from ..checks import check_same_space
@@ -266,7 +271,7 @@ def _clamped_to(train, samples):
     if train.numel() == 0:
         raise ValueError(f"--clamp takes the range of the training items, but --train has shape {tuple(train.shape)}")
     # the scale as given: clamped, uint8 samples against [-1, 1] items read as [0, 1] ones (see run)
-    check_same_space(("--samples", samples), ("--train", train))
+    warned = check_same_space(("--samples", samples), ("--train", train))
     low, high = (float(v) for v in torch.aminmax(train))
     samples = samples if samples.is_floating_point() else samples.to(torch.float64)
     inside = samples.clamp(low, high)
@@ -274,7 +279,7 @@ def _clamped_to(train, samples):
     text = f"[{low:g}, {high:g}]"
     print(f"--clamp: samples clamped to the training items' range {text} ({changed:,} of {samples.numel():,} "
           "values changed)")
-    return inside, text
+    return inside, text, warned
 
 
 def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[str] | None,
@@ -545,8 +550,9 @@ def _training_rows(run, progress: bool):
     return items, files, None if positions is None else positions.numpy(), getattr(data, "mean", None)
 
 
-def _cifar_images(name: str, x):
-    """``x`` as (n, 3, 32, 32) float32 images in [-1, 1], what the CIFAR-10 ResNets take."""
+def _cifar_images(name: str, x, *, scale_warned: bool = False):
+    """``x`` as (n, 3, 32, 32) float32 images in [-1, 1], what the CIFAR-10 ResNets take; a warning
+    when they look like [0, 1] images, unless ``scale_warned`` (their scale was warned about already)."""
     import torch
 
     if x.shape[0] == 0:
@@ -562,7 +568,7 @@ def _cifar_images(name: str, x):
         raise ValueError(f"--space needs images scaled to [-1, 1]; {name} spans [{low:g}, {high:g}]"
                          + (" (generated samples overshoot: --clamp clips them to the training images' range)"
                             if name == "--samples" else ""))
-    if low >= 0.0 and high > 0.0:  # no pixel below mid-grey in a whole set: [0, 1] images, most likely
+    if low >= 0.0 and high > 0.0 and not scale_warned:  # no pixel below mid-grey in a whole set: [0, 1] images
         import warnings
 
         warnings.warn(f"{name} has no negative value (it spans [{low:g}, {high:g}]): the ResNet takes images "

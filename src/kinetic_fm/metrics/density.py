@@ -31,6 +31,7 @@ from ..checks import (as_scalar, check_flag, check_integer, check_same_space, ch
                       positive_integer)
 from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
 from ..knn import check_same_rows, column_mean, own_diagonal, row_sq_norms
+from ..sampling.guards import warn_if_feature_map_training
 from .features import SpaceLike, as_features, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
@@ -160,7 +161,8 @@ def _samples_and_reference(samples: Any, reference: Any, reference_features: Any
     fs = feature_space(space)
     if reference_features is None:
         check_same_space(("samples", samples), ("reference", reference))
-    x = as_features(samples, fs, argument="samples")
+    warn_if_feature_map_training(fs.fn)  # once for both sets
+    x = as_features(samples, fs, argument="samples", check_training=False)
     y = _reference_features(reference, reference_features, fs)
     _check_dims(x, y)
     return fs, x, y
@@ -170,7 +172,7 @@ def _reference_features(reference: Any, reference_features: Any, fs) -> Tensor:
     """The reference's features: ``reference`` mapped through ``fs``, or the precomputed
     ``reference_features`` (tensor or array of shape (N, D), N = the reference's rows), checked."""
     if reference_features is None:
-        return as_features(reference, fs, argument="reference")
+        return as_features(reference, fs, argument="reference", check_training=False)  # the caller warned
     shape = getattr(reference_features, "shape", None)
     shape = tuple(np.shape(reference_features) if shape is None else shape)  # lists of rows have no .shape
     if len(shape) != 2:

@@ -13,6 +13,7 @@ than in raw pixels, whose covariance is singular at a few hundred samples of 32x
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -117,7 +118,8 @@ class FeatureSpace:
                 chunk = x[start:start + self.batch_size].to(dtype)
                 if where is not None:
                     chunk = chunk.to(where)
-                feats = self.fn(chunk)
+                with one_row_batch_norm_named(f"space (feature map {self.name!r})", start, f"{x.shape[0]} inputs"):
+                    feats = self.fn(chunk)
                 if not isinstance(feats, Tensor):
                     raise TypeError(
                         f"feature map {self.name!r} must return a Tensor, got {type(feats).__name__}")
@@ -245,6 +247,33 @@ class PrincipalSpace:
         return torch.cat([kept, rest], dim=1)
 
 
+class OneRowBatchNormError(ValueError):
+    """Batch norm in training mode given a chunk of one row: row ``row`` of the rows being mapped."""
+
+    def __init__(self, what: str, row: int, rows: str):
+        self.row = row
+        super().__init__(
+            f"{what} holds batch norm in training mode, which cannot normalise a chunk of one row (row {row} "
+            f"of {rows} came alone in its chunk); call .eval() on the network first (net.eval()): in training "
+            "mode its features also change with the chunk size")
+
+
+@contextlib.contextmanager
+def one_row_batch_norm_named(what: str, start: int, rows: str):
+    """Torch's "Expected more than 1 value per channel when training" (batch norm in training mode
+    given a chunk of one row, the chunk that starts at row ``start`` of ``rows``) re-raised as a
+    :class:`OneRowBatchNormError` naming ``what``; one raised by an inner chunking (rows counted
+    from ``start``) named again, by the outermost caller. Other errors pass as they are."""
+    try:
+        yield
+    except OneRowBatchNormError as err:
+        raise OneRowBatchNormError(what, start + err.row, rows) from err.__cause__
+    except ValueError as err:
+        if "more than 1 value per channel when training" not in str(err):
+            raise
+        raise OneRowBatchNormError(what, start, rows) from err
+
+
 def module_of(fn: Any) -> torch.nn.Module | None:
     """The network behind a feature map: ``fn`` itself if a module, the module a bound method such
     as ``net.features`` belongs to, else None."""
@@ -284,20 +313,22 @@ def as_tensor(x: Any) -> Tensor:
     return torch.as_tensor(np.asarray(torch_readable(x)))
 
 
-def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x") -> Tensor:
+def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x", check_training: bool = True) -> Tensor:
     """``x`` mapped through ``space`` into a 2-D floating tensor (B, F), checked finite.
 
     Integers become float32 up to 16 bits (exact: uint8 images stay cheap) and float64 beyond
     (float32 rounds 2^25 + 1 to 2^25, which made a distance of 1 read 0). Complex inputs or
     features are refused (casting would drop the imaginary part), as are inputs without rows;
-    each error names ``argument``.
+    each error names ``argument``. ``check_training=False``: no warning of a network in training
+    mode, for a metric that maps two sets and has warned once.
     """
     x = as_tensor(x).detach()  # a measurement, not a loss: no gradient flows through a metric
     if x.is_complex():
         raise ValueError(f"{argument} must hold real numbers, got dtype {x.dtype}")
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"{argument} must hold at least one sample, got shape {tuple(x.shape)}")
-    feats = feature_space(space)(x)
+    fs = feature_space(space)
+    feats = fs(x) if check_training or fs.is_identity else fs._mapped(x)
     if feats.is_complex():
         raise ValueError(f"{argument}: the feature map returned complex features ({feats.dtype}); need real ones")
     if not feats.is_floating_point():

@@ -13,6 +13,7 @@ ratio is defined as 0, i.e. memorized.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -20,8 +21,8 @@ import torch
 
 from ..checks import as_scalar, check_integer, check_same_space, inside_unit_interval, is_integer, positive_integer
 from ..knn import as_rows, check_exact_integers, check_finite, nearest_neighbors
-from ..sampling.guards import warn_if_feature_map_training
-from .features import feature_space, module_of
+from ..sampling.guards import caller_outside_the_package, warn_if_feature_map_training
+from .features import FeatureSpace, feature_space, module_of, one_row_batch_norm_named
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -33,6 +34,9 @@ INTERVALS = ("bootstrap", "wilson", "clopper-pearson")
 # the resampled fractions are held at once (8 bytes each): 10**7 is 80 MB, and far more resamples
 # than a percentile interval needs; 10**12 used to fail with a 7 TiB MemoryError inside NumPy
 MAX_BOOTSTRAP = 10**7
+# fewer resamples than this are warned about: the interval's ends are then among the few most
+# extreme resampled fractions (from one resample it has no width and need not contain F_mem)
+FEW_BOOTSTRAP = 100
 _INTERVAL_NAMES = {"bootstrap": "bootstrap", "wilson": "Wilson", "clopper-pearson": "Clopper–Pearson"}
 
 
@@ -127,7 +131,8 @@ def memorization(
             scalar or a 0-d tensor). Rows whose ratio lies within rounding of it are decided on
             exact squared distances, so an exact tie (d1/d2 = threshold) is not memorized.
         bootstrap: bootstrap resamples for the CI of F_mem, an integer in [0, 10**7] (0
-            disables it); used only when ``interval`` is "bootstrap".
+            disables it; from 1 to 99 a UserWarning: such an interval is unreliable); used only
+            when ``interval`` is "bootstrap".
         space: optional feature map applied to both sets (in chunks of ``space_chunk`` rows,
             without gradients); distances are then measured between its flattened outputs.
         seed: seed of the bootstrap generator, a non-negative integer.
@@ -156,8 +161,9 @@ def memorization(
     if train.shape[0] < 2:
         raise ValueError(f"train must hold at least 2 items for the gap ratio (k = 2), got {train.shape[0]}")
     if space is not None:
-        samples = _features(space, samples, space_chunk, "samples" if progress else None)
-        train = _features(space, train, space_chunk, "train" if progress else None)
+        warn_if_feature_map_training(space)  # once for both sets
+        samples = _features(space, samples, space_chunk, "samples", progress)
+        train = _features(space, train, space_chunk, "train", progress)
     if samples.shape[1:].numel() != train.shape[1:].numel():
         raise ValueError(
             f"samples and train must have the same number of features, got "
@@ -227,7 +233,18 @@ def _interval_settings(bootstrap, seed, confidence, interval: str) -> tuple[int,
     confidence = inside_unit_interval("confidence", confidence)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    if interval == "bootstrap" and 0 < bootstrap < FEW_BOOTSTRAP:
+        warnings.warn(few_resamples(f"bootstrap={bootstrap}"), UserWarning, stacklevel=caller_outside_the_package())
     return bootstrap, seed, confidence
+
+
+def few_resamples(setting: str) -> str:
+    """The warning about a bootstrap of fewer than :data:`FEW_BOOTSTRAP` resamples, led by ``setting``
+    (``"bootstrap=1"``, ``"--bootstrap 1"``)."""
+    return (f"{setting}: a percentile interval from fewer than {FEW_BOOTSTRAP} resamples is unreliable: its "
+            "ends are among the few most extreme resampled fractions (from one resample it has no width and need "
+            "not contain F_mem); use 1000 or more (the default), or the Wilson or Clopper–Pearson interval, "
+            "which draw none")
 
 
 def _interval(count: int, n: int, interval: str, confidence: float, bootstrap: int, seed: int) -> tuple[float, float]:
@@ -272,17 +289,20 @@ def _real_rows(name: str, rows: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _features(space, x: torch.Tensor, rows: int, bar: str | None = None) -> torch.Tensor:
-    """``space`` applied to ``x`` in blocks of ``rows``, flattened; a tqdm bar named ``bar`` if given."""
+def _features(space, x: torch.Tensor, rows: int, name: str, progress: bool = False) -> torch.Tensor:
+    """``space`` applied to ``x`` (the argument ``name``) in blocks of ``rows``, flattened; a tqdm bar if ``progress``.
+    The caller has warned about a network in training mode (a FeatureSpace's __call__ would per block)."""
     from tqdm.auto import tqdm
 
-    warn_if_feature_map_training(space)
     if module_of(space) is not None:  # a network takes chunks in its own dtype and on its device
         space = feature_space(space, batch_size=rows)._mapped
+    elif isinstance(space, FeatureSpace) and not space.is_identity:
+        space = space._mapped
     out = []
-    with tqdm(total=x.shape[0], desc=f"features ({bar})", unit="row", leave=False, disable=bar is None) as shown:
+    with tqdm(total=x.shape[0], desc=f"features ({name})", unit="row", leave=False, disable=not progress) as shown:
         for r0 in range(0, x.shape[0], rows):
-            feats = space(x[r0:r0 + rows])
+            with one_row_batch_norm_named("space", r0, f"the {x.shape[0]} rows of {name}"):
+                feats = space(x[r0:r0 + rows])
             if isinstance(feats, (tuple, list)) and any(isinstance(f, torch.Tensor) for f in feats):
                 # torch.as_tensor's own words: "only one element tensors can be converted to Python scalars"
                 raise TypeError(f"space must return one tensor of features, got a {type(feats).__name__} "
