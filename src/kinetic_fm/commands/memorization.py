@@ -5,10 +5,13 @@ import argparse
 import math
 
 from ..checks import DEVICE_FORMS
-from ._types import bootstrap_seed_number, check_output_path, user_path, writing
+from ._types import bootstrap_seed_number, check_output_path, flag_words, user_path, writing
 
 TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
 SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
+# kfm.memorization's argument names (as its errors and warnings give them) -> the flags that feed them
+_AUDIT_FLAGS = {"samples": "--samples", "train": "--train",
+                "space(samples)": "--samples in --space", "space(train)": "--train in --space"}
 
 
 def register(subparsers) -> None:
@@ -129,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
     if args.clamp:
         samples, clamped = _clamped_to(train, samples)
     if principal is not None:
+        if samples.shape[1:].numel() != train.shape[1:].numel():  # the space is fitted on --train's rows
+            raise ValueError(f"--space {args.space} projects rows of --train's size, but --samples has rows of "
+                             f"{samples.shape[1:].numel()} values and --train of {train.shape[1:].numel()}")
         space = _principal_space(args.space, *principal, train)
         space_name = space.name
         print(f"--space {args.space}: {space.name}, the top {space.k} principal directions of the "
@@ -139,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         if args.clamp:  # the scale was checked before the clamp, which can misname it (_clamped_to)
             warnings.simplefilter("ignore", ValueRangeWarning)
-        report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
-                              interval=args.interval, backend=args.backend, progress=args.progress)
+        with flag_words(_AUDIT_FLAGS):
+            report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
+                                  interval=args.interval, backend=args.backend, progress=args.progress)
     print(report)
     kind, low, high = report.shown_interval()
     if args.interval == "bootstrap" and kind == "Wilson":
@@ -298,7 +305,16 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
     reproduce run folder the rows' positions in the split its data spec loads whole (else None),
     and the mean image a centred data set (celeba:) subtracted from its items (else None): a data
     spec (if ``specs``), a run folder, a folder or .zip of images, or an array file
-    (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``)."""
+    (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``). Errors and warnings name
+    ``name`` (the flag) and the key's flag."""
+    key_flag = "--key" if name == "--samples" else "--train-key"
+    # the key's flag only where one was given: without it, "name one with a key" is prose
+    with flag_words({"key": key_flag} if key is not None else {}, source=(name, value)):
+        return _read_rows(name, value, key, progress, specs=specs)
+
+
+def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool):
+    """:func:`_load_rows`' work, in the library's words."""
     from pathlib import Path
 
     from ..data.registry import DATA_SPECS, load_dataset
