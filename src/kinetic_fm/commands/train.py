@@ -101,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:  # "n must be an integer in [1, 1_797] (the available items)"
         raise named_by_its_flag(err, _FLAGS) from None
     data = dataset_rows(ds)
+    if args.model == "unet" and data.dim() != 4:  # default_model's own refusal names neither flag
+        raise ValueError(f"--model unet needs image data (C, H, W), but --data {args.data} holds "
+                         f"{'vectors' if data.dim() == 2 else 'items'} of shape {tuple(data.shape[1:])}; "
+                         "for vector data use --model mlp (or auto, which picks it)")
     labels = ds.labels if args.class_cond else None
     if args.class_cond and labels is None:
         raise ValueError(f"--class-cond: data {args.data!r} has no labels")
