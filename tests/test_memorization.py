@@ -1640,7 +1640,7 @@ def _bad_inputs(tmp_path):
     ("two.pt", "t.npy", ["--key", "z"], "--samples {samples}: no tensor named 'z'; it holds ['x', 'y']"),
     ("s.npy", "missing.npy", [], "--train: no such file: {train}"),
     ("empty_folder", "t.npy", [], "--samples {samples}: contains no image files"),
-    ("s.npy", "folder:{tmp}/missing", [], "--train folder:{tmp}/missing: image source not found"),
+    ("s.npy", "folder:{tmp}/missing", [], "--train: image source not found: {tmp}/missing"),
     ("s3.npy", "t.npy", ["--space", "pca:2"],
      "--space pca:2 projects rows of --train's size, but --samples has rows of 3 values and --train of 4"),
 ])

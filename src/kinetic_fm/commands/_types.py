@@ -79,11 +79,13 @@ def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None):
         if source is None:
             return text
         flag, value = source
-        if re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text):
-            return text
-        if any(text.startswith(given + end) for given in (value, str(Path(value))) for end in (":", "/")):
+        if text.startswith("--") or re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text):
+            return text   # in the command line's words already
+        # the value, as the library spells it, or a data spec's path (folder:PATH)
+        given = {value, str(Path(value)), *(value.partition(":")[2:] if ":" in value else ())} - {""}
+        if any(text.startswith(name + end) for name in given for end in (":", "/")):
             return f"{flag} {text}"   # "s.npy: ...", "imgs/odd.png: ...": the value is the message's subject
-        if value in text or str(Path(value)) in text:
+        if any(name in text for name in given):
             return f"{flag}: {text}"
         return f"{flag} {value}: {text}"
 
