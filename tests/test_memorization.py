@@ -1299,6 +1299,56 @@ def test_cli_figure_never_replaces_or_adds_an_input_image(tmp_path, capsys):
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.png")} == kept
 
 
+
+def test_cli_out_never_replaces_an_input_reached_by_another_name(tmp_path, capsys):
+    # the paths were compared as strings once resolved: a hard link to the samples (or, on a
+    # case-insensitive file system, their name in another case) passed as another file
+    import os
+
+    import pandas as pd
+
+    samples = tmp_path / "s.parquet"
+    pd.DataFrame({"x": list(np.random.default_rng(0).normal(size=(6, 4)))}).to_parquet(samples)
+    np.save(tmp_path / "t.npy", np.random.default_rng(1).normal(size=(9, 4)))
+    os.link(samples, tmp_path / "linked.parquet")
+    others = [tmp_path / "linked.parquet"]
+    (tmp_path / "CASE").touch()
+    if (tmp_path / "case").exists():                                  # a case-insensitive file system
+        others.append(tmp_path / "S.parquet")
+    kept = samples.read_bytes()
+    for out in others:
+        assert main(["memorization", "--samples", str(samples), "--train", str(tmp_path / "t.npy"),
+                     "--bootstrap", "0", "--no-progress", "--out", str(out)]) == 2
+        assert f"--out {out} would overwrite that file, which --samples {samples} reads" in capsys.readouterr().err
+    assert samples.read_bytes() == kept
+
+
+def test_cli_figure_never_adds_an_image_to_the_data_a_training_run_read(tmp_path, capsys):
+    # --train RUN reads the folder of images its config.json names: a figure written there was
+    # read as a training image the next time, and the run's subset no longer matched
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, size=(4, 4), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"folder:{tmp_path / 'imgs'}", "--steps", "1", "--batch-size", "2", "--width", "8",
+                 "--checkpoints", "none", "--no-progress", "--out", str(run)]) == 0
+    np.save(tmp_path / "s.npy", rng.uniform(-1, 1, size=(3, 3, 4, 4)))
+    Image.fromarray(rng.integers(0, 256, size=(4, 4), dtype=np.uint8)).save(tmp_path / "elsewhere.png")
+    (tmp_path / "imgs" / "link.png").symlink_to(tmp_path / "elsewhere.png")  # the write would replace the link
+    kept = sorted(p.name for p in (tmp_path / "imgs").iterdir())
+    for figure, what in (("imgs/new.png", "add an image to the folder of images"),
+                         ("imgs/0.png", "overwrite one of the images"),
+                         ("imgs/link.png", "overwrite one of the images")):
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(run), "--bootstrap", "0",
+                     "--no-progress", "--figure", str(tmp_path / figure)]) == 2
+        assert (f"--figure {tmp_path / figure} would {what}, which --train {run} reads (the data it trained on, "
+                f"folder:{tmp_path / 'imgs'})") in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == kept
+
+
 def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(tmp_path):
     """--train folder:PATH loads the same images as --train PATH; its table names them alike."""
     import pandas as pd

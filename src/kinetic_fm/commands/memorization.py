@@ -192,38 +192,82 @@ def _check_not_an_input(flag: str, out: str, *inputs: tuple[str, str]) -> None:
     """ValueError naming the flags when the file ``out`` (--out's table, --figure's PNG) would replace
     what an input reads: the input file itself (``--samples s.parquet --out s.parquet``), a kfm
     sample run folder's results table or shards (``--samples RUN --out RUN/results.parquet``), or an
-    image of a folder of images, given directly or by a ``folder:``/``celeba:`` spec (``--samples
-    imgs --figure imgs/0.png``: a new image there would be read as one next time); the table
-    replaced the samples, and the figure a sample image, without a word."""
+    image of a folder of images, given directly, by a ``folder:``/``celeba:`` spec or as the data
+    a ``--train RUN`` trained on (``--samples imgs --figure imgs/0.png``: a new image there would
+    be read as one next time); the table replaced the samples, and the figure a sample image,
+    without a word. Paths are compared as files (:func:`_same_file`), so another name for the same
+    one (a hard link, another case on a case-insensitive file system, a symbolic link) counts."""
     from pathlib import Path
 
     from ..data.images import IMAGE_EXTENSIONS
     from ..runs.manifest import MANIFEST_NAME
     from ..runs.shards import RESULTS_NAME, SHARD_DIR
 
-    target = Path(out).resolve()
+    # its folder resolved, not a link it may be: the write replaces the link, where it lies
+    target = Path(out).parent.resolve() / Path(out).name
     for name, value in inputs:
-        path = Path(value)
-        if not path.exists():   # a data spec: only folder: and celeba: name files (their images)
-            kind, _, spec_path = value.partition(":")
-            if kind not in ("folder", "celeba") or not Path(spec_path).expanduser().exists():
+        for path, behind in _input_paths(name, value):
+            run = path.is_dir() and (path / MANIFEST_NAME).is_file()
+            if _same_file(target, path):
+                what = "overwrite that file"
+            elif run and _same_file(target, path / RESULTS_NAME):
+                what = "overwrite the run's results table"
+            elif run and _inside(target, path / SHARD_DIR):
+                what = "overwrite the run's shards"
+            elif path.is_dir() and not run and _inside(target, path) and target.suffix.lower() in IMAGE_EXTENSIONS:
+                # the folder's images are read recursively: a new one would be read next time
+                what = "overwrite one of the images" if target.exists() else "add an image to the folder of images"
+            else:
                 continue
-            path = Path(spec_path).expanduser()
-        path = path.resolve()
-        run = path.is_dir() and (path / MANIFEST_NAME).is_file()
-        if target == path:
-            what = "overwrite that file"
-        elif run and target == path / RESULTS_NAME:
-            what = "overwrite the run's results table"
-        elif run and path / SHARD_DIR in target.parents:
-            what = "overwrite the run's shards"
-        elif path.is_dir() and not run and path in target.parents and target.suffix.lower() in IMAGE_EXTENSIONS:
-            # the folder's images are read recursively: a new one would be read next time
-            what = "overwrite one of the images" if target.exists() else "add an image to the folder of images"
-        else:
-            continue
-        raise ValueError(f"{flag} {out} would {what}, which {name} {value} reads; "
-                         f"name another file for the {'figure' if flag == '--figure' else 'per-sample table'}")
+            reads = "" if behind is None else f" (the data it trained on, {behind})"
+            raise ValueError(f"{flag} {out} would {what}, which {name} {value} reads{reads}; "
+                             f"name another file for the {'figure' if flag == '--figure' else 'per-sample table'}")
+
+
+def _input_paths(name: str, value: str):
+    """``(path, spec)`` for each file or folder the input ``name`` ``value`` reads: the path given,
+    a ``folder:``/``celeba:`` spec's folder (the only specs that name image files), and for
+    ``--train RUN`` (a kfm train or reproduce net's folder) the folder its recorded spec names;
+    ``spec`` is that recorded spec, else None. Paths that do not exist are left out."""
+    from pathlib import Path
+
+    def spec_folder(spec: str):
+        kind, _, spec_path = spec.partition(":")
+        if kind in ("folder", "celeba") and Path(spec_path).expanduser().exists():
+            return Path(spec_path).expanduser().resolve()
+        return None
+
+    path = Path(value)
+    if not path.exists():   # a data spec
+        folder = spec_folder(value)
+        return [] if folder is None else [(folder, None)]
+    paths = [(path.resolve(), None)]
+    if name == "--train" and path.is_dir() and (path / TRAIN_CONFIG).is_file():
+        try:
+            spec = _training_record(path)[0]
+        except ValueError:  # the load names what is wrong with the record
+            return paths
+        folder = spec_folder(spec) if isinstance(spec, str) else None
+        if folder is not None:
+            paths.append((folder, spec))
+    return paths
+
+
+def _same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file or folder: :func:`os.path.samefile` where both
+    exist (it sees a hard link, and another case on a case-insensitive file system, which resolved
+    paths compared as strings do not), the resolved paths otherwise."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:   # one of them does not exist (or cannot be read): nothing to overwrite by another name
+        return a.resolve() == b.resolve()
+
+
+def _inside(target, folder) -> bool:
+    """Whether the path ``target`` lies in ``folder`` (at any depth), folders compared as files."""
+    return any(_same_file(parent, folder) for parent in target.parents)
 
 
 def _principal_spec(spec: str) -> tuple[int, bool] | None:
@@ -461,29 +505,13 @@ def _training_rows(run, progress: bool):
     rows its training_items.json records. Returns ``(items, files, positions, mean)``: the items,
     their image files (None where the data has none), their positions in the split the spec loads
     whole (None for 2-D points) and the mean image a centred set subtracted (else None)."""
-    import json
     from pathlib import Path
 
     from ..data.registry import load_dataset
     from ..data.subset import dataset_rows
     from ..studies.assets import TRAINING_ITEMS
 
-    config, rows = None, None
-    try:
-        config = json.loads((run / TRAIN_CONFIG).read_text(encoding="utf-8"))
-        if (run / TRAINING_ITEMS).is_file():
-            config = json.loads((run / TRAINING_ITEMS).read_text(encoding="utf-8"))
-            spec, n, seed, rows = config["data"], config["n"], config["seed"], config["rows"]
-        else:
-            spec, n, seed = config["info"]["data"], config["info"].get("n"), config["train"]["seed"]
-    except (ValueError, KeyError, TypeError):
-        study = isinstance(config, dict) and isinstance(config.get("info"), dict) and "study" in config["info"]
-        raise ValueError(f"--train {run}: " + (
-            f"this kfm reproduce net records no training items ({TRAINING_ITEMS}, written since this "
-            "version); run the same kfm reproduce command on its folder again (it trains nothing) to write "
-            "it, or pass the training items themselves" if study else
-            f"its {TRAIN_CONFIG} names no data spec (kfm train writes one); pass the training items "
-            "themselves")) from None
+    spec, n, seed, rows, config = _training_record(run)
     try:
         data = load_dataset(spec, n=n, seed=seed, progress=progress)
     except FileNotFoundError as err:
@@ -509,6 +537,33 @@ def _training_rows(run, progress: bool):
     print(f"--train {run}: the {items.shape[0]} items it trained on ({spec}"
           + ("" if n is None else f", n={n}, seed={seed}") + f"{subset})")
     return items, files, None if positions is None else positions.numpy(), getattr(data, "mean", None)
+
+
+def _training_record(run):
+    """``(spec, n, seed, rows, record)`` of the items a run folder's net trained on, as its
+    training_items.json (a kfm reproduce net) or config.json (kfm train) records them (``rows``
+    None for the latter), and the record read; ValueError naming --train when neither holds them."""
+    import json
+
+    from ..studies.assets import TRAINING_ITEMS
+
+    config, rows = None, None
+    try:
+        config = json.loads((run / TRAIN_CONFIG).read_text(encoding="utf-8"))
+        if (run / TRAINING_ITEMS).is_file():
+            config = json.loads((run / TRAINING_ITEMS).read_text(encoding="utf-8"))
+            spec, n, seed, rows = config["data"], config["n"], config["seed"], config["rows"]
+        else:
+            spec, n, seed = config["info"]["data"], config["info"].get("n"), config["train"]["seed"]
+    except (ValueError, KeyError, TypeError):
+        study = isinstance(config, dict) and isinstance(config.get("info"), dict) and "study" in config["info"]
+        raise ValueError(f"--train {run}: " + (
+            f"this kfm reproduce net records no training items ({TRAINING_ITEMS}, written since this "
+            "version); run the same kfm reproduce command on its folder again (it trains nothing) to write "
+            "it, or pass the training items themselves" if study else
+            f"its {TRAIN_CONFIG} names no data spec (kfm train writes one); pass the training items "
+            "themselves")) from None
+    return spec, n, seed, rows, config
 
 
 def _cifar_images(name: str, x):
