@@ -1711,3 +1711,12 @@ def test_cli_names_the_flags_in_a_value_range_warning(tmp_path, capsys):
     assert main(["memorization", "--samples", str(tmp_path / "s01.npy"), "--train", str(tmp_path / "t11.npy"),
                  "--bootstrap", "0", "--no-progress"]) == 0
     assert "kfm memorization: warning: --samples spans [" in capsys.readouterr().err
+
+
+def test_cli_backend_faiss_without_faiss_names_the_flag_before_the_audit(tmp_path, capsys, monkeypatch):
+    # "ImportError: backend='faiss' needs faiss" came as a traceback, once both sets had loaded
+    _bad_inputs(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)   # import faiss fails, as where it is missing
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--backend", "faiss", "--no-progress"]) == 2
+    assert capsys.readouterr().err == "kfm memorization: error: --backend faiss needs faiss: pip install faiss-cpu\n"

@@ -111,6 +111,13 @@ def run(args: argparse.Namespace) -> int:
         if path is not None:
             check_output_path(flag, path, folder=False)
             _check_not_an_input(flag, path, ("--samples", args.samples), ("--train", args.train))
+    if args.backend == "faiss":  # the search's own ImportError named backend='faiss', with a traceback
+        import importlib
+
+        try:
+            importlib.import_module("faiss")
+        except ImportError:
+            raise ValueError("--backend faiss needs faiss: pip install faiss-cpu") from None
     device = single_process_device(args.device, "memorization")
     space, space_name = None, "pixels"
     principal = None if args.space is None else _principal_spec(args.space)
