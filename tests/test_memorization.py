@@ -1691,6 +1691,7 @@ def _bad_inputs(tmp_path):
     ("s.npy", "missing.npy", [], "--train: no such file: {train}"),
     ("empty_folder", "t.npy", [], "--samples {samples}: contains no image files"),
     ("s.npy", "folder:{tmp}/missing", [], "--train: image source not found: {tmp}/missing"),
+    ("s.npy", "tinf.npy", ["--space", "pca:2"], "--train has non-finite features in rows [3]"),
     ("s3.npy", "t.npy", ["--space", "pca:2"],
      "--space pca:2 projects rows of --train's size, but --samples has rows of 3 values and --train of 4"),
 ])

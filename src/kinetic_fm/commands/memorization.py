@@ -308,7 +308,8 @@ def _principal_space(spec: str, k: int, residual: bool, train):
     if k > largest:
         raise ValueError(f"--space {spec}: K must be an integer from 1 to min(N − 1, D) = {largest} for the N = {n} "
                          f"training items of D = {dim} values, got {k}")
-    return PrincipalSpace.fit(train, k, residual=residual)
+    with flag_words({"reference": "--train"}):  # the fit names the items it is fitted on "reference"
+        return PrincipalSpace.fit(train, k, residual=residual)
 
 
 def _clamped_to(train, samples):
