@@ -55,7 +55,7 @@ def test_single_process_commands_refuse_several_ranks(tmp_path, capsys, monkeypa
 @pytest.mark.parametrize("flag, spec, message", [
     ("--classifier", "resnet57:/w.th", "--classifier must be 'resnet20:PATH' or 'resnet56:PATH', got 'resnet57:/w.th'"),
     ("--classifier", "resnet56:/no/such/w.th", "--classifier: no such file: /no/such/w.th"),
-    ("--data", "nope", "unknown data spec 'nope'"),
+    ("--data", "nope", "--data: unknown data spec 'nope'"),
     ("--data", "mnist", "data spec 'mnist' needs a path"),
     ("--data", "digits:/x", "data spec 'digits:/x': digits takes no path"),
     ("--data", "moons", "kfm reproduce needs an image data set"),
@@ -65,6 +65,25 @@ def test_reproduce_checks_its_specs_first(tmp_path, capsys, flag, spec, message)
     assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), flag, spec]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "rep").exists()
+
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("--tiny", "--tiny loads 400 of them (300 to train on, 100 held out)"),
+    ("--quick", "--quick loads 5,300 of them (5,000 to train on, 300 held out); --tiny loads 400 of them (300 to "
+                "train on, 100 held out)"),
+])
+def test_reproduce_on_too_few_images_names_data_and_the_mode_flags(tmp_path, capsys, mode, message):
+    # "the studies load n_train + n_heldout = 300 + 100 = 400 of them": sizes the command line sets by its mode
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "small").mkdir()
+    for i in range(30):
+        Image.fromarray(np.full((8, 8), i, dtype=np.uint8)).save(tmp_path / "small" / f"{i}.png")
+    data = f"folder:{tmp_path / 'small'}"
+    assert main(["reproduce", mode, "--quiet", "--data", data, "--out", str(tmp_path / "rep")]) == 2
+    assert capsys.readouterr().err == f"kfm reproduce: error: --data {data} has 30 images; kfm reproduce {message}\n"
 
 
 @pytest.mark.parametrize("command,flag", [("train", "--seed"), ("reproduce", "--seed"),

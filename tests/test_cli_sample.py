@@ -239,6 +239,17 @@ def test_a_text_file_given_as_the_model_is_one_error_line(tmp_path, capsys):
         assert not (tmp_path / "run").exists()
 
 
+
+def test_a_model_that_is_no_net_is_named_by_the_flag(tmp_path, capsys):
+    # "one.pt: expected a state dict of tensors": the loader's words, without the flag that named the file
+    torch.save(torch.zeros(3), tmp_path / "one.pt")
+    (tmp_path / "empty").mkdir()
+    for model, message in (("one.pt", "expected a state dict of tensors"),
+                           ("empty", "no final.safetensors or checkpoints/step_*.safetensors")):
+        assert kfm_sample(tmp_path / "run", "--model", tmp_path / model, "--n", 2, "--steps", 2) == 2
+        assert capsys.readouterr().err == f"kfm sample: error: --model {tmp_path / model}: {message}\n"
+
+
 def test_a_non_finite_velocity_names_seeds_and_the_flag(tmp_path, capsys):
     from safetensors.torch import save_file
 

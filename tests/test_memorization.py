@@ -421,7 +421,7 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     np.save(tmp_path / "chw.npy", np.zeros((5, 3, 4, 4)))
     np.save(tmp_path / "hwc.npy", np.zeros((2, 4, 4, 3)))
     assert main(["memorization", "--samples", str(tmp_path / "hwc.npy"), "--train", str(tmp_path / "chw.npy")]) == 2
-    assert "samples holds items of shape (4, 4, 3) and train items of shape (3, 4, 4)" in capsys.readouterr().err
+    assert "--samples holds items of shape (4, 4, 3) and --train items of shape (3, 4, 4)" in capsys.readouterr().err
 
 
 def test_cli_figure_shows_the_closest_pairs_of_image_inputs(tmp_path, capsys, case):
@@ -924,7 +924,7 @@ def test_a_key_on_a_pt_file_of_one_tensor_is_refused(tmp_path, capsys):
     torch.save({"x": torch.ones(4, 2)}, tmp_path / "named.pt")
     assert main(["memorization", "--samples", str(tmp_path / "named.pt"), "--key", "x",
                  "--train", str(tmp_path / "bare.pt"), "--train-key", "x", "--no-progress"]) == 2
-    assert "so key='x' does not apply" in capsys.readouterr().err
+    assert "so --train-key 'x' does not apply" in capsys.readouterr().err
 
 
 def _write_bad(path):
@@ -975,7 +975,7 @@ def test_cli_unreadable_or_non_numeric_files_are_one_line_errors(tmp_path, capsy
                  "--no-progress", *(["--key", key] if key else [])])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert err.startswith(f"kfm memorization: error: {tmp_path / name}")
+    assert err.startswith(f"kfm memorization: error: --samples {tmp_path / name}")
     assert __import__("re").search(message, err), err
 
 
@@ -993,7 +993,7 @@ def test_parquet_columns_left_out_are_named(tmp_path, capsys):
     assert main(["memorization", "--samples", str(tmp_path / "s.parquet"), "--train", str(tmp_path / "t.npy"),
                  "--no-progress"]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warned == [f"kfm memorization: warning: {tmp_path / 's.parquet'}: read the 3 numeric columns; "
+    assert warned == [f"kfm memorization: warning: --samples {tmp_path / 's.parquet'}: read the 3 numeric columns; "
                       f"left out ['name'] (not numbers); name a column with a key to read one alone"]
 
 
@@ -1029,7 +1029,7 @@ def test_a_sample_runs_table_without_x_is_named_as_such(tmp_path, capsys):
     results = tmp_path / "run" / "results.parquet"
     assert main(["memorization", "--samples", str(results), "--train", str(tmp_path / "t.npy"), "--no-progress"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"kfm memorization: error: {results}: a kfm sample results table without its samples' 'x' column "
+        f"kfm memorization: error: --samples {results}: a kfm sample results table without its samples' 'x' column "
         "(was the run made with --no-save-x?)")
 
 
@@ -1439,6 +1439,56 @@ def test_cli_figure_never_replaces_or_adds_an_input_image(tmp_path, capsys):
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.png")} == kept
 
 
+
+def test_cli_out_never_replaces_an_input_reached_by_another_name(tmp_path, capsys):
+    # the paths were compared as strings once resolved: a hard link to the samples (or, on a
+    # case-insensitive file system, their name in another case) passed as another file
+    import os
+
+    import pandas as pd
+
+    samples = tmp_path / "s.parquet"
+    pd.DataFrame({"x": list(np.random.default_rng(0).normal(size=(6, 4)))}).to_parquet(samples)
+    np.save(tmp_path / "t.npy", np.random.default_rng(1).normal(size=(9, 4)))
+    os.link(samples, tmp_path / "linked.parquet")
+    others = [tmp_path / "linked.parquet"]
+    (tmp_path / "CASE").touch()
+    if (tmp_path / "case").exists():                                  # a case-insensitive file system
+        others.append(tmp_path / "S.parquet")
+    kept = samples.read_bytes()
+    for out in others:
+        assert main(["memorization", "--samples", str(samples), "--train", str(tmp_path / "t.npy"),
+                     "--bootstrap", "0", "--no-progress", "--out", str(out)]) == 2
+        assert f"--out {out} would overwrite that file, which --samples {samples} reads" in capsys.readouterr().err
+    assert samples.read_bytes() == kept
+
+
+def test_cli_figure_never_adds_an_image_to_the_data_a_training_run_read(tmp_path, capsys):
+    # --train RUN reads the folder of images its config.json names: a figure written there was
+    # read as a training image the next time, and the run's subset no longer matched
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, size=(4, 4), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"folder:{tmp_path / 'imgs'}", "--steps", "1", "--batch-size", "2", "--width", "8",
+                 "--checkpoints", "none", "--no-progress", "--out", str(run)]) == 0
+    np.save(tmp_path / "s.npy", rng.uniform(-1, 1, size=(3, 3, 4, 4)))
+    Image.fromarray(rng.integers(0, 256, size=(4, 4), dtype=np.uint8)).save(tmp_path / "elsewhere.png")
+    (tmp_path / "imgs" / "link.png").symlink_to(tmp_path / "elsewhere.png")  # the write would replace the link
+    kept = sorted(p.name for p in (tmp_path / "imgs").iterdir())
+    for figure, what in (("imgs/new.png", "add an image to the folder of images"),
+                         ("imgs/0.png", "overwrite one of the images"),
+                         ("imgs/link.png", "overwrite one of the images")):
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(run), "--bootstrap", "0",
+                     "--no-progress", "--figure", str(tmp_path / figure)]) == 2
+        assert (f"--figure {tmp_path / figure} would {what}, which --train {run} reads (the data it trained on, "
+                f"folder:{tmp_path / 'imgs'})") in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == kept
+
+
 def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(tmp_path):
     """--train folder:PATH loads the same images as --train PATH; its table names them alike."""
     import pandas as pd
@@ -1567,7 +1617,7 @@ def test_image_files_against_a_centred_celeba_spec_are_centred_alike(tmp_path, c
     bad[1, 0, 0, 0] = float("nan")      # the centring check's own search named it "queries"
     np.save(tmp_path / "s.npy", bad.numpy())
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", spec, "--no-progress"]) == 2
-    assert "error: samples contains NaN or inf in 1 row(s), first at row 1" in capsys.readouterr().err
+    assert "error: --samples contains NaN or inf in 1 row(s), first at row 1" in capsys.readouterr().err
 
 
 def _bright_faces(folder, count, seed=8):
@@ -1826,3 +1876,69 @@ def test_a_grey_folder_is_audited_against_colour_items_in_colour(tmp_path, capsy
         assert main(["memorization", "--samples", str(samples), "--train", str(train_path), "--bootstrap", "0",
                      "--no-progress"]) == 0
         assert "F_mem = 1.0000" in capsys.readouterr().out
+
+
+def _bad_inputs(tmp_path):
+    """Files for test_cli_names_the_flag_behind_a_bad_input, by name."""
+    rng = np.random.default_rng(0)
+    arrays = {"s": rng.normal(size=(5, 4)), "t": rng.normal(size=(20, 4)), "s3": rng.normal(size=(5, 3)),
+              "empty": np.zeros((0, 4)), "t1": rng.normal(size=(1, 4)), "cplx": np.ones((5, 4), np.complex64),
+              "big": np.full((5, 4), 2 ** 60), "hwc": rng.normal(size=(5, 8, 8, 3)),
+              "chw": rng.normal(size=(20, 3, 8, 8)), "s01": rng.uniform(0, 1, (100, 4)),
+              "t11": rng.uniform(-1, 1, (200, 4))}
+    arrays["snan"], arrays["tinf"] = arrays["s"].copy(), arrays["t"].copy()
+    arrays["snan"][2, 1], arrays["tinf"][3, 0] = np.nan, np.inf
+    for name, array in arrays.items():
+        np.save(tmp_path / f"{name}.npy", array)
+    torch.save(torch.zeros(5, 4), tmp_path / "one.pt")
+    torch.save({"x": torch.zeros(5, 4), "y": torch.ones(5, 4)}, tmp_path / "two.pt")
+    (tmp_path / "empty_folder").mkdir()
+
+
+@pytest.mark.parametrize("samples, train, extra, message", [
+    ("snan.npy", "t.npy", [], "--samples contains NaN or inf in 1 row(s), first at row 2"),
+    ("s.npy", "tinf.npy", [], "--train contains NaN or inf in 1 row(s), first at row 3"),
+    ("empty.npy", "t.npy", [], "--samples is empty (0 rows)"),
+    ("s.npy", "empty.npy", [], "--train is empty (0 rows)"),
+    ("s.npy", "t1.npy", [], "--train must hold at least 2 items for the gap ratio (k = 2), got 1"),
+    ("s3.npy", "t.npy", [], "--samples and --train must have the same number of features, got 3 and 4"),
+    ("big.npy", "t.npy", [], "--samples holds integers beyond 2**53"),
+    ("hwc.npy", "chw.npy", [], "--samples holds items of shape (8, 8, 3) and --train items of shape (3, 8, 8)"),
+    ("s.npy", "cplx.npy", [], "--train {train}: holds complex64 values, need real numbers"),
+    ("s.npy", "t.npy", ["--key", "x"], "--samples {samples}: a .npy file holds one array; --key 'x' does not apply"),
+    ("s.npy", "one.pt", ["--train-key", "x"],
+     "--train {train}: holds one tensor (not a dict), so --train-key 'x' does not apply"),
+    ("two.pt", "t.npy", ["--key", "z"], "--samples {samples}: no tensor named 'z'; it holds ['x', 'y']"),
+    ("s.npy", "missing.npy", [], "--train: no such file: {train}"),
+    ("empty_folder", "t.npy", [], "--samples {samples}: contains no image files"),
+    ("s.npy", "folder:{tmp}/missing", [], "--train: image source not found: {tmp}/missing"),
+    ("s.npy", "tinf.npy", ["--space", "pca:2"], "--train has non-finite features in rows [3]"),
+    ("s3.npy", "t.npy", ["--space", "pca:2"],
+     "--space pca:2 projects rows of --train's size, but --samples has rows of 3 values and --train of 4"),
+])
+def test_cli_names_the_flag_behind_a_bad_input(tmp_path, capsys, samples, train, extra, message):
+    # the library's words reached the terminal: "samples contains NaN ...", "key='x' does not apply",
+    # "pixels-PCA2 projects rows of 4 values, got 3", or a file's error without the flag that named it
+    _bad_inputs(tmp_path)
+    train = train.format(tmp=tmp_path) if ":" in train else str(tmp_path / train)
+    samples = str(tmp_path / samples)
+    assert main(["memorization", "--samples", samples, "--train", train, "--bootstrap", "0", "--no-progress",
+                 *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kfm memorization: error: {message.format(samples=samples, train=train, tmp=tmp_path)}"), err
+
+
+def test_cli_names_the_flags_in_a_value_range_warning(tmp_path, capsys):
+    _bad_inputs(tmp_path)
+    assert main(["memorization", "--samples", str(tmp_path / "s01.npy"), "--train", str(tmp_path / "t11.npy"),
+                 "--bootstrap", "0", "--no-progress"]) == 0
+    assert "kfm memorization: warning: --samples spans [" in capsys.readouterr().err
+
+
+def test_cli_backend_faiss_without_faiss_names_the_flag_before_the_audit(tmp_path, capsys, monkeypatch):
+    # "ImportError: backend='faiss' needs faiss" came as a traceback, once both sets had loaded
+    _bad_inputs(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)   # import faiss fails, as where it is missing
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
+                 "--backend", "faiss", "--no-progress"]) == 2
+    assert capsys.readouterr().err == "kfm memorization: error: --backend faiss needs faiss: pip install faiss-cpu\n"

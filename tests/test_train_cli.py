@@ -97,6 +97,27 @@ def test_kfm_train_user_errors_exit_2(tmp_path, capsys):
     assert "--grad-clip must be a finite number >= 0 (0 disables clipping), got -1" in capsys.readouterr().err
 
 
+
+def test_a_unet_on_vector_data_names_the_flags_and_the_models_that_suit_it(tmp_path, capsys):
+    # "unet needs image samples (C, H, W), got shape (2,)" named neither flag nor what to use instead
+    assert main(["train", "--data", "moons", "--model", "unet", "--steps", "1", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        "kfm train: error: --model unet needs image data (C, H, W), but --data moons holds vectors of shape (2,); "
+        "for vector data use --model mlp (or auto, which picks it)\n")
+    assert not (tmp_path / "run").exists()
+
+
+
+def test_a_data_spec_that_loads_nothing_names_data(tmp_path, capsys):
+    # "unknown data spec 'nope'", "EMPTY: contains no image files": the loader's words, without --data
+    (tmp_path / "empty").mkdir()
+    for data, message in (("nope", "--data: unknown data spec 'nope'"),
+                          (f"folder:{tmp_path / 'empty'}", f"--data {tmp_path / 'empty'}: contains no image files")):
+        assert main(["train", "--data", data, "--steps", "1", "--no-progress", "--out", str(tmp_path / "run")]) == 2
+        assert capsys.readouterr().err.startswith(f"kfm train: error: {message}")
+
+
 @pytest.mark.slow
 def test_sigkilled_training_resumes_bit_identically(tmp_path):
     base = [sys.executable, "-m", "kinetic_fm.cli", "train", *COMMON, "--steps", "400"]

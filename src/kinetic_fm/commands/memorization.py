@@ -5,10 +5,13 @@ import argparse
 import math
 
 from ..checks import DEVICE_FORMS
-from ._types import bootstrap_seed_number, check_output_path, user_path, writing
+from ._types import bootstrap_seed_number, check_output_path, flag_words, user_path, writing
 
 TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
 SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
+# kfm.memorization's argument names (as its errors and warnings give them) -> the flags that feed them
+_AUDIT_FLAGS = {"samples": "--samples", "train": "--train", "bootstrap": "--bootstrap",
+                "space(samples)": "--samples in --space", "space(train)": "--train in --space"}
 
 
 def register(subparsers) -> None:
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     from ..checks import ValueRangeWarning, check_integer, inside_unit_interval
-    from ..metrics.memorization import FEW_BOOTSTRAP, MAX_BOOTSTRAP, few_resamples, memorization
+    from ..metrics.memorization import MAX_BOOTSTRAP, memorization
     from ..runs.distributed import single_process_device
 
     # before the inputs load and the audit runs, each named by its flag (the library names its
@@ -108,6 +111,13 @@ def run(args: argparse.Namespace) -> int:
         if path is not None:
             check_output_path(flag, path, folder=False)
             _check_not_an_input(flag, path, ("--samples", args.samples), ("--train", args.train))
+    if args.backend == "faiss":  # the search's own ImportError named backend='faiss', with a traceback
+        import importlib
+
+        try:
+            importlib.import_module("faiss")
+        except ImportError:
+            raise ValueError("--backend faiss needs faiss: pip install faiss-cpu") from None
     device = single_process_device(args.device, "memorization")
     space, space_name = None, "pixels"
     principal = None if args.space is None else _principal_spec(args.space)
@@ -129,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
     if args.clamp:
         samples, clamped, scale_warned = _clamped_to(train, samples)
     if principal is not None:
+        if samples.shape[1:].numel() != train.shape[1:].numel():  # the space is fitted on --train's rows
+            raise ValueError(f"--space {args.space} projects rows of --train's size, but --samples has rows of "
+                             f"{samples.shape[1:].numel()} values and --train of {train.shape[1:].numel()}")
         space = _principal_space(args.space, *principal, train)
         space_name = space.name
         print(f"--space {args.space}: {space.name}, the top {space.k} principal directions of the "
@@ -141,11 +154,9 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         if args.clamp:  # the scale was checked before the clamp, which can misname it (_clamped_to)
             warnings.simplefilter("ignore", ValueRangeWarning)
-        if 0 < resamples.get("bootstrap", FEW_BOOTSTRAP) < FEW_BOOTSTRAP:  # given: --interval bootstrap
-            warnings.warn(few_resamples(f"--bootstrap {args.bootstrap}"), UserWarning, stacklevel=2)
-            warnings.filterwarnings("ignore", "bootstrap=", UserWarning)  # the library's, naming its argument
-        report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
-                              interval=args.interval, backend=args.backend, progress=args.progress)
+        with flag_words(_AUDIT_FLAGS):
+            report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
+                                  interval=args.interval, backend=args.backend, progress=args.progress)
     print(report)
     if train_mean is not None and not samples_folder:
         _warn_of_a_common_offset(samples, train, report, args.train)
@@ -192,38 +203,82 @@ def _check_not_an_input(flag: str, out: str, *inputs: tuple[str, str]) -> None:
     """ValueError naming the flags when the file ``out`` (--out's table, --figure's PNG) would replace
     what an input reads: the input file itself (``--samples s.parquet --out s.parquet``), a kfm
     sample run folder's results table or shards (``--samples RUN --out RUN/results.parquet``), or an
-    image of a folder of images, given directly or by a ``folder:``/``celeba:`` spec (``--samples
-    imgs --figure imgs/0.png``: a new image there would be read as one next time); the table
-    replaced the samples, and the figure a sample image, without a word."""
+    image of a folder of images, given directly, by a ``folder:``/``celeba:`` spec or as the data
+    a ``--train RUN`` trained on (``--samples imgs --figure imgs/0.png``: a new image there would
+    be read as one next time); the table replaced the samples, and the figure a sample image,
+    without a word. Paths are compared as files (:func:`_same_file`), so another name for the same
+    one (a hard link, another case on a case-insensitive file system, a symbolic link) counts."""
     from pathlib import Path
 
     from ..data.images import IMAGE_EXTENSIONS
     from ..runs.manifest import MANIFEST_NAME
     from ..runs.shards import RESULTS_NAME, SHARD_DIR
 
-    target = Path(out).resolve()
+    # its folder resolved, not a link it may be: the write replaces the link, where it lies
+    target = Path(out).parent.resolve() / Path(out).name
     for name, value in inputs:
-        path = Path(value)
-        if not path.exists():   # a data spec: only folder: and celeba: name files (their images)
-            kind, _, spec_path = value.partition(":")
-            if kind not in ("folder", "celeba") or not Path(spec_path).expanduser().exists():
+        for path, behind in _input_paths(name, value):
+            run = path.is_dir() and (path / MANIFEST_NAME).is_file()
+            if _same_file(target, path):
+                what = "overwrite that file"
+            elif run and _same_file(target, path / RESULTS_NAME):
+                what = "overwrite the run's results table"
+            elif run and _inside(target, path / SHARD_DIR):
+                what = "overwrite the run's shards"
+            elif path.is_dir() and not run and _inside(target, path) and target.suffix.lower() in IMAGE_EXTENSIONS:
+                # the folder's images are read recursively: a new one would be read next time
+                what = "overwrite one of the images" if target.exists() else "add an image to the folder of images"
+            else:
                 continue
-            path = Path(spec_path).expanduser()
-        path = path.resolve()
-        run = path.is_dir() and (path / MANIFEST_NAME).is_file()
-        if target == path:
-            what = "overwrite that file"
-        elif run and target == path / RESULTS_NAME:
-            what = "overwrite the run's results table"
-        elif run and path / SHARD_DIR in target.parents:
-            what = "overwrite the run's shards"
-        elif path.is_dir() and not run and path in target.parents and target.suffix.lower() in IMAGE_EXTENSIONS:
-            # the folder's images are read recursively: a new one would be read next time
-            what = "overwrite one of the images" if target.exists() else "add an image to the folder of images"
-        else:
-            continue
-        raise ValueError(f"{flag} {out} would {what}, which {name} {value} reads; "
-                         f"name another file for the {'figure' if flag == '--figure' else 'per-sample table'}")
+            reads = "" if behind is None else f" (the data it trained on, {behind})"
+            raise ValueError(f"{flag} {out} would {what}, which {name} {value} reads{reads}; "
+                             f"name another file for the {'figure' if flag == '--figure' else 'per-sample table'}")
+
+
+def _input_paths(name: str, value: str):
+    """``(path, spec)`` for each file or folder the input ``name`` ``value`` reads: the path given,
+    a ``folder:``/``celeba:`` spec's folder (the only specs that name image files), and for
+    ``--train RUN`` (a kfm train or reproduce net's folder) the folder its recorded spec names;
+    ``spec`` is that recorded spec, else None. Paths that do not exist are left out."""
+    from pathlib import Path
+
+    def spec_folder(spec: str):
+        kind, _, spec_path = spec.partition(":")
+        if kind in ("folder", "celeba") and Path(spec_path).expanduser().exists():
+            return Path(spec_path).expanduser().resolve()
+        return None
+
+    path = Path(value)
+    if not path.exists():   # a data spec
+        folder = spec_folder(value)
+        return [] if folder is None else [(folder, None)]
+    paths = [(path.resolve(), None)]
+    if name == "--train" and path.is_dir() and (path / TRAIN_CONFIG).is_file():
+        try:
+            spec = _training_record(path)[0]
+        except ValueError:  # the load names what is wrong with the record
+            return paths
+        folder = spec_folder(spec) if isinstance(spec, str) else None
+        if folder is not None:
+            paths.append((folder, spec))
+    return paths
+
+
+def _same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file or folder: :func:`os.path.samefile` where both
+    exist (it sees a hard link, and another case on a case-insensitive file system, which resolved
+    paths compared as strings do not), the resolved paths otherwise."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:   # one of them does not exist (or cannot be read): nothing to overwrite by another name
+        return a.resolve() == b.resolve()
+
+
+def _inside(target, folder) -> bool:
+    """Whether the path ``target`` lies in ``folder`` (at any depth), folders compared as files."""
+    return any(_same_file(parent, folder) for parent in target.parents)
 
 
 def _principal_spec(spec: str) -> tuple[int, bool] | None:
@@ -257,7 +312,8 @@ def _principal_space(spec: str, k: int, residual: bool, train):
     if k > largest:
         raise ValueError(f"--space {spec}: K must be an integer from 1 to min(N − 1, D) = {largest} for the N = {n} "
                          f"training items of D = {dim} values, got {k}")
-    return PrincipalSpace.fit(train, k, residual=residual)
+    with flag_words({"reference": "--train"}):  # the fit names the items it is fitted on "reference"
+        return PrincipalSpace.fit(train, k, residual=residual)
 
 
 def _clamped_to(train, samples):
@@ -305,7 +361,16 @@ def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
     reproduce run folder the rows' positions in the split its data spec loads whole (else None),
     and the mean image a centred data set (celeba:) subtracted from its items (else None): a data
     spec (if ``specs``), a run folder, a folder or .zip of images, or an array file
-    (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``)."""
+    (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``). Errors and warnings name
+    ``name`` (the flag) and the key's flag."""
+    key_flag = "--key" if name == "--samples" else "--train-key"
+    # the key's flag only where one was given: without it, "name one with a key" is prose
+    with flag_words({"key": key_flag} if key is not None else {}, source=(name, value)):
+        return _read_rows(name, value, key, progress, specs=specs)
+
+
+def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool):
+    """:func:`_load_rows`' work, in the library's words."""
     from pathlib import Path
 
     from ..data.registry import DATA_SPECS, load_dataset
@@ -500,29 +565,13 @@ def _training_rows(run, progress: bool):
     rows its training_items.json records. Returns ``(items, files, positions, mean)``: the items,
     their image files (None where the data has none), their positions in the split the spec loads
     whole (None for 2-D points) and the mean image a centred set subtracted (else None)."""
-    import json
     from pathlib import Path
 
     from ..data.registry import load_dataset
     from ..data.subset import dataset_rows
     from ..studies.assets import TRAINING_ITEMS
 
-    config, rows = None, None
-    try:
-        config = json.loads((run / TRAIN_CONFIG).read_text(encoding="utf-8"))
-        if (run / TRAINING_ITEMS).is_file():
-            config = json.loads((run / TRAINING_ITEMS).read_text(encoding="utf-8"))
-            spec, n, seed, rows = config["data"], config["n"], config["seed"], config["rows"]
-        else:
-            spec, n, seed = config["info"]["data"], config["info"].get("n"), config["train"]["seed"]
-    except (ValueError, KeyError, TypeError):
-        study = isinstance(config, dict) and isinstance(config.get("info"), dict) and "study" in config["info"]
-        raise ValueError(f"--train {run}: " + (
-            f"this kfm reproduce net records no training items ({TRAINING_ITEMS}, written since this "
-            "version); run the same kfm reproduce command on its folder again (it trains nothing) to write "
-            "it, or pass the training items themselves" if study else
-            f"its {TRAIN_CONFIG} names no data spec (kfm train writes one); pass the training items "
-            "themselves")) from None
+    spec, n, seed, rows, config = _training_record(run)
     try:
         data = load_dataset(spec, n=n, seed=seed, progress=progress)
     except FileNotFoundError as err:
@@ -548,6 +597,33 @@ def _training_rows(run, progress: bool):
     print(f"--train {run}: the {items.shape[0]} items it trained on ({spec}"
           + ("" if n is None else f", n={n}, seed={seed}") + f"{subset})")
     return items, files, None if positions is None else positions.numpy(), getattr(data, "mean", None)
+
+
+def _training_record(run):
+    """``(spec, n, seed, rows, record)`` of the items a run folder's net trained on, as its
+    training_items.json (a kfm reproduce net) or config.json (kfm train) records them (``rows``
+    None for the latter), and the record read; ValueError naming --train when neither holds them."""
+    import json
+
+    from ..studies.assets import TRAINING_ITEMS
+
+    config, rows = None, None
+    try:
+        config = json.loads((run / TRAIN_CONFIG).read_text(encoding="utf-8"))
+        if (run / TRAINING_ITEMS).is_file():
+            config = json.loads((run / TRAINING_ITEMS).read_text(encoding="utf-8"))
+            spec, n, seed, rows = config["data"], config["n"], config["seed"], config["rows"]
+        else:
+            spec, n, seed = config["info"]["data"], config["info"].get("n"), config["train"]["seed"]
+    except (ValueError, KeyError, TypeError):
+        study = isinstance(config, dict) and isinstance(config.get("info"), dict) and "study" in config["info"]
+        raise ValueError(f"--train {run}: " + (
+            f"this kfm reproduce net records no training items ({TRAINING_ITEMS}, written since this "
+            "version); run the same kfm reproduce command on its folder again (it trains nothing) to write "
+            "it, or pass the training items themselves" if study else
+            f"its {TRAIN_CONFIG} names no data spec (kfm train writes one); pass the training items "
+            "themselves")) from None
+    return spec, n, seed, rows, config
 
 
 def _cifar_images(name: str, x, *, scale_warned: bool = False):

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..checks import DEVICE_FORMS
-from ._types import check_output_path, seed_number, user_path, writing
+from ._types import check_output_path, flag_words, seed_number, user_path, writing
 
 
 def register(subparsers) -> None:
@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.registry import POINT_SETS, parse_spec
     from ..runs.distributed import single_process_device
-    from ..studies.config import ReproduceConfig
+    from ..data.subset import TooFewItemsError
+    from ..studies.config import MODES, ReproduceConfig
     from ..studies.reproduce import STUDIES, reproduce, studies_problem
 
     # a bad --device, --out, --studies, --data or --classifier fails here, before folders are made
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         raise ValueError(f"--studies must be a comma-separated subset of {', '.join(STUDIES)}, each once; "
                          f"got {args.studies!r} ({problem})")
-    kind, path = parse_spec(args.data)
+    with flag_words({}, source=("--data", args.data)):
+        kind, path = parse_spec(args.data)
     if kind in POINT_SETS:
         raise ValueError(f"--data {args.data!r}: kfm reproduce needs an image data set (2-D point sets are "
                          "studied on their exact field inside the support study)")
@@ -69,6 +71,20 @@ def run(args: argparse.Namespace) -> int:
         parse_cifar_resnet_spec(args.classifier, name="--classifier")
         cfg = replace(cfg, assets=replace(cfg.assets, classifier=args.classifier))
     with writing("--out", args.out):
-        md, html = reproduce(cfg, args.out, studies=studies, progress=not args.quiet)
+        try:
+            md, html = reproduce(cfg, args.out, studies=studies, progress=not args.quiet)
+        except TooFewItemsError as err:  # it names the config's n_train and n_heldout, which the mode flags set
+            modes = reversed(MODES[:MODES.index(args.mode) + 1])   # this mode, then those that load fewer
+            raise ValueError(f"--data {args.data} has {err.available:,} images; kfm reproduce "
+                             + "; ".join(_loads(args, mode) for mode in modes)) from None
     print(f"report: {html}\n        {md}")
     return 0
+
+
+def _loads(args: argparse.Namespace, mode: str) -> str:
+    """How many images kfm reproduce in ``mode`` loads from --data, in the flags' words."""
+    from ..studies.config import ReproduceConfig
+
+    assets = ReproduceConfig.preset(mode, data=args.data, device=args.device, seed=args.seed).assets
+    return (f"--{mode} loads {assets.n_train + assets.n_heldout:,} of them ({assets.n_train:,} to train on, "
+            f"{assets.n_heldout:,} held out)")

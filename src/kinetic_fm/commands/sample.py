@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
-from ._types import check_output_path, named_by_its_flag, seed_number, user_path, writing
+from ._types import check_output_path, flag_words, named_by_its_flag, seed_number, user_path, writing
 
 FIELDS = ("gaussian", "point", "mixture")
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "rk4_38", "dopri5")
@@ -205,8 +205,9 @@ def _model_target(path: str, shape_arg: str | None, resume_dir: str | None = Non
     source = Path(path)
     if not source.exists():
         raise FileNotFoundError(f"--model {path}: no such file or folder")
-    weights = resolve_weights(source)  # a run folder still training: its latest checkpoint
-    net = load_model(weights)
+    with flag_words({}, source=("--model", path)):  # the loader's errors name the file only
+        weights = resolve_weights(source)  # a run folder still training: its latest checkpoint
+        net = load_model(weights)
     if shape_arg:
         try:
             shape = tuple(int(d) for d in shape_arg.split(","))

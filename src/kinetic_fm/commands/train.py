@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from ..checks import DEVICE_FORMS
-from ._types import check_output_path, named_by_its_flag, seed_number, user_path, writing
+from ._types import check_output_path, flag_words, named_by_its_flag, seed_number, user_path, writing
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
              "(PATH a folder or .zip). digits: scikit-learn's 8x8 digits, bundled; moons: two half circles; "
@@ -96,11 +96,16 @@ def run(args: argparse.Namespace) -> int:
                              save_every=args.save_every)
     except ValueError as err:
         raise named_by_its_flag(err, _FLAGS) from None
-    try:
-        ds = load_dataset(args.data, n=args.n, seed=args.seed, progress=not args.no_progress)
-    except ValueError as err:  # "n must be an integer in [1, 1_797] (the available items)"
-        raise named_by_its_flag(err, _FLAGS) from None
+    with flag_words({}, source=("--data", args.data)):  # the loader's errors name the spec or its files
+        try:
+            ds = load_dataset(args.data, n=args.n, seed=args.seed, progress=not args.no_progress)
+        except ValueError as err:  # "n must be an integer in [1, 1_797] (the available items)"
+            raise named_by_its_flag(err, _FLAGS) from None
     data = dataset_rows(ds)
+    if args.model == "unet" and data.dim() != 4:  # default_model's own refusal names neither flag
+        raise ValueError(f"--model unet needs image data (C, H, W), but --data {args.data} holds "
+                         f"{'vectors' if data.dim() == 2 else 'items'} of shape {tuple(data.shape[1:])}; "
+                         "for vector data use --model mlp (or auto, which picks it)")
     labels = ds.labels if args.class_cond else None
     if args.class_cond and labels is None:
         raise ValueError(f"--class-cond: data {args.data!r} has no labels")

@@ -130,8 +130,9 @@ def _load_split(cfg: AssetsConfig, progress: bool = True):
     try:
         data = load_dataset(cfg.data, n=_loaded_n(cfg), seed=cfg.seed, progress=progress)
     except TooFewItemsError as err:  # its own text names an ``n`` the user never set
-        raise ValueError(f"data set {cfg.data!r} has {err.available} images; the studies load n_train + "
-                         f"n_heldout = {cfg.n_train} + {cfg.n_heldout} = {err.requested} of them") from None
+        raise TooFewItemsError(f"data set {cfg.data!r} has {err.available} images; the studies load n_train + "
+                               f"n_heldout = {cfg.n_train} + {cfg.n_heldout} = {err.requested} of them",
+                               requested=err.requested, available=err.available) from None
     if not hasattr(data, "images"):
         raise ValueError(f"kfm reproduce needs an image data set, got {cfg.data!r} (2-D point sets are studied "
                          "on their exact field inside the support study)")
