@@ -809,6 +809,29 @@ def test_cli_clamp_audits_the_samples_clamped_to_the_training_range(tmp_path, ca
     assert not table["clamped"].any()
 
 
+def test_cli_clamp_counts_only_the_values_it_moved_and_refuses_a_non_finite_range(tmp_path, capsys):
+    # a NaN sample (NaN != NaN) was counted as "changed", and a NaN in --train printed the range
+    # "[nan, nan]" with every sample "changed" (clamped to NaN) before the audit refused --train
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(20, 4)).astype(np.float32)
+    samples = np.concatenate([train[:3] * 3, train[3:5]])
+    samples[0, 0] = np.nan
+    np.save(tmp_path / "s.npy", samples)
+    np.save(tmp_path / "t.npy", train)
+    flags = ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"), "--clamp",
+             "--bootstrap", "0", "--no-progress"]
+    assert main(flags) == 2
+    out, err = capsys.readouterr()
+    moved = int(((samples < train.min()) | (samples > train.max())).sum())   # False for the NaN
+    assert moved > 0
+    assert f"({moved:,} of 20 values changed)" in out and "--samples contains NaN" in err
+    train[7, 2] = np.inf
+    np.save(tmp_path / "t.npy", train)
+    assert main(flags) == 2
+    out, err = capsys.readouterr()
+    assert "--clamp:" not in out and "--train contains NaN or inf in 1 row(s), first at row 7" in err
+
+
 def test_cli_clamp_warns_of_the_samples_scale_as_given(tmp_path, capsys):
     """uint8 copies of [-1, 1] training images with --clamp: the scale warning is about the samples
     as given, 0..255 ("magnitudes over 20x apart"); it came after the clamp, which had moved them

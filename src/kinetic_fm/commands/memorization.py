@@ -323,15 +323,17 @@ def _clamped_to(train, samples):
     import torch
 
     from ..checks import check_same_space
+    from ..knn import check_finite
 
     if train.numel() == 0:
         raise ValueError(f"--clamp takes the range of the training items, but --train has shape {tuple(train.shape)}")
+    check_finite("--train", train)  # its range would read [nan, nan] and clamp every sample to NaN
     # the scale as given: clamped, uint8 samples against [-1, 1] items read as [0, 1] ones (see run)
     warned = check_same_space(("--samples", samples), ("--train", train))
     low, high = (float(v) for v in torch.aminmax(train))
     samples = samples if samples.is_floating_point() else samples.to(torch.float64)
     inside = samples.clamp(low, high)
-    changed = int((inside != samples).sum())
+    changed = int(((inside != samples) & ~samples.isnan()).sum())  # NaN != NaN, but the clamp left it
     text = f"[{low:g}, {high:g}]"
     print(f"--clamp: samples clamped to the training items' range {text} ({changed:,} of {samples.numel():,} "
           "values changed)")
