@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from ..checks import (as_scalar, check_flag, declares, declares_singular_at_one, is_real, optional_attribute,
-                      tensor_output)
+                      start_run_of, tensor_output)
 from ..norms import squared_norm
 from .adapters import batch_time
 
@@ -125,6 +125,11 @@ class ClassifierFreeGuidance:
         self._norm_u: torch.Tensor | None = None
         self._energy_c: torch.Tensor | None = None
         self._energy_u: torch.Tensor | None = None
+
+    def start_run(self) -> None:
+        """Called by ``kfm.sample`` before a run: passed on to the model, which may keep per-run
+        state (a ``PosteriorRecorder`` inside refuses a second run over its first)."""
+        start_run_of(self.model)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Guided v(x, t): x (B, ...), t (B,) or one number; (B, ...) in x's dtype (and, with
