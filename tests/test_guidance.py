@@ -408,3 +408,26 @@ def test_the_run_start_reaches_the_guided_model(outside):
     assert len(recorder) == 4
     for name, value in vars(recorder.trace()).items():
         assert torch.equal(value, getattr(expected, name)), name
+
+
+def test_a_run_after_one_whose_last_call_was_at_t_zero_starts_its_part_energies_afresh():
+    # a one-step Euler run calls the field at t = 0 only, so the next run's first call is no earlier
+    # and was not read as a new run: that call added ½·0·‖v_prev‖², NaN where v_prev was not finite,
+    # and a row flagged in the first run had NaN part energies in the next
+    net = ClassNet()
+    poisoned = [True]
+
+    def model(x, t, y):
+        out = net(x, t, y)
+        return torch.where(torch.tensor(poisoned[0]) & (torch.arange(x.shape[0]) == 0)[:, None], math.nan, out)
+
+    x0 = kfm.noise([0, 1], (DIM,), dtype=torch.float64)
+    cfg = ClassifierFreeGuidance(model, torch.tensor([0, 1]), 2.0, NULL, track_parts=True)
+    kfm.sample(cfg, x0, steps=1, on_nonfinite="flag")
+    assert cfg.part_energies().conditional.isnan().tolist() == [True, False]
+    poisoned[0] = False
+    kfm.sample(cfg, x0, steps=3)
+    fresh = ClassifierFreeGuidance(model, torch.tensor([0, 1]), 2.0, NULL, track_parts=True)
+    kfm.sample(fresh, x0, steps=3)
+    assert torch.equal(cfg.part_energies().conditional, fresh.part_energies().conditional)
+    assert torch.equal(cfg.part_energies().unconditional, fresh.part_energies().unconditional)

@@ -140,9 +140,9 @@ def optional_attribute(velocity: object, name: str, default: object = None) -> o
 
 def start_run_of(velocity: object) -> None:
     """Call ``velocity.start_run()`` where it has one: a field that keeps per-run state
-    (``PosteriorRecorder``'s records) is told that a run starts. ``kfm.sample`` calls it on the
-    field it is given, and the library's wrappers (adapters, guidance, ``as_model_wrapper``) pass
-    it on to what they wrap."""
+    (``PosteriorRecorder``'s records, ``ClassifierFreeGuidance``'s part energies) is told that a
+    run starts. ``kfm.sample`` calls it on the field it is given, and the library's wrappers
+    (adapters, guidance, ``as_model_wrapper``) pass it on to what they wrap."""
     start = optional_attribute(velocity, "start_run")
     if callable(start):
         start()

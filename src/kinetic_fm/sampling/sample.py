@@ -66,9 +66,9 @@ def sample(
             try restarts). A field must return a new tensor from each call (one that writes into
             an output the solver still reads is refused). A field with a ``start_run()`` method
             has it called once, after the arguments are checked and before the first velocity
-            call (``PosteriorRecorder`` refuses there to record a second run over its first); the
-            adapters, ``ClassifierFreeGuidance`` and ``as_model_wrapper`` pass it on to the field
-            they wrap.
+            call (``PosteriorRecorder`` refuses there to record a second run over its first;
+            ``ClassifierFreeGuidance`` restarts its part energies); the adapters, the guidance and
+            ``as_model_wrapper`` pass it on to the field they wrap.
         x0: (B, ...) initial noise, a floating tensor (used as given: its dtype and device are the
             run's); or give ``seeds`` and ``shape`` to draw it with ``kfm.noise``.
         seeds: B integer seeds in [0, 2**32), one per sample: a list, range, generator (read once),
