@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import kinetic_fm as kfm
+from kinetic_fm.fields.adapters import ModelXT, ReversedTime
 from kinetic_fm.fields.empirical import PosteriorRecorder
 
 
@@ -626,6 +627,33 @@ def test_a_recorder_passed_to_a_second_run_is_refused_and_its_first_trace_kept(a
     # cleared, the recorder takes the next run and traces it alone
     recorder.clear()
     kfm.sample(recorder, seeds=range(4), shape=(3, 4, 4), **settings)
+    for name, value in vars(recorder.trace()).items():
+        assert torch.equal(value.nan_to_num(-9.0), getattr(expected, name).nan_to_num(-9.0)), name
+
+
+@pytest.mark.parametrize("wrap, settings", [
+    (lambda r: ModelXT(r), dict(solver="heun", steps=4)),
+    (lambda r: ModelXT(ModelXT(r)), dict(solver="dopri5", rtol=1e-3, atol=1e-3)),
+    # σ = 1 − (1 − t) and two sign flips: the same field through both clock adapters
+    (lambda r: ReversedTime(ReversedTime(r, timestep_scale=1), timestep_scale=1), dict(solver="euler", steps=4)),
+], ids=["ModelXT", "ModelXT-in-ModelXT-dopri5", "ReversedTime-twice"])
+def test_a_recorder_inside_an_adapter_is_refused_for_a_second_run(atoms, wrap, settings):
+    # the run's start reached only the object given to kfm.sample: a recorder inside an adapter took
+    # a second run's records after the first's, and trace() returned the two runs as one
+    field = kfm.EmpiricalFlow(atoms)
+    single = PosteriorRecorder(field)
+    kfm.sample(wrap(single), seeds=range(4), shape=(3, 4, 4), **settings)
+    expected = single.trace()
+
+    recorder = PosteriorRecorder(field)
+    wrapped = wrap(recorder)
+    kfm.sample(wrapped, seeds=range(4), shape=(3, 4, 4), **settings)
+    calls = len(recorder)
+    with pytest.raises(ValueError, match=rf"already holds {calls} records of an earlier run"):
+        kfm.sample(wrapped, seeds=range(4, 8), shape=(3, 4, 4), **settings)
+    with pytest.raises(ValueError, match=rf"already holds {calls} records of an earlier run"):
+        kfm.sample(wrap(recorder), seeds=range(4, 8), shape=(3, 4, 4), **settings)   # a new wrapper, same recorder
+    assert len(recorder) == calls
     for name, value in vars(recorder.trace()).items():
         assert torch.equal(value.nan_to_num(-9.0), getattr(expected, name).nan_to_num(-9.0)), name
 

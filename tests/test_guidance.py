@@ -373,3 +373,61 @@ def test_dopri5_refuses_tracked_parts_behind_an_adapter_up_front():
     guided = ClassifierFreeGuidance(lambda x, t, y: -x, torch.tensor([0]), 2.0, NULL, track_parts=True)
     with pytest.raises(ValueError, match="track_parts is not supported with adaptive solvers"):
         kfm.sample(ModelXT(guided, time="batch"), kfm.noise([0], (DIM,)), solver="dopri5")
+
+
+class RecordedClassNet:
+    """A class-conditional model of the user's that keeps per-run state (a PosteriorRecorder of the
+    doubled batch, the label ignored) and says so with its own ``start_run``."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def __call__(self, x, t, y):
+        return self.recorder(x, t)
+
+    def start_run(self):
+        self.recorder.start_run()
+
+
+@pytest.mark.parametrize("outside", [lambda cfg: cfg, lambda cfg: ModelXT(cfg)], ids=["guidance", "ModelXT-of-it"])
+def test_the_run_start_reaches_the_guided_model(outside):
+    # the guidance did not pass the run's start on: a recorder in its model took the second run's
+    # records after the first's, and its trace() returned both runs as one
+    atoms = torch.randn(30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    x0 = kfm.noise([0, 1], (DIM,), dtype=torch.float64)
+    labels = torch.tensor([0, 1])
+    single = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    kfm.sample(outside(ClassifierFreeGuidance(RecordedClassNet(single), labels, 2.0, NULL)), x0, steps=4)
+    expected = single.trace()
+
+    recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    guided = outside(ClassifierFreeGuidance(RecordedClassNet(recorder), labels, 2.0, NULL))
+    kfm.sample(guided, x0, steps=4)
+    with pytest.raises(ValueError, match=r"already holds 4 records of an earlier run"):
+        kfm.sample(guided, x0, steps=4)
+    assert len(recorder) == 4
+    for name, value in vars(recorder.trace()).items():
+        assert torch.equal(value, getattr(expected, name)), name
+
+
+def test_a_run_after_one_whose_last_call_was_at_t_zero_starts_its_part_energies_afresh():
+    # a one-step Euler run calls the field at t = 0 only, so the next run's first call is no earlier
+    # and was not read as a new run: that call added ½·0·‖v_prev‖², NaN where v_prev was not finite,
+    # and a row flagged in the first run had NaN part energies in the next
+    net = ClassNet()
+    poisoned = [True]
+
+    def model(x, t, y):
+        out = net(x, t, y)
+        return torch.where(torch.tensor(poisoned[0]) & (torch.arange(x.shape[0]) == 0)[:, None], math.nan, out)
+
+    x0 = kfm.noise([0, 1], (DIM,), dtype=torch.float64)
+    cfg = ClassifierFreeGuidance(model, torch.tensor([0, 1]), 2.0, NULL, track_parts=True)
+    kfm.sample(cfg, x0, steps=1, on_nonfinite="flag")
+    assert cfg.part_energies().conditional.isnan().tolist() == [True, False]
+    poisoned[0] = False
+    kfm.sample(cfg, x0, steps=3)
+    fresh = ClassifierFreeGuidance(model, torch.tensor([0, 1]), 2.0, NULL, track_parts=True)
+    kfm.sample(fresh, x0, steps=3)
+    assert torch.equal(cfg.part_energies().conditional, fresh.part_energies().conditional)
+    assert torch.equal(cfg.part_energies().unconditional, fresh.part_energies().unconditional)

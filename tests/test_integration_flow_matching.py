@@ -318,3 +318,43 @@ def test_the_samplers_warnings_name_the_callers_line_through_the_solver():
         KineticODESolver(lambda x, t: 1.0 - x).sample(torch.zeros(3, 2, dtype=torch.bfloat16), method="dopri5")
         line = inspect.currentframe().f_lineno - 1
     assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]
+
+
+@pytest.mark.parametrize("method", ["euler", "dopri5"])
+def test_the_solver_refuses_a_recorder_for_a_second_run(method):
+    # the solver wraps its model in an adapter for kfm.sample, which told only the adapter of the
+    # run's start: a second sample() appended its records to the first's, and trace() read both as one
+    atoms = torch.randn(30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    _, x0, _ = _setup()
+    settings = dict(method=method, atol=1e-3, rtol=1e-3) if method == "dopri5" else dict(method=method, step_size=0.25)
+    time = "batch" if method == "dopri5" else None   # dopri5's default "scalar" splits calls by time
+    single = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    KineticODESolver(single, time=time).sample(x0, **settings)
+    expected = single.trace()
+
+    recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    solver = KineticODESolver(recorder, time=time)
+    solver.sample(x0, **settings)
+    calls = len(recorder)
+    with pytest.raises(ValueError, match=rf"already holds {calls} records of an earlier run"):
+        solver.sample(x0, **settings)
+    assert len(recorder) == calls
+    for name, value in vars(recorder.trace()).items():
+        assert torch.equal(value.nan_to_num(-9.0), getattr(expected, name).nan_to_num(-9.0)), name
+
+
+def test_a_recorder_in_a_model_wrapper_is_refused_for_a_second_run_of_our_sampler():
+    atoms = torch.randn(30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    _, x0, _ = _setup()
+    single = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    kfm.sample(as_model_wrapper(single, shaping=kfm.KTS()), x0, steps=4)
+    expected = single.trace()
+
+    recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    wrapper = as_model_wrapper(recorder, shaping=kfm.KTS())
+    kfm.sample(wrapper, x0, steps=4)
+    with pytest.raises(ValueError, match=r"already holds 4 records of an earlier run"):
+        kfm.sample(wrapper, x0, steps=4)
+    assert len(recorder) == 4
+    for name, value in vars(recorder.trace()).items():
+        assert torch.equal(value, getattr(expected, name)), name

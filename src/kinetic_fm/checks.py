@@ -138,6 +138,16 @@ def optional_attribute(velocity: object, name: str, default: object = None) -> o
         return default
 
 
+def start_run_of(velocity: object) -> None:
+    """Call ``velocity.start_run()`` where it has one: a field that keeps per-run state
+    (``PosteriorRecorder``'s records, ``ClassifierFreeGuidance``'s part energies) is told that a
+    run starts. ``kfm.sample`` calls it on the field it is given, and the library's wrappers
+    (adapters, guidance, ``as_model_wrapper``) pass it on to what they wrap."""
+    start = optional_attribute(velocity, "start_run")
+    if callable(start):
+        start()
+
+
 def declares(velocity: object, name: str) -> bool:
     """Whether ``velocity`` declares the flag ``name`` True (``singular_at_one``: v blows up at
     t = 1; ``one_time_per_call``: the net sees one time for the whole batch); an attribute that

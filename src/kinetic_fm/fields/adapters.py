@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from ..checks import (add_note, as_scalar, check_flag, check_integer, declares, declares_singular_at_one,
-                      inside_unit_interval, is_real, optional_attribute, tensor_output)
+                      inside_unit_interval, is_real, optional_attribute, start_run_of, tensor_output)
 
 TIME_MODES = ("batch", "scalar", "shared")
 
@@ -149,6 +149,11 @@ class _Adapter:
         """Whether a wrapped guidance tracks part energies, which dopri5's rejected tries would
         restart (``kfm.sample`` refuses it up front); passed through."""
         return declares(self.inner, "track_parts")
+
+    def start_run(self) -> None:
+        """Passed through to the wrapped field, which may keep per-run state (``kfm.sample`` calls
+        it before a run: a ``PosteriorRecorder`` inside refuses a second run over its first)."""
+        start_run_of(self.inner)
 
     def select(self, active: torch.Tensor) -> "_Adapter":
         """This adapter for the samples where the (B,) bool mask ``active`` is True (dopri5

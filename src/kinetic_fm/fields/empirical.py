@@ -977,8 +977,13 @@ class PosteriorRecorder:
     The records stay on the device (no host synchronisation beyond the field's own); pass the
     recorder to ``kfm.sample`` in place of the field, then read :meth:`trace`. One recorder holds
     one run: ``kfm.sample`` refuses (ValueError) a recorder that still holds records, whose trace
-    would stack two runs as one; :meth:`clear` it between runs, or make one per run. Called
-    directly, outside ``kfm.sample``, its records accumulate over calls.
+    would stack two runs as one; :meth:`clear` it between runs, or make one per run. The
+    library's wrappers around it (the adapters such as ``ModelXT``, ``as_model_wrapper``,
+    ``KineticODESolver``, a ``ClassifierFreeGuidance`` model that gives ``start_run``) pass the
+    run's start on to it, so it is refused there too. A function of your own around it (a lambda)
+    hides it: give such a wrapper a ``start_run()`` that calls the recorder's, or clear it yourself.
+    Called directly, or by a loop that does not call :meth:`start_run` (flow_matching's
+    ``ODESolver``), its records accumulate over calls.
     """
 
     singular_at_one = True

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from ..checks import (as_scalar, check_flag, declares, declares_singular_at_one, is_real, optional_attribute,
-                      tensor_output)
+                      start_run_of, tensor_output)
 from ..norms import squared_norm
 from .adapters import batch_time
 
@@ -62,7 +62,9 @@ class ClassifierFreeGuidance:
     left sum over all stage times (an approximation), and adaptive runs with rejected steps are
     not supported. The times are those the model sees, in x's dtype: in half precision they are
     rounded (the sampler steps in float64), so the sums differ from the sampler's by that
-    rounding. Everything stays on the device. A call at an earlier time than the previous one
+    rounding. Everything stays on the device. ``kfm.sample`` starts a new run through
+    :meth:`start_run`; for callers that do not (flow_matching's ``ODESolver`` over
+    ``as_model_wrapper``, a loop of your own), a call at an earlier time than the previous one
     starts a new run (``reset()`` does the same explicitly). After each call,
     ``last_conditional`` and ``last_unconditional`` hold the two (B, ...) velocities for callers
     who accumulate their own statistics.
@@ -125,6 +127,15 @@ class ClassifierFreeGuidance:
         self._norm_u: torch.Tensor | None = None
         self._energy_c: torch.Tensor | None = None
         self._energy_u: torch.Tensor | None = None
+
+    def start_run(self) -> None:
+        """Called by ``kfm.sample`` before a run: passed on to the model (which may keep per-run
+        state), then the part energies restart, as with :meth:`reset`."""
+        # the model first: a model that refuses the run leaves the last run's energies readable
+        start_run_of(self.model)
+        # a run's first call at no earlier time than the last one's (a one-step Euler run calls at
+        # t = 0 only) was not read as a new run, and carried a NaN ½·0·‖v‖² over
+        self.reset()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Guided v(x, t): x (B, ...), t (B,) or one number; (B, ...) in x's dtype (and, with

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..checks import declares_singular_at_one
+from ..checks import declares_singular_at_one, start_run_of
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
@@ -168,6 +168,11 @@ def _model_wrapper_class() -> type:
             @property
             def singular_at_one(self) -> bool:  # passed through: kfm.sample's last step skips t = 1
                 return declares_singular_at_one(self.velocity)
+
+            def start_run(self) -> None:
+                """Passed through to the field, which may keep per-run state (``kfm.sample`` calls
+                it before a run; flow_matching's ``ODESolver`` does not)."""
+                start_run_of(self.velocity)
 
             def forward(self, x: torch.Tensor, t: torch.Tensor, **extras: Any) -> torch.Tensor:
                 given = t

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from ..checks import (as_scalar, check_device, check_flag, check_integer, check_unit_number, declares,
-                      declares_singular_at_one, is_real, optional_attribute)
+                      declares_singular_at_one, is_real, start_run_of)
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
@@ -66,7 +66,9 @@ def sample(
             try restarts). A field must return a new tensor from each call (one that writes into
             an output the solver still reads is refused). A field with a ``start_run()`` method
             has it called once, after the arguments are checked and before the first velocity
-            call (``PosteriorRecorder`` refuses there to record a second run over its first).
+            call (``PosteriorRecorder`` refuses there to record a second run over its first;
+            ``ClassifierFreeGuidance`` restarts its part energies); the adapters, the guidance and
+            ``as_model_wrapper`` pass it on to the field they wrap.
         x0: (B, ...) initial noise, a floating tensor (used as given: its dtype and device are the
             run's); or give ``seeds`` and ``shape`` to draw it with ``kfm.noise``.
         seeds: B integer seeds in [0, 2**32), one per sample: a list, range, generator (read once),
@@ -156,7 +158,7 @@ def sample(
             raise ValueError("velocity passes one time for the whole batch (an adapter with time='shared'), "
                              "but dopri5 holds each sample at its own time; use time='scalar' (one net call "
                              "per distinct time) or time='batch' (a net that takes per-sample times)")
-        _start_run(velocity)
+        start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
         trace = integrate_dopri5(
             velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
             raise_nonfinite=on_nonfinite == "raise", progress=progress,
@@ -164,7 +166,7 @@ def sample(
     else:
         grid_t = time_grid(grid, steps)
         _check_state_resolution(grid_t, x0.dtype)
-        _start_run(velocity)
+        start_run_of(velocity)
         trace = integrate_fixed(
             velocity, x0, grid_t, FIXED_STEP[solver], shaping, quadrature, split, profile, progress
         )
@@ -194,14 +196,6 @@ def sample(
         split=float(split),
         seeds=seed_tuple,
     )
-
-
-def _start_run(velocity) -> None:
-    """Tell a field that keeps per-run state (``PosteriorRecorder``'s records) that a run starts:
-    told here, on the host, it needs no look at its inputs inside the step loop."""
-    start = optional_attribute(velocity, "start_run")
-    if callable(start):
-        start()
 
 
 def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple[int, ...] | None]:
