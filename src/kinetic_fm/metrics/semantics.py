@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..checks import as_scalar, check_device, check_flag, is_real, positive_integer
-from ..sampling.guards import warn_if_feature_map_training
+from ..sampling.guards import feature_map_as_found
 from .features import as_tensor, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
@@ -127,8 +127,9 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
     judge = feature_space(classifier, batch_size=batch_size, device=device)
-    warn_if_feature_map_training(judge.fn)
-    logits = judge._mapped(x, flatten=False).to(torch.float64)
+    with feature_map_as_found(judge.fn):
+        logits = judge._mapped(x, flatten=False)
+    logits = logits.to(torch.float64)
     if logits.dim() > 2 and math.prod(logits.shape[2:]) == 1:   # a convolutional head's (b, C, 1, 1)
         logits = logits.reshape(logits.shape[:2])
     if logits.dim() != 2:   # a (b, 2, 5) output was read as 10 classes
