@@ -109,3 +109,127 @@ def test_a_feature_map_in_training_mode_is_warned_about_once_a_call():
             warnings.simplefilter("always")
             measure()
         assert [w.category for w in got if w.category is TrainingModeWarning] == [TrainingModeWarning]
+
+
+def _batch_norm_net():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    with torch.no_grad():   # running statistics away from their initial values, so a reset would show
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    return net
+
+
+def _measures(x, y):
+    import kinetic_fm as kfm
+
+    return {"memorization": lambda s: kfm.memorization(x, y, space=s, bootstrap=0, space_chunk=4).ratio,
+            "frechet_distance": lambda s: kfm.frechet_distance(x, y, space=s).value,
+            "precision_recall": lambda s: kfm.precision_recall(y, x, k=2, space=s).fake_in_real,
+            "local_support": lambda s: kfm.local_support(x, y, k=2, space=s).radii,
+            "kde_log_density": lambda s: kfm.kde_log_density(x, y, space=s).log_density,
+            "FeatureSpace": lambda s: FeatureSpace(s, batch_size=4)(y),
+            "as_features": lambda s: as_features(y, FeatureSpace(s, batch_size=4)),
+            "classifier_margin": lambda s: kfm.classifier_margin(s, y, batch_size=4).margin}
+
+
+@pytest.mark.parametrize("kind", ["module", "method", "lambda"])
+def test_a_metric_leaves_a_training_mode_network_as_it_found_it(kind):
+    # batch norm in training mode updated running_mean, running_var and num_batches_tracked with every
+    # chunk a metric fed it: measuring changed the caller's net, and its later eval outputs with it
+    import copy
+    import warnings
+
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    x, y = torch.randn(10, 4), torch.randn(20, 4)
+    probe = torch.randn(6, 4)
+    for name, measure in _measures(x, y).items():
+        net, twin = _batch_norm_net(), _batch_norm_net()
+        before = copy.deepcopy(net.state_dict())
+        held = net[1].running_mean
+        space = {"module": net, "method": net.forward, "lambda": lambda rows: net(rows)}[kind]
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            value = measure(space)
+        assert [w.category for w in got if w.category is TrainingModeWarning] == [TrainingModeWarning], name
+        assert net.training and net[1].training, name            # the mode is the caller's
+        after = net.state_dict()
+        assert after.keys() == before.keys()
+        assert all(torch.equal(after[k], before[k]) for k in before), (name, kind)
+        assert net[1].running_mean is held, name                  # restored in place
+        # the numbers are the training-mode ones, as before: the same call on an untouched twin
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TrainingModeWarning)
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(measure(twin))), name
+        with torch.no_grad():
+            assert torch.equal(net.eval()(probe), _batch_norm_net().eval()(probe)), name
+
+
+def test_a_network_interrupted_mid_measurement_is_left_as_found():
+    # an error (or Ctrl-C) after some chunks had gone through left their statistics in the net
+    import copy
+    import warnings
+
+    import kinetic_fm as kfm
+
+    net = _batch_norm_net()
+    before = copy.deepcopy(net.state_dict())
+    calls = []
+
+    def space(rows):
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return net(rows)
+
+    x, y = torch.randn(10, 4), torch.randn(20, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for measure in (lambda: kfm.memorization(x, y, space=space, bootstrap=0, space_chunk=4),
+                        lambda: FeatureSpace(space, batch_size=4)(y)):
+            calls.clear()
+            with pytest.raises(KeyboardInterrupt):
+                measure()
+            assert len(calls) == 3
+            assert all(torch.equal(net.state_dict()[k], before[k]) for k in before)
+
+
+def test_every_buffer_a_training_module_updates_is_put_back():
+    # not only batch norm: spectral norm's power iteration moves weight_u in training mode (no warning:
+    # its features are deterministic), and a module may rebind a buffer rather than write into it
+    import warnings
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("seen", torch.zeros((), dtype=torch.int64))
+
+        def forward(self, rows):
+            self.seen = self.seen + len(rows)
+            return rows
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.utils.spectral_norm(torch.nn.Linear(4, 8)), Counting())
+    u, seen = net[0].weight_u, net[1].seen
+    u_before = u.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # nothing random or batch-dependent here
+        FeatureSpace(net, batch_size=4)(torch.randn(10, 4))
+    assert net[0].weight_u is u and torch.equal(u, u_before)
+    assert net[1].seen is seen and int(seen) == 0
+
+
+def test_an_eval_mode_network_is_not_copied():
+    from kinetic_fm.sampling.guards import TrainingModeWarning, feature_map_as_found
+
+    net = _batch_norm_net().eval()
+    with feature_map_as_found(net) as kept:
+        assert kept._kept == []
+    net[2].train()   # only the modules in training mode, each buffer once
+    with feature_map_as_found(lambda rows: net[2](net(rows))) as kept:
+        assert kept._kept == []   # Linear holds no buffers
+    net[1].train()
+    with pytest.warns(TrainingModeWarning), feature_map_as_found(net) as kept:
+        assert sorted(name for _, name, _, _ in kept._kept) == ["num_batches_tracked", "running_mean",
+                                                                "running_var"]

@@ -488,3 +488,50 @@ def test_a_device_that_is_no_torch_device_is_named_by_margins_and_feature_spaces
 def test_clip_scores_names_a_device_that_is_no_torch_device(tiny_clip_dir):
     with pytest.raises(ValueError, match=DEVICE_MESSAGE):
         clip_scores(torch.rand(2, 3, 8, 8), ["a", "b"], model=tiny_clip_dir, device="gpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_classifier_margin_warns_of_a_classifier_that_returns_probabilities(dtype):
+    # a net ending in softmax gave margins of probabilities (in [-1, 1]) and a softmax of a softmax
+    # as confidence, without a word
+    import warnings
+
+    torch.manual_seed(0)
+    for classes in (2, 10, 1000):
+        body = torch.nn.Linear(6, classes).eval().to(dtype)
+        x = (torch.randn(40, 6) * 4).to(dtype)
+        probabilities = torch.nn.Sequential(body, torch.nn.Softmax(dim=1))
+        with pytest.warns(UserWarning, match=r"look like probabilities.*return the logits") as got:
+            classifier_margin(probabilities, x, batch_size=16)
+        assert got[0].filename == __file__
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")   # the logits, or their log-softmax, are logits
+            plain = classifier_margin(body, x)
+            logs = classifier_margin(lambda rows: torch.log_softmax(body(rows), dim=1), x)
+        if dtype == torch.float64:
+            torch.testing.assert_close(logs.margin, plain.margin)
+    z = torch.randn(30)
+    with pytest.warns(UserWarning, match="look like probabilities"):   # a sigmoid's (1 - p, p)
+        classifier_margin(lambda rows: torch.stack([1 - torch.sigmoid(rows), torch.sigmoid(rows)], 1), z)
+
+
+def test_genuine_logits_are_not_taken_for_probabilities():
+    import warnings
+
+    from kinetic_fm.metrics.semantics import _probability_rows
+
+    torch.manual_seed(0)
+    # two logits in [0, 1] each, one row at a time: a row must sum to 1 within 7e-7 to pass
+    pairs = torch.rand(200_000, 2).double()
+    near = pairs[(pairs.sum(1) - 1).abs() < 1e-3]   # a few hundred rows; the rest sum further from 1
+    assert len(near) > 100 and not any(_probability_rows(row[None], torch.float32) for row in near)
+    assert _probability_rows(torch.tensor([[0.25, 0.75]], dtype=torch.float64), torch.float32)
+    assert not _probability_rows(torch.tensor([[0.25, 0.75], [0.5, 0.5 + 1e-5]], dtype=torch.float64),
+                                 torch.float32)
+    assert not _probability_rows(torch.tensor([[1.25, -0.25]], dtype=torch.float64), torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for classes in (2, 10):   # an untrained net's logits near 0, a trained one's spread wide
+            for scale in (0.01, 1.0, 10.0):
+                net = torch.nn.Linear(6, classes).eval()
+                classifier_margin(lambda rows: net(rows) * scale, torch.randn(50, 6))

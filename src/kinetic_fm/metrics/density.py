@@ -31,7 +31,7 @@ from ..checks import (as_scalar, check_flag, check_integer, check_same_space, ch
                       positive_integer)
 from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
 from ..knn import check_same_rows, column_mean, own_diagonal, row_sq_norms
-from ..sampling.guards import warn_if_feature_map_training
+from ..sampling.guards import feature_map_as_found
 from .features import SpaceLike, as_features, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
@@ -161,9 +161,9 @@ def _samples_and_reference(samples: Any, reference: Any, reference_features: Any
     fs = feature_space(space)
     if reference_features is None:
         check_same_space(("samples", samples), ("reference", reference))
-    warn_if_feature_map_training(fs.fn)  # once for both sets
-    x = as_features(samples, fs, argument="samples", check_training=False)
-    y = _reference_features(reference, reference_features, fs)
+    with feature_map_as_found(fs.fn):  # warned once for both sets
+        x = as_features(samples, fs, argument="samples", check_training=False)
+        y = _reference_features(reference, reference_features, fs)
     _check_dims(x, y)
     return fs, x, y
 

@@ -5,7 +5,8 @@ A feature space maps a batch ``(B, ...)`` to flat features ``(B, F)``. It is eit
 layer) or any callable ``f(x) -> Tensor``. It is applied in chunks of ``batch_size`` under
 ``torch.inference_mode`` so large sample sets never pass through a network at once. A module is
 used in whatever mode the caller left it in: put feature networks in ``eval()`` first (one with
-dropout or batch norm in training mode gets a ``TrainingModeWarning``).
+dropout or batch norm in training mode gets a ``TrainingModeWarning``; the running statistics its
+batch norm updates are put back afterwards).
 
 Without a feature network, :class:`PrincipalSpace` keeps the top principal directions of a
 reference set: a set-level statistic such as the Fréchet distance then needs far fewer samples
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from ..checks import as_scalar, check_device, check_flag, is_integer, positive_integer, torch_readable
 from ..knn import check_exact_integers, nonfinite_rows
-from ..sampling.guards import warn_if_feature_map_training
+from ..sampling.guards import feature_map_as_found
 
 FeatureFn = Callable[[Tensor], Tensor]
 SpaceLike = Union[None, "FeatureSpace", torch.nn.Module, FeatureFn]
@@ -104,8 +105,8 @@ class FeatureSpace:
             raise ValueError("x must have a batch dimension, got a scalar")
         if self.fn is None:
             return x.reshape(x.shape[0], -1)
-        warn_if_feature_map_training(self.fn)
-        return self._mapped(x)
+        with feature_map_as_found(self.fn):
+            return self._mapped(x)
 
     def _mapped(self, x: Tensor, flatten: bool = True) -> Tensor:
         """:meth:`__call__`'s work on a (B, ...) tensor, without its training-mode check (for a

@@ -40,7 +40,7 @@ from ..blocks import block_size
 from ..checks import check_flag, check_integer, check_same_space, positive_integer
 from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
 from ..knn import abs_max, column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
-from ..sampling.guards import warn_if_feature_map_training
+from ..sampling.guards import feature_map_as_found
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
 from .stats import _to_numpy
@@ -369,9 +369,9 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
     fs = feature_space(space)
     protocol = _protocol(fs, network, split, preprocessing)
     check_same_space(("feats_a", feats_a), ("feats_b", feats_b))
-    warn_if_feature_map_training(fs.fn)  # once for both sets
-    a = as_features(feats_a, fs, argument="feats_a", check_training=False)
-    b = as_features(feats_b, fs, argument="feats_b", check_training=False)
+    with feature_map_as_found(fs.fn):  # warned once for both sets
+        a = as_features(feats_a, fs, argument="feats_a", check_training=False)
+        b = as_features(feats_b, fs, argument="feats_b", check_training=False)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feats_a and feats_b have different feature sizes: {a.shape[1]} vs {b.shape[1]}")
     for name, rows in (("feats_a", a), ("feats_b", b)):
@@ -512,9 +512,9 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
     fs = feature_space(space)
     protocol = _protocol(fs, network, split, preprocessing)  # before the features and the search
     check_same_space(("real", real), ("fake", fake))
-    warn_if_feature_map_training(fs.fn)  # once for both sets
-    r = as_features(real, fs, argument="real", check_training=False)
-    f = as_features(fake, fs, argument="fake", check_training=False)
+    with feature_map_as_found(fs.fn):  # warned once for both sets
+        r = as_features(real, fs, argument="real", check_training=False)
+        f = as_features(fake, fs, argument="fake", check_training=False)
     if r.shape[1] != f.shape[1]:
         raise ValueError(f"feature sizes differ: {r.shape[1]} vs {f.shape[1]}")
     for name, rows in (("real", r), ("fake", f)):

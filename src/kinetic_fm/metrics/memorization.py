@@ -21,7 +21,7 @@ import torch
 
 from ..checks import as_scalar, check_integer, check_same_space, inside_unit_interval, is_integer, positive_integer
 from ..knn import as_rows, check_exact_integers, check_finite, nearest_neighbors
-from ..sampling.guards import caller_outside_the_package, warn_if_feature_map_training
+from ..sampling.guards import caller_outside_the_package, feature_map_as_found
 from .features import FeatureSpace, feature_space, module_of, one_row_batch_norm_named
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -161,9 +161,9 @@ def memorization(
     if train.shape[0] < 2:
         raise ValueError(f"train must hold at least 2 items for the gap ratio (k = 2), got {train.shape[0]}")
     if space is not None:
-        warn_if_feature_map_training(space)  # once for both sets
-        samples = _features(space, samples, space_chunk, "samples", progress)
-        train = _features(space, train, space_chunk, "train", progress)
+        with feature_map_as_found(space):  # warned once for both sets
+            samples = _features(space, samples, space_chunk, "samples", progress)
+            train = _features(space, train, space_chunk, "train", progress)
     if samples.shape[1:].numel() != train.shape[1:].numel():
         raise ValueError(
             f"samples and train must have the same number of features, got "

@@ -450,8 +450,13 @@ def training_layers(obj: object) -> list[str]:
     """The random or batch-dependent layers active in the networks ``obj`` holds (dropout and batch
     norm in training mode, batch norm without running statistics), as "Dropout at 'body.1'";
     what :func:`warn_if_training` warns about. Never raises: an object it cannot look at is skipped."""
+    return _layers_of(_reachable_modules(obj))
+
+
+def _layers_of(modules: list[torch.nn.Module]) -> list[str]:
+    """:func:`training_layers` of the networks ``modules``."""
     layers, listed = [], set()
-    for module in _reachable_modules(obj):
+    for module in modules:
         try:
             for name, m in module.named_modules():
                 if id(m) not in listed and _stochastic_layer(m):
@@ -486,16 +491,69 @@ def warn_if_training(velocity: object) -> None:
         )
 
 
-def warn_if_feature_map_training(space: object) -> None:
-    """:func:`warn_if_training` for a metric's feature map ``space``: in training mode its features,
-    and every distance, density or score taken from them, change between identical calls and
-    with the chunk size the metric feeds it."""
-    layers = training_layers(space)
+def _warn_feature_map(layers: list[str]) -> None:
+    """:func:`warn_if_training` for a metric's feature map, whose active ``layers`` are given: in
+    training mode its features, and every distance, density or score taken from them, change
+    between identical calls and with the chunk size the metric feeds it."""
     if layers:
         warnings.warn(
             f"the feature map's network has random or batch-dependent layers active ({_listed(layers)}): "
             "its features, and every number measured on them, change between identical calls and with "
-            "the chunk size, and batch norm in training mode updates its running statistics; call "
-            "net.eval() first (the metrics leave a module's mode as it is)",
+            "the chunk size; call net.eval() first (the metrics leave a module's mode as it is, and put "
+            "back the running statistics that batch norm in training mode updates)",
             TrainingModeWarning, stacklevel=caller_outside_the_package(),
         )
+
+
+class feature_map_as_found:
+    """``with feature_map_as_found(space):`` around a metric's use of the networks ``space`` holds (a
+    module, a bound method such as ``net.features``, a function or FeatureSpace holding nets, found
+    as :func:`warn_if_training` finds them): warns once of their random or batch-dependent layers,
+    and on leaving, by return, error or interrupt alike, puts back every buffer of each of those
+    modules that is in training mode as it was: batch norm's running statistics and
+    ``num_batches_tracked``, and whatever else a module updates while training (spectral norm's
+    power-iteration vectors, a custom running average). Measuring then leaves the network's later
+    outputs as they were; the features themselves are the training-mode ones the warning speaks of.
+
+    Buffers are cloned once on entry and copied back in place, every one (batch norm's kernel moves
+    its running statistics without moving their version counter under inference mode): a tensor the
+    caller holds stays the one the module holds, and one the module rebinds is bound back. Modules in
+    eval mode are not copied (no cost; torch's normalisation layers and spectral norm leave their
+    buffers alone in eval), nor are lazy modules' uninitialised buffers."""
+
+    def __init__(self, space: object):
+        self.space = space
+        self._kept: list[tuple[torch.nn.Module, str, torch.Tensor, torch.Tensor]] = []
+
+    def __enter__(self) -> "feature_map_as_found":
+        modules = _reachable_modules(self.space)
+        _warn_feature_map(_layers_of(modules))
+        self._kept = _training_buffers(modules)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        kept, self._kept = self._kept, []
+        with torch.inference_mode():  # a buffer made under inference mode takes in-place writes only there
+            for module, name, buffer, copy in kept:
+                if getattr(module, name, None) is not buffer:
+                    setattr(module, name, buffer)
+                buffer.copy_(copy)
+
+
+def _training_buffers(modules: list[torch.nn.Module]
+                      ) -> list[tuple[torch.nn.Module, str, torch.Tensor, torch.Tensor]]:
+    """(module, name, buffer, a copy) for each buffer of the modules in training mode
+    among ``modules`` and their children, each once; a module that cannot list them is skipped."""
+    kept, seen = [], set()
+    for root in modules:
+        try:
+            for module in root.modules():
+                if id(module) in seen or not module.training:
+                    continue
+                seen.add(id(module))
+                for name, buffer in list(module._buffers.items()):
+                    if isinstance(buffer, torch.Tensor) and not torch.nn.parameter.is_lazy(buffer):
+                        kept.append((module, name, buffer, buffer.detach().clone()))
+        except Exception:  # as the walk: an object it cannot look at is skipped
+            continue
+    return kept
