@@ -189,6 +189,18 @@ def test_resume_against_other_training_data_is_refused_and_the_same_data_elsewhe
     assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 0
 
 
+def test_resuming_with_another_batch_size_warns_that_the_last_bits_may_move(tmp_path, capsys):
+    # the field's float32 products round by batch composition, under any solver
+    path = _saved(tmp_path, _images())
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 0
+    assert "warning" not in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--batch-size", 1, "--resume") == 0
+    err = capsys.readouterr().err
+    assert "kfm sample: warning: this run of --field empirical started with --batch-size 3; the field's" in err
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--train", "T"], "--train applies to --field empirical only"),
     (["--field", "gaussian", "--truncate", 2], "--truncate applies to --field empirical only"),
