@@ -357,33 +357,63 @@ def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[
     return frame
 
 
-def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool):
+def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
+               n: int | None = None, seed: int = 0):
     """``(rows, files, items, mean)``: the rows named by ``value``, their image files' names for a
     folder or .zip of images or a data spec of image files (else None), for a kfm train or
     reproduce run folder the rows' positions in the split its data spec loads whole (else None),
     and the mean image a centred data set (celeba:) subtracted from its items (else None): a data
     spec (if ``specs``), a run folder, a folder or .zip of images, or an array file
-    (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``). Errors and warnings name
-    ``name`` (the flag) and the key's flag."""
+    (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``). With ``n``, a subset of n rows
+    drawn by ``seed``: a data spec loads it as ``kfm train --n --seed`` does (for a 2-D sampler, n
+    points), anything else keeps the rows :func:`~kinetic_fm.data.subset.select_indices` picks (the
+    same draw). Errors and warnings name ``name`` (the flag), the key's flag and, with ``n``, the
+    subset's flags ``<name>-n`` and ``<name>-seed`` (kfm sample's --train-n, --train-seed)."""
     key_flag = "--key" if name == "--samples" else "--train-key"
     # the key's flag only where one was given: without it, "name one with a key" is prose
-    with flag_words({"key": key_flag} if key is not None else {}, source=(name, value)):
-        return _read_rows(name, value, key, progress, specs=specs)
+    flags = {"key": key_flag} if key is not None else {}
+    if n is not None:
+        flags.update({"n": f"{name}-n", "seed": f"{name}-seed"})
+    with flag_words(flags, source=(name, value)):
+        return _read_rows(name, value, key, progress, specs=specs, n=n, seed=seed)
 
 
-def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool):
+def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
+               n: int | None = None, seed: int = 0):
     """:func:`_load_rows`' work, in the library's words."""
+    if n is not None and not _is_spec(value, specs):
+        from ..data.subset import select_indices
+
+        rows, files, items, mean = _read_rows(name, value, key, progress, specs=specs)
+        chosen = select_indices(rows.shape[0], n=n, seed=seed)
+        return (rows[chosen], None if files is None else [files[i] for i in chosen.tolist()],
+                None if items is None else items[chosen.numpy()], mean)
+    return _read_whole(name, value, key, progress, specs=specs, n=n, seed=seed)
+
+
+def _is_spec(value: str, specs: bool) -> bool:
+    """Whether ``value`` is read as a data spec (when ``specs``): a spec's name, and no such file."""
     from pathlib import Path
 
-    from ..data.registry import DATA_SPECS, load_dataset
+    from ..data.registry import DATA_SPECS
+
+    spec_names = {spec.partition(":")[0] for spec in DATA_SPECS}
+    return specs and value.partition(":")[0] in spec_names and not Path(value).exists()
+
+
+def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
+                n: int | None = None, seed: int = 0):
+    """:func:`_read_rows` without a subset, except a data spec's, which its loader draws."""
+    from pathlib import Path
+
+    from ..data.registry import load_dataset
     from ..data.subset import dataset_rows
     from ..metrics._arrays import load_array
 
     from ..runs.manifest import MANIFEST_NAME
 
     path = Path(value)
-    spec_names = {spec.partition(":")[0] for spec in DATA_SPECS}
-    is_spec = specs and value.partition(":")[0] in spec_names and not path.exists()
+    is_spec = _is_spec(value, specs)
     # kfm sample writes manifest.json into its run folder, kfm train config.json
     is_run = path.is_dir() and (path / (TRAIN_CONFIG if specs else MANIFEST_NAME)).is_file()
     is_images = not (is_spec or is_run) and (path.is_dir() or path.suffix.lower() == ".zip")
@@ -403,7 +433,7 @@ def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
 
         return torch.from_numpy(read_samples(path)), None, None, None
     if is_spec:
-        data = load_dataset(value, progress=progress)
+        data = load_dataset(value, n=n, seed=seed, progress=progress)
         return dataset_rows(data), _spec_item_files(value, data), None, getattr(data, "mean", None)
     if is_images:
         from ..data.images import image_names, load_image_folder

@@ -2,10 +2,13 @@
 
 Writes ``<out>/manifest.json``, ``<out>/shards/shard-*.parquet`` and ``<out>/results.parquet``
 (one row per seed: seed, kpe, kpe_raw, early, late, peak, peak_time, nfe, steps, nonfinite, the
-class ``label`` for a class-conditional net, unless ``--no-save-x`` the final sample ``x``
-flattened into a fixed-size list column (results.parquet records one sample's shape on it, so
-``kfm memorization --samples <out>`` or its results.parquet sees images), and with ``--profile``
-the per-step energy increments ``profile``), then prints a summary table and, with ``--figure``,
+class ``label`` for a class-conditional net, for ``--field empirical`` the posterior's largest weight
+``posterior_max_weight`` and its entropy ``posterior_entropy`` at the sample's last evaluation (and
+under ``--truncate`` the largest bound on the posterior mass an evaluation left out,
+``neglected_bound_max``), unless ``--no-save-x`` the final sample ``x`` flattened into a fixed-size
+list column (results.parquet records one sample's shape on it, so ``kfm memorization --samples
+<out>`` or its results.parquet sees images), and with ``--profile`` the per-step energy increments
+``profile``), then prints a summary table and, with ``--figure``,
 draws the run. Works unchanged under torchrun (``python -m torch.distributed.run --nproc-per-node
 P -m kinetic_fm.cli sample --num-samples N ...``: after torchrun spell ``--n`` as
 ``--num-samples``): each rank samples its own shards and rank 0 merges. One writer at a time:
@@ -21,6 +24,7 @@ from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ._types import check_output_path, flag_words, named_by_its_flag, seed_number, user_path, writing
 
 FIELDS = ("gaussian", "point", "mixture")
+EMPIRICAL = "empirical"  # the exact EFM field of the --train items: not built in, it needs them
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "rk4_38", "dopri5")
 # KTS flags; giving any of them turns shaping on (the others take KTS's defaults)
 _KTS_FLAGS = {"alpha0": "alpha0", "beta0": "beta0", "tau": "tau_split", "launch": "launch",
@@ -41,11 +45,30 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     f = p.add_argument_group("velocity field")
-    f.add_argument("--field", choices=FIELDS, default=None,
+    f.add_argument("--field", choices=(*FIELDS, EMPIRICAL), default=None,
                    help="gaussian: N(2·1, 0.5²I); point: the point 2·1; mixture: 8 Gaussians (σ 0.3) "
-                        "on a ring of radius 4 in the first two coordinates (evenly on [-4, 4] at --dim 1) "
+                        "on a ring of radius 4 in the first two coordinates (evenly on [-4, 4] at --dim 1); "
+                        "empirical: the exact empirical flow-matching field (kfm.EmpiricalFlow) of the "
+                        "--train items, whose samples land on training items and take their shape "
                         f"(default: {DEFAULT_FIELD})")
     f.add_argument("--dim", type=int, default=None, help=f"dimension D of a built-in field's samples (default {DEFAULT_DIM})")
+    f.add_argument("--train", default=None, type=user_path,
+                   help="--field empirical only: its training items, as kfm memorization --train reads them: "
+                        "an array file (.npy, .npz, .pt, .parquet; --train-key names an array inside), a folder "
+                        "or .zip of images, a data spec such as mnist:PATH (its training split), or a kfm train "
+                        "run folder (the items it trained on). The sha256 of the loaded float tensor identifies "
+                        "the run: a --resume against other data is refused")
+    f.add_argument("--train-key", default=None, help="--field empirical only: the array/column name inside --train")
+    f.add_argument("--train-n", type=int, default=None,
+                   help="--field empirical only: a seeded subset of N training items (a data spec draws it as "
+                        "kfm train --n does; for a 2-D sampler such as moons, N points); without it, every item")
+    f.add_argument("--train-seed", type=seed_number, default=None,
+                   help="--field empirical only: the seed of the --train-n subset (or of a 2-D sampler's "
+                        "points), as kfm train --seed; 0 when not given")
+    f.add_argument("--truncate", type=int, default=None,
+                   help="--field empirical only: keep the K atoms of largest posterior weight per evaluation, "
+                        "K in [1, N] (EmpiricalFlow's truncated mode); the table's neglected_bound_max column "
+                        "bounds the posterior mass a sample's evaluations left out; without it, all N atoms")
     f.add_argument("--model", default=None, type=user_path,
                    help="sample a trained net instead of --field: a `kfm train` run folder or .safetensors file "
                         "(EMA weights); its weights' sha256 identifies the run")
@@ -151,9 +174,11 @@ class _Target:
     is the sha256 of its weights file): anything that yields these three can be run.
     """
 
-    def __init__(self, velocity, shape: tuple[int, ...], identity: dict, classes: int | None = None):
+    def __init__(self, velocity, shape: tuple[int, ...], identity: dict, classes: int | None = None,
+                 train: dict | None = None):
         self.velocity, self.shape, self.identity = velocity, shape, identity
         self.classes = classes  # a class-conditional net's class count (its null class is this index)
+        self.train = train  # --field empirical: where its training items came from (for the manifest's runtime)
 
 
 def _builtin_field(name: str, dim: int) -> _Target:
@@ -230,6 +255,61 @@ def _model_target(path: str, shape_arg: str | None, resume_dir: str | None = Non
     return _Target(net, shape, identity, classes=getattr(net, "null_class", None))
 
 
+def _empirical_target(args, device) -> _Target:
+    """The exact EFM field of the --train items (a subset with --train-n) on ``device``, identified by
+    the sha256 of the loaded float tensor's bytes, its shape and dtype: the same items reached by another
+    path or spelling resume the same run, other items are refused. Where they came from (the
+    spec or file, key and subset) goes into the manifest's runtime, for the reader and for the
+    refusal's message."""
+    import hashlib
+    from pathlib import Path
+
+    import torch
+
+    from ..data.registry import absolute_spec
+    from ..fields.empirical import EmpiricalFlow
+    from .memorization import _is_spec, _load_rows
+
+    seed = 0 if args.train_seed is None else args.train_seed
+    rows = _load_rows("--train", args.train, args.train_key, args.progress, specs=True, n=args.train_n, seed=seed)[0]
+    if rows.dim() < 2 or rows.shape[0] == 0:
+        raise ValueError(f"--train {args.train}: needs items of shape (N, ...), N >= 1, got {tuple(rows.shape)}")
+    if rows.dtype not in (torch.float32, torch.float64):
+        # integers (uint8 images) as float32 where that keeps every value, else float64
+        as32 = rows.to(torch.float32)
+        rows = as32 if rows.is_floating_point() or torch.equal(as32.to(rows.dtype), rows) else rows.to(torch.float64)
+    rows = rows.contiguous()
+    n = rows.shape[0]
+    if args.truncate is not None and args.truncate > n:
+        raise ValueError(f"--truncate must lie in [1, N] = [1, {n}] (the --train items), got {args.truncate}")
+    with flag_words({"train": "--train", "truncate": "--truncate"}):
+        field = EmpiricalFlow(rows.to(device), truncate=args.truncate)
+    digest = hashlib.sha256(rows.numpy()).hexdigest()
+    identity = {"field": EMPIRICAL, "train_sha256": digest, "train_shape": list(rows.shape),
+                "train_dtype": str(rows.dtype).removeprefix("torch.")}
+    source = absolute_spec(args.train) if _is_spec(args.train, True) else str(Path(args.train).resolve())
+    record = {"source": source, "key": args.train_key, "n": args.train_n, "seed": seed}
+    return _Target(field, tuple(rows.shape[1:]), identity, train=record)
+
+
+def _refuse_other_training_data(args, target: _Target) -> None:
+    """On --resume of an empirical run, a clear refusal when --train now loads other items than the
+    run was sampled from (the manifest comparison would only name identity.train_sha256)."""
+    manifest = _stored_manifest(args.out)
+    if manifest is None or manifest.identity.get("field") != EMPIRICAL:
+        return  # no run yet, or another kind of run: the manifest comparison names what differs
+    stored, now = manifest.identity, target.identity
+    if all(stored.get(key) == now[key] for key in ("train_sha256", "train_shape", "train_dtype")):
+        return
+    was = manifest.runtime.get("train") or {}
+    subset = "" if was.get("n") is None else f", --train-n {was['n']} --train-seed {was.get('seed', 0)}"
+    raise ValueError(f"--resume: --train {args.train} loads other training items than the run in {args.out} was "
+                     f"sampled from ({now['train_dtype']} {now['train_shape']}, sha256 {now['train_sha256'][:16]}…; "
+                     f"the run's: {stored.get('train_dtype')} {stored.get('train_shape')}, sha256 "
+                     f"{str(stored.get('train_sha256'))[:16]}…, read from {was.get('source', '?')}{subset}); "
+                     "resume with those items, or sample these into another --out")
+
+
 class _Conditioning:
     """The class each seed is sampled with, and the guidance scale: ``label`` is a class index,
     "seed" (seed mod ``classes``) or "null" (the null class, index ``classes``)."""
@@ -270,7 +350,8 @@ def _conditioning(args, target: _Target) -> _Conditioning | None:
     if target.classes is None:
         for flag in ("label", "guidance"):
             if getattr(args, flag) is not None:
-                what = "--model is not class-conditional" if args.model else "a built-in --field takes no class"
+                what = ("--model is not class-conditional" if args.model else "--field empirical takes no class"
+                        if args.field == EMPIRICAL else "a built-in --field takes no class")
                 raise ValueError(f"--{flag} applies to a class-conditional --model only; {what}")
         return None
     n = target.classes
@@ -314,8 +395,10 @@ def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> di
 
     # the class keys only for conditional nets, so that unconditional runs resume as before
     classes = {} if cond is None else {"label": cond.label, "guidance": cond.guidance}
+    # the truncation only for empirical runs (the training items themselves are in the identity)
+    empirical = {"truncate": args.truncate} if args.field == EMPIRICAL and not args.model else {}
     return {
-        **classes,
+        **classes, **empirical,
         "field": None if args.model else args.field, "dim": args.dim,
         "sample_shape": list(target.shape),
         "steps": args.steps, "solver": args.solver, "grid": args.grid, "quadrature": args.quadrature,
@@ -385,13 +468,15 @@ def _validate(args) -> None:
         raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
     if args.shape is not None and args.model is None:  # it would be ignored without a word
         raise ValueError("--shape applies to --model only; a built-in --field takes --dim")
+    _validate_empirical(args)
     given = [flag for flag, value in (("--field", args.field), ("--dim", args.dim)) if value is not None]
     if given and args.model is not None:  # they too would be ignored without a word
         raise ValueError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a built-in field only; "
                          "--model samples the net, in the shape its run records (or --shape)")
-    # the defaults, filled after that check: a --model run's config records dim 2, as it always has
+    # the defaults, filled after that check: a --model run's config records dim 2, as it always has;
+    # an empirical run none (its items' shape is its sample_shape)
     args.field = DEFAULT_FIELD if args.field is None else args.field
-    args.dim = DEFAULT_DIM if args.dim is None else args.dim
+    args.dim = DEFAULT_DIM if args.dim is None and args.field != EMPIRICAL else args.dim
     _validate_step_control(args)
     if args.split is not None:  # kfm.sample checks it too, but only after the run folder is written
         from ..checks import check_unit_number
@@ -404,6 +489,39 @@ def _validate(args) -> None:
     check_output_path("--out", args.out, folder=True)
     if args.figure is not None:
         check_output_path("--figure", args.figure, folder=False)
+
+
+def _validate_empirical(args) -> None:
+    """--field empirical needs --train, and --train and its companions need --field empirical; it
+    refuses --model and --dim (its samples take the training items' shape)."""
+    from ..data.registry import POINT_SETS
+
+    empirical = args.field == EMPIRICAL
+    if empirical and args.model is not None:
+        raise ValueError("--field empirical samples the exact field of the --train items and --model samples a "
+                         "trained net: give one of them")
+    if empirical and args.train is None:
+        raise ValueError("--field empirical needs --train: the training items whose exact field is sampled (an "
+                         "array file, a folder or .zip of images, a data spec such as mnist:PATH, or a kfm train "
+                         "run folder)")
+    companions = [("--train", args.train), ("--train-key", args.train_key), ("--train-n", args.train_n),
+                  ("--train-seed", args.train_seed), ("--truncate", args.truncate)]
+    given = [flag for flag, value in companions if value is not None]
+    if given and not empirical:  # they would be ignored without a word
+        what = "--model samples a net" if args.model else f"--field {args.field or DEFAULT_FIELD} is built in"
+        raise ValueError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --field empirical only "
+                         f"(the exact field of a training set); {what}")
+    if not empirical:
+        return
+    if args.dim is not None:
+        raise ValueError("--dim applies to a built-in field only; --field empirical samples in the shape of the "
+                         "--train items")
+    if args.train_n is not None and args.train_n < 1:
+        raise ValueError(f"--train-n must be >= 1, got {args.train_n}")
+    if args.train_seed is not None and args.train_n is None and args.train.partition(":")[0] not in POINT_SETS:
+        raise ValueError("--train-seed seeds the --train-n subset (or a 2-D sampler's points); give --train-n too")
+    if args.truncate is not None and args.truncate < 1:  # its upper end, N, is checked once --train is read
+        raise ValueError(f"--truncate must lie in [1, N] (N: the --train items), got {args.truncate}")
 
 
 def _validate_step_control(args) -> None:
@@ -461,16 +579,24 @@ def _resume_as_recorded(args, kts) -> None:
             args.split = recorded["split"]
 
 
-def _warn_on_dopri5_batch_change(args) -> None:
+def _warn_on_batch_change(args) -> None:
     """A net's round-off depends on the batch size, and under dopri5 it can move a sample's
-    adaptive steps: its numbers then change by up to dopri5's own error, not by round-off."""
+    adaptive steps: its numbers then change by up to dopri5's own error, not by round-off. The EFM
+    field's products round by batch too (under any solver)."""
     import warnings
 
-    if not (args.resume and args.model and args.solver == "dopri5"):
+    empirical = args.field == EMPIRICAL and not args.model
+    if not (args.resume and (empirical or args.model and args.solver == "dopri5")):
         return
     manifest = _stored_manifest(args.out)
     started = manifest.runtime.get("batch_size") if manifest is not None else None
-    if started is not None and started != args.batch_size:
+    if started is not None and started != args.batch_size and empirical:
+        warnings.warn(f"this run of --field empirical started with --batch-size {started}; the field's float32 "
+                      f"products round by batch, so with {args.batch_size} the samples computed now may differ "
+                      "from an uninterrupted run in their last bits (more where such a difference tips a "
+                      f"posterior between near-equal atoms); resume with --batch-size {started} for an identical "
+                      "table", stacklevel=2)
+    elif started is not None and started != args.batch_size:
         warnings.warn(f"this dopri5 run of a net started with --batch-size {started}; with {args.batch_size}, "
                       "the net's round-off can move adaptive steps, so the samples computed now may differ "
                       "from an uninterrupted run by dopri5's own error (about 1e-3 relative in KPE, more "
@@ -486,6 +612,7 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
     import torch
 
     from .. import sample
+    from ..fields.empirical import EmpiricalFlow, PosteriorRecorder
     from ..sampling.guards import NonFiniteVelocityError, StepLimitError
 
     dtype = getattr(torch, args.dtype)
@@ -493,13 +620,15 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
 
     def run_batch(chunk: list[int], labels):
         velocity = target.velocity if labels is None else cond.velocity(target.velocity, labels.to(device))
+        recorder = PosteriorRecorder(velocity) if isinstance(velocity, EmpiricalFlow) else None
         try:
             # dopri5 takes no steps (the CLI has said --steps is ignored), kfm.sample would say it again
             steps = {} if args.solver == "dopri5" else {"steps": args.steps}
-            return sample(velocity, seeds=chunk, shape=target.shape, **steps,
-                          solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
-                          split=args.split, on_nonfinite=args.on_nonfinite, dtype=dtype, device=device,
-                          profile=args.profile, **step_control)
+            res = sample(velocity if recorder is None else recorder, seeds=chunk, shape=target.shape, **steps,
+                         solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
+                         split=args.split, on_nonfinite=args.on_nonfinite, dtype=dtype, device=device,
+                         profile=args.profile, **step_control)
+            return res, None if recorder is None else _posterior_columns(recorder.trace(), args.truncate is not None)
         except NonFiniteVelocityError as err:
             seeds_hit = [chunk[i] for i in err.indices]
             raise ValueError(f"the velocity is non-finite at step {err.step} (t = {err.time:.6g}) for seed(s) "
@@ -516,7 +645,8 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
         for lo in range(0, len(seeds), args.batch_size):
             chunk = [int(s) for s in seeds[lo:lo + args.batch_size]]
             labels = None if cond is None else cond.labels(chunk)
-            shard.add(run_batch(chunk, labels), labels)
+            res, posterior = run_batch(chunk, labels)
+            shard.add(res, labels, posterior)
             advance(len(chunk))
         return shard.table()
 
@@ -541,11 +671,13 @@ class _ShardColumns:
         self.profiles: list = []
         self.grids: list = []
 
-    def add(self, res, labels=None) -> None:
-        """One batch's result ``res`` (a ``SampleResult``), and its (B,) int64 class ``labels``."""
+    def add(self, res, labels=None, extra: dict | None = None) -> None:
+        """One batch's result ``res`` (a ``SampleResult``), its (B,) int64 class ``labels``, and
+        ``extra`` (B,) columns after them (the EFM posterior's)."""
         columns = res.columns()
         if labels is not None:
             columns["label"] = labels.numpy()
+        columns.update(extra or {})
         self.scalars.append(columns)
         if self.save_x:
             self.finals.append(res.x.detach().reshape(len(res), -1).cpu().numpy())
@@ -576,6 +708,28 @@ class _ShardColumns:
         elif self.profile:
             table = table.append_column(PROFILE, _fixed_size_lists(np.concatenate(self.profiles)))
         return table
+
+
+def _posterior_columns(trace, truncated: bool) -> dict:
+    """Per-sample columns of an EFM run's :class:`~kinetic_fm.fields.empirical.PosteriorTrace`:
+    the posterior's largest weight and entropy at the sample's last evaluation (dopri5 evaluates
+    each sample at its own times; a call that skipped a sample holds NaN for it), and when
+    ``truncated`` the largest bound on the mass an evaluation left out (NaNs skipped)."""
+    import math
+
+    import torch
+
+    calls = torch.arange(trace.t.shape[0], device=trace.t.device)[:, None]
+    last = torch.where(trace.t.isnan(), -1, calls).amax(dim=0).clamp_min(0)[None]
+
+    def at_last(values):
+        return values.gather(0, last)[0].cpu().numpy()
+
+    columns = {"posterior_max_weight": at_last(trace.max_weight), "posterior_entropy": at_last(trace.entropy)}
+    if truncated:
+        bound = trace.neglected_bound.masked_fill(trace.neglected_bound.isnan(), -math.inf).amax(dim=0)
+        columns["neglected_bound_max"] = bound.masked_fill(bound == -math.inf, math.nan).cpu().numpy()
+    return columns
 
 
 def _fixed_size_lists(rows):
@@ -654,8 +808,14 @@ def run(args) -> int:
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
         if lock is not None:
             held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
-        target = (_model_target(args.model, args.shape, args.out if args.resume else None) if args.model
-                  else _builtin_field(args.field, args.dim))
+        if args.model:
+            target = _model_target(args.model, args.shape, args.out if args.resume else None)
+        elif args.field == EMPIRICAL:
+            target = _empirical_target(args, device)
+            if args.resume:
+                _refuse_other_training_data(args, target)
+        else:
+            target = _builtin_field(args.field, args.dim)
         cond = _conditioning(args, target)
         world = coordinator.world
         if world.distributed and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -668,10 +828,11 @@ def run(args) -> int:
             seed_start=args.seed_start, n=args.n, shard_size=args.shard_size,
             runtime={"batch_size": args.batch_size, "world_size": world.world_size,
                      **({"model": str(args.model)} if args.model else {}),
+                     **({"train": target.train} if target.train is not None else {}),
                      **({PROFILE_TIMES: _profile_times(args)} if args.profile and args.solver != "dopri5" else {})},
         )
         if world.is_main:
-            _warn_on_dopri5_batch_change(args)
+            _warn_on_batch_change(args)
             if args.resume and not (Path(args.out) / "manifest.json").is_file():  # a typo in --out, say
                 print(f"kfm sample: --resume: {args.out} holds no run yet; starting a new one", file=sys.stderr)
         with writing("--out", args.out):
@@ -682,7 +843,13 @@ def run(args) -> int:
     table = outcome.table
     nonfinite = int(table.column("nonfinite").to_numpy().sum()) if "nonfinite" in table.column_names else 0
     shaping = "plain FM" if kts is None else str(kts)
-    what = f"model {args.model} (shape {target.shape})" if args.model else f"{args.field} (D={args.dim})"
+    if args.model:
+        what = f"model {args.model} (shape {target.shape})"
+    elif args.field == EMPIRICAL:
+        truncated = "" if args.truncate is None else f", truncated to {args.truncate} atoms"
+        what = f"the empirical field of {target.velocity.n} items of shape {target.shape} ({args.train}{truncated})"
+    else:
+        what = f"{args.field} (D={args.dim})"
     if cond is not None:
         what += f", {cond.describe()}"
     print(f"kfm sample: {table.num_rows} samples of {what}, {_stepping(args)}, {shaping}; "

@@ -1,0 +1,258 @@
+"""``kfm sample --field empirical --train TRAIN``: the exact EFM field of a training set from the shell."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import kinetic_fm as kfm
+import kinetic_fm.commands.sample as command
+from kinetic_fm.cli import main
+from kinetic_fm.data.subset import select_indices
+from kinetic_fm.runs import read_run, read_samples
+
+
+def kfm_sample(out, *flags) -> int:
+    return main(["sample", "--out", str(out), "--no-progress", *map(str, flags)])
+
+
+def _points(n: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def _images(n: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _saved(tmp_path, train: torch.Tensor):
+    """``train`` as a file kfm memorization --train reads too: .npy for points, .pt for images."""
+    if train.dim() == 2:
+        path = tmp_path / "train.npy"
+        np.save(path, train.numpy())
+    else:
+        path = tmp_path / "train.pt"
+        torch.save(train, path)
+    return path
+
+
+def _distance_to_nearest_atom(x: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    """(B,) float64 distance of each sample to its nearest training item, by brute force."""
+    x, train = x.reshape(len(x), -1).double(), train.reshape(len(train), -1).double()
+    return (x[:, None, :] - train[None, :, :]).norm(dim=2).min(dim=1).values
+
+
+@pytest.mark.parametrize("make", [_points, _images], ids=["32 points in 2-D", "16 images 1x4x4"])
+def test_an_empirical_run_lands_on_atoms_and_is_what_the_library_samples(tmp_path, capsys, make):
+    train = make()
+    flags = ["--field", "empirical", "--train", _saved(tmp_path, train), "--n", 12, "--seed-start", 5,
+             "--steps", 400, "--batch-size", 12]
+    assert kfm_sample(tmp_path / "run", *flags) == 0
+    assert "the empirical field of" in capsys.readouterr().out
+    df, x = read_run(tmp_path / "run"), torch.from_numpy(read_samples(tmp_path / "run"))
+    assert x.shape == (12, *train.shape[1:])  # the samples take the training items' shape
+    assert _distance_to_nearest_atom(x, train).max() < 1e-3
+    seeds = list(range(5, 17))
+    direct = kfm.sample(kfm.EmpiricalFlow(train), seeds=seeds, shape=tuple(train.shape[1:]), steps=400)
+    assert df["seed"].tolist() == seeds
+    np.testing.assert_array_equal(df["kpe"].to_numpy(), direct.kpe.numpy())
+    np.testing.assert_array_equal(x.numpy(), direct.x.numpy())
+    # the posterior at the last evaluation (t = 1 - 1/400) sits on one atom
+    assert (df["posterior_max_weight"] > 0.999).all() and (df["posterior_entropy"] < 1e-2).all()
+    assert "neglected_bound_max" not in df.columns
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["identity"] == {"field": "empirical", "train_sha256": hashlib.sha256(train.numpy()).hexdigest(),
+                                    "train_shape": list(train.shape), "train_dtype": "float32"}
+    assert manifest["config"]["truncate"] is None and manifest["config"]["dim"] is None
+    assert manifest["runtime"]["train"]["source"] == str(_saved(tmp_path, train).resolve())
+
+
+def test_the_posterior_columns_are_the_recorders_at_each_samples_last_evaluation(tmp_path):
+    train = _points()
+    flags = ["--field", "empirical", "--train", _saved(tmp_path, train), "--n", 6, "--steps", 7,
+             "--solver", "heun", "--truncate", 3, "--batch-size", 6]
+    assert kfm_sample(tmp_path / "run", *flags) == 0
+    df = read_run(tmp_path / "run")
+    recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(train, truncate=3))
+    direct = kfm.sample(recorder, seeds=range(6), shape=(2,), steps=7, solver="heun")
+    trace = recorder.trace()
+    np.testing.assert_array_equal(df["kpe"].to_numpy(), direct.kpe.numpy())
+    np.testing.assert_array_equal(df["posterior_max_weight"].to_numpy(), trace.max_weight[-1].numpy())
+    np.testing.assert_array_equal(df["posterior_entropy"].to_numpy(), trace.entropy[-1].numpy())
+    # a truncated run records the largest bound on the dropped posterior mass along the run
+    bound = df["neglected_bound_max"].to_numpy()
+    np.testing.assert_array_equal(bound, trace.neglected_bound.amax(dim=0).numpy())
+    assert ((0 < bound) & (bound <= 1)).all()   # early on, far more than 3 atoms weigh
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["truncate"] == 3
+
+
+def test_the_posterior_columns_under_dopri5_take_each_samples_own_last_call(tmp_path):
+    train = _points()
+    flags = ["--field", "empirical", "--train", _saved(tmp_path, train), "--n", 5, "--solver", "dopri5",
+             "--truncate", 4]
+    assert kfm_sample(tmp_path / "run", *flags) == 0
+    df = read_run(tmp_path / "run")
+    recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(train, truncate=4))
+    direct = kfm.sample(recorder, seeds=range(5), shape=(2,), solver="dopri5")
+    np.testing.assert_array_equal(df["kpe"].to_numpy(), direct.kpe.numpy())
+    trace = recorder.trace()
+    t = trace.t.numpy()
+    assert np.isnan(t).any(), "dopri5 must skip finished samples for this test to mean anything"
+    last = [max(j for j in range(len(t)) if not np.isnan(t[j, i])) for i in range(5)]
+    assert len(set(last)) > 1   # the samples finish at different calls
+    at_last = {name: [getattr(trace, name)[j, i].item() for i, j in enumerate(last)]
+               for name in ("max_weight", "entropy")}
+    np.testing.assert_array_equal(df["posterior_max_weight"], at_last["max_weight"])
+    np.testing.assert_array_equal(df["posterior_entropy"], at_last["entropy"])
+    np.testing.assert_array_equal(df["neglected_bound_max"], np.nanmax(trace.neglected_bound.numpy(), axis=0))
+
+
+def test_a_subset_of_the_training_items_is_the_one_its_seed_draws(tmp_path):
+    train = _points()
+    flags = ["--field", "empirical", "--train", _saved(tmp_path, train), "--train-n", 8, "--train-seed", 3,
+             "--n", 6, "--steps", 300]
+    assert kfm_sample(tmp_path / "run", *flags) == 0
+    subset = train[select_indices(32, n=8, seed=3)]
+    direct = kfm.sample(kfm.EmpiricalFlow(subset), seeds=range(6), shape=(2,), steps=300)
+    np.testing.assert_array_equal(read_run(tmp_path / "run")["kpe"].to_numpy(), direct.kpe.numpy())
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["identity"]["train_shape"] == [8, 2]
+    assert manifest["runtime"]["train"]["n"] == 8 and manifest["runtime"]["train"]["seed"] == 3
+
+
+def test_a_data_spec_subset_is_what_kfm_train_loads(tmp_path):
+    from kinetic_fm.data import dataset_rows, load_dataset
+
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", "digits", "--train-n", 16,
+                      "--train-seed", 4, "--n", 4, "--steps", 50) == 0
+    digits = dataset_rows(load_dataset("digits", n=16, seed=4))
+    direct = kfm.sample(kfm.EmpiricalFlow(digits), seeds=range(4), shape=tuple(digits.shape[1:]), steps=50)
+    np.testing.assert_array_equal(read_samples(tmp_path / "run"), direct.x.numpy())
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["runtime"]["train"]["source"] == "digits"
+    assert manifest["identity"]["train_sha256"] == hashlib.sha256(digits.numpy()).hexdigest()
+
+
+_RESUMED = ["--field", "empirical", "--n", 9, "--shard-size", 3, "--batch-size", 3, "--steps", 60, "--truncate", 5]
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, capsys, monkeypatch):
+    path = _saved(tmp_path, _images())
+    flags = ["--train", path, *_RESUMED]
+    columns = command._posterior_columns
+    calls = []
+
+    def interrupted_in_the_second_shard(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return columns(*args)
+
+    monkeypatch.setattr(command, "_posterior_columns", interrupted_in_the_second_shard)
+    assert kfm_sample(tmp_path / "run", *flags) == 130
+    assert "rerun the same command with --resume" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "results.parquet").exists()
+    monkeypatch.setattr(command, "_posterior_columns", columns)
+    assert kfm_sample(tmp_path / "run", *flags, "--resume") == 0
+    assert "this process computed 2, kept 1" in capsys.readouterr().out
+    assert kfm_sample(tmp_path / "whole", *flags) == 0
+    resumed, whole = read_run(tmp_path / "run"), read_run(tmp_path / "whole")
+    pd.testing.assert_frame_equal(resumed.drop(columns="x"), whole.drop(columns="x"), check_exact=True)
+    np.testing.assert_array_equal(read_samples(tmp_path / "run"), read_samples(tmp_path / "whole"))
+    assert {"posterior_max_weight", "posterior_entropy", "neglected_bound_max"} <= set(resumed.columns)
+
+
+def test_resume_against_other_training_data_is_refused_and_the_same_data_elsewhere_resumes(tmp_path, capsys):
+    train = _images()
+    path = _saved(tmp_path, train)
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED) == 0
+    moved = tmp_path / "elsewhere" / "items.pt"   # the same items by another path resume the run
+    moved.parent.mkdir()
+    shutil.copy(path, moved)
+    assert kfm_sample(tmp_path / "run", "--train", moved, *_RESUMED, "--resume") == 0
+    capsys.readouterr()
+    changed = train.clone()
+    changed[3, 0, 1, 2] += 0.25
+    torch.save(changed, path)
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"--resume: --train {path} loads other training items than the run in {tmp_path / 'run'}" in err
+    assert str(path.resolve()) in err   # where the run's items were read from
+    # a subset of the same file is other items too
+    torch.save(train, path)
+    assert kfm_sample(tmp_path / "run", "--train", path, "--train-n", 15, *_RESUMED, "--resume") == 2
+    assert "loads other training items" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 0
+
+
+def test_resuming_with_another_batch_size_warns_that_the_last_bits_may_move(tmp_path, capsys):
+    # the field's float32 products round by batch composition, under any solver
+    path = _saved(tmp_path, _images())
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 0
+    assert "warning" not in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--batch-size", 1, "--resume") == 0
+    err = capsys.readouterr().err
+    assert "kfm sample: warning: this run of --field empirical started with --batch-size 3; the field's" in err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--train", "T"], "--train applies to --field empirical only"),
+    (["--field", "gaussian", "--truncate", 2], "--truncate applies to --field empirical only"),
+    (["--train-n", 4], "--train-n applies to --field empirical only"),
+    (["--field", "empirical"], "--field empirical needs --train"),
+    (["--field", "empirical", "--train", "T", "--model", "T"],
+     "--field empirical samples the exact field of the --train items and --model samples a trained net"),
+    (["--field", "empirical", "--train", "T", "--truncate", 0], "--truncate must lie in [1, N] (N: the --train items)"),
+    (["--field", "empirical", "--train", "T", "--truncate", 33], "--truncate must lie in [1, N] = [1, 32]"),
+    (["--field", "empirical", "--train", "T", "--dim", 3], "--dim applies to a built-in field only"),
+    (["--field", "empirical", "--train", "T", "--train-n", 0], "--train-n must be >= 1"),
+    (["--field", "empirical", "--train", "T", "--train-n", 33], "--train-n must be an integer in [1, 32]"),
+    (["--field", "empirical", "--train", "T", "--train-seed", 1], "--train-seed seeds the --train-n subset"),
+    (["--field", "empirical", "--train", "T", "--label", 1], "--field empirical takes no class"),
+])
+def test_misplaced_or_out_of_range_flags_are_one_line_before_the_folder(tmp_path, capsys, flags, message):
+    path = _saved(tmp_path, _points())
+    flags = [path if flag == "T" else flag for flag in flags]
+    assert kfm_sample(tmp_path / "run", *flags, "--n", 2, "--steps", 2) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kfm sample: error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_help_names_the_empirical_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("empirical: the exact empirical flow-matching field", "--train TRAIN", "--train-n",
+                  "--train-seed", "--truncate", "neglected_bound_max", "posterior_max_weight"):
+        assert words in text
+
+
+def test_real_mnist_digits_are_copied_by_their_exact_field(tmp_path, capsys, shared_data):
+    mnist = f"mnist:{shared_data / 'mnist'}"
+    if not (shared_data / "mnist").is_dir():
+        pytest.skip(f"MNIST not found under {shared_data}")
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", mnist, "--train-n", 256,
+                      "--n", 256, "--steps", 200) == 0
+    table = tmp_path / "audit.parquet"
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", mnist, "--no-progress",
+                 "--out", str(table)]) == 0
+    assert read_samples(tmp_path / "run").shape == (256, 1, 28, 28)
+    assert pd.read_parquet(table)["memorized"].mean() >= 0.99
+
+
+def test_on_cuda_the_field_sits_on_the_samples_device_and_gives_the_cpus_table(tmp_path):
+    from fake_cuda import fake_cuda
+
+    path = _saved(tmp_path, _points())
+    flags = ["--field", "empirical", "--train", path, "--n", 4, "--steps", 20, "--truncate", 8]
+    assert kfm_sample(tmp_path / "cpu", *flags) == 0
+    with fake_cuda(emulate_tf32=False, separate_cuda_rng=False):
+        assert kfm_sample(tmp_path / "cuda", *flags, "--device", "cuda") == 0
+    pd.testing.assert_frame_equal(read_run(tmp_path / "cuda"), read_run(tmp_path / "cpu"), check_exact=True)
