@@ -1222,6 +1222,27 @@ def test_space_must_be_callable_and_return_rows():
                      space=lambda x: x * float("nan") if x.shape[0] == 4 else x)
 
 
+@pytest.mark.parametrize("which", ["samples", "train"])
+def test_a_non_finite_input_is_named_before_the_space_maps_it(which):
+    # the finiteness check came after the feature map: NaN in the samples read "space(samples)
+    # contains NaN", as if the map had made it (and "--samples in --space" on the command line),
+    # after the map's work. The inputs are checked first, by their own names; the features still are
+    calls = []
+
+    def space(x):
+        calls.append(x.shape[0])
+        return 2 * x
+
+    samples, train = torch.randn(6, 3), torch.randn(8, 3)
+    (samples if which == "samples" else train)[4, 1] = float("nan")
+    with pytest.raises(ValueError, match=rf"^{which} contains NaN or inf in 1 row\(s\), first at row 4$"):
+        kfm.memorization(samples, train, bootstrap=0, space=space)
+    assert calls == []                                   # refused before any mapping
+    with pytest.raises(ValueError, match=r"^space\(samples\) contains NaN or inf in 1 row\(s\), first at row 2$"):
+        kfm.memorization(torch.randn(6, 3), train.nan_to_num(0.0), bootstrap=0,
+                         space=lambda x: x.index_fill(0, torch.tensor([2]), math.inf) if x.shape[0] == 6 else x)
+
+
 @pytest.mark.parametrize("space", [lambda x: (x, x), lambda x: [x[:, 0], x[:, 1]], lambda x: (2 * x,)])
 def test_a_space_returning_a_tuple_of_tensors_is_named(space):
     # a plain function returning (features, extra), as many networks' forward does, failed in
@@ -1936,6 +1957,7 @@ def _bad_inputs(tmp_path):
     ("empty_folder", "t.npy", [], "--samples {samples}: contains no image files"),
     ("s.npy", "folder:{tmp}/missing", [], "--train: image source not found: {tmp}/missing"),
     ("s.npy", "tinf.npy", ["--space", "pca:2"], "--train has non-finite features in rows [3]"),
+    ("snan.npy", "t.npy", ["--space", "pca:2"], "--samples contains NaN or inf in 1 row(s), first at row 2"),
     ("s3.npy", "t.npy", ["--space", "pca:2"],
      "--space pca:2 projects rows of --train's size, but --samples has rows of 3 values and --train of 4"),
 ])
