@@ -456,6 +456,26 @@ def digits_runs(tmp_path_factory):
     return root / "net", root / "samples"
 
 
+def test_cli_names_a_run_folder_given_to_the_other_flag(digits_runs, tmp_path, capsys):
+    # a kfm sample run folder as --train was read as a folder of images: "contains no image files";
+    # a kfm train run folder as --samples said what it is but not where it belongs
+    net, run = digits_runs
+    assert main(["memorization", "--samples", str(run), "--train", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--train {str(run)!r} is a kfm sample run folder (samples, not training items)" in err
+    assert "pass it as --samples" in err and "kfm train run folder" in err and "no image files" not in err
+    assert main(["memorization", "--samples", str(net), "--train", str(net), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--samples {str(net)!r} is a kfm train run folder (a net, not samples)" in err
+    assert "as --train it gives the items the net trained on" in err
+    import shutil
+    reproduced = tmp_path / "general-0"                  # kfm reproduce's nets record their items beside
+    shutil.copytree(net, reproduced)
+    (reproduced / "training_items.json").write_text("{}")
+    assert main(["memorization", "--samples", str(reproduced), "--train", str(net), "--no-progress"]) == 2
+    assert f"--samples {str(reproduced)!r} is a kfm reproduce net's folder (a net" in capsys.readouterr().err
+
+
 def test_a_kfm_sample_runs_results_table_restores_its_samples_shape(digits_runs):
     from kinetic_fm.metrics._arrays import load_array
     from kinetic_fm.runs import read_samples
