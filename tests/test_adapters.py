@@ -227,6 +227,31 @@ def test_scalar_time_groups_slice_only_the_named_extras():
     torch.testing.assert_close(out, table[y] - x, rtol=0, atol=0)
 
 
+def _toward_table_rows_at_their_rates(x, t, y, table):
+    return (table[y] - x) * (1.0 + y[:, None].to(x.dtype)) ** 2 * (1.0 + t[:, None] if t.dim() else 1.0 + t)
+
+
+@pytest.mark.parametrize("inner", [
+    lambda table, y: kfm.ClassifierFreeGuidance(ModelXT(_toward_table_rows_at_their_rates, table=table), y, 1.5, 3),
+    lambda table, y: ModelXT(_toward_table_rows_at_their_rates, per_sample=["y"], table=table, y=y),
+], ids=["guidance", "ModelXT-per-sample"])
+def test_scalar_time_calls_a_field_holding_per_sample_data_through_its_select(inner):
+    # time="scalar" called the wrapped field on each time's rows, but a field holding one row of
+    # data per sample (guidance's labels, a ModelXT's per-sample extras) kept all of them: "x has 2
+    # rows but labels has 4". Each time's rows now reach it through select(), as dopri5's do
+    table = torch.randn(4, DIM, dtype=torch.float64)
+    y = torch.tensor([1, 2, 0, 2])
+    x = _x0(4)
+    t = torch.tensor([0.2, 0.5, 0.2, 0.5], dtype=torch.float64)
+    field = inner(table, y)
+    out = ModelXT(field, time="scalar")(x, t)
+    assert torch.equal(out, field(x, t))
+    res = kfm.sample(ModelXT(field, time="scalar"), x, solver="dopri5")
+    expected = kfm.sample(field, x, solver="dopri5")
+    assert int(res.nfe.min()) < int(res.nfe.max())            # rows at several times
+    assert torch.equal(res.x, expected.x) and torch.equal(res.kpe, expected.kpe)
+
+
 @pytest.mark.parametrize("per_sample, extras, message", [
     ("y", {"y": torch.zeros(2)}, "list of extra names"),
     (["z"], {"y": torch.zeros(2)}, "'z', which is not among the extras"),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import kinetic_fm as kfm
-from kinetic_fm.fields.adapters import ModelXT, ReversedTime
+from kinetic_fm.fields.adapters import ModelTX, ModelXT, ReversedTime
 from kinetic_fm.fields.empirical import PosteriorRecorder
 
 
@@ -705,6 +705,111 @@ def test_recorder_under_dopri5_records_the_samples_in_flight(atoms):
     # the first call is at t = 0 for every sample: dopri5 moves the time buffer it passed forward
     # in place, and a float64 run's record of it read t = 1 (helper-106)
     assert (trace.t[0] == 0).all() and (trace.max_weight[0] == trace.max_weight[0].min()).all()
+
+
+_SCALAR_WRAPS = [
+    lambda r, time: ModelXT(r, time=time),
+    lambda r, time: ModelTX(_Swapped(r), time=time),
+    lambda r, time: ModelXT(ModelXT(r), time=time),
+]
+
+
+@pytest.mark.parametrize("wrap", _SCALAR_WRAPS, ids=["ModelXT", "ModelTX", "ModelXT-in-ModelXT"])
+def test_a_recorder_in_a_scalar_time_adapter_records_dopri5_as_under_batch_time(atoms, wrap):
+    # time="scalar" calls the recorder once per distinct time on that time's rows, and dopri5's
+    # samples sit at several: the recorder got calls of 1 to 5 rows it could not place, and trace()
+    # read them as several runs ("calls on batches of 1, 2 and 5 rows"). Each time's rows now reach it
+    # through select(), and one evaluation's calls are one record, as under time="batch". Float64:
+    # the field's screening GEMM on a time's rows can round otherwise than on all of them only in
+    # its last bits (float32 rounds visibly, and dopri5's step control then takes other steps)
+    scale = torch.tensor([1.0, 3.0, 0.5, 2.0, 1.0], dtype=torch.float64)[:, None, None, None]
+    x0 = kfm.noise(range(5), (3, 4, 4), dtype=torch.float64) * scale
+    field = kfm.EmpiricalFlow(atoms.double())
+    runs = {}
+    for time in ("batch", "scalar"):
+        recorder = PosteriorRecorder(field)
+        res = kfm.sample(wrap(recorder, time), x0, solver="dopri5", rtol=1e-4, atol=1e-4)
+        runs[time] = res, recorder.trace(), len(recorder)
+    (res, expected, calls), (res_scalar, trace, calls_scalar) = runs["batch"], runs["scalar"]
+    assert calls_scalar == calls == int(res.nfe.max())       # one record per evaluation
+    assert torch.equal(res_scalar.nfe, res.nfe)
+    torch.testing.assert_close(res_scalar.x, res.x, rtol=1e-12, atol=1e-12)
+    evaluated = ~torch.isnan(trace.t)
+    assert torch.equal(evaluated.sum(0), res.nfe)            # each sample's evaluations, in its column
+    several = (trace.t.nan_to_num(-1.0)[:, :, None] != trace.t.nan_to_num(-1.0)[:, None, :]) & \
+        (evaluated[:, :, None] & evaluated[:, None, :])
+    assert several.any(dim=(1, 2)).sum() > calls // 2       # most records hold rows at several times
+    for name, value in vars(expected).items():
+        if value.is_floating_point():
+            torch.testing.assert_close(getattr(trace, name), value, rtol=1e-9, atol=0, equal_nan=True, msg=name)
+        else:
+            assert torch.equal(getattr(trace, name), value), name
+
+
+@pytest.mark.parametrize("wrap", _SCALAR_WRAPS, ids=["ModelXT", "ModelTX", "ModelXT-in-ModelXT"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_scalar_time_call_is_one_record_of_each_times_rows(atoms, wrap, dtype):
+    # one call at three distinct times: one record, each row holding what the field gives for that
+    # time's rows (bit for bit: the same rows, the same arithmetic); against the field on the whole
+    # batch, float32 differs in its last bits (the screening GEMM rounds by the number of rows)
+    field = kfm.EmpiricalFlow(atoms.to(dtype))
+    x = kfm.noise(range(5), (3, 4, 4), dtype=dtype)
+    t = torch.tensor([0.2, 0.5, 0.2, 0.7, 0.5], dtype=dtype)
+    recorder = PosteriorRecorder(field)
+    v = wrap(recorder, "scalar")(x, t)
+    assert len(recorder) == 1
+    trace = recorder.trace()
+    groups = [[0, 2], [1, 4], [3]]
+    parts = [field.evaluate(x[rows], t[rows[0]]) for rows in groups]
+    for rows, part in zip(groups, parts):
+        assert torch.equal(v[rows], part.velocity)
+        assert torch.equal(trace.t[0, rows], t[rows].double())
+        for name in ("max_weight", "entropy", "neglected_bound", "exact", "candidates", "logit_error_bound"):
+            assert torch.equal(getattr(trace, name)[0, rows], getattr(part.diagnostics, name)), name
+    whole = field.evaluate(x, t).diagnostics
+    torch.testing.assert_close(trace.max_weight[0], whole.max_weight, rtol=1e-5, atol=0)
+    torch.testing.assert_close(trace.entropy[0], whole.entropy, rtol=1e-4, atol=1e-6)
+    assert torch.equal(trace.candidates[0], whole.candidates)
+
+
+class _Swapped:
+    """A recorder called as model(t, x), keeping its select() (a lambda would hide it)."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def __call__(self, t, x):
+        return self.recorder(x, t)
+
+    def select(self, active):
+        return _Swapped(self.recorder.select(active))
+
+    def one_evaluation(self):
+        return self.recorder.one_evaluation()
+
+
+def test_a_recorder_merges_the_calls_of_one_evaluation_and_places_each_views_rows(atoms):
+    # views of views record rows of the whole batch; calls inside one_evaluation() are one record,
+    # and a nested one_evaluation() adds none of its own
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    x = kfm.noise(range(4), (3, 4, 4))
+    t = torch.tensor([0.2, 0.5, 0.2, 0.7])
+    field = kfm.EmpiricalFlow(atoms)
+    alone, pair = field.evaluate(x[2:3], t[2:3]).diagnostics, field.evaluate(x[[1, 3]], t[[1, 3]]).diagnostics
+    view = recorder.select(torch.tensor([False, True, True, True]))            # rows 1, 2, 3
+    with view.one_evaluation():
+        with recorder.one_evaluation():
+            view.select(torch.tensor([False, True, False]))(x[2:3], t[2:3])      # row 2
+        view.select(torch.tensor([True, False, True]))(x[[1, 3]], t[[1, 3]])    # rows 1, 3
+    recorder.select(torch.tensor([True, False, False, False]))(x[:1], t[:1])   # a call of its own
+    assert len(recorder) == 2
+    trace = recorder.trace()
+    assert torch.isnan(trace.t[0, 0]) and torch.equal(trace.t[0, 1:], t[1:].double())
+    for name in ("max_weight", "candidates", "exact"):
+        assert torch.equal(getattr(trace, name)[0, [1, 3]], getattr(pair, name)), name
+        assert torch.equal(getattr(trace, name)[0, 2:3], getattr(alone, name)), name
+    assert trace.candidates[0, 0] == -1 and torch.isnan(trace.max_weight[0, 0])
+    assert torch.isnan(trace.t[1, 1:]).all() and trace.t[1, 0] == t[0].double()
 
 
 @pytest.mark.parametrize("active", [torch.tensor([1, 0, 1]), torch.tensor([[True, False, True]]), [True, False, True]])

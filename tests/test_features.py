@@ -36,6 +36,39 @@ def test_a_callable_is_named_after_itself_a_module_after_its_class():
     assert feature_space(None).name == "pixels"
 
 
+def test_a_feature_space_of_a_network_is_named_after_it_not_pixels():
+    # FeatureSpace(fn=net) kept the dataclass default "pixels": its messages read "feature map
+    # 'pixels'" and every result measured in it (a local-support table's space, a Fréchet
+    # distance's protocol) said pixels for a network. It now takes feature_space's name
+    import kinetic_fm as kfm
+
+    def inception_pool(x):
+        return x
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2)).eval()
+    assert FeatureSpace().name == FeatureSpace(None).name == "pixels"
+    assert FeatureSpace(net).name == "Sequential"
+    assert FeatureSpace(inception_pool).name == "inception_pool"
+    assert FeatureSpace(lambda x: x).name == "<lambda>"
+    assert FeatureSpace(net.forward).name == "forward"
+    for fn in (net, inception_pool, net.forward, None):
+        assert FeatureSpace(fn).name == feature_space(fn).name
+    assert FeatureSpace(net, "mine").name == FeatureSpace(net, name="mine").name == "mine"
+    assert FeatureSpace(None, name="raw").name == "raw" and FeatureSpace(net, "pixels").name == "pixels"
+    assert FeatureSpace(net) == FeatureSpace(net, "Sequential")
+    x, ref = torch.randn(6, 3), torch.randn(20, 3)
+    assert kfm.local_support(x, ref, k=2, ks=(1, 2), space=FeatureSpace(net)).space == "Sequential"
+    fd = kfm.frechet_distance(x, ref, space=FeatureSpace(net))
+    assert fd.protocol.network == "Sequential" and fd.name == "FD-Sequential"
+
+    class FirstRow(torch.nn.Module):
+        def forward(self, x):
+            return x[:1]
+
+    with pytest.raises(ValueError, match="feature map 'FirstRow' returned 1 rows for 3 inputs"):
+        FeatureSpace(FirstRow())(torch.zeros(3, 2))
+
+
 def test_a_parameter_free_module_gets_floats_in_its_floating_buffers_dtype():
     # an integer buffer first (a counter) must not set the dtype: float inputs cast to int64
     # were truncated to whole numbers before the projection

@@ -343,6 +343,28 @@ def test_the_solver_refuses_a_recorder_for_a_second_run(method):
         assert torch.equal(value.nan_to_num(-9.0), getattr(expected, name).nan_to_num(-9.0)), name
 
 
+def test_a_recorder_under_dopri5s_default_scalar_time_traces_the_run_as_per_sample_times_do():
+    # dopri5's default time="scalar" calls the model once per distinct time on that time's rows: the
+    # recorder got calls of varying row counts and trace() read them as several runs. Each time's rows
+    # now reach it through select(), one record per evaluation, as with time="batch"
+    atoms = torch.randn(30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x0 = kfm.noise(list(range(6)), (DIM,), dtype=torch.float64)
+    x0 = x0 * torch.linspace(0.5, 3.0, 6, dtype=torch.float64)[:, None]
+    traces = {}
+    for time in ("batch", None):
+        recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+        res = KineticODESolver(recorder, time=time).sample(x0, method="dopri5", atol=1e-5, rtol=1e-5)
+        traces[time] = res, recorder.trace(), len(recorder)
+    (res, expected, calls), (res_default, trace, calls_default) = traces["batch"], traces[None]
+    assert calls_default == calls == int(res.nfe.max()) and torch.equal(res_default.nfe, res.nfe)
+    assert torch.equal((~torch.isnan(trace.t)).sum(0), res.nfe)
+    for name, value in vars(expected).items():
+        if value.is_floating_point():
+            torch.testing.assert_close(getattr(trace, name), value, rtol=1e-9, atol=0, equal_nan=True, msg=name)
+        else:
+            assert torch.equal(getattr(trace, name), value), name
+
+
 def test_a_recorder_in_a_model_wrapper_is_refused_for_a_second_run_of_our_sampler():
     atoms = torch.randn(30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     _, x0, _ = _setup()

@@ -456,6 +456,26 @@ def digits_runs(tmp_path_factory):
     return root / "net", root / "samples"
 
 
+def test_cli_names_a_run_folder_given_to_the_other_flag(digits_runs, tmp_path, capsys):
+    # a kfm sample run folder as --train was read as a folder of images: "contains no image files";
+    # a kfm train run folder as --samples said what it is but not where it belongs
+    net, run = digits_runs
+    assert main(["memorization", "--samples", str(run), "--train", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--train {str(run)!r} is a kfm sample run folder (samples, not training items)" in err
+    assert "pass it as --samples" in err and "kfm train run folder" in err and "no image files" not in err
+    assert main(["memorization", "--samples", str(net), "--train", str(net), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--samples {str(net)!r} is a kfm train run folder (a net, not samples)" in err
+    assert "as --train it gives the items the net trained on" in err
+    import shutil
+    reproduced = tmp_path / "general-0"                  # kfm reproduce's nets record their items beside
+    shutil.copytree(net, reproduced)
+    (reproduced / "training_items.json").write_text("{}")
+    assert main(["memorization", "--samples", str(reproduced), "--train", str(net), "--no-progress"]) == 2
+    assert f"--samples {str(reproduced)!r} is a kfm reproduce net's folder (a net" in capsys.readouterr().err
+
+
 def test_a_kfm_sample_runs_results_table_restores_its_samples_shape(digits_runs):
     from kinetic_fm.metrics._arrays import load_array
     from kinetic_fm.runs import read_samples
@@ -1222,6 +1242,27 @@ def test_space_must_be_callable_and_return_rows():
                      space=lambda x: x * float("nan") if x.shape[0] == 4 else x)
 
 
+@pytest.mark.parametrize("which", ["samples", "train"])
+def test_a_non_finite_input_is_named_before_the_space_maps_it(which):
+    # the finiteness check came after the feature map: NaN in the samples read "space(samples)
+    # contains NaN", as if the map had made it (and "--samples in --space" on the command line),
+    # after the map's work. The inputs are checked first, by their own names; the features still are
+    calls = []
+
+    def space(x):
+        calls.append(x.shape[0])
+        return 2 * x
+
+    samples, train = torch.randn(6, 3), torch.randn(8, 3)
+    (samples if which == "samples" else train)[4, 1] = float("nan")
+    with pytest.raises(ValueError, match=rf"^{which} contains NaN or inf in 1 row\(s\), first at row 4$"):
+        kfm.memorization(samples, train, bootstrap=0, space=space)
+    assert calls == []                                   # refused before any mapping
+    with pytest.raises(ValueError, match=r"^space\(samples\) contains NaN or inf in 1 row\(s\), first at row 2$"):
+        kfm.memorization(torch.randn(6, 3), train.nan_to_num(0.0), bootstrap=0,
+                         space=lambda x: x.index_fill(0, torch.tensor([2]), math.inf) if x.shape[0] == 6 else x)
+
+
 @pytest.mark.parametrize("space", [lambda x: (x, x), lambda x: [x[:, 0], x[:, 1]], lambda x: (2 * x,)])
 def test_a_space_returning_a_tuple_of_tensors_is_named(space):
     # a plain function returning (features, extra), as many networks' forward does, failed in
@@ -1936,6 +1977,7 @@ def _bad_inputs(tmp_path):
     ("empty_folder", "t.npy", [], "--samples {samples}: contains no image files"),
     ("s.npy", "folder:{tmp}/missing", [], "--train: image source not found: {tmp}/missing"),
     ("s.npy", "tinf.npy", ["--space", "pca:2"], "--train has non-finite features in rows [3]"),
+    ("snan.npy", "t.npy", ["--space", "pca:2"], "--samples contains NaN or inf in 1 row(s), first at row 2"),
     ("s3.npy", "t.npy", ["--space", "pca:2"],
      "--space pca:2 projects rows of --train's size, but --samples has rows of 3 values and --train of 4"),
 ])

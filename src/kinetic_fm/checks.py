@@ -5,6 +5,7 @@ Python and NumPy numbers both count; ``bool`` does not, although Python makes it
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -146,6 +147,15 @@ def start_run_of(velocity: object) -> None:
     start = optional_attribute(velocity, "start_run")
     if callable(start):
         start()
+
+
+def one_evaluation_of(velocity: object):
+    """``velocity.one_evaluation()`` where it has one, else a context that does nothing: the calls
+    made inside, on ``velocity`` and its ``select`` views, are one evaluation of the field (the
+    per-time calls of an adapter with ``time="scalar"``), which a ``PosteriorRecorder`` records as
+    one; the adapters pass it on to what they wrap."""
+    enter = optional_attribute(velocity, "one_evaluation")
+    return enter() if callable(enter) else contextlib.nullcontext()
 
 
 def declares(velocity: object, name: str) -> bool:

@@ -422,8 +422,15 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
         what = "a data spec" if is_spec else "a run folder" if is_run else "a folder of images"
         raise ValueError(f"{flag} names an array inside a file; {name} {value!r} is {what}")
     if not specs and path.is_dir() and (path / TRAIN_CONFIG).is_file() and not is_run:
-        raise ValueError(f"--samples {value!r} is a kfm train run folder (a net, not samples): sample it with "
-                         "kfm sample --model and pass that run folder")
+        raise ValueError(f"--samples {value!r} is {_net_folder_kind(path)} (a net, not samples): sample it with "
+                         "kfm sample --model and pass that run folder; as --train it gives the items the net "
+                         "trained on")
+    if specs and path.is_dir() and (path / MANIFEST_NAME).is_file() and not is_run:
+        # read as a folder of images, it said "contains no image files"
+        raise ValueError(f"--train {value!r} is a kfm sample run folder (samples, not training items): pass it as "
+                         "--samples, and as --train what the net was trained on: its kfm train run folder (the "
+                         "items it trained on) or its data (a data spec such as digits or cifar10:PATH, an array "
+                         "file, a folder of images)")
     if is_run and specs:
         return _training_rows(path, progress)
     if is_run:
@@ -441,6 +448,14 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
         images = load_image_folder(path, labels_from_folders=False, progress=progress).images
         return images, image_names(path), None, None
     return load_array(value, key), None, None, None
+
+
+def _net_folder_kind(path) -> str:
+    """What a folder holding a trained net's config.json is, in words: a kfm reproduce net's
+    (models/general-*, memorizer-*, which record their training items) or a kfm train run folder."""
+    from ..studies.assets import TRAINING_ITEMS
+
+    return "a kfm reproduce net's folder" if (path / TRAINING_ITEMS).is_file() else "a kfm train run folder"
 
 
 def _is_folder(value: str) -> bool:

@@ -25,6 +25,7 @@ warning (tests/test_adapters.py shows how far off). Check a new net on a case yo
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -33,7 +34,8 @@ from typing import Any, Callable, Iterable
 import torch
 
 from ..checks import (add_note, as_scalar, check_flag, check_integer, declares, declares_singular_at_one,
-                      inside_unit_interval, is_real, optional_attribute, start_run_of, tensor_output)
+                      inside_unit_interval, is_real, one_evaluation_of, optional_attribute, start_run_of,
+                      tensor_output)
 
 TIME_MODES = ("batch", "scalar", "shared")
 
@@ -85,12 +87,19 @@ def _rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
 
 
 def _call_time_mode(
-    call: Callable[..., torch.Tensor], mode: str, x: torch.Tensor, t: torch.Tensor, args: tuple, kwargs: dict
+    field: Callable[..., torch.Tensor], bind: Callable[[Any], Callable[..., torch.Tensor]], mode: str,
+    x: torch.Tensor, t: torch.Tensor, args: tuple, kwargs: dict
 ) -> torch.Tensor:
+    """Call ``bind(field)``, a callable ``(x, t, *args, **kwargs)``, with the time as ``mode`` says."""
     if mode == "scalar":
-        return _call_per_time(call, x, t, args, kwargs)
+        return _call_per_time(field, bind, x, t, args, kwargs)
     t = batch_time(t, x)
-    return tensor_output(call(x, _first_time(t) if mode == "shared" else t, *args, **kwargs), "the wrapped net")
+    return tensor_output(bind(field)(x, _first_time(t) if mode == "shared" else t, *args, **kwargs),
+                         "the wrapped net")
+
+
+def _as_is(field: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    return field
 
 
 def _first_time(t: torch.Tensor) -> torch.Tensor:
@@ -100,31 +109,39 @@ def _first_time(t: torch.Tensor) -> torch.Tensor:
 
 
 def _call_per_time(
-    call: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor, args: tuple, kwargs: dict
+    field: Callable[..., torch.Tensor], bind: Callable[[Any], Callable[..., torch.Tensor]],
+    x: torch.Tensor, t: torch.Tensor, args: tuple, kwargs: dict
 ) -> torch.Tensor:
     """Call a net that accepts one 0-dim time per call, grouping rows by their distinct t.
 
     ``torch.unique`` synchronises with the host once per call (the price of a net that cannot
     take per-sample times); rows at several times (dopri5) cost one more, for the group sizes.
-    Per-sample tensors among args/kwargs (first dim == B) are sliced with their rows.
+    Per-sample tensors among args/kwargs (first dim == B) are sliced with their rows. A field with
+    ``select(active)`` is called for each time's rows through ``select`` of that time's (B,) mask,
+    as dopri5 calls it for the samples in flight (per-sample data it holds, a recorder's rows,
+    follow), and the groups are one evaluation (``one_evaluation``: one record of a recorder).
     """
     t = batch_time(t, x)
     values, inverse, counts = torch.unique(t, return_inverse=True, return_counts=True)
     if values.numel() <= 1:
-        return tensor_output(call(x, _first_time(values), *args, **kwargs), "the wrapped net")
+        return tensor_output(bind(field)(x, _first_time(values), *args, **kwargs), "the wrapped net")
     batch = x.shape[0]
     out = None
+    select = optional_attribute(field, "select")
     groups = torch.argsort(inverse, stable=True).split(counts.tolist())  # one sync, not one per time
-    for k, rows in enumerate(groups):
-        part = tensor_output(call(
-            x[rows],
-            values[k],
-            *(_rows(a, rows, batch) for a in args),
-            **{key: _rows(v, rows, batch) for key, v in kwargs.items()},
-        ), "the wrapped net")
-        if out is None:
-            out = part.new_empty((batch, *part.shape[1:]))
-        out[rows] = part
+    with one_evaluation_of(field) if select is not None else contextlib.nullcontext():
+        for k, rows in enumerate(groups):
+            # rows ascend within a group (a stable sort), the order of select's mask
+            call = bind(field if select is None else select(inverse == k))
+            part = tensor_output(call(
+                x[rows],
+                values[k],
+                *(_rows(a, rows, batch) for a in args),
+                **{key: _rows(v, rows, batch) for key, v in kwargs.items()},
+            ), "the wrapped net")
+            if out is None:
+                out = part.new_empty((batch, *part.shape[1:]))
+            out[rows] = part
     return out
 
 
@@ -155,6 +172,11 @@ class _Adapter:
         it before a run: a ``PosteriorRecorder`` inside refuses a second run over its first)."""
         start_run_of(self.inner)
 
+    def one_evaluation(self):
+        """A context whose calls are one evaluation of the field (see :func:`_call_per_time`); passed
+        through to the wrapped field (a ``PosteriorRecorder`` inside makes them one record)."""
+        return one_evaluation_of(self.inner)
+
     def select(self, active: torch.Tensor) -> "_Adapter":
         """This adapter for the samples where the (B,) bool mask ``active`` is True (dopri5
         evaluates only the samples still in flight); passed through to the wrapped field."""
@@ -179,7 +201,8 @@ class ModelTX(_Adapter):
         time: ``"batch"`` passes t of shape (B,); ``"scalar"`` passes a 0-dim t, as
             ``torchdiffeq.odeint`` does, calling the net once per distinct time in the batch
             (one host synchronisation per call, two when rows sit at several times, as under
-            dopri5); ``"shared"`` passes ``t[0]`` as a 0-dim t without checking that all rows
+            dopri5; a wrapped field with ``select`` is called through ``select`` of each time's
+            rows); ``"shared"`` passes ``t[0]`` as a 0-dim t without checking that all rows
             share it (no synchronisation: fixed-step grids only; ``kfm.sample`` refuses it under dopri5).
 
     Calling ``adapter(x, t)`` returns ``model(t, x)`` (any further args go after x).
@@ -192,8 +215,9 @@ class ModelTX(_Adapter):
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
         """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
-        swapped = lambda x_, t_, *a, **k: self.inner(t_, x_, *a, **k)  # noqa: E731
-        return _call_time_mode(swapped, self.time, x, t, args, kwargs)
+        def swapped(inner):
+            return lambda x_, t_, *a, **k: inner(t_, x_, *a, **k)
+        return _call_time_mode(self.inner, swapped, self.time, x, t, args, kwargs)
 
     def _describe(self) -> str:
         return f"time={self.time!r}"
@@ -207,8 +231,10 @@ class ModelXT(_Adapter):
         time: ``"batch"`` passes t of shape (B,); ``"scalar"`` passes a 0-dim t, as
             ``flow_matching.solver.ODESolver`` does, calling the net once per distinct time in the
             batch (one host synchronisation per call, two when rows sit at several times, as under
-            dopri5); ``"shared"`` passes ``t[0]`` as a 0-dim t without checking (no
-            synchronisation: fixed-step grids only; ``kfm.sample`` refuses it under dopri5).
+            dopri5; a wrapped field with ``select`` is called through ``select`` of each time's
+            rows, and a ``PosteriorRecorder`` records the call as one); ``"shared"`` passes
+            ``t[0]`` as a 0-dim t without checking (no synchronisation: fixed-step grids only;
+            ``kfm.sample`` refuses it under dopri5).
         per_sample: names of the extras that hold one row per sample; they follow ``select``
             (dopri5 evaluates only the samples in flight) and the per-time groups of
             ``time="scalar"``, and the others reach every call whole. None (the default) guesses:
@@ -249,12 +275,13 @@ class ModelXT(_Adapter):
 
     def _call(self, x: torch.Tensor, t: torch.Tensor | float, args: tuple, kwargs: dict) -> torch.Tensor:
         if self.per_sample is None:
-            return _call_time_mode(self.inner, self.time, x, t, args, {**self.extras, **kwargs})
+            return _call_time_mode(self.inner, _as_is, self.time, x, t, args, {**self.extras, **kwargs})
         shared = {k: v for k, v in self.extras.items() if k not in self.per_sample}
         rows = self._rows_for(x.shape[0])
-        # bound into the callable, shared extras are never sliced by the per-time grouping
-        call = functools.partial(self.inner, **shared) if shared else self.inner
-        return _call_time_mode(call, self.time, x, t, args, {**rows, **kwargs})
+
+        def bind(inner):  # bound into the callable, shared extras are never sliced by the per-time grouping
+            return functools.partial(inner, **shared) if shared else inner
+        return _call_time_mode(self.inner, bind, self.time, x, t, args, {**rows, **kwargs})
 
     def select(self, active: torch.Tensor) -> "ModelXT":
         """As for every adapter; per-sample extras are sliced to the active rows."""

@@ -98,11 +98,12 @@ they are not it loosens it by e^(2δ), as it must (at most 1.9× the truth on th
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -971,6 +972,16 @@ _TRACED = ("max_weight", "entropy", "neglected_bound", "exact", "candidates", "l
 _NOT_EVALUATED = {torch.bool: False, torch.int64: -1}   # float fields: NaN
 
 
+class _RecorderLog:
+    """The records a recorder and its :meth:`PosteriorRecorder.select` views share: one record per
+    evaluation, each a list of parts (t, diagnostics, mask or None); ``pending`` collects the parts
+    of the evaluation that :meth:`PosteriorRecorder.one_evaluation` holds open."""
+
+    def __init__(self) -> None:
+        self.records: list[list[tuple[torch.Tensor, PosteriorDiagnostics, torch.Tensor | None]]] = []
+        self.pending: list[tuple[torch.Tensor, PosteriorDiagnostics, torch.Tensor | None]] | None = None
+
+
 class PosteriorRecorder:
     """Wrap an :class:`EmpiricalFlow` so every ``v(x, t)`` call also records its diagnostics.
 
@@ -984,6 +995,11 @@ class PosteriorRecorder:
     hides it: give such a wrapper a ``start_run()`` that calls the recorder's, or clear it yourself.
     Called directly, or by a loop that does not call :meth:`start_run` (flow_matching's
     ``ODESolver``), its records accumulate over calls.
+
+    One record is one evaluation of the field by the sampler, also where an adapter splits it:
+    ``ModelXT``/``ModelTX(time="scalar")`` calls what it wraps once per distinct time (dopri5's
+    samples sit at several), each on a :meth:`select` view for that time's rows, inside
+    :meth:`one_evaluation`, and those calls make one record, as under ``time="batch"``.
     """
 
     singular_at_one = True
@@ -993,50 +1009,78 @@ class PosteriorRecorder:
             raise TypeError(f"PosteriorRecorder records an EmpiricalFlow, got {type(field).__name__}")
         self.field = field
         self._active: torch.Tensor | None = None  # the rows this view records, None = all
-        self._records: list[tuple[torch.Tensor, PosteriorDiagnostics, torch.Tensor | None]] = []
+        self._log = _RecorderLog()                 # shared with the select() views
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """The wrapped field's v*(x, t), (B, ...); this call's diagnostics are recorded."""
         out = self.field.evaluate(x, t)
         # a copy: a solver may move the time tensor it passed forward in place (dopri5 does)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float64).expand(x.shape[0]).clone()
-        self._records.append((t, out.diagnostics, self._active))
+        part = (t, out.diagnostics, self._active)
+        if self._log.pending is not None:
+            self._log.pending.append(part)
+        else:
+            self._log.records.append([part])
         return out.velocity
 
     def select(self, active: torch.Tensor) -> "PosteriorRecorder":
         """A recorder for the samples where the (B,) bool mask ``active`` is True, writing into
-        this one's records (dopri5 evaluates only the samples still in flight)."""
+        this one's records (dopri5 evaluates only the samples still in flight). On a view, the
+        mask is over the view's rows, and the new view records those of the whole batch."""
         if not (isinstance(active, torch.Tensor) and active.dtype == torch.bool and active.dim() == 1):
             # an integer 0/1 mask would be read as row indices when the trace is stacked
             got = (f"a {active.dim()}-D {active.dtype} tensor" if isinstance(active, torch.Tensor)
                    else type(active).__name__)
             raise ValueError(f"active must be a (B,) bool mask of the samples to record, got {got}")
-        view = copy.copy(self)                  # shares the record list
-        view._active = active.clone()
+        view = copy.copy(self)                  # shares the records
+        if self._active is None:
+            view._active = active.clone()
+        else:  # the view's rows within the whole batch; no host synchronisation
+            view._active = self._active.masked_scatter(self._active, active.to(self._active.device))
         return view
 
+    @contextlib.contextmanager
+    def one_evaluation(self) -> Iterator[None]:
+        """The calls made inside (on this recorder or its :meth:`select` views) make one record:
+        the per-time calls of an adapter with ``time="scalar"`` are one evaluation of the field by
+        the sampler. Inside another, it adds nothing: the outer one makes the record."""
+        log = self._log
+        if log.pending is not None:
+            yield
+            return
+        log.pending = parts = []
+        try:
+            yield
+        finally:
+            log.pending = None
+            if parts:
+                log.records.append(parts)
+
     def __len__(self) -> int:
-        return len(self._records)
+        """The number of records: evaluations of the field, one per call unless merged."""
+        return len(self._log.records)
 
     def start_run(self) -> None:
         """Called by ``kfm.sample`` before a run's first velocity call: refuses a recorder that
         still holds records, whose :meth:`trace` would return the runs stacked as one."""
-        if self._records:
-            raise ValueError(f"the PosteriorRecorder passed to kfm.sample already holds {len(self._records)} records "
+        calls = len(self._log.records)
+        if calls:
+            raise ValueError(f"the PosteriorRecorder passed to kfm.sample already holds {calls} records "
                              "of an earlier run, and its trace() would mix the two runs: read its trace(), then "
                              "clear() it before the next run, or use a new PosteriorRecorder per run")
 
     def clear(self) -> None:
         """Forget every record (views made by :meth:`select` share them and forget them too)."""
-        self._records.clear()
+        self._log.records.clear()
 
     def trace(self) -> PosteriorTrace:
         """Stack the records; raises ValueError when nothing was recorded yet, or when the calls
         were on batches of different sizes (the records of several runs), or a :meth:`select` view
         was called on other rows than its mask selects."""
-        if not self._records:
+        if not self._log.records:
             raise ValueError("the recorder has not been called yet")
-        sizes = sorted({t.shape[0] if active is None else active.shape[0] for t, _, active in self._records})
+        parts = [(call, part) for call, record in enumerate(self._log.records) for part in record]
+        sizes = sorted({t.shape[0] if active is None else active.shape[0] for _, (t, _, active) in parts})
         if len(sizes) > 1:
             raise ValueError(f"the recorder holds calls on batches of {', '.join(map(str, sizes[:-1]))} and "
                              f"{sizes[-1]} rows, so more than one run: record each run with its own "
@@ -1044,19 +1088,25 @@ class PosteriorRecorder:
         batch = sizes[0]
         # each select(active) view's rows against its mask's count, read back in one go (torch's own
         # words for a mismatch name no call)
-        masked = [(call, t.shape[0], active) for call, (t, _, active) in enumerate(self._records) if active is not None]
+        masked = [(call, t.shape[0], active) for call, (t, _, active) in parts if active is not None]
         counts = torch.stack([active.sum() for _, _, active in masked]).tolist() if masked else []
         for (call, rows, _), count in zip(masked, counts):
             if rows != count:
                 raise ValueError(f"the recorder's call {call} evaluated {rows} rows but its select(active) "
                                  f"mask selects {count}: call a view only on the rows it selects")
         columns: dict[str, list[torch.Tensor]] = {name: [] for name in ("t", *_TRACED)}
-        for t, diagnostics, active in self._records:
+        for record in self._log.records:
             for name in columns:
-                value = t if name == "t" else getattr(diagnostics, name)
-                if active is not None:
-                    full = value.new_full((batch,), _NOT_EVALUATED.get(value.dtype, math.nan))
-                    full[active] = value
-                    value = full
-                columns[name].append(value)
+                values = [(t if name == "t" else getattr(diagnostics, name), active)
+                          for t, diagnostics, active in record]
+                if len(values) == 1 and values[0][1] is None:
+                    columns[name].append(values[0][0])
+                    continue
+                full = values[0][0].new_full((batch,), _NOT_EVALUATED.get(values[0][0].dtype, math.nan))
+                for value, active in values:
+                    if active is None:
+                        full.copy_(value)
+                    else:
+                        full[active] = value
+                columns[name].append(full)
         return PosteriorTrace(**{name: torch.stack(values) for name, values in columns.items()})

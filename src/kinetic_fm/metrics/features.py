@@ -39,7 +39,9 @@ class FeatureSpace:
     Attributes:
         fn: the map, or ``None`` for the identity (inputs flattened to ``(B, prod(...))``).
         name: recorded with every number measured in this space (e.g. ``"pixels"``,
-            ``"resnet56"``, ``"inception-v3-compat"``).
+            ``"resnet56"``, ``"inception-v3-compat"``). None (the default): named as
+            :func:`feature_space` names ``fn``: ``"pixels"`` for the identity, a module's class name,
+            a :class:`PrincipalSpace`'s own name, a callable's ``__name__``.
         batch_size: rows passed to ``fn`` at once.
         device: device ``fn`` runs on (inputs are moved there chunk by chunk); a module must
             already be there (a clear error otherwise; it is not moved). ``None``: a module's own
@@ -52,7 +54,7 @@ class FeatureSpace:
     """
 
     fn: FeatureFn | None = None
-    name: str = "pixels"
+    name: str | None = None
     batch_size: int = 256
     device: torch.device | str | None = None
 
@@ -61,6 +63,8 @@ class FeatureSpace:
         check_device(self.device)
         if self.fn is not None and not callable(self.fn):
             raise TypeError(f"fn must be callable or None, got {type(self.fn).__name__}")
+        if self.name is None:  # "pixels" for a network read as pixels in every message and table
+            object.__setattr__(self, "name", default_name(self.fn))
 
     def _module_tensor(self, floating: bool = False) -> Tensor | None:
         """A module map's first parameter or buffer (its first floating one if ``floating``)."""
@@ -289,21 +293,28 @@ def feature_space(space: SpaceLike = None, *, name: str | None = None, batch_siz
     """Coerce ``space`` (None, a FeatureSpace, a PrincipalSpace, an nn.Module or a callable) to a
     FeatureSpace.
 
-    The name defaults to ``"pixels"`` for the identity, a PrincipalSpace's own name, the module's
-    class name, or the callable's ``__name__``.
+    The name defaults to :func:`default_name`'s: ``"pixels"`` for the identity, a PrincipalSpace's
+    own name, the module's class name, or the callable's ``__name__``.
     """
     if isinstance(space, FeatureSpace):
         return space
-    if isinstance(space, PrincipalSpace):
-        return FeatureSpace(space, name or space.name, batch_size, device)
-    if space is None:
-        return FeatureSpace(None, name or "pixels", batch_size, device)
-    if not callable(space):
+    if space is not None and not callable(space):
         raise TypeError("space must be None, a FeatureSpace, an nn.Module or a callable; "
                         f"got {type(space).__name__}")
-    default = type(space).__name__ if isinstance(space, torch.nn.Module) else getattr(
-        space, "__name__", type(space).__name__)
-    return FeatureSpace(space, name or default, batch_size, device)
+    return FeatureSpace(space, name or default_name(space), batch_size, device)
+
+
+def default_name(fn: FeatureFn | None) -> str:
+    """The name of a feature space of ``fn`` when none is given: ``"pixels"`` for the identity
+    (None), a :class:`PrincipalSpace`'s own name, a module's class name, a callable's ``__name__``
+    (a bound method's is the method's: ``"features"`` for ``net.features``), else its type's name."""
+    if fn is None:
+        return "pixels"
+    if isinstance(fn, PrincipalSpace):
+        return fn.name
+    if isinstance(fn, torch.nn.Module):
+        return type(fn).__name__
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def as_tensor(x: Any) -> Tensor:

@@ -161,6 +161,10 @@ def memorization(
     if train.shape[0] < 2:
         raise ValueError(f"train must hold at least 2 items for the gap ratio (k = 2), got {train.shape[0]}")
     if space is not None:
+        # the inputs first, by their own names (the features' check below would name the map), and
+        # before the map's work; a map can still make NaN of finite rows
+        check_finite("train", train)
+        check_finite("samples", samples)
         with feature_map_as_found(space):  # warned once for both sets
             samples = _features(space, samples, space_chunk, "samples", progress)
             train = _features(space, train, space_chunk, "train", progress)
