@@ -27,7 +27,7 @@ def _no_loading(monkeypatch):
     monkeypatch.setattr(sample, "_builtin_field", loaded)
     monkeypatch.setattr(sample, "_model_target", loaded)
     monkeypatch.setattr(kinetic_fm.data, "load_dataset", loaded)
-    monkeypatch.setattr(memorization, "_load_rows", loaded)
+    monkeypatch.setattr(memorization, "load_rows", loaded)
     monkeypatch.setattr(kinetic_fm.studies.reproduce, "reproduce", loaded)
 
 

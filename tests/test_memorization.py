@@ -462,8 +462,9 @@ def test_cli_names_a_run_folder_given_to_the_other_flag(digits_runs, tmp_path, c
     net, run = digits_runs
     assert main(["memorization", "--samples", str(run), "--train", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert f"--train {str(run)!r} is a kfm sample run folder (samples, not training items)" in err
-    assert "pass it as --samples" in err and "kfm train run folder" in err and "no image files" not in err
+    assert f"--train {str(run)!r} is a kfm sample run folder (samples, not training items" in err
+    assert "kfm memorization takes it as --samples" in err and "kfm train run folder" in err
+    assert "no image files" not in err
     assert main(["memorization", "--samples", str(net), "--train", str(net), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"--samples {str(net)!r} is a kfm train run folder (a net, not samples)" in err

@@ -5,9 +5,9 @@ import argparse
 import math
 
 from ..checks import DEVICE_FORMS
+from ._rows import TRAIN_CONFIG, is_image_source, load_rows, training_record
 from ._types import bootstrap_seed_number, check_output_path, flag_words, user_path, writing
 
-TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
 SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
 # kfm.memorization's argument names (as its errors and warnings give them) -> the flags that feed them
 _AUDIT_FLAGS = {"samples": "--samples", "train": "--train", "bootstrap": "--bootstrap",
@@ -126,11 +126,11 @@ def run(args: argparse.Namespace) -> int:
 
         net, space_name = load_cifar_resnet_spec(args.space, name="--space")
         space = net.to(device).features
-    samples, sample_files, _, _ = _load_rows("--samples", args.samples, args.key, args.progress, specs=False)
-    train, train_files, train_items, train_mean = _load_rows("--train", args.train, args.train_key, args.progress,
+    samples, sample_files, _, _ = load_rows("--samples", args.samples, args.key, args.progress, specs=False)
+    train, train_files, train_items, train_mean = load_rows("--train", args.train, args.train_key, args.progress,
                                                              specs=True)
-    train_folder = train_files is not None and train_items is None and _is_folder(args.train)  # not a run's
-    samples_folder = sample_files is not None and _is_folder(args.samples)
+    train_folder = train_files is not None and train_items is None and is_image_source(args.train)  # not a run's
+    samples_folder = sample_files is not None and is_image_source(args.samples)
     samples, train = _grey_folders_as_one_channel(samples, samples_folder, train, train_folder)
     if train_mean is not None:
         samples = _centred_as_train(samples, train, samples_folder, train_mean, args.samples, args.train)
@@ -255,7 +255,7 @@ def _input_paths(name: str, value: str):
     paths = [(path.resolve(), None)]
     if name == "--train" and path.is_dir() and (path / TRAIN_CONFIG).is_file():
         try:
-            spec = _training_record(path)[0]
+            spec = training_record(path)[0]
         except ValueError:  # the load names what is wrong with the record
             return paths
         folder = spec_folder(spec) if isinstance(spec, str) else None
@@ -355,114 +355,6 @@ def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[
         frame.insert(frame.columns.get_loc("nearest") + 1, "nearest_file",
                      [train_files[j] for j in frame["nearest"]])
     return frame
-
-
-def _load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
-               n: int | None = None, seed: int = 0):
-    """``(rows, files, items, mean)``: the rows named by ``value``, their image files' names for a
-    folder or .zip of images or a data spec of image files (else None), for a kfm train or
-    reproduce run folder the rows' positions in the split its data spec loads whole (else None),
-    and the mean image a centred data set (celeba:) subtracted from its items (else None): a data
-    spec (if ``specs``), a run folder, a folder or .zip of images, or an array file
-    (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``). With ``n``, a subset of n rows
-    drawn by ``seed``: a data spec loads it as ``kfm train --n --seed`` does (for a 2-D sampler, n
-    points), anything else keeps the rows :func:`~kinetic_fm.data.subset.select_indices` picks (the
-    same draw). Errors and warnings name ``name`` (the flag), the key's flag and, with ``n``, the
-    subset's flags ``<name>-n`` and ``<name>-seed`` (kfm sample's --train-n, --train-seed)."""
-    key_flag = "--key" if name == "--samples" else "--train-key"
-    # the key's flag only where one was given: without it, "name one with a key" is prose
-    flags = {"key": key_flag} if key is not None else {}
-    if n is not None:
-        flags.update({"n": f"{name}-n", "seed": f"{name}-seed"})
-    with flag_words(flags, source=(name, value)):
-        return _read_rows(name, value, key, progress, specs=specs, n=n, seed=seed)
-
-
-def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
-               n: int | None = None, seed: int = 0):
-    """:func:`_load_rows`' work, in the library's words."""
-    if n is not None and not _is_spec(value, specs):
-        from ..data.subset import select_indices
-
-        rows, files, items, mean = _read_rows(name, value, key, progress, specs=specs)
-        chosen = select_indices(rows.shape[0], n=n, seed=seed)
-        return (rows[chosen], None if files is None else [files[i] for i in chosen.tolist()],
-                None if items is None else items[chosen.numpy()], mean)
-    return _read_whole(name, value, key, progress, specs=specs, n=n, seed=seed)
-
-
-def _is_spec(value: str, specs: bool) -> bool:
-    """Whether ``value`` is read as a data spec (when ``specs``): a spec's name, and no such file."""
-    from pathlib import Path
-
-    from ..data.registry import DATA_SPECS
-
-    spec_names = {spec.partition(":")[0] for spec in DATA_SPECS}
-    return specs and value.partition(":")[0] in spec_names and not Path(value).exists()
-
-
-def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
-                n: int | None = None, seed: int = 0):
-    """:func:`_read_rows` without a subset, except a data spec's, which its loader draws."""
-    from pathlib import Path
-
-    from ..data.registry import load_dataset
-    from ..data.subset import dataset_rows
-    from ..metrics._arrays import load_array
-
-    from ..runs.manifest import MANIFEST_NAME
-
-    path = Path(value)
-    is_spec = _is_spec(value, specs)
-    # kfm sample writes manifest.json into its run folder, kfm train config.json
-    is_run = path.is_dir() and (path / (TRAIN_CONFIG if specs else MANIFEST_NAME)).is_file()
-    is_images = not (is_spec or is_run) and (path.is_dir() or path.suffix.lower() == ".zip")
-    if (is_spec or is_run or is_images) and key is not None:
-        flag = "--key" if name == "--samples" else "--train-key"
-        what = "a data spec" if is_spec else "a run folder" if is_run else "a folder of images"
-        raise ValueError(f"{flag} names an array inside a file; {name} {value!r} is {what}")
-    if not specs and path.is_dir() and (path / TRAIN_CONFIG).is_file() and not is_run:
-        raise ValueError(f"--samples {value!r} is {_net_folder_kind(path)} (a net, not samples): sample it with "
-                         "kfm sample --model and pass that run folder; as --train it gives the items the net "
-                         "trained on")
-    if specs and path.is_dir() and (path / MANIFEST_NAME).is_file() and not is_run:
-        # read as a folder of images, it said "contains no image files"
-        raise ValueError(f"--train {value!r} is a kfm sample run folder (samples, not training items): pass it as "
-                         "--samples, and as --train what the net was trained on: its kfm train run folder (the "
-                         "items it trained on) or its data (a data spec such as digits or cifar10:PATH, an array "
-                         "file, a folder of images)")
-    if is_run and specs:
-        return _training_rows(path, progress)
-    if is_run:
-        import torch
-
-        from ..runs.shards import read_samples
-
-        return torch.from_numpy(read_samples(path)), None, None, None
-    if is_spec:
-        data = load_dataset(value, n=n, seed=seed, progress=progress)
-        return dataset_rows(data), _spec_item_files(value, data), None, getattr(data, "mean", None)
-    if is_images:
-        from ..data.images import image_names, load_image_folder
-
-        images = load_image_folder(path, labels_from_folders=False, progress=progress).images
-        return images, image_names(path), None, None
-    return load_array(value, key), None, None, None
-
-
-def _net_folder_kind(path) -> str:
-    """What a folder holding a trained net's config.json is, in words: a kfm reproduce net's
-    (models/general-*, memorizer-*, which record their training items) or a kfm train run folder."""
-    from ..studies.assets import TRAINING_ITEMS
-
-    return "a kfm reproduce net's folder" if (path / TRAINING_ITEMS).is_file() else "a kfm train run folder"
-
-
-def _is_folder(value: str) -> bool:
-    """Whether ``value`` names a folder or .zip of images (what :func:`_load_rows` decodes)."""
-    from pathlib import Path
-
-    return Path(value).is_dir() or Path(value).suffix.lower() == ".zip"
 
 
 def _centred_as_train(samples, train, from_images: bool, mean, samples_value: str, train_value: str):
@@ -585,92 +477,6 @@ def _grey_folders_as_one_channel(samples, samples_folder: bool, train, train_fol
     if grey_train and not colour(samples, grey_samples, train):
         train = train[:, :1]
     return samples, train
-
-
-def _spec_item_files(spec: str, data) -> list[str] | None:
-    """The image file of each item a ``folder:`` or ``celeba:`` spec loaded (named as for a folder
-    of images given directly), or a ``cifar10:`` spec loaded from an image tree (``train/cat/…``),
-    else None: the items of digits, mnist and CIFAR-10's python batches have no name beyond their
-    index in the split, which the table's ``nearest`` column already is."""
-    from ..data.cifar10 import item_files
-    from ..data.images import image_names
-    from ..data.registry import parse_spec
-
-    name, path = parse_spec(spec)
-    if name == "cifar10":
-        return item_files(path, "train", data.indices)   # the split load_dataset reads
-    if name not in ("folder", "celeba"):  # both read every image file of PATH, in image_names' order
-        return None
-    files = image_names(path)
-    return [files[i] for i in data.indices.tolist()]
-
-
-def _training_rows(run, progress: bool):
-    """The items a run folder's net trained on, loaded again and checked against the recorded
-    shape: for ``kfm train``, the data spec, ``--n`` and ``--seed`` its config.json records; for a
-    ``kfm reproduce`` net (``models/general-*``, ``models/memorizer-*``), the data spec, load and
-    rows its training_items.json records. Returns ``(items, files, positions, mean)``: the items,
-    their image files (None where the data has none), their positions in the split the spec loads
-    whole (None for 2-D points) and the mean image a centred set subtracted (else None)."""
-    from pathlib import Path
-
-    from ..data.registry import load_dataset
-    from ..data.subset import dataset_rows
-    from ..studies.assets import TRAINING_ITEMS
-
-    spec, n, seed, rows, config = _training_record(run)
-    try:
-        data = load_dataset(spec, n=n, seed=seed, progress=progress)
-    except FileNotFoundError as err:
-        name, _, path = spec.partition(":")
-        hint = ("; it is a relative path, which a run folder written before paths were recorded absolute "
-                "leaves to be read from the folder the training ran in: run from there"
-                if path and not Path(path).is_absolute() else "")
-        raise FileNotFoundError(f"--train {run} trained on {spec!r}, which is not found from here ({Path.cwd()}): "
-                                f"{err}{hint}") from None
-    items, files, positions = dataset_rows(data), _spec_item_files(spec, data), data.indices
-    loads = f"{spec!r}" + ("" if n is None else f" (n={n}, seed={seed})")  # n None: the whole split
-    if rows is not None:
-        if not all(isinstance(i, int) and 0 <= i < len(items) for i in rows):
-            raise ValueError(f"--train {run}: its {TRAINING_ITEMS} names rows outside the {len(items)} items "
-                             f"{loads} loads: the data changed since")
-        items = items[rows]
-        files = None if files is None else [files[i] for i in rows]
-        positions = None if positions is None else positions[rows]
-    if list(items.shape) != config.get("data_shape"):
-        raise ValueError(f"--train {run}: {loads} now loads {list(items.shape)}, but the "
-                         f"run trained on {config.get('data_shape')}: the data changed since")
-    subset = "" if rows is None else f", {len(rows)} rows of them"
-    print(f"--train {run}: the {items.shape[0]} items it trained on ({spec}"
-          + ("" if n is None else f", n={n}, seed={seed}") + f"{subset})")
-    return items, files, None if positions is None else positions.numpy(), getattr(data, "mean", None)
-
-
-def _training_record(run):
-    """``(spec, n, seed, rows, record)`` of the items a run folder's net trained on, as its
-    training_items.json (a kfm reproduce net) or config.json (kfm train) records them (``rows``
-    None for the latter), and the record read; ValueError naming --train when neither holds them."""
-    import json
-
-    from ..studies.assets import TRAINING_ITEMS
-
-    config, rows = None, None
-    try:
-        config = json.loads((run / TRAIN_CONFIG).read_text(encoding="utf-8"))
-        if (run / TRAINING_ITEMS).is_file():
-            config = json.loads((run / TRAINING_ITEMS).read_text(encoding="utf-8"))
-            spec, n, seed, rows = config["data"], config["n"], config["seed"], config["rows"]
-        else:
-            spec, n, seed = config["info"]["data"], config["info"].get("n"), config["train"]["seed"]
-    except (ValueError, KeyError, TypeError):
-        study = isinstance(config, dict) and isinstance(config.get("info"), dict) and "study" in config["info"]
-        raise ValueError(f"--train {run}: " + (
-            f"this kfm reproduce net records no training items ({TRAINING_ITEMS}, written since this "
-            "version); run the same kfm reproduce command on its folder again (it trains nothing) to write "
-            "it, or pass the training items themselves" if study else
-            f"its {TRAIN_CONFIG} names no data spec (kfm train writes one); pass the training items "
-            "themselves")) from None
-    return spec, n, seed, rows, config
 
 
 def _cifar_images(name: str, x, *, scale_warned: bool = False):

@@ -268,10 +268,10 @@ def _empirical_target(args, device) -> _Target:
 
     from ..data.registry import absolute_spec
     from ..fields.empirical import EmpiricalFlow
-    from .memorization import _is_spec, _load_rows
+    from ._rows import is_spec, load_rows
 
     seed = 0 if args.train_seed is None else args.train_seed
-    rows = _load_rows("--train", args.train, args.train_key, args.progress, specs=True, n=args.train_n, seed=seed)[0]
+    rows = load_rows("--train", args.train, args.train_key, args.progress, specs=True, n=args.train_n, seed=seed)[0]
     if rows.dim() < 2 or rows.shape[0] == 0:
         raise ValueError(f"--train {args.train}: needs items of shape (N, ...), N >= 1, got {tuple(rows.shape)}")
     if rows.dtype not in (torch.float32, torch.float64):
@@ -287,7 +287,7 @@ def _empirical_target(args, device) -> _Target:
     digest = hashlib.sha256(rows.numpy()).hexdigest()
     identity = {"field": EMPIRICAL, "train_sha256": digest, "train_shape": list(rows.shape),
                 "train_dtype": str(rows.dtype).removeprefix("torch.")}
-    source = absolute_spec(args.train) if _is_spec(args.train, True) else str(Path(args.train).resolve())
+    source = absolute_spec(args.train) if is_spec(args.train, True) else str(Path(args.train).resolve())
     record = {"source": source, "key": args.train_key, "n": args.train_n, "seed": seed}
     return _Target(field, tuple(rows.shape[1:]), identity, train=record)
 
