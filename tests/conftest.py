@@ -54,6 +54,23 @@ def fixed_blas(monkeypatch):
     return fix
 
 
+@pytest.fixture
+def second_run_refused():
+    """``second_run_refused(run, recorder, expected)``: ``run()``, a second run through a
+    ``PosteriorRecorder`` that holds a first run's records, is refused before its first velocity
+    call, and the recorder's records and trace stay the first run's, ``expected`` (NaN, a sample
+    a call skipped, compared as equal)."""
+    def check(run, recorder, expected) -> None:
+        calls = len(recorder)
+        with pytest.raises(ValueError, match=rf"already holds {calls} records of an earlier run"):
+            run()
+        assert len(recorder) == calls
+        for name, value in vars(recorder.trace()).items():
+            assert torch.equal(value.nan_to_num(-9.0), getattr(expected, name).nan_to_num(-9.0)), name
+
+    return check
+
+
 def pytest_configure(config):
     # Tiny nets run faster on one thread, and CI's 2 cores are shared with pytest itself.
     torch.set_num_threads(1)

@@ -80,9 +80,9 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     if specs and path.is_dir() and (path / MANIFEST_NAME).is_file() and not is_run:
         # read as a folder of images, it said "contains no image files"
         raise ValueError(f"--train {value!r} is a kfm sample run folder (samples, not training items; kfm "
-                         "memorization takes it as --samples): pass as --train what the net was trained on: its kfm train run folder (the "
-                         "items it trained on) or its data (a data spec such as digits or cifar10:PATH, an array "
-                         "file, a folder of images)")
+                         "memorization takes it as --samples): pass as --train what the net was trained on: its "
+                         "kfm train run folder (the items it trained on) or its data (a data spec such as digits "
+                         "or cifar10:PATH, an array file, a folder of images)")
     if is_run and specs:
         return _training_rows(path, progress)
     if is_run:

@@ -450,8 +450,8 @@ def _warn_of_a_common_offset(samples, train, report, train_value: str) -> None:
 
     offset = float(misses.mean(0).norm())
     probed = "" if rows.numel() == memorized else f" ({rows.numel()} of them compared)"
-    warnings.warn(f"the {memorized} memorized --samples{probed} sit one common offset from their nearest training items "
-                  f"(its norm {offset:.3g}): taken off, their median d1 falls from {float(given):.3g} to "
+    warnings.warn(f"the {memorized} memorized --samples{probed} sit one common offset from their nearest training "
+                  f"items (its norm {offset:.3g}): taken off, their median d1 falls from {float(given):.3g} to "
                   f"{float(shed):.3g}. Samples centred by another mean image than --train {train_value}'s items "
                   "do that: load_celeba(n=...) centres by its subset's mean image, a celeba: spec its items by "
                   "the mean of all its faces. Move such samples into --train's frame (x + faces.mean - "
