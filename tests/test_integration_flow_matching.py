@@ -404,3 +404,16 @@ def test_a_model_wrapper_gives_select_only_for_a_field_that_has_it():
     shaping = kfm.KTS()
     part = as_model_wrapper(recorder, shaping=shaping).select(torch.tensor([True, False]))
     assert part.shaping is shaping and part.velocity._active.tolist() == [True, False]
+
+
+def test_guidance_in_a_model_wrapper_samples_dopri5_as_bare_guidance():
+    # without the wrapper's select, dopri5 called the guidance with the samples in flight and all the
+    # labels: "x has 3 rows but labels has 6"
+    x0 = kfm.noise(list(range(6)), (DIM,), dtype=torch.float64)
+    x0 = x0 * torch.linspace(0.5, 3.0, 6, dtype=torch.float64)[:, None]
+    labels = torch.arange(6) % 2
+    guided = kfm.ClassifierFreeGuidance(lambda x, t, y: -x * (1 + y.to(x.dtype))[:, None], labels, 2.0, 5)
+    expected = kfm.sample(guided, x0, solver="dopri5")
+    for res in (kfm.sample(as_model_wrapper(guided), x0, solver="dopri5"),
+                KineticODESolver(as_model_wrapper(guided)).sample(x0, method="dopri5")):
+        assert torch.equal(res.x, expected.x) and torch.equal(res.nfe, expected.nfe)
