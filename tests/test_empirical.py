@@ -804,6 +804,42 @@ def test_a_recorder_merges_the_calls_of_one_evaluation_and_places_each_views_row
     assert torch.isnan(trace.t[1, 1:]).all() and trace.t[1, 0] == t[0].double()
 
 
+class _FailsAtCall:
+    """A recorder whose ``fail``-th call raises ``error`` (the field fails, a Ctrl-C) before it records."""
+
+    def __init__(self, recorder, fail, error, calls=None):
+        self.recorder, self.fail, self.error, self.calls = recorder, fail, error, calls or [0]
+
+    def __call__(self, x, t):
+        self.calls[0] += 1
+        if self.calls[0] == self.fail:
+            raise self.error
+        return self.recorder(x, t)
+
+    def select(self, active):
+        return _FailsAtCall(self.recorder.select(active), self.fail, self.error, self.calls)
+
+    def one_evaluation(self):
+        return self.recorder.one_evaluation()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("out of memory"), KeyboardInterrupt()], ids=["error", "interrupt"])
+def test_an_evaluation_that_raises_leaves_no_record_of_its_first_times(atoms, error):
+    # time="scalar" calls the field once per distinct time: a later time's call that raised left a
+    # record of the earlier times' rows (NaN elsewhere, as for rows dopri5 had finished), a row that
+    # an evaluation failing as one call under time="batch" never leaves; the next call's record was fine
+    x = kfm.noise(range(4), (3, 4, 4), dtype=torch.float64)
+    t = torch.tensor([0.2, 0.5, 0.2, 0.7], dtype=torch.float64)
+    field = kfm.EmpiricalFlow(atoms.double())
+    for time, fail in (("batch", 1), ("scalar", 2)):
+        recorder = PosteriorRecorder(field)
+        with pytest.raises(type(error)):
+            ModelXT(_FailsAtCall(recorder, fail, error), time=time)(x, t)
+        assert len(recorder) == 0, time
+        ModelXT(recorder, time=time)(x, t)
+        assert len(recorder) == 1 and not torch.isnan(recorder.trace().t).any(), time
+
+
 @pytest.mark.parametrize("active", [torch.tensor([1, 0, 1]), torch.tensor([[True, False, True]]), [True, False, True]])
 def test_recorder_select_takes_a_one_dimensional_bool_mask(atoms, active):
     # an integer 0/1 mask was kept and read as indices when the trace was stacked: a shape

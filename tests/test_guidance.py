@@ -427,3 +427,34 @@ def test_a_run_after_one_whose_last_call_was_at_t_zero_starts_its_part_energies_
     kfm.sample(fresh, x0, steps=3)
     assert torch.equal(cfg.part_energies().conditional, fresh.part_energies().conditional)
     assert torch.equal(cfg.part_energies().unconditional, fresh.part_energies().unconditional)
+
+
+class SelectableRecordedClassNet(RecordedClassNet):
+    """:class:`RecordedClassNet` for dopri5 and ``time="scalar"`` too: its recorder follows the rows
+    the guidance selects, and the calls of one evaluation make one record."""
+
+    def select(self, active):
+        return SelectableRecordedClassNet(self.recorder.select(active))
+
+    def one_evaluation(self):
+        return self.recorder.one_evaluation()
+
+
+def test_a_scalar_time_adapter_makes_one_record_of_a_guided_evaluation():
+    # the guidance did not pass one_evaluation() on: under dopri5 a time="scalar" adapter's per-time
+    # calls (KineticODESolver's default) each made a record, 1,527 rows for 290 evaluations
+    atoms = torch.randn(30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x0 = kfm.noise(list(range(6)), (DIM,), dtype=torch.float64)
+    x0 = x0 * torch.linspace(0.5, 3.0, 6, dtype=torch.float64)[:, None]
+    labels = torch.arange(6) % 2
+    runs = {}
+    for time in ("batch", "scalar"):
+        recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+        guided = ClassifierFreeGuidance(SelectableRecordedClassNet(recorder), labels, 2.0, NULL)
+        res = kfm.sample(ModelXT(guided, time=time), x0, solver="dopri5")
+        runs[time] = res, recorder.trace()
+    (res, expected), (res_scalar, trace) = runs["batch"], runs["scalar"]
+    assert torch.equal(res_scalar.x, res.x) and torch.equal(res_scalar.nfe, res.nfe)
+    assert trace.t.shape == expected.t.shape == (int(res.nfe.max()), 12)
+    for name, value in vars(expected).items():
+        assert torch.equal(getattr(trace, name).nan_to_num(-1.0), value.nan_to_num(-1.0)), name

@@ -371,3 +371,49 @@ def test_a_recorder_in_a_model_wrapper_is_refused_for_a_second_run_of_our_sample
     wrapper = as_model_wrapper(recorder, shaping=kfm.KTS())
     kfm.sample(wrapper, x0, steps=4)
     second_run_refused(lambda: kfm.sample(wrapper, x0, steps=4), recorder, expected)
+
+
+@pytest.mark.parametrize("how", ["sample", "solver", "solver-batch"])
+def test_a_recorder_in_a_model_wrapper_traces_a_dopri5_run(how):
+    # the wrapper gave no select(): dopri5 called the recorder with only the samples in flight, and
+    # a time="scalar" adapter with each time's rows, on no mask, so trace() read calls of 1 to 6 rows as
+    # several runs ("calls on batches of 2, 3, 4, 5 and 6 rows"); it now passes select() and
+    # one_evaluation() on, and the trace is the bare recorder's
+    atoms = torch.randn(30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x0 = kfm.noise(list(range(6)), (DIM,), dtype=torch.float64)
+    x0 = x0 * torch.linspace(0.5, 3.0, 6, dtype=torch.float64)[:, None]
+    single = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    expected_res, expected = kfm.sample(single, x0, solver="dopri5"), single.trace()
+
+    recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    wrapper = as_model_wrapper(recorder)
+    if how == "sample":
+        res = kfm.sample(wrapper, x0, solver="dopri5")
+    else:
+        res = KineticODESolver(wrapper, time="batch" if how == "solver-batch" else None).sample(x0, method="dopri5")
+    trace = recorder.trace()
+    assert torch.equal(res.x, expected_res.x) and len(recorder) == len(single) == int(res.nfe.max())
+    for name, value in vars(expected).items():
+        assert torch.equal(getattr(trace, name).nan_to_num(-1.0), value.nan_to_num(-1.0)), name
+
+
+def test_a_model_wrapper_gives_select_only_for_a_field_that_has_it():
+    # a closure has no select: dopri5 then names the remedy for per-sample inputs it holds
+    assert getattr(as_model_wrapper(lambda x, t: -x), "select", None) is None
+    recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(torch.randn(5, DIM, dtype=torch.float64)))
+    shaping = kfm.KTS()
+    part = as_model_wrapper(recorder, shaping=shaping).select(torch.tensor([True, False]))
+    assert part.shaping is shaping and part.velocity._active.tolist() == [True, False]
+
+
+def test_guidance_in_a_model_wrapper_samples_dopri5_as_bare_guidance():
+    # without the wrapper's select, dopri5 called the guidance with the samples in flight and all the
+    # labels: "x has 3 rows but labels has 6"
+    x0 = kfm.noise(list(range(6)), (DIM,), dtype=torch.float64)
+    x0 = x0 * torch.linspace(0.5, 3.0, 6, dtype=torch.float64)[:, None]
+    labels = torch.arange(6) % 2
+    guided = kfm.ClassifierFreeGuidance(lambda x, t, y: -x * (1 + y.to(x.dtype))[:, None], labels, 2.0, 5)
+    expected = kfm.sample(guided, x0, solver="dopri5")
+    for res in (kfm.sample(as_model_wrapper(guided), x0, solver="dopri5"),
+                KineticODESolver(as_model_wrapper(guided)).sample(x0, method="dopri5")):
+        assert torch.equal(res.x, expected.x) and torch.equal(res.nfe, expected.nfe)

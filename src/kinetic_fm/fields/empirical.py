@@ -1043,7 +1043,10 @@ class PosteriorRecorder:
     def one_evaluation(self) -> Iterator[None]:
         """The calls made inside (on this recorder or its :meth:`select` views) make one record:
         the per-time calls of an adapter with ``time="scalar"`` are one evaluation of the field by
-        the sampler. Inside another, it adds nothing: the outer one makes the record."""
+        the sampler. Inside another, it adds nothing: the outer one makes the record. An evaluation
+        that raises (a later time's call failed, an interrupt) leaves no record, as one call that
+        raises under ``time="batch"`` leaves none: a record of its first times' rows would hold NaN
+        for rows that were in flight, which reads as rows dopri5 had finished."""
         log = self._log
         if log.pending is not None:
             yield
@@ -1051,6 +1054,9 @@ class PosteriorRecorder:
         log.pending = parts = []
         try:
             yield
+        except BaseException:
+            parts.clear()
+            raise
         finally:
             log.pending = None
             if parts:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..checks import (as_scalar, check_flag, declares, declares_singular_at_one, is_real, optional_attribute,
-                      start_run_of, tensor_output)
+from ..checks import (as_scalar, check_flag, declares, declares_singular_at_one, is_real, one_evaluation_of,
+                      optional_attribute, start_run_of, tensor_output)
 from ..norms import squared_norm
 from .adapters import batch_time
 
@@ -136,6 +136,12 @@ class ClassifierFreeGuidance:
         # a run's first call at no earlier time than the last one's (a one-step Euler run calls at
         # t = 0 only) was not read as a new run, and carried a NaN ½·0·‖v‖² over
         self.reset()
+
+    def one_evaluation(self):
+        """A context whose calls (an adapter's per-time calls under ``time="scalar"``) are one
+        evaluation of the field; passed on to the model (a ``PosteriorRecorder`` in it makes them one
+        record, as under ``time="batch"``)."""
+        return one_evaluation_of(self.model)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Guided v(x, t): x (B, ...), t (B,) or one number; (B, ...) in x's dtype (and, with

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..checks import declares_singular_at_one, start_run_of
+from ..checks import declares_singular_at_one, one_evaluation_of, optional_attribute, start_run_of
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
@@ -174,6 +174,22 @@ def _model_wrapper_class() -> type:
                 it before a run; flow_matching's ``ODESolver`` does not)."""
                 start_run_of(self.velocity)
 
+            @property
+            def select(self) -> Callable[[torch.Tensor], "KineticModelWrapper"]:
+                """``select(active)``: the wrapper of the field's ``select(active)``, the samples where the
+                (B,) bool mask is True (dopri5 evaluates those in flight; per-sample data the field holds,
+                a recorder's rows, follow). Absent, AttributeError, where the field has none, so that
+                dopri5 says what a field without it can miss."""
+                select = optional_attribute(self.velocity, "select")
+                if select is None:
+                    raise AttributeError(f"the wrapped {type(self.velocity).__name__} has no select")
+                return lambda active: type(self)(select(active), self.shaping)
+
+            def one_evaluation(self):
+                """Passed through to the field: the calls made inside are one evaluation (a
+                ``time="scalar"`` adapter's per-time calls; a ``PosteriorRecorder`` makes them one record)."""
+                return one_evaluation_of(self.velocity)
+
             def forward(self, x: torch.Tensor, t: torch.Tensor, **extras: Any) -> torch.Tensor:
                 given = t
                 t = batch_time(t, x)
@@ -205,7 +221,9 @@ def as_model_wrapper(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tens
     with solver euler, midpoint or rk4_38 (their rk4 is Kutta's 3/8 rule; to round-off, tested),
     with three exceptions: our heun uses the reference code's mean-gain rule; with the constant
     KTS forms a stage of ours that ends a step at τ takes η's left limit, theirs η(τ); and a field
-    singular at t = 1 is evaluated there by their solver, never by ours.
+    singular at t = 1 is evaluated there by their solver, never by ours. The field's ``start_run``,
+    ``select`` and ``one_evaluation`` pass through, so a ``PosteriorRecorder`` inside traces our
+    sampler's runs (dopri5's included) as a bare one.
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable, got {type(velocity).__name__}")
