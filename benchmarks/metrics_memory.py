@@ -45,6 +45,9 @@ from pathlib import Path
 NAIVE_CASES = ("finite", "scott", "column_sums", "decode", "rescreen")
 # whole calls of the metrics that centre the reference (thirty-second session), against --previous
 CENTRING_CASES = ("kde", "distance_blocks", "precision_recall", "local_support")
+# the exact k-NN self-search of precision_recall's radii, and the pass over its k-th neighbours that
+# follows it (helper-179: glibc's heap as the peak's moving part), measured like the centring cases
+SEARCH_CASES = ("self_search", "kth_radii")
 
 
 def _centring_call(case: str, x, samples):
@@ -60,6 +63,17 @@ def _centring_call(case: str, x, samples):
         return lambda: kfm.precision_recall(x, samples, k=3)
     if case == "local_support":
         return lambda: kfm.local_support(samples, x, k=5)
+    if case == "self_search":
+        return lambda: kfm.nearest_neighbors(x, x, 3, exclude_self=True, check_inputs=False)
+    if case == "kth_radii":  # the pass alone: the search's answer stands in as random rows
+        import torch
+
+        from kinetic_fm.metrics import fidelity
+        from kinetic_fm.metrics.neighbors import Neighbors
+
+        kth = torch.randint(0, x.shape[0], (x.shape[0], 1), generator=torch.Generator().manual_seed(2))
+        fidelity.nearest_neighbors = lambda *args, **kwargs: Neighbors(kth.double(), kth)
+        return lambda: fidelity._kth_neighbour_sq_radius(x, 3, 8192, 1024, "real")
     raise ValueError(f"unknown case {case!r}")
 
 
@@ -70,7 +84,7 @@ def _measure(case: str, variant: str, rows: int, dim: int, samples: int) -> dict
     torch.manual_seed(0)
     x = torch.empty(rows, dim).uniform_(-1.0, 1.0)
     work = None
-    if case in CENTRING_CASES:  # "previous" differs from "ours" only by the package on the path
+    if case in CENTRING_CASES + SEARCH_CASES:  # "previous" differs from "ours" only by the package on the path
         queries = torch.empty(samples, dim).uniform_(-1.0, 1.0, generator=torch.Generator().manual_seed(1))
         work = _centring_call(case, x, queries)
         from kinetic_fm import gemm
@@ -119,7 +133,8 @@ def _measure(case: str, variant: str, rows: int, dim: int, samples: int) -> dict
     start = time.perf_counter()
     work()
     seconds = time.perf_counter() - start
-    return {"peak_mib": resident_mib("VmHWM") - before, "seconds": seconds}
+    return {"peak_mib": resident_mib("VmHWM") - before, "after_mib": resident_mib("VmRSS") - before,
+            "seconds": seconds}
 
 
 def _child(args, case: str, variant: str, src: str | None = None) -> dict:
@@ -150,7 +165,7 @@ def main() -> None:
                         help="samples (queries, fake) of the centring cases (default 1,000)")
     parser.add_argument("--quick", action="store_true", help="10,000 rows")
     parser.add_argument("--cases", nargs="+", default=list(NAIVE_CASES),
-                        choices=NAIVE_CASES + CENTRING_CASES + ("all",),
+                        choices=NAIVE_CASES + CENTRING_CASES + SEARCH_CASES + ("all",),
                         help="the passes to measure (default: the naive-vs-ours ones; 'all' for every case)")
     parser.add_argument("--previous", metavar="REV",
                         help="also run the centring cases on the package as committed at git revision REV")
@@ -163,7 +178,7 @@ def main() -> None:
         return
     if not os.path.exists("/proc/self/clear_refs"):
         sys.exit("this benchmark reads peak memory from /proc (Linux only)")
-    cases = NAIVE_CASES + CENTRING_CASES if "all" in args.cases else tuple(args.cases)
+    cases = NAIVE_CASES + CENTRING_CASES + SEARCH_CASES if "all" in args.cases else tuple(args.cases)
     size = args.rows * args.dim * 4 / 2**20
     print(f"set: {args.rows} x {args.dim} float32 = {size:.0f} MiB; peak above the resident size before each pass")
     naive = [c for c in cases if c in NAIVE_CASES]
@@ -173,14 +188,14 @@ def main() -> None:
         got = {variant: _child(args, case, variant) for variant in ("naive", "ours")}
         print(f"{case:<14}{got['naive']['peak_mib']:>11.0f}{got['ours']['peak_mib']:>10.0f}"
               f"{got['naive']['seconds']:>9.2f}{got['ours']['seconds']:>8.2f}")
-    centring = [c for c in cases if c in CENTRING_CASES]
+    centring = [c for c in cases if c in CENTRING_CASES + SEARCH_CASES]
     if not centring:
         return
     inputs = (args.rows + args.samples) * args.dim * 4 / 2**20
     print(f"\ncentring cases: {args.samples} samples against the set; inputs {inputs:.0f} MiB; "
           f"previous = the package at {args.previous or '(not asked: --previous REV)'}")
     print(f"{'call':<18}{'previous MiB':>13}{'x inputs':>9}{'ours MiB':>10}{'x inputs':>9}"
-          f"{'previous s':>11}{'ours s':>8}")
+          f"{'previous s':>11}{'ours s':>8}{'held after: previous':>22}{'ours':>6}")
     with tempfile.TemporaryDirectory() as folder:
         src = _previous_src(args.previous, folder) if args.previous else None
         for case in centring:
@@ -189,7 +204,8 @@ def main() -> None:
             old = (f"{before['peak_mib']:>13.0f}{before['peak_mib'] / inputs:>9.2f}" if before
                    else f"{'-':>13}{'-':>9}")
             print(f"{case:<18}{old}{ours['peak_mib']:>10.0f}{ours['peak_mib'] / inputs:>9.2f}"
-                  f"{before['seconds'] if before else float('nan'):>11.2f}{ours['seconds']:>8.2f}", flush=True)
+                  f"{before['seconds'] if before else float('nan'):>11.2f}{ours['seconds']:>8.2f}"
+                  f"{before['after_mib'] if before else float('nan'):>22.0f}{ours['after_mib']:>6.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,22 @@ def test_precision_recall_matches_brute_force():
     np.testing.assert_array_equal(res.real_in_fake.numpy(), real_in_fake)
 
 
+
+@pytest.mark.parametrize("rows_per_block", [1, 7, 1000])
+def test_kth_radii_are_the_same_in_any_blocks(monkeypatch, rows_per_block):
+    """The squared radii are written block by block into one (N,) float64 tensor (a list of
+    blocks kept glibc's heap from shrinking): the same values as one block, the exact distances."""
+    from kinetic_fm.metrics import fidelity
+
+    rows = torch.from_numpy(np.random.default_rng(7).normal(size=(53, 6))).to(torch.float32)
+    whole = fidelity._kth_neighbour_sq_radius(rows, 3, 17, 11, "real")
+    monkeypatch.setattr(fidelity, "block_size", lambda device, item_bytes, items: min(rows_per_block, items))
+    blocked = fidelity._kth_neighbour_sq_radius(rows, 3, 17, 11, "real")
+    assert blocked.dtype == torch.float64 and blocked.shape == (53,)
+    assert torch.equal(blocked, whole)
+    d2 = ((rows.double()[:, None] - rows.double()[None]) ** 2).sum(-1)
+    assert torch.equal(blocked, d2.sort(dim=1).values[:, 3])  # column 0 is the row itself
+
 def _integer_brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Ball membership from exact int64 squared distances (no rounding anywhere)."""
     real, fake = real.astype(np.int64), fake.astype(np.int64)

@@ -439,23 +439,25 @@ def nearest_neighbors(
             return _screen_faiss(xb, y, n, exclude_self, query_ids)
         return _screen_gemm(xb, y, dtype, y_sq, n, chunk, exclude_self, query_ids, blas)
 
-    out_d, out_i, out_ok = [], [], []
+    # each block's results go into these, not into lists for torch.cat: small results kept between
+    # the blocks' temporaries kept glibc from reusing their memory (after a 20,000 x 3,072 self-search
+    # its heap held 57-78 MiB free, now 22-33; BENCHMARKS.md, metrics memory)
+    d2 = torch.empty(x.shape[0], k, dtype=torch.float64, device=x.device)
+    idx = torch.empty(x.shape[0], k, dtype=torch.int64, device=x.device)
+    ok = torch.empty(x.shape[0], dtype=torch.bool, device=x.device)
     blocks = range(0, x.shape[0], batch_chunk)
     with tqdm(total=x.shape[0], desc="nearest neighbours", unit="query", leave=False, disable=not progress) as bar:
         for q0 in blocks:
             xb = x[q0:q0 + batch_chunk]
             cand, worst, u = screen(xb, n_candidates, q0)
-            d2, idx, ok = _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max)
-            out_d.append(d2)
-            out_i.append(idx)
-            out_ok.append(ok)
+            rows = slice(q0, q0 + xb.shape[0])
+            d2[rows], idx[rows], ok[rows] = _rerank_and_certify(xb, y, cand, worst, k, u, y_norm_max)
             if q0 != blocks[-1]:  # the last block counts once the re-check's size is on the bar
                 bar.update(xb.shape[0])
-        d2, idx = torch.cat(out_d), torch.cat(out_i)
         # searched together after the last block: the float64 re-screen, when it comes to that,
         # then centres the reference's chunks once per call rather than once per query block
         # (and the host learns which queries are left once per call)
-        ids = (~torch.cat(out_ok)).nonzero().flatten()
+        ids = (~ok).nonzero().flatten()
         if ids.numel():  # the bar then counts each uncertified query twice: screened, re-checked
             bar.total += ids.numel()
             bar.set_description(f"nearest neighbours: re-checking {ids.numel()} uncertified", refresh=False)
