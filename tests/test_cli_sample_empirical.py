@@ -256,3 +256,18 @@ def test_on_cuda_the_field_sits_on_the_samples_device_and_gives_the_cpus_table(t
     with fake_cuda(emulate_tf32=False, separate_cuda_rng=False):
         assert kfm_sample(tmp_path / "cuda", *flags, "--device", "cuda") == 0
     pd.testing.assert_frame_equal(read_run(tmp_path / "cuda"), read_run(tmp_path / "cpu"), check_exact=True)
+
+
+def test_an_archive_of_several_arrays_asks_for_train_key_in_kfm_samples_words(tmp_path, capsys):
+    # the loader said "name one with a key (kfm memorization: --key or --train-key)" under kfm sample,
+    # which has no --key; each command now names its own flag
+    np.savez(tmp_path / "two.npz", images=_points().numpy(), labels=np.zeros(32))
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", tmp_path / "two.npz", "--n", 2) == 2
+    err = capsys.readouterr().err
+    assert "['images', 'labels']; name one with --train-key" in err and "kfm memorization" not in err
+    assert main(["memorization", "--samples", str(tmp_path / "two.npz"), "--train", str(tmp_path / "two.npz"),
+                 "--key", "images"]) == 2
+    assert "['images', 'labels']; name one with --train-key" in capsys.readouterr().err
+    assert main(["memorization", "--samples", str(tmp_path / "two.npz"), "--train", str(tmp_path / "two.npz"),
+                 "--train-key", "images"]) == 2
+    assert "['images', 'labels']; name one with --key" in capsys.readouterr().err

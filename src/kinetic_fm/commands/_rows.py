@@ -21,13 +21,20 @@ def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: 
     points), anything else keeps the rows :func:`~kinetic_fm.data.subset.select_indices` picks (the
     same draw). Errors and warnings name ``name`` (the flag), the key's flag and, with ``n``, the
     subset's flags ``<name>-n`` and ``<name>-seed`` (kfm sample's --train-n, --train-seed)."""
+    from ..metrics._arrays import NAME_ONE
+
     key_flag = "--key" if name == "--samples" else "--train-key"
     # the key's flag only where one was given: without it, "name one with a key" is prose
     flags = {"key": key_flag} if key is not None else {}
     if n is not None:
         flags.update({"n": f"{name}-n", "seed": f"{name}-seed"})
-    with flag_words(flags, source=(name, value)):
-        return _read_rows(name, value, key, progress, specs=specs, n=n, seed=seed)
+    try:
+        with flag_words(flags, source=(name, value)):
+            return _read_rows(name, value, key, progress, specs=specs, n=n, seed=seed)
+    except ValueError as err:  # an archive of several arrays: the flag that names one, in this command
+        if not str(err).endswith(NAME_ONE):
+            raise
+        raise ValueError(f"{str(err).removesuffix(NAME_ONE)}name one with {key_flag}") from None
 
 
 def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
