@@ -271,3 +271,29 @@ def test_an_archive_of_several_arrays_asks_for_train_key_in_kfm_samples_words(tm
     assert main(["memorization", "--samples", str(tmp_path / "two.npz"), "--train", str(tmp_path / "two.npz"),
                  "--train-key", "images"]) == 2
     assert "['images', 'labels']; name one with --key" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_training_items_load_says_nothing_was_sampled(tmp_path, capsys, monkeypatch):
+    # it said "finished work is kept; rerun the same command with --resume to continue" of a run
+    # folder that did not exist yet (50,000 CIFAR-10 images take 15 s to decode)
+    import kinetic_fm.commands._rows as rows
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    path = _saved(tmp_path, _points())
+    monkeypatch.setattr(rows, "load_rows", interrupted)
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: while reading --train {path}, before any sample was computed: rerun the same" in err
+    assert "finished work is kept" not in err and not (tmp_path / "run").exists()
+    monkeypatch.undo()   # once the items are read, the usual hint: the folder keeps finished shards
+    columns = command._posterior_columns
+
+    def interrupted_sampling(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "_posterior_columns", interrupted_sampling)
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2) == 130
+    assert "finished work is kept; rerun the same command with --resume" in capsys.readouterr().err
+    monkeypatch.setattr(command, "_posterior_columns", columns)
