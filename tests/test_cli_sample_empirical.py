@@ -297,3 +297,54 @@ def test_ctrl_c_while_the_training_items_load_says_nothing_was_sampled(tmp_path,
     assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2) == 130
     assert "finished work is kept; rerun the same command with --resume" in capsys.readouterr().err
     monkeypatch.setattr(command, "_posterior_columns", columns)
+
+
+def test_kfm_memorization_takes_an_empirical_run_as_train_the_items_its_field_was_made_of(tmp_path, capsys):
+    # a --train-n subset could only be audited against the whole file or split: no other command
+    # line names the subset (for a celeba: subset, centred by its own mean, not even in its frame)
+    train = _points()
+    path = _saved(tmp_path, train)
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--train-n", 8, "--train-seed", 3,
+                      "--n", 6, "--steps", 300) == 0
+    capsys.readouterr()
+    table = tmp_path / "audit.parquet"
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
+                 "--no-progress", "--out", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert f"--train {tmp_path / 'run'}: the 8 items its field was made of ({path.resolve()}, n=8, seed=3)" in out
+    audit = pd.read_parquet(table)
+    subset = train[select_indices(32, n=8, seed=3)]
+    x = torch.from_numpy(read_samples(tmp_path / "run"))
+    assert audit["memorized"].all() and audit["nearest"].max() < 8   # rows of the subset
+    np.testing.assert_array_equal(audit["nearest"], torch.cdist(x.double(), subset.double()).argmin(dim=1))
+    # and nearest_item their rows in the whole file
+    np.testing.assert_array_equal(audit["nearest_item"], select_indices(32, n=8, seed=3).numpy()[audit["nearest"]])
+    # items that changed since are refused, not audited against
+    torch_changed = train.clone()
+    torch_changed[select_indices(32, n=8, seed=3)[0], 0] += 1.0
+    np.save(path, torch_changed.numpy())
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--train {str(tmp_path / 'run')!r}: {path.resolve()} (n=8, seed=3) now loads other items" in err
+    assert "the data changed since the run" in err
+
+
+def test_a_celeba_subsets_run_audited_against_itself_has_no_common_offset(tmp_path, capsys, shared_data):
+    faces = shared_data / "celeba" / "celeba_align_subset6000.zip"
+    if not faces.is_file():
+        pytest.skip(f"CelebA not found under {shared_data}")
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", f"celeba:{faces}", "--train-n", 64,
+                      "--n", 8, "--steps", 200) == 0
+    table = tmp_path / "audit.parquet"
+    capsys.readouterr()
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
+                 "--no-progress", "--out", str(table)]) == 0
+    assert "common offset" not in capsys.readouterr().err   # the subset's own frame
+    audit = pd.read_parquet(table)
+    assert audit["memorized"].all() and audit["d1"].max() < 1e-3 and audit["nearest"].max() < 64
+    from kinetic_fm.data import load_dataset
+
+    positions = load_dataset(f"celeba:{faces}", n=64, seed=0, progress=False).indices.numpy()
+    np.testing.assert_array_equal(audit["nearest_item"], positions[audit["nearest"]])   # faces of all 6,000
+    assert audit["nearest_file"].str.endswith(".jpg").all()

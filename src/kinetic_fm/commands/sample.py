@@ -261,31 +261,23 @@ def _empirical_target(args, device) -> _Target:
     path or spelling resume the same run, other items are refused. Where they came from (the
     spec or file, key and subset) goes into the manifest's runtime, for the reader and for the
     refusal's message."""
-    import hashlib
     from pathlib import Path
-
-    import torch
 
     from ..data.registry import absolute_spec
     from ..fields.empirical import EmpiricalFlow
-    from ._rows import is_spec, load_rows
+    from ._rows import float_items, is_spec, items_digest, load_rows
 
     seed = 0 if args.train_seed is None else args.train_seed
     rows = load_rows("--train", args.train, args.train_key, args.progress, specs=True, n=args.train_n, seed=seed)[0]
     if rows.dim() < 2 or rows.shape[0] == 0:
         raise ValueError(f"--train {args.train}: needs items of shape (N, ...), N >= 1, got {tuple(rows.shape)}")
-    if rows.dtype not in (torch.float32, torch.float64):
-        # integers (uint8 images) as float32 where that keeps every value, else float64
-        as32 = rows.to(torch.float32)
-        rows = as32 if rows.is_floating_point() or torch.equal(as32.to(rows.dtype), rows) else rows.to(torch.float64)
-    rows = rows.contiguous()
+    rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
     n = rows.shape[0]
     if args.truncate is not None and args.truncate > n:
         raise ValueError(f"--truncate must lie in [1, N] = [1, {n}] (the --train items), got {args.truncate}")
     with flag_words({"train": "--train", "truncate": "--truncate"}):
         field = EmpiricalFlow(rows.to(device), truncate=args.truncate)
-    digest = hashlib.sha256(rows.numpy()).hexdigest()
-    identity = {"field": EMPIRICAL, "train_sha256": digest, "train_shape": list(rows.shape),
+    identity = {"field": EMPIRICAL, "train_sha256": items_digest(rows), "train_shape": list(rows.shape),
                 "train_dtype": str(rows.dtype).removeprefix("torch.")}
     source = absolute_spec(args.train) if is_spec(args.train, True) else str(Path(args.train).resolve())
     record = {"source": source, "key": args.train_key, "n": args.train_n, "seed": seed}
