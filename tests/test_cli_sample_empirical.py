@@ -348,3 +348,18 @@ def test_a_celeba_subsets_run_audited_against_itself_has_no_common_offset(tmp_pa
     positions = load_dataset(f"celeba:{faces}", n=64, seed=0, progress=False).indices.numpy()
     np.testing.assert_array_equal(audit["nearest_item"], positions[audit["nearest"]])   # faces of all 6,000
     assert audit["nearest_file"].str.endswith(".jpg").all()
+
+
+def test_the_printed_summary_shows_the_posterior_columns_of_an_empirical_run(tmp_path, capsys):
+    # the summary showed the energies only: whether the samples landed on atoms took reading the table
+    path = _saved(tmp_path, _points())
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 4, "--steps", 300) == 0
+    lines = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[3:]}
+    assert list(lines) == ["kpe", "kpe_raw", "early", "late", "posterior_max_weight", "posterior_entropy"]
+    df = read_run(tmp_path / "run")
+    assert float(lines["posterior_max_weight"][2]) == pytest.approx(df["posterior_max_weight"].min(), rel=1e-5)
+    assert kfm_sample(tmp_path / "cut", "--field", "empirical", "--train", path, "--n", 4, "--steps", 30,
+                      "--truncate", 2) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[0] == "neglected_bound_max"
+    assert kfm_sample(tmp_path / "gauss", "--n", 4, "--steps", 3) == 0   # a built-in field: energies only
+    assert capsys.readouterr().out.splitlines()[-1].split()[0] == "late"

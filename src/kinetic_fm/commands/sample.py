@@ -32,6 +32,8 @@ _KTS_FLAGS = {"alpha0": "alpha0", "beta0": "beta0", "tau": "tau_split", "launch"
 # dopri5's step control, each passed to kfm.sample only when given (None: kfm.sample's default)
 _STEP_CONTROL = ("rtol", "atol", "first_step", "max_steps")
 SUMMARY_COLUMNS = ("kpe", "kpe_raw", "early", "late")
+# --field empirical's per-sample posterior, summarised after the energies where the table has it
+POSTERIOR_COLUMNS = ("posterior_max_weight", "posterior_entropy", "neglected_bound_max")
 DEFAULT_STEPS, DEFAULT_GRID = 100, "uniform"
 DEFAULT_FIELD, DEFAULT_DIM = "gaussian", 2
 
@@ -767,7 +769,8 @@ def _trial_call(target: _Target, args, device) -> None:
 
 
 def summary_frame(table, columns=SUMMARY_COLUMNS):
-    """mean, std, min, quantiles (5/25/50/75/95 %) and max of each energy column (NaNs skipped)."""
+    """mean, std, min, quantiles (5/25/50/75/95 %) and max of each energy column (NaNs skipped), or of
+    each of ``columns``."""
     import pandas as pd
 
     df = table.select(list(columns)).to_pandas()
@@ -855,7 +858,9 @@ def run(args) -> int:
     if nonfinite:
         print(f"warning: {nonfinite} sample(s) hit a non-finite velocity (energies NaN)", file=sys.stderr)
     with pd.option_context("display.float_format", "{:.6g}".format, "display.width", 120):
-        print(summary_frame(table).to_string())
+        # an empirical run's posterior too: a max weight near 1 (entropy near 0) is a sample on an atom
+        posterior = tuple(name for name in POSTERIOR_COLUMNS if name in table.column_names)
+        print(summary_frame(table, SUMMARY_COLUMNS + posterior).to_string())
     if args.figure is not None:
         steps = _stepping(args)
         shaped = "plain FM" if kts is None else (f"KTS α0 = {kts.alpha0:g} ({kts.launch}), β0 = {kts.beta0:g} "
