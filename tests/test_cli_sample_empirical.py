@@ -363,3 +363,17 @@ def test_the_printed_summary_shows_the_posterior_columns_of_an_empirical_run(tmp
     assert capsys.readouterr().out.splitlines()[-1].split()[0] == "neglected_bound_max"
     assert kfm_sample(tmp_path / "gauss", "--n", 4, "--steps", 3) == 0   # a built-in field: energies only
     assert capsys.readouterr().out.splitlines()[-1].split()[0] == "late"
+
+
+def test_a_nonfinite_item_of_a_subset_is_named_by_its_row_in_the_file(tmp_path, capsys):
+    # "--train contains NaN or inf in 1 row(s), first at row 1": row 1 of the subset, row 3 of the file
+    train = _points()
+    train[3, 1] = float("nan")
+    path = _saved(tmp_path, train)
+    chosen = select_indices(32, n=20, seed=0).tolist()
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--train-n", 20, "--n", 2) == 2
+    err = capsys.readouterr().err
+    assert (f"--train contains NaN or inf in 1 row(s), first at row {chosen.index(3)} of the --train-n 20 "
+            f"subset: row 3 of {path}") in err
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2) == 2  # the whole file
+    assert "--train contains NaN or inf in 1 row(s), first at row 3\n" in capsys.readouterr().err

@@ -270,10 +270,18 @@ def _empirical_target(args, device) -> _Target:
     from ._rows import float_items, is_spec, items_digest, load_rows
 
     seed = 0 if args.train_seed is None else args.train_seed
-    rows = load_rows("--train", args.train, args.train_key, args.progress, specs=True, n=args.train_n, seed=seed)[0]
+    rows, _, positions, _ = load_rows("--train", args.train, args.train_key, args.progress, specs=True,
+                                      n=args.train_n, seed=seed)
     if rows.dim() < 2 or rows.shape[0] == 0:
         raise ValueError(f"--train {args.train}: needs items of shape (N, ...), N >= 1, got {tuple(rows.shape)}")
     rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
+    if args.train_n is not None and positions is not None:  # EmpiricalFlow would name the subset's row only
+        from ..knn import nonfinite_rows
+
+        if (bad := nonfinite_rows(rows)).numel():
+            first = int(bad[0])
+            raise ValueError(f"--train contains NaN or inf in {bad.numel()} row(s), first at row {first} of the "
+                             f"--train-n {args.train_n} subset: row {int(positions[first])} of {args.train}")
     n = rows.shape[0]
     if args.truncate is not None and args.truncate > n:
         raise ValueError(f"--truncate must lie in [1, N] = [1, {n}] (the --train items), got {args.truncate}")
