@@ -377,3 +377,11 @@ def test_a_nonfinite_item_of_a_subset_is_named_by_its_row_in_the_file(tmp_path, 
             f"subset: row 3 of {path}") in err
     assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2) == 2  # the whole file
     assert "--train contains NaN or inf in 1 row(s), first at row 3\n" in capsys.readouterr().err
+
+
+def test_the_summary_names_a_truncation_to_one_atom_in_the_singular(tmp_path, capsys):
+    path = _saved(tmp_path, _points())
+    assert kfm_sample(tmp_path / "one", "--field", "empirical", "--train", path, "--n", 2, "--truncate", 1) == 0
+    assert f"({path}, truncated to 1 atom), euler" in capsys.readouterr().out   # it read "1 atoms"
+    assert kfm_sample(tmp_path / "two", "--field", "empirical", "--train", path, "--n", 2, "--truncate", 2) == 0
+    assert f"({path}, truncated to 2 atoms), euler" in capsys.readouterr().out

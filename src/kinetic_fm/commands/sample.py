@@ -853,7 +853,7 @@ def run(args) -> int:
     if args.model:
         what = f"model {args.model} (shape {target.shape})"
     elif args.field == EMPIRICAL:
-        truncated = "" if args.truncate is None else f", truncated to {args.truncate} atoms"
+        truncated = "" if args.truncate is None else f", truncated to {args.truncate} atom{'s' * (args.truncate > 1)}"
         what = f"the empirical field of {target.velocity.n} items of shape {target.shape} ({args.train}{truncated})"
     else:
         what = f"{args.field} (D={args.dim})"
