@@ -386,3 +386,14 @@ def test_the_summary_names_a_truncation_to_one_atom_in_the_singular(tmp_path, ca
     assert f"({path}, truncated to 1 atom), euler" in capsys.readouterr().out   # it read "1 atoms"
     assert kfm_sample(tmp_path / "two", "--field", "empirical", "--train", path, "--n", 2, "--truncate", 2) == 0
     assert f"({path}, truncated to 2 atoms), euler" in capsys.readouterr().out
+
+
+def test_a_key_given_with_the_other_commands_run_folder_names_the_folder_for_what_it_is(tmp_path, capsys):
+    # "--train 'RUN' is a folder of images" of a kfm sample run folder given --train-key
+    path = _saved(tmp_path, _points())
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2, "--steps", 5) == 0
+    capsys.readouterr()
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
+                 "--train-key", "x", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--train-key names an array inside a file; --train {str(tmp_path / 'run')!r} is a kfm sample run" in err

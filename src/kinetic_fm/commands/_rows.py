@@ -78,18 +78,20 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     # kfm sample writes manifest.json into its run folder, kfm train config.json
     is_run = path.is_dir() and (path / (TRAIN_CONFIG if specs else MANIFEST_NAME)).is_file()
     is_images = not (spec_given or is_run) and (path.is_dir() or path.suffix.lower() == ".zip")
+    # the other command's run folder: a kfm sample run as --train, a kfm train run as --samples
+    other_run = path.is_dir() and (path / (MANIFEST_NAME if specs else TRAIN_CONFIG)).is_file() and not is_run
     if (spec_given or is_run or is_images) and key is not None:
         flag = "--key" if name == "--samples" else "--train-key"
-        what = "a data spec" if spec_given else "a run folder" if is_run else "a folder of images"
+        what = ("a data spec" if spec_given else "a run folder" if is_run else "a kfm sample run folder"
+                if other_run and specs else _net_folder_kind(path) if other_run else "a folder of images")
         raise ValueError(f"{flag} names an array inside a file; {name} {value!r} is {what}")
-    if not specs and path.is_dir() and (path / TRAIN_CONFIG).is_file() and not is_run:
+    if not specs and other_run:
         raise ValueError(f"--samples {value!r} is {_net_folder_kind(path)} (a net, not samples): sample it with "
                          "kfm sample --model and pass that run folder; as --train it gives the items the net "
                          "trained on")
-    empirical = specs and path.is_dir() and (path / MANIFEST_NAME).is_file() and not is_run
-    if empirical and (record := _empirical_record(path)) is not None:
+    if specs and other_run and (record := _empirical_record(path)) is not None:
         return _empirical_training_rows(path, record, progress)
-    if specs and path.is_dir() and (path / MANIFEST_NAME).is_file() and not is_run:
+    if specs and other_run:
         # read as a folder of images, it said "contains no image files"
         raise ValueError(f"--train {value!r} is a kfm sample run folder (samples, not training items; kfm "
                          "memorization takes it as --samples): pass as --train what the net was trained on: its "
