@@ -397,3 +397,18 @@ def test_a_key_given_with_the_other_commands_run_folder_names_the_folder_for_wha
                  "--train-key", "x", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"--train-key names an array inside a file; --train {str(tmp_path / 'run')!r} is a kfm sample run" in err
+
+
+def test_items_too_large_for_float32_velocities_are_told_to_take_dtype_float64(tmp_path, capsys):
+    # float64 items at 1e20: the velocity's float32 squared norm overflows at step 0, which read as
+    # "non-finite ... pass --on-nonfinite flag", a remedy that records every sample as NaN
+    path = tmp_path / "far.npy"
+    np.save(path, _points().double().numpy() * 1e20)
+    flags = ["--field", "empirical", "--train", path, "--n", 2, "--steps", 50]
+    assert kfm_sample(tmp_path / "run", *flags) == 2
+    err = capsys.readouterr().err
+    assert "the velocity is non-finite at step 0 (t = 0) for seed(s) [0, 1]" in err
+    assert ("[0, 1] (or so large that its float32 squared norm overflows, ‖v‖ > 1.8e19: then pass --dtype "
+            "float64); pass --on-nonfinite flag") in err
+    assert kfm_sample(tmp_path / "wide", *flags, "--dtype", "float64") == 0
+    assert (read_run(tmp_path / "wide")["posterior_max_weight"] > 0.999).all()

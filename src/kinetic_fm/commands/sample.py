@@ -635,9 +635,12 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
             return res, None if recorder is None else _posterior_columns(recorder.trace(), args.truncate is not None)
         except NonFiniteVelocityError as err:
             seeds_hit = [chunk[i] for i in err.indices]
+            # fixed-step solvers form a float32 state's ‖v‖² in float32 (dopri5 in float64)
+            wide = (" (or so large that its float32 squared norm overflows, ‖v‖ > 1.8e19: then pass --dtype "
+                    "float64)" if args.dtype == "float32" and args.solver != "dopri5" else "")
             raise ValueError(f"the velocity is non-finite at step {err.step} (t = {err.time:.6g}) for seed(s) "
-                             f"{seeds_hit[:20]}{' ...' if len(seeds_hit) > 20 else ''}; pass --on-nonfinite flag "
-                             "to record such samples with NaN energies and go on") from None
+                             f"{seeds_hit[:20]}{' ...' if len(seeds_hit) > 20 else ''}{wide}; pass --on-nonfinite "
+                             "flag to record such samples with NaN energies and go on") from None
         except StepLimitError as err:
             seeds_hit = [chunk[i] for i in err.indices]
             raise ValueError(f"dopri5 made more than --max-steps {err.max_steps} attempted steps with seed(s) "
