@@ -412,3 +412,38 @@ def test_items_too_large_for_float32_velocities_are_told_to_take_dtype_float64(t
             "float64); pass --on-nonfinite flag") in err
     assert kfm_sample(tmp_path / "wide", *flags, "--dtype", "float64") == 0
     assert (read_run(tmp_path / "wide")["posterior_max_weight"] > 0.999).all()
+
+
+def test_a_subset_of_a_folder_of_images_decodes_only_its_images(tmp_path, monkeypatch):
+    # --train-n 100 of the 6,000 CelebA JPEGs as a .zip decoded all of them at full size (3.7 GB,
+    # 11 s) and then kept 100
+    from PIL import Image
+
+    import kinetic_fm.data.images as images
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 4, 4), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    whole = images.load_image_folder(folder, labels_from_folders=False).images
+    decoded = []
+    decode_many = images.decode_many
+
+    def counted(source, names, **kwargs):
+        decoded.extend(names)
+        return decode_many(source, names, **kwargs)
+
+    monkeypatch.setattr(images, "decode_many", counted)
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", folder, "--train-n", 3, "--train-seed", 1,
+                      "--n", 2, "--steps", 5) == 0
+    chosen = select_indices(12, n=3, seed=1)
+    assert decoded == [f"{i:02d}.png" for i in chosen.tolist()]
+    identity = json.loads((tmp_path / "run" / "manifest.json").read_text())["identity"]
+    assert identity["train_sha256"] == hashlib.sha256(whole[chosen].contiguous().numpy()).hexdigest()  # as before
+    table = tmp_path / "audit.parquet"
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
+                 "--no-progress", "--out", str(table)]) == 0
+    audit = pd.read_parquet(table)
+    np.testing.assert_array_equal(audit["nearest_item"], chosen.numpy()[audit["nearest"]])
+    assert audit["nearest_file"].tolist() == [f"{i:02d}.png" for i in audit["nearest_item"]]

@@ -42,7 +42,7 @@ def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: 
 def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
                n: int | None = None, seed: int = 0):
     """:func:`load_rows`' work, in the library's words."""
-    if n is not None and not is_spec(value, specs):
+    if n is not None and not is_spec(value, specs) and not _decoded_images(value):
         from ..data.subset import select_indices
 
         rows, files, items, mean = _read_rows(name, value, key, progress, specs=specs)
@@ -50,6 +50,18 @@ def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
         return (rows[chosen], None if files is None else [files[i] for i in chosen.tolist()],
                 chosen if items is None else items[chosen], mean)
     return _read_whole(name, value, key, progress, specs=specs, n=n, seed=seed)
+
+
+def _decoded_images(value: str) -> bool:
+    """Whether ``value`` is a folder or .zip of images read as such (not a kfm run folder), whose
+    subset is decoded alone: the same rows as the whole set's, without decoding every image."""
+    from pathlib import Path
+
+    from ..runs.manifest import MANIFEST_NAME
+
+    path = Path(value)
+    run = path.is_dir() and any((path / name).is_file() for name in (TRAIN_CONFIG, MANIFEST_NAME))
+    return is_image_source(value) and not run
 
 
 def is_spec(value: str, specs: bool) -> bool:
@@ -114,8 +126,12 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     if is_images:
         from ..data.images import image_names, load_image_folder
 
-        images = load_image_folder(path, labels_from_folders=False, progress=progress).images
-        return images, image_names(path), None, None
+        # a subset (n) is drawn as select_indices draws it from the rows, and only it is decoded
+        data = load_image_folder(path, labels_from_folders=False, n=n, seed=seed, progress=progress)
+        names = image_names(path)
+        if n is None:
+            return data.images, names, None, None
+        return data.images, [names[i] for i in data.indices.tolist()], data.indices.numpy(), None
     return load_array(value, key), None, None, None
 
 
