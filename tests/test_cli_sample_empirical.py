@@ -447,3 +447,30 @@ def test_a_subset_of_a_folder_of_images_decodes_only_its_images(tmp_path, monkey
     audit = pd.read_parquet(table)
     np.testing.assert_array_equal(audit["nearest_item"], chosen.numpy()[audit["nearest"]])
     assert audit["nearest_file"].tolist() == [f"{i:02d}.png" for i in audit["nearest_item"]]
+
+
+def test_resuming_an_empirical_run_as_another_kind_of_run_or_the_reverse_says_which_it_is(tmp_path, capsys,
+                                                                                          monkeypatch):
+    # a wall of eleven differing fields (identity.train_sha256 stored '45d6…', now '<absent>', ...)
+    # rather than what the folder holds; the reverse read the --train items first (15 s for CIFAR-10)
+    path = _saved(tmp_path, _images())
+    assert kfm_sample(tmp_path / "run", "--train", path, "--train-n", 8, *_RESUMED) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "run", "--n", 9, "--steps", 60, "--resume") == 2
+    err = capsys.readouterr().err
+    assert (f"--resume: the run in {tmp_path / 'run'} samples the exact field of --train items "
+            f"({path.resolve()}, --train-n 8 --train-seed 0): resume it with --field empirical --train") in err
+    assert "differing field(s)" not in err
+    assert kfm_sample(tmp_path / "gauss", "--n", 2, "--steps", 3) == 0
+    capsys.readouterr()
+    import kinetic_fm.commands._rows as rows
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the items were read")
+
+    monkeypatch.setattr(rows, "load_rows", unread)
+    assert kfm_sample(tmp_path / "gauss", "--field", "empirical", "--train", path, "--n", 2, "--steps", 3,
+                      "--resume") == 2
+    err = capsys.readouterr().err
+    gauss = tmp_path / "gauss"
+    assert f"--resume: the run in {gauss} samples the built-in field gaussian, not --field empirical" in err

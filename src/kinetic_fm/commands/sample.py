@@ -314,6 +314,31 @@ def _refuse_other_training_data(args, target: _Target) -> None:
                      "resume with those items, or sample these into another --out")
 
 
+def _refuse_another_kind_of_run(args) -> None:
+    """On --resume, a --field empirical run resumed as another kind of run, or another kind resumed
+    as one, refused saying what the folder holds (the manifest comparison listed every identity
+    and config key that differs), and before the --train items or the net are read."""
+    manifest = _stored_manifest(args.out)
+    if manifest is None:
+        return
+    stored = manifest.identity.get("field") == EMPIRICAL
+    if stored == (args.field == EMPIRICAL and not args.model):
+        return
+    if stored:
+        was = manifest.runtime.get("train") or {}
+        flags = "".join(f" --{flag} {was[key]}" for flag, key in (("train-key", "key"), ("train-n", "n"))
+                        if was.get(key) is not None)
+        flags += "" if was.get("n") is None else f" --train-seed {was.get('seed', 0)}"
+        source = was.get("source", "?")
+        raise ValueError(f"--resume: the run in {args.out} samples the exact field of --train items "
+                         f"({source}{',' if flags else ''}{flags}): resume it with --field empirical --train "
+                         f"{source}{flags}, or start another --out")
+    field = manifest.config.get("field")
+    what = "a net (--model)" if field is None else f"the built-in field {field}"
+    raise ValueError(f"--resume: the run in {args.out} samples {what}, not --field empirical: resume it as it was "
+                     "made, or sample the --train items into another --out")
+
+
 class _Conditioning:
     """The class each seed is sampled with, and the guidance scale: ``label`` is a class index,
     "seed" (seed mod ``classes``) or "null" (the null class, index ``classes``)."""
@@ -811,6 +836,7 @@ def run(args) -> int:
     kts = _shaping(args)
     if args.resume:
         _resume_as_recorded(args, kts)
+        _refuse_another_kind_of_run(args)
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
