@@ -474,3 +474,18 @@ def test_resuming_an_empirical_run_as_another_kind_of_run_or_the_reverse_says_wh
     err = capsys.readouterr().err
     gauss = tmp_path / "gauss"
     assert f"--resume: the run in {gauss} samples the built-in field gaussian, not --field empirical" in err
+
+
+def test_uint8_items_are_sampled_on_their_scale_with_a_warning(tmp_path, capsys):
+    # 0..255 against N(0, I) noise: KPE near 190,000 for 4x4 images, without a word on the scale
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "u8.npy", pixels)
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", tmp_path / "u8.npy", "--n", 2,
+                      "--steps", 50) == 0
+    err = capsys.readouterr().err
+    assert f"warning: --train {tmp_path / 'u8.npy'} holds uint8 values (0 to 255), sampled on that scale" in err
+    x = read_samples(tmp_path / "run")
+    assert _distance_to_nearest_atom(torch.from_numpy(x), torch.from_numpy(pixels).float()).max() < 1e-2
+    np.save(tmp_path / "f.npy", pixels.astype(np.float32) / 127.5 - 1)
+    assert kfm_sample(tmp_path / "scaled", "--field", "empirical", "--train", tmp_path / "f.npy", "--n", 2) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -265,7 +265,10 @@ def _empirical_target(args, device) -> _Target:
     path or spelling resume the same run, other items are refused. Where they came from (the
     spec or file, key and subset) goes into the manifest's runtime, for the reader and for the
     refusal's message."""
+    import warnings
     from pathlib import Path
+
+    import torch
 
     from ..data.registry import absolute_spec
     from ..fields.empirical import EmpiricalFlow
@@ -276,6 +279,10 @@ def _empirical_target(args, device) -> _Target:
                                       n=args.train_n, seed=seed)
     if rows.dim() < 2 or rows.shape[0] == 0:
         raise ValueError(f"--train {args.train}: needs items of shape (N, ...), N >= 1, got {tuple(rows.shape)}")
+    if rows.dtype == torch.uint8:  # image files and data specs are read as [-1, 1]; an array is taken as it is
+        warnings.warn(f"--train {args.train} holds uint8 values (0 to 255), sampled on that scale: beside them the "
+                      "N(0, I) noise is small and the field picks its atom early; the image loaders (a folder or "
+                      ".zip of images, a data spec) give [-1, 1], as x / 127.5 - 1 does", stacklevel=2)
     rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
     if args.train_n is not None and positions is not None:  # EmpiricalFlow would name the subset's row only
         from ..knn import nonfinite_rows
