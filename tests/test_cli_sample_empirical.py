@@ -329,6 +329,18 @@ def test_kfm_memorization_takes_an_empirical_run_as_train_the_items_its_field_wa
     err = capsys.readouterr().err
     assert f"--train {str(tmp_path / 'run')!r}: {path.resolve()} (n=8, seed=3) now loads other items" in err
     assert "the data changed since the run" in err
+    # a 2-D sampler's points are drawn by their seed alone, an array named by its key
+    assert kfm_sample(tmp_path / "moons", "--field", "empirical", "--train", "moons", "--train-seed", 5, "--n", 2,
+                      "--steps", 5) == 0
+    np.savez(tmp_path / "two.npz", images=train.numpy(), labels=np.zeros(32))
+    assert kfm_sample(tmp_path / "keyed", "--field", "empirical", "--train", tmp_path / "two.npz", "--train-key",
+                      "images", "--n", 2, "--steps", 5) == 0
+    capsys.readouterr()
+    for run, what in (("moons", "20000 items its field was made of (moons, seed=5)"),
+                      ("keyed", f"32 items its field was made of ({tmp_path / 'two.npz'}, key images)")):
+        assert main(["memorization", "--samples", str(tmp_path / run), "--train", str(tmp_path / run),
+                     "--no-progress"]) == 0
+        assert f"--train {tmp_path / run}: the {what}" in capsys.readouterr().out
 
 
 def test_a_celeba_subsets_run_audited_against_itself_has_no_common_offset(tmp_path, capsys, shared_data):

@@ -177,7 +177,10 @@ def _empirical_training_rows(run, manifest, progress: bool):
 
     record, identity = manifest.runtime["train"], manifest.identity
     source, key, n, seed = record["source"], record.get("key"), record.get("n"), record.get("seed", 0)
-    subset = "" if n is None else f" (n={n}, seed={seed})"
+    # the seed of a subset, or of a 2-D sampler's points (its only draw without n)
+    drawn = [f"{name}{value}" for name, value, shown in (("key ", key, key is not None), ("n=", n, n is not None),
+                                                          ("seed=", seed, n is not None or seed != 0)) if shown]
+    subset = f" ({', '.join(drawn)})" if drawn else ""
     try:
         rows, files, items, mean = _read_rows("--train", source, key, progress, specs=True, n=n, seed=seed)
     except FileNotFoundError as err:
@@ -189,8 +192,7 @@ def _empirical_training_rows(run, manifest, progress: bool):
                          f"field of ({str(rows.dtype).removeprefix('torch.')} {list(rows.shape)}; the run's: "
                          f"{identity.get('train_dtype')} {identity.get('train_shape')}): the data changed since the "
                          "run")
-    print(f"--train {run}: the {rows.shape[0]} items its field was made of ({source}"
-          + ("" if n is None else f", n={n}, seed={seed}") + ")")
+    print(f"--train {run}: the {rows.shape[0]} items its field was made of ({', '.join([source, *drawn])})")
     return rows, files, np.arange(rows.shape[0]) if items is None else items, mean
 
 
