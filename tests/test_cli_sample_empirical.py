@@ -501,3 +501,20 @@ def test_uint8_items_are_sampled_on_their_scale_with_a_warning(tmp_path, capsys)
     np.save(tmp_path / "f.npy", pixels.astype(np.float32) / 127.5 - 1)
     assert kfm_sample(tmp_path / "scaled", "--field", "empirical", "--train", tmp_path / "f.npy", "--n", 2) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_resume_refusal_names_every_flag_the_runs_items_were_read_with(tmp_path, capsys):
+    # "read from moons" of 20,000 points --train-seed 5 drew, and nothing of a --train-key
+    assert kfm_sample(tmp_path / "moons", "--field", "empirical", "--train", "moons", "--train-seed", 5, "--n", 2,
+                      "--steps", 5) == 0
+    assert kfm_sample(tmp_path / "moons", "--field", "empirical", "--train", "moons", "--n", 2, "--steps", 5,
+                      "--resume") == 2
+    assert "read from moons, --train-seed 5); resume with those items" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "moons", "--n", 2, "--steps", 5, "--resume") == 2
+    assert "resume it with --field empirical --train moons --train-seed 5, or" in capsys.readouterr().err
+    np.savez(tmp_path / "two.npz", a=_points().numpy(), b=_points(seed=1).numpy())
+    assert kfm_sample(tmp_path / "keyed", "--field", "empirical", "--train", tmp_path / "two.npz", "--train-key", "a",
+                      "--n", 2, "--steps", 5) == 0
+    assert kfm_sample(tmp_path / "keyed", "--field", "empirical", "--train", tmp_path / "two.npz", "--train-key", "b",
+                      "--n", 2, "--steps", 5, "--resume") == 2
+    assert f"read from {tmp_path / 'two.npz'}, --train-key a); resume with those items" in capsys.readouterr().err

@@ -313,12 +313,23 @@ def _refuse_other_training_data(args, target: _Target) -> None:
     if all(stored.get(key) == now[key] for key in ("train_sha256", "train_shape", "train_dtype")):
         return
     was = manifest.runtime.get("train") or {}
-    subset = "" if was.get("n") is None else f", --train-n {was['n']} --train-seed {was.get('seed', 0)}"
+    flags = _train_flags(was)
+    subset = f",{flags}" if flags else ""
     raise ValueError(f"--resume: --train {args.train} loads other training items than the run in {args.out} was "
                      f"sampled from ({now['train_dtype']} {now['train_shape']}, sha256 {now['train_sha256'][:16]}…; "
                      f"the run's: {stored.get('train_dtype')} {stored.get('train_shape')}, sha256 "
                      f"{str(stored.get('train_sha256'))[:16]}…, read from {was.get('source', '?')}{subset}); "
                      "resume with those items, or sample these into another --out")
+
+
+def _train_flags(record: dict) -> str:
+    """The --train-key, --train-n and --train-seed an empirical run's items were read with (its
+    runtime.train record), as flags: " --train-n 8 --train-seed 0", the seed also alone (a 2-D
+    sampler's points), "" when none was given."""
+    given = {"train-key": record.get("key"), "train-n": record.get("n")}
+    if record.get("n") is not None or record.get("seed", 0) != 0:
+        given["train-seed"] = record.get("seed", 0)
+    return "".join(f" --{flag} {value}" for flag, value in given.items() if value is not None)
 
 
 def _refuse_another_kind_of_run(args) -> None:
@@ -333,10 +344,7 @@ def _refuse_another_kind_of_run(args) -> None:
         return
     if stored:
         was = manifest.runtime.get("train") or {}
-        flags = "".join(f" --{flag} {was[key]}" for flag, key in (("train-key", "key"), ("train-n", "n"))
-                        if was.get(key) is not None)
-        flags += "" if was.get("n") is None else f" --train-seed {was.get('seed', 0)}"
-        source = was.get("source", "?")
+        flags, source = _train_flags(was), was.get("source", "?")
         raise ValueError(f"--resume: the run in {args.out} samples the exact field of --train items "
                          f"({source}{',' if flags else ''}{flags}): resume it with --field empirical --train "
                          f"{source}{flags}, or start another --out")
