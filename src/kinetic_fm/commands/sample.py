@@ -57,8 +57,9 @@ def register(subparsers) -> None:
     f.add_argument("--train", default=None, type=user_path,
                    help="--field empirical only: its training items, as kfm memorization --train reads them: "
                         "an array file (.npy, .npz, .pt, .parquet; --train-key names an array inside), a folder "
-                        "or .zip of images, a data spec such as mnist:PATH (its training split), or a kfm train "
-                        "run folder (the items it trained on). The sha256 of the loaded float tensor identifies "
+                        "or .zip of images, a data spec such as mnist:PATH (its training split), a kfm train "
+                        "run folder (the items it trained on), or a --field empirical run folder (its items). The "
+                        "sha256 of the loaded float tensor identifies "
                         "the run: a --resume against other data is refused")
     f.add_argument("--train-key", default=None, help="--field empirical only: the array/column name inside --train")
     f.add_argument("--train-n", type=int, default=None,
