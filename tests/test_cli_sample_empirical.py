@@ -518,3 +518,25 @@ def test_a_resume_refusal_names_every_flag_the_runs_items_were_read_with(tmp_pat
     assert kfm_sample(tmp_path / "keyed", "--field", "empirical", "--train", tmp_path / "two.npz", "--train-key", "b",
                       "--n", 2, "--steps", 5, "--resume") == 2
     assert f"read from {tmp_path / 'two.npz'}, --train-key a); resume with those items" in capsys.readouterr().err
+
+
+def test_a_resume_with_a_changed_setting_is_refused_before_the_items_are_read(tmp_path, capsys, monkeypatch):
+    # --steps, --truncate, --n ... were compared only once the items were read (15 s for CIFAR-10)
+    path = _saved(tmp_path, _images())
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED) == 0
+    capsys.readouterr()
+    import kinetic_fm.commands._rows as rows
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the items were read")
+
+    monkeypatch.setattr(rows, "load_rows", unread)
+    for changed, named in ((["--steps", 30], "config.steps (stored 60, now 30)"),
+                           (["--truncate", 4], "config.truncate (stored 5, now 4)"),
+                           (["--n", 12], "seeds.n (stored 9, now 12)")):
+        flags = [*_RESUMED, *changed]
+        assert kfm_sample(tmp_path / "run", "--train", path, *flags, "--resume") == 2
+        err = capsys.readouterr().err
+        assert "cannot resume: the run was made with a different configuration" in err and named in err
+    monkeypatch.undo()
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 0   # unchanged: it resumes
