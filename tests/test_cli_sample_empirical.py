@@ -230,7 +230,8 @@ def test_the_help_names_the_empirical_flags(capsys):
         main(["sample", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for words in ("empirical: the exact empirical flow-matching field", "--train TRAIN", "--train-n",
-                  "--train-seed", "--truncate", "neglected_bound_max", "posterior_max_weight"):
+                  "--train-seed", "--truncate", "neglected_bound_max", "posterior_max_weight",
+                  "An approximation, not a speed-up"):
         assert words in text
 
 
@@ -256,3 +257,286 @@ def test_on_cuda_the_field_sits_on_the_samples_device_and_gives_the_cpus_table(t
     with fake_cuda(emulate_tf32=False, separate_cuda_rng=False):
         assert kfm_sample(tmp_path / "cuda", *flags, "--device", "cuda") == 0
     pd.testing.assert_frame_equal(read_run(tmp_path / "cuda"), read_run(tmp_path / "cpu"), check_exact=True)
+
+
+def test_an_archive_of_several_arrays_asks_for_train_key_in_kfm_samples_words(tmp_path, capsys):
+    # the loader said "name one with a key (kfm memorization: --key or --train-key)" under kfm sample,
+    # which has no --key; each command now names its own flag
+    np.savez(tmp_path / "two.npz", images=_points().numpy(), labels=np.zeros(32))
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", tmp_path / "two.npz", "--n", 2) == 2
+    err = capsys.readouterr().err
+    assert "['images', 'labels']; name one with --train-key" in err and "kfm memorization" not in err
+    assert main(["memorization", "--samples", str(tmp_path / "two.npz"), "--train", str(tmp_path / "two.npz"),
+                 "--key", "images"]) == 2
+    assert "['images', 'labels']; name one with --train-key" in capsys.readouterr().err
+    assert main(["memorization", "--samples", str(tmp_path / "two.npz"), "--train", str(tmp_path / "two.npz"),
+                 "--train-key", "images"]) == 2
+    assert "['images', 'labels']; name one with --key" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_training_items_load_says_nothing_was_sampled(tmp_path, capsys, monkeypatch):
+    # it said "finished work is kept; rerun the same command with --resume to continue" of a run
+    # folder that did not exist yet (50,000 CIFAR-10 images take 15 s to decode)
+    import kinetic_fm.commands._rows as rows
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    path = _saved(tmp_path, _points())
+    monkeypatch.setattr(rows, "load_rows", interrupted)
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: while reading --train {path}, before any sample was computed: rerun the same" in err
+    assert "finished work is kept" not in err and not (tmp_path / "run").exists()
+    monkeypatch.undo()   # once the items are read, the usual hint: the folder keeps finished shards
+    columns = command._posterior_columns
+
+    def interrupted_sampling(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "_posterior_columns", interrupted_sampling)
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2) == 130
+    assert "finished work is kept; rerun the same command with --resume" in capsys.readouterr().err
+    monkeypatch.setattr(command, "_posterior_columns", columns)
+
+
+def test_kfm_memorization_takes_an_empirical_run_as_train_the_items_its_field_was_made_of(tmp_path, capsys):
+    # a --train-n subset could only be audited against the whole file or split: no other command
+    # line names the subset (for a celeba: subset, centred by its own mean, not even in its frame)
+    train = _points()
+    path = _saved(tmp_path, train)
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--train-n", 8, "--train-seed", 3,
+                      "--n", 6, "--steps", 300) == 0
+    capsys.readouterr()
+    table = tmp_path / "audit.parquet"
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
+                 "--no-progress", "--out", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert f"--train {tmp_path / 'run'}: the 8 items its field was made of ({path.resolve()}, n=8, seed=3)" in out
+    audit = pd.read_parquet(table)
+    subset = train[select_indices(32, n=8, seed=3)]
+    x = torch.from_numpy(read_samples(tmp_path / "run"))
+    assert audit["memorized"].all() and audit["nearest"].max() < 8   # rows of the subset
+    np.testing.assert_array_equal(audit["nearest"], torch.cdist(x.double(), subset.double()).argmin(dim=1))
+    # and nearest_item their rows in the whole file
+    np.testing.assert_array_equal(audit["nearest_item"], select_indices(32, n=8, seed=3).numpy()[audit["nearest"]])
+    # items that changed since are refused, not audited against
+    torch_changed = train.clone()
+    torch_changed[select_indices(32, n=8, seed=3)[0], 0] += 1.0
+    np.save(path, torch_changed.numpy())
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--train {str(tmp_path / 'run')!r}: {path.resolve()} (n=8, seed=3) now loads other items" in err
+    assert "the data changed since the run" in err
+    # a 2-D sampler's points are drawn by their seed alone, an array named by its key
+    assert kfm_sample(tmp_path / "moons", "--field", "empirical", "--train", "moons", "--train-seed", 5, "--n", 2,
+                      "--steps", 5) == 0
+    np.savez(tmp_path / "two.npz", images=train.numpy(), labels=np.zeros(32))
+    assert kfm_sample(tmp_path / "keyed", "--field", "empirical", "--train", tmp_path / "two.npz", "--train-key",
+                      "images", "--n", 2, "--steps", 5) == 0
+    capsys.readouterr()
+    for run, what in (("moons", "20000 items its field was made of (moons, seed=5)"),
+                      ("keyed", f"32 items its field was made of ({tmp_path / 'two.npz'}, key images)")):
+        assert main(["memorization", "--samples", str(tmp_path / run), "--train", str(tmp_path / run),
+                     "--no-progress"]) == 0
+        assert f"--train {tmp_path / run}: the {what}" in capsys.readouterr().out
+
+
+def test_a_celeba_subsets_run_audited_against_itself_has_no_common_offset(tmp_path, capsys, shared_data):
+    faces = shared_data / "celeba" / "celeba_align_subset6000.zip"
+    if not faces.is_file():
+        pytest.skip(f"CelebA not found under {shared_data}")
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", f"celeba:{faces}", "--train-n", 64,
+                      "--n", 8, "--steps", 200) == 0
+    table = tmp_path / "audit.parquet"
+    capsys.readouterr()
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
+                 "--no-progress", "--out", str(table)]) == 0
+    assert "common offset" not in capsys.readouterr().err   # the subset's own frame
+    audit = pd.read_parquet(table)
+    assert audit["memorized"].all() and audit["d1"].max() < 1e-3 and audit["nearest"].max() < 64
+    from kinetic_fm.data import load_dataset
+
+    positions = load_dataset(f"celeba:{faces}", n=64, seed=0, progress=False).indices.numpy()
+    np.testing.assert_array_equal(audit["nearest_item"], positions[audit["nearest"]])   # faces of all 6,000
+    assert audit["nearest_file"].str.endswith(".jpg").all()
+
+
+def test_the_printed_summary_shows_the_posterior_columns_of_an_empirical_run(tmp_path, capsys):
+    # the summary showed the energies only: whether the samples landed on atoms took reading the table
+    path = _saved(tmp_path, _points())
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 4, "--steps", 300) == 0
+    lines = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[3:]}
+    assert list(lines) == ["kpe", "kpe_raw", "early", "late", "posterior_max_weight", "posterior_entropy"]
+    df = read_run(tmp_path / "run")
+    assert float(lines["posterior_max_weight"][2]) == pytest.approx(df["posterior_max_weight"].min(), rel=1e-5)
+    assert kfm_sample(tmp_path / "cut", "--field", "empirical", "--train", path, "--n", 4, "--steps", 30,
+                      "--truncate", 2) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[0] == "neglected_bound_max"
+    assert kfm_sample(tmp_path / "gauss", "--n", 4, "--steps", 3) == 0   # a built-in field: energies only
+    assert capsys.readouterr().out.splitlines()[-1].split()[0] == "late"
+
+
+def test_a_nonfinite_item_of_a_subset_is_named_by_its_row_in_the_file(tmp_path, capsys):
+    # "--train contains NaN or inf in 1 row(s), first at row 1": row 1 of the subset, row 3 of the file
+    train = _points()
+    train[3, 1] = float("nan")
+    path = _saved(tmp_path, train)
+    chosen = select_indices(32, n=20, seed=0).tolist()
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--train-n", 20, "--n", 2) == 2
+    err = capsys.readouterr().err
+    assert (f"--train contains NaN or inf in 1 row(s), first at row {chosen.index(3)} of the --train-n 20 "
+            f"subset: row 3 of {path}") in err
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2) == 2  # the whole file
+    assert "--train contains NaN or inf in 1 row(s), first at row 3\n" in capsys.readouterr().err
+
+
+def test_the_summary_names_a_truncation_to_one_atom_in_the_singular(tmp_path, capsys):
+    path = _saved(tmp_path, _points())
+    assert kfm_sample(tmp_path / "one", "--field", "empirical", "--train", path, "--n", 2, "--truncate", 1) == 0
+    assert f"({path}, truncated to 1 atom), euler" in capsys.readouterr().out   # it read "1 atoms"
+    assert kfm_sample(tmp_path / "two", "--field", "empirical", "--train", path, "--n", 2, "--truncate", 2) == 0
+    assert f"({path}, truncated to 2 atoms), euler" in capsys.readouterr().out
+
+
+def test_a_key_given_with_the_other_commands_run_folder_names_the_folder_for_what_it_is(tmp_path, capsys):
+    # "--train 'RUN' is a folder of images" of a kfm sample run folder given --train-key
+    path = _saved(tmp_path, _points())
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2, "--steps", 5) == 0
+    capsys.readouterr()
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
+                 "--train-key", "x", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--train-key names an array inside a file; --train {str(tmp_path / 'run')!r} is a kfm sample run" in err
+
+
+def test_items_too_large_for_float32_velocities_are_told_to_take_dtype_float64(tmp_path, capsys):
+    # float64 items at 1e20: the velocity's float32 squared norm overflows at step 0, which read as
+    # "non-finite ... pass --on-nonfinite flag", a remedy that records every sample as NaN
+    path = tmp_path / "far.npy"
+    np.save(path, _points().double().numpy() * 1e20)
+    flags = ["--field", "empirical", "--train", path, "--n", 2, "--steps", 50]
+    assert kfm_sample(tmp_path / "run", *flags) == 2
+    err = capsys.readouterr().err
+    assert "the velocity is non-finite at step 0 (t = 0) for seed(s) [0, 1]" in err
+    assert ("[0, 1] (or so large that its float32 squared norm overflows, ‖v‖ > 1.8e19: then pass --dtype "
+            "float64); pass --on-nonfinite flag") in err
+    assert kfm_sample(tmp_path / "wide", *flags, "--dtype", "float64") == 0
+    assert (read_run(tmp_path / "wide")["posterior_max_weight"] > 0.999).all()
+
+
+def test_a_subset_of_a_folder_of_images_decodes_only_its_images(tmp_path, monkeypatch):
+    # --train-n 100 of the 6,000 CelebA JPEGs as a .zip decoded all of them at full size (3.7 GB,
+    # 11 s) and then kept 100
+    from PIL import Image
+
+    import kinetic_fm.data.images as images
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 4, 4), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    whole = images.load_image_folder(folder, labels_from_folders=False).images
+    decoded = []
+    decode_many = images.decode_many
+
+    def counted(source, names, **kwargs):
+        decoded.extend(names)
+        return decode_many(source, names, **kwargs)
+
+    monkeypatch.setattr(images, "decode_many", counted)
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", folder, "--train-n", 3, "--train-seed", 1,
+                      "--n", 2, "--steps", 5) == 0
+    chosen = select_indices(12, n=3, seed=1)
+    assert decoded == [f"{i:02d}.png" for i in chosen.tolist()]
+    identity = json.loads((tmp_path / "run" / "manifest.json").read_text())["identity"]
+    assert identity["train_sha256"] == hashlib.sha256(whole[chosen].contiguous().numpy()).hexdigest()  # as before
+    table = tmp_path / "audit.parquet"
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
+                 "--no-progress", "--out", str(table)]) == 0
+    audit = pd.read_parquet(table)
+    np.testing.assert_array_equal(audit["nearest_item"], chosen.numpy()[audit["nearest"]])
+    assert audit["nearest_file"].tolist() == [f"{i:02d}.png" for i in audit["nearest_item"]]
+
+
+def test_resuming_an_empirical_run_as_another_kind_of_run_or_the_reverse_says_which_it_is(tmp_path, capsys,
+                                                                                          monkeypatch):
+    # a wall of eleven differing fields (identity.train_sha256 stored '45d6…', now '<absent>', ...)
+    # rather than what the folder holds; the reverse read the --train items first (15 s for CIFAR-10)
+    path = _saved(tmp_path, _images())
+    assert kfm_sample(tmp_path / "run", "--train", path, "--train-n", 8, *_RESUMED) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "run", "--n", 9, "--steps", 60, "--resume") == 2
+    err = capsys.readouterr().err
+    assert (f"--resume: the run in {tmp_path / 'run'} samples the exact field of --train items "
+            f"({path.resolve()}, --train-n 8 --train-seed 0): resume it with --field empirical --train") in err
+    assert "differing field(s)" not in err
+    assert kfm_sample(tmp_path / "gauss", "--n", 2, "--steps", 3) == 0
+    capsys.readouterr()
+    import kinetic_fm.commands._rows as rows
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the items were read")
+
+    monkeypatch.setattr(rows, "load_rows", unread)
+    assert kfm_sample(tmp_path / "gauss", "--field", "empirical", "--train", path, "--n", 2, "--steps", 3,
+                      "--resume") == 2
+    err = capsys.readouterr().err
+    gauss = tmp_path / "gauss"
+    assert f"--resume: the run in {gauss} samples the built-in field gaussian, not --field empirical" in err
+
+
+def test_uint8_items_are_sampled_on_their_scale_with_a_warning(tmp_path, capsys):
+    # 0..255 against N(0, I) noise: KPE near 190,000 for 4x4 images, without a word on the scale
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "u8.npy", pixels)
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", tmp_path / "u8.npy", "--n", 2,
+                      "--steps", 50) == 0
+    err = capsys.readouterr().err
+    assert f"warning: --train {tmp_path / 'u8.npy'} holds uint8 values (0 to 255), sampled on that scale" in err
+    x = read_samples(tmp_path / "run")
+    assert _distance_to_nearest_atom(torch.from_numpy(x), torch.from_numpy(pixels).float()).max() < 1e-2
+    np.save(tmp_path / "f.npy", pixels.astype(np.float32) / 127.5 - 1)
+    assert kfm_sample(tmp_path / "scaled", "--field", "empirical", "--train", tmp_path / "f.npy", "--n", 2) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_resume_refusal_names_every_flag_the_runs_items_were_read_with(tmp_path, capsys):
+    # "read from moons" of 20,000 points --train-seed 5 drew, and nothing of a --train-key
+    assert kfm_sample(tmp_path / "moons", "--field", "empirical", "--train", "moons", "--train-seed", 5, "--n", 2,
+                      "--steps", 5) == 0
+    assert kfm_sample(tmp_path / "moons", "--field", "empirical", "--train", "moons", "--n", 2, "--steps", 5,
+                      "--resume") == 2
+    assert "read from moons, --train-seed 5); resume with those items" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "moons", "--n", 2, "--steps", 5, "--resume") == 2
+    assert "resume it with --field empirical --train moons --train-seed 5, or" in capsys.readouterr().err
+    np.savez(tmp_path / "two.npz", a=_points().numpy(), b=_points(seed=1).numpy())
+    assert kfm_sample(tmp_path / "keyed", "--field", "empirical", "--train", tmp_path / "two.npz", "--train-key", "a",
+                      "--n", 2, "--steps", 5) == 0
+    assert kfm_sample(tmp_path / "keyed", "--field", "empirical", "--train", tmp_path / "two.npz", "--train-key", "b",
+                      "--n", 2, "--steps", 5, "--resume") == 2
+    assert f"read from {tmp_path / 'two.npz'}, --train-key a); resume with those items" in capsys.readouterr().err
+
+
+def test_a_resume_with_a_changed_setting_is_refused_before_the_items_are_read(tmp_path, capsys, monkeypatch):
+    # --steps, --truncate, --n ... were compared only once the items were read (15 s for CIFAR-10)
+    path = _saved(tmp_path, _images())
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED) == 0
+    capsys.readouterr()
+    import kinetic_fm.commands._rows as rows
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the items were read")
+
+    monkeypatch.setattr(rows, "load_rows", unread)
+    for changed, named in ((["--steps", 30], "config.steps (stored 60, now 30)"),
+                           (["--truncate", 4], "config.truncate (stored 5, now 4)"),
+                           (["--n", 12], "seeds.n (stored 9, now 12)")):
+        flags = [*_RESUMED, *changed]
+        assert kfm_sample(tmp_path / "run", "--train", path, *flags, "--resume") == 2
+        err = capsys.readouterr().err
+        assert "cannot resume: the run was made with a different configuration" in err and named in err
+    monkeypatch.undo()
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 0   # unchanged: it resumes

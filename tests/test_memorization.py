@@ -408,7 +408,7 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert "no array named 'nope'" in capsys.readouterr().err
     np.savez(tmp_path / "two.npz", images=np.zeros((3, 2)), labels=np.zeros(3))
     assert main(["memorization", "--samples", str(tmp_path / "two.npz"), "--train", str(tmp_path / "a.npz")]) == 2
-    assert "['images', 'labels']; name one with a key" in capsys.readouterr().err
+    assert "['images', 'labels']; name one with --key" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_text("not a tensor file")
     assert main(["memorization", "--samples", str(tmp_path / "junk.pt"), "--train", str(tmp_path / "a.npz")]) == 2
     assert "junk.pt: not a torch checkpoint" in capsys.readouterr().err

@@ -13,34 +13,55 @@ def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: 
                n: int | None = None, seed: int = 0):
     """``(rows, files, items, mean)``: the rows named by ``value``, their image files' names for a
     folder or .zip of images or a data spec of image files (else None), for a kfm train or
-    reproduce run folder the rows' positions in the split its data spec loads whole (else None),
-    and the mean image a centred data set (celeba:) subtracted from its items (else None): a data
-    spec (if ``specs``), a run folder, a folder or .zip of images, or an array file
+    reproduce run folder the rows' positions in the split its data spec loads whole, for a ``kfm
+    sample --field empirical`` run folder (its training items, ``specs`` only) or a subset their
+    positions in the whole file or split (else None), and the mean image a centred data set
+    (celeba:) subtracted from its items (else None): a data spec (if ``specs``), a run folder, a
+    folder or .zip of images, or an array file
     (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``). With ``n``, a subset of n rows
     drawn by ``seed``: a data spec loads it as ``kfm train --n --seed`` does (for a 2-D sampler, n
     points), anything else keeps the rows :func:`~kinetic_fm.data.subset.select_indices` picks (the
     same draw). Errors and warnings name ``name`` (the flag), the key's flag and, with ``n``, the
     subset's flags ``<name>-n`` and ``<name>-seed`` (kfm sample's --train-n, --train-seed)."""
+    from ..metrics._arrays import NAME_ONE
+
     key_flag = "--key" if name == "--samples" else "--train-key"
     # the key's flag only where one was given: without it, "name one with a key" is prose
     flags = {"key": key_flag} if key is not None else {}
     if n is not None:
         flags.update({"n": f"{name}-n", "seed": f"{name}-seed"})
-    with flag_words(flags, source=(name, value)):
-        return _read_rows(name, value, key, progress, specs=specs, n=n, seed=seed)
+    try:
+        with flag_words(flags, source=(name, value)):
+            return _read_rows(name, value, key, progress, specs=specs, n=n, seed=seed)
+    except ValueError as err:  # an archive of several arrays: the flag that names one, in this command
+        if not str(err).endswith(NAME_ONE):
+            raise
+        raise ValueError(f"{str(err).removesuffix(NAME_ONE)}name one with {key_flag}") from None
 
 
 def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
                n: int | None = None, seed: int = 0):
     """:func:`load_rows`' work, in the library's words."""
-    if n is not None and not is_spec(value, specs):
+    if n is not None and not is_spec(value, specs) and not _decoded_images(value):
         from ..data.subset import select_indices
 
         rows, files, items, mean = _read_rows(name, value, key, progress, specs=specs)
-        chosen = select_indices(rows.shape[0], n=n, seed=seed)
+        chosen = select_indices(rows.shape[0], n=n, seed=seed).numpy()
         return (rows[chosen], None if files is None else [files[i] for i in chosen.tolist()],
-                None if items is None else items[chosen.numpy()], mean)
+                chosen if items is None else items[chosen], mean)
     return _read_whole(name, value, key, progress, specs=specs, n=n, seed=seed)
+
+
+def _decoded_images(value: str) -> bool:
+    """Whether ``value`` is a folder or .zip of images read as such (not a kfm run folder), whose
+    subset is decoded alone: the same rows as the whole set's, without decoding every image."""
+    from pathlib import Path
+
+    from ..runs.manifest import MANIFEST_NAME
+
+    path = Path(value)
+    run = path.is_dir() and any((path / name).is_file() for name in (TRAIN_CONFIG, MANIFEST_NAME))
+    return is_image_source(value) and not run
 
 
 def is_spec(value: str, specs: bool) -> bool:
@@ -69,15 +90,20 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     # kfm sample writes manifest.json into its run folder, kfm train config.json
     is_run = path.is_dir() and (path / (TRAIN_CONFIG if specs else MANIFEST_NAME)).is_file()
     is_images = not (spec_given or is_run) and (path.is_dir() or path.suffix.lower() == ".zip")
+    # the other command's run folder: a kfm sample run as --train, a kfm train run as --samples
+    other_run = path.is_dir() and (path / (MANIFEST_NAME if specs else TRAIN_CONFIG)).is_file() and not is_run
     if (spec_given or is_run or is_images) and key is not None:
         flag = "--key" if name == "--samples" else "--train-key"
-        what = "a data spec" if spec_given else "a run folder" if is_run else "a folder of images"
+        what = ("a data spec" if spec_given else "a run folder" if is_run else "a kfm sample run folder"
+                if other_run and specs else _net_folder_kind(path) if other_run else "a folder of images")
         raise ValueError(f"{flag} names an array inside a file; {name} {value!r} is {what}")
-    if not specs and path.is_dir() and (path / TRAIN_CONFIG).is_file() and not is_run:
+    if not specs and other_run:
         raise ValueError(f"--samples {value!r} is {_net_folder_kind(path)} (a net, not samples): sample it with "
                          "kfm sample --model and pass that run folder; as --train it gives the items the net "
                          "trained on")
-    if specs and path.is_dir() and (path / MANIFEST_NAME).is_file() and not is_run:
+    if specs and other_run and (record := _empirical_record(path)) is not None:
+        return _empirical_training_rows(path, record, progress)
+    if specs and other_run:
         # read as a folder of images, it said "contains no image files"
         raise ValueError(f"--train {value!r} is a kfm sample run folder (samples, not training items; kfm "
                          "memorization takes it as --samples): pass as --train what the net was trained on: its "
@@ -93,13 +119,81 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
         return torch.from_numpy(read_samples(path)), None, None, None
     if spec_given:
         data = load_dataset(value, n=n, seed=seed, progress=progress)
-        return dataset_rows(data), _spec_item_files(value, data), None, getattr(data, "mean", None)
+        # a subset's positions in the whole split (a 2-D sampler's n points are all it has)
+        indices = getattr(data, "indices", None) if n is not None else None
+        items = None if indices is None else indices.numpy()
+        return dataset_rows(data), _spec_item_files(value, data), items, getattr(data, "mean", None)
     if is_images:
         from ..data.images import image_names, load_image_folder
 
-        images = load_image_folder(path, labels_from_folders=False, progress=progress).images
-        return images, image_names(path), None, None
+        # a subset (n) is drawn as select_indices draws it from the rows, and only it is decoded
+        data = load_image_folder(path, labels_from_folders=False, n=n, seed=seed, progress=progress)
+        names = image_names(path)
+        if n is None:
+            return data.images, names, None, None
+        return data.images, [names[i] for i in data.indices.tolist()], data.indices.numpy(), None
     return load_array(value, key), None, None, None
+
+
+def float_items(rows):
+    """Training items as the EFM field takes them: float32 and float64 unchanged, integers (uint8
+    images) as float32 where that keeps every value, else float64; contiguous, so their bytes hash."""
+    import torch
+
+    if rows.dtype not in (torch.float32, torch.float64):
+        as32 = rows.to(torch.float32)
+        rows = as32 if rows.is_floating_point() or torch.equal(as32.to(rows.dtype), rows) else rows.to(torch.float64)
+    return rows.contiguous()
+
+
+def items_digest(rows) -> str:
+    """The sha256 of :func:`float_items`' bytes: a ``kfm sample --field empirical`` run's identity."""
+    import hashlib
+
+    return hashlib.sha256(rows.numpy()).hexdigest()
+
+
+def _empirical_record(path):
+    """A ``kfm sample --field empirical`` run folder's manifest, when ``path`` holds one that records
+    where its training items came from; else None (another kind of run, or a damaged manifest)."""
+    from ..runs import read_manifest
+
+    try:
+        manifest = read_manifest(path)
+    except (OSError, ValueError):
+        return None
+    train = manifest.runtime.get("train")
+    if manifest.identity.get("field") != "empirical" or not isinstance(train, dict) or not train.get("source"):
+        return None
+    return manifest
+
+
+def _empirical_training_rows(run, manifest, progress: bool):
+    """The items a ``kfm sample --field empirical`` run sampled the exact field of, read again from
+    the source, key and subset its manifest records and checked against their sha256 (its identity):
+    ``(items, files, positions, mean)`` as :func:`load_rows` returns them for that source, positions
+    the items' rows in the whole file or split (for a subset, the rows it drew)."""
+    import numpy as np
+
+    record, identity = manifest.runtime["train"], manifest.identity
+    source, key, n, seed = record["source"], record.get("key"), record.get("n"), record.get("seed", 0)
+    # the seed of a subset, or of a 2-D sampler's points (its only draw without n)
+    drawn = [f"{name}{value}" for name, value, shown in (("key ", key, key is not None), ("n=", n, n is not None),
+                                                          ("seed=", seed, n is not None or seed != 0)) if shown]
+    subset = f" ({', '.join(drawn)})" if drawn else ""
+    try:
+        rows, files, items, mean = _read_rows("--train", source, key, progress, specs=True, n=n, seed=seed)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--train {run} was sampled from {source}{subset}, which is not found from here: "
+                                f"{err}") from None
+    rows = float_items(rows)
+    if items_digest(rows) != identity.get("train_sha256"):
+        raise ValueError(f"--train {str(run)!r}: {source}{subset} now loads other items than the run sampled the "
+                         f"field of ({str(rows.dtype).removeprefix('torch.')} {list(rows.shape)}; the run's: "
+                         f"{identity.get('train_dtype')} {identity.get('train_shape')}): the data changed since the "
+                         "run")
+    print(f"--train {run}: the {rows.shape[0]} items its field was made of ({', '.join([source, *drawn])})")
+    return rows, files, np.arange(rows.shape[0]) if items is None else items, mean
 
 
 def _net_folder_kind(path) -> str:

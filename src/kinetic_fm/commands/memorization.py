@@ -44,9 +44,11 @@ def register(subparsers) -> None:
                              "data spec such as cifar10:/data/cifar-10-batches-py, or a kfm train run folder "
                              "(exactly the items it trained on: its data spec, --n subset and --seed, read "
                              "from its config.json), or a kfm reproduce net's folder, OUT/models/general-* or "
-                             "memorizer-* (its training images, read from its training_items.json); for a run "
-                             "folder the table's nearest is a row of that subset and nearest_item the item's "
-                             "position in the data spec's whole split")
+                             "memorizer-* (its training images, read from its training_items.json), or a kfm "
+                             "sample --field empirical run folder (the items its field was made of, read as its "
+                             "manifest records them and checked against their sha256); for a run folder the "
+                             "table's nearest is a row of that subset and nearest_item the item's position in the "
+                             "data spec's whole split (or the file's)")
     parser.add_argument("--key", default=None, help="array/column name inside --samples")
     parser.add_argument("--train-key", default=None, help="array/column name inside --train")
     parser.add_argument("--threshold", type=float, default=1 / 3, help="gap-ratio threshold in (0, 1) (default 1/3)")
@@ -456,7 +458,8 @@ def _warn_of_a_common_offset(samples, train, report, train_value: str) -> None:
                   "do that: load_celeba(n=...) centres by its subset's mean image, a celeba: spec its items by "
                   "the mean of all its faces. Move such samples into --train's frame (x + faces.mean - "
                   "kinetic_fm.data.load_dataset(spec).mean), or audit them against the subset itself (its kfm "
-                  "train run folder, or the subset's images saved as --train)", stacklevel=2)
+                  "train run folder or kfm sample --field empirical run folder, or the subset's images saved as "
+                  "--train)", stacklevel=2)
 
 
 def _grey_folders_as_one_channel(samples, samples_folder: bool, train, train_folder: bool):

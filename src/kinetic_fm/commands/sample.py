@@ -32,6 +32,8 @@ _KTS_FLAGS = {"alpha0": "alpha0", "beta0": "beta0", "tau": "tau_split", "launch"
 # dopri5's step control, each passed to kfm.sample only when given (None: kfm.sample's default)
 _STEP_CONTROL = ("rtol", "atol", "first_step", "max_steps")
 SUMMARY_COLUMNS = ("kpe", "kpe_raw", "early", "late")
+# --field empirical's per-sample posterior, summarised after the energies where the table has it
+POSTERIOR_COLUMNS = ("posterior_max_weight", "posterior_entropy", "neglected_bound_max")
 DEFAULT_STEPS, DEFAULT_GRID = 100, "uniform"
 DEFAULT_FIELD, DEFAULT_DIM = "gaussian", 2
 
@@ -55,8 +57,9 @@ def register(subparsers) -> None:
     f.add_argument("--train", default=None, type=user_path,
                    help="--field empirical only: its training items, as kfm memorization --train reads them: "
                         "an array file (.npy, .npz, .pt, .parquet; --train-key names an array inside), a folder "
-                        "or .zip of images, a data spec such as mnist:PATH (its training split), or a kfm train "
-                        "run folder (the items it trained on). The sha256 of the loaded float tensor identifies "
+                        "or .zip of images, a data spec such as mnist:PATH (its training split), a kfm train "
+                        "run folder (the items it trained on), or a --field empirical run folder (its items). The "
+                        "sha256 of the loaded float tensor identifies "
                         "the run: a --resume against other data is refused")
     f.add_argument("--train-key", default=None, help="--field empirical only: the array/column name inside --train")
     f.add_argument("--train-n", type=int, default=None,
@@ -68,7 +71,9 @@ def register(subparsers) -> None:
     f.add_argument("--truncate", type=int, default=None,
                    help="--field empirical only: keep the K atoms of largest posterior weight per evaluation, "
                         "K in [1, N] (EmpiricalFlow's truncated mode); the table's neglected_bound_max column "
-                        "bounds the posterior mass a sample's evaluations left out; without it, all N atoms")
+                        "bounds the posterior mass a sample's evaluations left out; without it, all N atoms. "
+                        "An approximation, not a speed-up: a small K costs about what the exact field does (the "
+                        "same screening product), a large one more (K = N about 15x on a CPU)")
     f.add_argument("--model", default=None, type=user_path,
                    help="sample a trained net instead of --field: a `kfm train` run folder or .safetensors file "
                         "(EMA weights); its weights' sha256 identifies the run")
@@ -261,31 +266,38 @@ def _empirical_target(args, device) -> _Target:
     path or spelling resume the same run, other items are refused. Where they came from (the
     spec or file, key and subset) goes into the manifest's runtime, for the reader and for the
     refusal's message."""
-    import hashlib
+    import warnings
     from pathlib import Path
 
     import torch
 
     from ..data.registry import absolute_spec
     from ..fields.empirical import EmpiricalFlow
-    from ._rows import is_spec, load_rows
+    from ._rows import float_items, is_spec, items_digest, load_rows
 
     seed = 0 if args.train_seed is None else args.train_seed
-    rows = load_rows("--train", args.train, args.train_key, args.progress, specs=True, n=args.train_n, seed=seed)[0]
+    rows, _, positions, _ = load_rows("--train", args.train, args.train_key, args.progress, specs=True,
+                                      n=args.train_n, seed=seed)
     if rows.dim() < 2 or rows.shape[0] == 0:
         raise ValueError(f"--train {args.train}: needs items of shape (N, ...), N >= 1, got {tuple(rows.shape)}")
-    if rows.dtype not in (torch.float32, torch.float64):
-        # integers (uint8 images) as float32 where that keeps every value, else float64
-        as32 = rows.to(torch.float32)
-        rows = as32 if rows.is_floating_point() or torch.equal(as32.to(rows.dtype), rows) else rows.to(torch.float64)
-    rows = rows.contiguous()
+    if rows.dtype == torch.uint8:  # image files and data specs are read as [-1, 1]; an array is taken as it is
+        warnings.warn(f"--train {args.train} holds uint8 values (0 to 255), sampled on that scale: beside them the "
+                      "N(0, I) noise is small and the field picks its atom early; the image loaders (a folder or "
+                      ".zip of images, a data spec) give [-1, 1], as x / 127.5 - 1 does", stacklevel=2)
+    rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
+    if args.train_n is not None and positions is not None:  # EmpiricalFlow would name the subset's row only
+        from ..knn import nonfinite_rows
+
+        if (bad := nonfinite_rows(rows)).numel():
+            first = int(bad[0])
+            raise ValueError(f"--train contains NaN or inf in {bad.numel()} row(s), first at row {first} of the "
+                             f"--train-n {args.train_n} subset: row {int(positions[first])} of {args.train}")
     n = rows.shape[0]
     if args.truncate is not None and args.truncate > n:
         raise ValueError(f"--truncate must lie in [1, N] = [1, {n}] (the --train items), got {args.truncate}")
     with flag_words({"train": "--train", "truncate": "--truncate"}):
         field = EmpiricalFlow(rows.to(device), truncate=args.truncate)
-    digest = hashlib.sha256(rows.numpy()).hexdigest()
-    identity = {"field": EMPIRICAL, "train_sha256": digest, "train_shape": list(rows.shape),
+    identity = {"field": EMPIRICAL, "train_sha256": items_digest(rows), "train_shape": list(rows.shape),
                 "train_dtype": str(rows.dtype).removeprefix("torch.")}
     source = absolute_spec(args.train) if is_spec(args.train, True) else str(Path(args.train).resolve())
     record = {"source": source, "key": args.train_key, "n": args.train_n, "seed": seed}
@@ -302,12 +314,61 @@ def _refuse_other_training_data(args, target: _Target) -> None:
     if all(stored.get(key) == now[key] for key in ("train_sha256", "train_shape", "train_dtype")):
         return
     was = manifest.runtime.get("train") or {}
-    subset = "" if was.get("n") is None else f", --train-n {was['n']} --train-seed {was.get('seed', 0)}"
+    flags = _train_flags(was)
+    subset = f",{flags}" if flags else ""
     raise ValueError(f"--resume: --train {args.train} loads other training items than the run in {args.out} was "
                      f"sampled from ({now['train_dtype']} {now['train_shape']}, sha256 {now['train_sha256'][:16]}…; "
                      f"the run's: {stored.get('train_dtype')} {stored.get('train_shape')}, sha256 "
                      f"{str(stored.get('train_sha256'))[:16]}…, read from {was.get('source', '?')}{subset}); "
                      "resume with those items, or sample these into another --out")
+
+
+def _train_flags(record: dict) -> str:
+    """The --train-key, --train-n and --train-seed an empirical run's items were read with (its
+    runtime.train record), as flags: " --train-n 8 --train-seed 0", the seed also alone (a 2-D
+    sampler's points), "" when none was given."""
+    given = {"train-key": record.get("key"), "train-n": record.get("n")}
+    if record.get("n") is not None or record.get("seed", 0) != 0:
+        given["train-seed"] = record.get("seed", 0)
+    return "".join(f" --{flag} {value}" for flag, value in given.items() if value is not None)
+
+
+def _refuse_another_kind_of_run(args) -> None:
+    """On --resume, a --field empirical run resumed as another kind of run, or another kind resumed
+    as one, refused saying what the folder holds (the manifest comparison listed every identity
+    and config key that differs), and before the --train items or the net are read."""
+    manifest = _stored_manifest(args.out)
+    if manifest is None:
+        return
+    stored = manifest.identity.get("field") == EMPIRICAL
+    if stored == (args.field == EMPIRICAL and not args.model):
+        return
+    if stored:
+        was = manifest.runtime.get("train") or {}
+        flags, source = _train_flags(was), was.get("source", "?")
+        raise ValueError(f"--resume: the run in {args.out} samples the exact field of --train items "
+                         f"({source}{',' if flags else ''}{flags}): resume it with --field empirical --train "
+                         f"{source}{flags}, or start another --out")
+    field = manifest.config.get("field")
+    what = "a net (--model)" if field is None else f"the built-in field {field}"
+    raise ValueError(f"--resume: the run in {args.out} samples {what}, not --field empirical: resume it as it was "
+                     "made, or sample the --train items into another --out")
+
+
+def _refuse_changed_settings_before_reading(args, kts) -> None:
+    """On --resume of a --field empirical run, its settings compared as the run folder compares them
+    before the --train items are read (50,000 CIFAR-10 images take 15 s to decode, only to be
+    refused over --steps): with the run's own identity and sample shape, which the items decide
+    and which are checked once they are read."""
+    from ..runs import RunManifest
+    from ..runs.manifest import check_resume
+
+    manifest = _stored_manifest(args.out)
+    if manifest is None or manifest.identity.get("field") != EMPIRICAL or args.field != EMPIRICAL:
+        return
+    target = _Target(None, tuple(manifest.config.get("sample_shape") or ()), manifest.identity)
+    check_resume(manifest, RunManifest(kind="sample", config=_config(args, target, kts), identity=manifest.identity,
+                                       seed_start=args.seed_start, n=args.n, shard_size=args.shard_size))
 
 
 class _Conditioning:
@@ -631,9 +692,12 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
             return res, None if recorder is None else _posterior_columns(recorder.trace(), args.truncate is not None)
         except NonFiniteVelocityError as err:
             seeds_hit = [chunk[i] for i in err.indices]
+            # fixed-step solvers form a float32 state's ‖v‖² in float32 (dopri5 in float64)
+            wide = (" (or so large that its float32 squared norm overflows, ‖v‖ > 1.8e19: then pass --dtype "
+                    "float64)" if args.dtype == "float32" and args.solver != "dopri5" else "")
             raise ValueError(f"the velocity is non-finite at step {err.step} (t = {err.time:.6g}) for seed(s) "
-                             f"{seeds_hit[:20]}{' ...' if len(seeds_hit) > 20 else ''}; pass --on-nonfinite flag "
-                             "to record such samples with NaN energies and go on") from None
+                             f"{seeds_hit[:20]}{' ...' if len(seeds_hit) > 20 else ''}{wide}; pass --on-nonfinite "
+                             "flag to record such samples with NaN energies and go on") from None
         except StepLimitError as err:
             seeds_hit = [chunk[i] for i in err.indices]
             raise ValueError(f"dopri5 made more than --max-steps {err.max_steps} attempted steps with seed(s) "
@@ -775,7 +839,8 @@ def _trial_call(target: _Target, args, device) -> None:
 
 
 def summary_frame(table, columns=SUMMARY_COLUMNS):
-    """mean, std, min, quantiles (5/25/50/75/95 %) and max of each energy column (NaNs skipped)."""
+    """mean, std, min, quantiles (5/25/50/75/95 %) and max of each energy column (NaNs skipped), or of
+    each of ``columns``."""
     import pandas as pd
 
     df = table.select(list(columns)).to_pandas()
@@ -803,6 +868,8 @@ def run(args) -> int:
     kts = _shaping(args)
     if args.resume:
         _resume_as_recorded(args, kts)
+        _refuse_another_kind_of_run(args)
+        _refuse_changed_settings_before_reading(args, kts)
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
@@ -811,7 +878,11 @@ def run(args) -> int:
         if args.model:
             target = _model_target(args.model, args.shape, args.out if args.resume else None)
         elif args.field == EMPIRICAL:
+            # a Ctrl-C in the items' loading (50,000 CIFAR-10 images take 15 s) leaves no shard behind
+            args.interrupt_hint = (f"while reading --train {args.train}, before any sample was computed: rerun the "
+                                   "same command")
             target = _empirical_target(args, device)
+            args.interrupt_hint = None  # from here on the folder keeps finished shards: the --resume hint
             if args.resume:
                 _refuse_other_training_data(args, target)
         else:
@@ -846,7 +917,7 @@ def run(args) -> int:
     if args.model:
         what = f"model {args.model} (shape {target.shape})"
     elif args.field == EMPIRICAL:
-        truncated = "" if args.truncate is None else f", truncated to {args.truncate} atoms"
+        truncated = "" if args.truncate is None else f", truncated to {args.truncate} atom{'s' * (args.truncate > 1)}"
         what = f"the empirical field of {target.velocity.n} items of shape {target.shape} ({args.train}{truncated})"
     else:
         what = f"{args.field} (D={args.dim})"
@@ -859,7 +930,9 @@ def run(args) -> int:
     if nonfinite:
         print(f"warning: {nonfinite} sample(s) hit a non-finite velocity (energies NaN)", file=sys.stderr)
     with pd.option_context("display.float_format", "{:.6g}".format, "display.width", 120):
-        print(summary_frame(table).to_string())
+        # an empirical run's posterior too: a max weight near 1 (entropy near 0) is a sample on an atom
+        posterior = tuple(name for name in POSTERIOR_COLUMNS if name in table.column_names)
+        print(summary_frame(table, SUMMARY_COLUMNS + posterior).to_string())
     if args.figure is not None:
         steps = _stepping(args)
         shaped = "plain FM" if kts is None else (f"KTS α0 = {kts.alpha0:g} ({kts.launch}), β0 = {kts.beta0:g} "

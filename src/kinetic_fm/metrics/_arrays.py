@@ -15,7 +15,7 @@ import torch
 from ..checks import torch_readable
 
 FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")
-_NAME_ONE = "name one with a key (kfm memorization: --key or --train-key)"
+NAME_ONE = "name one with a key"  # the kfm commands put their flag for it in place of "a key"
 _UNREADABLE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what np.load raises on a damaged file
 
 
@@ -58,7 +58,7 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
             elif len(tensors) == 1:
                 obj = next(iter(tensors.values()))
             else:
-                raise ValueError(f"{path}: a dict of {len(tensors)} tensors {sorted(tensors)}; {_NAME_ONE}")
+                raise ValueError(f"{path}: a dict of {len(tensors)} tensors {sorted(tensors)}; {NAME_ONE}")
         elif key is not None and isinstance(obj, torch.Tensor):  # as for .npy: the key would be ignored
             raise ValueError(f"{path}: holds one tensor (not a dict), so key={key!r} does not apply")
         if not isinstance(obj, torch.Tensor):
@@ -89,7 +89,7 @@ def _read_numpy(path: Path, key: str | None):
         if key is not None and key not in names:
             raise ValueError(f"{path}: no array named {key!r}; it holds {names}")
         if key is None and len(names) > 1:
-            raise ValueError(f"{path}: an archive of {len(names)} arrays {names}; {_NAME_ONE}")
+            raise ValueError(f"{path}: an archive of {len(names)} arrays {names}; {NAME_ONE}")
         name = key if key is not None else names[0]
         try:
             data = archive[name]
@@ -132,7 +132,7 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
         # a kfm sample run's table: the samples x beside --profile's energy increments (and times)
         shaped = [f.name for f in table.schema if f.name in list_columns and SAMPLE_SHAPE_KEY in (f.metadata or {})]
         if len(shaped) != 1:
-            raise ValueError(f"{path}: several list columns {list_columns}; {_NAME_ONE}")
+            raise ValueError(f"{path}: several list columns {list_columns}; {NAME_ONE}")
         list_columns = shaped
     if key is not None or list_columns:
         name = key if key is not None else list_columns[0]
