@@ -331,8 +331,9 @@ def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x", check_t
     Integers become float32 up to 16 bits (exact: uint8 images stay cheap) and float64 beyond
     (float32 rounds 2^25 + 1 to 2^25, which made a distance of 1 read 0). Complex inputs or
     features are refused (casting would drop the imaginary part), as are inputs without rows;
-    each error names ``argument``. ``check_training=False``: no warning of a network in training
-    mode, for a metric that maps two sets and has warned once.
+    each error names ``argument``. ``check_training=False``: no ``feature_map_as_found`` of its own
+    (neither the training-mode warning nor the buffers put back), for a metric that maps two sets
+    inside one.
     """
     x = as_tensor(x).detach()  # a measurement, not a loss: no gradient flows through a metric
     if x.is_complex():
