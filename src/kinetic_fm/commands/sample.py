@@ -72,9 +72,9 @@ def register(subparsers) -> None:
                    help="--field empirical only: keep the K atoms of largest posterior weight per evaluation, "
                         "K in [1, N] (EmpiricalFlow's truncated mode); the table's neglected_bound_max column "
                         "bounds the posterior mass a sample's evaluations left out; without it, all N atoms. "
-                        "An approximation, not a speed-up: a small K costs about what the exact field does (the "
-                        "same screening product), a large one more (on a CPU at N = 2,000: K = 64 about 3.5x, "
-                        "K = N 20-30x)")
+                        "An approximation, not a speed-up: per call it costs about what the exact field does late "
+                        "in a run and several times more early (at t <= 0.2, K = 64 about 5x, K = N about 100x "
+                        "on a CPU at N = 2,000; BENCHMARKS.md, truncated EFM)")
     f.add_argument("--model", default=None, type=user_path,
                    help="sample a trained net instead of --field: a `kfm train` run folder or .safetensors file "
                         "(EMA weights); its weights' sha256 identifies the run")
