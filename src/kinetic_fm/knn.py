@@ -518,11 +518,17 @@ def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas
     return best_idx, worst, unit_roundoff(dtype, y.device)
 
 
-def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
+def faiss_module():
+    """The optional faiss package; ImportError saying what to install where it is missing."""
     try:
         import faiss  # noqa: PLC0415 - optional dependency
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu") from err
+    return faiss
+
+
+def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
+    faiss = faiss_module()
     import numpy as np
 
     index = _faiss_index(faiss, y)

@@ -114,10 +114,10 @@ def run(args: argparse.Namespace) -> int:
             check_output_path(flag, path, folder=False)
             _check_not_an_input(flag, path, ("--samples", args.samples), ("--train", args.train))
     if args.backend == "faiss":  # the search's own ImportError named backend='faiss', with a traceback
-        import importlib
+        from ..knn import faiss_module
 
         try:
-            importlib.import_module("faiss")
+            faiss_module()
         except ImportError:
             raise ValueError("--backend faiss needs faiss: pip install faiss-cpu") from None
     device = single_process_device(args.device, "memorization")
