@@ -1990,3 +1990,103 @@ def test_a_device_that_is_no_torch_device_is_named_with_x0_given(x0):
     # with x0 given, device='gpu' raised torch's own error listing every device type
     with pytest.raises(ValueError, match=r"^device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'$"):
         kfm.sample(GaussianTarget(), x0, steps=2, device="gpu")
+
+
+# --- a network in training mode is left as it was found -----------------------------------------
+
+class _RunningShift(nn.Module):
+    """Subtracts a running mean of its inputs that it updates in training mode: its training-mode
+    output reads the buffer it moves (as spectral norm's does), unlike batch norm's."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("average", torch.zeros(width, dtype=torch.float64))
+
+    def forward(self, rows):
+        out = rows - self.average
+        if self.training:
+            self.average = 0.5 * self.average + 0.5 * rows.mean(0)   # rebinds the buffer
+        return out
+
+
+def _training_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.SiLU(), nn.Linear(16, 2),
+                         _RunningShift(2)).double().train()
+
+
+def _as_velocity(net):
+    return lambda x, t: net(torch.cat([x, t[:, None]], 1))
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4", "dopri5"])
+def test_sampling_puts_back_the_buffers_a_training_mode_network_moves(solver):
+    # kfm.sample moved batch norm's running statistics (and any buffer a training module updates) with
+    # every call, so the caller's net, and its later outputs, were changed by sampling with it
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    net = _training_net()
+    before = copy.deepcopy(net.state_dict())
+    held = net[1].running_mean
+    x0 = kfm.noise(range(5), (2,), dtype=torch.float64)
+    steps = {} if solver == "dopri5" else {"steps": 6}
+    with pytest.warns(TrainingModeWarning, match=r"BatchNorm1d at '1'.*puts back"):
+        first = kfm.sample(_as_velocity(net), x0, solver=solver, **steps)
+    assert net.training and net[1].training
+    after = net.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before), solver
+    assert net[1].running_mean is held
+    # the run itself is the training-mode run, its buffers moving call by call: a second run gives
+    # the same numbers (it read the shifted `average` before)
+    with pytest.warns(TrainingModeWarning):
+        second = kfm.sample(_as_velocity(net), x0, solver=solver, **steps)
+    assert torch.equal(first.x, second.x) and torch.equal(first.kpe, second.kpe)
+
+
+def test_sampling_a_training_mode_network_gives_the_samples_of_a_run_that_keeps_its_buffers_moving():
+    # the buffers go back after the run, not after each call: Euler by hand on a twin whose buffers
+    # move all along gives the same samples
+    net, twin = _training_net(), _training_net()
+    x0 = kfm.noise(range(5), (2,), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = kfm.sample(_as_velocity(net), x0, steps=6)
+    x, h = x0.clone(), 1.0 / 6
+    with torch.no_grad():
+        for k in range(6):
+            x = x + h * _as_velocity(twin)(x, torch.full((5,), k * h, dtype=torch.float64))
+    assert not torch.equal(twin[4].average, net[4].average)   # the twin's did move
+    torch.testing.assert_close(res.x, x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, RuntimeError])
+def test_a_run_stopped_midway_leaves_the_training_mode_network_as_found(interrupt):
+    net = _training_net()
+    before = copy.deepcopy(net.state_dict())
+    calls = []
+
+    def velocity(x, t):
+        calls.append(1)
+        if len(calls) == 3:
+            raise interrupt("stop")
+        return net(torch.cat([x, t[:, None]], 1))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(interrupt):
+            kfm.sample(velocity, kfm.noise(range(5), (2,), dtype=torch.float64), steps=6)
+    assert len(calls) == 3
+    assert all(torch.equal(net.state_dict()[k], before[k]) for k in before)
+
+
+def test_sampling_an_eval_mode_network_writes_none_of_its_buffers():
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    net = _training_net().eval()
+    buffers = dict(net.named_buffers())
+    versions = {name: b._version for name, b in buffers.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingModeWarning)
+        kfm.sample(_as_velocity(net), kfm.noise(range(5), (2,), dtype=torch.float64), steps=6)
+    assert all(dict(net.named_buffers())[name] is b for name, b in buffers.items())
+    assert {name: b._version for name, b in buffers.items()} == versions   # no copy written back

@@ -478,15 +478,19 @@ def warn_if_training(velocity: object) -> None:
     batch (and updates the running statistics), so KPE changes between identical runs and with the
     batch's composition. Layers that drop at random inside ``forward`` (``F.dropout``) are not seen.
     The walk itself never raises: an object it cannot look at is skipped."""
-    layers = training_layers(velocity)
+    _warn_velocity(training_layers(velocity))
+
+
+def _warn_velocity(layers: list[str]) -> None:
+    """:func:`warn_if_training` for a velocity whose active ``layers`` are given."""
     if layers:
         warnings.warn(
             f"the velocity's network has random or batch-dependent layers active ({_listed(layers)}): "
-            "its samples and KPE change between identical runs or with the batch, and batch norm in training "
-            "mode updates its running statistics; call net.eval() before sampling (kfm.sample leaves a "
-            "module's mode as it is; batch norm without running statistics normalises by the batch even "
-            "in eval). If the net you sample is another one, in eval, held beside a training net, "
-            "filter kfm.TrainingModeWarning",
+            "its samples and KPE change between identical runs or with the batch; call net.eval() before "
+            "sampling (kfm.sample leaves a module's mode as it is, and puts back the running statistics "
+            "that batch norm in training mode updates along the run; batch norm without running statistics "
+            "normalises by the batch even in eval). If the net you sample is another one, in eval, held "
+            "beside a training net, filter kfm.TrainingModeWarning",
             TrainingModeWarning, stacklevel=caller_outside_the_package(),
         )
 
@@ -505,7 +509,36 @@ def _warn_feature_map(layers: list[str]) -> None:
         )
 
 
-class feature_map_as_found:
+class _NetworksAsFound:
+    """Base of :class:`feature_map_as_found` and :class:`velocity_as_found`: warns on entry of the
+    random or batch-dependent layers of the networks ``held`` holds (``_warn``), and on leaving, by
+    return, error or interrupt alike, puts back every buffer of each of those modules that is in
+    training mode as it was (see :class:`feature_map_as_found`)."""
+
+    _warn = staticmethod(_warn_feature_map)
+
+    def __init__(self, held: object):
+        self.held = held
+        self._kept: list[tuple[torch.nn.Module, str, torch.Tensor, torch.Tensor]] = []
+
+    def __enter__(self):
+        modules = _reachable_modules(self.held)
+        self._warn(_layers_of(modules))
+        self._kept = _training_buffers(modules)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        kept, self._kept = self._kept, []
+        if not kept:  # nothing in training mode: not even a mode switch
+            return
+        with torch.inference_mode():  # a buffer made under inference mode takes in-place writes only there
+            for module, name, buffer, copy in kept:
+                if getattr(module, name, None) is not buffer:
+                    setattr(module, name, buffer)
+                buffer.copy_(copy)
+
+
+class feature_map_as_found(_NetworksAsFound):
     """``with feature_map_as_found(space):`` around a metric's use of the networks ``space`` holds (a
     module, a bound method such as ``net.features``, a function or FeatureSpace holding nets, found
     as :func:`warn_if_training` finds them): warns once of their random or batch-dependent layers,
@@ -521,23 +554,20 @@ class feature_map_as_found:
     eval mode are not copied (no cost; torch's normalisation layers and spectral norm leave their
     buffers alone in eval), nor are lazy modules' uninitialised buffers."""
 
-    def __init__(self, space: object):
-        self.space = space
-        self._kept: list[tuple[torch.nn.Module, str, torch.Tensor, torch.Tensor]] = []
+    @property
+    def space(self) -> object:
+        return self.held
 
-    def __enter__(self) -> "feature_map_as_found":
-        modules = _reachable_modules(self.space)
-        _warn_feature_map(_layers_of(modules))
-        self._kept = _training_buffers(modules)
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        kept, self._kept = self._kept, []
-        with torch.inference_mode():  # a buffer made under inference mode takes in-place writes only there
-            for module, name, buffer, copy in kept:
-                if getattr(module, name, None) is not buffer:
-                    setattr(module, name, buffer)
-                buffer.copy_(copy)
+class velocity_as_found(_NetworksAsFound):
+    """``with velocity_as_found(velocity):`` around a run of ``kfm.sample``: as
+    :class:`feature_map_as_found` for the networks a velocity holds, warning as
+    :func:`warn_if_training` does. The run itself is the training-mode one, its buffers moving call
+    by call as before; they are put back when it ends, so sampling leaves the caller's network (and
+    its later outputs) as it found it. A velocity whose nets are all in eval mode costs the walk
+    :func:`warn_if_training` made anyway, and no copy."""
+
+    _warn = staticmethod(_warn_velocity)
 
 
 def _training_buffers(modules: list[torch.nn.Module]

@@ -14,7 +14,7 @@ from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
 from .grids import time_grid
-from .guards import NonFiniteVelocityError, caller_outside_the_package, check_initial_state, warn_if_training
+from .guards import NonFiniteVelocityError, caller_outside_the_package, check_initial_state, velocity_as_found
 from .noise import noise
 from .result import SampleResult
 from .shaping import KTS
@@ -124,78 +124,80 @@ def sample(
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable as velocity(x, t), got {type(velocity).__name__}")
-    warn_if_training(velocity)
-    x0, seed_tuple = _initial_state(x0, seeds, shape, dtype, device)
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if quadrature not in QUADRATURES:
-        raise ValueError(f"quadrature must be one of {QUADRATURES}, got {quadrature!r}")
-    if on_nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
-    profile = check_flag("profile", profile)
-    if split is None:
-        split = shaping.tau_split if isinstance(shaping, KTS) else DEFAULT_SPLIT
-    split = check_unit_number("split", split)
-    if shaping is not None and not callable(shaping):
-        raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
+    # the run moves the buffers of a net in training mode (batch norm's running statistics) as any
+    # forward pass does; they are put back when it ends, also on an error or an interrupt
+    with velocity_as_found(velocity):
+        x0, seed_tuple = _initial_state(x0, seeds, shape, dtype, device)
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        if quadrature not in QUADRATURES:
+            raise ValueError(f"quadrature must be one of {QUADRATURES}, got {quadrature!r}")
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
+        profile = check_flag("profile", profile)
+        if split is None:
+            split = shaping.tau_split if isinstance(shaping, KTS) else DEFAULT_SPLIT
+        split = check_unit_number("split", split)
+        if shaping is not None and not callable(shaping):
+            raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
 
-    _warn_about_infinite_energy(velocity, shaping)
-    # checked whichever solver runs: a typo in a setting the chosen solver ignores is still a typo
-    rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
-    steps = check_integer("steps", steps, 1)
-    _warn_about_ignored_settings(solver, steps, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
-    if solver == "dopri5":
-        if not (isinstance(grid, str) and grid == "uniform"):
-            raise ValueError("grid applies to fixed-step solvers only; dopri5 chooses its own steps")
-        _warn_left_quadrature_over_long_steps(quadrature)
-        _warn_adaptive_half_precision(x0.dtype)
-        if declares(velocity, "track_parts"):
-            # a rejected try goes back in time, which restarts ClassifierFreeGuidance's part energies
-            raise ValueError("track_parts is not supported with adaptive solvers (dopri5): its rejected tries "
-                             "restart the part energies; use a fixed-step solver, or track_parts=False")
-        if declares(velocity, "one_time_per_call"):
-            # every row would be integrated at the first row's time, without an error to show it
-            raise ValueError("velocity passes one time for the whole batch (an adapter with time='shared'), "
-                             "but dopri5 holds each sample at its own time; use time='scalar' (one net call "
-                             "per distinct time) or time='batch' (a net that takes per-sample times)")
-        start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
-        trace = integrate_dopri5(
-            velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
-            raise_nonfinite=on_nonfinite == "raise", progress=progress,
-        )
-    else:
-        grid_t = time_grid(grid, steps)
-        _check_state_resolution(grid_t, x0.dtype)
-        start_run_of(velocity)
-        trace = integrate_fixed(
-            velocity, x0, grid_t, FIXED_STEP[solver], shaping, quadrature, split, profile, progress
-        )
-        if on_nonfinite == "raise":
-            bad = trace.bad_step >= 0
-            if bool(bad.any()):  # one synchronisation, after the loop
-                first = int(trace.bad_step[bad].min())
-                rows = torch.nonzero(trace.bad_step == first).squeeze(1)
-                raise NonFiniteVelocityError(first, float(trace.bad_time[rows[0]]), rows.tolist())
+        _warn_about_infinite_energy(velocity, shaping)
+        # checked whichever solver runs: a typo in a setting the chosen solver ignores is still a typo
+        rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
+        steps = check_integer("steps", steps, 1)
+        _warn_about_ignored_settings(solver, steps, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
+        if solver == "dopri5":
+            if not (isinstance(grid, str) and grid == "uniform"):
+                raise ValueError("grid applies to fixed-step solvers only; dopri5 chooses its own steps")
+            _warn_left_quadrature_over_long_steps(quadrature)
+            _warn_adaptive_half_precision(x0.dtype)
+            if declares(velocity, "track_parts"):
+                # a rejected try goes back in time, which restarts ClassifierFreeGuidance's part energies
+                raise ValueError("track_parts is not supported with adaptive solvers (dopri5): its rejected tries "
+                                 "restart the part energies; use a fixed-step solver, or track_parts=False")
+            if declares(velocity, "one_time_per_call"):
+                # every row would be integrated at the first row's time, without an error to show it
+                raise ValueError("velocity passes one time for the whole batch (an adapter with time='shared'), "
+                                 "but dopri5 holds each sample at its own time; use time='scalar' (one net call "
+                                 "per distinct time) or time='batch' (a net that takes per-sample times)")
+            start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
+            trace = integrate_dopri5(
+                velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
+                raise_nonfinite=on_nonfinite == "raise", progress=progress,
+            )
+        else:
+            grid_t = time_grid(grid, steps)
+            _check_state_resolution(grid_t, x0.dtype)
+            start_run_of(velocity)
+            trace = integrate_fixed(
+                velocity, x0, grid_t, FIXED_STEP[solver], shaping, quadrature, split, profile, progress
+            )
+            if on_nonfinite == "raise":
+                bad = trace.bad_step >= 0
+                if bool(bad.any()):  # one synchronisation, after the loop
+                    first = int(trace.bad_step[bad].min())
+                    rows = torch.nonzero(trace.bad_step == first).squeeze(1)
+                    raise NonFiniteVelocityError(first, float(trace.bad_time[rows[0]]), rows.tolist())
 
-    nonfinite = trace.bad_step >= 0
-    ledger = trace.ledger
-    energies = {}
-    for name in ("kpe", "kpe_raw", "early", "late", "peak", "peak_time"):  # a NaN peak has no time
-        energies[name] = torch.where(nonfinite, math.nan, getattr(ledger, name))
-    return SampleResult(
-        x=trace.x,
-        **energies,
-        profile=trace.profile,
-        times=trace.step_times,
-        nfe=trace.nfe,
-        steps=trace.steps,
-        nonfinite=nonfinite,
-        nonfinite_step=trace.bad_step,
-        solver=solver,
-        quadrature=quadrature,
-        split=float(split),
-        seeds=seed_tuple,
-    )
+        nonfinite = trace.bad_step >= 0
+        ledger = trace.ledger
+        energies = {}
+        for name in ("kpe", "kpe_raw", "early", "late", "peak", "peak_time"):  # a NaN peak has no time
+            energies[name] = torch.where(nonfinite, math.nan, getattr(ledger, name))
+        return SampleResult(
+            x=trace.x,
+            **energies,
+            profile=trace.profile,
+            times=trace.step_times,
+            nfe=trace.nfe,
+            steps=trace.steps,
+            nonfinite=nonfinite,
+            nonfinite_step=trace.bad_step,
+            solver=solver,
+            quadrature=quadrature,
+            split=float(split),
+            seeds=seed_tuple,
+        )
 
 
 def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple[int, ...] | None]:
