@@ -665,6 +665,39 @@ def test_a_recorder_used_for_two_runs_of_other_sizes_says_so_and_clear_empties_i
     assert recorder.trace().max_weight.shape == (res.nfe, 6)
 
 
+def test_an_open_evaluation_counts_as_a_record_and_cannot_be_cleared_or_start_a_run(atoms):
+    # inside one_evaluation(): clear() forgot the closed records but not the open one's parts, which
+    # then made a record of a cleared recorder; len() did not count it; and kfm.sample accepted the
+    # recorder (its start_run() saw no records) and merged the whole run into that one record
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    x = kfm.noise(range(4), (3, 4, 4))
+    with recorder.one_evaluation():   # a fresh recorder: the run was accepted as one record
+        with pytest.raises(ValueError, match=r"^start_run\(\) inside an open one_evaluation\(\)"):
+            kfm.sample(recorder, seeds=range(4), shape=(3, 4, 4), steps=2)
+    assert len(recorder) == 0
+    recorder(x, 0.1)
+    view = recorder.select(torch.tensor([True, True, False, False]))
+    with recorder.one_evaluation():
+        assert len(recorder) == 1            # nothing recorded in it yet
+        with pytest.raises(ValueError, match=r"^start_run\(\) inside an open one_evaluation\(\)"):
+            recorder.start_run()
+        view(x[:2], 0.3)
+        assert len(recorder) == len(view) == 2
+        for who in (recorder, view):
+            with pytest.raises(ValueError, match=r"^clear\(\) inside an open one_evaluation\(\)"):
+                who.clear()
+            with pytest.raises(ValueError, match=r"^trace\(\) inside an open one_evaluation\(\)"):
+                who.trace()
+        recorder.select(torch.tensor([False, False, True, True]))(x[2:], 0.3)
+        with pytest.raises(ValueError, match=r"start_run\(\) inside an open one_evaluation\(\)"):
+            kfm.sample(recorder, seeds=range(4), shape=(3, 4, 4), steps=2)
+    assert len(recorder) == 2
+    trace = recorder.trace()
+    assert trace.t.tolist() == [[0.1] * 4, [0.3] * 4]   # the open evaluation's rows, in one record
+    recorder.clear()
+    assert len(recorder) == 0
+
+
 @pytest.mark.parametrize("solver", ["heun", "rk4", "rk4_38"])
 def test_solvers_with_an_end_stage_land_on_atoms(solver):
     # their stage at t = 1 would multiply the predictor's small miss by 1/eps; the field is

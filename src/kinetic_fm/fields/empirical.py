@@ -1046,7 +1046,9 @@ class PosteriorRecorder:
         the sampler. Inside another, it adds nothing: the outer one makes the record. An evaluation
         that raises (a later time's call failed, an interrupt) leaves no record, as one call that
         raises under ``time="batch"`` leaves none: a record of its first times' rows would hold NaN
-        for rows that were in flight, which reads as rows dopri5 had finished."""
+        for rows that were in flight, which reads as rows dopri5 had finished. While it is open,
+        ``len()`` counts it once it holds a call, and :meth:`clear`, :meth:`trace` and
+        :meth:`start_run` (so ``kfm.sample``) are refused: the record is not made yet."""
         log = self._log
         if log.pending is not None:
             yield
@@ -1063,12 +1065,24 @@ class PosteriorRecorder:
                 log.records.append(parts)
 
     def __len__(self) -> int:
-        """The number of records: evaluations of the field, one per call unless merged."""
-        return len(self._log.records)
+        """The number of records: evaluations of the field, one per call unless merged. An open
+        :meth:`one_evaluation` that has recorded a call counts as the record it makes on closing."""
+        return len(self._log.records) + bool(self._log.pending)
+
+    def _refuse_open_evaluation(self, method: str) -> None:
+        """ValueError for ``method`` called while a :meth:`one_evaluation` (of this recorder or a
+        view) is open: its calls are one record in the making, which a run cannot start inside,
+        ``clear()`` cannot half forget, nor ``trace()`` show."""
+        if self._log.pending is not None:
+            raise ValueError(f"{method}() inside an open one_evaluation() of the PosteriorRecorder: the calls "
+                             f"made in it are one record, made when it closes; call {method}() after the "
+                             "`with recorder.one_evaluation():` block")
 
     def start_run(self) -> None:
         """Called by ``kfm.sample`` before a run's first velocity call: refuses a recorder that
-        still holds records, whose :meth:`trace` would return the runs stacked as one."""
+        still holds records, whose :meth:`trace` would return the runs stacked as one, or one
+        inside an open :meth:`one_evaluation` (the run's calls would make one record)."""
+        self._refuse_open_evaluation("start_run")
         calls = len(self._log.records)
         if calls:
             raise ValueError(f"the PosteriorRecorder passed to kfm.sample already holds {calls} records "
@@ -1076,13 +1090,17 @@ class PosteriorRecorder:
                              "clear() it before the next run, or use a new PosteriorRecorder per run")
 
     def clear(self) -> None:
-        """Forget every record (views made by :meth:`select` share them and forget them too)."""
+        """Forget every record (views made by :meth:`select` share them and forget them too);
+        refused (ValueError) inside an open :meth:`one_evaluation`, whose record is not made yet."""
+        self._refuse_open_evaluation("clear")
         self._log.records.clear()
 
     def trace(self) -> PosteriorTrace:
         """Stack the records; raises ValueError when nothing was recorded yet, or when the calls
         were on batches of different sizes (the records of several runs), or a :meth:`select` view
-        was called on other rows than its mask selects."""
+        was called on other rows than its mask selects, or inside an open :meth:`one_evaluation`
+        (its record is not made yet)."""
+        self._refuse_open_evaluation("trace")
         if not self._log.records:
             raise ValueError("the recorder has not been called yet")
         parts = [(call, part) for call, record in enumerate(self._log.records) for part in record]
