@@ -271,6 +271,49 @@ def test_last_velocities_are_the_conditional_and_unconditional_halves():
         torch.testing.assert_close(cfg.last_unconditional, net(x, t, torch.full_like(y, NULL)), rtol=1e-12, atol=1e-12)
 
 
+def test_last_velocities_after_dopri5_are_each_samples_last_evaluation():
+    # dopri5 calls select() copies for the samples in flight, and their last_conditional was set on
+    # the copy: the guidance handed to kfm.sample kept the velocities of the last call on the whole
+    # batch, stale for every sample that went on. Row i is now sample i's last evaluation, as in a
+    # fixed-step run (where every call evaluates every row): the same as a run of sample i alone.
+    net = ClassNet()
+    x0 = kfm.noise(range(6), (DIM,), dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.3, 2.0, 5.0, 1.0])[:, None]
+    labels = torch.tensor([0, 1, 2, 1, 0, 2])
+    cfg = ClassifierFreeGuidance(net, labels, 2.5, NULL)
+    tol = dict(rtol=1e-9, atol=1e-9)
+    res = kfm.sample(cfg, x0, solver="dopri5", **tol)
+    assert len(set(res.steps.tolist())) > 1       # samples finish at different steps: views at the end
+    assert cfg.last_conditional.shape == cfg.last_unconditional.shape == x0.shape
+    for i in range(6):
+        alone = ClassifierFreeGuidance(net, labels[i:i + 1], 2.5, NULL)
+        kfm.sample(alone, x0[i:i + 1], solver="dopri5", **tol)
+        torch.testing.assert_close(cfg.last_conditional[i:i + 1], alone.last_conditional, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(cfg.last_unconditional[i:i + 1], alone.last_unconditional, rtol=1e-12, atol=1e-12)
+    # dopri5's last stage of a sample is at its end point, t = 1
+    ones = torch.ones(6, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(cfg.last_conditional, net(res.x, ones, labels), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(cfg.last_unconditional, net(res.x, ones, torch.full_like(labels, NULL)),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_a_view_of_a_view_writes_its_rows_into_the_guidance_it_came_from():
+    net = ClassNet()
+    x = kfm.noise(range(4), (DIM,), dtype=torch.float64)
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+    cfg = ClassifierFreeGuidance(net, y, 2.0, NULL)
+    cfg(x, t)
+    earlier = cfg.last_conditional.clone()
+    view = cfg.select(torch.tensor([False, True, True, True])).select(torch.tensor([True, False, True]))
+    view(x[[1, 3]] + 1, t[[1, 3]])                 # rows 1 and 3 of the whole batch
+    assert view.last_conditional.shape == (2, DIM)  # the view's own call, as before
+    with torch.no_grad():
+        want = net(x + 1, t, y)
+    assert torch.equal(cfg.last_conditional[[0, 2]], earlier[[0, 2]])
+    torch.testing.assert_close(cfg.last_conditional[[1, 3]], want[[1, 3]], rtol=1e-12, atol=1e-12)
+
+
 def test_per_sample_null_labels_follow_dopri5s_selection():
     # a null condition per sample (a negative prompt each): dopri5's select must keep each
     # sample's own null row, not the first rows of the batch (mutation audit)

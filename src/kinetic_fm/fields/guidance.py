@@ -67,7 +67,11 @@ class ClassifierFreeGuidance:
     ``as_model_wrapper``, a loop of your own), a call at an earlier time than the previous one
     starts a new run (``reset()`` does the same explicitly). After each call,
     ``last_conditional`` and ``last_unconditional`` hold the two (B, ...) velocities for callers
-    who accumulate their own statistics.
+    who accumulate their own statistics: row i those of sample i's last evaluation. A fixed-step
+    run evaluates every row at each call, so they are the last call's; dopri5 evaluates the samples
+    in flight through :meth:`select` views, whose calls write their rows into the guidance they
+    came from, so after a run row i holds sample i's last stage (at its end point, t = 1), as a run
+    of sample i alone would. A view's own attributes hold its call's rows only.
     """
 
     def __init__(
@@ -95,6 +99,10 @@ class ClassifierFreeGuidance:
         self.track_parts = check_flag("track_parts", track_parts)
         self.last_conditional: torch.Tensor | None = None
         self.last_unconditional: torch.Tensor | None = None
+        # a select() view's guidance it came from and its rows of that batch; None on the guidance itself
+        # (not a reference to itself: a cycle would keep the model alive until the garbage collector runs)
+        self._origin: ClassifierFreeGuidance | None = None
+        self._rows: torch.Tensor | None = None
         self.reset()
 
     @property
@@ -115,6 +123,10 @@ class ClassifierFreeGuidance:
         part = copy.copy(self)
         rows = active.to(self.labels.device)  # list labels not yet moved to the samples' device
         part.labels, part.null_labels = self.labels[rows], self.null_labels[rows]
+        # the view's rows within the origin's batch, for its last velocities; no host synchronisation
+        part._origin = self if self._origin is None else self._origin
+        part._rows = active.clone() if self._rows is None else self._rows.masked_scatter(
+            self._rows, active.to(self._rows.device))
         select = optional_attribute(self.model, "select")
         if select is not None:  # the model sees the doubled batch [x; x]
             part.model = select(torch.cat([active, active]))
@@ -164,6 +176,8 @@ class ClassifierFreeGuidance:
             raise ValueError(f"model returned {out.shape[0]} rows for a doubled batch of {2 * batch}")
         v_c, v_u = out[:batch], out[batch:]
         self.last_conditional, self.last_unconditional = v_c, v_u
+        if self._rows is not None:
+            self._write_back(v_c, v_u)
         if self.track_parts:
             self._accumulate(t, v_c, v_u)
         # w = 1 and w = 0 are the conditional and unconditional velocities exactly, as documented
@@ -173,6 +187,20 @@ class ClassifierFreeGuidance:
         if self.scale == 0.0:
             return v_u.clone()
         return v_u + self.scale * (v_c - v_u)
+
+    def _write_back(self, v_c: torch.Tensor, v_u: torch.Tensor) -> None:
+        """A view's velocities into the rows ``self._rows`` of its origin's last velocities (rows
+        never evaluated read NaN), as new tensors: one a caller holds is not changed."""
+        origin = self._origin
+        rows = self._rows.to(v_c.device)
+        full_shape = (rows.shape[0], *v_c.shape[1:])
+        mask = rows.reshape(-1, *([1] * (v_c.dim() - 1))).expand(full_shape)
+        for name, part in (("last_conditional", v_c), ("last_unconditional", v_u)):
+            held = getattr(origin, name)
+            fits = (isinstance(held, torch.Tensor) and held.shape == full_shape and held.dtype == part.dtype
+                    and held.device == part.device)
+            base = held if fits else part.new_full(full_shape, math.nan if part.is_floating_point() else 0)
+            setattr(origin, name, base.masked_scatter(mask, part))
 
     def _accumulate(self, t: torch.Tensor, v_c: torch.Tensor, v_u: torch.Tensor) -> None:
         t64 = t.to(torch.float64)
