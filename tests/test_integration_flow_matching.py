@@ -406,6 +406,41 @@ def test_a_model_wrapper_gives_select_only_for_a_field_that_has_it():
     assert part.shaping is shaping and part.velocity._active.tolist() == [True, False]
 
 
+def test_dopri5_refuses_a_model_wrapper_of_tracked_guidance_before_the_run_starts():
+    # the wrapper did not pass track_parts through: kfm.sample started the run (start_run reached the
+    # model) and refused it only at dopri5's first select(), with fewer words
+    started = []
+
+    class Model:
+        def start_run(self):
+            started.append(1)
+
+        def __call__(self, x, t, y):
+            return -x
+
+    x0 = kfm.noise(range(3), (DIM,), dtype=torch.float64)
+    guided = kfm.ClassifierFreeGuidance(Model(), torch.tensor([0, 1, 0]), 2.0, 5, track_parts=True)
+    for run in (lambda: kfm.sample(as_model_wrapper(guided), x0, solver="dopri5"),
+                lambda: KineticODESolver(as_model_wrapper(guided)).sample(x0, method="dopri5")):
+        with pytest.raises(ValueError, match=r"^track_parts is not supported with adaptive solvers \(dopri5\).*"
+                                             r"track_parts=False"):
+            run()
+        assert started == []
+    assert as_model_wrapper(guided).track_parts and not as_model_wrapper(lambda x, t: -x).track_parts
+    kfm.sample(as_model_wrapper(guided), x0, steps=2)   # fixed steps track the parts
+    assert started == [1]
+
+
+def test_dopri5_refuses_a_model_wrapper_of_a_shared_time_adapter():
+    # the wrapper did not pass one_time_per_call through: dopri5 ran every row at the first row's time
+    field = kfm.ModelXT(lambda x, t: -x * t, time="shared")
+    x0 = kfm.noise(range(3), (DIM,), dtype=torch.float64)
+    with pytest.raises(ValueError, match="time='shared'"):
+        kfm.sample(field, x0, solver="dopri5")
+    with pytest.raises(ValueError, match="time='shared'"):
+        kfm.sample(as_model_wrapper(field), x0, solver="dopri5")
+
+
 def test_guidance_in_a_model_wrapper_samples_dopri5_as_bare_guidance():
     # without the wrapper's select, dopri5 called the guidance with the samples in flight and all the
     # labels: "x has 3 rows but labels has 6"

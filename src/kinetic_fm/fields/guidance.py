@@ -119,7 +119,8 @@ class ClassifierFreeGuidance:
         """The guided field for the samples where the (B,) bool mask ``active`` is True, with
         their labels (dopri5 evaluates only the samples still in flight)."""
         if self.track_parts:
-            raise ValueError("track_parts is not supported with adaptive solvers (dopri5)")
+            raise ValueError("track_parts is not supported with adaptive solvers (dopri5): its rejected tries "
+                             "restart the part energies; use a fixed-step solver, or track_parts=False")
         part = copy.copy(self)
         rows = active.to(self.labels.device)  # list labels not yet moved to the samples' device
         part.labels, part.null_labels = self.labels[rows], self.null_labels[rows]

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..checks import declares_singular_at_one, one_evaluation_of, optional_attribute, start_run_of
+from ..checks import declares, declares_singular_at_one, one_evaluation_of, optional_attribute, start_run_of
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
@@ -169,6 +169,14 @@ def _model_wrapper_class() -> type:
             def singular_at_one(self) -> bool:  # passed through: kfm.sample's last step skips t = 1
                 return declares_singular_at_one(self.velocity)
 
+            @property
+            def track_parts(self) -> bool:  # passed through: kfm.sample's dopri5 refuses it before the run
+                return declares(self.velocity, "track_parts")
+
+            @property
+            def one_time_per_call(self) -> bool:  # passed through: dopri5 refuses it (rows at their own times)
+                return declares(self.velocity, "one_time_per_call")
+
             def start_run(self) -> None:
                 """Passed through to the field, which may keep per-run state (``kfm.sample`` calls
                 it before a run; flow_matching's ``ODESolver`` does not)."""
@@ -223,7 +231,11 @@ def as_model_wrapper(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tens
     KTS forms a stage of ours that ends a step at τ takes η's left limit, theirs η(τ); and a field
     singular at t = 1 is evaluated there by their solver, never by ours. The field's ``start_run``,
     ``select`` and ``one_evaluation`` pass through, so a ``PosteriorRecorder`` inside traces our
-    sampler's runs (dopri5's included) as a bare one.
+    sampler's runs (dopri5's included) as a bare one; so do ``singular_at_one``, ``track_parts`` and
+    ``one_time_per_call``, so that ``kfm.sample`` (and ``KineticODESolver``) with dopri5 refuses a
+    ``ClassifierFreeGuidance(track_parts=True)`` or a ``time="shared"`` adapter inside before the run
+    starts. Their ``ODESolver`` cannot be told: under its dopri5 the wrapper cannot refuse them, and
+    such a guidance's part energies restart at each rejected step (a call at an earlier time).
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable, got {type(velocity).__name__}")
