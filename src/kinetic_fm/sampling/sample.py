@@ -112,6 +112,11 @@ def sample(
     the device in float64 (squared norms of half-precision velocities in float32). Results do
     not depend on batch composition.
 
+    A network the velocity holds with dropout or batch norm in training mode is warned about
+    (``kfm.TrainingModeWarning``) and run as it is; the buffers its modules in training mode update
+    along the run (batch norm's running statistics) are put back when the run ends, by return,
+    error or interrupt alike, so sampling leaves the network as it found it.
+
     A field whose velocity blows up at t = 1 may say so with an attribute ``singular_at_one =
     True`` (``EmpiricalFlow``, ``PointTarget``, ``DataPrediction`` do; adapters and
     ``ClassifierFreeGuidance`` pass it through). heun then takes its last step with Euler, as
