@@ -29,10 +29,11 @@ def test_unknown_device_is_a_clear_error(tmp_path, capsys, command, device):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])   # the device asked for is named (cuda:1 read "--device cuda")
 @pytest.mark.parametrize("command", ["memorization", "sample", "train", "reproduce"])
-def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, command):
-    assert main(_commands(tmp_path, "cuda")[command]) == 2
-    assert "--device cuda was requested but torch sees no CUDA device" in capsys.readouterr().err
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys, command, device):
+    assert main(_commands(tmp_path, device)[command]) == 2
+    assert f"--device {device} was requested but torch sees no CUDA device" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["memorization", "train", "reproduce"])
@@ -173,15 +174,16 @@ def test_a_malformed_command_line_is_one_line_and_a_pointer_to_help(capsys, argv
     assert err[0].startswith(message) and err[1] == f"(see '{message.split(':')[0]} --help')"
 
 
+@pytest.mark.parametrize("device", ["cuda:1", "cuda:7"])
 @pytest.mark.parametrize("command", ["memorization", "sample", "train", "reproduce"])
-def test_a_cuda_index_past_the_last_gpu_is_a_clear_error(tmp_path, capsys, command):
+def test_a_cuda_index_past_the_last_gpu_is_a_clear_error(tmp_path, capsys, command, device):
     # under fake_cuda torch sees one GPU; cuda:1 used to fail later with a traceback ("invalid
     # device ordinal"), for train after the data had loaded
     from fake_cuda import fake_cuda
 
     with fake_cuda():
-        assert main(_commands(tmp_path, "cuda:1")[command]) == 2
-    assert "--device cuda:1 asks for cuda:1, but torch sees 1 CUDA device (only cuda:0)" in capsys.readouterr().err
+        assert main(_commands(tmp_path, device)[command]) == 2
+    assert f"--device {device} was requested, but torch sees 1 CUDA device (only cuda:0)" in capsys.readouterr().err
     assert not any(tmp_path.glob("rep*")) and not any(tmp_path.glob("train*"))   # nothing started
 
 

@@ -100,15 +100,15 @@ def resolve_device(device: str | None, world: World):
         raise ValueError(f"--device must be {DEVICE_FORMS}, got {device!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was requested but torch sees no CUDA device")
+            raise ValueError(f"--device {device} was requested but torch sees no CUDA device")
         if dev.index is None:
             dev = torch.device("cuda", world.local_rank)
         count = torch.cuda.device_count()
         if dev.index >= count:  # torch's "invalid device ordinal" comes later, with a traceback
-            where = f"--device {device}" if device != "cuda" else f"LOCAL_RANK {world.local_rank} (--device cuda)"
+            where = (f"--device {device} was requested" if device != "cuda"
+                     else f"LOCAL_RANK {world.local_rank} (--device cuda) asks for cuda:{dev.index}")
             have = "only cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
-            raise ValueError(f"{where} asks for cuda:{dev.index}, but torch sees {count} CUDA "
-                             f"device{'s' if count != 1 else ''} ({have})")
+            raise ValueError(f"{where}, but torch sees {count} CUDA device{'s' if count != 1 else ''} ({have})")
     return dev
 
 
