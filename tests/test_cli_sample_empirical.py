@@ -540,3 +540,18 @@ def test_a_resume_with_a_changed_setting_is_refused_before_the_items_are_read(tm
         assert "cannot resume: the run was made with a different configuration" in err and named in err
     monkeypatch.undo()
     assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 0   # unchanged: it resumes
+
+
+def test_a_one_dimensional_train_array_is_told_to_take_shape_n_by_1(tmp_path, capsys):
+    # it read only "needs items of shape (N, ...)", though N numbers are N one-value items to
+    # kfm memorization, which reads the same file as (N, 1)
+    path = tmp_path / "line.npy"
+    np.save(path, np.arange(5.0))
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2, "--steps", 2) == 2
+    err = capsys.readouterr().err
+    assert f"--train {path}: needs items of shape (N, ...), N >= 1, got (5,)" in err
+    assert "; for 5 one-value items (as kfm memorization reads this array), save it as shape (5, 1)" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    np.save(path, np.arange(5.0)[:, None])   # as the message says: 5 points on a line, sampled
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2, "--steps", 2) == 0
+    assert read_samples(tmp_path / "run").shape == (2, 1)

@@ -280,7 +280,11 @@ def _empirical_target(args, device) -> _Target:
     rows, _, positions, _ = load_rows("--train", args.train, args.train_key, args.progress, specs=True,
                                       n=args.train_n, seed=seed)
     if rows.dim() < 2 or rows.shape[0] == 0:
-        raise ValueError(f"--train {args.train}: needs items of shape (N, ...), N >= 1, got {tuple(rows.shape)}")
+        n = rows.shape[0] if rows.dim() == 1 else 0
+        # N numbers are N one-value items to kfm memorization, which reads the same file as (N, 1)
+        hint = (f"; for {n} one-value item{'s' if n != 1 else ''} (as kfm memorization reads this array), save it "
+                f"as shape ({n}, 1) (x.reshape(-1, 1))" if n else "")
+        raise ValueError(f"--train {args.train}: needs items of shape (N, ...), N >= 1, got {tuple(rows.shape)}{hint}")
     if rows.dtype == torch.uint8:  # image files and data specs are read as [-1, 1]; an array is taken as it is
         warnings.warn(f"--train {args.train} holds uint8 values (0 to 255), sampled on that scale: beside them the "
                       "N(0, I) noise is small and the field picks its atom early; the image loaders (a folder or "
