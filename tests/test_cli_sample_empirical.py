@@ -555,3 +555,20 @@ def test_a_one_dimensional_train_array_is_told_to_take_shape_n_by_1(tmp_path, ca
     np.save(path, np.arange(5.0)[:, None])   # as the message says: 5 points on a line, sampled
     assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2, "--steps", 2) == 0
     assert read_samples(tmp_path / "run").shape == (2, 1)
+
+
+def test_an_empirical_runs_results_table_as_train_points_at_its_run_folder(tmp_path, capsys):
+    # the table's x (the samples) was read as training items; the run folder gives the items its
+    # field was made of
+    path = _saved(tmp_path, _points())
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 4, "--steps", 5) == 0
+    capsys.readouterr()
+    table = tmp_path / "run" / "results.parquet"
+    assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(table), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert (f"--train {str(table)!r} is the results table of a kfm sample --field empirical run (its samples, not "
+            f"training items): pass its run folder {str(tmp_path / 'run')!r} as --train") in err
+    # nor is an empirical field made of another run's samples
+    assert kfm_sample(tmp_path / "again", "--field", "empirical", "--train", table, "--n", 2, "--steps", 2) == 2
+    assert f"--train {str(table)!r} is the results table of a kfm sample --field empirical run" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()

@@ -477,6 +477,36 @@ def test_cli_names_a_run_folder_given_to_the_other_flag(digits_runs, tmp_path, c
     assert f"--samples {str(reproduced)!r} is a kfm reproduce net's folder (a net" in capsys.readouterr().err
 
 
+def test_a_kfm_sample_runs_results_table_as_train_is_refused_and_named(digits_runs, tmp_path, capsys):
+    # its x column was read as training items without a word: the run's samples audited against
+    # themselves gave F_mem = 1
+    import shutil
+
+    _, run = digits_runs
+    table = run / "results.parquet"
+    assert main(["memorization", "--samples", str(run), "--train", str(table), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--train {str(table)!r} is the results table of a kfm sample run (samples, not training items; " \
+           f"its run folder {str(run)!r} goes to kfm memorization --samples)" in err
+    assert "pass as --train what the net was trained on: its kfm train run folder" in err
+    alone = tmp_path / "copied.parquet"                  # away from its run: known by its columns alone
+    shutil.copy(table, alone)
+    assert main(["memorization", "--samples", str(run), "--train", str(alone), "--no-progress"]) == 2
+    assert f"--train {str(alone)!r} is the results table of a kfm sample run" in capsys.readouterr().err
+    energies = tmp_path / "no_x.parquet"                 # a run made with --no-save-x: its energies
+    pd.read_parquet(table).drop(columns="x").to_parquet(energies)
+    assert main(["memorization", "--samples", str(run), "--train", str(energies), "--no-progress"]) == 2
+    assert f"--train {str(energies)!r} is the results table of a kfm sample run" in capsys.readouterr().err
+    # as --samples the table is what it is, and a table of features is training items as before
+    features = tmp_path / "features.parquet"
+    pd.DataFrame(np.arange(12.0).reshape(6, 2), columns=["a", "b"]).to_parquet(features)
+    flat = tmp_path / "flat.npy"
+    np.save(flat, pd.read_parquet(table)["x"].map(list).tolist())
+    assert main(["memorization", "--samples", str(table), "--train", str(flat), "--no-progress"]) == 0
+    assert "F_mem = 1.0000" in capsys.readouterr().out  # each sample is its own nearest item
+    assert main(["memorization", "--samples", str(features), "--train", str(features), "--no-progress"]) == 0
+
+
 def test_a_kfm_sample_runs_results_table_restores_its_samples_shape(digits_runs):
     from kinetic_fm.metrics._arrays import load_array
     from kinetic_fm.runs import read_samples

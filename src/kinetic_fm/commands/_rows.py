@@ -106,9 +106,10 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     if specs and other_run:
         # read as a folder of images, it said "contains no image files"
         raise ValueError(f"--train {value!r} is a kfm sample run folder (samples, not training items; kfm "
-                         "memorization takes it as --samples): pass as --train what the net was trained on: its "
-                         "kfm train run folder (the items it trained on) or its data (a data spec such as digits "
-                         "or cifar10:PATH, an array file, a folder of images)")
+                         f"memorization takes it as --samples): {_PASS_THE_ITEMS}")
+    if specs and path.suffix.lower() == ".parquet" and _is_results_table(path):
+        # its x column was read as training items without a word: a run's samples audited against themselves
+        raise ValueError(_results_table_as_train(value, path))
     if is_run and specs:
         return _training_rows(path, progress)
     if is_run:
@@ -133,6 +134,43 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
             return data.images, names, None, None
         return data.images, [names[i] for i in data.indices.tolist()], data.indices.numpy(), None
     return load_array(value, key), None, None, None
+
+
+_PASS_THE_ITEMS = ("pass as --train what the net was trained on: its kfm train run folder (the items it trained on) "
+                   "or its data (a data spec such as digits or cifar10:PATH, an array file, a folder of images)")
+
+
+def _is_results_table(path) -> bool:
+    """Whether the Parquet file ``path`` is a ``kfm sample`` run's results table, by its schema alone:
+    a column recording one sample's shape (the samples x), or the run's energy columns (a table
+    written with --no-save-x). An unreadable file is not one here (reading it names what is wrong)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..runs.shards import SAMPLE_SHAPE_KEY
+
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError):
+        return False
+    shaped = any(SAMPLE_SHAPE_KEY in (field.metadata or {}) for field in schema)
+    return shaped or {"seed", "kpe", "kpe_raw"} <= set(schema.names)
+
+
+def _results_table_as_train(value: str, path) -> str:
+    """The refusal of a ``kfm sample`` results table as --train, pointing at the run folder it sits
+    in when that is an empirical run's (whose folder gives the items its field was made of)."""
+    from ..runs.manifest import MANIFEST_NAME
+
+    run = path.parent
+    if (run / MANIFEST_NAME).is_file() and _empirical_record(run) is not None:
+        return (f"--train {value!r} is the results table of a kfm sample --field empirical run (its samples, not "
+                f"training items): pass its run folder {str(run)!r} as --train, which gives the items its field "
+                "was made of")
+    beside = (run / MANIFEST_NAME).is_file()
+    where = f"; its run folder {str(run)!r} goes to" if beside else "; it, or its run folder, goes to"
+    return (f"--train {value!r} is the results table of a kfm sample run (samples, not training items{where} "
+            f"kfm memorization --samples): {_PASS_THE_ITEMS}")
 
 
 def float_items(rows):
