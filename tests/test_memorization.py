@@ -1286,10 +1286,11 @@ def test_a_non_finite_input_is_named_before_the_space_maps_it(which):
 
     samples, train = torch.randn(6, 3), torch.randn(8, 3)
     (samples if which == "samples" else train)[4, 1] = float("nan")
-    with pytest.raises(ValueError, match=rf"^{which} contains NaN or inf in 1 row\(s\), first at row 4$"):
+    first = r"first at row 4 \(NaN at column 1\)$"           # the row, the value and its place
+    with pytest.raises(ValueError, match=rf"^{which} contains NaN or inf in 1 row\(s\), {first}"):
         kfm.memorization(samples, train, bootstrap=0, space=space)
     assert calls == []                                   # refused before any mapping
-    with pytest.raises(ValueError, match=r"^space\(samples\) contains NaN or inf in 1 row\(s\), first at row 2$"):
+    with pytest.raises(ValueError, match=r"^space\(samples\) contains NaN or inf in 1 row\(s\), first at row 2 \(inf"):
         kfm.memorization(torch.randn(6, 3), train.nan_to_num(0.0), bootstrap=0,
                          space=lambda x: x.index_fill(0, torch.tensor([2]), math.inf) if x.shape[0] == 6 else x)
 
@@ -1991,8 +1992,8 @@ def _bad_inputs(tmp_path):
 
 
 @pytest.mark.parametrize("samples, train, extra, message", [
-    ("snan.npy", "t.npy", [], "--samples contains NaN or inf in 1 row(s), first at row 2"),
-    ("s.npy", "tinf.npy", [], "--train contains NaN or inf in 1 row(s), first at row 3"),
+    ("snan.npy", "t.npy", [], "--samples contains NaN or inf in 1 row(s), first at row 2 (NaN at column 1)"),
+    ("s.npy", "tinf.npy", [], "--train contains NaN or inf in 1 row(s), first at row 3 (inf at column 0)"),
     ("empty.npy", "t.npy", [], "--samples is empty (0 rows)"),
     ("s.npy", "empty.npy", [], "--train is empty (0 rows)"),
     ("s.npy", "t1.npy", [], "--train must hold at least 2 items for the gap ratio (k = 2), got 1"),
@@ -2007,8 +2008,11 @@ def _bad_inputs(tmp_path):
     ("s.npy", "missing.npy", [], "--train: no such file: {train}"),
     ("empty_folder", "t.npy", [], "--samples {samples}: contains no image files"),
     ("s.npy", "folder:{tmp}/missing", [], "--train: image source not found: {tmp}/missing"),
-    ("s.npy", "tinf.npy", ["--space", "pca:2"], "--train has non-finite features in rows [3]"),
-    ("snan.npy", "t.npy", ["--space", "pca:2"], "--samples contains NaN or inf in 1 row(s), first at row 2"),
+    # the PCA fit's words ("has non-finite features in rows [3]") named neither the value nor that it was the input
+    ("s.npy", "tinf.npy", ["--space", "pca:2"],
+     "--train contains NaN or inf in 1 row(s), first at row 3 (inf at column 0)"),
+    ("snan.npy", "t.npy", ["--space", "pca:2"],
+     "--samples contains NaN or inf in 1 row(s), first at row 2 (NaN at column 1)"),
     ("s3.npy", "t.npy", ["--space", "pca:2"],
      "--space pca:2 projects rows of --train's size, but --samples has rows of 3 values and --train of 4"),
 ])

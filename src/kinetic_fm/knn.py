@@ -253,11 +253,25 @@ def nonfinite_rows(tensor: torch.Tensor, rows: int = 4096) -> torch.Tensor:
 
 
 def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
-    """Raise ValueError naming ``name`` and the first offending row when ``tensor`` has NaN/inf
-    (screened by :func:`nonfinite_rows`)."""
+    """Raise ValueError naming ``name``, the first offending row and its first non-finite value
+    and place when ``tensor`` has NaN/inf (screened by :func:`nonfinite_rows`)."""
     where = nonfinite_rows(tensor, rows)
     if where.numel():
-        raise ValueError(f"{name} contains NaN or inf in {where.numel()} row(s), first at row {int(where[0])}")
+        first = int(where[0])
+        raise ValueError(f"{name} contains NaN or inf in {where.numel()} row(s), first at row {first} "
+                         f"({_first_nonfinite(tensor[first])})")
+
+
+def _first_nonfinite(item: torch.Tensor) -> str:
+    """The first NaN or ±inf of one row ``item`` and where it lies in the row, in words: "inf at
+    column 0" for a row of values, "NaN at (0, 4, 7)" for an image: NaN reads as missing data,
+    inf as an overflow, so which one it is says where to look."""
+    place = [int(i) for i in (~torch.isfinite(item)).nonzero()[0]] if item.dim() else []
+    value = float(item[tuple(place)])
+    word = "NaN" if value != value else "inf" if value > 0 else "-inf"
+    if not place:
+        return word
+    return f"{word} at column {place[0]}" if len(place) == 1 else f"{word} at {tuple(place)}"
 
 
 def magnitude_limit(dtype: torch.dtype, dim: int) -> float:

@@ -304,6 +304,7 @@ def _principal_space(spec: str, k: int, residual: bool, train):
     fitted on the training items ``train`` (N, ...); K above min(N − 1, D) names --space."""
     import math
 
+    from ..knn import check_finite
     from ..metrics.features import PrincipalSpace
 
     n, dim = train.shape[0], math.prod(train.shape[1:])
@@ -314,6 +315,8 @@ def _principal_space(spec: str, k: int, residual: bool, train):
     if k > largest:
         raise ValueError(f"--space {spec}: K must be an integer from 1 to min(N − 1, D) = {largest} for the N = {n} "
                          f"training items of D = {dim} values, got {k}")
+    # as without --space: the fit's own words ("non-finite features in rows [3]") name neither value nor place
+    check_finite("--train", train)
     with flag_words({"reference": "--train"}):  # the fit names the items it is fitted on "reference"
         return PrincipalSpace.fit(train, k, residual=residual)
 
