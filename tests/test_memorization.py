@@ -1583,6 +1583,40 @@ def test_cli_figure_never_adds_an_image_to_the_data_a_training_run_read(tmp_path
         assert (f"--figure {tmp_path / figure} would {what}, which --train {run} reads (the data it trained on, "
                 f"folder:{tmp_path / 'imgs'})") in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == kept
+    # beside the net's weights a figure is no input: --train RUN reads its config.json and the data it
+    # names, and it was refused as "would add an image to the folder of images"
+    (tmp_path / "imgs" / "link.png").unlink()            # the 6 images the run trained on
+    for _ in range(2):                                   # the second audit reads the run as the first did
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(run), "--bootstrap",
+                     "0", "--no-progress", "--figure", str(run / "audit.png")]) == 0
+        assert (run / "audit.png").is_file() and "would add an image" not in capsys.readouterr().err
+
+
+def test_cli_figure_and_out_never_replace_the_items_an_empirical_run_was_made_of(tmp_path, capsys):
+    # --train RUN of kfm sample --field empirical reads the source its manifest records: a figure in
+    # that folder of images was read as one more item next time (and the run's items no longer matched)
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, size=(4, 4), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    pd.DataFrame(rng.normal(size=(8, 2)), columns=["a", "b"]).to_parquet(tmp_path / "points.parquet")
+    for run, source in (("from_imgs", tmp_path / "imgs"), ("from_table", tmp_path / "points.parquet")):
+        assert main(["sample", "--field", "empirical", "--train", str(source), "--n", "2", "--steps", "2",
+                     "--no-progress", "--out", str(tmp_path / run)]) == 0
+    capsys.readouterr()
+    kept = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for run, flag, target, what in (
+            ("from_imgs", "--figure", tmp_path / "imgs" / "new.png", "add an image to the folder of images"),
+            ("from_imgs", "--figure", tmp_path / "imgs" / "0.png", "overwrite one of the images"),
+            ("from_table", "--out", tmp_path / "points.parquet", "overwrite that file")):
+        source = tmp_path / ("imgs" if run == "from_imgs" else "points.parquet")
+        assert main(["memorization", "--samples", str(tmp_path / run), "--train", str(tmp_path / run),
+                     "--bootstrap", "0", "--no-progress", flag, str(target)]) == 2
+        assert (f"{flag} {target} would {what}, which --train {tmp_path / run} reads (the items its field was "
+                f"made of, {source.resolve()})") in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == kept
 
 
 def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(tmp_path):

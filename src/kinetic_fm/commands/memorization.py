@@ -5,7 +5,7 @@ import argparse
 import math
 
 from ..checks import DEVICE_FORMS
-from ._rows import TRAIN_CONFIG, is_image_source, load_rows, training_record
+from ._rows import TRAIN_CONFIG, _empirical_record, is_image_source, load_rows, training_record
 from ._types import bootstrap_seed_number, check_output_path, flag_words, user_path, writing
 
 SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
@@ -221,27 +221,32 @@ def _check_not_an_input(flag: str, out: str, *inputs: tuple[str, str]) -> None:
     for name, value in inputs:
         for path, behind in _input_paths(name, value):
             run = path.is_dir() and (path / MANIFEST_NAME).is_file()
+            # a kfm train or reproduce net's folder is read for its config.json (the data it names is
+            # among the paths): a figure beside the weights read as "an image added to the folder of images"
+            net = path.is_dir() and (path / TRAIN_CONFIG).is_file()
             if _same_file(target, path):
                 what = "overwrite that file"
             elif run and _same_file(target, path / RESULTS_NAME):
                 what = "overwrite the run's results table"
             elif run and _inside(target, path / SHARD_DIR):
                 what = "overwrite the run's shards"
-            elif path.is_dir() and not run and _inside(target, path) and target.suffix.lower() in IMAGE_EXTENSIONS:
+            elif (path.is_dir() and not (run or net) and _inside(target, path)
+                  and target.suffix.lower() in IMAGE_EXTENSIONS):
                 # the folder's images are read recursively: a new one would be read next time
                 what = "overwrite one of the images" if target.exists() else "add an image to the folder of images"
             else:
                 continue
-            reads = "" if behind is None else f" (the data it trained on, {behind})"
+            reads = "" if behind is None else f" ({behind})"
             raise ValueError(f"{flag} {out} would {what}, which {name} {value} reads{reads}; "
                              f"name another file for the {'figure' if flag == '--figure' else 'per-sample table'}")
 
 
 def _input_paths(name: str, value: str):
-    """``(path, spec)`` for each file or folder the input ``name`` ``value`` reads: the path given,
+    """``(path, behind)`` for each file or folder the input ``name`` ``value`` reads: the path given,
     a ``folder:``/``celeba:`` spec's folder (the only specs that name image files), and for
-    ``--train RUN`` (a kfm train or reproduce net's folder) the folder its recorded spec names;
-    ``spec`` is that recorded spec, else None. Paths that do not exist are left out."""
+    ``--train RUN`` (a kfm train or reproduce net's folder, or a ``kfm sample --field empirical``
+    run folder) the folder its recorded spec or source names; ``behind`` says what that folder is
+    to the run ("the data it trained on, folder:/imgs"), else None. Paths that do not exist are left out."""
     from pathlib import Path
 
     def spec_folder(spec: str):
@@ -262,7 +267,12 @@ def _input_paths(name: str, value: str):
             return paths
         folder = spec_folder(spec) if isinstance(spec, str) else None
         if folder is not None:
-            paths.append((folder, spec))
+            paths.append((folder, f"the data it trained on, {spec}"))
+    elif name == "--train" and path.is_dir() and (record := _empirical_record(path)) is not None:
+        source = record.runtime["train"]["source"]   # a resolved path, or a spec made absolute
+        folder = Path(source) if Path(source).exists() else spec_folder(source)   # an array file too (--out)
+        if folder is not None:
+            paths.append((folder.resolve(), f"the items its field was made of, {source}"))
     return paths
 
 
