@@ -415,6 +415,34 @@ def test_truncated_mode_reports_a_valid_neglected_mass_bound(backend):
     assert rel_err(full, ref) < 1e-10
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_truncated_mode_at_t_0_weighs_every_atom_so_its_zero_bound_is_true(backend):
+    # At t = 0 the posterior is uniform (1/N each). Were k atoms kept there, the k/N they hold would
+    # leave 1 − k/N out and a bound of 0 would be false; but the field answers t = 0 with the
+    # mean of all N (the exact ȳ, no truncation), so the mass left out of the ȳ it returns is 0,
+    # brute force says so, and 0 is the true (and tight) bound. From t > 0 on it keeps k atoms,
+    # and the bound covers the 1 − k/N they then leave out (t = 1e-12: the posterior still ~uniform).
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(11)
+    atoms = torch.rand(60, 5, generator=g, dtype=torch.float64) * 2 - 1
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    field = kfm.EmpiricalFlow(atoms, truncate=7, backend=backend)
+    start = field.evaluate(x, torch.zeros(4, dtype=torch.float64))
+    velocity, w = brute(atoms, x, torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(w, torch.full_like(w, 1 / 60))                  # uniform: no atom is preferred
+    assert rel_err(start.velocity, velocity) < 1e-14                  # ȳ is the mean of all 60 ...
+    kept_mean = atoms[field.posterior(x, torch.zeros(4, dtype=torch.float64), k=7).indices].mean(dim=1)
+    assert ((kept_mean - x) - start.velocity).norm(dim=1).min() > 0.1  # ... not of 7 of them
+    assert (start.diagnostics.neglected_bound == 0).all()
+    assert torch.equal(start.diagnostics.max_weight, w.max(dim=1).values)   # its posterior: all 60 atoms
+    # just after t = 0 the k kept atoms hold about 7/60, and the bound is above the exact rest
+    bound, truth = neglect_against_exact(field, x, torch.full((4,), 1e-12, dtype=torch.float64))
+    assert ((truth - (1 - 7 / 60)).abs() < 1e-9).all() and (bound >= truth).all()
+    later = field.evaluate(x, torch.full((4,), 1e-12, dtype=torch.float64))
+    assert (later.velocity - start.velocity).norm(dim=1).min() > 0.1      # the jump to the truncated field
+
+
 def test_the_faiss_backend_takes_the_logits_route_where_x_over_t_is_past_float32(monkeypatch):
     # its atoms come from a search of x/t in float32: at t = 1e-20 that raised "queries holds values
     # up to 3e+20", naming an argument the caller never passed (22nd session's list); such a call

@@ -33,7 +33,10 @@ The float32 products of steps 1 and 4 run on CPU through the faster of torch's a
 (:mod:`kinetic_fm.gemm`) once a call's product reaches 1e10 FLOPs; the bounds above hold for either.
 
 At t = 0 every logit is equal, so ȳ is the training mean, cached in float64: those rows (the
-first call of every run) cost no GEMM, in either mode.
+first call of every run) cost no GEMM, in either mode. Truncated mode keeps all N atoms there
+(the exact ȳ, nothing left out: ``neglected_bound`` 0, max_weight 1/N), and k from the first
+t > 0 on, where the k kept atoms of a still near-uniform posterior hold about k/N and the bound
+is about 1 − k/N: its ȳ moves from the mean of all N to that of the k kept.
 
 A query whose screening leaves one candidate (most of a run once the posterior concentrates) is
 a point mass on its best atom: ȳ is that atom, in float64, with no re-scoring pass. On an
@@ -166,7 +169,8 @@ class PosteriorDiagnostics:
         exact: bool, weights from exact float64 re-scoring (False: screened GEMM logits).
         logit_error_bound: float64, bound e on the screened logits' error (0 where ``exact``).
         neglected_bound: float64, bound on the posterior mass left out: N·e^(−cutoff) in full
-            mode, R/(1 + R) in truncated mode (see module docs), float64 rounding included.
+            mode, R/(1 + R) in truncated mode (see module docs), float64 rounding included;
+            0 at t = 0, where ȳ is the mean of all N atoms in either mode.
 
     In truncated mode ``max_weight`` and ``entropy`` are those of the kept atoms' weights,
     renormalised to sum to 1 (the posterior the velocity uses): the full posterior's largest
