@@ -2015,7 +2015,7 @@ def _bad_inputs(tmp_path):
               "empty": np.zeros((0, 4)), "t1": rng.normal(size=(1, 4)), "cplx": np.ones((5, 4), np.complex64),
               "big": np.full((5, 4), 2 ** 60), "hwc": rng.normal(size=(5, 8, 8, 3)),
               "chw": rng.normal(size=(20, 3, 8, 8)), "s01": rng.uniform(0, 1, (100, 4)),
-              "t11": rng.uniform(-1, 1, (200, 4))}
+              "t11": rng.uniform(-1, 1, (200, 4)), "line": rng.normal(size=80), "one": rng.normal(size=4)}
     arrays["snan"], arrays["tinf"] = arrays["s"].copy(), arrays["t"].copy()
     arrays["snan"][2, 1], arrays["tinf"][3, 0] = np.nan, np.inf
     for name, array in arrays.items():
@@ -2030,6 +2030,12 @@ def _bad_inputs(tmp_path):
     ("s.npy", "tinf.npy", [], "--train contains NaN or inf in 1 row(s), first at row 3 (inf at column 0)"),
     ("empty.npy", "t.npy", [], "--samples is empty (0 rows)"),
     ("s.npy", "empty.npy", [], "--train is empty (0 rows)"),
+    # N numbers are N one-value items: "must have the same number of features, got 4 and 1" said not why
+    ("s.npy", "line.npy", [], "--train {train}: a 1-D array of 80 numbers is read as 80 one-value items, but "
+                              "--samples holds items of 4 values; if it holds 20 items of 4 values, save it as "
+                              "shape (20, 4)"),
+    ("one.npy", "t.npy", [], "--samples {samples}: a 1-D array of 4 numbers is read as 4 one-value items, but "
+                             "--train holds items of 4 values; if it is one item of 4 values, save it as shape (1, 4)"),
     ("s.npy", "t1.npy", [], "--train must hold at least 2 items for the gap ratio (k = 2), got 1"),
     ("s3.npy", "t.npy", [], "--samples and --train must have the same number of features, got 3 and 4"),
     ("big.npy", "t.npy", [], "--samples holds integers beyond 2**53"),

@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     samples, sample_files, _, _ = load_rows("--samples", args.samples, args.key, args.progress, specs=False)
     train, train_files, train_items, train_mean = load_rows("--train", args.train, args.train_key, args.progress,
                                                              specs=True)
+    _check_one_dimensional(("--samples", args.samples, samples), ("--train", args.train, train))
     train_folder = train_files is not None and train_items is None and is_image_source(args.train)  # not a run's
     samples_folder = sample_files is not None and is_image_source(args.samples)
     samples, train = _grey_folders_as_one_channel(samples, samples_folder, train, train_folder)
@@ -199,6 +200,23 @@ def run(args: argparse.Namespace) -> int:
             saved = figure.save(args.figure)
         print(f"figure: {saved}")
     return 0
+
+
+def _check_one_dimensional(*inputs: tuple[str, str, object]) -> None:
+    """ValueError naming the flag of a 1-D input (``(flag, value, rows)`` each) whose N numbers, read
+    as N one-value items, meet items of D > 1 values in the other: "must have the same number of
+    features, got 4 and 1" did not say that the 1 came from the array's shape, nor how to fix it."""
+    (flag, value, rows), (other, _, items) = inputs if inputs[0][2].dim() == 1 else inputs[::-1]
+    if rows.dim() != 1 or items.dim() == 1:
+        return
+    n, d = rows.shape[0], items.shape[1:].numel()
+    if d == 1:
+        return   # N one-value items beside one-value items: the same space
+    hint = (f"if it is one item of {n} values, save it as shape (1, {n})" if n == d else
+            f"if it holds {n // d} items of {d} values, save it as shape ({n // d}, {d}) (x.reshape(-1, {d}))"
+            if n % d == 0 else f"save it as shape (N, {d}), one item a row")
+    raise ValueError(f"{flag} {value}: a 1-D array of {n} numbers is read as {n} one-value items, but {other} "
+                     f"holds items of {d} values; {hint}")
 
 
 def _check_not_an_input(flag: str, out: str, *inputs: tuple[str, str]) -> None:
