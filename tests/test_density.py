@@ -598,3 +598,69 @@ def test_the_median_heuristic_of_many_tied_pairs_is_exact():
     rows = torch.cat([torch.eye(60, dtype=torch.float64), 3.0 * torch.eye(60, dtype=torch.float64)[:7]])
     assert median_bandwidth(torch.eye(60)) == math.sqrt(2)
     assert median_bandwidth(rows) == pytest.approx(float(np.median(pdist(rows.numpy()))), rel=1e-15, abs=0)
+
+
+# --- review (helper-187): ties, duplicates, k at its limits, one query row, narrow dtypes -------
+
+def _tied_sets():
+    """Integer points on a small grid: many exact ties among the distances, and the first four
+    reference rows repeated at the end (duplicates at other indices)."""
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (12, 3), generator=g).to(torch.float64)
+    return torch.randint(0, 3, (7, 3), generator=g).to(torch.float64), torch.cat([y, y[:4]])
+
+
+@pytest.mark.parametrize("chunk, batch_chunk", [(8192, 1024), (1, 1), (5, 3)])
+def test_knn_radii_with_ties_and_duplicate_references_equal_the_sorted_brute_force(chunk, batch_chunk):
+    x, y = _tied_sets()
+    d = np.sqrt(np.sort(_brute_sq_dist(x.numpy(), y.numpy()), axis=1))   # every reference row counts
+    sup = local_support(x, y, k=16, ks=(1, 2, 3), chunk=chunk, batch_chunk=batch_chunk)   # k = N
+    assert sup.ks == (1, 2, 3, 16)
+    np.testing.assert_array_equal(sup.radii.numpy(), d[:, [0, 1, 2, 15]])
+    # one query row alone is measured as it is among the others
+    for i in range(len(x)):
+        alone = local_support(x[i:i + 1], y, k=16, ks=(1, 2, 3), chunk=chunk, batch_chunk=batch_chunk)
+        assert torch.equal(alone.radii[0], sup.radii[i]) and alone.nearest[0] == sup.nearest[i]
+
+
+def test_knn_leave_one_out_up_to_k_n_minus_1_keeps_duplicates_at_other_rows():
+    _, y = _tied_sets()
+    d2 = _brute_sq_dist(y.numpy(), y.numpy())
+    np.fill_diagonal(d2, np.inf)   # by index: a duplicate at another row is at distance 0
+    sup = local_support(y, y, k=15, ks=(1,), exclude_self=True)
+    np.testing.assert_array_equal(sup.radii.numpy(), np.sqrt(np.sort(d2, axis=1))[:, [0, 14]])
+    assert (sup.radius_at(1)[:4] == 0).all() and (sup.radius_at(1)[-4:] == 0).all()
+    assert torch.isinf(sup.log_density_at(1)[:4]).all() and (sup.log_density_at(1)[:4] > 0).all()
+    assert sup.n_reference == 15
+
+
+@pytest.mark.parametrize("exclude_self, usable", [(False, 16), (True, 15)])
+def test_a_k_past_the_usable_references_is_refused_naming_k_and_its_range(exclude_self, usable):
+    _, y = _tied_sets()
+    with pytest.raises(ValueError, match=rf"k={usable + 1} .*must lie in \[1, {usable}\]"):
+        local_support(y, y, k=usable + 1, ks=(), exclude_self=exclude_self)
+    with pytest.raises(ValueError, match=rf"ks=\(1, {usable + 1}\).* must lie in \[1, {usable}\]"):
+        local_support(y, y, k=1, ks=(1, usable + 1), exclude_self=exclude_self)
+
+
+def test_leave_one_out_of_a_single_row_names_exclude_self():
+    # it read "exceeds the 0 usable references; pass smaller k/ks", and no k can pass
+    one = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match=r"exclude_self needs at least 2 reference rows, got 1"):
+        local_support(one, one, k=1, ks=(), exclude_self=True)
+    with pytest.raises(ValueError, match=r"exclude_self needs at least 2 reference rows, got 1"):
+        kde_log_density(one, one, bandwidth=1.0, exclude_self=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.float16, torch.bfloat16, torch.float32])
+def test_knn_and_kde_of_narrow_dtypes_match_a_float64_brute_force_of_their_values(dtype):
+    g = torch.Generator().manual_seed(1)
+    x, y = (torch.rand(9, 4, generator=g) * 10).to(dtype), (torch.rand(30, 4, generator=g) * 10).to(dtype)
+    xd, yd = x.double().numpy(), y.double().numpy()
+    sup = local_support(x, y, k=3, ks=(1,))
+    np.testing.assert_allclose(sup.radii.numpy(), np.sqrt(np.sort(_brute_sq_dist(xd, yd), axis=1))[:, [0, 2]],
+                               rtol=1e-15, atol=0)   # exact re-ranking in float64: a summation order apart
+    for bandwidth in ("scott", 1.5):
+        kde = kde_log_density(x, y, bandwidth)
+        # float32 GEMM unless both are float64: u·(‖x‖² + ‖y‖²)/(2h²) ~ 6e-8 · 600 / 3
+        np.testing.assert_allclose(kde.log_density.numpy(), _brute_kde(xd, yd, kde.bandwidth), rtol=0, atol=2e-5)

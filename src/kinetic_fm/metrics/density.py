@@ -133,10 +133,13 @@ def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = 
     all_ks = tuple(sorted({k, *ks}))
     exclude_self = check_flag("exclude_self", exclude_self)
     fs, x, y = _samples_and_reference(samples, reference, reference_features, space)
+    _check_leave_one_out_rows(exclude_self, y)
     n_ref = y.shape[0] - (1 if exclude_self else 0)
     if all_ks[-1] > n_ref:
+        usable = f"N − 1 = {n_ref} with exclude_self" if exclude_self else f"N = {n_ref}"
         raise ValueError(f"largest k ({all_ks[-1]}, of k={k} and ks={tuple(ks)}) exceeds the {n_ref} usable "
-                         "references; pass smaller k/ks (ks=() reports k alone)")
+                         f"references: k and every ks must lie in [1, {n_ref}] ({usable}); pass smaller k/ks "
+                         "(ks=() reports k alone)")
     nn = nearest_neighbors(x, y, all_ks[-1], chunk=chunk, batch_chunk=batch_chunk,
                            exclude_self=exclude_self, backend=backend,
                            names=("samples", "reference" if reference_features is None else "reference_features"))
@@ -661,6 +664,7 @@ def kde_log_density(samples: Any, reference: Any,
     if not (isinstance(bandwidth, str) or (is_real(bandwidth, finite=True) and bandwidth > 0)):
         raise ValueError(f"bandwidth must be 'scott', 'median' or a positive finite number, got {bandwidth!r}")
     fs, x, y = _samples_and_reference(samples, reference, reference_features, space)
+    _check_leave_one_out_rows(exclude_self, y)
     if exclude_self and x.shape[0] != y.shape[0]:
         raise ValueError(f"exclude_self needs samples and reference of equal length, "
                          f"got {x.shape[0]} and {y.shape[0]}")
@@ -689,6 +693,14 @@ def kde_log_density(samples: Any, reference: Any,
     log_norm = math.log(n) + dim * (0.5 * math.log(2.0 * math.pi) + math.log(h))  # no h² (overflow)
     log_density = log_sum - log_norm
     return KDELogDensity(log_density, h, rule, n, dim, fs.name)
+
+
+def _check_leave_one_out_rows(exclude_self: bool, y: Tensor) -> None:
+    """Leave-one-out of a single reference row leaves nothing to measure against: say so, rather
+    than that k exceeds 0 usable references (no k passes) or that there is no reference."""
+    if exclude_self and y.shape[0] < 2:
+        raise ValueError(f"exclude_self needs at least 2 reference rows, got {y.shape[0]} "
+                         "(leave-one-out of one row leaves no reference)")
 
 
 def _check_dims(x: Tensor, y: Tensor) -> None:
