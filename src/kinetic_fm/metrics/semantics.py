@@ -31,17 +31,25 @@ __all__ = ["ClassifierMargin", "ClipScores", "CLIPScorer", "classifier_margin", 
            "load_clip", "margin_from_scores"]
 
 
-def margin_from_scores(scores: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def margin_from_scores(scores: Tensor, target: Any = None) -> tuple[Tensor, Tensor]:
     """``scores[i, c_i] − max_{j≠c_i} scores[i, j]`` and ``c_i`` (the target, or the argmax).
 
     Args:
-        scores: (B, C) with C >= 2. target: (B,) int64 class indices, or None.
+        scores: (B, C) with C >= 2. target: (B,) integer class indices (a tensor of any integer
+            dtype on any device, an array or a sequence), or None.
+
+    Returns:
+        (B,) margins in the scores' dtype and (B,) int64 classes ``c_i``, on the scores' device.
     """
     if scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"need (B, C) scores with C >= 2 classes, got shape {tuple(scores.shape)}")
-    if target is not None and (target.shape != (scores.shape[0],) or
-                               bool(((target < 0) | (target >= scores.shape[1])).any())):
-        raise ValueError(f"target must be ({scores.shape[0]},) class indices in [0, {scores.shape[1] - 1}]")
+    if target is not None:
+        target = as_tensor(target).to(device=scores.device)
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+        if target.shape != (scores.shape[0],) or bool(((target < 0) | (target >= scores.shape[1])).any()):
+            raise ValueError(f"target must be ({scores.shape[0]},) class indices in [0, {scores.shape[1] - 1}]")
+        target = target.to(torch.int64)  # gather's index
     chosen = scores.argmax(dim=1) if target is None else target
     own = scores.gather(1, chosen[:, None]).squeeze(1)
     others = scores.scatter(1, chosen[:, None], -math.inf)
@@ -134,9 +142,10 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     logits = raw.to(torch.float64)
     if logits.dim() > 2 and math.prod(logits.shape[2:]) == 1:   # a convolutional head's (b, C, 1, 1)
         logits = logits.reshape(logits.shape[:2])
-    if logits.dim() != 2:   # a (b, 2, 5) output was read as 10 classes
+    if logits.dim() != 2 or logits.shape[1] < 2:   # a (b, 2, 5) output was read as 10 classes
+        single = logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1)   # nn.Linear(d, 1)'s too
         hint = ("; a single-logit binary classifier z gives the logits torch.stack([-z / 2, z / 2], 1), "
-                "whose softmax is sigmoid(z)" if logits.dim() == 1 else "")
+                "whose softmax is sigmoid(z)" if single else "")
         raise ValueError(f"classifier must return (b, C) logits, got shape {tuple(logits.shape)}{hint}")
     if not torch.isfinite(logits).all():
         raise ValueError("classifier returned non-finite logits")
@@ -273,7 +282,14 @@ class CLIPScorer:
 
     @torch.inference_mode()
     def text_embeddings(self, prompts: Sequence[str], batch_size: int = 256) -> Tensor:
-        """(P, E) float64 unit-norm embeddings of ``prompts``."""
+        """(P, E) float64 unit-norm embeddings of the P >= 1 ``prompts`` (a sequence of strings;
+        a single string is refused, it was embedded character by character), ``batch_size`` at a time."""
+        if isinstance(prompts, str):
+            raise TypeError(f"prompts must be a sequence of strings, got the string {prompts!r}; "
+                            "pass [prompt] for one")
+        _check_batch_size(batch_size)
+        if len(prompts) == 0:
+            raise ValueError("prompts must hold at least one prompt, got none")
         out = []
         for start in range(0, len(prompts), batch_size):
             tokens = self.tokenizer(list(prompts[start:start + batch_size]), padding=True,
@@ -357,6 +373,7 @@ class CLIPScorer:
             raise ValueError("a CLIP margin needs at least 2 class names")
         t = _targets(labels, n_images, len(class_names), torch.device("cpu"))
         class_prompts = [template.format(c) for c in class_names]
+        _warn_of_repeated_classes(class_names, class_prompts)
         txt = self.text_embeddings(class_prompts)
         if len(set(class_prompts)) > 1 and bool((txt == txt[:1]).all()):
             raise ValueError(f"the text tower of {self.name} gives one embedding for every class prompt, so "
@@ -371,6 +388,20 @@ class CLIPScorer:
         score = per_class.gather(1, chosen[:, None]).squeeze(1)
         return ClipScores(score, margin, per_class.argmax(dim=1),
                           per_class if return_class_scores else None, template, self.name)
+
+
+def _warn_of_repeated_classes(class_names: Sequence[Any], class_prompts: Sequence[str]) -> None:
+    """A UserWarning naming the class names whose prompts repeat: each copy is the best other class
+    of the other, so the margin of an image whose true (or best) class is repeated is 0 at most."""
+    where: dict[str, list[int]] = {}
+    for i, prompt in enumerate(class_prompts):
+        where.setdefault(prompt, []).append(i)
+    repeats = [at for at in where.values() if len(at) > 1]
+    if repeats:
+        named = "; ".join(f"{class_names[at[0]]!r} (at {', '.join(map(str, at))})" for at in repeats)
+        warnings.warn(f"class_names repeat {named}: their prompts are one text embedding, so the CLIP margin of an "
+                      "image whose true or best class is repeated is at most 0 (the copy is the best other class); "
+                      "pass each class once", UserWarning, stacklevel=caller_outside_the_package())
 
 
 def load_clip(model_dir: str | Path, *, device: torch.device | str | None = None) -> CLIPScorer:
