@@ -107,8 +107,8 @@ class FeatureSpace:
         x = as_tensor(x)
         if x.ndim == 0:
             raise ValueError("x must have a batch dimension, got a scalar")
-        if self.fn is None:
-            return x.reshape(x.shape[0], -1)
+        if self.fn is None:  # not -1: an empty batch has no inferred size
+            return x.reshape(x.shape[0], math.prod(x.shape[1:]))
         with feature_map_as_found(self.fn):
             return self._mapped(x)
 
@@ -132,6 +132,13 @@ class FeatureSpace:
                     raise ValueError(
                         f"feature map {self.name!r} returned {feats.shape[0]} rows "
                         f"for {chunk.shape[0]} inputs")
+                if start == 0:
+                    first = tuple(feats.shape[1:])
+                elif tuple(feats.shape[1:]) != first and (not flatten or math.prod(feats.shape[1:]) != math.prod(first)):
+                    raise ValueError(  # torch.cat's "Sizes of tensors must match" named neither the map nor the rows
+                        f"feature map {self.name!r} returned features of shape {first} for rows 0-{self.batch_size - 1} "
+                        f"but {tuple(feats.shape[1:])} for rows {start}-{start + chunk.shape[0] - 1}: a row's "
+                        "features must not depend on the chunk it comes in")
                 out.append((feats.reshape(feats.shape[0], -1) if flatten else feats).to(x.device))
         if not out:
             return x.new_zeros((0, 0))
