@@ -451,7 +451,8 @@ def test_clip_prompts_longer_than_the_text_tower_are_truncated_not_refused(tiny_
     # two names alike in their first 50 letters read the same
     scorer = load_clip(tiny_clip_dir)
     long = "x" * 50
-    res = scorer.scores(torch.rand(2, 3, 16, 16), [long + "a", long + "b", "cat"], return_class_scores=True)
+    with pytest.warns(UserWarning, match=r"class_names repeat 'x+a' \(at 0, 1\): their prompts tokenize alike"):
+        res = scorer.scores(torch.rand(2, 3, 16, 16), [long + "a", long + "b", "cat"], return_class_scores=True)
     torch.testing.assert_close(res.class_scores[:, 0], res.class_scores[:, 1], rtol=0, atol=0)
 
 
@@ -611,3 +612,16 @@ def test_clip_warns_of_repeated_class_names_whose_margins_cannot_exceed_0(tiny_c
         res = scorer.scores(images, ["cat", "dog", "cat"], labels=0, return_class_scores=True)
     assert (res.margin <= 0).all()   # the repeat is the best other class whenever cat wins
     torch.testing.assert_close(res.class_scores[:, 0], res.class_scores[:, 2], rtol=0, atol=0)
+
+
+def test_clip_class_names_that_tokenize_alike_are_repeats_not_a_broken_tokenizer(tiny_clip_dir):
+    # CLIP's tokenizer lower-cases and collapses white space: "Cat" and "cat" are one prompt to the
+    # model. Two such names read "its tokenizer and model do not match"; with a third, margins of 0
+    # came without a word
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"class_names repeat 'cat' \(at 0, 1\)"):
+        assert scorer.scores(images, ["cat", "Cat"]).margin.tolist() == [0.0, 0.0]
+    with pytest.warns(UserWarning, match=r"class_names repeat 'cat' \(at 0, 1\)"):
+        res = scorer.scores(images, ["cat", "cat ", "dog"], labels=0)
+    assert (res.margin <= 0).all()

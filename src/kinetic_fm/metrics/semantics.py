@@ -373,9 +373,13 @@ class CLIPScorer:
             raise ValueError("a CLIP margin needs at least 2 class names")
         t = _targets(labels, n_images, len(class_names), torch.device("cpu"))
         class_prompts = [template.format(c) for c in class_names]
-        _warn_of_repeated_classes(class_names, class_prompts)
+        # the model's inputs, not the strings, decide repeats: the tokenizer lower-cases and collapses
+        # white space ("Cat" and "cat " are "cat"), and truncates past the text tower's length
+        token_ids = [tuple(ids) for ids in self.tokenizer(class_prompts, truncation=True,
+                                                          max_length=self.max_length)["input_ids"]]
+        _warn_of_repeated_classes(class_names, token_ids)
         txt = self.text_embeddings(class_prompts)
-        if len(set(class_prompts)) > 1 and bool((txt == txt[:1]).all()):
+        if len(set(token_ids)) > 1 and bool((txt == txt[:1]).all()):
             raise ValueError(f"the text tower of {self.name} gives one embedding for every class prompt, so "
                              "every margin would be 0: its tokenizer and model do not match (token ids outside "
                              "the model's vocabulary, or a vocabulary that cannot spell the class names)")
@@ -390,18 +394,19 @@ class CLIPScorer:
                           per_class if return_class_scores else None, template, self.name)
 
 
-def _warn_of_repeated_classes(class_names: Sequence[Any], class_prompts: Sequence[str]) -> None:
-    """A UserWarning naming the class names whose prompts repeat: each copy is the best other class
-    of the other, so the margin of an image whose true (or best) class is repeated is 0 at most."""
-    where: dict[str, list[int]] = {}
-    for i, prompt in enumerate(class_prompts):
-        where.setdefault(prompt, []).append(i)
+def _warn_of_repeated_classes(class_names: Sequence[Any], token_ids: Sequence[tuple[int, ...]]) -> None:
+    """A UserWarning naming the class names whose prompts tokenize alike: one text embedding, so each
+    copy is the best other class of the other and the margin of an image whose true (or best) class is
+    repeated is 0 at most."""
+    where: dict[tuple[int, ...], list[int]] = {}
+    for i, ids in enumerate(token_ids):
+        where.setdefault(ids, []).append(i)
     repeats = [at for at in where.values() if len(at) > 1]
     if repeats:
         named = "; ".join(f"{class_names[at[0]]!r} (at {', '.join(map(str, at))})" for at in repeats)
-        warnings.warn(f"class_names repeat {named}: their prompts are one text embedding, so the CLIP margin of an "
-                      "image whose true or best class is repeated is at most 0 (the copy is the best other class); "
-                      "pass each class once", UserWarning, stacklevel=caller_outside_the_package())
+        warnings.warn(f"class_names repeat {named}: their prompts tokenize alike (one text embedding), so the CLIP "
+                      "margin of an image whose true or best class is repeated is at most 0 (the copy is the best "
+                      "other class); pass each class once", UserWarning, stacklevel=caller_outside_the_package())
 
 
 def load_clip(model_dir: str | Path, *, device: torch.device | str | None = None) -> CLIPScorer:
