@@ -664,3 +664,18 @@ def test_knn_and_kde_of_narrow_dtypes_match_a_float64_brute_force_of_their_value
         kde = kde_log_density(x, y, bandwidth)
         # float32 GEMM unless both are float64: u·(‖x‖² + ‖y‖²)/(2h²) ~ 6e-8 · 600 / 3
         np.testing.assert_allclose(kde.log_density.numpy(), _brute_kde(xd, yd, kde.bandwidth), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("chunk, batch_chunk", [(8192, 1024), (1, 1), (5, 3), (3, 5)])
+@pytest.mark.parametrize("bandwidth", ["scott", "median", 0.35])
+def test_kde_leave_one_out_with_duplicate_references_equals_a_float64_logsumexp(chunk, batch_chunk, bandwidth):
+    _, y = _tied_sets()   # rows 0-3 repeated at 12-15: leave-one-out drops row i only, not its copy
+    kde = kde_log_density(y, y, bandwidth, exclude_self=True, chunk=chunk, batch_chunk=batch_chunk)
+    want = _brute_kde(y.numpy(), y.numpy(), kde.bandwidth, exclude_self=True)
+    np.testing.assert_allclose(kde.log_density.numpy(), want, rtol=1e-13, atol=1e-13)
+    assert kde.n_reference == 15 and kde.dim == 3
+    # a query alone (without leave-one-out) is measured as among the others
+    full = kde_log_density(y[:5], y, kde.bandwidth, chunk=chunk, batch_chunk=batch_chunk).log_density
+    for i in range(5):
+        alone = kde_log_density(y[i:i + 1], y, kde.bandwidth, chunk=chunk, batch_chunk=batch_chunk).log_density
+        assert alone.item() == pytest.approx(full[i].item(), rel=1e-14, abs=1e-14)

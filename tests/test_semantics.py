@@ -55,7 +55,7 @@ def test_classifier_margin_and_confidence():
                                    "classifier_target"]
     assert frame["classifier_target"].tolist() == res.target.tolist()
     assert "classifier_target" not in pred.to_frame()              # the predicted class was scored
-    with pytest.raises(ValueError, match="target classes"):
+    with pytest.raises(ValueError, match=r"target must hold class indices in \[0, 4\], got range \[7, 7\]"):
         classifier_margin(net, x, 7)
     with pytest.raises(ValueError, match="integer class indices"):
         classifier_margin(net, x, 1.7)                          # not silently class 1
@@ -336,7 +336,7 @@ def test_clip_flags_batch_size_template_and_model_checked_first(tiny_clip_dir, m
         scorer.scores(images, ["cat", "dog"], template=None)
     with pytest.raises(ValueError, match="exactly one"):
         scorer.scores(images, ["cat", "dog"], template="{} {}")
-    with pytest.raises(ValueError, match="target classes"):
+    with pytest.raises(ValueError, match=r"^labels must hold class indices in \[0, 1\], got range \[0, 5\]$"):
         scorer.scores(images, ["cat", "dog"], labels=[0, 5])
     assert calls == []                                   # nothing was embedded before the errors
     with pytest.raises(TypeError, match="model must be a local CLIP directory"):
@@ -365,7 +365,7 @@ def test_margin_from_scores_refuses_a_negative_target_by_name():
 
 @pytest.mark.parametrize("target", [-1, 5])
 def test_classifier_margin_names_the_class_range_just_outside_it(target):
-    with pytest.raises(ValueError, match=r"^target classes must be in \[0, 4\]"):
+    with pytest.raises(ValueError, match=r"^target must hold class indices in \[0, 4\]"):
         classifier_margin(_net(), torch.randn(4, 3, 2, 2), target)
 
 
@@ -462,7 +462,7 @@ def test_clip_refuses_one_class_or_a_label_past_the_last_before_embedding(tiny_c
     monkeypatch.setattr(scorer.model, "get_image_features", lambda *a, **k: calls.append(1))
     with pytest.raises(ValueError, match="at least 2 class names"):
         scorer.scores(torch.rand(2, 3, 8, 8), ["cat"])
-    with pytest.raises(ValueError, match=r"target classes must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"^labels must hold class indices in \[0, 1\]"):
         scorer.scores(torch.rand(2, 3, 8, 8), ["cat", "dog"], labels=[0, 2])
     assert calls == []
 
@@ -625,3 +625,15 @@ def test_clip_class_names_that_tokenize_alike_are_repeats_not_a_broken_tokenizer
     with pytest.warns(UserWarning, match=r"class_names repeat 'cat' \(at 0, 1\)"):
         res = scorer.scores(images, ["cat", "cat ", "dog"], labels=0)
     assert (res.margin <= 0).all()
+
+
+def test_clip_label_errors_name_labels_the_argument_given(tiny_clip_dir):
+    # they named "target", which clip_scores has no argument of
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"^labels must hold integer class indices, got dtype torch.float32$"):
+        scorer.scores(images, ["cat", "dog"], labels=torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"^labels must be one class or one per sample \(2\), got 3$"):
+        clip_scores(images, ["cat", "dog"], labels=[0, 1, 1], model=scorer)
+    with pytest.raises(ValueError, match=r"^labels must be one class index or have shape \(2,\)"):
+        scorer.scores(images, ["cat", "dog"], labels=[[0, 1]])

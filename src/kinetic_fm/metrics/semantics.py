@@ -56,22 +56,24 @@ def margin_from_scores(scores: Tensor, target: Any = None) -> tuple[Tensor, Tens
     return own - others.max(dim=1).values, chosen
 
 
-def _targets(target: Any, b: int, n_classes: int, device: torch.device) -> Tensor | None:
+def _targets(target: Any, b: int, n_classes: int, device: torch.device, name: str = "target") -> Tensor | None:
+    """``target`` (None, one class index, or (b,) indices) as a (b,) int64 tensor on ``device``, its
+    classes in [0, n_classes − 1]; ValueError naming the argument ``name`` otherwise."""
     if target is None:
         return None
     t = as_tensor(target).to(device=device)
     if t.ndim > 1:
-        raise ValueError(f"target must be one class index or have shape ({b},), got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must be one class index or have shape ({b},), got shape {tuple(t.shape)}")
     t = t.reshape(-1)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices, got dtype {t.dtype}")
+        raise ValueError(f"{name} must hold integer class indices, got dtype {t.dtype}")
     t = t.to(torch.int64)
     if t.numel() == 1 and b != 1:
         t = t.expand(b)
     if t.shape[0] != b:
-        raise ValueError(f"target must be one class or one per sample ({b}), got {t.shape[0]}")
+        raise ValueError(f"{name} must be one class or one per sample ({b}), got {t.shape[0]}")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_classes):
-        raise ValueError(f"target classes must be in [0, {n_classes - 1}], got range "
+        raise ValueError(f"{name} must hold class indices in [0, {n_classes - 1}], got range "
                          f"[{int(t.min())}, {int(t.max())}]")
     return t
 
@@ -371,7 +373,7 @@ class CLIPScorer:
             raise TypeError(f"class_names must be a sequence of names, got the string {class_names!r}")
         if len(class_names) < 2:
             raise ValueError("a CLIP margin needs at least 2 class names")
-        t = _targets(labels, n_images, len(class_names), torch.device("cpu"))
+        t = _targets(labels, n_images, len(class_names), torch.device("cpu"), name="labels")
         class_prompts = [template.format(c) for c in class_names]
         # the model's inputs, not the strings, decide repeats: the tokenizer lower-cases and collapses
         # white space ("Cat" and "cat " are "cat"), and truncates past the text tower's length
