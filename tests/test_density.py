@@ -679,3 +679,20 @@ def test_kde_leave_one_out_with_duplicate_references_equals_a_float64_logsumexp(
     for i in range(5):
         alone = kde_log_density(y[i:i + 1], y, kde.bandwidth, chunk=chunk, batch_chunk=batch_chunk).log_density
         assert alone.item() == pytest.approx(full[i].item(), rel=1e-14, abs=1e-14)
+
+
+@pytest.mark.parametrize("measure", [local_support, kde_log_density])
+def test_precomputed_reference_features_that_do_not_fit_the_samples_are_named(measure):
+    # the errors named "reference", which was fine: it was reference_features that did not fit
+    from fake_cuda import fake_cuda
+
+    y, x = torch.randn(20, 4), torch.randn(3, 4)
+    kwargs = {"k": 2, "ks": ()} if measure is local_support else {"bandwidth": 1.0}
+    with pytest.raises(ValueError, match=r"^samples and reference_features have different feature sizes: 4 vs 3$"):
+        measure(x, y, reference_features=y[:, :3], **kwargs)
+    with fake_cuda():
+        with pytest.raises(ValueError, match=r"^samples and reference_features must be on one device, got cuda:0 "
+                                             r"and cpu$"):
+            measure(x.to("cuda"), y.to("cuda"), reference_features=y.numpy(), **kwargs)
+        with pytest.raises(ValueError, match=r"^samples and reference must be on one device, got cuda:0 and cpu$"):
+            measure(x.to("cuda"), y, **kwargs)

@@ -167,7 +167,7 @@ def _samples_and_reference(samples: Any, reference: Any, reference_features: Any
     with feature_map_as_found(fs.fn):  # warned once for both sets
         x = as_features(samples, fs, argument="samples", check_training=False)
         y = _reference_features(reference, reference_features, fs)
-    _check_dims(x, y)
+    _check_dims(x, y, "reference" if reference_features is None else "reference_features")
     return fs, x, y
 
 
@@ -703,11 +703,13 @@ def _check_leave_one_out_rows(exclude_self: bool, y: Tensor) -> None:
                          "(leave-one-out of one row leaves no reference)")
 
 
-def _check_dims(x: Tensor, y: Tensor) -> None:
+def _check_dims(x: Tensor, y: Tensor, name: str = "reference") -> None:
+    """The samples' features ``x`` and the reference's ``y`` (named ``name``: the argument they came
+    from) agree in width and device, and have features."""
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"samples and reference have different feature sizes: "
+        raise ValueError(f"samples and {name} have different feature sizes: "
                          f"{x.shape[1]} vs {y.shape[1]}")
     if x.shape[1] == 0:  # a density over no features read log p = 0 for every sample
-        raise ValueError(f"samples and reference have no features (shapes {tuple(x.shape)} and {tuple(y.shape)})")
+        raise ValueError(f"samples and {name} have no features (shapes {tuple(x.shape)} and {tuple(y.shape)})")
     if x.device != y.device:
-        raise ValueError(f"samples and reference must be on one device, got {x.device} and {y.device}")
+        raise ValueError(f"samples and {name} must be on one device, got {x.device} and {y.device}")
