@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_leaves
 
 from kinetic_fm.metrics.density import (
     kde_log_density,
+    knn_log_density,
     local_support,
     median_bandwidth,
     scott_bandwidth,
@@ -696,3 +697,19 @@ def test_precomputed_reference_features_that_do_not_fit_the_samples_are_named(me
             measure(x.to("cuda"), y.to("cuda"), reference_features=y.numpy(), **kwargs)
         with pytest.raises(ValueError, match=r"^samples and reference must be on one device, got cuda:0 and cpu$"):
             measure(x.to("cuda"), y, **kwargs)
+
+
+@pytest.mark.parametrize("k, n, dim, name", [(0, 5, 2, "k"), (3, 0, 2, "n_reference"), (3, 5, 0, "dim"),
+                                             (3, 5, 2.5, "dim"), (6, 5, 2, "k")])
+def test_knn_log_density_refuses_counts_outside_their_ranges_by_name(k, n, dim, name):
+    # k = 0 or N = 0 met "math domain error"; k > N, D = 0 and D = 2.5 gave a number
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        knn_log_density(torch.tensor([1.0]), k, n, dim)
+
+
+def test_knn_log_density_is_the_natural_log_of_k_over_n_v_d_r_to_the_d():
+    r = torch.tensor([0.5, 1.0, 2.0, 0.0])
+    v_3 = 4 / 3 * math.pi   # the unit 3-ball
+    want = [math.log(4 / (10 * v_3 * x ** 3)) for x in (0.5, 1.0, 2.0)] + [math.inf]
+    got = knn_log_density(r, 4, 10, 3)
+    assert got.dtype == torch.float64 and got.tolist() == pytest.approx(want, rel=1e-14)

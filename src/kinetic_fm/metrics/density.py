@@ -46,7 +46,14 @@ def _log_unit_ball_volume(dim: int) -> float:
 
 
 def knn_log_density(radius: Tensor, k: int, n_reference: int, dim: int) -> Tensor:
-    """``log p̂_k = log k − log N − log V_D − D log r_k`` (float64; +inf where ``r_k = 0``)."""
+    """``log p̂_k = log k − log N − log V_D − D log r_k`` (natural log, float64; +inf where ``r_k = 0``).
+
+    Args:
+        radius: (B,) distances (not squared) to the k-th nearest of ``n_reference`` references.
+        k: the neighbour count, an integer in [1, n_reference]. n_reference: N >= 1. dim: D >= 1.
+    """
+    n_reference, dim = positive_integer("n_reference", n_reference), positive_integer("dim", dim)
+    k = check_integer("k", k, 1, n_reference, note="n_reference")
     radius = radius.to(torch.float64)
     const = math.log(k) - math.log(n_reference) - _log_unit_ball_volume(dim)
     return const - dim * torch.log(radius)
