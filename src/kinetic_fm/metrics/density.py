@@ -257,8 +257,9 @@ def _unit_scale(rows: Tensor) -> tuple[Tensor, int]:
 
 
 def median_bandwidth(reference: Any, max_points: int = 2000, seed: int = 0) -> float:
-    """Median heuristic: h = median distance between distinct references (Gretton et al.); for
-    an even number of pairs the mean of the two middle distances. ``reference`` (N, ...) rows,
+    """Median heuristic: h = median Euclidean distance (not squared) over the pairs of different
+    rows i < j of the references (Gretton et al.; duplicate rows count, at distance 0); for an even
+    number of pairs the mean of the two middle distances. ``reference`` (N, ...) rows,
     finite (a tensor, array or list; flattened to features).
 
     Uses a seeded random subset of at most ``max_points`` (≥ 2) references (the median of ~2·10⁶
