@@ -637,3 +637,12 @@ def test_clip_label_errors_name_labels_the_argument_given(tiny_clip_dir):
         clip_scores(images, ["cat", "dog"], labels=[0, 1, 1], model=scorer)
     with pytest.raises(ValueError, match=r"^labels must be one class index or have shape \(2,\)"):
         scorer.scores(images, ["cat", "dog"], labels=[[0, 1]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_clip_half_precision_images_score_as_the_float32_images_of_their_values(tiny_clip_dir, dtype):
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(3, 3, 8, 8).to(dtype)
+    half = scorer.scores(images, ["cat", "dog"], labels=[0, 1, 0], return_class_scores=True)
+    full = scorer.scores(images.float(), ["cat", "dog"], labels=[0, 1, 0], return_class_scores=True)
+    assert torch.equal(half.class_scores, full.class_scores) and torch.equal(half.margin, full.margin)

@@ -224,7 +224,8 @@ class KDELogDensity:
 
 def scott_bandwidth(reference: Any) -> float:
     """Scott's rule for an isotropic kernel: ``h = σ̄ · N^(−1/(D+4))``, σ̄² = mean coordinate
-    variance; ``reference`` (N, ...) rows, finite (a tensor, array or list; flattened to features)."""
+    variance (unbiased, over N − 1); ``reference`` (N, ...) rows, finite (a tensor, array or list;
+    flattened to features). In the features' units."""
     return _scott(as_features(reference, argument="reference"))
 
 
