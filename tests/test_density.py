@@ -713,3 +713,17 @@ def test_knn_log_density_is_the_natural_log_of_k_over_n_v_d_r_to_the_d():
     want = [math.log(4 / (10 * v_3 * x ** 3)) for x in (0.5, 1.0, 2.0)] + [math.inf]
     got = knn_log_density(r, 4, 10, 3)
     assert got.dtype == torch.float64 and got.tolist() == pytest.approx(want, rel=1e-14)
+
+
+@pytest.mark.parametrize("row_shape", [(4,), (3, 2, 2)])
+@pytest.mark.parametrize("measure", [local_support, kde_log_density])
+def test_one_sample_without_its_batch_axis_is_refused_with_the_shape_it_needs(measure, row_shape):
+    # y[5] for y[5:6] read as 4 samples of 1 feature: "different feature sizes: 1 vs 4"
+    y = torch.randn(20, *row_shape)
+    kwargs = {"k": 2, "ks": ()} if measure is local_support else {"bandwidth": 1.0}
+    shape = ", ".join(map(str, row_shape)) + ("," if len(row_shape) == 1 else "")
+    with pytest.raises(ValueError, match=rf"samples has shape \({shape}\), the shape of one reference row: one sample "
+                                         rf"needs its batch axis, shape \(1, {', '.join(map(str, row_shape))}\)"):
+        measure(y[5], y, **kwargs)
+    one = measure(y[5:6], y, **kwargs)   # as asked
+    assert (one.radius if measure is local_support else one.log_density).shape == (1,)

@@ -169,6 +169,7 @@ def _samples_and_reference(samples: Any, reference: Any, reference_features: Any
     """``(fs, x, y)``: the feature space ``space`` names, the samples' feature rows ``x`` and the
     reference's ``y`` (``reference_features`` when given), checked to agree in width and device."""
     fs = feature_space(space)
+    _check_batch_axis(samples, reference)
     if reference_features is None:
         check_same_space(("samples", samples), ("reference", reference))
     with feature_map_as_found(fs.fn):  # warned once for both sets
@@ -176,6 +177,17 @@ def _samples_and_reference(samples: Any, reference: Any, reference_features: Any
         y = _reference_features(reference, reference_features, fs)
     _check_dims(x, y, "reference" if reference_features is None else "reference_features")
     return fs, x, y
+
+
+def _check_batch_axis(samples: Any, reference: Any) -> None:
+    """Refuse one sample given without its batch axis (``y[i]`` for ``y[i:i + 1]``): shaped as one
+    reference row, it was read as rows of its first axis and met "different feature sizes"."""
+    shape, row = getattr(samples, "shape", None), getattr(reference, "shape", None)
+    if shape is None or row is None or len(row) < 2 or tuple(shape) != tuple(row[1:]):
+        return
+    if math.prod(shape[1:]) != math.prod(row[1:]):  # else (N, 1) references and (1,) samples: one row of one
+        raise ValueError(f"samples has shape {tuple(shape)}, the shape of one reference row: one sample needs its "
+                         f"batch axis, shape {(1, *shape)} (samples[None], or x[i:i + 1] for x[i])")
 
 
 def _reference_features(reference: Any, reference_features: Any, fs) -> Tensor:
