@@ -646,3 +646,18 @@ def test_clip_half_precision_images_score_as_the_float32_images_of_their_values(
     half = scorer.scores(images, ["cat", "dog"], labels=[0, 1, 0], return_class_scores=True)
     full = scorer.scores(images.float(), ["cat", "dog"], labels=[0, 1, 0], return_class_scores=True)
     assert torch.equal(half.class_scores, full.class_scores) and torch.equal(half.margin, full.margin)
+
+
+def test_clip_class_names_must_have_an_order_and_may_come_from_any_iterable(tiny_clip_dir):
+    # a set's order is the string hashes' (another in every interpreter), so labels indexed names at
+    # random; a generator met "object of type 'generator' has no len()"
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(2, 3, 8, 8)
+    with pytest.raises(TypeError, match=r"class_names must be an ordered sequence .* got a set"):
+        scorer.scores(images, {"cat", "dog"}, labels=[0, 1])
+    listed = scorer.scores(images, ["cat", "dog", "ship"], labels=[0, 2], return_class_scores=True)
+    for names in ((n for n in ("cat", "dog", "ship")), np.array(["cat", "dog", "ship"]), {"cat": 0, "dog": 1, "ship": 2}):
+        got = scorer.scores(images, names, labels=[0, 2], return_class_scores=True)
+        assert torch.equal(got.class_scores, listed.class_scores) and torch.equal(got.margin, listed.margin)
+    with pytest.raises(ValueError, match=r"a CLIP margin needs at least 2 class names, got 1"):
+        scorer.scores(images, iter(["cat"]))

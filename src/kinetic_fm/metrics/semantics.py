@@ -371,8 +371,12 @@ class CLIPScorer:
             raise ValueError(f"template must have exactly one '{{}}' slot (no other fields), got {template!r}") from None
         if isinstance(class_names, str):
             raise TypeError(f"class_names must be a sequence of names, got the string {class_names!r}")
+        if isinstance(class_names, (set, frozenset)):   # iterated in the names' hash order: labels index at random
+            raise TypeError(f"class_names must be an ordered sequence (a list or tuple) whose positions the labels "
+                            f"index, got a {type(class_names).__name__}; pass sorted(names) or the dataset's list")
+        class_names = list(class_names)   # a generator, an array or a dict's keys, in their order
         if len(class_names) < 2:
-            raise ValueError("a CLIP margin needs at least 2 class names")
+            raise ValueError(f"a CLIP margin needs at least 2 class names, got {len(class_names)}")
         t = _targets(labels, n_images, len(class_names), torch.device("cpu"), name="labels")
         class_prompts = [template.format(c) for c in class_names]
         # the model's inputs, not the strings, decide repeats: the tokenizer lower-cases and collapses
@@ -428,7 +432,9 @@ def clip_scores(images: Any, class_names: Sequence[str] | None = None, labels: A
             kinetic_fm's images; values beyond the range by more than a tenth of its width are
             refused, smaller overshoots clipped), or integers (any integer dtype) in [0, 255];
             integer values outside [0, 255] are refused.
-        class_names: C >= 2 class names; each becomes ``template.format(name)``.
+        class_names: C >= 2 class names in the order ``labels`` index them (a list, tuple, array or
+            any iterable in its order; a set, which has none, is refused); each becomes
+            ``template.format(name)``.
         labels: None (score the best-matching class; margin = best − second best), one class
             index, or (B,) indices of each image's true class.
         model: a local CLIP directory or an already loaded :class:`CLIPScorer` (reuse it across
