@@ -661,3 +661,15 @@ def test_clip_class_names_must_have_an_order_and_may_come_from_any_iterable(tiny
         assert torch.equal(got.class_scores, listed.class_scores) and torch.equal(got.margin, listed.margin)
     with pytest.raises(ValueError, match=r"a CLIP margin needs at least 2 class names, got 1"):
         scorer.scores(images, iter(["cat"]))
+
+
+def test_clip_free_prompts_must_have_an_order(tiny_clip_dir):
+    # a set of one prompt per image failed on "'set' object is not subscriptable", after the images
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(2, 3, 8, 8)
+    with pytest.raises(TypeError, match=r"prompts must be an ordered sequence .* got a set"):
+        scorer.scores(images, prompts={"a cat", "a dog"})
+    with pytest.raises(TypeError, match=r"prompts must be an ordered sequence .* got a set"):
+        scorer.text_embeddings({"a cat", "a dog"})
+    listed = scorer.scores(images, prompts=["a cat", "a dog"])
+    assert torch.equal(scorer.scores(images, prompts=(p for p in ("a cat", "a dog"))).score, listed.score)

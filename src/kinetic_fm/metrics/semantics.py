@@ -286,9 +286,7 @@ class CLIPScorer:
     def text_embeddings(self, prompts: Sequence[str], batch_size: int = 256) -> Tensor:
         """(P, E) float64 unit-norm embeddings of the P >= 1 ``prompts`` (a sequence of strings;
         a single string is refused, it was embedded character by character), ``batch_size`` at a time."""
-        if isinstance(prompts, str):
-            raise TypeError(f"prompts must be a sequence of strings, got the string {prompts!r}; "
-                            "pass [prompt] for one")
+        prompts = _ordered("prompts", prompts)
         _check_batch_size(batch_size)
         if len(prompts) == 0:
             raise ValueError("prompts must hold at least one prompt, got none")
@@ -357,6 +355,7 @@ class CLIPScorer:
         _value_range(value_range)
         n_images = _as_images(images).shape[0]
         if prompts is not None:
+            prompts = prompts if isinstance(prompts, str) else _ordered("prompts", prompts)
             if isinstance(prompts, str) or len(prompts) != n_images:
                 got = repr(prompts) if isinstance(prompts, str) else len(prompts)
                 raise ValueError(f"prompts must hold one prompt per image ({n_images}), got {got}")
@@ -371,10 +370,7 @@ class CLIPScorer:
             raise ValueError(f"template must have exactly one '{{}}' slot (no other fields), got {template!r}") from None
         if isinstance(class_names, str):
             raise TypeError(f"class_names must be a sequence of names, got the string {class_names!r}")
-        if isinstance(class_names, (set, frozenset)):   # iterated in the names' hash order: labels index at random
-            raise TypeError(f"class_names must be an ordered sequence (a list or tuple) whose positions the labels "
-                            f"index, got a {type(class_names).__name__}; pass sorted(names) or the dataset's list")
-        class_names = list(class_names)   # a generator, an array or a dict's keys, in their order
+        class_names = _ordered("class_names", class_names)
         if len(class_names) < 2:
             raise ValueError(f"a CLIP margin needs at least 2 class names, got {len(class_names)}")
         t = _targets(labels, n_images, len(class_names), torch.device("cpu"), name="labels")
@@ -398,6 +394,18 @@ class CLIPScorer:
         score = per_class.gather(1, chosen[:, None]).squeeze(1)
         return ClipScores(score, margin, per_class.argmax(dim=1),
                           per_class if return_class_scores else None, template, self.name)
+
+
+def _ordered(name: str, items: Any) -> list:
+    """``items`` (a list, tuple, array, generator or any iterable) as a list in its order; a string
+    (one prompt, not a sequence of them) or a set (iterated in its strings' hash order, another in
+    every interpreter: labels and images were paired with them at random) is a TypeError naming ``name``."""
+    if isinstance(items, str):
+        raise TypeError(f"{name} must be a sequence of strings, got the string {items!r}; pass [{name[:-1]}] for one")
+    if isinstance(items, (set, frozenset)):
+        raise TypeError(f"{name} must be an ordered sequence (a list or tuple) whose positions are paired with the "
+                        f"labels or images, got a {type(items).__name__}; pass a list")
+    return list(items)
 
 
 def _warn_of_repeated_classes(class_names: Sequence[Any], token_ids: Sequence[tuple[int, ...]]) -> None:
