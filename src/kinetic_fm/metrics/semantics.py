@@ -417,7 +417,7 @@ def _warn_of_repeated_classes(class_names: Sequence[Any], token_ids: Sequence[tu
         where.setdefault(ids, []).append(i)
     repeats = [at for at in where.values() if len(at) > 1]
     if repeats:
-        named = "; ".join(f"{class_names[at[0]]!r} (at {', '.join(map(str, at))})" for at in repeats)
+        named = "; ".join(f"{str(class_names[at[0]])!r} (at {', '.join(map(str, at))})" for at in repeats)
         warnings.warn(f"class_names repeat {named}: their prompts tokenize alike (one text embedding), so the CLIP "
                       "margin of an image whose true or best class is repeated is at most 0 (the copy is the best "
                       "other class); pass each class once", UserWarning, stacklevel=caller_outside_the_package())
