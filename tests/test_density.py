@@ -611,16 +611,20 @@ def _tied_sets():
     return torch.randint(0, 3, (7, 3), generator=g).to(torch.float64), torch.cat([y, y[:4]])
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
 @pytest.mark.parametrize("chunk, batch_chunk", [(8192, 1024), (1, 1), (5, 3)])
-def test_knn_radii_with_ties_and_duplicate_references_equal_the_sorted_brute_force(chunk, batch_chunk):
+def test_knn_radii_with_ties_and_duplicate_references_equal_the_sorted_brute_force(chunk, batch_chunk, backend):
+    if backend == "faiss":
+        pytest.importorskip("faiss")
     x, y = _tied_sets()
     d = np.sqrt(np.sort(_brute_sq_dist(x.numpy(), y.numpy()), axis=1))   # every reference row counts
-    sup = local_support(x, y, k=16, ks=(1, 2, 3), chunk=chunk, batch_chunk=batch_chunk)   # k = N
+    sup = local_support(x, y, k=16, ks=(1, 2, 3), chunk=chunk, batch_chunk=batch_chunk, backend=backend)   # k = N
     assert sup.ks == (1, 2, 3, 16)
     np.testing.assert_array_equal(sup.radii.numpy(), d[:, [0, 1, 2, 15]])
     # one query row alone is measured as it is among the others
     for i in range(len(x)):
-        alone = local_support(x[i:i + 1], y, k=16, ks=(1, 2, 3), chunk=chunk, batch_chunk=batch_chunk)
+        alone = local_support(x[i:i + 1], y, k=16, ks=(1, 2, 3), chunk=chunk, batch_chunk=batch_chunk,
+                              backend=backend)
         assert torch.equal(alone.radii[0], sup.radii[i]) and alone.nearest[0] == sup.nearest[i]
 
 
