@@ -656,7 +656,9 @@ def test_clip_class_names_must_have_an_order_and_may_come_from_any_iterable(tiny
     with pytest.raises(TypeError, match=r"class_names must be an ordered sequence .* got a set"):
         scorer.scores(images, {"cat", "dog"}, labels=[0, 1])
     listed = scorer.scores(images, ["cat", "dog", "ship"], labels=[0, 2], return_class_scores=True)
-    for names in ((n for n in ("cat", "dog", "ship")), np.array(["cat", "dog", "ship"]), {"cat": 0, "dog": 1, "ship": 2}):
+    names_in_order = ((n for n in ("cat", "dog", "ship")), np.array(["cat", "dog", "ship"]),
+                      {"cat": 0, "dog": 1, "ship": 2})
+    for names in names_in_order:
         got = scorer.scores(images, names, labels=[0, 2], return_class_scores=True)
         assert torch.equal(got.class_scores, listed.class_scores) and torch.equal(got.margin, listed.margin)
     with pytest.raises(ValueError, match=r"a CLIP margin needs at least 2 class names, got 1"):

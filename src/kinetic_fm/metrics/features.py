@@ -152,13 +152,14 @@ class FeatureSpace:
                     raise ValueError(
                         f"feature map {self.name!r} returned {feats.shape[0]} rows "
                         f"for {chunk.shape[0]} inputs")
+                shape = tuple(feats.shape[1:])
                 if start == 0:
-                    first = tuple(feats.shape[1:])
-                elif tuple(feats.shape[1:]) != first and (not flatten or math.prod(feats.shape[1:]) != math.prod(first)):
+                    first = shape
+                elif shape != first and (not flatten or math.prod(shape) != math.prod(first)):
                     raise ValueError(  # torch.cat's "Sizes of tensors must match" named neither the map nor the rows
-                        f"feature map {self.name!r} returned features of shape {first} for rows 0-{self.batch_size - 1} "
-                        f"but {tuple(feats.shape[1:])} for rows {start}-{start + chunk.shape[0] - 1}: a row's "
-                        "features must not depend on the chunk it comes in")
+                        f"feature map {self.name!r} returned features of shape {first} for rows "
+                        f"0-{self.batch_size - 1} but {shape} for rows {start}-{start + chunk.shape[0] - 1}: a "
+                        "row's features must not depend on the chunk it comes in")
                 out.append((feats.reshape(feats.shape[0], -1) if flatten else feats).to(x.device))
         if not out:
             return x.new_zeros((0, 0))
