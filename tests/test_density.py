@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_leaves
 
 from kinetic_fm.metrics.density import (
     kde_log_density,
+    knn_log_density,
     local_support,
     median_bandwidth,
     scott_bandwidth,
@@ -598,3 +599,135 @@ def test_the_median_heuristic_of_many_tied_pairs_is_exact():
     rows = torch.cat([torch.eye(60, dtype=torch.float64), 3.0 * torch.eye(60, dtype=torch.float64)[:7]])
     assert median_bandwidth(torch.eye(60)) == math.sqrt(2)
     assert median_bandwidth(rows) == pytest.approx(float(np.median(pdist(rows.numpy()))), rel=1e-15, abs=0)
+
+
+# --- review (helper-187): ties, duplicates, k at its limits, one query row, narrow dtypes -------
+
+def _tied_sets():
+    """Integer points on a small grid: many exact ties among the distances, and the first four
+    reference rows repeated at the end (duplicates at other indices)."""
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (12, 3), generator=g).to(torch.float64)
+    return torch.randint(0, 3, (7, 3), generator=g).to(torch.float64), torch.cat([y, y[:4]])
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("chunk, batch_chunk", [(8192, 1024), (1, 1), (5, 3)])
+def test_knn_radii_with_ties_and_duplicate_references_equal_the_sorted_brute_force(chunk, batch_chunk, backend):
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    x, y = _tied_sets()
+    d = np.sqrt(np.sort(_brute_sq_dist(x.numpy(), y.numpy()), axis=1))   # every reference row counts
+    sup = local_support(x, y, k=16, ks=(1, 2, 3), chunk=chunk, batch_chunk=batch_chunk, backend=backend)   # k = N
+    assert sup.ks == (1, 2, 3, 16)
+    np.testing.assert_array_equal(sup.radii.numpy(), d[:, [0, 1, 2, 15]])
+    # one query row alone is measured as it is among the others
+    for i in range(len(x)):
+        alone = local_support(x[i:i + 1], y, k=16, ks=(1, 2, 3), chunk=chunk, batch_chunk=batch_chunk,
+                              backend=backend)
+        assert torch.equal(alone.radii[0], sup.radii[i]) and alone.nearest[0] == sup.nearest[i]
+
+
+def test_knn_leave_one_out_up_to_k_n_minus_1_keeps_duplicates_at_other_rows():
+    _, y = _tied_sets()
+    d2 = _brute_sq_dist(y.numpy(), y.numpy())
+    np.fill_diagonal(d2, np.inf)   # by index: a duplicate at another row is at distance 0
+    sup = local_support(y, y, k=15, ks=(1,), exclude_self=True)
+    np.testing.assert_array_equal(sup.radii.numpy(), np.sqrt(np.sort(d2, axis=1))[:, [0, 14]])
+    assert (sup.radius_at(1)[:4] == 0).all() and (sup.radius_at(1)[-4:] == 0).all()
+    assert torch.isinf(sup.log_density_at(1)[:4]).all() and (sup.log_density_at(1)[:4] > 0).all()
+    assert sup.n_reference == 15
+
+
+@pytest.mark.parametrize("exclude_self, usable", [(False, 16), (True, 15)])
+def test_a_k_past_the_usable_references_is_refused_naming_k_and_its_range(exclude_self, usable):
+    _, y = _tied_sets()
+    with pytest.raises(ValueError, match=rf"k={usable + 1} .*must lie in \[1, {usable}\]"):
+        local_support(y, y, k=usable + 1, ks=(), exclude_self=exclude_self)
+    with pytest.raises(ValueError, match=rf"ks=\(1, {usable + 1}\).* must lie in \[1, {usable}\]"):
+        local_support(y, y, k=1, ks=(1, usable + 1), exclude_self=exclude_self)
+
+
+def test_leave_one_out_of_a_single_row_names_exclude_self():
+    # it read "exceeds the 0 usable references; pass smaller k/ks", and no k can pass
+    one = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match=r"exclude_self needs at least 2 reference rows, got 1"):
+        local_support(one, one, k=1, ks=(), exclude_self=True)
+    with pytest.raises(ValueError, match=r"exclude_self needs at least 2 reference rows, got 1"):
+        kde_log_density(one, one, bandwidth=1.0, exclude_self=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.float16, torch.bfloat16, torch.float32])
+def test_knn_and_kde_of_narrow_dtypes_match_a_float64_brute_force_of_their_values(dtype):
+    g = torch.Generator().manual_seed(1)
+    x, y = (torch.rand(9, 4, generator=g) * 10).to(dtype), (torch.rand(30, 4, generator=g) * 10).to(dtype)
+    xd, yd = x.double().numpy(), y.double().numpy()
+    sup = local_support(x, y, k=3, ks=(1,))
+    np.testing.assert_allclose(sup.radii.numpy(), np.sqrt(np.sort(_brute_sq_dist(xd, yd), axis=1))[:, [0, 2]],
+                               rtol=1e-15, atol=0)   # exact re-ranking in float64: a summation order apart
+    for bandwidth in ("scott", 1.5):
+        kde = kde_log_density(x, y, bandwidth)
+        # float32 GEMM unless both are float64: u·(‖x‖² + ‖y‖²)/(2h²) ~ 6e-8 · 600 / 3
+        np.testing.assert_allclose(kde.log_density.numpy(), _brute_kde(xd, yd, kde.bandwidth), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("chunk, batch_chunk", [(8192, 1024), (1, 1), (5, 3), (3, 5)])
+@pytest.mark.parametrize("bandwidth", ["scott", "median", 0.35])
+def test_kde_leave_one_out_with_duplicate_references_equals_a_float64_logsumexp(chunk, batch_chunk, bandwidth):
+    _, y = _tied_sets()   # rows 0-3 repeated at 12-15: leave-one-out drops row i only, not its copy
+    kde = kde_log_density(y, y, bandwidth, exclude_self=True, chunk=chunk, batch_chunk=batch_chunk)
+    want = _brute_kde(y.numpy(), y.numpy(), kde.bandwidth, exclude_self=True)
+    np.testing.assert_allclose(kde.log_density.numpy(), want, rtol=1e-13, atol=1e-13)
+    assert kde.n_reference == 15 and kde.dim == 3
+    # a query alone (without leave-one-out) is measured as among the others
+    full = kde_log_density(y[:5], y, kde.bandwidth, chunk=chunk, batch_chunk=batch_chunk).log_density
+    for i in range(5):
+        alone = kde_log_density(y[i:i + 1], y, kde.bandwidth, chunk=chunk, batch_chunk=batch_chunk).log_density
+        assert alone.item() == pytest.approx(full[i].item(), rel=1e-14, abs=1e-14)
+
+
+@pytest.mark.parametrize("measure", [local_support, kde_log_density])
+def test_precomputed_reference_features_that_do_not_fit_the_samples_are_named(measure):
+    # the errors named "reference", which was fine: it was reference_features that did not fit
+    from fake_cuda import fake_cuda
+
+    y, x = torch.randn(20, 4), torch.randn(3, 4)
+    kwargs = {"k": 2, "ks": ()} if measure is local_support else {"bandwidth": 1.0}
+    with pytest.raises(ValueError, match=r"^samples and reference_features have different feature sizes: 4 vs 3$"):
+        measure(x, y, reference_features=y[:, :3], **kwargs)
+    with fake_cuda():
+        with pytest.raises(ValueError, match=r"^samples and reference_features must be on one device, got cuda:0 "
+                                             r"and cpu$"):
+            measure(x.to("cuda"), y.to("cuda"), reference_features=y.numpy(), **kwargs)
+        with pytest.raises(ValueError, match=r"^samples and reference must be on one device, got cuda:0 and cpu$"):
+            measure(x.to("cuda"), y, **kwargs)
+
+
+@pytest.mark.parametrize("k, n, dim, name", [(0, 5, 2, "k"), (3, 0, 2, "n_reference"), (3, 5, 0, "dim"),
+                                             (3, 5, 2.5, "dim"), (6, 5, 2, "k")])
+def test_knn_log_density_refuses_counts_outside_their_ranges_by_name(k, n, dim, name):
+    # k = 0 or N = 0 met "math domain error"; k > N, D = 0 and D = 2.5 gave a number
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        knn_log_density(torch.tensor([1.0]), k, n, dim)
+
+
+def test_knn_log_density_is_the_natural_log_of_k_over_n_v_d_r_to_the_d():
+    r = torch.tensor([0.5, 1.0, 2.0, 0.0])
+    v_3 = 4 / 3 * math.pi   # the unit 3-ball
+    want = [math.log(4 / (10 * v_3 * x ** 3)) for x in (0.5, 1.0, 2.0)] + [math.inf]
+    got = knn_log_density(r, 4, 10, 3)
+    assert got.dtype == torch.float64 and got.tolist() == pytest.approx(want, rel=1e-14)
+
+
+@pytest.mark.parametrize("row_shape", [(4,), (3, 2, 2)])
+@pytest.mark.parametrize("measure", [local_support, kde_log_density])
+def test_one_sample_without_its_batch_axis_is_refused_with_the_shape_it_needs(measure, row_shape):
+    # y[5] for y[5:6] read as 4 samples of 1 feature: "different feature sizes: 1 vs 4"
+    y = torch.randn(20, *row_shape)
+    kwargs = {"k": 2, "ks": ()} if measure is local_support else {"bandwidth": 1.0}
+    shape = ", ".join(map(str, row_shape)) + ("," if len(row_shape) == 1 else "")
+    with pytest.raises(ValueError, match=rf"samples has shape \({shape}\), the shape of one reference row: one sample "
+                                         rf"needs its batch axis, shape \(1, {', '.join(map(str, row_shape))}\)"):
+        measure(y[5], y, **kwargs)
+    one = measure(y[5:6], y, **kwargs)   # as asked
+    assert (one.radius if measure is local_support else one.log_density).shape == (1,)

@@ -55,7 +55,7 @@ def test_classifier_margin_and_confidence():
                                    "classifier_target"]
     assert frame["classifier_target"].tolist() == res.target.tolist()
     assert "classifier_target" not in pred.to_frame()              # the predicted class was scored
-    with pytest.raises(ValueError, match="target classes"):
+    with pytest.raises(ValueError, match=r"target must hold class indices in \[0, 4\], got range \[7, 7\]"):
         classifier_margin(net, x, 7)
     with pytest.raises(ValueError, match="integer class indices"):
         classifier_margin(net, x, 1.7)                          # not silently class 1
@@ -336,7 +336,7 @@ def test_clip_flags_batch_size_template_and_model_checked_first(tiny_clip_dir, m
         scorer.scores(images, ["cat", "dog"], template=None)
     with pytest.raises(ValueError, match="exactly one"):
         scorer.scores(images, ["cat", "dog"], template="{} {}")
-    with pytest.raises(ValueError, match="target classes"):
+    with pytest.raises(ValueError, match=r"^labels must hold class indices in \[0, 1\], got range \[0, 5\]$"):
         scorer.scores(images, ["cat", "dog"], labels=[0, 5])
     assert calls == []                                   # nothing was embedded before the errors
     with pytest.raises(TypeError, match="model must be a local CLIP directory"):
@@ -365,7 +365,7 @@ def test_margin_from_scores_refuses_a_negative_target_by_name():
 
 @pytest.mark.parametrize("target", [-1, 5])
 def test_classifier_margin_names_the_class_range_just_outside_it(target):
-    with pytest.raises(ValueError, match=r"^target classes must be in \[0, 4\]"):
+    with pytest.raises(ValueError, match=r"^target must hold class indices in \[0, 4\]"):
         classifier_margin(_net(), torch.randn(4, 3, 2, 2), target)
 
 
@@ -451,7 +451,8 @@ def test_clip_prompts_longer_than_the_text_tower_are_truncated_not_refused(tiny_
     # two names alike in their first 50 letters read the same
     scorer = load_clip(tiny_clip_dir)
     long = "x" * 50
-    res = scorer.scores(torch.rand(2, 3, 16, 16), [long + "a", long + "b", "cat"], return_class_scores=True)
+    with pytest.warns(UserWarning, match=r"class_names repeat 'x+a' \(at 0, 1\): their prompts tokenize alike"):
+        res = scorer.scores(torch.rand(2, 3, 16, 16), [long + "a", long + "b", "cat"], return_class_scores=True)
     torch.testing.assert_close(res.class_scores[:, 0], res.class_scores[:, 1], rtol=0, atol=0)
 
 
@@ -461,14 +462,15 @@ def test_clip_refuses_one_class_or_a_label_past_the_last_before_embedding(tiny_c
     monkeypatch.setattr(scorer.model, "get_image_features", lambda *a, **k: calls.append(1))
     with pytest.raises(ValueError, match="at least 2 class names"):
         scorer.scores(torch.rand(2, 3, 8, 8), ["cat"])
-    with pytest.raises(ValueError, match=r"target classes must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"^labels must hold class indices in \[0, 1\]"):
         scorer.scores(torch.rand(2, 3, 8, 8), ["cat", "dog"], labels=[0, 2])
     assert calls == []
 
 
 def test_clip_identical_class_names_score_equal_not_as_a_broken_tokenizer(tiny_clip_dir):
     # the mismatch check must not fire when the prompts themselves are the same
-    res = load_clip(tiny_clip_dir).scores(torch.rand(2, 3, 8, 8), ["cat", "cat"])
+    with pytest.warns(UserWarning, match="class_names repeat 'cat'"):
+        res = load_clip(tiny_clip_dir).scores(torch.rand(2, 3, 8, 8), ["cat", "cat"])
     assert res.margin.tolist() == [0.0, 0.0]
 
 
@@ -535,3 +537,141 @@ def test_genuine_logits_are_not_taken_for_probabilities():
             for scale in (0.01, 1.0, 10.0):
                 net = torch.nn.Linear(6, classes).eval()
                 classifier_margin(lambda rows: net(rows) * scale, torch.randn(50, 6))
+
+
+# --- review (helper-187): margins by hand, class counts, targets of any integer kind, prompts --
+
+def test_classifier_margins_equal_the_hand_computed_margins_of_tied_logits_in_any_chunking():
+    logits = torch.tensor([[2.0, 2.0, -1.0], [0.0, 3.0, 3.0], [1.0, 1.0, 1.0], [-5.0, 4.0, 0.5],
+                           [7.0, -7.0, 0.0]], dtype=torch.float64)
+    target = torch.tensor([1, 0, 2, 2, 0])
+    want_margin = [0.0, -3.0, 0.0, -3.5, 7.0]                          # logit[t] − the best other, by hand
+    p = torch.softmax(logits, dim=1)
+    for batch_size in (1, 2, 5):
+        res = classifier_margin(lambda x: x, logits, target, batch_size=batch_size)
+        assert res.margin.tolist() == want_margin
+        assert res.predicted.tolist() == [0, 1, 0, 1, 0]                 # ties go to the first class
+        torch.testing.assert_close(res.confidence, p[torch.arange(5), target], rtol=1e-15, atol=0)
+        pred = classifier_margin(lambda x: x, logits, batch_size=batch_size)
+        assert pred.margin.tolist() == [0.0, 0.0, 0.0, 3.5, 7.0]
+    alone = classifier_margin(lambda x: x, logits[3:4], target[3:4])
+    assert alone.margin.tolist() == [-3.5] and alone.predicted.tolist() == [1]
+
+
+def test_a_single_logit_classifier_of_shape_b_by_1_gets_the_two_column_hint():
+    # nn.Linear(d, 1), the usual binary head, met "need (B, C) scores with C >= 2 classes" alone
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"got shape \(4, 1\); a single-logit binary classifier z gives the "
+                                         r"logits torch.stack\(\[-z / 2, z / 2\], 1\)"):
+        classifier_margin(lambda x: x[:, :1], x)
+
+
+@pytest.mark.parametrize("target", [torch.tensor([2, 0, 1], dtype=torch.int32), [2, 0, 1],
+                                    np.array([2, 0, 1], dtype=np.uint8), (2, 0, 1)])
+def test_margin_from_scores_takes_class_indices_of_any_integer_kind(target):
+    # int32 met gather's "Expected dtype int32/int64 for index", a list "'list' object has no
+    # attribute 'shape'", an array gather's "must be Tensor, not numpy.ndarray"
+    scores = torch.tensor([[1.0, 3.0, 2.0], [0.0, 0.0, 5.0], [4.0, 4.5, 4.0]])
+    margin, chosen = margin_from_scores(scores, target)
+    assert margin.tolist() == [-1.0, -5.0, 0.5] and chosen.tolist() == [2, 0, 1] and chosen.dtype == torch.int64
+
+
+def test_margin_from_scores_refuses_fractional_class_indices():
+    with pytest.raises(ValueError, match="target must hold integer class indices, got dtype torch.float32"):
+        margin_from_scores(torch.zeros(2, 3), torch.tensor([0.0, 2.0]))
+
+
+def test_margin_from_scores_moves_a_cpu_target_to_the_scores_device():
+    from fake_cuda import fake_cuda
+
+    scores = torch.tensor([[1.0, 3.0, 2.0], [0.0, 0.0, 5.0]])
+    with fake_cuda():
+        margin, chosen = margin_from_scores(scores.to("cuda"), torch.tensor([2, 0]))
+        assert margin.device.type == chosen.device.type == "cuda"
+        assert margin.cpu().tolist() == [-1.0, -5.0]
+
+
+def test_clip_text_embeddings_refuse_a_string_and_no_prompts(tiny_clip_dir):
+    # a string was embedded character by character: "a cat" gave 5 rows
+    scorer = load_clip(tiny_clip_dir)
+    with pytest.raises(TypeError, match="prompts must be a sequence of strings, got the string 'a cat'"):
+        scorer.text_embeddings("a cat")
+    with pytest.raises(ValueError, match="prompts must hold at least one prompt"):
+        scorer.text_embeddings([])
+    with pytest.raises(ValueError, match="batch_size"):
+        scorer.text_embeddings(["a cat"], batch_size=0)
+    one, both = scorer.text_embeddings(["a cat"]), scorer.text_embeddings(["a cat", "a dog"], batch_size=1)
+    assert one.shape == (1, 8) and both.shape == (2, 8)
+    torch.testing.assert_close(both[:1], one, rtol=0, atol=1e-6)
+
+
+def test_clip_warns_of_repeated_class_names_whose_margins_cannot_exceed_0(tiny_clip_dir):
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(3, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"class_names repeat 'cat' \(at 0, 2\): .*margin"):
+        res = scorer.scores(images, ["cat", "dog", "cat"], labels=0, return_class_scores=True)
+    assert (res.margin <= 0).all()   # the repeat is the best other class whenever cat wins
+    torch.testing.assert_close(res.class_scores[:, 0], res.class_scores[:, 2], rtol=0, atol=0)
+
+
+def test_clip_class_names_that_tokenize_alike_are_repeats_not_a_broken_tokenizer(tiny_clip_dir):
+    # CLIP's tokenizer lower-cases and collapses white space: "Cat" and "cat" are one prompt to the
+    # model. Two such names read "its tokenizer and model do not match"; with a third, margins of 0
+    # came without a word
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"class_names repeat 'cat' \(at 0, 1\)"):
+        assert scorer.scores(images, ["cat", "Cat"]).margin.tolist() == [0.0, 0.0]
+    with pytest.warns(UserWarning, match=r"class_names repeat 'cat' \(at 0, 1\)"):
+        res = scorer.scores(images, ["cat", "cat ", "dog"], labels=0)
+    assert (res.margin <= 0).all()
+
+
+def test_clip_label_errors_name_labels_the_argument_given(tiny_clip_dir):
+    # they named "target", which clip_scores has no argument of
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"^labels must hold integer class indices, got dtype torch.float32$"):
+        scorer.scores(images, ["cat", "dog"], labels=torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"^labels must be one class or one per sample \(2\), got 3$"):
+        clip_scores(images, ["cat", "dog"], labels=[0, 1, 1], model=scorer)
+    with pytest.raises(ValueError, match=r"^labels must be one class index or have shape \(2,\)"):
+        scorer.scores(images, ["cat", "dog"], labels=[[0, 1]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_clip_half_precision_images_score_as_the_float32_images_of_their_values(tiny_clip_dir, dtype):
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(3, 3, 8, 8).to(dtype)
+    half = scorer.scores(images, ["cat", "dog"], labels=[0, 1, 0], return_class_scores=True)
+    full = scorer.scores(images.float(), ["cat", "dog"], labels=[0, 1, 0], return_class_scores=True)
+    assert torch.equal(half.class_scores, full.class_scores) and torch.equal(half.margin, full.margin)
+
+
+def test_clip_class_names_must_have_an_order_and_may_come_from_any_iterable(tiny_clip_dir):
+    # a set's order is the string hashes' (another in every interpreter), so labels indexed names at
+    # random; a generator met "object of type 'generator' has no len()"
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(2, 3, 8, 8)
+    with pytest.raises(TypeError, match=r"class_names must be an ordered sequence .* got a set"):
+        scorer.scores(images, {"cat", "dog"}, labels=[0, 1])
+    listed = scorer.scores(images, ["cat", "dog", "ship"], labels=[0, 2], return_class_scores=True)
+    names_in_order = ((n for n in ("cat", "dog", "ship")), np.array(["cat", "dog", "ship"]),
+                      {"cat": 0, "dog": 1, "ship": 2})
+    for names in names_in_order:
+        got = scorer.scores(images, names, labels=[0, 2], return_class_scores=True)
+        assert torch.equal(got.class_scores, listed.class_scores) and torch.equal(got.margin, listed.margin)
+    with pytest.raises(ValueError, match=r"a CLIP margin needs at least 2 class names, got 1"):
+        scorer.scores(images, iter(["cat"]))
+
+
+def test_clip_free_prompts_must_have_an_order(tiny_clip_dir):
+    # a set of one prompt per image failed on "'set' object is not subscriptable", after the images
+    scorer = load_clip(tiny_clip_dir)
+    images = torch.rand(2, 3, 8, 8)
+    with pytest.raises(TypeError, match=r"prompts must be an ordered sequence .* got a set"):
+        scorer.scores(images, prompts={"a cat", "a dog"})
+    with pytest.raises(TypeError, match=r"prompts must be an ordered sequence .* got a set"):
+        scorer.text_embeddings({"a cat", "a dog"})
+    listed = scorer.scores(images, prompts=["a cat", "a dog"])
+    assert torch.equal(scorer.scores(images, prompts=(p for p in ("a cat", "a dog"))).score, listed.score)

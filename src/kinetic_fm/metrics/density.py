@@ -46,7 +46,14 @@ def _log_unit_ball_volume(dim: int) -> float:
 
 
 def knn_log_density(radius: Tensor, k: int, n_reference: int, dim: int) -> Tensor:
-    """``log p̂_k = log k − log N − log V_D − D log r_k`` (float64; +inf where ``r_k = 0``)."""
+    """``log p̂_k = log k − log N − log V_D − D log r_k`` (natural log, float64; +inf where ``r_k = 0``).
+
+    Args:
+        radius: (B,) distances (not squared) to the k-th nearest of ``n_reference`` references.
+        k: the neighbour count, an integer in [1, n_reference]. n_reference: N >= 1. dim: D >= 1.
+    """
+    n_reference, dim = positive_integer("n_reference", n_reference), positive_integer("dim", dim)
+    k = check_integer("k", k, 1, n_reference, note="n_reference")
     radius = radius.to(torch.float64)
     const = math.log(k) - math.log(n_reference) - _log_unit_ball_volume(dim)
     return const - dim * torch.log(radius)
@@ -133,10 +140,13 @@ def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = 
     all_ks = tuple(sorted({k, *ks}))
     exclude_self = check_flag("exclude_self", exclude_self)
     fs, x, y = _samples_and_reference(samples, reference, reference_features, space)
+    _check_leave_one_out_rows(exclude_self, y)
     n_ref = y.shape[0] - (1 if exclude_self else 0)
     if all_ks[-1] > n_ref:
+        usable = f"N − 1 = {n_ref} with exclude_self" if exclude_self else f"N = {n_ref}"
         raise ValueError(f"largest k ({all_ks[-1]}, of k={k} and ks={tuple(ks)}) exceeds the {n_ref} usable "
-                         "references; pass smaller k/ks (ks=() reports k alone)")
+                         f"references: k and every ks must lie in [1, {n_ref}] ({usable}); pass smaller k/ks "
+                         "(ks=() reports k alone)")
     nn = nearest_neighbors(x, y, all_ks[-1], chunk=chunk, batch_chunk=batch_chunk,
                            exclude_self=exclude_self, backend=backend,
                            names=("samples", "reference" if reference_features is None else "reference_features"))
@@ -159,13 +169,25 @@ def _samples_and_reference(samples: Any, reference: Any, reference_features: Any
     """``(fs, x, y)``: the feature space ``space`` names, the samples' feature rows ``x`` and the
     reference's ``y`` (``reference_features`` when given), checked to agree in width and device."""
     fs = feature_space(space)
+    _check_batch_axis(samples, reference)
     if reference_features is None:
         check_same_space(("samples", samples), ("reference", reference))
     with feature_map_as_found(fs.fn):  # warned once for both sets
         x = as_features(samples, fs, argument="samples", check_training=False)
         y = _reference_features(reference, reference_features, fs)
-    _check_dims(x, y)
+    _check_dims(x, y, "reference" if reference_features is None else "reference_features")
     return fs, x, y
+
+
+def _check_batch_axis(samples: Any, reference: Any) -> None:
+    """Refuse one sample given without its batch axis (``y[i]`` for ``y[i:i + 1]``): shaped as one
+    reference row, it was read as rows of its first axis and met "different feature sizes"."""
+    shape, row = getattr(samples, "shape", None), getattr(reference, "shape", None)
+    if shape is None or row is None or len(row) < 2 or tuple(shape) != tuple(row[1:]):
+        return
+    if math.prod(shape[1:]) != math.prod(row[1:]):  # else (N, 1) references and (1,) samples: one row of one
+        raise ValueError(f"samples has shape {tuple(shape)}, the shape of one reference row: one sample needs its "
+                         f"batch axis, shape {(1, *shape)} (samples[None], or x[i:i + 1] for x[i])")
 
 
 def _reference_features(reference: Any, reference_features: Any, fs) -> Tensor:
@@ -214,7 +236,8 @@ class KDELogDensity:
 
 def scott_bandwidth(reference: Any) -> float:
     """Scott's rule for an isotropic kernel: ``h = σ̄ · N^(−1/(D+4))``, σ̄² = mean coordinate
-    variance; ``reference`` (N, ...) rows, finite (a tensor, array or list; flattened to features)."""
+    variance (unbiased, over N − 1); ``reference`` (N, ...) rows, finite (a tensor, array or list;
+    flattened to features). In the features' units."""
     return _scott(as_features(reference, argument="reference"))
 
 
@@ -247,8 +270,9 @@ def _unit_scale(rows: Tensor) -> tuple[Tensor, int]:
 
 
 def median_bandwidth(reference: Any, max_points: int = 2000, seed: int = 0) -> float:
-    """Median heuristic: h = median distance between distinct references (Gretton et al.); for
-    an even number of pairs the mean of the two middle distances. ``reference`` (N, ...) rows,
+    """Median heuristic: h = median Euclidean distance (not squared) over the pairs of different
+    rows i < j of the references (Gretton et al.; duplicate rows count, at distance 0); for an even
+    number of pairs the mean of the two middle distances. ``reference`` (N, ...) rows,
     finite (a tensor, array or list; flattened to features).
 
     Uses a seeded random subset of at most ``max_points`` (≥ 2) references (the median of ~2·10⁶
@@ -661,6 +685,7 @@ def kde_log_density(samples: Any, reference: Any,
     if not (isinstance(bandwidth, str) or (is_real(bandwidth, finite=True) and bandwidth > 0)):
         raise ValueError(f"bandwidth must be 'scott', 'median' or a positive finite number, got {bandwidth!r}")
     fs, x, y = _samples_and_reference(samples, reference, reference_features, space)
+    _check_leave_one_out_rows(exclude_self, y)
     if exclude_self and x.shape[0] != y.shape[0]:
         raise ValueError(f"exclude_self needs samples and reference of equal length, "
                          f"got {x.shape[0]} and {y.shape[0]}")
@@ -691,11 +716,21 @@ def kde_log_density(samples: Any, reference: Any,
     return KDELogDensity(log_density, h, rule, n, dim, fs.name)
 
 
-def _check_dims(x: Tensor, y: Tensor) -> None:
+def _check_leave_one_out_rows(exclude_self: bool, y: Tensor) -> None:
+    """Leave-one-out of a single reference row leaves nothing to measure against: say so, rather
+    than that k exceeds 0 usable references (no k passes) or that there is no reference."""
+    if exclude_self and y.shape[0] < 2:
+        raise ValueError(f"exclude_self needs at least 2 reference rows, got {y.shape[0]} "
+                         "(leave-one-out of one row leaves no reference)")
+
+
+def _check_dims(x: Tensor, y: Tensor, name: str = "reference") -> None:
+    """The samples' features ``x`` and the reference's ``y`` (named ``name``: the argument they came
+    from) agree in width and device, and have features."""
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"samples and reference have different feature sizes: "
+        raise ValueError(f"samples and {name} have different feature sizes: "
                          f"{x.shape[1]} vs {y.shape[1]}")
     if x.shape[1] == 0:  # a density over no features read log p = 0 for every sample
-        raise ValueError(f"samples and reference have no features (shapes {tuple(x.shape)} and {tuple(y.shape)})")
+        raise ValueError(f"samples and {name} have no features (shapes {tuple(x.shape)} and {tuple(y.shape)})")
     if x.device != y.device:
-        raise ValueError(f"samples and reference must be on one device, got {x.device} and {y.device}")
+        raise ValueError(f"samples and {name} must be on one device, got {x.device} and {y.device}")

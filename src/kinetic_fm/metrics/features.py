@@ -50,7 +50,8 @@ class FeatureSpace:
 
     Floating inputs reach a module, or a module's method such as ``net.features``, in its own
     floating dtype (float64 samples into a float32 network, say), chunk by chunk; integer inputs
-    (uint8 images) are passed as they are, since only the network knows how to scale them.
+    (uint8 images) are passed as they are, since only the network knows how to scale them (a network
+    whose layers refuse them for their dtype gets a TypeError that says so).
     """
 
     fn: FeatureFn | None = None
@@ -98,6 +99,24 @@ class FeatureSpace:
                                  "run it where it is")
         return want
 
+    @contextlib.contextmanager
+    def _integer_inputs_explained(self, chunk: Tensor):
+        """A dtype RuntimeError a network with floating weights raises on integer inputs (uint8 images,
+        passed as they are on purpose: "mat1 and mat2 must have the same dtype", "Input type (unsigned
+        char) and bias type (float)", "not implemented for 'Byte'") re-raised as a TypeError that says
+        so; others (out of memory among them) pass as they are."""
+        try:
+            yield
+        except RuntimeError as err:
+            held = None if chunk.is_floating_point() else self._module_tensor(floating=True)
+            about_types = "type" in str(err) or "not implemented for '" in str(err)
+            if held is None or not about_types or isinstance(err, torch.OutOfMemoryError):
+                raise
+            raise TypeError(
+                f"feature map {self.name!r} failed on {chunk.dtype} inputs, which reach a network as they are (only it "
+                f"knows how to scale them), and it holds {held.dtype} weights: convert them to the floats it was "
+                f"trained on first (e.g. x / 127.5 - 1 for images in [-1, 1]). The network's error: {err}") from err
+
     @property
     def is_identity(self) -> bool:
         return self.fn is None
@@ -107,8 +126,8 @@ class FeatureSpace:
         x = as_tensor(x)
         if x.ndim == 0:
             raise ValueError("x must have a batch dimension, got a scalar")
-        if self.fn is None:
-            return x.reshape(x.shape[0], -1)
+        if self.fn is None:  # not -1: an empty batch has no inferred size
+            return x.reshape(x.shape[0], math.prod(x.shape[1:]))
         with feature_map_as_found(self.fn):
             return self._mapped(x)
 
@@ -123,7 +142,8 @@ class FeatureSpace:
                 chunk = x[start:start + self.batch_size].to(dtype)
                 if where is not None:
                     chunk = chunk.to(where)
-                with one_row_batch_norm_named(f"space (feature map {self.name!r})", start, f"{x.shape[0]} inputs"):
+                with one_row_batch_norm_named(f"space (feature map {self.name!r})", start, f"{x.shape[0]} inputs"), \
+                        self._integer_inputs_explained(chunk):
                     feats = self.fn(chunk)
                 if not isinstance(feats, Tensor):
                     raise TypeError(
@@ -132,6 +152,14 @@ class FeatureSpace:
                     raise ValueError(
                         f"feature map {self.name!r} returned {feats.shape[0]} rows "
                         f"for {chunk.shape[0]} inputs")
+                shape = tuple(feats.shape[1:])
+                if start == 0:
+                    first = shape
+                elif shape != first and (not flatten or math.prod(shape) != math.prod(first)):
+                    raise ValueError(  # torch.cat's "Sizes of tensors must match" named neither the map nor the rows
+                        f"feature map {self.name!r} returned features of shape {first} for rows "
+                        f"0-{self.batch_size - 1} but {shape} for rows {start}-{start + chunk.shape[0] - 1}: a "
+                        "row's features must not depend on the chunk it comes in")
                 out.append((feats.reshape(feats.shape[0], -1) if flatten else feats).to(x.device))
         if not out:
             return x.new_zeros((0, 0))

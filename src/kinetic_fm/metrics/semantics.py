@@ -31,39 +31,49 @@ __all__ = ["ClassifierMargin", "ClipScores", "CLIPScorer", "classifier_margin", 
            "load_clip", "margin_from_scores"]
 
 
-def margin_from_scores(scores: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def margin_from_scores(scores: Tensor, target: Any = None) -> tuple[Tensor, Tensor]:
     """``scores[i, c_i] − max_{j≠c_i} scores[i, j]`` and ``c_i`` (the target, or the argmax).
 
     Args:
-        scores: (B, C) with C >= 2. target: (B,) int64 class indices, or None.
+        scores: (B, C) with C >= 2. target: (B,) integer class indices (a tensor of any integer
+            dtype on any device, an array or a sequence), or None.
+
+    Returns:
+        (B,) margins in the scores' dtype and (B,) int64 classes ``c_i``, on the scores' device.
     """
     if scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"need (B, C) scores with C >= 2 classes, got shape {tuple(scores.shape)}")
-    if target is not None and (target.shape != (scores.shape[0],) or
-                               bool(((target < 0) | (target >= scores.shape[1])).any())):
-        raise ValueError(f"target must be ({scores.shape[0]},) class indices in [0, {scores.shape[1] - 1}]")
+    if target is not None:
+        target = as_tensor(target).to(device=scores.device)
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+        if target.shape != (scores.shape[0],) or bool(((target < 0) | (target >= scores.shape[1])).any()):
+            raise ValueError(f"target must be ({scores.shape[0]},) class indices in [0, {scores.shape[1] - 1}]")
+        target = target.to(torch.int64)  # gather's index
     chosen = scores.argmax(dim=1) if target is None else target
     own = scores.gather(1, chosen[:, None]).squeeze(1)
     others = scores.scatter(1, chosen[:, None], -math.inf)
     return own - others.max(dim=1).values, chosen
 
 
-def _targets(target: Any, b: int, n_classes: int, device: torch.device) -> Tensor | None:
+def _targets(target: Any, b: int, n_classes: int, device: torch.device, name: str = "target") -> Tensor | None:
+    """``target`` (None, one class index, or (b,) indices) as a (b,) int64 tensor on ``device``, its
+    classes in [0, n_classes − 1]; ValueError naming the argument ``name`` otherwise."""
     if target is None:
         return None
     t = as_tensor(target).to(device=device)
     if t.ndim > 1:
-        raise ValueError(f"target must be one class index or have shape ({b},), got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must be one class index or have shape ({b},), got shape {tuple(t.shape)}")
     t = t.reshape(-1)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices, got dtype {t.dtype}")
+        raise ValueError(f"{name} must hold integer class indices, got dtype {t.dtype}")
     t = t.to(torch.int64)
     if t.numel() == 1 and b != 1:
         t = t.expand(b)
     if t.shape[0] != b:
-        raise ValueError(f"target must be one class or one per sample ({b}), got {t.shape[0]}")
+        raise ValueError(f"{name} must be one class or one per sample ({b}), got {t.shape[0]}")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_classes):
-        raise ValueError(f"target classes must be in [0, {n_classes - 1}], got range "
+        raise ValueError(f"{name} must hold class indices in [0, {n_classes - 1}], got range "
                          f"[{int(t.min())}, {int(t.max())}]")
     return t
 
@@ -134,9 +144,10 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     logits = raw.to(torch.float64)
     if logits.dim() > 2 and math.prod(logits.shape[2:]) == 1:   # a convolutional head's (b, C, 1, 1)
         logits = logits.reshape(logits.shape[:2])
-    if logits.dim() != 2:   # a (b, 2, 5) output was read as 10 classes
+    if logits.dim() != 2 or logits.shape[1] < 2:   # a (b, 2, 5) output was read as 10 classes
+        single = logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1)   # nn.Linear(d, 1)'s too
         hint = ("; a single-logit binary classifier z gives the logits torch.stack([-z / 2, z / 2], 1), "
-                "whose softmax is sigmoid(z)" if logits.dim() == 1 else "")
+                "whose softmax is sigmoid(z)" if single else "")
         raise ValueError(f"classifier must return (b, C) logits, got shape {tuple(logits.shape)}{hint}")
     if not torch.isfinite(logits).all():
         raise ValueError("classifier returned non-finite logits")
@@ -273,7 +284,12 @@ class CLIPScorer:
 
     @torch.inference_mode()
     def text_embeddings(self, prompts: Sequence[str], batch_size: int = 256) -> Tensor:
-        """(P, E) float64 unit-norm embeddings of ``prompts``."""
+        """(P, E) float64 unit-norm embeddings of the P >= 1 ``prompts`` (a sequence of strings;
+        a single string is refused, it was embedded character by character), ``batch_size`` at a time."""
+        prompts = _ordered("prompts", prompts)
+        _check_batch_size(batch_size)
+        if len(prompts) == 0:
+            raise ValueError("prompts must hold at least one prompt, got none")
         out = []
         for start in range(0, len(prompts), batch_size):
             tokens = self.tokenizer(list(prompts[start:start + batch_size]), padding=True,
@@ -339,6 +355,7 @@ class CLIPScorer:
         _value_range(value_range)
         n_images = _as_images(images).shape[0]
         if prompts is not None:
+            prompts = prompts if isinstance(prompts, str) else _ordered("prompts", prompts)
             if isinstance(prompts, str) or len(prompts) != n_images:
                 got = repr(prompts) if isinstance(prompts, str) else len(prompts)
                 raise ValueError(f"prompts must hold one prompt per image ({n_images}), got {got}")
@@ -353,12 +370,18 @@ class CLIPScorer:
             raise ValueError(f"template must have exactly one '{{}}' slot (no other fields), got {template!r}") from None
         if isinstance(class_names, str):
             raise TypeError(f"class_names must be a sequence of names, got the string {class_names!r}")
+        class_names = _ordered("class_names", class_names)
         if len(class_names) < 2:
-            raise ValueError("a CLIP margin needs at least 2 class names")
-        t = _targets(labels, n_images, len(class_names), torch.device("cpu"))
+            raise ValueError(f"a CLIP margin needs at least 2 class names, got {len(class_names)}")
+        t = _targets(labels, n_images, len(class_names), torch.device("cpu"), name="labels")
         class_prompts = [template.format(c) for c in class_names]
+        # the model's inputs, not the strings, decide repeats: the tokenizer lower-cases and collapses
+        # white space ("Cat" and "cat " are "cat"), and truncates past the text tower's length
+        token_ids = [tuple(ids) for ids in self.tokenizer(class_prompts, truncation=True,
+                                                          max_length=self.max_length)["input_ids"]]
+        _warn_of_repeated_classes(class_names, token_ids)
         txt = self.text_embeddings(class_prompts)
-        if len(set(class_prompts)) > 1 and bool((txt == txt[:1]).all()):
+        if len(set(token_ids)) > 1 and bool((txt == txt[:1]).all()):
             raise ValueError(f"the text tower of {self.name} gives one embedding for every class prompt, so "
                              "every margin would be 0: its tokenizer and model do not match (token ids outside "
                              "the model's vocabulary, or a vocabulary that cannot spell the class names)")
@@ -371,6 +394,33 @@ class CLIPScorer:
         score = per_class.gather(1, chosen[:, None]).squeeze(1)
         return ClipScores(score, margin, per_class.argmax(dim=1),
                           per_class if return_class_scores else None, template, self.name)
+
+
+def _ordered(name: str, items: Any) -> list:
+    """``items`` (a list, tuple, array, generator or any iterable) as a list in its order; a string
+    (one prompt, not a sequence of them) or a set (iterated in its strings' hash order, another in
+    every interpreter: labels and images were paired with them at random) is a TypeError naming ``name``."""
+    if isinstance(items, str):
+        raise TypeError(f"{name} must be a sequence of strings, got the string {items!r}; pass [{name[:-1]}] for one")
+    if isinstance(items, (set, frozenset)):
+        raise TypeError(f"{name} must be an ordered sequence (a list or tuple) whose positions are paired with the "
+                        f"labels or images, got a {type(items).__name__}; pass a list")
+    return list(items)
+
+
+def _warn_of_repeated_classes(class_names: Sequence[Any], token_ids: Sequence[tuple[int, ...]]) -> None:
+    """A UserWarning naming the class names whose prompts tokenize alike: one text embedding, so each
+    copy is the best other class of the other and the margin of an image whose true (or best) class is
+    repeated is 0 at most."""
+    where: dict[tuple[int, ...], list[int]] = {}
+    for i, ids in enumerate(token_ids):
+        where.setdefault(ids, []).append(i)
+    repeats = [at for at in where.values() if len(at) > 1]
+    if repeats:
+        named = "; ".join(f"{str(class_names[at[0]])!r} (at {', '.join(map(str, at))})" for at in repeats)
+        warnings.warn(f"class_names repeat {named}: their prompts tokenize alike (one text embedding), so the CLIP "
+                      "margin of an image whose true or best class is repeated is at most 0 (the copy is the best "
+                      "other class); pass each class once", UserWarning, stacklevel=caller_outside_the_package())
 
 
 def load_clip(model_dir: str | Path, *, device: torch.device | str | None = None) -> CLIPScorer:
@@ -390,7 +440,9 @@ def clip_scores(images: Any, class_names: Sequence[str] | None = None, labels: A
             kinetic_fm's images; values beyond the range by more than a tenth of its width are
             refused, smaller overshoots clipped), or integers (any integer dtype) in [0, 255];
             integer values outside [0, 255] are refused.
-        class_names: C >= 2 class names; each becomes ``template.format(name)``.
+        class_names: C >= 2 class names in the order ``labels`` index them (a list, tuple, array or
+            any iterable in its order; a set, which has none, is refused); each becomes
+            ``template.format(name)``.
         labels: None (score the best-matching class; margin = best − second best), one class
             index, or (B,) indices of each image's true class.
         model: a local CLIP directory or an already loaded :class:`CLIPScorer` (reuse it across
