@@ -131,8 +131,7 @@ class KTS:
                 shown = ", ".join(f"{v:g}" for v in outside[:5].tolist()) + (", ..." if outside.numel() > 5 else "")
                 raise ValueError(f"t must hold times in [0, 1], got a tensor with {outside.numel()} "
                                  f"value(s) outside it: {shown}")
-        eta = self._gain_tensor(t)
-        return eta / self._mean_gain if self.renormalize else eta
+        return self._gain_tensor(t, renormalized=self.renormalize)
 
     def alpha(self, t: float) -> float:
         """Launch boost α(t) for t < τ (0 elsewhere); t one number in [0, 1] (for a tensor of times
@@ -173,9 +172,10 @@ class KTS:
     def _gain_float(self, t: float) -> float:
         return 1.0 + self._alpha(t) - self._beta(t)
 
-    def _gain_tensor(self, times: torch.Tensor) -> torch.Tensor:
+    def _gain_tensor(self, times: torch.Tensor, renormalized: bool = False) -> torch.Tensor:
         # formed in float64 and rounded once: expm1(k) overflows float16 for k > 11, and 1 − β0
-        # cancels in float32 when β0 is within 1e-7 of its limit
+        # cancels in float32 when β0 is within 1e-7 of its limit; divided by ∫η before that
+        # rounding too (η = 1 + 1e6 is inf in float16, η / ∫η ≈ 3.3 is not)
         t = times.to(torch.float64)
         tau, a0, b0, k = self.tau_split, self.alpha0, self.beta0, self.k
         u = 1.0 - t / tau
@@ -194,8 +194,8 @@ class KTS:
             b = b0 * s
         else:
             b = torch.full_like(t, b0)
-        launch = t < tau
-        return torch.where(launch, 1.0 + a, 1.0 - b).to(times.dtype)
+        eta = torch.where(t < tau, 1.0 + a, 1.0 - b)
+        return (eta / self._mean_gain if renormalized else eta).to(times.dtype)
 
     # --- integrals --------------------------------------------------------------------------
     @property
