@@ -117,6 +117,8 @@ def test_resume_of_a_folder_holding_no_run_says_it_starts_one(tmp_path, capsys):
     (["--beta0", 0.2], "error: --beta0 = 0.2 makes η(t) ≤ 0"),      # it named KTS's beta0
     (["--tau", 1.5], "--tau must lie in (0, 1), got 1.5"),              # it named KTS's tau_split
     (["--k", 0, "--landing", "linear", "--launch", "exponential"], "--k must lie in (0, 700]"),
+    (["--alpha0", "nan"], "--alpha0 must be a finite number in [0, 1e+06], got nan"),   # no range was given
+    (["--tau", "inf"], "--tau must be a finite number in (0, 1), got inf"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, flags, message):
     assert kfm_sample(tmp_path / "run", *flags) == 2

@@ -256,3 +256,17 @@ def test_the_renormalized_gain_on_low_precision_times_is_rounded_once(dtype, kwa
     assert got.dtype == dtype and torch.isfinite(got).all()
     torch.testing.assert_close(got, by_hand.to(dtype), rtol=0, atol=0)
     assert torch.equal(kts.unchecked(times), got)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha0": float("nan")}, r"alpha0 must be a finite number in \[0, 1e\+06\], got nan"),
+    ({"alpha0": True}, r"alpha0 must be a finite number in \[0, 1e\+06\], got True"),
+    ({"beta0": float("inf")}, r"beta0 must be a finite number >= 0 \(below 1/\(e\^k − 1\) for the exponential "
+                              r"landing, 1 for the others\), got inf"),
+    ({"tau_split": "0.5"}, r"tau_split must be a finite number in \(0, 1\), got '0.5'"),
+    ({"k": float("nan")}, r"k must be a finite number in \(0, 700\], got nan"),
+])
+def test_a_parameter_that_is_not_a_finite_number_is_refused_with_its_range(kwargs, message):
+    # "alpha0 must be a finite number, got nan" named the argument but not the values it may take
+    with pytest.raises(ValueError, match=message):
+        KTS(**kwargs)

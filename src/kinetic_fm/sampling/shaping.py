@@ -33,6 +33,12 @@ TAU_TOLERANCE = 1e-6
 
 _K_MAX = 700.0  # e^k must stay finite in float64 (e^709.8 overflows)
 _ALPHA0_MAX = 1e6  # η = 1 + α0 multiplies the velocity; far beyond any use, and float32-safe
+_RANGES = {  # the values each numeric parameter may take, as its errors state them
+    "alpha0": f"in [0, {_ALPHA0_MAX:g}]",
+    "beta0": ">= 0 (below 1/(e^k − 1) for the exponential landing, 1 for the others)",
+    "tau_split": "in (0, 1)",
+    "k": f"in (0, {_K_MAX:g}]",
+}
 
 
 @dataclass(frozen=True)
@@ -40,12 +46,14 @@ class KTS:
     """The KTS gain η(t) on [0, 1].
 
     Args:
-        alpha0: launch boost α0 ≥ 0.
-        beta0: landing brake β0 ≥ 0; must keep η > 0 on [0, 1] (see ``max_beta0``).
+        alpha0: launch boost α0 in [0, 1e6].
+        beta0: landing brake β0 ≥ 0; must keep η > 0 on [0, 1] (see ``max_beta0``): below
+            1/(e^k − 1) for the exponential landing, below 1 for the others.
         tau_split: τ in (0, 1), where launch ends and landing begins.
         launch: "linear" | "constant" | "exponential".
         landing: "exponential" | "linear" | "constant".
-        k: rate of the exponential forms, k > 0.
+        k: rate of the exponential forms, in (0, 700]; a finite number that no form reads when
+            neither is exponential (checked against (0, 700] only when one is).
         renormalize: opt-in (not in the paper): divide η by ∫₀¹ η dt so the gain only
             redistributes motion in time and the mean gain is exactly 1.
 
@@ -66,10 +74,10 @@ class KTS:
     renormalize: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("alpha0", "beta0", "tau_split", "k"):
+        for name, allowed in _RANGES.items():
             value = as_scalar(getattr(self, name))
             if not is_real(value, finite=True):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be a finite number {allowed}, got {getattr(self, name)!r}")
             object.__setattr__(self, name, float(value))  # NumPy scalars, 0-d tensors: plain floats
         object.__setattr__(self, "renormalize", check_flag("renormalize", self.renormalize))
         if self.launch not in LAUNCH_FORMS:
