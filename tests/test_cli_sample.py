@@ -977,3 +977,23 @@ def test_a_reader_that_leaves_early_does_not_cost_the_figure(tmp_path):
                           preexec_fn=lambda: os.close(1), timeout=300)
     assert done.returncode == 0, done.stderr.decode()
     assert len(read_run(tmp_path / "closed")) == 8
+
+
+@pytest.mark.parametrize("flags, shown, hidden", [
+    (["--k", 4, "--renormalize"], ["KTS α0 = 0.01 (linear), β0 = 0.01 (exponential, k = 4), τ = 0.6",
+                                   "renormalized"], []),
+    (["--launch", "exponential", "--landing", "linear", "--k", 2], ["α0 = 0.01 (exponential, k = 2)",
+                                                                     "β0 = 0.01 (linear)"], ["renormalized"]),
+    (["--alpha0", 0.05, "--landing", "constant", "--k", 9], ["α0 = 0.05 (linear), β0 = 0.01 (constant)"],
+     ["k = ", "renormalized"]),
+])
+def test_the_figure_title_names_every_setting_that_changes_the_gain(tmp_path, monkeypatch, flags, shown, hidden):
+    # two runs with the same α0, β0 and τ but another k, or renormalized, had the same title
+    from kinetic_fm.commands import sample as sample_command
+
+    titles = []
+    monkeypatch.setattr(sample_command, "_write_figure", lambda path, *a, title, **kw: titles.append(title) or path)
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 2, "--steps", 2, *flags,
+                      "--figure", tmp_path / "run.png") == 0
+    (title,) = titles
+    assert all(text in title for text in shown) and not any(text in title for text in hidden), title

@@ -941,8 +941,7 @@ def run(args) -> int:
         print(summary_frame(table, SUMMARY_COLUMNS + posterior).to_string())
     if args.figure is not None:
         steps = _stepping(args)
-        shaped = "plain FM" if kts is None else (f"KTS α0 = {kts.alpha0:g} ({kts.launch}), β0 = {kts.beta0:g} "
-                                                 f"({kts.landing}), τ = {kts.tau_split:g}")
+        shaped = "plain FM" if kts is None else _describe_gain(kts)
         with writing("--figure", args.figure):
             path = _write_figure(args.figure, table, outcome.manifest, label="plain FM" if kts is None else "KTS",
                                  title=f"{what}; {steps}; {shaped}")
@@ -1007,6 +1006,15 @@ def _profile_times(args) -> list[float]:
     from ..sampling.grids import time_grid
 
     return time_grid(args.grid, args.steps).tolist()
+
+
+def _describe_gain(kts) -> str:
+    """The KTS gain for a figure's title: every setting that changes η(t), k only where a form reads it."""
+    def form(name: str) -> str:
+        return f"{name}, k = {kts.k:g}" if name == "exponential" else name
+
+    return (f"KTS α0 = {kts.alpha0:g} ({form(kts.launch)}), β0 = {kts.beta0:g} ({form(kts.landing)}), "
+            f"τ = {kts.tau_split:g}" + (", renormalized" if kts.renormalize else ""))
 
 
 def _write_figure(path: str, table, manifest, *, label: str, title: str):
