@@ -270,3 +270,13 @@ def test_a_parameter_that_is_not_a_finite_number_is_refused_with_its_range(kwarg
     # "alpha0 must be a finite number, got nan" named the argument but not the values it may take
     with pytest.raises(ValueError, match=message):
         KTS(**kwargs)
+
+
+@pytest.mark.parametrize("landing, limit", [("exponential", r"1/\(e\^k − 1\) ≈ 0.05239569 for the exponential landing "
+                                                            r"with k = 3"),
+                                            ("linear", "1 for the linear landing"),
+                                            ("constant", "1 for the constant landing")])
+def test_a_negative_beta0_is_refused_with_its_whole_range(landing, limit):
+    # "beta0 must be >= 0" left out the upper end, which depends on the landing form and k
+    with pytest.raises(ValueError, match=rf"beta0 must be >= 0 and below {limit}, got -0.01"):
+        KTS(beta0=-0.01, landing=landing)

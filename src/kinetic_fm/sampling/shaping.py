@@ -88,11 +88,13 @@ class KTS:
             raise ValueError(f"tau_split must lie in (0, 1), got {self.tau_split!r}")
         if not 0 <= self.alpha0 <= _ALPHA0_MAX:
             raise ValueError(f"alpha0 must lie in [0, {_ALPHA0_MAX:g}], got {self.alpha0!r}")
-        if self.beta0 < 0:
-            raise ValueError(f"beta0 must be >= 0, got {self.beta0!r}")
         uses_k = self.launch == "exponential" or self.landing == "exponential"
         if uses_k and not 0 < self.k <= _K_MAX:
             raise ValueError(f"k must lie in (0, {_K_MAX:g}] for the exponential forms, got {self.k!r}")
+        if self.beta0 < 0:
+            raise ValueError(f"beta0 must be >= 0 and below {_describe_limit(self.landing, self.k)} for the "
+                             f"{self.landing} landing" + (f" with k = {self.k:g}" if self.landing == "exponential" else "")
+                             + f", got {self.beta0!r}")
         limit = max_beta0(self.landing, self.k)
         # β0 < limit is the exact condition; for the largest floats under it 1 − β0·(e^k − 1) can
         # still round to 0 or below, which each path that computes η must not meet at t = 1
