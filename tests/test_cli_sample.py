@@ -997,3 +997,17 @@ def test_the_figure_title_names_every_setting_that_changes_the_gain(tmp_path, mo
                       "--figure", tmp_path / "run.png") == 0
     (title,) = titles
     assert all(text in title for text in shown) and not any(text in title for text in hidden), title
+
+
+@pytest.mark.parametrize("flags, warned", [
+    (["--k", 5, "--landing", "linear"], True),
+    (["--k", 5, "--landing", "constant", "--launch", "constant", "--beta0", 0.5], True),
+    (["--k", 2, "--launch", "exponential", "--landing", "linear"], False),
+    (["--k", 2], False),                      # the default landing is exponential
+    (["--landing", "linear"], False),        # --k not given
+])
+def test_k_without_an_exponential_form_is_said_to_be_ignored(tmp_path, capsys, flags, warned):
+    # --k 5 --landing linear ran the same gain as --k 3 without a word (no form reads k)
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 2, "--steps", 2, *flags) == 0
+    err = capsys.readouterr().err
+    assert ("--k applies to the exponential launch or landing only" in err) == warned, err

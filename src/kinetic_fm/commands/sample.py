@@ -451,9 +451,17 @@ def _shaping(args):
     if not given:
         return None
     try:
-        return KTS(**given)
+        kts = KTS(**given)
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
         raise named_by_its_flag(err, {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}) from None
+    if args.k is not None and "exponential" not in (kts.launch, kts.landing):
+        import warnings
+
+        # recorded in the run's config, as given, but no form reads it: a sweep over --k would
+        # run the same gain under every value without a word
+        warnings.warn(f"--k applies to the exponential launch or landing only, and this gain has neither "
+                      f"(--launch {kts.launch}, --landing {kts.landing}); ignored", stacklevel=2)
+    return kts
 
 
 def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> dict:
