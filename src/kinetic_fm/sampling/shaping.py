@@ -92,9 +92,9 @@ class KTS:
         if uses_k and not 0 < self.k <= _K_MAX:
             raise ValueError(f"k must lie in (0, {_K_MAX:g}] for the exponential forms, got {self.k!r}")
         if self.beta0 < 0:
+            with_k = f" with k = {self.k:g}" if self.landing == "exponential" else ""
             raise ValueError(f"beta0 must be >= 0 and below {_describe_limit(self.landing, self.k)} for the "
-                             f"{self.landing} landing" + (f" with k = {self.k:g}" if self.landing == "exponential" else "")
-                             + f", got {self.beta0!r}")
+                             f"{self.landing} landing{with_k}, got {self.beta0!r}")
         limit = max_beta0(self.landing, self.k)
         # β0 < limit is the exact condition; for the largest floats under it 1 − β0·(e^k − 1) can
         # still round to 0 or below, which each path that computes η must not meet at t = 1
