@@ -117,6 +117,8 @@ def test_resume_of_a_folder_holding_no_run_says_it_starts_one(tmp_path, capsys):
     (["--beta0", 0.2], "error: --beta0 = 0.2 makes η(t) ≤ 0"),      # it named KTS's beta0
     (["--tau", 1.5], "--tau must lie in (0, 1), got 1.5"),              # it named KTS's tau_split
     (["--k", 0, "--landing", "linear", "--launch", "exponential"], "--k must lie in (0, 700]"),
+    (["--alpha0", "nan"], "--alpha0 must be a finite number in [0, 1e+06], got nan"),   # no range was given
+    (["--tau", "inf"], "--tau must be a finite number in (0, 1), got inf"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, flags, message):
     assert kfm_sample(tmp_path / "run", *flags) == 2
@@ -975,3 +977,37 @@ def test_a_reader_that_leaves_early_does_not_cost_the_figure(tmp_path):
                           preexec_fn=lambda: os.close(1), timeout=300)
     assert done.returncode == 0, done.stderr.decode()
     assert len(read_run(tmp_path / "closed")) == 8
+
+
+@pytest.mark.parametrize("flags, shown, hidden", [
+    (["--k", 4, "--renormalize"], ["KTS α0 = 0.01 (linear), β0 = 0.01 (exponential, k = 4), τ = 0.6",
+                                   "renormalized"], []),
+    (["--launch", "exponential", "--landing", "linear", "--k", 2], ["α0 = 0.01 (exponential, k = 2)",
+                                                                     "β0 = 0.01 (linear)"], ["renormalized"]),
+    (["--alpha0", 0.05, "--landing", "constant", "--k", 9], ["α0 = 0.05 (linear), β0 = 0.01 (constant)"],
+     ["k = ", "renormalized"]),
+])
+def test_the_figure_title_names_every_setting_that_changes_the_gain(tmp_path, monkeypatch, flags, shown, hidden):
+    # two runs with the same α0, β0 and τ but another k, or renormalized, had the same title
+    from kinetic_fm.commands import sample as sample_command
+
+    titles = []
+    monkeypatch.setattr(sample_command, "_write_figure", lambda path, *a, title, **kw: titles.append(title) or path)
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 2, "--steps", 2, *flags,
+                      "--figure", tmp_path / "run.png") == 0
+    (title,) = titles
+    assert all(text in title for text in shown) and not any(text in title for text in hidden), title
+
+
+@pytest.mark.parametrize("flags, warned", [
+    (["--k", 5, "--landing", "linear"], True),
+    (["--k", 5, "--landing", "constant", "--launch", "constant", "--beta0", 0.5], True),
+    (["--k", 2, "--launch", "exponential", "--landing", "linear"], False),
+    (["--k", 2], False),                      # the default landing is exponential
+    (["--landing", "linear"], False),        # --k not given
+])
+def test_k_without_an_exponential_form_is_said_to_be_ignored(tmp_path, capsys, flags, warned):
+    # --k 5 --landing linear ran the same gain as --k 3 without a word (no form reads k)
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 2, "--steps", 2, *flags) == 0
+    err = capsys.readouterr().err
+    assert ("--k applies to the exponential launch or landing only" in err) == warned, err

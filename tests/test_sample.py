@@ -186,6 +186,28 @@ def test_dopri5_runs_past_its_64_step_buffers_without_a_rejection():
     assert res.times.shape == (4, int(res.steps.max()) + 1) and (res.times.diff(dim=1) > 0).all()
 
 
+@pytest.mark.parametrize("tau, first_step", [(1e-300, None), (1e-9, None), (0.6, 0.6 - 1e-9)])
+@pytest.mark.parametrize("field", ["line", "decay"])
+def test_dopri5_under_kts_resumes_its_step_after_one_cut_short_to_land_on_tau(field, tau, first_step):
+    # A step cut to land on τ is short and its error tiny; the next step grew from it at most ×10
+    # per step: τ = 1e-300 took 300 steps where plain FM takes 3 or 4, τ = 1e-9 (or a first step
+    # that ends 1e-9 before τ = 0.6) 6–8 more. With α0 = β0 = 0 the gain is 1 and the path is
+    # plain FM's: x(1) = x0 + c on the line, x0·e^{−1} for dx/dt = −x (energy ‖x0‖²(1 − e^{−2})/4).
+    c = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    velocity = (lambda x, t: c.expand_as(x).clone()) if field == "line" else (lambda x, t: -x)
+    x0 = kfm.noise(range(4), (3,), dtype=torch.float64)
+    tolerances = {"rtol": 1e-8, "atol": 1e-8, "first_step": first_step}
+    plain = kfm.sample(velocity, x0, solver="dopri5", **tolerances)
+    res = kfm.sample(velocity, x0, solver="dopri5", shaping=kfm.KTS(alpha0=0.0, beta0=0.0, tau_split=tau),
+                     **tolerances)
+    exact = x0 + c if field == "line" else x0 * math.exp(-1.0)
+    energy = 0.5 * (c**2).sum().expand(4) if field == "line" else (x0**2).sum(1) * (1 - math.exp(-2.0)) / 4
+    torch.testing.assert_close(res.x, exact, rtol=0, atol=1e-7)
+    torch.testing.assert_close(res.kpe, energy, rtol=1e-6, atol=0)   # the energy is not error-controlled
+    assert tau in res.times[0].tolist()
+    assert (res.steps <= plain.steps + 2).all(), (res.steps.tolist(), plain.steps.tolist())
+
+
 @pytest.mark.parametrize("field,first_step", [(_spiral, None), (lambda x, t: -0.5 * x, 0.12355698520362282)],
                          ids=["spiral", "decay-rounding-pair"])
 def test_dopri5_under_kts_steps_the_launch_side_until_it_lands_exactly_on_tau(field, first_step):

@@ -241,3 +241,42 @@ def test_the_exponential_launch_stays_finite_at_the_largest_admissible_settings(
     # e^{ku} amplifies the rounding of k·u ≈ 700 by 700: a few 1e-14 relative
     assert got == pytest.approx(expected, rel=1e-12) and [kts(t) for t in times] == got
     assert math.isfinite(kts.mean_gain()) and kts(0.0) == 1.0 + alpha0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kwargs", [{"alpha0": 1e6}, {"alpha0": 0.3, "beta0": 0.04, "launch": "exponential"}])
+def test_the_renormalized_gain_on_low_precision_times_is_rounded_once(dtype, kwargs):
+    # η was rounded to the times' dtype and then divided by ∫η: twice rounded, and in float16 the
+    # launch η = 1 + 1e6 overflowed to inf before the division brought it back to ≈ 3.3
+    kts = KTS(**kwargs, renormalize=True)
+    times = torch.tensor([0.0, 0.1, 0.3, 0.59, 0.6, 0.8, 1.0], dtype=torch.float64).to(dtype)
+    by_hand = torch.tensor([reference_eta(float(t), kts.alpha0, kts.beta0, 0.6, kts.launch, kts.landing, 3.0)
+                            for t in times.double()], dtype=torch.float64) / kts._mean_gain
+    got = kts(times)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    torch.testing.assert_close(got, by_hand.to(dtype), rtol=0, atol=0)
+    assert torch.equal(kts.unchecked(times), got)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha0": float("nan")}, r"alpha0 must be a finite number in \[0, 1e\+06\], got nan"),
+    ({"alpha0": True}, r"alpha0 must be a finite number in \[0, 1e\+06\], got True"),
+    ({"beta0": float("inf")}, r"beta0 must be a finite number >= 0 \(below 1/\(e\^k − 1\) for the exponential "
+                              r"landing, 1 for the others\), got inf"),
+    ({"tau_split": "0.5"}, r"tau_split must be a finite number in \(0, 1\), got '0.5'"),
+    ({"k": float("nan")}, r"k must be a finite number in \(0, 700\], got nan"),
+])
+def test_a_parameter_that_is_not_a_finite_number_is_refused_with_its_range(kwargs, message):
+    # "alpha0 must be a finite number, got nan" named the argument but not the values it may take
+    with pytest.raises(ValueError, match=message):
+        KTS(**kwargs)
+
+
+@pytest.mark.parametrize("landing, limit", [("exponential", r"1/\(e\^k − 1\) ≈ 0.05239569 for the exponential landing "
+                                                            r"with k = 3"),
+                                            ("linear", "1 for the linear landing"),
+                                            ("constant", "1 for the constant landing")])
+def test_a_negative_beta0_is_refused_with_its_whole_range(landing, limit):
+    # "beta0 must be >= 0" left out the upper end, which depends on the landing form and k
+    with pytest.raises(ValueError, match=rf"beta0 must be >= 0 and below {limit}, got -0.01"):
+        KTS(beta0=-0.01, landing=landing)

@@ -451,9 +451,17 @@ def _shaping(args):
     if not given:
         return None
     try:
-        return KTS(**given)
+        kts = KTS(**given)
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
         raise named_by_its_flag(err, {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}) from None
+    if args.k is not None and "exponential" not in (kts.launch, kts.landing):
+        import warnings
+
+        # recorded in the run's config, as given, but no form reads it: a sweep over --k would
+        # run the same gain under every value without a word
+        warnings.warn(f"--k applies to the exponential launch or landing only, and this gain has neither "
+                      f"(--launch {kts.launch}, --landing {kts.landing}); ignored", stacklevel=2)
+    return kts
 
 
 def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> dict:
@@ -941,8 +949,7 @@ def run(args) -> int:
         print(summary_frame(table, SUMMARY_COLUMNS + posterior).to_string())
     if args.figure is not None:
         steps = _stepping(args)
-        shaped = "plain FM" if kts is None else (f"KTS α0 = {kts.alpha0:g} ({kts.launch}), β0 = {kts.beta0:g} "
-                                                 f"({kts.landing}), τ = {kts.tau_split:g}")
+        shaped = "plain FM" if kts is None else _describe_gain(kts)
         with writing("--figure", args.figure):
             path = _write_figure(args.figure, table, outcome.manifest, label="plain FM" if kts is None else "KTS",
                                  title=f"{what}; {steps}; {shaped}")
@@ -1007,6 +1014,15 @@ def _profile_times(args) -> list[float]:
     from ..sampling.grids import time_grid
 
     return time_grid(args.grid, args.steps).tolist()
+
+
+def _describe_gain(kts) -> str:
+    """The KTS gain for a figure's title: every setting that changes η(t), k only where a form reads it."""
+    def form(name: str) -> str:
+        return f"{name}, k = {kts.k:g}" if name == "exponential" else name
+
+    return (f"KTS α0 = {kts.alpha0:g} ({form(kts.launch)}), β0 = {kts.beta0:g} ({form(kts.landing)}), "
+            f"τ = {kts.tau_split:g}" + (", renormalized" if kts.renormalize else ""))
 
 
 def _write_figure(path: str, table, manifest, *, label: str, title: str):

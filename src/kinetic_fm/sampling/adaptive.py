@@ -120,7 +120,8 @@ def integrate_dopri5(
             raise StepLimitError(max_steps, rows.tolist())
         ta, xa = t[rows], x[rows]
         active = None if n_active == batch else ~done
-        ha = torch.minimum(h[rows], 1.0 - ta)
+        proposed = h[rows]
+        ha = torch.minimum(proposed, 1.0 - ta)
         if stop is not None:
             before = ta < stop
             ha = torch.where(before, torch.minimum(ha, stop - ta), ha)
@@ -207,7 +208,17 @@ def integrate_dopri5(
         retried = rejected[rows]
         factor = torch.where(accept & retried, factor.clamp(max=1.0), factor)
         rejected[rows] = ~accept
-        h[rows] = ha * factor  # a non-finite try's ratio is inf: factor MIN_FACTOR
+        h_next = ha * factor  # a non-finite try's ratio is inf: factor MIN_FACTOR
+        if stop is not None:
+            # A step cut short to land on τ has a tiny error (its growth held at ×10: a ratio below
+            # 6e-6, or rounding), and growing ×10 a step from there took ~log10(proposed / ha)
+            # steps to get back (τ = 1e-300: 300 steps on a straight line plain FM crosses in 3;
+            # τ = 1e-9, or a sample that came within 1e-9 of τ: 8 more). Such a step resumes the
+            # step proposed before the cut, from the error of the last full step. Only a step cut to
+            # under a tenth of its proposal, whose growth was held at ×10, steps otherwise.
+            regrow = accept & at_stop & (factor == MAX_FACTOR)
+            h_next = torch.where(regrow, torch.maximum(h_next, proposed), h_next)
+        h[rows] = h_next
         done[rows] = done[rows] | (accept & last)
 
     if bar is not None:

@@ -94,7 +94,8 @@ def sample(
             first_step None (chosen) or in (0, 1]; max_steps ≥ 1 attempted steps, beyond which
             ``StepLimitError`` names the unfinished samples. Under a KTS gain its
             steps land on τ_split rather than cross it (η has a kink there, a jump for the constant
-            forms), so x meets rtol and the early/late split falls exactly at τ.
+            forms), so x meets rtol and the early/late split falls exactly at τ; a step cut to
+            under a tenth of its length to land there is followed by the step proposed before the cut.
         dtype, device: for x0 drawn from seeds (default float32, CPU).
         progress: show a tqdm progress bar.
 

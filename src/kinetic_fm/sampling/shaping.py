@@ -33,6 +33,12 @@ TAU_TOLERANCE = 1e-6
 
 _K_MAX = 700.0  # e^k must stay finite in float64 (e^709.8 overflows)
 _ALPHA0_MAX = 1e6  # η = 1 + α0 multiplies the velocity; far beyond any use, and float32-safe
+_RANGES = {  # the values each numeric parameter may take, as its errors state them
+    "alpha0": f"in [0, {_ALPHA0_MAX:g}]",
+    "beta0": ">= 0 (below 1/(e^k − 1) for the exponential landing, 1 for the others)",
+    "tau_split": "in (0, 1)",
+    "k": f"in (0, {_K_MAX:g}]",
+}
 
 
 @dataclass(frozen=True)
@@ -40,12 +46,14 @@ class KTS:
     """The KTS gain η(t) on [0, 1].
 
     Args:
-        alpha0: launch boost α0 ≥ 0.
-        beta0: landing brake β0 ≥ 0; must keep η > 0 on [0, 1] (see ``max_beta0``).
+        alpha0: launch boost α0 in [0, 1e6].
+        beta0: landing brake β0 ≥ 0; must keep η > 0 on [0, 1] (see ``max_beta0``): below
+            1/(e^k − 1) for the exponential landing, below 1 for the others.
         tau_split: τ in (0, 1), where launch ends and landing begins.
         launch: "linear" | "constant" | "exponential".
         landing: "exponential" | "linear" | "constant".
-        k: rate of the exponential forms, k > 0.
+        k: rate of the exponential forms, in (0, 700]; a finite number that no form reads when
+            neither is exponential (checked against (0, 700] only when one is).
         renormalize: opt-in (not in the paper): divide η by ∫₀¹ η dt so the gain only
             redistributes motion in time and the mean gain is exactly 1.
 
@@ -66,10 +74,10 @@ class KTS:
     renormalize: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("alpha0", "beta0", "tau_split", "k"):
+        for name, allowed in _RANGES.items():
             value = as_scalar(getattr(self, name))
             if not is_real(value, finite=True):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be a finite number {allowed}, got {getattr(self, name)!r}")
             object.__setattr__(self, name, float(value))  # NumPy scalars, 0-d tensors: plain floats
         object.__setattr__(self, "renormalize", check_flag("renormalize", self.renormalize))
         if self.launch not in LAUNCH_FORMS:
@@ -80,11 +88,13 @@ class KTS:
             raise ValueError(f"tau_split must lie in (0, 1), got {self.tau_split!r}")
         if not 0 <= self.alpha0 <= _ALPHA0_MAX:
             raise ValueError(f"alpha0 must lie in [0, {_ALPHA0_MAX:g}], got {self.alpha0!r}")
-        if self.beta0 < 0:
-            raise ValueError(f"beta0 must be >= 0, got {self.beta0!r}")
         uses_k = self.launch == "exponential" or self.landing == "exponential"
         if uses_k and not 0 < self.k <= _K_MAX:
             raise ValueError(f"k must lie in (0, {_K_MAX:g}] for the exponential forms, got {self.k!r}")
+        if self.beta0 < 0:
+            with_k = f" with k = {self.k:g}" if self.landing == "exponential" else ""
+            raise ValueError(f"beta0 must be >= 0 and below {_describe_limit(self.landing, self.k)} for the "
+                             f"{self.landing} landing{with_k}, got {self.beta0!r}")
         limit = max_beta0(self.landing, self.k)
         # β0 < limit is the exact condition; for the largest floats under it 1 − β0·(e^k − 1) can
         # still round to 0 or below, which each path that computes η must not meet at t = 1
@@ -131,8 +141,7 @@ class KTS:
                 shown = ", ".join(f"{v:g}" for v in outside[:5].tolist()) + (", ..." if outside.numel() > 5 else "")
                 raise ValueError(f"t must hold times in [0, 1], got a tensor with {outside.numel()} "
                                  f"value(s) outside it: {shown}")
-        eta = self._gain_tensor(t)
-        return eta / self._mean_gain if self.renormalize else eta
+        return self._gain_tensor(t, renormalized=self.renormalize)
 
     def alpha(self, t: float) -> float:
         """Launch boost α(t) for t < τ (0 elsewhere); t one number in [0, 1] (for a tensor of times
@@ -173,9 +182,10 @@ class KTS:
     def _gain_float(self, t: float) -> float:
         return 1.0 + self._alpha(t) - self._beta(t)
 
-    def _gain_tensor(self, times: torch.Tensor) -> torch.Tensor:
+    def _gain_tensor(self, times: torch.Tensor, renormalized: bool = False) -> torch.Tensor:
         # formed in float64 and rounded once: expm1(k) overflows float16 for k > 11, and 1 − β0
-        # cancels in float32 when β0 is within 1e-7 of its limit
+        # cancels in float32 when β0 is within 1e-7 of its limit; divided by ∫η before that
+        # rounding too (η = 1 + 1e6 is inf in float16, η / ∫η ≈ 3.3 is not)
         t = times.to(torch.float64)
         tau, a0, b0, k = self.tau_split, self.alpha0, self.beta0, self.k
         u = 1.0 - t / tau
@@ -194,8 +204,8 @@ class KTS:
             b = b0 * s
         else:
             b = torch.full_like(t, b0)
-        launch = t < tau
-        return torch.where(launch, 1.0 + a, 1.0 - b).to(times.dtype)
+        eta = torch.where(t < tau, 1.0 + a, 1.0 - b)
+        return (eta / self._mean_gain if renormalized else eta).to(times.dtype)
 
     # --- integrals --------------------------------------------------------------------------
     @property
