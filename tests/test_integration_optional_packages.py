@@ -1,0 +1,70 @@
+"""The integrations without their optional packages: what to install is named, the rest of the package works.
+
+A missing package is simulated with ``sys.modules[name] = None`` (Python's own "import blocked" marker);
+``import kinetic_fm`` itself is checked in a fresh interpreter.
+"""
+from __future__ import annotations
+
+import inspect
+import pydoc
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kinetic_fm
+
+DIFFUSERS_MODULE = "kinetic_fm.integrations.diffusers"
+
+
+@pytest.fixture
+def without_diffusers(monkeypatch):
+    """diffusers blocked, our integration module and kinetic_fm's cached attribute forgotten."""
+    if "KineticFlowMatchEulerScheduler" in vars(kinetic_fm):     # cached by an earlier lookup
+        monkeypatch.delattr(kinetic_fm, "KineticFlowMatchEulerScheduler")
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    monkeypatch.delitem(sys.modules, DIFFUSERS_MODULE, raising=False)
+
+
+def test_without_diffusers_the_scheduler_names_what_to_install(without_diffusers):
+    with pytest.raises(ImportError, match=r"needs the diffusers package: pip install diffusers"):
+        import kinetic_fm.integrations.diffusers  # noqa: F401
+    with pytest.raises(ImportError, match=r"pip install diffusers"):
+        kinetic_fm.KineticFlowMatchEulerScheduler
+
+
+def test_without_diffusers_the_package_can_still_be_listed_and_documented(without_diffusers):
+    # dir(kinetic_fm) listed the scheduler, whose lookup raised ImportError: help(kinetic_fm),
+    # pydoc and inspect.getmembers (all of which read every name dir() gives) failed on a base install
+    assert "KineticFlowMatchEulerScheduler" not in dir(kinetic_fm)
+    names = dict(inspect.getmembers(kinetic_fm))
+    assert names["sample"] is kinetic_fm.sample and "KineticODESolver" in names
+    assert "KineticODESolver" in pydoc.render_doc(kinetic_fm)
+
+
+def test_without_flow_matching_our_solver_runs_and_the_wrapper_names_what_to_install(monkeypatch):
+    from kinetic_fm.integrations import flow_matching as integration
+
+    monkeypatch.setitem(sys.modules, "flow_matching", None)
+    monkeypatch.setitem(sys.modules, "flow_matching.utils", None)
+    monkeypatch.setattr(integration, "_WRAPPER_CLASS", None)      # built by an earlier test, perhaps
+    # KineticODESolver needs only a model(x, t): v = 1 − x from x(0) = 0 gives x(1) = 1 − e^{−1} exactly
+    res = kinetic_fm.KineticODESolver(lambda x, t: 1.0 - x).sample(
+        torch.zeros(2, 3, dtype=torch.float64), method="dopri5", atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(res.x, torch.full((2, 3), 1.0 - torch.e ** -1.0, dtype=torch.float64))
+    with pytest.raises(ImportError, match=r"as_model_wrapper needs the flow_matching package: pip install flow_matching"):
+        integration.as_model_wrapper(lambda x, t: -x)
+
+
+def test_import_kinetic_fm_imports_no_optional_integration_package():
+    code = ("import sys, kinetic_fm; kinetic_fm.KineticODESolver; "
+            "print(sorted(m for m in ('diffusers', 'flow_matching', 'torchdiffeq', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_with_diffusers_installed_the_scheduler_is_listed():
+    pytest.importorskip("diffusers")
+    assert "KineticFlowMatchEulerScheduler" in dir(kinetic_fm)
+    assert not {"sys", "_NEEDS", "_installed"} & set(dir(kinetic_fm))
