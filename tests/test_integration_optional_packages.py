@@ -5,6 +5,7 @@ A missing package is simulated with ``sys.modules[name] = None`` (Python's own "
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import pydoc
 import subprocess
@@ -29,7 +30,7 @@ def without_diffusers(monkeypatch):
 
 def test_without_diffusers_the_scheduler_names_what_to_install(without_diffusers):
     with pytest.raises(ImportError, match=r"needs the diffusers package: pip install diffusers"):
-        import kinetic_fm.integrations.diffusers  # noqa: F401
+        importlib.import_module(DIFFUSERS_MODULE)
     with pytest.raises(ImportError, match=r"pip install diffusers"):
         kinetic_fm.KineticFlowMatchEulerScheduler
 
