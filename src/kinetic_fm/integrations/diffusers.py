@@ -154,13 +154,17 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         return new
 
     def set_shaping(self, shaping: Callable | None) -> None:
-        """Set the KTS gain η(t) in FM time (None = no shaping); takes effect at the next run."""
+        """Set the KTS gain η(t) in FM time (None = no shaping); takes effect at the next run.
+
+        A run in progress (set from a pipeline's ``callback_on_step_end``, say) keeps the gain table it
+        started with and its energies; the next ``set_timesteps`` starts a run with the new gain.
+        """
         if shaping is not None and not callable(shaping):
             raise TypeError(f"shaping must be a KTS gain or a callable η(t), got {type(shaping).__name__}")
         self.shaping = shaping
         saved = dataclasses.asdict(shaping) if isinstance(shaping, KTS) else None
         self.register_to_config(**{SHAPING_KEY: saved})
-        self._reset_energy()
+        # no reset here: it dropped the energies of the steps taken and shaped the rest of the run
 
     def save_config(self, *args: Any, **kwargs: Any) -> None:
         """diffusers' ``save_config`` (used by ``save_pretrained``); a KTS gain is saved with it."""
