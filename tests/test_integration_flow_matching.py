@@ -417,3 +417,27 @@ def test_guidance_in_a_model_wrapper_samples_dopri5_as_bare_guidance():
     for res in (kfm.sample(as_model_wrapper(guided), x0, solver="dopri5"),
                 KineticODESolver(as_model_wrapper(guided)).sample(x0, method="dopri5")):
         assert torch.equal(res.x, expected.x) and torch.equal(res.nfe, expected.nfe)
+
+
+def test_a_step_size_of_one_over_n_takes_n_steps_with_no_step_of_rounding_length():
+    # (1 − 0)/h + 1 for h = 1/49 is 50.000000000000004 in float64: the grid got a 51st point, a last
+    # step 1.1e-16 long, and the run one network evaluation more than ODESolver's default (float32)
+    # grid, which takes 49 steps (it has such a step for other n, h = 1/61 among them)
+    for n in range(1, 301):
+        grid = fixed_grid(torch.tensor([0.0, 1.0], dtype=torch.float64), 1.0 / n)
+        assert grid.numel() == n + 1 and float(grid[-1]) == 1.0, n
+        assert float((grid.diff() - 1.0 / n).abs().max()) < 1e-12, n
+    calls = []
+
+    def model(x, t, **extras):
+        calls.append(float(t))
+        return 1.0 - x
+
+    x0 = torch.zeros(3, DIM, dtype=torch.float64)
+    res = KineticODESolver(model).sample(x0, step_size=1 / 49)
+    assert len(calls) == 49 and int(res.nfe) == 49
+    with torch.no_grad():
+        theirs = ODESolver(model).sample(x0, step_size=1 / 49)       # its default float32 time grid
+    assert len(calls) == 2 * 49
+    torch.testing.assert_close(res.x, theirs, rtol=0, atol=1e-6)      # float32 stage times against ours
+    torch.testing.assert_close(res.x, (1 - (1 - 1 / 49) ** 49) * torch.ones_like(x0), rtol=1e-12, atol=0)  # Euler

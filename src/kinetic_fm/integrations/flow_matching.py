@@ -27,6 +27,9 @@ from ..sampling.result import SampleResult
 from ..sampling.sample import sample
 from ..sampling.shaping import KTS, TAU_TOLERANCE
 
+# a final fixed step shorter than this fraction of step_size is a rounding artefact (see fixed_grid)
+ROUNDING_STEP = 1e-6
+
 METHODS = {"euler": "euler", "midpoint": "midpoint", "heun2": "heun", "rk4": "rk4_38", "dopri5": "dopri5"}
 
 
@@ -44,7 +47,9 @@ def fixed_grid(time_grid: torch.Tensor, step_size: float | None) -> torch.Tensor
     """The grid a torchdiffeq fixed-step solver walks for this ``time_grid`` and ``step_size``.
 
     ``step_size=None``: the grid itself. Otherwise t_k = k·h from time_grid[0] for
-    k < ⌈(end − start)/h + 1⌉, the last point moved onto the end (a shorter final step).
+    k < ⌈(end − start)/h + 1⌉, the last point moved onto the end (a shorter final step). A final
+    step shorter than ``ROUNDING_STEP``·h is a rounding of (end − start)/h = n up to n + ε (h = 1/49
+    gives 50.000000000000004 + 1 points), not a step: its start is dropped, so n steps are taken.
     """
     if step_size is None:
         return time_grid
@@ -56,6 +61,9 @@ def fixed_grid(time_grid: torch.Tensor, step_size: float | None) -> torch.Tensor
     count = int(torch.ceil((end - start) / step_size + 1).item())
     grid = torch.arange(count, dtype=time_grid.dtype) * step_size + start
     grid[-1] = end
+    if grid.numel() > 2 and float(grid[-1] - grid[-2]) < ROUNDING_STEP * step_size:
+        # torchdiffeq takes such a step too, a network evaluation for nothing (at other n in float32)
+        grid = torch.cat([grid[:-2], grid[-1:]])
     return grid
 
 
