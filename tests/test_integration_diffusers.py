@@ -514,3 +514,68 @@ def test_a_gain_set_during_a_run_takes_effect_at_the_next_run():
     torch.testing.assert_close(x, x_shaped, rtol=0, atol=0)
     torch.testing.assert_close(switched.kpe, shaped.kpe, rtol=0, atol=0)
     assert not torch.allclose(shaped.kpe, plain.kpe, rtol=1e-3)
+
+
+def _recorded_pipeline_run(transformer, scheduler, conditions, dtype, scale, callback=None):
+    """Latents of a 6-step SD3 pipeline run and the transformer's outputs, one per network evaluation."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, **NO_ENCODERS)
+    pipe.set_progress_bar_config(disable=True)
+    prompt, pooled = (c.to(dtype) for c in conditions)
+    outputs = []
+    hook = transformer.register_forward_hook(lambda module, args, out: outputs.append(out[0].detach().clone()))
+    try:
+        latents = pipe(
+            prompt_embeds=prompt, pooled_prompt_embeds=pooled, negative_prompt_embeds=torch.zeros_like(prompt),
+            negative_pooled_prompt_embeds=torch.zeros_like(pooled), height=SIZE, width=SIZE, num_inference_steps=6,
+            guidance_scale=scale, output_type="latent", latents=_x0().to(dtype), callback_on_step_end=callback,
+        ).images
+    finally:
+        hook.remove()
+    return latents, outputs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_a_pipeline_run_costs_no_network_evaluation_and_measures_its_guided_outputs(transformer, conditions, dtype,
+                                                                                    scale):
+    import copy
+
+    net = copy.deepcopy(transformer).to(dtype)
+    base, base_outputs = _recorded_pipeline_run(net, FlowMatchEulerDiscreteScheduler(shift=3.0), conditions, dtype,
+                                                scale)
+    scheduler = KineticFlowMatchEulerScheduler(shift=3.0)
+    latents, outputs = _recorded_pipeline_run(net, scheduler, conditions, dtype, scale)
+    assert len(outputs) == len(base_outputs) == 6 and latents.dtype == dtype
+    torch.testing.assert_close(latents, base, rtol=0, atol=0)
+    sigmas = scheduler.sigmas.double()
+    expected = torch.zeros(BATCH, dtype=torch.float64)
+    for i, out in enumerate(outputs):
+        if scale > 1:                                   # the pipeline's own combination, in its dtype
+            unconditional, conditional = out.chunk(2)
+            out = unconditional + scale * (conditional - unconditional)
+        expected += 0.5 * float(sigmas[i] - sigmas[i + 1]) * out.double().flatten(1).pow(2).sum(1)
+    assert scheduler.kpe.dtype == torch.float64 and scheduler.kpe.shape == (BATCH,)
+    torch.testing.assert_close(scheduler.kpe, expected, rtol=1e-12, atol=0)
+
+
+def test_an_interrupted_pipeline_holds_the_energy_of_the_steps_it_took(transformer, conditions):
+    # pipe.interrupt skips the remaining steps: kpe is the path taken (step_index steps of it), and
+    # the next run starts from zero
+    def interrupt_after_step_2(pipe, i, t, tensors):
+        pipe._interrupt = i == 2
+        return {}
+
+    scheduler = KineticFlowMatchEulerScheduler(shift=3.0)
+    _, outputs = _recorded_pipeline_run(transformer, scheduler, conditions, torch.float32, 1.0, interrupt_after_step_2)
+    sigmas = scheduler.sigmas.double()
+    assert len(outputs) == scheduler.step_index == 3
+    taken = sum(0.5 * float(sigmas[i] - sigmas[i + 1]) * out.double().flatten(1).pow(2).sum(1)
+                for i, out in enumerate(outputs))
+    torch.testing.assert_close(scheduler.kpe, taken, rtol=1e-12, atol=0)
+    assert scheduler.profile[:, 3:].eq(0).all() and scheduler.profile[:, :3].gt(0).all()
+    _recorded_pipeline_run(transformer, scheduler, conditions, torch.float32, 1.0)
+    fresh = KineticFlowMatchEulerScheduler(shift=3.0)
+    _recorded_pipeline_run(transformer, fresh, conditions, torch.float32, 1.0)
+    torch.testing.assert_close(scheduler.kpe, fresh.kpe, rtol=0, atol=0)

@@ -441,3 +441,24 @@ def test_a_step_size_of_one_over_n_takes_n_steps_with_no_step_of_rounding_length
     assert len(calls) == 2 * 49
     torch.testing.assert_close(res.x, theirs, rtol=0, atol=1e-6)      # float32 stage times against ours
     torch.testing.assert_close(res.x, (1 - (1 - 1 / 49) ** 49) * torch.ones_like(x0), rtol=1e-12, atol=0)  # Euler
+
+
+@pytest.mark.parametrize("method, per_step", [("euler", 1), ("midpoint", 2), ("heun2", 2), ("rk4", 4)])
+@pytest.mark.parametrize("how", ["step_size", "time_grid"])
+def test_fixed_step_methods_evaluate_the_model_as_often_as_ode_solver(method, per_step, how):
+    # the energy comes with the stages the solver evaluates anyway: no network evaluation is added
+    model, x0, cond = _setup()
+    given = dict(step_size=0.125, time_grid=torch.tensor([0.0, 1.0], dtype=torch.float64)) if how == "step_size" \
+        else dict(step_size=None, time_grid=kfm.time_grid("cosine", 7))
+    steps = 8 if how == "step_size" else 7
+    counted = []
+    hook = model.model.register_forward_hook(lambda module, args, out: counted.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            ODESolver(model).sample(x0, method=method, cond=cond, **given)
+        theirs, counted[:] = len(counted), []
+        res = KineticODESolver(model).sample(x0, method=method, cond=cond, **given)
+    finally:
+        hook.remove()
+    assert theirs == len(counted) == int(res.nfe) == per_step * steps
+    assert set(counted) == {x0.shape[0]}                       # every call on the whole batch

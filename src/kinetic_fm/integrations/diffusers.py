@@ -71,6 +71,9 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
             them), −1 for a finite run; ``nonfinite`` is ``nonfinite_step >= 0``. The pipeline
             is not stopped: it decodes what it has.
 
+    A run the pipeline interrupts (``pipe._interrupt`` set from ``callback_on_step_end``) holds the
+    energy of the steps it took, ``step_index`` of them; its later profile entries stay 0.
+
     ``shaping`` (attribute; None = plain flow matching) is a ``kfm.KTS`` or any callable η(t) on
     floats. A ``KTS`` is saved by ``save_pretrained`` (config key ``kinetic_shaping``) and
     restored on loading; another callable cannot be serialised, so saving warns and the loaded
