@@ -462,3 +462,25 @@ def test_fixed_step_methods_evaluate_the_model_as_often_as_ode_solver(method, pe
         hook.remove()
     assert theirs == len(counted) == int(res.nfe) == per_step * steps
     assert set(counted) == {x0.shape[0]}                       # every call on the whole batch
+
+
+@pytest.mark.parametrize("method, weights", [("heun2", (0.5, 0.5)), ("rk4", (1 / 8, 3 / 8, 3 / 8, 1 / 8))])
+def test_kpe_is_the_stage_weighted_sum_over_ode_solvers_own_stage_velocities(method, weights):
+    # ½ Σ_i h_i Σ_j b_j ‖k_ij‖² with k_ij the velocities ODESolver's torchdiffeq evaluates, recorded in
+    # call order (Heun's trapezoid, Kutta's 3/8 weights); the euler and midpoint cases are above
+    model, x0, cond = _setup()
+    grid = kfm.time_grid("cosine", 6)
+    stages = []
+    hook = model.model.register_forward_hook(lambda module, args, out: stages.append(out.detach().clone()))
+    try:
+        with torch.no_grad():
+            ODESolver(model).sample(x0, step_size=None, method=method, time_grid=grid, cond=cond)
+    finally:
+        hook.remove()
+    assert len(stages) == len(weights) * (grid.numel() - 1)
+    direct = torch.zeros(x0.shape[0], dtype=torch.float64)
+    for i, h in enumerate(grid.diff().tolist()):
+        for j, b in enumerate(weights):
+            direct += 0.5 * h * b * stages[i * len(weights) + j].pow(2).sum(1)
+    res = KineticODESolver(model).sample(x0, method=method, time_grid=grid, cond=cond)
+    torch.testing.assert_close(res.kpe, direct, rtol=1e-12, atol=0)
