@@ -321,6 +321,21 @@ def test_scheduler_config_carries_the_gain(tmp_path):
     assert KineticFlowMatchEulerScheduler.from_config(scheduler.config).shaping is None
 
 
+def test_from_config_given_a_folder_restores_the_gain(tmp_path):
+    # diffusers' deprecated from_config(path) loaded the file inside the base class, which dropped the
+    # key it does not know: the scheduler came back unshaped, with only a log line
+    scheduler = KineticFlowMatchEulerScheduler(shift=2.0)
+    scheduler.set_shaping(KTS)
+    scheduler.save_pretrained(tmp_path)
+    for given in ({"config": str(tmp_path)}, {"config": tmp_path}, {"pretrained_model_name_or_path": str(tmp_path)}):
+        with pytest.warns(FutureWarning, match="from_pretrained"):
+            loaded = KineticFlowMatchEulerScheduler.from_config(**given)
+        assert loaded.shaping == KTS and loaded.config.shift == 2.0, given
+    with pytest.warns(FutureWarning, match="from_pretrained"):
+        loaded, unused = KineticFlowMatchEulerScheduler.from_config(str(tmp_path), return_unused_kwargs=True)
+    assert loaded.shaping == KTS and "kinetic_shaping" not in unused
+
+
 def test_a_gain_that_cannot_be_saved_warns(tmp_path):
     scheduler = KineticFlowMatchEulerScheduler()
     scheduler.set_shaping(lambda t: 1.0 + 0.1 * t)

@@ -95,8 +95,16 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any):
         """diffusers' ``from_config``, restoring a saved ``kinetic_shaping`` (a ``kfm.KTS``)."""
+        if "pretrained_model_name_or_path" in kwargs:  # diffusers' deprecated spelling of a folder
+            config = kwargs.pop("pretrained_model_name_or_path")
+        if config is not None and not isinstance(config, dict):
+            # diffusers' deprecated folder form: the base class read the file itself and dropped the
+            # key it does not know, so the scheduler came back unshaped; read it here, as it does
+            warnings.warn("passing a folder to from_config is deprecated by diffusers (removed in 1.0): use "
+                          f"{cls.__name__}.from_pretrained(folder)", FutureWarning, stacklevel=2)
+            config, kwargs = cls.load_config(pretrained_model_name_or_path=config, return_unused_kwargs=True, **kwargs)
         spec = None
-        if isinstance(config, dict):  # FrozenDict included; paths go through the base class
+        if isinstance(config, dict):  # FrozenDict included
             config = dict(config)
             spec = config.pop(SHAPING_KEY, None)
         out = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
