@@ -167,6 +167,21 @@ def test_a_step_that_fails_adds_no_energy_and_a_mismatched_output_is_named(trans
     torch.testing.assert_close(scheduler.kpe, ours.kpe, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("integer", [3, torch.tensor(1000), torch.tensor(1000, dtype=torch.int16)])
+def test_an_integer_timestep_is_refused_before_anything_is_stepped(integer):
+    # the base class refuses int and CPU int32/int64 tensors only: an int16 timestep (or, on a GPU, an
+    # int64 one, which is no torch.LongTensor) was stepped by the base class with no energy added
+    scheduler = KineticFlowMatchEulerScheduler()
+    scheduler.set_timesteps(4)
+    x = torch.ones(2, 3)
+    with pytest.raises(ValueError, match=r"integer indices .* pass one of scheduler.timesteps as it is"):
+        scheduler.step(-x, integer, x)
+    assert scheduler.step_index is None and scheduler.kpe is None
+    scheduler.step(-x, scheduler.timesteps[0], x)
+    step = float(scheduler.sigmas[0].double() - scheduler.sigmas[1].double())
+    torch.testing.assert_close(scheduler.kpe, torch.full((2,), 0.5 * 3 * step, dtype=torch.float64))    # ½‖v‖²Δt
+
+
 def test_a_non_finite_model_output_flags_that_image_at_its_first_step():
     # a NaN output gave NaN energies with no flag: ARCHITECTURE's "never a silent NaN" (helper-132);
     # the pipeline itself is not stopped, as kfm.sample(on_nonfinite="flag") goes on

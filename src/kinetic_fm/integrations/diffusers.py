@@ -257,8 +257,13 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
             pass  # the base call below raises its own message
         if given.get("per_token_timesteps") is not None:
             raise ValueError("per_token_timesteps is not supported by KineticFlowMatchEulerScheduler")
-        if _is_integer_timestep(timestep):  # let the base class raise its own message
-            return super().step(model_output, timestep, sample, *args, **kwargs)
+        if _is_integer_timestep(timestep):
+            # the base class refuses int and CPU int32/int64 tensors only: it stepped an int16 one, or a
+            # GPU int64 one (no torch.LongTensor), and no energy was added
+            what = type(timestep).__name__ if isinstance(timestep, int) else f"a {timestep.dtype} tensor"
+            raise ValueError(f"timestep must be one of scheduler.timesteps (floating point), got {what}: integer "
+                             "indices (from enumerate(timesteps)) or integer casts are not supported; pass one of "
+                             "scheduler.timesteps as it is")
         if self.step_index is None:
             self._init_step_index(timestep)
         batch = model_output.shape[0]
