@@ -484,3 +484,23 @@ def test_kpe_is_the_stage_weighted_sum_over_ode_solvers_own_stage_velocities(met
             direct += 0.5 * h * b * stages[i * len(weights) + j].pow(2).sum(1)
     res = KineticODESolver(model).sample(x0, method=method, time_grid=grid, cond=cond)
     torch.testing.assert_close(res.kpe, direct, rtol=1e-12, atol=0)
+
+
+def test_a_time_grid_out_of_order_is_named_as_the_callers_argument():
+    # the check was kfm.sample's, which named its own argument: "grid must be strictly increasing"
+    solver = KineticODESolver(lambda x, t: -x)
+    for grid in (torch.tensor([0.0, 0.7, 0.3, 1.0]), torch.tensor([0.0, 0.5, 0.5, 1.0])):
+        with pytest.raises(ValueError, match=r"^time_grid must be strictly increasing"):
+            solver.sample(torch.ones(2, DIM), time_grid=grid)
+    with pytest.raises(ValueError, match=r"^time_grid must be finite"):
+        solver.sample(torch.ones(2, DIM), time_grid=torch.tensor([0.0, float("nan"), 1.0]))
+
+
+def test_a_numpy_step_size_is_taken_as_ode_solver_takes_it():
+    np = pytest.importorskip("numpy")
+    model, x0, cond = _setup()
+    ours = KineticODESolver(model).sample(x0, step_size=np.float32(0.25), cond=cond)
+    torch.testing.assert_close(ours.x, KineticODESolver(model).sample(x0, step_size=0.25, cond=cond).x, rtol=0, atol=0)
+    assert int(ours.nfe) == 4
+    with pytest.raises(ValueError, match="step_size must be a finite number > 0 or None"):
+        KineticODESolver(model).sample(x0, step_size=np.float64("nan"), cond=cond)

@@ -17,6 +17,7 @@ per sample where torchdiffeq controls it per batch: equal to tolerance, not to r
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -48,15 +49,16 @@ def fixed_grid(time_grid: torch.Tensor, step_size: float | None) -> torch.Tensor
 
     ``step_size=None``: the grid itself. Otherwise t_k = k·h from time_grid[0] for
     k < ⌈(end − start)/h + 1⌉, the last point moved onto the end (a shorter final step). A final
-    step shorter than ``ROUNDING_STEP``·h is a rounding of (end − start)/h = n up to n + ε (h = 1/49
-    gives 50.000000000000004 + 1 points), not a step: its start is dropped, so n steps are taken.
+    step shorter than ``ROUNDING_STEP``·h comes of (end − start)/h = n rounding up to n + ε (h = 1/49:
+    (1 − 0)/h + 1 = 50.000000000000004, so 51 points), not a step: its start is dropped, n steps remain.
     """
     if step_size is None:
         return time_grid
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not (
+    if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real) or not (
         math.isfinite(step_size) and step_size > 0
     ):
         raise ValueError(f"step_size must be a finite number > 0 or None, got {step_size!r}")
+    step_size = float(step_size)  # a NumPy scalar, say, as ODESolver takes it
     start, end = time_grid[0], time_grid[-1]
     count = int(torch.ceil((end - start) / step_size + 1).item())
     grid = torch.arange(count, dtype=time_grid.dtype) * step_size + start
@@ -139,6 +141,14 @@ class KineticODESolver:
             # ODESolver also integrates backwards (time_grid [1, 0], for inversion or likelihood)
             backwards = "; kinetic_fm measures the generating direction only" if start > end else ""
             raise ValueError(f"time_grid must run from 0 to 1 (noise to data), got {start:g} to {end:g}{backwards}")
+        # checked here so that the message names this call's argument (kfm.sample's names its own, grid)
+        if not bool(torch.isfinite(time_grid).all()):
+            raise ValueError(f"time_grid must be finite, got {time_grid.tolist()}")
+        rising = time_grid.diff() > 0
+        if not bool(rising.all()):
+            i = int(torch.nonzero(~rising)[0])
+            raise ValueError(f"time_grid must be strictly increasing, but time_grid[{i + 1}] = "
+                             f"{float(time_grid[i + 1])!r} <= time_grid[{i}] = {float(time_grid[i])!r}")
         if solver == "dopri5":
             if step_size is not None:
                 raise ValueError("step_size must be None for dopri5 (an adaptive method)")
