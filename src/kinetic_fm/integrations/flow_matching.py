@@ -78,7 +78,9 @@ class KineticODESolver:
         time: how t reaches the model (see ``kfm.ModelXT``): None (default) passes a 0-dim t as
             ``ODESolver`` does, ``"shared"`` on fixed-step grids and ``"scalar"`` under dopri5;
             or ``"batch"`` | ``"scalar"`` for every method, ``"shared"`` for the fixed-step ones
-            (dopri5 refuses it). ValueError otherwise.
+            (dopri5 refuses it). ValueError otherwise. Under dopri5 the samples sit at different times
+            and ``"scalar"`` calls the model once per distinct time (the rows ``ODESolver`` evaluates,
+            in up to B calls per stage): give ``"batch"`` to a model that takes t of shape (B,).
     """
 
     def __init__(self, velocity_model: Callable[..., torch.Tensor], *, time: str | None = None):
