@@ -504,3 +504,24 @@ def test_a_numpy_step_size_is_taken_as_ode_solver_takes_it():
     assert int(ours.nfe) == 4
     with pytest.raises(ValueError, match="step_size must be a finite number > 0 or None"):
         KineticODESolver(model).sample(x0, step_size=np.float64("nan"), cond=cond)
+
+
+def test_dopri5_under_scalar_time_evaluates_the_rows_batch_time_does_in_more_calls():
+    # what the README says of time="scalar" under dopri5: the same evaluations (rows, per-sample nfe) as
+    # time="batch", whose calls are one per stage (20 here, as ODESolver's); scalar splits them by distinct
+    # time (275 calls here)
+    model, x0, cond = _setup(16)
+    x0 = 3.0 * kfm.noise(list(range(16)), (DIM,), dtype=torch.float64)
+    cond = torch.linspace(-1.0, 1.0, 16, dtype=torch.float64)[:, None]
+    rows = {}
+    for time in ("batch", None):
+        calls = []
+        hook = model.model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+        try:
+            res = KineticODESolver(model, time=time).sample(x0, method="dopri5", cond=cond)
+        finally:
+            hook.remove()
+        rows[time] = calls, res
+    (batch_calls, batch), (scalar_calls, scalar) = rows["batch"], rows[None]
+    assert torch.equal(scalar.nfe, batch.nfe) and sum(scalar_calls) == sum(batch_calls) == int(batch.nfe.sum())
+    assert len(batch_calls) == int(batch.nfe.max()) and len(scalar_calls) > 4 * len(batch_calls)
