@@ -525,3 +525,27 @@ def test_dopri5_under_scalar_time_evaluates_the_rows_batch_time_does_in_more_cal
     (batch_calls, batch), (scalar_calls, scalar) = rows["batch"], rows[None]
     assert torch.equal(scalar.nfe, batch.nfe) and sum(scalar_calls) == sum(batch_calls) == int(batch.nfe.sum())
     assert len(batch_calls) == int(batch.nfe.max()) and len(scalar_calls) > 4 * len(batch_calls)
+
+
+def test_a_wrapped_module_is_saved_once_as_a_plain_model_wrappers():
+    # the wrapper registered the module twice (as ModelWrapper's model and as velocity): its state_dict
+    # held every parameter twice and did not load into a plain ModelWrapper of the same net
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(DIM, DIM).double()
+
+        def forward(self, x, t):
+            return self.net(x)
+
+    field = Field()
+    wrapped = as_model_wrapper(field, shaping=kfm.KTS())
+    assert wrapped.velocity is field and wrapped.model is field
+    plain = ModelWrapper(Field())
+    assert list(wrapped.state_dict()) == list(plain.state_dict()) == ["model.net.weight", "model.net.bias"]
+    plain.load_state_dict(wrapped.state_dict())
+    x = torch.ones(3, DIM, dtype=torch.float64)
+    torch.testing.assert_close(plain(x, torch.tensor(0.5)), field(x, None), rtol=0, atol=0)
+    closure = as_model_wrapper(lambda x, t: -x)
+    assert closure.model is None and list(closure.state_dict()) == []
+    torch.testing.assert_close(closure(x, torch.tensor(0.5)), -x, rtol=0, atol=0)

@@ -183,7 +183,15 @@ def _model_wrapper_class() -> type:
             def __init__(self, velocity: Callable, shaping: Callable | None = None):
                 module = velocity if isinstance(velocity, torch.nn.Module) else None
                 super().__init__(module)
-                self.velocity, self.shaping = velocity, shaping
+                # a module is held once, as ModelWrapper's model: registered a second time, every
+                # parameter was saved twice and the state_dict did not load into a plain ModelWrapper
+                self._field = None if module is not None else velocity
+                self.shaping = shaping
+
+            @property
+            def velocity(self) -> Callable:
+                """The wrapped field (``model`` when it is a module)."""
+                return self.model if self._field is None else self._field
 
             @property
             def singular_at_one(self) -> bool:  # passed through: kfm.sample's last step skips t = 1
