@@ -48,7 +48,8 @@ def test_without_flow_matching_our_solver_runs_and_the_wrapper_names_what_to_ins
     from kinetic_fm.integrations import flow_matching as integration
 
     monkeypatch.setitem(sys.modules, "flow_matching", None)
-    monkeypatch.setitem(sys.modules, "flow_matching.utils", None)
+    for name in [name for name in sys.modules if name.startswith("flow_matching.")]:   # imported already
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(integration, "_WRAPPER_CLASS", None)      # built by an earlier test, perhaps
     # KineticODESolver needs only a model(x, t): v = 1 − x from x(0) = 0 gives x(1) = 1 − e^{−1} exactly
     res = kinetic_fm.KineticODESolver(lambda x, t: 1.0 - x).sample(
@@ -68,4 +69,21 @@ def test_import_kinetic_fm_imports_no_optional_integration_package():
 def test_with_diffusers_installed_the_scheduler_is_listed():
     pytest.importorskip("diffusers")
     assert "KineticFlowMatchEulerScheduler" in dir(kinetic_fm)
-    assert not {"sys", "_NEEDS", "_installed"} & set(dir(kinetic_fm))
+    assert not {"_NEEDS", "importlib"} & set(dir(kinetic_fm))
+
+
+@pytest.mark.parametrize("statement, blocked, installed", [
+    ("import kinetic_fm.integrations.diffusers", "huggingface_hub", "diffusers"),
+    ("from kinetic_fm.integrations.flow_matching import as_model_wrapper; as_model_wrapper(abs)",
+     "flow_matching.utils.model_wrapper", "flow_matching"),
+])
+def test_an_installed_package_that_fails_to_import_is_not_reported_missing(statement, blocked, installed):
+    # diffusers present but one of its own dependencies broken: the message said "pip install diffusers",
+    # which pip answers with "Requirement already satisfied"; it now quotes the error underneath
+    pytest.importorskip(installed)
+    code = (f"import sys; sys.modules[{blocked!r}] = None\n"
+            f"try:\n    {statement}\nexcept ImportError as err:\n    print(err)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
+    message = out.stdout.strip()
+    assert f"{installed} is installed but failed to import" in message and blocked in message, message
+    assert f"needs the {installed} package" not in message

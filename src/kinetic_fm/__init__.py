@@ -9,8 +9,6 @@ access, so ``import kinetic_fm`` costs little beyond ``import torch``.
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
 from typing import Any
 
 from .sampling.energy import energy_after, energy_between
@@ -91,17 +89,12 @@ def __getattr__(name: str) -> Any:
 _NEEDS = {"kinetic_fm.integrations.diffusers": "diffusers"}
 
 
-def _installed(package: str) -> bool:
-    """Whether ``package`` can be imported, found without importing it (None in sys.modules: blocked)."""
-    if package in sys.modules:
-        return sys.modules[package] is not None
-    return importlib.util.find_spec(package) is not None
-
-
 def __dir__() -> list[str]:
     # what this file itself imports for its own use is not part of the package's surface; nor is a
     # name whose optional package is missing: help(), pydoc and inspect.getmembers look up every
     # name dir() gives, and that lookup raises ImportError (naming what to install)
-    own_tools = {"annotations", "importlib", "sys", "Any", "_version", "_NEEDS", "_installed"}
-    lazy = {name for name, module in _LAZY.items() if module not in _NEEDS or _installed(_NEEDS[module])}
+    from .integrations import installed
+
+    own_tools = {"annotations", "importlib", "Any", "_version", "_NEEDS"}
+    lazy = {name for name, module in _LAZY.items() if module not in _NEEDS or installed(_NEEDS[module])}
     return sorted((set(globals()) - own_tools) | lazy)

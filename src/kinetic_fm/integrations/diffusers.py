@@ -29,12 +29,12 @@ from typing import Any, Callable
 
 import torch
 
+from . import import_failure
+
 try:
     from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
-except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "kinetic_fm.integrations.diffusers needs the diffusers package: pip install diffusers"
-    ) from err
+except ImportError as err:  # tests/test_integration_optional_packages.py blocks it
+    raise import_failure("diffusers", err, "kinetic_fm.integrations.diffusers") from err
 
 # diffusers' pipeline loader looks up the base classes it knows how to load BY NAME in the module a
 # saved component came from; without ``SchedulerMixin`` bound here a saved pipeline cannot reload

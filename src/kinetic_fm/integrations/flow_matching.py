@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import import_failure
 from ..checks import declares_singular_at_one, one_evaluation_of, optional_attribute, start_run_of
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
@@ -172,10 +173,8 @@ def _model_wrapper_class() -> type:
     if _WRAPPER_CLASS is None:
         try:
             from flow_matching.utils import ModelWrapper
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "as_model_wrapper needs the flow_matching package: pip install flow_matching"
-            ) from err
+        except ImportError as err:  # tests/test_integration_optional_packages.py blocks it
+            raise import_failure("flow_matching", err, "as_model_wrapper") from err
 
         class KineticModelWrapper(ModelWrapper):
             """Our field ``v(x, t)`` (t broadcast to (B,)) as a ModelWrapper returning η(t)·v."""
