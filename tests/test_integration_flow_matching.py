@@ -549,3 +549,25 @@ def test_a_wrapped_module_is_saved_once_as_a_plain_model_wrappers():
     closure = as_model_wrapper(lambda x, t: -x)
     assert closure.model is None and list(closure.state_dict()) == []
     torch.testing.assert_close(closure(x, torch.tensor(0.5)), -x, rtol=0, atol=0)
+
+
+def test_the_remedies_the_samplers_errors_name_can_be_passed_through_the_solver():
+    # kfm.sample's errors say "pass on_nonfinite='flag'" and "raise max_steps"; through the solver both
+    # went on into the model's extras: a TypeError from the model, or ignored by a **extras model
+    seen = []
+
+    def model(x, t, **extras):
+        seen.append(sorted(extras))
+        v = -x.clone()
+        v[1] = float("nan")
+        return v
+
+    x0 = torch.ones(3, DIM, dtype=torch.float64)
+    with pytest.raises(kfm.NonFiniteVelocityError, match="on_nonfinite='flag'"):
+        KineticODESolver(model).sample(x0, step_size=0.25)
+    res = KineticODESolver(model).sample(x0, step_size=0.25, on_nonfinite="flag")
+    assert res.nonfinite.tolist() == [False, True, False] and set(map(tuple, seen)) == {()}
+    torch.testing.assert_close(res.x[0], torch.full((DIM,), 0.75 ** 4, dtype=torch.float64))   # Euler on v = −x
+    with pytest.raises(kfm.StepLimitError, match="raise max_steps"):
+        KineticODESolver(lambda x, t: -x).sample(x0, method="dopri5", max_steps=2, rtol=1e-12, atol=1e-12)
+    assert set(map(tuple, seen)) == {()}

@@ -104,6 +104,8 @@ class KineticODESolver:
         shaping: Callable | None = None,
         quadrature: str = "solver",
         profile: bool = False,
+        on_nonfinite: str = "raise",
+        max_steps: int = 10_000,
         return_intermediates: bool = False,
         enable_grad: bool = False,
         **model_extras: Any,
@@ -119,7 +121,8 @@ class KineticODESolver:
             time_grid: increasing 1-D tensor from 0 to 1 (default [0, 1]); the step grid when
                 ``step_size`` is None.
             shaping: a ``kfm.KTS`` gain (or callable η(t)); None = plain flow matching.
-            quadrature, profile: as in ``kfm.sample``.
+            quadrature, profile, on_nonfinite, max_steps: as in ``kfm.sample`` (its errors name the last
+                two as remedies; ``max_steps`` bounds dopri5's attempted steps).
             return_intermediates, enable_grad: ``ODESolver.sample``'s flags, accepted for a
                 drop-in call; only False is supported (``profile=True`` keeps the per-step
                 energies; sampling runs without gradients).
@@ -157,11 +160,11 @@ class KineticODESolver:
                 raise ValueError("step_size must be None for dopri5 (an adaptive method)")
             field = from_model_wrapper(self.velocity_model, time=self.time or "scalar", **model_extras)
             return sample(field, x_init, solver=solver, rtol=rtol, atol=atol, shaping=shaping,
-                          quadrature=quadrature, profile=profile)
+                          quadrature=quadrature, profile=profile, on_nonfinite=on_nonfinite, max_steps=max_steps)
         grid = fixed_grid(time_grid, step_size)
         field = from_model_wrapper(self.velocity_model, time=self.time or "shared", **model_extras)
         return sample(field, x_init, grid=grid, solver=solver, shaping=shaping,
-                      quadrature=quadrature, profile=profile)
+                      quadrature=quadrature, profile=profile, on_nonfinite=on_nonfinite, max_steps=max_steps)
 
 
 _WRAPPER_CLASS: type | None = None
