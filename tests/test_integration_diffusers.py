@@ -167,6 +167,21 @@ def test_a_step_that_fails_adds_no_energy_and_a_mismatched_output_is_named(trans
     torch.testing.assert_close(scheduler.kpe, ours.kpe, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("integer", [3, torch.tensor(1000), torch.tensor(1000, dtype=torch.int16)])
+def test_an_integer_timestep_is_refused_before_anything_is_stepped(integer):
+    # the base class refuses int and CPU int32/int64 tensors only: an int16 timestep (or, on a GPU, an
+    # int64 one, which is no torch.LongTensor) was stepped by the base class with no energy added
+    scheduler = KineticFlowMatchEulerScheduler()
+    scheduler.set_timesteps(4)
+    x = torch.ones(2, 3)
+    with pytest.raises(ValueError, match=r"integer indices .* pass one of scheduler.timesteps as it is"):
+        scheduler.step(-x, integer, x)
+    assert scheduler.step_index is None and scheduler.kpe is None
+    scheduler.step(-x, scheduler.timesteps[0], x)
+    step = float(scheduler.sigmas[0].double() - scheduler.sigmas[1].double())
+    torch.testing.assert_close(scheduler.kpe, torch.full((2,), 0.5 * 3 * step, dtype=torch.float64))    # ½‖v‖²Δt
+
+
 def test_a_non_finite_model_output_flags_that_image_at_its_first_step():
     # a NaN output gave NaN energies with no flag: ARCHITECTURE's "never a silent NaN" (helper-132);
     # the pipeline itself is not stopped, as kfm.sample(on_nonfinite="flag") goes on
@@ -319,6 +334,21 @@ def test_scheduler_config_carries_the_gain(tmp_path):
     assert base.config.shift == 2.0
     scheduler.set_shaping(None)
     assert KineticFlowMatchEulerScheduler.from_config(scheduler.config).shaping is None
+
+
+def test_from_config_given_a_folder_restores_the_gain(tmp_path):
+    # diffusers' deprecated from_config(path) loaded the file inside the base class, which dropped the
+    # key it does not know: the scheduler came back unshaped, with only a log line
+    scheduler = KineticFlowMatchEulerScheduler(shift=2.0)
+    scheduler.set_shaping(KTS)
+    scheduler.save_pretrained(tmp_path)
+    for given in ({"config": str(tmp_path)}, {"config": tmp_path}, {"pretrained_model_name_or_path": str(tmp_path)}):
+        with pytest.warns(FutureWarning, match="from_pretrained"):
+            loaded = KineticFlowMatchEulerScheduler.from_config(**given)
+        assert loaded.shaping == KTS and loaded.config.shift == 2.0, given
+    with pytest.warns(FutureWarning, match="from_pretrained"):
+        loaded, unused = KineticFlowMatchEulerScheduler.from_config(str(tmp_path), return_unused_kwargs=True)
+    assert loaded.shaping == KTS and "kinetic_shaping" not in unused
 
 
 def test_a_gain_that_cannot_be_saved_warns(tmp_path):
@@ -485,3 +515,97 @@ def test_a_gain_that_is_not_positive_on_the_grid_is_refused(gain):
     scheduler.set_timesteps(4)
     with pytest.raises(ValueError, match=r"η\(t\) must be finite and > 0 on the scheduler's grid"):
         scheduler.step(torch.zeros(BATCH, CHANNELS, SIZE, SIZE), scheduler.timesteps[0], _x0())
+
+
+def _linear_loop(scheduler, steps=6, switch_at=None, shaping=None):
+    """A run on the velocity field model_output = 0.5·x − 1 (no net); ``shaping`` set before step ``switch_at``."""
+    scheduler.set_timesteps(steps)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    for i, t in enumerate(scheduler.timesteps):
+        if i == switch_at:
+            scheduler.set_shaping(shaping)
+        x = scheduler.step(0.5 * x - 1.0, t, x, return_dict=False)[0]
+    return x
+
+
+def test_a_gain_set_during_a_run_takes_effect_at_the_next_run():
+    # set_shaping during a run (a callback_on_step_end, say) dropped the energy of the steps already
+    # taken (KPE 24 % low) and shaped the rest of the run, where its docstring says "at the next run"
+    plain, shaped = KineticFlowMatchEulerScheduler(shift=3.0), KineticFlowMatchEulerScheduler(shift=3.0)
+    shaped.set_shaping(KTS)
+    x_plain, x_shaped = _linear_loop(plain), _linear_loop(shaped)
+    switched = KineticFlowMatchEulerScheduler(shift=3.0)
+    x = _linear_loop(switched, switch_at=3, shaping=KTS)
+    assert switched.shaping is KTS
+    torch.testing.assert_close(x, x_plain, rtol=0, atol=0)
+    torch.testing.assert_close(switched.kpe, plain.kpe, rtol=0, atol=0)
+    torch.testing.assert_close(switched.profile, plain.profile, rtol=0, atol=0)
+    x = _linear_loop(switched)                                         # the next run is shaped
+    torch.testing.assert_close(x, x_shaped, rtol=0, atol=0)
+    torch.testing.assert_close(switched.kpe, shaped.kpe, rtol=0, atol=0)
+    assert not torch.allclose(shaped.kpe, plain.kpe, rtol=1e-3)
+
+
+def _recorded_pipeline_run(transformer, scheduler, conditions, dtype, scale, callback=None):
+    """Latents of a 6-step SD3 pipeline run and the transformer's outputs, one per network evaluation."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, **NO_ENCODERS)
+    pipe.set_progress_bar_config(disable=True)
+    prompt, pooled = (c.to(dtype) for c in conditions)
+    outputs = []
+    hook = transformer.register_forward_hook(lambda module, args, out: outputs.append(out[0].detach().clone()))
+    try:
+        latents = pipe(
+            prompt_embeds=prompt, pooled_prompt_embeds=pooled, negative_prompt_embeds=torch.zeros_like(prompt),
+            negative_pooled_prompt_embeds=torch.zeros_like(pooled), height=SIZE, width=SIZE, num_inference_steps=6,
+            guidance_scale=scale, output_type="latent", latents=_x0().to(dtype), callback_on_step_end=callback,
+        ).images
+    finally:
+        hook.remove()
+    return latents, outputs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_a_pipeline_run_costs_no_network_evaluation_and_measures_its_guided_outputs(transformer, conditions, dtype,
+                                                                                    scale):
+    import copy
+
+    net = copy.deepcopy(transformer).to(dtype)
+    base, base_outputs = _recorded_pipeline_run(net, FlowMatchEulerDiscreteScheduler(shift=3.0), conditions, dtype,
+                                                scale)
+    scheduler = KineticFlowMatchEulerScheduler(shift=3.0)
+    latents, outputs = _recorded_pipeline_run(net, scheduler, conditions, dtype, scale)
+    assert len(outputs) == len(base_outputs) == 6 and latents.dtype == dtype
+    torch.testing.assert_close(latents, base, rtol=0, atol=0)
+    sigmas = scheduler.sigmas.double()
+    expected = torch.zeros(BATCH, dtype=torch.float64)
+    for i, out in enumerate(outputs):
+        if scale > 1:                                   # the pipeline's own combination, in its dtype
+            unconditional, conditional = out.chunk(2)
+            out = unconditional + scale * (conditional - unconditional)
+        expected += 0.5 * float(sigmas[i] - sigmas[i + 1]) * out.double().flatten(1).pow(2).sum(1)
+    assert scheduler.kpe.dtype == torch.float64 and scheduler.kpe.shape == (BATCH,)
+    torch.testing.assert_close(scheduler.kpe, expected, rtol=1e-12, atol=0)
+
+
+def test_an_interrupted_pipeline_holds_the_energy_of_the_steps_it_took(transformer, conditions):
+    # pipe.interrupt skips the remaining steps: kpe is the path taken (step_index steps of it), and
+    # the next run starts from zero
+    def interrupt_after_step_2(pipe, i, t, tensors):
+        pipe._interrupt = i == 2
+        return {}
+
+    scheduler = KineticFlowMatchEulerScheduler(shift=3.0)
+    _, outputs = _recorded_pipeline_run(transformer, scheduler, conditions, torch.float32, 1.0, interrupt_after_step_2)
+    sigmas = scheduler.sigmas.double()
+    assert len(outputs) == scheduler.step_index == 3
+    taken = sum(0.5 * float(sigmas[i] - sigmas[i + 1]) * out.double().flatten(1).pow(2).sum(1)
+                for i, out in enumerate(outputs))
+    torch.testing.assert_close(scheduler.kpe, taken, rtol=1e-12, atol=0)
+    assert scheduler.profile[:, 3:].eq(0).all() and scheduler.profile[:, :3].gt(0).all()
+    _recorded_pipeline_run(transformer, scheduler, conditions, torch.float32, 1.0)
+    fresh = KineticFlowMatchEulerScheduler(shift=3.0)
+    _recorded_pipeline_run(transformer, fresh, conditions, torch.float32, 1.0)
+    torch.testing.assert_close(scheduler.kpe, fresh.kpe, rtol=0, atol=0)

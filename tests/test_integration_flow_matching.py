@@ -452,3 +452,157 @@ def test_guidance_in_a_model_wrapper_samples_dopri5_as_bare_guidance():
     for res in (kfm.sample(as_model_wrapper(guided), x0, solver="dopri5"),
                 KineticODESolver(as_model_wrapper(guided)).sample(x0, method="dopri5")):
         assert torch.equal(res.x, expected.x) and torch.equal(res.nfe, expected.nfe)
+
+
+def test_a_step_size_of_one_over_n_takes_n_steps_with_no_step_of_rounding_length():
+    # (1 − 0)/h + 1 for h = 1/49 is 50.000000000000004 in float64: the grid got a 51st point, a last
+    # step 1.1e-16 long, and the run one network evaluation more than ODESolver's default (float32)
+    # grid, which takes 49 steps (it has such a step for other n, h = 1/61 among them)
+    for n in range(1, 301):
+        grid = fixed_grid(torch.tensor([0.0, 1.0], dtype=torch.float64), 1.0 / n)
+        assert grid.numel() == n + 1 and float(grid[-1]) == 1.0, n
+        assert float((grid.diff() - 1.0 / n).abs().max()) < 1e-12, n
+    calls = []
+
+    def model(x, t, **extras):
+        calls.append(float(t))
+        return 1.0 - x
+
+    x0 = torch.zeros(3, DIM, dtype=torch.float64)
+    res = KineticODESolver(model).sample(x0, step_size=1 / 49)
+    assert len(calls) == 49 and int(res.nfe) == 49
+    with torch.no_grad():
+        theirs = ODESolver(model).sample(x0, step_size=1 / 49)       # its default float32 time grid
+    assert len(calls) == 2 * 49
+    torch.testing.assert_close(res.x, theirs, rtol=0, atol=1e-6)      # float32 stage times against ours
+    torch.testing.assert_close(res.x, (1 - (1 - 1 / 49) ** 49) * torch.ones_like(x0), rtol=1e-12, atol=0)  # Euler
+
+
+@pytest.mark.parametrize("method, per_step", [("euler", 1), ("midpoint", 2), ("heun2", 2), ("rk4", 4)])
+@pytest.mark.parametrize("how", ["step_size", "time_grid"])
+def test_fixed_step_methods_evaluate_the_model_as_often_as_ode_solver(method, per_step, how):
+    # the energy comes with the stages the solver evaluates anyway: no network evaluation is added
+    model, x0, cond = _setup()
+    given = dict(step_size=0.125, time_grid=torch.tensor([0.0, 1.0], dtype=torch.float64)) if how == "step_size" \
+        else dict(step_size=None, time_grid=kfm.time_grid("cosine", 7))
+    steps = 8 if how == "step_size" else 7
+    counted = []
+    hook = model.model.register_forward_hook(lambda module, args, out: counted.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            ODESolver(model).sample(x0, method=method, cond=cond, **given)
+        theirs, counted[:] = len(counted), []
+        res = KineticODESolver(model).sample(x0, method=method, cond=cond, **given)
+    finally:
+        hook.remove()
+    assert theirs == len(counted) == int(res.nfe) == per_step * steps
+    assert set(counted) == {x0.shape[0]}                       # every call on the whole batch
+
+
+@pytest.mark.parametrize("method, weights", [("heun2", (0.5, 0.5)), ("rk4", (1 / 8, 3 / 8, 3 / 8, 1 / 8))])
+def test_kpe_is_the_stage_weighted_sum_over_ode_solvers_own_stage_velocities(method, weights):
+    # ½ Σ_i h_i Σ_j b_j ‖k_ij‖² with k_ij the velocities ODESolver's torchdiffeq evaluates, recorded in
+    # call order (Heun's trapezoid, Kutta's 3/8 weights); the euler and midpoint cases are above
+    model, x0, cond = _setup()
+    grid = kfm.time_grid("cosine", 6)
+    stages = []
+    hook = model.model.register_forward_hook(lambda module, args, out: stages.append(out.detach().clone()))
+    try:
+        with torch.no_grad():
+            ODESolver(model).sample(x0, step_size=None, method=method, time_grid=grid, cond=cond)
+    finally:
+        hook.remove()
+    assert len(stages) == len(weights) * (grid.numel() - 1)
+    direct = torch.zeros(x0.shape[0], dtype=torch.float64)
+    for i, h in enumerate(grid.diff().tolist()):
+        for j, b in enumerate(weights):
+            direct += 0.5 * h * b * stages[i * len(weights) + j].pow(2).sum(1)
+    res = KineticODESolver(model).sample(x0, method=method, time_grid=grid, cond=cond)
+    torch.testing.assert_close(res.kpe, direct, rtol=1e-12, atol=0)
+
+
+def test_a_time_grid_out_of_order_is_named_as_the_callers_argument():
+    # the check was kfm.sample's, which named its own argument: "grid must be strictly increasing"
+    solver = KineticODESolver(lambda x, t: -x)
+    for grid in (torch.tensor([0.0, 0.7, 0.3, 1.0]), torch.tensor([0.0, 0.5, 0.5, 1.0])):
+        with pytest.raises(ValueError, match=r"^time_grid must be strictly increasing"):
+            solver.sample(torch.ones(2, DIM), time_grid=grid)
+    with pytest.raises(ValueError, match=r"^time_grid must be finite"):
+        solver.sample(torch.ones(2, DIM), time_grid=torch.tensor([0.0, float("nan"), 1.0]))
+
+
+def test_a_numpy_step_size_is_taken_as_ode_solver_takes_it():
+    np = pytest.importorskip("numpy")
+    model, x0, cond = _setup()
+    ours = KineticODESolver(model).sample(x0, step_size=np.float32(0.25), cond=cond)
+    torch.testing.assert_close(ours.x, KineticODESolver(model).sample(x0, step_size=0.25, cond=cond).x, rtol=0, atol=0)
+    assert int(ours.nfe) == 4
+    with pytest.raises(ValueError, match="step_size must be a finite number > 0 or None"):
+        KineticODESolver(model).sample(x0, step_size=np.float64("nan"), cond=cond)
+
+
+def test_dopri5_under_scalar_time_evaluates_the_rows_batch_time_does_in_more_calls():
+    # what the README says of time="scalar" under dopri5: the same evaluations (rows, per-sample nfe) as
+    # time="batch", whose calls are one per stage (20 here, as ODESolver's); scalar splits them by distinct
+    # time (275 calls here)
+    model, x0, cond = _setup(16)
+    x0 = 3.0 * kfm.noise(list(range(16)), (DIM,), dtype=torch.float64)
+    cond = torch.linspace(-1.0, 1.0, 16, dtype=torch.float64)[:, None]
+    rows = {}
+    for time in ("batch", None):
+        calls = []
+        hook = model.model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+        try:
+            res = KineticODESolver(model, time=time).sample(x0, method="dopri5", cond=cond)
+        finally:
+            hook.remove()
+        rows[time] = calls, res
+    (batch_calls, batch), (scalar_calls, scalar) = rows["batch"], rows[None]
+    assert torch.equal(scalar.nfe, batch.nfe) and sum(scalar_calls) == sum(batch_calls) == int(batch.nfe.sum())
+    assert len(batch_calls) == int(batch.nfe.max()) and len(scalar_calls) > 4 * len(batch_calls)
+
+
+def test_a_wrapped_module_is_saved_once_as_a_plain_model_wrappers():
+    # the wrapper registered the module twice (as ModelWrapper's model and as velocity): its state_dict
+    # held every parameter twice and did not load into a plain ModelWrapper of the same net
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(DIM, DIM).double()
+
+        def forward(self, x, t):
+            return self.net(x)
+
+    field = Field()
+    wrapped = as_model_wrapper(field, shaping=kfm.KTS())
+    assert wrapped.velocity is field and wrapped.model is field
+    plain = ModelWrapper(Field())
+    assert list(wrapped.state_dict()) == list(plain.state_dict()) == ["model.net.weight", "model.net.bias"]
+    plain.load_state_dict(wrapped.state_dict())
+    x = torch.ones(3, DIM, dtype=torch.float64)
+    torch.testing.assert_close(plain(x, torch.tensor(0.5)), field(x, None), rtol=0, atol=0)
+    closure = as_model_wrapper(lambda x, t: -x)
+    assert closure.model is None and list(closure.state_dict()) == []
+    torch.testing.assert_close(closure(x, torch.tensor(0.5)), -x, rtol=0, atol=0)
+
+
+def test_the_remedies_the_samplers_errors_name_can_be_passed_through_the_solver():
+    # kfm.sample's errors say "pass on_nonfinite='flag'" and "raise max_steps"; through the solver both
+    # went on into the model's extras: a TypeError from the model, or ignored by a **extras model
+    seen = []
+
+    def model(x, t, **extras):
+        seen.append(sorted(extras))
+        v = -x.clone()
+        v[1] = float("nan")
+        return v
+
+    x0 = torch.ones(3, DIM, dtype=torch.float64)
+    with pytest.raises(kfm.NonFiniteVelocityError, match="on_nonfinite='flag'"):
+        KineticODESolver(model).sample(x0, step_size=0.25)
+    res = KineticODESolver(model).sample(x0, step_size=0.25, on_nonfinite="flag")
+    assert res.nonfinite.tolist() == [False, True, False] and set(map(tuple, seen)) == {()}
+    torch.testing.assert_close(res.x[0], torch.full((DIM,), 0.75 ** 4, dtype=torch.float64))   # Euler on v = −x
+    with pytest.raises(kfm.StepLimitError, match="raise max_steps"):
+        KineticODESolver(lambda x, t: -x).sample(x0, method="dopri5", max_steps=2, rtol=1e-12, atol=1e-12)
+    assert set(map(tuple, seen)) == {()}

@@ -85,7 +85,16 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+# the modules among _LAZY's that import an optional package on loading, and that package
+_NEEDS = {"kinetic_fm.integrations.diffusers": "diffusers"}
+
+
 def __dir__() -> list[str]:
-    # what this file itself imports for its own use is not part of the package's surface
-    own_tools = {"annotations", "importlib", "Any", "_version"}
-    return sorted((set(globals()) - own_tools) | set(_LAZY))
+    # what this file itself imports for its own use is not part of the package's surface; nor is a
+    # name whose optional package is missing: help(), pydoc and inspect.getmembers look up every
+    # name dir() gives, and that lookup raises ImportError (naming what to install)
+    from .integrations import installed
+
+    own_tools = {"annotations", "importlib", "Any", "_version", "_NEEDS"}
+    lazy = {name for name, module in _LAZY.items() if module not in _NEEDS or installed(_NEEDS[module])}
+    return sorted((set(globals()) - own_tools) | lazy)

@@ -29,12 +29,12 @@ from typing import Any, Callable
 
 import torch
 
+from . import import_failure
+
 try:
     from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
-except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "kinetic_fm.integrations.diffusers needs the diffusers package: pip install diffusers"
-    ) from err
+except ImportError as err:  # tests/test_integration_optional_packages.py blocks it
+    raise import_failure("diffusers", err, "kinetic_fm.integrations.diffusers") from err
 
 # diffusers' pipeline loader looks up the base classes it knows how to load BY NAME in the module a
 # saved component came from; without ``SchedulerMixin`` bound here a saved pipeline cannot reload
@@ -71,6 +71,9 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
             them), −1 for a finite run; ``nonfinite`` is ``nonfinite_step >= 0``. The pipeline
             is not stopped: it decodes what it has.
 
+    A run the pipeline interrupts (``pipe._interrupt`` set from ``callback_on_step_end``) holds the
+    energy of the steps it took, ``step_index`` of them; its later profile entries stay 0.
+
     ``shaping`` (attribute; None = plain flow matching) is a ``kfm.KTS`` or any callable η(t) on
     floats. A ``KTS`` is saved by ``save_pretrained`` (config key ``kinetic_shaping``) and
     restored on loading; another callable cannot be serialised, so saving warns and the loaded
@@ -92,8 +95,16 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any):
         """diffusers' ``from_config``, restoring a saved ``kinetic_shaping`` (a ``kfm.KTS``)."""
+        if "pretrained_model_name_or_path" in kwargs:  # diffusers' deprecated spelling of a folder
+            config = kwargs.pop("pretrained_model_name_or_path")
+        if config is not None and not isinstance(config, dict):
+            # diffusers' deprecated folder form: the base class read the file itself and dropped the
+            # key it does not know, so the scheduler came back unshaped; read it here, as it does
+            warnings.warn("passing a folder to from_config is deprecated by diffusers (removed in 1.0): use "
+                          f"{cls.__name__}.from_pretrained(folder)", FutureWarning, stacklevel=2)
+            config, kwargs = cls.load_config(pretrained_model_name_or_path=config, return_unused_kwargs=True, **kwargs)
         spec = None
-        if isinstance(config, dict):  # FrozenDict included; paths go through the base class
+        if isinstance(config, dict):  # FrozenDict included
             config = dict(config)
             spec = config.pop(SHAPING_KEY, None)
         out = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
@@ -154,13 +165,17 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         return new
 
     def set_shaping(self, shaping: Callable | None) -> None:
-        """Set the KTS gain η(t) in FM time (None = no shaping); takes effect at the next run."""
+        """Set the KTS gain η(t) in FM time (None = no shaping); takes effect at the next run.
+
+        A run in progress (set from a pipeline's ``callback_on_step_end``, say) keeps the gain table it
+        started with and its energies; the next ``set_timesteps`` starts a run with the new gain.
+        """
         if shaping is not None and not callable(shaping):
             raise TypeError(f"shaping must be a KTS gain or a callable η(t), got {type(shaping).__name__}")
         self.shaping = shaping
         saved = dataclasses.asdict(shaping) if isinstance(shaping, KTS) else None
         self.register_to_config(**{SHAPING_KEY: saved})
-        self._reset_energy()
+        # no reset here: it dropped the energies of the steps taken and shaped the rest of the run
 
     def save_config(self, *args: Any, **kwargs: Any) -> None:
         """diffusers' ``save_config`` (used by ``save_pretrained``); a KTS gain is saved with it."""
@@ -242,8 +257,13 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
             pass  # the base call below raises its own message
         if given.get("per_token_timesteps") is not None:
             raise ValueError("per_token_timesteps is not supported by KineticFlowMatchEulerScheduler")
-        if _is_integer_timestep(timestep):  # let the base class raise its own message
-            return super().step(model_output, timestep, sample, *args, **kwargs)
+        if _is_integer_timestep(timestep):
+            # the base class refuses int and CPU int32/int64 tensors only: it stepped an int16 one, or a
+            # GPU int64 one (no torch.LongTensor), and no energy was added
+            what = type(timestep).__name__ if isinstance(timestep, int) else f"a {timestep.dtype} tensor"
+            raise ValueError(f"timestep must be one of scheduler.timesteps (floating point), got {what}: integer "
+                             "indices (from enumerate(timesteps)) or integer casts are not supported; pass one of "
+                             "scheduler.timesteps as it is")
         if self.step_index is None:
             self._init_step_index(timestep)
         batch = model_output.shape[0]

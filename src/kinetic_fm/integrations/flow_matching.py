@@ -17,15 +17,20 @@ per sample where torchdiffeq controls it per batch: equal to tolerance, not to r
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable
 
 import torch
 
+from . import import_failure
 from ..checks import declares, declares_singular_at_one, one_evaluation_of, optional_attribute, start_run_of
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
 from ..sampling.shaping import KTS, TAU_TOLERANCE
+
+# a final fixed step shorter than this fraction of step_size is a rounding artefact (see fixed_grid)
+ROUNDING_STEP = 1e-6
 
 METHODS = {"euler": "euler", "midpoint": "midpoint", "heun2": "heun", "rk4": "rk4_38", "dopri5": "dopri5"}
 
@@ -44,18 +49,24 @@ def fixed_grid(time_grid: torch.Tensor, step_size: float | None) -> torch.Tensor
     """The grid a torchdiffeq fixed-step solver walks for this ``time_grid`` and ``step_size``.
 
     ``step_size=None``: the grid itself. Otherwise t_k = k·h from time_grid[0] for
-    k < ⌈(end − start)/h + 1⌉, the last point moved onto the end (a shorter final step).
+    k < ⌈(end − start)/h + 1⌉, the last point moved onto the end (a shorter final step). A final
+    step shorter than ``ROUNDING_STEP``·h comes of (end − start)/h = n rounding up to n + ε (h = 1/49:
+    (1 − 0)/h + 1 = 50.000000000000004, so 51 points), not a step: its start is dropped, n steps remain.
     """
     if step_size is None:
         return time_grid
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not (
+    if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real) or not (
         math.isfinite(step_size) and step_size > 0
     ):
         raise ValueError(f"step_size must be a finite number > 0 or None, got {step_size!r}")
+    step_size = float(step_size)  # a NumPy scalar, say, as ODESolver takes it
     start, end = time_grid[0], time_grid[-1]
     count = int(torch.ceil((end - start) / step_size + 1).item())
     grid = torch.arange(count, dtype=time_grid.dtype) * step_size + start
     grid[-1] = end
+    if grid.numel() > 2 and float(grid[-1] - grid[-2]) < ROUNDING_STEP * step_size:
+        # torchdiffeq takes such a step too, a network evaluation for nothing (at other n in float32)
+        grid = torch.cat([grid[:-2], grid[-1:]])
     return grid
 
 
@@ -68,7 +79,9 @@ class KineticODESolver:
         time: how t reaches the model (see ``kfm.ModelXT``): None (default) passes a 0-dim t as
             ``ODESolver`` does, ``"shared"`` on fixed-step grids and ``"scalar"`` under dopri5;
             or ``"batch"`` | ``"scalar"`` for every method, ``"shared"`` for the fixed-step ones
-            (dopri5 refuses it). ValueError otherwise.
+            (dopri5 refuses it). ValueError otherwise. Under dopri5 the samples sit at different times
+            and ``"scalar"`` calls the model once per distinct time (the rows ``ODESolver`` evaluates,
+            in up to B calls per stage): give ``"batch"`` to a model that takes t of shape (B,).
     """
 
     def __init__(self, velocity_model: Callable[..., torch.Tensor], *, time: str | None = None):
@@ -91,6 +104,8 @@ class KineticODESolver:
         shaping: Callable | None = None,
         quadrature: str = "solver",
         profile: bool = False,
+        on_nonfinite: str = "raise",
+        max_steps: int = 10_000,
         return_intermediates: bool = False,
         enable_grad: bool = False,
         **model_extras: Any,
@@ -106,7 +121,8 @@ class KineticODESolver:
             time_grid: increasing 1-D tensor from 0 to 1 (default [0, 1]); the step grid when
                 ``step_size`` is None.
             shaping: a ``kfm.KTS`` gain (or callable η(t)); None = plain flow matching.
-            quadrature, profile: as in ``kfm.sample``.
+            quadrature, profile, on_nonfinite, max_steps: as in ``kfm.sample`` (its errors name the last
+                two as remedies; ``max_steps`` bounds dopri5's attempted steps).
             return_intermediates, enable_grad: ``ODESolver.sample``'s flags, accepted for a
                 drop-in call; only False is supported (``profile=True`` keeps the per-step
                 energies; sampling runs without gradients).
@@ -131,16 +147,24 @@ class KineticODESolver:
             # ODESolver also integrates backwards (time_grid [1, 0], for inversion or likelihood)
             backwards = "; kinetic_fm measures the generating direction only" if start > end else ""
             raise ValueError(f"time_grid must run from 0 to 1 (noise to data), got {start:g} to {end:g}{backwards}")
+        # checked here so that the message names this call's argument (kfm.sample's names its own, grid)
+        if not bool(torch.isfinite(time_grid).all()):
+            raise ValueError(f"time_grid must be finite, got {time_grid.tolist()}")
+        rising = time_grid.diff() > 0
+        if not bool(rising.all()):
+            i = int(torch.nonzero(~rising)[0])
+            raise ValueError(f"time_grid must be strictly increasing, but time_grid[{i + 1}] = "
+                             f"{float(time_grid[i + 1])!r} <= time_grid[{i}] = {float(time_grid[i])!r}")
         if solver == "dopri5":
             if step_size is not None:
                 raise ValueError("step_size must be None for dopri5 (an adaptive method)")
             field = from_model_wrapper(self.velocity_model, time=self.time or "scalar", **model_extras)
             return sample(field, x_init, solver=solver, rtol=rtol, atol=atol, shaping=shaping,
-                          quadrature=quadrature, profile=profile)
+                          quadrature=quadrature, profile=profile, on_nonfinite=on_nonfinite, max_steps=max_steps)
         grid = fixed_grid(time_grid, step_size)
         field = from_model_wrapper(self.velocity_model, time=self.time or "shared", **model_extras)
         return sample(field, x_init, grid=grid, solver=solver, shaping=shaping,
-                      quadrature=quadrature, profile=profile)
+                      quadrature=quadrature, profile=profile, on_nonfinite=on_nonfinite, max_steps=max_steps)
 
 
 _WRAPPER_CLASS: type | None = None
@@ -152,10 +176,8 @@ def _model_wrapper_class() -> type:
     if _WRAPPER_CLASS is None:
         try:
             from flow_matching.utils import ModelWrapper
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "as_model_wrapper needs the flow_matching package: pip install flow_matching"
-            ) from err
+        except ImportError as err:  # tests/test_integration_optional_packages.py blocks it
+            raise import_failure("flow_matching", err, "as_model_wrapper") from err
 
         class KineticModelWrapper(ModelWrapper):
             """Our field ``v(x, t)`` (t broadcast to (B,)) as a ModelWrapper returning η(t)·v."""
@@ -163,7 +185,15 @@ def _model_wrapper_class() -> type:
             def __init__(self, velocity: Callable, shaping: Callable | None = None):
                 module = velocity if isinstance(velocity, torch.nn.Module) else None
                 super().__init__(module)
-                self.velocity, self.shaping = velocity, shaping
+                # a module is held once, as ModelWrapper's model: registered a second time, every
+                # parameter was saved twice and the state_dict did not load into a plain ModelWrapper
+                self._field = None if module is not None else velocity
+                self.shaping = shaping
+
+            @property
+            def velocity(self) -> Callable:
+                """The wrapped field (``model`` when it is a module)."""
+                return self.model if self._field is None else self._field
 
             @property
             def singular_at_one(self) -> bool:  # passed through: kfm.sample's last step skips t = 1
