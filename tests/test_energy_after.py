@@ -258,3 +258,22 @@ def test_times_that_do_not_span_the_window_give_nan():
     part = torch.tensor([0.5, 0.6, 0.7, 0.8, 0.9], dtype=torch.float64)  # used to give 4 for [0, 1]
     assert torch.isnan(kfm.energy_between(profile, part, 0.0, 1.0)).all()
     torch.testing.assert_close(kfm.energy_between(profile, part, 0.55, 0.85), torch.full((2,), 3.0, dtype=torch.float64))
+
+
+def test_a_dopri5_run_whose_every_sample_failed_at_t0_reads_nan_not_an_error():
+    # every sample flagged at its first evaluation: dopri5 keeps no step, so its profile is (B, 0)
+    # and its times (B, 1), [0]. The energy after t is unknown (NaN, as its kpe); it raised
+    # "profile must be ... S ≥ 1", where a fixed-step run of the same field reads NaN
+    nan_field = lambda x, t: torch.full_like(x, math.nan)   # noqa: E731
+    res = kfm.sample(nan_field, seeds=range(3), shape=(2,), dtype=torch.float64, solver="dopri5", profile=True,
+                     on_nonfinite="flag")
+    assert res.profile.shape == (3, 0) and res.times.tolist() == [[0.0]] * 3 and res.nonfinite.all()
+    for window in ((0.5, 1.0), (0.0, 1.0), (0.0, 0.3)):
+        assert torch.isnan(res.energy_between(*window)).all(), window
+    torch.testing.assert_close(res.energy_between(0, 1), res.kpe, rtol=0, atol=0, equal_nan=True)
+    assert res.energy_between(0.0, 0.0).tolist() == [0.0] * 3             # the one instant it knows
+    fixed = kfm.sample(nan_field, seeds=range(3), shape=(2,), dtype=torch.float64, profile=True, on_nonfinite="flag")
+    assert torch.isnan(fixed.energy_after(0.5)).all() and fixed.energy_between(0.0, 0.0).tolist() == [0.0] * 3
+    # a fixed grid always has a step: an empty profile beside a shared grid is still refused
+    with pytest.raises(ValueError, match=r"profile must be a real \(B, S\) array"):
+        kfm.energy_after(torch.zeros(2, 0, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), 0.5)

@@ -99,7 +99,8 @@ def energy_between(profile: torch.Tensor | np.ndarray | None, times: torch.Tenso
     Args:
         profile: (B, S) per-step applied-energy increments: ``kfm.sample(..., profile=True).profile``,
             or the increments of ``kinetic_fm.runs.read_profile`` for a ``kfm sample --profile`` run.
-            dopri5 profiles are zero-padded past each sample's last step.
+            dopri5 profiles are zero-padded past each sample's last step (S = 0 when every sample
+            failed at its first evaluation: each then knows only the instant t = 0, NaN elsewhere).
         times: the step times t_0 … t_S, (S + 1,) for a grid shared by all samples, or (B, S + 1)
             per sample (dopri5), NaN-padded past each sample's last step.
         t0, t1: the window, 0 ≤ t0 ≤ t1 ≤ 1 (t = 0 is noise, t = 1 is data).
@@ -133,7 +134,9 @@ def energy_between(profile: torch.Tensor | np.ndarray | None, times: torch.Tenso
     # a running sum in time order, not a dot product per row: a GEMV's reduction order follows
     # the batch size (a sample's energy after t moved in the last bits between batches of 1 and
     # 64), and its vector lanes would regroup per-sample steps with the padding
-    energy = torch.cumsum(profile_t * share, dim=-1)[..., -1]
+    weighted = profile_t * share
+    # (no step at all: nothing spent, and NaN below wherever the window reaches past t = 0)
+    energy = torch.cumsum(weighted, dim=-1)[..., -1] if weighted.shape[-1] else weighted.sum(dim=-1)
     energy = torch.where(spanned, energy, math.nan)
     return energy if isinstance(profile, torch.Tensor) else energy.cpu().numpy()
 
@@ -158,11 +161,13 @@ def _window_shares(profile, times, t0, t1) -> tuple[torch.Tensor, torch.Tensor, 
     if t0 > t1:
         raise ValueError(f"t0 must not exceed t1, got t0 = {t0} and t1 = {t1}")
     profile_t = torch.as_tensor(torch_readable(profile))
-    if profile_t.ndim != 2 or profile_t.shape[1] == 0 or profile_t.is_complex():
-        raise ValueError(f"profile must be a real (B, S) array of per-step increments, S ≥ 1, got shape "
-                         f"{tuple(profile_t.shape)}")
+    times_t = torch.as_tensor(torch_readable(times))
+    # S = 0 only with per-sample times (B, 1): a dopri5 run whose every sample failed at t = 0
+    if profile_t.ndim != 2 or profile_t.is_complex() or (profile_t.shape[1] == 0 and times_t.ndim != 2):
+        raise ValueError(f"profile must be a real (B, S) array of per-step increments, S ≥ 1 (S = 0 only "
+                         f"beside per-sample times (B, 1)), got shape {tuple(profile_t.shape)}")
     profile_t = profile_t.to(torch.float64)
-    times_t = torch.as_tensor(torch_readable(times)).to(torch.float64).to(profile_t.device)
+    times_t = times_t.to(torch.float64).to(profile_t.device)
     batch, steps = profile_t.shape
     if times_t.shape not in ((steps + 1,), (batch, steps + 1)):
         raise ValueError(f"times must have shape ({steps + 1},) or ({batch}, {steps + 1}) for a profile "
