@@ -247,3 +247,30 @@ def test_resuming_a_fixed_step_net_run_with_another_batch_size_warns_that_the_la
     assert "resume with --batch-size 4 for an identical table" in err
     assert main(["sample", *flags, "--batch-size", "4", "--out", str(run), "--resume"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+_CTRL_C_IN_NUMPYS_IMPORT = textwrap.dedent("""
+    import sys
+
+    class CtrlC:  # Ctrl-C arriving while numpy's package body imports numpy.linalg
+        def find_spec(self, name, path=None, target=None):
+            if name == "numpy.linalg":
+                sys.meta_path.remove(self)
+                raise KeyboardInterrupt
+            return None
+
+    sys.meta_path.insert(0, CtrlC())
+    import kinetic_fm
+    print("went on")
+""")
+
+
+def test_ctrl_c_while_numpy_loads_stops_kfm_instead_of_being_swallowed_by_torch():
+    # torch imports numpy from C and clears any error it raises: a Ctrl-C in the first second of
+    # `kfm sample` was dropped, and the run went on to the end (exit 0) or, numpy half-imported,
+    # failed later with "module 'numpy' has no attribute 'unique'" (exit 1, a traceback)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.run([sys.executable, "-c", _CTRL_C_IN_NUMPYS_IMPORT], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert "went on" not in child.stdout
+    assert child.returncode != 0 and child.stderr.strip().splitlines()[-1] == "KeyboardInterrupt", child.stderr
