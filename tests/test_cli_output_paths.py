@@ -219,9 +219,9 @@ def test_a_refusal_at_write_time_names_kfm_sample_s_flag(tmp_path, monkeypatch, 
     monkeypatch.setattr(runner, "write_shard", _refuse(PermissionError(errno.EACCES, "Permission denied", shard)))
     assert main([*SAMPLE, "--out", str(run)]) == 2
     # the run's manifest is written: the finished shards stay, and --resume goes on from them
-    assert capsys.readouterr().err == (f"kfm sample: error: --out {run} cannot be written (Permission denied: {shard}); "
-                                       "the shards finished so far are kept in it: rerun the same command with "
-                                       "--resume once that is fixed\n")
+    assert capsys.readouterr().err == (f"kfm sample: error: --out {run} cannot be written (Permission denied: "
+                                       f"{shard}); the shards finished so far are kept in it: rerun the same "
+                                       "command with --resume once that is fixed\n")
 
     figure = str(tmp_path / "f.png")
     monkeypatch.undo()
