@@ -193,7 +193,7 @@ def test_a_damaged_manifest_is_refused_saying_how_to_go_on(tmp_path, reference, 
 
 
 def test_a_resume_reads_the_manifest_once_before_the_lock_and_once_under_it(tmp_path, monkeypatch):
-    # it was read 4 times for a built-in field, 5 for a --model run and 6 under dopri5 (helper-188)
+    # it was read 4 times for a built-in field, 5 for a --model run (6 under dopri5), 6 for --field empirical
     import copy
 
     import torch
@@ -210,10 +210,13 @@ def test_a_resume_reads_the_manifest_once_before_the_lock_and_once_under_it(tmp_
         reads.append(json.loads(text)["run_id"])
         return real(cls, text)
 
+    np.save(tmp_path / "items.npy", np.random.default_rng(0).standard_normal((6, 2)).astype(np.float32))
     monkeypatch.setattr(RunManifest, "from_json", classmethod(counted))
     for name, flags in [("field", FLAGS),
                         ("net", ["--model", str(tmp_path / "net.safetensors"), "--n", "4", "--shard-size", "2",
-                                 "--solver", "dopri5", "--no-progress"])]:
+                                 "--solver", "dopri5", "--no-progress"]),
+                        ("empirical", ["--field", "empirical", "--train", str(tmp_path / "items.npy"), "--n", "4",
+                                       "--shard-size", "2", "--steps", "4", "--no-progress"])]:
         run = tmp_path / name
         assert main(["sample", *flags, "--out", str(run)]) == 0
         assert reads == []  # a new run reads none
