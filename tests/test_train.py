@@ -797,3 +797,25 @@ def test_training_ignores_the_callers_grad_mode_and_default_dtype(name):
             torch.set_default_dtype(before)
     with torch.inference_mode(), pytest.raises(RuntimeError, match=rf"{name}\(\) trains a net.*outside torch.inference_mode"):
         run()
+
+
+def test_a_damaged_resume_state_is_refused_saying_how_to_go_on_and_that_way_trains_as_a_fresh_run(tmp_path):
+    # resume.pt cut short (a copy, a disk): the refusal said "not a readable torch checkpoint" and
+    # no more; moved away, a resume trains from step 0, as a new run into another folder does
+    import dataclasses
+
+    def run(out, steps, **kwargs):
+        torch.manual_seed(0)
+        model, data, config = _small_run()
+        return train(model, data, dataclasses.replace(config, steps=steps), out=out, **kwargs)
+
+    run(tmp_path / "run", 4)
+    state = tmp_path / "run" / "resume.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    with pytest.raises(ValueError, match="not a readable torch checkpoint .*move it away and resume to train again"):
+        run(tmp_path / "run", 6, resume=True)
+    state.rename(tmp_path / "damaged.pt")
+    resumed, fresh = run(tmp_path / "run", 6, resume=True), run(tmp_path / "fresh", 6)
+    assert resumed.resumed_from == 0
+    for name, weights in fresh.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], weights), name

@@ -11,6 +11,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# numpy before torch, which imports it from C and clears any error on the way: a Ctrl-C that came
+# while numpy loaded there was dropped, and `kfm sample` ran on with numpy half-imported (torch
+# imports numpy anyway: this costs nothing)
+importlib.import_module("numpy")
+
 from .sampling.energy import energy_after, energy_between
 from .sampling.grids import time_grid
 from .sampling.noise import noise

@@ -220,14 +220,14 @@ def _builtin_field(name: str, dim: int) -> _Target:
     return _Target(velocity, (dim,), identity)
 
 
-def _model_target(path: str, shape_arg: str | None, resume_dir: str | None = None) -> _Target:
+def _model_target(path: str, shape_arg: str | None, stored=None) -> _Target:
     """A velocity net saved by ``kfm train`` (EMA weights), identified by the digest of its weights.
 
     The path is not part of the identity: the same weights reached by another spelling (relative
     or absolute, the folder or its final file, another working directory), or written again by a
     resumed or repeated training (same tensors, another header order), resume the same run.
-    ``resume_dir``: a run folder being resumed, whose manifest may hold the older identity, the
-    sha256 of the file's bytes; the same file still matches it."""
+    ``stored``: the manifest of a run being resumed (None: none), which may hold the older identity,
+    the sha256 of the file's bytes; the same file still matches it."""
     from pathlib import Path
 
     from ..models.checkpoint import load_model, recorded_sample_shape, resolve_weights, weights_digest
@@ -253,10 +253,9 @@ def _model_target(path: str, shape_arg: str | None, resume_dir: str | None = Non
     else:
         raise ValueError(f"--model {path} does not record its sample shape; give --shape C,H,W")
     digest = weights_digest(weights)
-    manifest = _stored_manifest(resume_dir) if resume_dir else None
-    stored = manifest.identity.get("weights_sha256") if manifest is not None else None
-    if stored is not None and stored != digest and stored == sha256_file(weights):
-        digest = stored  # a run started before the digest ignored header order: same file, same run
+    recorded = stored.identity.get("weights_sha256") if stored is not None else None
+    if recorded is not None and recorded != digest and recorded == sha256_file(weights):
+        digest = recorded  # a run started before the digest ignored header order: same file, same run
     identity = {"kind": getattr(net, "kind", type(net).__name__), "weights_sha256": digest}
     return _Target(net, shape, identity, classes=getattr(net, "null_class", None))
 
@@ -310,10 +309,10 @@ def _empirical_target(args, device) -> _Target:
     return _Target(field, tuple(rows.shape[1:]), identity, train=record)
 
 
-def _refuse_other_training_data(args, target: _Target) -> None:
-    """On --resume of an empirical run, a clear refusal when --train now loads other items than the
-    run was sampled from (the manifest comparison would only name identity.train_sha256)."""
-    manifest = _stored_manifest(args.out)
+def _refuse_other_training_data(args, target: _Target, manifest) -> None:
+    """On --resume of an empirical run (``manifest``: its stored one, or None), a clear refusal when
+    --train now loads other items than the run was sampled from (the manifest comparison would only
+    name identity.train_sha256)."""
     if manifest is None or manifest.identity.get("field") != EMPIRICAL:
         return  # no run yet, or another kind of run: the manifest comparison names what differs
     stored, now = manifest.identity, target.identity
@@ -339,11 +338,11 @@ def _train_flags(record: dict) -> str:
     return "".join(f" --{flag} {value}" for flag, value in given.items() if value is not None)
 
 
-def _refuse_another_kind_of_run(args) -> None:
-    """On --resume, a --field empirical run resumed as another kind of run, or another kind resumed
-    as one, refused saying what the folder holds (the manifest comparison listed every identity
-    and config key that differs), and before the --train items or the net are read."""
-    manifest = _stored_manifest(args.out)
+def _refuse_another_kind_of_run(args, manifest) -> None:
+    """On --resume (``manifest``: the run's stored one, or None), a --field empirical run resumed as
+    another kind of run, or another kind resumed as one, refused saying what the folder holds (the
+    manifest comparison listed every identity and config key that differs), and before the --train
+    items or the net are read."""
     if manifest is None:
         return
     stored = manifest.identity.get("field") == EMPIRICAL
@@ -361,7 +360,7 @@ def _refuse_another_kind_of_run(args) -> None:
                      "made, or sample the --train items into another --out")
 
 
-def _refuse_changed_settings_before_reading(args, kts) -> None:
+def _refuse_changed_settings_before_reading(args, kts, manifest) -> None:
     """On --resume of a --field empirical run, its settings compared as the run folder compares them
     before the --train items are read (50,000 CIFAR-10 images take 15 s to decode, only to be
     refused over --steps): with the run's own identity and sample shape, which the items decide
@@ -369,7 +368,6 @@ def _refuse_changed_settings_before_reading(args, kts) -> None:
     from ..runs import RunManifest
     from ..runs.manifest import check_resume
 
-    manifest = _stored_manifest(args.out)
     if manifest is None or manifest.identity.get("field") != EMPIRICAL or args.field != EMPIRICAL:
         return
     target = _Target(None, tuple(manifest.config.get("sample_shape") or ()), manifest.identity)
@@ -621,7 +619,9 @@ def _validate_step_control(args) -> None:
 
 def _stored_manifest(run_dir: str):
     """The manifest of the run in ``run_dir``, or None (no run yet, or a damaged manifest, which
-    run_sharded then reports)."""
+    run_sharded then reports). ``run`` reads it once, before the folder's lock, for the checks that
+    come before the field or net loads; ``run_sharded`` reads it again under the lock, the check
+    that counts (another writer may have made the run in between)."""
     from ..runs import read_manifest
 
     try:
@@ -630,16 +630,16 @@ def _stored_manifest(run_dir: str):
         return None
 
 
-def _resume_as_recorded(args, kts) -> None:
+def _resume_as_recorded(args, kts, stored) -> None:
     """On --resume, take the run's own record of settings that change no number: --steps under
     dopri5 (ignored there, but recorded, as it always was), --split given or left out where
     both mean the same τ (left out: --tau under shaping, else 0.6), and --device where both name
     the CPU (cpu, cpu:0). The run then resumes instead of being refused as a different
-    configuration, and its manifest, hence its run id, stays as it was written."""
+    configuration, and its manifest, hence its run id, stays as it was written. ``stored``: the
+    run's manifest, or None."""
     from ..checks import names_the_cpu
     from ..sampling.sample import DEFAULT_SPLIT
 
-    stored = _stored_manifest(args.out)
     if stored is None:
         return
     recorded = stored.config
@@ -654,30 +654,38 @@ def _resume_as_recorded(args, kts) -> None:
             args.split = recorded["split"]
 
 
-def _warn_on_batch_change(args) -> None:
-    """A net's round-off depends on the batch size, and under dopri5 it can move a sample's
-    adaptive steps: its numbers then change by up to dopri5's own error, not by round-off. The EFM
-    field's products round by batch too (under any solver)."""
+def _warn_on_batch_change(args, manifest) -> None:
+    """A net's round-off depends on the batch size (its GEMMs sum in another order), so a resume
+    with another --batch-size computes its shards' last bits otherwise than an uninterrupted run
+    would; under dopri5 that round-off can move a sample's adaptive steps, and its numbers then
+    change by up to dopri5's own error. The EFM field's products round by batch too (under any
+    solver). ``manifest``: the run's stored one, or None. A built-in field rounds alike in any batch."""
     import warnings
 
     empirical = args.field == EMPIRICAL and not args.model
-    if not (args.resume and (empirical or args.model and args.solver == "dopri5")):
+    if not (args.resume and (empirical or args.model)):
         return
-    manifest = _stored_manifest(args.out)
     started = manifest.runtime.get("batch_size") if manifest is not None else None
-    if started is not None and started != args.batch_size and empirical:
+    if started is None or started == args.batch_size:
+        return
+    if empirical:
         warnings.warn(f"this run of --field empirical started with --batch-size {started}; the field's float32 "
                       f"products round by batch, so with {args.batch_size} the samples computed now may differ "
                       "from an uninterrupted run in their last bits (more where such a difference tips a "
                       f"posterior between near-equal atoms); resume with --batch-size {started} for an identical "
                       "table", stacklevel=2)
-    elif started is not None and started != args.batch_size:
+    elif args.solver == "dopri5":
         warnings.warn(f"this dopri5 run of a net started with --batch-size {started}; with {args.batch_size}, "
                       "the net's round-off can move adaptive steps, so the samples computed now may differ "
                       "from an uninterrupted run by dopri5's own error (about 1e-3 relative in KPE, more "
                       "for a rough net), "
                       f"not by round-off; resume with --batch-size {started} for an identical table",
                       stacklevel=2)
+    else:  # a fixed-step net's samples differed in their last bits, without a word (helper-188)
+        warnings.warn(f"this run of a net started with --batch-size {started}; the net's round-off depends on "
+                      f"the batch size, so with {args.batch_size} the samples computed now may differ from an "
+                      f"uninterrupted run in their last bits; resume with --batch-size {started} for an identical "
+                      "table", stacklevel=2)
 
 
 def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | None = None):
@@ -875,22 +883,23 @@ def run(args) -> int:
     import pandas as pd
     import torch
 
-    from ..runs import RunManifest, run_sharded, world_session
+    from ..runs import RunLockedError, RunManifest, run_sharded, world_session
     from ..runs.shards import PROFILE_TIMES
 
     _validate(args)
     kts = _shaping(args)
+    stored = _stored_manifest(args.out) if args.resume else None  # read once for the checks below
     if args.resume:
-        _resume_as_recorded(args, kts)
-        _refuse_another_kind_of_run(args)
-        _refuse_changed_settings_before_reading(args, kts)
+        _resume_as_recorded(args, kts, stored)
+        _refuse_another_kind_of_run(args, stored)
+        _refuse_changed_settings_before_reading(args, kts, stored)
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
         if lock is not None:
             held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
         if args.model:
-            target = _model_target(args.model, args.shape, args.out if args.resume else None)
+            target = _model_target(args.model, args.shape, stored)
         elif args.field == EMPIRICAL:
             # a Ctrl-C in the items' loading (50,000 CIFAR-10 images take 15 s) leaves no shard behind
             args.interrupt_hint = (f"while reading --train {args.train}, before any sample was computed: rerun the "
@@ -898,7 +907,7 @@ def run(args) -> int:
             target = _empirical_target(args, device)
             args.interrupt_hint = None  # from here on the folder keeps finished shards: the --resume hint
             if args.resume:
-                _refuse_other_training_data(args, target)
+                _refuse_other_training_data(args, target, stored)
         else:
             target = _builtin_field(args.field, args.dim)
         cond = _conditioning(args, target)
@@ -917,12 +926,20 @@ def run(args) -> int:
                      **({PROFILE_TIMES: _profile_times(args)} if args.profile and args.solver != "dopri5" else {})},
         )
         if world.is_main:
-            _warn_on_batch_change(args)
+            _warn_on_batch_change(args, stored)
             if args.resume and not (Path(args.out) / "manifest.json").is_file():  # a typo in --out, say
                 print(f"kfm sample: --resume: {args.out} holds no run yet; starting a new one", file=sys.stderr)
-        with writing("--out", args.out):
-            outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
-                                  resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock)
+        try:
+            with writing("--out", args.out):
+                outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
+                                      resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock)
+        except OSError as err:
+            # a full disk said only "cannot be written (No space left on device)": whether the
+            # finished work survives, and how to go on, is what the user needs (helper-188)
+            if isinstance(err, RunLockedError) or not (Path(args.out) / "manifest.json").is_file():
+                raise
+            raise OSError(f"{err}; the shards finished so far are kept in it: rerun the same command with --resume "
+                          "once that is fixed") from err
     if outcome.table is None:  # ranks other than 0 are done once their shards are written
         return 0
     table = outcome.table

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
-from .checkpoint import load_state, save_model, save_state, save_weights
+from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_state, save_weights
 
 RESUME_FILE = "resume.pt"
 
@@ -189,7 +189,14 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     (ValueError names every difference); ``steps`` (this run's total) must not be below the saved
     step. Resuming a CPU state on a GPU, or the reverse, warns: the result is then not
     bit-identical (``stacklevel`` points the warning at the caller)."""
-    state = load_state(path)
+    try:
+        state = load_state(path)
+    except UnsafeCheckpointError:
+        raise
+    except ValueError as err:  # it said what is wrong, not how to go on (helper-188)
+        raise ValueError(f"{err}; a resume state is written whole or not at all, so it was damaged after its run: "
+                         "move it away and resume to train again from step 0 (the checkpoints hold weights, not "
+                         "the optimiser's state), or choose another folder") from None
     saved = json.loads(state["config"])
     differ = {k: (saved.get(k), run_config[k]) for k in run_config if k != "train" and saved.get(k) != run_config[k]}
     differ |= {f"train.{k}": (saved["train"][k], run_config["train"].get(k)) for k in saved["train"]

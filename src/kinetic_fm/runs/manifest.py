@@ -29,6 +29,11 @@ class ResumeMismatchError(ValueError):
     """A resumed run's configuration or identity differs from the stored manifest."""
 
 
+class DamagedManifestError(ValueError):
+    """``manifest.json`` is not a manifest any more: not UTF-8 JSON, or a key missing or of the
+    wrong type (written atomically, it was damaged after the run: edited, or a copy cut short)."""
+
+
 _SOURCE_DIGEST: str | None = None
 
 
@@ -195,20 +200,21 @@ class RunManifest:
         try:
             body = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"the run manifest is not valid JSON ({err}); was it edited or cut short?") from None
+            raise DamagedManifestError(f"the run manifest is not valid JSON ({err}); was it edited or cut "
+                                       "short?") from None
         if not isinstance(body, dict):
-            raise ValueError(f"the run manifest must be a JSON object, got {type(body).__name__}")
+            raise DamagedManifestError(f"the run manifest must be a JSON object, got {type(body).__name__}")
         if body.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported manifest format {body.get('format')!r} (expected {FORMAT_VERSION})")
         kinds = {"kind": str, "config": dict, "identity": dict, "seed_start": int, "n": int, "shard_size": int}
         for name, kind in kinds.items():
             if name not in body:
-                raise ValueError(f"the run manifest lacks {name!r}; was it edited?")
+                raise DamagedManifestError(f"the run manifest lacks {name!r}; was it edited?")
             value = body[name]
             if not isinstance(value, kind) or isinstance(value, bool):
                 what = {str: "a string", dict: "a JSON object", int: "an integer"}[kind]
                 got = type(value).__name__ if kind is dict else repr(value)
-                raise ValueError(f"the run manifest's {name!r} must be {what}, got {got}; was it edited?")
+                raise DamagedManifestError(f"the run manifest's {name!r} must be {what}, got {got}; was it edited?")
         # informational, never compared: a manifest without them still reads
         return cls(**{k: body[k] for k in kinds}, versions=body.get("versions", {}),
                    created=body.get("created", ""), runtime=body.get("runtime", {}))
@@ -222,9 +228,15 @@ def read_manifest(run_dir: str | os.PathLike) -> RunManifest:
     if not path.is_file():
         raise FileNotFoundError(f"no run manifest at {path}")
     try:
-        return RunManifest.from_json(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DamagedManifestError(f"{path}: the run manifest is not UTF-8 text ({err}); was it edited or cut "
+                                   "short?") from None
+    try:
+        return RunManifest.from_json(text)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        kind = DamagedManifestError if isinstance(err, DamagedManifestError) else ValueError
+        raise kind(f"{path}: {err}") from None
 
 
 def write_manifest(run_dir: str | os.PathLike, manifest: RunManifest) -> Path:

@@ -29,8 +29,8 @@ import pyarrow as pa
 from .atomic import TMP_MARKER, remove_temporaries
 from .distributed import Coordinator, World
 from .lock import LOCK_NAME, RunLock
-from .manifest import (MANIFEST_NAME, ResumeMismatchError, RunManifest, check_resume, read_manifest,
-                       write_manifest)
+from .manifest import (MANIFEST_NAME, DamagedManifestError, ResumeMismatchError, RunManifest, check_resume,
+                       read_manifest, write_manifest)
 from .shards import (RESULTS_NAME, SHARD_DIR, discard_shard, inspect_shard, merge_shards, write_results,
                      write_shard)
 
@@ -66,13 +66,24 @@ def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)
     if (run_dir / MANIFEST_NAME).is_file():
-        warnings = check_resume(read_manifest(run_dir), manifest)
+        warnings = check_resume(_stored_manifest(run_dir), manifest)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_manifest(run_dir, manifest)  # before any shard exists
         warnings = []
     (run_dir / SHARD_DIR).mkdir(exist_ok=True)
     return warnings
+
+
+def _stored_manifest(run_dir: Path) -> RunManifest:
+    """The run's manifest; a damaged one (written atomically, so damaged after the run, e.g. by an
+    editor or a copy cut short) is refused saying how to go on, as a missing one is."""
+    try:
+        return read_manifest(run_dir)
+    except DamagedManifestError as err:
+        raise DamagedManifestError(f"{err} Without a readable one the run's settings are unknown, so it cannot be "
+                                   f"resumed: put back a good copy of {MANIFEST_NAME} to resume it, or choose a new "
+                                   "--out (or remove the folder) to start over") from None
 
 
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool) -> None:
