@@ -441,7 +441,8 @@ def test_tiny_report_says_what_ran_what_verdicts_mean_and_each_rule(tiny_report)
     assert re.search(r"on `cpu`, in \d+ s \(data, classifier and models \d+ s, semantics \d+ s", intro)
     for words in ("**What ran.**", "Sample seeds", "0–63",
                   "`figures/*.png`", "`tables/<study>__<table>.parquet`", "**Verdicts.**", "“Inconclusive”",
-                  "neither support nor contradict"):
+                  "neither support nor contradict", "**Terms.**", "KPE (kinetic path energy)", "**Scale.**",
+                  "A tiny run: 8×8 images (D = 64 values"):
         assert words in intro, words
     claims = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and
               any(label in line for label in ("✅", "❌", "➖", "⬜"))]
@@ -784,6 +785,13 @@ def test_span_late_energy_text_gives_the_medians_and_the_claims_test():
     assert span_late_energy_text(alike, np.arange(60) % 3 == 0).endswith("which by the claim's rule reads inconclusive.")
     assert span_late_energy_text(late, np.arange(60) < 4).endswith(": 4 span-flagged vs 56 not: too few in one group.")
     assert span_late_energy_text(late, np.arange(60) >= 4).endswith(": 56 span-flagged vs 4 not: too few in one group.")
+    # the quick report repeated the claim's medians and p word for word when both audits flag the same samples
+    same = span_late_energy_text(late, flagged, pixel_flags=flagged.copy())
+    assert same.endswith("the two audits flag the same samples, so this is the claim's own comparison.")
+    assert "Brunner" not in same
+    other = flagged.copy()
+    other[25] = True
+    assert span_late_energy_text(late, flagged, pixel_flags=other) == span_late_energy_text(late, flagged)
 
 
 def test_memorizer_span_keeps_training_distances_and_projects_samples_on_their_affine_hull():
@@ -1222,8 +1230,10 @@ def test_sample_quality_calls_the_geometric_mean_data_like_and_flags_no_more_row
     assert "not placed: the judge does not tell noise from real images" in unplaced.sentence()
     # 43.8 lies nearer 9.57 than 94.8 in plain units but above their geometric mean, 30.1: say which
     cifar = SampleQuality(43.8, 9.57, 94.8, 100, "pixels")
-    assert "(closer to noise than to real images on a log scale (split at their geometric mean, 30.1)" \
+    assert "(closer to noise than to real images on a log scale: above 30.1, the geometric mean of the two)" \
         in cifar.sentence()
+    assert "(closer to real images than to noise on a log scale: below 30.1, the geometric mean of the two)" \
+        in SampleQuality(20.0, 9.57, 94.8, 100, "pixels").sentence()
     bias = "no more rows than features"
     assert bias in SampleQuality(1.0, 0.5, 9.0, 128, "cnn", dim=128).sentence()
     assert bias not in SampleQuality(1.0, 0.5, 9.0, 129, "cnn", dim=128).sentence()
@@ -1585,8 +1595,8 @@ def test_semantics_groups_and_correlations_read_the_margin_by_kpe(tmp_path, monk
     assert f"Spearman ρ(KPE, margin) = {rho:+.3f}, 95% CI [" in text and "permutation p = nan" not in text
     by_noise = stats.spearmanr(kpe, frame["noise_energy"]).statistic
     by_excess = stats.spearmanr(frame["excess_energy"], margin).statistic
-    assert f"here ρ(KPE, ½‖x0‖²) = {by_noise:+.3f} [" in text
-    assert f"against the margin: ρ = {by_excess:+.3f} [" in text and "p_perm = nan" not in text
+    assert f"here ρ(KPE, ½‖x0‖²) = {by_noise:+.3f} (95% CI [" in text          # each interval says its level
+    assert f"against the margin: ρ = {by_excess:+.3f} (95% CI [" in text and "p_perm = nan" not in text
     scatter = drawn["kpe_vs_margin"]
     np.testing.assert_array_equal(scatter.args[0], kpe)
     np.testing.assert_array_equal(scatter.args[1], margin)
@@ -2016,3 +2026,31 @@ def test_a_run_of_fewer_studies_keeps_only_the_figures_its_report_shows(tiny_rep
     shown = set(re.findall(r"\(figures/([a-z0-9_-]+\.png)\)", md.read_text(encoding="utf-8")))
     assert shown and shown < before
     assert {p.name for p in (out / "figures").glob("*.png")} == shown | {"my_paper_fig1.png"}
+
+
+def test_report_terms_define_each_abbreviation_the_claims_and_tables_use():
+    # the report used KPE, KTS, EFM, F_mem, FD-digits-cnn, η, τ, α0, β0, ρ and d without defining them
+    from kinetic_fm.studies.reproduce import terms_text
+
+    text = terms_text("digits-cnn")
+    for term in ("KPE (kinetic path energy)", "½∫₀¹ η(t)²‖v(x_t, t)‖² dt", "½‖x1 − x0‖²", "Kinetic power:",
+                 "KTS (Kinetic Trajectory Shaping)", "ẋ = η(t)·v", "α0", "β0", "τ (τ_split)", "plain FM is η = 1",
+                 "EFM:", "F_mem:", "d1/d2 < 1/3", "FD-digits-cnn:", "`digits-cnn`", "Margin:", "ρ: Spearman",
+                 "d: Cohen's d", "CI: confidence interval"):
+        assert term in text, term
+    unlabelled = terms_text("pixels-PCA64+residual", classifier=False)
+    assert "FD-pixels-PCA64+residual:" in unlabelled and "classifier `" not in unlabelled
+
+
+def test_report_scale_says_image_size_and_samples_per_study():
+    from kinetic_fm.studies.config import ReproduceConfig
+    from kinetic_fm.studies.reproduce import STUDIES, _scale
+
+    quick = _scale(ReproduceConfig.preset("quick"), STUDIES, (1, 8, 8), 1497)
+    for words in ("**Scale.** A quick run: 8×8 images (D = 64 values, pixels scaled to [-1, 1]), 1497 training",
+                  "1000 from the generalising model", "200 per EFM subset and 300 per memorizer checkpoint",
+                  "500 per KTS setting", "`--full` draws"):
+        assert words in quick, words
+    cifar = _scale(ReproduceConfig.preset("full", data="cifar10:x"), ("shaping",), (3, 32, 32), 20000)
+    assert "32×32×3 images (D = 3072 values" in cifar and "2000 per KTS setting" in cifar
+    assert "generalising model" not in cifar and "`--full`" not in cifar
