@@ -753,10 +753,15 @@ def test_memorizer_section_compares_late_energy_by_the_span_audits_flags_as_cont
     the pixel flags."""
     out, md, _ = tiny_report
     final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
-    flagged = int((final["gap_ratio_pixels-PCA15_unclamped"] < 1 / 3).sum())
+    span_flags = (final["gap_ratio_pixels-PCA15_unclamped"] < 1 / 3).to_numpy()
+    flagged = int(span_flags.sum())
     text = md.read_text()
-    assert (f"Split by the span audit's flags instead of the pixel ones (context too): {flagged} "
-            f"span-flagged vs {len(final) - flagged} not: too few in one group.") in text
+    if np.array_equal(span_flags, final["memorized"].to_numpy(dtype=bool)):   # the claim's own split
+        assert ("Split by the span audit's flags instead of the pixel ones (context): the two audits flag the "
+                "same samples, so this is the claim's own comparison.") in text
+    else:
+        assert (f"Split by the span audit's flags instead of the pixel ones (context too): {flagged} "
+                f"span-flagged vs {len(final) - flagged} not: too few in one group.") in text
     pixel = int(final["memorized"].sum())
     assert f"{pixel} memorized vs {len(final) - pixel} not: too few in one group" in text     # the claim's row
 
@@ -1328,7 +1333,8 @@ def test_the_reports_bounds_round_outwards_and_its_counts_are_stated(tiny_report
     largest = max(medians)
     shown = float(re.search(r"KPE / ½‖x1 − x0‖² \(its straight-line energy\) is ≤ ([\d.]+)", text).group(1))
     assert shown == math.ceil(largest * 1000) / 1000 and shown >= largest
-    assert f"({min(200, cfg.memorization.bootstrap)} permutations and as many paired resamples" in text
+    resamples = min(200, cfg.memorization.bootstrap)
+    assert f"({resamples} permutations and {resamples} paired resamples" in text
     assert "late energy is spent at t ≥ τ = 0.6, the sampler's default split" in text
 
 
@@ -1404,7 +1410,7 @@ def _run_support(monkeypatch, assets, kpe=None, mixture=None):
     monkeypatch.setattr(support, "general_samples", lambda *args: run)
     if mixture is None:
         mixture = (pd.DataFrame({"kpe": [1.0, 2.0], "true_log_density": [0.0, 1.0]}),
-                   SimpleNamespace(rho=0.5, ci_low=0.1, ci_high=0.8, p_perm=0.2, n=2))
+                   SimpleNamespace(rho=0.5, ci_low=0.1, ci_high=0.8, p_perm=0.2, n=2, ci_method="BCa"))
     monkeypatch.setattr(support, "_mixture_check", lambda cfg: mixture)
     drawn = _drawn_figures(monkeypatch)
     quiet = SimpleNamespace(say=lambda text: None)
@@ -1509,9 +1515,14 @@ def test_support_text_sets_the_mixture_interval_against_the_papers_negative_sign
     from types import SimpleNamespace
 
     toy = (pd.DataFrame({"kpe": [1.0, 2.0], "true_log_density": [0.0, 1.0]}),
-           SimpleNamespace(rho=(low + high) / 2, ci_low=low, ci_high=high, p_perm=0.01, n=200))
+           SimpleNamespace(rho=(low + high) / 2, ci_low=low, ci_high=high, p_perm=0.01, n=200, ci_method="BCa"))
     _, out, _ = _run_support(monkeypatch, _support_assets(labelled=False), mixture=toy)
     assert f"[{low:+.3f}, {high:+.3f}], n = 200: {words} It is context" in out.sections[0].text
+    # the table's CI columns and permutation p are explained, with the p-value's floor 2/(R + 1)
+    found = re.search(r"CI low and CI high bound ρ's 95% (?:BCa|percentile)(?: or percentile)? bootstrap interval "
+                      r"\((\d+) paired resamples\), and the permutation p is two-sided, from (\d+) random "
+                      r"re-pairings \(its smallest value, 2/(\d+) = ", out.sections[0].text)
+    assert found and int(found[3]) == int(found[2]) + 1, out.sections[0].text
     row = out.sections[0].tables[0][1].set_index("support").loc["exact log-density"]
     assert (row["CI low"], row["CI high"], row["n"]) == (low, high, 200)
 
