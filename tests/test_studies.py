@@ -2065,3 +2065,29 @@ def test_report_scale_says_image_size_and_samples_per_study():
     cifar = _scale(ReproduceConfig.preset("full", data="cifar10:x"), ("shaping",), (3, 32, 32), 20000)
     assert "32×32×3 images (D = 3072 values" in cifar and "2000 per KTS setting" in cifar
     assert "generalising model" not in cifar and "`--full`" not in cifar
+
+
+def test_a_run_that_only_reread_the_cache_says_its_seconds_are_the_metrics(tmp_path):
+    # a re-run into the same folder read "in 55 s (data, classifier and models 0 s, ...)" as if the
+    # studies cost that; the first run's 594 s stay in timings.json
+    from types import SimpleNamespace
+
+    from kinetic_fm.studies.reproduce import STUDIES, _overview
+
+    ws = Workspace(tmp_path)
+    calls = []
+    for _ in range(2):
+        ws.cached("stage", {"a": 1}, lambda: calls.append(1) or {"x": torch.zeros(2)})
+    assert (len(calls), ws.stages_computed, ws.stages_loaded) == (1, 1, 1)
+    again = Workspace(tmp_path)
+    again.cached("stage", {"a": 1}, lambda: calls.append(1) or {"x": torch.zeros(2)})
+    assert (len(calls), again.stages_computed, again.stages_loaded) == (1, 0, 1)
+
+    cfg = ReproduceConfig.preset("quick")
+    images = torch.zeros(10, 1, 8, 8)
+    assets = SimpleNamespace(source="digits", train=images, heldout=images[:3], classifier=object(),
+                             classifier_name="digits-cnn", classifier_accuracy=0.98, memorizer_train=images[:4])
+    times = {"data, classifier and models": 0.2, "semantics": 7.0}
+    sentence = "This run sampled nothing: every sampling run was read from `cache/`"
+    assert sentence in _overview(cfg, STUDIES, assets, times, 7.2, from_cache=True)
+    assert sentence not in _overview(cfg, STUDIES, assets, times, 7.2)

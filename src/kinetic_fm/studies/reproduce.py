@@ -142,7 +142,8 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     if quality is not None:
         meta["sample quality"] = quality.sentence()
     intro = (_intro(cfg.assets.data, cfg.mode, quality) + "\n\n"
-             + _overview(cfg, studies, assets, timings, total, invocations) + "\n\n"
+             + _overview(cfg, studies, assets, timings, total, invocations,
+                         from_cache=invocations == 1 and ws.stages_computed == 0 and ws.stages_loaded > 0) + "\n\n"
              + _scale(cfg, studies, tuple(assets.train.shape[1:]), len(assets.train)) + "\n\n"
              + terms_text(assets.classifier_name, assets.classifier is not None))
     earlier = ws.report_figures()
@@ -197,9 +198,11 @@ def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:
 
 
 def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: dict[str, float], total: float,
-              invocations: int = 1) -> str:
+              invocations: int = 1, *, from_cache: bool = False) -> str:
     """What ran, on what, how long (``timings`` and ``total`` summed over ``invocations``, the
-    interrupted ones this run resumed and itself), from which seeds, and where each file is."""
+    interrupted ones this run resumed and itself), from which seeds, and where each file is.
+    ``from_cache``: this run sampled nothing, every sampling run was read from ``cache/``, so
+    its seconds are not what the studies cost (a re-run read "in 55 s", models 0 s)."""
     a, sem, mem, sh = cfg.assets, cfg.semantics, cfg.memorization, cfg.shaping
     seeds = []
     if {"semantics", "support", "memorization"} & set(studies):
@@ -219,7 +222,11 @@ def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: d
                   f"summed: {stages}")
     return (
         f"**What ran.** Studies {', '.join(studies)} on `{a.data}` ({assets.source}; {len(assets.train)} training "
-        f"and {len(assets.heldout)} held-out images), on `{a.device}`, in {total:.0f} s ({stages}). Nets: "
+        f"and {len(assets.heldout)} held-out images), on `{a.device}`, in {total:.0f} s ({stages})."
+        + (" This run sampled nothing: every sampling run was read from `cache/`, written by an earlier run into "
+           "this folder, so these are the seconds of the metrics, intervals and figures; `timings.json` keeps the "
+           "earlier run's." if from_cache else "")
+        + " Nets: "
         f"{'' if assets.classifier is None else 'the judging classifier '}{judge_text(assets)}, a generalising velocity net ({a.model}, "
         f"{a.general_steps} steps on the training split) and a memorizing one ({a.memorizer_steps} steps on "
         f"{len(assets.memorizer_train)} images), trained here with seed {a.seed} or reloaded from `models/`. Sample "
