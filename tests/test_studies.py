@@ -1335,7 +1335,8 @@ def test_the_reports_bounds_round_outwards_and_its_counts_are_stated(tiny_report
     assert shown == math.ceil(largest * 1000) / 1000 and shown >= largest
     resamples = min(200, cfg.memorization.bootstrap)
     assert f"({resamples} permutations and {resamples} paired resamples" in text
-    assert "late energy is spent at t ≥ τ = 0.6, the sampler's default split" in text
+    assert ("the 'mean late energy (t ≥ τ)' column counts the energy spent at t ≥ τ = 0.6, the sampler's default "
+            "split") in text
 
 
 def test_memorizer_checkpoint_rows_average_their_samples_energies(tiny_report):
@@ -2046,6 +2047,7 @@ def test_report_terms_define_each_abbreviation_the_claims_and_tables_use():
     text = terms_text("digits-cnn")
     for term in ("KPE (kinetic path energy)", "½∫₀¹ η(t)²‖v(x_t, t)‖² dt", "½‖x1 − x0‖²", "Kinetic power:",
                  "KTS (Kinetic Trajectory Shaping)", "ẋ = η(t)·v", "α0", "β0", "τ (τ_split)", "plain FM is η = 1",
+                 "NFE:",
                  "EFM:", "F_mem:", "d1/d2 < 1/3", "FD-digits-cnn:", "`digits-cnn`", "Margin:", "ρ: Spearman",
                  "d: Cohen's d", "CI: confidence interval"):
         assert term in text, term

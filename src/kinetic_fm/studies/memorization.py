@@ -484,8 +484,9 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     section = Section(
         "Energy and memorization across training",
         text=(f"A velocity net trained on only {len(assets.memorizer_train)} images, sampled at its log-spaced "
-              f"checkpoints ({cfg.checkpoint_samples} samples each, Euler {cfg.steps} steps, no shaping: late "
-              f"energy is spent at t ≥ τ = {DEFAULT_SPLIT:g}, the sampler's default split). F_mem is measured "
+              f"checkpoints ({cfg.checkpoint_samples} samples each, Euler {cfg.steps} steps, no shaping; the "
+              f"'mean late energy (t ≥ τ)' column counts the energy spent at t ≥ τ = {DEFAULT_SPLIT:g}, the "
+              "sampler's default split, though no shaping acts there). F_mem is measured "
               f"against those images; {fd_col} against all {len(assets.train)} training images. Context, read by "
               f"no claim: '{spanned_col}' (with its 95% Wilson CI) is the same audit in {principal.name}, the "
               f"{principal.k} principal directions of those images (their span), on the samples before they are "
