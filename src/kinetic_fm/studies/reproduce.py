@@ -253,8 +253,8 @@ def _scale(cfg: ReproduceConfig, studies: tuple[str, ...], image_shape: tuple[in
         counts.append(f"{cfg.shaping.n_samples} per KTS setting")
     return (
         f"**Scale.** A {cfg.mode} run: {size} images (D = {dim} values, pixels scaled to [-1, 1]), {n_train} "
-        f"training images, samples: {'; '.join(counts)}. The paper's images have 32×32×3 (D = 3072) to "
-        "256×256×3 values and its nets were trained on 50,000 or more of them, so our effects and their "
+        f"training images, samples: {'; '.join(counts)}. The paper works on CIFAR-10 and CelebA-32 (32×32×3, "
+        "D = 3072) and ImageNet-256 (SiT), with nets trained on 50,000 or more images, so our effects and their "
         "intervals describe this small setting only: an inconclusive row says this run cannot show the effect, "
         "not that the paper is wrong."
         + (" `--full` draws 2.5–4 times as many samples and trains the nets longer." if cfg.mode == "quick" else "")
