@@ -453,6 +453,59 @@ def test_memorization_legend_keeps_clear_of_the_threshold_line(monkeypatch, thre
     assert seen == [True, True, True]
 
 
+@pytest.mark.parametrize("threshold", [1 / 3, 0.05, 0.5])
+def test_memorization_histogram_bars_stop_at_the_threshold(monkeypatch, threshold):
+    # with 40 equal bins 1/3 fell inside [0.325, 0.35): a memorized bar poked out past the dashed
+    # threshold line, as if samples above it were counted as copies
+    import matplotlib.axes
+    import torch
+
+    import kinetic_fm as kfm
+
+    g = torch.Generator().manual_seed(1)
+    train = torch.rand(40, 1, 6, 6, generator=g)
+    samples = torch.cat([train[:10] + 0.01 * torch.rand(10, 1, 6, 6, generator=g),
+                         torch.rand(10, 1, 6, 6, generator=g)])
+    report = kfm.memorization(samples, train, threshold=threshold, interval="wilson")
+    assert 0 < int(report.memorized.sum()) < 20                      # both kinds drawn
+    drawn, hist = [], matplotlib.axes.Axes.hist
+    monkeypatch.setattr(matplotlib.axes.Axes, "hist", lambda self, x, *a, **k: (
+        drawn.append((k.get("label"), np.asarray(x), np.asarray(k["bins"]))), hist(self, x, *a, **k))[1])
+    F.memorization_figure("mem", "c", report)
+    for label, ratios, bins in drawn:
+        assert bins[0] == 0.0 and bins[-1] == 1.0 and np.all(np.diff(bins) > 0.015) and np.all(np.diff(bins) < 0.04)
+        assert np.isclose(bins, threshold, rtol=0, atol=1e-12).any(), label
+        edge = bins[np.searchsorted(bins, threshold - 1e-12)]
+        counts, _ = np.histogram(ratios, bins)
+        # every bar lies wholly on one side of the line: memorized ones left, the rest right
+        assert (counts[bins[:-1] >= edge].sum() == 0) if label.startswith("memorized") else \
+            (counts[bins[1:] <= edge].sum() == 0), label
+
+
+def test_energy_profile_marks_a_time_with_a_labelled_vertical_line(monkeypatch):
+    # the KTS profile's caption said "the landing starts at t = τ = 0.6" with nothing drawn there
+    seen, render = [], F._render
+
+    def inspect(fig, name, caption):
+        ax = fig.axes[0]
+        vertical = [ln for ln in ax.get_lines() if np.allclose(ln.get_xdata(), 0.6) and len(ln.get_xdata()) == 2]
+        seen.append(([ln.get_label() for ln in vertical], [t.get_text() for t in ax.get_legend().get_texts()]))
+        return render(fig, name, caption)
+
+    monkeypatch.setattr(F, "_render", inspect)
+    times = np.linspace(0.0, 1.0, 11)
+    increments = np.full((3, 10), 0.1)
+    F.energy_profile_figure("p", "c", {"plain FM": (times, increments), "KTS": (times, 2 * increments)},
+                            marks={"τ = 0.6": 0.6})
+    F.energy_profile_figure("p", "c", {"plain FM": (times, increments)})
+    (marked, legend), (unmarked, _) = seen
+    assert marked == ["τ = 0.6"] and legend == ["plain FM (n=3)", "KTS (n=3)", "τ = 0.6"]
+    assert unmarked == []
+    for bad in (1.5, float("nan"), "0.6"):
+        with pytest.raises(ValueError, match=r"marks\['τ'\] must be a time in \[0, 1\]"):
+            F.energy_profile_figure("p", "c", {"plain FM": (times, increments)}, marks={"τ": bad})
+
+
 def _figure_integer_sites():
     """(argument, call(value)) for the figures' integer settings; each call returns something
     comparable (PNG bytes, arrays) that the plain int 3 determines."""

@@ -441,7 +441,8 @@ def test_tiny_report_says_what_ran_what_verdicts_mean_and_each_rule(tiny_report)
     assert re.search(r"on `cpu`, in \d+ s \(data, classifier and models \d+ s, semantics \d+ s", intro)
     for words in ("**What ran.**", "Sample seeds", "0–63",
                   "`figures/*.png`", "`tables/<study>__<table>.parquet`", "**Verdicts.**", "“Inconclusive”",
-                  "neither support nor contradict"):
+                  "neither support nor contradict", "**Terms.**", "KPE (kinetic path energy)", "**Scale.**",
+                  "A tiny run: 8×8 images (D = 64 values"):
         assert words in intro, words
     claims = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and
               any(label in line for label in ("✅", "❌", "➖", "⬜"))]
@@ -752,10 +753,15 @@ def test_memorizer_section_compares_late_energy_by_the_span_audits_flags_as_cont
     the pixel flags."""
     out, md, _ = tiny_report
     final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
-    flagged = int((final["gap_ratio_pixels-PCA15_unclamped"] < 1 / 3).sum())
+    span_flags = (final["gap_ratio_pixels-PCA15_unclamped"] < 1 / 3).to_numpy()
+    flagged = int(span_flags.sum())
     text = md.read_text()
-    assert (f"Split by the span audit's flags instead of the pixel ones (context too): {flagged} "
-            f"span-flagged vs {len(final) - flagged} not: too few in one group.") in text
+    if np.array_equal(span_flags, final["memorized"].to_numpy(dtype=bool)):   # the claim's own split
+        assert ("Split by the span audit's flags instead of the pixel ones (context): the two audits flag the "
+                "same samples, so this is the claim's own comparison.") in text
+    else:
+        assert (f"Split by the span audit's flags instead of the pixel ones (context too): {flagged} "
+                f"span-flagged vs {len(final) - flagged} not: too few in one group.") in text
     pixel = int(final["memorized"].sum())
     assert f"{pixel} memorized vs {len(final) - pixel} not: too few in one group" in text     # the claim's row
 
@@ -784,6 +790,13 @@ def test_span_late_energy_text_gives_the_medians_and_the_claims_test():
     assert span_late_energy_text(alike, np.arange(60) % 3 == 0).endswith("which by the claim's rule reads inconclusive.")
     assert span_late_energy_text(late, np.arange(60) < 4).endswith(": 4 span-flagged vs 56 not: too few in one group.")
     assert span_late_energy_text(late, np.arange(60) >= 4).endswith(": 56 span-flagged vs 4 not: too few in one group.")
+    # the quick report repeated the claim's medians and p word for word when both audits flag the same samples
+    same = span_late_energy_text(late, flagged, pixel_flags=flagged.copy())
+    assert same.endswith("the two audits flag the same samples, so this is the claim's own comparison.")
+    assert "Brunner" not in same
+    other = flagged.copy()
+    other[25] = True
+    assert span_late_energy_text(late, flagged, pixel_flags=other) == span_late_energy_text(late, flagged)
 
 
 def test_memorizer_span_keeps_training_distances_and_projects_samples_on_their_affine_hull():
@@ -1222,8 +1235,10 @@ def test_sample_quality_calls_the_geometric_mean_data_like_and_flags_no_more_row
     assert "not placed: the judge does not tell noise from real images" in unplaced.sentence()
     # 43.8 lies nearer 9.57 than 94.8 in plain units but above their geometric mean, 30.1: say which
     cifar = SampleQuality(43.8, 9.57, 94.8, 100, "pixels")
-    assert "(closer to noise than to real images on a log scale (split at their geometric mean, 30.1)" \
+    assert "(closer to noise than to real images on a log scale: above 30.1, the geometric mean of the two)" \
         in cifar.sentence()
+    assert "(closer to real images than to noise on a log scale: below 30.1, the geometric mean of the two)" \
+        in SampleQuality(20.0, 9.57, 94.8, 100, "pixels").sentence()
     bias = "no more rows than features"
     assert bias in SampleQuality(1.0, 0.5, 9.0, 128, "cnn", dim=128).sentence()
     assert bias not in SampleQuality(1.0, 0.5, 9.0, 129, "cnn", dim=128).sentence()
@@ -1318,8 +1333,10 @@ def test_the_reports_bounds_round_outwards_and_its_counts_are_stated(tiny_report
     largest = max(medians)
     shown = float(re.search(r"KPE / ½‖x1 − x0‖² \(its straight-line energy\) is ≤ ([\d.]+)", text).group(1))
     assert shown == math.ceil(largest * 1000) / 1000 and shown >= largest
-    assert f"({min(200, cfg.memorization.bootstrap)} permutations and as many paired resamples" in text
-    assert "late energy is spent at t ≥ τ = 0.6, the sampler's default split" in text
+    resamples = min(200, cfg.memorization.bootstrap)
+    assert f"({resamples} permutations and {resamples} paired resamples" in text
+    assert ("the 'mean late energy (t ≥ τ)' column counts the energy spent at t ≥ τ = 0.6, the sampler's default "
+            "split") in text
 
 
 def test_memorizer_checkpoint_rows_average_their_samples_energies(tiny_report):
@@ -1394,7 +1411,7 @@ def _run_support(monkeypatch, assets, kpe=None, mixture=None):
     monkeypatch.setattr(support, "general_samples", lambda *args: run)
     if mixture is None:
         mixture = (pd.DataFrame({"kpe": [1.0, 2.0], "true_log_density": [0.0, 1.0]}),
-                   SimpleNamespace(rho=0.5, ci_low=0.1, ci_high=0.8, p_perm=0.2, n=2))
+                   SimpleNamespace(rho=0.5, ci_low=0.1, ci_high=0.8, p_perm=0.2, n=2, ci_method="BCa"))
     monkeypatch.setattr(support, "_mixture_check", lambda cfg: mixture)
     drawn = _drawn_figures(monkeypatch)
     quiet = SimpleNamespace(say=lambda text: None)
@@ -1499,9 +1516,14 @@ def test_support_text_sets_the_mixture_interval_against_the_papers_negative_sign
     from types import SimpleNamespace
 
     toy = (pd.DataFrame({"kpe": [1.0, 2.0], "true_log_density": [0.0, 1.0]}),
-           SimpleNamespace(rho=(low + high) / 2, ci_low=low, ci_high=high, p_perm=0.01, n=200))
+           SimpleNamespace(rho=(low + high) / 2, ci_low=low, ci_high=high, p_perm=0.01, n=200, ci_method="BCa"))
     _, out, _ = _run_support(monkeypatch, _support_assets(labelled=False), mixture=toy)
     assert f"[{low:+.3f}, {high:+.3f}], n = 200: {words} It is context" in out.sections[0].text
+    # the table's CI columns and permutation p are explained, with the p-value's floor 2/(R + 1)
+    found = re.search(r"CI low and CI high bound ρ's 95% (?:BCa|percentile)(?: or percentile)? bootstrap interval "
+                      r"\((\d+) paired resamples\), and the permutation p is two-sided, from (\d+) random "
+                      r"re-pairings \(its smallest value, 2/(\d+) = ", out.sections[0].text)
+    assert found and int(found[3]) == int(found[2]) + 1, out.sections[0].text
     row = out.sections[0].tables[0][1].set_index("support").loc["exact log-density"]
     assert (row["CI low"], row["CI high"], row["n"]) == (low, high, 200)
 
@@ -1585,8 +1607,8 @@ def test_semantics_groups_and_correlations_read_the_margin_by_kpe(tmp_path, monk
     assert f"Spearman ρ(KPE, margin) = {rho:+.3f}, 95% CI [" in text and "permutation p = nan" not in text
     by_noise = stats.spearmanr(kpe, frame["noise_energy"]).statistic
     by_excess = stats.spearmanr(frame["excess_energy"], margin).statistic
-    assert f"here ρ(KPE, ½‖x0‖²) = {by_noise:+.3f} [" in text
-    assert f"against the margin: ρ = {by_excess:+.3f} [" in text and "p_perm = nan" not in text
+    assert f"here ρ(KPE, ½‖x0‖²) = {by_noise:+.3f} (95% CI [" in text          # each interval says its level
+    assert f"against the margin: ρ = {by_excess:+.3f} (95% CI [" in text and "p_perm = nan" not in text
     scatter = drawn["kpe_vs_margin"]
     np.testing.assert_array_equal(scatter.args[0], kpe)
     np.testing.assert_array_equal(scatter.args[1], margin)
@@ -2016,3 +2038,58 @@ def test_a_run_of_fewer_studies_keeps_only_the_figures_its_report_shows(tiny_rep
     shown = set(re.findall(r"\(figures/([a-z0-9_-]+\.png)\)", md.read_text(encoding="utf-8")))
     assert shown and shown < before
     assert {p.name for p in (out / "figures").glob("*.png")} == shown | {"my_paper_fig1.png"}
+
+
+def test_report_terms_define_each_abbreviation_the_claims_and_tables_use():
+    # the report used KPE, KTS, EFM, F_mem, FD-digits-cnn, η, τ, α0, β0, ρ and d without defining them
+    from kinetic_fm.studies.reproduce import terms_text
+
+    text = terms_text("digits-cnn")
+    for term in ("KPE (kinetic path energy)", "½∫₀¹ η(t)²‖v(x_t, t)‖² dt", "½‖x1 − x0‖²", "Kinetic power:",
+                 "KTS (Kinetic Trajectory Shaping)", "ẋ = η(t)·v", "α0", "β0", "τ (τ_split)", "plain FM is η = 1",
+                 "NFE:",
+                 "EFM:", "F_mem:", "d1/d2 < 1/3", "FD-digits-cnn:", "`digits-cnn`", "Margin:", "ρ: Spearman",
+                 "d: Cohen's d", "CI: confidence interval"):
+        assert term in text, term
+    unlabelled = terms_text("pixels-PCA64+residual", classifier=False)
+    assert "FD-pixels-PCA64+residual:" in unlabelled and "classifier `" not in unlabelled
+
+
+def test_report_scale_says_image_size_and_samples_per_study():
+    from kinetic_fm.studies.config import ReproduceConfig
+    from kinetic_fm.studies.reproduce import STUDIES, _scale
+
+    quick = _scale(ReproduceConfig.preset("quick"), STUDIES, (1, 8, 8), 1497)
+    for words in ("**Scale.** A quick run: 8×8 images (D = 64 values, pixels scaled to [-1, 1]), 1497 training",
+                  "1000 from the generalising model", "200 per EFM subset and 300 per memorizer checkpoint",
+                  "500 per KTS setting", "`--full` draws"):
+        assert words in quick, words
+    cifar = _scale(ReproduceConfig.preset("full", data="cifar10:x"), ("shaping",), (3, 32, 32), 20000)
+    assert "32×32×3 images (D = 3072 values" in cifar and "2000 per KTS setting" in cifar
+    assert "generalising model" not in cifar and "`--full`" not in cifar
+
+
+def test_a_run_that_only_reread_the_cache_says_its_seconds_are_the_metrics(tmp_path):
+    # a re-run into the same folder read "in 55 s (data, classifier and models 0 s, ...)" as if the
+    # studies cost that; the first run's 594 s stay in timings.json
+    from types import SimpleNamespace
+
+    from kinetic_fm.studies.reproduce import STUDIES, _overview
+
+    ws = Workspace(tmp_path)
+    calls = []
+    for _ in range(2):
+        ws.cached("stage", {"a": 1}, lambda: calls.append(1) or {"x": torch.zeros(2)})
+    assert (len(calls), ws.stages_computed, ws.stages_loaded) == (1, 1, 1)
+    again = Workspace(tmp_path)
+    again.cached("stage", {"a": 1}, lambda: calls.append(1) or {"x": torch.zeros(2)})
+    assert (len(calls), again.stages_computed, again.stages_loaded) == (1, 0, 1)
+
+    cfg = ReproduceConfig.preset("quick")
+    images = torch.zeros(10, 1, 8, 8)
+    assets = SimpleNamespace(source="digits", train=images, heldout=images[:3], classifier=object(),
+                             classifier_name="digits-cnn", classifier_accuracy=0.98, memorizer_train=images[:4])
+    times = {"data, classifier and models": 0.2, "semantics": 7.0}
+    sentence = "This run sampled nothing: every sampling run was read from `cache/`"
+    assert sentence in _overview(cfg, STUDIES, assets, times, 7.2, from_cache=True)
+    assert sentence not in _overview(cfg, STUDIES, assets, times, 7.2)

@@ -1,6 +1,7 @@
 """Each study claim's verdict rule on inputs whose answer is known: the paper's expected sign decides."""
 import collections
 import math
+import re
 import warnings
 
 import numpy as np
@@ -484,8 +485,13 @@ def test_balanced_row_shows_the_bonferroni_intervals_its_verdict_reads():
     for what, d in (("ΔFD 95% CI", d_fd), ("ΔF_mem 95% CI", d_mem)):
         assert f"{what} [" in claim.ci and "], 97.5% CI [" in claim.ci.split(what, 1)[1].split(";")[0], claim.ci
         shown_95, shown_b = _shown_intervals(claim.ci, what)
-        np.testing.assert_allclose(shown_95, np.quantile(d, [0.025, 0.975]), rtol=5e-3, atol=1e-12)
-        np.testing.assert_allclose(shown_b, np.quantile(d, [0.0125, 0.9875]), rtol=5e-3, atol=1e-12)
+        # ΔF_mem in percentage points to one decimal (0.05 is half its last digit), ΔFD to 3 digits
+        atol = 0.05 + 1e-9 if what.startswith("ΔF_mem") else 1e-12
+        np.testing.assert_allclose(shown_95, np.quantile(d, [0.025, 0.975]), rtol=5e-3, atol=atol)
+        np.testing.assert_allclose(shown_b, np.quantile(d, [0.0125, 0.9875]), rtol=5e-3, atol=atol)
+    # percentage points written to one decimal each, like the F_mem percentages beside them
+    assert re.search(r"ΔF_mem 95% CI \[[-+]\d+\.\d, [-+]\d+\.\d\], 97\.5% CI \[[-+]\d+\.\d, [-+]\d+\.\d\] "
+                     r"percentage points", claim.ci), claim.ci
 
 
 def test_all_worse_than_reproduces_on_95_percent_intervals():
@@ -774,7 +780,11 @@ def test_fmt_ci_writes_fixed_decimals_or_significant_digits():
     assert fmt_ci(0.00012, 0.5, "ρ 95% CI", decimals=3) == "ρ 95% CI [+0.000, +0.500]"
     assert fmt_ci(0.0123, 0.5, "share", decimals=3, signed=False) == "share [0.012, 0.500]"
     assert fmt_ci(-0.00012345, 12345.0) == "95% CI [-0.000123, +1.23e+04]"
-    assert fmt_ci(1.0, 2.0, "ΔFD", unit="nats") == "ΔFD [+1, +2] nats"
+    assert fmt_ci(1.0, 2.0, "ΔFD", unit="nats") == "ΔFD [+1.00, +2.00] nats"
+    # significant digits keep their trailing zeros: the report wrote [+2.34, +8.7] and [-5.3, -2]
+    assert fmt_ci(2.34, 8.7) == "95% CI [+2.34, +8.70]" and fmt_ci(-5.3, -2.0) == "95% CI [-5.30, -2.00]"
+    assert fmt_ci(100.0, 250.0) == "95% CI [+100, +250]"                 # no bare trailing point
+    assert fmt_ci(0.0975, 3.43, signed=False) == "95% CI [0.0975, 3.43]"
 
 
 def test_best_is_interior_and_interior_margin_against_a_loop():

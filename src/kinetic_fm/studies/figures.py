@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..checks import positive_integer
+from ..checks import is_real, positive_integer
 from .report import Figure, check_figure_name
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ def _power_summary(times: np.ndarray, increments: np.ndarray, *, positive: bool 
 
 
 def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any, Any]], *,
-                          log_y: bool = False, title: str = "") -> Figure:
+                          log_y: bool = False, title: str = "", marks: dict[str, float] | None = None) -> Figure:
     """Kinetic power along the trajectory: mean line and 10–90 % band per label.
 
     Args:
@@ -201,15 +201,21 @@ def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any
             Power = increment / Δt at the step midpoints, i.e. ½η²‖v‖², so profiles on
             different grids are comparable. Non-finite increments are ignored per step.
         log_y: logarithmic power axis (shows the late 1/(1 − t) spike of memorizing fields).
+        marks: label -> a time in [0, 1] drawn as a thin vertical line with its label in the
+            legend, e.g. ``{"τ = 0.6 (landing starts)": 0.6}``.
     """
     check_figure_name(name)
     fig = _new_figure(6.4, 4.0)
-    _draw_power(fig.add_subplot(), profiles, log_y=log_y, title=title)
+    for label, t in (marks or {}).items():
+        if not (is_real(t) and 0.0 <= float(t) <= 1.0):
+            raise ValueError(f"marks[{label!r}] must be a time in [0, 1], got {t!r}")
+    _draw_power(fig.add_subplot(), profiles, log_y=log_y, title=title, marks=marks)
     return _render(fig, name, caption)
 
 
-def _draw_power(ax, profiles: dict[str, tuple[Any, Any]], *, log_y: bool, title: str) -> None:
-    """The panel of :func:`energy_profile_figure` on ``ax``."""
+def _draw_power(ax, profiles: dict[str, tuple[Any, Any]], *, log_y: bool, title: str,
+                marks: dict[str, float] | None = None) -> None:
+    """The panel of :func:`energy_profile_figure` on ``ax`` (``marks`` checked by the caller)."""
     drawn = 0
     crowded = len(profiles) > 2  # more than two filled bands blend into one grey: outline them instead
     for k, (label, (times, increments)) in enumerate(profiles.items()):
@@ -240,6 +246,8 @@ def _draw_power(ax, profiles: dict[str, tuple[Any, Any]], *, log_y: bool, title:
     _style(ax, xlabel="t   (0 = noise, 1 = data)", ylabel=POWER_LABEL, title=title)
     if drawn:
         ax.set_xlim(0, 1)
+        for label, t in (marks or {}).items():  # after the lines, so the legend lists them first
+            ax.axvline(float(t), color="#555555", linestyle="-.", linewidth=1.0, label=label, zorder=1)
     _finish_axes(ax, drawn, log_y=log_y)
 
 
@@ -700,7 +708,7 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     axes = fig.subplots(1, 2 if wide else 1, squeeze=False,
                         gridspec_kw={"width_ratios": [4.8, max(3.4, 0.75 * shown[0].shape[0])]} if wide else None)[0]
     ax = axes[0]
-    bins = np.linspace(0.0, 1.0, 41)
+    bins = _bins_with_edge(float(report.threshold))
     # the report's own flags: an exact tie at the threshold can read just below it
     memorized = _array(report.memorized, name="report.memorized").ravel().astype(bool)
     below = ratio[memorized]
@@ -737,6 +745,17 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     fig.tight_layout()
     _legend_below(axes[0])
     return _render(fig, name, caption)
+
+
+def _bins_with_edge(edge: float, width: float = 0.025) -> np.ndarray:
+    """Bin edges over [0, 1] about ``width`` wide with ``edge`` (the memorization threshold) among
+    them, so no bar straddles the threshold and mixes memorized with unmemorized samples (with 40
+    equal bins, 1/3 fell inside [0.325, 0.35) and a memorized bar poked out past the line)."""
+    if not 0.0 < edge < 1.0:
+        return np.linspace(0.0, 1.0, round(1.0 / width) + 1)
+    below = np.linspace(0.0, edge, max(1, round(edge / width)) + 1)
+    above = np.linspace(edge, 1.0, max(1, round((1.0 - edge) / width)) + 1)
+    return np.concatenate([below, above[1:]])
 
 
 def _legend_below(ax) -> None:

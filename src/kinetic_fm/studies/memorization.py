@@ -388,6 +388,17 @@ def control_orderings(kpe: np.ndarray, x1: torch.Tensor, x0: torch.Tensor, seed:
     }
 
 
+def _random_spread_text(control, fd_col: str) -> str:
+    """The Goldilocks bar chart's yardstick in words: how far apart the FDs of five random equal
+    groups of the same samples lie (the ``random`` column of the control table), the differences
+    between bars that sampling alone gives; without that column only that no bar has an interval."""
+    if "random" not in getattr(control, "columns", ()):
+        return "No interval per bar."
+    spread = float(np.ptp(control["random"].to_numpy(dtype=float)))
+    return (f"No interval per bar: five random equal groups of the same samples span {spread:.3g} in {fd_col} "
+            "(control figure), the size of difference that sampling alone gives between bars.")
+
+
 def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed):
     """FD by quintile of KPE and of the control scalars (``orderings``, from
     :func:`control_orderings`), the section's paragraph about them, and the interior-best share of
@@ -461,7 +472,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     late = frame["late_fraction_t0.9"].to_numpy()
     verdict, p = late_energy_verdict(late[memorized], late[~memorized])
     ours = _late_share_text(late, memorized, "memorized")
-    span_text = span_late_energy_text(late, spanned.memorized.cpu().numpy().astype(bool))
+    span_text = span_late_energy_text(late, spanned.memorized.cpu().numpy().astype(bool), pixel_flags=memorized)
     claim = Claim(
         "memorization", "Memorized samples spend more of their energy late",
         "memorization is driven by extreme late energy", ours, len(late),
@@ -473,8 +484,9 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     section = Section(
         "Energy and memorization across training",
         text=(f"A velocity net trained on only {len(assets.memorizer_train)} images, sampled at its log-spaced "
-              f"checkpoints ({cfg.checkpoint_samples} samples each, Euler {cfg.steps} steps, no shaping: late "
-              f"energy is spent at t ≥ τ = {DEFAULT_SPLIT:g}, the sampler's default split). F_mem is measured "
+              f"checkpoints ({cfg.checkpoint_samples} samples each, Euler {cfg.steps} steps, no shaping; the "
+              f"'mean late energy (t ≥ τ)' column counts the energy spent at t ≥ τ = {DEFAULT_SPLIT:g}, the "
+              "sampler's default split, though no shaping acts there). F_mem is measured "
               f"against those images; {fd_col} against all {len(assets.train)} training images. Context, read by "
               f"no claim: '{spanned_col}' (with its 95% Wilson CI) is the same audit in {principal.name}, the "
               f"{principal.k} principal directions of those images (their span), on the samples before they are "
@@ -516,12 +528,17 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     return section, claim
 
 
-def span_late_energy_text(late: np.ndarray, flagged: np.ndarray) -> str:
+def span_late_energy_text(late: np.ndarray, flagged: np.ndarray, *, pixel_flags: np.ndarray | None = None) -> str:
     """The late-energy comparison of the claim "memorized samples spend more of their energy late",
     as context read by no claim, with the span audit's flags ``flagged`` ((n,) bool) in place of the
     pixel audit's: on real data the pixel audit flags nothing, while the span audit finds the copies
     pixel noise hides. ``late``: (n,) each sample's share of its energy after t = 0.9. The same
-    medians, test (:func:`late_energy_verdict`) and rule as the claim; one sentence."""
+    medians, test (:func:`late_energy_verdict`) and rule as the claim; one sentence. When the span
+    audit flags exactly the samples ``pixel_flags`` ((n,) bool) flags, the split is the claim's own,
+    and the sentence says so rather than repeat its numbers as if they were a second finding."""
+    if pixel_flags is not None and np.array_equal(np.asarray(pixel_flags, dtype=bool), np.asarray(flagged, dtype=bool)):
+        return ("Split by the span audit's flags instead of the pixel ones (context): the two audits flag the "
+                "same samples, so this is the claim's own comparison.")
     verdict, p = late_energy_verdict(late[flagged], late[~flagged])
     return ("Split by the span audit's flags instead of the pixel ones (context too): "
             + _late_share_text(late, flagged, "span-flagged")
@@ -616,8 +633,8 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
         f"best {fd_col} in KPE quintile Q{best + 1} of 5 ({', '.join(f'{v:.3g}' for v in table[fd_col])})",
         len(kpe), _goldilocks_interval(tests),
         goldilocks_verdict(tests),
-        f"T = better end quintile's FD − best interior one's ({resamples} permutations and as many paired "
-        "resamples: the memorization study's bootstrap count, at most 200); reproduced when T beats random equal "
+        f"T = better end quintile's FD − best interior one's ({resamples} permutations and {resamples} paired "
+        "resamples: the memorization study's bootstrap count, capped at 200); reproduced when T beats random equal "
         "quintiles "
         "(one-sided permutation p ≤ 0.025) and beats T by ‖x1‖² quintiles (paired basic bootstrap CI above 0: "
         f"sorting by content alone makes a U; by ‖x1‖² an interior quintile is best in {control_share:.0%} of "
@@ -636,7 +653,9 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
         tables=[("Quality and memorization by KPE quintile", table),
                 (f"Control: {fd_col} of the same samples in quintiles of other per-sample scalars", control)],
         figures=[bar_figure("goldilocks", f"{fd_col} of each KPE quintile of the generalising model's "
-                            f"{len(kpe)} samples (lower is better; the paper expects the lowest bar in Q2–Q4).",
+                            f"{len(kpe)} samples (lower is better; the paper expects the lowest bar in Q2–Q4). "
+                            + _random_spread_text(control, fd_col)
+                            + " The claims table's permutation test judges the shape.",
                             table,
                             x="KPE quintile", y=fd_col, ylabel=f"{fd_col} (lower is better)",
                             xlabel="KPE quintile (Q1 = lowest KPE)"),

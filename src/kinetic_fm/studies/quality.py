@@ -49,9 +49,12 @@ class SampleQuality:
         """One line for the report."""
         # the FDs span orders of magnitude: the sides are split at their geometric mean (a reader
         # comparing plain differences read 43.8 between 9.57 and 94.8 as nearer the real images)
-        middle = f" on a log scale (split at their geometric mean, {math.sqrt(self.real * self.noise):.3g})"
-        where = ("closer to real images than to noise" + middle if self.data_like
-                 else "closer to noise than to real images" + middle if not math.isnan(self.position)
+        # (one level of brackets: the sentence itself sits in the report's parentheses)
+        middle = math.sqrt(self.real * self.noise)
+        where = (f"closer to real images than to noise on a log scale: below {middle:.3g}, the geometric mean "
+                 "of the two" if self.data_like
+                 else f"closer to noise than to real images on a log scale: above {middle:.3g}, the geometric "
+                 "mean of the two" if not math.isnan(self.position)
                  else "not placed: the judge does not tell noise from real images")
         biased = (f"; {self.n} rows of {self.dim} features, no more rows than features: each value carries a "
                   "large bias of the estimator" if self.dim is not None and self.n <= self.dim else "")

@@ -6,6 +6,7 @@ trains and samples nothing: it recomputes the metrics, intervals and figures fro
 """
 from __future__ import annotations
 
+import math
 import platform
 import shutil
 from dataclasses import asdict
@@ -141,7 +142,10 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     if quality is not None:
         meta["sample quality"] = quality.sentence()
     intro = (_intro(cfg.assets.data, cfg.mode, quality) + "\n\n"
-             + _overview(cfg, studies, assets, timings, total, invocations))
+             + _overview(cfg, studies, assets, timings, total, invocations,
+                         from_cache=invocations == 1 and ws.stages_computed == 0 and ws.stages_loaded > 0) + "\n\n"
+             + _scale(cfg, studies, tuple(assets.train.shape[1:]), len(assets.train)) + "\n\n"
+             + terms_text(assets.classifier_name, assets.classifier is not None))
     earlier = ws.report_figures()
     paths = write_report(ws.root, title="Kinetic energy of flow matching: reproduction report", intro=intro,
                          claims=claims, sections=sections, meta=meta)
@@ -194,9 +198,11 @@ def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:
 
 
 def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: dict[str, float], total: float,
-              invocations: int = 1) -> str:
+              invocations: int = 1, *, from_cache: bool = False) -> str:
     """What ran, on what, how long (``timings`` and ``total`` summed over ``invocations``, the
-    interrupted ones this run resumed and itself), from which seeds, and where each file is."""
+    interrupted ones this run resumed and itself), from which seeds, and where each file is.
+    ``from_cache``: this run sampled nothing, every sampling run was read from ``cache/``, so
+    its seconds are not what the studies cost (a re-run read "in 55 s", models 0 s)."""
     a, sem, mem, sh = cfg.assets, cfg.semantics, cfg.memorization, cfg.shaping
     seeds = []
     if {"semantics", "support", "memorization"} & set(studies):
@@ -216,7 +222,11 @@ def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: d
                   f"summed: {stages}")
     return (
         f"**What ran.** Studies {', '.join(studies)} on `{a.data}` ({assets.source}; {len(assets.train)} training "
-        f"and {len(assets.heldout)} held-out images), on `{a.device}`, in {total:.0f} s ({stages}). Nets: "
+        f"and {len(assets.heldout)} held-out images), on `{a.device}`, in {total:.0f} s ({stages})."
+        + (" This run sampled nothing: every sampling run was read from `cache/`, written by an earlier run into "
+           "this folder, so these are the seconds of the metrics, intervals and figures; `timings.json` keeps the "
+           "earlier run's." if from_cache else "")
+        + " Nets: "
         f"{'' if assets.classifier is None else 'the judging classifier '}{judge_text(assets)}, a generalising velocity net ({a.model}, "
         f"{a.general_steps} steps on the training split) and a memorizing one ({a.memorizer_steps} steps on "
         f"{len(assets.memorizer_train)} images), trained here with seed {a.seed} or reloaded from `models/`. Sample "
@@ -225,6 +235,54 @@ def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: d
         "summary tables behind each section), `models/` and `cache/` (trained nets and sampling runs, reused by a "
         "re-run with the same settings), `timings.json` (each invocation's seconds per stage). The full "
         "configuration is in the Run table at the end."
+    )
+
+
+def _scale(cfg: ReproduceConfig, studies: tuple[str, ...], image_shape: tuple[int, ...], n_train: int) -> str:
+    """How the run's size compares with the paper's, so a reader weighs the intervals: image size
+    and dimension, training images, samples per study (``image_shape`` (C, H, W) of one image)."""
+    dim = math.prod(image_shape)
+    size = "×".join(str(s) for s in image_shape[1:]) + ("" if image_shape[0] == 1 else f"×{image_shape[0]}")
+    counts = []
+    if {"semantics", "support", "memorization"} & set(studies):
+        counts.append(f"{cfg.semantics.n_samples} from the generalising model")
+    if "memorization" in studies:
+        counts.append(f"{cfg.memorization.efm_samples} per EFM subset and {cfg.memorization.checkpoint_samples} "
+                      "per memorizer checkpoint")
+    if "shaping" in studies:
+        counts.append(f"{cfg.shaping.n_samples} per KTS setting")
+    return (
+        f"**Scale.** A {cfg.mode} run: {size} images (D = {dim} values, pixels scaled to [-1, 1]), {n_train} "
+        f"training images, samples: {'; '.join(counts)}. The paper works on CIFAR-10 and CelebA-32 (32×32×3, "
+        "D = 3072) and ImageNet-256 (SiT), with nets trained on 50,000 or more images, so our effects and their "
+        "intervals describe this small setting only: an inconclusive row says this run cannot show the effect, "
+        "not that the paper is wrong."
+        + (" `--full` draws 2.5–4 times as many samples and trains the nets longer." if cfg.mode == "quick" else "")
+    )
+
+
+def terms_text(fd_space: str, classifier: bool = True) -> str:
+    """The report's glossary: each abbreviation its tables and claims use, defined once. ``fd_space``
+    names the Fréchet distance's feature space (the judging classifier, or without one the
+    principal space), as the tables write FD-<fd_space>."""
+    fd = (f"FD-{fd_space}: the Fréchet distance between Gaussian fits to the penultimate-layer features of the "
+          f"judging classifier `{fd_space}` (FID's recipe with this net in place of Inception; lower is better; "
+          "not comparable with published FIDs, nor between sets of different sizes, since its bias shrinks as "
+          "the set grows)" if classifier else
+          f"FD-{fd_space}: the Fréchet distance between Gaussian fits to the samples in the `{fd_space}` space "
+          "(lower is better; not comparable with published FIDs, nor between sets of different sizes)")
+    return (
+        "**Terms.** KPE (kinetic path energy) of a sample: ½∫₀¹ η(t)²‖v(x_t, t)‖² dt along its sampling "
+        "trajectory from noise x0 (t = 0) to the sample x1 (t = 1), in squared pixel units; a straight path at "
+        "constant speed has the least, ½‖x1 − x0‖². Kinetic power: the integrand ½η²‖v‖². KTS (Kinetic "
+        "Trajectory Shaping): sampling with ẋ = η(t)·v, a launch boost η = 1 + α(t) (size α0) before t = τ "
+        "(τ_split) and a landing brake η = 1 − β(t) (size β0) after it; plain FM is η = 1. NFE: the number of "
+        "velocity evaluations of a sampling run (the KTS grid's NFE rows take more steps). EFM: the exact "
+        "empirical flow-matching velocity of N training images, in closed form (no net). F_mem: the fraction "
+        "of samples whose nearest training image is nearer than 1/3 of the distance to the second nearest "
+        f"(gap ratio d1/d2 < 1/3). {fd}. Margin: the judging classifier's "
+        "top-1 minus top-2 logit. ρ: Spearman's rank correlation; d: Cohen's d (difference of means over the "
+        "pooled standard deviation); CI: confidence interval."
     )
 
 

@@ -119,10 +119,10 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
         "the paper expects a positive link).\n\n"
         f"Context (not one of the paper's claims): a path's KPE is at least ½‖x1 − x0‖², so it can "
         f"follow the energy ½‖x0‖² of the noise it starts from; here ρ(KPE, ½‖x0‖²) = {by_noise.rho:+.3f} "
-        f"[{by_noise.ci_low:+.3f}, {by_noise.ci_high:+.3f}] in D = {x0[0].numel()} "
+        f"(95% CI [{by_noise.ci_low:+.3f}, {by_noise.ci_high:+.3f}]) in D = {x0[0].numel()} "
         f"({link_in_words(by_noise.ci_low, by_noise.ci_high)}). The excess energy "
         f"KPE − ½‖x1 − x0‖² (zero for a straight path at constant speed) against the margin: "
-        f"ρ = {by_excess.rho:+.3f} [{by_excess.ci_low:+.3f}, {by_excess.ci_high:+.3f}], "
+        f"ρ = {by_excess.rho:+.3f} (95% CI [{by_excess.ci_low:+.3f}, {by_excess.ci_high:+.3f}]), "
         f"p_perm = {by_excess.p_perm:.3g}. Per sample: columns `noise_energy` and `excess_energy` of "
         f"`tables/semantics__general_samples.parquet`.")
     section.tables.append((f"Low vs high {q} of KPE", pd.DataFrame([

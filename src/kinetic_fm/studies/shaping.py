@@ -151,7 +151,10 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
         "Kinetic Trajectory Shaping",
         text=(f"The memorizing net (trained on {len(assets.memorizer_train)} images) sampled from the same "
               f"{cfg.n_samples} seeds under every setting (Euler, {cfg.steps} steps unless named). F_mem against its "
-              f"training images; {fd_name} against all {len(assets.train)} training images (lower is better)."
+              f"training images; {fd_name} against all {len(assets.train)} training images (lower is better). "
+              f"Plain FM here samples the same net as the memorization study's final checkpoint, but from other "
+              f"seeds, with {cfg.n_samples} samples and its own step count: an FD estimate's bias shrinks as its "
+              "sample grows, so compare the FDs of this table with each other, not with that study's."
               + fd_bias_note(min(cfg.n_samples, len(assets.train)), reference.mean.size, fd_name)),
         tables=[("The KTS ablation grid", table)],
         figures=[
@@ -169,8 +172,9 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                        reference=float(fm_fd), reference_label="plain FM", points=True, group="group"),
             energy_profile_figure("energy_profile_shaping", "Kinetic power ½η²‖v‖² of the memorizing net: mean "
                                   "and 10–90% band (dotted) for plain FM and the three main KTS settings; the landing "
-                                  "starts at t = τ = 0.6.",
-                                  {n: (runs[n]["times"].numpy(), runs[n]["profile"].numpy()) for n in main}, log_y=True),
+                                  "starts at t = τ = 0.6 (dash-dotted line).",
+                                  {n: (runs[n]["times"].numpy(), runs[n]["profile"].numpy()) for n in main}, log_y=True,
+                                  marks={"τ = 0.6: launch ends, landing starts": 0.6}),
         ],
     )
     out.sections.append(section)
@@ -230,11 +234,14 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
 
     # A rule that tests each of K parts at 0.05/K reads their 1 − 0.05/K intervals for "not
     # reproduced": the row shows them, labelled, beside the 95% ones, so its verdict can be checked.
-    def wider_text(wider, scale: float = 1.0) -> str:
-        return "" if wider is None else ", " + fmt_ci(scale * wider[0], scale * wider[1], f"{wider[2]} CI")
+    def wider_text(wider, scale: float = 1.0, decimals: int | None = None) -> str:
+        return "" if wider is None else ", " + fmt_ci(scale * wider[0], scale * wider[1], f"{wider[2]} CI",
+                                                      decimals=decimals)
 
-    def mem_ci_text(ci, wider=None) -> str:  # in points, like the F_mem percentages beside it
-        return (fmt_ci(100 * ci[0], 100 * ci[1], "ΔF_mem 95% CI") + wider_text(wider, 100.0)
+    # in points with one decimal, like the F_mem percentages beside it (a difference of two
+    # fractions of n samples moves in steps of 100/n points: 0.2 at n = 500)
+    def mem_ci_text(ci, wider=None) -> str:
+        return (fmt_ci(100 * ci[0], 100 * ci[1], "ΔF_mem 95% CI", decimals=1) + wider_text(wider, 100.0, 1)
                 + " percentage points")
 
     def fd_ci_text(ci, name: str, what: str = "ΔFD 95% CI", base: str = "plain FM", wider=None) -> str:

@@ -88,12 +88,17 @@ def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws
                  "CI low": toy_rho.ci_low, "CI high": toy_rho.ci_high, "permutation p": toy_rho.p_perm,
                  "n": toy_rho.n, "detail": "closed-form field and density"})
     headline = correlations[("kNN", "pixels")]
+    ci_methods = " or ".join(sorted({c.ci_method for c in correlations.values()} | {toy_rho.ci_method}))
     section = Section(
         "Energy and sparsity",
         text=(f"Local support of the same {len(kpe)} samples of the generalising model against the "
               f"{len(assets.train)} training images: kNN log-density (k = {cfg.k}, −D·log r_k up to a constant) "
               f"and Gaussian KDE log-density, {_spaces_in_words(spaces, assets)}. "
-              "A negative ρ means higher-energy samples lie where the training data are sparse.\n\n"
+              "A negative ρ means higher-energy samples lie where the training data are sparse. In the table, "
+              f"CI low and CI high bound ρ's 95% {ci_methods} bootstrap interval ({cfg.bootstrap} paired "
+              f"resamples), and the permutation p is two-sided, from {cfg.bootstrap} random re-pairings (its "
+              f"smallest value, 2/{cfg.bootstrap + 1} = {2 / (cfg.bootstrap + 1):.2g}, means no re-pairing "
+              "came as far from 0).\n\n"
               f"On the exact 2-D Gaussian mixture (no training error, true density) ρ = {toy_rho.rho:+.3f} "
               f"[{toy_rho.ci_low:+.3f}, {toy_rho.ci_high:+.3f}], n = {toy_rho.n}: "
               f"{link_in_words(toy_rho.ci_low, toy_rho.ci_high)}"

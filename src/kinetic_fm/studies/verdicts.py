@@ -63,10 +63,22 @@ def fmt_ci(low: float, high: float, what: str = "95% CI", digits: int = 3, *, de
            signed: bool = True, unit: str = "") -> str:
     """``what [low, high]``: ``digits`` significant digits, or ``decimals`` fixed ones (the way a
     correlation is written beside it); ``signed`` writes the + of a positive bound (differences,
-    correlations), not of a proportion; ``unit`` follows the bracket."""
+    correlations), not of a proportion; ``unit`` follows the bracket. Significant digits keep their
+    trailing zeros ("[+2.34, +8.70]", not "+8.7" beside "+2.34"; "-2.00", not "-2")."""
     sign = "+" if signed else ""
-    spec = f"{sign}.{decimals}f" if decimals is not None else f"{sign}.{digits}g"
-    return f"{what} [{low:{spec}}, {high:{spec}}]" + (f" {unit}" if unit else "")
+    if decimals is not None:
+        spec = f"{sign}.{decimals}f"
+        return f"{what} [{low:{spec}}, {high:{spec}}]" + (f" {unit}" if unit else "")
+    return f"{what} [{_significant(low, digits, sign)}, {_significant(high, digits, sign)}]" + (
+        f" {unit}" if unit else "")
+
+
+def _significant(value: float, digits: int, sign: str) -> str:
+    """``value`` to ``digits`` significant digits with its trailing zeros kept (the "#" form of
+    "g"), but no bare trailing point: 100 reads "100", not "100."."""
+    text = f"{value:{sign}#.{digits}g}"
+    mantissa, exp, power = text.partition("e")
+    return mantissa.rstrip(".") + exp + power
 
 
 def percent_of(change: float, base: float) -> str:

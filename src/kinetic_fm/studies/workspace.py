@@ -52,6 +52,10 @@ class Workspace:
         for sub in ("cache", "tables", "models"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._kept: dict[Path, dict[str, Any]] = {}  # stage file -> its result, for cached(keep=True)
+        # stages this workspace object read from cache/ and computed: the report says when a run
+        # only re-read earlier results (its seconds are then the metrics' alone)
+        self.stages_loaded = 0
+        self.stages_computed = 0
 
     def remove_leftover_temporaries(self) -> int:
         """Delete the temporaries writers killed mid-write left anywhere in the workspace (caches,
@@ -89,11 +93,14 @@ class Workspace:
     def _load_or_compute(self, path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if path.exists():
             try:
-                return torch.load(path, map_location="cpu", weights_only=True)
+                result = torch.load(path, map_location="cpu", weights_only=True)
+                self.stages_loaded += 1
+                return result
             except Exception:  # a truncated file from a killed run: redo the stage
                 path.unlink(missing_ok=True)
         result = compute()
         atomic_torch_save(result, path)
+        self.stages_computed += 1
         return result
 
     def model_path(self, name: str, config: Any) -> Path:
