@@ -659,3 +659,20 @@ def test_feature_statistics_leave_float64_features_as_they_were():
     assert torch.equal(feats, kept)
     np.testing.assert_allclose(mean, kept.numpy().mean(0), rtol=1e-14)
     np.testing.assert_allclose(cov, np.cov(kept.numpy(), rowvar=False), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e-100, 1e-12, 1.0, 1e100, 1e200])
+def test_a_prepared_reference_measures_statistics_of_any_magnitude(scale):
+    # commuting covariances, so d² = ‖Δμ‖² + Σ(√a − √b)². cov^½ Σ cov^½ grows as the scale
+    # squared: it underflowed at 1e-170 (the trace term read 0, d² 1.2e-199 for 2.7e-201) and
+    # overflowed from 1e160 (LinAlgError), where frechet_distance_from_stats scales first.
+    # The reference is frechet_distance_from_stats with (mean, cov) in the first place, so the
+    # two agree exactly at every magnitude
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0])
+    mu1, mu2 = np.array([0.5, 0.0, -1.0]), np.array([0.0, 0.25, -1.0])
+    s1, s2 = np.diag(a) * scale, np.diag(b) * scale
+    m1, m2 = mu1 * math.sqrt(scale), mu2 * math.sqrt(scale)
+    expected = scale * (((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum())
+    got = FrechetReference.from_stats(m1, s1).distance(m2, s2)
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert got == frechet_distance_from_stats(m1, s1, m2, s2)
