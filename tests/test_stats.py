@@ -631,3 +631,14 @@ def test_a_degenerate_bca_falls_back_under_numpy_errors_set_to_raise():
         got = spearman(flag, score, bootstrap=200, permutations=0, seed=0)
     assert got.ci_method == "percentile"
     assert (got.ci_low, got.ci_high) == (expected.ci_low, expected.ci_high)
+
+
+@pytest.mark.parametrize("n, quantile, size", [(50, 0.29, 15), (90, 0.35, 32), (100, 0.145, 15), (300, 0.205, 62),
+                                               (50, 0.27, 14), (10, 0.35, 4)])
+def test_compare_groups_rounds_the_written_quantile_half_up(n, quantile, size):
+    # 0.29 × 50 is 14.5, which rounds half up to 15; the float 0.29 times 50 is 14.499999999999998,
+    # which gave 14 (as did 15 of the 1,000-ths in (0, 0.5] against n < 400)
+    by = np.arange(n, dtype=float)
+    g = compare_groups(by, by, quantile=quantile)
+    assert g.n_low == g.n_high == size
+    assert g.by_low_max == size - 1 and g.by_high_min == n - size
