@@ -676,3 +676,22 @@ def test_a_prepared_reference_measures_statistics_of_any_magnitude(scale):
     got = FrechetReference.from_stats(m1, s1).distance(m2, s2)
     assert got == pytest.approx(expected, rel=1e-12)
     assert got == frechet_distance_from_stats(m1, s1, m2, s2)
+
+
+def test_rank_deficient_covariances_against_the_closed_form_and_scipys_sqrtm():
+    # covariances sharing eigenvectors Q but of ranks 7 and 4 of 12 (their null spaces overlap in
+    # part): d² = ‖Δμ‖² + Σ(√a − √b)² exactly; scipy's float64 sqrtm of the singular product
+    # Σ₁Σ₂ is good to about √ε too
+    rng = np.random.default_rng(13)
+    q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    a = np.r_[rng.uniform(0.5, 4.0, 7), np.zeros(5)]
+    b = np.r_[np.zeros(3), rng.uniform(0.5, 4.0, 4), np.zeros(5)]
+    s1, s2 = (q * a) @ q.T, (q * b) @ q.T
+    mu1, mu2 = rng.normal(size=12), rng.normal(size=12)
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    via_sqrtm = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2)).real
+    for got in (frechet_distance_from_stats(mu1, s1, mu2, s2), frechet_distance_from_stats(mu2, s2, mu1, s1),
+                FrechetReference.from_stats(mu1, s1).distance(mu2, s2)):
+        assert got == pytest.approx(expected, rel=2e-8)      # √(ε λ) of 5 null eigenvalues: 3e-9 here
+        assert got == pytest.approx(via_sqrtm, rel=1e-7)
+    assert frechet_distance_from_stats(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-7 * a.sum())
