@@ -34,7 +34,16 @@ def _frame(part: Any, label: str) -> "pd.DataFrame":
         return frame.reset_index(drop=True)
     if isinstance(part, Mapping):
         cols = {}
+        indexed: tuple[str, Any] | None = None  # the first pandas Series: (name, its index)
         for name, values in part.items():
+            if isinstance(values, pd.Series):
+                # columns pair row by row; pandas would align Series on their labels instead
+                if indexed is not None and not values.index.equals(indexed[1]):
+                    raise ValueError(f"{label}: columns {indexed[0]!r} and {str(name)!r} are pandas Series with "
+                                     "different indexes, and a mapping's columns pair row by row: align them "
+                                     "first or pass .to_numpy() of each if the order is right")
+                indexed = indexed or (str(name), values.index)
+                values = values.reset_index(drop=True)
             if hasattr(values, "detach"):
                 values = values.detach().cpu().numpy()
             shape = getattr(values, "shape", None)
@@ -96,7 +105,9 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
     Args:
         parts: DataFrames, objects with ``to_frame()`` (``SampleResult``, ``MemorizationReport``,
             ``LocalSupport``, ``KDELogDensity``, ``ClassifierMargin``, ``ClipScores``,
-            ``PrecisionRecall``) or mappings ``column -> (n,) values``. A part with a ``seed``
+            ``PrecisionRecall``) or mappings ``column -> (n,) values`` (row by row: pandas
+            Series of a mapping pair by position, and Series with different indexes are refused
+            rather than aligned on their labels). A part with a ``seed``
             column joins by it; a part without one is aligned row by row with ``seeds`` (or, when
             ``seeds`` is None, with the first part that has a ``seed`` column) and must have the
             same length.
