@@ -410,9 +410,7 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
         raise ValueError(f"by is constant ({by.size} values all {by[0]:g}): there are no low and high "
                          "groups, only the first and last samples in input order")
     n = score.size
-    # the quantile as the decimal it is written as: the float 0.29 is a little below 0.29, and
-    # 0.29 × 50 = 14.5 read 14.499999999999998, which rounded down
-    m = min(math.floor(Fraction(repr(quantile)) * n + Fraction(1, 2)), n // 2)
+    m = min(_group_size(quantile, n), n // 2)
     if m < 2:
         raise ValueError(f"quantile={quantile} of n={n} samples leaves {m} per group; need >= 2")
     order = np.argsort(by, kind="stable")
@@ -429,6 +427,13 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
     p_u = float(stats.mannwhitneyu(high, low, alternative="two-sided").pvalue)
     return GroupComparison(quantile, m, m, float(by[order[m - 1]]), float(by[order[-m]]),
                            low_mean, low_std, high_mean, high_std, difference, d, p_t, p_u)
+
+
+def _group_size(quantile: float, n: int) -> int:
+    """``quantile`` · ``n`` rounded half up, ``quantile`` read as the decimal it prints as: the
+    float 0.29 is a little below 0.29, and 0.29 × 50 = 14.5 read 14.499999999999998, which
+    rounded down. (:class:`~kinetic_fm.studies.config.SemanticsConfig` checks its groups by it.)"""
+    return math.floor(Fraction(repr(float(quantile))) * n + Fraction(1, 2))
 
 
 def _mean_and_std(values: np.ndarray) -> tuple[float, float]:
