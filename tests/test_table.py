@@ -273,3 +273,16 @@ def test_mapping_columns_pair_by_position_and_series_with_different_indexes_are_
     shuffled = a.sort_values()
     table = per_sample_table({"a": shuffled, "b": shuffled * 10}, seeds=[7, 8, 9])
     assert table.a.tolist() == [1.0, 2.0, 3.0] and table.b.tolist() == [10.0, 20.0, 30.0]
+
+
+def test_a_part_indexed_by_seed_joins_by_its_index():
+    # a frame or Series indexed by seed (set_index("seed"), a groupby over seeds) has its seeds in
+    # the index: it was dropped and the rows paired by position, so seed 3 got seed 1's value
+    first = pd.DataFrame({"seed": [3, 1, 2], "a": [0.3, 0.1, 0.2]})
+    by_seed = pd.Index([1, 2, 3], name="seed")
+    for part in (pd.DataFrame({"b": [10.0, 20.0, 30.0]}, index=by_seed), pd.Series([10.0, 20.0, 30.0],
+                                                                                     index=by_seed, name="b")):
+        table = per_sample_table(first, part)
+        assert table.seed.tolist() == [3, 1, 2] and table.b.tolist() == [30.0, 10.0, 20.0]
+    with pytest.raises(ValueError, match="seeds differ"):
+        per_sample_table(first, pd.DataFrame({"b": [1.0, 2.0, 3.0]}, index=pd.Index([1, 2, 4], name="seed")))

@@ -26,12 +26,12 @@ def _frame(part: Any, label: str) -> "pd.DataFrame":
     import pandas as pd
 
     if isinstance(part, pd.DataFrame):
-        return part.reset_index(drop=True)
+        return _numbered(part)
     if hasattr(part, "to_frame"):
         frame = part.to_frame()
         if isinstance(frame, pd.Series):  # a Series' to_frame
             frame = frame.to_frame()
-        return frame.reset_index(drop=True)
+        return _numbered(frame)
     if isinstance(part, Mapping):
         cols = {}
         indexed: tuple[str, Any] | None = None  # the first pandas Series: (name, its index)
@@ -57,6 +57,15 @@ def _frame(part: Any, label: str) -> "pd.DataFrame":
     raise TypeError(f"{label}: expected a DataFrame, an object with to_frame() (SampleResult, "
                     f"MemorizationReport, LocalSupport, ...) or a mapping of columns; "
                     f"got {type(part).__name__}")
+
+
+def _numbered(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """``frame`` numbered from 0; an index named ``seed`` (``set_index("seed")``, a groupby over
+    seeds) becomes its ``seed`` column, joined by, where it has none (it was dropped, and the
+    rows paired by position)."""
+    if frame.index.name == "seed" and "seed" not in frame.columns:
+        return frame.reset_index()
+    return frame.reset_index(drop=True)
 
 
 def _seed_list(seeds: Any) -> list[int]:
@@ -110,7 +119,7 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
             rather than aligned on their labels). A part with a ``seed``
             column joins by it; a part without one is aligned row by row with ``seeds`` (or, when
             ``seeds`` is None, with the first part that has a ``seed`` column) and must have the
-            same length.
+            same length. An index named ``seed`` counts as the part's ``seed`` column.
         seeds: the seed of each row of the parts that have no ``seed`` column: a sequence of
             integers (NumPy integers, 0-d or 1-D integer tensors count; fractional values,
             strings and bools are refused rather than truncated).
