@@ -695,3 +695,21 @@ def test_rank_deficient_covariances_against_the_closed_form_and_scipys_sqrtm():
         assert got == pytest.approx(expected, rel=2e-8)      # √(ε λ) of 5 null eigenvalues: 3e-9 here
         assert got == pytest.approx(via_sqrtm, rel=1e-7)
     assert frechet_distance_from_stats(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-7 * a.sum())
+
+
+@pytest.mark.parametrize("n_real, n_fake", [(9, 25), (25, 9)])
+def test_precision_recall_at_the_largest_k_is_the_float64_brute_force(n_real, n_fake):
+    # k = min(N_r, N_f) − 1, the largest the smaller set allows: its balls reach its farthest
+    # other point, the larger set's stop short of theirs; one past it is refused naming the range
+    rng = np.random.default_rng(17)
+    real = rng.normal(size=(n_real, 3))
+    fake = rng.normal(size=(n_fake, 3)) * 2.0 + 1.0
+    k = min(n_real, n_fake) - 1
+    want_p, want_r = _float64_brute_force(real, fake, k)
+    got = precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=k, chunk=4, batch_chunk=3)
+    np.testing.assert_array_equal(got.fake_in_real.numpy(), want_p)
+    np.testing.assert_array_equal(got.real_in_fake.numpy(), want_r)
+    assert got.precision == want_p.mean() and got.recall == want_r.mean()
+    assert 0.0 < got.precision < 1.0                                    # not a trivial case
+    with pytest.raises(ValueError, match=rf"k must be an integer in \[1, {k}\]"):
+        precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=k + 1)
