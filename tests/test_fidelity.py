@@ -659,3 +659,57 @@ def test_feature_statistics_leave_float64_features_as_they_were():
     assert torch.equal(feats, kept)
     np.testing.assert_allclose(mean, kept.numpy().mean(0), rtol=1e-14)
     np.testing.assert_allclose(cov, np.cov(kept.numpy(), rowvar=False), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e-100, 1e-12, 1.0, 1e100, 1e200])
+def test_a_prepared_reference_measures_statistics_of_any_magnitude(scale):
+    # commuting covariances, so d² = ‖Δμ‖² + Σ(√a − √b)². cov^½ Σ cov^½ grows as the scale
+    # squared: it underflowed at 1e-170 (the trace term read 0, d² 1.2e-199 for 2.7e-201) and
+    # overflowed from 1e160 (LinAlgError), where frechet_distance_from_stats scales first.
+    # The reference is frechet_distance_from_stats with (mean, cov) in the first place, so the
+    # two agree exactly at every magnitude
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0])
+    mu1, mu2 = np.array([0.5, 0.0, -1.0]), np.array([0.0, 0.25, -1.0])
+    s1, s2 = np.diag(a) * scale, np.diag(b) * scale
+    m1, m2 = mu1 * math.sqrt(scale), mu2 * math.sqrt(scale)
+    expected = scale * (((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum())
+    got = FrechetReference.from_stats(m1, s1).distance(m2, s2)
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert got == frechet_distance_from_stats(m1, s1, m2, s2)
+
+
+def test_rank_deficient_covariances_against_the_closed_form_and_scipys_sqrtm():
+    # covariances sharing eigenvectors Q but of ranks 7 and 4 of 12 (their null spaces overlap in
+    # part): d² = ‖Δμ‖² + Σ(√a − √b)² exactly; scipy's float64 sqrtm of the singular product
+    # Σ₁Σ₂ is good to about √ε too
+    rng = np.random.default_rng(13)
+    q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    a = np.r_[rng.uniform(0.5, 4.0, 7), np.zeros(5)]
+    b = np.r_[np.zeros(3), rng.uniform(0.5, 4.0, 4), np.zeros(5)]
+    s1, s2 = (q * a) @ q.T, (q * b) @ q.T
+    mu1, mu2 = rng.normal(size=12), rng.normal(size=12)
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    via_sqrtm = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2)).real
+    for got in (frechet_distance_from_stats(mu1, s1, mu2, s2), frechet_distance_from_stats(mu2, s2, mu1, s1),
+                FrechetReference.from_stats(mu1, s1).distance(mu2, s2)):
+        assert got == pytest.approx(expected, rel=2e-8)      # √(ε λ) of 5 null eigenvalues: 3e-9 here
+        assert got == pytest.approx(via_sqrtm, rel=1e-7)
+    assert frechet_distance_from_stats(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-7 * a.sum())
+
+
+@pytest.mark.parametrize("n_real, n_fake", [(9, 25), (25, 9)])
+def test_precision_recall_at_the_largest_k_is_the_float64_brute_force(n_real, n_fake):
+    # k = min(N_r, N_f) − 1, the largest the smaller set allows: its balls reach its farthest
+    # other point, the larger set's stop short of theirs; one past it is refused naming the range
+    rng = np.random.default_rng(17)
+    real = rng.normal(size=(n_real, 3))
+    fake = rng.normal(size=(n_fake, 3)) * 2.0 + 1.0
+    k = min(n_real, n_fake) - 1
+    want_p, want_r = _float64_brute_force(real, fake, k)
+    got = precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=k, chunk=4, batch_chunk=3)
+    np.testing.assert_array_equal(got.fake_in_real.numpy(), want_p)
+    np.testing.assert_array_equal(got.real_in_fake.numpy(), want_r)
+    assert got.precision == want_p.mean() and got.recall == want_r.mean()
+    assert 0.0 < got.precision < 1.0                                    # not a trivial case
+    with pytest.raises(ValueError, match=rf"k must be an integer in \[1, {k}\]"):
+        precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=k + 1)

@@ -631,3 +631,44 @@ def test_a_degenerate_bca_falls_back_under_numpy_errors_set_to_raise():
         got = spearman(flag, score, bootstrap=200, permutations=0, seed=0)
     assert got.ci_method == "percentile"
     assert (got.ci_low, got.ci_high) == (expected.ci_low, expected.ci_high)
+
+
+@pytest.mark.parametrize("n, quantile, size", [(50, 0.29, 15), (90, 0.35, 32), (100, 0.145, 15), (300, 0.205, 62),
+                                               (50, 0.27, 14), (10, 0.35, 4)])
+def test_compare_groups_rounds_the_written_quantile_half_up(n, quantile, size):
+    # 0.29 × 50 is 14.5, which rounds half up to 15; the float 0.29 times 50 is 14.499999999999998,
+    # which gave 14 (as did 15 of the 1,000-ths in (0, 0.5] against n < 400)
+    by = np.arange(n, dtype=float)
+    g = compare_groups(by, by, quantile=quantile)
+    assert g.n_low == g.n_high == size
+    assert g.by_low_max == size - 1 and g.by_high_min == n - size
+
+
+@pytest.mark.parametrize("correlation", [spearman, pearson])
+def test_the_basic_interval_is_the_percentile_interval_reflected_about_rho(correlation):
+    # the documented relation: the same seed draws the same resamples, and the basic interval is
+    # 2ρ minus the percentile interval's ends (swapped), away from the cut at ±1
+    rng = np.random.default_rng(12)
+    x, y = _bivariate_normal(rng, 80, 0.4)
+    p = correlation(x, y, bootstrap=500, permutations=0, seed=5, ci_method="percentile")
+    b = correlation(x, y, bootstrap=500, permutations=0, seed=5, ci_method="basic")
+    assert (p.ci_method, b.ci_method) == ("percentile", "basic") and p.rho == b.rho
+    assert -1.0 < b.ci_low < b.ci_high < 1.0
+    assert b.ci_low == pytest.approx(2 * p.rho - p.ci_high, abs=1e-12)
+    assert b.ci_high == pytest.approx(2 * p.rho - p.ci_low, abs=1e-12)
+    assert p.ci_low != pytest.approx(b.ci_low, abs=1e-3)              # skewed resamples: they differ
+
+
+@pytest.mark.parametrize("correlation, ci_method", [(pearson, "percentile"), (spearman, "BCa")])
+def test_bootstrap_intervals_cover_the_population_correlation(correlation, ci_method):
+    # 200 seeded data sets of 60 pairs from a bivariate normal with ρ = 0.5 (Spearman's population
+    # value (6/π) asin(ρ/2)): a 95 % interval covers it in 95 % ± 3 binomial sd (4.6 points)
+    rho = 0.5
+    population = rho if correlation is pearson else 6 / math.pi * math.asin(rho / 2)
+    rng = np.random.default_rng(11)
+    covered = 0
+    for rep in range(200):
+        x, y = _bivariate_normal(rng, 60, rho)
+        c = correlation(x, y, bootstrap=400, permutations=0, seed=rep, ci_method=ci_method)
+        covered += c.ci_low <= population <= c.ci_high
+    assert abs(covered / 200 - 0.95) <= 3 * math.sqrt(0.95 * 0.05 / 200)

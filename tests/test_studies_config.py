@@ -121,6 +121,18 @@ def test_the_group_size_rule_is_the_one_compare_groups_applies():
             assert built == runs, (n, quantile)
 
 
+def test_the_group_size_rule_reads_the_quantile_as_written():
+    # 0.0024 of 625 samples is 1.5, two per group rounded half up; the float product is
+    # 1.4999999999999998: compare_groups takes 2 (helper-193) and the config must not refuse it
+    from kinetic_fm.metrics.stats import compare_groups
+
+    values = np.arange(625, dtype=float)
+    assert compare_groups(values, values, quantile=0.0024).n_low == 2
+    assert SemanticsConfig(n_samples=625, quantile=0.0024).quantile == 0.0024
+    with pytest.raises(ValueError, match="leaves 1"):
+        SemanticsConfig(n_samples=625, quantile=0.0023)
+
+
 def test_the_smallest_accepted_values_build():
     """Each a tiny run at that value reached a report (the next smaller one failed or read wrong)."""
     smallest = ReproduceConfig(

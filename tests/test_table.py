@@ -256,3 +256,33 @@ def test_precision_recall_joins_the_table_by_its_generated_samples():
     table = per_sample_table(res, pr)
     assert table["in_real_manifold"].tolist() == pr.fake_in_real.tolist()
     assert table["in_real_manifold"].mean() == pytest.approx(pr.precision)
+
+
+def test_mapping_columns_pair_by_position_and_series_with_different_indexes_are_refused():
+    # a mapping's columns are (n,) values row by row; pandas would align two Series on their
+    # index labels instead: {"a": a.sort_values(), "b": b} paired a = 3 with b = 30 (labels),
+    # {"a": a.sort_values(), "b": b.to_numpy()} paired a = 1 with b = 30 (positions), and two
+    # Series of disjoint labels made a 6-row part ("6 rows but 3 seeds")
+    a, b = pd.Series([3.0, 1.0, 2.0]), pd.Series([30.0, 10.0, 20.0])
+    for columns in ({"a": a.sort_values(), "b": b}, {"a": pd.Series([1.0, 2.0, 3.0], index=[5, 6, 7]), "b": b}):
+        with pytest.raises(ValueError, match="columns 'a' and 'b' are pandas Series with different indexes"):
+            per_sample_table(columns, seeds=[7, 8, 9])
+    # one Series, or Series of one index, pair by position as arrays do
+    table = per_sample_table({"a": a.sort_values(), "b": b.to_numpy()}, seeds=[7, 8, 9])
+    assert table.a.tolist() == [1.0, 2.0, 3.0] and table.b.tolist() == [30.0, 10.0, 20.0]
+    shuffled = a.sort_values()
+    table = per_sample_table({"a": shuffled, "b": shuffled * 10}, seeds=[7, 8, 9])
+    assert table.a.tolist() == [1.0, 2.0, 3.0] and table.b.tolist() == [10.0, 20.0, 30.0]
+
+
+def test_a_part_indexed_by_seed_joins_by_its_index():
+    # a frame or Series indexed by seed (set_index("seed"), a groupby over seeds) has its seeds in
+    # the index: it was dropped and the rows paired by position, so seed 3 got seed 1's value
+    first = pd.DataFrame({"seed": [3, 1, 2], "a": [0.3, 0.1, 0.2]})
+    by_seed = pd.Index([1, 2, 3], name="seed")
+    for part in (pd.DataFrame({"b": [10.0, 20.0, 30.0]}, index=by_seed), pd.Series([10.0, 20.0, 30.0],
+                                                                                     index=by_seed, name="b")):
+        table = per_sample_table(first, part)
+        assert table.seed.tolist() == [3, 1, 2] and table.b.tolist() == [30.0, 10.0, 20.0]
+    with pytest.raises(ValueError, match="seeds differ"):
+        per_sample_table(first, pd.DataFrame({"b": [1.0, 2.0, 3.0]}, index=pd.Index([1, 2, 4], name="seed")))

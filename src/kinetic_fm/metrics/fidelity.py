@@ -310,8 +310,21 @@ class FrechetReference:
     def distance(self, mu: Any, sigma: Any) -> float:
         """Fréchet distance from N(mu, sigma) to this reference; mu (D,) and sigma (D, D) finite,
         sigma symmetric positive semi-definite (ValueError otherwise; round-off of a computed
-        covariance, an eigenvalue down to −1e-6 × its largest eigenvalue in magnitude, is accepted)."""
-        return self._distance(mu, sigma, ("mu", "sigma"))
+        covariance, an eigenvalue down to −1e-6 × its largest eigenvalue in magnitude, is accepted).
+
+        Statistics far from unit scale (features beyond 2**±30, as in
+        :func:`frechet_distance_from_stats`) are measured scaled by a power of two (exact), the
+        reference's square root taken again at that scale: cov^½ Σ cov^½ grows as the fourth power
+        of the features and underflowed (trace term 0 for covariances of 1e-170) or overflowed."""
+        names = ("mu", "sigma")
+        mu, sigma = _stats_array(names[0], mu), _stats_array(names[1], sigma)
+        e = unit_exponent(max(np.abs(self.mean).max(initial=0.0), np.abs(mu).max(initial=0.0),
+                              math.sqrt(np.abs(self.cov).max(initial=0.0)), math.sqrt(np.abs(sigma).max(initial=0.0))),
+                          TINY, HUGE)
+        if e == 0:
+            return self._distance(mu, sigma, names)
+        scaled = FrechetReference.from_stats(np.ldexp(self.mean, e), np.ldexp(self.cov, 2 * e))
+        return ldexp(scaled._distance(np.ldexp(mu, e), np.ldexp(sigma, 2 * e), names), -2 * e)
 
     def _distance(self, mu: Any, sigma: Any, names: tuple[str, str], *, covariance: bool = False) -> float:
         """:meth:`distance`, naming ``names`` in errors; ``covariance``: sigma comes from

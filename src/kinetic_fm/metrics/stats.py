@@ -13,6 +13,7 @@ import inspect
 import math
 import warnings
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -390,7 +391,8 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
         by: (n,) the grouping variable (e.g. KPE), the same length; not constant (ValueError:
             the groups would be the first and last samples in input order).
         quantile: fraction in each group, in (0, 0.5]; each group holds ``quantile * n``
-            samples rounded half up, at most ``n // 2`` so the groups never share a sample;
+            samples rounded half up (``quantile`` read as the decimal it prints as: 0.29 of 50
+            is 14.5, so 15), at most ``n // 2`` so the groups never share a sample;
             fewer than 2 is a ValueError (no group is padded: n = 5 needs quantile ≥ 0.3).
         nan_policy: as in :func:`spearman`.
 
@@ -408,7 +410,7 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
         raise ValueError(f"by is constant ({by.size} values all {by[0]:g}): there are no low and high "
                          "groups, only the first and last samples in input order")
     n = score.size
-    m = min(math.floor(quantile * n + 0.5), n // 2)
+    m = min(_group_size(quantile, n), n // 2)
     if m < 2:
         raise ValueError(f"quantile={quantile} of n={n} samples leaves {m} per group; need >= 2")
     order = np.argsort(by, kind="stable")
@@ -425,6 +427,13 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
     p_u = float(stats.mannwhitneyu(high, low, alternative="two-sided").pvalue)
     return GroupComparison(quantile, m, m, float(by[order[m - 1]]), float(by[order[-m]]),
                            low_mean, low_std, high_mean, high_std, difference, d, p_t, p_u)
+
+
+def _group_size(quantile: float, n: int) -> int:
+    """``quantile`` · ``n`` rounded half up, ``quantile`` read as the decimal it prints as: the
+    float 0.29 is a little below 0.29, and 0.29 × 50 = 14.5 read 14.499999999999998, which
+    rounded down. (:class:`~kinetic_fm.studies.config.SemanticsConfig` checks its groups by it.)"""
+    return math.floor(Fraction(repr(float(quantile))) * n + Fraction(1, 2))
 
 
 def _mean_and_std(values: np.ndarray) -> tuple[float, float]:

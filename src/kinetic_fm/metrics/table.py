@@ -26,15 +26,24 @@ def _frame(part: Any, label: str) -> "pd.DataFrame":
     import pandas as pd
 
     if isinstance(part, pd.DataFrame):
-        return part.reset_index(drop=True)
+        return _numbered(part)
     if hasattr(part, "to_frame"):
         frame = part.to_frame()
         if isinstance(frame, pd.Series):  # a Series' to_frame
             frame = frame.to_frame()
-        return frame.reset_index(drop=True)
+        return _numbered(frame)
     if isinstance(part, Mapping):
         cols = {}
+        indexed: tuple[str, Any] | None = None  # the first pandas Series: (name, its index)
         for name, values in part.items():
+            if isinstance(values, pd.Series):
+                # columns pair row by row; pandas would align Series on their labels instead
+                if indexed is not None and not values.index.equals(indexed[1]):
+                    raise ValueError(f"{label}: columns {indexed[0]!r} and {str(name)!r} are pandas Series with "
+                                     "different indexes, and a mapping's columns pair row by row: align them "
+                                     "first or pass .to_numpy() of each if the order is right")
+                indexed = indexed or (str(name), values.index)
+                values = values.reset_index(drop=True)
             if hasattr(values, "detach"):
                 values = values.detach().cpu().numpy()
             shape = getattr(values, "shape", None)
@@ -48,6 +57,15 @@ def _frame(part: Any, label: str) -> "pd.DataFrame":
     raise TypeError(f"{label}: expected a DataFrame, an object with to_frame() (SampleResult, "
                     f"MemorizationReport, LocalSupport, ...) or a mapping of columns; "
                     f"got {type(part).__name__}")
+
+
+def _numbered(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """``frame`` numbered from 0; an index named ``seed`` (``set_index("seed")``, a groupby over
+    seeds) becomes its ``seed`` column, joined by, where it has none (it was dropped, and the
+    rows paired by position)."""
+    if frame.index.name == "seed" and "seed" not in frame.columns:
+        return frame.reset_index()
+    return frame.reset_index(drop=True)
 
 
 def _seed_list(seeds: Any) -> list[int]:
@@ -96,10 +114,12 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
     Args:
         parts: DataFrames, objects with ``to_frame()`` (``SampleResult``, ``MemorizationReport``,
             ``LocalSupport``, ``KDELogDensity``, ``ClassifierMargin``, ``ClipScores``,
-            ``PrecisionRecall``) or mappings ``column -> (n,) values``. A part with a ``seed``
+            ``PrecisionRecall``) or mappings ``column -> (n,) values`` (row by row: pandas
+            Series of a mapping pair by position, and Series with different indexes are refused
+            rather than aligned on their labels). A part with a ``seed``
             column joins by it; a part without one is aligned row by row with ``seeds`` (or, when
             ``seeds`` is None, with the first part that has a ``seed`` column) and must have the
-            same length.
+            same length. An index named ``seed`` counts as the part's ``seed`` column.
         seeds: the seed of each row of the parts that have no ``seed`` column: a sequence of
             integers (NumPy integers, 0-d or 1-D integer tensors count; fractional values,
             strings and bools are refused rather than truncated).
