@@ -178,7 +178,6 @@ def test_every_readme_section_the_messages_name_exists():
 
 # --- the README's commands, names and paths, against the code and the tree ------------------------
 
-BENCHMARKS = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
 _COMMAND_LINE = re.compile(r"\b(?:kfm|kinetic_fm\.cli) (" + "|".join(_commands()) + r")\b([^`\n#]*)")
 _FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
 
