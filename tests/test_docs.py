@@ -233,3 +233,12 @@ def test_architectures_module_map_names_the_package_as_it_is():
                if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"}
     assert not named - present, f"the map names {sorted(named - present)}, not in src/kinetic_fm"
     assert not present - named, f"src/kinetic_fm has {sorted(present - named)}, not on the map"
+
+
+def test_the_readmes_tiny_timings_are_the_benchmarked_ones():
+    benchmarks = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
+    measured = re.search(r"`kfm reproduce --tiny`, same\s+machine: embedded digits ([\d.]+) s, CelebA ([\d.]+) s, "
+                         r"MNIST ([\d.]+) s", benchmarks)
+    stated = re.search(r"\(embedded digits (\d+) s, CelebA (\d+) s, MNIST (\d+) s", README)
+    assert measured and stated, "the --tiny timings moved in README.md or BENCHMARKS.md; update this test"
+    assert [round(float(s)) for s in measured.groups()] == [int(s) for s in stated.groups()]
