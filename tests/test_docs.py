@@ -242,3 +242,15 @@ def test_the_readmes_tiny_timings_are_the_benchmarked_ones():
     stated = re.search(r"\(embedded digits (\d+) s, CelebA (\d+) s, MNIST (\d+) s", README)
     assert measured and stated, "the --tiny timings moved in README.md or BENCHMARKS.md; update this test"
     assert [round(float(s)) for s in measured.groups()] == [int(s) for s in stated.groups()]
+
+
+def test_the_sections_the_readme_points_to_exist():
+    benchmarks = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
+    own = {" ".join(h.split()) for h in re.findall(r"^#+ (.+)$", README, flags=re.MULTILINE)}
+    theirs = {" ".join(h.split()) for h in re.findall(r"^#+ (.+)$", benchmarks, flags=re.MULTILINE)}
+    pointed = [(own, " ".join(m.split())) for m in re.findall(r'\bsee "([^"]+)"', README)]
+    pointed += [(theirs, " ".join(m.split())) for m in re.findall(r'BENCHMARKS\.md, "([^"]+)"', README)]
+    assert len(pointed) >= 3
+    # a pointer may shorten a heading to its opening words ("On a GPU" for "On a GPU: NVIDIA H200 ...")
+    missing = [name for headings, name in pointed if not any(re.match(re.escape(name) + r"\b", h) for h in headings)]
+    assert not missing, f"README points to sections that do not exist: {missing}"
