@@ -174,3 +174,83 @@ def test_every_readme_section_the_messages_name_exists():
         assert quoted in headings, quoted
     phrases = re.findall(r"README: '([^']+)'", sources)      # a paragraph's opening words
     assert phrases and all(phrase in README for phrase in phrases)
+
+
+# --- the README's commands, names and paths, against the code and the tree ------------------------
+
+_COMMAND_LINE = re.compile(r"\b(?:kfm|kinetic_fm\.cli) (" + "|".join(_commands()) + r")\b([^`\n#]*)")
+_FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
+
+
+def test_every_kfm_flag_the_readme_uses_exists():
+    """Every `kfm <command> --flag` in the README's blocks and prose is a flag of that command."""
+    known = {name: {o for a in parser._actions for o in a.option_strings} for name, parser in _commands().items()}
+    uses = [(command, flag) for command, rest in _COMMAND_LINE.findall(README) for flag in _FLAG.findall(rest)]
+    assert len(uses) >= 60
+    unknown = sorted({use for use in uses if use[1] not in known[use[0]]})
+    assert not unknown, f"README uses flags its command lacks (command, flag): {unknown}"
+
+
+def test_the_readmes_shell_commands_parse():
+    """Each `kfm` line of the README's bash blocks parses as written (values, choices; nothing runs)."""
+    lines = [line.split("#", 1)[0] for block in re.findall(r"```bash\n(.*?)```", README, re.S)
+             for line in block.splitlines() if re.search(r"\b(?:kfm|kinetic_fm\.cli) \w", line)]
+    commands = [line[_COMMAND_LINE.search(line).start():].split(None, 1)[1] for line in lines
+                if "..." not in line]   # "kfm sample ... --resume" elides its flags
+    assert len(commands) >= 15
+    parser = build_parser()
+    for command in commands:
+        try:
+            parser.parse_args(command.split())
+        except SystemExit:
+            pytest.fail(f"README: `{command}` does not parse")
+
+
+def test_every_kfm_name_the_readme_uses_exists():
+    names = set(re.findall(r"\bkfm\.(\w+)", README))
+    assert {"sample", "KTS", "EmpiricalFlow", "memorization", "KineticODESolver"} <= names
+    assert not names - set(dir(kfm)), f"README names kfm.{sorted(names - set(dir(kfm)))}, which kinetic_fm lacks"
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/ARCHITECTURE.md", "BENCHMARKS.md"])
+def test_every_file_and_test_the_docs_name_exists(document):
+    text = (ROOT / document).read_text(encoding="utf-8")
+    named = set(re.findall(r"((?:tests|benchmarks|\.ci|docs|src)/[\w./-]*\w)(?:::(\w+))?", text))
+    assert named
+    missing = [path for path, _ in named if not (ROOT / path).exists()]
+    missing += [f"{path}::{test}" for path, test in named
+                if test and (ROOT / path).is_file() and f"def {test}(" not in (ROOT / path).read_text()]
+    assert not missing, f"{document} names {sorted(missing)}, not in the tree"
+
+
+def test_architectures_module_map_names_the_package_as_it_is():
+    """§1's map of layers names every module and subpackage of src/kinetic_fm, and only those."""
+    section = ARCHITECTURE.split("## 1. ", 1)[1].split("\n## ", 1)[0]
+    drawn = re.search(r"```\n(.*?)```", section, re.S).group(1)
+    named = set(re.findall(r"(?<![\w./])(\w+\.py|\w+/)(?=\s)", drawn))
+    package = ROOT / "src" / "kinetic_fm"
+    present = {p.name + ("/" if p.is_dir() else "") for p in package.iterdir()
+               if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"}
+    assert not named - present, f"the map names {sorted(named - present)}, not in src/kinetic_fm"
+    assert not present - named, f"src/kinetic_fm has {sorted(present - named)}, not on the map"
+
+
+def test_the_readmes_tiny_timings_are_the_benchmarked_ones():
+    benchmarks = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
+    measured = re.search(r"`kfm reproduce --tiny`, same\s+machine: embedded digits ([\d.]+) s, CelebA ([\d.]+) s, "
+                         r"MNIST ([\d.]+) s", benchmarks)
+    stated = re.search(r"\(embedded digits (\d+) s, CelebA (\d+) s, MNIST (\d+) s", README)
+    assert measured and stated, "the --tiny timings moved in README.md or BENCHMARKS.md; update this test"
+    assert [round(float(s)) for s in measured.groups()] == [int(s) for s in stated.groups()]
+
+
+def test_the_sections_the_readme_points_to_exist():
+    benchmarks = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
+    own = {" ".join(h.split()) for h in re.findall(r"^#+ (.+)$", README, flags=re.MULTILINE)}
+    theirs = {" ".join(h.split()) for h in re.findall(r"^#+ (.+)$", benchmarks, flags=re.MULTILINE)}
+    pointed = [(own, " ".join(m.split())) for m in re.findall(r'\bsee "([^"]+)"', README)]
+    pointed += [(theirs, " ".join(m.split())) for m in re.findall(r'BENCHMARKS\.md, "([^"]+)"', README)]
+    assert len(pointed) >= 3
+    # a pointer may shorten a heading to its opening words ("On a GPU" for "On a GPU: NVIDIA H200 ...")
+    missing = [name for headings, name in pointed if not any(re.match(re.escape(name) + r"\b", h) for h in headings)]
+    assert not missing, f"README points to sections that do not exist: {missing}"
