@@ -797,3 +797,19 @@ def test_training_ignores_the_callers_grad_mode_and_default_dtype(name):
             torch.set_default_dtype(before)
     with torch.inference_mode(), pytest.raises(RuntimeError, match=rf"{name}\(\) trains a net.*outside torch.inference_mode"):
         run()
+
+
+def test_a_resume_with_the_net_in_another_dtype_is_refused_naming_both(tmp_path, stop_at):
+    # a float32 run resumed with a float64 net went on silently: load_state_dict rounded the saved
+    # weights and the optimizer's moments into float64, the batches followed, and the run ended
+    # neither float32's nor float64's, its final.safetensors float64 beside float32 checkpoints
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=6, batch_size=8, seed=3, save_every=2, checkpoints="none")
+    with pytest.raises(stop_at.error):
+        train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path, callback=stop_at(3))
+    with pytest.raises(ValueError, match=r"cannot resume .*resume.pt: the run's net is torch.float32, "
+                                         r"this one torch.float64"):
+        train(VelocityMLP(2, hidden=8, depth=1).double(), data, config, out=tmp_path, resume=True)
+    assert load_state(tmp_path / "resume.pt")["step"] == 2 and not (tmp_path / "final.safetensors").exists()
+    done = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path, resume=True)  # the run's dtype goes on
+    assert done.resumed_from == 2 and next(done.model.parameters()).dtype == torch.float32

@@ -201,6 +201,16 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     if start > steps:
         raise ValueError(f"cannot resume {path}: it is at step {start}, beyond steps={steps}")
     for name, part in parts.items():
+        # load_state_dict would round the saved weights (and the optimizer its moments) into another
+        # dtype without a word: the run would end neither the saved dtype's nor this one's
+        if isinstance(part, nn.Module):
+            saved_dtypes, dtypes = (sorted({str(v.dtype) for v in sd.values() if v.is_floating_point()})
+                                    for sd in (state[name], part.state_dict()))
+            if saved_dtypes != dtypes:
+                raise ValueError(f"cannot resume {path}: the run's {'net' if name == 'model' else name} is "
+                                 f"{', '.join(saved_dtypes)}, this one {', '.join(dtypes)}; build it in the "
+                                 "run's dtype (or start a new run)")
+    for name, part in parts.items():
         part.load_state_dict(state[name])
     losses[:start] = state["losses"][:start]
     if "torch" in state["rng"] and ("cuda" in state["rng"]) != (device.type == "cuda"):
