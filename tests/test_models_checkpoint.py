@@ -7,7 +7,7 @@ import torch
 
 from kinetic_fm.models import (UNet, UnsafeCheckpointError, VelocityMLP, load_model, load_state, load_weights,
                                read_metadata, save_model)
-from kinetic_fm.models.checkpoint import save_state
+from kinetic_fm.models.checkpoint import save_state, save_weights
 
 
 def test_save_and_load_model_roundtrip(tmp_path):
@@ -178,3 +178,21 @@ def test_a_full_disk_while_saving_a_state_is_an_oserror_and_leaves_nothing(tmp_p
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["save_state", "True", "atomic_torch_save", "True"], done.stderr
     assert list(tmp_path.iterdir()) == []  # no state, no temporary
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_load_into_a_training_file_points_to_load_model_and_never_loads_nothing(tmp_path, strict):
+    # with strict=False the model./ema. keys of a save_model file matched none of the net's:
+    # load_into returned the net untouched, random weights sampled as if trained
+    from kinetic_fm.models import load_into
+
+    saved = VelocityMLP((2,), hidden=8, depth=1)
+    save_model(saved, tmp_path / "final.safetensors", ema=saved)
+    net = VelocityMLP((2,), hidden=8, depth=1)
+    with pytest.raises(ValueError, match=r"final.safetensors: none of its 36 tensors is one of VelocityMLP's .*"
+                                         r"'model\.' and 'ema\.' .*load_model"):
+        load_into(net, tmp_path / "final.safetensors", strict=strict)
+    # a partial fit with strict=False still loads what fits (its documented use)
+    save_weights({"inp.weight": torch.ones(8, 2), "extra": torch.zeros(1)}, tmp_path / "part.safetensors")
+    if not strict:
+        assert torch.equal(load_into(net, tmp_path / "part.safetensors", strict=False).inp.weight, torch.ones(8, 2))

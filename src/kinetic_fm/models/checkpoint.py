@@ -309,8 +309,16 @@ def load_into(net: nn.Module, path: str | os.PathLike, *, strict: bool = True,
             (the paper's nets, T = 1000), give T and get the net wrapped in
             ``kinetic_fm.DiscreteTime`` (a velocity ``v(x, t)``; the module itself stays ``net``).
     """
+    tensors = load_weights(path)
+    if tensors and not tensors.keys() & net.state_dict().keys():
+        # strict=False loaded nothing and handed back the net's random weights as if trained
+        training_file = all(k.startswith(("model.", "ema.")) for k in tensors)
+        hint = (": it holds a training run's 'model.' and 'ema.' weights; rebuild the net with "
+                "kinetic_fm.models.load_model(path)" if training_file else "")
+        raise ValueError(f"{path}: none of its {len(tensors)} tensors is one of {type(net).__name__}'s "
+                         f"(e.g. {sorted(tensors)[0]!r}){hint}")
     try:
-        net.load_state_dict(load_weights(path), strict=strict)
+        net.load_state_dict(tensors, strict=strict)
     except RuntimeError as err:  # missing, unexpected or mismatched tensors, in torch's words
         raise ValueError(f"{path}: does not fit {type(net).__name__} ({' '.join(str(err).split())})") from err
     net.eval()
