@@ -196,3 +196,15 @@ def test_load_into_a_training_file_points_to_load_model_and_never_loads_nothing(
     save_weights({"inp.weight": torch.ones(8, 2), "extra": torch.zeros(1)}, tmp_path / "part.safetensors")
     if not strict:
         assert torch.equal(load_into(net, tmp_path / "part.safetensors", strict=False).inp.weight, torch.ones(8, 2))
+
+
+def test_a_resume_state_given_as_weights_points_to_its_run_folder(tmp_path):
+    # "expected a state dict of tensors" for kfm train's resume.pt left the user guessing
+    from kinetic_fm.models import TrainConfig, train
+
+    train(VelocityMLP((2,), hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4,
+                                                                                checkpoints="none"), out=tmp_path)
+    for load in (load_model, load_weights):
+        with pytest.raises(ValueError, match=r"resume.pt: a training run's resume state, not a weights file; "
+                                             r"load the run folder .* \(its final.safetensors\)"):
+            load(tmp_path / "resume.pt")

@@ -181,6 +181,9 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     state = load_state(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if isinstance(state, dict) and {"step", "model", "optimizer", "rng"} <= state.keys():  # training's resume.pt
+        raise ValueError(f"{path}: a training run's resume state, not a weights file; load the run folder "
+                         f"{path.parent} (its final.safetensors) or one of its checkpoints/step_*.safetensors")
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
