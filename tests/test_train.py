@@ -863,3 +863,16 @@ def test_a_keyboard_interrupt_mid_run_resumes_bit_identically(tmp_path):
     for a, b in ((full.model, resumed.model), (full.ema, resumed.ema)):
         assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
     assert sorted(resumed.checkpoints) == sorted(full.checkpoints) == [1, 2, 4, 8, 9]
+
+
+def test_a_float16_net_is_refused_before_its_first_step_and_bfloat16_trains(tmp_path):
+    # AdamW's second moments underflow in float16 (g² < 6e-8 is 0, and eps = 1e-8 too): the first
+    # step divided by zero and the run "diverged at step 2 ... try a smaller learning rate"
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=20, batch_size=16, checkpoints="none")
+    with pytest.raises(ValueError, match=r"model is float16: .*AdamW.* train it in float32 or bfloat16"):
+        train(VelocityMLP(2, hidden=16, depth=1).half(), data, config, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    torch.manual_seed(0)
+    result = train(VelocityMLP(2, hidden=16, depth=1).to(torch.bfloat16), data, config)
+    assert torch.isfinite(result.losses).all() and next(result.ema.parameters()).dtype == torch.bfloat16

@@ -359,6 +359,10 @@ def _training_data(model: nn.Module, data: Any, labels: Any) -> tuple[Tensor, Te
         raise TypeError(f"model must be a torch.nn.Module (a velocity net model(x, t)), got {type(model).__name__}")
     if next(model.parameters(), None) is None:
         raise ValueError(f"model has no parameters to train ({type(model).__name__})")
+    if any(p.dtype == torch.float16 for p in model.parameters()):
+        # g² below 6e-8 and AdamW's eps = 1e-8 are 0 in float16: the first step divided 0 by 0
+        raise ValueError("model is float16: AdamW's moments underflow in float16 and its first step gives NaN "
+                         "weights; train it in float32 or bfloat16 and cast the trained net (result.ema.half())")
     data = torch.as_tensor(torch_readable(data))
     if data.ndim < 2 or data.shape[0] < 1 or not data.is_floating_point():
         raise ValueError(f"data must be a float tensor of shape (N, ...) with N >= 1, got {tuple(data.shape)} {data.dtype}")
