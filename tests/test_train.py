@@ -876,3 +876,16 @@ def test_a_float16_net_is_refused_before_its_first_step_and_bfloat16_trains(tmp_
     torch.manual_seed(0)
     result = train(VelocityMLP(2, hidden=16, depth=1).to(torch.bfloat16), data, config)
     assert torch.isfinite(result.losses).all() and next(result.ema.parameters()).dtype == torch.bfloat16
+
+
+def test_resume_into_a_folder_holding_another_programs_config_json_is_refused(tmp_path):
+    # resume=True (kfm train --resume) skipped the check: with no resume.pt the run started afresh
+    # and overwrote the Hugging Face model folder's config.json
+    foreign = tmp_path / "hf"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"architectures": ["CLIPModel"]}')
+    with pytest.raises(ValueError, match=r"hf holds a config.json that is not a training run's .*choose another folder"):
+        train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4), out=foreign,
+              resume=True)
+    assert json.loads((foreign / "config.json").read_text()) == {"architectures": ["CLIPModel"]}
+    assert sorted(p.name for p in foreign.iterdir() if not p.name.startswith(".")) == ["config.json"]
