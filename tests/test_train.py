@@ -889,3 +889,13 @@ def test_resume_into_a_folder_holding_another_programs_config_json_is_refused(tm
               resume=True)
     assert json.loads((foreign / "config.json").read_text()) == {"architectures": ["CLIPModel"]}
     assert sorted(p.name for p in foreign.iterdir() if not p.name.startswith(".")) == ["config.json"]
+
+
+@pytest.mark.parametrize("key", ["step", "ema", "model", "path", "kind", "config", "sample_shape"])
+def test_info_keys_that_the_checkpoints_metadata_uses_are_refused_before_the_run_folder(tmp_path, key):
+    # "step" and "ema" failed at the first checkpoint with save_model's TypeError, inside the run;
+    # "kind" and "config" replaced the net's own metadata, so that load_model could not rebuild it
+    with pytest.raises(ValueError, match=rf"info must not use the key {key!r}: .*sample_shape, step; rename it"):
+        train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
+              out=tmp_path / "run", info={key: 1, "data": "moons"})
+    assert not (tmp_path / "run").exists()

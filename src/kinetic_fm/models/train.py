@@ -333,6 +333,10 @@ def train(
         info = json.loads(json.dumps(dict(info or {})))
     except (TypeError, ValueError) as err:
         raise ValueError(f"info must hold JSON values (it is written to config.json): {err}") from None
+    taken = sorted(_RESERVED_INFO_KEYS & info.keys())
+    if taken:  # save_model's own arguments ("step" failed at the first checkpoint), the net's metadata
+        raise ValueError(f"info must not use the key {taken[0]!r}: the checkpoints' metadata uses "
+                         f"{', '.join(sorted(_RESERVED_INFO_KEYS))}; rename it")
     if out is None:
         if extra_weights:
             raise ValueError("extra_weights are files for the run folder: pass out= too")
@@ -351,6 +355,10 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights)
+
+
+# keys of save_model's arguments and of the metadata a checkpoint records beside info's
+_RESERVED_INFO_KEYS = frozenset({"model", "path", "ema", "kind", "config", "step", "sample_shape"})
 
 
 def _training_data(model: nn.Module, data: Any, labels: Any) -> tuple[Tensor, Tensor | None]:
