@@ -208,3 +208,25 @@ def test_a_resume_state_given_as_weights_points_to_its_run_folder(tmp_path):
         with pytest.raises(ValueError, match=r"resume.pt: a training run's resume state, not a weights file; "
                                              r"load the run folder .* \(its final.safetensors\)"):
             load(tmp_path / "resume.pt")
+
+
+def test_a_checkpoint_loads_into_a_net_of_another_dtype_on_the_device_exactly(tmp_path):
+    # float32 weights into a float64 net on "cuda": an exact widening, and the device net computes
+    # what the CPU one does (fake_cuda runs the CPU's kernels)
+    from fake_cuda import fake_cuda
+
+    from kinetic_fm.models import load_into
+
+    torch.manual_seed(0)
+    saved = VelocityMLP((2,), hidden=8, depth=1)
+    save_model(saved, tmp_path / "w.safetensors", ema=saved)
+    x, t = torch.randn(5, 2, dtype=torch.float64), torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    on_cpu = load_model(tmp_path / "w.safetensors").double()
+    with fake_cuda(), torch.no_grad():
+        save_weights(saved.state_dict(), tmp_path / "plain.safetensors")
+        net = load_into(VelocityMLP((2,), hidden=8, depth=1).double().to("cuda"), tmp_path / "plain.safetensors")
+        for name, value in net.state_dict().items():
+            assert value.device.type == "cuda" and value.dtype == torch.float64
+            assert torch.equal(value.cpu(), saved.state_dict()[name].double())
+        v = net(x.to("cuda"), t.to("cuda")).cpu()
+    torch.testing.assert_close(v, on_cpu(x, t).detach(), rtol=0, atol=0)
