@@ -899,3 +899,15 @@ def test_info_keys_that_the_checkpoints_metadata_uses_are_refused_before_the_run
         train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
               out=tmp_path / "run", info={key: 1, "data": "moons"})
     assert not (tmp_path / "run").exists()
+
+
+def test_data_that_requires_grad_is_trained_on_as_values_and_left_untouched():
+    # the loss backpropagated into the caller's data tensor: data.grad filled up, step after step
+    data = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=3, batch_size=4, checkpoints="none")
+    torch.manual_seed(0)
+    plain = train(VelocityMLP(2, hidden=8, depth=1), data, config)
+    leaf = data.clone().requires_grad_(True)
+    torch.manual_seed(0)
+    result = train(VelocityMLP(2, hidden=8, depth=1), leaf, config)
+    assert leaf.grad is None and torch.equal(result.losses, plain.losses)

@@ -375,7 +375,7 @@ def _training_data(model: nn.Module, data: Any, labels: Any) -> tuple[Tensor, Te
         # g² below 6e-8 and AdamW's eps = 1e-8 are 0 in float16: the first step divided 0 by 0
         raise ValueError("model is float16: AdamW's moments underflow in float16 and its first step gives NaN "
                          "weights; train it in float32 or bfloat16 and cast the trained net (result.ema.half())")
-    data = torch.as_tensor(torch_readable(data))
+    data = torch.as_tensor(torch_readable(data)).detach()  # the loss backpropagated into a caller's leaf's .grad
     if data.ndim < 2 or data.shape[0] < 1 or not data.is_floating_point():
         raise ValueError(f"data must be a float tensor of shape (N, ...) with N >= 1, got {tuple(data.shape)} {data.dtype}")
     finite = torch.isfinite(data.reshape(data.shape[0], -1)).all(dim=1)
