@@ -7,7 +7,7 @@ import torch
 
 from kinetic_fm.models import (UNet, UnsafeCheckpointError, VelocityMLP, load_model, load_state, load_weights,
                                read_metadata, save_model)
-from kinetic_fm.models.checkpoint import save_state
+from kinetic_fm.models.checkpoint import save_state, save_weights
 
 
 def test_save_and_load_model_roundtrip(tmp_path):
@@ -178,3 +178,55 @@ def test_a_full_disk_while_saving_a_state_is_an_oserror_and_leaves_nothing(tmp_p
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["save_state", "True", "atomic_torch_save", "True"], done.stderr
     assert list(tmp_path.iterdir()) == []  # no state, no temporary
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_load_into_a_training_file_points_to_load_model_and_never_loads_nothing(tmp_path, strict):
+    # with strict=False the model./ema. keys of a save_model file matched none of the net's:
+    # load_into returned the net untouched, random weights sampled as if trained
+    from kinetic_fm.models import load_into
+
+    saved = VelocityMLP((2,), hidden=8, depth=1)
+    save_model(saved, tmp_path / "final.safetensors", ema=saved)
+    net = VelocityMLP((2,), hidden=8, depth=1)
+    with pytest.raises(ValueError, match=r"final.safetensors: none of its 36 tensors is one of VelocityMLP's .*"
+                                         r"'model\.' and 'ema\.' .*load_model"):
+        load_into(net, tmp_path / "final.safetensors", strict=strict)
+    # a partial fit with strict=False still loads what fits (its documented use)
+    save_weights({"inp.weight": torch.ones(8, 2), "extra": torch.zeros(1)}, tmp_path / "part.safetensors")
+    if not strict:
+        assert torch.equal(load_into(net, tmp_path / "part.safetensors", strict=False).inp.weight, torch.ones(8, 2))
+
+
+def test_a_resume_state_given_as_weights_points_to_its_run_folder(tmp_path):
+    # "expected a state dict of tensors" for kfm train's resume.pt left the user guessing
+    from kinetic_fm.models import TrainConfig, train
+
+    train(VelocityMLP((2,), hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4,
+                                                                                checkpoints="none"), out=tmp_path)
+    for load in (load_model, load_weights):
+        with pytest.raises(ValueError, match=r"resume.pt: a training run's resume state, not a weights file; "
+                                             r"load the run folder .* \(its final.safetensors\)"):
+            load(tmp_path / "resume.pt")
+
+
+def test_a_checkpoint_loads_into_a_net_of_another_dtype_on_the_device_exactly(tmp_path):
+    # float32 weights into a float64 net on "cuda": an exact widening, and the device net computes
+    # what the CPU one does (fake_cuda runs the CPU's kernels)
+    from fake_cuda import fake_cuda
+
+    from kinetic_fm.models import load_into
+
+    torch.manual_seed(0)
+    saved = VelocityMLP((2,), hidden=8, depth=1)
+    save_model(saved, tmp_path / "w.safetensors", ema=saved)
+    x, t = torch.randn(5, 2, dtype=torch.float64), torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    on_cpu = load_model(tmp_path / "w.safetensors").double()
+    with fake_cuda(), torch.no_grad():
+        save_weights(saved.state_dict(), tmp_path / "plain.safetensors")
+        net = load_into(VelocityMLP((2,), hidden=8, depth=1).double().to("cuda"), tmp_path / "plain.safetensors")
+        for name, value in net.state_dict().items():
+            assert value.device.type == "cuda" and value.dtype == torch.float64
+            assert torch.equal(value.cpu(), saved.state_dict()[name].double())
+        v = net(x.to("cuda"), t.to("cuda")).cpu()
+    torch.testing.assert_close(v, on_cpu(x, t).detach(), rtol=0, atol=0)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -37,6 +39,46 @@ def test_a_float64_net_embeds_its_time_in_float64():
     single = SinusoidalTimeEmbedding(16)
     angle = (1000.0 * t32)[:, None] * single.freqs[None, :]
     assert torch.equal(single(t32), torch.cat([angle.sin(), angle.cos()], 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_time_embedding_matches_the_formula_at_the_ends_of_time(dtype):
+    # it embedded in float32 and returned float32, which the net's float16 Linear refused, and
+    # .half() rounded its frequencies (1000·t·f_k off by up to 0.25 rad at t = 1)
+    import math
+
+    emb = SinusoidalTimeEmbedding(16).to(dtype)
+    t = torch.tensor([0.0, 1.0], dtype=dtype)
+    freqs = [math.exp(-math.log(10_000.0) * k / 8) for k in range(8)]
+    expected = torch.tensor([[f(1000.0 * s * q) for f in (math.sin, math.cos) for q in freqs] for s in (0.0, 1.0)],
+                            dtype=torch.float64)
+    out = emb(t)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("make, shape", [
+    (lambda: VelocityMLP(2, hidden=16, depth=1), (2,)),
+    (lambda: UNet(1, base_channels=8, channel_mults=(1, 2)), (1, 8, 8)),
+])
+def test_a_half_precision_net_runs_and_agrees_with_its_float32_self(make, shape, dtype):
+    # a net's forward failed in float16 and bfloat16: "mat1 and mat2 must have the same dtype"
+    torch.manual_seed(0)
+    net = make().eval()
+    low = copy.deepcopy(net).to(dtype)
+    net.load_state_dict({k: v.to(dtype).float() for k, v in low.state_dict().items()})  # the same weights
+    x = torch.randn(4, *shape).to(dtype)
+    t = torch.tensor([0.0, 0.3, 0.77, 1.0])  # read in float32: 0.77 in float16 is 1000·t 0.3 rad off
+    seen = []
+    low.time_embed[0].register_forward_hook(lambda module, args, out: seen.append((args[0], out.dtype)))
+    with torch.no_grad():
+        v_low, v = low(x, t), net(x.float(), t)
+    assert v_low.dtype == dtype and v_low.shape == x.shape
+    (times, features), = seen
+    assert times.dtype == torch.float32 and torch.equal(times, t) and features == dtype
+    # the low-precision arithmetic of the layers only: a few of its ulps relative to the output's scale
+    assert (v_low.float() - v).abs().max() <= 16 * torch.finfo(dtype).eps * v.abs().max()
 
 
 @pytest.mark.parametrize("make, shape", [

@@ -819,3 +819,117 @@ def test_a_damaged_resume_state_is_refused_saying_how_to_go_on_and_that_way_trai
     assert resumed.resumed_from == 0
     for name, weights in fresh.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], weights), name
+
+
+def test_a_resume_with_the_net_in_another_dtype_is_refused_naming_both(tmp_path, stop_at):
+    # a float32 run resumed with a float64 net went on silently: load_state_dict rounded the saved
+    # weights and the optimizer's moments into float64, the batches followed, and the run ended
+    # neither float32's nor float64's, its final.safetensors float64 beside float32 checkpoints
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=6, batch_size=8, seed=3, save_every=2, checkpoints="none")
+    with pytest.raises(stop_at.error):
+        train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path, callback=stop_at(3))
+    with pytest.raises(ValueError, match=r"cannot resume .*resume.pt: the run's net is torch.float32, "
+                                         r"this one torch.float64"):
+        train(VelocityMLP(2, hidden=8, depth=1).double(), data, config, out=tmp_path, resume=True)
+    assert load_state(tmp_path / "resume.pt")["step"] == 2 and not (tmp_path / "final.safetensors").exists()
+    done = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path, resume=True)  # the run's dtype goes on
+    assert done.resumed_from == 2 and next(done.model.parameters()).dtype == torch.float32
+
+
+def test_a_net_trained_on_a_2d_gaussian_learns_its_exact_velocity():
+    # the independent reference: the closed-form velocity from N(0, I) to N(m, σ²I) (fields.analytic)
+    from kinetic_fm.fields.analytic import GaussianTarget
+
+    mean, std = torch.tensor([2.0, -1.0]), 0.5
+    data = mean + std * torch.randn(4096, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=300, batch_size=256, lr=3e-3, ema_decay=0.99, seed=0, checkpoints="none")
+    torch.manual_seed(0)
+    ema = train(VelocityMLP(2, hidden=64, depth=2), data, config).ema
+    gen = torch.Generator().manual_seed(1)
+    t = 0.05 + 0.9 * torch.rand(2000, generator=gen)  # x ~ p_t: where the loss trained the net
+    x = (1 - t)[:, None] * torch.randn(2000, 2, generator=gen) + t[:, None] * (mean + std * torch.randn(2000, 2,
+                                                                                                         generator=gen))
+
+    def relative_error(v, exact):
+        return ((v - exact).square().sum(1).mean() / exact.square().sum(1).mean()).item()
+
+    exact = GaussianTarget(mean, std)(x, t)
+    with torch.no_grad():
+        learned = relative_error(ema(x, t), exact)
+    bound = 0.02  # 0.004 at this seed; discriminative: a Gaussian twice or half as wide is ~0.075 off
+    assert relative_error(GaussianTarget(mean, 2 * std)(x, t), exact) > bound
+    assert relative_error(GaussianTarget(mean, std / 2)(x, t), exact) > bound
+    assert learned < bound
+
+
+def test_a_keyboard_interrupt_mid_run_resumes_bit_identically(tmp_path):
+    # Ctrl-C is a BaseException, not an Exception: the lock must still be let go and resume.pt kept
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=9, batch_size=4, lr=1e-2, seed=5, save_every=3, checkpoints="log2")
+
+    def ctrl_c_after(k):
+        def callback(step, loss):
+            if step == k:
+                raise KeyboardInterrupt
+        return callback
+
+    torch.manual_seed(0)
+    full = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "full")
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "cut", callback=ctrl_c_after(5))
+    assert load_state(tmp_path / "cut" / "resume.pt")["step"] == 3
+    resumed = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "cut", resume=True)
+    assert resumed.resumed_from == 3 and torch.equal(full.losses, resumed.losses)
+    for a, b in ((full.model, resumed.model), (full.ema, resumed.ema)):
+        assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+    assert sorted(resumed.checkpoints) == sorted(full.checkpoints) == [1, 2, 4, 8, 9]
+
+
+def test_a_float16_net_is_refused_before_its_first_step_and_bfloat16_trains(tmp_path):
+    # AdamW's second moments underflow in float16 (g² < 6e-8 is 0, and eps = 1e-8 too): the first
+    # step divided by zero and the run "diverged at step 2 ... try a smaller learning rate"
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=20, batch_size=16, checkpoints="none")
+    with pytest.raises(ValueError, match=r"model is float16: .*AdamW.* train it in float32 or bfloat16"):
+        train(VelocityMLP(2, hidden=16, depth=1).half(), data, config, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    torch.manual_seed(0)
+    result = train(VelocityMLP(2, hidden=16, depth=1).to(torch.bfloat16), data, config)
+    assert torch.isfinite(result.losses).all() and next(result.ema.parameters()).dtype == torch.bfloat16
+
+
+def test_resume_into_a_folder_holding_another_programs_config_json_is_refused(tmp_path):
+    # resume=True (kfm train --resume) skipped the check: with no resume.pt the run started afresh
+    # and overwrote the Hugging Face model folder's config.json
+    foreign = tmp_path / "hf"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"architectures": ["CLIPModel"]}')
+    with pytest.raises(ValueError, match=r"hf holds a config.json that is not a training run's .*choose another folder"):
+        train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4), out=foreign,
+              resume=True)
+    assert json.loads((foreign / "config.json").read_text()) == {"architectures": ["CLIPModel"]}
+    assert sorted(p.name for p in foreign.iterdir() if not p.name.startswith(".")) == ["config.json"]
+
+
+@pytest.mark.parametrize("key", ["step", "ema", "model", "path", "kind", "config", "sample_shape"])
+def test_info_keys_that_the_checkpoints_metadata_uses_are_refused_before_the_run_folder(tmp_path, key):
+    # "step" and "ema" failed at the first checkpoint with save_model's TypeError, inside the run;
+    # "kind" and "config" replaced the net's own metadata, so that load_model could not rebuild it
+    with pytest.raises(ValueError, match=rf"info must not use the key {key!r}: .*sample_shape, step; rename it"):
+        train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
+              out=tmp_path / "run", info={key: 1, "data": "moons"})
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_that_requires_grad_is_trained_on_as_values_and_left_untouched():
+    # the loss backpropagated into the caller's data tensor: data.grad filled up, step after step
+    data = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=3, batch_size=4, checkpoints="none")
+    torch.manual_seed(0)
+    plain = train(VelocityMLP(2, hidden=8, depth=1), data, config)
+    leaf = data.clone().requires_grad_(True)
+    torch.manual_seed(0)
+    result = train(VelocityMLP(2, hidden=8, depth=1), leaf, config)
+    assert leaf.grad is None and torch.equal(result.losses, plain.losses)

@@ -285,3 +285,20 @@ def test_class_cond_on_data_without_labels_is_refused(tmp_path, capsys):
     assert main(["train", "--data", f"folder:{images}", "--class-cond", "--steps", "1", "--no-progress",
                  "--out", str(tmp_path / "run")]) == 2
     assert f"--class-cond: data 'folder:{images}' has no labels" in capsys.readouterr().err
+
+
+def test_kfm_train_then_kfm_sample_on_the_run_folder_samples_its_final_ema(tmp_path):
+    # the round trip a user does: the folder, not a file, names the net; its EMA is what is sampled
+    import numpy as np
+
+    from kinetic_fm.runs import read_run, read_samples
+
+    assert main(["train", *COMMON, "--steps", "6", "--ema-decay", "0.5", "--out", str(tmp_path / "net")]) == 0
+    assert main(["sample", "--model", str(tmp_path / "net"), "--n", "4", "--steps", "5", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 0
+    final = tmp_path / "net" / "final.safetensors"
+    ema, raw = load_model(final, weights="ema"), load_model(final, weights="model")
+    want = kfm.sample(ema, seeds=range(4), shape=(2,), steps=5)
+    np.testing.assert_array_equal(read_run(tmp_path / "run")["kpe"].to_numpy(), want.kpe.numpy())
+    torch.testing.assert_close(torch.from_numpy(read_samples(tmp_path / "run")), want.x, rtol=0, atol=0)
+    assert not torch.equal(kfm.sample(raw, seeds=range(4), shape=(2,), steps=5).x, want.x)

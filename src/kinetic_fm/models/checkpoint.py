@@ -181,6 +181,9 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     state = load_state(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if isinstance(state, dict) and {"step", "model", "optimizer", "rng"} <= state.keys():  # training's resume.pt
+        raise ValueError(f"{path}: a training run's resume state, not a weights file; load the run folder "
+                         f"{path.parent} (its final.safetensors) or one of its checkpoints/step_*.safetensors")
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
@@ -309,8 +312,16 @@ def load_into(net: nn.Module, path: str | os.PathLike, *, strict: bool = True,
             (the paper's nets, T = 1000), give T and get the net wrapped in
             ``kinetic_fm.DiscreteTime`` (a velocity ``v(x, t)``; the module itself stays ``net``).
     """
+    tensors = load_weights(path)
+    if tensors and not tensors.keys() & net.state_dict().keys():
+        # strict=False loaded nothing and handed back the net's random weights as if trained
+        training_file = all(k.startswith(("model.", "ema.")) for k in tensors)
+        hint = (": it holds a training run's 'model.' and 'ema.' weights; rebuild the net with "
+                "kinetic_fm.models.load_model(path)" if training_file else "")
+        raise ValueError(f"{path}: none of its {len(tensors)} tensors is one of {type(net).__name__}'s "
+                         f"(e.g. {sorted(tensors)[0]!r}){hint}")
     try:
-        net.load_state_dict(load_weights(path), strict=strict)
+        net.load_state_dict(tensors, strict=strict)
     except RuntimeError as err:  # missing, unexpected or mismatched tensors, in torch's words
         raise ValueError(f"{path}: does not fit {type(net).__name__} ({' '.join(str(err).split())})") from err
     net.eval()

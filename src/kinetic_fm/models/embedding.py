@@ -6,10 +6,12 @@ import math
 import torch
 from torch import Tensor, nn
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)  # nets of these dtypes embed their time in float32
 
-def embedding_times(t: Tensor | float, x: Tensor) -> Tensor:
-    """The (B,) times a velocity net's time embedding reads: ``t`` always in x's dtype and on
-    x's device, a scalar or 0-d tensor broadcast to the batch.
+
+def embedding_times(t: Tensor | float, x: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+    """The (B,) times a velocity net's time embedding reads: ``t`` in x's dtype (or ``dtype``)
+    and on x's device, a scalar or 0-d tensor broadcast to the batch.
 
     Anything ``torch.as_tensor`` reads is taken (numbers, (B,) tensors, lists, arrays), and
     integer step indices (``DiscreteTime``'s) are cast to x's dtype too. That is where it
@@ -19,7 +21,7 @@ def embedding_times(t: Tensor | float, x: Tensor) -> Tensor:
 
     Raises ValueError when ``t`` has another shape than (B,) for x of shape (B, ...).
     """
-    t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+    t = torch.as_tensor(t, device=x.device, dtype=x.dtype if dtype is None else dtype)
     if t.ndim == 0:
         return t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
@@ -35,7 +37,9 @@ class SinusoidalTimeEmbedding(nn.Module):
 
     ``scale`` (default 1000) stretches [0, 1] so the fastest frequencies resolve small time steps.
     Float64 times (a float64 net's) are embedded in float64 throughout; any other dtype in float32,
-    as the weights were trained.
+    as the weights were trained. A float16 or bfloat16 embedding (``.half()``, in such a net)
+    still computes in float32 from float32 frequencies and returns its features in its own dtype,
+    as it does for times of those dtypes.
     """
 
     def __init__(self, dim: int, *, scale: float = 1000.0, max_period: float = 10_000.0):
@@ -54,15 +58,25 @@ class SinusoidalTimeEmbedding(nn.Module):
                               / half)
             angle = (self.scale * t)[:, None] * freqs[None, :]
         else:
-            angle = (self.scale * t.float())[:, None] * self.freqs[None, :]
-        return torch.cat([angle.sin(), angle.cos()], dim=1)
+            freqs = self.freqs
+            if freqs.dtype not in (torch.float32, torch.float64):  # .half() rounded them (0.25 rad off at t = 1)
+                half = self.dim // 2
+                freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32,
+                                                                             device=t.device) / half)
+            angle = (self.scale * t.float())[:, None] * freqs[None, :]
+        features = torch.cat([angle.sin(), angle.cos()], dim=1)
+        # a float16/bfloat16 net's Linear layers refuse float32 features
+        low = next((d for d in (self.freqs.dtype, t.dtype) if d in _LOW_PRECISION), None)
+        return features if low is None else features.to(low)
+
 
 
 def conditioning(time_embed: nn.Module, class_embed: nn.Module | None, null_class: int | None,
                  t: Tensor | float, x: Tensor, y: Tensor | None) -> Tensor:
     """The activated (B, hidden) conditioning vector of a velocity net: time embedding plus,
     for class-conditional nets, the label embedding (the null class when ``y`` is None)."""
-    c = time_embed(embedding_times(t, x))
+    # a float16/bfloat16 net reads its time in float32: 0.77 rounded to float16 put 1000·t 0.3 rad off
+    c = time_embed(embedding_times(t, x, dtype=torch.float32 if x.dtype in _LOW_PRECISION else None))
     if class_embed is not None:
         if y is None:
             y = torch.full((x.shape[0],), null_class, dtype=torch.long, device=x.device)

@@ -208,6 +208,16 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     if start > steps:
         raise ValueError(f"cannot resume {path}: it is at step {start}, beyond steps={steps}")
     for name, part in parts.items():
+        # load_state_dict would round the saved weights (and the optimizer its moments) into another
+        # dtype without a word: the run would end neither the saved dtype's nor this one's
+        if isinstance(part, nn.Module):
+            saved_dtypes, dtypes = (sorted({str(v.dtype) for v in sd.values() if v.is_floating_point()})
+                                    for sd in (state[name], part.state_dict()))
+            if saved_dtypes != dtypes:
+                raise ValueError(f"cannot resume {path}: the run's {'net' if name == 'model' else name} is "
+                                 f"{', '.join(saved_dtypes)}, this one {', '.join(dtypes)}; build it in the "
+                                 "run's dtype (or start a new run)")
+    for name, part in parts.items():
         part.load_state_dict(state[name])
     losses[:start] = state["losses"][:start]
     if "torch" in state["rng"] and ("cuda" in state["rng"]) != (device.type == "cuda"):
@@ -223,9 +233,13 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     """ValueError when ``out`` already holds a training run and ``resume`` is False (its files
     would be overwritten). A folder holding a training ``config.json`` alone holds no step (a run
     that failed or was stopped before its first save), so a new run may start there, as a resume
-    would; another program's config.json is refused like a run. :func:`train` checks it under the folder's lock; ``kfm train`` calls it before the
-    data loads."""
+    would; another program's config.json is refused like a run, with ``resume`` too. :func:`train`
+    checks it under the folder's lock; ``kfm train`` calls it before the data loads."""
     out = Path(out)
+    if resume and (out / "config.json").exists() and not _is_training_config(out / "config.json"):
+        # a resume without resume.pt starts afresh and would write its own config.json over this one
+        raise ValueError(f"{out} holds a config.json that is not a training run's (another program's); "
+                         "resume=True (kfm train --resume) continues training runs only: choose another folder")
     earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
                if (out / name).exists()]
     if earlier and not (earlier == ["config.json"] and _is_training_config(out / "config.json")) and not resume:
@@ -326,6 +340,10 @@ def train(
         info = json.loads(json.dumps(dict(info or {})))
     except (TypeError, ValueError) as err:
         raise ValueError(f"info must hold JSON values (it is written to config.json): {err}") from None
+    taken = sorted(_RESERVED_INFO_KEYS & info.keys())
+    if taken:  # save_model's own arguments ("step" failed at the first checkpoint), the net's metadata
+        raise ValueError(f"info must not use the key {taken[0]!r}: the checkpoints' metadata uses "
+                         f"{', '.join(sorted(_RESERVED_INFO_KEYS))}; rename it")
     if out is None:
         if extra_weights:
             raise ValueError("extra_weights are files for the run folder: pass out= too")
@@ -346,6 +364,10 @@ def train(
         return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights)
 
 
+# keys of save_model's arguments and of the metadata a checkpoint records beside info's
+_RESERVED_INFO_KEYS = frozenset({"model", "path", "ema", "kind", "config", "step", "sample_shape"})
+
+
 def _training_data(model: nn.Module, data: Any, labels: Any) -> tuple[Tensor, Tensor | None]:
     """``data`` (N, ...) float and ``labels`` (N,) int64 (or None) as tensors, checked against
     ``model`` (a class-conditional one needs labels); ValueError naming the argument.
@@ -356,7 +378,11 @@ def _training_data(model: nn.Module, data: Any, labels: Any) -> tuple[Tensor, Te
         raise TypeError(f"model must be a torch.nn.Module (a velocity net model(x, t)), got {type(model).__name__}")
     if next(model.parameters(), None) is None:
         raise ValueError(f"model has no parameters to train ({type(model).__name__})")
-    data = torch.as_tensor(torch_readable(data))
+    if any(p.dtype == torch.float16 for p in model.parameters()):
+        # g² below 6e-8 and AdamW's eps = 1e-8 are 0 in float16: the first step divided 0 by 0
+        raise ValueError("model is float16: AdamW's moments underflow in float16 and its first step gives NaN "
+                         "weights; train it in float32 or bfloat16 and cast the trained net (result.ema.half())")
+    data = torch.as_tensor(torch_readable(data)).detach()  # the loss backpropagated into a caller's leaf's .grad
     if data.ndim < 2 or data.shape[0] < 1 or not data.is_floating_point():
         raise ValueError(f"data must be a float tensor of shape (N, ...) with N >= 1, got {tuple(data.shape)} {data.dtype}")
     finite = torch.isfinite(data.reshape(data.shape[0], -1)).all(dim=1)
