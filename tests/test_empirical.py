@@ -1225,3 +1225,41 @@ def test_a_bad_input_on_the_cpu_is_refused_before_the_blas_is_chosen(monkeypatch
     field = kfm.EmpiricalFlow(torch.randn(10, 3))
     with pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got 1.5 at row 1"):
         field(torch.randn(2, 3), torch.tensor([0.5, 1.5]))
+
+
+def _small_atoms() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(6, 4, generator=g, dtype=torch.float64)
+
+
+def test_dopri5_on_efm_lands_as_rk4_does():
+    # rk4 ends EFM with a step without a stage at t = 1; dopri5 read the clamped field at t = 1 on
+    # its last step, which left x 1.1e-6 from rk4's and the KPE 1.6e-6 off at rtol = 1e-8 (and
+    # took 45-61 steps); its end step has no stage at t = 1 either: 5e-15 and 4e-8
+    field = kfm.EmpiricalFlow(_small_atoms())
+    x0 = kfm.noise(range(8), (4,), dtype=torch.float64)
+    ref = kfm.sample(field, x0, solver="rk4", steps=400)
+    finer = kfm.sample(field, x0, solver="rk4", steps=800)
+    assert ((finer.kpe - ref.kpe) / ref.kpe).abs().max() < 1e-8          # the reference is converged
+    res = kfm.sample(field, x0, solver="dopri5", rtol=1e-8, atol=1e-8)
+    assert ((res.kpe - ref.kpe) / ref.kpe).abs().max() < 2e-7
+    assert ((res.kpe_raw - ref.kpe_raw) / ref.kpe_raw).abs().max() < 2e-7
+    torch.testing.assert_close(res.x, ref.x, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("shaping", [None, kfm.KTS(alpha0=0.3, beta0=0.02, tau_split=0.6)])
+def test_dopri5_on_efm_is_batch_invariant_when_samples_end_at_different_tries(shaping):
+    # the rows whose try ends the run skip the stages at t = 1 while the others take them: a
+    # sample's run alone must match its run in the batch bit for bit
+    field = kfm.EmpiricalFlow(_small_atoms())
+    x0 = kfm.noise(range(6), (4,), dtype=torch.float64)
+    batch = kfm.sample(field, x0, solver="dopri5", rtol=1e-6, atol=1e-6, shaping=shaping, profile=True)
+    assert len(set(batch.steps.tolist())) > 1                               # they end at different tries
+    for i in range(6):
+        one = kfm.sample(field, x0[i:i + 1], solver="dopri5", rtol=1e-6, atol=1e-6, shaping=shaping, profile=True)
+        n = int(one.steps[0])
+        assert int(batch.steps[i]) == n and int(batch.nfe[i]) == int(one.nfe[0])
+        for name in ("x", "kpe", "kpe_raw", "early", "peak"):
+            assert torch.equal(getattr(batch, name)[i], getattr(one, name)[0]), name
+        assert torch.equal(batch.times[i, :n + 1], one.times[0, :n + 1])
+        assert torch.equal(batch.profile[i, :n], one.profile[0, :n])

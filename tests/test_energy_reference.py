@@ -224,16 +224,84 @@ def test_dopri5_energy_of_a_half_precision_state_follows_the_float64_run():
             torch.testing.assert_close(res.kpe, torch.full((3,), 12.5, dtype=torch.float64), rtol=1e-14, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="dopri5 evaluates a field singular at t = 1 at t = 1 (its c = 1 stages), where "
-                   "the field's clamp gives v = (y − x)/eps ≈ 0 instead of the limit y − x0: the last step loses "
-                   "11/84 of its energy (b₆) and x stops short; fixed-step solvers avoid the end stage")
-def test_dopri5_gives_the_straight_line_energy_of_a_point_target():
+@pytest.mark.parametrize("rtol", [1e-3, 1e-5, 1e-8])
+def test_dopri5_gives_the_straight_line_energy_of_a_point_target(rtol):
     # every path of PointTarget is the straight line x0 -> y at constant speed: KPE = ½‖y − x0‖²
-    # whatever the steps, as every fixed-step solver gives to 1e-15. dopri5's last step reads
-    # 73/84 of its share (1 − b₆), 6e-6 of the KPE at rtol = 1e-5 and 6e-7 at 1e-8 (a floor set
-    # by the field's eps = 1e-6, not by the tolerance)
+    # and x(1) = y whatever the steps, as every fixed-step solver gives to 1e-15. dopri5's last
+    # step read the field at t = 1, clamped to (y − x)/eps: 73/84 of its share (1 − b₆), 6e-6 of
+    # the KPE at rtol = 1e-5 and 6e-7 at 1e-8, x 1e-6 from y; its end step has no stage at t = 1
     y = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
     x0 = kfm.noise(range(3), (3,), dtype=torch.float64)
-    res = kfm.sample(kfm.PointTarget(y), x0, solver="dopri5", rtol=1e-8, atol=1e-8)
+    res = kfm.sample(kfm.PointTarget(y), x0, solver="dopri5", rtol=rtol, atol=rtol)
     exact = 0.5 * ((y - x0) ** 2).sum(1)
-    assert ((res.kpe - exact) / exact).abs().max() < 1e-7
+    assert ((res.kpe - exact) / exact).abs().max() < 1e-13
+    assert ((res.kpe_raw - exact) / exact).abs().max() < 1e-13
+    torch.testing.assert_close(res.x, y.expand_as(x0), rtol=0, atol=1e-13)
+
+
+def test_dopri5_energy_of_a_point_target_under_a_constant_gain_follows_the_tolerance():
+    # under η = g, y − x = (y − x0)(1 − t)^g:
+    # KPE = ½g²‖y − x0‖² ∫(1 − t)^(2g − 2) dt = ½g²/(2g − 1)‖y − x0‖²
+    # and x(1) = y (the integrand's derivative is singular at t = 1: the end step sees it)
+    g = 1.5
+    y = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    x0 = kfm.noise(range(3), (3,), dtype=torch.float64)
+    exact = 0.5 * g * g / (2 * g - 1) * ((y - x0) ** 2).sum(1)
+    errors = []
+    for rtol in (1e-5, 1e-7, 1e-9):
+        res = kfm.sample(kfm.PointTarget(y), x0, solver="dopri5", rtol=rtol, atol=rtol, shaping=lambda t: g)
+        errors.append(float(((res.kpe - exact) / exact).abs().max()))
+        assert errors[-1] < 5 * rtol
+        assert float((res.x - y).abs().max()) < 5 * rtol
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_dopri5_never_calls_a_field_singular_at_one_at_one():
+    # the fixed-step solvers end such a field with a tableau without an end stage; dopri5 did call
+    # it at t = 1 (its two c = 1 stages), where the field's clamp is not the trajectory's limit
+    y = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    field = kfm.PointTarget(y)
+    for singular in (True, False):
+        times = []
+
+        class Recorded:
+            singular_at_one = singular
+
+            def __call__(self, x, t):
+                times.append(t.detach().clone().reshape(-1))
+                return field(x, t)
+
+        res = kfm.sample(Recorded(), seeds=range(5), shape=(3,), dtype=torch.float64, solver="dopri5", rtol=1e-6,
+                         atol=1e-6)
+        assert (res.times.nan_to_num(-1.0).max(dim=1).values == 1.0).all()   # every sample ran to t = 1
+        latest = float(torch.cat(times).max())
+        assert latest < 1.0 if singular else latest == 1.0
+
+
+def test_dopri5_end_tableau_has_the_orders_it_claims():
+    # c ≤ 8/9 < 1; order conditions in exact rationals: weights of order 3 (and Σ b c³ = 1/4, the
+    # energy's quadrature), the embedded estimate of order 2 exactly, so b − b̂ measures h³
+    from fractions import Fraction
+
+    from kinetic_fm.sampling.tableau import DOPRI5, DOPRI5_END as tab
+
+    def exact(v):
+        return Fraction(v).limit_denominator(10**6)
+
+    c = [exact(v) for v in tab.c]
+    a = [[exact(v) for v in row] + [Fraction(0)] * (tab.stages - len(row)) for row in tab.a]
+    assert max(c) < 1 and tab.c == DOPRI5.c[:5] and tab.a == DOPRI5.a[:5]
+    assert all(sum(row) == ci for row, ci in zip(a, c))
+
+    def conditions(b):
+        ac = [sum(a[i][j] * c[j] for j in range(tab.stages)) for i in range(tab.stages)]
+        return [sum(b) - 1, sum(bi * ci for bi, ci in zip(b, c)) - Fraction(1, 2),
+                sum(bi * ci**2 for bi, ci in zip(b, c)) - Fraction(1, 3),
+                sum(bi * v for bi, v in zip(b, ac)) - Fraction(1, 6),
+                sum(bi * ci**3 for bi, ci in zip(b, c)) - Fraction(1, 4)]
+
+    b = [exact(v) for v in tab.b]
+    b_hat = [exact(v) - exact(e) for v, e in zip(tab.b, tab.b_error)]
+    assert conditions(b) == [0] * 5 and all(bi >= 0 for bi in b)
+    assert conditions(b_hat)[:2] == [0, 0] and conditions(b_hat)[2] != 0
+    assert tab.order == 3

@@ -351,7 +351,9 @@ def test_a_recorder_under_dopri5s_default_scalar_time_traces_the_run_as_per_samp
         res = KineticODESolver(recorder, time=time).sample(x0, method="dopri5", atol=1e-5, rtol=1e-5)
         traces[time] = res, recorder.trace(), len(recorder)
     (res, expected, calls), (res_default, trace, calls_default) = traces["batch"], traces[None]
-    assert calls_default == calls == int(res.nfe.max()) and torch.equal(res_default.nfe, res.nfe)
+    # one call per stage of each try; a try that ends a run skips the two stages at t = 1 for its
+    # rows only (EFM is singular there), so a sample may be evaluated in fewer calls than were made
+    assert calls_default == calls >= int(res.nfe.max()) and torch.equal(res_default.nfe, res.nfe)
     assert torch.equal((~torch.isnan(trace.t)).sum(0), res.nfe)
     for name, value in vars(expected).items():
         if value.is_floating_point():
@@ -392,7 +394,8 @@ def test_a_recorder_in_a_model_wrapper_traces_a_dopri5_run(how):
     else:
         res = KineticODESolver(wrapper, time="batch" if how == "solver-batch" else None).sample(x0, method="dopri5")
     trace = recorder.trace()
-    assert torch.equal(res.x, expected_res.x) and len(recorder) == len(single) == int(res.nfe.max())
+    assert torch.equal(res.x, expected_res.x) and len(recorder) == len(single) >= int(res.nfe.max())
+    assert torch.equal((~torch.isnan(trace.t)).sum(0), res.nfe)   # a record per evaluation of a sample
     for name, value in vars(expected).items():
         assert torch.equal(getattr(trace, name).nan_to_num(-1.0), value.nan_to_num(-1.0)), name
 

@@ -1966,7 +1966,9 @@ def test_dopri5_on_a_half_precision_state_is_warned_of():
         exact = 0.5 * (target.double() - start).pow(2).sum(dim=1)
         with pytest.warns(UserWarning, match=f"dopri5 on a {dtype} state"):
             off = kfm.sample(field, seeds=range(64), shape=(16,), solver="dopri5", rtol=tol, atol=tol, dtype=dtype)
-        assert ((off.kpe - exact).abs() / exact).max() > 0.2                # what the warning is about
+        # what the warning is about (float16: 16 %, 58 % while dopri5's last step read the clamped
+        # field at t = 1; a stage time near 1 still rounds to 1 in the state's dtype)
+        assert ((off.kpe - exact).abs() / exact).max() > 0.1
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             euler = kfm.sample(field, seeds=range(64), shape=(16,), steps=20, dtype=dtype)

@@ -160,8 +160,8 @@ class PointTarget:
 
     Every trajectory is the straight line from x0 to y, KPE = ½‖y − x0‖². The field is
     singular at t = 1 and declares ``singular_at_one``: ``kfm.sample`` takes the last step of
-    heun/rk4 without their end stage, so fixed-step solvers never evaluate it there. dopri5's
-    last stages do (c = 1): there, as in ``EmpiricalFlow``, 1 − t is taken as at least ``eps``
+    heun/rk4/dopri5 without their end stage, so its solvers never evaluate it there. A caller
+    may: there, as in ``EmpiricalFlow``, 1 − t is taken as at least ``eps``
     (v carries x to y in the remaining time eps), which leaves every time below 1 − eps as it
     was and keeps the velocity finite at t = 1 (in float16 and bfloat16 the floor is the dtype's
     machine epsilon, 9.8e-4 and 7.8e-3). ``eps`` must lie in (0, 1).

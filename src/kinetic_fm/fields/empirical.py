@@ -58,8 +58,9 @@ finite x, and exactly 0 when x is an atom.
 The field declares ``singular_at_one``, so ``kfm.sample`` takes the last step of heun with Euler
 and of rk4 and rk4_38 with Heun's third-order method (no stage at the step's end): their end
 stage at t = 1 would multiply the predictor's small miss of an atom
-by 1/eps. Euler and midpoint never evaluate at t = 1; dopri5 stages and user grids can come
-arbitrarily close (dopri5's error control rejects steps that the clamp spoils).
+by 1/eps; dopri5 ends a run with its first five stages only (c ≤ 8/9, see ``kfm.sample``).
+Euler and midpoint never evaluate at t = 1; dopri5 stages and user grids can come arbitrarily
+close.
 In float16 the velocity passes 65504 (inf) once ‖ȳ − x‖/(1 − t) does, near t = 1: the fixed-step
 solvers end on finite states, but dopri5's next stage then holds an inf state, which this field
 refuses (``ValueError``) before dopri5 can retry; run dopri5 in float32 or float64 with this field.

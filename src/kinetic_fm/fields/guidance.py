@@ -70,8 +70,9 @@ class ClassifierFreeGuidance:
     who accumulate their own statistics: row i those of sample i's last evaluation. A fixed-step
     run evaluates every row at each call, so they are the last call's; dopri5 evaluates the samples
     in flight through :meth:`select` views, whose calls write their rows into the guidance they
-    came from, so after a run row i holds sample i's last stage (at its end point, t = 1), as a run
-    of sample i alone would. A view's own attributes hold its call's rows only.
+    came from, so after a run row i holds sample i's last stage (at its end point, t = 1; on a
+    model that declares ``singular_at_one``, the last step's stage at 8/9 of it), as a run of
+    sample i alone would. A view's own attributes hold its call's rows only.
     """
 
     def __init__(

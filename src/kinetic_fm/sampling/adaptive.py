@@ -5,7 +5,8 @@ sample's trajectory, step sequence and KPE do not depend on its batch-mates (as 
 field's output for a row does not either: float32 GEMMs in a net round by batch size). Each iteration
 evaluates only the samples still in flight; choosing them, the finite check and selecting the
 accepted rows synchronise with the host three times per iteration (unavoidable for adaptive
-stepping; the fixed-step solvers never do). The energy integral never enters the error control.
+stepping; the fixed-step solvers never do), four on a field singular at t = 1, whose try that
+ends a sample's run takes the stages before t = 1 only (``tableau.DOPRI5_END``). The energy integral never enters the error control.
 
 A field that holds per-sample data (class labels, conditions, recorders) must see those rows
 only: it provides ``select(active)``, returning the field restricted to the samples where the
@@ -19,14 +20,14 @@ from typing import Callable
 
 import torch
 
-from ..checks import add_note, optional_attribute
+from ..checks import add_note, declares_singular_at_one, optional_attribute
 from ..norms import row_mean_square, squared_norm
 from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
 from .guards import (NonFiniteVelocityError, StepLimitError, check_outputs_unchanged, check_state_unchanged,
                      check_velocity_output, first_velocity, state_version)
 from .shaping import KTS
-from .tableau import DOPRI5
+from .tableau import DOPRI5, DOPRI5_END
 
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 
@@ -52,6 +53,12 @@ def integrate_dopri5(
     tab = DOPRI5
     batch, device, dtype = x0.shape[0], x0.device, x0.dtype
     weights = quadrature_weights(quadrature, tab.b)
+    # On a field singular at t = 1 (v ~ 1/(1 − t), clamped there), a step that ends the run at
+    # t = 1 uses DOPRI5_END: the first five stages (c ≤ 8/9) with third-order weights and their
+    # own error estimate, never the two stages at t = 1, where the clamped field is not the
+    # trajectory's limit (the fixed-step solvers' end tableau, fixed_step.step_tableaus).
+    end_tab = DOPRI5_END if declares_singular_at_one(velocity) else None
+    end_weights = quadrature_weights(quadrature, end_tab.b) if end_tab is not None else None
     eta_of = (lambda t: lane_safe(_tensor_gain(gain), t, 0.5)) if gain is not None else torch.ones_like
 
     ledger = EnergyLedger.zeros(batch, device)
@@ -134,27 +141,38 @@ def integrate_dopri5(
         versions = [None]  # a copy of k1's rows: no field reaches it
         etas = [eta_of(ta)]
         norms = [squared_norm(kv[0])]
+        ending = last if end_tab is not None else None  # rows whose try takes DOPRI5_END's stages only
         for j in range(1, tab.stages):
             tj = t_end if tab.c[j] == 1.0 else ta + tab.c[j] * ha
             xj = xa
             for l, a_jl in enumerate(tab.a[j]):
                 if a_jl != 0.0:
                     xj = xj + _bcast(ha * a_jl * etas[l], xa) * kv[l]
-            v = f(xj, tj, active)
+            if ending is not None and j == end_tab.stages:
+                # one synchronisation, on singular fields only: the rows that take the stages at t_end
+                going_on = torch.nonzero(~ending).squeeze(1)
+                calls_all = going_on.numel() == n_active
+            if ending is not None and j >= end_tab.stages and not calls_all:
+                v = _stage_on_rows(f, xj, tj, going_on, rows, batch)  # zeros on the ending rows
+                versions_v = None  # a copy: the field never holds it
+            else:
+                v = f(xj, tj, active)
+                versions_v = state_version(v)
             check_outputs_unchanged(kv, versions, read_after[j], iteration)
             kv.append(v)
-            versions.append(state_version(v))
+            versions.append(versions_v)
             etas.append(eta_of(tj if stop is None else torch.where(before & (tj >= stop), below_stop, tj)))
             norms.append(squared_norm(v))
-        nfe.index_add_(0, rows, torch.full_like(rows, tab.stages - 1))
+        if ending is None:
+            nfe.index_add_(0, rows, torch.full_like(rows, tab.stages - 1))
+        else:
+            nfe.index_add_(0, rows, torch.where(ending, end_tab.stages - 1, tab.stages - 1))
 
-        x_new = xa
-        err = torch.zeros_like(xa)
-        for j in range(tab.stages):
-            if tab.b[j] != 0.0:
-                x_new = x_new + _bcast(ha * tab.b[j] * etas[j], xa) * kv[j]
-            if tab.b_error[j] != 0.0:
-                err = err + _bcast(ha * tab.b_error[j] * etas[j], xa) * kv[j]
+        x_new, err = _update(tab, xa, ha, etas, kv)
+        if ending is not None:
+            x_end, err_end = _update(end_tab, xa, ha, etas, kv)
+            ending_b = _bcast(ending, xa)
+            x_new, err = torch.where(ending_b, x_end, x_new), torch.where(ending_b, err_end, err)
         scale = atol + rtol * torch.maximum(xa.abs(), x_new.abs())
         ratio = _rms(err / scale)
 
@@ -180,6 +198,9 @@ def integrate_dopri5(
         accept = (ratio <= 1.0) & finite
 
         applied, raw = step_energy(ha, etas, norms, weights)
+        if ending is not None:
+            applied_end, raw_end = step_energy(ha, etas[:end_tab.stages], norms[:end_tab.stages], end_weights)
+            applied, raw = torch.where(ending, applied_end, applied), torch.where(ending, raw_end, raw)
         acc = torch.nonzero(accept).squeeze(1)  # one synchronisation; a mask per array was one each
         acc_rows, acc_ta, acc_applied = rows[acc], ta[acc], applied[acc]
         ledger.add(acc_applied, raw[acc], acc_ta < split, acc_ta, rows=acc_rows)
@@ -198,11 +219,9 @@ def integrate_dopri5(
         x[rows] = torch.where(acc_b, x_new, xa)
         k1[rows] = torch.where(acc_b, kv[-1], kv[0])
         t[rows] = torch.where(accept, t_end, ta)
-        factor = torch.where(
-            ratio == 0.0,
-            torch.full_like(ratio, MAX_FACTOR),
-            (SAFETY * lane_safe(lambda r: r.pow(-1.0 / tab.order), ratio, 1.0)).clamp(MIN_FACTOR, MAX_FACTOR),
-        )
+        factor = _step_factor(ratio, tab.order)
+        if ending is not None:  # a rejected end try: its estimate is of order 2, local error ∝ h³
+            factor = torch.where(ending, _step_factor(ratio, end_tab.order), factor)
         # a step accepted after a rejection does not grow the next one (Hairer–Nørsett–Wanner
         # II.4; SciPy's RK45 too): the error just seen was the controller's misjudgement
         retried = rejected[rows]
@@ -237,6 +256,37 @@ def integrate_dopri5(
         bad_step=bad_step,
         bad_time=bad_time,
     )
+
+
+def _step_factor(ratio: torch.Tensor, order: int) -> torch.Tensor:
+    """(B',) factor for the next step from the error ratios of a pair whose estimate ∝ h^order."""
+    return torch.where(
+        ratio == 0.0,
+        torch.full_like(ratio, MAX_FACTOR),
+        (SAFETY * lane_safe(lambda r: r.pow(-1.0 / order), ratio, 1.0)).clamp(MIN_FACTOR, MAX_FACTOR),
+    )
+
+
+def _update(tab, xa, ha, etas, kv) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new state and the error estimate of ``tab``'s step from its stages ``kv``, (B', ...)."""
+    x_new, err = xa, torch.zeros_like(xa)
+    for j in range(tab.stages):
+        if tab.b[j] != 0.0:
+            x_new = x_new + _bcast(ha * tab.b[j] * etas[j], xa) * kv[j]
+        if tab.b_error[j] != 0.0:
+            err = err + _bcast(ha * tab.b_error[j] * etas[j], xa) * kv[j]
+    return x_new, err
+
+
+def _stage_on_rows(f, xj, tj, going_on, rows, batch) -> torch.Tensor:
+    """A stage evaluated on the in-flight rows ``going_on`` (indices into ``rows``) only: the field
+    sees them as the samples ``rows[going_on]`` of ``batch``; the others' velocity is zero (unread)."""
+    if going_on.numel() == 0:
+        return torch.zeros_like(xj)
+    mask = torch.zeros(batch, dtype=torch.bool, device=rows.device)
+    mask[rows[going_on]] = True
+    v_on = f(xj[going_on], tj[going_on], mask)
+    return v_on.new_zeros(xj.shape).index_copy_(0, going_on, v_on)
 
 
 def lane_safe(fn: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, fill: float) -> torch.Tensor:

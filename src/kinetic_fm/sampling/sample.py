@@ -122,7 +122,10 @@ def sample(
     True`` (``EmpiricalFlow``, ``PointTarget``, ``DataPrediction`` do; adapters and
     ``ClassifierFreeGuidance`` pass it through). heun then takes its last step with Euler, as
     EDM-style samplers do, and rk4/rk4_38 with Heun's third-order method (which keeps them fourth
-    order), instead of evaluating the field at t = 1. Under a gain with η(1) ≤ ½ such a field's
+    order), instead of evaluating the field at t = 1. dopri5's try that would end a sample's run at
+    t = 1 takes only its first five stages (c ≤ 8/9) with third-order weights, energy quadrature
+    weights alike, and a second-order embedded estimate that still accepts or rejects it; a rejected
+    end try retries shorter with dopri5 proper. Under a gain with η(1) ≤ ½ such a field's
     energy is infinite (near t = 1, y − x ∝ (1 − t)^η(1), so η²‖v‖² ∝ (1 − t)^(2η(1) − 2)) and
     ``kfm.sample`` warns for a KTS: the number it reports then grows with the steps. For ½ < η(1) < 1 it
     converges, at order 2η(1) − 1 rather than the solver's. (KTS's exponential landing has

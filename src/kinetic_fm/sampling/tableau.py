@@ -88,5 +88,22 @@ DOPRI5 = Tableau(
     b_error=tuple(b - bh for b, bh in zip(_DP_B, _DP_B_HAT)),
 )
 
+# dopri5's step that ends a run at t = 1 on a field singular there (v ~ 1/(1 − t)): its first five
+# stages as they are (c ≤ 8/9, no stage at the step's end) with weights of order 3, the member of
+# that one-parameter family that also meets every fourth-order condition but Σ b·A·A·c = 1/24
+# (Σ b c³ = 1/4: its energy quadrature is exact for cubics; all weights > 0), and an embedded
+# second-order estimate (7/16, 0, 0, 0, 9/16). The estimate measures the lower order, as
+# Bogacki–Shampine's 3(2) does: the step is still controlled, conservatively.
+_END_B = (47 / 576, 0.0, 230 / 477, 35 / 96, 243 / 3392)
+_END_B_HAT = (7 / 16, 0.0, 0.0, 0.0, 9 / 16)
+DOPRI5_END = Tableau(
+    "dopri5_end",
+    c=DOPRI5.c[:5],
+    a=DOPRI5.a[:5],
+    b=_END_B,
+    order=3,
+    b_error=tuple(b - bh for b, bh in zip(_END_B, _END_B_HAT)),
+)
+
 FIXED_STEP = {t.name: t for t in (EULER, MIDPOINT, HEUN, RK4, RK4_38)}
 SOLVERS = (*FIXED_STEP, "dopri5")
