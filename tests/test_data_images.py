@@ -360,3 +360,27 @@ def test_a_32_bit_float_image_is_refused_by_name(tmp_path):
     Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)).save(tmp_path / "f.tiff")
     with pytest.raises(ValueError, match=r"f.tiff: a 32-bit float image \(PIL mode F\)"):
         load_image_folder(tmp_path, grayscale=True)
+
+
+def test_hidden_folders_and_files_are_not_images_nor_classes(tmp_path):
+    # Jupyter's file browser leaves .ipynb_checkpoints/<name>-checkpoint.png in a folder it showed:
+    # the folder was read as a class of its own ('.ipynb_checkpoints', 'cat', 'dog') and its copies
+    # as training items (helper-195); other hidden entries (.thumbnails/, .x.png) are no data either
+    arrays = _write_tree(tmp_path / "tree")
+    for hidden in ("cat/.ipynb_checkpoints/0-checkpoint.png", ".thumbnails/0.png", "dog/.1.png"):
+        (tmp_path / "tree" / hidden).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arrays[("cat", 0)]).save(tmp_path / "tree" / hidden)
+    with zipfile.ZipFile(tmp_path / "tree.zip", "w") as z:
+        for p in sorted((tmp_path / "tree").rglob("*.png")):
+            z.write(p, p.relative_to(tmp_path / "tree").as_posix())
+    for path in (tmp_path / "tree", tmp_path / "tree.zip"):
+        ds = load_image_folder(path)
+        assert ds.classes == ("cat", "dog") and ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+        assert image_names(path) == [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
+    with zipfile.ZipFile(tmp_path / "dot.zip", "w") as z:   # "./" names a folder, it hides nothing
+        z.writestr(zipfile.ZipInfo("./cat/0.png"), (tmp_path / "tree" / "cat" / "0.png").read_bytes())
+    assert image_names(tmp_path / "dot.zip") == ["./cat/0.png"]
+    # a hidden folder above the data is the user's choice, not metadata
+    hidden_root = tmp_path / ".cache" / "faces"
+    _write_tree(hidden_root)
+    assert len(load_image_folder(hidden_root)) == 6

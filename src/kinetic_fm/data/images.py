@@ -114,7 +114,7 @@ class ImageSource:
             raise ValueError(f"{self.path}: expected a folder of images or a zip archive of images")
         # ties of the natural order (1.png, 01.png) by name: the listing order differs between a
         # folder and its zip, and so did the rows and every --n subset
-        self.names: list[str] = sorted((n for n in names if not _macos_metadata(n)),
+        self.names: list[str] = sorted((n for n in names if not _metadata(n)),
                                        key=lambda n: (_natural_key(n), n))
 
     def read(self, name: str) -> bytes:
@@ -140,11 +140,13 @@ class ImageSource:
         self.close()
 
 
-def _macos_metadata(name: str) -> bool:
-    """Whether ``name`` (a relative path) is macOS metadata that carries an image's extension:
-    a Finder zip's ``__MACOSX/`` tree, or an AppleDouble ``._name`` file beside the image."""
+def _metadata(name: str) -> bool:
+    """Whether ``name`` (a path relative to the folder or archive root) is metadata that carries an
+    image's extension: a Finder zip's ``__MACOSX/`` tree, or anything hidden (a part starting with
+    "."): AppleDouble ``._name`` files, Jupyter's ``.ipynb_checkpoints/`` copies, ``.thumbnails/``.
+    Such a folder was read as a class of its own and its copies as items."""
     parts = name.split("/")
-    return "__MACOSX" in parts[:-1] or parts[-1].startswith("._")
+    return "__MACOSX" in parts[:-1] or any(part.startswith(".") and part not in (".", "..") for part in parts)
 
 
 def decode_image(
