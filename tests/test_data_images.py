@@ -384,3 +384,17 @@ def test_hidden_folders_and_files_are_not_images_nor_classes(tmp_path):
     hidden_root = tmp_path / ".cache" / "faces"
     _write_tree(hidden_root)
     assert len(load_image_folder(hidden_root)) == 6
+
+
+def test_celeba_keeps_the_files_size_with_size_none_and_names_a_bad_size(tmp_path):
+    # size=None (load_image_folder's "keep the size", what keeps the lossy mark) failed inside
+    # load_celeba with "TypeError: '<' not supported between NoneType and int"; size="32" likewise
+    a = np.random.default_rng(2).integers(0, 256, (218, 178, 3), dtype=np.uint8)   # CelebA's 178 x 218
+    Image.fromarray(a).save(tmp_path / "000001.png")
+    ds = load_celeba(tmp_path, size=None, crop=None, grayscale=False, center="none")
+    assert ds.shape == (3, 218, 178)
+    np.testing.assert_array_equal(((ds.images[0] + 1) * 127.5).round().permute(1, 2, 0).numpy(), a)
+    assert load_celeba(tmp_path, size=None).shape == (1, 140, 140)       # the crop alone
+    for bad in ("32", 0, 2.5):
+        with pytest.raises(ValueError, match=r"^size must be None or an integer >= 1 \(pixels\), got"):
+            load_celeba(tmp_path, size=bad)

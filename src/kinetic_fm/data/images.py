@@ -168,9 +168,7 @@ def decode_image(
     """
     from PIL import Image, UnidentifiedImageError
 
-    for argument, side in (("crop", crop), ("size", size)):
-        if side is not None and (not is_integer(side) or side < 1):
-            raise ValueError(f"{argument} must be None or an integer >= 1 (pixels), got {side!r}")
+    check_sides(crop=crop, size=size)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img = _eight_bit(img, name)
@@ -187,6 +185,13 @@ def decode_image(
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{name}: not a readable image file ({err})") from None
     return array[..., None] if array.ndim == 2 else array
+
+
+def check_sides(**sides: int | None) -> None:
+    """ValueError naming the first of ``sides`` (crop, size) that is neither None nor an integer >= 1."""
+    for argument, side in sides.items():
+        if side is not None and (not is_integer(side) or side < 1):
+            raise ValueError(f"{argument} must be None or an integer >= 1 (pixels), got {side!r}")
 
 
 def _eight_bit(img, name: str):
