@@ -398,3 +398,24 @@ def test_celeba_keeps_the_files_size_with_size_none_and_names_a_bad_size(tmp_pat
     for bad in ("32", 0, 2.5):
         with pytest.raises(ValueError, match=r"^size must be None or an integer >= 1 \(pixels\), got"):
             load_celeba(tmp_path, size=bad)
+
+
+def test_symlinked_folders_in_an_image_tree_are_read_and_a_link_loop_ends(tmp_path):
+    # a train/<class> tree assembled from links to class folders (ln -s /data/cats train/cat) lost
+    # those classes without a word: Path.rglob does not descend into a linked folder
+    arrays = _write_tree(tmp_path / "store", classes=("cats", "dogs"), per_class=2)
+    tree = tmp_path / "tree"
+    for split in ("train", "test"):
+        (tree / split).mkdir(parents=True)
+        try:
+            (tree / split / "cat").symlink_to(tmp_path / "store" / "cats", target_is_directory=True)
+        except (OSError, NotImplementedError) as err:
+            pytest.skip(f"no symbolic links here ({err})")
+        (tree / split / "dog").symlink_to(tmp_path / "store" / "dogs", target_is_directory=True)
+    (tmp_path / "store" / "dogs" / "loop").symlink_to(tmp_path / "store", target_is_directory=True)  # a cycle
+    ds = load_image_folder(tree, subdir="train")
+    assert ds.classes == ("cat", "dog") and ds.labels.tolist() == [0, 0, 1, 1]
+    expected = np.stack([arrays[(c, i)] for c in ("cats", "dogs") for i in range(2)])
+    assert torch.equal(ds.images, torch.from_numpy(expected).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    # the same linked folder under two splits is read under both; the loop is walked no further
+    assert image_names(tree) == [f"{s}/{c}/{i}.png" for s in ("test", "train") for c in ("cat", "dog") for i in range(2)]

@@ -99,11 +99,7 @@ class ImageSource:
             raise FileNotFoundError(f"image source not found: {self.path} (expected a folder or a .zip)")
         self._zip: zipfile.ZipFile | None = None
         if self.path.is_dir():
-            names = [
-                p.relative_to(self.path).as_posix()
-                for p in self.path.rglob("*")
-                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            ]
+            names = _folder_images(self.path)
         elif zipfile.is_zipfile(self.path):
             self._zip = zipfile.ZipFile(self.path)
             names = [
@@ -138,6 +134,27 @@ class ImageSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _folder_images(root: Path) -> list[str]:
+    """Image files under ``root`` as POSIX paths relative to it, linked folders followed (a tree of
+    links to class folders lost those classes under Path.rglob, which does not enter them), a link
+    back into its own ancestry walked no further (it would loop)."""
+    names = []
+    chains = {str(root): (os.path.realpath(root),)}  # each folder's real path and its ancestors'
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        chain = chains.pop(folder)
+        keep = []
+        for d in dirs:
+            real = os.path.realpath(os.path.join(folder, d))
+            if not _metadata(d + "/") and not any(c == real or c.startswith(real.rstrip(os.sep) + os.sep) for c in chain):
+                keep.append(d)
+                chains[os.path.join(folder, d)] = (*chain, real)
+        dirs[:] = keep
+        relative = Path(folder).relative_to(root)
+        names += [(relative / f).as_posix() for f in files
+                  if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, f))]
+    return names
 
 
 def _metadata(name: str) -> bool:
