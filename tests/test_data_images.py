@@ -431,3 +431,19 @@ def test_symlinked_folders_in_an_image_tree_are_read_and_a_link_loop_ends(tmp_pa
     assert torch.equal(ds.images, torch.from_numpy(expected).permute(0, 3, 1, 2).float() / 127.5 - 1)
     # the same linked folder under two splits is read under both; the loop is walked no further
     assert image_names(tree) == [f"{s}/{c}/{i}.png" for s in ("test", "train") for c in ("cat", "dog") for i in range(2)]
+
+
+def test_a_zip_with_backslash_separators_reads_as_its_folder(tmp_path):
+    # Windows PowerShell 5's Compress-Archive writes train\cat\0.png: zipfile turns "\\" into "/" only
+    # on Windows, so elsewhere the tree read as flat unlabelled files ("no images under 'train/'")
+    arrays = _write_tree(tmp_path / "tree" / "train")
+    with zipfile.ZipFile(tmp_path / "win.zip", "w") as z:
+        for p in sorted((tmp_path / "tree").rglob("*.png")):
+            info = zipfile.ZipInfo(p.relative_to(tmp_path / "tree").as_posix().replace("/", "\\"))
+            z.writestr(info, p.read_bytes())
+    assert "\\" in zipfile.ZipFile(tmp_path / "win.zip").namelist()[0]
+    plain = load_image_folder(tmp_path / "tree", subdir="train")
+    zipped = load_image_folder(tmp_path / "win.zip", subdir="train")
+    assert zipped.classes == ("cat", "dog") and torch.equal(zipped.labels, plain.labels)
+    assert torch.equal(zipped.images, plain.images) and len(arrays) == len(zipped)
+    assert image_names(tmp_path / "win.zip") == image_names(tmp_path / "tree")

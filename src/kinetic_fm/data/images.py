@@ -98,12 +98,16 @@ class ImageSource:
         if not self.path.exists():
             raise FileNotFoundError(f"image source not found: {self.path} (expected a folder or a .zip)")
         self._zip: zipfile.ZipFile | None = None
+        self._members: dict[str, str] = {}  # name with "/" separators -> the archive's own member name
         if self.path.is_dir():
             names = _folder_images(self.path)
         elif zipfile.is_zipfile(self.path):
             self._zip = zipfile.ZipFile(self.path)
+            # Windows PowerShell 5 writes "train\cat\0.png", which zipfile turns into "/" on Windows
+            # only: elsewhere such a tree read as flat, unlabelled files
+            self._members = {n.replace("\\", "/"): n for n in self._zip.namelist()}
             names = [
-                n for n in self._zip.namelist()
+                n for n in self._members
                 if not n.endswith("/") and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
             ]
         else:
@@ -116,7 +120,7 @@ class ImageSource:
     def read(self, name: str) -> bytes:
         if self._zip is not None:
             try:
-                return self._zip.read(name)
+                return self._zip.read(self._members.get(name, name))
             except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as err:
                 # a damaged member (bad CRC), an encrypted one, an unsupported compression
                 raise ValueError(f"{self.describe(name)}: cannot be read from the archive ({err})") from None
