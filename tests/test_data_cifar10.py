@@ -152,7 +152,7 @@ def test_malformed_batches_and_folders_are_refused(tmp_path):
     from PIL import Image
 
     for classes, side, match in ((("cat", "dog"), 32, "not the 10 CIFAR-10 classes"),
-                                 (("cat",), 32, r"the images are not in class folders \(expected the 10"),  # said "class folders None"
+                                 (("cat",), 32, r"class folders \('cat',\) are not the 10 .*'airplane' is missing"),  # said "class folders None"
                                  (CIFAR10_CLASSES, 8, r"images are \(3, 8, 8\), expected \(3, 32, 32\)")):
         root = tmp_path / f"tree{side}{len(classes)}"
         for c in classes:
@@ -180,3 +180,31 @@ def test_sprite_rows_are_row_major_rgb_pixels_and_label_lines_are_checked(tmp_pa
         (tmp_path / "bad.txt").write_text(bad)
         with pytest.raises(ValueError, match=rf"bad.txt: labels must be integers in 0..9, found {shown} at line 1"):
             load_cifar10_sprite(tmp_path / "s.png", tmp_path / "bad.txt")
+
+
+def test_an_image_tree_s_folders_are_checked_before_decoding_and_a_stray_file_is_named(tmp_path):
+    # a preview.png beside the class folders made every label None and the refusal said only "not in
+    # class folders", after decoding all 50,000 images; it names the file now, before decoding any
+    from PIL import Image
+
+    for c in CIFAR10_CLASSES:
+        (tmp_path / "train" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "train" / c / "0000.png")
+    (tmp_path / "train" / "cat" / "0001.png").write_bytes(b"not an image")     # decoding it would fail
+    (tmp_path / "train" / "preview.png").write_bytes(b"not an image either")
+    with pytest.raises(ValueError, match=r"train: train/preview.png lies beside the class folders \(1 such file\); "
+                                         r"expected train/<class>/<image>"):
+        load_cifar10(tmp_path, "train")
+    (tmp_path / "train" / "preview.png").unlink()
+    (tmp_path / "train" / "extra").mkdir()
+    (tmp_path / "train" / "extra" / "0.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"class folders .* are not the 10 CIFAR-10 classes .*: 'extra' is not one"):
+        load_cifar10(tmp_path, "train")
+    (tmp_path / "train" / "extra" / "0.png").unlink()
+    with pytest.raises(ValueError, match=r"0001.png: not a readable image file"):     # then the files are decoded
+        load_cifar10(tmp_path, "train")
+    for c in CIFAR10_CLASSES[1:]:                                          # one class folder: which are missing
+        for f in (tmp_path / "train" / c).iterdir():
+            f.unlink()
+    with pytest.raises(ValueError, match=r"class folders \('airplane',\) are not .*'truck' is missing"):
+        load_cifar10(tmp_path, "train")

@@ -119,15 +119,32 @@ def load_cifar10(
                             str(batches), indices=chosen)
     if not (path.is_dir() or zipfile.is_zipfile(path)):
         raise ValueError(f"{path}: expected a CIFAR-10 batches folder, an image folder or a zip")
+    _check_class_folders(path, split)
     ds = load_image_folder(path, subdir=split, n=n, indices=indices, seed=seed, progress=progress)
-    if ds.classes is None:
-        raise ValueError(f"{path}/{split}: the images are not in class folders (expected the 10 CIFAR-10 classes "
-                         f"{CIFAR10_CLASSES}, one folder each)")
-    if ds.classes != CIFAR10_CLASSES:
-        raise ValueError(f"{path}/{split}: class folders {ds.classes} are not the 10 CIFAR-10 classes {CIFAR10_CLASSES}")
     if ds.shape != (3, 32, 32):
         raise ValueError(f"{path}/{split}: images are {ds.shape}, expected (3, 32, 32)")
     return ds
+
+
+def _check_class_folders(path: Path, split: str) -> None:
+    """ValueError unless the tree's ``<split>/<class>/<image>`` files sit in the 10 CIFAR-10 class
+    folders, told from the listing before any image is decoded (it was told after decoding all
+    50,000, and a stray ``train/preview.png`` was not named)."""
+    from .images import ImageSource, _under
+
+    with ImageSource(path) as source:
+        pairs = _under(source.names, split, path)
+    loose = [name for name, relative in pairs if "/" not in relative]
+    if loose:
+        raise ValueError(f"{path}/{split}: {loose[0]} lies beside the class folders ({len(loose)} such "
+                         f"file{'s' if len(loose) > 1 else ''}); expected {split}/<class>/<image> for the 10 "
+                         f"CIFAR-10 classes {CIFAR10_CLASSES}")
+    classes = tuple(sorted({relative.split("/")[-2] for _, relative in pairs}))  # each file's folder, as labelled
+    if classes != CIFAR10_CLASSES:
+        odd = [f"{c!r} is not one" for c in classes if c not in CIFAR10_CLASSES]
+        odd += [f"{c!r} is missing" for c in CIFAR10_CLASSES if c not in classes]
+        raise ValueError(f"{path}/{split}: class folders {classes} are not the 10 CIFAR-10 classes {CIFAR10_CLASSES}: "
+                         + ", ".join(odd))
 
 
 def item_files(path: str | os.PathLike, split: str, indices: Tensor) -> list[str] | None:
