@@ -447,3 +447,22 @@ def test_a_zip_with_backslash_separators_reads_as_its_folder(tmp_path):
     assert zipped.classes == ("cat", "dog") and torch.equal(zipped.labels, plain.labels)
     assert torch.equal(zipped.images, plain.images) and len(arrays) == len(zipped)
     assert image_names(tmp_path / "win.zip") == image_names(tmp_path / "tree")
+
+
+def test_an_unreadable_folder_in_an_image_tree_is_named_not_skipped(tmp_path, monkeypatch):
+    # a class folder the user may not list was skipped without a word (the walk ignored the error),
+    # like a linked one: that class was missing from the labels. (Run as root, chmod would not stop
+    # the listing, so the refusal is simulated.)
+    import os
+
+    _write_tree(tmp_path / "tree")
+    listing = os.scandir
+
+    def scandir(path=".", *args):
+        if os.fspath(path).endswith("dog"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(ValueError, match=r"tree: cannot list .*dog \(.*Permission denied"):
+        load_image_folder(tmp_path / "tree")

@@ -143,10 +143,14 @@ class ImageSource:
 def _folder_images(root: Path) -> list[str]:
     """Image files under ``root`` as POSIX paths relative to it, linked folders followed (a tree of
     links to class folders lost those classes under Path.rglob, which does not enter them), a link
-    back into its own ancestry walked no further (it would loop)."""
+    back into its own ancestry walked no further (it would loop); ValueError naming a folder that
+    cannot be listed."""
     names = []
     chains = {str(root): (os.path.realpath(root),)}  # each folder's real path and its ancestors'
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    def refuse(err: OSError):  # os.walk skipped a folder it could not list: a class lost without a word
+        raise ValueError(f"{root}: cannot list {err.filename} ({err.strerror or err})") from None
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=refuse):
         chain = chains.pop(folder)
         keep = []
         for d in dirs:
