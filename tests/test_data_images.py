@@ -466,3 +466,21 @@ def test_an_unreadable_folder_in_an_image_tree_is_named_not_skipped(tmp_path, mo
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(ValueError, match=r"tree: cannot list .*dog \(.*Permission denied"):
         load_image_folder(tmp_path / "tree")
+
+
+def test_netpbm_and_jfif_files_are_images(tmp_path):
+    # the AT&T (ORL) faces come as s<k>/<i>.pgm: the folder "contained no image files", and a .ppm
+    # or .jfif beside PNGs was left out without a word, though PIL reads them all
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s2").mkdir()
+    Image.fromarray(grey).save(tmp_path / "s1" / "1.pgm")
+    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "s1" / "2.ppm")
+    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "s2" / "1.png")
+    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "s2" / "2.jfif", format="JPEG", quality=95)
+    ds = load_image_folder(tmp_path, grayscale=True)
+    assert image_names(tmp_path) == ["s1/1.pgm", "s1/2.ppm", "s2/1.png", "s2/2.jfif"]
+    assert ds.labels.tolist() == [0, 0, 1, 1] and ds.lossy == "JPEG"
+    expected = torch.from_numpy(grey).float() / 127.5 - 1
+    assert all(torch.equal(ds.images[i, 0], expected) for i in range(3))

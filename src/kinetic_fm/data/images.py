@@ -23,7 +23,8 @@ from torch import Tensor
 from ..checks import is_integer
 from .subset import select_indices
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
+IMAGE_EXTENSIONS = (".png", *JPEG_EXTENSIONS, ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm")
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,7 @@ def load_image_folder(
         classes=classes,
         source=str(path) if subdir is None else f"{path}/{subdir}",
         indices=chosen,
-        lossy="JPEG" if size is None and any(names[i].lower().endswith((".jpg", ".jpeg"))
+        lossy="JPEG" if size is None and any(names[i].lower().endswith(JPEG_EXTENSIONS)
                                               for i in chosen.tolist()) else None,
     )
 
