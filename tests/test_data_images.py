@@ -224,6 +224,15 @@ def test_shared_celeba_zip(shared_data):
     assert torch.equal(ds.indices, select_indices(6000, n=256, seed=0))
 
 
+def test_shared_celeba_faces_are_178_by_218_rgb_jpegs(shared_data):
+    # the aligned CelebA files (README): 178 wide, 218 high, RGB, JPEG, read as they are with size=None
+    faces = load_celeba(shared_data / "celeba" / "celeba_align_subset6000.zip", n=3, seed=0, size=None, crop=None,
+                        grayscale=False, center="none")
+    assert faces.shape == (3, 218, 178) and faces.lossy == "JPEG" and faces.labels is None
+    assert faces.images.min() >= -1 and faces.images.max() <= 1 and faces.images.dtype == torch.float32
+    assert (faces.images[:, 0] - faces.images[:, 2]).abs().mean() > 0.01              # colour, not grey
+
+
 def test_uint8_images_decode_to_the_signed_range_bit_for_bit():
     from kinetic_fm.data.images import uint8_to_signed
 
