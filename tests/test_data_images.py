@@ -439,7 +439,8 @@ def test_symlinked_folders_in_an_image_tree_are_read_and_a_link_loop_ends(tmp_pa
     expected = np.stack([arrays[(c, i)] for c in ("cats", "dogs") for i in range(2)])
     assert torch.equal(ds.images, torch.from_numpy(expected).permute(0, 3, 1, 2).float() / 127.5 - 1)
     # the same linked folder under two splits is read under both; the loop is walked no further
-    assert image_names(tree) == [f"{s}/{c}/{i}.png" for s in ("test", "train") for c in ("cat", "dog") for i in range(2)]
+    both = [f"{split}/{c}/{i}.png" for split in ("test", "train") for c in ("cat", "dog") for i in range(2)]
+    assert image_names(tree) == both
 
 
 def test_a_zip_with_backslash_separators_reads_as_its_folder(tmp_path):

@@ -156,7 +156,8 @@ def _folder_images(root: Path) -> list[str]:
         keep = []
         for d in dirs:
             real = os.path.realpath(os.path.join(folder, d))
-            if not _metadata(d + "/") and not any(c == real or c.startswith(real.rstrip(os.sep) + os.sep) for c in chain):
+            inside = real.rstrip(os.sep) + os.sep
+            if not _metadata(d + "/") and not any(c == real or c.startswith(inside) for c in chain):
                 keep.append(d)
                 chains[os.path.join(folder, d)] = (*chain, real)
         dirs[:] = keep
