@@ -208,3 +208,30 @@ def test_an_image_tree_s_folders_are_checked_before_decoding_and_a_stray_file_is
             f.unlink()
     with pytest.raises(ValueError, match=r"class folders \('airplane',\) are not .*'truck' is missing"):
         load_cifar10(tmp_path, "train")
+
+
+def test_the_official_tarball_is_read_as_its_batches(tmp_path):
+    # CIFAR-10 comes as cifar-10-python.tar.gz: cifar10:<the tarball> said "expected a CIFAR-10 batches
+    # folder, an image folder or a zip", so it had to be unpacked first
+    import tarfile
+
+    from kinetic_fm.data import load_dataset
+
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    _write_batches(batches)
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(batches, arcname="cifar-10-batches-py")
+    for split in ("train", "test"):
+        packed = load_cifar10(tmp_path / "cifar-10-python.tar.gz", split, n=3, seed=1)
+        unpacked = load_cifar10(batches, split, n=3, seed=1)
+        assert torch.equal(packed.images, unpacked.images) and torch.equal(packed.labels, unpacked.labels)
+        assert torch.equal(packed.indices, unpacked.indices) and packed.source.endswith(".tar.gz")
+    assert item_files(tmp_path / "cifar-10-python.tar.gz", "train", packed.indices) is None
+    assert len(load_dataset(f"cifar10:{tmp_path / 'cifar-10-python.tar.gz'}", progress=False)) == 20
+    # a tarball without the split's batches names what is missing
+    with tarfile.open(tmp_path / "part.tar", "w") as tar:
+        tar.add(batches / "data_batch_1", arcname="cifar-10-batches-py/data_batch_1")
+    with pytest.raises(FileNotFoundError, match=r"part.tar: a CIFAR-10 python batches archive without the train "
+                                                r"split's data_batch_2, data_batch_3"):
+        load_cifar10(tmp_path / "part.tar", "train")
