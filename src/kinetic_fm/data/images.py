@@ -148,6 +148,7 @@ def _folder_images(root: Path) -> list[str]:
     cannot be listed."""
     names = []
     chains = {str(root): (os.path.realpath(root),)}  # each folder's real path and its ancestors'
+
     def refuse(err: OSError):  # os.walk skipped a folder it could not list: a class lost without a word
         raise ValueError(f"{root}: cannot list {err.filename} ({err.strerror or err})") from None
 
