@@ -235,3 +235,15 @@ def test_the_official_tarball_is_read_as_its_batches(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"part.tar: a CIFAR-10 python batches archive without the train "
                                                 r"split's data_batch_2, data_batch_3"):
         load_cifar10(tmp_path / "part.tar", "train")
+
+
+def test_a_sprite_s_label_offset_of_the_wrong_type_is_named(tmp_path):
+    # label_offset="0" failed as "'<' not supported between instances of 'str' and 'int'"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((2, 1024, 3), dtype=np.uint8)).save(tmp_path / "mine.png")
+    (tmp_path / "labels.txt").write_text("1\n2\n3\n")
+    for bad in ("0", 0.5, -1):
+        with pytest.raises(ValueError, match=r"^label_offset must be None or a non-negative integer"):
+            load_cifar10_sprite(tmp_path / "mine.png", tmp_path / "labels.txt", label_offset=bad)
+    assert load_cifar10_sprite(tmp_path / "mine.png", tmp_path / "labels.txt", label_offset=1).labels.tolist() == [2, 3]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import optional_integer
 from .images import ImageDataset, load_image_folder, uint8_to_signed
 from .subset import select_indices
 
@@ -222,6 +223,7 @@ def load_cifar10_sprite(
     if label_offset is None:
         numbered = re.fullmatch(r"cifar10_batch_(\d+)\.png", sprite.name)
         label_offset = 1000 * int(numbered.group(1)) if numbered else 0
+    label_offset = optional_integer("label_offset", label_offset, 0)  # "0" was a TypeError
     if not sprite.is_file():
         raise FileNotFoundError(f"sprite not found: {sprite}")
     with Image.open(sprite) as img:
