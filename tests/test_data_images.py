@@ -494,3 +494,17 @@ def test_netpbm_and_jfif_files_are_images(tmp_path):
     assert ds.labels.tolist() == [0, 0, 1, 1] and ds.lossy == "JPEG"
     expected = torch.from_numpy(grey).float() / 127.5 - 1
     assert all(torch.equal(ds.images[i, 0], expected) for i in range(3))
+
+
+def test_an_exif_orientation_is_applied_as_viewers_show_the_image(tmp_path):
+    # a phone stores a portrait photo as landscape pixels plus EXIF Orientation 6 ("rotate 90° clockwise
+    # to show"): the loader read the stored pixels, so such photos came out on their side, and a
+    # folder mixing them with upright ones of the same scene failed on differing shapes
+    stored = np.random.default_rng(4).integers(0, 256, (5, 7, 3), dtype=np.uint8)   # 7 wide, 5 high
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    Image.fromarray(np.ascontiguousarray(np.rot90(stored, k=-1))).save(tmp_path / "upright.png")
+    ds = load_image_folder(tmp_path)
+    shown = torch.from_numpy(np.rot90(stored, k=-1).copy()).permute(2, 0, 1).float() / 127.5 - 1
+    assert ds.shape == (3, 7, 5) and torch.equal(ds.images[0], shown) and torch.equal(ds.images[1], shown)

@@ -158,21 +158,17 @@ def load_cifar10(
                             str(batches), indices=chosen)
     if not (path.is_dir() or zipfile.is_zipfile(path)):
         raise ValueError(f"{path}: expected a CIFAR-10 batches folder or its .tar.gz, an image folder or a zip")
-    _check_class_folders(path, split)
-    ds = load_image_folder(path, subdir=split, n=n, indices=indices, seed=seed, progress=progress)
+    ds = load_image_folder(path, subdir=split, n=n, indices=indices, seed=seed, progress=progress,
+                           check_listing=lambda pairs: _check_class_folders(pairs, path, split))
     if ds.shape != (3, 32, 32):
         raise ValueError(f"{path}/{split}: images are {ds.shape}, expected (3, 32, 32)")
     return ds
 
 
-def _check_class_folders(path: Path, split: str) -> None:
-    """ValueError unless the tree's ``<split>/<class>/<image>`` files sit in the 10 CIFAR-10 class
-    folders, told from the listing before any image is decoded (it was told after decoding all
-    50,000, and a stray ``train/preview.png`` was not named)."""
-    from .images import ImageSource, _under
-
-    with ImageSource(path) as source:
-        pairs = _under(source.names, split, path)
+def _check_class_folders(pairs: list[tuple[str, str]], path: Path, split: str) -> None:
+    """ValueError unless the tree's ``<split>/<class>/<image>`` files (``pairs`` of file and path
+    under ``split``) sit in the 10 CIFAR-10 class folders, told from the listing before any image
+    is decoded (it was told after decoding all 50,000, and a stray ``train/preview.png`` was not named)."""
     loose = [name for name, relative in pairs if "/" not in relative]
     if loose:
         raise ValueError(f"{path}/{split}: {loose[0]} lies beside the class folders ({len(loose)} such "
