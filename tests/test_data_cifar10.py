@@ -88,6 +88,25 @@ def test_shared_cifar10_zip_pairs_each_image_with_its_label(shared_data):
     assert (pred == ds.labels).double().mean().item() >= 0.7
 
 
+def test_shared_cifar10_zip_is_rgb_and_in_official_order_by_the_lossless_sprite(shared_data):
+    # an independent judge of channel order and of the README's order recipe: training image i is
+    # train/<class L[i]>/<k>.jpg (k = earlier images of that class); against the lossless ConvNetJS
+    # copy of the same image the JPEG is ~6/255 off (README: 5.8/255), with R and B swapped ~30/255
+    root = shared_data / "cifar10"
+    sprite = load_cifar10_sprite(root / "convnetjs_lossless" / "cifar10_batch_0.png",
+                                 root / "convnetjs_lossless" / "cifar10_labels_51000.txt")
+    labels = sprite.labels[:16].tolist()
+    files = [f"train/{CIFAR10_CLASSES[c]}/{labels[:i].count(c):04d}.jpg" for i, c in enumerate(labels)]
+    listing = item_files(root / "cifar10_jpeg_q75.zip", "train", torch.arange(50_000))
+    jpeg = load_cifar10(root / "cifar10_jpeg_q75.zip", "train", indices=[listing.index(f) for f in files])
+    assert torch.equal(jpeg.labels, sprite.labels[:16]) and jpeg.lossy == "JPEG"
+    error = (jpeg.images - sprite.images[:16]).abs().mean().item() * 127.5        # in 0..255 levels
+    swapped = (jpeg.images.flip(1) - sprite.images[:16]).abs().mean().item() * 127.5
+    assert error < 10 < 20 < swapped
+    # the lossless images' channel means are CIFAR-10's, R > G > B (README: 0.491, 0.482, 0.447)
+    np.testing.assert_allclose(sprite.to_unit().mean(dim=(0, 2, 3)).numpy(), [0.491, 0.482, 0.447], atol=0.01)
+
+
 def test_shared_sprite_labels(shared_data):
     root = shared_data / "cifar10" / "convnetjs_lossless"
     ds = load_cifar10_sprite(root / "cifar10_batch_50.png", root / "cifar10_labels_51000.txt", label_offset=50_000)
@@ -133,7 +152,7 @@ def test_malformed_batches_and_folders_are_refused(tmp_path):
     from PIL import Image
 
     for classes, side, match in ((("cat", "dog"), 32, "not the 10 CIFAR-10 classes"),
-                                 (("cat",), 32, r"the images are not in class folders \(expected the 10"),  # said "class folders None"
+                                 (("cat",), 32, r"class folders \('cat',\) are not the 10 .*'airplane' is missing"),  # said "class folders None"
                                  (CIFAR10_CLASSES, 8, r"images are \(3, 8, 8\), expected \(3, 32, 32\)")):
         root = tmp_path / f"tree{side}{len(classes)}"
         for c in classes:
@@ -161,3 +180,70 @@ def test_sprite_rows_are_row_major_rgb_pixels_and_label_lines_are_checked(tmp_pa
         (tmp_path / "bad.txt").write_text(bad)
         with pytest.raises(ValueError, match=rf"bad.txt: labels must be integers in 0..9, found {shown} at line 1"):
             load_cifar10_sprite(tmp_path / "s.png", tmp_path / "bad.txt")
+
+
+def test_an_image_tree_s_folders_are_checked_before_decoding_and_a_stray_file_is_named(tmp_path):
+    # a preview.png beside the class folders made every label None and the refusal said only "not in
+    # class folders", after decoding all 50,000 images; it names the file now, before decoding any
+    from PIL import Image
+
+    for c in CIFAR10_CLASSES:
+        (tmp_path / "train" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "train" / c / "0000.png")
+    (tmp_path / "train" / "cat" / "0001.png").write_bytes(b"not an image")     # decoding it would fail
+    (tmp_path / "train" / "preview.png").write_bytes(b"not an image either")
+    with pytest.raises(ValueError, match=r"train: train/preview.png lies beside the class folders \(1 such file\); "
+                                         r"expected train/<class>/<image>"):
+        load_cifar10(tmp_path, "train")
+    (tmp_path / "train" / "preview.png").unlink()
+    (tmp_path / "train" / "extra").mkdir()
+    (tmp_path / "train" / "extra" / "0.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"class folders .* are not the 10 CIFAR-10 classes .*: 'extra' is not one"):
+        load_cifar10(tmp_path, "train")
+    (tmp_path / "train" / "extra" / "0.png").unlink()
+    with pytest.raises(ValueError, match=r"0001.png: not a readable image file"):     # then the files are decoded
+        load_cifar10(tmp_path, "train")
+    for c in CIFAR10_CLASSES[1:]:                                          # one class folder: which are missing
+        for f in (tmp_path / "train" / c).iterdir():
+            f.unlink()
+    with pytest.raises(ValueError, match=r"class folders \('airplane',\) are not .*'truck' is missing"):
+        load_cifar10(tmp_path, "train")
+
+
+def test_the_official_tarball_is_read_as_its_batches(tmp_path):
+    # CIFAR-10 comes as cifar-10-python.tar.gz: cifar10:<the tarball> said "expected a CIFAR-10 batches
+    # folder, an image folder or a zip", so it had to be unpacked first
+    import tarfile
+
+    from kinetic_fm.data import load_dataset
+
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    _write_batches(batches)
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(batches, arcname="cifar-10-batches-py")
+    for split in ("train", "test"):
+        packed = load_cifar10(tmp_path / "cifar-10-python.tar.gz", split, n=3, seed=1)
+        unpacked = load_cifar10(batches, split, n=3, seed=1)
+        assert torch.equal(packed.images, unpacked.images) and torch.equal(packed.labels, unpacked.labels)
+        assert torch.equal(packed.indices, unpacked.indices) and packed.source.endswith(".tar.gz")
+    assert item_files(tmp_path / "cifar-10-python.tar.gz", "train", packed.indices) is None
+    assert len(load_dataset(f"cifar10:{tmp_path / 'cifar-10-python.tar.gz'}", progress=False)) == 20
+    # a tarball without the split's batches names what is missing
+    with tarfile.open(tmp_path / "part.tar", "w") as tar:
+        tar.add(batches / "data_batch_1", arcname="cifar-10-batches-py/data_batch_1")
+    with pytest.raises(FileNotFoundError, match=r"part.tar: a CIFAR-10 python batches archive without the train "
+                                                r"split's data_batch_2, data_batch_3"):
+        load_cifar10(tmp_path / "part.tar", "train")
+
+
+def test_a_sprite_s_label_offset_of_the_wrong_type_is_named(tmp_path):
+    # label_offset="0" failed as "'<' not supported between instances of 'str' and 'int'"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((2, 1024, 3), dtype=np.uint8)).save(tmp_path / "mine.png")
+    (tmp_path / "labels.txt").write_text("1\n2\n3\n")
+    for bad in ("0", 0.5, -1):
+        with pytest.raises(ValueError, match=r"^label_offset must be None or a non-negative integer"):
+            load_cifar10_sprite(tmp_path / "mine.png", tmp_path / "labels.txt", label_offset=bad)
+    assert load_cifar10_sprite(tmp_path / "mine.png", tmp_path / "labels.txt", label_offset=1).labels.tolist() == [2, 3]

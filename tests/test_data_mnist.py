@@ -108,3 +108,19 @@ def test_a_file_given_for_the_mnist_folder_is_named_as_a_file(tmp_path):
         load_mnist(tmp_path / "train-images-idx3-ubyte")
     with pytest.raises(FileNotFoundError, match="MNIST folder not found"):
         load_mnist(tmp_path / "absent")
+
+
+def test_torchvision_s_root_is_read_from_its_mnist_raw_folder(tmp_path):
+    # torchvision.datasets.MNIST(root) keeps the files in root/MNIST/raw; cifar10: took torchvision's
+    # root (cifar-10-batches-py inside) but mnist:root said "not found in root"
+    images = np.arange(2 * 28 * 28, dtype=np.uint64).reshape(2, 28, 28).astype(np.uint8)
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    _write(tmp_path / "MNIST" / "raw", images, np.array([4, 2], np.uint8), gz=False)
+    ds = load_mnist(tmp_path)
+    assert ds.labels.tolist() == [4, 2] and ds.source == str(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte")
+    assert torch.equal(ds.images, load_mnist(tmp_path / "MNIST" / "raw").images)
+    # a folder with neither says where it looked
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\[\.gz\] not found in .*empty "
+                                                r"\(nor in its MNIST/raw, torchvision's layout\)"):
+        (tmp_path / "empty").mkdir()
+        load_mnist(tmp_path / "empty")

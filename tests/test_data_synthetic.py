@@ -160,3 +160,19 @@ def test_mixture_assign_tells_apart_means_closer_than_their_distance_from_the_or
     x = means[torch.arange(40) % 2] + 1e-7 * torch.randn(40, 2, generator=g, dtype=torch.float64)
     nearest = ((x[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)  # float64 brute force, equal weights and σ
     assert torch.equal(GaussianMixture(means, torch.ones(2), 1e-7).assign(x), nearest)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: checkerboard(10, squares=4.5), r"^squares must be an integer >= 2, got 4.5$"),
+    (lambda: checkerboard(10, squares=True), r"^squares must be an integer >= 2, got True$"),
+    (lambda: checkerboard(10, side="4"), r"^side must be a finite number > 0, got '4'$"),
+    (lambda: two_moons(10, noise="0.1"), r"^noise must be a finite number >= 0, got '0.1'$"),
+    (lambda: two_moons(10, noise=None), r"^noise must be a finite number >= 0, got None$"),
+    (lambda: gaussian_mixture(10, radius="4"), r"^radius must be a finite number, got '4'$"),
+    (lambda: gaussian_mixture(10, std=None), r"^stds must be one or 8 finite numbers > 0, got None$"),
+])
+def test_settings_of_the_wrong_type_are_named_not_a_type_error(make, match):
+    # these failed in Python's or torch's words, naming no argument: "'float' object cannot be
+    # interpreted as an integer", "'>' not supported between 'str' and 'int'", "must be real number"
+    with pytest.raises(ValueError, match=match):
+        make()

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from torch import Tensor
 
-from .images import ImageDataset, load_image_folder
+from .images import ImageDataset, check_sides, load_image_folder
 
 CENTERING = ("pixel", "global", "none")
 
@@ -17,7 +17,7 @@ def load_celeba(
     n: int | None = None,
     indices: Sequence[int] | Tensor | None = None,
     seed: int = 0,
-    size: int = 32,
+    size: int | None = 32,
     crop: int | None = 140,
     grayscale: bool = True,
     center: str = "pixel",
@@ -32,6 +32,8 @@ def load_celeba(
     ``n``/``indices``/``seed`` select the training subset (the paper uses n = 1024) before decoding.
 
     Args:
+        size, crop: output side and centre-crop side in pixels; None keeps the files' size (no
+            resize) or the whole image (no crop).
         center: "pixel" subtracts the per-pixel mean image, "global" one scalar mean, "none" nothing.
 
     Returns:
@@ -47,8 +49,7 @@ def load_celeba(
     """
     if center not in CENTERING:
         raise ValueError(f"center must be one of {CENTERING}, got {center!r}")
-    if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+    check_sides(crop=crop, size=size)  # size=None failed as "'<' not supported between NoneType and int"
     ds = load_image_folder(path, size=size, crop=crop, grayscale=grayscale, labels_from_folders=False,
                            n=n, indices=indices, seed=seed, progress=progress)
     if center == "none":

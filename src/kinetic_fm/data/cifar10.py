@@ -1,4 +1,5 @@
-"""CIFAR-10 from the official python pickle batches, an image-folder tree, or a ConvNetJS sprite.
+"""CIFAR-10 from the official python pickle batches (a folder or the tarball), an image-folder tree, or a
+ConvNetJS sprite.
 
 All loaders return (N, 3, 32, 32) float32 images in [-1, 1] with labels 0..9 in the standard
 class order (:data:`CIFAR10_CLASSES`).
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import tarfile
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import optional_integer
 from .images import ImageDataset, load_image_folder, uint8_to_signed
 from .subset import select_indices
 
@@ -47,9 +50,15 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            batch = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
+            return _read_batch(fh, str(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"CIFAR-10 batch not found: {path}") from None
+
+
+def _read_batch(fh, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_cifar_batch` of an open binary file; ``path`` names it in errors."""
+    try:
+        batch = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
         raise ValueError(f"{path}: not a CIFAR-10 python batch ({err})") from None
     if not isinstance(batch, dict):
@@ -77,6 +86,31 @@ def _batches_folder(path: Path) -> Path | None:
     return None
 
 
+def _is_tarball(path: Path) -> bool:
+    """Whether ``path`` is a tar archive (the official ``cifar-10-python.tar.gz``), not a zip."""
+    return path.is_file() and not zipfile.is_zipfile(path) and tarfile.is_tarfile(path)
+
+
+def _tarball_batches(path: Path, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``split``'s python batches read from a tar archive in one pass (a .tar.gz cannot seek
+    back without decompressing again), in :data:`_BATCHES` order; FileNotFoundError naming the
+    missing ones."""
+    wanted, found = set(_BATCHES[split]), {}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                name = member.name.rsplit("/", 1)[-1]
+                if member.isfile() and name in wanted and name not in found:
+                    found[name] = _read_batch(tar.extractfile(member), f"{path}:{member.name}")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise ValueError(f"{path}: cannot read the tar archive ({err})") from None
+    missing = [name for name in _BATCHES[split] if name not in found]
+    if missing:
+        raise FileNotFoundError(f"{path}: a CIFAR-10 python batches archive without the {split} split's "
+                                f"{', '.join(missing)}")
+    return [found[name] for name in _BATCHES[split]]
+
+
 def load_cifar10(
     path: str | os.PathLike,
     split: str = "train",
@@ -89,8 +123,9 @@ def load_cifar10(
     """CIFAR-10 from a folder of python batches, or a folder/zip of ``<split>/<class>/*.png|jpg``.
 
     Args:
-        path: the ``cifar-10-batches-py`` folder (``data_batch_1..5``, ``test_batch``), or a
-            folder or zip holding ``train/<class>/...`` and ``test/<class>/...`` images.
+        path: the ``cifar-10-batches-py`` folder (``data_batch_1..5``, ``test_batch``) or the
+            official ``cifar-10-python.tar.gz`` holding it, or a folder or zip holding
+            ``train/<class>/...`` and ``test/<class>/...`` images.
         split: "train" or "test".
         n, indices, seed: subset selection, applied before decoding. Positions index the
             source's own order: the official order for python batches, the sorted
@@ -104,30 +139,47 @@ def load_cifar10(
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"CIFAR-10 not found at {path} (expected a batches folder, an image folder or a zip)")
+        raise FileNotFoundError(f"CIFAR-10 not found at {path} (expected a batches folder or its .tar.gz, "
+                                "an image folder or a zip)")
     batches = _batches_folder(path)
-    if batches is not None:
+    if batches is None and _is_tarball(path):
+        batches, parts = path, _tarball_batches(path, split)
+    elif batches is not None:
         missing = [name for name in _BATCHES[split] if not (batches / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{batches}: a CIFAR-10 python batches folder without the {split} split's "
                                     f"{', '.join(missing)}")
         parts = [read_cifar_batch(batches / name) for name in _BATCHES[split]]
+    if batches is not None:
         images = np.concatenate([p[0] for p in parts])
         labels = torch.as_tensor(np.concatenate([p[1] for p in parts]))
         chosen = select_indices(images.shape[0], n=n, indices=indices, seed=seed)
         return ImageDataset(uint8_to_signed(images[chosen.numpy()]), labels[chosen], CIFAR10_CLASSES,
                             str(batches), indices=chosen)
     if not (path.is_dir() or zipfile.is_zipfile(path)):
-        raise ValueError(f"{path}: expected a CIFAR-10 batches folder, an image folder or a zip")
-    ds = load_image_folder(path, subdir=split, n=n, indices=indices, seed=seed, progress=progress)
-    if ds.classes is None:
-        raise ValueError(f"{path}/{split}: the images are not in class folders (expected the 10 CIFAR-10 classes "
-                         f"{CIFAR10_CLASSES}, one folder each)")
-    if ds.classes != CIFAR10_CLASSES:
-        raise ValueError(f"{path}/{split}: class folders {ds.classes} are not the 10 CIFAR-10 classes {CIFAR10_CLASSES}")
+        raise ValueError(f"{path}: expected a CIFAR-10 batches folder or its .tar.gz, an image folder or a zip")
+    ds = load_image_folder(path, subdir=split, n=n, indices=indices, seed=seed, progress=progress,
+                           check_listing=lambda pairs: _check_class_folders(pairs, path, split))
     if ds.shape != (3, 32, 32):
         raise ValueError(f"{path}/{split}: images are {ds.shape}, expected (3, 32, 32)")
     return ds
+
+
+def _check_class_folders(pairs: list[tuple[str, str]], path: Path, split: str) -> None:
+    """ValueError unless the tree's ``<split>/<class>/<image>`` files (``pairs`` of file and path
+    under ``split``) sit in the 10 CIFAR-10 class folders, told from the listing before any image
+    is decoded (it was told after decoding all 50,000, and a stray ``train/preview.png`` was not named)."""
+    loose = [name for name, relative in pairs if "/" not in relative]
+    if loose:
+        raise ValueError(f"{path}/{split}: {loose[0]} lies beside the class folders ({len(loose)} such "
+                         f"file{'s' if len(loose) > 1 else ''}); expected {split}/<class>/<image> for the 10 "
+                         f"CIFAR-10 classes {CIFAR10_CLASSES}")
+    classes = tuple(sorted({relative.split("/")[-2] for _, relative in pairs}))  # each file's folder, as labelled
+    if classes != CIFAR10_CLASSES:
+        odd = [f"{c!r} is not one" for c in classes if c not in CIFAR10_CLASSES]
+        odd += [f"{c!r} is missing" for c in CIFAR10_CLASSES if c not in classes]
+        raise ValueError(f"{path}/{split}: class folders {classes} are not the 10 CIFAR-10 classes {CIFAR10_CLASSES}: "
+                         + ", ".join(odd))
 
 
 def item_files(path: str | os.PathLike, split: str, indices: Tensor) -> list[str] | None:
@@ -138,7 +190,7 @@ def item_files(path: str | os.PathLike, split: str, indices: Tensor) -> list[str
 
     if split not in _BATCHES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if _batches_folder(Path(path)) is not None:
+    if _batches_folder(Path(path)) is not None or _is_tarball(Path(path)):
         return None
     files = image_names(path, subdir=split)
     return [files[i] for i in indices.tolist()]
@@ -167,6 +219,7 @@ def load_cifar10_sprite(
     if label_offset is None:
         numbered = re.fullmatch(r"cifar10_batch_(\d+)\.png", sprite.name)
         label_offset = 1000 * int(numbered.group(1)) if numbered else 0
+    label_offset = optional_integer("label_offset", label_offset, 0)  # "0" was a TypeError
     if not sprite.is_file():
         raise FileNotFoundError(f"sprite not found: {sprite}")
     with Image.open(sprite) as img:

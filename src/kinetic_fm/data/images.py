@@ -14,7 +14,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ from torch import Tensor
 from ..checks import is_integer
 from .subset import select_indices
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
+IMAGE_EXTENSIONS = (".png", *JPEG_EXTENSIONS, ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm")
 
 
 @dataclass(frozen=True)
@@ -98,29 +99,29 @@ class ImageSource:
         if not self.path.exists():
             raise FileNotFoundError(f"image source not found: {self.path} (expected a folder or a .zip)")
         self._zip: zipfile.ZipFile | None = None
+        self._members: dict[str, str] = {}  # name with "/" separators -> the archive's own member name
         if self.path.is_dir():
-            names = [
-                p.relative_to(self.path).as_posix()
-                for p in self.path.rglob("*")
-                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            ]
+            names = _folder_images(self.path)
         elif zipfile.is_zipfile(self.path):
             self._zip = zipfile.ZipFile(self.path)
+            # Windows PowerShell 5 writes "train\cat\0.png", which zipfile turns into "/" on Windows
+            # only: elsewhere such a tree read as flat, unlabelled files
+            self._members = {n.replace("\\", "/"): n for n in self._zip.namelist()}
             names = [
-                n for n in self._zip.namelist()
+                n for n in self._members
                 if not n.endswith("/") and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
             ]
         else:
             raise ValueError(f"{self.path}: expected a folder of images or a zip archive of images")
         # ties of the natural order (1.png, 01.png) by name: the listing order differs between a
         # folder and its zip, and so did the rows and every --n subset
-        self.names: list[str] = sorted((n for n in names if not _macos_metadata(n)),
+        self.names: list[str] = sorted((n for n in names if not _metadata(n)),
                                        key=lambda n: (_natural_key(n), n))
 
     def read(self, name: str) -> bytes:
         if self._zip is not None:
             try:
-                return self._zip.read(name)
+                return self._zip.read(self._members.get(name, name))
             except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as err:
                 # a damaged member (bad CRC), an encrypted one, an unsupported compression
                 raise ValueError(f"{self.describe(name)}: cannot be read from the archive ({err})") from None
@@ -140,11 +141,40 @@ class ImageSource:
         self.close()
 
 
-def _macos_metadata(name: str) -> bool:
-    """Whether ``name`` (a relative path) is macOS metadata that carries an image's extension:
-    a Finder zip's ``__MACOSX/`` tree, or an AppleDouble ``._name`` file beside the image."""
+def _folder_images(root: Path) -> list[str]:
+    """Image files under ``root`` as POSIX paths relative to it, linked folders followed (a tree of
+    links to class folders lost those classes under Path.rglob, which does not enter them), a link
+    back into its own ancestry walked no further (it would loop); ValueError naming a folder that
+    cannot be listed."""
+    names = []
+    chains = {str(root): (os.path.realpath(root),)}  # each folder's real path and its ancestors'
+
+    def refuse(err: OSError):  # os.walk skipped a folder it could not list: a class lost without a word
+        raise ValueError(f"{root}: cannot list {err.filename} ({err.strerror or err})") from None
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=refuse):
+        chain = chains.pop(folder)
+        keep = []
+        for d in dirs:
+            real = os.path.realpath(os.path.join(folder, d))
+            inside = real.rstrip(os.sep) + os.sep
+            if not _metadata(d + "/") and not any(c == real or c.startswith(inside) for c in chain):
+                keep.append(d)
+                chains[os.path.join(folder, d)] = (*chain, real)
+        dirs[:] = keep
+        relative = Path(folder).relative_to(root)
+        names += [(relative / f).as_posix() for f in files
+                  if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, f))]
+    return names
+
+
+def _metadata(name: str) -> bool:
+    """Whether ``name`` (a path relative to the folder or archive root) is metadata that carries an
+    image's extension: a Finder zip's ``__MACOSX/`` tree, or anything hidden (a part starting with
+    "."): AppleDouble ``._name`` files, Jupyter's ``.ipynb_checkpoints/`` copies, ``.thumbnails/``.
+    Such a folder was read as a class of its own and its copies as items."""
     parts = name.split("/")
-    return "__MACOSX" in parts[:-1] or parts[-1].startswith("._")
+    return "__MACOSX" in parts[:-1] or any(part.startswith(".") and part not in (".", "..") for part in parts)
 
 
 def decode_image(
@@ -166,11 +196,10 @@ def decode_image(
     """
     from PIL import Image, UnidentifiedImageError
 
-    for argument, side in (("crop", crop), ("size", size)):
-        if side is not None and (not is_integer(side) or side < 1):
-            raise ValueError(f"{argument} must be None or an integer >= 1 (pixels), got {side!r}")
+    check_sides(crop=crop, size=size)
     try:
         with Image.open(io.BytesIO(data)) as img:
+            img = _upright(img)
             img = _eight_bit(img, name)
             img = img.convert("L" if grayscale else "RGB")
             if crop is not None:
@@ -185,6 +214,27 @@ def decode_image(
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{name}: not a readable image file ({err})") from None
     return array[..., None] if array.ndim == 2 else array
+
+
+def _upright(img):
+    """``img`` turned as its EXIF Orientation tag says viewers show it (a phone's portrait photo is
+    stored as landscape pixels plus "rotate 90°"), unchanged (no copy) without such a tag."""
+    from PIL import ImageOps
+
+    try:
+        orientation = img.getexif().get(0x0112, 1)  # 0x0112: Orientation; 1 = as stored
+    except Exception:  # a damaged EXIF block: the pixels as stored, as they were read before
+        return img
+    if orientation in (1, None):
+        return img
+    return ImageOps.exif_transpose(img)
+
+
+def check_sides(**sides: int | None) -> None:
+    """ValueError naming the first of ``sides`` (crop, size) that is neither None nor an integer >= 1."""
+    for argument, side in sides.items():
+        if side is not None and (not is_integer(side) or side < 1):
+            raise ValueError(f"{argument} must be None or an integer >= 1 (pixels), got {side!r}")
 
 
 def _eight_bit(img, name: str):
@@ -270,6 +320,7 @@ def load_image_folder(
     indices: Sequence[int] | Tensor | None = None,
     seed: int = 0,
     progress: bool = False,
+    check_listing: Callable[[list[tuple[str, str]]], None] | None = None,
 ) -> ImageDataset:
     """Load images from a folder or zip, e.g. a ``<class>/<file>.png`` tree.
 
@@ -282,6 +333,8 @@ def load_image_folder(
             alphabetically); images directly under the root, or all in one folder (``zip -r
             faces.zip faces/``), make the labels None: one class is no labelling.
         n, indices, seed: subset selection before decoding, see :func:`~kinetic_fm.data.subset.select_indices`.
+        check_listing: called with the (file, path under ``subdir``) pairs before any image is
+            decoded, to refuse a tree by raising (one listing: a 60,000-file zip takes seconds to list).
 
     Returns:
         :class:`ImageDataset`, images in [-1, 1].
@@ -290,6 +343,8 @@ def load_image_folder(
         pairs = _under(source.names, subdir, path)
         if not pairs:
             raise FileNotFoundError(f"{path}: contains no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        if check_listing is not None:
+            check_listing(pairs)
         names = [name for name, _ in pairs]
         classes, all_labels = _folder_labels([rel for _, rel in pairs]) if labels_from_folders else (None, None)
         chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
@@ -301,7 +356,7 @@ def load_image_folder(
         classes=classes,
         source=str(path) if subdir is None else f"{path}/{subdir}",
         indices=chosen,
-        lossy="JPEG" if size is None and any(names[i].lower().endswith((".jpg", ".jpeg"))
+        lossy="JPEG" if size is None and any(names[i].lower().endswith(JPEG_EXTENSIONS)
                                               for i in chosen.tolist()) else None,
     )
 

@@ -59,10 +59,13 @@ def read_idx(path: str | os.PathLike, expected_magic: int) -> np.ndarray:
 
 
 def _find(root: Path, stem: str) -> Path:
-    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
-        if (root / name).is_file():
-            return root / name
-    raise FileNotFoundError(f"MNIST file {stem}[.gz] not found in {root}")
+    """The IDX file ``stem`` (gzip or raw, ``-idx`` or ``.idx`` spelling) in ``root``, or in
+    ``root/MNIST/raw`` where torchvision.datasets.MNIST(root) keeps it."""
+    for folder in (root, root / "MNIST" / "raw"):
+        for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+            if (folder / name).is_file():
+                return folder / name
+    raise FileNotFoundError(f"MNIST file {stem}[.gz] not found in {root} (nor in its MNIST/raw, torchvision's layout)")
 
 
 def load_mnist(
@@ -76,7 +79,8 @@ def load_mnist(
     """MNIST as (N, 1, 28, 28) float32 in [-1, 1] (0 = background = -1) with labels 0..9.
 
     Args:
-        root: folder holding the IDX files, gzip-compressed or raw.
+        root: folder holding the IDX files, gzip-compressed or raw (or torchvision's root, which
+            holds them in ``MNIST/raw``).
         split: "train" (60,000 images) or "test" (10,000).
         n, indices, seed: subset selection (see :func:`~kinetic_fm.data.subset.select_indices`).
     """
@@ -88,7 +92,8 @@ def load_mnist(
                          "(train-images-idx3-ubyte[.gz] and the rest)")
     if not root.is_dir():
         raise FileNotFoundError(f"MNIST folder not found: {root}")
-    image_path, label_path = (_find(root, stem) for stem in _FILES[split])
+    image_path = _find(root, _FILES[split][0])
+    label_path = _find(image_path.parent, _FILES[split][1])  # the labels beside their images
     images = read_idx(image_path, IMAGES_MAGIC)
     labels = read_idx(label_path, LABELS_MAGIC)
     if images.shape[0] != labels.shape[0]:

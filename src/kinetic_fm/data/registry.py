@@ -18,7 +18,9 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
         spec: ``digits``; ``moons``, ``gmm`` (8-mode ring) or ``checkerboard`` (2-D samplers, n
             points, default 20,000); ``mnist:DIR``, ``cifar10:PATH``, ``celeba:PATH`` or
             ``folder:PATH`` (training split; PATH a folder or zip as the loaders accept).
-        n: subset size (images) or number of points (2-D); None = everything / 20,000 points.
+        n: subset size (images) or number of points (2-D); None = everything / 20,000 points. Image
+            subsets are nested across n for one seed; 2-D points are drawn afresh for each n, so the
+            n = 500 points are not among the n = 1000 ones.
         seed: seeds the subset or the 2-D sampler.
         progress: a decoding progress bar (stderr) for the image folders and archives.
     """

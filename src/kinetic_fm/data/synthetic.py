@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..checks import check_integer, check_seed
+from ..checks import check_integer, check_real, check_seed
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,15 @@ def _count(n: int) -> int:
     return check_integer("n", n, 1)  # 1e4 failed inside torch's samplers
 
 
+def _float64(name: str, value, what: str) -> Tensor:
+    """``value`` as a float64 CPU tensor; ValueError "``name`` must be ``what``" for what is no
+    numbers (std=None failed in torch's words, "must be real number, not NoneType")."""
+    try:
+        return torch.as_tensor(value, dtype=torch.float64, device="cpu")
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be {what}, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class GaussianMixture:
     """Isotropic Gaussian mixture sum_k w_k N(mu_k, sigma_k^2 I).
@@ -64,14 +73,14 @@ class GaussianMixture:
     stds: Tensor
 
     def __post_init__(self) -> None:
-        means = torch.as_tensor(self.means, dtype=torch.float64, device="cpu")  # a CPU data set
+        means = _float64("means", self.means, "a (K, D) array of finite numbers")  # a CPU data set
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
         if not bool(torch.isfinite(means).all()):  # NaN means drew NaN points without a word
             raise ValueError(f"means must be finite, got {means.tolist()}")
         k = means.shape[0]
-        weights = torch.as_tensor(self.weights, dtype=torch.float64, device="cpu").reshape(-1)
-        stds = torch.as_tensor(self.stds, dtype=torch.float64, device="cpu").reshape(-1)
+        weights = _float64("weights", self.weights, f"{k} finite positive numbers").reshape(-1)
+        stds = _float64("stds", self.stds, f"one or {k} finite numbers > 0").reshape(-1)
         if weights.shape != (k,) or not bool(((weights > 0) & torch.isfinite(weights)).all()):
             raise ValueError(f"weights must be {k} finite positive numbers, got {weights.tolist()}")
         if stds.numel() not in (1, k) or not bool(((stds > 0) & torch.isfinite(stds)).all()):
@@ -85,8 +94,7 @@ class GaussianMixture:
     def ring(cls, k: int = 8, radius: float = 4.0, std: float = 0.4, weights=None) -> "GaussianMixture":
         """k components evenly spaced on a circle of ``radius`` (first one on the +x axis)."""
         k = check_integer("k", k, 1)
-        if not math.isfinite(radius):
-            raise ValueError(f"radius must be a finite number, got {radius}")
+        radius = check_real("radius", radius, -math.inf, math.inf, "a finite number")  # "4": a TypeError
         angle = torch.arange(k, dtype=torch.float64, device="cpu") * (2 * math.pi / k)
         means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
         return cls(means, torch.ones(k, device="cpu") if weights is None else weights, std)  # float64, not via float32
@@ -141,8 +149,7 @@ def two_moons(n: int, seed: int = 0, *, noise: float = 0.05) -> PointDataset:
     moon with probability 1/2. Labels are the moon index.
     """
     n = _count(n)
-    if not (noise >= 0 and math.isfinite(noise)):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
+    noise = check_real("noise", noise, 0.0, math.inf, "a finite number >= 0")  # "0.1": a TypeError
     g = _generator(seed)
     moon = torch.randint(0, 2, (n,), device="cpu", generator=g)
     a = torch.rand(n, device="cpu", generator=g, dtype=torch.float64) * math.pi
@@ -161,10 +168,8 @@ def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) 
     class-conditional net untrained.)
     """
     n = _count(n)
-    if squares < 2:
-        raise ValueError(f"squares must be >= 2, got {squares}")
-    if not (side > 0 and math.isfinite(side)):
-        raise ValueError(f"side must be a finite number > 0, got {side}")
+    squares = check_integer("squares", squares, 2)   # 4.5 failed in range()'s words
+    side = check_real("side", side, 0.0, math.inf, "a finite number > 0", open_low=True)
     g = _generator(seed)
     cells = torch.tensor([r * squares + c for r in range(squares) for c in range(squares) if (r + c) % 2 == 0],
                          device="cpu")
