@@ -124,7 +124,8 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         tables=[("EFM on training subsets of growing size", table)],
         figures=[energy_profile_figure("energy_profile_efm", "Kinetic power ½‖v‖² of exact EFM trajectories on N "
                                        "atoms: mean and 10–90% band. A late spike would rise near t = 1; exact EFM "
-                                       "stays level once it has committed to an atom.", profiles, log_y=True)],
+                                       "stays level once it has committed to an atom.", profiles, log_y=True,
+                                       shaped=False)],
     )
     return section, claims
 
