@@ -14,6 +14,42 @@ from kinetic_fm.studies import figures as F
 from kinetic_fm.studies.workspace import Workspace
 
 
+def _frechet(x: np.ndarray, ref: np.ndarray) -> float:
+    """Float64 Fréchet distance through SciPy's matrix square root (independent of the library's)."""
+    mu, sigma = x.mean(0), np.cov(x, rowvar=False)
+    mu_r, sigma_r = ref.mean(0), np.cov(ref, rowvar=False)
+    half = linalg.sqrtm(sigma_r).real                   # PSD: its root is accurate where sigma·sigma_r's may not be
+    root = linalg.sqrtm(half @ sigma @ half).real
+    return float(((mu - mu_r) ** 2).sum() + np.trace(sigma + sigma_r - 2 * root))
+
+
+def _basic(point: float, resampled: np.ndarray) -> tuple[float, float]:
+    return 2 * point - np.quantile(resampled, 0.975), 2 * point - np.quantile(resampled, 0.025)
+
+
+def test_quintile_intervals_are_basic_bootstraps_of_each_quintiles_own_rows():
+    from kinetic_fm.studies.memorization import quintile_fd_intervals
+
+    rng = np.random.default_rng(0)
+    feats, ref = rng.normal(size=(100, 3)), rng.normal(size=(80, 3))
+    feats[80:] *= 3.0                                   # Q5 far from the reference, and more spread
+    bins = np.arange(100) * 5 // 100
+    low, high = quintile_fd_intervals(feats, bins, ref, 60, seed=7)
+    # brute force: one generator, resample by resample, quintile by quintile, each its own 20 rows
+    draw = np.random.default_rng(7)
+    resampled = np.array([[_frechet(feats[draw.choice(np.flatnonzero(bins == q), size=20)], ref) for q in range(5)]
+                          for _ in range(60)])
+    for q in range(5):
+        expected = _basic(_frechet(feats[bins == q], ref), resampled[:, q])
+        np.testing.assert_allclose([low[q], high[q]], expected, rtol=1e-8)
+    assert high[4] - low[4] > 3 * (high[0] - low[0])     # the spread quintile is the uncertain one
+    # a quintile of one row has no FD and no interval; no resamples, no interval at all
+    lonely = np.where(np.arange(100) == 99, 4, np.minimum(bins, 3))
+    low, high = quintile_fd_intervals(feats, lonely, ref, 20, seed=7)
+    assert np.isnan([low[4], high[4]]).all() and np.isfinite(low[:4]).all()
+    assert np.isnan(quintile_fd_intervals(feats, bins, ref, 0, seed=7)).all()
+
+
 class _LinearDrift(torch.nn.Module):
     def __init__(self, dim: int):
         super().__init__()
@@ -39,6 +75,60 @@ def _axes_of(monkeypatch) -> dict:
 
     monkeypatch.setattr(F, "_render", keep)
     return drawn
+
+
+def _whiskers(segments) -> dict[float, tuple[float, float]]:
+    """x position -> (low, high) of each vertical error bar among line segments."""
+    return {float(s[0, 0]): (float(min(s[:, 1])), float(max(s[:, 1])))
+            for s in segments if len(s) == 2 and s[0, 0] == s[1, 0] and s[0, 1] != s[1, 1]}
+
+
+def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quintile_n(tmp_path, monkeypatch):
+    from kinetic_fm.studies.config import SemanticsConfig
+    from kinetic_fm.studies.memorization import _goldilocks, quintile_bins
+    from kinetic_fm.studies.output import StudyOutput
+
+    gen = torch.Generator().manual_seed(1)
+    train = torch.rand(30, 1, 2, 2, generator=gen) - 0.5
+    assets = SimpleNamespace(train=train, heldout=torch.rand(40, 1, 2, 2, generator=gen) - 0.5,
+                             general=_LinearDrift(4), classifier_name="flat", mean=None,
+                             value_range=lambda: (-0.5, 0.5), features=lambda x: x.flatten(1).double())
+    drawn = _axes_of(monkeypatch)
+    cfg = SemanticsConfig(n_samples=50, steps=4, bootstrap=20, seed_start=5)
+    section, claim = _goldilocks(cfg, 30, assets, Workspace(tmp_path), "fake", StudyOutput("memorization"))
+    table = section.tables[0][1]
+    assert list(table.columns[:5]) == ["KPE quintile", "KPE from", "KPE to", "n", "FD-flat"]  # unchanged
+    low, high, fd = (table[c].to_numpy() for c in ("FD-flat CI low", "FD-flat CI high", "FD-flat"))
+    assert (table["n"] == 10).all() and np.isfinite(low).all() and (low < high).all()
+    # the interval is the quintile's own: 30 resamples (the memorization count) of its rows, from seed_start
+    from kinetic_fm.studies.output import image_range
+    from kinetic_fm.studies.semantics import general_samples
+
+    samples = general_samples(cfg, assets, Workspace(tmp_path), "fake")
+    feats = image_range(samples["x"], assets).flatten(1).double().numpy()
+    ref = assets.heldout.flatten(1).double().numpy()
+    bins = quintile_bins(samples["kpe"].numpy())[1]
+    draw = np.random.default_rng(5)
+    resampled = np.array([[_frechet(feats[draw.choice(np.flatnonzero(bins == q), size=10)], ref) for q in range(5)]
+                          for _ in range(30)])
+    for q in range(5):
+        assert fd[q] == pytest.approx(_frechet(feats[bins == q], ref), rel=1e-8)
+        np.testing.assert_allclose([low[q], high[q]], _basic(fd[q], resampled[:, q]), rtol=1e-6, atol=1e-9)
+    # drawn as whiskers on the bars, and the caption and the claim row say how many samples each bar holds
+    bars = drawn["goldilocks"]
+    whiskers = _whiskers(bars.segments[0])
+    assert sorted(whiskers) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    np.testing.assert_allclose([whiskers[q] for q in range(5)], np.stack([low, high], 1), rtol=1e-9)
+    assert "each bar from 10 samples" in bars.caption and "95% basic bootstrap interval (30 resamples" in bars.caption
+    assert "No interval per bar" not in bars.caption
+    assert claim.n == 50 and "), each from 10 samples of the 50 samples" in claim.ours
+
+
+def test_quintile_sizes_are_stated_as_a_range_when_they_differ():
+    from kinetic_fm.studies.memorization import _quintile_sizes_text
+
+    assert _quintile_sizes_text([200] * 5) == "200 samples"
+    assert _quintile_sizes_text([2, 2, 3, 1, 3]) == "1–3 samples"
 
 
 def test_efm_power_axis_has_no_gain_and_shaped_figures_keep_theirs(monkeypatch):
