@@ -131,6 +131,46 @@ def test_quintile_sizes_are_stated_as_a_range_when_they_differ():
     assert _quintile_sizes_text([2, 2, 3, 1, 3]) == "1–3 samples"
 
 
+def test_cohens_d_interval_recomputes_compare_groups_on_each_resample_of_the_pairs():
+    from kinetic_fm.studies.semantics import cohens_d_interval
+
+    rng = np.random.default_rng(2)
+    by = rng.normal(size=60)
+    score = 0.8 * by + rng.normal(size=60)
+    low, high = cohens_d_interval(score, by, 0.25, 200, seed=11, chunk=64)    # chunks of 64 != 200
+    index = np.random.default_rng(11).integers(0, 60, size=(200, 60))
+    d = [compare_groups(score[i], by[i], quantile=0.25).cohens_d for i in index]
+    np.testing.assert_allclose([low, high], np.quantile(d, [0.025, 0.975]), rtol=1e-10)
+    point = compare_groups(score, by, quantile=0.25).cohens_d
+    assert 0 < low < point < high                        # a real link: the interval excludes 0
+    assert np.isnan(cohens_d_interval(score, by, 0.25, 0, seed=11)).all()
+
+
+def test_semantics_row_and_table_give_ds_interval(tmp_path, monkeypatch):
+    from kinetic_fm.studies.config import SemanticsConfig
+    from kinetic_fm.studies.semantics import cohens_d_interval, run_semantics
+
+    for kind in ("scatter_figure", "histogram_figure", "energy_profile_figure", "sample_grid_figure"):
+        monkeypatch.setattr(F, kind, lambda name, *a, **k: SimpleNamespace(name=name))
+    gen = torch.Generator().manual_seed(1)
+    assets = SimpleNamespace(train=torch.rand(30, 1, 4, 4, generator=gen) - 0.5, general=_LinearDrift(16),
+                             classifier=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)),
+                             classifier_name="lin3", classifier_accuracy=0.9, mean=None,
+                             value_range=lambda: (-0.5, 0.5))
+    cfg = SemanticsConfig(n_samples=40, steps=4, bootstrap=50, seed_start=5, quantile=0.25)
+    out = run_semantics(cfg, assets, Workspace(tmp_path), "fake")
+    frame = out.tables["general_samples"]
+    table = out.sections[0].tables[0][1].set_index("score")
+    for score, column in (("classifier margin", "margin"), ("classifier confidence", "confidence")):
+        expected = cohens_d_interval(frame[column].to_numpy(), frame["kpe"].to_numpy(), 0.25, 50, 5)
+        assert (table.loc[score, "d CI low"], table.loc[score, "d CI high"]) == expected
+    low, high = table.loc["classifier margin", ["d CI low", "d CI high"]]
+    d = table.loc["classifier margin", "Cohen's d"]
+    (claim,) = out.claims
+    assert f"d = {d:+.2f}, d 95% CI [{low:+.2f}, {high:+.2f}])" in claim.ours
+    assert "d's CI: a percentile bootstrap of 50 resamples" in claim.note
+
+
 def test_efm_power_axis_has_no_gain_and_shaped_figures_keep_theirs(monkeypatch):
     drawn = _axes_of(monkeypatch)
     times = np.linspace(0, 1, 5)
