@@ -171,6 +171,26 @@ def test_semantics_row_and_table_give_ds_interval(tmp_path, monkeypatch):
     assert "d's CI: a percentile bootstrap of 50 resamples" in claim.note
 
 
+def test_setting_intervals_reuse_the_claims_resamples_and_are_each_settings_basic_interval():
+    from kinetic_fm.studies.output import fd_to_reference, feature_reference
+    from kinetic_fm.studies.shaping import bootstrap_fd, setting_fd_intervals
+
+    rng = np.random.default_rng(4)
+    ref_rows = rng.normal(size=(300, 3))
+    reference = feature_reference(ref_rows)
+    feats = {"plain FM": rng.normal(size=(40, 3)), "wide": 2.0 * rng.normal(size=(40, 3))}
+    boot = rng.integers(0, 40, size=(80, 40))
+    fd = np.array([fd_to_reference(f, reference) for f in feats.values()])
+    cached = {"plain FM": bootstrap_fd(feats["plain FM"], reference, boot)}
+    kept = cached["plain FM"]
+    low, high = setting_fd_intervals(feats, fd, reference, boot, cached)
+    assert cached["plain FM"] is kept and set(cached) == {"plain FM", "wide"}     # reused, then completed
+    for k, (name, f) in enumerate(feats.items()):
+        resampled = np.array([_frechet(f[i], ref_rows) for i in boot])
+        np.testing.assert_allclose([low[k], high[k]], _basic(_frechet(f, ref_rows), resampled), rtol=1e-7)
+    assert high[1] - low[1] > high[0] - low[0]
+
+
 def test_efm_power_axis_has_no_gain_and_shaped_figures_keep_theirs(monkeypatch):
     drawn = _axes_of(monkeypatch)
     times = np.linspace(0, 1, 5)
