@@ -48,6 +48,11 @@ def test_quintile_intervals_are_basic_bootstraps_of_each_quintiles_own_rows():
     low, high = quintile_fd_intervals(feats, lonely, ref, 20, seed=7)
     assert np.isnan([low[4], high[4]]).all() and np.isfinite(low[:4]).all()
     assert np.isnan(quintile_fd_intervals(feats, bins, ref, 0, seed=7)).all()
+    # no more rows than features (3): the FD is mostly bias, and its reflection no interval
+    few = np.where(np.arange(100) < 3, 0, np.maximum(bins, 1))
+    low, high = quintile_fd_intervals(feats, few, ref, 20, seed=7)
+    assert np.isnan([low[0], high[0]]).all() and np.isfinite(low[1:]).all()
+    assert np.isnan(quintile_fd_intervals(feats, bins, ref[:3], 20, seed=7)).all()
 
 
 class _LinearDrift(torch.nn.Module):
@@ -189,6 +194,11 @@ def test_setting_intervals_reuse_the_claims_resamples_and_are_each_settings_basi
         resampled = np.array([_frechet(f[i], ref_rows) for i in boot])
         np.testing.assert_allclose([low[k], high[k]], _basic(_frechet(f, ref_rows), resampled), rtol=1e-7)
     assert high[1] - low[1] > high[0] - low[0]
+    # no more rows than features, in the samples or the reference: no interval, nothing resampled
+    narrow = {name: f[:, :1].repeat(40, axis=1) for name, f in feats.items()}      # 40 features of 40 rows
+    assert np.isnan(setting_fd_intervals(narrow, fd, reference, boot, {})).all()
+    empty: dict = {}
+    assert np.isnan(setting_fd_intervals(feats, fd, reference, boot, empty, reference_rows=3)).all() and not empty
 
 
 def test_efm_power_axis_has_no_gain_and_shaped_figures_keep_theirs(monkeypatch):

@@ -306,12 +306,15 @@ def quintile_fd_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, 
     Fréchet distance to ``ref`` ((m, D) features): ``resamples`` resamples of the quintile's own rows
     of ``feats`` ((n, D)), ``bins`` ((n,) quintile 0..4 of each row). Basic, as for every FD interval of
     the report (:func:`~kinetic_fm.studies.verdicts.basic_bootstrap`: a resample's repeated rows add
-    about the estimator's bias again). NaN for a quintile of fewer than two rows, or with no resamples."""
-    if resamples < 1:
+    about the estimator's bias again, so the interval lies below the plain estimate where that bias is large).
+    NaN for a quintile of no more rows than features (its FD is then mostly that bias, and the reflection
+    gave negative ends), for all when ``ref`` has no more rows than features, and with no resamples."""
+    dim = feats.shape[1]
+    if resamples < 1 or len(ref) <= dim:
         nan = np.full(5, np.nan)
         return nan, nan.copy()
     reference = feature_reference(ref)
-    point = np.array([fd_to_reference(feats[bins == q], reference) if (bins == q).sum() >= 2 else np.nan
+    point = np.array([fd_to_reference(feats[bins == q], reference) if (bins == q).sum() > dim else np.nan
                       for q in range(5)])
     resampled = _fd_within_groups(feats, bins, ref, resamples, seed)
     if resampled.shape[1] < 5:  # no row in the top quintiles (tied energies): no interval there
@@ -422,7 +425,10 @@ def _random_spread_text(control, fd_col: str, resamples: int) -> str:
     samples lie (the ``random`` column of the control table), the differences between bars that
     sampling alone gives; without that column only the whiskers."""
     whiskers = (f"Whiskers: each quintile's 95% basic bootstrap interval ({resamples} resamples of its own rows; "
-                "the bars share no rows, so these are not the paired intervals of the claims).")
+                "the bars share no rows, so these are not the paired intervals of the claims); it corrects the FD "
+                "estimator's upward bias to first order, so it can lie below the bar, which is the plain estimate. "
+                "None where a quintile or the reference has no more rows than features (that bias is then most of "
+                "the FD).")
     if "random" not in getattr(control, "columns", ()):
         return whiskers
     spread = float(np.ptp(control["random"].to_numpy(dtype=float)))

@@ -148,7 +148,8 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     out.claims += shaping_claims(feats, memorized, value, fd_name, reference, boot, reference_rows=len(assets.train),
                                  resampled=resampled)
     # each setting's own interval, from the same resamples (those of the claims' settings are reused)
-    low, high = setting_fd_intervals(feats, table[fd_name].to_numpy(), reference, boot, resampled)
+    low, high = setting_fd_intervals(feats, table[fd_name].to_numpy(), reference, boot, resampled,
+                                     reference_rows=len(assets.train))
     table.insert(table.columns.get_loc(fd_name) + 1, f"{fd_name} CI low", low)
     table.insert(table.columns.get_loc(fd_name) + 2, f"{fd_name} CI high", high)
 
@@ -172,7 +173,9 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                        ylabel="F_mem (fraction memorized)", xlabel=SETTING_AXIS, reference=float(fm_mem),
                        reference_label="plain FM", points=True, group="group"),
             bar_figure("shaping_fd", f"{fd_name} across the KTS grid (lower is better); whiskers: each setting's "
-                       f"own 95% basic bootstrap interval ({cfg.bootstrap} resamples of its samples); dashed: plain "
+                       f"own 95% basic bootstrap interval ({cfg.bootstrap} resamples of its samples), which corrects the "
+                       "FD estimator's upward bias to first order and so can lie below the dot (the plain estimate); "
+                       "none when the samples or the reference have no more rows than features; dashed: plain "
                        "FM (Euler). Every setting samples the same seeds, so the paired ΔFD intervals of the main "
                        "settings and the τ sweep (claims table) are narrower than these whiskers suggest. Compare a "
                        "solver, NFE or grid setting with the plain FM beside it.",
@@ -322,12 +325,20 @@ def _balanced(fd_ci: Interval, mem_ci: Interval, against: tuple[Interval, Interv
 
 
 def setting_fd_intervals(feats: dict, fd: np.ndarray, reference, boot: np.ndarray,
-                         resampled: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+                         resampled: dict[str, np.ndarray], *, reference_rows: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """(S,) low and (S,) high ends of each setting's own 95% basic bootstrap interval of its FD
     (``fd``: (S,) the settings' FDs, in the order of ``feats``: setting name → (n, D) features) over
     the resamples ``boot`` ((R, n) indices); ``resampled`` (:func:`shaping_claims`' cache, setting
     name → (R,) resampled FDs) is reused and completed. Unpaired: each whisker is one setting's
-    uncertainty alone, wider than the paired differences the claims judge."""
+    uncertainty alone, wider than the paired differences the claims judge. Basic, as every FD interval
+    of the report, so it lies below the plain FD where the estimator's bias is large. All NaN (nothing
+    resampled) when the samples or the reference (``reference_rows``) have no more rows than features:
+    the FD is then mostly that bias, and the reflection gave negative ends."""
+    n, dim = len(boot[0]), next(iter(feats.values())).shape[1]
+    if min(n, n if reference_rows is None else reference_rows) <= dim:
+        nan = np.full(len(feats), np.nan)
+        return nan, nan.copy()
     for name in feats:
         if name not in resampled:
             resampled[name] = bootstrap_fd(feats[name], reference, boot)
