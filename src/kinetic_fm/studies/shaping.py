@@ -176,9 +176,9 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                        f"own 95% basic bootstrap interval ({cfg.bootstrap} resamples of its samples), which corrects "
                        "the FD estimator's upward bias to first order and so can lie below the dot (the plain "
                        "estimate); none when the samples or the reference have no more rows than features; "
-                       "dashed: plain FM (Euler). Every setting samples the same seeds, so the paired ΔFD intervals of the main "
-                       "settings and the τ sweep (claims table) are narrower than these whiskers suggest. Compare a "
-                       "solver, NFE or grid setting with the plain FM beside it.",
+                       "dashed: plain FM (Euler). Every setting samples the same seeds, so the paired ΔFD "
+                       "intervals of the main settings and the τ sweep (claims table) are narrower than these "
+                       "whiskers suggest. Compare a solver, NFE or grid setting with the plain FM beside it.",
                        table, x="setting", y=fd_name, low=f"{fd_name} CI low", high=f"{fd_name} CI high",
                        ylabel=f"{fd_name} (lower is better)", xlabel=SETTING_AXIS,
                        reference=float(fm_fd), reference_label="plain FM", points=True, group="group"),
