@@ -1601,8 +1601,9 @@ def test_semantics_groups_and_correlations_read_the_margin_by_kpe(tmp_path, monk
         assert row["high std"] == pytest.approx(values[high].std(ddof=1)) and row["n per group"] == 10
     (claim,) = out.claims
     rho, d = stats.spearmanr(kpe, margin).statistic, table.loc["classifier margin", "Cohen's d"]
+    d_low, d_high = table.loc["classifier margin", ["d CI low", "d CI high"]]
     assert claim.ours == (f"lin3 margin {margin[low].mean():.2f} → {margin[high].mean():.2f} (low → high 25% KPE, "
-                          f"d = {d:+.2f}); Spearman ρ = {rho:+.3f}")
+                          f"d = {d:+.2f}, d 95% CI [{d_low:+.2f}, {d_high:+.2f}]); Spearman ρ = {rho:+.3f}")
     text = out.sections[0].text
     assert f"Spearman ρ(KPE, margin) = {rho:+.3f}, 95% CI [" in text and "permutation p = nan" not in text
     by_noise = stats.spearmanr(kpe, frame["noise_energy"]).statistic

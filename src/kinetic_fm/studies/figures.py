@@ -32,6 +32,8 @@ DPI = 110
 KPE_LABEL = "KPE  ½∫η²‖v‖² dt"
 #: the axis label of the kinetic power along a trajectory (the energy profiles)
 POWER_LABEL = "kinetic power  ½η²‖v‖²"
+#: the same for trajectories no gain acts on (η = 1: the EFM runs)
+PLAIN_POWER_LABEL = "kinetic power  ½‖v‖²"
 #: appended to the label of a logarithmic axis, so a reader never takes it for a linear one
 LOG_NOTE = "(log scale)"
 #: a requested log axis stays linear when the data span fewer decades than this
@@ -192,7 +194,8 @@ def _power_summary(times: np.ndarray, increments: np.ndarray, *, positive: bool 
 
 
 def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any, Any]], *,
-                          log_y: bool = False, title: str = "", marks: dict[str, float] | None = None) -> Figure:
+                          log_y: bool = False, title: str = "", marks: dict[str, float] | None = None,
+                          shaped: bool = True) -> Figure:
     """Kinetic power along the trajectory: mean line and 10–90 % band per label.
 
     Args:
@@ -203,18 +206,21 @@ def energy_profile_figure(name: str, caption: str, profiles: dict[str, tuple[Any
         log_y: logarithmic power axis (shows the late 1/(1 − t) spike of memorizing fields).
         marks: label -> a time in [0, 1] drawn as a thin vertical line with its label in the
             legend, e.g. ``{"τ = 0.6 (landing starts)": 0.6}``.
+        shaped: some profile may carry a KTS gain η (the axis reads ½η²‖v‖²); False when none does
+            (η = 1: the axis reads ½‖v‖²).
     """
     check_figure_name(name)
     fig = _new_figure(6.4, 4.0)
     for label, t in (marks or {}).items():
         if not (is_real(t) and 0.0 <= float(t) <= 1.0):
             raise ValueError(f"marks[{label!r}] must be a time in [0, 1], got {t!r}")
-    _draw_power(fig.add_subplot(), profiles, log_y=log_y, title=title, marks=marks)
+    _draw_power(fig.add_subplot(), profiles, log_y=log_y, title=title, marks=marks,
+                ylabel=POWER_LABEL if shaped else PLAIN_POWER_LABEL)
     return _render(fig, name, caption)
 
 
 def _draw_power(ax, profiles: dict[str, tuple[Any, Any]], *, log_y: bool, title: str,
-                marks: dict[str, float] | None = None) -> None:
+                marks: dict[str, float] | None = None, ylabel: str = POWER_LABEL) -> None:
     """The panel of :func:`energy_profile_figure` on ``ax`` (``marks`` checked by the caller)."""
     drawn = 0
     crowded = len(profiles) > 2  # more than two filled bands blend into one grey: outline them instead
@@ -243,7 +249,7 @@ def _draw_power(ax, profiles: dict[str, tuple[Any, Any]], *, log_y: bool, title:
         ax.plot(mid, mean, color=color, linewidth=1.8, label=f"{label} (n={n})",
                 linestyle=(0, (4, 2.5)) if reference else "-", zorder=3 if reference else 2)
         drawn += 1
-    _style(ax, xlabel="t   (0 = noise, 1 = data)", ylabel=POWER_LABEL, title=title)
+    _style(ax, xlabel="t   (0 = noise, 1 = data)", ylabel=ylabel, title=title)
     if drawn:
         ax.set_xlim(0, 1)
         for label, t in (marks or {}).items():  # after the lines, so the legend lists them first

@@ -124,7 +124,8 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
         tables=[("EFM on training subsets of growing size", table)],
         figures=[energy_profile_figure("energy_profile_efm", "Kinetic power ½‖v‖² of exact EFM trajectories on N "
                                        "atoms: mean and 10–90% band. A late spike would rise near t = 1; exact EFM "
-                                       "stays level once it has committed to an atom.", profiles, log_y=True)],
+                                       "stays level once it has committed to an atom.", profiles, log_y=True,
+                                       shaped=False)],
     )
     return section, claims
 
@@ -281,6 +282,13 @@ def late_energy_verdict(late_memorized: np.ndarray, late_others: np.ndarray, min
 def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int, seed: int) -> float:
     """Share of bootstrap resamples (rows redrawn within each KPE quintile) in which the lowest
     Fréchet distance to ``ref`` falls in an interior quintile."""
+    return float(best_is_interior(_fd_within_groups(feats, bins, ref, resamples, seed)).mean())
+
+
+def _fd_within_groups(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """(R, G) Fréchet distances to ``ref`` of each group 0..G−1 of ``bins`` ((n,) ints), its own rows
+    redrawn with replacement in each of R = ``resamples`` resamples (one generator seeded ``seed``,
+    resample by resample, group by group). A group of fewer than two rows has no covariance: NaN."""
     rng = np.random.default_rng(seed)
     reference = feature_reference(ref)
     groups = [np.flatnonzero(bins == q) for q in range(int(bins.max()) + 1)]
@@ -288,8 +296,31 @@ def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, r
     for r in range(resamples):
         for q, rows in enumerate(groups):
             f = feats[rng.choice(rows, size=len(rows))]
-            values[r, q] = fd_to_reference(f, reference)
-    return float(best_is_interior(values).mean())
+            values[r, q] = fd_to_reference(f, reference) if len(rows) >= 2 else np.nan
+    return values
+
+
+def quintile_fd_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int,
+                          seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(5,) low and (5,) high ends of each KPE quintile's 95% basic bootstrap interval of its
+    Fréchet distance to ``ref`` ((m, D) features): ``resamples`` resamples of the quintile's own rows
+    of ``feats`` ((n, D)), ``bins`` ((n,) quintile 0..4 of each row). Basic, as for every FD interval of
+    the report (:func:`~kinetic_fm.studies.verdicts.basic_bootstrap`: a resample's repeated rows add
+    about the estimator's bias again, so the interval lies below the plain estimate where that bias is large).
+    NaN for a quintile of no more rows than features (its FD is then mostly that bias, and the reflection
+    gave negative ends), for all when ``ref`` has no more rows than features, and with no resamples."""
+    dim = feats.shape[1]
+    if resamples < 1 or len(ref) <= dim:
+        nan = np.full(5, np.nan)
+        return nan, nan.copy()
+    reference = feature_reference(ref)
+    point = np.array([fd_to_reference(feats[bins == q], reference) if (bins == q).sum() > dim else np.nan
+                      for q in range(5)])
+    resampled = _fd_within_groups(feats, bins, ref, resamples, seed)
+    if resampled.shape[1] < 5:  # no row in the top quintiles (tied energies): no interval there
+        resampled = np.pad(resampled, ((0, 0), (0, 5 - resampled.shape[1])), constant_values=np.nan)
+    low, high = np.quantile(basic_bootstrap(point, resampled), [0.025, 0.975], axis=0)
+    return low, high
 
 
 def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarray, ref: np.ndarray,
@@ -388,15 +419,27 @@ def control_orderings(kpe: np.ndarray, x1: torch.Tensor, x0: torch.Tensor, seed:
     }
 
 
-def _random_spread_text(control, fd_col: str) -> str:
-    """The Goldilocks bar chart's yardstick in words: how far apart the FDs of five random equal
-    groups of the same samples lie (the ``random`` column of the control table), the differences
-    between bars that sampling alone gives; without that column only that no bar has an interval."""
+def _random_spread_text(control, fd_col: str, resamples: int) -> str:
+    """The Goldilocks bar chart's yardsticks in words: its whiskers (each quintile's own interval from
+    ``resamples`` resamples), and how far apart the FDs of five random equal groups of the same
+    samples lie (the ``random`` column of the control table), the differences between bars that
+    sampling alone gives; without that column only the whiskers."""
+    whiskers = (f"Whiskers: each quintile's 95% basic bootstrap interval ({resamples} resamples of its own rows; "
+                "the bars share no rows, so these are not the paired intervals of the claims); it corrects the FD "
+                "estimator's upward bias to first order, so it can lie below the bar, which is the plain estimate. "
+                "None where a quintile or the reference has no more rows than features (that bias is then most of "
+                "the FD).")
     if "random" not in getattr(control, "columns", ()):
-        return "No interval per bar."
+        return whiskers
     spread = float(np.ptp(control["random"].to_numpy(dtype=float)))
-    return (f"No interval per bar: five random equal groups of the same samples span {spread:.3g} in {fd_col} "
+    return (f"{whiskers} Five random equal groups of the same samples span {spread:.3g} in {fd_col} "
             "(control figure), the size of difference that sampling alone gives between bars.")
+
+
+def _quintile_sizes_text(sizes) -> str:
+    """"200 samples" when every quintile holds as many, else "199–201 samples" (their range)."""
+    low, high = int(np.min(sizes)), int(np.max(sizes))
+    return f"{low} samples" if low == high else f"{low}–{high} samples"
 
 
 def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed):
@@ -626,11 +669,15 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
     ws.say(f"memorization: Goldilocks controls, permutation test and bootstrap ({resamples} resamples)")
     control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(),
                                                                 fd_col, resamples, sem_cfg.seed_start)
+    # each quintile's own interval, its rows redrawn within it (context for the bars; the claim reads T)
+    table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = quintile_fd_intervals(
+        feats.numpy(), bins, ref.numpy(), resamples, sem_cfg.seed_start)
     tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start)
     claim = Claim(
         "memorization", "Goldilocks: quality is best at intermediate energy",
         "too little energy gives weak samples, too much drives copies",
-        f"best {fd_col} in KPE quintile Q{best + 1} of 5 ({', '.join(f'{v:.3g}' for v in table[fd_col])})",
+        f"best {fd_col} in KPE quintile Q{best + 1} of 5 ({', '.join(f'{v:.3g}' for v in table[fd_col])}), "
+        f"each from {_quintile_sizes_text(table['n'])} of the {len(kpe)} samples",
         len(kpe), _goldilocks_interval(tests),
         goldilocks_verdict(tests),
         f"T = better end quintile's FD − best interior one's ({resamples} permutations and {resamples} paired "
@@ -653,11 +700,13 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
         tables=[("Quality and memorization by KPE quintile", table),
                 (f"Control: {fd_col} of the same samples in quintiles of other per-sample scalars", control)],
         figures=[bar_figure("goldilocks", f"{fd_col} of each KPE quintile of the generalising model's "
-                            f"{len(kpe)} samples (lower is better; the paper expects the lowest bar in Q2–Q4). "
-                            + _random_spread_text(control, fd_col)
+                            f"{len(kpe)} samples, each bar from {_quintile_sizes_text(table['n'])} (lower is "
+                            "better; the paper expects the lowest bar in Q2–Q4). "
+                            + _random_spread_text(control, fd_col, resamples)
                             + " The claims table's permutation test judges the shape.",
                             table,
-                            x="KPE quintile", y=fd_col, ylabel=f"{fd_col} (lower is better)",
+                            x="KPE quintile", y=fd_col, low=f"{fd_col} CI low", high=f"{fd_col} CI high",
+                            ylabel=f"{fd_col} (lower is better)",
                             xlabel="KPE quintile (Q1 = lowest KPE)"),
                  line_figure("goldilocks_control", f"{fd_col} by quintile of KPE and of the control scalars "
                              "(lower is better; random: five equal groups at random).",

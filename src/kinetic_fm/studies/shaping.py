@@ -144,7 +144,14 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     boot = rng.integers(0, cfg.n_samples, size=(cfg.bootstrap, cfg.n_samples))
     value = table.set_index("setting")
     fm_fd, fm_mem = value.loc["plain FM", fd_name], value.loc["plain FM", "F_mem"]
-    out.claims += shaping_claims(feats, memorized, value, fd_name, reference, boot, reference_rows=len(assets.train))
+    resampled: dict[str, np.ndarray] = {}
+    out.claims += shaping_claims(feats, memorized, value, fd_name, reference, boot, reference_rows=len(assets.train),
+                                 resampled=resampled)
+    # each setting's own interval, from the same resamples (those of the claims' settings are reused)
+    low, high = setting_fd_intervals(feats, table[fd_name].to_numpy(), reference, boot, resampled,
+                                     reference_rows=len(assets.train))
+    table.insert(table.columns.get_loc(fd_name) + 1, f"{fd_name} CI low", low)
+    table.insert(table.columns.get_loc(fd_name) + 2, f"{fd_name} CI high", high)
 
     main = ["plain FM", "launch only", "landing only", "balanced"]
     section = Section(
@@ -165,10 +172,15 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                        x="setting", y="F_mem", low="F_mem CI low", high="F_mem CI high",
                        ylabel="F_mem (fraction memorized)", xlabel=SETTING_AXIS, reference=float(fm_mem),
                        reference_label="plain FM", points=True, group="group"),
-            bar_figure("shaping_fd", f"{fd_name} across the KTS grid (lower is better); dashed: plain FM (Euler). "
-                       "No interval per setting: the paired ΔFD intervals of the main settings and the τ sweep are "
-                       "in the claims table. Compare a solver, NFE or grid setting with the plain FM beside it.",
-                       table, x="setting", y=fd_name, ylabel=f"{fd_name} (lower is better)", xlabel=SETTING_AXIS,
+            bar_figure("shaping_fd", f"{fd_name} across the KTS grid (lower is better); whiskers: each setting's "
+                       f"own 95% basic bootstrap interval ({cfg.bootstrap} resamples of its samples), which corrects "
+                       "the FD estimator's upward bias to first order and so can lie below the dot (the plain "
+                       "estimate); none when the samples or the reference have no more rows than features; "
+                       "dashed: plain FM (Euler). Every setting samples the same seeds, so the paired ΔFD "
+                       "intervals of the main settings and the τ sweep (claims table) are narrower than these "
+                       "whiskers suggest. Compare a solver, NFE or grid setting with the plain FM beside it.",
+                       table, x="setting", y=fd_name, low=f"{fd_name} CI low", high=f"{fd_name} CI high",
+                       ylabel=f"{fd_name} (lower is better)", xlabel=SETTING_AXIS,
                        reference=float(fm_fd), reference_label="plain FM", points=True, group="group"),
             energy_profile_figure("energy_profile_shaping", "Kinetic power ½η²‖v‖² of the memorizing net: mean "
                                   "and 10–90% band (dotted) for plain FM and the three main KTS settings; the landing "
@@ -182,7 +194,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
 
 
 def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference, boot: np.ndarray, *,
-                   reference_rows: int | None = None) -> list:
+                   reference_rows: int | None = None, resampled: dict[str, np.ndarray] | None = None) -> list:
     """The KTS study's claims, each judged from paired bootstrap intervals against plain FM.
 
     Args:
@@ -193,13 +205,15 @@ def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference,
         boot: (R, n) resampled sample indices, shared by every difference (paired).
         reference_rows: the rows the reference was estimated from; with the samples' n, the
             smaller decides whether any FD part may decide (no more rows than features: none).
+        resampled: setting name → (R,) :func:`bootstrap_fd` of its features over ``boot``; the
+            claims fill it with the settings they resample (reused, not recomputed, if present).
     Returns: the five :class:`~kinetic_fm.studies.report.Claim` rows.
     """
     from .report import Claim
 
     n = len(boot[0])
     claims = []
-    resampled: dict[str, np.ndarray] = {}
+    resampled = {} if resampled is None else resampled
     point: dict[str, float] = {}
     # With no more samples than features an FD is mostly the estimator's bias, and that bias moves
     # with each setting's spread, which KTS changes: a paired interval of the difference cannot
@@ -308,6 +322,29 @@ def _balanced(fd_ci: Interval, mem_ci: Interval, against: tuple[Interval, Interv
     if not fd_undecided:
         return balanced_verdict(fd_ci, mem_ci, against=against)
     return "not reproduced" if verdict_from_interval(*against[1], -1) == "not reproduced" else "inconclusive"
+
+
+def setting_fd_intervals(feats: dict, fd: np.ndarray, reference, boot: np.ndarray,
+                         resampled: dict[str, np.ndarray], *, reference_rows: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(S,) low and (S,) high ends of each setting's own 95% basic bootstrap interval of its FD
+    (``fd``: (S,) the settings' FDs, in the order of ``feats``: setting name → (n, D) features) over
+    the resamples ``boot`` ((R, n) indices); ``resampled`` (:func:`shaping_claims`' cache, setting
+    name → (R,) resampled FDs) is reused and completed. Unpaired: each whisker is one setting's
+    uncertainty alone, wider than the paired differences the claims judge. Basic, as every FD interval
+    of the report, so it lies below the plain FD where the estimator's bias is large. All NaN (nothing
+    resampled) when the samples or the reference (``reference_rows``) have no more rows than features:
+    the FD is then mostly that bias, and the reflection gave negative ends."""
+    n, dim = len(boot[0]), next(iter(feats.values())).shape[1]
+    if min(n, n if reference_rows is None else reference_rows) <= dim:
+        nan = np.full(len(feats), np.nan)
+        return nan, nan.copy()
+    for name in feats:
+        if name not in resampled:
+            resampled[name] = bootstrap_fd(feats[name], reference, boot)
+    reflected = basic_bootstrap(np.asarray(fd, dtype=np.float64)[:, None], np.stack([resampled[k] for k in feats]))
+    low, high = np.quantile(reflected, [0.025, 0.975], axis=1)
+    return low, high
 
 
 def bootstrap_fd(feats: np.ndarray, reference, boot: np.ndarray) -> np.ndarray:

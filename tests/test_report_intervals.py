@@ -1,0 +1,225 @@
+"""Intervals the report gives beside its point values: each Goldilocks quintile's FD, the semantics
+groups' Cohen's d and each KTS setting's FD; and the EFM power axis, which no gain acts on."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from kinetic_fm.metrics.stats import compare_groups
+from kinetic_fm.studies import figures as F
+from kinetic_fm.studies.workspace import Workspace
+
+
+def _frechet(x: np.ndarray, ref: np.ndarray) -> float:
+    """Float64 Fréchet distance through SciPy's matrix square root (independent of the library's)."""
+    mu, sigma = x.mean(0), np.cov(x, rowvar=False)
+    mu_r, sigma_r = ref.mean(0), np.cov(ref, rowvar=False)
+    half = linalg.sqrtm(sigma_r).real                   # PSD: its root is accurate where sigma·sigma_r's may not be
+    root = linalg.sqrtm(half @ sigma @ half).real
+    return float(((mu - mu_r) ** 2).sum() + np.trace(sigma + sigma_r - 2 * root))
+
+
+def _basic(point: float, resampled: np.ndarray) -> tuple[float, float]:
+    return 2 * point - np.quantile(resampled, 0.975), 2 * point - np.quantile(resampled, 0.025)
+
+
+def test_quintile_intervals_are_basic_bootstraps_of_each_quintiles_own_rows():
+    from kinetic_fm.studies.memorization import quintile_fd_intervals
+
+    rng = np.random.default_rng(0)
+    feats, ref = rng.normal(size=(100, 3)), rng.normal(size=(80, 3))
+    feats[80:] *= 3.0                                   # Q5 far from the reference, and more spread
+    bins = np.arange(100) * 5 // 100
+    low, high = quintile_fd_intervals(feats, bins, ref, 60, seed=7)
+    # brute force: one generator, resample by resample, quintile by quintile, each its own 20 rows
+    draw = np.random.default_rng(7)
+    resampled = np.array([[_frechet(feats[draw.choice(np.flatnonzero(bins == q), size=20)], ref) for q in range(5)]
+                          for _ in range(60)])
+    for q in range(5):
+        expected = _basic(_frechet(feats[bins == q], ref), resampled[:, q])
+        np.testing.assert_allclose([low[q], high[q]], expected, rtol=1e-8)
+    assert high[4] - low[4] > 3 * (high[0] - low[0])     # the spread quintile is the uncertain one
+    # a quintile of one row has no FD and no interval; no resamples, no interval at all
+    lonely = np.where(np.arange(100) == 99, 4, np.minimum(bins, 3))
+    low, high = quintile_fd_intervals(feats, lonely, ref, 20, seed=7)
+    assert np.isnan([low[4], high[4]]).all() and np.isfinite(low[:4]).all()
+    assert np.isnan(quintile_fd_intervals(feats, bins, ref, 0, seed=7)).all()
+    # no more rows than features (3): the FD is mostly bias, and its reflection no interval
+    few = np.where(np.arange(100) < 3, 0, np.maximum(bins, 1))
+    low, high = quintile_fd_intervals(feats, few, ref, 20, seed=7)
+    assert np.isnan([low[0], high[0]]).all() and np.isfinite(low[1:]).all()
+    assert np.isnan(quintile_fd_intervals(feats, bins, ref[:3], 20, seed=7)).all()
+
+
+class _LinearDrift(torch.nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.a = torch.nn.Parameter(0.3 * torch.randn(dim, dim, generator=g))
+        self.b = torch.nn.Parameter(0.5 * torch.randn(dim, generator=g))
+
+    def forward(self, x, t):
+        return (x.flatten(1) @ self.a.T + self.b).reshape(x.shape)
+
+
+def _axes_of(monkeypatch) -> dict:
+    """figure name -> its axes as rendered (kept, not cleared)."""
+    drawn, render = {}, F._render
+
+    def keep(fig, name, caption):
+        drawn[name] = SimpleNamespace(axes=list(fig.axes), caption=caption,
+                                      ylabel=[ax.get_ylabel() for ax in fig.axes],
+                                      segments=[[seg.copy() for c in ax.collections
+                                                 for seg in getattr(c, "get_segments", lambda: [])()]
+                                                for ax in fig.axes])
+        return render(fig, name, caption)
+
+    monkeypatch.setattr(F, "_render", keep)
+    return drawn
+
+
+def _whiskers(segments) -> dict[float, tuple[float, float]]:
+    """x position -> (low, high) of each vertical error bar among line segments."""
+    return {float(s[0, 0]): (float(min(s[:, 1])), float(max(s[:, 1])))
+            for s in segments if len(s) == 2 and s[0, 0] == s[1, 0] and s[0, 1] != s[1, 1]}
+
+
+def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quintile_n(tmp_path, monkeypatch):
+    from kinetic_fm.studies.config import SemanticsConfig
+    from kinetic_fm.studies.memorization import _goldilocks, quintile_bins
+    from kinetic_fm.studies.output import StudyOutput
+
+    gen = torch.Generator().manual_seed(1)
+    train = torch.rand(30, 1, 2, 2, generator=gen) - 0.5
+    assets = SimpleNamespace(train=train, heldout=torch.rand(40, 1, 2, 2, generator=gen) - 0.5,
+                             general=_LinearDrift(4), classifier_name="flat", mean=None,
+                             value_range=lambda: (-0.5, 0.5), features=lambda x: x.flatten(1).double())
+    drawn = _axes_of(monkeypatch)
+    cfg = SemanticsConfig(n_samples=50, steps=4, bootstrap=20, seed_start=5)
+    section, claim = _goldilocks(cfg, 30, assets, Workspace(tmp_path), "fake", StudyOutput("memorization"))
+    table = section.tables[0][1]
+    assert list(table.columns[:5]) == ["KPE quintile", "KPE from", "KPE to", "n", "FD-flat"]  # unchanged
+    low, high, fd = (table[c].to_numpy() for c in ("FD-flat CI low", "FD-flat CI high", "FD-flat"))
+    assert (table["n"] == 10).all() and np.isfinite(low).all() and (low < high).all()
+    # the interval is the quintile's own: 30 resamples (the memorization count) of its rows, from seed_start
+    from kinetic_fm.studies.output import image_range
+    from kinetic_fm.studies.semantics import general_samples
+
+    samples = general_samples(cfg, assets, Workspace(tmp_path), "fake")
+    feats = image_range(samples["x"], assets).flatten(1).double().numpy()
+    ref = assets.heldout.flatten(1).double().numpy()
+    bins = quintile_bins(samples["kpe"].numpy())[1]
+    draw = np.random.default_rng(5)
+    resampled = np.array([[_frechet(feats[draw.choice(np.flatnonzero(bins == q), size=10)], ref) for q in range(5)]
+                          for _ in range(30)])
+    for q in range(5):
+        assert fd[q] == pytest.approx(_frechet(feats[bins == q], ref), rel=1e-8)
+        np.testing.assert_allclose([low[q], high[q]], _basic(fd[q], resampled[:, q]), rtol=1e-6, atol=1e-9)
+    # drawn as whiskers on the bars, and the caption and the claim row say how many samples each bar holds
+    bars = drawn["goldilocks"]
+    whiskers = _whiskers(bars.segments[0])
+    assert sorted(whiskers) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    np.testing.assert_allclose([whiskers[q] for q in range(5)], np.stack([low, high], 1), rtol=1e-9)
+    assert "each bar from 10 samples" in bars.caption and "95% basic bootstrap interval (30 resamples" in bars.caption
+    assert "No interval per bar" not in bars.caption
+    assert claim.n == 50 and "), each from 10 samples of the 50 samples" in claim.ours
+
+
+def test_quintile_sizes_are_stated_as_a_range_when_they_differ():
+    from kinetic_fm.studies.memorization import _quintile_sizes_text
+
+    assert _quintile_sizes_text([200] * 5) == "200 samples"
+    assert _quintile_sizes_text([2, 2, 3, 1, 3]) == "1–3 samples"
+
+
+def test_cohens_d_interval_recomputes_compare_groups_on_each_resample_of_the_pairs():
+    from kinetic_fm.studies.semantics import cohens_d_interval
+
+    rng = np.random.default_rng(2)
+    by = rng.normal(size=60)
+    score = 0.8 * by + rng.normal(size=60)
+    low, high = cohens_d_interval(score, by, 0.25, 200, seed=11, chunk=64)    # chunks of 64 != 200
+    index = np.random.default_rng(11).integers(0, 60, size=(200, 60))
+    d = [compare_groups(score[i], by[i], quantile=0.25).cohens_d for i in index]
+    np.testing.assert_allclose([low, high], np.quantile(d, [0.025, 0.975]), rtol=1e-10)
+    point = compare_groups(score, by, quantile=0.25).cohens_d
+    assert 0 < low < point < high                        # a real link: the interval excludes 0
+    assert np.isnan(cohens_d_interval(score, by, 0.25, 0, seed=11)).all()
+
+
+def test_semantics_row_and_table_give_ds_interval(tmp_path, monkeypatch):
+    from kinetic_fm.studies.config import SemanticsConfig
+    from kinetic_fm.studies.semantics import cohens_d_interval, run_semantics
+
+    for kind in ("scatter_figure", "histogram_figure", "energy_profile_figure", "sample_grid_figure"):
+        monkeypatch.setattr(F, kind, lambda name, *a, **k: SimpleNamespace(name=name))
+    gen = torch.Generator().manual_seed(1)
+    assets = SimpleNamespace(train=torch.rand(30, 1, 4, 4, generator=gen) - 0.5, general=_LinearDrift(16),
+                             classifier=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)),
+                             classifier_name="lin3", classifier_accuracy=0.9, mean=None,
+                             value_range=lambda: (-0.5, 0.5))
+    cfg = SemanticsConfig(n_samples=40, steps=4, bootstrap=50, seed_start=5, quantile=0.25)
+    out = run_semantics(cfg, assets, Workspace(tmp_path), "fake")
+    frame = out.tables["general_samples"]
+    table = out.sections[0].tables[0][1].set_index("score")
+    for score, column in (("classifier margin", "margin"), ("classifier confidence", "confidence")):
+        expected = cohens_d_interval(frame[column].to_numpy(), frame["kpe"].to_numpy(), 0.25, 50, 5)
+        assert (table.loc[score, "d CI low"], table.loc[score, "d CI high"]) == expected
+    low, high = table.loc["classifier margin", ["d CI low", "d CI high"]]
+    d = table.loc["classifier margin", "Cohen's d"]
+    (claim,) = out.claims
+    assert f"d = {d:+.2f}, d 95% CI [{low:+.2f}, {high:+.2f}])" in claim.ours
+    assert "d's CI: a percentile bootstrap of 50 resamples" in claim.note
+
+
+def test_setting_intervals_reuse_the_claims_resamples_and_are_each_settings_basic_interval():
+    from kinetic_fm.studies.output import fd_to_reference, feature_reference
+    from kinetic_fm.studies.shaping import bootstrap_fd, setting_fd_intervals
+
+    rng = np.random.default_rng(4)
+    ref_rows = rng.normal(size=(300, 3))
+    reference = feature_reference(ref_rows)
+    feats = {"plain FM": rng.normal(size=(40, 3)), "wide": 2.0 * rng.normal(size=(40, 3))}
+    boot = rng.integers(0, 40, size=(80, 40))
+    fd = np.array([fd_to_reference(f, reference) for f in feats.values()])
+    cached = {"plain FM": bootstrap_fd(feats["plain FM"], reference, boot)}
+    kept = cached["plain FM"]
+    low, high = setting_fd_intervals(feats, fd, reference, boot, cached)
+    assert cached["plain FM"] is kept and set(cached) == {"plain FM", "wide"}     # reused, then completed
+    for k, (name, f) in enumerate(feats.items()):
+        resampled = np.array([_frechet(f[i], ref_rows) for i in boot])
+        np.testing.assert_allclose([low[k], high[k]], _basic(_frechet(f, ref_rows), resampled), rtol=1e-7)
+    assert high[1] - low[1] > high[0] - low[0]
+    # no more rows than features, in the samples or the reference: no interval, nothing resampled
+    narrow = {name: f[:, :1].repeat(40, axis=1) for name, f in feats.items()}      # 40 features of 40 rows
+    assert np.isnan(setting_fd_intervals(narrow, fd, reference, boot, {})).all()
+    empty: dict = {}
+    assert np.isnan(setting_fd_intervals(feats, fd, reference, boot, empty, reference_rows=3)).all() and not empty
+
+
+def test_efm_power_axis_has_no_gain_and_shaped_figures_keep_theirs(monkeypatch):
+    drawn = _axes_of(monkeypatch)
+    times = np.linspace(0, 1, 5)
+    increments = np.ones((3, 4))
+    F.energy_profile_figure("plain", "c", {"N = 4": (times, increments)}, shaped=False)
+    F.energy_profile_figure("shaped", "c", {"KTS": (times, increments)})
+    assert drawn["plain"].ylabel == ["kinetic power  ½‖v‖²"]
+    assert drawn["shaped"].ylabel == ["kinetic power  ½η²‖v‖²"]
+
+
+def test_the_efm_section_draws_its_power_without_a_gain(tmp_path, monkeypatch):
+    """The memorization study's EFM figure (η = 1 there) reads ½‖v‖² on its power axis."""
+    from kinetic_fm.studies.config import MemorizationConfig
+    from kinetic_fm.studies.memorization import _efm_subsets
+    from kinetic_fm.studies.output import StudyOutput
+
+    drawn = _axes_of(monkeypatch)
+    assets = SimpleNamespace(train=torch.rand(12, 1, 2, 2, generator=torch.Generator().manual_seed(2)))
+    cfg = MemorizationConfig(efm_sizes=(4, 8), efm_samples=6, efm_steps=5, seed_start=0)
+    section, _ = _efm_subsets(cfg, assets, Workspace(tmp_path), "fake", StudyOutput("memorization"))
+    (label,) = drawn["energy_profile_efm"].ylabel
+    assert label.startswith("kinetic power  ½‖v‖²") and "η" not in label
