@@ -76,8 +76,11 @@ def integrate_dopri5(
     check_gains = gain is not None and not isinstance(gain, KTS)
     # A KTS gain has a kink at τ (a jump for the constant forms): steps land on τ, never across it,
     # and a step ending there takes η's left limit, so the error control sees a smooth problem.
-    stop = float(gain.tau_split) if isinstance(gain, KTS) else None
-    below_stop = math.nextafter(stop, 0.0) if stop is not None else None
+    # Steps land on the early/late split too, so early and late part exactly there (up to each
+    # step's quadrature error) rather than by whole steps; under a KTS whose τ is not the split, on both.
+    tau = float(gain.tau_split) if isinstance(gain, KTS) else None
+    below_tau = math.nextafter(tau, 0.0) if tau is not None else None
+    stops = sorted({s for s in (tau, float(split)) if s is not None and 0.0 < s < 1.0})
 
     def f(x: torch.Tensor, tt: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         field = velocity if active is None or select is None else select(active)
@@ -129,14 +132,18 @@ def integrate_dopri5(
         active = None if n_active == batch else ~done
         proposed = h[rows]
         ha = torch.minimum(proposed, 1.0 - ta)
-        if stop is not None:
-            before = ta < stop
+        if stops:
+            stop = torch.full_like(ta, stops[-1])  # each sample's next stop
+            for s in stops[-2::-1]:
+                stop = torch.where(ta < s, s, stop)
+            before = ta < stops[-1]
             ha = torch.where(before, torch.minimum(ha, stop - ta), ha)
             at_stop = before & (ha >= stop - ta)
         last = ha >= 1.0 - ta
         t_end = torch.where(last, torch.ones_like(ta), ta + ha)
-        if stop is not None:
-            t_end = torch.where(at_stop, torch.full_like(ta, stop), t_end)
+        if stops:
+            t_end = torch.where(at_stop, stop, t_end)
+        before_tau = ta < tau if tau is not None else None
         kv = [k1[rows]]
         versions = [None]  # a copy of k1's rows: no field reaches it
         etas = [eta_of(ta)]
@@ -161,7 +168,7 @@ def integrate_dopri5(
             check_outputs_unchanged(kv, versions, read_after[j], iteration)
             kv.append(v)
             versions.append(versions_v)
-            etas.append(eta_of(tj if stop is None else torch.where(before & (tj >= stop), below_stop, tj)))
+            etas.append(eta_of(tj if tau is None else torch.where(before_tau & (tj >= tau), below_tau, tj)))
             norms.append(squared_norm(v))
         if ending is None:
             nfe.index_add_(0, rows, torch.full_like(rows, tab.stages - 1))
@@ -228,8 +235,8 @@ def integrate_dopri5(
         factor = torch.where(accept & retried, factor.clamp(max=1.0), factor)
         rejected[rows] = ~accept
         h_next = ha * factor  # a non-finite try's ratio is inf: factor MIN_FACTOR
-        if stop is not None:
-            # A step cut short to land on τ has a tiny error (its growth held at ×10: a ratio below
+        if stops:
+            # A step cut short to land on τ (or the split) has a tiny error (its growth held at ×10: a ratio below
             # 6e-6, or rounding), and growing ×10 a step from there took ~log10(proposed / ha)
             # steps to get back (τ = 1e-300: 300 steps on a straight line plain FM crosses in 3;
             # τ = 1e-9, or a sample that came within 1e-9 of τ: 8 more). Such a step resumes the
