@@ -320,7 +320,8 @@ def test_per_sample_null_labels_follow_dopri5s_selection():
     net = ClassNet()
     x0 = kfm.noise(range(4), (DIM,), dtype=torch.float64) * torch.tensor([0.1, 1.0, 4.0, 0.5])[:, None]
     labels, nulls = torch.tensor([0, 1, 2, 0]), torch.tensor([3, 2, 1, 3])
-    tol = dict(rtol=1e-9, atol=1e-9)
+    # 1e-10: at 1e-9 all four take 6 steps since steps land on the split (5 or 6 before), and no call saw a subset
+    tol = dict(rtol=1e-10, atol=1e-10)
     batch = kfm.sample(ClassifierFreeGuidance(net, labels, 2.0, nulls), x0, solver="dopri5", **tol)
     assert len(set(batch.steps.tolist())) > 1                   # some calls saw a subset
     for i in range(4):

@@ -27,9 +27,9 @@ class SampleResult:
               i < int(τ·S) in floating point, the reference rule. That is t < τ only on a
               uniform grid, and only when τ·S does not round down: 0.29·100 computes to
               28.999…, so τ = 0.29 splits at t = 0.28. A 100-step cosine grid splits at
-              t = 0.65 for τ = 0.6. dopri5: step start time < τ, whole steps; under KTS its
-              steps land on τ_split, so the default split is exact there.) Compare early/late
-              across runs on the same grid.
+              t = 0.65 for τ = 0.6. dopri5: t < τ exactly, as its steps land on τ (and on
+              KTS's τ_split), up to each step's quadrature error.) Compare early/late across
+              fixed-step runs on the same grid.
     late:     applied energy of the remaining steps (early + late = kpe). For the energy after
               (or between) given times, on any grid: ``energy_after(t)``, ``energy_between(t0, t1)``.
     peak:     the largest single-step applied-energy increment; ``peak_time`` its step's start time.

@@ -84,6 +84,9 @@ def sample(
             for fixed grids; with dopri5's few long steps a first-order sum, warned of).
         profile: keep the per-step applied-energy increments.
         split: τ at which energy is split into early/late; default the KTS τ_split, else 0.6.
+            Fixed-step solvers split by step index (i < int(τ·S), the reference's rule); dopri5
+            lands a step on a split in (0, 1), so early/late part there exactly (a split of 0 or
+            1 adds no step, and gives SciPy RK45's step sequence without a KTS).
         on_nonfinite: "raise" (NonFiniteVelocityError naming step, t and samples) or "flag"
             (mark those samples in ``result.nonfinite``, give them NaN energies, go on). dopri5
             first rejects a non-finite try and retries it 5× shorter (SciPy's RK45 rule); a
@@ -92,10 +95,12 @@ def sample(
             against ``max_steps``.
         rtol, atol, first_step, max_steps: dopri5 step control (per sample): rtol, atol > 0;
             first_step None (chosen) or in (0, 1]; max_steps ≥ 1 attempted steps, beyond which
-            ``StepLimitError`` names the unfinished samples. Under a KTS gain its
-            steps land on τ_split rather than cross it (η has a kink there, a jump for the constant
-            forms), so x meets rtol and the early/late split falls exactly at τ; a step cut to
-            under a tenth of its length to land there is followed by the step proposed before the cut.
+            ``StepLimitError`` names the unfinished samples. Its steps land on ``split`` rather
+            than cross it, so early/late part exactly there; under a KTS gain they land on
+            τ_split too (η has a kink there, a jump for the constant forms, so x meets rtol), on
+            both when an explicit split differs from τ_split. Each stop costs about one more
+            step per sample; a step cut to under a tenth of its length to land on one is
+            followed by the step proposed before the cut.
         dtype, device: for x0 drawn from seeds (default float32, CPU).
         progress: show a tqdm progress bar.
 
