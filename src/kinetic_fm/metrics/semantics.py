@@ -69,7 +69,7 @@ def _targets(target: Any, b: int, n_classes: int, device: torch.device, name: st
         raise ValueError(f"{name} must hold integer class indices, got dtype {t.dtype}")
     t = t.to(torch.int64)
     if t.numel() == 1 and b != 1:
-        t = t.expand(b)
+        t = t.repeat(b)  # its own memory: an expanded (stride-0) view wrote every element at once
     if t.shape[0] != b:
         raise ValueError(f"{name} must be one class or one per sample ({b}), got {t.shape[0]}")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_classes):
@@ -117,7 +117,8 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     Args:
         classifier: nn.Module or callable mapping (b, ...) inputs to (b, C) logits (put modules
             in ``eval()`` first); run in chunks of ``batch_size`` under inference mode.
-        x: (B, ...) inputs (a tensor, an array, or nested lists, which become float32).
+        x: (B, ...) inputs (a tensor, an array, or nested lists, which become float32), or a list
+            or tuple of B tensors of one shape (...), stacked (other shapes are refused by name).
         target: None (score the predicted class), one class index for all, or (B,) indices
             (other shapes are refused, not flattened).
         batch_size: rows per classifier call, a positive integer.
@@ -134,7 +135,7 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     _check_batch_size(batch_size)
     # a nested list becomes a tensor of torch's default dtype (float32), as a network expects;
     # through NumPy it was float64 and failed inside the network with a dtype mismatch
-    x = x if isinstance(x, (Tensor, np.ndarray)) else torch.as_tensor(x)
+    x = x if isinstance(x, (Tensor, np.ndarray)) else _stacked(x) if _holds_tensors(x) else torch.as_tensor(x)
     x = as_tensor(x)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
@@ -162,6 +163,25 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     margin, chosen = margin_from_scores(logits, t)
     confidence = torch.softmax(logits, dim=1).gather(1, chosen[:, None]).squeeze(1)
     return ClassifierMargin(margin, confidence, logits.argmax(dim=1), t)
+
+
+def _holds_tensors(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and any(isinstance(item, Tensor) for item in x)
+
+
+def _stacked(items: Sequence[Any]) -> Tensor:
+    """A list or tuple of same-shape tensors (a dataset's items) stacked into one (B, ...) batch;
+    ValueError naming ``x`` for items of different shapes or that are not tensors (torch.as_tensor
+    failed on them with "only one element tensors can be converted to Python scalars")."""
+    kind = "a list" if isinstance(items, list) else "a tuple"
+    first = items[0]
+    for i, item in enumerate(items):
+        if not isinstance(item, Tensor):
+            raise ValueError(f"x: {kind} of tensors must hold only tensors, got {type(item).__name__} at item {i}")
+        if item.shape != first.shape:
+            raise ValueError(f"x: {kind} of tensors must hold tensors of one shape, got {tuple(first.shape)} at item 0 "
+                             f"and {tuple(item.shape)} at item {i}; pass (B, ...) items of one shape, or one tensor")
+    return torch.stack(list(items))
 
 
 def _probability_rows(scores: Tensor, dtype: torch.dtype) -> bool:
