@@ -283,6 +283,22 @@ class CLIPScorer:
         model_dir: folder written by ``save_pretrained`` holding the model (``config.json`` +
             weights), the tokenizer and ``preprocessor_config.json``.
         device: where the model runs (default CPU).
+
+    Reproducibility: the model runs in float32, and its scores (100 · cos) move in the last digits
+    with how it is run, found by today's review of the metrics (helpers 187 and 193):
+
+    - batch size: about 4e-6 between ``batch_size`` values on one device. A float32 GEMM or
+      convolution picks its blocking, and so its order of summation, from the batch's shape, so
+      an image's embedding rounds differently beside other images (float32 u = 6e-8 per
+      operation, accumulated through the towers' layers).
+    - device: about 2e-3 between the CPU and a CUDA GPU whose float32 matrix products run in TF32
+      (``torch.backends.cuda.matmul.allow_tf32``, see
+      :func:`~kinetic_fm.metrics.neighbors.cuda_matmul_uses_tf32`): TF32 keeps 10 mantissa bits,
+      u = 4.9e-4 instead of 6e-8. With TF32 off the difference falls to that of the kernels'
+      float32 rounding.
+
+    Compare scores made with one device, TF32 setting and batch size; differences below these
+    figures are not signal.
     """
 
     def __init__(self, model_dir: str | Path, *, device: torch.device | str | None = None) -> None:
