@@ -272,11 +272,14 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     """ValueError when ``out`` already holds a training run and ``resume`` is False (its files
     would be overwritten). A folder holding a training ``config.json`` alone holds no step (a run
     that failed or was stopped before its first save), so a new run may start there, as a resume
-    would; another program's config.json is refused like a run, with ``resume`` too. :func:`train`
-    checks it under the folder's lock; ``kfm train`` calls it before the data loads."""
+    would; another program's config.json (no resume.pt beside it) is refused like a run, with
+    ``resume`` too. :func:`train` checks it under the folder's lock; ``kfm train`` calls it before
+    the data loads."""
     out = Path(out)
-    if resume and (out / "config.json").exists() and not _is_training_config(out / "config.json"):
-        # a resume without resume.pt starts afresh and would write its own config.json over this one
+    if (resume and (out / "config.json").exists() and not (out / RESUME_FILE).exists()
+            and not _is_training_config(out / "config.json")):
+        # a resume without resume.pt starts afresh and would write its own config.json over this one;
+        # beside a resume.pt it is a training run's, damaged (resume.pt records the settings compared)
         raise ValueError(f"{out} holds a config.json that is not a training run's (another program's); "
                          "resume=True (kfm train --resume) continues training runs only: choose another folder")
     earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
