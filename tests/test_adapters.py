@@ -436,13 +436,15 @@ def test_an_exact_data_prediction_lands_on_its_data_with_a_small_gap_min(run):
     x0 = kfm.noise(range(4), (3,), dtype=torch.float64)
     power = 0.5 * ((y - x0) ** 2).sum(1)  # straight lines at constant speed y − x0
     res = kfm.sample(DataPrediction(lambda x, t: y.expand_as(x), gap_min=1e-6), x0, profile=True, **run)
-    # dopri5's stages at t = 1 still see the clamp: its end is ~gap_min off
-    tol = 1e-12 if run["solver"] != "dopri5" else 5e-6
+    tol = 1e-12
     torch.testing.assert_close(res.x, y.expand(4, 3), rtol=0, atol=tol)
     torch.testing.assert_close(res.kpe, power, rtol=tol, atol=0)
-    torch.testing.assert_close(res.energy_after(0.999), 1e-3 * power, rtol=1e-9 if tol < 1e-9 else 5e-3, atol=0)
+    torch.testing.assert_close(res.energy_after(0.999), 1e-3 * power, rtol=1e-9, atol=0)
     default = kfm.sample(DataPrediction(lambda x, t: y.expand_as(x)), x0, **run)
-    assert ((default.x - y).norm(dim=1) > 1e-4).all()  # what the default trades for its bound below
+    if run["solver"] != "dopri5":
+        assert ((default.x - y).norm(dim=1) > 1e-4).all()  # what the default trades for its bound below
+    else:  # its end step's stages (tableau.DOPRI5_END) lie at most 8/9 into a last step far longer than 9e-3
+        torch.testing.assert_close(default.x, y.expand(4, 3), rtol=0, atol=tol)
 
 
 def test_the_default_gap_min_bounds_a_trained_nets_error_near_the_data():
