@@ -109,6 +109,34 @@ def test_resume_of_a_folder_holding_no_run_says_it_starts_one(tmp_path, capsys):
     assert "holds no run yet" not in capsys.readouterr().err
 
 
+def test_a_resume_stopped_by_the_lock_does_not_say_it_starts_a_new_run(tmp_path, monkeypatch, capsys):
+    # several --resume runs on an empty folder at once: those the lock stopped first said "holds no
+    # run yet; starting a new one", then that the folder is locked (helper-188). The lock is taken
+    # here after the command has looked into the still empty folder, as a twin run would
+    import kinetic_fm.commands.sample as sample
+    from kinetic_fm.runs.lock import RunLock
+
+    out = tmp_path / "run"
+    real = sample._lock_a_busy_folder
+    twin = RunLock(out)
+
+    def then_a_twin_takes_the_lock(*args, **kwargs):
+        found = real(*args, **kwargs)
+        out.mkdir(exist_ok=True)
+        twin.acquire()
+        return found
+
+    monkeypatch.setattr(sample, "_lock_a_busy_folder", then_a_twin_takes_the_lock)
+    try:
+        assert kfm_sample(out, "--field", "gaussian", "--dim", 2, "--n", 3, "--steps", 5, "--resume") == 2
+    finally:
+        twin.release()
+    err = capsys.readouterr().err
+    assert "is in use by another writer" in err, err
+    assert "holds no run yet" not in err
+    assert not (out / "manifest.json").exists()
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--n", 0], "--n must lie in [1, 2**32], got 0"),
     (["--n", 2**32 + 1], "--n must lie in [1, 2**32], got 4294967297"),   # it blamed --seed-start 0

@@ -926,9 +926,7 @@ def run(args) -> int:
                      **({PROFILE_TIMES: _profile_times(args)} if args.profile and args.solver != "dopri5" else {})},
         )
         if world.is_main:
-            _warn_on_batch_change(args, stored)
-            if args.resume and not (Path(args.out) / "manifest.json").is_file():  # a typo in --out, say
-                print(f"kfm sample: --resume: {args.out} holds no run yet; starting a new one", file=sys.stderr)
+            _warn_on_batch_change(args, stored)  # "holds no run yet" is said by run_sharded, under the lock
         try:
             with writing("--out", args.out):
                 outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
