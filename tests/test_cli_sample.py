@@ -1104,7 +1104,7 @@ def test_a_resume_refusal_names_each_changed_flag_with_both_values(tmp_path, cap
         assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
-def test_a_resume_refusal_names_a_nets_flags(tmp_path, capsys):
+def test_a_resume_refusal_names_a_nets_flags_and_a_removed_gains(tmp_path, capsys):
     torch.manual_seed(0)
     nets = [VelocityMLP((2,), hidden=8, depth=1) for _ in range(2)]
     for k, net in enumerate(nets):
@@ -1124,6 +1124,11 @@ def test_a_resume_refusal_names_a_nets_flags(tmp_path, capsys):
     path = _class_conditional_net(tmp_path / "cc.safetensors")
     flags = ["--model", path, "--n", 2, "--steps", 2, "--label", 1]
     assert kfm_sample(tmp_path / "cc", *flags, "--guidance", 2) == 0
+    # and the other way round, the stored gain (its keys sorted in manifest.json) in --help's order
+    assert kfm_sample(tmp_path / "kts", *_KTS_RUN) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "kts", *_MIXTURE, "--resume") == 2
+    assert _resume_refusal(capsys.readouterr().err) == f"the KTS flags (the run's {_KTS_DEFAULTS}, now none: plain FM)"
     capsys.readouterr()
     for changed, named in ((["--label", 2, "--guidance", 2], "--label (the run's 1, now 2)"),
                            (["--guidance", 3], "--guidance (the run's 2, now 3)")):

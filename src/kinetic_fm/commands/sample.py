@@ -666,9 +666,9 @@ def _as_typed(field: str, value) -> str:
     if value is None:
         return "none: plain FM" if field == "config.shaping" else "unset"
     if field == "config.shaping":
-        flags = {kts_name: flag for flag, kts_name in _KTS_FLAGS.items()}
-        return " ".join(f"--{flags[name]}" + ("" if isinstance(v, bool) else f" {_as_typed('', v)}")
-                        for name, v in value.items() if name in flags and v is not False)
+        given = [(flag, value[name]) for flag, name in _KTS_FLAGS.items() if name in value]  # in --help's order
+        return " ".join(f"--{flag}" + ("" if isinstance(v, bool) else f" {_as_typed('', v)}")
+                        for flag, v in given if v is not False)
     if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return f"{value[:16]}…"   # a sha256
     if isinstance(value, float):
