@@ -142,8 +142,8 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
 def _differences(stored: Any, now: Any, prefix: str) -> list[Difference]:
     """A :class:`Difference` (``key (stored a, now b)``) for each difference, walking into mappings
     both sides hold; where one side holds a mapping and the other not (a run with KTS resumed
-    without), the key is named once with both values (it read "config.shaping (stored '<absent>', now None)", backwards, beside
-    one line per parameter)."""
+    without), the key is named once with both values (it read "config.shaping (stored '<absent>',
+    now None)", backwards, beside one line per parameter)."""
     if isinstance(stored, dict) and isinstance(now, dict):
         out = []
         for key in sorted(set(stored) | set(now)):
