@@ -85,7 +85,7 @@ def test_resume_with_a_changed_kts_parameter_is_refused_naming_it(tmp_path, caps
     assert kfm_sample(tmp_path / "run", *common) == 0
     assert kfm_sample(tmp_path / "run", *common[:-1], 0.06, "--resume") == 2
     err = capsys.readouterr().err
-    assert "config.shaping.alpha0 (stored 0.05, now 0.06)" in err
+    assert "--alpha0 (the run's 0.05, now 0.06)" in err
     assert kfm_sample(tmp_path / "run", *common) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert kfm_sample(tmp_path / "run", *common, "--resume", "--batch-size", 1) == 0  # batch size is free
@@ -107,6 +107,34 @@ def test_resume_of_a_folder_holding_no_run_says_it_starts_one(tmp_path, capsys):
     assert f"--resume: {tmp_path / 'typo'} holds no run yet; starting a new one" in capsys.readouterr().err
     assert kfm_sample(tmp_path / "typo", *common, "--resume") == 0
     assert "holds no run yet" not in capsys.readouterr().err
+
+
+def test_a_resume_stopped_by_the_lock_does_not_say_it_starts_a_new_run(tmp_path, monkeypatch, capsys):
+    # several --resume runs on an empty folder at once: those the lock stopped first said "holds no
+    # run yet; starting a new one", then that the folder is locked (helper-188). The lock is taken
+    # here after the command has looked into the still empty folder, as a twin run would
+    import kinetic_fm.commands.sample as sample
+    from kinetic_fm.runs.lock import RunLock
+
+    out = tmp_path / "run"
+    real = sample._lock_a_busy_folder
+    twin = RunLock(out)
+
+    def then_a_twin_takes_the_lock(*args, **kwargs):
+        found = real(*args, **kwargs)
+        out.mkdir(exist_ok=True)
+        twin.acquire()
+        return found
+
+    monkeypatch.setattr(sample, "_lock_a_busy_folder", then_a_twin_takes_the_lock)
+    try:
+        assert kfm_sample(out, "--field", "gaussian", "--dim", 2, "--n", 3, "--steps", 5, "--resume") == 2
+    finally:
+        twin.release()
+    err = capsys.readouterr().err
+    assert "is in use by another writer" in err, err
+    assert "holds no run yet" not in err
+    assert not (out / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -176,7 +204,7 @@ def test_a_run_folder_still_training_pins_the_checkpoint_it_sampled(tmp_path, ca
     _saved_net(folder / "checkpoints" / "step_0000002.safetensors", seed=1)
     capsys.readouterr()
     assert kfm_sample(tmp_path / "run", *args, "--resume") == 2
-    assert "weights_sha256" in capsys.readouterr().err
+    assert "--model (the run's weights sha256 " in capsys.readouterr().err  # the flag, not the field (helper-203)
 
 
 def test_the_same_weights_by_another_path_resume_the_run(tmp_path, monkeypatch, capsys):
@@ -197,7 +225,7 @@ def test_the_same_weights_by_another_path_resume_the_run(tmp_path, monkeypatch, 
     assert manifest["runtime"]["model"] == "trained/final.safetensors"   # kept for the record
     _saved_net(folder / "final.safetensors", seed=1)                     # other weights: refused
     assert kfm_sample(tmp_path / "run", "--model", folder, *args, "--resume") == 2
-    assert "weights_sha256" in capsys.readouterr().err
+    assert "--model (the run's weights sha256 " in capsys.readouterr().err  # the flag, not the field (helper-203)
 
 
 def test_resuming_a_dopri5_net_run_with_another_batch_size_warns(tmp_path, capsys):
@@ -435,7 +463,7 @@ def test_a_run_pinned_by_the_files_bytes_still_resumes_with_that_file(tmp_path, 
     assert kfm_sample(tmp_path / "run", *args, "--resume") == 0, capsys.readouterr().err
     _saved_net(path, seed=1)                                      # other weights: still refused
     assert kfm_sample(tmp_path / "run", *args, "--resume") == 2
-    assert "weights_sha256" in capsys.readouterr().err
+    assert "--model (the run's weights sha256 " in capsys.readouterr().err  # the flag, not the field (helper-203)
 
 
 # --profile and --figure ------------------------------------------------------------------------
@@ -501,7 +529,7 @@ def test_resuming_with_another_profile_setting_is_refused_and_plain_runs_resume_
     assert kfm_sample(tmp_path / "prof", *common, "--profile") == 0
     capsys.readouterr()
     assert kfm_sample(tmp_path / "prof", *common, "--resume") == 2
-    assert "config.profile (stored True, now '<absent>')" in capsys.readouterr().err
+    assert "--profile (the run's on, now off)" in capsys.readouterr().err
     assert kfm_sample(tmp_path / "prof", *common, "--profile", "--resume") == 0
 
     assert kfm_sample(tmp_path / "plain", *common) == 0
@@ -513,7 +541,7 @@ def test_resuming_with_another_profile_setting_is_refused_and_plain_runs_resume_
         read_profile(tmp_path / "plain")
     capsys.readouterr()
     assert kfm_sample(tmp_path / "plain", *common, "--profile", "--resume") == 2
-    assert "config.profile (stored '<absent>', now True)" in capsys.readouterr().err
+    assert "--profile (the run's off, now on)" in capsys.readouterr().err
     sorted((tmp_path / "plain" / "shards").glob("*.parquet"))[-1].unlink()
     assert kfm_sample(tmp_path / "plain", *common, "--resume") == 0   # the kept shard's run id still matches
     assert "this process computed 1, kept 1" in capsys.readouterr().out
@@ -593,11 +621,11 @@ def test_resuming_with_other_dopri5_tolerances_is_refused_and_older_runs_resume_
     assert kfm_sample(tmp_path / "tight", *flags, "--rtol", 1e-4) == 0
     capsys.readouterr()
     assert kfm_sample(tmp_path / "tight", *flags, "--rtol", 1e-3, "--resume") == 2
-    assert "config.rtol (stored 0.0001, now 0.001)" in capsys.readouterr().err
+    assert "--rtol (the run's 0.0001, now 0.001)" in capsys.readouterr().err
     assert kfm_sample(tmp_path / "tight", *flags, "--resume") == 2
-    assert "config.rtol (stored 0.0001, now '<absent>')" in capsys.readouterr().err
+    assert "--rtol (the run's 0.0001, now default)" in capsys.readouterr().err
     assert kfm_sample(tmp_path / "tight", *flags, "--rtol", 1e-4, "--first-step", 0.1, "--resume") == 2
-    assert "config.first_step (stored '<absent>', now 0.1)" in capsys.readouterr().err
+    assert "--first-step (the run's default, now 0.1)" in capsys.readouterr().err
     assert kfm_sample(tmp_path / "tight", *flags, "--rtol", 1e-4, "--resume") == 0
 
     # a run without the flags records none of them: its config is what the command wrote before
@@ -614,7 +642,7 @@ def test_resuming_with_other_dopri5_tolerances_is_refused_and_older_runs_resume_
     assert "this process computed 1, kept 1" in capsys.readouterr().out
     pd.testing.assert_frame_equal(read_run(tmp_path / "plain"), first, check_exact=True)
     assert kfm_sample(tmp_path / "plain", *flags, "--atol", 1e-6, "--resume") == 2
-    assert "config.atol (stored '<absent>', now 1e-06)" in capsys.readouterr().err
+    assert "--atol (the run's default, now 1e-06)" in capsys.readouterr().err
 
 
 def test_field_and_dim_beside_a_model_are_refused_and_a_model_run_records_dim_2_as_before(tmp_path, capsys):
@@ -651,14 +679,14 @@ def test_resume_takes_the_runs_record_of_settings_that_change_no_number(tmp_path
     assert (config["steps"], config["split"]) == (30, None)
     # a split that means another τ still changes the numbers, and is refused
     assert kfm_sample(tmp_path / "run", *flags, "--split", 0.5, "--resume") == 2
-    assert "config.split (stored None, now 0.5)" in capsys.readouterr().err
+    assert "--split (the run's unset, now 0.5)" in capsys.readouterr().err
 
     # and the other way round: a fixed-step run that spelled out --split 0.6 resumes without it
     fixed = ["--field", "gaussian", "--dim", 3, "--steps", 4, "--n", 4, "--shard-size", 2]
     assert kfm_sample(tmp_path / "fixed", *fixed, "--split", 0.6) == 0
     assert kfm_sample(tmp_path / "fixed", *fixed, "--resume") == 0
     assert kfm_sample(tmp_path / "fixed", *fixed, "--steps", 5, "--resume") == 2   # steps count here
-    assert "config.steps (stored 4, now 5)" in capsys.readouterr().err
+    assert "--steps (the run's 4, now 5)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("made,resumed", [("cpu", "cpu:0"), ("cpu:0", "cpu"), ("cpu:0", "cpu:0"), ("cpu", "cpu:1")])
@@ -1012,3 +1040,118 @@ def test_k_without_an_exponential_form_is_said_to_be_ignored(tmp_path, capsys, f
     assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 2, "--steps", 2, *flags) == 0
     err = capsys.readouterr().err
     assert ("--k applies to the exponential launch or landing only" in err) == warned, err
+
+
+_MIXTURE = ["--field", "mixture", "--dim", 2, "--n", 4, "--shard-size", 2, "--steps", 4, "--solver", "heun"]
+_KTS_RUN = [*_MIXTURE, "--alpha0", 0.05]
+_DOPRI5_RUN = ["--field", "gaussian", "--dim", 2, "--n", 2, "--shard-size", 2, "--solver", "dopri5", "--rtol", 1e-4]
+_KTS_DEFAULTS = "--alpha0 0.05 --beta0 0.01 --tau 0.6 --launch linear --landing exponential --k 3"
+# (run made with, flags changed on --resume, the one line the refusal must give)
+_CHANGED = [
+    (_MIXTURE, ["--n", 6], "--n (the run's 4, now 6)"),
+    (_MIXTURE, ["--seed-start", 3], "--seed-start (the run's 0, now 3)"),
+    (_MIXTURE, ["--shard-size", 3], "--shard-size (the run's 2, now 3)"),
+    (_MIXTURE, ["--steps", 5], "--steps (the run's 4, now 5)"),
+    (_MIXTURE, ["--solver", "euler"], "--solver (the run's heun, now euler)"),
+    (_MIXTURE, ["--grid", "cosine"], "--grid (the run's uniform, now cosine)"),
+    (_MIXTURE, ["--quadrature", "left"], "--quadrature (the run's solver, now left)"),
+    (_MIXTURE, ["--split", 0.5], "--split (the run's unset, now 0.5)"),
+    (_MIXTURE, ["--on-nonfinite", "flag"], "--on-nonfinite (the run's raise, now flag)"),
+    (_MIXTURE, ["--dtype", "float64"], "--dtype (the run's float32, now float64)"),
+    (_MIXTURE, ["--no-save-x"], "--no-save-x (the run's off, now on)"),
+    (_MIXTURE, ["--profile"], "--profile (the run's off, now on)"),
+    (_MIXTURE, ["--field", "gaussian"], "--field (the run's mixture, now gaussian)"),   # not its identity hashes
+    (_MIXTURE, ["--dim", 3], "--dim (the run's 2, now 3)"),                           # nor its sample shape
+    (_MIXTURE, ["--alpha0", 0.05], f"the KTS flags (the run's none: plain FM, now {_KTS_DEFAULTS})"),
+    (_KTS_RUN, ["--alpha0", 0.06], "--alpha0 (the run's 0.05, now 0.06)"),
+    (_KTS_RUN, ["--beta0", 0.02], "--beta0 (the run's 0.01, now 0.02)"),
+    (_KTS_RUN, ["--tau", 0.5], "--tau (the run's 0.6, now 0.5)"),
+    (_KTS_RUN, ["--launch", "constant"], "--launch (the run's linear, now constant)"),
+    (_KTS_RUN, ["--landing", "linear"], "--landing (the run's exponential, now linear)"),
+    (_KTS_RUN, ["--k", 2], "--k (the run's 3, now 2)"),
+    (_KTS_RUN, ["--renormalize"], "--renormalize (the run's off, now on)"),
+    (_DOPRI5_RUN, ["--rtol", 1e-3], "--rtol (the run's 0.0001, now 0.001)"),
+    (_DOPRI5_RUN, ["--atol", 1e-6], "--atol (the run's default, now 1e-06)"),
+    (_DOPRI5_RUN, ["--first-step", 0.1], "--first-step (the run's default, now 0.1)"),
+    (_DOPRI5_RUN[:-2], ["--rtol", 1e-3], "--rtol (the run's default, now 0.001)"),
+]
+
+
+def _resume_refusal(err: str) -> str:
+    """What a refused resume names: the text between "other settings: " and ". Resume with"."""
+    head, found, rest = err.partition("was made with other settings: ")
+    assert found, err
+    return rest.partition(". Resume with")[0]
+
+
+def test_a_resume_refusal_names_each_changed_flag_with_both_values(tmp_path, capsys):
+    # "config.steps (stored 4, now 5)", "seeds.n (stored 4, now 6)", "shard_size (...)": the
+    # manifest's fields, not the flags typed (helper-188); a --field change listed its identity
+    # hashes and sample shape beside it
+    folders: dict[tuple, str] = {}
+    for made, changed, named in _CHANGED:
+        run = tmp_path / folders.setdefault(tuple(map(str, made)), f"run{len(folders)}")
+        if not run.exists():
+            assert kfm_sample(run, *made) == 0
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+        capsys.readouterr()
+        # a flag given twice takes its last value
+        assert kfm_sample(run, *made, *changed, "--resume") == 2, changed
+        err = capsys.readouterr().err
+        assert err.startswith(f"kfm sample: error: --resume: the run in {run} was made with other settings: "), err
+        assert _resume_refusal(err) == named, changed
+        assert "(stored" not in err and "config." not in err and "seeds." not in err
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_resume_refusal_names_a_nets_flags_and_a_removed_gains(tmp_path, capsys):
+    torch.manual_seed(0)
+    nets = [VelocityMLP((2,), hidden=8, depth=1) for _ in range(2)]
+    for k, net in enumerate(nets):
+        save_model(net, tmp_path / f"net{k}.safetensors", ema=copy.deepcopy(net))
+    from kinetic_fm.models.checkpoint import weights_digest
+
+    digests = [weights_digest(tmp_path / f"net{k}.safetensors")[:16] for k in range(2)]
+    common = ["--n", 2, "--steps", 2]
+    assert kfm_sample(tmp_path / "net", "--model", tmp_path / "net0.safetensors", *common) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "net", "--model", tmp_path / "net1.safetensors", *common, "--resume") == 2
+    recorded = json.loads((tmp_path / "net" / "manifest.json").read_text())["identity"]["weights_sha256"]
+    assert recorded.startswith(digests[0])
+    assert _resume_refusal(capsys.readouterr().err) == (
+        f"--model (the run's weights sha256 {digests[0]}…, now weights sha256 {digests[1]}…)")
+
+    path = _class_conditional_net(tmp_path / "cc.safetensors")
+    flags = ["--model", path, "--n", 2, "--steps", 2, "--label", 1]
+    assert kfm_sample(tmp_path / "cc", *flags, "--guidance", 2) == 0
+    # and the other way round, the stored gain (its keys sorted in manifest.json) in --help's order
+    assert kfm_sample(tmp_path / "kts", *_KTS_RUN) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "kts", *_MIXTURE, "--resume") == 2
+    assert _resume_refusal(capsys.readouterr().err) == f"the KTS flags (the run's {_KTS_DEFAULTS}, now none: plain FM)"
+    capsys.readouterr()
+    for changed, named in ((["--label", 2, "--guidance", 2], "--label (the run's 1, now 2)"),
+                           (["--guidance", 3], "--guidance (the run's 2, now 3)")):
+        assert kfm_sample(tmp_path / "cc", *flags, *changed, "--resume") == 2
+        assert _resume_refusal(capsys.readouterr().err) == named
+
+
+def test_every_setting_a_sample_run_compares_has_its_flag():
+    # enumerated from the code: _config's keys (every optional one switched on), the seeds, the shard
+    # size and the identities' keys; a new compared key without a flag would be named as a field
+    import argparse
+
+    import kinetic_fm.commands.sample as sample
+
+    args = argparse.Namespace(truncate=2, field=sample.EMPIRICAL, model=None, dim=None, steps=4, solver="dopri5",
+                              grid="uniform", quadrature="solver", split=None, on_nonfinite="raise", dtype="float32",
+                              device="cpu", save_x=True, profile=True, rtol=1e-3, atol=1e-3, first_step=0.1,
+                              max_steps=None)
+    target = sample._Target(None, (2,), {})
+    config = sample._config(args, target, kfm.KTS(), sample._Conditioning(1, 2.0, 3))
+    fields = [f"config.{key}" for key in config] + [f"config.shaping.{key}" for key in config["shaping"]]
+    fields += ["seeds.n", "seeds.seed_start", "shard_size"]
+    fields += ["identity.field", "identity.class", "identity.params_sha256", "identity.kind",
+               "identity.weights_sha256", "identity.train_sha256", "identity.train_shape", "identity.train_dtype"]
+    unnamed = [field for field in fields if not sample._flag_of(field)]
+    assert unnamed == []

@@ -531,13 +531,14 @@ def test_a_resume_with_a_changed_setting_is_refused_before_the_items_are_read(tm
         raise AssertionError("the items were read")
 
     monkeypatch.setattr(rows, "load_rows", unread)
-    for changed, named in ((["--steps", 30], "config.steps (stored 60, now 30)"),
-                           (["--truncate", 4], "config.truncate (stored 5, now 4)"),
-                           (["--n", 12], "seeds.n (stored 9, now 12)")):
+    # named by the flags typed, not the manifest's fields (config.steps, seeds.n), since helper-203
+    for changed, named in ((["--steps", 30], "--steps (the run's 60, now 30)"),
+                           (["--truncate", 4], "--truncate (the run's 5, now 4)"),
+                           (["--n", 12], "--n (the run's 9, now 12)")):
         flags = [*_RESUMED, *changed]
         assert kfm_sample(tmp_path / "run", "--train", path, *flags, "--resume") == 2
         err = capsys.readouterr().err
-        assert "cannot resume: the run was made with a different configuration" in err and named in err
+        assert f"the run in {tmp_path / 'run'} was made with other settings: {named}. Resume with" in err
     monkeypatch.undo()
     assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 0   # unchanged: it resumes
 

@@ -131,6 +131,72 @@ def test_sigkill_inside_a_shard_write_resumes_to_the_uninterrupted_run(tmp_path,
     _assert_same_run(run, reference)
 
 
+_TERM_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    import pytest
+    import test_runs_interrupt as t
+
+    t._stopping_writes(pytest.MonkeyPatch(), *t.STOPS["shard 2 without its receipt"],
+                       lambda: os.kill(os.getpid(), signal.SIGTERM))
+    sys.exit(t._sample(Path({out!r})))
+""")
+
+
+@pytest.mark.slow  # a child process importing torch: 5-15 s
+def test_sigterm_says_how_to_resume_as_ctrl_c_does_and_exits_143(tmp_path, reference):
+    # SIGTERM (a scheduler's stop, `kill`) ended the run as SIGKILL does: nothing lost, but no
+    # hint, and no status of its own (helper-188)
+    run = tmp_path / "run"
+    code = _TERM_CHILD.format(tests=str(Path(__file__).parent), out=str(run))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr
+    assert child.stderr.strip().splitlines()[-1] == (
+        "kfm sample: interrupted (SIGTERM): finished work is kept; rerun the same command with --resume to continue")
+    assert _sample(run, "--resume") == 0
+    _assert_same_run(run, reference)
+
+
+_TERM_TRAIN_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import kinetic_fm.models as models
+    from kinetic_fm.cli import main
+
+    real = models.train
+
+    def train(*args, **kwargs):  # SIGTERM as step 5 ends (the resume state of step 4 is written)
+        def callback(step, loss):
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, callback=callback, **kwargs)
+
+    models.train = train
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow  # a child process importing torch: 5-15 s
+def test_kfm_train_stopped_by_sigterm_says_how_to_resume_and_resumes_bit_identically(tmp_path):
+    from kinetic_fm.models import load_model
+
+    flags = ["train", "--data", "moons", "--n", "64", "--steps", "8", "--batch-size", "8", "--width", "8",
+             "--save-every", "2", "--checkpoints", "none", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.run([sys.executable, "-c", _TERM_TRAIN_CHILD, *flags, "--out", str(tmp_path / "cut")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr
+    assert child.stderr.strip().splitlines()[-1] == (
+        "kfm train: interrupted (SIGTERM): finished work is kept; rerun the same command with --resume to continue")
+    assert not (tmp_path / "cut" / "final.safetensors").exists()
+    assert main([*flags, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert main([*flags, "--out", str(tmp_path / "full")]) == 0
+    cut, full = load_model(tmp_path / "cut"), load_model(tmp_path / "full")
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(cut.state_dict().values(),
+                                                                  full.state_dict().values()))
+
+
 def test_a_full_disk_keeps_the_finished_shards_and_says_resume_continues(tmp_path, reference, monkeypatch, capsys):
     run = tmp_path / "run"
 

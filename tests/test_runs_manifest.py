@@ -129,6 +129,22 @@ def test_resume_refuses_a_value_of_another_json_type_as_the_run_id_does(stored, 
         check_resume(a, b)
 
 
+def test_a_resume_refusal_hands_over_its_differences_for_a_command_line_to_word():
+    import pickle
+
+    from kinetic_fm.runs.manifest import Difference
+
+    stored = _manifest()
+    with pytest.raises(ResumeMismatchError) as err:
+        check_resume(stored, _manifest(n=stored.n + 1, shard_size=stored.shard_size + 1))
+    want = (Difference("seeds.n", stored.n, stored.n + 1),
+            Difference("shard_size", stored.shard_size, stored.shard_size + 1))
+    assert err.value.differences == want
+    assert all(str(d) in str(err.value) for d in want)   # the library's message: the fields, as before
+    again = pickle.loads(pickle.dumps(err.value))        # it crosses ranks whole
+    assert again.differences == want and str(again) == str(err.value)
+
+
 def test_resume_with_new_library_versions_only_warns():
     stored = _manifest(versions={"torch": "2.12.0", "kinetic_fm": "0.1.0"})
     new = _manifest(versions={"torch": "2.13.0", "kinetic_fm": "0.1.0"})

@@ -55,6 +55,22 @@ def test_resume_refusals_name_the_flags(tmp_path, capsys):
     assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path), "--resume"]) == 2
     assert "it is at step 12, beyond --steps 8" in capsys.readouterr().err
 
+
+def test_resume_refusals_name_the_flags_of_every_compared_setting(tmp_path, capsys):
+    # --seed, --grad-clip, the net's and the data's flags read as "train.seed", "train.grad_clip",
+    # "model", "data_shape, info" (helper-203)
+    assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    for changed, named in ((["--seed", "3"], "(--seed): --seed: saved 0, now 3"),
+                           (["--grad-clip", "0.5"], "(--grad-clip): --grad-clip: saved 1.0, now 0.5"),
+                           (["--width", "8"], "(--model/--width/--class-cond): --model/--width/--class-cond: saved "),
+                           (["--n", "400"], "(--data/--n): --data/--n: saved [500, 2], now [400, 2]; --data/--n: "
+                                            'saved {"data": "gmm", "n": 500}, now {"data": "gmm", "n": 400}')):
+        assert main(["train", *COMMON, "--steps", "4", *changed, "--out", str(tmp_path), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"settings differ from the saved run {named}" in err, err
+        assert "train." not in err and "info" not in err and "data_shape" not in err
+
 def test_kfm_train_images_and_class_conditioning(tmp_path):
     args = ["train", "--data", "digits", "--n", "16", "--steps", "2", "--batch-size", "4", "--width", "8",
             "--checkpoints", "none", "--class-cond", "--no-progress", "--model", "unet", "--out", str(tmp_path)]
@@ -271,7 +287,7 @@ def test_a_rerun_without_resume_or_with_other_data_is_refused(tmp_path, capsys):
     assert "already holds" in capsys.readouterr().err
     flags = [*COMMON, "--steps", "4", "--resume", "--out", str(tmp_path / "run")]
     assert main(["train", *[("moons" if f == "gmm" else f) for f in flags]]) == 2
-    assert 'info: saved {"data": "gmm", "n": 500}, now {"data": "moons", "n": 500}' in capsys.readouterr().err
+    assert '--data/--n: saved {"data": "gmm", "n": 500}, now {"data": "moons", "n": 500}' in capsys.readouterr().err
 
 
 def test_class_cond_on_data_without_labels_is_refused(tmp_path, capsys):

@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args._commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     _refuse_empty_values(args._commands[args.command], args)
     try:
-        with warnings.catch_warnings(), _stdout_reader_may_leave():  # both restored when the command returns
+        # all three restored when the command returns
+        with warnings.catch_warnings(), _stdout_reader_may_leave(), _sigterm_as_interrupt():
             warnings.showwarning = _one_line_warning(args.command)
             return int(args.func(args) or 0)
     except (ValueError, OSError) as err:
@@ -79,12 +80,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kfm {args.command}: error: out of memory ({str(err).splitlines()[0]}); ask for fewer samples, "
               "steps, a smaller --batch-size, or another device", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         hint = getattr(args, "interrupt_hint", None) or (
             "finished work is kept; rerun the same command with --resume to continue"
             if hasattr(args, "resume") else "")
-        print(f"kfm {args.command}: interrupted{': ' + hint if hint else ''}", file=sys.stderr)
-        return 130
+        how = " (SIGTERM)" if isinstance(err, _Terminated) else ""
+        print(f"kfm {args.command}: interrupted{how}{': ' + hint if hint else ''}", file=sys.stderr)
+        return 128 + 15 if isinstance(err, _Terminated) else 130  # the shell's 128 + signal number
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop, a container's shutdown), raised where the command
+    stands as Ctrl-C's KeyboardInterrupt is: the same clean-up runs (the folder's lock let go, a
+    half-written file left as a temporary that the resume removes), and the same hint is printed.
+    Left to its default, SIGTERM ended the process as SIGKILL does: nothing lost, but no word."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Inside the block, SIGTERM raises :class:`_Terminated` in the main thread; a second SIGTERM
+    (during the clean-up) ends the process at once. A handler someone else installed (an embedding
+    program's) is left alone, as is a call from another thread, where Python cannot set one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _refuse_empty_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

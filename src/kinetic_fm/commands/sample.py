@@ -630,6 +630,73 @@ def _stored_manifest(run_dir: str):
         return None
 
 
+# a compared manifest field -> the flag that sets it; the identities follow from --field, --model, --train
+_FIELD_FLAGS = {
+    "seeds.n": "--n", "seeds.seed_start": "--seed-start", "shard_size": "--shard-size",
+    **{f"config.{name}": f"--{name.replace('_', '-')}" for name in (
+        "field", "dim", "steps", "solver", "grid", "quadrature", "split", "on_nonfinite", "dtype", "device",
+        "profile", "label", "guidance", "truncate", "rtol", "atol", "first_step")},
+    "config.save_x": "--no-save-x",
+    **{f"config.shaping.{kts_name}": f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()},
+    "config.shaping": "the KTS flags",
+    "identity.weights_sha256": "--model",
+    **{f"identity.train_{name}": "--train" for name in ("sha256", "shape", "dtype")},
+}
+# fields another setting decides: named only when no setting differs (a --dim change moves the
+# sample shape and the field's parameter hash too; a net's kind comes with its weights)
+_DERIVED_FLAGS = {"config.sample_shape": "--shape", "identity.field": "--field", "identity.class": "--field",
+                  "identity.params_sha256": "--field", "identity.kind": "--model"}
+_SWITCHES = {"config.profile", "config.shaping.renormalize"}  # on/off; --no-save-x is save_x turned off
+
+
+def _flag_of(field: str) -> str | None:
+    """The flag that sets the compared manifest ``field`` (``seeds.n``: ``--n``), or None."""
+    return _FIELD_FLAGS.get(field) or _DERIVED_FLAGS.get(field)
+
+
+def _as_typed(field: str, value) -> str:
+    """A stored or new value of ``field`` as the command line gives it: ``heun``, not ``'heun'``;
+    off / on for a switch; "default" for a key a run records only when set (--rtol, --profile)."""
+    if field == "config.save_x":
+        value = not value if isinstance(value, bool) else value
+    if field in _SWITCHES or field == "config.save_x":
+        return "on" if value is True else "off"
+    if value == "<absent>":
+        return "default"
+    if value is None:
+        return "none: plain FM" if field == "config.shaping" else "unset"
+    if field == "config.shaping":
+        given = [(flag, value[name]) for flag, name in _KTS_FLAGS.items() if name in value]  # in --help's order
+        return " ".join(f"--{flag}" + ("" if isinstance(v, bool) else f" {_as_typed('', v)}")
+                        for flag, v in given if v is not False)
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return f"{value[:16]}…"   # a sha256
+    if isinstance(value, float):
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    return str(value)
+
+
+def _resume_refusal_in_flags(err, out: str) -> ValueError:
+    """The runner's refusal of a changed setting (a :class:`~kinetic_fm.runs.manifest.ResumeMismatchError`
+    naming manifest fields: "config.steps (stored 60, now 30); seeds.n (stored 9, now 12)") in the
+    flags the user typed: "--steps (the run's 60, now 30); --n (the run's 9, now 12)". A field no
+    flag sets (a producer's other kind of run) keeps its name."""
+    diffs = [d for d in err.differences if d.field not in _DERIVED_FLAGS] or list(err.differences)
+    named, lines = set(), []
+    for d in diffs:
+        flag = _flag_of(d.field)
+        if flag is None:
+            lines.append(str(d))
+        elif flag not in named:  # --train's sha256, shape and dtype: one line
+            named.add(flag)
+            was, now = (_as_typed(d.field, v) for v in (d.stored, d.now))
+            if d.field == "identity.weights_sha256":
+                was, now = f"weights sha256 {was}", f"weights sha256 {now}"
+            lines.append(f"{flag} (the run's {was}, now {now})")
+    return ValueError(f"--resume: the run in {out} was made with other settings: {'; '.join(lines)}. Resume with "
+                      "the run's settings (--batch-size may change), or start a new run in another --out")
+
+
 def _resume_as_recorded(args, kts, stored) -> None:
     """On --resume, take the run's own record of settings that change no number: --steps under
     dopri5 (ignored there, but recorded, as it always was), --split given or left out where
@@ -875,6 +942,17 @@ def summary_frame(table, columns=SUMMARY_COLUMNS):
 
 
 def run(args) -> int:
+    from ..runs.manifest import ResumeMismatchError
+
+    try:
+        return _run(args)
+    except ResumeMismatchError as err:
+        if not err.differences:  # another refusal (ranks started with other settings): as it is
+            raise
+        raise _resume_refusal_in_flags(err, args.out) from None
+
+
+def _run(args) -> int:
     import contextlib
     import os
     import sys
@@ -926,9 +1004,7 @@ def run(args) -> int:
                      **({PROFILE_TIMES: _profile_times(args)} if args.profile and args.solver != "dopri5" else {})},
         )
         if world.is_main:
-            _warn_on_batch_change(args, stored)
-            if args.resume and not (Path(args.out) / "manifest.json").is_file():  # a typo in --out, say
-                print(f"kfm sample: --resume: {args.out} holds no run yet; starting a new one", file=sys.stderr)
+            _warn_on_batch_change(args, stored)  # "holds no run yet" is said by run_sharded, under the lock
         try:
             with writing("--out", args.out):
                 outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),

@@ -145,15 +145,27 @@ def run(args: argparse.Namespace) -> int:
 # TrainConfig's and load_dataset's argument names -> the flags that set them
 _FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup",
           "weight_decay": "--weight-decay", "ema_decay": "--ema-decay", "label_dropout": "--label-dropout",
-          "save_every": "--save-every", "n": "--n", "base_channels": "--width", "hidden": "--width"}
+          "save_every": "--save-every", "n": "--n", "base_channels": "--width", "hidden": "--width",
+          "seed": "--seed", "grad_clip": "--grad-clip"}
+# the saved run's other compared records -> the flags that decide them
+_RECORD_FLAGS = {"model": "--model/--width/--class-cond", "data_shape": "--data/--n", "info": "--data/--n"}
 
 
 def _flags_for_settings(text: str) -> str:
     """A resume refusal in the flags' words: "train.lr: saved 0.001, now 0.002" as "--lr: ...",
+    "(data_shape, info): data_shape: saved ..." as "(--data/--n): --data/--n: saved ...",
     "beyond steps=2" as "beyond --steps 2"."""
     import re
 
     text = re.sub(r"\btrain\.(\w+)", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
+    names = "|".join(_RECORD_FLAGS)
+    text = re.sub(rf"(?:(?<=\()|(?<=, )|(?<=\): )|(?<=; ))({names})(?=[,):])", lambda m: _RECORD_FLAGS[m[1]], text)
+    head = "settings differ from the saved run ("
+    if head in text:  # one flag named once in the list: data_shape and info are both --data/--n
+        start = text.index(head) + len(head)
+        end = text.index(")", start)
+        listed = list(dict.fromkeys(text[start:end].split(", ")))
+        text = text[:start] + ", ".join(listed) + text[end:]
     return re.sub(r"\bbeyond steps=(\d+)", r"beyond --steps \1", text)
 
 

@@ -3,7 +3,8 @@
 ``manifest.json`` records the configuration (every parameter that determines the per-sample
 numbers), identity hashes of the field / model weights / dataset, the seed range and shard
 size, and library versions. Resuming compares the stored manifest with the new one field by
-field and refuses when any compared field differs, naming it (:class:`ResumeMismatchError`).
+field and refuses when any compared field differs, naming it (:class:`ResumeMismatchError`, whose
+``differences`` a command line words in its flags).
 Versions are informational: a different torch or kinetic_fm version, or another kinetic_fm source
 (a changed checkout), gives a warning only.
 """
@@ -25,8 +26,32 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
 
+@dataclass(frozen=True)
+class Difference:
+    """One compared field that differs between a stored manifest and a new one: its dotted name
+    (``config.steps``, ``seeds.n``, ``shard_size``), the stored value and the new one, each
+    ``"<absent>"`` where that side lacks the key. Printed as ``config.steps (stored 60, now 30)``."""
+
+    field: str
+    stored: Any
+    now: Any
+
+    def __str__(self) -> str:
+        return f"{self.field} (stored {self.stored!r}, now {self.now!r})"
+
+
 class ResumeMismatchError(ValueError):
-    """A resumed run's configuration or identity differs from the stored manifest."""
+    """A resumed run's configuration or identity differs from the stored manifest.
+
+    ``differences``: the differing fields (:class:`Difference`), for a caller that words them its
+    own way (``kfm sample`` names the flags); empty where the refusal is of another kind."""
+
+    def __init__(self, message: str, differences: tuple[Difference, ...] = ()):
+        super().__init__(message)
+        self.differences = tuple(differences)
+
+    def __reduce__(self):  # the differences survive pickling (they cross ranks in a verdict)
+        return type(self), (str(self), self.differences)
 
 
 class DamagedManifestError(ValueError):
@@ -114,11 +139,11 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
         return hash_chunks(hashlib.sha256(), handle, chunk_bytes).hexdigest()
 
 
-def _differences(stored: Any, now: Any, prefix: str) -> list[str]:
-    """``key (stored a, now b)`` for each difference, walking into mappings both sides hold; where
-    one side holds a mapping and the other not (a run with KTS resumed without), the key is named
-    once with both values (it read "config.shaping (stored '<absent>', now None)", backwards, beside
-    one line per parameter)."""
+def _differences(stored: Any, now: Any, prefix: str) -> list[Difference]:
+    """A :class:`Difference` (``key (stored a, now b)``) for each difference, walking into mappings
+    both sides hold; where one side holds a mapping and the other not (a run with KTS resumed
+    without), the key is named once with both values (it read "config.shaping (stored '<absent>',
+    now None)", backwards, beside one line per parameter)."""
     if isinstance(stored, dict) and isinstance(now, dict):
         out = []
         for key in sorted(set(stored) | set(now)):
@@ -127,7 +152,7 @@ def _differences(stored: Any, now: Any, prefix: str) -> list[str]:
         return out
     if json.dumps(stored, sort_keys=True) == json.dumps(now, sort_keys=True):
         return []
-    return [f"{prefix} (stored {stored!r}, now {now!r})"]
+    return [Difference(prefix, stored, now)]
 
 
 @dataclass(frozen=True)
@@ -184,6 +209,10 @@ class RunManifest:
         Values are compared as the run id sees them, as JSON text: Python's ``1 == 1.0 == True``
         would let through a resume whose run id differs, and every shard would then read as
         another run's."""
+        return [str(d) for d in self.differing(other)]
+
+    def differing(self, other: "RunManifest") -> list[Difference]:
+        """:meth:`differences` as :class:`Difference` records (field, stored value, new value)."""
         return _differences(self.compared(), other.compared(), "")
 
     def version_differences(self, other: "RunManifest") -> list[str]:
@@ -246,10 +275,10 @@ def write_manifest(run_dir: str | os.PathLike, manifest: RunManifest) -> Path:
 
 def check_resume(stored: RunManifest, new: RunManifest) -> list[str]:
     """Raise :class:`ResumeMismatchError` naming every differing field; return version warnings."""
-    diffs = stored.differences(new)
+    diffs = stored.differing(new)
     if diffs:
         raise ResumeMismatchError(
             "cannot resume: the run was made with a different configuration; differing field(s): "
-            + "; ".join(diffs) + ". Start a new run directory, or resume with the stored settings."
-        )
+            + "; ".join(map(str, diffs)) + ". Start a new run directory, or resume with the stored settings.",
+            tuple(diffs))
     return stored.version_differences(new)

@@ -189,7 +189,11 @@ def _open_run_dir(run_dir: Path, manifest: RunManifest, resume: bool, coord: Coo
             run_dir.mkdir(parents=True, exist_ok=True)
             if not lock.held:  # held: the caller's, taken before it prepared the run
                 lock.acquire()  # a second writer stops here, before it reads or writes anything else
+            # said only under the lock: a twin --resume that the lock stops said it too, then was refused
+            starts = resume and not (run_dir / MANIFEST_NAME).is_file()
             verdict = ("ok", prepare_run_dir(run_dir, manifest, resume=resume), manifest, str(run_dir.resolve()))
+            if starts:  # a typo in --out, say
+                log(f"--resume: {run_dir} holds no run yet; starting a new one")
             # killed writers' leftovers, before any rank writes (they await the verdict)
             remove_temporaries((run_dir, run_dir / SHARD_DIR))
         except (ValueError, OSError) as err:
