@@ -1042,27 +1042,27 @@ def test_k_without_an_exponential_form_is_said_to_be_ignored(tmp_path, capsys, f
     assert ("--k applies to the exponential launch or landing only" in err) == warned, err
 
 
-_MIXTURE = ["--field", "mixture", "--dim", 2, "--n", 4, "--shard-size", 2, "--steps", 4, "--solver", "heun"]
-_KTS_RUN = [*_MIXTURE, "--alpha0", 0.05]
+_MIXTURE_RUN = ["--field", "mixture", "--dim", 2, "--n", 4, "--shard-size", 2, "--steps", 4, "--solver", "heun"]
+_KTS_RUN = [*_MIXTURE_RUN, "--alpha0", 0.05]
 _DOPRI5_RUN = ["--field", "gaussian", "--dim", 2, "--n", 2, "--shard-size", 2, "--solver", "dopri5", "--rtol", 1e-4]
 _KTS_DEFAULTS = "--alpha0 0.05 --beta0 0.01 --tau 0.6 --launch linear --landing exponential --k 3"
 # (run made with, flags changed on --resume, the one line the refusal must give)
 _CHANGED = [
-    (_MIXTURE, ["--n", 6], "--n (the run's 4, now 6)"),
-    (_MIXTURE, ["--seed-start", 3], "--seed-start (the run's 0, now 3)"),
-    (_MIXTURE, ["--shard-size", 3], "--shard-size (the run's 2, now 3)"),
-    (_MIXTURE, ["--steps", 5], "--steps (the run's 4, now 5)"),
-    (_MIXTURE, ["--solver", "euler"], "--solver (the run's heun, now euler)"),
-    (_MIXTURE, ["--grid", "cosine"], "--grid (the run's uniform, now cosine)"),
-    (_MIXTURE, ["--quadrature", "left"], "--quadrature (the run's solver, now left)"),
-    (_MIXTURE, ["--split", 0.5], "--split (the run's unset, now 0.5)"),
-    (_MIXTURE, ["--on-nonfinite", "flag"], "--on-nonfinite (the run's raise, now flag)"),
-    (_MIXTURE, ["--dtype", "float64"], "--dtype (the run's float32, now float64)"),
-    (_MIXTURE, ["--no-save-x"], "--no-save-x (the run's off, now on)"),
-    (_MIXTURE, ["--profile"], "--profile (the run's off, now on)"),
-    (_MIXTURE, ["--field", "gaussian"], "--field (the run's mixture, now gaussian)"),   # not its identity hashes
-    (_MIXTURE, ["--dim", 3], "--dim (the run's 2, now 3)"),                           # nor its sample shape
-    (_MIXTURE, ["--alpha0", 0.05], f"the KTS flags (the run's none: plain FM, now {_KTS_DEFAULTS})"),
+    (_MIXTURE_RUN, ["--n", 6], "--n (the run's 4, now 6)"),
+    (_MIXTURE_RUN, ["--seed-start", 3], "--seed-start (the run's 0, now 3)"),
+    (_MIXTURE_RUN, ["--shard-size", 3], "--shard-size (the run's 2, now 3)"),
+    (_MIXTURE_RUN, ["--steps", 5], "--steps (the run's 4, now 5)"),
+    (_MIXTURE_RUN, ["--solver", "euler"], "--solver (the run's heun, now euler)"),
+    (_MIXTURE_RUN, ["--grid", "cosine"], "--grid (the run's uniform, now cosine)"),
+    (_MIXTURE_RUN, ["--quadrature", "left"], "--quadrature (the run's solver, now left)"),
+    (_MIXTURE_RUN, ["--split", 0.5], "--split (the run's unset, now 0.5)"),
+    (_MIXTURE_RUN, ["--on-nonfinite", "flag"], "--on-nonfinite (the run's raise, now flag)"),
+    (_MIXTURE_RUN, ["--dtype", "float64"], "--dtype (the run's float32, now float64)"),
+    (_MIXTURE_RUN, ["--no-save-x"], "--no-save-x (the run's off, now on)"),
+    (_MIXTURE_RUN, ["--profile"], "--profile (the run's off, now on)"),
+    (_MIXTURE_RUN, ["--field", "gaussian"], "--field (the run's mixture, now gaussian)"),   # not its identity hashes
+    (_MIXTURE_RUN, ["--dim", 3], "--dim (the run's 2, now 3)"),                           # nor its sample shape
+    (_MIXTURE_RUN, ["--alpha0", 0.05], f"the KTS flags (the run's none: plain FM, now {_KTS_DEFAULTS})"),
     (_KTS_RUN, ["--alpha0", 0.06], "--alpha0 (the run's 0.05, now 0.06)"),
     (_KTS_RUN, ["--beta0", 0.02], "--beta0 (the run's 0.01, now 0.02)"),
     (_KTS_RUN, ["--tau", 0.5], "--tau (the run's 0.6, now 0.5)"),
@@ -1127,7 +1127,7 @@ def test_a_resume_refusal_names_a_nets_flags_and_a_removed_gains(tmp_path, capsy
     # and the other way round, the stored gain (its keys sorted in manifest.json) in --help's order
     assert kfm_sample(tmp_path / "kts", *_KTS_RUN) == 0
     capsys.readouterr()
-    assert kfm_sample(tmp_path / "kts", *_MIXTURE, "--resume") == 2
+    assert kfm_sample(tmp_path / "kts", *_MIXTURE_RUN, "--resume") == 2
     assert _resume_refusal(capsys.readouterr().err) == f"the KTS flags (the run's {_KTS_DEFAULTS}, now none: plain FM)"
     capsys.readouterr()
     for changed, named in ((["--label", 2, "--guidance", 2], "--label (the run's 1, now 2)"),
