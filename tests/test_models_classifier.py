@@ -86,6 +86,29 @@ def test_the_judge_is_float32_and_the_same_whatever_the_default_dtype():
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_float16_images_train_the_float32_judge_of_their_values():
+    # train() refuses a float16 net (AdamW's moments and eps underflow in float16: NaN weights);
+    # the judge is float32 whatever the images' dtype, so float16 or bfloat16 images (or a float16
+    # default dtype) train exactly the judge of the same values in float32, with finite weights
+    images = torch.rand(48, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    labels = torch.arange(48) % 4
+    kwargs = dict(steps=4, batch_size=16, width=4, seed=5)
+    for low in (torch.float16, torch.bfloat16):
+        want = train_classifier(images.to(low).float(), labels, **kwargs).model.state_dict()
+        fit = train_classifier(images.to(low), labels, test=(images.to(low), labels), **kwargs)
+        got = fit.model.state_dict()
+        assert all(v.dtype == torch.float32 and torch.equal(v, want[k]) for k, v in got.items())
+        assert fit.test_accuracy == float((fit.model(images.to(low)).argmax(1) == labels).double().mean())
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)
+    try:
+        got = train_classifier(images, labels, **kwargs).model.state_dict()
+    finally:
+        torch.set_default_dtype(previous)
+    want = train_classifier(images, labels, **kwargs).model.state_dict()
+    assert all(v.dtype == torch.float32 and torch.equal(v, want[k]) for k, v in got.items())
+
+
 def test_the_studies_judge_is_float32_when_trained_or_reloaded_under_a_float64_default(tmp_path):
     # the studies rebuild their judge from its cached state: SmallCNN(**config) made float64
     # layers under a float64 default, and load_state_dict copied the float32 weights into them
