@@ -287,10 +287,15 @@ def test_train_classifier_checks_the_test_pair_before_training():
         ((held, held_labels + 10), r"test\[1\] must be classes in \[0, 9\] .* got labels in \[10, 19\]"),
         ((held * float("nan"), held_labels), r"test\[0\] must be finite; 16 row\(s\) hold NaN or inf, the first row 0"),
         ((held,), r"test must be None or a pair \(images, labels\)"),
+        # an empty pair gave test_accuracy NaN after the whole training (helper-201)
+        ((held[:0], held_labels[:0]), r"test\[0\] must hold at least one image, got shape \(0, 1, 8, 8\)"),
     ):
         with pytest.raises(ValueError, match=match):
             train_classifier(images, labels, test=test, callback=lambda step, loss: steps.append(step), **kwargs)
     assert steps == []                              # refused before the first step
+    # no training images: torch's "random_ expects 'from' to be less than 'to'", naming nothing
+    with pytest.raises(ValueError, match=r"images must hold at least one image, got shape \(0, 1, 8, 8\)"):
+        train_classifier(images[:0], labels[:0], **kwargs)
     as_arrays = train_classifier(images.numpy(), labels.numpy(), test=(held.numpy(), held_labels.tolist()), **kwargs)
     as_tensors = train_classifier(images, labels, test=(held, held_labels), **kwargs)
     assert _same_weights(as_arrays.model, as_tensors.model)

@@ -141,6 +141,8 @@ def train_classifier(
     images, labels = torch.as_tensor(torch_readable(images)), torch.as_tensor(torch_readable(labels))
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)}, {tuple(labels.shape)}")
+    if images.shape[0] == 0:  # torch's words: "random_ expects 'from' to be less than 'to'"
+        raise ValueError(f"images must hold at least one image, got shape {tuple(images.shape)}")
     _check_image_size(images.shape)   # before any folder
     # integer pixels are scaled here as SmallCNN scales them when judging: the noise added below
     # made uint8 batches float 0..255, which SmallCNN keeps as they are (test accuracy 0.16 for 0.68)
@@ -197,7 +199,7 @@ def _class_indices(name: str, labels: Tensor) -> Tensor:
 
 def _test_pair(test: Any, item_shape: torch.Size, num_classes: int) -> tuple[Tensor, Tensor]:
     """``test`` = (images, labels) checked as the training pair is, before any step: (M, C, H, W)
-    images of the training images' C, H, W, finite, and (M,) integer labels in [0, num_classes).
+    images of the training images' C, H, W, M >= 1, finite, and (M,) integer labels in [0, num_classes).
     Unchecked, (M, 1) labels broadcast to an (M, M) comparison (accuracy 0.10 for 0.65, silently)
     and a wrong length failed only after the last step."""
     if not isinstance(test, (tuple, list)) or len(test) != 2:
@@ -207,6 +209,8 @@ def _test_pair(test: Any, item_shape: torch.Size, num_classes: int) -> tuple[Ten
     if images.ndim != 4 or images.shape[1:] != item_shape:
         raise ValueError(f"test[0] must be (M, {', '.join(map(str, item_shape))}) images, as the training "
                          f"images, got {tuple(images.shape)}")
+    if images.shape[0] == 0:  # an accuracy of no image read NaN, after the whole training
+        raise ValueError(f"test[0] must hold at least one image, got shape {tuple(images.shape)}")
     images = as_signed_pixels(images, torch.float32, name="test[0]") if not images.is_floating_point() else images
     _check_finite("test[0]", images)
     if labels.shape != (images.shape[0],):
