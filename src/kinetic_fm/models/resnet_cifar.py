@@ -35,7 +35,8 @@ def _warn_of_another_range(x: Tensor) -> None:
     if 0.0 <= lo < hi <= 1.0:
         found = "within [0, 1]; map [0, 1] images with 2 * x - 1"
     elif lo < -1.0 - _OVERSHOOT or hi > 1.0 + _OVERSHOOT:
-        found = "beyond [-1, 1]; pass pixels in [0, 255] as uint8, or map them with x / 127.5 - 1"
+        found = ("far beyond [-1, 1]; pass pixels in [0, 255] as uint8 or map them with x / 127.5 - 1, and clamp "
+                 "generated samples that overshoot to [-1, 1]")
     else:
         return
     warnings.warn(f"CifarResNet reads float images in [-1, 1] (the data loaders' range); these span "
