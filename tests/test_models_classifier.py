@@ -312,3 +312,20 @@ def test_train_classifier_refuses_float_labels_and_non_finite_images_by_name():
     nan[3, 0, 2, 2] = float("nan")
     with pytest.raises(ValueError, match=r"images must be finite; 1 row\(s\) hold NaN or inf, the first row 3"):
         train_classifier(nan, ds.labels, steps=1)
+
+
+def test_a_judge_saved_with_save_model_loads_back_with_load_model(tmp_path):
+    # save_model took a SmallCNN (it has kind and config) and wrote a file load_model could not
+    # read: "unknown model kind 'small_cnn'" with weights="model", "holds no 'ema' weights" by default
+    from kinetic_fm.models.checkpoint import load_model, save_model
+
+    images = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    judge = train_classifier(images, torch.arange(24) % 3, steps=2, batch_size=8, width=4).model
+    save_model(judge, tmp_path / "judge.safetensors")
+    loaded = load_model(tmp_path / "judge.safetensors", weights="model")
+    assert isinstance(loaded, SmallCNN) and not loaded.training and loaded.config == judge.config
+    assert _same_weights(loaded, judge)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), judge(images))
+    with pytest.raises(ValueError, match=r"holds no 'ema' weights \(it holds 'model' ones: weights='model'\)"):
+        load_model(tmp_path / "judge.safetensors")
