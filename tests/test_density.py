@@ -297,7 +297,7 @@ def test_bandwidth_rules_and_errors(data):
     with pytest.raises(ValueError, match="exceeds"):
         local_support(x, y[:4], k=5, ks=())
     with pytest.raises(ValueError, match=r"largest k \(10, of k=3 and ks=\(1, 5, 10\)\) exceeds the 8"):
-        local_support(x, y[:8], k=3)
+        local_support(x, y[:8], k=3, ks=(1, 5, 10))   # explicit ks are not clipped (the default ks are)
     assert local_support(x, y[:8], k=3, ks=()).ks == (3,)
 
 
@@ -731,3 +731,27 @@ def test_one_sample_without_its_batch_axis_is_refused_with_the_shape_it_needs(me
         measure(y[5], y, **kwargs)
     one = measure(y[5:6], y, **kwargs)   # as asked
     assert (one.radius if measure is local_support else one.log_density).shape == (1,)
+
+
+def test_default_ks_are_clipped_to_the_usable_references(data):
+    # the default ks (1, 5, 10) keep those that fit the usable references, so k=1 against 3 training
+    # images is measured (it was refused for k=10 of the default ks, which nobody asked for)
+    x, y = data
+    d = np.sqrt(np.sort(_brute_sq_dist(x.numpy(), y.numpy()), axis=1))
+    few = local_support(x, y[:3], k=1)
+    assert few.ks == (1,)
+    np.testing.assert_allclose(few.radius.numpy(), np.sqrt(np.sort(_brute_sq_dist(x.numpy(), y[:3].numpy()), 1)[:, 0]),
+                               rtol=1e-12)
+    assert local_support(x, y[:8], k=3).ks == (1, 3, 5)
+    assert local_support(y[:6], y[:6], k=2, exclude_self=True).ks == (1, 2, 5)    # N − 1 = 5 usable
+    assert local_support(y[:5], y[:5], k=2, exclude_self=True).ks == (1, 2)       # N − 1 = 4 usable
+    # where the defaults fit, they are (1, 5, 10) as before, bit for bit those asked for explicitly
+    full = local_support(x, y, k=5)
+    assert full.ks == (1, 5, 10)
+    assert torch.equal(full.radii, local_support(x, y, k=5, ks=(1, 5, 10)).radii)
+    np.testing.assert_allclose(full.radius_at(10).numpy(), d[:, 9], rtol=1e-12)
+    # a k that does not fit is still refused, and so are ks given explicitly
+    with pytest.raises(ValueError, match=r"largest k \(4, of k=4 and ks=\(1,\)\) exceeds the 3"):
+        local_support(x, y[:3], k=4)
+    with pytest.raises(ValueError, match=r"largest k \(10, of k=1 and ks=\(1, 5, 10\)\) exceeds the 3"):
+        local_support(x, y[:3], k=1, ks=(1, 5, 10))

@@ -327,3 +327,27 @@ def test_other_errors_of_a_network_on_integer_inputs_pass_as_they_are():
     net.forward = lambda x: x.reshape(5, -1)   # a shape error, not a dtype one
     with pytest.raises(RuntimeError, match="invalid for input of size"):
         FeatureSpace(net.eval())(torch.zeros(2, 3, dtype=torch.uint8))
+
+
+def test_feature_space_of_a_feature_space_honours_the_settings_given():
+    # feature_space(FeatureSpace(...), batch_size=, name=, device=) returned the space as it was,
+    # silently dropping the three settings; it now returns a copy with those given, others kept
+    seen = []
+
+    def double(x):
+        seen.append(x.shape[0])
+        return 2 * x
+
+    fs = FeatureSpace(double, name="double", batch_size=4)
+    x = torch.arange(10.0).reshape(10, 1)
+    assert feature_space(fs) is fs                              # nothing given: the space itself
+    small = feature_space(fs, batch_size=3)
+    assert (small.fn, small.name, small.batch_size, small.device) == (double, "double", 3, None)
+    assert torch.equal(small(x), 2 * x) and seen == [3, 3, 3, 1]   # chunks of the batch_size given
+    seen.clear()
+    assert torch.equal(fs(x), 2 * x) and seen == [4, 4, 2]          # the original is unchanged
+    renamed = feature_space(fs, name="twice", device="cpu")
+    assert (renamed.name, renamed.batch_size, renamed.device) == ("twice", 4, "cpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        feature_space(fs, batch_size=0)
+    assert feature_space(double).batch_size == 256                  # a new space's default

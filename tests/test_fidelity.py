@@ -713,3 +713,24 @@ def test_precision_recall_at_the_largest_k_is_the_float64_brute_force(n_real, n_
     assert 0.0 < got.precision < 1.0                                    # not a trivial case
     with pytest.raises(ValueError, match=rf"k must be an integer in \[1, {k}\]"):
         precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=k + 1)
+
+
+@pytest.mark.parametrize("n", [500, 3000])
+def test_sets_in_a_low_dimensional_subspace_against_their_own_coordinates(n):
+    # more rows than features, all in an 8-dimensional subspace of 300 features: the 292 zero
+    # eigenvalues of cov^½ Σ cov^½ came out as round-off of about ε·λ_max, whose square roots
+    # summed read d² 1.0e-5 relative low; the distance is that of the 8 coordinates (an orthonormal
+    # basis Q keeps means, traces and the trace term), measured in float64 in 8 dimensions
+    rng = np.random.default_rng(5)
+    q, _ = np.linalg.qr(rng.standard_normal((300, 8)))
+    za = rng.standard_normal((n, 8)) * np.linspace(1.0, 3.0, 8)
+    zb = rng.standard_normal((n, 8)) * np.linspace(1.2, 2.5, 8) + 0.1
+    m1, m2, s1, s2 = za.mean(0), zb.mean(0), np.cov(za, rowvar=False), np.cov(zb, rowvar=False)
+    root = scipy.linalg.sqrtm(s1).real
+    trace_sqrt = np.sqrt(np.linalg.eigvalsh(root @ s2 @ root)).sum()
+    expected = ((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt
+    a, b = za @ q.T, zb @ q.T
+    assert frechet_distance(torch.from_numpy(a), torch.from_numpy(b)).value == pytest.approx(expected, rel=1e-11)
+    lifted = (m1 @ q.T, q @ s1 @ q.T, m2 @ q.T, q @ s2 @ q.T)
+    assert frechet_distance_from_stats(*lifted) == pytest.approx(expected, rel=1e-11)
+    assert FrechetReference.from_stats(*lifted[:2]).rank == 8

@@ -675,3 +675,28 @@ def test_clip_free_prompts_must_have_an_order(tiny_clip_dir):
         scorer.text_embeddings({"a cat", "a dog"})
     listed = scorer.scores(images, prompts=["a cat", "a dog"])
     assert torch.equal(scorer.scores(images, prompts=(p for p in ("a cat", "a dog"))).score, listed.score)
+
+
+def test_classifier_margin_stacks_a_list_of_image_tensors():
+    # a list of (3, 2, 2) tensors (a dataset's items) failed inside torch.as_tensor ("only one
+    # element tensors can be converted to Python scalars"); it is stacked as the (6, 3, 2, 2) batch
+    x = torch.randn(6, 3, 2, 2)
+    whole = classifier_margin(_net(), x, 2)
+    for items in (list(x), tuple(x)):
+        got = classifier_margin(_net(), items, 2)
+        torch.testing.assert_close(got.margin, whole.margin, rtol=0, atol=0)
+        assert torch.equal(got.predicted, whole.predicted)
+    with pytest.raises(ValueError, match=r"^x: a list of tensors must hold tensors of one shape, got \(3, 2, 2\) "
+                                         r"at item 0 and \(3, 2\) at item 2; pass \(B, \.\.\.\) items"):
+        classifier_margin(_net(), [x[0], x[1], x[2, :, 0]])
+    with pytest.raises(ValueError, match=r"^x: a tuple of tensors must hold only tensors, got list at item 1$"):
+        classifier_margin(_net(), (x[0], x[1].tolist()))
+
+
+def test_classifier_margin_target_of_one_class_is_a_proper_tensor():
+    # one class index came back as target.expand(B): a stride-0 view, whose every element is the
+    # same memory (an in-place write to one changed all, and .numpy() of it is read-only)
+    got = classifier_margin(_net(), torch.randn(6, 3, 2, 2), 2)
+    assert got.target.shape == (6,) and got.target.stride() == (1,)
+    got.target[0] = 4
+    assert got.target.tolist() == [4, 2, 2, 2, 2, 2]

@@ -174,21 +174,18 @@ def _results_table_as_train(value: str, path) -> str:
 
 
 def float_items(rows):
-    """Training items as the EFM field takes them: float32 and float64 unchanged, integers (uint8
-    images) as float32 where that keeps every value, else float64; contiguous, so their bytes hash."""
-    import torch
+    """:func:`kinetic_fm.data.digest.float_items` (imported here on first use: the command line
+    loads this module at start)."""
+    from ..data.digest import float_items as as_float
 
-    if rows.dtype not in (torch.float32, torch.float64):
-        as32 = rows.to(torch.float32)
-        rows = as32 if rows.is_floating_point() or torch.equal(as32.to(rows.dtype), rows) else rows.to(torch.float64)
-    return rows.contiguous()
+    return as_float(rows)
 
 
 def items_digest(rows) -> str:
     """The sha256 of :func:`float_items`' bytes: a ``kfm sample --field empirical`` run's identity."""
-    import hashlib
+    from ..data.digest import tensor_sha256
 
-    return hashlib.sha256(rows.numpy()).hexdigest()
+    return tensor_sha256(rows)
 
 
 def _empirical_record(path):
@@ -278,6 +275,7 @@ def _training_rows(run, progress: bool):
 
     from ..data.registry import load_dataset
     from ..data.subset import dataset_rows
+    from ..models.train import DATA_DIGEST
     from ..studies.assets import TRAINING_ITEMS
 
     spec, n, seed, rows, config = training_record(run)
@@ -302,10 +300,36 @@ def _training_rows(run, progress: bool):
     if list(items.shape) != config.get("data_shape"):
         raise ValueError(f"--train {run}: {loads} now loads {list(items.shape)}, but the "
                          f"run trained on {config.get('data_shape')}: the data changed since")
+    _check_digest(run, items, config.get(DATA_DIGEST) if rows is None else None, loads)
     subset = "" if rows is None else f", {len(rows)} rows of them"
     print(f"--train {run}: the {items.shape[0]} items it trained on ({spec}"
           + ("" if n is None else f", n={n}, seed={seed}") + f"{subset})")
     return items, files, None if positions is None else positions.numpy(), getattr(data, "mean", None)
+
+
+def _check_digest(run, items, digest, loads: str) -> None:
+    """ValueError naming --train ``run``, the spec and ``n``/``seed`` it loads (``loads``) and the
+    remedy when ``items`` are not the values its config.json's ``data_sha256`` (``digest``)
+    records: a folder's files changed since the run, so the same spec and subset redraw other
+    items. Without a record (a run from before it was written) nothing is checked and nothing said:
+    the shape check above is all such a run had."""
+    import torch
+
+    from ..data.digest import float_items, tensor_sha256
+
+    if not isinstance(digest, dict) or not isinstance(digest.get("data"), str):
+        return
+    dtype = getattr(torch, str(digest.get("dtype")), None)
+    values = float_items(items)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:  # the values as the net trained on them
+        values = values.to(dtype)
+    now = tensor_sha256(values)
+    if now != digest["data"]:
+        raise ValueError(f"--train {str(run)!r}: {loads} now loads other items than the run trained on (the same "
+                         f"shape {list(items.shape)}, other values: sha256 {now[:12]}…, the run's "
+                         f"{digest['data'][:12]}…): its files changed since the run (images added, removed or "
+                         "replaced, or listed otherwise by this version, which redraws an --n subset from other "
+                         "files); restore the data the run trained on, or pass the training items themselves")
 
 
 def training_record(run):

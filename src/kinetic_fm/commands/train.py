@@ -1,6 +1,8 @@
 """``kfm train``: conditional flow-matching training of a small velocity net, resumable.
 
-Writes ``<out>/config.json``, ``<out>/checkpoints/step_*.safetensors`` (log-spaced steps 1, 2, 4,
+Writes ``<out>/config.json`` (the net, settings, data spec and, as ``data_sha256``, the sha256 of
+the items trained on, which ``--resume`` and ``kfm memorization --train <out>`` check),
+``<out>/checkpoints/step_*.safetensors`` (log-spaced steps 1, 2, 4,
 ... and the last; model and EMA weights with their config), ``<out>/final.safetensors`` and
 ``<out>/data_mean.safetensors`` for centred data (CelebA: add it back to samples) and
 ``<out>/resume.pt`` (everything needed to continue bit-identically after an interruption:

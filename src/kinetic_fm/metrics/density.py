@@ -113,7 +113,10 @@ class LocalSupport:
         return pd.DataFrame(cols)
 
 
-def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = (1, 5, 10),
+DEFAULT_KS = (1, 5, 10)
+
+
+def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] | None = None,
                   space: SpaceLike = None, *, exclude_self: bool = False, chunk: int = 8192,
                   batch_chunk: int = 1024, backend: Literal["torch", "faiss"] = "torch",
                   reference_features: Tensor | np.ndarray | None = None) -> LocalSupport:
@@ -124,7 +127,10 @@ def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = 
         reference: (N, ...) reference set, same trailing shape.
         k: headline neighbour count, a positive integer (default 5).
         ks: further neighbour counts to report, positive integers (the search runs once, for
-            ``max(ks ∪ {k})``, which must not exceed the usable references).
+            ``max(ks ∪ {k})``, which must not exceed the usable references). None (the default):
+            those of (1, 5, 10) that do not exceed the usable references (N, or N − 1 with
+            ``exclude_self``), so a small reference set is measured at the k asked for; ks given
+            explicitly are never clipped (one that does not fit is refused, as is such a k).
         space: feature space both sets are mapped through (None = flattened inputs).
         exclude_self: the samples ARE the reference (leave-one-out: row i never matches row i).
         chunk, batch_chunk, backend: passed to ``nearest_neighbors``.
@@ -136,12 +142,15 @@ def local_support(samples: Any, reference: Any, k: int = 5, ks: Sequence[int] = 
     """
     from ..knn import nearest_neighbors
 
-    k, ks = positive_integer("k", k), _neighbour_counts(ks)
-    all_ks = tuple(sorted({k, *ks}))
+    k = positive_integer("k", k)
+    ks = None if ks is None else _neighbour_counts(ks)
     exclude_self = check_flag("exclude_self", exclude_self)
     fs, x, y = _samples_and_reference(samples, reference, reference_features, space)
     _check_leave_one_out_rows(exclude_self, y)
     n_ref = y.shape[0] - (1 if exclude_self else 0)
+    if ks is None:
+        ks = tuple(j for j in DEFAULT_KS if j <= n_ref)
+    all_ks = tuple(sorted({k, *ks}))
     if all_ks[-1] > n_ref:
         usable = f"N − 1 = {n_ref} with exclude_self" if exclude_self else f"N = {n_ref}"
         raise ValueError(f"largest k ({all_ks[-1]}, of k={k} and ks={tuple(ks)}) exceeds the {n_ref} usable "

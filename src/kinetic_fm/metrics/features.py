@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -316,20 +317,25 @@ def module_of(fn: Any) -> torch.nn.Module | None:
     return owner if isinstance(owner, torch.nn.Module) else None
 
 
-def feature_space(space: SpaceLike = None, *, name: str | None = None, batch_size: int = 256,
+def feature_space(space: SpaceLike = None, *, name: str | None = None, batch_size: int | None = None,
                   device: torch.device | str | None = None) -> FeatureSpace:
     """Coerce ``space`` (None, a FeatureSpace, a PrincipalSpace, an nn.Module or a callable) to a
     FeatureSpace.
 
     The name defaults to :func:`default_name`'s: ``"pixels"`` for the identity, a PrincipalSpace's
-    own name, the module's class name, or the callable's ``__name__``.
+    own name, the module's class name, or the callable's ``__name__``; ``batch_size`` to 256 rows.
+    A FeatureSpace comes back as it is when none of ``name``, ``batch_size`` and ``device`` is
+    given, else as a new FeatureSpace of the same map with those given replaced (the others kept;
+    None means "not given", so a device cannot be reset to None this way).
     """
     if isinstance(space, FeatureSpace):
-        return space
+        given = {key: value for key, value in (("name", name), ("batch_size", batch_size), ("device", device))
+                 if value is not None}
+        return dataclasses.replace(space, **given) if given else space
     if space is not None and not callable(space):
         raise TypeError("space must be None, a FeatureSpace, an nn.Module or a callable; "
                         f"got {type(space).__name__}")
-    return FeatureSpace(space, name or default_name(space), batch_size, device)
+    return FeatureSpace(space, name or default_name(space), 256 if batch_size is None else batch_size, device)
 
 
 def default_name(fn: FeatureFn | None) -> str:

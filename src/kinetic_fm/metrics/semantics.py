@@ -69,7 +69,7 @@ def _targets(target: Any, b: int, n_classes: int, device: torch.device, name: st
         raise ValueError(f"{name} must hold integer class indices, got dtype {t.dtype}")
     t = t.to(torch.int64)
     if t.numel() == 1 and b != 1:
-        t = t.expand(b)
+        t = t.repeat(b)  # its own memory: an expanded (stride-0) view wrote every element at once
     if t.shape[0] != b:
         raise ValueError(f"{name} must be one class or one per sample ({b}), got {t.shape[0]}")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_classes):
@@ -117,7 +117,8 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     Args:
         classifier: nn.Module or callable mapping (b, ...) inputs to (b, C) logits (put modules
             in ``eval()`` first); run in chunks of ``batch_size`` under inference mode.
-        x: (B, ...) inputs (a tensor, an array, or nested lists, which become float32).
+        x: (B, ...) inputs (a tensor, an array, or nested lists, which become float32), or a list
+            or tuple of B tensors of one shape (...), stacked (other shapes are refused by name).
         target: None (score the predicted class), one class index for all, or (B,) indices
             (other shapes are refused, not flattened).
         batch_size: rows per classifier call, a positive integer.
@@ -134,7 +135,7 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     _check_batch_size(batch_size)
     # a nested list becomes a tensor of torch's default dtype (float32), as a network expects;
     # through NumPy it was float64 and failed inside the network with a dtype mismatch
-    x = x if isinstance(x, (Tensor, np.ndarray)) else torch.as_tensor(x)
+    x = x if isinstance(x, (Tensor, np.ndarray)) else _stacked(x) if _holds_tensors(x) else torch.as_tensor(x)
     x = as_tensor(x)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
@@ -162,6 +163,25 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     margin, chosen = margin_from_scores(logits, t)
     confidence = torch.softmax(logits, dim=1).gather(1, chosen[:, None]).squeeze(1)
     return ClassifierMargin(margin, confidence, logits.argmax(dim=1), t)
+
+
+def _holds_tensors(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and any(isinstance(item, Tensor) for item in x)
+
+
+def _stacked(items: Sequence[Any]) -> Tensor:
+    """A list or tuple of same-shape tensors (a dataset's items) stacked into one (B, ...) batch;
+    ValueError naming ``x`` for items of different shapes or that are not tensors (torch.as_tensor
+    failed on them with "only one element tensors can be converted to Python scalars")."""
+    kind = "a list" if isinstance(items, list) else "a tuple"
+    first = items[0]
+    for i, item in enumerate(items):
+        if not isinstance(item, Tensor):
+            raise ValueError(f"x: {kind} of tensors must hold only tensors, got {type(item).__name__} at item {i}")
+        if item.shape != first.shape:
+            raise ValueError(f"x: {kind} of tensors must hold tensors of one shape, got {tuple(first.shape)} at item 0 "
+                             f"and {tuple(item.shape)} at item {i}; pass (B, ...) items of one shape, or one tensor")
+    return torch.stack(list(items))
 
 
 def _probability_rows(scores: Tensor, dtype: torch.dtype) -> bool:
@@ -263,6 +283,22 @@ class CLIPScorer:
         model_dir: folder written by ``save_pretrained`` holding the model (``config.json`` +
             weights), the tokenizer and ``preprocessor_config.json``.
         device: where the model runs (default CPU).
+
+    Reproducibility: the model runs in float32, and its scores (100 · cos) move in the last digits
+    with how it is run, found by today's review of the metrics (helpers 187 and 193):
+
+    - batch size: about 4e-6 between ``batch_size`` values on one device. A float32 GEMM or
+      convolution picks its blocking, and so its order of summation, from the batch's shape, so
+      an image's embedding rounds differently beside other images (float32 u = 6e-8 per
+      operation, accumulated through the towers' layers).
+    - device: about 2e-3 between the CPU and a CUDA GPU whose float32 matrix products run in TF32
+      (``torch.backends.cuda.matmul.allow_tf32``, see
+      :func:`~kinetic_fm.metrics.neighbors.cuda_matmul_uses_tf32`): TF32 keeps 10 mantissa bits,
+      u = 4.9e-4 instead of 6e-8. With TF32 off the difference falls to that of the kernels'
+      float32 rounding.
+
+    Compare scores made with one device, TF32 setting and batch size; differences below these
+    figures are not signal.
     """
 
     def __init__(self, model_dir: str | Path, *, device: torch.device | str | None = None) -> None:

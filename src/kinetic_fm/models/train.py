@@ -29,6 +29,8 @@ from ..checks import check_flag, check_integer, check_real, check_seed, torch_re
 from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_state, save_weights
 
 RESUME_FILE = "resume.pt"
+# config.json's (and resume.pt's) record of the values trained on; runs from before it have none
+DATA_DIGEST = "data_sha256"
 
 
 @dataclass(frozen=True)
@@ -181,13 +183,17 @@ def save_resume_state(path: Path, step: int, parts: dict[str, Any], losses: Tens
 
 def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Tensor,
                       generators: dict[str, torch.Generator], device: torch.device, run_config: dict[str, Any],
-                      *, free: tuple[str, ...] = ("steps",), stacklevel: int = 2) -> int:
+                      *, free: tuple[str, ...] = ("steps",), optional: tuple[str, ...] = (),
+                      stacklevel: int = 2) -> int:
     """Restore what :func:`save_resume_state` wrote into ``parts``, ``losses`` and ``generators``
     (and the global generators, when it saved them); returns the step to continue from.
 
     The saved ``run_config`` must equal this one, except the ``train`` settings named in ``free``
     (ValueError names every difference); ``steps`` (this run's total) must not be below the saved
-    step. Resuming a CPU state on a GPU, or the reverse, warns: the result is then not
+    step. A key of ``run_config`` named in ``optional`` that the saved config lacks (a state written
+    before it was recorded) is not compared and is removed from ``run_config``, so the run goes on
+    recording what it did; :data:`DATA_DIGEST` differing alone (the same shape) is refused as other
+    data. Resuming a CPU state on a GPU, or the reverse, warns: the result is then not
     bit-identical (``stacklevel`` points the warning at the caller)."""
     try:
         state = load_state(path)
@@ -198,12 +204,22 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
                          "move it away and resume to train again from step 0 (the checkpoints hold weights, not "
                          "the optimiser's state), or choose another folder") from None
     saved = json.loads(state["config"])
-    differ = {k: (saved.get(k), run_config[k]) for k in run_config if k != "train" and saved.get(k) != run_config[k]}
+    for key in optional:
+        if key not in saved:
+            run_config.pop(key, None)
+    differ = {k: (saved.get(k), run_config[k]) for k in run_config
+              if k not in ("train", DATA_DIGEST) and saved.get(k) != run_config[k]}
     differ |= {f"train.{k}": (saved["train"][k], run_config["train"].get(k)) for k in saved["train"]
                if k not in free and saved["train"][k] != run_config["train"].get(k)}
-    if differ:
+    # other values of the same shape and dtype (a shape difference is named above, a dtype one below, the net's)
+    saved_digest, digest = saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST)
+    other_data = (digest is not None and "data_shape" not in differ and saved_digest != digest
+                  and isinstance(saved_digest, dict) and saved_digest.get("dtype") == digest["dtype"])
+    if differ or other_data:
         values = "; ".join(f"{k}: saved {_short(old)}, now {_short(new)}" for k, (old, new) in differ.items())
-        raise ValueError(f"cannot resume {path}: settings differ from the saved run ({', '.join(differ)}): {values}")
+        settings = f"settings differ from the saved run ({', '.join(differ)}): {values}" if differ else ""
+        data = _other_data(saved_digest, digest, run_config["data_shape"]) if other_data else ""
+        raise ValueError(f"cannot resume {path}: " + "; and ".join(part for part in (settings, data) if part))
     start = int(state["step"])
     if start > steps:
         raise ValueError(f"cannot resume {path}: it is at step {start}, beyond steps={steps}")
@@ -229,15 +245,41 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     return start
 
 
+def _other_data(saved: Any, now: dict[str, Any], shape: list[int]) -> str:
+    """The refusal of a resume given other data (or labels) of the run's shape: what differs, by
+    sha256, and what to do."""
+    saved = saved if isinstance(saved, dict) else {}
+    what = [f"{name} (sha256 {str(saved.get(name))[:12]}… saved, {str(now.get(name))[:12]}… now)"
+            for name in ("data", "labels") if saved.get(name) != now.get(name)]
+    return (f"the {' and '.join(what)} differ from those the run trained on (of the same shape {shape}): resume "
+            "with the data it trained on (kfm train: the same --data, --n and --seed, over the same files; a "
+            "folder whose images were added, removed or replaced since draws other items) or train a new run in "
+            "another folder")
+
+
+def data_digest(data: Tensor, labels: Tensor | None) -> dict[str, Any]:
+    """What a training run records of the values it trains on, as :data:`DATA_DIGEST`: the sha256
+    of ``data`` (N, ...) as the net trains on it (in its dtype, also recorded) and of ``labels``
+    (N,) int64 (None without); see :func:`kinetic_fm.data.digest.tensor_sha256` (about 1 s for
+    CIFAR-10's 614 MB)."""
+    from ..data.digest import tensor_sha256
+
+    return {"data": tensor_sha256(data), "dtype": str(data.dtype).removeprefix("torch."),
+            "labels": None if labels is None else tensor_sha256(labels)}
+
+
 def check_train_dir(out: str | Path, *, resume: bool) -> None:
     """ValueError when ``out`` already holds a training run and ``resume`` is False (its files
     would be overwritten). A folder holding a training ``config.json`` alone holds no step (a run
     that failed or was stopped before its first save), so a new run may start there, as a resume
-    would; another program's config.json is refused like a run, with ``resume`` too. :func:`train`
-    checks it under the folder's lock; ``kfm train`` calls it before the data loads."""
+    would; another program's config.json (no resume.pt beside it) is refused like a run, with
+    ``resume`` too. :func:`train` checks it under the folder's lock; ``kfm train`` calls it before
+    the data loads."""
     out = Path(out)
-    if resume and (out / "config.json").exists() and not _is_training_config(out / "config.json"):
-        # a resume without resume.pt starts afresh and would write its own config.json over this one
+    if (resume and (out / "config.json").exists() and not (out / RESUME_FILE).exists()
+            and not _is_training_config(out / "config.json")):
+        # a resume without resume.pt starts afresh and would write its own config.json over this one;
+        # beside a resume.pt it is a training run's, damaged (resume.pt records the settings compared)
         raise ValueError(f"{out} holds a config.json that is not a training run's (another program's); "
                          "resume=True (kfm train --resume) continues training runs only: choose another folder")
     earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
@@ -315,8 +357,11 @@ def train(
             and ``resume.pt``; None keeps everything in memory. Training holds the folder's lock
             (:class:`~kinetic_fm.runs.RunLock`): a second writer is refused with
             :class:`~kinetic_fm.runs.RunLockedError` instead of overwriting this run's states.
+            ``config.json`` records, last, ``data_sha256``: the sha256 of ``data`` in the net's
+            dtype and of ``labels`` (:func:`data_digest`; about 1 s per 600 MB).
         resume: continue from ``out/resume.pt`` when it exists (the saved config must match
-            except ``steps``, which may grow); otherwise start afresh.
+            except ``steps``, which may grow, and the data and labels must be the same values,
+            by their sha256, where the run recorded them); otherwise start afresh.
         progress: show a tqdm bar.
         callback: called as ``callback(step, loss)`` after each step (1-based ``step``, loss a
             0-d tensor); an exception raised there stops training (the last resume state stays).
@@ -455,6 +500,8 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
 
     run_config = {"model": {"kind": getattr(model, "kind", None), "config": getattr(model, "config", None)},
                   "train": _config_json(config), "data_shape": list(data.shape), "info": info}
+    if out is not None:  # added last: config.json's earlier keys keep their order for older readers
+        run_config[DATA_DIGEST] = data_digest(data, labels)
     recorded = {**info, "sample_shape": list(data.shape[1:])}  # lets `kfm sample --model` size its noise
     state_path = None if out is None else out / RESUME_FILE
     if out is not None:
@@ -464,7 +511,8 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     if resume and state_path is not None and state_path.is_file():
         # what a run saves (resume states, checkpoints) draws nothing and steps nothing: free to change
         start = load_resume_state(state_path, config.steps, parts, losses, generators, device, run_config,
-                                  free=("steps", "save_every", "checkpoints"), stacklevel=3)  # the caller of train()
+                                  free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,),
+                                  stacklevel=3)  # the caller of train()
     if out is not None:
         from ..runs.atomic import atomic_write_text  # here: the runs package brings pyarrow with it
 

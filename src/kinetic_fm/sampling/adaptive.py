@@ -6,7 +6,8 @@ field's output for a row does not either: float32 GEMMs in a net round by batch 
 evaluates only the samples still in flight; choosing them, the finite check and selecting the
 accepted rows synchronise with the host three times per iteration (unavoidable for adaptive
 stepping; the fixed-step solvers never do), four on a field singular at t = 1, whose try that
-ends a sample's run takes the stages before t = 1 only (``tableau.DOPRI5_END``). The energy integral never enters the error control.
+ends a sample's run takes the stages before t = 1 only (``tableau.DOPRI5_END``). The energy
+integral never enters the error control.
 
 A field that holds per-sample data (class labels, conditions, recorders) must see those rows
 only: it provides ``select(active)``, returning the field restricted to the samples where the
