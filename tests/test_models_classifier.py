@@ -191,6 +191,42 @@ def test_a_classifier_resume_refuses_other_settings_and_an_unasked_resume(tmp_pa
         train_classifier(ds.images, ds.labels, out=tmp_path, **kwargs)
 
 
+def test_a_classifier_resume_with_other_images_or_labels_of_the_same_shape_is_refused(tmp_path):
+    # only the shape was compared: other images or labels of it resumed without a word, a judge of
+    # two data sets (train() refuses it since its data_sha256 record; the judge keeps one too)
+    import json
+    from types import SimpleNamespace
+
+    from kinetic_fm.models.checkpoint import load_state, save_state
+
+    ds = load_digits(n=32, seed=1)
+    pixels = ((ds.images + 1) * 127.5).round().to(torch.uint8)
+    ds = SimpleNamespace(images=pixels.float() / 127.5 - 1.0, labels=ds.labels)  # values uint8 pixels give
+    kwargs = dict(steps=4, batch_size=8, width=4, save_every=2)
+    stop = dict(callback=lambda step, loss: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2 else None)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(ds.images, ds.labels, out=tmp_path / "run", **kwargs, **stop)
+    with pytest.raises(ValueError, match=r"cannot resume .*resume.pt: the data \(sha256 [0-9a-f]{12}… saved, "
+                                         r"[0-9a-f]{12}… now\) differ from those the run trained on"):
+        train_classifier(ds.images.flip(0), ds.labels, out=tmp_path / "run", resume=True, **kwargs)
+    with pytest.raises(ValueError, match=r": the labels \(sha256 .*\) differ from those the run trained on"):
+        train_classifier(ds.images, (ds.labels + 1) % 10, out=tmp_path / "run", resume=True, **kwargs)
+    whole = train_classifier(ds.images, ds.labels, **kwargs)
+    # uint8 pixels are the float images the judge trains on: the same values, resumed
+    resumed = train_classifier(pixels, ds.labels.to(torch.int32), out=tmp_path / "run", resume=True, **kwargs)
+    assert _same_weights(whole.model, resumed.model)
+    # a state from before the record resumes as before, whatever the images
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(ds.images, ds.labels, out=tmp_path / "old", **kwargs, **stop)
+    state = load_state(tmp_path / "old" / "resume.pt")
+    saved = json.loads(state["config"])
+    del saved["data_sha256"]
+    state["config"] = json.dumps(saved)
+    save_state(state, tmp_path / "old" / "resume.pt")
+    train_classifier(ds.images.flip(0), ds.labels, out=tmp_path / "old", resume=True, **kwargs)
+    assert "data_sha256" not in json.loads(load_state(tmp_path / "old" / "resume.pt")["config"])
+
+
 def test_kfm_reproduce_resumes_an_interrupted_judging_classifier(tmp_path, monkeypatch):
     from kinetic_fm.models import classifier as module
     from kinetic_fm.studies.assets import _classifier, _load_split
