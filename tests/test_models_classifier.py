@@ -363,5 +363,6 @@ def test_a_judge_saved_with_save_model_loads_back_with_load_model(tmp_path):
     assert _same_weights(loaded, judge)
     with torch.no_grad():
         assert torch.equal(loaded(images), judge(images))
-    with pytest.raises(ValueError, match=r"holds no 'ema' weights \(it holds 'model' ones: weights='model'\)"):
-        load_model(tmp_path / "judge.safetensors")
+    with pytest.raises(ValueError, match=r"holds no 'ema' weights, a 'small_cnn' classifier, not a velocity net "
+                                         r"\(it holds 'model' ones: weights='model'\)"):
+        load_model(tmp_path / "judge.safetensors")               # kfm sample --model judge.safetensors too

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .registry import build_model
+from .registry import JUDGES, build_model
 
 
 class UnsafeCheckpointError(ValueError):
@@ -289,7 +289,8 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
     if not state:
         other = "model" if weights == "ema" else "ema"
         held = any(k.startswith(f"{other}.") for k in tensors)
-        raise ValueError(f"{path}: holds no {weights!r} weights"
+        judge = f", a {meta['kind']!r} classifier, not a velocity net" if meta["kind"] in JUDGES else ""
+        raise ValueError(f"{path}: holds no {weights!r} weights{judge}"
                          + (f" (it holds {other!r} ones: weights={other!r})" if held else ""))
     try:
         model = build_model(meta["kind"], meta["config"])
