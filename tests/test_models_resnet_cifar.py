@@ -155,3 +155,24 @@ def test_a_pretrained_resnet_judges_on_a_cuda_device_as_on_the_cpu(shared_data):
     torch.testing.assert_close(logits, cpu_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(pixel_logits, cpu_pixel_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(margin, cpu_margin.margin, rtol=1e-4, atol=1e-4)
+
+
+def test_a_loaded_resnet_judges_one_image_as_it_judges_it_in_a_batch(tmp_path):
+    # batch norm in training mode normalises by the batch: one image alone (batch size 1) and the
+    # same image among others would get other logits. The loader returns the net in eval mode.
+    torch.manual_seed(0)
+    net = CifarResNet(8)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):  # running statistics far from a batch's own
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "r8.th")
+    loaded = load_cifar_resnet(tmp_path / "r8.th")
+    assert not loaded.training
+    images = torch.rand(5, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        together = loaded(images)
+        alone = torch.cat([loaded(images[i:i + 1]) for i in range(5)])
+        torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(net.train()(images[:1]), together[:1], atol=1e-3)  # as training mode would not
