@@ -86,6 +86,29 @@ def test_the_judge_is_float32_and_the_same_whatever_the_default_dtype():
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_float16_images_train_the_float32_judge_of_their_values():
+    # train() refuses a float16 net (AdamW's moments and eps underflow in float16: NaN weights);
+    # the judge is float32 whatever the images' dtype, so float16 or bfloat16 images (or a float16
+    # default dtype) train exactly the judge of the same values in float32, with finite weights
+    images = torch.rand(48, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    labels = torch.arange(48) % 4
+    kwargs = dict(steps=4, batch_size=16, width=4, seed=5)
+    for low in (torch.float16, torch.bfloat16):
+        want = train_classifier(images.to(low).float(), labels, **kwargs).model.state_dict()
+        fit = train_classifier(images.to(low), labels, test=(images.to(low), labels), **kwargs)
+        got = fit.model.state_dict()
+        assert all(v.dtype == torch.float32 and torch.equal(v, want[k]) for k, v in got.items())
+        assert fit.test_accuracy == float((fit.model(images.to(low)).argmax(1) == labels).double().mean())
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)
+    try:
+        got = train_classifier(images, labels, **kwargs).model.state_dict()
+    finally:
+        torch.set_default_dtype(previous)
+    want = train_classifier(images, labels, **kwargs).model.state_dict()
+    assert all(v.dtype == torch.float32 and torch.equal(v, want[k]) for k, v in got.items())
+
+
 def test_the_studies_judge_is_float32_when_trained_or_reloaded_under_a_float64_default(tmp_path):
     # the studies rebuild their judge from its cached state: SmallCNN(**config) made float64
     # layers under a float64 default, and load_state_dict copied the float32 weights into them
@@ -166,6 +189,42 @@ def test_a_classifier_resume_refuses_other_settings_and_an_unasked_resume(tmp_pa
         train_classifier(ds.images, ds.labels, out=tmp_path, resume=True, **{**kwargs, "steps": 6, "lr": 1e-3})
     with pytest.raises(ValueError, match="already holds a classifier training"):
         train_classifier(ds.images, ds.labels, out=tmp_path, **kwargs)
+
+
+def test_a_classifier_resume_with_other_images_or_labels_of_the_same_shape_is_refused(tmp_path):
+    # only the shape was compared: other images or labels of it resumed without a word, a judge of
+    # two data sets (train() refuses it since its data_sha256 record; the judge keeps one too)
+    import json
+    from types import SimpleNamespace
+
+    from kinetic_fm.models.checkpoint import load_state, save_state
+
+    ds = load_digits(n=32, seed=1)
+    pixels = ((ds.images + 1) * 127.5).round().to(torch.uint8)
+    ds = SimpleNamespace(images=pixels.float() / 127.5 - 1.0, labels=ds.labels)  # values uint8 pixels give
+    kwargs = dict(steps=4, batch_size=8, width=4, save_every=2)
+    stop = dict(callback=lambda step, loss: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2 else None)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(ds.images, ds.labels, out=tmp_path / "run", **kwargs, **stop)
+    with pytest.raises(ValueError, match=r"cannot resume .*resume.pt: the data \(sha256 [0-9a-f]{12}… saved, "
+                                         r"[0-9a-f]{12}… now\) differ from those the run trained on"):
+        train_classifier(ds.images.flip(0), ds.labels, out=tmp_path / "run", resume=True, **kwargs)
+    with pytest.raises(ValueError, match=r": the labels \(sha256 .*\) differ from those the run trained on"):
+        train_classifier(ds.images, (ds.labels + 1) % 10, out=tmp_path / "run", resume=True, **kwargs)
+    whole = train_classifier(ds.images, ds.labels, **kwargs)
+    # uint8 pixels are the float images the judge trains on: the same values, resumed
+    resumed = train_classifier(pixels, ds.labels.to(torch.int32), out=tmp_path / "run", resume=True, **kwargs)
+    assert _same_weights(whole.model, resumed.model)
+    # a state from before the record resumes as before, whatever the images
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(ds.images, ds.labels, out=tmp_path / "old", **kwargs, **stop)
+    state = load_state(tmp_path / "old" / "resume.pt")
+    saved = json.loads(state["config"])
+    del saved["data_sha256"]
+    state["config"] = json.dumps(saved)
+    save_state(state, tmp_path / "old" / "resume.pt")
+    train_classifier(ds.images.flip(0), ds.labels, out=tmp_path / "old", resume=True, **kwargs)
+    assert "data_sha256" not in json.loads(load_state(tmp_path / "old" / "resume.pt")["config"])
 
 
 def test_kfm_reproduce_resumes_an_interrupted_judging_classifier(tmp_path, monkeypatch):
@@ -264,10 +323,15 @@ def test_train_classifier_checks_the_test_pair_before_training():
         ((held, held_labels + 10), r"test\[1\] must be classes in \[0, 9\] .* got labels in \[10, 19\]"),
         ((held * float("nan"), held_labels), r"test\[0\] must be finite; 16 row\(s\) hold NaN or inf, the first row 0"),
         ((held,), r"test must be None or a pair \(images, labels\)"),
+        # an empty pair gave test_accuracy NaN after the whole training (helper-201)
+        ((held[:0], held_labels[:0]), r"test\[0\] must hold at least one image, got shape \(0, 1, 8, 8\)"),
     ):
         with pytest.raises(ValueError, match=match):
             train_classifier(images, labels, test=test, callback=lambda step, loss: steps.append(step), **kwargs)
     assert steps == []                              # refused before the first step
+    # no training images: torch's "random_ expects 'from' to be less than 'to'", naming nothing
+    with pytest.raises(ValueError, match=r"images must hold at least one image, got shape \(0, 1, 8, 8\)"):
+        train_classifier(images[:0], labels[:0], **kwargs)
     as_arrays = train_classifier(images.numpy(), labels.numpy(), test=(held.numpy(), held_labels.tolist()), **kwargs)
     as_tensors = train_classifier(images, labels, test=(held, held_labels), **kwargs)
     assert _same_weights(as_arrays.model, as_tensors.model)
@@ -284,3 +348,21 @@ def test_train_classifier_refuses_float_labels_and_non_finite_images_by_name():
     nan[3, 0, 2, 2] = float("nan")
     with pytest.raises(ValueError, match=r"images must be finite; 1 row\(s\) hold NaN or inf, the first row 3"):
         train_classifier(nan, ds.labels, steps=1)
+
+
+def test_a_judge_saved_with_save_model_loads_back_with_load_model(tmp_path):
+    # save_model took a SmallCNN (it has kind and config) and wrote a file load_model could not
+    # read: "unknown model kind 'small_cnn'" with weights="model", "holds no 'ema' weights" by default
+    from kinetic_fm.models.checkpoint import load_model, save_model
+
+    images = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    judge = train_classifier(images, torch.arange(24) % 3, steps=2, batch_size=8, width=4).model
+    save_model(judge, tmp_path / "judge.safetensors")
+    loaded = load_model(tmp_path / "judge.safetensors", weights="model")
+    assert isinstance(loaded, SmallCNN) and not loaded.training and loaded.config == judge.config
+    assert _same_weights(loaded, judge)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), judge(images))
+    with pytest.raises(ValueError, match=r"holds no 'ema' weights, a 'small_cnn' classifier, not a velocity net "
+                                         r"\(it holds 'model' ones: weights='model'\)"):
+        load_model(tmp_path / "judge.safetensors")               # kfm sample --model judge.safetensors too

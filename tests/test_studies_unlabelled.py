@@ -150,6 +150,26 @@ def test_a_cifar_resnet_judge_on_grey_images_is_refused_before_any_net_trains(tm
     assert not any(p.is_dir() for p in (tmp_path / "out" / "models").glob("*"))
 
 
+def test_a_cifar_resnet_judge_on_rgb_images_of_another_size_is_refused_before_any_net_trains(tmp_path, monkeypatch):
+    """The check above read the channels only: 16x16 (or 64x64) RGB images went through, and the
+    ResNet's global pooling judged them as CIFAR-10 images of another scale, without a word."""
+    import kinetic_fm.studies.assets as module
+    from kinetic_fm.models.resnet_cifar import CifarResNet
+    from kinetic_fm.studies.workspace import Workspace
+
+    weights = tmp_path / "resnet20-random.th"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in CifarResNet(20).state_dict().items()}}, weights)
+    rgb = torch.rand(50, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    monkeypatch.setattr(module, "_load_split", lambda cfg, progress=True: (rgb[10:], None, rgb[:10], None,
+                                                                           None, "rgb faces", None))
+    cfg = AssetsConfig(data="celeba:faces.zip", classifier=f"resnet20:{weights}", n_heldout=10, memorizer_n=8,
+                       general_steps=2, memorizer_steps=2, batch_size=8, model="mlp", width=8)
+    with pytest.raises(ValueError, match=r"--classifier resnet20 judges RGB images \(3, 32, 32\), but "
+                                         r"'celeba:faces.zip' loads images of shape \(3, 16, 16\)"):
+        module.load_assets(cfg, Workspace(tmp_path / "out"), progress=False)
+    assert not any(p.is_dir() for p in (tmp_path / "out" / "models").glob("*"))
+
+
 def test_centred_faces_are_drawn_with_their_mean_image_added_back(tmp_path, monkeypatch):
     """CelebA is centred by its mean face; the report's image figures add it back (display only), so
     the training images they draw are the uncentred ones, and the samples move by that same mean."""

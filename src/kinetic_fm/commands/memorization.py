@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         from ..models.resnet_cifar import load_cifar_resnet_spec
 
         net, space_name = load_cifar_resnet_spec(args.space, name="--space")
+        net.warn_of_range = False  # _cifar_images checks each whole set, in the flags' names
         space = net.to(device).features
     samples, sample_files, _, _ = load_rows("--samples", args.samples, args.key, args.progress, specs=False)
     train, train_files, train_items, train_mean = load_rows("--train", args.train, args.train_key, args.progress,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .registry import build_model
+from .registry import JUDGES, build_model
 
 
 class UnsafeCheckpointError(ValueError):
@@ -269,7 +269,8 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
 
 
 def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
-    """Rebuild a velocity net saved by :func:`save_model` or by training, in eval mode.
+    """Rebuild a velocity net saved by :func:`save_model` or by training, in eval mode (or a
+    :class:`~kinetic_fm.models.classifier.SmallCNN` judge saved by :func:`save_model`: ``weights="model"``).
 
     Args:
         path: a .safetensors file, or a training run folder (uses ``final.safetensors``, else the
@@ -286,7 +287,11 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
     prefix = f"{weights}."
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:
-        raise ValueError(f"{path}: holds no {weights!r} weights")
+        other = "model" if weights == "ema" else "ema"
+        held = any(k.startswith(f"{other}.") for k in tensors)
+        judge = f", a {meta['kind']!r} classifier, not a velocity net" if meta["kind"] in JUDGES else ""
+        raise ValueError(f"{path}: holds no {weights!r} weights{judge}"
+                         + (f" (it holds {other!r} ones: weights={other!r})" if held else ""))
     try:
         model = build_model(meta["kind"], meta["config"])
         stored = {v.dtype for v in state.values() if v.is_floating_point()}

@@ -135,12 +135,16 @@ def train_classifier(
     velocity nets' format, :func:`~kinetic_fm.models.train.save_resume_state`), under the folder's
     lock; ``resume=True`` continues from it, so an interrupted training ends with the weights of
     an uninterrupted one, bit for bit. Every setting must match the saved run's, ``steps``
-    included (the one-cycle learning-rate schedule spans them). ``callback(step, loss)`` runs after
+    included (the one-cycle learning-rate schedule spans them), and the images and labels must be
+    the same values, by their sha256 (recorded as ``train()`` records them; states from before are
+    resumed unchecked). ``callback(step, loss)`` runs after
     each step (1-based; an exception there stops training, the last resume state stays).
     """
     images, labels = torch.as_tensor(torch_readable(images)), torch.as_tensor(torch_readable(labels))
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)}, {tuple(labels.shape)}")
+    if images.shape[0] == 0:  # torch's words: "random_ expects 'from' to be less than 'to'"
+        raise ValueError(f"images must hold at least one image, got shape {tuple(images.shape)}")
     _check_image_size(images.shape)   # before any folder
     # integer pixels are scaled here as SmallCNN scales them when judging: the noise added below
     # made uint8 batches float 0..255, which SmallCNN keeps as they are (test accuracy 0.16 for 0.68)
@@ -197,7 +201,7 @@ def _class_indices(name: str, labels: Tensor) -> Tensor:
 
 def _test_pair(test: Any, item_shape: torch.Size, num_classes: int) -> tuple[Tensor, Tensor]:
     """``test`` = (images, labels) checked as the training pair is, before any step: (M, C, H, W)
-    images of the training images' C, H, W, finite, and (M,) integer labels in [0, num_classes).
+    images of the training images' C, H, W, M >= 1, finite, and (M,) integer labels in [0, num_classes).
     Unchecked, (M, 1) labels broadcast to an (M, M) comparison (accuracy 0.10 for 0.65, silently)
     and a wrong length failed only after the last step."""
     if not isinstance(test, (tuple, list)) or len(test) != 2:
@@ -207,6 +211,8 @@ def _test_pair(test: Any, item_shape: torch.Size, num_classes: int) -> tuple[Ten
     if images.ndim != 4 or images.shape[1:] != item_shape:
         raise ValueError(f"test[0] must be (M, {', '.join(map(str, item_shape))}) images, as the training "
                          f"images, got {tuple(images.shape)}")
+    if images.shape[0] == 0:  # an accuracy of no image read NaN, after the whole training
+        raise ValueError(f"test[0] must hold at least one image, got shape {tuple(images.shape)}")
     images = as_signed_pixels(images, torch.float32, name="test[0]") if not images.is_floating_point() else images
     _check_finite("test[0]", images)
     if labels.shape != (images.shape[0],):
@@ -226,7 +232,8 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     """:func:`train_classifier`'s work, with ``out``'s lock held."""
     from tqdm.auto import tqdm
 
-    from .train import RESUME_FILE, load_resume_state, remove_leftover_temporaries, save_resume_state
+    from .train import (DATA_DIGEST, RESUME_FILE, data_digest, load_resume_state, remove_leftover_temporaries,
+                        save_resume_state)
 
     steps, batch_size, lr, seed = settings["steps"], settings["batch_size"], settings["lr"], settings["seed"]
     width, augment_noise = settings["width"], settings["augment_noise"]
@@ -247,6 +254,9 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
                   "data_shape": list(images.shape)}
     state_path = None if out is None else out / RESUME_FILE
     if out is not None:
+        # the values trained on (uint8 pixels as the floats they become), as train() records them: a resume
+        # on other images or labels of the same shape went on without a word
+        run_config[DATA_DIGEST] = data_digest(images, labels)
         remove_leftover_temporaries(out)  # resume.pt's, from writers killed mid-save
     start = 0
     if state_path is not None and state_path.is_file():
@@ -254,7 +264,7 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
             raise ValueError(f"{out} already holds a classifier training ({RESUME_FILE}); continue it with "
                              "resume=True or choose another folder")
         start = load_resume_state(state_path, steps, parts, losses, generators, device, run_config, free=(),
-                                  stacklevel=3)  # the caller of train_classifier()
+                                  optional=(DATA_DIGEST,), stacklevel=3)  # the caller of train_classifier()
     labels = labels.to(images.device)  # once, not per step
     model.train()
     for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):

@@ -6,17 +6,22 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from .classifier import SmallCNN
 from .mlp import VelocityMLP
 from .unet import UNet
 
 MODELS: dict[str, type[nn.Module]] = {"mlp": VelocityMLP, "unet": UNet}
+# judges that carry a kind and config too: save_model wrote them, so load_model must rebuild them
+JUDGES: dict[str, type[nn.Module]] = {"small_cnn": SmallCNN}
 
 
 def build_model(kind: str, config: dict[str, Any]) -> nn.Module:
-    """Instantiate ``MODELS[kind](**config)`` (the inverse of ``model.kind`` / ``model.config``)."""
-    if kind not in MODELS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODELS)}")
-    return MODELS[kind](**config)
+    """Instantiate ``MODELS[kind](**config)`` (the inverse of ``model.kind`` / ``model.config``),
+    or ``JUDGES[kind](**config)`` for a classifier (:class:`SmallCNN`, ``"small_cnn"``)."""
+    known = {**MODELS, **JUDGES}
+    if kind not in known:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(known)}")
+    return known[kind](**config)
 
 
 def default_model(kind: str, shape: Sequence[int], *, num_classes: int | None = None, width: int | None = None) -> nn.Module:

@@ -6,6 +6,7 @@ Re-implemented from the architecture description in shared/data/README.md; the w
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,6 +18,29 @@ from .classifier import as_signed_pixels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# float images reaching beyond [-1 - a, 1 + a] are taken for another range (0..255): generated
+# samples overshoot [-1, 1] by a few tenths, pixels as floats by two orders of magnitude
+_OVERSHOOT = 0.5
+
+
+def _warn_of_another_range(x: Tensor) -> None:
+    """UserWarning when float (B, 3, H, W) images look like [0, 1] or 0..255 rather than [-1, 1]:
+    the pretrained nets read them without error and judged them wrongly (ResNet-20 on 500 lossless
+    CIFAR-10 test images: accuracy 0.774 for [0, 1] floats and 0.128 for 0..255 ones, for 0.91).
+    Not one of the 5,000 lossless CIFAR-10 images lies in [0, 1] once read as [-1, 1] (every one has a
+    pixel below mid-grey); a constant image is left alone. Outputs are unchanged."""
+    if not x.is_floating_point() or not x.numel():
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # one host synchronisation
+    if 0.0 <= lo < hi <= 1.0:
+        found = "within [0, 1]; map [0, 1] images with 2 * x - 1"
+    elif lo < -1.0 - _OVERSHOOT or hi > 1.0 + _OVERSHOOT:
+        found = ("far beyond [-1, 1]; pass pixels in [0, 255] as uint8 or map them with x / 127.5 - 1, and clamp "
+                 "generated samples that overshoot to [-1, 1]")
+    else:
+        return
+    warnings.warn(f"CifarResNet reads float images in [-1, 1] (the data loaders' range); these span "
+                  f"[{round(lo, 2):.3g}, {round(hi, 2):.3g}], {found}", UserWarning, stacklevel=3)
 
 
 class BasicBlock(nn.Module):
@@ -41,7 +65,9 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 RGB images given in [-1, 1] (the data loaders' range), or as integer
-    pixels in [0, 255] (:func:`~kinetic_fm.models.classifier.as_signed_pixels`).
+    pixels in [0, 255] (:func:`~kinetic_fm.models.classifier.as_signed_pixels`). Float images that
+    look like [0, 1] or 0..255 ones are judged as given, with a warning (``warn_of_range = False``
+    silences it, for callers that check the range of a whole set themselves).
 
     Inputs are mapped to [0, 1] and normalised with the ImageNet mean/std inside, as the
     pretrained weights expect. ``features(x)`` is the (B, 64) global-average-pooled feature,
@@ -54,6 +80,7 @@ class CifarResNet(nn.Module):
             raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
         n = (depth - 2) // 6
         self.depth = depth
+        self.warn_of_range = True
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         layers, cin = [], 16
@@ -71,6 +98,8 @@ class CifarResNet(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"x must have shape (B, 3, H, W), got {tuple(x.shape)}")
+        if self.warn_of_range:
+            _warn_of_another_range(x)
         x = ((as_signed_pixels(x, self.conv1.weight.dtype) + 1) / 2 - self.mean) / self.std  # e.g. float64 samples
         h = F.relu(self.bn1(self.conv1(x)))
         h = self.layer3(self.layer2(self.layer1(h)))

@@ -170,8 +170,9 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes, 
     if cfg.classifier:
         from ..models.resnet_cifar import load_cifar_resnet_spec
 
-        if train.ndim != 4 or train.shape[1] != 3:
-            # the ResNet refuses them only when the first study judges samples, after minutes of training
+        if tuple(train.shape[1:]) != (3, 32, 32):
+            # the ResNet refuses grey images only when the first study judges samples, after minutes of
+            # training, and judged RGB images of another size (its global pooling takes any) silently
             raise ValueError(f"--classifier {cfg.classifier.partition(':')[0]} judges RGB images (3, 32, 32), but "
                              f"{cfg.data!r} loads images of shape {tuple(train.shape[1:])}; leave --classifier out "
                              "(a set with labels gets a judge trained here, one without measures FD in its "
