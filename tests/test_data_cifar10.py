@@ -247,3 +247,36 @@ def test_a_sprite_s_label_offset_of_the_wrong_type_is_named(tmp_path):
         with pytest.raises(ValueError, match=r"^label_offset must be None or a non-negative integer"):
             load_cifar10_sprite(tmp_path / "mine.png", tmp_path / "labels.txt", label_offset=bad)
     assert load_cifar10_sprite(tmp_path / "mine.png", tmp_path / "labels.txt", label_offset=1).labels.tolist() == [2, 3]
+
+
+def test_a_damaged_tarball_is_refused_not_loaded(tmp_path):
+    # One bit flipped in the official tarball's gzip stream: in stored (incompressible) pixel data it
+    # loaded wrong pixels without a word (gzip's CRC-32 is checked only at the stream's end, past where
+    # tarfile stops)
+    import tarfile
+
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    _write_batches(batches, n=50)
+    with tarfile.open(tmp_path / "good.tar.gz", "w:gz") as tar:
+        tar.add(batches, arcname="cifar-10-batches-py")
+    packed = (tmp_path / "good.tar.gz").read_bytes()
+    for k in range(1, 20):
+        damaged = bytearray(packed)
+        damaged[len(packed) * k // 20] ^= 0x01
+        (tmp_path / "bad.tar.gz").write_bytes(bytes(damaged))
+        with pytest.raises(ValueError, match="bad.tar.gz"):
+            load_cifar10(tmp_path / "bad.tar.gz", "train")
+    # 4 KiB overwritten: tarfile lost its way in the damaged stream and the archive read as one
+    # 'without the train split's data_batch_3, ...' (FileNotFoundError), the damage unnamed
+    damaged = bytearray(packed)
+    damaged[len(packed) // 3:len(packed) // 3 + 4096] = np.random.default_rng(1).bytes(4096)
+    (tmp_path / "bad.tar.gz").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"bad.tar.gz: cannot read the tar archive \(CRC check failed"):
+        load_cifar10(tmp_path / "bad.tar.gz", "train")
+    # 4 KiB overwritten at a tenth: damaged deflate data escaped as a bare zlib.error naming no file
+    damaged = bytearray(packed)
+    damaged[len(packed) // 10:len(packed) // 10 + 4096] = np.random.default_rng(0).bytes(4096)
+    (tmp_path / "bad.tar.gz").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"bad.tar.gz: cannot read the tar archive \(Error -3 while decompressing"):
+        load_cifar10(tmp_path / "bad.tar.gz", "train")

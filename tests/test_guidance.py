@@ -502,3 +502,22 @@ def test_a_scalar_time_adapter_makes_one_record_of_a_guided_evaluation():
     assert trace.t.shape == expected.t.shape == (int(res.nfe.max()), 12)
     for name, value in vars(expected).items():
         assert torch.equal(getattr(trace, name).nan_to_num(-1.0), value.nan_to_num(-1.0)), name
+
+
+def test_a_guidance_pickled_before_select_views_wrote_back_still_runs_and_selects():
+    # a ClassifierFreeGuidance pickled by a release without the views' write-back has no _origin or
+    # _rows in its state; unpickled, its call and select() met AttributeError
+    net = ClassNet()
+    x = kfm.noise(range(4), (DIM,), dtype=torch.float64)
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+    state = dict(ClassifierFreeGuidance(net, y, 2.0, NULL).__dict__)
+    state.pop("_origin", None), state.pop("_rows", None)
+    old = ClassifierFreeGuidance.__new__(ClassifierFreeGuidance)
+    old.__dict__.update(state)  # what unpickling does for a class without __setstate__
+    fresh = ClassifierFreeGuidance(net, y, 2.0, NULL)
+    assert torch.equal(old(x, t), fresh(x, t))
+    active = torch.tensor([True, False, True, True])
+    old.select(active)(x[active] + 1, t[active])
+    fresh.select(active)(x[active] + 1, t[active])
+    assert torch.equal(old.last_conditional, fresh.last_conditional)  # rows 0, 2, 3 written back

@@ -151,6 +151,23 @@ def test_cohens_d_interval_recomputes_compare_groups_on_each_resample_of_the_pai
     assert np.isnan(cohens_d_interval(score, by, 0.25, 0, seed=11)).all()
 
 
+
+def test_cohens_d_interval_sizes_its_groups_as_compare_groups_does():
+    # 0.29 of 50 is 14.5: compare_groups takes 15 per group (the quantile as written, half up), the
+    # interval took floor(0.29 * 50 + 0.5) = 14 (the float product is 14.499999999999998): the CI
+    # was of another d than the one it stands beside
+    from kinetic_fm.studies.semantics import cohens_d_interval
+
+    rng = np.random.default_rng(4)
+    by = rng.normal(size=50)
+    score = 0.5 * by + rng.normal(size=50)
+    low, high = cohens_d_interval(score, by, 0.29, 40, seed=3)
+    index = np.random.default_rng(3).integers(0, 50, size=(40, 50))
+    d = [compare_groups(score[i], by[i], quantile=0.29).cohens_d for i in index]
+    assert compare_groups(score, by, quantile=0.29).n_low == 15
+    np.testing.assert_allclose([low, high], np.quantile(d, [0.025, 0.975]), rtol=1e-10)
+
+
 def test_semantics_row_and_table_give_ds_interval(tmp_path, monkeypatch):
     from kinetic_fm.studies.config import SemanticsConfig
     from kinetic_fm.studies.semantics import cohens_d_interval, run_semantics

@@ -75,6 +75,12 @@ class ClassifierFreeGuidance:
     sample i alone would. A view's own attributes hold its call's rows only.
     """
 
+    # a select() view's guidance it came from and its rows of that batch; None on the guidance itself
+    # (not a reference to itself: a cycle would keep the model alive until the garbage collector runs).
+    # Class defaults, so that a guidance unpickled from a state saved without them still runs
+    _origin: "ClassifierFreeGuidance | None" = None
+    _rows: torch.Tensor | None = None
+
     def __init__(
         self,
         model: Callable[..., torch.Tensor],
@@ -100,10 +106,6 @@ class ClassifierFreeGuidance:
         self.track_parts = check_flag("track_parts", track_parts)
         self.last_conditional: torch.Tensor | None = None
         self.last_unconditional: torch.Tensor | None = None
-        # a select() view's guidance it came from and its rows of that batch; None on the guidance itself
-        # (not a reference to itself: a cycle would keep the model alive until the garbage collector runs)
-        self._origin: ClassifierFreeGuidance | None = None
-        self._rows: torch.Tensor | None = None
         self.reset()
 
     @property
