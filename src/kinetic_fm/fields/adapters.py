@@ -540,20 +540,22 @@ class DataPrediction(_Adapter):
     On x_t = (1 − t)·ε + t·x1:  ε̂ = (x − t·x̂1)/(1 − t),  so  v = x̂1 − ε̂ = (x̂1 − x)/(1 − t).
     Singular at t = 1 (an exact net returns x̂1 = x there, so the formula gives v = 0): the
     field is evaluated at min(t, 1 − ``gap_min``), net included (1 − gap_min rounded down in x's
-    dtype: in bfloat16 1 − 1e-3 is 0.99609375, not 1), and declares
-    ``singular_at_one`` so that ``kfm.sample`` takes the last step of heun with Euler, of rk4
-    with Heun's third-order method and of dopri5 with its stages before the step's end
-    (``tableau.DOPRI5_END``), instead of evaluating the end stage at t = 1 (rk4 stays fourth order). ``inner`` is a callable ``inner(x, t, ...)`` returning x̂1 with x's shape;
-    ``gap_min`` must lie in (0, 1) (ValueError otherwise).
+    dtype: in bfloat16 1 − 1e-3 is 0.99609375, not 1), and declares ``singular_at_one`` so that
+    ``kfm.sample`` takes the last step of heun with Euler, of rk4 with Heun's third-order method
+    and of dopri5 with its stages before the step's end (``tableau.DOPRI5_END``), instead of
+    evaluating the end stage at t = 1 (rk4 stays fourth order). ``inner`` is a callable
+    ``inner(x, t, ...)`` returning x̂1 with x's shape; ``gap_min`` must lie in (0, 1) (ValueError
+    otherwise).
 
     ``gap_min`` trades two errors. Inside 1 − gap_min the step divides x̂1 − x by gap_min, not by
     1 − t, so a run whose grid goes there (the last steps of a cosine grid of ~50 steps or more, a
-    uniform grid of over ~330 rk4 or 1,000 Euler steps, a dopri5 run whose last step is shorter than
-    9·gap_min, its last stage lying at 8/9 of it) ends short of x̂1: with
-    the default 1e-3 an exact x̂1 field missed its data by 1e-3 and its energy after t = 0.999 read
-    56 % low, at any number of steps. A smaller gap_min removes that but lets a trained net's error
-    δ in x̂1 reach the velocity as δ/(1 − t): with 1e-6 a net off by 0.01·tanh(x) read a KPE of 134
-    for the exact 2.1 under dopri5 (2.4 with the default). Keep the default for trained nets; pass e.g. 1e-6 for an exact x̂1.
+    uniform grid of over ~330 rk4 or 1,000 Euler steps, a dopri5 run whose last step is shorter
+    than 9·gap_min, its last stage lying at 8/9 of it) ends short of x̂1: with the default 1e-3 an
+    exact x̂1 field missed its data by 1e-3 and its energy after t = 0.999 read 56 % low, at any
+    number of steps. A smaller gap_min removes that but lets a trained net's error δ in x̂1 reach
+    the velocity as δ/(1 − t): with 1e-6 a net off by 0.01·tanh(x) read a KPE of 134 for the
+    exact 2.1 under dopri5 (2.4 with the default). Keep the default for trained nets; pass e.g.
+    1e-6 for an exact x̂1.
     """
 
     singular_at_one = True
