@@ -13,6 +13,8 @@ from kinetic_fm.metrics.stats import compare_groups
 from kinetic_fm.studies import figures as F
 from kinetic_fm.studies.workspace import Workspace
 
+from nets import LinearDrift
+
 
 def _frechet(x: np.ndarray, ref: np.ndarray) -> float:
     """Float64 Fréchet distance through SciPy's matrix square root (independent of the library's)."""
@@ -55,17 +57,6 @@ def test_quintile_intervals_are_basic_bootstraps_of_each_quintiles_own_rows():
     assert np.isnan(quintile_fd_intervals(feats, bins, ref[:3], 20, seed=7)).all()
 
 
-class _LinearDrift(torch.nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        g = torch.Generator().manual_seed(3)
-        self.a = torch.nn.Parameter(0.3 * torch.randn(dim, dim, generator=g))
-        self.b = torch.nn.Parameter(0.5 * torch.randn(dim, generator=g))
-
-    def forward(self, x, t):
-        return (x.flatten(1) @ self.a.T + self.b).reshape(x.shape)
-
-
 def _axes_of(monkeypatch) -> dict:
     """figure name -> its axes as rendered (kept, not cleared)."""
     drawn, render = {}, F._render
@@ -96,7 +87,7 @@ def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quint
     gen = torch.Generator().manual_seed(1)
     train = torch.rand(30, 1, 2, 2, generator=gen) - 0.5
     assets = SimpleNamespace(train=train, heldout=torch.rand(40, 1, 2, 2, generator=gen) - 0.5,
-                             general=_LinearDrift(4), classifier_name="flat", mean=None,
+                             general=LinearDrift(4), classifier_name="flat", mean=None,
                              value_range=lambda: (-0.5, 0.5), features=lambda x: x.flatten(1).double())
     drawn = _axes_of(monkeypatch)
     cfg = SemanticsConfig(n_samples=50, steps=4, bootstrap=20, seed_start=5)
@@ -175,7 +166,7 @@ def test_semantics_row_and_table_give_ds_interval(tmp_path, monkeypatch):
     for kind in ("scatter_figure", "histogram_figure", "energy_profile_figure", "sample_grid_figure"):
         monkeypatch.setattr(F, kind, lambda name, *a, **k: SimpleNamespace(name=name))
     gen = torch.Generator().manual_seed(1)
-    assets = SimpleNamespace(train=torch.rand(30, 1, 4, 4, generator=gen) - 0.5, general=_LinearDrift(16),
+    assets = SimpleNamespace(train=torch.rand(30, 1, 4, 4, generator=gen) - 0.5, general=LinearDrift(16),
                              classifier=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)),
                              classifier_name="lin3", classifier_accuracy=0.9, mean=None,
                              value_range=lambda: (-0.5, 0.5))

@@ -18,6 +18,8 @@ from kinetic_fm.studies.shaping import ablation_grid
 from kinetic_fm.studies.verdicts import all_worse_than, verdict_from_interval
 from kinetic_fm.studies.workspace import Workspace
 
+from nets import LinearDrift
+
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not measured")
 
 
@@ -1530,19 +1532,6 @@ def test_support_text_sets_the_mixture_interval_against_the_papers_negative_sign
     assert (row["CI low"], row["CI high"], row["n"]) == (low, high, 200)
 
 
-class _LinearDrift(torch.nn.Module):
-    """v(x, t) = A·x + b on the flattened pixels: a generalising net whose samples differ in energy."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        g = torch.Generator().manual_seed(3)
-        self.a = torch.nn.Parameter(0.3 * torch.randn(dim, dim, generator=g))
-        self.b = torch.nn.Parameter(0.5 * torch.randn(dim, generator=g))
-
-    def forward(self, x, t):
-        return (x.flatten(1) @ self.a.T + self.b).reshape(x.shape)
-
-
 def _semantics_assets(labelled: bool = True):
     """Training images in [-0.5, 0.5] of 16 pixels (the samples overshoot it, so the clamp
     matters) and, when labelled, a linear 3-class judge."""
@@ -1550,7 +1539,7 @@ def _semantics_assets(labelled: bool = True):
 
     train = torch.rand(30, 1, 4, 4, generator=torch.Generator().manual_seed(1)) - 0.5
     judge = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)) if labelled else None
-    return SimpleNamespace(train=train, general=_LinearDrift(16), classifier=judge, classifier_name="lin3",
+    return SimpleNamespace(train=train, general=LinearDrift(16), classifier=judge, classifier_name="lin3",
                            classifier_accuracy=0.9, mean=None, value_range=lambda: (-0.5, 0.5))
 
 
