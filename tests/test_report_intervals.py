@@ -142,7 +142,6 @@ def test_cohens_d_interval_recomputes_compare_groups_on_each_resample_of_the_pai
     assert np.isnan(cohens_d_interval(score, by, 0.25, 0, seed=11)).all()
 
 
-
 def test_cohens_d_interval_sizes_its_groups_as_compare_groups_does():
     # 0.29 of 50 is 14.5: compare_groups takes 15 per group (the quantile as written, half up), the
     # interval took floor(0.29 * 50 + 0.5) = 14 (the float product is 14.499999999999998): the CI

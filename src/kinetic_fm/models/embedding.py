@@ -70,7 +70,6 @@ class SinusoidalTimeEmbedding(nn.Module):
         return features if low is None else features.to(low)
 
 
-
 def conditioning(time_embed: nn.Module, class_embed: nn.Module | None, null_class: int | None,
                  t: Tensor | float, x: Tensor, y: Tensor | None) -> Tensor:
     """The activated (B, hidden) conditioning vector of a velocity net: time embedding plus,
