@@ -260,7 +260,7 @@ def _other_data(saved: Any, now: dict[str, Any], shape: list[int]) -> str:
 def data_digest(data: Tensor, labels: Tensor | None) -> dict[str, Any]:
     """What a training run records of the values it trains on, as :data:`DATA_DIGEST`: the sha256
     of ``data`` (N, ...) as the net trains on it (in its dtype, also recorded) and of ``labels``
-    (N,) int64 (None without); see :func:`kinetic_fm.data.digest.tensor_sha256` (about 1 s for
+    (N,) int64 (None without); see :func:`kinetic_fm.data.digest.tensor_sha256` (about 0.4 s for
     CIFAR-10's 614 MB)."""
     from ..data.digest import tensor_sha256
 
@@ -358,7 +358,7 @@ def train(
             (:class:`~kinetic_fm.runs.RunLock`): a second writer is refused with
             :class:`~kinetic_fm.runs.RunLockedError` instead of overwriting this run's states.
             ``config.json`` records, last, ``data_sha256``: the sha256 of ``data`` in the net's
-            dtype and of ``labels`` (:func:`data_digest`; about 1 s per 600 MB).
+            dtype and of ``labels`` (:func:`data_digest`; about 0.4 s per 600 MB).
         resume: continue from ``out/resume.pt`` when it exists (the saved config must match
             except ``steps``, which may grow, and the data and labels must be the same values,
             by their sha256, where the run recorded them); otherwise start afresh.
