@@ -4,7 +4,7 @@ run folder (the items its net trained on), a ``kfm sample`` run folder (its samp
 .zip of images, or an array file."""
 from __future__ import annotations
 
-from ._types import flag_words
+from ._flag_names import flag_words
 
 TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
 

@@ -6,7 +6,8 @@ import math
 
 from ..checks import DEVICE_FORMS
 from ._rows import TRAIN_CONFIG, _empirical_record, is_image_source, load_rows, training_record
-from ._types import bootstrap_seed_number, check_output_path, flag_words, user_path, writing
+from ._types import bootstrap_seed_number, check_output_path, user_path, writing
+from ._flag_names import flag_words
 
 SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
 # kfm.memorization's argument names (as its errors and warnings give them) -> the flags that feed them
