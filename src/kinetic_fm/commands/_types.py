@@ -108,7 +108,7 @@ def _refused_writing(err: OSError, path: str) -> bool:
     import errno
     import os
 
-    from ..runs.atomic import TMP_MARKER, _temporary_stem
+    from ..runs.atomic import TMP_MARKER, temporary_stem
 
     codes = {getattr(errno, name) for name in _REFUSALS if hasattr(errno, name)}
     if err.filename is None:  # write() on a full disk names no file
@@ -121,7 +121,7 @@ def _refused_writing(err: OSError, path: str) -> bool:
         inside = name == out or name.startswith(out.rstrip(os.sep) + os.sep)
         above = out.startswith(name.rstrip(os.sep) + os.sep)           # a parent folder made for it
         temporary = os.path.dirname(name) == os.path.dirname(out) and os.path.basename(name).startswith(
-            _temporary_stem(os.path.basename(out)) + TMP_MARKER)       # its atomic write's temporary
+            temporary_stem(os.path.basename(out)) + TMP_MARKER)       # its atomic write's temporary
         if inside or above or temporary:
             # /proc and the like refuse a new entry as missing: only the output's own names count
             return err.errno in codes or err.errno == errno.ENOENT and (name == out or above or temporary)

@@ -291,13 +291,13 @@ def _empirical_target(args, device) -> _Target:
                       ".zip of images, a data spec) give [-1, 1], as x / 127.5 - 1 does", stacklevel=2)
     rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
     if args.train_n is not None and positions is not None:  # EmpiricalFlow would name the subset's row only
-        from ..knn import _first_nonfinite, nonfinite_rows
+        from ..knn import first_nonfinite, nonfinite_rows
 
         if (bad := nonfinite_rows(rows)).numel():
             first = int(bad[0])
             raise ValueError(f"--train contains NaN or inf in {bad.numel()} row(s), first at row {first} of the "
                              f"--train-n {args.train_n} subset: row {int(positions[first])} of {args.train} "
-                             f"({_first_nonfinite(rows[first])})")
+                             f"({first_nonfinite(rows[first])})")
     n = rows.shape[0]
     if args.truncate is not None and args.truncate > n:
         raise ValueError(f"--truncate must lie in [1, N] = [1, {n}] (the --train items), got {args.truncate}")
