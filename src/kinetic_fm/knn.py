@@ -259,10 +259,10 @@ def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
     if where.numel():
         first = int(where[0])
         raise ValueError(f"{name} contains NaN or inf in {where.numel()} row(s), first at row {first} "
-                         f"({_first_nonfinite(tensor[first])})")
+                         f"({first_nonfinite(tensor[first])})")
 
 
-def _first_nonfinite(item: torch.Tensor) -> str:
+def first_nonfinite(item: torch.Tensor) -> str:
     """The first NaN or ±inf of one row ``item`` and where it lies in the row, in words: "inf at
     column 0" for a row of values, "NaN at (0, 4, 7)" for an image: NaN reads as missing data,
     inf as an overflow, so which one it is says where to look."""

@@ -4,7 +4,13 @@ run folder (the items its net trained on), a ``kfm sample`` run folder (its samp
 .zip of images, or an array file."""
 from __future__ import annotations
 
-from ._types import flag_words
+import os
+from typing import TYPE_CHECKING
+
+from ._flag_names import flag_words
+
+if TYPE_CHECKING:
+    from ..runs.manifest import RunManifest
 
 TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
 
@@ -101,7 +107,7 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
         raise ValueError(f"--samples {value!r} is {_net_folder_kind(path)} (a net, not samples): sample it with "
                          "kfm sample --model and pass that run folder; as --train it gives the items the net "
                          "trained on")
-    if specs and other_run and (record := _empirical_record(path)) is not None:
+    if specs and other_run and (record := empirical_run_manifest(path)) is not None:
         return _empirical_training_rows(path, record, progress)
     if specs and other_run:
         # read as a folder of images, it said "contains no image files"
@@ -163,7 +169,7 @@ def _results_table_as_train(value: str, path) -> str:
     from ..runs.manifest import MANIFEST_NAME
 
     run = path.parent
-    if (run / MANIFEST_NAME).is_file() and _empirical_record(run) is not None:
+    if (run / MANIFEST_NAME).is_file() and empirical_run_manifest(run) is not None:
         return (f"--train {value!r} is the results table of a kfm sample --field empirical run (its samples, not "
                 f"training items): pass its run folder {str(run)!r} as --train, which gives the items its field "
                 "was made of")
@@ -188,7 +194,7 @@ def items_digest(rows) -> str:
     return tensor_sha256(rows)
 
 
-def _empirical_record(path):
+def empirical_run_manifest(path: str | os.PathLike) -> RunManifest | None:
     """A ``kfm sample --field empirical`` run folder's manifest, when ``path`` holds one that records
     where its training items came from; else None (another kind of run, or a damaged manifest)."""
     from ..runs import read_manifest

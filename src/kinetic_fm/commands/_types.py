@@ -35,81 +35,6 @@ def user_path(text: str) -> str:
     return os.path.expanduser(text)
 
 
-def named_by_its_flag(err: ValueError, flags: dict[str, str]) -> ValueError:
-    """``err`` ("steps must be a positive integer, got 0", "beta0 = 0.06 makes ...") with the flag
-    ``flags`` maps the argument it opens with to ("--steps must be ...", "--beta0 = 0.06 makes
-    ..."): the range stays where it is checked, the name is the user's. Other messages pass
-    unchanged."""
-    text = str(err)
-    for joint in (" must ", " = "):
-        name, _, rest = text.partition(joint)
-        if name in flags and rest:
-            return ValueError(f"{flags[name]}{joint}{rest}")
-    return ValueError(text)
-
-
-def in_flags(text: str, flags: dict[str, str]) -> str:
-    """``text`` with each argument name ``flags`` maps that stands as a word replaced by its flag, and
-    ``name=value`` by ``flag value``: "samples and train must have ..." as "--samples and --train
-    must have ...", "key='x' does not apply" as "--key 'x' does not apply". A name inside another
-    word, a path or a flag (train_set, data/train, --train-key) is left as it is. For messages that
-    name arguments throughout; :func:`named_by_its_flag` renames only the opening one."""
-    import re
-
-    if not flags:
-        return text
-    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
-    pattern = rf"(?<![\w./-])({names})(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]+))?(?![\w/-]|\.\w)"
-    return re.sub(pattern, lambda m: flags[m[1]] + ("" if m[2] is None else f" {m[2]}"), text)
-
-
-@contextlib.contextmanager
-def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None):
-    """The library's ValueErrors, OSErrors and warnings inside the block in the command line's
-    words: the argument names ``flags`` maps given as flags (:func:`in_flags`), and with ``source``,
-    a ``(flag, value)`` whose value the block reads, a message that does not name that flag led by
-    it ("--train t.npy: holds complex64 values", "--train: no such file: t.npy"). The library's
-    own messages name its arguments (samples, train, key), which a user of ``kfm`` never typed."""
-    import re
-    import warnings
-    from pathlib import Path
-
-    def worded(text: str) -> str:
-        text = in_flags(text, flags)
-        if source is None:
-            return text
-        flag, value = source
-        if text.startswith("--") or re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text):
-            return text   # in the command line's words already
-        # the value, as the library spells it, or a data spec's path (folder:PATH)
-        given = {value, str(Path(value)), *(value.partition(":")[2:] if ":" in value else ())} - {""}
-        if any(text.startswith(name + end) for name in given for end in (":", "/")):
-            return f"{flag} {text}"   # "s.npy: ...", "imgs/odd.png: ...": the value is the message's subject
-        if any(name in text for name in given):
-            return f"{flag}: {text}"
-        return f"{flag} {value}: {text}"
-
-    try:
-        with warnings.catch_warnings():   # the hook is restored when the block ends
-            shown = warnings.showwarning
-
-            def show(message, category, *args, **kwargs):
-                text = worded(str(message))
-                try:
-                    message = category(text)
-                except Exception:  # a warning class that takes more than its text
-                    message = text
-                shown(message, category, *args, **kwargs)
-
-            warnings.showwarning = show
-            yield
-    except ValueError as err:
-        raise ValueError(worded(str(err))) from None
-    except OSError as err:
-        kind = type(err) if type(err).__module__ == "builtins" else OSError  # FileNotFoundError stays one
-        raise kind(worded(str(err))) from None
-
-
 def check_output_path(flag: str, path: str, *, folder: bool) -> None:
     """ValueError naming ``flag`` when ``path`` cannot be written as a folder (``folder``) or a
     file: it is a file where a folder is asked for (or the reverse), a file stands where one of
@@ -183,7 +108,7 @@ def _refused_writing(err: OSError, path: str) -> bool:
     import errno
     import os
 
-    from ..runs.atomic import TMP_MARKER, _temporary_stem
+    from ..runs.atomic import TMP_MARKER, temporary_stem
 
     codes = {getattr(errno, name) for name in _REFUSALS if hasattr(errno, name)}
     if err.filename is None:  # write() on a full disk names no file
@@ -196,7 +121,7 @@ def _refused_writing(err: OSError, path: str) -> bool:
         inside = name == out or name.startswith(out.rstrip(os.sep) + os.sep)
         above = out.startswith(name.rstrip(os.sep) + os.sep)           # a parent folder made for it
         temporary = os.path.dirname(name) == os.path.dirname(out) and os.path.basename(name).startswith(
-            _temporary_stem(os.path.basename(out)) + TMP_MARKER)       # its atomic write's temporary
+            temporary_stem(os.path.basename(out)) + TMP_MARKER)       # its atomic write's temporary
         if inside or above or temporary:
             # /proc and the like refuse a new entry as missing: only the output's own names count
             return err.errno in codes or err.errno == errno.ENOENT and (name == out or above or temporary)

@@ -5,8 +5,9 @@ import argparse
 import math
 
 from ..checks import DEVICE_FORMS
-from ._rows import TRAIN_CONFIG, _empirical_record, is_image_source, load_rows, training_record
-from ._types import bootstrap_seed_number, check_output_path, flag_words, user_path, writing
+from ._rows import TRAIN_CONFIG, empirical_run_manifest, is_image_source, load_rows, training_record
+from ._types import bootstrap_seed_number, check_output_path, user_path, writing
+from ._flag_names import flag_words
 
 SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
 # kfm.memorization's argument names (as its errors and warnings give them) -> the flags that feed them
@@ -287,7 +288,7 @@ def _input_paths(name: str, value: str):
         folder = spec_folder(spec) if isinstance(spec, str) else None
         if folder is not None:
             paths.append((folder, f"the data it trained on, {spec}"))
-    elif name == "--train" and path.is_dir() and (record := _empirical_record(path)) is not None:
+    elif name == "--train" and path.is_dir() and (record := empirical_run_manifest(path)) is not None:
         source = record.runtime["train"]["source"]   # a resolved path, or a spec made absolute
         folder = Path(source) if Path(source).exists() else spec_folder(source)   # an array file too (--out)
         if folder is not None:

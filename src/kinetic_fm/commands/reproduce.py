@@ -5,7 +5,8 @@ import argparse
 from pathlib import Path
 
 from ..checks import DEVICE_FORMS
-from ._types import check_output_path, flag_words, seed_number, user_path, writing
+from ._types import check_output_path, seed_number, user_path, writing
+from ._flag_names import flag_words
 
 
 def register(subparsers) -> None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 
 from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
-from ._types import check_output_path, flag_words, named_by_its_flag, seed_number, user_path, writing
+from ._types import check_output_path, seed_number, user_path, writing
+from ._flag_names import SettingFlags, flag_words, named_by_its_flag
 
 FIELDS = ("gaussian", "point", "mixture")
 EMPIRICAL = "empirical"  # the exact EFM field of the --train items: not built in, it needs them
@@ -290,13 +291,13 @@ def _empirical_target(args, device) -> _Target:
                       ".zip of images, a data spec) give [-1, 1], as x / 127.5 - 1 does", stacklevel=2)
     rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
     if args.train_n is not None and positions is not None:  # EmpiricalFlow would name the subset's row only
-        from ..knn import _first_nonfinite, nonfinite_rows
+        from ..knn import first_nonfinite, nonfinite_rows
 
         if (bad := nonfinite_rows(rows)).numel():
             first = int(bad[0])
             raise ValueError(f"--train contains NaN or inf in {bad.numel()} row(s), first at row {first} of the "
                              f"--train-n {args.train_n} subset: row {int(positions[first])} of {args.train} "
-                             f"({_first_nonfinite(rows[first])})")
+                             f"({first_nonfinite(rows[first])})")
     n = rows.shape[0]
     if args.truncate is not None and args.truncate > n:
         raise ValueError(f"--truncate must lie in [1, N] = [1, {n}] (the --train items), got {args.truncate}")
@@ -630,28 +631,25 @@ def _stored_manifest(run_dir: str):
         return None
 
 
-# a compared manifest field -> the flag that sets it; the identities follow from --field, --model, --train
-_FIELD_FLAGS = {
-    "seeds.n": "--n", "seeds.seed_start": "--seed-start", "shard_size": "--shard-size",
-    **{f"config.{name}": f"--{name.replace('_', '-')}" for name in (
-        "field", "dim", "steps", "solver", "grid", "quadrature", "split", "on_nonfinite", "dtype", "device",
-        "profile", "label", "guidance", "truncate", "rtol", "atol", "first_step")},
-    "config.save_x": "--no-save-x",
-    **{f"config.shaping.{kts_name}": f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()},
-    "config.shaping": "the KTS flags",
-    "identity.weights_sha256": "--model",
-    **{f"identity.train_{name}": "--train" for name in ("sha256", "shape", "dtype")},
-}
-# fields another setting decides: named only when no setting differs (a --dim change moves the
+# a compared manifest field -> the flag that sets it; the identities follow from --field, --model, --train,
+# and fields another setting decides are named only when no setting differs (a --dim change moves the
 # sample shape and the field's parameter hash too; a net's kind comes with its weights)
-_DERIVED_FLAGS = {"config.sample_shape": "--shape", "identity.field": "--field", "identity.class": "--field",
-                  "identity.params_sha256": "--field", "identity.kind": "--model"}
+SETTINGS = SettingFlags(
+    direct={
+        "seeds.n": "--n", "seeds.seed_start": "--seed-start", "shard_size": "--shard-size",
+        **{f"config.{name}": f"--{name.replace('_', '-')}" for name in (
+            "field", "dim", "steps", "solver", "grid", "quadrature", "split", "on_nonfinite", "dtype", "device",
+            "profile", "label", "guidance", "truncate", "rtol", "atol", "first_step")},
+        "config.save_x": "--no-save-x",
+        **{f"config.shaping.{kts_name}": f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()},
+        "config.shaping": "the KTS flags",
+        "identity.weights_sha256": "--model",
+        **{f"identity.train_{name}": "--train" for name in ("sha256", "shape", "dtype")},
+    },
+    derived={"config.sample_shape": "--shape", "identity.field": "--field", "identity.class": "--field",
+             "identity.params_sha256": "--field", "identity.kind": "--model"})
 _SWITCHES = {"config.profile", "config.shaping.renormalize"}  # on/off; --no-save-x is save_x turned off
-
-
-def _flag_of(field: str) -> str | None:
-    """The flag that sets the compared manifest ``field`` (``seeds.n``: ``--n``), or None."""
-    return _FIELD_FLAGS.get(field) or _DERIVED_FLAGS.get(field)
+_flag_of = SETTINGS.flag_of  # the flag that sets a compared manifest field (seeds.n: --n), or None
 
 
 def _as_typed(field: str, value) -> str:
@@ -681,10 +679,10 @@ def _resume_refusal_in_flags(err, out: str) -> ValueError:
     naming manifest fields: "config.steps (stored 60, now 30); seeds.n (stored 9, now 12)") in the
     flags the user typed: "--steps (the run's 60, now 30); --n (the run's 9, now 12)". A field no
     flag sets (a producer's other kind of run) keeps its name."""
-    diffs = [d for d in err.differences if d.field not in _DERIVED_FLAGS] or list(err.differences)
+    named_fields = set(SETTINGS.named(d.field for d in err.differences))
     named, lines = set(), []
-    for d in diffs:
-        flag = _flag_of(d.field)
+    for d in (d for d in err.differences if d.field in named_fields):
+        flag = SETTINGS.flag_of(d.field)
         if flag is None:
             lines.append(str(d))
         elif flag not in named:  # --train's sha256, shape and dtype: one line

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 
 from ..checks import DEVICE_FORMS
-from ._types import check_output_path, flag_words, named_by_its_flag, seed_number, user_path, writing
+from ._types import check_output_path, seed_number, user_path, writing
+from ._flag_names import SettingFlags, flag_words, named_by_its_flag
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
              "(PATH a folder or .zip). digits: scikit-learn's 8x8 digits, bundled; moons: two half circles; "
@@ -147,8 +148,13 @@ _FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmu
           "weight_decay": "--weight-decay", "ema_decay": "--ema-decay", "label_dropout": "--label-dropout",
           "save_every": "--save-every", "n": "--n", "base_channels": "--width", "hidden": "--width",
           "seed": "--seed", "grad_clip": "--grad-clip"}
-# the saved run's other compared records -> the flags that decide them
-_RECORD_FLAGS = {"model": "--model/--width/--class-cond", "data_shape": "--data/--n", "info": "--data/--n"}
+# what a resume compares, by the flags that decide it: the saved TrainConfig's settings ("train.lr";
+# --steps, --save-every and --checkpoints are free to change; its betas no flag sets) and the run's
+# other records
+SETTINGS = SettingFlags({
+    **{f"train.{name}": _FLAGS[name] for name in ("batch_size", "lr", "warmup", "weight_decay", "ema_decay",
+                                                  "grad_clip", "label_dropout", "seed")},
+    "model": "--model/--width/--class-cond", "data_shape": "--data/--n", "info": "--data/--n"})
 
 
 def _flags_for_settings(text: str) -> str:
@@ -157,16 +163,7 @@ def _flags_for_settings(text: str) -> str:
     "beyond steps=2" as "beyond --steps 2"."""
     import re
 
-    text = re.sub(r"\btrain\.(\w+)", lambda m: _FLAGS.get(m.group(1), m.group(0)), text)
-    names = "|".join(_RECORD_FLAGS)
-    text = re.sub(rf"(?:(?<=\()|(?<=, )|(?<=\): )|(?<=; ))({names})(?=[,):])", lambda m: _RECORD_FLAGS[m[1]], text)
-    head = "settings differ from the saved run ("
-    if head in text:  # one flag named once in the list: data_shape and info are both --data/--n
-        start = text.index(head) + len(head)
-        end = text.index(")", start)
-        listed = list(dict.fromkeys(text[start:end].split(", ")))
-        text = text[:start] + ", ".join(listed) + text[end:]
-    return re.sub(r"\bbeyond steps=(\d+)", r"beyond --steps \1", text)
+    return re.sub(r"\bbeyond steps=(\d+)", r"beyond --steps \1", SETTINGS.in_listed_words(text))
 
 
 def _recorded_spec(spec: str, out: str, resume: bool) -> str:

@@ -43,7 +43,7 @@ from ..knn import abs_max, column_mean, nearest_neighbors, row_sq_norms, unit_ro
 from ..sampling.guards import feature_map_as_found
 from .density import sq_distance_blocks
 from .features import FeatureSpace, SpaceLike, as_features, feature_space
-from .stats import _to_numpy
+from .stats import to_numpy
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
     import pandas as pd
@@ -230,7 +230,7 @@ def _stats_array(name: str, value: Any) -> np.ndarray:
     """A mean or covariance given as an array, list or tensor (any dtype, device, gradient) as a
     finite float64 NumPy array; ValueError naming ``name`` for NaN or inf."""
     # a tensor through float64 on the CPU: bfloat16 has no NumPy dtype, a grad or CUDA tensor no .numpy()
-    array = np.asarray(_to_numpy(value), dtype=np.float64)
+    array = np.asarray(to_numpy(value), dtype=np.float64)
     if not np.isfinite(array).all():
         raise ValueError(f"{name} has non-finite entries")
     return array

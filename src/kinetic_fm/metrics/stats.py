@@ -124,7 +124,7 @@ def _values(name: str, a: Any) -> np.ndarray:
     shape, for strings/objects (no parsing of '1.0') and for complex values."""
     if hasattr(a, "detach") and getattr(a, "is_complex", lambda: False)():
         raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
-    arr = np.asarray(_to_numpy(a))
+    arr = np.asarray(to_numpy(a))
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{name} must hold real numbers, got {arr.dtype} values")
     if arr.ndim != 1:
@@ -162,7 +162,10 @@ def _pairs(x: Any, y: Any, nan_policy: str, names: tuple[str, str] = ("x", "y"))
     return x, y
 
 
-def _to_numpy(a: Any) -> Any:
+def to_numpy(a: Any) -> Any:
+    """``a`` as NumPy values where it is a torch tensor (float64, on the CPU, detached: bfloat16 has
+    no NumPy dtype, a CUDA or grad tensor no ``.numpy()``) or a pandas Series; anything else (an
+    array, a list, a number) as it is, for ``np.asarray``. Imports neither torch nor pandas."""
     if hasattr(a, "detach"):  # torch tensor, without importing torch here
         return a.detach().cpu().double().numpy()
     if hasattr(a, "to_numpy"):  # pandas Series
@@ -410,7 +413,7 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
         raise ValueError(f"by is constant ({by.size} values all {by[0]:g}): there are no low and high "
                          "groups, only the first and last samples in input order")
     n = score.size
-    m = min(_group_size(quantile, n), n // 2)
+    m = min(group_size(quantile, n), n // 2)
     if m < 2:
         raise ValueError(f"quantile={quantile} of n={n} samples leaves {m} per group; need >= 2")
     order = np.argsort(by, kind="stable")
@@ -429,7 +432,7 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
                            low_mean, low_std, high_mean, high_std, difference, d, p_t, p_u)
 
 
-def _group_size(quantile: float, n: int) -> int:
+def group_size(quantile: float, n: int) -> int:
     """``quantile`` · ``n`` rounded half up, ``quantile`` read as the decimal it prints as: the
     float 0.29 is a little below 0.29, and 0.29 × 50 = 14.5 read 14.499999999999998, which
     rounded down. (:class:`~kinetic_fm.studies.config.SemanticsConfig` checks its groups by it.)"""

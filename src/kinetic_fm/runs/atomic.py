@@ -31,12 +31,12 @@ def temporary_name(path: Path) -> Path:
 
     It does not end in ``path``'s suffix, so a reader globbing ``*.parquet`` never sees it. A
     name too long to take the ~25 bytes more (a file system allows 255 bytes) is shortened to
-    its first 150 bytes and a hash of the whole (:func:`_temporary_stem`).
+    its first 150 bytes and a hash of the whole (:func:`temporary_stem`).
     """
-    return path.with_name(f"{_temporary_stem(path.name)}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f"{temporary_stem(path.name)}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _temporary_stem(name: str) -> str:
+def temporary_stem(name: str) -> str:
     """``.<name>``, or for a name over 200 bytes ``.<its first 150 bytes>~<12 hex of its sha256>``:
     the full stem made a legal 240-byte name fail with "[Errno 36] File name too long"."""
     encoded = name.encode("utf-8", "surrogateescape")
@@ -105,7 +105,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def remove_stale_temporaries(folder: Path, final_name: str) -> int:
     """Delete temporaries left by killed writers of ``final_name``; returns how many were removed."""
     removed = 0
-    for stale in folder.glob(f"{glob.escape(_temporary_stem(final_name))}{TMP_MARKER}*"):
+    for stale in folder.glob(f"{glob.escape(temporary_stem(final_name))}{TMP_MARKER}*"):
         stale.unlink(missing_ok=True)
         removed += 1
     return removed

@@ -149,9 +149,9 @@ class SemanticsConfig:
             raise ValueError(f"{name}quantile must be a real number in (0, 0.5] (the share of the samples in "
                              f"each of the low and high KPE groups), got {self.quantile!r}")
         # the group size compare_groups takes: quantile·n rounded half up (n // 2 >= 5 here)
-        from ..metrics.stats import _group_size
+        from ..metrics.stats import group_size
 
-        per_group = _group_size(quantile, n)
+        per_group = group_size(quantile, n)
         if per_group < 2:
             raise ValueError(f"{name}quantile must leave at least 2 of the {name}n_samples in each group "
                              f"(quantile · n_samples rounded half up): {self.quantile!r} of {n} leaves "

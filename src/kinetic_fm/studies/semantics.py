@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics.semantics import classifier_margin
-from ..metrics.stats import Correlation, _group_size, compare_groups, spearman
+from ..metrics.stats import Correlation, group_size, compare_groups, spearman
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import SemanticsConfig
@@ -159,7 +159,7 @@ def cohens_d_interval(score: np.ndarray, by: np.ndarray, quantile: float, resamp
     n = len(score)
     if resamples < 1:
         return float("nan"), float("nan")
-    m = min(_group_size(quantile, n), n // 2)  # compare_groups' own rule (0.29 of 50 is 15, not 14)
+    m = min(group_size(quantile, n), n // 2)  # compare_groups' own rule (0.29 of 50 is 15, not 14)
     rng = np.random.default_rng(seed)
     index = rng.integers(0, n, size=(resamples, n))
     d = np.empty(resamples)

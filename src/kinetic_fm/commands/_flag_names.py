@@ -1,0 +1,140 @@
+"""The flag a ``kfm`` user typed for each name the library or a run's record uses, and messages
+reworded in those flags (plain Python: ``kfm --help`` stays fast).
+
+The library names its arguments (samples, train, steps) and a run records its settings by key (a
+manifest's ``config.steps``, a training state's ``train.lr``); a user of ``kfm`` typed flags
+(--samples, --steps, --lr). Each command keeps its own table beside its parser: a plain mapping of
+the library's argument names, and a :class:`SettingFlags` of the settings its runs record and
+compare on --resume. The rewording lives here, once: :func:`named_by_its_flag` for a message's
+opening name, :func:`in_flags` for names anywhere in it, :func:`flag_words` for every error and
+warning of a block, and :meth:`SettingFlags.named` / :meth:`SettingFlags.in_listed_words` for a
+resume refusal's list of settings."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SettingFlags:
+    """The flag, or flags ("--data/--n"), that set each setting a command's runs record and compare
+    on --resume, by the name the record gives it ("config.steps", "seeds.n", "train.lr").
+
+    Attributes:
+        direct: recorded name -> what a user changes to change that setting (a flag, flags joined
+            by "/", or a phrase such as "the KTS flags").
+        derived: recorded names another setting decides (a --dim change moves the sample shape
+            too; a net's kind comes with its weights) -> the flag behind them: named only when no
+            ``direct`` setting differs, so that one change is named once.
+    """
+
+    direct: Mapping[str, str]
+    derived: Mapping[str, str] = field(default_factory=dict)
+
+    def flag_of(self, name: str) -> str | None:
+        """The flag that sets the recorded setting ``name`` (``seeds.n``: ``--n``), or None."""
+        return self.direct.get(name) or self.derived.get(name)
+
+    def named(self, names: Iterable[str]) -> list[str]:
+        """Of the recorded ``names`` that differ, those a refusal names: without the derived ones
+        when any other differs (their own setting is named), else all of them."""
+        names = list(names)
+        return [name for name in names if name not in self.derived] or names
+
+    def in_listed_words(self, text: str) -> str:
+        """``text`` with each recorded name that stands as an item of a list replaced by its flag:
+        after "(", ", ", "): " or "; " and before ",", ")" or ":" ("settings differ (train.lr, model):
+        train.lr: saved 0.001, now 0.002" as "settings differ (--lr, --model/--width/--class-cond):
+        --lr: saved 0.001, now 0.002"), and a parenthesised list that then names a flag twice with
+        the repeats dropped (two records of one flag, --data/--n). A name elsewhere (inside a
+        path, a stored value) stays."""
+        import re
+
+        table = {**self.derived, **self.direct}
+        if not table:
+            return text
+        names = "|".join(re.escape(name) for name in sorted(table, key=len, reverse=True))
+        text = re.sub(rf"(?:(?<=\()|(?<=, )|(?<=\): )|(?<=; ))({names})(?=[,):])", lambda m: table[m[1]], text)
+        flags = set(table.values())
+
+        def once(m: re.Match) -> str:
+            items = m[1].split(", ")
+            return f"({', '.join(dict.fromkeys(items))})" if flags & set(items) else m[0]
+
+        return re.sub(r"\(([^()]*)\)", once, text)
+
+
+def named_by_its_flag(err: ValueError, flags: dict[str, str]) -> ValueError:
+    """``err`` ("steps must be a positive integer, got 0", "beta0 = 0.06 makes ...") with the flag
+    ``flags`` maps the argument it opens with to ("--steps must be ...", "--beta0 = 0.06 makes
+    ..."): the range stays where it is checked, the name is the user's. Other messages pass
+    unchanged."""
+    text = str(err)
+    for joint in (" must ", " = "):
+        name, _, rest = text.partition(joint)
+        if name in flags and rest:
+            return ValueError(f"{flags[name]}{joint}{rest}")
+    return ValueError(text)
+
+
+def in_flags(text: str, flags: dict[str, str]) -> str:
+    """``text`` with each argument name ``flags`` maps that stands as a word replaced by its flag, and
+    ``name=value`` by ``flag value``: "samples and train must have ..." as "--samples and --train
+    must have ...", "key='x' does not apply" as "--key 'x' does not apply". A name inside another
+    word, a path or a flag (train_set, data/train, --train-key) is left as it is. For messages that
+    name arguments throughout; :func:`named_by_its_flag` renames only the opening one."""
+    import re
+
+    if not flags:
+        return text
+    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
+    pattern = rf"(?<![\w./-])({names})(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]+))?(?![\w/-]|\.\w)"
+    return re.sub(pattern, lambda m: flags[m[1]] + ("" if m[2] is None else f" {m[2]}"), text)
+
+
+@contextlib.contextmanager
+def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None):
+    """The library's ValueErrors, OSErrors and warnings inside the block in the command line's
+    words: the argument names ``flags`` maps given as flags (:func:`in_flags`), and with ``source``,
+    a ``(flag, value)`` whose value the block reads, a message that does not name that flag led by
+    it ("--train t.npy: holds complex64 values", "--train: no such file: t.npy"). The library's
+    own messages name its arguments (samples, train, key), which a user of ``kfm`` never typed."""
+    import re
+    import warnings
+    from pathlib import Path
+
+    def worded(text: str) -> str:
+        text = in_flags(text, flags)
+        if source is None:
+            return text
+        flag, value = source
+        if text.startswith("--") or re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text):
+            return text   # in the command line's words already
+        # the value, as the library spells it, or a data spec's path (folder:PATH)
+        given = {value, str(Path(value)), *(value.partition(":")[2:] if ":" in value else ())} - {""}
+        if any(text.startswith(name + end) for name in given for end in (":", "/")):
+            return f"{flag} {text}"   # "s.npy: ...", "imgs/odd.png: ...": the value is the message's subject
+        if any(name in text for name in given):
+            return f"{flag}: {text}"
+        return f"{flag} {value}: {text}"
+
+    try:
+        with warnings.catch_warnings():   # the hook is restored when the block ends
+            shown = warnings.showwarning
+
+            def show(message, category, *args, **kwargs):
+                text = worded(str(message))
+                try:
+                    message = category(text)
+                except Exception:  # a warning class that takes more than its text
+                    message = text
+                shown(message, category, *args, **kwargs)
+
+            warnings.showwarning = show
+            yield
+    except ValueError as err:
+        raise ValueError(worded(str(err))) from None
+    except OSError as err:
+        kind = type(err) if type(err).__module__ == "builtins" else OSError  # FileNotFoundError stays one
+        raise kind(worded(str(err))) from None
