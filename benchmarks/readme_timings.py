@@ -21,7 +21,7 @@ MKL_NUM_THREADS taken out of its environment, as a user's shell has them) unless
     processes' steps, those that ended while both still trained) / the lone process's median.
 
     python benchmarks/readme_timings.py --mnist ../shared/data/mnist   # the full run, alone on the machine
-    python benchmarks/readme_timings.py --quick                        # a smoke run, < ~30 s idle: no figures
+    python benchmarks/readme_timings.py --quick                        # smoke run: 9 short processes, no figures
 
 ``--mnist`` is the folder of the IDX files (default ``../shared/data/mnist`` beside the repository);
 where it is absent a synthetic stand-in of the same shape (60,000 uniform random 28 x 28 bytes,
