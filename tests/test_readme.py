@@ -69,6 +69,22 @@ def test_the_adapters_example_prints_half_the_noises_squared_norm(tmp_path, monk
     assert torch.allclose(res.kpe, 0.5 * x0.pow(2).sum(1), rtol=1e-5)
 
 
+@pytest.mark.parametrize("marker", ["kfm.KineticODESolver(Net(None))", "kfm.local_support(res.x, train"])
+def test_the_examples_that_draw_their_own_data_print_the_same_numbers_every_run(marker, tmp_path, monkeypatch,
+                                                                                capsys):
+    # a reader compares their output with a neighbour's or a rerun's: the blocks' own randn must be seeded
+    if "KineticODESolver" in marker:
+        pytest.importorskip("flow_matching")
+    block = _block_with(marker)
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    for global_seed in (1, 2):  # what ran before the block left the global generator anywhere
+        torch.manual_seed(global_seed)
+        _run(block)
+        printed.append(capsys.readouterr().out)
+    assert printed[0] and printed[0] == printed[1]
+
+
 def test_the_efm_example_prints_what_its_comments_say(tmp_path, monkeypatch, capsys):
     block = _block_with("kfm.EmpiricalFlow(train)")
     stated = re.search(r"print\(rep\)\s+# (.*?) \.\.\.", block).group(1)
