@@ -149,3 +149,39 @@ def test_a_run_from_before_the_record_resumes_as_before_and_stays_without_it(tmp
     assert result.resumed_from == 2
     assert list(json.loads((tmp_path / "config.json").read_text())) == ["model", "train", "data_shape", "info"]
     assert "data_sha256" not in json.loads(load_state(tmp_path / "resume.pt")["config"])
+
+
+def _reproduce_net(tmp_path, images, rows):
+    """A folder as kfm reproduce leaves a velocity net in models/ (studies/assets.py): a training run
+    on rows ``rows`` of the loaded data set, with its training_items.json beside config.json."""
+    from kinetic_fm.data import dataset_rows, load_dataset
+    from kinetic_fm.studies.assets import TRAINING_ITEMS
+
+    items = dataset_rows(load_dataset(f"folder:{images}", progress=False))
+    net = tmp_path / "models" / "memorizer-0"
+    train(VelocityMLP((3, 8, 8), hidden=8, depth=1), items[rows], TrainConfig(steps=1, batch_size=2,
+                                                                                checkpoints="none"),
+          out=net, info={"study": "memorizer"})
+    (net / TRAINING_ITEMS).write_text(json.dumps({"data": f"folder:{images}", "n": None, "seed": 0, "rows": rows,
+                                                  "data_shape": [len(rows), 3, 8, 8]}) + "\n")
+    return net
+
+
+def test_memorization_of_a_reproduce_net_whose_training_image_was_replaced_is_refused(tmp_path, capsys):
+    # its config.json records the sha256 of the rows it trained on, but --train NET checked only their
+    # shape: the new image was audited as if the net had trained on it
+    images = _png_folder(tmp_path / "images")
+    net = _reproduce_net(tmp_path, images, [0, 2, 4])
+    samples = _samples(tmp_path)
+    assert _audit(samples, net) == 0
+    assert "the 3 items it trained on (folder:" in capsys.readouterr().out
+    (images / "1.png").write_bytes((images / "3.png").read_bytes())   # a row it did not train on: still its items
+    assert _audit(samples, net) == 0
+    capsys.readouterr()
+    _replace_one_image(images)                                        # row 2: one it trained on
+    assert _audit(samples, net) == 2
+    err = capsys.readouterr().err
+    assert f"--train {str(net)!r}: 'folder:{images}' now loads other items than the run trained on" in err
+    assert main(["sample", "--field", "empirical", "--train", str(net), "--n", "2", "--steps", "2", "--no-progress",
+                 "--out", str(tmp_path / "efm")]) == 2
+    assert "now loads other items than the run trained on" in capsys.readouterr().err
