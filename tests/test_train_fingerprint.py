@@ -185,3 +185,28 @@ def test_memorization_of_a_reproduce_net_whose_training_image_was_replaced_is_re
     assert main(["sample", "--field", "empirical", "--train", str(net), "--n", "2", "--steps", "2", "--no-progress",
                  "--out", str(tmp_path / "efm")]) == 2
     assert "now loads other items than the run trained on" in capsys.readouterr().err
+
+
+def test_a_resume_given_the_items_in_another_dtype_compares_their_values_or_is_refused(tmp_path):
+    # train() records the items as the net trains on them (cast to its dtype): float64 items are
+    # compared by the float32 values its batches take
+    config, more = TrainConfig(steps=2, batch_size=4, save_every=1), TrainConfig(steps=4, batch_size=4)
+    data = _points()
+    train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"the data \(sha256 .*\) differ from those the run trained on"):
+        train(VelocityMLP(2, hidden=8, depth=1), data.double() + 1e-3, more, out=tmp_path / "run", resume=True)
+    assert train(VelocityMLP(2, hidden=8, depth=1), data.double(), more, out=tmp_path / "run",
+                 resume=True).resumed_from == 2                     # the same float32 batches
+    # train_classifier records its images in their own dtype: other float64 images resumed a float32
+    # run without a word (the sha256 compared only where the dtypes agreed)
+    from kinetic_fm.models.classifier import train_classifier
+
+    images = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    labels = torch.arange(20) % 2
+    settings = dict(steps=4, batch_size=4, width=4, save_every=2, out=tmp_path / "judge")
+    train_classifier(images, labels, **settings)
+    for other in (images.flip(0).double(), images.double()):
+        with pytest.raises(ValueError, match=r"cannot resume .*resume.pt: the data are float64, the run trained on "
+                                             r"float32"):
+            train_classifier(other, labels, **settings, resume=True)
+    assert train_classifier(images, labels, **settings, resume=True).model is not None
