@@ -194,3 +194,21 @@ def test_the_range_warning_is_given_once_per_net_and_kind_of_range_in_a_loop_of_
         assert len(caught) == 2 and "far beyond [-1, 1]" in str(caught[1].message)
         CifarResNet(depth=8).eval()(batches[0])                                 # another net says it again
         assert len(caught) == 3
+
+
+def test_a_resnet_spec_naming_a_folder_says_so_and_names_the_weights_file_expected(tmp_path):
+    # "--classifier: no such file: weights/akamaster" for a folder that exists and holds the file
+    from kinetic_fm.models.resnet_cifar import parse_cifar_resnet_spec
+
+    folder = tmp_path / "akamaster"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"--classifier: .*akamaster is a folder; name the weights file in it, "
+                                         r"a resnet56-\*\.th file .*\(none in this folder\)") as caught:
+        parse_cifar_resnet_spec(f"resnet56:{folder}", name="--classifier")
+    assert "no such file" not in str(caught.value)
+    (folder / "resnet56-4bfd9763.th").write_bytes(b"")
+    (folder / "resnet20-12fca82f.th").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"akamaster is a folder; .*: resnet56:.*akamaster/resnet56-4bfd9763\.th$"):
+        parse_cifar_resnet_spec(f"resnet56:{folder}", name="--classifier")
+    with pytest.raises(FileNotFoundError, match=r"--space: no such file: .*nothing\.th"):  # a missing path as before
+        parse_cifar_resnet_spec(f"resnet20:{folder / 'nothing.th'}", name="--space")

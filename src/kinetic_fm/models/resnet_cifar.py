@@ -150,12 +150,19 @@ RESNET_SPECS = ("resnet20", "resnet56")
 
 def parse_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[str, Path]:
     """``(kind, path)`` of a ``"resnet20:PATH"`` or ``"resnet56:PATH"`` spec, as the CLIs take it;
-    ``name`` is the argument it came from, for the error messages. The file must exist; a leading
-    ``~`` is expanded (the shell does not after ``resnet56:``), as in the data specs."""
+    ``name`` is the argument it came from, for the error messages. The file must exist (a folder is
+    refused as such, naming the ``resnet56-*.th`` file it holds, if one); a leading ``~`` is expanded
+    (the shell does not after ``resnet56:``), as in the data specs."""
     kind, _, path = spec.partition(":")
     if kind not in RESNET_SPECS or not path:
         raise ValueError(f"{name} must be 'resnet20:PATH' or 'resnet56:PATH', got {spec!r}")
     path = Path(path).expanduser()
+    if path.is_dir():  # "no such file" for a folder that exists, maybe holding the file
+        found = sorted(path.glob(f"{kind}-*.th"))
+        hint = f": {kind}:{found[0]}" if len(found) == 1 else (
+            f"; this folder holds {', '.join(p.name for p in found)}" if found else " (none in this folder)")
+        raise ValueError(f"{name}: {path} is a folder; name the weights file in it, a {kind}-*.th file "
+                         f"(akamaster/pytorch_resnet_cifar10's, or any {kind} state dict, .th or .safetensors){hint}")
     if not path.is_file():
         raise FileNotFoundError(f"{name}: no such file: {path}")
     return kind, path
