@@ -508,3 +508,74 @@ def test_an_exif_orientation_is_applied_as_viewers_show_the_image(tmp_path):
     ds = load_image_folder(tmp_path)
     shown = torch.from_numpy(np.rot90(stored, k=-1).copy()).permute(2, 0, 1).float() / 127.5 - 1
     assert ds.shape == (3, 7, 5) and torch.equal(ds.images[0], shown) and torch.equal(ds.images[1], shown)
+
+
+def test_rgba_images_drop_their_alpha_and_a_transparent_pixel_is_warned_of_once_per_load(tmp_path):
+    # alpha was dropped without a word: a transparent pixel's stored colour, which no viewer shows,
+    # became a training pixel. It is still dropped (as torchvision's ImageFolder does: the same files
+    # give the same pixels), now with one warning per load naming how many files and the first
+    import warnings
+
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5
+    rgba[..., 3] = 255
+    opaque = tmp_path / "opaque"
+    opaque.mkdir()
+    Image.fromarray(rgba, "RGBA").save(opaque / "0.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                # alpha 255 everywhere: nothing to say
+        assert torch.equal(load_image_folder(opaque).images[0], torch.from_numpy(rgba[..., :3]).permute(2, 0, 1)
+                           .float() / 127.5 - 1)
+    see_through = tmp_path / "see_through"
+    see_through.mkdir()
+    rgba[1, 2, 3] = 0                                                 # one transparent pixel ...
+    rgba[3, 3, 3] = 128                                               # ... and one half transparent
+    for i in range(3):
+        Image.fromarray(rgba, "RGBA").save(see_through / f"{i}.png")
+    la = np.stack([rgba[..., 0], rgba[..., 3]], axis=-1)
+    Image.fromarray(la, "LA").save(see_through / "3.png")
+    with pytest.warns(UserWarning) as caught:
+        ds = load_image_folder(see_through)
+    assert len(caught) == 1
+    text = str(caught[0].message)
+    assert "4 of 4 images" in text and "0.png" in text and "alpha is dropped, not blended" in text
+    expected = torch.from_numpy(rgba[..., :3]).permute(2, 0, 1).float() / 127.5 - 1   # the stored colours
+    for i in range(3):
+        assert torch.equal(ds.images[i], expected)
+    assert torch.equal(ds.images[3], expected[:1].expand(3, 4, 4))     # grey as RGB, its alpha dropped too
+    with pytest.warns(UserWarning, match=r"1 of 1 images"):           # a crop that keeps the pixel
+        load_image_folder(see_through, crop=4, n=1, indices=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image_folder(see_through, crop=1)                        # a crop without it: opaque
+
+
+def test_nested_folders_are_labelled_by_the_top_folder_below_the_wrapping_ones(tmp_path):
+    # the label was each file's parent folder: a class's subfolder became a class of its own, and a
+    # <class>/images/<file> tree (Tiny ImageNet's) one class "images", so no labels at all
+    def png(path, value=0):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(path)
+
+    for name in ("cat/0.png", "cat/kittens/1.png", "dog/2.png"):
+        png(tmp_path / "kittens" / name)
+    ds = load_image_folder(tmp_path / "kittens")
+    assert ds.classes == ("cat", "dog") and ds.labels.tolist() == [0, 0, 1]
+    assert image_names(tmp_path / "kittens") == ["cat/0.png", "cat/kittens/1.png", "dog/2.png"]
+    for name in ("n01/images/0.png", "n01/images/1.png", "n02/images/2.png"):
+        png(tmp_path / "tiny" / "train" / name)
+    ds = load_image_folder(tmp_path / "tiny", subdir="train")
+    assert ds.classes == ("n01", "n02") and ds.labels.tolist() == [0, 0, 1]
+    with zipfile.ZipFile(tmp_path / "tiny.zip", "w") as z:             # the same tree zipped with its folder
+        for p in sorted((tmp_path / "tiny").rglob("*.png")):
+            z.write(p, "tiny/" + p.relative_to(tmp_path / "tiny").as_posix())
+    for zipped in (load_image_folder(tmp_path / "tiny.zip"), load_image_folder(tmp_path / "tiny.zip", subdir="train")):
+        assert zipped.classes == ("n01", "n02") and zipped.labels.tolist() == [0, 0, 1]
+    assert list_image_labels(tmp_path / "tiny.zip")[0] == ("n01", "n02")
+    for name in ("a/x/0.png", "b/x/1.png"):                           # two classes, not one "x"
+        png(tmp_path / "same_leaf" / name)
+    assert load_image_folder(tmp_path / "same_leaf").classes == ("a", "b")
+    png(tmp_path / "loose" / "0.png")                                 # a file beside the class folders
+    png(tmp_path / "loose" / "cat" / "1.png")
+    png(tmp_path / "loose" / "dog" / "2.png")
+    assert load_image_folder(tmp_path / "loose").labels is None

@@ -230,3 +230,25 @@ def test_a_checkpoint_loads_into_a_net_of_another_dtype_on_the_device_exactly(tm
             assert torch.equal(value.cpu(), saved.state_dict()[name].double())
         v = net(x.to("cuda"), t.to("cuda")).cpu()
     torch.testing.assert_close(v, on_cpu(x, t).detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("saved_dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_load_model_returns_the_net_in_its_saved_dtype_unless_dtype_is_given(tmp_path, saved_dtype):
+    # a float16 or bfloat16 net came back float32 while a float64 one came back float64
+    torch.manual_seed(0)
+    saved = VelocityMLP((2,), hidden=8, depth=1).to(saved_dtype).eval()
+    save_model(saved, tmp_path / "w.safetensors", ema=saved)
+    x, t = torch.randn(5, 2), torch.linspace(0, 1, 5)
+    net = load_model(tmp_path / "w.safetensors")
+    assert {v.dtype for v in net.state_dict().values()} == {saved_dtype}
+    for name, value in saved.state_dict().items():
+        assert torch.equal(net.state_dict()[name], value), name
+    with torch.no_grad():
+        assert torch.equal(net(x.to(saved_dtype), t.to(saved_dtype)), saved(x.to(saved_dtype), t.to(saved_dtype)))
+    wide = load_model(tmp_path / "w.safetensors", dtype=torch.float32)      # e.g. to sample float32 noise
+    assert {v.dtype for v in wide.state_dict().values()} == {torch.float32}
+    for name, value in saved.state_dict().items():                          # the saved values, converted
+        assert torch.equal(wide.state_dict()[name], value.float()), name
+    for bad in (torch.int64, "float32", torch.complex64):
+        with pytest.raises(ValueError, match=r"dtype must be None \(the saved dtype\) or a real floating torch.dtype"):
+            load_model(tmp_path / "w.safetensors", dtype=bad)

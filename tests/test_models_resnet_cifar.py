@@ -117,7 +117,7 @@ def test_float_images_outside_minus_one_one_warn_with_the_range_found():
         with pytest.warns(UserWarning, match=r"float images in \[-1, 1\].* span \[0, 255\]"):
             net(unit * 255)                         # 0..255 as floats
         with pytest.warns(UserWarning, match=r"span \[-1.6, 1.6\]"):
-            net((unit * 2 - 1) * 1.6)
+            CifarResNet(depth=8).eval()((unit * 2 - 1) * 1.6)   # a net says each kind once: a new one
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             net((unit * 2 - 1) * 1.3)               # a generated sample's overshoot: no warning
@@ -176,3 +176,39 @@ def test_a_loaded_resnet_judges_one_image_as_it_judges_it_in_a_batch(tmp_path):
         alone = torch.cat([loaded(images[i:i + 1]) for i in range(5)])
         torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(net.train()(images[:1]), together[:1], atol=1e-3)  # as training mode would not
+
+
+def test_the_range_warning_is_given_once_per_net_and_kind_of_range_in_a_loop_of_batches():
+    # each batch spans its own range, so the text differed and Python's registry let every forward warn
+    torch.manual_seed(0)
+    net = CifarResNet(depth=8).eval()
+    batches = [torch.rand(2, 3, 32, 32) * (0.9 + 0.01 * i) for i in range(5)]   # [0, 1] floats, five ranges
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")                                         # not the registry's doing
+        for batch in batches:
+            net(batch)
+        assert len(caught) == 1 and "within [0, 1]" in str(caught[0].message)
+        assert "said once per net" in str(caught[0].message)
+        for batch in batches:
+            net.features(batch * 255)                                           # the other kind: once more
+        assert len(caught) == 2 and "far beyond [-1, 1]" in str(caught[1].message)
+        CifarResNet(depth=8).eval()(batches[0])                                 # another net says it again
+        assert len(caught) == 3
+
+
+def test_a_resnet_spec_naming_a_folder_says_so_and_names_the_weights_file_expected(tmp_path):
+    # "--classifier: no such file: weights/akamaster" for a folder that exists and holds the file
+    from kinetic_fm.models.resnet_cifar import parse_cifar_resnet_spec
+
+    folder = tmp_path / "akamaster"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"--classifier: .*akamaster is a folder; name the weights file in it, "
+                                         r"a resnet56-\*\.th file .*\(none in this folder\)") as caught:
+        parse_cifar_resnet_spec(f"resnet56:{folder}", name="--classifier")
+    assert "no such file" not in str(caught.value)
+    (folder / "resnet56-4bfd9763.th").write_bytes(b"")
+    (folder / "resnet20-12fca82f.th").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"akamaster is a folder; .*: resnet56:.*akamaster/resnet56-4bfd9763\.th$"):
+        parse_cifar_resnet_spec(f"resnet56:{folder}", name="--classifier")
+    with pytest.raises(FileNotFoundError, match=r"--space: no such file: .*nothing\.th"):  # a missing path as before
+        parse_cifar_resnet_spec(f"resnet20:{folder / 'nothing.th'}", name="--space")

@@ -2002,6 +2002,29 @@ def test_a_run_refused_before_its_first_result_leaves_nothing_but_its_lock(tmp_p
     assert (kept / "notes.txt").read_text() == "mine"
 
 
+def test_a_folder_a_refused_run_left_is_taken_as_new_by_the_next_run(tmp_path, monkeypatch):
+    # its lock file made the folder look used: a second refused run left cache/, models/, tables/ and
+    # timings.json behind, the skeleton the first one had removed
+    from kinetic_fm.studies import reproduce as reproduce_module
+
+    folder = _image_folder(tmp_path / "small", 30)
+    cfg = ReproduceConfig.preset("tiny", data=f"folder:{folder}")
+    out = tmp_path / "out"
+    for _ in range(2):
+        with pytest.raises(ValueError, match="has 30 images"):
+            reproduce_module.reproduce(cfg, out, progress=False)
+        assert [p.name for p in out.iterdir()] == [".lock"]
+    ran = []                                                  # and a run that goes on takes the folder
+
+    def studies(cfg, ws, studies, progress):
+        ran.append(sorted(p.name for p in ws.root.iterdir()))
+        return ws.root / "report.md", ws.root / "report.html"
+
+    monkeypatch.setattr(reproduce_module, "_run_studies", studies)
+    assert reproduce_module.reproduce(cfg, out, progress=False) == (out / "report.md", out / "report.html")
+    assert ran == [[".lock", "cache", "models", "tables"]]
+
+
 def test_too_few_items_is_a_value_error_that_says_how_many(tmp_path):
     from kinetic_fm.data.subset import TooFewItemsError, select_indices
 

@@ -149,3 +149,64 @@ def test_a_run_from_before_the_record_resumes_as_before_and_stays_without_it(tmp
     assert result.resumed_from == 2
     assert list(json.loads((tmp_path / "config.json").read_text())) == ["model", "train", "data_shape", "info"]
     assert "data_sha256" not in json.loads(load_state(tmp_path / "resume.pt")["config"])
+
+
+def _reproduce_net(tmp_path, images, rows):
+    """A folder as kfm reproduce leaves a velocity net in models/ (studies/assets.py): a training run
+    on rows ``rows`` of the loaded data set, with its training_items.json beside config.json."""
+    from kinetic_fm.data import dataset_rows, load_dataset
+    from kinetic_fm.studies.assets import TRAINING_ITEMS
+
+    items = dataset_rows(load_dataset(f"folder:{images}", progress=False))
+    net = tmp_path / "models" / "memorizer-0"
+    train(VelocityMLP((3, 8, 8), hidden=8, depth=1), items[rows], TrainConfig(steps=1, batch_size=2,
+                                                                                checkpoints="none"),
+          out=net, info={"study": "memorizer"})
+    (net / TRAINING_ITEMS).write_text(json.dumps({"data": f"folder:{images}", "n": None, "seed": 0, "rows": rows,
+                                                  "data_shape": [len(rows), 3, 8, 8]}) + "\n")
+    return net
+
+
+def test_memorization_of_a_reproduce_net_whose_training_image_was_replaced_is_refused(tmp_path, capsys):
+    # its config.json records the sha256 of the rows it trained on, but --train NET checked only their
+    # shape: the new image was audited as if the net had trained on it
+    images = _png_folder(tmp_path / "images")
+    net = _reproduce_net(tmp_path, images, [0, 2, 4])
+    samples = _samples(tmp_path)
+    assert _audit(samples, net) == 0
+    assert "the 3 items it trained on (folder:" in capsys.readouterr().out
+    (images / "1.png").write_bytes((images / "3.png").read_bytes())   # a row it did not train on: still its items
+    assert _audit(samples, net) == 0
+    capsys.readouterr()
+    _replace_one_image(images)                                        # row 2: one it trained on
+    assert _audit(samples, net) == 2
+    err = capsys.readouterr().err
+    assert f"--train {str(net)!r}: 'folder:{images}' now loads other items than the run trained on" in err
+    assert main(["sample", "--field", "empirical", "--train", str(net), "--n", "2", "--steps", "2", "--no-progress",
+                 "--out", str(tmp_path / "efm")]) == 2
+    assert "now loads other items than the run trained on" in capsys.readouterr().err
+
+
+def test_a_resume_given_the_items_in_another_dtype_compares_their_values_or_is_refused(tmp_path):
+    # train() records the items as the net trains on them (cast to its dtype): float64 items are
+    # compared by the float32 values its batches take
+    config, more = TrainConfig(steps=2, batch_size=4, save_every=1), TrainConfig(steps=4, batch_size=4)
+    data = _points()
+    train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"the data \(sha256 .*\) differ from those the run trained on"):
+        train(VelocityMLP(2, hidden=8, depth=1), data.double() + 1e-3, more, out=tmp_path / "run", resume=True)
+    assert train(VelocityMLP(2, hidden=8, depth=1), data.double(), more, out=tmp_path / "run",
+                 resume=True).resumed_from == 2                     # the same float32 batches
+    # train_classifier records its images in their own dtype: other float64 images resumed a float32
+    # run without a word (the sha256 compared only where the dtypes agreed)
+    from kinetic_fm.models.classifier import train_classifier
+
+    images = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    labels = torch.arange(20) % 2
+    settings = dict(steps=4, batch_size=4, width=4, save_every=2, out=tmp_path / "judge")
+    train_classifier(images, labels, **settings)
+    for other in (images.flip(0).double(), images.double()):
+        with pytest.raises(ValueError, match=r"cannot resume .*resume.pt: the data are float64, the run trained on "
+                                             r"float32"):
+            train_classifier(other, labels, **settings, resume=True)
+    assert train_classifier(images, labels, **settings, resume=True).model is not None

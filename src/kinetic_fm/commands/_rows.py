@@ -306,7 +306,8 @@ def _training_rows(run, progress: bool):
     if list(items.shape) != config.get("data_shape"):
         raise ValueError(f"--train {run}: {loads} now loads {list(items.shape)}, but the "
                          f"run trained on {config.get('data_shape')}: the data changed since")
-    _check_digest(run, items, config.get(DATA_DIGEST) if rows is None else None, loads)
+    # a kfm reproduce net's config.json records the sha256 of the rows it trained on (training_record keeps it)
+    _check_digest(run, items, config.get(DATA_DIGEST), loads)
     subset = "" if rows is None else f", {len(rows)} rows of them"
     print(f"--train {run}: the {items.shape[0]} items it trained on ({spec}"
           + ("" if n is None else f", n={n}, seed={seed}") + f"{subset})")
@@ -341,17 +342,22 @@ def _check_digest(run, items, digest, loads: str) -> None:
 def training_record(run):
     """``(spec, n, seed, rows, record)`` of the items a run folder's net trained on, as its
     training_items.json (a kfm reproduce net) or config.json (kfm train) records them (``rows``
-    None for the latter), and the record read; ValueError naming --train when neither holds them."""
+    None for the latter), and the record read (for a kfm reproduce net, training_items.json's with
+    config.json's ``data_sha256`` of those rows, where training wrote one); ValueError naming
+    --train when neither holds them."""
     import json
 
+    from ..models.train import DATA_DIGEST
     from ..studies.assets import TRAINING_ITEMS
 
     config, rows = None, None
     try:
         config = json.loads((run / TRAIN_CONFIG).read_text(encoding="utf-8"))
         if (run / TRAINING_ITEMS).is_file():
+            digest = config.get(DATA_DIGEST) if isinstance(config, dict) else None
             config = json.loads((run / TRAINING_ITEMS).read_text(encoding="utf-8"))
             spec, n, seed, rows = config["data"], config["n"], config["seed"], config["rows"]
+            config = {**config, DATA_DIGEST: digest}   # of the rows it trained on (studies/assets.py)
         else:
             spec, n, seed = config["info"]["data"], config["info"].get("n"), config["train"]["seed"]
     except (ValueError, KeyError, TypeError):

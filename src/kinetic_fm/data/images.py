@@ -187,6 +187,12 @@ def decode_image(
 ) -> np.ndarray:
     """Decode one image file to an (H, W, C) uint8 array.
 
+    An alpha channel (RGBA, LA, a palette or colour key with transparency) is dropped, not blended:
+    every pixel keeps the colour stored in the file, as torchvision's ImageFolder reads it, so a
+    transparent pixel's colour, which viewers do not show, is an image pixel. An image with a pixel
+    of alpha below 255 (in the crop taken) is warned of (:func:`load_image_folder`: once per load);
+    flatten such files onto a background first where that is not what is wanted.
+
     Args:
         data: the encoded file.
         name: shown in the error if the file cannot be decoded.
@@ -194,6 +200,15 @@ def decode_image(
         crop: side of a centred square crop applied before resizing (pixels), or None.
         size: side of the square output after resizing (bicubic, antialiased), or None to keep.
     """
+    array, see_through = _decode(data, name=name, grayscale=grayscale, crop=crop, size=size)
+    if see_through:
+        _warn_of_alpha([name], 1, stacklevel=3)
+    return array
+
+
+def _decode(data: bytes, *, name: str, grayscale: bool, crop: int | None,
+            size: int | None) -> tuple[np.ndarray, bool]:
+    """:func:`decode_image`'s array, and whether the image (its crop) has a pixel of alpha < 255."""
     from PIL import Image, UnidentifiedImageError
 
     check_sides(crop=crop, size=size)
@@ -201,6 +216,7 @@ def decode_image(
         with Image.open(io.BytesIO(data)) as img:
             img = _upright(img)
             img = _eight_bit(img, name)
+            alpha = _alpha(img)
             img = img.convert("L" if grayscale else "RGB")
             if crop is not None:
                 w, h = img.size
@@ -208,12 +224,32 @@ def decode_image(
                     raise ValueError(f"{name}: crop={crop} is larger than the image ({w}x{h})")
                 left, top = (w - crop) // 2, (h - crop) // 2
                 img = img.crop((left, top, left + crop, top + crop))
+                alpha = None if alpha is None else alpha.crop((left, top, left + crop, top + crop))
+            see_through = alpha is not None and alpha.getextrema()[0] < 255
             if size is not None and img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BICUBIC)
             array = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{name}: not a readable image file ({err})") from None
-    return array[..., None] if array.ndim == 2 else array
+    return (array[..., None] if array.ndim == 2 else array), see_through
+
+
+def _alpha(img):
+    """The alpha channel of ``img`` as a PIL "L" image, or None for an image without transparency."""
+    if not img.has_transparency_data:
+        return None
+    return img.getchannel("A") if "A" in img.getbands() else img.convert("RGBA").getchannel("A")
+
+
+def _warn_of_alpha(names: list[str], count: int, stacklevel: int = 4) -> None:
+    """One UserWarning for the ``names`` of the ``count`` images decoded that have transparent pixels
+    (``stacklevel`` 4: the caller of :func:`load_image_folder`, through :func:`decode_many`)."""
+    import warnings
+
+    warnings.warn(f"{len(names)} of {count} images have pixels of alpha below 255 (the first: {names[0]}): their "
+                  "alpha is dropped, not blended, so those pixels keep the colour stored under the transparency, "
+                  "which viewers do not show; flatten the files onto a background first if that is not what you "
+                  "want", UserWarning, stacklevel=stacklevel)
 
 
 def _upright(img):
@@ -263,13 +299,17 @@ def decode_many(
     size: int | None = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """Decode ``names`` from ``source`` into one (N, H, W, C) uint8 array; all must share a size."""
+    """Decode ``names`` from ``source`` into one (N, H, W, C) uint8 array; all must share a size.
+    Images with transparent pixels are warned of once, by count (see :func:`decode_image`)."""
     from tqdm.auto import tqdm
 
     out: np.ndarray | None = None
+    translucent: list[str] = []  # images with transparent pixels: one warning for them all, not one each
     for i, name in enumerate(tqdm(names, desc="decode", disable=not progress, leave=False)):
-        array = decode_image(source.read(name), name=source.describe(name),
-                             grayscale=grayscale, crop=crop, size=size)
+        array, see_through = _decode(source.read(name), name=source.describe(name),
+                                     grayscale=grayscale, crop=crop, size=size)
+        if see_through:
+            translucent.append(source.describe(name))
         if out is None:
             out = np.empty((len(names), *array.shape), dtype=np.uint8)
         elif array.shape != out.shape[1:]:
@@ -280,6 +320,8 @@ def decode_many(
         out[i] = array
     if out is None:
         raise ValueError(f"{source.path}: no images selected")
+    if translucent:
+        _warn_of_alpha(translucent, len(names))
     return out
 
 
@@ -298,14 +340,26 @@ def _under(names: list[str], subdir: str | None, path) -> list[tuple[str, str]]:
 
 
 def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor | None]:
-    """Classes (sorted) and (N,) labels from each file's parent folder, or (None, None) when a
-    file has no folder or all share one: one class is no labelling (the studies refuse it)."""
-    folders = [r.split("/")[-2] if "/" in r else None for r in relative]
-    if not folders or any(f is None for f in folders) or len(set(folders)) < 2:
+    """Classes (sorted) and (N,) labels of files given by their paths ``relative`` to the root:
+    each file's class is its top folder below the folders every file sits in (wrappers such as
+    ``zip -r data.zip data/``), however deep the file lies inside it (``cat/kittens/1.png`` is a
+    cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as torchvision's ImageFolder
+    labels a tree. (None, None) when a file lies beside the class folders or all lie in one class:
+    one class is no labelling (the studies refuse it)."""
+    folders = [r.split("/")[:-1] for r in relative]
+    if not folders:
         return None, None
-    classes = tuple(sorted(set(folders)))
+    shared = 0  # how many wrapping folders every file is under
+    while all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
+        shared += 1
+    if any(len(f) == shared for f in folders):  # a file beside the class folders (or no folder at all)
+        return None, None
+    names = [f[shared] for f in folders]
+    if len(set(names)) < 2:
+        return None, None
+    classes = tuple(sorted(set(names)))
     lookup = {c: i for i, c in enumerate(classes)}
-    return classes, torch.tensor([lookup[f] for f in folders], dtype=torch.int64)
+    return classes, torch.tensor([lookup[c] for c in names], dtype=torch.int64)
 
 
 def load_image_folder(
@@ -329,9 +383,12 @@ def load_image_folder(
         subdir: only files under this relative folder (e.g. ``"train"``); it may also sit under
             one top-level folder of the archive (``cifar10/train/...``).
         size, crop, grayscale: see :func:`decode_image`. Without ``size`` all images must share a size.
-        labels_from_folders: label each image by its parent folder name (classes sorted
-            alphabetically); images directly under the root, or all in one folder (``zip -r
-            faces.zip faces/``), make the labels None: one class is no labelling.
+        labels_from_folders: label each image by its class folder (classes sorted alphabetically):
+            the top folder below those every image sits in (a wrapping ``data/`` of ``zip -r
+            data.zip data/``), whatever the image's depth inside it (``cat/kittens/1.png`` is a cat,
+            ``n01/images/0.png`` an n01), as torchvision's ImageFolder labels a tree. An image
+            beside the class folders, or all in one folder (``zip -r faces.zip faces/``), make the
+            labels None: one class is no labelling.
         n, indices, seed: subset selection before decoding, see :func:`~kinetic_fm.data.subset.select_indices`.
         check_listing: called with the (file, path under ``subdir``) pairs before any image is
             decoded, to refuse a tree by raising (one listing: a 60,000-file zip takes seconds to list).

@@ -268,7 +268,7 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
     return tuple(int(s) for s in shape) if shape else None
 
 
-def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
+def load_model(path: str | os.PathLike, *, weights: str = "ema", dtype: torch.dtype | None = None) -> nn.Module:
     """Rebuild a velocity net saved by :func:`save_model` or by training, in eval mode (or a
     :class:`~kinetic_fm.models.classifier.SmallCNN` judge saved by :func:`save_model`: ``weights="model"``).
 
@@ -276,9 +276,17 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
         path: a .safetensors file, or a training run folder (uses ``final.safetensors``, else the
             latest file in ``checkpoints/``).
         weights: "ema" (the EMA weights, the default for sampling) or "model" (raw weights).
+        dtype: None (the default): the net in the dtype its weights were saved in, bit for bit (a
+            ``.half()`` net saved in float16 comes back float16 and takes float16 inputs; a file of
+            several float dtypes loads into torch's default dtype). A float ``torch.dtype``: the saved
+            weights converted to it (``dtype=torch.float32`` to sample a float16 net with float32
+            noise on a CPU).
     """
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be None (the saved dtype) or a real floating torch.dtype such as "
+                         f"torch.float32, got {dtype!r}")
     path = resolve_weights(path)
     meta = read_metadata(path) if path.is_file() and path.suffix == ".safetensors" else {}
     tensors = load_weights(path)
@@ -295,9 +303,11 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema") -> nn.Module:
     try:
         model = build_model(meta["kind"], meta["config"])
         stored = {v.dtype for v in state.values() if v.is_floating_point()}
-        if stored == {torch.float64}:  # a float64 net comes back float64 (load_state_dict rounded it into float32)
-            model = model.double()
+        if len(stored) == 1:  # built in the saved dtype: load_state_dict converted float64 and float16 into float32
+            model = model.to(stored.pop())
         model.load_state_dict(state)
+        if dtype is not None:
+            model = model.to(dtype)
     except (TypeError, ValueError, RuntimeError) as err:  # a config or tensors that do not make the net
         raise ValueError(f"{path}: its {weights!r} weights do not rebuild the {meta['kind']!r} net its "
                          f"metadata describes ({' '.join(str(err).split())})") from err

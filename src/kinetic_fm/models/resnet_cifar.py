@@ -23,24 +23,30 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _OVERSHOOT = 0.5
 
 
-def _warn_of_another_range(x: Tensor) -> None:
-    """UserWarning when float (B, 3, H, W) images look like [0, 1] or 0..255 rather than [-1, 1]:
-    the pretrained nets read them without error and judged them wrongly (ResNet-20 on 500 lossless
-    CIFAR-10 test images: accuracy 0.774 for [0, 1] floats and 0.128 for 0..255 ones, for 0.91).
+def _warn_of_another_range(x: Tensor, said: set[str]) -> None:
+    """UserWarning when float (B, 3, H, W) images look like [0, 1] or 0..255 rather than [-1, 1],
+    once per kind of range (``said`` holds the kinds already warned of, and gets this one): the text
+    names each batch's own range, so Python's registry, which repeats a warning of another text, let
+    a loop of batches warn at every forward. The pretrained nets read such images without error and
+    judged them wrongly (ResNet-20 on 500 lossless CIFAR-10 test images: accuracy 0.774 for [0, 1]
+    floats and 0.128 for 0..255 ones, for 0.91).
     Not one of the 5,000 lossless CIFAR-10 images lies in [0, 1] once read as [-1, 1] (every one has a
     pixel below mid-grey); a constant image is left alone. Outputs are unchanged."""
-    if not x.is_floating_point() or not x.numel():
+    if not x.is_floating_point() or not x.numel() or said >= {"unit", "far"}:
         return
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # one host synchronisation
     if 0.0 <= lo < hi <= 1.0:
-        found = "within [0, 1]; map [0, 1] images with 2 * x - 1"
+        kind, found = "unit", "within [0, 1]; map [0, 1] images with 2 * x - 1"
     elif lo < -1.0 - _OVERSHOOT or hi > 1.0 + _OVERSHOOT:
-        found = ("far beyond [-1, 1]; pass pixels in [0, 255] as uint8 or map them with x / 127.5 - 1, and clamp "
-                 "generated samples that overshoot to [-1, 1]")
+        kind, found = "far", ("far beyond [-1, 1]; pass pixels in [0, 255] as uint8 or map them with x / 127.5 - 1, "
+                              "and clamp generated samples that overshoot to [-1, 1]")
     else:
         return
+    if kind in said:
+        return
+    said.add(kind)
     warnings.warn(f"CifarResNet reads float images in [-1, 1] (the data loaders' range); these span "
-                  f"[{round(lo, 2):.3g}, {round(hi, 2):.3g}], {found}", UserWarning, stacklevel=3)
+                  f"[{round(lo, 2):.3g}, {round(hi, 2):.3g}], {found} (said once per net)", UserWarning, stacklevel=3)
 
 
 class BasicBlock(nn.Module):
@@ -66,8 +72,9 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 RGB images given in [-1, 1] (the data loaders' range), or as integer
     pixels in [0, 255] (:func:`~kinetic_fm.models.classifier.as_signed_pixels`). Float images that
-    look like [0, 1] or 0..255 ones are judged as given, with a warning (``warn_of_range = False``
-    silences it, for callers that check the range of a whole set themselves).
+    look like [0, 1] or 0..255 ones are judged as given, with a warning, given once per net for each
+    of the two (a loop over batches warns once; ``warn_of_range = False`` silences it, for callers
+    that check the range of a whole set themselves).
 
     Inputs are mapped to [0, 1] and normalised with the ImageNet mean/std inside, as the
     pretrained weights expect. ``features(x)`` is the (B, 64) global-average-pooled feature,
@@ -81,6 +88,7 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         self.depth = depth
         self.warn_of_range = True
+        self._ranges_said: set[str] = set()   # the kinds of range warned of: once each per net
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         layers, cin = [], 16
@@ -99,7 +107,7 @@ class CifarResNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"x must have shape (B, 3, H, W), got {tuple(x.shape)}")
         if self.warn_of_range:
-            _warn_of_another_range(x)
+            _warn_of_another_range(x, self._ranges_said)
         x = ((as_signed_pixels(x, self.conv1.weight.dtype) + 1) / 2 - self.mean) / self.std  # e.g. float64 samples
         h = F.relu(self.bn1(self.conv1(x)))
         h = self.layer3(self.layer2(self.layer1(h)))
@@ -142,12 +150,19 @@ RESNET_SPECS = ("resnet20", "resnet56")
 
 def parse_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[str, Path]:
     """``(kind, path)`` of a ``"resnet20:PATH"`` or ``"resnet56:PATH"`` spec, as the CLIs take it;
-    ``name`` is the argument it came from, for the error messages. The file must exist; a leading
-    ``~`` is expanded (the shell does not after ``resnet56:``), as in the data specs."""
+    ``name`` is the argument it came from, for the error messages. The file must exist (a folder is
+    refused as such, naming the ``resnet56-*.th`` file it holds, if one); a leading ``~`` is expanded
+    (the shell does not after ``resnet56:``), as in the data specs."""
     kind, _, path = spec.partition(":")
     if kind not in RESNET_SPECS or not path:
         raise ValueError(f"{name} must be 'resnet20:PATH' or 'resnet56:PATH', got {spec!r}")
     path = Path(path).expanduser()
+    if path.is_dir():  # "no such file" for a folder that exists, maybe holding the file
+        found = sorted(path.glob(f"{kind}-*.th"))
+        hint = f": {kind}:{found[0]}" if len(found) == 1 else (
+            f"; this folder holds {', '.join(p.name for p in found)}" if found else " (none in this folder)")
+        raise ValueError(f"{name}: {path} is a folder; name the weights file in it, a {kind}-*.th file "
+                         f"(akamaster/pytorch_resnet_cifar10's, or any {kind} state dict, .th or .safetensors){hint}")
     if not path.is_file():
         raise FileNotFoundError(f"{name}: no such file: {path}")
     return kind, path

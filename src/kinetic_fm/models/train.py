@@ -193,7 +193,9 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     step. A key of ``run_config`` named in ``optional`` that the saved config lacks (a state written
     before it was recorded) is not compared and is removed from ``run_config``, so the run goes on
     recording what it did; :data:`DATA_DIGEST` differing alone (the same shape) is refused as other
-    data. Resuming a CPU state on a GPU, or the reverse, warns: the result is then not
+    data, and so is data recorded in another dtype than the run's (sha256s of two dtypes do not
+    compare) where the nets' dtypes agree (:func:`train` records its data in the net's dtype, so
+    only ``train_classifier``'s images, recorded as given, can differ so). Resuming a CPU state on a GPU, or the reverse, warns: the result is then not
     bit-identical (``stacklevel`` points the warning at the caller)."""
     try:
         state = load_state(path)
@@ -211,28 +213,39 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
               if k not in ("train", DATA_DIGEST) and saved.get(k) != run_config[k]}
     differ |= {f"train.{k}": (saved["train"][k], run_config["train"].get(k)) for k in saved["train"]
                if k not in free and saved["train"][k] != run_config["train"].get(k)}
-    # other values of the same shape and dtype (a shape difference is named above, a dtype one below, the net's)
+    # other values of the same shape and dtype (a shape difference is named above, a net's dtype below)
     saved_digest, digest = saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST)
-    other_data = (digest is not None and "data_shape" not in differ and saved_digest != digest
-                  and isinstance(saved_digest, dict) and saved_digest.get("dtype") == digest["dtype"])
-    if differ or other_data:
-        values = "; ".join(f"{k}: saved {_short(old)}, now {_short(new)}" for k, (old, new) in differ.items())
-        settings = f"settings differ from the saved run ({', '.join(differ)}): {values}" if differ else ""
-        data = _other_data(saved_digest, digest, run_config["data_shape"]) if other_data else ""
-        raise ValueError(f"cannot resume {path}: " + "; and ".join(part for part in (settings, data) if part))
-    start = int(state["step"])
-    if start > steps:
-        raise ValueError(f"cannot resume {path}: it is at step {start}, beyond steps={steps}")
+    compared = digest is not None and "data_shape" not in differ and isinstance(saved_digest, dict)
+    other_data = compared and saved_digest != digest and saved_digest.get("dtype") == digest["dtype"]
+    # load_state_dict would round the saved weights (and the optimizer its moments) into another
+    # dtype without a word: the run would end neither the saved dtype's nor this one's
+    other_nets = {}
     for name, part in parts.items():
-        # load_state_dict would round the saved weights (and the optimizer its moments) into another
-        # dtype without a word: the run would end neither the saved dtype's nor this one's
         if isinstance(part, nn.Module):
             saved_dtypes, dtypes = (sorted({str(v.dtype) for v in sd.values() if v.is_floating_point()})
                                     for sd in (state[name], part.state_dict()))
             if saved_dtypes != dtypes:
-                raise ValueError(f"cannot resume {path}: the run's {'net' if name == 'model' else name} is "
-                                 f"{', '.join(saved_dtypes)}, this one {', '.join(dtypes)}; build it in the "
-                                 "run's dtype (or start a new run)")
+                other_nets[name] = (saved_dtypes, dtypes)
+    # data in another dtype than the run's whose net kept its dtype (train_classifier records its images
+    # as given): sha256s of two dtypes do not compare, and such a resume went on unchecked
+    other_dtype = compared and saved_digest.get("dtype") != digest["dtype"] and not other_nets
+    if differ or other_data or other_dtype:
+        values = "; ".join(f"{k}: saved {_short(old)}, now {_short(new)}" for k, (old, new) in differ.items())
+        settings = f"settings differ from the saved run ({', '.join(differ)}): {values}" if differ else ""
+        data = _other_data(saved_digest, digest, run_config["data_shape"]) if other_data else ""
+        if other_dtype:
+            data = (f"the data are {digest['dtype']}, the run trained on {saved_digest.get('dtype')} (values of two "
+                    f"dtypes do not compare by sha256): resume with the data it trained on, in its dtype "
+                    f"(.to(torch.{saved_digest.get('dtype')})), or train a new run in another folder")
+        raise ValueError(f"cannot resume {path}: " + "; and ".join(part for part in (settings, data) if part))
+    start = int(state["step"])
+    if start > steps:
+        raise ValueError(f"cannot resume {path}: it is at step {start}, beyond steps={steps}")
+    if other_nets:  # the first part whose dtype differs
+        name, (saved_dtypes, dtypes) = next(iter(other_nets.items()))
+        raise ValueError(f"cannot resume {path}: the run's {'net' if name == 'model' else name} is "
+                         f"{', '.join(saved_dtypes)}, this one {', '.join(dtypes)}; build it in the "
+                         "run's dtype (or start a new run)")
     for name, part in parts.items():
         part.load_state_dict(state[name])
     losses[:start] = state["losses"][:start]

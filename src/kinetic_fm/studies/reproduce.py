@@ -47,13 +47,16 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     """Run ``studies`` under ``cfg``, write tables to ``out/tables`` and the report; return (md, html) paths.
 
     The run holds ``out``'s lock (:class:`~kinetic_fm.runs.RunLock`): a second run into the same
-    folder stops at once with :class:`~kinetic_fm.runs.RunLockedError`.
+    folder stops at once with :class:`~kinetic_fm.runs.RunLockedError`. A run refused before its
+    first result into a new folder (or one holding only the lock file such a run leaves) leaves it
+    holding only that lock file, which the next run takes as new.
     """
     problem = studies_problem(studies)
     if problem:
         raise ValueError(f"studies must be a subset of {STUDIES}, each once; got {tuple(studies)} ({problem})")
     root = Path(out)
-    fresh = not root.exists() or (root.is_dir() and not any(root.iterdir()))
+    # a lock file alone is what a refused run leaves (it is never deleted): that folder is new too
+    fresh = not root.exists() or (root.is_dir() and all(p.name == LOCK_NAME for p in root.iterdir()))
     ws = Workspace(out, progress=progress)
     with RunLock(ws.root, resume="run the same command again"):
         try:
