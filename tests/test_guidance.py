@@ -336,7 +336,7 @@ def test_a_guidance_views_select_refuses_a_mask_of_another_length():
     # ("The shape of the mask [5] at index 0 does not match ..."), which named no argument
     guided = ClassifierFreeGuidance(ClassNet(), torch.tensor([0, 1, 2, 0, 1]), 2.0, 3)
     view = guided.select(torch.tensor([True, False, True, True, False]))
-    with pytest.raises(ValueError, match=r"active must be a \(3,\) bool mask.*got a 1-D torch.bool tensor of shape \(5,"):
+    with pytest.raises(ValueError, match=r"active must be a \(3,\) bool mask.*torch.bool tensor of shape \(5,"):
         view.select(torch.tensor([False, False, True, True, True]))
     assert view.select(torch.tensor([False, True, True])).labels.tolist() == [2, 0]
 
