@@ -656,3 +656,23 @@ def test_extras_named_like_the_solvers_options_go_in_model_kwargs():
     torch.testing.assert_close(res.x, x0 * 0.5 ** 2, rtol=0, atol=1e-15)      # Euler on dx/dt = −x, h = ½
     with pytest.raises(ValueError, match=r"\['cond'\] given both as keywords and in model_kwargs"):
         solver.sample(x0, cond=1.0, model_kwargs={"cond": 2.0})
+
+
+def test_a_wrappers_select_view_is_a_plain_callable_giving_the_wrappers_rows():
+    # select built a ModelWrapper (an nn.Module, ~0.1 ms) for every dopri5 stage; the view is a plain
+    # callable now, and gives the shaped velocity of the rows it selects (to the GEMM's rounding by batch size)
+    from kinetic_fm.fields.guidance import ClassifierFreeGuidance
+
+    net = ConditionedMLP()
+    guided = ClassifierFreeGuidance(lambda x, t, y: net(x, t, cond=y[:, None].to(x.dtype)), torch.arange(5) % 3, 2.0, 3)
+    wrapper = as_model_wrapper(guided, kfm.KTS(tau_split=0.6))
+    x = kfm.noise(range(5), (DIM,), dtype=torch.float64)
+    t = torch.tensor([0.1, 0.6, 0.3, 0.9, 0.6], dtype=torch.float64)
+    mask, inner = torch.tensor([True, False, True, True, True]), torch.tensor([False, True, True, False])
+    view = wrapper.select(mask)
+    assert not isinstance(view, torch.nn.Module) and not view.singular_at_one
+    with torch.no_grad():
+        whole = wrapper(x, t)
+        torch.testing.assert_close(view(x[mask], t[mask]), whole[mask], rtol=1e-13, atol=1e-15)
+        rows = torch.nonzero(mask).squeeze(1)[inner]
+        torch.testing.assert_close(view.select(inner)(x[rows], t[rows]), whole[rows], rtol=1e-13, atol=1e-15)

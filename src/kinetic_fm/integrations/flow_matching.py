@@ -217,6 +217,81 @@ class KineticODESolver:
                       quadrature=quadrature, profile=profile, on_nonfinite=on_nonfinite, max_steps=max_steps)
 
 
+class _PassedThrough:
+    """What a wrapped field declares, passed through by the ``ModelWrapper`` and its ``select``
+    views alike: both hold ``velocity`` (the field) and ``shaping`` (η or None)."""
+
+    velocity: Callable
+    shaping: Callable | None
+
+    @property
+    def singular_at_one(self) -> bool:  # passed through: kfm.sample's last step skips t = 1
+        return declares_singular_at_one(self.velocity)
+
+    @property
+    def track_parts(self) -> bool:  # passed through: kfm.sample's dopri5 refuses it before the run
+        return declares(self.velocity, "track_parts")
+
+    @property
+    def one_time_per_call(self) -> bool:  # passed through: dopri5 refuses it (rows at their own times)
+        return declares(self.velocity, "one_time_per_call")
+
+    def start_run(self) -> None:
+        """Passed through to the field, which may keep per-run state (``kfm.sample`` calls
+        it before a run; flow_matching's ``ODESolver`` does not)."""
+        start_run_of(self.velocity)
+
+    @property
+    def select(self) -> Callable[[torch.Tensor], "_SelectedWrapper"]:
+        """``select(active)``: the wrapper of the field's ``select(active)``, the samples where the
+        (B,) bool mask is True (dopri5 evaluates those in flight; per-sample data the field holds,
+        a recorder's rows, follow). Absent, AttributeError, where the field has none, so that
+        dopri5 says what a field without it can miss. The view is a plain callable, not a module:
+        dopri5 selects at every stage, and building a ``ModelWrapper`` took ~0.1 ms each time."""
+        select = optional_attribute(self.velocity, "select")
+        if select is None:
+            raise AttributeError(f"the wrapped {type(self.velocity).__name__} has no select")
+        return lambda active: _SelectedWrapper(select(active), self.shaping)
+
+    def one_evaluation(self):
+        """Passed through to the field: the calls made inside are one evaluation (a
+        ``time="scalar"`` adapter's per-time calls; a ``PosteriorRecorder`` makes them one record)."""
+        return one_evaluation_of(self.velocity)
+
+
+def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tensor, t: torch.Tensor | float,
+                     extras: dict[str, Any]) -> torch.Tensor:
+    """η(t)·v(x, t) (B, ...), t broadcast to (B,) for the field; v alone without a gain."""
+    given = t
+    t = batch_time(t, x)
+    v = velocity(x, t, **extras)
+    if shaping is None:
+        return v
+    # η at the solver's own time, not rounded to x's dtype (float32(0.7) lies below τ =
+    # 0.7), a time within TAU_TOLERANCE·τ counting as τ, as kfm.sample's stages do
+    times = given if isinstance(given, torch.Tensor) else torch.tensor(float(given))
+    times = times.to(device=v.device, dtype=torch.float64)
+    if isinstance(shaping, KTS):
+        tau = shaping.tau_split
+        times = torch.where((times - tau).abs() <= TAU_TOLERANCE * tau, torch.full_like(times, tau), times)
+    # a KTS without its range check: called at every stage, that check would be a host
+    # synchronisation on an accelerator (the times are the solver's grid, from 0 to 1)
+    gain = shaping.unchecked if isinstance(shaping, KTS) else shaping
+    eta = torch.as_tensor(gain(times), dtype=v.dtype, device=v.device).expand(v.shape[0])
+    return eta.reshape(-1, *([1] * (v.dim() - 1))) * v
+
+
+class _SelectedWrapper(_PassedThrough):
+    """A ``select(active)`` view of the ``ModelWrapper`` from :func:`as_model_wrapper`: η(t)·v of
+    the field's own view, called as the wrapper is, ``view(x, t, **extras)``."""
+
+    def __init__(self, velocity: Callable, shaping: Callable | None):
+        self.velocity, self.shaping = velocity, shaping
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, **extras: Any) -> torch.Tensor:
+        return _shaped_velocity(self.velocity, self.shaping, x, t, extras)
+
+
 _WRAPPER_CLASS: type | None = None
 
 
@@ -229,7 +304,7 @@ def _model_wrapper_class() -> type:
         except ImportError as err:  # tests/test_integration_optional_packages.py blocks it
             raise import_failure("flow_matching", err, "as_model_wrapper") from err
 
-        class KineticModelWrapper(ModelWrapper):
+        class KineticModelWrapper(_PassedThrough, ModelWrapper):
             """Our field ``v(x, t)`` (t broadcast to (B,)) as a ModelWrapper returning η(t)·v."""
 
             def __init__(self, velocity: Callable, shaping: Callable | None = None):
@@ -245,57 +320,8 @@ def _model_wrapper_class() -> type:
                 """The wrapped field (``model`` when it is a module)."""
                 return self.model if self._field is None else self._field
 
-            @property
-            def singular_at_one(self) -> bool:  # passed through: kfm.sample's last step skips t = 1
-                return declares_singular_at_one(self.velocity)
-
-            @property
-            def track_parts(self) -> bool:  # passed through: kfm.sample's dopri5 refuses it before the run
-                return declares(self.velocity, "track_parts")
-
-            @property
-            def one_time_per_call(self) -> bool:  # passed through: dopri5 refuses it (rows at their own times)
-                return declares(self.velocity, "one_time_per_call")
-
-            def start_run(self) -> None:
-                """Passed through to the field, which may keep per-run state (``kfm.sample`` calls
-                it before a run; flow_matching's ``ODESolver`` does not)."""
-                start_run_of(self.velocity)
-
-            @property
-            def select(self) -> Callable[[torch.Tensor], "KineticModelWrapper"]:
-                """``select(active)``: the wrapper of the field's ``select(active)``, the samples where the
-                (B,) bool mask is True (dopri5 evaluates those in flight; per-sample data the field holds,
-                a recorder's rows, follow). Absent, AttributeError, where the field has none, so that
-                dopri5 says what a field without it can miss."""
-                select = optional_attribute(self.velocity, "select")
-                if select is None:
-                    raise AttributeError(f"the wrapped {type(self.velocity).__name__} has no select")
-                return lambda active: type(self)(select(active), self.shaping)
-
-            def one_evaluation(self):
-                """Passed through to the field: the calls made inside are one evaluation (a
-                ``time="scalar"`` adapter's per-time calls; a ``PosteriorRecorder`` makes them one record)."""
-                return one_evaluation_of(self.velocity)
-
             def forward(self, x: torch.Tensor, t: torch.Tensor, **extras: Any) -> torch.Tensor:
-                given = t
-                t = batch_time(t, x)
-                v = self.velocity(x, t, **extras)
-                if self.shaping is None:
-                    return v
-                # η at the solver's own time, not rounded to x's dtype (float32(0.7) lies below τ =
-                # 0.7), a time within TAU_TOLERANCE·τ counting as τ, as kfm.sample's stages do
-                times = given if isinstance(given, torch.Tensor) else torch.tensor(float(given))
-                times = times.to(device=v.device, dtype=torch.float64)
-                if isinstance(self.shaping, KTS):
-                    tau = self.shaping.tau_split
-                    times = torch.where((times - tau).abs() <= TAU_TOLERANCE * tau, torch.full_like(times, tau), times)
-                # a KTS without its range check: called at every stage, that check would be a host
-                # synchronisation on an accelerator (the times are the solver's grid, from 0 to 1)
-                gain = self.shaping.unchecked if isinstance(self.shaping, KTS) else self.shaping
-                eta = torch.as_tensor(gain(times), dtype=v.dtype, device=v.device).expand(v.shape[0])
-                return eta.reshape(-1, *([1] * (v.dim() - 1))) * v
+                return _shaped_velocity(self.velocity, self.shaping, x, t, extras)
 
         _WRAPPER_CLASS = KineticModelWrapper
     return _WRAPPER_CLASS
