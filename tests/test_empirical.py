@@ -925,6 +925,20 @@ def test_a_recorder_view_called_on_other_rows_than_its_mask_names_the_call(atoms
         recorder.trace()
 
 
+def test_a_recorder_views_select_refuses_a_mask_over_the_whole_batch(atoms):
+    # masked_scatter read the first 3 entries of a 5-row mask and dropped the rest: the view
+    # recorded sample 3 for a call on 3 rows, and only trace() said so, calls later
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    view = recorder.select(torch.tensor([True, False, True, True, False]))
+    with pytest.raises(ValueError, match=r"mask over this select\(\) view's 3 rows, got one of 5"):
+        view.select(torch.tensor([False, False, True, True, True]))
+    # a mask over the view's rows picks its samples 2 and 3 of the whole batch
+    x = torch.randn(2, 3, 4, 4, dtype=atoms.dtype)
+    view.select(torch.tensor([False, True, True]))(x, 0.5)
+    trace = recorder.trace()
+    assert torch.isnan(trace.t[0, [0, 1, 4]]).all() and (trace.t[0, [2, 3]] == 0.5).all()
+
+
 @pytest.mark.parametrize("atoms_dtype, x_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16),
                                                   (torch.float64, torch.float32), (torch.float64, torch.bfloat16)])
 def test_an_infinite_x_is_refused_whatever_its_dtype(atoms_dtype, x_dtype):

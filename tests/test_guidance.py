@@ -331,6 +331,16 @@ def test_per_sample_null_labels_follow_dopri5s_selection():
         torch.testing.assert_close(batch.kpe[i:i + 1], alone.kpe, rtol=1e-12, atol=0)
 
 
+def test_a_guidance_views_select_refuses_a_mask_of_another_length():
+    # a view's mask is over its own rows: a whole-batch mask met torch's IndexError on the labels
+    # ("The shape of the mask [5] at index 0 does not match ..."), which named no argument
+    guided = ClassifierFreeGuidance(ClassNet(), torch.tensor([0, 1, 2, 0, 1]), 2.0, 3)
+    view = guided.select(torch.tensor([True, False, True, True, False]))
+    with pytest.raises(ValueError, match=r"active must be a \(3,\) bool mask.*torch.bool tensor of shape \(5,"):
+        view.select(torch.tensor([False, False, True, True, True]))
+    assert view.select(torch.tensor([False, True, True])).labels.tolist() == [2, 0]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_scale_one_is_the_conditional_velocity_and_zero_the_unconditional_bit_for_bit(dtype):
     # v_u + 1·(v_c − v_u) rounds: in bfloat16 it was 0.125 off v_c and a run's x 0.03 off a plain

@@ -620,6 +620,30 @@ def test_dopri5_starting_step_is_capped_by_100_h0_and_its_probe_stays_in_the_uni
     assert max(seen) <= 1.0
 
 
+def test_dopri5_starting_step_probe_stays_below_one_on_a_field_singular_there():
+    # |x0| ≥ 100·|v(x0, 0)| makes 0.01·d0/d1 ≥ 1: the probe went to t = 1, where a strict
+    # (y − x)/(1 − t) is 0/0, and every sample started at the 1e-6 fallback (8 steps, not 3)
+    seen = []
+
+    class Strict:
+        singular_at_one = True
+
+        def __call__(self, x, t):
+            seen.append(float(t.max()))
+            return (1000.0 - x) / (1 - t).unsqueeze(1)
+
+    offset = torch.tensor([[0.5, -0.3], [3.0, 1.0]], dtype=torch.float64)
+    x0 = 1000.0 + offset
+    res = kfm.sample(Strict(), x0, solver="dopri5")
+    assert max(seen) < 1.0
+    # on these straight lines the probe's velocity is the start's (d2 = 0 up to rounding), so
+    # Hairer–Nørsett–Wanner's step is min(100·h0, (0.01/d1)^(1/5)), h0 ≥ ½
+    rtol = atol = 1e-5
+    d1 = ((-offset / (atol + rtol * x0.abs())) ** 2).mean(1).sqrt()
+    expected = torch.clamp((0.01 / d1) ** 0.2, max=0.6)          # the first step lands on the split at most
+    torch.testing.assert_close(res.times[:, 1], expected, rtol=1e-9, atol=0)
+    torch.testing.assert_close(res.x, torch.full_like(x0, 1000.0), rtol=0, atol=1e-9)
+    torch.testing.assert_close(res.kpe, 0.5 * (offset ** 2).sum(1), rtol=1e-9, atol=0)
 @pytest.mark.filterwarnings("ignore:quadrature='left'")
 def test_dopri5_samples_do_not_depend_on_profile_or_quadrature(x0):
     net = TimeMLP(seed=3)

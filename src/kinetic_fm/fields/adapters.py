@@ -102,6 +102,15 @@ def _as_is(field: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     return field
 
 
+def _by_name(field: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``field`` called as ``field(x=x, t=t, **kwargs)``, flow_matching's ``ODESolver`` convention;
+    positional extras (which that solver never passes; ``ClassifierFreeGuidance``'s labels) keep
+    their places after x and t."""
+    def call(x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return field(x, t, *args, **kwargs) if args else field(x=x, t=t, **kwargs)
+    return call
+
+
 def _first_time(t: torch.Tensor) -> torch.Tensor:
     """The 0-dim time of a (B,) batch; an empty batch has none, and its net sees t = 0 (no row
     depends on it) so that the net still gives its output's shape."""
@@ -249,6 +258,17 @@ class ModelXT(_Adapter):
                  per_sample: Iterable[str] | None = None, **extras: Any):
         _check_callable(model)
         _check_time_mode(time)
+        self.inner, self.time = model, time
+        self._take_extras(per_sample, extras)
+
+    _selected_from: int | None = None   # the batch size select() cut this adapter from
+    # flow_matching's ODESolver calls model(x=x, t=t, **extras); integrations.flow_matching sets
+    # this for a model whose signature names x and t (a keyword-only forward, or t before x)
+    _call_by_name: bool = False
+
+    def _take_extras(self, per_sample: Iterable[str] | None, extras: dict[str, Any]) -> None:
+        """Check ``per_sample`` against ``extras`` and hold both (also for extras named ``time`` or
+        ``per_sample``, which the constructor's own keywords keep out of ``**extras``)."""
         if per_sample is not None:
             if isinstance(per_sample, str):  # "cond" would read as the names c, o, n, d
                 raise ValueError(f"per_sample must be a list of extra names, got the string {per_sample!r}")
@@ -259,9 +279,7 @@ class ModelXT(_Adapter):
                 if not (isinstance(extras[name], torch.Tensor) and extras[name].dim() >= 1):
                     raise ValueError(f"per_sample extra {name!r} must be a tensor with a batch dimension, "
                                      f"got {type(extras[name]).__name__}")
-        self.inner, self.time, self.per_sample, self.extras = model, time, per_sample, extras
-
-    _selected_from: int | None = None   # the batch size select() cut this adapter from
+        self.per_sample, self.extras = per_sample, extras
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
         """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
@@ -274,13 +292,14 @@ class ModelXT(_Adapter):
             raise
 
     def _call(self, x: torch.Tensor, t: torch.Tensor | float, args: tuple, kwargs: dict) -> torch.Tensor:
+        how = _by_name if self._call_by_name else _as_is
         if self.per_sample is None:
-            return _call_time_mode(self.inner, _as_is, self.time, x, t, args, {**self.extras, **kwargs})
+            return _call_time_mode(self.inner, how, self.time, x, t, args, {**self.extras, **kwargs})
         shared = {k: v for k, v in self.extras.items() if k not in self.per_sample}
         rows = self._rows_for(x.shape[0])
 
         def bind(inner):  # bound into the callable, shared extras are never sliced by the per-time grouping
-            return functools.partial(inner, **shared) if shared else inner
+            return how(functools.partial(inner, **shared) if shared else inner)
         return _call_time_mode(self.inner, bind, self.time, x, t, args, {**rows, **kwargs})
 
     def select(self, active: torch.Tensor) -> "ModelXT":

@@ -1031,7 +1031,9 @@ class PosteriorRecorder:
     def select(self, active: torch.Tensor) -> "PosteriorRecorder":
         """A recorder for the samples where the (B,) bool mask ``active`` is True, writing into
         this one's records (dopri5 evaluates only the samples still in flight). On a view, the
-        mask is over the view's rows, and the new view records those of the whole batch."""
+        mask is over the view's rows, and the new view records those of the whole batch; a mask of
+        another length (one over the whole batch) is refused (ValueError), at the price of one host
+        synchronisation on an accelerator (the view's row count lives on the device)."""
         if not (isinstance(active, torch.Tensor) and active.dtype == torch.bool and active.dim() == 1):
             # an integer 0/1 mask would be read as row indices when the trace is stacked
             got = (f"a {active.dim()}-D {active.dtype} tensor" if isinstance(active, torch.Tensor)
@@ -1040,7 +1042,14 @@ class PosteriorRecorder:
         view = copy.copy(self)                  # shares the records
         if self._active is None:
             view._active = active.clone()
-        else:  # the view's rows within the whole batch; no host synchronisation
+        else:  # the view's rows within the whole batch
+            # masked_scatter reads the mask's first `rows` entries and drops the rest without a word
+            # (a whole-batch mask recorded other samples' rows; trace() saw it, calls later)
+            rows = int(self._active.sum())
+            if active.shape[0] != rows:
+                raise ValueError(f"active must be a mask over this select() view's {rows} rows, got one of "
+                                 f"{active.shape[0]}: a view's select takes a mask of the rows it records, "
+                                 f"not of the whole batch of {self._active.shape[0]}")
             view._active = self._active.masked_scatter(self._active, active.to(self._active.device))
         return view
 

@@ -124,6 +124,13 @@ class ClassifierFreeGuidance:
         if self.track_parts:
             raise ValueError("track_parts is not supported with adaptive solvers (dopri5): its rejected tries "
                              "restart the part energies; use a fixed-step solver, or track_parts=False")
+        if not (isinstance(active, torch.Tensor) and active.dtype == torch.bool and active.dim() == 1
+                and active.shape[0] == self.labels.shape[0]):
+            # torch's IndexError on the labels named no argument; on a view, the mask is over its rows
+            got = (f"a {active.dim()}-D {active.dtype} tensor of shape {tuple(active.shape)}"
+                   if isinstance(active, torch.Tensor) else type(active).__name__)
+            raise ValueError(f"active must be a ({self.labels.shape[0]},) bool mask, one entry per sample this "
+                             f"guidance holds labels for (a select() view's rows, not its whole batch), got {got}")
         part = copy.copy(self)
         rows = active.to(self.labels.device)  # list labels not yet moved to the samples' device
         part.labels, part.null_labels = self.labels[rows], self.null_labels[rows]

@@ -16,8 +16,10 @@ per sample where torchdiffeq controls it per batch: equal to tolerance, not to r
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -35,14 +37,48 @@ ROUNDING_STEP = 1e-6
 METHODS = {"euler": "euler", "midpoint": "midpoint", "heun2": "heun", "rk4": "rk4_38", "dopri5": "dopri5"}
 
 
-def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "shared", **extras: Any) -> ModelXT:
+def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "shared",
+                       model_kwargs: Mapping[str, Any] | None = None, **extras: Any) -> ModelXT:
     """A flow_matching ``ModelWrapper`` (or any ``model(x, t, **extras)``) as our field ``v(x, t)``.
 
     ``time="shared"`` passes a 0-dim t like ``ODESolver`` (fixed-step grids, no host sync; dopri5 refuses it);
     use ``"scalar"`` with per-sample times (dopri5), ``"batch"`` for models that accept t of shape (B,).
     ``per_sample=[names]`` among the extras says which hold one row per sample (see ``kfm.ModelXT``).
+    ``model_kwargs``: more extras as a dict, the way to give the model one named ``time``,
+    ``per_sample`` or ``model_kwargs``. A model whose signature names ``x`` and ``t`` (a module's
+    ``forward``) is called as ``model(x=x, t=t, **extras)``, as ``ODESolver`` calls it (a keyword-only
+    ``forward``, or one taking t before x, works); others by position, ``model(x, t, **extras)``.
     """
-    return ModelXT(model, time=time, **extras)
+    named = _model_kwargs(model_kwargs, extras)
+    per_sample = extras.pop("per_sample", None)
+    field = ModelXT(model, time=time)
+    field._take_extras(per_sample, {**extras, **named})
+    field._call_by_name = _names_x_and_t(model)
+    return field
+
+
+def _model_kwargs(model_kwargs: Mapping[str, Any] | None, extras: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_kwargs`` as a dict, checked to share no name with the keyword ``extras``."""
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, Mapping) or not all(isinstance(key, str) for key in model_kwargs):
+        raise ValueError(f"model_kwargs must be a dict of keyword arguments for the model, got "
+                         f"{type(model_kwargs).__name__}")
+    both = sorted(set(model_kwargs) & set(extras))
+    if both:
+        raise ValueError(f"{both} given both as keywords and in model_kwargs; give each extra once")
+    return dict(model_kwargs)
+
+
+def _names_x_and_t(model: Callable[..., torch.Tensor]) -> bool:
+    """Whether ``model`` (a module: its ``forward``) takes parameters named x and t by keyword."""
+    target = model.forward if isinstance(model, torch.nn.Module) else model
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin or C extension without a signature: by position
+        return False
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return all(name in parameters and parameters[name].kind in by_keyword for name in ("x", "t"))
 
 
 def fixed_grid(time_grid: torch.Tensor, step_size: float | None) -> torch.Tensor:
@@ -108,6 +144,7 @@ class KineticODESolver:
         max_steps: int = 10_000,
         return_intermediates: bool = False,
         enable_grad: bool = False,
+        model_kwargs: Mapping[str, Any] | None = None,
         **model_extras: Any,
     ) -> SampleResult:
         """Integrate from t = 0 to 1 as ``ODESolver.sample`` would, measuring each sample's KPE.
@@ -126,10 +163,21 @@ class KineticODESolver:
             return_intermediates, enable_grad: ``ODESolver.sample``'s flags, accepted for a
                 drop-in call; only False is supported (``profile=True`` keeps the per-step
                 energies; sampling runs without gradients).
+            model_kwargs: keyword arguments for every model call, as a dict, merged with
+                ``**model_extras``: the way to give the model one named like an option of this
+                method (``shaping``, ``quadrature``, ``profile``, ``on_nonfinite``, ``max_steps``,
+                ``per_sample``, ``time``, ``model_kwargs``), which ``ODESolver`` would pass on and a
+                keyword of that name here sets instead.
             **model_extras: keyword arguments for every model call (e.g. a condition); tensors
                 whose first dimension is the batch size are taken as per-sample, unless
                 ``per_sample=[names]`` lists the per-sample ones (see ``kfm.ModelXT``).
+
+        The model is called as ``ODESolver`` calls it, ``model(x=x, t=t, **extras)``, when its
+        signature names x and t (see ``from_model_wrapper``).
         """
+        if "time" in model_extras:  # from_model_wrapper's own keyword: "got multiple values for 'time'"
+            raise ValueError("time is KineticODESolver's option, given to its constructor; a model extra named "
+                             "time goes in model_kwargs={'time': ...}")
         for name, flag in (("return_intermediates", return_intermediates), ("enable_grad", enable_grad)):
             if flag:
                 raise ValueError(f"{name}=True is not supported: kfm returns the final state with "
@@ -158,13 +206,90 @@ class KineticODESolver:
         if solver == "dopri5":
             if step_size is not None:
                 raise ValueError("step_size must be None for dopri5 (an adaptive method)")
-            field = from_model_wrapper(self.velocity_model, time=self.time or "scalar", **model_extras)
+            field = from_model_wrapper(self.velocity_model, time=self.time or "scalar", model_kwargs=model_kwargs,
+                                       **model_extras)
             return sample(field, x_init, solver=solver, rtol=rtol, atol=atol, shaping=shaping,
                           quadrature=quadrature, profile=profile, on_nonfinite=on_nonfinite, max_steps=max_steps)
         grid = fixed_grid(time_grid, step_size)
-        field = from_model_wrapper(self.velocity_model, time=self.time or "shared", **model_extras)
+        field = from_model_wrapper(self.velocity_model, time=self.time or "shared", model_kwargs=model_kwargs,
+                                   **model_extras)
         return sample(field, x_init, grid=grid, solver=solver, shaping=shaping,
                       quadrature=quadrature, profile=profile, on_nonfinite=on_nonfinite, max_steps=max_steps)
+
+
+class _PassedThrough:
+    """What a wrapped field declares, passed through by the ``ModelWrapper`` and its ``select``
+    views alike: both hold ``velocity`` (the field) and ``shaping`` (η or None)."""
+
+    velocity: Callable
+    shaping: Callable | None
+
+    @property
+    def singular_at_one(self) -> bool:  # passed through: kfm.sample's last step skips t = 1
+        return declares_singular_at_one(self.velocity)
+
+    @property
+    def track_parts(self) -> bool:  # passed through: kfm.sample's dopri5 refuses it before the run
+        return declares(self.velocity, "track_parts")
+
+    @property
+    def one_time_per_call(self) -> bool:  # passed through: dopri5 refuses it (rows at their own times)
+        return declares(self.velocity, "one_time_per_call")
+
+    def start_run(self) -> None:
+        """Passed through to the field, which may keep per-run state (``kfm.sample`` calls
+        it before a run; flow_matching's ``ODESolver`` does not)."""
+        start_run_of(self.velocity)
+
+    @property
+    def select(self) -> Callable[[torch.Tensor], "_SelectedWrapper"]:
+        """``select(active)``: the wrapper of the field's ``select(active)``, the samples where the
+        (B,) bool mask is True (dopri5 evaluates those in flight; per-sample data the field holds,
+        a recorder's rows, follow). Absent, AttributeError, where the field has none, so that
+        dopri5 says what a field without it can miss. The view is a plain callable, not a module:
+        dopri5 selects at every stage, and building a ``ModelWrapper`` took ~0.1 ms each time."""
+        select = optional_attribute(self.velocity, "select")
+        if select is None:
+            raise AttributeError(f"the wrapped {type(self.velocity).__name__} has no select")
+        return lambda active: _SelectedWrapper(select(active), self.shaping)
+
+    def one_evaluation(self):
+        """Passed through to the field: the calls made inside are one evaluation (a
+        ``time="scalar"`` adapter's per-time calls; a ``PosteriorRecorder`` makes them one record)."""
+        return one_evaluation_of(self.velocity)
+
+
+def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tensor, t: torch.Tensor | float,
+                     extras: dict[str, Any]) -> torch.Tensor:
+    """η(t)·v(x, t) (B, ...), t broadcast to (B,) for the field; v alone without a gain."""
+    given = t
+    t = batch_time(t, x)
+    v = velocity(x, t, **extras)
+    if shaping is None:
+        return v
+    # η at the solver's own time, not rounded to x's dtype (float32(0.7) lies below τ =
+    # 0.7), a time within TAU_TOLERANCE·τ counting as τ, as kfm.sample's stages do
+    times = given if isinstance(given, torch.Tensor) else torch.tensor(float(given))
+    times = times.to(device=v.device, dtype=torch.float64)
+    if isinstance(shaping, KTS):
+        tau = shaping.tau_split
+        times = torch.where((times - tau).abs() <= TAU_TOLERANCE * tau, torch.full_like(times, tau), times)
+    # a KTS without its range check: called at every stage, that check would be a host
+    # synchronisation on an accelerator (the times are the solver's grid, from 0 to 1)
+    gain = shaping.unchecked if isinstance(shaping, KTS) else shaping
+    eta = torch.as_tensor(gain(times), dtype=v.dtype, device=v.device).expand(v.shape[0])
+    return eta.reshape(-1, *([1] * (v.dim() - 1))) * v
+
+
+class _SelectedWrapper(_PassedThrough):
+    """A ``select(active)`` view of the ``ModelWrapper`` from :func:`as_model_wrapper`: η(t)·v of
+    the field's own view, called as the wrapper is, ``view(x, t, **extras)``."""
+
+    def __init__(self, velocity: Callable, shaping: Callable | None):
+        self.velocity, self.shaping = velocity, shaping
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, **extras: Any) -> torch.Tensor:
+        return _shaped_velocity(self.velocity, self.shaping, x, t, extras)
 
 
 _WRAPPER_CLASS: type | None = None
@@ -179,7 +304,7 @@ def _model_wrapper_class() -> type:
         except ImportError as err:  # tests/test_integration_optional_packages.py blocks it
             raise import_failure("flow_matching", err, "as_model_wrapper") from err
 
-        class KineticModelWrapper(ModelWrapper):
+        class KineticModelWrapper(_PassedThrough, ModelWrapper):
             """Our field ``v(x, t)`` (t broadcast to (B,)) as a ModelWrapper returning η(t)·v."""
 
             def __init__(self, velocity: Callable, shaping: Callable | None = None):
@@ -195,57 +320,8 @@ def _model_wrapper_class() -> type:
                 """The wrapped field (``model`` when it is a module)."""
                 return self.model if self._field is None else self._field
 
-            @property
-            def singular_at_one(self) -> bool:  # passed through: kfm.sample's last step skips t = 1
-                return declares_singular_at_one(self.velocity)
-
-            @property
-            def track_parts(self) -> bool:  # passed through: kfm.sample's dopri5 refuses it before the run
-                return declares(self.velocity, "track_parts")
-
-            @property
-            def one_time_per_call(self) -> bool:  # passed through: dopri5 refuses it (rows at their own times)
-                return declares(self.velocity, "one_time_per_call")
-
-            def start_run(self) -> None:
-                """Passed through to the field, which may keep per-run state (``kfm.sample`` calls
-                it before a run; flow_matching's ``ODESolver`` does not)."""
-                start_run_of(self.velocity)
-
-            @property
-            def select(self) -> Callable[[torch.Tensor], "KineticModelWrapper"]:
-                """``select(active)``: the wrapper of the field's ``select(active)``, the samples where the
-                (B,) bool mask is True (dopri5 evaluates those in flight; per-sample data the field holds,
-                a recorder's rows, follow). Absent, AttributeError, where the field has none, so that
-                dopri5 says what a field without it can miss."""
-                select = optional_attribute(self.velocity, "select")
-                if select is None:
-                    raise AttributeError(f"the wrapped {type(self.velocity).__name__} has no select")
-                return lambda active: type(self)(select(active), self.shaping)
-
-            def one_evaluation(self):
-                """Passed through to the field: the calls made inside are one evaluation (a
-                ``time="scalar"`` adapter's per-time calls; a ``PosteriorRecorder`` makes them one record)."""
-                return one_evaluation_of(self.velocity)
-
             def forward(self, x: torch.Tensor, t: torch.Tensor, **extras: Any) -> torch.Tensor:
-                given = t
-                t = batch_time(t, x)
-                v = self.velocity(x, t, **extras)
-                if self.shaping is None:
-                    return v
-                # η at the solver's own time, not rounded to x's dtype (float32(0.7) lies below τ =
-                # 0.7), a time within TAU_TOLERANCE·τ counting as τ, as kfm.sample's stages do
-                times = given if isinstance(given, torch.Tensor) else torch.tensor(float(given))
-                times = times.to(device=v.device, dtype=torch.float64)
-                if isinstance(self.shaping, KTS):
-                    tau = self.shaping.tau_split
-                    times = torch.where((times - tau).abs() <= TAU_TOLERANCE * tau, torch.full_like(times, tau), times)
-                # a KTS without its range check: called at every stage, that check would be a host
-                # synchronisation on an accelerator (the times are the solver's grid, from 0 to 1)
-                gain = self.shaping.unchecked if isinstance(self.shaping, KTS) else self.shaping
-                eta = torch.as_tensor(gain(times), dtype=v.dtype, device=v.device).expand(v.shape[0])
-                return eta.reshape(-1, *([1] * (v.dim() - 1))) * v
+                return _shaped_velocity(self.velocity, self.shaping, x, t, extras)
 
         _WRAPPER_CLASS = KineticModelWrapper
     return _WRAPPER_CLASS

@@ -31,6 +31,7 @@ from .shaping import KTS
 from .tableau import DOPRI5, DOPRI5_END
 
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
+PROBE_CAP_SINGULAR = 0.5  # the starting-step probe's longest reach on a field singular at t = 1
 
 
 def _rms(z: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,7 @@ def integrate_dopri5(
     check_state_unchanged(x, version, 0, 0.0)
     k1 = k1.clone()  # updated in place below; never alias the caller's buffer
     nfe += 1
-    h = _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step)
+    h = _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step, end_tab is not None)
     nfe += 0 if first_step is not None else 1
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     rejected = torch.zeros(batch, dtype=torch.bool, device=device)  # the last try of a sample failed its error test
@@ -342,8 +343,12 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v if v.dtype == torch.bool else v.to(like.dtype)
 
 
-def _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step) -> torch.Tensor:
-    """Per-sample starting step (Hairer, Nørsett & Wanner, II.4), or ``first_step`` for all."""
+def _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step, singular_at_one=False) -> torch.Tensor:
+    """Per-sample starting step (Hairer, Nørsett & Wanner, II.4), or ``first_step`` for all.
+
+    The estimate probes the field once, an Euler step h0 ahead, h0 ≤ 1 (the field's domain); on a
+    field singular at t = 1, h0 ≤ ½, so the probe stays where the field is its trajectory's
+    velocity (at t = 1 a strict (y − x)/(1 − t) gave 0/0 and every sample started at 1e-6)."""
     batch = x.shape[0]
     if first_step is not None:
         return torch.full((batch,), float(first_step), dtype=torch.float64, device=x.device)
@@ -354,7 +359,8 @@ def _initial_step(f, x, t, k1, eta_of, rtol, atol, first_step) -> torch.Tensor:
     scale = atol + rtol * x.abs().to(wide)
     d0, d1 = _rms(x.to(wide) / scale), _rms(f0 / scale)
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-    h0 = h0.clamp(max=1.0)
+    # a large state under a small velocity (|x0| ≥ 100·|v|) gives 0.01·d0/d1 ≥ 1
+    h0 = h0.clamp(max=PROBE_CAP_SINGULAR if singular_at_one else 1.0)
     t1 = t + h0
     f1 = _bcast(eta_of(t1), x) * f(x + _bcast(h0, x) * f0, t1)
     d2 = _rms((f1 - f0) / scale) / h0
