@@ -32,6 +32,9 @@ QUADRATURES = ("solver", "left")
 
 
 def quadrature_weights(quadrature: str, b: tuple[float, ...]) -> tuple[float, ...]:
+    """The weights a step's stage energies η²‖v‖² get, one per stage: the tableau's ``b`` for
+    "solver", (1, 0, ..., 0) for "left" (the reference's left Riemann sum: first stage only).
+    ValueError for another ``quadrature``."""
     if quadrature == "solver":
         return b
     if quadrature == "left":
@@ -52,6 +55,7 @@ class EnergyLedger:
 
     @classmethod
     def zeros(cls, batch: int, device: torch.device) -> "EnergyLedger":
+        """A ledger of ``batch`` samples, every energy (B,) float64 zero on ``device``."""
         z = lambda: torch.zeros(batch, dtype=torch.float64, device=device)  # noqa: E731
         return cls(z(), z(), z(), z(), z(), z())
 

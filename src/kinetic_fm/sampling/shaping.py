@@ -115,6 +115,12 @@ class KTS:
     def __call__(self, t: np.ndarray) -> np.ndarray: ...
 
     def __call__(self, t: float | torch.Tensor | np.ndarray) -> float | torch.Tensor | np.ndarray:
+        """The gain η(t) > 0 at times t in [0, 1] (t = 0 noise), divided by ∫₀¹ η dt under ``renormalize``.
+
+        A number gives a float; a tensor gives a tensor of its shape and dtype (float64 for integer
+        times); a NumPy array gives an array of its shape. ValueError for a time outside [0, 1]
+        (NaN included) or a bool or complex tensor.
+        """
         if isinstance(t, np.ndarray) and t.ndim > 0:
             return self(torch.from_numpy(torch_readable(t))).numpy()
         if isinstance(t, torch.Tensor):
