@@ -63,7 +63,8 @@ class ImageDataset:
         return tuple(self.images.shape[1:])
 
     def to_unit(self, x: Tensor | None = None) -> Tensor:
-        """Map images (these, or ``x`` in the same space) back to pixel intensities in [0, 1]."""
+        """Map images (these, or ``x`` (B, C, H, W) in the same space) back to pixel intensities in [0, 1]:
+        (x + mean + 1)/2 clamped, same shape, in x's dtype."""
         x = self.images if x is None else x
         if self.mean is not None:
             x = x + self.mean.to(x)
