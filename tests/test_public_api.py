@@ -207,3 +207,59 @@ def test_help_renders(name):
     module, attr = name.rsplit(".", 1)
     text = pydoc.render_doc(getattr(importlib.import_module(module), attr), renderer=pydoc.plaintext)
     assert "t = 0" in text or "η" in text
+
+
+# --- the `kfm` flags: each one's help says what it takes and what applies when it is not given ----------------------
+
+# a flag's help states its default when it says "default", or in these words what happens without it
+_DEFAULT_WORDS = re.compile(r"default|when not given|unless given|without it|not written|none when", re.I)
+# and a numeric flag's range as an interval, a bound or a word for one
+_RANGE_WORDS = re.compile(r"[\[(]\s*-?[\w.·*−]+\s*,\s*[^\])]+[\])]|>=|≥|> 0|<=|≤|positive|non-negative", re.I)
+
+
+def _flag_actions():
+    import argparse
+
+    from kinetic_fm.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command, parser in commands.items():
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            yield command, "/".join(action.option_strings) or action.dest, action
+
+
+def _numeric(action) -> bool:
+    """A flag whose value is a number: type int or float, or a checking type named for one."""
+    return action.choices is None and action.nargs is None and (
+        action.type in (int, float) or getattr(action.type, "__name__", "") in ("seed_number",))
+
+
+def test_the_flag_walk_reaches_every_command():
+    seen = {(command, flag) for command, flag, _ in _flag_actions()}
+    assert {("sample", "--n/--num-samples"), ("train", "--lr"), ("memorization", "--bootstrap"),
+            ("reproduce", "--tiny")} <= seen
+    assert _DEFAULT_WORDS.search("(default 1000)") and not _DEFAULT_WORDS.search("run folder")
+    assert _RANGE_WORDS.search("in [0, 1)") and _RANGE_WORDS.search(">= 1") and not _RANGE_WORDS.search("(default 3)")
+
+
+def test_every_flag_states_its_default_and_range_or_choices():
+    import argparse
+
+    gaps = []
+    for command, flag, action in _flag_actions():
+        help_text = action.help or ""
+        if not help_text.strip() or help_text == argparse.SUPPRESS:
+            gaps.append(f"kfm {command} {flag}: no help")
+            continue
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if action.option_strings and not action.required and not switch and not _DEFAULT_WORDS.search(help_text):
+            gaps.append(f"kfm {command} {flag}: no default stated")
+        if _numeric(action) and not _RANGE_WORDS.search(help_text):
+            gaps.append(f"kfm {command} {flag}: no range stated")
+        if action.choices is not None and action.metavar is not None:
+            hidden = [str(choice) for choice in action.choices if str(choice) not in help_text]
+            if hidden:
+                gaps.append(f"kfm {command} {flag}: choices {hidden} hidden by its metavar")
+    assert not gaps, "\n".join(gaps)
