@@ -214,7 +214,8 @@ def test_help_renders(name):
 # a flag's help states its default when it says "default", or in these words what happens without it
 _DEFAULT_WORDS = re.compile(r"default|when not given|unless given|without it|not written|none when", re.I)
 # and a numeric flag's range as an interval, a bound or a word for one
-_RANGE_WORDS = re.compile(r"[\[(]\s*-?[\w.·*−]+\s*,\s*[^\])]+[\])]|>=|≥|> 0|<=|≤|positive|non-negative", re.I)
+_RANGE_WORDS = re.compile(r"[\[(]\s*-?[\w.·*−]+\s*,\s*[^\])]+[\])]|>=|≥|> 0|<=|≤|positive|non-negative|any finite",
+                          re.I)
 
 
 def _flag_actions():
