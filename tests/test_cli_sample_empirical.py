@@ -575,3 +575,33 @@ def test_an_empirical_runs_results_table_as_train_points_at_its_run_folder(tmp_p
     err = capsys.readouterr().err
     assert f"--train {str(table)!r} is the results table of a kfm sample --field empirical run" in err
     assert not (tmp_path / "again").exists()
+
+
+def test_a_run_made_from_a_results_table_before_it_was_refused_resumes_and_reads_back(tmp_path, capsys, monkeypatch):
+    # before 88b60a5 a kfm sample run's results.parquet was taken as --train; such a run was
+    # refused by its own --resume, and kfm memorization --train RUN could not read its items
+    import kinetic_fm.commands._rows as rows
+
+    assert kfm_sample(tmp_path / "base", "--field", "gaussian", "--n", 6, "--steps", 3) == 0
+    table = tmp_path / "base" / "results.parquet"
+    flags = ["--field", "empirical", "--train", table, "--n", 4, "--steps", 3, "--shard-size", 2]
+    with monkeypatch.context() as patched:
+        patched.setattr(rows, "_is_results_table", lambda path: False)   # as made then
+        assert kfm_sample(tmp_path / "old", *flags) == 0
+    whole = read_run(tmp_path / "old")
+    last = sorted((tmp_path / "old" / "shards").glob("shard-00001-*"))
+    assert len(last) == 2
+    for path in last:  # its second shard lost (its parquet and receipt): the resume recomputes it
+        path.unlink()
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "old", *flags, "--resume") == 0
+    assert "this process computed 1, kept 1" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(read_run(tmp_path / "old"), whole, check_exact=True)
+    # its items read back as kfm memorization --train: the base run's 6 samples, checked by their sha256
+    assert main(["memorization", "--samples", str(tmp_path / "old"), "--train", str(tmp_path / "old"),
+                 "--no-progress"]) == 0
+    assert "--train " + str(tmp_path / "old") + ": the 6 items its field was made of" in capsys.readouterr().out
+    # a new run of it is still refused, as is a --resume into a folder that holds no run yet
+    assert kfm_sample(tmp_path / "new", *flags) == 2
+    assert kfm_sample(tmp_path / "new", *flags, "--resume") == 2
+    assert "is the results table of a kfm sample run" in capsys.readouterr().err

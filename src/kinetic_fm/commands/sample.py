@@ -260,12 +260,14 @@ def _model_target(path: str, shape_arg: str | None, stored=None) -> _Target:
     return _Target(net, shape, identity, classes=getattr(net, "null_class", None))
 
 
-def _empirical_target(args, device) -> _Target:
+def _empirical_target(args, device, stored=None) -> _Target:
     """The exact EFM field of the --train items (a subset with --train-n) on ``device``, identified by
     the sha256 of the loaded float tensor's bytes, its shape and dtype: the same items reached by another
     path or spelling resume the same run, other items are refused. Where they came from (the
     spec or file, key and subset) goes into the manifest's runtime, for the reader and for the
-    refusal's message."""
+    refusal's message. ``stored``: the manifest of an empirical run being resumed (None: none), whose
+    --train may be a ``kfm sample`` results table, refused as --train only since the run was made
+    (its recorded sha256 then checks the items)."""
     import warnings
     from pathlib import Path
 
@@ -276,8 +278,9 @@ def _empirical_target(args, device) -> _Target:
     from ._rows import float_items, is_spec, items_digest, load_rows
 
     seed = 0 if args.train_seed is None else args.train_seed
+    resumed = stored is not None and stored.identity.get("field") == EMPIRICAL
     rows, _, positions, _ = load_rows("--train", args.train, args.train_key, args.progress, specs=True,
-                                      n=args.train_n, seed=seed)
+                                      n=args.train_n, seed=seed, recorded=resumed)
     if rows.dim() < 2 or rows.shape[0] == 0:
         n = rows.shape[0] if rows.dim() == 1 else 0
         # N numbers are N one-value items to kfm memorization, which reads the same file as (N, 1)
@@ -982,7 +985,7 @@ def _run(args) -> int:
             # a Ctrl-C in the items' loading (50,000 CIFAR-10 images take 15 s) leaves no shard behind
             args.interrupt_hint = (f"while reading --train {args.train}, before any sample was computed: rerun the "
                                    "same command")
-            target = _empirical_target(args, device)
+            target = _empirical_target(args, device, stored)
             args.interrupt_hint = None  # from here on the folder keeps finished shards: the --resume hint
             if args.resume:
                 _refuse_other_training_data(args, target, stored)
