@@ -185,7 +185,8 @@ def test_resume_against_other_training_data_is_refused_and_the_same_data_elsewhe
     # a subset of the same file is other items too
     torch.save(train, path)
     assert kfm_sample(tmp_path / "run", "--train", path, "--train-n", 15, *_RESUMED, "--resume") == 2
-    assert "loads other training items" in capsys.readouterr().err
+    err = capsys.readouterr().err   # refused before they are read
+    assert "holds other training items than the run" in err and "(15 items by --train-n;" in err
     assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 0
 
 
@@ -605,3 +606,46 @@ def test_a_run_made_from_a_results_table_before_it_was_refused_resumes_and_reads
     assert kfm_sample(tmp_path / "new", *flags) == 2
     assert kfm_sample(tmp_path / "new", *flags, "--resume") == 2
     assert "is the results table of a kfm sample run" in capsys.readouterr().err
+
+
+def test_a_resume_against_other_items_is_refused_before_they_are_read_where_their_count_is_known(
+        tmp_path, capsys, monkeypatch):
+    # 50,000 CIFAR-10 images were decoded (15 s) only to be refused; the run records its items'
+    # shape and sha256, and a .npy header, --train-n, a folder's image files or an empirical run's
+    # manifest tell enough before anything is read
+    import kinetic_fm.commands._rows as rows
+    from PIL import Image
+
+    path = _saved(tmp_path, _points())                        # 32 points
+    flags = ["--field", "empirical", "--n", 4, "--steps", 3]
+    assert kfm_sample(tmp_path / "run", "--train", path, *flags) == 0
+    assert kfm_sample(tmp_path / "other_run", "--train", path, "--train-n", 20, *flags) == 0
+    np.save(tmp_path / "more.npy", _points(40).numpy())
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((4, 4), 50 * i, dtype=np.uint8)).save(images / f"{i}.png")
+    capsys.readouterr()
+    read = []
+    real = rows.load_rows
+    monkeypatch.setattr(rows, "load_rows", lambda *a, **k: read.append(a) or real(*a, **k))
+    for train, now in [(tmp_path / "more.npy", "shape [40, 2] by its header"),
+                       ([path, "--train-n", 31], "31 items by --train-n"),
+                       ([path, "--train-n", 999], "999 items by --train-n"),
+                       (images, "3 image files"),
+                       (tmp_path / "other_run", "float32 [20, 2], sha256")]:
+        given = train if isinstance(train, list) else [train]
+        assert kfm_sample(tmp_path / "run", "--train", *given, *flags, "--resume") == 2
+        err = capsys.readouterr().err
+        assert f"--resume: --train {given[0]} holds other training items than the run in {tmp_path / 'run'}" in err
+        assert f"({now}" in err and "the run's: float32 [32, 2], sha256" in err
+    assert read == []   # nothing was loaded
+    # the same items, however reached, still resume: the file, its empirical run, a "subset" of all 32
+    for given in ([path], [tmp_path / "run"], [path, "--train-n", 32]):
+        assert kfm_sample(tmp_path / "run", "--train", *given, *flags, "--resume") == 0
+    assert len(read) == 3
+    # another file of the right count is read, and refused by its values
+    np.save(tmp_path / "same_shape.npy", _points(seed=1).numpy())
+    assert kfm_sample(tmp_path / "run", "--train", tmp_path / "same_shape.npy", *flags, "--resume") == 2
+    assert "loads other training items than the run" in capsys.readouterr().err
+    assert len(read) == 4

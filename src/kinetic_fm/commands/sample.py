@@ -321,14 +321,77 @@ def _refuse_other_training_data(args, target: _Target, manifest) -> None:
     stored, now = manifest.identity, target.identity
     if all(stored.get(key) == now[key] for key in ("train_sha256", "train_shape", "train_dtype")):
         return
-    was = manifest.runtime.get("train") or {}
+    raise _other_items_refusal(args, manifest, "loads", f"{now['train_dtype']} {now['train_shape']}, sha256 "
+                                                         f"{now['train_sha256'][:16]}…")
+
+
+def _refuse_other_training_data_before_reading(args, manifest) -> None:
+    """On --resume of an empirical run (``manifest``: its stored one, or None), the refusal of
+    :func:`_refuse_other_training_data` before the --train items are read, where what they are is
+    known without reading them (50,000 CIFAR-10 images take 15 s to decode, only to be refused):
+    an empirical run folder's recorded identity, the count --train-n draws, a .npy file's shape
+    (its header), a folder or .zip of images' count of image files. Else the check after loading
+    decides."""
+    if manifest is None or manifest.identity.get("field") != EMPIRICAL or args.field != EMPIRICAL:
+        return
+    stored = manifest.identity
+    foreseen = _foreseen_items(args)
+    if foreseen is None:
+        return
+    known, words = foreseen
+    shape = stored.get("train_shape")
+    differs = [key for key, value in known.items()
+               if (stored.get(key) != value if key != "n" else not shape or shape[0] != value)]
+    if differs:
+        raise _other_items_refusal(args, manifest, "holds", words)
+
+
+def _foreseen_items(args) -> tuple[dict, str] | None:
+    """``(known, words)``: what --train will load, known before reading it (see
+    :func:`_refuse_other_training_data_before_reading`), as identity keys (``train_sha256``,
+    ``train_shape``, ``train_dtype``) or ``n``, the item count, and in words; None when nothing is."""
+    from pathlib import Path
+
+    from ._rows import _empirical_record, is_image_source, is_spec
+    from ..runs.manifest import MANIFEST_NAME
+
+    path = Path(args.train)
+    if is_spec(args.train, True):
+        return None if args.train_n is None else ({"n": args.train_n}, f"{args.train_n} items by --train-n")
+    run = path.is_dir() and (path / MANIFEST_NAME).is_file()
+    record = _empirical_record(path) if run else None
+    if record is not None and args.train_n is None:
+        identity = {key: record.identity.get(key) for key in ("train_sha256", "train_shape", "train_dtype")}
+        return identity, (f"{identity['train_dtype']} {identity['train_shape']}, sha256 "
+                          f"{str(identity['train_sha256'])[:16]}…, as that run records its items")
+    if args.train_n is not None:  # the subset has N items, or the loader refuses it
+        return {"n": args.train_n}, f"{args.train_n} items by --train-n"
+    try:
+        if path.suffix.lower() == ".npy" and path.is_file() and args.train_key is None:
+            import numpy as np
+
+            shape = list(np.load(path, mmap_mode="r", allow_pickle=False).shape)  # the header alone
+            return ({"train_shape": shape}, f"shape {shape} by its header") if len(shape) >= 2 else None
+        if is_image_source(args.train) and not run and not (path / "config.json").is_file():
+            from ..data.images import image_names
+
+            count = len(image_names(path))
+            return ({"n": count}, f"{count} image files") if count else None
+    except (OSError, ValueError):  # unreadable: the loader says what is wrong
+        return None
+    return None
+
+
+def _other_items_refusal(args, manifest, verb: str, now: str) -> ValueError:
+    """The refusal of a --resume whose --train ``verb``s (loads, holds) other items than the
+    run's, ``now`` saying what they are."""
+    stored, was = manifest.identity, manifest.runtime.get("train") or {}
     flags = _train_flags(was)
     subset = f",{flags}" if flags else ""
-    raise ValueError(f"--resume: --train {args.train} loads other training items than the run in {args.out} was "
-                     f"sampled from ({now['train_dtype']} {now['train_shape']}, sha256 {now['train_sha256'][:16]}…; "
-                     f"the run's: {stored.get('train_dtype')} {stored.get('train_shape')}, sha256 "
-                     f"{str(stored.get('train_sha256'))[:16]}…, read from {was.get('source', '?')}{subset}); "
-                     "resume with those items, or sample these into another --out")
+    return ValueError(f"--resume: --train {args.train} {verb} other training items than the run in {args.out} was "
+                      f"sampled from ({now}; the run's: {stored.get('train_dtype')} {stored.get('train_shape')}, "
+                      f"sha256 {str(stored.get('train_sha256'))[:16]}…, read from {was.get('source', '?')}{subset}); "
+                      "resume with those items, or sample these into another --out")
 
 
 def _train_flags(record: dict) -> str:
@@ -974,6 +1037,7 @@ def _run(args) -> int:
         _resume_as_recorded(args, kts, stored)
         _refuse_another_kind_of_run(args, stored)
         _refuse_changed_settings_before_reading(args, kts, stored)
+        _refuse_other_training_data_before_reading(args, stored)
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
