@@ -232,7 +232,9 @@ def test_the_help_names_the_empirical_flags(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for words in ("empirical: the exact empirical flow-matching field", "--train TRAIN", "--train-n",
                   "--train-seed", "--truncate", "neglected_bound_max", "posterior_max_weight",
-                  "An approximation, not a speed-up"):
+                  "An approximation, not a speed-up", "--backend {torch,faiss}",
+                  "the largest, over a sample's evaluations, of the bound on the posterior mass one evaluation left "
+                  "out (a maximum, not a sum"):
         assert words in text
 
 
@@ -649,3 +651,46 @@ def test_a_resume_against_other_items_is_refused_before_they_are_read_where_thei
     assert kfm_sample(tmp_path / "run", "--train", tmp_path / "same_shape.npy", *flags, "--resume") == 2
     assert "loads other training items than the run" in capsys.readouterr().err
     assert len(read) == 4
+
+
+def test_backend_faiss_picks_the_truncated_atoms_by_faiss_and_is_part_of_the_run(tmp_path, capsys):
+    pytest.importorskip("faiss")
+    train = _points()
+    flags = ["--field", "empirical", "--train", _saved(tmp_path, train), "--n", 6, "--steps", 7,
+             "--solver", "heun", "--truncate", 3, "--batch-size", 6]
+    assert kfm_sample(tmp_path / "run", *flags, "--backend", "faiss") == 0
+    assert "truncated to 3 atoms picked by faiss" in capsys.readouterr().out
+    df = read_run(tmp_path / "run")
+    bounds = {}
+    for backend in ("torch", "faiss"):
+        recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(train, truncate=3, backend=backend))
+        direct = kfm.sample(recorder, seeds=range(6), shape=(2,), steps=7, solver="heun")
+        bounds[backend] = recorder.trace().neglected_bound.amax(dim=0).numpy()
+        if backend == "faiss":
+            np.testing.assert_array_equal(df["kpe"].to_numpy(), direct.kpe.numpy())
+            np.testing.assert_array_equal(read_samples(tmp_path / "run"), direct.x.numpy())
+    # the faiss search bounds the dropped mass otherwise: its column is faiss's, not the default's
+    np.testing.assert_array_equal(df["neglected_bound_max"].to_numpy(), bounds["faiss"])
+    assert not np.array_equal(bounds["faiss"], bounds["torch"])
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["backend"] == "faiss"
+    # compared on resume, named by its flag; the default (given or not) is not recorded
+    assert kfm_sample(tmp_path / "run", *flags, "--backend", "torch", "--resume") == 2
+    assert "--backend (the run's faiss, now default)" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "run", *flags, "--backend", "faiss", "--resume") == 0
+    assert kfm_sample(tmp_path / "plain", *flags, "--backend", "torch") == 0
+    assert "backend" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())["config"]
+    assert kfm_sample(tmp_path / "plain", *flags, "--resume") == 0
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--field", "empirical", "--train", "T", "--backend", "faiss"],
+     "--backend faiss picks the atoms of --truncate's truncated mode; give --truncate K"),
+    (["--field", "gaussian", "--backend", "torch"], "--backend applies to --field empirical only"),
+])
+def test_backend_without_truncation_or_an_empirical_field_is_refused(tmp_path, capsys, flags, message):
+    path = _saved(tmp_path, _points())
+    flags = [path if flag == "T" else flag for flag in flags]
+    assert kfm_sample(tmp_path / "run", *flags, "--n", 2, "--steps", 2) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kfm sample: error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

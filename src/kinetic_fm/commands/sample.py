@@ -4,8 +4,8 @@ Writes ``<out>/manifest.json``, ``<out>/shards/shard-*.parquet`` and ``<out>/res
 (one row per seed: seed, kpe, kpe_raw, early, late, peak, peak_time, nfe, steps, nonfinite, the
 class ``label`` for a class-conditional net, for ``--field empirical`` the posterior's largest weight
 ``posterior_max_weight`` and its entropy ``posterior_entropy`` at the sample's last evaluation (and
-under ``--truncate`` the largest bound on the posterior mass an evaluation left out,
-``neglected_bound_max``), unless ``--no-save-x`` the final sample ``x`` flattened into a fixed-size
+under ``--truncate`` ``neglected_bound_max``, the largest over the sample's evaluations of the bound on
+the posterior mass one evaluation left out: a maximum, not a sum, set by the early evaluations), unless ``--no-save-x`` the final sample ``x`` flattened into a fixed-size
 list column (results.parquet records one sample's shape on it, so ``kfm memorization --samples
 <out>`` or its results.parquet sees images), and with ``--profile`` the per-step energy increments
 ``profile``), then prints a summary table and, with ``--figure``,
@@ -70,11 +70,19 @@ def register(subparsers) -> None:
                         "points), as kfm train --seed; 0 when not given")
     f.add_argument("--truncate", type=int, default=None,
                    help="--field empirical only: keep the K atoms of largest posterior weight per evaluation, "
-                        "K in [1, N] (EmpiricalFlow's truncated mode); the table's neglected_bound_max column "
-                        "bounds the posterior mass a sample's evaluations left out; without it, all N atoms. "
+                        "K in [1, N] (EmpiricalFlow's truncated mode); the table's neglected_bound_max column is "
+                        "the largest, over a sample's evaluations, of the bound on the posterior mass one evaluation "
+                        "left out (a maximum, not a sum; the early evaluations, where many atoms weigh, set it: "
+                        "near 1 for a sample whose late ones left out 1e-9); without it, all N atoms. "
                         "An approximation, not a speed-up: per call it costs about what the exact field does late "
                         "in a run and several times more early (at t <= 0.2, K = 64 about 5x, K = N about 100x "
                         "on a CPU at N = 2,000; BENCHMARKS.md, truncated EFM)")
+    f.add_argument("--backend", choices=("torch", "faiss"), default=None,
+                   help="--field empirical with --truncate only: how truncated mode picks its K atoms, from the "
+                        "logits of one product with all N items (torch, the default) or by a faiss nearest-"
+                        "neighbour search of x/t (needs faiss-cpu), as kfm memorization --backend searches; the "
+                        "same samples to round-off, another neglected_bound_max. Part of the run's settings: a "
+                        "--resume must repeat it")
     f.add_argument("--model", default=None, type=user_path,
                    help="sample a trained net instead of --field: a `kfm train` run folder or .safetensors file "
                         "(EMA weights); its weights' sha256 identifies the run")
@@ -304,7 +312,7 @@ def _empirical_target(args, device, stored=None) -> _Target:
     if args.truncate is not None and args.truncate > n:
         raise ValueError(f"--truncate must lie in [1, N] = [1, {n}] (the --train items), got {args.truncate}")
     with flag_words({"train": "--train", "truncate": "--truncate"}):
-        field = EmpiricalFlow(rows.to(device), truncate=args.truncate)
+        field = EmpiricalFlow(rows.to(device), truncate=args.truncate, backend=args.backend or "torch")
     identity = {"field": EMPIRICAL, "train_sha256": items_digest(rows), "train_shape": list(rows.shape),
                 "train_dtype": str(rows.dtype).removeprefix("torch.")}
     source = absolute_spec(args.train) if is_spec(args.train, True) else str(Path(args.train).resolve())
@@ -536,6 +544,8 @@ def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> di
     classes = {} if cond is None else {"label": cond.label, "guidance": cond.guidance}
     # the truncation only for empirical runs (the training items themselves are in the identity)
     empirical = {"truncate": args.truncate} if args.field == EMPIRICAL and not args.model else {}
+    if args.backend == "faiss":  # only then, so that runs made without it (or before it) resume as before
+        empirical["backend"] = args.backend
     return {
         **classes, **empirical,
         "field": None if args.model else args.field, "dim": args.dim,
@@ -644,7 +654,7 @@ def _validate_empirical(args) -> None:
                          "array file, a folder or .zip of images, a data spec such as mnist:PATH, or a kfm train "
                          "run folder)")
     companions = [("--train", args.train), ("--train-key", args.train_key), ("--train-n", args.train_n),
-                  ("--train-seed", args.train_seed), ("--truncate", args.truncate)]
+                  ("--train-seed", args.train_seed), ("--truncate", args.truncate), ("--backend", args.backend)]
     given = [flag for flag, value in companions if value is not None]
     if given and not empirical:  # they would be ignored without a word
         what = "--model samples a net" if args.model else f"--field {args.field or DEFAULT_FIELD} is built in"
@@ -661,6 +671,16 @@ def _validate_empirical(args) -> None:
         raise ValueError("--train-seed seeds the --train-n subset (or a 2-D sampler's points); give --train-n too")
     if args.truncate is not None and args.truncate < 1:  # its upper end, N, is checked once --train is read
         raise ValueError(f"--truncate must lie in [1, N] (N: the --train items), got {args.truncate}")
+    if args.backend is not None and args.truncate is None:  # EmpiricalFlow would warn that it ignores it
+        raise ValueError(f"--backend {args.backend} picks the atoms of --truncate's truncated mode; give --truncate K "
+                         "(without it the field weighs all N items, and searches none)")
+    if args.backend == "faiss":  # the field's own ImportError named backend='faiss', with a traceback
+        from ..knn import faiss_module
+
+        try:
+            faiss_module()
+        except ImportError:
+            raise ValueError("--backend faiss needs faiss: pip install faiss-cpu") from None
 
 
 def _validate_step_control(args) -> None:
@@ -701,7 +721,7 @@ _FIELD_FLAGS = {
     "seeds.n": "--n", "seeds.seed_start": "--seed-start", "shard_size": "--shard-size",
     **{f"config.{name}": f"--{name.replace('_', '-')}" for name in (
         "field", "dim", "steps", "solver", "grid", "quadrature", "split", "on_nonfinite", "dtype", "device",
-        "profile", "label", "guidance", "truncate", "rtol", "atol", "first_step")},
+        "profile", "label", "guidance", "truncate", "backend", "rtol", "atol", "first_step")},
     "config.save_x": "--no-save-x",
     **{f"config.shaping.{kts_name}": f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()},
     "config.shaping": "the KTS flags",
@@ -933,7 +953,8 @@ def _posterior_columns(trace, truncated: bool) -> dict:
     """Per-sample columns of an EFM run's :class:`~kinetic_fm.fields.empirical.PosteriorTrace`:
     the posterior's largest weight and entropy at the sample's last evaluation (dopri5 evaluates
     each sample at its own times; a call that skipped a sample holds NaN for it), and when
-    ``truncated`` the largest bound on the mass an evaluation left out (NaNs skipped)."""
+    ``truncated`` the largest, over the sample's evaluations, of the bound on the mass one evaluation
+    left out (NaNs skipped): a maximum over the run, not a per-step record nor a sum."""
     import math
 
     import torch
@@ -1092,6 +1113,7 @@ def _run(args) -> int:
         what = f"model {args.model} (shape {target.shape})"
     elif args.field == EMPIRICAL:
         truncated = "" if args.truncate is None else f", truncated to {args.truncate} atom{'s' * (args.truncate > 1)}"
+        truncated += " picked by faiss" if args.backend == "faiss" else ""
         what = f"the empirical field of {target.velocity.n} items of shape {target.shape} ({args.train}{truncated})"
     else:
         what = f"{args.field} (D={args.dim})"
