@@ -155,6 +155,11 @@ def register(subparsers) -> None:
     r.add_argument("--out", required=True, type=user_path, help="run directory to create (or to continue with --resume)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --out: keep complete shards, redo missing or broken ones")
+    r.add_argument("--repair", action="store_true",
+                   help="with --resume, of a run whose manifest.json is damaged: write it again from this command's "
+                        "settings, when they give the run id its shards' receipts record (which proves them the "
+                        "run's; the damaged file is kept as manifest.json.damaged); a readable manifest is left as "
+                        "it is")
     r.add_argument("--shard-size", type=int, default=1000,
                    help="samples per Parquet shard (default 1000); each shard is sampled on its own, so a "
                         "shard smaller than --batch-size caps the batch (keep it a multiple)")
@@ -613,6 +618,8 @@ def _validate(args) -> None:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.repair and not args.resume:  # it would be ignored without a word
+        raise ValueError("--repair applies to --resume only: it writes a resumed run's damaged manifest.json again")
     if args.shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
     if args.shape is not None and args.model is None:  # it would be ignored without a word
@@ -1096,7 +1103,8 @@ def _run(args) -> int:
         try:
             with writing("--out", args.out):
                 outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
-                                      resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock)
+                                      resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock,
+                                      repair=args.repair)
         except OSError as err:
             # a full disk said only "cannot be written (No space left on device)": whether the
             # finished work survives, and how to go on, is what the user needs (helper-188)
