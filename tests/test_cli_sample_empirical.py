@@ -642,6 +642,11 @@ def test_a_resume_against_other_items_is_refused_before_they_are_read_where_thei
         assert f"--resume: --train {given[0]} holds other training items than the run in {tmp_path / 'run'}" in err
         assert f"({now}" in err and "the run's: float32 [32, 2], sha256" in err
     assert read == []   # nothing was loaded
+    # a built-in field's run folder is no items: the loader says so, whatever --train-n says
+    assert kfm_sample(tmp_path / "gaussian", "--n", 2, "--steps", 2) == 0
+    assert kfm_sample(tmp_path / "run", "--train", tmp_path / "gaussian", "--train-n", 3, *flags, "--resume") == 2
+    assert "is a kfm sample run folder (samples, not training items" in capsys.readouterr().err
+    read.clear()
     # the same items, however reached, still resume: the file, its empirical run, a "subset" of all 32
     for given in ([path], [tmp_path / "run"], [path, "--train-n", 32]):
         assert kfm_sample(tmp_path / "run", "--train", *given, *flags, "--resume") == 0

@@ -373,6 +373,8 @@ def _foreseen_items(args) -> tuple[dict, str] | None:
         return None if args.train_n is None else ({"n": args.train_n}, f"{args.train_n} items by --train-n")
     run = path.is_dir() and (path / MANIFEST_NAME).is_file()
     record = _empirical_record(path) if run else None
+    if run and (record is None or args.train_key is not None):  # another run's folder, a key: the loader refuses
+        return None
     if record is not None and args.train_n is None:
         identity = {key: record.identity.get(key) for key in ("train_sha256", "train_shape", "train_dtype")}
         return identity, (f"{identity['train_dtype']} {identity['train_shape']}, sha256 "
