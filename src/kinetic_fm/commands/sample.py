@@ -5,9 +5,10 @@ Writes ``<out>/manifest.json``, ``<out>/shards/shard-*.parquet`` and ``<out>/res
 class ``label`` for a class-conditional net, for ``--field empirical`` the posterior's largest weight
 ``posterior_max_weight`` and its entropy ``posterior_entropy`` at the sample's last evaluation (and
 under ``--truncate`` ``neglected_bound_max``, the largest over the sample's evaluations of the bound on
-the posterior mass one evaluation left out: a maximum, not a sum, set by the early evaluations), unless ``--no-save-x`` the final sample ``x`` flattened into a fixed-size
-list column (results.parquet records one sample's shape on it, so ``kfm memorization --samples
-<out>`` or its results.parquet sees images), and with ``--profile`` the per-step energy increments
+the posterior mass one evaluation left out: a maximum, not a sum, set by the early evaluations),
+unless ``--no-save-x`` the final sample ``x`` flattened into a fixed-size list column
+(results.parquet records one sample's shape on it, so ``kfm memorization --samples <out>`` or its
+results.parquet sees images), and with ``--profile`` the per-step energy increments
 ``profile``), then prints a summary table and, with ``--figure``,
 draws the run. Works unchanged under torchrun (``python -m torch.distributed.run --nproc-per-node
 P -m kinetic_fm.cli sample --num-samples N ...``: after torchrun spell ``--n`` as

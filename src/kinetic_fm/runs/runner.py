@@ -244,7 +244,8 @@ def _open_run_dir(run_dir: Path, manifest: RunManifest, resume: bool, coord: Coo
                 lock.acquire()  # a second writer stops here, before it reads or writes anything else
             # said only under the lock: a twin --resume that the lock stops said it too, then was refused
             starts = resume and not (run_dir / MANIFEST_NAME).is_file()
-            verdict = ("ok", prepare_run_dir(run_dir, manifest, resume=resume, repair=repair, log=log), manifest, str(run_dir.resolve()))
+            prepared = prepare_run_dir(run_dir, manifest, resume=resume, repair=repair, log=log)
+            verdict = ("ok", prepared, manifest, str(run_dir.resolve()))
             if starts:  # a typo in --out, say
                 log(f"--resume: {run_dir} holds no run yet; starting a new one")
             # killed writers' leftovers, before any rank writes (they await the verdict)
