@@ -367,14 +367,14 @@ def _foreseen_items(args) -> tuple[dict, str] | None:
     ``train_shape``, ``train_dtype``) or ``n``, the item count, and in words; None when nothing is."""
     from pathlib import Path
 
-    from ._rows import _empirical_record, is_image_source, is_spec
+    from ._rows import empirical_run_manifest, is_image_source, is_spec
     from ..runs.manifest import MANIFEST_NAME
 
     path = Path(args.train)
     if is_spec(args.train, True):
         return None if args.train_n is None else ({"n": args.train_n}, f"{args.train_n} items by --train-n")
     run = path.is_dir() and (path / MANIFEST_NAME).is_file()
-    record = _empirical_record(path) if run else None
+    record = empirical_run_manifest(path) if run else None
     if run and (record is None or args.train_key is not None):  # another run's folder, a key: the loader refuses
         return None
     if record is not None and args.train_n is None:
