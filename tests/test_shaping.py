@@ -36,7 +36,8 @@ def test_gain_equals_reference_formulas(launch, landing):
     k = 2.5 if "exponential" in (launch, landing) else 3.0   # another k, where no form reads it, warns
     kts = KTS(alpha0=0.02, beta0=0.03, tau_split=0.4, launch=launch, landing=landing, k=k)
     ts = torch.linspace(0, 1, 1001, dtype=torch.float64)
-    ref = torch.tensor([reference_eta(t, 0.02, 0.03, 0.4, launch, landing, k) for t in ts.tolist()], dtype=torch.float64)
+    ref = torch.tensor([reference_eta(t, 0.02, 0.03, 0.4, launch, landing, k) for t in ts.tolist()],
+                       dtype=torch.float64)
     assert torch.allclose(kts(ts), ref, rtol=0, atol=1e-15)
     for t in (0.0, 0.2, 0.4, 0.7, 1.0):
         assert kts(t) == pytest.approx(reference_eta(t, 0.02, 0.03, 0.4, launch, landing, k), abs=1e-15)
