@@ -2081,4 +2081,5 @@ def test_cli_backend_faiss_without_faiss_names_the_flag_before_the_audit(tmp_pat
     monkeypatch.setitem(__import__("sys").modules, "faiss", None)   # import faiss fails, as where it is missing
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
                  "--backend", "faiss", "--no-progress"]) == 2
-    assert capsys.readouterr().err == "kfm memorization: error: --backend faiss needs faiss: pip install faiss-cpu\n"
+    assert capsys.readouterr().err == ("kfm memorization: error: --backend faiss needs the faiss-cpu package: "
+                                       "pip install faiss-cpu (or pip install kinetic_fm[faiss])\n")

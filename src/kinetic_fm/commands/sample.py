@@ -531,13 +531,17 @@ def _shaping(args):
              if getattr(args, flag) is not None}
     if not given:
         return None
+    import warnings
+
     try:
-        kts = KTS(**given)
+        with warnings.catch_warnings():
+            # KTS's own "k applies to ... only" (for a k other than 3) names the argument; the one
+            # below names the flag, given with any value
+            warnings.filterwarnings("ignore", message="k applies to the exponential", category=UserWarning)
+            kts = KTS(**given)
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
         raise named_by_its_flag(err, {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}) from None
     if args.k is not None and "exponential" not in (kts.launch, kts.landing):
-        import warnings
-
         # recorded in the run's config, as given, but no form reads it: a sweep over --k would
         # run the same gain under every value without a word
         warnings.warn(f"--k applies to the exponential launch or landing only, and this gain has neither "

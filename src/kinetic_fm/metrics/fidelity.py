@@ -580,6 +580,19 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
                            fake_in_real, real_in_fake)
 
 
+def _has_module(name: str) -> bool:
+    """Whether the submodule ``name`` of an imported package is there, found without importing it."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # the parent is a module, not a package (a stand-in)
+        return False
+
+
 def inception_feature_space(weights_path: str | Path, *, device: torch.device | str | None = None,
                             batch_size: int = 64) -> FeatureSpace:
     """Inception-v3 pool features (2048-D) from a LOCAL weights file (nothing is downloaded).
@@ -592,15 +605,23 @@ def inception_feature_space(weights_path: str | Path, *, device: torch.device | 
     - Else with ``torchvision``: ``torchvision.models.inception_v3`` with the given state dict,
       inputs resized bilinearly to 299 and ImageNet-normalised; NOT the standard FID network,
       so numbers are named ``"FD-inception-v3-torchvision"``.
+
+    ImportError where neither is installed (naming both), or where the one it would use is
+    installed but fails to import (quoting why): a broken torch-fidelity is not passed over for
+    torchvision's other network. A torch-fidelity without the extractor module is.
     """
     path = Path(weights_path)
     if not path.is_file():
         raise FileNotFoundError(f"Inception weights not found at {path} (nothing is downloaded; "
                                 "give the path of a local weights file)")
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError:
-        FeatureExtractorInceptionV3 = None
+    from ..optional import import_optional, installed, optional_names
+
+    user, extractor = "inception_feature_space", "torch_fidelity.feature_extractor_inceptionv3"
+    FeatureExtractorInceptionV3 = None
+    if installed("torch_fidelity"):
+        import_optional("torch_fidelity", user)  # a broken install is an error that says so, not a fallback
+        if _has_module(extractor):
+            (FeatureExtractorInceptionV3,) = optional_names(extractor, user, "FeatureExtractorInceptionV3")
     if FeatureExtractorInceptionV3 is not None:
         net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                           feature_extractor_weights_path=str(path)).eval()
@@ -611,12 +632,10 @@ def inception_feature_space(weights_path: str | Path, *, device: torch.device | 
             return net(_as_uint8(x))[0]
 
         return FeatureSpace(fidelity_inception, "inception-v3-compat", batch_size, device)
-    try:
-        import torchvision
-    except ImportError as err:
-        raise ImportError("the Inception feature network needs torch-fidelity (standard FID: "
-                          "pip install torch-fidelity) or torchvision (pip install torchvision)"
-                          ) from err
+    if not installed("torchvision"):
+        raise ImportError(f"{user} needs the torch-fidelity package (the standard FID network: pip install "
+                          "torch-fidelity) or the torchvision package (pip install torchvision)")
+    torchvision = import_optional("torchvision", user)
     model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     model.fc = torch.nn.Identity()

@@ -307,11 +307,10 @@ class CLIPScorer:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no CLIP model at {path} (expected a local save_pretrained "
                                     "folder with config.json; nothing is downloaded)")
-        try:
-            from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-        except ImportError as err:
-            raise ImportError("CLIP scores need transformers: pip install transformers "
-                              "(or pip install kinetic_fm[clip])") from err
+        from ..optional import optional_names
+
+        AutoImageProcessor, AutoTokenizer, CLIPModel = optional_names(
+            "transformers", "CLIPScorer", "AutoImageProcessor", "AutoTokenizer", "CLIPModel")
         self.name = path.name
         self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
