@@ -163,6 +163,24 @@ def test_the_cli_names_the_flag_and_tells_a_broken_faiss_from_a_missing_one(tmp_
                           "(RuntimeError: boom while loading)"), err
 
 
+
+@pytest.mark.parametrize("mode", ["blocked", "raises while loading"])
+def test_kfm_sample_backend_faiss_words_its_failure_as_kfm_memorization_does(tmp_path, monkeypatch, capsys, mode):
+    import numpy as np
+
+    from kinetic_fm.cli import main
+
+    np.save(tmp_path / "t.npy", np.ones((5, 2), dtype=np.float32))
+    _take_out(monkeypatch, "faiss", mode)
+    assert main(["sample", "--field", "empirical", "--train", str(tmp_path / "t.npy"), "--truncate", "2",
+                 "--backend", "faiss", "--n", "2", "--steps", "2", "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    expected = ("--backend faiss needs the faiss-cpu package" if mode == "blocked"
+                else "--backend faiss: faiss-cpu is installed but failed to import (RuntimeError: boom while loading)")
+    assert err.startswith(f"kfm sample: error: {expected}"), err
+    assert not (tmp_path / "run").exists()
+
 def test_the_old_home_of_the_helpers_still_serves():
     from kinetic_fm import integrations, optional
 

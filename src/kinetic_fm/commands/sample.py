@@ -693,9 +693,9 @@ def _validate_empirical(args) -> None:
         from ..knn import faiss_module
 
         try:
-            faiss_module()
-        except ImportError:
-            raise ValueError("--backend faiss needs faiss: pip install faiss-cpu") from None
+            faiss_module("--backend faiss")
+        except ImportError as err:  # missing, or installed but broken: the message tells which
+            raise ValueError(str(err)) from None
 
 
 def _validate_step_control(args) -> None:
