@@ -196,7 +196,9 @@ def test_single_atom_gives_straight_line_velocity(t):
     y = torch.randn(1, 5, dtype=torch.float64)
     x = torch.randn(4, 5, dtype=torch.float64)
     v = kfm.EmpiricalFlow(y)(x, t)
-    torch.testing.assert_close(v, (y - x) / (1 - t), rtol=1e-15, atol=0)
+    assert torch.equal(v, (y - x) / (1 - t))               # exactly, as the acceptance asks: ȳ = y in float64
+    times = torch.tensor([t, 0.0, 0.5, 1 - 1e-6], dtype=torch.float64)             # one time per row
+    assert torch.equal(kfm.EmpiricalFlow(y)(x, times), (y - x) / (1 - times[:, None]))
 
 
 @pytest.mark.parametrize("t", [0.999, 1 - 1e-7, 1.0])
