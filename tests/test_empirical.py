@@ -328,6 +328,11 @@ def test_on_an_atom_with_many_exact_copies_the_velocity_is_zero():
     atoms = torch.cat([torch.rand(50, 16, generator=g), torch.rand(1, 16, generator=g).expand(101, 16)])
     for t in (1 - 1e-7, 1.0):
         assert kfm.EmpiricalFlow(atoms)(atoms[-1:], t).abs().max() == 0
+        # the 101 equal atoms split the posterior evenly (the docs' 1/m and log m), in either mode
+        for field in (kfm.EmpiricalFlow(atoms), kfm.EmpiricalFlow(atoms, truncate=101)):
+            d = field.diagnostics(atoms[-1:], t)
+            assert d.max_weight.item() == pytest.approx(1 / 101, rel=1e-12)
+            assert d.entropy.item() == pytest.approx(math.log(101), rel=1e-12)
 
 
 def test_t_past_one_minus_eps_is_clamped_in_the_posterior_too():

@@ -173,6 +173,10 @@ class PosteriorDiagnostics:
             mode, R/(1 + R) in truncated mode (see module docs), float64 rounding included;
             0 at t = 0, where ȳ is the mean of all N atoms in either mode.
 
+    Equal atoms split their weight: at a training item held m times, ``max_weight`` reads 1/m and
+    ``entropy`` log m where the velocity is that of one point mass (remove repeated rows from the
+    training set to read dominance per distinct item; ``kfm.memorization`` names how many there are).
+
     In truncated mode ``max_weight`` and ``entropy`` are those of the kept atoms' weights,
     renormalised to sum to 1 (the posterior the velocity uses): the full posterior's largest
     weight is at least (1 − ``neglected_bound``) × ``max_weight``.
