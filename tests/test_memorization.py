@@ -396,6 +396,19 @@ def test_a_key_on_a_single_array_file_is_refused(tmp_path):
     assert load_array(tmp_path / "one.npz").shape == (3, 2)
 
 
+def test_a_key_naming_a_dict_entry_that_is_no_tensor_says_what_it_holds(tmp_path):
+    from kinetic_fm.metrics._arrays import load_array
+
+    torch.save({"x": [torch.zeros(2, 3), torch.ones(2, 3)], "labels": torch.arange(4)}, tmp_path / "d.pt")
+    # it used to say "no tensor named 'x'", of a dict that has an 'x'
+    with pytest.raises(ValueError, match=r"d.pt: its entry 'x' is a list of 2 items, not a tensor: torch.cat "
+                                         r"\(or torch.stack\) them into one; its tensors are \['labels'\]"):
+        load_array(tmp_path / "d.pt", key="x")
+    with pytest.raises(ValueError, match=r"no tensor named 'y'; it holds \['labels'\]"):
+        load_array(tmp_path / "d.pt", key="y")
+    assert torch.equal(load_array(tmp_path / "d.pt", key="labels"), torch.arange(4))
+
+
 def test_cli_interval_choice_reaches_the_report(tmp_path, capsys, case):
     samples, train = case
     np.save(tmp_path / "s.npy", samples.numpy())
