@@ -345,6 +345,13 @@ def test_t_past_one_minus_eps_is_clamped_in_the_posterior_too():
     assert torch.equal(v_one, v_eps)
 
 
+@pytest.mark.parametrize("x,got", [(np.zeros((3, 4)), r"a NumPy array of shape \(3, 4\) \(torch.from_numpy"),
+                                   (torch.tensor(1.0), "a 0-d tensor"), ([[0.0] * 4], "list")])
+def test_x_that_is_no_batch_tensor_is_named_with_what_came(x, got):
+    with pytest.raises(ValueError, match=r"x must be a tensor of shape \(B, \.\.\.\), got " + got):
+        kfm.EmpiricalFlow(torch.randn(5, 4))(x, 0.5)
+
+
 def test_inputs_that_require_grad_integer_inputs_and_empty_batches():
     g = torch.Generator().manual_seed(15)
     train = torch.randn(30, 4, generator=g)

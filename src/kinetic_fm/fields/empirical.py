@@ -354,7 +354,13 @@ class EmpiricalFlow:
         if self._atoms_version is not None and self.atoms._version != self._atoms_version:
             self._recheck_cache()
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
-            raise ValueError("x must be a tensor of shape (B, ...)")
+            if isinstance(x, torch.Tensor):
+                got = "a 0-d tensor"
+            elif type(x).__module__ == "numpy" and hasattr(x, "shape"):   # kept light: numpy not imported
+                got = f"a NumPy array of shape {tuple(x.shape)} (torch.from_numpy(x) on the atoms' device)"
+            else:
+                got = type(x).__name__
+            raise ValueError(f"x must be a tensor of shape (B, ...), got {got}")
         batch = x.shape[0]
         # flat atoms (N, D) take any layout of D values; structured ones their own shape only, so a
         # channels-last batch against (N, C, H, W) atoms is refused rather than compared scrambled
