@@ -228,6 +228,22 @@ def test_far_from_data_neither_underflows_nor_overflows(atoms, t):
     assert rel_err(v, ref) < 1e-6
 
 
+@pytest.mark.parametrize("dtype,offset,t", [(torch.float32, 100.0, 0.1), (torch.float64, 1e4, 0.01),
+                                            (torch.float64, -1e4, 0.1)])
+def test_a_batch_far_from_a_tight_cluster_neither_underflows_nor_overflows_on_the_dense_path(dtype, offset, t):
+    # the test above goes the exact route (one candidate); here many atoms matter, so the screened
+    # logits are exponentiated, and they sit near −‖t·y‖²/(2(1 − t)²) ≈ −2e5: without subtracting
+    # each row's best logit every weight underflowed to 0 and the velocity read NaN
+    g = torch.Generator().manual_seed(6)
+    atoms = (offset + 0.01 * torch.rand(400, 48, generator=g, dtype=torch.float64)).to(dtype)
+    x = torch.randn(6, 48, generator=g, dtype=torch.float64).to(dtype)
+    out = kfm.EmpiricalFlow(atoms).evaluate(x, t)
+    assert not out.diagnostics.exact.any()                                   # the dense path
+    ref, _ = brute(atoms, x, t)
+    assert torch.isfinite(out.velocity).all()
+    assert rel_err(out.velocity, ref) < (1e-6 if dtype == torch.float32 else 1e-12)
+
+
 def test_near_duplicates_close_to_t_one_are_exact():
     # pairs of atoms 1e-3 apart; the GEMM expansion alone would be off by far more than 1e-6
     g = torch.Generator().manual_seed(3)
