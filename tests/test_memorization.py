@@ -320,6 +320,7 @@ def test_repeated_rows_counts_rows_equal_to_an_earlier_one():
     assert repeated_rows(rows.double() * 1e-3) == 400 - distinct
     signed_zero = torch.tensor([[0.0, 1.0], [-0.0, 1.0], [0.0, 1.0 + 2 ** -52]], dtype=torch.float64)
     assert repeated_rows(signed_zero) == 1                 # -0.0 equals 0.0; one ulp apart is another row
+    assert repeated_rows(torch.tensor([[1e300, 0.0], [1e300, 0.0], [-1e300, 1.0]], dtype=torch.float64)) == 1
 
 
 def test_to_frame_has_one_row_per_sample(case):

@@ -287,8 +287,8 @@ def _decided_exactly(memorized: torch.Tensor, ratio: torch.Tensor, threshold: fl
 
 
 def repeated_rows(rows: torch.Tensor) -> int:
-    """Number of rows of ``rows`` (N, ...) equal to an earlier row: N minus the number of distinct
-    rows (-0.0 equals 0.0; exact, in the rows' own dtype).
+    """Number of rows of ``rows`` (N, ...) of finite numbers equal to an earlier row: N minus the
+    number of distinct rows (-0.0 equals 0.0; exact, in the rows' own dtype).
 
     Equal rows have equal squared norms up to the float64 sums' rounding, so only rows whose norm
     lies that close to another's are compared, exactly (``torch.unique``): about 50 times less work
@@ -297,6 +297,8 @@ def repeated_rows(rows: torch.Tensor) -> int:
     if flat.shape[0] < 2:
         return 0
     sq, order = row_sq_norms(flat, torch.float64).sort()
+    if not bool(torch.isfinite(sq[-1])):      # norms beyond float64 (entries past 1e154): compare every row
+        return flat.shape[0] - torch.unique(flat, dim=0).shape[0]
     # one row's norm summed in two orders differs by at most 2·D·u·‖y‖² (u = 2**-53); twice that
     close = (sq[1:] - sq[:-1]) <= 4 * (flat.shape[1] + 1) * 2.0 ** -53 * sq[1:]
     candidates = torch.cat([order[:-1][close], order[1:][close]]).unique()
