@@ -222,8 +222,28 @@ def _sqrt_psd(s: np.ndarray, name: str) -> tuple[np.ndarray, int]:
     eigenvalues above D · ε · the largest (NumPy's ``matrix_rank`` rule)."""
     w, v = np.linalg.eigh(s)
     _check_psd(name, w)
-    rank = int((w > w.size * np.finfo(np.float64).eps * max(float(w[-1]), 0.0)).sum()) if w.size else 0
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T, rank
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T, _rank_of_eigenvalues(w)
+
+
+def _rank_of_eigenvalues(w: np.ndarray) -> int:
+    """How many of the ascending eigenvalues ``w`` exceed D · ε · the largest (``matrix_rank``'s rule)."""
+    return int((w > w.size * np.finfo(np.float64).eps * max(float(w[-1]), 0.0)).sum()) if w.size else 0
+
+
+def _numerical_rank(s: np.ndarray) -> int:
+    """The numerical rank of the symmetric PSD ``s`` (D, D) by :func:`_rank_of_eigenvalues`' rule.
+
+    A Cholesky factorisation of s − 4·D·ε·tr(s)·I (a third of an eigvalsh's cost) succeeds only when
+    every eigenvalue lies above that shift less its backward error (about ε·‖s‖), so above D·ε·λ_max
+    (λ_max ≤ tr s): full rank, and most covariances of more rows than features stop there; the rest
+    pay for the eigenvalues."""
+    dim = s.shape[0]
+    shift = 4.0 * dim * np.finfo(np.float64).eps * float(np.trace(s))
+    try:
+        np.linalg.cholesky(s - shift * np.eye(dim))
+        return dim
+    except np.linalg.LinAlgError:
+        return _rank_of_eigenvalues(np.linalg.eigvalsh(s))
 
 
 def _stats_array(name: str, value: Any) -> np.ndarray:
@@ -293,13 +313,14 @@ class FrechetReference:
     the reference.
 
     ``rank`` is the numerical rank of ``cov`` (eigenvalues above D·ε·the largest, from the
-    eigendecomposition its root needs; None: taken as full). Below D, cov^½ Σ cov^½ has at most
-    ``rank`` non-zero eigenvalues and only its largest ``rank`` are used: the others are round-off
-    about 0 whose square roots read d² low (sets in 8 dimensions of 300, 500 to 3,000 rows: 1.0e-5
-    relative low, now under 4e-14). A full-rank reference is measured as before, bit for bit. The fix
-    rests on the reference's rank: when only Σ is rank-deficient, d² still reads low by the sum of
-    those square roots (1.2e-5 absolute, 8e-4 of d² = 0.015, for a set in 8 dimensions of 300
-    against itself plus noise of sd 1e-3 in all 300), so make the rank-deficient set the reference.
+    eigendecomposition its root needs; None: taken as full). Each :meth:`distance` also takes Σ's
+    numerical rank by the same rule (a Cholesky factorisation settles full rank; only a Σ it
+    refuses pays for its eigenvalues). Below D, cov^½ Σ cov^½ has at most the smaller of the two
+    ranks of non-zero eigenvalues and only that many of its largest are used: the others are
+    round-off about 0 whose square roots read d² low (sets in 8 dimensions of 300, 500 to 3,000
+    rows: 1.0e-5 relative low, now under 4e-14; the same set as Σ against itself plus noise of sd
+    1e-3 in all 300 as the reference: 1.2e-5 absolute, 4 % of d² = 2.9e-4, now 2e-10), whichever
+    set is deficient. Two full-rank covariances are measured as before, bit for bit.
     """
 
     mean: np.ndarray
@@ -354,11 +375,12 @@ class FrechetReference:
             _check_semidefinite(names[1], sigma)
         middle = self.root @ sigma @ self.root
         eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
-        if self.rank is not None and self.rank < eig.size:
-            # cov^½ Σ cov^½ has at most the reference's rank: its other eigenvalues are round-off
-            # about 0 (up to ε·λ_max), whose square roots summed read d² low (1e-5 relative for
-            # sets in 8 dimensions of 300); only the largest ``rank`` are kept
-            eig = eig[eig.size - self.rank:]
+        # cov^½ Σ cov^½ has at most the smaller of the two covariances' ranks: its other eigenvalues
+        # are round-off about 0 (up to ε·λ_max), whose square roots summed read d² low (1e-5 relative
+        # for sets in 8 dimensions of 300, 4 % when only Σ spans them); only the largest are kept
+        rank = min(eig.size if self.rank is None else self.rank, _numerical_rank(sigma))
+        if rank < eig.size:
+            eig = eig[eig.size - rank:]
         trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
         diff = self.mean - mu
         value = float(diff @ diff + self.trace + np.trace(sigma) - 2.0 * trace_sqrt)
@@ -398,9 +420,9 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
     from one 64-d Gaussian give about 77, not 0: mean 77.4, sd 3.2 over 300 pairs), so compare
     such values only at equal sizes. Covariances are unbiased (ddof = 1).
 
-    ``feats_a`` is the reference of :class:`FrechetReference`: when a set's features span fewer
-    dimensions than D (more rows than features, in a subspace), pass it as ``feats_a``, whose rank
-    is used; see :class:`FrechetReference` for the accuracy either way.
+    ``feats_a`` is the reference of :class:`FrechetReference`. A set whose features span fewer
+    dimensions than D (more rows than features, in a subspace) may be either: the smaller of the
+    two covariances' numerical ranks is used (see :class:`FrechetReference` for the accuracy).
     """
     fs = feature_space(space)
     protocol = _protocol(fs, network, split, preprocessing)
