@@ -759,3 +759,34 @@ def test_a_rank_deficient_second_set_against_its_own_coordinates(n):
                 frechet_distance_from_stats(*lifted), frechet_distance_from_stats(*lifted[2:], *lifted[:2]),
                 FrechetReference.from_stats(*lifted[2:]).distance(*lifted[:2])):
         assert got == pytest.approx(expected, rel=1e-9)                  # 1.5e-10 here; 4 % low before
+
+
+def test_ball_tests_keep_each_buffer_within_the_budget_and_decide_as_the_float64_brute_force(monkeypatch):
+    # the ball tests' buffers were chunk × D (the centred reference chunk), batch_chunk × D × 8
+    # (the queries' float64 scratch) and batch_chunk × chunk × 8 (the distance block): about 245 MiB
+    # at D = 3,072 with the default blocks, whatever the budget. Here a 64 KiB budget at D = 40
+    # (float32: 409 reference rows at most, 204 query rows, and blocks of 64 KiB)
+    from kinetic_fm.metrics import fidelity
+
+    budget, dim = 64 << 10, 40
+    monkeypatch.setattr(fidelity, "BALL_TEST_BYTES", budget, raising=False)
+    seen, blocks = [], fidelity.sq_distance_blocks
+
+    def spied(x, y, *, chunk, batch_chunk):
+        seen.append((chunk, batch_chunk))
+        for q0, c0, d2 in blocks(x, y, chunk=chunk, batch_chunk=batch_chunk):
+            seen.append(d2.shape)
+            yield q0, c0, d2
+
+    monkeypatch.setattr(fidelity, "sq_distance_blocks", spied)
+    rng = np.random.default_rng(21)
+    real = rng.integers(0, 3, (900, dim)).astype(np.float32)      # ties at the balls' edges
+    fake = rng.integers(0, 3, (700, dim)).astype(np.float32) + (rng.random((700, dim)) < 0.05)
+    want_p, want_r = _float64_brute_force(real, fake, 3)
+    got = precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=3)
+    (chunk, batch_chunk), shapes = seen[0], seen[1:]
+    assert chunk * dim * 4 <= budget and batch_chunk * dim * 8 <= budget and chunk * batch_chunk * 8 <= budget
+    assert len(shapes) > 1 and max(rows * cols for rows, cols in shapes) * 8 <= budget
+    np.testing.assert_array_equal(got.fake_in_real.numpy(), want_p)
+    np.testing.assert_array_equal(got.real_in_fake.numpy(), want_r)
+    assert 0.0 < got.precision < 1.0 and 0.0 < got.recall < 1.0

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..blocks import block_size
+from ..blocks import DEVICE_BLOCK_BYTES, block_size
 from ..checks import check_flag, check_integer, check_same_space, positive_integer
 from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
 from ..knn import abs_max, column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
@@ -466,6 +466,24 @@ def _any(mask: Tensor, dim: int) -> Tensor:
     return mask.view(torch.uint8).amax(dim=dim).view(torch.bool)
 
 
+# the most bytes one buffer of the ball tests takes on the CPU (elsewhere blocks.DEVICE_BLOCK_BYTES):
+# the reference chunk centred for the GEMM, the queries' float64 scratch, the float64 distance block
+BALL_TEST_BYTES = 16 << 20
+
+
+def _ball_test_blocks(device: torch.device, dim: int, item: int, chunk: int, batch_chunk: int) -> tuple[int, int]:
+    """``(chunk, batch_chunk)`` cut so that each buffer of the ball tests' sweep fits the budget.
+
+    The sweep holds a centred chunk of reference rows (chunk × D in the GEMM's ``item`` bytes), the
+    queries' float64 scratch (batch_chunk × D × 8) and the float64 distance block (batch_chunk ×
+    chunk × 8): at D = 3,072 with the default 8,192 and 1,024 they came to about 245 MiB whatever
+    the sets' sizes. Every pair is decided as the float64 brute force decides it (the pairs near a
+    ball's edge exactly), so the memberships do not depend on the blocks."""
+    budget = BALL_TEST_BYTES if torch.device(device).type == "cpu" else DEVICE_BLOCK_BYTES
+    chunk = max(1, min(chunk, budget // (item * dim)))
+    return chunk, max(1, min(batch_chunk, budget // (8 * dim), budget // (8 * chunk)))
+
+
 def _ball_memberships(fake: Tensor, real: Tensor, real_radius_sq: Tensor, fake_radius_sq: Tensor,
                       chunk: int, batch_chunk: int, progress: bool = False) -> tuple[Tensor, Tensor]:
     """Both directions of ball membership from one sweep over the fake × real distance blocks.
@@ -484,6 +502,7 @@ def _ball_memberships(fake: Tensor, real: Tensor, real_radius_sq: Tensor, fake_r
     decided on exact float64 differences, so the answer equals the float64 brute force.
     """
     dtype = torch.float64 if fake.dtype == real.dtype == torch.float64 else torch.float32
+    chunk, batch_chunk = _ball_test_blocks(fake.device, fake.shape[1], torch.finfo(dtype).bits // 8, chunk, batch_chunk)
     u = unit_roundoff(dtype, fake.device)
     centre = column_mean(real)  # sq_distance_blocks centres both sides on the mean of real
     reach = (row_sq_norms(fake, torch.float64, centre=centre).sqrt()
@@ -564,7 +583,9 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
         k: the ball around each point reaches its k-th nearest neighbour in its own set
             (itself excluded); default 3 as in the paper; an integer in [1, min(N_r, N_f) − 1].
         space, network, split, preprocessing: as in :func:`frechet_distance`.
-        chunk, batch_chunk: GEMM block sizes (positive integers).
+        chunk, batch_chunk: GEMM block sizes (positive integers); the ball tests cut them so that
+            none of their buffers exceeds ``BALL_TEST_BYTES`` (16 MiB) on the CPU, which bounds
+            their memory whatever D (about 245 MiB at D = 3,072 with the defaults before).
         progress: tqdm bars (on stderr) over the two k-NN searches and the one sweep of ball
             tests (fake in real balls and real in fake balls from the same blocks).
 
