@@ -706,12 +706,12 @@ def test_classifier_margin_names_x_for_mixed_or_scattered_tensor_lists():
     accepted = ("; x may be one tensor, an array, nested lists of numbers, or a list or tuple of tensors of one "
                 "shape on one device")
     for mixed, item, kind in (([torch.ones(3), 1.0], 1, "float"), ([2, torch.ones(())], 0, "int")):
-        with pytest.raises(ValueError, match="^" + re.escape(f"x: a list of tensors must hold only tensors, got {kind} "
-                                                             f"at item {item}{accepted}") + "$"):
+        mixed_message = f"x: a list of tensors must hold only tensors, got {kind} at item {item}{accepted}"
+        with pytest.raises(ValueError, match="^" + re.escape(mixed_message) + "$"):
             classifier_margin(net, mixed)
-    with pytest.raises(ValueError, match="^" + re.escape("x: a list of tensors must hold tensors on one device, got cpu "
-                                                         "at item 0 and meta at item 1 (move them to one device: "
-                                                         f"[t.to(device) for t in x]){accepted}") + "$"):
+    scattered = ("x: a list of tensors must hold tensors on one device, got cpu at item 0 and meta at item 1 "
+                 f"(move them to one device: [t.to(device) for t in x]){accepted}")
+    with pytest.raises(ValueError, match="^" + re.escape(scattered) + "$"):
         classifier_margin(net, [torch.ones(3), torch.ones(3, device="meta")])
 
 
