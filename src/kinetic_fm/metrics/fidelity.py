@@ -20,10 +20,10 @@ says which network measured it: ``"FID"`` only for the standard TF-ported Incept
   precision = fraction of fakes inside some real ball, recall = fraction of reals inside some
   fake ball. Ball membership is tested by GEMM blocks (:func:`density.sq_distance_blocks`), one
   sweep over the fake × real blocks for both directions (rows against the real balls, columns
-  against the fake ones); the pairs within the GEMM's rounding bound of a ball's edge are
-  decided on exact float64 differences, against the exact squared radius, so a copy of a real
-  point always counts as inside and ties on quantised data (``d = r`` counts as inside) are
-  decided exactly.
+  against the fake ones), each of its buffers within ``BALL_TEST_BYTES`` on the CPU; the pairs
+  within the GEMM's rounding bound of a ball's edge are decided on exact float64 differences,
+  against the exact squared radius, so a copy of a real point always counts as inside and ties
+  on quantised data (``d = r`` counts as inside) are decided exactly.
 """
 from __future__ import annotations
 
