@@ -25,6 +25,12 @@ is also given as a multiple of the inputs' size (the set and the samples).
     python benchmarks/metrics_memory.py --quick    # 10,000 x 3,072
     python benchmarks/metrics_memory.py --cases kde distance_blocks --previous 16668bd
 
+``--cases ball_tests`` measures ``precision_recall``'s sweep of ball tests alone (``_ball_memberships``,
+``--samples`` fake against the set, radii of half the squared distance to a random row of the same
+set), whose buffers are cut to ``fidelity.BALL_TEST_BYTES`` each since helper-211:
+
+    python benchmarks/metrics_memory.py --quick --cases ball_tests precision_recall --previous main
+
 Each measurement runs in a fresh process: the set is made, the process's peak resident memory is
 reset (Linux: /proc/self/clear_refs), the pass runs, and the peak above the resident size before it
 is reported with the pass's wall time. Memory is what this script claims; times are one run each
@@ -46,8 +52,9 @@ NAIVE_CASES = ("finite", "scott", "column_sums", "decode", "rescreen")
 # whole calls of the metrics that centre the reference (thirty-second session), against --previous
 CENTRING_CASES = ("kde", "distance_blocks", "precision_recall", "local_support")
 # the exact k-NN self-search of precision_recall's radii, and the pass over its k-th neighbours that
-# follows it (helper-179: glibc's heap as the peak's moving part), measured like the centring cases
-SEARCH_CASES = ("self_search", "kth_radii")
+# follows it (helper-179: glibc's heap as the peak's moving part), and its sweep of ball tests alone
+# (helper-211), measured like the centring cases
+SEARCH_CASES = ("self_search", "kth_radii", "ball_tests")
 
 
 def _centring_call(case: str, x, samples):
@@ -74,6 +81,18 @@ def _centring_call(case: str, x, samples):
         kth = torch.randint(0, x.shape[0], (x.shape[0], 1), generator=torch.Generator().manual_seed(2))
         fidelity.nearest_neighbors = lambda *args, **kwargs: Neighbors(kth.double(), kth)
         return lambda: fidelity._kth_neighbour_sq_radius(x, 3, 8192, 1024, "real")
+    if case == "ball_tests":  # precision_recall's sweep alone (helper-211: its buffers cut to 16 MiB each)
+        import torch
+
+        from kinetic_fm.metrics import fidelity
+
+        # radii: half the squared distance to a random other row of the same set (no search before the reset)
+        def radii(rows, seed):
+            other = torch.randint(0, rows.shape[0], (rows.shape[0],), generator=torch.Generator().manual_seed(seed))
+            return fidelity._exact_sq_distances(rows, rows[other]) * 0.5
+
+        r2_real, r2_fake = radii(x, 3), radii(samples, 4)
+        return lambda: fidelity._ball_memberships(samples, x, r2_real, r2_fake, 8192, 1024)
     raise ValueError(f"unknown case {case!r}")
 
 

@@ -1034,12 +1034,15 @@ def test_the_figure_title_names_every_setting_that_changes_the_gain(tmp_path, mo
     (["--k", 2, "--launch", "exponential", "--landing", "linear"], False),
     (["--k", 2], False),                      # the default landing is exponential
     (["--landing", "linear"], False),        # --k not given
+    (["--k", 3, "--landing", "linear"], True),   # the default value, given
 ])
 def test_k_without_an_exponential_form_is_said_to_be_ignored(tmp_path, capsys, flags, warned):
     # --k 5 --landing linear ran the same gain as --k 3 without a word (no form reads k)
     assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 2, "--steps", 2, *flags) == 0
     err = capsys.readouterr().err
     assert ("--k applies to the exponential launch or landing only" in err) == warned, err
+    # once, naming the flag: KTS itself warns too (naming k), for a k other than 3
+    assert err.count("applies to the exponential launch or landing only") == int(warned), err
 
 
 _MIXTURE_RUN = ["--field", "mixture", "--dim", 2, "--n", 4, "--shard-size", 2, "--steps", 4, "--solver", "heun"]
@@ -1143,10 +1146,10 @@ def test_every_setting_a_sample_run_compares_has_its_flag():
 
     import kinetic_fm.commands.sample as sample
 
-    args = argparse.Namespace(truncate=2, field=sample.EMPIRICAL, model=None, dim=None, steps=4, solver="dopri5",
-                              grid="uniform", quadrature="solver", split=None, on_nonfinite="raise", dtype="float32",
-                              device="cpu", save_x=True, profile=True, rtol=1e-3, atol=1e-3, first_step=0.1,
-                              max_steps=None)
+    args = argparse.Namespace(truncate=2, backend="faiss", field=sample.EMPIRICAL, model=None, dim=None, steps=4,
+                              solver="dopri5", grid="uniform", quadrature="solver", split=None, on_nonfinite="raise",
+                              dtype="float32", device="cpu", save_x=True, profile=True, rtol=1e-3, atol=1e-3,
+                              first_step=0.1, max_steps=None)
     target = sample._Target(None, (2,), {})
     config = sample._config(args, target, kfm.KTS(), sample._Conditioning(1, 2.0, 3))
     fields = [f"config.{key}" for key in config] + [f"config.shaping.{key}" for key in config["shaping"]]

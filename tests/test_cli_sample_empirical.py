@@ -185,7 +185,8 @@ def test_resume_against_other_training_data_is_refused_and_the_same_data_elsewhe
     # a subset of the same file is other items too
     torch.save(train, path)
     assert kfm_sample(tmp_path / "run", "--train", path, "--train-n", 15, *_RESUMED, "--resume") == 2
-    assert "loads other training items" in capsys.readouterr().err
+    err = capsys.readouterr().err   # refused before they are read
+    assert "holds other training items than the run" in err and "(15 items by --train-n;" in err
     assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 0
 
 
@@ -231,7 +232,9 @@ def test_the_help_names_the_empirical_flags(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for words in ("empirical: the exact empirical flow-matching field", "--train TRAIN", "--train-n",
                   "--train-seed", "--truncate", "neglected_bound_max", "posterior_max_weight",
-                  "An approximation, not a speed-up"):
+                  "An approximation, not a speed-up", "--backend {torch,faiss}",
+                  "the largest, over a sample's evaluations, of the bound on the posterior mass one evaluation left "
+                  "out (a maximum, not a sum"):
         assert words in text
 
 
@@ -575,3 +578,124 @@ def test_an_empirical_runs_results_table_as_train_points_at_its_run_folder(tmp_p
     err = capsys.readouterr().err
     assert f"--train {str(table)!r} is the results table of a kfm sample --field empirical run" in err
     assert not (tmp_path / "again").exists()
+
+
+def test_a_run_made_from_a_results_table_before_it_was_refused_resumes_and_reads_back(tmp_path, capsys, monkeypatch):
+    # before 88b60a5 a kfm sample run's results.parquet was taken as --train; such a run was
+    # refused by its own --resume, and kfm memorization --train RUN could not read its items
+    import kinetic_fm.commands._rows as rows
+
+    assert kfm_sample(tmp_path / "base", "--field", "gaussian", "--n", 6, "--steps", 3) == 0
+    table = tmp_path / "base" / "results.parquet"
+    flags = ["--field", "empirical", "--train", table, "--n", 4, "--steps", 3, "--shard-size", 2]
+    with monkeypatch.context() as patched:
+        patched.setattr(rows, "_is_results_table", lambda path: False)   # as made then
+        assert kfm_sample(tmp_path / "old", *flags) == 0
+    whole = read_run(tmp_path / "old")
+    last = sorted((tmp_path / "old" / "shards").glob("shard-00001-*"))
+    assert len(last) == 2
+    for path in last:  # its second shard lost (its parquet and receipt): the resume recomputes it
+        path.unlink()
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "old", *flags, "--resume") == 0
+    assert "this process computed 1, kept 1" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(read_run(tmp_path / "old"), whole, check_exact=True)
+    # its items read back as kfm memorization --train: the base run's 6 samples, checked by their sha256
+    assert main(["memorization", "--samples", str(tmp_path / "old"), "--train", str(tmp_path / "old"),
+                 "--no-progress"]) == 0
+    assert "--train " + str(tmp_path / "old") + ": the 6 items its field was made of" in capsys.readouterr().out
+    # a new run of it is still refused, as is a --resume into a folder that holds no run yet
+    assert kfm_sample(tmp_path / "new", *flags) == 2
+    assert kfm_sample(tmp_path / "new", *flags, "--resume") == 2
+    assert "is the results table of a kfm sample run" in capsys.readouterr().err
+
+
+def test_a_resume_against_other_items_is_refused_before_they_are_read_where_their_count_is_known(
+        tmp_path, capsys, monkeypatch):
+    # 50,000 CIFAR-10 images were decoded (15 s) only to be refused; the run records its items'
+    # shape and sha256, and a .npy header, --train-n, a folder's image files or an empirical run's
+    # manifest tell enough before anything is read
+    import kinetic_fm.commands._rows as rows
+    from PIL import Image
+
+    path = _saved(tmp_path, _points())                        # 32 points
+    flags = ["--field", "empirical", "--n", 4, "--steps", 3]
+    assert kfm_sample(tmp_path / "run", "--train", path, *flags) == 0
+    assert kfm_sample(tmp_path / "other_run", "--train", path, "--train-n", 20, *flags) == 0
+    np.save(tmp_path / "more.npy", _points(40).numpy())
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((4, 4), 50 * i, dtype=np.uint8)).save(images / f"{i}.png")
+    capsys.readouterr()
+    read = []
+    real = rows.load_rows
+    monkeypatch.setattr(rows, "load_rows", lambda *a, **k: read.append(a) or real(*a, **k))
+    for train, now in [(tmp_path / "more.npy", "shape [40, 2] by its header"),
+                       ([path, "--train-n", 31], "31 items by --train-n"),
+                       ([path, "--train-n", 999], "999 items by --train-n"),
+                       (images, "3 image files"),
+                       (tmp_path / "other_run", "float32 [20, 2], sha256")]:
+        given = train if isinstance(train, list) else [train]
+        assert kfm_sample(tmp_path / "run", "--train", *given, *flags, "--resume") == 2
+        err = capsys.readouterr().err
+        assert f"--resume: --train {given[0]} holds other training items than the run in {tmp_path / 'run'}" in err
+        assert f"({now}" in err and "the run's: float32 [32, 2], sha256" in err
+    assert read == []   # nothing was loaded
+    # a built-in field's run folder is no items: the loader says so, whatever --train-n says
+    assert kfm_sample(tmp_path / "gaussian", "--n", 2, "--steps", 2) == 0
+    assert kfm_sample(tmp_path / "run", "--train", tmp_path / "gaussian", "--train-n", 3, *flags, "--resume") == 2
+    assert "is a kfm sample run folder (samples, not training items" in capsys.readouterr().err
+    read.clear()
+    # the same items, however reached, still resume: the file, its empirical run, a "subset" of all 32
+    for given in ([path], [tmp_path / "run"], [path, "--train-n", 32]):
+        assert kfm_sample(tmp_path / "run", "--train", *given, *flags, "--resume") == 0
+    assert len(read) == 3
+    # another file of the right count is read, and refused by its values
+    np.save(tmp_path / "same_shape.npy", _points(seed=1).numpy())
+    assert kfm_sample(tmp_path / "run", "--train", tmp_path / "same_shape.npy", *flags, "--resume") == 2
+    assert "loads other training items than the run" in capsys.readouterr().err
+    assert len(read) == 4
+
+
+def test_backend_faiss_picks_the_truncated_atoms_by_faiss_and_is_part_of_the_run(tmp_path, capsys):
+    pytest.importorskip("faiss")
+    train = _points()
+    flags = ["--field", "empirical", "--train", _saved(tmp_path, train), "--n", 6, "--steps", 7,
+             "--solver", "heun", "--truncate", 3, "--batch-size", 6]
+    assert kfm_sample(tmp_path / "run", *flags, "--backend", "faiss") == 0
+    assert "truncated to 3 atoms picked by faiss" in capsys.readouterr().out
+    df = read_run(tmp_path / "run")
+    bounds = {}
+    for backend in ("torch", "faiss"):
+        recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(train, truncate=3, backend=backend))
+        direct = kfm.sample(recorder, seeds=range(6), shape=(2,), steps=7, solver="heun")
+        bounds[backend] = recorder.trace().neglected_bound.amax(dim=0).numpy()
+        if backend == "faiss":
+            np.testing.assert_array_equal(df["kpe"].to_numpy(), direct.kpe.numpy())
+            np.testing.assert_array_equal(read_samples(tmp_path / "run"), direct.x.numpy())
+    # the faiss search bounds the dropped mass otherwise: its column is faiss's, not the default's
+    np.testing.assert_array_equal(df["neglected_bound_max"].to_numpy(), bounds["faiss"])
+    assert not np.array_equal(bounds["faiss"], bounds["torch"])
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["backend"] == "faiss"
+    # compared on resume, named by its flag; the default (given or not) is not recorded
+    assert kfm_sample(tmp_path / "run", *flags, "--backend", "torch", "--resume") == 2
+    assert "--backend (the run's faiss, now default)" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "run", *flags, "--backend", "faiss", "--resume") == 0
+    assert kfm_sample(tmp_path / "plain", *flags, "--backend", "torch") == 0
+    assert "backend" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())["config"]
+    assert kfm_sample(tmp_path / "plain", *flags, "--resume") == 0
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--field", "empirical", "--train", "T", "--backend", "faiss"],
+     "--backend faiss picks the atoms of --truncate's truncated mode; give --truncate K"),
+    (["--field", "gaussian", "--backend", "torch"], "--backend applies to --field empirical only"),
+])
+def test_backend_without_truncation_or_an_empirical_field_is_refused(tmp_path, capsys, flags, message):
+    path = _saved(tmp_path, _points())
+    flags = [path if flag == "T" else flag for flag in flags]
+    assert kfm_sample(tmp_path / "run", *flags, "--n", 2, "--steps", 2) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kfm sample: error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -196,7 +196,9 @@ def test_single_atom_gives_straight_line_velocity(t):
     y = torch.randn(1, 5, dtype=torch.float64)
     x = torch.randn(4, 5, dtype=torch.float64)
     v = kfm.EmpiricalFlow(y)(x, t)
-    torch.testing.assert_close(v, (y - x) / (1 - t), rtol=1e-15, atol=0)
+    assert torch.equal(v, (y - x) / (1 - t))               # exactly, as the acceptance asks: ȳ = y in float64
+    times = torch.tensor([t, 0.0, 0.5, 1 - 1e-6], dtype=torch.float64)             # one time per row
+    assert torch.equal(kfm.EmpiricalFlow(y)(x, times), (y - x) / (1 - times[:, None]))
 
 
 @pytest.mark.parametrize("t", [0.999, 1 - 1e-7, 1.0])
@@ -224,6 +226,22 @@ def test_far_from_data_neither_underflows_nor_overflows(atoms, t):
     ref, _ = brute(atoms, x, t)
     assert torch.isfinite(v).all()
     assert rel_err(v, ref) < 1e-6
+
+
+@pytest.mark.parametrize("dtype,offset,t", [(torch.float32, 100.0, 0.1), (torch.float64, 1e4, 0.01),
+                                            (torch.float64, -1e4, 0.1)])
+def test_a_batch_far_from_a_tight_cluster_neither_underflows_nor_overflows_on_the_dense_path(dtype, offset, t):
+    # the test above goes the exact route (one candidate); here many atoms matter, so the screened
+    # logits are exponentiated, and they sit near −‖t·y‖²/(2(1 − t)²) ≈ −2e5: without subtracting
+    # each row's best logit every weight underflowed to 0 and the velocity read NaN
+    g = torch.Generator().manual_seed(6)
+    atoms = (offset + 0.01 * torch.rand(400, 48, generator=g, dtype=torch.float64)).to(dtype)
+    x = torch.randn(6, 48, generator=g, dtype=torch.float64).to(dtype)
+    out = kfm.EmpiricalFlow(atoms).evaluate(x, t)
+    assert not out.diagnostics.exact.any()                                   # the dense path
+    ref, _ = brute(atoms, x, t)
+    assert torch.isfinite(out.velocity).all()
+    assert rel_err(out.velocity, ref) < (1e-6 if dtype == torch.float32 else 1e-12)
 
 
 def test_near_duplicates_close_to_t_one_are_exact():
@@ -326,6 +344,11 @@ def test_on_an_atom_with_many_exact_copies_the_velocity_is_zero():
     atoms = torch.cat([torch.rand(50, 16, generator=g), torch.rand(1, 16, generator=g).expand(101, 16)])
     for t in (1 - 1e-7, 1.0):
         assert kfm.EmpiricalFlow(atoms)(atoms[-1:], t).abs().max() == 0
+        # the 101 equal atoms split the posterior evenly (the docs' 1/m and log m), in either mode
+        for field in (kfm.EmpiricalFlow(atoms), kfm.EmpiricalFlow(atoms, truncate=101)):
+            d = field.diagnostics(atoms[-1:], t)
+            assert d.max_weight.item() == pytest.approx(1 / 101, rel=1e-12)
+            assert d.entropy.item() == pytest.approx(math.log(101), rel=1e-12)
 
 
 def test_t_past_one_minus_eps_is_clamped_in_the_posterior_too():
@@ -336,6 +359,13 @@ def test_t_past_one_minus_eps_is_clamped_in_the_posterior_too():
     v_eps, v_one = field(x, 1 - 1e-3), field(x, 1.0)
     torch.testing.assert_close(v_eps, torch.full((1, 1), 1e3, dtype=torch.float64))
     assert torch.equal(v_one, v_eps)
+
+
+@pytest.mark.parametrize("x,got", [(np.zeros((3, 4)), r"a NumPy array of shape \(3, 4\) \(torch.from_numpy"),
+                                   (torch.tensor(1.0), "a 0-d tensor"), ([[0.0] * 4], "list")])
+def test_x_that_is_no_batch_tensor_is_named_with_what_came(x, got):
+    with pytest.raises(ValueError, match=r"x must be a tensor of shape \(B, \.\.\.\), got " + got):
+        kfm.EmpiricalFlow(torch.randn(5, 4))(x, 0.5)
 
 
 def test_inputs_that_require_grad_integer_inputs_and_empty_batches():

@@ -282,19 +282,13 @@ def test_errors():
 
 
 def test_inception_without_backends_says_what_to_install(tmp_path, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_backends(name, *args, **kwargs):
-        if name.startswith(("torch_fidelity", "torchvision")):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
+    import sys
 
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"")
-    monkeypatch.setattr(builtins, "__import__", no_backends)
-    with pytest.raises(ImportError, match="pip install torch-fidelity"):
+    for name in ("torch_fidelity", "torchvision"):   # absent, also where installed
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=r"pip install torch-fidelity\).*\(pip install torchvision\)"):
         inception_feature_space(weights)
 
 
@@ -734,3 +728,59 @@ def test_sets_in_a_low_dimensional_subspace_against_their_own_coordinates(n):
     lifted = (m1 @ q.T, q @ s1 @ q.T, m2 @ q.T, q @ s2 @ q.T)
     assert frechet_distance_from_stats(*lifted) == pytest.approx(expected, rel=1e-11)
     assert FrechetReference.from_stats(*lifted[:2]).rank == 8
+
+
+@pytest.mark.parametrize("n", [500, 3000])
+def test_a_rank_deficient_second_set_against_its_own_coordinates(n):
+    # a set in 8 dimensions of 300 against itself plus noise of sd 1e-3 in all 300: only the
+    # reference's (the first set's) rank was used, so with the deficient set second the 292
+    # round-off eigenvalues of cov^½ Σ cov^½ read d² (2.9e-4) low by 1.2e-5 (4 %). The
+    # trace term's non-zero eigenvalues are those of S^½ (Qᵀ Σ_b Q) S^½ in the 8 coordinates
+    # (Σ_a = Q S Qᵀ), measured there in float64
+    rng = np.random.default_rng(7)
+    q, _ = np.linalg.qr(rng.standard_normal((300, 8)))
+    za = rng.standard_normal((n, 8)) * np.linspace(1.0, 3.0, 8)
+    a = za @ q.T
+    b = a + 1e-3 * rng.standard_normal((n, 300))
+    m_a, s_a, m_b, s_b = za.mean(0) @ q.T, np.cov(za, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(s_a).real
+    trace_sqrt = np.sqrt(np.linalg.eigvalsh(root @ (q.T @ s_b @ q) @ root)).sum()
+    expected = ((m_a - m_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_sqrt
+    assert 2e-4 < expected < 4e-4
+    lifted = (m_a, q @ s_a @ q.T, m_b, s_b)
+    for got in (frechet_distance(torch.from_numpy(a), torch.from_numpy(b)).value,
+                frechet_distance(torch.from_numpy(b), torch.from_numpy(a)).value,
+                frechet_distance_from_stats(*lifted), frechet_distance_from_stats(*lifted[2:], *lifted[:2]),
+                FrechetReference.from_stats(*lifted[2:]).distance(*lifted[:2])):
+        assert got == pytest.approx(expected, rel=1e-9)                  # 1.5e-10 here; 4 % low before
+
+
+def test_ball_tests_keep_each_buffer_within_the_budget_and_decide_as_the_float64_brute_force(monkeypatch):
+    # the ball tests' buffers were chunk × D (the centred reference chunk), batch_chunk × D × 8
+    # (the queries' float64 scratch) and batch_chunk × chunk × 8 (the distance block): about 245 MiB
+    # at D = 3,072 with the default blocks, whatever the budget. Here a 64 KiB budget at D = 40
+    # (float32: 409 reference rows at most, 204 query rows, and blocks of 64 KiB)
+    from kinetic_fm.metrics import fidelity
+
+    budget, dim = 64 << 10, 40
+    monkeypatch.setattr(fidelity, "BALL_TEST_BYTES", budget, raising=False)
+    seen, blocks = [], fidelity.sq_distance_blocks
+
+    def spied(x, y, *, chunk, batch_chunk):
+        seen.append((chunk, batch_chunk))
+        for q0, c0, d2 in blocks(x, y, chunk=chunk, batch_chunk=batch_chunk):
+            seen.append(d2.shape)
+            yield q0, c0, d2
+
+    monkeypatch.setattr(fidelity, "sq_distance_blocks", spied)
+    rng = np.random.default_rng(21)
+    real = rng.integers(0, 3, (900, dim)).astype(np.float32)      # ties at the balls' edges
+    fake = rng.integers(0, 3, (700, dim)).astype(np.float32) + (rng.random((700, dim)) < 0.05)
+    want_p, want_r = _float64_brute_force(real, fake, 3)
+    got = precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=3)
+    (chunk, batch_chunk), shapes = seen[0], seen[1:]
+    assert chunk * dim * 4 <= budget and batch_chunk * dim * 8 <= budget and chunk * batch_chunk * 8 <= budget
+    assert len(shapes) > 1 and max(rows * cols for rows, cols in shapes) * 8 <= budget
+    np.testing.assert_array_equal(got.fake_in_real.numpy(), want_p)
+    np.testing.assert_array_equal(got.real_in_fake.numpy(), want_r)
+    assert 0.0 < got.precision < 1.0 and 0.0 < got.recall < 1.0

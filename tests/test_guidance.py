@@ -531,3 +531,23 @@ def test_a_guidance_pickled_before_select_views_wrote_back_still_runs_and_select
     old.select(active)(x[active] + 1, t[active])
     fresh.select(active)(x[active] + 1, t[active])
     assert torch.equal(old.last_conditional, fresh.last_conditional)  # rows 0, 2, 3 written back
+
+
+@pytest.mark.parametrize("restart", ["start_run", "reset"])
+def test_a_new_run_does_not_show_the_last_runs_velocities(restart):
+    # reset()/start_run() left last_conditional/last_unconditional as the first run left them: a
+    # second run's view writing rows 1 and 3 kept rows 0 and 2 of the first run, which read as
+    # evaluated in this one (rows never evaluated read NaN, as documented)
+    net = ClassNet()
+    x = kfm.noise(range(4), (DIM,), dtype=torch.float64)
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+    cfg = ClassifierFreeGuidance(net, y, 2.0, NULL)
+    cfg(x, t)
+    getattr(cfg, restart)()
+    assert cfg.last_conditional is None and cfg.last_unconditional is None
+    cfg.select(torch.tensor([False, True, False, True]))(x[[1, 3]], t[[1, 3]])
+    assert cfg.last_conditional[[0, 2]].isnan().all() and cfg.last_unconditional[[0, 2]].isnan().all()
+    with torch.no_grad():
+        want = net(x, t, y)
+    torch.testing.assert_close(cfg.last_conditional[[1, 3]], want[[1, 3]], rtol=1e-12, atol=1e-12)

@@ -1,6 +1,7 @@
 """Gap-ratio memorization (kinetic_fm.metrics.memorization) and the `kfm memorization` command."""
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,7 @@ def test_numpy_arrays_and_data_frames_give_the_tensors_report(case):
         assert (got.fraction, got.ci) == (want.fraction, want.ci)
 
 
+@pytest.mark.filterwarnings("ignore:train holds .* rows equal to an earlier row")   # 30 rows of 5 bits repeat
 def test_data_frames_of_pandas_nullable_numbers_are_audited_as_their_values():
     # Int64 / Float64 / boolean columns (read_parquet(dtype_backend="numpy_nullable"), convert_dtypes())
     # hand torch Python objects: a TypeError that named neither the argument nor the dtype
@@ -267,8 +269,58 @@ def test_feature_space_is_applied_to_both_sets(case, capsys, space_chunk, progre
 
 def test_duplicated_training_item_copied_counts_as_memorized():
     train = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
-    rep = kfm.memorization(torch.tensor([[0.0, 0.0]]), train, bootstrap=0)
+    with pytest.warns(UserWarning, match=r"train holds 1 row equal to an earlier row; for 1 of the 1 samples .*"
+                                         r"\(1 an exact copy, first at row 0\)"):
+        rep = kfm.memorization(torch.tensor([[0.0, 0.0]]), train, bootstrap=0)
     assert rep.ratio.item() == 0 and rep.memorized.item()
+
+
+def _duplicated_case(dtype):
+    """train: 50 distinct rows, then rows 0 and 1 again and row 0 a third time (3 rows repeat an
+    earlier one); samples: a near-copy of row 0, an exact copy of row 1, a near-copy of row 5 (not
+    duplicated) and a fresh point."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    train = torch.cat([base, base[[0, 1, 0]]])
+    samples = torch.cat([base[:1] + 1e-3 * torch.randn(1, 6, generator=g, dtype=torch.float64), base[1:2],
+                         base[5:6] + 1e-3 * torch.randn(1, 6, generator=g, dtype=torch.float64),
+                         torch.randn(1, 6, generator=g, dtype=torch.float64)])
+    return samples.to(dtype), train.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_copies_of_a_duplicated_training_item_are_warned_of_and_keep_the_reference_ratio(dtype):
+    samples, train = _duplicated_case(dtype)
+    with pytest.warns(UserWarning, match=r"train holds 3 rows equal to an earlier row; for 2 of the 4 samples the "
+                                         r"nearest and second-nearest items are two such rows \(1 an exact copy"):
+        rep = kfm.memorization(samples, train, bootstrap=0)
+    d1, d2, _ = brute(samples, train)                              # float64 brute force over every row
+    assert d1[0] == d2[0] > 0 and d1[1] == d2[1] == 0              # the duplicates give d2 = d1 exactly
+    expected = torch.where(d2 > 0, d1 / d2.clamp_min(1e-300), torch.zeros_like(d1))  # 0/0 read 0
+    assert torch.equal(rep.ratio, expected)
+    assert rep.memorized.tolist() == [False, True, True, False]   # near-copy of a duplicate: ratio 1
+
+
+def test_duplicates_no_sample_is_nearest_to_are_not_warned_of(case):
+    samples, train = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        far = train[:3] + 10                                    # repeated rows no sample is near
+        kfm.memorization(samples, torch.cat([train, far, far]), bootstrap=0)
+        kfm.memorization(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0], [-1.0, 1.0]]), bootstrap=0)
+
+
+def test_repeated_rows_counts_rows_equal_to_an_earlier_one():
+    from kinetic_fm.metrics.memorization import repeated_rows
+
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randint(0, 3, (400, 4), generator=g, dtype=torch.uint8)     # many repeats and norm ties
+    distinct = len({tuple(r) for r in rows.tolist()})                      # Python's own set of rows
+    assert repeated_rows(rows) == 400 - distinct
+    assert repeated_rows(rows.double() * 1e-3) == 400 - distinct
+    signed_zero = torch.tensor([[0.0, 1.0], [-0.0, 1.0], [0.0, 1.0 + 2 ** -52]], dtype=torch.float64)
+    assert repeated_rows(signed_zero) == 1                 # -0.0 equals 0.0; one ulp apart is another row
+    assert repeated_rows(torch.tensor([[1e300, 0.0], [1e300, 0.0], [-1e300, 1.0]], dtype=torch.float64)) == 1
 
 
 def test_to_frame_has_one_row_per_sample(case):
@@ -344,6 +396,19 @@ def test_a_key_on_a_single_array_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match="holds one array .* key='images' does not apply"):
         load_array(tmp_path / "one.npz", key="images")
     assert load_array(tmp_path / "one.npz").shape == (3, 2)
+
+
+def test_a_key_naming_a_dict_entry_that_is_no_tensor_says_what_it_holds(tmp_path):
+    from kinetic_fm.metrics._arrays import load_array
+
+    torch.save({"x": [torch.zeros(2, 3), torch.ones(2, 3)], "labels": torch.arange(4)}, tmp_path / "d.pt")
+    # it used to say "no tensor named 'x'", of a dict that has an 'x'
+    with pytest.raises(ValueError, match=r"d.pt: its entry 'x' is a list of 2 items, not a tensor: torch.cat "
+                                         r"\(or torch.stack\) them into one; its tensors are \['labels'\]"):
+        load_array(tmp_path / "d.pt", key="x")
+    with pytest.raises(ValueError, match=r"no tensor named 'y'; it holds \['labels'\]"):
+        load_array(tmp_path / "d.pt", key="y")
+    assert torch.equal(load_array(tmp_path / "d.pt", key="labels"), torch.arange(4))
 
 
 def test_cli_interval_choice_reaches_the_report(tmp_path, capsys, case):
@@ -1063,7 +1128,7 @@ def test_parquet_columns_left_out_are_named(tmp_path, capsys):
 
     with pytest.warns(UserWarning, match=r"read the 3 numeric columns; left out \['name'\]"):
         assert load_array(tmp_path / "s.parquet").tolist() == features.tolist()
-    np.save(tmp_path / "t.npy", np.zeros((5, 3)))
+    np.save(tmp_path / "t.npy", np.arange(15.0).reshape(5, 3))     # distinct rows: no duplicate-item warning
     assert main(["memorization", "--samples", str(tmp_path / "s.parquet"), "--train", str(tmp_path / "t.npy"),
                  "--no-progress"]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
@@ -2081,4 +2146,5 @@ def test_cli_backend_faiss_without_faiss_names_the_flag_before_the_audit(tmp_pat
     monkeypatch.setitem(__import__("sys").modules, "faiss", None)   # import faiss fails, as where it is missing
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.npy"),
                  "--backend", "faiss", "--no-progress"]) == 2
-    assert capsys.readouterr().err == "kfm memorization: error: --backend faiss needs faiss: pip install faiss-cpu\n"
+    assert capsys.readouterr().err == ("kfm memorization: error: --backend faiss needs the faiss-cpu package: "
+                                       "pip install faiss-cpu (or pip install kinetic_fm[faiss])\n")

@@ -258,6 +258,45 @@ def test_a_damaged_manifest_is_refused_saying_how_to_go_on(tmp_path, reference, 
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing touched
 
 
+def test_a_damaged_manifest_is_written_again_by_repair_when_the_shards_vouch_for_the_settings(tmp_path, reference,
+                                                                                              capsys):
+    # the shards' receipts record the run id (a sha256 of every compared setting): the command that made
+    # the run rebuilds a manifest giving that id, which proves its settings the run's
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    good = (run / "manifest.json").read_text()
+    (run / "manifest.json").write_text(good[: len(good) // 2])
+    (run / "shards" / "shard-00001-of-00004.parquet").unlink()   # and one shard lost, to be redone
+    (run / "results.parquet").unlink()
+    assert _sample(run, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "this command's settings give the run id its 4 shard receipts record: rerun it with --repair" in err
+    assert _sample(run, "--resume", "--steps", "9") == 2                 # other settings are not the run's
+    err = capsys.readouterr().err
+    assert "none of its 4 shard receipts records the run id this command's settings give" in err
+    assert _sample(run, "--resume", "--steps", "9", "--repair") == 2
+    assert "none of its 4 shard receipts" in capsys.readouterr().err
+    assert (run / "manifest.json").read_text() == good[: len(good) // 2]   # refused: nothing touched
+    assert _sample(run, "--resume", "--repair") == 0
+    captured = capsys.readouterr()
+    assert "manifest.json was damaged: written again from this command's settings" in captured.err
+    assert "this process computed 1, kept 3" in captured.out
+    _assert_same_run(run, reference)
+    assert (run / "manifest.json.damaged").read_text() == good[: len(good) // 2]
+    repaired, original = (json.loads(text) for text in ((run / "manifest.json").read_text(), good))
+    assert repaired["run_id"] == original["run_id"]
+    assert {key: repaired[key] for key in ("kind", "config", "identity", "seed_start", "n", "shard_size")} == \
+        {key: original[key] for key in ("kind", "config", "identity", "seed_start", "n", "shard_size")}
+    written = (run / "manifest.json").read_text()
+    assert _sample(run, "--resume", "--repair") == 0        # a readable manifest is left as it is
+    assert (run / "manifest.json").read_text() == written and "was damaged" not in capsys.readouterr().err
+    # --repair applies to a --resume only
+    assert _sample(tmp_path / "new", "--repair") == 2
+    assert "--repair applies to --resume only" in capsys.readouterr().err
+
+
 def test_a_resume_reads_the_manifest_once_before_the_lock_and_once_under_it(tmp_path, monkeypatch):
     # it was read 4 times for a built-in field, 5 for a --model run (6 under dopri5), 6 for --field empirical
     import copy

@@ -2139,3 +2139,74 @@ def test_sampling_an_eval_mode_network_writes_none_of_its_buffers():
         kfm.sample(_as_velocity(net), kfm.noise(range(5), (2,), dtype=torch.float64), steps=6)
     assert all(dict(net.named_buffers())[name] is b for name, b in buffers.items())
     assert {name: b._version for name, b in buffers.items()} == versions   # no copy written back
+
+
+class _Resizer(nn.Module):
+    """Grows its buffer in place at its ``grow_at``-th call (training mode): the buffer the guard
+    kept cannot take its copy back."""
+
+    def __init__(self, grow_at: int):
+        super().__init__()
+        self.register_buffer("seen", torch.zeros(3, dtype=torch.float64))
+        self.grow_at, self.calls = grow_at, 0
+
+    def forward(self, rows):
+        self.calls += 1
+        if self.training and self.calls == self.grow_at:
+            self.seen.resize_(5)
+        return rows
+
+
+def _resizing_net(grow_at):
+    torch.manual_seed(0)
+    return nn.Sequential(_Resizer(grow_at), nn.Linear(3, 16), nn.BatchNorm1d(16), nn.SiLU(),
+                         nn.Linear(16, 2)).double().train()
+
+
+def test_a_run_error_is_not_hidden_by_a_buffer_that_cannot_be_put_back():
+    # the restore's own RuntimeError (a (5,) buffer cannot take its (3,) copy) replaced the run's
+    # error, which only showed as "During handling of the above exception"
+    net = _resizing_net(grow_at=2)
+    before = copy.deepcopy(net.state_dict())
+    calls = []
+
+    def velocity(x, t):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ZeroDivisionError("the run's own error")
+        return net(torch.cat([x, t[:, None]], 1))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ZeroDivisionError, match="the run's own error") as caught:
+            kfm.sample(velocity, kfm.noise(range(5), (2,), dtype=torch.float64), steps=6)
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "could not put back" in notes and "seen" in notes and "(5,)" in notes and "(3,)" in notes, notes
+    # the other buffers went back all the same
+    assert all(torch.equal(net.state_dict()[k], before[k]) for k in before if not k.endswith("seen"))
+
+
+def test_a_buffer_that_cannot_be_put_back_after_a_good_run_is_an_error_that_names_it():
+    net = _resizing_net(grow_at=2)
+    before = copy.deepcopy(net.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match=r"could not put back .*'seen' of _Resizer.*\(5,\).*\(3,\)") as caught:
+            kfm.sample(_as_velocity(net), kfm.noise(range(5), (2,), dtype=torch.float64), steps=6)
+    assert isinstance(caught.value.__cause__, RuntimeError)   # torch's own words, chained
+    assert all(torch.equal(net.state_dict()[k], before[k]) for k in before if not k.endswith("seen"))
+
+
+def test_a_buffer_grown_to_a_shape_its_copy_broadcasts_to_is_not_filled_by_broadcasting():
+    # (3,) -> (2, 3): copy_ broadcast the kept (3,) into both rows and called it put back
+    class Reshaper(_Resizer):
+        def forward(self, rows):
+            if self.training:
+                self.seen.resize_(2, 3)
+            return rows
+
+    net = nn.Sequential(Reshaper(0), nn.Linear(3, 2)).double().train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match=r"'seen' of Reshaper.*\(2, 3\)"):
+            kfm.sample(_as_velocity(net), kfm.noise(range(5), (2,), dtype=torch.float64), steps=2)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -195,17 +197,10 @@ def test_clip_errors(tiny_clip_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         scorer.scores(torch.rand(1, 8, 8), ["a", "b"])
 
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_transformers(name, *args, **kwargs):
-        if name.startswith("transformers"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_transformers)
-    with pytest.raises(ImportError, match="pip install transformers"):
+    # transformers absent (its import blocked, as Python marks it); tests/test_optional.py the rest
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match=r"CLIPScorer needs the transformers package: pip install transformers "
+                                          r"\(or pip install kinetic_fm\[clip\]\)"):
         CLIPScorer(tiny_clip_dir)
 
 
@@ -689,8 +684,29 @@ def test_classifier_margin_stacks_a_list_of_image_tensors():
     with pytest.raises(ValueError, match=r"^x: a list of tensors must hold tensors of one shape, got \(3, 2, 2\) "
                                          r"at item 0 and \(3, 2\) at item 2; pass \(B, \.\.\.\) items"):
         classifier_margin(_net(), [x[0], x[1], x[2, :, 0]])
-    with pytest.raises(ValueError, match=r"^x: a tuple of tensors must hold only tensors, got list at item 1$"):
+    with pytest.raises(ValueError, match=r"^x: a tuple of tensors must hold only tensors, got list at item 1; x may be "
+                                         r"one tensor, an array, nested lists of numbers, or a list or tuple of "
+                                         r"tensors of one shape on one device$"):
         classifier_margin(_net(), (x[0], x[1].tolist()))
+
+
+def test_classifier_margin_names_x_for_mixed_or_scattered_tensor_lists():
+    # a list mixing tensors and numbers was refused without saying what x may be, and tensors on
+    # two devices failed in torch.stack with torch's "Tensor on device meta is not on the expected
+    # device cpu!", which names no argument
+    def net(x):
+        return torch.stack([x.sum(1), -x.sum(1)], 1)
+
+    accepted = ("; x may be one tensor, an array, nested lists of numbers, or a list or tuple of tensors of one "
+                "shape on one device")
+    for mixed, item, kind in (([torch.ones(3), 1.0], 1, "float"), ([2, torch.ones(())], 0, "int")):
+        mixed_message = f"x: a list of tensors must hold only tensors, got {kind} at item {item}{accepted}"
+        with pytest.raises(ValueError, match="^" + re.escape(mixed_message) + "$"):
+            classifier_margin(net, mixed)
+    scattered = ("x: a list of tensors must hold tensors on one device, got cpu at item 0 and meta at item 1 "
+                 f"(move them to one device: [t.to(device) for t in x]){accepted}")
+    with pytest.raises(ValueError, match="^" + re.escape(scattered) + "$"):
+        classifier_margin(net, [torch.ones(3), torch.ones(3, device="meta")])
 
 
 def test_classifier_margin_target_of_one_class_is_a_proper_tensor():

@@ -1,5 +1,6 @@
 """KTS gain against an independent transcription of the paper's reference formulas."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -32,12 +33,14 @@ FORMS = [(l, d) for l in ("linear", "constant", "exponential") for d in ("expone
 
 @pytest.mark.parametrize("launch, landing", FORMS)
 def test_gain_equals_reference_formulas(launch, landing):
-    kts = KTS(alpha0=0.02, beta0=0.03, tau_split=0.4, launch=launch, landing=landing, k=2.5)
+    k = 2.5 if "exponential" in (launch, landing) else 3.0   # another k, where no form reads it, warns
+    kts = KTS(alpha0=0.02, beta0=0.03, tau_split=0.4, launch=launch, landing=landing, k=k)
     ts = torch.linspace(0, 1, 1001, dtype=torch.float64)
-    ref = torch.tensor([reference_eta(t, 0.02, 0.03, 0.4, launch, landing, 2.5) for t in ts.tolist()], dtype=torch.float64)
+    ref = torch.tensor([reference_eta(t, 0.02, 0.03, 0.4, launch, landing, k) for t in ts.tolist()],
+                       dtype=torch.float64)
     assert torch.allclose(kts(ts), ref, rtol=0, atol=1e-15)
     for t in (0.0, 0.2, 0.4, 0.7, 1.0):
-        assert kts(t) == pytest.approx(reference_eta(t, 0.02, 0.03, 0.4, launch, landing, 2.5), abs=1e-15)
+        assert kts(t) == pytest.approx(reference_eta(t, 0.02, 0.03, 0.4, launch, landing, k), abs=1e-15)
         assert isinstance(kts(t), float)
 
 
@@ -172,10 +175,11 @@ def test_a_time_outside_zero_one_or_not_a_number_is_refused(t):
 
 @pytest.mark.parametrize("launch, landing", FORMS)
 def test_alpha_and_beta_are_the_gains_parts(launch, landing):
-    kts = KTS(alpha0=0.02, beta0=0.03, tau_split=0.4, launch=launch, landing=landing, k=2.5)
+    k = 2.5 if "exponential" in (launch, landing) else 3.0   # another k, where no form reads it, warns
+    kts = KTS(alpha0=0.02, beta0=0.03, tau_split=0.4, launch=launch, landing=landing, k=k)
     for t in (0.0, 0.2, 0.4, 0.7, 1.0, np.float64(0.3), torch.tensor(0.9)):
         assert 1.0 + kts.alpha(t) - kts.beta(t) == pytest.approx(
-            reference_eta(float(t), 0.02, 0.03, 0.4, launch, landing, 2.5), abs=1e-15)
+            reference_eta(float(t), 0.02, 0.03, 0.4, launch, landing, k), abs=1e-15)
 
 
 @pytest.mark.parametrize("times", [torch.tensor([0.5, 1.5]), torch.tensor([-0.25, 0.5], dtype=torch.float16),
@@ -280,3 +284,24 @@ def test_a_negative_beta0_is_refused_with_its_whole_range(landing, limit):
     # "beta0 must be >= 0" left out the upper end, which depends on the landing form and k
     with pytest.raises(ValueError, match=rf"beta0 must be >= 0 and below {limit}, got -0.01"):
         KTS(beta0=-0.01, landing=landing)
+
+
+@pytest.mark.parametrize("kwargs, ignored", [
+    ({"k": 5.0, "landing": "linear"}, True),
+    ({"k": 5.0, "launch": "constant", "landing": "constant", "beta0": 0.5}, True),
+    ({"k": 5.0, "beta0": 0.005}, False),                             # the default landing is exponential
+    ({"k": 2.0, "launch": "exponential", "landing": "linear"}, False),
+    ({"landing": "linear"}, False),                                  # k left at its default
+])
+def test_k_that_no_form_reads_is_said_to_be_ignored(kwargs, ignored):
+    # KTS(k=5, landing="linear") gave the gain of k = 3 without a word (only `kfm sample --k` warned):
+    # a sweep over k ran one gain under every value
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kts = KTS(**kwargs)
+    said = [str(w.message) for w in caught]
+    assert len(said) == int(ignored), said
+    if ignored:
+        assert said[0].startswith("k applies to the exponential launch or landing only") and "k = 5" in said[0]
+        assert caught[0].filename == __file__                        # points at the caller's line
+        assert kts(0.7) == KTS(**{**kwargs, "k": 3.0})(0.7)            # and indeed no form reads it

@@ -98,7 +98,7 @@ def __dir__() -> list[str]:
     # what this file itself imports for its own use is not part of the package's surface; nor is a
     # name whose optional package is missing: help(), pydoc and inspect.getmembers look up every
     # name dir() gives, and that lookup raises ImportError (naming what to install)
-    from .integrations import installed
+    from .optional import installed
 
     own_tools = {"annotations", "importlib", "Any", "_version", "_NEEDS"}
     lazy = {name for name, module in _LAZY.items() if module not in _NEEDS or installed(_NEEDS[module])}

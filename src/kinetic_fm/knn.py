@@ -533,13 +533,12 @@ def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas
     return best_idx, worst, unit_roundoff(dtype, y.device)
 
 
-def faiss_module() -> ModuleType:
-    """The optional faiss package; ImportError saying what to install where it is missing."""
-    try:
-        import faiss  # noqa: PLC0415 - optional dependency
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu") from err
-    return faiss
+def faiss_module(user: str = "backend='faiss'") -> ModuleType:
+    """The optional faiss package, for ``user`` (the argument or flag that asks for it);
+    ImportError saying what to install where it is missing, or what failed where it is broken."""
+    from .optional import import_optional
+
+    return import_optional("faiss", user)
 
 
 def _screen_faiss(xb, y, n_candidates, exclude_self, q0):

@@ -16,7 +16,7 @@ TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
 
 
 def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
-               n: int | None = None, seed: int = 0):
+               n: int | None = None, seed: int = 0, recorded: bool = False):
     """``(rows, files, items, mean)``: the rows named by ``value``, their image files' names for a
     folder or .zip of images or a data spec of image files (else None), for a kfm train or
     reproduce run folder the rows' positions in the split its data spec loads whole, for a ``kfm
@@ -28,7 +28,10 @@ def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: 
     drawn by ``seed``: a data spec loads it as ``kfm train --n --seed`` does (for a 2-D sampler, n
     points), anything else keeps the rows :func:`~kinetic_fm.data.subset.select_indices` picks (the
     same draw). Errors and warnings name ``name`` (the flag), the key's flag and, with ``n``, the
-    subset's flags ``<name>-n`` and ``<name>-seed`` (kfm sample's --train-n, --train-seed)."""
+    subset's flags ``<name>-n`` and ``<name>-seed`` (kfm sample's --train-n, --train-seed).
+    ``recorded``: the items of an existing ``kfm sample --field empirical`` run being read again (its
+    --resume), whose identity vouches for them: a ``kfm sample`` run's results table is then read
+    (its samples), as it was before such a table was refused as --train."""
     from ..metrics._arrays import NAME_ONE
 
     key_flag = "--key" if name == "--samples" else "--train-key"
@@ -38,7 +41,7 @@ def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: 
         flags.update({"n": f"{name}-n", "seed": f"{name}-seed"})
     try:
         with flag_words(flags, source=(name, value)):
-            return _read_rows(name, value, key, progress, specs=specs, n=n, seed=seed)
+            return _read_rows(name, value, key, progress, specs=specs, n=n, seed=seed, recorded=recorded)
     except ValueError as err:  # an archive of several arrays: the flag that names one, in this command
         if not str(err).endswith(NAME_ONE):
             raise
@@ -46,16 +49,16 @@ def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: 
 
 
 def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
-               n: int | None = None, seed: int = 0):
+               n: int | None = None, seed: int = 0, recorded: bool = False):
     """:func:`load_rows`' work, in the library's words."""
     if n is not None and not is_spec(value, specs) and not _decoded_images(value):
         from ..data.subset import select_indices
 
-        rows, files, items, mean = _read_rows(name, value, key, progress, specs=specs)
+        rows, files, items, mean = _read_rows(name, value, key, progress, specs=specs, recorded=recorded)
         chosen = select_indices(rows.shape[0], n=n, seed=seed).numpy()
         return (rows[chosen], None if files is None else [files[i] for i in chosen.tolist()],
                 chosen if items is None else items[chosen], mean)
-    return _read_whole(name, value, key, progress, specs=specs, n=n, seed=seed)
+    return _read_whole(name, value, key, progress, specs=specs, n=n, seed=seed, recorded=recorded)
 
 
 def _decoded_images(value: str) -> bool:
@@ -81,7 +84,7 @@ def is_spec(value: str, specs: bool) -> bool:
 
 
 def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
-                n: int | None = None, seed: int = 0):
+                n: int | None = None, seed: int = 0, recorded: bool = False):
     """:func:`_read_rows` without a subset, except a data spec's, which its loader draws."""
     from pathlib import Path
 
@@ -113,7 +116,7 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
         # read as a folder of images, it said "contains no image files"
         raise ValueError(f"--train {value!r} is a kfm sample run folder (samples, not training items; kfm "
                          f"memorization takes it as --samples): {_PASS_THE_ITEMS}")
-    if specs and path.suffix.lower() == ".parquet" and _is_results_table(path):
+    if specs and not recorded and path.suffix.lower() == ".parquet" and _is_results_table(path):
         # its x column was read as training items without a word: a run's samples audited against themselves
         raise ValueError(_results_table_as_train(value, path))
     if is_run and specs:
@@ -223,7 +226,9 @@ def _empirical_training_rows(run, manifest, progress: bool):
                                                           ("seed=", seed, n is not None or seed != 0)) if shown]
     subset = f" ({', '.join(drawn)})" if drawn else ""
     try:
-        rows, files, items, mean = _read_rows("--train", source, key, progress, specs=True, n=n, seed=seed)
+        # a run made before a results table was refused as --train: its identity checks the rows below
+        rows, files, items, mean = _read_rows("--train", source, key, progress, specs=True, n=n, seed=seed,
+                                              recorded=True)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"--train {run} was sampled from {source}{subset}, which is not found from here: "
                                 f"{err}") from None

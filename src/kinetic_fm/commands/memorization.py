@@ -124,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
         from ..knn import faiss_module
 
         try:
-            faiss_module()
-        except ImportError:
-            raise ValueError("--backend faiss needs faiss: pip install faiss-cpu") from None
+            faiss_module("--backend faiss")
+        except ImportError as err:  # missing, or installed but broken: the message tells which
+            raise ValueError(str(err)) from None
     device = single_process_device(args.device, "memorization")
     space, space_name = None, "pixels"
     principal = None if args.space is None else _principal_spec(args.space)

@@ -4,10 +4,11 @@ Writes ``<out>/manifest.json``, ``<out>/shards/shard-*.parquet`` and ``<out>/res
 (one row per seed: seed, kpe, kpe_raw, early, late, peak, peak_time, nfe, steps, nonfinite, the
 class ``label`` for a class-conditional net, for ``--field empirical`` the posterior's largest weight
 ``posterior_max_weight`` and its entropy ``posterior_entropy`` at the sample's last evaluation (and
-under ``--truncate`` the largest bound on the posterior mass an evaluation left out,
-``neglected_bound_max``), unless ``--no-save-x`` the final sample ``x`` flattened into a fixed-size
-list column (results.parquet records one sample's shape on it, so ``kfm memorization --samples
-<out>`` or its results.parquet sees images), and with ``--profile`` the per-step energy increments
+under ``--truncate`` ``neglected_bound_max``, the largest over the sample's evaluations of the bound on
+the posterior mass one evaluation left out: a maximum, not a sum, set by the early evaluations),
+unless ``--no-save-x`` the final sample ``x`` flattened into a fixed-size list column
+(results.parquet records one sample's shape on it, so ``kfm memorization --samples <out>`` or its
+results.parquet sees images), and with ``--profile`` the per-step energy increments
 ``profile``), then prints a summary table and, with ``--figure``,
 draws the run. Works unchanged under torchrun (``python -m torch.distributed.run --nproc-per-node
 P -m kinetic_fm.cli sample --num-samples N ...``: after torchrun spell ``--n`` as
@@ -75,11 +76,19 @@ def register(subparsers) -> None:
                         "points), as kfm train --seed: an integer in [0, 2**32); 0 when not given")
     f.add_argument("--truncate", type=int, default=None,
                    help="--field empirical only: keep the K atoms of largest posterior weight per evaluation, "
-                        "K in [1, N] (EmpiricalFlow's truncated mode); the table's neglected_bound_max column "
-                        "bounds the posterior mass a sample's evaluations left out; without it, all N atoms. "
+                        "K in [1, N] (EmpiricalFlow's truncated mode); the table's neglected_bound_max column is "
+                        "the largest, over a sample's evaluations, of the bound on the posterior mass one evaluation "
+                        "left out (a maximum, not a sum; the early evaluations, where many atoms weigh, set it: "
+                        "near 1 for a sample whose late ones left out 1e-9); without it, all N atoms. "
                         "An approximation, not a speed-up: per call it costs about what the exact field does late "
                         "in a run and several times more early (at t <= 0.2, K = 64 about 5x, K = N about 100x "
                         "on a CPU at N = 2,000; BENCHMARKS.md, truncated EFM)")
+    f.add_argument("--backend", choices=("torch", "faiss"), default=None,
+                   help="--field empirical with --truncate only: how truncated mode picks its K atoms, from the "
+                        "logits of one product with all N items (torch, the default) or by a faiss nearest-"
+                        "neighbour search of x/t (needs faiss-cpu), as kfm memorization --backend searches; the "
+                        "same samples to round-off, another neglected_bound_max. Part of the run's settings: a "
+                        "--resume must repeat it")
     f.add_argument("--model", default=None, type=user_path,
                    help="sample a trained net instead of --field: a `kfm train` run folder or .safetensors file "
                         "(EMA weights); its weights' sha256 identifies the run. When not given, --field is sampled")
@@ -156,6 +165,11 @@ def register(subparsers) -> None:
     r.add_argument("--out", required=True, type=user_path, help="run directory to create (or to continue with --resume)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --out: keep complete shards, redo missing or broken ones")
+    r.add_argument("--repair", action="store_true",
+                   help="with --resume, of a run whose manifest.json is damaged: write it again from this command's "
+                        "settings, when they give the run id its shards' receipts record (which proves them the "
+                        "run's; the damaged file is kept as manifest.json.damaged); a readable manifest is left as "
+                        "it is")
     r.add_argument("--shard-size", type=int, default=1000,
                    help="samples per Parquet shard, >= 1 (default 1000); each shard is sampled on its own, so a "
                         "shard smaller than --batch-size caps the batch (keep it a multiple)")
@@ -270,12 +284,14 @@ def _model_target(path: str, shape_arg: str | None, stored=None) -> _Target:
     return _Target(net, shape, identity, classes=getattr(net, "null_class", None))
 
 
-def _empirical_target(args, device) -> _Target:
+def _empirical_target(args, device, stored=None) -> _Target:
     """The exact EFM field of the --train items (a subset with --train-n) on ``device``, identified by
     the sha256 of the loaded float tensor's bytes, its shape and dtype: the same items reached by another
     path or spelling resume the same run, other items are refused. Where they came from (the
     spec or file, key and subset) goes into the manifest's runtime, for the reader and for the
-    refusal's message."""
+    refusal's message. ``stored``: the manifest of an empirical run being resumed (None: none), whose
+    --train may be a ``kfm sample`` results table, refused as --train only since the run was made
+    (its recorded sha256 then checks the items)."""
     import warnings
     from pathlib import Path
 
@@ -286,8 +302,9 @@ def _empirical_target(args, device) -> _Target:
     from ._rows import float_items, is_spec, items_digest, load_rows
 
     seed = 0 if args.train_seed is None else args.train_seed
+    resumed = stored is not None and stored.identity.get("field") == EMPIRICAL
     rows, _, positions, _ = load_rows("--train", args.train, args.train_key, args.progress, specs=True,
-                                      n=args.train_n, seed=seed)
+                                      n=args.train_n, seed=seed, recorded=resumed)
     if rows.dim() < 2 or rows.shape[0] == 0:
         n = rows.shape[0] if rows.dim() == 1 else 0
         # N numbers are N one-value items to kfm memorization, which reads the same file as (N, 1)
@@ -311,7 +328,7 @@ def _empirical_target(args, device) -> _Target:
     if args.truncate is not None and args.truncate > n:
         raise ValueError(f"--truncate must lie in [1, N] = [1, {n}] (the --train items), got {args.truncate}")
     with flag_words({"train": "--train", "truncate": "--truncate"}):
-        field = EmpiricalFlow(rows.to(device), truncate=args.truncate)
+        field = EmpiricalFlow(rows.to(device), truncate=args.truncate, backend=args.backend or "torch")
     identity = {"field": EMPIRICAL, "train_sha256": items_digest(rows), "train_shape": list(rows.shape),
                 "train_dtype": str(rows.dtype).removeprefix("torch.")}
     source = absolute_spec(args.train) if is_spec(args.train, True) else str(Path(args.train).resolve())
@@ -328,14 +345,79 @@ def _refuse_other_training_data(args, target: _Target, manifest) -> None:
     stored, now = manifest.identity, target.identity
     if all(stored.get(key) == now[key] for key in ("train_sha256", "train_shape", "train_dtype")):
         return
-    was = manifest.runtime.get("train") or {}
+    raise _other_items_refusal(args, manifest, "loads", f"{now['train_dtype']} {now['train_shape']}, sha256 "
+                                                         f"{now['train_sha256'][:16]}…")
+
+
+def _refuse_other_training_data_before_reading(args, manifest) -> None:
+    """On --resume of an empirical run (``manifest``: its stored one, or None), the refusal of
+    :func:`_refuse_other_training_data` before the --train items are read, where what they are is
+    known without reading them (50,000 CIFAR-10 images take 15 s to decode, only to be refused):
+    an empirical run folder's recorded identity, the count --train-n draws, a .npy file's shape
+    (its header), a folder or .zip of images' count of image files. Else the check after loading
+    decides."""
+    if manifest is None or manifest.identity.get("field") != EMPIRICAL or args.field != EMPIRICAL:
+        return
+    stored = manifest.identity
+    foreseen = _foreseen_items(args)
+    if foreseen is None:
+        return
+    known, words = foreseen
+    shape = stored.get("train_shape")
+    differs = [key for key, value in known.items()
+               if (stored.get(key) != value if key != "n" else not shape or shape[0] != value)]
+    if differs:
+        raise _other_items_refusal(args, manifest, "holds", words)
+
+
+def _foreseen_items(args) -> tuple[dict, str] | None:
+    """``(known, words)``: what --train will load, known before reading it (see
+    :func:`_refuse_other_training_data_before_reading`), as identity keys (``train_sha256``,
+    ``train_shape``, ``train_dtype``) or ``n``, the item count, and in words; None when nothing is."""
+    from pathlib import Path
+
+    from ._rows import empirical_run_manifest, is_image_source, is_spec
+    from ..runs.manifest import MANIFEST_NAME
+
+    path = Path(args.train)
+    if is_spec(args.train, True):
+        return None if args.train_n is None else ({"n": args.train_n}, f"{args.train_n} items by --train-n")
+    run = path.is_dir() and (path / MANIFEST_NAME).is_file()
+    record = empirical_run_manifest(path) if run else None
+    if run and (record is None or args.train_key is not None):  # another run's folder, a key: the loader refuses
+        return None
+    if record is not None and args.train_n is None:
+        identity = {key: record.identity.get(key) for key in ("train_sha256", "train_shape", "train_dtype")}
+        return identity, (f"{identity['train_dtype']} {identity['train_shape']}, sha256 "
+                          f"{str(identity['train_sha256'])[:16]}…, as that run records its items")
+    if args.train_n is not None:  # the subset has N items, or the loader refuses it
+        return {"n": args.train_n}, f"{args.train_n} items by --train-n"
+    try:
+        if path.suffix.lower() == ".npy" and path.is_file() and args.train_key is None:
+            import numpy as np
+
+            shape = list(np.load(path, mmap_mode="r", allow_pickle=False).shape)  # the header alone
+            return ({"train_shape": shape}, f"shape {shape} by its header") if len(shape) >= 2 else None
+        if is_image_source(args.train) and not run and not (path / "config.json").is_file():
+            from ..data.images import image_names
+
+            count = len(image_names(path))
+            return ({"n": count}, f"{count} image files") if count else None
+    except (OSError, ValueError):  # unreadable: the loader says what is wrong
+        return None
+    return None
+
+
+def _other_items_refusal(args, manifest, verb: str, now: str) -> ValueError:
+    """The refusal of a --resume whose --train ``verb``s (loads, holds) other items than the
+    run's, ``now`` saying what they are."""
+    stored, was = manifest.identity, manifest.runtime.get("train") or {}
     flags = _train_flags(was)
     subset = f",{flags}" if flags else ""
-    raise ValueError(f"--resume: --train {args.train} loads other training items than the run in {args.out} was "
-                     f"sampled from ({now['train_dtype']} {now['train_shape']}, sha256 {now['train_sha256'][:16]}…; "
-                     f"the run's: {stored.get('train_dtype')} {stored.get('train_shape')}, sha256 "
-                     f"{str(stored.get('train_sha256'))[:16]}…, read from {was.get('source', '?')}{subset}); "
-                     "resume with those items, or sample these into another --out")
+    return ValueError(f"--resume: --train {args.train} {verb} other training items than the run in {args.out} was "
+                      f"sampled from ({now}; the run's: {stored.get('train_dtype')} {stored.get('train_shape')}, "
+                      f"sha256 {str(stored.get('train_sha256'))[:16]}…, read from {was.get('source', '?')}{subset}); "
+                      "resume with those items, or sample these into another --out")
 
 
 def _train_flags(record: dict) -> str:
@@ -458,13 +540,17 @@ def _shaping(args):
              if getattr(args, flag) is not None}
     if not given:
         return None
+    import warnings
+
     try:
-        kts = KTS(**given)
+        with warnings.catch_warnings():
+            # KTS's own "k applies to ... only" (for a k other than 3) names the argument; the one
+            # below names the flag, given with any value
+            warnings.filterwarnings("ignore", message="k applies to the exponential", category=UserWarning)
+            kts = KTS(**given)
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
         raise named_by_its_flag(err, {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}) from None
     if args.k is not None and "exponential" not in (kts.launch, kts.landing):
-        import warnings
-
         # recorded in the run's config, as given, but no form reads it: a sweep over --k would
         # run the same gain under every value without a word
         warnings.warn(f"--k applies to the exponential launch or landing only, and this gain has neither "
@@ -480,6 +566,8 @@ def _config(args, target: _Target, kts, cond: _Conditioning | None = None) -> di
     classes = {} if cond is None else {"label": cond.label, "guidance": cond.guidance}
     # the truncation only for empirical runs (the training items themselves are in the identity)
     empirical = {"truncate": args.truncate} if args.field == EMPIRICAL and not args.model else {}
+    if args.backend == "faiss":  # only then, so that runs made without it (or before it) resume as before
+        empirical["backend"] = args.backend
     return {
         **classes, **empirical,
         "field": None if args.model else args.field, "dim": args.dim,
@@ -547,6 +635,8 @@ def _validate(args) -> None:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.repair and not args.resume:  # it would be ignored without a word
+        raise ValueError("--repair applies to --resume only: it writes a resumed run's damaged manifest.json again")
     if args.shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {args.shard_size}")
     if args.shape is not None and args.model is None:  # it would be ignored without a word
@@ -588,7 +678,7 @@ def _validate_empirical(args) -> None:
                          "array file, a folder or .zip of images, a data spec such as mnist:PATH, or a kfm train "
                          "run folder)")
     companions = [("--train", args.train), ("--train-key", args.train_key), ("--train-n", args.train_n),
-                  ("--train-seed", args.train_seed), ("--truncate", args.truncate)]
+                  ("--train-seed", args.train_seed), ("--truncate", args.truncate), ("--backend", args.backend)]
     given = [flag for flag, value in companions if value is not None]
     if given and not empirical:  # they would be ignored without a word
         what = "--model samples a net" if args.model else f"--field {args.field or DEFAULT_FIELD} is built in"
@@ -605,6 +695,16 @@ def _validate_empirical(args) -> None:
         raise ValueError("--train-seed seeds the --train-n subset (or a 2-D sampler's points); give --train-n too")
     if args.truncate is not None and args.truncate < 1:  # its upper end, N, is checked once --train is read
         raise ValueError(f"--truncate must lie in [1, N] (N: the --train items), got {args.truncate}")
+    if args.backend is not None and args.truncate is None:  # EmpiricalFlow would warn that it ignores it
+        raise ValueError(f"--backend {args.backend} picks the atoms of --truncate's truncated mode; give --truncate K "
+                         "(without it the field weighs all N items, and searches none)")
+    if args.backend == "faiss":  # the field's own ImportError named backend='faiss', with a traceback
+        from ..knn import faiss_module
+
+        try:
+            faiss_module("--backend faiss")
+        except ImportError as err:  # missing, or installed but broken: the message tells which
+            raise ValueError(str(err)) from None
 
 
 def _validate_step_control(args) -> None:
@@ -648,7 +748,7 @@ SETTINGS = SettingFlags(
         "seeds.n": "--n", "seeds.seed_start": "--seed-start", "shard_size": "--shard-size",
         **{f"config.{name}": f"--{name.replace('_', '-')}" for name in (
             "field", "dim", "steps", "solver", "grid", "quadrature", "split", "on_nonfinite", "dtype", "device",
-            "profile", "label", "guidance", "truncate", "rtol", "atol", "first_step")},
+            "profile", "label", "guidance", "truncate", "backend", "rtol", "atol", "first_step")},
         "config.save_x": "--no-save-x",
         **{f"config.shaping.{kts_name}": f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()},
         "config.shaping": "the KTS flags",
@@ -874,7 +974,8 @@ def _posterior_columns(trace, truncated: bool) -> dict:
     """Per-sample columns of an EFM run's :class:`~kinetic_fm.fields.empirical.PosteriorTrace`:
     the posterior's largest weight and entropy at the sample's last evaluation (dopri5 evaluates
     each sample at its own times; a call that skipped a sample holds NaN for it), and when
-    ``truncated`` the largest bound on the mass an evaluation left out (NaNs skipped)."""
+    ``truncated`` the largest, over the sample's evaluations, of the bound on the mass one evaluation
+    left out (NaNs skipped): a maximum over the run, not a per-step record nor a sum."""
     import math
 
     import torch
@@ -978,6 +1079,7 @@ def _run(args) -> int:
         _resume_as_recorded(args, kts, stored)
         _refuse_another_kind_of_run(args, stored)
         _refuse_changed_settings_before_reading(args, kts, stored)
+        _refuse_other_training_data_before_reading(args, stored)
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
@@ -989,7 +1091,7 @@ def _run(args) -> int:
             # a Ctrl-C in the items' loading (50,000 CIFAR-10 images take 15 s) leaves no shard behind
             args.interrupt_hint = (f"while reading --train {args.train}, before any sample was computed: rerun the "
                                    "same command")
-            target = _empirical_target(args, device)
+            target = _empirical_target(args, device, stored)
             args.interrupt_hint = None  # from here on the folder keeps finished shards: the --resume hint
             if args.resume:
                 _refuse_other_training_data(args, target, stored)
@@ -1015,7 +1117,8 @@ def _run(args) -> int:
         try:
             with writing("--out", args.out):
                 outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
-                                      resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock)
+                                      resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock,
+                                      repair=args.repair)
         except OSError as err:
             # a full disk said only "cannot be written (No space left on device)": whether the
             # finished work survives, and how to go on, is what the user needs (helper-188)
@@ -1032,6 +1135,7 @@ def _run(args) -> int:
         what = f"model {args.model} (shape {target.shape})"
     elif args.field == EMPIRICAL:
         truncated = "" if args.truncate is None else f", truncated to {args.truncate} atom{'s' * (args.truncate > 1)}"
+        truncated += " picked by faiss" if args.backend == "faiss" else ""
         what = f"the empirical field of {target.velocity.n} items of shape {target.shape} ({args.train}{truncated})"
     else:
         what = f"{args.field} (D={args.dim})"

@@ -38,14 +38,17 @@ def _digits_table():
 
     import numpy as np
 
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or spec.origin is None:
-        raise ImportError("the embedded digits come with scikit-learn: pip install scikit-learn")
-    table = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
-    if table.is_file():
-        data = np.loadtxt(table, delimiter=",")
-        return data[:, :-1], data[:, -1].astype(np.int64)
-    from sklearn.datasets import load_digits as sklearn_load_digits
+    from ..optional import import_failure, installed, optional_names
 
+    user = "load_digits"
+    if not installed("sklearn"):
+        raise import_failure("sklearn", ModuleNotFoundError("No module named 'sklearn'", name="sklearn"), user)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.origin is not None:
+        table = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+        if table.is_file():
+            data = np.loadtxt(table, delimiter=",")
+            return data[:, :-1], data[:, -1].astype(np.int64)
+    (sklearn_load_digits,) = optional_names("sklearn.datasets", user, "load_digits")
     bunch = sklearn_load_digits()
     return bunch.data, bunch.target

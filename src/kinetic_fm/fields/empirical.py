@@ -173,6 +173,10 @@ class PosteriorDiagnostics:
             mode, R/(1 + R) in truncated mode (see module docs), float64 rounding included;
             0 at t = 0, where ȳ is the mean of all N atoms in either mode.
 
+    Equal atoms split their weight: at a training item held m times, ``max_weight`` reads 1/m and
+    ``entropy`` log m where the velocity is that of one point mass (remove repeated rows from the
+    training set to read dominance per distinct item; ``kfm.memorization`` names how many there are).
+
     In truncated mode ``max_weight`` and ``entropy`` are those of the kept atoms' weights,
     renormalised to sum to 1 (the posterior the velocity uses): the full posterior's largest
     weight is at least (1 − ``neglected_bound``) × ``max_weight``.
@@ -353,7 +357,13 @@ class EmpiricalFlow:
         if self._atoms_version is not None and self.atoms._version != self._atoms_version:
             self._recheck_cache()
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
-            raise ValueError("x must be a tensor of shape (B, ...)")
+            if isinstance(x, torch.Tensor):
+                got = "a 0-d tensor"
+            elif type(x).__module__ == "numpy" and hasattr(x, "shape"):   # kept light: numpy not imported
+                got = f"a NumPy array of shape {tuple(x.shape)} (torch.from_numpy(x) on the atoms' device)"
+            else:
+                got = type(x).__name__
+            raise ValueError(f"x must be a tensor of shape (B, ...), got {got}")
         batch = x.shape[0]
         # flat atoms (N, D) take any layout of D values; structured ones their own shape only, so a
         # channels-last batch against (N, C, H, W) atoms is refused rather than compared scrambled

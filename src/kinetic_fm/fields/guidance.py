@@ -105,8 +105,6 @@ class ClassifierFreeGuidance:
         self.model, self.labels, self.scale = model, labels, float(scale)
         self.null_labels = null
         self.track_parts = check_flag("track_parts", track_parts)
-        self.last_conditional: torch.Tensor | None = None
-        self.last_unconditional: torch.Tensor | None = None
         self.reset()
 
     @property
@@ -145,7 +143,11 @@ class ClassifierFreeGuidance:
         return part
 
     def reset(self) -> None:
-        """Forget the accumulated part energies (start of a new run)."""
+        """Forget the accumulated part energies and the last velocities (start of a new run):
+        ``last_conditional`` and ``last_unconditional`` read None until the run's first call, and
+        rows a run never evaluates read NaN, never an earlier run's values."""
+        self.last_conditional: torch.Tensor | None = None
+        self.last_unconditional: torch.Tensor | None = None
         self._t_prev: torch.Tensor | None = None
         self._norm_c: torch.Tensor | None = None
         self._norm_u: torch.Tensor | None = None
@@ -154,7 +156,7 @@ class ClassifierFreeGuidance:
 
     def start_run(self) -> None:
         """Called by ``kfm.sample`` before a run: passed on to the model (which may keep per-run
-        state), then the part energies restart, as with :meth:`reset`."""
+        state), then the part energies and the last velocities restart, as with :meth:`reset`."""
         # the model first: a model that refuses the run leaves the last run's energies readable
         start_run_of(self.model)
         # a run's first call at no earlier time than the last one's (a one-step Euler run calls at

@@ -29,12 +29,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import import_failure
+from ..optional import optional_names
 
-try:
-    from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
-except ImportError as err:  # tests/test_integration_optional_packages.py blocks it
-    raise import_failure("diffusers", err, "kinetic_fm.integrations.diffusers") from err
+# tests/test_integration_optional_packages.py and tests/test_optional.py block it
+FlowMatchEulerDiscreteScheduler, SchedulerMixin = optional_names(
+    "diffusers", "kinetic_fm.integrations.diffusers", "FlowMatchEulerDiscreteScheduler", "SchedulerMixin")
 
 # diffusers' pipeline loader looks up the base classes it knows how to load BY NAME in the module a
 # saved component came from; without ``SchedulerMixin`` bound here a saved pipeline cannot reload

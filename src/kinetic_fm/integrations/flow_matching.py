@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import import_failure
+from ..optional import optional_names
 from ..checks import declares, declares_singular_at_one, one_evaluation_of, optional_attribute, start_run_of
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
@@ -302,10 +302,8 @@ def _model_wrapper_class() -> type:
     """flow_matching's ModelWrapper subclass for our fields, built on first use."""
     global _WRAPPER_CLASS
     if _WRAPPER_CLASS is None:
-        try:
-            from flow_matching.utils import ModelWrapper
-        except ImportError as err:  # tests/test_integration_optional_packages.py blocks it
-            raise import_failure("flow_matching", err, "as_model_wrapper") from err
+        # tests/test_integration_optional_packages.py and tests/test_optional.py block it
+        (ModelWrapper,) = optional_names("flow_matching.utils", "as_model_wrapper", "ModelWrapper")
 
         class KineticModelWrapper(_PassedThrough, ModelWrapper):
             """Our field ``v(x, t)`` (t broadcast to (B,)) as a ModelWrapper returning η(t)·v."""

@@ -52,6 +52,14 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
         if isinstance(obj, dict):
             tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
             if key is not None:
+                if key in obj and key not in tensors:
+                    entry = obj[key]
+                    what = (f"a {type(entry).__name__} of {len(entry)} items"
+                            if isinstance(entry, (list, tuple)) else f"a {type(entry).__name__}")
+                    stacked = (": torch.cat (or torch.stack) them into one" if isinstance(entry, (list, tuple))
+                               and entry and all(isinstance(e, torch.Tensor) for e in entry) else "")
+                    raise ValueError(f"{path}: its entry {key!r} is {what}, not a tensor{stacked}; "
+                                     f"its tensors are {sorted(tensors)}")
                 if key not in tensors:
                     raise ValueError(f"{path}: no tensor named {key!r}; it holds {sorted(tensors)}")
                 obj = tensors[key]

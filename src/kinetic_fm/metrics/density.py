@@ -366,8 +366,8 @@ def sq_distance_blocks(x: Tensor, y: Tensor, *, chunk: int = 8192, batch_chunk: 
         y_sq = reference.sq_norms[c0:c0 + chunk]
         for q0 in range(0, x.shape[0], batch_chunk):
             xb = queries.block(q0, first=c0 == 0)
-            if c0 == 0:
-                x_sq[q0:q0 + xb.shape[0]] = xb.to(torch.float64).pow(2).sum(dim=1, keepdim=True)
+            if c0 == 0:  # in the queries' scratch, free again once the block is centred (no 2 block-sized temporaries)
+                _sq_norms_into(x_sq[q0:q0 + xb.shape[0], 0], xb, queries.scratch)
             cross = gemm.matmul(xb, y_c.T, out=cross_buffer[:xb.shape[0], :y_c.shape[0]], blas=blas)
             d2 = d2_buffer[:xb.shape[0], :y_c.shape[0]]
             rows = block_size(x.device, 8 * y_c.shape[0], xb.shape[0])

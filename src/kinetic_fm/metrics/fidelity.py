@@ -20,10 +20,10 @@ says which network measured it: ``"FID"`` only for the standard TF-ported Incept
   precision = fraction of fakes inside some real ball, recall = fraction of reals inside some
   fake ball. Ball membership is tested by GEMM blocks (:func:`density.sq_distance_blocks`), one
   sweep over the fake × real blocks for both directions (rows against the real balls, columns
-  against the fake ones); the pairs within the GEMM's rounding bound of a ball's edge are
-  decided on exact float64 differences, against the exact squared radius, so a copy of a real
-  point always counts as inside and ties on quantised data (``d = r`` counts as inside) are
-  decided exactly.
+  against the fake ones), each of its buffers within ``BALL_TEST_BYTES`` on the CPU; the pairs
+  within the GEMM's rounding bound of a ball's edge are decided on exact float64 differences,
+  against the exact squared radius, so a copy of a real point always counts as inside and ties
+  on quantised data (``d = r`` counts as inside) are decided exactly.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..blocks import block_size
+from ..blocks import DEVICE_BLOCK_BYTES, block_size
 from ..checks import check_flag, check_integer, check_same_space, positive_integer
 from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
 from ..knn import abs_max, column_mean, nearest_neighbors, row_sq_norms, unit_roundoff
@@ -224,8 +224,28 @@ def _sqrt_psd(s: np.ndarray, name: str) -> tuple[np.ndarray, int]:
     eigenvalues above D · ε · the largest (NumPy's ``matrix_rank`` rule)."""
     w, v = np.linalg.eigh(s)
     _check_psd(name, w)
-    rank = int((w > w.size * np.finfo(np.float64).eps * max(float(w[-1]), 0.0)).sum()) if w.size else 0
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T, rank
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T, _rank_of_eigenvalues(w)
+
+
+def _rank_of_eigenvalues(w: np.ndarray) -> int:
+    """How many of the ascending eigenvalues ``w`` exceed D · ε · the largest (``matrix_rank``'s rule)."""
+    return int((w > w.size * np.finfo(np.float64).eps * max(float(w[-1]), 0.0)).sum()) if w.size else 0
+
+
+def _numerical_rank(s: np.ndarray) -> int:
+    """The numerical rank of the symmetric PSD ``s`` (D, D) by :func:`_rank_of_eigenvalues`' rule.
+
+    A Cholesky factorisation of s − 4·D·ε·tr(s)·I (a third of an eigvalsh's cost) succeeds only when
+    every eigenvalue lies above that shift less its backward error (about ε·‖s‖), so above D·ε·λ_max
+    (λ_max ≤ tr s): full rank, and most covariances of more rows than features stop there; the rest
+    pay for the eigenvalues."""
+    dim = s.shape[0]
+    shift = 4.0 * dim * np.finfo(np.float64).eps * float(np.trace(s))
+    try:
+        np.linalg.cholesky(s - shift * np.eye(dim))
+        return dim
+    except np.linalg.LinAlgError:
+        return _rank_of_eigenvalues(np.linalg.eigvalsh(s))
 
 
 def _stats_array(name: str, value: Any) -> np.ndarray:
@@ -295,13 +315,14 @@ class FrechetReference:
     the reference.
 
     ``rank`` is the numerical rank of ``cov`` (eigenvalues above D·ε·the largest, from the
-    eigendecomposition its root needs; None: taken as full). Below D, cov^½ Σ cov^½ has at most
-    ``rank`` non-zero eigenvalues and only its largest ``rank`` are used: the others are round-off
-    about 0 whose square roots read d² low (sets in 8 dimensions of 300, 500 to 3,000 rows: 1.0e-5
-    relative low, now under 4e-14). A full-rank reference is measured as before, bit for bit. The fix
-    rests on the reference's rank: when only Σ is rank-deficient, d² still reads low by the sum of
-    those square roots (1.2e-5 absolute, 8e-4 of d² = 0.015, for a set in 8 dimensions of 300
-    against itself plus noise of sd 1e-3 in all 300), so make the rank-deficient set the reference.
+    eigendecomposition its root needs; None: taken as full). Each :meth:`distance` also takes Σ's
+    numerical rank by the same rule (a Cholesky factorisation settles full rank; only a Σ it
+    refuses pays for its eigenvalues). Below D, cov^½ Σ cov^½ has at most the smaller of the two
+    ranks of non-zero eigenvalues and only that many of its largest are used: the others are
+    round-off about 0 whose square roots read d² low (sets in 8 dimensions of 300, 500 to 3,000
+    rows: 1.0e-5 relative low, now under 4e-14; the same set as Σ against itself plus noise of sd
+    1e-3 in all 300 as the reference: 1.2e-5 absolute, 4 % of d² = 2.9e-4, now 2e-10), whichever
+    set is deficient. Two full-rank covariances are measured as before, bit for bit.
     """
 
     mean: np.ndarray
@@ -356,11 +377,12 @@ class FrechetReference:
             _check_semidefinite(names[1], sigma)
         middle = self.root @ sigma @ self.root
         eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
-        if self.rank is not None and self.rank < eig.size:
-            # cov^½ Σ cov^½ has at most the reference's rank: its other eigenvalues are round-off
-            # about 0 (up to ε·λ_max), whose square roots summed read d² low (1e-5 relative for
-            # sets in 8 dimensions of 300); only the largest ``rank`` are kept
-            eig = eig[eig.size - self.rank:]
+        # cov^½ Σ cov^½ has at most the smaller of the two covariances' ranks: its other eigenvalues
+        # are round-off about 0 (up to ε·λ_max), whose square roots summed read d² low (1e-5 relative
+        # for sets in 8 dimensions of 300, 4 % when only Σ spans them); only the largest are kept
+        rank = min(eig.size if self.rank is None else self.rank, _numerical_rank(sigma))
+        if rank < eig.size:
+            eig = eig[eig.size - rank:]
         trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
         diff = self.mean - mu
         value = float(diff @ diff + self.trace + np.trace(sigma) - 2.0 * trace_sqrt)
@@ -400,9 +422,9 @@ def frechet_distance(feats_a: Any, feats_b: Any, *, space: SpaceLike = None,
     from one 64-d Gaussian give about 77, not 0: mean 77.4, sd 3.2 over 300 pairs), so compare
     such values only at equal sizes. Covariances are unbiased (ddof = 1).
 
-    ``feats_a`` is the reference of :class:`FrechetReference`: when a set's features span fewer
-    dimensions than D (more rows than features, in a subspace), pass it as ``feats_a``, whose rank
-    is used; see :class:`FrechetReference` for the accuracy either way.
+    ``feats_a`` is the reference of :class:`FrechetReference`. A set whose features span fewer
+    dimensions than D (more rows than features, in a subspace) may be either: the smaller of the
+    two covariances' numerical ranks is used (see :class:`FrechetReference` for the accuracy).
     """
     fs = feature_space(space)
     protocol = _protocol(fs, network, split, preprocessing)
@@ -446,6 +468,24 @@ def _any(mask: Tensor, dim: int) -> Tensor:
     return mask.view(torch.uint8).amax(dim=dim).view(torch.bool)
 
 
+# the most bytes one buffer of the ball tests takes on the CPU (elsewhere blocks.DEVICE_BLOCK_BYTES):
+# the reference chunk centred for the GEMM, the queries' float64 scratch, the float64 distance block
+BALL_TEST_BYTES = 16 << 20
+
+
+def _ball_test_blocks(device: torch.device, dim: int, item: int, chunk: int, batch_chunk: int) -> tuple[int, int]:
+    """``(chunk, batch_chunk)`` cut so that each buffer of the ball tests' sweep fits the budget.
+
+    The sweep holds a centred chunk of reference rows (chunk × D in the GEMM's ``item`` bytes), the
+    queries' float64 scratch (batch_chunk × D × 8) and the float64 distance block (batch_chunk ×
+    chunk × 8): at D = 3,072 with the default 8,192 and 1,024 they came to about 245 MiB whatever
+    the sets' sizes. Every pair is decided as the float64 brute force decides it (the pairs near a
+    ball's edge exactly), so the memberships do not depend on the blocks."""
+    budget = BALL_TEST_BYTES if torch.device(device).type == "cpu" else DEVICE_BLOCK_BYTES
+    chunk = max(1, min(chunk, budget // (item * dim)))
+    return chunk, max(1, min(batch_chunk, budget // (8 * dim), budget // (8 * chunk)))
+
+
 def _ball_memberships(fake: Tensor, real: Tensor, real_radius_sq: Tensor, fake_radius_sq: Tensor,
                       chunk: int, batch_chunk: int, progress: bool = False) -> tuple[Tensor, Tensor]:
     """Both directions of ball membership from one sweep over the fake × real distance blocks.
@@ -464,6 +504,7 @@ def _ball_memberships(fake: Tensor, real: Tensor, real_radius_sq: Tensor, fake_r
     decided on exact float64 differences, so the answer equals the float64 brute force.
     """
     dtype = torch.float64 if fake.dtype == real.dtype == torch.float64 else torch.float32
+    chunk, batch_chunk = _ball_test_blocks(fake.device, fake.shape[1], torch.finfo(dtype).bits // 8, chunk, batch_chunk)
     u = unit_roundoff(dtype, fake.device)
     centre = column_mean(real)  # sq_distance_blocks centres both sides on the mean of real
     reach = (row_sq_norms(fake, torch.float64, centre=centre).sqrt()
@@ -544,7 +585,9 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
         k: the ball around each point reaches its k-th nearest neighbour in its own set
             (itself excluded); default 3 as in the paper; an integer in [1, min(N_r, N_f) − 1].
         space, network, split, preprocessing: as in :func:`frechet_distance`.
-        chunk, batch_chunk: GEMM block sizes (positive integers).
+        chunk, batch_chunk: GEMM block sizes (positive integers); the ball tests cut them so that
+            none of their buffers exceeds ``BALL_TEST_BYTES`` (16 MiB) on the CPU, which bounds
+            their memory whatever D (about 245 MiB at D = 3,072 with the defaults before).
         progress: tqdm bars (on stderr) over the two k-NN searches and the one sweep of ball
             tests (fake in real balls and real in fake balls from the same blocks).
 
@@ -582,6 +625,19 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
                            fake_in_real, real_in_fake)
 
 
+def _has_module(name: str) -> bool:
+    """Whether the submodule ``name`` of an imported package is there, found without importing it."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # the parent is a module, not a package (a stand-in)
+        return False
+
+
 def inception_feature_space(weights_path: str | Path, *, device: torch.device | str | None = None,
                             batch_size: int = 64) -> FeatureSpace:
     """Inception-v3 pool features (2048-D) from a LOCAL weights file (nothing is downloaded).
@@ -594,15 +650,23 @@ def inception_feature_space(weights_path: str | Path, *, device: torch.device | 
     - Else with ``torchvision``: ``torchvision.models.inception_v3`` with the given state dict,
       inputs resized bilinearly to 299 and ImageNet-normalised; NOT the standard FID network,
       so numbers are named ``"FD-inception-v3-torchvision"``.
+
+    ImportError where neither is installed (naming both), or where the one it would use is
+    installed but fails to import (quoting why): a broken torch-fidelity is not passed over for
+    torchvision's other network. A torch-fidelity without the extractor module is.
     """
     path = Path(weights_path)
     if not path.is_file():
         raise FileNotFoundError(f"Inception weights not found at {path} (nothing is downloaded; "
                                 "give the path of a local weights file)")
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError:
-        FeatureExtractorInceptionV3 = None
+    from ..optional import import_optional, installed, optional_names
+
+    user, extractor = "inception_feature_space", "torch_fidelity.feature_extractor_inceptionv3"
+    FeatureExtractorInceptionV3 = None
+    if installed("torch_fidelity"):
+        import_optional("torch_fidelity", user)  # a broken install is an error that says so, not a fallback
+        if _has_module(extractor):
+            (FeatureExtractorInceptionV3,) = optional_names(extractor, user, "FeatureExtractorInceptionV3")
     if FeatureExtractorInceptionV3 is not None:
         net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                           feature_extractor_weights_path=str(path)).eval()
@@ -613,12 +677,10 @@ def inception_feature_space(weights_path: str | Path, *, device: torch.device | 
             return net(_as_uint8(x))[0]
 
         return FeatureSpace(fidelity_inception, "inception-v3-compat", batch_size, device)
-    try:
-        import torchvision
-    except ImportError as err:
-        raise ImportError("the Inception feature network needs torch-fidelity (standard FID: "
-                          "pip install torch-fidelity) or torchvision (pip install torchvision)"
-                          ) from err
+    if not installed("torchvision"):
+        raise ImportError(f"{user} needs the torch-fidelity package (the standard FID network: pip install "
+                          "torch-fidelity) or the torchvision package (pip install torchvision)")
+    torchvision = import_optional("torchvision", user)
     model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     model.fc = torch.nn.Identity()

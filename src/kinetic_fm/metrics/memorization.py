@@ -7,8 +7,14 @@ or the Wilson score or Clopper–Pearson (exact binomial) interval. The bootstra
 [0, 0] when no sample is memorized (and to [1, 1] when all are); the two binomial intervals keep
 an honest width there (for 0 of n, Clopper–Pearson's upper end is 1 − (α/2)^(1/n) ≈ 3.7/n at 95 %).
 
-Convention: when d1 = d2 = 0 (the sample equals a training item that is itself duplicated) the
-ratio is defined as 0, i.e. memorized.
+Duplicated training items: d2 is measured over every row, as the reference's broadcast search
+does, so a training item held twice (or more) is its own second neighbour. A sample whose two
+nearest rows are such equal rows has d1 = d2 exactly (the distances are exact, in float32 as in
+float64): its ratio is 1, not memorized, however close it lies to the item; and at the item itself
+d1 = d2 = 0, where the ratio is defined as 0, i.e. memorized. :func:`memorization` warns when any
+sample is in this case, naming how many rows of the training set repeat an earlier one: remove the
+repeats (keep one row of each) to measure d2 to the next distinct item. Near-duplicates (rows
+that differ slightly) act the same way, unwarned: the gap ratio cannot tell them apart.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ..checks import as_scalar, check_integer, check_same_space, inside_unit_interval, is_integer, positive_integer
-from ..knn import as_rows, check_exact_integers, check_finite, nearest_neighbors
+from ..knn import as_rows, check_exact_integers, check_finite, nearest_neighbors, row_sq_norms
 from ..sampling.guards import caller_outside_the_package, feature_map_as_found
 from .features import FeatureSpace, feature_space, module_of, one_row_batch_norm_named
 
@@ -28,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
-__all__ = ["INTERVALS", "MemorizationReport", "fraction_interval", "gap_ratio", "memorization"]
+__all__ = ["INTERVALS", "MemorizationReport", "fraction_interval", "gap_ratio", "memorization", "repeated_rows"]
 
 INTERVALS = ("bootstrap", "wilson", "clopper-pearson")
 # the resampled fractions are held at once (8 bytes each): 10**7 is 80 MB, and far more resamples
@@ -184,6 +190,7 @@ def memorization(
                            check_inputs=False, names=names)  # checked above, by name
     d1, d2 = nn.distances[:, 0], nn.distances[:, 1]
     ratio = gap_ratio(d1, d2)
+    _warn_of_duplicated_nearest(samples, train, nn.indices, d1, d2, names)
     memorized = _decided_exactly(ratio < threshold, ratio, threshold, samples, train, nn.indices)
     fraction = float(memorized.double().mean())
     ci = _interval(int(memorized.sum()), memorized.numel(), interval, confidence, bootstrap, seed)
@@ -277,6 +284,51 @@ def _decided_exactly(memorized: torch.Tensor, ratio: torch.Tensor, threshold: fl
                     for j in nearest[i, :2].tolist())
         memorized[i] = sq2 == 0 or sq1 < tau_sq * sq2
     return memorized
+
+
+def repeated_rows(rows: torch.Tensor) -> int:
+    """Number of rows of ``rows`` (N, ...) of finite numbers equal to an earlier row: N minus the
+    number of distinct rows (-0.0 equals 0.0; exact, in the rows' own dtype).
+
+    Equal rows have equal squared norms up to the float64 sums' rounding, so only rows whose norm
+    lies that close to another's are compared, exactly (``torch.unique``): about 50 times less work
+    than sorting every row when few norms coincide."""
+    flat = rows.reshape(rows.shape[0], -1)
+    if flat.shape[0] < 2:
+        return 0
+    sq, order = row_sq_norms(flat, torch.float64).sort()
+    if not bool(torch.isfinite(sq[-1])):      # norms beyond float64 (entries past 1e154): compare every row
+        return flat.shape[0] - torch.unique(flat, dim=0).shape[0]
+    # one row's norm summed in two orders differs by at most 2·D·u·‖y‖² (u = 2**-53); twice that
+    close = (sq[1:] - sq[:-1]) <= 4 * (flat.shape[1] + 1) * 2.0 ** -53 * sq[1:]
+    candidates = torch.cat([order[:-1][close], order[1:][close]]).unique()
+    if candidates.numel() < 2:
+        return 0
+    return candidates.numel() - torch.unique(flat[candidates], dim=0).shape[0]
+
+
+def _warn_of_duplicated_nearest(samples: torch.Tensor, train: torch.Tensor, indices: torch.Tensor,
+                                d1: torch.Tensor, d2: torch.Tensor, names: tuple[str, str]) -> None:
+    """A UserWarning when a sample's nearest and second-nearest rows of ``train`` are equal rows
+    (then d1 = d2 exactly: ratio 1, or 0 at d1 = d2 = 0; see the module docs), naming how many.
+    Ordinary data costs one comparison of d1 with d2; equal rows are looked for only where they tie."""
+    ties = (d1 == d2).nonzero().flatten()
+    if not ties.numel():
+        return
+    flat = train.reshape(train.shape[0], -1)
+    # equal distances from distinct rows are common on quantised data: compare in blocks of rows
+    copied = torch.cat([block[(flat[indices[block, 0]] == flat[indices[block, 1]]).all(dim=1)]
+                        for block in ties.split(1024)])
+    if not copied.numel():
+        return
+    exact, repeats = int((d1[copied] == 0).sum()), repeated_rows(train)
+    warnings.warn(
+        f"{names[1]} holds {repeats} row{'s' if repeats != 1 else ''} equal to an earlier row; for "
+        f"{copied.numel()} of the {samples.shape[0]} {names[0]} the nearest and second-nearest items are two such rows ({exact} an exact "
+        f"copy, first at row {int(copied[0])}), so d2 = d1 there: the ratio reads 1 (not memorized) however "
+        "close such a sample lies to the item, and 0 (memorized) for an exact copy; remove the repeated rows "
+        f"(keep one of each) from {names[1]} to measure d2 to the next distinct item",
+        UserWarning, stacklevel=caller_outside_the_package())
 
 
 def _real_rows(name: str, rows: torch.Tensor) -> torch.Tensor:

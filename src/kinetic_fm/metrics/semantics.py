@@ -170,17 +170,26 @@ def _holds_tensors(x: Any) -> bool:
 
 
 def _stacked(items: Sequence[Any]) -> Tensor:
-    """A list or tuple of same-shape tensors (a dataset's items) stacked into one (B, ...) batch;
-    ValueError naming ``x`` for items of different shapes or that are not tensors (torch.as_tensor
-    failed on them with "only one element tensors can be converted to Python scalars")."""
+    """A list or tuple of same-shape tensors on one device (a dataset's items) stacked into one
+    (B, ...) batch; ValueError naming ``x`` and what it may be for items of different shapes or
+    devices or that are not tensors (torch.as_tensor failed on them with "only one element tensors
+    can be converted to Python scalars", torch.stack on two devices with its own device error)."""
     kind = "a list" if isinstance(items, list) else "a tuple"
-    first = items[0]
+    accepted = ("x may be one tensor, an array, nested lists of numbers, or a list or tuple of tensors of one shape "
+                "on one device")
     for i, item in enumerate(items):
         if not isinstance(item, Tensor):
-            raise ValueError(f"x: {kind} of tensors must hold only tensors, got {type(item).__name__} at item {i}")
+            raise ValueError(f"x: {kind} of tensors must hold only tensors, got {type(item).__name__} at item {i}; "
+                             f"{accepted}")
+    first = items[0]
+    for i, item in enumerate(items):
         if item.shape != first.shape:
             raise ValueError(f"x: {kind} of tensors must hold tensors of one shape, got {tuple(first.shape)} at item 0 "
                              f"and {tuple(item.shape)} at item {i}; pass (B, ...) items of one shape, or one tensor")
+        if item.device != first.device:
+            raise ValueError(f"x: {kind} of tensors must hold tensors on one device, got {first.device} at item 0 and "
+                             f"{item.device} at item {i} (move them to one device: [t.to(device) for t in x]); "
+                             f"{accepted}")
     return torch.stack(list(items))
 
 
@@ -307,11 +316,10 @@ class CLIPScorer:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no CLIP model at {path} (expected a local save_pretrained "
                                     "folder with config.json; nothing is downloaded)")
-        try:
-            from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-        except ImportError as err:
-            raise ImportError("CLIP scores need transformers: pip install transformers "
-                              "(or pip install kinetic_fm[clip])") from err
+        from ..optional import optional_names
+
+        AutoImageProcessor, AutoTokenizer, CLIPModel = optional_names(
+            "transformers", "CLIPScorer", "AutoImageProcessor", "AutoTokenizer", "CLIPModel")
         self.name = path.name
         self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Union
 import numpy as np
 import pyarrow as pa
 
-from .atomic import TMP_MARKER, remove_temporaries
+from .atomic import TMP_MARKER, atomic_write_bytes, remove_temporaries
 from .distributed import Coordinator, World
 from .lock import LOCK_NAME, RunLock
 from .manifest import (MANIFEST_NAME, DamagedManifestError, ResumeMismatchError, RunManifest, check_resume,
@@ -54,19 +54,23 @@ class RunOutcome:
     table: pa.Table | None
 
 
-def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume: bool) -> list[str]:
+def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume: bool, repair: bool = False,
+                    log: Callable[[str], None] | None = None) -> list[str]:
     """Create a fresh run directory with its manifest, or validate it for a resume.
 
     Returns warnings (library version changes). Raises ValueError when the folder already holds
     a run and ``resume`` is False, when a non-empty folder is not a run directory, and
     :class:`~kinetic_fm.runs.manifest.ResumeMismatchError` when the stored manifest differs.
+    A damaged manifest is refused (:class:`~kinetic_fm.runs.manifest.DamagedManifestError`), or with
+    ``repair`` written again from ``manifest`` when the run id the shards' receipts record is its
+    (see :func:`_stored_manifest`), said through ``log``.
     It takes no lock: :func:`run_sharded` calls it holding the folder's
     :class:`~kinetic_fm.runs.lock.RunLock`, and other callers should do the same.
     """
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)
     if (run_dir / MANIFEST_NAME).is_file():
-        warnings = check_resume(_stored_manifest(run_dir), manifest)
+        warnings = check_resume(_stored_manifest(run_dir, manifest, repair=repair, log=log), manifest)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_manifest(run_dir, manifest)  # before any shard exists
@@ -75,15 +79,60 @@ def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume
     return warnings
 
 
-def _stored_manifest(run_dir: Path) -> RunManifest:
+def _stored_manifest(run_dir: Path, manifest: RunManifest | None = None, *, repair: bool = False,
+                     log: Callable[[str], None] | None = None) -> RunManifest:
     """The run's manifest; a damaged one (written atomically, so damaged after the run, e.g. by an
-    editor or a copy cut short) is refused saying how to go on, as a missing one is."""
+    editor or a copy cut short) is refused saying how to go on, as a missing one is.
+
+    The shards cannot rebuild it (their receipts record the run id, a sha256 of the compared
+    settings, not the settings), but they vouch for one rebuilt from the command that made the run:
+    ``manifest`` (this call's) gives the run id a receipt records only if every compared setting is
+    the run's. The refusal says whether it does; with ``repair`` and a receipt recording its run id,
+    ``manifest`` is written in place of the damaged one (kept beside it as ``manifest.json.damaged``)
+    and returned. Its informational parts (versions, creation time, runtime) are this call's."""
     try:
         return read_manifest(run_dir)
     except DamagedManifestError as err:
+        matching, receipts = _receipts_of(run_dir, manifest)
+        if repair and matching:
+            damaged = run_dir / MANIFEST_NAME
+            atomic_write_bytes(damaged.with_name(MANIFEST_NAME + ".damaged"), damaged.read_bytes())
+            write_manifest(run_dir, manifest)
+            (log or _stderr)(f"{damaged} was damaged: written again from this command's settings, which give the run "
+                             f"id {matching} of its {receipts} shard receipts record (the damaged file is kept as "
+                             f"{MANIFEST_NAME}.damaged)")
+            return manifest
+        if matching:
+            hint = (f"this command's settings give the run id its {_receipts(matching)} record: rerun it with "
+                    f"--repair (repair=True) to write {MANIFEST_NAME} again from them, or put back a good copy")
+        else:
+            vouch = (f"none of its {_receipts(receipts)} records the run id this command's settings give, so "
+                     "they are not the run's" if receipts else "its shards hold no receipt to check settings by")
+            hint = f"{vouch}: put back a good copy of {MANIFEST_NAME} to resume it"
         raise DamagedManifestError(f"{err} Without a readable one the run's settings are unknown, so it cannot be "
-                                   f"resumed: put back a good copy of {MANIFEST_NAME} to resume it, or choose a new "
-                                   "--out (or remove the folder) to start over") from None
+                                   f"resumed as it is; {hint}, or choose a new --out (or remove the folder) to start "
+                                   "over") from None
+
+
+def _receipts_of(run_dir: Path, manifest: RunManifest | None) -> tuple[int, int]:
+    """``(matching, receipts)``: how many shard receipts under ``run_dir`` record ``manifest``'s run
+    id (0 without one), and how many there are (an unreadable one counts, and matches nothing)."""
+    import json
+
+    paths = sorted((run_dir / SHARD_DIR).glob("shard-*.json"))
+    run_id = None if manifest is None else manifest.run_id
+    matching = 0
+    for path in paths:
+        try:
+            receipt = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        matching += isinstance(receipt, dict) and run_id is not None and receipt.get("run_id") == run_id
+    return matching, len(paths)
+
+
+def _receipts(count: int) -> str:
+    return f"{count} shard receipt{'' if count == 1 else 's'}"
 
 
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool) -> None:
@@ -143,6 +192,7 @@ def run_sharded(
     progress: bool = True,
     log: Callable[[str], None] = _stderr,
     lock: RunLock | None = None,
+    repair: bool = False,
 ) -> RunOutcome:
     """Compute this rank's shards of the run and, on rank 0, merge them after a barrier.
 
@@ -164,6 +214,9 @@ def run_sharded(
     by the caller (``kfm sample`` takes it before loading its model, so that no writer starts in
     between); it is kept, not taken again, and released at the end like the runner's own. A
     lock of another folder is refused (ValueError) and left held: the caller releases it.
+
+    ``repair`` (with ``resume``): a damaged ``manifest.json`` is written again from ``manifest``
+    when the shards' receipts record its run id (:func:`prepare_run_dir`); else it is refused.
     """
     run_dir = Path(run_dir)
     coord = coordinator or Coordinator(World.from_env())
@@ -172,14 +225,14 @@ def run_sharded(
     elif lock.run_dir.resolve() != run_dir.resolve():
         raise ValueError(f"lock is the lock of {lock.run_dir}, not of the run folder {run_dir}")
     try:
-        _open_run_dir(run_dir, manifest, resume, coord, lock, log)
+        _open_run_dir(run_dir, manifest, resume, coord, lock, log, repair)
         return _compute_and_merge(run_dir, manifest, compute, coord, progress, log)
     finally:
         lock.release()
 
 
 def _open_run_dir(run_dir: Path, manifest: RunManifest, resume: bool, coord: Coordinator, lock: RunLock,
-                  log: Callable[[str], None]) -> None:
+                  log: Callable[[str], None], repair: bool = False) -> None:
     """Rank 0 locks and prepares (or checks) the folder; every rank gets its verdict."""
     world = coord.world
     verdict: tuple[str, object] | None = None
@@ -191,7 +244,8 @@ def _open_run_dir(run_dir: Path, manifest: RunManifest, resume: bool, coord: Coo
                 lock.acquire()  # a second writer stops here, before it reads or writes anything else
             # said only under the lock: a twin --resume that the lock stops said it too, then was refused
             starts = resume and not (run_dir / MANIFEST_NAME).is_file()
-            verdict = ("ok", prepare_run_dir(run_dir, manifest, resume=resume), manifest, str(run_dir.resolve()))
+            prepared = prepare_run_dir(run_dir, manifest, resume=resume, repair=repair, log=log)
+            verdict = ("ok", prepared, manifest, str(run_dir.resolve()))
             if starts:  # a typo in --out, say
                 log(f"--resume: {run_dir} holds no run yet; starting a new one")
             # killed writers' leftovers, before any rank writes (they await the verdict)

@@ -527,15 +527,35 @@ class _NetworksAsFound:
         self._kept = _training_buffers(modules)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        """Puts every kept buffer back, each whatever the others do. One that cannot go back (the
+        net resized it in place) never hides the error that ended the run: that error leaves with a
+        note naming the buffers; after a run that returned, a RuntimeError names them, chained
+        from the first failure."""
         kept, self._kept = self._kept, []
         if not kept:  # nothing in training mode: not even a mode switch
             return
+        failures: list[tuple[str, Exception]] = []
         with torch.inference_mode():  # a buffer made under inference mode takes in-place writes only there
             for module, name, buffer, copy in kept:
-                if getattr(module, name, None) is not buffer:
-                    setattr(module, name, buffer)
-                buffer.copy_(copy)
+                try:
+                    if getattr(module, name, None) is not buffer:
+                        setattr(module, name, buffer)
+                    if buffer.shape != copy.shape:  # copy_ would broadcast (3,) into (2, 3) and call it put back
+                        raise RuntimeError(f"the net resized it in place to {tuple(buffer.shape)}, from "
+                                           f"{tuple(copy.shape)} when the run began")
+                    buffer.copy_(copy)
+                except Exception as err:  # noqa: BLE001 - reported below, after the others went back
+                    failures.append((f"{name!r} of {type(module).__name__}", err))
+        if not failures:
+            return
+        listed = "; ".join(f"{where}: {type(err).__name__}: {err}" for where, err in failures)
+        message = (f"could not put back {len(failures)} buffer(s) of the training-mode network(s) as they were "
+                   f"found ({listed}); the others went back, these hold what the run left")
+        if exc is not None:
+            add_note(exc, message)  # the run's own error is the one to read
+            return
+        raise RuntimeError(message) from failures[0][1]
 
 
 class feature_map_as_found(_NetworksAsFound):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import decimal
 import math
+import warnings
 from dataclasses import dataclass
 from typing import overload
 
@@ -31,6 +32,7 @@ LANDING_FORMS = ("exponential", "linear", "constant")
 # that close
 TAU_TOLERANCE = 1e-6
 
+_K_DEFAULT = 3.0
 _K_MAX = 700.0  # e^k must stay finite in float64 (e^709.8 overflows)
 _ALPHA0_MAX = 1e6  # η = 1 + α0 multiplies the velocity; far beyond any use, and float32-safe
 _RANGES = {  # the values each numeric parameter may take, as its errors state them
@@ -53,7 +55,8 @@ class KTS:
         launch: "linear" | "constant" | "exponential".
         landing: "exponential" | "linear" | "constant".
         k: rate of the exponential forms, in (0, 700]; a finite number that no form reads when
-            neither is exponential (checked against (0, 700] only when one is).
+            neither is exponential (checked against (0, 700] only when one is; a k other than 3
+            then warns, UserWarning, that it is ignored).
         renormalize: opt-in (not in the paper): divide η by ∫₀¹ η dt so the gain only
             redistributes motion in time and the mean gain is exactly 1.
 
@@ -70,7 +73,7 @@ class KTS:
     tau_split: float = 0.6
     launch: str = "linear"
     landing: str = "exponential"
-    k: float = 3.0
+    k: float = _K_DEFAULT
     renormalize: bool = False
 
     def __post_init__(self) -> None:
@@ -91,6 +94,12 @@ class KTS:
         uses_k = self.launch == "exponential" or self.landing == "exponential"
         if uses_k and not 0 < self.k <= _K_MAX:
             raise ValueError(f"k must lie in (0, {_K_MAX:g}] for the exponential forms, got {self.k!r}")
+        if not uses_k and self.k != _K_DEFAULT:
+            # a sweep over k would run one gain under every value without a word (the default
+            # cannot be told from a k given equal to it, and gives the same gain anyway)
+            warnings.warn(f"k applies to the exponential launch or landing only, and this gain has neither "
+                          f"(launch={self.launch!r}, landing={self.landing!r}); k = {self.k:g} is ignored",
+                          stacklevel=3)  # __post_init__ < the dataclass's __init__ < the caller
         if self.beta0 < 0:
             with_k = f" with k = {self.k:g}" if self.landing == "exponential" else ""
             raise ValueError(f"beta0 must be >= 0 and below {_describe_limit(self.landing, self.k)} for the "
