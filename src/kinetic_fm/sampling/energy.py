@@ -131,6 +131,9 @@ def energy_between(profile: torch.Tensor | np.ndarray | None, times: torch.Tenso
     run, and ``energy_between(p, times, 0, 1)`` is dopri5's ``kpe`` bit for bit on the CPU
     (a fixed grid's to rounding). Returns a tensor on ``profile``'s device for a tensor profile,
     else a NumPy array.
+
+    Raises ValueError for a ``profile`` of None (a run sampled without ``profile=True``), ``times`` of
+    neither shape (S + 1,) nor (B, S + 1), or a window other than 0 ≤ t0 ≤ t1 ≤ 1.
     """
     profile_t, share, spanned = _window_shares(profile, times, t0, t1)
     # a step outside the window adds 0, not 0 * its increment (NaN for a non-finite one)
@@ -148,7 +151,8 @@ def energy_between(profile: torch.Tensor | np.ndarray | None, times: torch.Tenso
 def energy_after(profile: torch.Tensor | np.ndarray | None, times: torch.Tensor | np.ndarray,
                  t: float) -> torch.Tensor | np.ndarray:
     """(B,) float64 applied energy each sample spends at times ≥ ``t``, 0 ≤ t ≤ 1:
-    ``energy_between(profile, times, t, 1)`` (see there for the arguments and the straddling step)."""
+    ``energy_between(profile, times, t, 1)`` (see there for the arguments, the straddling step and the
+    ValueErrors, a ``profile`` of None among them)."""
     return energy_between(profile, times, check_unit_number("t", t, _TIME), 1.0)
 
 

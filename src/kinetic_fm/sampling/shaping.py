@@ -66,6 +66,11 @@ class KTS:
     or a NumPy array of times (returns an array of their shape; a 0-d array, like a NumPy
     number, counts as one number and returns a float). The numeric parameters may be Python or
     NumPy numbers or 0-d tensors; α0 ≤ 1e6.
+
+    Raises ValueError naming the parameter for a value out of its range (or not a finite number), a
+    form not listed, a ``renormalize`` that is not True or False, or a ``beta0`` that makes η ≤ 0
+    somewhere on [0, 1] (the message gives the largest admissible β0); ``kts(t)`` raises ValueError
+    for a time outside [0, 1].
     """
 
     alpha0: float = 0.01
