@@ -4,7 +4,8 @@ docstring names a parameter its signature lacks (a renamed argument left behind 
 
 The surface: ``kinetic_fm.__all__`` with its lazy names, and for each layer (``metrics``, ``fields``,
 ``sampling``, ``data``, ``models``, ``integrations``, ``studies``) its own ``__all__`` where it has one
-and the ``__all__`` of each of its modules that declares one.
+and the ``__all__`` of each of its modules that declares one; ``runs`` too (``read_run`` and the
+run manifest, lock and plan a user of a run folder meets).
 """
 import dataclasses
 import importlib
@@ -18,7 +19,7 @@ import kinetic_fm
 from kinetic_fm.integrations import installed
 
 PACKAGES = ["kinetic_fm", "kinetic_fm.metrics", "kinetic_fm.fields", "kinetic_fm.sampling", "kinetic_fm.data",
-            "kinetic_fm.models", "kinetic_fm.integrations", "kinetic_fm.studies"]
+            "kinetic_fm.models", "kinetic_fm.integrations", "kinetic_fm.studies", "kinetic_fm.runs"]
 # modules that import an optional package on loading, and that package
 OPTIONAL = {"kinetic_fm.integrations.diffusers": "diffusers", "kinetic_fm.integrations.flow_matching": None}
 SECTION = re.compile(r"^\s*(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Attributes)\s*:\s*$")
