@@ -39,7 +39,7 @@ MAP = [
     ("fields",),
     ("models", "data"),
     ("runs",),
-    ("checks", "gemm", "blocks", "knn", "norms", "exact_scaling", "_version"),
+    ("checks", "gemm", "blocks", "knn", "norms", "exact_scaling", "optional", "_version"),
 ]
 LAYER = {name: len(MAP) - row for row, names in enumerate(MAP) for name in names}
 

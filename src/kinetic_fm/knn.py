@@ -41,7 +41,8 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -76,7 +77,7 @@ class Neighbors:
     rechecked: int = 0
 
 
-def as_rows(name: str, value, *, copy: bool = False) -> torch.Tensor:
+def as_rows(name: str, value: Any, *, copy: bool = False) -> torch.Tensor:
     """``value`` as a tensor of shape (n, ...) with n ≥ 1; ValueError naming ``name`` otherwise.
     A pandas DataFrame or Series counts as its values (rows as rows), and a read-only array
     (``np.load(path, mmap_mode="r")``) is read without torch's warning of one: nothing here writes
@@ -532,7 +533,7 @@ def _screen_gemm(xb, y, dtype, y_sq, n_candidates, chunk, exclude_self, q0, blas
     return best_idx, worst, unit_roundoff(dtype, y.device)
 
 
-def faiss_module(user: str = "backend='faiss'"):
+def faiss_module(user: str = "backend='faiss'") -> ModuleType:
     """The optional faiss package, for ``user`` (the argument or flag that asks for it);
     ImportError saying what to install where it is missing, or what failed where it is broken."""
     from .optional import import_optional

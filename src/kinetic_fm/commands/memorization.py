@@ -50,11 +50,15 @@ def register(subparsers) -> None:
                              "manifest records them and checked against their sha256); for a run folder the "
                              "table's nearest is a row of that subset and nearest_item the item's position in the "
                              "data spec's whole split (or the file's)")
-    parser.add_argument("--key", default=None, help="array/column name inside --samples")
-    parser.add_argument("--train-key", default=None, help="array/column name inside --train")
+    parser.add_argument("--key", default=None,
+                        help="array/column name inside --samples; when not given, the file's only array "
+                             "(or list column)")
+    parser.add_argument("--train-key", default=None,
+                        help="array/column name inside --train; when not given, the file's only array (or list column)")
     parser.add_argument("--threshold", type=float, default=1 / 3, help="gap-ratio threshold in (0, 1) (default 1/3)")
     parser.add_argument("--bootstrap", type=int, default=None,
-                        help="bootstrap resamples for the CI (default 1000; --interval bootstrap only)")
+                        help="bootstrap resamples for the CI, an integer in [0, 10_000_000] (default 1000; --interval "
+                             "bootstrap only)")
     parser.add_argument("--interval", choices=("bootstrap", "wilson", "clopper-pearson"), default="bootstrap",
                         help="the CI of F_mem: percentile bootstrap (default), Wilson score, or Clopper-Pearson "
                              "(exact binomial); the bootstrap has zero width when F_mem is 0 or 1")
@@ -65,7 +69,8 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu",
                         help=f"where the search runs: {DEVICE_FORMS} (default cpu; faiss searches on the CPU)")
     parser.add_argument("--space", default=None,
-                        help="audit in a feature space instead of pixels: pca:K, the top K principal directions "
+                        help="audit in a feature space instead of pixels (pixels when not given): pca:K, the top K "
+                             "principal directions "
                              "of the training items (K from 1 to min(N − 1, D); K = N − 1 projects the samples "
                              "onto the training items' affine span, which keeps every distance between training "
                              "items and drops noise outside it, so copies drowned in pixel noise show; too few "
@@ -78,10 +83,11 @@ def register(subparsers) -> None:
                              "as kfm reproduce does (off by default: the samples are audited as given; clamping "
                              "turns zero-mean pixel noise on a flat background into a one-sided offset, which "
                              "a pca: space no longer drops)")
-    parser.add_argument("--out", default=None, type=user_path, help="per-sample table: .parquet or .csv")
+    parser.add_argument("--out", default=None, type=user_path,
+                        help="per-sample table: .parquet or .csv (not written when not given)")
     parser.add_argument("--figure", default=None, type=user_path,
                         help="a .png: the gap-ratio histogram and, for image inputs, the samples with the "
-                             "smallest ratios beside their nearest training images")
+                             "smallest ratios beside their nearest training images (not written when not given)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.set_defaults(func=run)
 

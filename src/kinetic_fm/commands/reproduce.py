@@ -20,14 +20,17 @@ def register(subparsers) -> None:
                    help="digits (embedded, default) | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="mode", action="store_const", const="quick", help="minutes on a laptop CPU (default)")
-    size.add_argument("--full", dest="mode", action="store_const", const="full", help="paper-like sample sizes")
-    size.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="seconds; a smoke test")
+    size.add_argument("--full", dest="mode", action="store_const", const="full",
+                      help="paper-like sample sizes (default quick; sizes between --tiny and --full)")
+    size.add_argument("--tiny", dest="mode", action="store_const", const="tiny",
+                      help="seconds; a smoke test (default quick; sizes between --tiny and --full)")
     p.set_defaults(mode="quick")
     p.add_argument("--out", required=True, type=user_path, help="output folder (created; re-use it to resume)")
     p.add_argument("--studies", default="semantics,support,memorization,shaping",
                    help="comma-separated subset of: semantics, support, memorization, shaping (default all four)")
     p.add_argument("--classifier", default=None,
-                   help="judge CIFAR-10 samples with a pretrained net: resnet20:PATH or resnet56:PATH")
+                   help="judge CIFAR-10 samples with a pretrained net: resnet20:PATH or resnet56:PATH; when not given, "
+                        "the studies train their own judge (on a labelled data set)")
     p.add_argument("--device", default="cpu", help=f"{DEVICE_FORMS} (default cpu)")
     p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**32 (default 0)")
     p.add_argument("--quiet", action="store_true",

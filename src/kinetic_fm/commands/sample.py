@@ -55,21 +55,25 @@ def register(subparsers) -> None:
                         "empirical: the exact empirical flow-matching field (kfm.EmpiricalFlow) of the "
                         "--train items, whose samples land on training items and take their shape "
                         f"(default: {DEFAULT_FIELD})")
-    f.add_argument("--dim", type=int, default=None, help=f"dimension D of a built-in field's samples (default {DEFAULT_DIM})")
+    f.add_argument("--dim", type=int, default=None,
+                   help=f"dimension D >= 1 of a built-in field's samples (default {DEFAULT_DIM})")
     f.add_argument("--train", default=None, type=user_path,
                    help="--field empirical only: its training items, as kfm memorization --train reads them: "
                         "an array file (.npy, .npz, .pt, .parquet; --train-key names an array inside), a folder "
                         "or .zip of images, a data spec such as mnist:PATH (its training split), a kfm train "
-                        "run folder (the items it trained on), or a --field empirical run folder (its items). The "
+                        "run folder (the items it trained on), or a --field empirical run folder (its items); required "
+                        "with --field empirical, refused without it. The "
                         "sha256 of the loaded float tensor identifies "
                         "the run: a --resume against other data is refused")
-    f.add_argument("--train-key", default=None, help="--field empirical only: the array/column name inside --train")
+    f.add_argument("--train-key", default=None,
+                   help="--field empirical only: the array/column name inside --train; when not given, "
+                        "the file's only array (or list column)")
     f.add_argument("--train-n", type=int, default=None,
-                   help="--field empirical only: a seeded subset of N training items (a data spec draws it as "
+                   help="--field empirical only: a seeded subset of N >= 1 training items (a data spec draws it as "
                         "kfm train --n does; for a 2-D sampler such as moons, N points); without it, every item")
     f.add_argument("--train-seed", type=seed_number, default=None,
                    help="--field empirical only: the seed of the --train-n subset (or of a 2-D sampler's "
-                        "points), as kfm train --seed; 0 when not given")
+                        "points), as kfm train --seed: an integer in [0, 2**32); 0 when not given")
     f.add_argument("--truncate", type=int, default=None,
                    help="--field empirical only: keep the K atoms of largest posterior weight per evaluation, "
                         "K in [1, N] (EmpiricalFlow's truncated mode); the table's neglected_bound_max column is "
@@ -87,25 +91,29 @@ def register(subparsers) -> None:
                         "--resume must repeat it")
     f.add_argument("--model", default=None, type=user_path,
                    help="sample a trained net instead of --field: a `kfm train` run folder or .safetensors file "
-                        "(EMA weights); its weights' sha256 identifies the run")
+                        "(EMA weights); its weights' sha256 identifies the run. When not given, --field is sampled")
     f.add_argument("--shape", default=None,
                    help="one sample's shape for --model, e.g. 1,28,28 (default: the net's own, when it records one)")
     f.add_argument("--label", default=None,
                    help="required for a class-conditional --model: a class index K for every sample, 'seed' "
                         "(sample s gets class s mod the number of classes) or 'null' (the net's unconditional "
-                        "null class); stored per sample in the table's label column")
+                        "null class); stored per sample in the table's label column. Refused without a "
+                        "class-conditional --model, which in turn refuses to run without it (no default)")
     f.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale w with --label K or seed: v = v_null + w·(v_label − v_null), "
+                   help="classifier-free guidance scale w, any finite number, with --label K or seed: "
+                        "v = v_null + w·(v_label − v_null), "
                         "one net call on a doubled batch (label and null) per evaluation (default: the conditional "
                         "velocity, w = 1, a plain call)")
 
     s = p.add_argument_group("sampler")
     # --num-samples: the spelling to use after torchrun, whose parser takes "--n" as an abbreviation
     s.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
-                   help="number of samples (default 1000)")
-    s.add_argument("--seed-start", type=seed_number, default=0, help="first seed; seeds are S .. S+n-1 (default 0)")
+                   help="number of samples, in [1, 2**32] (default 1000)")
+    s.add_argument("--seed-start", type=seed_number, default=0,
+                   help="first seed S; seeds are S .. S+n-1, all below 2**32 (S in [0, 2**32 − n]; default 0)")
     s.add_argument("--steps", type=int, default=None,
-                   help=f"steps of fixed-step solvers (default {DEFAULT_STEPS}; dopri5 ignores it, with a warning)")
+                   help=f"steps of fixed-step solvers, an integer >= 1 (default {DEFAULT_STEPS}; dopri5 ignores it, "
+                        "with a warning)")
     s.add_argument("--solver", choices=SOLVERS, default="euler", help="ODE solver (default euler)")
     s.add_argument("--rtol", type=float, default=None,
                    help="dopri5 only: relative tolerance of each sample's step control, > 0 (default 1e-5)")
@@ -124,7 +132,7 @@ def register(subparsers) -> None:
     s.add_argument("--quadrature", choices=("solver", "left"), default="solver",
                    help="energy quadrature: the solver's stage weights (default), or the reference left sum")
     s.add_argument("--split", type=float, default=None,
-                   help="τ splitting early/late energy (default: --tau when shaping, else 0.6)")
+                   help="τ in [0, 1] splitting early/late energy (default: --tau when shaping, else 0.6)")
     s.add_argument("--on-nonfinite", choices=("raise", "flag"), default="raise",
                    help="a NaN/Inf velocity stops the run (raise, the default) or marks the sample (flag)")
     s.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -163,10 +171,10 @@ def register(subparsers) -> None:
                         "run's; the damaged file is kept as manifest.json.damaged); a readable manifest is left as "
                         "it is")
     r.add_argument("--shard-size", type=int, default=1000,
-                   help="samples per Parquet shard (default 1000); each shard is sampled on its own, so a "
+                   help="samples per Parquet shard, >= 1 (default 1000); each shard is sampled on its own, so a "
                         "shard smaller than --batch-size caps the batch (keep it a multiple)")
     r.add_argument("--batch-size", type=int, default=256,
-                   help="samples per sampler call (default 256); a memory setting: results do not depend on it, "
+                   help="samples per sampler call, >= 1 (default 256); a memory setting: results do not depend on it, "
                         "beyond float32 round-off in a net's batched GEMMs, which under dopri5 can move "
                         "adaptive steps (numbers then move by dopri5's own error)")
     r.add_argument("--no-save-x", dest="save_x", action="store_false",
@@ -180,7 +188,8 @@ def register(subparsers) -> None:
                         "steps + 1 times. Part of the run's settings: a --resume must repeat it. "
                         "kinetic_fm.runs.read_profile(OUT) gives (times, increments) arrays")
     r.add_argument("--figure", default=None, type=user_path, metavar="PATH.png",
-                   help="after the run, draw it into a .png: the per-sample KPE histogram and, with --profile, "
+                   help="after the run (none when not given), draw it into a .png: the per-sample KPE histogram "
+                        "and, with --profile, "
                         "beside it the kinetic power ½η²‖v‖² over t (mean and 10–90%% band; dopri5's own steps "
                         "are averaged over 100 equal bins). An axis spanning two decades or more is drawn in log "
                         "scale. Works on the --resume of a finished run (redrawn from its results)")

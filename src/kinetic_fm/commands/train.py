@@ -28,29 +28,32 @@ def register(subparsers) -> None:
                               description=__doc__.replace("``", "`"), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--n", type=int, default=None,
-                   help="training-set size: a seeded image subset, or the number of 2-D points (default all / 20000)")
+                   help="training-set size >= 1: a seeded image subset, or the number of 2-D points "
+                        "(default all / 20000)")
     p.add_argument("--model", choices=("auto", "mlp", "unet"), default="auto",
                    help="auto (the default): mlp for 2-D data and 8x8 digits, unet for larger images (the unet learns "
                         "images far better per step but is tens of times slower per step on a CPU: 2,000 "
                         "MNIST steps at --batch-size 64 take ~14 min on 2 cores, the mlp's under a minute)")
     p.add_argument("--width", type=int, default=None,
-                   help="mlp hidden width or unet base channels: 256 or 32 unless given")
+                   help="mlp hidden width or unet base channels, >= 1: 256 or 32 unless given")
     p.add_argument("--class-cond", action="store_true",
                    help="condition on the data's labels (null class for classifier-free guidance)")
-    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
-    p.add_argument("--batch-size", type=int, default=256, help="training batch (default 256)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps (default 0)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps, >= 1 (default 2000)")
+    p.add_argument("--batch-size", type=int, default=256, help="training batch, >= 1 (default 256)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, a finite number > 0 (default 1e-3)")
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps, >= 0 (default 0)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="AdamW weight decay, a finite number >= 0 (default 0)")
     p.add_argument("--ema-decay", type=float, default=0.999,
-                   help="decay of the EMA weights that are saved and sampled (default 0.999)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping (default 1)")
+                   help="decay of the EMA weights that are saved and sampled, in [0, 1) (default 0.999)")
+    p.add_argument("--grad-clip", type=float, default=1.0,
+                   help="max gradient norm, a finite number >= 0; 0 disables clipping (default 1)")
     p.add_argument("--label-dropout", type=float, default=None,
-                   help="with --class-cond: share of labels replaced by the null class (default 0.1)")
+                   help="with --class-cond: share of labels replaced by the null class, in [0, 1) (default 0.1)")
     p.add_argument("--seed", type=seed_number, default=0, help="a non-negative integer below 2**32 (default 0)")
     p.add_argument("--checkpoints", default="log2",
                    help="log2 (steps 1, 2, 4, ... and the last; the default), none, or comma-separated steps")
-    p.add_argument("--save-every", type=int, default=100, help="steps between resume states (default 100)")
+    p.add_argument("--save-every", type=int, default=100, help="steps between resume states, >= 1 (default 100)")
     p.add_argument("--out", required=True, type=user_path, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from <out>/resume.pt if it exists")
     p.add_argument("--device", default="cpu", help=f"{DEVICE_FORMS} (default cpu)")

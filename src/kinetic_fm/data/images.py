@@ -63,7 +63,8 @@ class ImageDataset:
         return tuple(self.images.shape[1:])
 
     def to_unit(self, x: Tensor | None = None) -> Tensor:
-        """Map images (these, or ``x`` in the same space) back to pixel intensities in [0, 1]."""
+        """Map images (these, or ``x`` (B, C, H, W) in the same space) back to pixel intensities in [0, 1]:
+        (x + mean + 1)/2 clamped, same shape, in x's dtype."""
         x = self.images if x is None else x
         if self.mean is not None:
             x = x + self.mean.to(x)
@@ -119,6 +120,8 @@ class ImageSource:
                                        key=lambda n: (_natural_key(n), n))
 
     def read(self, name: str) -> bytes:
+        """The bytes of the file ``name`` (one of :attr:`names`); ValueError when an archive member is
+        damaged, encrypted or compressed in a way zipfile cannot read."""
         if self._zip is not None:
             try:
                 return self._zip.read(self._members.get(name, name))
@@ -128,9 +131,11 @@ class ImageSource:
         return (self.path / name).read_bytes()
 
     def describe(self, name: str) -> str:
+        """Where ``name`` lives, for messages: ``archive.zip:name`` or the file's path."""
         return f"{self.path}:{name}" if self._zip is not None else str(self.path / name)
 
     def close(self) -> None:
+        """Close the archive (nothing to do for a folder); the source is a context manager too."""
         if self._zip is not None:
             self._zip.close()
 

@@ -106,7 +106,9 @@ def _rows_and_field(dataset) -> tuple[Tensor, str]:
 
 
 def subset(dataset: T, *, n: int | None = None, indices: Sequence[int] | Tensor | None = None, seed: int = 0) -> T:
-    """A subset of an :class:`ImageDataset` or :class:`PointDataset` (see :func:`select_indices`).
+    """A subset of an :class:`ImageDataset` or :class:`PointDataset` (see :func:`select_indices`): the
+    same type, its rows (images, points, labels) those chosen, ``indices`` recording their positions
+    in the full set. ValueError (``TooFewItemsError`` when too few) as :func:`select_indices` raises.
 
     The mean stored by a centred dataset is kept as it is (the training mean of the original set);
     recompute it by loading with the subset arguments if you need the subset's own mean.

@@ -6,6 +6,7 @@ float32 points of shape (N, 2) in the units of the distribution (no rescaling).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ class PointDataset:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """One point's shape, without the batch dimension: (2,) for the 2-D samplers."""
         return tuple(self.points.shape[1:])
 
 
@@ -91,8 +93,11 @@ class GaussianMixture:
         object.__setattr__(self, "stds", stds)
 
     @classmethod
-    def ring(cls, k: int = 8, radius: float = 4.0, std: float = 0.4, weights=None) -> "GaussianMixture":
-        """k components evenly spaced on a circle of ``radius`` (first one on the +x axis)."""
+    def ring(cls, k: int = 8, radius: float = 4.0, std: float = 0.4,
+             weights: Tensor | Sequence[float] | None = None) -> "GaussianMixture":
+        """k components evenly spaced on a circle of ``radius`` (first one on the +x axis), each with
+        standard deviation ``std``; ``weights`` (k,) positive, normalised to sum 1 (None: equal).
+        ValueError for k < 1, a non-finite radius, std ≤ 0 or weights of another length."""
         k = check_integer("k", k, 1)
         radius = check_real("radius", radius, -math.inf, math.inf, "a finite number")  # "4": a TypeError
         angle = torch.arange(k, dtype=torch.float64, device="cpu") * (2 * math.pi / k)
@@ -101,6 +106,7 @@ class GaussianMixture:
 
     @property
     def dim(self) -> int:
+        """D, the dimension of the space the mixture lives in."""
         return int(self.means.shape[1])
 
     def sample(self, n: int, seed: int = 0) -> PointDataset:
@@ -137,8 +143,9 @@ class GaussianMixture:
 
 
 def gaussian_mixture(n: int, seed: int = 0, *, k: int = 8, radius: float = 4.0, std: float = 0.4,
-                     weights=None) -> PointDataset:
-    """n points from :meth:`GaussianMixture.ring` (k modes on a circle)."""
+                     weights: Tensor | Sequence[float] | None = None) -> PointDataset:
+    """n points (n, 2) float32 from :meth:`GaussianMixture.ring` (k modes on a circle of ``radius``),
+    drawn with ``seed``; labels are the component indices."""
     return GaussianMixture.ring(k, radius, std, weights).sample(n, seed)
 
 

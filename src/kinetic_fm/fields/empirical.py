@@ -316,7 +316,10 @@ class EmpiricalFlow:
 
     # ------------------------------------------------------------------ public
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """v*(x, t): (B, ...) in x's dtype. Diagnostics of the call are kept in ``last_diagnostics``."""
+        """v*(x, t) = E[x1 − x0 | x_t = x]: (B, ...) in x's dtype, for x (B, ...) with the atoms' trailing
+        shape and t (B,) or one number in [0, 1] (t = 0 noise; clamped to 1 − ``eps``). Diagnostics of
+        the call are kept in ``last_diagnostics``. ValueError for another trailing shape of x, t of
+        another shape or outside [0, 1], or NaN/inf in x (naming the rows)."""
         return self.evaluate(x, t).velocity
 
     def evaluate(self, x: torch.Tensor, t: torch.Tensor | float) -> EmpiricalVelocity:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -162,7 +163,7 @@ class ClassifierFreeGuidance:
         # t = 0 only) was not read as a new run, and carried a NaN ½·0·‖v‖² over
         self.reset()
 
-    def one_evaluation(self):
+    def one_evaluation(self) -> AbstractContextManager[None]:
         """A context whose calls (an adapter's per-time calls under ``time="scalar"``) are one
         evaluation of the field; passed on to the model (a ``PosteriorRecorder`` in it makes them one
         record, as under ``time="batch"``)."""

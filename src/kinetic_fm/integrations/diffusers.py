@@ -25,7 +25,7 @@ import importlib
 import inspect
 import math
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -41,6 +41,9 @@ _LOADABLE_BASES = (SchedulerMixin,)
 
 from ..norms import squared_norm
 from ..sampling.shaping import KTS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
 
 SHAPING_KEY = "kinetic_shaping"
 
@@ -92,8 +95,11 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     _gain: list[float] | None = None
 
     @classmethod
-    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any):
-        """diffusers' ``from_config``, restoring a saved ``kinetic_shaping`` (a ``kfm.KTS``)."""
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any
+                    ) -> KineticFlowMatchEulerScheduler | tuple[KineticFlowMatchEulerScheduler, dict[str, Any]]:
+        """diffusers' ``from_config``, restoring a saved ``kinetic_shaping`` (a ``kfm.KTS``): the
+        scheduler, or (scheduler, unused keyword arguments) with ``return_unused_kwargs``. ValueError
+        for a saved ``kinetic_shaping`` that is not a dict of ``kfm.KTS`` fields."""
         if "pretrained_model_name_or_path" in kwargs:  # diffusers' deprecated spelling of a folder
             config = kwargs.pop("pretrained_model_name_or_path")
         if config is not None and not isinstance(config, dict):
@@ -192,7 +198,8 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
 
     # Pipelines read this method's signature to decide whether it takes ``sigmas=`` / ``timesteps=``
     # (Flux always passes sigmas): it shows the base class's parameters.
-    set_timesteps.__signature__ = inspect.signature(FlowMatchEulerDiscreteScheduler.set_timesteps)
+    set_timesteps.__signature__ = inspect.signature(FlowMatchEulerDiscreteScheduler.set_timesteps).replace(
+        return_annotation=None)
 
     def _reset_energy(self) -> None:
         self.kpe = self.kpe_raw = self.profile = self.times = self.nonfinite_step = None
@@ -244,10 +251,14 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         sample: torch.FloatTensor,
         *args: Any,
         **kwargs: Any,
-    ):
+    ) -> FlowMatchEulerDiscreteSchedulerOutput | tuple:
         """The base Euler step with the KTS-scaled velocity, plus the per-sample energy bookkeeping.
 
-        Same arguments and return value as ``FlowMatchEulerDiscreteScheduler.step``.
+        Same arguments and return value as ``FlowMatchEulerDiscreteScheduler.step``: model_output (B, ...),
+        the net's prediction (−v in our convention), timestep one of ``scheduler.timesteps``. Adds the
+        step's ½·η²·‖v‖²·Δt to ``kpe`` (B,) and ½·‖v‖²·Δt to ``kpe_raw``, Δt = σ_i − σ_{i+1} in our
+        time t = 1 − σ. ValueError for integer timesteps, ``per_token_timesteps``, a batch other than
+        the run's (combine guidance halves first) or a step past the last.
         """
         given = dict(kwargs)  # a diffusers without per_token_timesteps still hears it refused
         try:  # read as the base binds them: per_token_timesteps may come by position too

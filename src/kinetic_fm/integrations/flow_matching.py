@@ -20,7 +20,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -30,6 +30,9 @@ from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
 from ..sampling.shaping import KTS, TAU_TOLERANCE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flow_matching.utils import ModelWrapper
 
 # a final fixed step shorter than this fraction of step_size is a rounding artefact (see fixed_grid)
 ROUNDING_STEP = 1e-6
@@ -325,7 +328,8 @@ def _model_wrapper_class() -> type:
     return _WRAPPER_CLASS
 
 
-def as_model_wrapper(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shaping: Callable | None = None):
+def as_model_wrapper(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                     shaping: Callable | None = None) -> ModelWrapper:
     """One of our fields as a flow_matching ``ModelWrapper``, optionally KTS-shaped.
 
     The wrapper returns η(t)·v(x, t), the realised KTS motion, so flow_matching's ``ODESolver``

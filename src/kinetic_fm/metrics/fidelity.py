@@ -75,6 +75,7 @@ class Protocol:
 
     @property
     def fd_name(self) -> str:
+        """How the distance is named in tables: "FID" for a standard Inception network, else "FD-<network>"."""
         return "FID" if self.network in STANDARD_INCEPTION else f"FD-{self.network}"
 
 
@@ -101,6 +102,7 @@ class FrechetDistance:
         return self.value
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (the protocol as a nested dict), for JSON and tables."""
         return asdict(self)
 
     def __str__(self) -> str:

@@ -57,6 +57,7 @@ class Correlation:
     permutations: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, for JSON and tables."""
         return asdict(self)
 
     def __str__(self) -> str:
@@ -375,6 +376,7 @@ class GroupComparison:
     p_mannwhitney: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, for JSON and tables."""
         return asdict(self)
 
     def __str__(self) -> str:

@@ -62,13 +62,18 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(feature_dim, num_classes, dtype=dtype)
 
     def features(self, x: Tensor) -> Tensor:
+        """(B, feature_dim) penultimate activations of (B, C, H, W) images (float in [-1, 1], or integer
+        pixels in [0, 255]), in the layers' dtype. ValueError for images below 2 x 2 pixels or integer
+        pixels outside [0, 255]."""
         _check_image_size(x.shape)
         return self.body(as_signed_pixels(x, self.head.weight.dtype))
 
     def logits(self, x: Tensor) -> Tensor:
+        """(B, num_classes) class scores of (B, C, H, W) images, as :meth:`features` takes them."""
         return self.head(self.features(x))
 
     def forward(self, x: Tensor) -> Tensor:
+        """:meth:`logits`: (B, num_classes) scores of (B, C, H, W) images."""
         return self.logits(x)
 
 

@@ -52,6 +52,8 @@ class SinusoidalTimeEmbedding(nn.Module):
         self.dim, self.scale, self.max_period = dim, scale, max_period
 
     def forward(self, t: Tensor) -> Tensor:
+        """(B, dim) features [sin, cos] of (B,) times t in [0, 1]; float64 for float64 times, else
+        float32 (or the module's float16/bfloat16 dtype)."""
         if t.dtype == torch.float64:  # t.float() made a float64 net a step function of t (steps ~6e-8)
             half = self.dim // 2
             freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float64, device=t.device)

@@ -70,9 +70,13 @@ class VelocityMLP(nn.Module):
 
     @property
     def null_class(self) -> int | None:
+        """The label meaning "no class" (``num_classes``; what ``y=None`` uses), None for an unconditional net."""
         return self.num_classes
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """v(x, t) of shape (B, *shape) for x (B, *shape), t a number or (B,) in [0, 1] (t = 0 noise),
+        y None or (B,) integer labels in [0, num_classes] (num_classes = no class). ValueError for
+        another shape of x or t, or labels out of range."""
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
         c = conditioning(self.time_embed, self.class_embed, self.num_classes, t, x, y)

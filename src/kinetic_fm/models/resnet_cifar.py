@@ -104,6 +104,8 @@ class CifarResNet(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
 
     def features(self, x: Tensor) -> Tensor:
+        """(B, 64) global-average-pooled features of (B, 3, H, W) images (float in [-1, 1], or integer
+        pixels in [0, 255]), in the layers' dtype. ValueError for another shape."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"x must have shape (B, 3, H, W), got {tuple(x.shape)}")
         if self.warn_of_range:
@@ -114,9 +116,11 @@ class CifarResNet(nn.Module):
         return h.mean(dim=(2, 3))
 
     def logits(self, x: Tensor) -> Tensor:
+        """(B, num_classes) class scores of (B, 3, H, W) images, as :meth:`features` takes them."""
         return self.linear(self.features(x))
 
     def forward(self, x: Tensor) -> Tensor:
+        """:meth:`logits`: (B, num_classes) scores of (B, 3, H, W) images."""
         return self.logits(x)
 
 

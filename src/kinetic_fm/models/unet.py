@@ -134,9 +134,13 @@ class UNet(nn.Module):
 
     @property
     def null_class(self) -> int | None:
+        """The label meaning "no class" (``num_classes``; what ``y=None`` uses), None for an unconditional net."""
         return self.num_classes
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """v(x, t) of shape (B, C, H, W) for x (B, C, H, W), t a number or (B,) in [0, 1] (t = 0 noise),
+        y None or (B,) integer labels in [0, num_classes] (num_classes = no class). ValueError for x
+        not 4-D, H or W not divisible by 2^(levels − 1), another shape of t, or labels out of range."""
         if x.ndim != 4:
             raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
         factor = 2 ** (self.levels - 1)

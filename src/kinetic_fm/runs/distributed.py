@@ -41,10 +41,12 @@ class World:
 
     @property
     def is_main(self) -> bool:
+        """Whether this process is rank 0, the one that writes the manifest and results."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """Whether the run has more than one process (world_size > 1)."""
         return self.world_size > 1
 
 
@@ -57,6 +59,7 @@ class Coordinator:
         self._device_ids = [device.index] if backend == "nccl" and device is not None else None
 
     def barrier(self) -> None:
+        """Wait until every rank has come here (``torch.distributed.barrier``); nothing for one process."""
         if self.world.distributed:
             import torch.distributed as dist
 

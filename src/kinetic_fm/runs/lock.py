@@ -62,6 +62,7 @@ class LockHolder:
                    datetime.now().astimezone().isoformat(timespec="seconds"))
 
     def to_json(self) -> str:
+        """The record written into ``<run>/.lock``: one JSON line of host, pid and start time."""
         return json.dumps({"host": self.host, "pid": self.pid, "since": self.since}) + "\n"
 
     @classmethod
@@ -135,9 +136,14 @@ class RunLock:
 
     @property
     def path(self) -> Path:
+        """The lock file, ``<run_dir>/.lock``."""
         return self.run_dir / LOCK_NAME
 
     def acquire(self) -> "RunLock":
+        """Take the folder's lock without waiting and record this process as its holder; returns self.
+        RunLockedError (an OSError) naming the holder when another writer has it; RuntimeError when this
+        RunLock already holds it. Without ``fcntl``, or on a file system refusing ``flock`` (warned
+        once), it returns unlocked."""
         if self._fd is not None:
             raise RuntimeError(f"the lock of {self.run_dir} is already acquired by this RunLock")
         if fcntl is None:
@@ -167,6 +173,8 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Clear the holder record and drop the lock (only this process's reference in a forked
+        child); nothing when not held."""
         fd, self._fd, self.held = self._fd, None, False
         if fd is None:
             return

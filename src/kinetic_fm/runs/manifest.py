@@ -186,6 +186,7 @@ class RunManifest:
 
     @property
     def plan(self) -> ShardPlan:
+        """The run's shards: seeds ``seed_start`` .. ``seed_start + n − 1`` in shards of ``shard_size``."""
         return ShardPlan(self.seed_start, self.n, self.shard_size)
 
     def compared(self) -> dict[str, Any]:
@@ -216,16 +217,20 @@ class RunManifest:
         return _differences(self.compared(), other.compared(), "")
 
     def version_differences(self, other: "RunManifest") -> list[str]:
+        """``"package old -> new"`` for each recorded package version that differs from ``other``'s."""
         return [f"{k} {self.versions.get(k)} -> {other.versions.get(k)}"
                 for k in sorted(set(self.versions) | set(other.versions))
                 if self.versions.get(k) != other.versions.get(k)]
 
     def to_json(self) -> str:
+        """The manifest as indented JSON, with its format version and run id."""
         body = {"format": FORMAT_VERSION, "run_id": self.run_id, **asdict(self)}
         return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "RunManifest":
+        """The manifest ``text`` holds. DamagedManifestError (a ValueError) for text that is not a JSON
+        object of the manifest's fields and types; ValueError for another format version."""
         try:
             body = json.loads(text)
         except json.JSONDecodeError as err:

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -324,7 +324,8 @@ def read_samples(run_dir: str | os.PathLike) -> np.ndarray:
     return samples_from_table(merge_shards(run_dir, manifest, columns=[SAMPLES]), shape)
 
 
-def profile_from_table(table: pa.Table, times=None) -> tuple[np.ndarray, np.ndarray]:
+def profile_from_table(table: pa.Table, times: np.ndarray | Sequence[float] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """``(times, increments)`` from a table with a ``profile`` column (``kfm sample --profile``).
 
     Fixed-step runs store ``profile`` as a fixed-size list of S per-step applied-energy increments

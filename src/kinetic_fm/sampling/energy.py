@@ -32,6 +32,9 @@ QUADRATURES = ("solver", "left")
 
 
 def quadrature_weights(quadrature: str, b: tuple[float, ...]) -> tuple[float, ...]:
+    """The weights a step's stage energies η²‖v‖² get, one per stage: the tableau's ``b`` for
+    "solver", (1, 0, ..., 0) for "left" (the reference's left Riemann sum: first stage only).
+    ValueError for another ``quadrature``."""
     if quadrature == "solver":
         return b
     if quadrature == "left":
@@ -52,6 +55,7 @@ class EnergyLedger:
 
     @classmethod
     def zeros(cls, batch: int, device: torch.device) -> "EnergyLedger":
+        """A ledger of ``batch`` samples, every energy (B,) float64 zero on ``device``."""
         z = lambda: torch.zeros(batch, dtype=torch.float64, device=device)  # noqa: E731
         return cls(z(), z(), z(), z(), z(), z())
 
@@ -127,6 +131,9 @@ def energy_between(profile: torch.Tensor | np.ndarray | None, times: torch.Tenso
     run, and ``energy_between(p, times, 0, 1)`` is dopri5's ``kpe`` bit for bit on the CPU
     (a fixed grid's to rounding). Returns a tensor on ``profile``'s device for a tensor profile,
     else a NumPy array.
+
+    Raises ValueError for a ``profile`` of None (a run sampled without ``profile=True``), ``times`` of
+    neither shape (S + 1,) nor (B, S + 1), or a window other than 0 ≤ t0 ≤ t1 ≤ 1.
     """
     profile_t, share, spanned = _window_shares(profile, times, t0, t1)
     # a step outside the window adds 0, not 0 * its increment (NaN for a non-finite one)
@@ -144,7 +151,8 @@ def energy_between(profile: torch.Tensor | np.ndarray | None, times: torch.Tenso
 def energy_after(profile: torch.Tensor | np.ndarray | None, times: torch.Tensor | np.ndarray,
                  t: float) -> torch.Tensor | np.ndarray:
     """(B,) float64 applied energy each sample spends at times ≥ ``t``, 0 ≤ t ≤ 1:
-    ``energy_between(profile, times, t, 1)`` (see there for the arguments and the straddling step)."""
+    ``energy_between(profile, times, t, 1)`` (see there for the arguments, the straddling step and the
+    ValueErrors, a ``profile`` of None among them)."""
     return energy_between(profile, times, check_unit_number("t", t, _TIME), 1.0)
 
 

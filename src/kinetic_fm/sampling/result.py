@@ -70,14 +70,15 @@ class SampleResult:
     def energy_between(self, t0: float, t1: float) -> torch.Tensor:
         """(B,) float64 applied energy each sample spent between times t0 ≤ t1 in [0, 1], on the
         profile's device, whatever the grid or solver (a step straddling t0 or t1 counts by the share
-        of its length inside); needs ``kfm.sample(..., profile=True)``. See
-        :func:`kinetic_fm.sampling.energy.energy_between`."""
+        of its length inside); needs ``kfm.sample(..., profile=True)`` (ValueError otherwise, and for
+        times outside 0 ≤ t0 ≤ t1 ≤ 1). See :func:`kinetic_fm.sampling.energy.energy_between`."""
         return energy_between(self.profile, self.times, t0, t1)
 
     def energy_after(self, t: float) -> torch.Tensor:
         """(B,) float64 applied energy each sample spent at times ≥ t in [0, 1] (``energy_between(t,
         1)``): unlike ``late``, split at a time rather than a step index, so it compares across grids
-        and solvers. Needs ``kfm.sample(..., profile=True)``."""
+        and solvers. Needs ``kfm.sample(..., profile=True)`` (ValueError otherwise, and for t outside
+        [0, 1])."""
         return energy_after(self.profile, self.times, t)
 
     def columns(self) -> dict[str, "np.ndarray"]:

@@ -66,6 +66,11 @@ class KTS:
     or a NumPy array of times (returns an array of their shape; a 0-d array, like a NumPy
     number, counts as one number and returns a float). The numeric parameters may be Python or
     NumPy numbers or 0-d tensors; α0 ≤ 1e6.
+
+    Raises ValueError naming the parameter for a value out of its range (or not a finite number), a
+    form not listed, a ``renormalize`` that is not True or False, or a ``beta0`` that makes η ≤ 0
+    somewhere on [0, 1] (the message gives the largest admissible β0); ``kts(t)`` raises ValueError
+    for a time outside [0, 1].
     """
 
     alpha0: float = 0.01
@@ -124,6 +129,12 @@ class KTS:
     def __call__(self, t: np.ndarray) -> np.ndarray: ...
 
     def __call__(self, t: float | torch.Tensor | np.ndarray) -> float | torch.Tensor | np.ndarray:
+        """The gain η(t) > 0 at times t in [0, 1] (t = 0 noise), divided by ∫₀¹ η dt under ``renormalize``.
+
+        A number gives a float; a tensor gives a tensor of its shape and dtype (float64 for integer
+        times); a NumPy array gives an array of its shape. ValueError for a time outside [0, 1]
+        (NaN included) or a bool or complex tensor.
+        """
         if isinstance(t, np.ndarray) and t.ndim > 0:
             return self(torch.from_numpy(torch_readable(t))).numpy()
         if isinstance(t, torch.Tensor):

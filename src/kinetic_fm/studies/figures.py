@@ -270,7 +270,7 @@ def plot_energy_profile(results: Any, *, log_y: bool = False, title: str = "",
         title, name, caption: the figure's title, file stem ([a-z0-9_-]+) and caption.
 
     Returns a :class:`~kinetic_fm.studies.report.Figure`: Jupyter shows it inline, ``.save(path)``
-    writes the PNG, ``.png`` holds its bytes.
+    writes the PNG, ``.png`` holds its bytes. ValueError for results sampled without ``profile=True``.
     """
     from ..sampling.result import SampleResult
 
