@@ -121,7 +121,7 @@ def intervals(x: np.ndarray, y: np.ndarray, resamples: int, rng: np.random.Gener
     corrected = GROUPS * theta - (GROUPS - 1) * leave.mean()
     se = math.sqrt((GROUPS - 1) / GROUPS * ((leave - leave.mean()) ** 2).sum())
     t = stats.t.ppf(0.975, GROUPS - 1)
-    out["jack-t"] = (max(corrected - t * se, 0.0), corrected + t * se, corrected)  # no FD is negative
+    out["jack-t"] = (max(corrected - t * se, 0.0), max(corrected + t * se, 0.0), corrected)  # no FD is negative
     out["jack-shift"] = (corrected - above, corrected + below, corrected)
 
     # BCa on X's resamples, acceleration from the jackknife of X alone (groups)

@@ -67,7 +67,7 @@ def jackknife_fd_intervals(sets, ref_rows, groups: int = JACKKNIFE_GROUPS, confi
     features; ``ref_rows``: (m, D). Group k holds rows k, k + g, k + 2g, ... (g = ``groups``) of a
     set and of the reference; FD_k leaves out group k of both. With θ̂ the plain FD, the interval is
     θ_J ± t_{g−1} · se_J, where θ_J = g θ̂ − (g − 1) mean_k FD_k (the bias-corrected estimate) and
-    se_J² = (g − 1)/g Σ_k (FD_k − mean)²; its low end is cut at 0 (no FD is negative).
+    se_J² = (g − 1)/g Σ_k (FD_k − mean)²; both ends are cut at 0 (no FD is negative).
 
     Why: the plain FD is biased upward by terms of order tr/n and tr/m (the set's and the
     reference's), which the basic bootstrap of the set's rows, the reference held fixed, corrected
@@ -101,7 +101,7 @@ def jackknife_fd_intervals(sets, ref_rows, groups: int = JACKKNIFE_GROUPS, confi
                          for k in range(groups)])
         corrected = groups * theta - (groups - 1) * fd_k.mean()
         se = math.sqrt((groups - 1) / groups * ((fd_k - fd_k.mean()) ** 2).sum())
-        low[s], high[s] = max(corrected - t * se, 0.0), corrected + t * se
+        low[s], high[s] = max(corrected - t * se, 0.0), max(corrected + t * se, 0.0)
     return low, high
 
 
