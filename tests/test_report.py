@@ -1107,6 +1107,18 @@ def test_bar_figure_bars_whiskers_labels_and_group_fences_follow_the_rows(monkey
     assert [(pos[0], text) for pos, text in ax["texts"]] == [(0.5, "main"), (2.5, "grid")]
 
 
+def test_bar_figure_whiskers_span_an_interval_wholly_below_or_above_the_value(monkeypatch):
+    # a bias-corrected FD interval can lie wholly below the plain estimate; drawn as an error bar
+    # about the value, its whisker reached up to the bar ([0.3, 1.9] for the interval [0.3, 0.6])
+    drawn = _drawn_data(monkeypatch)
+    grid = pd.DataFrame({"q": ["Q1", "Q2"], "FD": [1.9, 1.0], "lo": [0.3, 1.2], "hi": [0.6, 1.5]})
+    for points in (False, True):
+        F.bar_figure(f"fd{int(points)}", "c", grid, x="q", y="FD", low="lo", high="hi", points=points)
+        (ax,) = drawn[f"fd{int(points)}"]
+        spans = sorted((float(s[0, 0]), *sorted((float(s[0, 1]), float(s[1, 1])))) for s in ax["whiskers"])
+        np.testing.assert_allclose(spans, [(0.0, 0.3, 0.6), (1.0, 1.2, 1.5)])
+
+
 def test_line_figure_sorts_each_line_by_x_and_keeps_its_band_and_axes_paired(monkeypatch):
     drawn = _drawn_data(monkeypatch)
     x = np.array([300.0, 10.0, 100.0, 30.0, np.nan])

@@ -29,32 +29,94 @@ def _basic(point: float, resampled: np.ndarray) -> tuple[float, float]:
     return 2 * point - np.quantile(resampled, 0.975), 2 * point - np.quantile(resampled, 0.025)
 
 
-def test_quintile_intervals_are_basic_bootstraps_of_each_quintiles_own_rows():
+def _jackknife(x: np.ndarray, ref: np.ndarray, groups: int = 10) -> tuple[float, float]:
+    """The delete-a-group jackknife interval by its definition: group k = rows k, k + g, ... of both
+    sets; θ_J = g θ̂ − (g − 1) mean FD_(−k); θ_J ± t(0.975, g − 1) · se_J, cut at 0."""
+    from scipy import stats
+
+    keep = [(np.arange(len(x)) % groups != k, np.arange(len(ref)) % groups != k) for k in range(groups)]
+    left = np.array([_frechet(x[kx], ref[kr]) for kx, kr in keep])
+    corrected = groups * _frechet(x, ref) - (groups - 1) * left.mean()
+    se = np.sqrt((groups - 1) / groups * ((left - left.mean()) ** 2).sum())
+    t = stats.t.ppf(0.975, groups - 1)
+    return max(corrected - t * se, 0.0), max(corrected + t * se, 0.0)
+
+
+def test_quintile_intervals_are_jackknife_intervals_of_each_quintiles_own_rows():
     from kinetic_fm.studies.memorization import quintile_fd_intervals
 
     rng = np.random.default_rng(0)
     feats, ref = rng.normal(size=(100, 3)), rng.normal(size=(80, 3))
     feats[80:] *= 3.0                                   # Q5 far from the reference, and more spread
     bins = np.arange(100) * 5 // 100
-    low, high = quintile_fd_intervals(feats, bins, ref, 60, seed=7)
-    # brute force: one generator, resample by resample, quintile by quintile, each its own 20 rows
-    draw = np.random.default_rng(7)
-    resampled = np.array([[_frechet(feats[draw.choice(np.flatnonzero(bins == q), size=20)], ref) for q in range(5)]
-                          for _ in range(60)])
+    low, high = quintile_fd_intervals(feats, bins, ref)
     for q in range(5):
-        expected = _basic(_frechet(feats[bins == q], ref), resampled[:, q])
-        np.testing.assert_allclose([low[q], high[q]], expected, rtol=1e-8)
+        np.testing.assert_allclose([low[q], high[q]], _jackknife(feats[bins == q], ref), rtol=1e-8, atol=1e-12)
     assert high[4] - low[4] > 3 * (high[0] - low[0])     # the spread quintile is the uncertain one
-    # a quintile of one row has no FD and no interval; no resamples, no interval at all
+    # a quintile of one row has no FD and no interval
     lonely = np.where(np.arange(100) == 99, 4, np.minimum(bins, 3))
-    low, high = quintile_fd_intervals(feats, lonely, ref, 20, seed=7)
+    low, high = quintile_fd_intervals(feats, lonely, ref)
     assert np.isnan([low[4], high[4]]).all() and np.isfinite(low[:4]).all()
-    assert np.isnan(quintile_fd_intervals(feats, bins, ref, 0, seed=7)).all()
-    # no more rows than features (3): the FD is mostly bias, and its reflection no interval
-    few = np.where(np.arange(100) < 3, 0, np.maximum(bins, 1))
-    low, high = quintile_fd_intervals(feats, few, ref, 20, seed=7)
+    # no more rows than features (3) once a tenth is out: the FD is mostly bias, no interval
+    few = np.where(np.arange(100) < 4, 0, np.maximum(bins, 1))
+    low, high = quintile_fd_intervals(feats, few, ref)
     assert np.isnan([low[0], high[0]]).all() and np.isfinite(low[1:]).all()
-    assert np.isnan(quintile_fd_intervals(feats, bins, ref[:3], 20, seed=7)).all()
+    assert np.isnan(quintile_fd_intervals(feats, bins, ref[:9])).all()          # fewer rows than groups
+    assert np.isfinite(quintile_fd_intervals(feats, bins, ref[:10])[0]).all()   # 10 − 1 rows > 3 features
+
+
+def test_jackknife_fd_intervals_never_leave_the_non_negative_numbers():
+    # the bias-corrected estimate of an FD near 0 can be negative, and its upper end too (3 of 200 sets
+    # of 30 rows of one law in 4 dimensions): no FD is, so both ends are cut at 0 (then [0, 0])
+    from kinetic_fm.studies.output import jackknife_fd_intervals
+
+    rng = np.random.default_rng(3)
+    ends = np.array([np.ravel(jackknife_fd_intervals([rng.normal(size=(30, 4))], rng.normal(size=(30, 4))))
+                     for _ in range(200)])
+    assert (ends >= 0).all() and (ends[:, 0] <= ends[:, 1]).all()
+    assert ((ends == 0).all(axis=1)).sum() >= 1               # the case happened, and reads [0, 0]
+
+
+def _true_frechet(mu1, s1, mu2, s2) -> float:
+    """The Fréchet distance of two Gaussians in closed form (SciPy's sqrtm, float64; round-off below 0 cut)."""
+    root = linalg.sqrtm(s1).real
+    return max(float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(root @ s2 @ root).real)), 0.0)
+
+
+def test_quintile_intervals_cover_a_known_fd_where_the_basic_bootstrap_did_not():
+    # Gaussian quintiles whose FD to the reference's law is known, at the report's ratio of rows to
+    # features (a quintile 1.5 D rows, the reference 2.25 D): the basic bootstrap of the quintile's rows,
+    # the reference fixed, corrected only the quintile's part of the estimator's bias (the report's
+    # whiskers until now: its intervals lay above the true FD); the jackknife corrects both parts
+    from kinetic_fm.studies.memorization import quintile_fd_intervals
+
+    dim, n, m, repeats, resamples = 32, 48, 72, 20, 40
+    rng = np.random.default_rng(0)
+    spectrum = 1.0 / np.arange(1, dim + 1)
+    scales, shifts = np.array([1.0, 1.1, 1.2, 1.3, 1.5]), np.array([0.0, 0.1, 0.2, 0.4, 0.8]) / np.sqrt(dim)
+    truth = np.array([_true_frechet(np.full(dim, shifts[q]), scales[q] ** 2 * np.diag(spectrum), np.zeros(dim),
+                                    np.diag(spectrum)) for q in range(5)])
+    bins = np.repeat(np.arange(5), n)
+    covered = {"jackknife": 0, "basic": 0}
+    for _ in range(repeats):
+        feats = np.concatenate([rng.normal(size=(n, dim)) * np.sqrt(spectrum) * scales[q] + shifts[q]
+                                for q in range(5)])
+        ref = rng.normal(size=(m, dim)) * np.sqrt(spectrum)
+        low, high = quintile_fd_intervals(feats, bins, ref)
+        covered["jackknife"] += int(((low <= truth) & (truth <= high)).sum())
+        half = linalg.sqrtm(np.cov(ref, rowvar=False)).real      # the old interval, by brute force
+
+        def fd(x):
+            s = np.cov(x, rowvar=False)
+            return float(((x.mean(0) - ref.mean(0)) ** 2).sum() + np.trace(s + np.cov(ref, rowvar=False))
+                         - 2 * np.sqrt(np.clip(np.linalg.eigvalsh(half @ s @ half), 0, None)).sum())
+        for q in range(5):
+            x = feats[bins == q]
+            old_low, old_high = _basic(fd(x), np.array([fd(x[rng.integers(0, n, n)]) for _ in range(resamples)]))
+            covered["basic"] += int(old_low <= truth[q] <= old_high)
+    share = {k: v / (5 * repeats) for k, v in covered.items()}
+    assert share["jackknife"] >= 0.88, share            # 95% intervals: 0.99 here
+    assert share["basic"] <= 0.6, share                 # 0.33 here
 
 
 def _axes_of(monkeypatch) -> dict:
@@ -96,7 +158,7 @@ def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quint
     assert list(table.columns[:5]) == ["KPE quintile", "KPE from", "KPE to", "n", "FD-flat"]  # unchanged
     low, high, fd = (table[c].to_numpy() for c in ("FD-flat CI low", "FD-flat CI high", "FD-flat"))
     assert (table["n"] == 10).all() and np.isfinite(low).all() and (low < high).all()
-    # the interval is the quintile's own: 30 resamples (the memorization count) of its rows, from seed_start
+    # the interval is the quintile's own jackknife interval, its rows and the held-out reference's
     from kinetic_fm.studies.output import image_range
     from kinetic_fm.studies.semantics import general_samples
 
@@ -104,18 +166,16 @@ def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quint
     feats = image_range(samples["x"], assets).flatten(1).double().numpy()
     ref = assets.heldout.flatten(1).double().numpy()
     bins = quintile_bins(samples["kpe"].numpy())[1]
-    draw = np.random.default_rng(5)
-    resampled = np.array([[_frechet(feats[draw.choice(np.flatnonzero(bins == q), size=10)], ref) for q in range(5)]
-                          for _ in range(30)])
     for q in range(5):
         assert fd[q] == pytest.approx(_frechet(feats[bins == q], ref), rel=1e-8)
-        np.testing.assert_allclose([low[q], high[q]], _basic(fd[q], resampled[:, q]), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose([low[q], high[q]], _jackknife(feats[bins == q], ref), rtol=1e-6, atol=1e-9)
     # drawn as whiskers on the bars, and the caption and the claim row say how many samples each bar holds
     bars = drawn["goldilocks"]
     whiskers = _whiskers(bars.segments[0])
     assert sorted(whiskers) == [0.0, 1.0, 2.0, 3.0, 4.0]
     np.testing.assert_allclose([whiskers[q] for q in range(5)], np.stack([low, high], 1), rtol=1e-9)
-    assert "each bar from 10 samples" in bars.caption and "95% basic bootstrap interval (30 resamples" in bars.caption
+    assert "each bar from 10 samples" in bars.caption
+    assert "own 95% interval, a delete-a-group jackknife interval (10 groups" in bars.caption
     assert "No interval per bar" not in bars.caption
     assert claim.n == 50 and "), each from 10 samples of the 50 samples" in claim.ours
 
@@ -183,29 +243,20 @@ def test_semantics_row_and_table_give_ds_interval(tmp_path, monkeypatch):
     assert "d's CI: a percentile bootstrap of 50 resamples" in claim.note
 
 
-def test_setting_intervals_reuse_the_claims_resamples_and_are_each_settings_basic_interval():
-    from kinetic_fm.studies.output import fd_to_reference, feature_reference
-    from kinetic_fm.studies.shaping import bootstrap_fd, setting_fd_intervals
+def test_setting_intervals_are_each_settings_jackknife_interval():
+    from kinetic_fm.studies.shaping import setting_fd_intervals
 
     rng = np.random.default_rng(4)
     ref_rows = rng.normal(size=(300, 3))
-    reference = feature_reference(ref_rows)
     feats = {"plain FM": rng.normal(size=(40, 3)), "wide": 2.0 * rng.normal(size=(40, 3))}
-    boot = rng.integers(0, 40, size=(80, 40))
-    fd = np.array([fd_to_reference(f, reference) for f in feats.values()])
-    cached = {"plain FM": bootstrap_fd(feats["plain FM"], reference, boot)}
-    kept = cached["plain FM"]
-    low, high = setting_fd_intervals(feats, fd, reference, boot, cached)
-    assert cached["plain FM"] is kept and set(cached) == {"plain FM", "wide"}     # reused, then completed
-    for k, (name, f) in enumerate(feats.items()):
-        resampled = np.array([_frechet(f[i], ref_rows) for i in boot])
-        np.testing.assert_allclose([low[k], high[k]], _basic(_frechet(f, ref_rows), resampled), rtol=1e-7)
+    low, high = setting_fd_intervals(feats, ref_rows)
+    for k, f in enumerate(feats.values()):
+        np.testing.assert_allclose([low[k], high[k]], _jackknife(f, ref_rows), rtol=1e-7, atol=1e-12)
     assert high[1] - low[1] > high[0] - low[0]
-    # no more rows than features, in the samples or the reference: no interval, nothing resampled
-    narrow = {name: f[:, :1].repeat(40, axis=1) for name, f in feats.items()}      # 40 features of 40 rows
-    assert np.isnan(setting_fd_intervals(narrow, fd, reference, boot, {})).all()
-    empty: dict = {}
-    assert np.isnan(setting_fd_intervals(feats, fd, reference, boot, empty, reference_rows=3)).all() and not empty
+    # no more rows than features once a tenth is out, in the samples or the reference: no interval
+    narrow = {name: f[:, :1].repeat(36, axis=1) for name, f in feats.items()}      # 36 features of 40 rows
+    assert np.isnan(setting_fd_intervals(narrow, rng.normal(size=(300, 36)))).all()
+    assert np.isnan(setting_fd_intervals(feats, ref_rows[:3])).all()
 
 
 def test_efm_power_axis_has_no_gain_and_shaped_figures_keep_theirs(monkeypatch):

@@ -538,7 +538,8 @@ def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str
                points: bool = False, group: str | None = None) -> Figure:
     """Bars of ``frame[y]`` per ``frame[x]``, optional CI whiskers ``[frame[low], frame[high]]``
     and a dashed horizontal ``reference`` line (e.g. the plain-FM value). Rows with a non-finite
-    ``y`` are dropped; a non-finite bound draws no whisker on that side.
+    ``y`` are dropped; a non-finite bound draws no whisker on that side (the other end reaches the
+    value). A whisker spans its interval as given, also one wholly below or above the value.
 
     ``points`` draws a dot per row instead of a bar, on a y axis fitted to the values: a bar's
     length must start at zero, so bars hide differences of a few percent that dots show.
@@ -561,19 +562,19 @@ def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str
         _no_data(ax)
         return _render(fig, name, caption)
     positions = np.arange(len(labels))
-    yerr = None
+    if points:
+        ax.plot(positions, values, "o", color=PALETTE[0], markersize=6)
+    else:
+        ax.bar(positions, values, color=PALETTE[0], alpha=0.85, width=0.7)
     if low is not None or high is not None:
+        # the whisker is the interval itself: drawn as an error bar about the bar's value, an interval
+        # wholly below it (a bias-corrected FD interval) was stretched up to the bar
         lo = _array(frame[low].to_numpy(), name=f"frame[{low!r}]")[keep] if low else values
         hi = _array(frame[high].to_numpy(), name=f"frame[{high!r}]")[keep] if high else values
-        below = np.where(np.isfinite(lo), np.maximum(values - lo, 0.0), 0.0)
-        above = np.where(np.isfinite(hi), np.maximum(hi - values, 0.0), 0.0)
-        yerr = np.vstack([below, above])
-    if points:
-        ax.errorbar(positions, values, yerr=yerr, fmt="o", color=PALETTE[0], markersize=6,
-                    ecolor="#333333", elinewidth=1.1, capsize=3 if yerr is not None else 0)
-    else:
-        ax.bar(positions, values, color=PALETTE[0], alpha=0.85, width=0.7,
-               yerr=yerr, capsize=3 if yerr is not None else 0, error_kw=dict(ecolor="#333333", linewidth=1.1))
+        lo, hi = np.where(np.isfinite(lo), lo, values), np.where(np.isfinite(hi), hi, values)
+        lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)  # a missing bound stands at the value
+        ax.errorbar(positions, (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", ecolor="#333333", elinewidth=1.1,
+                    capsize=3)
     if reference is not None and math.isfinite(reference):
         ax.axhline(reference, color=PALETTE[1], linestyle="--", linewidth=1.4, label=f"{reference_label} = {reference:.4g}")
         _legend(ax)

@@ -58,6 +58,61 @@ def fd_to_reference(feats, reference) -> float:
     return reference.distance(feats.mean(0), np.atleast_2d(np.cov(feats, rowvar=False)))  # D = 1: 0-d
 
 
+JACKKNIFE_GROUPS = 10  # the FD intervals' delete-a-group jackknife: each group leaves out a tenth of both sets
+
+
+def jackknife_fd_intervals(sets, ref_rows, groups: int = JACKKNIFE_GROUPS, confidence: float = 0.95):
+    """(S,) low and (S,) high ends of each set's ``confidence`` interval for its Fréchet distance
+    to the reference rows: a delete-a-group jackknife over both sets. ``sets``: S (n_s, D) numpy
+    features; ``ref_rows``: (m, D). Group k holds rows k, k + g, k + 2g, ... (g = ``groups``) of a
+    set and of the reference; FD_k leaves out group k of both. With θ̂ the plain FD, the interval is
+    θ_J ± t_{g−1} · se_J, where θ_J = g θ̂ − (g − 1) mean_k FD_k (the bias-corrected estimate) and
+    se_J² = (g − 1)/g Σ_k (FD_k − mean)²; both ends are cut at 0 (no FD is negative).
+
+    Why: the plain FD is biased upward by terms of order tr/n and tr/m (the set's and the
+    reference's), which the basic bootstrap of the set's rows, the reference held fixed, corrected
+    for the set's part only. On Gaussian sets of known FD at the quick preset's sizes (D = 128:
+    200 rows against 300, and 500 against 1,497; true FDs 0 to 8; ``benchmarks/fd_interval_coverage.py``)
+    that interval held the true FD in 0–3% of runs of the first size and 0–80% of the second (the
+    more, the larger the FD); this one in 93–97% and 90–95%, at 0.7–1.1 times the width.
+
+    NaN for a set, or for all when the reference, has fewer rows than ``groups`` or leaves no more
+    rows than features once a group is out (the FD is then mostly that bias, far from linear in 1/n)."""
+    import math
+
+    import numpy as np
+    from scipy import stats
+
+    low, high = np.full(len(sets), np.nan), np.full(len(sets), np.nan)
+
+    def too_few(rows: int) -> bool:
+        return rows < groups or rows - math.ceil(rows / groups) <= ref_rows.shape[1]
+
+    if too_few(len(ref_rows)):
+        return low, high
+    full = feature_reference(ref_rows)
+    left_out = [feature_reference(np.delete(ref_rows, slice(k, None, groups), axis=0)) for k in range(groups)]
+    t = float(stats.t.ppf(0.5 + confidence / 2, groups - 1))
+    for s, x in enumerate(sets):
+        if too_few(len(x)):
+            continue
+        theta = fd_to_reference(x, full)
+        fd_k = np.array([fd_to_reference(np.delete(x, slice(k, None, groups), axis=0), left_out[k])
+                         for k in range(groups)])
+        corrected = groups * theta - (groups - 1) * fd_k.mean()
+        se = math.sqrt((groups - 1) / groups * ((fd_k - fd_k.mean()) ** 2).sum())
+        low[s], high[s] = max(corrected - t * se, 0.0), max(corrected + t * se, 0.0)
+    return low, high
+
+
+def jackknife_text(groups: int = JACKKNIFE_GROUPS) -> str:
+    """The FD intervals' method in words, for captions and the Terms paragraph."""
+    return (f"a delete-a-group jackknife interval ({groups} groups, each leaving out 1/{groups} of the set's rows "
+            f"and of the reference's): the jackknife's bias-corrected FD ± t({groups - 1}) × its standard error, "
+            "which removes the FD estimator's upward bias (from both sets) to first order and so lies below "
+            "the plain estimate where that bias is large")
+
+
 def judge_text(assets) -> str:
     """How the samples are judged, in words, for the report: the classifier and what its accuracy
     was measured on. A pretrained ``--classifier`` is scored on images drawn from the loader's

@@ -18,7 +18,7 @@ from ..runs.lock import LOCK_NAME, RunLock
 from .assets import load_assets
 from .config import ReproduceConfig
 from .memorization import run_memorization
-from .output import StudyOutput, fd_space_text, judge_text
+from .output import StudyOutput, fd_space_text, jackknife_text, judge_text
 from .quality import SampleQuality, sample_quality
 from .semantics import general_samples, run_semantics
 from .shaping import run_shaping
@@ -178,7 +178,8 @@ def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:
         "number. Each row's note gives its rule. Intervals of differences of Fréchet distances are basic "
         "bootstrap intervals (the resampled differences reflected about the estimate): the FD estimator's "
         "bias grows with a set's spread and a resample adds about as much again, so percentile intervals "
-        "would centre near twice the difference of the biases; intervals of one set's F_mem are Wilson "
+        "would centre near twice the difference of the biases; an interval of one set's FD (a bar's whisker) is "
+        "a bias-corrected delete-a-group jackknife interval (Terms); intervals of one set's F_mem are Wilson "
         "intervals, of a difference of F_mem paired percentile bootstrap ones, and of ρ BCa (or percentile) "
         "ones, as their notes say."
     )
@@ -283,7 +284,8 @@ def terms_text(fd_space: str, classifier: bool = True) -> str:
         "velocity evaluations of a sampling run (the KTS grid's NFE rows take more steps). EFM: the exact "
         "empirical flow-matching velocity of N training images, in closed form (no net). F_mem: the fraction "
         "of samples whose nearest training image is nearer than 1/3 of the distance to the second nearest "
-        f"(gap ratio d1/d2 < 1/3). {fd}. Margin: the judging classifier's "
+        f"(gap ratio d1/d2 < 1/3). {fd}. FD interval (a whisker on one set's FD): {jackknife_text()}. "
+        "Margin: the judging classifier's "
         "top-1 minus top-2 logit. ρ: Spearman's rank correlation; d: Cohen's d (difference of means over the "
         "pooled standard deviation); CI: confidence interval."
     )
