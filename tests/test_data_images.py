@@ -579,3 +579,33 @@ def test_nested_folders_are_labelled_by_the_top_folder_below_the_wrapping_ones(t
     png(tmp_path / "loose" / "cat" / "1.png")
     png(tmp_path / "loose" / "dog" / "2.png")
     assert load_image_folder(tmp_path / "loose").labels is None
+
+
+def test_split_folders_taken_as_the_classes_are_warned_of_and_plain_trees_are_not(tmp_path):
+    # a train/<class>/, test/<class>/ tree loaded whole was labelled by class (each file's parent); it
+    # is labelled by its top folders now, as torchvision's ImageFolder labels it: "test" and "train"
+    # became the classes without a word, and kfm train --class-cond a two-class net
+    import warnings
+
+    def png(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+
+    for name in ("train/cat/0.png", "train/dog/1.png", "test/cat/2.png", "Val/dog/3.png"):
+        png(tmp_path / "splits" / name)
+    with pytest.warns(UserWarning, match=r"the class folders \('Val', 'test', 'train'\) are named like splits"):
+        ds = load_image_folder(tmp_path / "splits")
+    tops = [name.split("/")[0] for name in image_names(tmp_path / "splits")]
+    assert ds.classes == ("Val", "test", "train")                    # still ImageFolder's labels
+    assert ds.labels.tolist() == [ds.classes.index(top) for top in tops] and sorted(tops)[-2:] == ["train"] * 2
+    with pytest.warns(UserWarning, match=r"named like splits .*\(subdir='train'"):
+        list_image_labels(tmp_path / "splits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image_folder(tmp_path / "splits", subdir="train").classes == ("cat", "dog")
+        for name in ("train/0.png", "test/1.png"):          # split folders of images: no folders inside
+            png(tmp_path / "flat_splits" / name)
+        assert load_image_folder(tmp_path / "flat_splits").classes == ("test", "train")
+        for name in ("train/cat/0.png", "dogs/x/1.png"):    # one class named like a split, not all
+            png(tmp_path / "mixed" / name)
+        assert load_image_folder(tmp_path / "mixed").classes == ("dogs", "train")

@@ -344,8 +344,10 @@ def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor 
     each file's class is its top folder below the folders every file sits in (wrappers such as
     ``zip -r data.zip data/``), however deep the file lies inside it (``cat/kittens/1.png`` is a
     cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as torchvision's ImageFolder
-    labels a tree. (None, None) when a file lies beside the class folders or all lie in one class:
-    one class is no labelling (the studies refuse it)."""
+    labels a tree (ImageFolder takes the root's own folders, so it reads a wrapped tree as one class).
+    (None, None) when a file lies beside the class folders or all lie in one class: one class is no
+    labelling (the studies refuse it). Class folders all named like a data set's splits (train,
+    test, ...) that hold folders of their own are warned of: such a tree is labelled by split."""
     folders = [r.split("/")[:-1] for r in relative]
     if not folders:
         return None, None
@@ -358,8 +360,28 @@ def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor 
     if len(set(names)) < 2:
         return None, None
     classes = tuple(sorted(set(names)))
+    if all(c.lower() in _SPLIT_NAMES for c in classes) and all(len(f) > shared + 1 for f in folders):
+        _warn_of_split_classes(classes)
     lookup = {c: i for i, c in enumerate(classes)}
     return classes, torch.tensor([lookup[c] for c in names], dtype=torch.int64)
+
+
+# folder names that mark a data set's splits rather than its classes
+_SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
+
+
+def _warn_of_split_classes(classes: tuple[str, ...]) -> None:
+    """UserWarning that the class folders ``classes`` look like splits (``train/<class>/...``): the
+    images are labelled by split, as ImageFolder labels that tree, where the parent folder (their
+    class) labelled them before this version."""
+    import warnings
+
+    from ..sampling.guards import caller_outside_the_package
+
+    warnings.warn(f"the class folders {classes} are named like splits of a data set and hold folders of their own: "
+                  "the images are labelled by split (the top folder, as torchvision's ImageFolder labels the tree), "
+                  "not by the folders inside; to label them by class load one split (subdir='train', or the "
+                  "split's own folder as the path)", UserWarning, stacklevel=caller_outside_the_package())
 
 
 def load_image_folder(
