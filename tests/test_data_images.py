@@ -609,3 +609,25 @@ def test_split_folders_taken_as_the_classes_are_warned_of_and_plain_trees_are_no
         for name in ("train/cat/0.png", "dogs/x/1.png"):    # one class named like a split, not all
             png(tmp_path / "mixed" / name)
         assert load_image_folder(tmp_path / "mixed").classes == ("dogs", "train")
+
+
+def test_transparency_is_found_without_pillow_10_1s_has_transparency_data(tmp_path, monkeypatch):
+    # pyproject asks pillow>=10, but Image.has_transparency_data came in 10.1: under 10.0 every image
+    # decode raised AttributeError. Alpha bands, a colour key and a palette's alpha are found all the same
+    rgba = np.full((4, 4, 4), 200, np.uint8)
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., [0, 3]], "LA").save(tmp_path / "la.png")
+    keyed = Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4), "L")
+    keyed.save(tmp_path / "keyed.png", transparency=5)                # a colour key: one pixel transparent
+    palette = Image.fromarray(rgba, "RGBA").convert("P")               # RGBA quantised: the palette holds alpha
+    palette.save(tmp_path / "palette.png")
+    Image.fromarray(rgba[..., :3], "RGB").save(tmp_path / "opaque.png")
+    with pytest.warns(UserWarning) as found:
+        expected = load_image_folder(tmp_path)
+    monkeypatch.delattr(Image.Image, "has_transparency_data", raising=False)
+    with pytest.warns(UserWarning) as caught:
+        ds = load_image_folder(tmp_path)
+    ours = [[str(w.message) for w in ws if "alpha below 255" in str(w.message)] for ws in (found, caught)]
+    assert torch.equal(ds.images, expected.images) and ours[0] == ours[1] and len(ours[1]) == 1
+    assert ours[1][0].startswith("4 of 5 images have pixels of alpha below 255")

@@ -235,10 +235,17 @@ def _decode(data: bytes, *, name: str, grayscale: bool, crop: int | None,
 
 
 def _alpha(img):
-    """The alpha channel of ``img`` as a PIL "L" image, or None for an image without transparency."""
-    if not img.has_transparency_data:
-        return None
-    return img.getchannel("A") if "A" in img.getbands() else img.convert("RGBA").getchannel("A")
+    """The alpha channel of ``img`` as a PIL "L" image, or None for an image without transparency:
+    an alpha band (RGBA, LA, PA; premultiplied RGBa, La), a colour key ("transparency" in its info)
+    or a palette holding alpha. (Pillow 10.1's ``has_transparency_data`` says the same; pillow>=10
+    is what kinetic_fm asks for.)"""
+    bands = img.getbands()
+    if "A" in bands:
+        return img.getchannel("A")
+    palette_alpha = img.mode == "P" and getattr(img.palette, "mode", None) == "RGBA"
+    if "a" in bands or "transparency" in img.info or palette_alpha:
+        return img.convert("RGBA").getchannel("A")
+    return None
 
 
 def _warn_of_alpha(names: list[str], count: int, stacklevel: int = 4) -> None:
