@@ -631,3 +631,17 @@ def test_transparency_is_found_without_pillow_10_1s_has_transparency_data(tmp_pa
     ours = [[str(w.message) for w in ws if "alpha below 255" in str(w.message)] for ws in (found, caught)]
     assert torch.equal(ds.images, expected.images) and ours[0] == ours[1] and len(ours[1]) == 1
     assert ours[1][0].startswith("4 of 5 images have pixels of alpha below 255")
+
+
+def test_the_alpha_warning_points_at_the_callers_line_through_a_data_spec(tmp_path):
+    # stacklevel 4 named the caller of load_image_folder: through load_dataset("folder:...") that
+    # was kinetic_fm's own registry, which a filter by module or a reader of the warning could not use
+    from kinetic_fm.data import load_dataset
+
+    rgba = np.full((4, 4, 4), 100, np.uint8)
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "0.png")
+    for load in (lambda: load_image_folder(tmp_path), lambda: load_dataset(f"folder:{tmp_path}", progress=False)):
+        with pytest.warns(UserWarning, match="alpha below 255") as caught:
+            load()
+        assert [w.filename for w in caught if "alpha below 255" in str(w.message)] == [__file__]

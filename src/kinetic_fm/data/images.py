@@ -202,7 +202,7 @@ def decode_image(
     """
     array, see_through = _decode(data, name=name, grayscale=grayscale, crop=crop, size=size)
     if see_through:
-        _warn_of_alpha([name], 1, stacklevel=3)
+        _warn_of_alpha([name], 1)
     return array
 
 
@@ -248,15 +248,17 @@ def _alpha(img):
     return None
 
 
-def _warn_of_alpha(names: list[str], count: int, stacklevel: int = 4) -> None:
-    """One UserWarning for the ``names`` of the ``count`` images decoded that have transparent pixels
-    (``stacklevel`` 4: the caller of :func:`load_image_folder`, through :func:`decode_many`)."""
+def _warn_of_alpha(names: list[str], count: int) -> None:
+    """One UserWarning for the ``names`` of the ``count`` images decoded that have transparent pixels,
+    pointed at the first caller outside kinetic_fm (through a data spec, kfm train, the studies)."""
     import warnings
+
+    from ..sampling.guards import caller_outside_the_package
 
     warnings.warn(f"{len(names)} of {count} images have pixels of alpha below 255 (the first: {names[0]}): their "
                   "alpha is dropped, not blended, so those pixels keep the colour stored under the transparency, "
                   "which viewers do not show; flatten the files onto a background first if that is not what you "
-                  "want", UserWarning, stacklevel=stacklevel)
+                  "want", UserWarning, stacklevel=caller_outside_the_package())
 
 
 def _upright(img):
