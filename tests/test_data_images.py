@@ -593,8 +593,9 @@ def test_split_folders_taken_as_the_classes_are_warned_of_and_plain_trees_are_no
 
     for name in ("train/cat/0.png", "train/dog/1.png", "test/cat/2.png", "Val/dog/3.png"):
         png(tmp_path / "splits" / name)
-    with pytest.warns(UserWarning, match=r"the class folders \('Val', 'test', 'train'\) are named like splits"):
+    with pytest.warns(UserWarning, match=r"the class folders \('Val', 'test', 'train'\) are named like splits") as w:
         ds = load_image_folder(tmp_path / "splits")
+    assert w[0].filename == __file__                                 # the caller's line
     tops = [name.split("/")[0] for name in image_names(tmp_path / "splits")]
     assert ds.classes == ("Val", "test", "train")                    # still ImageFolder's labels
     assert ds.labels.tolist() == [ds.classes.index(top) for top in tops] and sorted(tops)[-2:] == ["train"] * 2
