@@ -208,11 +208,13 @@ def main() -> None:
     if args.worker:
         worker(json.loads(args.worker))
         return
-    for name in ("repeats", "mlp_steps", "unet_steps", "rounds"):
+    for name in ("repeats", "rounds"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.contention_steps < 2:  # the first step's time is left out
-        raise SystemExit(f"--contention-steps must be >= 2, got {args.contention_steps}")
+            raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for name in ("mlp_steps", "unet_steps", "contention_steps"):  # median_step leaves the first step out
+        if getattr(args, name) < 2:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 2 (the first step, which holds the set-up, "
+                             f"is left out), got {getattr(args, name)}")
     job_steps = JOB_STEPS
     if args.quick:
         args.repeats, args.mlp_steps, args.unet_steps, args.contention_steps, args.rounds = 1, 4, 2, 3, 1

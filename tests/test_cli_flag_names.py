@@ -30,8 +30,8 @@ def _sample_compared_settings() -> list[str]:
     # the KTS keys, the seeds, the shard size, and the identities of a built-in field, a net and --train
     import kinetic_fm.commands.sample as sample
 
-    args = argparse.Namespace(truncate=2, backend="faiss", field=sample.EMPIRICAL, model=None, dim=None, steps=4, solver="dopri5",
-                              grid="uniform", quadrature="solver", split=None, on_nonfinite="raise", dtype="float32",
+    args = argparse.Namespace(truncate=2, backend="faiss", field=sample.EMPIRICAL, model=None, dim=None, steps=4,
+                              solver="dopri5", grid="uniform", quadrature="solver", split=None, on_nonfinite="raise", dtype="float32",
                               device="cpu", save_x=True, profile=True, rtol=1e-3, atol=1e-3, first_step=0.1,
                               max_steps=None)
     config = sample._config(args, sample._Target(None, (2,), {}), kfm.KTS(), sample._Conditioning(1, 2.0, 3))

@@ -579,3 +579,70 @@ def test_nested_folders_are_labelled_by_the_top_folder_below_the_wrapping_ones(t
     png(tmp_path / "loose" / "cat" / "1.png")
     png(tmp_path / "loose" / "dog" / "2.png")
     assert load_image_folder(tmp_path / "loose").labels is None
+
+
+def test_split_folders_taken_as_the_classes_are_warned_of_and_plain_trees_are_not(tmp_path):
+    # a train/<class>/, test/<class>/ tree loaded whole was labelled by class (each file's parent); it
+    # is labelled by its top folders now, as torchvision's ImageFolder labels it: "test" and "train"
+    # became the classes without a word, and kfm train --class-cond a two-class net
+    import warnings
+
+    def png(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+
+    for name in ("train/cat/0.png", "train/dog/1.png", "test/cat/2.png", "Val/dog/3.png"):
+        png(tmp_path / "splits" / name)
+    with pytest.warns(UserWarning, match=r"the class folders \('Val', 'test', 'train'\) are named like splits") as w:
+        ds = load_image_folder(tmp_path / "splits")
+    assert w[0].filename == __file__                                 # the caller's line
+    tops = [name.split("/")[0] for name in image_names(tmp_path / "splits")]
+    assert ds.classes == ("Val", "test", "train")                    # still ImageFolder's labels
+    assert ds.labels.tolist() == [ds.classes.index(top) for top in tops] and sorted(tops)[-2:] == ["train"] * 2
+    with pytest.warns(UserWarning, match=r"named like splits .*\(subdir='train'"):
+        list_image_labels(tmp_path / "splits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image_folder(tmp_path / "splits", subdir="train").classes == ("cat", "dog")
+        for name in ("train/0.png", "test/1.png"):          # split folders of images: no folders inside
+            png(tmp_path / "flat_splits" / name)
+        assert load_image_folder(tmp_path / "flat_splits").classes == ("test", "train")
+        for name in ("train/cat/0.png", "dogs/x/1.png"):    # one class named like a split, not all
+            png(tmp_path / "mixed" / name)
+        assert load_image_folder(tmp_path / "mixed").classes == ("dogs", "train")
+
+
+def test_transparency_is_found_without_pillow_10_1s_has_transparency_data(tmp_path, monkeypatch):
+    # pyproject asks pillow>=10, but Image.has_transparency_data came in 10.1: under 10.0 every image
+    # decode raised AttributeError. Alpha bands, a colour key and a palette's alpha are found all the same
+    rgba = np.full((4, 4, 4), 200, np.uint8)
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., [0, 3]], "LA").save(tmp_path / "la.png")
+    keyed = Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4), "L")
+    keyed.save(tmp_path / "keyed.png", transparency=5)                # a colour key: one pixel transparent
+    palette = Image.fromarray(rgba, "RGBA").convert("P")               # RGBA quantised: the palette holds alpha
+    palette.save(tmp_path / "palette.png")
+    Image.fromarray(rgba[..., :3], "RGB").save(tmp_path / "opaque.png")
+    with pytest.warns(UserWarning) as found:
+        expected = load_image_folder(tmp_path)
+    monkeypatch.delattr(Image.Image, "has_transparency_data", raising=False)
+    with pytest.warns(UserWarning) as caught:
+        ds = load_image_folder(tmp_path)
+    ours = [[str(w.message) for w in ws if "alpha below 255" in str(w.message)] for ws in (found, caught)]
+    assert torch.equal(ds.images, expected.images) and ours[0] == ours[1] and len(ours[1]) == 1
+    assert ours[1][0].startswith("4 of 5 images have pixels of alpha below 255")
+
+
+def test_the_alpha_warning_points_at_the_callers_line_through_a_data_spec(tmp_path):
+    # stacklevel 4 named the caller of load_image_folder: through load_dataset("folder:...") that
+    # was kinetic_fm's own registry, which a filter by module or a reader of the warning could not use
+    from kinetic_fm.data import load_dataset
+
+    rgba = np.full((4, 4, 4), 100, np.uint8)
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "0.png")
+    for load in (lambda: load_image_folder(tmp_path), lambda: load_dataset(f"folder:{tmp_path}", progress=False)):
+        with pytest.warns(UserWarning, match="alpha below 255") as caught:
+            load()
+        assert [w.filename for w in caught if "alpha below 255" in str(w.message)] == [__file__]

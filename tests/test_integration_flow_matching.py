@@ -676,3 +676,19 @@ def test_a_wrappers_select_view_is_a_plain_callable_giving_the_wrappers_rows():
         torch.testing.assert_close(view(x[mask], t[mask]), whole[mask], rtol=1e-13, atol=1e-15)
         rows = torch.nonzero(mask).squeeze(1)[inner]
         torch.testing.assert_close(view.select(inner)(x[rows], t[rows]), whole[rows], rtol=1e-13, atol=1e-15)
+
+
+def test_per_sample_beside_a_model_extra_named_per_sample_in_model_kwargs():
+    # model_kwargs is the way to give the model an extra named per_sample; with kfm's own per_sample
+    # option beside it, the two were called "given both as keywords and in model_kwargs"
+    def model(x, t, y, per_sample):
+        return x * y[:, None] + per_sample
+
+    x, t = torch.ones(3, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    y, shift = torch.arange(3.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
+    field = from_model_wrapper(model, per_sample=["y"], model_kwargs={"per_sample": shift, "y": y})
+    assert torch.equal(field(x, t), x * y[:, None] + shift)
+    mask = torch.tensor([True, False, True])
+    assert torch.equal(field.select(mask)(x[mask], t[mask]), x[mask] * y[mask][:, None] + shift)  # y's rows follow
+    with pytest.raises(ValueError, match=r"\['y'\] given both as keywords and in model_kwargs"):
+        from_model_wrapper(model, y=y, model_kwargs={"y": y})

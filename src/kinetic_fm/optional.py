@@ -50,7 +50,8 @@ def distribution(package: str) -> Distribution:
 def installed(package: str) -> bool:
     """Whether the top-level ``package`` is there to import, found without importing it
     (``sys.modules[package] = None``, Python's mark of a blocked import, reads as absent, as does
-    a finder that refuses it with ImportError)."""
+    a finder that refuses it with ImportError). A dotted name, a submodule of an imported package,
+    is looked up alike (absent where its parent is a module, not a package)."""
     if package in sys.modules:
         return sys.modules[package] is not None
     try:

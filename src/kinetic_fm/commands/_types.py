@@ -35,6 +35,18 @@ def user_path(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def faiss_for(flag: str) -> None:
+    """ValueError, the command line's one-line error, where faiss cannot be imported for ``flag``
+    ("--backend faiss"): missing (what to install) or installed but broken (why), as
+    :func:`kinetic_fm.optional.import_failure` words it; before any input is read."""
+    from ..knn import faiss_module
+
+    try:
+        faiss_module(flag)
+    except ImportError as err:
+        raise ValueError(str(err)) from None
+
+
 def check_output_path(flag: str, path: str, *, folder: bool) -> None:
     """ValueError naming ``flag`` when ``path`` cannot be written as a folder (``folder``) or a
     file: it is a file where a folder is asked for (or the reverse), a file stands where one of

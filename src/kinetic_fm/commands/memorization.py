@@ -6,7 +6,7 @@ import math
 
 from ..checks import DEVICE_FORMS
 from ._rows import TRAIN_CONFIG, empirical_run_manifest, is_image_source, load_rows, training_record
-from ._types import bootstrap_seed_number, check_output_path, user_path, writing
+from ._types import bootstrap_seed_number, check_output_path, faiss_for, user_path, writing
 from ._flag_names import flag_words
 
 SPACE_FORMS = "'pca:K', 'pca:K+residual', 'resnet20:PATH' or 'resnet56:PATH'"
@@ -121,12 +121,7 @@ def run(args: argparse.Namespace) -> int:
             check_output_path(flag, path, folder=False)
             _check_not_an_input(flag, path, ("--samples", args.samples), ("--train", args.train))
     if args.backend == "faiss":  # the search's own ImportError named backend='faiss', with a traceback
-        from ..knn import faiss_module
-
-        try:
-            faiss_module("--backend faiss")
-        except ImportError as err:  # missing, or installed but broken: the message tells which
-            raise ValueError(str(err)) from None
+        faiss_for("--backend faiss")
     device = single_process_device(args.device, "memorization")
     space, space_name = None, "pixels"
     principal = None if args.space is None else _principal_spec(args.space)

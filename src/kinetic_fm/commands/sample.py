@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
-from ._types import check_output_path, seed_number, user_path, writing
+from ._types import check_output_path, faiss_for, seed_number, user_path, writing
 from ._flag_names import SettingFlags, flag_words, named_by_its_flag
 
 FIELDS = ("gaussian", "point", "mixture")
@@ -699,12 +699,7 @@ def _validate_empirical(args) -> None:
         raise ValueError(f"--backend {args.backend} picks the atoms of --truncate's truncated mode; give --truncate K "
                          "(without it the field weighs all N items, and searches none)")
     if args.backend == "faiss":  # the field's own ImportError named backend='faiss', with a traceback
-        from ..knn import faiss_module
-
-        try:
-            faiss_module("--backend faiss")
-        except ImportError as err:  # missing, or installed but broken: the message tells which
-            raise ValueError(str(err)) from None
+        faiss_for("--backend faiss")
 
 
 def _validate_step_control(args) -> None:

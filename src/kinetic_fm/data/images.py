@@ -207,7 +207,7 @@ def decode_image(
     """
     array, see_through = _decode(data, name=name, grayscale=grayscale, crop=crop, size=size)
     if see_through:
-        _warn_of_alpha([name], 1, stacklevel=3)
+        _warn_of_alpha([name], 1)
     return array
 
 
@@ -240,21 +240,30 @@ def _decode(data: bytes, *, name: str, grayscale: bool, crop: int | None,
 
 
 def _alpha(img):
-    """The alpha channel of ``img`` as a PIL "L" image, or None for an image without transparency."""
-    if not img.has_transparency_data:
-        return None
-    return img.getchannel("A") if "A" in img.getbands() else img.convert("RGBA").getchannel("A")
+    """The alpha channel of ``img`` as a PIL "L" image, or None for an image without transparency:
+    an alpha band (RGBA, LA, PA; premultiplied RGBa, La), a colour key ("transparency" in its info)
+    or a palette holding alpha. (Pillow 10.1's ``has_transparency_data`` says the same; pillow>=10
+    is what kinetic_fm asks for.)"""
+    bands = img.getbands()
+    if "A" in bands:
+        return img.getchannel("A")
+    palette_alpha = img.mode == "P" and getattr(img.palette, "mode", None) == "RGBA"
+    if "a" in bands or "transparency" in img.info or palette_alpha:
+        return img.convert("RGBA").getchannel("A")
+    return None
 
 
-def _warn_of_alpha(names: list[str], count: int, stacklevel: int = 4) -> None:
-    """One UserWarning for the ``names`` of the ``count`` images decoded that have transparent pixels
-    (``stacklevel`` 4: the caller of :func:`load_image_folder`, through :func:`decode_many`)."""
+def _warn_of_alpha(names: list[str], count: int) -> None:
+    """One UserWarning for the ``names`` of the ``count`` images decoded that have transparent pixels,
+    pointed at the first caller outside kinetic_fm (through a data spec, kfm train, the studies)."""
     import warnings
+
+    from ..sampling.guards import caller_outside_the_package
 
     warnings.warn(f"{len(names)} of {count} images have pixels of alpha below 255 (the first: {names[0]}): their "
                   "alpha is dropped, not blended, so those pixels keep the colour stored under the transparency, "
                   "which viewers do not show; flatten the files onto a background first if that is not what you "
-                  "want", UserWarning, stacklevel=stacklevel)
+                  "want", UserWarning, stacklevel=caller_outside_the_package())
 
 
 def _upright(img):
@@ -349,8 +358,10 @@ def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor 
     each file's class is its top folder below the folders every file sits in (wrappers such as
     ``zip -r data.zip data/``), however deep the file lies inside it (``cat/kittens/1.png`` is a
     cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as torchvision's ImageFolder
-    labels a tree. (None, None) when a file lies beside the class folders or all lie in one class:
-    one class is no labelling (the studies refuse it)."""
+    labels a tree (ImageFolder takes the root's own folders, so it reads a wrapped tree as one class).
+    (None, None) when a file lies beside the class folders or all lie in one class: one class is no
+    labelling (the studies refuse it). Class folders all named like a data set's splits (train,
+    test, ...) that hold folders of their own are warned of: such a tree is labelled by split."""
     folders = [r.split("/")[:-1] for r in relative]
     if not folders:
         return None, None
@@ -363,8 +374,28 @@ def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor 
     if len(set(names)) < 2:
         return None, None
     classes = tuple(sorted(set(names)))
+    if all(c.lower() in _SPLIT_NAMES for c in classes) and all(len(f) > shared + 1 for f in folders):
+        _warn_of_split_classes(classes)
     lookup = {c: i for i, c in enumerate(classes)}
     return classes, torch.tensor([lookup[c] for c in names], dtype=torch.int64)
+
+
+# folder names that mark a data set's splits rather than its classes
+_SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
+
+
+def _warn_of_split_classes(classes: tuple[str, ...]) -> None:
+    """UserWarning that the class folders ``classes`` look like splits (``train/<class>/...``): the
+    images are labelled by split, as ImageFolder labels that tree, where the parent folder (their
+    class) labelled them before this version."""
+    import warnings
+
+    from ..sampling.guards import caller_outside_the_package
+
+    warnings.warn(f"the class folders {classes} are named like splits of a data set and hold folders of their own: "
+                  "the images are labelled by split (the top folder, as torchvision's ImageFolder labels the tree), "
+                  "not by the folders inside; to label them by class load one split (subdir='train', or the "
+                  "split's own folder as the path)", UserWarning, stacklevel=caller_outside_the_package())
 
 
 def load_image_folder(

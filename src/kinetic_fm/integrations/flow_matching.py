@@ -52,8 +52,8 @@ def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "share
     ``forward``) is called as ``model(x=x, t=t, **extras)``, as ``ODESolver`` calls it (a keyword-only
     ``forward``, or one taking t before x, works); others by position, ``model(x, t, **extras)``.
     """
+    per_sample = extras.pop("per_sample", None)  # kfm's option, not an extra: model_kwargs may hold one so named
     named = _model_kwargs(model_kwargs, extras)
-    per_sample = extras.pop("per_sample", None)
     field = ModelXT(model, time=time)
     field._take_extras(per_sample, {**extras, **named})
     field._call_by_name = _names_x_and_t(model)

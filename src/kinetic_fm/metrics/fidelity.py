@@ -625,19 +625,6 @@ def precision_recall(real: Any, fake: Any, k: int = 3, *, space: SpaceLike = Non
                            fake_in_real, real_in_fake)
 
 
-def _has_module(name: str) -> bool:
-    """Whether the submodule ``name`` of an imported package is there, found without importing it."""
-    import importlib.util
-    import sys
-
-    if name in sys.modules:
-        return sys.modules[name] is not None
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # the parent is a module, not a package (a stand-in)
-        return False
-
-
 def inception_feature_space(weights_path: str | Path, *, device: torch.device | str | None = None,
                             batch_size: int = 64) -> FeatureSpace:
     """Inception-v3 pool features (2048-D) from a LOCAL weights file (nothing is downloaded).
@@ -665,7 +652,7 @@ def inception_feature_space(weights_path: str | Path, *, device: torch.device | 
     FeatureExtractorInceptionV3 = None
     if installed("torch_fidelity"):
         import_optional("torch_fidelity", user)  # a broken install is an error that says so, not a fallback
-        if _has_module(extractor):
+        if installed(extractor):
             (FeatureExtractorInceptionV3,) = optional_names(extractor, user, "FeatureExtractorInceptionV3")
     if FeatureExtractorInceptionV3 is not None:
         net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],

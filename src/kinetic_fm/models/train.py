@@ -195,8 +195,9 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     recording what it did; :data:`DATA_DIGEST` differing alone (the same shape) is refused as other
     data, and so is data recorded in another dtype than the run's (sha256s of two dtypes do not
     compare) where the nets' dtypes agree (:func:`train` records its data in the net's dtype, so
-    only ``train_classifier``'s images, recorded as given, can differ so). Resuming a CPU state on a GPU, or the reverse, warns: the result is then not
-    bit-identical (``stacklevel`` points the warning at the caller)."""
+    only ``train_classifier``'s images, recorded as given, can differ so). Resuming a CPU state on
+    a GPU, or the reverse, warns: the result is then not bit-identical (``stacklevel`` points the
+    warning at the caller)."""
     try:
         state = load_state(path)
     except UnsafeCheckpointError:

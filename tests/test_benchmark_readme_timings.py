@@ -1,0 +1,23 @@
+"""benchmarks/readme_timings.py's argument checks (the script itself is run by hand: minutes)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("flag", ["--mlp-steps", "--unet-steps", "--contention-steps"])
+def test_a_timing_of_one_step_is_refused_up_front_naming_the_flag(flag, monkeypatch):
+    # a per-step median leaves out the first step: --mlp-steps 1 or --unet-steps 1 passed the check
+    # (">= 1") and ended, after minutes of training, in statistics' "no median for empty data"
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import readme_timings
+
+    monkeypatch.setattr(sys, "argv", ["readme_timings.py", flag, "1"])
+    monkeypatch.setattr(readme_timings, "mlp_job", lambda *a: pytest.fail("the check let it run"))
+    with pytest.raises(SystemExit) as stop:
+        readme_timings.main()
+    assert str(stop.value) == f"{flag} must be >= 2 (the first step, which holds the set-up, is left out), got 1"
