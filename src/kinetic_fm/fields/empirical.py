@@ -150,13 +150,24 @@ class Posterior:
 
     Attributes:
         weights: (B, k) float64, descending; exact float64 where ``exact`` else screened.
-        indices: (B, k) int64 atom indices into the training tensor.
+        indices: (B, k) int64 atom indices into the training tensor; equal weights (an item held
+            more than once, weights that underflow to 0) lowest index first.
         exact: (B,) bool, weights from exact float64 re-scoring (see module docs).
     """
 
     weights: torch.Tensor
     indices: torch.Tensor
     exact: torch.Tensor
+
+
+def _lowest_index_first(weights: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, k) top-k weights (descending) and their atom indices, reordered so that equal weights
+    come lowest index first, as in ``nearest_neighbors``: topk left ties (an item held 3 times) in
+    no set order. Only positions within a run of equal weights move; the weights are the same bits."""
+    by_index = indices.argsort(dim=1)
+    weights, indices = weights.gather(1, by_index), indices.gather(1, by_index)
+    order = weights.sort(dim=1, descending=True, stable=True).indices   # stable: ties keep index order
+    return weights.gather(1, order), indices.gather(1, order)
 
 
 @dataclass(frozen=True)
@@ -338,8 +349,9 @@ class EmpiricalFlow:
         limit = self.truncate or self.n
         k = check_integer("k", k, 1, limit, note="the field's truncate" if self.truncate else "the training items")
         flat, t64, values = self._check(x, t)
-        _, diag, top = self._solve(flat, t64, k, values)
-        return Posterior(top[0], top[1], diag.exact)
+        _, diag, (weights, indices) = self._solve(flat, t64, k, values)
+        weights, indices = _lowest_index_first(weights, indices)
+        return Posterior(weights, indices, diag.exact)
 
     def diagnostics(self, x: torch.Tensor, t: torch.Tensor | float) -> PosteriorDiagnostics:
         """Posterior dominance (max weight), entropy and precision flags, (B,) each; x and t as for
