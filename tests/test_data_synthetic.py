@@ -120,9 +120,11 @@ def test_a_subset_keeps_the_distributions_classes():
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: gaussian_mixture(10, std=math.nan), "stds must be one or 8 finite numbers > 0"),
-    (lambda: gaussian_mixture(10, std=math.inf), "stds must be one or 8 finite numbers > 0"),
-    (lambda: gaussian_mixture(10, k=3, std=[0.1, 0.2]), r"stds must be one or 3 .* got \[0.1, 0.2\]"),
+    (lambda: gaussian_mixture(10, std=math.nan), "^std must be one or 8 finite numbers > 0"),
+    (lambda: gaussian_mixture(10, std=math.inf), "^std must be one or 8 finite numbers > 0"),
+    (lambda: gaussian_mixture(10, k=3, std=[0.1, 0.2]), r"^std must be one or 3 .* got \[0.1, 0.2\]"),
+    (lambda: GaussianMixture.ring(std=0), r"^std must be one or 8 finite numbers > 0, got \[0.0\]$"),
+    (lambda: GaussianMixture([[0.0, 0.0]], [1.0], -1.0), r"^stds must be one or 1 finite numbers > 0, got \[-1.0\]$"),
     (lambda: gaussian_mixture(10, radius=math.nan), "radius must be a finite number"),
     (lambda: gaussian_mixture(10, k=2, weights=[math.nan, 1.0]), "weights must be 2 finite positive numbers"),
     (lambda: GaussianMixture([[math.nan, 0.0]], [1.0], 1.0), "means must be finite"),
@@ -169,7 +171,7 @@ def test_mixture_assign_tells_apart_means_closer_than_their_distance_from_the_or
     (lambda: two_moons(10, noise="0.1"), r"^noise must be a finite number >= 0, got '0.1'$"),
     (lambda: two_moons(10, noise=None), r"^noise must be a finite number >= 0, got None$"),
     (lambda: gaussian_mixture(10, radius="4"), r"^radius must be a finite number, got '4'$"),
-    (lambda: gaussian_mixture(10, std=None), r"^stds must be one or 8 finite numbers > 0, got None$"),
+    (lambda: gaussian_mixture(10, std=None), r"^std must be one or 8 finite numbers > 0, got None$"),
 ])
 def test_settings_of_the_wrong_type_are_named_not_a_type_error(make, match):
     # these failed in Python's or torch's words, naming no argument: "'float' object cannot be

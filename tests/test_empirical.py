@@ -1310,3 +1310,43 @@ def test_dopri5_on_efm_is_batch_invariant_when_samples_end_at_different_tries(sh
             assert torch.equal(getattr(batch, name)[i], getattr(one, name)[0]), name
         assert torch.equal(batch.times[i, :n + 1], one.times[0, :n + 1])
         assert torch.equal(batch.profile[i, :n], one.profile[0, :n])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("truncate", [None, 5])
+@pytest.mark.parametrize("t", [0.3, 0.7, 0.95])
+def test_posterior_ties_come_lowest_index_first(dtype, truncate, t):
+    # an item held 3 times (rows 0, 10, 11) has 3 equal weights; topk gave them as [10, 11, 0] or
+    # [0, 11, 10] by route, where nearest_neighbors puts the lower index first on ties
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    atoms[10] = atoms[11] = atoms[0]
+    x = t * atoms[0] + (1 - t) * 0.1 * torch.randn(4, 5, generator=g, dtype=torch.float64)
+    post = kfm.EmpiricalFlow(atoms.to(dtype), truncate=truncate).posterior(x.to(dtype), t, k=4)
+    assert (post.indices[:, :3] == torch.tensor([0, 10, 11])).all()
+    # a tie cut by k keeps the lowest indices where the weights are exact (here all: N is small)
+    assert (kfm.EmpiricalFlow(atoms.to(dtype), truncate=truncate).posterior(x.to(dtype), t, k=2).indices
+            == torch.tensor([0, 10])).all()
+    w, i = post.weights, post.indices
+    assert (w[:, :-1] >= w[:, 1:]).all()                                   # still descending
+    assert not ((w[:, :-1] == w[:, 1:]) & (i[:, :-1] > i[:, 1:])).any()    # ties by index
+    if truncate is None:   # (truncated weights are normalised over the kept atoms)
+        _, brute_w = brute(atoms, x, t)                                      # float64 brute force
+        torch.testing.assert_close(w, brute_w.gather(1, i), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_screened_posterior_ties_come_lowest_index_first(dtype):
+    # screened (not re-scored) rows took their top k by topk of the screened weights: [10, 0, 11]
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.randn(3000, 5, generator=g, dtype=torch.float64)
+    atoms[10] = atoms[11] = atoms[0]
+    t = 0.2
+    x = t * atoms[0] + (1 - t) * 0.1 * torch.randn(4, 5, generator=g, dtype=torch.float64)
+    post = kfm.EmpiricalFlow(atoms.to(dtype)).posterior(x.to(dtype), t, k=40)
+    assert not post.exact.any()                                             # the case: screened
+    w, i = post.weights, post.indices
+    assert not ((w[:, :-1] == w[:, 1:]) & (i[:, :-1] > i[:, 1:])).any()
+    for row in i.tolist():
+        at = row.index(0)
+        assert row[at:at + 3] == [0, 10, 11]

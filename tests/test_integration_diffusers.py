@@ -351,6 +351,31 @@ def test_from_config_given_a_folder_restores_the_gain(tmp_path):
     assert loaded.shaping == KTS and "kinetic_shaping" not in unused
 
 
+def test_reloading_a_saved_gain_whose_k_is_unused_does_not_warn_again(tmp_path):
+    # KTS(landing="linear", k=5) warns its maker that no form reads k; every from_pretrained or
+    # from_config of the saved scheduler (a pipeline's load included) said it again
+    import warnings
+
+    with pytest.warns(UserWarning, match="k = 5 is ignored"):
+        gain = kfm.KTS(landing="linear", k=5.0)
+    scheduler = KineticFlowMatchEulerScheduler(shift=2.0)
+    scheduler.set_shaping(gain)
+    scheduler.save_pretrained(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = [KineticFlowMatchEulerScheduler.from_pretrained(tmp_path),
+                  KineticFlowMatchEulerScheduler.from_config(scheduler.config),
+                  KineticFlowMatchEulerScheduler.from_config(scheduler.config, return_unused_kwargs=True)[0],
+                  KineticFlowMatchEulerScheduler.from_scheduler(scheduler)]
+    assert [str(w.message) for w in caught if "is ignored" in str(w.message)] == []
+    assert all(s.shaping == gain and s.shaping.k == 5.0 for s in loaded)
+    with pytest.warns(UserWarning, match="k = 5 is ignored"):   # the maker's warning stays
+        kfm.KTS(landing="linear", k=5.0)
+    with pytest.raises(ValueError, match="beta0"):               # a reload's other checks stay too
+        KineticFlowMatchEulerScheduler.from_config({**scheduler.config, "kinetic_shaping": {
+            **scheduler.config["kinetic_shaping"], "beta0": -1.0}})
+
+
 def test_a_gain_that_cannot_be_saved_warns(tmp_path):
     scheduler = KineticFlowMatchEulerScheduler()
     scheduler.set_shaping(lambda t: 1.0 + 0.1 * t)

@@ -1126,14 +1126,41 @@ def test_parquet_columns_left_out_are_named(tmp_path, capsys):
     frame.to_parquet(tmp_path / "s.parquet")
     from kinetic_fm.metrics._arrays import load_array
 
-    with pytest.warns(UserWarning, match=r"read the 3 numeric columns; left out \['name'\]"):
+    with pytest.warns(UserWarning, match=r"read the 3 numeric columns \['a', 'b', 'c'\] as features; left out "
+                      r"\['name'\] \(not numbers\); .* name one column with a key to read it alone"):
         assert load_array(tmp_path / "s.parquet").tolist() == features.tolist()
     np.save(tmp_path / "t.npy", np.arange(15.0).reshape(5, 3))     # distinct rows: no duplicate-item warning
     assert main(["memorization", "--samples", str(tmp_path / "s.parquet"), "--train", str(tmp_path / "t.npy"),
                  "--no-progress"]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warned == [f"kfm memorization: warning: --samples {tmp_path / 's.parquet'}: read the 3 numeric columns; "
-                      f"left out ['name'] (not numbers); name a column with a key to read one alone"]
+    assert warned == [f"kfm memorization: warning: --samples {tmp_path / 's.parquet'}: read the 3 numeric columns "
+                      "['a', 'b', 'c'] as features; left out ['name'] (not numbers); a label or seed column among "
+                      "them counts as a feature: name one column with --key to read it alone (no option picks "
+                      "several: save a file holding only the feature columns)"]
+
+
+def test_parquet_features_taken_are_named_first_few_then_a_count(tmp_path, capsys):
+    # the warning said only "read the 12 numeric columns": a seed or label column among them was not seen
+    import pandas as pd
+
+    from kinetic_fm.metrics._arrays import load_array
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(6, 10)), columns=[f"f{i}" for i in range(10)])
+    frame = frame.assign(seed=np.arange(6), label=np.arange(6) % 2, file=list("uvwxyz"))
+    frame.to_parquet(tmp_path / "t.parquet")
+    with pytest.warns(UserWarning) as caught:
+        rows = load_array(tmp_path / "t.parquet")
+    assert rows.shape == (6, 12) and rows[:, 10].tolist() == list(range(6))   # the seed column, read as one
+    message = str(caught[0].message)
+    assert "read the 12 numeric columns ['f0', 'f1', 'f2', 'f3', 'f4'] and 7 more as features" in message
+    assert "left out ['file']" in message
+    np.save(tmp_path / "s.npy", rng.normal(size=(3, 12)))
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "t.parquet"),
+                 "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "numeric columns" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"kfm memorization: warning: --train {tmp_path / 't.parquet'}: ")
+    assert "name one column with --train-key to read it alone" in warned[0], warned
 
 
 def test_a_pandas_index_saved_in_parquet_is_no_feature(tmp_path, recwarn):

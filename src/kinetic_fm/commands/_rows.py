@@ -4,6 +4,7 @@ run folder (the items its net trained on), a ``kfm sample`` run folder (its samp
 .zip of images, or an array file."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING
 
@@ -40,12 +41,37 @@ def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: 
     if n is not None:
         flags.update({"n": f"{name}-n", "seed": f"{name}-seed"})
     try:
-        with flag_words(flags, source=(name, value)):
+        with flag_words(flags, source=(name, value)), _key_flag_in_warnings(key_flag):
             return _read_rows(name, value, key, progress, specs=specs, n=n, seed=seed, recorded=recorded)
     except ValueError as err:  # an archive of several arrays: the flag that names one, in this command
         if not str(err).endswith(NAME_ONE):
             raise
         raise ValueError(f"{str(err).removesuffix(NAME_ONE)}name one with {key_flag}") from None
+
+
+@contextlib.contextmanager
+def _key_flag_in_warnings(key_flag: str):
+    """The library's warnings inside the block with "a key" (``NAME_A_COLUMN``: a Parquet file's
+    numeric columns read side by side) as this command's flag for it, ``key_flag``."""
+    import warnings
+
+    from ..metrics._arrays import NAME_A_COLUMN
+
+    flagged = NAME_A_COLUMN.removesuffix("a key") + key_flag
+    with warnings.catch_warnings():   # the hook is restored when the block ends
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            text = str(message)
+            if NAME_A_COLUMN in text:
+                try:
+                    message = category(text.replace(NAME_A_COLUMN, flagged))
+                except Exception:  # a warning class that takes more than its text
+                    message = text.replace(NAME_A_COLUMN, flagged)
+            shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
 
 
 def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,

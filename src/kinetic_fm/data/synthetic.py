@@ -60,6 +60,16 @@ def _float64(name: str, value, what: str) -> Tensor:
         raise ValueError(f"{name} must be {what}, got {value!r}") from None
 
 
+def _stds(name: str, value, k: int) -> Tensor:
+    """(k,) float64 standard deviations from one number or k of them; ValueError naming ``name``
+    (``std`` for :meth:`GaussianMixture.ring`, ``stds`` for the dataclass) otherwise."""
+    what = f"one or {k} finite numbers > 0"
+    stds = _float64(name, value, what).reshape(-1)
+    if stds.numel() not in (1, k) or not bool(((stds > 0) & torch.isfinite(stds)).all()):
+        raise ValueError(f"{name} must be {what}, got {stds.tolist()}")
+    return stds.expand(k).clone()
+
+
 @dataclass(frozen=True)
 class GaussianMixture:
     """Isotropic Gaussian mixture sum_k w_k N(mu_k, sigma_k^2 I).
@@ -82,12 +92,9 @@ class GaussianMixture:
             raise ValueError(f"means must be finite, got {means.tolist()}")
         k = means.shape[0]
         weights = _float64("weights", self.weights, f"{k} finite positive numbers").reshape(-1)
-        stds = _float64("stds", self.stds, f"one or {k} finite numbers > 0").reshape(-1)
         if weights.shape != (k,) or not bool(((weights > 0) & torch.isfinite(weights)).all()):
             raise ValueError(f"weights must be {k} finite positive numbers, got {weights.tolist()}")
-        if stds.numel() not in (1, k) or not bool(((stds > 0) & torch.isfinite(stds)).all()):
-            raise ValueError(f"stds must be one or {k} finite numbers > 0, got {stds.tolist()}")
-        stds = stds.expand(k).clone()
+        stds = _stds("stds", self.stds, k)
         object.__setattr__(self, "means", means)
         object.__setattr__(self, "weights", weights / weights.sum())
         object.__setattr__(self, "stds", stds)
@@ -102,7 +109,8 @@ class GaussianMixture:
         radius = check_real("radius", radius, -math.inf, math.inf, "a finite number")  # "4": a TypeError
         angle = torch.arange(k, dtype=torch.float64, device="cpu") * (2 * math.pi / k)
         means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
-        return cls(means, torch.ones(k, device="cpu") if weights is None else weights, std)  # float64, not via float32
+        stds = _stds("std", std, k)  # checked here so the error names the argument typed, not the field
+        return cls(means, torch.ones(k, device="cpu") if weights is None else weights, stds)  # float64, not via float32
 
     @property
     def dim(self) -> int:

@@ -150,13 +150,24 @@ class Posterior:
 
     Attributes:
         weights: (B, k) float64, descending; exact float64 where ``exact`` else screened.
-        indices: (B, k) int64 atom indices into the training tensor.
+        indices: (B, k) int64 atom indices into the training tensor; equal weights (an item held
+            more than once) lowest index first, and exact weights that underflow to 0 by logit.
         exact: (B,) bool, weights from exact float64 re-scoring (see module docs).
     """
 
     weights: torch.Tensor
     indices: torch.Tensor
     exact: torch.Tensor
+
+
+def _top_lowest_index_first(scores: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest of ``scores`` (r, m) per row, descending, and their positions (r, k) int64 in
+    the row, equal scores (an item held more than once) in the order of their atom ``indices`` (r, m),
+    lowest first, as ``nearest_neighbors`` orders ties: topk took them in no set order. The values
+    are topk's, bit for bit; a sort of the m candidates, for the posterior only (never the velocity)."""
+    by_index = indices.argsort(dim=1)
+    top, pos = scores.gather(1, by_index).sort(dim=1, descending=True, stable=True)  # stable: ties by index
+    return top[:, :k], by_index.gather(1, pos[:, :k])
 
 
 @dataclass(frozen=True)
@@ -558,7 +569,7 @@ class EmpiricalFlow:
             ybar[rows], max_w[rows] = yb, w.max(dim=1).values
             entropy[rows] = -torch.special.xlogy(w, w).sum(dim=1)
             if top_k:  # ranked by log weight: weights that underflow to 0 all tie, in no order
-                top_log, pos = torch.topk(log_w, top_k, dim=1)
+                top_log, pos = _top_lowest_index_first(log_w, idx, top_k)
                 top_w[rows], top_i[rows] = top_log.exp(), idx.gather(1, pos)
             return (log_w, *error) if rounding else log_w
 
@@ -631,9 +642,10 @@ class EmpiricalFlow:
             ybar[rows] = gemm.matmul(weights, self.atoms, blas=blas).double() / total[:, None]
             max_w[rows] = 1.0 / total
             entropy[rows] = total.log() - w_log_w / total
-            if top_k:
+            if top_k:   # ties among the k taken lowest index first (sorting the whole block would double its memory)
                 tw, ti = torch.topk(weights, top_k, dim=1)
-                top_w[rows], top_i[rows] = tw.double() / total[:, None], ti
+                tw, pos = _top_lowest_index_first(tw, ti, top_k)
+                top_w[rows], top_i[rows] = tw.double() / total[:, None], ti.gather(1, pos)
 
         if self.truncate:   # its weights are exact on the atoms it keeps
             exact = torch.ones_like(exact)

@@ -24,6 +24,7 @@ import dataclasses
 import importlib
 import inspect
 import math
+import re
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -40,7 +41,7 @@ FlowMatchEulerDiscreteScheduler, SchedulerMixin = optional_names(
 _LOADABLE_BASES = (SchedulerMixin,)
 
 from ..norms import squared_norm
-from ..sampling.shaping import KTS
+from ..sampling.shaping import KTS, UNUSED_K
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
@@ -117,7 +118,11 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         if spec is not None:
             if not isinstance(spec, dict):
                 raise ValueError(f"config[{SHAPING_KEY!r}] must be a dict of kfm.KTS fields, got {spec!r}")
-            scheduler.set_shaping(KTS(**spec))
+            with warnings.catch_warnings():
+                # the unused-k warning was for whoever built the gain; a saved one said it on every load
+                warnings.filterwarnings("ignore", message=re.escape(UNUSED_K), category=UserWarning)
+                gain = KTS(**spec)
+            scheduler.set_shaping(gain)
         return out
 
     @classmethod

@@ -16,6 +16,7 @@ from ..checks import torch_readable
 
 FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")
 NAME_ONE = "name one with a key"  # the kfm commands put their flag for it in place of "a key"
+NAME_A_COLUMN = "name one column with a key"  # in a warning; the kfm commands put their flag for it
 _UNREADABLE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what np.load raises on a damaged file
 
 
@@ -30,7 +31,8 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
       flattened row by row, and restored to one sample's shape when the column records it, as a
       ``kfm sample`` run's results.parquet does), else the only list column (or, among several,
       the only one recording a sample shape: x beside ``--profile``'s columns), else all numeric
-      columns side by side as (rows, columns), with a warning naming any other columns left out.
+      columns side by side as (rows, columns); where other columns are left out, a warning names
+      them and the columns taken (the first 5, then how many more).
 
     Raises ValueError naming the file when it is damaged, holds no real numbers (strings,
     complex), holds a single value instead of rows, or is ambiguous (see above).
@@ -167,9 +169,19 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
         raise ValueError(f"{path}: no numeric or list columns")
     left_out = [name for name in table.column_names if name not in numeric and name not in index]
     if left_out:  # e.g. file names beside the features: say so, or a later size mismatch is a puzzle
-        warnings.warn(f"{path}: read the {len(numeric)} numeric columns; left out {left_out} "
-                      f"(not numbers); name a column with a key to read one alone", stacklevel=3)
+        # the columns taken by name: a label or seed column among them is read as a feature
+        warnings.warn(f"{path}: read the {len(numeric)} numeric columns {_first_few(numeric)} as features; "
+                      f"left out {_first_few(left_out)} (not numbers); a label or seed column among them "
+                      f"counts as a feature: {NAME_A_COLUMN} to read it alone (no option picks several: save "
+                      "a file holding only the feature columns)", stacklevel=3)
     return _to_tensor(path, np.column_stack([table.column(c).to_numpy() for c in numeric]).astype(np.float64))
+
+
+def _first_few(names: list[str], few: int = 5) -> str:
+    """``names`` as a list, only its first ``few`` then "and N more" when longer."""
+    if len(names) <= few:
+        return str(names)
+    return f"{names[:few]} and {len(names) - few} more"
 
 
 def _is_list(kind) -> bool:

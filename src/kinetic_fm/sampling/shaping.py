@@ -43,6 +43,10 @@ _RANGES = {  # the values each numeric parameter may take, as its errors state t
 }
 
 
+# the start of the warning for a k that no form of the gain reads (a reload of a saved gain filters it)
+UNUSED_K = "k applies to the exponential launch or landing only"
+
+
 @dataclass(frozen=True)
 class KTS:
     """The KTS gain η(t) on [0, 1].
@@ -56,7 +60,8 @@ class KTS:
         landing: "exponential" | "linear" | "constant".
         k: rate of the exponential forms, in (0, 700]; a finite number that no form reads when
             neither is exponential (checked against (0, 700] only when one is; a k other than 3
-            then warns, UserWarning, that it is ignored).
+            then warns, UserWarning, that it is ignored; not again when a diffusers scheduler
+            reloads a saved gain).
         renormalize: opt-in (not in the paper): divide η by ∫₀¹ η dt so the gain only
             redistributes motion in time and the mean gain is exactly 1.
 
@@ -102,7 +107,7 @@ class KTS:
         if not uses_k and self.k != _K_DEFAULT:
             # a sweep over k would run one gain under every value without a word (the default
             # cannot be told from a k given equal to it, and gives the same gain anyway)
-            warnings.warn(f"k applies to the exponential launch or landing only, and this gain has neither "
+            warnings.warn(f"{UNUSED_K}, and this gain has neither "
                           f"(launch={self.launch!r}, landing={self.landing!r}); k = {self.k:g} is ignored",
                           stacklevel=3)  # __post_init__ < the dataclass's __init__ < the caller
         if self.beta0 < 0:
