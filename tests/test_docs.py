@@ -254,3 +254,79 @@ def test_the_sections_the_readme_points_to_exist():
     # a pointer may shorten a heading to its opening words ("On a GPU" for "On a GPU: NVIDIA H200 ...")
     missing = [name for headings, name in pointed if not any(re.match(re.escape(name) + r"\b", h) for h in headings)]
     assert not missing, f"README points to sections that do not exist: {missing}"
+
+
+# --- ARCHITECTURE §8, the concept index: every module and name where the table says --------------
+
+def _concept_index() -> list[tuple[str, str, list[str]]]:
+    """(concept, module, names) for each row of §8's table."""
+    section = ARCHITECTURE.split("## 8. ", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("Concept", "---"):
+            continue
+        module = re.fullmatch(r"`([\w.]+)`", cells[1])
+        assert module, f"§8: the module cell of {cells[0]!r} is not one `dotted.name`: {cells[1]!r}"
+        rows.append((cells[0], module.group(1), re.findall(r"`([\w.]+)`", cells[2])))
+    return rows
+
+
+def _module_file(module: str) -> Path:
+    """Where ``module`` lives in the tree, read from the path alone (not from an import)."""
+    base = ROOT / "src" / Path(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _defines(source: str, name: str) -> bool:
+    """Does a module's source bind ``name`` at its top level (def, class or assignment)?"""
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, ast.AnnAssign) else [])
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return True
+    return False
+
+
+def _has_attribute(cls: type, attribute: str) -> bool:
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    return attribute in fields or hasattr(cls, attribute)
+
+
+def test_the_concept_index_names_modules_and_objects_where_they_are():
+    import importlib
+
+    rows = _concept_index()
+    assert len(rows) >= 50
+    wrong = []
+    for concept, module, names in rows:
+        path = _module_file(module)
+        if not module.startswith("kinetic_fm.") or not path.is_file():
+            wrong.append(f"{concept}: no module {module} in the tree ({path.relative_to(ROOT)})")
+            continue
+        imported = importlib.import_module(module)
+        assert names, f"§8: {concept!r} names nothing"
+        for written in names:
+            top_level, name = written.startswith("kfm."), written.removeprefix("kfm.")
+            owner, _, attribute = name.partition(".")
+            # defined there, by the source itself: a re-export does not count as where a concept lives
+            if not _defines(path.read_text(encoding="utf-8"), owner):
+                wrong.append(f"{concept}: {module} does not define {owner}")
+                continue
+            found = getattr(imported, owner, None)
+            if attribute and not _has_attribute(found, attribute):
+                wrong.append(f"{concept}: {module}.{owner} has no attribute {attribute}")
+            if top_level and (owner not in dir(kfm) or getattr(kfm, owner) is not found):
+                wrong.append(f"{concept}: kfm.{owner} is not {module}.{owner}")
+    assert not wrong, "docs/ARCHITECTURE.md §8:\n" + "\n".join(wrong)
+
+
+def test_the_concept_index_covers_the_public_names_and_the_commands():
+    indexed = {(module, name.removeprefix("kfm.")) for _, module, names in _concept_index() for name in names}
+    unindexed = sorted(name for name in set(kfm.__all__) | set(kfm._LAZY) if not any(n == name for _, n in indexed))
+    assert not unindexed, f"docs/ARCHITECTURE.md §8 does not index kfm.{unindexed}"
+    modules = {module for module, _ in indexed}
+    missing = [command for command in _commands() if f"kinetic_fm.commands.{command}" not in modules]
+    assert not missing, f"docs/ARCHITECTURE.md §8 has no row for kfm {missing}"

@@ -52,6 +52,34 @@ def integrate_dopri5(
     raise_nonfinite: bool,
     progress: bool,
 ) -> Trace:
+    """Integrate dx/dt = η(t)·v(x, t) from t = 0 to 1 with Dormand–Prince 5(4), each sample with
+    its own time, step size and error test; ``sample(solver="dopri5")`` calls it after checking
+    the arguments.
+
+    Args:
+        velocity: the field v(x, t), x (B', ...) and t (B',) in x0's dtype for the B' samples still
+            in flight (through ``velocity.select(active)`` when the field has it).
+        x0: (B, ...) the states at t = 0.
+        gain: η(t) on a float64 (B',) tensor, or None for η = 1. A ``KTS`` makes steps land on its
+            τ_split; another gain is checked to be finite and > 0 at every stage (ValueError).
+        quadrature: "solver" or "left" (see :func:`~kinetic_fm.sampling.energy.quadrature_weights`).
+        split: τ splitting early from late energy; steps land on it when it lies in (0, 1).
+        keep_profile: keep each accepted step's applied-energy increment.
+        rtol, atol: the per-sample error tolerances (RMS norm over a sample's coordinates).
+        first_step: the first step of every sample, or None for the Hairer–Nørsett–Wanner estimate
+            (one more field evaluation per sample).
+        max_steps: the most attempted steps (rejected tries included) before ``StepLimitError``
+            names the samples not yet at t = 1.
+        raise_nonfinite: raise ``NonFiniteVelocityError`` on a non-finite ‖v‖² (formed in float64)
+            at t = 0, or in a try that shorter retries cannot avoid; False flags the sample in
+            ``Trace.bad_step`` / ``bad_time``, sets its x to NaN and stops it there.
+        progress: show a tqdm bar of finished samples.
+
+    Returns:
+        :class:`~kinetic_fm.sampling.fixed_step.Trace` with per-sample ``nfe`` and ``steps`` (B,),
+        ``step_times`` (B, max steps + 1) float64 NaN-padded and ``profile`` (B, max steps)
+        zero-padded (or None).
+    """
     tab = DOPRI5
     batch, device, dtype = x0.shape[0], x0.device, x0.dtype
     weights = quadrature_weights(quadrature, tab.b)

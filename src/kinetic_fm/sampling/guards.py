@@ -51,6 +51,13 @@ class StepLimitError(RuntimeError):
 
 
 def check_initial_state(x0: torch.Tensor) -> None:
+    """Check the (B, ...) starting states ``x0`` that ``sample`` was given, before any field call.
+
+    Raises:
+        TypeError: ``x0`` is not a ``torch.Tensor``.
+        ValueError: it has no dimension or an empty batch (B = 0), is not floating point, or holds
+            NaN or Inf.
+    """
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
     if x0.dim() < 1 or x0.shape[0] == 0:

@@ -104,6 +104,23 @@ class Assets:
 
 
 def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Assets:
+    """Load the studies' data and build the nets on it, trained here or read from ``ws``'s cache.
+
+    Splits ``cfg.data`` into training and held-out images, gets the judging classifier (trained on
+    the split, or the one ``cfg.classifier`` names; none for a data set without labels, whose FD
+    space is then the training split's top ``FD_COMPONENTS`` principal directions plus the
+    residual, fitted here), and the two velocity nets: ``general`` on the whole training split and
+    ``memorizer`` on ``cfg.memorizer_n`` of its items drawn with seed ``cfg.seed + 1``, with its
+    checkpoints. Nets are cached in ``ws`` under :data:`~kinetic_fm.studies.workspace.MODEL_EPOCH`.
+
+    Args:
+        cfg: data spec, split sizes, classifier, nets' training steps, seed and device.
+        ws: the workspace holding cached nets (and written to when they are trained).
+        progress: show bars while loading and training.
+
+    Returns:
+        :class:`Assets` (its docstring gives the shapes).
+    """
     train, train_labels, heldout, heldout_labels, classes, source, mean = _load_split(cfg, progress)
     classifier, name, accuracy = _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes,
                                              progress)

@@ -32,6 +32,29 @@ from .workspace import Workspace
 
 def run_memorization(cfg: MemorizationConfig, sem_cfg: SemanticsConfig, assets: Assets, ws: Workspace,
                      asset_key: str, progress: bool = True) -> StudyOutput:
+    """Study 3: energy and memorization, in three parts.
+
+    1. EFM: samples the exact empirical velocity of training subsets of ``cfg.efm_sizes`` items
+       (float64, Euler) and tests that it copies its atoms (gap ratio, F_mem with a Wilson
+       interval) and spends a large share of its energy late (t ≥ 0.9).
+    2. The memorizer's checkpoints: F_mem and KPE of each saved step's samples as training goes on.
+    3. Goldilocks: on the semantics study's samples, Fréchet distance to the held-out features by
+       KPE quintile, against a random ordering as control.
+
+    Args:
+        cfg: the study's settings (EFM sizes, samples and steps, bootstrap resamples).
+        sem_cfg: the semantics study's settings, which name the samples part 3 reads.
+        assets: data, judging classifier and nets from :func:`~kinetic_fm.studies.assets.load_assets`.
+        ws: the workspace caching the samples.
+        asset_key: ``config_hash`` of ``cfg.assets.sample_settings()``, part of every cached run's key,
+            so samples are redrawn when the data or nets change.
+        progress: show a bar over the checkpoints.
+
+    Returns:
+        StudyOutput "memorization": tables ``efm_n<N>`` per subset size, ``memorizer_final``,
+        ``memorizer_checkpoints``, ``goldilocks`` and ``goldilocks_control``; the EFM claims, the
+        checkpoint claim and the Goldilocks claim; one section per part.
+    """
     out = StudyOutput("memorization")
     efm_section, efm_claims = _efm_subsets(cfg, assets, ws, asset_key, out)
     ckpt_section, ckpt_claim = _checkpoints(cfg, assets, ws, asset_key, out, progress)

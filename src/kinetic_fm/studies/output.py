@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from ..metrics.fidelity import FrechetDistance, FrechetReference
+    from .assets import Assets
 
 
 @dataclass
@@ -15,24 +21,24 @@ class StudyOutput:
     sections: list = field(default_factory=list)  # report.Section
 
 
-def image_range(x: torch.Tensor, assets) -> torch.Tensor:
+def image_range(x: torch.Tensor, assets: Assets) -> torch.Tensor:
     """Clamp generated images to the training data's value range before judging them."""
     return x.clamp(*assets.value_range())
 
 
-def for_display(x: torch.Tensor, assets) -> torch.Tensor:
+def for_display(x: torch.Tensor, assets: Assets) -> torch.Tensor:
     """Images (B, C, H, W) in the loader's range as they look: with the mean image the loader
     subtracted (``assets.mean``, CelebA's mean face) added back, so centred faces are not drawn
     as washed-out differences clipped to [-1, 1]. For figures only; every metric reads ``x``."""
     return x if assets.mean is None else x + assets.mean.to(x)
 
 
-def display_note(assets) -> str:
+def display_note(assets: Assets) -> str:
     """The caption's word on :func:`for_display`: empty unless a mean image is added back."""
     return "" if assets.mean is None else " Images drawn with the data set's mean image added back (display only)."
 
 
-def clamp_text(assets) -> str:
+def clamp_text(assets: Assets) -> str:
     """:func:`image_range`'s clamp in the units :func:`for_display` draws: "[-1, 1]", or for centred
     data "mean image + [-1.62, 1.71]" (the clamp acts on centred values, and the figures add the
     mean image back, so a bare centred range would misread the images beside it)."""
@@ -41,7 +47,7 @@ def clamp_text(assets) -> str:
     return bounds if assets.mean is None else f"mean image + {bounds}"
 
 
-def feature_reference(feats):
+def feature_reference(feats: np.ndarray) -> FrechetReference:
     """The Fréchet reference (mean, covariance, its square root once) of (n, D) numpy features."""
     import numpy as np
 
@@ -50,7 +56,7 @@ def feature_reference(feats):
     return FrechetReference.from_stats(feats.mean(0), np.cov(feats, rowvar=False))
 
 
-def fd_to_reference(feats, reference) -> float:
+def fd_to_reference(feats: np.ndarray, reference: FrechetReference) -> float:
     """Fréchet distance of (n, D) numpy features to a :func:`feature_reference`, the statistic
     every bootstrap resample of a study recomputes (one eigenvalue problem each)."""
     import numpy as np
@@ -61,7 +67,8 @@ def fd_to_reference(feats, reference) -> float:
 JACKKNIFE_GROUPS = 10  # the FD intervals' delete-a-group jackknife: each group leaves out a tenth of both sets
 
 
-def jackknife_fd_intervals(sets, ref_rows, groups: int = JACKKNIFE_GROUPS, confidence: float = 0.95):
+def jackknife_fd_intervals(sets: Sequence[np.ndarray], ref_rows: np.ndarray, groups: int = JACKKNIFE_GROUPS,
+                           confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """(S,) low and (S,) high ends of each set's ``confidence`` interval for its Fréchet distance
     to the reference rows: a delete-a-group jackknife over both sets. ``sets``: S (n_s, D) numpy
     features; ``ref_rows``: (m, D). Group k holds rows k, k + g, k + 2g, ... (g = ``groups``) of a
@@ -113,7 +120,7 @@ def jackknife_text(groups: int = JACKKNIFE_GROUPS) -> str:
             "the plain estimate where that bias is large")
 
 
-def judge_text(assets) -> str:
+def judge_text(assets: Assets) -> str:
     """How the samples are judged, in words, for the report: the classifier and what its accuracy
     was measured on. A pretrained ``--classifier`` is scored on images drawn from the loader's
     *training* split (the FD reference), which such a net has usually been trained on, so its
@@ -128,7 +135,7 @@ def judge_text(assets) -> str:
     return f"`{assets.classifier_name}` (held-out accuracy {pct})"
 
 
-def fd_space_text(assets) -> str:
+def fd_space_text(assets: Assets) -> str:
     """Where a run without a judging classifier measures its Fréchet distances, in words."""
     principal = getattr(assets, "principal", None)
     if principal is None:
@@ -138,7 +145,8 @@ def fd_space_text(assets) -> str:
             f"directions, {principal.share:.0%} of its pixel variance{rest}")
 
 
-def noted_frechet_distance(feats_a, feats_b, *, network: str | None = None):
+def noted_frechet_distance(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray, *,
+                           network: str | None = None) -> FrechetDistance:
     """:func:`~kinetic_fm.metrics.fidelity.frechet_distance` for a section that writes
     :func:`fd_bias_note` beside its values: the ``FrechetBiasWarning`` a set of no more samples
     than features raises says what that note says, so it is kept off the console here (a tiny run

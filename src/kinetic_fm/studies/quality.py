@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .output import feature_reference, fd_to_reference, image_range
 from .samples import Run, start_noise
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .assets import Assets
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class SampleQuality:
                 f"samples start from {self.noise:.3g} ({where}{biased})")
 
 
-def sample_quality(assets, run: Run, n: int = 300, seed: int = 0) -> SampleQuality:
+def sample_quality(assets: Assets, run: Run, n: int = 300, seed: int = 0) -> SampleQuality:
     """:class:`SampleQuality` of a cached run of the generalising model (``studies.samples``), with
     ``n`` rows (fewer where a set is smaller) of its samples, of randomly chosen training images
     (``seed``) and of its starting noise, against the first ``n`` held-out images."""

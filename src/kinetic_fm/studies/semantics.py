@@ -43,6 +43,25 @@ def semantics_verdict(rho: Correlation) -> str:
 
 
 def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key: str) -> StudyOutput:
+    """Study 1: does a higher-KPE sample carry stronger semantics?
+
+    Samples the generalising net (plain FM and KTS with its defaults, the same seeds; cached in
+    ``ws``) and, when the data set has labels, judges each plain-FM sample by the classifier's
+    logit margin: the claim's verdict reads the 95% bootstrap CI of Spearman ρ(KPE, margin); the
+    low and high ``cfg.quantile`` KPE groups are compared too (Cohen's d with its interval).
+    Without labels the claim is "not measured" and only the energy figures are drawn.
+
+    Args:
+        cfg: the study's settings (samples, seeds, steps, quantile, bootstrap resamples).
+        assets: data, judging classifier and nets from :func:`~kinetic_fm.studies.assets.load_assets`.
+        ws: the workspace caching the samples.
+        asset_key: ``config_hash`` of ``cfg.assets.sample_settings()``, part of every cached run's key,
+            so samples are redrawn when the data or nets change.
+
+    Returns:
+        StudyOutput "semantics": the table ``general_samples`` (one row per seed: KPE and energies,
+        plus margin, confidence and predicted class when judged), one claim and one section.
+    """
     from .figures import KPE_LABEL, energy_profile_figure, histogram_figure, sample_grid_figure, scatter_figure
     from .report import Claim, Section
 

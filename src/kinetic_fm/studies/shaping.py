@@ -10,7 +10,7 @@ intervals come from a paired bootstrap over samples, basic intervals for FD diff
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -24,6 +24,11 @@ from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci, percent_of,
                        verdict_from_interval, verdict_of_all)
 from .workspace import Workspace
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from ..metrics.fidelity import FrechetReference
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,27 @@ SETTING_AXIS = "sampler setting (every one from the same seeds)"
 
 
 def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: str, progress: bool = True) -> StudyOutput:
+    """Study 4: KTS sweeps and ablations on the memorizing net.
+
+    Samples the memorizer once per setting of :func:`ablation_grid` (plain FM, launch only,
+    landing only, balanced, and the sweeps over α0, β0, τ, forms, solvers, steps and grids; the
+    same seeds for all, cached in ``ws``) and measures each setting's Fréchet distance to the
+    training features and its F_mem against the memorizer's training items (Wilson interval).
+    The claims read paired bootstrap differences against plain FM.
+
+    Args:
+        cfg: the study's settings (samples, seeds, steps, the grid's values, bootstrap resamples).
+        assets: data, judging classifier and nets from :func:`~kinetic_fm.studies.assets.load_assets`.
+        ws: the workspace caching the samples.
+        asset_key: ``config_hash`` of ``cfg.assets.sample_settings()``, part of every cached run's key,
+            so samples are redrawn when the data or nets change.
+        progress: show a bar over the settings.
+
+    Returns:
+        StudyOutput "shaping": the table ``shaping_grid`` (one row per setting: its solver, steps,
+        grid and KTS, FD with its interval, F_mem with its interval, mean KPE and mean KPE after
+        t = 0.6), the shaping claims and one section.
+    """
     import pandas as pd
 
     from .figures import bar_figure, energy_profile_figure
@@ -191,7 +217,8 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     return out
 
 
-def shaping_claims(feats: dict, memorized: dict, value, fd_name: str, reference, boot: np.ndarray, *,
+def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray], value: pd.DataFrame, fd_name: str,
+                   reference: FrechetReference, boot: np.ndarray, *,
                    reference_rows: int | None = None, resampled: dict[str, np.ndarray] | None = None) -> list:
     """The KTS study's claims, each judged from paired bootstrap intervals against plain FM.
 
@@ -322,7 +349,7 @@ def _balanced(fd_ci: Interval, mem_ci: Interval, against: tuple[Interval, Interv
     return "not reproduced" if verdict_from_interval(*against[1], -1) == "not reproduced" else "inconclusive"
 
 
-def setting_fd_intervals(feats: dict, ref_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def setting_fd_intervals(feats: dict[str, np.ndarray], ref_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(S,) low and (S,) high ends of each setting's own 95% interval for its FD to the reference
     rows ``ref_rows`` ((m, D) features), in the order of ``feats`` (setting name → (n, D) features):
     :func:`~kinetic_fm.studies.output.jackknife_fd_intervals`. Unpaired: each whisker is one
@@ -335,7 +362,7 @@ def setting_fd_intervals(feats: dict, ref_rows: np.ndarray) -> tuple[np.ndarray,
     return jackknife_fd_intervals(list(feats.values()), ref_rows)
 
 
-def bootstrap_fd(feats: np.ndarray, reference, boot: np.ndarray) -> np.ndarray:
+def bootstrap_fd(feats: np.ndarray, reference: FrechetReference, boot: np.ndarray) -> np.ndarray:
     """(R,) Fréchet distances to ``reference`` of the resamples ``feats[boot[r]]``; the same
     ``boot`` for two settings pairs their resamples."""
     return np.array([fd_to_reference(feats[idx], reference) for idx in boot])

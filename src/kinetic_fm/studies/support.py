@@ -42,6 +42,27 @@ def _spaces_in_words(spaces, assets) -> str:
 
 
 def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key: str) -> StudyOutput:
+    """Study 2: is KPE lower where the training data are dense (local support)?
+
+    Reads the semantics study's plain-FM samples of the generalising net (the same cache) and
+    measures each sample's support among the training images, as the kNN log density (radius to
+    the ``cfg.k``-th neighbour) and the Gaussian KDE log density (Scott's bandwidth), in pixels
+    (float64, flattened) and, when there is a classifier, in its feature space; each claim's
+    verdict reads the bootstrap CI of Spearman ρ(KPE, log density) in pixels (the paper: ρ < 0).
+
+    Args:
+        cfg: the study's settings (k, bootstrap resamples).
+        sem_cfg: the semantics study's settings, which name the samples read here.
+        assets: data, judging classifier and nets from :func:`~kinetic_fm.studies.assets.load_assets`.
+        ws: the workspace caching the samples.
+        asset_key: ``config_hash`` of ``cfg.assets.sample_settings()``, part of every cached run's key,
+            so samples are redrawn when the data or nets change.
+
+    Returns:
+        StudyOutput "support": tables ``general_support`` (one row per seed: KPE, kNN radius and
+        log densities per space) and ``mixture_support`` (KPE against the exact log density on a 2-D
+        Gaussian mixture, a closed-form check shown as context), the kNN and KDE claims and one section.
+    """
     import pandas as pd
 
     from .figures import KPE_LABEL, scatter_figure

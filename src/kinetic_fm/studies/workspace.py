@@ -71,6 +71,9 @@ class Workspace:
             print(f"[kfm reproduce] {text}", flush=True)
 
     def stage_path(self, name: str, config: Any, epoch: int | None = None) -> Path:
+        """The file of stage ``name``'s result for ``config`` (a dataclass or JSON-able value):
+        ``<root>/cache/<name>-<config_hash(config, epoch)>.pt``, whether or not it exists yet; see
+        :meth:`cached` for ``epoch``."""
         return self.root / "cache" / f"{name}-{config_hash(config, epoch)}.pt"
 
     def cached(self, name: str, config: Any, compute: Callable[[], dict[str, Any]], *,
