@@ -258,7 +258,7 @@ def _warn_of_alpha(names: list[str], count: int) -> None:
     pointed at the first caller outside kinetic_fm (through a data spec, kfm train, the studies)."""
     import warnings
 
-    from ..sampling.guards import caller_outside_the_package
+    from ..checks import caller_outside_the_package
 
     warnings.warn(f"{len(names)} of {count} images have pixels of alpha below 255 (the first: {names[0]}): their "
                   "alpha is dropped, not blended, so those pixels keep the colour stored under the transparency, "
@@ -390,7 +390,7 @@ def _warn_of_split_classes(classes: tuple[str, ...]) -> None:
     class) labelled them before this version."""
     import warnings
 
-    from ..sampling.guards import caller_outside_the_package
+    from ..checks import caller_outside_the_package
 
     warnings.warn(f"the class folders {classes} are named like splits of a data set and hold folders of their own: "
                   "the images are labelled by split (the top folder, as torchvision's ImageFolder labels the tree), "

@@ -27,7 +27,8 @@ import torch
 
 from ..checks import as_scalar, check_integer, check_same_space, inside_unit_interval, is_integer, positive_integer
 from ..knn import as_rows, check_exact_integers, check_finite, nearest_neighbors, row_sq_norms
-from ..sampling.guards import caller_outside_the_package, feature_map_as_found
+from ..checks import caller_outside_the_package
+from ..sampling.guards import feature_map_as_found
 from .features import FeatureSpace, feature_space, module_of, one_row_batch_norm_named
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from ..checks import as_scalar, check_device, check_flag, is_real, positive_integer
-from ..sampling.guards import caller_outside_the_package, feature_map_as_found
+from ..checks import caller_outside_the_package
+from ..sampling.guards import feature_map_as_found
 from .features import as_tensor, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built

@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from ..checks import VelocityOutputError, add_note, tensor_output
+from ..checks import VelocityOutputError, add_note, caller_outside_the_package, tensor_output
 from ..gemm import autocast_enabled
 
 
@@ -435,22 +435,6 @@ def _slot_values(obj: object) -> list:
                     except AttributeError:  # a slot not set
                         pass
     return values
-
-
-def caller_outside_the_package() -> int:
-    """``stacklevel`` for a warning raised inside kinetic_fm that points at the first frame outside
-    kinetic_fm and torch's decorators (the user's call, however deep inside us it is raised: through
-    an integration such as ``KineticODESolver.sample`` as through ``kfm.sample``)."""
-    import os
-    import sys
-
-    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-    decorators = os.path.join("torch", "utils", "_contextlib.py")
-    frame, level = sys._getframe(2), 2  # stacklevel 1 is the function calling warnings.warn, 2 its caller
-    while frame is not None and (frame.f_code.co_filename.startswith(ours)
-                                 or frame.f_code.co_filename.endswith(decorators)):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def training_layers(obj: object) -> list[str]:

@@ -14,7 +14,8 @@ from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
 from .grids import time_grid
-from .guards import NonFiniteVelocityError, caller_outside_the_package, check_initial_state, velocity_as_found
+from ..checks import caller_outside_the_package
+from .guards import NonFiniteVelocityError, check_initial_state, velocity_as_found
 from .noise import noise
 from .result import SampleResult
 from .shaping import KTS
