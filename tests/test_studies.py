@@ -854,6 +854,7 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
         raise KeyboardInterrupt("simulated interruption in the last study")
 
     monkeypatch.setattr(module, "run_shaping", killed)
+    _trained(tiny_report, tmp_path)          # the nets' training and its resume are tested on their own
     with pytest.raises(KeyboardInterrupt):
         module.reproduce(cfg, tmp_path, progress=False)
     assert any((tmp_path / "cache").glob("general-fm-*.pt"))  # finished stages were kept
