@@ -1332,17 +1332,32 @@ def test_goldilocks_resamples_come_from_the_memorization_config(tiny_report, tmp
     from kinetic_fm.studies import memorization as study
     from kinetic_fm.studies.reproduce import reproduce
 
+    class Counted(Exception):
+        """goldilocks_tests, which takes its count after _goldilocks_control, has it: nothing later
+        in the run reads a count."""
+
     out, _, _ = tiny_report
     seen = []
     for name in ("goldilocks_tests", "_goldilocks_control"):
         real = getattr(study, name)
-        monkeypatch.setattr(study, name, lambda *a, _real=real, **k: (seen.append(a[4]), _real(*a, **k))[1])
+
+        def spy(*a, _real=real, _last=name == "goldilocks_tests", **k):
+            seen.append(a[4])
+            if _last:
+                raise Counted
+            return _real(*a, **k)
+
+        monkeypatch.setattr(study, name, spy)
+    # the study's EFM and checkpoint parts, before the Goldilocks part, read no Goldilocks count
+    monkeypatch.setattr(study, "_efm_subsets", lambda *a, **k: (None, []))
+    monkeypatch.setattr(study, "_checkpoints", lambda *a, **k: (None, None))
     cfg = ReproduceConfig.preset("tiny")
     for count, expected in ((7, 7), (500, 200)):
         shutil.copytree(out, tmp_path / str(count))
         seen.clear()
-        reproduce(replace(cfg, memorization=replace(cfg.memorization, bootstrap=count)), tmp_path / str(count),
-                  studies=("memorization",), progress=False)
+        with pytest.raises(Counted):
+            reproduce(replace(cfg, memorization=replace(cfg.memorization, bootstrap=count)), tmp_path / str(count),
+                      studies=("memorization",), progress=False)
         assert cfg.semantics.bootstrap == 100 and seen == [expected, expected], count
 
 
