@@ -230,6 +230,9 @@ _DRAWN: dict[str, list[dict]] = {}
 _TITLES: dict[str, str | None] = {}  # each figure's suptitle
 # the stage files the tiny run read back from its cache (filled by the tiny_report fixture)
 _LOADED: list[str] = []
+# the tiny run, progress=False as if on a terminal: each sampling's progress flag and what it printed
+_QUIET_BARS: list = []
+_QUIET_OUT: list[str] = []
 
 
 def _axes_summary(ax) -> dict:
@@ -259,11 +262,34 @@ def tiny_report(tmp_path_factory):
         _LOADED.append(Path(path).name)
         return load(path, **kwargs)
 
-    with pytest.MonkeyPatch.context() as patch:
+    import contextlib
+    import io
+
+    from kinetic_fm.studies import samples
+
+    real_sample, printed = samples.sample, io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setattr(figures, "_render", keep)
         patch.setattr(workspace.torch, "load", counted)
+        patch.setattr(samples, "sample",
+                      lambda *a, **kw: _QUIET_BARS.append(kw.get("progress")) or real_sample(*a, **kw))
+        patch.setattr(samples, "_interactive", lambda: True)      # as on a terminal: progress=False alone is quiet
         md, html = reproduce(ReproduceConfig.preset("tiny"), out, progress=False)
+    _QUIET_OUT.append(printed.getvalue())
     return out, md, html
+
+
+def _trained(tiny_report, folder: Path) -> Path:
+    """A new workspace ``folder`` holding the tiny run's trained nets and judge, nothing sampled:
+    a run into it samples every study as a fresh run does, without training again."""
+    import shutil
+
+    out = tiny_report[0]
+    shutil.copytree(out / "models", folder / "models")
+    (folder / "cache").mkdir()
+    for judge in (out / "cache").glob("classifier-*.pt"):
+        shutil.copy2(judge, folder / "cache" / judge.name)
+    return folder
 
 
 def test_tiny_reproduce_reads_the_generalising_run_it_sampled_from_memory(tiny_report):
@@ -828,6 +854,7 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
         raise KeyboardInterrupt("simulated interruption in the last study")
 
     monkeypatch.setattr(module, "run_shaping", killed)
+    _trained(tiny_report, tmp_path)          # the nets' training and its resume are tested on their own
     with pytest.raises(KeyboardInterrupt):
         module.reproduce(cfg, tmp_path, progress=False)
     assert any((tmp_path / "cache").glob("general-fm-*.pt"))  # finished stages were kept
@@ -905,9 +932,11 @@ def test_a_rerun_spares_the_temporaries_of_a_live_writer_in_the_workspace(tmp_pa
     RunLock(dead).acquire().release()                            # the cleanup let go of the lock it took
 
 
-def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tmp_path, monkeypatch, capsys):
+def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tiny_report, tmp_path, monkeypatch,
+                                                                          capsys):
     # the studies sampled without a bar and ran their metric loops without a word: at --full a run
-    # could go silent for minutes between "study: ..." lines
+    # could go silent for minutes between "study: ..." lines. Both runs here start from the tiny
+    # run's trained nets (_trained): every sampling runs, the training it printed nothing about does not
     from kinetic_fm.studies import samples
     from kinetic_fm.studies.reproduce import reproduce
 
@@ -915,20 +944,19 @@ def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tmp_
     real = samples.sample
     monkeypatch.setattr(samples, "sample", lambda *a, **kw: bars.append(kw.get("progress")) or real(*a, **kw))
     monkeypatch.setattr(samples, "_interactive", lambda: True)              # as on a terminal
-    reproduce(ReproduceConfig.preset("tiny"), tmp_path, progress=True)
+    reproduce(ReproduceConfig.preset("tiny"), _trained(tiny_report, tmp_path / "shown"), progress=True)
     lines = capsys.readouterr().out.splitlines()
-    assert len(bars) == len(list((tmp_path / "cache").glob("*.pt"))) - 1 and all(bars)   # all but the judge's
+    assert len(bars) == len(list((tmp_path / "shown" / "cache").glob("*.pt"))) - 1 and all(bars)   # but the judge's
     assert len([line for line in lines if line.startswith("[kfm reproduce] sampling ")]) == len(bars)
     for step in ("semantics: judging", "support: kNN and KDE support", "memorization: Goldilocks",
                  "shaping: paired bootstrap", "sample quality"):
         assert any(line.startswith(f"[kfm reproduce] {step}") for line in lines), step
-    bars.clear()
-    reproduce(ReproduceConfig.preset("tiny"), tmp_path / "quiet", progress=False)
-    assert capsys.readouterr().out == "" and bars and not any(bars)
+    # progress=False, on a terminal: the tiny run of the fixture, from scratch, trained and sampled in silence
+    assert _QUIET_OUT == [""] and len(_QUIET_BARS) == len(bars) and not any(_QUIET_BARS)
     # into a log file: nested bars would print every redraw as a line; the "sampling" lines stay
     bars.clear()
     monkeypatch.setattr(samples, "_interactive", lambda: False)
-    reproduce(ReproduceConfig.preset("tiny"), tmp_path / "logged", progress=True)
+    reproduce(ReproduceConfig.preset("tiny"), _trained(tiny_report, tmp_path / "logged"), progress=True)
     lines = capsys.readouterr().out.splitlines()
     assert bars and not any(bars)
     assert len([line for line in lines if line.startswith("[kfm reproduce] sampling ")]) == len(bars)
@@ -1304,17 +1332,32 @@ def test_goldilocks_resamples_come_from_the_memorization_config(tiny_report, tmp
     from kinetic_fm.studies import memorization as study
     from kinetic_fm.studies.reproduce import reproduce
 
+    class Counted(Exception):
+        """goldilocks_tests, which takes its count after _goldilocks_control, has it: nothing later
+        in the run reads a count."""
+
     out, _, _ = tiny_report
     seen = []
     for name in ("goldilocks_tests", "_goldilocks_control"):
         real = getattr(study, name)
-        monkeypatch.setattr(study, name, lambda *a, _real=real, **k: (seen.append(a[4]), _real(*a, **k))[1])
+
+        def spy(*a, _real=real, _last=name == "goldilocks_tests", **k):
+            seen.append(a[4])
+            if _last:
+                raise Counted
+            return _real(*a, **k)
+
+        monkeypatch.setattr(study, name, spy)
+    # the study's EFM and checkpoint parts, before the Goldilocks part, read no Goldilocks count
+    monkeypatch.setattr(study, "_efm_subsets", lambda *a, **k: (None, []))
+    monkeypatch.setattr(study, "_checkpoints", lambda *a, **k: (None, None))
     cfg = ReproduceConfig.preset("tiny")
     for count, expected in ((7, 7), (500, 200)):
         shutil.copytree(out, tmp_path / str(count))
         seen.clear()
-        reproduce(replace(cfg, memorization=replace(cfg.memorization, bootstrap=count)), tmp_path / str(count),
-                  studies=("memorization",), progress=False)
+        with pytest.raises(Counted):
+            reproduce(replace(cfg, memorization=replace(cfg.memorization, bootstrap=count)), tmp_path / str(count),
+                      studies=("memorization",), progress=False)
         assert cfg.semantics.bootstrap == 100 and seen == [expected, expected], count
 
 
