@@ -25,7 +25,8 @@ Prints coverage (± binomial SE), median width, mean estimate (and jack-t's corr
 often each interval excludes 0 on each side.
 
     OMP_NUM_THREADS=1 python benchmarks/fd_paired_interval_coverage.py [--repeats 40] \\
-        [--sizes setting quintile] [--cases same wider narrower shifted] [--rho 0.9] [--fd 2] [--seed 0]
+        [--sizes setting quintile] [--cases same wider narrower shifted 'much wider' 'much narrower'] \\
+        [--rho 0.9] [--fd 2] [--seed 0]
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ from fd_interval_coverage import Reference, population, true_fd
 
 SIZES = {"setting": (500, 1497, 500), "quintile": (200, 300, 200)}  # n, m, resamples
 # case → (s, |μ_b − μ_a|): X_b's spread as a multiple of X_a's, and its mean shift
-CASES = {"same": (1.0, 0.0), "wider": (1.05, 0.0), "narrower": (0.95, 0.0), "shifted": (1.0, 0.3)}
+CASES = {"same": (1.0, 0.0), "wider": (1.05, 0.0), "narrower": (0.95, 0.0), "shifted": (1.0, 0.3),
+         "much wider": (1.3, 0.0), "much narrower": (0.75, 0.0)}
 METHODS = ("basic", "percentile", "basic-2s", "jack-t")
 GROUPS = 10
 
