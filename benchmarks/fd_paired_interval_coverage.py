@@ -23,7 +23,8 @@ Methods:
 
 Why the reference matters: held fixed, Y's noise biases both FDs, and that part cancels in the
 difference only as far as the two sets' spreads agree (X_b's cross term tr(Σ_Y^½ s²Σ_a Σ_Y^½)^½ is s
-times X_a's, and so is the part of its bias that Y's noise makes); the cases "much wider" and "much narrower" test where it does not.
+times X_a's, and so is the part of its bias that Y's noise makes); the cases "much wider" and
+"much narrower" test where it does not.
 
 Prints coverage (± binomial SE), median width, mean estimate (and jack-t's corrected mean), and how
 often each interval excludes 0 on each side.
