@@ -1217,9 +1217,7 @@ def test_shaping_resamples_every_sample_the_same_way_in_each_setting(tiny_report
         seen.append(boot)
         # the verdicts learn the Fréchet reference's rows: without them they would decide FDs against a
         # reference of fewer rows than features as if it were full (a mutant dropping them survived)
-        # resampled: the dict the claims fill with each setting's resampled FDs, which the per-setting
-        # intervals then reuse (empty when they are called)
-        assert kwargs == {"reference_rows": len(assets.train), "resampled": {}}
+        assert kwargs == {"reference_rows": len(assets.train)}
         assert {len(f) for f in feats.values()} == {len(m) for m in memorized.values()} == {cfg.shaping.n_samples}
         return claims(feats, memorized, value, fd_name, reference, boot, **kwargs)
 

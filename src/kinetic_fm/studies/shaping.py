@@ -219,7 +219,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
 
 def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray], value: pd.DataFrame, fd_name: str,
                    reference: FrechetReference, boot: np.ndarray, *,
-                   reference_rows: int | None = None, resampled: dict[str, np.ndarray] | None = None) -> list:
+                   reference_rows: int | None = None) -> list:
     """The KTS study's claims, each judged from paired bootstrap intervals against plain FM.
 
     Args:
@@ -230,15 +230,13 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
         boot: (R, n) resampled sample indices, shared by every difference (paired).
         reference_rows: the rows the reference was estimated from; with the samples' n, the
             smaller decides whether any FD part may decide (no more rows than features: none).
-        resampled: setting name → (R,) :func:`bootstrap_fd` of its features over ``boot``; the
-            claims fill it with the settings they resample (reused, not recomputed, if present).
     Returns: the five :class:`~kinetic_fm.studies.report.Claim` rows.
     """
     from .report import Claim
 
     n = len(boot[0])
     claims = []
-    resampled = {} if resampled is None else resampled
+    resampled: dict[str, np.ndarray] = {}  # setting → (R,) its resampled FDs, each computed once
     point: dict[str, float] = {}
     # With no more samples than features an FD is mostly the estimator's bias, and that bias moves
     # with each setting's spread, which KTS changes: a paired interval of the difference cannot
