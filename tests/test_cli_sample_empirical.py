@@ -216,6 +216,9 @@ def test_resuming_with_another_batch_size_warns_that_the_last_bits_may_move(tmp_
     (["--field", "empirical", "--train", "T", "--train-n", 33], "--train-n must be an integer in [1, 32]"),
     (["--field", "empirical", "--train", "T", "--train-seed", 1], "--train-seed seeds the --train-n subset"),
     (["--field", "empirical", "--train", "T", "--label", 1], "--field empirical takes no class"),
+    (["--field", "empirical", "--train", "T", "--backend", "faiss"],
+     "--backend faiss picks the atoms of --truncate's truncated mode; give --truncate K"),
+    (["--field", "gaussian", "--backend", "torch"], "--backend applies to --field empirical only"),
 ])
 def test_misplaced_or_out_of_range_flags_are_one_line_before_the_folder(tmp_path, capsys, flags, message):
     path = _saved(tmp_path, _points())
@@ -687,15 +690,3 @@ def test_backend_faiss_picks_the_truncated_atoms_by_faiss_and_is_part_of_the_run
     assert kfm_sample(tmp_path / "plain", *flags, "--resume") == 0
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--field", "empirical", "--train", "T", "--backend", "faiss"],
-     "--backend faiss picks the atoms of --truncate's truncated mode; give --truncate K"),
-    (["--field", "gaussian", "--backend", "torch"], "--backend applies to --field empirical only"),
-])
-def test_backend_without_truncation_or_an_empirical_field_is_refused(tmp_path, capsys, flags, message):
-    path = _saved(tmp_path, _points())
-    flags = [path if flag == "T" else flag for flag in flags]
-    assert kfm_sample(tmp_path / "run", *flags, "--n", 2, "--steps", 2) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("kfm sample: error:") and message in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists()
