@@ -688,5 +688,3 @@ def test_backend_faiss_picks_the_truncated_atoms_by_faiss_and_is_part_of_the_run
     assert kfm_sample(tmp_path / "plain", *flags, "--backend", "torch") == 0
     assert "backend" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())["config"]
     assert kfm_sample(tmp_path / "plain", *flags, "--resume") == 0
-
-
