@@ -31,9 +31,9 @@ def _sample_compared_settings() -> list[str]:
     import kinetic_fm.commands.sample as sample
 
     args = argparse.Namespace(truncate=2, backend="faiss", field=sample.EMPIRICAL, model=None, dim=None, steps=4,
-                              solver="dopri5", grid="uniform", quadrature="solver", split=None, on_nonfinite="raise", dtype="float32",
-                              device="cpu", save_x=True, profile=True, rtol=1e-3, atol=1e-3, first_step=0.1,
-                              max_steps=None)
+                              solver="dopri5", grid="uniform", quadrature="solver", split=None, on_nonfinite="raise",
+                              dtype="float32", device="cpu", save_x=True, profile=True, rtol=1e-3, atol=1e-3,
+                              first_step=0.1, max_steps=None)
     config = sample._config(args, sample._Target(None, (2,), {}), kfm.KTS(), sample._Conditioning(1, 2.0, 3))
     fields = [f"config.{key}" for key in config] + [f"config.shaping.{key}" for key in config["shaping"]]
     fields += ["seeds.n", "seeds.seed_start", "shard_size"]

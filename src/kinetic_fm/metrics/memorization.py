@@ -326,8 +326,9 @@ def _warn_of_duplicated_nearest(samples: torch.Tensor, train: torch.Tensor, indi
     warnings.warn(
         f"{names[1]} holds {repeats} row{'s' if repeats != 1 else ''} equal to an earlier row; for "
         f"{copied.numel()} of the {samples.shape[0]} {names[0]} the nearest and second-nearest items are two "
-        f"such rows ({exact} an exact copy, first at row {int(copied[0])}), so d2 = d1 there: the ratio reads 1 (not memorized) however "
-        "close such a sample lies to the item, and 0 (memorized) for an exact copy; remove the repeated rows "
+        f"such rows ({exact} an exact copy, first at row {int(copied[0])}), so d2 = d1 there: the ratio reads "
+        "1 (not memorized) however close such a sample lies to the item, and 0 (memorized) for an exact copy; "
+        "remove the repeated rows "
         f"(keep one of each) from {names[1]} to measure d2 to the next distinct item",
         UserWarning, stacklevel=caller_outside_the_package())
 
