@@ -339,11 +339,18 @@ def test_late_spike_is_not_failed_by_one_subset_below_one_half():
 
 
 def test_goldilocks_content_control_interval_is_the_basic_interval_of_the_paired_resamples():
-    # T by KPE − T by the control on each resample of rows (both groupings of the same rows),
-    # reflected about the full set's own difference: quintiles of another spread carry another
-    # FD bias, which the percentile interval of resampled differences doubled
+    # T by KPE − T by the control on each resample of rows (both groupings of the same rows) and of
+    # the reference's rows (one redraw for both), reflected about the full set's own difference:
+    # quintiles of another spread carry another FD bias, which the percentile interval of resampled
+    # differences doubled, and the reference held fixed left out its noise's part of that bias
+    from scipy import linalg
+
     from kinetic_fm.studies.memorization import goldilocks_tests, quintile_bins
-    from kinetic_fm.studies.output import fd_to_reference, feature_reference
+
+    def fd(a, b):                                                        # float64 brute force, scipy's sqrtm
+        ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        cross = linalg.sqrtm(ca @ cb).real
+        return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca + cb - 2 * cross))
 
     rng = np.random.default_rng(5)
     ref = rng.normal(size=(2000, 3))
@@ -351,23 +358,27 @@ def test_goldilocks_content_control_interval_is_the_basic_interval_of_the_paired
     bins = quintile_bins(np.linalg.norm(x, axis=1))[1]                   # sorted by spread
     control = quintile_bins(x[:, 0])[1]
     tests = goldilocks_tests(x, bins, control, ref, 40, seed=11)
-    reference = feature_reference(ref)
 
-    def t_of(rows, b):
-        fd = [fd_to_reference(x[rows[b == q]], reference) for q in range(5)]
-        return min(fd[0], fd[4]) - min(fd[1:4])
+    def t_of(rows, b, y):
+        fds = [fd(x[rows[b == q]], y) for q in range(5)]
+        return min(fds[0], fds[4]) - min(fds[1:4])
 
     draws = np.random.default_rng(11)                                    # the test's own draws, in order
     equal = np.arange(150) * 5 // 150
     for _ in range(40):
         draws.permutation(equal)
     boot = draws.integers(0, 150, size=(40, 150))
+    ref_boot = draws.integers(0, 2000, size=(40, 2000))
     everything = np.arange(150)
-    estimate = t_of(everything, bins) - t_of(everything, control)
-    resampled = np.array([t_of(idx, bins[idx]) - t_of(idx, control[idx]) for idx in boot])
+    estimate = t_of(everything, bins, ref) - t_of(everything, control, ref)
+    resampled = np.array([t_of(idx, bins[idx], ref[jdx]) - t_of(idx, control[idx], ref[jdx])
+                          for idx, jdx in zip(boot, ref_boot)])
     q_lo, q_hi = np.quantile(resampled, [0.025, 0.975])
-    assert tests["beyond_low"] == pytest.approx(2 * estimate - q_hi, rel=1e-12)
-    assert tests["beyond_high"] == pytest.approx(2 * estimate - q_lo, rel=1e-12)
+    assert tests["beyond_low"] == pytest.approx(2 * estimate - q_hi, rel=1e-8)
+    assert tests["beyond_high"] == pytest.approx(2 * estimate - q_lo, rel=1e-8)
+    # the reference's redraws matter: held fixed, the interval is another one
+    fixed = np.array([t_of(idx, bins[idx], ref) - t_of(idx, control[idx], ref) for idx in boot])
+    assert abs(tests["beyond_low"] - (2 * estimate - np.quantile(fixed, 0.975))) > 1e-6
 
 
 def test_goldilocks_p_values_count_the_observed_split_and_a_nan_t_decides_nothing():
