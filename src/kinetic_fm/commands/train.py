@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", choices=("auto", "mlp", "unet"), default="auto",
                    help="auto (the default): mlp for 2-D data and 8x8 digits, unet for larger images (the unet learns "
                         "images far better per step but is tens of times slower per step on a CPU: 2,000 "
-                        "MNIST steps at --batch-size 64 take ~14 min on 2 cores, the mlp's under a minute)")
+                        "MNIST steps at --batch-size 64 take ~24 min on 2 cores, the mlp's ~30 s)")
     p.add_argument("--width", type=int, default=None,
                    help="mlp hidden width or unet base channels, >= 1: 256 or 32 unless given")
     p.add_argument("--class-cond", action="store_true",
