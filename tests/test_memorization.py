@@ -2190,3 +2190,47 @@ def test_cli_backend_faiss_without_faiss_names_the_flag_before_the_audit(tmp_pat
                  "--backend", "faiss", "--no-progress"]) == 2
     assert capsys.readouterr().err == ("kfm memorization: error: --backend faiss needs the faiss-cpu package: "
                                        "pip install faiss-cpu (or pip install kinetic_fm[faiss])\n")
+
+
+@pytest.mark.parametrize("label", ["label", "y", "class", "Target"])
+def test_parquet_label_column_among_numeric_features_is_warned_of(tmp_path, label):
+    # f0..f3 plus a class label, all numbers: read as (rows, 5) without a word, the label one more pixel
+    import warnings
+
+    import pandas as pd
+
+    from kinetic_fm.metrics._arrays import load_array
+
+    rng = np.random.default_rng(1)
+    features = rng.integers(0, 256, size=(6, 4)).astype(np.float64)
+    frame = pd.DataFrame(features, columns=[f"f{i}" for i in range(4)]).assign(**{label: np.arange(6) % 3})
+    frame.to_parquet(tmp_path / "t.parquet")
+    with pytest.warns(UserWarning, match=rf"the column \['{label}'\] \(whole numbers, named like a class "
+                      rf"label\) is read as a feature, one of 5 columns taken side by side; "
+                      rf".*frame.drop\(columns=\['{label}'\]\)"):
+        rows = load_array(tmp_path / "t.parquet")
+    assert rows.tolist() == np.column_stack([features, np.arange(6) % 3]).tolist()   # behaviour kept: warned only
+    # features alone, a label-named column of real values, and x beside y (a point) are read without a word
+    others = {"features.parquet": pd.DataFrame(features, columns=[f"f{i}" for i in range(4)]),
+              "real.parquet": pd.DataFrame({"f0": features[:, 0], "y": rng.normal(size=6)}),
+              "points.parquet": pd.DataFrame({"x": np.arange(6.0), "y": np.arange(6.0) % 2})}
+    for name, table in others.items():
+        table.to_parquet(tmp_path / name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert load_array(tmp_path / name).tolist() == table.to_numpy().tolist()
+
+
+def test_cli_names_the_label_column_read_as_a_feature(tmp_path, capsys):
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+    pd.DataFrame(rng.normal(size=(5, 3)), columns=["a", "b", "c"]).assign(label=[0, 1, 0, 1, 1]).to_parquet(
+        tmp_path / "s.parquet")
+    np.save(tmp_path / "t.npy", rng.normal(size=(6, 4)))
+    assert main(["memorization", "--samples", str(tmp_path / "s.parquet"), "--train", str(tmp_path / "t.npy"),
+                 "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and warned[0].startswith(
+        f"kfm memorization: warning: --samples {tmp_path / 's.parquet'}: the column ['label'] (whole numbers, named "
+        "like a class label) is read as a feature, one of 4 columns")
