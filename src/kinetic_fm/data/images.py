@@ -196,7 +196,10 @@ def decode_image(
     every pixel keeps the colour stored in the file, as torchvision's ImageFolder reads it, so a
     transparent pixel's colour, which viewers do not show, is an image pixel. An image with a pixel
     of alpha below 255 (in the crop taken) is warned of (:func:`load_image_folder`: once per load);
-    flatten such files onto a background first where that is not what is wanted.
+    flatten such files onto a background first where that is not what is wanted. A 16-bit file is
+    read at 8 bits and warned of likewise: a grey one rounds each value v to round(v / 257), a
+    colour one (16-bit RGB or RGBA PNG, grey with alpha) keeps its high byte, v // 256, as Pillow
+    reads it: the low byte is lost either way.
 
     Args:
         data: the encoded file.
@@ -205,20 +208,33 @@ def decode_image(
         crop: side of a centred square crop applied before resizing (pixels), or None.
         size: side of the square output after resizing (bicubic, antialiased), or None to keep.
     """
-    array, see_through = _decode(data, name=name, grayscale=grayscale, crop=crop, size=size)
-    if see_through:
+    decoded = _decode(data, name=name, grayscale=grayscale, crop=crop, size=size)
+    if decoded.see_through:
         _warn_of_alpha([name], 1)
-    return array
+    if decoded.sixteen_bit:
+        _warn_of_sixteen_bits([(name, decoded.sixteen_bit)], 1)
+    return decoded.array
 
 
-def _decode(data: bytes, *, name: str, grayscale: bool, crop: int | None,
-            size: int | None) -> tuple[np.ndarray, bool]:
-    """:func:`decode_image`'s array, and whether the image (its crop) has a pixel of alpha < 255."""
+@dataclass(frozen=True)
+class _Decoded:
+    """One decoded image: ``array`` (H, W, C) uint8; ``see_through``: a pixel of alpha < 255 (in the
+    crop taken); ``sixteen_bit``: "grey" or "colour" for a file of 16 bits per sample (read at 8), else None."""
+
+    array: np.ndarray
+    see_through: bool
+    sixteen_bit: str | None
+
+
+def _decode(data: bytes, *, name: str, grayscale: bool, crop: int | None, size: int | None) -> _Decoded:
+    """:func:`decode_image`'s array, whether the image (its crop) has a pixel of alpha < 255 and
+    whether the file holds 16 bits per sample."""
     from PIL import Image, UnidentifiedImageError
 
     check_sides(crop=crop, size=size)
     try:
         with Image.open(io.BytesIO(data)) as img:
+            sixteen_bit = _sixteen_bit(img)  # before anything loads the pixels: the tile says how they are stored
             img = _upright(img)
             img = _eight_bit(img, name)
             alpha = _alpha(img)
@@ -236,7 +252,40 @@ def _decode(data: bytes, *, name: str, grayscale: bool, crop: int | None,
             array = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{name}: not a readable image file ({err})") from None
-    return (array[..., None] if array.ndim == 2 else array), see_through
+    return _Decoded(array[..., None] if array.ndim == 2 else array, see_through, sixteen_bit)
+
+
+# how Pillow names 16 bits per sample in a file: I;16 (grey), I;16B / I;16L / I;16N, RGB;16B, RGBA;16B,
+# LA;16B (PNG), RGB;16L (TIFF); BMP's "BGR;16" is 16 bits per pixel (5-6-5), not per sample
+_SIXTEEN_BIT_RAWMODE = re.compile(r"^I;16[BLN]?$|;16[BLN]$")
+
+
+def _sixteen_bit(img) -> str | None:
+    """"grey" or "colour" when ``img`` (opened, not yet loaded) stores 16 bits per sample, else None."""
+    args = [tile[3] for tile in (img.tile or []) if len(tile) > 3]  # Pillow 10's tuples, 11's named tuples
+    modes = [a if isinstance(a, str) else a[0] if isinstance(a, tuple) and a else "" for a in args]
+    if not (img.mode.startswith("I;16") or any(isinstance(m, str) and _SIXTEEN_BIT_RAWMODE.search(m) for m in modes)):
+        return None
+    return "grey" if img.mode.startswith("I") else "colour"
+
+
+def _warn_of_sixteen_bits(deep: list[tuple[str, str]], count: int) -> None:
+    """One UserWarning for the ``deep`` images (name, "grey" or "colour") of the ``count`` decoded that
+    store 16 bits per sample: the loaders work in 8 bits, so each value's low byte is lost."""
+    import warnings
+
+    from ..checks import caller_outside_the_package
+
+    kinds = {kind for _, kind in deep}
+    how = []
+    if "grey" in kinds:
+        how.append("grey ones rounded to the nearest of 256 levels (round(v / 257))")
+    if "colour" in kinds:
+        how.append("colour ones (and alpha) cut to their high byte (v // 256, as Pillow reads them)")
+    warnings.warn(f"{len(deep)} of {count} images are 16-bit files (the first: {deep[0][0]}): they are read at 8 bits, "
+                  f"{' and '.join(how)}, so each value's low byte is lost; convert them to 8 bits yourself if "
+                  "another mapping is wanted (kinetic_fm reads images at 8 bits only)", UserWarning,
+                  stacklevel=caller_outside_the_package())
 
 
 def _alpha(img):
@@ -314,16 +363,20 @@ def decode_many(
     progress: bool = False,
 ) -> np.ndarray:
     """Decode ``names`` from ``source`` into one (N, H, W, C) uint8 array; all must share a size.
-    Images with transparent pixels are warned of once, by count (see :func:`decode_image`)."""
+    Images with transparent pixels, and 16-bit images, are warned of once each, by count (see
+    :func:`decode_image`)."""
     from tqdm.auto import tqdm
 
     out: np.ndarray | None = None
     translucent: list[str] = []  # images with transparent pixels: one warning for them all, not one each
+    deep: list[tuple[str, str]] = []  # 16-bit images: likewise
     for i, name in enumerate(tqdm(names, desc="decode", disable=not progress, leave=False)):
-        array, see_through = _decode(source.read(name), name=source.describe(name),
-                                     grayscale=grayscale, crop=crop, size=size)
-        if see_through:
+        decoded = _decode(source.read(name), name=source.describe(name), grayscale=grayscale, crop=crop, size=size)
+        array = decoded.array
+        if decoded.see_through:
             translucent.append(source.describe(name))
+        if decoded.sixteen_bit:
+            deep.append((source.describe(name), decoded.sixteen_bit))
         if out is None:
             out = np.empty((len(names), *array.shape), dtype=np.uint8)
         elif array.shape != out.shape[1:]:
@@ -336,6 +389,8 @@ def decode_many(
         raise ValueError(f"{source.path}: no images selected")
     if translucent:
         _warn_of_alpha(translucent, len(names))
+    if deep:
+        _warn_of_sixteen_bits(deep, len(names))
     return out
 
 
