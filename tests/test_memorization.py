@@ -686,7 +686,7 @@ def test_a_kfm_train_run_finds_its_relative_data_path_from_any_folder(tmp_path, 
              "--model", "mlp", "--checkpoints", "none", "--no-progress", "--out", "net"]
     monkeypatch.chdir(faces.parent)
     assert main(train + ["--steps", "1"]) == 0
-    subset = load_image_folder(faces, n=12, seed=2).images       # what --n 12 --seed 2 drew
+    subset = load_image_folder(faces, n=12, seed=2, grayscale=None).images   # what --n 12 --seed 2 drew (folder:)
     samples = torch.cat([subset[[3, 7]], torch.rand(4, *subset.shape[1:], generator=torch.Generator().manual_seed(0))])
     np.save(tmp_path / "s.npy", samples.numpy())
     monkeypatch.chdir(tmp_path)                                   # "faces" is not here
@@ -1663,7 +1663,7 @@ def test_cli_figure_never_adds_an_image_to_the_data_a_training_run_read(tmp_path
     run = tmp_path / "run"
     assert main(["train", "--data", f"folder:{tmp_path / 'imgs'}", "--steps", "1", "--batch-size", "2", "--width", "8",
                  "--checkpoints", "none", "--no-progress", "--out", str(run)]) == 0
-    np.save(tmp_path / "s.npy", rng.uniform(-1, 1, size=(3, 3, 4, 4)))
+    np.save(tmp_path / "s.npy", rng.uniform(-1, 1, size=(3, 1, 4, 4)))   # folder: loads grey images as one channel
     Image.fromarray(rng.integers(0, 256, size=(4, 4), dtype=np.uint8)).save(tmp_path / "elsewhere.png")
     (tmp_path / "imgs" / "link.png").symlink_to(tmp_path / "elsewhere.png")  # the write would replace the link
     kept = sorted(p.name for p in (tmp_path / "imgs").iterdir())
@@ -1727,10 +1727,9 @@ def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(
         Image.fromarray(image, mode="L").save(folder / name)
     picks = [7, 0, 11, 3]
     grey = train[picks].astype(np.float32)[:, None] / 127.5 - 1.0 + 0.01  # near copies
-    np.save(tmp_path / "grey.npy", grey)                   # the folder form reads grey images as one channel,
-    np.save(tmp_path / "rgb.npy", grey.repeat(3, axis=1))  # the folder: spec as three
+    np.save(tmp_path / "grey.npy", grey)                   # both forms read grey images as one channel
     tables = []
-    for samples, form in (("grey.npy", str(folder)), ("rgb.npy", f"folder:{folder}")):
+    for samples, form in (("grey.npy", str(folder)), ("grey.npy", f"folder:{folder}")):
         out = tmp_path / f"{len(tables)}.parquet"
         assert main(["memorization", "--samples", str(tmp_path / samples), "--train", form,
                      "--bootstrap", "0", "--no-progress", "--out", str(out)]) == 0

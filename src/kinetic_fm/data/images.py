@@ -459,7 +459,7 @@ def load_image_folder(
     subdir: str | None = None,
     size: int | None = None,
     crop: int | None = None,
-    grayscale: bool = False,
+    grayscale: bool | None = False,
     labels_from_folders: bool = True,
     n: int | None = None,
     indices: Sequence[int] | Tensor | None = None,
@@ -473,7 +473,12 @@ def load_image_folder(
         path: a folder or a .zip archive.
         subdir: only files under this relative folder (e.g. ``"train"``); it may also sit under
             one top-level folder of the archive (``cifar10/train/...``).
-        size, crop, grayscale: see :func:`decode_image`. Without ``size`` all images must share a size.
+        size, crop: see :func:`decode_image`. Without ``size`` all images must share a size.
+        grayscale: True: one channel (PIL "L"); False: three (RGB, as torchvision's ImageFolder reads
+            any file); None: one channel where every image loaded is grey (R = G = B in every pixel:
+            "L" files, and grey ones saved as RGB), else three (what the ``folder:`` spec asks: an
+            MNIST-style folder tripled D with three copies of each pixel). The images loaded decide:
+            a subset (``n``) of a folder mixing grey and colour files may be all grey.
         labels_from_folders: label each image by its class folder (classes sorted alphabetically):
             the top folder below those every image sits in (a wrapping ``data/`` of ``zip -r
             data.zip data/``), whatever the image's depth inside it (``cat/kittens/1.png`` is a cat,
@@ -487,6 +492,9 @@ def load_image_folder(
     Returns:
         :class:`ImageDataset`, images in [-1, 1].
     """
+    if grayscale not in (True, False, None):
+        raise ValueError(f"grayscale must be True, False or None (one channel where every image is grey), "
+                         f"got {grayscale!r}")
     with ImageSource(path) as source:
         pairs = _under(source.names, subdir, path)
         if not pairs:
@@ -497,7 +505,9 @@ def load_image_folder(
         classes, all_labels = _folder_labels([rel for _, rel in pairs]) if labels_from_folders else (None, None)
         chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
         array = decode_many(source, [names[i] for i in chosen.tolist()],
-                            grayscale=grayscale, crop=crop, size=size, progress=progress)
+                            grayscale=bool(grayscale), crop=crop, size=size, progress=progress)
+    if grayscale is None and _grey(array):
+        array = array[..., :1]
     return ImageDataset(
         images=uint8_to_signed(array),
         labels=None if all_labels is None else all_labels[chosen],
@@ -507,6 +517,13 @@ def load_image_folder(
         lossy="JPEG" if size is None and any(names[i].lower().endswith(JPEG_EXTENSIONS)
                                               for i in chosen.tolist()) else None,
     )
+
+
+def _grey(array: np.ndarray, block: int = 1024) -> bool:
+    """Whether the (N, H, W, 3) uint8 ``array`` has R = G = B in every pixel (checked ``block``
+    images at a time: the comparison's boolean array stays small)."""
+    return all(bool((part[..., 1:] == part[..., :1]).all()) for part in
+               (array[start:start + block] for start in range(0, array.shape[0], block)))
 
 
 def image_names(path: str | os.PathLike, subdir: str | None = None) -> list[str]:
