@@ -1727,14 +1727,21 @@ def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(
         Image.fromarray(image, mode="L").save(folder / name)
     picks = [7, 0, 11, 3]
     grey = train[picks].astype(np.float32)[:, None] / 127.5 - 1.0 + 0.01  # near copies
-    np.save(tmp_path / "grey.npy", grey)                   # both forms read grey images as one channel
+    np.save(tmp_path / "grey.npy", grey)                   # both forms read grey images as one channel,
+    np.save(tmp_path / "rgb.npy", grey.repeat(3, axis=1))  # and as three beside colour samples
     tables = []
-    for samples, form in (("grey.npy", str(folder)), ("grey.npy", f"folder:{folder}")):
+    for samples, form in (("grey.npy", str(folder)), ("rgb.npy", f"folder:{folder}"),
+                          ("grey.npy", f"folder:{folder}"), ("rgb.npy", str(folder))):
         out = tmp_path / f"{len(tables)}.parquet"
         assert main(["memorization", "--samples", str(tmp_path / samples), "--train", form,
                      "--bootstrap", "0", "--no-progress", "--out", str(out)]) == 0
         tables.append(pd.read_parquet(out))
-    by_path, by_spec = tables
+    by_path, by_spec = tables[:2]
+    for other in tables[2:]:     # one channel or three: the same neighbours and ratios (d1 and d2 scale by √3)
+        assert other.columns.tolist() == by_path.columns.tolist()
+        assert other["nearest"].tolist() == by_path["nearest"].tolist()
+        np.testing.assert_allclose(other["ratio"], by_path["ratio"], rtol=1e-6)
+        assert other["nearest_file"].tolist() == [names[j] for j in picks]
     assert by_spec.columns.tolist() == by_path.columns.tolist()
     columns = by_path.columns.tolist()                     # each name beside what it names
     assert columns[columns.index("nearest") + 1] == "nearest_file"
