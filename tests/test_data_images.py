@@ -695,3 +695,41 @@ def test_16_bit_pngs_are_warned_of_naming_the_file(tmp_path):
         decode_image((tmp_path / "grey" / "1.png").read_bytes(), name="1.png")
         _write_tree(tmp_path / "tree")
         load_image_folder(tmp_path / "tree")
+
+
+def test_a_wrapped_one_class_tree_is_unlabelled_and_says_why(tmp_path, capsys):
+    # root/wrapper/classA/*.png: ImageFolder reads one class "wrapper"; one class is no labelling here,
+    # and --class-cond said only "has no labels"
+    from kinetic_fm.cli import main
+    from kinetic_fm.data.images import why_unlabelled
+
+    def png(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+
+    for i in range(3):
+        png(tmp_path / "one" / "wrapper" / "classA" / f"{i}.png")
+    ds = load_image_folder(tmp_path / "one")
+    assert ds.labels is None and ds.classes is None
+    reason = why_unlabelled(tmp_path / "one")
+    assert reason.startswith("all its images lie in one folder, wrapper/classA/ (one class is no labelling")
+    with pytest.raises(ValueError, match="at least two classes: all its images lie in one folder, wrapper/classA/"):
+        list_image_labels(tmp_path / "one")
+    assert main(["train", "--data", f"folder:{tmp_path / 'one'}", "--class-cond", "--steps", "1", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert f"has no labels: {reason}" in capsys.readouterr().err
+    assert why_unlabelled(tmp_path / "one", subdir="wrapper") == reason.replace("wrapper/classA/", "classA/")
+    png(tmp_path / "flat" / "0.png")
+    assert why_unlabelled(tmp_path / "flat").startswith("all its images lie in no folder, at the top level")
+    png(tmp_path / "loose" / "data" / "x.png")                      # beside the class folders of a wrapped tree
+    png(tmp_path / "loose" / "data" / "cat" / "0.png")
+    png(tmp_path / "loose" / "data" / "dog" / "1.png")
+    assert why_unlabelled(tmp_path / "loose").startswith("data/x.png lies beside the class folders")
+    # one class holding folders is labelled by them, as a wrapped tree of classes is: nothing tells them apart
+    for name in ("wrapper/classA/x/0.png", "wrapper/classA/y/1.png"):
+        png(tmp_path / "inner" / name)
+    for name in ("wrapper/cat/0.png", "wrapper/dog/1.png"):
+        png(tmp_path / "wrapped" / name)
+    assert load_image_folder(tmp_path / "inner").classes == ("x", "y")
+    assert load_image_folder(tmp_path / "wrapped").classes == ("cat", "dog")
+    assert why_unlabelled(tmp_path / "inner") is None

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                          "for vector data use --model mlp (or auto, which picks it)")
     labels = ds.labels if args.class_cond else None
     if args.class_cond and labels is None:
-        raise ValueError(f"--class-cond: data {args.data!r} has no labels")
+        raise ValueError(f"--class-cond: data {args.data!r} has no labels{_why_unlabelled(args.data)}")
     # the data set's classes, not the subset's largest label: a --n subset without the top class
     # made that class's label the null class
     classes = getattr(ds, "classes", None)
@@ -170,6 +170,17 @@ def _flags_for_settings(text: str) -> str:
     import re
 
     return re.sub(r"\bbeyond steps=(\d+)", r"beyond --steps \1", SETTINGS.in_listed_words(text))
+
+
+def _why_unlabelled(spec: str) -> str:
+    """``": <why>"`` for a ``folder:`` spec whose tree gives no labels (all images in one folder, or one
+    beside the class folders), else ""."""
+    from ..data.images import why_unlabelled
+    from ..data.registry import parse_spec
+
+    name, path = parse_spec(spec)
+    reason = why_unlabelled(path) if name == "folder" else None
+    return f": {reason}" if reason else ""
 
 
 def _grey_as_saved(data, spec: str, out: str):

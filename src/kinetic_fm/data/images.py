@@ -414,25 +414,45 @@ def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor 
     ``zip -r data.zip data/``), however deep the file lies inside it (``cat/kittens/1.png`` is a
     cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as torchvision's ImageFolder
     labels a tree (ImageFolder takes the root's own folders, so it reads a wrapped tree as one class).
-    (None, None) when a file lies beside the class folders or all lie in one class: one class is no
-    labelling (the studies refuse it). Class folders all named like a data set's splits (train,
+    (None, None) when a file lies beside the class folders or all lie in one folder: one class is no
+    labelling (the studies refuse it). One class holding folders (``cat/kittens/``, ``cat/adults/``)
+    is labelled by them: the class folder reads as a wrapper, as ``data/`` of ``data/cat/``,
+    ``data/dog/`` does, and nothing tells the two apart. Class folders all named like a data set's splits (train,
     test, ...) that hold folders of their own are warned of: such a tree is labelled by split."""
+    if _unlabelled(relative) is not None:
+        return None, None
     folders = [r.split("/")[:-1] for r in relative]
-    if not folders:
-        return None, None
-    shared = 0  # how many wrapping folders every file is under
-    while all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
-        shared += 1
-    if any(len(f) == shared for f in folders):  # a file beside the class folders (or no folder at all)
-        return None, None
+    shared = _shared_depth(folders)
     names = [f[shared] for f in folders]
-    if len(set(names)) < 2:
-        return None, None
     classes = tuple(sorted(set(names)))
     if all(c.lower() in _SPLIT_NAMES for c in classes) and all(len(f) > shared + 1 for f in folders):
         _warn_of_split_classes(classes)
     lookup = {c: i for i, c in enumerate(classes)}
     return classes, torch.tensor([lookup[c] for c in names], dtype=torch.int64)
+
+
+def _shared_depth(folders: list[list[str]]) -> int:
+    """How many wrapping folders every file (given by its ``folders``) is under."""
+    shared = 0
+    while all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
+        shared += 1
+    return shared
+
+
+def _unlabelled(relative: list[str]) -> str | None:
+    """Why the files at ``relative`` (paths below the root) get no labels from
+    :func:`_folder_labels`, in words, or None when they do."""
+    folders = [r.split("/")[:-1] for r in relative]
+    if not folders:
+        return "it holds no images"
+    shared = _shared_depth(folders)
+    beside = next((r for r, f in zip(relative, folders) if len(f) == shared), None)
+    if beside is not None and len(set(map(tuple, folders))) == 1:  # one class is no labelling
+        where = f"one folder, {'/'.join(folders[0])}/" if folders[0] else "no folder, at the top level"
+        return f"all its images lie in {where} (one class is no labelling; class folders hold them: <class>/<image>)"
+    if beside is not None:
+        return f"{beside} lies beside the class folders (every image must lie in one: <class>/<image>)"
+    return None
 
 
 # folder names that mark a data set's splits rather than its classes
@@ -483,8 +503,12 @@ def load_image_folder(
             the top folder below those every image sits in (a wrapping ``data/`` of ``zip -r
             data.zip data/``), whatever the image's depth inside it (``cat/kittens/1.png`` is a cat,
             ``n01/images/0.png`` an n01), as torchvision's ImageFolder labels a tree. An image
-            beside the class folders, or all in one folder (``zip -r faces.zip faces/``), make the
-            labels None: one class is no labelling.
+            beside the class folders, or all in one folder (``zip -r faces.zip faces/``, or
+            ``wrapper/cat/*.png``, which ImageFolder reads as one class ``wrapper``), make the
+            labels None: one class is no labelling (:func:`why_unlabelled` says which). A tree of
+            one class with folders inside it (``cat/kittens/``, ``cat/adults/``, wrapped or not)
+            is labelled by those folders: it cannot be told from a wrapped tree of classes
+            (``data/cat/``, ``data/dog/``); ImageFolder reads both as one class.
         n, indices, seed: subset selection before decoding, see :func:`~kinetic_fm.data.subset.select_indices`.
         check_listing: called with the (file, path under ``subdir``) pairs before any image is
             decoded, to refuse a tree by raising (one listing: a 60,000-file zip takes seconds to list).
@@ -526,6 +550,13 @@ def _grey(array: np.ndarray, block: int = 1024) -> bool:
                (array[start:start + block] for start in range(0, array.shape[0], block)))
 
 
+def why_unlabelled(path: str | os.PathLike, subdir: str | None = None) -> str | None:
+    """Why :func:`load_image_folder` gives the images of ``path`` (under ``subdir``) no labels, in
+    words naming the folder or file (for messages), or None when it labels them; lists, decodes nothing."""
+    with ImageSource(path) as source:
+        return _unlabelled([rel for _, rel in _under(source.names, subdir, path)])
+
+
 def image_names(path: str | os.PathLike, subdir: str | None = None) -> list[str]:
     """The image files of a folder or zip in the loader's order (row i of
     :func:`load_image_folder` without a subset is file i), as paths relative to the root."""
@@ -542,5 +573,6 @@ def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tup
         pairs = _under(source.names, subdir, path)
     classes, labels = _folder_labels([rel for _, rel in pairs])
     if classes is None:
-        raise ValueError(f"{path}: expected images in <class>/<file> folders, at least two classes")
+        raise ValueError(f"{path}: expected images in <class>/<file> folders, at least two classes: "
+                         f"{_unlabelled([rel for _, rel in pairs])}")
     return classes, labels
