@@ -2240,3 +2240,33 @@ def test_cli_names_the_label_column_read_as_a_feature(tmp_path, capsys):
     assert len(warned) == 1 and warned[0].startswith(
         f"kfm memorization: warning: --samples {tmp_path / 's.parquet'}: the column ['label'] (whole numbers, named "
         "like a class label) is read as a feature, one of 4 columns")
+
+
+def test_float64_arrays_beside_other_float_types_keep_their_precision(tmp_path, capsys):
+    # a .npz/.pt of float64 items beside float32 labels (or float16 extras): each array keeps its own dtype, so
+    # values 1e-9 apart, one float32 value, stay apart (cast to float32 the sample would sit on two equal items)
+    import pandas as pd
+
+    from kinetic_fm.metrics._arrays import load_array
+
+    train = np.array([[1.0], [1.0 + 3e-9], [2.0], [4.0]])
+    samples = np.array([[1.0 + 1e-9], [3.0]])
+    np.savez(tmp_path / "train.npz", x=train, y=np.arange(4, dtype=np.float32), z=train.astype(np.float16))
+    torch.save({"x": torch.from_numpy(samples), "y": torch.zeros(2), "h": torch.ones(2, dtype=torch.bfloat16)},
+               tmp_path / "samples.pt")
+    for path, key, want in ((tmp_path / "train.npz", "x", train), (tmp_path / "samples.pt", "x", samples)):
+        got = load_array(path, key)
+        assert got.dtype == torch.float64 and np.array_equal(got.numpy(), want)        # bit for bit
+    assert load_array(tmp_path / "train.npz", "y").dtype == torch.float32
+    assert load_array(tmp_path / "train.npz", "z").dtype == torch.float16
+    assert load_array(tmp_path / "samples.pt", "h").dtype == torch.bfloat16
+    out = tmp_path / "table.csv"
+    assert main(["memorization", "--samples", str(tmp_path / "samples.pt"), "--key", "x", "--train",
+                 str(tmp_path / "train.npz"), "--train-key", "x", "--bootstrap", "0", "--no-progress",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    table = pd.read_csv(out)
+    d = np.abs(samples - train.T)                                     # float64 brute force
+    d.sort(axis=1)
+    np.testing.assert_allclose(table["d1"], d[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(table["ratio"], d[:, 0] / d[:, 1], rtol=1e-6)   # 0.5, not 0 (memorized)
+    assert table["memorized"].tolist() == [False, False]

@@ -37,6 +37,11 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
       numbers is warned of: it is read as one more feature (a table of features alone, and ``x``
       beside ``y``, are read without a word).
 
+    Each array comes back in the dtype it is stored in, whatever the file's other arrays hold
+    (float64 items beside float32 labels stay float64; float16 and bfloat16 stay as they are;
+    nothing is cast to torch's default dtype), except numeric Parquet columns read side by side,
+    which come back as float64 (exact for any mix of their integer and float types up to 2**53).
+
     Raises ValueError naming the file when it is damaged, holds no real numbers (strings,
     complex), holds a single value instead of rows, or is ambiguous (see above).
     """
