@@ -1,4 +1,5 @@
-"""benchmarks/readme_timings.py's and train_step.py's argument checks (the scripts themselves are run by hand: minutes)."""
+"""benchmarks/readme_timings.py's and train_step.py's argument checks (the scripts themselves are
+run by hand: minutes)."""
 from __future__ import annotations
 
 import sys
