@@ -1,6 +1,9 @@
 """Read a 2-D (or higher) numeric array from a file into a torch tensor: .npy, .npz, .pt, .parquet.
 
-Used by command-line metrics; the heavy readers are imported only for the format at hand.
+The rows a ``kfm`` command's input flag names when it is an array file (``kfm memorization
+--samples`` / ``--train``, ``kfm sample --train``); the heavy readers are imported only for the
+format at hand. ``NAME_ONE`` and ``NAME_A_COLUMN`` end the errors and the warning that ask for a
+key, so a command can put its own flag for the key in their place.
 """
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ import torch
 
 from ..checks import torch_readable
 
-FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")
+__all__ = ["ARRAY_FORMATS", "NAME_A_COLUMN", "NAME_ONE", "load_array"]
+
+ARRAY_FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")  # the suffixes load_array reads (any case)
 NAME_ONE = "name one with a key"  # the kfm commands put their flag for it in place of "a key"
 NAME_A_COLUMN = "name one column with a key"  # in a warning; the kfm commands put their flag for it
 _UNREADABLE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what np.load raises on a damaged file
@@ -41,8 +46,8 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise ValueError(f"{path}: unsupported format {suffix!r}; use one of {', '.join(FORMATS)}")
+    if suffix not in ARRAY_FORMATS:
+        raise ValueError(f"{path}: unsupported format {suffix!r}; use one of {', '.join(ARRAY_FORMATS)}")
     if suffix in (".npy", ".npz"):
         if suffix == ".npy" and key is not None:
             raise ValueError(f"{path}: a .npy file holds one array; key={key!r} does not apply")
