@@ -695,3 +695,53 @@ def test_per_sample_beside_a_model_extra_named_per_sample_in_model_kwargs():
     assert torch.equal(field.select(mask)(x[mask], t[mask]), x[mask] * y[mask][:, None] + shift)  # y's rows follow
     with pytest.raises(ValueError, match=r"\['y'\] given both as keywords and in model_kwargs"):
         from_model_wrapper(model, y=y, model_kwargs={"y": y})
+
+
+class LabelledXT(torch.nn.Module):
+    """forward(x, t, y): the guidance's labels follow x and t by position."""
+
+    def forward(self, x, t, y):
+        return torch.cos(3 * t).reshape(-1, 1).to(x.dtype) * (1 + y[:, None].to(x.dtype)) - x
+
+
+class LabelledTX(LabelledXT):
+    """forward(t, x, y): x and t by name, so y must go by name too."""
+
+    def forward(self, t, x, y):
+        return super().forward(x, t, y)
+
+
+class LabelledKeywordOnly(LabelledXT):
+    """forward(*, x, t, y): keyword-only, the labels included."""
+
+    def forward(self, *, x, t, y):
+        return super().forward(x, t, y)
+
+
+@pytest.mark.parametrize("time", ["batch", "scalar", "shared"])
+@pytest.mark.parametrize("net", [LabelledXT, LabelledTX, LabelledKeywordOnly])
+def test_a_positional_extra_reaches_a_model_called_by_name(net, time):
+    # helper-226: a model named x and t was called by name only without positional extras; with the
+    # guidance's labels it went by position, model(x, t, y): forward(t, x, y) got x as t and y as x (a
+    # shape error, or wrong numbers when the shapes agreed) and a keyword-only forward a TypeError
+    from kinetic_fm.fields.guidance import ClassifierFreeGuidance
+
+    labels = torch.tensor([0, 1, 2, 1])
+    x = kfm.noise(range(4), (DIM,), dtype=torch.float64)
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    expected = torch.cos(torch.tensor(0.9, dtype=torch.float64)) * (1 + labels[:, None].double()) - x
+    field = from_model_wrapper(net(), time=time)
+    torch.testing.assert_close(field(x, t, labels), expected, rtol=0, atol=1e-15)
+    guided = ClassifierFreeGuidance(from_model_wrapper(net(), time=time), labels, scale=1.0, null_label=7)
+    torch.testing.assert_close(guided(x, t), expected, rtol=0, atol=1e-15)      # w = 1: the conditional, bit for bit
+    if time != "shared":   # dopri5: per-sample times, the labels of the rows in flight
+        reference = kfm.sample(ClassifierFreeGuidance(LabelledXT(), labels, 1.0, 7), x, solver="dopri5")
+        result = kfm.sample(guided, x, solver="dopri5")
+        assert torch.equal(result.x, reference.x) and torch.equal(result.kpe, reference.kpe)
+
+
+def test_more_positional_extras_than_a_keyword_model_names_are_refused():
+    field = from_model_wrapper(LabelledKeywordOnly(), time="batch")
+    x, t = torch.zeros(2, DIM), torch.zeros(2)
+    with pytest.raises(TypeError, match=r"1 further argument\(s\) \['y'\].*given 2 positional extra"):
+        field(x, t, torch.zeros(2), torch.zeros(2))

@@ -51,12 +51,15 @@ def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "share
     ``per_sample`` or ``model_kwargs``. A model whose signature names ``x`` and ``t`` (a module's
     ``forward``) is called as ``model(x=x, t=t, **extras)``, as ``ODESolver`` calls it (a keyword-only
     ``forward``, or one taking t before x, works); others by position, ``model(x, t, **extras)``.
+    Positional extras (the labels of a ``ClassifierFreeGuidance`` around the field) follow x and t
+    by position where those two lead the signature, else fill its further parameters by name
+    (``forward(t, x, y)``, ``forward(*, x, t, y)``: y).
     """
     per_sample = extras.pop("per_sample", None)  # kfm's option, not an extra: model_kwargs may hold one so named
     named = _model_kwargs(model_kwargs, extras)
     field = ModelXT(model, time=time)
     field._take_extras(per_sample, {**extras, **named})
-    field._call_by_name = _names_x_and_t(model)
+    field._call_by_name, field._extra_names = _keyword_call(model)
     return field
 
 
@@ -73,15 +76,25 @@ def _model_kwargs(model_kwargs: Mapping[str, Any] | None, extras: Mapping[str, A
     return dict(model_kwargs)
 
 
-def _names_x_and_t(model: Callable[..., torch.Tensor]) -> bool:
-    """Whether ``model`` (a module: its ``forward``) takes parameters named x and t by keyword."""
+def _keyword_call(model: Callable[..., torch.Tensor]) -> tuple[bool, tuple[str, ...] | None]:
+    """Whether ``model`` (a module: its ``forward``) takes parameters named x and t by keyword, and
+    if so where positional extras go: None when x and t are its first two positional parameters
+    (the extras follow them by position), else the names of its other parameters that take a
+    keyword, in the signature's order, which the extras fill by name (``forward(t, x, y)`` and
+    ``forward(*, x, t, y)``: ("y",))."""
     target = model.forward if isinstance(model, torch.nn.Module) else model
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):  # a builtin or C extension without a signature: by position
-        return False
+        return False, None
     by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return all(name in parameters and parameters[name].kind in by_keyword for name in ("x", "t"))
+    if not all(name in parameters and parameters[name].kind in by_keyword for name in ("x", "t")):
+        return False, None
+    positional = [name for name, p in parameters.items()
+                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if positional[:2] == ["x", "t"]:
+        return True, None
+    return True, tuple(name for name, p in parameters.items() if name not in ("x", "t") and p.kind in by_keyword)
 
 
 def fixed_grid(time_grid: torch.Tensor, step_size: float | None) -> torch.Tensor:
