@@ -745,3 +745,25 @@ def test_more_positional_extras_than_a_keyword_model_names_are_refused():
     x, t = torch.zeros(2, DIM), torch.zeros(2)
     with pytest.raises(TypeError, match=r"1 further argument\(s\) \['y'\].*given 2 positional extra"):
         field(x, t, torch.zeros(2), torch.zeros(2))
+
+
+@pytest.mark.parametrize("method", ["euler", "dopri5"])
+def test_a_recorder_under_ode_solver_traces_one_run_and_names_a_second(method):
+    # helper-226: flow_matching's ODESolver never calls start_run, so a second sample() appended its
+    # records to the first's and trace() returned both as one run; one run, dopri5's rejected tries and
+    # its first-step probe included, is traced as before
+    atoms = torch.randn(30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x0 = kfm.noise(list(range(6)), (DIM,), dtype=torch.float64) * 2
+    recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    solver = ODESolver(as_model_wrapper(recorder))
+    settings = dict(method=method, step_size=0.25 if method == "euler" else None, atol=1e-6, rtol=1e-6,
+                    time_grid=torch.tensor([0.0, 0.5], dtype=torch.float64))
+    with torch.no_grad():
+        solver.sample(x0, **settings)
+        first = recorder.trace()
+        assert (first.t[0] == 0).all() and (first.t[1:] > 0).all()
+        if method == "dopri5":   # times went back within the run (a rejected step, or the probe before the first)
+            assert bool((first.t[1:, 0] < first.t[:-1, 0]).any())
+        solver.sample(x0, **settings)
+    with pytest.raises(ValueError, match=rf"more than one run: its record {len(first.t)} is at t = 0 again"):
+        recorder.trace()
