@@ -29,7 +29,7 @@ from ..checks import declares, declares_singular_at_one, one_evaluation_of, opti
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
-from ..sampling.shaping import KTS, TAU_TOLERANCE
+from ..sampling.shaping import KTS, TAU_TOLERANCE, gain_tau
 
 if TYPE_CHECKING:  # pragma: no cover
     from flow_matching.utils import ModelWrapper
@@ -287,8 +287,8 @@ def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tens
     # 0.7), a time within TAU_TOLERANCE·τ counting as τ, as kfm.sample's stages do
     times = given if isinstance(given, torch.Tensor) else torch.tensor(float(given))
     times = times.to(device=v.device, dtype=torch.float64)
-    if isinstance(shaping, KTS):
-        tau = shaping.tau_split
+    tau = gain_tau(shaping)   # a KTS's, or one a callable declares
+    if tau is not None:
         times = torch.where((times - tau).abs() <= TAU_TOLERANCE * tau, torch.full_like(times, tau), times)
     # a KTS without its range check: called at every stage, that check would be a host
     # synchronisation on an accelerator (the times are the solver's grid, from 0 to 1)
