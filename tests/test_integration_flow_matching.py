@@ -767,3 +767,27 @@ def test_a_recorder_under_ode_solver_traces_one_run_and_names_a_second(method):
         solver.sample(x0, **settings)
     with pytest.raises(ValueError, match=rf"more than one run: its record {len(first.t)} is at t = 0 again"):
         recorder.trace()
+
+
+def test_ode_solvers_dopri5_past_the_end_is_named_for_a_recorder_and_for_guidance_part_energies():
+    # helper-226: torchdiffeq's dopri5 steps over t = 1 and interpolates back. The empirical field
+    # refused t = 1.02 with no word of why, and the guidance's part_energies() asked for a t_end in
+    # [1.02, 1]; rejected steps had restarted its sums besides, so no t_end could make them right
+    atoms = torch.randn(30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x0 = kfm.noise(list(range(4)), (DIM,), dtype=torch.float64) * 3
+    settings = dict(method="dopri5", step_size=None, atol=1e-8, rtol=1e-8,
+                    time_grid=torch.tensor([0.0, 1.0], dtype=torch.float64))
+    recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    with torch.no_grad(), pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got 1\.0\d*") as caught:
+        ODESolver(as_model_wrapper(recorder)).sample(x0, **settings)
+    assert "steps past the end of time_grid and interpolates back" in str(caught.value) + "".join(
+        getattr(caught.value, "__notes__", []))
+
+    def model(x, t, y):
+        return torch.cos(3 * t)[:, None].to(x.dtype) * (1 + y[:, None].to(x.dtype)) - x
+    guided = kfm.ClassifierFreeGuidance(model, torch.tensor([0, 1, 2, 1]), 1.5, 3, track_parts=True)
+    with torch.no_grad():
+        ODESolver(as_model_wrapper(guided)).sample(x0, **settings)
+    assert float(guided._t_prev.max()) > 1
+    with pytest.raises(ValueError, match=r"the last call was at t = 1\.\d+ > 1: the solver stepped past the end"):
+        guided.part_energies()

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..optional import optional_names
-from ..checks import declares, declares_singular_at_one, one_evaluation_of, optional_attribute, start_run_of
+from ..checks import (add_note, declares, declares_singular_at_one, one_evaluation_of, optional_attribute,
+                      start_run_of)
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
@@ -275,12 +276,24 @@ class _PassedThrough:
         return one_evaluation_of(self.velocity)
 
 
+# torchdiffeq's adaptive methods step over the end and interpolate back
+PAST_THE_END = ("the field was called at t > 1: flow_matching's ODESolver under dopri5 (torchdiffeq's adaptive "
+                "methods) steps past the end of time_grid and interpolates back, and a field defined on [0, 1] only "
+                "(EmpiricalFlow, a PosteriorRecorder) refuses such a time; use KineticODESolver(...).sample("
+                "method='dopri5') or kfm.sample(solver='dopri5'), whose steps end on t = 1")
+
+
 def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tensor, t: torch.Tensor | float,
                      extras: dict[str, Any]) -> torch.Tensor:
     """η(t)·v(x, t) (B, ...), t broadcast to (B,) for the field; v alone without a gain."""
     given = t
     t = batch_time(t, x)
-    v = velocity(x, t, **extras)
+    try:
+        v = velocity(x, t, **extras)
+    except (ValueError, RuntimeError) as err:
+        if bool((torch.as_tensor(given) > 1).any()):   # read only on the way out: no synchronisation otherwise
+            add_note(err, PAST_THE_END)
+        raise
     if shaping is None:
         return v
     # η at the solver's own time, not rounded to x's dtype (float32(0.7) lies below τ =
@@ -356,7 +369,11 @@ def as_model_wrapper(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tens
     ``one_time_per_call``, so that ``kfm.sample`` (and ``KineticODESolver``) with dopri5 refuses a
     ``ClassifierFreeGuidance(track_parts=True)`` or a ``time="shared"`` adapter inside before the run
     starts. Their ``ODESolver`` cannot be told: under its dopri5 the wrapper cannot refuse them, and
-    such a guidance's part energies restart at each rejected step (a call at an earlier time).
+    such a guidance's part energies restart at each rejected step (a call at an earlier time). That
+    dopri5 (torchdiffeq's) also steps past t = 1 and interpolates back: a field defined on [0, 1] only
+    (``EmpiricalFlow``, a recorder) refuses the time, with a note saying why, and the guidance's
+    ``part_energies()`` refuses a run that went past 1. ``ODESolver`` never calls ``start_run``, so a
+    recorder's :meth:`~kinetic_fm.PosteriorRecorder.trace` refuses the records of a second run.
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable, got {type(velocity).__name__}")
