@@ -1,4 +1,5 @@
-"""benchmarks/readme_timings.py's argument checks (the script itself is run by hand: minutes)."""
+"""benchmarks/readme_timings.py's and train_step.py's argument checks (the scripts themselves are
+run by hand: minutes)."""
 from __future__ import annotations
 
 import sys
@@ -21,3 +22,20 @@ def test_a_timing_of_one_step_is_refused_up_front_naming_the_flag(flag, monkeypa
     with pytest.raises(SystemExit) as stop:
         readme_timings.main()
     assert str(stop.value) == f"{flag} must be >= 2 (the first step, which holds the set-up, is left out), got 1"
+
+
+def test_train_steps_net_comparison_times_the_nets_kfm_train_builds_for_digits(monkeypatch):
+    # benchmarks/train_step.py --nets backs default_model's reason for "auto" picking the MLP on 8x8 digits
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import train_step
+
+    from kinetic_fm.models import default_model
+
+    nets = train_step.digits_nets()
+    assert type(default_model("auto", (1, 8, 8))) is type(nets["mlp"])
+    for kind, net in nets.items():
+        assert net.kind == kind and net.config == default_model(kind, (1, 8, 8)).config
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--nets", "--steps", "1"])
+    monkeypatch.setattr(train_step, "compare_nets", lambda *a: pytest.fail("the check let it run"))
+    with pytest.raises(SystemExit, match="--steps must be >= 2 with --nets"):
+        train_step.main()

@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -178,3 +179,34 @@ def test_settings_of_the_wrong_type_are_named_not_a_type_error(make, match):
     # interpreted as an integer", "'>' not supported between 'str' and 'int'", "must be real number"
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# --- GaussianMixture.log_prob / assign: points of the mixture's dimension, named when not ---------
+
+@pytest.mark.parametrize("shape", [(3, 1), (3, 2, 2), (2,), (3, 3)])
+def test_mixture_points_of_another_shape_are_refused_by_name(shape):
+    # (N, 1) points were broadcast against the 2-D means and given numbers; (N, 2, 2) a (N, 2) result
+    # on a ring of 2; others met torch's "size of tensor a must match" or "Dimension out of range"
+    gm = GaussianMixture.ring(2)
+    for method in (gm.log_prob, gm.assign):
+        with pytest.raises(ValueError, match=rf"x must have shape \(N, 2\).*got {re.escape(str(shape))}"):
+            method(torch.zeros(shape))
+
+
+def test_mixture_points_that_are_no_real_numbers_are_refused_by_name():
+    gm = GaussianMixture.ring(4)
+    for x in ([[1 + 1j, 0.0]], torch.zeros(3, 2, dtype=torch.complex64)):   # the imaginary part was dropped
+        with pytest.raises(ValueError, match="x must hold real numbers"):
+            gm.log_prob(x)
+    with pytest.raises(ValueError, match=r"x must be \(N, 2\) real numbers, got a str"):
+        gm.assign("points")
+
+
+def test_mixture_log_prob_of_python_floats_is_read_in_float64():
+    # the check must not read a list through float32: 0.1 stays float64's 0.1
+    gm = GaussianMixture(torch.tensor([[0.1, -0.3]], dtype=torch.float64), [1.0], 0.05)
+    x = [[0.1, -0.3], [0.2, 0.7]]
+    d2 = torch.tensor([0.0, 0.1 ** 2 + 1.0 ** 2], dtype=torch.float64)
+    want = -0.5 * d2 / 0.05 ** 2 - 2 * math.log(0.05) - math.log(2 * math.pi)
+    torch.testing.assert_close(gm.log_prob(x), want, rtol=1e-15, atol=1e-12)
+    assert gm.log_prob(torch.zeros(0, 2)).shape == (0,) and gm.assign(torch.zeros(0, 2)).shape == (0,)

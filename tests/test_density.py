@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -755,3 +756,25 @@ def test_default_ks_are_clipped_to_the_usable_references(data):
         local_support(x, y[:3], k=4)
     with pytest.raises(ValueError, match=r"largest k \(10, of k=1 and ks=\(1, 5, 10\)\) exceeds the 3"):
         local_support(x, y[:3], k=1, ks=(1, 5, 10))
+
+
+def test_local_support_at_a_k_that_is_no_integer_is_refused_by_both_methods():
+    # radius_at(True) gave the k = 1 radii and radius_at(5.0) the k = 5 ones, where log_density_at refused
+    # both; radius_at("5") said "k=5 was not computed" beside ks that hold 5
+    g = torch.Generator().manual_seed(0)
+    sup = local_support(torch.randn(4, 3, generator=g, dtype=torch.float64),
+                        torch.randn(20, 3, generator=g, dtype=torch.float64))
+    assert sup.ks == (1, 5, 10)
+    for k in (True, 5.0, "5", None):
+        for method in (sup.radius_at, sup.log_density_at):
+            with pytest.raises(ValueError, match=r"k must be an integer, one of the computed ks \(1, 5, 10\), got "
+                                                 + re.escape(repr(k))):
+                method(k)
+    for method in (sup.radius_at, sup.log_density_at):
+        with pytest.raises(ValueError, match=r"k=7 was not computed; available ks = \(1, 5, 10\)"):
+            method(7)
+    for k in (np.int64(5), torch.tensor(5)):   # integers of NumPy and torch, as everywhere
+        assert torch.equal(sup.radius_at(k), sup.radii[:, 1])
+        log_ball = 1.5 * math.log(math.pi) - gammaln(2.5)   # the unit 3-ball's volume, 4π/3
+        want = math.log(5) - math.log(20) - log_ball - 3 * np.log(sup.radii[:, 1].numpy())
+        np.testing.assert_allclose(sup.log_density_at(k).numpy(), want, rtol=1e-13)

@@ -306,6 +306,10 @@ def test_the_concept_index_names_modules_and_objects_where_they_are():
         if not module.startswith("kinetic_fm.") or not path.is_file():
             wrong.append(f"{concept}: no module {module} in the tree ({path.relative_to(ROOT)})")
             continue
+        # a concept lives in a public module; only the kfm verbs' own helpers (commands._rows) are private
+        private = [part for part in module.split(".") if part.startswith("_")]
+        if private and not module.startswith("kinetic_fm.commands._"):
+            wrong.append(f"{concept}: {module} is private; give the concept a public home")
         imported = importlib.import_module(module)
         assert names, f"§8: {concept!r} names nothing"
         for written in names:

@@ -675,7 +675,7 @@ def test_a_recorder_passed_to_a_second_run_is_refused_and_its_first_trace_kept(a
 
     recorder = PosteriorRecorder(field)
     kfm.sample(recorder, seeds=range(4), shape=(3, 4, 4), **settings)
-    with pytest.raises(ValueError, match=r"PosteriorRecorder passed to kfm.sample .*clear\(\) it.*new "
+    with pytest.raises(ValueError, match=r"a run starts on a PosteriorRecorder .*clear\(\) it.*new "
                                          r"PosteriorRecorder per run"):
         kfm.sample(recorder, seeds=range(4, 8), shape=(3, 4, 4), **settings)   # the remedy named
     recorder.clear()
@@ -1352,3 +1352,50 @@ def test_screened_posterior_ties_come_lowest_index_first(dtype):
     for row in i.tolist():
         at = row.index(0)
         assert row[at:at + 3] == [0, 10, 11]
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4"])
+def test_a_second_run_through_a_function_around_the_recorder_is_named_by_its_trace(atoms, solver):
+    # helper-226: kfm.sample tells a recorder of a run's start only where it can see it; behind a function
+    # of the user's a second run of the same batch size appended its records, and trace() returned the
+    # two runs stacked as one (twice the calls, t running 0 → 1 twice), without a word
+    settings = dict(solver=solver, steps=4)
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    kfm.sample(lambda x, t: recorder(x, t), seeds=range(4), shape=(3, 4, 4), **settings)
+    one_run = recorder.trace()
+    assert (one_run.t[0] == 0).all() and (one_run.t[1:].nan_to_num(1.0) > 0).all()   # t = 0 once, first
+    kfm.sample(lambda x, t: recorder(x, t), seeds=range(4, 8), shape=(3, 4, 4), **settings)
+    assert len(recorder) == 2 * len(one_run.t)
+    with pytest.raises(ValueError, match=rf"more than one run: its record {len(one_run.t)} is at t = 0 again.*"
+                                         r"clear\(\) it between runs.*start_run\(\) that calls the recorder's"):
+        recorder.trace()
+    # the remedy: a function that passes the run's start on is refused by kfm.sample, as the recorder is
+    recorder.clear()
+    def velocity(x, t):
+        return recorder(x, t)
+    velocity.start_run = recorder.start_run
+    kfm.sample(velocity, seeds=range(4), shape=(3, 4, 4), **settings)
+    with pytest.raises(ValueError, match="already holds"):
+        kfm.sample(velocity, seeds=range(4), shape=(3, 4, 4), **settings)
+
+
+def test_a_run_start_refused_by_a_recorder_inside_a_wrapper_does_not_say_it_was_passed_to_kfm_sample(atoms):
+    # the refusal said "the PosteriorRecorder passed to kfm.sample" also where kfm.sample was given an
+    # adapter around it (or a KineticODESolver, or the user called start_run)
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    recorder(kfm.noise(range(2), (3, 4, 4)), 0.0)
+    with pytest.raises(ValueError) as caught:
+        kfm.sample(ModelXT(recorder), seeds=range(2), shape=(3, 4, 4), steps=2)
+    message = str(caught.value)
+    assert "passed to kfm.sample" not in message and "a run starts on a PosteriorRecorder" in message
+    assert "already holds 1 records of an earlier run" in message
+
+
+def test_one_dopri5_run_through_a_function_around_the_recorder_is_not_called_two_runs(atoms):
+    # a function hides the recorder's select(), so dopri5 called it on the samples in flight and trace()
+    # read the calls' row counts as runs ("so more than one run") with no word of the one cause
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    kfm.sample(lambda x, t: recorder(x, t), seeds=range(4), shape=(3, 4, 4), solver="dopri5", rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match=r"or one dopri5 run through a function around the recorder, which hides "
+                                         r"its select\(\).*pass the recorder itself"):
+        recorder.trace()

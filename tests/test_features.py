@@ -351,3 +351,57 @@ def test_feature_space_of_a_feature_space_honours_the_settings_given():
     with pytest.raises(ValueError, match="batch_size"):
         feature_space(fs, batch_size=0)
     assert feature_space(double).batch_size == 256                  # a new space's default
+
+
+# --- FeatureSpace.map: the public call, and the one that leaves the training-mode check to its caller ---
+
+def test_map_checks_a_training_mode_network_unless_told_its_caller_does():
+    # metrics that feed one set chunk by chunk inside their own feature_map_as_found called the private
+    # _mapped; map(check_training=False) is that path by name, map() and __call__ the checked one
+    import warnings
+
+    from kinetic_fm.sampling.guards import TrainingModeWarning, feature_map_as_found
+
+    y = torch.randn(20, 4, generator=torch.Generator().manual_seed(1))
+    twin = _batch_norm_net()
+    with torch.no_grad():   # batch norm in training mode normalises each chunk of 4 by its own statistics
+        want = torch.cat([twin(y[i:i + 4]) for i in range(0, 20, 4)])
+
+    def run(call):
+        net = _batch_norm_net()
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            features = call(net)
+        warned = sum(w.category is TrainingModeWarning for w in got)
+        kept = all(torch.equal(net.state_dict()[k], before[k]) for k in before)
+        return features, warned, kept, int(net[1].num_batches_tracked)
+
+    for call in (lambda net: FeatureSpace(net, batch_size=4)(y), lambda net: FeatureSpace(net, batch_size=4).map(y)):
+        features, warned, kept, tracked = run(call)
+        assert torch.equal(features, want) and warned == 1 and kept and tracked == 0
+    features, warned, kept, tracked = run(lambda net: FeatureSpace(net, batch_size=4).map(y, check_training=False))
+    assert torch.equal(features, want) and warned == 0 and not kept and tracked == 5   # the caller's to do
+
+    def checked_once(net):
+        with feature_map_as_found(net):
+            return FeatureSpace(net, batch_size=4).map(y, check_training=False)
+
+    features, warned, kept, tracked = run(checked_once)
+    assert torch.equal(features, want) and warned == 1 and kept and tracked == 0
+
+
+def test_map_keeps_the_maps_own_output_shape_unless_flattened():
+    x = torch.arange(12.0).reshape(2, 2, 3)
+
+    def doubled(rows):
+        return torch.stack([rows, rows], dim=1)   # (b, 2, 2, 3)
+
+    space = FeatureSpace(doubled, batch_size=1)
+    assert torch.equal(space.map(x, flatten=False), doubled(x))
+    assert torch.equal(space.map(x), doubled(x).reshape(2, 12))
+    assert torch.equal(space.map(x, check_training=False), space(x))
+    assert torch.equal(FeatureSpace().map(x), x.reshape(2, 6))
+    assert FeatureSpace().map(x, flatten=False) is x
+    with pytest.raises(ValueError, match="x must have a batch dimension"):
+        space.map(torch.tensor(1.0), check_training=False)

@@ -695,3 +695,99 @@ def test_per_sample_beside_a_model_extra_named_per_sample_in_model_kwargs():
     assert torch.equal(field.select(mask)(x[mask], t[mask]), x[mask] * y[mask][:, None] + shift)  # y's rows follow
     with pytest.raises(ValueError, match=r"\['y'\] given both as keywords and in model_kwargs"):
         from_model_wrapper(model, y=y, model_kwargs={"y": y})
+
+
+class LabelledXT(torch.nn.Module):
+    """forward(x, t, y): the guidance's labels follow x and t by position."""
+
+    def forward(self, x, t, y):
+        return torch.cos(3 * t).reshape(-1, 1).to(x.dtype) * (1 + y[:, None].to(x.dtype)) - x
+
+
+class LabelledTX(LabelledXT):
+    """forward(t, x, y): x and t by name, so y must go by name too."""
+
+    def forward(self, t, x, y):
+        return super().forward(x, t, y)
+
+
+class LabelledKeywordOnly(LabelledXT):
+    """forward(*, x, t, y): keyword-only, the labels included."""
+
+    def forward(self, *, x, t, y):
+        return super().forward(x, t, y)
+
+
+@pytest.mark.parametrize("time", ["batch", "scalar", "shared"])
+@pytest.mark.parametrize("net", [LabelledXT, LabelledTX, LabelledKeywordOnly])
+def test_a_positional_extra_reaches_a_model_called_by_name(net, time):
+    # helper-226: a model named x and t was called by name only without positional extras; with the
+    # guidance's labels it went by position, model(x, t, y): forward(t, x, y) got x as t and y as x (a
+    # shape error, or wrong numbers when the shapes agreed) and a keyword-only forward a TypeError
+    from kinetic_fm.fields.guidance import ClassifierFreeGuidance
+
+    labels = torch.tensor([0, 1, 2, 1])
+    x = kfm.noise(range(4), (DIM,), dtype=torch.float64)
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    expected = torch.cos(torch.tensor(0.9, dtype=torch.float64)) * (1 + labels[:, None].double()) - x
+    field = from_model_wrapper(net(), time=time)
+    torch.testing.assert_close(field(x, t, labels), expected, rtol=0, atol=1e-15)
+    guided = ClassifierFreeGuidance(from_model_wrapper(net(), time=time), labels, scale=1.0, null_label=7)
+    torch.testing.assert_close(guided(x, t), expected, rtol=0, atol=1e-15)      # w = 1: the conditional, bit for bit
+    if time != "shared":   # dopri5: per-sample times, the labels of the rows in flight
+        reference = kfm.sample(ClassifierFreeGuidance(LabelledXT(), labels, 1.0, 7), x, solver="dopri5")
+        result = kfm.sample(guided, x, solver="dopri5")
+        assert torch.equal(result.x, reference.x) and torch.equal(result.kpe, reference.kpe)
+
+
+def test_more_positional_extras_than_a_keyword_model_names_are_refused():
+    field = from_model_wrapper(LabelledKeywordOnly(), time="batch")
+    x, t = torch.zeros(2, DIM), torch.zeros(2)
+    with pytest.raises(TypeError, match=r"1 further argument\(s\) \['y'\].*given 2 positional extra"):
+        field(x, t, torch.zeros(2), torch.zeros(2))
+
+
+@pytest.mark.parametrize("method", ["euler", "dopri5"])
+def test_a_recorder_under_ode_solver_traces_one_run_and_names_a_second(method):
+    # helper-226: flow_matching's ODESolver never calls start_run, so a second sample() appended its
+    # records to the first's and trace() returned both as one run; one run, dopri5's rejected tries and
+    # its first-step probe included, is traced as before
+    atoms = torch.randn(30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x0 = kfm.noise(list(range(6)), (DIM,), dtype=torch.float64) * 2
+    recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    solver = ODESolver(as_model_wrapper(recorder))
+    settings = dict(method=method, step_size=0.25 if method == "euler" else None, atol=1e-6, rtol=1e-6,
+                    time_grid=torch.tensor([0.0, 0.5], dtype=torch.float64))
+    with torch.no_grad():
+        solver.sample(x0, **settings)
+        first = recorder.trace()
+        assert (first.t[0] == 0).all() and (first.t[1:] > 0).all()
+        if method == "dopri5":   # times went back within the run (a rejected step, or the probe before the first)
+            assert bool((first.t[1:, 0] < first.t[:-1, 0]).any())
+        solver.sample(x0, **settings)
+    with pytest.raises(ValueError, match=rf"more than one run: its record {len(first.t)} is at t = 0 again"):
+        recorder.trace()
+
+
+def test_ode_solvers_dopri5_past_the_end_is_named_for_a_recorder_and_for_guidance_part_energies():
+    # helper-226: torchdiffeq's dopri5 steps over t = 1 and interpolates back. The empirical field
+    # refused t = 1.02 with no word of why, and the guidance's part_energies() asked for a t_end in
+    # [1.02, 1]; rejected steps had restarted its sums besides, so no t_end could make them right
+    atoms = torch.randn(30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x0 = kfm.noise(list(range(4)), (DIM,), dtype=torch.float64) * 3
+    settings = dict(method="dopri5", step_size=None, atol=1e-8, rtol=1e-8,
+                    time_grid=torch.tensor([0.0, 1.0], dtype=torch.float64))
+    recorder = kfm.PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    with torch.no_grad(), pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got 1\.0\d*") as caught:
+        ODESolver(as_model_wrapper(recorder)).sample(x0, **settings)
+    assert "steps past the end of time_grid and interpolates back" in str(caught.value) + "".join(
+        getattr(caught.value, "__notes__", []))
+
+    def model(x, t, y):
+        return torch.cos(3 * t)[:, None].to(x.dtype) * (1 + y[:, None].to(x.dtype)) - x
+    guided = kfm.ClassifierFreeGuidance(model, torch.tensor([0, 1, 2, 1]), 1.5, 3, track_parts=True)
+    with torch.no_grad():
+        ODESolver(as_model_wrapper(guided)).sample(x0, **settings)
+    assert float(guided._t_prev.max()) > 1
+    with pytest.raises(ValueError, match=r"the last call was at t = 1\.\d+ > 1: the solver stepped past the end"):
+        guided.part_energies()

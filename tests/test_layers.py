@@ -226,3 +226,38 @@ def test_names_moved_down_still_import_from_their_old_homes():
     assert squared_norm is norms.squared_norm
     assert nearest_neighbors is knn.nearest_neighbors and check_finite is knn.check_finite
     assert kinetic_fm.__version__ == _version.__version__
+
+
+# --- private modules: a `_name` module is its own package's business ---------------------------
+
+def reached_from_outside(found: list[Import]) -> list[Import]:
+    """The imports of a private module (a ``_name`` part, not a dunder) made from outside the package
+    that holds it: ``kinetic_fm.commands._rows`` may serve ``kinetic_fm.commands.*`` only, and
+    ``kinetic_fm._version`` all of kinetic_fm."""
+    outside = []
+    for imp in found:
+        parts = imp.imported.split(".")
+        private = [i for i, part in enumerate(parts) if part.startswith("_") and not part.startswith("__")]
+        if not private:
+            continue
+        owner = ".".join(parts[:private[0]])
+        if imp.importer != owner and not imp.importer.startswith(owner + "."):
+            outside.append(imp)
+    return outside
+
+
+def test_a_private_module_is_imported_only_inside_its_own_package():
+    # commands/_rows.py read arrays through metrics/_arrays.py: a file reader, private to the metrics,
+    # used by the commands alone; it is data/arrays.py (load_array) now, public
+    outside = reached_from_outside(every_import())
+    assert not outside, ("private modules imported from outside their package (give what they share a "
+                         "public home):\n" + "\n".join(f"  {imp}" for imp in outside))
+
+
+def test_the_private_module_check_sees_a_neighbour_reaching_in():
+    known = {"kinetic_fm.metrics._arrays", "kinetic_fm.commands._rows", "kinetic_fm._version"}
+    reaching = imports_in("from ..metrics._arrays import load_array", "kinetic_fm.commands._rows", False, known)
+    assert [imp.imported for imp in reached_from_outside(reaching)] == ["kinetic_fm.metrics._arrays"]
+    at_home = imports_in("from ._rows import load_rows\nfrom .._version import __version__",
+                         "kinetic_fm.commands.sample", False, known)
+    assert len(at_home) == 2 and reached_from_outside(at_home) == []

@@ -389,7 +389,7 @@ def test_cli_reads_each_format_and_writes_the_table(tmp_path, capsys, case, fmt,
 
 
 def test_a_key_on_a_single_array_file_is_refused(tmp_path):
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
 
     np.save(tmp_path / "one.npy", np.zeros((3, 2)))
     (tmp_path / "one.npy").rename(tmp_path / "one.npz")          # an .npz name on .npy bytes
@@ -399,7 +399,7 @@ def test_a_key_on_a_single_array_file_is_refused(tmp_path):
 
 
 def test_a_key_naming_a_dict_entry_that_is_no_tensor_says_what_it_holds(tmp_path):
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
 
     torch.save({"x": [torch.zeros(2, 3), torch.ones(2, 3)], "labels": torch.arange(4)}, tmp_path / "d.pt")
     # it used to say "no tensor named 'x'", of a dict that has an 'x'
@@ -573,7 +573,7 @@ def test_a_kfm_sample_runs_results_table_as_train_is_refused_and_named(digits_ru
 
 
 def test_a_kfm_sample_runs_results_table_restores_its_samples_shape(digits_runs):
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
     from kinetic_fm.runs import read_samples
 
     _, run = digits_runs
@@ -587,7 +587,7 @@ def test_a_kfm_sample_runs_results_table_restores_its_samples_shape(digits_runs)
 def test_a_profile_runs_results_table_gives_its_samples_without_a_key(digits_runs, tmp_path, solver):
     # --profile adds list columns (profile; dopri5 also times) beside x: the samples were refused
     # as "several list columns" though only x records a sample shape
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
     from kinetic_fm.runs import read_samples
 
     net, _ = digits_runs
@@ -603,7 +603,7 @@ def test_a_profile_runs_results_table_gives_its_samples_without_a_key(digits_run
 def test_a_results_table_without_a_recorded_shape_reads_flat_as_before(digits_runs, tmp_path):
     import pyarrow.parquet as pq
 
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
     from kinetic_fm.runs.shards import samples_from_table
 
     _, run = digits_runs
@@ -1039,7 +1039,7 @@ def test_cli_audit_in_a_cifar_resnet_feature_space(shared_data, tmp_path, capsys
 
 
 def test_array_files_in_foreign_byte_order_and_a_key_for_npy(tmp_path):
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
 
     values = np.arange(12, dtype=">f8").reshape(3, 4)             # big-endian, as some tools write
     np.save(tmp_path / "big.npy", values)
@@ -1054,7 +1054,7 @@ def test_array_files_in_foreign_byte_order_and_a_key_for_npy(tmp_path):
 def test_a_key_on_a_pt_file_of_one_tensor_is_refused(tmp_path, capsys):
     """--train-key x on a .pt file holding a bare tensor (not a dict) was ignored without a word,
     as a key on a .npy file is refused: the user who names an array expects that one read."""
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
 
     torch.save(torch.zeros(3, 2), tmp_path / "bare.pt")
     with pytest.raises(ValueError, match=r"bare.pt: holds one tensor \(not a dict\), so key='x' does not apply"):
@@ -1124,7 +1124,7 @@ def test_parquet_columns_left_out_are_named(tmp_path, capsys):
     features = np.arange(12.0).reshape(4, 3)
     frame = pd.DataFrame(features, columns=["a", "b", "c"]).assign(name=list("wxyz"))
     frame.to_parquet(tmp_path / "s.parquet")
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
 
     with pytest.warns(UserWarning, match=r"read the 3 numeric columns \['a', 'b', 'c'\] as features; left out "
                       r"\['name'\] \(not numbers\); .* name one column with a key to read it alone"):
@@ -1143,7 +1143,7 @@ def test_parquet_features_taken_are_named_first_few_then_a_count(tmp_path, capsy
     # the warning said only "read the 12 numeric columns": a seed or label column among them was not seen
     import pandas as pd
 
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(6, 10)), columns=[f"f{i}" for i in range(10)])
@@ -1168,7 +1168,7 @@ def test_a_pandas_index_saved_in_parquet_is_no_feature(tmp_path, recwarn):
     # index; they were read as a 4th coordinate: 20 near-copies audited F_mem 0.05, not 1
     import pandas as pd
 
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
 
     rng = np.random.default_rng(0)
     train = rng.normal(size=(50, 3))
@@ -1203,7 +1203,7 @@ def test_nested_list_parquet_columns_are_flattened_row_by_row(tmp_path, case):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
 
     samples = case[0].numpy()                                       # (100, 3, 8, 8), as HF Array3D stores it
     pq.write_table(pa.table({"x": pa.array([[[list(r) for r in c] for c in image] for image in samples])}),
@@ -2206,7 +2206,7 @@ def test_parquet_label_column_among_numeric_features_is_warned_of(tmp_path, labe
 
     import pandas as pd
 
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
 
     rng = np.random.default_rng(1)
     features = rng.integers(0, 256, size=(6, 4)).astype(np.float64)
@@ -2248,7 +2248,7 @@ def test_float64_arrays_beside_other_float_types_keep_their_precision(tmp_path, 
     # values 1e-9 apart, one float32 value, stay apart (cast to float32 the sample would sit on two equal items)
     import pandas as pd
 
-    from kinetic_fm.metrics._arrays import load_array
+    from kinetic_fm.data.arrays import load_array
 
     train = np.array([[1.0], [1.0 + 3e-9], [2.0], [4.0]])
     samples = np.array([[1.0 + 1e-9], [3.0]])

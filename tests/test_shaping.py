@@ -305,3 +305,73 @@ def test_k_that_no_form_reads_is_said_to_be_ignored(kwargs, ignored):
         assert said[0].startswith("k applies to the exponential launch or landing only") and "k = 5" in said[0]
         assert caught[0].filename == __file__                        # points at the caller's line
         assert kts(0.7) == KTS(**{**kwargs, "k": 3.0})(0.7)            # and indeed no form reads it
+
+
+# helper-226: beyond calling the gain, the solvers read a KTS's τ (stages on τ take η's sides, dopri5's
+# steps land on it, the early/late split defaults to it); a function of the user's around the KTS lost
+# all three without a word
+HIDDEN = KTS(alpha0=0.3, beta0=0.02, tau_split=0.5, launch="constant", landing="constant")
+
+
+def _hidden_settings():
+    import kinetic_fm as kfm
+
+    x0 = kfm.noise(range(4), (3,), dtype=torch.float64)
+    return x0, (lambda x, t: torch.cos(3 * t)[:, None] - x)
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint", "rk4", "dopri5"])
+def test_a_function_that_declares_its_kts_tau_samples_as_the_kts_does(solver):
+    import kinetic_fm as kfm
+
+    x0, velocity = _hidden_settings()
+    settings = {} if solver == "dopri5" else {"steps": 10}
+    reference = kfm.sample(velocity, x0, solver=solver, shaping=HIDDEN, profile=True, **settings)
+
+    def gain(t):
+        return HIDDEN(t)
+    gain.tau_split = HIDDEN.tau_split
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # declared: no warning
+        ours = kfm.sample(velocity, x0, solver=solver, shaping=gain, profile=True, **settings)
+    assert ours.split == reference.split == 0.5
+    for name in ("x", "kpe", "kpe_raw", "early", "late", "profile", "nfe"):
+        assert torch.equal(torch.as_tensor(getattr(ours, name)), torch.as_tensor(getattr(reference, name))), name
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda: (lambda t: HIDDEN(t)),                          # a global the code names
+    lambda: (lambda t, k=HIDDEN: k(t)),                     # a default
+    lambda: (lambda kts: (lambda t: kts(t)))(HIDDEN),       # a closure
+    lambda: __import__("functools").partial(KTS.__call__, HIDDEN),
+    lambda: HIDDEN.__call__,                                # a bound method
+], ids=["global", "default", "closure", "partial", "method"])
+def test_a_function_around_a_kts_that_hides_its_tau_is_warned_of(wrap):
+    import kinetic_fm as kfm
+
+    x0, velocity = _hidden_settings()
+    reference = kfm.sample(velocity, x0, solver="rk4", steps=10, shaping=HIDDEN)
+    with pytest.warns(UserWarning, match=r"around a KTS \(tau_split = 0.5\) that does not declare its tau_split.*"
+                                         r"split defaults to 0.6.*f.tau_split = kts.tau_split") as caught:
+        hidden = kfm.sample(velocity, x0, solver="rk4", steps=10, shaping=wrap())
+    assert caught[0].filename == __file__
+    # what the warning says: the split moved, and rk4's step ending on τ took the landing gain
+    assert hidden.split == 0.6 and reference.split == 0.5
+    assert (hidden.x - reference.x).abs().max() > 1e-3
+
+
+def test_a_gain_without_a_kts_is_not_warned_of_and_a_declared_tau_out_of_range_is_refused():
+    import kinetic_fm as kfm
+
+    x0, velocity = _hidden_settings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = kfm.sample(velocity, x0, steps=4, shaping=lambda t: 1.0 + 0 * t)
+    assert plain.split == 0.6
+
+    def gain(t):
+        return HIDDEN(t)
+    for bad in (1.0, 0.0, float("nan"), "0.5"):
+        gain.tau_split = bad
+        with pytest.raises(ValueError, match=r"shaping declares tau_split = .*must be a number in \(0, 1\)"):
+            kfm.sample(velocity, x0, steps=4, shaping=gain)

@@ -149,6 +149,34 @@ def start_run_of(velocity: object) -> None:
         start()
 
 
+def held_inside(function: object, kind: type) -> object | None:
+    """An instance of ``kind`` that ``function`` holds where a caller sees only a function: what a
+    lambda's or a nested function's closure holds, the module globals its code names and its
+    defaults; a ``functools.partial``'s function and arguments; a bound method's object. One level
+    deep, and no code runs (no property, no ``__getattr__``); None where none is found, or for any
+    other callable (whose attributes the caller reads itself)."""
+    import functools
+    import types
+
+    if isinstance(function, types.MethodType):
+        held = [function.__self__]
+    elif isinstance(function, functools.partial):
+        held = [function.func, *function.args, *function.keywords.values()]
+    elif isinstance(function, types.FunctionType):
+        held = []
+        for cell in function.__closure__ or ():
+            try:
+                held.append(cell.cell_contents)
+            except ValueError:  # a cell not filled yet
+                continue
+        names = function.__globals__
+        held += [names[name] for name in function.__code__.co_names if name in names]
+        held += [*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values()]
+    else:
+        return None
+    return next((value for value in held if isinstance(value, kind)), None)
+
+
 def one_evaluation_of(velocity: object):
     """``velocity.one_evaluation()`` where it has one, else a context that does nothing: the calls
     made inside, on ``velocity`` and its ``select`` views, are one evaluation of the field (the

@@ -25,7 +25,7 @@ def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: 
     positions in the whole file or split (else None), and the mean image a centred data set
     (celeba:) subtracted from its items (else None): a data spec (if ``specs``), a run folder, a
     folder or .zip of images, or an array file
-    (:func:`kinetic_fm.metrics._arrays.load_array`, with ``key``). With ``n``, a subset of n rows
+    (:func:`kinetic_fm.data.arrays.load_array`, with ``key``). With ``n``, a subset of n rows
     drawn by ``seed``: a data spec loads it as ``kfm train --n --seed`` does (for a 2-D sampler, n
     points), anything else keeps the rows :func:`~kinetic_fm.data.subset.select_indices` picks (the
     same draw). Errors and warnings name ``name`` (the flag), the key's flag and, with ``n``, the
@@ -33,7 +33,7 @@ def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: 
     ``recorded``: the items of an existing ``kfm sample --field empirical`` run being read again (its
     --resume), whose identity vouches for them: a ``kfm sample`` run's results table is then read
     (its samples), as it was before such a table was refused as --train."""
-    from ..metrics._arrays import NAME_ONE
+    from ..data.arrays import NAME_ONE
 
     key_flag = "--key" if name == "--samples" else "--train-key"
     # the key's flag only where one was given: without it, "name one with a key" is prose
@@ -55,7 +55,7 @@ def _key_flag_in_warnings(key_flag: str):
     numeric columns read side by side) as this command's flag for it, ``key_flag``."""
     import warnings
 
-    from ..metrics._arrays import NAME_A_COLUMN
+    from ..data.arrays import NAME_A_COLUMN
 
     flagged = NAME_A_COLUMN.removesuffix("a key") + key_flag
     with warnings.catch_warnings():   # the hook is restored when the block ends
@@ -114,10 +114,9 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     """:func:`_read_rows` without a subset, except a data spec's, which its loader draws."""
     from pathlib import Path
 
+    from ..data.arrays import load_array
     from ..data.registry import load_dataset
     from ..data.subset import dataset_rows
-    from ..metrics._arrays import load_array
-
     from ..runs.manifest import MANIFEST_NAME
 
     path = Path(value)

@@ -46,6 +46,14 @@ def load_celeba(
     their mean. On the shared 6,000 faces an n = 1000 subset's mean is 0.33 (L2) from theirs, so
     its copies sit that far from their faces there (``kfm memorization`` warns of such a common
     offset); move samples across with ``x + subset.mean - whole.mean``.
+
+    Raises:
+        ValueError: ``center`` is not one of "pixel", "global", "none"; ``size`` or ``crop`` is
+            neither None nor an integer >= 1; as :func:`load_image_folder` raises (``path`` neither
+            a folder nor a zip, an image that cannot be read or is smaller than ``crop``, images of
+            different sizes with ``size`` None); ``n``, ``indices`` or ``seed`` as
+            :func:`~kinetic_fm.data.subset.select_indices` refuses them.
+        FileNotFoundError: ``path`` does not exist or holds no image files.
     """
     if center not in CENTERING:
         raise ValueError(f"center must be one of {CENTERING}, got {center!r}")

@@ -47,6 +47,13 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """One official CIFAR-10 python batch -> (images (N, 32, 32, 3) uint8, labels (N,) int64).
 
     The file is unpickled with an allow-list of numpy globals only; anything else is refused.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (other failures to open it, such as a folder,
+            raise Python's OSError).
+        ValueError: naming the file, when it is no CIFAR-10 batch: not a pickle, a pickle holding
+            globals outside the allow-list, no dict of 'data' (N, 3072) and 'labels' (N integers in
+            0..9).
     """
     path = Path(path)
     try:
@@ -140,6 +147,15 @@ def load_cifar10(
 
     Returns:
         :class:`ImageDataset` of (N, 3, 32, 32) in [-1, 1], labels in :data:`CIFAR10_CLASSES` order.
+
+    Raises:
+        ValueError: ``split`` is neither "train" nor "test"; ``path`` is none of the sources above;
+            a batch or the tar archive is damaged (:func:`read_cifar_batch`); an image tree has
+            files beside its class folders, class folders other than the 10 classes, images that
+            are not 32x32 RGB or cannot be decoded; ``n``, ``indices`` or ``seed`` as
+            :func:`~kinetic_fm.data.subset.select_indices` refuses them.
+        FileNotFoundError: ``path`` does not exist; the batches (folder or archive) lack one of
+            the split's; an image tree holds no images under ``<split>/``.
     """
     if split not in _BATCHES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -218,6 +234,13 @@ def load_cifar10_sprite(
             1000k.., and the test sprite ``cifar10_batch_50.png`` line 50000 of
             ``cifar10_labels_51000.txt``), else 0. An offset of 0 gave the test sprite the
             training labels: ResNet-56 read 9.8 % accurate for 92.6 %.
+
+    Raises:
+        ValueError: ``label_offset`` is not None or an integer >= 0; the sprite is not 1024 pixels
+            wide; ``labels_file`` holds fewer labels than the rows from ``label_offset`` on, or a
+            label that is not an integer in 0..9.
+        FileNotFoundError: the sprite does not exist; ``labels_file`` does not (Python's own).
+        PIL.UnidentifiedImageError: Pillow's (an OSError), for a sprite it cannot read as an image.
     """
     from PIL import Image
 

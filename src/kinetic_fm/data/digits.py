@@ -17,6 +17,11 @@ def load_digits(*, n: int | None = None, indices: Sequence[int] | Tensor | None 
 
     Raw intensities 0..16 map linearly to [-1, 1] (0 = background = -1). Labels are the digits 0..9.
     ``n``, ``indices`` and ``seed`` select a subset (see :func:`~kinetic_fm.data.subset.select_indices`).
+
+    Raises:
+        ValueError: ``n``, ``indices`` or ``seed`` as :func:`~kinetic_fm.data.subset.select_indices`
+            refuses them (``TooFewItemsError`` for n > 1,797).
+        ImportError: scikit-learn, which ships the digits, is not installed or fails to import.
     """
     pixels, digits = _digits_table()
     images = torch.as_tensor(pixels, dtype=torch.float32).reshape(-1, 1, 8, 8) / 8.0 - 1.0

@@ -515,6 +515,17 @@ def load_image_folder(
 
     Returns:
         :class:`ImageDataset`, images in [-1, 1].
+
+    Raises:
+        ValueError: ``path`` is neither a folder nor a zip, or a folder in it cannot be listed;
+            ``grayscale`` is not True, False or None; ``size`` or ``crop`` is neither None nor an
+            integer >= 1; an image cannot be read (a damaged or encrypted archive member, not an
+            image, a 32-bit float image, 32-bit integer values outside [0, 65535]) or is smaller
+            than ``crop``; images of different sizes without
+            ``size``; ``n``, ``indices`` or ``seed`` as :func:`~kinetic_fm.data.subset.select_indices`
+            refuses them, or an empty ``indices`` (no images selected).
+        FileNotFoundError: ``path`` does not exist, or holds no image files (under ``subdir``).
+        Exception: whatever ``check_listing`` raises to refuse the tree, as it raises it.
     """
     if grayscale not in (True, False, None):
         raise ValueError(f"grayscale must be True, False or None (one channel where every image is grey), "
@@ -568,6 +579,11 @@ def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tup
     """Class names and per-file labels of a ``[subdir/]<class>/<file>`` tree, without decoding.
 
     Returns (classes, labels) with labels (N,) int64 in the loader's file order.
+
+    Raises:
+        ValueError: ``path`` is neither a folder nor a zip, or a folder in it cannot be listed;
+            its images do not lie in ``<class>/<file>`` folders of at least two classes.
+        FileNotFoundError: ``path`` does not exist, or holds no images under ``subdir``.
     """
     with ImageSource(path) as source:
         pairs = _under(source.names, subdir, path)

@@ -28,8 +28,11 @@ def read_idx(path: str | os.PathLike, expected_magic: int) -> np.ndarray:
     """Read an IDX file of unsigned bytes (gzip or raw) into a uint8 array.
 
     gzip is told by the file's first two bytes (1f 8b), not its name: a browser that unpacks
-    ``….gz`` may keep the name. Raises ValueError naming the file when the magic number, the
-    header or the length is wrong.
+    ``….gz`` may keep the name.
+
+    Raises:
+        ValueError: naming the file, when it cannot be read (missing, a folder, damaged gzip data)
+            or its magic number, header or length is wrong.
     """
     path = Path(path)
     try:
@@ -83,6 +86,13 @@ def load_mnist(
             holds them in ``MNIST/raw``).
         split: "train" (60,000 images) or "test" (10,000).
         n, indices, seed: subset selection (see :func:`~kinetic_fm.data.subset.select_indices`).
+
+    Raises:
+        ValueError: ``split`` is neither "train" nor "test"; ``root`` is a file; an IDX file is
+            damaged (:func:`read_idx`); the images and labels differ in number or a label exceeds 9;
+            ``n``, ``indices`` or ``seed`` as :func:`~kinetic_fm.data.subset.select_indices` refuses them.
+        FileNotFoundError: ``root`` does not exist, or holds the split's IDX files neither itself
+            nor in ``MNIST/raw``.
     """
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

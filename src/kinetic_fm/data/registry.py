@@ -24,6 +24,14 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
             n = 500 points are not among the n = 1000 ones.
         seed: seeds the subset or the 2-D sampler.
         progress: a decoding progress bar (stderr) for the image folders and archives.
+
+    Raises:
+        ValueError: ``spec`` names no data set of :data:`DATA_SPECS`, gives a path to one that takes
+            none or none to one that needs it; ``n`` or ``seed`` out of range; whatever the loader
+            refuses (:func:`~kinetic_fm.data.mnist.load_mnist`, :func:`~kinetic_fm.data.cifar10.load_cifar10`,
+            :func:`~kinetic_fm.data.celeba.load_celeba`, :func:`~kinetic_fm.data.images.load_image_folder`).
+        FileNotFoundError: the loader's, for a path that does not exist or holds no data.
+        ImportError: ``digits`` without scikit-learn.
     """
     from . import celeba, cifar10, digits, images, mnist, synthetic
 

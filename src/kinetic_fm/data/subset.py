@@ -49,6 +49,12 @@ def select_indices(
             always gives the same set.
 
     With neither ``n`` nor ``indices`` all positions are kept, in order.
+
+    Raises:
+        ValueError: ``total`` is negative; ``seed`` is not an integer in [0, 2**32 - 1]; ``indices``
+            are no integer positions (text, floats, a bool mask), lie outside [0, total) or repeat
+            one; ``n`` is not an integer in [1, available items] (:class:`TooFewItemsError`, a
+            ValueError, when it is an integer larger than that).
     """
     if total < 0:
         raise ValueError(f"total must be >= 0, got {total}")
@@ -108,10 +114,14 @@ def _rows_and_field(dataset) -> tuple[Tensor, str]:
 def subset(dataset: T, *, n: int | None = None, indices: Sequence[int] | Tensor | None = None, seed: int = 0) -> T:
     """A subset of an :class:`ImageDataset` or :class:`PointDataset` (see :func:`select_indices`): the
     same type, its rows (images, points, labels) those chosen, ``indices`` recording their positions
-    in the full set. ValueError (``TooFewItemsError`` when too few) as :func:`select_indices` raises.
+    in the full set.
 
     The mean stored by a centred dataset is kept as it is (the training mean of the original set);
     recompute it by loading with the subset arguments if you need the subset's own mean.
+
+    Raises:
+        ValueError: ``n``, ``indices`` or ``seed`` as :func:`select_indices` refuses them
+            (:class:`TooFewItemsError` when ``n`` exceeds the set's rows).
     """
     data, field = _rows_and_field(dataset)
     chosen = select_indices(int(data.shape[0]), n=n, indices=indices, seed=seed)

@@ -118,7 +118,11 @@ class GaussianMixture:
         return int(self.means.shape[1])
 
     def sample(self, n: int, seed: int = 0) -> PointDataset:
-        """n exact draws; labels are the component indices."""
+        """n exact draws, points (n, D) float32; labels are the component indices.
+
+        Raises:
+            ValueError: ``n`` is not a positive integer, or ``seed`` not an integer in [0, 2**32 - 1].
+        """
         n = _count(n)
         g = _generator(seed)
         component = torch.multinomial(self.weights, n, replacement=True, generator=g)
@@ -128,13 +132,36 @@ class GaussianMixture:
                             classes=tuple(f"component {k}" for k in range(len(self.weights))))
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """(N,) log density at points x (N, D), computed in float64."""
-        x = torch.as_tensor(x, dtype=torch.float64)
+        """(N,) log density at points x (N, D), computed in float64.
+
+        Raises:
+            ValueError: ``x`` is not of shape (N, D), D the mixture's dimension, or holds no real
+                numbers (complex values, text).
+            RuntimeError: torch's, for ``x`` on another device than the CPU, where the mixture lives.
+        """
+        x = self._points(x)
         d = self.dim
         sq = self._squared_distances(x)
         log_comp = (-0.5 * sq / self.stds.square() - d * torch.log(self.stds)
                     - 0.5 * d * math.log(2 * math.pi) + torch.log(self.weights))
         return torch.logsumexp(log_comp, dim=1)
+
+    def _points(self, x: Tensor) -> Tensor:
+        """``x`` as (N, D) float64 points; ValueError naming ``x`` otherwise. Points of another width
+        were broadcast against the means: a (N, 1) or (N, 2, 2) x gave numbers, or a result of another
+        shape, without a word; complex ones lost their imaginary part with only torch's warning."""
+        import numpy as np
+
+        if x.is_complex() if isinstance(x, Tensor) else np.iscomplexobj(x):
+            raise ValueError(f"x must hold real numbers, got complex values of shape {tuple(np.shape(x))}")
+        try:
+            points = torch.as_tensor(x, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):  # text, objects: torch's words named neither
+            raise ValueError(f"x must be (N, {self.dim}) real numbers, got a {type(x).__name__}") from None
+        if points.ndim != 2 or points.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (N, {self.dim}), points in the mixture's {self.dim} dimensions, "
+                             f"got {tuple(points.shape)}")
+        return points
 
     def _squared_distances(self, x: Tensor) -> Tensor:
         """(N, K) ‖x_i − μ_k‖² from differences, one component at a time: torch.cdist's expansion
@@ -143,8 +170,14 @@ class GaussianMixture:
         return torch.stack([(x - mean).square().sum(dim=1) for mean in self.means], dim=1)
 
     def assign(self, x: Tensor) -> Tensor:
-        """(N,) int64 most probable component of each point."""
-        x = torch.as_tensor(x, dtype=torch.float64)
+        """(N,) int64 most probable component of each point of x (N, D).
+
+        Raises:
+            ValueError: ``x`` is not of shape (N, D), D the mixture's dimension, or holds no real
+                numbers (complex values, text).
+            RuntimeError: torch's, for ``x`` on another device than the CPU, where the mixture lives.
+        """
+        x = self._points(x)
         sq = self._squared_distances(x)
         score = -0.5 * sq / self.stds.square() - self.dim * torch.log(self.stds) + torch.log(self.weights)
         return score.argmax(dim=1)
@@ -153,7 +186,13 @@ class GaussianMixture:
 def gaussian_mixture(n: int, seed: int = 0, *, k: int = 8, radius: float = 4.0, std: float = 0.4,
                      weights: Tensor | Sequence[float] | None = None) -> PointDataset:
     """n points (n, 2) float32 from :meth:`GaussianMixture.ring` (k modes on a circle of ``radius``),
-    drawn with ``seed``; labels are the component indices."""
+    drawn with ``seed``; labels are the component indices.
+
+    Raises:
+        ValueError: ``n`` or ``k`` is not a positive integer, ``seed`` not an integer in [0, 2**32 - 1],
+            ``radius`` not a finite number, ``std`` not one or k finite numbers > 0, or ``weights`` not
+            k finite positive numbers.
+    """
     return GaussianMixture.ring(k, radius, std, weights).sample(n, seed)
 
 
@@ -162,6 +201,10 @@ def two_moons(n: int, seed: int = 0, *, noise: float = 0.05) -> PointDataset:
 
     Moon 0: (cos a, sin a), moon 1: (1 - cos a, 0.5 - sin a), a ~ U[0, pi]; each point picks a
     moon with probability 1/2. Labels are the moon index.
+
+    Raises:
+        ValueError: ``n`` is not a positive integer, ``seed`` not an integer in [0, 2**32 - 1], or
+            ``noise`` not a finite number >= 0.
     """
     n = _count(n)
     noise = check_real("noise", noise, 0.0, math.inf, "a finite number >= 0")  # "0.1": a TypeError
@@ -181,6 +224,10 @@ def checkerboard(n: int, seed: int = 0, *, squares: int = 4, side: float = 4.0) 
     row-major order, and ``classes`` names each "cell (row, col)". (The label used to be the cell
     index row·squares + col, which left half the label values unused and half the classes of a
     class-conditional net untrained.)
+
+    Raises:
+        ValueError: ``n`` is not a positive integer, ``seed`` not an integer in [0, 2**32 - 1],
+            ``squares`` not an integer >= 2, or ``side`` not a finite number > 0.
     """
     n = _count(n)
     squares = check_integer("squares", squares, 2)   # 4.5 failed in range()'s words

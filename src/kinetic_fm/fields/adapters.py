@@ -102,12 +102,25 @@ def _as_is(field: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     return field
 
 
-def _by_name(field: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``field`` called as ``field(x=x, t=t, **kwargs)``, flow_matching's ``ODESolver`` convention;
-    positional extras (which that solver never passes; ``ClassifierFreeGuidance``'s labels) keep
-    their places after x and t."""
+def _by_name(field: Callable[..., torch.Tensor],
+             extra_names: tuple[str, ...] | None = None) -> Callable[..., torch.Tensor]:
+    """``field`` called as ``field(x=x, t=t, **kwargs)``, flow_matching's ``ODESolver`` convention.
+
+    Positional extras (which that solver never passes; ``ClassifierFreeGuidance``'s labels) go by
+    position after x and t where ``extra_names`` is None (x and t lead the signature, in that
+    order), else by the names of the parameters they fill: for ``forward(t, x, y)`` or a
+    keyword-only ``forward(*, x, t, y)`` a positional call would have handed x to t and y to x
+    (or failed). More extras than names: TypeError saying so."""
     def call(x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return field(x, t, *args, **kwargs) if args else field(x=x, t=t, **kwargs)
+        if not args:
+            return field(x=x, t=t, **kwargs)
+        if extra_names is None:
+            return field(x, t, *args, **kwargs)
+        if len(args) > len(extra_names):
+            raise TypeError(f"the model takes x and t by name and {len(extra_names)} further argument(s) "
+                            f"{list(extra_names)} that a positional extra can fill, but was given {len(args)} "
+                            "positional extra(s); pass the extras by keyword")
+        return field(x=x, t=t, **dict(zip(extra_names, args)), **kwargs)
     return call
 
 
@@ -263,8 +276,10 @@ class ModelXT(_Adapter):
 
     _selected_from: int | None = None   # the batch size select() cut this adapter from
     # flow_matching's ODESolver calls model(x=x, t=t, **extras); integrations.flow_matching sets
-    # this for a model whose signature names x and t (a keyword-only forward, or t before x)
+    # this for a model whose signature names x and t (a keyword-only forward, or t before x), and
+    # the names positional extras fill (None: they follow x and t, which lead the signature)
     _call_by_name: bool = False
+    _extra_names: tuple[str, ...] | None = None
 
     def _take_extras(self, per_sample: Iterable[str] | None, extras: dict[str, Any]) -> None:
         """Check ``per_sample`` against ``extras`` and hold both (also for extras named ``time`` or
@@ -292,7 +307,7 @@ class ModelXT(_Adapter):
             raise
 
     def _call(self, x: torch.Tensor, t: torch.Tensor | float, args: tuple, kwargs: dict) -> torch.Tensor:
-        how = _by_name if self._call_by_name else _as_is
+        how = functools.partial(_by_name, extra_names=self._extra_names) if self._call_by_name else _as_is
         if self.per_sample is None:
             return _call_time_mode(self.inner, how, self.time, x, t, args, {**self.extras, **kwargs})
         shared = {k: v for k, v in self.extras.items() if k not in self.per_sample}

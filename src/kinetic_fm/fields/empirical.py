@@ -1024,7 +1024,8 @@ class PosteriorRecorder:
     run's start on to it, so it is refused there too. A function of your own around it (a lambda)
     hides it: give such a wrapper a ``start_run()`` that calls the recorder's, or clear it yourself.
     Called directly, or by a loop that does not call :meth:`start_run` (flow_matching's
-    ``ODESolver``), its records accumulate over calls.
+    ``ODESolver``), its records accumulate over calls, and :meth:`trace` refuses (ValueError) records
+    that return to t = 0 after later times: a second run nobody told it of.
 
     One record is one evaluation of the field by the sampler, also where an adapter splits it:
     ``ModelXT``/``ModelTX(time="scalar")`` calls what it wraps once per distinct time (dopri5's
@@ -1124,7 +1125,8 @@ class PosteriorRecorder:
         self._refuse_open_evaluation("start_run")
         calls = len(self._log.records)
         if calls:
-            raise ValueError(f"the PosteriorRecorder passed to kfm.sample already holds {calls} records "
+            # kfm.sample may have been given a wrapper around the recorder, or the caller is not kfm.sample
+            raise ValueError(f"a run starts on a PosteriorRecorder that already holds {calls} records "
                              "of an earlier run, and its trace() would mix the two runs: read its trace(), then "
                              "clear() it before the next run, or use a new PosteriorRecorder per run")
 
@@ -1136,7 +1138,8 @@ class PosteriorRecorder:
 
     def trace(self) -> PosteriorTrace:
         """Stack the records; raises ValueError when nothing was recorded yet, or when the calls
-        were on batches of different sizes (the records of several runs), or a :meth:`select` view
+        were on batches of different sizes (the records of several runs), or return to t = 0 after
+        later times (a second run of the same size, started without :meth:`start_run`), or a :meth:`select` view
         was called on other rows than its mask selects, or inside an open :meth:`one_evaluation`
         (its record is not made yet)."""
         self._refuse_open_evaluation("trace")
@@ -1147,7 +1150,9 @@ class PosteriorRecorder:
         if len(sizes) > 1:
             raise ValueError(f"the recorder holds calls on batches of {', '.join(map(str, sizes[:-1]))} and "
                              f"{sizes[-1]} rows, so more than one run: record each run with its own "
-                             "recorder, or clear() it between runs")
+                             "recorder, or clear() it between runs (or one dopri5 run through a function "
+                             "around the recorder, which hides its select(): dopri5 evaluates the samples in "
+                             "flight only; pass the recorder itself, or one of the library's adapters around it)")
         batch = sizes[0]
         # each select(active) view's rows against its mask's count, read back in one go (torch's own
         # words for a mismatch name no call)
@@ -1172,4 +1177,24 @@ class PosteriorRecorder:
                     else:
                         full[active] = value
                 columns[name].append(full)
-        return PosteriorTrace(**{name: torch.stack(values) for name, values in columns.items()})
+        trace = PosteriorTrace(**{name: torch.stack(values) for name, values in columns.items()})
+        self._refuse_second_start(trace.t)
+        return trace
+
+    @staticmethod
+    def _refuse_second_start(t: torch.Tensor) -> None:
+        """ValueError where the (calls, B) times return to t = 0 after later times: a second run that
+        nobody told the recorder of (a function around it, flow_matching's ``ODESolver``). Within one
+        run only the first evaluation is at t = 0: the solvers' times never decrease but on a rejected
+        try or after dopri5's first-step probe, whose tries start past 0 (their first stage is reused)."""
+        at_start = ((t == 0) | t.isnan()).all(1)                # every row the record evaluated is at 0
+        went_on = (t > 0).any(1).cumsum(0) > 0                  # some record so far went past 0
+        again = at_start[1:] & went_on[:-1]
+        if bool(again.any()):                                   # one synchronisation, as trace()'s others
+            record = int(torch.nonzero(again)[0]) + 1
+            raise ValueError(f"the recorder holds more than one run: its record {record} is at t = 0 again after "
+                             "later times, a run it was not told of (kfm.sample tells the recorder it is given, or "
+                             "one inside the library's wrappers; a function of your own around it, or "
+                             "flow_matching's ODESolver, does not): read each run's trace() and clear() it between "
+                             "runs, or use a recorder per run; a function of yours can pass the start on with a "
+                             "start_run() that calls the recorder's")

@@ -238,6 +238,13 @@ class ClassifierFreeGuidance:
             raise ValueError("no velocity has been evaluated since the last reset()")
         t_end = as_scalar(t_end)
         last = float(self._t_prev.max())
+        if last > 1.0:
+            # the sums then cover some interval ending past 1, and a rejected step (a call at an
+            # earlier time) restarted them too: no t_end makes them the run's
+            raise ValueError(f"the last call was at t = {last:g} > 1: the solver stepped past the end (flow_matching's "
+                             "ODESolver under dopri5: torchdiffeq's adaptive methods step over it and interpolate "
+                             "back; their rejected steps, calls at earlier times, restart the part energies too), so "
+                             "these are no energies of [0, 1]; use a fixed-step method, or kfm.sample")
         if not (is_real(t_end) and last <= t_end <= 1.0):  # beyond 1 (or NaN) would extrapolate
             raise ValueError(f"t_end must be a number in [{last:g}, 1] (from the last call's time to 1), "
                              f"got {t_end!r}")

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..optional import optional_names
-from ..checks import declares, declares_singular_at_one, one_evaluation_of, optional_attribute, start_run_of
+from ..checks import (add_note, declares, declares_singular_at_one, one_evaluation_of, optional_attribute,
+                      start_run_of)
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
-from ..sampling.shaping import KTS, TAU_TOLERANCE
+from ..sampling.shaping import KTS, TAU_TOLERANCE, gain_tau
 
 if TYPE_CHECKING:  # pragma: no cover
     from flow_matching.utils import ModelWrapper
@@ -51,12 +52,15 @@ def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "share
     ``per_sample`` or ``model_kwargs``. A model whose signature names ``x`` and ``t`` (a module's
     ``forward``) is called as ``model(x=x, t=t, **extras)``, as ``ODESolver`` calls it (a keyword-only
     ``forward``, or one taking t before x, works); others by position, ``model(x, t, **extras)``.
+    Positional extras (the labels of a ``ClassifierFreeGuidance`` around the field) follow x and t
+    by position where those two lead the signature, else fill its further parameters by name
+    (``forward(t, x, y)``, ``forward(*, x, t, y)``: y).
     """
     per_sample = extras.pop("per_sample", None)  # kfm's option, not an extra: model_kwargs may hold one so named
     named = _model_kwargs(model_kwargs, extras)
     field = ModelXT(model, time=time)
     field._take_extras(per_sample, {**extras, **named})
-    field._call_by_name = _names_x_and_t(model)
+    field._call_by_name, field._extra_names = _keyword_call(model)
     return field
 
 
@@ -73,15 +77,25 @@ def _model_kwargs(model_kwargs: Mapping[str, Any] | None, extras: Mapping[str, A
     return dict(model_kwargs)
 
 
-def _names_x_and_t(model: Callable[..., torch.Tensor]) -> bool:
-    """Whether ``model`` (a module: its ``forward``) takes parameters named x and t by keyword."""
+def _keyword_call(model: Callable[..., torch.Tensor]) -> tuple[bool, tuple[str, ...] | None]:
+    """Whether ``model`` (a module: its ``forward``) takes parameters named x and t by keyword, and
+    if so where positional extras go: None when x and t are its first two positional parameters
+    (the extras follow them by position), else the names of its other parameters that take a
+    keyword, in the signature's order, which the extras fill by name (``forward(t, x, y)`` and
+    ``forward(*, x, t, y)``: ("y",))."""
     target = model.forward if isinstance(model, torch.nn.Module) else model
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):  # a builtin or C extension without a signature: by position
-        return False
+        return False, None
     by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return all(name in parameters and parameters[name].kind in by_keyword for name in ("x", "t"))
+    if not all(name in parameters and parameters[name].kind in by_keyword for name in ("x", "t")):
+        return False, None
+    positional = [name for name, p in parameters.items()
+                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if positional[:2] == ["x", "t"]:
+        return True, None
+    return True, tuple(name for name, p in parameters.items() if name not in ("x", "t") and p.kind in by_keyword)
 
 
 def fixed_grid(time_grid: torch.Tensor, step_size: float | None) -> torch.Tensor:
@@ -262,20 +276,32 @@ class _PassedThrough:
         return one_evaluation_of(self.velocity)
 
 
+# torchdiffeq's adaptive methods step over the end and interpolate back
+PAST_THE_END = ("the field was called at t > 1: flow_matching's ODESolver under dopri5 (torchdiffeq's adaptive "
+                "methods) steps past the end of time_grid and interpolates back, and a field defined on [0, 1] only "
+                "(EmpiricalFlow, a PosteriorRecorder) refuses such a time; use KineticODESolver(...).sample("
+                "method='dopri5') or kfm.sample(solver='dopri5'), whose steps end on t = 1")
+
+
 def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tensor, t: torch.Tensor | float,
                      extras: dict[str, Any]) -> torch.Tensor:
     """η(t)·v(x, t) (B, ...), t broadcast to (B,) for the field; v alone without a gain."""
     given = t
     t = batch_time(t, x)
-    v = velocity(x, t, **extras)
+    try:
+        v = velocity(x, t, **extras)
+    except (ValueError, RuntimeError) as err:
+        if bool((torch.as_tensor(given) > 1).any()):   # read only on the way out: no synchronisation otherwise
+            add_note(err, PAST_THE_END)
+        raise
     if shaping is None:
         return v
     # η at the solver's own time, not rounded to x's dtype (float32(0.7) lies below τ =
     # 0.7), a time within TAU_TOLERANCE·τ counting as τ, as kfm.sample's stages do
     times = given if isinstance(given, torch.Tensor) else torch.tensor(float(given))
     times = times.to(device=v.device, dtype=torch.float64)
-    if isinstance(shaping, KTS):
-        tau = shaping.tau_split
+    tau = gain_tau(shaping)   # a KTS's, or one a callable declares
+    if tau is not None:
         times = torch.where((times - tau).abs() <= TAU_TOLERANCE * tau, torch.full_like(times, tau), times)
     # a KTS without its range check: called at every stage, that check would be a host
     # synchronisation on an accelerator (the times are the solver's grid, from 0 to 1)
@@ -343,7 +369,11 @@ def as_model_wrapper(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tens
     ``one_time_per_call``, so that ``kfm.sample`` (and ``KineticODESolver``) with dopri5 refuses a
     ``ClassifierFreeGuidance(track_parts=True)`` or a ``time="shared"`` adapter inside before the run
     starts. Their ``ODESolver`` cannot be told: under its dopri5 the wrapper cannot refuse them, and
-    such a guidance's part energies restart at each rejected step (a call at an earlier time).
+    such a guidance's part energies restart at each rejected step (a call at an earlier time). That
+    dopri5 (torchdiffeq's) also steps past t = 1 and interpolates back: a field defined on [0, 1] only
+    (``EmpiricalFlow``, a recorder) refuses the time, with a note saying why, and the guidance's
+    ``part_energies()`` refuses a run that went past 1. ``ODESolver`` never calls ``start_run``, so a
+    recorder's :meth:`~kinetic_fm.PosteriorRecorder.trace` refuses the records of a second run.
     """
     if not callable(velocity):
         raise TypeError(f"velocity must be callable, got {type(velocity).__name__}")

@@ -82,14 +82,25 @@ class LocalSupport:
     nearest: Tensor
 
     def radius_at(self, k: int) -> Tensor:
-        """(B,) float64 distance to the k-th nearest reference (k must be in ``ks``)."""
-        if k not in self.ks:
-            raise ValueError(f"k={k} was not computed; available ks = {self.ks}")
-        return self.radii[:, self.ks.index(k)]
+        """(B,) float64 distance to the k-th nearest reference (k must be in ``ks``).
+
+        Raises:
+            ValueError: ``k`` is not an integer (a float such as 5.0, a bool), or not one of ``ks``.
+        """
+        number = as_scalar(k)
+        if not is_integer(number):  # True was read as k = 1 and 5.0 as 5, which log_density_at refused
+            raise ValueError(f"k must be an integer, one of the computed ks {self.ks}, got {k!r}")
+        if number not in self.ks:
+            raise ValueError(f"k={number} was not computed; available ks = {self.ks}")
+        return self.radii[:, self.ks.index(number)]
 
     def log_density_at(self, k: int) -> Tensor:
-        """(B,) float64 kNN log-density estimate with k neighbours (see module docstring)."""
-        return knn_log_density(self.radius_at(k), k, self.n_reference, self.dim)
+        """(B,) float64 kNN log-density estimate with k neighbours (see module docstring).
+
+        Raises:
+            ValueError: as :meth:`radius_at`, for a ``k`` that is not an integer or not one of ``ks``.
+        """
+        return knn_log_density(self.radius_at(k), int(as_scalar(k)), self.n_reference, self.dim)
 
     @property
     def radius(self) -> Tensor:

@@ -123,19 +123,44 @@ class FeatureSpace:
         return self.fn is None
 
     def __call__(self, x: Tensor | np.ndarray) -> Tensor:
-        """Features of ``x`` (B, ...) as a (B, F) tensor (dtype as the map returns it)."""
+        """Features of ``x`` (B, ...) as a (B, F) tensor (dtype as the map returns it): :meth:`map`
+        with its defaults, the training-mode check included."""
+        return self.map(x)
+
+    def map(self, x: Tensor | np.ndarray, *, check_training: bool = True, flatten: bool = True) -> Tensor:
+        """Features of ``x`` (B, ...) as a (B, F) tensor (dtype as the map returns it).
+
+        Args:
+            x: (B, ...) inputs: a tensor, or an array read as :func:`as_tensor` reads it.
+            check_training: run the map inside ``feature_map_as_found`` (a ``TrainingModeWarning``
+                for a network with dropout or batch norm in training mode, and the buffers it
+                updates put back afterwards). False: neither, for a caller that feeds one set chunk
+                by chunk, or maps two sets, inside one ``with feature_map_as_found(space.fn):`` of
+                its own (warned once, put back once).
+            flatten: False keeps the map's own output shape (B, ...), for a caller that checks it
+                (a classifier's (B, C) logits); the identity then returns ``x`` as it is.
+
+        Raises:
+            ValueError: ``x`` is a scalar (no batch dimension); the map is a network that is not on
+                ``device``; it returns another number of rows than it was given, or features of
+                another shape for a later chunk; :class:`OneRowBatchNormError` (a ValueError) when
+                batch norm in training mode gets a chunk of one row.
+            TypeError: the map returns no Tensor, or a network with floating weights fails on
+                integer inputs (which reach it unconverted).
+        """
         x = as_tensor(x)
         if x.ndim == 0:
             raise ValueError("x must have a batch dimension, got a scalar")
         if self.fn is None:  # not -1: an empty batch has no inferred size
-            return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+            return x.reshape(x.shape[0], math.prod(x.shape[1:])) if flatten else x
+        if not check_training:
+            return self._mapped(x, flatten)
         with feature_map_as_found(self.fn):
-            return self._mapped(x)
+            return self._mapped(x, flatten)
 
     def _mapped(self, x: Tensor, flatten: bool = True) -> Tensor:
-        """:meth:`__call__`'s work on a (B, ...) tensor, without its training-mode check (for a
-        caller that feeds one set chunk by chunk and has checked once); ``flatten=False`` keeps
-        the map's own output shape (B, ...), for a caller that checks it."""
+        """:meth:`map`'s work on a (B, ...) tensor through ``fn`` (not None), without the
+        training-mode check."""
         where, dtype = self._run_device(), self._run_dtype(x)
         out = []
         with torch.inference_mode():
@@ -375,7 +400,7 @@ def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x", check_t
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"{argument} must hold at least one sample, got shape {tuple(x.shape)}")
     fs = feature_space(space)
-    feats = fs(x) if check_training or fs.is_identity else fs._mapped(x)
+    feats = fs.map(x, check_training=check_training)
     if feats.is_complex():
         raise ValueError(f"{argument}: the feature map returned complex features ({feats.dtype}); need real ones")
     if not feats.is_floating_point():

@@ -18,6 +18,7 @@ that differ slightly) act the same way, unwarned: the gap ratio cannot tell them
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -353,9 +354,9 @@ def _features(space, x: torch.Tensor, rows: int, name: str, progress: bool = Fal
     from tqdm.auto import tqdm
 
     if module_of(space) is not None:  # a network takes chunks in its own dtype and on its device
-        space = feature_space(space, batch_size=rows)._mapped
+        space = functools.partial(feature_space(space, batch_size=rows).map, check_training=False)
     elif isinstance(space, FeatureSpace) and not space.is_identity:
-        space = space._mapped
+        space = functools.partial(space.map, check_training=False)
     out = []
     with tqdm(total=x.shape[0], desc=f"features ({name})", unit="row", leave=False, disable=not progress) as shown:
         for r0 in range(0, x.shape[0], rows):

@@ -22,7 +22,6 @@ from torch import Tensor
 
 from ..checks import as_scalar, check_device, check_flag, is_real, positive_integer
 from ..checks import caller_outside_the_package
-from ..sampling.guards import feature_map_as_found
 from .features import as_tensor, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
@@ -141,8 +140,7 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
     judge = feature_space(classifier, batch_size=batch_size, device=device)
-    with feature_map_as_found(judge.fn):
-        raw = judge._mapped(x, flatten=False)
+    raw = judge.map(x, flatten=False)  # warned of a training-mode classifier, its buffers put back
     logits = raw.to(torch.float64)
     if logits.dim() > 2 and math.prod(logits.shape[2:]) == 1:   # a convolutional head's (b, C, 1, 1)
         logits = logits.reshape(logits.shape[:2])

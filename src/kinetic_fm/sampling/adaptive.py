@@ -27,7 +27,7 @@ from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
 from .guards import (NonFiniteVelocityError, StepLimitError, check_outputs_unchanged, check_state_unchanged,
                      check_velocity_output, first_velocity, state_version)
-from .shaping import KTS
+from .shaping import KTS, gain_tau
 from .tableau import DOPRI5, DOPRI5_END
 
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
@@ -104,11 +104,12 @@ def integrate_dopri5(
 
     select = optional_attribute(velocity, "select")
     check_gains = gain is not None and not isinstance(gain, KTS)
-    # A KTS gain has a kink at τ (a jump for the constant forms): steps land on τ, never across it,
-    # and a step ending there takes η's left limit, so the error control sees a smooth problem.
+    # A KTS gain (or one declaring tau_split) has a kink at τ (a jump for the constant forms): steps
+    # land on τ, never across it, and a step ending there takes η's left limit, so the error control
+    # sees a smooth problem.
     # Steps land on the early/late split too, so early and late part exactly there (up to each
     # step's quadrature error) rather than by whole steps; under a KTS whose τ is not the split, on both.
-    tau = float(gain.tau_split) if isinstance(gain, KTS) else None
+    tau = gain_tau(gain)
     below_tau = math.nextafter(tau, 0.0) if tau is not None else None
     stops = sorted({s for s in (tau, float(split)) if s is not None and 0.0 < s < 1.0})
 

@@ -12,7 +12,7 @@ from ..norms import row_dot
 from .energy import EnergyLedger, quadrature_weights
 from .guards import (check_outputs_unchanged, check_state_unchanged, check_velocity_output, first_velocity,
                      state_version)
-from .shaping import KTS, TAU_TOLERANCE
+from .shaping import TAU_TOLERANCE, gain_tau
 from .tableau import EULER, HEUN3, Tableau
 
 Gain = Callable[[float], float]
@@ -128,15 +128,16 @@ def stage_gains(gain: Gain | None, times: list[float], t_stage: list[list[float]
                 tableaus: list[Tableau]) -> list[list[float]]:
     """η at every stage time, as floats.
 
-    A KTS gain has a kink at τ (a jump for the constant forms). A step that ends on τ belongs to
-    the launch phase, so its stage at τ takes η's left limit, as dopri5's steps do; evaluated on
+    A KTS gain (or one that declares ``tau_split``, see ``gain_tau``) has a kink at τ (a jump for
+    the constant forms). A step that ends on τ belongs to the launch phase, so its stage at τ takes
+    η's left limit, as dopri5's steps do; evaluated on
     the landing side, that one stage cost rk4 its order (first order with a jump). A stage at τ
     inside a step across τ (midpoint's, rk4's c = ½) is in the landing phase and takes η(τ).
     A stage time within 1e-6·τ of τ counts as τ (``np.linspace`` and float32 grids hold it a few
     ulps off, and t0 + h/2 may round below it). ``heun`` keeps the reference rule, η(t_{i+1}) in
     the corrector.
     """
-    tau = float(gain.tau_split) if isinstance(gain, KTS) else None
+    tau = gain_tau(gain)
     if tau is None:
         return [[_gain_at(gain, t) for t in row] for row in t_stage]
     below_tau = math.nextafter(tau, 0.0)

@@ -21,7 +21,7 @@ from typing import overload
 import numpy as np
 import torch
 
-from ..checks import as_scalar, check_flag, check_unit_number, is_real, torch_readable
+from ..checks import as_scalar, check_flag, check_unit_number, is_real, optional_attribute, torch_readable
 
 LAUNCH_FORMS = ("linear", "constant", "exponential")
 LANDING_FORMS = ("exponential", "linear", "constant")
@@ -264,6 +264,27 @@ def _expm1_excess(k: float) -> float:
 
 # α(t) and β(t) take one time: outside [0, 1] the forms extrapolate (β(1.5) > β0·(e^k − 1))
 _ONE_TIME = "a real number in [0, 1]"
+
+
+def gain_tau(gain: object) -> float | None:
+    """τ, where a shaping gain has its kink (a jump for KTS's constant forms), as the solvers read it:
+    a ``KTS``'s ``tau_split``, or the ``tau_split`` another callable declares (a function of yours
+    around a KTS: ``f.tau_split = kts.tau_split``); None for a gain that declares none, which the
+    solvers take to be smooth. The steps then treat τ as for a KTS (fixed-step stages on τ take
+    its sides, dopri5's steps land on it) and the early/late split defaults to it. ValueError for a
+    declared ``tau_split`` that is not a number in (0, 1)."""
+    if gain is None:
+        return None
+    if isinstance(gain, KTS):
+        return gain.tau_split
+    declared = optional_attribute(gain, "tau_split")
+    if declared is None:
+        return None
+    tau = as_scalar(declared)
+    if not (is_real(tau, finite=True) and 0.0 < tau < 1.0):
+        raise ValueError(f"shaping declares tau_split = {declared!r}, where its gain has its kink; it must be a "
+                         "number in (0, 1)")
+    return float(tau)
 
 
 def max_beta0(landing: str, k: float = 3.0) -> float:

@@ -1,6 +1,9 @@
 """Read a 2-D (or higher) numeric array from a file into a torch tensor: .npy, .npz, .pt, .parquet.
 
-Used by command-line metrics; the heavy readers are imported only for the format at hand.
+The rows a ``kfm`` command's input flag names when it is an array file (``kfm memorization
+--samples`` / ``--train``, ``kfm sample --train``); the heavy readers are imported only for the
+format at hand. ``NAME_ONE`` and ``NAME_A_COLUMN`` end the errors and the warning that ask for a
+key, so a command can put its own flag for the key in their place.
 """
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ import torch
 
 from ..checks import torch_readable
 
-FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")
+__all__ = ["ARRAY_FORMATS", "NAME_A_COLUMN", "NAME_ONE", "load_array"]
+
+ARRAY_FORMATS = (".npy", ".npz", ".pt", ".pth", ".parquet")  # the suffixes load_array reads (any case)
 NAME_ONE = "name one with a key"  # the kfm commands put their flag for it in place of "a key"
 NAME_A_COLUMN = "name one column with a key"  # in a warning; the kfm commands put their flag for it
 _UNREADABLE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # what np.load raises on a damaged file
@@ -32,10 +37,10 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
       ``kfm sample`` run's results.parquet does), else the only list column (or, among several,
       the only one recording a sample shape: x beside ``--profile``'s columns), else all numeric
       columns side by side as (rows, columns); where other columns are left out, a warning names
-      them and the columns taken (the first 5, then how many more), and a column named like a class
-      label (``label``, ``y``, ``target``, ``class``, ...; see :data:`LABEL_NAMES`) holding whole
-      numbers is warned of: it is read as one more feature (a table of features alone, and ``x``
-      beside ``y``, are read without a word).
+      them and the columns taken (the first 5, then how many more), and a column named like a
+      class label (``label(s)``, ``y``, ``target(s)``, ``class(es)``, ``class_id``, ``category``,
+      any case) holding whole numbers is warned of: it is read as one more feature (a table of
+      features alone, and ``x`` beside ``y``, are read without a word).
 
     Each array comes back in the dtype it is stored in, whatever the file's other arrays hold
     (float64 items beside float32 labels stay float64; float16 and bfloat16 stay as they are;
@@ -49,8 +54,8 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise ValueError(f"{path}: unsupported format {suffix!r}; use one of {', '.join(FORMATS)}")
+    if suffix not in ARRAY_FORMATS:
+        raise ValueError(f"{path}: unsupported format {suffix!r}; use one of {', '.join(ARRAY_FORMATS)}")
     if suffix in (".npy", ".npz"):
         if suffix == ".npy" and key is not None:
             raise ValueError(f"{path}: a .npy file holds one array; key={key!r} does not apply")
@@ -193,17 +198,17 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
 
 
 # column names that hold a class label rather than a feature (compared in lower case)
-LABEL_NAMES = frozenset({"label", "labels", "y", "target", "targets", "class", "classes", "class_id", "category"})
+_LABEL_NAMES = frozenset({"label", "labels", "y", "target", "targets", "class", "classes", "class_id", "category"})
 
 
 def _label_columns(columns: dict, names: list[str]) -> list[str]:
-    """The columns of ``columns`` (name -> values) named like a class label (:data:`LABEL_NAMES`)
+    """The columns of ``columns`` (name -> values) named like a class label (``_LABEL_NAMES``)
     whose values are all whole numbers; ``y`` beside an ``x`` (a point's two coordinates) is no label."""
     import numpy as np
 
     lower = {name.lower() for name in names}
     return [name for name, values in columns.items()
-            if name.lower() in LABEL_NAMES and not (name.lower() == "y" and "x" in lower)
+            if name.lower() in _LABEL_NAMES and not (name.lower() == "y" and "x" in lower)
             and bool(np.all(np.mod(values, 1) == 0))]
 
 
