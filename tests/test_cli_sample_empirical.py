@@ -688,3 +688,37 @@ def test_backend_faiss_picks_the_truncated_atoms_by_faiss_and_is_part_of_the_run
     assert kfm_sample(tmp_path / "plain", *flags, "--backend", "torch") == 0
     assert "backend" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())["config"]
     assert kfm_sample(tmp_path / "plain", *flags, "--resume") == 0
+
+
+def test_runs_made_when_folder_specs_loaded_grey_images_as_rgb_are_still_read(tmp_path, monkeypatch, capsys):
+    # folder: loads a grey folder as one channel now; runs made on its three equal channels are still audited
+    # and resumed (their items: the one channel, repeated as they trained on it)
+    from PIL import Image
+
+    import kinetic_fm.data.images as images
+
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "grey"
+    folder.mkdir()
+    for j, image in enumerate(rng.integers(0, 256, (6, 4, 4), dtype=np.uint8)):
+        Image.fromarray(image).save(folder / f"{j}.png")
+    spec = f"folder:{folder}"
+    load = images.load_image_folder
+    monkeypatch.setattr(images, "load_image_folder", lambda *a, **k: load(*a, **{**k, "grayscale": False}))
+    flags = ["--train", spec, "--field", "empirical", "--n", 3, "--shard-size", 3, "--batch-size", 3, "--steps", 8]
+    assert kfm_sample(tmp_path / "empirical", *flags) == 0
+    assert main(["train", "--data", spec, "--steps", "1", "--model", "mlp", "--width", "8", "--batch-size", "2",
+                 "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "trained")]) == 0
+    old = load(folder).images                                          # (6, 3, 4, 4): what both runs were made of
+    monkeypatch.setattr(images, "load_image_folder", load)
+    assert kfm.data.load_dataset(spec, progress=False).images.shape == (6, 1, 4, 4)
+    np.save(tmp_path / "near.npy", (old[[4, 1]] + 0.01).numpy())
+    capsys.readouterr()
+    for samples, train in ((tmp_path / "empirical",) * 2, (tmp_path / "near.npy", tmp_path / "trained")):
+        assert main(["memorization", "--samples", str(samples), "--train", str(train), "--bootstrap", "0",
+                     "--no-progress"]) == 0, capsys.readouterr().err
+    assert kfm_sample(tmp_path / "empirical", *flags, "--resume") == 0, capsys.readouterr().err
+    assert main(["train", "--data", spec, "--steps", "2", "--model", "mlp", "--width", "8", "--batch-size", "2",
+                 "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "trained"), "--resume"]) == 0, \
+        capsys.readouterr().err
+    assert "resumed from step 1 of 2" in capsys.readouterr().out

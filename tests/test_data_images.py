@@ -348,6 +348,7 @@ def test_select_indices_refuses_duplicates_and_a_negative_total_and_subsets_comp
     assert torch.equal(second.images, full.images[second.indices])
 
 
+@pytest.mark.filterwarnings("ignore:1 of 1 images are 16-bit files")   # said, and tested below
 def test_16_bit_grey_pngs_keep_their_levels(tmp_path):
     # PIL's convert clipped a 16-bit ("I;16") image at 255: a gradient came out as two levels, -1 and 1
     levels = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
@@ -646,3 +647,89 @@ def test_the_alpha_warning_points_at_the_callers_line_through_a_data_spec(tmp_pa
         with pytest.warns(UserWarning, match="alpha below 255") as caught:
             load()
         assert [w.filename for w in caught if "alpha below 255" in str(w.message)] == [__file__]
+
+
+def _png16(values: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG of ``values`` (H, W[, bands]) uint16, written by hand (Pillow writes no 16-bit colour PNG):
+    colour type 0 grey, 2 RGB, 4 grey + alpha, 6 RGBA; filter 0 on every row."""
+    import struct
+    import zlib
+
+    height, width = values.shape[:2]
+    raw = b"".join(b"\x00" + values[row].astype(">u2").tobytes() for row in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.filterwarnings("ignore:1 of 3 images have pixels of alpha")   # 2.png's alpha, as 16 bits
+def test_16_bit_pngs_are_warned_of_naming_the_file(tmp_path):
+    # a 16-bit RGB PNG opened as 8-bit RGB: its low byte dropped without a word (and grey ones rounded, unsaid)
+    import warnings
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+    (tmp_path / "colour").mkdir()
+    (tmp_path / "colour" / "deep.png").write_bytes(_png16(rgb, 2))
+    with pytest.warns(UserWarning, match=r"1 of 1 images are 16-bit files \(the first: .*colour/deep\.png\): they are "
+                      r"read at 8 bits, colour ones \(and alpha\) cut to their high byte \(v // 256"):
+        ds = load_image_folder(tmp_path / "colour")
+    expected = torch.from_numpy((rgb // 256).astype(np.float32)).permute(2, 0, 1) / 127.5 - 1   # the high byte
+    assert torch.equal(ds.images[0], expected)
+    (tmp_path / "grey").mkdir()
+    (tmp_path / "grey" / "0.png").write_bytes(_png16(rgb[..., 0], 0))
+    Image.fromarray(rng.integers(0, 256, (4, 5), dtype=np.uint8)).save(tmp_path / "grey" / "1.png")
+    (tmp_path / "grey" / "2.png").write_bytes(_png16(rgb[..., :2], 4))         # grey + alpha: cut, as colour
+    with pytest.warns(UserWarning, match=r"2 of 3 images are 16-bit files \(the first: .*grey/0\.png\): they are read "
+                      r"at 8 bits, grey ones rounded .* \(round\(v / 257\)\) and colour ones"):
+        load_image_folder(tmp_path / "grey", grayscale=True)
+    from kinetic_fm.data.images import decode_image
+
+    with pytest.warns(UserWarning, match=r"1 of 1 images are 16-bit files \(the first: named\.png\)"):
+        decode_image((tmp_path / "grey" / "0.png").read_bytes(), name="named.png")
+    with warnings.catch_warnings():                                             # 8-bit files: nothing to say
+        warnings.simplefilter("error")
+        decode_image((tmp_path / "grey" / "1.png").read_bytes(), name="1.png")
+        _write_tree(tmp_path / "tree")
+        load_image_folder(tmp_path / "tree")
+
+
+def test_a_wrapped_one_class_tree_is_unlabelled_and_says_why(tmp_path, capsys):
+    # root/wrapper/classA/*.png: ImageFolder reads one class "wrapper"; one class is no labelling here,
+    # and --class-cond said only "has no labels"
+    from kinetic_fm.cli import main
+    from kinetic_fm.data.images import why_unlabelled
+
+    def png(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+
+    for i in range(3):
+        png(tmp_path / "one" / "wrapper" / "classA" / f"{i}.png")
+    ds = load_image_folder(tmp_path / "one")
+    assert ds.labels is None and ds.classes is None
+    reason = why_unlabelled(tmp_path / "one")
+    assert reason.startswith("all its images lie in one folder, wrapper/classA/ (one class is no labelling")
+    with pytest.raises(ValueError, match="at least two classes: all its images lie in one folder, wrapper/classA/"):
+        list_image_labels(tmp_path / "one")
+    assert main(["train", "--data", f"folder:{tmp_path / 'one'}", "--class-cond", "--steps", "1", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert f"has no labels: {reason}" in capsys.readouterr().err
+    assert why_unlabelled(tmp_path / "one", subdir="wrapper") == reason.replace("wrapper/classA/", "classA/")
+    png(tmp_path / "flat" / "0.png")
+    assert why_unlabelled(tmp_path / "flat").startswith("all its images lie in no folder, at the top level")
+    png(tmp_path / "loose" / "data" / "x.png")                      # beside the class folders of a wrapped tree
+    png(tmp_path / "loose" / "data" / "cat" / "0.png")
+    png(tmp_path / "loose" / "data" / "dog" / "1.png")
+    assert why_unlabelled(tmp_path / "loose").startswith("data/x.png lies beside the class folders")
+    # one class holding folders is labelled by them, as a wrapped tree of classes is: nothing tells them apart
+    for name in ("wrapper/classA/x/0.png", "wrapper/classA/y/1.png"):
+        png(tmp_path / "inner" / name)
+    for name in ("wrapper/cat/0.png", "wrapper/dog/1.png"):
+        png(tmp_path / "wrapped" / name)
+    assert load_image_folder(tmp_path / "inner").classes == ("x", "y")
+    assert load_image_folder(tmp_path / "wrapped").classes == ("cat", "dog")
+    assert why_unlabelled(tmp_path / "inner") is None

@@ -52,3 +52,35 @@ def test_a_path_after_the_colon_has_its_tilde_expanded(tmp_path, monkeypatch):
     assert parse_spec("mnist:~/mnist") == ("mnist", str(tmp_path / "mnist"))
     assert absolute_spec("mnist:~/mnist") == f"mnist:{tmp_path / 'mnist'}"
     assert len(load_dataset("mnist:~/mnist", progress=False)) == 3
+
+
+def test_a_folder_spec_loads_a_grey_folder_as_one_channel(tmp_path):
+    # folder: read an MNIST-style folder of grey PNGs as three equal channels, D = 3·H·W, where mnist: gives one
+    import torch
+    from PIL import Image
+
+    from kinetic_fm.data import load_image_folder
+
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    for label, folder in enumerate(("L", "rgb")):   # grey files; grey images saved as RGB (torchvision's save_image)
+        for j in range(3):
+            (tmp_path / "grey" / str(label)).mkdir(parents=True, exist_ok=True)
+            image = grey[3 * label + j]
+            Image.fromarray(image if folder == "L" else np.stack([image] * 3, -1)).save(
+                tmp_path / "grey" / str(label) / f"{j}.png")
+    ds = load_dataset(f"folder:{tmp_path / 'grey'}", progress=False)
+    assert ds.images.shape == (6, 1, 5, 4) and ds.classes == ("0", "1")
+    assert torch.equal(ds.images[:, 0], torch.from_numpy(grey).float() / 127.5 - 1)      # each pixel as stored
+    subset = load_dataset(f"folder:{tmp_path / 'grey'}", n=2, seed=1, progress=False)
+    assert torch.equal(subset.images, ds.images[subset.indices])
+    rgb = load_image_folder(tmp_path / "grey")                     # the library's default: RGB, as before
+    assert rgb.images.shape == (6, 3, 5, 4) and torch.equal(rgb.images, ds.images.expand(-1, 3, -1, -1))
+    # one colour image among them: three channels for all, as before
+    colour = rng.integers(0, 256, (5, 4, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / "grey" / "1" / "9.png")
+    mixed = load_dataset(f"folder:{tmp_path / 'grey'}", progress=False)
+    assert mixed.images.shape == (7, 3, 5, 4)
+    assert torch.equal(mixed.images[-1], torch.from_numpy(colour).permute(2, 0, 1).float() / 127.5 - 1)
+    with pytest.raises(ValueError, match=r"^grayscale must be True, False or None .*got 'auto'$"):
+        load_image_folder(tmp_path / "grey", grayscale="auto")

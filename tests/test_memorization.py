@@ -686,7 +686,7 @@ def test_a_kfm_train_run_finds_its_relative_data_path_from_any_folder(tmp_path, 
              "--model", "mlp", "--checkpoints", "none", "--no-progress", "--out", "net"]
     monkeypatch.chdir(faces.parent)
     assert main(train + ["--steps", "1"]) == 0
-    subset = load_image_folder(faces, n=12, seed=2).images       # what --n 12 --seed 2 drew
+    subset = load_image_folder(faces, n=12, seed=2, grayscale=None).images   # what --n 12 --seed 2 drew (folder:)
     samples = torch.cat([subset[[3, 7]], torch.rand(4, *subset.shape[1:], generator=torch.Generator().manual_seed(0))])
     np.save(tmp_path / "s.npy", samples.numpy())
     monkeypatch.chdir(tmp_path)                                   # "faces" is not here
@@ -1663,7 +1663,7 @@ def test_cli_figure_never_adds_an_image_to_the_data_a_training_run_read(tmp_path
     run = tmp_path / "run"
     assert main(["train", "--data", f"folder:{tmp_path / 'imgs'}", "--steps", "1", "--batch-size", "2", "--width", "8",
                  "--checkpoints", "none", "--no-progress", "--out", str(run)]) == 0
-    np.save(tmp_path / "s.npy", rng.uniform(-1, 1, size=(3, 3, 4, 4)))
+    np.save(tmp_path / "s.npy", rng.uniform(-1, 1, size=(3, 1, 4, 4)))   # folder: loads grey images as one channel
     Image.fromarray(rng.integers(0, 256, size=(4, 4), dtype=np.uint8)).save(tmp_path / "elsewhere.png")
     (tmp_path / "imgs" / "link.png").symlink_to(tmp_path / "elsewhere.png")  # the write would replace the link
     kept = sorted(p.name for p in (tmp_path / "imgs").iterdir())
@@ -1727,15 +1727,21 @@ def test_a_folder_data_spec_names_the_nearest_training_files_as_the_folder_does(
         Image.fromarray(image, mode="L").save(folder / name)
     picks = [7, 0, 11, 3]
     grey = train[picks].astype(np.float32)[:, None] / 127.5 - 1.0 + 0.01  # near copies
-    np.save(tmp_path / "grey.npy", grey)                   # the folder form reads grey images as one channel,
-    np.save(tmp_path / "rgb.npy", grey.repeat(3, axis=1))  # the folder: spec as three
+    np.save(tmp_path / "grey.npy", grey)                   # both forms read grey images as one channel,
+    np.save(tmp_path / "rgb.npy", grey.repeat(3, axis=1))  # and as three beside colour samples
     tables = []
-    for samples, form in (("grey.npy", str(folder)), ("rgb.npy", f"folder:{folder}")):
+    for samples, form in (("grey.npy", str(folder)), ("rgb.npy", f"folder:{folder}"),
+                          ("grey.npy", f"folder:{folder}"), ("rgb.npy", str(folder))):
         out = tmp_path / f"{len(tables)}.parquet"
         assert main(["memorization", "--samples", str(tmp_path / samples), "--train", form,
                      "--bootstrap", "0", "--no-progress", "--out", str(out)]) == 0
         tables.append(pd.read_parquet(out))
-    by_path, by_spec = tables
+    by_path, by_spec = tables[:2]
+    for other in tables[2:]:     # one channel or three: the same neighbours and ratios (d1 and d2 scale by √3)
+        assert other.columns.tolist() == by_path.columns.tolist()
+        assert other["nearest"].tolist() == by_path["nearest"].tolist()
+        np.testing.assert_allclose(other["ratio"], by_path["ratio"], rtol=1e-6)
+        assert other["nearest_file"].tolist() == [names[j] for j in picks]
     assert by_spec.columns.tolist() == by_path.columns.tolist()
     columns = by_path.columns.tolist()                     # each name beside what it names
     assert columns[columns.index("nearest") + 1] == "nearest_file"
@@ -1906,6 +1912,7 @@ def test_the_shared_celeba_subset_against_the_celeba_spec_names_the_offset(share
     """On the real faces: copies of load_celeba(n=1000)'s faces read d1 = ‖mean(1000) − mean(6000)‖
     (0.33) against celeba:PATH, and the warning names that offset. Where a face has a near twin
     (d2 = 0.81) the offset turns a copy's verdict: d1/d2 = 0.40, not memorized."""
+    import dataclasses
     import hashlib
 
     from kinetic_fm.data import images, load_celeba, load_dataset
@@ -1918,8 +1925,8 @@ def test_the_shared_celeba_subset_against_the_celeba_spec_names_the_offset(share
         key = (hashlib.sha256(data).digest(), tuple(sorted(options.items())))
         if key not in decoded:
             decoded[key] = decode(data, **options)
-        array, see_through = decoded[key]
-        return array.copy(), see_through
+        kept = decoded[key]
+        return dataclasses.replace(kept, array=kept.array.copy())
 
     monkeypatch.setattr(images, "_decode", decode_once)
     path = shared_data / "celeba" / "celeba_align_subset6000.zip"
@@ -2190,3 +2197,77 @@ def test_cli_backend_faiss_without_faiss_names_the_flag_before_the_audit(tmp_pat
                  "--backend", "faiss", "--no-progress"]) == 2
     assert capsys.readouterr().err == ("kfm memorization: error: --backend faiss needs the faiss-cpu package: "
                                        "pip install faiss-cpu (or pip install kinetic_fm[faiss])\n")
+
+
+@pytest.mark.parametrize("label", ["label", "y", "class", "Target"])
+def test_parquet_label_column_among_numeric_features_is_warned_of(tmp_path, label):
+    # f0..f3 plus a class label, all numbers: read as (rows, 5) without a word, the label one more pixel
+    import warnings
+
+    import pandas as pd
+
+    from kinetic_fm.data.arrays import load_array
+
+    rng = np.random.default_rng(1)
+    features = rng.integers(0, 256, size=(6, 4)).astype(np.float64)
+    frame = pd.DataFrame(features, columns=[f"f{i}" for i in range(4)]).assign(**{label: np.arange(6) % 3})
+    frame.to_parquet(tmp_path / "t.parquet")
+    with pytest.warns(UserWarning, match=rf"the column \['{label}'\] \(whole numbers, named like a class "
+                      rf"label\) is read as a feature, one of 5 columns taken side by side; "
+                      rf".*frame.drop\(columns=\['{label}'\]\)"):
+        rows = load_array(tmp_path / "t.parquet")
+    assert rows.tolist() == np.column_stack([features, np.arange(6) % 3]).tolist()   # behaviour kept: warned only
+    # features alone, a label-named column of real values, and x beside y (a point) are read without a word
+    others = {"features.parquet": pd.DataFrame(features, columns=[f"f{i}" for i in range(4)]),
+              "real.parquet": pd.DataFrame({"f0": features[:, 0], "y": rng.normal(size=6)}),
+              "points.parquet": pd.DataFrame({"x": np.arange(6.0), "y": np.arange(6.0) % 2})}
+    for name, table in others.items():
+        table.to_parquet(tmp_path / name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert load_array(tmp_path / name).tolist() == table.to_numpy().tolist()
+
+
+def test_cli_names_the_label_column_read_as_a_feature(tmp_path, capsys):
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+    pd.DataFrame(rng.normal(size=(5, 3)), columns=["a", "b", "c"]).assign(label=[0, 1, 0, 1, 1]).to_parquet(
+        tmp_path / "s.parquet")
+    np.save(tmp_path / "t.npy", rng.normal(size=(6, 4)))
+    assert main(["memorization", "--samples", str(tmp_path / "s.parquet"), "--train", str(tmp_path / "t.npy"),
+                 "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and warned[0].startswith(
+        f"kfm memorization: warning: --samples {tmp_path / 's.parquet'}: the column ['label'] (whole numbers, named "
+        "like a class label) is read as a feature, one of 4 columns")
+
+
+def test_float64_arrays_beside_other_float_types_keep_their_precision(tmp_path, capsys):
+    # a .npz/.pt of float64 items beside float32 labels (or float16 extras): each array keeps its own dtype, so
+    # values 1e-9 apart, one float32 value, stay apart (cast to float32 the sample would sit on two equal items)
+    import pandas as pd
+
+    from kinetic_fm.data.arrays import load_array
+
+    train = np.array([[1.0], [1.0 + 3e-9], [2.0], [4.0]])
+    samples = np.array([[1.0 + 1e-9], [3.0]])
+    np.savez(tmp_path / "train.npz", x=train, y=np.arange(4, dtype=np.float32), z=train.astype(np.float16))
+    torch.save({"x": torch.from_numpy(samples), "y": torch.zeros(2), "h": torch.ones(2, dtype=torch.bfloat16)},
+               tmp_path / "samples.pt")
+    for path, key, want in ((tmp_path / "train.npz", "x", train), (tmp_path / "samples.pt", "x", samples)):
+        got = load_array(path, key)
+        assert got.dtype == torch.float64 and np.array_equal(got.numpy(), want)        # bit for bit
+    assert load_array(tmp_path / "train.npz", "y").dtype == torch.float32
+    assert load_array(tmp_path / "train.npz", "z").dtype == torch.float16
+    assert load_array(tmp_path / "samples.pt", "h").dtype == torch.bfloat16
+    out = tmp_path / "table.csv"
+    assert main(["memorization", "--samples", str(tmp_path / "samples.pt"), "--key", "x", "--train",
+                 str(tmp_path / "train.npz"), "--train-key", "x", "--bootstrap", "0", "--no-progress",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    table = pd.read_csv(out)
+    d = np.abs(samples - train.T)                                     # float64 brute force
+    d.sort(axis=1)
+    np.testing.assert_allclose(table["d1"], d[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(table["ratio"], d[:, 0] / d[:, 1], rtol=1e-6)   # 0.5, not 0 (memorized)
+    assert table["memorized"].tolist() == [False, False]

@@ -2149,3 +2149,34 @@ def test_a_run_that_only_reread_the_cache_says_its_seconds_are_the_metrics(tmp_p
     sentence = "This run sampled nothing: every sampling run was read from `cache/`"
     assert sentence in _overview(cfg, STUDIES, assets, times, 7.2, from_cache=True)
     assert sentence not in _overview(cfg, STUDIES, assets, times, 7.2)
+
+
+def test_a_workspace_of_nets_trained_on_a_grey_folders_three_channels_is_not_reloaded_for_one(tmp_path, monkeypatch):
+    # folder: loads a grey folder as one channel now; a workspace's nets, cached by settings that do not name the
+    # shape, were trained on its three equal channels: reloaded, their (3, H, W) inputs met (1, H, W) images
+    from PIL import Image
+
+    import kinetic_fm.data.images as images
+    from kinetic_fm.studies.assets import load_assets
+    from kinetic_fm.studies.config import AssetsConfig
+
+    rng = np.random.default_rng(7)
+    (tmp_path / "grey").mkdir()
+    for j, image in enumerate(rng.integers(0, 256, (26, 4, 4), dtype=np.uint8)):
+        Image.fromarray(image).save(tmp_path / "grey" / f"{j}.png")
+    cfg = AssetsConfig(data=f"folder:{tmp_path / 'grey'}", n_heldout=8, general_steps=2, memorizer_n=16,
+                       memorizer_steps=2, batch_size=8, width=8, model="mlp")
+    load = images.load_image_folder
+    with monkeypatch.context() as before:                        # the loader as it was: RGB
+        before.setattr(images, "load_image_folder", lambda *a, **k: load(*a, **{**k, "grayscale": False}))
+        old = load_assets(cfg, Workspace(tmp_path / "ws"), progress=False)
+    new = load_assets(cfg, Workspace(tmp_path / "ws"), progress=False)
+    assert old.train.shape[1:] == (3, 4, 4) and new.train.shape[1:] == (1, 4, 4)
+    assert torch.equal(old.train, new.train.expand(-1, 3, -1, -1))
+    t = torch.full((2,), 0.5)
+    for net in (new.general, new.memorizer):                     # nets of the one channel, trained anew
+        assert net(new.train[:2], t).shape == (2, 1, 4, 4)
+    assert len(list((tmp_path / "ws" / "models").iterdir())) == 4
+    again = load_assets(cfg, Workspace(tmp_path / "ws"), progress=False)   # reloaded from its own folder
+    assert again.general(new.train[:2], t).shape == (2, 1, 4, 4)
+    assert len(list((tmp_path / "ws" / "models").iterdir())) == 4

@@ -257,7 +257,7 @@ def _empirical_training_rows(run, manifest, progress: bool):
     except FileNotFoundError as err:
         raise FileNotFoundError(f"--train {run} was sampled from {source}{subset}, which is not found from here: "
                                 f"{err}") from None
-    rows = float_items(rows)
+    rows = float_items(grey_as_recorded(rows, identity.get("train_shape"), source))
     if items_digest(rows) != identity.get("train_sha256"):
         raise ValueError(f"--train {str(run)!r}: {source}{subset} now loads other items than the run sampled the "
                          f"field of ({str(rows.dtype).removeprefix('torch.')} {list(rows.shape)}; the run's: "
@@ -265,6 +265,17 @@ def _empirical_training_rows(run, manifest, progress: bool):
                          "run")
     print(f"--train {run}: the {rows.shape[0]} items its field was made of ({', '.join([source, *drawn])})")
     return rows, files, np.arange(rows.shape[0]) if items is None else items, mean
+
+
+def grey_as_recorded(items, recorded, source: str):
+    """``items`` (N, 1, H, W) loaded by a ``folder:`` ``source`` as the (N, 3, H, W) a run recorded
+    (``recorded``, its items' shape) where it was made before such a spec loaded a grey folder as one
+    channel: the three equal channels it trained on, so that the run is still read; else unchanged."""
+    if not (isinstance(source, str) and source.startswith("folder:") and isinstance(recorded, list)):
+        return items
+    if items.dim() == 4 and items.shape[1] == 1 and recorded == [items.shape[0], 3, *items.shape[2:]]:
+        return items.repeat(1, 3, 1, 1)
+    return items
 
 
 def _net_folder_kind(path) -> str:
@@ -333,6 +344,7 @@ def _training_rows(run, progress: bool):
         items = items[rows]
         files = None if files is None else [files[i] for i in rows]
         positions = None if positions is None else positions[rows]
+    items = grey_as_recorded(items, config.get("data_shape"), spec)
     if list(items.shape) != config.get("data_shape"):
         raise ValueError(f"--train {run}: {loads} now loads {list(items.shape)}, but the "
                          f"run trained on {config.get('data_shape')}: the data changed since")

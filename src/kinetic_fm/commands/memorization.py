@@ -24,7 +24,8 @@ def register(subparsers) -> None:
             ".pt (a tensor, or a dict of them with --key, loaded with weights_only=True), .parquet (a list "
             "column or the numeric columns), or a folder or .zip of images (PNG/JPEG, read as [-1, 1], one "
             "channel when all are grey, unless the other input is colour); --train may also be a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, "
-            "folder:PATH, digits: its whole training split, in [-1, 1]; celeba: grey, centred by the "
+            "folder:PATH (one channel when all are grey, unless --samples are colour), digits: its whole "
+            "training split, in [-1, 1]; celeba: grey, centred by the "
             "mean image of all its faces, as --samples images from a folder or .zip are then too). "
             "A net trained on a subset (kfm train --n) is audited against "
             "that subset with --train RUN, its kfm train run folder, and a kfm reproduce net against its "
@@ -138,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     train_folder = train_files is not None and train_items is None and is_image_source(args.train)  # not a run's
     samples_folder = sample_files is not None and is_image_source(args.samples)
     samples, train = _grey_folders_as_one_channel(samples, samples_folder, train, train_folder)
+    train = _grey_spec_beside_colour(train, args.train, samples)
     if train_mean is not None:
         samples = _centred_as_train(samples, train, samples_folder, train_mean, args.samples, args.train)
     samples, train = samples.to(device), train.to(device)
@@ -514,6 +516,19 @@ def _grey_folders_as_one_channel(samples, samples_folder: bool, train, train_fol
     if grey_train and not colour(samples, grey_samples, train):
         train = train[:, :1]
     return samples, train
+
+
+def _grey_spec_beside_colour(train, value: str, samples):
+    """``train`` loaded by a ``folder:`` spec ``value`` as one grey channel, as three equal ones where
+    ``samples`` are colour images of its size: what the spec loaded before it read a grey folder as
+    one channel (samples of a net trained on those three channels), the rule a grey folder given by
+    its path follows; else unchanged."""
+    from ._rows import is_spec
+
+    one = train.dim() == 4 and train.shape[1] == 1 and is_spec(value, True) and value.startswith("folder:")
+    if one and samples.dim() == 4 and samples.shape[1] == 3 and samples.shape[2:] == train.shape[2:]:
+        return train.repeat(1, 3, 1, 1)
+    return train
 
 
 def _cifar_images(name: str, x, *, scale_warned: bool = False):

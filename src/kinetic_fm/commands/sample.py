@@ -315,6 +315,10 @@ def _empirical_target(args, device, stored=None) -> _Target:
         warnings.warn(f"--train {args.train} holds uint8 values (0 to 255), sampled on that scale: beside them the "
                       "N(0, I) noise is small and the field picks its atom early; the image loaders (a folder or "
                       ".zip of images, a data spec) give [-1, 1], as x / 127.5 - 1 does", stacklevel=2)
+    if resumed and is_spec(args.train, True):  # a run from before folder: loaded a grey folder as one channel
+        from ._rows import grey_as_recorded
+
+        rows = grey_as_recorded(rows, stored.identity.get("train_shape"), absolute_spec(args.train))
     rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
     if args.train_n is not None and positions is not None:  # EmpiricalFlow would name the subset's row only
         from ..knn import first_nonfinite, nonfinite_rows

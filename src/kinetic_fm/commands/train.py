@@ -19,8 +19,9 @@ from ._types import check_output_path, seed_number, user_path, writing
 from ._flag_names import SettingFlags, flag_words, named_by_its_flag
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
-             "(PATH a folder or .zip). digits: scikit-learn's 8x8 digits, bundled; moons: two half circles; "
-             "gmm: 8 Gaussians (σ 0.4) on a ring of radius 4; checkerboard: a 2-D checkerboard")
+             "(PATH a folder or .zip; folder: loads one channel where every image is grey, else RGB). digits: "
+             "scikit-learn's 8x8 digits, bundled; moons: two half circles; gmm: 8 Gaussians (σ 0.4) on a ring of "
+             "radius 4; checkerboard: a 2-D checkerboard")
 
 
 def register(subparsers) -> None:
@@ -108,13 +109,15 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:  # "n must be an integer in [1, 1_797] (the available items)"
             raise named_by_its_flag(err, _FLAGS) from None
     data = dataset_rows(ds)
+    if args.resume:  # a run from before folder: loaded a grey folder as one channel: its three equal channels
+        data = _grey_as_saved(data, args.data, args.out)
     if args.model == "unet" and data.dim() != 4:  # default_model's own refusal names neither flag
         raise ValueError(f"--model unet needs image data (C, H, W), but --data {args.data} holds "
                          f"{'vectors' if data.dim() == 2 else 'items'} of shape {tuple(data.shape[1:])}; "
                          "for vector data use --model mlp (or auto, which picks it)")
     labels = ds.labels if args.class_cond else None
     if args.class_cond and labels is None:
-        raise ValueError(f"--class-cond: data {args.data!r} has no labels")
+        raise ValueError(f"--class-cond: data {args.data!r} has no labels{_why_unlabelled(args.data)}")
     # the data set's classes, not the subset's largest label: a --n subset without the top class
     # made that class's label the null class
     classes = getattr(ds, "classes", None)
@@ -167,6 +170,32 @@ def _flags_for_settings(text: str) -> str:
     import re
 
     return re.sub(r"\bbeyond steps=(\d+)", r"beyond --steps \1", SETTINGS.in_listed_words(text))
+
+
+def _why_unlabelled(spec: str) -> str:
+    """``": <why>"`` for a ``folder:`` spec whose tree gives no labels (all images in one folder, or one
+    beside the class folders), else ""."""
+    from ..data.images import why_unlabelled
+    from ..data.registry import parse_spec
+
+    name, path = parse_spec(spec)
+    reason = why_unlabelled(path) if name == "folder" else None
+    return f": {reason}" if reason else ""
+
+
+def _grey_as_saved(data, spec: str, out: str):
+    """``data`` as :func:`~kinetic_fm.commands._rows.grey_as_recorded` gives it for the run in ``out``
+    (the shape its config.json records); unchanged where there is no such record."""
+    import json
+    from pathlib import Path
+
+    from ._rows import grey_as_recorded
+
+    try:
+        saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8")).get("data_shape")
+    except (OSError, ValueError, AttributeError):
+        return data  # no run yet, or not a kfm train record: the resume itself says what differs
+    return grey_as_recorded(data, saved, spec)
 
 
 def _recorded_spec(spec: str, out: str, resume: bool) -> str:

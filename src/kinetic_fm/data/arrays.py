@@ -37,7 +37,15 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
       ``kfm sample`` run's results.parquet does), else the only list column (or, among several,
       the only one recording a sample shape: x beside ``--profile``'s columns), else all numeric
       columns side by side as (rows, columns); where other columns are left out, a warning names
-      them and the columns taken (the first 5, then how many more).
+      them and the columns taken (the first 5, then how many more), and a column named like a
+      class label (``label(s)``, ``y``, ``target(s)``, ``class(es)``, ``class_id``, ``category``,
+      any case) holding whole numbers is warned of: it is read as one more feature (a table of
+      features alone, and ``x`` beside ``y``, are read without a word).
+
+    Each array comes back in the dtype it is stored in, whatever the file's other arrays hold
+    (float64 items beside float32 labels stay float64; float16 and bfloat16 stay as they are;
+    nothing is cast to torch's default dtype), except numeric Parquet columns read side by side,
+    which come back as float64 (exact for any mix of their integer and float types up to 2**53).
 
     Raises ValueError naming the file when it is damaged, holds no real numbers (strings,
     complex), holds a single value instead of rows, or is ambiguous (see above).
@@ -179,7 +187,29 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
                       f"left out {_first_few(left_out)} (not numbers); a label or seed column among them "
                       f"counts as a feature: {NAME_A_COLUMN} to read it alone (no option picks several: save "
                       "a file holding only the feature columns)", stacklevel=3)
-    return _to_tensor(path, np.column_stack([table.column(c).to_numpy() for c in numeric]).astype(np.float64))
+    columns = {name: table.column(name).to_numpy() for name in numeric}
+    labels = _label_columns(columns, table.column_names)
+    if labels:  # a label beside the features: (rows, D + 1), its class gaps in every distance
+        warnings.warn(f"{path}: the column {labels} (whole numbers, named like a class label) is read as a feature, "
+                      f"one of {len(numeric)} columns taken side by side; to leave it out, save the table without "
+                      f"it (frame.drop(columns={labels}).to_parquet(...)): no option drops a column here",
+                      stacklevel=3)
+    return _to_tensor(path, np.column_stack(list(columns.values())).astype(np.float64))
+
+
+# column names that hold a class label rather than a feature (compared in lower case)
+_LABEL_NAMES = frozenset({"label", "labels", "y", "target", "targets", "class", "classes", "class_id", "category"})
+
+
+def _label_columns(columns: dict, names: list[str]) -> list[str]:
+    """The columns of ``columns`` (name -> values) named like a class label (``_LABEL_NAMES``)
+    whose values are all whole numbers; ``y`` beside an ``x`` (a point's two coordinates) is no label."""
+    import numpy as np
+
+    lower = {name.lower() for name in names}
+    return [name for name, values in columns.items()
+            if name.lower() in _LABEL_NAMES and not (name.lower() == "y" and "x" in lower)
+            and bool(np.all(np.mod(values, 1) == 0))]
 
 
 def _first_few(names: list[str], few: int = 5) -> str:

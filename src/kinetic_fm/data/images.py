@@ -196,7 +196,10 @@ def decode_image(
     every pixel keeps the colour stored in the file, as torchvision's ImageFolder reads it, so a
     transparent pixel's colour, which viewers do not show, is an image pixel. An image with a pixel
     of alpha below 255 (in the crop taken) is warned of (:func:`load_image_folder`: once per load);
-    flatten such files onto a background first where that is not what is wanted.
+    flatten such files onto a background first where that is not what is wanted. A 16-bit file is
+    read at 8 bits and warned of likewise: a grey one rounds each value v to round(v / 257), a
+    colour one (16-bit RGB or RGBA PNG, grey with alpha) keeps its high byte, v // 256, as Pillow
+    reads it: the low byte is lost either way.
 
     Args:
         data: the encoded file.
@@ -205,20 +208,33 @@ def decode_image(
         crop: side of a centred square crop applied before resizing (pixels), or None.
         size: side of the square output after resizing (bicubic, antialiased), or None to keep.
     """
-    array, see_through = _decode(data, name=name, grayscale=grayscale, crop=crop, size=size)
-    if see_through:
+    decoded = _decode(data, name=name, grayscale=grayscale, crop=crop, size=size)
+    if decoded.see_through:
         _warn_of_alpha([name], 1)
-    return array
+    if decoded.sixteen_bit:
+        _warn_of_sixteen_bits([(name, decoded.sixteen_bit)], 1)
+    return decoded.array
 
 
-def _decode(data: bytes, *, name: str, grayscale: bool, crop: int | None,
-            size: int | None) -> tuple[np.ndarray, bool]:
-    """:func:`decode_image`'s array, and whether the image (its crop) has a pixel of alpha < 255."""
+@dataclass(frozen=True)
+class _Decoded:
+    """One decoded image: ``array`` (H, W, C) uint8; ``see_through``: a pixel of alpha < 255 (in the
+    crop taken); ``sixteen_bit``: "grey" or "colour" for a file of 16 bits per sample (read at 8), else None."""
+
+    array: np.ndarray
+    see_through: bool
+    sixteen_bit: str | None
+
+
+def _decode(data: bytes, *, name: str, grayscale: bool, crop: int | None, size: int | None) -> _Decoded:
+    """:func:`decode_image`'s array, whether the image (its crop) has a pixel of alpha < 255 and
+    whether the file holds 16 bits per sample."""
     from PIL import Image, UnidentifiedImageError
 
     check_sides(crop=crop, size=size)
     try:
         with Image.open(io.BytesIO(data)) as img:
+            sixteen_bit = _sixteen_bit(img)  # before anything loads the pixels: the tile says how they are stored
             img = _upright(img)
             img = _eight_bit(img, name)
             alpha = _alpha(img)
@@ -236,7 +252,40 @@ def _decode(data: bytes, *, name: str, grayscale: bool, crop: int | None,
             array = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{name}: not a readable image file ({err})") from None
-    return (array[..., None] if array.ndim == 2 else array), see_through
+    return _Decoded(array[..., None] if array.ndim == 2 else array, see_through, sixteen_bit)
+
+
+# how Pillow names 16 bits per sample in a file: I;16 (grey), I;16B / I;16L / I;16N, RGB;16B, RGBA;16B,
+# LA;16B (PNG), RGB;16L (TIFF); BMP's "BGR;16" is 16 bits per pixel (5-6-5), not per sample
+_SIXTEEN_BIT_RAWMODE = re.compile(r"^I;16[BLN]?$|;16[BLN]$")
+
+
+def _sixteen_bit(img) -> str | None:
+    """"grey" or "colour" when ``img`` (opened, not yet loaded) stores 16 bits per sample, else None."""
+    args = [tile[3] for tile in (img.tile or []) if len(tile) > 3]  # Pillow 10's tuples, 11's named tuples
+    modes = [a if isinstance(a, str) else a[0] if isinstance(a, tuple) and a else "" for a in args]
+    if not (img.mode.startswith("I;16") or any(isinstance(m, str) and _SIXTEEN_BIT_RAWMODE.search(m) for m in modes)):
+        return None
+    return "grey" if img.mode.startswith("I") else "colour"
+
+
+def _warn_of_sixteen_bits(deep: list[tuple[str, str]], count: int) -> None:
+    """One UserWarning for the ``deep`` images (name, "grey" or "colour") of the ``count`` decoded that
+    store 16 bits per sample: the loaders work in 8 bits, so each value's low byte is lost."""
+    import warnings
+
+    from ..checks import caller_outside_the_package
+
+    kinds = {kind for _, kind in deep}
+    how = []
+    if "grey" in kinds:
+        how.append("grey ones rounded to the nearest of 256 levels (round(v / 257))")
+    if "colour" in kinds:
+        how.append("colour ones (and alpha) cut to their high byte (v // 256, as Pillow reads them)")
+    warnings.warn(f"{len(deep)} of {count} images are 16-bit files (the first: {deep[0][0]}): they are read at 8 bits, "
+                  f"{' and '.join(how)}, so each value's low byte is lost; convert them to 8 bits yourself if "
+                  "another mapping is wanted (kinetic_fm reads images at 8 bits only)", UserWarning,
+                  stacklevel=caller_outside_the_package())
 
 
 def _alpha(img):
@@ -314,16 +363,20 @@ def decode_many(
     progress: bool = False,
 ) -> np.ndarray:
     """Decode ``names`` from ``source`` into one (N, H, W, C) uint8 array; all must share a size.
-    Images with transparent pixels are warned of once, by count (see :func:`decode_image`)."""
+    Images with transparent pixels, and 16-bit images, are warned of once each, by count (see
+    :func:`decode_image`)."""
     from tqdm.auto import tqdm
 
     out: np.ndarray | None = None
     translucent: list[str] = []  # images with transparent pixels: one warning for them all, not one each
+    deep: list[tuple[str, str]] = []  # 16-bit images: likewise
     for i, name in enumerate(tqdm(names, desc="decode", disable=not progress, leave=False)):
-        array, see_through = _decode(source.read(name), name=source.describe(name),
-                                     grayscale=grayscale, crop=crop, size=size)
-        if see_through:
+        decoded = _decode(source.read(name), name=source.describe(name), grayscale=grayscale, crop=crop, size=size)
+        array = decoded.array
+        if decoded.see_through:
             translucent.append(source.describe(name))
+        if decoded.sixteen_bit:
+            deep.append((source.describe(name), decoded.sixteen_bit))
         if out is None:
             out = np.empty((len(names), *array.shape), dtype=np.uint8)
         elif array.shape != out.shape[1:]:
@@ -336,6 +389,8 @@ def decode_many(
         raise ValueError(f"{source.path}: no images selected")
     if translucent:
         _warn_of_alpha(translucent, len(names))
+    if deep:
+        _warn_of_sixteen_bits(deep, len(names))
     return out
 
 
@@ -359,25 +414,45 @@ def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor 
     ``zip -r data.zip data/``), however deep the file lies inside it (``cat/kittens/1.png`` is a
     cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as torchvision's ImageFolder
     labels a tree (ImageFolder takes the root's own folders, so it reads a wrapped tree as one class).
-    (None, None) when a file lies beside the class folders or all lie in one class: one class is no
-    labelling (the studies refuse it). Class folders all named like a data set's splits (train,
+    (None, None) when a file lies beside the class folders or all lie in one folder: one class is no
+    labelling (the studies refuse it). One class holding folders (``cat/kittens/``, ``cat/adults/``)
+    is labelled by them: the class folder reads as a wrapper, as ``data/`` of ``data/cat/``,
+    ``data/dog/`` does, and nothing tells the two apart. Class folders all named like a data set's splits (train,
     test, ...) that hold folders of their own are warned of: such a tree is labelled by split."""
+    if _unlabelled(relative) is not None:
+        return None, None
     folders = [r.split("/")[:-1] for r in relative]
-    if not folders:
-        return None, None
-    shared = 0  # how many wrapping folders every file is under
-    while all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
-        shared += 1
-    if any(len(f) == shared for f in folders):  # a file beside the class folders (or no folder at all)
-        return None, None
+    shared = _shared_depth(folders)
     names = [f[shared] for f in folders]
-    if len(set(names)) < 2:
-        return None, None
     classes = tuple(sorted(set(names)))
     if all(c.lower() in _SPLIT_NAMES for c in classes) and all(len(f) > shared + 1 for f in folders):
         _warn_of_split_classes(classes)
     lookup = {c: i for i, c in enumerate(classes)}
     return classes, torch.tensor([lookup[c] for c in names], dtype=torch.int64)
+
+
+def _shared_depth(folders: list[list[str]]) -> int:
+    """How many wrapping folders every file (given by its ``folders``) is under."""
+    shared = 0
+    while all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
+        shared += 1
+    return shared
+
+
+def _unlabelled(relative: list[str]) -> str | None:
+    """Why the files at ``relative`` (paths below the root) get no labels from
+    :func:`_folder_labels`, in words, or None when they do."""
+    folders = [r.split("/")[:-1] for r in relative]
+    if not folders:
+        return "it holds no images"
+    shared = _shared_depth(folders)
+    beside = next((r for r, f in zip(relative, folders) if len(f) == shared), None)
+    if beside is not None and len(set(map(tuple, folders))) == 1:  # one class is no labelling
+        where = f"one folder, {'/'.join(folders[0])}/" if folders[0] else "no folder, at the top level"
+        return f"all its images lie in {where} (one class is no labelling; class folders hold them: <class>/<image>)"
+    if beside is not None:
+        return f"{beside} lies beside the class folders (every image must lie in one: <class>/<image>)"
+    return None
 
 
 # folder names that mark a data set's splits rather than its classes
@@ -404,7 +479,7 @@ def load_image_folder(
     subdir: str | None = None,
     size: int | None = None,
     crop: int | None = None,
-    grayscale: bool = False,
+    grayscale: bool | None = False,
     labels_from_folders: bool = True,
     n: int | None = None,
     indices: Sequence[int] | Tensor | None = None,
@@ -418,13 +493,22 @@ def load_image_folder(
         path: a folder or a .zip archive.
         subdir: only files under this relative folder (e.g. ``"train"``); it may also sit under
             one top-level folder of the archive (``cifar10/train/...``).
-        size, crop, grayscale: see :func:`decode_image`. Without ``size`` all images must share a size.
+        size, crop: see :func:`decode_image`. Without ``size`` all images must share a size.
+        grayscale: True: one channel (PIL "L"); False: three (RGB, as torchvision's ImageFolder reads
+            any file); None: one channel where every image loaded is grey (R = G = B in every pixel:
+            "L" files, and grey ones saved as RGB), else three (what the ``folder:`` spec asks: an
+            MNIST-style folder tripled D with three copies of each pixel). The images loaded decide:
+            a subset (``n``) of a folder mixing grey and colour files may be all grey.
         labels_from_folders: label each image by its class folder (classes sorted alphabetically):
             the top folder below those every image sits in (a wrapping ``data/`` of ``zip -r
             data.zip data/``), whatever the image's depth inside it (``cat/kittens/1.png`` is a cat,
             ``n01/images/0.png`` an n01), as torchvision's ImageFolder labels a tree. An image
-            beside the class folders, or all in one folder (``zip -r faces.zip faces/``), make the
-            labels None: one class is no labelling.
+            beside the class folders, or all in one folder (``zip -r faces.zip faces/``, or
+            ``wrapper/cat/*.png``, which ImageFolder reads as one class ``wrapper``), make the
+            labels None: one class is no labelling (:func:`why_unlabelled` says which). A tree of
+            one class with folders inside it (``cat/kittens/``, ``cat/adults/``, wrapped or not)
+            is labelled by those folders: it cannot be told from a wrapped tree of classes
+            (``data/cat/``, ``data/dog/``); ImageFolder reads both as one class.
         n, indices, seed: subset selection before decoding, see :func:`~kinetic_fm.data.subset.select_indices`.
         check_listing: called with the (file, path under ``subdir``) pairs before any image is
             decoded, to refuse a tree by raising (one listing: a 60,000-file zip takes seconds to list).
@@ -434,14 +518,18 @@ def load_image_folder(
 
     Raises:
         ValueError: ``path`` is neither a folder nor a zip, or a folder in it cannot be listed;
-            ``size`` or ``crop`` is neither None nor an integer >= 1; an image cannot be read (a
-            damaged or encrypted archive member, not an image, a 32-bit float image, 32-bit integer
-            values outside [0, 65535]) or is smaller than ``crop``; images of different sizes without
+            ``grayscale`` is not True, False or None; ``size`` or ``crop`` is neither None nor an
+            integer >= 1; an image cannot be read (a damaged or encrypted archive member, not an
+            image, a 32-bit float image, 32-bit integer values outside [0, 65535]) or is smaller
+            than ``crop``; images of different sizes without
             ``size``; ``n``, ``indices`` or ``seed`` as :func:`~kinetic_fm.data.subset.select_indices`
             refuses them, or an empty ``indices`` (no images selected).
         FileNotFoundError: ``path`` does not exist, or holds no image files (under ``subdir``).
         Exception: whatever ``check_listing`` raises to refuse the tree, as it raises it.
     """
+    if grayscale not in (True, False, None):
+        raise ValueError(f"grayscale must be True, False or None (one channel where every image is grey), "
+                         f"got {grayscale!r}")
     with ImageSource(path) as source:
         pairs = _under(source.names, subdir, path)
         if not pairs:
@@ -452,7 +540,9 @@ def load_image_folder(
         classes, all_labels = _folder_labels([rel for _, rel in pairs]) if labels_from_folders else (None, None)
         chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
         array = decode_many(source, [names[i] for i in chosen.tolist()],
-                            grayscale=grayscale, crop=crop, size=size, progress=progress)
+                            grayscale=bool(grayscale), crop=crop, size=size, progress=progress)
+    if grayscale is None and _grey(array):
+        array = array[..., :1]
     return ImageDataset(
         images=uint8_to_signed(array),
         labels=None if all_labels is None else all_labels[chosen],
@@ -462,6 +552,20 @@ def load_image_folder(
         lossy="JPEG" if size is None and any(names[i].lower().endswith(JPEG_EXTENSIONS)
                                               for i in chosen.tolist()) else None,
     )
+
+
+def _grey(array: np.ndarray, block: int = 1024) -> bool:
+    """Whether the (N, H, W, 3) uint8 ``array`` has R = G = B in every pixel (checked ``block``
+    images at a time: the comparison's boolean array stays small)."""
+    return all(bool((part[..., 1:] == part[..., :1]).all()) for part in
+               (array[start:start + block] for start in range(0, array.shape[0], block)))
+
+
+def why_unlabelled(path: str | os.PathLike, subdir: str | None = None) -> str | None:
+    """Why :func:`load_image_folder` gives the images of ``path`` (under ``subdir``) no labels, in
+    words naming the folder or file (for messages), or None when it labels them; lists, decodes nothing."""
+    with ImageSource(path) as source:
+        return _unlabelled([rel for _, rel in _under(source.names, subdir, path)])
 
 
 def image_names(path: str | os.PathLike, subdir: str | None = None) -> list[str]:
@@ -485,5 +589,6 @@ def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tup
         pairs = _under(source.names, subdir, path)
     classes, labels = _folder_labels([rel for _, rel in pairs])
     if classes is None:
-        raise ValueError(f"{path}: expected images in <class>/<file> folders, at least two classes")
+        raise ValueError(f"{path}: expected images in <class>/<file> folders, at least two classes: "
+                         f"{_unlabelled([rel for _, rel in pairs])}")
     return classes, labels

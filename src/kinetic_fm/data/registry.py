@@ -17,7 +17,8 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
     Args:
         spec: ``digits``; ``moons``, ``gmm`` (8-mode ring) or ``checkerboard`` (2-D samplers, n
             points, default 20,000); ``mnist:DIR``, ``cifar10:PATH``, ``celeba:PATH`` or
-            ``folder:PATH`` (training split; PATH a folder or zip as the loaders accept).
+            ``folder:PATH`` (training split; PATH a folder or zip as the loaders accept; ``folder:``
+            loads one channel where every image it loads is grey, R = G = B, else RGB).
         n: subset size (images) or number of points (2-D); None = everything / 20,000 points. Image
             subsets are nested across n for one seed; 2-D points are drawn afresh for each n, so the
             n = 500 points are not among the n = 1000 ones.
@@ -44,7 +45,8 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
         "mnist": lambda p: mnist.load_mnist(p, "train", n=n, seed=seed),
         "cifar10": lambda p: cifar10.load_cifar10(p, "train", n=n, seed=seed, progress=progress),
         "celeba": lambda p: celeba.load_celeba(p, n=n, seed=seed, progress=progress),
-        "folder": lambda p: images.load_image_folder(p, n=n, seed=seed, progress=progress),
+        # one channel where every image is grey: an MNIST-style folder as mnist: loads it, not three copies
+        "folder": lambda p: images.load_image_folder(p, grayscale=None, n=n, seed=seed, progress=progress),
     }
     return loaders[name](path)
 

@@ -206,7 +206,7 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes, 
     from ..models.classifier import SmallCNN, train_classifier
 
     key = {"data": cfg.data, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout,
-           "steps": cfg.classifier_steps, "seed": cfg.seed}
+           "steps": cfg.classifier_steps, "seed": cfg.seed, **_one_channel_folder(cfg, train)}
     num_classes = None if classes is None else len(classes)
     if num_classes is not None and num_classes != int(train_labels.max()) + 1:
         # a split lacking the data set's last classes gets a judge of them all: not a judge cached
@@ -235,6 +235,13 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes, 
     return net.to(cfg.device).eval(), name, stored["accuracy"]
 
 
+def _one_channel_folder(cfg, images: Tensor) -> dict:
+    """``{"channels": 1}`` for a ``folder:`` spec that loads grey images as one channel, else ``{}``:
+    part of a net's cache key, so that a workspace's net trained on such a folder's three equal
+    channels (as folder: loaded it before) is not reloaded for one channel (other keys unchanged)."""
+    return {"channels": 1} if cfg.data.startswith("folder:") and images.dim() == 4 and images.shape[1] == 1 else {}
+
+
 def _velocity_net(cfg, ws, name, data, rows, steps, progress):
     """The EMA net ``name`` trained on ``data`` (rows ``rows`` of the loaded data set), trained
     here or reloaded, and its checkpoints (step -> file; only the memorizer's are written, the
@@ -245,7 +252,8 @@ def _velocity_net(cfg, ws, name, data, rows, steps, progress):
 
     key = {"data": cfg.data, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout, "n": int(data.shape[0]),
            "model": cfg.model, "width": cfg.width, "steps": steps, "batch": cfg.batch_size, "lr": cfg.lr,
-           "seed": cfg.seed, "memorizer_n": cfg.memorizer_n if name == "memorizer" else None}
+           "seed": cfg.seed, "memorizer_n": cfg.memorizer_n if name == "memorizer" else None,
+           **_one_channel_folder(cfg, data)}
     out = ws.model_dir(name, key)
     final = out / "final.safetensors"
     if not final.exists():
