@@ -844,6 +844,18 @@ def test_memorizer_span_keeps_training_distances_and_projects_samples_on_their_a
     assert memorizer_span(torch.randn(10, 3, generator=g, dtype=torch.float64)).k == 3   # D < N − 1: all D
 
 
+def _count_cache_reads_and_samplings(monkeypatch) -> tuple[list[str], list[range]]:
+    """Spy on a run: the names of the stage files it reads from cache/, and the seeds of each
+    sampling it computes (one call of ``kfm.sample`` per batch), both filled as it goes."""
+    from kinetic_fm.studies import samples, workspace
+
+    loaded, sampled = [], []
+    load, sample = torch.load, samples.sample
+    monkeypatch.setattr(workspace.torch, "load", lambda path, **kw: loaded.append(Path(path).name) or load(path, **kw))
+    monkeypatch.setattr(samples, "sample", lambda *a, **kw: sampled.append(kw["seeds"]) or sample(*a, **kw))
+    return loaded, sampled
+
+
 def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, monkeypatch):
     from kinetic_fm.studies import reproduce as module
 
@@ -859,7 +871,17 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
         module.reproduce(cfg, tmp_path, progress=False)
     assert any((tmp_path / "cache").glob("general-fm-*.pt"))  # finished stages were kept
     monkeypatch.undo()
+    # the resume reads every stage the interrupted run finished and samples only the shaping study's:
+    # the tables alone would match if it recomputed them all (they are deterministic)
+    finished = {p.name for p in (tmp_path / "cache").glob("*.pt")}
+    loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
     md, _ = module.reproduce(cfg, tmp_path, progress=False)
+    resumed = {p.name for p in (tmp_path / "cache").glob("*.pt")} - finished
+    assert finished <= set(loaded) and not resumed & set(loaded)
+    assert resumed and all(name.startswith("shaping-") for name in resumed), sorted(resumed)
+    assert len(sampled) == len(resumed) == len(ablation_grid(cfg.shaping))   # one batch each at tiny size
+    assert "This run sampled nothing" not in md.read_text()
+    monkeypatch.undo()
     for table in (out / "tables").glob("*.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(tmp_path / "tables" / table.name))
 
@@ -873,7 +895,10 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
     assert f"| seconds per stage | {summed} (summed over 2 invocations, the run interrupted and resumed; this one: " \
         in md.read_text()
     assert "over 2 invocations: the run was interrupted and resumed once; per stage, summed:" in md.read_text()
+    loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
     md, _ = module.reproduce(cfg, tmp_path, progress=False)    # a rerun of the finished run counts itself alone
+    assert sampled == [] and {p.name for p in (tmp_path / "cache").glob("*.pt")} <= set(loaded)
+    assert "This run sampled nothing: every sampling run was read from `cache/`" in md.read_text()
     third = json.loads((tmp_path / "timings.json").read_text())["invocations"][-1]["stages"]
     row = next(line for line in md.read_text().splitlines() if line.startswith("| seconds per stage"))
     assert row == "| seconds per stage | " + ", ".join(f"{k} {v:.1f}" for k, v in third.items()) + " |"
