@@ -283,49 +283,49 @@ def test_a_study_result_is_read_back_until_a_setting_an_input_the_code_or_a_stag
     first = result()
     equal(result(), first)                                        # read back: the study ran once
     assert len(runs) == 1 and (ws.studies_computed, ws.studies_loaded) == (1, 1)
-    result({"n": 5})                                              # another setting
-    assert len(runs) == 2
-    equal(result(), first)                                        # the first setting's entry stays
-    assert len(runs) == 2
+    result({"n": 5})                                              # another setting: its entry replaces the first
+    assert len(runs) == 2 and len(list(tmp_path.glob("cache/study-demo-*.pt"))) == 1
+    assert result().claims[0].ours == "ours 3"                    # measured again
+    assert len(runs) == 3
     changes = [lambda: inputs.train.add_(1), lambda: inputs.net.bias.data.add_(1),
                lambda: (tmp_path / "step1.safetensors").write_bytes(b"other weights"),
                lambda: setattr(inputs, "name", "mnist")]
-    for count, change in enumerate(changes, start=3):             # each input the study reads
+    for count, change in enumerate(changes, start=4):             # each input the study reads
         change()
         result()
         assert len(runs) == count
     inputs._derived = "a value computed from the others"
     result()
-    assert len(runs) == 6                                         # not an input of its own
+    assert len(runs) == 7                                         # not an input of its own
     monkeypatch.setattr(study_cache, "code_digest", lambda: "another library")
     result()
-    assert len(runs) == 7
+    assert len(runs) == 8
     from kinetic_fm.studies.workspace import atomic_torch_save
 
     atomic_torch_save({"kpe": torch.tensor([9.0, 9.0, 9.0, 9.0])}, ws.stage_path("samples", {"seeds": 4}))
-    assert result().tables["per_sample"]["kpe"].tolist() == [9.0] * 4 and len(runs) == 8   # a stage it read changed
+    assert result().tables["per_sample"]["kpe"].tolist() == [9.0] * 4 and len(runs) == 9   # a stage it read changed
     entry = ws.stage_path("study-demo", {"study": "demo", **study_key({"n": 4}, inputs)})   # the last one written
     assert entry.is_file()
     entry.write_bytes(entry.read_bytes()[:100])                   # truncated by a kill
     result()
-    assert len(runs) == 9
+    assert len(runs) == 10
     result()
-    assert len(runs) == 9
+    assert len(runs) == 10
 
     with pytest.warns(RuntimeWarning, match="few samples"):       # a study that warns warns on every run
         result({"n": 6}, note="few samples")
     with pytest.warns(RuntimeWarning, match="few samples"):
         result({"n": 6}, note="few samples")
-    assert len(runs) == 11
+    assert len(runs) == 12
     for _ in range(2):                      # Parquet stores tuples but gives back arrays: not stored
         assert result({"n": 7}, column=[(1, 2), (3, 4), (5, 6), (7, 8)]).tables["per_sample"]["mixed"][1] == (3, 4)
     for _ in range(2):                      # nor a column Parquet cannot store
         assert result({"n": 8}, column=[1, "b", 2.5, None]).tables["per_sample"]["mixed"].tolist()[1] == "b"
-    assert len(runs) == 15
+    assert len(runs) == 16
     inputs.net = lambda x: x                                      # an input it cannot digest: never stored
     cached_study(ws, "demo", study_key({"n": 4}, inputs), study())
     cached_study(ws, "demo", study_key({"n": 4}, inputs), study())
-    assert len(runs) == 17
+    assert len(runs) == 18
 
 
 # figure name -> its axes as the tiny run rendered them (filled by the tiny_report fixture)

@@ -16,7 +16,8 @@ its result is a function of, so that no setting, input or code change can reuse 
   recomputes the study.
 
 An entry is written atomically once its study has finished, so an interruption in a later study
-keeps it. A study that warned is not cached (a re-run would not warn again), nor one whose tables
+keeps it; it replaces the study's entry for other keys (one per study, or each edit of the library
+would add one). A study that warned is not cached (a re-run would not warn again), nor one whose tables
 do not survive the Parquet round trip unchanged. Entries are loaded with ``weights_only=True``:
 plain strings, numbers, bytes and Parquet bytes, no pickled objects.
 """
@@ -44,8 +45,11 @@ def code_digest() -> str:
     from importlib import metadata
 
     package = Path(__file__).resolve().parents[1]
+    sources = sorted(package.rglob("*.py"))
+    if not sources:  # installed without its source: no digest can tell one version from another
+        raise OSError(f"no Python source under {package} to digest")
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
+    for path in sources:
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     for name in ("torch", "numpy", "scipy", "pandas", "matplotlib"):
         try:
@@ -141,6 +145,9 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
         if entry is not None:
             inputs = {p.name: file_digest(p) for p in sorted(read) if p.parent == ws.root / "cache"}
             atomic_torch_save({"format": ENTRY_FORMAT, "inputs": inputs, "output": entry}, path)
+            for other in path.parent.glob(f"study-{name}-*.pt"):  # one entry per study: every edit of the
+                if other != path:                                    # library would add one otherwise
+                    other.unlink(missing_ok=True)
     return output
 
 
