@@ -317,6 +317,14 @@ def test_a_study_result_is_read_back_until_a_setting_an_input_the_code_or_a_stag
     with pytest.warns(RuntimeWarning, match="few samples"):
         result({"n": 6}, note="few samples")
     assert len(runs) == 12
+
+    def interrupted():
+        warnings.warn("before the interruption", RuntimeWarning)
+        raise KeyboardInterrupt
+
+    with pytest.warns(RuntimeWarning, match="before the interruption"), pytest.raises(KeyboardInterrupt):
+        cached_study(ws, "demo", study_key({"n": 9}, inputs), interrupted)
+    assert not ws.stage_path("study-demo", {"study": "demo", **study_key({"n": 9}, inputs)}).exists()
     for _ in range(2):                      # Parquet stores tuples but gives back arrays: not stored
         assert result({"n": 7}, column=[(1, 2), (3, 4), (5, 6), (7, 8)]).tables["per_sample"]["mixed"][1] == (3, 4)
     for _ in range(2):                      # nor a column Parquet cannot store

@@ -135,10 +135,13 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
         if output is not None:
             ws.studies_loaded += 1
             return output
-    with ws.recording_reads() as read, warnings.catch_warnings(record=True) as warned:
-        output = run()
-    for w in warned:  # shown as the study raised them, after it (a cached re-run would not show them)
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    warned: list[warnings.WarningMessage] = []
+    try:
+        with ws.recording_reads() as read, warnings.catch_warnings(record=True) as warned:
+            output = run()
+    finally:  # shown as the study raised them, after it (or after its interruption)
+        for w in warned:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     ws.studies_computed += 1
     if path is not None and not warned:
         entry = _encode(output)
