@@ -4,6 +4,7 @@ import math
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,116 @@ def test_workspace_keeps_a_stage_several_studies_read(tmp_path, monkeypatch):
     kept = again.cached("stage", {"a": 1}, compute, keep=True)
     assert again.cached("stage", {"a": 1}, compute, keep=True) is kept and kept["value"].item() == 1
     assert len(computed) == 2 and len(loads) == 2
+
+
+@dataclass
+class _StudyInputs:
+    """What a study reads besides its stages, as :class:`~kinetic_fm.studies.assets.Assets` holds it."""
+    train: torch.Tensor
+    net: torch.nn.Module
+    checkpoints: dict
+    name: str
+    _derived: object = None                                      # computed from the others: not keyed
+
+
+def test_a_study_result_is_read_back_until_a_setting_an_input_the_code_or_a_stage_it_read_changes(
+        tmp_path, monkeypatch):
+    import warnings
+
+    from kinetic_fm.studies import study_cache
+    from kinetic_fm.studies.output import StudyOutput
+    from kinetic_fm.studies.report import Claim, Figure, Section
+    from kinetic_fm.studies.study_cache import cached_study, study_key
+
+    ws, runs = Workspace(tmp_path), []
+    (tmp_path / "step1.safetensors").write_bytes(b"weights")
+    inputs = _StudyInputs(torch.arange(6.0).reshape(2, 3), torch.nn.Linear(2, 1),
+                          {1: tmp_path / "step1.safetensors"}, "digits")
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+    def study(note=None, column=None):
+        def run():
+            stage = ws.cached("samples", {"seeds": 4}, lambda: {"kpe": torch.tensor([1.5, -0.0, math.nan, 2.0])})
+            runs.append(1)
+            if note:
+                warnings.warn(note, RuntimeWarning)
+            frame = pd.DataFrame({"seed": np.arange(4), "kpe": stage["kpe"].numpy(), "label": list("abcd")})
+            if column is not None:
+                frame["mixed"] = column
+            return StudyOutput("demo", tables={"per_sample": frame},
+                               claims=[Claim("demo", "KPE is finite", "paper", f"ours {len(runs)}", 4, "",
+                                             "reproduced")],
+                               sections=[Section("Demo", "text", [("by setting", frame.set_index("label"))],
+                                                 [Figure("demo_fig", "a caption", png)])])
+        return run
+
+    def result(config=None, **kw):
+        return cached_study(ws, "demo", study_key({"n": 4} if config is None else config, inputs), study(**kw))
+
+    def equal(a, b):
+        assert (a.name, a.claims, list(a.tables)) == (b.name, b.claims, list(b.tables))
+        for name in a.tables:
+            pd.testing.assert_frame_equal(a.tables[name], b.tables[name], check_exact=True)
+        for x, y in zip(a.sections, b.sections, strict=True):
+            assert (x.title, x.text, x.figures, [c for c, _ in x.tables]) == (y.title, y.text, y.figures,
+                                                                               [c for c, _ in y.tables])
+            for (_, f), (_, g) in zip(x.tables, y.tables, strict=True):
+                pd.testing.assert_frame_equal(f, g, check_exact=True)
+
+    first = result()
+    equal(result(), first)                                        # read back: the study ran once
+    assert len(runs) == 1 and (ws.studies_computed, ws.studies_loaded) == (1, 1)
+    result({"n": 5})                                              # another setting: its entry replaces the first
+    assert len(runs) == 2 and len(list(tmp_path.glob("cache/study-demo-*.pt"))) == 1
+    assert result().claims[0].ours == "ours 3"                    # measured again
+    assert len(runs) == 3
+    changes = [lambda: inputs.train.add_(1), lambda: inputs.net.bias.data.add_(1),
+               lambda: (tmp_path / "step1.safetensors").write_bytes(b"other weights"),
+               lambda: setattr(inputs, "name", "mnist")]
+    for count, change in enumerate(changes, start=4):             # each input the study reads
+        change()
+        result()
+        assert len(runs) == count
+    inputs._derived = "a value computed from the others"
+    result()
+    assert len(runs) == 7                                         # not an input of its own
+    monkeypatch.setattr(study_cache, "code_digest", lambda: "another library")
+    result()
+    assert len(runs) == 8
+    from kinetic_fm.studies.workspace import atomic_torch_save
+
+    atomic_torch_save({"kpe": torch.tensor([9.0, 9.0, 9.0, 9.0])}, ws.stage_path("samples", {"seeds": 4}))
+    assert result().tables["per_sample"]["kpe"].tolist() == [9.0] * 4 and len(runs) == 9   # a stage it read changed
+    entry = ws.stage_path("study-demo", {"study": "demo", **study_key({"n": 4}, inputs)})   # the last one written
+    assert entry.is_file()
+    entry.write_bytes(entry.read_bytes()[:100])                   # truncated by a kill
+    result()
+    assert len(runs) == 10
+    result()
+    assert len(runs) == 10
+
+    with pytest.warns(RuntimeWarning, match="few samples"):       # a study that warns warns on every run
+        result({"n": 6}, note="few samples")
+    with pytest.warns(RuntimeWarning, match="few samples"):
+        result({"n": 6}, note="few samples")
+    assert len(runs) == 12
+
+    def interrupted():
+        warnings.warn("before the interruption", RuntimeWarning)
+        raise KeyboardInterrupt
+
+    with pytest.warns(RuntimeWarning, match="before the interruption"), pytest.raises(KeyboardInterrupt):
+        cached_study(ws, "demo", study_key({"n": 9}, inputs), interrupted)
+    assert not ws.stage_path("study-demo", {"study": "demo", **study_key({"n": 9}, inputs)}).exists()
+    for _ in range(2):                      # Parquet stores tuples but gives back arrays: not stored
+        assert result({"n": 7}, column=[(1, 2), (3, 4), (5, 6), (7, 8)]).tables["per_sample"]["mixed"][1] == (3, 4)
+    for _ in range(2):                      # nor a column Parquet cannot store
+        assert result({"n": 8}, column=[1, "b", 2.5, None]).tables["per_sample"]["mixed"].tolist()[1] == "b"
+    assert len(runs) == 16
+    inputs.net = lambda x: x                                      # an input it cannot digest: never stored
+    cached_study(ws, "demo", study_key({"n": 4}, inputs), study())
+    cached_study(ws, "demo", study_key({"n": 4}, inputs), study())
+    assert len(runs) == 18
 
 
 # figure name -> its axes as the tiny run rendered them (filled by the tiny_report fixture)
@@ -844,6 +955,18 @@ def test_memorizer_span_keeps_training_distances_and_projects_samples_on_their_a
     assert memorizer_span(torch.randn(10, 3, generator=g, dtype=torch.float64)).k == 3   # D < N − 1: all D
 
 
+def _count_cache_reads_and_samplings(monkeypatch) -> tuple[list[str], list[range]]:
+    """Spy on a run: the names of the stage files it reads from cache/, and the seeds of each
+    sampling it computes (one call of ``kfm.sample`` per batch), both filled as it goes."""
+    from kinetic_fm.studies import samples, workspace
+
+    loaded, sampled = [], []
+    load, sample = torch.load, samples.sample
+    monkeypatch.setattr(workspace.torch, "load", lambda path, **kw: loaded.append(Path(path).name) or load(path, **kw))
+    monkeypatch.setattr(samples, "sample", lambda *a, **kw: sampled.append(kw["seeds"]) or sample(*a, **kw))
+    return loaded, sampled
+
+
 def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, monkeypatch):
     from kinetic_fm.studies import reproduce as module
 
@@ -859,7 +982,21 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
         module.reproduce(cfg, tmp_path, progress=False)
     assert any((tmp_path / "cache").glob("general-fm-*.pt"))  # finished stages were kept
     monkeypatch.undo()
+    # the resume reads the results of the studies the interrupted run finished and samples only the
+    # shaping study's settings: the tables alone would match if it recomputed them all (they are deterministic)
+    finished = {p.name for p in (tmp_path / "cache").glob("*.pt")}
+    studies_done = sorted(name for name in finished if name.startswith("study-"))
+    assert [name.rsplit("-", 1)[0] for name in studies_done] == ["study-memorization", "study-semantics",
+                                                                 "study-support"]
+    loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
     md, _ = module.reproduce(cfg, tmp_path, progress=False)
+    resumed = {p.name for p in (tmp_path / "cache").glob("*.pt")} - finished
+    assert set(studies_done) <= set(loaded) and not resumed & set(loaded)
+    assert sorted(name.rsplit("-", 1)[0] for name in resumed if name.startswith("study-")) == ["study-shaping"]
+    assert all(name.startswith(("shaping-", "study-shaping-")) for name in resumed), sorted(resumed)
+    assert len(sampled) == len(resumed) - 1 == len(ablation_grid(cfg.shaping))   # one batch each at tiny size
+    assert "This run sampled" not in md.read_text()
+    monkeypatch.undo()
     for table in (out / "tables").glob("*.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(tmp_path / "tables" / table.name))
 
@@ -873,7 +1010,33 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
     assert f"| seconds per stage | {summed} (summed over 2 invocations, the run interrupted and resumed; this one: " \
         in md.read_text()
     assert "over 2 invocations: the run was interrupted and resumed once; per stage, summed:" in md.read_text()
+    # a rerun of the finished run reads every study's result: it runs no study and samples nothing,
+    # and writes the same tables, figures and report (but for the seconds)
+    computed = {"md": md.read_text(), **{p.name: p.read_bytes() for p in (tmp_path / "figures").glob("*.png")}}
+    loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a finished study was measured again")
+
+    for name in module.STUDIES:
+        monkeypatch.setattr(module, f"run_{name}", refused)
     md, _ = module.reproduce(cfg, tmp_path, progress=False)    # a rerun of the finished run counts itself alone
+    monkeypatch.undo()
+    assert sampled == [] and {p.name for p in (tmp_path / "cache").glob("study-*.pt")} <= set(loaded)
+    assert "This run sampled and measured nothing: every study's tables, claims and figures were read from " \
+        "`cache/`" in md.read_text()
+    for table in (out / "tables").glob("*.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(tmp_path / "tables" / table.name),
+                                      check_exact=True)
+    assert sorted(p.name for p in (out / "tables").glob("*")) == sorted(p.name for p in (tmp_path / "tables").glob("*"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "figures").glob("*.png")} == {
+        name: data for name, data in computed.items() if name != "md"}
+
+    def untimed(report: str) -> list[str]:
+        return [line for line in report.splitlines()
+                if not line.startswith(("**What ran.**", "| seconds per stage", "| total seconds"))]
+
+    assert untimed(md.read_text()) == untimed(computed["md"])
     third = json.loads((tmp_path / "timings.json").read_text())["invocations"][-1]["stages"]
     row = next(line for line in md.read_text().splitlines() if line.startswith("| seconds per stage"))
     assert row == "| seconds per stage | " + ", ".join(f"{k} {v:.1f}" for k, v in third.items()) + " |"
@@ -946,7 +1109,8 @@ def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tiny
     monkeypatch.setattr(samples, "_interactive", lambda: True)              # as on a terminal
     reproduce(ReproduceConfig.preset("tiny"), _trained(tiny_report, tmp_path / "shown"), progress=True)
     lines = capsys.readouterr().out.splitlines()
-    assert len(bars) == len(list((tmp_path / "shown" / "cache").glob("*.pt"))) - 1 and all(bars)   # but the judge's
+    sampling_stages = [p for p in (tmp_path / "shown" / "cache").glob("*.pt") if not p.name.startswith("study-")]
+    assert len(bars) == len(sampling_stages) - 1 and all(bars)   # but the judge's
     assert len([line for line in lines if line.startswith("[kfm reproduce] sampling ")]) == len(bars)
     for step in ("semantics: judging", "support: kNN and KDE support", "memorization: Goldilocks",
                  "shaping: paired bootstrap", "sample quality"):
@@ -1014,7 +1178,9 @@ def test_a_new_classifier_reuses_every_cached_sample(tiny_report, tmp_path, monk
     module.reproduce(replace(cfg, assets=replace(cfg.assets, classifier_steps=cfg.assets.classifier_steps + 1)),
                      tmp_path, progress=False)
     added = sorted(set(p.name for p in (tmp_path / "cache").glob("*.pt")) - set(cached))
-    assert [name.rsplit("-", 1)[0] for name in added] == ["classifier"]   # retrained, nothing resampled
+    # the judge retrained and every study measured again with it, nothing resampled
+    assert [name.rsplit("-", 1)[0] for name in added] == ["classifier"] + [f"study-{name}" for name in sorted(
+        module.STUDIES)]
 
 
 def test_cli_rejects_an_unknown_study(tmp_path):

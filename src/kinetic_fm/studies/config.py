@@ -114,7 +114,8 @@ class AssetsConfig:
 
     def sample_settings(self) -> dict:
         """The settings every study's samples depend on: all but the judging classifier's, which
-        only the metrics read (and those are recomputed from the cached samples on every run)."""
+        only the metrics read (a study's cached result is keyed on the judge's weights:
+        :mod:`~kinetic_fm.studies.study_cache`)."""
         settings = asdict(self)
         del settings["classifier"], settings["classifier_steps"]
         if names_the_cpu(settings["device"]):   # cpu:0 samples what cpu does: one cache for both

@@ -1,8 +1,9 @@
 """``kfm reproduce``: run the paper's four studies and write one report.
 
-Trained nets and sampling runs are cached in the output folder (see :class:`Workspace`), so an
-interrupted run resumes from the last finished one, and a re-run with the same configuration
-trains and samples nothing: it recomputes the metrics, intervals and figures from the cache.
+Trained nets, sampling runs and each study's result are cached in the output folder (see
+:class:`Workspace` and :mod:`~kinetic_fm.studies.study_cache`), so an interrupted run resumes from
+the last finished one, and a re-run with the same configuration, inputs and library trains,
+samples and measures nothing: it reads the studies' tables, claims and figures and writes the report.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .output import StudyOutput, fd_space_text, jackknife_text, judge_text
 from .quality import SampleQuality, sample_quality
 from .semantics import general_samples, run_semantics
 from .shaping import run_shaping
+from .study_cache import cached_study, study_key
 from .support import run_support
 from .timings import TIMINGS_FILE, StageTimes
 from .workspace import Workspace, config_hash
@@ -101,10 +103,11 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
         "shaping": lambda: run_shaping(cfg.shaping, assets, ws, asset_key, progress),
     }
     outputs: list[StudyOutput] = []
+    key = study_key(asdict(cfg), assets)  # every study's entry is keyed on the whole configuration
     for name in studies:
         ws.say(f"study: {name}")
         with times.stage(name):
-            outputs.append(runners[name]())
+            outputs.append(cached_study(ws, name, key, runners[name]))
     ws.remove_tables_except({f"{o.name}__{t}" for o in outputs for t in o.tables})  # the folder mirrors the report
     for output in outputs:
         for table_name, frame in output.tables.items():
@@ -146,7 +149,9 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
         meta["sample quality"] = quality.sentence()
     intro = (_intro(cfg.assets.data, cfg.mode, quality) + "\n\n"
              + _overview(cfg, studies, assets, timings, total, invocations,
-                         from_cache=invocations == 1 and ws.stages_computed == 0 and ws.stages_loaded > 0) + "\n\n"
+                         from_cache=invocations == 1 and ws.stages_computed == 0
+                         and ws.stages_loaded + ws.studies_loaded > 0,
+                         studies_from_cache=ws.studies_computed == 0) + "\n\n"
              + _scale(cfg, studies, tuple(assets.train.shape[1:]), len(assets.train)) + "\n\n"
              + terms_text(assets.classifier_name, assets.classifier is not None))
     earlier = ws.report_figures()
@@ -202,11 +207,12 @@ def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:
 
 
 def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: dict[str, float], total: float,
-              invocations: int = 1, *, from_cache: bool = False) -> str:
+              invocations: int = 1, *, from_cache: bool = False, studies_from_cache: bool = False) -> str:
     """What ran, on what, how long (``timings`` and ``total`` summed over ``invocations``, the
     interrupted ones this run resumed and itself), from which seeds, and where each file is.
     ``from_cache``: this run sampled nothing, every sampling run was read from ``cache/``, so
-    its seconds are not what the studies cost (a re-run read "in 55 s", models 0 s)."""
+    its seconds are not what the studies cost (a re-run read "in 55 s", models 0 s);
+    ``studies_from_cache``: and every study's result was read too (its metrics not recomputed)."""
     a, sem, mem, sh = cfg.assets, cfg.semantics, cfg.memorization, cfg.shaping
     seeds = []
     if {"semantics", "support", "memorization"} & set(studies):
@@ -227,7 +233,11 @@ def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: d
     return (
         f"**What ran.** Studies {', '.join(studies)} on `{a.data}` ({assets.source}; {len(assets.train)} training "
         f"and {len(assets.heldout)} held-out images), on `{a.device}`, in {total:.0f} s ({stages})."
-        + (" This run sampled nothing: every sampling run was read from `cache/`, written by an earlier run into "
+        + (" This run sampled and measured nothing: every study's tables, claims and figures were read from "
+           "`cache/`, written by an earlier run into this folder with the same settings, inputs and library, so these "
+           "are the seconds of reading them, the sample-quality check and the report; `timings.json` keeps the "
+           "earlier run's." if from_cache and studies_from_cache else
+           " This run sampled nothing: every sampling run was read from `cache/`, written by an earlier run into "
            "this folder, so these are the seconds of the metrics, intervals and figures; `timings.json` keeps the "
            "earlier run's." if from_cache else "")
         + " Nets: "

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -56,6 +57,10 @@ class Workspace:
         # only re-read earlier results (its seconds are then the metrics' alone)
         self.stages_loaded = 0
         self.stages_computed = 0
+        # the same for whole studies' results (:func:`~kinetic_fm.studies.study_cache.cached_study`)
+        self.studies_loaded = 0
+        self.studies_computed = 0
+        self._reads: list[set[Path]] = []  # open recordings of the stage files asked for (recording_reads)
 
     def remove_leftover_temporaries(self) -> int:
         """Delete the temporaries writers killed mid-write left anywhere in the workspace (caches,
@@ -86,12 +91,25 @@ class Workspace:
         of the key (:data:`CACHE_EPOCH` when None; a trained net's weights give :data:`MODEL_EPOCH`).
         """
         path = self.stage_path(name, config, epoch)
+        for reads in self._reads:
+            reads.add(path)
         if path in self._kept:
             return self._kept[path]
         result = self._load_or_compute(path, compute)
         if keep:
             self._kept[path] = result
         return result
+
+    @contextmanager
+    def recording_reads(self) -> Iterator[set[Path]]:
+        """Within the block, collect the file of every stage :meth:`cached` is asked for (read,
+        held in memory or computed) into the set yielded: what a study's result depends on."""
+        reads: set[Path] = set()
+        self._reads.append(reads)
+        try:
+            yield reads
+        finally:
+            self._reads = [r for r in self._reads if r is not reads]
 
     def _load_or_compute(self, path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if path.exists():

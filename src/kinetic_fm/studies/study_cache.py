@@ -1,0 +1,228 @@
+"""Cached study results: a re-run of a finished ``kfm reproduce`` reads each study's tables,
+claims and report sections (figures included) from ``cache/`` instead of recomputing them.
+
+The sampling runs were cached already, but a re-run still recomputed every metric, interval and
+figure from them: about 80 % of a fresh tiny run's seconds. A study's entry is keyed on everything
+its result is a function of, so that no setting, input or code change can reuse a stale one:
+
+- the whole run configuration (every study's, and the assets', including the judge's settings);
+- a digest of the assets the study reads: the training, held-out and memorizer splits and their
+  labels, the weights of the judging classifier and of both velocity nets, the memorizer's
+  checkpoint files, the principal space and the mean image (:func:`assets_digest`);
+- a digest of the library's source and the versions of python, torch, numpy, scipy, pandas and
+  matplotlib (:func:`code_digest`): any edit of the code recomputes every study;
+- the contents of the sampling stages (``cache/*.pt``) the study read, recorded as it ran and
+  checked when its entry is read: a stage rewritten since (another device, a damaged file redone)
+  recomputes the study.
+
+An entry is written atomically once its study has finished, so an interruption in a later study
+keeps it; it replaces the study's entry for other keys (one per study, or each edit of the library
+would add one). A study that warned is not cached (a re-run would not warn again), nor one whose tables
+do not survive the Parquet round trip unchanged. Entries are loaded with ``weights_only=True``:
+plain strings, numbers, bytes and Parquet bytes, no pickled objects.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .output import StudyOutput
+from .workspace import Workspace, atomic_torch_save
+
+ENTRY_FORMAT = 1  # bump when the layout of an entry changes
+
+
+def code_digest() -> str:
+    """sha256 of the library's Python source (every ``kinetic_fm/**/*.py``, by relative path) and
+    of the versions of python and the numerical packages the studies call."""
+    from importlib import metadata
+
+    package = Path(__file__).resolve().parents[1]
+    sources = sorted(package.rglob("*.py"))
+    if not sources:  # installed without its source: no digest can tell one version from another
+        raise OSError(f"no Python source under {package} to digest")
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in ("torch", "numpy", "scipy", "pandas", "matplotlib"):
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "absent"
+        digest.update(f"{name}={version}\0".encode())
+    digest.update(f"python={sys.version}\0torch={torch.__version__}".encode())
+    return digest.hexdigest()
+
+
+def assets_digest(assets: Any) -> str:
+    """sha256 of every field of ``assets`` (a :class:`~kinetic_fm.studies.assets.Assets`) a study
+    reads: tensors by dtype, shape and bytes, nets by class, structure and state dict, checkpoint
+    files by their bytes. Fields starting with ``_`` (values computed from the others) are left out.
+    Raises TypeError on a value of a kind it cannot digest (that study is then not cached)."""
+    digest = hashlib.sha256()
+    for f in dataclasses.fields(assets):
+        if not f.name.startswith("_"):
+            digest.update(f.name.encode() + b"=")
+            _digest_value(getattr(assets, f.name), digest)
+    return digest.hexdigest()
+
+
+def _digest_value(value: Any, digest: Any) -> None:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    elif isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor:{value.dtype}:{tuple(value.shape)}:".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, torch.nn.Module):
+        digest.update(f"module:{type(value).__qualname__}:{value!r}:".encode())
+        for name, tensor in value.state_dict().items():
+            digest.update(name.encode())
+            _digest_value(tensor, digest)
+    elif isinstance(value, Path):
+        digest.update(b"file:" + hashlib.sha256(value.read_bytes()).digest())
+    elif isinstance(value, dict):
+        digest.update(b"dict{")
+        for key in sorted(value, key=repr):
+            _digest_value(key, digest)
+            _digest_value(value[key], digest)
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}[".encode())
+        for item in value:
+            _digest_value(item, digest)
+        digest.update(b"]")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        digest.update(f"{type(value).__qualname__}(".encode())
+        for f in dataclasses.fields(value):
+            digest.update(f.name.encode() + b"=")
+            _digest_value(getattr(value, f.name), digest)
+        digest.update(b")")
+    else:
+        raise TypeError(f"cannot digest a {type(value).__qualname__}")
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def study_key(config: dict, assets: Any) -> dict | None:
+    """What every study's entry of one run is keyed on besides the study's name: the run
+    configuration ``config`` (a JSON-able dict), :func:`assets_digest` of ``assets`` and
+    :func:`code_digest`; None when some input cannot be digested (nothing is then cached)."""
+    try:
+        return {"config": config, "assets": assets_digest(assets), "code": code_digest()}
+    except (TypeError, OSError):
+        return None
+
+
+def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], StudyOutput]) -> StudyOutput:
+    """The result of ``run()``, study ``name``'s for :func:`study_key` ``key``: read from
+    ``cache/study-<name>-<hash>.pt`` when an entry for the same key exists and the sampling stages
+    it read are unchanged; else computed, and stored unless ``key`` is None, the study warned or
+    its tables do not round-trip (see the module). Counts ``ws.studies_loaded`` and ``ws.studies_computed``."""
+    path = None if key is None else ws.stage_path(f"study-{name}", {"study": name, **key})
+    if path is not None and path.exists():
+        output = _read(ws, path)
+        if output is not None:
+            ws.studies_loaded += 1
+            return output
+    warned: list[warnings.WarningMessage] = []
+    try:
+        with ws.recording_reads() as read, warnings.catch_warnings(record=True) as warned:
+            output = run()
+    finally:  # shown as the study raised them, after it (or after its interruption)
+        for w in warned:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    ws.studies_computed += 1
+    if path is not None and not warned:
+        entry = _encode(output)
+        if entry is not None:
+            inputs = {p.name: file_digest(p) for p in sorted(read) if p.parent == ws.root / "cache"}
+            atomic_torch_save({"format": ENTRY_FORMAT, "inputs": inputs, "output": entry}, path)
+            for other in path.parent.glob(f"study-{name}-*.pt"):  # one entry per study: every edit of the
+                if other != path:                                    # library would add one otherwise
+                    other.unlink(missing_ok=True)
+    return output
+
+
+def _read(ws: Workspace, path: Path) -> StudyOutput | None:
+    """The study result stored at ``path``, or None when it cannot be used: unreadable (a
+    truncated file), of another format, or one of the stages it read changed or is gone."""
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        if entry["format"] != ENTRY_FORMAT:
+            return None
+        for stage, digest in entry["inputs"].items():
+            stage_path = ws.root / "cache" / stage
+            if not stage_path.is_file() or file_digest(stage_path) != digest:
+                return None
+        return _decode(entry["output"])
+    except Exception:  # a damaged entry: recompute (it is rewritten then)
+        return None
+
+
+def _frame_bytes(frame: Any) -> bytes | None:
+    """``frame`` as Parquet bytes, or None unless reading them back gives an identical frame
+    (values, dtypes, index, column names and attrs)."""
+    import pandas as pd
+
+    try:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer)
+        data = buffer.getvalue()
+        back = pd.read_parquet(io.BytesIO(data))
+        pd.testing.assert_frame_equal(back, frame, check_exact=True)
+        if back.attrs != frame.attrs:
+            return None
+    except Exception:
+        return None
+    return data
+
+
+def _encode(output: StudyOutput) -> dict | None:
+    """``output`` as plain values (strings, ints, bytes), or None when some part cannot be stored
+    exactly: a table that does not round-trip, or a claim, section or figure of another type."""
+    from .report import Claim, Figure, Section
+
+    def frames(pairs):
+        coded = [(label, _frame_bytes(frame)) for label, frame in pairs]
+        return None if any(data is None for _, data in coded) else coded
+
+    tables = frames(output.tables.items())
+    if tables is None or any(type(c) is not Claim for c in output.claims):
+        return None
+    sections = []
+    for section in output.sections:
+        if type(section) is not Section or any(type(f) is not Figure for f in section.figures):
+            return None
+        section_tables = frames(section.tables)
+        if section_tables is None:
+            return None
+        sections.append({"title": section.title, "text": section.text, "tables": section_tables,
+                         "figures": [(f.name, f.caption, bytes(f.png)) for f in section.figures]})
+    return {"name": output.name, "tables": tables,
+            "claims": [dataclasses.astuple(c) for c in output.claims], "sections": sections}
+
+
+def _decode(entry: dict) -> StudyOutput:
+    import pandas as pd
+
+    from .report import Claim, Figure, Section
+
+    def frame(data: bytes):
+        return pd.read_parquet(io.BytesIO(data))
+
+    sections = [Section(title=s["title"], text=s["text"], tables=[(label, frame(d)) for label, d in s["tables"]],
+                        figures=[Figure(name, caption, png) for name, caption, png in s["figures"]])
+                for s in entry["sections"]]
+    return StudyOutput(name=entry["name"], tables={label: frame(d) for label, d in entry["tables"]},
+                       claims=[Claim(*fields) for fields in entry["claims"]], sections=sections)
