@@ -1,7 +1,8 @@
 """Coverage of 95% intervals for one Fréchet distance, on Gaussian sets whose true FD is known.
 
-The report's per-quintile (Goldilocks) and per-setting (KTS) FD whiskers are basic bootstrap
-intervals: the set's rows are redrawn, the reference held fixed. At the quick preset's sizes
+The report's per-quintile (Goldilocks) and per-setting (KTS) FD whiskers were basic bootstrap
+intervals (the set's rows redrawn, the reference held fixed) and are now "jack-t" below; the
+sibling ``fd_interval_coverage_real.py`` checks them on a real judge's features. At the quick preset's sizes
 (digits, 128 classifier features) a quintile has n = 200 rows against m = 300 held-out rows
 (200 resamples), a KTS setting n = 500 against the m = 1,497 training rows (500 resamples).
 Each repeat draws a fresh set X ~ N(μ1, Σ1) of n rows and reference Y ~ N(μ2, Σ2) of m rows,

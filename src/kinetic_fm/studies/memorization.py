@@ -447,9 +447,10 @@ def _random_spread_text(control, fd_col: str) -> str:
     interval), and how far apart the FDs of five random equal groups of the same
     samples lie (the ``random`` column of the control table), the differences between bars that
     sampling alone gives; without that column only the whiskers."""
-    whiskers = (f"Whiskers: each quintile's own 95% interval, {jackknife_text()} (the bar). The bars share no "
-                "rows, so these are not the paired intervals of the claims. None where a quintile or the reference "
-                "has no more rows than features once a tenth is out (that bias is then most of the FD).")
+    whiskers = (f"Whiskers: each quintile's own 95% interval, {jackknife_text(estimate=' (the bar)')}. "
+                "The bars share no rows, so these are not the paired intervals of the claims. None where a "
+                "quintile or the reference has no more rows than features once a tenth is out (that bias is then "
+                "most of the FD).")
     if "random" not in getattr(control, "columns", ()):
         return whiskers
     spread = float(np.ptp(control["random"].to_numpy(dtype=float)))

@@ -198,8 +198,8 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                        ylabel="F_mem (fraction memorized)", xlabel=SETTING_AXIS, reference=float(fm_mem),
                        reference_label="plain FM", points=True, group="group"),
             bar_figure("shaping_fd", f"{fd_name} across the KTS grid (lower is better); whiskers: each setting's "
-                       f"own 95% interval, {jackknife_text()} (the dot); none when the samples or the reference "
-                       "have no more rows than features once a tenth is out; "
+                       f"own 95% interval, {jackknife_text(estimate=' (the dot)')}; none when the samples or the "
+                       "reference have no more rows than features once a tenth is out; "
                        "dashed: plain FM (Euler). Every setting samples the same seeds, so the paired ΔFD "
                        "intervals of the main settings and the τ sweep (claims table) are narrower than these "
                        "whiskers suggest. Compare a solver, NFE or grid setting with the plain FM beside it.",
