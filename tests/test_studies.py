@@ -2346,3 +2346,51 @@ def test_a_workspace_of_nets_trained_on_a_grey_folders_three_channels_is_not_rel
     again = load_assets(cfg, Workspace(tmp_path / "ws"), progress=False)   # reloaded from its own folder
     assert again.general(new.train[:2], t).shape == (2, 1, 4, 4)
     assert len(list((tmp_path / "ws" / "models").iterdir())) == 4
+
+
+def _markdown_table(text: str, caption: str) -> list[dict[str, str]]:
+    """The rows of the Markdown table under ``**caption**``, each as header -> cell."""
+    lines = text.splitlines()
+    start = lines.index(f"**{caption}**") + 2
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("| "))
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[start:end]]
+    return [dict(zip(header, row)) for row in rows]
+
+
+def test_tiny_report_tables_write_rho_d_p_and_f_mem_as_the_claims_and_text_beside_them(tiny_report):
+    # the quick report's support table read ρ = -0.03094 [-0.09265, 0.03283], p = 0.001998, where the
+    # claim and the text wrote -0.031 [-0.093, +0.033] and 0.002; F_mem CI 0.01264 beside "[0.000, 0.013]"
+    _, md, _ = tiny_report
+    text = md.read_text(encoding="utf-8")
+    claims = text[text.index("## Claims"):text.index("## Energy and semantics")]
+    knn = _markdown_table(text, "Spearman ρ between KPE and local support")[0]
+    assert (knn["support"], knn["space"]) == ("kNN", "pixels")
+    knn_claim = next(line for line in claims.splitlines() if "sparser local training support (kNN)" in line)
+    assert f"ρ = {knn['Spearman ρ']} in pixels" in knn_claim
+    assert f"ρ 95% CI [{knn['CI low']}, {knn['CI high']}]" in knn_claim
+    support_text = text[text.index("## Energy and sparsity"):text.index("**Spearman ρ between KPE")]
+    mixture = _markdown_table(text, "Spearman ρ between KPE and local support")[-1]
+    assert f"ρ = {mixture['Spearman ρ']} [{mixture['CI low']}, {mixture['CI high']}]" in support_text
+    for row in _markdown_table(text, "Spearman ρ between KPE and local support"):
+        assert float(row["permutation p"]) == float(f"{float(row['permutation p']):.3g}")
+
+    margin = _markdown_table(text, "Low vs high 20% of KPE")[0]
+    d, low, high = margin["Cohen's d"], margin["d CI low"], margin["d CI high"]
+    assert f"d = {d}, d 95% CI [{low}, {high}]" in claims
+
+    for caption in ("Memorizing net across training", "EFM on training subsets of growing size",
+                    "The KTS ablation grid", "Quality and memorization by KPE quintile"):
+        for row in _markdown_table(text, caption):
+            for column in ("F_mem", "F_mem CI low", "F_mem CI high", "span F_mem CI high"):
+                if column in row:
+                    assert re.fullmatch(r"[01]\.\d{3}", row[column]), (caption, column, row[column])
+
+
+def test_a_cached_study_keeps_its_sections_table_formats():
+    from kinetic_fm.studies.output import StudyOutput
+    from kinetic_fm.studies.report import Section
+    from kinetic_fm.studies.study_cache import _decode, _encode
+
+    table = pd.DataFrame({"Spearman ρ": [0.25], "F_mem": [0.5]})
+    output = StudyOutput("s", sections=[Section("S", tables=[("t", table)], formats={"Spearman ρ": "+.3f"})])
+    assert _decode(_encode(output)).sections[0].formats == {"Spearman ρ": "+.3f"}

@@ -22,8 +22,8 @@ from ..sampling.sample import DEFAULT_SPLIT
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
 from .output import (StudyOutput, clamp_text, display_note, fd_bias_note, fd_to_reference, fd_undecided_note,
-                     feature_reference, for_display, image_range, jackknife_fd_intervals, jackknife_text,
-                     noted_frechet_distance)
+                     feature_reference, fmem_formats, for_display, image_range, jackknife_fd_intervals,
+                     jackknife_text, noted_frechet_distance)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, interior_margin
@@ -146,6 +146,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
               "over all paths; the ratio of KPE to it shows how straight the trajectories are. The Jensen bound "
               "caps the batch's energy share after t = 0.9 for the exact field (up to step and sampling error)."),
         tables=[("EFM on training subsets of growing size", table)],
+        formats=fmem_formats(),
         figures=[energy_profile_figure("energy_profile_efm", "Kinetic power ½‖v‖² of exact EFM trajectories on N "
                                        "atoms: mean and 10–90% band. A late spike would rise near t = 1; exact EFM "
                                        "stays level once it has committed to an atom.", profiles, log_y=True,
@@ -561,6 +562,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
               "the last figure shows the span audit's closest pairs, to be judged by eye. " + span_text
               + fd_bias_note(min(cfg.checkpoint_samples, len(assets.train)), ref_feats.shape[1], fd_col)),
         tables=[("Memorizing net across training", table)],
+        formats={**fmem_formats(), **fmem_formats("span ")},
         figures=[
             line_figure("memorizer_training", "F_mem (band: 95% Wilson interval), the same audit in the training "
                         "images' span (context), and the mean share of each sample's energy spent after t = 0.9 "
@@ -721,6 +723,7 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
               + "\n\n" + control_text),
         tables=[("Quality and memorization by KPE quintile", table),
                 (f"Control: {fd_col} of the same samples in quintiles of other per-sample scalars", control)],
+        formats=fmem_formats(),
         figures=[bar_figure("goldilocks", f"{fd_col} of each KPE quintile of the generalising model's "
                             f"{len(kpe)} samples, each bar from {_quintile_sizes_text(table['n'])} (lower is "
                             "better; the paper expects the lowest bar in Q2–Q4). "
