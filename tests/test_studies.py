@@ -1679,7 +1679,7 @@ def test_support_rows_are_spearman_of_kpe_and_each_density_and_the_claims_read_p
     assert rows.loc[("KDE", "pixels"), "CI low"] < rows.loc[("KDE", "pixels"), "CI high"]
     knn_claim, kde_claim = out.claims
     feature_rho = rows.loc[("kNN", "digits-cnn"), "Spearman ρ"]
-    assert knn_claim.ours == f"ρ = -1.000 in pixels (digits-cnn: {feature_rho:+.2f})"
+    assert knn_claim.ours == f"ρ = -1.000 in pixels (digits-cnn: {feature_rho:+.3f})"
     assert knn_claim.verdict == "reproduced" and "-0.65" in knn_claim.paper
     kde = rows.loc[("KDE", "pixels")]
     assert kde_claim.ours.startswith(f"ρ = {kde['Spearman ρ']:+.3f} in pixels") and "-0.64" in kde_claim.paper
@@ -2394,3 +2394,39 @@ def test_a_cached_study_keeps_its_sections_table_formats():
     table = pd.DataFrame({"Spearman ρ": [0.25], "F_mem": [0.5]})
     output = StudyOutput("s", sections=[Section("S", tables=[("t", table)], formats={"Spearman ρ": "+.3f"})])
     assert _decode(_encode(output)).sections[0].formats == {"Spearman ρ": "+.3f"}
+
+
+@pytest.mark.parametrize("tests, verdict, words", [
+    # the quick report: p passes, the content control's CI lies wholly below 0 -> inconclusive, a split
+    ({"p_interior": 0.00995, "p_end": 0.995, "beyond_low": -236.0, "beyond_high": -97.6, "n_min": 200, "dim": 128},
+     "inconclusive", "here: T beats random equal quintiles (p = 0.00995 ≤ 0.025), but not the ‖x1‖² control: "
+                     "its CI lies below 0, sorting by ‖x1‖² makes the deeper U"),
+    ({"p_interior": 0.01, "p_end": 0.99, "beyond_low": 3.0, "beyond_high": 9.0, "n_min": 200, "dim": 128},
+     "reproduced", "here: T beats random equal quintiles (p = 0.01 ≤ 0.025), and beats the ‖x1‖² control"),
+    ({"p_interior": 0.3, "p_end": 0.7, "beyond_low": -2.0, "beyond_high": 4.0, "n_min": 200, "dim": 128},
+     "inconclusive", "here: T does not beat random equal quintiles (p = 0.3 > 0.025), and the ‖x1‖² control's "
+                     "CI covers 0"),
+    ({"p_interior": 0.99, "p_end": 0.01, "beyond_low": -2.0, "beyond_high": 4.0, "n_min": 200, "dim": 128},
+     "not reproduced", "here: an end quintile is best beyond chance (p = 0.01 ≤ 0.025)"),
+    ({"p_interior": 0.01, "p_end": 0.99, "beyond_low": 3.0, "beyond_high": 9.0, "n_min": 12, "dim": 128},
+     "inconclusive", ""),
+])
+def test_the_goldilocks_note_says_what_each_test_found(tests, verdict, words):
+    from kinetic_fm.studies.memorization import goldilocks_reading, goldilocks_verdict
+
+    assert goldilocks_verdict(tests) == verdict
+    reading = goldilocks_reading(tests)
+    assert (reading == "") if not words else reading.startswith(f"; {words}"), reading
+
+
+def test_tiny_report_claims_say_how_many_samples_once_and_name_a_tie_over_every_n(tiny_report):
+    # "each from 200 samples of the 1000 samples"; "lowest F_mem ...: 1.000 (at N = 16)" where every N gave 1.000
+    _, md, _ = tiny_report
+    text = md.read_text(encoding="utf-8")
+    goldilocks = next(line for line in text.splitlines() if "| Goldilocks:" in line)
+    assert re.search(r"each from \d+(–\d+)? of the \d+ samples", goldilocks) and "samples of the" not in goldilocks
+    copies = next(line for line in text.splitlines() if "| The exact empirical flow reproduces" in line)
+    rows = [r["F_mem"] for r in _markdown_table(text, "EFM on training subsets of growing size")]
+    assert ("every N gives the same" in copies) == (len(set(rows)) == 1), (rows, copies)
+    knn = next(line for line in text.splitlines() if "sparser local training support (kNN)" in line)
+    assert re.search(r"ρ = [+-]\d\.\d{3} in pixels \(digits-cnn: [+-]\d\.\d{3}\)", knn), knn

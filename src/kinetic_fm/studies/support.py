@@ -95,7 +95,7 @@ def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws
 
     for method, paper in (("kNN", -0.65), ("KDE", -0.64)):
         rho = correlations[(method, "pixels")]
-        others = ", ".join(f"{s}: {correlations[(method, s)].rho:+.2f}" for s in spaces if s != "pixels")
+        others = ", ".join(f"{s}: {correlations[(method, s)].rho:+.3f}" for s in spaces if s != "pixels")
         out.claims.append(Claim(
             "support", f"Higher-KPE samples have sparser local training support ({method})",
             f"Spearman ρ = {paper:+.2f} (CIFAR-10, 150 steps)",
