@@ -2101,6 +2101,10 @@ def test_only_a_run_whose_samples_are_not_data_like_says_its_verdicts_are_not_ev
     assert "not data-like**: by FD 9 to noise, 1 to the data." in _intro("digits", "quick", quality(False))
     assert "not data-like" not in _intro("digits", "quick", quality(True))
     assert "not data-like" not in _intro("digits", "quick")
+    # a data-like run said so only in the Run table's last row, after every verdict (helper-230)
+    assert "**The generalising model's samples are data-like**: by FD 9 to noise, 1 to the data." in _intro(
+        "digits", "quick", quality(True))
+    assert "data-like" not in _intro("digits", "quick") + _intro("digits", "tiny", quality(True))
 
 
 def test_the_clamp_and_display_texts_name_the_mean_image_only_for_centred_data():
