@@ -444,7 +444,7 @@ def test_a_subset_of_a_folder_of_images_decodes_only_its_images(tmp_path, monkey
     pixels = np.random.default_rng(0).integers(0, 256, (12, 4, 4), dtype=np.uint8)
     for i, image in enumerate(pixels):
         Image.fromarray(image).save(folder / f"{i:02d}.png")
-    whole = images.load_image_folder(folder, labels_from_folders=False).images
+    whole = images.load_image_folder(folder, labels_from_folders=False, grayscale=None).images  # grey: one channel
     decoded = []
     decode_many = images.decode_many
 
@@ -458,7 +458,7 @@ def test_a_subset_of_a_folder_of_images_decodes_only_its_images(tmp_path, monkey
     chosen = select_indices(12, n=3, seed=1)
     assert decoded == [f"{i:02d}.png" for i in chosen.tolist()]
     identity = json.loads((tmp_path / "run" / "manifest.json").read_text())["identity"]
-    assert identity["train_sha256"] == hashlib.sha256(whole[chosen].contiguous().numpy()).hexdigest()  # as before
+    assert identity["train_sha256"] == hashlib.sha256(whole[chosen].contiguous().numpy()).hexdigest()
     table = tmp_path / "audit.parquet"
     assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
                  "--no-progress", "--out", str(table)]) == 0
