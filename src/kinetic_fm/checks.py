@@ -174,7 +174,8 @@ def held_inside(function: object, kind: type) -> object | None:
         held += [*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values()]
     else:
         return None
-    return next((value for value in held if isinstance(value, kind)), None)
+    # by type(): isinstance() falls back to reading __class__, which a proxy or closed handle may raise on
+    return next((value for value in held if issubclass(type(value), kind)), None)
 
 
 def one_evaluation_of(velocity: object):
