@@ -400,3 +400,24 @@ def test_a_gain_holding_an_object_that_cannot_be_looked_at_samples_as_before(wra
         warnings.simplefilter("error")                       # nothing to warn of: it holds no KTS
         held = kfm.sample(velocity, x0, steps=4, shaping=wrap(_ClosedHandle()))
     assert torch.equal(held.x, reference.x) and held.split == reference.split == 0.6
+
+
+# a global KTS named eta beside a smooth gain of the same attribute name (a notebook's reused names)
+eta = HIDDEN
+
+
+def test_a_gain_that_reads_an_attribute_named_like_a_global_kts_is_not_warned_of():
+    # helper-227: the check took every name in the code's co_names for a global it reads, attribute names
+    # included: schedule.eta named the global KTS eta, and a smooth gain was warned of as one around it
+    import types
+
+    import kinetic_fm as kfm
+
+    x0, velocity = _hidden_settings()
+    schedule = types.SimpleNamespace(eta=lambda t: 1.0 + 0 * torch.as_tensor(t))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        smooth = kfm.sample(velocity, x0, steps=4, shaping=lambda t: schedule.eta(t))
+    assert smooth.split == 0.6
+    with pytest.warns(UserWarning, match=r"around a KTS \(tau_split = 0.5\)"):     # the global itself: warned of
+        kfm.sample(velocity, x0, steps=4, shaping=lambda t: eta(t))
