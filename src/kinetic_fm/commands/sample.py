@@ -60,7 +60,8 @@ def register(subparsers) -> None:
     f.add_argument("--train", default=None, type=user_path,
                    help="--field empirical only: its training items, as kfm memorization --train reads them: "
                         "an array file (.npy, .npz, .pt, .parquet; --train-key names an array inside), a folder "
-                        "or .zip of images, a data spec such as mnist:PATH (its training split), a kfm train "
+                        "or .zip of images (one channel when every image is grey, as folder:PATH loads it), a "
+                        "data spec such as mnist:PATH (its training split), a kfm train "
                         "run folder (the items it trained on), or a --field empirical run folder (its items); required "
                         "with --field empirical, refused without it. The "
                         "sha256 of the loaded float tensor identifies "
