@@ -1417,10 +1417,15 @@ def test_one_run_backwards_in_time_that_ends_on_t_0_is_traced_as_one_run(atoms):
         x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
     trace = recorder.trace()
     assert len(trace.t) == 12 and (trace.t[-1] == 0).all() and (trace.t[:-1] > 0).all()
-    # a second forward run after a first one is still named
+    # a second forward run after a first one is still named, and a forward run after the backward one
     recorder.clear()
     for _ in range(2):
         for t in (0.0, 0.5):
             recorder(x, t)
+    with pytest.raises(ValueError, match=r"more than one run: its record 2 is at t = 0 again"):
+        recorder.trace()
+    recorder.clear()
+    for t in (0.9, 0.45, 0.0, 0.0, 0.5):
+        recorder(x, t)
     with pytest.raises(ValueError, match=r"more than one run: its record 2 is at t = 0 again"):
         recorder.trace()
