@@ -3,8 +3,8 @@ whose quintiles' true Fréchet distances are known in closed form.
 
 The report (``memorization.goldilocks_tests``) sorts the samples into quintiles by KPE and, as a
 content control, by ‖x1‖²; T = min(FD_Q1, FD_Q5) − min(FD_Q2..Q4) of each split's FDs to the held-out
-reference; the claim reads a paired basic bootstrap interval of the difference, the samples' rows
-redrawn (each keeping both its quintiles), the reference held fixed. At the quick preset a quintile
+reference; the claim reads a paired bootstrap interval of the difference, the samples' rows
+redrawn (each keeping both its quintiles) and the reference's too (``jfd+boot`` below). At the quick preset a quintile
 has 200 of n = 1,000 samples, the reference m = 300 held-out rows, 200 resamples (the memorization
 bootstrap capped at 200), D = 128 features.
 
@@ -30,10 +30,10 @@ Methods (the basic ones reflect about the point estimate, all use the library's 
 of ``fd_to_reference`` per quintile, resamples with fewer than two rows in a quintile dropped):
   basic      rows of the samples redrawn, the reference fixed (the report's until the 36th session)
   basic-2s   the same row redraws, and the reference's rows redrawn too in each resample (one
-             redraw shared by both splits' ten FDs; the report's now)
+             redraw shared by both splits' ten FDs; the report's in the 36th session)
   plain+boot basic-2s's spread about its resamples' mean, centred on the plain point below
              (basic-2s is the same spread centred on the bootstrap bias-corrected point, boot-bc)
-  jfd+boot   the same, centred on the jack-fd point
+  jfd+boot   the same, centred on the jack-fd point (the report's now)
   jT+boot    the same, centred on the jack-T point
   jack-t     jack-T ± t(g−1)·(its jackknife standard error)
 Points (bias and RMSE against the truth, printed with each quintile's mean FD error by split):
@@ -158,7 +158,7 @@ def quintile_fds(feats: np.ndarray, bins: np.ndarray, reference) -> np.ndarray:
     return np.array([fd_to_reference(feats[bins == q], reference) for q in range(5)])
 
 
-def jackknife_fds(feats: np.ndarray, splits: list[np.ndarray], ref: np.ndarray,
+def leave_group_out_fds(feats: np.ndarray, splits: list[np.ndarray], ref: np.ndarray,
                   groups: int = JACKKNIFE_GROUPS) -> np.ndarray:
     """(groups, len(splits), 5) each quintile's FD with group k left out of its rows and of the
     reference's (rows k, k + g, ... of each, as ``jackknife_fd_intervals``)."""
@@ -180,7 +180,7 @@ def intervals(feats, bins, control, ref, resamples: int, rng: np.random.Generato
     plain_fds = np.array([quintile_fds(feats, bins, reference), quintile_fds(feats, control, reference)])
     estimate = float(interior_margin(plain_fds[:1])[0] - interior_margin(plain_fds[1:])[0])
     g = JACKKNIFE_GROUPS
-    left_out = jackknife_fds(feats, [bins, control], ref, g)  # (g, 2, 5)
+    left_out = leave_group_out_fds(feats, [bins, control], ref, g)  # (g, 2, 5)
     jack_fds = g * plain_fds - (g - 1) * left_out.mean(0)
     diff_k = interior_margin(left_out[:, 0]) - interior_margin(left_out[:, 1])  # (g,)
     points = {"plain": estimate,
