@@ -2271,3 +2271,23 @@ def test_float64_arrays_beside_other_float_types_keep_their_precision(tmp_path, 
     np.testing.assert_allclose(table["d1"], d[:, 0], rtol=1e-12)
     np.testing.assert_allclose(table["ratio"], d[:, 0] / d[:, 1], rtol=1e-6)   # 0.5, not 0 (memorized)
     assert table["memorized"].tolist() == [False, False]
+
+
+def test_nested_lists_of_python_floats_are_read_as_float64_as_numpy_reads_them():
+    # torch.as_tensor reads Python floats as float32: 1 + 1e-12 became 1.0, so the two training items
+    # 1 and 1 + 1e-12 merged (a duplicate warning, d2 = d1 = 0) and the metric's float64 ratios were moot
+    train = [[0.0], [1.0], [1.0 + 1e-12], [5.0]]
+    samples = [[1.0 + 1e-12], [3.0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # no duplicate-rows warning: the items are distinct
+        from_lists = kfm.memorization(samples, train, bootstrap=0)
+    from_arrays = kfm.memorization(np.array(samples), np.array(train), bootstrap=0)
+    for field in ("d1", "d2", "ratio", "nearest", "memorized"):
+        assert torch.equal(getattr(from_lists, field), getattr(from_arrays, field)), field
+    assert from_lists.d1.tolist() == [0.0, 3.0 - (1.0 + 1e-12)] and from_lists.nearest.tolist() == [2, 2]
+    assert from_lists.d2[0].item() == pytest.approx(1e-12, rel=1e-3)   # (1 + 1e-12) − 1 in float64
+    found = kfm.nearest_neighbors(samples, train, 2)
+    assert found.indices[0].tolist() == [2, 1] and found.distances[0, 1].item() == pytest.approx(1e-12, rel=1e-3)
+    # integers and bools stay what NumPy makes of them (exact either way)
+    ints = kfm.memorization([[1, 2]], [[0, 0], [1, 1], [4, 4]], bootstrap=0)
+    assert ints.d1.tolist() == [1.0] and ints.d2.tolist() == [math.sqrt(5.0)]
