@@ -1,6 +1,7 @@
 """Gap-ratio memorization (kinetic_fm.metrics.memorization) and the `kfm memorization` command."""
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -2291,3 +2292,40 @@ def test_nested_lists_of_python_floats_are_read_as_float64_as_numpy_reads_them()
     # integers and bools stay what NumPy makes of them (exact either way)
     ints = kfm.memorization([[1, 2]], [[0, 0], [1, 1], [4, 4]], bootstrap=0)
     assert ints.d1.tolist() == [1.0] and ints.d2.tolist() == [math.sqrt(5.0)]
+
+
+@pytest.mark.parametrize("label", ["label", "y", "class", "Target"])
+def test_dataframe_label_column_is_warned_of_as_in_a_parquet_file(tmp_path, label):
+    # the same table read from Parquet was warned of (load_array); passed as a DataFrame, silently one more feature
+    from kinetic_fm.data.arrays import load_array
+
+    rng = np.random.default_rng(3)
+    features = rng.integers(0, 256, size=(6, 4)).astype(np.float64)
+    frame = pd.DataFrame(features, columns=[f"f{i}" for i in range(4)]).assign(**{label: np.arange(6) % 3})
+    train = pd.DataFrame(rng.normal(size=(8, 5)), columns=[f"g{i}" for i in range(5)])
+    frame.to_parquet(tmp_path / "s.parquet")
+    with pytest.warns(UserWarning) as from_file:
+        load_array(tmp_path / "s.parquet")
+    with pytest.warns(UserWarning) as from_frame:
+        report = kfm.memorization(frame, train, bootstrap=0)
+    assert [w.filename for w in from_frame] == [__file__]          # pointed at the call, not inside kinetic_fm
+    said = [str(w.message) for w in from_frame]
+    assert len(said) == 1 and said[0].startswith("samples: ")
+    common = rf"the column \['{label}'\] \(whole numbers, named like a class label\) is read as a feature, one of 5 "
+    assert re.match(rf"samples: {common}.*frame.drop\(columns=\['{label}'\]\)", said[0])
+    assert re.match(rf"{re.escape(str(tmp_path / 's.parquet'))}: {common}", str(from_file[0].message))
+    # one rule, one sentence: the two warnings differ only in what leads them and the remedy
+    assert said[0].split("; to leave it out")[0][len("samples: "):] == \
+        str(from_file[0].message).split("; to leave it out")[0][len(str(tmp_path / "s.parquet")) + 2:]
+    assert report.d1.tolist() == kfm.memorization(frame.to_numpy(), train.to_numpy(), bootstrap=0).d1.tolist()
+    with pytest.warns(UserWarning, match=rf"^train: {common}"):
+        kfm.memorization(train, frame, bootstrap=0)
+    with pytest.warns(UserWarning, match=rf"^train: {common}"):
+        kfm.EmpiricalFlow(frame)
+    # features alone, a label-named column of real values, and x beside y (a point) are read without a word
+    for quiet in (pd.DataFrame(features, columns=[f"f{i}" for i in range(4)]),
+                  pd.DataFrame({"f0": features[:, 0], "y": rng.normal(size=6)}),
+                  pd.DataFrame({"x": np.arange(6.0), "y": np.arange(6.0) % 2})):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            kfm.nearest_neighbors(quiet, quiet, 1)

@@ -49,7 +49,7 @@ import torch
 from . import gemm
 from .blocks import block_size
 from .checks import (as_scalar, check_flag, check_integer, check_same_layout, first_non_number, is_integer,
-                     is_number_kind, is_real, positive_integer, torch_readable)
+                     is_number_kind, is_real, positive_integer, torch_readable, warn_of_label_columns)
 from .exact_scaling import TINY, times_power_of_two, unit_exponent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,7 +103,19 @@ def as_rows(name: str, value: Any, *, copy: bool = False) -> torch.Tensor:
         raise ValueError(f"{name} must have shape (n, ...), got a scalar")
     if tensor.shape[0] == 0:
         raise ValueError(f"{name} is empty (0 rows)")
+    _warn_of_label_columns(name, value, tensor)
     return tensor
+
+
+def _warn_of_label_columns(name: str, value: Any, tensor: torch.Tensor) -> None:
+    """A pandas DataFrame whose columns, read side by side, include a class label: warned of as
+    ``load_array`` warns of one in a Parquet table (the same frame saved and read back)."""
+    columns = getattr(value, "columns", None)
+    if columns is None or getattr(value, "ndim", None) != 2 or tuple(tensor.shape) != tuple(value.shape):
+        return
+    flat = tensor.detach().cpu().numpy()
+    warn_of_label_columns(name, {label: flat[:, j] for j, label in enumerate(columns)}, list(columns),
+                          lambda labels: f"pass the frame without it (frame.drop(columns={labels}))")
 
 
 def _holds_tensors(items: list | tuple) -> bool:
