@@ -1250,8 +1250,7 @@ def test_inputs_torch_cannot_read_are_refused_by_their_own_name(value, says, sid
     sets = {"samples": np.random.rand(2, 2), "train": np.random.rand(5, 2), side: value}
     with pytest.raises(ValueError, match=rf"^{side} must be an \(n, \.\.\.\) array of numbers; {says}"):
         kfm.memorization(sets["samples"], sets["train"])
-    if isinstance(value, list):
-        return  # nearest_neighbors takes arrays and frames only
+    # a ragged list reached nearest_neighbors' layout check first: NumPy's "inhomogeneous shape", no name
     named = "queries" if side == "samples" else "reference"
     with pytest.raises(ValueError, match=rf"^{named} must be an \(n, \.\.\.\) array of numbers; {says}"):
         kfm.nearest_neighbors(sets["samples"], sets["train"], 1)

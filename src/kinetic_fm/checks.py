@@ -494,11 +494,15 @@ def tensor_output(out: object, who: str = "velocity") -> torch.Tensor:
 
 
 def _shape(array) -> tuple[int, ...]:
+    """``array``'s shape; () for a ragged nested list (its refusal, naming the argument, follows)."""
     shape = getattr(array, "shape", None)
     if shape is None:
         import numpy as np
 
-        shape = np.shape(array)
+        try:
+            shape = np.shape(array)
+        except ValueError:  # "inhomogeneous shape": NumPy's words named no argument
+            return ()
     return tuple(shape)
 
 
