@@ -1399,3 +1399,17 @@ def test_one_dopri5_run_through_a_function_around_the_recorder_is_not_called_two
     with pytest.raises(ValueError, match=r"or one dopri5 run through a function around the recorder, which hides "
                                          r"its select\(\).*pass the recorder itself"):
         recorder.trace()
+
+
+def test_training_atoms_given_as_python_floats_are_kept_in_float64():
+    # nested lists of Python floats were read as torch's default float32: atoms 1 and 1 + 1e-12 were one
+    # atom's two copies, and the field screened in float32. As NumPy reads them (np.array(train)), they are
+    # float64 atoms, the same field as the array's, bit for bit
+    train = [[0.0, 1.0], [1.0 + 1e-12, 1.0], [1.0, 1.0]]
+    field = kfm.EmpiricalFlow(train)
+    assert field.atoms.dtype == torch.float64 and field.atoms[0, 0].item() == 0.0
+    assert field.atoms[1, 0].item() == 1.0 + 1e-12
+    same = kfm.EmpiricalFlow(np.array(train))
+    x = torch.tensor([[0.3, -0.2], [1.5, 0.5]], dtype=torch.float64)
+    t = torch.tensor([0.5, 0.9], dtype=torch.float64)
+    assert torch.equal(field(x, t), same(x, t))
