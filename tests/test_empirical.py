@@ -1429,3 +1429,17 @@ def test_one_run_backwards_in_time_that_ends_on_t_0_is_traced_as_one_run(atoms):
         recorder(x, t)
     with pytest.raises(ValueError, match=r"more than one run: its record 2 is at t = 0 again"):
         recorder.trace()
+
+
+def test_training_atoms_given_as_python_floats_are_kept_in_float64():
+    # nested lists of Python floats were read as torch's default float32: atoms 1 and 1 + 1e-12 were one
+    # atom's two copies, and the field screened in float32. As NumPy reads them (np.array(train)), they are
+    # float64 atoms, the same field as the array's, bit for bit
+    train = [[0.0, 1.0], [1.0 + 1e-12, 1.0], [1.0, 1.0]]
+    field = kfm.EmpiricalFlow(train)
+    assert field.atoms.dtype == torch.float64 and field.atoms[0, 0].item() == 0.0
+    assert field.atoms[1, 0].item() == 1.0 + 1e-12
+    same = kfm.EmpiricalFlow(np.array(train))
+    x = torch.tensor([[0.3, -0.2], [1.5, 0.5]], dtype=torch.float64)
+    t = torch.tensor([0.5, 0.9], dtype=torch.float64)
+    assert torch.equal(field(x, t), same(x, t))

@@ -12,6 +12,8 @@ import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
 
@@ -497,11 +499,15 @@ def tensor_output(out: object, who: str = "velocity") -> torch.Tensor:
 
 
 def _shape(array) -> tuple[int, ...]:
+    """``array``'s shape; () for a ragged nested list (its refusal, naming the argument, follows)."""
     shape = getattr(array, "shape", None)
     if shape is None:
         import numpy as np
 
-        shape = np.shape(array)
+        try:
+            shape = np.shape(array)
+        except ValueError:  # "inhomogeneous shape": NumPy's words named no argument
+            return ()
     return tuple(shape)
 
 
@@ -519,3 +525,31 @@ def caller_outside_the_package() -> int:
                                  or frame.f_code.co_filename.endswith(decorators)):
         frame, level = frame.f_back, level + 1
     return level
+
+
+# column names that hold a class label rather than a feature (compared in lower case)
+LABEL_NAMES = frozenset({"label", "labels", "y", "target", "targets", "class", "classes", "class_id", "category"})
+
+
+def warn_of_label_columns(source: str, columns: dict, names: list, remedy: Callable[[list[str]], str]) -> list[str]:
+    """Warn that a column among the features read side by side is a class label, and return those
+    columns' names (empty: no warning); one rule for a Parquet table read by ``load_array`` and a
+    pandas DataFrame given to a metric or a field.
+
+    ``columns`` maps each column taken as a feature to its values (a 1-D NumPy array); ``names``
+    are all the table's column names. A label is a column named in :data:`LABEL_NAMES` (any case)
+    holding whole numbers only; ``y`` beside an ``x`` (a point's two coordinates) is none. The
+    warning is led by ``source`` (a file, an argument's name) and ends with ``remedy(labels)``, how to
+    leave those columns out there. It points at the first caller outside kinetic_fm.
+    """
+    import numpy as np
+
+    lower = {name.lower() for name in names if isinstance(name, str)}
+    labels = [name for name, values in columns.items()
+              if isinstance(name, str) and name.lower() in LABEL_NAMES and not (name.lower() == "y" and "x" in lower)
+              and bool(np.all(np.mod(values, 1) == 0))]
+    if labels:  # a label beside the features: (rows, D + 1), its class gaps in every distance
+        warnings.warn(f"{source}: the column {labels} (whole numbers, named like a class label) is read as a "
+                      f"feature, one of {len(columns)} columns taken side by side; to leave it out, {remedy(labels)}",
+                      UserWarning, stacklevel=caller_outside_the_package())
+    return labels
