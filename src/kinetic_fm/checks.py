@@ -153,10 +153,11 @@ def start_run_of(velocity: object) -> None:
 
 def held_inside(function: object, kind: type) -> object | None:
     """An instance of ``kind`` that ``function`` holds where a caller sees only a function: what a
-    lambda's or a nested function's closure holds, the module globals its code names and its
+    lambda's or a nested function's closure holds, the module globals its code loads and its
     defaults; a ``functools.partial``'s function and arguments; a bound method's object. One level
     deep, and no code runs (no property, no ``__getattr__``); None where none is found, or for any
     other callable (whose attributes the caller reads itself)."""
+    import dis
     import functools
     import types
 
@@ -171,12 +172,16 @@ def held_inside(function: object, kind: type) -> object | None:
                 held.append(cell.cell_contents)
             except ValueError:  # a cell not filled yet
                 continue
+        # the globals its code loads: co_names also lists the attributes it reads (schedule.eta reads no global eta)
+        loaded = {op.argval for op in dis.get_instructions(function.__code__)
+                  if op.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
         names = function.__globals__
-        held += [names[name] for name in function.__code__.co_names if name in names]
+        held += [names[name] for name in function.__code__.co_names if name in loaded and name in names]
         held += [*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values()]
     else:
         return None
-    return next((value for value in held if isinstance(value, kind)), None)
+    # by type(): isinstance() falls back to reading __class__, which a proxy or closed handle may raise on
+    return next((value for value in held if issubclass(type(value), kind)), None)
 
 
 def one_evaluation_of(velocity: object):
