@@ -48,7 +48,7 @@ from kinetic_fm.data.digits import load_digits
 from kinetic_fm.data.mnist import load_mnist
 from kinetic_fm.metrics.fidelity import FrechetReference
 from kinetic_fm.models.classifier import train_classifier
-from kinetic_fm.studies.assets import _split_rows
+from kinetic_fm.studies.assets import split_rows
 from kinetic_fm.studies.config import ReproduceConfig
 from kinetic_fm.studies.output import JACKKNIFE_GROUPS, feature_reference, fd_to_reference, jackknife_fd_intervals
 
@@ -76,7 +76,7 @@ def optdigits_format(pixels: torch.Tensor) -> torch.Tensor:
 def quick_judge(cfg: ReproduceConfig):
     """The quick preset's digits-cnn, trained as ``load_assets`` trains it; its held-out accuracy."""
     digits = load_digits()
-    held, rest = _split_rows(cfg.assets, len(digits.images))
+    held, rest = split_rows(cfg.assets, len(digits.images))
     fit = train_classifier(digits.images[rest], digits.labels[rest], steps=cfg.assets.classifier_steps,
                            seed=cfg.assets.seed, test=(digits.images[held], digits.labels[held]))
     return fit.model.eval(), fit.test_accuracy, len(rest)

@@ -3,8 +3,8 @@ whose quintiles' true Fréchet distances are known in closed form.
 
 The report (``memorization.goldilocks_tests``) sorts the samples into quintiles by KPE and, as a
 content control, by ‖x1‖²; T = min(FD_Q1, FD_Q5) − min(FD_Q2..Q4) of each split's FDs to the held-out
-reference; the claim reads a paired basic bootstrap interval of the difference, the samples' rows
-redrawn (each keeping both its quintiles), the reference held fixed. At the quick preset a quintile
+reference; the claim reads a paired bootstrap interval of the difference, the samples' rows
+redrawn (each keeping both its quintiles) and the reference's too (``jfd+boot`` below). At the quick preset a quintile
 has 200 of n = 1,000 samples, the reference m = 300 held-out rows, 200 resamples (the memorization
 bootstrap capped at 200), D = 128 features.
 
@@ -26,15 +26,29 @@ covariance; f is not Gaussian) and the truth a Monte-Carlo one, ``--truth-draws`
 quintile's sample mean and covariance, FD to the exact reference law; its own error is about
 0.02 at the defaults: 2.690 against the exact 2.710 at k = 0, τ = 0).
 
-Methods (both reflect about the point estimate, both use the library's T: ``interior_margin`` of
-``fd_to_reference`` per quintile, resamples with fewer than two rows in a quintile dropped):
-  basic      the report's now: rows of the samples redrawn, the reference fixed
+Methods (the basic ones reflect about the point estimate, all use the library's T: ``interior_margin``
+of ``fd_to_reference`` per quintile, resamples with fewer than two rows in a quintile dropped):
+  basic      rows of the samples redrawn, the reference fixed (the report's until the 36th session)
   basic-2s   the same row redraws, and the reference's rows redrawn too in each resample (one
-             redraw shared by both splits' ten FDs)
+             redraw shared by both splits' ten FDs; the report's in the 36th session)
+  plain+boot basic-2s's spread about its resamples' mean, centred on the plain point below
+             (basic-2s is the same spread centred on the bootstrap bias-corrected point, boot-bc)
+  jfd+boot   the same, centred on the jack-fd point (the report's now)
+  jT+boot    the same, centred on the jack-T point
+  jack-t     jack-T ± t(g−1)·(its jackknife standard error)
+Points (bias and RMSE against the truth, printed with each quintile's mean FD error by split):
+  plain      T by s − T by ‖z‖² of the plug-in FDs (the report's T)
+  boot-bc    2·plain − mean of the basic-2s resamples (the basic-2s interval's centre)
+  jack-fd    T of each quintile's delete-a-group jackknife FD (g = ``JACKKNIFE_GROUPS`` groups of the
+             quintile's rows and of the reference's, as the bar chart's whiskers), by s minus by ‖z‖²
+  jack-T     the same jackknife of the difference itself: g·plain − (g − 1)·mean_k of its leave-group-k values
+The plain point's bias splits into the FDs' own bias ("FD part": T of the true FDs plus each
+quintile's mean error, minus the truth) and the rest ("min/edges part": the minima of noisy FDs sit
+below the minimum of their means, and the samples' own quintile edges are not the population's).
 
     OMP_NUM_THREADS=1 python benchmarks/goldilocks_interval_coverage.py [--repeats 40] \\
         [--taus 0 3] [--n 1000] [--m 300] [--dim 128] [--resamples 200] [--seed 0] \\
-        [--spread-power 0] [--truth-draws 200000]
+        [--spread-power 0] [--truth-draws 200000] [--methods basic basic-2s plain+boot jfd+boot jT+boot jack-t]
 """
 from __future__ import annotations
 
@@ -46,10 +60,11 @@ import numpy as np
 from scipy import linalg, stats
 
 from kinetic_fm.studies.memorization import quintile_bins
-from kinetic_fm.studies.output import fd_to_reference, feature_reference
+from kinetic_fm.studies.output import JACKKNIFE_GROUPS, fd_to_reference, feature_reference
 from kinetic_fm.studies.verdicts import basic_bootstrap, interior_margin
 
-METHODS = ("basic", "basic-2s")
+METHODS = ("basic", "basic-2s", "plain+boot", "jfd+boot", "jT+boot", "jack-t")
+POINTS = ("plain", "boot-bc", "jack-fd", "jack-T")
 
 
 def feature_map(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -138,24 +153,62 @@ def margin(feats: np.ndarray, rows: np.ndarray, bins: np.ndarray, reference) -> 
     return float(interior_margin(np.array([[fd_to_reference(feats[g], reference) for g in groups]]))[0])
 
 
-def intervals(feats, bins, control, ref, resamples: int, rng: np.random.Generator) -> tuple[float, dict]:
-    """The point difference and each method's 95% (low, high)."""
+def quintile_fds(feats: np.ndarray, bins: np.ndarray, reference) -> np.ndarray:
+    """(5,) each quintile's plug-in FD to the reference."""
+    return np.array([fd_to_reference(feats[bins == q], reference) for q in range(5)])
+
+
+def leave_group_out_fds(feats: np.ndarray, splits: list[np.ndarray], ref: np.ndarray,
+                  groups: int = JACKKNIFE_GROUPS) -> np.ndarray:
+    """(groups, len(splits), 5) each quintile's FD with group k left out of its rows and of the
+    reference's (rows k, k + g, ... of each, as ``jackknife_fd_intervals``)."""
+    out = np.empty((groups, len(splits), 5))
+    for k in range(groups):
+        reference = feature_reference(np.delete(ref, slice(k, None, groups), axis=0))
+        for s, bins in enumerate(splits):
+            for q in range(5):
+                out[k, s, q] = fd_to_reference(np.delete(feats[bins == q], slice(k, None, groups), axis=0), reference)
+    return out
+
+
+def intervals(feats, bins, control, ref, resamples: int, rng: np.random.Generator,
+              methods=METHODS) -> tuple[dict, dict, np.ndarray]:
+    """Each point's value (``POINTS``), each method's 95% (low, high), and the (2, 2, 5) plug-in
+    and jackknife FDs of each quintile by s and by ‖z‖²."""
     n, m = len(feats), len(ref)
     reference = feature_reference(ref)
-    rows = np.arange(n)
-    estimate = margin(feats, rows, bins, reference) - margin(feats, rows, control, reference)
+    plain_fds = np.array([quintile_fds(feats, bins, reference), quintile_fds(feats, control, reference)])
+    estimate = float(interior_margin(plain_fds[:1])[0] - interior_margin(plain_fds[1:])[0])
+    g = JACKKNIFE_GROUPS
+    left_out = leave_group_out_fds(feats, [bins, control], ref, g)  # (g, 2, 5)
+    jack_fds = g * plain_fds - (g - 1) * left_out.mean(0)
+    diff_k = interior_margin(left_out[:, 0]) - interior_margin(left_out[:, 1])  # (g,)
+    points = {"plain": estimate,
+              "jack-fd": float(interior_margin(jack_fds[:1])[0] - interior_margin(jack_fds[1:])[0]),
+              "jack-T": float(g * estimate - (g - 1) * diff_k.mean())}
     out = {}
     boot = rng.integers(0, n, size=(resamples, n))
     ref_boot = rng.integers(0, m, size=(resamples, m))
-    for method in METHODS:
+    drawn = {}
+    for method in ("basic", "basic-2s"):
+        if method == "basic" and "basic" not in methods:
+            continue
         values = []
         for idx, jdx in zip(boot, ref_boot):
             r = feature_reference(ref[jdx]) if method == "basic-2s" else reference
             values.append(margin(feats, idx, bins[idx], r) - margin(feats, idx, control[idx], r))
         values = np.array(values)
-        values = basic_bootstrap(estimate, values[~np.isnan(values)])
-        out[method] = tuple(np.quantile(values, [0.025, 0.975]))
-    return estimate, out
+        drawn[method] = values = values[~np.isnan(values)]
+        out[method] = tuple(np.quantile(basic_bootstrap(estimate, values), [0.025, 0.975]))
+    two_sided = drawn["basic-2s"]
+    points["boot-bc"] = 2 * estimate - float(two_sided.mean())
+    low_dev, high_dev = np.quantile(two_sided, [0.025, 0.975]) - two_sided.mean()
+    for method, point in (("plain+boot", estimate), ("jfd+boot", points["jack-fd"]), ("jT+boot", points["jack-T"])):
+        out[method] = (point - high_dev, point - low_dev)
+    se = math.sqrt((g - 1) / g * ((diff_k - diff_k.mean()) ** 2).sum())
+    t = float(stats.t.ppf(0.975, g - 1))
+    out["jack-t"] = (points["jack-T"] - t * se, points["jack-T"] + t * se)
+    return points, {k: v for k, v in out.items() if k in methods}, np.array([plain_fds, jack_fds])
 
 
 def main() -> None:
@@ -169,7 +222,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spread-power", type=int, default=0)
     parser.add_argument("--truth-draws", type=int, default=200_000)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="intervals to score (basic-2s is always drawn: the others use its resamples)")
     args = parser.parse_args()
+    methods = tuple(args.methods)
     rng = np.random.default_rng(args.seed)
     a = feature_map(args.dim, rng)
     print(f"n={args.n} m={args.m} D={args.dim} resamples={args.resamples} repeats={args.repeats}")
@@ -180,11 +236,12 @@ def main() -> None:
             truth, by_score, by_norm = true_difference(a, tau)
         print(f"\ntau={tau}: true FDs by score {np.round(by_score, 3)}, by ‖z‖² {np.round(by_norm, 3)}; "
               f"true difference {truth:.4f}")
-        hits = {k: 0 for k in METHODS}
-        widths = {k: [] for k in METHODS}
-        above = {k: 0 for k in METHODS}
-        below = {k: 0 for k in METHODS}
-        estimates = []
+        hits = {k: 0 for k in methods}
+        widths = {k: [] for k in methods}
+        above = {k: 0 for k in methods}
+        below = {k: 0 for k in methods}
+        estimates = {k: [] for k in POINTS}
+        fds = []
         start = time.time()
         for _ in range(args.repeats):
             z = rng.standard_normal((args.n, args.dim))
@@ -193,17 +250,30 @@ def main() -> None:
             score = z[:, 0] + tau * rng.standard_normal(args.n)
             bins = quintile_bins(score)[1]
             control = quintile_bins((z ** 2).sum(1))[1]
-            estimate, out = intervals(feats, bins, control, ref, args.resamples, rng)
-            estimates.append(estimate)
+            points, out, quintile_fd = intervals(feats, bins, control, ref, args.resamples, rng, methods)
+            for k in POINTS:
+                estimates[k].append(points[k])
+            fds.append(quintile_fd)
             for k, (lo, hi) in out.items():
                 hits[k] += lo <= truth <= hi
                 widths[k].append(hi - lo)
                 above[k] += lo > 0
                 below[k] += hi < 0
         r = args.repeats
-        print(f"  mean estimate {np.mean(estimates):.4f} (bias {np.mean(estimates) - truth:+.4f}); "
-              f"{time.time() - start:.0f} s")
-        for k in METHODS:
+        true_fds = np.array([by_score, by_norm])
+        fd_error = np.mean(fds, axis=0) - true_fds  # (2 plug-in/jackknife, 2 splits, 5)
+        print(f"  {time.time() - start:.0f} s; mean FD error by quintile (plug-in | jackknife):")
+        for s, name in enumerate(("score", "‖z‖²")):
+            print(f"    by {name:5s} {np.round(fd_error[0, s], 3)} | {np.round(fd_error[1, s], 3)}")
+        smooth = float(interior_margin(true_fds[:1] + fd_error[0, :1])[0]
+                       - interior_margin(true_fds[1:] + fd_error[0, 1:])[0]) - truth
+        plain_bias = np.mean(estimates["plain"]) - truth
+        print(f"  plain bias {plain_bias:+.4f} = FD part {smooth:+.4f} + min/edges part {plain_bias - smooth:+.4f}")
+        for k in POINTS:
+            e = np.array(estimates[k]) - truth
+            print(f"  point {k:8s} bias {e.mean():+.4f} ± {e.std(ddof=1) / math.sqrt(r):.4f}  "
+                  f"sd {e.std(ddof=1):.4f}  RMSE {math.sqrt((e ** 2).mean()):.4f}")
+        for k in methods:
             cov = hits[k] / r
             print(f"  {k:9s} coverage {cov:.0%} ± {math.sqrt(cov * (1 - cov) / r):.0%}  "
                   f"median width {np.median(widths[k]):.4f}  low>0 {above[k]}/{r}  high<0 {below[k]}/{r}")

@@ -444,7 +444,7 @@ def test_a_subset_of_a_folder_of_images_decodes_only_its_images(tmp_path, monkey
     pixels = np.random.default_rng(0).integers(0, 256, (12, 4, 4), dtype=np.uint8)
     for i, image in enumerate(pixels):
         Image.fromarray(image).save(folder / f"{i:02d}.png")
-    whole = images.load_image_folder(folder, labels_from_folders=False).images
+    whole = images.load_image_folder(folder, labels_from_folders=False, grayscale=None).images  # grey: one channel
     decoded = []
     decode_many = images.decode_many
 
@@ -458,7 +458,7 @@ def test_a_subset_of_a_folder_of_images_decodes_only_its_images(tmp_path, monkey
     chosen = select_indices(12, n=3, seed=1)
     assert decoded == [f"{i:02d}.png" for i in chosen.tolist()]
     identity = json.loads((tmp_path / "run" / "manifest.json").read_text())["identity"]
-    assert identity["train_sha256"] == hashlib.sha256(whole[chosen].contiguous().numpy()).hexdigest()  # as before
+    assert identity["train_sha256"] == hashlib.sha256(whole[chosen].contiguous().numpy()).hexdigest()
     table = tmp_path / "audit.parquet"
     assert main(["memorization", "--samples", str(tmp_path / "run"), "--train", str(tmp_path / "run"),
                  "--no-progress", "--out", str(table)]) == 0
@@ -722,3 +722,37 @@ def test_runs_made_when_folder_specs_loaded_grey_images_as_rgb_are_still_read(tm
                  "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "trained"), "--resume"]) == 0, \
         capsys.readouterr().err
     assert "resumed from step 1 of 2" in capsys.readouterr().out
+
+
+def test_a_grey_folder_given_by_its_path_loads_what_its_folder_spec_loads(tmp_path, monkeypatch, capsys):
+    # one folder, one rule: --train FOLDER samples the field of the one channel --train folder:FOLDER loads
+    # (it was three equal channels, another field: D and every squared distance tripled); a run made by the
+    # path on the three channels is still resumed and audited
+    from PIL import Image
+
+    import kinetic_fm.commands._rows as rows
+
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "grey"
+    folder.mkdir()
+    for j, image in enumerate(rng.integers(0, 256, (6, 4, 4), dtype=np.uint8)):
+        Image.fromarray(image).save(folder / f"{j}.png")
+    flags = ["--field", "empirical", "--n", 3, "--shard-size", 3, "--batch-size", 3, "--steps", 8]
+    identity = lambda run: json.loads((run / "manifest.json").read_text())["identity"]  # noqa: E731
+    assert kfm_sample(tmp_path / "spec", "--train", f"folder:{folder}", *flags) == 0
+    assert kfm_sample(tmp_path / "path", "--train", folder, *flags) == 0
+    assert identity(tmp_path / "path")["train_shape"] == [6, 1, 4, 4]
+    assert identity(tmp_path / "path")["train_sha256"] == identity(tmp_path / "spec")["train_sha256"]
+    capsys.readouterr()
+    assert main(["memorization", "--samples", str(tmp_path / "path"), "--train", str(tmp_path / "path"),
+                 "--bootstrap", "0", "--no-progress"]) == 0, capsys.readouterr().err
+
+    keep = rows.grey_folder_as_one_channel
+    monkeypatch.setattr(rows, "grey_folder_as_one_channel", lambda items, value: items)  # as the path loaded before
+    assert kfm_sample(tmp_path / "old", "--train", folder, *flags) == 0
+    assert identity(tmp_path / "old")["train_shape"] == [6, 3, 4, 4]
+    monkeypatch.setattr(rows, "grey_folder_as_one_channel", keep)
+    capsys.readouterr()
+    assert main(["memorization", "--samples", str(tmp_path / "old"), "--train", str(tmp_path / "old"),
+                 "--bootstrap", "0", "--no-progress"]) == 0, capsys.readouterr().err
+    assert kfm_sample(tmp_path / "old", "--train", folder, *flags, "--resume") == 0, capsys.readouterr().err

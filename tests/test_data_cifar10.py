@@ -1,4 +1,5 @@
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -280,3 +281,38 @@ def test_a_damaged_tarball_is_refused_not_loaded(tmp_path):
     (tmp_path / "bad.tar.gz").write_bytes(bytes(damaged))
     with pytest.raises(ValueError, match=r"bad.tar.gz: cannot read the tar archive \(Error -3 while decompressing"):
         load_cifar10(tmp_path / "bad.tar.gz", "train")
+
+
+def test_a_sprite_or_labels_file_that_is_not_what_it_should_be_is_named(tmp_path):
+    # Pillow's UnidentifiedImageError for a sprite that is no image, Python's bare FileNotFoundError /
+    # IsADirectoryError for labels_file, named neither argument nor what it should hold
+    from PIL import Image
+
+    good = np.random.default_rng(4).integers(0, 256, (2, 1024, 3), dtype=np.uint8)
+    Image.fromarray(good).save(tmp_path / "s.png")
+    (tmp_path / "labels.txt").write_text("1\n2\n")
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "s.png").read_bytes()[:200])   # a truncated PNG
+    for bad in ("notes.png", "cut.png"):
+        with pytest.raises(ValueError, match=rf"^sprite {re.escape(str(tmp_path / bad))} is not an image Pillow "
+                                             r"can read \(.*\); expected a ConvNetJS CIFAR-10 sprite PNG"):
+            load_cifar10_sprite(tmp_path / bad)
+    with pytest.raises(ValueError, match=r"^sprite .* is a folder; expected a ConvNetJS CIFAR-10 sprite PNG$"):
+        load_cifar10_sprite(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"^labels_file not found: .*missing.txt \(expected a text file "
+                                                r"with one integer label \(0..9\) per line\)$"):
+        load_cifar10_sprite(tmp_path / "s.png", tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match=r"^labels_file .* is a folder; expected a text file"):
+        load_cifar10_sprite(tmp_path / "s.png", tmp_path)
+    with pytest.raises(ValueError, match=r"^labels_file .*s.png is not text \(.*\); expected a text file"):
+        load_cifar10_sprite(tmp_path / "s.png", tmp_path / "s.png")   # the sprite given for its labels
+    assert load_cifar10_sprite(tmp_path / "s.png", tmp_path / "labels.txt").labels.tolist() == [1, 2]
+
+
+def test_read_cifar_batch_of_a_folder_names_the_path_and_what_it_expects(tmp_path):
+    # open() said only "[Errno 21] Is a directory" (IsADirectoryError)
+    with pytest.raises(ValueError, match=rf"^path {re.escape(str(tmp_path))} is a folder; expected one CIFAR-10 "
+                                         r"python batch file .*load_cifar10 reads a batches folder$"):
+        read_cifar_batch(tmp_path)
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 batch not found"):
+        read_cifar_batch(tmp_path / "data_batch_1")

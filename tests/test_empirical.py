@@ -1399,3 +1399,47 @@ def test_one_dopri5_run_through_a_function_around_the_recorder_is_not_called_two
     with pytest.raises(ValueError, match=r"or one dopri5 run through a function around the recorder, which hides "
                                          r"its select\(\).*pass the recorder itself"):
         recorder.trace()
+
+
+def test_one_run_backwards_in_time_that_ends_on_t_0_is_traced_as_one_run(atoms):
+    # helper-227: a run from data to noise (flow_matching's ODESolver with time_grid [0.95, 0], rk4: its
+    # last stage is at t = 0) was refused as "more than one run" by the check for a second start, which
+    # reads a return to t = 0 as one; it traced before that check came. Reverse rk4 by hand, 3 steps.
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    x = atoms[:3] + 0.01
+    grid = torch.linspace(0.9, 0.0, 4, dtype=torch.float64)
+    for t0, t1 in zip(grid[:-1].tolist(), grid[1:].tolist()):
+        h = t1 - t0                                            # negative
+        k1 = recorder(x, t0)
+        k2 = recorder(x + h / 2 * k1, t0 + h / 2)
+        k3 = recorder(x + h / 2 * k2, t0 + h / 2)
+        k4 = recorder(x + h * k3, t1)
+        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    trace = recorder.trace()
+    assert len(trace.t) == 12 and (trace.t[-1] == 0).all() and (trace.t[:-1] > 0).all()
+    # a second forward run after a first one is still named, and a forward run after the backward one
+    recorder.clear()
+    for _ in range(2):
+        for t in (0.0, 0.5):
+            recorder(x, t)
+    with pytest.raises(ValueError, match=r"more than one run: its record 2 is at t = 0 again"):
+        recorder.trace()
+    recorder.clear()
+    for t in (0.9, 0.45, 0.0, 0.0, 0.5):
+        recorder(x, t)
+    with pytest.raises(ValueError, match=r"more than one run: its record 2 is at t = 0 again"):
+        recorder.trace()
+
+
+def test_training_atoms_given_as_python_floats_are_kept_in_float64():
+    # nested lists of Python floats were read as torch's default float32: atoms 1 and 1 + 1e-12 were one
+    # atom's two copies, and the field screened in float32. As NumPy reads them (np.array(train)), they are
+    # float64 atoms, the same field as the array's, bit for bit
+    train = [[0.0, 1.0], [1.0 + 1e-12, 1.0], [1.0, 1.0]]
+    field = kfm.EmpiricalFlow(train)
+    assert field.atoms.dtype == torch.float64 and field.atoms[0, 0].item() == 0.0
+    assert field.atoms[1, 0].item() == 1.0 + 1e-12
+    same = kfm.EmpiricalFlow(np.array(train))
+    x = torch.tensor([[0.3, -0.2], [1.5, 0.5]], dtype=torch.float64)
+    t = torch.tensor([0.5, 0.9], dtype=torch.float64)
+    assert torch.equal(field(x, t), same(x, t))

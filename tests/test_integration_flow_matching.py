@@ -791,3 +791,21 @@ def test_ode_solvers_dopri5_past_the_end_is_named_for_a_recorder_and_for_guidanc
     assert float(guided._t_prev.max()) > 1
     with pytest.raises(ValueError, match=r"the last call was at t = 1\.\d+ > 1: the solver stepped past the end"):
         guided.part_energies()
+
+
+def test_a_data_parallel_model_is_called_as_the_module_it_wraps():
+    # helper-227: DataParallel's own forward(*inputs, **kwargs) names no x and t, so a wrapped forward(t, x)
+    # was called by position, model(x, t): x went to t and t to x, without a word; ODESolver, which names
+    # them, ran it right. The wrapper hands its arguments on: it is read by the module inside.
+    x0 = kfm.noise(range(4), (DIM,), dtype=torch.float64)
+    settings = dict(step_size=1 / 32, method="midpoint")
+    with torch.no_grad():
+        theirs = ODESolver(torch.nn.DataParallel(TimeFirst())).sample(
+            x0, time_grid=torch.tensor([0.0, 1.0], dtype=torch.float64), **settings)
+    ours = KineticODESolver(torch.nn.DataParallel(TimeFirst())).sample(x0, **settings)
+    plain = KineticODESolver(TimeFirst()).sample(x0, **settings)
+    torch.testing.assert_close(ours.x, theirs, rtol=0, atol=1e-12)
+    assert torch.equal(ours.x, plain.x)
+    # dx/dt = cos(3t) − x: x(1) = x0/e + ∫_0^1 e^(s − 1)·cos(3s) ds
+    exact = math.exp(-1) * x0 + (math.cos(3) + 3 * math.sin(3) - math.exp(-1)) / 10
+    torch.testing.assert_close(ours.x, exact, rtol=0, atol=1e-3)

@@ -1,6 +1,7 @@
 """Gap-ratio memorization (kinetic_fm.metrics.memorization) and the `kfm memorization` command."""
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -1249,8 +1250,7 @@ def test_inputs_torch_cannot_read_are_refused_by_their_own_name(value, says, sid
     sets = {"samples": np.random.rand(2, 2), "train": np.random.rand(5, 2), side: value}
     with pytest.raises(ValueError, match=rf"^{side} must be an \(n, \.\.\.\) array of numbers; {says}"):
         kfm.memorization(sets["samples"], sets["train"])
-    if isinstance(value, list):
-        return  # nearest_neighbors takes arrays and frames only
+    # a ragged list reached nearest_neighbors' layout check first: NumPy's "inhomogeneous shape", no name
     named = "queries" if side == "samples" else "reference"
     with pytest.raises(ValueError, match=rf"^{named} must be an \(n, \.\.\.\) array of numbers; {says}"):
         kfm.nearest_neighbors(sets["samples"], sets["train"], 1)
@@ -2271,3 +2271,60 @@ def test_float64_arrays_beside_other_float_types_keep_their_precision(tmp_path, 
     np.testing.assert_allclose(table["d1"], d[:, 0], rtol=1e-12)
     np.testing.assert_allclose(table["ratio"], d[:, 0] / d[:, 1], rtol=1e-6)   # 0.5, not 0 (memorized)
     assert table["memorized"].tolist() == [False, False]
+
+
+def test_nested_lists_of_python_floats_are_read_as_float64_as_numpy_reads_them():
+    # torch.as_tensor reads Python floats as float32: 1 + 1e-12 became 1.0, so the two training items
+    # 1 and 1 + 1e-12 merged (a duplicate warning, d2 = d1 = 0) and the metric's float64 ratios were moot
+    train = [[0.0], [1.0], [1.0 + 1e-12], [5.0]]
+    samples = [[1.0 + 1e-12], [3.0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # no duplicate-rows warning: the items are distinct
+        from_lists = kfm.memorization(samples, train, bootstrap=0)
+    from_arrays = kfm.memorization(np.array(samples), np.array(train), bootstrap=0)
+    for field in ("d1", "d2", "ratio", "nearest", "memorized"):
+        assert torch.equal(getattr(from_lists, field), getattr(from_arrays, field)), field
+    assert from_lists.d1.tolist() == [0.0, 3.0 - (1.0 + 1e-12)] and from_lists.nearest.tolist() == [2, 2]
+    assert from_lists.d2[0].item() == pytest.approx(1e-12, rel=1e-3)   # (1 + 1e-12) − 1 in float64
+    found = kfm.nearest_neighbors(samples, train, 2)
+    assert found.indices[0].tolist() == [2, 1] and found.distances[0, 1].item() == pytest.approx(1e-12, rel=1e-3)
+    # integers and bools stay what NumPy makes of them (exact either way)
+    ints = kfm.memorization([[1, 2]], [[0, 0], [1, 1], [4, 4]], bootstrap=0)
+    assert ints.d1.tolist() == [1.0] and ints.d2.tolist() == [math.sqrt(5.0)]
+
+
+@pytest.mark.parametrize("label", ["label", "y", "class", "Target"])
+def test_dataframe_label_column_is_warned_of_as_in_a_parquet_file(tmp_path, label):
+    # the same table read from Parquet was warned of (load_array); passed as a DataFrame, silently one more feature
+    from kinetic_fm.data.arrays import load_array
+
+    rng = np.random.default_rng(3)
+    features = rng.integers(0, 256, size=(6, 4)).astype(np.float64)
+    frame = pd.DataFrame(features, columns=[f"f{i}" for i in range(4)]).assign(**{label: np.arange(6) % 3})
+    train = pd.DataFrame(rng.normal(size=(8, 5)), columns=[f"g{i}" for i in range(5)])
+    frame.to_parquet(tmp_path / "s.parquet")
+    with pytest.warns(UserWarning) as from_file:
+        load_array(tmp_path / "s.parquet")
+    with pytest.warns(UserWarning) as from_frame:
+        report = kfm.memorization(frame, train, bootstrap=0)
+    assert [w.filename for w in from_frame] == [__file__]          # pointed at the call, not inside kinetic_fm
+    said = [str(w.message) for w in from_frame]
+    assert len(said) == 1 and said[0].startswith("samples: ")
+    common = rf"the column \['{label}'\] \(whole numbers, named like a class label\) is read as a feature, one of 5 "
+    assert re.match(rf"samples: {common}.*frame.drop\(columns=\['{label}'\]\)", said[0])
+    assert re.match(rf"{re.escape(str(tmp_path / 's.parquet'))}: {common}", str(from_file[0].message))
+    # one rule, one sentence: the two warnings differ only in what leads them and the remedy
+    assert said[0].split("; to leave it out")[0][len("samples: "):] == \
+        str(from_file[0].message).split("; to leave it out")[0][len(str(tmp_path / "s.parquet")) + 2:]
+    assert report.d1.tolist() == kfm.memorization(frame.to_numpy(), train.to_numpy(), bootstrap=0).d1.tolist()
+    with pytest.warns(UserWarning, match=rf"^train: {common}"):
+        kfm.memorization(train, frame, bootstrap=0)
+    with pytest.warns(UserWarning, match=rf"^train: {common}"):
+        kfm.EmpiricalFlow(frame)
+    # features alone, a label-named column of real values, and x beside y (a point) are read without a word
+    for quiet in (pd.DataFrame(features, columns=[f"f{i}" for i in range(4)]),
+                  pd.DataFrame({"f0": features[:, 0], "y": rng.normal(size=6)}),
+                  pd.DataFrame({"x": np.arange(6.0), "y": np.arange(6.0) % 2})):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            kfm.nearest_neighbors(quiet, quiet, 1)

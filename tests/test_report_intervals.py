@@ -77,6 +77,26 @@ def test_jackknife_fd_intervals_never_leave_the_non_negative_numbers():
     assert ((ends == 0).all(axis=1)).sum() >= 1               # the case happened, and reads [0, 0]
 
 
+def test_jackknife_fds_are_the_bias_corrected_fds_uncut_and_nan_where_too_few_rows():
+    # g·θ̂ − (g − 1)·mean_k FD_(−k) by its definition; not cut at 0 (the Goldilocks interval takes
+    # differences of them), NaN for a set or reference too small for the jackknife
+    from kinetic_fm.studies.output import jackknife_fds
+
+    rng = np.random.default_rng(7)
+    ref = rng.normal(size=(90, 4))
+    sets = [rng.normal(size=(60, 4)) * 1.5 + 0.3, rng.normal(size=(40, 4)), rng.normal(size=(6, 4))]
+    keep = [(np.arange(len(ref)) % 10 != k) for k in range(10)]
+
+    def corrected(x):
+        left = [_frechet(x[np.arange(len(x)) % 10 != k], ref[keep[k]]) for k in range(10)]
+        return 10 * _frechet(x, ref) - 9 * np.mean(left)
+
+    got = jackknife_fds(sets, ref)
+    np.testing.assert_allclose(got[:2], [corrected(sets[0]), corrected(sets[1])], rtol=1e-8, atol=1e-12)
+    assert got[1] < 0                                   # one law, 40 rows: the corrected FD went below 0
+    assert np.isnan(got[2]) and np.isnan(jackknife_fds(sets, ref[:8])).all()
+
+
 def _true_frechet(mu1, s1, mu2, s2) -> float:
     """The Fréchet distance of two Gaussians in closed form (SciPy's sqrtm, float64; round-off below 0 cut)."""
     root = linalg.sqrtm(s1).real

@@ -375,3 +375,49 @@ def test_a_gain_without_a_kts_is_not_warned_of_and_a_declared_tau_out_of_range_i
         gain.tau_split = bad
         with pytest.raises(ValueError, match=r"shaping declares tau_split = .*must be a number in \(0, 1\)"):
             kfm.sample(velocity, x0, steps=4, shaping=gain)
+
+
+class _ClosedHandle:
+    """An object every attribute read of which raises, ``__class__`` included (a closed remote handle)."""
+
+    def __getattribute__(self, name):
+        raise RuntimeError("remote handle closed")
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda handle: (lambda t, h=handle: 1.0 + 0 * torch.as_tensor(t)),            # a default
+    lambda handle: (lambda h: (lambda t: (h, 1.0 + 0 * torch.as_tensor(t))[1]))(handle),  # a closure
+    lambda handle: __import__("functools").partial(lambda t, h: 1.0 + 0 * torch.as_tensor(t), h=handle),
+], ids=["default", "closure", "partial"])
+def test_a_gain_holding_an_object_that_cannot_be_looked_at_samples_as_before(wrap):
+    # helper-227: the hidden-KTS check asked isinstance() of what the gain holds, which reads __class__:
+    # an object raising there stopped kfm.sample, which ran such a gain before the check came
+    import kinetic_fm as kfm
+
+    x0, velocity = _hidden_settings()
+    reference = kfm.sample(velocity, x0, steps=4, shaping=lambda t: 1.0 + 0 * torch.as_tensor(t))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # nothing to warn of: it holds no KTS
+        held = kfm.sample(velocity, x0, steps=4, shaping=wrap(_ClosedHandle()))
+    assert torch.equal(held.x, reference.x) and held.split == reference.split == 0.6
+
+
+# a global KTS named eta beside a smooth gain of the same attribute name (a notebook's reused names)
+eta = HIDDEN
+
+
+def test_a_gain_that_reads_an_attribute_named_like_a_global_kts_is_not_warned_of():
+    # helper-227: the check took every name in the code's co_names for a global it reads, attribute names
+    # included: schedule.eta named the global KTS eta, and a smooth gain was warned of as one around it
+    import types
+
+    import kinetic_fm as kfm
+
+    x0, velocity = _hidden_settings()
+    schedule = types.SimpleNamespace(eta=lambda t: 1.0 + 0 * torch.as_tensor(t))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        smooth = kfm.sample(velocity, x0, steps=4, shaping=lambda t: schedule.eta(t))
+    assert smooth.split == 0.6
+    with pytest.warns(UserWarning, match=r"around a KTS \(tau_split = 0.5\)"):     # the global itself: warned of
+        kfm.sample(velocity, x0, steps=4, shaping=lambda t: eta(t))

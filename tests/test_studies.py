@@ -1896,6 +1896,30 @@ def test_the_held_out_split_is_disjoint_from_training_of_its_configured_size_and
     assert set(split(1)[1]) != set(held)
 
 
+def test_split_rows_is_the_split_the_studies_make_and_picks_the_rows_it_always_did(monkeypatch):
+    # benchmarks/fd_interval_coverage_real.py re-makes the quick preset's judge from these rows: it imported
+    # the private _split_rows; the public split_rows must pick the same rows as before and as load_assets
+    from dataclasses import replace
+
+    from kinetic_fm.studies.assets import _load_split, split_rows
+    from kinetic_fm.studies.config import AssetsConfig, ReproduceConfig
+
+    cfg = ReproduceConfig.preset("quick").assets                 # digits, all 1,797 items, 300 held out, seed 0
+    held, rest = split_rows(cfg, 1797)
+    # the rows _split_rows picked on main before the rename (torch.randperm(1797) from seed 0)
+    assert held[:8].tolist() == [362, 1568, 1440, 1761, 815, 1792, 508, 660]
+    assert rest[:8].tolist() == [1203, 33, 1481, 487, 773, 47, 1610, 1360]
+    assert (len(held), len(rest)) == (300, 1497) and sorted(held.tolist() + rest.tolist()) == list(range(1797))
+    assert [r.tolist() for r in split_rows(replace(AssetsConfig(), n_heldout=4, seed=7), 10)] == \
+        [[5, 0, 3, 4], [1, 7, 9, 6, 8, 2]]
+    # the same rows load_assets' loader splits the data set into (items tagged by their row)
+    _patch_loader(monkeypatch, 40, labels=True)
+    small = AssetsConfig(n_train=30, n_heldout=10, memorizer_n=4, seed=3)
+    train, _, heldout, *_ = _load_split(small, progress=False)
+    held, rest = split_rows(small, 40)
+    assert _rows(heldout) == held.tolist() and _rows(train) == rest.tolist()
+
+
 def test_the_split_takes_a_data_set_of_exactly_the_size_it_needs(monkeypatch):
     from kinetic_fm.studies.assets import _load_split
     from kinetic_fm.studies.config import MIN_TRAIN, AssetsConfig

@@ -338,11 +338,13 @@ def test_late_spike_is_not_failed_by_one_subset_below_one_half():
     assert verdict == "inconclusive"
 
 
-def test_goldilocks_content_control_interval_is_the_basic_interval_of_the_paired_resamples():
+def test_goldilocks_content_control_interval_is_the_resamples_spread_about_the_jackknife_point():
     # T by KPE − T by the control on each resample of rows (both groupings of the same rows) and of
-    # the reference's rows (one redraw for both), reflected about the full set's own difference:
-    # quintiles of another spread carry another FD bias, which the percentile interval of resampled
-    # differences doubled, and the reference held fixed left out its noise's part of that bias
+    # the reference's rows (one redraw for both); the interval is their spread about their mean,
+    # centred on the difference of T's formed from each quintile's jackknife FD (groups k, k + 10, ...
+    # of its rows and of the reference's left out in turn). Quintiles of another spread carry another
+    # FD bias; the basic interval's centre, 2·plain − mean of the resamples, was noisier than the
+    # plain point, and its spread did not count that noise
     from scipy import linalg
 
     from kinetic_fm.studies.memorization import goldilocks_tests, quintile_bins
@@ -352,6 +354,24 @@ def test_goldilocks_content_control_interval_is_the_basic_interval_of_the_paired
         cross = linalg.sqrtm(ca @ cb).real
         return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca + cb - 2 * cross))
 
+    def t_of(fds):
+        return min(fds[0], fds[4]) - min(fds[1:4])
+
+    def draws_of(seed, n, m, resamples):                                 # the test's own draws, in order
+        draws = np.random.default_rng(seed)
+        for _ in range(resamples):
+            draws.permutation(np.arange(n) * 5 // n)
+        return draws.integers(0, n, size=(resamples, n)), draws.integers(0, m, size=(resamples, m))
+
+    def jackknife_t(x, b, ref):
+        fds = []
+        for q in range(5):
+            rows = x[b == q]
+            left = [fd(np.delete(rows, np.arange(k, len(rows), 10), 0), np.delete(ref, np.arange(k, len(ref), 10), 0))
+                    for k in range(10)]
+            fds.append(10 * fd(rows, ref) - 9 * np.mean(left))
+        return t_of(fds)
+
     rng = np.random.default_rng(5)
     ref = rng.normal(size=(2000, 3))
     x = rng.normal(size=(150, 3)) * rng.uniform(0.5, 1.5, size=(150, 1))
@@ -359,26 +379,40 @@ def test_goldilocks_content_control_interval_is_the_basic_interval_of_the_paired
     control = quintile_bins(x[:, 0])[1]
     tests = goldilocks_tests(x, bins, control, ref, 40, seed=11)
 
-    def t_of(rows, b, y):
-        fds = [fd(x[rows[b == q]], y) for q in range(5)]
-        return min(fds[0], fds[4]) - min(fds[1:4])
+    def diff(rows, y):
+        return (t_of([fd(x[rows[bins[rows] == q]], y) for q in range(5)])
+                - t_of([fd(x[rows[control[rows] == q]], y) for q in range(5)]))
 
-    draws = np.random.default_rng(11)                                    # the test's own draws, in order
-    equal = np.arange(150) * 5 // 150
-    for _ in range(40):
-        draws.permutation(equal)
-    boot = draws.integers(0, 150, size=(40, 150))
-    ref_boot = draws.integers(0, 2000, size=(40, 2000))
-    everything = np.arange(150)
-    estimate = t_of(everything, bins, ref) - t_of(everything, control, ref)
-    resampled = np.array([t_of(idx, bins[idx], ref[jdx]) - t_of(idx, control[idx], ref[jdx])
-                          for idx, jdx in zip(boot, ref_boot)])
+    boot, ref_boot = draws_of(11, 150, 2000, 40)
+    resampled = np.array([diff(idx, ref[jdx]) for idx, jdx in zip(boot, ref_boot)])
+    point = jackknife_t(x, bins, ref) - jackknife_t(x, control, ref)
+    q_lo, q_hi = np.quantile(resampled, [0.025, 0.975]) - resampled.mean()
+    assert tests["beyond_low"] == pytest.approx(point - q_hi, rel=1e-8)
+    assert tests["beyond_high"] == pytest.approx(point - q_lo, rel=1e-8)
+    plain = diff(np.arange(150), ref)
+    assert abs(point - plain) > 1e-3                                     # the jackknife moved the point
+    # the reference's redraws matter: held fixed, the spread is another one
+    fixed = np.array([diff(idx, ref) for idx in boot])
+    assert abs(tests["beyond_low"] - (point - np.quantile(fixed, 0.975) + fixed.mean())) > 1e-6
+    # quintiles of 5 rows (more than the 3 features, too few for 10 groups): the basic interval,
+    # reflected about the plain difference
+    small = x[:25]
+    b_small, c_small = quintile_bins(np.linalg.norm(small, axis=1))[1], quintile_bins(small[:, 0])[1]
+    tests = goldilocks_tests(small, b_small, c_small, ref[:300], 30, seed=2)
+    boot, ref_boot = draws_of(2, 25, 300, 30)
+
+    def small_diff(rows, y):
+        if min(np.bincount(b_small[rows], minlength=5).min(), np.bincount(c_small[rows], minlength=5).min()) < 2:
+            return np.nan                                                # no covariance: the resample is dropped
+        return (t_of([fd(small[rows[b_small[rows] == q]], y) for q in range(5)])
+                - t_of([fd(small[rows[c_small[rows] == q]], y) for q in range(5)]))
+
+    resampled = np.array([small_diff(idx, ref[:300][jdx]) for idx, jdx in zip(boot, ref_boot)])
+    resampled = resampled[~np.isnan(resampled)]
+    estimate = small_diff(np.arange(25), ref[:300])
     q_lo, q_hi = np.quantile(resampled, [0.025, 0.975])
     assert tests["beyond_low"] == pytest.approx(2 * estimate - q_hi, rel=1e-8)
     assert tests["beyond_high"] == pytest.approx(2 * estimate - q_lo, rel=1e-8)
-    # the reference's redraws matter: held fixed, the interval is another one
-    fixed = np.array([t_of(idx, bins[idx], ref) - t_of(idx, control[idx], ref) for idx in boot])
-    assert abs(tests["beyond_low"] - (2 * estimate - np.quantile(fixed, 0.975))) > 1e-6
 
 
 def test_goldilocks_p_values_count_the_observed_split_and_a_nan_t_decides_nothing():

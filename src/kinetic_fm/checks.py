@@ -12,6 +12,8 @@ import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
 
@@ -151,10 +153,11 @@ def start_run_of(velocity: object) -> None:
 
 def held_inside(function: object, kind: type) -> object | None:
     """An instance of ``kind`` that ``function`` holds where a caller sees only a function: what a
-    lambda's or a nested function's closure holds, the module globals its code names and its
+    lambda's or a nested function's closure holds, the module globals its code loads and its
     defaults; a ``functools.partial``'s function and arguments; a bound method's object. One level
     deep, and no code runs (no property, no ``__getattr__``); None where none is found, or for any
     other callable (whose attributes the caller reads itself)."""
+    import dis
     import functools
     import types
 
@@ -169,12 +172,16 @@ def held_inside(function: object, kind: type) -> object | None:
                 held.append(cell.cell_contents)
             except ValueError:  # a cell not filled yet
                 continue
+        # the globals its code loads: co_names also lists the attributes it reads (schedule.eta reads no global eta)
+        loaded = {op.argval for op in dis.get_instructions(function.__code__)
+                  if op.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
         names = function.__globals__
-        held += [names[name] for name in function.__code__.co_names if name in names]
+        held += [names[name] for name in function.__code__.co_names if name in loaded and name in names]
         held += [*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values()]
     else:
         return None
-    return next((value for value in held if isinstance(value, kind)), None)
+    # by type(): isinstance() falls back to reading __class__, which a proxy or closed handle may raise on
+    return next((value for value in held if issubclass(type(value), kind)), None)
 
 
 def one_evaluation_of(velocity: object):
@@ -492,11 +499,15 @@ def tensor_output(out: object, who: str = "velocity") -> torch.Tensor:
 
 
 def _shape(array) -> tuple[int, ...]:
+    """``array``'s shape; () for a ragged nested list (its refusal, naming the argument, follows)."""
     shape = getattr(array, "shape", None)
     if shape is None:
         import numpy as np
 
-        shape = np.shape(array)
+        try:
+            shape = np.shape(array)
+        except ValueError:  # "inhomogeneous shape": NumPy's words named no argument
+            return ()
     return tuple(shape)
 
 
@@ -514,3 +525,31 @@ def caller_outside_the_package() -> int:
                                  or frame.f_code.co_filename.endswith(decorators)):
         frame, level = frame.f_back, level + 1
     return level
+
+
+# column names that hold a class label rather than a feature (compared in lower case)
+LABEL_NAMES = frozenset({"label", "labels", "y", "target", "targets", "class", "classes", "class_id", "category"})
+
+
+def warn_of_label_columns(source: str, columns: dict, names: list, remedy: Callable[[list[str]], str]) -> list[str]:
+    """Warn that a column among the features read side by side is a class label, and return those
+    columns' names (empty: no warning); one rule for a Parquet table read by ``load_array`` and a
+    pandas DataFrame given to a metric or a field.
+
+    ``columns`` maps each column taken as a feature to its values (a 1-D NumPy array); ``names``
+    are all the table's column names. A label is a column named in :data:`LABEL_NAMES` (any case)
+    holding whole numbers only; ``y`` beside an ``x`` (a point's two coordinates) is none. The
+    warning is led by ``source`` (a file, an argument's name) and ends with ``remedy(labels)``, how to
+    leave those columns out there. It points at the first caller outside kinetic_fm.
+    """
+    import numpy as np
+
+    lower = {name.lower() for name in names if isinstance(name, str)}
+    labels = [name for name, values in columns.items()
+              if isinstance(name, str) and name.lower() in LABEL_NAMES and not (name.lower() == "y" and "x" in lower)
+              and bool(np.all(np.mod(values, 1) == 0))]
+    if labels:  # a label beside the features: (rows, D + 1), its class gaps in every distance
+        warnings.warn(f"{source}: the column {labels} (whole numbers, named like a class label) is read as a "
+                      f"feature, one of {len(columns)} columns taken side by side; to leave it out, {remedy(labels)}",
+                      UserWarning, stacklevel=caller_outside_the_package())
+    return labels

@@ -49,7 +49,7 @@ import torch
 from . import gemm
 from .blocks import block_size
 from .checks import (as_scalar, check_flag, check_integer, check_same_layout, first_non_number, is_integer,
-                     is_number_kind, is_real, positive_integer, torch_readable)
+                     is_number_kind, is_real, positive_integer, torch_readable, warn_of_label_columns)
 from .exact_scaling import TINY, times_power_of_two, unit_exponent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,14 +81,21 @@ def as_rows(name: str, value: Any, *, copy: bool = False) -> torch.Tensor:
     """``value`` as a tensor of shape (n, ...) with n ≥ 1; ValueError naming ``name`` otherwise.
     A pandas DataFrame or Series counts as its values (rows as rows), and a read-only array
     (``np.load(path, mmap_mode="r")``) is read without torch's warning of one: nothing here writes
-    to it. ``copy``: a value that is not a tensor is copied (``torch.tensor``), never sharing an
-    array's memory."""
+    to it. A nested list or tuple of Python numbers is read as NumPy reads it (``np.asarray``):
+    floats as float64, not torch's default float32, which would round 1 + 1e-12 to 1 and merge
+    near-duplicates. ``copy``: a value that is not a tensor is copied (``torch.tensor``), never
+    sharing an array's memory."""
     # a tensor as it is: torch.as_tensor would move it under torch.set_default_device
     convert = torch.tensor if copy else torch.as_tensor
     try:
+        read = value
+        if isinstance(value, (list, tuple)) and not _holds_tensors(value):
+            import numpy as np
+
+            read = np.asarray(value)  # ragged or non-numeric lists raise here, or below, as before
         with warnings.catch_warnings():  # a read-only array (np.load(mmap_mode="r")) is only read here
             warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
-            tensor = value if isinstance(value, torch.Tensor) else convert(torch_readable(value))
+            tensor = read if isinstance(read, torch.Tensor) else convert(torch_readable(read))
     except (TypeError, ValueError, RuntimeError) as err:  # torch's own words name no argument
         first = str(err).split(". ")[0]
         raise ValueError(f"{name} must be an (n, ...) array of numbers; {_not_numbers(value)} ({first})") from None
@@ -96,7 +103,32 @@ def as_rows(name: str, value: Any, *, copy: bool = False) -> torch.Tensor:
         raise ValueError(f"{name} must have shape (n, ...), got a scalar")
     if tensor.shape[0] == 0:
         raise ValueError(f"{name} is empty (0 rows)")
+    _warn_of_label_columns(name, value, tensor)
     return tensor
+
+
+def _warn_of_label_columns(name: str, value: Any, tensor: torch.Tensor) -> None:
+    """A pandas DataFrame whose columns, read side by side, include a class label: warned of as
+    ``load_array`` warns of one in a Parquet table (the same frame saved and read back)."""
+    columns = getattr(value, "columns", None)
+    if columns is None or getattr(value, "ndim", None) != 2 or tuple(tensor.shape) != tuple(value.shape):
+        return
+    flat = tensor.detach().cpu().numpy()
+    warn_of_label_columns(name, {label: flat[:, j] for j, label in enumerate(columns)}, list(columns),
+                          lambda labels: f"pass the frame without it (frame.drop(columns={labels}))")
+
+
+def _holds_tensors(items: list | tuple) -> bool:
+    """Whether a tensor lies anywhere in the nested lists and tuples ``items`` (NumPy would read
+    tensors of several values silently; torch refuses them, and :func:`_not_numbers` says why)."""
+    stack = [items]
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, torch.Tensor):
+                return True
+            if isinstance(item, (list, tuple)):
+                stack.append(item)
+    return False
 
 
 def _not_numbers(value) -> str:

@@ -257,7 +257,8 @@ def _empirical_training_rows(run, manifest, progress: bool):
     except FileNotFoundError as err:
         raise FileNotFoundError(f"--train {run} was sampled from {source}{subset}, which is not found from here: "
                                 f"{err}") from None
-    rows = float_items(grey_as_recorded(rows, identity.get("train_shape"), source))
+    rows = grey_as_recorded(grey_folder_as_one_channel(rows, source), identity.get("train_shape"), source)
+    rows = float_items(rows)
     if items_digest(rows) != identity.get("train_sha256"):
         raise ValueError(f"--train {str(run)!r}: {source}{subset} now loads other items than the run sampled the "
                          f"field of ({str(rows.dtype).removeprefix('torch.')} {list(rows.shape)}; the run's: "
@@ -268,10 +269,12 @@ def _empirical_training_rows(run, manifest, progress: bool):
 
 
 def grey_as_recorded(items, recorded, source: str):
-    """``items`` (N, 1, H, W) loaded by a ``folder:`` ``source`` as the (N, 3, H, W) a run recorded
-    (``recorded``, its items' shape) where it was made before such a spec loaded a grey folder as one
-    channel: the three equal channels it trained on, so that the run is still read; else unchanged."""
-    if not (isinstance(source, str) and source.startswith("folder:") and isinstance(recorded, list)):
+    """``items`` (N, 1, H, W) loaded by a ``folder:`` ``source``, or a folder or .zip of images given by
+    its path (:func:`grey_folder_as_one_channel`), as the (N, 3, H, W) a run recorded (``recorded``, its
+    items' shape) where it was made before such a source loaded a grey folder as one channel: the three
+    equal channels it trained on, so that the run is still read; else unchanged."""
+    folder = isinstance(source, str) and (source.startswith("folder:") or image_folder_given(source))
+    if not (folder and isinstance(recorded, list)):
         return items
     if items.dim() == 4 and items.shape[1] == 1 and recorded == [items.shape[0], 3, *items.shape[2:]]:
         return items.repeat(1, 3, 1, 1)
@@ -284,6 +287,28 @@ def _net_folder_kind(path) -> str:
     from ..studies.assets import TRAINING_ITEMS
 
     return "a kfm reproduce net's folder" if (path / TRAINING_ITEMS).is_file() else "a kfm train run folder"
+
+
+def image_folder_given(value: str) -> bool:
+    """Whether ``value``, as ``--train``, is read as a folder or .zip of images given by its path: not a
+    data spec, nor a kfm train or kfm sample run folder."""
+    from pathlib import Path
+
+    from ..runs.manifest import MANIFEST_NAME
+
+    path = Path(value)
+    run = path.is_dir() and ((path / TRAIN_CONFIG).is_file() or (path / MANIFEST_NAME).is_file())
+    return is_image_source(value) and not run and not is_spec(value, True)
+
+
+def grey_folder_as_one_channel(items, value: str):
+    """``items`` (N, 3, H, W) read from ``value``, a folder or .zip of images given by its path
+    (:func:`image_folder_given`), as (N, 1, H, W) where R = G = B in every pixel: what ``folder:PATH``
+    loads from the same folder (one rule for one folder, whatever its spelling); else unchanged."""
+    if image_folder_given(value) and items.dim() == 4 and items.shape[1] == 3 and \
+            bool((items[:, 1:] == items[:, :1]).all()):
+        return items[:, :1].contiguous()
+    return items
 
 
 def is_image_source(value: str) -> bool:

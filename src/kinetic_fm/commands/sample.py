@@ -60,7 +60,8 @@ def register(subparsers) -> None:
     f.add_argument("--train", default=None, type=user_path,
                    help="--field empirical only: its training items, as kfm memorization --train reads them: "
                         "an array file (.npy, .npz, .pt, .parquet; --train-key names an array inside), a folder "
-                        "or .zip of images, a data spec such as mnist:PATH (its training split), a kfm train "
+                        "or .zip of images (one channel when every image is grey, as folder:PATH loads it), a "
+                        "data spec such as mnist:PATH (its training split), a kfm train "
                         "run folder (the items it trained on), or a --field empirical run folder (its items); required "
                         "with --field empirical, refused without it. The "
                         "sha256 of the loaded float tensor identifies "
@@ -315,10 +316,13 @@ def _empirical_target(args, device, stored=None) -> _Target:
         warnings.warn(f"--train {args.train} holds uint8 values (0 to 255), sampled on that scale: beside them the "
                       "N(0, I) noise is small and the field picks its atom early; the image loaders (a folder or "
                       ".zip of images, a data spec) give [-1, 1], as x / 127.5 - 1 does", stacklevel=2)
-    if resumed and is_spec(args.train, True):  # a run from before folder: loaded a grey folder as one channel
-        from ._rows import grey_as_recorded
+    from ._rows import grey_as_recorded, grey_folder_as_one_channel, image_folder_given
 
-        rows = grey_as_recorded(rows, stored.identity.get("train_shape"), absolute_spec(args.train))
+    rows = grey_folder_as_one_channel(rows, args.train)  # a grey folder by its path: the channel folder: loads
+    if resumed and (is_spec(args.train, True) or image_folder_given(args.train)):
+        # a run from before a grey folder loaded as one channel: the three equal channels it sampled
+        source = absolute_spec(args.train) if is_spec(args.train, True) else args.train
+        rows = grey_as_recorded(rows, stored.identity.get("train_shape"), source)
     rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
     if args.train_n is not None and positions is not None:  # EmpiricalFlow would name the subset's row only
         from ..knn import first_nonfinite, nonfinite_rows

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..checks import torch_readable
+from ..checks import torch_readable, warn_of_label_columns
 
 __all__ = ["ARRAY_FORMATS", "NAME_A_COLUMN", "NAME_ONE", "load_array"]
 
@@ -188,28 +188,11 @@ def _load_parquet(path: Path, key: str | None) -> torch.Tensor:
                       f"counts as a feature: {NAME_A_COLUMN} to read it alone (no option picks several: save "
                       "a file holding only the feature columns)", stacklevel=3)
     columns = {name: table.column(name).to_numpy() for name in numeric}
-    labels = _label_columns(columns, table.column_names)
-    if labels:  # a label beside the features: (rows, D + 1), its class gaps in every distance
-        warnings.warn(f"{path}: the column {labels} (whole numbers, named like a class label) is read as a feature, "
-                      f"one of {len(numeric)} columns taken side by side; to leave it out, save the table without "
-                      f"it (frame.drop(columns={labels}).to_parquet(...)): no option drops a column here",
-                      stacklevel=3)
+    # a label beside the features: (rows, D + 1), its class gaps in every distance
+    warn_of_label_columns(str(path), columns, table.column_names,
+                          lambda labels: f"save the table without it (frame.drop(columns={labels}).to_parquet(...)): "
+                                         "no option drops a column here")
     return _to_tensor(path, np.column_stack(list(columns.values())).astype(np.float64))
-
-
-# column names that hold a class label rather than a feature (compared in lower case)
-_LABEL_NAMES = frozenset({"label", "labels", "y", "target", "targets", "class", "classes", "class_id", "category"})
-
-
-def _label_columns(columns: dict, names: list[str]) -> list[str]:
-    """The columns of ``columns`` (name -> values) named like a class label (``_LABEL_NAMES``)
-    whose values are all whole numbers; ``y`` beside an ``x`` (a point's two coordinates) is no label."""
-    import numpy as np
-
-    lower = {name.lower() for name in names}
-    return [name for name, values in columns.items()
-            if name.lower() in _LABEL_NAMES and not (name.lower() == "y" and "x" in lower)
-            and bool(np.all(np.mod(values, 1) == 0))]
 
 
 def _first_few(names: list[str], few: int = 5) -> str:

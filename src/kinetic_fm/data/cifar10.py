@@ -49,13 +49,16 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     The file is unpickled with an allow-list of numpy globals only; anything else is refused.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist (other failures to open it, such as a folder,
-            raise Python's OSError).
-        ValueError: naming the file, when it is no CIFAR-10 batch: not a pickle, a pickle holding
-            globals outside the allow-list, no dict of 'data' (N, 3072) and 'labels' (N integers in
-            0..9).
+        FileNotFoundError: ``path`` does not exist (other failures to open it, such as a file you
+            may not read, raise Python's OSError).
+        ValueError: naming the file, when it is a folder (``load_cifar10`` reads a batches folder)
+            or no CIFAR-10 batch: not a pickle, a pickle holding globals outside the allow-list, no
+            dict of 'data' (N, 3072) and 'labels' (N integers in 0..9).
     """
     path = Path(path)
+    if path.is_dir():  # open() said only "[Errno 21] Is a directory"
+        raise ValueError(f"path {path} is a folder; expected one CIFAR-10 python batch file (data_batch_1 .. 5, "
+                         "test_batch): load_cifar10 reads a batches folder")
     try:
         with open(path, "rb") as fh:
             return _read_batch(fh, str(path))
@@ -238,9 +241,9 @@ def load_cifar10_sprite(
     Raises:
         ValueError: ``label_offset`` is not None or an integer >= 0; the sprite is not 1024 pixels
             wide; ``labels_file`` holds fewer labels than the rows from ``label_offset`` on, or a
-            label that is not an integer in 0..9.
-        FileNotFoundError: the sprite does not exist; ``labels_file`` does not (Python's own).
-        PIL.UnidentifiedImageError: Pillow's (an OSError), for a sprite it cannot read as an image.
+            label that is not an integer in 0..9; the sprite is a folder or no image Pillow can
+            read; ``labels_file`` is a folder or no text.
+        FileNotFoundError: the sprite does not exist; ``labels_file`` does not.
     """
     from PIL import Image
 
@@ -249,16 +252,24 @@ def load_cifar10_sprite(
         numbered = re.fullmatch(r"cifar10_batch_(\d+)\.png", sprite.name)
         label_offset = 1000 * int(numbered.group(1)) if numbered else 0
     label_offset = optional_integer("label_offset", label_offset, 0)  # "0" was a TypeError
+    lines = None if labels_file is None else _label_lines(Path(labels_file))  # checked before the sprite's decoding
+    if sprite.is_dir():
+        raise ValueError(f"sprite {sprite} is a folder; expected a ConvNetJS CIFAR-10 sprite PNG")
     if not sprite.is_file():
         raise FileNotFoundError(f"sprite not found: {sprite}")
-    with Image.open(sprite) as img:
-        array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(sprite) as img:
+            array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except PermissionError:
+        raise
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+        raise ValueError(f"sprite {sprite} is not an image Pillow can read ({err}); expected a ConvNetJS "
+                         "CIFAR-10 sprite PNG (one 32x32 RGB image per row of 1024 pixels)") from None
     if array.shape[1] != 1024:
         raise ValueError(f"{sprite}: sprite is {array.shape[1]} pixels wide, expected 1024 (32x32 per row)")
     images = array.reshape(array.shape[0], 32, 32, 3)
     labels = None
-    if labels_file is not None:
-        lines = Path(labels_file).read_text().split()
+    if lines is not None:
         if label_offset < 0 or label_offset + len(images) > len(lines):
             raise ValueError(f"{labels_file}: has {len(lines)} labels; rows {label_offset}.."
                              f"{label_offset + len(images) - 1} requested")
@@ -269,3 +280,17 @@ def load_cifar10_sprite(
                 raise ValueError(f"{labels_file}: labels must be integers in 0..9, found {shown} at line {line}")
         labels = torch.tensor([int(v) for v in read], dtype=torch.int64)
     return ImageDataset(uint8_to_signed(images), labels, CIFAR10_CLASSES, str(sprite))
+
+
+def _label_lines(labels_file: Path) -> list[str]:
+    """The whitespace-separated words of ``labels_file``; errors name the argument and what it should be."""
+    expected = "a text file with one integer label (0..9) per line"
+    if labels_file.is_dir():
+        raise ValueError(f"labels_file {labels_file} is a folder; expected {expected}")
+    if not labels_file.is_file():
+        raise FileNotFoundError(f"labels_file not found: {labels_file} (expected {expected})")
+    try:
+        return labels_file.read_text().split()
+    except UnicodeDecodeError as err:   # a binary file, e.g. the sprite itself given for its labels
+        raise ValueError(f"labels_file {labels_file} is not text ({err.reason} at byte {err.start}); "
+                         f"expected {expected}") from None

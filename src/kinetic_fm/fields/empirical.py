@@ -1025,7 +1025,8 @@ class PosteriorRecorder:
     hides it: give such a wrapper a ``start_run()`` that calls the recorder's, or clear it yourself.
     Called directly, or by a loop that does not call :meth:`start_run` (flow_matching's
     ``ODESolver``), its records accumulate over calls, and :meth:`trace` refuses (ValueError) records
-    that return to t = 0 after later times: a second run nobody told it of.
+    that return to t = 0 after later times, but for a run backwards in time that ends there: a second
+    run nobody told it of.
 
     One record is one evaluation of the field by the sampler, also where an adapter splits it:
     ``ModelXT``/``ModelTX(time="scalar")`` calls what it wraps once per distinct time (dopri5's
@@ -1139,7 +1140,8 @@ class PosteriorRecorder:
     def trace(self) -> PosteriorTrace:
         """Stack the records; raises ValueError when nothing was recorded yet, or when the calls
         were on batches of different sizes (the records of several runs), or return to t = 0 after
-        later times (a second run of the same size, started without :meth:`start_run`), or a :meth:`select` view
+        later times (a second run of the same size, started without :meth:`start_run`; a run
+        backwards in time, which ends on 0, is one run), or a :meth:`select` view
         was called on other rows than its mask selects, or inside an open :meth:`one_evaluation`
         (its record is not made yet)."""
         self._refuse_open_evaluation("trace")
@@ -1186,10 +1188,15 @@ class PosteriorRecorder:
         """ValueError where the (calls, B) times return to t = 0 after later times: a second run that
         nobody told the recorder of (a function around it, flow_matching's ``ODESolver``). Within one
         run only the first evaluation is at t = 0: the solvers' times never decrease but on a rejected
-        try or after dopri5's first-step probe, whose tries start past 0 (their first stage is reused)."""
+        try or after dopri5's first-step probe, whose tries start past 0 (their first stage is reused).
+        A run backwards in time (data to noise, a ``time_grid`` from 0.95 to 0) ends on t = 0 (rk4's
+        last stage) after later times: a return to 0 is a second start where the records began at 0
+        (a forward run's start, again) or go on past 0 after it (a run after the backward one)."""
         at_start = ((t == 0) | t.isnan()).all(1)                # every row the record evaluated is at 0
-        went_on = (t > 0).any(1).cumsum(0) > 0                  # some record so far went past 0
-        again = at_start[1:] & went_on[:-1]
+        past = (t > 0).any(1)
+        went_on = past.cumsum(0) > 0                            # some record so far went past 0
+        goes_on = past.flip(0).cumsum(0).flip(0) > past.int()   # some later record goes past 0
+        again = at_start[1:] & went_on[:-1] & (at_start[0] | goes_on[1:])
         if bool(again.any()):                                   # one synchronisation, as trace()'s others
             record = int(torch.nonzero(again)[0]) + 1
             raise ValueError(f"the recorder holds more than one run: its record {record} is at t = 0 again after "

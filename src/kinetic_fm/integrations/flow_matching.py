@@ -82,7 +82,11 @@ def _keyword_call(model: Callable[..., torch.Tensor]) -> tuple[bool, tuple[str, 
     if so where positional extras go: None when x and t are its first two positional parameters
     (the extras follow them by position), else the names of its other parameters that take a
     keyword, in the signature's order, which the extras fill by name (``forward(t, x, y)`` and
-    ``forward(*, x, t, y)``: ("y",))."""
+    ``forward(*, x, t, y)``: ("y",)). A ``DataParallel`` or ``DistributedDataParallel`` is read by the
+    module it wraps: its own ``forward(*inputs, **kwargs)`` hands both on unchanged."""
+    parallel = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while isinstance(model, parallel):
+        model = model.module
     target = model.forward if isinstance(model, torch.nn.Module) else model
     try:
         parameters = inspect.signature(target).parameters

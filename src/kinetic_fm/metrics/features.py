@@ -29,6 +29,8 @@ from ..checks import as_scalar, check_device, check_flag, is_integer, positive_i
 from ..knn import check_exact_integers, nonfinite_rows
 from ..sampling.guards import feature_map_as_found
 
+__all__ = ["FeatureSpace", "PrincipalSpace", "SpaceLike", "as_features", "feature_space"]
+
 FeatureFn = Callable[[Tensor], Tensor]
 SpaceLike = Union[None, "FeatureSpace", torch.nn.Module, FeatureFn]
 
@@ -120,6 +122,7 @@ class FeatureSpace:
 
     @property
     def is_identity(self) -> bool:
+        """Whether this is the identity map (``fn`` is None): inputs flattened, no network run."""
         return self.fn is None
 
     def __call__(self, x: Tensor | np.ndarray) -> Tensor:
@@ -275,6 +278,7 @@ class PrincipalSpace:
 
     @property
     def k(self) -> int:
+        """Principal directions kept (the columns of ``components``)."""
         return int(self.components.shape[1])
 
     @property

@@ -128,7 +128,7 @@ def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Asse
     if classifier is None:  # fitted once per run: about a second on 5,000 images, so not cached
         principal = PrincipalSpace.fit(train, min(FD_COMPONENTS, train[0].numel(), len(train) - 1), residual=True)
         name = principal.name
-    rows = _split_rows(cfg, len(train) + len(heldout))[1]   # train's rows in the loaded data set
+    rows = split_rows(cfg, len(train) + len(heldout))[1]   # train's rows in the loaded data set
     general, _ = _velocity_net(cfg, ws, "general", train, rows, cfg.general_steps, progress)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     pick = torch.randperm(train.shape[0], device="cpu", generator=g)[: cfg.memorizer_n].sort().values
@@ -157,7 +157,7 @@ def _load_split(cfg: AssetsConfig, progress: bool = True):
     if n < cfg.n_heldout + max(cfg.memorizer_n, MIN_TRAIN):
         raise ValueError(f"data set {cfg.data!r} has {n} images; need at least n_heldout + max(memorizer_n, "
                          f"{MIN_TRAIN}) = {cfg.n_heldout + max(cfg.memorizer_n, MIN_TRAIN)}")
-    held, rest = _split_rows(cfg, n)
+    held, rest = split_rows(cfg, n)
     labels = data.labels
     return (data.images[rest].contiguous(), None if labels is None else labels[rest],
             data.images[held].contiguous(), None if labels is None else labels[held],
@@ -169,8 +169,12 @@ def _loaded_n(cfg: AssetsConfig) -> int | None:
     return None if cfg.n_train is None else cfg.n_train + cfg.n_heldout
 
 
-def _split_rows(cfg: AssetsConfig, n: int) -> tuple[Tensor, Tensor]:
-    """(n_heldout,) held-out and (n − n_heldout,) training rows of the ``n`` loaded items, seeded."""
+def split_rows(cfg: AssetsConfig, n: int) -> tuple[Tensor, Tensor]:
+    """The studies' split of ``n`` loaded items: (n_heldout,) held-out rows (the judge's test set and
+    the FD reference) and (n − n_heldout,) training rows, int64 indices into the loaded set, drawn by
+    one ``randperm`` seeded with ``cfg.seed``. :func:`load_assets` splits the items it loads by it, so a
+    script that loads the same items (all of ``cfg.data`` when ``cfg.n_train`` is None) and splits them
+    by ``split_rows(cfg, len(items))`` gets the very rows the studies trained and judged on."""
     order = torch.randperm(n, device="cpu", generator=torch.Generator().manual_seed(cfg.seed))
     return order[: cfg.n_heldout], order[cfg.n_heldout :]
 

@@ -107,25 +107,50 @@ def jackknife_fd_intervals(sets: Sequence[np.ndarray], ref_rows: np.ndarray, gro
     from scipy import stats
 
     low, high = np.full(len(sets), np.nan), np.full(len(sets), np.nan)
+    t = float(stats.t.ppf(0.5 + confidence / 2, groups - 1))
+    for s, (theta, fd_k) in enumerate(_jackknife_replicates(sets, ref_rows, groups)):
+        if fd_k is None:
+            continue
+        corrected = groups * theta - (groups - 1) * fd_k.mean()
+        se = math.sqrt((groups - 1) / groups * ((fd_k - fd_k.mean()) ** 2).sum())
+        low[s], high[s] = max(corrected - t * se, 0.0), max(corrected + t * se, 0.0)
+    return low, high
+
+
+def jackknife_fds(sets: Sequence[np.ndarray], ref_rows: np.ndarray, groups: int = JACKKNIFE_GROUPS) -> np.ndarray:
+    """(S,) each set's bias-corrected Fréchet distance to the reference rows, the centre of
+    :func:`jackknife_fd_intervals` (same groups, same NaNs): g θ̂ − (g − 1) mean_k FD_k, not cut at 0
+    (a sum or difference of them stays unbiased to first order)."""
+    import numpy as np
+
+    return np.array([np.nan if fd_k is None else groups * theta - (groups - 1) * fd_k.mean()
+                     for theta, fd_k in _jackknife_replicates(sets, ref_rows, groups)], dtype=np.float64)
+
+
+def _jackknife_replicates(sets, ref_rows, groups):
+    """For each set, (plain FD, (groups,) FD with group k of both sets left out), or (NaN, None)
+    when it, or the reference, has too few rows (:func:`jackknife_fd_intervals`)."""
+    import math
+
+    import numpy as np
 
     def too_few(rows: int) -> bool:
         return rows < groups or rows - math.ceil(rows / groups) <= ref_rows.shape[1]
 
     if too_few(len(ref_rows)):
-        return low, high
+        return [(math.nan, None)] * len(sets)
     full = feature_reference(ref_rows)
     left_out = [feature_reference(np.delete(ref_rows, slice(k, None, groups), axis=0)) for k in range(groups)]
-    t = float(stats.t.ppf(0.5 + confidence / 2, groups - 1))
-    for s, x in enumerate(sets):
+    out = []
+    for x in sets:
         if too_few(len(x)):
+            out.append((math.nan, None))
             continue
         theta = fd_to_reference(x, full)
         fd_k = np.array([fd_to_reference(np.delete(x, slice(k, None, groups), axis=0), left_out[k])
                          for k in range(groups)])
-        corrected = groups * theta - (groups - 1) * fd_k.mean()
-        se = math.sqrt((groups - 1) / groups * ((fd_k - fd_k.mean()) ** 2).sum())
-        low[s], high[s] = max(corrected - t * se, 0.0), max(corrected + t * se, 0.0)
-    return low, high
+        out.append((theta, fd_k))
+    return out
 
 
 def jackknife_text(groups: int = JACKKNIFE_GROUPS, estimate: str = "") -> str:
