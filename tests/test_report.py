@@ -888,6 +888,26 @@ def test_claims_summary_counts_each_verdict_and_the_table_reads_back_cell_by_cel
         ["", "", "", "", 'class="num"', "", f'class="verdict {c.verdict.replace(" ", "-")}"', ""] for c in claims]
 
 
+def test_section_formats_write_a_tables_numbers_as_its_text_does_in_both_renderings(tmp_path):
+    # the support table showed ρ = -0.03094 [-0.09265, 0.03283] and p = 0.001998 under a text and a claim
+    # writing -0.031 [-0.093, +0.033] and 0.002 (helper-230)
+    frame = pd.DataFrame({"Spearman ρ": [-0.030942, 0.134123], "permutation p": [0.001998, 0.37164],
+                          "F_mem": [0, 0.0126393], "n": [1000, 800], "h": [0.48612, 3.2345]})
+    formats = {"Spearman ρ": "+.3f", "permutation p": ".3g", "F_mem": ".3f", "not a column": ".1f"}
+    sections = [Section("S", tables=[("rho", frame)], formats=formats)]
+    md, html_path = write_report(tmp_path, title="t", intro="", claims=[], sections=sections, meta={})
+    expected = [["-0.031", "0.002", "0.000", "1000", "0.4861"], ["+0.134", "0.372", "0.013", "800", "3.235"]]
+    header, rule, rows = _md_table_after(md.read_text(encoding="utf-8"), "**rho**")
+    assert rows == expected and rule == ["---:"] * 5        # signed cells still read as numbers
+    table = re.search(r"<table>.*?</table>", html_path.read_text(encoding="utf-8"), re.S).group(0)
+    assert [[text for _, text in row] for row in _html_rows(table)] == expected
+    assert format_value(float("nan"), "+.3f") == "–" and format_value(None, ".3g") == "–"
+
+    with pytest.raises(ValueError, match=r"section 'S': formats\['n'\] must be a format spec"):
+        write_report(tmp_path, title="t", intro="", claims=[], meta={},
+                     sections=[Section("S", tables=[("rho", frame)], formats={"n": "d"})])
+
+
 def test_section_tables_show_the_index_align_numbers_and_read_back_in_both_renderings(tmp_path):
     named = pd.DataFrame({"FD": [1.5, np.nan, 12345.678], "judge": ["a|b", "c\\d", "e"]},
                          index=pd.Index(["FM", "KTS", "EFM"], name="config"))

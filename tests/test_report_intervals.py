@@ -200,7 +200,7 @@ def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quint
     # the distributions, not for the bar's plain FD, which it may lie wholly below
     assert "cut at 0" in bars.caption and "not the plain FD (the bar) of these rows" in bars.caption
     assert "No interval per bar" not in bars.caption
-    assert claim.n == 50 and "), each from 10 samples of the 50 samples" in claim.ours
+    assert claim.n == 50 and "), each from 10 of the 50 samples" in claim.ours
 
 
 def test_quintile_sizes_are_stated_as_a_range_when_they_differ():

@@ -1679,7 +1679,7 @@ def test_support_rows_are_spearman_of_kpe_and_each_density_and_the_claims_read_p
     assert rows.loc[("KDE", "pixels"), "CI low"] < rows.loc[("KDE", "pixels"), "CI high"]
     knn_claim, kde_claim = out.claims
     feature_rho = rows.loc[("kNN", "digits-cnn"), "Spearman ρ"]
-    assert knn_claim.ours == f"ρ = -1.000 in pixels (digits-cnn: {feature_rho:+.2f})"
+    assert knn_claim.ours == f"ρ = -1.000 in pixels (digits-cnn: {feature_rho:+.3f})"
     assert knn_claim.verdict == "reproduced" and "-0.65" in knn_claim.paper
     kde = rows.loc[("KDE", "pixels")]
     assert kde_claim.ours.startswith(f"ρ = {kde['Spearman ρ']:+.3f} in pixels") and "-0.64" in kde_claim.paper
@@ -2125,6 +2125,10 @@ def test_only_a_run_whose_samples_are_not_data_like_says_its_verdicts_are_not_ev
     assert "not data-like**: by FD 9 to noise, 1 to the data." in _intro("digits", "quick", quality(False))
     assert "not data-like" not in _intro("digits", "quick", quality(True))
     assert "not data-like" not in _intro("digits", "quick")
+    # a data-like run said so only in the Run table's last row, after every verdict (helper-230)
+    assert "**The generalising model's samples are data-like**: by FD 9 to noise, 1 to the data." in _intro(
+        "digits", "quick", quality(True))
+    assert "data-like" not in _intro("digits", "quick") + _intro("digits", "tiny", quality(True))
 
 
 def test_the_clamp_and_display_texts_name_the_mean_image_only_for_centred_data():
@@ -2370,3 +2374,87 @@ def test_a_workspace_of_nets_trained_on_a_grey_folders_three_channels_is_not_rel
     again = load_assets(cfg, Workspace(tmp_path / "ws"), progress=False)   # reloaded from its own folder
     assert again.general(new.train[:2], t).shape == (2, 1, 4, 4)
     assert len(list((tmp_path / "ws" / "models").iterdir())) == 4
+
+
+def _markdown_table(text: str, caption: str) -> list[dict[str, str]]:
+    """The rows of the Markdown table under ``**caption**``, each as header -> cell."""
+    lines = text.splitlines()
+    start = lines.index(f"**{caption}**") + 2
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("| "))
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[start:end]]
+    return [dict(zip(header, row)) for row in rows]
+
+
+def test_tiny_report_tables_write_rho_d_p_and_f_mem_as_the_claims_and_text_beside_them(tiny_report):
+    # the quick report's support table read ρ = -0.03094 [-0.09265, 0.03283], p = 0.001998, where the
+    # claim and the text wrote -0.031 [-0.093, +0.033] and 0.002; F_mem CI 0.01264 beside "[0.000, 0.013]"
+    _, md, _ = tiny_report
+    text = md.read_text(encoding="utf-8")
+    claims = text[text.index("## Claims"):text.index("## Energy and semantics")]
+    knn = _markdown_table(text, "Spearman ρ between KPE and local support")[0]
+    assert (knn["support"], knn["space"]) == ("kNN", "pixels")
+    knn_claim = next(line for line in claims.splitlines() if "sparser local training support (kNN)" in line)
+    assert f"ρ = {knn['Spearman ρ']} in pixels" in knn_claim
+    assert f"ρ 95% CI [{knn['CI low']}, {knn['CI high']}]" in knn_claim
+    support_text = text[text.index("## Energy and sparsity"):text.index("**Spearman ρ between KPE")]
+    mixture = _markdown_table(text, "Spearman ρ between KPE and local support")[-1]
+    assert f"ρ = {mixture['Spearman ρ']} [{mixture['CI low']}, {mixture['CI high']}]" in support_text
+    for row in _markdown_table(text, "Spearman ρ between KPE and local support"):
+        assert float(row["permutation p"]) == float(f"{float(row['permutation p']):.3g}")
+
+    margin = _markdown_table(text, "Low vs high 20% of KPE")[0]
+    d, low, high = margin["Cohen's d"], margin["d CI low"], margin["d CI high"]
+    assert f"d = {d}, d 95% CI [{low}, {high}]" in claims
+
+    for caption in ("Memorizing net across training", "EFM on training subsets of growing size",
+                    "The KTS ablation grid", "Quality and memorization by KPE quintile"):
+        for row in _markdown_table(text, caption):
+            for column in ("F_mem", "F_mem CI low", "F_mem CI high", "span F_mem CI high"):
+                if column in row:
+                    assert re.fullmatch(r"[01]\.\d{3}", row[column]), (caption, column, row[column])
+
+
+def test_a_cached_study_keeps_its_sections_table_formats():
+    from kinetic_fm.studies.output import StudyOutput
+    from kinetic_fm.studies.report import Section
+    from kinetic_fm.studies.study_cache import _decode, _encode
+
+    table = pd.DataFrame({"Spearman ρ": [0.25], "F_mem": [0.5]})
+    output = StudyOutput("s", sections=[Section("S", tables=[("t", table)], formats={"Spearman ρ": "+.3f"})])
+    assert _decode(_encode(output)).sections[0].formats == {"Spearman ρ": "+.3f"}
+
+
+@pytest.mark.parametrize("tests, verdict, words", [
+    # the quick report: p passes, the content control's CI lies wholly below 0 -> inconclusive, a split
+    ({"p_interior": 0.00995, "p_end": 0.995, "beyond_low": -236.0, "beyond_high": -97.6, "n_min": 200, "dim": 128},
+     "inconclusive", "here: T beats random equal quintiles (p = 0.00995 ≤ 0.025), but not the ‖x1‖² control: "
+                     "its CI lies below 0, sorting by ‖x1‖² makes the deeper U"),
+    ({"p_interior": 0.01, "p_end": 0.99, "beyond_low": 3.0, "beyond_high": 9.0, "n_min": 200, "dim": 128},
+     "reproduced", "here: T beats random equal quintiles (p = 0.01 ≤ 0.025), and beats the ‖x1‖² control"),
+    ({"p_interior": 0.3, "p_end": 0.7, "beyond_low": -2.0, "beyond_high": 4.0, "n_min": 200, "dim": 128},
+     "inconclusive", "here: T does not beat random equal quintiles (p = 0.3 > 0.025), and the ‖x1‖² control's "
+                     "CI covers 0"),
+    ({"p_interior": 0.99, "p_end": 0.01, "beyond_low": -2.0, "beyond_high": 4.0, "n_min": 200, "dim": 128},
+     "not reproduced", "here: an end quintile is best beyond chance (p = 0.01 ≤ 0.025)"),
+    ({"p_interior": 0.01, "p_end": 0.99, "beyond_low": 3.0, "beyond_high": 9.0, "n_min": 12, "dim": 128},
+     "inconclusive", ""),
+])
+def test_the_goldilocks_note_says_what_each_test_found(tests, verdict, words):
+    from kinetic_fm.studies.memorization import goldilocks_reading, goldilocks_verdict
+
+    assert goldilocks_verdict(tests) == verdict
+    reading = goldilocks_reading(tests)
+    assert (reading == "") if not words else reading.startswith(f"; {words}"), reading
+
+
+def test_tiny_report_claims_say_how_many_samples_once_and_name_a_tie_over_every_n(tiny_report):
+    # "each from 200 samples of the 1000 samples"; "lowest F_mem ...: 1.000 (at N = 16)" where every N gave 1.000
+    _, md, _ = tiny_report
+    text = md.read_text(encoding="utf-8")
+    goldilocks = next(line for line in text.splitlines() if "| Goldilocks:" in line)
+    assert re.search(r"each from \d+(–\d+)? of the \d+ samples", goldilocks) and "samples of the" not in goldilocks
+    copies = next(line for line in text.splitlines() if "| The exact empirical flow reproduces" in line)
+    rows = [r["F_mem"] for r in _markdown_table(text, "EFM on training subsets of growing size")]
+    assert ("every N gives the same" in copies) == (len(set(rows)) == 1), (rows, copies)
+    knn = next(line for line in text.splitlines() if "sparser local training support (kNN)" in line)
+    assert re.search(r"ρ = [+-]\d\.\d{3} in pixels \(digits-cnn: [+-]\d\.\d{3}\)", knn), knn

@@ -22,8 +22,8 @@ from ..sampling.sample import DEFAULT_SPLIT
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
 from .output import (StudyOutput, clamp_text, display_note, fd_bias_note, fd_to_reference, fd_undecided_note,
-                     feature_reference, for_display, image_range, jackknife_fd_intervals, jackknife_fds,
-                     jackknife_text, noted_frechet_distance)
+                     feature_reference, fmem_formats, for_display, image_range, jackknife_fd_intervals,
+                     jackknife_fds, jackknife_text, noted_frechet_distance)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, interior_margin
@@ -111,7 +111,8 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
     copies = Claim(
         "memorization", "The exact empirical flow reproduces training copies",
         "EFM samples land on training copies",
-        f"lowest F_mem over N = {', '.join(map(str, sizes))}: {worst['F_mem']:.3f} (at N = {int(worst['atoms N'])})",
+        f"lowest F_mem over N = {', '.join(map(str, sizes))}: {worst['F_mem']:.3f} (at N = {int(worst['atoms N'])}"
+        + ("; every N gives the same)" if len(sizes) > 1 and table["F_mem"].nunique() == 1 else ")"),
         int(cfg.efm_samples),
         fmt_ci(worst["F_mem CI low"], worst["F_mem CI high"], f"F_mem 95% Wilson CI at N = {int(worst['atoms N'])}",
                decimals=3, signed=False)
@@ -146,6 +147,7 @@ def _efm_subsets(cfg, assets, ws, asset_key, out):
               "over all paths; the ratio of KPE to it shows how straight the trajectories are. The Jensen bound "
               "caps the batch's energy share after t = 0.9 for the exact field (up to step and sampling error)."),
         tables=[("EFM on training subsets of growing size", table)],
+        formats=fmem_formats(),
         figures=[energy_profile_figure("energy_profile_efm", "Kinetic power ½‖v‖² of exact EFM trajectories on N "
                                        "atoms: mean and 10–90% band. A late spike would rise near t = 1; exact EFM "
                                        "stays level once it has committed to an atom.", profiles, log_y=True,
@@ -483,10 +485,11 @@ def _random_spread_text(control, fd_col: str) -> str:
             "(control figure), the size of difference that sampling alone gives between bars.")
 
 
-def _quintile_sizes_text(sizes) -> str:
-    """"200 samples" when every quintile holds as many, else "199–201 samples" (their range)."""
+def _quintile_sizes_text(sizes, noun: str = " samples") -> str:
+    """"200 samples" when every quintile holds as many, else "199–201 samples" (their range);
+    ``noun=""`` leaves the word out ("each from 200 of the 1000 samples")."""
     low, high = int(np.min(sizes)), int(np.max(sizes))
-    return f"{low} samples" if low == high else f"{low}–{high} samples"
+    return f"{low}{noun}" if low == high else f"{low}–{high}{noun}"
 
 
 def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed):
@@ -586,6 +589,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
               "the last figure shows the span audit's closest pairs, to be judged by eye. " + span_text
               + fd_bias_note(min(cfg.checkpoint_samples, len(assets.train)), ref_feats.shape[1], fd_col)),
         tables=[("Memorizing net across training", table)],
+        formats={**fmem_formats(), **fmem_formats("span ")},
         figures=[
             line_figure("memorizer_training", "F_mem (band: 95% Wilson interval), the same audit in the training "
                         "images' span (context), and the mean share of each sample's energy spent after t = 0.9 "
@@ -674,6 +678,27 @@ def memorizer_span(train: torch.Tensor) -> PrincipalSpace:
     return PrincipalSpace.fit(train, min(train.shape[0] - 1, train[0].numel()))
 
 
+def goldilocks_reading(tests: dict[str, float], alpha: float = 0.025) -> str:
+    """What each of the Goldilocks row's two tests found, in words, appended to its note ("" when
+    n ≤ D decided nothing): an "inconclusive" whose permutation p passes beside a control interval
+    wholly below 0 reads as a split, not as a lack of data. Follows :func:`goldilocks_verdict`."""
+    if tests.get("n_min", math.inf) <= tests.get("dim", 0):
+        return ""
+    p_interior, p_end, low, high = (float(tests[k]) for k in ("p_interior", "p_end", "beyond_low", "beyond_high"))
+    if math.isnan(p_interior) or math.isnan(p_end):
+        return "; here: no T (a quintile holds fewer than two samples)"
+    if p_end <= alpha:
+        return f"; here: an end quintile is best beyond chance (p = {p_end:.3g} ≤ {alpha:g})"
+    permutation = (f"T beats random equal quintiles (p = {p_interior:.3g} ≤ {alpha:g})" if p_interior <= alpha
+                   else f"T does not beat random equal quintiles (p = {p_interior:.3g} > {alpha:g})")
+    control = ("and beats the ‖x1‖² control (CI above 0)" if low > 0
+               else "but not the ‖x1‖² control: its CI lies below 0, sorting by ‖x1‖² makes the deeper U"
+               if high < 0 else "and the ‖x1‖² control's CI covers 0")
+    if p_interior > alpha and low > 0:
+        control = "though it beats the ‖x1‖² control (CI above 0)"
+    return f"; here: {permutation}, {control}"
+
+
 def _goldilocks_interval(tests: dict[str, float]) -> str:
     """The Goldilocks row's interval column: T, its permutation p-values and the paired bootstrap CI
     (samples' and reference's rows redrawn, about the jackknife point), or why those were not computed."""
@@ -723,7 +748,7 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
         "memorization", "Goldilocks: quality is best at intermediate energy",
         "too little energy gives weak samples, too much drives copies",
         f"best {fd_col} in KPE quintile Q{best + 1} of 5 ({', '.join(f'{v:.3g}' for v in table[fd_col])}), "
-        f"each from {_quintile_sizes_text(table['n'])} of the {len(kpe)} samples",
+        f"each from {_quintile_sizes_text(table['n'], noun='')} of the {len(kpe)} samples",
         len(kpe), _goldilocks_interval(tests),
         goldilocks_verdict(tests),
         f"T = better end quintile's FD − best interior one's ({resamples} permutations and {resamples} paired "
@@ -735,7 +760,8 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
         f"sorting by content alone makes a U; by ‖x1‖² an interior quintile is best in {control_share:.0%} of "
         "resamples); not reproduced when an end quintile is best beyond chance (p ≤ 0.025 the other way)"
         + fd_undecided_note(int(tests["n_min"]), int(tests["dim"]), "quintile", smallest=True,
-                            reference=bool(tests.get("reference_limits"))))
+                            reference=bool(tests.get("reference_limits")))
+        + goldilocks_reading(tests))
     section = Section(
         "The Goldilocks picture",
         text=(f"The generalising model's samples split into KPE quintiles; each quintile's {fd_col} against "
@@ -747,6 +773,7 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
               + "\n\n" + control_text),
         tables=[("Quality and memorization by KPE quintile", table),
                 (f"Control: {fd_col} of the same samples in quintiles of other per-sample scalars", control)],
+        formats=fmem_formats(),
         figures=[bar_figure("goldilocks", f"{fd_col} of each KPE quintile of the generalising model's "
                             f"{len(kpe)} samples, each bar from {_quintile_sizes_text(table['n'])} (lower is "
                             "better; the paper expects the lowest bar in Q2–Q4). "

@@ -21,6 +21,17 @@ class StudyOutput:
     sections: list = field(default_factory=list)  # report.Section
 
 
+# table formats (report.Section.formats): a table writes a value as the text and claims beside it do
+RHO_FORMAT = "+.3f"      # a Spearman ρ and its interval's ends ("ρ 95% CI [-0.093, +0.033]")
+P_FORMAT = ".3g"         # a p-value ("permutation p = 0.685")
+FRACTION_FORMAT = ".3f"  # F_mem and its interval's ends ("0.813 (95% Wilson CI [0.765, 0.853])")
+
+
+def fmem_formats(prefix: str = "") -> dict[str, str]:
+    """Section formats of the columns "<prefix>F_mem", "<prefix>F_mem CI low" and "<prefix>F_mem CI high"."""
+    return {f"{prefix}F_mem{end}": FRACTION_FORMAT for end in ("", " CI low", " CI high")}
+
+
 def image_range(x: torch.Tensor, assets: Assets) -> torch.Tensor:
     """Clamp generated images to the training data's value range before judging them."""
     return x.clamp(*assets.value_range())

@@ -5,7 +5,8 @@ terminal) and as a self-contained ``report.html`` (inline CSS, figures as base64
 script, no network), and writes every figure as ``figures/<name>.png`` beside them.
 
 Studies build the content; this module only renders it. Numbers in tables are shown to four
-significant digits, integers as they are, missing values (NaN, None) as an en dash.
+significant digits, integers as they are, missing values (NaN, None) as an en dash; a section's
+``formats`` give a column the digits its text writes the same quantity with (ρ as +0.031, not -0.03094).
 """
 from __future__ import annotations
 
@@ -114,24 +115,34 @@ class Figure:
 @dataclass
 class Section:
     """A report section: Markdown ``text`` (paragraphs, `code`, **bold**, "- " lists),
-    ``tables`` as (caption, DataFrame) pairs, then ``figures``."""
+    ``tables`` as (caption, DataFrame) pairs, then ``figures``.
+
+    ``formats``: column name -> a format spec (``"+.3f"``, ``".3g"``) for the numbers of that
+    column in any of the section's tables, so a table writes a value as the section's text and
+    claims do (ρ = -0.031 there, not -0.03094 in the table); other columns get
+    :func:`format_value`'s four significant digits."""
 
     title: str
     text: str = ""
     tables: list[tuple[str, "pd.DataFrame"]] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    formats: dict[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------
 # values and tables
 
 
-def format_value(value: Any) -> str:
-    """Format one table cell: floats to 4 significant digits, integers as they are, NaN/None as "–"."""
+def format_value(value: Any, spec: str | None = None) -> str:
+    """Format one table cell: floats to 4 significant digits, integers as they are, NaN/None as "–".
+    ``spec`` (a format spec such as ``"+.3f"``) formats a finite real number instead (integers too:
+    a column of fractions may hold an exact 0)."""
     if value is None:
         return _MISSING
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
+    if spec is not None and isinstance(value, numbers.Real) and math.isfinite(float(value)):
+        return format(float(value), spec)
     if isinstance(value, numbers.Integral):
         return str(int(value))
     if isinstance(value, numbers.Real):
@@ -162,8 +173,9 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def _frame_rows(frame: "pd.DataFrame") -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cell strings of ``frame``; a meaningful index becomes leading columns."""
+def _frame_rows(frame: "pd.DataFrame", formats: dict[str, str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cell strings of ``frame``; a meaningful index becomes leading columns.
+    ``formats``: header -> format spec of that column's numbers (:class:`Section`)."""
     import pandas as pd
 
     if not isinstance(frame, pd.DataFrame):
@@ -171,7 +183,8 @@ def _frame_rows(frame: "pd.DataFrame") -> tuple[list[str], list[list[str]]]:
     if not isinstance(frame.index, pd.RangeIndex) or any(n is not None for n in frame.index.names):
         frame = frame.reset_index()
     header = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in frame.columns]
-    rows = [[format_value(v) for v in row] for row in frame.itertuples(index=False, name=None)]
+    specs = [(formats or {}).get(h) for h in header]
+    rows = [[format_value(v, spec) for v, spec in zip(row, specs)] for row in frame.itertuples(index=False, name=None)]
     return header, rows
 
 
@@ -248,7 +261,7 @@ def _render_markdown(title: str, intro: str, claims: Sequence[Claim], sections: 
         if section.text.strip():
             out += [section.text.strip(), ""]
         for caption, frame in section.tables:
-            header, rows = _frame_rows(frame)
+            header, rows = _frame_rows(frame, section.formats)
             if caption:
                 out += [f"**{_md_cell(caption)}**", ""]
             out += [_md_table(header, rows, _numeric_columns(rows, len(header))) if header else "(empty table)", ""]
@@ -412,7 +425,7 @@ def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequ
         if section.text.strip():
             body.append(markdown_to_html(section.text))
         for caption, frame in section.tables:
-            header, rows = _frame_rows(frame)
+            header, rows = _frame_rows(frame, section.formats)
             if not header:
                 body.append(f"<p><strong>{html.escape(caption)}</strong>: (empty table)</p>")
                 continue
@@ -472,6 +485,12 @@ def write_report(out_dir: str | os.PathLike[str], *, title: str, intro: str, cla
             if fig.name in seen:
                 raise ValueError(f"two figures are named {fig.name!r}; figure names must be unique")
             seen.add(fig.name)
+        for column, spec in section.formats.items():
+            try:
+                format(1.0, spec)
+            except (TypeError, ValueError):
+                raise ValueError(f"section {section.title!r}: formats[{column!r}] must be a format spec for a "
+                                 f"number such as '+.3f' or '.3g', got {spec!r}") from None
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)

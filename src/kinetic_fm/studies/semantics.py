@@ -17,7 +17,7 @@ from ..metrics.stats import Correlation, group_size, compare_groups, spearman
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import SemanticsConfig
-from .output import StudyOutput, display_note, for_display, image_range, judge_text
+from .output import P_FORMAT, StudyOutput, display_note, for_display, image_range, judge_text
 from .samples import energy_frame, sampled, start_noise, straight_line_energy
 from .verdicts import fmt_ci, link_in_words, verdict_from_interval
 from .workspace import Workspace
@@ -147,6 +147,8 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
         f"ρ = {by_excess.rho:+.3f} (95% CI [{by_excess.ci_low:+.3f}, {by_excess.ci_high:+.3f}]), "
         f"p_perm = {by_excess.p_perm:.3g}. Per sample: columns `noise_energy` and `excess_energy` of "
         f"`tables/semantics__general_samples.parquet`.")
+    # d and its interval as the claim writes them (+0.06 [-0.15, +0.23]), the p-value as the text writes p
+    section.formats.update({"Cohen's d": "+.2f", "d CI low": "+.2f", "d CI high": "+.2f", "Welch p": P_FORMAT})
     section.tables.append((f"Low vs high {q} of KPE", pd.DataFrame([
         {"score": "classifier margin", **_group_row(groups, d_ci)},
         {"score": "classifier confidence", **_group_row(conf_groups, conf_d_ci)},

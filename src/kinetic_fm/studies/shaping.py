@@ -18,8 +18,8 @@ from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import (StudyOutput, fd_bias_note, fd_to_reference, fd_undecided_note, feature_reference, image_range,
-                     jackknife_fd_intervals, jackknife_text)
+from .output import (StudyOutput, fd_bias_note, fd_to_reference, fd_undecided_note, feature_reference, fmem_formats,
+                     image_range, jackknife_fd_intervals, jackknife_text)
 from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci, percent_of,
                        verdict_from_interval, verdict_of_all)
@@ -189,6 +189,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
               "sample grows, so compare the FDs of this table with each other, not with that study's."
               + fd_bias_note(min(cfg.n_samples, len(assets.train)), reference.mean.size, fd_name)),
         tables=[("The KTS ablation grid", table)],
+        formats=fmem_formats(),
         figures=[
             bar_figure("shaping_fmem", "F_mem across the KTS grid; whiskers: each setting's own 95% Wilson "
                        "interval; dashed: plain FM (Euler). Every setting samples the same seeds, so the claims "

@@ -36,7 +36,7 @@ import torch
 from .output import StudyOutput
 from .workspace import Workspace, atomic_torch_save
 
-ENTRY_FORMAT = 1  # bump when the layout of an entry changes
+ENTRY_FORMAT = 2  # bump when the layout of an entry changes
 
 
 def code_digest() -> str:
@@ -208,7 +208,8 @@ def _encode(output: StudyOutput) -> dict | None:
         if section_tables is None:
             return None
         sections.append({"title": section.title, "text": section.text, "tables": section_tables,
-                         "figures": [(f.name, f.caption, bytes(f.png)) for f in section.figures]})
+                         "figures": [(f.name, f.caption, bytes(f.png)) for f in section.figures],
+                         "formats": {str(k): str(v) for k, v in section.formats.items()}})
     return {"name": output.name, "tables": tables,
             "claims": [dataclasses.astuple(c) for c in output.claims], "sections": sections}
 
@@ -222,7 +223,8 @@ def _decode(entry: dict) -> StudyOutput:
         return pd.read_parquet(io.BytesIO(data))
 
     sections = [Section(title=s["title"], text=s["text"], tables=[(label, frame(d)) for label, d in s["tables"]],
-                        figures=[Figure(name, caption, png) for name, caption, png in s["figures"]])
+                        figures=[Figure(name, caption, png) for name, caption, png in s["figures"]],
+                        formats=dict(s["formats"]))
                 for s in entry["sections"]]
     return StudyOutput(name=entry["name"], tables={label: frame(d) for label, d in entry["tables"]},
                        claims=[Claim(*fields) for fields in entry["claims"]], sections=sections)

@@ -18,7 +18,7 @@ from ..metrics.density import kde_log_density, local_support
 from ..metrics.stats import Correlation, spearman
 from .assets import Assets
 from .config import SemanticsConfig, SupportConfig
-from .output import StudyOutput, image_range
+from .output import P_FORMAT, RHO_FORMAT, StudyOutput, image_range
 from .semantics import general_samples
 from .verdicts import fmt_ci, link_in_words, verdict_from_interval
 from .workspace import Workspace
@@ -95,7 +95,7 @@ def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws
 
     for method, paper in (("kNN", -0.65), ("KDE", -0.64)):
         rho = correlations[(method, "pixels")]
-        others = ", ".join(f"{s}: {correlations[(method, s)].rho:+.2f}" for s in spaces if s != "pixels")
+        others = ", ".join(f"{s}: {correlations[(method, s)].rho:+.3f}" for s in spaces if s != "pixels")
         out.claims.append(Claim(
             "support", f"Higher-KPE samples have sparser local training support ({method})",
             f"Spearman ρ = {paper:+.2f} (CIFAR-10, 150 steps)",
@@ -127,6 +127,7 @@ def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws
                  ", the paper's sign." if toy_rho.ci_high < 0 else ".")
               + " It is context, not one of the claims: a low-dimensional ring of modes is not an image set."),
         tables=[("Spearman ρ between KPE and local support", pd.DataFrame(rows))],
+        formats={"Spearman ρ": RHO_FORMAT, "CI low": RHO_FORMAT, "CI high": RHO_FORMAT, "permutation p": P_FORMAT},
         figures=[
             scatter_figure("kpe_vs_knn_support", "Per-sample KPE against kNN log-density in pixel space "
                            "(generalising model, plain FM). The paper expects the cloud to fall to the right (ρ < 0).",
