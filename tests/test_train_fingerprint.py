@@ -16,12 +16,13 @@ TRAIN = ["--batch-size", "4", "--width", "8", "--model", "mlp", "--checkpoints",
 
 
 def _png_folder(folder, count=5, seed=0):
+    """Colour images: a grey folder loads as one channel (R = G = B), these tests' runs are (3, 8, 8)."""
     from PIL import Image
 
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
-        Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     return folder
 
 
@@ -29,7 +30,7 @@ def _replace_one_image(folder):
     """Another image under one file's name: the same count, the same shape, other values."""
     from PIL import Image
 
-    Image.fromarray(np.full((8, 8), 7, dtype=np.uint8)).save(folder / "2.png")
+    Image.fromarray(np.full((8, 8, 3), (7, 9, 11), dtype=np.uint8)).save(folder / "2.png")
 
 
 def _samples(tmp_path):
