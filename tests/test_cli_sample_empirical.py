@@ -722,3 +722,18 @@ def test_runs_made_when_folder_specs_loaded_grey_images_as_rgb_are_still_read(tm
                  "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "trained"), "--resume"]) == 0, \
         capsys.readouterr().err
     assert "resumed from step 1 of 2" in capsys.readouterr().out
+
+
+def test_a_slow_batch_shows_its_steps_under_the_sample_bar(tmp_path, capsys, monkeypatch):
+    """The sample bar moves when a batch ends: 16 EFM samples of 50,000 CIFAR-10 images in one
+    batch sat at 0/16 for minutes. A batch that runs past STEP_BAR_DELAY shows its steps; here
+    the delay is 0 so that the tiny batch counts as slow, and every step is counted."""
+    monkeypatch.setattr(command, "STEP_BAR_DELAY", 0.0)
+    train = _saved(tmp_path, _images())
+    assert main(["sample", "--out", str(tmp_path / "run"), "--field", "empirical", "--train", str(train),
+                 "--n", "3", "--steps", "7"]) == 0
+    err = capsys.readouterr().err
+    assert "euler sampling" in err and "0/7 [" in err
+    assert main(["sample", "--out", str(tmp_path / "quiet"), "--field", "empirical", "--train", str(train),
+                 "--n", "3", "--steps", "7", "--no-progress"]) == 0
+    assert "sampling" not in capsys.readouterr().err
