@@ -154,7 +154,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, caps
 
     monkeypatch.setattr(command, "_posterior_columns", interrupted_in_the_second_shard)
     assert kfm_sample(tmp_path / "run", *flags) == 130
-    assert "rerun the same command with --resume" in capsys.readouterr().err
+    assert "1 of 3 shard(s) finished (3 of 9 samples), kept" in capsys.readouterr().err
     assert not (tmp_path / "run" / "results.parquet").exists()
     monkeypatch.setattr(command, "_posterior_columns", columns)
     assert kfm_sample(tmp_path / "run", *flags, "--resume") == 0
@@ -302,7 +302,9 @@ def test_ctrl_c_while_the_training_items_load_says_nothing_was_sampled(tmp_path,
 
     monkeypatch.setattr(command, "_posterior_columns", interrupted_sampling)
     assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2) == 130
-    assert "finished work is kept; rerun the same command with --resume" in capsys.readouterr().err
+    # one shard, unfinished: "finished work is kept" read as if the samples so far were
+    assert ("interrupted: 0 of 1 shard(s) finished (0 of 2 samples), kept; the samples of unfinished shards are "
+            "lost (--shard-size bounds that loss); rerun the same command with --resume") in capsys.readouterr().err
     monkeypatch.setattr(command, "_posterior_columns", columns)
 
 

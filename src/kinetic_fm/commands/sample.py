@@ -861,6 +861,19 @@ def _warn_on_batch_change(args, manifest) -> None:
                       "table", stacklevel=2)
 
 
+def _interrupted_run_hint(run_dir, manifest) -> str:
+    """What an interruption kept: "finished work is kept" read as if the samples so far were, when
+    the shard in progress (all of a run of fewer than --shard-size samples) is dropped."""
+    from ..runs.shards import receipt_path, shard_path
+
+    plan = manifest.plan
+    done = [i for i in range(plan.count) if receipt_path(shard_path(run_dir, plan, i)).is_file()]
+    samples = sum(len(plan.seeds(i)) for i in done)
+    return (f"{len(done)} of {plan.count} shard(s) finished ({samples} of {plan.n} samples), kept; the samples of "
+            "unfinished shards are lost (--shard-size bounds that loss); rerun the same command with --resume "
+            "to continue")
+
+
 # seconds a batch runs before its step bar shows under the sample bar, which moves only when a batch
 # ends: a slow field (EFM of 50,000 CIFAR-10 images, a big net) could sit at 0/n for minutes
 STEP_BAR_DELAY = 2.0
@@ -1124,6 +1137,9 @@ def _run(args) -> int:
                 outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
                                       resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock,
                                       repair=args.repair)
+        except KeyboardInterrupt:
+            args.interrupt_hint = _interrupted_run_hint(args.out, manifest)
+            raise
         except OSError as err:
             # a full disk said only "cannot be written (No space left on device)": whether the
             # finished work survives, and how to go on, is what the user needs (helper-188)
