@@ -879,8 +879,9 @@ def _interrupted_run_hint(run_dir, manifest) -> str:
 STEP_BAR_DELAY = 2.0
 
 
-def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | None = None):
-    """compute(seeds, advance) -> pyarrow Table with one row per seed, sampled in batches."""
+def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | None = None, step_bar: bool = False):
+    """compute(seeds, advance) -> pyarrow Table with one row per seed, sampled in batches; with
+    ``step_bar`` (rank 0's, as the sample bar) a batch running over STEP_BAR_DELAY shows its steps."""
     import numpy as np
     import pyarrow as pa
     import torch
@@ -901,7 +902,7 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
             res = sample(velocity if recorder is None else recorder, seeds=chunk, shape=target.shape, **steps,
                          solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
                          split=args.split, on_nonfinite=args.on_nonfinite, dtype=dtype, device=device,
-                         profile=args.profile, progress=STEP_BAR_DELAY if args.progress else False,
+                         profile=args.profile, progress=STEP_BAR_DELAY if step_bar else False,
                          **step_control)
             return res, None if recorder is None else _posterior_columns(recorder.trace(), args.truncate is not None)
         except NonFiniteVelocityError as err:
@@ -1134,7 +1135,8 @@ def _run(args) -> int:
             _warn_on_batch_change(args, stored)  # "holds no run yet" is said by run_sharded, under the lock
         try:
             with writing("--out", args.out):
-                outcome = run_sharded(args.out, manifest, _shard_sampler(target, kts, args, device, cond),
+                compute = _shard_sampler(target, kts, args, device, cond, step_bar=args.progress and world.is_main)
+                outcome = run_sharded(args.out, manifest, compute,
                                       resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock,
                                       repair=args.repair)
         except KeyboardInterrupt:
