@@ -172,7 +172,9 @@ def register(subparsers) -> None:
                         "it is")
     r.add_argument("--shard-size", type=int, default=1000,
                    help="samples per Parquet shard, >= 1 (default 1000); each shard is sampled on its own, so a "
-                        "shard smaller than --batch-size caps the batch (keep it a multiple)")
+                        "shard smaller than --batch-size caps the batch (keep it a multiple); the unit of --resume: "
+                        "an interruption (Ctrl-C, SIGTERM) loses the shard in progress, so a slow field (EFM of "
+                        "a large training set) wants small shards")
     r.add_argument("--batch-size", type=int, default=256,
                    help="samples per sampler call, >= 1 (default 256); a memory setting: results do not depend on it, "
                         "beyond float32 round-off in a net's batched GEMMs, which under dopri5 can move "
