@@ -154,7 +154,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, caps
 
     monkeypatch.setattr(command, "_posterior_columns", interrupted_in_the_second_shard)
     assert kfm_sample(tmp_path / "run", *flags) == 130
-    assert "rerun the same command with --resume" in capsys.readouterr().err
+    assert "1 of 3 shard(s) finished (3 of 9 samples), kept" in capsys.readouterr().err
     assert not (tmp_path / "run" / "results.parquet").exists()
     monkeypatch.setattr(command, "_posterior_columns", columns)
     assert kfm_sample(tmp_path / "run", *flags, "--resume") == 0
@@ -302,7 +302,9 @@ def test_ctrl_c_while_the_training_items_load_says_nothing_was_sampled(tmp_path,
 
     monkeypatch.setattr(command, "_posterior_columns", interrupted_sampling)
     assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 2) == 130
-    assert "finished work is kept; rerun the same command with --resume" in capsys.readouterr().err
+    # one shard, unfinished: "finished work is kept" read as if the samples so far were
+    assert ("interrupted: 0 of 1 shard(s) finished (0 of 2 samples), kept; the samples of unfinished shards are "
+            "lost (--shard-size bounds that loss); rerun the same command with --resume") in capsys.readouterr().err
     monkeypatch.setattr(command, "_posterior_columns", columns)
 
 
@@ -756,3 +758,18 @@ def test_a_grey_folder_given_by_its_path_loads_what_its_folder_spec_loads(tmp_pa
     assert main(["memorization", "--samples", str(tmp_path / "old"), "--train", str(tmp_path / "old"),
                  "--bootstrap", "0", "--no-progress"]) == 0, capsys.readouterr().err
     assert kfm_sample(tmp_path / "old", "--train", folder, *flags, "--resume") == 0, capsys.readouterr().err
+
+
+def test_a_slow_batch_shows_its_steps_under_the_sample_bar(tmp_path, capsys, monkeypatch):
+    """The sample bar moves when a batch ends: 16 EFM samples of 50,000 CIFAR-10 images in one
+    batch sat at 0/16 for minutes. A batch that runs past STEP_BAR_DELAY shows its steps; here
+    the delay is 0 so that the tiny batch counts as slow, and every step is counted."""
+    monkeypatch.setattr(command, "STEP_BAR_DELAY", 0.0)
+    train = _saved(tmp_path, _images())
+    assert main(["sample", "--out", str(tmp_path / "run"), "--field", "empirical", "--train", str(train),
+                 "--n", "3", "--steps", "7"]) == 0
+    err = capsys.readouterr().err
+    assert "euler sampling" in err and "0/7 [" in err
+    assert main(["sample", "--out", str(tmp_path / "quiet"), "--field", "empirical", "--train", str(train),
+                 "--n", "3", "--steps", "7", "--no-progress"]) == 0
+    assert "sampling" not in capsys.readouterr().err

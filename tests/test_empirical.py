@@ -1443,3 +1443,17 @@ def test_training_atoms_given_as_python_floats_are_kept_in_float64():
     x = torch.tensor([[0.3, -0.2], [1.5, 0.5]], dtype=torch.float64)
     t = torch.tensor([0.5, 0.9], dtype=torch.float64)
     assert torch.equal(field(x, t), same(x, t))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"truncate": 2}, {"truncate": 2, "backend": "faiss"}])
+def test_one_dominant_atom_has_entropy_plus_zero_on_every_route(kwargs):
+    """−Σ w log w of w = (1, 0, ...) is −0.0 when negated: faiss-picked truncation printed "-0" in
+    kfm sample's summary of 50,000 CIFAR-10 atoms. Every route now gives +0 there."""
+    if kwargs.get("backend") == "faiss":
+        pytest.importorskip("faiss")
+    atoms = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 5.0]], dtype=torch.float64)
+    field = kfm.EmpiricalFlow(atoms, **kwargs)
+    for t in (0.9, 0.99):
+        entropy = field.diagnostics(atoms[:2] * t, torch.full((2,), t, dtype=torch.float64)).entropy
+        assert torch.equal(entropy, torch.zeros(2, dtype=torch.float64))
+        assert not torch.signbit(entropy).any()

@@ -38,6 +38,10 @@ STOPS = {
     "results": ("results.parquet", 1, "before"),
 }
 
+# what each stop leaves finished (a shard counts once its receipt is written): shards, samples
+KEPT = {"manifest": (0, 0), "shard 2 half-written": (1, 3), "shard 2 without its receipt": (1, 3),
+        "last receipt": (3, 9), "results": (4, 10)}
+
 
 def _sample(out: Path, *extra: str) -> int:
     return main(["sample", *FLAGS, "--out", str(out), *extra])
@@ -95,7 +99,10 @@ def test_ctrl_c_at_any_write_resumes_to_the_uninterrupted_run(tmp_path, referenc
     with monkeypatch.context() as patched:
         _stopping_writes(patched, *STOPS[stop], _interrupt)
         assert _sample(run) == 130
-    assert "interrupted: finished work is kept; rerun the same command with --resume" in capsys.readouterr().err
+    shards, samples = KEPT[stop]
+    assert (f"interrupted: {shards} of 4 shard(s) finished ({samples} of 10 samples), kept; the samples of unfinished "
+            "shards are lost (--shard-size bounds that loss); rerun the same command with --resume"
+            ) in capsys.readouterr().err
     assert _sample(run, "--resume") == 0
     _assert_same_run(run, reference)
 
@@ -154,7 +161,8 @@ def test_sigterm_says_how_to_resume_as_ctrl_c_does_and_exits_143(tmp_path, refer
     child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == 128 + signal.SIGTERM, child.stderr
     assert child.stderr.strip().splitlines()[-1] == (
-        "kfm sample: interrupted (SIGTERM): finished work is kept; rerun the same command with --resume to continue")
+        "kfm sample: interrupted (SIGTERM): 1 of 4 shard(s) finished (3 of 10 samples), kept; the samples of "
+        "unfinished shards are lost (--shard-size bounds that loss); rerun the same command with --resume to continue")
     assert _sample(run, "--resume") == 0
     _assert_same_run(run, reference)
 

@@ -2210,3 +2210,21 @@ def test_a_buffer_grown_to_a_shape_its_copy_broadcasts_to_is_not_filled_by_broad
         warnings.simplefilter("ignore")
         with pytest.raises(RuntimeError, match=r"'seen' of Reshaper.*\(2, 3\)"):
             kfm.sample(_as_velocity(net), kfm.noise(range(5), (2,), dtype=torch.float64), steps=2)
+
+
+@pytest.mark.parametrize("solver", ["euler", "dopri5"])
+def test_progress_as_a_delay_hides_the_bar_of_a_short_call_and_changes_nothing(capsys, solver):
+    """progress=d shows the bar only after d seconds (kfm sample's per-batch step bar); True at once."""
+    field = GaussianTarget(mean=1.5, std=0.3)
+    steps = {} if solver == "dopri5" else {"steps": 5}
+    runs = {p: kfm.sample(field, seeds=range(3), shape=(2,), **steps, solver=solver, progress=p)
+            for p in (False, 0.0, 3600.0, True)}
+    shown = capsys.readouterr().err
+    assert shown.count(f"{solver} sampling") >= 2  # 0.0 and True drew it, 3600 s did not get to
+    for res in runs.values():
+        assert torch.equal(res.x, runs[False].x) and torch.equal(res.kpe, runs[False].kpe)
+    kfm.sample(field, seeds=range(3), shape=(2,), **steps, solver=solver, progress=3600.0)
+    assert "sampling" not in capsys.readouterr().err
+    for bad in (-1.0, float("nan"), "yes"):
+        with pytest.raises(ValueError, match="progress must be"):
+            kfm.sample(field, seeds=range(3), shape=(2,), **steps, solver=solver, progress=bad)

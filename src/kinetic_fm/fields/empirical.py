@@ -567,7 +567,7 @@ class EmpiricalFlow:
             yb, log_w, *error = self._exact(x[rows], t[rows], one_minus[rows], idx, rounding)
             w = log_w.exp()
             ybar[rows], max_w[rows] = yb, w.max(dim=1).values
-            entropy[rows] = -torch.special.xlogy(w, w).sum(dim=1)
+            entropy[rows] = 0.0 - torch.special.xlogy(w, w).sum(dim=1)  # +0 for one atom, not -0
             if top_k:  # ranked by log weight: weights that underflow to 0 all tie, in no order
                 top_log, pos = _top_lowest_index_first(log_w, idx, top_k)
                 top_w[rows], top_i[rows] = top_log.exp(), idx.gather(1, pos)
@@ -747,7 +747,7 @@ class EmpiricalFlow:
         log_dropped = log_w[:, -1] + error[:, -1] + slack
         diag = PosteriorDiagnostics(
             max_weight=w.max(dim=1).values,
-            entropy=-torch.special.xlogy(w, w).sum(dim=1),
+            entropy=0.0 - torch.special.xlogy(w, w).sum(dim=1),  # 0 - 0 is +0, where -(0) printed -0
             candidates=torch.full((b,), k, dtype=torch.int64, device=x.device),
             exact=torch.ones(b, dtype=torch.bool, device=x.device),
             logit_error_bound=torch.zeros(b, dtype=torch.float64, device=x.device),

@@ -50,7 +50,7 @@ def integrate_dopri5(
     first_step: float | None,
     max_steps: int,
     raise_nonfinite: bool,
-    progress: bool,
+    progress: float | None,
 ) -> Trace:
     """Integrate dx/dt = η(t)·v(x, t) from t = 0 to 1 with Dormand–Prince 5(4), each sample with
     its own time, step size and error test; ``sample(solver="dopri5")`` calls it after checking
@@ -73,7 +73,7 @@ def integrate_dopri5(
         raise_nonfinite: raise ``NonFiniteVelocityError`` on a non-finite ‖v‖² (formed in float64)
             at t = 0, or in a try that shorter retries cannot avoid; False flags the sample in
             ``Trace.bad_step`` / ``bad_time``, sets its x to NaN and stops it there.
-        progress: show a tqdm bar of finished samples.
+        progress: seconds before a tqdm bar of finished samples shows, or None for no bar.
 
     Returns:
         :class:`~kinetic_fm.sampling.fixed_step.Trace` with per-sample ``nfe`` and ``steps`` (B,),
@@ -143,17 +143,16 @@ def integrate_dopri5(
     _flag_rows(squared_norm(k1), torch.arange(batch, device=device), 0, t, bad_step, bad_time, done, raise_nonfinite)
 
     bar = None
-    if progress:
+    if progress is not None:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=batch, desc="dopri5 sampling", unit="sample", leave=False)
+        bar = tqdm(total=batch, desc="dopri5 sampling", unit="sample", leave=False, delay=progress)
     iteration = 0
     while True:
         rows = torch.nonzero(~done).squeeze(1)
         n_active = rows.numel()  # a synchronisation (nonzero), like the accepted rows' below
         if bar is not None:
-            bar.n = batch - n_active
-            bar.refresh()
+            bar.update(batch - n_active - bar.n)  # update, not refresh: a refresh would draw before the delay
         if n_active == 0:
             break
         iteration += 1

@@ -52,7 +52,7 @@ def integrate_fixed(
     quadrature: str,
     split: float,
     keep_profile: bool,
-    progress: bool,
+    progress: float | None,
 ) -> Trace:
     """Integrate dx/dt = η(t)·v(x, t) over ``grid`` (CPU float64, (S + 1,)) from x0 (B, ...).
 
@@ -78,10 +78,10 @@ def integrate_fixed(
     block_steps = max(1, _ROW_BLOCK // n_stages)
 
     steps_iter = range(n_steps)
-    if progress:
+    if progress is not None:  # the seconds before the bar shows
         from tqdm.auto import tqdm
 
-        steps_iter = tqdm(steps_iter, desc=f"{tableau.name} sampling", unit="step", leave=False)
+        steps_iter = tqdm(steps_iter, desc=f"{tableau.name} sampling", unit="step", leave=False, delay=progress)
 
     shape, flat_shape, half = x0.shape, (batch, -1), dtype in _HALF
     x = x0

@@ -50,7 +50,7 @@ def sample(
     max_steps: int = 10_000,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    progress: bool = False,
+    progress: bool | float = False,
 ) -> SampleResult:
     """Integrate dx/dt = η(t)·v(x, t) from t = 0 (noise) to t = 1 (data), per-sample KPE included.
 
@@ -107,7 +107,9 @@ def sample(
             step per sample; a step cut to under a tenth of its length to land on one is
             followed by the step proposed before the cut.
         dtype, device: for x0 drawn from seeds (default float32, CPU).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (True), none (False), or a number of seconds d >= 0:
+            the bar appears only once the call has run d seconds, so short calls never draw one
+            (``kfm sample`` passes 2 for its per-batch step bar).
 
     Returns:
         :class:`SampleResult`: x (B, ...) at t = 1 in x0's dtype, and (B,) float64 energies on
@@ -154,6 +156,7 @@ def sample(
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
         profile = check_flag("profile", profile)
+        bar_delay = _bar_delay(progress)
         if shaping is not None and not callable(shaping):
             raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
         tau = gain_tau(shaping)
@@ -184,14 +187,14 @@ def sample(
             start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
             trace = integrate_dopri5(
                 velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
-                raise_nonfinite=on_nonfinite == "raise", progress=progress,
+                raise_nonfinite=on_nonfinite == "raise", progress=bar_delay,
             )
         else:
             grid_t = time_grid(grid, steps)
             _check_state_resolution(grid_t, x0.dtype)
             start_run_of(velocity)
             trace = integrate_fixed(
-                velocity, x0, grid_t, FIXED_STEP[solver], shaping, quadrature, split, profile, progress
+                velocity, x0, grid_t, FIXED_STEP[solver], shaping, quadrature, split, profile, bar_delay
             )
             if on_nonfinite == "raise":
                 bad = trace.bad_step >= 0
@@ -354,3 +357,14 @@ def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_st
     if first_step is not None and not (is_real(first_step, finite=True) and 0 < first_step <= 1):
         raise ValueError(f"first_step must be None or a number in (0, 1], got {first_step!r}")
     return rtol, atol, first_step, check_integer("max_steps", max_steps, 1)
+
+
+def _bar_delay(progress) -> float | None:
+    """``progress`` as the seconds before the bar appears, or None for no bar; else ValueError."""
+    import numpy as np
+
+    if isinstance(progress, (bool, np.bool_)):
+        return 0.0 if progress else None
+    if isinstance(progress, (int, float, np.integer, np.floating)) and math.isfinite(progress) and progress >= 0:
+        return float(progress)
+    raise ValueError(f"progress must be True, False or a delay in seconds >= 0, got {progress!r}")
