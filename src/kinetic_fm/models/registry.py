@@ -29,9 +29,9 @@ def default_model(kind: str, shape: Sequence[int], *, num_classes: int | None = 
 
     Args:
         kind: "mlp" (any shape), "unet" (images (C, H, W)) or "auto": mlp for points and for
-            images of at most 256 values (8x8 digits, where its training step is shorter on a CPU
-            than a U-Net's: [RATIO PENDING, to be filled from `python benchmarks/train_step.py
-            --nets`, run alone], and it samples well), unet for larger images.
+            images of at most 256 values (8x8 digits, where its training step is ~20x shorter on
+            a CPU than the U-Net's: ``python benchmarks/train_step.py --nets``, BENCHMARKS.md),
+            unet for larger images.
         shape: one sample's shape, e.g. (2,) or (1, 8, 8).
         num_classes: enable class conditioning (classifier-free guidance) with this many classes.
         width: hidden width (mlp, default 256) or base channels
