@@ -289,7 +289,8 @@ def test_reproduce_flags_reach_the_study_config(tmp_path, monkeypatch, capsys, f
 
 @pytest.mark.parametrize("command, hint", [
     ("memorization", ""),                          # it keeps nothing to resume: no --resume hint
-    ("train", ": finished work is kept; rerun the same command with --resume to continue"),
+    ("train", ": the steps up to the last resume state (saved every --save-every steps) are kept, later ones are "
+              "redone; rerun the same command with --resume to continue"),
 ])
 def test_ctrl_c_says_how_to_continue_only_where_a_command_can(tmp_path, capsys, monkeypatch, command, hint):
     import importlib

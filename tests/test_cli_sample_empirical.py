@@ -40,6 +40,24 @@ def _saved(tmp_path, train: torch.Tensor):
     return path
 
 
+def _grey_folder(tmp_path, seed: int, n: int = 6):
+    """A folder of n random 4x4 grey PNGs ("L" files), named 0.png, 1.png, ..."""
+    from PIL import Image
+
+    folder = tmp_path / "grey"
+    folder.mkdir()
+    for j, image in enumerate(np.random.default_rng(seed).integers(0, 256, (n, 4, 4), dtype=np.uint8)):
+        Image.fromarray(image).save(folder / f"{j}.png")
+    return folder
+
+
+def _audits(samples, train, capsys) -> None:
+    """kfm memorization --samples SAMPLES --train TRAIN runs to the end (its stderr shown if not)."""
+    capsys.readouterr()
+    assert main(["memorization", "--samples", str(samples), "--train", str(train), "--bootstrap", "0",
+                 "--no-progress"]) == 0, capsys.readouterr().err
+
+
 def _distance_to_nearest_atom(x: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
     """(B,) float64 distance of each sample to its nearest training item, by brute force."""
     x, train = x.reshape(len(x), -1).double(), train.reshape(len(train), -1).double()
@@ -695,15 +713,9 @@ def test_backend_faiss_picks_the_truncated_atoms_by_faiss_and_is_part_of_the_run
 def test_runs_made_when_folder_specs_loaded_grey_images_as_rgb_are_still_read(tmp_path, monkeypatch, capsys):
     # folder: loads a grey folder as one channel now; runs made on its three equal channels are still audited
     # and resumed (their items: the one channel, repeated as they trained on it)
-    from PIL import Image
-
     import kinetic_fm.data.images as images
 
-    rng = np.random.default_rng(6)
-    folder = tmp_path / "grey"
-    folder.mkdir()
-    for j, image in enumerate(rng.integers(0, 256, (6, 4, 4), dtype=np.uint8)):
-        Image.fromarray(image).save(folder / f"{j}.png")
+    folder = _grey_folder(tmp_path, seed=6)
     spec = f"folder:{folder}"
     load = images.load_image_folder
     monkeypatch.setattr(images, "load_image_folder", lambda *a, **k: load(*a, **{**k, "grayscale": False}))
@@ -715,10 +727,8 @@ def test_runs_made_when_folder_specs_loaded_grey_images_as_rgb_are_still_read(tm
     monkeypatch.setattr(images, "load_image_folder", load)
     assert kfm.data.load_dataset(spec, progress=False).images.shape == (6, 1, 4, 4)
     np.save(tmp_path / "near.npy", (old[[4, 1]] + 0.01).numpy())
-    capsys.readouterr()
     for samples, train in ((tmp_path / "empirical",) * 2, (tmp_path / "near.npy", tmp_path / "trained")):
-        assert main(["memorization", "--samples", str(samples), "--train", str(train), "--bootstrap", "0",
-                     "--no-progress"]) == 0, capsys.readouterr().err
+        _audits(samples, train, capsys)
     assert kfm_sample(tmp_path / "empirical", *flags, "--resume") == 0, capsys.readouterr().err
     assert main(["train", "--data", spec, "--steps", "2", "--model", "mlp", "--width", "8", "--batch-size", "2",
                  "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "trained"), "--resume"]) == 0, \
@@ -730,33 +740,23 @@ def test_a_grey_folder_given_by_its_path_loads_what_its_folder_spec_loads(tmp_pa
     # one folder, one rule: --train FOLDER samples the field of the one channel --train folder:FOLDER loads
     # (it was three equal channels, another field: D and every squared distance tripled); a run made by the
     # path on the three channels is still resumed and audited
-    from PIL import Image
-
     import kinetic_fm.commands._rows as rows
 
-    rng = np.random.default_rng(7)
-    folder = tmp_path / "grey"
-    folder.mkdir()
-    for j, image in enumerate(rng.integers(0, 256, (6, 4, 4), dtype=np.uint8)):
-        Image.fromarray(image).save(folder / f"{j}.png")
+    folder = _grey_folder(tmp_path, seed=7)
     flags = ["--field", "empirical", "--n", 3, "--shard-size", 3, "--batch-size", 3, "--steps", 8]
     identity = lambda run: json.loads((run / "manifest.json").read_text())["identity"]  # noqa: E731
     assert kfm_sample(tmp_path / "spec", "--train", f"folder:{folder}", *flags) == 0
     assert kfm_sample(tmp_path / "path", "--train", folder, *flags) == 0
     assert identity(tmp_path / "path")["train_shape"] == [6, 1, 4, 4]
     assert identity(tmp_path / "path")["train_sha256"] == identity(tmp_path / "spec")["train_sha256"]
-    capsys.readouterr()
-    assert main(["memorization", "--samples", str(tmp_path / "path"), "--train", str(tmp_path / "path"),
-                 "--bootstrap", "0", "--no-progress"]) == 0, capsys.readouterr().err
+    _audits(tmp_path / "path", tmp_path / "path", capsys)
 
     keep = rows.grey_folder_as_one_channel
     monkeypatch.setattr(rows, "grey_folder_as_one_channel", lambda items, value: items)  # as the path loaded before
     assert kfm_sample(tmp_path / "old", "--train", folder, *flags) == 0
     assert identity(tmp_path / "old")["train_shape"] == [6, 3, 4, 4]
     monkeypatch.setattr(rows, "grey_folder_as_one_channel", keep)
-    capsys.readouterr()
-    assert main(["memorization", "--samples", str(tmp_path / "old"), "--train", str(tmp_path / "old"),
-                 "--bootstrap", "0", "--no-progress"]) == 0, capsys.readouterr().err
+    _audits(tmp_path / "old", tmp_path / "old", capsys)
     assert kfm_sample(tmp_path / "old", "--train", folder, *flags, "--resume") == 0, capsys.readouterr().err
 
 

@@ -2218,9 +2218,11 @@ def test_progress_as_a_delay_hides_the_bar_of_a_short_call_and_changes_nothing(c
     field = GaussianTarget(mean=1.5, std=0.3)
     steps = {} if solver == "dopri5" else {"steps": 5}
     runs = {p: kfm.sample(field, seeds=range(3), shape=(2,), **steps, solver=solver, progress=p)
-            for p in (False, 0.0, 3600.0, True)}
+            for p in (False, None, 0.0, 3600.0, True)}
     shown = capsys.readouterr().err
     assert shown.count(f"{solver} sampling") >= 2  # 0.0 and True drew it, 3600 s did not get to
+    kfm.sample(field, seeds=range(3), shape=(2,), **steps, solver=solver, progress=None)
+    assert "sampling" not in capsys.readouterr().err  # None is no bar, as before progress took a delay
     for res in runs.values():
         assert torch.equal(res.x, runs[False].x) and torch.equal(res.kpe, runs[False].kpe)
     kfm.sample(field, seeds=range(3), shape=(2,), **steps, solver=solver, progress=3600.0)

@@ -387,8 +387,9 @@ def nearest_neighbors(
     """The k nearest rows of ``reference`` for every row of ``queries``, exact in float64.
 
     Args:
-        queries: (B, ...) tensor (or NumPy array, or DataFrame of rows); flattened to (B, D).
-            Any real dtype (bool read as 0/1) and device.
+        queries: (B, ...) tensor (or NumPy array, nested list read as ``np.asarray`` reads it, or
+            DataFrame of rows, a whole-number column named like a class label warned of); flattened
+            to (B, D). Any real dtype (bool read as 0/1) and device.
         reference: (N, ...) rows with the same number of features D, on the same device.
         k: number of neighbours, 1 ≤ k ≤ N (≤ N − 1 with ``exclude_self``).
         chunk: reference rows per GEMM (bounds the (batch_chunk, chunk) score block).

@@ -13,11 +13,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "reproduce",
         help="run the paper's studies (semantics, support, memorization, shaping) and write a report",
-        description="Train or load what is needed (cached in --out, resumable), run the studies and write "
-                    "OUT/report.html, OUT/report.md and per-sample Parquet tables in OUT/tables.",
+        description="Train or load what is needed, run the studies and write OUT/report.html, OUT/report.md and "
+                    "per-sample Parquet tables in OUT/tables. The nets, the sampling runs and each study's result "
+                    "are cached in --out: the same command resumes an interrupted run, and a rerun of a finished "
+                    "one reads the studies' results (measured again where a setting, an input or the library "
+                    "changed, and for a study that warned).",
     )
     p.add_argument("--data", default="digits",
-                   help="digits (embedded, default) | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH")
+                   help="digits (embedded, default) | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
+                        "(folder: loads one channel where every image is grey, else RGB)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="mode", action="store_const", const="quick", help="minutes on a laptop CPU (default)")
     size.add_argument("--full", dest="mode", action="store_const", const="full",

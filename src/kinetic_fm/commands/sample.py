@@ -196,7 +196,9 @@ def register(subparsers) -> None:
                         "beside it the kinetic power ½η²‖v‖² over t (mean and 10–90%% band; dopri5's own steps "
                         "are averaged over 100 equal bins). An axis spanning two decades or more is drawn in log "
                         "scale. Works on the --resume of a finished run (redrawn from its results)")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    r.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bars: the samples', and the steps' of a batch running over "
+                        f"{STEP_BAR_DELAY:g} s")
     p.set_defaults(func=run)
 
 

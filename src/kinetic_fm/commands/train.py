@@ -59,7 +59,10 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from <out>/resume.pt if it exists")
     p.add_argument("--device", default="cpu", help=f"{DEVICE_FORMS} (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    # what Ctrl-C and SIGTERM keep: "finished work is kept" read as if every step so far were
+    p.set_defaults(func=run, interrupt_hint="the steps up to the last resume state (saved every --save-every "
+                                            "steps) are kept, later ones are redone; rerun the same command with "
+                                            "--resume to continue")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -514,7 +514,8 @@ def load_image_folder(
             decoded, to refuse a tree by raising (one listing: a 60,000-file zip takes seconds to list).
 
     Returns:
-        :class:`ImageDataset`, images in [-1, 1].
+        :class:`ImageDataset`, images in [-1, 1]. 16-bit files are read at 8 bits (see
+        :func:`decode_image`) with one UserWarning per load, giving their count and the first.
 
     Raises:
         ValueError: ``path`` is neither a folder nor a zip, or a folder in it cannot be listed;

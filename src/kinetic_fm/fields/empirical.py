@@ -227,8 +227,10 @@ class EmpiricalFlow:
         train: (N, ...) training atoms, N ≥ 1, finite (a tensor of any real dtype, on any device,
             kept where given, and not copied when float32/float64: a call after the atoms were
             changed in place is refused when the change alters the norms or the mean cached at
-            construction (a write to another part of the same storage does not); or a NumPy array
-            or DataFrame, copied).
+            construction (a write to another part of the same storage does not); or a NumPy array,
+            a nested list of numbers (read as ``np.asarray`` reads it: Python floats as float64) or a
+            DataFrame, copied; a DataFrame's whole-number column named like a class label, ``label``,
+            ``class``, ..., is warned of).
             Float64 atoms give float64 screening, as do integers beyond 2**24 (which float32 would
             round; beyond 2**53 they are refused); anything else screens in float32.
         chunk: atoms per screening GEMM (bounds the temporary (batch_chunk, chunk) block).

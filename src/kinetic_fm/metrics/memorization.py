@@ -132,8 +132,10 @@ def memorization(
     """Gap-ratio memorization audit of ``samples`` against ``train``.
 
     Args:
-        samples: (B, ...) generated samples (a tensor, NumPy array or pandas DataFrame of real
-            numbers; a DataFrame's rows are the samples), B ≥ 1, finite.
+        samples: (B, ...) generated samples (a tensor, NumPy array, nested list or pandas DataFrame
+            of real numbers; a list is read as ``np.asarray`` reads it, Python floats as float64; a
+            DataFrame's rows are the samples, and a whole-number column of it named like a class
+            label, ``label``, ``class``, ..., is warned of), B ≥ 1, finite.
         train: (N, ...) training items with the same trailing size, N ≥ 2, finite.
         threshold: memorized when d1/d2 < threshold; a real number in (0, 1) (a float, a NumPy
             scalar or a 0-d tensor). Rows whose ratio lies within rounding of it are decided on

@@ -50,7 +50,7 @@ def sample(
     max_steps: int = 10_000,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    progress: bool | float = False,
+    progress: bool | float | None = False,
 ) -> SampleResult:
     """Integrate dx/dt = η(t)·v(x, t) from t = 0 (noise) to t = 1 (data), per-sample KPE included.
 
@@ -107,7 +107,7 @@ def sample(
             step per sample; a step cut to under a tenth of its length to land on one is
             followed by the step proposed before the cut.
         dtype, device: for x0 drawn from seeds (default float32, CPU).
-        progress: show a tqdm progress bar (True), none (False), or a number of seconds d >= 0:
+        progress: show a tqdm progress bar (True), none (False or None), or a number of seconds d >= 0:
             the bar appears only once the call has run d seconds, so short calls never draw one
             (``kfm sample`` passes 2 for its per-batch step bar).
 
@@ -363,6 +363,8 @@ def _bar_delay(progress) -> float | None:
     """``progress`` as the seconds before the bar appears, or None for no bar; else ValueError."""
     import numpy as np
 
+    if progress is None:  # falsy, as before progress took a delay: no bar
+        return None
     if isinstance(progress, (bool, np.bool_)):
         return 0.0 if progress else None
     if isinstance(progress, (int, float, np.integer, np.floating)) and math.isfinite(progress) and progress >= 0:

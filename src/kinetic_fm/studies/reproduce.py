@@ -48,6 +48,11 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
               progress: bool = True) -> tuple[Path, Path]:
     """Run ``studies`` under ``cfg``, write tables to ``out/tables`` and the report; return (md, html) paths.
 
+    ``out`` caches the nets, the sampling stages and each study's result
+    (:mod:`~kinetic_fm.studies.study_cache`): a rerun measures only what a changed setting, input or
+    library source touches (and a study that warned), so a rerun of a finished run writes the report
+    from the cache.
+
     The run holds ``out``'s lock (:class:`~kinetic_fm.runs.RunLock`): a second run into the same
     folder stops at once with :class:`~kinetic_fm.runs.RunLockedError`. A run refused before its
     first result into a new folder (or one holding only the lock file such a run leaves) leaves it

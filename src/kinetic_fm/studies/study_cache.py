@@ -2,8 +2,8 @@
 claims and report sections (figures included) from ``cache/`` instead of recomputing them.
 
 The sampling runs were cached already, but a re-run still recomputed every metric, interval and
-figure from them: about 80 % of a fresh tiny run's seconds. A study's entry is keyed on everything
-its result is a function of, so that no setting, input or code change can reuse a stale one:
+figure from them. A study's entry is keyed on everything its result is a function of, so that no
+setting, input or code change can reuse a stale one:
 
 - the whole run configuration (every study's, and the assets', including the judge's settings);
 - a digest of the assets the study reads: the training, held-out and memorizer splits and their
