@@ -824,12 +824,55 @@ def test_fmt_ci_writes_fixed_decimals_or_significant_digits():
 
     assert fmt_ci(0.00012, 0.5, "ρ 95% CI", decimals=3) == "ρ 95% CI [+0.000, +0.500]"
     assert fmt_ci(0.0123, 0.5, "share", decimals=3, signed=False) == "share [0.012, 0.500]"
-    assert fmt_ci(-0.00012345, 12345.0) == "95% CI [-0.000123, +1.23e+04]"
+    # both ends with the decimals of the larger end's 3 significant digits: it wrote [-0.000123, +1.23e+04]
+    assert fmt_ci(-0.00012345, 12345.0) == "95% CI [-0, +12300]"
     assert fmt_ci(1.0, 2.0, "ΔFD", unit="nats") == "ΔFD [+1.00, +2.00] nats"
-    # significant digits keep their trailing zeros: the report wrote [+2.34, +8.7] and [-5.3, -2]
+    # trailing zeros kept: the report wrote [+2.34, +8.7] and [-5.3, -2]
     assert fmt_ci(2.34, 8.7) == "95% CI [+2.34, +8.70]" and fmt_ci(-5.3, -2.0) == "95% CI [-5.30, -2.00]"
     assert fmt_ci(100.0, 250.0) == "95% CI [+100, +250]"                 # no bare trailing point
-    assert fmt_ci(0.0975, 3.43, signed=False) == "95% CI [0.0975, 3.43]"
+    assert fmt_ci(0.0975, 3.43, signed=False) == "95% CI [0.10, 3.43]"   # it wrote [0.0975, 3.43]
+    assert fmt_ci(121.93, 122.05, signed=False) == "95% CI [121.93, 122.05]"  # the width's 2 digits: not [122, 122]
+    assert fmt_ci(0.0, 0.0) == "95% CI [+0.00, +0.00]"
+    assert fmt_ci(float("nan"), 1.0) == "95% CI [+nan, +1.00]"          # undefined: each end alone
+
+
+@pytest.mark.parametrize("low, high", [(0.0975, 3.43), (-0.00012345, 12345.0), (121.93, 122.05), (-5.3, -2.0),
+                                       (1e-5, 2e-5), (-0.031, 0.0049), (99.95, 100.04), (0.5, 0.5)])
+def test_fmt_ci_writes_both_ends_alike_and_keeps_them_apart(low, high):
+    from kinetic_fm.studies.verdicts import fmt_ci
+
+    text = fmt_ci(low, high, "CI", signed=False)
+    ends = text[len("CI ["):-1].split(", ")
+    places = {len(end.partition(".")[2]) for end in ends}
+    assert len(places) == 1, text                                        # the same decimals on both ends
+    # each end within half a unit of its last written place (or of its rounding to 3 digits for whole numbers)
+    step = max(10 ** -len(ends[0].partition(".")[2]), 10 ** (len(str(int(max(abs(low), abs(high))))) - 3))
+    assert all(abs(float(end) - true) <= step / 2 * (1 + 1e-9) for end, true in zip(ends, (low, high)))
+    if high - low > 0:                                                   # distinct ends stay distinct
+        assert ends[0] != ends[1], text
+
+
+@pytest.mark.parametrize("value, digits, text", [
+    (121.94, 3, "122"), (121.94, 4, "121.9"), (1234.5, 3, "1230"), (123456.7, 3, "123000"),
+    (999.6, 3, "1000"), (0.09996, 3, "0.100"), (0.00123456, 3, "0.00123"), (0.001, 3, "0.00100"),
+    (-3.14159, 3, "-3.14"), (16.68, 3, "16.7"), (2.0, 3, "2.00"),
+    (0.0, 3, "0"), (5e-4, 3, "0.0005"), (2.5e7, 3, "2.5e+07"), (float("nan"), 3, "nan"), (float("inf"), 3, "inf"),
+])
+def test_fmt_significant_writes_significant_digits_without_an_exponent_in_range(value, digits, text):
+    from kinetic_fm.studies.verdicts import fmt_significant
+
+    assert fmt_significant(value, digits) == text
+    if 1e-3 <= abs(value) < 1e6:
+        assert "e" not in text and float(text) == float(f"{value:.{digits}g}")   # the .3g value, written out
+
+
+def test_fmt_significant_names_digits():
+    from kinetic_fm.studies.verdicts import fmt_significant
+
+    assert fmt_significant(1.5, 2, signed=True) == "+1.5"
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="digits"):
+            fmt_significant(1.0, bad)
 
 
 def test_best_is_interior_and_interior_margin_against_a_loop():
