@@ -908,6 +908,25 @@ def test_section_formats_write_a_tables_numbers_as_its_text_does_in_both_renderi
                      sections=[Section("S", tables=[("rho", frame)], formats={"n": "d"})])
 
 
+def test_a_sig_format_writes_significant_digits_without_an_exponent_in_both_renderings(tmp_path):
+    # FD columns kept 4 digits (121.9) where the claims wrote 3 (122), and ".3g" writes 1234.5 as 1.23e+03
+    frame = pd.DataFrame({"FD": [121.94, 1234.5, 0.0123456, 2.0, np.nan, 5.0e7], "n": [1, 2, 3, 4, 5, 6]})
+    sections = [Section("S", tables=[("fd", frame)], formats={"FD": "sig3"})]
+    md, html_path = write_report(tmp_path, title="t", intro="", claims=[], sections=sections, meta={})
+    expected = ["122", "1230", "0.0123", "2.00", "–", "5e+07"]   # beyond 1e6 a report shows no FD: "g" there
+    _, _, rows = _md_table_after(md.read_text(encoding="utf-8"), "**fd**")
+    assert [row[0] for row in rows] == expected
+    table = re.search(r"<table>.*?</table>", html_path.read_text(encoding="utf-8"), re.S).group(0)
+    assert [row[0][1] for row in _html_rows(table)] == expected
+    for value, text in zip(frame["FD"][:4], expected):
+        assert float(text) == float(f"{value:.3g}")                  # the .3g value, written out
+    assert format_value(999.6, "sig3") == "1000" and format_value(-0.0456789, "sig2") == "-0.046"
+    for bad in ("sig0", "sig", "sigx", "sig10"):
+        with pytest.raises(ValueError, match=r"formats\['FD'\] must be a format spec .* 'sig3'"):
+            write_report(tmp_path, title="t", intro="", claims=[], meta={},
+                         sections=[Section("S", tables=[("fd", frame)], formats={"FD": bad})])
+
+
 def test_section_tables_show_the_index_align_numbers_and_read_back_in_both_renderings(tmp_path):
     named = pd.DataFrame({"FD": [1.5, np.nan, 12345.678], "judge": ["a|b", "c\\d", "e"]},
                          index=pd.Index(["FM", "KTS", "EFM"], name="config"))
