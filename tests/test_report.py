@@ -1138,6 +1138,14 @@ def test_bar_figure_bars_whiskers_labels_and_group_fences_follow_the_rows(monkey
     assert ax["xticklabels"] == ["plain FM", "launch", "landing only (long)", "balanced"]
     assert set(ax["xrotation"]) == {35.0}                     # a long label turns them all
     assert ax["legend"] == ["plain FM = 0.8234"]
+    # in the units and digits its tables write: F_mem to 3 decimals, an FD to 3 significant digits
+    F.bar_figure("fmem", "c", grid, x="setting", y="F_mem", reference=0.82, reference_label="plain FM",
+                 reference_format=".3f")
+    F.bar_figure("fd", "c", grid.assign(F_mem=grid["F_mem"] * 1500), x="setting", y="F_mem", reference=1234.5,
+                 reference_label="plain FM", reference_format="sig3")
+    assert drawn["fmem"][0]["legend"] == ["plain FM = 0.820"] and drawn["fd"][0]["legend"] == ["plain FM = 1230"]
+    with pytest.raises(ValueError, match="reference_format must be a format spec .* got 'sig'"):
+        F.bar_figure("bad", "c", grid, x="setting", y="F_mem", reference=0.8, reference_format="sig")
     # a whisker spans [lo, hi] at its bar; a missing bound draws nothing on that side
     spans = sorted((float(s[0, 0]), *sorted((float(s[0, 1]), float(s[1, 1])))) for s in ax["whiskers"])
     np.testing.assert_allclose(spans, [(0.0, 0.78, 0.86), (1.0, 0.66, 0.75), (2.0, 0.65, 0.69), (3.0, 0.55, 0.60)])

@@ -18,8 +18,9 @@ from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import (FRACTION_FORMAT, StudyOutput, fd_bias_note, fd_formats, fd_to_reference, fd_undecided_note,
-                     feature_reference, fmem_formats, image_range, jackknife_fd_intervals, jackknife_text)
+from .output import (FD_FORMAT, FRACTION_FORMAT, StudyOutput, fd_bias_note, fd_formats, fd_to_reference,
+                     fd_undecided_note, feature_reference, fmem_formats, image_range, jackknife_fd_intervals,
+                     jackknife_text)
 from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci,
                        fmt_significant, percent_of, verdict_from_interval, verdict_of_all)
@@ -197,7 +198,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                        "suggest. Compare a solver, NFE or grid setting with the plain FM beside it.", table,
                        x="setting", y="F_mem", low="F_mem CI low", high="F_mem CI high",
                        ylabel="F_mem (fraction memorized)", xlabel=SETTING_AXIS, reference=float(fm_mem),
-                       reference_label="plain FM", points=True, group="group"),
+                       reference_label="plain FM", reference_format=FRACTION_FORMAT, points=True, group="group"),
             bar_figure("shaping_fd", f"{fd_name} across the KTS grid (lower is better); whiskers: each setting's "
                        f"own 95% interval, {jackknife_text(estimate=' (the dot)')}; none when the samples or the "
                        "reference have no more rows than features once a tenth is out; "
@@ -206,7 +207,8 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                        "whiskers suggest. Compare a solver, NFE or grid setting with the plain FM beside it.",
                        table, x="setting", y=fd_name, low=f"{fd_name} CI low", high=f"{fd_name} CI high",
                        ylabel=f"{fd_name} (lower is better)", xlabel=SETTING_AXIS,
-                       reference=float(fm_fd), reference_label="plain FM", points=True, group="group"),
+                       reference=float(fm_fd), reference_label="plain FM", reference_format=FD_FORMAT, points=True,
+                       group="group"),
             energy_profile_figure("energy_profile_shaping", "Kinetic power ½η²‖v‖² of the memorizing net: mean "
                                   "and 10–90% band (dotted) for plain FM and the three main KTS settings; the landing "
                                   "starts at t = τ = 0.6 (dash-dotted line).",
