@@ -908,6 +908,25 @@ def test_section_formats_write_a_tables_numbers_as_its_text_does_in_both_renderi
                      sections=[Section("S", tables=[("rho", frame)], formats={"n": "d"})])
 
 
+def test_a_sig_format_writes_significant_digits_without_an_exponent_in_both_renderings(tmp_path):
+    # FD columns kept 4 digits (121.9) where the claims wrote 3 (122), and ".3g" writes 1234.5 as 1.23e+03
+    frame = pd.DataFrame({"FD": [121.94, 1234.5, 0.0123456, 2.0, np.nan, 5.0e7], "n": [1, 2, 3, 4, 5, 6]})
+    sections = [Section("S", tables=[("fd", frame)], formats={"FD": "sig3"})]
+    md, html_path = write_report(tmp_path, title="t", intro="", claims=[], sections=sections, meta={})
+    expected = ["122", "1230", "0.0123", "2.00", "–", "5e+07"]   # beyond 1e6 a report shows no FD: "g" there
+    _, _, rows = _md_table_after(md.read_text(encoding="utf-8"), "**fd**")
+    assert [row[0] for row in rows] == expected
+    table = re.search(r"<table>.*?</table>", html_path.read_text(encoding="utf-8"), re.S).group(0)
+    assert [row[0][1] for row in _html_rows(table)] == expected
+    for value, text in zip(frame["FD"][:4], expected):
+        assert float(text) == float(f"{value:.3g}")                  # the .3g value, written out
+    assert format_value(999.6, "sig3") == "1000" and format_value(-0.0456789, "sig2") == "-0.046"
+    for bad in ("sig0", "sig", "sigx", "sig10"):
+        with pytest.raises(ValueError, match=r"formats\['FD'\] must be a format spec .* 'sig3'"):
+            write_report(tmp_path, title="t", intro="", claims=[], meta={},
+                         sections=[Section("S", tables=[("fd", frame)], formats={"FD": bad})])
+
+
 def test_section_tables_show_the_index_align_numbers_and_read_back_in_both_renderings(tmp_path):
     named = pd.DataFrame({"FD": [1.5, np.nan, 12345.678], "judge": ["a|b", "c\\d", "e"]},
                          index=pd.Index(["FM", "KTS", "EFM"], name="config"))
@@ -1119,6 +1138,14 @@ def test_bar_figure_bars_whiskers_labels_and_group_fences_follow_the_rows(monkey
     assert ax["xticklabels"] == ["plain FM", "launch", "landing only (long)", "balanced"]
     assert set(ax["xrotation"]) == {35.0}                     # a long label turns them all
     assert ax["legend"] == ["plain FM = 0.8234"]
+    # in the units and digits its tables write: F_mem to 3 decimals, an FD to 3 significant digits
+    F.bar_figure("fmem", "c", grid, x="setting", y="F_mem", reference=0.82, reference_label="plain FM",
+                 reference_format=".3f")
+    F.bar_figure("fd", "c", grid.assign(F_mem=grid["F_mem"] * 1500), x="setting", y="F_mem", reference=1234.5,
+                 reference_label="plain FM", reference_format="sig3")
+    assert drawn["fmem"][0]["legend"] == ["plain FM = 0.820"] and drawn["fd"][0]["legend"] == ["plain FM = 1230"]
+    with pytest.raises(ValueError, match="reference_format must be a format spec .* got 'sig'"):
+        F.bar_figure("bad", "c", grid, x="setting", y="F_mem", reference=0.8, reference_format="sig")
     # a whisker spans [lo, hi] at its bar; a missing bound draws nothing on that side
     spans = sorted((float(s[0, 0]), *sorted((float(s[0, 1]), float(s[1, 1])))) for s in ax["whiskers"])
     np.testing.assert_allclose(spans, [(0.0, 0.78, 0.86), (1.0, 0.66, 0.75), (2.0, 0.65, 0.69), (3.0, 0.55, 0.60)])

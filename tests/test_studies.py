@@ -588,7 +588,7 @@ def test_tiny_report_says_what_ran_what_verdicts_mean_and_each_rule(tiny_report)
     assert len(claims) == 12
     for row in claims:
         assert "reproduced when" in row[-1], row[1]                     # each note states its rule
-    assert "ΔF_mem 95% CI [" in text and "percentage points" in text   # like the F_mem percentages
+    assert "ΔF_mem 95% CI [" in text and "percentage points" not in text   # a fraction, like F_mem everywhere
     assert "spearman rho" not in text and "Spearman ρ(KPE, margin) = " in text
     assert "| configuration.assets.n_train | whole training split |" in text
 
@@ -1435,6 +1435,10 @@ def test_sample_quality_calls_the_geometric_mean_data_like_and_flags_no_more_row
         in cifar.sentence()
     assert "(closer to real images than to noise on a log scale: below 30.1, the geometric mean of the two)" \
         in SampleQuality(20.0, 9.57, 94.8, 100, "pixels").sentence()
+    # FDs to 3 significant digits without an exponent: the noise's 1234.5 read "1.23e+03"
+    wide = SampleQuality(121.94, 9.57, 1234.5, 100, "pixels").sentence()
+    assert "samples 122, real training images 9.57, the noise the samples start from 1230 (" in wide, wide
+    assert "above 109, the geometric mean" in wide and "e+0" not in wide               # √(9.57 · 1234.5) = 108.7
     bias = "no more rows than features"
     assert bias in SampleQuality(1.0, 0.5, 9.0, 128, "cnn", dim=128).sentence()
     assert bias not in SampleQuality(1.0, 0.5, 9.0, 129, "cnn", dim=128).sentence()
@@ -1479,12 +1483,14 @@ def test_efm_table_gives_each_subsets_batch_share_and_jensen_bound(tiny_report, 
 
 
 def test_goldilocks_row_names_the_quintile_with_the_lowest_fd(tiny_report):
+    from kinetic_fm.studies.verdicts import fmt_significant
+
     out, md, _ = tiny_report
     table = pd.read_parquet(out / "tables" / "memorization__goldilocks.parquet")
     fd = table["FD-digits-cnn"].to_numpy()
     assert list(table.columns[:5]) == ["KPE quintile", "KPE from", "KPE to", "n", "FD-digits-cnn"]
     assert (f"best FD-digits-cnn in KPE quintile Q{int(np.argmin(fd)) + 1} of 5 ("
-            + ", ".join(f"{v:.3g}" for v in fd) + ")") in md.read_text()
+            + ", ".join(fmt_significant(v) for v in fd) + ")") in md.read_text()
 
 
 def test_goldilocks_resamples_come_from_the_memorization_config(tiny_report, tmp_path, monkeypatch):
@@ -2412,6 +2418,35 @@ def test_tiny_report_tables_write_rho_d_p_and_f_mem_as_the_claims_and_text_besid
             for column in ("F_mem", "F_mem CI low", "F_mem CI high", "span F_mem CI high"):
                 if column in row:
                     assert re.fullmatch(r"[01]\.\d{3}", row[column]), (caption, column, row[column])
+
+
+def test_tiny_report_writes_fds_to_three_digits_and_f_mem_as_a_fraction_everywhere(tiny_report):
+    # the KTS grid read FD 121.9 where its claim wrote 122, and the claims wrote F_mem 82.0% beside 0.820
+    out, md, _ = tiny_report
+    text = md.read_text(encoding="utf-8")
+    fd = "FD-digits-cnn"
+    tables = {"The KTS ablation grid": "shaping__shaping_grid", "Memorizing net across training":
+              "memorization__memorizer_checkpoints", "Quality and memorization by KPE quintile":
+              "memorization__goldilocks", f"Control: {fd} of the same samples in quintiles of other per-sample "
+              "scalars": "memorization__goldilocks_control"}
+    for caption, name in tables.items():
+        frame = pd.read_parquet(out / "tables" / f"{name}.parquet")
+        columns = [c for c in frame.columns if c.startswith(fd)] or list(frame.columns[1:])  # the control: all FDs
+        rows = _markdown_table(text, caption)
+        assert len(rows) == len(frame) and columns, caption
+        for row, (_, values) in zip(rows, frame.iterrows()):
+            for column in columns:
+                if np.isfinite(values[column]):
+                    cell = row[column]
+                    assert "e" not in cell and float(cell) == float(f"{values[column]:.3g}"), (caption, column, cell)
+    grid = {row["setting"]: row for row in _markdown_table(text, "The KTS ablation grid")}
+    claims = text[text.index("## Claims"):text.index("## Energy and semantics")]
+    row = next(line for line in claims.splitlines() if "Launch-only KTS improves quality" in line)
+    assert (f"{fd} {grid['plain FM'][fd]} → {grid['launch only'][fd]}, "
+            f"F_mem {grid['plain FM']['F_mem']} → {grid['launch only']['F_mem']}") in row
+    in_percent = re.search(r"F_mem [-+]?\d[\d.]* ?%(?! (CI|Wilson|interval))", text)  # not "F_mem 95% Wilson CI"
+    assert not in_percent and "percentage points" not in text, in_percent
+    assert "F_mem 0.3734 → 0.1936 (CelebA-32)" in claims                    # the paper's 37.34% → 19.36%
 
 
 def test_a_cached_study_keeps_its_sections_table_formats():

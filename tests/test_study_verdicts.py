@@ -509,8 +509,9 @@ def test_tau_split_row_shows_the_bonferroni_interval_its_verdict_reads(lift, exp
         d = _basic_deltas(feats, f"balanced τ={tau}", "balanced", reference, boot)
         assert f"ΔFD τ={tau} − τ=0.6 95% CI [" in claim.ci and "], 98.33% CI [" in claim.ci, claim.ci
         shown_95, shown_b = _shown_intervals(claim.ci, f"ΔFD τ={tau} − τ=0.6")
-        np.testing.assert_allclose(shown_95, np.quantile(d, [0.025, 0.975]), rtol=5e-3, atol=1e-12)
-        np.testing.assert_allclose(shown_b, np.quantile(d, [tail, 1 - tail]), rtol=5e-3, atol=1e-12)
+        # both ends to the decimals of the larger one's 3 significant digits: within 0.5% of the larger end
+        for shown, tails in ((shown_95, [0.025, 0.975]), (shown_b, [tail, 1 - tail])):
+            np.testing.assert_allclose(shown, np.quantile(d, tails), rtol=0, atol=5e-3 * max(map(abs, shown)))
     high_95, high_b = shown_95[1], shown_b[1]          # τ = 0.8's, the only better τ
     assert high_95 < 0                                 # the 95% interval alone would say "not reproduced"
     assert (high_b < 0) == (expected == "not reproduced")
@@ -526,17 +527,20 @@ def test_balanced_row_shows_the_bonferroni_intervals_its_verdict_reads():
     claim = {c.statement: c for c in shaping_claims(feats, memorized, value, "FD", reference, boot)}[
         "Balanced KTS improves quality and reduces memorization"]
     d_fd = _basic_deltas(feats, "balanced", "plain FM", reference, boot)
-    d_mem = 100 * (memorized["balanced"][boot].mean(1) - memorized["plain FM"][boot].mean(1))
+    d_mem = memorized["balanced"][boot].mean(1) - memorized["plain FM"][boot].mean(1)
     for what, d in (("ΔFD 95% CI", d_fd), ("ΔF_mem 95% CI", d_mem)):
         assert f"{what} [" in claim.ci and "], 97.5% CI [" in claim.ci.split(what, 1)[1].split(";")[0], claim.ci
         shown_95, shown_b = _shown_intervals(claim.ci, what)
-        # ΔF_mem in percentage points to one decimal (0.05 is half its last digit), ΔFD to 3 digits
-        atol = 0.05 + 1e-9 if what.startswith("ΔF_mem") else 1e-12
-        np.testing.assert_allclose(shown_95, np.quantile(d, [0.025, 0.975]), rtol=5e-3, atol=atol)
-        np.testing.assert_allclose(shown_b, np.quantile(d, [0.0125, 0.9875]), rtol=5e-3, atol=atol)
-    # percentage points written to one decimal each, like the F_mem percentages beside them
-    assert re.search(r"ΔF_mem 95% CI \[[-+]\d+\.\d, [-+]\d+\.\d\], 97\.5% CI \[[-+]\d+\.\d, [-+]\d+\.\d\] "
-                     r"percentage points", claim.ci), claim.ci
+        # ΔF_mem a fraction to three decimals (0.0005 is half its last digit), ΔFD to 3 digits
+        atol = 0.0005 + 1e-9 if what.startswith("ΔF_mem") else 1e-12
+        np.testing.assert_allclose(shown_95, np.quantile(d, [0.025, 0.975]), rtol=0,
+                                   atol=max(atol, 5e-3 * max(map(abs, shown_95))))
+        np.testing.assert_allclose(shown_b, np.quantile(d, [0.0125, 0.9875]), rtol=0,
+                                   atol=max(atol, 5e-3 * max(map(abs, shown_b))))
+    # fractions to three decimals each, like F_mem beside them and in the tables (it wrote percentage points)
+    assert re.search(r"ΔF_mem 95% CI \[[-+]0\.\d{3}, [-+]0\.\d{3}\], 97\.5% CI \[[-+]0\.\d{3}, [-+]0\.\d{3}\]",
+                     claim.ci) and "percent" not in claim.ci, claim.ci
+    assert re.search(r"F_mem 0\.\d{3} → 0\.\d{3}$", claim.ours) and "%" not in claim.ours + claim.paper, claim
 
 
 def test_all_worse_than_reproduces_on_95_percent_intervals():
@@ -824,12 +828,55 @@ def test_fmt_ci_writes_fixed_decimals_or_significant_digits():
 
     assert fmt_ci(0.00012, 0.5, "ρ 95% CI", decimals=3) == "ρ 95% CI [+0.000, +0.500]"
     assert fmt_ci(0.0123, 0.5, "share", decimals=3, signed=False) == "share [0.012, 0.500]"
-    assert fmt_ci(-0.00012345, 12345.0) == "95% CI [-0.000123, +1.23e+04]"
+    # both ends with the decimals of the larger end's 3 significant digits: it wrote [-0.000123, +1.23e+04]
+    assert fmt_ci(-0.00012345, 12345.0) == "95% CI [-0, +12300]"
     assert fmt_ci(1.0, 2.0, "ΔFD", unit="nats") == "ΔFD [+1.00, +2.00] nats"
-    # significant digits keep their trailing zeros: the report wrote [+2.34, +8.7] and [-5.3, -2]
+    # trailing zeros kept: the report wrote [+2.34, +8.7] and [-5.3, -2]
     assert fmt_ci(2.34, 8.7) == "95% CI [+2.34, +8.70]" and fmt_ci(-5.3, -2.0) == "95% CI [-5.30, -2.00]"
     assert fmt_ci(100.0, 250.0) == "95% CI [+100, +250]"                 # no bare trailing point
-    assert fmt_ci(0.0975, 3.43, signed=False) == "95% CI [0.0975, 3.43]"
+    assert fmt_ci(0.0975, 3.43, signed=False) == "95% CI [0.10, 3.43]"   # it wrote [0.0975, 3.43]
+    assert fmt_ci(121.93, 122.05, signed=False) == "95% CI [121.93, 122.05]"  # the width's 2 digits: not [122, 122]
+    assert fmt_ci(0.0, 0.0) == "95% CI [+0.00, +0.00]"
+    assert fmt_ci(float("nan"), 1.0) == "95% CI [+nan, +1.00]"          # undefined: each end alone
+
+
+@pytest.mark.parametrize("low, high", [(0.0975, 3.43), (-0.00012345, 12345.0), (121.93, 122.05), (-5.3, -2.0),
+                                       (1e-5, 2e-5), (-0.031, 0.0049), (99.95, 100.04), (0.5, 0.5)])
+def test_fmt_ci_writes_both_ends_alike_and_keeps_them_apart(low, high):
+    from kinetic_fm.studies.verdicts import fmt_ci
+
+    text = fmt_ci(low, high, "CI", signed=False)
+    ends = text[len("CI ["):-1].split(", ")
+    places = {len(end.partition(".")[2]) for end in ends}
+    assert len(places) == 1, text                                        # the same decimals on both ends
+    # each end within half a unit of its last written place (or of its rounding to 3 digits for whole numbers)
+    step = max(10 ** -len(ends[0].partition(".")[2]), 10 ** (len(str(int(max(abs(low), abs(high))))) - 3))
+    assert all(abs(float(end) - true) <= step / 2 * (1 + 1e-9) for end, true in zip(ends, (low, high)))
+    if high - low > 0:                                                   # distinct ends stay distinct
+        assert ends[0] != ends[1], text
+
+
+@pytest.mark.parametrize("value, digits, text", [
+    (121.94, 3, "122"), (121.94, 4, "121.9"), (1234.5, 3, "1230"), (123456.7, 3, "123000"),
+    (999.6, 3, "1000"), (0.09996, 3, "0.100"), (0.00123456, 3, "0.00123"), (0.001, 3, "0.00100"),
+    (-3.14159, 3, "-3.14"), (16.68, 3, "16.7"), (2.0, 3, "2.00"),
+    (0.0, 3, "0"), (5e-4, 3, "0.0005"), (2.5e7, 3, "2.5e+07"), (float("nan"), 3, "nan"), (float("inf"), 3, "inf"),
+])
+def test_fmt_significant_writes_significant_digits_without_an_exponent_in_range(value, digits, text):
+    from kinetic_fm.studies.verdicts import fmt_significant
+
+    assert fmt_significant(value, digits) == text
+    if 1e-3 <= abs(value) < 1e6:
+        assert "e" not in text and float(text) == float(f"{value:.{digits}g}")   # the .3g value, written out
+
+
+def test_fmt_significant_names_digits():
+    from kinetic_fm.studies.verdicts import fmt_significant
+
+    assert fmt_significant(1.5, 2, signed=True) == "+1.5"
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="digits"):
+            fmt_significant(1.0, bad)
 
 
 def test_best_is_interior_and_interior_margin_against_a_loop():
@@ -898,6 +945,7 @@ def test_unbounded_share_hull_is_the_hull_of_the_accepted_shares_in_0_1(ratio, a
 def test_tau_split_row_names_the_tau_with_the_lowest_fd():
     # the row lists each τ's FD in the paper's order 0.2 / 0.4 / 0.6 / 0.8 and names the lowest
     from kinetic_fm.studies.shaping import shaping_claims
+    from kinetic_fm.studies.verdicts import fmt_significant
 
     fd_shift = {name: 1.0 for name in SETTINGS} | {"balanced τ=0.4": 0.3, "balanced τ=0.8": 1.6}
     feats, memorized, value, reference, boot = _grid(fd_shift, {name: 0.4 for name in SETTINGS})
@@ -905,7 +953,7 @@ def test_tau_split_row_names_the_tau_with_the_lowest_fd():
         "τ_split = 0.6 gives the best quality"]
     fds = [value.loc[name, "FD"] for name in ("balanced τ=0.2", "balanced τ=0.4", "balanced", "balanced τ=0.8")]
     assert min(fds) == fds[1] and max(fds) == fds[3]
-    assert claim.ours == "FD " + " / ".join(f"{v:.3g}" for v in fds) + " (best τ = 0.4)"
+    assert claim.ours == "FD " + " / ".join(fmt_significant(v) for v in fds) + " (best τ = 0.4)"
 
 
 @pytest.mark.parametrize("n", [11, 16, 26, 64, 101, 300, 1001])

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..checks import is_real, positive_integer
-from .report import Figure, check_figure_name
+from .report import Figure, check_figure_name, format_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -534,10 +534,12 @@ def sample_grid_figure(name: str, caption: str, groups: dict[str, Any], *, title
 
 def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str, low: str | None = None,
                high: str | None = None, ylabel: str = "", xlabel: str = "", title: str = "",
-               reference: float | None = None, reference_label: str = "reference",
+               reference: float | None = None, reference_label: str = "reference", reference_format: str = ".4g",
                points: bool = False, group: str | None = None) -> Figure:
     """Bars of ``frame[y]`` per ``frame[x]``, optional CI whiskers ``[frame[low], frame[high]]``
-    and a dashed horizontal ``reference`` line (e.g. the plain-FM value). Rows with a non-finite
+    and a dashed horizontal ``reference`` line (e.g. the plain-FM value), its legend writing the value
+    with ``reference_format`` (a :class:`~kinetic_fm.studies.report.Section` format such as ``".3f"`` or
+    ``"sig3"``, so it reads as the tables and claims write that quantity). Rows with a non-finite
     ``y`` are dropped; a non-finite bound draws no whisker on that side (the other end reaches the
     value). A whisker spans its interval as given, also one wholly below or above the value.
 
@@ -550,6 +552,11 @@ def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str
     for arg, column in (("x", x), ("y", y), ("low", low), ("high", high), ("group", group)):
         if column is not None and column not in frame.columns:
             raise ValueError(f"{arg}={column!r} is not a column of frame (columns: {list(frame.columns)})")
+    try:
+        format_value(1.0, reference_format)
+    except (TypeError, ValueError):
+        raise ValueError(f"reference_format must be a format spec for a number such as '.3f', '.4g' or 'sig3', "
+                         f"got {reference_format!r}") from None
     values = _array(frame[y].to_numpy(), name=f"frame[{y!r}]")
     keep = np.isfinite(values)
     labels = [str(v) for v in frame[x].to_numpy()[keep]]
@@ -576,7 +583,8 @@ def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str
         ax.errorbar(positions, (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", ecolor="#333333", elinewidth=1.1,
                     capsize=3)
     if reference is not None and math.isfinite(reference):
-        ax.axhline(reference, color=PALETTE[1], linestyle="--", linewidth=1.4, label=f"{reference_label} = {reference:.4g}")
+        ax.axhline(reference, color=PALETTE[1], linestyle="--", linewidth=1.4,
+                   label=f"{reference_label} = {format_value(reference, reference_format)}")
         _legend(ax)
     if group is not None:
         _fence_groups(ax, [str(v) for v in frame[group].to_numpy()[keep]])

@@ -21,12 +21,12 @@ from ..models.checkpoint import load_model
 from ..sampling.sample import DEFAULT_SPLIT
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
-from .output import (StudyOutput, clamp_text, display_note, fd_bias_note, fd_to_reference, fd_undecided_note,
-                     feature_reference, fmem_formats, for_display, image_range, jackknife_fd_intervals,
-                     jackknife_fds, jackknife_text, noted_frechet_distance)
+from .output import (FD_FORMAT, StudyOutput, clamp_text, display_note, fd_bias_note, fd_formats, fd_to_reference,
+                     fd_undecided_note, feature_reference, fmem_formats, for_display, image_range,
+                     jackknife_fd_intervals, jackknife_fds, jackknife_text, noted_frechet_distance)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
-from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, interior_margin
+from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, fmt_significant, interior_margin
 from .workspace import Workspace
 
 
@@ -481,7 +481,7 @@ def _random_spread_text(control, fd_col: str) -> str:
     if "random" not in getattr(control, "columns", ()):
         return whiskers
     spread = float(np.ptp(control["random"].to_numpy(dtype=float)))
-    return (f"{whiskers} Five random equal groups of the same samples span {spread:.3g} in {fd_col} "
+    return (f"{whiskers} Five random equal groups of the same samples span {fmt_significant(spread)} in {fd_col} "
             "(control figure), the size of difference that sampling alone gives between bars.")
 
 
@@ -507,7 +507,7 @@ def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed):
             f"the unusual samples in the end quintiles, whose statistics differ most from the reference, so "
             f"a U shape alone does not single out energy. Split by the final sample's ‖x1‖² instead of KPE, "
             f"an interior quintile is best in {share:.0%} of resamples; the {fd_col} range across quintiles is "
-            + ", ".join(f"{spread[name]:.3g} by {name}" for name in orderings)
+            + ", ".join(f"{fmt_significant(spread[name])} by {name}" for name in orderings)
             + " (the random split shows the spread that sampling alone gives).")
     return control, text, share
 
@@ -589,7 +589,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
               "the last figure shows the span audit's closest pairs, to be judged by eye. " + span_text
               + fd_bias_note(min(cfg.checkpoint_samples, len(assets.train)), ref_feats.shape[1], fd_col)),
         tables=[("Memorizing net across training", table)],
-        formats={**fmem_formats(), **fmem_formats("span ")},
+        formats={**fmem_formats(), **fmem_formats("span "), **fd_formats(fd_col)},
         figures=[
             line_figure("memorizer_training", "F_mem (band: 95% Wilson interval), the same audit in the training "
                         "images' span (context), and the mean share of each sample's energy spent after t = 0.9 "
@@ -706,8 +706,8 @@ def _goldilocks_interval(tests: dict[str, float]) -> str:
         n, dim = int(tests["n_min"]), int(tests["dim"])
         sizes = (f"{n} reference rows of {dim} features" if tests.get("reference_limits")
                  else f"{n} samples of {dim} features in the smallest quintile")
-        return f"T = {tests['T']:.3g}; permutation p and bootstrap CI not computed: n ≤ D ({sizes})"
-    return (f"T = {tests['T']:.3g}, one-sided permutation p = {tests['p_interior']:.3g} (interior best), "
+        return f"T = {fmt_significant(tests['T'])}; permutation p and bootstrap CI not computed: n ≤ D ({sizes})"
+    return (f"T = {fmt_significant(tests['T'])}, one-sided permutation p = {tests['p_interior']:.3g} (interior best), "
             f"{tests['p_end']:.3g} (end best); "
             + fmt_ci(tests["beyond_low"], tests["beyond_high"], "T by KPE − T by ‖x1‖² 95% CI"))
 
@@ -747,7 +747,7 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
     claim = Claim(
         "memorization", "Goldilocks: quality is best at intermediate energy",
         "too little energy gives weak samples, too much drives copies",
-        f"best {fd_col} in KPE quintile Q{best + 1} of 5 ({', '.join(f'{v:.3g}' for v in table[fd_col])}), "
+        f"best {fd_col} in KPE quintile Q{best + 1} of 5 ({', '.join(fmt_significant(v) for v in table[fd_col])}), "
         f"each from {_quintile_sizes_text(table['n'], noun='')} of the {len(kpe)} samples",
         len(kpe), _goldilocks_interval(tests),
         goldilocks_verdict(tests),
@@ -773,7 +773,7 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
               + "\n\n" + control_text),
         tables=[("Quality and memorization by KPE quintile", table),
                 (f"Control: {fd_col} of the same samples in quintiles of other per-sample scalars", control)],
-        formats=fmem_formats(),
+        formats={**fmem_formats(), **fd_formats(fd_col), **{name: FD_FORMAT for name in control.columns[1:]}},
         figures=[bar_figure("goldilocks", f"{fd_col} of each KPE quintile of the generalising model's "
                             f"{len(kpe)} samples, each bar from {_quintile_sizes_text(table['n'])} (lower is "
                             "better; the paper expects the lowest bar in Q2–Q4). "

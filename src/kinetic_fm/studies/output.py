@@ -24,12 +24,19 @@ class StudyOutput:
 # table formats (report.Section.formats): a table writes a value as the text and claims beside it do
 RHO_FORMAT = "+.3f"      # a Spearman ρ and its interval's ends ("ρ 95% CI [-0.093, +0.033]")
 P_FORMAT = ".3g"         # a p-value ("permutation p = 0.685")
-FRACTION_FORMAT = ".3f"  # F_mem and its interval's ends ("0.813 (95% Wilson CI [0.765, 0.853])")
+FRACTION_FORMAT = ".3f"  # F_mem and its interval's ends ("0.813 (95% Wilson CI [0.765, 0.853])"), in every
+#                          study's text and tables and in the paper's figures quoted beside them
+FD_FORMAT = "sig3"       # a Fréchet distance: 3 significant digits, no exponent ("122", "1230": fmt_significant)
 
 
 def fmem_formats(prefix: str = "") -> dict[str, str]:
     """Section formats of the columns "<prefix>F_mem", "<prefix>F_mem CI low" and "<prefix>F_mem CI high"."""
     return {f"{prefix}F_mem{end}": FRACTION_FORMAT for end in ("", " CI low", " CI high")}
+
+
+def fd_formats(column: str) -> dict[str, str]:
+    """Section formats of an FD column ``column`` and of its "<column> CI low" and "<column> CI high"."""
+    return {f"{column}{end}": FD_FORMAT for end in ("", " CI low", " CI high")}
 
 
 def image_range(x: torch.Tensor, assets: Assets) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 
 from .output import feature_reference, fd_to_reference, image_range
 from .samples import Run, start_noise
+from .verdicts import fmt_significant
 
 if TYPE_CHECKING:  # pragma: no cover
     from .assets import Assets
@@ -54,17 +55,18 @@ class SampleQuality:
         # the FDs span orders of magnitude: the sides are split at their geometric mean (a reader
         # comparing plain differences read 43.8 between 9.57 and 94.8 as nearer the real images)
         # (one level of brackets: the sentence itself sits in the report's parentheses)
-        middle = math.sqrt(self.real * self.noise)
-        where = (f"closer to real images than to noise on a log scale: below {middle:.3g}, the geometric mean "
+        middle = fmt_significant(math.sqrt(self.real * self.noise))
+        where = (f"closer to real images than to noise on a log scale: below {middle}, the geometric mean "
                  "of the two" if self.data_like
-                 else f"closer to noise than to real images on a log scale: above {middle:.3g}, the geometric "
+                 else f"closer to noise than to real images on a log scale: above {middle}, the geometric "
                  "mean of the two" if not math.isnan(self.position)
                  else "not placed: the judge does not tell noise from real images")
         biased = (f"; {self.n} rows of {self.dim} features, no more rows than features: each value carries a "
                   "large bias of the estimator" if self.dim is not None and self.n <= self.dim else "")
+        samples, real, noise = (fmt_significant(v) for v in (self.samples, self.real, self.noise))
         return (f"FD-{self.network} to {self.n} held-out images, from {self.n} rows each: the generalising "
-                f"model's samples {self.samples:.3g}, real training images {self.real:.3g}, the noise the "
-                f"samples start from {self.noise:.3g} ({where}{biased})")
+                f"model's samples {samples}, real training images {real}, the noise the "
+                f"samples start from {noise} ({where}{biased})")
 
 
 def sample_quality(assets: Assets, run: Run, n: int = 300, seed: int = 0) -> SampleQuality:

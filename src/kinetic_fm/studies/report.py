@@ -25,6 +25,7 @@ import numpy as np
 
 from ..checks import check_integer
 from ..runs.atomic import atomic_write_bytes
+from .verdicts import fmt_significant
 
 if TYPE_CHECKING:  # pandas is only needed by callers that build tables
     import pandas as pd
@@ -117,10 +118,11 @@ class Section:
     """A report section: Markdown ``text`` (paragraphs, `code`, **bold**, "- " lists),
     ``tables`` as (caption, DataFrame) pairs, then ``figures``.
 
-    ``formats``: column name -> a format spec (``"+.3f"``, ``".3g"``) for the numbers of that
-    column in any of the section's tables, so a table writes a value as the section's text and
-    claims do (ρ = -0.031 there, not -0.03094 in the table); other columns get
-    :func:`format_value`'s four significant digits."""
+    ``formats``: column name -> a format spec (``"+.3f"``, ``".3g"``, or ``"sig3"``: three
+    significant digits without an exponent, :func:`~kinetic_fm.studies.verdicts.fmt_significant`)
+    for the numbers of that column in any of the section's tables, so a table writes a value as
+    the section's text and claims do (ρ = -0.031 there, not -0.03094 in the table); other columns
+    get :func:`format_value`'s four significant digits."""
 
     title: str
     text: str = ""
@@ -135,14 +137,16 @@ class Section:
 
 def format_value(value: Any, spec: str | None = None) -> str:
     """Format one table cell: floats to 4 significant digits, integers as they are, NaN/None as "–".
-    ``spec`` (a format spec such as ``"+.3f"``) formats a finite real number instead (integers too:
-    a column of fractions may hold an exact 0)."""
+    ``spec`` (a format spec such as ``"+.3f"``, or ``"sigN"``: N significant digits without an
+    exponent from 1e-3 to 1e6) formats a finite real number instead (integers too: a column of
+    fractions may hold an exact 0)."""
     if value is None:
         return _MISSING
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     if spec is not None and isinstance(value, numbers.Real) and math.isfinite(float(value)):
-        return format(float(value), spec)
+        digits = _significant_spec(spec)
+        return format(float(value), spec) if digits is None else fmt_significant(float(value), digits)
     if isinstance(value, numbers.Integral):
         return str(int(value))
     if isinstance(value, numbers.Real):
@@ -171,6 +175,15 @@ def format_value(value: Any, spec: str | None = None) -> str:
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, default=str, ensure_ascii=False)
     return str(value)
+
+
+_SIGNIFICANT_SPEC = re.compile(r"sig([1-9])")
+
+
+def _significant_spec(spec: str) -> int | None:
+    """The N of a ``"sigN"`` spec (N significant digits, :func:`format_value`), else None."""
+    match = _SIGNIFICANT_SPEC.fullmatch(spec)
+    return None if match is None else int(match.group(1))
 
 
 def _frame_rows(frame: "pd.DataFrame", formats: dict[str, str] | None = None) -> tuple[list[str], list[list[str]]]:
@@ -487,10 +500,10 @@ def write_report(out_dir: str | os.PathLike[str], *, title: str, intro: str, cla
             seen.add(fig.name)
         for column, spec in section.formats.items():
             try:
-                format(1.0, spec)
+                format_value(1.0, spec)
             except (TypeError, ValueError):
                 raise ValueError(f"section {section.title!r}: formats[{column!r}] must be a format spec for a "
-                                 f"number such as '+.3f' or '.3g', got {spec!r}") from None
+                                 f"number such as '+.3f', '.3g' or 'sig3', got {spec!r}") from None
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,12 @@ from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import (StudyOutput, fd_bias_note, fd_to_reference, fd_undecided_note, feature_reference, fmem_formats,
-                     image_range, jackknife_fd_intervals, jackknife_text)
+from .output import (FD_FORMAT, FRACTION_FORMAT, StudyOutput, fd_bias_note, fd_formats, fd_to_reference,
+                     fd_undecided_note, feature_reference, fmem_formats, image_range, jackknife_fd_intervals,
+                     jackknife_text)
 from .samples import energy_after, sampled
-from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci, percent_of,
-                       verdict_from_interval, verdict_of_all)
+from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci,
+                       fmt_significant, percent_of, verdict_from_interval, verdict_of_all)
 from .workspace import Workspace
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -189,7 +190,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
               "sample grows, so compare the FDs of this table with each other, not with that study's."
               + fd_bias_note(min(cfg.n_samples, len(assets.train)), reference.mean.size, fd_name)),
         tables=[("The KTS ablation grid", table)],
-        formats=fmem_formats(),
+        formats={**fmem_formats(), **fd_formats(fd_name)},
         figures=[
             bar_figure("shaping_fmem", "F_mem across the KTS grid; whiskers: each setting's own 95% Wilson "
                        "interval; dashed: plain FM (Euler). Every setting samples the same seeds, so the claims "
@@ -197,7 +198,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                        "suggest. Compare a solver, NFE or grid setting with the plain FM beside it.", table,
                        x="setting", y="F_mem", low="F_mem CI low", high="F_mem CI high",
                        ylabel="F_mem (fraction memorized)", xlabel=SETTING_AXIS, reference=float(fm_mem),
-                       reference_label="plain FM", points=True, group="group"),
+                       reference_label="plain FM", reference_format=FRACTION_FORMAT, points=True, group="group"),
             bar_figure("shaping_fd", f"{fd_name} across the KTS grid (lower is better); whiskers: each setting's "
                        f"own 95% interval, {jackknife_text(estimate=' (the dot)')}; none when the samples or the "
                        "reference have no more rows than features once a tenth is out; "
@@ -206,7 +207,8 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                        "whiskers suggest. Compare a solver, NFE or grid setting with the plain FM beside it.",
                        table, x="setting", y=fd_name, low=f"{fd_name} CI low", high=f"{fd_name} CI high",
                        ylabel=f"{fd_name} (lower is better)", xlabel=SETTING_AXIS,
-                       reference=float(fm_fd), reference_label="plain FM", points=True, group="group"),
+                       reference=float(fm_fd), reference_label="plain FM", reference_format=FD_FORMAT, points=True,
+                       group="group"),
             energy_profile_figure("energy_profile_shaping", "Kinetic power ½η²‖v‖² of the memorizing net: mean "
                                   "and 10–90% band (dotted) for plain FM and the three main KTS settings; the landing "
                                   "starts at t = τ = 0.6 (dash-dotted line).",
@@ -267,8 +269,8 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
     fm_fd, fm_mem = value.loc["plain FM", fd_name], value.loc["plain FM", "F_mem"]
 
     def ours(name: str) -> str:
-        return (f"{fd_name} {fm_fd:.3g} → {value.loc[name, fd_name]:.3g}, "
-                f"F_mem {fm_mem:.1%} → {value.loc[name, 'F_mem']:.1%}")
+        return (f"{fd_name} {fmt_significant(fm_fd)} → {fmt_significant(value.loc[name, fd_name])}, "
+                f"F_mem {fm_mem:{FRACTION_FORMAT}} → {value.loc[name, 'F_mem']:{FRACTION_FORMAT}}")
 
     # A rule that tests each of K parts at 0.05/K reads their 1 − 0.05/K intervals for "not
     # reproduced": the row shows them, labelled, beside the 95% ones, so its verdict can be checked.
@@ -276,11 +278,10 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
         return "" if wider is None else ", " + fmt_ci(scale * wider[0], scale * wider[1], f"{wider[2]} CI",
                                                       decimals=decimals)
 
-    # in points with one decimal, like the F_mem percentages beside it (a difference of two
-    # fractions of n samples moves in steps of 100/n points: 0.2 at n = 500)
+    # a fraction with three decimals, like F_mem beside it and in every table of the report (a
+    # difference of two fractions of n samples moves in steps of 1/n: 0.002 at n = 500)
     def mem_ci_text(ci, wider=None) -> str:
-        return (fmt_ci(100 * ci[0], 100 * ci[1], "ΔF_mem 95% CI", decimals=1) + wider_text(wider, 100.0, 1)
-                + " percentage points")
+        return fmt_ci(*ci, "ΔF_mem 95% CI", decimals=3) + wider_text(wider, 1.0, 3)
 
     def fd_ci_text(ci, name: str, what: str = "ΔFD 95% CI", base: str = "plain FM", wider=None) -> str:
         # a narrow interval can exclude 0 for a change of 0.03% of FD: the size sits beside it
@@ -288,6 +289,7 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
         change = percent_of(float(value.loc[name, fd_name]) - base_fd, base_fd)
         return f"{fmt_ci(*ci, what)}{wider_text(wider)}, {change} of {'τ=0.6' if base == 'balanced' else base}'s FD"
 
+    # the paper's F_mem percentages are written as fractions (37.34% as 0.3734), as F_mem is everywhere in the report
     (fd_ci, mem_ci) = delta("launch only")
     claims.append(Claim("shaping", "Launch-only KTS improves quality", "FID 16.68 → 11.27 (CelebA-32)",
                         ours("launch only"), n, fd_ci_text(fd_ci, "launch only"),
@@ -295,7 +297,7 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
                         "reproduced when its 95% CI lies below 0" + undecided_note))
     (fd_ci, mem_ci) = delta("landing only")
     nothing_copied = not np.asarray(memorized["plain FM"]).any()  # no memorization to reduce
-    claims.append(Claim("shaping", "Landing-only KTS reduces memorization", "F_mem 37.34% → 19.36% (CelebA-32)",
+    claims.append(Claim("shaping", "Landing-only KTS reduces memorization", "F_mem 0.3734 → 0.1936 (CelebA-32)",
                         ours("landing only"), n, mem_ci_text(mem_ci),
                         "not measured" if nothing_copied else landing_only_memorization_verdict(mem_ci),
                         "paired percentile bootstrap of the F_mem difference; reproduced when its 95% CI lies below 0"
@@ -311,7 +313,7 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
     against = delta("balanced", (tail, 1 - tail))
     level = bonferroni_level(parts)
     claims.append(Claim("shaping", "Balanced KTS improves quality and reduces memorization",
-                        "FID 16.68 → 14.35, F_mem 37.34% → 31.22% (CelebA-32)", ours("balanced"), n,
+                        "FID 16.68 → 14.35, F_mem 0.3734 → 0.3122 (CelebA-32)", ours("balanced"), n,
                         f"{fd_ci_text(fd_ci, 'balanced', wider=(*against[0], level))}; "
                         f"{mem_ci_text(mem_ci, wider=(*against[1], level))}",
                         _balanced(fd_ci, mem_ci, against, fd_undecided),
@@ -327,7 +329,7 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
     level = bonferroni_level(len(others))
     claims.append(Claim("shaping", "τ_split = 0.6 gives the best quality",
                         "FID 60.31 / 48.58 / 14.35 / 21.07 for τ = 0.2 / 0.4 / 0.6 / 0.8",
-                        f"{fd_name} " + " / ".join(f"{v:.3g}" for v in tau_fd.values())
+                        f"{fd_name} " + " / ".join(fmt_significant(v) for v in tau_fd.values())
                         + f" (best τ = {best_tau})", n,
                         "; ".join(fd_ci_text((lo, hi), taus[tau], f"ΔFD τ={tau} − τ=0.6 95% CI", base="balanced",
                                              wider=(b_lo, b_hi, level))

@@ -61,16 +61,60 @@ def verdict_of_all(verdicts: list[str]) -> str:
 
 def fmt_ci(low: float, high: float, what: str = "95% CI", digits: int = 3, *, decimals: int | None = None,
            signed: bool = True, unit: str = "") -> str:
-    """``what [low, high]``: ``digits`` significant digits, or ``decimals`` fixed ones (the way a
-    correlation is written beside it); ``signed`` writes the + of a positive bound (differences,
-    correlations), not of a proportion; ``unit`` follows the bracket. Significant digits keep their
-    trailing zeros ("[+2.34, +8.70]", not "+8.7" beside "+2.34"; "-2.00", not "-2")."""
+    """``what [low, high]``, both ends with the same decimals: ``decimals`` fixed ones (the way a
+    correlation is written beside it), or by default as many as give the larger end ``digits``
+    significant digits and the width two, so the ends compare like with like ("[+0.10, +3.43]",
+    not "[+0.0975, +3.43]"; "[121.93, 122.05]", not "[122, 122]"). ``signed`` writes the + of a
+    positive bound (differences, correlations), not of a proportion; ``unit`` follows the bracket.
+    An end that is not finite leaves each end its own ``digits`` significant digits."""
     sign = "+" if signed else ""
-    if decimals is not None:
-        spec = f"{sign}.{decimals}f"
-        return f"{what} [{low:{spec}}, {high:{spec}}]" + (f" {unit}" if unit else "")
-    return f"{what} [{_significant(low, digits, sign)}, {_significant(high, digits, sign)}]" + (
-        f" {unit}" if unit else "")
+    suffix = f" {unit}" if unit else ""
+    if decimals is None and not (math.isfinite(low) and math.isfinite(high)):
+        return f"{what} [{_significant(low, digits, sign)}, {_significant(high, digits, sign)}]{suffix}"
+    if decimals is None:
+        decimals = interval_decimals(low, high, digits)
+    if decimals < 0:  # whole tens or hundreds: 12345 to 3 significant digits is 12300
+        low, high, decimals = round(low, decimals), round(high, decimals), 0
+    spec = f"{sign}.{decimals}f"
+    return f"{what} [{low:{spec}}, {high:{spec}}]{suffix}"
+
+
+def interval_decimals(low: float, high: float, digits: int = 3) -> int:
+    """Decimal places (negative: tens, hundreds) that write both finite ends of [``low``, ``high``]
+    alike: the larger end to ``digits`` significant digits, or the width to two if that needs more."""
+    if type(digits) is not int or digits < 1:
+        raise ValueError(f"digits must be a positive integer (significant digits), got {digits!r}")
+    larger = max(abs(low), abs(high))
+    if larger == 0:
+        return digits - 1
+    places = digits - 1 - _exponent(larger, digits)
+    width = high - low
+    if width > 0:
+        places = max(places, 1 - _exponent(width, 2))
+    return places
+
+
+def _exponent(value: float, digits: int) -> int:
+    """The power of ten of ``value`` (> 0) once rounded to ``digits`` significant digits (0.0996 to
+    two digits is 0.10: -1, not -2)."""
+    return int(f"{value:.{digits - 1}e}".partition("e")[2])
+
+
+def fmt_significant(value: float, digits: int = 3, *, signed: bool = False) -> str:
+    """``value`` to ``digits`` significant digits, trailing zeros kept, without an exponent for the
+    magnitudes a report shows, 1e-3 ≤ |value| < 1e6 ("122", "1230", "0.00123"; ".3g" writes
+    "1.23e+03"); beyond them, and for 0, inf and NaN, the "g" form. ``signed`` writes the + of a
+    positive value."""
+    if type(digits) is not int or digits < 1:
+        raise ValueError(f"digits must be a positive integer (significant digits), got {digits!r}")
+    sign = "+" if signed else ""
+    value = float(value)
+    if not (math.isfinite(value) and 1e-3 <= abs(value) < 1e6):
+        return f"{value:{sign}.{digits}g}"
+    places = digits - 1 - _exponent(abs(value), digits)
+    if places < 0:
+        return f"{round(value, places):{sign}.0f}"
+    return f"{value:{sign}.{places}f}"
 
 
 def _significant(value: float, digits: int, sign: str) -> str:
