@@ -303,7 +303,8 @@ class _TimeBar:
     sample, and never back (a sample's t only grows, and a finished one leaves the minimum).
     ``post`` queues the minimum on the device before the loop's first synchronisation (the nonzero
     of the unfinished rows) and ``show`` reads it after it: on CUDA through a non-blocking copy
-    into pinned host memory, so the bar adds no synchronisation; on the CPU a read is free.
+    into pinned host memory, so the bar adds no synchronisation; on the CPU a read is free (on
+    another accelerator, one small read per iteration, after the nonzero has drained its queue).
     """
 
     MARKS = 1000  # t shows to 3 decimals
@@ -316,7 +317,7 @@ class _TimeBar:
                         bar_format="{desc}: t {n:.3f}/1 |{bar}| [{elapsed}<{remaining}{postfix}]")
         self.cuda = device.type == "cuda"
         if self.cuda:
-            self.host = torch.empty(1, dtype=torch.float64, pin_memory=True)
+            self.host = _pinned_scalar()
             self.copied = torch.cuda.Event()
         self.least: torch.Tensor | None = None
 
@@ -325,7 +326,7 @@ class _TimeBar:
         least = torch.where(done, math.inf, t).min()
         if self.cuda:
             self.host.copy_(least.reshape(1), non_blocking=True)
-            self.copied.record()
+            self.copied.record(torch.cuda.current_stream(t.device))  # t's stream, not the current device's
         else:
             self.least = least
 
@@ -345,6 +346,12 @@ class _TimeBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _pinned_scalar() -> torch.Tensor:
+    """A (1,) float64 tensor in page-locked host memory, which a non-blocking copy from CUDA fills
+    without a synchronisation (into pageable memory the copy waits)."""
+    return torch.empty(1, dtype=torch.float64, pin_memory=True)
 
 
 def _step_factor(ratio: torch.Tensor, order: int) -> torch.Tensor:
