@@ -338,7 +338,7 @@ class _TimeBar:
         else:
             least = float(self.least)
         # floor to the resolution: the bar redraws when the slowest sample passes a mark, and 0.9999
-        # reads 0.999, never 1, until the batch is done
+        # reads 0.999, never 1, until the batch is done (t < 1 gives t·1000 < 1000 in float64 too)
         reached = 1.0 if n_done == self.batch else math.floor(least * self.MARKS) / self.MARKS
         self.bar.set_postfix_str(f"{n_done}/{self.batch} samples done", refresh=False)
         if reached > self.bar.n:
