@@ -773,3 +773,21 @@ def test_a_slow_batch_shows_its_steps_under_the_sample_bar(tmp_path, capsys, mon
     assert main(["sample", "--out", str(tmp_path / "quiet"), "--field", "empirical", "--train", str(train),
                  "--n", "3", "--steps", "7", "--no-progress"]) == 0
     assert "sampling" not in capsys.readouterr().err
+
+
+def test_a_slow_dopri5_batch_shows_the_time_its_slowest_sample_reached(tmp_path, capsys, monkeypatch):
+    """Under dopri5 the step bar counted finished samples, and EFM samples finish together: the bar
+    sat at 0/16 until the batch ended. It shows the least t reached (and the samples done); the
+    delay is 0 here so that the tiny batch counts as slow."""
+    monkeypatch.setattr(command, "STEP_BAR_DELAY", 0.0)
+    train = _saved(tmp_path, _images())
+    flags = ["--field", "empirical", "--train", str(train), "--n", "3", "--solver", "dopri5"]
+    assert main(["sample", "--out", str(tmp_path / "run"), *flags]) == 0
+    err = capsys.readouterr().err
+    assert "dopri5 sampling: t 0.000/1 |" in err
+    assert main(["sample", "--out", str(tmp_path / "quiet"), *flags, "--no-progress"]) == 0
+    assert "sampling" not in capsys.readouterr().err
+    np.testing.assert_array_equal(read_samples(tmp_path / "run"), read_samples(tmp_path / "quiet"))
+    shown, quiet = read_run(tmp_path / "run"), read_run(tmp_path / "quiet")
+    for name in ("kpe", "nfe"):  # the bar changes no number
+        np.testing.assert_array_equal(shown[name].to_numpy(), quiet[name].to_numpy())

@@ -705,3 +705,34 @@ def test_screening_finite_rows_and_matching_a_set_with_itself_read_back_little()
         fc.reset()
         kfm.nearest_neighbors(r, r, 2, exclude_self=True)
         assert fc.count("compare") == 0, fc.summary()
+
+
+def test_dopri5s_bar_adds_no_synchronisation(monkeypatch):
+    # the bar's least t is queued before the loop's nonzero and read after it, through a non-blocking
+    # copy into pinned memory: fake_cuda counts as many syncs with the bar as without. Pinned memory
+    # and events need a real GPU, so the test gives the bar a plain buffer and a no-op event
+    import kinetic_fm.sampling.adaptive as adaptive
+
+    class Event:
+        def record(self, stream=None):
+            pass
+
+        def synchronize(self):
+            pass
+
+    monkeypatch.setattr(adaptive, "_pinned_scalar", lambda: torch.empty(1, dtype=torch.float64))
+    velocity = kfm.GaussianMixtureTarget(torch.randn(5, 4, dtype=torch.float64,
+                                                     generator=torch.Generator().manual_seed(7)), 0.3)
+    syncs, results = {}, {}
+    with fake_cuda() as fc:
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+        x0 = kfm.noise(range(16), (4,), device="cuda", dtype=torch.float64)
+        kfm.sample(velocity, x0, steps=2)                       # the parameters' one copy
+        for progress in (False, True):
+            fc.reset()
+            results[progress] = kfm.sample(velocity, x0, solver="dopri5", profile=True, progress=progress)
+            syncs[progress] = fc.count()
+    assert syncs[True] == syncs[False] and syncs[False] > 10, fc.summary()
+    assert torch.equal(results[True].x.cpu(), results[False].x.cpu())
+    assert torch.equal(results[True].nfe.cpu(), results[False].nfe.cpu())

@@ -2230,3 +2230,54 @@ def test_progress_as_a_delay_hides_the_bar_of_a_short_call_and_changes_nothing(c
     for bad in (-1.0, float("nan"), "yes"):
         with pytest.raises(ValueError, match="progress must be"):
             kfm.sample(field, seeds=range(3), shape=(2,), **steps, solver=solver, progress=bad)
+
+
+def test_a_dopri5_bar_moves_with_the_least_time_of_a_batch_whose_samples_finish_together(capsys, monkeypatch):
+    """dopri5's bar counted finished samples: a batch whose samples finish together (one field's
+    samples often do; EFM of CIFAR-10 for minutes) sat at 0/B until it ended. It shows the least t
+    of the unfinished samples, to 1e-3, so it moves with every accepted step; here four copies of
+    one sample take the same steps, so the bar's marks are the steps' end times."""
+    import tqdm.auto
+
+    marks = []
+
+    class Recording(tqdm.auto.tqdm):
+        def update(self, n=1):
+            out = super().update(n)
+            marks.append((self.n, self.postfix))
+            return out
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    field = lambda x, t: torch.cos(6.0 * t)[:, None].expand_as(x)        # noqa: E731
+    x0 = kfm.noise([3], (2,), dtype=torch.float64).repeat(4, 1)
+    res = kfm.sample(field, x0, solver="dopri5", rtol=1e-6, atol=1e-6, progress=True)
+    assert "dopri5 sampling: t" in capsys.readouterr().err
+    times = res.times[0][1:int(res.steps[0]) + 1]
+    assert (res.times.nan_to_num(-1) == res.times[0].nan_to_num(-1)).all() and len(times) >= 5  # the same steps
+    expected = sorted({math.floor(float(s) * 1000) / 1000 for s in times[:-1]} - {0.0}) + [1.0]
+    assert [pytest.approx(m, abs=1e-12) for m, _ in marks] == expected
+    assert all(p == "0/4 samples done" for _, p in marks[:-1]) and marks[-1][1] == "4/4 samples done"
+    quiet = kfm.sample(field, x0, solver="dopri5", rtol=1e-6, atol=1e-6, progress=False)
+    assert marks[-1][0] == 1.0 and len(marks) == len(expected) and capsys.readouterr().err == ""
+    assert torch.equal(quiet.x, res.x) and torch.equal(quiet.kpe, res.kpe) and torch.equal(quiet.nfe, res.nfe)
+
+
+def test_a_dopri5_bar_never_goes_back_while_samples_finish_at_their_own_times(monkeypatch):
+    import tqdm.auto
+
+    marks = []
+
+    class Recording(tqdm.auto.tqdm):
+        def update(self, n=1):
+            out = super().update(n)
+            marks.append((self.n, int(self.postfix.split("/")[0])))
+            return out
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    x0 = _marked(kfm.noise(range(6), (2,), dtype=torch.float64), [1, 4])
+    res = kfm.sample(NaNAfter(0.5), x0, solver="dopri5", on_nonfinite="flag", progress=0.0)
+    assert res.nonfinite.nonzero().flatten().tolist() == [1, 4]
+    assert [m for m, _ in marks] == sorted(m for m, _ in marks) and marks[-1] == (1.0, 6)
+    # the flagged samples, stopped just short of t = 0.5, held the minimum until they were flagged
+    assert [d for _, d in marks] == sorted(d for _, d in marks) and all(m < 0.5 for m, d in marks if d < 6)
+    assert any(d == 4 for _, d in marks)

@@ -889,7 +889,8 @@ STEP_BAR_DELAY = 2.0
 
 def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | None = None, step_bar: bool = False):
     """compute(seeds, advance) -> pyarrow Table with one row per seed, sampled in batches; with
-    ``step_bar`` (rank 0's, as the sample bar) a batch running over STEP_BAR_DELAY shows its steps."""
+    ``step_bar`` (rank 0's, as the sample bar) a batch running over STEP_BAR_DELAY shows its steps (under
+    dopri5, the least t its unfinished samples reached)."""
     import numpy as np
     import pyarrow as pa
     import torch

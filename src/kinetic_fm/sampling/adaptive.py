@@ -73,7 +73,8 @@ def integrate_dopri5(
         raise_nonfinite: raise ``NonFiniteVelocityError`` on a non-finite ‖v‖² (formed in float64)
             at t = 0, or in a try that shorter retries cannot avoid; False flags the sample in
             ``Trace.bad_step`` / ``bad_time``, sets its x to NaN and stops it there.
-        progress: seconds before a tqdm bar of finished samples shows, or None for no bar.
+        progress: seconds before a tqdm bar shows, or None for no bar: the least t reached by the
+            unfinished samples, and how many have finished (``_TimeBar``; it adds no synchronisation).
 
     Returns:
         :class:`~kinetic_fm.sampling.fixed_step.Trace` with per-sample ``nfe`` and ``steps`` (B,),
@@ -142,17 +143,15 @@ def integrate_dopri5(
     rejected = torch.zeros(batch, dtype=torch.bool, device=device)  # the last try of a sample failed its error test
     _flag_rows(squared_norm(k1), torch.arange(batch, device=device), 0, t, bad_step, bad_time, done, raise_nonfinite)
 
-    bar = None
-    if progress is not None:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=batch, desc="dopri5 sampling", unit="sample", leave=False, delay=progress)
+    bar = _TimeBar(batch, progress, device) if progress is not None else None
     iteration = 0
     while True:
+        if bar is not None:
+            bar.post(t, done)  # queued before the nonzero below, whose synchronisation it rides on
         rows = torch.nonzero(~done).squeeze(1)
         n_active = rows.numel()  # a synchronisation (nonzero), like the accepted rows' below
         if bar is not None:
-            bar.update(batch - n_active - bar.n)  # update, not refresh: a refresh would draw before the delay
+            bar.show(batch - n_active)
         if n_active == 0:
             break
         iteration += 1
@@ -293,6 +292,66 @@ def integrate_dopri5(
         bad_step=bad_step,
         bad_time=bad_time,
     )
+
+
+class _TimeBar:
+    """dopri5's tqdm bar: the least time t reached by the batch's unfinished samples, over [0, 1]
+    in steps of 1/``MARKS``, with the count of finished samples beside it.
+
+    Samples that finish together (a batch of one field's samples often does) left a bar of finished
+    samples at 0 until the batch ended; the least t moves with every accepted step of the slowest
+    sample, and never back (a sample's t only grows, and a finished one leaves the minimum).
+    ``post`` queues the minimum on the device before the loop's first synchronisation (the nonzero
+    of the unfinished rows) and ``show`` reads it after it: on CUDA through a non-blocking copy
+    into pinned host memory, so the bar adds no synchronisation; on the CPU a read is free (on
+    another accelerator, one small read per iteration, after the nonzero has drained its queue).
+    """
+
+    MARKS = 1000  # t shows to 3 decimals
+
+    def __init__(self, batch: int, delay: float, device: torch.device):
+        from tqdm.auto import tqdm
+
+        self.batch = batch
+        self.bar = tqdm(total=1.0, desc="dopri5 sampling", leave=False, delay=delay,
+                        bar_format="{desc}: t {n:.3f}/1 |{bar}| [{elapsed}<{remaining}{postfix}]")
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.host = _pinned_scalar()
+            self.copied = torch.cuda.Event()
+        self.least: torch.Tensor | None = None
+
+    def post(self, t: torch.Tensor, done: torch.Tensor) -> None:
+        """Queue min(t) over the samples not ``done`` ((B,) float64 and bool; inf when all are)."""
+        least = torch.where(done, math.inf, t).min()
+        if self.cuda:
+            self.host.copy_(least.reshape(1), non_blocking=True)
+            self.copied.record(torch.cuda.current_stream(t.device))  # t's stream, not the current device's
+        else:
+            self.least = least
+
+    def show(self, n_done: int) -> None:
+        """Move the bar to the posted least t (to 1 when every sample is done) and name ``n_done``."""
+        if self.cuda:
+            self.copied.synchronize()  # done already: the nonzero after post waited for the stream
+            least = float(self.host[0])
+        else:
+            least = float(self.least)
+        # floor to the resolution: the bar redraws when the slowest sample passes a mark, and 0.9999
+        # reads 0.999, never 1, until the batch is done (t < 1 gives t·1000 < 1000 in float64 too)
+        reached = 1.0 if n_done == self.batch else math.floor(least * self.MARKS) / self.MARKS
+        self.bar.set_postfix_str(f"{n_done}/{self.batch} samples done", refresh=False)
+        if reached > self.bar.n:
+            self.bar.update(reached - self.bar.n)  # update, not refresh: a refresh would draw before the delay
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _pinned_scalar() -> torch.Tensor:
+    """A (1,) float64 tensor in page-locked host memory, which a non-blocking copy from CUDA fills
+    without a synchronisation (into pageable memory the copy waits)."""
+    return torch.empty(1, dtype=torch.float64, pin_memory=True)
 
 
 def _step_factor(ratio: torch.Tensor, order: int) -> torch.Tensor:

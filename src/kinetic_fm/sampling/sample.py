@@ -109,7 +109,9 @@ def sample(
         dtype, device: for x0 drawn from seeds (default float32, CPU).
         progress: show a tqdm progress bar (True), none (False or None), or a number of seconds d >= 0:
             the bar appears only once the call has run d seconds, so short calls never draw one
-            (``kfm sample`` passes 2 for its per-batch step bar).
+            (``kfm sample`` passes 2 for its per-batch step bar). A fixed-step solver's bar counts
+            steps; dopri5's shows the least t reached by the unfinished samples, to 1e-3, and how
+            many samples have finished (they often finish together, at the end).
 
     Returns:
         :class:`SampleResult`: x (B, ...) at t = 1 in x0's dtype, and (B,) float64 energies on
