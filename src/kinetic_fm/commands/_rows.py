@@ -305,8 +305,9 @@ def grey_folder_as_one_channel(items, value: str):
     """``items`` (N, 3, H, W) read from ``value``, a folder or .zip of images given by its path
     (:func:`image_folder_given`), as (N, 1, H, W) where R = G = B in every pixel: what ``folder:PATH``
     loads from the same folder (one rule for one folder, whatever its spelling); else unchanged."""
-    if image_folder_given(value) and items.dim() == 4 and items.shape[1] == 3 and \
-            bool((items[:, 1:] == items[:, :1]).all()):
+    from ..data.images import is_grey
+
+    if image_folder_given(value) and items.dim() == 4 and items.shape[1] == 3 and is_grey(items, channel_axis=1):
         return items[:, :1].contiguous()
     return items
 

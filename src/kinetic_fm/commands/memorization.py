@@ -503,8 +503,10 @@ def _grey_folders_as_one_channel(samples, samples_folder: bool, train, train_fol
     as one channel, unless the other input is colour at the same size: both are decided here,
     where both are loaded (a folder collapsed on its own met RGB copies of its grey training
     images as "64 and 192 features")."""
+    from ..data.images import is_grey
+
     def grey(images, folder: bool) -> bool:
-        return folder and images.dim() == 4 and images.shape[1] == 3 and bool((images[:, 1:] == images[:, :1]).all())
+        return folder and images.dim() == 4 and images.shape[1] == 3 and is_grey(images, channel_axis=1)
 
     grey_samples, grey_train = grey(samples, samples_folder), grey(train, train_folder)
 

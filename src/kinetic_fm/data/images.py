@@ -542,7 +542,7 @@ def load_image_folder(
         chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
         array = decode_many(source, [names[i] for i in chosen.tolist()],
                             grayscale=bool(grayscale), crop=crop, size=size, progress=progress)
-    if grayscale is None and _grey(array):
+    if grayscale is None and is_grey(array):
         array = array[..., :1]
     return ImageDataset(
         images=uint8_to_signed(array),
@@ -555,11 +555,15 @@ def load_image_folder(
     )
 
 
-def _grey(array: np.ndarray, block: int = 1024) -> bool:
-    """Whether the (N, H, W, 3) uint8 ``array`` has R = G = B in every pixel (checked ``block``
-    images at a time: the comparison's boolean array stays small)."""
-    return all(bool((part[..., 1:] == part[..., :1]).all()) for part in
-               (array[start:start + block] for start in range(0, array.shape[0], block)))
+def is_grey(images, channel_axis: int = -1, block: int = 1024) -> bool:
+    """Whether every image of ``images`` (a NumPy array or tensor, N images first, their channels on
+    ``channel_axis``: (N, H, W, 3) or, with ``channel_axis=1``, (N, 3, H, W)) has R = G = B in every
+    pixel; checked ``block`` images at a time, so the comparison's boolean array stays small."""
+    axis = channel_axis % images.ndim
+    rest, first = [slice(None)] * images.ndim, [slice(None)] * images.ndim
+    rest[axis], first[axis] = slice(1, None), slice(0, 1)
+    return all(bool((part[tuple(rest)] == part[tuple(first)]).all()) for part in
+               (images[start:start + block] for start in range(0, images.shape[0], block)))
 
 
 def why_unlabelled(path: str | os.PathLike, subdir: str | None = None) -> str | None:
