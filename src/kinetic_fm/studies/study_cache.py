@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..runs.manifest import sha256_file
 from .output import StudyOutput
 from .workspace import Workspace, atomic_torch_save
 
@@ -44,13 +45,12 @@ def code_digest() -> str:
     of the versions of python and the numerical packages the studies call."""
     from importlib import metadata
 
+    from ..runs.manifest import source_digest
+
     package = Path(__file__).resolve().parents[1]
-    sources = sorted(package.rglob("*.py"))
-    if not sources:  # installed without its source: no digest can tell one version from another
+    if next(package.rglob("*.py"), None) is None:  # installed without its source: no digest tells versions apart
         raise OSError(f"no Python source under {package} to digest")
-    digest = hashlib.sha256()
-    for path in sources:
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    digest = hashlib.sha256(f"source={source_digest()}\0".encode())  # computed once per process
     for name in ("torch", "numpy", "scipy", "pandas", "matplotlib"):
         try:
             version = metadata.version(name)
@@ -80,14 +80,14 @@ def _digest_value(value: Any, digest: Any) -> None:
     elif isinstance(value, torch.Tensor):
         flat = value.detach().cpu().contiguous().reshape(-1)
         digest.update(f"tensor:{value.dtype}:{tuple(value.shape)}:".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
+        digest.update(flat.view(torch.uint8).numpy())  # the buffer itself, not a copy of it
     elif isinstance(value, torch.nn.Module):
         digest.update(f"module:{type(value).__qualname__}:{value!r}:".encode())
         for name, tensor in value.state_dict().items():
             digest.update(name.encode())
             _digest_value(tensor, digest)
     elif isinstance(value, Path):
-        digest.update(b"file:" + hashlib.sha256(value.read_bytes()).digest())
+        digest.update(b"file:" + bytes.fromhex(sha256_file(value)))
     elif isinstance(value, dict):
         digest.update(b"dict{")
         for key in sorted(value, key=repr):
@@ -110,8 +110,8 @@ def _digest_value(value: Any, digest: Any) -> None:
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """sha256 (hex) of a file's bytes, read in chunks."""
+    return sha256_file(path)
 
 
 def study_key(config: dict, assets: Any) -> dict | None:
