@@ -272,7 +272,7 @@ class _PassedThrough:
         select = optional_attribute(self.velocity, "select")
         if select is None:
             raise AttributeError(f"the wrapped {type(self.velocity).__name__} has no select")
-        return lambda active: _SelectedWrapper(select(active), self.shaping)
+        return lambda active: _SelectedWrapper(select(active), self.shaping, self._gain_tau)
 
     def one_evaluation(self):
         """Passed through to the field: the calls made inside are one evaluation (a
@@ -287,9 +287,23 @@ PAST_THE_END = ("the field was called at t > 1: flow_matching's ODESolver under 
                 "method='dopri5') or kfm.sample(solver='dopri5'), whose steps end on t = 1")
 
 
+class _Shaped:
+    """The gain a wrapper applies and its τ (:func:`gain_tau`), read once, on the first
+    evaluation (where a bad declared τ was refused before): not at every stage of every step."""
+
+    _UNREAD = object()
+
+    def _gain_tau(self) -> float | None:
+        tau = self.__dict__.get("_tau", self._UNREAD)
+        if tau is self._UNREAD:
+            tau = self.__dict__["_tau"] = gain_tau(self.shaping)
+        return tau
+
+
 def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tensor, t: torch.Tensor | float,
-                     extras: dict[str, Any]) -> torch.Tensor:
-    """η(t)·v(x, t) (B, ...), t broadcast to (B,) for the field; v alone without a gain."""
+                     extras: dict[str, Any], tau: Callable[[], float | None]) -> torch.Tensor:
+    """η(t)·v(x, t) (B, ...), t broadcast to (B,) for the field; v alone without a gain. ``tau()``
+    gives the gain's τ (a KTS's, or one a callable declares), or None."""
     given = t
     t = batch_time(t, x)
     try:
@@ -304,7 +318,7 @@ def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tens
     # 0.7), a time within TAU_TOLERANCE·τ counting as τ, as kfm.sample's stages do
     times = given if isinstance(given, torch.Tensor) else torch.tensor(float(given))
     times = times.to(device=v.device, dtype=torch.float64)
-    tau = gain_tau(shaping)   # a KTS's, or one a callable declares
+    tau = tau()
     if tau is not None:
         times = torch.where((times - tau).abs() <= TAU_TOLERANCE * tau, torch.full_like(times, tau), times)
     # a KTS without its range check: called at every stage, that check would be a host
@@ -314,15 +328,15 @@ def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tens
     return eta.reshape(-1, *([1] * (v.dim() - 1))) * v
 
 
-class _SelectedWrapper(_PassedThrough):
+class _SelectedWrapper(_PassedThrough, _Shaped):
     """A ``select(active)`` view of the ``ModelWrapper`` from :func:`as_model_wrapper`: η(t)·v of
     the field's own view, called as the wrapper is, ``view(x, t, **extras)``."""
 
-    def __init__(self, velocity: Callable, shaping: Callable | None):
-        self.velocity, self.shaping = velocity, shaping
+    def __init__(self, velocity: Callable, shaping: Callable | None, tau: Callable[[], float | None]):
+        self.velocity, self.shaping, self.tau = velocity, shaping, tau
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, **extras: Any) -> torch.Tensor:
-        return _shaped_velocity(self.velocity, self.shaping, x, t, extras)
+        return _shaped_velocity(self.velocity, self.shaping, x, t, extras, self.tau)
 
 
 _WRAPPER_CLASS: type | None = None
@@ -335,7 +349,7 @@ def _model_wrapper_class() -> type:
         # tests/test_integration_optional_packages.py and tests/test_optional.py block it
         (ModelWrapper,) = optional_names("flow_matching.utils", "as_model_wrapper", "ModelWrapper")
 
-        class KineticModelWrapper(_PassedThrough, ModelWrapper):
+        class KineticModelWrapper(_PassedThrough, _Shaped, ModelWrapper):
             """Our field ``v(x, t)`` (t broadcast to (B,)) as a ModelWrapper returning η(t)·v."""
 
             def __init__(self, velocity: Callable, shaping: Callable | None = None):
@@ -352,7 +366,7 @@ def _model_wrapper_class() -> type:
                 return self.model if self._field is None else self._field
 
             def forward(self, x: torch.Tensor, t: torch.Tensor, **extras: Any) -> torch.Tensor:
-                return _shaped_velocity(self.velocity, self.shaping, x, t, extras)
+                return _shaped_velocity(self.velocity, self.shaping, x, t, extras, self._gain_tau)
 
         _WRAPPER_CLASS = KineticModelWrapper
     return _WRAPPER_CLASS
