@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..checks import as_scalar, check_integer, check_same_space, inside_unit_interval, is_integer, positive_integer
+from ..checks import (as_scalar, caller_outside_the_package, check_integer, check_same_space, inside_unit_interval,
+                      is_integer, positive_integer)
 from ..knn import as_rows, check_exact_integers, check_finite, nearest_neighbors, row_sq_norms
-from ..checks import caller_outside_the_package
 from ..sampling.guards import feature_map_as_found
 from .features import FeatureSpace, feature_space, module_of, one_row_batch_norm_named
 

@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..checks import (as_scalar, check_device, check_flag, check_integer, check_unit_number, declares,
-                      declares_singular_at_one, held_inside, is_real, optional_attribute, start_run_of)
+from ..checks import (as_scalar, caller_outside_the_package, check_device, check_flag, check_integer,
+                      check_unit_number, declares, declares_singular_at_one, held_inside, is_real, start_run_of)
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
 from .grids import time_grid
-from ..checks import caller_outside_the_package
 from .guards import NonFiniteVelocityError, check_initial_state, velocity_as_found
 from .noise import noise
 from .result import SampleResult
@@ -166,7 +165,8 @@ def sample(
             split = tau if tau is not None else DEFAULT_SPLIT
         split = check_unit_number("split", split)
 
-        _warn_about_a_hidden_kts(shaping)
+        if tau is None:   # a KTS, or a gain that declares its τ, hides none
+            _warn_about_a_hidden_kts(shaping)
         _warn_about_infinite_energy(velocity, shaping)
         # checked whichever solver runs: a typo in a setting the chosen solver ignores is still a typo
         rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
@@ -311,8 +311,9 @@ def _warn_about_a_hidden_kts(shaping) -> None:
     method such as ``kts.unchecked``) that does not declare its ``tau_split``: the solvers see a
     smooth callable, so steps no longer treat τ as η's kink and the split defaults to 0.6. On a
     τ = 0.5 constant-form gain that moved rk4's 10-step x by 6e-3 and dopri5's by 8e-4 (86–98 field
-    evaluations for 32), and the early energy by 8–10 %, without a word."""
-    if shaping is None or isinstance(shaping, KTS) or optional_attribute(shaping, "tau_split") is not None:
+    evaluations for 32), and the early energy by 8–10 %, without a word. Called for a gain that
+    declares no τ (``gain_tau`` None)."""
+    if shaping is None:
         return
     kts = held_inside(shaping, KTS)
     if kts is not None:
