@@ -740,7 +740,7 @@ def test_a_grey_folder_given_by_its_path_loads_what_its_folder_spec_loads(tmp_pa
     # one folder, one rule: --train FOLDER samples the field of the one channel --train folder:FOLDER loads
     # (it was three equal channels, another field: D and every squared distance tripled); a run made by the
     # path on the three channels is still resumed and audited
-    import kinetic_fm.commands._rows as rows
+    import kinetic_fm.data.images as images
 
     folder = _grey_folder(tmp_path, seed=7)
     flags = ["--field", "empirical", "--n", 3, "--shard-size", 3, "--batch-size", 3, "--steps", 8]
@@ -751,13 +751,36 @@ def test_a_grey_folder_given_by_its_path_loads_what_its_folder_spec_loads(tmp_pa
     assert identity(tmp_path / "path")["train_sha256"] == identity(tmp_path / "spec")["train_sha256"]
     _audits(tmp_path / "path", tmp_path / "path", capsys)
 
-    keep = rows.grey_folder_as_one_channel
-    monkeypatch.setattr(rows, "grey_folder_as_one_channel", lambda items, value: items)  # as the path loaded before
+    load = images.load_image_folder
+    monkeypatch.setattr(images, "load_image_folder", lambda *a, **k: load(*a, **{**k, "grayscale": False}))  # before
     assert kfm_sample(tmp_path / "old", "--train", folder, *flags) == 0
     assert identity(tmp_path / "old")["train_shape"] == [6, 3, 4, 4]
-    monkeypatch.setattr(rows, "grey_folder_as_one_channel", keep)
+    monkeypatch.setattr(images, "load_image_folder", load)
     _audits(tmp_path / "old", tmp_path / "old", capsys)
     assert kfm_sample(tmp_path / "old", "--train", folder, *flags, "--resume") == 0, capsys.readouterr().err
+
+
+def test_a_folder_by_its_path_and_its_folder_spec_load_the_same_rows(tmp_path):
+    # one loader call for both spellings: a .zip of grey images, a folder mixing grey and colour files
+    # (three channels), and subsets of it, one channel where the images drawn are all grey
+    from PIL import Image
+
+    from kinetic_fm.commands._rows import load_rows
+
+    folder = _grey_folder(tmp_path, seed=8)
+    archive = shutil.make_archive(str(tmp_path / "grey"), "zip", folder)
+    mixed = shutil.copytree(folder, tmp_path / "mixed")
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(mixed / "6.png")
+    seeds = [seed for seed in range(50) if 6 not in select_indices(7, n=3, seed=seed).tolist()][:1]
+    seeds += [seed for seed in range(50) if 6 in select_indices(7, n=3, seed=seed).tolist()][:1]
+    cases = ((archive, None, 0, 6, 1), (mixed, None, 0, 7, 3), (mixed, 3, seeds[0], 3, 1), (mixed, 3, seeds[1], 3, 3))
+    for source, n, seed, rows, channels in cases:
+        by_path, files, items, _ = load_rows("--train", str(source), None, False, specs=True, n=n, seed=seed)
+        by_spec, spec_files, spec_items, _ = load_rows("--train", f"folder:{source}", None, False, specs=True, n=n,
+                                                       seed=seed)
+        assert by_path.shape == (rows, channels, 4, 4)
+        assert torch.equal(by_path, by_spec) and files == spec_files
+        assert (items is None) == (spec_items is None) and (items is None or np.array_equal(items, spec_items))
 
 
 def test_a_slow_batch_shows_its_steps_under_the_sample_bar(tmp_path, capsys, monkeypatch):

@@ -2122,6 +2122,30 @@ def test_a_grey_folder_is_audited_against_colour_items_in_colour(tmp_path, capsy
         assert "F_mem = 1.0000" in capsys.readouterr().out
 
 
+def test_grey_folders_are_audited_without_their_three_channel_copies(tmp_path, monkeypatch):
+    # a grey folder given by its path loaded as RGB and was cut to its first channel afterwards, a view: the
+    # audit held the float32 (N, 3, H, W) images to its end (50,000 CIFAR-sized ones: 586 MiB for 195 MiB of values)
+    from PIL import Image
+
+    import kinetic_fm.metrics.memorization as metric
+
+    rng = np.random.default_rng(0)
+    for name, count in (("samples", 3), ("train", 8)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    audited = []
+    real = metric.memorization
+    monkeypatch.setattr(metric, "memorization", lambda samples, train, **kw: audited.append((samples, train))
+                        or real(samples, train, **kw))
+    assert main(["memorization", "--samples", str(tmp_path / "samples"), "--train", str(tmp_path / "train"),
+                 "--bootstrap", "0", "--no-progress"]) == 0
+    (samples, train), = audited
+    assert samples.shape == (3, 1, 4, 4) and train.shape == (8, 1, 4, 4)
+    for images in (samples, train):   # the tensor's memory is its one channel, no more
+        assert images.untyped_storage().nbytes() == images.numel() * images.element_size()
+
+
 def _bad_inputs(tmp_path):
     """Files for test_cli_names_the_flag_behind_a_bad_input, by name."""
     rng = np.random.default_rng(0)

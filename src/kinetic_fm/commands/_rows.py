@@ -161,8 +161,9 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     if is_images:
         from ..data.images import image_names, load_image_folder
 
-        # a subset (n) is drawn as select_indices draws it from the rows, and only it is decoded
-        data = load_image_folder(path, labels_from_folders=False, n=n, seed=seed, progress=progress)
+        # a subset (n) is drawn as select_indices draws it from the rows, and only it is decoded; one channel
+        # where every image loaded is grey, as folder:PATH loads the same folder (one rule, whatever the spelling)
+        data = load_image_folder(path, grayscale=None, labels_from_folders=False, n=n, seed=seed, progress=progress)
         names = image_names(path)
         if n is None:
             return data.images, names, None, None
@@ -257,7 +258,7 @@ def _empirical_training_rows(run, manifest, progress: bool):
     except FileNotFoundError as err:
         raise FileNotFoundError(f"--train {run} was sampled from {source}{subset}, which is not found from here: "
                                 f"{err}") from None
-    rows = grey_as_recorded(grey_folder_as_one_channel(rows, source), identity.get("train_shape"), source)
+    rows = grey_as_recorded(rows, identity.get("train_shape"), source)
     rows = float_items(rows)
     if items_digest(rows) != identity.get("train_sha256"):
         raise ValueError(f"--train {str(run)!r}: {source}{subset} now loads other items than the run sampled the "
@@ -269,12 +270,11 @@ def _empirical_training_rows(run, manifest, progress: bool):
 
 
 def grey_as_recorded(items, recorded, source: str):
-    """``items`` (N, 1, H, W) loaded by a ``folder:`` ``source``, or a folder or .zip of images given by
-    its path (:func:`grey_folder_as_one_channel`), as the (N, 3, H, W) a run recorded (``recorded``, its
-    items' shape) where it was made before such a source loaded a grey folder as one channel: the three
-    equal channels it trained on, so that the run is still read; else unchanged."""
-    folder = isinstance(source, str) and (source.startswith("folder:") or image_folder_given(source))
-    if not (folder and isinstance(recorded, list)):
+    """``items`` (N, 1, H, W) loaded from ``source`` where :func:`grey_loads_as_one_channel`, as the
+    (N, 3, H, W) a run recorded (``recorded``, its items' shape; None: no run) where it was made before
+    such a source loaded a grey folder as one channel: the three equal channels it trained on, so that
+    the run is still read; else unchanged."""
+    if not (isinstance(recorded, list) and isinstance(source, str) and grey_loads_as_one_channel(source)):
         return items
     if items.dim() == 4 and items.shape[1] == 1 and recorded == [items.shape[0], 3, *items.shape[2:]]:
         return items.repeat(1, 3, 1, 1)
@@ -301,15 +301,11 @@ def image_folder_given(value: str) -> bool:
     return is_image_source(value) and not run and not is_spec(value, True)
 
 
-def grey_folder_as_one_channel(items, value: str):
-    """``items`` (N, 3, H, W) read from ``value``, a folder or .zip of images given by its path
-    (:func:`image_folder_given`), as (N, 1, H, W) where R = G = B in every pixel: what ``folder:PATH``
-    loads from the same folder (one rule for one folder, whatever its spelling); else unchanged."""
-    from ..data.images import is_grey
-
-    if image_folder_given(value) and items.dim() == 4 and items.shape[1] == 3 and is_grey(items, channel_axis=1):
-        return items[:, :1].contiguous()
-    return items
+def grey_loads_as_one_channel(value: str) -> bool:
+    """Whether :func:`load_rows` reads ``value`` (as --train, or as --samples) with one channel where
+    every image is grey (R = G = B) and three otherwise: a ``folder:`` spec, or a folder or .zip of images
+    given by its path (:func:`image_folder_given`); not a run folder, an array, nor another spec."""
+    return (is_spec(value, True) and value.startswith("folder:")) or image_folder_given(value)
 
 
 def is_image_source(value: str) -> bool:

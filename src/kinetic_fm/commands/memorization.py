@@ -136,10 +136,9 @@ def run(args: argparse.Namespace) -> int:
     train, train_files, train_items, train_mean = load_rows("--train", args.train, args.train_key, args.progress,
                                                              specs=True)
     _check_one_dimensional(("--samples", args.samples, samples), ("--train", args.train, train))
-    train_folder = train_files is not None and train_items is None and is_image_source(args.train)  # not a run's
     samples_folder = sample_files is not None and is_image_source(args.samples)
-    samples, train = _grey_folders_as_one_channel(samples, samples_folder, train, train_folder)
-    train = _grey_spec_beside_colour(train, args.train, samples)
+    samples = _grey_beside_colour(samples, args.samples, train)
+    train = _grey_beside_colour(train, args.train, samples)
     if train_mean is not None:
         samples = _centred_as_train(samples, train, samples_folder, train_mean, args.samples, args.train)
     samples, train = samples.to(device), train.to(device)
@@ -498,39 +497,18 @@ def _warn_of_a_common_offset(samples, train, report, train_value: str) -> None:
                   "--train)", stacklevel=2)
 
 
-def _grey_folders_as_one_channel(samples, samples_folder: bool, train, train_folder: bool):
-    """``samples`` and ``train`` with each folder of images that is grey throughout (R = G = B)
-    as one channel, unless the other input is colour at the same size: both are decided here,
-    where both are loaded (a folder collapsed on its own met RGB copies of its grey training
-    images as "64 and 192 features")."""
-    from ..data.images import is_grey
+def _grey_beside_colour(images, value: str, other):
+    """``images`` (N, 1, H, W), a grey folder ``value`` loaded as one channel (a folder or .zip of images,
+    or a ``folder:`` spec: :func:`~kinetic_fm.commands._rows.grey_loads_as_one_channel`), as three equal
+    channels where ``other`` are (M, 3, H, W) images of their size: grey samples of a colour set, or a
+    net's samples trained on those three channels (as the folder loaded before it read grey as one
+    channel) meet "H·W and 3·H·W features" otherwise; else unchanged (a grey folder beside another)."""
+    from ._rows import grey_loads_as_one_channel
 
-    def grey(images, folder: bool) -> bool:
-        return folder and images.dim() == 4 and images.shape[1] == 3 and is_grey(images, channel_axis=1)
-
-    grey_samples, grey_train = grey(samples, samples_folder), grey(train, train_folder)
-
-    def colour(images, is_grey: bool, other) -> bool:  # three channels that stay three, at other's size
-        return images.dim() == 4 and images.shape[1] == 3 and not is_grey and images.shape[2:] == other.shape[2:]
-
-    if grey_samples and not colour(train, grey_train, samples):
-        samples = samples[:, :1]
-    if grey_train and not colour(samples, grey_samples, train):
-        train = train[:, :1]
-    return samples, train
-
-
-def _grey_spec_beside_colour(train, value: str, samples):
-    """``train`` loaded by a ``folder:`` spec ``value`` as one grey channel, as three equal ones where
-    ``samples`` are colour images of its size: what the spec loaded before it read a grey folder as
-    one channel (samples of a net trained on those three channels), the rule a grey folder given by
-    its path follows; else unchanged."""
-    from ._rows import is_spec
-
-    one = train.dim() == 4 and train.shape[1] == 1 and is_spec(value, True) and value.startswith("folder:")
-    if one and samples.dim() == 4 and samples.shape[1] == 3 and samples.shape[2:] == train.shape[2:]:
-        return train.repeat(1, 3, 1, 1)
-    return train
+    one = images.dim() == 4 and images.shape[1] == 1 and grey_loads_as_one_channel(value)
+    if one and other.dim() == 4 and other.shape[1] == 3 and other.shape[2:] == images.shape[2:]:
+        return images.repeat(1, 3, 1, 1)
+    return images
 
 
 def _cifar_images(name: str, x, *, scale_warned: bool = False):

@@ -304,7 +304,7 @@ def _empirical_target(args, device, stored=None) -> _Target:
 
     from ..data.registry import absolute_spec
     from ..fields.empirical import EmpiricalFlow
-    from ._rows import float_items, is_spec, items_digest, load_rows
+    from ._rows import float_items, grey_as_recorded, is_spec, items_digest, load_rows
 
     seed = 0 if args.train_seed is None else args.train_seed
     resumed = stored is not None and stored.identity.get("field") == EMPIRICAL
@@ -320,13 +320,8 @@ def _empirical_target(args, device, stored=None) -> _Target:
         warnings.warn(f"--train {args.train} holds uint8 values (0 to 255), sampled on that scale: beside them the "
                       "N(0, I) noise is small and the field picks its atom early; the image loaders (a folder or "
                       ".zip of images, a data spec) give [-1, 1], as x / 127.5 - 1 does", stacklevel=2)
-    from ._rows import grey_as_recorded, grey_folder_as_one_channel, image_folder_given
-
-    rows = grey_folder_as_one_channel(rows, args.train)  # a grey folder by its path: the channel folder: loads
-    if resumed and (is_spec(args.train, True) or image_folder_given(args.train)):
-        # a run from before a grey folder loaded as one channel: the three equal channels it sampled
-        source = absolute_spec(args.train) if is_spec(args.train, True) else args.train
-        rows = grey_as_recorded(rows, stored.identity.get("train_shape"), source)
+    if resumed:  # a run from before a grey folder loaded as one channel: the three equal channels it sampled
+        rows = grey_as_recorded(rows, stored.identity.get("train_shape"), args.train)
     rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
     if args.train_n is not None and positions is not None:  # EmpiricalFlow would name the subset's row only
         from ..knn import first_nonfinite, nonfinite_rows
