@@ -452,6 +452,25 @@ def test_items_too_large_for_float32_velocities_are_told_to_take_dtype_float64(t
     assert (read_run(tmp_path / "wide")["posterior_max_weight"] > 0.999).all()
 
 
+def test_float64_items_sampled_in_float32_by_default_are_said_once(tmp_path, capsys):
+    # --dtype's default, float32, rounded the state of a float64 training set without a word
+    path = tmp_path / "wide.npy"
+    np.save(path, _points().double().numpy())
+    flags = ["--field", "empirical", "--train", path, "--n", 2, "--steps", 10]
+    assert kfm_sample(tmp_path / "run", *flags) == 0
+    err = capsys.readouterr().err
+    said = (f"warning: --train {path} holds float64 items, sampled in float32 (--dtype's default): "
+            "pass --dtype float64 to sample them in float64")
+    assert said in err and err.count("--dtype float64") == 1
+    assert read_samples(tmp_path / "run").dtype == np.float32
+    for dtype in ("float64", "float32"):             # a --dtype typed is what the user asked for
+        assert kfm_sample(tmp_path / dtype, *flags, "--dtype", dtype) == 0
+        assert "--dtype" not in capsys.readouterr().err
+    np.save(path, _points().numpy())                  # float32 items lose nothing
+    assert kfm_sample(tmp_path / "narrow", *flags) == 0
+    assert "--dtype" not in capsys.readouterr().err
+
+
 def test_a_subset_of_a_folder_of_images_decodes_only_its_images(tmp_path, monkeypatch):
     # --train-n 100 of the 6,000 CelebA JPEGs as a .zip decoded all of them at full size (3.7 GB,
     # 11 s) and then kept 100

@@ -202,6 +202,14 @@ def test_mixture_points_that_are_no_real_numbers_are_refused_by_name():
         gm.assign("points")
 
 
+def test_mixture_points_on_another_device_are_refused_naming_x_and_both_devices():
+    # torch said "Tensor on device cpu is not on the expected device meta!", naming neither x nor the mixture
+    gm = GaussianMixture.ring(3)
+    for method in (gm.log_prob, gm.assign):
+        with pytest.raises(ValueError, match=r"^x is on meta, the mixture on cpu: pass x\.cpu\(\)"):
+            method(torch.zeros(4, 2, device="meta"))
+
+
 def test_mixture_log_prob_of_python_floats_is_read_in_float64():
     # the check must not read a list through float32: 0.1 stays float64's 0.1
     gm = GaussianMixture(torch.tensor([[0.1, -0.3]], dtype=torch.float64), [1.0], 0.05)

@@ -718,8 +718,23 @@ class LabelledKeywordOnly(LabelledXT):
         return super().forward(x, t, y)
 
 
+class LabelledTXVarArgs(LabelledXT):
+    """forward(t, x, *extras): the labels can only go by position, after t and x in its own order."""
+
+    def forward(self, t, x, *extras):
+        return super().forward(x, t, *extras)
+
+
+class LabelledVarArgsKeywordXT(LabelledXT):
+    """forward(*extras, x, t): x and t keyword-only, the labels by position."""
+
+    def forward(self, *extras, x, t):
+        return super().forward(x, t, *extras)
+
+
 @pytest.mark.parametrize("time", ["batch", "scalar", "shared"])
-@pytest.mark.parametrize("net", [LabelledXT, LabelledTX, LabelledKeywordOnly])
+@pytest.mark.parametrize("net", [LabelledXT, LabelledTX, LabelledKeywordOnly, LabelledTXVarArgs,
+                                 LabelledVarArgsKeywordXT])
 def test_a_positional_extra_reaches_a_model_called_by_name(net, time):
     # helper-226: a model named x and t was called by name only without positional extras; with the
     # guidance's labels it went by position, model(x, t, y): forward(t, x, y) got x as t and y as x (a
@@ -738,6 +753,19 @@ def test_a_positional_extra_reaches_a_model_called_by_name(net, time):
         reference = kfm.sample(ClassifierFreeGuidance(LabelledXT(), labels, 1.0, 7), x, solver="dopri5")
         result = kfm.sample(guided, x, solver="dopri5")
         assert torch.equal(result.x, reference.x) and torch.equal(result.kpe, reference.kpe)
+
+
+def test_positional_extras_beyond_the_named_parameters_go_to_the_models_var_positional():
+    # forward(t, x, y, *rest): y by its place after t and x, the rest into *rest, as model(t, x, y, *rest)
+    # would; helper-227's call by name raised "pass the extras by keyword", which *rest cannot take
+    class Net(torch.nn.Module):
+        def forward(self, t, x, y, *rest, scale=1.0):
+            return scale * (x * y[:, None] + sum(rest) + t[:, None])
+
+    field = from_model_wrapper(Net(), time="batch", scale=2.0)
+    x, t, y = torch.ones(2, DIM), torch.full((2,), 0.25), torch.tensor([2.0, 3.0])
+    assert torch.equal(field(x, t, y), 2.0 * (x * y[:, None] + t[:, None]))
+    assert torch.equal(field(x, t, y, 10.0, 100.0), 2.0 * (x * y[:, None] + 110.0 + t[:, None]))
 
 
 def test_more_positional_extras_than_a_keyword_model_names_are_refused():

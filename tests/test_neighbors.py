@@ -564,6 +564,34 @@ def test_faiss_never_searches_an_index_of_other_data():
         reference.numpy()[1] = queries[0].numpy()    # one row, then the first query's nearest
 
 
+def test_faiss_searches_float32_rows_in_place_without_an_index_copy(monkeypatch):
+    """``faiss.IndexFlatL2`` holds its own copy of the reference: on a CIFAR-10-sized float32 set
+    (614 MB) ``kfm memorization --backend faiss`` held it twice. faiss's brute-force search reads the
+    caller's rows where they lie, with the same results as the index's search."""
+    faiss = pytest.importorskip("faiss")
+    import kinetic_fm.knn as knn
+
+    seen = []
+
+    class NoIndex:
+        def IndexFlatL2(self, dim):
+            raise AssertionError("an index copies the reference")
+
+        def knn(self, xq, xb, k):
+            seen.append(xb)
+            return faiss.knn(xq, xb, k)
+
+    monkeypatch.setattr(knn, "faiss_module", lambda *args: NoIndex())
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(700, 48)).astype(np.float32)
+    queries = np.concatenate([train[:30] + 1e-3, rng.normal(size=(30, 48)).astype(np.float32)])
+    for exclude_self, rows in ((False, queries), (True, train)):
+        theirs = nearest_neighbors(rows, train, 3, backend="faiss", batch_chunk=25, exclude_self=exclude_self)
+        ours = nearest_neighbors(rows, train, 3, backend="torch", exclude_self=exclude_self)
+        assert torch.equal(theirs.indices, ours.indices) and torch.equal(theirs.distances, ours.distances)
+    assert seen and all(np.shares_memory(xb, train) for xb in seen)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_faiss_sees_rows_swapped_in_place(dtype):
     """A row permutation in place (a shuffle through a NumPy array) keeps the address, the version

@@ -29,7 +29,7 @@ How it stays exact and fast:
    as ``Neighbors.rechecked``.
 
 Works unchanged on CPU and CUDA tensors (the reference stays on the device it is given). The
-optional ``backend="faiss"`` uses ``faiss.IndexFlatL2`` (CPU) for screening and then the same
+optional ``backend="faiss"`` screens with faiss's brute-force ``faiss.knn`` (CPU) and then the same
 exact re-ranking and certification, so both backends return identical results.
 
 The float32 screening products on CPU may run through NumPy's BLAS where it was measured faster
@@ -398,7 +398,7 @@ def nearest_neighbors(
             kept, which the certificate needs).
         exclude_self: queries and reference are the same set (B == N); query i never matches
             reference row i. Exclusion is by index: duplicates at other rows still count.
-        backend: "torch" (GEMM on the inputs' device) or "faiss" (``faiss.IndexFlatL2`` on CPU,
+        backend: "torch" (GEMM on the inputs' device) or "faiss" (``faiss.knn``'s brute force on CPU,
             needs ``pip install faiss-cpu``); both end with the same exact re-ranking.
         progress: show a tqdm bar over the queries (on stderr; off by default). Queries whose
             screening is not certified are searched again after the last block; the bar's total
@@ -482,9 +482,11 @@ def nearest_neighbors(
     blas = "torch" if backend == "faiss" else gemm.choose(dtype, x.device, 2.0 * x.shape[0] * x.shape[1] * y.shape[0])
     from tqdm.auto import tqdm
 
+    y_rows = _faiss_rows(y) if backend == "faiss" else None
+
     def screen(xb, n, query_ids):
         if backend == "faiss":
-            return _screen_faiss(xb, y, n, exclude_self, query_ids)
+            return _screen_faiss(xb, y_rows, n, exclude_self, query_ids)
         return _screen_gemm(xb, y, dtype, y_sq, n, chunk, exclude_self, query_ids, blas)
 
     # each block's results go into these, not into lists for torch.cat: small results kept between
@@ -574,14 +576,17 @@ def faiss_module(user: str = "backend='faiss'") -> ModuleType:
     return import_optional("faiss", user)
 
 
-def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
+def _screen_faiss(xb, y_rows, n_candidates, exclude_self, q0):
+    """faiss's screening of the queries ``xb`` against ``y_rows`` (:func:`_faiss_rows`); returns as
+    :func:`_screen_gemm` does."""
     faiss = faiss_module()
     import numpy as np
 
-    index = _faiss_index(faiss, y)
     want = n_candidates + (1 if exclude_self else 0)
     xq = np.ascontiguousarray(xb.detach().cpu().to(torch.float32).numpy())
-    dist, idx = index.search(xq, want)
+    # brute force on the rows where they lie: an IndexFlatL2 copies them into itself (a second
+    # training set in memory), and its search runs the same knn_L2sqr, with the same bits
+    dist, idx = faiss.knn(xq, y_rows, want)
     dist = torch.from_numpy(dist).to(xb.device, torch.float64)
     idx = torch.from_numpy(idx).to(xb.device)
     if exclude_self:
@@ -593,7 +598,7 @@ def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
         keep[torch.arange(idx.shape[0], device=idx.device), drop] = False
         idx = idx[keep].view(idx.shape[0], want - 1)
         dist = dist[keep].view(idx.shape[0], want - 1)
-    if idx.shape[1] + (1 if exclude_self else 0) >= y.shape[0]:
+    if idx.shape[1] + (1 if exclude_self else 0) >= y_rows.shape[0]:
         worst = torch.full((xb.shape[0],), math.inf, dtype=torch.float64, device=xb.device)
     else:
         worst = dist.max(dim=1).values
@@ -603,16 +608,22 @@ def _screen_faiss(xb, y, n_candidates, exclude_self, q0):
 _FAISS_CACHE: dict = {}
 
 
-def _faiss_index(faiss, y: torch.Tensor):
-    """A flat L2 index over ``y``, reused while the same data is passed again (the EFM field's
-    truncated mode searches its atoms at every call).
+def _faiss_rows(y: torch.Tensor) -> np.ndarray:
+    """The (N, D) reference ``y`` as the float32 C-contiguous NumPy rows faiss reads.
 
-    The entry keeps ``y`` itself alive (so the last reference set searched stays in memory until
+    A contiguous float32 CPU tensor is read where it lies (a view: the set is never held twice,
+    and it is always the current data). Any other ``y`` (float64, integers, strided, on a GPU) is
+    copied, and the copy reused while the same data is passed again (the EFM field's truncated
+    mode searches its atoms at every call).
+
+    The cache entry keeps ``y`` itself alive (so the last such set searched stays in memory until
     another replaces it): its memory cannot be freed and handed to another tensor at the same
-    address, where a stale index returned another set's neighbours, certified. The key adds
+    address, where a stale copy returned another set's neighbours, certified. The key adds
     shape, strides, dtype and in-place version; writes that bypass the version counter (through a
     NumPy view or ``.data``) are caught by :func:`_fingerprint`, which must still match.
     """
+    if y.device.type == "cpu" and y.dtype == torch.float32 and y.is_contiguous():
+        return y.detach().numpy()
     key = (y.data_ptr(), tuple(y.shape), y.stride(), y.dtype, y.device, y._version)
     sums = _fingerprint(y)
     entry = _FAISS_CACHE.get(key)
@@ -621,10 +632,9 @@ def _faiss_index(faiss, y: torch.Tensor):
     import numpy as np
 
     _FAISS_CACHE.clear()
-    index = faiss.IndexFlatL2(y.shape[1])
-    index.add(np.ascontiguousarray(y.detach().cpu().to(torch.float32).numpy()))
-    _FAISS_CACHE[key] = (index, y, sums)
-    return index
+    rows = np.ascontiguousarray(y.detach().to("cpu", torch.float32).numpy())
+    _FAISS_CACHE[key] = (rows, y, sums)
+    return rows
 
 
 def _fingerprint(y: torch.Tensor) -> torch.Tensor:

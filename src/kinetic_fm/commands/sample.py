@@ -136,7 +136,7 @@ def register(subparsers) -> None:
                    help="τ in [0, 1] splitting early/late energy (default: --tau when shaping, else 0.6)")
     s.add_argument("--on-nonfinite", choices=("raise", "flag"), default="raise",
                    help="a NaN/Inf velocity stops the run (raise, the default) or marks the sample (flag)")
-    s.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+    s.add_argument("--dtype", choices=("float32", "float64"), default=None,  # None: float32, not typed (_run)
                    help="dtype of the state x (default float32; energies are float64 either way)")
     s.add_argument("--device", default="cpu",
                    help=f"{DEVICE_FORMS}; under torchrun, cuda means cuda:<LOCAL_RANK> (default cpu)")
@@ -323,6 +323,9 @@ def _empirical_target(args, device, stored=None) -> _Target:
     if resumed:  # a run from before a grey folder loaded as one channel: the three equal channels it sampled
         rows = grey_as_recorded(rows, stored.identity.get("train_shape"), args.train)
     rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
+    if rows.dtype == torch.float64 and not args.dtype_typed:
+        warnings.warn(f"--train {args.train} holds float64 items, sampled in float32 (--dtype's default): pass "
+                      "--dtype float64 to sample them in float64", stacklevel=2)
     if args.train_n is not None and positions is not None:  # EmpiricalFlow would name the subset's row only
         from ..knn import first_nonfinite, nonfinite_rows
 
@@ -1095,6 +1098,8 @@ def _run(args) -> int:
     from ..runs import RunLockedError, RunManifest, run_sharded, world_session
     from ..runs.shards import PROFILE_TIMES
 
+    # a --dtype typed is what the user asked for; only the default is said of float64 items (_empirical_target)
+    args.dtype_typed, args.dtype = args.dtype is not None, args.dtype or "float32"
     _validate(args)
     kts = _shaping(args)
     stored = _stored_manifest(args.out) if args.resume else None  # read once for the checks below

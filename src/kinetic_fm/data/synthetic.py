@@ -135,9 +135,9 @@ class GaussianMixture:
         """(N,) log density at points x (N, D), computed in float64.
 
         Raises:
-            ValueError: ``x`` is not of shape (N, D), D the mixture's dimension, or holds no real
-                numbers (complex values, text).
-            RuntimeError: torch's, for ``x`` on another device than the CPU, where the mixture lives.
+            ValueError: ``x`` is not of shape (N, D), D the mixture's dimension, holds no real
+                numbers (complex values, text), or lies on another device than the CPU, where the
+                mixture lives.
         """
         x = self._points(x)
         d = self.dim
@@ -149,11 +149,15 @@ class GaussianMixture:
     def _points(self, x: Tensor) -> Tensor:
         """``x`` as (N, D) float64 points; ValueError naming ``x`` otherwise. Points of another width
         were broadcast against the means: a (N, 1) or (N, 2, 2) x gave numbers, or a result of another
-        shape, without a word; complex ones lost their imaginary part with only torch's warning."""
+        shape, without a word; complex ones lost their imaginary part with only torch's warning. A
+        tensor on another device met torch's "not on the expected device", naming neither."""
         import numpy as np
 
         if x.is_complex() if isinstance(x, Tensor) else np.iscomplexobj(x):
             raise ValueError(f"x must hold real numbers, got complex values of shape {tuple(np.shape(x))}")
+        if isinstance(x, Tensor) and x.device != self.means.device:
+            raise ValueError(f"x is on {x.device}, the mixture on {self.means.device}: pass x.cpu() "
+                             "(its parameters are float64 CPU tensors)")
         try:
             points = torch.as_tensor(x, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError):  # text, objects: torch's words named neither
@@ -173,9 +177,9 @@ class GaussianMixture:
         """(N,) int64 most probable component of each point of x (N, D).
 
         Raises:
-            ValueError: ``x`` is not of shape (N, D), D the mixture's dimension, or holds no real
-                numbers (complex values, text).
-            RuntimeError: torch's, for ``x`` on another device than the CPU, where the mixture lives.
+            ValueError: ``x`` is not of shape (N, D), D the mixture's dimension, holds no real
+                numbers (complex values, text), or lies on another device than the CPU, where the
+                mixture lives.
         """
         x = self._points(x)
         sq = self._squared_distances(x)

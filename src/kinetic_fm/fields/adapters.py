@@ -102,25 +102,32 @@ def _as_is(field: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     return field
 
 
-def _by_name(field: Callable[..., torch.Tensor],
-             extra_names: tuple[str, ...] | None = None) -> Callable[..., torch.Tensor]:
+def _by_name(field: Callable[..., torch.Tensor], extra_names: tuple[str, ...] | None = None,
+             positional_order: tuple[str, ...] | None = None) -> Callable[..., torch.Tensor]:
     """``field`` called as ``field(x=x, t=t, **kwargs)``, flow_matching's ``ODESolver`` convention.
 
     Positional extras (which that solver never passes; ``ClassifierFreeGuidance``'s labels) go by
     position after x and t where ``extra_names`` is None (x and t lead the signature, in that
     order), else by the names of the parameters they fill: for ``forward(t, x, y)`` or a
     keyword-only ``forward(*, x, t, y)`` a positional call would have handed x to t and y to x
-    (or failed). More extras than names: TypeError saying so."""
+    (or failed). More extras than names go into the model's ``*args`` where it has one:
+    ``positional_order`` then names its parameters before it, which are passed by position in
+    that order (x and t, where not among them, by name), the extras after them, as
+    ``forward(t, x, *args)`` or ``forward(*args, x, t)`` takes them. Else: TypeError saying so."""
     def call(x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if not args:
             return field(x=x, t=t, **kwargs)
         if extra_names is None:
             return field(x, t, *args, **kwargs)
-        if len(args) > len(extra_names):
+        if len(args) <= len(extra_names):
+            return field(x=x, t=t, **dict(zip(extra_names, args)), **kwargs)
+        if positional_order is None:
             raise TypeError(f"the model takes x and t by name and {len(extra_names)} further argument(s) "
                             f"{list(extra_names)} that a positional extra can fill, but was given {len(args)} "
                             "positional extra(s); pass the extras by keyword")
-        return field(x=x, t=t, **dict(zip(extra_names, args)), **kwargs)
+        values = {"x": x, "t": t, **dict(zip(extra_names, args))}
+        leading = [values.pop(name) for name in positional_order]
+        return field(*leading, *args[len(extra_names):], **values, **kwargs)
     return call
 
 
@@ -277,9 +284,11 @@ class ModelXT(_Adapter):
     _selected_from: int | None = None   # the batch size select() cut this adapter from
     # flow_matching's ODESolver calls model(x=x, t=t, **extras); integrations.flow_matching sets
     # this for a model whose signature names x and t (a keyword-only forward, or t before x), and
-    # the names positional extras fill (None: they follow x and t, which lead the signature)
+    # the names positional extras fill (None: they follow x and t, which lead the signature), and
+    # for a model with *args its positional parameters before it, in order (None: it has none)
     _call_by_name: bool = False
     _extra_names: tuple[str, ...] | None = None
+    _positional_order: tuple[str, ...] | None = None
 
     def _take_extras(self, per_sample: Iterable[str] | None, extras: dict[str, Any]) -> None:
         """Check ``per_sample`` against ``extras`` and hold both (also for extras named ``time`` or
@@ -307,7 +316,8 @@ class ModelXT(_Adapter):
             raise
 
     def _call(self, x: torch.Tensor, t: torch.Tensor | float, args: tuple, kwargs: dict) -> torch.Tensor:
-        how = functools.partial(_by_name, extra_names=self._extra_names) if self._call_by_name else _as_is
+        how = (functools.partial(_by_name, extra_names=self._extra_names, positional_order=self._positional_order)
+               if self._call_by_name else _as_is)
         if self.per_sample is None:
             return _call_time_mode(self.inner, how, self.time, x, t, args, {**self.extras, **kwargs})
         shared = {k: v for k, v in self.extras.items() if k not in self.per_sample}

@@ -54,13 +54,14 @@ def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "share
     ``forward``, or one taking t before x, works); others by position, ``model(x, t, **extras)``.
     Positional extras (the labels of a ``ClassifierFreeGuidance`` around the field) follow x and t
     by position where those two lead the signature, else fill its further parameters by name
-    (``forward(t, x, y)``, ``forward(*, x, t, y)``: y).
+    (``forward(t, x, y)``, ``forward(*, x, t, y)``: y), and any beyond them go into its ``*args``, after
+    its own positional parameters (``forward(t, x, *args)`` is called as ``forward(t, x, y)``).
     """
     per_sample = extras.pop("per_sample", None)  # kfm's option, not an extra: model_kwargs may hold one so named
     named = _model_kwargs(model_kwargs, extras)
     field = ModelXT(model, time=time)
     field._take_extras(per_sample, {**extras, **named})
-    field._call_by_name, field._extra_names = _keyword_call(model)
+    field._call_by_name, field._extra_names, field._positional_order = _keyword_call(model)
     return field
 
 
@@ -77,13 +78,18 @@ def _model_kwargs(model_kwargs: Mapping[str, Any] | None, extras: Mapping[str, A
     return dict(model_kwargs)
 
 
-def _keyword_call(model: Callable[..., torch.Tensor]) -> tuple[bool, tuple[str, ...] | None]:
+def _keyword_call(model: Callable[..., torch.Tensor]
+                  ) -> tuple[bool, tuple[str, ...] | None, tuple[str, ...] | None]:
     """Whether ``model`` (a module: its ``forward``) takes parameters named x and t by keyword, and
     if so where positional extras go: None when x and t are its first two positional parameters
     (the extras follow them by position), else the names of its other parameters that take a
     keyword, in the signature's order, which the extras fill by name (``forward(t, x, y)`` and
-    ``forward(*, x, t, y)``: ("y",)). A ``DataParallel`` or ``DistributedDataParallel`` is read by the
-    module it wraps: its own ``forward(*inputs, **kwargs)`` hands both on unchanged."""
+    ``forward(*, x, t, y)``: ("y",)); third, for a model with ``*args``, its positional
+    parameters before it (the extras beyond those names go into it, as ``model(t, x, y, *rest)``
+    passes them), else None. For such a model the names are those positional parameters only: a
+    positional extra never reaches a keyword-only one. A ``DataParallel`` or
+    ``DistributedDataParallel`` is read by the module it wraps: its own ``forward(*inputs,
+    **kwargs)`` hands both on unchanged."""
     parallel = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
     while isinstance(model, parallel):
         model = model.module
@@ -91,15 +97,18 @@ def _keyword_call(model: Callable[..., torch.Tensor]) -> tuple[bool, tuple[str, 
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):  # a builtin or C extension without a signature: by position
-        return False, None
+        return False, None, None
     by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     if not all(name in parameters and parameters[name].kind in by_keyword for name in ("x", "t")):
-        return False, None
-    positional = [name for name, p in parameters.items()
-                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    if positional[:2] == ["x", "t"]:
-        return True, None
-    return True, tuple(name for name, p in parameters.items() if name not in ("x", "t") and p.kind in by_keyword)
+        return False, None, None
+    positional = tuple(name for name, p in parameters.items()
+                       if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    if positional[:2] == ("x", "t"):
+        return True, None, None
+    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters.values()):
+        return True, tuple(name for name in positional if name not in ("x", "t")), positional
+    return True, tuple(name for name, p in parameters.items()
+                       if name not in ("x", "t") and p.kind in by_keyword), None
 
 
 def fixed_grid(time_grid: torch.Tensor, step_size: float | None) -> torch.Tensor:
