@@ -23,9 +23,8 @@ rows k, k + g, ...: ``jackknife_replicates``, whose FDs every line below reads, 
 Printed per case and size: coverage (± binomial SE), how often the truth lies below / above the
 interval, the median width over the truth and over the plug-in FD, mean plug-in and bias-corrected
 FDs, the repeats' SD of the corrected FD against the median jackknife SE (the width is honest when
-these agree), and the largest delete-a-group term's median share of the
-jackknife variance (against its value for g normal terms of equal weight; near 1 when a few far
-rows make the width).
+these agree), and the largest delete-a-group term's median share of the jackknife variance (against
+its value for g normal terms of equal weight; near 1 when a few far rows make the width).
 ``--methods`` adds ``fd_interval_coverage.intervals``' bootstrap methods on the same draws (slow:
 hundreds of FDs a repeat).
 
