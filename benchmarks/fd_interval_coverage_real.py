@@ -19,12 +19,12 @@ an estimate of the FD between the infinite laws the images come from, that truth
 about the jackknife standard error printed beside it (the population halves' own sampling error).
 
 The whisker is ``studies.output.jackknife_fd_intervals`` itself (the library's code, groups of
-rows k, k + g, ...). Printed per case and size: coverage (± binomial SE), how often the truth lies
-below / above the interval, the median width over the truth and over the plug-in FD, mean plug-in
-and bias-corrected FDs, the repeats' SD of the corrected FD against the median jackknife SE (the
-width is honest when these agree), and the largest delete-a-group term's median share of the
-jackknife variance (against its value for g normal terms of equal weight; near 1 when a few far
-rows make the width).
+rows k, k + g, ...: ``jackknife_replicates``, whose FDs every line below reads, and ``replicate_intervals``).
+Printed per case and size: coverage (± binomial SE), how often the truth lies below / above the
+interval, the median width over the truth and over the plug-in FD, mean plug-in and bias-corrected
+FDs, the repeats' SD of the corrected FD against the median jackknife SE (the width is honest when
+these agree), and the largest delete-a-group term's median share of the jackknife variance (against
+its value for g normal terms of equal weight; near 1 when a few far rows make the width).
 ``--methods`` adds ``fd_interval_coverage.intervals``' bootstrap methods on the same draws (slow:
 hundreds of FDs a repeat).
 
@@ -50,7 +50,7 @@ from kinetic_fm.metrics.fidelity import FrechetReference
 from kinetic_fm.models.classifier import train_classifier
 from kinetic_fm.studies.assets import split_rows
 from kinetic_fm.studies.config import ReproduceConfig
-from kinetic_fm.studies.output import JACKKNIFE_GROUPS, feature_reference, fd_to_reference, jackknife_fd_intervals
+from kinetic_fm.studies.output import JACKKNIFE_GROUPS, jackknife_replicates, replicate_fds, replicate_intervals
 
 MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 THRESHOLD = 60  # of 255: a set bitmap pixel (thicker strokes than 127; the judge reads 73 % of them, 68 % at 127)
@@ -98,13 +98,6 @@ def population_fd(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     leave = np.array([moments_fd(np.delete(x, slice(k, None, GROUPS), 0), np.delete(y, slice(k, None, GROUPS), 0))
                       for k in range(GROUPS)])
     return truth, math.sqrt((GROUPS - 1) / GROUPS * ((leave - leave.mean()) ** 2).sum())
-
-
-def leave_group_fds(x: np.ndarray, y: np.ndarray, groups: int) -> tuple[float, np.ndarray]:
-    """The plug-in FD and the g FDs leaving out group k of both (as ``jackknife_fd_intervals`` does)."""
-    fds = [fd_to_reference(np.delete(x, slice(k, None, groups), 0),
-                           feature_reference(np.delete(y, slice(k, None, groups), 0))) for k in range(groups)]
-    return fd_to_reference(x, feature_reference(y)), np.array(fds)
 
 
 def main() -> None:
@@ -157,15 +150,16 @@ def main() -> None:
             began = time.perf_counter()
             for _ in range(args.repeats):
                 x, y = x_pop[rng.integers(0, len(x_pop), n)], y_pop[rng.integers(0, len(y_pop), m)]
-                (low,), (high,) = jackknife_fd_intervals([x], y)
+                replicates = jackknife_replicates([x], y)  # the library's plug-in FD and leave-group-k FDs
+                (low,), (high,) = replicate_intervals(replicates)
                 hit += low <= truth <= high
                 below += truth < low
                 above += truth > high
                 width.append(high - low)
-                theta, leave = leave_group_fds(x, y, JACKKNIFE_GROUPS)
+                ((theta, leave),) = replicates
                 g = JACKKNIFE_GROUPS
                 plug.append(theta)
-                corrected.append(g * theta - (g - 1) * leave.mean())
+                corrected.append(float(replicate_fds(replicates)[0]))
                 spread = (leave - leave.mean()) ** 2
                 se_j.append(math.sqrt((g - 1) / g * spread.sum()))
                 top_share.append(spread.max() / spread.sum())

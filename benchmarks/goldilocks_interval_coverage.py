@@ -59,8 +59,8 @@ import time
 import numpy as np
 from scipy import linalg, stats
 
-from kinetic_fm.studies.memorization import quintile_bins
-from kinetic_fm.studies.output import JACKKNIFE_GROUPS, fd_to_reference, feature_reference
+from kinetic_fm.studies.memorization import quintile_bins, quintile_replicates
+from kinetic_fm.studies.output import JACKKNIFE_GROUPS, fd_to_reference, feature_reference, replicate_fds
 from kinetic_fm.studies.verdicts import basic_bootstrap, interior_margin
 
 METHODS = ("basic", "basic-2s", "plain+boot", "jfd+boot", "jT+boot", "jack-t")
@@ -153,35 +153,23 @@ def margin(feats: np.ndarray, rows: np.ndarray, bins: np.ndarray, reference) -> 
     return float(interior_margin(np.array([[fd_to_reference(feats[g], reference) for g in groups]]))[0])
 
 
-def quintile_fds(feats: np.ndarray, bins: np.ndarray, reference) -> np.ndarray:
-    """(5,) each quintile's plug-in FD to the reference."""
-    return np.array([fd_to_reference(feats[bins == q], reference) for q in range(5)])
-
-
-def leave_group_out_fds(feats: np.ndarray, splits: list[np.ndarray], ref: np.ndarray,
-                  groups: int = JACKKNIFE_GROUPS) -> np.ndarray:
-    """(groups, len(splits), 5) each quintile's FD with group k left out of its rows and of the
-    reference's (rows k, k + g, ... of each, as ``jackknife_fd_intervals``)."""
-    out = np.empty((groups, len(splits), 5))
-    for k in range(groups):
-        reference = feature_reference(np.delete(ref, slice(k, None, groups), axis=0))
-        for s, bins in enumerate(splits):
-            for q in range(5):
-                out[k, s, q] = fd_to_reference(np.delete(feats[bins == q], slice(k, None, groups), axis=0), reference)
-    return out
-
-
 def intervals(feats, bins, control, ref, resamples: int, rng: np.random.Generator,
               methods=METHODS) -> tuple[dict, dict, np.ndarray]:
     """Each point's value (``POINTS``), each method's 95% (low, high), and the (2, 2, 5) plug-in
     and jackknife FDs of each quintile by s and by ‖z‖²."""
     n, m = len(feats), len(ref)
     reference = feature_reference(ref)
-    plain_fds = np.array([quintile_fds(feats, bins, reference), quintile_fds(feats, control, reference)])
+    # the library's jackknife of each quintile (the report's bars and jack-fd point): plain FD and the
+    # g FDs leaving out group k of the quintile's rows and of the reference's
+    replicates = [quintile_replicates(feats, split, ref) for split in (bins, control)]
+    if any(fd_k is None for split in replicates for _, fd_k in split):
+        raise SystemExit(f"a quintile of n = {n} or the reference's m = {m} rows has too few rows for the "
+                         f"jackknife at D = {feats.shape[1]}: raise --n / --m or lower --dim")
+    plain_fds = np.array([[theta for theta, _ in split] for split in replicates])  # (2, 5)
     estimate = float(interior_margin(plain_fds[:1])[0] - interior_margin(plain_fds[1:])[0])
     g = JACKKNIFE_GROUPS
-    left_out = leave_group_out_fds(feats, [bins, control], ref, g)  # (g, 2, 5)
-    jack_fds = g * plain_fds - (g - 1) * left_out.mean(0)
+    left_out = np.array([[fd_k for _, fd_k in split] for split in replicates]).transpose(2, 0, 1)  # (g, 2, 5)
+    jack_fds = np.array([replicate_fds(split) for split in replicates])
     diff_k = interior_margin(left_out[:, 0]) - interior_margin(left_out[:, 1])  # (g,)
     points = {"plain": estimate,
               "jack-fd": float(interior_margin(jack_fds[:1])[0] - interior_margin(jack_fds[1:])[0]),

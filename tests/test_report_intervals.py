@@ -161,18 +161,25 @@ def _whiskers(segments) -> dict[float, tuple[float, float]]:
             for s in segments if len(s) == 2 and s[0, 0] == s[1, 0] and s[0, 1] != s[1, 1]}
 
 
-def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quintile_n(tmp_path, monkeypatch):
+def _goldilocks_case():
+    """Assets of 2 × 2 images judged on their pixels (D = 4) and a config of 50 samples: quintiles of
+    10 rows, more than D, so the Goldilocks tests run (and with them the claim's jackknife point)."""
     from kinetic_fm.studies.config import SemanticsConfig
-    from kinetic_fm.studies.memorization import _goldilocks, quintile_bins
-    from kinetic_fm.studies.output import StudyOutput
 
     gen = torch.Generator().manual_seed(1)
     train = torch.rand(30, 1, 2, 2, generator=gen) - 0.5
     assets = SimpleNamespace(train=train, heldout=torch.rand(40, 1, 2, 2, generator=gen) - 0.5,
                              general=LinearDrift(4), classifier_name="flat", mean=None,
                              value_range=lambda: (-0.5, 0.5), features=lambda x: x.flatten(1).double())
+    return assets, SemanticsConfig(n_samples=50, steps=4, bootstrap=20, seed_start=5)
+
+
+def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quintile_n(tmp_path, monkeypatch):
+    from kinetic_fm.studies.memorization import _goldilocks, quintile_bins
+    from kinetic_fm.studies.output import StudyOutput
+
+    assets, cfg = _goldilocks_case()
     drawn = _axes_of(monkeypatch)
-    cfg = SemanticsConfig(n_samples=50, steps=4, bootstrap=20, seed_start=5)
     section, claim = _goldilocks(cfg, 30, assets, Workspace(tmp_path), "fake", StudyOutput("memorization"))
     table = section.tables[0][1]
     assert list(table.columns[:5]) == ["KPE quintile", "KPE from", "KPE to", "n", "FD-flat"]  # unchanged
@@ -201,6 +208,39 @@ def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quint
     assert "cut at 0" in bars.caption and "not the plain FD (the bar) of these rows" in bars.caption
     assert "No interval per bar" not in bars.caption
     assert claim.n == 50 and "), each from 10 of the 50 samples" in claim.ours
+
+
+def test_goldilocks_jackknifes_each_quintile_once_and_its_numbers_match_the_separate_calls(tmp_path, monkeypatch):
+    # the bars' intervals and the claim's jackknife point both read the KPE quintiles' delete-a-group
+    # FDs: computed once and passed on, each of the 5 KPE and 5 ‖x1‖² quintiles takes 1 + 10 FDs
+    # (the jackknife's, counted in output's namespace; memorization's own FDs are not counted)
+    from kinetic_fm.studies import memorization as M
+    from kinetic_fm.studies import output
+    from kinetic_fm.studies.output import StudyOutput, jackknife_fd_intervals
+
+    assets, cfg = _goldilocks_case()
+    _axes_of(monkeypatch)
+    fd_calls = []
+    fd_to_reference = output.fd_to_reference
+    monkeypatch.setattr(output, "fd_to_reference", lambda x, ref: fd_calls.append(len(x)) or fd_to_reference(x, ref))
+    tested = []
+    goldilocks_tests = M.goldilocks_tests
+
+    def recorded(*args):
+        tested.append((args, goldilocks_tests(*args)))
+        return tested[-1][1]
+
+    monkeypatch.setattr(M, "goldilocks_tests", recorded)
+    section, claim = M._goldilocks(cfg, 30, assets, Workspace(tmp_path), "fake", StudyOutput("memorization"))
+    assert len(tested) == 1 and np.isfinite(tested[0][1]["beyond_low"])    # the tests ran, jackknife point too
+    assert len(fd_calls) == 10 * (1 + 10)
+    # the same numbers, to the bit, as each function computing its own jackknife
+    monkeypatch.setattr(output, "fd_to_reference", fd_to_reference)
+    (feats, bins, control_bins, ref, resamples, seed), got = tested[0][0][:6], tested[0][1]
+    assert got == goldilocks_tests(feats, bins, control_bins, ref, resamples, seed)
+    table = section.tables[0][1]
+    low, high = jackknife_fd_intervals([feats[bins == q] for q in range(5)], ref)
+    assert table["FD-flat CI low"].tolist() == low.tolist() and table["FD-flat CI high"].tolist() == high.tolist()
 
 
 def test_quintile_sizes_are_stated_as_a_range_when_they_differ():

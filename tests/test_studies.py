@@ -1042,6 +1042,28 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
     assert row == "| seconds per stage | " + ", ".join(f"{k} {v:.1f}" for k, v in third.items()) + " |"
 
 
+def test_a_cached_rerun_hashes_each_stage_file_once(tiny_report, tmp_path, monkeypatch):
+    # every study's entry is checked against the stages it read: the generalising model's samples,
+    # read by three studies, were hashed once for each (the same sha256 of the same file, three times)
+    import shutil
+    from collections import Counter
+
+    from kinetic_fm.studies import reproduce as module
+    from kinetic_fm.studies import study_cache
+
+    shutil.copytree(tiny_report[0], tmp_path / "out")
+    hashed, decoded = [], []
+    sha256_file, decode = study_cache.sha256_file, study_cache._decode
+    monkeypatch.setattr(study_cache, "sha256_file",
+                        lambda path: hashed.append(Path(path).resolve()) or sha256_file(path))
+    monkeypatch.setattr(study_cache, "_decode", lambda entry: decoded.append(entry["name"]) or decode(entry))
+    module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", progress=False)
+    assert sorted(decoded) == sorted(module.STUDIES)                     # every study read from its entry
+    counts = Counter(hashed)
+    assert any(path.parent.name == "cache" for path in counts)          # the stages' digests were checked
+    assert max(counts.values()) == 1, {path.name: n for path, n in counts.items() if n > 1}
+
+
 def test_a_rerun_removes_the_temporaries_of_writers_killed_mid_write(tmp_path, monkeypatch):
     # a SIGKILL while a cache, table, figure, report or model file was written left its hidden
     # temporary for good; one in tables/ sat beside the report's tables. Plant them as a kill

@@ -23,7 +23,8 @@ from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
 from .output import (FD_FORMAT, StudyOutput, clamp_text, display_note, fd_bias_note, fd_formats, fd_to_reference,
                      fd_undecided_note, feature_reference, fmem_formats, for_display, image_range,
-                     jackknife_fd_intervals, jackknife_fds, jackknife_text, noted_frechet_distance)
+                     jackknife_replicates, jackknife_text, noted_frechet_distance, replicate_fds,
+                     replicate_intervals)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, fmt_significant, interior_margin
@@ -326,7 +327,8 @@ def _fd_within_groups(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resa
     return values
 
 
-def quintile_fd_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quintile_fd_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray,
+                          replicates: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(5,) low and (5,) high ends of each KPE quintile's 95% interval for its Fréchet distance to
     ``ref`` ((m, D) features): :func:`~kinetic_fm.studies.output.jackknife_fd_intervals` of the
     quintile's own rows of ``feats`` ((n, D)), ``bins`` ((n,) quintile 0..4 of each row), and the
@@ -334,13 +336,20 @@ def quintile_fd_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray) 
     large (the basic bootstrap it replaced, the reference held fixed, corrected the quintile's part of
     that bias only, and held the true FD in 0–3% of Gaussian runs at the quick preset's quintile size).
     NaN for a quintile without rows, or too few for the jackknife (no more rows than features once a
-    tenth is out: its FD is then mostly that bias), and for all when ``ref`` has too few."""
-    sets = [feats[bins == q] for q in range(5)]
-    return jackknife_fd_intervals(sets, ref)
+    tenth is out: its FD is then mostly that bias), and for all when ``ref`` has too few.
+    ``replicates``: the quintiles' :func:`quintile_replicates` when already computed."""
+    return replicate_intervals(quintile_replicates(feats, bins, ref) if replicates is None else replicates)
+
+
+def quintile_replicates(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray) -> list:
+    """:func:`~kinetic_fm.studies.output.jackknife_replicates` of the five quintiles' rows of ``feats``
+    ((n, D); ``bins`` (n,) quintile 0..4 of each row) against ``ref`` ((m, D)): the FDs that both the
+    bars' intervals (:func:`quintile_fd_intervals`) and the claim's jackknife point (``goldilocks_tests``) read."""
+    return jackknife_replicates([feats[bins == q] for q in range(5)], ref)
 
 
 def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarray, ref: np.ndarray,
-                     resamples: int, seed: int) -> dict[str, float]:
+                     resamples: int, seed: int, replicates: list | None = None) -> dict[str, float]:
     """The Goldilocks claim's two tests, on T = min(FD_Q1, FD_Q5) − min(FD_Q2..Q4) (> 0: an interior
     quintile is best, by T).
 
@@ -360,6 +369,9 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
       singular as a quintile); ``reference_limits`` is 1.0 when the reference is the smaller. With
       ``n_min`` ≤ ``dim`` no verdict is taken, so the tests are not run (their values are NaN;
       seconds at the tiny preset): only ``T`` is given.
+
+    ``replicates``: the KPE quintiles' :func:`quintile_replicates` when already computed (the bars'
+    intervals read the same).
     """
     rng = np.random.default_rng(seed)
     reference = feature_reference(ref)
@@ -394,7 +406,7 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
         redrawn = feature_reference(ref[jdx])
         beyond[r] = margin(idx, bins[idx], redrawn) - margin(idx, control_bins[idx], redrawn)
     beyond = beyond[~np.isnan(beyond)]  # resamples without two rows in some quintile
-    point = _jackknife_difference(feats, bins, control_bins, ref)
+    point = _jackknife_difference(feats, bins, control_bins, ref, replicates)
     if not len(beyond):
         low = high = float("nan")
     elif np.isnan(point):  # a quintile too small for the jackknife: the basic interval
@@ -414,14 +426,17 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
             "beyond_low": float(low), "beyond_high": float(high)} | sizes
 
 
-def _jackknife_difference(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarray, ref: np.ndarray) -> float:
+def _jackknife_difference(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarray, ref: np.ndarray,
+                          replicates: list | None = None) -> float:
     """T by ``bins`` minus T by ``control_bins`` of each quintile's jackknife bias-corrected FD
     (:func:`~kinetic_fm.studies.output.jackknife_fds`: a tenth of the quintile's rows and of the
     reference's left out at a time); NaN when a quintile of either split, or the reference, is too
     small for it. The plug-in FDs' upward bias grows with each quintile's spread, which the two splits
-    differ in; the minima over quintiles keep a downward bias of their own, which this leaves in."""
-    sets = [feats[bins == q] for q in range(5)] + [feats[control_bins == q] for q in range(5)]
-    fds = jackknife_fds(sets, ref)
+    differ in; the minima over quintiles keep a downward bias of their own, which this leaves in.
+    ``replicates``: the quintiles of ``bins``' :func:`quintile_replicates`, when already computed."""
+    if replicates is None:
+        replicates = quintile_replicates(feats, bins, ref)
+    fds = replicate_fds(replicates + quintile_replicates(feats, control_bins, ref))
     return float(interior_margin(fds[None, :5])[0] - interior_margin(fds[None, 5:])[0])
 
 
@@ -741,9 +756,12 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
     ws.say(f"memorization: Goldilocks controls, permutation test and bootstrap ({resamples} resamples)")
     control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(),
                                                                 fd_col, resamples, sem_cfg.seed_start)
-    # each quintile's own interval (context for the bars; the claim reads T)
-    table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = quintile_fd_intervals(feats.numpy(), bins, ref.numpy())
-    tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start)
+    # each quintile's own interval (context for the bars; the claim reads T and the same jackknife's FDs)
+    replicates = quintile_replicates(feats.numpy(), bins, ref.numpy())
+    table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = quintile_fd_intervals(feats.numpy(), bins, ref.numpy(),
+                                                                                  replicates)
+    tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start,
+                             replicates)
     claim = Claim(
         "memorization", "Goldilocks: quality is best at intermediate energy",
         "too little energy gives weak samples, too much drives copies",

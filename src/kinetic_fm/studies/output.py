@@ -108,16 +108,24 @@ def jackknife_fd_intervals(sets: Sequence[np.ndarray], ref_rows: np.ndarray, gro
 
     NaN for a set, or for all when the reference, has fewer rows than ``groups`` or leaves no more
     rows than features once a group is out (the FD is then mostly that bias, far from linear in 1/n)."""
+    return replicate_intervals(jackknife_replicates(sets, ref_rows, groups), confidence)
+
+
+def replicate_intervals(replicates: Sequence[tuple[float, np.ndarray | None]],
+                        confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """(S,) low and (S,) high ends of :func:`jackknife_fd_intervals` from the sets' S
+    :func:`jackknife_replicates` (g = each one's number of groups); NaN where a set had too few rows."""
     import math
 
     import numpy as np
     from scipy import stats
 
-    low, high = np.full(len(sets), np.nan), np.full(len(sets), np.nan)
-    t = float(stats.t.ppf(0.5 + confidence / 2, groups - 1))
-    for s, (theta, fd_k) in enumerate(_jackknife_replicates(sets, ref_rows, groups)):
+    low, high = np.full(len(replicates), np.nan), np.full(len(replicates), np.nan)
+    for s, (theta, fd_k) in enumerate(replicates):
         if fd_k is None:
             continue
+        groups = len(fd_k)
+        t = float(stats.t.ppf(0.5 + confidence / 2, groups - 1))
         corrected = groups * theta - (groups - 1) * fd_k.mean()
         se = math.sqrt((groups - 1) / groups * ((fd_k - fd_k.mean()) ** 2).sum())
         low[s], high[s] = max(corrected - t * se, 0.0), max(corrected + t * se, 0.0)
@@ -128,15 +136,25 @@ def jackknife_fds(sets: Sequence[np.ndarray], ref_rows: np.ndarray, groups: int 
     """(S,) each set's bias-corrected Fréchet distance to the reference rows, the centre of
     :func:`jackknife_fd_intervals` (same groups, same NaNs): g θ̂ − (g − 1) mean_k FD_k, not cut at 0
     (a sum or difference of them stays unbiased to first order)."""
+    return replicate_fds(jackknife_replicates(sets, ref_rows, groups))
+
+
+def replicate_fds(replicates: Sequence[tuple[float, np.ndarray | None]]) -> np.ndarray:
+    """(S,) :func:`jackknife_fds` from the sets' S :func:`jackknife_replicates`."""
     import numpy as np
 
-    return np.array([np.nan if fd_k is None else groups * theta - (groups - 1) * fd_k.mean()
-                     for theta, fd_k in _jackknife_replicates(sets, ref_rows, groups)], dtype=np.float64)
+    return np.array([np.nan if fd_k is None else len(fd_k) * theta - (len(fd_k) - 1) * fd_k.mean()
+                     for theta, fd_k in replicates], dtype=np.float64)
 
 
-def _jackknife_replicates(sets, ref_rows, groups):
-    """For each set, (plain FD, (groups,) FD with group k of both sets left out), or (NaN, None)
-    when it, or the reference, has too few rows (:func:`jackknife_fd_intervals`)."""
+def jackknife_replicates(sets: Sequence[np.ndarray], ref_rows: np.ndarray,
+                         groups: int = JACKKNIFE_GROUPS) -> list[tuple[float, np.ndarray | None]]:
+    """The delete-a-group jackknife's FDs, from which :func:`replicate_intervals` and
+    :func:`replicate_fds` form :func:`jackknife_fd_intervals` and :func:`jackknife_fds` (compute them
+    once where a study needs both). For each of the S (n_s, D) numpy ``sets``: (θ̂, FD_k), θ̂ its
+    plain Fréchet distance to the (m, D) ``ref_rows`` and FD_k the (groups,) distances with group k
+    (rows k, k + g, ... of the set and of the reference) left out of both; (NaN, None) when the set,
+    or the reference, has too few rows (:func:`jackknife_fd_intervals`)."""
     import math
 
     import numpy as np

@@ -109,9 +109,15 @@ def _digest_value(value: Any, digest: Any) -> None:
         raise TypeError(f"cannot digest a {type(value).__qualname__}")
 
 
-def file_digest(path: Path) -> str:
-    """sha256 (hex) of a file's bytes, read in chunks."""
-    return sha256_file(path)
+def file_digest(ws: Workspace, path: Path) -> str:
+    """sha256 (hex) of a file's bytes, read in chunks, once per workspace object (one ``kfm reproduce``
+    run) for each version of the file: kept in ``ws.file_digests`` by its resolved path, size, mtime_ns
+    and inode, so a file rewritten since (atomically, a new inode) is hashed again."""
+    stat = path.stat()
+    version = (path.resolve(), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if version not in ws.file_digests:
+        ws.file_digests[version] = sha256_file(path)
+    return ws.file_digests[version]
 
 
 def study_key(config: dict, assets: Any) -> dict | None:
@@ -146,7 +152,7 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
     if path is not None and not warned:
         entry = _encode(output)
         if entry is not None:
-            inputs = {p.name: file_digest(p) for p in sorted(read) if p.parent == ws.root / "cache"}
+            inputs = {p.name: file_digest(ws, p) for p in sorted(read) if p.parent == ws.root / "cache"}
             atomic_torch_save({"format": ENTRY_FORMAT, "inputs": inputs, "output": entry}, path)
             for other in path.parent.glob(f"study-{name}-*.pt"):  # one entry per study: every edit of the
                 if other != path:                                    # library would add one otherwise
@@ -163,7 +169,7 @@ def _read(ws: Workspace, path: Path) -> StudyOutput | None:
             return None
         for stage, digest in entry["inputs"].items():
             stage_path = ws.root / "cache" / stage
-            if not stage_path.is_file() or file_digest(stage_path) != digest:
+            if not stage_path.is_file() or file_digest(ws, stage_path) != digest:
                 return None
         return _decode(entry["output"])
     except Exception:  # a damaged entry: recompute (it is rewritten then)

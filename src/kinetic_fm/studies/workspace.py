@@ -61,6 +61,9 @@ class Workspace:
         self.studies_loaded = 0
         self.studies_computed = 0
         self._reads: list[set[Path]] = []  # open recordings of the stage files asked for (recording_reads)
+        # sha256 of the files this workspace object hashed, by (resolved path, size, mtime_ns, inode): a stage
+        # several studies read is hashed once per run, one rewritten since is hashed again (study_cache)
+        self.file_digests: dict[tuple[Path, int, int, int], str] = {}
 
     def remove_leftover_temporaries(self) -> int:
         """Delete the temporaries writers killed mid-write left anywhere in the workspace (caches,
