@@ -308,7 +308,8 @@ def _warn_about_ignored_settings(solver: str, steps: int, **adaptive) -> None:
 
 def _warn_about_a_hidden_kts(shaping) -> None:
     """Warn when the gain is a function around a KTS (``lambda t: kts(t)``, a partial, a bound
-    method such as ``kts.unchecked``) that does not declare its ``tau_split``: the solvers see a
+    method such as ``kts.unchecked``, a callable object whose ``self.kts`` is one; see
+    :func:`held_inside`) that does not declare its ``tau_split``: the solvers see a
     smooth callable, so steps no longer treat τ as η's kink and the split defaults to 0.6. On a
     τ = 0.5 constant-form gain that moved rk4's 10-step x by 6e-3 and dopri5's by 8e-4 (86–98 field
     evaluations for 32), and the early energy by 8–10 %, without a word. Called for a gain that
