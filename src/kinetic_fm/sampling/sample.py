@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..checks import (as_scalar, caller_outside_the_package, check_device, check_flag, check_integer,
+from ..checks import (as_scalar, caller_outside_the_package, check_device, check_flag, check_integer, check_real,
                       check_unit_number, declares, declares_singular_at_one, held_inside, is_real, start_run_of)
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
@@ -364,13 +364,13 @@ def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_st
 
 
 def _bar_delay(progress) -> float | None:
-    """``progress`` as the seconds before the bar appears, or None for no bar; else ValueError."""
+    """``progress`` as the seconds before the bar appears (a real number >= 0, as :func:`check_real` reads
+    one: a 0-d tensor too), or None for no bar (None, False); True is 0. Else ValueError."""
     import numpy as np
 
     if progress is None:  # falsy, as before progress took a delay: no bar
         return None
     if isinstance(progress, (bool, np.bool_)):
         return 0.0 if progress else None
-    if isinstance(progress, (int, float, np.integer, np.floating)) and math.isfinite(progress) and progress >= 0:
-        return float(progress)
-    raise ValueError(f"progress must be True, False or a delay in seconds >= 0, got {progress!r}")
+    # one real number as every other setting reads one: a 0-d tensor or NumPy scalar too; NaN and inf refused
+    return check_real("progress", progress, 0.0, math.inf, "True, False or a delay in seconds >= 0")
