@@ -159,8 +159,8 @@ def held_inside(function: object, kind: type) -> object | None:
     dataclass), its own attributes (instance ``__dict__`` and ``__slots__``: ``self.kts``). One
     level deep: a container, or an ``nn.Module``'s submodules, are not looked into (a net's
     attributes are many, and a gain holds its KTS where its code reads it). No code runs (no
-    property, ``__getattr__`` or ``__getattribute__``); None where none is found. The walk is
-    :mod:`kinetic_fm.holdings`', which the training-mode check follows further."""
+    property, ``__getattr__`` or ``__getattribute__``); None where none is found. The steps are
+    those of :mod:`kinetic_fm.holdings`, which the training-mode walk follows further."""
     import functools
     import types
 

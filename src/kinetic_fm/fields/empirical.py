@@ -1145,9 +1145,8 @@ class PosteriorRecorder:
         were on batches of different sizes (the records of several runs), or return to t = 0 after
         later times, or to a sample's first time or before it (a second run of the same size,
         started without :meth:`start_run`; a run backwards in time, which ends on 0, is one run), or
-        a :meth:`select` view
-        was called on other rows than its mask selects, or inside an open :meth:`one_evaluation`
-        (its record is not made yet)."""
+        a :meth:`select` view was called on other rows than its mask selects, or inside an open
+        :meth:`one_evaluation` (its record is not made yet)."""
         self._refuse_open_evaluation("trace")
         if not self._log.records:
             raise ValueError("the recorder has not been called yet")
