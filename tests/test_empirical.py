@@ -1431,6 +1431,42 @@ def test_one_run_backwards_in_time_that_ends_on_t_0_is_traced_as_one_run(atoms):
         recorder.trace()
 
 
+def test_two_forward_runs_that_start_past_t_0_are_named_by_the_trace(atoms):
+    # helper-239: the check for a second start looked for a return to t = 0 only; two runs from t0 = 0.2 (an
+    # ODESolver time_grid from 0.2 to 1, the recorder behind a function) were traced as one, t running
+    # 0.2 -> 1 twice. Within one forward run no row is evaluated at or before its first time again.
+    recorder = PosteriorRecorder(kfm.EmpiricalFlow(atoms))
+    x = atoms[:3] + 0.01
+    for _ in range(2):
+        for t in (0.2, 0.6, 1.0):
+            recorder(x, t)
+    with pytest.raises(ValueError, match=r"more than one run: its record 3 is back at t = 0.2 \(sample 0\), at or "
+                                         r"before where that sample's records began \(t = 0.2\), after later "
+                                         r"times, a run it was not told of.*clear\(\) it between runs"):
+        recorder.trace()
+    recorder.clear()                                         # a second run that starts earlier still
+    for t in (0.3, 0.7, 0.1, 0.5):
+        recorder(x, t)
+    with pytest.raises(ValueError, match=r"its record 2 is back at t = 0.1 \(sample 0\), .*began \(t = 0.3\)"):
+        recorder.trace()
+    # one run whose times go back down but stay past the start (dopri5's rejected tries, its first-step
+    # probe) is one run; so is a backward one, and per row: a row first evaluated later starts there
+    recorder.clear()
+    for t in (0.2, 0.25, 0.3, 0.22, 0.26, 0.5):
+        recorder(x, t)
+    assert len(recorder.trace().t) == 6
+    recorder.clear()
+    for t in (0.9, 0.6, 0.7, 0.3):
+        recorder(x, t)
+    assert len(recorder.trace().t) == 4
+    recorder.clear()
+    late = torch.tensor([False, True, True])
+    recorder.select(~late)(x[:1], 0.2)
+    recorder.select(late)(x[1:], 0.5)
+    recorder(x, 0.6)
+    assert len(recorder.trace().t) == 3
+
+
 def test_training_atoms_given_as_python_floats_are_kept_in_float64():
     # nested lists of Python floats were read as torch's default float32: atoms 1 and 1 + 1e-12 were one
     # atom's two copies, and the field screened in float32. As NumPy reads them (np.array(train)), they are

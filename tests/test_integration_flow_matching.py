@@ -837,3 +837,23 @@ def test_a_data_parallel_model_is_called_as_the_module_it_wraps():
     # dx/dt = cos(3t) − x: x(1) = x0/e + ∫_0^1 e^(s − 1)·cos(3s) ds
     exact = math.exp(-1) * x0 + (math.cos(3) + 3 * math.sin(3) - math.exp(-1)) / 10
     torch.testing.assert_close(ours.x, exact, rtol=0, atol=1e-3)
+
+
+def test_a_model_called_by_name_is_called_so_by_its_copies_pickles_and_views():
+    # helper-239: the way the adapter calls the model (by name, with the extras' names) is bound once, not
+    # per evaluation; a deep copy, a pickle round trip and a select() view call the model as the adapter does
+    import copy
+    import pickle
+
+    labels = torch.tensor([0, 1, 2, 1])
+    x = kfm.noise(range(4), (DIM,), dtype=torch.float64)
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    expected = torch.cos(torch.tensor(0.9, dtype=torch.float64)) * (1 + labels[:, None].double()) - x
+    field = from_model_wrapper(LabelledTX(), time="batch")
+    mask = torch.tensor([True, False, True, True])
+    for same in (field, copy.deepcopy(field), pickle.loads(pickle.dumps(field))):
+        torch.testing.assert_close(same(x, t, labels), expected, rtol=0, atol=1e-15)
+        torch.testing.assert_close(same.select(mask)(x[mask], t[mask], labels[mask]), expected[mask], rtol=0,
+                                   atol=1e-15)
+    with pytest.raises(TypeError, match=r"1 further argument\(s\) \['y'\]"):
+        copy.deepcopy(field)(x, t, labels, labels)

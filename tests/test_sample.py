@@ -2232,6 +2232,22 @@ def test_progress_as_a_delay_hides_the_bar_of_a_short_call_and_changes_nothing(c
             kfm.sample(field, seeds=range(3), shape=(2,), **steps, solver=solver, progress=bad)
 
 
+def test_progress_reads_a_delay_as_every_other_real_setting_does(capsys):
+    # helper-239: progress had its own check, which refused a 0-d tensor or a Fraction that every other real
+    # setting (checks.check_real) takes; the same words for what it still refuses
+    import fractions
+
+    field = GaussianTarget(mean=1.5, std=0.3)
+    plain = kfm.sample(field, seeds=range(3), shape=(2,), steps=5, progress=False)
+    for delay in (torch.tensor(0.0), np.float32(0.0), fractions.Fraction(0)):
+        res = kfm.sample(field, seeds=range(3), shape=(2,), steps=5, progress=delay)
+        assert "euler sampling" in capsys.readouterr().err
+        assert torch.equal(res.x, plain.x) and torch.equal(res.kpe, plain.kpe)
+    for bad in (float("inf"), torch.tensor(-1.0), torch.tensor([1.0]), np.bool_(True) + 0.5j):
+        with pytest.raises(ValueError, match=r"progress must be True, False or a delay in seconds >= 0, got"):
+            kfm.sample(field, seeds=range(3), shape=(2,), steps=5, progress=bad)
+
+
 def test_a_dopri5_bar_moves_with_the_least_time_of_a_batch_whose_samples_finish_together(capsys, monkeypatch):
     """dopri5's bar counted finished samples: a batch whose samples finish together (one field's
     samples often do; EFM of CIFAR-10 for minutes) sat at 0/B until it ended. It shows the least t

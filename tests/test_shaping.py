@@ -421,3 +421,85 @@ def test_a_gain_that_reads_an_attribute_named_like_a_global_kts_is_not_warned_of
     assert smooth.split == 0.6
     with pytest.warns(UserWarning, match=r"around a KTS \(tau_split = 0.5\)"):     # the global itself: warned of
         kfm.sample(velocity, x0, steps=4, shaping=lambda t: eta(t))
+
+
+class _GainObject:
+    """A gain written as a class: ``__call__`` reads the KTS it holds as ``self.kts``."""
+
+    def __init__(self, kts):
+        self.kts = kts
+
+    def __call__(self, t):
+        return self.kts(t)
+
+    def eta(self, t):
+        return self.kts(t)
+
+
+def _dataclass_gain():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Gain:
+        kts: KTS
+        scale: float = 1.0
+
+        def __call__(self, t):
+            return self.scale * self.kts(t)
+    return Gain(HIDDEN)
+
+
+def _module_gain():
+    class Gain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(1, 1)
+            self.kts = HIDDEN
+
+        def forward(self, t):
+            return self.kts(t)
+    return Gain()
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda: _GainObject(HIDDEN),                    # an attribute of a callable object
+    _dataclass_gain,                                # a dataclass field
+    _module_gain,                                   # a plain attribute of an nn.Module
+    lambda: _GainObject(HIDDEN).eta,                # a bound method whose object holds it
+], ids=["object", "dataclass", "module", "method-of-holder"])
+def test_a_callable_object_holding_a_kts_as_an_attribute_is_warned_of(wrap):
+    # helper-239: the check looked inside functions, partials and bound methods only; a class with
+    # __call__ (or a dataclass) whose self.kts is a KTS hid its tau_split from the solvers without a word
+    import kinetic_fm as kfm
+
+    x0, velocity = _hidden_settings()
+    reference = kfm.sample(velocity, x0, solver="rk4", steps=10, shaping=HIDDEN)
+    with pytest.warns(UserWarning, match=r"around a KTS \(tau_split = 0.5\) that does not declare its tau_split") \
+            as caught:
+        hidden = kfm.sample(velocity, x0, solver="rk4", steps=10, shaping=wrap())
+    assert caught[0].filename == __file__
+    assert hidden.split == 0.6 and (hidden.x - reference.x).abs().max() > 1e-3
+
+
+class _PropertyGain:
+    """A gain whose attribute is a property that raises: the check must not run it."""
+
+    @property
+    def kts(self):
+        raise RuntimeError("a property ran")
+
+    def __call__(self, t):
+        return 1.0 + 0 * torch.as_tensor(t)
+
+
+def test_a_callable_object_is_looked_at_without_running_its_code_and_one_level_deep():
+    import kinetic_fm as kfm
+
+    x0, velocity = _hidden_settings()
+    reference = kfm.sample(velocity, x0, steps=4, shaping=lambda t: 1.0 + 0 * torch.as_tensor(t))
+    declared = _GainObject(HIDDEN)
+    declared.tau_split = HIDDEN.tau_split
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(kfm.sample(velocity, x0, steps=4, shaping=_PropertyGain()).x, reference.x)
+        assert kfm.sample(velocity, x0, steps=4, shaping=declared).split == 0.5     # declares its τ: no warning

@@ -153,33 +153,28 @@ def start_run_of(velocity: object) -> None:
 
 def held_inside(function: object, kind: type) -> object | None:
     """An instance of ``kind`` that ``function`` holds where a caller sees only a function: what a
-    lambda's or a nested function's closure holds, the module globals its code loads and its
-    defaults; a ``functools.partial``'s function and arguments; a bound method's object. One level
-    deep, and no code runs (no property, no ``__getattr__``); None where none is found, or for any
-    other callable (whose attributes the caller reads itself)."""
-    import dis
+    lambda's or a nested function's closure holds, the module globals its code loads (nested code
+    included) and its defaults; a ``functools.partial``'s function and arguments; a bound method's
+    object and that object's own attributes; for any other callable (a class with ``__call__``, a
+    dataclass), its own attributes (instance ``__dict__`` and ``__slots__``: ``self.kts``). One
+    level deep: a container, or an ``nn.Module``'s submodules, are not looked into (a net's
+    attributes are many, and a gain holds its KTS where its code reads it). No code runs (no
+    property, ``__getattr__`` or ``__getattribute__``); None where none is found. The steps are
+    those of :mod:`kinetic_fm.holdings`, which the training-mode walk follows further."""
     import functools
     import types
 
+    from .holdings import closure_values, loaded_globals, own_attributes, partial_parts
+
     if isinstance(function, types.MethodType):
-        held = [function.__self__]
+        held = [function.__self__, *own_attributes(function.__self__)]
     elif isinstance(function, functools.partial):
-        held = [function.func, *function.args, *function.keywords.values()]
+        held = partial_parts(function)
     elif isinstance(function, types.FunctionType):
-        held = []
-        for cell in function.__closure__ or ():
-            try:
-                held.append(cell.cell_contents)
-            except ValueError:  # a cell not filled yet
-                continue
-        # the globals its code loads: co_names also lists the attributes it reads (schedule.eta reads no global eta)
-        loaded = {op.argval for op in dis.get_instructions(function.__code__)
-                  if op.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
-        names = function.__globals__
-        held += [names[name] for name in function.__code__.co_names if name in loaded and name in names]
+        held = [value for value, _ in (*closure_values(function), *loaded_globals(function))]
         held += [*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values()]
     else:
-        return None
+        held = own_attributes(function)
     # by type(): isinstance() falls back to reading __class__, which a proxy or closed handle may raise on
     return next((value for value in held if issubclass(type(value), kind)), None)
 

@@ -282,13 +282,20 @@ class ModelXT(_Adapter):
         self._take_extras(per_sample, extras)
 
     _selected_from: int | None = None   # the batch size select() cut this adapter from
-    # flow_matching's ODESolver calls model(x=x, t=t, **extras); integrations.flow_matching sets
-    # this for a model whose signature names x and t (a keyword-only forward, or t before x), and
-    # the names positional extras fill (None: they follow x and t, which lead the signature), and
-    # for a model with *args its positional parameters before it, in order (None: it has none)
-    _call_by_name: bool = False
-    _extra_names: tuple[str, ...] | None = None
-    _positional_order: tuple[str, ...] | None = None
+    # how the model is called, given the callable: as it is, model(x, t, ...), unless
+    # _take_keyword_call says by name; bound once, not per evaluation (a class-level default)
+    _convention: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] = staticmethod(_as_is)
+
+    def _take_keyword_call(self, by_name: bool, extra_names: tuple[str, ...] | None,
+                           positional_order: tuple[str, ...] | None = None) -> None:
+        """Call the model as flow_matching's ``ODESolver`` does, ``model(x=x, t=t, **extras)``, where
+        ``by_name`` (integrations.flow_matching says so for a model whose signature names x and t: a
+        keyword-only forward, or t before x), ``extra_names`` being the names positional extras fill
+        (None: they follow x and t, which lead the signature; see :func:`_by_name`) and
+        ``positional_order``, for a model with ``*args``, its positional parameters before it, in order
+        (None: it has none); else by position."""
+        self._convention = (functools.partial(_by_name, extra_names=extra_names, positional_order=positional_order)
+                            if by_name else _as_is)
 
     def _take_extras(self, per_sample: Iterable[str] | None, extras: dict[str, Any]) -> None:
         """Check ``per_sample`` against ``extras`` and hold both (also for extras named ``time`` or
@@ -316,8 +323,7 @@ class ModelXT(_Adapter):
             raise
 
     def _call(self, x: torch.Tensor, t: torch.Tensor | float, args: tuple, kwargs: dict) -> torch.Tensor:
-        how = (functools.partial(_by_name, extra_names=self._extra_names, positional_order=self._positional_order)
-               if self._call_by_name else _as_is)
+        how = self._convention
         if self.per_sample is None:
             return _call_time_mode(self.inner, how, self.time, x, t, args, {**self.extras, **kwargs})
         shared = {k: v for k, v in self.extras.items() if k not in self.per_sample}

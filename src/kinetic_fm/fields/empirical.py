@@ -1027,7 +1027,8 @@ class PosteriorRecorder:
     hides it: give such a wrapper a ``start_run()`` that calls the recorder's, or clear it yourself.
     Called directly, or by a loop that does not call :meth:`start_run` (flow_matching's
     ``ODESolver``), its records accumulate over calls, and :meth:`trace` refuses (ValueError) records
-    that return to t = 0 after later times, but for a run backwards in time that ends there: a second
+    that return to t = 0 after later times, but for a run backwards in time that ends there, or where
+    a sample is back at or before its first time after later times (two runs from t0 = 0.2): a second
     run nobody told it of.
 
     One record is one evaluation of the field by the sampler, also where an adapter splits it:
@@ -1142,10 +1143,10 @@ class PosteriorRecorder:
     def trace(self) -> PosteriorTrace:
         """Stack the records; raises ValueError when nothing was recorded yet, or when the calls
         were on batches of different sizes (the records of several runs), or return to t = 0 after
-        later times (a second run of the same size, started without :meth:`start_run`; a run
-        backwards in time, which ends on 0, is one run), or a :meth:`select` view
-        was called on other rows than its mask selects, or inside an open :meth:`one_evaluation`
-        (its record is not made yet)."""
+        later times, or to a sample's first time or before it (a second run of the same size,
+        started without :meth:`start_run`; a run backwards in time, which ends on 0, is one run), or
+        a :meth:`select` view was called on other rows than its mask selects, or inside an open
+        :meth:`one_evaluation` (its record is not made yet)."""
         self._refuse_open_evaluation("trace")
         if not self._log.records:
             raise ValueError("the recorder has not been called yet")
@@ -1187,23 +1188,36 @@ class PosteriorRecorder:
 
     @staticmethod
     def _refuse_second_start(t: torch.Tensor) -> None:
-        """ValueError where the (calls, B) times return to t = 0 after later times: a second run that
-        nobody told the recorder of (a function around it, flow_matching's ``ODESolver``). Within one
-        run only the first evaluation is at t = 0: the solvers' times never decrease but on a rejected
-        try or after dopri5's first-step probe, whose tries start past 0 (their first stage is reused).
+        """ValueError where the (calls, B) times (NaN: a row the call did not evaluate) show a second
+        run that nobody told the recorder of (a function around it, flow_matching's ``ODESolver``).
+
+        Within one forward run no row is evaluated at or before its first time again: the solvers'
+        times never decrease but on a rejected try or after dopri5's first-step probe, whose tries
+        start past the step's start (their first stage is reused). So a row back at or before its
+        first time, after later times, is a second start (two runs from t0 = 0.2 appended).
         A run backwards in time (data to noise, a ``time_grid`` from 0.95 to 0) ends on t = 0 (rk4's
         last stage) after later times: a return to 0 is a second start where the records began at 0
         (a forward run's start, again) or go on past 0 after it (a run after the backward one)."""
         at_start = ((t == 0) | t.isnan()).all(1)                # every row the record evaluated is at 0
-        past = (t > 0).any(1)
-        went_on = past.cumsum(0) > 0                            # some record so far went past 0
-        goes_on = past.flip(0).cumsum(0).flip(0) > past.int()   # some later record goes past 0
-        again = at_start[1:] & went_on[:-1] & (at_start[0] | goes_on[1:])
-        if bool(again.any()):                                   # one synchronisation, as trace()'s others
-            record = int(torch.nonzero(again)[0]) + 1
-            raise ValueError(f"the recorder holds more than one run: its record {record} is at t = 0 again after "
-                             "later times, a run it was not told of (kfm.sample tells the recorder it is given, or "
-                             "one inside the library's wrappers; a function of your own around it, or "
-                             "flow_matching's ODESolver, does not): read each run's trace() and clear() it between "
-                             "runs, or use a recorder per run; a function of yours can pass the start on with a "
-                             "start_run() that calls the recorder's")
+        seen = (t > 0).any(1).cumsum(0)                         # the records so far that went past 0
+        # seen[i] < seen[-1]: a later record goes past 0
+        again = at_start[1:] & (seen[:-1] > 0) & (at_start[0] | (seen[1:] < seen[-1]))
+        first = (~t.isnan()).to(torch.uint8).argmax(0)          # each row's first record (argmax: the first 1)
+        began = t.gather(0, first[None])                        # (1, B), the time there
+        back = (t <= began) & ((t > began).cumsum(0) > 0)       # at or before it, after a later time
+        restart = torch.cat([again.new_zeros(1), again])
+        starts = restart | back.any(1)
+        if not bool(starts.any()):                              # one synchronisation, as trace()'s others
+            return
+        record = int(torch.nonzero(starts)[0])
+        if restart[record]:
+            where = f"its record {record} is at t = 0 again after later times"
+        else:
+            row = int(torch.nonzero(back[record])[0])
+            where = (f"its record {record} is back at t = {float(t[record, row]):.6g} (sample {row}), at or "
+                     f"before where that sample's records began (t = {float(began[0, row]):.6g}), after later times")
+        raise ValueError(f"the recorder holds more than one run: {where}, a run it was not told of (kfm.sample tells "
+                         "the recorder it is given, or one inside the library's wrappers; a function of your own "
+                         "around it, or flow_matching's ODESolver, does not): read each run's trace() and clear() "
+                         "it between runs, or use a recorder per run; a function of yours can pass the start on "
+                         "with a start_run() that calls the recorder's")

@@ -61,7 +61,7 @@ def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "share
     named = _model_kwargs(model_kwargs, extras)
     field = ModelXT(model, time=time)
     field._take_extras(per_sample, {**extras, **named})
-    field._call_by_name, field._extra_names, field._positional_order = _keyword_call(model)
+    field._take_keyword_call(*_keyword_call(model))
     return field
 
 

@@ -11,6 +11,7 @@ import torch
 
 from ..checks import VelocityOutputError, add_note, caller_outside_the_package, tensor_output
 from ..gemm import autocast_enabled
+from ..holdings import attribute_uses, closure_values, loaded_globals, partial_parts, slot_values
 
 
 class NonFiniteVelocityError(FloatingPointError):
@@ -269,69 +270,8 @@ def _reachable_modules(root: object, budget: int = 2000, fan_out: int = 32) -> l
     return found
 
 
-_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW", "LOAD_DEREF"})
-_GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
 # a container's methods (dict.get, list.__getitem__) hand out what it holds
 _CONTAINERS = (dict, list, tuple, collections.deque, set, frozenset)
-
-
-@functools.lru_cache(maxsize=1024)
-def _attribute_uses(code: types.CodeType) -> dict[str, frozenset[tuple[str, ...]] | None]:
-    """For each local or free variable ``code`` touches: the chains of attribute names it reads
-    directly on it (``self.ema(x)`` gives ``{("ema",)}``, ``self.nets.ema(x)`` gives
-    ``{("nets", "ema")}``), or None when the variable is used in any other way too (called,
-    passed, returned, stored, subscripted, captured by nested code)."""
-    uses = _variable_uses(code, global_names=False)
-    if "__class__" in code.co_freevars and code.co_varnames:
-        # zero-argument super() reads the first argument without a load of it (Python ≤ 3.11)
-        uses[code.co_varnames[0]] = None
-    return uses
-
-
-@functools.lru_cache(maxsize=1024)
-def _global_uses(code: types.CodeType) -> dict[str, frozenset[tuple[str, ...]] | None]:
-    """The globals a function's code loads (not attribute names such as ``self.model``, which share
-    ``co_names``), its nested code (comprehensions, inner lambdas) included, each with the
-    attribute chains read on it, as ``_attribute_uses`` gives them for locals."""
-    uses = _variable_uses(code, global_names=True)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            for name, chains in _global_uses(const).items():
-                known = uses.get(name, frozenset())
-                uses[name] = None if known is None or chains is None else known | chains
-    return uses
-
-
-def _variable_uses(code: types.CodeType, global_names: bool) -> dict[str, frozenset[tuple[str, ...]] | None]:
-    """The globals ``code`` loads, or the local and free variables it touches, each with the
-    attribute chains that follow its loads, or None (any other use)."""
-    import dis
-
-    instructions = list(dis.get_instructions(code))
-    loads = _GLOBAL_LOADS if global_names else _LOADS
-    uses: dict[str, set[tuple[str, ...]] | None] = {}
-    for i, ins in enumerate(instructions):
-        if global_names:
-            if ins.opname not in _GLOBAL_LOADS:
-                continue
-        elif not (ins.opcode in dis.haslocal or ins.opcode in dis.hasfree or any(
-                part in ins.opname for part in ("FAST", "DEREF", "CLOSURE", "CELL"))):
-            continue
-        names = ins.argval if isinstance(ins.argval, tuple) else (ins.argval,)  # 3.13 pairs loads
-        chain: list[str] = []
-        if ins.opname in loads and len(names) == 1:
-            j = i + 1
-            while j < len(instructions) and instructions[j].opname in ("LOAD_ATTR", "LOAD_METHOD"):
-                chain.append(instructions[j].argval)
-                j += 1
-        for name in names:
-            if not isinstance(name, str):
-                continue
-            if chain and uses.get(name, set()) is not None:
-                uses.setdefault(name, set()).add(tuple(chain))
-            else:
-                uses[name] = None
-    return {name: None if chains is None else frozenset(chains) for name, chains in uses.items()}
 
 
 def _used_part(obj: object, chains: frozenset[tuple[str, ...]] | None) -> list:
@@ -388,28 +328,20 @@ def _static_attribute(obj: object, attr: str) -> object:
 def _held_objects(obj: object, fan_out: int) -> list:
     children: list = []
     if isinstance(obj, functools.partial):
-        children += [obj.func, *obj.args[:fan_out], *list(obj.keywords.values())[:fan_out]]
+        children += partial_parts(obj, fan_out)
     if isinstance(obj, types.MethodType):
         function, bound = obj.__func__, obj.__self__
         if not isinstance(function, types.FunctionType):
             return children + [function, bound]
         code = function.__code__
-        children += _used_part(bound, _attribute_uses(code).get(code.co_varnames[0], frozenset())
+        children += _used_part(bound, attribute_uses(code).get(code.co_varnames[0], frozenset())
                                if code.co_varnames else None)
         obj = function  # its globals and cells are read below, in this step: a chain of methods costs one each
     elif isinstance(obj, types.BuiltinMethodType):
         children.append(obj.__self__)
     if isinstance(obj, types.FunctionType):  # `lambda x, t: net(x, t)` with a global net
-        code, namespace = obj.__code__, obj.__globals__
-        uses = _global_uses(code)
-        for name in sorted(uses):
-            if name in namespace:
-                children += _used_part(namespace[name], uses[name])
-        for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
-            try:
-                children += _used_part(cell.cell_contents, _attribute_uses(code).get(name, frozenset()))
-            except ValueError:  # an empty cell
-                pass
+        for value, chains in (*loaded_globals(obj), *closure_values(obj)):
+            children += _used_part(value, chains)
         return children
     if isinstance(obj, _CONTAINERS):  # a long list (a dataset, a cache) is not where nets live
         return children + list(itertools.islice(obj.values() if isinstance(obj, dict) else obj, fan_out))
@@ -419,22 +351,7 @@ def _held_objects(obj: object, fan_out: int) -> list:
     attributes = getattr(obj, "__dict__", None)
     if isinstance(attributes, dict):
         children += list(attributes.values())
-    return children + _slot_values(obj)
-
-
-def _slot_values(obj: object) -> list:
-    """What ``obj`` holds in the ``__slots__`` of its classes, read through their member
-    descriptors (C code: no property or ``__getattr__`` runs)."""
-    values = []
-    for cls in type(obj).__mro__:
-        if "__slots__" in vars(cls):
-            for member in vars(cls).values():
-                if isinstance(member, types.MemberDescriptorType):
-                    try:
-                        values.append(member.__get__(obj, cls))
-                    except AttributeError:  # a slot not set
-                        pass
-    return values
+    return children + slot_values(obj)
 
 
 def training_layers(obj: object) -> list[str]:

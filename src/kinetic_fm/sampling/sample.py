@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..checks import (as_scalar, caller_outside_the_package, check_device, check_flag, check_integer,
+from ..checks import (as_scalar, caller_outside_the_package, check_device, check_flag, check_integer, check_real,
                       check_unit_number, declares, declares_singular_at_one, held_inside, is_real, start_run_of)
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
@@ -308,7 +308,8 @@ def _warn_about_ignored_settings(solver: str, steps: int, **adaptive) -> None:
 
 def _warn_about_a_hidden_kts(shaping) -> None:
     """Warn when the gain is a function around a KTS (``lambda t: kts(t)``, a partial, a bound
-    method such as ``kts.unchecked``) that does not declare its ``tau_split``: the solvers see a
+    method such as ``kts.unchecked``, a callable object whose ``self.kts`` is one; see
+    :func:`held_inside`) that does not declare its ``tau_split``: the solvers see a
     smooth callable, so steps no longer treat τ as η's kink and the split defaults to 0.6. On a
     τ = 0.5 constant-form gain that moved rk4's 10-step x by 6e-3 and dopri5's by 8e-4 (86–98 field
     evaluations for 32), and the early energy by 8–10 %, without a word. Called for a gain that
@@ -363,13 +364,13 @@ def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_st
 
 
 def _bar_delay(progress) -> float | None:
-    """``progress`` as the seconds before the bar appears, or None for no bar; else ValueError."""
+    """``progress`` as the seconds before the bar appears (a real number >= 0, as :func:`check_real` reads
+    one: a 0-d tensor too), or None for no bar (None, False); True is 0. Else ValueError."""
     import numpy as np
 
     if progress is None:  # falsy, as before progress took a delay: no bar
         return None
     if isinstance(progress, (bool, np.bool_)):
         return 0.0 if progress else None
-    if isinstance(progress, (int, float, np.integer, np.floating)) and math.isfinite(progress) and progress >= 0:
-        return float(progress)
-    raise ValueError(f"progress must be True, False or a delay in seconds >= 0, got {progress!r}")
+    # one real number as every other setting reads one: a 0-d tensor or NumPy scalar too; NaN and inf refused
+    return check_real("progress", progress, 0.0, math.inf, "True, False or a delay in seconds >= 0")
