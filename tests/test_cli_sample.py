@@ -315,6 +315,38 @@ def test_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch):
     assert "interrupted: finished work is kept; rerun the same command with --resume" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stage", ["load_model", "weights_digest"])
+def test_an_interruption_while_the_model_loads_says_nothing_was_sampled(tmp_path, capsys, monkeypatch, stage):
+    # it said "finished work is kept; rerun the same command with --resume to continue" of a run folder
+    # that did not exist yet: the weights are read and hashed (a big file takes long) before any sample
+    import kinetic_fm.commands.sample as command
+    import kinetic_fm.models.checkpoint as checkpoint
+    from kinetic_fm.cli import _Terminated
+
+    net = VelocityMLP(2, hidden=8, depth=1)
+    save_model(net, tmp_path / "net.safetensors", ema=net)
+    flags = ["--model", tmp_path / "net.safetensors", "--n", 2, "--steps", 2]
+    for signal_, code, how in ((KeyboardInterrupt, 130, ""), (_Terminated, 128 + 15, " (SIGTERM)")):
+        def interrupted(*args, **kwargs):
+            raise signal_
+
+        with monkeypatch.context() as patched:
+            patched.setattr(checkpoint, stage, interrupted)
+            assert kfm_sample(tmp_path / "run", *flags) == code
+        err = capsys.readouterr().err
+        assert (f"kfm sample: interrupted{how}: while reading --model {tmp_path / 'net.safetensors'}, before any "
+                "sample was computed: rerun the same command") in err
+        assert "finished work is kept" not in err and not (tmp_path / "run").exists()
+    # once the net is read, the usual hint: the folder keeps finished shards
+    def interrupted_sampling(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(command, "_shard_sampler", interrupted_sampling)
+        assert kfm_sample(tmp_path / "run", *flags) == 130
+    assert "while reading --model" not in capsys.readouterr().err
+
+
 def test_a_unet_trained_by_kfm_train_is_sampled_at_its_recorded_shape(tmp_path):
     assert main(["train", "--data", "digits", "--n", "16", "--steps", "1", "--batch-size", "4", "--width", "8",
                  "--model", "unet", "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "net")]) == 0

@@ -869,6 +869,11 @@ def _warn_on_batch_change(args, manifest) -> None:
                       "table", stacklevel=2)
 
 
+def _nothing_sampled_hint(flag: str, value) -> str:
+    """What an interruption while ``flag``'s input (``value``) is read says: no sample was computed yet."""
+    return f"while reading {flag} {value}, before any sample was computed: rerun the same command"
+
+
 def _interrupted_run_hint(run_dir, manifest) -> str:
     """What an interruption kept: "finished work is kept" read as if the samples so far were, when
     the shard in progress (all of a run of fewer than --shard-size samples) is dropped."""
@@ -1113,14 +1118,16 @@ def _run(args) -> int:
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
         if lock is not None:
             held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
+        # a Ctrl-C while a net is read and hashed, or the items load (50,000 CIFAR-10 images take 15 s),
+        # leaves no shard behind; from then on the folder keeps finished shards: the --resume hint
         if args.model:
+            args.interrupt_hint = _nothing_sampled_hint("--model", args.model)
             target = _model_target(args.model, args.shape, stored)
+            args.interrupt_hint = None
         elif args.field == EMPIRICAL:
-            # a Ctrl-C in the items' loading (50,000 CIFAR-10 images take 15 s) leaves no shard behind
-            args.interrupt_hint = (f"while reading --train {args.train}, before any sample was computed: rerun the "
-                                   "same command")
+            args.interrupt_hint = _nothing_sampled_hint("--train", args.train)
             target = _empirical_target(args, device, stored)
-            args.interrupt_hint = None  # from here on the folder keeps finished shards: the --resume hint
+            args.interrupt_hint = None
             if args.resume:
                 _refuse_other_training_data(args, target, stored)
         else:
