@@ -154,6 +154,27 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, flags, message):
     assert message in err and err.startswith("kfm sample: error:")
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--beta0", 0.2], "--beta0 = 0.2 makes η(t) ≤ 0 near t = 1 for the exponential landing with --k = 3; the "
+                       "largest admissible --beta0 is just below 1/(e^k − 1) ≈ 0.05239569"),
+    (["--beta0", -0.1, "--k", 2], "--beta0 must be >= 0 and below 1/(e^k − 1) ≈ 0.1565176 for the exponential "
+                                  "landing with --k = 2, got -0.1"),
+    (["--beta0", 1, "--landing", "linear"], "the largest admissible --beta0 is just below 1"),
+    (["--beta0", "nan"], "--beta0 must be a finite number >= 0 (below 1/(e^k − 1) for the exponential landing"),
+    (["--k", 0, "--landing", "linear", "--launch", "exponential"], "--k must lie in (0, 700]"),
+    (["--alpha0", -1], "--alpha0 must lie in [0, 1e+06], got -1.0"),
+    (["--tau", 0], "--tau must lie in (0, 1), got 0.0"),
+])
+def test_kts_errors_name_the_flags_throughout(tmp_path, capsys, flags, message):
+    # the opening named the flag, the tail KTS's parameters: "the largest admissible beta0", "with k = 3"
+    import re
+
+    assert kfm_sample(tmp_path / "run", *flags) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert re.search(r"(?<![\w-])(alpha0|beta0|tau_split)\b|(?<![\w^-])k\b", err) is None, err
+
+
 def test_a_trained_model_is_sampled_like_the_library_does(tmp_path):
     from kinetic_fm.models import VelocityMLP, load_model, save_model
 
