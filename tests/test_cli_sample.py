@@ -154,6 +154,27 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, flags, message):
     assert message in err and err.startswith("kfm sample: error:")
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--beta0", 0.2], "--beta0 = 0.2 makes η(t) ≤ 0 near t = 1 for the exponential landing with --k = 3; the "
+                       "largest admissible --beta0 is just below 1/(e^k − 1) ≈ 0.05239569"),
+    (["--beta0", -0.1, "--k", 2], "--beta0 must be >= 0 and below 1/(e^k − 1) ≈ 0.1565176 for the exponential "
+                                  "landing with --k = 2, got -0.1"),
+    (["--beta0", 1, "--landing", "linear"], "the largest admissible --beta0 is just below 1"),
+    (["--beta0", "nan"], "--beta0 must be a finite number >= 0 (below 1/(e^k − 1) for the exponential landing"),
+    (["--k", 0, "--landing", "linear", "--launch", "exponential"], "--k must lie in (0, 700]"),
+    (["--alpha0", -1], "--alpha0 must lie in [0, 1e+06], got -1.0"),
+    (["--tau", 0], "--tau must lie in (0, 1), got 0.0"),
+])
+def test_kts_errors_name_the_flags_throughout(tmp_path, capsys, flags, message):
+    # the opening named the flag, the tail KTS's parameters: "the largest admissible beta0", "with k = 3"
+    import re
+
+    assert kfm_sample(tmp_path / "run", *flags) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert re.search(r"(?<![\w-])(alpha0|beta0|tau_split)\b|(?<![\w^-])k\b", err) is None, err
+
+
 def test_a_trained_model_is_sampled_like_the_library_does(tmp_path):
     from kinetic_fm.models import VelocityMLP, load_model, save_model
 
@@ -313,6 +334,38 @@ def test_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(command, "run", interrupted)
     assert main(["sample", "--field", "gaussian", "--n", "2", "--out", str(tmp_path / "run")]) == 130
     assert "interrupted: finished work is kept; rerun the same command with --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["load_model", "weights_digest"])
+def test_an_interruption_while_the_model_loads_says_nothing_was_sampled(tmp_path, capsys, monkeypatch, stage):
+    # it said "finished work is kept; rerun the same command with --resume to continue" of a run folder
+    # that did not exist yet: the weights are read and hashed (a big file takes long) before any sample
+    import kinetic_fm.commands.sample as command
+    import kinetic_fm.models.checkpoint as checkpoint
+    from kinetic_fm.cli import _Terminated
+
+    net = VelocityMLP(2, hidden=8, depth=1)
+    save_model(net, tmp_path / "net.safetensors", ema=net)
+    flags = ["--model", tmp_path / "net.safetensors", "--n", 2, "--steps", 2]
+    for signal_, code, how in ((KeyboardInterrupt, 130, ""), (_Terminated, 128 + 15, " (SIGTERM)")):
+        def interrupted(*args, **kwargs):
+            raise signal_
+
+        with monkeypatch.context() as patched:
+            patched.setattr(checkpoint, stage, interrupted)
+            assert kfm_sample(tmp_path / "run", *flags) == code
+        err = capsys.readouterr().err
+        assert (f"kfm sample: interrupted{how}: while reading --model {tmp_path / 'net.safetensors'}, before any "
+                "sample was computed: rerun the same command") in err
+        assert "finished work is kept" not in err and not (tmp_path / "run").exists()
+    # once the net is read, the usual hint: the folder keeps finished shards
+    def interrupted_sampling(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(command, "_shard_sampler", interrupted_sampling)
+        assert kfm_sample(tmp_path / "run", *flags) == 130
+    assert "while reading --model" not in capsys.readouterr().err
 
 
 def test_a_unet_trained_by_kfm_train_is_sampled_at_its_recorded_shape(tmp_path):

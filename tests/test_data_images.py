@@ -733,3 +733,37 @@ def test_a_wrapped_one_class_tree_is_unlabelled_and_says_why(tmp_path, capsys):
     assert load_image_folder(tmp_path / "inner").classes == ("x", "y")
     assert load_image_folder(tmp_path / "wrapped").classes == ("cat", "dog")
     assert why_unlabelled(tmp_path / "inner") is None
+
+
+def test_folder_labels_split_each_path_once_labelled_or_not(tmp_path, monkeypatch):
+    # the labelling split every path twice, and list_image_labels a third time to say why it gave none
+    import kinetic_fm.data.images as images
+    from kinetic_fm.data.images import why_unlabelled
+
+    splits = []
+
+    class Path(str):
+        def split(self, *args, **kwargs):
+            splits.append(str(self))
+            return super().split(*args, **kwargs)
+
+    under = images._under
+    monkeypatch.setattr(images, "_under", lambda *a: [(name, Path(rel)) for name, rel in under(*a)])
+    for name in ("labelled/cat/0.png", "labelled/dog/1.png", "labelled/dog/x/2.png", "one/wrapper/a/0.png",
+                 "one/wrapper/a/1.png", "loose/x.png", "loose/cat/0.png", "loose/dog/1.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / name)
+    classes, labels = list_image_labels(tmp_path / "labelled")
+    assert classes == ("cat", "dog") and labels.tolist() == [0, 1, 1]
+    assert sorted(splits) == ["cat/0.png", "dog/1.png", "dog/x/2.png"]
+    for folder, reason in (("one", "all its images lie in one folder, wrapper/a/"),
+                           ("loose", "x.png lies beside the class folders")):
+        splits.clear()
+        with pytest.raises(ValueError, match=f"at least two classes: {reason}"):
+            list_image_labels(tmp_path / folder)
+        assert len(splits) == len(set(splits)) == (2 if folder == "one" else 3)
+    splits.clear()
+    assert load_image_folder(tmp_path / "labelled").classes == ("cat", "dog")
+    assert len(splits) == 3
+    splits.clear()
+    assert why_unlabelled(tmp_path / "loose").startswith("x.png lies beside") and len(splits) == 3

@@ -927,6 +927,24 @@ def test_a_sig_format_writes_significant_digits_without_an_exponent_in_both_rend
                          sections=[Section("S", tables=[("fd", frame)], formats={"FD": bad})])
 
 
+def test_a_bad_number_format_gets_the_same_message_from_a_section_and_from_a_bar_figure(tmp_path):
+    # the check was written twice, with different examples of a good spec in each message
+    frame = pd.DataFrame({"setting": ["a", "b"], "F_mem": [0.5, 0.25]})
+    messages = []
+    for bad in ("d", "sig", "sig10"):
+        with pytest.raises(ValueError) as section_error:
+            write_report(tmp_path, title="t", intro="", claims=[], meta={},
+                         sections=[Section("S", tables=[("f", frame)], formats={"F_mem": bad})])
+        with pytest.raises(ValueError) as figure_error:
+            F.bar_figure("bad", "c", frame, x="setting", y="F_mem", reference=0.5, reference_format=bad)
+        section_text, figure_text = str(section_error.value), str(figure_error.value)
+        assert section_text.startswith("section 'S': formats['F_mem'] must be a format spec")
+        assert figure_text.startswith("reference_format must be a format spec")
+        assert section_text.split(" must be ", 1)[1] == figure_text.split(" must be ", 1)[1]
+        messages.append(figure_text)
+    assert messages[0].endswith("got 'd'") and "'sig3'" in messages[0]
+
+
 def test_section_tables_show_the_index_align_numbers_and_read_back_in_both_renderings(tmp_path):
     named = pd.DataFrame({"FD": [1.5, np.nan, 12345.678], "judge": ["a|b", "c\\d", "e"]},
                          index=pd.Index(["FM", "KTS", "EFM"], name="config"))

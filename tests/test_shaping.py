@@ -104,6 +104,16 @@ def test_the_float_gain_is_accurate_for_small_k_as_the_tensor_gain_is(k):
     assert both.mean_gain() == pytest.approx(1.2, abs=1e-6)
 
 
+def test_kts_errors_name_its_parameters():
+    # the library's words (the command line's flags replace them there)
+    with pytest.raises(ValueError, match=r"^beta0 = 0.2 makes η\(t\) ≤ 0 near t = 1 for the exponential landing "
+                                         r"with k = 3; the largest admissible beta0 is just below 1/\(e\^k − 1\)"):
+        KTS(beta0=0.2)
+    with pytest.raises(ValueError, match=r"^beta0 must be >= 0 and below 1/\(e\^k − 1\) ≈ 0.1565176 for the "
+                                         r"exponential landing with k = 2, got -0.1"):
+        KTS(beta0=-0.1, k=2)
+
+
 @pytest.mark.parametrize("landing", ["linear", "constant"])
 def test_linear_and_constant_landing_limit_is_one(landing):
     KTS(beta0=0.99, landing=landing)

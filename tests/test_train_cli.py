@@ -35,6 +35,24 @@ def test_kfm_train_writes_a_loadable_run_and_resumes_identically(tmp_path, capsy
     assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "cut" / "final.safetensors")
 
 
+def test_kfm_train_resume_reads_the_runs_config_once(tmp_path, monkeypatch):
+    # the command parsed config.json twice: once for the recorded data shape, once for the recorded data spec
+    import pathlib
+
+    assert main(["train", *COMMON, "--steps", "4", "--out", str(tmp_path)]) == 0
+    reads = []
+    read_text = pathlib.Path.read_text
+
+    def counted(self, *args, **kwargs):
+        if self.name == "config.json" and sys._getframe(1).f_globals["__name__"] == "kinetic_fm.commands.train":
+            reads.append(self)
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", counted)
+    assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path), "--resume"]) == 0
+    assert reads == [tmp_path / "config.json"]
+
+
 def test_kfm_train_counts_the_checkpoints_its_folder_holds(tmp_path, capsys):
     # extended from 12 to 20 steps, it counted 6: log2's last of the first 12 steps was left out
     assert main(["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "full")]) == 0

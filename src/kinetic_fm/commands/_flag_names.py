@@ -82,14 +82,14 @@ def in_flags(text: str, flags: dict[str, str]) -> str:
     """``text`` with each argument name ``flags`` maps that stands as a word replaced by its flag, and
     ``name=value`` by ``flag value``: "samples and train must have ..." as "--samples and --train
     must have ...", "key='x' does not apply" as "--key 'x' does not apply". A name inside another
-    word, a path or a flag (train_set, data/train, --train-key) is left as it is. For messages that
-    name arguments throughout; :func:`named_by_its_flag` renames only the opening one."""
+    word, a path, a flag or an exponent (train_set, data/train, --train-key, e^k) is left as it is.
+    For messages that name arguments throughout; :func:`named_by_its_flag` renames only the opening one."""
     import re
 
     if not flags:
         return text
     names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
-    pattern = rf"(?<![\w./-])({names})(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]+))?(?![\w/-]|\.\w)"
+    pattern = rf"(?<![\w./^-])({names})(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]+))?(?![\w/-]|\.\w)"
     return re.sub(pattern, lambda m: flags[m[1]] + ("" if m[2] is None else f" {m[2]}"), text)
 
 

@@ -23,7 +23,7 @@ import argparse
 
 from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ._types import check_output_path, faiss_for, seed_number, user_path, writing
-from ._flag_names import SettingFlags, flag_words, named_by_its_flag
+from ._flag_names import SettingFlags, flag_words, in_flags, named_by_its_flag
 
 FIELDS = ("gaussian", "point", "mixture")
 EMPIRICAL = "empirical"  # the exact EFM field of the --train items: not built in, it needs them
@@ -559,7 +559,11 @@ def _shaping(args):
             warnings.filterwarnings("ignore", message="k applies to the exponential", category=UserWarning)
             kts = KTS(**given)
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
-        raise named_by_its_flag(err, {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}) from None
+        flags = {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}
+        # the numbers also in the message's tail ("the largest admissible beta0", "with k = 3"); launch and
+        # landing stand there as words of the prose ("for the exponential landing")
+        numbers = {name: flags[name] for name in ("alpha0", "beta0", "tau_split", "k")}
+        raise ValueError(in_flags(str(named_by_its_flag(err, flags)), numbers)) from None
     if args.k is not None and "exponential" not in (kts.launch, kts.landing):
         # recorded in the run's config, as given, but no form reads it: a sweep over --k would
         # run the same gain under every value without a word
@@ -867,6 +871,11 @@ def _warn_on_batch_change(args, manifest) -> None:
                       "table", stacklevel=2)
 
 
+def _nothing_sampled_hint(flag: str, value) -> str:
+    """What an interruption while ``flag``'s input (``value``) is read says: no sample was computed yet."""
+    return f"while reading {flag} {value}, before any sample was computed: rerun the same command"
+
+
 def _interrupted_run_hint(run_dir, manifest) -> str:
     """What an interruption kept: "finished work is kept" read as if the samples so far were, when
     the shard in progress (all of a run of fewer than --shard-size samples) is dropped."""
@@ -1113,14 +1122,16 @@ def _run(args) -> int:
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
         if lock is not None:
             held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
+        # a Ctrl-C while a net is read and hashed, or the items load (50,000 CIFAR-10 images take 15 s),
+        # leaves no shard behind; from then on the folder keeps finished shards: the --resume hint
         if args.model:
+            args.interrupt_hint = _nothing_sampled_hint("--model", args.model)
             target = _model_target(args.model, args.shape, stored)
+            args.interrupt_hint = None
         elif args.field == EMPIRICAL:
-            # a Ctrl-C in the items' loading (50,000 CIFAR-10 images take 15 s) leaves no shard behind
-            args.interrupt_hint = (f"while reading --train {args.train}, before any sample was computed: rerun the "
-                                   "same command")
+            args.interrupt_hint = _nothing_sampled_hint("--train", args.train)
             target = _empirical_target(args, device, stored)
-            args.interrupt_hint = None  # from here on the folder keeps finished shards: the --resume hint
+            args.interrupt_hint = None
             if args.resume:
                 _refuse_other_training_data(args, target, stored)
         else:

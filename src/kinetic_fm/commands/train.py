@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import TrainConfig, default_model, train
     from ..models.train import check_train_dir
     from ..runs.distributed import single_process_device
+    from ._rows import grey_as_recorded
 
     device = single_process_device(args.device, "train")   # a bad --device fails before the data loads
     check_output_path("--out", args.out, folder=True)
@@ -112,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:  # "n must be an integer in [1, 1_797] (the available items)"
             raise named_by_its_flag(err, _FLAGS) from None
     data = dataset_rows(ds)
-    if args.resume:  # a run from before folder: loaded a grey folder as one channel: its three equal channels
-        data = _grey_as_saved(data, args.data, args.out)
+    saved = _saved_config(args.out) if args.resume else None
+    if saved is not None:  # a run from before folder: loaded a grey folder as one channel: its three equal channels
+        data = grey_as_recorded(data, saved.get("data_shape"), args.data)
     if args.model == "unet" and data.dim() != 4:  # default_model's own refusal names neither flag
         raise ValueError(f"--model unet needs image data (C, H, W), but --data {args.data} holds "
                          f"{'vectors' if data.dim() == 2 else 'items'} of shape {tuple(data.shape[1:])}; "
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     # centred data (CelebA): keep what sampling must add back, written under the folder's lock
     mean = getattr(ds, "mean", None)
     extra = None if mean is None else {"data_mean.safetensors": {"mean": mean}}
-    info = {"data": _recorded_spec(args.data, args.out, args.resume), "n": args.n}
+    info = {"data": _recorded_spec(args.data, saved), "n": args.n}
     with writing("--out", args.out):
         try:
             result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
@@ -186,38 +188,33 @@ def _why_unlabelled(spec: str) -> str:
     return f": {reason}" if reason else ""
 
 
-def _grey_as_saved(data, spec: str, out: str):
-    """``data`` as :func:`~kinetic_fm.commands._rows.grey_as_recorded` gives it for the run in ``out``
-    (the shape its config.json records); unchanged where there is no such record."""
+def _saved_config(out: str) -> dict | None:
+    """The record a kfm train run folder ``out`` keeps in its config.json, or None where there is none
+    (no run yet, or not a kfm train record: the resume itself says what differs)."""
     import json
     from pathlib import Path
-
-    from ._rows import grey_as_recorded
 
     try:
-        saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8")).get("data_shape")
-    except (OSError, ValueError, AttributeError):
-        return data  # no run yet, or not a kfm train record: the resume itself says what differs
-    return grey_as_recorded(data, saved, spec)
+        saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
-def _recorded_spec(spec: str, out: str, resume: bool) -> str:
+def _recorded_spec(spec: str, saved: dict | None) -> str:
     """The data spec config.json records: its path made absolute, so that ``kfm memorization
-    --train`` finds the data from any folder; but a resumed run folder that recorded the same
-    data by a relative path (written before paths were made absolute) keeps its own record, which
-    the resume compares with this run's."""
-    import json
-    from pathlib import Path
-
+    --train`` finds the data from any folder; but a resumed run folder whose record ``saved``
+    (:func:`_saved_config`) holds the same data by a relative path (written before paths were made
+    absolute) keeps its own record, which the resume compares with this run's."""
     from ..data.registry import absolute_spec
 
     spec = absolute_spec(spec)
-    config = Path(out) / "config.json"
-    if resume and config.is_file():
-        try:
-            recorded = json.loads(config.read_text(encoding="utf-8"))["info"]["data"]
-            if recorded != spec and absolute_spec(recorded) == spec:
-                return recorded
-        except (ValueError, KeyError, TypeError):
-            pass  # not a kfm train record: the resume itself says what differs
+    if saved is None:
+        return spec
+    try:
+        recorded = saved["info"]["data"]
+        if recorded != spec and absolute_spec(recorded) == spec:
+            return recorded
+    except (ValueError, KeyError, TypeError):
+        pass  # not a kfm train record: the resume itself says what differs
     return spec

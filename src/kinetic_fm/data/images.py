@@ -408,44 +408,44 @@ def _under(names: list[str], subdir: str | None, path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor | None]:
-    """Classes (sorted) and (N,) labels of files given by their paths ``relative`` to the root:
+def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor | None, str | None]:
+    """(classes sorted, (N,) labels, None) of files given by their paths ``relative`` to the root:
     each file's class is its top folder below the folders every file sits in (wrappers such as
     ``zip -r data.zip data/``), however deep the file lies inside it (``cat/kittens/1.png`` is a
     cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as torchvision's ImageFolder
     labels a tree (ImageFolder takes the root's own folders, so it reads a wrapped tree as one class).
-    (None, None) when a file lies beside the class folders or all lie in one folder: one class is no
-    labelling (the studies refuse it). One class holding folders (``cat/kittens/``, ``cat/adults/``)
+    (None, None, why in words) when a file lies beside the class folders or all lie in one folder: one
+    class is no labelling (the studies refuse it). One class holding folders (``cat/kittens/``, ``cat/adults/``)
     is labelled by them: the class folder reads as a wrapper, as ``data/`` of ``data/cat/``,
     ``data/dog/`` does, and nothing tells the two apart. Class folders all named like a data set's splits (train,
     test, ...) that hold folders of their own are warned of: such a tree is labelled by split."""
-    if _unlabelled(relative) is not None:
-        return None, None
-    folders = [r.split("/")[:-1] for r in relative]
-    shared = _shared_depth(folders)
+    folders, shared = _folders(relative)
+    reason = _unlabelled(relative, folders, shared)
+    if reason is not None:
+        return None, None, reason
     names = [f[shared] for f in folders]
     classes = tuple(sorted(set(names)))
     if all(c.lower() in _SPLIT_NAMES for c in classes) and all(len(f) > shared + 1 for f in folders):
         _warn_of_split_classes(classes)
     lookup = {c: i for i, c in enumerate(classes)}
-    return classes, torch.tensor([lookup[c] for c in names], dtype=torch.int64)
+    return classes, torch.tensor([lookup[c] for c in names], dtype=torch.int64), None
 
 
-def _shared_depth(folders: list[list[str]]) -> int:
-    """How many wrapping folders every file (given by its ``folders``) is under."""
-    shared = 0
-    while all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
-        shared += 1
-    return shared
-
-
-def _unlabelled(relative: list[str]) -> str | None:
-    """Why the files at ``relative`` (paths below the root) get no labels from
-    :func:`_folder_labels`, in words, or None when they do."""
+def _folders(relative: list[str]) -> tuple[list[list[str]], int]:
+    """The folders of each file at ``relative`` (paths below the root), and how many wrapping folders
+    every file is under (0 for no files)."""
     folders = [r.split("/")[:-1] for r in relative]
+    shared = 0
+    while folders and all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
+        shared += 1
+    return folders, shared
+
+
+def _unlabelled(relative: list[str], folders: list[list[str]], shared: int) -> str | None:
+    """Why the files at ``relative`` (paths below the root; ``folders`` their folders, ``shared`` how
+    many of those every file is under) get no labels from :func:`_folder_labels`, in words, or None."""
     if not folders:
         return "it holds no images"
-    shared = _shared_depth(folders)
     beside = next((r for r, f in zip(relative, folders) if len(f) == shared), None)
     if beside is not None and len(set(map(tuple, folders))) == 1:  # one class is no labelling
         where = f"one folder, {'/'.join(folders[0])}/" if folders[0] else "no folder, at the top level"
@@ -538,7 +538,7 @@ def load_image_folder(
         if check_listing is not None:
             check_listing(pairs)
         names = [name for name, _ in pairs]
-        classes, all_labels = _folder_labels([rel for _, rel in pairs]) if labels_from_folders else (None, None)
+        classes, all_labels, _ = _folder_labels([rel for _, rel in pairs]) if labels_from_folders else (None,) * 3
         chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
         array = decode_many(source, [names[i] for i in chosen.tolist()],
                             grayscale=bool(grayscale), crop=crop, size=size, progress=progress)
@@ -570,7 +570,8 @@ def why_unlabelled(path: str | os.PathLike, subdir: str | None = None) -> str | 
     """Why :func:`load_image_folder` gives the images of ``path`` (under ``subdir``) no labels, in
     words naming the folder or file (for messages), or None when it labels them; lists, decodes nothing."""
     with ImageSource(path) as source:
-        return _unlabelled([rel for _, rel in _under(source.names, subdir, path)])
+        relative = [rel for _, rel in _under(source.names, subdir, path)]
+    return _unlabelled(relative, *_folders(relative))
 
 
 def image_names(path: str | os.PathLike, subdir: str | None = None) -> list[str]:
@@ -592,8 +593,7 @@ def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tup
     """
     with ImageSource(path) as source:
         pairs = _under(source.names, subdir, path)
-    classes, labels = _folder_labels([rel for _, rel in pairs])
-    if classes is None:
-        raise ValueError(f"{path}: expected images in <class>/<file> folders, at least two classes: "
-                         f"{_unlabelled([rel for _, rel in pairs])}")
+    classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs])
+    if unlabelled is not None:
+        raise ValueError(f"{path}: expected images in <class>/<file> folders, at least two classes: {unlabelled}")
     return classes, labels

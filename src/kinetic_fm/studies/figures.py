@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..checks import is_real, positive_integer
-from .report import Figure, check_figure_name, format_value
+from .report import Figure, check_figure_name, check_number_format, format_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -552,11 +552,7 @@ def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str
     for arg, column in (("x", x), ("y", y), ("low", low), ("high", high), ("group", group)):
         if column is not None and column not in frame.columns:
             raise ValueError(f"{arg}={column!r} is not a column of frame (columns: {list(frame.columns)})")
-    try:
-        format_value(1.0, reference_format)
-    except (TypeError, ValueError):
-        raise ValueError(f"reference_format must be a format spec for a number such as '.3f', '.4g' or 'sig3', "
-                         f"got {reference_format!r}") from None
+    check_number_format(reference_format, "reference_format")
     values = _array(frame[y].to_numpy(), name=f"frame[{y!r}]")
     keep = np.isfinite(values)
     labels = [str(v) for v in frame[x].to_numpy()[keep]]

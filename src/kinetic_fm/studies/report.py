@@ -177,6 +177,17 @@ def format_value(value: Any, spec: str | None = None) -> str:
     return str(value)
 
 
+def check_number_format(spec: str, name: str) -> str:
+    """Return ``spec`` if :func:`format_value` can write a number with it, else raise ValueError
+    naming ``name`` (the argument or setting that holds ``spec``)."""
+    try:
+        format_value(1.0, spec)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a format spec for a number such as '+.3f', '.3g' or 'sig3', "
+                         f"got {spec!r}") from None
+    return spec
+
+
 _SIGNIFICANT_SPEC = re.compile(r"sig([1-9])")
 
 
@@ -499,11 +510,7 @@ def write_report(out_dir: str | os.PathLike[str], *, title: str, intro: str, cla
                 raise ValueError(f"two figures are named {fig.name!r}; figure names must be unique")
             seen.add(fig.name)
         for column, spec in section.formats.items():
-            try:
-                format_value(1.0, spec)
-            except (TypeError, ValueError):
-                raise ValueError(f"section {section.title!r}: formats[{column!r}] must be a format spec for a "
-                                 f"number such as '+.3f', '.3g' or 'sig3', got {spec!r}") from None
+            check_number_format(spec, f"section {section.title!r}: formats[{column!r}]")
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
