@@ -21,8 +21,8 @@ from ..models.checkpoint import load_model
 from ..sampling.sample import DEFAULT_SPLIT
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
-from .output import (FD_FORMAT, StudyOutput, clamp_text, display_note, fd_bias_note, fd_formats, fd_to_reference,
-                     fd_undecided_note, feature_reference, fmem_formats, for_display, image_range,
+from .output import (AFTER_06_COLUMN, FD_FORMAT, StudyOutput, clamp_text, display_note, fd_bias_note, fd_formats,
+                     fd_to_reference, fd_undecided_note, feature_reference, fmem_formats, for_display, image_range,
                      jackknife_fd_intervals, jackknife_fds, fd_interval_pointer, noted_frechet_distance)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
@@ -578,12 +578,13 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     # after the time that step starts, the KTS grid's "mean KPE after t = 0.6" on these uniform grids: shown
     # under that label (the Parquet column keeps its name, which other code reads)
     late_from = float(run["times"][int(DEFAULT_SPLIT * (len(run["times"]) - 1))])
-    late_col = f"mean KPE after t = {late_from:g}"
+    late_col = f"mean KPE after t = {late_from:g}"   # t = 0.6 unless 0.6·steps is fractional
     section = Section(
         "Energy and memorization across training",
         text=(f"A velocity net trained on only {len(assets.memorizer_train)} images, sampled at its log-spaced "
               f"checkpoints ({cfg.checkpoint_samples} samples each, Euler {cfg.steps} steps, no shaping; the "
-              f"'{late_col}' column, as in the KTS grid, is the mean energy a sample spends from t = {late_from:g} "
+              f"'{late_col}' column{', as in the KTS grid,' if late_col == AFTER_06_COLUMN else ''} is the mean "
+              f"energy a sample spends from t = {late_from:g} "
               "on: the sampler's default early/late split, though no shaping acts here). F_mem is measured "
               f"against those images; {fd_col} against all {len(assets.train)} training images. Context, read by "
               f"no claim: '{spanned_col}' (with its 95% Wilson CI) is the same audit in {principal.name}, the "

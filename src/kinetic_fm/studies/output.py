@@ -26,6 +26,9 @@ RHO_FORMAT = "+.3f"      # a Spearman ρ and its interval's ends ("ρ 95% CI [-0
 P_FORMAT = ".3g"         # a p-value ("permutation p = 0.685")
 FRACTION_FORMAT = ".3f"  # F_mem and its interval's ends ("0.813 (95% Wilson CI [0.765, 0.853])"), in every
 #                          study's text and tables and in the paper's figures quoted beside them
+#: the KTS grid's column of the mean energy a sample spends from t = 0.6 on; the memorizer table shows its
+#: sampler's late energy, the same quantity there, under this label
+AFTER_06_COLUMN = "mean KPE after t = 0.6"
 FD_FORMAT = "sig3"       # a Fréchet distance: 3 significant digits, no exponent ("122", "1230": fmt_significant)
 
 

@@ -19,9 +19,9 @@ from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import (FD_FORMAT, FRACTION_FORMAT, StudyOutput, fd_bias_note, fd_formats, fd_to_reference,
-                     fd_undecided_note, feature_reference, fmem_formats, image_range, jackknife_fd_intervals,
-                     fd_interval_pointer)
+from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, StudyOutput, fd_bias_note, fd_formats,
+                     fd_to_reference, fd_undecided_note, feature_reference, fmem_formats, image_range,
+                     jackknife_fd_intervals, fd_interval_pointer)
 from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci,
                        fmt_significant, percent_of, verdict_from_interval, verdict_of_all)
@@ -166,7 +166,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                      "landing": s.kts.landing if s.kts and s.kts.beta0 else "–",
                      "FD": fd, "F_mem": audit.fraction, "F_mem CI low": audit.ci[0], "F_mem CI high": audit.ci[1],
                      "mean KPE": float(run["kpe"].mean()),
-                     "mean KPE after t = 0.6": float(energy_after(run, 0.6).mean())})
+                     AFTER_06_COLUMN: float(energy_after(run, 0.6).mean())})
     table = pd.DataFrame(rows)
     fd_name = f"FD-{assets.classifier_name}"
     table = table.rename(columns={"FD": fd_name})
