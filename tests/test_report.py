@@ -630,6 +630,29 @@ def test_line_figure_puts_other_units_on_a_second_axis(monkeypatch):
         F.line_figure("bad", "c", steps, {"a": np.ones(4)}, xlabel="x", ylabel="y", right={"b": np.ones(4)})
 
 
+def test_line_panels_figure_gives_each_quantity_its_own_axis_and_label(monkeypatch):
+    """A fraction of samples and a fraction of energy on one axis read as one quantity: each panel
+    has its own y label, lines, band and reference; the x axis and its label repeat on both."""
+    drawn = _drawn_axes(monkeypatch)
+    steps = np.array([1, 10, 100, 1000])
+    copied = F.LinePanel({"F_mem": [0.0, 0.2, 0.5, 0.8], "span F_mem": [0.0, 0.3, 0.6, 0.9]},
+                         "F_mem (fraction of samples copied)",
+                         bands={"F_mem": (np.zeros(4), np.full(4, 0.9))})
+    share = F.LinePanel({"late share": [0.10, 0.11, 0.13, 0.20]}, "share of energy", reference=0.1,
+                        reference_label="uniform in t")
+    F.line_panels_figure("panels", "c", steps, [copied, share], xlabel="training step", log_x=True)
+    left, right = drawn["panels"]
+    assert (left["ylabel"], right["ylabel"]) == ("F_mem (fraction of samples copied)", "share of energy")
+    assert left["legend"] == ["F_mem", "span F_mem"] and right["legend"] == ["late share", "uniform in t"]
+    assert left["fills"] == 1 and right["fills"] == 0                       # the band stays on its panel
+    assert left["xlabel"] == right["xlabel"] == f"training step {F.LOG_NOTE}" and left["xscale"] == "log"
+    with pytest.raises(ValueError, match="bands names labels missing from ys"):
+        F.line_panels_figure("bad", "c", steps, [F.LinePanel({"a": np.ones(4)}, "y", bands={"b": (0, 1)})],
+                             xlabel="x")
+    with pytest.raises(ValueError, match="at least one LinePanel"):
+        F.line_panels_figure("none", "c", steps, [], xlabel="x")
+
+
 def test_bar_figure_points_fit_the_values_and_name_groups_and_reference(monkeypatch):
     """F_mem 0.71–0.84 as bars from zero hides the differences; dots on a fitted axis show them."""
     drawn = _drawn_axes(monkeypatch)

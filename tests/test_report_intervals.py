@@ -202,10 +202,10 @@ def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quint
     assert sorted(whiskers) == [0.0, 1.0, 2.0, 3.0, 4.0]
     np.testing.assert_allclose([whiskers[q] for q in range(5)], np.stack([low, high], 1), rtol=1e-9)
     assert "each bar from 10 samples" in bars.caption
-    assert "own 95% interval, a delete-a-group jackknife interval (10 groups" in bars.caption
-    # what the whisker means: the ends are cut at 0 (as low/high above), and it is an interval for the FD of
-    # the distributions, not for the bar's plain FD, which it may lie wholly below
-    assert "cut at 0" in bars.caption and "not the plain FD (the bar) of these rows" in bars.caption
+    # what the whisker is: the FD interval the report's Terms define once (a jackknife interval about the
+    # bias-corrected FD, cut at 0), which may lie wholly below the bar's plain FD; the caption points there
+    assert "each quintile's own 95% FD interval (see FD interval in Terms" in bars.caption
+    assert "below the bar" in bars.caption and "delete-a-group" not in bars.caption
     assert "No interval per bar" not in bars.caption
     assert claim.n == 50 and "), each from 10 of the 50 samples" in claim.ours
 

@@ -14,7 +14,9 @@ import torch
 
 from kinetic_fm.sampling.noise import noise as kfm_noise
 from kinetic_fm.studies.config import ReproduceConfig
+from kinetic_fm.studies.figures import LOG_NOTE
 from kinetic_fm.studies.memorization import _interior_best_share
+from kinetic_fm.studies.report import format_value
 from kinetic_fm.studies.shaping import ablation_grid
 from kinetic_fm.studies.verdicts import all_worse_than, verdict_from_interval
 from kinetic_fm.studies.workspace import Workspace
@@ -159,6 +161,20 @@ def test_ablation_grid_is_the_papers():
     assert {s.solver for s in grid.values()} == {"euler", "midpoint", "heun"}
     assert {s.grid for s in grid.values()} == {"uniform", "cosine"}
     assert grid["balanced · 250 steps"].steps == 250
+
+
+def test_shaping_docstrings_quote_the_papers_f_mem_as_a_fraction_as_the_report_does():
+    # the claims write the paper's 37.34% → 19.36% as 0.3734 → 0.1936; the docstrings still quoted percent
+    from kinetic_fm.studies import shaping
+
+    docs = {"module": shaping.__doc__, "landing only": shaping.landing_only_memorization_verdict.__doc__,
+            "balanced": shaping.balanced_verdict.__doc__}
+    for name, doc in docs.items():
+        assert not re.search(r"\d\.\d\d ?%", doc), name          # 37.34%, not a 97.5% interval
+    assert "37.34" not in "".join(docs.values())
+    assert "0.3734 → 0.1936" in docs["landing only"] and "0.3734 → 0.3122" in docs["balanced"]
+    for value in ("0.3734", "0.3678", "0.1936", "0.3122"):
+        assert value in docs["module"], value
 
 
 def test_ablation_grid_rows_vary_one_thing_each():
@@ -536,7 +552,7 @@ def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
 def test_tiny_report_figures_label_their_axes(tiny_report):
     """Every plotted axis is named; log axes say so; KPE is named alike in every figure; trajectory
     time states its convention; no axis is a bare "value" holding two quantities."""
-    from kinetic_fm.studies.figures import KPE_LABEL, LOG_NOTE
+    from kinetic_fm.studies.figures import KPE_LABEL, LOG_NOTE, PLAIN_KPE_LABEL
 
     out, _, _ = tiny_report
     assert set(_DRAWN) == {p.stem for p in (out / "figures").glob("*.png")}
@@ -548,12 +564,70 @@ def test_tiny_report_figures_label_their_axes(tiny_report):
                 assert ax["xlabel"], name
                 assert (ax["xscale"] == "log") == ax["xlabel"].endswith(LOG_NOTE), name
             for label in (ax["xlabel"], ax["ylabel"]):
-                assert "KPE" not in label or KPE_LABEL in label or label.endswith(("KPE", "KPE)")), (name, label)
+                assert ("KPE" not in label or KPE_LABEL in label or PLAIN_KPE_LABEL in label
+                        or label.endswith(("KPE", "KPE)"))), (name, label)
         if name.startswith("energy_profile"):
             assert axes[0]["xlabel"] == "t   (0 = noise, 1 = data)"
     assert _DRAWN["kpe_vs_margin"][0]["xlabel"] == _DRAWN["kpe_histogram_general"][0]["xlabel"] == KPE_LABEL
     kpe_axis, fd_axis = _DRAWN["memorizer_training_kpe"]                 # one quantity per axis
-    assert kpe_axis["ylabel"].startswith(f"mean {KPE_LABEL}") and fd_axis["ylabel"].startswith("FD-digits-cnn")
+    assert kpe_axis["ylabel"].startswith(f"mean {PLAIN_KPE_LABEL}") and fd_axis["ylabel"].startswith("FD-digits-cnn")
+
+
+def test_tiny_report_tables_show_the_symbols_and_one_label_for_the_energy_after_06(tiny_report):
+    """The KTS grid's headers read α0, β0, τ as the Terms paragraph writes them (alpha0, beta0, tau
+    stay the Parquet names); the memorizer table's late energy is the energy after t = 0.6, the KTS
+    grid's column, and is shown under that column's label (it read "mean late energy (t ≥ τ)")."""
+    from kinetic_fm.sampling.energy import energy_after
+
+    out, md, html = tiny_report
+    text, page = md.read_text(encoding="utf-8"), html.read_text(encoding="utf-8")
+    grid = pd.read_parquet(out / "tables" / "shaping__shaping_grid.parquet")
+    assert {"alpha0", "beta0", "tau", "mean KPE after t = 0.6"} <= set(grid.columns)      # names kept
+    shown = _markdown_table(text, "The KTS ablation grid")[0]
+    assert {"α0", "β0", "τ"} <= set(shown) and not {"alpha0", "beta0", "tau"} & set(shown)
+    for symbol in ("α0", "β0", "τ"):
+        assert re.search(rf"<th( class=\"num\")?>{symbol}</th>", page), symbol
+    assert not re.search(r"<th( class=\"num\")?>(alpha0|beta0|tau)</th>", page)
+
+    checkpoints = pd.read_parquet(out / "tables" / "memorization__memorizer_checkpoints.parquet")
+    step = int(checkpoints["training step"].iloc[-1])
+    (path,) = (out / "cache").glob(f"memorizer-step{step}-{'?' * 12}.pt")
+    run = torch.load(path, weights_only=True)
+    late = float(energy_after(run["profile"], run["times"], 0.6).mean())     # the grid column's quantity
+    assert checkpoints["mean late energy (t ≥ τ)"].iloc[-1] == pytest.approx(late, rel=1e-12)
+    rows = _markdown_table(text, "Memorizing net across training")
+    assert "mean KPE after t = 0.6" in rows[-1] and not [h for h in rows[-1] if "late energy" in h]
+    assert rows[-1]["mean KPE after t = 0.6"] == format_value(checkpoints["mean late energy (t ≥ τ)"].iloc[-1])
+    assert "mean late energy" not in text and "mean late energy" not in page
+
+
+def test_tiny_report_says_the_fd_interval_once_and_the_captions_point_to_it(tiny_report):
+    from kinetic_fm.studies.output import jackknife_text
+
+    out, md, html = tiny_report
+    text = md.read_text(encoding="utf-8")
+    method = jackknife_text()
+    assert text.count(method) == 1 and text.index(method) < text.index("## Claims")     # in Terms
+    assert text.count("delete-a-group jackknife interval (10 groups") == 1
+    captions = dict(re.findall(r"!\[[^\]]*\]\(figures/([a-z0-9_-]+)\.png\)\n\n\*([^*\n]+)\*", text))
+    assert "each quintile's own 95% FD interval (see FD interval in Terms" in captions["goldilocks"]
+    assert "each setting's own 95% FD interval (see FD interval in Terms" in captions["shaping_fd"]
+    assert "below the bar" in captions["goldilocks"] and "below the dot" in captions["shaping_fd"]
+
+
+def test_tiny_report_memorizer_training_gives_each_fraction_its_own_axis(tiny_report):
+    """F_mem (a fraction of samples) and the late share (a fraction of energy) shared one axis,
+    "fraction (of samples, of energy)"; the training-KPE axis named an η that no run here applies."""
+    from kinetic_fm.studies.figures import PLAIN_KPE_LABEL
+
+    memorized, share = _DRAWN["memorizer_training"]
+    assert memorized["ylabel"] == "F_mem (fraction of samples copied)"
+    assert memorized["lines"][:2] == ["F_mem", "span F_mem (pixels-PCA15)"]
+    assert share["ylabel"] == "share of a sample's energy after t = 0.9"
+    assert share["lines"] == ["share of energy after t = 0.9", "energy uniform in t (0.1)"]
+    assert memorized["xlabel"] == share["xlabel"] == f"training step of the memorizing net {LOG_NOTE}"
+    kpe_axis, _ = _DRAWN["memorizer_training_kpe"]
+    assert kpe_axis["ylabel"].startswith(f"mean {PLAIN_KPE_LABEL}") and "η" not in kpe_axis["ylabel"]
 
 
 def test_tiny_report_gives_every_figure_a_caption_and_alt_text(tiny_report):
@@ -1574,8 +1648,8 @@ def test_the_reports_bounds_round_outwards_and_its_counts_are_stated(tiny_report
     assert shown == math.ceil(largest * 1000) / 1000 and shown >= largest
     resamples = min(200, cfg.memorization.bootstrap)
     assert f"({resamples} permutations and {resamples} paired resamples" in text
-    assert ("the 'mean late energy (t ≥ τ)' column counts the energy spent at t ≥ τ = 0.6, the sampler's default "
-            "split") in text
+    assert ("the 'mean KPE after t = 0.6' column, as in the KTS grid, is the mean energy a sample spends from "
+            "t = 0.6 on: the sampler's default early/late split, though no shaping acts here)") in text
 
 
 def test_memorizer_checkpoint_rows_average_their_samples_energies(tiny_report):

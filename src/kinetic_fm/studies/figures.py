@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -25,11 +26,14 @@ if TYPE_CHECKING:
     from ..metrics.memorization import MemorizationReport
 
 __all__ = ["energy_profile_figure", "plot_energy_profile", "histogram_figure", "sample_run_figure",
-           "scatter_figure", "sample_grid_figure", "bar_figure", "line_figure", "memorization_figure"]
+           "scatter_figure", "sample_grid_figure", "bar_figure", "line_figure", "LinePanel", "line_panels_figure",
+           "memorization_figure"]
 
 DPI = 110
 #: the axis label of a per-sample KPE, the same in every figure (ẋ = η·v; η = 1 without KTS)
 KPE_LABEL = "KPE  ½∫η²‖v‖² dt"
+#: the same for runs no gain acts on (η = 1), where a reader would look in vain for the η being plotted
+PLAIN_KPE_LABEL = "KPE  ½∫‖v‖² dt"
 #: the axis label of the kinetic power along a trajectory (the energy profiles)
 POWER_LABEL = "kinetic power  ½η²‖v‖²"
 #: the same for trajectories no gain acts on (η = 1: the EFM runs)
@@ -635,13 +639,8 @@ def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: 
     ax = fig.add_subplot()
     drawn = _lines(ax, xs, ys, bands, log_x, log_y, first_colour=0)
     _style(ax, xlabel=xlabel, ylabel=ylabel, title=title)
-    if reference is not None and math.isfinite(reference):
-        ax.axhline(reference, color="#777777", linestyle="--", linewidth=1.1, label=reference_label)
-    finite = xs[np.isfinite(xs)]
-    if not log_x and finite.size and np.all(finite == np.round(finite)):  # counts, quintiles: no 2.5
-        from matplotlib.ticker import MaxNLocator
-
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _reference_line(ax, reference, reference_label)
+    _integer_ticks(ax, xs, log_x)
     if not right:
         return _finish_lines(fig, ax, drawn, name, caption, log_x=log_x, log_y=log_y)
     twin = ax.twinx()
@@ -665,6 +664,61 @@ def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: 
     ax.legend(handles=handles, frameon=False, fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0),
               ncol=len(handles))
     return _render(fig, name, caption)
+
+
+@dataclass(frozen=True)
+class LinePanel:
+    """One panel of :func:`line_panels_figure`: lines ``ys[label]`` of one quantity, its axis labelled
+    ``ylabel`` (log when ``log_y``), optional shaded ``bands[label] = (low, high)`` and a dashed grey
+    ``reference`` line named ``reference_label`` (as :func:`line_figure`'s)."""
+
+    ys: dict[str, Any]
+    ylabel: str
+    bands: dict[str, tuple[Any, Any]] | None = None
+    reference: float | None = None
+    reference_label: str = "reference"
+    log_y: bool = False
+
+
+def line_panels_figure(name: str, caption: str, x: Any, panels: Sequence[LinePanel], *, xlabel: str,
+                       log_x: bool = False) -> Figure:
+    """:class:`LinePanel` s side by side against the shared ``x``, each quantity on its own axis with
+    its own label (two fractions of different things on one axis read as one quantity); colours run
+    on from panel to panel, so no two lines share one."""
+    check_figure_name(name)
+    if not panels:
+        raise ValueError("panels must hold at least one LinePanel")
+    xs = _array(x, name="x").ravel()
+    fig = _new_figure(4.8 * len(panels), 4.0)
+    colour = 0
+    for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        bands = panel.bands or {}
+        unknown = set(bands) - set(panel.ys)
+        if unknown:
+            raise ValueError(f"bands names labels missing from ys: {sorted(map(str, unknown))}")
+        drawn = _lines(ax, xs, panel.ys, bands, log_x, panel.log_y, first_colour=colour)
+        colour += len(panel.ys)
+        _style(ax, xlabel=xlabel, ylabel=panel.ylabel)
+        _reference_line(ax, panel.reference, panel.reference_label)
+        _integer_ticks(ax, xs, log_x)
+        _finish_axes(ax, drawn, log_x=log_x, log_y=panel.log_y)
+    fig.tight_layout()
+    return _render(fig, name, caption)
+
+
+def _reference_line(ax, reference: float | None, label: str) -> None:
+    """A dashed grey horizontal line at ``reference`` (none when it is None or not finite)."""
+    if reference is not None and math.isfinite(reference):
+        ax.axhline(reference, color="#777777", linestyle="--", linewidth=1.1, label=label)
+
+
+def _integer_ticks(ax, xs: np.ndarray, log_x: bool) -> None:
+    """Whole-number x ticks on a linear axis whose values are all whole (counts, quintiles: no 2.5)."""
+    finite = xs[np.isfinite(xs)]
+    if not log_x and finite.size and np.all(finite == np.round(finite)):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _lines(ax, xs: np.ndarray, ys: dict[str, Any], bands: dict[str, tuple[Any, Any]], log_x: bool, log_y: bool,

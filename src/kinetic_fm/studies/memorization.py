@@ -21,9 +21,9 @@ from ..models.checkpoint import load_model
 from ..sampling.sample import DEFAULT_SPLIT
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
-from .output import (FD_FORMAT, StudyOutput, clamp_text, display_note, fd_bias_note, fd_formats, fd_to_reference,
-                     fd_undecided_note, feature_reference, fmem_formats, for_display, image_range,
-                     jackknife_replicates, jackknife_text, noted_frechet_distance, replicate_fds,
+from .output import (AFTER_06_COLUMN, FD_FORMAT, StudyOutput, clamp_text, display_note, fd_bias_note, fd_formats,
+                     fd_interval_pointer, fd_to_reference, fd_undecided_note, feature_reference, fmem_formats,
+                     for_display, image_range, jackknife_replicates, noted_frechet_distance, replicate_fds,
                      replicate_intervals)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
@@ -489,7 +489,7 @@ def _random_spread_text(control, fd_col: str) -> str:
     interval), and how far apart the FDs of five random equal groups of the same
     samples lie (the ``random`` column of the control table), the differences between bars that
     sampling alone gives; without that column only the whiskers."""
-    whiskers = (f"Whiskers: each quintile's own 95% interval, {jackknife_text(estimate=' (the bar)')}. "
+    whiskers = (f"Whiskers: {fd_interval_pointer('quintile', 'the bar')}. "
                 "The bars share no rows, so these are not the paired intervals of the claims. None where a "
                 "quintile or the reference has no more rows than features once a tenth is out (that bias is then "
                 "most of the FD).")
@@ -530,7 +530,7 @@ def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed):
 def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     import pandas as pd
 
-    from .figures import KPE_LABEL, line_figure, memorization_figure
+    from .figures import PLAIN_KPE_LABEL, LinePanel, line_figure, line_panels_figure, memorization_figure
     from .report import Claim, Section
 
     shape = tuple(assets.train.shape[1:])
@@ -589,12 +589,18 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         "Brunner–Munzel p < 0.05 and memorized samples tend to spend the larger share late, not reproduced "
         f"when p < 0.05 and they tend to spend the smaller; inconclusive with p ≥ 0.05 or fewer than {MIN_GROUP} samples in a group")
     fd_col = [c for c in table.columns if c.startswith("FD") or c == "FID"][0]
+    # the sampler's late energy (steps from int(τ·S) on, τ = DEFAULT_SPLIT: no shaping here) is the energy
+    # after the time that step starts, the KTS grid's "mean KPE after t = 0.6" on these uniform grids: shown
+    # under that label (the Parquet column keeps its name, which other code reads)
+    late_from = float(run["times"][int(DEFAULT_SPLIT * (len(run["times"]) - 1))])
+    late_col = f"mean KPE after t = {late_from:g}"   # t = 0.6 unless 0.6·steps is fractional
     section = Section(
         "Energy and memorization across training",
         text=(f"A velocity net trained on only {len(assets.memorizer_train)} images, sampled at its log-spaced "
               f"checkpoints ({cfg.checkpoint_samples} samples each, Euler {cfg.steps} steps, no shaping; the "
-              f"'mean late energy (t ≥ τ)' column counts the energy spent at t ≥ τ = {DEFAULT_SPLIT:g}, the "
-              "sampler's default split, though no shaping acts there). F_mem is measured "
+              f"'{late_col}' column{', as in the KTS grid,' if late_col == AFTER_06_COLUMN else ''} is the mean "
+              f"energy a sample spends from t = {late_from:g} "
+              "on: the sampler's default early/late split, though no shaping acts here). F_mem is measured "
               f"against those images; {fd_col} against all {len(assets.train)} training images. Context, read by "
               f"no claim: '{spanned_col}' (with its 95% Wilson CI) is the same audit in {principal.name}, the "
               f"{principal.k} principal directions of those images (their span), on the samples before they are "
@@ -603,23 +609,28 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
               f"net trained on score F_mem {_count_text(control)} in that space (its false-positive rate here); "
               "the last figure shows the span audit's closest pairs, to be judged by eye. " + span_text
               + fd_bias_note(min(cfg.checkpoint_samples, len(assets.train)), ref_feats.shape[1], fd_col)),
-        tables=[("Memorizing net across training", table)],
+        tables=[("Memorizing net across training", table.rename(columns={"mean late energy (t ≥ τ)": late_col}))],
         formats={**fmem_formats(), **fmem_formats("span "), **fd_formats(fd_col)},
         figures=[
-            line_figure("memorizer_training", "F_mem (band: 95% Wilson interval), the same audit in the training "
-                        "images' span (context), and the mean share of each sample's energy spent after t = 0.9 "
-                        "across training of the memorizing net; dashed: that share for energy spread uniformly in "
-                        "time (0.1).",
-                        table["training step"].to_numpy(), {"F_mem": table["F_mem"].to_numpy(),
-                                                            f"span F_mem ({principal.name})": table[spanned_col].to_numpy(),
-                                                            "share of energy after t = 0.9": table["mean share after t = 0.9"].to_numpy()},
-                        xlabel="training step of the memorizing net", ylabel="fraction (of samples, of energy)",
-                        log_x=True, reference=0.1, reference_label="energy uniform in t (0.1)",
-                        bands={"F_mem": (table["F_mem CI low"].to_numpy(), table["F_mem CI high"].to_numpy())}),
-            line_figure("memorizer_training_kpe", f"Mean KPE (left axis) and {fd_col} (right axis, lower is "
-                        "better) across training of the memorizing net.",
+            line_panels_figure(
+                "memorizer_training", "Across training of the memorizing net. Left: F_mem, the fraction of "
+                "samples copied (band: 95% Wilson interval), and the same audit in the training images' span "
+                "(context). Right: the mean share of each sample's energy spent after t = 0.9; dashed: that share "
+                "for energy spread uniformly in time (0.1).",
+                table["training step"].to_numpy(),
+                [LinePanel({"F_mem": table["F_mem"].to_numpy(),
+                            f"span F_mem ({principal.name})": table[spanned_col].to_numpy()},
+                           "F_mem (fraction of samples copied)",
+                           bands={"F_mem": (table["F_mem CI low"].to_numpy(), table["F_mem CI high"].to_numpy())}),
+                 LinePanel({"share of energy after t = 0.9": table["mean share after t = 0.9"].to_numpy()},
+                           "share of a sample's energy after t = 0.9", reference=0.1,
+                           reference_label="energy uniform in t (0.1)")],
+                xlabel="training step of the memorizing net", log_x=True),
+            line_figure("memorizer_training_kpe", f"Mean KPE of each checkpoint's samples (left axis; no shaping, so "
+                        f"η = 1 and KPE = ½∫‖v‖² dt) and {fd_col} (right axis, lower is better) across training of "
+                        "the memorizing net.",
                         table["training step"].to_numpy(), {"mean KPE": table["mean KPE"].to_numpy()},
-                        xlabel="training step of the memorizing net", ylabel=f"mean {KPE_LABEL}",
+                        xlabel="training step of the memorizing net", ylabel=f"mean {PLAIN_KPE_LABEL}",
                         right={fd_col: table[fd_col].to_numpy()}, right_ylabel=fd_col, log_x=True, log_y=True),
             memorization_figure("memorizer_copies", "Gap ratios of the final checkpoint's samples against the "
                                 "memorizing net's training images, and the samples with the smallest ratios "

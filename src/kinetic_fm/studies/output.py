@@ -26,6 +26,9 @@ RHO_FORMAT = "+.3f"      # a Spearman ρ and its interval's ends ("ρ 95% CI [-0
 P_FORMAT = ".3g"         # a p-value ("permutation p = 0.685")
 FRACTION_FORMAT = ".3f"  # F_mem and its interval's ends ("0.813 (95% Wilson CI [0.765, 0.853])"), in every
 #                          study's text and tables and in the paper's figures quoted beside them
+#: the KTS grid's column of the mean energy a sample spends from t = 0.6 on; the memorizer table shows its
+#: sampler's late energy, the same quantity there, under this label
+AFTER_06_COLUMN = "mean KPE after t = 0.6"
 FD_FORMAT = "sig3"       # a Fréchet distance: 3 significant digits, no exponent ("122", "1230": fmt_significant)
 
 
@@ -178,17 +181,25 @@ def jackknife_replicates(sets: Sequence[np.ndarray], ref_rows: np.ndarray,
     return out
 
 
-def jackknife_text(groups: int = JACKKNIFE_GROUPS, estimate: str = "") -> str:
-    """The FD intervals' method and meaning in words, for captions and the Terms paragraph;
-    ``estimate`` follows "the plain FD" (a caption's " (the bar)")."""
+def jackknife_text(groups: int = JACKKNIFE_GROUPS) -> str:
+    """The FD intervals' method and meaning in words, for the report's Terms paragraph (captions
+    point there: :func:`fd_interval_pointer`)."""
     return (f"a delete-a-group jackknife interval ({groups} groups, each leaving out 1/{groups} of the set's rows "
             f"and of the reference's): the jackknife's bias-corrected FD ± t({groups - 1}) × its standard error, "
             "cut at 0. It is an interval for the FD between the distributions the set and the reference are drawn from "
-            f"(as with unlimited rows of both), not the plain FD{estimate} of these rows, whose upward bias (from "
+            "(as with unlimited rows of both), not the plain FD of these rows, whose upward bias (from "
             "both sets) the correction removes to first order: it lies below the plain FD where that bias is "
             "large. Its width reflects how much one set's FD varies between draws of that many rows, not a defect of "
             "the interval (with the quick preset's judge and sizes, on features of real digit images, it held the "
             "true FD in 94.5–99% of draws)")
+
+
+def fd_interval_pointer(each: str, estimate: str) -> str:
+    """A caption's word on its FD whiskers: ``each`` ("quintile", "setting") set's own 95% interval,
+    defined once in the report's Terms (:func:`jackknife_text`), and why it may lie below the plain
+    FD drawn as ``estimate`` ("the bar", "the dot")."""
+    return (f"each {each}'s own 95% FD interval (see FD interval in Terms: about the bias-corrected FD, so it can "
+            f"lie below {estimate})")
 
 
 def judge_text(assets: Assets) -> str:

@@ -1,8 +1,9 @@
 """Study 4, shaping: Kinetic Trajectory Shaping against plain flow matching on a memorizing net.
 
-The paper (CelebA-32, n = 1024 training images) reports FID / F_mem: plain FM 16.68 / 37.34%,
-launch only (α0 = 0.02) 11.27 / 36.78%, landing only (β0 = 0.02) 86.56 / 19.36%, balanced
-(α0 = β0 = 0.01) 14.35 / 31.22%, and FID 60.31 / 48.58 / 14.35 / 21.07 for τ = 0.2 / 0.4 / 0.6 / 0.8.
+The paper (CelebA-32, n = 1024 training images) reports FID / F_mem (F_mem as a fraction, as the
+report writes it): plain FM 16.68 / 0.3734, launch only (α0 = 0.02) 11.27 / 0.3678, landing only
+(β0 = 0.02) 86.56 / 0.1936, balanced (α0 = β0 = 0.01) 14.35 / 0.3122, and FID 60.31 / 48.58 / 14.35 /
+21.07 for τ = 0.2 / 0.4 / 0.6 / 0.8.
 Every setting here samples the same seeds, so differences against plain FM are paired; their
 intervals come from a paired bootstrap over samples, basic intervals for FD differences (see
 :func:`~kinetic_fm.studies.verdicts.basic_bootstrap`: the FD estimator's bias moves with each setting's spread).
@@ -18,9 +19,9 @@ from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import (FD_FORMAT, FRACTION_FORMAT, StudyOutput, fd_bias_note, fd_formats, fd_to_reference,
-                     fd_undecided_note, feature_reference, fmem_formats, image_range, jackknife_fd_intervals,
-                     jackknife_text)
+from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, StudyOutput, fd_bias_note, fd_formats,
+                     fd_to_reference, fd_undecided_note, feature_reference, fmem_formats, image_range,
+                     jackknife_fd_intervals, fd_interval_pointer)
 from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci,
                        fmt_significant, percent_of, verdict_from_interval, verdict_of_all)
@@ -75,7 +76,7 @@ def launch_only_verdict(delta_fd_ci: Interval) -> str:
 
 
 def landing_only_memorization_verdict(delta_mem_ci: Interval) -> str:
-    """Landing-only KTS reduces memorization: the paper expects ΔF_mem < 0 (37.34% → 19.36%)."""
+    """Landing-only KTS reduces memorization: the paper expects ΔF_mem < 0 (0.3734 → 0.1936)."""
     return verdict_from_interval(*delta_mem_ci, -1)
 
 
@@ -87,7 +88,7 @@ def landing_only_quality_verdict(delta_fd_ci: Interval) -> str:
 def balanced_verdict(delta_fd_ci: Interval, delta_mem_ci: Interval, *,
                      against: tuple[Interval, Interval] | None = None) -> str:
     """Balanced KTS improves quality and reduces memorization: the paper expects both ΔFD < 0 and
-    ΔF_mem < 0 (FID 16.68 → 14.35, F_mem 37.34% → 31.22%). ``against``: the two differences'
+    ΔF_mem < 0 (FID 16.68 → 14.35, F_mem 0.3734 → 0.3122). ``against``: the two differences'
     intervals at 97.5% (Bonferroni over the two parts); when given, "not reproduced" needs one of
     them above 0, since either part can fail (two chances), and "reproduced" still needs both 95%
     intervals below 0 (both must hold: no correction)."""
@@ -100,6 +101,9 @@ def balanced_verdict(delta_fd_ci: Interval, delta_mem_ci: Interval, *,
 
 
 SETTING_AXIS = "sampler setting (every one from the same seeds)"
+#: the KTS grid's headers in the report: the symbols the Terms paragraph writes (the Parquet table keeps
+#: alpha0, beta0 and tau, which other code reads)
+GRID_HEADERS = {"alpha0": "α0", "beta0": "β0", "tau": "τ"}
 
 
 def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: str, progress: bool = True) -> StudyOutput:
@@ -162,7 +166,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                      "landing": s.kts.landing if s.kts and s.kts.beta0 else "–",
                      "FD": fd, "F_mem": audit.fraction, "F_mem CI low": audit.ci[0], "F_mem CI high": audit.ci[1],
                      "mean KPE": float(run["kpe"].mean()),
-                     "mean KPE after t = 0.6": float(energy_after(run, 0.6).mean())})
+                     AFTER_06_COLUMN: float(energy_after(run, 0.6).mean())})
     table = pd.DataFrame(rows)
     fd_name = f"FD-{assets.classifier_name}"
     table = table.rename(columns={"FD": fd_name})
@@ -189,7 +193,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
               f"seeds, with {cfg.n_samples} samples and its own step count: an FD estimate's bias shrinks as its "
               "sample grows, so compare the FDs of this table with each other, not with that study's."
               + fd_bias_note(min(cfg.n_samples, len(assets.train)), reference.mean.size, fd_name)),
-        tables=[("The KTS ablation grid", table)],
+        tables=[("The KTS ablation grid", table.rename(columns=GRID_HEADERS))],
         formats={**fmem_formats(), **fd_formats(fd_name)},
         figures=[
             bar_figure("shaping_fmem", "F_mem across the KTS grid; whiskers: each setting's own 95% Wilson "
@@ -199,8 +203,8 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                        x="setting", y="F_mem", low="F_mem CI low", high="F_mem CI high",
                        ylabel="F_mem (fraction memorized)", xlabel=SETTING_AXIS, reference=float(fm_mem),
                        reference_label="plain FM", reference_format=FRACTION_FORMAT, points=True, group="group"),
-            bar_figure("shaping_fd", f"{fd_name} across the KTS grid (lower is better); whiskers: each setting's "
-                       f"own 95% interval, {jackknife_text(estimate=' (the dot)')}; none when the samples or the "
+            bar_figure("shaping_fd", f"{fd_name} across the KTS grid (lower is better); whiskers: "
+                       f"{fd_interval_pointer('setting', 'the dot')}; none when the samples or the "
                        "reference have no more rows than features once a tenth is out; "
                        "dashed: plain FM (Euler). Every setting samples the same seeds, so the paired ΔFD "
                        "intervals of the main settings and the τ sweep (claims table) are narrower than these "
