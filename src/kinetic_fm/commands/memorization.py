@@ -381,9 +381,9 @@ def _clamped_to(train, samples):
 
 def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[str] | None,
                       train_items=None, seeds=None):
-    """The report's table (led by ``sample``, the row of --samples), with ``seeds`` (those of a kfm
-    sample run's samples, to join its table by) beside the rows, the image files' names
-    beside the rows and the nearest training items when the inputs were folders of images, and,
+    """The report's table (led by ``sample``, the row of --samples), with the samples' ``seeds`` (a kfm
+    sample run's, to join its table by), the image files' names beside the rows and the nearest
+    training items when the inputs were folders of images, and,
     for a run folder's training subset, ``nearest_item``: the nearest item's position in the
     split its data spec loads whole (``nearest`` is its row in the subset)."""
     frame = report.to_frame()
