@@ -385,3 +385,17 @@ def test_device_help_names_every_form_the_commands_accept(command):
 
     with fake_cuda():
         assert resolve_device("cuda", World()).type == resolve_device("cuda:0", World()).type == "cuda"
+
+
+def test_python_dash_m_kinetic_fm_runs_the_kfm_command(tmp_path):
+    # `python -m kinetic_fm ...` is the way to reach the kfm of one interpreter (a virtual environment's
+    # `kfm` script may run another's); it stopped with "No module named kinetic_fm.__main__"
+    import subprocess
+    import sys
+
+    missing = tmp_path / "missing.npy"
+    done = subprocess.run([sys.executable, "-m", "kinetic_fm", "memorization", "--samples", str(missing),
+                           "--train", str(missing), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("kfm memorization: error:") and "missing.npy" in done.stderr
+    assert "Traceback" not in done.stderr

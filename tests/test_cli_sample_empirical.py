@@ -631,7 +631,7 @@ def test_a_run_made_from_a_results_table_before_it_was_refused_resumes_and_reads
     table = tmp_path / "base" / "results.parquet"
     flags = ["--field", "empirical", "--train", table, "--n", 4, "--steps", 3, "--shard-size", 2]
     with monkeypatch.context() as patched:
-        patched.setattr(rows, "_is_results_table", lambda path: False)   # as made then
+        patched.setattr(rows, "is_results_table", lambda path: False)   # as made then
         assert kfm_sample(tmp_path / "old", *flags) == 0
     whole = read_run(tmp_path / "old")
     last = sorted((tmp_path / "old" / "shards").glob("shard-00001-*"))
@@ -833,3 +833,33 @@ def test_a_slow_dopri5_batch_shows_the_time_its_slowest_sample_reached(tmp_path,
     shown, quiet = read_run(tmp_path / "run"), read_run(tmp_path / "quiet")
     for name in ("kpe", "nfe"):  # the bar changes no number
         np.testing.assert_array_equal(shown[name].to_numpy(), quiet[name].to_numpy())
+
+
+def test_the_audit_of_a_run_names_each_samples_seed_to_join_its_energies_by(tmp_path, capsys):
+    # the table's sample is a row; a run started at --seed-start 100 has seeds 100, 101, ...: the
+    # audit gave no seed to join it with the run's own table (kpe, posterior columns) by
+    train = _points()
+    path = _saved(tmp_path, train)
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", path, "--n", 5, "--seed-start", 100,
+                      "--steps", 20, "--shard-size", 2) == 0
+    energies = read_run(tmp_path / "run")
+    x = torch.from_numpy(read_samples(tmp_path / "run"))
+    for samples in (tmp_path / "run", tmp_path / "run" / "results.parquet"):
+        capsys.readouterr()
+        table = tmp_path / "audit.csv"
+        assert main(["memorization", "--samples", str(samples), "--train", str(path), "--bootstrap", "0",
+                     "--no-progress", "--out", str(table)]) == 0, capsys.readouterr().err
+        audit = pd.read_csv(table)
+        assert list(audit.columns[:2]) == ["sample", "seed"]
+        np.testing.assert_array_equal(audit["seed"], np.arange(100, 105))
+        joined = audit.merge(energies, on="seed")
+        assert len(joined) == 5
+        # each seed's row holds its own sample's nearest item, by brute force
+        nearest = torch.cdist(torch.from_numpy(np.stack(joined["x"])).double(), train.double()).argmin(dim=1)
+        np.testing.assert_array_equal(joined["nearest"], nearest)
+        np.testing.assert_array_equal(audit["nearest"], torch.cdist(x.double(), train.double()).argmin(dim=1))
+    # other samples keep the table as it was: no seed to name
+    np.save(tmp_path / "x.npy", x.numpy())
+    assert main(["memorization", "--samples", str(tmp_path / "x.npy"), "--train", str(path), "--bootstrap", "0",
+                 "--no-progress", "--out", str(tmp_path / "plain.csv")]) == 0
+    assert "seed" not in pd.read_csv(tmp_path / "plain.csv").columns

@@ -32,7 +32,7 @@ PACKAGE = ROOT / "src" / "kinetic_fm"
 # docs/ARCHITECTURE.md §1, top to bottom: one row per layer. "__init__" is the package's front
 # door; the other names are the top-level modules and subpackages of kinetic_fm.
 MAP = [
-    ("__init__", "cli", "commands"),
+    ("__init__", "__main__", "cli", "commands"),
     ("studies",),
     ("metrics", "integrations"),
     ("sampling",),

@@ -212,3 +212,25 @@ def test_a_resnet_spec_naming_a_folder_says_so_and_names_the_weights_file_expect
         parse_cifar_resnet_spec(f"resnet56:{folder}", name="--classifier")
     with pytest.raises(FileNotFoundError, match=r"--space: no such file: .*nothing\.th"):  # a missing path as before
         parse_cifar_resnet_spec(f"resnet20:{folder / 'nothing.th'}", name="--space")
+
+
+def test_a_spec_of_the_other_depth_names_its_argument_and_the_spec_that_fits(tmp_path, capsys):
+    # --space resnet56:PATH with ResNet-20 weights said "PATH: holds a ResNet-20, but depth=56 was
+    # asked": no --space, and a depth= the command line has no such word for
+    import numpy as np
+
+    from kinetic_fm.cli import main
+    from kinetic_fm.models.resnet_cifar import load_cifar_resnet_spec
+
+    path = tmp_path / "w.th"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in CifarResNet(20).state_dict().items()}}, path)
+    with pytest.raises(ValueError, match=rf"^--space resnet56:{path}: the file holds a ResNet-20's weights; "
+                                         rf"write resnet20:{path}$"):
+        load_cifar_resnet_spec(f"resnet56:{path}", name="--space")
+    assert load_cifar_resnet_spec(f"resnet20:{path}", name="--space")[1] == "resnet20"
+    with pytest.raises(ValueError, match=r"holds a ResNet-20, but depth=56 was asked"):  # the library's words
+        load_cifar_resnet(path, depth=56)
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 32, 32), np.float32))
+    assert main(["memorization", "--samples", str(tmp_path / "x.npy"), "--train", str(tmp_path / "x.npy"),
+                 "--space", f"resnet56:{path}", "--no-progress"]) == 2
+    assert f"--space resnet56:{path}: the file holds a ResNet-20's weights" in capsys.readouterr().err

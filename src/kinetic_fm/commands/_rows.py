@@ -141,7 +141,7 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
         # read as a folder of images, it said "contains no image files"
         raise ValueError(f"--train {value!r} is a kfm sample run folder (samples, not training items; kfm "
                          f"memorization takes it as --samples): {_PASS_THE_ITEMS}")
-    if specs and not recorded and path.suffix.lower() == ".parquet" and _is_results_table(path):
+    if specs and not recorded and path.suffix.lower() == ".parquet" and is_results_table(path):
         # its x column was read as training items without a word: a run's samples audited against themselves
         raise ValueError(_results_table_as_train(value, path))
     if is_run and specs:
@@ -175,7 +175,7 @@ _PASS_THE_ITEMS = ("pass as --train what the net was trained on: its kfm train r
                    "or its data (a data spec such as digits or cifar10:PATH, an array file, a folder of images)")
 
 
-def _is_results_table(path) -> bool:
+def is_results_table(path) -> bool:
     """Whether the Parquet file ``path`` is a ``kfm sample`` run's results table, by its schema alone:
     a column recording one sample's shape (the samples x), or the run's energy columns (a table
     written with --no-save-x). An unreadable file is not one here (reading it names what is wrong)."""

@@ -5,7 +5,7 @@ import argparse
 import math
 
 from ..checks import DEVICE_FORMS
-from ._rows import TRAIN_CONFIG, empirical_run_manifest, is_image_source, load_rows, training_record
+from ._rows import TRAIN_CONFIG, empirical_run_manifest, is_image_source, is_results_table, load_rows, training_record
 from ._types import bootstrap_seed_number, check_output_path, faiss_for, user_path, writing
 from ._flag_names import flag_words
 
@@ -85,7 +85,8 @@ def register(subparsers) -> None:
                              "turns zero-mean pixel noise on a flat background into a one-sided offset, which "
                              "a pca: space no longer drops)")
     parser.add_argument("--out", default=None, type=user_path,
-                        help="per-sample table: .parquet or .csv (not written when not given)")
+                        help="per-sample table: .parquet or .csv (not written when not given); for a kfm sample "
+                             "run's samples its seed column joins the run's own table")
     parser.add_argument("--figure", default=None, type=user_path,
                         help="a .png: the gap-ratio histogram and, for image inputs, the samples with the "
                              "smallest ratios beside their nearest training images (not written when not given)")
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as err:
             failed = err
     if args.out is not None:
-        frame = _per_sample_frame(report, sample_files, train_files, train_items)
+        frame = _per_sample_frame(report, sample_files, train_files, train_items, _run_seeds(args.samples))
         frame["space"] = space_name
         frame["clamped"] = args.clamp
         from ..runs.atomic import atomic_write
@@ -378,12 +379,15 @@ def _clamped_to(train, samples):
 
 
 def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[str] | None,
-                      train_items=None):
-    """The report's table (led by ``sample``, the row of --samples), with the image files' names
-    beside the rows and the nearest training items when the inputs were folders of images, and,
+                      train_items=None, seeds=None):
+    """The report's table (led by ``sample``, the row of --samples), with the samples' ``seeds`` (a kfm
+    sample run's, to join its table by), the image files' names beside the rows and the nearest
+    training items when the inputs were folders of images, and,
     for a run folder's training subset, ``nearest_item``: the nearest item's position in the
     split its data spec loads whole (``nearest`` is its row in the subset)."""
     frame = report.to_frame()
+    if seeds is not None:
+        frame.insert(1, "seed", seeds)
     if sample_files is not None:
         frame.insert(1, "file", sample_files)
     if train_items is not None:
@@ -392,6 +396,26 @@ def _per_sample_frame(report, sample_files: list[str] | None, train_files: list[
         frame.insert(frame.columns.get_loc("nearest") + 1, "nearest_file",
                      [train_files[j] for j in frame["nearest"]])
     return frame
+
+
+def _run_seeds(value: str):
+    """The seeds of the samples ``--samples value`` gives, in their order, when it is a kfm sample run
+    folder or its results table (int64 array; the run's ``seed`` column), else None."""
+    from pathlib import Path
+
+    from ..runs.manifest import MANIFEST_NAME
+
+    path = Path(value)
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+        from ..runs import read_run
+
+        return read_run(path, columns=["seed"])["seed"].to_numpy()  # read_samples' order: by seed
+    if path.is_file() and path.suffix.lower() == ".parquet" and is_results_table(path):
+        import pyarrow.parquet as pq
+
+        if "seed" in pq.read_schema(path).names:
+            return pq.read_table(path, columns=["seed"]).column("seed").to_numpy()
+    return None
 
 
 def _centred_as_train(samples, train, from_images: bool, mean, samples_value: str, train_value: str):

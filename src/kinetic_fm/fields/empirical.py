@@ -148,6 +148,11 @@ __all__ = [
 class Posterior:
     """Top-k of the posterior over training atoms, p(x1 = y_j | x_t = x).
 
+    In truncated mode (``EmpiricalFlow(truncate=m)``) it is the posterior the velocity uses: the m
+    kept atoms' weights renormalised to sum to 1, so they read above the full posterior's (with
+    m = 1 the top weight is always 1); the full posterior's weight of each is at least
+    (1 − ``neglected_bound``) times it (``field.diagnostics(x, t)``). At t = 0 every atom weighs 1/N.
+
     Attributes:
         weights: (B, k) float64, descending; exact float64 where ``exact`` else screened.
         indices: (B, k) int64 atom indices into the training tensor; equal weights (an item held
@@ -347,7 +352,8 @@ class EmpiricalFlow:
 
     def posterior(self, x: torch.Tensor, t: torch.Tensor | float, k: int = 1) -> Posterior:
         """Top-k posterior weights (B, k) float64 and atom indices (B, k) int64 per sample; x and t
-        as for ``field(x, t)``, k an integer in [1, N] (at most ``truncate`` when set)."""
+        as for ``field(x, t)``, k an integer in [1, N] (at most ``truncate`` when set, and then the kept
+        atoms' weights renormalised: see :class:`Posterior`)."""
         limit = self.truncate or self.n
         k = check_integer("k", k, 1, limit, note="the field's truncate" if self.truncate else "the training items")
         flat, t64, values = self._check(x, t)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -131,7 +132,13 @@ def load_cifar_resnet(path: str | os.PathLike, depth: int | None = None) -> Cifa
     must agree. Loaded with ``weights_only=True``; returned in eval mode. ValueError naming the
     file for one that holds no CIFAR ResNet's weights.
     """
-    path = Path(path)
+    return _load_cifar_resnet(Path(path), depth, lambda implied: f"{path}: holds a ResNet-{implied}, but depth={depth} "
+                              "was asked")
+
+
+def _load_cifar_resnet(path: Path, depth: int | None, mismatch: Callable[[int], str]) -> CifarResNet:
+    """:func:`load_cifar_resnet`'s work; ``mismatch(implied)`` words the refusal of weights of another depth
+    (in the caller's terms: an argument's, or a command line's spec)."""
     state = load_weights(path)
     blocks = {k.split(".")[1] for k in state if k.startswith("layer1.")}
     if not blocks or "conv1.weight" not in state:  # read as depth 2: "depth must be 6n + 2, got 2"
@@ -140,7 +147,7 @@ def load_cifar_resnet(path: str | os.PathLike, depth: int | None = None) -> Cifa
     if depth is None:
         depth = implied
     elif depth != implied:
-        raise ValueError(f"{path}: holds a ResNet-{implied}, but depth={depth} was asked")
+        raise ValueError(mismatch(implied))
     model = CifarResNet(depth)
     try:
         model.load_state_dict(state)
@@ -176,4 +183,6 @@ def load_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[Cifa
     """``(net, kind)`` from a spec (see :func:`parse_cifar_resnet_spec`). The depth in the spec
     must match the weights (see :func:`load_cifar_resnet`); the net is returned in eval mode."""
     kind, path = parse_cifar_resnet_spec(spec, name=name)
-    return load_cifar_resnet(path, depth=int(kind.removeprefix("resnet"))), kind
+    depth = int(kind.removeprefix("resnet"))
+    return _load_cifar_resnet(path, depth, lambda implied: f"{name} {spec}: the file holds a ResNet-{implied}'s "
+                              f"weights; write resnet{implied}:{path}"), kind
