@@ -15,6 +15,7 @@ import pytest
 
 import kinetic_fm as kfm
 from kinetic_fm.cli import build_parser, main
+from kinetic_fm.commands import sample as sample_command
 from kinetic_fm.models import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ EFFECTIVE_DEFAULTS = {
     ("sample", "--rtol"): _SAMPLE["rtol"].default,
     ("sample", "--atol"): _SAMPLE["atol"].default,
     ("sample", "--max-steps"): _SAMPLE["max_steps"].default,
+    ("sample", "--dtype"): sample_command.DEFAULT_DTYPE,   # the parser's None: not typed (a float64 --train is told)
     ("sample", "--alpha0"): _KTS["alpha0"],
     ("sample", "--beta0"): _KTS["beta0"],
     ("sample", "--tau"): _KTS["tau_split"],

@@ -28,6 +28,7 @@ from ._flag_names import SettingFlags, flag_words, in_flags, named_by_its_flag
 FIELDS = ("gaussian", "point", "mixture")
 EMPIRICAL = "empirical"  # the exact EFM field of the --train items: not built in, it needs them
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "rk4_38", "dopri5")
+DEFAULT_DTYPE = "float32"  # the state x's dtype when --dtype is not typed (energies are float64 either way)
 # KTS flags; giving any of them turns shaping on (the others take KTS's defaults)
 _KTS_FLAGS = {"alpha0": "alpha0", "beta0": "beta0", "tau": "tau_split", "launch": "launch",
               "landing": "landing", "k": "k", "renormalize": "renormalize"}
@@ -136,7 +137,7 @@ def register(subparsers) -> None:
                    help="τ in [0, 1] splitting early/late energy (default: --tau when shaping, else 0.6)")
     s.add_argument("--on-nonfinite", choices=("raise", "flag"), default="raise",
                    help="a NaN/Inf velocity stops the run (raise, the default) or marks the sample (flag)")
-    s.add_argument("--dtype", choices=("float32", "float64"), default=None,  # None: float32, not typed (_run)
+    s.add_argument("--dtype", choices=("float32", "float64"), default=None,  # None: DEFAULT_DTYPE, not typed (_run)
                    help="dtype of the state x (default float32; energies are float64 either way)")
     s.add_argument("--device", default="cpu",
                    help=f"{DEVICE_FORMS}; under torchrun, cuda means cuda:<LOCAL_RANK> (default cpu)")
@@ -1108,7 +1109,7 @@ def _run(args) -> int:
     from ..runs.shards import PROFILE_TIMES
 
     # a --dtype typed is what the user asked for; only the default is said of float64 items (_empirical_target)
-    args.dtype_typed, args.dtype = args.dtype is not None, args.dtype or "float32"
+    args.dtype_typed, args.dtype = args.dtype is not None, args.dtype or DEFAULT_DTYPE
     _validate(args)
     kts = _shaping(args)
     stored = _stored_manifest(args.out) if args.resume else None  # read once for the checks below
