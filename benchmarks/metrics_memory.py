@@ -25,6 +25,11 @@ is also given as a multiple of the inputs' size (the set and the samples).
     python benchmarks/metrics_memory.py --quick    # 10,000 x 3,072
     python benchmarks/metrics_memory.py --cases kde distance_blocks --previous 16668bd
 
+``--cases memorization_faiss`` measures ``kfm.memorization(samples, set, backend="faiss")``, whose search
+held faiss's own copy of the set (an ``IndexFlatL2``) before the thirty-eighth session:
+
+    python benchmarks/metrics_memory.py --cases memorization_faiss --samples 500 --previous b03773f
+
 ``--cases ball_tests`` measures ``precision_recall``'s sweep of ball tests alone (``_ball_memberships``,
 ``--samples`` fake against the set, radii of half the squared distance to a random row of the same
 set), whose buffers are cut to ``fidelity.BALL_TEST_BYTES`` each since helper-211:
@@ -54,7 +59,7 @@ CENTRING_CASES = ("kde", "distance_blocks", "precision_recall", "local_support")
 # the exact k-NN self-search of precision_recall's radii, and the pass over its k-th neighbours that
 # follows it (helper-179: glibc's heap as the peak's moving part), and its sweep of ball tests alone
 # (helper-211), measured like the centring cases
-SEARCH_CASES = ("self_search", "kth_radii", "ball_tests")
+SEARCH_CASES = ("self_search", "kth_radii", "ball_tests", "memorization_faiss")
 
 
 def _centring_call(case: str, x, samples):
@@ -72,6 +77,8 @@ def _centring_call(case: str, x, samples):
         return lambda: kfm.local_support(samples, x, k=5)
     if case == "self_search":
         return lambda: kfm.nearest_neighbors(x, x, 3, exclude_self=True, check_inputs=False)
+    if case == "memorization_faiss":  # the audit's faiss route (thirty-eighth session: no index copy of the set)
+        return lambda: kfm.memorization(samples, x, bootstrap=0, backend="faiss")
     if case == "kth_radii":  # the pass alone: the search's answer stands in as random rows
         import torch
 
