@@ -336,3 +336,24 @@ def test_the_concept_index_covers_the_public_names_and_the_commands():
     modules = {module for module, _ in indexed}
     missing = [command for command in _commands() if f"kinetic_fm.commands.{command}" not in modules]
     assert not missing, f"docs/ARCHITECTURE.md §8 has no row for kfm {missing}"
+
+
+# --- numbers the README states about a tiny run, measured again ------------------------------------
+
+def test_the_readmes_dopri5_step_counts_on_the_gaussian_field_are_measured_ones():
+    """README, the sampler flags: "dopri5 takes 4–5 steps on the smooth 3-D `gaussian` field, the
+    longest a third of the way (median over 1,000 seeds; up to M); `--rtol 1e-8 --atol 1e-8` takes
+    A–B": the counts are the fewest and most over seeds 0..999 of `kfm sample --field gaussian --dim 3`."""
+    found = re.search(r"dopri5 takes (\d+)–(\d+) steps on the smooth 3-D `gaussian` field, the\s+longest a third of "
+                      r"the way \(median over 1,000 seeds; up to ([\d.]+)\); `--rtol 1e-8 --atol 1e-8`\s+takes (\d+)–(\d+)\.",
+                      README)
+    assert found, "README: the sentence on dopri5's steps on the gaussian field moved; update this test"
+    fewest, most, longest, tight_fewest, tight_most = found.groups()
+    field = sample_command._builtin_field("gaussian", 3).velocity     # what `--field gaussian --dim 3` samples
+    default = kfm.sample(field, seeds=range(1000), shape=(3,), solver="dopri5")
+    tight = kfm.sample(field, seeds=range(1000), shape=(3,), solver="dopri5", rtol=1e-8, atol=1e-8)
+    step_lengths = default.times.diff(dim=1).nan_to_num(0.0).amax(dim=1)
+    assert (default.steps.min().item(), default.steps.max().item()) == (int(fewest), int(most))
+    assert abs(step_lengths.median().item() - 1 / 3) < 0.02
+    assert step_lengths.max().item() == pytest.approx(float(longest), abs=5e-3)
+    assert (tight.steps.min().item(), tight.steps.max().item()) == (int(tight_fewest), int(tight_most))
