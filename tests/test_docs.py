@@ -1,6 +1,7 @@
 """What the help texts, the README and docs/ARCHITECTURE.md state as facts about the code, checked
 against the code: the defaults `kfm <command> --help` prints, the README's list of `kfm train`
-defaults and of a run's columns, and the names, defaults and attributes of ARCHITECTURE §4's API.
+defaults and of a run's columns, the names, defaults and attributes of ARCHITECTURE §4's API, and
+the figures the README and a docstring give for small dopri5 runs, measured again.
 """
 import ast
 import dataclasses
@@ -385,6 +386,8 @@ def test_energy_betweens_figures_for_dopri5s_long_steps_are_measured_ones():
         measured, reference = run.energy_after(t), exact.energy_after(t)
         means.append(abs(measured.mean() / reference.mean() - 1).item())
         samples.append((measured / reference - 1).abs().max().item())
-    assert 100 * max(means) == pytest.approx(mean_error, abs=0.05)
-    assert 100 * max(samples) == pytest.approx(sample_error, abs=0.5)
-    assert (run.kpe / exact.kpe - 1).abs().max().item() == pytest.approx(kpe_error, rel=0.05)
+    # a tail over 1,000 samples: a platform's rounding may move one adaptive step, hence the slack
+    assert 100 * max(means) == pytest.approx(mean_error, abs=0.1)
+    assert 100 * max(samples) == pytest.approx(sample_error, abs=2)
+    assert (run.kpe / exact.kpe - 1).abs().max().item() == pytest.approx(kpe_error, rel=0.2)
+    assert samples[2] < 1e-3        # "at the early/late split (0.6), where its steps land, it is exact"
