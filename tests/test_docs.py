@@ -1,9 +1,11 @@
 """What the help texts, the README and docs/ARCHITECTURE.md state as facts about the code, checked
 against the code: the defaults `kfm <command> --help` prints, the README's list of `kfm train`
-defaults and of a run's columns, and the names, defaults and attributes of ARCHITECTURE §4's API.
+defaults and of a run's columns, the names, defaults and attributes of ARCHITECTURE §4's API, and
+the figures the README and a docstring give for small dopri5 runs, measured again.
 """
 import ast
 import dataclasses
+import functools
 import inspect
 import json
 import re
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import kinetic_fm as kfm
 from kinetic_fm.cli import build_parser, main
@@ -336,3 +339,55 @@ def test_the_concept_index_covers_the_public_names_and_the_commands():
     modules = {module for module, _ in indexed}
     missing = [command for command in _commands() if f"kinetic_fm.commands.{command}" not in modules]
     assert not missing, f"docs/ARCHITECTURE.md §8 has no row for kfm {missing}"
+
+
+# --- numbers the docs state about a tiny run, measured again --------------------------------------
+
+@functools.cache
+def _dopri5_on_the_gaussian_field(**tolerances) -> kfm.SampleResult:
+    """dopri5 over seeds 0..999 of `kfm sample --field gaussian --dim 3`'s field, N(2·1, 0.5²I)."""
+    field = sample_command._builtin_field("gaussian", 3).velocity
+    return kfm.sample(field, seeds=range(1000), shape=(3,), solver="dopri5", profile=True, **tolerances)
+
+
+def test_the_readmes_dopri5_step_counts_on_the_gaussian_field_are_measured_ones():
+    """README, the sampler flags: "dopri5 takes 4–5 steps on the smooth 3-D `gaussian` field, the
+    longest a third of the way (median over 1,000 seeds; up to M); `--rtol 1e-8 --atol 1e-8` takes
+    A–B": the counts are the fewest and most over seeds 0..999 of `kfm sample --field gaussian --dim 3`."""
+    found = re.search(r"dopri5 takes (\d+)–(\d+) steps on the smooth 3-D `gaussian` field, the\s+longest a third "
+                      r"of the way \(median over 1,000 seeds; up to ([\d.]+)\); `--rtol 1e-8 --atol 1e-8`\s+"
+                      r"takes (\d+)–(\d+)\.", README)
+    assert found, "README: the sentence on dopri5's steps on the gaussian field moved; update this test"
+    fewest, most, longest, tight_fewest, tight_most = found.groups()
+    default, tight = _dopri5_on_the_gaussian_field(), _dopri5_on_the_gaussian_field(rtol=1e-8, atol=1e-8)
+    step_lengths = default.times.diff(dim=1).nan_to_num(0.0).amax(dim=1)
+    assert (default.steps.min().item(), default.steps.max().item()) == (int(fewest), int(most))
+    assert abs(step_lengths.median().item() - 1 / 3) < 0.02
+    assert step_lengths.max().item() == pytest.approx(float(longest), abs=5e-3)
+    assert (tight.steps.min().item(), tight.steps.max().item()) == (int(tight_fewest), int(tight_most))
+
+
+def test_energy_betweens_figures_for_dopri5s_long_steps_are_measured_ones():
+    """energy_between's docstring: on that field at dopri5's default tolerances "the mean energy after
+    t = 0.5–0.9 comes out up to M % off and single samples' up to S %", the whole kpe "(K there)":
+    the largest errors over t = 0.5, 0.55, ..., 0.9 against rk4 on 2,000 steps in float64 (exact to
+    1e-14 here), and the largest relative error of a sample's kpe."""
+    doc = " ".join(inspect.getdoc(kfm.energy_between).split())
+    found = re.search(r"the mean energy after t = 0\.5–0\.9 comes out (?:up to )?(?:[\d.]+–)?([\d.]+) % off "
+                      r"and single samples' up to ~?([\d.]+) %\).*?``kpe`` is not affected \(([\d.e-]+) there\)", doc)
+    assert found, "energy_between's docstring: the sentence on dopri5's long steps moved; update this test"
+    mean_error, sample_error, kpe_error = map(float, found.groups())
+    run = _dopri5_on_the_gaussian_field()
+    field = sample_command._builtin_field("gaussian", 3).velocity
+    exact = kfm.sample(field, seeds=range(1000), shape=(3,), solver="rk4", steps=2000, profile=True,
+                       dtype=torch.float64)
+    means, samples = [], []
+    for t in [0.5 + 0.05 * i for i in range(9)]:
+        measured, reference = run.energy_after(t), exact.energy_after(t)
+        means.append(abs(measured.mean() / reference.mean() - 1).item())
+        samples.append((measured / reference - 1).abs().max().item())
+    # a tail over 1,000 samples: a platform's rounding may move one adaptive step, hence the slack
+    assert 100 * max(means) == pytest.approx(mean_error, abs=0.1)
+    assert 100 * max(samples) == pytest.approx(sample_error, abs=2)
+    assert (run.kpe / exact.kpe - 1).abs().max().item() == pytest.approx(kpe_error, rel=0.2)
+    assert samples[2] < 1e-3        # "at the early/late split (0.6), where its steps land, it is exact"
