@@ -857,3 +857,17 @@ def test_a_model_called_by_name_is_called_so_by_its_copies_pickles_and_views():
                                    atol=1e-15)
     with pytest.raises(TypeError, match=r"1 further argument\(s\) \['y'\]"):
         copy.deepcopy(field)(x, t, labels, labels)
+
+
+def test_dopri5_names_where_a_nested_shared_time_adapter_sits():
+    # KineticODESolver(guided, time="scalar") with the guidance's model from from_model_wrapper (default
+    # time="shared"): the error said "use time='scalar'", which the user had given, to the outer adapter
+    labels = torch.tensor([0, 1, 1])
+    guided = kfm.ClassifierFreeGuidance(from_model_wrapper(lambda x, t, y: -x * t), labels, 2.0, 2)
+    x0 = kfm.noise(range(3), (DIM,), dtype=torch.float64)
+    for run in (lambda: kfm.KineticODESolver(guided, time="scalar").sample(x0, method="dopri5"),
+                lambda: kfm.sample(guided, x0, solver="dopri5")):
+        with pytest.raises(ValueError, match=r"velocity(\.inner)?\.model is a ModelXT with time='shared'"):
+            run()
+    scalar = kfm.ClassifierFreeGuidance(from_model_wrapper(lambda x, t, y: -x * t, time="scalar"), labels, 2.0, 2)
+    kfm.KineticODESolver(scalar).sample(x0, method="dopri5")   # the remedy the message gives
