@@ -871,3 +871,15 @@ def test_dopri5_names_where_a_nested_shared_time_adapter_sits():
             run()
     scalar = kfm.ClassifierFreeGuidance(from_model_wrapper(lambda x, t, y: -x * t, time="scalar"), labels, 2.0, 2)
     kfm.KineticODESolver(scalar).sample(x0, method="dopri5")   # the remedy the message gives
+
+
+def test_sample_names_its_own_arguments_when_they_are_not_tensors():
+    # x_init was refused as "x0 must be a torch.Tensor" (kfm.sample's name), and a list time_grid without
+    # saying what it got
+    solver = kfm.KineticODESolver(lambda x, t: -x)
+    with pytest.raises(TypeError, match=r"^x_init must be a torch\.Tensor .*got list"):
+        solver.sample([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"^time_grid must be a 1-D tensor .*got list"):
+        solver.sample(torch.zeros(2, DIM), time_grid=[0.0, 1.0])
+    with pytest.raises(ValueError, match=r"^time_grid must be a 1-D tensor .*got shape \(2, 1\)"):
+        solver.sample(torch.zeros(2, DIM), time_grid=torch.tensor([[0.0], [1.0]]))

@@ -212,13 +212,17 @@ class KineticODESolver:
             if flag:
                 raise ValueError(f"{name}=True is not supported: kfm returns the final state with "
                                  "per-sample energies (profile=True keeps the per-step energies)")
+        if not isinstance(x_init, torch.Tensor):  # named here: kfm.sample's message names its own x0
+            raise TypeError(f"x_init must be a torch.Tensor of shape (B, ...), got {type(x_init).__name__}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
         solver = METHODS[method]
         if time_grid is None:
             time_grid = torch.tensor([0.0, 1.0], dtype=torch.float64)
         if not isinstance(time_grid, torch.Tensor) or time_grid.dim() != 1 or time_grid.numel() < 2:
-            raise ValueError("time_grid must be a 1-D tensor from 0 to 1 with at least 2 points")
+            got = (f"shape {tuple(time_grid.shape)}" if isinstance(time_grid, torch.Tensor)
+                   else type(time_grid).__name__)
+            raise ValueError(f"time_grid must be a 1-D tensor from 0 to 1 with at least 2 points, got {got}")
         time_grid = time_grid.detach().to("cpu", torch.float64)
         start, end = float(time_grid[0]), float(time_grid[-1])
         if start != 0.0 or end != 1.0:
