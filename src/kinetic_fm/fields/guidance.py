@@ -10,10 +10,9 @@ returned, so ``kfm.sample`` measures the energy of the motion each sample actual
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
@@ -205,7 +204,7 @@ class ClassifierFreeGuidance:
             return v_u.clone()
         return v_u + self.scale * (v_c - v_u)
 
-    @contextlib.contextmanager
+    @contextmanager
     def _noting_undoubled_extras(self) -> Iterator[None]:
         """An error raised inside gets a note where the model (or an adapter it wraps) holds extras with
         one row per sample of the whole batch: they do not double with the batch the model is called on."""
