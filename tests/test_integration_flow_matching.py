@@ -883,3 +883,24 @@ def test_sample_names_its_own_arguments_when_they_are_not_tensors():
         solver.sample(torch.zeros(2, DIM), time_grid=[0.0, 1.0])
     with pytest.raises(ValueError, match=r"^time_grid must be a 1-D tensor .*got shape \(2, 1\)"):
         solver.sample(torch.zeros(2, DIM), time_grid=torch.tensor([[0.0], [1.0]]))
+
+
+def test_a_model_extra_the_model_cannot_take_is_refused_before_the_run_with_its_signature():
+    # KineticODESolver(guided).sample(x0, cond=c) failed at the first step with "__call__() got an unexpected
+    # keyword argument 'cond'" and a note pointing at kfm.ModelTX, which does not help
+    guided = kfm.ClassifierFreeGuidance(from_model_wrapper(lambda x, t, y, cond=None: -x), torch.tensor([0, 1]), 2.0, 2)
+    x0, cond = torch.zeros(2, DIM), torch.zeros(2, DIM)
+    with pytest.raises(ValueError, match=r"^the model takes no extra named \['cond'\]: ClassifierFreeGuidance"
+                                         r"\(x, t\).*torch\.cat\(\[cond, cond\]\)"):
+        kfm.KineticODESolver(guided).sample(x0, step_size=0.5, cond=cond)
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t, y):
+            return -x
+
+    with pytest.raises(ValueError, match=r"^the model takes no extra named \['cond'\]: Net\(x, t, y\)"):
+        from_model_wrapper(Net(), cond=cond)
+    # extras it can take, by name or through **kwargs, and a signature it cannot read: as before
+    from_model_wrapper(Net(), y=cond)
+    from_model_wrapper(lambda x, t, **extras: -x, cond=cond)
+    from_model_wrapper(torch.nn.DataParallel(Net()), y=cond)
