@@ -80,13 +80,18 @@ def _model_kwargs(model_kwargs: Mapping[str, Any] | None, extras: Mapping[str, A
     return dict(model_kwargs)
 
 
-def _signature_of(model: Callable[..., torch.Tensor]) -> inspect.Signature | None:
-    """The signature ``model`` is called by: a module's ``forward``, the module a ``DataParallel`` or
-    ``DistributedDataParallel`` wraps (its own ``forward(*inputs, **kwargs)`` hands both on unchanged);
-    None for a builtin or C extension without one."""
-    parallel = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
-    while isinstance(model, parallel):
+def _unwrapped(model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """The module a ``DataParallel`` or ``DistributedDataParallel`` wraps (its own ``forward(*inputs,
+    **kwargs)`` hands both on unchanged); any other model itself."""
+    while isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
         model = model.module
+    return model
+
+
+def _signature_of(model: Callable[..., torch.Tensor]) -> inspect.Signature | None:
+    """The signature ``model`` is called by: a module's ``forward`` (a parallel wrapper's: its
+    module's, see :func:`_unwrapped`); None for a builtin or C extension without one."""
+    model = _unwrapped(model)
     target = model.forward if isinstance(model, torch.nn.Module) else model
     try:
         return inspect.signature(target)
@@ -108,9 +113,7 @@ def _check_extras_taken(model: Callable[..., torch.Tensor], names: list[str]) ->
     missing = [name for name in names if name not in parameters or parameters[name].kind not in by_name]
     if not missing:
         return
-    unwrapped = model
-    while isinstance(unwrapped, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-        unwrapped = unwrapped.module
+    unwrapped = _unwrapped(model)
     bare = signature.replace(parameters=[p.replace(annotation=inspect.Parameter.empty) for p in parameters.values()],
                              return_annotation=inspect.Signature.empty)
     shown = f"{type(unwrapped).__name__}{bare}"
