@@ -551,3 +551,30 @@ def test_a_new_run_does_not_show_the_last_runs_velocities(restart):
     with torch.no_grad():
         want = net(x, t, y)
     torch.testing.assert_close(cfg.last_conditional[[1, 3]], want[[1, 3]], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["euler", "dopri5"])
+@pytest.mark.parametrize("per_sample", [None, ["cond"]], ids=["guessed", "declared"])
+def test_a_per_sample_extra_inside_guidance_is_named_with_the_doubled_batch(solver, per_sample):
+    # the guidance calls its model on 2B rows (conditional, then null): an extra of B rows held by the
+    # adapter inside failed with torch's "size of tensor a (3) must match ... (6)" or "has 3 rows for a
+    # batch of 6", without a word of the doubling or of the remedy
+    def net(x, t, y, cond):
+        return cond * (1 + t.reshape(-1, 1)) - x + y.to(x.dtype)[:, None]   # t (B,) or 0-dim
+
+    cond, labels = torch.randn(3, 2, dtype=torch.float64), torch.tensor([0, 1, 1])
+    x0 = torch.randn(3, 2, dtype=torch.float64)
+    time, steps = ("scalar", {}) if solver == "dopri5" else ("batch", {"steps": 4})
+    guided = kfm.ClassifierFreeGuidance(kfm.ModelXT(net, time=time, per_sample=per_sample, cond=cond), labels, 2.0, 5)
+    with pytest.raises((RuntimeError, ValueError)) as caught:
+        kfm.sample(guided, x0, solver=solver, **steps)
+    said = " ".join([str(caught.value), *getattr(caught.value, "__notes__", [])])
+    assert "doubled batch" in said and "['cond']" in said and "torch.cat([cond, cond])" in said
+    # the remedy it names: each sample as it runs alone with its own condition
+    doubled = kfm.ModelXT(net, time=time, per_sample=per_sample, cond=torch.cat([cond, cond]))
+    res = kfm.sample(kfm.ClassifierFreeGuidance(doubled, labels, 2.0, 5), x0, solver=solver, **steps)
+    for i in range(3):
+        alone = kfm.ClassifierFreeGuidance(kfm.ModelXT(net, time=time, cond=cond[i:i + 1].repeat(2, 1)),
+                                           labels[i:i + 1], 2.0, 5)
+        torch.testing.assert_close(res.x[i:i + 1], kfm.sample(alone, x0[i:i + 1], solver=solver, **steps).x,
+                                   rtol=1e-12, atol=1e-12)

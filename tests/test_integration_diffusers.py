@@ -634,3 +634,61 @@ def test_an_interrupted_pipeline_holds_the_energy_of_the_steps_it_took(transform
     fresh = KineticFlowMatchEulerScheduler(shift=3.0)
     _recorded_pipeline_run(transformer, fresh, conditions, torch.float32, 1.0)
     torch.testing.assert_close(scheduler.kpe, fresh.kpe, rtol=0, atol=0)
+
+
+def _pipeline_with_images_per_prompt(transformer, scheduler):
+    """A tiny SD3 pipeline whose encode_prompt repeats given embeddings num_images_per_prompt times, each
+    prompt's rows together, as its text-encoder path does (given embeddings are passed through unrepeated,
+    which leaves num_images_per_prompt > 1 without text encoders unusable)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, **NO_ENCODERS)
+    pipe.set_progress_bar_config(disable=True)
+    encode = pipe.encode_prompt
+
+    def repeated(*args, num_images_per_prompt=1, **kwargs):
+        out = encode(*args, num_images_per_prompt=num_images_per_prompt, **kwargs)
+        return tuple(part.repeat_interleave(num_images_per_prompt, dim=0) for part in out)
+
+    pipe.encode_prompt = repeated
+    return pipe
+
+
+def test_num_images_per_prompt_gives_one_energy_per_image_in_the_pipelines_order(transformer, conditions):
+    """num_images_per_prompt = 2 under guidance: kpe has one row per image (prompt p's images at rows 2p, 2p + 1),
+    each equal to ½Σ η²‖guided output‖²Δσ of the transformer's own outputs, and to the energy of that image's
+    latents and prompt run alone."""
+    images, scale, steps = 2, 4.0, 5
+    prompt, pooled = conditions
+    x0 = kfm.noise(list(range(BATCH * images)), (CHANNELS, SIZE, SIZE))
+    call = dict(height=SIZE * 8, width=SIZE * 8, num_inference_steps=steps, guidance_scale=scale,
+                output_type="latent")
+
+    def run(rows, count, latents):
+        scheduler = KineticFlowMatchEulerScheduler(shift=3.0)
+        scheduler.set_shaping(KTS)
+        pipe = _pipeline_with_images_per_prompt(transformer, scheduler)
+        outputs = []
+        hook = transformer.register_forward_hook(lambda module, args, out: outputs.append(out[0].double()))
+        try:
+            latents = pipe(prompt_embeds=prompt[rows], pooled_prompt_embeds=pooled[rows],
+                           negative_prompt_embeds=torch.zeros_like(prompt[rows]),
+                           negative_pooled_prompt_embeds=torch.zeros_like(pooled[rows]),
+                           num_images_per_prompt=count, latents=latents, **call).images
+        finally:
+            hook.remove()
+        return latents, scheduler, outputs
+
+    latents, scheduler, outputs = run(slice(0, BATCH), images, x0)
+    assert latents.shape == (BATCH * images, CHANNELS, SIZE, SIZE) and scheduler.kpe.shape == (BATCH * images,)
+    sigmas = scheduler.sigmas.double()
+    expected = torch.zeros(BATCH * images, dtype=torch.float64)
+    for i, out in enumerate(outputs):
+        unconditional, conditional = out.chunk(2)
+        guided = unconditional + scale * (conditional - unconditional)
+        eta = KTS(1.0 - float(sigmas[i]))
+        expected += 0.5 * eta**2 * float(sigmas[i] - sigmas[i + 1]) * guided.flatten(1).pow(2).sum(1)
+    torch.testing.assert_close(scheduler.kpe, expected, rtol=1e-6, atol=0)
+    for p in range(BATCH):                       # prompt p's first image, run alone
+        _, alone, _ = run(slice(p, p + 1), 1, x0[p * images:p * images + 1])
+        torch.testing.assert_close(alone.kpe[0], scheduler.kpe[p * images], rtol=1e-5, atol=0)

@@ -857,3 +857,50 @@ def test_a_model_called_by_name_is_called_so_by_its_copies_pickles_and_views():
                                    atol=1e-15)
     with pytest.raises(TypeError, match=r"1 further argument\(s\) \['y'\]"):
         copy.deepcopy(field)(x, t, labels, labels)
+
+
+def test_dopri5_names_where_a_nested_shared_time_adapter_sits():
+    # KineticODESolver(guided, time="scalar") with the guidance's model from from_model_wrapper (default
+    # time="shared"): the error said "use time='scalar'", which the user had given, to the outer adapter
+    labels = torch.tensor([0, 1, 1])
+    guided = kfm.ClassifierFreeGuidance(from_model_wrapper(lambda x, t, y: -x * t), labels, 2.0, 2)
+    x0 = kfm.noise(range(3), (DIM,), dtype=torch.float64)
+    for run in (lambda: kfm.KineticODESolver(guided, time="scalar").sample(x0, method="dopri5"),
+                lambda: kfm.sample(guided, x0, solver="dopri5")):
+        with pytest.raises(ValueError, match=r"velocity(\.inner)?\.model is a ModelXT with time='shared'"):
+            run()
+    scalar = kfm.ClassifierFreeGuidance(from_model_wrapper(lambda x, t, y: -x * t, time="scalar"), labels, 2.0, 2)
+    kfm.KineticODESolver(scalar).sample(x0, method="dopri5")   # the remedy the message gives
+
+
+def test_sample_names_its_own_arguments_when_they_are_not_tensors():
+    # x_init was refused as "x0 must be a torch.Tensor" (kfm.sample's name), and a list time_grid without
+    # saying what it got
+    solver = kfm.KineticODESolver(lambda x, t: -x)
+    with pytest.raises(TypeError, match=r"^x_init must be a torch\.Tensor .*got list"):
+        solver.sample([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"^time_grid must be a 1-D tensor .*got list"):
+        solver.sample(torch.zeros(2, DIM), time_grid=[0.0, 1.0])
+    with pytest.raises(ValueError, match=r"^time_grid must be a 1-D tensor .*got shape \(2, 1\)"):
+        solver.sample(torch.zeros(2, DIM), time_grid=torch.tensor([[0.0], [1.0]]))
+
+
+def test_a_model_extra_the_model_cannot_take_is_refused_before_the_run_with_its_signature():
+    # KineticODESolver(guided).sample(x0, cond=c) failed at the first step with "__call__() got an unexpected
+    # keyword argument 'cond'" and a note pointing at kfm.ModelTX, which does not help
+    guided = kfm.ClassifierFreeGuidance(from_model_wrapper(lambda x, t, y, cond=None: -x), torch.tensor([0, 1]), 2.0, 2)
+    x0, cond = torch.zeros(2, DIM), torch.zeros(2, DIM)
+    with pytest.raises(ValueError, match=r"^the model takes no extra named \['cond'\]: ClassifierFreeGuidance"
+                                         r"\(x, t\).*torch\.cat\(\[cond, cond\]\)"):
+        kfm.KineticODESolver(guided).sample(x0, step_size=0.5, cond=cond)
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t, y):
+            return -x
+
+    with pytest.raises(ValueError, match=r"^the model takes no extra named \['cond'\]: Net\(x, t, y\)"):
+        from_model_wrapper(Net(), cond=cond)
+    # extras it can take, by name or through **kwargs, and a signature it cannot read: as before
+    from_model_wrapper(Net(), y=cond)
+    from_model_wrapper(lambda x, t, **extras: -x, cond=cond)
+    from_model_wrapper(torch.nn.DataParallel(Net()), y=cond)

@@ -198,6 +198,24 @@ def declares(velocity: object, name: str) -> bool:
         return False
 
 
+def shared_time_holder(velocity: object) -> tuple[str, object] | None:
+    """Where the adapter with ``time="shared"`` sits in ``velocity``, for an error to name it: its
+    path and itself. The path is "velocity", or one through the attributes the adapters, a guidance
+    and a ``ModelWrapper`` hold what they wrap in (``inner``, ``model``, ``velocity``), such as
+    "velocity.inner.model"; None where no object on that path has ``time="shared"``."""
+    path = "velocity"
+    for _ in range(32):  # a chain of wrappers, not a cycle
+        if optional_attribute(velocity, "time") == "shared":
+            return path, velocity
+        wrapped = next(((name, inner) for name in ("inner", "model", "velocity")
+                        if (inner := optional_attribute(velocity, name)) is not None
+                        and declares(inner, "one_time_per_call")), None)
+        if wrapped is None:
+            return None
+        path, velocity = f"{path}.{wrapped[0]}", wrapped[1]
+    return None
+
+
 def declares_singular_at_one(velocity: object) -> bool:
     """Whether ``velocity`` declares ``singular_at_one = True`` (v blows up at t = 1)."""
     return declares(velocity, "singular_at_one")

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 
-from ..checks import (as_scalar, check_flag, declares, declares_singular_at_one, is_real, one_evaluation_of,
+from ..checks import (add_note, as_scalar, check_flag, declares, declares_singular_at_one, is_real, one_evaluation_of,
                       optional_attribute, start_run_of, tensor_output)
 from ..norms import squared_norm
 from .adapters import batch_time
@@ -139,7 +139,8 @@ class ClassifierFreeGuidance:
             self._rows, active.to(self._rows.device))
         select = optional_attribute(self.model, "select")
         if select is not None:  # the model sees the doubled batch [x; x]
-            part.model = select(torch.cat([active, active]))
+            with self._noting_undoubled_extras():
+                part.model = select(torch.cat([active, active]))
         return part
 
     def reset(self) -> None:
@@ -185,7 +186,8 @@ class ClassifierFreeGuidance:
         labels = torch.cat([self.labels, self.null_labels])
         if self._labels_follow_x:
             labels = labels.to(x.dtype)
-        out = tensor_output(self.model(torch.cat([x, x]), torch.cat([t, t]), labels), "model")
+        with self._noting_undoubled_extras():
+            out = tensor_output(self.model(torch.cat([x, x]), torch.cat([t, t]), labels), "model")
         if out.shape[0] != 2 * batch:
             raise ValueError(f"model returned {out.shape[0]} rows for a doubled batch of {2 * batch}")
         v_c, v_u = out[:batch], out[batch:]
@@ -201,6 +203,23 @@ class ClassifierFreeGuidance:
         if self.scale == 0.0:
             return v_u.clone()
         return v_u + self.scale * (v_c - v_u)
+
+    @contextmanager
+    def _noting_undoubled_extras(self) -> Iterator[None]:
+        """An error raised inside gets a note where the model (or an adapter it wraps) holds extras with
+        one row per sample of the whole batch: they do not double with the batch the model is called on."""
+        try:
+            yield
+        except (RuntimeError, ValueError, IndexError, TypeError) as err:
+            batch = (self._origin or self).labels.shape[0]
+            names = _extras_with_rows(self.model, batch)
+            if names:
+                add_note(err, f"ClassifierFreeGuidance calls its model on a doubled batch of {2 * batch} rows (the "
+                              f"conditional rows, then the null-label rows), and the model's extras {names} hold "
+                              f"{batch} rows, one per sample, which do not double with it; repeat them for both "
+                              f"halves, e.g. {names[0]}=torch.cat([{names[0]}, {names[0]}]), or pass the condition "
+                              "in labels")
+            raise
 
     def _write_back(self, v_c: torch.Tensor, v_u: torch.Tensor) -> None:
         """A view's velocities into the rows ``self._rows`` of its origin's last velocities (rows
@@ -306,3 +325,18 @@ def _null_labels(null_label, labels: torch.Tensor) -> torch.Tensor:
     else:
         raise ValueError(f"null_label must be a number or a tensor, got {type(null_label).__name__}")
     return null
+
+
+def _extras_with_rows(model: object, batch: int) -> list[str]:
+    """The names of the tensor extras with ``batch`` rows that ``model``, or an adapter it wraps
+    (through ``inner``), holds for every call (a ``kfm.ModelXT``'s ``extras``)."""
+    names: list[str] = []
+    for _ in range(32):  # a chain of adapters, not a cycle
+        if model is None:
+            break
+        extras = optional_attribute(model, "extras")
+        if isinstance(extras, dict):
+            names += [name for name, value in extras.items()
+                      if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch]
+        model = optional_attribute(model, "inner")
+    return names

@@ -28,6 +28,7 @@ from ..optional import optional_names
 from ..checks import (add_note, declares, declares_singular_at_one, one_evaluation_of, optional_attribute,
                       start_run_of)
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time
+from ..fields.guidance import ClassifierFreeGuidance
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
 from ..sampling.shaping import KTS, TAU_TOLERANCE, gain_tau
@@ -59,6 +60,7 @@ def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "share
     """
     per_sample = extras.pop("per_sample", None)  # kfm's option, not an extra: model_kwargs may hold one so named
     named = _model_kwargs(model_kwargs, extras)
+    _check_extras_taken(model, [*extras, *named])
     field = ModelXT(model, time=time)
     field._take_extras(per_sample, {**extras, **named})
     field._take_keyword_call(*_keyword_call(model))
@@ -78,6 +80,52 @@ def _model_kwargs(model_kwargs: Mapping[str, Any] | None, extras: Mapping[str, A
     return dict(model_kwargs)
 
 
+def _unwrapped(model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """The module a ``DataParallel`` or ``DistributedDataParallel`` wraps (its own ``forward(*inputs,
+    **kwargs)`` hands both on unchanged); any other model itself."""
+    while isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def _signature_of(model: Callable[..., torch.Tensor]) -> inspect.Signature | None:
+    """The signature ``model`` is called by: a module's ``forward`` (a parallel wrapper's: its
+    module's, see :func:`_unwrapped`); None for a builtin or C extension without one."""
+    model = _unwrapped(model)
+    target = model.forward if isinstance(model, torch.nn.Module) else model
+    try:
+        return inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_extras_taken(model: Callable[..., torch.Tensor], names: list[str]) -> None:
+    """ValueError, before the run, for extras ``model`` has no keyword parameter and no ``**kwargs`` for
+    (every call would fail with "got an unexpected keyword argument"); a signature that cannot be
+    read passes."""
+    signature = _signature_of(model)
+    if signature is None or not names:
+        return
+    parameters = signature.parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    missing = [name for name in names if name not in parameters or parameters[name].kind not in by_name]
+    if not missing:
+        return
+    unwrapped = _unwrapped(model)
+    bare = signature.replace(parameters=[p.replace(annotation=inspect.Parameter.empty) for p in parameters.values()],
+                             return_annotation=inspect.Signature.empty)
+    shown = f"{type(unwrapped).__name__}{bare}"
+    if isinstance(unwrapped, ClassifierFreeGuidance):
+        first = missing[0]
+        remedy = (f"; a guidance's extras belong to the model inside it, which it calls on a doubled batch: "
+                  f"from_model_wrapper(net, {first}=torch.cat([{first}, {first}])), or the condition in its labels")
+    else:
+        remedy = "; give only extras its signature names"
+    raise ValueError(f"the model takes no extra named {missing}: {shown}{remedy}")
+
+
 def _keyword_call(model: Callable[..., torch.Tensor]
                   ) -> tuple[bool, tuple[str, ...] | None, tuple[str, ...] | None]:
     """Whether ``model`` (a module: its ``forward``) takes parameters named x and t by keyword, and
@@ -90,14 +138,10 @@ def _keyword_call(model: Callable[..., torch.Tensor]
     positional extra never reaches a keyword-only one. A ``DataParallel`` or
     ``DistributedDataParallel`` is read by the module it wraps: its own ``forward(*inputs,
     **kwargs)`` hands both on unchanged."""
-    parallel = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
-    while isinstance(model, parallel):
-        model = model.module
-    target = model.forward if isinstance(model, torch.nn.Module) else model
-    try:
-        parameters = inspect.signature(target).parameters
-    except (TypeError, ValueError):  # a builtin or C extension without a signature: by position
+    signature = _signature_of(model)
+    if signature is None:  # a builtin or C extension without a signature: by position
         return False, None, None
+    parameters = signature.parameters
     by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     if not all(name in parameters and parameters[name].kind in by_keyword for name in ("x", "t")):
         return False, None, None
@@ -212,13 +256,17 @@ class KineticODESolver:
             if flag:
                 raise ValueError(f"{name}=True is not supported: kfm returns the final state with "
                                  "per-sample energies (profile=True keeps the per-step energies)")
+        if not isinstance(x_init, torch.Tensor):  # named here: kfm.sample's message names its own x0
+            raise TypeError(f"x_init must be a torch.Tensor of shape (B, ...), got {type(x_init).__name__}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
         solver = METHODS[method]
         if time_grid is None:
             time_grid = torch.tensor([0.0, 1.0], dtype=torch.float64)
         if not isinstance(time_grid, torch.Tensor) or time_grid.dim() != 1 or time_grid.numel() < 2:
-            raise ValueError("time_grid must be a 1-D tensor from 0 to 1 with at least 2 points")
+            got = (f"shape {tuple(time_grid.shape)}" if isinstance(time_grid, torch.Tensor)
+                   else type(time_grid).__name__)
+            raise ValueError(f"time_grid must be a 1-D tensor from 0 to 1 with at least 2 points, got {got}")
         time_grid = time_grid.detach().to("cpu", torch.float64)
         start, end = float(time_grid[0]), float(time_grid[-1])
         if start != 0.0 or end != 1.0:

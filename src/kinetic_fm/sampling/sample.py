@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from ..checks import (as_scalar, caller_outside_the_package, check_device, check_flag, check_integer, check_real,
-                      check_unit_number, declares, declares_singular_at_one, held_inside, is_real, start_run_of)
+                      check_unit_number, declares, declares_singular_at_one, held_inside, is_real, shared_time_holder,
+                      start_run_of)
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
@@ -183,9 +184,15 @@ def sample(
                                  "restart the part energies; use a fixed-step solver, or track_parts=False")
             if declares(velocity, "one_time_per_call"):
                 # every row would be integrated at the first row's time, without an error to show it
-                raise ValueError("velocity passes one time for the whole batch (an adapter with time='shared'), "
-                                 "but dopri5 holds each sample at its own time; use time='scalar' (one net call "
-                                 "per distinct time) or time='batch' (a net that takes per-sample times)")
+                holder = shared_time_holder(velocity)
+                where = ("velocity passes one time for the whole batch (an adapter with time='shared')"
+                         if holder is None or holder[1] is velocity else
+                         f"{holder[0]} is a {type(holder[1]).__name__} with time='shared' (one time for the whole "
+                         "batch; from_model_wrapper's default), which a time given to a wrapper around it does not "
+                         "change")
+                raise ValueError(f"{where}, but dopri5 holds each sample at its own time; build it with "
+                                 "time='scalar' (one net call per distinct time) or time='batch' (a net that takes "
+                                 "per-sample times)")
             start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
             trace = integrate_dopri5(
                 velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
