@@ -342,7 +342,7 @@ def _draw_histogram(ax, values: dict[str, Any], *, xlabel: str, log_x: bool, tit
 
 
 def sample_run_figure(name: str, caption: str, kpe: Any, profile: tuple[Any, Any] | None = None, *,
-                      label: str = "samples", bins: int = 100, title: str = "") -> Figure:
+                      label: str = "samples", bins: int = 100, title: str = "", shaped: bool = True) -> Figure:
     """One sampling run at a glance (``kfm sample --figure``).
 
     With ``profile``, two panels: the kinetic power ½η²‖v‖² over t (mean line and 10–90 % band,
@@ -361,15 +361,18 @@ def sample_run_figure(name: str, caption: str, kpe: Any, profile: tuple[Any, Any
         label: the legend's name for these samples.
         bins: a positive integer (a NumPy integer or 0-d tensor too), checked with or without
             per-sample grids.
+        shaped: a KTS gain η may act on the run (the axes read ½∫η²‖v‖² dt and ½η²‖v‖²); False when
+            none does (η = 1: they read ½∫‖v‖² dt and ½‖v‖²).
     """
     check_figure_name(name)
     bins = positive_integer("bins", bins)
+    kpe_label = KPE_LABEL if shaped else PLAIN_KPE_LABEL
     values = _array(kpe, name="kpe").ravel()
     finite = values[np.isfinite(values)]
     log_x = bool(finite.size and finite.min() > 0) and _spans_decades(finite)
     if profile is None:
         fig = _new_figure(6.4, 4.0)
-        _draw_histogram(fig.add_subplot(), {label: values}, xlabel=KPE_LABEL, log_x=log_x, title=title)
+        _draw_histogram(fig.add_subplot(), {label: values}, xlabel=kpe_label, log_x=log_x, title=title)
         return _render(fig, name, caption)
     times = _array(profile[0], name="profile times")
     increments = _array(profile[1], name="profile increments")
@@ -383,8 +386,9 @@ def sample_run_figure(name: str, caption: str, kpe: Any, profile: tuple[Any, Any
         log_y = summary is not None and _spans_decades(summary[1][summary[1] > 0])
     fig = _new_figure(12.8, 4.0)
     left, right = fig.subplots(1, 2)
-    _draw_power(left, {label: (times, increments)}, log_y=log_y, title="kinetic power over t (mean, 10–90 % band)")
-    _draw_histogram(right, {label: values}, xlabel=KPE_LABEL, log_x=log_x, title="per-sample KPE")
+    _draw_power(left, {label: (times, increments)}, log_y=log_y, title="kinetic power over t (mean, 10–90 % band)",
+                ylabel=POWER_LABEL if shaped else PLAIN_POWER_LABEL)
+    _draw_histogram(right, {label: values}, xlabel=kpe_label, log_x=log_x, title="per-sample KPE")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
