@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kinetic_fm.sampling.noise import noise as kfm_noise
+from kinetic_fm.sampling.shaping import KTS
 from kinetic_fm.studies.config import ReproduceConfig
 from kinetic_fm.studies.figures import LOG_NOTE
 from kinetic_fm.studies.memorization import _interior_best_share
@@ -598,6 +599,7 @@ def test_tiny_report_tables_show_the_symbols_and_one_label_for_the_energy_after_
     (path,) = (out / "cache").glob(f"memorizer-step{step}-{'?' * 12}.pt")
     run = torch.load(path, weights_only=True)
     late = float(energy_after(run["profile"], run["times"], 0.6).mean())     # the grid column's quantity
+    assert float(run["split_time"]) == 0.6            # the label's time, the sampler's own (not re-derived)
     assert checkpoints["mean late energy (t ≥ τ)"].iloc[-1] == pytest.approx(late, rel=1e-12)
     rows = _markdown_table(text, "Memorizing net across training")
     assert "mean KPE after t = 0.6" in rows[-1] and not [h for h in rows[-1] if "late energy" in h]
@@ -1401,6 +1403,35 @@ def test_sampled_in_batches_is_the_one_batch_run_and_its_cache_key_names_seeds_s
     assert finer["profile"].shape == (5, 8) and len(finer["times"]) == 9
     wide = sampled(ws, "run", {"field": "decay"}, field, range(3, 8), (2,), steps=4, dtype=torch.float64)
     assert wide["x"].dtype == torch.float32 and wide["kpe"].dtype == torch.float64     # as documented
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"steps": 7}, 4 / 7),                                   # int(0.6·7) = 4: step 4 starts at 4/7, not 0.6
+    ({"steps": 100, "split": 0.29}, 0.28),                   # 0.29·100 computes to 28.999…
+    ({"steps": 10, "shaping": KTS(tau_split=0.45)}, 0.4),    # the gain's τ; int(4.5) = 4
+])
+def test_a_sampled_run_carries_the_samplers_own_split_time_also_when_read_from_an_older_cache(
+        tmp_path, options, expected):
+    # the memorizer study labelled its late energy from int(DEFAULT_SPLIT·S), its own copy of the sampler's
+    # rule and τ: the run now carries the time the sampler's late energy starts from
+    from kinetic_fm.studies.samples import sampled
+
+    def field(x, t):
+        return -x
+
+    ws = Workspace(tmp_path / "ws")
+    run = sampled(ws, "run", {"field": "decay"}, field, range(3), (2,), **options)
+    assert float(run["split_time"]) == pytest.approx(expected, abs=1e-12)
+    starts = run["times"][:-1]
+    torch.testing.assert_close(run["late"], run["profile"][:, starts >= float(run["split_time"]) - 1e-12].sum(1),
+                               rtol=1e-12, atol=0)
+    # a run cached before runs kept the split time is given the same one when read back
+    (path,) = (tmp_path / "ws" / "cache").glob("run-*.pt")
+    older = torch.load(path, weights_only=True)
+    del older["split_time"]
+    torch.save(older, path)
+    again = sampled(Workspace(tmp_path / "ws"), "run", {"field": "decay"}, field, range(3), (2,), **options)
+    assert float(again["split_time"]) == float(run["split_time"])
 
 
 def test_config_hash_ignores_key_order_and_every_stage_and_model_path_names_its_config(tmp_path):

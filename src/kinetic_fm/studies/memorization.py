@@ -18,7 +18,6 @@ from ..fields.empirical import EmpiricalFlow
 from ..metrics.features import PrincipalSpace
 from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
-from ..sampling.sample import DEFAULT_SPLIT
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
 from .output import (AFTER_06_COLUMN, FD_FORMAT, StudyOutput, clamp_text, display_note, fd_bias_note, fd_formats,
@@ -589,10 +588,10 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         "Brunner–Munzel p < 0.05 and memorized samples tend to spend the larger share late, not reproduced "
         f"when p < 0.05 and they tend to spend the smaller; inconclusive with p ≥ 0.05 or fewer than {MIN_GROUP} samples in a group")
     fd_col = [c for c in table.columns if c.startswith("FD") or c == "FID"][0]
-    # the sampler's late energy (steps from int(τ·S) on, τ = DEFAULT_SPLIT: no shaping here) is the energy
-    # after the time that step starts, the KTS grid's "mean KPE after t = 0.6" on these uniform grids: shown
+    # the sampler's late energy is the energy after the time its first late step starts (the run's
+    # split_time, the sampler's own), the KTS grid's "mean KPE after t = 0.6" on these uniform grids: shown
     # under that label (the Parquet column keeps its name, which other code reads)
-    late_from = float(run["times"][int(DEFAULT_SPLIT * (len(run["times"]) - 1))])
+    late_from = float(run["split_time"])
     late_col = f"mean KPE after t = {late_from:g}"   # t = 0.6 unless 0.6·steps is fractional
     section = Section(
         "Energy and memorization across training",
