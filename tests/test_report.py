@@ -1295,3 +1295,27 @@ def test_a_per_sample_grid_that_does_not_start_at_zero_is_left_out():
     grid, shared = _on_shared_grid(times, np.ones((2, 2)), 2)
     np.testing.assert_allclose(shared[0], [1.0, 1.0])
     assert np.isnan(shared[1]).all()
+
+
+def test_a_section_defines_the_terms_it_points_to_unless_the_intro_terms_do(tmp_path):
+    # a caption says "see FD interval in Terms"; rendered without kfm reproduce's intro there was no Terms
+    # paragraph to see: the section now writes the definitions its captions point to, once, and only there
+    png = F.line_figure("fd", "c", [0, 1], {"a": [0, 1]}, xlabel="x", ylabel="y").png
+    section = Section("Shaping", text="Setting by setting.",
+                      terms={"FD interval": "a jackknife interval", "T": "a gap"},
+                      figures=[Figure("fd", "whiskers: see FD interval in Terms", png)])
+    md, html_path = write_report(tmp_path / "alone", title="t", intro="", claims=[], sections=[section], meta={})
+    text, page = md.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    own = "**Terms.** FD interval: a jackknife interval. T: a gap."
+    assert text.index("## Shaping") < text.index("Setting by setting.") < text.index(own) < text.index("![")
+    assert "<p><strong>Terms.</strong> FD interval: a jackknife interval. T: a gap.</p>" in page
+    # under a report's Terms paragraph that defines FD interval, only the term it leaves out is written
+    intro = "Reproduces the paper.\n\n**Terms.** KPE: the energy. FD interval (a whisker): a jackknife interval."
+    md, html_path = write_report(tmp_path / "report", title="t", intro=intro, claims=[], sections=[section], meta={})
+    text, page = md.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    assert text.count("a jackknife interval") == page.count("a jackknife interval") == 1
+    assert text.count("**Terms.**") == 2 and "**Terms.** T: a gap." in text
+    # a term named in another paragraph of the intro is not defined by it
+    md, _ = write_report(tmp_path / "other", title="t", intro="See the FD interval below.", claims=[],
+                         sections=[section], meta={})
+    assert own in md.read_text(encoding="utf-8")

@@ -621,6 +621,31 @@ def test_tiny_report_says_the_fd_interval_once_and_the_captions_point_to_it(tiny
     assert "below the bar" in captions["goldilocks"] and "below the dot" in captions["shaping_fd"]
 
 
+def test_the_shaping_section_rendered_alone_defines_the_fd_interval_its_caption_points_to(tiny_report, tmp_path):
+    # the library's section API (run_shaping, then write_report) without kfm reproduce's Terms paragraph:
+    # the shaping_fd caption's "see FD interval in Terms" had nothing to see
+    import shutil
+
+    from kinetic_fm.studies import shaping
+    from kinetic_fm.studies.assets import load_assets
+    from kinetic_fm.studies.output import jackknife_text
+    from kinetic_fm.studies.report import write_report
+    from kinetic_fm.studies.workspace import config_hash
+
+    out, md, _ = tiny_report
+    assert md.read_text(encoding="utf-8").count(jackknife_text()) == 1       # the report's Terms, not repeated
+    shutil.copytree(out, tmp_path / "ws")
+    cfg = ReproduceConfig.preset("tiny")
+    ws = Workspace(tmp_path / "ws")
+    assets = load_assets(cfg.assets, ws, progress=False)
+    result = shaping.run_shaping(cfg.shaping, assets, ws, config_hash(cfg.assets.sample_settings()), progress=False)
+    alone, _ = write_report(tmp_path / "alone", title="t", intro="", claims=result.claims, sections=result.sections,
+                            meta={})
+    text = alone.read_text(encoding="utf-8")
+    assert text.count(jackknife_text()) == 1 and "see FD interval in Terms" in text
+    assert text.index("## Kinetic Trajectory Shaping") < text.index(f"**Terms.** FD interval: {jackknife_text()}.")
+
+
 def test_tiny_report_memorizer_training_gives_each_fraction_its_own_axis(tiny_report):
     """F_mem (a fraction of samples) and the late share (a fraction of energy) shared one axis,
     "fraction (of samples, of energy)"; the training-KPE axis named an η that no run here applies."""
@@ -2586,8 +2611,11 @@ def test_a_cached_study_keeps_its_sections_table_formats():
     from kinetic_fm.studies.study_cache import _decode, _encode
 
     table = pd.DataFrame({"Spearman ρ": [0.25], "F_mem": [0.5]})
-    output = StudyOutput("s", sections=[Section("S", tables=[("t", table)], formats={"Spearman ρ": "+.3f"})])
-    assert _decode(_encode(output)).sections[0].formats == {"Spearman ρ": "+.3f"}
+    output = StudyOutput("s", sections=[Section("S", tables=[("t", table)], formats={"Spearman ρ": "+.3f"},
+                                                terms={"FD interval": "a jackknife interval"})])
+    section = _decode(_encode(output)).sections[0]
+    assert section.formats == {"Spearman ρ": "+.3f"}
+    assert section.terms == {"FD interval": "a jackknife interval"}   # a section rendered alone defines them
 
 
 @pytest.mark.parametrize("tests, verdict, words", [

@@ -21,9 +21,9 @@ from ..models.checkpoint import load_model
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
 from .output import (AFTER_06_COLUMN, FD_FORMAT, StudyOutput, clamp_text, display_note, fd_bias_note, fd_formats,
-                     fd_interval_pointer, fd_to_reference, fd_undecided_note, feature_reference, fmem_formats,
-                     for_display, image_range, jackknife_replicates, noted_frechet_distance, replicate_fds,
-                     replicate_intervals)
+                     fd_interval_pointer, fd_interval_terms, fd_to_reference, fd_undecided_note, feature_reference,
+                     fmem_formats, for_display, image_range, jackknife_replicates, noted_frechet_distance,
+                     replicate_fds, replicate_intervals)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, fmt_significant, interior_margin
@@ -802,6 +802,7 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
         tables=[("Quality and memorization by KPE quintile", table),
                 (f"Control: {fd_col} of the same samples in quintiles of other per-sample scalars", control)],
         formats={**fmem_formats(), **fd_formats(fd_col), **{name: FD_FORMAT for name in control.columns[1:]}},
+        terms=fd_interval_terms(),  # the bars' whiskers point to it
         figures=[bar_figure("goldilocks", f"{fd_col} of each KPE quintile of the generalising model's "
                             f"{len(kpe)} samples, each bar from {_quintile_sizes_text(table['n'])} (lower is "
                             "better; the paper expects the lowest bar in Q2–Q4). "
