@@ -1215,3 +1215,23 @@ def test_every_setting_a_sample_run_compares_has_its_flag():
                "identity.weights_sha256", "identity.train_sha256", "identity.train_shape", "identity.train_dtype"]
     unnamed = [field for field in fields if not sample._flag_of(field)]
     assert unnamed == []
+
+
+@pytest.mark.parametrize("flags, shaped", [([], False), (["--alpha0", 0.05], True)])
+def test_the_figure_names_eta_only_when_a_gain_acts(tmp_path, monkeypatch, flags, shaped):
+    # a plain-FM run's figure read "KPE ½∫η²‖v‖² dt" and "½η²‖v‖²", an η no step of the run applies
+    from kinetic_fm.studies import figures as F
+
+    labels, render = [], F._render
+
+    def keep(fig, name, caption):
+        labels.extend(label for ax in fig.axes for label in (ax.get_xlabel(), ax.get_ylabel()))
+        return render(fig, name, caption)
+
+    monkeypatch.setattr(F, "_render", keep)
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 4, "--steps", 4, "--profile", *flags,
+                      "--figure", tmp_path / "run.png") == 0
+    kpe = F.KPE_LABEL if shaped else F.PLAIN_KPE_LABEL
+    power = F.POWER_LABEL if shaped else F.PLAIN_POWER_LABEL
+    assert any(label.startswith(kpe) for label in labels) and any(label.startswith(power) for label in labels)
+    assert any("η" in label for label in labels) == shaped, labels

@@ -863,3 +863,36 @@ def test_the_audit_of_a_run_names_each_samples_seed_to_join_its_energies_by(tmp_
     assert main(["memorization", "--samples", str(tmp_path / "x.npy"), "--train", str(path), "--bootstrap", "0",
                  "--no-progress", "--out", str(tmp_path / "plain.csv")]) == 0
     assert "seed" not in pd.read_csv(tmp_path / "plain.csv").columns
+
+
+def test_the_audit_figure_names_each_pair_by_its_row_seed_and_nearest_item_as_the_table_does(tmp_path, capsys,
+                                                                                            monkeypatch):
+    # the figure's columns were labelled by their ratio alone: no way to find a pair in the table
+    from kinetic_fm.studies import figures as F
+
+    ticks, render = [], F._render
+
+    def keep(fig, name, caption):
+        ticks.extend([t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes[1:])
+        return render(fig, name, caption)
+
+    monkeypatch.setattr(F, "_render", keep)
+    train = torch.rand(40, 1, 6, 6, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    np.save(tmp_path / "train.npy", train.numpy())
+    assert kfm_sample(tmp_path / "run", "--field", "empirical", "--train", tmp_path / "train.npy", "--n", 10,
+                      "--seed-start", 100, "--steps", 3, "--shard-size", 4) == 0
+    for samples, seeded in ((tmp_path / "run", True), (tmp_path / "x.npy", False)):
+        np.save(tmp_path / "x.npy", read_samples(tmp_path / "run"))
+        ticks.clear()
+        assert main(["memorization", "--samples", str(samples), "--train", str(tmp_path / "train.npy"),
+                     "--bootstrap", "0", "--no-progress", "--out", str(tmp_path / "audit.csv"),
+                     "--figure", str(tmp_path / "audit.png")]) == 0, capsys.readouterr().err
+        table = pd.read_csv(tmp_path / "audit.csv")
+        shown = table.sort_values("ratio", kind="stable").head(8)       # the 8 smallest ratios, in order
+        (labels,) = ticks
+        assert len(labels) == 8
+        for label, (_, row) in zip(labels, shown.iterrows()):
+            lines = label.split("\n")
+            assert lines[0] == f"{row['ratio']:.2f}" and lines[1] == f"sample {row['sample']}"
+            assert lines[-1] == f"nearest {row['nearest']}"
+            assert (lines[2] == f"seed {row['seed']}") if seeded else len(lines) == 3 and "seed" not in table

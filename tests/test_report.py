@@ -306,9 +306,12 @@ def test_closest_pairs_show_the_smallest_ratios_beside_their_nearest_training_it
     two = (s64[:, None] - t64[None]).pow(2).sum(dim=2).sqrt().topk(2, dim=1, largest=False)
     want_ratio = (two.values[:, 0] / two.values[:, 1]).numpy()
 
-    shown, nearest, ratios = F.closest_pairs(report, samples, train, pairs=3)
+    shown, nearest, ratios, rows, nearest_rows = F.closest_pairs(report, samples, train, pairs=3)
     order = np.argsort(want_ratio, kind="stable")[:3]
     np.testing.assert_array_equal(order, [1, 3, 2])                  # two exact copies, then the noisy one
+    # the rows the figure names them by: each sample's in the audit, its nearest item's in train
+    np.testing.assert_array_equal(rows, order)
+    np.testing.assert_array_equal(nearest_rows, [5, 2, 7])
     np.testing.assert_allclose(ratios, want_ratio[order], rtol=0, atol=1e-12)
     assert shown.shape == nearest.shape == (3, 3, 8, 8)
     np.testing.assert_allclose(shown, samples[order].transpose(0, 3, 1, 2) / 127.5 - 1.0)
@@ -332,7 +335,7 @@ def test_closest_pairs_pixel_range(low, high, mapped):
     train[0].fill_(low)
     train[1].fill_(high)
     report = _audit(train[:2], train)
-    shown, nearest, _ = F.closest_pairs(report, train[:2], train, pairs=2)
+    shown, nearest, *_ = F.closest_pairs(report, train[:2], train, pairs=2)
     assert [float(shown.min()), float(shown.max())] == pytest.approx(list(mapped))
     np.testing.assert_allclose(shown, nearest)                        # each sample is its own nearest
 
@@ -347,7 +350,7 @@ def test_closest_pairs_keep_the_training_scale_when_samples_overshoot_it():
     train[:, :, 0, 0], train[:, :, 0, 1] = -1.0, 1.0
     samples = 4.0 * train[:3] + 0.1 * torch.randn(3, 1, 5, 5, generator=g)   # spans about [-4, 4]
     report = _audit(samples, train)
-    shown, nearest, _ = F.closest_pairs(report, samples, train, pairs=3)
+    shown, nearest, *_ = F.closest_pairs(report, samples, train, pairs=3)
     wanted = train[report.nearest[torch.from_numpy(np.argsort(report.ratio.numpy(), kind="stable")[:3])]]
     np.testing.assert_array_equal(nearest, wanted.numpy())
     np.testing.assert_array_equal(shown, np.clip(samples[np.argsort(report.ratio.numpy(), kind="stable")[:3]]
@@ -370,6 +373,9 @@ def test_memorization_figure_with_and_without_images():
     assert F.closest_pairs(report, samples.flatten(1), train.flatten(1)) is None
     with pytest.raises(ValueError, match="pairs"):
         F.memorization_figure("mem", "c", report, samples, train, pairs=0)
+    for seeds in (np.arange(9), np.linspace(0, 1, 10)):                 # one integer per audited sample
+        with pytest.raises(ValueError, match=r"seeds must hold one integer per audited sample \(10\)"):
+            F.memorization_figure("mem", "c", report, samples, train, seeds=seeds)
 
 
 def test_memorization_histogram_counts_samples_in_whole_numbers(monkeypatch):
@@ -1259,8 +1265,13 @@ def test_memorization_figure_counts_as_the_audit_and_pairs_each_sample_with_its_
     assert hist["title"] == "F_mem = 0.500"
     assert hist["legend"] == ["not memorized: 3/6", "memorized: 3/6", "threshold d1/d2 = 1/3"]
     order = [5, 2, 3]                                        # the three smallest ratios, smallest first
-    assert pairs["xticklabels"] == ["0.01", "0.05", "0.20"]
+    # each column: its ratio, the sample's row and its nearest item's row (the table's "sample", "nearest")
+    assert pairs["xticklabels"] == ["0.01\nsample 5\nnearest 4", "0.05\nsample 2\nnearest 5",
+                                    "0.20\nsample 3\nnearest 1"]
     assert pairs["yticks"][0] < pairs["yticks"][1] and pairs["yticklabels"] == ["sample", "nearest\ntraining"]
+    F.memorization_figure("mem", "c", report, samples, train, pairs=2, seeds=np.arange(100, 106))   # a run's
+    assert drawn["mem"][1]["xticklabels"] == ["0.01\nsample 5\nseed 105\nnearest 4",
+                                              "0.05\nsample 2\nseed 102\nnearest 5"]
     (mosaic,) = pairs["images"]
     for q, i in enumerate(order):                            # top row: the sample; below it: its nearest item
         cell = np.s_[1 + q * 5:1 + q * 5 + 4]
@@ -1295,3 +1306,27 @@ def test_a_per_sample_grid_that_does_not_start_at_zero_is_left_out():
     grid, shared = _on_shared_grid(times, np.ones((2, 2)), 2)
     np.testing.assert_allclose(shared[0], [1.0, 1.0])
     assert np.isnan(shared[1]).all()
+
+
+def test_a_section_defines_the_terms_it_points_to_unless_the_intro_terms_do(tmp_path):
+    # a caption says "see FD interval in Terms"; rendered without kfm reproduce's intro there was no Terms
+    # paragraph to see: the section now writes the definitions its captions point to, once, and only there
+    png = F.line_figure("fd", "c", [0, 1], {"a": [0, 1]}, xlabel="x", ylabel="y").png
+    section = Section("Shaping", text="Setting by setting.",
+                      terms={"FD interval": "a jackknife interval", "T": "a gap"},
+                      figures=[Figure("fd", "whiskers: see FD interval in Terms", png)])
+    md, html_path = write_report(tmp_path / "alone", title="t", intro="", claims=[], sections=[section], meta={})
+    text, page = md.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    own = "**Terms.** FD interval: a jackknife interval. T: a gap."
+    assert text.index("## Shaping") < text.index("Setting by setting.") < text.index(own) < text.index("![")
+    assert "<p><strong>Terms.</strong> FD interval: a jackknife interval. T: a gap.</p>" in page
+    # under a report's Terms paragraph that defines FD interval, only the term it leaves out is written
+    intro = "Reproduces the paper.\n\n**Terms.** KPE: the energy. FD interval (a whisker): a jackknife interval."
+    md, html_path = write_report(tmp_path / "report", title="t", intro=intro, claims=[], sections=[section], meta={})
+    text, page = md.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    assert text.count("a jackknife interval") == page.count("a jackknife interval") == 1
+    assert text.count("**Terms.**") == 2 and "**Terms.** T: a gap." in text
+    # a term named in another paragraph of the intro is not defined by it
+    md, _ = write_report(tmp_path / "other", title="t", intro="See the FD interval below.", claims=[],
+                         sections=[section], meta={})
+    assert own in md.read_text(encoding="utf-8")

@@ -210,6 +210,22 @@ def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quint
     assert claim.n == 50 and "), each from 10 of the 50 samples" in claim.ours
 
 
+def test_the_goldilocks_section_rendered_alone_defines_the_fd_interval_its_caption_points_to(tmp_path):
+    # its caption says "see FD interval in Terms": outside kfm reproduce no Terms paragraph was written
+    from kinetic_fm.studies.memorization import _goldilocks
+    from kinetic_fm.studies.output import StudyOutput, jackknife_text
+    from kinetic_fm.studies.report import write_report
+
+    assets, cfg = _goldilocks_case()
+    section, _ = _goldilocks(cfg, 30, assets, Workspace(tmp_path / "ws"), "fake", StudyOutput("memorization"))
+    md, html_path = write_report(tmp_path / "alone", title="t", intro="", claims=[], sections=[section], meta={})
+    text = md.read_text(encoding="utf-8")
+    assert f"**Terms.** FD interval: {jackknife_text()}." in text
+    heading, definition = text.index("## The Goldilocks picture"), text.index(jackknife_text())
+    assert heading < definition < text.index("see FD interval in Terms")
+    assert html_path.read_text(encoding="utf-8").count("delete-a-group jackknife interval (10 groups") == 1
+
+
 def test_goldilocks_jackknifes_each_quintile_once_and_its_numbers_match_the_separate_calls(tmp_path, monkeypatch):
     # the bars' intervals and the claim's jackknife point both read the KPE quintiles' delete-a-group
     # FDs: computed once and passed on, each of the 5 KPE and 5 ‖x1‖² quintiles takes 1 + 10 FDs

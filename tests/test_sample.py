@@ -2297,3 +2297,25 @@ def test_a_dopri5_bar_never_goes_back_while_samples_finish_at_their_own_times(mo
     # the flagged samples, stopped just short of t = 0.5, held the minimum until they were flagged
     assert [d for _, d in marks] == sorted(d for _, d in marks) and all(m < 0.5 for m, d in marks if d < 6)
     assert any(d == 4 for _, d in marks)
+
+
+@pytest.mark.parametrize("grid, split, shaping, expected", [
+    ("uniform", 0.29, None, 0.28),                 # 0.29·100 computes to 28.999…: the split falls at t = 0.28
+    ("uniform", None, None, 0.6),                  # the default τ without shaping
+    ("uniform", None, kfm.KTS(tau_split=0.45), 0.45),
+    ("cosine", 0.6, None, 0.5 * (1 - math.cos(math.pi * 0.6))),   # step 60 of 100 starts at ½(1 − cos 0.6π)
+    ("uniform", 1.0, None, 1.0),                   # no late step
+])
+def test_split_time_is_where_the_sampler_starts_counting_late_energy(grid, split, shaping, expected):
+    res = kfm.sample(GaussianTarget(mean=1.5, std=0.3), seeds=range(3), shape=(2,), steps=100, grid=grid,
+                     split=split, shaping=shaping, profile=True, dtype=torch.float64)
+    assert res.split_time == pytest.approx(expected, abs=1e-12)
+    # independent of the index rule: late is the energy of the steps that start at or after split_time
+    starts = res.times[:-1]
+    torch.testing.assert_close(res.late, res.profile[:, starts >= res.split_time - 1e-12].sum(1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(res.early, res.profile[:, starts < res.split_time - 1e-12].sum(1), rtol=1e-12, atol=0)
+
+
+def test_split_time_of_dopri5_is_the_split_itself():
+    res = kfm.sample(GaussianTarget(mean=1.5, std=0.3), seeds=range(2), shape=(2,), solver="dopri5", split=0.37)
+    assert res.split_time == 0.37

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kinetic_fm.sampling.noise import noise as kfm_noise
+from kinetic_fm.sampling.shaping import KTS
 from kinetic_fm.studies.config import ReproduceConfig
 from kinetic_fm.studies.figures import LOG_NOTE
 from kinetic_fm.studies.memorization import _interior_best_share
@@ -568,7 +569,11 @@ def test_tiny_report_figures_label_their_axes(tiny_report):
                         or label.endswith(("KPE", "KPE)"))), (name, label)
         if name.startswith("energy_profile"):
             assert axes[0]["xlabel"] == "t   (0 = noise, 1 = data)"
-    assert _DRAWN["kpe_vs_margin"][0]["xlabel"] == _DRAWN["kpe_histogram_general"][0]["xlabel"] == KPE_LABEL
+    # η is named where a gain acts on a plotted run (the histogram holds the KTS run beside plain FM); the
+    # scatters plot plain-FM samples only (η = 1) and read ½∫‖v‖² dt
+    assert _DRAWN["kpe_histogram_general"][0]["xlabel"] == KPE_LABEL
+    for name in ("kpe_vs_margin", "kpe_vs_knn_support", "kpe_vs_density_mixture"):
+        assert _DRAWN[name][0]["xlabel"].startswith(PLAIN_KPE_LABEL), name
     kpe_axis, fd_axis = _DRAWN["memorizer_training_kpe"]                 # one quantity per axis
     assert kpe_axis["ylabel"].startswith(f"mean {PLAIN_KPE_LABEL}") and fd_axis["ylabel"].startswith("FD-digits-cnn")
 
@@ -594,6 +599,7 @@ def test_tiny_report_tables_show_the_symbols_and_one_label_for_the_energy_after_
     (path,) = (out / "cache").glob(f"memorizer-step{step}-{'?' * 12}.pt")
     run = torch.load(path, weights_only=True)
     late = float(energy_after(run["profile"], run["times"], 0.6).mean())     # the grid column's quantity
+    assert float(run["split_time"]) == 0.6            # the label's time, the sampler's own (not re-derived)
     assert checkpoints["mean late energy (t ≥ τ)"].iloc[-1] == pytest.approx(late, rel=1e-12)
     rows = _markdown_table(text, "Memorizing net across training")
     assert "mean KPE after t = 0.6" in rows[-1] and not [h for h in rows[-1] if "late energy" in h]
@@ -613,6 +619,31 @@ def test_tiny_report_says_the_fd_interval_once_and_the_captions_point_to_it(tiny
     assert "each quintile's own 95% FD interval (see FD interval in Terms" in captions["goldilocks"]
     assert "each setting's own 95% FD interval (see FD interval in Terms" in captions["shaping_fd"]
     assert "below the bar" in captions["goldilocks"] and "below the dot" in captions["shaping_fd"]
+
+
+def test_the_shaping_section_rendered_alone_defines_the_fd_interval_its_caption_points_to(tiny_report, tmp_path):
+    # the library's section API (run_shaping, then write_report) without kfm reproduce's Terms paragraph:
+    # the shaping_fd caption's "see FD interval in Terms" had nothing to see
+    import shutil
+
+    from kinetic_fm.studies import shaping
+    from kinetic_fm.studies.assets import load_assets
+    from kinetic_fm.studies.output import jackknife_text
+    from kinetic_fm.studies.report import write_report
+    from kinetic_fm.studies.workspace import config_hash
+
+    out, md, _ = tiny_report
+    assert md.read_text(encoding="utf-8").count(jackknife_text()) == 1       # the report's Terms, not repeated
+    shutil.copytree(out, tmp_path / "ws")
+    cfg = ReproduceConfig.preset("tiny")
+    ws = Workspace(tmp_path / "ws")
+    assets = load_assets(cfg.assets, ws, progress=False)
+    result = shaping.run_shaping(cfg.shaping, assets, ws, config_hash(cfg.assets.sample_settings()), progress=False)
+    alone, _ = write_report(tmp_path / "alone", title="t", intro="", claims=result.claims, sections=result.sections,
+                            meta={})
+    text = alone.read_text(encoding="utf-8")
+    assert text.count(jackknife_text()) == 1 and "see FD interval in Terms" in text
+    assert text.index("## Kinetic Trajectory Shaping") < text.index(f"**Terms.** FD interval: {jackknife_text()}.")
 
 
 def test_tiny_report_memorizer_training_gives_each_fraction_its_own_axis(tiny_report):
@@ -1397,6 +1428,35 @@ def test_sampled_in_batches_is_the_one_batch_run_and_its_cache_key_names_seeds_s
     assert finer["profile"].shape == (5, 8) and len(finer["times"]) == 9
     wide = sampled(ws, "run", {"field": "decay"}, field, range(3, 8), (2,), steps=4, dtype=torch.float64)
     assert wide["x"].dtype == torch.float32 and wide["kpe"].dtype == torch.float64     # as documented
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"steps": 7}, 4 / 7),                                   # int(0.6·7) = 4: step 4 starts at 4/7, not 0.6
+    ({"steps": 100, "split": 0.29}, 0.28),                   # 0.29·100 computes to 28.999…
+    ({"steps": 10, "shaping": KTS(tau_split=0.45)}, 0.4),    # the gain's τ; int(4.5) = 4
+])
+def test_a_sampled_run_carries_the_samplers_own_split_time_also_when_read_from_an_older_cache(
+        tmp_path, options, expected):
+    # the memorizer study labelled its late energy from int(DEFAULT_SPLIT·S), its own copy of the sampler's
+    # rule and τ: the run now carries the time the sampler's late energy starts from
+    from kinetic_fm.studies.samples import sampled
+
+    def field(x, t):
+        return -x
+
+    ws = Workspace(tmp_path / "ws")
+    run = sampled(ws, "run", {"field": "decay"}, field, range(3), (2,), **options)
+    assert float(run["split_time"]) == pytest.approx(expected, abs=1e-12)
+    starts = run["times"][:-1]
+    torch.testing.assert_close(run["late"], run["profile"][:, starts >= float(run["split_time"]) - 1e-12].sum(1),
+                               rtol=1e-12, atol=0)
+    # a run cached before runs kept the split time is given the same one when read back
+    (path,) = (tmp_path / "ws" / "cache").glob("run-*.pt")
+    older = torch.load(path, weights_only=True)
+    del older["split_time"]
+    torch.save(older, path)
+    again = sampled(Workspace(tmp_path / "ws"), "run", {"field": "decay"}, field, range(3), (2,), **options)
+    assert float(again["split_time"]) == float(run["split_time"])
 
 
 def test_config_hash_ignores_key_order_and_every_stage_and_model_path_names_its_config(tmp_path):
@@ -2551,8 +2611,11 @@ def test_a_cached_study_keeps_its_sections_table_formats():
     from kinetic_fm.studies.study_cache import _decode, _encode
 
     table = pd.DataFrame({"Spearman ρ": [0.25], "F_mem": [0.5]})
-    output = StudyOutput("s", sections=[Section("S", tables=[("t", table)], formats={"Spearman ρ": "+.3f"})])
-    assert _decode(_encode(output)).sections[0].formats == {"Spearman ρ": "+.3f"}
+    output = StudyOutput("s", sections=[Section("S", tables=[("t", table)], formats={"Spearman ρ": "+.3f"},
+                                                terms={"FD interval": "a jackknife interval"})])
+    section = _decode(_encode(output)).sections[0]
+    assert section.formats == {"Spearman ρ": "+.3f"}
+    assert section.terms == {"FD interval": "a jackknife interval"}   # a section rendered alone defines them
 
 
 @pytest.mark.parametrize("tests, verdict, words", [

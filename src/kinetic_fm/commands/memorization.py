@@ -176,16 +176,18 @@ def run(args: argparse.Namespace) -> int:
     # a Ctrl-C in that second left the new table beside the previous run's figure; a figure that
     # fails to draw still lets the table be written, then its error is raised
     figure, failed = None, None
+    seeds = _run_seeds(args.samples) if args.figure is not None or args.out is not None else None
     if args.figure is not None:
         from ..studies.figures import memorization_figure
 
         title = f"audited in {space_name}" + (f"; samples clamped to {clamped}" if clamped else "")
         try:
-            figure = memorization_figure("memorization", "", report, samples, train, title=title)
+            # each pair named by its row (and seed) and its nearest item's row, as the table names them
+            figure = memorization_figure("memorization", "", report, samples, train, title=title, seeds=seeds)
         except Exception as err:
             failed = err
     if args.out is not None:
-        frame = _per_sample_frame(report, sample_files, train_files, train_items, _run_seeds(args.samples))
+        frame = _per_sample_frame(report, sample_files, train_files, train_items, seeds)
         frame["space"] = space_name
         frame["clamped"] = args.clamp
         from ..runs.atomic import atomic_write

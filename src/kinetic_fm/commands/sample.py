@@ -1197,10 +1197,10 @@ def _run(args) -> int:
         print(summary_frame(table, SUMMARY_COLUMNS + posterior).to_string())
     if args.figure is not None:
         steps = _stepping(args)
-        shaped = "plain FM" if kts is None else _describe_gain(kts)
+        gain = "plain FM" if kts is None else _describe_gain(kts)
         with writing("--figure", args.figure):
             path = _write_figure(args.figure, table, outcome.manifest, label="plain FM" if kts is None else "KTS",
-                                 title=f"{what}; {steps}; {shaped}")
+                                 title=f"{what}; {steps}; {gain}", shaped=kts is not None)
         print(f"figure: {path}")
     return 0
 
@@ -1273,13 +1273,15 @@ def _describe_gain(kts) -> str:
             f"τ = {kts.tau_split:g}" + (", renormalized" if kts.renormalize else ""))
 
 
-def _write_figure(path: str, table, manifest, *, label: str, title: str):
-    """The run's KPE histogram, beside its kinetic power over t when the table holds a profile."""
+def _write_figure(path: str, table, manifest, *, label: str, title: str, shaped: bool):
+    """The run's KPE histogram, beside its kinetic power over t when the table holds a profile; ``shaped``:
+    a KTS gain acts on the run (its axes name η)."""
     from ..runs.shards import PROFILE, PROFILE_TIMES, profile_from_table
     from ..studies.figures import sample_run_figure
 
     profile = None
     if PROFILE in table.column_names:
         profile = profile_from_table(table, manifest.runtime.get(PROFILE_TIMES))
-    figure = sample_run_figure("sample_run", "", table.column("kpe").to_numpy(), profile, label=label, title=title)
+    figure = sample_run_figure("sample_run", "", table.column("kpe").to_numpy(), profile, label=label, title=title,
+                               shaped=shaped)
     return figure.save(path)  # atomic: an interrupted redraw leaves the old figure

@@ -200,6 +200,12 @@ def step_tableaus(velocity: Callable, tableau: Tableau, n_steps: int) -> list[Ta
     return [tableau] * n_steps
 
 
+def early_step_count(split: float, n_steps: int) -> int:
+    """How many of a fixed grid's ``n_steps`` steps count as early for the split τ = ``split``: those
+    with index i < int(τ·S), the reference's rule, in floating point (0.29·100 is 28.999…, so 28)."""
+    return int(split * n_steps)
+
+
 def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_profile) -> Trace:
     """Energies from the stage norms: applied ½ h Σ w η²‖v‖², raw ½ h Σ w ‖v‖² per step."""
     n_steps, n_stages, batch = norms.shape
@@ -239,7 +245,7 @@ def _account(x, norms, times, t_stage, eta, tableaus, quadrature, split, keep_pr
     applied, raw = energy.unbind()
     running = torch.cumsum(applied, dim=0)  # (S, B), sequential along the steps
 
-    early_steps = int(split * n_steps)
+    early_steps = early_step_count(split, n_steps)
     early = running[early_steps - 1] if early_steps > 0 else torch.zeros_like(running[0])
     kpe = running[-1]
     peak, peak_step = applied.max(dim=0)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .energy import energy_after, energy_between
+from .fixed_step import early_step_count
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -67,6 +68,14 @@ class SampleResult:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    @property
+    def split_time(self) -> float:
+        """The time ``late`` is counted from. Fixed grids: the start t_i of the first late step,
+        i = int(τ·S) (:func:`~kinetic_fm.sampling.fixed_step.early_step_count`), so 0.28 for τ = 0.29 on
+        100 uniform steps and 0.65 for τ = 0.6 on a 100-step cosine grid; 1.0 when no step is late.
+        dopri5: ``split`` itself (its steps land there)."""
+        return split_time(self.times, self.split)
+
     def energy_between(self, t0: float, t1: float) -> torch.Tensor:
         """(B,) float64 applied energy each sample spent between times t0 ≤ t1 in [0, 1], on the
         profile's device, whatever the grid or solver (a step straddling t0 or t1 counts by the share
@@ -109,3 +118,11 @@ class SampleResult:
         import pandas as pd
 
         return pd.DataFrame(self.columns())
+
+
+def split_time(times: torch.Tensor, split: float) -> float:
+    """:attr:`SampleResult.split_time` of a run with step ``times`` ((S + 1,) one fixed grid, or dopri5's
+    (B, W + 1) per-sample steps) and early/late split τ = ``split``."""
+    if times.dim() != 1:
+        return float(split)
+    return float(times[early_step_count(split, times.numel() - 1)])

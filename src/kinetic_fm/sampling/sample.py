@@ -163,7 +163,7 @@ def sample(
             raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
         tau = gain_tau(shaping)
         if split is None:
-            split = tau if tau is not None else DEFAULT_SPLIT
+            split = default_split(shaping)
         split = check_unit_number("split", split)
 
         if tau is None:   # a KTS, or a gain that declares its τ, hides none
@@ -231,6 +231,14 @@ def sample(
             split=float(split),
             seeds=seed_tuple,
         )
+
+
+def default_split(shaping: object = None) -> float:
+    """The early/late split τ ``kfm.sample`` takes when it is given none: the gain's τ (a KTS's
+    ``tau_split``, or one the gain declares, :func:`~kinetic_fm.sampling.shaping.gain_tau`), else
+    :data:`DEFAULT_SPLIT`."""
+    tau = gain_tau(shaping)
+    return tau if tau is not None else DEFAULT_SPLIT
 
 
 def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple[int, ...] | None]:

@@ -13,7 +13,7 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -342,7 +342,7 @@ def _draw_histogram(ax, values: dict[str, Any], *, xlabel: str, log_x: bool, tit
 
 
 def sample_run_figure(name: str, caption: str, kpe: Any, profile: tuple[Any, Any] | None = None, *,
-                      label: str = "samples", bins: int = 100, title: str = "") -> Figure:
+                      label: str = "samples", bins: int = 100, title: str = "", shaped: bool = True) -> Figure:
     """One sampling run at a glance (``kfm sample --figure``).
 
     With ``profile``, two panels: the kinetic power ½η²‖v‖² over t (mean line and 10–90 % band,
@@ -361,15 +361,18 @@ def sample_run_figure(name: str, caption: str, kpe: Any, profile: tuple[Any, Any
         label: the legend's name for these samples.
         bins: a positive integer (a NumPy integer or 0-d tensor too), checked with or without
             per-sample grids.
+        shaped: a KTS gain η may act on the run (the axes read ½∫η²‖v‖² dt and ½η²‖v‖²); False when
+            none does (η = 1: they read ½∫‖v‖² dt and ½‖v‖²).
     """
     check_figure_name(name)
     bins = positive_integer("bins", bins)
+    kpe_label = KPE_LABEL if shaped else PLAIN_KPE_LABEL
     values = _array(kpe, name="kpe").ravel()
     finite = values[np.isfinite(values)]
     log_x = bool(finite.size and finite.min() > 0) and _spans_decades(finite)
     if profile is None:
         fig = _new_figure(6.4, 4.0)
-        _draw_histogram(fig.add_subplot(), {label: values}, xlabel=KPE_LABEL, log_x=log_x, title=title)
+        _draw_histogram(fig.add_subplot(), {label: values}, xlabel=kpe_label, log_x=log_x, title=title)
         return _render(fig, name, caption)
     times = _array(profile[0], name="profile times")
     increments = _array(profile[1], name="profile increments")
@@ -383,8 +386,9 @@ def sample_run_figure(name: str, caption: str, kpe: Any, profile: tuple[Any, Any
         log_y = summary is not None and _spans_decades(summary[1][summary[1] > 0])
     fig = _new_figure(12.8, 4.0)
     left, right = fig.subplots(1, 2)
-    _draw_power(left, {label: (times, increments)}, log_y=log_y, title="kinetic power over t (mean, 10–90 % band)")
-    _draw_histogram(right, {label: values}, xlabel=KPE_LABEL, log_x=log_x, title="per-sample KPE")
+    _draw_power(left, {label: (times, increments)}, log_y=log_y, title="kinetic power over t (mean, 10–90 % band)",
+                ylabel=POWER_LABEL if shaped else PLAIN_POWER_LABEL)
+    _draw_histogram(right, {label: values}, xlabel=kpe_label, log_x=log_x, title="per-sample KPE")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -751,7 +755,7 @@ def _lines(ax, xs: np.ndarray, ys: dict[str, Any], bands: dict[str, tuple[Any, A
 
 
 def memorization_figure(name: str, caption: str, report: "MemorizationReport", samples: Any = None,
-                        train: Any = None, *, pairs: int = 8, title: str = "") -> Figure:
+                        train: Any = None, *, pairs: int = 8, title: str = "", seeds: Any = None) -> Figure:
     """The gap-ratio audit at a glance.
 
     Left: the distribution of d1/d2 on [0, 1], the threshold dashed, the memorized part shaded,
@@ -759,7 +763,10 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     Wilson one). Right, when ``samples`` (B, ...) and ``train`` (N, ...) are the audited images
     ((n, C, H, W) or (n, H, W, C) with C in {1, 3}, or (n, H, W)): the ``pairs`` samples
     with the smallest ratio (top row) above their nearest training items (bottom row), each
-    column labelled with its ratio. Pixels are shown as uint8 (0–255), [-1, 1] or [0, 1] data,
+    column labelled with its ratio, the sample's row ("sample", as ``report.to_frame()`` and
+    ``kfm memorization --out`` name it), its seed when ``seeds`` ((B,) integers, e.g. a kfm sample
+    run's) are given, and the nearest training item's row ("nearest"), so a reader finds each pair
+    in the table. Pixels are shown as uint8 (0–255), [-1, 1] or [0, 1] data,
     judged from the training items' range (any other range is stretched to fit it); the samples
     are drawn on the same scale, clipped where they overshoot it. ``pairs`` is a positive integer
     (a NumPy integer or 0-d tensor too).
@@ -767,11 +774,17 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     check_figure_name(name)
     pairs = positive_integer("pairs", pairs)
     ratio = _array(report.ratio, name="report.ratio").ravel()
+    if seeds is not None:
+        seeds = np.asarray(seeds.detach().cpu() if hasattr(seeds, "detach") else seeds).ravel()
+        if seeds.shape != ratio.shape or not np.issubdtype(seeds.dtype, np.integer):
+            raise ValueError(f"seeds must hold one integer per audited sample ({ratio.size}), got "
+                             f"{seeds.size} of dtype {seeds.dtype}")
     shown = closest_pairs(report, samples, train, pairs) if samples is not None and train is not None else None
     wide = shown is not None
-    fig = _new_figure(4.8 + (max(3.4, 0.75 * shown[0].shape[0]) if wide else 0.0), 3.8)
+    mosaic_width = max(3.4, 0.9 * shown.samples.shape[0]) if wide else 0.0
+    fig = _new_figure(4.8 + mosaic_width, 3.8)
     axes = fig.subplots(1, 2 if wide else 1, squeeze=False,
-                        gridspec_kw={"width_ratios": [4.8, max(3.4, 0.75 * shown[0].shape[0])]} if wide else None)[0]
+                        gridspec_kw={"width_ratios": [4.8, mosaic_width]} if wide else None)[0]
     ax = axes[0]
     bins = _bins_with_edge(float(report.threshold))
     # the report's own flags: an exact tie at the threshold can read just below it
@@ -792,13 +805,16 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     interval = "" if math.isnan(low) else f" ({report.confidence:.0%} {kind} CI {low:.3f}–{high:.3f})"
     ax.set_title(f"F_mem = {report.fraction:.3f}{interval}", fontsize=11)
     if wide:
-        images, nearest, ratios = shown
+        images, nearest = shown.samples, shown.nearest
         ax = axes[1]
         _show_mosaic(ax, _mosaic(np.concatenate([images, nearest]), columns=images.shape[0]))
         width = images.shape[3] + 1
         ax.set_xticks([1 + q * width + images.shape[3] / 2 - 0.5 for q in range(images.shape[0])])
-        ax.set_xticklabels([f"{r:.2f}" for r in ratios], fontsize=8)
-        ax.set_xlabel("gap ratio d1/d2", fontsize=9)
+        ax.set_xticklabels(["\n".join([f"{r:.2f}", f"sample {i}", *([f"seed {seeds[i]}"] if seeds is not None else []),
+                                        f"nearest {j}"])
+                            for r, i, j in zip(shown.ratios, shown.rows, shown.nearest_rows)], fontsize=7)
+        ax.set_xlabel("gap ratio d1/d2, the sample's row" + (" and seed" if seeds is not None else "")
+                      + ", its nearest training item's row", fontsize=8)
         ax.set_yticks([1 + images.shape[2] / 2, 2 + images.shape[2] * 1.5])
         ax.set_yticklabels(["sample", "nearest\ntraining"], fontsize=9)
         ax.tick_params(length=0)
@@ -842,13 +858,21 @@ def _fraction_text(value: float) -> str:
     return f"{value:.3g}"
 
 
-def closest_pairs(report: "MemorizationReport", samples: Any, train: Any, pairs: int = 8
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+class ClosestPairs(NamedTuple):
+    """:func:`closest_pairs`' result: n ≤ ``pairs`` pairs, smallest ratio first."""
+
+    samples: np.ndarray       # (n, C, H, W) in [-1, 1], on the training items' scale, clipped to it
+    nearest: np.ndarray       # (n, C, H, W) in [-1, 1], each sample's nearest training item
+    ratios: np.ndarray        # (n,) their gap ratios d1/d2
+    rows: np.ndarray          # (n,) the samples' rows in the audit ("sample" in its table)
+    nearest_rows: np.ndarray  # (n,) the nearest training items' rows ("nearest" in its table)
+
+
+def closest_pairs(report: "MemorizationReport", samples: Any, train: Any, pairs: int = 8) -> ClosestPairs | None:
     """The ``pairs`` samples with the smallest gap ratio and their nearest training items.
 
-    Returns ``(samples, nearest, ratios)``: two (n, C, H, W) arrays in [-1, 1] (n ≤ ``pairs``,
-    smallest ratio first, ties in sample order; on the training items' scale, samples clipped to
-    it) and their (n,) ratios; None when the inputs are not images (see :func:`memorization_figure`).
+    Returns a :class:`ClosestPairs` (ties in sample order); None when the inputs are not images (see
+    :func:`memorization_figure`).
     ``pairs`` is a positive integer (a NumPy integer or 0-d tensor too).
     """
     pairs = positive_integer("pairs", pairs)
@@ -875,7 +899,7 @@ def closest_pairs(report: "MemorizationReport", samples: Any, train: Any, pairs:
     elif not (lo >= -1.001 and hi <= 1.001):                                # else [-1, 1] as is
         half = max(hi - lo, 1e-12) / 2.0                                    # anything else: stretched
         picked, nearest = (picked - lo) / half - 1.0, (nearest - lo) / half - 1.0
-    return np.clip(picked, -1.0, 1.0), nearest, ratio[order]
+    return ClosestPairs(np.clip(picked, -1.0, 1.0), nearest, ratio[order], order, nearest_index)
 
 
 def _image_layout(values: Any) -> tuple[tuple[int, ...] | None, tuple[int, ...]] | None:

@@ -18,13 +18,12 @@ from ..fields.empirical import EmpiricalFlow
 from ..metrics.features import PrincipalSpace
 from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
-from ..sampling.sample import DEFAULT_SPLIT
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
 from .output import (AFTER_06_COLUMN, FD_FORMAT, StudyOutput, clamp_text, display_note, fd_bias_note, fd_formats,
-                     fd_interval_pointer, fd_to_reference, fd_undecided_note, feature_reference, fmem_formats,
-                     for_display, image_range, jackknife_replicates, noted_frechet_distance, replicate_fds,
-                     replicate_intervals)
+                     fd_interval_pointer, fd_interval_terms, fd_to_reference, fd_undecided_note, feature_reference,
+                     fmem_formats, for_display, image_range, jackknife_replicates, noted_frechet_distance,
+                     replicate_fds, replicate_intervals)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, fmt_significant, interior_margin
@@ -589,10 +588,10 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         "Brunner–Munzel p < 0.05 and memorized samples tend to spend the larger share late, not reproduced "
         f"when p < 0.05 and they tend to spend the smaller; inconclusive with p ≥ 0.05 or fewer than {MIN_GROUP} samples in a group")
     fd_col = [c for c in table.columns if c.startswith("FD") or c == "FID"][0]
-    # the sampler's late energy (steps from int(τ·S) on, τ = DEFAULT_SPLIT: no shaping here) is the energy
-    # after the time that step starts, the KTS grid's "mean KPE after t = 0.6" on these uniform grids: shown
+    # the sampler's late energy is the energy after the time its first late step starts (the run's
+    # split_time, the sampler's own), the KTS grid's "mean KPE after t = 0.6" on these uniform grids: shown
     # under that label (the Parquet column keeps its name, which other code reads)
-    late_from = float(run["times"][int(DEFAULT_SPLIT * (len(run["times"]) - 1))])
+    late_from = float(run["split_time"])
     late_col = f"mean KPE after t = {late_from:g}"   # t = 0.6 unless 0.6·steps is fractional
     section = Section(
         "Energy and memorization across training",
@@ -636,13 +635,14 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                                 "memorizing net's training images, and the samples with the smallest ratios "
                                 "beside their nearest training image." + display_note(assets), audit,
                                 for_display(x, assets), for_display(assets.memorizer_train, assets),
-                                title=f"audited in pixels; samples clamped to {clamp_text(assets)}"),
+                                title=f"audited in pixels; samples clamped to {clamp_text(assets)}",
+                                seeds=run["seeds"]),
             memorization_figure("memorizer_copies_span", f"The same final-checkpoint samples audited in the "
                                 f"{principal.k} principal directions of the memorizing net's training images "
                                 "(context, read by no claim), unclamped, with their nearest training images: "
                                 "copies under pixel noise would show here." + display_note(assets), spanned,
                                 for_display(run["x"], assets), for_display(assets.memorizer_train, assets),
-                                title=f"audited in {principal.name}; samples as drawn"),
+                                title=f"audited in {principal.name}; samples as drawn", seeds=run["seeds"]),
         ],
     )
     return section, claim
@@ -803,6 +803,7 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
         tables=[("Quality and memorization by KPE quintile", table),
                 (f"Control: {fd_col} of the same samples in quintiles of other per-sample scalars", control)],
         formats={**fmem_formats(), **fd_formats(fd_col), **{name: FD_FORMAT for name in control.columns[1:]}},
+        terms=fd_interval_terms(),  # the bars' whiskers point to it
         figures=[bar_figure("goldilocks", f"{fd_col} of each KPE quintile of the generalising model's "
                             f"{len(kpe)} samples, each bar from {_quintile_sizes_text(table['n'])} (lower is "
                             "better; the paper expects the lowest bar in Q2–Q4). "

@@ -194,12 +194,22 @@ def jackknife_text(groups: int = JACKKNIFE_GROUPS) -> str:
             "true FD in 94.5–99% of draws)")
 
 
+#: the Terms paragraph's name for an FD whisker's interval, which captions point to
+FD_INTERVAL_TERM = "FD interval"
+
+
 def fd_interval_pointer(each: str, estimate: str) -> str:
     """A caption's word on its FD whiskers: ``each`` ("quintile", "setting") set's own 95% interval,
     defined once in the report's Terms (:func:`jackknife_text`), and why it may lie below the plain
-    FD drawn as ``estimate`` ("the bar", "the dot")."""
-    return (f"each {each}'s own 95% FD interval (see FD interval in Terms: about the bias-corrected FD, so it can "
-            f"lie below {estimate})")
+    FD drawn as ``estimate`` ("the bar", "the dot"). A section that uses it carries
+    :func:`fd_interval_terms`, so the definition is there when no report Terms paragraph is."""
+    return (f"each {each}'s own 95% FD interval (see {FD_INTERVAL_TERM} in Terms: about the bias-corrected FD, so "
+            f"it can lie below {estimate})")
+
+
+def fd_interval_terms() -> dict[str, str]:
+    """``Section.terms`` of a section whose captions use :func:`fd_interval_pointer`."""
+    return {FD_INTERVAL_TERM: jackknife_text()}
 
 
 def judge_text(assets: Assets) -> str:

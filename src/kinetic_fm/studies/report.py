@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # pandas is only needed by callers that build tables
 __all__ = ["Claim", "Figure", "Section", "VERDICTS", "format_value", "write_report"]
 
 #: verdict -> the label shown in the report (a symbol so it reads at a glance, plus the word)
+#: how a glossary paragraph opens, the report's (``kfm reproduce``'s intro) or a section's own
+TERMS_HEAD = "**Terms.**"
 VERDICTS = {
     "reproduced": "✅ reproduced",
     "not reproduced": "❌ not reproduced",
@@ -122,13 +124,28 @@ class Section:
     significant digits without an exponent, :func:`~kinetic_fm.studies.verdicts.fmt_significant`)
     for the numbers of that column in any of the section's tables, so a table writes a value as
     the section's text and claims do (ρ = -0.031 there, not -0.03094 in the table); other columns
-    get :func:`format_value`'s four significant digits."""
+    get :func:`format_value`'s four significant digits.
+
+    ``terms``: term -> its definition, for the terms the section's text or captions send the reader to
+    ("see FD interval in Terms"). :func:`write_report` writes them as a **Terms.** paragraph of the
+    section, after its text, unless the report's ``intro`` has a **Terms.** paragraph that names them
+    (a section rendered alone, outside ``kfm reproduce``, still defines what it points to)."""
 
     title: str
     text: str = ""
     tables: list[tuple[str, "pd.DataFrame"]] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     formats: dict[str, str] = field(default_factory=dict)
+    terms: dict[str, str] = field(default_factory=dict)
+
+
+def _terms_paragraph(intro: str, section: Section) -> str:
+    """The **Terms.** paragraph ``section`` needs under ``intro``: its terms that no **Terms.**
+    paragraph of the intro names, each with its definition; empty when there are none."""
+    glossary = " ".join(p for p in re.split(r"\n\s*\n", intro) if p.strip().startswith(TERMS_HEAD))
+    missing = [f"{term}: {meaning.strip().rstrip('.')}." for term, meaning in section.terms.items()
+               if not re.search(rf"(?<!\w){re.escape(term)}(?!\w)", glossary)]
+    return " ".join([TERMS_HEAD, *missing]) if missing else ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,6 +301,8 @@ def _render_markdown(title: str, intro: str, claims: Sequence[Claim], sections: 
         out += [f"## {section.title}", ""]
         if section.text.strip():
             out += [section.text.strip(), ""]
+        if terms := _terms_paragraph(intro, section):
+            out += [terms, ""]
         for caption, frame in section.tables:
             header, rows = _frame_rows(frame, section.formats)
             if caption:
@@ -448,6 +467,8 @@ def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequ
         body.append(f'<section id="{sid}"><h2>{html.escape(section.title)}</h2>')
         if section.text.strip():
             body.append(markdown_to_html(section.text))
+        if terms := _terms_paragraph(intro, section):
+            body.append(markdown_to_html(terms))
         for caption, frame in section.tables:
             header, rows = _frame_rows(frame, section.formats)
             if not header:

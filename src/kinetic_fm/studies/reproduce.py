@@ -19,8 +19,9 @@ from ..runs.lock import LOCK_NAME, RunLock
 from .assets import load_assets
 from .config import ReproduceConfig
 from .memorization import run_memorization
-from .output import StudyOutput, fd_space_text, jackknife_text, judge_text
+from .output import FD_INTERVAL_TERM, StudyOutput, fd_space_text, jackknife_text, judge_text
 from .quality import SampleQuality, sample_quality
+from .report import TERMS_HEAD
 from .semantics import general_samples, run_semantics
 from .shaping import run_shaping
 from .study_cache import cached_study, study_key
@@ -294,15 +295,15 @@ def terms_text(fd_space: str, classifier: bool = True) -> str:
           f"FD-{fd_space}: the Fréchet distance between Gaussian fits to the samples in the `{fd_space}` space "
           "(lower is better; not comparable with published FIDs, nor between sets of different sizes)")
     return (
-        "**Terms.** KPE (kinetic path energy) of a sample: ½∫₀¹ η(t)²‖v(x_t, t)‖² dt along its sampling "
-        "trajectory from noise x0 (t = 0) to the sample x1 (t = 1), in squared pixel units; a straight path at "
-        "constant speed has the least, ½‖x1 − x0‖². Kinetic power: the integrand ½η²‖v‖². KTS (Kinetic "
+        f"{TERMS_HEAD} KPE (kinetic path energy) of a sample: ½∫₀¹ η(t)²‖v(x_t, t)‖² dt along its "
+        "sampling trajectory from noise x0 (t = 0) to the sample x1 (t = 1), in squared pixel units; a straight "
+        "path at constant speed has the least, ½‖x1 − x0‖². Kinetic power: the integrand ½η²‖v‖². KTS (Kinetic "
         "Trajectory Shaping): sampling with ẋ = η(t)·v, a launch boost η = 1 + α(t) (size α0) before t = τ "
         "(τ_split) and a landing brake η = 1 − β(t) (size β0) after it; plain FM is η = 1. NFE: the number of "
         "velocity evaluations of a sampling run (the KTS grid's NFE rows take more steps). EFM: the exact "
         "empirical flow-matching velocity of N training images, in closed form (no net). F_mem: the fraction "
         "of samples whose nearest training image is nearer than 1/3 of the distance to the second nearest "
-        f"(gap ratio d1/d2 < 1/3). {fd}. FD interval (a whisker on one set's FD): {jackknife_text()}. "
+        f"(gap ratio d1/d2 < 1/3). {fd}. {FD_INTERVAL_TERM} (a whisker on one set's FD): {jackknife_text()}. "
         "Margin: the judging classifier's "
         "top-1 minus top-2 logit. ρ: Spearman's rank correlation; d: Cohen's d (difference of means over the "
         "pooled standard deviation); CI: confidence interval."

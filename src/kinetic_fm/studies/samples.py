@@ -8,7 +8,8 @@ import torch
 
 from ..sampling.energy import energy_after as shared_energy_after
 from ..sampling.noise import noise
-from ..sampling.sample import sample
+from ..sampling.result import split_time
+from ..sampling.sample import default_split, sample
 from .workspace import Workspace
 
 Run = dict[str, torch.Tensor]
@@ -37,7 +38,9 @@ def sampled(
     """Sample ``seeds`` through ``field`` (with ``kfm.sample`` options) and cache the outcome.
 
     Returns CPU tensors: ``x`` (B, ...) float32, ``kpe``, ``kpe_raw``, ``early``, ``late``, ``peak``
-    (B,) float64, ``profile`` (B, S) float64 (per-step applied energy), ``times`` (S + 1,) and ``seeds``.
+    (B,) float64, ``profile`` (B, S) float64 (per-step applied energy), ``times`` (S + 1,), ``seeds``,
+    and ``split_time`` () float64, the sampler's own time ``late`` counts from
+    (:attr:`~kinetic_fm.SampleResult.split_time`).
     ``key`` must identify the field (the stage is recomputed when it or the options change).
     ``keep``: the workspace holds the run for later calls (see :meth:`Workspace.cached`): the
     caller and those calls share its tensors, which none may modify in place.
@@ -62,9 +65,15 @@ def sampled(
             "times": first.times.cpu(),
             # start + offsets: arange(start, stop) overflowed int64 when seeds could reach 2**63 - 1
             "seeds": seeds.start + torch.arange(len(seeds)),
+            "split_time": torch.tensor(first.split_time, dtype=torch.float64),
         }
 
-    return ws.cached(name, full_key, compute, keep=keep)
+    run = ws.cached(name, full_key, compute, keep=keep)
+    if "split_time" not in run:  # cached before runs kept it: the sampler's rule on the run's grid
+        split = sample_kwargs.get("split")
+        split = default_split(sample_kwargs.get("shaping")) if split is None else split
+        run["split_time"] = torch.tensor(split_time(run["times"], split), dtype=torch.float64)
+    return run
 
 
 def energy_after(run: Run, after: float) -> torch.Tensor:

@@ -62,7 +62,8 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
         StudyOutput "semantics": the table ``general_samples`` (one row per seed: KPE and energies,
         plus margin, confidence and predicted class when judged), one claim and one section.
     """
-    from .figures import KPE_LABEL, energy_profile_figure, histogram_figure, sample_grid_figure, scatter_figure
+    from .figures import (KPE_LABEL, PLAIN_KPE_LABEL, energy_profile_figure, histogram_figure, sample_grid_figure,
+                          scatter_figure)
     from .report import Claim, Section
 
     out = StudyOutput("semantics")
@@ -156,7 +157,7 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
     section.figures.insert(0, scatter_figure(
         "kpe_vs_margin", "Per-sample KPE against classifier margin (generalising model, plain FM). The paper "
         "expects the cloud to rise to the right (ρ > 0).", kpe, margin,
-        xlabel=KPE_LABEL, ylabel=f"{assets.classifier_name} logit margin",
+        xlabel=PLAIN_KPE_LABEL, ylabel=f"{assets.classifier_name} logit margin",
         annotation=f"Spearman ρ = {rho.rho:+.3f}, 95% CI [{rho.ci_low:+.3f}, {rho.ci_high:+.3f}]"))
     out.tables["general_samples"] = frame
     out.sections.append(section)

@@ -21,7 +21,7 @@ from .assets import Assets
 from .config import ShapingConfig
 from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, StudyOutput, fd_bias_note, fd_formats,
                      fd_to_reference, fd_undecided_note, feature_reference, fmem_formats, image_range,
-                     jackknife_fd_intervals, fd_interval_pointer)
+                     jackknife_fd_intervals, fd_interval_pointer, fd_interval_terms)
 from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci,
                        fmt_significant, percent_of, verdict_from_interval, verdict_of_all)
@@ -195,6 +195,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
               + fd_bias_note(min(cfg.n_samples, len(assets.train)), reference.mean.size, fd_name)),
         tables=[("The KTS ablation grid", table.rename(columns=GRID_HEADERS))],
         formats={**fmem_formats(), **fd_formats(fd_name)},
+        terms=fd_interval_terms(),  # the FD whiskers' caption points to it
         figures=[
             bar_figure("shaping_fmem", "F_mem across the KTS grid; whiskers: each setting's own 95% Wilson "
                        "interval; dashed: plain FM (Euler). Every setting samples the same seeds, so the claims "

@@ -37,7 +37,7 @@ from ..runs.manifest import sha256_file
 from .output import StudyOutput
 from .workspace import Workspace, atomic_torch_save
 
-ENTRY_FORMAT = 2  # bump when the layout of an entry changes
+ENTRY_FORMAT = 3  # bump when the layout of an entry changes (3: sections keep their terms)
 
 
 def code_digest() -> str:
@@ -219,7 +219,8 @@ def _encode(output: StudyOutput) -> dict | None:
             return None
         sections.append({"title": section.title, "text": section.text, "tables": section_tables,
                          "figures": [(f.name, f.caption, bytes(f.png)) for f in section.figures],
-                         "formats": {str(k): str(v) for k, v in section.formats.items()}})
+                         "formats": {str(k): str(v) for k, v in section.formats.items()},
+                         "terms": {str(k): str(v) for k, v in section.terms.items()}})
     return {"name": output.name, "tables": tables,
             "claims": [dataclasses.astuple(c) for c in output.claims], "sections": sections}
 
@@ -234,7 +235,7 @@ def _decode(entry: dict) -> StudyOutput:
 
     sections = [Section(title=s["title"], text=s["text"], tables=[(label, frame(d)) for label, d in s["tables"]],
                         figures=[Figure(name, caption, png) for name, caption, png in s["figures"]],
-                        formats=dict(s["formats"]))
+                        formats=dict(s["formats"]), terms=dict(s["terms"]))
                 for s in entry["sections"]]
     return StudyOutput(name=entry["name"], tables={label: frame(d) for label, d in entry["tables"]},
                        claims=[Claim(*fields) for fields in entry["claims"]], sections=sections)

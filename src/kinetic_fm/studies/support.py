@@ -65,7 +65,7 @@ def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws
     """
     import pandas as pd
 
-    from .figures import KPE_LABEL, scatter_figure
+    from .figures import PLAIN_KPE_LABEL, scatter_figure
     from .report import Claim, Section
 
     out = StudyOutput("support")
@@ -131,14 +131,14 @@ def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws
         figures=[
             scatter_figure("kpe_vs_knn_support", "Per-sample KPE against kNN log-density in pixel space "
                            "(generalising model, plain FM). The paper expects the cloud to fall to the right (ρ < 0).",
-                           kpe, frame["knn_log_density_pixels"].to_numpy(), xlabel=KPE_LABEL,
+                           kpe, frame["knn_log_density_pixels"].to_numpy(), xlabel=PLAIN_KPE_LABEL,
                            ylabel=f"kNN log-density in pixels (k = {cfg.k}, + const.)",
                            annotation=f"Spearman ρ = {headline.rho:+.3f}, "
                                       f"95% CI [{headline.ci_low:+.3f}, {headline.ci_high:+.3f}]"),
             scatter_figure("kpe_vs_density_mixture", "Exact 2-D Gaussian mixture: KPE against the true "
                            "log-density at each sample's end point (context, not a claim).",
                            toy_frame["kpe"].to_numpy(),
-                           toy_frame["true_log_density"].to_numpy(), xlabel=KPE_LABEL, ylabel="true log-density",
+                           toy_frame["true_log_density"].to_numpy(), xlabel=PLAIN_KPE_LABEL, ylabel="true log-density",
                            annotation=f"Spearman ρ = {toy_rho.rho:+.3f}, "
                                       f"95% CI [{toy_rho.ci_low:+.3f}, {toy_rho.ci_high:+.3f}]"),
         ],
