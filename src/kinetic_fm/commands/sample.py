@@ -23,7 +23,7 @@ import argparse
 
 from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ._types import check_output_path, faiss_for, seed_number, user_path, writing
-from ._flag_names import SettingFlags, flag_words, in_flags, named_by_its_flag
+from ._flag_names import SettingFlags, flag_words, named_by_its_flag
 
 FIELDS = ("gaussian", "point", "mixture")
 EMPIRICAL = "empirical"  # the exact EFM field of the --train items: not built in, it needs them
@@ -560,11 +560,8 @@ def _shaping(args):
             warnings.filterwarnings("ignore", message="k applies to the exponential", category=UserWarning)
             kts = KTS(**given)
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
-        flags = {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}
-        # the numbers also in the message's tail ("the largest admissible beta0", "with k = 3"); launch and
-        # landing stand there as words of the prose ("for the exponential landing")
-        numbers = {name: flags[name] for name in ("alpha0", "beta0", "tau_split", "k")}
-        raise ValueError(in_flags(str(named_by_its_flag(err, flags)), numbers)) from None
+        # the tail's too ("the largest admissible beta0", "with k = 3"), not the prose's "exponential landing"
+        raise named_by_its_flag(err, {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}) from None
     if args.k is not None and "exponential" not in (kts.launch, kts.landing):
         # recorded in the run's config, as given, but no form reads it: a sweep over --k would
         # run the same gain under every value without a word
