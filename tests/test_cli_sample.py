@@ -1215,3 +1215,28 @@ def test_every_setting_a_sample_run_compares_has_its_flag():
                "identity.weights_sha256", "identity.train_sha256", "identity.train_shape", "identity.train_dtype"]
     unnamed = [field for field in fields if not sample._flag_of(field)]
     assert unnamed == []
+
+
+@pytest.mark.parametrize("stage", ["_conditioning", "_trial_call", "moving the net"])
+def test_ctrl_c_before_the_run_starts_says_nothing_was_sampled(tmp_path, capsys, monkeypatch, stage):
+    # only the reading of --model and --train said so; a Ctrl-C in the trial call, the class check or
+    # while the net moved to its device said "finished work is kept; rerun ... with --resume" of a run
+    # folder that did not exist yet
+    import kinetic_fm.commands.sample as command
+    from kinetic_fm.models import VelocityMLP, save_model
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    path, net = tmp_path / "net.safetensors", VelocityMLP((2,), hidden=8, depth=1)
+    save_model(net, path, ema=copy.deepcopy(net))
+    if stage == "moving the net":   # the command's .to(device=, dtype=), not the loader's .to(dtype)
+        to = VelocityMLP.to
+        monkeypatch.setattr(VelocityMLP, "to", lambda net, *a, **kw: interrupted() if "device" in kw else to(net, *a, **kw))
+    else:
+        monkeypatch.setattr(command, stage, interrupted)
+    assert kfm_sample(tmp_path / "run", "--model", path, "--n", 2, "--steps", 2) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: while preparing the run, before any sample was computed: rerun the same command" in err, err
+    assert "--resume" not in err and not (tmp_path / "run").exists()

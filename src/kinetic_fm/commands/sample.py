@@ -869,9 +869,10 @@ def _warn_on_batch_change(args, manifest) -> None:
                       "table", stacklevel=2)
 
 
-def _nothing_sampled_hint(flag: str, value) -> str:
-    """What an interruption while ``flag``'s input (``value``) is read says: no sample was computed yet."""
-    return f"while reading {flag} {value}, before any sample was computed: rerun the same command"
+def _nothing_sampled_hint(stage: str) -> str:
+    """What an interruption in ``stage`` ("while reading --train t.npy"), before the run is started,
+    says: no sample was computed yet, and the folder keeps nothing to resume."""
+    return f"{stage}, before any sample was computed: rerun the same command"
 
 
 def _interrupted_run_hint(run_dir, manifest) -> str:
@@ -1115,21 +1116,23 @@ def _run(args) -> int:
         _refuse_another_kind_of_run(args, stored)
         _refuse_changed_settings_before_reading(args, kts, stored)
         _refuse_other_training_data_before_reading(args, stored)
+    # a Ctrl-C while the ranks meet, the folder is locked, a net is read and hashed, the items load
+    # (50,000 CIFAR-10 images take 15 s), a net moves to its device or makes its trial call leaves no
+    # shard behind; once run_sharded starts, the folder keeps finished shards: its own hint
+    preparing = args.interrupt_hint = _nothing_sampled_hint("while preparing the run")
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
         if lock is not None:
             held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
-        # a Ctrl-C while a net is read and hashed, or the items load (50,000 CIFAR-10 images take 15 s),
-        # leaves no shard behind; from then on the folder keeps finished shards: the --resume hint
         if args.model:
-            args.interrupt_hint = _nothing_sampled_hint("--model", args.model)
+            args.interrupt_hint = _nothing_sampled_hint(f"while reading --model {args.model}")
             target = _model_target(args.model, args.shape, stored)
-            args.interrupt_hint = None
+            args.interrupt_hint = preparing
         elif args.field == EMPIRICAL:
-            args.interrupt_hint = _nothing_sampled_hint("--train", args.train)
+            args.interrupt_hint = _nothing_sampled_hint(f"while reading --train {args.train}")
             target = _empirical_target(args, device, stored)
-            args.interrupt_hint = None
+            args.interrupt_hint = preparing
             if args.resume:
                 _refuse_other_training_data(args, target, stored)
         else:
@@ -1154,6 +1157,7 @@ def _run(args) -> int:
         try:
             with writing("--out", args.out):
                 compute = _shard_sampler(target, kts, args, device, cond, step_bar=args.progress and world.is_main)
+                args.interrupt_hint = None   # the run's own, below
                 outcome = run_sharded(args.out, manifest, compute,
                                       resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock,
                                       repair=args.repair)
