@@ -863,3 +863,38 @@ def test_the_audit_of_a_run_names_each_samples_seed_to_join_its_energies_by(tmp_
     assert main(["memorization", "--samples", str(tmp_path / "x.npy"), "--train", str(path), "--bootstrap", "0",
                  "--no-progress", "--out", str(tmp_path / "plain.csv")]) == 0
     assert "seed" not in pd.read_csv(tmp_path / "plain.csv").columns
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_torchrun_the_setup_warnings_come_from_rank_0_alone(tmp_path, capsys, monkeypatch, rank):
+    # every rank reads the same --train and flags: each said "holds uint8 values", "holds float64 items"
+    # and "--k applies to ..." once per rank. A two-rank world without processes: the session and the
+    # folder's lock (collectives) are stood in for, and the run stops before it would sample
+    import contextlib
+
+    import kinetic_fm.commands.sample as command
+    import kinetic_fm.runs as runs
+    from kinetic_fm.runs.distributed import Coordinator, World
+
+    @contextlib.contextmanager
+    def two_ranks(device=None, **kwargs):
+        yield Coordinator(World(rank=rank, world_size=2, local_rank=rank)), torch.device("cpu")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setattr(runs, "world_session", two_ranks)
+    monkeypatch.setattr(command, "_lock_a_busy_folder", lambda *args: None)
+    monkeypatch.setattr(command, "_trial_call", stopped)
+    np.save(tmp_path / "u8.npy", np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8))
+    np.save(tmp_path / "wide.npy", _points().double().numpy())
+    said = {"u8.npy": "holds uint8 values (0 to 255)", "wide.npy": "holds float64 items, sampled in float32"}
+    for name, warning in said.items():
+        assert kfm_sample(tmp_path / f"run-{name}", "--field", "empirical", "--train", tmp_path / name, "--n", 2,
+                          "--launch", "linear", "--landing", "linear", "--k", 2) == 130
+        err = capsys.readouterr().err
+        assert (warning in err) == (rank == 0), err
+        assert ("--k applies to the exponential launch or landing only" in err) == (rank == 0), err
+        assert "interrupted: while preparing the run" in err     # what stops a rank still comes from each

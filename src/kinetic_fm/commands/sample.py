@@ -1084,17 +1084,24 @@ def summary_frame(table, columns=SUMMARY_COLUMNS):
 
 
 def run(args) -> int:
+    import contextlib
+
+    from ..runs.distributed import warnings_of_rank_0
     from ..runs.manifest import ResumeMismatchError
 
     try:
-        return _run(args)
+        # under torchrun every rank reads the same flags and inputs: their warnings are said once, by
+        # rank 0, up to the sampling (_run closes ``setup`` there), whose own come from the rank that meets them
+        with contextlib.ExitStack() as setup:
+            setup.enter_context(warnings_of_rank_0())
+            return _run(args, setup)
     except ResumeMismatchError as err:
         if not err.differences:  # another refusal (ranks started with other settings): as it is
             raise
         raise _resume_refusal_in_flags(err, args.out) from None
 
 
-def _run(args) -> int:
+def _run(args, setup) -> int:
     import contextlib
     import os
     import sys
@@ -1158,6 +1165,7 @@ def _run(args) -> int:
             with writing("--out", args.out):
                 compute = _shard_sampler(target, kts, args, device, cond, step_bar=args.progress and world.is_main)
                 args.interrupt_hint = None   # the run's own, below
+                setup.close()
                 outcome = run_sharded(args.out, manifest, compute,
                                       resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock,
                                       repair=args.repair)
