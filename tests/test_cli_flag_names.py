@@ -89,9 +89,11 @@ def test_every_setting_a_training_run_compares_names_a_real_flag_of_kfm_train():
 
 def test_the_library_names_each_command_rewords_are_its_real_flags():
     import kinetic_fm.commands.memorization as memorization
+    import kinetic_fm.commands.sample as sample
     import kinetic_fm.commands.train as train
 
-    for command, table in (("memorization", memorization._AUDIT_FLAGS), ("train", train._FLAGS)):
+    for command, table in (("memorization", memorization._AUDIT_FLAGS), ("train", train._FLAGS),
+                           ("sample", sample._SAMPLE_FLAGS)):
         options = _options(command)
         for name, phrase in table.items():
             flags = _flags_in(phrase)

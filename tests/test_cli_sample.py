@@ -1240,3 +1240,16 @@ def test_ctrl_c_before_the_run_starts_says_nothing_was_sampled(tmp_path, capsys,
     err = capsys.readouterr().err
     assert "interrupted: while preparing the run, before any sample was computed: rerun the same command" in err, err
     assert "--resume" not in err and not (tmp_path / "run").exists()
+
+
+def test_the_sampling_warnings_name_the_flags_not_the_library_arguments(tmp_path, capsys):
+    # they read "quadrature='left' ... use quadrature='solver' with dopri5" and "(a smaller beta0)"
+    assert kfm_sample(tmp_path / "left", "--field", "gaussian", "--dim", 2, "--n", 2, "--solver", "dopri5",
+                      "--quadrature", "left") == 0
+    err = capsys.readouterr().err
+    assert "warning: --quadrature 'left' takes each step's power at its start" in err, err
+    assert "use --quadrature 'solver' with dopri5" in err and "quadrature=" not in err
+    assert kfm_sample(tmp_path / "singular", "--field", "point", "--n", 2, "--steps", 4,
+                      "--launch", "constant", "--landing", "constant", "--beta0", 0.7) == 0
+    err = capsys.readouterr().err
+    assert "use a gain with η(1) > 1/2 (a smaller --beta0)" in err, err

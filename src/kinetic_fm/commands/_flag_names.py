@@ -115,9 +115,12 @@ def in_flags(text: str, flags: dict[str, str], valued_only: bool = False) -> str
 
 
 @contextlib.contextmanager
-def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None):
-    """The library's ValueErrors, OSErrors and warnings inside the block in the command line's
-    words: the argument names ``flags`` maps given as flags (:func:`in_flags`), and with ``source``,
+def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None, *, anywhere: bool = True,
+               errors: bool = True):
+    """The library's ValueErrors, OSErrors (not with ``errors`` False: the block's own are handled
+    by type) and warnings inside the block in the command line's words: the argument names ``flags``
+    maps given as flags, wherever they stand as words (:func:`in_flags`), or with ``anywhere`` False
+    only where they stand as arguments (:func:`where_named`: for names its prose uses too), and with ``source``,
     a ``(flag, value)`` whose value the block reads, a message that does not name that flag led by
     it ("--train t.npy: holds complex64 values", "--train: no such file: t.npy"). The library's
     own messages name its arguments (samples, train, key), which a user of ``kfm`` never typed."""
@@ -126,7 +129,7 @@ def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None):
     from pathlib import Path
 
     def worded(text: str) -> str:
-        text = in_flags(text, flags)
+        text = in_flags(text, flags) if anywhere else where_named(text, flags)
         if source is None:
             return text
         flag, value = source
@@ -155,7 +158,11 @@ def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None):
             warnings.showwarning = show
             yield
     except ValueError as err:
+        if not errors:
+            raise
         raise ValueError(worded(str(err))) from None
     except OSError as err:
+        if not errors:
+            raise
         kind = type(err) if type(err).__module__ == "builtins" else OSError  # FileNotFoundError stays one
         raise kind(worded(str(err))) from None

@@ -32,6 +32,10 @@ DEFAULT_DTYPE = "float32"  # the state x's dtype when --dtype is not typed (ener
 # KTS flags; giving any of them turns shaping on (the others take KTS's defaults)
 _KTS_FLAGS = {"alpha0": "alpha0", "beta0": "beta0", "tau": "tau_split", "launch": "launch",
               "landing": "landing", "k": "k", "renormalize": "renormalize"}
+# kfm.sample's and KTS's argument names -> the flags that set them
+_SAMPLE_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "steps", "solver", "grid", "quadrature", "split", "on_nonfinite", "dtype", "device", "rtol", "atol", "first_step",
+    "max_steps")} | {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}
 # dopri5's step control, each passed to kfm.sample only when given (None: kfm.sample's default)
 _STEP_CONTROL = ("rtol", "atol", "first_step", "max_steps")
 SUMMARY_COLUMNS = ("kpe", "kpe_raw", "early", "late")
@@ -561,7 +565,7 @@ def _shaping(args):
             kts = KTS(**given)
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
         # the tail's too ("the largest admissible beta0", "with k = 3"), not the prose's "exponential landing"
-        raise named_by_its_flag(err, {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}) from None
+        raise named_by_its_flag(err, _SAMPLE_FLAGS) from None
     if args.k is not None and "exponential" not in (kts.launch, kts.landing):
         # recorded in the run's config, as given, but no form reads it: a sweep over --k would
         # run the same gain under every value without a word
@@ -1162,7 +1166,8 @@ def _run(args, setup) -> int:
         if world.is_main:
             _warn_on_batch_change(args, stored)  # "holds no run yet" is said by run_sharded, under the lock
         try:
-            with writing("--out", args.out):
+            # kfm.sample's warnings (quadrature='left' under dopri5, "a smaller beta0") in the flags' words
+            with writing("--out", args.out), flag_words(_SAMPLE_FLAGS, anywhere=False, errors=False):
                 compute = _shard_sampler(target, kts, args, device, cond, step_bar=args.progress and world.is_main)
                 args.interrupt_hint = None   # the run's own, below
                 setup.close()
