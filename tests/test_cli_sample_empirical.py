@@ -871,6 +871,7 @@ def test_under_torchrun_the_setup_warnings_come_from_rank_0_alone(tmp_path, caps
     # and "--k applies to ..." once per rank. A two-rank world without processes: the session and the
     # folder's lock (collectives) are stood in for, and the run stops before it would sample
     import contextlib
+    import warnings
 
     import kinetic_fm.commands.sample as command
     import kinetic_fm.runs as runs
@@ -891,6 +892,7 @@ def test_under_torchrun_the_setup_warnings_come_from_rank_0_alone(tmp_path, caps
     np.save(tmp_path / "u8.npy", np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8))
     np.save(tmp_path / "wide.npy", _points().double().numpy())
     said = {"u8.npy": "holds uint8 values (0 to 255)", "wide.npy": "holds float64 items, sampled in float32"}
+    filters = list(warnings.filters)
     for name, warning in said.items():
         assert kfm_sample(tmp_path / f"run-{name}", "--field", "empirical", "--train", tmp_path / name, "--n", 2,
                           "--launch", "linear", "--landing", "linear", "--k", 2) == 130
@@ -898,3 +900,4 @@ def test_under_torchrun_the_setup_warnings_come_from_rank_0_alone(tmp_path, caps
         assert (warning in err) == (rank == 0), err
         assert ("--k applies to the exponential launch or landing only" in err) == (rank == 0), err
         assert "interrupted: while preparing the run" in err     # what stops a rank still comes from each
+    assert warnings.filters == filters   # the other ranks' silence ends with the command

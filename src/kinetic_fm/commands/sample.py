@@ -1165,12 +1165,12 @@ def _run(args, setup) -> int:
         )
         if world.is_main:
             _warn_on_batch_change(args, stored)  # "holds no run yet" is said by run_sharded, under the lock
+        args.interrupt_hint = None   # the run's own, below
+        setup.close()   # here, not inside flag_words below: two catch_warnings blocks must nest
         try:
             # kfm.sample's warnings (quadrature='left' under dopri5, "a smaller beta0") in the flags' words
             with writing("--out", args.out), flag_words(_SAMPLE_FLAGS, anywhere=False, errors=False):
                 compute = _shard_sampler(target, kts, args, device, cond, step_bar=args.progress and world.is_main)
-                args.interrupt_hint = None   # the run's own, below
-                setup.close()
                 outcome = run_sharded(args.out, manifest, compute,
                                       resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock,
                                       repair=args.repair)
