@@ -450,3 +450,53 @@ def test_torch_readable_reads_object_arrays_of_real_numbers_as_numbers():
         assert torch_readable(given) is given
     assert first_non_number(np.array([[1, 2], [3, None]], dtype=object)) == ((1, 1), None)
     assert first_non_number(np.array([2**70, 1.5], dtype=object)) is None
+
+
+def _percent_refusals():
+    """Each public fraction given as a percent: (call, the fraction it meant)."""
+    import kinetic_fm as kfm
+    from kinetic_fm.studies.config import SemanticsConfig
+
+    g = torch.Generator().manual_seed(0)
+    samples, train = torch.randn(6, 3, generator=g), torch.randn(9, 3, generator=g)
+    x, y = np.arange(12.0), np.arange(12.0) ** 2
+    return [
+        (lambda: kfm.memorization(samples, train, confidence=95), "0.95"),
+        (lambda: kfm.memorization(samples, train, threshold=33), "0.33"),
+        (lambda: kfm.fraction_interval(3, 10, confidence=99), "0.99"),
+        (lambda: kfm.spearman(x, y, confidence=90), "0.9"),
+        (lambda: kfm.compare_groups(x, y, quantile=20), "0.2"),
+        (lambda: kfm.sample(lambda x, t: x, torch.zeros(2, 3), steps=2, split=60), "0.6"),
+        (lambda: kfm.KTS(tau_split=60), "0.6"),
+        (lambda: SemanticsConfig(quantile=25), "0.25"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_a_fraction_given_as_a_percent_is_refused_with_the_fraction_it_meant(index):
+    # confidence=95 was refused as "must lie in (0, 1), got 95" only; still refused, now with the fraction
+    call, meant = _percent_refusals()[index]
+    with pytest.raises(ValueError, match=rf"got [\d.]+\b.*; did you mean {re.escape(meant)}\?$"):
+        call()
+
+
+def test_a_value_beyond_a_percent_or_whose_hundredth_is_outside_the_range_gets_no_guess():
+    import kinetic_fm as kfm
+
+    x, y = np.arange(12.0), np.arange(12.0) ** 2
+    for call in (lambda: kfm.fraction_interval(3, 10, confidence=101),
+                 lambda: kfm.fraction_interval(3, 10, confidence=1),
+                 lambda: kfm.fraction_interval(3, 10, confidence=100),   # 1.0 is outside (0, 1) too
+                 lambda: kfm.compare_groups(x, y, quantile=60)):       # 0.6 is outside (0, 0.5]
+        with pytest.raises(ValueError) as caught:
+            call()
+        assert "did you mean" not in str(caught.value)
+
+
+def test_kfm_memorization_threshold_as_a_percent_names_the_fraction(tmp_path, capsys):
+    from kinetic_fm.cli import main
+
+    np.save(tmp_path / "s.npy", np.zeros((4, 2), np.float32))
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "s.npy"),
+                 "--threshold", "33", "--no-progress"]) == 2
+    assert "--threshold must lie in (0, 1), got 33.0; did you mean 0.33?" in capsys.readouterr().err

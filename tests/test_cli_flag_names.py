@@ -89,9 +89,11 @@ def test_every_setting_a_training_run_compares_names_a_real_flag_of_kfm_train():
 
 def test_the_library_names_each_command_rewords_are_its_real_flags():
     import kinetic_fm.commands.memorization as memorization
+    import kinetic_fm.commands.sample as sample
     import kinetic_fm.commands.train as train
 
-    for command, table in (("memorization", memorization._AUDIT_FLAGS), ("train", train._FLAGS)):
+    for command, table in (("memorization", memorization._AUDIT_FLAGS), ("train", train._FLAGS),
+                           ("sample", sample._SAMPLE_FLAGS)):
         options = _options(command)
         for name, phrase in table.items():
             flags = _flags_in(phrase)
@@ -137,3 +139,28 @@ def test_each_table_names_only_flags_of_its_own_command(command):
     phrases = [*table.direct.values(), *table.derived.values()]
     named = {flag for phrase in phrases for flag in _flags_in(phrase)}
     assert named and named <= set(options), sorted(named - set(options))
+
+
+def test_a_library_message_names_its_arguments_as_flags_past_its_opening_word_but_not_its_prose():
+    from kinetic_fm.commands._flag_names import named_by_its_flag
+
+    flags = {"steps": "--steps", "lr": "--lr", "grad_clip": "--grad-clip", "beta0": "--beta0", "k": "--k",
+             "landing": "--landing"}
+    text = ("beta0 = 5.0 is too large for the exponential landing with k = 3; the largest admissible beta0 is 0.05 "
+            "at steps=4: try a smaller learning rate (lr) or clipping (grad_clip), not e^k")
+    assert str(named_by_its_flag(ValueError(text), flags)) == (
+        "--beta0 = 5.0 is too large for the exponential landing with --k = 3; the largest admissible --beta0 is 0.05 "
+        "at --steps 4: try a smaller learning rate (--lr) or clipping (--grad-clip), not e^k")
+    # a name that is also a word of the prose stays one where it is not the argument's
+    prose = "checkpoint steps must lie in [1, 10] (the steps of this run), got [12]"
+    assert str(named_by_its_flag(ValueError(prose), flags)) == prose
+
+
+def test_kfm_train_names_the_flags_when_training_diverges(tmp_path, capsys):
+    # it read "try a smaller learning rate (lr, kfm train --lr) or gradient clipping (grad_clip)"
+    args = ["train", "--data", "gmm", "--n", "50", "--batch-size", "8", "--width", "8", "--steps", "5",
+            "--checkpoints", "none", "--no-progress", "--lr", "1e30", "--grad-clip", "0", "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step" in err
+    assert "a smaller learning rate (--lr) or gradient clipping (--grad-clip)" in err, err

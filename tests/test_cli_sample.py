@@ -1235,3 +1235,41 @@ def test_the_figure_names_eta_only_when_a_gain_acts(tmp_path, monkeypatch, flags
     power = F.POWER_LABEL if shaped else F.PLAIN_POWER_LABEL
     assert any(label.startswith(kpe) for label in labels) and any(label.startswith(power) for label in labels)
     assert any("η" in label for label in labels) == shaped, labels
+
+
+@pytest.mark.parametrize("stage", ["_conditioning", "_trial_call", "moving the net"])
+def test_ctrl_c_before_the_run_starts_says_nothing_was_sampled(tmp_path, capsys, monkeypatch, stage):
+    # only the reading of --model and --train said so; a Ctrl-C in the trial call, the class check or
+    # while the net moved to its device said "finished work is kept; rerun ... with --resume" of a run
+    # folder that did not exist yet
+    import kinetic_fm.commands.sample as command
+    from kinetic_fm.models import VelocityMLP, save_model
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    path, net = tmp_path / "net.safetensors", VelocityMLP((2,), hidden=8, depth=1)
+    save_model(net, path, ema=copy.deepcopy(net))
+    if stage == "moving the net":   # the command's .to(device=, dtype=), not the loader's .to(dtype)
+        to = VelocityMLP.to
+        monkeypatch.setattr(VelocityMLP, "to", lambda net, *a, **kw: interrupted() if "device" in kw else to(net, *a, **kw))
+    else:
+        monkeypatch.setattr(command, stage, interrupted)
+    assert kfm_sample(tmp_path / "run", "--model", path, "--n", 2, "--steps", 2) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: while preparing the run, before any sample was computed: rerun the same command" in err, err
+    assert "--resume" not in err and not (tmp_path / "run").exists()
+
+
+def test_the_sampling_warnings_name_the_flags_not_the_library_arguments(tmp_path, capsys):
+    # they read "quadrature='left' ... use quadrature='solver' with dopri5" and "(a smaller beta0)"
+    assert kfm_sample(tmp_path / "left", "--field", "gaussian", "--dim", 2, "--n", 2, "--solver", "dopri5",
+                      "--quadrature", "left") == 0
+    err = capsys.readouterr().err
+    assert "warning: --quadrature 'left' takes each step's power at its start" in err, err
+    assert "use --quadrature 'solver' with dopri5" in err and "quadrature=" not in err
+    assert kfm_sample(tmp_path / "singular", "--field", "point", "--n", 2, "--steps", 4,
+                      "--launch", "constant", "--landing", "constant", "--beta0", 0.7) == 0
+    err = capsys.readouterr().err
+    assert "use a gain with η(1) > 1/2 (a smaller --beta0)" in err, err

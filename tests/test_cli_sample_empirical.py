@@ -896,3 +896,41 @@ def test_the_audit_figure_names_each_pair_by_its_row_seed_and_nearest_item_as_th
             assert lines[0] == f"{row['ratio']:.2f}" and lines[1] == f"sample {row['sample']}"
             assert lines[-1] == f"nearest {row['nearest']}"
             assert (lines[2] == f"seed {row['seed']}") if seeded else len(lines) == 3 and "seed" not in table
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_torchrun_the_setup_warnings_come_from_rank_0_alone(tmp_path, capsys, monkeypatch, rank):
+    # every rank reads the same --train and flags: each said "holds uint8 values", "holds float64 items"
+    # and "--k applies to ..." once per rank. A two-rank world without processes: the session and the
+    # folder's lock (collectives) are stood in for, and the run stops before it would sample
+    import contextlib
+    import warnings
+
+    import kinetic_fm.commands.sample as command
+    import kinetic_fm.runs as runs
+    from kinetic_fm.runs.distributed import Coordinator, World
+
+    @contextlib.contextmanager
+    def two_ranks(device=None, **kwargs):
+        yield Coordinator(World(rank=rank, world_size=2, local_rank=rank)), torch.device("cpu")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setattr(runs, "world_session", two_ranks)
+    monkeypatch.setattr(command, "_lock_a_busy_folder", lambda *args: None)
+    monkeypatch.setattr(command, "_trial_call", stopped)
+    np.save(tmp_path / "u8.npy", np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8))
+    np.save(tmp_path / "wide.npy", _points().double().numpy())
+    said = {"u8.npy": "holds uint8 values (0 to 255)", "wide.npy": "holds float64 items, sampled in float32"}
+    filters = list(warnings.filters)
+    for name, warning in said.items():
+        assert kfm_sample(tmp_path / f"run-{name}", "--field", "empirical", "--train", tmp_path / name, "--n", 2,
+                          "--launch", "linear", "--landing", "linear", "--k", 2) == 130
+        err = capsys.readouterr().err
+        assert (warning in err) == (rank == 0), err
+        assert ("--k applies to the exponential launch or landing only" in err) == (rank == 0), err
+        assert "interrupted: while preparing the run" in err     # what stops a rank still comes from each
+    assert warnings.filters == filters   # the other ranks' silence ends with the command

@@ -170,6 +170,25 @@ def test_a_cifar_resnet_judge_on_rgb_images_of_another_size_is_refused_before_an
     assert not any(p.is_dir() for p in (tmp_path / "out" / "models").glob("*"))
 
 
+def test_a_cifar_resnet_judge_of_the_other_depth_names_the_flag(tmp_path, monkeypatch):
+    """kfm reproduce --classifier resnet56:PATH with ResNet-20 weights read "classifier resnet56:PATH:
+    the file holds ..."; the user typed --classifier."""
+    import kinetic_fm.studies.assets as module
+    from kinetic_fm.models.resnet_cifar import CifarResNet
+    from kinetic_fm.studies.workspace import Workspace
+
+    weights = tmp_path / "resnet20-random.th"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in CifarResNet(20).state_dict().items()}}, weights)
+    rgb = torch.rand(50, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    monkeypatch.setattr(module, "_load_split", lambda cfg, progress=True: (rgb[10:], None, rgb[:10], None,
+                                                                           None, "rgb images", None))
+    cfg = AssetsConfig(data="celeba:faces.zip", classifier=f"resnet56:{weights}", n_heldout=10, memorizer_n=8,
+                       general_steps=2, memorizer_steps=2, batch_size=8, model="mlp", width=8)
+    with pytest.raises(ValueError, match=rf"^--classifier resnet56:{weights}: the file holds a ResNet-20's weights; "
+                                         rf"write resnet20:{weights}$"):
+        module.load_assets(cfg, Workspace(tmp_path / "out"), progress=False)
+
+
 def test_centred_faces_are_drawn_with_their_mean_image_added_back(tmp_path, monkeypatch):
     """CelebA is centred by its mean face; the report's image figures add it back (display only), so
     the training images they draw are the uncentred ones, and the samples move by that same mean."""

@@ -66,37 +66,61 @@ class SettingFlags:
 
 
 def named_by_its_flag(err: ValueError, flags: dict[str, str]) -> ValueError:
-    """``err`` ("steps must be a positive integer, got 0", "beta0 = 0.06 makes ...") with the flag
-    ``flags`` maps the argument it opens with to ("--steps must be ...", "--beta0 = 0.06 makes
-    ..."): the range stays where it is checked, the name is the user's. Other messages pass
-    unchanged."""
+    """``err`` ("steps must be a positive integer, got 0", "beta0 = 0.06 makes ... with k = 3") in the
+    flags ``flags`` maps the library's argument names to: the argument it opens with ("--steps must
+    be ...", "--beta0 = 0.06 makes ..."), and in the rest each one written as an argument
+    (:func:`where_named`): the range stays where it is checked, the names are the user's."""
     text = str(err)
     for joint in (" must ", " = "):
         name, _, rest = text.partition(joint)
         if name in flags and rest:
-            return ValueError(f"{flags[name]}{joint}{rest}")
-    return ValueError(text)
+            return ValueError(f"{flags[name]}{joint}{where_named(rest, flags)}")
+    return ValueError(where_named(text, flags))
 
 
-def in_flags(text: str, flags: dict[str, str]) -> str:
+def where_named(text: str, flags: dict[str, str]) -> str:
+    """``text`` with the argument names ``flags`` maps replaced by their flags where they stand as
+    arguments, not as words of the prose: a name no word spells (one with "_" or a digit: beta0,
+    grad_clip) anywhere, and any name as ``name=value`` ("beyond steps=4": "beyond --steps 4"), ``name =
+    value`` ("with k = 3") or alone in parentheses ("(lr)"). "checkpoint steps must ..." and "the
+    exponential landing" stay."""
+    import re
+
+    coined = {name: flag for name, flag in flags.items() if not name.isalpha()}
+    text = in_flags(text, coined)
+    words = {name: flag for name, flag in flags.items() if name.isalpha()}
+    if not words:
+        return text
+    names = "|".join(re.escape(name) for name in sorted(words, key=len, reverse=True))
+    text = re.sub(rf"\(({names})\)", lambda m: f"({words[m[1]]})", text)
+    text = re.sub(rf"(?<![\w./^-])({names})(?= = )", lambda m: words[m[1]], text)
+    return in_flags(text, words, valued_only=True)
+
+
+def in_flags(text: str, flags: dict[str, str], valued_only: bool = False) -> str:
     """``text`` with each argument name ``flags`` maps that stands as a word replaced by its flag, and
     ``name=value`` by ``flag value``: "samples and train must have ..." as "--samples and --train
     must have ...", "key='x' does not apply" as "--key 'x' does not apply". A name inside another
     word, a path, a flag or an exponent (train_set, data/train, --train-key, e^k) is left as it is.
-    For messages that name arguments throughout; :func:`named_by_its_flag` renames only the opening one."""
+    For messages that name arguments throughout (:func:`where_named` for those whose prose uses the
+    same words); with ``valued_only``, only the ``name=value`` ones."""
     import re
 
     if not flags:
         return text
     names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
-    pattern = rf"(?<![\w./^-])({names})(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]+))?(?![\w/-]|\.\w)"
+    value = "" if valued_only else "?"
+    pattern = rf"(?<![\w./^-])({names})(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]+)){value}(?![\w/-]|\.\w)"
     return re.sub(pattern, lambda m: flags[m[1]] + ("" if m[2] is None else f" {m[2]}"), text)
 
 
 @contextlib.contextmanager
-def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None):
-    """The library's ValueErrors, OSErrors and warnings inside the block in the command line's
-    words: the argument names ``flags`` maps given as flags (:func:`in_flags`), and with ``source``,
+def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None, *, anywhere: bool = True,
+               errors: bool = True):
+    """The library's ValueErrors, OSErrors (not with ``errors`` False: the block's own are handled
+    by type) and warnings inside the block in the command line's words: the argument names ``flags``
+    maps given as flags, wherever they stand as words (:func:`in_flags`), or with ``anywhere`` False
+    only where they stand as arguments (:func:`where_named`: for names its prose uses too), and with ``source``,
     a ``(flag, value)`` whose value the block reads, a message that does not name that flag led by
     it ("--train t.npy: holds complex64 values", "--train: no such file: t.npy"). The library's
     own messages name its arguments (samples, train, key), which a user of ``kfm`` never typed."""
@@ -105,7 +129,7 @@ def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None):
     from pathlib import Path
 
     def worded(text: str) -> str:
-        text = in_flags(text, flags)
+        text = in_flags(text, flags) if anywhere else where_named(text, flags)
         if source is None:
             return text
         flag, value = source
@@ -134,7 +158,11 @@ def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None):
             warnings.showwarning = show
             yield
     except ValueError as err:
+        if not errors:
+            raise
         raise ValueError(worded(str(err))) from None
     except OSError as err:
+        if not errors:
+            raise
         kind = type(err) if type(err).__module__ == "builtins" else OSError  # FileNotFoundError stays one
         raise kind(worded(str(err))) from None

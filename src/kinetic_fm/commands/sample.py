@@ -23,7 +23,7 @@ import argparse
 
 from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ._types import check_output_path, faiss_for, seed_number, user_path, writing
-from ._flag_names import SettingFlags, flag_words, in_flags, named_by_its_flag
+from ._flag_names import SettingFlags, flag_words, named_by_its_flag
 
 FIELDS = ("gaussian", "point", "mixture")
 EMPIRICAL = "empirical"  # the exact EFM field of the --train items: not built in, it needs them
@@ -32,6 +32,10 @@ DEFAULT_DTYPE = "float32"  # the state x's dtype when --dtype is not typed (ener
 # KTS flags; giving any of them turns shaping on (the others take KTS's defaults)
 _KTS_FLAGS = {"alpha0": "alpha0", "beta0": "beta0", "tau": "tau_split", "launch": "launch",
               "landing": "landing", "k": "k", "renormalize": "renormalize"}
+# kfm.sample's and KTS's argument names -> the flags that set them
+_SAMPLE_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "steps", "solver", "grid", "quadrature", "split", "on_nonfinite", "dtype", "device", "rtol", "atol", "first_step",
+    "max_steps")} | {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}
 # dopri5's step control, each passed to kfm.sample only when given (None: kfm.sample's default)
 _STEP_CONTROL = ("rtol", "atol", "first_step", "max_steps")
 SUMMARY_COLUMNS = ("kpe", "kpe_raw", "early", "late")
@@ -560,11 +564,8 @@ def _shaping(args):
             warnings.filterwarnings("ignore", message="k applies to the exponential", category=UserWarning)
             kts = KTS(**given)
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
-        flags = {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}
-        # the numbers also in the message's tail ("the largest admissible beta0", "with k = 3"); launch and
-        # landing stand there as words of the prose ("for the exponential landing")
-        numbers = {name: flags[name] for name in ("alpha0", "beta0", "tau_split", "k")}
-        raise ValueError(in_flags(str(named_by_its_flag(err, flags)), numbers)) from None
+        # the tail's too ("the largest admissible beta0", "with k = 3"), not the prose's "exponential landing"
+        raise named_by_its_flag(err, _SAMPLE_FLAGS) from None
     if args.k is not None and "exponential" not in (kts.launch, kts.landing):
         # recorded in the run's config, as given, but no form reads it: a sweep over --k would
         # run the same gain under every value without a word
@@ -669,7 +670,7 @@ def _validate(args) -> None:
     if args.split is not None:  # kfm.sample checks it too, but only after the run folder is written
         from ..checks import check_unit_number
 
-        check_unit_number("--split", args.split)
+        check_unit_number("--split", args.split, percent=True)
     if args.figure is not None and Path(args.figure).suffix.lower() != ".png":  # before a whole run is spent
         raise ValueError(f"--figure must end in .png, got {args.figure!r}")
     # before the net loads and the run starts ("[Errno 20] Not a directory" came after both); a
@@ -872,9 +873,10 @@ def _warn_on_batch_change(args, manifest) -> None:
                       "table", stacklevel=2)
 
 
-def _nothing_sampled_hint(flag: str, value) -> str:
-    """What an interruption while ``flag``'s input (``value``) is read says: no sample was computed yet."""
-    return f"while reading {flag} {value}, before any sample was computed: rerun the same command"
+def _nothing_sampled_hint(stage: str) -> str:
+    """What an interruption in ``stage`` ("while reading --train t.npy"), before the run is started,
+    says: no sample was computed yet, and the folder keeps nothing to resume."""
+    return f"{stage}, before any sample was computed: rerun the same command"
 
 
 def _interrupted_run_hint(run_dir, manifest) -> str:
@@ -1086,17 +1088,24 @@ def summary_frame(table, columns=SUMMARY_COLUMNS):
 
 
 def run(args) -> int:
+    import contextlib
+
+    from ..runs.distributed import warnings_of_rank_0
     from ..runs.manifest import ResumeMismatchError
 
     try:
-        return _run(args)
+        # under torchrun every rank reads the same flags and inputs: their warnings are said once, by
+        # rank 0, up to the sampling (_run closes ``setup`` there), whose own come from the rank that meets them
+        with contextlib.ExitStack() as setup:
+            setup.enter_context(warnings_of_rank_0())
+            return _run(args, setup)
     except ResumeMismatchError as err:
         if not err.differences:  # another refusal (ranks started with other settings): as it is
             raise
         raise _resume_refusal_in_flags(err, args.out) from None
 
 
-def _run(args) -> int:
+def _run(args, setup) -> int:
     import contextlib
     import os
     import sys
@@ -1118,21 +1127,23 @@ def _run(args) -> int:
         _refuse_another_kind_of_run(args, stored)
         _refuse_changed_settings_before_reading(args, kts, stored)
         _refuse_other_training_data_before_reading(args, stored)
+    # a Ctrl-C while the ranks meet, the folder is locked, a net is read and hashed, the items load
+    # (50,000 CIFAR-10 images take 15 s), a net moves to its device or makes its trial call leaves no
+    # shard behind; once run_sharded starts, the folder keeps finished shards: its own hint
+    preparing = args.interrupt_hint = _nothing_sampled_hint("while preparing the run")
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
         if lock is not None:
             held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
-        # a Ctrl-C while a net is read and hashed, or the items load (50,000 CIFAR-10 images take 15 s),
-        # leaves no shard behind; from then on the folder keeps finished shards: the --resume hint
         if args.model:
-            args.interrupt_hint = _nothing_sampled_hint("--model", args.model)
+            args.interrupt_hint = _nothing_sampled_hint(f"while reading --model {args.model}")
             target = _model_target(args.model, args.shape, stored)
-            args.interrupt_hint = None
+            args.interrupt_hint = preparing
         elif args.field == EMPIRICAL:
-            args.interrupt_hint = _nothing_sampled_hint("--train", args.train)
+            args.interrupt_hint = _nothing_sampled_hint(f"while reading --train {args.train}")
             target = _empirical_target(args, device, stored)
-            args.interrupt_hint = None
+            args.interrupt_hint = preparing
             if args.resume:
                 _refuse_other_training_data(args, target, stored)
         else:
@@ -1154,8 +1165,11 @@ def _run(args) -> int:
         )
         if world.is_main:
             _warn_on_batch_change(args, stored)  # "holds no run yet" is said by run_sharded, under the lock
+        args.interrupt_hint = None   # the run's own, below
+        setup.close()   # here, not inside flag_words below: two catch_warnings blocks must nest
         try:
-            with writing("--out", args.out):
+            # kfm.sample's warnings (quadrature='left' under dopri5, "a smaller beta0") in the flags' words
+            with writing("--out", args.out), flag_words(_SAMPLE_FLAGS, anywhere=False, errors=False):
                 compute = _shard_sampler(target, kts, args, device, cond, step_bar=args.progress and world.is_main)
                 outcome = run_sharded(args.out, manifest, compute,
                                       resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock,

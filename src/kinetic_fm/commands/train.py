@@ -16,7 +16,7 @@ import argparse
 
 from ..checks import DEVICE_FORMS
 from ._types import check_output_path, seed_number, user_path, writing
-from ._flag_names import SettingFlags, flag_words, named_by_its_flag
+from ._flag_names import SettingFlags, flag_words, named_by_its_flag, where_named
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
              "(PATH a folder or .zip; folder: loads one channel where every image is grey, else RGB). digits: "
@@ -171,10 +171,8 @@ SETTINGS = SettingFlags({
 def _flags_for_settings(text: str) -> str:
     """A resume refusal in the flags' words: "train.lr: saved 0.001, now 0.002" as "--lr: ...",
     "(data_shape, info): data_shape: saved ..." as "(--data/--n): --data/--n: saved ...",
-    "beyond steps=2" as "beyond --steps 2"."""
-    import re
-
-    return re.sub(r"\bbeyond steps=(\d+)", r"beyond --steps \1", SETTINGS.in_listed_words(text))
+    "beyond steps=2" as "beyond --steps 2", "a smaller learning rate (lr)" as "(--lr)"."""
+    return where_named(SETTINGS.in_listed_words(text), _FLAGS)
 
 
 def _why_unlabelled(spec: str) -> str:

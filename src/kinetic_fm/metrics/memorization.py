@@ -161,7 +161,7 @@ def memorization(
             feature counts, fewer than 2 training items (each named). TypeError: ``space`` not
             callable, or returning a tuple or list of tensors rather than one tensor.
     """
-    threshold = inside_unit_interval("threshold", threshold)
+    threshold = inside_unit_interval("threshold", threshold, percent=True)
     bootstrap, seed, confidence = _interval_settings(bootstrap, seed, confidence, interval)
     space_chunk = positive_integer("space_chunk", space_chunk)
     if space is not None and not callable(space):
@@ -245,7 +245,7 @@ def fraction_interval(count: int, n: int, interval: str = "wilson", *, confidenc
 def _interval_settings(bootstrap, seed, confidence, interval: str) -> tuple[int, int, float]:
     """The interval's settings checked (each error names its argument), as (bootstrap, seed, confidence)."""
     bootstrap, seed = check_integer("bootstrap", bootstrap, 0, MAX_BOOTSTRAP), check_integer("seed", seed, 0)
-    confidence = inside_unit_interval("confidence", confidence)
+    confidence = inside_unit_interval("confidence", confidence, percent=True)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     if interval == "bootstrap" and 0 < bootstrap < FEW_BOOTSTRAP:

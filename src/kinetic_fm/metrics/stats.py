@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from ..checks import as_scalar, check_integer, inside_unit_interval, is_real
+from ..checks import as_scalar, check_integer, inside_unit_interval, is_real, percent_hint
 
 __all__ = ["Correlation", "GroupComparison", "spearman", "pearson", "compare_groups"]
 
@@ -188,7 +188,7 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
 
     bootstrap, permutations, seed = (check_integer(name, value, 0) for name, value in (
         ("bootstrap", bootstrap), ("permutations", permutations), ("seed", seed)))
-    confidence = inside_unit_interval("confidence", confidence)
+    confidence = inside_unit_interval("confidence", confidence, percent=True)
     if not (isinstance(ci_method, str) and ci_method in ("auto", "BCa", "percentile", "basic")):
         raise ValueError(f"ci_method must be 'auto', 'BCa', 'percentile' or 'basic', got {ci_method!r}")
     x, y = _pairs(x, y, nan_policy)
@@ -408,7 +408,8 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
 
     quantile = as_scalar(quantile)
     if not (is_real(quantile) and 0.0 < quantile <= 0.5):
-        raise ValueError(f"quantile must be a real number in (0, 0.5], got {quantile!r}")
+        raise ValueError(f"quantile must be a real number in (0, 0.5], got {quantile!r}"
+                         f"{percent_hint(quantile, lambda fraction: fraction <= 0.5)}")
     quantile = float(quantile)
     score, by = _pairs(score, by, nan_policy, names=("score", "by"))
     if by.min() == by.max():

@@ -563,8 +563,8 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     def diverged(step: int, what: str) -> ValueError:
         kept = (f"{out} keeps the resume state of step {saved}" if out is not None and saved
                 else "no resume state was saved")
-        return ValueError(f"training diverged at step {step}: {what}; try a smaller learning rate (lr, kfm train "
-                          f"--lr) or gradient clipping (grad_clip); {kept}")
+        return ValueError(f"training diverged at step {step}: {what}; try a smaller learning rate (lr) or "
+                          f"gradient clipping (grad_clip); {kept}")
 
     n = data.shape[0]
     model.train()

@@ -164,7 +164,7 @@ def sample(
         tau = gain_tau(shaping)
         if split is None:
             split = default_split(shaping)
-        split = check_unit_number("split", split)
+        split = check_unit_number("split", split, percent=True)
 
         if tau is None:   # a KTS, or a gain that declares its τ, hides none
             _warn_about_a_hidden_kts(shaping)

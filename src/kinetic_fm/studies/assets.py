@@ -198,7 +198,7 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes, 
                              f"{cfg.data!r} loads images of shape {tuple(train.shape[1:])}; leave --classifier out "
                              "(a set with labels gets a judge trained here, one without measures FD in its "
                              "pixels' principal directions)")
-        net, kind = load_cifar_resnet_spec(cfg.classifier)          # in eval mode
+        net, kind = load_cifar_resnet_spec(cfg.classifier, name="--classifier")   # in eval mode
         net = net.to(cfg.device)
         acc = None
         if heldout_labels is not None:

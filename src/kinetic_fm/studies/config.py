@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 
 from ..checks import (SEED_LIMIT, SEED_NOTE, as_scalar, check_integer, check_real, check_seed, is_real,
-                      names_the_cpu, optional_integer)
+                      names_the_cpu, optional_integer, percent_hint)
 from ..sampling.tableau import FIXED_STEP
 
 MODES = ("tiny", "quick", "full")
@@ -148,7 +148,8 @@ class SemanticsConfig:
         quantile = as_scalar(self.quantile)
         if not (is_real(quantile) and 0.0 < quantile <= 0.5):
             raise ValueError(f"{name}quantile must be a real number in (0, 0.5] (the share of the samples in "
-                             f"each of the low and high KPE groups), got {self.quantile!r}")
+                             f"each of the low and high KPE groups), got {self.quantile!r}"
+                             f"{percent_hint(quantile, lambda fraction: fraction <= 0.5)}")
         # the group size compare_groups takes: quantile·n rounded half up (n // 2 >= 5 here)
         from ..metrics.stats import group_size
 
