@@ -9,6 +9,7 @@ import functools
 import inspect
 import json
 import re
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -391,3 +392,46 @@ def test_energy_betweens_figures_for_dopri5s_long_steps_are_measured_ones():
     assert 100 * max(samples) == pytest.approx(sample_error, abs=2)
     assert (run.kpe / exact.kpe - 1).abs().max().item() == pytest.approx(kpe_error, rel=0.2)
     assert samples[2] < 1e-3        # "at the early/late split (0.6), where its steps land, it is exact"
+
+
+@functools.cache
+def _point_target_errors(dtype: torch.dtype, solver: str, **options) -> tuple[float, float]:
+    """benchmarks/half_precision_accuracy.py's set-up: PointTarget(y), y ~ N(0, I) in 16 dimensions
+    (seed 0), seeds 0..63 drawn in ``dtype``; every path is a straight line, so KPE = ½‖y − x0‖².
+    Returns the largest relative KPE error and the largest |x1 − y|."""
+    torch.manual_seed(0)
+    y = torch.randn(16)
+    exact = 0.5 * (y.double() - kfm.noise(range(64), (16,), dtype=dtype).double()).pow(2).sum(dim=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                 # the half-precision dopri5 warning, checked below
+        res = kfm.sample(kfm.PointTarget(y), seeds=range(64), shape=(16,), solver=solver, dtype=dtype, **options)
+    return ((res.kpe.double() - exact).abs() / exact).max().item(), (res.x.double() - y.double()).abs().max().item()
+
+
+def test_the_half_precision_dopri5_warnings_figures_are_measured_ones():
+    """The warning of dopri5 on a half-precision state, its docstring and the README quote PointTarget's
+    KPE error (benchmarks/half_precision_accuracy.py): each figure is measured again."""
+    with pytest.warns(UserWarning, match="dopri5 on a torch.bfloat16 state") as caught:
+        kfm.sample(kfm.PointTarget(torch.zeros(2)), seeds=range(2), shape=(2,), solver="dopri5", dtype=torch.bfloat16)
+    message = " ".join(str(w.message) for w in caught)
+    doc = " ".join(inspect.getdoc(kfm.sampling.sample._warn_adaptive_half_precision).split())
+    readme = " ".join(README.split())
+    in_message = re.search(r"16-d PointTarget's KPE up to ([\d.]+) % off in bfloat16", message)
+    in_readme = re.search(r"a 16-d `PointTarget`'s KPE came out up to ([\d.]+) % off in bfloat16", readme)
+    in_doc = re.search(r"the KPE came out up to ([\d.]+) % off in bfloat16 at rtol 1e-5 \(([\d.]+) % at 1e-2\), "
+                       r"its end points up to ([\d.]+) off, and up to ([\d.]+) % off in float16 at rtol 1e-2 "
+                       r"\(([\d.]+) % at 1e-5\), where Euler's 20 steps were within ([\d.]+) %", doc)
+    assert in_message and in_readme and in_doc, "the half-precision dopri5 figures moved; update this test"
+    bf16_default, bf16_loose, end, fp16_loose, fp16_default, euler = map(float, in_doc.groups())
+    assert float(in_message.group(1)) == float(in_readme.group(1)) == bf16_default
+    loose = {"rtol": 1e-2, "atol": 1e-2}
+    bf16_at_default, bf16_end = _point_target_errors(torch.bfloat16, "dopri5")
+    fp16_at_loose, fp16_end = _point_target_errors(torch.float16, "dopri5", **loose)
+    # the largest of 64 half-precision errors: a platform's rounding may move one adaptive step, hence the slack
+    assert 100 * bf16_at_default == pytest.approx(bf16_default, abs=5)
+    assert 100 * _point_target_errors(torch.bfloat16, "dopri5", **loose)[0] == pytest.approx(bf16_loose, abs=5)
+    assert max(bf16_end, fp16_end) == pytest.approx(end, abs=0.02)
+    assert 100 * fp16_at_loose == pytest.approx(fp16_loose, rel=0.3)
+    assert 100 * _point_target_errors(torch.float16, "dopri5")[0] == pytest.approx(fp16_default, rel=0.3)
+    worst_euler = max(_point_target_errors(dtype, "euler", steps=20)[0] for dtype in (torch.float16, torch.bfloat16))
+    assert 100 * worst_euler <= euler
