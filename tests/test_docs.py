@@ -9,6 +9,7 @@ import functools
 import inspect
 import json
 import re
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -391,3 +392,102 @@ def test_energy_betweens_figures_for_dopri5s_long_steps_are_measured_ones():
     assert 100 * max(samples) == pytest.approx(sample_error, abs=2)
     assert (run.kpe / exact.kpe - 1).abs().max().item() == pytest.approx(kpe_error, rel=0.2)
     assert samples[2] < 1e-3        # "at the early/late split (0.6), where its steps land, it is exact"
+
+
+@functools.cache
+def _point_target_errors(dtype: torch.dtype, solver: str, **options) -> tuple[float, float]:
+    """benchmarks/half_precision_accuracy.py's set-up: PointTarget(y), y ~ N(0, I) in 16 dimensions
+    (seed 0), seeds 0..63 drawn in ``dtype``; every path is a straight line, so KPE = ½‖y − x0‖².
+    Returns the largest relative KPE error and the largest |x1 − y|."""
+    torch.manual_seed(0)
+    y = torch.randn(16)
+    exact = 0.5 * (y.double() - kfm.noise(range(64), (16,), dtype=dtype).double()).pow(2).sum(dim=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                 # the half-precision dopri5 warning, checked below
+        res = kfm.sample(kfm.PointTarget(y), seeds=range(64), shape=(16,), solver=solver, dtype=dtype, **options)
+    return ((res.kpe.double() - exact).abs() / exact).max().item(), (res.x.double() - y.double()).abs().max().item()
+
+
+def test_the_half_precision_dopri5_warnings_figures_are_measured_ones():
+    """The warning of dopri5 on a half-precision state, its docstring and the README quote PointTarget's
+    KPE error (benchmarks/half_precision_accuracy.py): each figure is measured again."""
+    with pytest.warns(UserWarning, match="dopri5 on a torch.bfloat16 state") as caught:
+        kfm.sample(kfm.PointTarget(torch.zeros(2)), seeds=range(2), shape=(2,), solver="dopri5", dtype=torch.bfloat16)
+    message = " ".join(str(w.message) for w in caught)
+    doc = " ".join(inspect.getdoc(kfm.sampling.sample._warn_adaptive_half_precision).split())
+    readme = " ".join(README.split())
+    in_message = re.search(r"16-d PointTarget's KPE up to ([\d.]+) % off in bfloat16", message)
+    in_readme = re.search(r"a 16-d `PointTarget`'s KPE came out up to ([\d.]+) % off in bfloat16", readme)
+    in_doc = re.search(r"the KPE came out up to ([\d.]+) % off in bfloat16 at rtol 1e-5 \(([\d.]+) % at 1e-2\), "
+                       r"its end points up to ([\d.]+) off, and up to ([\d.]+) % off in float16 at rtol 1e-2 "
+                       r"\(([\d.]+) % at 1e-5\), where Euler's 20 steps were within ([\d.]+) %", doc)
+    assert in_message and in_readme and in_doc, "the half-precision dopri5 figures moved; update this test"
+    bf16_default, bf16_loose, end, fp16_loose, fp16_default, euler = map(float, in_doc.groups())
+    assert float(in_message.group(1)) == float(in_readme.group(1)) == bf16_default
+    loose = {"rtol": 1e-2, "atol": 1e-2}
+    bf16_at_default, bf16_end = _point_target_errors(torch.bfloat16, "dopri5")
+    fp16_at_loose, fp16_end = _point_target_errors(torch.float16, "dopri5", **loose)
+    # the largest of 64 half-precision errors: a platform's rounding may move one adaptive step, hence the slack
+    assert 100 * bf16_at_default == pytest.approx(bf16_default, abs=5)
+    assert 100 * _point_target_errors(torch.bfloat16, "dopri5", **loose)[0] == pytest.approx(bf16_loose, abs=5)
+    assert max(bf16_end, fp16_end) == pytest.approx(end, abs=0.02)
+    assert 100 * fp16_at_loose == pytest.approx(fp16_loose, rel=0.3)
+    assert 100 * _point_target_errors(torch.float16, "dopri5")[0] == pytest.approx(fp16_default, rel=0.3)
+    worst_euler = max(_point_target_errors(dtype, "euler", steps=20)[0] for dtype in (torch.float16, torch.bfloat16))
+    assert 100 * worst_euler <= euler
+
+
+def test_the_hidden_kts_warnings_figures_are_measured_ones():
+    """_warn_about_a_hidden_kts's docstring: on tests/test_shaping.py's case a function around the KTS
+    "moved rk4's 10-step x by A and dopri5's by B (N–M field evaluations for P–Q), and single samples'
+    early energy by E–F %"."""
+    doc = " ".join(inspect.getdoc(kfm.sampling.sample._warn_about_a_hidden_kts).split())
+    found = re.search(r"moved rk4's 10-step x by ([\d.e-]+) and dopri5's by ([\d.e-]+) \((\d+)–(\d+) field evaluations "
+                      r"for (\d+)–(\d+)\), and single samples' early energy by (\d+)–(\d+) %", doc)
+    assert found, "_warn_about_a_hidden_kts's docstring: the sentence on its figures moved; update this test"
+    rk4_moved, dopri5_moved = float(found[1]), float(found[2])
+    kts = kfm.KTS(alpha0=0.3, beta0=0.02, tau_split=0.5, launch="constant", landing="constant")  # its HIDDEN
+    x0 = kfm.noise(range(4), (3,), dtype=torch.float64)
+    velocity = lambda x, t: torch.cos(3 * t)[:, None] - x                                  # noqa: E731
+    early_moved = []
+    for solver, settings, moved in (("rk4", {"steps": 10}, rk4_moved), ("dopri5", {}, dopri5_moved)):
+        declared = kfm.sample(velocity, x0, solver=solver, shaping=kts, **settings)
+        with pytest.warns(UserWarning, match="around a KTS"):
+            hidden = kfm.sample(velocity, x0, solver=solver, shaping=lambda t: kts(t), **settings)
+        assert (hidden.x - declared.x).abs().max().item() == pytest.approx(moved, rel=0.1), solver
+        early_moved.append((hidden.early / declared.early - 1).abs())
+        if solver == "dopri5":
+            assert (hidden.nfe.min().item(), hidden.nfe.max().item()) == (int(found[3]), int(found[4]))
+            assert (declared.nfe.min().item(), declared.nfe.max().item()) == (int(found[5]), int(found[6]))
+    early_moved = 100 * torch.cat(early_moved)
+    assert (round(early_moved.min().item()), round(early_moved.max().item())) == (int(found[7]), int(found[8]))
+
+
+def test_the_infinite_energy_warnings_figures_are_measured_ones():
+    """_warn_about_infinite_energy's docstring: with β0 = 0.03 "a PointTarget's KPE read A at 100 steps
+    and B at 10,000" (tests/test_sample.py's case: y = (2, 2), seed 0's noise, Euler steps)."""
+    doc = " ".join(inspect.getdoc(kfm.sampling.sample._warn_about_infinite_energy).split())
+    found = re.search(r"PointTarget's KPE read ([\d.]+) at 100 steps and ([\d.]+) at 10,000", doc)
+    assert found, "_warn_about_infinite_energy's docstring: the sentence on its figures moved; update this test"
+    field = kfm.PointTarget(torch.full((2,), 2.0, dtype=torch.float64))
+    x0 = kfm.noise([0], (2,), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                 # the warning itself; its figures are checked here
+        for steps, stated in ((100, found[1]), (10_000, found[2])):
+            kpe = kfm.sample(field, x0, steps=steps, shaping=kfm.KTS(alpha0=0.0, beta0=0.03)).kpe.item()
+            assert f"{kpe:.{len(stated.split('.')[1])}f}" == stated, steps
+
+
+def test_the_state_resolution_warnings_figure_is_a_measured_one():
+    """_check_state_resolution's docstring: "bfloat16 at 1000 steps ended N % of the way to the data"
+    (tests/test_sample.py's case: Euler to N(2, 0.5²), 256 samples in 2-d): the mean's share of the way
+    from the noise's mean to 2."""
+    doc = " ".join(inspect.getdoc(kfm.sampling.sample._check_state_resolution).split())
+    found = re.search(r"bfloat16 at 1000 (?:Euler )?steps .*?ended (\d+) % of the way to the data", doc)
+    assert found, "_check_state_resolution's docstring: the sentence on its figure moved; update this test"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                 # the warning itself; its figure is checked here
+        res = kfm.sample(kfm.GaussianTarget(2.0, 0.5), seeds=range(256), shape=(2,), steps=1000, dtype=torch.bfloat16)
+    start = kfm.noise(range(256), (2,), dtype=torch.bfloat16).double().mean().item()
+    share = (res.x.double().mean().item() - start) / (2.0 - start)
+    assert 100 * share == pytest.approx(int(found[1]), abs=2)

@@ -298,6 +298,29 @@ def test_the_flag_walk_reaches_every_command():
     assert _RANGE_WORDS.search("in [0, 1)") and _RANGE_WORDS.search(">= 1") and not _RANGE_WORDS.search("(default 3)")
 
 
+def _one_of_a_choice(action) -> bool:
+    """A flag that stores a constant where another flag's constant is the default (`kfm reproduce
+    --full` beside --quick): the default is stated once, on that other flag."""
+    import argparse
+
+    def stores_a_constant(other):
+        return type(other) is argparse._StoreConstAction and other.dest == action.dest
+
+    return stores_a_constant(action) and action.const != action.default and any(
+        stores_a_constant(other) and other.const == action.default for other in action.container._actions)
+
+
+def test_a_choice_among_flags_states_its_default_once_on_the_default_flag():
+    # --full and --tiny each ended "(default quick; sizes between --tiny and --full)", which reads oddly there
+    choices = [(command, flag, action) for command, flag, action in _flag_actions() if _one_of_a_choice(action)]
+    assert {flag for _, flag, _ in choices} >= {"--full", "--tiny"}
+    for command, flag, action in choices:
+        assert "default" not in action.help, f"kfm {command} {flag}: the default belongs on its own flag"
+        default_flag = next(other for other in action.container._actions
+                            if other.dest == action.dest and other.const == action.default)
+        assert "(default)" in default_flag.help, f"kfm {command} {default_flag.option_strings[0]}"
+
+
 def test_every_flag_states_its_default_and_range_or_choices():
     import argparse
 
@@ -307,7 +330,7 @@ def test_every_flag_states_its_default_and_range_or_choices():
         if not help_text.strip() or help_text == argparse.SUPPRESS:
             gaps.append(f"kfm {command} {flag}: no help")
             continue
-        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or _one_of_a_choice(action)
         if action.option_strings and not action.required and not switch and not _DEFAULT_WORDS.search(help_text):
             gaps.append(f"kfm {command} {flag}: no default stated")
         if _numeric(action) and not _RANGE_WORDS.search(help_text):

@@ -23,11 +23,10 @@ def register(subparsers) -> None:
                    help="digits (embedded, default) | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
                         "(folder: loads one channel where every image is grey, else RGB)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", dest="mode", action="store_const", const="quick", help="minutes on a laptop CPU (default)")
-    size.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="paper-like sample sizes (default quick; sizes between --tiny and --full)")
-    size.add_argument("--tiny", dest="mode", action="store_const", const="tiny",
-                      help="seconds; a smoke test (default quick; sizes between --tiny and --full)")
+    size.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                      help="minutes on a laptop CPU; sizes between --tiny's and --full's (default)")
+    size.add_argument("--full", dest="mode", action="store_const", const="full", help="paper-like sample sizes")
+    size.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="seconds; a smoke test")
     p.set_defaults(mode="quick")
     p.add_argument("--out", required=True, type=user_path, help="output folder (created; re-use it to resume)")
     p.add_argument("--studies", default="semantics,support,memorization,shaping",

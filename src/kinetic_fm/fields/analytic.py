@@ -179,7 +179,7 @@ class PointTarget:
         tc = _time_column(t, x).to(x.dtype)
         _check_sample_shape("point", self.point, x)
         # in half precision x sits an ulp (~1e-3) off the point at best: below that resolution
-        # (y − x)/eps only amplifies rounding (dopri5's KPE read up to 4× the closed form)
+        # (y − x)/eps only amplifies rounding (dopri5's KPE read 0.26–4.9× the closed form on 4 float16 samples)
         gap = max(self.eps, torch.finfo(x.dtype).eps)
         return (self._placed("point", self.point, x.device, x.dtype) - x) / (1 - tc).clamp_min(gap)
 

@@ -269,7 +269,7 @@ def _check_state_resolution(grid: torch.Tensor, dtype: torch.dtype) -> None:
     """Warn when a half-precision state (float16, bfloat16) is stepped finer than it resolves:
     a step moves x by about h·|v| ~ |x|·h, and with the grid's median step h below two ulps of 1
     (more than 64 uniform bfloat16 steps, 512 float16) updates round away and the samples drift
-    or stall (bfloat16 at 1000 steps ended 57 % of the way to the data, silently; its grid times
+    or stall (bfloat16 at 1000 steps ended 47 % of the way to the data, silently; its grid times
     collide too). The median, not the smallest step: a cosine grid's short end steps are harmless.
     Wider states are left alone."""
     if torch.finfo(dtype).bits > 16:
@@ -288,15 +288,16 @@ def _warn_adaptive_half_precision(dtype: torch.dtype) -> None:
     """Warn when dopri5 integrates a half-precision state (float16, bfloat16): its stage times
     round to the state's dtype, so times near 1 collapse onto 1 (bfloat16 reads every time above
     1 − 2**-9 as 1), where a field singular at t = 1 is clamped at eps; and its error estimates,
-    differences of rounded stages, cannot meet a tolerance finer than the rounding. PointTarget's
-    KPE came out up to 57 % off in bfloat16 (at rtol 1e-5 as at 1e-2) and 112 % in float16 at rtol
-    1e-2 (0.9 % at 1e-5), its end points 0.1 off, where Euler's 20 steps were within 1.2 %."""
+    differences of rounded stages, cannot meet a tolerance finer than the rounding. On a 16-d
+    PointTarget over 64 samples (benchmarks/half_precision_accuracy.py) the KPE came out up to 50 %
+    off in bfloat16 at rtol 1e-5 (31 % at 1e-2), its end points up to 0.12 off, and up to 6 % off in
+    float16 at rtol 1e-2 (0.4 % at 1e-5), where Euler's 20 steps were within 1.2 %."""
     if torch.finfo(dtype).bits > 16:
         return
     warnings.warn(
         f"dopri5 on a {dtype} state: its stage times round to {dtype} (times near 1 read as 1) and its "
         "error control cannot see below the state's rounding, so energies and end points can be far off "
-        "(PointTarget's KPE up to 57 % in bfloat16); keep x0 in float32 and lower the precision inside the "
+        "(a 16-d PointTarget's KPE up to 50 % off in bfloat16); keep x0 in float32 and lower the precision inside the "
         "velocity call (README: 'A network in reduced precision'), or use a fixed-step solver",
         stacklevel=caller_outside_the_package())
 
@@ -325,10 +326,11 @@ def _warn_about_a_hidden_kts(shaping) -> None:
     """Warn when the gain is a function around a KTS (``lambda t: kts(t)``, a partial, a bound
     method such as ``kts.unchecked``, a callable object whose ``self.kts`` is one; see
     :func:`held_inside`) that does not declare its ``tau_split``: the solvers see a
-    smooth callable, so steps no longer treat τ as η's kink and the split defaults to 0.6. On a
-    τ = 0.5 constant-form gain that moved rk4's 10-step x by 6e-3 and dopri5's by 8e-4 (86–98 field
-    evaluations for 32), and the early energy by 8–10 %, without a word. Called for a gain that
-    declares no τ (``gain_tau`` None)."""
+    smooth callable, so steps no longer treat τ as η's kink and the split defaults to 0.6. On
+    tests/test_shaping.py's case (a τ = 0.5 constant-form gain, v = cos 3t − x, 4 samples in 3-d)
+    that moved rk4's 10-step x by 3.4e-3 and dopri5's by 9.4e-4 (62–80 field evaluations for 32–38),
+    and single samples' early energy by 3–19 %, without a word. Called for a gain that declares no
+    τ (``gain_tau`` None)."""
     if shaping is None:
         return
     kts = held_inside(shaping, KTS)
@@ -342,8 +344,8 @@ def _warn_about_a_hidden_kts(shaping) -> None:
 
 def _warn_about_infinite_energy(velocity, shaping) -> None:
     """Warn when a field singular at t = 1 runs under a KTS gain with η(1) ≤ ½, where its energy is
-    infinite: with β0 = 0.03 (η(1) = 0.43) a PointTarget's KPE read 2.66 at 100 steps and 3.27 at
-    100,000, still growing. Another gain is not called at t = 1, which no solver asks of it on
+    infinite: with β0 = 0.03 (η(1) = 0.43) a PointTarget's KPE read 2.65 at 100 steps and 2.99 at
+    10,000, still growing. Another gain is not called at t = 1, which no solver asks of it on
     such a field (it may not be defined there)."""
     if not isinstance(shaping, KTS) or not declares_singular_at_one(velocity):
         return
