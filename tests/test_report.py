@@ -746,6 +746,18 @@ def test_plot_energy_profile_draws_the_results_profiles(profiled_runs, tmp_path)
         figure.save(tmp_path / "profile.pdf")
 
 
+def test_plot_energy_profile_names_eta_only_where_a_gain_acts(profiled_runs, monkeypatch):
+    # the axis read ½η²‖v‖² for plain FM too: a SampleResult did not say whether a gain acted
+    import kinetic_fm as kfm
+
+    assert (profiled_runs["plain FM"].shaped, profiled_runs["KTS"].shaped) == (False, True)
+    drawn = _drawn_axes(monkeypatch)
+    for runs, label in ((profiled_runs["plain FM"], F.PLAIN_POWER_LABEL), (profiled_runs["KTS"], F.POWER_LABEL),
+                        ({k: profiled_runs[k] for k in ("plain FM", "KTS")}, F.POWER_LABEL)):
+        kfm.plot_energy_profile(runs)
+        assert [ax["ylabel"] for ax in drawn["energy_profile"]] == [label]
+
+
 def test_plot_energy_profile_puts_dopri5_runs_on_shared_steps():
     import kinetic_fm as kfm
 
@@ -759,7 +771,7 @@ def test_plot_energy_profile_puts_dopri5_runs_on_shared_steps():
     power = increments / np.diff(times)
     np.testing.assert_allclose(power, np.repeat(adaptive.kpe.numpy()[:, None], 100, axis=1), rtol=1e-9)
     figure = kfm.plot_energy_profile({"ode": adaptive})
-    assert figure.png == F.energy_profile_figure("energy_profile", "", {"ode": (times, increments)}).png
+    assert figure.png == F.energy_profile_figure("energy_profile", "", {"ode": (times, increments)}, shaped=False).png
 
 
 def test_plot_energy_profile_says_what_is_missing(profiled_runs):

@@ -263,7 +263,8 @@ def _draw_power(ax, profiles: dict[str, tuple[Any, Any]], *, log_y: bool, title:
 
 def plot_energy_profile(results: Any, *, log_y: bool = False, title: str = "",
                         name: str = "energy_profile", caption: str = "") -> Figure:
-    """Kinetic power ½η²‖v‖² over t of ``kfm.sample`` results: mean and 10–90 % band per run.
+    """Kinetic power ½η²‖v‖² over t of ``kfm.sample`` results: mean and 10–90 % band per run. The axis
+    names η only where a gain acted on some run (``SampleResult.shaped``), else it reads ½‖v‖².
 
     Args:
         results: a :class:`~kinetic_fm.SampleResult` sampled with ``profile=True``, or a dict
@@ -292,7 +293,8 @@ def plot_energy_profile(results: Any, *, log_y: bool = False, title: str = "",
         if times.dim() != 1:  # dopri5: each sample on its own steps
             times, increments = _on_shared_grid(_array(times, name="times"), _array(increments, name="profile"), 100)
         profiles[str(label)] = (times, increments)
-    return energy_profile_figure(name, caption, profiles, log_y=log_y, title=title)
+    return energy_profile_figure(name, caption, profiles, log_y=log_y, title=title,
+                                 shaped=any(result.shaped for result in runs.values()))
 
 
 def histogram_figure(name: str, caption: str, values: dict[str, Any], *, xlabel: str,
