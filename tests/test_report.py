@@ -378,6 +378,27 @@ def test_memorization_figure_with_and_without_images():
             F.memorization_figure("mem", "c", report, samples, train, seeds=seeds)
 
 
+def test_memorization_figure_names_the_pairs_by_seed_where_the_table_holds_no_rows(monkeypatch):
+    # the memorizer study's figures read "sample i" beside a table keyed by seed, with no sample column
+    import torch
+
+    ticks, render = [], F._render
+    monkeypatch.setattr(F, "_render", lambda fig, *args: (ticks.append([t.get_text() for t in fig.axes[1]
+                                                                         .get_xticklabels()]), render(fig, *args))[1])
+    g = torch.Generator().manual_seed(5)
+    train = torch.rand(12, 1, 6, 6, generator=g) * 2 - 1
+    samples = torch.cat([torch.rand(5, 1, 6, 6, generator=g) * 2 - 1, train[[7, 2]] + 0.01])
+    report = _audit(samples, train)
+    table = pd.DataFrame({"seed": np.arange(500, 507), "gap_ratio": report.ratio.numpy()})  # as a study keeps it
+    F.memorization_figure("mem", "c", report, samples, train, pairs=3, seeds=table["seed"], sample_rows=False)
+    shown = table.sort_values("gap_ratio", kind="stable").head(3)
+    want = [f"{row.gap_ratio:.2f}\nseed {row.seed}\nnearest {int(report.nearest[row.Index])}"
+            for row in shown.itertuples()]
+    assert ticks == [want] and sorted(int(report.nearest[i]) for i in shown.index[:2]) == [2, 7]   # the copies
+    with pytest.raises(ValueError, match="sample_rows=False names each sample by its seed: give seeds"):
+        F.memorization_figure("mem", "c", report, samples, train, sample_rows=False)
+
+
 def test_memorization_histogram_counts_samples_in_whole_numbers(monkeypatch):
     # one or two audited samples: the y axis ("samples") read 0.0, 0.2, ..., 1.0
     import torch
