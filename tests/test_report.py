@@ -378,6 +378,27 @@ def test_memorization_figure_with_and_without_images():
             F.memorization_figure("mem", "c", report, samples, train, seeds=seeds)
 
 
+def test_memorization_figure_names_the_pairs_by_seed_where_the_table_holds_no_rows(monkeypatch):
+    # the memorizer study's figures read "sample i" beside a table keyed by seed, with no sample column
+    import torch
+
+    ticks, render = [], F._render
+    monkeypatch.setattr(F, "_render", lambda fig, *args: (ticks.append([t.get_text() for t in fig.axes[1]
+                                                                         .get_xticklabels()]), render(fig, *args))[1])
+    g = torch.Generator().manual_seed(5)
+    train = torch.rand(12, 1, 6, 6, generator=g) * 2 - 1
+    samples = torch.cat([torch.rand(5, 1, 6, 6, generator=g) * 2 - 1, train[[7, 2]] + 0.01])
+    report = _audit(samples, train)
+    table = pd.DataFrame({"seed": np.arange(500, 507), "gap_ratio": report.ratio.numpy()})  # as a study keeps it
+    F.memorization_figure("mem", "c", report, samples, train, pairs=3, seeds=table["seed"], sample_rows=False)
+    shown = table.sort_values("gap_ratio", kind="stable").head(3)
+    want = [f"{row.gap_ratio:.2f}\nseed {row.seed}\nnearest {int(report.nearest[row.Index])}"
+            for row in shown.itertuples()]
+    assert ticks == [want] and sorted(int(report.nearest[i]) for i in shown.index[:2]) == [2, 7]   # the copies
+    with pytest.raises(ValueError, match="sample_rows=False names each sample by its seed: give seeds"):
+        F.memorization_figure("mem", "c", report, samples, train, sample_rows=False)
+
+
 def test_memorization_histogram_counts_samples_in_whole_numbers(monkeypatch):
     # one or two audited samples: the y axis ("samples") read 0.0, 0.2, ..., 1.0
     import torch
@@ -746,6 +767,18 @@ def test_plot_energy_profile_draws_the_results_profiles(profiled_runs, tmp_path)
         figure.save(tmp_path / "profile.pdf")
 
 
+def test_plot_energy_profile_names_eta_only_where_a_gain_acts(profiled_runs, monkeypatch):
+    # the axis read ½η²‖v‖² for plain FM too: a SampleResult did not say whether a gain acted
+    import kinetic_fm as kfm
+
+    assert (profiled_runs["plain FM"].shaped, profiled_runs["KTS"].shaped) == (False, True)
+    drawn = _drawn_axes(monkeypatch)
+    for runs, label in ((profiled_runs["plain FM"], F.PLAIN_POWER_LABEL), (profiled_runs["KTS"], F.POWER_LABEL),
+                        ({k: profiled_runs[k] for k in ("plain FM", "KTS")}, F.POWER_LABEL)):
+        kfm.plot_energy_profile(runs)
+        assert [ax["ylabel"] for ax in drawn["energy_profile"]] == [label]
+
+
 def test_plot_energy_profile_puts_dopri5_runs_on_shared_steps():
     import kinetic_fm as kfm
 
@@ -759,7 +792,7 @@ def test_plot_energy_profile_puts_dopri5_runs_on_shared_steps():
     power = increments / np.diff(times)
     np.testing.assert_allclose(power, np.repeat(adaptive.kpe.numpy()[:, None], 100, axis=1), rtol=1e-9)
     figure = kfm.plot_energy_profile({"ode": adaptive})
-    assert figure.png == F.energy_profile_figure("energy_profile", "", {"ode": (times, increments)}).png
+    assert figure.png == F.energy_profile_figure("energy_profile", "", {"ode": (times, increments)}, shaped=False).png
 
 
 def test_plot_energy_profile_says_what_is_missing(profiled_runs):

@@ -1123,6 +1123,15 @@ def test_seeds_path_records_seeds_in_the_frame():
 
 
 
+@pytest.mark.parametrize("solver", ["euler", "dopri5"])
+def test_the_result_records_whether_a_gain_acted(solver):
+    # figures name η only where a gain acts, and read it here; the per-sample table keeps its columns
+    x0 = torch.zeros(2, 2)
+    for shaping, shaped in ((None, False), (kfm.KTS(), True), (lambda t: 1.5 + 0 * t, True)):
+        res = kfm.sample(GaussianTarget(), x0, solver=solver, shaping=shaping)
+        assert res.shaped is shaped and "shaped" not in res.columns()
+
+
 @pytest.mark.parametrize("solver", ["heun", "dopri5"])
 def test_the_frame_columns_are_the_results_fields_in_the_documented_order_and_dtypes(solver):
     # under a gain kpe and kpe_raw differ, so a column that read the wrong field would show

@@ -366,7 +366,8 @@ _QUIET_OUT: list[str] = []
 def _axes_summary(ax) -> dict:
     return {"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "xscale": ax.get_xscale(),
             "yscale": ax.get_yscale(), "image": bool(ax.images), "x_shown": ax.xaxis.get_visible(),
-            "lines": [line.get_label() for line in ax.get_lines()]}
+            "lines": [line.get_label() for line in ax.get_lines()],
+            "xticks": [label.get_text() for label in ax.get_xticklabels()]}
 
 
 @pytest.fixture(scope="module")
@@ -966,6 +967,22 @@ def test_memorizer_copies_figure_names_the_space_and_the_clamp(tiny_report):
     images = load_dataset("digits").images
     low, high = float(images.min()), float(images.max())
     assert _TITLES["memorizer_copies"] == f"audited in pixels; samples clamped to [{low:g}, {high:g}]"
+
+
+def test_memorizer_copies_figures_name_each_pair_by_a_row_of_the_final_table(tiny_report):
+    """Each shown pair's seed finds its row in memorizer_final, keyed by seed, whose ratio the label gives;
+    the figures said "sample i", a row position that table has no column for."""
+    out, _, _ = tiny_report
+    final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet").set_index("seed")
+    assert "sample" not in final.columns
+    for name, column in (("memorizer_copies", "gap_ratio"),
+                         ("memorizer_copies_span", "gap_ratio_pixels-PCA15_unclamped")):
+        labels = [label.split("\n") for label in _DRAWN[name][1]["xticks"]]
+        assert labels and all(len(lines) == 3 and lines[1].startswith("seed ") for lines in labels)
+        seeds = [int(lines[1].removeprefix("seed ")) for lines in labels]
+        assert seeds == final[column].sort_values(kind="stable").index[:len(seeds)].tolist()
+        assert [lines[0] for lines in labels] == [f"{final.at[seed, column]:.2f}" for seed in seeds]
+        assert "the sample's seed," in _DRAWN[name][1]["xlabel"]
 
 
 def test_memorizer_span_audit_reports_its_false_positive_rate_on_held_out_images(tiny_report, tmp_path):

@@ -45,6 +45,8 @@ class SampleResult:
               −1 if none.
     solver, quadrature: as passed to ``kfm.sample``; split: the τ used for early/late.
     seeds:    the B seeds x0 was drawn from, or None when x0 was given.
+    shaped:   whether a gain η acted (``kfm.sample``'s ``shaping`` was given); False means η = 1, and
+              figures then name ½‖v‖² rather than ½η²‖v‖².
     """
 
     x: torch.Tensor
@@ -64,6 +66,7 @@ class SampleResult:
     quadrature: str
     split: float
     seeds: tuple[int, ...] | None = field(default=None)
+    shaped: bool = False
 
     def __len__(self) -> int:
         return self.x.shape[0]

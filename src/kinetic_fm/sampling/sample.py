@@ -230,6 +230,7 @@ def sample(
             quadrature=quadrature,
             split=float(split),
             seeds=seed_tuple,
+            shaped=shaping is not None,
         )
 
 

@@ -263,7 +263,8 @@ def _draw_power(ax, profiles: dict[str, tuple[Any, Any]], *, log_y: bool, title:
 
 def plot_energy_profile(results: Any, *, log_y: bool = False, title: str = "",
                         name: str = "energy_profile", caption: str = "") -> Figure:
-    """Kinetic power ½η²‖v‖² over t of ``kfm.sample`` results: mean and 10–90 % band per run.
+    """Kinetic power ½η²‖v‖² over t of ``kfm.sample`` results: mean and 10–90 % band per run. The axis
+    names η only where a gain acted on some run (``SampleResult.shaped``), else it reads ½‖v‖².
 
     Args:
         results: a :class:`~kinetic_fm.SampleResult` sampled with ``profile=True``, or a dict
@@ -292,7 +293,8 @@ def plot_energy_profile(results: Any, *, log_y: bool = False, title: str = "",
         if times.dim() != 1:  # dopri5: each sample on its own steps
             times, increments = _on_shared_grid(_array(times, name="times"), _array(increments, name="profile"), 100)
         profiles[str(label)] = (times, increments)
-    return energy_profile_figure(name, caption, profiles, log_y=log_y, title=title)
+    return energy_profile_figure(name, caption, profiles, log_y=log_y, title=title,
+                                 shaped=any(result.shaped for result in runs.values()))
 
 
 def histogram_figure(name: str, caption: str, values: dict[str, Any], *, xlabel: str,
@@ -755,7 +757,8 @@ def _lines(ax, xs: np.ndarray, ys: dict[str, Any], bands: dict[str, tuple[Any, A
 
 
 def memorization_figure(name: str, caption: str, report: "MemorizationReport", samples: Any = None,
-                        train: Any = None, *, pairs: int = 8, title: str = "", seeds: Any = None) -> Figure:
+                        train: Any = None, *, pairs: int = 8, title: str = "", seeds: Any = None,
+                        sample_rows: bool = True) -> Figure:
     """The gap-ratio audit at a glance.
 
     Left: the distribution of d1/d2 on [0, 1], the threshold dashed, the memorized part shaded,
@@ -766,7 +769,9 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
     column labelled with its ratio, the sample's row ("sample", as ``report.to_frame()`` and
     ``kfm memorization --out`` name it), its seed when ``seeds`` ((B,) integers, e.g. a kfm sample
     run's) are given, and the nearest training item's row ("nearest"), so a reader finds each pair
-    in the table. Pixels are shown as uint8 (0–255), [-1, 1] or [0, 1] data,
+    in the table. ``sample_rows=False`` leaves the sample's row out, for a table keyed by seed with no
+    row column (the studies' ``memorizer_final``); it needs ``seeds``. Pixels are shown as uint8 (0–255),
+    [-1, 1] or [0, 1] data,
     judged from the training items' range (any other range is stretched to fit it); the samples
     are drawn on the same scale, clipped where they overshoot it. ``pairs`` is a positive integer
     (a NumPy integer or 0-d tensor too).
@@ -779,6 +784,8 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
         if seeds.shape != ratio.shape or not np.issubdtype(seeds.dtype, np.integer):
             raise ValueError(f"seeds must hold one integer per audited sample ({ratio.size}), got "
                              f"{seeds.size} of dtype {seeds.dtype}")
+    elif not sample_rows:
+        raise ValueError("sample_rows=False names each sample by its seed: give seeds, one per audited sample")
     shown = closest_pairs(report, samples, train, pairs) if samples is not None and train is not None else None
     wide = shown is not None
     mosaic_width = max(3.4, 0.9 * shown.samples.shape[0]) if wide else 0.0
@@ -810,11 +817,12 @@ def memorization_figure(name: str, caption: str, report: "MemorizationReport", s
         _show_mosaic(ax, _mosaic(np.concatenate([images, nearest]), columns=images.shape[0]))
         width = images.shape[3] + 1
         ax.set_xticks([1 + q * width + images.shape[3] / 2 - 0.5 for q in range(images.shape[0])])
-        ax.set_xticklabels(["\n".join([f"{r:.2f}", f"sample {i}", *([f"seed {seeds[i]}"] if seeds is not None else []),
-                                        f"nearest {j}"])
+        ax.set_xticklabels(["\n".join([f"{r:.2f}", *([f"sample {i}"] if sample_rows else []),
+                                        *([f"seed {seeds[i]}"] if seeds is not None else []), f"nearest {j}"])
                             for r, i, j in zip(shown.ratios, shown.rows, shown.nearest_rows)], fontsize=7)
-        ax.set_xlabel("gap ratio d1/d2, the sample's row" + (" and seed" if seeds is not None else "")
-                      + ", its nearest training item's row", fontsize=8)
+        named = [*(["row"] if sample_rows else []), *(["seed"] if seeds is not None else [])]
+        ax.set_xlabel(f"gap ratio d1/d2, the sample's {' and '.join(named)}, its nearest training item's row",
+                      fontsize=8)
         ax.set_yticks([1 + images.shape[2] / 2, 2 + images.shape[2] * 1.5])
         ax.set_yticklabels(["sample", "nearest\ntraining"], fontsize=9)
         ax.tick_params(length=0)

@@ -636,13 +636,14 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                                 "beside their nearest training image." + display_note(assets), audit,
                                 for_display(x, assets), for_display(assets.memorizer_train, assets),
                                 title=f"audited in pixels; samples clamped to {clamp_text(assets)}",
-                                seeds=run["seeds"]),
+                                seeds=run["seeds"], sample_rows=False),
             memorization_figure("memorizer_copies_span", f"The same final-checkpoint samples audited in the "
                                 f"{principal.k} principal directions of the memorizing net's training images "
                                 "(context, read by no claim), unclamped, with their nearest training images: "
                                 "copies under pixel noise would show here." + display_note(assets), spanned,
                                 for_display(run["x"], assets), for_display(assets.memorizer_train, assets),
-                                title=f"audited in {principal.name}; samples as drawn", seeds=run["seeds"]),
+                                title=f"audited in {principal.name}; samples as drawn", seeds=run["seeds"],
+                                sample_rows=False),
         ],
     )
     return section, claim
