@@ -177,7 +177,7 @@ def intervals(stat: str, x: np.ndarray, y: np.ndarray, index: np.ndarray) -> dic
 
 def run(args: argparse.Namespace) -> None:
     print(f"# {args.repeats} data sets per cell, B = {args.bootstrap}, 95 % intervals, seed {args.seed}")
-    print(f"# coverage % (± binomial se); "value" is the population correlation{'; median width after /' if args.widths else ''}")
+    print(f"# coverage % (± binomial se); value: the population correlation{'; median width after /' if args.widths else ''}")
     header = f"{'stat':9s} {'case':10s} {'n':>4s} {'value':>7s} " + " ".join(f"{m:>14s}" for m in METHODS)
     print(header)
     for stat in STATISTICS:
