@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 from scipy.special import ndtr, ndtri
-from scipy.stats import rankdata, t as student_t
+from scipy.stats import rankdata
 
 from kinetic_fm.metrics.stats import _ranks_of_codes
 
@@ -177,7 +177,8 @@ def intervals(stat: str, x: np.ndarray, y: np.ndarray, index: np.ndarray) -> dic
 
 def run(args: argparse.Namespace) -> None:
     print(f"# {args.repeats} data sets per cell, B = {args.bootstrap}, 95 % intervals, seed {args.seed}")
-    print(f"# coverage % (± binomial se); value: the population correlation{'; median width after /' if args.widths else ''}")
+    widths = "; median width after /" if args.widths else ""
+    print(f"# coverage % (± binomial se); value: the population correlation{widths}")
     header = f"{'stat':9s} {'case':10s} {'n':>4s} {'value':>7s} " + " ".join(f"{m:>14s}" for m in METHODS)
     print(header)
     for stat in STATISTICS:
