@@ -934,3 +934,20 @@ def test_under_torchrun_the_setup_warnings_come_from_rank_0_alone(tmp_path, caps
         assert ("--k applies to the exponential launch or landing only" in err) == (rank == 0), err
         assert "interrupted: while preparing the run" in err     # what stops a rank still comes from each
     assert warnings.filters == filters   # the other ranks' silence ends with the command
+
+
+def test_a_subset_names_its_flags_where_they_are_arguments_not_in_prose(tmp_path):
+    # --train-n and --train-seed replaced "n" and "seed" wherever they stood as words: a table's
+    # warning "a label or seed column among them" read "a label or --train-seed column"
+    from kinetic_fm.commands._rows import load_rows
+
+    path = tmp_path / "table.parquet"
+    pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0], "name": list("wxyz")}).to_parquet(path)
+    with pytest.warns(UserWarning) as caught:
+        rows, _, _, _ = load_rows("--train", str(path), None, False, specs=True, n=2, seed=1)
+    assert rows.shape == (2, 2)
+    text = " ".join(str(w.message) for w in caught)
+    assert "a label or seed column among them counts as a feature: name one column with --train-key" in text
+    assert "--train-seed" not in text and "--train-n" not in text
+    with pytest.raises(ValueError, match=r"^--train-n must be an integer in \[1, 4\] \(the available items\), got 9"):
+        load_rows("--train", str(path), None, False, specs=True, n=9, seed=1)
