@@ -196,6 +196,13 @@ class _Adapter:
         restart (``kfm.sample`` refuses it up front); passed through."""
         return declares(self.inner, "track_parts")
 
+    @property
+    def calls_model_by_name(self) -> bool:
+        """Whether the net inside is called by name, ``model(x=x, t=t, ...)`` (a ``ModelXT`` from
+        ``from_model_wrapper`` for a signature naming x and t), so that its parameters' order cannot be
+        what failed (``kfm.sample``'s hints say so); passed through."""
+        return declares(self.inner, "calls_model_by_name")
+
     def start_run(self) -> None:
         """Passed through to the wrapped field, which may keep per-run state (``kfm.sample`` calls
         it before a run: a ``PosteriorRecorder`` inside refuses a second run over its first)."""
@@ -296,6 +303,10 @@ class ModelXT(_Adapter):
         (None: it has none); else by position."""
         self._convention = (functools.partial(_by_name, extra_names=extra_names, positional_order=positional_order)
                             if by_name else _as_is)
+
+    @property
+    def calls_model_by_name(self) -> bool:
+        return self._convention is not _as_is or super().calls_model_by_name
 
     def _take_extras(self, per_sample: Iterable[str] | None, extras: dict[str, Any]) -> None:
         """Check ``per_sample`` against ``extras`` and hold both (also for extras named ``time`` or
