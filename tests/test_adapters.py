@@ -961,3 +961,36 @@ def test_a_dit_style_reversed_integer_clock_has_one_order_and_scale_and_the_othe
     with pytest.raises(ValueError, match=r"DiscreteTime around ReversedTime .* ReversedTime\(DiscreteTime\(net, "
                                          r"num_timesteps\), timestep_scale=1\)"):
         kfm.DiscreteTime(kfm.ModelXT(kfm.ReversedTime(dit)), num_timesteps=1000)
+
+
+class _NetXTY(torch.nn.Module):
+    def forward(self, x, t, y):
+        return -x
+
+
+class _ScriptableNet(torch.nn.Module):
+    def forward(self, x, t, cond: torch.Tensor):
+        return -x + 0 * cond
+
+
+def test_model_xt_refuses_an_extra_its_model_cannot_take_when_built():
+    # kfm.ModelXT(net, cond=c) took any extra and failed at the first call ("got an unexpected keyword
+    # argument 'cond'", with a note on the call order); from_model_wrapper refused it when built
+    c = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match=r"^the model takes no extra named \['cond'\]: _NetXTY\(x, t, y\); "
+                                         r"give only extras its signature names"):
+        ModelXT(_NetXTY(), cond=c)
+    with pytest.raises(ValueError, match=r"^the model takes no extra named \['y'\]: RecursiveScriptModule"):
+        ModelXT(torch.jit.script(_ScriptableNet()), y=c)
+    guided = kfm.ClassifierFreeGuidance(ModelXT(_NetXTY()), torch.tensor([0, 1, 0]), 2.0, 2)
+    with pytest.raises(ValueError, match=r"kfm\.ModelXT\(net, cond=torch\.cat\(\[cond, cond\]\)\)"):
+        ModelXT(guided, cond=c)
+    # by name, through **kwargs, a parallel wrapper's module, TorchScript: built, and the run goes through
+    for net, extras in ((_NetXTY(), {"y": c}), (lambda x, t, **extras: -x, {"cond": c}),
+                        (torch.nn.DataParallel(_NetXTY()), {"y": c}),
+                        (torch.jit.script(_ScriptableNet()), {"cond": c})):
+        assert torch.equal(kfm.sample(ModelXT(net, **extras), seeds=range(3), shape=(2,), steps=2).x,
+                           kfm.sample(lambda x, t: -x, seeds=range(3), shape=(2,), steps=2).x)
+    # torch.compile's forward(*args, **kwargs) and a builtin without a signature: built as before
+    ModelXT(torch.compile(_NetXTY()), y=c)
+    ModelXT(torch.neg, cond=c)
