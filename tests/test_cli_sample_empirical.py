@@ -951,3 +951,26 @@ def test_a_subset_names_its_flags_where_they_are_arguments_not_in_prose(tmp_path
     assert "--train-seed" not in text and "--train-n" not in text
     with pytest.raises(ValueError, match=r"^--train-n must be an integer in \[1, 4\] \(the available items\), got 9"):
         load_rows("--train", str(path), None, False, specs=True, n=9, seed=1)
+
+
+def test_what_reads_as_a_folder_or_zip_given_by_its_path(tmp_path, monkeypatch):
+    # is_image_source answered True for any spec whose PATH ends in .zip (celeba:/x.zip, folder:/x.zip):
+    # the name promised an image source, and specs are none of the paths it is asked about
+    from kinetic_fm.commands import _rows
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "imgs.zip").write_bytes(b"")
+    (tmp_path / "celeba:local.zip").write_bytes(b"")     # a file so named is a path, not a spec
+    answers = {value: _rows.is_folder_or_zip_path(value) for value in (
+        "celeba:/x.zip", "folder:/x.zip", "folder:imgs", "digits", "imgs", "imgs.zip", "IMGS.ZIP", "run",
+        "t.npy", "celeba:local.zip")}
+    assert answers == {"celeba:/x.zip": False, "folder:/x.zip": False, "folder:imgs": False, "digits": False,
+                       "imgs": True, "imgs.zip": True, "IMGS.ZIP": True, "run": True, "t.npy": False,
+                       "celeba:local.zip": True}
+    assert not hasattr(_rows, "is_image_source")
+    # a run folder is a folder, but no folder of images given by its path
+    assert [_rows.image_folder_given(v) for v in ("imgs", "imgs.zip", "run", "celeba:/x.zip")] == [
+        True, True, False, False]

@@ -391,7 +391,7 @@ def _foreseen_items(args) -> tuple[dict, str] | None:
     ``train_shape``, ``train_dtype``) or ``n``, the item count, and in words; None when nothing is."""
     from pathlib import Path
 
-    from ._rows import empirical_run_manifest, is_image_source, is_spec
+    from ._rows import empirical_run_manifest, image_folder_given, is_spec
     from ..runs.manifest import MANIFEST_NAME
 
     path = Path(args.train)
@@ -413,7 +413,7 @@ def _foreseen_items(args) -> tuple[dict, str] | None:
 
             shape = list(np.load(path, mmap_mode="r", allow_pickle=False).shape)  # the header alone
             return ({"train_shape": shape}, f"shape {shape} by its header") if len(shape) >= 2 else None
-        if is_image_source(args.train) and not run and not (path / "config.json").is_file():
+        if image_folder_given(args.train):
             from ..data.images import image_names
 
             count = len(image_names(path))
