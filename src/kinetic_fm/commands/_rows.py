@@ -40,10 +40,10 @@ def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: 
     flags = {"key": key_flag} if key is not None else {}
     # the subset's flags only where they stand as arguments: the loaders' prose says "seed" and "n"
     # too ("a label or seed column among them")
-    subset = {"n": f"{name}-n", "seed": f"{name}-seed"} if n is not None else {}
+    subset = (flag_words({"n": f"{name}-n", "seed": f"{name}-seed"}, anywhere=False) if n is not None
+              else contextlib.nullcontext())
     try:
-        with flag_words(flags, source=(name, value)), flag_words(subset, anywhere=False), \
-                _key_flag_in_warnings(key_flag):
+        with flag_words(flags, source=(name, value)), subset, _key_flag_in_warnings(key_flag):
             return _read_rows(name, value, key, progress, specs=specs, n=n, seed=seed, recorded=recorded)
     except ValueError as err:  # an archive of several arrays: the flag that names one, in this command
         if not str(err).endswith(NAME_ONE):

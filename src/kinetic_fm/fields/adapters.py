@@ -361,6 +361,7 @@ class ModelXT(_Adapter):
 
     @property
     def calls_model_by_name(self) -> bool:
+        """True where ``from_model_wrapper`` set the call by name (:meth:`_take_keyword_call`)."""
         return self._convention is not _as_is or super().calls_model_by_name
 
     def _take_extras(self, per_sample: Iterable[str] | None, extras: dict[str, Any]) -> None:
