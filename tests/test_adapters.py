@@ -597,6 +597,55 @@ def test_a_velocity_of_the_wrong_shape_names_the_convention():
         kfm.sample(lambda x, t: x[:, :2], seeds=range(3), shape=(4,), steps=2)
 
 
+class _ByNameNet(torch.nn.Module):
+    """forward(t, x), its parameters named: from_model_wrapper calls it model(x=x, t=t)."""
+
+    def __init__(self, out: int = 4, inner: int = 5):
+        super().__init__()
+        self.lin = torch.nn.Linear(inner, out)
+
+    def forward(self, t, x, y=None):
+        return self.lin(torch.cat([x, t.reshape(-1, 1).expand(x.shape[0], 1)], dim=1))
+
+
+def _notes_and_text(err: BaseException) -> str:
+    return " ".join([str(err), *getattr(err, "__notes__", [])])
+
+
+@pytest.mark.parametrize("solver", ["euler", "dopri5"])
+@pytest.mark.parametrize("how", ["from_model_wrapper", "KineticODESolver"])
+def test_a_model_called_by_name_gets_no_hint_to_swap_its_arguments(solver, how):
+    # "a net written forward(t, x) needs kfm.ModelTX(net)" was the hint for a model whose forward(t, x)
+    # from_model_wrapper and KineticODESolver already call by name, model(x=x, t=t)
+    from kinetic_fm.integrations.flow_matching import KineticODESolver, from_model_wrapper
+
+    time = "scalar" if solver == "dopri5" else "shared"
+    for net, raised in ((_ByNameNet(out=2), ValueError), (_ByNameNet(inner=7), RuntimeError)):  # shape, in the net
+        with pytest.raises(raised) as caught:
+            if how == "KineticODESolver":
+                KineticODESolver(net, time=time).sample(torch.randn(3, 4), method=solver,
+                                                        step_size=None if solver == "dopri5" else 0.5)
+            else:
+                kfm.sample(from_model_wrapper(net, time=time), seeds=range(3), shape=(4,), steps=2, solver=solver)
+        text = _notes_and_text(caught.value)
+        assert "ModelTX" not in text and "forward(t, x)" not in text
+        assert "the model is called by name, model(x=x, t=t, ...)" in text
+    # the general hint stays where it applies: the same net called by position
+    with pytest.raises(RuntimeError) as caught:
+        kfm.sample(_ByNameNet(), seeds=range(3), shape=(4,), steps=2, solver=solver)
+    assert "needs kfm.ModelTX(net)" in _notes_and_text(caught.value)
+
+
+def test_a_guidance_around_a_field_called_by_name_passes_the_hint_on():
+    from kinetic_fm.integrations.flow_matching import from_model_wrapper
+
+    guided = kfm.ClassifierFreeGuidance(from_model_wrapper(_ByNameNet(out=2)), torch.zeros(3), 1.0, 0)
+    with pytest.raises(ValueError) as caught:
+        kfm.sample(guided, seeds=range(3), shape=(4,), steps=2)
+    text = _notes_and_text(caught.value)
+    assert "ModelTX" not in text and "the model is called by name" in text
+
+
 def test_a_net_in_another_dtype_gets_a_note_on_dtypes_not_on_the_call_order():
     """A bfloat16 net fed float32 x fails inside torch with a dtype message: the note must point at
     the dtype (x0's dtype, or a converting wrapper), not at the call order."""
@@ -912,3 +961,36 @@ def test_a_dit_style_reversed_integer_clock_has_one_order_and_scale_and_the_othe
     with pytest.raises(ValueError, match=r"DiscreteTime around ReversedTime .* ReversedTime\(DiscreteTime\(net, "
                                          r"num_timesteps\), timestep_scale=1\)"):
         kfm.DiscreteTime(kfm.ModelXT(kfm.ReversedTime(dit)), num_timesteps=1000)
+
+
+class _NetXTY(torch.nn.Module):
+    def forward(self, x, t, y):
+        return -x
+
+
+class _ScriptableNet(torch.nn.Module):
+    def forward(self, x, t, cond: torch.Tensor):
+        return -x + 0 * cond
+
+
+def test_model_xt_refuses_an_extra_its_model_cannot_take_when_built():
+    # kfm.ModelXT(net, cond=c) took any extra and failed at the first call ("got an unexpected keyword
+    # argument 'cond'", with a note on the call order); from_model_wrapper refused it when built
+    c = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match=r"^the model takes no extra named \['cond'\]: _NetXTY\(x, t, y\); "
+                                         r"give only extras its signature names"):
+        ModelXT(_NetXTY(), cond=c)
+    with pytest.raises(ValueError, match=r"^the model takes no extra named \['y'\]: RecursiveScriptModule"):
+        ModelXT(torch.jit.script(_ScriptableNet()), y=c)
+    guided = kfm.ClassifierFreeGuidance(ModelXT(_NetXTY()), torch.tensor([0, 1, 0]), 2.0, 2)
+    with pytest.raises(ValueError, match=r"kfm\.ModelXT\(net, cond=torch\.cat\(\[cond, cond\]\)\)"):
+        ModelXT(guided, cond=c)
+    # by name, through **kwargs, a parallel wrapper's module, TorchScript: built, and the run goes through
+    for net, extras in ((_NetXTY(), {"y": c}), (lambda x, t, **extras: -x, {"cond": c}),
+                        (torch.nn.DataParallel(_NetXTY()), {"y": c}),
+                        (torch.jit.script(_ScriptableNet()), {"cond": c})):
+        assert torch.equal(kfm.sample(ModelXT(net, **extras), seeds=range(3), shape=(2,), steps=2).x,
+                           kfm.sample(lambda x, t: -x, seeds=range(3), shape=(2,), steps=2).x)
+    # torch.compile's forward(*args, **kwargs) and a builtin without a signature: built as before
+    ModelXT(torch.compile(_NetXTY()), y=c)
+    ModelXT(torch.neg, cond=c)

@@ -143,7 +143,9 @@ def test_a_kts_gain_beyond_its_range_is_refused_before_sampling(tmp_path, capsys
 def test_seeds_past_2_32_are_refused_naming_the_flags(tmp_path, capsys):
     # the run plan's message named "seed_start", an argument the command line does not have
     assert main([*_commands(tmp_path, "cpu")["sample"], "--seed-start", str(2**32 - 3)]) == 2
-    assert "--seed-start must lie in [0, 2**32 - --n] = [0, 4294967292]" in capsys.readouterr().err
+    # its range read "[0, 2**32 - --n]", a flag in the arithmetic: N is named and its number shown
+    assert ("--seed-start must lie in [0, 4294967292] (0 to 2**32 - N, N being --n = 4: the seeds S .. S + N - 1 "
+            "stay below 2**32; torch's generator keeps 32 bits") in capsys.readouterr().err
     assert not any(tmp_path.glob("run*"))
 
 

@@ -934,3 +934,43 @@ def test_under_torchrun_the_setup_warnings_come_from_rank_0_alone(tmp_path, caps
         assert ("--k applies to the exponential launch or landing only" in err) == (rank == 0), err
         assert "interrupted: while preparing the run" in err     # what stops a rank still comes from each
     assert warnings.filters == filters   # the other ranks' silence ends with the command
+
+
+def test_a_subset_names_its_flags_where_they_are_arguments_not_in_prose(tmp_path):
+    # --train-n and --train-seed replaced "n" and "seed" wherever they stood as words: a table's
+    # warning "a label or seed column among them" read "a label or --train-seed column"
+    from kinetic_fm.commands._rows import load_rows
+
+    path = tmp_path / "table.parquet"
+    pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0], "name": list("wxyz")}).to_parquet(path)
+    with pytest.warns(UserWarning) as caught:
+        rows, _, _, _ = load_rows("--train", str(path), None, False, specs=True, n=2, seed=1)
+    assert rows.shape == (2, 2)
+    text = " ".join(str(w.message) for w in caught)
+    assert "a label or seed column among them counts as a feature: name one column with --train-key" in text
+    assert "--train-seed" not in text and "--train-n" not in text
+    with pytest.raises(ValueError, match=r"^--train-n must be an integer in \[1, 4\] \(the available items\), got 9"):
+        load_rows("--train", str(path), None, False, specs=True, n=9, seed=1)
+
+
+def test_what_reads_as_a_folder_or_zip_given_by_its_path(tmp_path, monkeypatch):
+    # is_image_source answered True for any spec whose PATH ends in .zip (celeba:/x.zip, folder:/x.zip):
+    # the name promised an image source, and specs are none of the paths it is asked about
+    from kinetic_fm.commands import _rows
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "imgs.zip").write_bytes(b"")
+    (tmp_path / "celeba:local.zip").write_bytes(b"")     # a file so named is a path, not a spec
+    answers = {value: _rows.is_folder_or_zip_path(value) for value in (
+        "celeba:/x.zip", "folder:/x.zip", "folder:imgs", "digits", "imgs", "imgs.zip", "IMGS.ZIP", "run",
+        "t.npy", "celeba:local.zip")}
+    assert answers == {"celeba:/x.zip": False, "folder:/x.zip": False, "folder:imgs": False, "digits": False,
+                       "imgs": True, "imgs.zip": True, "IMGS.ZIP": True, "run": True, "t.npy": False,
+                       "celeba:local.zip": True}
+    assert not hasattr(_rows, "is_image_source")
+    # a run folder is a folder, but no folder of images given by its path
+    assert [_rows.image_folder_given(v) for v in ("imgs", "imgs.zip", "run", "celeba:/x.zip")] == [
+        True, True, False, False]

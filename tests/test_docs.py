@@ -173,8 +173,9 @@ def test_every_readme_section_the_messages_name_exists():
     from kinetic_fm.sampling import guards
 
     headings = set(re.findall(r"^#+ (.+)$", README, flags=re.MULTILINE))
-    named = re.findall(r"README's section '([^']+)'", guards.CONVENTION_HINT)
-    assert named and set(named) <= headings
+    for hint in (guards.CONVENTION_HINT, guards.BY_NAME_HINT):
+        named = re.findall(r"README's section '([^']+)'", hint)
+        assert named and set(named) <= headings
     sources = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "src").rglob("*.py"))
     for quoted in re.findall(r"README's (?:section )?'([^']+)'", sources):
         assert quoted in headings, quoted

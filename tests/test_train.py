@@ -1,6 +1,7 @@
 import copy
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -171,6 +172,30 @@ def test_bad_inputs():
     for bad in (-1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
             TrainConfig(weight_decay=bad)
+
+
+def test_an_lr_whose_first_adamw_step_overflows_float32_is_refused_with_its_bound():
+    # AdamW's first step is lr / (1 - beta1), passed to float32 weights as a float: above float32's
+    # largest number it failed at step 1 ("value cannot be converted to type float without overflow")
+    largest = float(torch.finfo(torch.float32).max)
+    for beta1 in (0.9, 0.0):
+        bound = largest * (1 - beta1)
+
+        def first_step(lr):
+            net = torch.nn.Linear(3, 3)
+            net(torch.randn(4, 3)).sum().backward()
+            torch.optim.AdamW(net.parameters(), lr=lr, betas=(beta1, 0.999), foreach=True).step()
+
+        first_step(bound)                                          # the bound itself steps
+        assert TrainConfig(lr=bound, betas=(beta1, 0.999)).lr == bound
+        above = math.nextafter(bound, math.inf)
+        with pytest.raises(RuntimeError, match="overflow"):
+            first_step(above)
+        for bad in (above, 1e300):
+            with pytest.raises(ValueError, match=re.escape(
+                    f"lr must be a finite number in (0, {bound:.3g}], got {bad!r}: AdamW's first step, "
+                    f"lr / (1 - β1) with β1 = {beta1}, must not exceed float32's largest number, 3.4e+38")):
+                TrainConfig(lr=bad, betas=(beta1, 0.999))
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -215,6 +215,9 @@ def test_kfm_train_no_progress_hides_the_decoding_bar_too(tmp_path, capfd):
     (["--warmup", "-1"], "--warmup must be a non-negative integer, got -1"),
     (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    # a traceback from AdamW at step 1 ("value cannot be converted to type float without overflow")
+    (["--lr", "1e300"], "--lr must be a finite number in (0, 3.4e+37], got 1e+300: AdamW's first step, lr / (1 - β1) "
+                        "with β1 = 0.9, must not exceed float32's largest number, 3.4e+38"),
     (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0, got -1.0"),
     (["--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
     (["--grad-clip", "nan"], "--grad-clip must be a finite number >= 0 (0 disables clipping), got nan"),

@@ -70,12 +70,17 @@ def named_by_its_flag(err: ValueError, flags: dict[str, str]) -> ValueError:
     flags ``flags`` maps the library's argument names to: the argument it opens with ("--steps must
     be ...", "--beta0 = 0.06 makes ..."), and in the rest each one written as an argument
     (:func:`where_named`): the range stays where it is checked, the names are the user's."""
-    text = str(err)
+    return ValueError(as_arguments(str(err), flags))
+
+
+def as_arguments(text: str, flags: dict[str, str]) -> str:
+    """:func:`named_by_its_flag`'s words for a message's ``text``: the argument it opens with ("n must
+    be ...") and the rest by :func:`where_named`."""
     for joint in (" must ", " = "):
         name, _, rest = text.partition(joint)
         if name in flags and rest:
-            return ValueError(f"{flags[name]}{joint}{where_named(rest, flags)}")
-    return ValueError(where_named(text, flags))
+            return f"{flags[name]}{joint}{where_named(rest, flags)}"
+    return where_named(text, flags)
 
 
 def where_named(text: str, flags: dict[str, str]) -> str:
@@ -120,7 +125,7 @@ def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None, *, 
     """The library's ValueErrors, OSErrors (not with ``errors`` False: the block's own are handled
     by type) and warnings inside the block in the command line's words: the argument names ``flags``
     maps given as flags, wherever they stand as words (:func:`in_flags`), or with ``anywhere`` False
-    only where they stand as arguments (:func:`where_named`: for names its prose uses too), and with ``source``,
+    only where they stand as arguments (:func:`as_arguments`: for names its prose uses too), and with ``source``,
     a ``(flag, value)`` whose value the block reads, a message that does not name that flag led by
     it ("--train t.npy: holds complex64 values", "--train: no such file: t.npy"). The library's
     own messages name its arguments (samples, train, key), which a user of ``kfm`` never typed."""
@@ -129,7 +134,7 @@ def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None, *, 
     from pathlib import Path
 
     def worded(text: str) -> str:
-        text = in_flags(text, flags) if anywhere else where_named(text, flags)
+        text = in_flags(text, flags) if anywhere else as_arguments(text, flags)
         if source is None:
             return text
         flag, value = source

@@ -38,10 +38,12 @@ def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: 
     key_flag = "--key" if name == "--samples" else "--train-key"
     # the key's flag only where one was given: without it, "name one with a key" is prose
     flags = {"key": key_flag} if key is not None else {}
-    if n is not None:
-        flags.update({"n": f"{name}-n", "seed": f"{name}-seed"})
+    # the subset's flags only where they stand as arguments: the loaders' prose says "seed" and "n"
+    # too ("a label or seed column among them")
+    subset = (flag_words({"n": f"{name}-n", "seed": f"{name}-seed"}, anywhere=False) if n is not None
+              else contextlib.nullcontext())
     try:
-        with flag_words(flags, source=(name, value)), _key_flag_in_warnings(key_flag):
+        with flag_words(flags, source=(name, value)), subset, _key_flag_in_warnings(key_flag):
             return _read_rows(name, value, key, progress, specs=specs, n=n, seed=seed, recorded=recorded)
     except ValueError as err:  # an archive of several arrays: the flag that names one, in this command
         if not str(err).endswith(NAME_ONE):
@@ -77,7 +79,8 @@ def _key_flag_in_warnings(key_flag: str):
 def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
                n: int | None = None, seed: int = 0, recorded: bool = False):
     """:func:`load_rows`' work, in the library's words."""
-    if n is not None and not is_spec(value, specs) and not _decoded_images(value):
+    # a folder or .zip of images decodes its subset alone: the same rows, without decoding every image
+    if n is not None and not is_spec(value, specs) and not image_folder_given(value):
         from ..data.subset import select_indices
 
         rows, files, items, mean = _read_rows(name, value, key, progress, specs=specs, recorded=recorded)
@@ -85,18 +88,6 @@ def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
         return (rows[chosen], None if files is None else [files[i] for i in chosen.tolist()],
                 chosen if items is None else items[chosen], mean)
     return _read_whole(name, value, key, progress, specs=specs, n=n, seed=seed, recorded=recorded)
-
-
-def _decoded_images(value: str) -> bool:
-    """Whether ``value`` is a folder or .zip of images read as such (not a kfm run folder), whose
-    subset is decoded alone: the same rows as the whole set's, without decoding every image."""
-    from pathlib import Path
-
-    from ..runs.manifest import MANIFEST_NAME
-
-    path = Path(value)
-    run = path.is_dir() and any((path / name).is_file() for name in (TRAIN_CONFIG, MANIFEST_NAME))
-    return is_image_source(value) and not run
 
 
 def is_spec(value: str, specs: bool) -> bool:
@@ -298,7 +289,7 @@ def image_folder_given(value: str) -> bool:
 
     path = Path(value)
     run = path.is_dir() and ((path / TRAIN_CONFIG).is_file() or (path / MANIFEST_NAME).is_file())
-    return is_image_source(value) and not run and not is_spec(value, True)
+    return is_folder_or_zip_path(value) and not run
 
 
 def grey_loads_as_one_channel(value: str) -> bool:
@@ -308,11 +299,14 @@ def grey_loads_as_one_channel(value: str) -> bool:
     return (is_spec(value, True) and value.startswith("folder:")) or image_folder_given(value)
 
 
-def is_image_source(value: str) -> bool:
-    """Whether ``value`` names a folder or .zip of images (what :func:`load_rows` decodes)."""
+def is_folder_or_zip_path(value: str) -> bool:
+    """Whether ``value``, given by its path, names a folder or a .zip file: not a data spec, whose PATH
+    may end in .zip too (celeba:/x.zip). What the folder holds is not asked: a kfm run folder is one
+    (:func:`image_folder_given` leaves those out)."""
     from pathlib import Path
 
-    return Path(value).is_dir() or Path(value).suffix.lower() == ".zip"
+    path = Path(value)
+    return not is_spec(value, True) and (path.is_dir() or path.suffix.lower() == ".zip")
 
 
 def _spec_item_files(spec: str, data) -> list[str] | None:

@@ -5,7 +5,8 @@ import argparse
 import math
 
 from ..checks import DEVICE_FORMS
-from ._rows import TRAIN_CONFIG, empirical_run_manifest, is_image_source, is_results_table, load_rows, training_record
+from ._rows import (TRAIN_CONFIG, empirical_run_manifest, is_folder_or_zip_path, is_results_table, load_rows,
+                    training_record)
 from ._types import bootstrap_seed_number, check_output_path, faiss_for, user_path, writing
 from ._flag_names import flag_words
 
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     train, train_files, train_items, train_mean = load_rows("--train", args.train, args.train_key, args.progress,
                                                              specs=True)
     _check_one_dimensional(("--samples", args.samples, samples), ("--train", args.train, train))
-    samples_folder = sample_files is not None and is_image_source(args.samples)
+    samples_folder = sample_files is not None and is_folder_or_zip_path(args.samples)
     samples = _grey_beside_colour(samples, args.samples, train)
     train = _grey_beside_colour(train, args.train, samples)
     if train_mean is not None:

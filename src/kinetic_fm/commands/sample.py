@@ -116,7 +116,7 @@ def register(subparsers) -> None:
     s.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
                    help="number of samples, in [1, 2**32] (default 1000)")
     s.add_argument("--seed-start", type=seed_number, default=0,
-                   help="first seed S; seeds are S .. S+n-1, all below 2**32 (S in [0, 2**32 − n]; default 0)")
+                   help="first seed S; the seeds are S .. S + N - 1 for N = --n, all below 2**32 (default 0)")
     s.add_argument("--steps", type=int, default=None,
                    help=f"steps of fixed-step solvers, an integer >= 1 (default {DEFAULT_STEPS}; dopri5 ignores it, "
                         "with a warning)")
@@ -391,7 +391,7 @@ def _foreseen_items(args) -> tuple[dict, str] | None:
     ``train_shape``, ``train_dtype``) or ``n``, the item count, and in words; None when nothing is."""
     from pathlib import Path
 
-    from ._rows import empirical_run_manifest, is_image_source, is_spec
+    from ._rows import empirical_run_manifest, image_folder_given, is_spec
     from ..runs.manifest import MANIFEST_NAME
 
     path = Path(args.train)
@@ -413,7 +413,7 @@ def _foreseen_items(args) -> tuple[dict, str] | None:
 
             shape = list(np.load(path, mmap_mode="r", allow_pickle=False).shape)  # the header alone
             return ({"train_shape": shape}, f"shape {shape} by its header") if len(shape) >= 2 else None
-        if is_image_source(args.train) and not run and not (path / "config.json").is_file():
+        if image_folder_given(args.train):
             from ..data.images import image_names
 
             count = len(image_names(path))
@@ -645,8 +645,8 @@ def _validate(args) -> None:
     if not 1 <= args.n <= SEED_LIMIT:  # one seed a sample, each below 2**32
         raise ValueError(f"--n must lie in [1, 2**32], got {args.n}")
     if args.seed_start > SEED_LIMIT - args.n:  # the run plan refuses it too, as "seed_start", after the net loads
-        raise ValueError(f"--seed-start must lie in [0, 2**32 - --n] = [0, {SEED_LIMIT - args.n}] (the seeds "
-                         f"S .. S+n-1 stay below 2**32; {SEED_NOTE}), got {args.seed_start}")
+        raise ValueError(f"--seed-start must lie in [0, {SEED_LIMIT - args.n}] (0 to 2**32 - N, N being --n = "
+                         f"{args.n}: the seeds S .. S + N - 1 stay below 2**32; {SEED_NOTE}), got {args.seed_start}")
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import inspect
 import math
 from typing import Any, Callable, Iterable
 
@@ -69,6 +70,58 @@ def _broadcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _check_callable(model: Any, name: str = "model") -> None:
     if not callable(model):
         raise TypeError(f"{name} must be callable, got {type(model).__name__}")
+
+
+def unwrapped_module(model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """The module a ``DataParallel`` or ``DistributedDataParallel`` wraps (its own ``forward(*inputs,
+    **kwargs)`` hands both on unchanged); any other model itself."""
+    while isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def signature_of(model: Callable[..., torch.Tensor]) -> inspect.Signature | None:
+    """The signature ``model`` is called by: a module's ``forward`` (a parallel wrapper's: its
+    module's, see :func:`unwrapped_module`); None for a builtin or C extension without one, or a
+    proxy whose attributes cannot be read."""
+    model = unwrapped_module(model)
+    try:
+        return inspect.signature(model.forward if isinstance(model, torch.nn.Module) else model)
+    except Exception:
+        return None
+
+
+def check_extras_taken(model: Callable[..., torch.Tensor], names: Iterable[str], built_by: str) -> None:
+    """ValueError, when the field is built (``built_by``: "kfm.ModelXT", "from_model_wrapper", for the
+    remedy), for extras ``names`` that ``model`` has no keyword parameter and no ``**kwargs`` for: every
+    call would fail with "got an unexpected keyword argument". Read from the signature, the model is
+    not called; a signature that cannot be read, or ``(*args, **kwargs)`` (torch.compile's), passes."""
+    from .guidance import ClassifierFreeGuidance
+
+    names = list(names)
+    if not names:  # nothing to read: a proxy whose attributes cannot be read is built as before
+        return
+    signature = signature_of(model)
+    if signature is None:
+        return
+    parameters = signature.parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    missing = [name for name in names if name not in parameters or parameters[name].kind not in by_name]
+    if not missing:
+        return
+    unwrapped = unwrapped_module(model)
+    bare = signature.replace(parameters=[p.replace(annotation=inspect.Parameter.empty) for p in parameters.values()],
+                             return_annotation=inspect.Signature.empty)
+    shown = f"{type(unwrapped).__name__}{bare}"
+    if isinstance(unwrapped, ClassifierFreeGuidance):
+        first = missing[0]
+        remedy = (f"; a guidance's extras belong to the model inside it, which it calls on a doubled batch: "
+                  f"{built_by}(net, {first}=torch.cat([{first}, {first}])), or the condition in its labels")
+    else:
+        remedy = "; give only extras its signature names"
+    raise ValueError(f"the model takes no extra named {missing}: {shown}{remedy}")
 
 
 def _check_time_mode(time: str) -> None:
@@ -196,6 +249,13 @@ class _Adapter:
         restart (``kfm.sample`` refuses it up front); passed through."""
         return declares(self.inner, "track_parts")
 
+    @property
+    def calls_model_by_name(self) -> bool:
+        """Whether the net inside is called by name, ``model(x=x, t=t, ...)`` (a ``ModelXT`` from
+        ``from_model_wrapper`` for a signature naming x and t), so that its parameters' order cannot be
+        what failed (``kfm.sample``'s hints say so); passed through."""
+        return declares(self.inner, "calls_model_by_name")
+
     def start_run(self) -> None:
         """Passed through to the wrapped field, which may keep per-run state (``kfm.sample`` calls
         it before a run: a ``PosteriorRecorder`` inside refuses a second run over its first)."""
@@ -271,13 +331,15 @@ class ModelXT(_Adapter):
             tensor that happens to have B rows (a class-embedding table with B classes); name
             them to be sure.
         **extras: fixed keyword arguments for every call (e.g. a condition tensor); a keyword
-            given at call time replaces the extra of that name for that call.
+            given at call time replaces the extra of that name for that call. One the model's
+            signature does not name (and no ``**kwargs`` takes) is a ValueError when built.
     """
 
     def __init__(self, model: Callable[..., torch.Tensor], *, time: str = "batch",
                  per_sample: Iterable[str] | None = None, **extras: Any):
         _check_callable(model)
         _check_time_mode(time)
+        check_extras_taken(model, extras, "kfm.ModelXT")
         self.inner, self.time = model, time
         self._take_extras(per_sample, extras)
 
@@ -296,6 +358,11 @@ class ModelXT(_Adapter):
         (None: it has none); else by position."""
         self._convention = (functools.partial(_by_name, extra_names=extra_names, positional_order=positional_order)
                             if by_name else _as_is)
+
+    @property
+    def calls_model_by_name(self) -> bool:
+        """True where ``from_model_wrapper`` set the call by name (:meth:`_take_keyword_call`)."""
+        return self._convention is not _as_is or super().calls_model_by_name
 
     def _take_extras(self, per_sample: Iterable[str] | None, extras: dict[str, Any]) -> None:
         """Check ``per_sample`` against ``extras`` and hold both (also for extras named ``time`` or

@@ -117,6 +117,11 @@ class ClassifierFreeGuidance:
         """Whether the model sees one time for the whole batch (see ``kfm.sample``); passed through."""
         return declares(self.model, "one_time_per_call")
 
+    @property
+    def calls_model_by_name(self) -> bool:
+        """Whether the model is called by name (see ``kfm.ModelXT``); passed through."""
+        return declares(self.model, "calls_model_by_name")
+
     def select(self, active: torch.Tensor) -> "ClassifierFreeGuidance":
         """The guided field for the samples where the (B,) bool mask ``active`` is True, with
         their labels (dopri5 evaluates only the samples still in flight)."""

@@ -27,8 +27,7 @@ import torch
 from ..optional import optional_names
 from ..checks import (add_note, declares, declares_singular_at_one, one_evaluation_of, optional_attribute,
                       start_run_of)
-from ..fields.adapters import TIME_MODES, ModelXT, batch_time
-from ..fields.guidance import ClassifierFreeGuidance
+from ..fields.adapters import TIME_MODES, ModelXT, batch_time, check_extras_taken, signature_of
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample
 from ..sampling.shaping import KTS, TAU_TOLERANCE, gain_tau
@@ -60,7 +59,7 @@ def from_model_wrapper(model: Callable[..., torch.Tensor], *, time: str = "share
     """
     per_sample = extras.pop("per_sample", None)  # kfm's option, not an extra: model_kwargs may hold one so named
     named = _model_kwargs(model_kwargs, extras)
-    _check_extras_taken(model, [*extras, *named])
+    check_extras_taken(model, [*extras, *named], "from_model_wrapper")
     field = ModelXT(model, time=time)
     field._take_extras(per_sample, {**extras, **named})
     field._take_keyword_call(*_keyword_call(model))
@@ -80,52 +79,6 @@ def _model_kwargs(model_kwargs: Mapping[str, Any] | None, extras: Mapping[str, A
     return dict(model_kwargs)
 
 
-def _unwrapped(model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """The module a ``DataParallel`` or ``DistributedDataParallel`` wraps (its own ``forward(*inputs,
-    **kwargs)`` hands both on unchanged); any other model itself."""
-    while isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
-
-
-def _signature_of(model: Callable[..., torch.Tensor]) -> inspect.Signature | None:
-    """The signature ``model`` is called by: a module's ``forward`` (a parallel wrapper's: its
-    module's, see :func:`_unwrapped`); None for a builtin or C extension without one."""
-    model = _unwrapped(model)
-    target = model.forward if isinstance(model, torch.nn.Module) else model
-    try:
-        return inspect.signature(target)
-    except (TypeError, ValueError):
-        return None
-
-
-def _check_extras_taken(model: Callable[..., torch.Tensor], names: list[str]) -> None:
-    """ValueError, before the run, for extras ``model`` has no keyword parameter and no ``**kwargs`` for
-    (every call would fail with "got an unexpected keyword argument"); a signature that cannot be
-    read passes."""
-    signature = _signature_of(model)
-    if signature is None or not names:
-        return
-    parameters = signature.parameters
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    missing = [name for name in names if name not in parameters or parameters[name].kind not in by_name]
-    if not missing:
-        return
-    unwrapped = _unwrapped(model)
-    bare = signature.replace(parameters=[p.replace(annotation=inspect.Parameter.empty) for p in parameters.values()],
-                             return_annotation=inspect.Signature.empty)
-    shown = f"{type(unwrapped).__name__}{bare}"
-    if isinstance(unwrapped, ClassifierFreeGuidance):
-        first = missing[0]
-        remedy = (f"; a guidance's extras belong to the model inside it, which it calls on a doubled batch: "
-                  f"from_model_wrapper(net, {first}=torch.cat([{first}, {first}])), or the condition in its labels")
-    else:
-        remedy = "; give only extras its signature names"
-    raise ValueError(f"the model takes no extra named {missing}: {shown}{remedy}")
-
-
 def _keyword_call(model: Callable[..., torch.Tensor]
                   ) -> tuple[bool, tuple[str, ...] | None, tuple[str, ...] | None]:
     """Whether ``model`` (a module: its ``forward``) takes parameters named x and t by keyword, and
@@ -138,7 +91,7 @@ def _keyword_call(model: Callable[..., torch.Tensor]
     positional extra never reaches a keyword-only one. A ``DataParallel`` or
     ``DistributedDataParallel`` is read by the module it wraps: its own ``forward(*inputs,
     **kwargs)`` hands both on unchanged."""
-    signature = _signature_of(model)
+    signature = signature_of(model)
     if signature is None:  # a builtin or C extension without a signature: by position
         return False, None, None
     parameters = signature.parameters

@@ -70,11 +70,26 @@ class TrainConfig:
             object.__setattr__(self, name, check_integer(name, getattr(self, name), low))
         # what kfm train --seed takes; 2**64 and beyond failed inside the run folder's lock
         object.__setattr__(self, "seed", check_seed("seed", self.seed))
+        try:
+            betas = tuple(self.betas)
+        except TypeError:  # one number
+            betas = ()
+        if len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1) (AdamW's), got {self.betas!r}")
+        object.__setattr__(self, "betas", tuple(check_real(f"betas[{i}]", b, 0.0, 1.0, "in [0, 1)")
+                                                for i, b in enumerate(betas)))
         # plain floats too (a NumPy float32 lr stopped config.json being written), each in its range
         for name, low, high, what in (
                 ("lr", 0.0, math.inf, "a finite number > 0"), ("weight_decay", 0.0, math.inf, "a finite number >= 0"),
                 ("ema_decay", 0.0, 1.0, "in [0, 1)"), ("label_dropout", 0.0, 1.0, "in [0, 1)")):
             object.__setattr__(self, name, check_real(name, getattr(self, name), low, high, what, open_low=name == "lr"))
+        # AdamW hands its step, lr / (1 - β1^k) (largest at k = 1), to the weights as a float: beyond float32's
+        # largest number the first step failed ("cannot be converted to type float without overflow")
+        largest, beta1 = float(torch.finfo(torch.float32).max), self.betas[0]
+        if self.lr / (1 - beta1) > largest:
+            raise ValueError(f"lr must be a finite number in (0, {largest * (1 - beta1):.3g}], got {self.lr!r}: "
+                             f"AdamW's first step, lr / (1 - β1) with β1 = {beta1}, must not exceed float32's "
+                             f"largest number, {largest:.3g}")
         if self.grad_clip is not None:
             object.__setattr__(self, "grad_clip", check_real("grad_clip", self.grad_clip, 0.0, math.inf,
                                                              "None or a finite number > 0", open_low=True))
@@ -85,14 +100,6 @@ class TrainConfig:
             object.__setattr__(self, "checkpoints", tuple(
                 check_integer(f"checkpoints[{i}]", step, 1, self.steps, note="steps of this training")
                 for i, step in enumerate(self.checkpoints)))
-        try:
-            betas = tuple(self.betas)
-        except TypeError:  # one number
-            betas = ()
-        if len(betas) != 2:
-            raise ValueError(f"betas must be two numbers in [0, 1) (AdamW's), got {self.betas!r}")
-        object.__setattr__(self, "betas", tuple(check_real(f"betas[{i}]", b, 0.0, 1.0, "in [0, 1)")
-                                                for i, b in enumerate(betas)))
 
 
 def checkpoint_steps(total: int, spec: str | Sequence[int] = "log2") -> list[int]:

@@ -120,7 +120,7 @@ def integrate_dopri5(
         # a net that rescales or clamps its t in place would move it
         try:
             v = field(x, tt.to(dtype, copy=True))
-            check_velocity_output(v, x, " during dopri5's steps")  # every call: metadata only, no sync
+            check_velocity_output(v, x, " during dopri5's steps", field=velocity)  # metadata only, no sync
         except (RuntimeError, ValueError, TypeError, IndexError) as err:
             if active is not None and select is None and x.shape[0] < batch:
                 add_note(err, f"dopri5 calls the velocity with only the {x.shape[0]} of {batch} samples still "
@@ -133,7 +133,7 @@ def integrate_dopri5(
     read_after = [tab.read_after(j) for j in range(tab.stages)]
     x = x0.clone()
     version = state_version(x)
-    k1 = first_velocity(f, x, t.clone())  # not the time buffer itself, which moves forward in place
+    k1 = first_velocity(f, x, t.clone(), velocity)  # not the time buffer itself, which moves forward in place
     check_state_unchanged(x, version, 0, 0.0)
     k1 = k1.clone()  # updated in place below; never alias the caller's buffer
     nfe += 1

@@ -109,7 +109,7 @@ def integrate_fixed(
             else:  # metadata only: no synchronisation
                 v = velocity(xj, t_j)
                 if type(v) is not torch.Tensor or v.shape != shape or v.dtype != dtype or v.device != device:
-                    check_velocity_output(v, xj, step=i, time=t_i[j])
+                    check_velocity_output(v, xj, step=i, time=t_i[j], field=velocity)
             if version is not None and xj._version != version:
                 check_state_unchanged(xj, version, i, t_i[j], is_x0=xj is x0)
             for l in kept:

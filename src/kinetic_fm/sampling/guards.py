@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from ..checks import VelocityOutputError, add_note, caller_outside_the_package, tensor_output
+from ..checks import VelocityOutputError, add_note, caller_outside_the_package, declares, tensor_output
 from ..gemm import autocast_enabled
 from ..holdings import attribute_uses, closure_values, loaded_globals, partial_parts, slot_values
 
@@ -72,12 +72,27 @@ def check_initial_state(x0: torch.Tensor) -> None:
 CONVENTION_HINT = ("kfm.sample calls velocity(x, t) with x of shape (B, ...) and t of shape (B,), t = 0 at the "
                    "noise; a net written forward(t, x) (torchcfm) needs kfm.ModelTX(net), and the README's "
                    "section 'Adapters: use a network written for another convention' lists the rest")
+# for a field that calls its net by name (from_model_wrapper, KineticODESolver): the order of the
+# net's parameters is not in question, its clock and its output still are
+BY_NAME_HINT = ("the model is called by name, model(x=x, t=t, ...), as flow_matching's ODESolver calls it, so the "
+                "order of its parameters is not the cause; t = 0 at the noise, and the README's section "
+                "'Adapters: use a network written for another convention' lists adapters for other clocks and "
+                "predictions")
 
 
-def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def convention_hint(velocity) -> str:
+    """The note on the call convention for an error of ``velocity`` (the field ``kfm.sample`` was
+    given): :data:`BY_NAME_HINT` where it declares ``calls_model_by_name``, else :data:`CONVENTION_HINT`."""
+    return BY_NAME_HINT if declares(velocity, "calls_model_by_name") else CONVENTION_HINT
+
+
+def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor, field=None) -> torch.Tensor:
     """The sampler's first call ``velocity(x, t)``, its output checked; an error raised inside the
     velocity (a net given another call convention fails there, often obscurely) gets a note
-    that states the convention (Python ≥ 3.11 shows notes under the traceback)."""
+    that states the convention (Python ≥ 3.11 shows notes under the traceback). ``field``: the
+    field ``kfm.sample`` was given, where ``velocity`` is a solver's closure around it (for the
+    note, :func:`convention_hint`)."""
+    field = velocity if field is None else field
     try:
         v = velocity(x, t)
     except VelocityOutputError:
@@ -89,11 +104,13 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if isinstance(err, ValueError) and not one_number:
             raise  # a ValueError of the velocity's own checks says what it means
         if one_number:
-            add_note(err, CONVENTION_HINT + "; a net taking t as one number needs kfm.ModelXT(net, time='scalar')")
+            scalar = ("time='scalar' where the field is built" if declares(field, "calls_model_by_name")
+                      else "kfm.ModelXT(net, time='scalar')")
+            add_note(err, f"{convention_hint(field)}; a net taking t as one number needs {scalar}")
         else:
-            add_note(err, _dtype_hint(x) if _about_types(text) else CONVENTION_HINT)
+            add_note(err, _dtype_hint(x) if _about_types(text) else convention_hint(field))
         raise
-    check_velocity_output(v, x)
+    check_velocity_output(v, x, field=field)
     return v
 
 
@@ -155,13 +172,14 @@ def _dtype_hint(x: torch.Tensor) -> str:
 
 
 def check_velocity_output(v: object, x: torch.Tensor, at: str = "", *, step: int | None = None,
-                          time: float | None = None) -> None:
+                          time: float | None = None, field=None) -> None:
     """Shape, dtype and device of v(x, t) must match x. The solvers check every call: it reads
     only the tensors' metadata (no host synchronisation), and a later call returning (B, 1) or
     float64 would otherwise be broadcast or promoted into the state without an error. ``at``
     names the call in the message (e.g. " during dopri5's steps"; empty for the first call);
     ``step`` and ``time`` name it as " at step 2 (t = 0.5)", formatted only when a check fails
-    (the fixed-step loop calls this at every stage)."""
+    (the fixed-step loop calls this at every stage). ``field``: the field ``kfm.sample`` was given,
+    for the wrong shape's note (:func:`convention_hint`)."""
     tensor_output(v)
     if v.shape == x.shape and v.dtype == x.dtype and v.device == x.device:
         return
@@ -170,7 +188,7 @@ def check_velocity_output(v: object, x: torch.Tensor, at: str = "", *, step: int
     if v.shape != x.shape:
         raise ValueError(
             f"velocity returned shape {tuple(v.shape)}{at} but x has shape {tuple(x.shape)}; "
-            f"v(x, t) must return one velocity per coordinate of x ({CONVENTION_HINT})"
+            f"v(x, t) must return one velocity per coordinate of x ({convention_hint(field)})"
         )
     if v.dtype != x.dtype:
         raise ValueError(f"velocity returned dtype {v.dtype}{at} but x has dtype {x.dtype}; {_dtype_hint(x)}")
