@@ -65,7 +65,8 @@ def code_digest() -> str:
 
 
 #: rcParams no PNG the figures module writes depends on: other backends and output formats, the
-#: interactive session's keys and windows, pyplot's hooks, and savefig settings the figures set themselves
+#: interactive session's keys and windows, pyplot's hooks, the save dialog's folder and the default
+#: format (the figures name png)
 _UNDRAWN_FAMILIES = ("animation.", "backend", "docstring.", "interactive", "keymap.", "macosx.", "pdf.", "pgf.",
                      "ps.", "svg.", "tk.", "toolbar", "webagg.", "figure.hooks", "figure.max_open_warning",
                      "figure.raise_window", "savefig.directory", "savefig.format")
@@ -74,9 +75,11 @@ _UNDRAWN_FAMILIES = ("animation.", "backend", "docstring.", "interactive", "keym
 def style_digest() -> str:
     """sha256 of the current matplotlib rcParams that can change a figure's PNG (every one but
     :data:`_UNDRAWN_FAMILIES`), by name and value. The font files installed are not read (only the
-    family names asked for): a font installed or removed since is drawn from the cache."""
-    import matplotlib
-
+    family names asked for): after a font is installed or removed, the cached figures are still shown."""
+    try:
+        import matplotlib
+    except ImportError:  # no figure can be drawn either: no style to tell apart
+        return "no matplotlib"
     drawn = sorted((name, repr(value)) for name, value in matplotlib.rcParams.items()
                    if not name.startswith(_UNDRAWN_FAMILIES))
     return hashlib.sha256(repr(drawn).encode()).hexdigest()
