@@ -259,6 +259,32 @@ def test_goldilocks_jackknifes_each_quintile_once_and_its_numbers_match_the_sepa
     assert table["FD-flat CI low"].tolist() == low.tolist() and table["FD-flat CI high"].tolist() == high.tolist()
 
 
+def test_goldilocks_fits_the_reference_jackknife_once_for_both_splits_with_the_same_numbers(tmp_path, monkeypatch):
+    # the KPE quintiles and the ‖x1‖² control quintiles are jackknifed against one reference: its
+    # full fit and its ten leave-a-group-out fits (11 eigenvalue problems) were made once per split, 22
+    from kinetic_fm.studies import memorization as M
+    from kinetic_fm.studies import output
+    from kinetic_fm.studies.output import StudyOutput
+
+    assets, cfg = _goldilocks_case()
+    _axes_of(monkeypatch)
+    fitted = []
+    feature_reference = output.feature_reference
+    monkeypatch.setattr(output, "feature_reference", lambda rows: fitted.append(len(rows)) or feature_reference(rows))
+    shared, shared_claim = M._goldilocks(cfg, 30, assets, Workspace(tmp_path / "a"), "fake", StudyOutput("m"))
+    assert sorted(fitted) == [36] * 10 + [40]          # 40 held-out rows; each group leaves out 4
+    # the same numbers, to the bit, as each split fitting the reference itself (as before)
+    replicates = output.jackknife_replicates
+    monkeypatch.setattr(M, "jackknife_reference", lambda ref, groups=10: None)
+    monkeypatch.setattr(M, "jackknife_replicates", lambda sets, ref, groups=10, fits=None: replicates(sets, ref))
+    fitted.clear()
+    alone, alone_claim = M._goldilocks(cfg, 30, assets, Workspace(tmp_path / "b"), "fake", StudyOutput("m"))
+    assert len(fitted) == 2 * 11
+    assert alone_claim == shared_claim
+    for (name, table), (other, expected) in zip(shared.tables, alone.tables):
+        assert name == other and table.equals(expected)
+
+
 def test_quintile_sizes_are_stated_as_a_range_when_they_differ():
     from kinetic_fm.studies.memorization import _quintile_sizes_text
 

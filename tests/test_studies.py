@@ -353,6 +353,39 @@ def test_a_study_result_is_read_back_until_a_setting_an_input_the_code_or_a_stag
     assert len(runs) == 18
 
 
+def test_a_cached_study_is_keyed_on_the_matplotlib_style_its_figures_are_drawn_in(tmp_path):
+    # the figures read the ambient rcParams (a matplotlibrc, plt.style.use in the caller's script):
+    # a rerun under another style showed the figures drawn under the old one
+    import matplotlib
+
+    from kinetic_fm.studies.figures import bar_figure
+    from kinetic_fm.studies.output import StudyOutput
+    from kinetic_fm.studies.report import Section
+    from kinetic_fm.studies.study_cache import cached_study, study_key
+
+    ws, runs = Workspace(tmp_path), []
+    inputs = _StudyInputs(torch.arange(6.0).reshape(2, 3), torch.nn.Linear(2, 1), {}, "digits")
+    frame = pd.DataFrame({"setting": ["a", "b"], "FD": [1.0, 2.0]})
+
+    def run():
+        runs.append(1)
+        return StudyOutput("demo", sections=[Section("Demo", "text", [], [bar_figure("fd", "c", frame, x="setting",
+                                                                                      y="FD")])])
+
+    def png():
+        return cached_study(ws, "demo", study_key({"n": 4}, inputs), run).sections[0].figures[0].png
+
+    default = png()
+    assert png() == default and len(runs) == 1                   # unchanged style: read back
+    with matplotlib.rc_context({"font.size": 17.0}):
+        larger = png()
+        assert larger != default and len(runs) == 2             # the figure reads it: drawn again
+        assert png() == larger and len(runs) == 2
+    with matplotlib.rc_context({"keymap.save": ["w"], "interactive": True}):   # no part of a PNG
+        assert png() == default and len(runs) == 3                            # (the last entry was 17 pt)
+        assert png() == default and len(runs) == 3
+
+
 # figure name -> its axes as the tiny run rendered them (filled by the tiny_report fixture)
 _DRAWN: dict[str, list[dict]] = {}
 _TITLES: dict[str, str | None] = {}  # each figure's suptitle

@@ -20,10 +20,11 @@ from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
-from .output import (AFTER_06_COLUMN, FD_FORMAT, StudyOutput, clamp_text, display_note, fd_bias_note, fd_formats,
-                     fd_interval_pointer, fd_interval_terms, fd_to_reference, fd_undecided_note, feature_reference,
-                     fmem_formats, for_display, image_range, jackknife_replicates, noted_frechet_distance,
-                     replicate_fds, replicate_intervals)
+from .output import (AFTER_06_COLUMN, FD_FORMAT, JackknifeReference, StudyOutput, clamp_text, display_note,
+                     fd_bias_note, fd_formats, fd_interval_pointer, fd_interval_terms, fd_to_reference,
+                     fd_undecided_note, feature_reference, fmem_formats, for_display, image_range,
+                     jackknife_reference, jackknife_replicates, noted_frechet_distance, replicate_fds,
+                     replicate_intervals)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, fmt_significant, interior_margin
@@ -340,15 +341,18 @@ def quintile_fd_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray,
     return replicate_intervals(quintile_replicates(feats, bins, ref) if replicates is None else replicates)
 
 
-def quintile_replicates(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray) -> list:
+def quintile_replicates(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray,
+                        fits: JackknifeReference | None = None) -> list:
     """:func:`~kinetic_fm.studies.output.jackknife_replicates` of the five quintiles' rows of ``feats``
     ((n, D); ``bins`` (n,) quintile 0..4 of each row) against ``ref`` ((m, D)): the FDs that both the
-    bars' intervals (:func:`quintile_fd_intervals`) and the claim's jackknife point (``goldilocks_tests``) read."""
-    return jackknife_replicates([feats[bins == q] for q in range(5)], ref)
+    bars' intervals (:func:`quintile_fd_intervals`) and the claim's jackknife point (``goldilocks_tests``) read.
+    ``fits``: ``ref``'s :func:`~kinetic_fm.studies.output.jackknife_reference`, shared by the splits."""
+    return jackknife_replicates([feats[bins == q] for q in range(5)], ref, fits=fits)
 
 
 def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarray, ref: np.ndarray,
-                     resamples: int, seed: int, replicates: list | None = None) -> dict[str, float]:
+                     resamples: int, seed: int, replicates: list | None = None,
+                     fits: JackknifeReference | None = None) -> dict[str, float]:
     """The Goldilocks claim's two tests, on T = min(FD_Q1, FD_Q5) − min(FD_Q2..Q4) (> 0: an interior
     quintile is best, by T).
 
@@ -370,7 +374,8 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
       seconds at the tiny preset): only ``T`` is given.
 
     ``replicates``: the KPE quintiles' :func:`quintile_replicates` when already computed (the bars'
-    intervals read the same).
+    intervals read the same); ``fits``: ``ref``'s :func:`~kinetic_fm.studies.output.jackknife_reference`
+    when already made (both splits' jackknives read it).
     """
     rng = np.random.default_rng(seed)
     reference = feature_reference(ref)
@@ -405,7 +410,7 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
         redrawn = feature_reference(ref[jdx])
         beyond[r] = margin(idx, bins[idx], redrawn) - margin(idx, control_bins[idx], redrawn)
     beyond = beyond[~np.isnan(beyond)]  # resamples without two rows in some quintile
-    point = _jackknife_difference(feats, bins, control_bins, ref, replicates)
+    point = _jackknife_difference(feats, bins, control_bins, ref, replicates, fits)
     if not len(beyond):
         low = high = float("nan")
     elif np.isnan(point):  # a quintile too small for the jackknife: the basic interval
@@ -426,16 +431,20 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
 
 
 def _jackknife_difference(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarray, ref: np.ndarray,
-                          replicates: list | None = None) -> float:
+                          replicates: list | None = None, fits: JackknifeReference | None = None) -> float:
     """T by ``bins`` minus T by ``control_bins`` of each quintile's jackknife bias-corrected FD
     (:func:`~kinetic_fm.studies.output.jackknife_fds`: a tenth of the quintile's rows and of the
     reference's left out at a time); NaN when a quintile of either split, or the reference, is too
     small for it. The plug-in FDs' upward bias grows with each quintile's spread, which the two splits
     differ in; the minima over quintiles keep a downward bias of their own, which this leaves in.
-    ``replicates``: the quintiles of ``bins``' :func:`quintile_replicates`, when already computed."""
+    ``replicates``: the quintiles of ``bins``' :func:`quintile_replicates`, when already computed;
+    ``fits``: ``ref``'s :func:`~kinetic_fm.studies.output.jackknife_reference`, made here when None
+    (once for both splits)."""
+    if fits is None:
+        fits = jackknife_reference(ref)
     if replicates is None:
-        replicates = quintile_replicates(feats, bins, ref)
-    fds = replicate_fds(replicates + quintile_replicates(feats, control_bins, ref))
+        replicates = quintile_replicates(feats, bins, ref, fits)
+    fds = replicate_fds(replicates + quintile_replicates(feats, control_bins, ref, fits))
     return float(interior_margin(fds[None, :5])[0] - interior_margin(fds[None, 5:])[0])
 
 
@@ -768,12 +777,14 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
     ws.say(f"memorization: Goldilocks controls, permutation test and bootstrap ({resamples} resamples)")
     control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(),
                                                                 fd_col, resamples, sem_cfg.seed_start)
-    # each quintile's own interval (context for the bars; the claim reads T and the same jackknife's FDs)
-    replicates = quintile_replicates(feats.numpy(), bins, ref.numpy())
+    # each quintile's own interval (context for the bars; the claim reads T and the same jackknife's FDs,
+    # and the control quintiles' jackknife the same reference fits)
+    fits = jackknife_reference(ref.numpy())
+    replicates = quintile_replicates(feats.numpy(), bins, ref.numpy(), fits)
     table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = quintile_fd_intervals(feats.numpy(), bins, ref.numpy(),
                                                                                   replicates)
     tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start,
-                             replicates)
+                             replicates, fits)
     claim = Claim(
         "memorization", "Goldilocks: quality is best at intermediate energy",
         "too little energy gives weak samples, too much drives copies",

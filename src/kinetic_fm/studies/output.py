@@ -150,32 +150,63 @@ def replicate_fds(replicates: Sequence[tuple[float, np.ndarray | None]]) -> np.n
                      for theta, fd_k in replicates], dtype=np.float64)
 
 
-def jackknife_replicates(sets: Sequence[np.ndarray], ref_rows: np.ndarray,
-                         groups: int = JACKKNIFE_GROUPS) -> list[tuple[float, np.ndarray | None]]:
+def _too_few_for_jackknife(rows: int, dim: int, groups: int) -> bool:
+    """Whether a set of ``rows`` rows of ``dim`` features is too small for the jackknife: fewer rows than
+    groups, or no more rows than features once a group is out."""
+    import math
+
+    return rows < groups or rows - math.ceil(rows / groups) <= dim
+
+
+@dataclass(frozen=True)
+class JackknifeReference:
+    """A reference's Fréchet fits that :func:`jackknife_replicates` reads, made once for every call
+    that compares sets with the same rows (g + 1 eigenvalue problems, with their covariances):
+    ``full`` from all its rows, ``left_out[k]`` without group k (rows k, k + g, ...); ``groups`` = g.
+    Without fits (``full`` None, ``left_out`` empty) when the reference has too few rows."""
+
+    groups: int
+    full: FrechetReference | None
+    left_out: tuple[FrechetReference, ...]
+
+
+def jackknife_reference(ref_rows: np.ndarray, groups: int = JACKKNIFE_GROUPS) -> JackknifeReference:
+    """The :class:`JackknifeReference` of (m, D) numpy ``ref_rows`` for ``groups`` groups."""
+    import numpy as np
+
+    if _too_few_for_jackknife(len(ref_rows), ref_rows.shape[1], groups):
+        return JackknifeReference(groups, None, ())
+    return JackknifeReference(groups, feature_reference(ref_rows), tuple(
+        feature_reference(np.delete(ref_rows, slice(k, None, groups), axis=0)) for k in range(groups)))
+
+
+def jackknife_replicates(sets: Sequence[np.ndarray], ref_rows: np.ndarray, groups: int = JACKKNIFE_GROUPS,
+                         fits: JackknifeReference | None = None) -> list[tuple[float, np.ndarray | None]]:
     """The delete-a-group jackknife's FDs, from which :func:`replicate_intervals` and
     :func:`replicate_fds` form :func:`jackknife_fd_intervals` and :func:`jackknife_fds` (compute them
     once where a study needs both). For each of the S (n_s, D) numpy ``sets``: (θ̂, FD_k), θ̂ its
     plain Fréchet distance to the (m, D) ``ref_rows`` and FD_k the (groups,) distances with group k
     (rows k, k + g, ... of the set and of the reference) left out of both; (NaN, None) when the set,
-    or the reference, has too few rows (:func:`jackknife_fd_intervals`)."""
+    or the reference, has too few rows (:func:`jackknife_fd_intervals`). ``fits``: the
+    :func:`jackknife_reference` of these ``ref_rows``, where several calls share one reference
+    (made here otherwise); the same numbers, bit for bit."""
     import math
 
     import numpy as np
 
-    def too_few(rows: int) -> bool:
-        return rows < groups or rows - math.ceil(rows / groups) <= ref_rows.shape[1]
-
-    if too_few(len(ref_rows)):
+    if fits is None:
+        fits = jackknife_reference(ref_rows, groups)
+    elif fits.groups != groups:
+        raise ValueError(f"fits: made for {fits.groups} groups, but groups={groups}")
+    if fits.full is None:
         return [(math.nan, None)] * len(sets)
-    full = feature_reference(ref_rows)
-    left_out = [feature_reference(np.delete(ref_rows, slice(k, None, groups), axis=0)) for k in range(groups)]
     out = []
     for x in sets:
-        if too_few(len(x)):
+        if _too_few_for_jackknife(len(x), ref_rows.shape[1], groups):
             out.append((math.nan, None))
             continue
-        theta = fd_to_reference(x, full)
-        fd_k = np.array([fd_to_reference(np.delete(x, slice(k, None, groups), axis=0), left_out[k])
+        theta = fd_to_reference(x, fits.full)
+        fd_k = np.array([fd_to_reference(np.delete(x, slice(k, None, groups), axis=0), fits.left_out[k])
                          for k in range(groups)])
         out.append((theta, fd_k))
     return out

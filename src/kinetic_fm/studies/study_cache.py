@@ -11,6 +11,9 @@ setting, input or code change can reuse a stale one:
   checkpoint files, the principal space and the mean image (:func:`assets_digest`);
 - a digest of the library's source and the versions of python, torch, numpy, scipy, pandas and
   matplotlib (:func:`code_digest`): any edit of the code recomputes every study;
+- a digest of the matplotlib style the figures are drawn in (:func:`style_digest`): they are drawn
+  under the caller's rcParams (a matplotlibrc, ``plt.style.use`` before calling the library), so
+  another style draws them again rather than showing the figures of the last one;
 - the contents of the sampling stages (``cache/*.pt``) the study read, recorded as it ran and
   checked when its entry is read: a stage rewritten since (another device, a damaged file redone)
   recomputes the study.
@@ -59,6 +62,27 @@ def code_digest() -> str:
         digest.update(f"{name}={version}\0".encode())
     digest.update(f"python={sys.version}\0torch={torch.__version__}".encode())
     return digest.hexdigest()
+
+
+#: rcParams no PNG the figures module writes depends on: other backends and output formats, the
+#: interactive session's keys and windows, pyplot's hooks, the save dialog's folder and the default
+#: format (the figures name png)
+_UNDRAWN_FAMILIES = ("animation.", "backend", "docstring.", "interactive", "keymap.", "macosx.", "pdf.", "pgf.",
+                     "ps.", "svg.", "tk.", "toolbar", "webagg.", "figure.hooks", "figure.max_open_warning",
+                     "figure.raise_window", "savefig.directory", "savefig.format")
+
+
+def style_digest() -> str:
+    """sha256 of the current matplotlib rcParams that can change a figure's PNG (every one but
+    :data:`_UNDRAWN_FAMILIES`), by name and value. The font files installed are not read (only the
+    family names asked for): after a font is installed or removed, the cached figures are still shown."""
+    try:
+        import matplotlib
+    except ImportError:  # no figure can be drawn either: no style to tell apart
+        return "no matplotlib"
+    drawn = sorted((name, repr(value)) for name, value in matplotlib.rcParams.items()
+                   if not name.startswith(_UNDRAWN_FAMILIES))
+    return hashlib.sha256(repr(drawn).encode()).hexdigest()
 
 
 def assets_digest(assets: Any) -> str:
@@ -122,10 +146,11 @@ def file_digest(ws: Workspace, path: Path) -> str:
 
 def study_key(config: dict, assets: Any) -> dict | None:
     """What every study's entry of one run is keyed on besides the study's name: the run
-    configuration ``config`` (a JSON-able dict), :func:`assets_digest` of ``assets`` and
-    :func:`code_digest`; None when some input cannot be digested (nothing is then cached)."""
+    configuration ``config`` (a JSON-able dict), :func:`assets_digest` of ``assets``,
+    :func:`code_digest` and :func:`style_digest`; None when some input cannot be digested (nothing
+    is then cached)."""
     try:
-        return {"config": config, "assets": assets_digest(assets), "code": code_digest()}
+        return {"config": config, "assets": assets_digest(assets), "code": code_digest(), "style": style_digest()}
     except (TypeError, OSError):
         return None
 
