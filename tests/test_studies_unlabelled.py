@@ -150,20 +150,28 @@ def test_a_cifar_resnet_judge_on_grey_images_is_refused_before_any_net_trains(tm
     assert not any(p.is_dir() for p in (tmp_path / "out" / "models").glob("*"))
 
 
-def test_a_cifar_resnet_judge_on_rgb_images_of_another_size_is_refused_before_any_net_trains(tmp_path, monkeypatch):
-    """The check above read the channels only: 16x16 (or 64x64) RGB images went through, and the
-    ResNet's global pooling judged them as CIFAR-10 images of another scale, without a word."""
+def _resnet20_judge_on(tmp_path, monkeypatch, size: int, depth: int):
+    """load_assets' module, a config judging ``size``x``size`` RGB images with random ResNet-20 weights
+    given as ``resnet{depth}:PATH``, and the weights' path; the split is stood in for (50 images)."""
     import kinetic_fm.studies.assets as module
     from kinetic_fm.models.resnet_cifar import CifarResNet
-    from kinetic_fm.studies.workspace import Workspace
 
     weights = tmp_path / "resnet20-random.th"
     torch.save({"state_dict": {f"module.{k}": v for k, v in CifarResNet(20).state_dict().items()}}, weights)
-    rgb = torch.rand(50, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    rgb = torch.rand(50, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
     monkeypatch.setattr(module, "_load_split", lambda cfg, progress=True: (rgb[10:], None, rgb[:10], None,
-                                                                           None, "rgb faces", None))
-    cfg = AssetsConfig(data="celeba:faces.zip", classifier=f"resnet20:{weights}", n_heldout=10, memorizer_n=8,
-                       general_steps=2, memorizer_steps=2, batch_size=8, model="mlp", width=8)
+                                                                           None, "rgb images", None))
+    cfg = AssetsConfig(data="celeba:faces.zip", classifier=f"resnet{depth}:{weights}", n_heldout=10,
+                       memorizer_n=8, general_steps=2, memorizer_steps=2, batch_size=8, model="mlp", width=8)
+    return module, cfg, weights
+
+
+def test_a_cifar_resnet_judge_on_rgb_images_of_another_size_is_refused_before_any_net_trains(tmp_path, monkeypatch):
+    """The check above read the channels only: 16x16 (or 64x64) RGB images went through, and the
+    ResNet's global pooling judged them as CIFAR-10 images of another scale, without a word."""
+    from kinetic_fm.studies.workspace import Workspace
+
+    module, cfg, _ = _resnet20_judge_on(tmp_path, monkeypatch, size=16, depth=20)
     with pytest.raises(ValueError, match=r"--classifier resnet20 judges RGB images \(3, 32, 32\), but "
                                          r"'celeba:faces.zip' loads images of shape \(3, 16, 16\)"):
         module.load_assets(cfg, Workspace(tmp_path / "out"), progress=False)
@@ -173,17 +181,9 @@ def test_a_cifar_resnet_judge_on_rgb_images_of_another_size_is_refused_before_an
 def test_a_cifar_resnet_judge_of_the_other_depth_names_the_flag(tmp_path, monkeypatch):
     """kfm reproduce --classifier resnet56:PATH with ResNet-20 weights read "classifier resnet56:PATH:
     the file holds ..."; the user typed --classifier."""
-    import kinetic_fm.studies.assets as module
-    from kinetic_fm.models.resnet_cifar import CifarResNet
     from kinetic_fm.studies.workspace import Workspace
 
-    weights = tmp_path / "resnet20-random.th"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in CifarResNet(20).state_dict().items()}}, weights)
-    rgb = torch.rand(50, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    monkeypatch.setattr(module, "_load_split", lambda cfg, progress=True: (rgb[10:], None, rgb[:10], None,
-                                                                           None, "rgb images", None))
-    cfg = AssetsConfig(data="celeba:faces.zip", classifier=f"resnet56:{weights}", n_heldout=10, memorizer_n=8,
-                       general_steps=2, memorizer_steps=2, batch_size=8, model="mlp", width=8)
+    module, cfg, weights = _resnet20_judge_on(tmp_path, monkeypatch, size=32, depth=56)
     with pytest.raises(ValueError, match=rf"^--classifier resnet56:{weights}: the file holds a ResNet-20's weights; "
                                          rf"write resnet20:{weights}$"):
         module.load_assets(cfg, Workspace(tmp_path / "out"), progress=False)
