@@ -673,8 +673,8 @@ def test_line_panels_figure_gives_each_quantity_its_own_axis_and_label(monkeypat
     assert left["legend"] == ["F_mem", "span F_mem"] and right["legend"] == ["late share", "uniform in t"]
     assert left["fills"] == 1 and right["fills"] == 0                       # the band stays on its panel
     assert left["xlabel"] == right["xlabel"] == f"training step {F.LOG_NOTE}" and left["xscale"] == "log"
-    with pytest.raises(ValueError, match="bands names labels missing from ys"):
-        F.line_panels_figure("bad", "c", steps, [F.LinePanel({"a": np.ones(4)}, "y", bands={"b": (0, 1)})],
+    with pytest.raises(ValueError, match=r"panels\[1\]\.bands names labels missing from panels\[1\]\.ys: \['b'\]"):
+        F.line_panels_figure("bad", "c", steps, [share, F.LinePanel({"a": np.ones(4)}, "y", bands={"b": (0, 1)})],
                              xlabel="x")
     with pytest.raises(ValueError, match="at least one LinePanel"):
         F.line_panels_figure("none", "c", steps, [], xlabel="x")

@@ -636,9 +636,7 @@ def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: 
     xs = _array(x, name="x").ravel()
     bands = bands or {}
     right = right or {}
-    unknown = set(bands) - set(ys)
-    if unknown:
-        raise ValueError(f"bands names labels missing from ys: {sorted(map(str, unknown))}")
+    _check_bands(bands, ys, "bands", "ys")
     if right and not right_ylabel:
         raise ValueError("right needs a right_ylabel: its lines are in other units than ylabel's")
     fig = _new_figure(6.4, 4.0)
@@ -675,15 +673,14 @@ def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: 
 @dataclass(frozen=True)
 class LinePanel:
     """One panel of :func:`line_panels_figure`: lines ``ys[label]`` of one quantity, its axis labelled
-    ``ylabel`` (log when ``log_y``), optional shaded ``bands[label] = (low, high)`` and a dashed grey
-    ``reference`` line named ``reference_label`` (as :func:`line_figure`'s)."""
+    ``ylabel``, optional shaded ``bands[label] = (low, high)`` and a dashed grey ``reference`` line
+    named ``reference_label`` (as :func:`line_figure`'s)."""
 
     ys: dict[str, Any]
     ylabel: str
     bands: dict[str, tuple[Any, Any]] | None = None
     reference: float | None = None
     reference_label: str = "reference"
-    log_y: bool = False
 
 
 def line_panels_figure(name: str, caption: str, x: Any, panels: Sequence[LinePanel], *, xlabel: str,
@@ -694,22 +691,27 @@ def line_panels_figure(name: str, caption: str, x: Any, panels: Sequence[LinePan
     check_figure_name(name)
     if not panels:
         raise ValueError("panels must hold at least one LinePanel")
+    for i, panel in enumerate(panels):
+        _check_bands(panel.bands or {}, panel.ys, f"panels[{i}].bands", f"panels[{i}].ys")
     xs = _array(x, name="x").ravel()
     fig = _new_figure(4.8 * len(panels), 4.0)
     colour = 0
     for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        bands = panel.bands or {}
-        unknown = set(bands) - set(panel.ys)
-        if unknown:
-            raise ValueError(f"bands names labels missing from ys: {sorted(map(str, unknown))}")
-        drawn = _lines(ax, xs, panel.ys, bands, log_x, panel.log_y, first_colour=colour)
+        drawn = _lines(ax, xs, panel.ys, panel.bands or {}, log_x, False, first_colour=colour)
         colour += len(panel.ys)
         _style(ax, xlabel=xlabel, ylabel=panel.ylabel)
         _reference_line(ax, panel.reference, panel.reference_label)
         _integer_ticks(ax, xs, log_x)
-        _finish_axes(ax, drawn, log_x=log_x, log_y=panel.log_y)
+        _finish_axes(ax, drawn, log_x=log_x)
     fig.tight_layout()
     return _render(fig, name, caption)
+
+
+def _check_bands(bands: dict, ys: dict, bands_name: str, ys_name: str) -> None:
+    """Refuse shaded bands for labels that draw no line."""
+    unknown = set(bands) - set(ys)
+    if unknown:
+        raise ValueError(f"{bands_name} names labels missing from {ys_name}: {sorted(map(str, unknown))}")
 
 
 def _reference_line(ax, reference: float | None, label: str) -> None:

@@ -33,14 +33,14 @@ if TYPE_CHECKING:  # pandas is only needed by callers that build tables
 __all__ = ["Claim", "Figure", "Section", "VERDICTS", "format_value", "write_report"]
 
 #: verdict -> the label shown in the report (a symbol so it reads at a glance, plus the word)
-#: how a glossary paragraph opens, the report's (``kfm reproduce``'s intro) or a section's own
-TERMS_HEAD = "**Terms.**"
 VERDICTS = {
     "reproduced": "✅ reproduced",
     "not reproduced": "❌ not reproduced",
     "inconclusive": "➖ inconclusive",
     "not measured": "⬜ not measured",  # the data cannot measure it (no labels): no interval at all
 }
+#: how a glossary paragraph opens, the report's (``kfm reproduce``'s intro) or a section's own
+TERMS_HEAD = "**Terms.**"
 # the HTML page colours the verdict cell, so it uses text symbols that every font has
 # (colour emoji fonts are often missing on Linux and render as empty boxes)
 _HTML_VERDICTS = {"reproduced": "✓ reproduced", "not reproduced": "✗ not reproduced",
