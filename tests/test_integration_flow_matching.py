@@ -904,3 +904,39 @@ def test_a_model_extra_the_model_cannot_take_is_refused_before_the_run_with_its_
     from_model_wrapper(Net(), y=cond)
     from_model_wrapper(lambda x, t, **extras: -x, cond=cond)
     from_model_wrapper(torch.nn.DataParallel(Net()), y=cond)
+
+
+def test_a_compiled_model_is_called_as_the_module_it_compiles():
+    # helper-256: torch.compile's module shows forward(*args, **kwargs), which names no x and t, so a compiled
+    # forward(t, x) was called by position, model(x, t): x went to t and t to x, without a word. It is read by
+    # the module it compiles (its _orig_mod), and the eager backend runs that module's own forward: bit-identical
+    x0 = kfm.noise(range(4), (DIM,), dtype=torch.float64)
+    settings = dict(step_size=1 / 32, method="midpoint")
+    compiled = torch.compile(TimeFirst(), backend="eager")
+    plain = KineticODESolver(TimeFirst()).sample(x0, **settings)
+    assert torch.equal(KineticODESolver(compiled).sample(x0, **settings).x, plain.x)
+    for data_parallel in (torch.nn.DataParallel(compiled), torch.compile(torch.nn.DataParallel(TimeFirst()),
+                                                                         backend="eager")):
+        assert torch.equal(KineticODESolver(data_parallel).sample(x0, **settings).x, plain.x)
+    # the labels of forward(t, x, y) go by name to the compiled module as to the plain one
+    labels = torch.tensor([0, 1, 2, 1])
+    t = torch.full((4,), 0.3, dtype=torch.float64)
+    ours = from_model_wrapper(torch.compile(LabelledTX(), backend="eager"), time="batch")(x0, t, labels)
+    assert torch.equal(ours, from_model_wrapper(LabelledTX(), time="batch")(x0, t, labels))
+    # dx/dt = cos(3t) − x: x(1) = x0/e + ∫_0^1 e^(s − 1)·cos(3s) ds
+    exact = math.exp(-1) * x0 + (math.cos(3) + 3 * math.sin(3) - math.exp(-1)) / 10
+    torch.testing.assert_close(plain.x, exact, rtol=0, atol=1e-3)
+
+
+def test_a_compiled_model_is_refused_extras_its_module_cannot_take():
+    # helper-256: the extras check read torch.compile's (*args, **kwargs) and let any extra through, to fail
+    # at the first step with "got an unexpected keyword argument"
+    class Net(torch.nn.Module):
+        def forward(self, x, t, y):
+            return -x
+
+    cond = torch.zeros(2, DIM)
+    for build in (from_model_wrapper, kfm.ModelXT):
+        with pytest.raises(ValueError, match=r"^the model takes no extra named \['cond'\]: Net\(x, t, y\)"):
+            build(torch.compile(Net(), backend="eager"), cond=cond)
+        build(torch.compile(Net(), backend="eager"), y=cond)

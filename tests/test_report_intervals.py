@@ -279,7 +279,7 @@ def test_goldilocks_fits_the_reference_jackknife_once_for_both_splits_with_the_s
     monkeypatch.setattr(M, "jackknife_replicates", lambda sets, ref, groups=10, fits=None: replicates(sets, ref))
     fitted.clear()
     alone, alone_claim = M._goldilocks(cfg, 30, assets, Workspace(tmp_path / "b"), "fake", StudyOutput("m"))
-    assert len(fitted) == 2 * 11
+    assert len(fitted) == 2 * 11 + 2     # and the controls' and the tests' full fits of their own (helper-256)
     assert alone_claim == shared_claim
     for (name, table), (other, expected) in zip(shared.tables, alone.tables):
         assert name == other and table.equals(expected)
@@ -386,3 +386,68 @@ def test_the_efm_section_draws_its_power_without_a_gain(tmp_path, monkeypatch):
     section, _ = _efm_subsets(cfg, assets, Workspace(tmp_path), "fake", StudyOutput("memorization"))
     (label,) = drawn["energy_profile_efm"].ylabel
     assert label.startswith("kinetic power  ½‖v‖²") and "η" not in label
+
+
+def _fits_of(monkeypatch, rows: np.ndarray, *modules) -> list:
+    """A list that grows by one each time ``feature_reference`` fits exactly ``rows``, in output's namespace and
+    in each of ``modules``' (where they import it by name)."""
+    from kinetic_fm.studies import output
+
+    same, fit = [], output.feature_reference
+
+    def counted(given):
+        if given.shape == rows.shape and np.array_equal(given, rows):
+            same.append(len(given))
+        return fit(given)
+
+    for module in (output, *modules):
+        if hasattr(module, "feature_reference"):
+            monkeypatch.setattr(module, "feature_reference", counted)
+    return same
+
+
+def test_goldilocks_fits_the_full_reference_once_for_its_controls_tests_and_jackknife(tmp_path, monkeypatch):
+    # helper-256: the ‖x1‖² control's FDs, its interior-best share and the tests' T each fitted the whole
+    # held-out reference again beside the jackknife's full fit, four eigenvalue problems of the same rows
+    from kinetic_fm.studies import memorization as M
+    from kinetic_fm.studies.output import StudyOutput
+
+    assets, cfg = _goldilocks_case()
+    _axes_of(monkeypatch)
+    ref = assets.features(assets.heldout).numpy()
+    fitted = _fits_of(monkeypatch, ref, M)
+    shared, shared_claim = M._goldilocks(cfg, 30, assets, Workspace(tmp_path / "a"), "fake", StudyOutput("m"))
+    assert fitted == [40]
+    # the same numbers, to the bit, as each part fitting the reference itself
+    monkeypatch.setattr(M, "jackknife_reference", lambda rows, groups=10: None)
+    fitted.clear()
+    alone, alone_claim = M._goldilocks(cfg, 30, assets, Workspace(tmp_path / "b"), "fake", StudyOutput("m"))
+    assert len(fitted) >= 4
+    assert alone_claim == shared_claim
+    for (name, table), (other, expected) in zip(shared.tables, alone.tables):
+        assert name == other and table.equals(expected)
+
+
+def test_shaping_fits_the_training_reference_once_for_its_fds_and_their_jackknife(tmp_path, monkeypatch):
+    # helper-256: the settings' FDs and their jackknife intervals each fitted all the training features
+    from kinetic_fm.studies import shaping
+    from kinetic_fm.studies.config import ShapingConfig
+
+    gen = torch.Generator().manual_seed(3)
+    train = torch.rand(30, 1, 2, 2, generator=gen) - 0.5
+    assets = SimpleNamespace(train=train, memorizer_train=train[:10], memorizer=LinearDrift(4), classifier_name="flat",
+                             mean=None, value_range=lambda: (-0.5, 0.5), features=lambda x: x.flatten(1).double(),
+                             train_features=lambda: train.flatten(1).double())
+    cfg = ShapingConfig(n_samples=24, steps=4, more_steps=6, bootstrap=10, seed_start=5)
+    _axes_of(monkeypatch)
+    ref_rows = train.flatten(1).double().numpy()
+    fitted = _fits_of(monkeypatch, ref_rows, shaping)
+    shared = shaping.run_shaping(cfg, assets, Workspace(tmp_path / "a"), "fake", progress=False)
+    assert fitted == [30]
+    assert np.isfinite(shared.tables["shaping_grid"]["FD-flat CI low"]).all()   # the jackknife ran
+    monkeypatch.setattr(shaping, "jackknife_reference", lambda rows, groups=10: None)
+    fitted.clear()
+    alone = shaping.run_shaping(cfg, assets, Workspace(tmp_path / "b"), "fake", progress=False)
+    assert fitted == [30, 30]
+    assert alone.claims == shared.claims
+    assert alone.tables["shaping_grid"].equals(shared.tables["shaping_grid"])

@@ -198,6 +198,31 @@ def test_an_lr_whose_first_adamw_step_overflows_float32_is_refused_with_its_boun
                 TrainConfig(lr=bad, betas=(beta1, 0.999))
 
 
+def test_an_lr_times_weight_decay_of_one_or_more_warns_once_with_both_values_and_the_product():
+    # helper-256: AdamW's decoupled decay multiplies the weights by 1 - lr·weight_decay at each step, before its
+    # adaptive step; at 1 or more that zeroes them or flips their sign, and the run went on without a word
+    import warnings
+
+    net = nn.Linear(3, 3, bias=False)
+    before = net.weight.detach().clone()
+    net.weight.grad = torch.zeros_like(net.weight)               # no adaptive step: the decay alone
+    torch.optim.AdamW(net.parameters(), lr=0.5, weight_decay=4.0, foreach=True).step()
+    assert torch.equal(net.weight.detach(), -before)             # 1 - 0.5·4 = -1: every sign flipped
+    for lr, weight_decay, product in ((0.5, 4.0, "2"), (0.25, 4.0, "1")):
+        with pytest.warns(UserWarning) as caught:
+            TrainConfig(lr=lr, weight_decay=weight_decay)
+        assert [str(w.message) for w in caught] == [
+            f"lr = {lr} and weight_decay = {weight_decay} multiply to {product} >= 1: AdamW's decoupled weight decay "
+            f"multiplies the weights by 1 - {product} = {1 - float(product):g} at each step at this lr, which zeroes "
+            f"them or flips their sign; training goes on, but weight decay is meant to shrink them a little "
+            f"(a product well below 1)"]
+        assert caught[0].filename == __file__                    # the line that built the config
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainConfig(lr=0.5, weight_decay=1.999)                   # 0.9995: shrinks, however hard
+        TrainConfig()
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(data=torch.randint(0, 5, (16, 2))), "data must be a float tensor"),
     (dict(labels=torch.zeros(3, dtype=torch.long)), r"labels must have shape \(16,\)"),

@@ -339,3 +339,16 @@ def test_kfm_train_then_kfm_sample_on_the_run_folder_samples_its_final_ema(tmp_p
     np.testing.assert_array_equal(read_run(tmp_path / "run")["kpe"].to_numpy(), want.kpe.numpy())
     torch.testing.assert_close(torch.from_numpy(read_samples(tmp_path / "run")), want.x, rtol=0, atol=0)
     assert not torch.equal(kfm.sample(raw, seeds=range(4), shape=(2,), steps=5).x, want.x)
+
+
+def test_an_lr_times_weight_decay_of_one_or_more_warns_once_in_the_flags_words(tmp_path, capsys):
+    # helper-256: AdamW's decay flips the weights' sign at each step where --lr × --weight-decay > 1; the run
+    # goes on, as it did, with one warning that names both flags
+    args = ["train", "--data", "gmm", "--n", "64", "--no-progress", "--steps", "1", "--batch-size", "8",
+            "--checkpoints", "none", "--lr", "0.5", "--weight-decay", "4", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == ["kfm train: warning: --lr = 0.5 and --weight-decay = 4.0 multiply to 2 >= 1: AdamW's decoupled "
+                      "weight decay multiplies the weights by 1 - 2 = -1 at each step at this lr, which zeroes them "
+                      "or flips their sign; training goes on, but weight decay is meant to shrink them a little "
+                      "(a product well below 1)"]

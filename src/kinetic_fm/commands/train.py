@@ -13,10 +13,11 @@ net with ``kinetic_fm.models.load_model(<out>)`` and sample it with ``kinetic_fm
 from __future__ import annotations
 
 import argparse
+import warnings
 
 from ..checks import DEVICE_FORMS
 from ._types import check_output_path, seed_number, user_path, writing
-from ._flag_names import SettingFlags, flag_words, named_by_its_flag, where_named
+from ._flag_names import SettingFlags, as_arguments, flag_words, named_by_its_flag, where_named
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
              "(PATH a folder or .zip; folder: loads one channel where every image is grey, else RGB). digits: "
@@ -101,12 +102,16 @@ def run(args: argparse.Namespace) -> int:
         if outside:
             raise ValueError(f"--checkpoints steps must lie in [1, --steps] = [1, {args.steps}], got {outside}")
     try:
-        config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                             warmup=args.warmup, ema_decay=args.ema_decay, grad_clip=args.grad_clip or None,
-                             label_dropout=label_dropout, seed=args.seed, checkpoints=checkpoints,
-                             save_every=args.save_every)
+        with warnings.catch_warnings(record=True) as caught:  # its warnings in the flags' words (lr × weight_decay)
+            warnings.simplefilter("always")
+            config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                 weight_decay=args.weight_decay, warmup=args.warmup, ema_decay=args.ema_decay,
+                                 grad_clip=args.grad_clip or None, label_dropout=label_dropout, seed=args.seed,
+                                 checkpoints=checkpoints, save_every=args.save_every)
     except ValueError as err:
         raise named_by_its_flag(err, _FLAGS) from None
+    for warning in caught:
+        warnings.warn(as_arguments(str(warning.message), _FLAGS), warning.category, stacklevel=2)
     with flag_words({}, source=("--data", args.data)):  # the loader's errors name the spec or its files
         try:
             ds = load_dataset(args.data, n=args.n, seed=args.seed, progress=not args.no_progress)

@@ -30,6 +30,7 @@ import copy
 import functools
 import inspect
 import math
+import sys
 from typing import Any, Callable, Iterable
 
 import torch
@@ -72,12 +73,25 @@ def _check_callable(model: Any, name: str = "model") -> None:
         raise TypeError(f"{name} must be callable, got {type(model).__name__}")
 
 
+def _compiled_module_type() -> type | None:
+    """torch.compile's module class, where torch._dynamo is imported already (a compiled module cannot
+    exist before it is): ``import kinetic_fm`` does not import it."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return getattr(eval_frame, "OptimizedModule", None)
+
+
 def unwrapped_module(model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """The module a ``DataParallel`` or ``DistributedDataParallel`` wraps (its own ``forward(*inputs,
-    **kwargs)`` hands both on unchanged); any other model itself."""
-    while isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
+    """The module a ``DataParallel`` or ``DistributedDataParallel`` wraps, or ``torch.compile`` compiled
+    (its ``_orig_mod``): their own ``forward(*args, **kwargs)`` hands both on unchanged to it; any other
+    model itself. Read for its signature only: the model is still called as given."""
+    compiled = _compiled_module_type()
+    while True:
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif compiled is not None and isinstance(model, compiled):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def signature_of(model: Callable[..., torch.Tensor]) -> inspect.Signature | None:
@@ -95,7 +109,7 @@ def check_extras_taken(model: Callable[..., torch.Tensor], names: Iterable[str],
     """ValueError, when the field is built (``built_by``: "kfm.ModelXT", "from_model_wrapper", for the
     remedy), for extras ``names`` that ``model`` has no keyword parameter and no ``**kwargs`` for: every
     call would fail with "got an unexpected keyword argument". Read from the signature, the model is
-    not called; a signature that cannot be read, or ``(*args, **kwargs)`` (torch.compile's), passes."""
+    not called; a signature that cannot be read passes (a compiled module is read by the module it compiles)."""
     from .guidance import ClassifierFreeGuidance
 
     names = list(names)

@@ -88,9 +88,9 @@ def _keyword_call(model: Callable[..., torch.Tensor]
     ``forward(*, x, t, y)``: ("y",)); third, for a model with ``*args``, its positional
     parameters before it (the extras beyond those names go into it, as ``model(t, x, y, *rest)``
     passes them), else None. For such a model the names are those positional parameters only: a
-    positional extra never reaches a keyword-only one. A ``DataParallel`` or
-    ``DistributedDataParallel`` is read by the module it wraps: its own ``forward(*inputs,
-    **kwargs)`` hands both on unchanged."""
+    positional extra never reaches a keyword-only one. A ``DataParallel``, ``DistributedDataParallel``
+    or ``torch.compile``d module is read by the module it wraps: its own ``forward(*args, **kwargs)``
+    hands both on unchanged."""
     signature = signature_of(model)
     if signature is None:  # a builtin or C extension without a signature: by position
         return False, None, None

@@ -90,6 +90,15 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite number in (0, {largest * (1 - beta1):.3g}], got {self.lr!r}: "
                              f"AdamW's first step, lr / (1 - β1) with β1 = {beta1}, must not exceed float32's "
                              f"largest number, {largest:.3g}")
+        # AdamW's decoupled decay multiplies the weights by 1 - lr·weight_decay at each step (at full lr); at 1 or
+        # more it zeroes them or flips their sign. Runs went through so, and may go on: a warning, not a refusal
+        product = self.lr * self.weight_decay
+        if product >= 1:
+            warnings.warn(f"lr = {self.lr!r} and weight_decay = {self.weight_decay!r} multiply to {product:.3g} >= 1: "
+                          f"AdamW's decoupled weight decay multiplies the weights by 1 - {product:.3g} = "
+                          f"{1 - product:.3g} at each step at this lr, which zeroes them or flips their sign; training "
+                          f"goes on, but weight decay is meant to shrink them a little (a product well below 1)",
+                          UserWarning, stacklevel=3)
         if self.grad_clip is not None:
             object.__setattr__(self, "grad_clip", check_real("grad_clip", self.grad_clip, 0.0, math.inf,
                                                              "None or a finite number > 0", open_low=True))

@@ -10,6 +10,7 @@ to copy, and what happens to its energy? Memorized samples are compared with the
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,13 +23,16 @@ from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
 from .output import (AFTER_06_COLUMN, FD_FORMAT, JackknifeReference, StudyOutput, clamp_text, display_note,
                      fd_bias_note, fd_formats, fd_interval_pointer, fd_interval_terms, fd_to_reference,
-                     fd_undecided_note, feature_reference, fmem_formats, for_display, image_range,
+                     fd_undecided_note, feature_reference, fmem_formats, for_display, full_reference, image_range,
                      jackknife_reference, jackknife_replicates, noted_frechet_distance, replicate_fds,
                      replicate_intervals)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, fmt_significant, interior_margin
 from .workspace import Workspace
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..metrics.fidelity import FrechetReference
 
 
 def run_memorization(cfg: MemorizationConfig, sem_cfg: SemanticsConfig, assets: Assets, ws: Workspace,
@@ -306,18 +310,22 @@ def late_energy_verdict(late_memorized: np.ndarray, late_others: np.ndarray, min
     return ("reproduced" if res.statistic < 0 else "not reproduced"), p
 
 
-def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int, seed: int) -> float:
+def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int, seed: int,
+                         reference: FrechetReference | None = None) -> float:
     """Share of bootstrap resamples (rows redrawn within each KPE quintile) in which the lowest
-    Fréchet distance to ``ref`` falls in an interior quintile."""
-    return float(best_is_interior(_fd_within_groups(feats, bins, ref, resamples, seed)).mean())
+    Fréchet distance to ``ref`` falls in an interior quintile; ``reference``: ``ref``'s fit, when made."""
+    return float(best_is_interior(_fd_within_groups(feats, bins, ref, resamples, seed, reference)).mean())
 
 
-def _fd_within_groups(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+def _fd_within_groups(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int, seed: int,
+                      reference: FrechetReference | None = None) -> np.ndarray:
     """(R, G) Fréchet distances to ``ref`` of each group 0..G−1 of ``bins`` ((n,) ints), its own rows
     redrawn with replacement in each of R = ``resamples`` resamples (one generator seeded ``seed``,
-    resample by resample, group by group). A group of fewer than two rows has no covariance: NaN."""
+    resample by resample, group by group). A group of fewer than two rows has no covariance: NaN.
+    ``reference``: ``ref``'s :func:`~kinetic_fm.studies.output.feature_reference`, fitted here when None."""
     rng = np.random.default_rng(seed)
-    reference = feature_reference(ref)
+    if reference is None:
+        reference = feature_reference(ref)
     groups = [np.flatnonzero(bins == q) for q in range(int(bins.max()) + 1)]
     values = np.empty((resamples, len(groups)))
     for r in range(resamples):
@@ -378,7 +386,7 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
     when already made (both splits' jackknives read it).
     """
     rng = np.random.default_rng(seed)
-    reference = feature_reference(ref)
+    reference = full_reference(ref, fits)
 
     def margin(rows: np.ndarray, b: np.ndarray, to=reference) -> float:
         groups = [rows[b == q] for q in range(5)]
@@ -515,16 +523,17 @@ def _quintile_sizes_text(sizes, noun: str = " samples") -> str:
     return f"{low}{noun}" if low == high else f"{low}–{high}{noun}"
 
 
-def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed):
+def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed, reference=None):
     """FD by quintile of KPE and of the control scalars (``orderings``, from
     :func:`control_orderings`), the section's paragraph about them, and the interior-best share of
-    the ‖x1‖² control."""
+    the ‖x1‖² control. ``reference``: ``ref``'s fit when already made (fitted here when None)."""
     import pandas as pd
 
-    reference = feature_reference(ref)
+    if reference is None:
+        reference = feature_reference(ref)
     control = pd.DataFrame({"quintile": [f"Q{q + 1}" for q in range(5)], **{
         name: [fd_to_reference(feats[bins == q], reference) for q in range(5)] for name, bins in orderings.items()}})
-    share = _interior_best_share(feats, orderings["‖x1‖²"], ref, resamples, seed)
+    share = _interior_best_share(feats, orderings["‖x1‖²"], ref, resamples, seed, reference)
     spread = {name: float(control[name].max() - control[name].min()) for name in orderings}
     text = (f"Control (not one of the paper's claims): any scalar that sorts samples by their content puts "
             f"the unusual samples in the end quintiles, whose statistics differ most from the reference, so "
@@ -775,11 +784,13 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
     resamples = min(200, bootstrap)
     orderings = control_orderings(kpe, x, start_noise(run), sem_cfg.seed_start)
     ws.say(f"memorization: Goldilocks controls, permutation test and bootstrap ({resamples} resamples)")
-    control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(),
-                                                                fd_col, resamples, sem_cfg.seed_start)
-    # each quintile's own interval (context for the bars; the claim reads T and the same jackknife's FDs,
-    # and the control quintiles' jackknife the same reference fits)
+    # the reference's jackknife fits, made once: the controls and the tests read its full fit, each quintile's
+    # own interval (context for the bars; the claim reads T and the same jackknife's FDs) and the control
+    # quintiles' jackknife the rest
     fits = jackknife_reference(ref.numpy())
+    control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(), fd_col,
+                                                                resamples, sem_cfg.seed_start,
+                                                                full_reference(ref.numpy(), fits))
     replicates = quintile_replicates(feats.numpy(), bins, ref.numpy(), fits)
     table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = quintile_fd_intervals(feats.numpy(), bins, ref.numpy(),
                                                                                   replicates)

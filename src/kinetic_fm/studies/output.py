@@ -89,7 +89,8 @@ JACKKNIFE_GROUPS = 10  # the FD intervals' delete-a-group jackknife: each group 
 
 
 def jackknife_fd_intervals(sets: Sequence[np.ndarray], ref_rows: np.ndarray, groups: int = JACKKNIFE_GROUPS,
-                           confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+                           confidence: float = 0.95, fits: JackknifeReference | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
     """(S,) low and (S,) high ends of each set's ``confidence`` interval for its Fréchet distance
     to the reference rows: a delete-a-group jackknife over both sets. ``sets``: S (n_s, D) numpy
     features; ``ref_rows``: (m, D). Group k holds rows k, k + g, k + 2g, ... (g = ``groups``) of a
@@ -110,8 +111,9 @@ def jackknife_fd_intervals(sets: Sequence[np.ndarray], ref_rows: np.ndarray, gro
     setting's, for true FDs of 40 to 143) is the FD's own sampling spread, not an artefact.
 
     NaN for a set, or for all when the reference, has fewer rows than ``groups`` or leaves no more
-    rows than features once a group is out (the FD is then mostly that bias, far from linear in 1/n)."""
-    return replicate_intervals(jackknife_replicates(sets, ref_rows, groups), confidence)
+    rows than features once a group is out (the FD is then mostly that bias, far from linear in 1/n).
+    ``fits``: the :func:`jackknife_reference` of these ``ref_rows`` when already made (the same numbers)."""
+    return replicate_intervals(jackknife_replicates(sets, ref_rows, groups, fits), confidence)
 
 
 def replicate_intervals(replicates: Sequence[tuple[float, np.ndarray | None]],
@@ -178,6 +180,14 @@ def jackknife_reference(ref_rows: np.ndarray, groups: int = JACKKNIFE_GROUPS) ->
         return JackknifeReference(groups, None, ())
     return JackknifeReference(groups, feature_reference(ref_rows), tuple(
         feature_reference(np.delete(ref_rows, slice(k, None, groups), axis=0)) for k in range(groups)))
+
+
+def full_reference(ref_rows: np.ndarray, fits: JackknifeReference | None = None) -> FrechetReference:
+    """The Fréchet fit of all the (m, D) numpy ``ref_rows``: ``fits.full`` where ``fits`` is their
+    :func:`jackknife_reference` and made it (the same numbers, bit for bit), else fitted here."""
+    if fits is not None and fits.full is not None:
+        return fits.full
+    return feature_reference(ref_rows)
 
 
 def jackknife_replicates(sets: Sequence[np.ndarray], ref_rows: np.ndarray, groups: int = JACKKNIFE_GROUPS,

@@ -19,9 +19,9 @@ from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, StudyOutput, fd_bias_note, fd_formats,
-                     fd_to_reference, fd_undecided_note, feature_reference, fmem_formats, image_range,
-                     jackknife_fd_intervals, fd_interval_pointer, fd_interval_terms)
+from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, JackknifeReference, StudyOutput, fd_bias_note,
+                     fd_formats, fd_to_reference, fd_undecided_note, fmem_formats, full_reference, image_range,
+                     jackknife_fd_intervals, jackknife_reference, fd_interval_pointer, fd_interval_terms)
 from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci,
                        fmt_significant, percent_of, verdict_from_interval, verdict_of_all)
@@ -139,7 +139,8 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     device = next(assets.memorizer.parameters()).device
     seeds = range(cfg.seed_start, cfg.seed_start + cfg.n_samples)
     ref_rows = assets.train_features().double().numpy()
-    reference = feature_reference(ref_rows)
+    fits = jackknife_reference(ref_rows)  # the settings' intervals' jackknife, and its full fit for their FDs
+    reference = full_reference(ref_rows, fits)
     iterator = settings
     if progress:
         from tqdm.auto import tqdm
@@ -179,7 +180,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     fm_fd, fm_mem = value.loc["plain FM", fd_name], value.loc["plain FM", "F_mem"]
     out.claims += shaping_claims(feats, memorized, value, fd_name, reference, boot, reference_rows=len(assets.train))
     # each setting's own interval (context for the bars; the claims read paired differences)
-    low, high = setting_fd_intervals(feats, ref_rows)
+    low, high = setting_fd_intervals(feats, ref_rows, fits)
     table.insert(table.columns.get_loc(fd_name) + 1, f"{fd_name} CI low", low)
     table.insert(table.columns.get_loc(fd_name) + 2, f"{fd_name} CI high", high)
 
@@ -355,7 +356,8 @@ def _balanced(fd_ci: Interval, mem_ci: Interval, against: tuple[Interval, Interv
     return "not reproduced" if verdict_from_interval(*against[1], -1) == "not reproduced" else "inconclusive"
 
 
-def setting_fd_intervals(feats: dict[str, np.ndarray], ref_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def setting_fd_intervals(feats: dict[str, np.ndarray], ref_rows: np.ndarray,
+                         fits: JackknifeReference | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(S,) low and (S,) high ends of each setting's own 95% interval for its FD to the reference
     rows ``ref_rows`` ((m, D) features), in the order of ``feats`` (setting name → (n, D) features):
     :func:`~kinetic_fm.studies.output.jackknife_fd_intervals`. Unpaired: each whisker is one
@@ -364,8 +366,9 @@ def setting_fd_intervals(feats: dict[str, np.ndarray], ref_rows: np.ndarray) -> 
     FD where that bias is large; the basic bootstrap of the samples it replaced corrected only their
     part, and held the true FD in 0–80% of Gaussian runs at the quick preset's size. All NaN when the
     samples or the reference have no more rows than features once a tenth is out: the FD is then
-    mostly that bias."""
-    return jackknife_fd_intervals(list(feats.values()), ref_rows)
+    mostly that bias. ``fits``: the :func:`~kinetic_fm.studies.output.jackknife_reference` of
+    ``ref_rows`` when already made (the same numbers)."""
+    return jackknife_fd_intervals(list(feats.values()), ref_rows, fits=fits)
 
 
 def bootstrap_fd(feats: np.ndarray, reference: FrechetReference, boot: np.ndarray) -> np.ndarray:
