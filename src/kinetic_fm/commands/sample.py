@@ -116,7 +116,8 @@ def register(subparsers) -> None:
     s.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
                    help="number of samples, in [1, 2**32] (default 1000)")
     s.add_argument("--seed-start", type=seed_number, default=0,
-                   help="first seed S; the seeds are S .. S + N - 1 for N = --n, all below 2**32 (default 0)")
+                   help="first seed S, in [0, 2**32 - N] for N = --n: the seeds S .. S + N - 1 stay below 2**32 "
+                        "(default 0)")
     s.add_argument("--steps", type=int, default=None,
                    help=f"steps of fixed-step solvers, an integer >= 1 (default {DEFAULT_STEPS}; dopri5 ignores it, "
                         "with a warning)")
