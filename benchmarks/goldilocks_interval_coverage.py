@@ -60,7 +60,8 @@ import numpy as np
 from scipy import linalg, stats
 
 from kinetic_fm.studies.memorization import quintile_bins, quintile_replicates
-from kinetic_fm.studies.output import JACKKNIFE_GROUPS, fd_to_reference, feature_reference, replicate_fds
+from kinetic_fm.studies.output import (JACKKNIFE_GROUPS, fd_to_reference, feature_reference, full_reference,
+                                      jackknife_reference, replicate_fds)
 from kinetic_fm.studies.verdicts import basic_bootstrap, interior_margin
 
 METHODS = ("basic", "basic-2s", "plain+boot", "jfd+boot", "jT+boot", "jack-t")
@@ -158,10 +159,12 @@ def intervals(feats, bins, control, ref, resamples: int, rng: np.random.Generato
     """Each point's value (``POINTS``), each method's 95% (low, high), and the (2, 2, 5) plug-in
     and jackknife FDs of each quintile by s and by ‖z‖²."""
     n, m = len(feats), len(ref)
-    reference = feature_reference(ref)
     # the library's jackknife of each quintile (the report's bars and jack-fd point): plain FD and the
-    # g FDs leaving out group k of the quintile's rows and of the reference's
-    replicates = [quintile_replicates(feats, split, ref) for split in (bins, control)]
+    # g FDs leaving out group k of the quintile's rows and of the reference's; the reference fitted once
+    # for both splits, as the study does
+    fits = jackknife_reference(ref)
+    reference = full_reference(ref, fits)
+    replicates = [quintile_replicates(feats, split, ref, fits) for split in (bins, control)]
     if any(fd_k is None for split in replicates for _, fd_k in split):
         raise SystemExit(f"a quintile of n = {n} or the reference's m = {m} rows has too few rows for the "
                          f"jackknife at D = {feats.shape[1]}: raise --n / --m or lower --dim")

@@ -77,10 +77,13 @@ def test_jackknife_fd_intervals_never_leave_the_non_negative_numbers():
     assert ((ends == 0).all(axis=1)).sum() >= 1               # the case happened, and reads [0, 0]
 
 
-def test_jackknife_fds_are_the_bias_corrected_fds_uncut_and_nan_where_too_few_rows():
+def test_replicate_fds_are_the_bias_corrected_fds_uncut_and_nan_where_too_few_rows():
     # g·θ̂ − (g − 1)·mean_k FD_(−k) by its definition; not cut at 0 (the Goldilocks interval takes
     # differences of them), NaN for a set or reference too small for the jackknife
-    from kinetic_fm.studies.output import jackknife_fds
+    from kinetic_fm.studies.output import jackknife_reference, jackknife_replicates, replicate_fds
+
+    def jackknife_fds(sets, ref):
+        return replicate_fds(jackknife_replicates(sets, ref))
 
     rng = np.random.default_rng(7)
     ref = rng.normal(size=(90, 4))
@@ -95,6 +98,12 @@ def test_jackknife_fds_are_the_bias_corrected_fds_uncut_and_nan_where_too_few_ro
     np.testing.assert_allclose(got[:2], [corrected(sets[0]), corrected(sets[1])], rtol=1e-8, atol=1e-12)
     assert got[1] < 0                                   # one law, 40 rows: the corrected FD went below 0
     assert np.isnan(got[2]) and np.isnan(jackknife_fds(sets, ref[:8])).all()
+    # fits shared between calls give the same FDs, and fits of another reference are refused
+    assert np.array_equal(replicate_fds(jackknife_replicates(sets, ref, fits=jackknife_reference(ref))), got,
+                          equal_nan=True)
+    with pytest.raises(ValueError, match=r"fits: made from reference rows of shape \(80, 4\), but ref_rows has "
+                                         r"shape \(90, 4\)"):
+        jackknife_replicates(sets, ref, fits=jackknife_reference(ref[:80]))
 
 
 def _true_frechet(mu1, s1, mu2, s2) -> float:

@@ -335,8 +335,7 @@ def _fd_within_groups(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resa
     return values
 
 
-def quintile_fd_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray,
-                          replicates: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+def quintile_fd_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(5,) low and (5,) high ends of each KPE quintile's 95% interval for its Fréchet distance to
     ``ref`` ((m, D) features): :func:`~kinetic_fm.studies.output.jackknife_fd_intervals` of the
     quintile's own rows of ``feats`` ((n, D)), ``bins`` ((n,) quintile 0..4 of each row), and the
@@ -344,9 +343,10 @@ def quintile_fd_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray,
     large (the basic bootstrap it replaced, the reference held fixed, corrected the quintile's part of
     that bias only, and held the true FD in 0–3% of Gaussian runs at the quick preset's quintile size).
     NaN for a quintile without rows, or too few for the jackknife (no more rows than features once a
-    tenth is out: its FD is then mostly that bias), and for all when ``ref`` has too few.
-    ``replicates``: the quintiles' :func:`quintile_replicates` when already computed."""
-    return replicate_intervals(quintile_replicates(feats, bins, ref) if replicates is None else replicates)
+    tenth is out: its FD is then mostly that bias), and for all when ``ref`` has too few. A study that
+    also needs the quintiles' jackknife FDs takes :func:`quintile_replicates` once and
+    :func:`~kinetic_fm.studies.output.replicate_intervals` of it."""
+    return replicate_intervals(quintile_replicates(feats, bins, ref))
 
 
 def quintile_replicates(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray,
@@ -441,7 +441,7 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
 def _jackknife_difference(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarray, ref: np.ndarray,
                           replicates: list | None = None, fits: JackknifeReference | None = None) -> float:
     """T by ``bins`` minus T by ``control_bins`` of each quintile's jackknife bias-corrected FD
-    (:func:`~kinetic_fm.studies.output.jackknife_fds`: a tenth of the quintile's rows and of the
+    (:func:`~kinetic_fm.studies.output.replicate_fds`: a tenth of the quintile's rows and of the
     reference's left out at a time); NaN when a quintile of either split, or the reference, is too
     small for it. The plug-in FDs' upward bias grows with each quintile's spread, which the two splits
     differ in; the minima over quintiles keep a downward bias of their own, which this leaves in.
@@ -792,8 +792,7 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
                                                                 resamples, sem_cfg.seed_start,
                                                                 full_reference(ref.numpy(), fits))
     replicates = quintile_replicates(feats.numpy(), bins, ref.numpy(), fits)
-    table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = quintile_fd_intervals(feats.numpy(), bins, ref.numpy(),
-                                                                                  replicates)
+    table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = replicate_intervals(replicates)
     tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start,
                              replicates, fits)
     claim = Claim(

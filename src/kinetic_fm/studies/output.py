@@ -137,15 +137,10 @@ def replicate_intervals(replicates: Sequence[tuple[float, np.ndarray | None]],
     return low, high
 
 
-def jackknife_fds(sets: Sequence[np.ndarray], ref_rows: np.ndarray, groups: int = JACKKNIFE_GROUPS) -> np.ndarray:
-    """(S,) each set's bias-corrected Fréchet distance to the reference rows, the centre of
-    :func:`jackknife_fd_intervals` (same groups, same NaNs): g θ̂ − (g − 1) mean_k FD_k, not cut at 0
-    (a sum or difference of them stays unbiased to first order)."""
-    return replicate_fds(jackknife_replicates(sets, ref_rows, groups))
-
-
 def replicate_fds(replicates: Sequence[tuple[float, np.ndarray | None]]) -> np.ndarray:
-    """(S,) :func:`jackknife_fds` from the sets' S :func:`jackknife_replicates`."""
+    """(S,) each set's bias-corrected Fréchet distance to the reference, from the sets' S
+    :func:`jackknife_replicates`: the centre of :func:`jackknife_fd_intervals` (same groups, same NaNs),
+    g θ̂ − (g − 1) mean_k FD_k, not cut at 0 (a sum or difference of them stays unbiased to first order)."""
     import numpy as np
 
     return np.array([np.nan if fd_k is None else len(fd_k) * theta - (len(fd_k) - 1) * fd_k.mean()
@@ -164,10 +159,12 @@ def _too_few_for_jackknife(rows: int, dim: int, groups: int) -> bool:
 class JackknifeReference:
     """A reference's Fréchet fits that :func:`jackknife_replicates` reads, made once for every call
     that compares sets with the same rows (g + 1 eigenvalue problems, with their covariances):
-    ``full`` from all its rows, ``left_out[k]`` without group k (rows k, k + g, ...); ``groups`` = g.
-    Without fits (``full`` None, ``left_out`` empty) when the reference has too few rows."""
+    ``full`` from all its rows, ``left_out[k]`` without group k (rows k, k + g, ...); ``groups`` = g;
+    ``shape`` = the rows' (m, D), which a call given the fits checks its rows against. Without fits
+    (``full`` None, ``left_out`` empty) when the reference has too few rows."""
 
     groups: int
+    shape: tuple[int, int]
     full: FrechetReference | None
     left_out: tuple[FrechetReference, ...]
 
@@ -176,9 +173,10 @@ def jackknife_reference(ref_rows: np.ndarray, groups: int = JACKKNIFE_GROUPS) ->
     """The :class:`JackknifeReference` of (m, D) numpy ``ref_rows`` for ``groups`` groups."""
     import numpy as np
 
+    shape = (len(ref_rows), ref_rows.shape[1])
     if _too_few_for_jackknife(len(ref_rows), ref_rows.shape[1], groups):
-        return JackknifeReference(groups, None, ())
-    return JackknifeReference(groups, feature_reference(ref_rows), tuple(
+        return JackknifeReference(groups, shape, None, ())
+    return JackknifeReference(groups, shape, feature_reference(ref_rows), tuple(
         feature_reference(np.delete(ref_rows, slice(k, None, groups), axis=0)) for k in range(groups)))
 
 
@@ -186,14 +184,22 @@ def full_reference(ref_rows: np.ndarray, fits: JackknifeReference | None = None)
     """The Fréchet fit of all the (m, D) numpy ``ref_rows``: ``fits.full`` where ``fits`` is their
     :func:`jackknife_reference` and made it (the same numbers, bit for bit), else fitted here."""
     if fits is not None and fits.full is not None:
+        _check_fits_rows(fits, ref_rows)
         return fits.full
     return feature_reference(ref_rows)
+
+
+def _check_fits_rows(fits: JackknifeReference, ref_rows: np.ndarray) -> None:
+    """Refuse fits made from rows of another shape than ``ref_rows`` (another reference)."""
+    if fits.shape != (len(ref_rows), ref_rows.shape[1]):
+        raise ValueError(f"fits: made from reference rows of shape {fits.shape}, but ref_rows has shape "
+                         f"{tuple(ref_rows.shape)}")
 
 
 def jackknife_replicates(sets: Sequence[np.ndarray], ref_rows: np.ndarray, groups: int = JACKKNIFE_GROUPS,
                          fits: JackknifeReference | None = None) -> list[tuple[float, np.ndarray | None]]:
     """The delete-a-group jackknife's FDs, from which :func:`replicate_intervals` and
-    :func:`replicate_fds` form :func:`jackknife_fd_intervals` and :func:`jackknife_fds` (compute them
+    :func:`replicate_fds` form :func:`jackknife_fd_intervals` and the bias-corrected FDs (compute them
     once where a study needs both). For each of the S (n_s, D) numpy ``sets``: (θ̂, FD_k), θ̂ its
     plain Fréchet distance to the (m, D) ``ref_rows`` and FD_k the (groups,) distances with group k
     (rows k, k + g, ... of the set and of the reference) left out of both; (NaN, None) when the set,
@@ -208,6 +214,8 @@ def jackknife_replicates(sets: Sequence[np.ndarray], ref_rows: np.ndarray, group
         fits = jackknife_reference(ref_rows, groups)
     elif fits.groups != groups:
         raise ValueError(f"fits: made for {fits.groups} groups, but groups={groups}")
+    else:
+        _check_fits_rows(fits, ref_rows)
     if fits.full is None:
         return [(math.nan, None)] * len(sets)
     out = []
