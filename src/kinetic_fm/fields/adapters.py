@@ -345,7 +345,9 @@ class ModelXT(_Adapter):
 
     _selected_from: int | None = None   # the batch size select() cut this adapter from
     # how the model is called, given the callable: as it is, model(x, t, ...), unless
-    # _take_keyword_call says by name; bound once, not per evaluation (a class-level default)
+    # _take_keyword_call says by name. The rule is chosen once, when built (a class-level default);
+    # applying it to the callable (_by_name's closure) still happens per call, per time group under
+    # time="scalar"
     _convention: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] = staticmethod(_as_is)
 
     def _take_keyword_call(self, by_name: bool, extra_names: tuple[str, ...] | None,
