@@ -310,7 +310,7 @@ def inside_unit_interval(name: str, value, *, percent: bool = False) -> float:
     interval (0, 1): a threshold, a confidence, a clamp. Else ValueError naming ``name``: "must be
     a real number in (0, 1)" for what is not one real number, "must lie in (0, 1)" for one outside
     (NaN included), and with ``percent`` (a fraction a user may give as a percent) the fraction a
-    value in (1, 100] meant (:func:`percent_hint`)."""
+    value in [2, 100] meant (:func:`percent_hint`)."""
     number = as_scalar(value)
     if not is_real(number):
         raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
@@ -323,7 +323,7 @@ def inside_unit_interval(name: str, value, *, percent: bool = False) -> float:
 def check_unit_number(name: str, value, what: str = "a number in [0, 1]", *, percent: bool = False) -> float:
     """``value``, one real number (a Python or NumPy number, or a 0-d tensor or array), as a float
     in [0, 1]; else ValueError "``name`` must be ``what``, got ...", with ``percent`` followed by the
-    fraction a value in (1, 100] meant (:func:`percent_hint`). NaN fails too. For a time on the path,
+    fraction a value in [2, 100] meant (:func:`percent_hint`). NaN fails too. For a time on the path,
     a split, a share: outside [0, 1] formulas extrapolate rather than fail."""
     number = as_scalar(value)
     if is_real(number) and 0.0 <= number <= 1.0:
@@ -333,11 +333,12 @@ def check_unit_number(name: str, value, what: str = "a number in [0, 1]", *, per
 
 
 def percent_hint(value, admits: Callable[[float], bool]) -> str:
-    """"; did you mean 0.95?" for a refused ``value`` in (1, 100] whose hundredth the argument
+    """"; did you mean 0.95?" for a refused ``value`` in [2, 100] whose hundredth the argument
     ``admits``: a fraction plainly given as a percent (confidence=95, threshold=33), for its refusal
-    to end with; else "". The value itself stays refused: 95 is not read as 0.95."""
+    to end with; else "". A value in (1, 2) reads as a fraction mistyped (split=1.5), not as a
+    percent, and gets none. The value itself stays refused: 95 is not read as 0.95."""
     number = as_scalar(value)
-    if not (is_real(number) and 1.0 < number <= 100.0):
+    if not (is_real(number) and 2.0 <= number <= 100.0):
         return ""
     fraction = float(number) / 100.0
     return f"; did you mean {fraction:g}?" if admits(fraction) else ""
