@@ -162,9 +162,7 @@ def sample(
         if shaping is not None and not callable(shaping):
             raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
         tau = gain_tau(shaping)
-        if split is None:
-            split = default_split(shaping)
-        split = check_unit_number("split", split, percent=True)
+        split = check_unit_number("split", resolved_split(split, tau), percent=True)
 
         if tau is None:   # a KTS, or a gain that declares its τ, hides none
             _warn_about_a_hidden_kts(shaping)
@@ -238,7 +236,15 @@ def default_split(shaping: object = None) -> float:
     """The early/late split τ ``kfm.sample`` takes when it is given none: the gain's τ (a KTS's
     ``tau_split``, or one the gain declares, :func:`~kinetic_fm.sampling.shaping.gain_tau`), else
     :data:`DEFAULT_SPLIT`."""
-    tau = gain_tau(shaping)
+    return resolved_split(None, gain_tau(shaping))
+
+
+def resolved_split(split, tau: float | None):
+    """The early/late split τ a run takes: ``split`` where given, else the gain's τ (``tau``, as
+    :func:`~kinetic_fm.sampling.shaping.gain_tau` reads it; None for none), else
+    :data:`DEFAULT_SPLIT`. ``split`` is returned as given, unchecked."""
+    if split is not None:
+        return split
     return tau if tau is not None else DEFAULT_SPLIT
 
 
