@@ -11,7 +11,7 @@ import torch
 
 from ..checks import VelocityOutputError, add_note, caller_outside_the_package, declares, tensor_output
 from ..gemm import autocast_enabled
-from ..holdings import attribute_uses, closure_values, loaded_globals, partial_parts, slot_values
+from ..holdings import attribute_uses, closure_values, loaded_globals, own_attributes, partial_parts
 
 
 class NonFiniteVelocityError(FloatingPointError):
@@ -366,10 +366,7 @@ def _held_objects(obj: object, fan_out: int) -> list:
     call = getattr(type(obj), "__call__", None)
     if isinstance(call, types.FunctionType):  # an instance of a Python class: what its __call__ loads
         children.append(call)
-    attributes = getattr(obj, "__dict__", None)
-    if isinstance(attributes, dict):
-        children += list(attributes.values())
-    return children + slot_values(obj)
+    return children + own_attributes(obj)
 
 
 def training_layers(obj: object) -> list[str]:
