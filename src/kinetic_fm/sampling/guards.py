@@ -89,7 +89,8 @@ def convention_hint(velocity) -> str:
 def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor, field=None) -> torch.Tensor:
     """The sampler's first call ``velocity(x, t)``, its output checked; an error raised inside the
     velocity (a net given another call convention fails there, often obscurely) gets a note
-    that states the convention (Python ≥ 3.11 shows notes under the traceback). ``field``: the
+    that states the convention, unless it carries a note already (the library's adapters and
+    guidance name a closer cause) (Python ≥ 3.11 shows notes under the traceback). ``field``: the
     field ``kfm.sample`` was given, where ``velocity`` is a solver's closure around it (for the
     note, :func:`convention_hint`)."""
     field = velocity if field is None else field
@@ -103,6 +104,8 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor, field=None) -> to
         one_number = "only one element tensors" in text or "cannot be converted to Scalar" in text
         if isinstance(err, ValueError) and not one_number:
             raise  # a ValueError of the velocity's own checks says what it means
+        if getattr(err, "__notes__", None):
+            raise  # a note from inside (a guidance's doubled batch, an adapter's extras) names the cause
         if one_number:
             scalar = ("time='scalar' where the field is built" if declares(field, "calls_model_by_name")
                       else "kfm.ModelXT(net, time='scalar')")
