@@ -9,10 +9,11 @@ import contextlib
 import math
 import numbers
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     import torch
 
@@ -198,21 +199,61 @@ def declares(velocity: object, name: str) -> bool:
         return False
 
 
-def shared_time_holder(velocity: object) -> tuple[str, object] | None:
-    """Where the adapter with ``time="shared"`` sits in ``velocity``, for an error to name it: its
-    path and itself. The path is "velocity", or one through the attributes the adapters, a guidance
-    and a ``ModelWrapper`` hold what they wrap in (``inner``, ``model``, ``velocity``), such as
-    "velocity.inner.model"; None where no object on that path has ``time="shared"``."""
-    path = "velocity"
-    for _ in range(32):  # a chain of wrappers, not a cycle
-        if optional_attribute(velocity, "time") == "shared":
-            return path, velocity
-        wrapped = next(((name, inner) for name in ("inner", "model", "velocity")
-                        if (inner := optional_attribute(velocity, name)) is not None
-                        and declares(inner, "one_time_per_call")), None)
-        if wrapped is None:
-            return None
-        path, velocity = f"{path}.{wrapped[0]}", wrapped[1]
+def wrapper_chain(outer: object, inner_of: Callable[[object], tuple[str, object] | None],
+                  name: str = "velocity") -> Iterator[tuple[str, object]]:
+    """(path, object) for ``outer`` and each object down its chain of wrappers, outermost first:
+    ``inner_of(obj)`` gives the attribute name and the object ``obj`` wraps, or None where the
+    chain ends. Paths read ``name``, then "velocity.inner", "velocity.inner.model", .... At most
+    32 objects: a chain of wrappers, not a cycle. One walk for the adapters, the guidance and the
+    dopri5 check that look through what they wrap."""
+    path, obj = name, outer
+    for _ in range(32):
+        yield path, obj
+        step = inner_of(obj)
+        if step is None:
+            return
+        attribute, obj = step
+        path = f"{path}.{attribute}"
+
+
+def wrapped_by(*attributes: str) -> Callable[[object], tuple[str, object] | None]:
+    """An ``inner_of`` for :func:`wrapper_chain` that follows the first of ``attributes`` an
+    object holds (not None), read with :func:`optional_attribute`."""
+    def inner_of(obj: object) -> tuple[str, object] | None:
+        return next(((attribute, inner) for attribute in attributes
+                     if (inner := optional_attribute(obj, attribute)) is not None), None)
+    return inner_of
+
+
+@dataclass(frozen=True)
+class SharedTimeHolder:
+    """Where the adapter with ``time="shared"`` sits in a velocity: its ``path`` ("velocity",
+    "velocity.inner.model"), the ``adapter`` itself, and whether a wrapper around it sets a time
+    of its own (``outer_time``: a ``ModelXT(..., time="scalar")`` around it, whose time the
+    shared one inside does not follow)."""
+
+    path: str
+    adapter: object
+    outer_time: bool
+
+
+def shared_time_holder(velocity: object, name: str = "velocity") -> SharedTimeHolder | None:
+    """Where the adapter with ``time="shared"`` sits in ``velocity``, for an error to name it: the
+    chain through the attributes the adapters, a guidance and a ``ModelWrapper`` hold what they
+    wrap in (``inner``, ``model``, ``velocity``), followed where what they hold declares
+    ``one_time_per_call``; ``name`` starts the path. None where no object on it has
+    ``time="shared"``."""
+    def sharing_part(obj: object) -> tuple[str, object] | None:
+        return next(((attribute, inner) for attribute in ("inner", "model", "velocity")
+                     if (inner := optional_attribute(obj, attribute)) is not None
+                     and declares(inner, "one_time_per_call")), None)
+
+    outer_time = False
+    for path, obj in wrapper_chain(velocity, sharing_part, name):
+        time = optional_attribute(obj, "time")
+        if time == "shared":
+            return SharedTimeHolder(path, obj, outer_time)
+        outer_time = outer_time or isinstance(time, str)
     return None
 
 

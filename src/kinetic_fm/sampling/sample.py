@@ -182,15 +182,9 @@ def sample(
                                  "restart the part energies; use a fixed-step solver, or track_parts=False")
             if declares(velocity, "one_time_per_call"):
                 # every row would be integrated at the first row's time, without an error to show it
-                holder = shared_time_holder(velocity)
-                where = ("velocity passes one time for the whole batch (an adapter with time='shared')"
-                         if holder is None or holder[1] is velocity else
-                         f"{holder[0]} is a {type(holder[1]).__name__} with time='shared' (one time for the whole "
-                         "batch; from_model_wrapper's default), which a time given to a wrapper around it does not "
-                         "change")
-                raise ValueError(f"{where}, but dopri5 holds each sample at its own time; build it with "
-                                 "time='scalar' (one net call per distinct time) or time='batch' (a net that takes "
-                                 "per-sample times)")
+                raise ValueError(f"{_shared_time_where(velocity)}, but dopri5 holds each sample at its own time; "
+                                 "build it with time='scalar' (one net call per distinct time) or time='batch' (a net "
+                                 "that takes per-sample times)")
             start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
             trace = integrate_dopri5(
                 velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
@@ -230,6 +224,18 @@ def sample(
             seeds=seed_tuple,
             shaped=shaping is not None,
         )
+
+
+def _shared_time_where(velocity: object) -> str:
+    """Where ``velocity``, which declares ``one_time_per_call``, passes one time for the whole batch,
+    for dopri5's refusal: the adapter with time='shared' inside, named by its path."""
+    holder = shared_time_holder(velocity)
+    if holder is None or holder.adapter is velocity:
+        return "velocity passes one time for the whole batch (an adapter with time='shared')"
+    default = "; from_model_wrapper's default" if declares(holder.adapter, "calls_model_by_name") else ""
+    outer = ", which a time given to a wrapper around it does not change" if holder.outer_time else ""
+    return (f"{holder.path} is a {type(holder.adapter).__name__} with time='shared' (one time for the whole "
+            f"batch{default}){outer}")
 
 
 def default_split(shaping: object = None) -> float:
