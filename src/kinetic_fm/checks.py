@@ -203,7 +203,7 @@ def wrapper_chain(outer: object, inner_of: Callable[[object], tuple[str, object]
                   name: str = "velocity") -> Iterator[tuple[str, object]]:
     """(path, object) for ``outer`` and each object down its chain of wrappers, outermost first:
     ``inner_of(obj)`` gives the attribute name and the object ``obj`` wraps, or None where the
-    chain ends. Paths read ``name``, then "velocity.inner", "velocity.inner.model", .... At most
+    chain ends. Paths start at ``name`` ("velocity", "velocity.inner", "velocity.inner.model"). At most
     32 objects: a chain of wrappers, not a cycle. One walk for the adapters, the guidance and the
     dopri5 check that look through what they wrap."""
     path, obj = name, outer

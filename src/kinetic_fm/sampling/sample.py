@@ -238,15 +238,9 @@ def _shared_time_where(velocity: object) -> str:
             f"batch{default}){outer}")
 
 
-def default_split(shaping: object = None) -> float:
-    """The early/late split τ ``kfm.sample`` takes when it is given none: the gain's τ (a KTS's
-    ``tau_split``, or one the gain declares, :func:`~kinetic_fm.sampling.shaping.gain_tau`), else
-    :data:`DEFAULT_SPLIT`."""
-    return resolved_split(None, gain_tau(shaping))
-
-
 def resolved_split(split, tau: float | None):
-    """The early/late split τ a run takes: ``split`` where given, else the gain's τ (``tau``, as
+    """The early/late split τ a run takes (``kfm.sample``, a resumed ``kfm sample``, a study's cached
+    run): ``split`` where given, else the gain's τ (``tau``, as
     :func:`~kinetic_fm.sampling.shaping.gain_tau` reads it; None for none), else
     :data:`DEFAULT_SPLIT`. ``split`` is returned as given, unchecked."""
     if split is not None:
