@@ -493,6 +493,18 @@ def test_a_value_beyond_a_percent_or_whose_hundredth_is_outside_the_range_gets_n
         assert "did you mean" not in str(caught.value)
 
 
+def test_a_value_just_above_one_reads_as_a_slip_not_a_percent():
+    # split=1.5 got "did you mean 0.015?": a value in (1, 2) is a fraction mistyped, not a percent
+    import kinetic_fm as kfm
+
+    for value, hinted in ((1.5, False), (1.99, False), (2, True), (60, True)):
+        for call in (lambda: kfm.sample(lambda x, t: x, torch.zeros(2, 3), steps=2, split=value),
+                     lambda: kfm.fraction_interval(3, 10, confidence=value)):
+            with pytest.raises(ValueError) as caught:
+                call()
+            assert ("did you mean" in str(caught.value)) == hinted, (value, str(caught.value))
+
+
 def test_kfm_memorization_threshold_as_a_percent_names_the_fraction(tmp_path, capsys):
     from kinetic_fm.cli import main
 

@@ -570,6 +570,8 @@ def test_a_per_sample_extra_inside_guidance_is_named_with_the_doubled_batch(solv
         kfm.sample(guided, x0, solver=solver, **steps)
     said = " ".join([str(caught.value), *getattr(caught.value, "__notes__", [])])
     assert "doubled batch" in said and "['cond']" in said and "torch.cat([cond, cond])" in said
+    # and only that: kfm.sample's general advice on call conventions (forward(t, x)) does not apply
+    assert "forward(t, x)" not in said and "kfm.ModelTX" not in said, said
     # the remedy it names: each sample as it runs alone with its own condition
     doubled = kfm.ModelXT(net, time=time, per_sample=per_sample, cond=torch.cat([cond, cond]))
     res = kfm.sample(kfm.ClassifierFreeGuidance(doubled, labels, 2.0, 5), x0, solver=solver, **steps)

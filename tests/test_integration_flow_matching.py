@@ -865,10 +865,19 @@ def test_dopri5_names_where_a_nested_shared_time_adapter_sits():
     labels = torch.tensor([0, 1, 1])
     guided = kfm.ClassifierFreeGuidance(from_model_wrapper(lambda x, t, y: -x * t), labels, 2.0, 2)
     x0 = kfm.noise(range(3), (DIM,), dtype=torch.float64)
-    for run in (lambda: kfm.KineticODESolver(guided, time="scalar").sample(x0, method="dopri5"),
-                lambda: kfm.sample(guided, x0, solver="dopri5")):
-        with pytest.raises(ValueError, match=r"velocity(\.inner)?\.model is a ModelXT with time='shared'"):
-            run()
+    default = r"is a ModelXT with time='shared' \(one time for the whole batch; from_model_wrapper's default\)"
+    outer = ", which a time given to a wrapper around it does not change, but dopri5"
+    with pytest.raises(ValueError, match=rf"^velocity\.inner\.model {default}{outer}"):
+        kfm.KineticODESolver(guided, time="scalar").sample(x0, method="dopri5")
+    with pytest.raises(ValueError, match=rf"^velocity\.model {default}, but dopri5"):  # a guidance sets no time
+        kfm.sample(guided, x0, solver="dopri5")
+    with pytest.raises(ValueError, match=rf"^velocity\.inner\.model {default}{outer}"):
+        kfm.sample(kfm.ModelXT(guided, time="scalar"), x0, solver="dopri5")
+    # kfm.ModelXT's own default is time='batch': from_model_wrapper is not named
+    own = kfm.ClassifierFreeGuidance(kfm.ModelXT(lambda x, t, y: -x * t, time="shared"), labels, 2.0, 2)
+    with pytest.raises(ValueError, match=r"^velocity\.model is a ModelXT with time='shared' \(one time for the whole "
+                                         r"batch\), but dopri5"):
+        kfm.sample(own, x0, solver="dopri5")
     scalar = kfm.ClassifierFreeGuidance(from_model_wrapper(lambda x, t, y: -x * t, time="scalar"), labels, 2.0, 2)
     kfm.KineticODESolver(scalar).sample(x0, method="dopri5")   # the remedy the message gives
 

@@ -1609,7 +1609,7 @@ def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objec
         with pytest.warns(TrainingModeWarning, match="Dropout"):
             kfm.sample(velocity, seeds=range(4), shape=(2,), steps=2)
 
-    class Proxy:  # its attributes cannot be listed: the check gives no advice, and sampling goes on
+    class Proxy:  # refuses __dict__ through getattr: its attributes are read around that, and sampling goes on
         def __getattribute__(self, name):
             if name == "__dict__":
                 raise RuntimeError("attributes are remote")
@@ -1619,6 +1619,28 @@ def test_the_training_mode_check_finds_nets_in_containers_and_survives_odd_objec
             return -x
 
     assert kfm.sample(Proxy(), seeds=range(2), shape=(2,), steps=2).kpe.shape == (2,)
+
+
+def test_a_training_net_held_by_an_object_that_hides_its_dict_is_found():
+    # the walk read an object's attributes with getattr(obj, "__dict__"), which runs the class's
+    # __getattribute__: a proxy raising there hid the training net it holds
+    from kinetic_fm.sampling.guards import TrainingModeWarning
+
+    class Proxy:
+        def __init__(self, net):
+            self.net = net
+
+        def __getattribute__(self, name):
+            if name == "__dict__":
+                raise RuntimeError("attributes are remote")
+            return object.__getattribute__(self, name)
+
+        def __call__(self, x, t):
+            return self.net(x)
+
+    proxy = Proxy(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)))
+    with pytest.warns(TrainingModeWarning, match="Dropout"):
+        kfm.sample(proxy, seeds=range(2), shape=(2,), steps=2)
 
 
 def test_the_training_mode_check_never_stops_sampling():

@@ -9,10 +9,11 @@ import contextlib
 import math
 import numbers
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     import torch
 
@@ -198,21 +199,61 @@ def declares(velocity: object, name: str) -> bool:
         return False
 
 
-def shared_time_holder(velocity: object) -> tuple[str, object] | None:
-    """Where the adapter with ``time="shared"`` sits in ``velocity``, for an error to name it: its
-    path and itself. The path is "velocity", or one through the attributes the adapters, a guidance
-    and a ``ModelWrapper`` hold what they wrap in (``inner``, ``model``, ``velocity``), such as
-    "velocity.inner.model"; None where no object on that path has ``time="shared"``."""
-    path = "velocity"
-    for _ in range(32):  # a chain of wrappers, not a cycle
-        if optional_attribute(velocity, "time") == "shared":
-            return path, velocity
-        wrapped = next(((name, inner) for name in ("inner", "model", "velocity")
-                        if (inner := optional_attribute(velocity, name)) is not None
-                        and declares(inner, "one_time_per_call")), None)
-        if wrapped is None:
-            return None
-        path, velocity = f"{path}.{wrapped[0]}", wrapped[1]
+def wrapper_chain(outer: object, inner_of: Callable[[object], tuple[str, object] | None],
+                  name: str = "velocity") -> Iterator[tuple[str, object]]:
+    """(path, object) for ``outer`` and each object down its chain of wrappers, outermost first:
+    ``inner_of(obj)`` gives the attribute name and the object ``obj`` wraps, or None where the
+    chain ends. Paths start at ``name`` ("velocity", "velocity.inner", "velocity.inner.model"). At most
+    32 objects: a chain of wrappers, not a cycle. One walk for the adapters, the guidance and the
+    dopri5 check that look through what they wrap."""
+    path, obj = name, outer
+    for _ in range(32):
+        yield path, obj
+        step = inner_of(obj)
+        if step is None:
+            return
+        attribute, obj = step
+        path = f"{path}.{attribute}"
+
+
+def wrapped_by(*attributes: str) -> Callable[[object], tuple[str, object] | None]:
+    """An ``inner_of`` for :func:`wrapper_chain` that follows the first of ``attributes`` an
+    object holds (not None), read with :func:`optional_attribute`."""
+    def inner_of(obj: object) -> tuple[str, object] | None:
+        return next(((attribute, inner) for attribute in attributes
+                     if (inner := optional_attribute(obj, attribute)) is not None), None)
+    return inner_of
+
+
+@dataclass(frozen=True)
+class SharedTimeHolder:
+    """Where the adapter with ``time="shared"`` sits in a velocity: its ``path`` ("velocity",
+    "velocity.inner.model"), the ``adapter`` itself, and whether a wrapper around it sets a time
+    of its own (``outer_time``: a ``ModelXT(..., time="scalar")`` around it, whose time the
+    shared one inside does not follow)."""
+
+    path: str
+    adapter: object
+    outer_time: bool
+
+
+def shared_time_holder(velocity: object, name: str = "velocity") -> SharedTimeHolder | None:
+    """Where the adapter with ``time="shared"`` sits in ``velocity``, for an error to name it: the
+    chain through the attributes the adapters, a guidance and a ``ModelWrapper`` hold what they
+    wrap in (``inner``, ``model``, ``velocity``), followed where what they hold declares
+    ``one_time_per_call``; ``name`` starts the path. None where no object on it has
+    ``time="shared"``."""
+    def sharing_part(obj: object) -> tuple[str, object] | None:
+        return next(((attribute, inner) for attribute in ("inner", "model", "velocity")
+                     if (inner := optional_attribute(obj, attribute)) is not None
+                     and declares(inner, "one_time_per_call")), None)
+
+    outer_time = False
+    for path, obj in wrapper_chain(velocity, sharing_part, name):
+        time = optional_attribute(obj, "time")
+        if time == "shared":
+            return SharedTimeHolder(path, obj, outer_time)
+        outer_time = outer_time or isinstance(time, str)
     return None
 
 
@@ -310,7 +351,7 @@ def inside_unit_interval(name: str, value, *, percent: bool = False) -> float:
     interval (0, 1): a threshold, a confidence, a clamp. Else ValueError naming ``name``: "must be
     a real number in (0, 1)" for what is not one real number, "must lie in (0, 1)" for one outside
     (NaN included), and with ``percent`` (a fraction a user may give as a percent) the fraction a
-    value in (1, 100] meant (:func:`percent_hint`)."""
+    value in [2, 100] meant (:func:`percent_hint`)."""
     number = as_scalar(value)
     if not is_real(number):
         raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
@@ -323,7 +364,7 @@ def inside_unit_interval(name: str, value, *, percent: bool = False) -> float:
 def check_unit_number(name: str, value, what: str = "a number in [0, 1]", *, percent: bool = False) -> float:
     """``value``, one real number (a Python or NumPy number, or a 0-d tensor or array), as a float
     in [0, 1]; else ValueError "``name`` must be ``what``, got ...", with ``percent`` followed by the
-    fraction a value in (1, 100] meant (:func:`percent_hint`). NaN fails too. For a time on the path,
+    fraction a value in [2, 100] meant (:func:`percent_hint`). NaN fails too. For a time on the path,
     a split, a share: outside [0, 1] formulas extrapolate rather than fail."""
     number = as_scalar(value)
     if is_real(number) and 0.0 <= number <= 1.0:
@@ -333,11 +374,12 @@ def check_unit_number(name: str, value, what: str = "a number in [0, 1]", *, per
 
 
 def percent_hint(value, admits: Callable[[float], bool]) -> str:
-    """"; did you mean 0.95?" for a refused ``value`` in (1, 100] whose hundredth the argument
+    """"; did you mean 0.95?" for a refused ``value`` in [2, 100] whose hundredth the argument
     ``admits``: a fraction plainly given as a percent (confidence=95, threshold=33), for its refusal
-    to end with; else "". The value itself stays refused: 95 is not read as 0.95."""
+    to end with; else "". A value in (1, 2) reads as a fraction mistyped (split=1.5), not as a
+    percent, and gets none. The value itself stays refused: 95 is not read as 0.95."""
     number = as_scalar(value)
-    if not (is_real(number) and 1.0 < number <= 100.0):
+    if not (is_real(number) and 2.0 <= number <= 100.0):
         return ""
     fraction = float(number) / 100.0
     return f"; did you mean {fraction:g}?" if admits(fraction) else ""

@@ -824,7 +824,8 @@ def _resume_as_recorded(args, kts, stored) -> None:
     configuration, and its manifest, hence its run id, stays as it was written. ``stored``: the
     run's manifest, or None."""
     from ..checks import names_the_cpu
-    from ..sampling.sample import DEFAULT_SPLIT
+    from ..sampling.sample import resolved_split
+    from ..sampling.shaping import gain_tau
 
     if stored is None:
         return
@@ -833,9 +834,9 @@ def _resume_as_recorded(args, kts, stored) -> None:
         args.device = recorded["device"]
     if args.solver == "dopri5" and recorded.get("solver") == "dopri5" and "steps" in recorded:
         args.steps = recorded["steps"]
-    default_split = kts.tau_split if kts is not None else DEFAULT_SPLIT
     if "split" in recorded and recorded["split"] != args.split:
-        meant = [default_split if value is None else value for value in (recorded["split"], args.split)]
+        tau = gain_tau(kts)
+        meant = [resolved_split(value, tau) for value in (recorded["split"], args.split)]
         if meant[0] == meant[1]:
             args.split = recorded["split"]
 

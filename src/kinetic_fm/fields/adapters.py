@@ -37,7 +37,7 @@ import torch
 
 from ..checks import (add_note, as_scalar, check_flag, check_integer, declares, declares_singular_at_one,
                       inside_unit_interval, is_real, one_evaluation_of, optional_attribute, start_run_of,
-                      tensor_output)
+                      tensor_output, wrapper_chain)
 
 TIME_MODES = ("batch", "scalar", "shared")
 
@@ -359,7 +359,9 @@ class ModelXT(_Adapter):
 
     _selected_from: int | None = None   # the batch size select() cut this adapter from
     # how the model is called, given the callable: as it is, model(x, t, ...), unless
-    # _take_keyword_call says by name; bound once, not per evaluation (a class-level default)
+    # _take_keyword_call says by name. The rule is chosen once, when built (a class-level default);
+    # applying it to the callable (_by_name's closure) still happens per call, per time group under
+    # time="scalar"
     _convention: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] = staticmethod(_as_is)
 
     def _take_keyword_call(self, by_name: bool, extra_names: tuple[str, ...] | None,
@@ -581,16 +583,13 @@ def _clock_within(field, clock: type) -> "_Adapter | None":
     its time to unchanged, through call-convention adapters and guidance, or None."""
     from .guidance import ClassifierFreeGuidance
 
-    for _ in range(32):  # a chain of wrappers, not a cycle
-        if isinstance(field, clock):
-            return field
-        if isinstance(field, (ModelTX, ModelXT)):
-            field = field.inner
-        elif isinstance(field, ClassifierFreeGuidance):
-            field = field.model
-        else:
-            return None
-    return None
+    def inner_of(obj) -> tuple[str, object] | None:
+        if isinstance(obj, (ModelTX, ModelXT)):
+            return "inner", obj.inner
+        if isinstance(obj, ClassifierFreeGuidance):
+            return "model", obj.model
+        return None
+    return next((obj for _, obj in wrapper_chain(field, inner_of) if isinstance(obj, clock)), None)
 
 
 def _refuse_guidance_parts_within(inner, adapter: str, why: str) -> None:
@@ -601,18 +600,15 @@ def _refuse_guidance_parts_within(inner, adapter: str, why: str) -> None:
     sums, a third of the energy; integer steps: Δ 999× too large, then refused)."""
     from .guidance import ClassifierFreeGuidance
 
-    field = inner
-    for _ in range(32):  # a chain of wrappers, not a cycle
-        if isinstance(field, ClassifierFreeGuidance):
-            if field.track_parts:
-                raise ValueError(
-                    f"{adapter} around ClassifierFreeGuidance(track_parts=True) would {why}; put the guidance "
-                    f"outside: ClassifierFreeGuidance({adapter}(net), labels, scale, null_label, track_parts=True) "
-                    "guides the same field")
-            return
-        if not isinstance(field, _Adapter):
-            return
-        field = field.inner
+    def inner_of(obj) -> tuple[str, object] | None:
+        return ("inner", obj.inner) if isinstance(obj, _Adapter) else None
+    guidance = next((obj for _, obj in wrapper_chain(inner, inner_of) if isinstance(obj, ClassifierFreeGuidance)),
+                    None)
+    if guidance is not None and guidance.track_parts:
+        raise ValueError(
+            f"{adapter} around ClassifierFreeGuidance(track_parts=True) would {why}; put the guidance "
+            f"outside: ClassifierFreeGuidance({adapter}(net), labels, scale, null_label, track_parts=True) "
+            "guides the same field")
 
 
 @functools.lru_cache(maxsize=64)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import torch
 
 from ..checks import (add_note, as_scalar, check_flag, declares, declares_singular_at_one, is_real, one_evaluation_of,
-                      optional_attribute, start_run_of, tensor_output)
+                      optional_attribute, start_run_of, tensor_output, wrapped_by, wrapper_chain)
 from ..norms import squared_norm
-from .adapters import batch_time
+from .adapters import _has_rows, batch_time
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -336,12 +336,8 @@ def _extras_with_rows(model: object, batch: int) -> list[str]:
     """The names of the tensor extras with ``batch`` rows that ``model``, or an adapter it wraps
     (through ``inner``), holds for every call (a ``kfm.ModelXT``'s ``extras``)."""
     names: list[str] = []
-    for _ in range(32):  # a chain of adapters, not a cycle
-        if model is None:
-            break
-        extras = optional_attribute(model, "extras")
+    for _, held in wrapper_chain(model, wrapped_by("inner")):
+        extras = optional_attribute(held, "extras")
         if isinstance(extras, dict):
-            names += [name for name, value in extras.items()
-                      if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch]
-        model = optional_attribute(model, "inner")
+            names += [name for name, value in extras.items() if _has_rows(value, batch)]
     return names

@@ -89,21 +89,21 @@ class Coordinator:
         return values
 
 
-
 @contextlib.contextmanager
-def warnings_of_rank_0(world: World | None = None) -> Iterator[None]:
+def warnings_of_rank_0() -> Iterator[None]:
     """The block's warnings shown by rank 0 alone and dropped on the other ranks: for the setup every
     rank does alike (the same flags, the same input files), whose warnings came once per rank, where
-    rank 0 alone prints the run's report. Errors still rise on every rank. ``world``: this process's
-    (:meth:`World.from_env`) by default; one process shows all, as without it."""
+    rank 0 alone prints the run's report. Errors still rise on every rank. The rank is this
+    process's (:meth:`World.from_env`); one process shows all, as without it."""
     import warnings
 
-    if (world or World.from_env()).is_main:
+    if World.from_env().is_main:
         yield
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
 
 def resolve_device(device: str | None, world: World):
     """``torch.device`` for this rank: ``"cuda"`` becomes ``cuda:<LOCAL_RANK>``; None means CPU."""

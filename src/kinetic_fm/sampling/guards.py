@@ -11,7 +11,7 @@ import torch
 
 from ..checks import VelocityOutputError, add_note, caller_outside_the_package, declares, tensor_output
 from ..gemm import autocast_enabled
-from ..holdings import attribute_uses, closure_values, loaded_globals, partial_parts, slot_values
+from ..holdings import attribute_uses, closure_values, loaded_globals, own_attributes, partial_parts
 
 
 class NonFiniteVelocityError(FloatingPointError):
@@ -89,7 +89,8 @@ def convention_hint(velocity) -> str:
 def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor, field=None) -> torch.Tensor:
     """The sampler's first call ``velocity(x, t)``, its output checked; an error raised inside the
     velocity (a net given another call convention fails there, often obscurely) gets a note
-    that states the convention (Python ≥ 3.11 shows notes under the traceback). ``field``: the
+    that states the convention, unless it carries a note already (the library's adapters and
+    guidance name a closer cause) (Python ≥ 3.11 shows notes under the traceback). ``field``: the
     field ``kfm.sample`` was given, where ``velocity`` is a solver's closure around it (for the
     note, :func:`convention_hint`)."""
     field = velocity if field is None else field
@@ -103,6 +104,8 @@ def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor, field=None) -> to
         one_number = "only one element tensors" in text or "cannot be converted to Scalar" in text
         if isinstance(err, ValueError) and not one_number:
             raise  # a ValueError of the velocity's own checks says what it means
+        if getattr(err, "__notes__", None):
+            raise  # a note from inside (a guidance's doubled batch, an adapter's extras) names the cause
         if one_number:
             scalar = ("time='scalar' where the field is built" if declares(field, "calls_model_by_name")
                       else "kfm.ModelXT(net, time='scalar')")
@@ -366,10 +369,7 @@ def _held_objects(obj: object, fan_out: int) -> list:
     call = getattr(type(obj), "__call__", None)
     if isinstance(call, types.FunctionType):  # an instance of a Python class: what its __call__ loads
         children.append(call)
-    attributes = getattr(obj, "__dict__", None)
-    if isinstance(attributes, dict):
-        children += list(attributes.values())
-    return children + slot_values(obj)
+    return children + own_attributes(obj)
 
 
 def training_layers(obj: object) -> list[str]:

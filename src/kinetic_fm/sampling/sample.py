@@ -162,9 +162,7 @@ def sample(
         if shaping is not None and not callable(shaping):
             raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
         tau = gain_tau(shaping)
-        if split is None:
-            split = default_split(shaping)
-        split = check_unit_number("split", split, percent=True)
+        split = check_unit_number("split", resolved_split(split, tau), percent=True)
 
         if tau is None:   # a KTS, or a gain that declares its τ, hides none
             _warn_about_a_hidden_kts(shaping)
@@ -184,15 +182,9 @@ def sample(
                                  "restart the part energies; use a fixed-step solver, or track_parts=False")
             if declares(velocity, "one_time_per_call"):
                 # every row would be integrated at the first row's time, without an error to show it
-                holder = shared_time_holder(velocity)
-                where = ("velocity passes one time for the whole batch (an adapter with time='shared')"
-                         if holder is None or holder[1] is velocity else
-                         f"{holder[0]} is a {type(holder[1]).__name__} with time='shared' (one time for the whole "
-                         "batch; from_model_wrapper's default), which a time given to a wrapper around it does not "
-                         "change")
-                raise ValueError(f"{where}, but dopri5 holds each sample at its own time; build it with "
-                                 "time='scalar' (one net call per distinct time) or time='batch' (a net that takes "
-                                 "per-sample times)")
+                raise ValueError(f"{_shared_time_where(velocity)}, but dopri5 holds each sample at its own time; "
+                                 "build it with time='scalar' (one net call per distinct time) or time='batch' (a net "
+                                 "that takes per-sample times)")
             start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
             trace = integrate_dopri5(
                 velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
@@ -234,11 +226,25 @@ def sample(
         )
 
 
-def default_split(shaping: object = None) -> float:
-    """The early/late split τ ``kfm.sample`` takes when it is given none: the gain's τ (a KTS's
-    ``tau_split``, or one the gain declares, :func:`~kinetic_fm.sampling.shaping.gain_tau`), else
-    :data:`DEFAULT_SPLIT`."""
-    tau = gain_tau(shaping)
+def _shared_time_where(velocity: object) -> str:
+    """Where ``velocity``, which declares ``one_time_per_call``, passes one time for the whole batch,
+    for dopri5's refusal: the adapter with time='shared' inside, named by its path."""
+    holder = shared_time_holder(velocity)
+    if holder is None or holder.adapter is velocity:
+        return "velocity passes one time for the whole batch (an adapter with time='shared')"
+    default = "; from_model_wrapper's default" if declares(holder.adapter, "calls_model_by_name") else ""
+    outer = ", which a time given to a wrapper around it does not change" if holder.outer_time else ""
+    return (f"{holder.path} is a {type(holder.adapter).__name__} with time='shared' (one time for the whole "
+            f"batch{default}){outer}")
+
+
+def resolved_split(split, tau: float | None):
+    """The early/late split τ a run takes (``kfm.sample``, a resumed ``kfm sample``, a study's cached
+    run): ``split`` where given, else the gain's τ (``tau``, as
+    :func:`~kinetic_fm.sampling.shaping.gain_tau` reads it; None for none), else
+    :data:`DEFAULT_SPLIT`. ``split`` is returned as given, unchecked."""
+    if split is not None:
+        return split
     return tau if tau is not None else DEFAULT_SPLIT
 
 

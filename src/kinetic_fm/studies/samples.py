@@ -9,7 +9,8 @@ import torch
 from ..sampling.energy import energy_after as shared_energy_after
 from ..sampling.noise import noise
 from ..sampling.result import split_time
-from ..sampling.sample import default_split, sample
+from ..sampling.sample import resolved_split, sample
+from ..sampling.shaping import gain_tau
 from .workspace import Workspace
 
 Run = dict[str, torch.Tensor]
@@ -70,8 +71,7 @@ def sampled(
 
     run = ws.cached(name, full_key, compute, keep=keep)
     if "split_time" not in run:  # cached before runs kept it: the sampler's rule on the run's grid
-        split = sample_kwargs.get("split")
-        split = default_split(sample_kwargs.get("shaping")) if split is None else split
+        split = resolved_split(sample_kwargs.get("split"), gain_tau(sample_kwargs.get("shaping")))
         run["split_time"] = torch.tensor(split_time(run["times"], split), dtype=torch.float64)
     return run
 
