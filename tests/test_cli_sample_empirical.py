@@ -471,6 +471,25 @@ def test_float64_items_sampled_in_float32_by_default_are_said_once(tmp_path, cap
     assert "--dtype" not in capsys.readouterr().err
 
 
+def test_a_resume_of_float64_items_sampled_in_float32_is_not_told_to_pass_dtype_float64(tmp_path, capsys):
+    # every resume said "pass --dtype float64", and a resume that did was refused ("made with other
+    # settings: --dtype"): the run samples in float32, a float64 run needs another --out
+    path = tmp_path / "wide.npy"
+    np.save(path, _points().double().numpy())
+    flags = ["--field", "empirical", "--train", path, "--n", 2, "--steps", 10]
+    assert kfm_sample(tmp_path / "run", *flags) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "run", *flags, "--resume") == 0
+    err = capsys.readouterr().err
+    assert "pass --dtype float64" not in err, err
+    assert (f"warning: --train {path} holds float64 items, which this run samples in float32 (--dtype's default "
+            "when it started): a float64 run needs another --out, with --dtype float64") in err, err
+    assert kfm_sample(tmp_path / "run", *flags, "--dtype", "float64", "--resume") == 2   # what it had said
+    assert "made with other settings: --dtype (the run's float32, now float64)" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "fresh", *flags, "--resume") == 0   # --resume of no run yet: a new run
+    assert "pass --dtype float64 to sample them in float64" in capsys.readouterr().err
+
+
 def test_a_subset_of_a_folder_of_images_decodes_only_its_images(tmp_path, monkeypatch):
     # --train-n 100 of the 6,000 CelebA JPEGs as a .zip decoded all of them at full size (3.7 GB,
     # 11 s) and then kept 100

@@ -328,9 +328,11 @@ def _empirical_target(args, device, stored=None) -> _Target:
     if resumed:  # a run from before a grey folder loaded as one channel: the three equal channels it sampled
         rows = grey_as_recorded(rows, stored.identity.get("train_shape"), args.train)
     rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
-    if rows.dtype == torch.float64 and not args.dtype_typed:
-        warnings.warn(f"--train {args.train} holds float64 items, sampled in float32 (--dtype's default): pass "
-                      "--dtype float64 to sample them in float64", stacklevel=2)
+    if rows.dtype == torch.float64 and not args.dtype_typed:  # a resume's --dtype float64 would be refused
+        said = ("which this run samples in float32 (--dtype's default when it started): a float64 run needs "
+                "another --out, with --dtype float64" if resumed else
+                "sampled in float32 (--dtype's default): pass --dtype float64 to sample them in float64")
+        warnings.warn(f"--train {args.train} holds float64 items, {said}", stacklevel=2)
     if args.train_n is not None and positions is not None:  # EmpiricalFlow would name the subset's row only
         from ..knn import first_nonfinite, nonfinite_rows
 
@@ -873,9 +875,13 @@ def _warn_on_batch_change(args, manifest) -> None:
                       "table", stacklevel=2)
 
 
-def _nothing_sampled_hint(stage: str) -> str:
+def _nothing_sampled_hint(stage: str, resuming: bool) -> str:
     """What an interruption in ``stage`` ("while reading --train t.npy"), before the run is started,
-    says: no sample was computed yet, and the folder keeps nothing to resume."""
+    says: no sample was computed yet, so a fresh run's folder keeps nothing to resume; when
+    ``resuming`` a stored run, this run computed none, and the folder keeps its finished shards."""
+    if resuming:
+        return (f"{stage}, before this run computed a sample; the folder keeps its finished shards: rerun the same "
+                "command")
     return f"{stage}, before any sample was computed: rerun the same command"
 
 
@@ -1130,18 +1136,19 @@ def _run(args, setup) -> int:
     # a Ctrl-C while the ranks meet, the folder is locked, a net is read and hashed, the items load
     # (50,000 CIFAR-10 images take 15 s), a net moves to its device or makes its trial call leaves no
     # shard behind; once run_sharded starts, the folder keeps finished shards: its own hint
-    preparing = args.interrupt_hint = _nothing_sampled_hint("while preparing the run")
+    resuming = stored is not None   # a run to resume: its finished shards stay in the folder
+    preparing = args.interrupt_hint = _nothing_sampled_hint("while preparing the run", resuming)
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
         if lock is not None:
             held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
         if args.model:
-            args.interrupt_hint = _nothing_sampled_hint(f"while reading --model {args.model}")
+            args.interrupt_hint = _nothing_sampled_hint(f"while reading --model {args.model}", resuming)
             target = _model_target(args.model, args.shape, stored)
             args.interrupt_hint = preparing
         elif args.field == EMPIRICAL:
-            args.interrupt_hint = _nothing_sampled_hint(f"while reading --train {args.train}")
+            args.interrupt_hint = _nothing_sampled_hint(f"while reading --train {args.train}", resuming)
             target = _empirical_target(args, device, stored)
             args.interrupt_hint = preparing
             if args.resume:
