@@ -32,10 +32,19 @@ DEFAULT_DTYPE = "float32"  # the state x's dtype when --dtype is not typed (ener
 # KTS flags; giving any of them turns shaping on (the others take KTS's defaults)
 _KTS_FLAGS = {"alpha0": "alpha0", "beta0": "beta0", "tau": "tau_split", "launch": "launch",
               "landing": "landing", "k": "k", "renormalize": "renormalize"}
-# kfm.sample's and KTS's argument names -> the flags that set them
-_SAMPLE_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+
+
+def _spelled_as_flag(name: str) -> str:
+    """The flag named as the setting it sets: ``on_nonfinite`` -> ``--on-nonfinite``."""
+    return "--" + name.replace("_", "-")
+
+
+# kfm.sample's argument names -> the flags that set them, then KTS's
+_SAMPLER_FLAGS = {name: _spelled_as_flag(name) for name in (
     "steps", "solver", "grid", "quadrature", "split", "on_nonfinite", "dtype", "device", "rtol", "atol", "first_step",
-    "max_steps")} | {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}
+    "max_steps")}
+_SHAPING_FLAGS = {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}
+_SAMPLE_FLAGS = _SAMPLER_FLAGS | _SHAPING_FLAGS
 # dopri5's step control, each passed to kfm.sample only when given (None: kfm.sample's default)
 _STEP_CONTROL = ("rtol", "atol", "first_step", "max_steps")
 SUMMARY_COLUMNS = ("kpe", "kpe_raw", "early", "late")
@@ -759,11 +768,12 @@ def _stored_manifest(run_dir: str):
 SETTINGS = SettingFlags(
     direct={
         "seeds.n": "--n", "seeds.seed_start": "--seed-start", "shard_size": "--shard-size",
-        **{f"config.{name}": f"--{name.replace('_', '-')}" for name in (
-            "field", "dim", "steps", "solver", "grid", "quadrature", "split", "on_nonfinite", "dtype", "device",
-            "profile", "label", "guidance", "truncate", "backend", "rtol", "atol", "first_step")},
+        **{f"config.{name}": _spelled_as_flag(name) for name in (
+            "field", "dim", "profile", "label", "guidance", "truncate", "backend")},
+        # kfm.sample's arguments but max_steps, which decides only whether a run stops (not recorded)
+        **{f"config.{name}": flag for name, flag in _SAMPLER_FLAGS.items() if name != "max_steps"},
         "config.save_x": "--no-save-x",
-        **{f"config.shaping.{kts_name}": f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()},
+        **{f"config.shaping.{kts_name}": flag for kts_name, flag in _SHAPING_FLAGS.items()},
         "config.shaping": "the KTS flags",
         "identity.weights_sha256": "--model",
         **{f"identity.train_{name}": "--train" for name in ("sha256", "shape", "dtype")},
