@@ -884,6 +884,27 @@ def test_the_audit_of_a_run_names_each_samples_seed_to_join_its_energies_by(tmp_
     assert "seed" not in pd.read_csv(tmp_path / "plain.csv").columns
 
 
+def test_an_audited_runs_seeds_come_from_its_manifest_not_a_second_read_of_its_shards(tmp_path, monkeypatch):
+    # _run_seeds merged and verified every shard again (read_run) for a seed range the manifest fixes,
+    # and read a results table's schema twice
+    import pyarrow.parquet as pq
+
+    import kinetic_fm.commands.memorization as audit
+    import kinetic_fm.runs as runs
+
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 5, "--seed-start", 100, "--steps", 2,
+                      "--shard-size", 2) == 0
+    stored = read_run(tmp_path / "run", columns=["seed"])["seed"].to_numpy()
+    schemas, read_schema = [], pq.read_schema
+    monkeypatch.setattr(runs, "read_run", lambda *a, **kw: pytest.fail("the shards were read again"))
+    monkeypatch.setattr(pq, "read_schema", lambda *a, **kw: schemas.append(a) or read_schema(*a, **kw))
+    seeds = audit._run_seeds(str(tmp_path / "run"))
+    assert seeds.dtype == np.int64
+    np.testing.assert_array_equal(seeds, stored)
+    np.testing.assert_array_equal(audit._run_seeds(str(tmp_path / "run" / "results.parquet")), stored)
+    assert len(schemas) == 1
+
+
 def test_the_audit_figure_names_each_pair_by_its_row_seed_and_nearest_item_as_the_table_does(tmp_path, capsys,
                                                                                             monkeypatch):
     # the figure's columns were labelled by their ratio alone: no way to find a pair in the table

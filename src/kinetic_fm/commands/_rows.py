@@ -167,9 +167,16 @@ _PASS_THE_ITEMS = ("pass as --train what the net was trained on: its kfm train r
 
 
 def is_results_table(path) -> bool:
-    """Whether the Parquet file ``path`` is a ``kfm sample`` run's results table, by its schema alone:
-    a column recording one sample's shape (the samples x), or the run's energy columns (a table
-    written with --no-save-x). An unreadable file is not one here (reading it names what is wrong)."""
+    """Whether the Parquet file ``path`` is a ``kfm sample`` run's results table (see
+    :func:`results_table_schema`)."""
+    return results_table_schema(path) is not None
+
+
+def results_table_schema(path):
+    """The schema of the Parquet file ``path`` when it is a ``kfm sample`` run's results table, by
+    the schema alone: a column recording one sample's shape (the samples x), or the run's energy
+    columns (a table written with --no-save-x); else None. An unreadable file is not one here
+    (reading it names what is wrong)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -178,9 +185,9 @@ def is_results_table(path) -> bool:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError):
-        return False
+        return None
     shaped = any(SAMPLE_SHAPE_KEY in (field.metadata or {}) for field in schema)
-    return shaped or {"seed", "kpe", "kpe_raw"} <= set(schema.names)
+    return schema if shaped or {"seed", "kpe", "kpe_raw"} <= set(schema.names) else None
 
 
 def _results_table_as_train(value: str, path) -> str:
