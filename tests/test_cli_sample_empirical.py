@@ -993,6 +993,22 @@ def test_a_subset_names_its_flags_where_they_are_arguments_not_in_prose(tmp_path
         load_rows("--train", str(path), None, False, specs=True, n=9, seed=1)
 
 
+def test_a_spec_named_zip_as_samples_is_read_as_a_path_to_images(tmp_path, capsys):
+    # --samples takes no data specs: a missing celeba:/x.zip is a .zip of images by its path, as it
+    # always was (as --train, a spec): the loader says it is not found, --key that it is no array file
+    from kinetic_fm.commands import _rows
+
+    train = _saved(tmp_path, _points())
+    value = f"celeba:{tmp_path / 'none.zip'}"
+    assert _rows.is_folder_or_zip_path(value, specs=False) and not _rows.is_folder_or_zip_path(value)
+    common = ["memorization", "--samples", value, "--train", str(train), "--no-progress"]
+    assert main(common) == 2
+    assert f"--samples: image source not found: {value} (expected a folder or a .zip)" in capsys.readouterr().err
+    assert main([*common, "--key", "x"]) == 2
+    assert (f"--key names an array inside a file; --samples {value!r} is a folder of images"
+            in capsys.readouterr().err)
+
+
 def test_what_reads_as_a_folder_or_zip_given_by_its_path(tmp_path, monkeypatch):
     # is_image_source answered True for any spec whose PATH ends in .zip (celeba:/x.zip, folder:/x.zip):
     # the name promised an image source, and specs are none of the paths it is asked about
