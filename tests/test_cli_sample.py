@@ -1262,6 +1262,26 @@ def test_ctrl_c_before_the_run_starts_says_nothing_was_sampled(tmp_path, capsys,
     assert "--resume" not in err and not (tmp_path / "run").exists()
 
 
+def test_ctrl_c_before_a_resume_samples_says_the_folder_keeps_its_finished_shards(tmp_path, capsys, monkeypatch):
+    # it said "before any sample was computed: rerun the same command" as of a fresh run, whose folder
+    # keeps nothing, of a folder that holds the run's finished shards
+    import kinetic_fm.commands.sample as command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    flags = ["--field", "gaussian", "--n", 4, "--shard-size", 2, "--steps", 2]
+    assert kfm_sample(tmp_path / "run", *flags) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(command, "_trial_call", interrupted)
+    assert kfm_sample(tmp_path / "run", *flags, "--resume") == 130
+    err = capsys.readouterr().err
+    assert ("interrupted: while preparing the run, before this run computed a sample; the folder keeps its "
+            "finished shards: rerun the same command") in err, err
+    assert "before any sample was computed" not in err
+    assert len(read_run(tmp_path / "run")) == 4
+
+
 def test_the_sampling_warnings_name_the_flags_not_the_library_arguments(tmp_path, capsys):
     # they read "quadrature='left' ... use quadrature='solver' with dopri5" and "(a smaller beta0)"
     assert kfm_sample(tmp_path / "left", "--field", "gaussian", "--dim", 2, "--n", 2, "--solver", "dopri5",

@@ -471,6 +471,25 @@ def test_float64_items_sampled_in_float32_by_default_are_said_once(tmp_path, cap
     assert "--dtype" not in capsys.readouterr().err
 
 
+def test_a_resume_of_float64_items_sampled_in_float32_is_not_told_to_pass_dtype_float64(tmp_path, capsys):
+    # every resume said "pass --dtype float64", and a resume that did was refused ("made with other
+    # settings: --dtype"): the run samples in float32, a float64 run needs another --out
+    path = tmp_path / "wide.npy"
+    np.save(path, _points().double().numpy())
+    flags = ["--field", "empirical", "--train", path, "--n", 2, "--steps", 10]
+    assert kfm_sample(tmp_path / "run", *flags) == 0
+    capsys.readouterr()
+    assert kfm_sample(tmp_path / "run", *flags, "--resume") == 0
+    err = capsys.readouterr().err
+    assert "pass --dtype float64" not in err, err
+    assert (f"warning: --train {path} holds float64 items, which this run samples in float32 (--dtype's default "
+            "when it started): a float64 run needs another --out, with --dtype float64") in err, err
+    assert kfm_sample(tmp_path / "run", *flags, "--dtype", "float64", "--resume") == 2   # what it had said
+    assert "made with other settings: --dtype (the run's float32, now float64)" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "fresh", *flags, "--resume") == 0   # --resume of no run yet: a new run
+    assert "pass --dtype float64 to sample them in float64" in capsys.readouterr().err
+
+
 def test_a_subset_of_a_folder_of_images_decodes_only_its_images(tmp_path, monkeypatch):
     # --train-n 100 of the 6,000 CelebA JPEGs as a .zip decoded all of them at full size (3.7 GB,
     # 11 s) and then kept 100
@@ -865,6 +884,27 @@ def test_the_audit_of_a_run_names_each_samples_seed_to_join_its_energies_by(tmp_
     assert "seed" not in pd.read_csv(tmp_path / "plain.csv").columns
 
 
+def test_an_audited_runs_seeds_come_from_its_manifest_not_a_second_read_of_its_shards(tmp_path, monkeypatch):
+    # _run_seeds merged and verified every shard again (read_run) for a seed range the manifest fixes,
+    # and read a results table's schema twice
+    import pyarrow.parquet as pq
+
+    import kinetic_fm.commands.memorization as audit
+    import kinetic_fm.runs as runs
+
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 5, "--seed-start", 100, "--steps", 2,
+                      "--shard-size", 2) == 0
+    stored = read_run(tmp_path / "run", columns=["seed"])["seed"].to_numpy()
+    schemas, read_schema = [], pq.read_schema
+    monkeypatch.setattr(runs, "read_run", lambda *a, **kw: pytest.fail("the shards were read again"))
+    monkeypatch.setattr(pq, "read_schema", lambda *a, **kw: schemas.append(a) or read_schema(*a, **kw))
+    seeds = audit._run_seeds(str(tmp_path / "run"))
+    assert seeds.dtype == np.int64
+    np.testing.assert_array_equal(seeds, stored)
+    np.testing.assert_array_equal(audit._run_seeds(str(tmp_path / "run" / "results.parquet")), stored)
+    assert len(schemas) == 1
+
+
 def test_the_audit_figure_names_each_pair_by_its_row_seed_and_nearest_item_as_the_table_does(tmp_path, capsys,
                                                                                             monkeypatch):
     # the figure's columns were labelled by their ratio alone: no way to find a pair in the table
@@ -951,6 +991,22 @@ def test_a_subset_names_its_flags_where_they_are_arguments_not_in_prose(tmp_path
     assert "--train-seed" not in text and "--train-n" not in text
     with pytest.raises(ValueError, match=r"^--train-n must be an integer in \[1, 4\] \(the available items\), got 9"):
         load_rows("--train", str(path), None, False, specs=True, n=9, seed=1)
+
+
+def test_a_spec_named_zip_as_samples_is_read_as_a_path_to_images(tmp_path, capsys):
+    # --samples takes no data specs: a missing celeba:/x.zip is a .zip of images by its path, as it
+    # always was (as --train, a spec): the loader says it is not found, --key that it is no array file
+    from kinetic_fm.commands import _rows
+
+    train = _saved(tmp_path, _points())
+    value = f"celeba:{tmp_path / 'none.zip'}"
+    assert _rows.is_folder_or_zip_path(value, specs=False) and not _rows.is_folder_or_zip_path(value)
+    common = ["memorization", "--samples", value, "--train", str(train), "--no-progress"]
+    assert main(common) == 2
+    assert f"--samples: image source not found: {value} (expected a folder or a .zip)" in capsys.readouterr().err
+    assert main([*common, "--key", "x"]) == 2
+    assert (f"--key names an array inside a file; --samples {value!r} is a folder of images"
+            in capsys.readouterr().err)
 
 
 def test_what_reads_as_a_folder_or_zip_given_by_its_path(tmp_path, monkeypatch):

@@ -6,9 +6,10 @@ manifest's ``config.steps``, a training state's ``train.lr``); a user of ``kfm``
 (--samples, --steps, --lr). Each command keeps its own table beside its parser: a plain mapping of
 the library's argument names, and a :class:`SettingFlags` of the settings its runs record and
 compare on --resume. The rewording lives here, once: :func:`named_by_its_flag` for a message's
-opening name, :func:`in_flags` for names anywhere in it, :func:`flag_words` for every error and
-warning of a block, and :meth:`SettingFlags.named` / :meth:`SettingFlags.in_listed_words` for a
-resume refusal's list of settings."""
+opening name and the names later in it that stand as arguments ("with k = 3", "(lr)"; built on
+:func:`as_arguments` and :func:`where_named`), :func:`in_flags` for names anywhere in it,
+:func:`flag_words` for every error and warning of a block, and :meth:`SettingFlags.named` /
+:meth:`SettingFlags.in_listed_words` for a resume refusal's list of settings."""
 from __future__ import annotations
 
 import contextlib

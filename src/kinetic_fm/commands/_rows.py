@@ -114,7 +114,7 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     spec_given = is_spec(value, specs)
     # kfm sample writes manifest.json into its run folder, kfm train config.json
     is_run = path.is_dir() and (path / (TRAIN_CONFIG if specs else MANIFEST_NAME)).is_file()
-    is_images = not (spec_given or is_run) and (path.is_dir() or path.suffix.lower() == ".zip")
+    is_images = not is_run and is_folder_or_zip_path(value, specs)
     # the other command's run folder: a kfm sample run as --train, a kfm train run as --samples
     other_run = path.is_dir() and (path / (MANIFEST_NAME if specs else TRAIN_CONFIG)).is_file() and not is_run
     if (spec_given or is_run or is_images) and key is not None:
@@ -167,9 +167,16 @@ _PASS_THE_ITEMS = ("pass as --train what the net was trained on: its kfm train r
 
 
 def is_results_table(path) -> bool:
-    """Whether the Parquet file ``path`` is a ``kfm sample`` run's results table, by its schema alone:
-    a column recording one sample's shape (the samples x), or the run's energy columns (a table
-    written with --no-save-x). An unreadable file is not one here (reading it names what is wrong)."""
+    """Whether the Parquet file ``path`` is a ``kfm sample`` run's results table (see
+    :func:`results_table_schema`)."""
+    return results_table_schema(path) is not None
+
+
+def results_table_schema(path):
+    """The schema of the Parquet file ``path`` when it is a ``kfm sample`` run's results table, by
+    the schema alone: a column recording one sample's shape (the samples x), or the run's energy
+    columns (a table written with --no-save-x); else None. An unreadable file is not one here
+    (reading it names what is wrong)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -178,9 +185,9 @@ def is_results_table(path) -> bool:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError):
-        return False
+        return None
     shaped = any(SAMPLE_SHAPE_KEY in (field.metadata or {}) for field in schema)
-    return shaped or {"seed", "kpe", "kpe_raw"} <= set(schema.names)
+    return schema if shaped or {"seed", "kpe", "kpe_raw"} <= set(schema.names) else None
 
 
 def _results_table_as_train(value: str, path) -> str:
@@ -299,14 +306,14 @@ def grey_loads_as_one_channel(value: str) -> bool:
     return (is_spec(value, True) and value.startswith("folder:")) or image_folder_given(value)
 
 
-def is_folder_or_zip_path(value: str) -> bool:
-    """Whether ``value``, given by its path, names a folder or a .zip file: not a data spec, whose PATH
-    may end in .zip too (celeba:/x.zip). What the folder holds is not asked: a kfm run folder is one
-    (:func:`image_folder_given` leaves those out)."""
+def is_folder_or_zip_path(value: str, specs: bool = True) -> bool:
+    """Whether ``value``, given by its path, names a folder or a .zip file: not a data spec (when
+    ``specs``, as :func:`is_spec`), whose PATH may end in .zip too (celeba:/x.zip). What the folder
+    holds is not asked: a kfm run folder is one (:func:`image_folder_given` leaves those out)."""
     from pathlib import Path
 
     path = Path(value)
-    return not is_spec(value, True) and (path.is_dir() or path.suffix.lower() == ".zip")
+    return not is_spec(value, specs) and (path.is_dir() or path.suffix.lower() == ".zip")
 
 
 def _spec_item_files(spec: str, data) -> list[str] | None:

@@ -5,7 +5,7 @@ import argparse
 import math
 
 from ..checks import DEVICE_FORMS
-from ._rows import (TRAIN_CONFIG, empirical_run_manifest, is_folder_or_zip_path, is_results_table, load_rows,
+from ._rows import (TRAIN_CONFIG, empirical_run_manifest, is_folder_or_zip_path, load_rows, results_table_schema,
                     training_record)
 from ._types import bootstrap_seed_number, check_output_path, faiss_for, user_path, writing
 from ._flag_names import flag_words
@@ -410,13 +410,15 @@ def _run_seeds(value: str):
 
     path = Path(value)
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
-        from ..runs import read_run
+        from ..runs import read_manifest
 
-        return read_run(path, columns=["seed"])["seed"].to_numpy()  # read_samples' order: by seed
-    if path.is_file() and path.suffix.lower() == ".parquet" and is_results_table(path):
-        import pyarrow.parquet as pq
+        # read_samples' order, by seed; its merge checked the shards hold exactly these seeds
+        return read_manifest(path).plan.all_seeds()
+    if path.is_file() and path.suffix.lower() == ".parquet":
+        schema = results_table_schema(path)
+        if schema is not None and "seed" in schema.names:
+            import pyarrow.parquet as pq
 
-        if "seed" in pq.read_schema(path).names:
             return pq.read_table(path, columns=["seed"]).column("seed").to_numpy()
     return None
 

@@ -32,10 +32,19 @@ DEFAULT_DTYPE = "float32"  # the state x's dtype when --dtype is not typed (ener
 # KTS flags; giving any of them turns shaping on (the others take KTS's defaults)
 _KTS_FLAGS = {"alpha0": "alpha0", "beta0": "beta0", "tau": "tau_split", "launch": "launch",
               "landing": "landing", "k": "k", "renormalize": "renormalize"}
-# kfm.sample's and KTS's argument names -> the flags that set them
-_SAMPLE_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+
+
+def _spelled_as_flag(name: str) -> str:
+    """The flag named as the setting it sets: ``on_nonfinite`` -> ``--on-nonfinite``."""
+    return "--" + name.replace("_", "-")
+
+
+# kfm.sample's argument names -> the flags that set them, then KTS's
+_SAMPLER_FLAGS = {name: _spelled_as_flag(name) for name in (
     "steps", "solver", "grid", "quadrature", "split", "on_nonfinite", "dtype", "device", "rtol", "atol", "first_step",
-    "max_steps")} | {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}
+    "max_steps")}
+_SHAPING_FLAGS = {kts_name: f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()}
+_SAMPLE_FLAGS = _SAMPLER_FLAGS | _SHAPING_FLAGS
 # dopri5's step control, each passed to kfm.sample only when given (None: kfm.sample's default)
 _STEP_CONTROL = ("rtol", "atol", "first_step", "max_steps")
 SUMMARY_COLUMNS = ("kpe", "kpe_raw", "early", "late")
@@ -329,9 +338,11 @@ def _empirical_target(args, device, stored=None) -> _Target:
     if resumed:  # a run from before a grey folder loaded as one channel: the three equal channels it sampled
         rows = grey_as_recorded(rows, stored.identity.get("train_shape"), args.train)
     rows = float_items(rows)  # integers (uint8 images) as float32 where that keeps every value, else float64
-    if rows.dtype == torch.float64 and not args.dtype_typed:
-        warnings.warn(f"--train {args.train} holds float64 items, sampled in float32 (--dtype's default): pass "
-                      "--dtype float64 to sample them in float64", stacklevel=2)
+    if rows.dtype == torch.float64 and not args.dtype_typed:  # a resume's --dtype float64 would be refused
+        said = ("which this run samples in float32 (--dtype's default when it started): a float64 run needs "
+                "another --out, with --dtype float64" if resumed else
+                "sampled in float32 (--dtype's default): pass --dtype float64 to sample them in float64")
+        warnings.warn(f"--train {args.train} holds float64 items, {said}", stacklevel=2)
     if args.train_n is not None and positions is not None:  # EmpiricalFlow would name the subset's row only
         from ..knn import first_nonfinite, nonfinite_rows
 
@@ -758,11 +769,12 @@ def _stored_manifest(run_dir: str):
 SETTINGS = SettingFlags(
     direct={
         "seeds.n": "--n", "seeds.seed_start": "--seed-start", "shard_size": "--shard-size",
-        **{f"config.{name}": f"--{name.replace('_', '-')}" for name in (
-            "field", "dim", "steps", "solver", "grid", "quadrature", "split", "on_nonfinite", "dtype", "device",
-            "profile", "label", "guidance", "truncate", "backend", "rtol", "atol", "first_step")},
+        **{f"config.{name}": _spelled_as_flag(name) for name in (
+            "field", "dim", "profile", "label", "guidance", "truncate", "backend")},
+        # kfm.sample's arguments but max_steps, which decides only whether a run stops (not recorded)
+        **{f"config.{name}": flag for name, flag in _SAMPLER_FLAGS.items() if name != "max_steps"},
         "config.save_x": "--no-save-x",
-        **{f"config.shaping.{kts_name}": f"--{flag}" for flag, kts_name in _KTS_FLAGS.items()},
+        **{f"config.shaping.{kts_name}": flag for kts_name, flag in _SHAPING_FLAGS.items()},
         "config.shaping": "the KTS flags",
         "identity.weights_sha256": "--model",
         **{f"identity.train_{name}": "--train" for name in ("sha256", "shape", "dtype")},
@@ -875,9 +887,13 @@ def _warn_on_batch_change(args, manifest) -> None:
                       "table", stacklevel=2)
 
 
-def _nothing_sampled_hint(stage: str) -> str:
+def _nothing_sampled_hint(stage: str, resuming: bool) -> str:
     """What an interruption in ``stage`` ("while reading --train t.npy"), before the run is started,
-    says: no sample was computed yet, and the folder keeps nothing to resume."""
+    says: no sample was computed yet, so a fresh run's folder keeps nothing to resume; when
+    ``resuming`` a stored run, this run computed none, and the folder keeps its finished shards."""
+    if resuming:
+        return (f"{stage}, before this run computed a sample; the folder keeps its finished shards: rerun the same "
+                "command")
     return f"{stage}, before any sample was computed: rerun the same command"
 
 
@@ -1132,18 +1148,19 @@ def _run(args, setup) -> int:
     # a Ctrl-C while the ranks meet, the folder is locked, a net is read and hashed, the items load
     # (50,000 CIFAR-10 images take 15 s), a net moves to its device or makes its trial call leaves no
     # shard behind; once run_sharded starts, the folder keeps finished shards: its own hint
-    preparing = args.interrupt_hint = _nothing_sampled_hint("while preparing the run")
+    resuming = stored is not None   # a run to resume: its finished shards stay in the folder
+    preparing = args.interrupt_hint = _nothing_sampled_hint("while preparing the run", resuming)
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
         if lock is not None:
             held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
         if args.model:
-            args.interrupt_hint = _nothing_sampled_hint(f"while reading --model {args.model}")
+            args.interrupt_hint = _nothing_sampled_hint(f"while reading --model {args.model}", resuming)
             target = _model_target(args.model, args.shape, stored)
             args.interrupt_hint = preparing
         elif args.field == EMPIRICAL:
-            args.interrupt_hint = _nothing_sampled_hint(f"while reading --train {args.train}")
+            args.interrupt_hint = _nothing_sampled_hint(f"while reading --train {args.train}", resuming)
             target = _empirical_target(args, device, stored)
             args.interrupt_hint = preparing
             if args.resume:

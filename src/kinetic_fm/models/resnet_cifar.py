@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -132,27 +131,21 @@ def load_cifar_resnet(path: str | os.PathLike, depth: int | None = None) -> Cifa
     must agree. Loaded with ``weights_only=True``; returned in eval mode. ValueError naming the
     file for one that holds no CIFAR ResNet's weights.
     """
-    return _load_cifar_resnet(Path(path), depth, lambda implied: f"{path}: holds a ResNet-{implied}, but depth={depth} "
-                              "was asked")
-
-
-def _load_cifar_resnet(path: Path, depth: int | None, mismatch: Callable[[int], str]) -> CifarResNet:
-    """:func:`load_cifar_resnet`'s work; ``mismatch(implied)`` words the refusal of weights of another depth
-    (in the caller's terms: an argument's, or a command line's spec)."""
-    state = load_weights(path)
+    file = Path(path)
+    state = load_weights(file)
     blocks = {k.split(".")[1] for k in state if k.startswith("layer1.")}
     if not blocks or "conv1.weight" not in state:  # read as depth 2: "depth must be 6n + 2, got 2"
-        raise ValueError(f"{path}: not a CIFAR-10 ResNet's weights (no conv1 and layer1 tensors)")
+        raise ValueError(f"{file}: not a CIFAR-10 ResNet's weights (no conv1 and layer1 tensors)")
     implied = 6 * len(blocks) + 2
     if depth is None:
         depth = implied
     elif depth != implied:
-        raise ValueError(mismatch(implied))
+        raise ValueError(f"{path}: holds a ResNet-{implied}, but depth={depth} was asked")
     model = CifarResNet(depth)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{path}: does not fit a CIFAR-10 ResNet-{depth} ({' '.join(str(err).split())})") from err
+        raise ValueError(f"{file}: does not fit a CIFAR-10 ResNet-{depth} ({' '.join(str(err).split())})") from err
     return model.eval()
 
 
@@ -184,5 +177,8 @@ def load_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[Cifa
     must match the weights (see :func:`load_cifar_resnet`); the net is returned in eval mode."""
     kind, path = parse_cifar_resnet_spec(spec, name=name)
     depth = int(kind.removeprefix("resnet"))
-    return _load_cifar_resnet(path, depth, lambda implied: f"{name} {spec}: the file holds a ResNet-{implied}'s "
-                              f"weights; write resnet{implied}:{path}"), kind
+    net = load_cifar_resnet(path)   # of the depth its weights imply
+    if net.depth != depth:
+        raise ValueError(f"{name} {spec}: the file holds a ResNet-{net.depth}'s weights; "
+                         f"write resnet{net.depth}:{path}")
+    return net, kind
