@@ -867,8 +867,10 @@ def test_dopri5_names_where_a_nested_shared_time_adapter_sits():
     x0 = kfm.noise(range(3), (DIM,), dtype=torch.float64)
     default = r"is a ModelXT with time='shared' \(one time for the whole batch; from_model_wrapper's default\)"
     outer = ", which a time given to a wrapper around it does not change, but dopri5"
-    with pytest.raises(ValueError, match=rf"^velocity\.inner\.model {default}{outer}"):
+    with pytest.raises(ValueError, match=rf"^velocity_model\.model {default}{outer}"):   # the user's argument
         kfm.KineticODESolver(guided, time="scalar").sample(x0, method="dopri5")
+    with pytest.raises(ValueError, match=rf"^velocity_model\.model {default}, but dopri5"):   # no time given
+        kfm.KineticODESolver(guided).sample(x0, method="dopri5")
     with pytest.raises(ValueError, match=rf"^velocity\.model {default}, but dopri5"):  # a guidance sets no time
         kfm.sample(guided, x0, solver="dopri5")
     with pytest.raises(ValueError, match=rf"^velocity\.inner\.model {default}{outer}"):

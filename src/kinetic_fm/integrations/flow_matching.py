@@ -29,7 +29,7 @@ from ..checks import (add_note, declares, declares_singular_at_one, one_evaluati
                       start_run_of)
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time, check_extras_taken, signature_of
 from ..sampling.result import SampleResult
-from ..sampling.sample import sample
+from ..sampling.sample import sample, shared_time_refusal
 from ..sampling.shaping import KTS, TAU_TOLERANCE, gain_tau
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -237,6 +237,9 @@ class KineticODESolver:
         if solver == "dopri5":
             if step_size is not None:
                 raise ValueError("step_size must be None for dopri5 (an adaptive method)")
+            if declares(self.velocity_model, "one_time_per_call"):  # named from the user's argument, not ours
+                raise ValueError(shared_time_refusal(self.velocity_model, "velocity_model",
+                                                     time_given=self.time is not None))
             field = from_model_wrapper(self.velocity_model, time=self.time or "scalar", model_kwargs=model_kwargs,
                                        **model_extras)
             return sample(field, x_init, solver=solver, rtol=rtol, atol=atol, shaping=shaping,

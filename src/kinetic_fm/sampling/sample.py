@@ -182,9 +182,7 @@ def sample(
                                  "restart the part energies; use a fixed-step solver, or track_parts=False")
             if declares(velocity, "one_time_per_call"):
                 # every row would be integrated at the first row's time, without an error to show it
-                raise ValueError(f"{_shared_time_where(velocity)}, but dopri5 holds each sample at its own time; "
-                                 "build it with time='scalar' (one net call per distinct time) or time='batch' (a net "
-                                 "that takes per-sample times)")
+                raise ValueError(shared_time_refusal(velocity))
             start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
             trace = integrate_dopri5(
                 velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
@@ -226,16 +224,22 @@ def sample(
         )
 
 
-def _shared_time_where(velocity: object) -> str:
-    """Where ``velocity``, which declares ``one_time_per_call``, passes one time for the whole batch,
-    for dopri5's refusal: the adapter with time='shared' inside, named by its path."""
-    holder = shared_time_holder(velocity)
+def shared_time_refusal(velocity: object, name: str = "velocity", time_given: bool = False) -> str:
+    """dopri5's refusal of ``velocity``, which declares ``one_time_per_call`` (one time for the whole
+    batch), naming the adapter with time='shared' by its path from ``name``, the argument the user
+    passed it as; ``time_given``: a time was given to a wrapper around ``velocity`` (which does not
+    change the inner adapter's)."""
+    holder = shared_time_holder(velocity, name)
     if holder is None or holder.adapter is velocity:
-        return "velocity passes one time for the whole batch (an adapter with time='shared')"
-    default = "; from_model_wrapper's default" if declares(holder.adapter, "calls_model_by_name") else ""
-    outer = ", which a time given to a wrapper around it does not change" if holder.outer_time else ""
-    return (f"{holder.path} is a {type(holder.adapter).__name__} with time='shared' (one time for the whole "
-            f"batch{default}){outer}")
+        where = f"{name} passes one time for the whole batch (an adapter with time='shared')"
+    else:
+        default = "; from_model_wrapper's default" if declares(holder.adapter, "calls_model_by_name") else ""
+        outer = (", which a time given to a wrapper around it does not change"
+                 if holder.outer_time or time_given else "")
+        where = (f"{holder.path} is a {type(holder.adapter).__name__} with time='shared' (one time for the whole "
+                 f"batch{default}){outer}")
+    return (f"{where}, but dopri5 holds each sample at its own time; build it with time='scalar' (one net call "
+            "per distinct time) or time='batch' (a net that takes per-sample times)")
 
 
 def resolved_split(split, tau: float | None):
