@@ -994,3 +994,22 @@ def test_model_xt_refuses_an_extra_its_model_cannot_take_when_built():
     # torch.compile's forward(*args, **kwargs) and a builtin without a signature: built as before
     ModelXT(torch.compile(_NetXTY()), y=c)
     ModelXT(torch.neg, cond=c)
+
+
+def test_a_module_that_defines_its_own_call_is_read_by_that_call():
+    # signature_of read every module's forward: one that overrides __call__ (no forward) showed torch's
+    # placeholder, _forward_unimplemented(*input), and every extra was refused when the field was built
+    class CallNet(torch.nn.Module):
+        def __call__(self, x, t, cond):
+            return -x * t.reshape(-1, 1) + cond
+
+    class ForwardNet(torch.nn.Module):
+        def forward(self, x, t, cond):
+            return -x * t.reshape(-1, 1) + cond
+
+    x0, cond = torch.randn(3, 4, generator=torch.Generator().manual_seed(0)), torch.full((3, 4), 0.5)
+    expected = kfm.sample(kfm.ModelXT(ForwardNet(), cond=cond), x0, steps=4)
+    got = kfm.sample(kfm.ModelXT(CallNet(), cond=cond), x0, steps=4)
+    assert torch.equal(got.x, expected.x) and torch.equal(got.kpe, expected.kpe)
+    with pytest.raises(ValueError, match=r"the model takes no extra named \['label'\]: CallNet\(x, t, cond\)"):
+        kfm.ModelXT(CallNet(), label=cond)

@@ -96,11 +96,13 @@ def unwrapped_module(model: Callable[..., torch.Tensor]) -> Callable[..., torch.
 
 def signature_of(model: Callable[..., torch.Tensor]) -> inspect.Signature | None:
     """The signature ``model`` is called by: a module's ``forward`` (a parallel wrapper's: its
-    module's, see :func:`unwrapped_module`); None for a builtin or C extension without one, or a
-    proxy whose attributes cannot be read."""
+    module's, see :func:`unwrapped_module`), or its own ``__call__`` where its class overrides
+    ``nn.Module``'s (its ``forward`` is then torch's placeholder); None for a builtin or C extension
+    without one, or a proxy whose attributes cannot be read."""
     model = unwrapped_module(model)
     try:
-        return inspect.signature(model.forward if isinstance(model, torch.nn.Module) else model)
+        calls_forward = isinstance(model, torch.nn.Module) and type(model).__call__ is torch.nn.Module.__call__
+        return inspect.signature(model.forward if calls_forward else model)
     except Exception:
         return None
 
