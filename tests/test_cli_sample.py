@@ -1253,7 +1253,8 @@ def test_ctrl_c_before_the_run_starts_says_nothing_was_sampled(tmp_path, capsys,
     save_model(net, path, ema=copy.deepcopy(net))
     if stage == "moving the net":   # the command's .to(device=, dtype=), not the loader's .to(dtype)
         to = VelocityMLP.to
-        monkeypatch.setattr(VelocityMLP, "to", lambda net, *a, **kw: interrupted() if "device" in kw else to(net, *a, **kw))
+        monkeypatch.setattr(VelocityMLP, "to",
+                            lambda net, *a, **kw: interrupted() if "device" in kw else to(net, *a, **kw))
     else:
         monkeypatch.setattr(command, stage, interrupted)
     assert kfm_sample(tmp_path / "run", "--model", path, "--n", 2, "--steps", 2) == 130

@@ -196,7 +196,8 @@ def test_plan_rejects_bad_numbers():
         ShardPlan(0, 4, 0)
     # helper-256: the range as a number, and the n it is 2**32 - n for, as --seed-start's message gives them
     with pytest.raises(ValueError, match=r"^seed_start must lie in \[0, 4294967292\] \(0 to 2\*\*32 - n, n being 4: "
-                                         r"the seeds seed_start \.\. seed_start \+ n - 1 stay below 2\*\*32; .*\), got -1$"):
+                                         r"the seeds seed_start \.\. seed_start \+ n - 1 stay below 2\*\*32; "
+                                         r".*\), got -1$"):
         ShardPlan(-1, 4, 2)
     with pytest.raises(ValueError, match=r"seed_start must lie in .* got 4294967293"):
         ShardPlan(2**32 - 3, 4, 2)                                  # the last seed would be 2**32: seed 0's noise

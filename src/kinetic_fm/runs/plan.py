@@ -28,8 +28,9 @@ class ShardPlan:
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1 samples, got {self.shard_size}")
         if not 0 <= self.seed_start <= SEED_LIMIT - self.n:
-            raise ValueError(f"seed_start must lie in [0, {SEED_LIMIT - self.n}] (0 to 2**32 - n, n being {self.n}: the "
-                             f"seeds seed_start .. seed_start + n - 1 stay below 2**32; {SEED_NOTE}), got {self.seed_start}")
+            raise ValueError(f"seed_start must lie in [0, {SEED_LIMIT - self.n}] (0 to 2**32 - n, n being "
+                             f"{self.n}: the seeds seed_start .. seed_start + n - 1 stay below 2**32; "
+                             f"{SEED_NOTE}), got {self.seed_start}")
 
     @property
     def count(self) -> int:
