@@ -335,11 +335,11 @@ def _null_labels(null_label, labels: torch.Tensor) -> torch.Tensor:
 def _extras_with_rows(model: object, batch: int) -> list[str]:
     """The names of the tensor extras with ``batch`` rows that ``model``, or an adapter it wraps
     (through ``inner``), holds for every call (a ``kfm.ModelXT``'s ``extras``)."""
-    names: list[str] = []
     def inner_of(obj: object) -> tuple[str, object] | None:
         inner = optional_attribute(obj, "inner")
         return None if inner is None else ("inner", inner)
 
+    names: list[str] = []
     for _, held in wrapper_chain(model, inner_of):
         extras = optional_attribute(held, "extras")
         if isinstance(extras, dict):
