@@ -352,3 +352,26 @@ def test_an_lr_times_weight_decay_of_one_or_more_warns_once_in_the_flags_words(t
                       "weight decay multiplies the weights by 1 - 2 = -1 at each step at this lr, which zeroes them "
                       "or flips their sign; training goes on, but weight decay is meant to shrink them a little "
                       "(a product well below 1)"]
+
+
+def test_warnings_of_the_training_itself_name_the_flags(tmp_path, capsys, monkeypatch):
+    # helper-259: only the warnings of TrainConfig's build were in the flags' words; one that train() gives
+    # while it trains (here a stand-in at the start of its work, naming settings as the library calls them)
+    # read "grad_clip" and "steps=2", which no kfm train user typed
+    import warnings
+
+    training = sys.modules["kinetic_fm.models.train"]   # the package's name "train" is the function
+    work = training._train
+
+    def warning_train(model, data, config, *rest, **kwargs):
+        warnings.warn(f"grad_clip = {config.grad_clip} clipped every one of steps={config.steps}; the learning "
+                      "rate (lr) may be too large", UserWarning)
+        return work(model, data, config, *rest, **kwargs)
+
+    monkeypatch.setattr(training, "_train", warning_train)
+    args = ["train", "--data", "gmm", "--n", "64", "--no-progress", "--steps", "2", "--batch-size", "8",
+            "--checkpoints", "none", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == ["kfm train: warning: --grad-clip = 1.0 clipped every one of --steps 2; the learning rate (--lr) "
+                      "may be too large"]

@@ -216,15 +216,6 @@ def wrapper_chain(outer: object, inner_of: Callable[[object], tuple[str, object]
         path = f"{path}.{attribute}"
 
 
-def wrapped_by(*attributes: str) -> Callable[[object], tuple[str, object] | None]:
-    """An ``inner_of`` for :func:`wrapper_chain` that follows the first of ``attributes`` an
-    object holds (not None), read with :func:`optional_attribute`."""
-    def inner_of(obj: object) -> tuple[str, object] | None:
-        return next(((attribute, inner) for attribute in attributes
-                     if (inner := optional_attribute(obj, attribute)) is not None), None)
-    return inner_of
-
-
 @dataclass(frozen=True)
 class SharedTimeHolder:
     """Where the adapter with ``time="shared"`` sits in a velocity: its ``path`` ("velocity",

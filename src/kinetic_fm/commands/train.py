@@ -13,11 +13,10 @@ net with ``kinetic_fm.models.load_model(<out>)`` and sample it with ``kinetic_fm
 from __future__ import annotations
 
 import argparse
-import warnings
 
 from ..checks import DEVICE_FORMS
 from ._types import check_output_path, seed_number, user_path, writing
-from ._flag_names import SettingFlags, as_arguments, flag_words, named_by_its_flag, where_named
+from ._flag_names import SettingFlags, flag_words, named_by_its_flag, where_named
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
              "(PATH a folder or .zip; folder: loads one channel where every image is grey, else RGB). digits: "
@@ -101,17 +100,11 @@ def run(args: argparse.Namespace) -> int:
         outside = sorted(s for s in checkpoints if not 1 <= s <= args.steps)
         if outside:
             raise ValueError(f"--checkpoints steps must lie in [1, --steps] = [1, {args.steps}], got {outside}")
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # its warnings in the flags' words (lr × weight_decay)
-            warnings.simplefilter("always")
-            config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                 weight_decay=args.weight_decay, warmup=args.warmup, ema_decay=args.ema_decay,
-                                 grad_clip=args.grad_clip or None, label_dropout=label_dropout, seed=args.seed,
-                                 checkpoints=checkpoints, save_every=args.save_every)
-    except ValueError as err:
-        raise named_by_its_flag(err, _FLAGS) from None
-    for warning in caught:
-        warnings.warn(as_arguments(str(warning.message), _FLAGS), warning.category, stacklevel=2)
+    with flag_words(_FLAGS, anywhere=False):  # its errors and warnings (lr × weight_decay) in the flags' words
+        config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             weight_decay=args.weight_decay, warmup=args.warmup, ema_decay=args.ema_decay,
+                             grad_clip=args.grad_clip or None, label_dropout=label_dropout, seed=args.seed,
+                             checkpoints=checkpoints, save_every=args.save_every)
     with flag_words({}, source=("--data", args.data)):  # the loader's errors name the spec or its files
         try:
             ds = load_dataset(args.data, n=args.n, seed=args.seed, progress=not args.no_progress)
@@ -145,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
     mean = getattr(ds, "mean", None)
     extra = None if mean is None else {"data_mean.safetensors": {"mean": mean}}
     info = {"data": _recorded_spec(args.data, saved), "n": args.n}
-    with writing("--out", args.out):
+    # its warnings in the flags' words too, where the library's names stand as arguments (its prose says "steps");
+    # its errors are resume refusals, worded by _flags_for_settings
+    with writing("--out", args.out), flag_words(_FLAGS, anywhere=False, errors=False):
         try:
             result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
                            progress=not args.no_progress, info=info, extra_weights=extra)

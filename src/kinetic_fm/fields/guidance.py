@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import torch
 
 from ..checks import (add_note, as_scalar, check_flag, declares, declares_singular_at_one, is_real, one_evaluation_of,
-                      optional_attribute, start_run_of, tensor_output, wrapped_by, wrapper_chain)
+                      optional_attribute, start_run_of, tensor_output, wrapper_chain)
 from ..norms import squared_norm
 from .adapters import _has_rows, batch_time
 
@@ -335,8 +335,12 @@ def _null_labels(null_label, labels: torch.Tensor) -> torch.Tensor:
 def _extras_with_rows(model: object, batch: int) -> list[str]:
     """The names of the tensor extras with ``batch`` rows that ``model``, or an adapter it wraps
     (through ``inner``), holds for every call (a ``kfm.ModelXT``'s ``extras``)."""
+    def inner_of(obj: object) -> tuple[str, object] | None:
+        inner = optional_attribute(obj, "inner")
+        return None if inner is None else ("inner", inner)
+
     names: list[str] = []
-    for _, held in wrapper_chain(model, wrapped_by("inner")):
+    for _, held in wrapper_chain(model, inner_of):
         extras = optional_attribute(held, "extras")
         if isinstance(extras, dict):
             names += [name for name, value in extras.items() if _has_rows(value, batch)]
