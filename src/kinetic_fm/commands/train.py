@@ -138,8 +138,9 @@ def run(args: argparse.Namespace) -> int:
     mean = getattr(ds, "mean", None)
     extra = None if mean is None else {"data_mean.safetensors": {"mean": mean}}
     info = {"data": _recorded_spec(args.data, saved), "n": args.n}
-    # its warnings in the flags' words too, where the library's names stand as arguments (its prose says "steps");
-    # its errors are resume refusals, worded by _flags_for_settings
+    # a guard: a warning of the training call that names an argument (none does today) in the flags' words,
+    # where the library's names stand as arguments (its prose says "steps"); its errors are resume
+    # refusals, worded by _flags_for_settings
     with writing("--out", args.out), flag_words(_FLAGS, anywhere=False, errors=False):
         try:
             result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,

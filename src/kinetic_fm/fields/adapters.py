@@ -145,14 +145,14 @@ def _check_time_mode(time: str) -> None:
         raise ValueError(f"time must be one of {TIME_MODES}, got {time!r}")
 
 
-def _has_rows(value: Any, batch: int) -> bool:
+def has_rows(value: Any, batch: int) -> bool:
     """Whether ``value`` looks per-sample: a tensor whose first dimension is ``batch``."""
     return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch
 
 
 def _rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
     """The ``rows`` of a per-sample tensor (first dim == batch); anything else unchanged."""
-    return value[rows] if _has_rows(value, batch) else value
+    return value[rows] if has_rows(value, batch) else value
 
 
 def _call_time_mode(
@@ -444,7 +444,7 @@ class ModelXT(_Adapter):
             return None
         how = " and ".join(how)
         if self.per_sample is None:
-            cut = [key for key, value in self.extras.items() if _has_rows(value, rows)]
+            cut = [key for key, value in self.extras.items() if has_rows(value, rows)]
             if cut:
                 return (f"{how}; the extras {cut} have as many rows as the call, so by the guess they hold one "
                         "per sample and were cut with its rows; if one of them is shared (a table), list only the "
@@ -453,7 +453,7 @@ class ModelXT(_Adapter):
             return None
         sizes = {rows, self._selected_from} - {None}
         whole = [key for key, value in self.extras.items()
-                 if key not in self.per_sample and any(_has_rows(value, n) for n in sizes)]
+                 if key not in self.per_sample and any(has_rows(value, n) for n in sizes)]
         if whole:
             return (f"{how}; the extras {whole} have a row per sample but are not in per_sample, so they "
                     f"reached the net whole; if they hold one row per sample, add them: "

@@ -21,7 +21,7 @@ import torch
 from ..checks import (add_note, as_scalar, check_flag, declares, declares_singular_at_one, is_real, one_evaluation_of,
                       optional_attribute, start_run_of, tensor_output, wrapper_chain)
 from ..norms import squared_norm
-from .adapters import _has_rows, batch_time
+from .adapters import has_rows, batch_time
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -343,5 +343,5 @@ def _extras_with_rows(model: object, batch: int) -> list[str]:
     for _, held in wrapper_chain(model, inner_of):
         extras = optional_attribute(held, "extras")
         if isinstance(extras, dict):
-            names += [name for name, value in extras.items() if _has_rows(value, batch)]
+            names += [name for name, value in extras.items() if has_rows(value, batch)]
     return names
