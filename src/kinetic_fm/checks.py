@@ -347,7 +347,7 @@ def inside_unit_interval(name: str, value, *, percent: bool = False) -> float:
     if not is_real(number):
         raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
     if not 0.0 < number < 1.0:
-        hint = percent_hint(value, lambda fraction: fraction < 1.0) if percent else ""
+        hint = percent_hint(value, open_high=True) if percent else ""
         raise ValueError(f"{name} must lie in (0, 1), got {value!r}{hint}")
     return float(number)
 
@@ -360,20 +360,22 @@ def check_unit_number(name: str, value, what: str = "a number in [0, 1]", *, per
     number = as_scalar(value)
     if is_real(number) and 0.0 <= number <= 1.0:
         return float(number)
-    hint = percent_hint(value, lambda fraction: True) if percent else ""
+    hint = percent_hint(value) if percent else ""
     raise ValueError(f"{name} must be {what}, got {value!r}{hint}")
 
 
-def percent_hint(value, admits: Callable[[float], bool]) -> str:
+def percent_hint(value, high: float = 1.0, *, open_high: bool = False) -> str:
     """"; did you mean 0.95?" for a refused ``value`` in [2, 100] whose hundredth the argument
-    ``admits``: a fraction plainly given as a percent (confidence=95, threshold=33), for its refusal
-    to end with; else "". A value in (1, 2) reads as a fraction mistyped (split=1.5), not as a
-    percent, and gets none. The value itself stays refused: 95 is not read as 0.95."""
+    admits, at most ``high`` (below it where ``open_high``): a fraction plainly given as a percent
+    (confidence=95, threshold=33), for its refusal to end with; else "". A value in (1, 2) reads as
+    a fraction mistyped (split=1.5), not as a percent, and gets none. The value itself stays
+    refused: 95 is not read as 0.95."""
     number = as_scalar(value)
     if not (is_real(number) and 2.0 <= number <= 100.0):
         return ""
     fraction = float(number) / 100.0
-    return f"; did you mean {fraction:g}?" if admits(fraction) else ""
+    admitted = fraction < high if open_high else fraction <= high
+    return f"; did you mean {fraction:g}?" if admitted else ""
 
 
 def check_device(device, name: str = "device") -> torch.device | None:
