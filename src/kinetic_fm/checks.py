@@ -9,7 +9,6 @@ import contextlib
 import math
 import numbers
 import warnings
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -214,38 +213,6 @@ def wrapper_chain(outer: object, inner_of: Callable[[object], tuple[str, object]
             return
         attribute, obj = step
         path = f"{path}.{attribute}"
-
-
-@dataclass(frozen=True)
-class SharedTimeHolder:
-    """Where the adapter with ``time="shared"`` sits in a velocity: its ``path`` ("velocity",
-    "velocity.inner.model"), the ``adapter`` itself, and whether a wrapper around it sets a time
-    of its own (``outer_time``: a ``ModelXT(..., time="scalar")`` around it, whose time the
-    shared one inside does not follow)."""
-
-    path: str
-    adapter: object
-    outer_time: bool
-
-
-def shared_time_holder(velocity: object, name: str = "velocity") -> SharedTimeHolder | None:
-    """Where the adapter with ``time="shared"`` sits in ``velocity``, for an error to name it: the
-    chain through the attributes the adapters, a guidance and a ``ModelWrapper`` hold what they
-    wrap in (``inner``, ``model``, ``velocity``), followed where what they hold declares
-    ``one_time_per_call``; ``name`` starts the path. None where no object on it has
-    ``time="shared"``."""
-    def sharing_part(obj: object) -> tuple[str, object] | None:
-        return next(((attribute, inner) for attribute in ("inner", "model", "velocity")
-                     if (inner := optional_attribute(obj, attribute)) is not None
-                     and declares(inner, "one_time_per_call")), None)
-
-    outer_time = False
-    for path, obj in wrapper_chain(velocity, sharing_part, name):
-        time = optional_attribute(obj, "time")
-        if time == "shared":
-            return SharedTimeHolder(path, obj, outer_time)
-        outer_time = outer_time or isinstance(time, str)
-    return None
 
 
 def declares_singular_at_one(velocity: object) -> bool:
