@@ -333,10 +333,10 @@ def check_unit_number(name: str, value, what: str = "a number in [0, 1]", *, per
 
 def percent_hint(value, high: float = 1.0, *, open_high: bool = False) -> str:
     """"; did you mean 0.95?" for a refused ``value`` in [2, 100] whose hundredth the argument
-    admits, at most ``high`` (below it where ``open_high``): a fraction plainly given as a percent
-    (confidence=95, threshold=33), for its refusal to end with; else "". A value in (1, 2) reads as
-    a fraction mistyped (split=1.5), not as a percent, and gets none. The value itself stays
-    refused: 95 is not read as 0.95."""
+    admits, being at most its upper bound ``high`` (below it where ``open_high``): a fraction plainly
+    given as a percent (confidence=95, threshold=33), for its refusal to end with; else "". A value
+    in (1, 2) reads as a fraction mistyped (split=1.5), not as a percent, and gets none. The value
+    itself stays refused: 95 is not read as 0.95."""
     number = as_scalar(value)
     if not (is_real(number) and 2.0 <= number <= 100.0):
         return ""
