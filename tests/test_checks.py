@@ -493,6 +493,19 @@ def test_a_value_beyond_a_percent_or_whose_hundredth_is_outside_the_range_gets_n
         assert "did you mean" not in str(caught.value)
 
 
+def test_percent_hint_admits_the_hundredth_up_to_its_bound():
+    # the bound is at most high (quantile: 0.5 admitted), or below it (open_high: 1.0 refused in (0, 1))
+    from kinetic_fm.checks import percent_hint
+
+    assert percent_hint(50, 0.5) == "; did you mean 0.5?"
+    assert percent_hint(51, 0.5) == ""
+    assert percent_hint(100) == "; did you mean 1?"
+    assert percent_hint(100, open_high=True) == ""
+    assert percent_hint(99, open_high=True) == "; did you mean 0.99?"
+    assert percent_hint(torch.tensor(2), open_high=True) == "; did you mean 0.02?"
+    assert percent_hint(1.99) == percent_hint(101) == percent_hint("95") == ""
+
+
 def test_a_value_just_above_one_reads_as_a_slip_not_a_percent():
     # split=1.5 got "did you mean 0.015?": a value in (1, 2) is a fraction mistyped, not a percent
     import kinetic_fm as kfm

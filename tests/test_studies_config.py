@@ -239,3 +239,24 @@ def test_a_data_set_too_small_for_the_split_says_the_size_it_needs():
     with pytest.raises(ValueError, match=re.escape("'digits' has 1797 images; need at least n_heldout + "
                                                    "max(memorizer_n, 16) = 1801")):
         _load_split(AssetsConfig(n_heldout=1785, memorizer_n=8), progress=False)
+
+
+
+def test_the_quantile_is_refused_in_one_message_by_compare_groups_and_the_config():
+    # compare_groups and SemanticsConfig wrote the (0, 0.5] check twice, in two wordings, and a 0-d tensor
+    # printed as its float32 value (0.699999988079071) in one and as the tensor in the other
+    import torch
+
+    from kinetic_fm.metrics.stats import compare_groups
+
+    values = np.arange(10.0)
+    words = ("quantile must be a real number in (0, 0.5] (the share of the samples in each of the low and "
+             "high groups), got ")
+    for given, shown in ((0.7, "0.7"), (torch.tensor(0.7), "tensor(0.7000)"), ("0.2", "'0.2'"),
+                         (30, "30; did you mean 0.3?"), (torch.tensor(30), "tensor(30); did you mean 0.3?")):
+        with pytest.raises(ValueError) as by_stats:
+            compare_groups(values, values, quantile=given)
+        with pytest.raises(ValueError) as by_config:
+            SemanticsConfig(quantile=given)
+        assert str(by_stats.value) == words + shown
+        assert str(by_config.value) == "SemanticsConfig." + words + shown

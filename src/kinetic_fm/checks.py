@@ -9,7 +9,6 @@ import contextlib
 import math
 import numbers
 import warnings
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -216,38 +215,6 @@ def wrapper_chain(outer: object, inner_of: Callable[[object], tuple[str, object]
         path = f"{path}.{attribute}"
 
 
-@dataclass(frozen=True)
-class SharedTimeHolder:
-    """Where the adapter with ``time="shared"`` sits in a velocity: its ``path`` ("velocity",
-    "velocity.inner.model"), the ``adapter`` itself, and whether a wrapper around it sets a time
-    of its own (``outer_time``: a ``ModelXT(..., time="scalar")`` around it, whose time the
-    shared one inside does not follow)."""
-
-    path: str
-    adapter: object
-    outer_time: bool
-
-
-def shared_time_holder(velocity: object, name: str = "velocity") -> SharedTimeHolder | None:
-    """Where the adapter with ``time="shared"`` sits in ``velocity``, for an error to name it: the
-    chain through the attributes the adapters, a guidance and a ``ModelWrapper`` hold what they
-    wrap in (``inner``, ``model``, ``velocity``), followed where what they hold declares
-    ``one_time_per_call``; ``name`` starts the path. None where no object on it has
-    ``time="shared"``."""
-    def sharing_part(obj: object) -> tuple[str, object] | None:
-        return next(((attribute, inner) for attribute in ("inner", "model", "velocity")
-                     if (inner := optional_attribute(obj, attribute)) is not None
-                     and declares(inner, "one_time_per_call")), None)
-
-    outer_time = False
-    for path, obj in wrapper_chain(velocity, sharing_part, name):
-        time = optional_attribute(obj, "time")
-        if time == "shared":
-            return SharedTimeHolder(path, obj, outer_time)
-        outer_time = outer_time or isinstance(time, str)
-    return None
-
-
 def declares_singular_at_one(velocity: object) -> bool:
     """Whether ``velocity`` declares ``singular_at_one = True`` (v blows up at t = 1)."""
     return declares(velocity, "singular_at_one")
@@ -347,7 +314,7 @@ def inside_unit_interval(name: str, value, *, percent: bool = False) -> float:
     if not is_real(number):
         raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
     if not 0.0 < number < 1.0:
-        hint = percent_hint(value, lambda fraction: fraction < 1.0) if percent else ""
+        hint = percent_hint(value, open_high=True) if percent else ""
         raise ValueError(f"{name} must lie in (0, 1), got {value!r}{hint}")
     return float(number)
 
@@ -360,20 +327,22 @@ def check_unit_number(name: str, value, what: str = "a number in [0, 1]", *, per
     number = as_scalar(value)
     if is_real(number) and 0.0 <= number <= 1.0:
         return float(number)
-    hint = percent_hint(value, lambda fraction: True) if percent else ""
+    hint = percent_hint(value) if percent else ""
     raise ValueError(f"{name} must be {what}, got {value!r}{hint}")
 
 
-def percent_hint(value, admits: Callable[[float], bool]) -> str:
+def percent_hint(value, high: float = 1.0, *, open_high: bool = False) -> str:
     """"; did you mean 0.95?" for a refused ``value`` in [2, 100] whose hundredth the argument
-    ``admits``: a fraction plainly given as a percent (confidence=95, threshold=33), for its refusal
-    to end with; else "". A value in (1, 2) reads as a fraction mistyped (split=1.5), not as a
-    percent, and gets none. The value itself stays refused: 95 is not read as 0.95."""
+    admits, being at most its upper bound ``high`` (below it where ``open_high``): a fraction plainly
+    given as a percent (confidence=95, threshold=33), for its refusal to end with; else "". A value
+    in (1, 2) reads as a fraction mistyped (split=1.5), not as a percent, and gets none. The value
+    itself stays refused: 95 is not read as 0.95."""
     number = as_scalar(value)
     if not (is_real(number) and 2.0 <= number <= 100.0):
         return ""
     fraction = float(number) / 100.0
-    return f"; did you mean {fraction:g}?" if admits(fraction) else ""
+    admitted = fraction < high if open_high else fraction <= high
+    return f"; did you mean {fraction:g}?" if admitted else ""
 
 
 def check_device(device, name: str = "device") -> torch.device | None:

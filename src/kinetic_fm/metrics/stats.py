@@ -412,11 +412,7 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
     """
     from scipy import stats
 
-    quantile = as_scalar(quantile)
-    if not (is_real(quantile) and 0.0 < quantile <= 0.5):
-        raise ValueError(f"quantile must be a real number in (0, 0.5], got {quantile!r}"
-                         f"{percent_hint(quantile, lambda fraction: fraction <= 0.5)}")
-    quantile = float(quantile)
+    quantile = check_group_quantile("quantile", quantile)
     score, by = _pairs(score, by, nan_policy, names=("score", "by"))
     if by.min() == by.max():
         raise ValueError(f"by is constant ({by.size} values all {by[0]:g}): there are no low and high "
@@ -439,6 +435,18 @@ def compare_groups(score: Any, by: Any, quantile: float = 0.2, *,
     p_u = float(stats.mannwhitneyu(high, low, alternative="two-sided").pvalue)
     return GroupComparison(quantile, m, m, float(by[order[m - 1]]), float(by[order[-m]]),
                            low_mean, low_std, high_mean, high_std, difference, d, p_t, p_u)
+
+
+def check_group_quantile(name: str, value: Any) -> float:
+    """``value``, one real number (a 0-d tensor or array included), as a float in (0, 0.5]: the
+    share of the samples in each of :func:`compare_groups`' low and high groups; else ValueError
+    naming ``name``, with the fraction a value in [2, 50] meant. One check and message for
+    compare_groups and :class:`~kinetic_fm.studies.config.SemanticsConfig`."""
+    quantile = as_scalar(value)
+    if is_real(quantile) and 0.0 < quantile <= 0.5:
+        return float(quantile)
+    raise ValueError(f"{name} must be a real number in (0, 0.5] (the share of the samples in each of the low "
+                     f"and high groups), got {value!r}{percent_hint(value, 0.5)}")
 
 
 def group_size(quantile: float, n: int) -> int:

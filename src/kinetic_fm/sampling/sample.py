@@ -4,13 +4,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from ..checks import (as_scalar, caller_outside_the_package, check_device, check_flag, check_integer, check_real,
-                      check_unit_number, declares, declares_singular_at_one, held_inside, is_real, shared_time_holder,
-                      start_run_of)
+                      check_unit_number, declares, declares_singular_at_one, held_inside, is_real, optional_attribute,
+                      start_run_of, wrapper_chain)
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
@@ -224,12 +225,44 @@ def sample(
         )
 
 
+@dataclass(frozen=True)
+class _SharedTimeHolder:
+    """Where the adapter with ``time="shared"`` sits in a velocity: its ``path`` ("velocity",
+    "velocity.inner.model"), the ``adapter`` itself, and whether a wrapper around it sets a time
+    of its own (``outer_time``: a ``ModelXT(..., time="scalar")`` around it, whose time the
+    shared one inside does not follow)."""
+
+    path: str
+    adapter: object
+    outer_time: bool
+
+
+def _shared_time_holder(velocity: object, name: str = "velocity") -> _SharedTimeHolder | None:
+    """Where the adapter with ``time="shared"`` sits in ``velocity``, for an error to name it: the
+    chain through the attributes the adapters, a guidance and a ``ModelWrapper`` hold what they
+    wrap in (``inner``, ``model``, ``velocity``), followed where what they hold declares
+    ``one_time_per_call``; ``name`` starts the path. None where no object on it has
+    ``time="shared"``."""
+    def sharing_part(obj: object) -> tuple[str, object] | None:
+        return next(((attribute, inner) for attribute in ("inner", "model", "velocity")
+                     if (inner := optional_attribute(obj, attribute)) is not None
+                     and declares(inner, "one_time_per_call")), None)
+
+    outer_time = False
+    for path, obj in wrapper_chain(velocity, sharing_part, name):
+        time = optional_attribute(obj, "time")
+        if time == "shared":
+            return _SharedTimeHolder(path, obj, outer_time)
+        outer_time = outer_time or isinstance(time, str)
+    return None
+
+
 def shared_time_refusal(velocity: object, name: str = "velocity", time_given: bool = False) -> str:
     """dopri5's refusal of ``velocity``, which declares ``one_time_per_call`` (one time for the whole
     batch), naming the adapter with time='shared' by its path from ``name``, the argument the user
     passed it as; ``time_given``: a time was given to a wrapper around ``velocity`` (which does not
     change the inner adapter's)."""
-    holder = shared_time_holder(velocity, name)
+    holder = _shared_time_holder(velocity, name)
     if holder is None or holder.adapter is velocity:
         where = f"{name} passes one time for the whole batch (an adapter with time='shared')"
     else:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from ..checks import (SEED_LIMIT, SEED_NOTE, as_scalar, check_integer, check_real, check_seed, is_real,
-                      names_the_cpu, optional_integer, percent_hint)
+from ..checks import (SEED_LIMIT, SEED_NOTE, check_integer, check_real, check_seed, names_the_cpu,
+                      optional_integer)
 from ..sampling.tableau import FIXED_STEP
 
 MODES = ("tiny", "quick", "full")
@@ -145,15 +145,10 @@ class SemanticsConfig:
         if not (isinstance(self.solver, str) and self.solver in STUDY_SOLVERS):
             raise ValueError(f"{name}solver must be one of {STUDY_SOLVERS} (a fixed-step solver: the studies "
                              f"draw every sample on one time grid), got {self.solver!r}")
-        quantile = as_scalar(self.quantile)
-        if not (is_real(quantile) and 0.0 < quantile <= 0.5):
-            raise ValueError(f"{name}quantile must be a real number in (0, 0.5] (the share of the samples in "
-                             f"each of the low and high KPE groups), got {self.quantile!r}"
-                             f"{percent_hint(quantile, lambda fraction: fraction <= 0.5)}")
-        # the group size compare_groups takes: quantile·n rounded half up (n // 2 >= 5 here)
-        from ..metrics.stats import group_size
+        # compare_groups' own check, and the group size it takes: quantile·n rounded half up (n // 2 >= 5 here)
+        from ..metrics.stats import check_group_quantile, group_size
 
-        per_group = group_size(quantile, n)
+        per_group = group_size(check_group_quantile(name + "quantile", self.quantile), n)
         if per_group < 2:
             raise ValueError(f"{name}quantile must leave at least 2 of the {name}n_samples in each group "
                              f"(quantile · n_samples rounded half up): {self.quantile!r} of {n} leaves "
