@@ -1294,3 +1294,47 @@ def test_the_sampling_warnings_name_the_flags_not_the_library_arguments(tmp_path
                       "--launch", "constant", "--landing", "constant", "--beta0", 0.7) == 0
     err = capsys.readouterr().err
     assert "use a gain with η(1) > 1/2 (a smaller --beta0)" in err, err
+
+
+@pytest.mark.parametrize("rank, samples", [(0, True), (0, False), (1, True)])
+def test_under_torchrun_the_sampling_settings_warnings_come_once_from_rank_0(tmp_path, capsys, monkeypatch, rank,
+                                                                             samples):
+    # kfm.sample's warnings on the run's settings ("quadrature='left' ... under dopri5") came from every rank
+    # that sampled a shard, once per rank; rank 0 may sample none. A two-rank world without processes: the
+    # session, the folder's lock and run_sharded (which samples two batches here, or none) are stood in for
+    import contextlib
+    import warnings
+
+    import kinetic_fm.commands.sample as command
+    import kinetic_fm.runs as runs
+    from kinetic_fm.runs.distributed import Coordinator, World
+
+    @contextlib.contextmanager
+    def two_ranks(device=None, **kwargs):
+        yield Coordinator(World(rank=rank, world_size=2, local_rank=rank)), torch.device("cpu")
+
+    def sharded(out, manifest, compute, **kwargs):
+        if samples:
+            compute(np.arange(4), lambda n: None)   # two batches of 2
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setattr(runs, "world_session", two_ranks)
+    monkeypatch.setattr(runs, "run_sharded", sharded)
+    monkeypatch.setattr(command, "_lock_a_busy_folder", lambda *args: None)
+    filters = list(warnings.filters)
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--dim", 2, "--n", 4, "--batch-size", 2,
+                      "--solver", "dopri5", "--quadrature", "left") == 130
+    err = capsys.readouterr().err
+    assert err.count("takes each step's power at its start") == (rank == 0), err
+    assert warnings.filters == filters
+
+
+def test_a_single_process_run_says_each_sampling_settings_warning_once(tmp_path, capsys):
+    # four batches in two shards, each a kfm.sample call: the warning once, in the flags' words
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--dim", 2, "--n", 4, "--batch-size", 1,
+                      "--shard-size", 2, "--solver", "dopri5", "--quadrature", "left") == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: --quadrature 'left' takes each step's power at its start") == 1, err
+    assert "use --quadrature 'solver' with dopri5" in err and "quadrature=" not in err

@@ -101,3 +101,12 @@ def test_a_rank_started_with_other_settings_stops_every_rank_before_touching_a_s
         assert "rank 1 was started with other settings than rank 0 (config.shaping.beta0 (stored 0.01, now 0.02)" in text
     assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == shards
     assert read_run(out)["seed"].tolist() == list(range(8))  # still whole and readable
+
+
+@pytest.mark.slow
+def test_the_sampling_settings_warnings_come_once_under_torchrun(tmp_path):
+    # each rank sampling a shard said "--quadrature 'left' takes each step's power ..." again; rank 0 says it once
+    run = torchrun(2, *ARGS, "--num-samples", "4", "--out", str(tmp_path / "run"), "--quadrature", "left")
+    assert run.returncode == 0, run.stderr[-3000:]
+    said = run.stdout + run.stderr
+    assert said.count("--quadrature 'left' takes each step's power at its start") == 1, said[-3000:]

@@ -2350,3 +2350,53 @@ def test_split_time_is_where_the_sampler_starts_counting_late_energy(grid, split
 def test_split_time_of_dopri5_is_the_split_itself():
     res = kfm.sample(GaussianTarget(mean=1.5, std=0.3), seeds=range(2), shape=(2,), solver="dopri5", split=0.37)
     assert res.split_time == 0.37
+
+
+
+def _shared_time_field():
+    from kinetic_fm.fields.adapters import ModelXT
+    return ModelXT(lambda x, t: -x, time="shared")
+
+
+class _TrackedParts:
+    track_parts = True
+
+    def __call__(self, x, t):
+        return -x
+
+
+_KTS = kfm.KTS(beta0=0.05)
+_POINT = PointTarget(torch.zeros(3, dtype=torch.float64))
+_FLAT_HALF = kfm.KTS(launch="constant", landing="constant", beta0=0.7)   # η(1) = 0.3
+# each call is warned of something (a hidden KTS, η(1) ≤ ½ on a singular field, an ignored setting,
+# quadrature='left' under dopri5) and refused by a check after the warning: (velocity, the call's
+# settings, the one that refuses it put right)
+_WARNED_THEN_REFUSED = {
+    "hidden KTS, grid under dopri5": (None, dict(shaping=lambda t: _KTS(t), solver="dopri5", grid="cosine"),
+                                      dict(grid="uniform")),
+    "η(1) ≤ ½, bad rtol": (_POINT, dict(shaping=_FLAT_HALF, steps=4, rtol=-1.0), dict(rtol=1e-5)),
+    "ignored rtol, bad grid": (None, dict(solver="euler", steps=4, rtol=1e-8, grid="bogus"), dict(grid="uniform")),
+    "ignored steps, grid under dopri5": (None, dict(solver="dopri5", steps=50, grid="cosine"), dict(grid="uniform")),
+    "left quadrature, track_parts": (_TrackedParts(), dict(solver="dopri5", quadrature="left"), None),
+    "left quadrature, time='shared'": (_shared_time_field(), dict(solver="dopri5", quadrature="left"), None),
+}
+
+
+@pytest.mark.parametrize("case", list(_WARNED_THEN_REFUSED))
+def test_a_refused_call_warns_of_nothing(case, x0):
+    # each warned first and was refused after: every check that can refuse comes before the warnings
+    velocity, settings, _ = _WARNED_THEN_REFUSED[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a warning would rise here instead of the refusal
+        with pytest.raises(ValueError):
+            kfm.sample(velocity or (lambda x, t: -x), x0, **settings)
+
+
+@pytest.mark.parametrize("case", list(_WARNED_THEN_REFUSED))
+def test_the_call_put_right_is_warned_of_in_the_sampler_settings_category(case, x0):
+    velocity, settings, fixed = _WARNED_THEN_REFUSED[case]
+    if fixed is None:   # the velocity was refused: a plain one
+        velocity = None
+    with pytest.warns(kfm.SamplerSettingsWarning):
+        kfm.sample(velocity or (lambda x, t: -x), x0, **{**settings, **(fixed or {})})
+    assert issubclass(kfm.SamplerSettingsWarning, UserWarning)   # a filter on UserWarning still takes it

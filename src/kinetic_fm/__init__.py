@@ -19,7 +19,7 @@ importlib.import_module("numpy")
 from .sampling.energy import energy_after, energy_between
 from .sampling.grids import time_grid
 from .sampling.noise import noise
-from .sampling.sample import SampleResult, sample
+from .sampling.sample import SampleResult, SamplerSettingsWarning, sample
 from .sampling.shaping import KTS
 from .checks import ValueRangeWarning
 from .sampling.guards import NonFiniteVelocityError, StepLimitError, TrainingModeWarning
@@ -68,6 +68,7 @@ __all__ = [
     "KTS",
     "NonFiniteVelocityError",
     "SampleResult",
+    "SamplerSettingsWarning",
     "StepLimitError",
     "TrainingModeWarning",
     "ValueRangeWarning",

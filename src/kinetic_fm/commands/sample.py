@@ -915,32 +915,37 @@ def _interrupted_run_hint(run_dir, manifest) -> str:
 STEP_BAR_DELAY = 2.0
 
 
+def _sampler_settings(args, kts) -> dict:
+    """The ``kfm.sample`` settings its warnings read (:func:`~kinetic_fm.sampling.sample.warn_of_settings`),
+    as every batch of the run passes them."""
+    import torch
+
+    # dopri5 takes no steps (the CLI has said --steps is ignored), kfm.sample would say it again
+    steps = {} if args.solver == "dopri5" else {"steps": args.steps}
+    return dict(**steps, solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
+                dtype=getattr(torch, args.dtype), **_step_control(args))
+
+
 def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | None = None, step_bar: bool = False):
     """compute(seeds, advance) -> pyarrow Table with one row per seed, sampled in batches; with
     ``step_bar`` (rank 0's, as the sample bar) a batch running over STEP_BAR_DELAY shows its steps (under
     dopri5, the least t its unfinished samples reached)."""
     import numpy as np
     import pyarrow as pa
-    import torch
 
     from .. import sample
     from ..fields.empirical import EmpiricalFlow, PosteriorRecorder
     from ..sampling.guards import NonFiniteVelocityError, StepLimitError
 
-    dtype = getattr(torch, args.dtype)
-    step_control = _step_control(args)
+    settings = _sampler_settings(args, kts)
 
     def run_batch(chunk: list[int], labels):
         velocity = target.velocity if labels is None else cond.velocity(target.velocity, labels.to(device))
         recorder = PosteriorRecorder(velocity) if isinstance(velocity, EmpiricalFlow) else None
         try:
-            # dopri5 takes no steps (the CLI has said --steps is ignored), kfm.sample would say it again
-            steps = {} if args.solver == "dopri5" else {"steps": args.steps}
-            res = sample(velocity if recorder is None else recorder, seeds=chunk, shape=target.shape, **steps,
-                         solver=args.solver, grid=args.grid, shaping=kts, quadrature=args.quadrature,
-                         split=args.split, on_nonfinite=args.on_nonfinite, dtype=dtype, device=device,
-                         profile=args.profile, progress=STEP_BAR_DELAY if step_bar else False,
-                         **step_control)
+            res = sample(velocity if recorder is None else recorder, seeds=chunk, shape=target.shape, **settings,
+                         split=args.split, on_nonfinite=args.on_nonfinite, device=device,
+                         profile=args.profile, progress=STEP_BAR_DELAY if step_bar else False)
             return res, None if recorder is None else _posterior_columns(recorder.trace(), args.truncate is not None)
         except NonFiniteVelocityError as err:
             seeds_hit = [chunk[i] for i in err.indices]
@@ -1113,7 +1118,8 @@ def run(args) -> int:
 
     try:
         # under torchrun every rank reads the same flags and inputs: their warnings are said once, by
-        # rank 0, up to the sampling (_run closes ``setup`` there), whose own come from the rank that meets them
+        # rank 0, up to the sampling (_run closes ``setup`` there); kfm.sample's on the run's settings too
+        # (_run), its others come from the rank that meets them
         with contextlib.ExitStack() as setup:
             setup.enter_context(warnings_of_rank_0())
             return _run(args, setup)
@@ -1127,12 +1133,14 @@ def _run(args, setup) -> int:
     import contextlib
     import os
     import sys
+    import warnings
     from pathlib import Path
 
     import pandas as pd
     import torch
 
     from ..runs import RunLockedError, RunManifest, run_sharded, world_session
+    from ..sampling.sample import SamplerSettingsWarning, warn_of_settings
     from ..runs.shards import PROFILE_TIMES
 
     # a --dtype typed is what the user asked for; only the default is said of float64 items (_empirical_target)
@@ -1189,10 +1197,14 @@ def _run(args, setup) -> int:
         try:
             # kfm.sample's warnings (quadrature='left' under dopri5, "a smaller beta0") in the flags' words
             with writing("--out", args.out), flag_words(_SAMPLE_FLAGS, anywhere=False, errors=False):
-                compute = _shard_sampler(target, kts, args, device, cond, step_bar=args.progress and world.is_main)
-                outcome = run_sharded(args.out, manifest, compute,
-                                      resume=args.resume, coordinator=coordinator, progress=args.progress, lock=lock,
-                                      repair=args.repair)
+                if world.is_main:   # those on its settings once per run, from rank 0, which may sample no shard
+                    warn_of_settings(target.velocity, **_sampler_settings(args, kts))
+                with warnings.catch_warnings():   # not again from each batch, on each rank
+                    warnings.simplefilter("ignore", SamplerSettingsWarning)
+                    compute = _shard_sampler(target, kts, args, device, cond,
+                                             step_bar=args.progress and world.is_main)
+                    outcome = run_sharded(args.out, manifest, compute, resume=args.resume, coordinator=coordinator,
+                                          progress=args.progress, lock=lock, repair=args.repair)
         except KeyboardInterrupt:
             args.interrupt_hint = _interrupted_run_hint(args.out, manifest)
             raise

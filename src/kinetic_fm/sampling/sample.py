@@ -85,7 +85,7 @@ def sample(
             Beyond calling it, the solvers read a KTS's ``tau_split``, where η has its kink: stages on
             τ take its sides, dopri5's steps land on it, and ``split`` defaults to it. A callable of
             yours around a KTS declares it the same way (``f.tau_split = kts.tau_split``); one that
-            holds a KTS without declaring it (``lambda t: kts(t)``) is warned of (UserWarning).
+            holds a KTS without declaring it (``lambda t: kts(t)``) is warned of (SamplerSettingsWarning).
         quadrature: "solver" (the solver's stage weights) or "left" (reference: first stage only,
             for fixed grids; with dopri5's few long steps a first-order sum, warned of).
         profile: keep the per-step applied-energy increments.
@@ -128,6 +128,10 @@ def sample(
     the device in float64 (squared norms of half-precision velocities in float32). Results do
     not depend on batch composition.
 
+    The warnings on the call's settings (``kfm.SamplerSettingsWarning``: quadrature="left" under dopri5,
+    an ignored setting, η(1) ≤ ½ on a singular field, a hidden KTS, a half-precision state) come after
+    every check that can refuse the call, so a refused call warns of nothing.
+
     A network the velocity holds with dropout or batch norm in training mode is warned about
     (``kfm.TrainingModeWarning``) and run as it is; the buffers its modules in training mode update
     along the run (batch norm's running statistics) are put back when the run ends, by return,
@@ -162,21 +166,14 @@ def sample(
         bar_delay = _bar_delay(progress)
         if shaping is not None and not callable(shaping):
             raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
-        tau = gain_tau(shaping)
-        split = check_unit_number("split", resolved_split(split, tau), percent=True)
+        split = check_unit_number("split", resolved_split(split, gain_tau(shaping)), percent=True)
 
-        if tau is None:   # a KTS, or a gain that declares its τ, hides none
-            _warn_about_a_hidden_kts(shaping)
-        _warn_about_infinite_energy(velocity, shaping)
         # checked whichever solver runs: a typo in a setting the chosen solver ignores is still a typo
         rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
         steps = check_integer("steps", steps, 1)
-        _warn_about_ignored_settings(solver, steps, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
         if solver == "dopri5":
             if not (isinstance(grid, str) and grid == "uniform"):
                 raise ValueError("grid applies to fixed-step solvers only; dopri5 chooses its own steps")
-            _warn_left_quadrature_over_long_steps(quadrature)
-            _warn_adaptive_half_precision(x0.dtype)
             if declares(velocity, "track_parts"):
                 # a rejected try goes back in time, which restarts ClassifierFreeGuidance's part energies
                 raise ValueError("track_parts is not supported with adaptive solvers (dopri5): its rejected tries "
@@ -184,17 +181,21 @@ def sample(
             if declares(velocity, "one_time_per_call"):
                 # every row would be integrated at the first row's time, without an error to show it
                 raise ValueError(shared_time_refusal(velocity))
+        else:
+            grid = time_grid(grid, steps)   # as the tensor the loop steps along (a name or a tensor given)
+        # after every check that can refuse the call: a refused call warns of nothing
+        warn_of_settings(velocity, solver=solver, steps=steps, grid=grid, shaping=shaping, quadrature=quadrature,
+                         dtype=x0.dtype, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
+        if solver == "dopri5":
             start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
             trace = integrate_dopri5(
                 velocity, x0, shaping, quadrature, split, profile, rtol, atol, first_step, max_steps,
                 raise_nonfinite=on_nonfinite == "raise", progress=bar_delay,
             )
         else:
-            grid_t = time_grid(grid, steps)
-            _check_state_resolution(grid_t, x0.dtype)
             start_run_of(velocity)
             trace = integrate_fixed(
-                velocity, x0, grid_t, FIXED_STEP[solver], shaping, quadrature, split, profile, bar_delay
+                velocity, x0, grid, FIXED_STEP[solver], shaping, quadrature, split, profile, bar_delay
             )
             if on_nonfinite == "raise":
                 bad = trace.bad_step >= 0
@@ -255,6 +256,41 @@ def _shared_time_holder(velocity: object, name: str = "velocity") -> _SharedTime
             return _SharedTimeHolder(path, obj, outer_time)
         outer_time = outer_time or isinstance(time, str)
     return None
+
+
+class SamplerSettingsWarning(UserWarning):
+    """``kfm.sample``'s warning about the settings of a call it runs: quadrature='left' under dopri5, a
+    KTS gain with η(1) ≤ ½ on a field singular at t = 1, a setting the solver ignores, a KTS hidden in
+    a function, a half-precision state. A UserWarning; :func:`warn_of_settings` gives them without
+    sampling (``kfm sample`` says them once per run, not once per batch or rank)."""
+
+
+def warn_of_settings(
+    velocity: Velocity,
+    *,
+    solver: str = "euler",
+    steps: int = 100,
+    grid: str | torch.Tensor | np.ndarray = "uniform",
+    shaping: KTS | Callable | None = None,
+    quadrature: str = "solver",
+    dtype: torch.dtype = torch.float32,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    first_step: float | None = None,
+    max_steps: int = 10_000,
+) -> None:
+    """Warn (:class:`SamplerSettingsWarning`) as ``kfm.sample(velocity, ...)`` with these settings,
+    which it has checked, does before it samples; ``dtype`` is the state's (x0's). Nothing is sampled
+    or checked here: settings ``kfm.sample`` refuses give no meaningful warnings."""
+    if gain_tau(shaping) is None:   # a KTS, or a gain that declares its τ, hides none
+        _warn_about_a_hidden_kts(shaping)
+    _warn_about_infinite_energy(velocity, shaping)
+    _warn_about_ignored_settings(solver, steps, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
+    if solver == "dopri5":
+        _warn_left_quadrature_over_long_steps(quadrature)
+        _warn_adaptive_half_precision(dtype)
+    else:
+        _check_state_resolution(time_grid(grid, steps), dtype)
 
 
 def shared_time_refusal(velocity: object, name: str = "velocity", time_given: bool = False) -> str:
@@ -325,7 +361,8 @@ def _check_state_resolution(grid: torch.Tensor, dtype: torch.dtype) -> None:
             f"the grid's median step {typical:.3g} is below twice {dtype}'s resolution {eps:.3g}: the state's "
             "updates round coarsely or away and the samples can drift or stall; use fewer steps, or keep x0 in "
             "float32 and lower the precision inside the velocity call "
-            "(README: 'A network in reduced precision')", stacklevel=caller_outside_the_package())
+            "(README: 'A network in reduced precision')", SamplerSettingsWarning,
+            stacklevel=caller_outside_the_package())
 
 
 def _warn_adaptive_half_precision(dtype: torch.dtype) -> None:
@@ -343,7 +380,7 @@ def _warn_adaptive_half_precision(dtype: torch.dtype) -> None:
         "error control cannot see below the state's rounding, so energies and end points can be far off "
         "(a 16-d PointTarget's KPE up to 50 % off in bfloat16); keep x0 in float32 and lower the precision inside the "
         "velocity call (README: 'A network in reduced precision'), or use a fixed-step solver",
-        stacklevel=caller_outside_the_package())
+        SamplerSettingsWarning, stacklevel=caller_outside_the_package())
 
 
 # the settings only one kind of solver reads, with sample()'s defaults
@@ -363,7 +400,7 @@ def _warn_about_ignored_settings(solver: str, steps: int, **adaptive) -> None:
         reads = "kfm.sample reads them only with solver='dopri5'"
     if changed:
         warnings.warn(f"{', '.join(changed)} {'is' if len(changed) == 1 else 'are'} ignored by solver={solver!r}: "
-                      f"{reads}", stacklevel=caller_outside_the_package())
+                      f"{reads}", SamplerSettingsWarning, stacklevel=caller_outside_the_package())
 
 
 def _warn_about_a_hidden_kts(shaping) -> None:
@@ -383,7 +420,8 @@ def _warn_about_a_hidden_kts(shaping) -> None:
                       "not declare its tau_split, so the solvers take the gain to be smooth: steps no longer treat "
                       "τ as η's kink (dopri5 steps across it; a step ending on τ takes the landing gain) and the "
                       f"early/late split defaults to {DEFAULT_SPLIT:g}; pass the KTS itself, or declare τ on your "
-                      "function (f.tau_split = kts.tau_split)", stacklevel=caller_outside_the_package())
+                      "function (f.tau_split = kts.tau_split)", SamplerSettingsWarning,
+                      stacklevel=caller_outside_the_package())
 
 
 def _warn_about_infinite_energy(velocity, shaping) -> None:
@@ -398,7 +436,7 @@ def _warn_about_infinite_energy(velocity, shaping) -> None:
         warnings.warn(f"the shaping gain has η(1) = {end:.3g} ≤ 1/2 and the field is singular at t = 1: its kinetic "
                       "energy is infinite there (η²‖v‖² grows as (1 − t)^(2η(1) − 2)), so the KPE reported depends on "
                       "the grid and grows with the steps; use a gain with η(1) > 1/2 (a smaller beta0)",
-                      stacklevel=caller_outside_the_package())
+                      SamplerSettingsWarning, stacklevel=caller_outside_the_package())
 
 
 def _warn_left_quadrature_over_long_steps(quadrature: str) -> None:
@@ -409,7 +447,7 @@ def _warn_left_quadrature_over_long_steps(quadrature: str) -> None:
         warnings.warn("quadrature='left' takes each step's power at its start, the reference's rule for fixed "
                       "grids; over dopri5's few long steps that is a first-order sum and the energies can be "
                       "far off (tens of %) while x is accurate: use quadrature='solver' with dopri5",
-                      stacklevel=caller_outside_the_package())
+                      SamplerSettingsWarning, stacklevel=caller_outside_the_package())
 
 
 def _check_tolerances(rtol: float, atol: float, first_step: float | None, max_steps: int):
