@@ -49,12 +49,23 @@ def knn_log_density(radius: Tensor, k: int, n_reference: int, dim: int) -> Tenso
     """``log p̂_k = log k − log N − log V_D − D log r_k`` (natural log, float64; +inf where ``r_k = 0``).
 
     Args:
-        radius: (B,) distances (not squared) to the k-th nearest of ``n_reference`` references.
+        radius: (B,) distances (not squared, >= 0, not NaN) to the k-th nearest of ``n_reference`` references.
         k: the neighbour count, an integer in [1, n_reference]. n_reference: N >= 1. dim: D >= 1.
+
+    Raises:
+        ValueError: a count outside its range, or ``radius`` not of shape (B,) or holding negative
+            or NaN values (named by their positions).
     """
     n_reference, dim = positive_integer("n_reference", n_reference), positive_integer("dim", dim)
     k = check_integer("k", k, 1, n_reference, note="n_reference")
     radius = radius.to(torch.float64)
+    if radius.ndim != 1:
+        raise ValueError(f"radius must be a (B,) tensor of distances, got shape {tuple(radius.shape)}")
+    for bad, what in ((radius < 0, "negative values"), (radius.isnan(), "NaN")):
+        where = bad.nonzero().flatten()
+        if where.numel():  # -D·log r of them was NaN, without a word
+            raise ValueError(f"radius must be distances >= 0, got {what} at positions {where[:10].tolist()}"
+                             f"{' ...' if where.numel() > 10 else ''}")
     const = math.log(k) - math.log(n_reference) - _log_unit_ball_volume(dim)
     return const - dim * torch.log(radius)
 
