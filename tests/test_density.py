@@ -727,6 +727,14 @@ def test_knn_log_density_is_the_natural_log_of_k_over_n_v_d_r_to_the_d():
     assert got.dtype == torch.float64 and got.tolist() == pytest.approx(want, rel=1e-14)
 
 
+@pytest.mark.parametrize("radius, found", [(torch.tensor([1.0, -0.5]), r"negative"), (torch.tensor([math.nan, 1.0]),
+                                           r"NaN"), (torch.ones(3, 2), r"shape \(3, 2\)")])
+def test_knn_log_density_refuses_radii_that_are_no_distances_by_name(radius, found):
+    # a negative or NaN radius gave a NaN log-density and a (B, 2) one a (B, 2) table, without a word
+    with pytest.raises(ValueError, match=rf"^radius must be .*{found}"):
+        knn_log_density(radius, 1, 5, 2)
+
+
 @pytest.mark.parametrize("row_shape", [(4,), (3, 2, 2)])
 @pytest.mark.parametrize("measure", [local_support, kde_log_density])
 def test_one_sample_without_its_batch_axis_is_refused_with_the_shape_it_needs(measure, row_shape):

@@ -374,6 +374,22 @@ def test_classifier_margin_refuses_non_finite_logits():
         classifier_margin(with_nan, torch.randn(3, 4))
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_classifier_margin_names_non_finite_inputs_not_the_classifier(bad):
+    # a NaN pixel in the images was reported as "classifier returned non-finite logits"
+    x = torch.randn(5, 3, 2, 2)
+    x[3, 1, 1, 0] = bad
+    with pytest.raises(ValueError, match=r"^x has non-finite values in rows \[3\]"):
+        classifier_margin(_net(), x)
+
+
+def test_margin_from_scores_refuses_nan_scores_by_name():
+    # a NaN score gave a NaN margin (or a NaN row's argmax) without a word
+    scores = torch.tensor([[0.0, 1.0], [math.nan, 2.0]])
+    with pytest.raises(ValueError, match=r"^scores must be finite, got NaN or inf in rows \[1\]"):
+        margin_from_scores(scores)
+
+
 def test_classifier_margin_refuses_logits_that_are_not_b_by_c():
     # a (b, 2, 5) output was flattened and scored as 10 classes, a (b,) one met "C >= 2 classes"
     x = torch.randn(4, 3)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..checks import as_scalar, check_device, check_flag, is_real, positive_integer
 from ..checks import caller_outside_the_package
+from ..knn import nonfinite_rows
 from .features import as_tensor, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
@@ -35,7 +36,7 @@ def margin_from_scores(scores: Tensor, target: Any = None) -> tuple[Tensor, Tens
     """``scores[i, c_i] − max_{j≠c_i} scores[i, j]`` and ``c_i`` (the target, or the argmax).
 
     Args:
-        scores: (B, C) with C >= 2. target: (B,) integer class indices (a tensor of any integer
+        scores: (B, C) finite, with C >= 2. target: (B,) integer class indices (a tensor of any integer
             dtype on any device, an array or a sequence), or None.
 
     Returns:
@@ -43,6 +44,9 @@ def margin_from_scores(scores: Tensor, target: Any = None) -> tuple[Tensor, Tens
     """
     if scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"need (B, C) scores with C >= 2 classes, got shape {tuple(scores.shape)}")
+    bad = nonfinite_rows(scores)
+    if bad.numel():  # a NaN score gave a NaN margin, or chose a NaN row's class, without a word
+        raise ValueError(f"scores must be finite, got NaN or inf in rows {_listed(bad)}")
     if target is not None:
         target = as_tensor(target).to(device=scores.device)
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -127,8 +131,9 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
 
     Returns:
         :class:`ClassifierMargin`, its tensors on x's device (the CPU for an array or list).
-        ValueError for an empty x, non-finite logits, or targets out of [0, C − 1]. A UserWarning
-        when every row of the outputs lies in [0, 1] and sums to 1: probabilities, not logits.
+        ValueError for an empty x, NaN or inf in x (naming its rows) or in the logits, or targets
+        out of [0, C − 1]. A UserWarning when every row of the outputs lies in [0, 1] and sums to 1:
+        probabilities, not logits.
     """
     if classifier is None or not callable(classifier):
         raise TypeError(f"classifier must be callable (an nn.Module or a function), got {type(classifier).__name__}")
@@ -139,6 +144,9 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     x = as_tensor(x)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
+    bad = nonfinite_rows(x)
+    if bad.numel():  # else blamed on the classifier: "classifier returned non-finite logits"
+        raise ValueError(f"x has non-finite values in rows {_listed(bad)}")
     judge = feature_space(classifier, batch_size=batch_size, device=device)
     raw = judge.map(x, flatten=False)  # warned of a training-mode classifier, its buffers put back
     logits = raw.to(torch.float64)
@@ -162,6 +170,11 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     margin, chosen = margin_from_scores(logits, t)
     confidence = torch.softmax(logits, dim=1).gather(1, chosen[:, None]).squeeze(1)
     return ClassifierMargin(margin, confidence, logits.argmax(dim=1), t)
+
+
+def _listed(rows: Tensor) -> str:
+    """The first ten of the row indices ``rows``, as a list, "..." after them when there are more."""
+    return f"{rows[:10].tolist()}{' ...' if rows.numel() > 10 else ''}"
 
 
 def _holds_tensors(x: Any) -> bool:

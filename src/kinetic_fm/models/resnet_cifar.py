@@ -21,23 +21,33 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # float images reaching beyond [-1 - a, 1 + a] are taken for another range (0..255): generated
 # samples overshoot [-1, 1] by a few tenths, pixels as floats by two orders of magnitude
 _OVERSHOOT = 0.5
+# the span of [0, 1] images normalised with IMAGENET_MEAN and IMAGENET_STD: about [-2.12, 2.64]
+_NORMALISED = (min(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)),
+               max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)))
 
 
 def _warn_of_another_range(x: Tensor, said: set[str]) -> None:
-    """UserWarning when float (B, 3, H, W) images look like [0, 1] or 0..255 rather than [-1, 1],
-    once per kind of range (``said`` holds the kinds already warned of, and gets this one): the text
-    names each batch's own range, so Python's registry, which repeats a warning of another text, let
-    a loop of batches warn at every forward. The pretrained nets read such images without error and
-    judged them wrongly (ResNet-20 on 500 lossless CIFAR-10 test images: accuracy 0.774 for [0, 1]
-    floats and 0.128 for 0..255 ones, for 0.91).
+    """UserWarning when float (B, 3, H, W) images look like [0, 1], ImageNet-normalised or 0..255 ones
+    rather than [-1, 1], once per kind of range (``said`` holds the kinds already warned of, and gets
+    this one): the text names each batch's own range, so Python's registry, which repeats a warning of
+    another text, let a loop of batches warn at every forward. The pretrained nets read such images
+    without error and judged them wrongly (ResNet-20 on 500 lossless CIFAR-10 test images: accuracy
+    0.774 for [0, 1] floats, 0.764 for normalised ones and 0.128 for 0..255 ones, for 0.91).
     Not one of the 5,000 lossless CIFAR-10 images lies in [0, 1] once read as [-1, 1] (every one has a
     pixel below mid-grey); a constant image is left alone. Outputs are unchanged."""
-    if not x.is_floating_point() or not x.numel() or said >= {"unit", "far"}:
+    if not x.is_floating_point() or not x.numel() or said >= {"unit", "normalised", "far"}:
         return
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # one host synchronisation
+    outside = lo < -1.0 - _OVERSHOOT or hi > 1.0 + _OVERSHOOT
     if 0.0 <= lo < hi <= 1.0:
         kind, found = "unit", "within [0, 1]; map [0, 1] images with 2 * x - 1"
-    elif lo < -1.0 - _OVERSHOOT or hi > 1.0 + _OVERSHOOT:
+    elif outside and _NORMALISED[0] - 0.01 <= lo and hi <= _NORMALISED[1] + 0.01:
+        # the net normalises inside: such images are normalised twice
+        kind, found = "normalised", (
+            f"within [{_NORMALISED[0]:.2f}, {_NORMALISED[1]:.2f}], the span of [0, 1] images normalised with the "
+            f"ImageNet mean {IMAGENET_MEAN} and std {IMAGENET_STD}, which the net applies itself: undo it with "
+            "2 * (x * std + mean) - 1; generated samples that overshoot, clamp to [-1, 1]")
+    elif outside:
         kind, found = "far", ("far beyond [-1, 1]; pass pixels in [0, 255] as uint8 or map them with x / 127.5 - 1, "
                               "and clamp generated samples that overshoot to [-1, 1]")
     else:
