@@ -507,8 +507,8 @@ def test_the_readmes_dopri5_batch_size_figure_is_measured(tmp_path):
     from kinetic_fm.runs import read_run
 
     found = re.search(r"up to ([\d.e-]+) and ([\d.e-]+) relative measured with two trained MLPs at the default rtol "
-                      r"\(the second from `kfm train --data moons --steps 500`; `--n (\d+) --solver dopri5` moved (\d+) "
-                      r"rows between `--batch-size` (\d+) and (\d+)\)", " ".join(README.split()))
+                      r"\(the second from `kfm train --data moons --steps 500`; `--n (\d+) --solver dopri5` "
+                      r"moved (\d+) rows between `--batch-size` (\d+) and (\d+)\)", " ".join(README.split()))
     assert found, "README's --batch-size figure under dopri5 moved; update this test"
     figure, n, rows, batch_sizes = float(found[2]), found[3], int(found[4]), (found[5], found[6])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
