@@ -492,3 +492,39 @@ def test_the_state_resolution_warnings_figure_is_a_measured_one():
     start = kfm.noise(range(256), (2,), dtype=torch.bfloat16).double().mean().item()
     share = (res.x.double().mean().item() - start) / (2.0 - start)
     assert 100 * share == pytest.approx(int(found[1]), abs=2)
+
+
+@pytest.mark.slow
+def test_the_readmes_dopri5_batch_size_figure_is_measured(tmp_path):
+    """README: under dopri5 a net's KPE moves with ``--batch-size`` by dopri5's own error, "up to A and B relative
+    measured with two trained MLPs at the default rtol (the second from `kfm train --data moons --steps 500`;
+    `--n 300 --solver dopri5` moved R rows between `--batch-size` 256 and 16)": the second set-up measured again
+    (~40 s of training on one core; measured 280 rows, 1.38e-2)."""
+    import os
+    import subprocess
+    import sys
+
+    from kinetic_fm.runs import read_run
+
+    found = re.search(r"up to ([\d.e-]+) and ([\d.e-]+) relative measured with two trained MLPs at the default rtol "
+                      r"\(the second from `kfm train --data moons --steps 500`; `--n (\d+) --solver dopri5` "
+                      r"moved (\d+) rows between `--batch-size` (\d+) and (\d+)\)", " ".join(README.split()))
+    assert found, "README's --batch-size figure under dopri5 moved; update this test"
+    figure, n, rows, batch_sizes = float(found[2]), found[3], int(found[4]), (found[5], found[6])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kfm_command = [sys.executable, "-m", "kinetic_fm"]
+    subprocess.run([*kfm_command, "train", "--data", "moons", "--steps", "500", "--no-progress", "--out",
+                    str(tmp_path / "net")], check=True, env=env, capture_output=True)
+    kpe = {}
+    for batch_size in batch_sizes:
+        out = tmp_path / f"batch{batch_size}"
+        subprocess.run([*kfm_command, "sample", "--model", str(tmp_path / "net"), "--n", n, "--solver", "dopri5",
+                        "--batch-size", batch_size, "--out", str(out)], check=True, env=env, capture_output=True)
+        kpe[batch_size] = torch.tensor(read_run(out).sort_values("seed")["kpe"].tolist(), dtype=torch.float64)
+    first, second = kpe.values()
+    moved = int((first != second).sum())
+    largest = float(((first - second).abs() / first.abs()).max())
+    # a maximum over the rows of how far dopri5's error moves with its steps: another build's rounding trains
+    # another net and moves other steps, so the README's order of magnitude is what holds, not its digits
+    assert abs(moved - rows) <= 0.1 * int(n), (moved, rows)
+    assert figure / 2 <= largest <= 2 * figure, (largest, figure)

@@ -2011,27 +2011,34 @@ def test_a_half_precision_state_is_not_left_to_stall_silently():
             kfm.sample(field, seeds=range(2), shape=(2,), grid=grid, dtype=dtype)
 
 
+def _point_target_kpe_error(field, dtype, **options):
+    """The largest relative KPE error over seeds 0..63 of kfm.sample on PointTarget ``field`` (16-d) with
+    the start drawn in ``dtype``: every path is a straight line, so the exact KPE is ½‖y − x0‖²."""
+    start = kfm.noise(range(64), (16,), dtype=dtype).double()
+    exact = 0.5 * (field.point.double() - start).pow(2).sum(dim=1)
+    result = kfm.sample(field, seeds=range(64), shape=(16,), dtype=dtype, **options)
+    return float(((result.kpe.double() - exact).abs() / exact).max())
+
+
 def test_dopri5_on_a_half_precision_state_is_warned_of():
     # its stage times round to the state's dtype (near 1 they read as 1, where PointTarget is
     # clamped) and its error control cannot see below the rounding: here the KPE came out 27 % off in
     # bfloat16 with no word, where Euler's 20 steps were within 1.2 % (the warning's figures: test_docs.py)
-    target = torch.linspace(-1.0, 1.0, 16)
-    field = PointTarget(target)
+    field = PointTarget(torch.linspace(-1.0, 1.0, 16))
     for dtype, tol in ((torch.bfloat16, 1e-5), (torch.float16, 1e-2)):      # float16: 0.2 % at 1e-5
-        start = kfm.noise(range(64), (16,), dtype=dtype).double()
-        exact = 0.5 * (target.double() - start).pow(2).sum(dim=1)
+        dopri5 = {"solver": "dopri5", "rtol": tol, "atol": tol}
         with pytest.warns(UserWarning, match=f"dopri5 on a {dtype} state"):
-            off = kfm.sample(field, seeds=range(64), shape=(16,), solver="dopri5", rtol=tol, atol=tol, dtype=dtype)
-        # what the warning is about (float16: 11 %, 58 % while dopri5's last step read the clamped
-        # field at t = 1; a stage time near 1 still rounds to 1 in the state's dtype)
-        assert ((off.kpe - exact).abs() / exact).max() > 0.1
+            half = _point_target_kpe_error(field, dtype, **dopri5)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            euler = kfm.sample(field, seeds=range(64), shape=(16,), steps=20, dtype=dtype)
-        assert ((euler.kpe - exact).abs() / exact).max() < 0.02
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        kfm.sample(field, seeds=range(4), shape=(16,), solver="dopri5", dtype=torch.float32)
+            single = _point_target_kpe_error(field, torch.float32, **dopri5)
+            euler = _point_target_kpe_error(field, dtype, steps=20)
+        # what the warning is about: the state's precision is to blame, not dopri5 or its tolerance, for the
+        # same solve in float32 is within 2.5e-6, and the tolerance asked for is missed (measured: bfloat16
+        # 27 %, float16 11 % here and 5–21 % over other sets of 64 seeds, where a bound of 10 % flipped; at
+        # least 1.6e4 times float32's error). float32 in place of the half dtype fails both bounds.
+        assert half > 1000 * single and half > tol, (dtype, half, single)
+        assert euler < 0.02, (dtype, euler)
 
 
 def test_a_setting_the_solver_ignores_is_not_ignored_silently():
