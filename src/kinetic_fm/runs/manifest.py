@@ -55,8 +55,9 @@ class ResumeMismatchError(ValueError):
 
 
 class DamagedManifestError(ValueError):
-    """``manifest.json`` is not a manifest any more: not UTF-8 JSON, or a key missing or of the
-    wrong type (written atomically, it was damaged after the run: edited, or a copy cut short)."""
+    """``manifest.json`` is not a manifest any more: not UTF-8 JSON, a key missing or of the wrong
+    type, or a seed range no run writes (written atomically, it was damaged after the run: edited,
+    or a copy cut short)."""
 
 
 _SOURCE_DIGEST: str | None = None
@@ -238,20 +239,29 @@ class RunManifest:
                                        "short?") from None
         if not isinstance(body, dict):
             raise DamagedManifestError(f"the run manifest must be a JSON object, got {type(body).__name__}")
-        if body.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported manifest format {body.get('format')!r} (expected {FORMAT_VERSION})")
+        if "format" not in body:  # every format writes it: a manifest without it was edited, not a newer one
+            raise DamagedManifestError("the run manifest lacks 'format'; was it edited?")
+        if body["format"] != FORMAT_VERSION:
+            raise ValueError(f"unsupported manifest format {body['format']!r} (expected {FORMAT_VERSION})")
         kinds = {"kind": str, "config": dict, "identity": dict, "seed_start": int, "n": int, "shard_size": int}
-        for name, kind in kinds.items():
+        # informational, never compared: a manifest without them still reads, but one of another type
+        # would fail where it is read (versions on a resume, runtime in read_samples)
+        informational = {"versions": dict, "created": str, "runtime": dict}
+        for name, kind in {**kinds, **informational}.items():
             if name not in body:
+                if name in informational:
+                    continue
                 raise DamagedManifestError(f"the run manifest lacks {name!r}; was it edited?")
             value = body[name]
             if not isinstance(value, kind) or isinstance(value, bool):
                 what = {str: "a string", dict: "a JSON object", int: "an integer"}[kind]
                 got = type(value).__name__ if kind is dict else repr(value)
                 raise DamagedManifestError(f"the run manifest's {name!r} must be {what}, got {got}; was it edited?")
-        # informational, never compared: a manifest without them still reads
-        return cls(**{k: body[k] for k in kinds}, versions=body.get("versions", {}),
-                   created=body.get("created", ""), runtime=body.get("runtime", {}))
+        try:
+            return cls(**{k: body[k] for k in kinds}, versions=body.get("versions", {}),
+                       created=body.get("created", ""), runtime=body.get("runtime", {}))
+        except ValueError as err:  # the seed range or shard size no run writes (ShardPlan's refusal)
+            raise DamagedManifestError(f"the run manifest's seeds do not make a run: {err}; was it edited?") from None
 
 
 def read_manifest(run_dir: str | os.PathLike) -> RunManifest:
