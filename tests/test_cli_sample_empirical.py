@@ -552,6 +552,42 @@ def test_resuming_an_empirical_run_as_another_kind_of_run_or_the_reverse_says_wh
     assert f"--resume: the run in {gauss} samples the built-in field gaussian, not --field empirical" in err
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not an object", "missing key"])
+def test_a_resume_of_a_run_whose_manifest_is_damaged_is_refused_before_the_items_are_read(tmp_path, capsys,
+                                                                                         monkeypatch, damage):
+    # the damaged manifest read as no run: the --train items were read (15 s for CIFAR-10) for a resume
+    # certain to be refused, and a Ctrl-C meanwhile said "before any sample was computed", as of a fresh run
+    import kinetic_fm.commands._rows as rows
+
+    path = _saved(tmp_path, _images())
+    flags = ["--train", path, "--train-n", 8, *_RESUMED]
+    run = tmp_path / "run"
+    assert kfm_sample(run, *flags) == 0
+    manifest = run / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text({"truncated": text[: len(text) // 2], "not an object": "[]",
+                         "missing key": text.replace('"shard_size"', '"shard-size"')}[damage])
+    (run / "shards" / "shard-00001-of-00003.parquet").unlink()   # a shard to compute, once resumed
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rows, "load_rows", interrupted)
+    assert kfm_sample(run, *flags, "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"{manifest}: the run manifest" in err and "cannot be resumed as it is" in err, err
+    assert "rerun it with --repair" in err and "put back a good copy" in err and "choose a new --out" in err
+    # with --repair the items must be read (this command's settings vouched for by the shards' receipts):
+    # an interruption then says that the folder keeps its finished shards
+    assert kfm_sample(run, *flags, "--resume", "--repair") == 130
+    err = capsys.readouterr().err
+    assert "before this run computed a sample; the folder keeps its finished shards" in err, err
+    assert "before any sample was computed" not in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 def test_uint8_items_are_sampled_on_their_scale_with_a_warning(tmp_path, capsys):
     # 0..255 against N(0, I) noise: KPE near 190,000 for 4x4 images, without a word on the scale
     pixels = np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8)

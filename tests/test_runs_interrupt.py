@@ -306,6 +306,9 @@ def test_run_sharded_refuses_a_damaged_manifest_as_such_touching_nothing(tmp_pat
         with pytest.raises(DamagedManifestError, match=f"{path}: the run manifest.*put back a good copy"):
             run_sharded(run, manifest.__class__(**{**manifest.__dict__, "config": {"a": 2}}), never, resume=True,
                         repair=repair, progress=False, log=lambda _: None)
+    said = "this command's settings give the run id its 2 shard receipts record" if shards else "hold no receipt"
+    with pytest.raises(DamagedManifestError, match=said):   # the run's own settings, without repair
+        run_sharded(run, manifest, never, resume=True, progress=False, log=lambda _: None)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
@@ -321,13 +324,12 @@ def test_a_damaged_manifest_is_written_again_by_repair_when_the_shards_vouch_for
     (run / "manifest.json").write_text(good[: len(good) // 2])
     (run / "shards" / "shard-00001-of-00004.parquet").unlink()   # and one shard lost, to be redone
     (run / "results.parquet").unlink()
-    assert _sample(run, "--resume") == 2
-    err = capsys.readouterr().err
-    assert "this command's settings give the run id its 4 shard receipts record: rerun it with --repair" in err
-    assert _sample(run, "--resume", "--steps", "9") == 2                 # other settings are not the run's
-    err = capsys.readouterr().err
-    assert "none of its 4 shard receipts records the run id this command's settings give" in err
-    assert _sample(run, "--resume", "--steps", "9", "--repair") == 2
+    for steps in ("12", "9"):   # refused before the field loads, the run's settings or not: --repair checks them
+        assert _sample(run, "--resume", "--steps", steps) == 2
+        err = capsys.readouterr().err
+        assert ("if this command made the run, rerun it with --repair (repair=True): that writes manifest.json again "
+                "from its settings only when they give the run id its 4 shard receipts record") in err, err
+    assert _sample(run, "--resume", "--steps", "9", "--repair") == 2      # other settings are not the run's
     assert "none of its 4 shard receipts" in capsys.readouterr().err
     assert (run / "manifest.json").read_text() == good[: len(good) // 2]   # refused: nothing touched
     assert _sample(run, "--resume", "--repair") == 0
