@@ -588,6 +588,31 @@ def test_a_resume_of_a_run_whose_manifest_is_damaged_is_refused_before_the_items
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
+def test_a_resume_into_a_kfm_train_folder_is_refused_before_the_items_or_the_net_are_read(tmp_path, capsys,
+                                                                                          monkeypatch):
+    # the folder's kind is told by its files alone: neither the --train items nor the --model net load first
+    import kinetic_fm.commands._rows as rows
+    import kinetic_fm.commands.sample as sample_command
+
+    trained = tmp_path / "trained"
+    assert main(["train", "--data", "gmm", "--n", "40", "--batch-size", "8", "--width", "8", "--steps", "2",
+                 "--no-progress", "--out", str(trained)]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+
+    def unread(*args, **kwargs):
+        raise AssertionError("read before the folder was checked")
+
+    monkeypatch.setattr(rows, "load_rows", unread)
+    monkeypatch.setattr(sample_command, "_model_target", unread)
+    path = _saved(tmp_path, _points())
+    for flags in (["--field", "empirical", "--train", path], ["--model", trained]):
+        assert kfm_sample(trained, *flags, "--n", 2, "--steps", 3, "--resume") == 2
+        err = capsys.readouterr().err
+        assert f"--out {trained} is not empty and holds no manifest.json; choose a new --out" in err, err
+    assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
+
+
 def test_uint8_items_are_sampled_on_their_scale_with_a_warning(tmp_path, capsys):
     # 0..255 against N(0, I) noise: KPE near 190,000 for 4x4 images, without a word on the scale
     pixels = np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8)
