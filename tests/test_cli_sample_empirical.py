@@ -613,6 +613,22 @@ def test_a_resume_into_a_kfm_train_folder_is_refused_before_the_items_or_the_net
     assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
 
 
+def test_an_empirical_run_whose_manifest_is_damaged_is_named_so_as_train_not_taken_for_samples(tmp_path, capsys):
+    # it read as no empirical run: "is a kfm sample run folder (samples, not training items ...)"
+    path = _saved(tmp_path, _points())
+    run = tmp_path / "run"
+    assert kfm_sample(run, "--field", "empirical", "--train", path, "--n", 2, "--steps", 3) == 0
+    (run / "manifest.json").write_text("{")
+    capsys.readouterr()
+    assert main(["memorization", "--samples", str(run), "--train", str(run), "--no-progress",
+                 "--out", str(tmp_path / "audit.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'manifest.json'}: the run manifest is not valid JSON" in err and "samples, not" not in err, err
+    assert kfm_sample(tmp_path / "again", "--field", "empirical", "--train", run, "--n", 2, "--steps", 3) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'manifest.json'}: the run manifest is not valid JSON" in err and "samples, not" not in err, err
+
+
 def test_uint8_items_are_sampled_on_their_scale_with_a_warning(tmp_path, capsys):
     # 0..255 against N(0, I) noise: KPE near 190,000 for 4x4 images, without a word on the scale
     pixels = np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8)
