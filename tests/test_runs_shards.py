@@ -351,7 +351,8 @@ def test_a_run_whose_manifest_is_damaged_is_refused_by_every_reader_saying_how_t
                  str(run), "--no-progress"]) == 0
     path = run / "manifest.json"
     text = path.read_text()
-    path.write_text({"truncated": text[:40], "not an object": "3", "missing key": text.replace('"kind"', '"kin"')}[damage])
+    damaged = {"truncated": text[:40], "not an object": "3", "missing key": text.replace('"kind"', '"kin"')}
+    path.write_text(damaged[damage])
     for reader in (read_run, read_samples, read_profile):
         with pytest.raises(DamagedManifestError) as caught:
             reader(run)

@@ -307,7 +307,7 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     the data loads. A ``kfm sample`` run folder (its ``manifest.json``) is refused, with ``resume``
     too: training wrote its files among the run's shards."""
     out = Path(out)
-    if (out / "manifest.json").exists():  # kinetic_fm.runs.manifest.MANIFEST_NAME (the runs package imports pyarrow)
+    if (out / "manifest.json").exists():  # runs.manifest.MANIFEST_NAME, not imported: the runs package brings pyarrow
         raise ValueError(f"{out} holds a kfm sample run (manifest.json), not a training run; choose another folder")
     if (resume and (out / "config.json").exists() and not (out / RESUME_FILE).exists()
             and not _is_training_config(out / "config.json")):

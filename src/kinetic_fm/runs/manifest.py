@@ -261,7 +261,7 @@ class RunManifest:
             raise ValueError(f"unsupported manifest format {body['format']!r} (expected {FORMAT_VERSION})")
         kinds = {"kind": str, "config": dict, "identity": dict, "seed_start": int, "n": int, "shard_size": int}
         # informational, never compared: a manifest without them still reads, but one of another type
-        # would fail where it is read (versions on a resume, runtime in read_samples)
+        # would fail where it is read (versions on a resume, runtime in read_profile)
         informational = {"versions": dict, "created": str, "runtime": dict}
         for name, kind in {**kinds, **informational}.items():
             if name not in body:

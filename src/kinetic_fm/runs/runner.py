@@ -80,7 +80,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume
 
 
 def stored_manifest(run_dir: Path, manifest: RunManifest | None = None, *, repair: bool = False,
-                     log: Callable[[str], None] | None = None) -> RunManifest:
+                    log: Callable[[str], None] | None = None) -> RunManifest:
     """The run's manifest; a damaged one (written atomically, so damaged after the run, e.g. by an
     editor or a copy cut short) is refused saying how to go on, as a missing one is.
 
