@@ -552,6 +552,83 @@ def test_resuming_an_empirical_run_as_another_kind_of_run_or_the_reverse_says_wh
     assert f"--resume: the run in {gauss} samples the built-in field gaussian, not --field empirical" in err
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not an object", "missing key"])
+def test_a_resume_of_a_run_whose_manifest_is_damaged_is_refused_before_the_items_are_read(tmp_path, capsys,
+                                                                                         monkeypatch, damage):
+    # the damaged manifest read as no run: the --train items were read (15 s for CIFAR-10) for a resume
+    # certain to be refused, and a Ctrl-C meanwhile said "before any sample was computed", as of a fresh run
+    import kinetic_fm.commands._rows as rows
+
+    path = _saved(tmp_path, _images())
+    flags = ["--train", path, "--train-n", 8, *_RESUMED]
+    run = tmp_path / "run"
+    assert kfm_sample(run, *flags) == 0
+    manifest = run / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text({"truncated": text[: len(text) // 2], "not an object": "[]",
+                         "missing key": text.replace('"shard_size"', '"shard-size"')}[damage])
+    (run / "shards" / "shard-00001-of-00003.parquet").unlink()   # a shard to compute, once resumed
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rows, "load_rows", interrupted)
+    assert kfm_sample(run, *flags, "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"{manifest}: the run manifest" in err and "cannot be resumed as it is" in err, err
+    assert "rerun it with --repair" in err and "put back a good copy" in err and "choose a new --out" in err
+    # with --repair the items must be read (this command's settings vouched for by the shards' receipts):
+    # an interruption then says that the folder keeps its finished shards
+    assert kfm_sample(run, *flags, "--resume", "--repair") == 130
+    err = capsys.readouterr().err
+    assert "before this run computed a sample; the folder keeps its finished shards" in err, err
+    assert "before any sample was computed" not in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_resume_into_a_kfm_train_folder_is_refused_before_the_items_or_the_net_are_read(tmp_path, capsys,
+                                                                                          monkeypatch):
+    # the folder's kind is told by its files alone: neither the --train items nor the --model net load first
+    import kinetic_fm.commands._rows as rows
+    import kinetic_fm.commands.sample as sample_command
+
+    trained = tmp_path / "trained"
+    assert main(["train", "--data", "gmm", "--n", "40", "--batch-size", "8", "--width", "8", "--steps", "2",
+                 "--no-progress", "--out", str(trained)]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+
+    def unread(*args, **kwargs):
+        raise AssertionError("read before the folder was checked")
+
+    monkeypatch.setattr(rows, "load_rows", unread)
+    monkeypatch.setattr(sample_command, "_model_target", unread)
+    path = _saved(tmp_path, _points())
+    for flags in (["--field", "empirical", "--train", path], ["--model", trained]):
+        assert kfm_sample(trained, *flags, "--n", 2, "--steps", 3, "--resume") == 2
+        err = capsys.readouterr().err
+        assert f"--out {trained} is not empty and holds no manifest.json; choose a new --out" in err, err
+    assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
+
+
+def test_an_empirical_run_whose_manifest_is_damaged_is_named_so_as_train_not_taken_for_samples(tmp_path, capsys):
+    # it read as no empirical run: "is a kfm sample run folder (samples, not training items ...)"
+    path = _saved(tmp_path, _points())
+    run = tmp_path / "run"
+    assert kfm_sample(run, "--field", "empirical", "--train", path, "--n", 2, "--steps", 3) == 0
+    (run / "manifest.json").write_text("{")
+    capsys.readouterr()
+    assert main(["memorization", "--samples", str(run), "--train", str(run), "--no-progress",
+                 "--out", str(tmp_path / "audit.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'manifest.json'}: the run manifest is not valid JSON" in err and "samples, not" not in err, err
+    assert kfm_sample(tmp_path / "again", "--field", "empirical", "--train", run, "--n", 2, "--steps", 3) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'manifest.json'}: the run manifest is not valid JSON" in err and "samples, not" not in err, err
+
+
 def test_uint8_items_are_sampled_on_their_scale_with_a_warning(tmp_path, capsys):
     # 0..255 against N(0, I) noise: KPE near 190,000 for 4x4 images, without a word on the scale
     pixels = np.random.default_rng(0).integers(0, 256, (16, 1, 4, 4), dtype=np.uint8)

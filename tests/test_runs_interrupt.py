@@ -267,6 +267,51 @@ def test_a_damaged_manifest_is_refused_saying_how_to_go_on(tmp_path, reference, 
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing touched
 
 
+_DAMAGES = {"truncated": lambda text: text[: len(text) // 2],
+            "not an object": lambda text: json.dumps([json.loads(text)]),
+            "missing key": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "shard_size"}),
+            "no format": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "format"}),
+            "no seeds": lambda text: json.dumps({**json.loads(text), "n": 0})}
+
+
+@pytest.mark.parametrize("shards", [True, False], ids=["with shards", "without shards"])
+@pytest.mark.parametrize("damage", sorted(_DAMAGES))
+def test_run_sharded_refuses_a_damaged_manifest_as_such_touching_nothing(tmp_path, damage, shards):
+    # "no format" read as "unsupported manifest format None" and "no seeds" as a bare "n must be >= 1":
+    # neither said that the file was damaged nor how to go on
+    import pyarrow as pa
+
+    from kinetic_fm.runs import run_sharded
+    from kinetic_fm.runs.manifest import DamagedManifestError
+
+    manifest = RunManifest(kind="test", config={"a": 1}, identity={}, seed_start=0, n=4, shard_size=2)
+
+    def compute(seeds, advance):
+        advance(len(seeds))
+        return pa.table({"seed": seeds, "y": seeds * 2.0})
+
+    def never(seeds, advance):
+        raise AssertionError("a run with a damaged manifest computed a shard")
+
+    run = tmp_path / "run"
+    run_sharded(run, manifest, compute, progress=False, log=lambda _: None)
+    if not shards:   # stopped after its manifest, before its first shard
+        for path in (run / "shards").iterdir():
+            path.unlink()
+        (run / "results.parquet").unlink()
+    path = run / "manifest.json"
+    path.write_text(_DAMAGES[damage](path.read_text()))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for repair in (False, True):   # --repair with other settings than the run's: no receipt vouches
+        with pytest.raises(DamagedManifestError, match=f"{path}: the run manifest.*put back a good copy"):
+            run_sharded(run, manifest.__class__(**{**manifest.__dict__, "config": {"a": 2}}), never, resume=True,
+                        repair=repair, progress=False, log=lambda _: None)
+    said = "this command's settings give the run id its 2 shard receipts record" if shards else "hold no receipt"
+    with pytest.raises(DamagedManifestError, match=said):   # the run's own settings, without repair
+        run_sharded(run, manifest, never, resume=True, progress=False, log=lambda _: None)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 def test_a_damaged_manifest_is_written_again_by_repair_when_the_shards_vouch_for_the_settings(tmp_path, reference,
                                                                                               capsys):
     # the shards' receipts record the run id (a sha256 of every compared setting): the command that made
@@ -279,13 +324,12 @@ def test_a_damaged_manifest_is_written_again_by_repair_when_the_shards_vouch_for
     (run / "manifest.json").write_text(good[: len(good) // 2])
     (run / "shards" / "shard-00001-of-00004.parquet").unlink()   # and one shard lost, to be redone
     (run / "results.parquet").unlink()
-    assert _sample(run, "--resume") == 2
-    err = capsys.readouterr().err
-    assert "this command's settings give the run id its 4 shard receipts record: rerun it with --repair" in err
-    assert _sample(run, "--resume", "--steps", "9") == 2                 # other settings are not the run's
-    err = capsys.readouterr().err
-    assert "none of its 4 shard receipts records the run id this command's settings give" in err
-    assert _sample(run, "--resume", "--steps", "9", "--repair") == 2
+    for steps in ("12", "9"):   # refused before the field loads, the run's settings or not: --repair checks them
+        assert _sample(run, "--resume", "--steps", steps) == 2
+        err = capsys.readouterr().err
+        assert ("if this command made the run, rerun it with --repair (repair=True): that writes manifest.json again "
+                "from its settings only when they give the run id its 4 shard receipts record") in err, err
+    assert _sample(run, "--resume", "--steps", "9", "--repair") == 2      # other settings are not the run's
     assert "none of its 4 shard receipts" in capsys.readouterr().err
     assert (run / "manifest.json").read_text() == good[: len(good) // 2]   # refused: nothing touched
     assert _sample(run, "--resume", "--repair") == 0

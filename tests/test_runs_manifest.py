@@ -89,6 +89,39 @@ def test_a_manifest_missing_a_field_or_holding_the_wrong_type_is_refused_naming_
             read_manifest(tmp_path)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda body: body.pop("format"), r"lacks 'format'"),        # read as "unsupported manifest format None"
+    (lambda body: body.update(n=0), r"n must be >= 1"),            # the plan's own refusal, as a damage
+    (lambda body: body.update(seed_start=-1), r"seed_start must lie in"),
+    (lambda body: body.update(versions=[1]), r"'versions' must be a JSON object, got list"),   # informational,
+    (lambda body: body.update(runtime="x"), r"'runtime' must be a JSON object, got str"),      # but read later
+    (lambda body: body.update(created=3), r"'created' must be a string, got 3"),
+])
+def test_a_manifest_with_a_value_no_run_writes_is_refused_as_damaged(tmp_path, edit, message):
+    # these read as another format or a plain ValueError (which the resume's refusal does not word as a
+    # damaged manifest, with the way on), or were read and failed later: versions.get on a resume,
+    # runtime.get in read_samples (AttributeError)
+    from kinetic_fm.runs.manifest import DamagedManifestError
+
+    write_manifest(tmp_path, _manifest())
+    path = tmp_path / "manifest.json"
+    body = json.loads(path.read_text())
+    edit(body)
+    path.write_text(json.dumps(body))
+    with pytest.raises(DamagedManifestError, match=r"manifest.json: the run manifest.*" + message):
+        read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("text, message", [('{"format": 1, "kind": ', "is not valid JSON"), ("[1, 2]", "got list"),
+                                           ("", "is not valid JSON")])
+def test_a_manifest_that_is_no_json_object_is_refused_as_damaged_naming_the_file(tmp_path, text, message):
+    from kinetic_fm.runs.manifest import DamagedManifestError
+
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(DamagedManifestError, match=f"{tmp_path / 'manifest.json'}: .*{message}"):
+        read_manifest(tmp_path)
+
+
 def test_run_id_ignores_informational_fields():
     a = _manifest(runtime={"batch_size": 1})
     b = _manifest(runtime={"batch_size": 99}, versions={"torch": "0"}, created="yesterday")

@@ -339,6 +339,28 @@ def test_read_run_names_bad_arguments_and_a_damaged_manifest(tmp_path):
         read_run(run)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not an object", "missing key"])
+def test_a_run_whose_manifest_is_damaged_is_refused_by_every_reader_saying_how_to_go_on(tmp_path, damage):
+    # "manifest.json: the run manifest is not valid JSON (...); was it edited or cut short?", and no way on
+    from kinetic_fm.cli import main
+    from kinetic_fm.runs import read_profile, read_run, read_samples
+    from kinetic_fm.runs.manifest import DamagedManifestError
+
+    run = tmp_path / "run"
+    assert main(["sample", "--field", "gaussian", "--dim", "2", "--n", "3", "--steps", "2", "--profile", "--out",
+                 str(run), "--no-progress"]) == 0
+    path = run / "manifest.json"
+    text = path.read_text()
+    damaged = {"truncated": text[:40], "not an object": "3", "missing key": text.replace('"kind"', '"kin"')}
+    path.write_text(damaged[damage])
+    for reader in (read_run, read_samples, read_profile):
+        with pytest.raises(DamagedManifestError) as caught:
+            reader(run)
+        said = str(caught.value)
+        assert said.startswith(f"{path}: the run manifest") and "put back a good copy" in said.lower(), said
+        assert "the kfm sample command that made the run and --resume --repair" in said, said
+
+
 def test_profile_from_table_gives_arrays_for_both_layouts():
     from kinetic_fm.runs import profile_from_table
 

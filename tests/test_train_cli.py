@@ -375,3 +375,25 @@ def test_warnings_of_the_training_itself_name_the_flags(tmp_path, capsys, monkey
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warned == ["kfm train: warning: --grad-clip = 1.0 clipped every one of --steps 2; the learning rate (--lr) "
                       "may be too large"]
+
+
+def test_a_kfm_sample_run_folder_is_refused_as_out_before_the_data_loads(tmp_path, capsys, monkeypatch):
+    # kfm train wrote its config.json, checkpoints and resume.pt into a kfm sample run folder (beside
+    # its manifest.json and shards), with --resume or without, after loading the data
+    import kinetic_fm.data as data
+
+    run = tmp_path / "sampled"
+    assert main(["sample", "--field", "gaussian", "--dim", "2", "--n", "4", "--steps", "2", "--no-progress",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the data loaded before --out was checked")
+
+    monkeypatch.setattr(data, "load_dataset", unread)
+    for resume in ([], ["--resume"]):
+        assert main(["train", *COMMON, "--steps", "2", "--out", str(run), *resume]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {run} holds a kfm sample run (manifest.json), not a training run; choose another folder" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

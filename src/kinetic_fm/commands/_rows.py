@@ -223,11 +223,16 @@ def items_digest(rows) -> str:
 
 def empirical_run_manifest(path: str | os.PathLike) -> RunManifest | None:
     """A ``kfm sample --field empirical`` run folder's manifest, when ``path`` holds one that records
-    where its training items came from; else None (another kind of run, or a damaged manifest)."""
+    where its training items came from; else None (no run, another kind of run, another format).
+    A damaged manifest is refused naming it (it read as another kind of run: "samples, not training
+    items")."""
     from ..runs import read_manifest
+    from ..runs.manifest import DamagedManifestError
 
     try:
         manifest = read_manifest(path)
+    except DamagedManifestError:
+        raise
     except (OSError, ValueError):
         return None
     train = manifest.runtime.get("train")

@@ -750,17 +750,27 @@ def _validate_step_control(args) -> None:
                          f"{args.solver} takes --steps fixed steps")
 
 
-def _stored_manifest(run_dir: str):
-    """The manifest of the run in ``run_dir``, or None (no run yet, or a damaged manifest, which
-    run_sharded then reports). ``run`` reads it once, before the folder's lock, for the checks that
-    come before the field or net loads; ``run_sharded`` reads it again under the lock, the check
-    that counts (another writer may have made the run in between)."""
-    from ..runs import read_manifest
+def _stored_manifest(run_dir: str, repair: bool):
+    """The manifest of the run in ``run_dir``, or None (no run yet). ``run`` reads it once, before
+    the folder's lock, for the checks that come before the field or net loads; ``run_sharded`` reads
+    it again under the lock, the check that counts (another writer may have made the run in between).
+
+    A damaged manifest is refused here, saying how to go on, before the field or net loads for a
+    resume certain to be refused (it read as no run); with ``repair`` it is None, and ``run_sharded``
+    writes it again from this command's settings, once they are known, where the shards vouch for them."""
+    from pathlib import Path
+
+    from ..runs.manifest import DamagedManifestError
+    from ..runs.runner import stored_manifest
 
     try:
-        return read_manifest(run_dir)
-    except (OSError, ValueError):
+        return stored_manifest(Path(run_dir))
+    except FileNotFoundError:
         return None
+    except DamagedManifestError:
+        if repair:
+            return None
+        raise
 
 
 # a compared manifest field -> the flag that sets it; the identities follow from --field, --model, --train,
@@ -1141,13 +1151,14 @@ def _run(args, setup) -> int:
 
     from ..runs import RunLockedError, RunManifest, run_sharded, world_session
     from ..sampling.sample import SamplerSettingsWarning, warn_of_settings
+    from ..runs.manifest import MANIFEST_NAME
     from ..runs.shards import PROFILE_TIMES
 
     # a --dtype typed is what the user asked for; only the default is said of float64 items (_empirical_target)
     args.dtype_typed, args.dtype = args.dtype is not None, args.dtype or DEFAULT_DTYPE
     _validate(args)
     kts = _shaping(args)
-    stored = _stored_manifest(args.out) if args.resume else None  # read once for the checks below
+    stored = _stored_manifest(args.out, args.repair) if args.resume else None  # read once for the checks below
     if args.resume:
         _resume_as_recorded(args, kts, stored)
         _refuse_another_kind_of_run(args, stored)
@@ -1156,7 +1167,8 @@ def _run(args, setup) -> int:
     # a Ctrl-C while the ranks meet, the folder is locked, a net is read and hashed, the items load
     # (50,000 CIFAR-10 images take 15 s), a net moves to its device or makes its trial call leaves no
     # shard behind; once run_sharded starts, the folder keeps finished shards: its own hint
-    resuming = stored is not None   # a run to resume: its finished shards stay in the folder
+    # a run to resume (its manifest damaged, under --repair): its finished shards stay in the folder
+    resuming = args.resume and (Path(args.out) / MANIFEST_NAME).is_file()
     preparing = args.interrupt_hint = _nothing_sampled_hint("while preparing the run", resuming)
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)

@@ -304,8 +304,11 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     that failed or was stopped before its first save), so a new run may start there, as a resume
     would; another program's config.json (no resume.pt beside it) is refused like a run, with
     ``resume`` too. :func:`train` checks it under the folder's lock; ``kfm train`` calls it before
-    the data loads."""
+    the data loads. A ``kfm sample`` run folder (its ``manifest.json``) is refused, with ``resume``
+    too: training wrote its files among the run's shards."""
     out = Path(out)
+    if (out / "manifest.json").exists():  # runs.manifest.MANIFEST_NAME, not imported: the runs package brings pyarrow
+        raise ValueError(f"{out} holds a kfm sample run (manifest.json), not a training run; choose another folder")
     if (resume and (out / "config.json").exists() and not (out / RESUME_FILE).exists()
             and not _is_training_config(out / "config.json")):
         # a resume without resume.pt starts afresh and would write its own config.json over this one;

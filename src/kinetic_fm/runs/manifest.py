@@ -55,8 +55,24 @@ class ResumeMismatchError(ValueError):
 
 
 class DamagedManifestError(ValueError):
-    """``manifest.json`` is not a manifest any more: not UTF-8 JSON, or a key missing or of the
-    wrong type (written atomically, it was damaged after the run: edited, or a copy cut short)."""
+    """``manifest.json`` is not a manifest any more: not UTF-8 JSON, a key missing or of the wrong
+    type, or a seed range no run writes (written atomically, it was damaged after the run: edited,
+    or a copy cut short).
+
+    ``problem``: the file and what is wrong with it, for a caller that says its own way on (a
+    resume); the message adds a reader's way on."""
+
+    def __init__(self, message: str, problem: str | None = None):
+        super().__init__(message)
+        self.problem = message if problem is None else problem
+
+    def __reduce__(self):
+        return type(self), (str(self), self.problem)
+
+
+# a reader's way on from a damaged manifest (a resume says its own, knowing the command's settings)
+_DAMAGED_ADVICE = ("Put back a good copy of it, or write it again with the kfm sample command that made the run and "
+                   "--resume --repair (it checks that command's settings against the shards' receipts)")
 
 
 _SOURCE_DIGEST: str | None = None
@@ -237,40 +253,50 @@ class RunManifest:
             raise DamagedManifestError(f"the run manifest is not valid JSON ({err}); was it edited or cut "
                                        "short?") from None
         if not isinstance(body, dict):
-            raise DamagedManifestError(f"the run manifest must be a JSON object, got {type(body).__name__}")
-        if body.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported manifest format {body.get('format')!r} (expected {FORMAT_VERSION})")
+            raise DamagedManifestError(f"the run manifest must be a JSON object, got {type(body).__name__}; was it "
+                                       "edited?")
+        if "format" not in body:  # every format writes it: a manifest without it was edited, not a newer one
+            raise DamagedManifestError("the run manifest lacks 'format'; was it edited?")
+        if body["format"] != FORMAT_VERSION:
+            raise ValueError(f"unsupported manifest format {body['format']!r} (expected {FORMAT_VERSION})")
         kinds = {"kind": str, "config": dict, "identity": dict, "seed_start": int, "n": int, "shard_size": int}
-        for name, kind in kinds.items():
+        # informational, never compared: a manifest without them still reads, but one of another type
+        # would fail where it is read (versions on a resume, runtime in read_profile)
+        informational = {"versions": dict, "created": str, "runtime": dict}
+        for name, kind in {**kinds, **informational}.items():
             if name not in body:
+                if name in informational:
+                    continue
                 raise DamagedManifestError(f"the run manifest lacks {name!r}; was it edited?")
             value = body[name]
             if not isinstance(value, kind) or isinstance(value, bool):
                 what = {str: "a string", dict: "a JSON object", int: "an integer"}[kind]
                 got = type(value).__name__ if kind is dict else repr(value)
                 raise DamagedManifestError(f"the run manifest's {name!r} must be {what}, got {got}; was it edited?")
-        # informational, never compared: a manifest without them still reads
-        return cls(**{k: body[k] for k in kinds}, versions=body.get("versions", {}),
-                   created=body.get("created", ""), runtime=body.get("runtime", {}))
+        try:
+            return cls(**{k: body[k] for k in kinds}, versions=body.get("versions", {}),
+                       created=body.get("created", ""), runtime=body.get("runtime", {}))
+        except ValueError as err:  # the seed range or shard size no run writes (ShardPlan's refusal)
+            raise DamagedManifestError(f"the run manifest's seeds do not make a run: {err}; was it edited?") from None
 
 
 def read_manifest(run_dir: str | os.PathLike) -> RunManifest:
-    """Load ``run_dir/manifest.json``; FileNotFoundError naming the path when absent."""
+    """Load ``run_dir/manifest.json``; FileNotFoundError naming the path when absent,
+    :class:`DamagedManifestError` naming it, what is wrong and how to go on when damaged."""
     if not isinstance(run_dir, (str, os.PathLike)):
         raise TypeError(f"run_dir must be a path (str or os.PathLike), got {type(run_dir).__name__}")
     path = Path(run_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no run manifest at {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        return RunManifest.from_json(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
-        raise DamagedManifestError(f"{path}: the run manifest is not UTF-8 text ({err}); was it edited or cut "
-                                   "short?") from None
-    try:
-        return RunManifest.from_json(text)
-    except ValueError as err:
-        kind = DamagedManifestError if isinstance(err, DamagedManifestError) else ValueError
-        raise kind(f"{path}: {err}") from None
+        problem = f"{path}: the run manifest is not UTF-8 text ({err}); was it edited or cut short?"
+        raise DamagedManifestError(f"{problem} {_DAMAGED_ADVICE}", problem) from None
+    except DamagedManifestError as err:
+        raise DamagedManifestError(f"{path}: {err} {_DAMAGED_ADVICE}", f"{path}: {err}") from None
+    except ValueError as err:  # another format
+        raise ValueError(f"{path}: {err}") from None
 
 
 def write_manifest(run_dir: str | os.PathLike, manifest: RunManifest) -> Path:

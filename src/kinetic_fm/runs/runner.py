@@ -63,14 +63,14 @@ def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume
     :class:`~kinetic_fm.runs.manifest.ResumeMismatchError` when the stored manifest differs.
     A damaged manifest is refused (:class:`~kinetic_fm.runs.manifest.DamagedManifestError`), or with
     ``repair`` written again from ``manifest`` when the run id the shards' receipts record is its
-    (see :func:`_stored_manifest`), said through ``log``.
+    (see :func:`stored_manifest`), said through ``log``.
     It takes no lock: :func:`run_sharded` calls it holding the folder's
     :class:`~kinetic_fm.runs.lock.RunLock`, and other callers should do the same.
     """
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)
     if (run_dir / MANIFEST_NAME).is_file():
-        warnings = check_resume(_stored_manifest(run_dir, manifest, repair=repair, log=log), manifest)
+        warnings = check_resume(stored_manifest(run_dir, manifest, repair=repair, log=log), manifest)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_manifest(run_dir, manifest)  # before any shard exists
@@ -79,8 +79,8 @@ def prepare_run_dir(run_dir: str | os.PathLike, manifest: RunManifest, *, resume
     return warnings
 
 
-def _stored_manifest(run_dir: Path, manifest: RunManifest | None = None, *, repair: bool = False,
-                     log: Callable[[str], None] | None = None) -> RunManifest:
+def stored_manifest(run_dir: Path, manifest: RunManifest | None = None, *, repair: bool = False,
+                    log: Callable[[str], None] | None = None) -> RunManifest:
     """The run's manifest; a damaged one (written atomically, so damaged after the run, e.g. by an
     editor or a copy cut short) is refused saying how to go on, as a missing one is.
 
@@ -89,12 +89,18 @@ def _stored_manifest(run_dir: Path, manifest: RunManifest | None = None, *, repa
     ``manifest`` (this call's) gives the run id a receipt records only if every compared setting is
     the run's. The refusal says whether it does; with ``repair`` and a receipt recording its run id,
     ``manifest`` is written in place of the damaged one (kept beside it as ``manifest.json.damaged``)
-    and returned. Its informational parts (versions, creation time, runtime) are this call's."""
+    and returned. Its informational parts (versions, creation time, runtime) are this call's.
+    ``manifest`` None: the caller's settings are not known yet (``kfm sample`` reads the manifest
+    before its net loads); the refusal then says how ``repair`` would check them."""
     try:
         return read_manifest(run_dir)
     except DamagedManifestError as err:
         matching, receipts = _receipts_of(run_dir, manifest)
-        if repair and matching:
+        if manifest is None and receipts:
+            hint = (f"if this command made the run, rerun it with --repair (repair=True): that writes {MANIFEST_NAME} "
+                    f"again from its settings only when they give the run id its {_receipts(receipts)} record, "
+                    "and else touches nothing; or put back a good copy")
+        elif repair and matching:
             damaged = run_dir / MANIFEST_NAME
             atomic_write_bytes(damaged.with_name(MANIFEST_NAME + ".damaged"), damaged.read_bytes())
             write_manifest(run_dir, manifest)
@@ -102,16 +108,16 @@ def _stored_manifest(run_dir: Path, manifest: RunManifest | None = None, *, repa
                              f"id {matching} of its {receipts} shard receipts record (the damaged file is kept as "
                              f"{MANIFEST_NAME}.damaged)")
             return manifest
-        if matching:
+        elif matching:
             hint = (f"this command's settings give the run id its {_receipts(matching)} record: rerun it with "
                     f"--repair (repair=True) to write {MANIFEST_NAME} again from them, or put back a good copy")
         else:
             vouch = (f"none of its {_receipts(receipts)} records the run id this command's settings give, so "
                      "they are not the run's" if receipts else "its shards hold no receipt to check settings by")
             hint = f"{vouch}: put back a good copy of {MANIFEST_NAME} to resume it"
-        raise DamagedManifestError(f"{err} Without a readable one the run's settings are unknown, so it cannot be "
-                                   f"resumed as it is; {hint}, or choose a new --out (or remove the folder) to start "
-                                   "over") from None
+        raise DamagedManifestError(f"{err.problem} Without a readable one the run's settings are unknown, so it "
+                                   f"cannot be resumed as it is; {hint}, or choose a new --out (or remove the folder) "
+                                   "to start over", err.problem) from None
 
 
 def _receipts_of(run_dir: Path, manifest: RunManifest | None) -> tuple[int, int]:
