@@ -374,6 +374,39 @@ def test_a_study_result_is_read_back_until_a_setting_an_input_the_code_or_a_stag
     assert len(runs) == 18
 
 
+def test_a_checkpoints_digest_covers_its_header_and_the_weights_a_study_loads_from_it(tmp_path):
+    """A memorizer checkpoint holds a training run's model.* and ema.* weights; the studies load the ema.* ones
+    (load_model's weights, STUDY_WEIGHTS), so the key hashes the header (names, dtypes, shapes, metadata) and those
+    bytes: half the file. A file whose model.* weights alone differ loads the same net and keeps the key; other
+    ema.* weights or other metadata change it."""
+    import copy
+
+    from kinetic_fm.models import VelocityMLP, load_model, save_model
+    from kinetic_fm.studies.study_cache import STUDY_WEIGHTS, assets_digest
+
+    torch.manual_seed(0)
+    net = VelocityMLP((2,), hidden=8, depth=1)
+    ema = copy.deepcopy(net)
+    with torch.no_grad():
+        next(ema.parameters()).mul_(0.5)
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    files = {name: tmp_path / f"{name}.safetensors" for name in ("a", "model_differs", "ema_differs", "step_differs")}
+    save_model(net, files["a"], ema=ema, step=1)
+    save_model(other, files["model_differs"], ema=ema, step=1)
+    save_model(net, files["ema_differs"], ema=other, step=1)
+    save_model(net, files["step_differs"], ema=ema, step=2)
+
+    def key(name):
+        return assets_digest(_StudyInputs(torch.zeros(2), net, {1: files[name]}, "digits"))
+
+    loaded = [load_model(files[name], weights=STUDY_WEIGHTS).state_dict() for name in ("a", "model_differs")]
+    assert all(torch.equal(loaded[0][k], loaded[1][k]) for k in loaded[0])    # what a study reads is the same
+    assert key("model_differs") == key("a")
+    assert len({key("a"), key("ema_differs"), key("step_differs")}) == 3
+
+
 def test_a_cached_study_is_keyed_on_the_matplotlib_style_its_figures_are_drawn_in(tmp_path):
     # the figures read the ambient rcParams (a matplotlibrc, plt.style.use in the caller's script):
     # a rerun under another style showed the figures drawn under the old one
@@ -1065,7 +1098,7 @@ def test_memorizer_copies_figures_name_each_nearest_image_by_a_column_of_the_fin
         labels = [label.split("\n") for label in _DRAWN[name][1]["xticks"]]
         assert labels and [lines[2] for lines in labels] == [
             f"nearest {final.at[int(lines[1].removeprefix('seed ')), column]}" for lines in labels]
-        assert f"`{column}`" in captions[name]
+        assert f"'{column}'" in captions[name]
 
 
 def test_memorizer_span_audit_reports_its_false_positive_rate_on_held_out_images(tiny_report, tmp_path):

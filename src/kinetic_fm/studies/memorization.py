@@ -29,6 +29,7 @@ from .output import (AFTER_06_COLUMN, FD_FORMAT, JackknifeReference, StudyOutput
                      replicate_intervals)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
+from .study_cache import STUDY_WEIGHTS
 from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, fmt_significant, interior_margin
 from .workspace import Workspace
 
@@ -572,7 +573,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
 
         iterator = tqdm(steps, desc="memorizer checkpoints", unit="ckpt", leave=False)
     for step in iterator:
-        net = load_model(assets.memorizer_checkpoints[step]).to(device)
+        net = load_model(assets.memorizer_checkpoints[step], weights=STUDY_WEIGHTS).to(device)
         run = sampled(ws, f"memorizer-step{step}", {"assets": asset_key, "net": "memorizer", "step": step}, net,
                       range(cfg.seed_start, cfg.seed_start + cfg.checkpoint_samples), shape, device=str(device),
                       steps=cfg.steps, solver="euler")
@@ -687,7 +688,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
 def _final_columns(ratio: str, nearest: str) -> str:
     """Where a memorizer figure's pair labels are found, in words: the columns ``ratio``, seed and ``nearest``
     (a row of the memorizing net's training images) of the ``memorizer_final`` table."""
-    return f"columns `{ratio}`, `seed` and `{nearest}` of `tables/memorization__memorizer_final.parquet`"
+    return f"columns '{ratio}', 'seed' and '{nearest}' of tables/memorization__memorizer_final.parquet"
 
 
 def span_late_energy_text(late: np.ndarray, flagged: np.ndarray, *, pixel_flags: np.ndarray | None = None) -> str:
