@@ -113,6 +113,27 @@ def test_goldilocks_verdict_needs_a_u_beyond_chance_and_beyond_the_content_contr
     assert goldilocks_verdict(tests) == "not reproduced"
 
 
+def test_quintile_fds_are_each_quintiles_frechet_distance_to_the_reference():
+    """Each quintile's FD to the reference fitted once equals frechet_distance of the quintile's rows and the
+    reference's (the route the Goldilocks table took before) to 1e-12, whether a quintile has more rows than
+    features or fewer (there frechet_distance takes its few-rows route)."""
+    import warnings
+
+    from kinetic_fm.metrics.fidelity import frechet_distance
+    from kinetic_fm.studies.memorization import quintile_bins, quintile_fds
+    from kinetic_fm.studies.output import feature_reference
+
+    rng = np.random.default_rng(3)
+    for n, dim in ((250, 8), (60, 16)):   # quintiles of 50 rows in 8 features; of 12 rows in 16
+        feats = np.maximum(rng.normal(size=(n, dim)), 0.0) * np.linspace(0.5, 2.0, dim)
+        ref = np.maximum(rng.normal(0.2, 1.0, size=(300, dim)), 0.0)
+        bins = quintile_bins(rng.normal(size=n))[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plain = [frechet_distance(feats[bins == q], ref).value for q in range(5)]
+        np.testing.assert_allclose(quintile_fds(feats, bins, feature_reference(ref)), plain, rtol=1e-12)
+
+
 def test_goldilocks_controls_split_into_equal_quintiles_and_sorting_by_content_alone_makes_a_u():
     from kinetic_fm.studies.memorization import _goldilocks_control, control_orderings, quintile_bins
 
@@ -353,6 +374,39 @@ def test_a_study_result_is_read_back_until_a_setting_an_input_the_code_or_a_stag
     assert len(runs) == 18
 
 
+def test_a_checkpoints_digest_covers_its_header_and_the_weights_a_study_loads_from_it(tmp_path):
+    """A memorizer checkpoint holds a training run's model.* and ema.* weights; the studies load the ema.* ones
+    (load_model's weights, STUDY_WEIGHTS), so the key hashes the header (names, dtypes, shapes, metadata) and those
+    bytes: half the file. A file whose model.* weights alone differ loads the same net and keeps the key; other
+    ema.* weights or other metadata change it."""
+    import copy
+
+    from kinetic_fm.models import VelocityMLP, load_model, save_model
+    from kinetic_fm.studies.study_cache import STUDY_WEIGHTS, assets_digest
+
+    torch.manual_seed(0)
+    net = VelocityMLP((2,), hidden=8, depth=1)
+    ema = copy.deepcopy(net)
+    with torch.no_grad():
+        next(ema.parameters()).mul_(0.5)
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    files = {name: tmp_path / f"{name}.safetensors" for name in ("a", "model_differs", "ema_differs", "step_differs")}
+    save_model(net, files["a"], ema=ema, step=1)
+    save_model(other, files["model_differs"], ema=ema, step=1)
+    save_model(net, files["ema_differs"], ema=other, step=1)
+    save_model(net, files["step_differs"], ema=ema, step=2)
+
+    def key(name):
+        return assets_digest(_StudyInputs(torch.zeros(2), net, {1: files[name]}, "digits"))
+
+    loaded = [load_model(files[name], weights=STUDY_WEIGHTS).state_dict() for name in ("a", "model_differs")]
+    assert all(torch.equal(loaded[0][k], loaded[1][k]) for k in loaded[0])    # what a study reads is the same
+    assert key("model_differs") == key("a")
+    assert len({key("a"), key("ema_differs"), key("step_differs")}) == 3
+
+
 def test_a_cached_study_is_keyed_on_the_matplotlib_style_its_figures_are_drawn_in(tmp_path):
     # the figures read the ambient rcParams (a matplotlibrc, plt.style.use in the caller's script):
     # a rerun under another style showed the figures drawn under the old one
@@ -582,6 +636,18 @@ def test_tiny_reproduce_writes_the_report_and_tables(tiny_report):
     assert "permutation p and bootstrap CI not computed: n ≤ D (12 samples of 128 features" in text
     control = pd.read_parquet(out / "tables" / "memorization__goldilocks_control.parquet")
     assert list(control.columns) == ["quintile", "KPE", "‖x1‖²", "½‖x0‖²", "random"] and len(control) == 5
+
+
+def test_goldilocks_bars_are_the_control_tables_kpe_line(tiny_report):
+    """The Goldilocks table's FD per KPE quintile is the control table's KPE column, bit for bit: both are
+    each quintile's FD to the held-out reference fitted once (the table refitted it per quintile through
+    another route, equal to about 1e-15 relative, so the bars and the control's KPE line differed in last bits)."""
+    out, _, _ = tiny_report
+    table = pd.read_parquet(out / "tables" / "memorization__goldilocks.parquet")
+    control = pd.read_parquet(out / "tables" / "memorization__goldilocks_control.parquet")
+    fd_col = table.columns[4]
+    assert fd_col.startswith("FD-")
+    assert table[fd_col].to_numpy().tolist() == control["KPE"].to_numpy().tolist()
 
 
 def test_tiny_report_figures_label_their_axes(tiny_report):
@@ -917,7 +983,10 @@ def test_kfm_memorization_re_audits_the_samples_reproduce_cached_as_its_report_d
     for flags, column in ((["--clamp"], "gap_ratio"), (["--space", "pca:15"], "gap_ratio_pixels-PCA15_unclamped")):
         assert main(["memorization", "--samples", str(cached), "--key", "x", "--train", str(net), "--bootstrap", "0",
                      "--no-progress", "--out", str(tmp_path / "t.csv"), *flags]) == 0
-        np.testing.assert_allclose(pd.read_csv(tmp_path / "t.csv")["ratio"], final[column], rtol=1e-5, atol=1e-7)
+        audited = pd.read_csv(tmp_path / "t.csv")
+        np.testing.assert_allclose(audited["ratio"], final[column], rtol=1e-5, atol=1e-7)
+        # the report's nearest training image is the one the command finds, a row of the net's training items
+        np.testing.assert_array_equal(audited["nearest"], final[column.replace("gap_ratio", "nearest")])
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["memorization", "--help"])
@@ -1016,6 +1085,20 @@ def test_memorizer_copies_figures_name_each_pair_by_a_row_of_the_final_table(tin
         assert seeds == final[column].sort_values(kind="stable").index[:len(seeds)].tolist()
         assert [lines[0] for lines in labels] == [f"{final.at[seed, column]:.2f}" for seed in seeds]
         assert "the sample's seed," in _DRAWN[name][1]["xlabel"]
+
+
+def test_memorizer_copies_figures_name_each_nearest_image_by_a_column_of_the_final_table(tiny_report):
+    """Each shown pair's "nearest j" is the memorizer_final row's nearest column (the pixel audit's, or the
+    span audit's), and the caption names that column: the figures drew a training row no table held."""
+    out, md, _ = tiny_report
+    final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet").set_index("seed")
+    captions = dict(re.findall(r"!\[[^\]]*\]\(figures/([a-z0-9_-]+)\.png\)\n\n\*([^*\n]+)\*",
+                               md.read_text(encoding="utf-8")))
+    for name, column in (("memorizer_copies", "nearest"), ("memorizer_copies_span", "nearest_pixels-PCA15_unclamped")):
+        labels = [label.split("\n") for label in _DRAWN[name][1]["xticks"]]
+        assert labels and [lines[2] for lines in labels] == [
+            f"nearest {final.at[int(lines[1].removeprefix('seed ')), column]}" for lines in labels]
+        assert f"'{column}'" in captions[name]
 
 
 def test_memorizer_span_audit_reports_its_false_positive_rate_on_held_out_images(tiny_report, tmp_path):

@@ -17,6 +17,7 @@ import torch
 
 from ..fields.empirical import EmpiricalFlow
 from ..metrics.features import PrincipalSpace
+from ..metrics.fidelity import Protocol
 from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
 from .assets import Assets
@@ -28,6 +29,7 @@ from .output import (AFTER_06_COLUMN, FD_FORMAT, JackknifeReference, StudyOutput
                      replicate_intervals)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
+from .study_cache import STUDY_WEIGHTS
 from .verdicts import basic_bootstrap, best_is_interior, bonferroni_level, fmt_ci, fmt_significant, interior_margin
 from .workspace import Workspace
 
@@ -349,6 +351,14 @@ def quintile_fd_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray) 
     return replicate_intervals(quintile_replicates(feats, bins, ref))
 
 
+def quintile_fds(feats: np.ndarray, bins: np.ndarray, reference: FrechetReference) -> np.ndarray:
+    """(5,) the plain Fréchet distance of each quintile's rows of ``feats`` ((n, D); ``bins`` (n,) quintile
+    0..4 of each row) to ``reference``, the reference rows' fit made once
+    (:func:`~kinetic_fm.studies.output.full_reference`): the Goldilocks bars, the control table's columns
+    and T read the same numbers."""
+    return np.array([fd_to_reference(feats[bins == q], reference) for q in range(5)])
+
+
 def quintile_replicates(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray,
                         fits: JackknifeReference | None = None) -> list:
     """:func:`~kinetic_fm.studies.output.jackknife_replicates` of the five quintiles' rows of ``feats``
@@ -531,8 +541,8 @@ def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed, referenc
 
     if reference is None:
         reference = feature_reference(ref)
-    control = pd.DataFrame({"quintile": [f"Q{q + 1}" for q in range(5)], **{
-        name: [fd_to_reference(feats[bins == q], reference) for q in range(5)] for name, bins in orderings.items()}})
+    control = pd.DataFrame({"quintile": [f"Q{q + 1}" for q in range(5)],
+                            **{name: quintile_fds(feats, bins, reference) for name, bins in orderings.items()}})
     share = _interior_best_share(feats, orderings["‖x1‖²"], ref, resamples, seed, reference)
     spread = {name: float(control[name].max() - control[name].min()) for name in orderings}
     text = (f"Control (not one of the paper's claims): any scalar that sorts samples by their content puts "
@@ -563,7 +573,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
 
         iterator = tqdm(steps, desc="memorizer checkpoints", unit="ckpt", leave=False)
     for step in iterator:
-        net = load_model(assets.memorizer_checkpoints[step]).to(device)
+        net = load_model(assets.memorizer_checkpoints[step], weights=STUDY_WEIGHTS).to(device)
         run = sampled(ws, f"memorizer-step{step}", {"assets": asset_key, "net": "memorizer", "step": step}, net,
                       range(cfg.seed_start, cfg.seed_start + cfg.checkpoint_samples), shape, device=str(device),
                       steps=cfg.steps, solver="euler")
@@ -587,9 +597,13 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     control = memorization(assets.heldout[: cfg.checkpoint_samples], assets.memorizer_train, space=principal,
                            interval="wilson")
     frame = energy_frame(run)
+    # nearest: the row of the memorizing net's training images each audit finds closest, which its figure draws
+    # (kfm memorization --train on the net's folder numbers them alike)
     frame["gap_ratio"] = audit.ratio.cpu().numpy()
+    frame["nearest"] = audit.nearest.cpu().numpy()
     frame["memorized"] = audit.memorized.cpu().numpy()
     frame[f"gap_ratio_{principal.name}_unclamped"] = spanned.ratio.cpu().numpy()
+    frame[f"nearest_{principal.name}_unclamped"] = spanned.nearest.cpu().numpy()
     out.tables["memorizer_final"] = frame
     out.tables["memorizer_checkpoints"] = table
 
@@ -651,20 +665,30 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                         right={fd_col: table[fd_col].to_numpy()}, right_ylabel=fd_col, log_x=True, log_y=True),
             memorization_figure("memorizer_copies", "Gap ratios of the final checkpoint's samples against the "
                                 "memorizing net's training images, and the samples with the smallest ratios "
-                                "beside their nearest training image." + display_note(assets), audit,
+                                "beside their nearest training image, each pair named by its ratio, the "
+                                "sample's seed and the training image's row ("
+                                + _final_columns("gap_ratio", "nearest") + ")." + display_note(assets), audit,
                                 for_display(x, assets), for_display(assets.memorizer_train, assets),
                                 title=f"audited in pixels; samples clamped to {clamp_text(assets)}",
                                 seeds=run["seeds"], sample_rows=False),
             memorization_figure("memorizer_copies_span", f"The same final-checkpoint samples audited in the "
                                 f"{principal.k} principal directions of the memorizing net's training images "
-                                "(context, read by no claim), unclamped, with their nearest training images: "
-                                "copies under pixel noise would show here." + display_note(assets), spanned,
+                                "(context, read by no claim), unclamped, with their nearest training images in "
+                                "that space (" + _final_columns(f"gap_ratio_{principal.name}_unclamped",
+                                                                f"nearest_{principal.name}_unclamped")
+                                + "): copies under pixel noise would show here." + display_note(assets), spanned,
                                 for_display(run["x"], assets), for_display(assets.memorizer_train, assets),
                                 title=f"audited in {principal.name}; samples as drawn", seeds=run["seeds"],
                                 sample_rows=False),
         ],
     )
     return section, claim
+
+
+def _final_columns(ratio: str, nearest: str) -> str:
+    """Where a memorizer figure's pair labels are found, in words: the columns ``ratio``, seed and ``nearest``
+    (a row of the memorizing net's training images) of the ``memorizer_final`` table."""
+    return f"columns '{ratio}', 'seed' and '{nearest}' of tables/memorization__memorizer_final.parquet"
 
 
 def span_late_energy_text(late: np.ndarray, flagged: np.ndarray, *, pixel_flags: np.ndarray | None = None) -> str:
@@ -772,25 +796,23 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
     ref = assets.features(assets.heldout).double()
     audit = memorization(x, assets.train, bootstrap=0)
     edges, bins = quintile_bins(kpe)
-    rows = []
-    for q in range(5):
-        rows_q = np.flatnonzero(bins == q)
-        fd = noted_frechet_distance(feats[rows_q], ref, network=assets.classifier_name)
-        rows.append({"KPE quintile": f"Q{q + 1}", "KPE from": edges[q], "KPE to": edges[q + 1], "n": len(rows_q),
-                     fd.name: fd.value, "F_mem": float(audit.memorized[rows_q].float().mean())})
-    table = pd.DataFrame(rows)
-    fd_col = table.columns[4]
+    # the reference's jackknife fits, made once: the bars, the controls and the tests read its full fit, each
+    # quintile's own interval (context for the bars; the claim reads T and the same jackknife's FDs) and the
+    # control quintiles' jackknife the rest
+    fits = jackknife_reference(ref.numpy())
+    reference = full_reference(ref.numpy(), fits)
+    fd_col = Protocol(assets.classifier_name).fd_name
+    fds = quintile_fds(feats.numpy(), bins, reference)
+    table = pd.DataFrame([{"KPE quintile": f"Q{q + 1}", "KPE from": edges[q], "KPE to": edges[q + 1],
+                           "n": int((bins == q).sum()), fd_col: fds[q],
+                           "F_mem": float(audit.memorized[np.flatnonzero(bins == q)].float().mean())}
+                          for q in range(5)])
     best = int(table[fd_col].idxmin())
     resamples = min(200, bootstrap)
     orderings = control_orderings(kpe, x, start_noise(run), sem_cfg.seed_start)
     ws.say(f"memorization: Goldilocks controls, permutation test and bootstrap ({resamples} resamples)")
-    # the reference's jackknife fits, made once: the controls and the tests read its full fit, each quintile's
-    # own interval (context for the bars; the claim reads T and the same jackknife's FDs) and the control
-    # quintiles' jackknife the rest
-    fits = jackknife_reference(ref.numpy())
     control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(), fd_col,
-                                                                resamples, sem_cfg.seed_start,
-                                                                full_reference(ref.numpy(), fits))
+                                                                resamples, sem_cfg.seed_start, reference)
     replicates = quintile_replicates(feats.numpy(), bins, ref.numpy(), fits)
     table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = replicate_intervals(replicates)
     tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start,

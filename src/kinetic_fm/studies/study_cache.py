@@ -8,7 +8,8 @@ setting, input or code change can reuse a stale one:
 - the whole run configuration (every study's, and the assets', including the judge's settings);
 - a digest of the assets the study reads: the training, held-out and memorizer splits and their
   labels, the weights of the judging classifier and of both velocity nets, the memorizer's
-  checkpoint files, the principal space and the mean image (:func:`assets_digest`);
+  checkpoint files (their headers and the ``STUDY_WEIGHTS`` tensors the studies load from them), the
+  principal space and the mean image (:func:`assets_digest`);
 - a digest of the library's source and the versions of python, torch, numpy, scipy, pandas and
   matplotlib (:func:`code_digest`): any edit of the code recomputes every study;
 - a digest of the matplotlib style the figures are drawn in (:func:`style_digest`): they are drawn
@@ -41,6 +42,9 @@ from .output import StudyOutput
 from .workspace import Workspace, atomic_torch_save
 
 ENTRY_FORMAT = 3  # bump when the layout of an entry changes (3: sections keep their terms)
+#: the weights the studies load from a net's .safetensors files (``load_model``'s ``weights``): the files'
+#: digest covers these tensors and the header, not the training run's other half, which no study reads
+STUDY_WEIGHTS = "ema"
 
 
 def code_digest() -> str:
@@ -88,8 +92,9 @@ def style_digest() -> str:
 def assets_digest(assets: Any) -> str:
     """sha256 of every field of ``assets`` (a :class:`~kinetic_fm.studies.assets.Assets`) a study
     reads: tensors by dtype, shape and bytes, nets by class, structure and state dict, checkpoint
-    files by their bytes. Fields starting with ``_`` (values computed from the others) are left out.
-    Raises TypeError on a value of a kind it cannot digest (that study is then not cached)."""
+    files by their header and the weights a study loads from them (:func:`weights_digest`). Fields
+    starting with ``_`` (values computed from the others) are left out. Raises TypeError on a value
+    of a kind it cannot digest (that study is then not cached)."""
     digest = hashlib.sha256()
     for f in dataclasses.fields(assets):
         if not f.name.startswith("_"):
@@ -110,6 +115,8 @@ def _digest_value(value: Any, digest: Any) -> None:
         for name, tensor in value.state_dict().items():
             digest.update(name.encode())
             _digest_value(tensor, digest)
+    elif isinstance(value, Path) and value.suffix == ".safetensors":
+        digest.update(b"weights:" + bytes.fromhex(weights_digest(value, STUDY_WEIGHTS)))
     elif isinstance(value, Path):
         digest.update(b"file:" + bytes.fromhex(sha256_file(value)))
     elif isinstance(value, dict):
@@ -131,6 +138,30 @@ def _digest_value(value: Any, digest: Any) -> None:
         digest.update(b")")
     else:
         raise TypeError(f"cannot digest a {type(value).__qualname__}")
+
+
+def weights_digest(path: Path, weights: str) -> str:
+    """sha256 (hex) of a .safetensors file's header (every tensor's name, dtype, shape and place, and the
+    metadata) and of the bytes of its ``<weights>.*`` tensors: all that ``load_model(path, weights=weights)``
+    reads. A file whose header does not parse is hashed whole (its loading fails anyway)."""
+    import json
+
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")  # the header's length, then the header (JSON)
+        try:
+            places = json.loads(handle.read(size)) if size <= 100_000_000 else None  # the format's own limit
+            spans = sorted(tuple(entry["data_offsets"]) for name, entry in places.items()
+                           if name.startswith(f"{weights}."))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return sha256_file(path)
+        # the header parsed, keys sorted: safetensors writes its metadata in no fixed order
+        digest = hashlib.sha256(json.dumps(places, sort_keys=True).encode())
+        for start, end in spans:
+            handle.seek(8 + size + start)
+            while start < end and (block := handle.read(min(end - start, 1 << 20))):
+                digest.update(block)
+                start += len(block)
+    return digest.hexdigest()
 
 
 def file_digest(ws: Workspace, path: Path) -> str:
