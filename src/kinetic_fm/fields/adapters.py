@@ -446,11 +446,9 @@ class ModelXT(_Adapter):
         by name the positional extra, passed as a keyword, replaced a shared fixed extra without a word."""
         for place, name in enumerate(self._slots[:count], start=1):
             if name is not None and (name in kwargs or name in self.extras):
-                source = "of this call" if name in kwargs else "the field was built with"
-                kind = "keyword" if name in kwargs else "extra"
+                given = f"keyword {name}= of this call" if name in kwargs else f"extra {name}= the field was built with"
                 raise ValueError(f"the positional extra {place} fills the model's parameter {name!r}, which the "
-                                 f"{kind} {name}= {source} also gives; give {name} once, by position (a guidance's "
-                                 "labels) or by name")
+                                 f"{given} also gives; give {name} once, by position (a guidance's labels) or by name")
 
     def select(self, active: torch.Tensor) -> "ModelXT":
         """As for every adapter; per-sample extras are sliced to the active rows."""
