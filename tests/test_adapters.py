@@ -996,6 +996,38 @@ def test_model_xt_refuses_an_extra_its_model_cannot_take_when_built():
     ModelXT(torch.neg, cond=c)
 
 
+class _ByNameNetTXY(torch.nn.Module):
+    """forward(t, x, y, scale): from_model_wrapper calls it by name, a positional extra filling y."""
+
+    def forward(self, t, x, y, scale=1.0):
+        return scale * (x + y.reshape(-1, 1))
+
+
+@pytest.mark.parametrize("per_sample", [None, ["y"], []])
+@pytest.mark.parametrize("by_name", [True, False])
+def test_a_positional_extra_and_a_fixed_extra_for_one_parameter_are_refused_by_name(by_name, per_sample):
+    # helper-262: under the call by name a fixed extra y and a positional one (a guidance's labels) for the
+    # same parameter: per_sample=[] (y shared) ran on the positional y silently, the others raised Python's
+    # "got multiple values for keyword argument 'y'"; by position, "got multiple values for argument 'y'"
+    from kinetic_fm.integrations.flow_matching import from_model_wrapper
+
+    x, t = torch.zeros(3, 2), torch.full((3,), 0.5)
+    fixed, positional = torch.full((3,), 5.0), torch.full((3,), 7.0)
+    field = (from_model_wrapper(_ByNameNetTXY(), time="batch", y=fixed, per_sample=per_sample) if by_name
+             else ModelXT(_NetXTY(), y=fixed, per_sample=per_sample))
+    with pytest.raises(ValueError, match=r"^the positional extra 1 fills the model's parameter 'y', which the extra "
+                                         r"y= the field was built with also gives; give y once"):
+        field(x, t, positional)
+    with pytest.raises(ValueError, match=r"^the positional extra 1 fills the model's parameter 'y', which the "
+                                         r"keyword y= of this call also gives; give y once"):
+        (from_model_wrapper(_ByNameNetTXY(), time="batch") if by_name else ModelXT(_NetXTY()))(
+            x, t, positional, y=fixed)
+    if by_name:  # an extra for another parameter is no clash: y from the position, scale from the extra
+        field = from_model_wrapper(_ByNameNetTXY(), time="batch", scale=2.0, per_sample=per_sample and [])
+        assert torch.equal(field(x, t, positional), torch.full((3, 2), 14.0))
+        assert torch.equal(field(x, t, y=fixed), torch.full((3, 2), 10.0))
+
+
 def test_a_module_that_defines_its_own_call_is_read_by_that_call():
     # signature_of read every module's forward: one that overrides __call__ (no forward) showed torch's
     # placeholder, _forward_unimplemented(*input), and every extra was refused when the field was built

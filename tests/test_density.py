@@ -364,6 +364,14 @@ def test_kde_bandwidth_must_be_a_rule_or_positive_finite_number(data, bandwidth)
         kde_log_density(x, y, bandwidth)
 
 
+def test_an_unknown_bandwidth_rule_gets_the_same_words_as_a_bad_number(data):
+    # the unknown rule's own branch said "a positive float", the first check "a positive finite number"
+    x, y = data
+    with pytest.raises(ValueError, match=r"^bandwidth must be 'scott', 'median' or a positive finite number, "
+                                         r"got 'silverman'$"):
+        kde_log_density(x, y, "silverman")
+
+
 @pytest.mark.parametrize("h", [1e-150, 1e-300])
 def test_kde_bandwidth_too_small_for_the_data_is_refused_not_nan(data, h):
     x, y = data

@@ -219,6 +219,15 @@ def test_every_kfm_name_the_readme_uses_exists():
     assert not names - set(dir(kfm)), f"README names kfm.{sorted(names - set(dir(kfm)))}, which kinetic_fm lacks"
 
 
+def test_the_readme_names_every_public_warning_class():
+    # a user filters kfm's warnings by their class; kfm.SamplerSettingsWarning was named nowhere in it
+    warning_classes = [name for name in kfm.__all__ if isinstance(getattr(kfm, name), type)
+                       and issubclass(getattr(kfm, name), Warning)]
+    assert "SamplerSettingsWarning" in warning_classes
+    unnamed = [name for name in warning_classes if f"kfm.{name}" not in README]
+    assert not unnamed, f"README does not name kfm.{unnamed}"
+
+
 @pytest.mark.parametrize("document", ["README.md", "docs/ARCHITECTURE.md", "BENCHMARKS.md"])
 def test_every_file_and_test_the_docs_name_exists(document):
     text = (ROOT / document).read_text(encoding="utf-8")

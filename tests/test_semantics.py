@@ -188,8 +188,11 @@ def test_clip_errors(tiny_clip_dir, tmp_path, monkeypatch):
         scorer.scores(torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="template"):
         scorer.scores(torch.rand(1, 3, 8, 8), ["a", "b"], template="no slot")
-    with pytest.raises(ValueError, match="NaN or inf"):
-        scorer.scores(torch.full((1, 3, 8, 8), math.nan), ["a", "b"])
+    # rows named, as classifier_margin names them (it said "images contain NaN or inf")
+    broken = torch.rand(4, 3, 8, 8)
+    broken[0, 1, 2, 3], broken[2, 0, 0, 0] = math.inf, math.nan
+    with pytest.raises(ValueError, match=r"^images have non-finite values in rows \[0, 2\]$"):
+        scorer.scores(broken, ["a", "b"])
     with pytest.raises(TypeError, match="sequence of names"):
         scorer.scores(torch.rand(1, 3, 8, 8), "ab")
     with pytest.raises(ValueError, match="with prompts give no labels"):

@@ -140,6 +140,21 @@ def check_extras_taken(model: Callable[..., torch.Tensor], names: Iterable[str],
     raise ValueError(f"the model takes no extra named {missing}: {shown}{remedy}")
 
 
+def _positional_slots(model: Callable[..., torch.Tensor]) -> tuple[str | None, ...]:
+    """The parameters that positional extras fill in ``model(x, t, *extras)``, in order: its positional
+    parameters after the first two, up to a ``*args``; None for a positional-only one (a keyword extra never
+    meets it). Empty where the signature cannot be read."""
+    signature = signature_of(model)
+    if signature is None:
+        return ()
+    slots = []
+    for p in signature.parameters.values():
+        if p.kind not in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            break
+        slots.append(p.name if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD else None)
+    return tuple(slots[2:])
+
+
 def _check_time_mode(time: str) -> None:
     if time not in TIME_MODES:
         raise ValueError(f"time must be one of {TIME_MODES}, got {time!r}")
@@ -348,7 +363,9 @@ class ModelXT(_Adapter):
             them to be sure.
         **extras: fixed keyword arguments for every call (e.g. a condition tensor); a keyword
             given at call time replaces the extra of that name for that call. One the model's
-            signature does not name (and no ``**kwargs`` takes) is a ValueError when built.
+            signature does not name (and no ``**kwargs`` takes) is a ValueError when built; a
+            positional extra at call time (a guidance's labels) filling a parameter that an extra or
+            a keyword of the call also names is a ValueError at the call.
     """
 
     def __init__(self, model: Callable[..., torch.Tensor], *, time: str = "batch",
@@ -357,6 +374,7 @@ class ModelXT(_Adapter):
         _check_time_mode(time)
         check_extras_taken(model, extras, "kfm.ModelXT")
         self.inner, self.time = model, time
+        self._slots = _positional_slots(model)  # the parameters positional extras fill (by name: see below)
         self._take_extras(per_sample, extras)
 
     _selected_from: int | None = None   # the batch size select() cut this adapter from
@@ -376,6 +394,8 @@ class ModelXT(_Adapter):
         (None: it has none); else by position."""
         self._convention = (functools.partial(_by_name, extra_names=extra_names, positional_order=positional_order)
                             if by_name else _as_is)
+        if by_name and extra_names is not None:
+            self._slots = extra_names
 
     @property
     def calls_model_by_name(self) -> bool:
@@ -408,6 +428,8 @@ class ModelXT(_Adapter):
             raise
 
     def _call(self, x: torch.Tensor, t: torch.Tensor | float, args: tuple, kwargs: dict) -> torch.Tensor:
+        if args:
+            self._refuse_doubled_parameter(len(args), kwargs)
         how = self._convention
         if self.per_sample is None:
             return _call_time_mode(self.inner, how, self.time, x, t, args, {**self.extras, **kwargs})
@@ -417,6 +439,16 @@ class ModelXT(_Adapter):
         def bind(inner):  # bound into the callable, shared extras are never sliced by the per-time grouping
             return how(functools.partial(inner, **shared) if shared else inner)
         return _call_time_mode(self.inner, bind, self.time, x, t, args, {**rows, **kwargs})
+
+    def _refuse_doubled_parameter(self, count: int, kwargs: dict) -> None:
+        """ValueError where one of ``count`` positional extras fills a parameter that a keyword of the call
+        or a fixed extra also gives. By position Python said "got multiple values", naming neither source;
+        by name the positional extra, passed as a keyword, replaced a shared fixed extra without a word."""
+        for place, name in enumerate(self._slots[:count], start=1):
+            if name is not None and (name in kwargs or name in self.extras):
+                given = f"keyword {name}= of this call" if name in kwargs else f"extra {name}= the field was built with"
+                raise ValueError(f"the positional extra {place} fills the model's parameter {name!r}, which the "
+                                 f"{given} also gives; give {name} once, by position (a guidance's labels) or by name")
 
     def select(self, active: torch.Tensor) -> "ModelXT":
         """As for every adapter; per-sample extras are sliced to the active rows."""

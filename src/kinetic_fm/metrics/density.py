@@ -720,7 +720,8 @@ def kde_log_density(samples: Any, reference: Any,
     chunk, batch_chunk = positive_integer("chunk", chunk), positive_integer("batch_chunk", batch_chunk)
     seed = check_seed("seed", seed)
     bandwidth = as_scalar(bandwidth)
-    if not (isinstance(bandwidth, str) or (is_real(bandwidth, finite=True) and bandwidth > 0)):
+    rule_named = isinstance(bandwidth, str) and bandwidth in ("scott", "median")
+    if not (rule_named or (is_real(bandwidth, finite=True) and bandwidth > 0)):
         raise ValueError(f"bandwidth must be 'scott', 'median' or a positive finite number, got {bandwidth!r}")
     fs, x, y = _samples_and_reference(samples, reference, reference_features, space)
     _check_leave_one_out_rows(exclude_self, y)
@@ -730,12 +731,7 @@ def kde_log_density(samples: Any, reference: Any,
     if exclude_self:
         check_same_rows("samples", x, "reference", y)
     if isinstance(bandwidth, str):
-        if bandwidth == "scott":
-            h = _scott(y)  # y is checked features already
-        elif bandwidth == "median":
-            h = _median(y, seed=seed)
-        else:
-            raise ValueError(f"bandwidth must be 'scott', 'median' or a positive float, got {bandwidth!r}")
+        h = _scott(y) if bandwidth == "scott" else _median(y, seed=seed)  # y is checked features already
         rule = bandwidth
     else:
         h, rule = float(bandwidth), "given"

@@ -372,8 +372,9 @@ class CLIPScorer:
         x = _as_images(images)
         uint8 = x.dtype == torch.uint8
         if not uint8:
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError("images contain NaN or inf")
+            bad = nonfinite_rows(x)
+            if bad.numel():
+                raise ValueError(f"images have non-finite values in rows {_listed(bad)}")
             found = tuple(float(v) for v in torch.aminmax(x))  # mapped in Python floats: an overshoot
             low, high = ((v - lo) / (hi - lo) for v in found)    # of exactly a tenth stays one
             if low < -_OVERSHOOT or high > 1.0 + _OVERSHOOT:
