@@ -580,3 +580,22 @@ def test_a_per_sample_extra_inside_guidance_is_named_with_the_doubled_batch(solv
                                            labels[i:i + 1], 2.0, 5)
         torch.testing.assert_close(res.x[i:i + 1], kfm.sample(alone, x0[i:i + 1], solver=solver, **steps).x,
                                    rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["euler", "dopri5"])
+def test_labels_and_an_extra_for_one_parameter_are_refused_without_the_doubled_batch_note(solver):
+    # the guidance's labels fill y by position; an extra y= on the adapter too is the user's clash, whose
+    # remedy is to drop the extra: the guidance's note "repeat them for both halves, y=torch.cat([y, y])"
+    # (and, under dopri5 or time='scalar', the adapter's note on cut extras) sent the user the wrong way
+    def net(x, t, y):
+        return -x * (1 + t.reshape(-1, 1)) + y.to(x.dtype)[:, None]
+
+    labels, x0 = torch.tensor([0, 1, 1]), torch.randn(3, 2, dtype=torch.float64)
+    time, steps = ("scalar", {}) if solver == "dopri5" else ("batch", {"steps": 4})
+    guided = kfm.ClassifierFreeGuidance(kfm.ModelXT(net, time=time, y=labels), labels, 2.0, 5)
+    with pytest.raises(ValueError, match=r"the positional extra 1 fills the model's parameter 'y', which the extra "
+                                         r"y= the field was built with also gives") as caught:
+        kfm.sample(guided, x0, solver=solver, **steps)
+    assert getattr(caught.value, "__notes__", []) == []
+    # the remedy it names: y once, in the labels
+    kfm.sample(kfm.ClassifierFreeGuidance(kfm.ModelXT(net, time=time), labels, 2.0, 5), x0, solver=solver, **steps)

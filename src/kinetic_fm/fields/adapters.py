@@ -140,6 +140,11 @@ def check_extras_taken(model: Callable[..., torch.Tensor], names: Iterable[str],
     raise ValueError(f"the model takes no extra named {missing}: {shown}{remedy}")
 
 
+class DoubledExtraError(ValueError):
+    """A positional extra (a guidance's labels) filling a model parameter that a fixed extra or a keyword of the
+    call also gives: the remedy is to give it once, so a guidance adds no note on doubling the batch."""
+
+
 def _positional_slots(model: Callable[..., torch.Tensor]) -> tuple[str | None, ...]:
     """The parameters that positional extras fill in ``model(x, t, *extras)``, in order: its positional
     parameters after the first two, up to a ``*args``; None for a positional-only one (a keyword extra never
@@ -419,6 +424,8 @@ class ModelXT(_Adapter):
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, *args: Any, **kwargs: Any) -> torch.Tensor:
         """v(x, t) in kinetic_fm's clock: x (B, ...), t (B,) or one number; (B, ...) like the net's output."""
+        if args:  # before the try: the notes on cut extras below do not apply to a parameter given twice
+            self._refuse_doubled_parameter(len(args), kwargs)
         try:
             return self._call(x, t, args, kwargs)
         except (RuntimeError, IndexError, ValueError, TypeError) as err:
@@ -428,8 +435,6 @@ class ModelXT(_Adapter):
             raise
 
     def _call(self, x: torch.Tensor, t: torch.Tensor | float, args: tuple, kwargs: dict) -> torch.Tensor:
-        if args:
-            self._refuse_doubled_parameter(len(args), kwargs)
         how = self._convention
         if self.per_sample is None:
             return _call_time_mode(self.inner, how, self.time, x, t, args, {**self.extras, **kwargs})
@@ -447,7 +452,7 @@ class ModelXT(_Adapter):
         for place, name in enumerate(self._slots[:count], start=1):
             if name is not None and (name in kwargs or name in self.extras):
                 given = f"keyword {name}= of this call" if name in kwargs else f"extra {name}= the field was built with"
-                raise ValueError(f"the positional extra {place} fills the model's parameter {name!r}, which the "
+                raise DoubledExtraError(f"the positional extra {place} fills the model's parameter {name!r}, which the "
                                  f"{given} also gives; give {name} once, by position (a guidance's labels) or by name")
 
     def select(self, active: torch.Tensor) -> "ModelXT":

@@ -21,7 +21,7 @@ import torch
 from ..checks import (add_note, as_scalar, check_flag, declares, declares_singular_at_one, is_real, one_evaluation_of,
                       optional_attribute, start_run_of, tensor_output, wrapper_chain)
 from ..norms import squared_norm
-from .adapters import has_rows, batch_time
+from .adapters import DoubledExtraError, batch_time, has_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -217,8 +217,8 @@ class ClassifierFreeGuidance:
             yield
         except (RuntimeError, ValueError, IndexError, TypeError) as err:
             batch = (self._origin or self).labels.shape[0]
-            names = _extras_with_rows(self.model, batch)
-            if names:
+            names = [] if isinstance(err, DoubledExtraError) else _extras_with_rows(self.model, batch)
+            if names:  # labels and an extra both filling one parameter: its own message says the remedy
                 add_note(err, f"ClassifierFreeGuidance calls its model on a doubled batch of {2 * batch} rows (the "
                               f"conditional rows, then the null-label rows), and the model's extras {names} hold "
                               f"{batch} rows, one per sample, which do not double with it; repeat them for both "
