@@ -147,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
                            progress=not args.no_progress, info=info, extra_weights=extra)
         except ValueError as err:
             raise ValueError(_flags_for_settings(str(err))) from None
+        except KeyboardInterrupt as err:
+            if hasattr(err, "resume_step"):
+                args.interrupt_hint = _interrupted_hint(err.resume_step, err.interrupted_step, args)
+            raise
     tail = result.losses[-min(100, config.steps):].mean().item()
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from} of {config.steps}")
@@ -174,6 +178,21 @@ def _flags_for_settings(text: str) -> str:
     "(data_shape, info): data_shape: saved ..." as "(--data/--n): --data/--n: saved ...",
     "beyond steps=2" as "beyond --steps 2", "a smaller learning rate (lr)" as "(--lr)"."""
     return where_named(SETTINGS.in_listed_words(text), _FLAGS)
+
+
+def _interrupted_hint(kept: int, stopped: int, args: argparse.Namespace) -> str:
+    """What Ctrl-C or SIGTERM in step ``stopped`` kept: the resume state of step ``kept`` (0: none
+    yet); the steps after it are lost and redone. "the steps up to the last resume state are kept"
+    named neither step, so a user could not tell 99 steps lost from none."""
+    saved = (f"the resume state of step {kept} of {args.steps} is kept (saved every --save-every "
+             f"{args.save_every} steps)" if kept else
+             f"no resume state was saved yet (the first comes at step {min(args.save_every, args.steps)}, "
+             f"--save-every {args.save_every})")
+    lost = ""
+    if stopped > kept:
+        steps = f"step {stopped} is" if stopped == kept + 1 else f"steps {kept + 1} to {stopped} are"
+        lost = f"; {steps} lost, redone by the resume"
+    return f"{saved}{lost}; rerun the same command with --resume to continue"
 
 
 def _why_unlabelled(spec: str) -> str:
