@@ -35,6 +35,26 @@ def test_kfm_train_writes_a_loadable_run_and_resumes_identically(tmp_path, capsy
     assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "cut" / "final.safetensors")
 
 
+def test_kfm_train_says_it_resumed_before_it_trains_on(tmp_path, capsys, monkeypatch):
+    # "resumed from step 12 of 20" came after the last step: a --no-progress resume of a long run showed
+    # no sign, while it ran, that it went on from its resume state rather than from step 1
+    import kinetic_fm.models as models
+
+    assert main(["train", *COMMON, "--steps", "12", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    real, said = models.train, {}
+
+    def train(*args, **kwargs):
+        def callback(step, loss):
+            said.setdefault(step, capsys.readouterr().out)
+        return real(*args, callback=callback, **kwargs)
+
+    monkeypatch.setattr(models, "train", train)
+    assert main(["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert min(said) == 13 and "resuming from step 12 of 20" in said[13]
+    assert "resumed from step 12 of 20" in capsys.readouterr().out     # and in the summary, as before
+
+
 def test_kfm_train_resume_reads_the_runs_config_once(tmp_path, monkeypatch):
     # the command parsed config.json twice: once for the recorded data shape, once for the recorded data spec
     import pathlib

@@ -67,12 +67,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import math
+    from pathlib import Path
 
     import torch
 
     from ..data import dataset_rows, load_dataset
     from ..models import TrainConfig, default_model, train
-    from ..models.train import check_train_dir
+    from ..models.train import RESUME_FILE, check_train_dir
     from ..runs.distributed import single_process_device
     from ._rows import grey_as_recorded
 
@@ -138,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
     mean = getattr(ds, "mean", None)
     extra = None if mean is None else {"data_mean.safetensors": {"mean": mean}}
     info = {"data": _recorded_spec(args.data, saved), "n": args.n}
+    resuming = _resume_step(args.out) if args.resume else None
+    if resuming is not None and resuming <= args.steps:  # train() refuses fewer steps than the state's
+        # said before the steps run: the summary's "resumed from" came only after the last one
+        print(f"resuming from step {resuming} of {args.steps} ({Path(args.out) / RESUME_FILE})", flush=True)
     # a guard: a warning of the training call that names an argument (none does today) in the flags' words,
     # where the library's names stand as arguments (its prose says "steps"); its errors are resume
     # refusals, worded by _flags_for_settings
@@ -193,6 +198,21 @@ def _interrupted_hint(kept: int, stopped: int, args: argparse.Namespace) -> str:
         steps = f"step {stopped} is" if stopped == kept + 1 else f"steps {kept + 1} to {stopped} are"
         lost = f"; {steps} lost, redone by the resume"
     return f"{saved}{lost}; rerun the same command with --resume to continue"
+
+
+def _resume_step(out: str) -> int | None:
+    """The step of ``<out>/resume.pt``, or None where there is none or it does not read (train()
+    itself then starts afresh, or says what is wrong with it)."""
+    from pathlib import Path
+
+    from ..models.checkpoint import load_state
+    from ..models.train import RESUME_FILE
+
+    try:
+        step = load_state(Path(out) / RESUME_FILE).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _why_unlabelled(spec: str) -> str:
