@@ -1237,11 +1237,12 @@ def test_the_figure_names_eta_only_when_a_gain_acts(tmp_path, monkeypatch, flags
     assert any("η" in label for label in labels) == shaped, labels
 
 
-@pytest.mark.parametrize("stage", ["_conditioning", "_trial_call", "moving the net"])
+@pytest.mark.parametrize("stage", ["_validate", "_conditioning", "_trial_call", "moving the net"])
 def test_ctrl_c_before_the_run_starts_says_nothing_was_sampled(tmp_path, capsys, monkeypatch, stage):
     # only the reading of --model and --train said so; a Ctrl-C in the trial call, the class check or
     # while the net moved to its device said "finished work is kept; rerun ... with --resume" of a run
-    # folder that did not exist yet
+    # folder that did not exist yet; so did one in the command's first seconds (its imports of torch and
+    # pyarrow, the flags' checks: _validate), which a `timeout -s INT 3 kfm sample ...` met (helper-268)
     import kinetic_fm.commands.sample as command
     from kinetic_fm.models import VelocityMLP, save_model
 

@@ -196,8 +196,8 @@ def test_kfm_train_stopped_by_sigterm_says_how_to_resume_and_resumes_bit_identic
                            env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == 128 + signal.SIGTERM, child.stderr
     assert child.stderr.strip().splitlines()[-1] == (
-        "kfm train: interrupted (SIGTERM): the steps up to the last resume state (saved every --save-every steps) "
-        "are kept, later ones are redone; rerun the same command with --resume to continue")
+        "kfm train: interrupted (SIGTERM): the resume state of step 4 of 8 is kept (saved every --save-every 2 "
+        "steps); step 5 is lost, redone by the resume; rerun the same command with --resume to continue")
     assert not (tmp_path / "cut" / "final.safetensors").exists()
     assert main([*flags, "--out", str(tmp_path / "cut"), "--resume"]) == 0
     assert main([*flags, "--out", str(tmp_path / "full")]) == 0

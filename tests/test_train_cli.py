@@ -35,6 +35,26 @@ def test_kfm_train_writes_a_loadable_run_and_resumes_identically(tmp_path, capsy
     assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "cut" / "final.safetensors")
 
 
+def test_kfm_train_says_it_resumed_before_it_trains_on(tmp_path, capsys, monkeypatch):
+    # "resumed from step 12 of 20" came after the last step: a --no-progress resume of a long run showed
+    # no sign, while it ran, that it went on from its resume state rather than from step 1
+    import kinetic_fm.models as models
+
+    assert main(["train", *COMMON, "--steps", "12", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    real, said = models.train, {}
+
+    def train(*args, **kwargs):
+        def callback(step, loss):
+            said.setdefault(step, capsys.readouterr().out)
+        return real(*args, callback=callback, **kwargs)
+
+    monkeypatch.setattr(models, "train", train)
+    assert main(["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert min(said) == 13 and "resuming from step 12 of 20" in said[13]
+    assert "resumed from step 12 of 20" in capsys.readouterr().out     # and in the summary, as before
+
+
 def test_kfm_train_resume_reads_the_runs_config_once(tmp_path, monkeypatch):
     # the command parsed config.json twice: once for the recorded data shape, once for the recorded data spec
     import pathlib
@@ -171,6 +191,50 @@ def test_sigkilled_training_resumes_bit_identically(tmp_path):
     assert 40 <= killed_at < 400, "the run should be killed mid-way"
     subprocess.run([*base, "--out", str(tmp_path / "cut"), "--resume"], check=True, env=env, capture_output=True)
     assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "cut" / "final.safetensors")
+
+
+def _ctrl_c_at(monkeypatch, stop):
+    """kfm train's net trains as the command asks, until Ctrl-C comes as step ``stop`` ends (its callback)."""
+    import kinetic_fm.models as models
+
+    real = models.train
+
+    def train(*args, **kwargs):
+        def callback(step, loss):
+            if step == stop:
+                raise KeyboardInterrupt
+        return real(*args, callback=callback, **kwargs)
+
+    monkeypatch.setattr(models, "train", train)
+
+
+@pytest.mark.parametrize("stop, kept", [(7, 4), (3, 0)])
+def test_ctrl_c_names_the_step_the_folder_keeps_and_the_steps_lost(tmp_path, capsys, monkeypatch, stop, kept):
+    # it said "the steps up to the last resume state ... are kept": not which step, nor how many were lost
+    flags = ["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "cut")]
+    with monkeypatch.context() as patched:
+        _ctrl_c_at(patched, stop)
+        assert main(flags) == 130
+    kept_words = (f"the resume state of step {kept} of 20 is kept (saved every --save-every 4 steps)" if kept else
+                  "no resume state was saved yet (the first comes at step 4, --save-every 4)")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"kfm train: interrupted: {kept_words}; steps {kept + 1} to {stop} are lost, redone by the resume; "
+        "rerun the same command with --resume to continue")
+    assert main([*flags, "--resume"]) == 0
+    assert (f"resumed from step {kept} of 20" in capsys.readouterr().out) == bool(kept)
+    assert main(["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "full")]) == 0
+    assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "cut" / "final.safetensors")
+
+
+def test_ctrl_c_of_a_resumed_run_counts_from_the_step_it_resumed(tmp_path, capsys, monkeypatch):
+    flags = ["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "cut")]
+    assert main(["train", *COMMON, "--steps", "9", "--out", str(tmp_path / "cut")]) == 0
+    with monkeypatch.context() as patched:
+        _ctrl_c_at(patched, 11)
+        assert main([*flags, "--resume"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "kfm train: interrupted: the resume state of step 9 of 20 is kept (saved every --save-every 4 steps); "
+        "steps 10 to 11 are lost, redone by the resume; rerun the same command with --resume to continue")
 
 
 def test_kfm_train_on_centred_celeba_saves_the_mean(tmp_path):

@@ -1121,6 +1121,9 @@ def summary_frame(table, columns=SUMMARY_COLUMNS):
 
 
 def run(args) -> int:
+    # a Ctrl-C in the first seconds (importing torch and pyarrow, checking the flags) computed nothing:
+    # the generic "finished work is kept; rerun ... with --resume" spoke of a folder that may not exist
+    args.interrupt_hint = _nothing_sampled_hint("while preparing the run", args.resume)
     import contextlib
 
     from ..runs.distributed import warnings_of_rank_0

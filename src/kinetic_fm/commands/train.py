@@ -67,12 +67,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import math
+    from pathlib import Path
 
     import torch
 
     from ..data import dataset_rows, load_dataset
     from ..models import TrainConfig, default_model, train
-    from ..models.train import check_train_dir
+    from ..models.train import RESUME_FILE, check_train_dir
     from ..runs.distributed import single_process_device
     from ._rows import grey_as_recorded
 
@@ -138,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
     mean = getattr(ds, "mean", None)
     extra = None if mean is None else {"data_mean.safetensors": {"mean": mean}}
     info = {"data": _recorded_spec(args.data, saved), "n": args.n}
+    resuming = _resume_step(args.out) if args.resume else None
+    if resuming is not None and resuming <= args.steps:  # train() refuses fewer steps than the state's
+        # said before the steps run: the summary's "resumed from" came only after the last one
+        print(f"resuming from step {resuming} of {args.steps} ({Path(args.out) / RESUME_FILE})", flush=True)
     # a guard: a warning of the training call that names an argument (none does today) in the flags' words,
     # where the library's names stand as arguments (its prose says "steps"); its errors are resume
     # refusals, worded by _flags_for_settings
@@ -147,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
                            progress=not args.no_progress, info=info, extra_weights=extra)
         except ValueError as err:
             raise ValueError(_flags_for_settings(str(err))) from None
+        except KeyboardInterrupt as err:
+            if hasattr(err, "resume_step"):
+                args.interrupt_hint = _interrupted_hint(err.resume_step, err.interrupted_step, args)
+            raise
     tail = result.losses[-min(100, config.steps):].mean().item()
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from} of {config.steps}")
@@ -174,6 +183,36 @@ def _flags_for_settings(text: str) -> str:
     "(data_shape, info): data_shape: saved ..." as "(--data/--n): --data/--n: saved ...",
     "beyond steps=2" as "beyond --steps 2", "a smaller learning rate (lr)" as "(--lr)"."""
     return where_named(SETTINGS.in_listed_words(text), _FLAGS)
+
+
+def _interrupted_hint(kept: int, stopped: int, args: argparse.Namespace) -> str:
+    """What Ctrl-C or SIGTERM in step ``stopped`` kept: the resume state of step ``kept`` (0: none
+    yet); the steps after it are lost and redone. "the steps up to the last resume state are kept"
+    named neither step, so a user could not tell 99 steps lost from none."""
+    saved = (f"the resume state of step {kept} of {args.steps} is kept (saved every --save-every "
+             f"{args.save_every} steps)" if kept else
+             f"no resume state was saved yet (the first comes at step {min(args.save_every, args.steps)}, "
+             f"--save-every {args.save_every})")
+    lost = ""
+    if stopped > kept:
+        steps = f"step {stopped} is" if stopped == kept + 1 else f"steps {kept + 1} to {stopped} are"
+        lost = f"; {steps} lost, redone by the resume"
+    return f"{saved}{lost}; rerun the same command with --resume to continue"
+
+
+def _resume_step(out: str) -> int | None:
+    """The step of ``<out>/resume.pt``, or None where there is none or it does not read (train()
+    itself then starts afresh, or says what is wrong with it)."""
+    from pathlib import Path
+
+    from ..models.checkpoint import load_state
+    from ..models.train import RESUME_FILE
+
+    try:
+        step = load_state(Path(out) / RESUME_FILE).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _why_unlabelled(spec: str) -> str:

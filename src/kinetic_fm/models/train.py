@@ -398,6 +398,9 @@ def train(
         progress: show a tqdm bar.
         callback: called as ``callback(step, loss)`` after each step (1-based ``step``, loss a
             0-d tensor); an exception raised there stops training (the last resume state stays).
+            A ``KeyboardInterrupt`` (Ctrl-C; ``kfm``'s SIGTERM too) raised during a step leaves with
+            ``interrupted_step`` (the step under way) and ``resume_step`` (the step of the resume
+            state ``out`` keeps, 0 for none) set on it, so its handler can say what was lost.
         info: extra JSON-able values recorded in ``config.json`` and the checkpoints' metadata
             (e.g. the data spec).
         extra_weights: more safetensors files for ``out`` (file name -> tensors, e.g.
@@ -589,55 +592,61 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     model.train()
     ema.eval()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train", disable=not progress)
-    for i in bar:
-        step = i + 1
-        if config.warmup:
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * min(1.0, step / config.warmup)
-        idx = torch.randint(n, (config.batch_size,), device="cpu", generator=data_gen)
-        x1 = data[idx].to(device)
-        # drawn in float32 whatever torch's default dtype (float64 drew other numbers from the seed)
-        x0 = torch.randn(x1.shape, device="cpu", dtype=torch.float32, generator=noise_gen).to(device=device,
-                                                                                           dtype=x1.dtype)
-        t = torch.rand(config.batch_size, device="cpu", dtype=torch.float32, generator=noise_gen).to(device=device,
-                                                                                                   dtype=x1.dtype)
-        tb = t.reshape(-1, *([1] * (x1.ndim - 1)))
-        xt = (1 - tb) * x0 + tb * x1
-        if conditional:
-            y = labels[idx].clone()
-            drop = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
-                              generator=noise_gen) < config.label_dropout
-            y[drop] = model.null_class
-            v = model(xt, t, y.to(device))
-        else:
-            v = model(xt, t)
-        loss = (v - (x1 - x0)).square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
-        losses[i] = loss.detach().to("cpu", torch.float32)
-        if not math.isfinite(float(losses[i])):  # the copy above synchronised already: free to read
-            raise diverged(step, f"the loss is {float(losses[i])}")
-        if progress and (step % 50 == 0 or step == config.steps):
-            bar.set_postfix(loss=f"{losses[max(0, i - 49): i + 1].mean().item():.4f}")
-        checkpoint = out is not None and step in schedule
-        resume_state = out is not None and (step % config.save_every == 0 or step == config.steps)
-        # a finite loss can still step to non-finite weights: none is written (a NaN resume.pt
-        # replaced the last good one); one synchronisation for all parameters
-        if (checkpoint or resume_state) and not bool(torch.stack(
-                [torch.isfinite(p).all() for p in model.parameters()]).all()):
-            raise diverged(step, "the weights are no longer finite")
-        if checkpoint:
-            path = out / "checkpoints" / f"step_{step:07d}.safetensors"
-            save_model(model, path, ema=ema, step=step, **recorded)
-            written[step] = path
-        if resume_state:
-            save_resume(step)
-        if callback is not None:
-            callback(step, loss.detach())
+    step = start
+    try:
+        for i in bar:
+            step = i + 1
+            if config.warmup:
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * min(1.0, step / config.warmup)
+            idx = torch.randint(n, (config.batch_size,), device="cpu", generator=data_gen)
+            x1 = data[idx].to(device)
+            # drawn in float32 whatever torch's default dtype (float64 drew other numbers from the seed)
+            x0 = torch.randn(x1.shape, device="cpu", dtype=torch.float32,
+                             generator=noise_gen).to(device=device, dtype=x1.dtype)
+            t = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
+                           generator=noise_gen).to(device=device, dtype=x1.dtype)
+            tb = t.reshape(-1, *([1] * (x1.ndim - 1)))
+            xt = (1 - tb) * x0 + tb * x1
+            if conditional:
+                y = labels[idx].clone()
+                drop = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
+                                  generator=noise_gen) < config.label_dropout
+                y[drop] = model.null_class
+                v = model(xt, t, y.to(device))
+            else:
+                v = model(xt, t)
+            loss = (v - (x1 - x0)).square().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+            losses[i] = loss.detach().to("cpu", torch.float32)
+            if not math.isfinite(float(losses[i])):  # the copy above synchronised already: free to read
+                raise diverged(step, f"the loss is {float(losses[i])}")
+            if progress and (step % 50 == 0 or step == config.steps):
+                bar.set_postfix(loss=f"{losses[max(0, i - 49): i + 1].mean().item():.4f}")
+            checkpoint = out is not None and step in schedule
+            resume_state = out is not None and (step % config.save_every == 0 or step == config.steps)
+            # a finite loss can still step to non-finite weights: none is written (a NaN resume.pt
+            # replaced the last good one); one synchronisation for all parameters
+            if (checkpoint or resume_state) and not bool(torch.stack(
+                    [torch.isfinite(p).all() for p in model.parameters()]).all()):
+                raise diverged(step, "the weights are no longer finite")
+            if checkpoint:
+                path = out / "checkpoints" / f"step_{step:07d}.safetensors"
+                save_model(model, path, ema=ema, step=step, **recorded)
+                written[step] = path
+            if resume_state:
+                save_resume(step)
+            if callback is not None:
+                callback(step, loss.detach())
+    except KeyboardInterrupt as err:
+        if out is not None:  # what the interruption lost: the steps after the resume state on disk
+            err.interrupted_step, err.resume_step = step, saved
+        raise
     bar.close()
     if out is not None:
         if config.steps in schedule and config.steps not in written:
