@@ -408,18 +408,23 @@ def _under(names: list[str], subdir: str | None, path) -> list[tuple[str, str]]:
     return pairs
 
 
+def _described(path, subdir: str | None) -> str:
+    """The folder or zip ``path`` (under ``subdir``) as messages and :attr:`ImageDataset.source` name it."""
+    return str(path) if subdir is None else f"{path}/{subdir}"
+
+
 def _folder_labels(relative: list[str], where: str) -> tuple[tuple[str, ...] | None, Tensor | None, str | None]:
     """(classes sorted, (N,) labels, None) of files given by their paths ``relative`` to the root
     ``where`` (named in the warning): each file's class is its top folder below the folders every file
-    sits in (wrappers such as
-    ``zip -r data.zip data/``), however deep the file lies inside it (``cat/kittens/1.png`` is a
-    cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as torchvision's ImageFolder
-    labels a tree (ImageFolder takes the root's own folders, so it reads a wrapped tree as one class).
-    (None, None, why in words) when a file lies beside the class folders or all lie in one folder: one
-    class is no labelling (the studies refuse it). One class holding folders (``cat/kittens/``, ``cat/adults/``)
-    is labelled by them: the class folder reads as a wrapper, as ``data/`` of ``data/cat/``,
-    ``data/dog/`` does, and nothing tells the two apart. Class folders all named like a data set's splits
-    are warned of (:func:`_check_split_folders`): such a tree is labelled by split."""
+    sits in (wrappers such as ``zip -r data.zip data/``), however deep the file lies inside it
+    (``cat/kittens/1.png`` is a cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as
+    torchvision's ImageFolder labels a tree (ImageFolder takes the root's own folders, so it reads a
+    wrapped tree as one class). (None, None, why in words) when a file lies beside the class folders or
+    all lie in one folder: one class is no labelling (the studies refuse it). One class holding folders
+    (``cat/kittens/``, ``cat/adults/``) is labelled by them: the class folder reads as a wrapper, as
+    ``data/`` of ``data/cat/``, ``data/dog/`` does, and nothing tells the two apart. Class folders all
+    named like a data set's splits are warned of (:func:`_check_split_folders`): such a tree is labelled
+    by split."""
     folders, shared = _folders(relative)
     reason = _unlabelled(relative, folders, shared)
     if reason is not None:
@@ -463,9 +468,9 @@ def _check_split_folders(folders: list[list[str]], shared: int, where: str, *, l
     """Warn (UserWarning) when the top folders below the ``shared`` wrappers of ``where`` (``folders``: each
     file's folders, as :func:`_folders` gives them) are all named like a data set's splits (train, test,
     ...) and every file lies in a folder inside one (``train/<class>/...``): loaded whole, the splits
-    are one set, and, where the tree is ``labelled``, labelled by split, as ImageFolder labels it, where
-    the parent folder (their class) labelled them before. One check for the loads with labels (a
-    ``folder:`` spec) and without (a folder given by its path: ``kfm memorization --train PATH``)."""
+    are one set, and, where the tree is ``labelled``, labelled by split, as ImageFolder labels it. One
+    check for the loads with labels (a ``folder:`` spec) and without (a folder given by its path:
+    ``kfm memorization --train PATH``)."""
     import warnings
 
     from ..checks import caller_outside_the_package
@@ -559,7 +564,7 @@ def load_image_folder(
             check_listing(pairs)
         names = [name for name, _ in pairs]
         relative = [rel for _, rel in pairs]
-        where = str(path) if subdir is None else f"{path}/{subdir}"
+        where = _described(path, subdir)
         if labels_from_folders:
             classes, all_labels, _ = _folder_labels(relative, where)
         else:  # no labels, but the same warning of the tree's layout
@@ -619,8 +624,7 @@ def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tup
     """
     with ImageSource(path) as source:
         pairs = _under(source.names, subdir, path)
-    where = str(path) if subdir is None else f"{path}/{subdir}"
-    classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs], where)
+    classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs], _described(path, subdir))
     if unlabelled is not None:
         raise ValueError(f"{path}: expected images in <class>/<file> folders, at least two classes: {unlabelled}")
     return classes, labels
