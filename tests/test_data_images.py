@@ -613,6 +613,46 @@ def test_split_folders_taken_as_the_classes_are_warned_of_and_plain_trees_are_no
         assert load_image_folder(tmp_path / "mixed").classes == ("dogs", "train")
 
 
+def test_split_folders_are_warned_of_alike_with_labels_and_without(tmp_path):
+    # a folder given by its path (kfm memorization --train PATH, load_celeba) loads without labels and
+    # took a train/<class>/, test/<class>/ tree whole, splits mixed, without a word, where folder:PATH warned
+    import warnings
+
+    from kinetic_fm.data import load_dataset
+
+    def png(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+
+    for name in ("train/cat/0.png", "train/dog/1.png", "test/cat/2.png", "valid/dog/x/3.png"):
+        png(tmp_path / "splits" / name)
+    loads = {"path": lambda p: load_image_folder(p, labels_from_folders=False),
+             "spec": lambda p: load_dataset(f"folder:{p}", progress=False)}
+    for route, load in loads.items():
+        with pytest.warns(UserWarning, match=r"splits: the (class )?folders \('test', 'train', 'valid'\) are named "
+                          r"like splits .*every split is loaded.*\(subdir='train'") as w:
+            ds = load(tmp_path / "splits")
+        assert len(w) == 1 and w[0].filename == __file__, route          # once, at the caller's line
+        assert len(ds) == 4 and (ds.labels is None) == (route == "path")
+    for name in ("test/cat/0.png", "val/cat/1.png"):                      # no train split: the first one named
+        png(tmp_path / "no_train" / name)
+    for route, load in loads.items():
+        with pytest.warns(UserWarning, match=r"\(subdir='test', or the split's own folder"):
+            load(tmp_path / "no_train")
+    for name in ("train/0.png", "test/1.png"):                            # split folders of images alone
+        png(tmp_path / "flat_splits" / name)
+    for name in ("train/cat/0.png", "dogs/x/1.png"):                      # one folder named like a split, not all
+        png(tmp_path / "mixed" / name)
+    for name in ("data/train/cat/0.png", "data/train/dog/1.png"):        # one split, wrapped: its classes
+        png(tmp_path / "one_split" / name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for route, load in loads.items():
+            for tree in ("flat_splits", "mixed", "one_split"):
+                assert len(load(tmp_path / tree)) == 2, (route, tree)
+            assert len(load(tmp_path / "splits" / "train")) == 2, route
+
+
 def test_transparency_is_found_without_pillow_10_1s_has_transparency_data(tmp_path, monkeypatch):
     # pyproject asks pillow>=10, but Image.has_transparency_data came in 10.1: under 10.0 every image
     # decode raised AttributeError. Alpha bands, a colour key and a palette's alpha are found all the same

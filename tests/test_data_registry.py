@@ -44,6 +44,39 @@ def test_specs_are_checked_and_named():
     assert absolute_spec("celeba:/data/c.zip") == "celeba:/data/c.zip"
 
 
+def test_a_mistyped_spec_is_named_with_its_likely_form_and_the_forms(tmp_path, monkeypatch):
+    # a path given without its kind ("C:/x", "./a:b", an existing folder) and a misspelt kind ("folde:") said
+    # only "unknown data spec"; "cifar10:" said what it needs but not the other forms
+    from kinetic_fm.data import DATA_SPECS
+
+    forms = ", ".join(DATA_SPECS)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "faces").mkdir()
+    for bad, hint in (("C:/x", "a path? give it after its kind, e.g. folder:C:/x"),
+                      ("D:\\data\\x", "a path? give it after its kind, e.g. folder:D:\\data\\x"),
+                      ("./a:b", "a path? give it after its kind, e.g. folder:./a:b"),
+                      ("~/a:b", "a path? give it after its kind, e.g. folder:~/a:b"),
+                      ("/abs/data", "a path? give it after its kind, e.g. folder:/abs/data"),
+                      ("faces", "a path? give it after its kind, e.g. folder:faces"),
+                      ("folde:/x", "did you mean folder:/x?"), ("Folder:/x", "did you mean folder:/x?"),
+                      ("CIFAR:/x", "did you mean cifar10:/x?"), ("mnst:/x", "did you mean mnist:/x?"),
+                      ("digit", "did you mean digits?")):
+        with pytest.raises(ValueError) as err:
+            parse_spec(bad)
+        assert str(err.value) == f"unknown data spec {bad!r} ({hint}); expected one of {forms}", bad
+    with pytest.raises(ValueError) as err:
+        parse_spec("nope")
+    assert str(err.value) == f"unknown data spec 'nope'; expected one of {forms}"
+    for bad, words in (("cifar10:", "data spec 'cifar10:' needs a path, e.g. cifar10:/path/to/data"),
+                       ("folder", "data spec 'folder' needs a path, e.g. folder:/path/to/data"),
+                       ("moons:5", "data spec 'moons:5': moons takes no path")):
+        with pytest.raises(ValueError) as err:
+            parse_spec(bad)
+        assert str(err.value) == f"{words}; expected one of {forms}"
+    # what the path after the kind holds is the path, colons and all
+    assert parse_spec("folder:./a:b") == ("folder", "./a:b") and parse_spec("cifar10:C:/x") == ("cifar10", "C:/x")
+
+
 def test_a_path_after_the_colon_has_its_tilde_expanded(tmp_path, monkeypatch):
     # the shell expands ~ only at a word's start: --data mnist:~/mnist reached us as written and
     # was "not found" (the loaders do not expand it either)

@@ -2353,3 +2353,38 @@ def test_dataframe_label_column_is_warned_of_as_in_a_parquet_file(tmp_path, labe
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             kfm.nearest_neighbors(quiet, quiet, 1)
+
+
+def test_cli_warns_of_a_tree_of_splits_given_by_its_path_as_by_folder_spec(tmp_path, capsys):
+    # --train folder:PATH warned of train/<class>/, test/<class>/ folders; --train PATH (loaded without labels)
+    # audited the samples against every split, test images counted as training items, without a word
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(("train/cat", "train/dog", "test/cat", "test/dog")):
+        for tree in ("splits", "classes"):
+            folder = tmp_path / tree / (name if tree == "splits" else name.replace("/", "_"))
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    np.save(tmp_path / "s.npy", rng.uniform(-1, 1, (3, 3, 4, 4)).astype(np.float32))
+    for train, words in ((tmp_path / "splits", "the folders"), (f"folder:{tmp_path / 'splits'}", "the class folders"),
+                         (tmp_path / "classes", None), (f"folder:{tmp_path / 'classes'}", None)):
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(train), "--bootstrap", "0",
+                     "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        warned = f"warning: --train {tmp_path / 'splits'}: {words} ('test', 'train') are named like splits"
+        assert (warned in err) if words else "named like splits" not in err, (train, err)
+        assert err.count("named like splits") == (1 if words else 0)
+
+
+def test_cli_names_the_spec_a_misspelt_folder_spec_meant(tmp_path, capsys):
+    # --train folde:PATH (or Folder:, cifar:) is no spec, so it was read as a file's name: "no such file:
+    # folde:/x", not a word of the spec it meant
+    np.save(tmp_path / "s.npy", np.zeros((2, 4), np.float32))
+    for train, meant in (("folde:/x", "folder:/x"), ("Folder:/x", "folder:/x"), ("cifar:/d", "cifar10:/d")):
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", train, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"no such file: {train} (a data spec? did you mean {meant}?" in err, err
+        assert "expected one of digits, moons" in err
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", "/no/such.npy"]) == 2
+    assert "did you mean" not in capsys.readouterr().err                  # a path that is none: the path alone

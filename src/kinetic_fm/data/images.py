@@ -408,25 +408,30 @@ def _under(names: list[str], subdir: str | None, path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _folder_labels(relative: list[str]) -> tuple[tuple[str, ...] | None, Tensor | None, str | None]:
-    """(classes sorted, (N,) labels, None) of files given by their paths ``relative`` to the root:
-    each file's class is its top folder below the folders every file sits in (wrappers such as
-    ``zip -r data.zip data/``), however deep the file lies inside it (``cat/kittens/1.png`` is a
-    cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as torchvision's ImageFolder
-    labels a tree (ImageFolder takes the root's own folders, so it reads a wrapped tree as one class).
-    (None, None, why in words) when a file lies beside the class folders or all lie in one folder: one
-    class is no labelling (the studies refuse it). One class holding folders (``cat/kittens/``, ``cat/adults/``)
-    is labelled by them: the class folder reads as a wrapper, as ``data/`` of ``data/cat/``,
-    ``data/dog/`` does, and nothing tells the two apart. Class folders all named like a data set's splits (train,
-    test, ...) that hold folders of their own are warned of: such a tree is labelled by split."""
+def _described(path, subdir: str | None) -> str:
+    """The folder or zip ``path`` (under ``subdir``) as messages and :attr:`ImageDataset.source` name it."""
+    return str(path) if subdir is None else f"{path}/{subdir}"
+
+
+def _folder_labels(relative: list[str], where: str) -> tuple[tuple[str, ...] | None, Tensor | None, str | None]:
+    """(classes sorted, (N,) labels, None) of files given by their paths ``relative`` to the root
+    ``where`` (named in the warning): each file's class is its top folder below the folders every file
+    sits in (wrappers such as ``zip -r data.zip data/``), however deep the file lies inside it
+    (``cat/kittens/1.png`` is a cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as
+    torchvision's ImageFolder labels a tree (ImageFolder takes the root's own folders, so it reads a
+    wrapped tree as one class). (None, None, why in words) when a file lies beside the class folders or
+    all lie in one folder: one class is no labelling (the studies refuse it). One class holding folders
+    (``cat/kittens/``, ``cat/adults/``) is labelled by them: the class folder reads as a wrapper, as
+    ``data/`` of ``data/cat/``, ``data/dog/`` does, and nothing tells the two apart. Class folders all
+    named like a data set's splits are warned of (:func:`_check_split_folders`): such a tree is labelled
+    by split."""
     folders, shared = _folders(relative)
     reason = _unlabelled(relative, folders, shared)
     if reason is not None:
         return None, None, reason
     names = [f[shared] for f in folders]
     classes = tuple(sorted(set(names)))
-    if all(c.lower() in _SPLIT_NAMES for c in classes) and all(len(f) > shared + 1 for f in folders):
-        _warn_of_split_classes(classes)
+    _check_split_folders(folders, shared, where, labelled=True)
     lookup = {c: i for i, c in enumerate(classes)}
     return classes, torch.tensor([lookup[c] for c in names], dtype=torch.int64), None
 
@@ -459,18 +464,36 @@ def _unlabelled(relative: list[str], folders: list[list[str]], shared: int) -> s
 _SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
 
 
-def _warn_of_split_classes(classes: tuple[str, ...]) -> None:
-    """UserWarning that the class folders ``classes`` look like splits (``train/<class>/...``): the
-    images are labelled by split, as ImageFolder labels that tree, where the parent folder (their
-    class) labelled them before this version."""
+def _check_split_folders(folders: list[list[str]], shared: int, where: str, *, labelled: bool) -> None:
+    """Warn (UserWarning) when the top folders below the ``shared`` wrappers of ``where`` (``folders``: each
+    file's folders, as :func:`_folders` gives them) are all named like a data set's splits (train, test,
+    ...) and every file lies in a folder inside one (``train/<class>/...``): loaded whole, the splits
+    are one set, and, where the tree is ``labelled``, labelled by split, as ImageFolder labels it. One
+    check for the loads with labels (a ``folder:`` spec) and without (a folder given by its path:
+    ``kfm memorization --train PATH``)."""
     import warnings
 
     from ..checks import caller_outside_the_package
 
-    warnings.warn(f"the class folders {classes} are named like splits of a data set and hold folders of their own: "
-                  "the images are labelled by split (the top folder, as torchvision's ImageFolder labels the tree), "
-                  "not by the folders inside; to label them by class load one split (subdir='train', or the "
-                  "split's own folder as the path)", UserWarning, stacklevel=caller_outside_the_package())
+    if not folders or not all(len(f) > shared + 1 for f in folders):
+        return
+    tops = tuple(sorted({f[shared] for f in folders}))
+    if not all(top.lower() in _SPLIT_NAMES for top in tops):
+        return
+    if labelled:
+        what = ("the class folders", "every split is loaded and the images are labelled by split (the top folder, "
+                "as torchvision's ImageFolder labels the tree), not by the folders inside; to label them by class "
+                "load one split")
+    else:
+        what = ("the folders", "every split is loaded, as one set; to load one split alone")
+    warnings.warn(f"{where}: {what[0]} {tops} are named like splits of a data set and hold folders of their own: "
+                  f"{what[1]} (subdir='{_first_split(tops)}', or the split's own folder as the path)",
+                  UserWarning, stacklevel=caller_outside_the_package())
+
+
+def _first_split(tops: tuple[str, ...]) -> str:
+    """The split of ``tops`` a message suggests loading: the training one where there is one."""
+    return next((top for top in tops if top.lower() in ("train", "training")), tops[0])
 
 
 def load_image_folder(
@@ -508,7 +531,9 @@ def load_image_folder(
             labels None: one class is no labelling (:func:`why_unlabelled` says which). A tree of
             one class with folders inside it (``cat/kittens/``, ``cat/adults/``, wrapped or not)
             is labelled by those folders: it cannot be told from a wrapped tree of classes
-            (``data/cat/``, ``data/dog/``); ImageFolder reads both as one class.
+            (``data/cat/``, ``data/dog/``); ImageFolder reads both as one class. Labelled or not, top
+            folders all named like splits that hold folders (``train/<class>/``, ``test/<class>/``) are
+            warned of (UserWarning): every split is loaded, and labelled by split where labelled.
         n, indices, seed: subset selection before decoding, see :func:`~kinetic_fm.data.subset.select_indices`.
         check_listing: called with the (file, path under ``subdir``) pairs before any image is
             decoded, to refuse a tree by raising (one listing: a 60,000-file zip takes seconds to list).
@@ -538,7 +563,13 @@ def load_image_folder(
         if check_listing is not None:
             check_listing(pairs)
         names = [name for name, _ in pairs]
-        classes, all_labels, _ = _folder_labels([rel for _, rel in pairs]) if labels_from_folders else (None,) * 3
+        relative = [rel for _, rel in pairs]
+        where = _described(path, subdir)
+        if labels_from_folders:
+            classes, all_labels, _ = _folder_labels(relative, where)
+        else:  # no labels, but the same warning of the tree's layout
+            classes, all_labels = None, None
+            _check_split_folders(*_folders(relative), where, labelled=False)
         chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
         array = decode_many(source, [names[i] for i in chosen.tolist()],
                             grayscale=bool(grayscale), crop=crop, size=size, progress=progress)
@@ -548,7 +579,7 @@ def load_image_folder(
         images=uint8_to_signed(array),
         labels=None if all_labels is None else all_labels[chosen],
         classes=classes,
-        source=str(path) if subdir is None else f"{path}/{subdir}",
+        source=where,
         indices=chosen,
         lossy="JPEG" if size is None and any(names[i].lower().endswith(JPEG_EXTENSIONS)
                                               for i in chosen.tolist()) else None,
@@ -593,7 +624,7 @@ def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tup
     """
     with ImageSource(path) as source:
         pairs = _under(source.names, subdir, path)
-    classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs])
+    classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs], _described(path, subdir))
     if unlabelled is not None:
         raise ValueError(f"{path}: expected images in <class>/<file> folders, at least two classes: {unlabelled}")
     return classes, labels

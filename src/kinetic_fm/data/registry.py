@@ -61,14 +61,49 @@ def absolute_spec(spec: str) -> str:
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """``(name, path)`` of a data spec, checked without loading anything (path "" when none; a
-    leading ``~`` expanded, which the shell does not do after ``mnist:``)."""
+    leading ``~`` expanded, which the shell does not do after ``mnist:``). The path is everything after
+    the first colon, colons included (``folder:C:/x``, ``folder:./a:b``).
+
+    Raises:
+        ValueError: ``spec`` is none of :data:`DATA_SPECS`, each message listing them: a path given without
+            its kind (``C:/x``, ``./data``, a folder that exists) is pointed at ``folder:PATH``, a misspelt
+            kind (``folde:``, ``CIFAR:``) at the likely one; a path to a set that takes none; no path to
+            one that needs it.
+    """
     name, _, path = spec.partition(":")
-    path = os.path.expanduser(path)
+    forms = f"expected one of {', '.join(DATA_SPECS)}"
     takes_path = {s.partition(":")[0]: s.endswith(":PATH") for s in DATA_SPECS}
     if name not in takes_path:
-        raise ValueError(f"unknown data spec {spec!r}; expected one of {', '.join(DATA_SPECS)}")
+        hint = _likely_spec(spec, name)
+        raise ValueError(f"unknown data spec {spec!r}{f' ({hint})' if hint else ''}; {forms}")
+    path = os.path.expanduser(path)
     if path and not takes_path[name]:
-        raise ValueError(f"data spec {spec!r}: {name} takes no path")
+        raise ValueError(f"data spec {spec!r}: {name} takes no path; {forms}")
     if takes_path[name] and not path:
-        raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data")
+        raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data; {forms}")
     return name, path
+
+
+def _likely_spec(spec: str, name: str) -> str | None:
+    """What the unknown ``spec`` (``name`` its part before the first colon) was likely meant to be, in
+    words: a path given without its kind (a separator or a leading ``.`` or ``~`` in the name, a Windows
+    drive ``C:/``, or a path that exists), or a spec whose kind is misspelt; None when neither reads."""
+    import re
+
+    drive = re.match(r"[A-Za-z]:[\\/]", spec) is not None
+    if drive or "/" in name or "\\" in name or name.startswith((".", "~")) or os.path.exists(spec):
+        return f"a path? give it after its kind, e.g. folder:{spec}"
+    meant = misspelt_spec(spec)
+    return None if meant is None else f"did you mean {meant}?"
+
+
+def misspelt_spec(spec: str) -> str | None:
+    """The data spec ``spec`` likely meant where the part before its first colon is not a kind of
+    :data:`DATA_SPECS` but close to one (``folde:/x`` -> ``folder:/x``, ``CIFAR:/x`` -> ``cifar10:/x``,
+    ``digit`` -> ``digits``), else None."""
+    import difflib
+
+    name, colon, rest = spec.partition(":")
+    kinds = [s.partition(":")[0] for s in DATA_SPECS]
+    close = difflib.get_close_matches(name.lower(), kinds, n=1)
+    return None if not close or name in kinds else close[0] + colon + rest
