@@ -989,7 +989,8 @@ def test_data_that_requires_grad_is_trained_on_as_values_and_left_untouched():
     ('{"model": {"kind": "mlp"}, "train": {"st', r"is not valid JSON \(.*\); was it edited or cut short\?"),
     ('[1, 2]', r"must be a JSON object, got list; was it edited\?"),
     ('{"model": {"kind": "mlp"}, "train": {}}', r"lacks 'data_shape'; was it edited\?"),
-    ('{"model": {}, "train": {}, "data_shape": "32x2"}', r'records a data_shape that is no shape \(.*\), got "32x2"; was it edited\?'),
+    ('{"model": {}, "train": {}, "data_shape": "32x2"}',
+     r'records a data_shape that is no shape \(.*\), got "32x2"; was it edited\?'),
 ])
 @pytest.mark.parametrize("resume", [False, True])
 def test_a_damaged_config_json_alone_is_named_as_damaged_with_a_way_on(tmp_path, text, problem, resume):
