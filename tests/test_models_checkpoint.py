@@ -252,3 +252,28 @@ def test_load_model_returns_the_net_in_its_saved_dtype_unless_dtype_is_given(tmp
     for bad in (torch.int64, "float32", torch.complex64):
         with pytest.raises(ValueError, match=r"dtype must be None \(the saved dtype\) or a real floating torch.dtype"):
             load_model(tmp_path / "w.safetensors", dtype=bad)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"data_shape": [30, 1, 6', r"is not valid JSON \(.*\); was it edited or cut short\?"),
+    ('[30, 1, 6, 6]', r"must be a JSON object, got list; was it edited\?"),
+    ('{"data_shape": 30}', r"records a data_shape that is no shape \(.*\), got 30; was it edited\?"),
+])
+@pytest.mark.parametrize("where", ["final.safetensors", "checkpoints/step_0000004.safetensors"])
+def test_a_damaged_run_config_is_named_where_the_sample_shape_is_read_from_it(tmp_path, text, problem, where):
+    # a run trained before its weights recorded the sample shape: a damaged config.json read as "no shape" (a JSON
+    # list raised AttributeError) (helper-269)
+    from kinetic_fm.models.checkpoint import recorded_sample_shape
+    from kinetic_fm.models.train import DamagedTrainConfigError
+
+    net = UNet(1, base_channels=8, channel_mults=(1,))
+    save_model(net, tmp_path / where, ema=net)
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(DamagedTrainConfigError, match=rf"config.json: the training run's config.json {problem} "
+                       r".*records no sample shape .*: put back a good copy of it, or give the shape \(kfm sample "
+                       r"--shape C,H,W\)"):
+        recorded_sample_shape(tmp_path / where)
+    (tmp_path / "config.json").write_text('{"architectures": ["CLIPModel"]}')  # another program's: no record
+    assert recorded_sample_shape(tmp_path / where) is None
+    (tmp_path / "config.json").write_text('{"data_shape": [30, 1, 6, 6]}')
+    assert recorded_sample_shape(tmp_path / where) == (1, 6, 6)

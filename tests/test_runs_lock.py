@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -517,6 +518,28 @@ def test_a_refusal_with_no_holder_recorded_yet_still_says_what_to_do(tmp_path):
     assert str(pickle.loads(pickle.dumps(err))) == str(err)
     err = RunLockedError(tmp_path, None, "rerun it")
     assert "(then rerun it if it stopped early)" in str(err) and str(pickle.loads(pickle.dumps(err))) == str(err)
+
+
+@pytest.mark.skipif(lock_module.fcntl is None, reason="needs flock")
+@pytest.mark.parametrize("record, shown", [(b'{"host": "h", "pid', """'{"host": "h", "pid'"""),
+                                           (b"\xff\xfe", "'\ufffd\ufffd'")])
+def test_a_damaged_holder_record_is_named_unreadable_not_a_process_just_starting(tmp_path, record, shown):
+    # it read as no holder: "a process that is just starting (no holder recorded yet)"; the lock held all the same
+    # (helper-269)
+    with RunLock(tmp_path):
+        (tmp_path / LOCK_NAME).write_bytes(record)
+        assert read_holder(tmp_path) is None
+        with pytest.raises(RunLockedError, match=rf"in use by another writer: a process whose holder record in "
+                           rf".*{LOCK_NAME} is unreadable \({re.escape(shown)}: damaged or edited, so it cannot be "
+                           r"named\)") as refused:
+            RunLock(tmp_path).acquire()
+    assert "just starting" not in str(refused.value)
+    assert str(pickle.loads(pickle.dumps(refused.value))) == str(refused.value)
+    (tmp_path / LOCK_NAME).write_bytes(b"")  # emptied: a holder that has not written its record yet
+    with RunLock(tmp_path):
+        (tmp_path / LOCK_NAME).write_bytes(b" \n")
+        with pytest.raises(RunLockedError, match="a process that is just starting"):
+            RunLock(tmp_path).acquire()
 
 
 if __name__ == "__main__":  # a holder for the tests above: python test_runs_lock.py lock|run FOLDER

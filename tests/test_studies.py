@@ -407,6 +407,30 @@ def test_a_checkpoints_digest_covers_its_header_and_the_weights_a_study_loads_fr
     assert len({key("a"), key("ema_differs"), key("step_differs")}) == 3
 
 
+def test_the_memorizer_and_its_last_checkpoint_each_key_a_study_though_they_hold_the_same_ema(tmp_path):
+    # the memorizer net is its final EMA, which its last checkpoint holds too: hashed twice (about 10 ms a run), but
+    # keying one by the other would let a change to either alone reuse a stale entry (helper-269)
+    import copy
+
+    from kinetic_fm.models import VelocityMLP, load_model, save_model
+    from kinetic_fm.studies.study_cache import STUDY_WEIGHTS, assets_digest
+
+    torch.manual_seed(0)
+    net = VelocityMLP((2,), hidden=8, depth=1)
+    last, changed = tmp_path / "step_0000002.safetensors", tmp_path / "changed.safetensors"
+    save_model(net, last, ema=net, step=2)
+    memorizer = load_model(last, weights=STUDY_WEIGHTS)
+    other = copy.deepcopy(memorizer)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    save_model(net, changed, ema=other, step=2)
+
+    def key(module, checkpoint):
+        return assets_digest(_StudyInputs(torch.zeros(2), module, {2: checkpoint}, "digits"))
+
+    assert len({key(memorizer, last), key(other, last), key(memorizer, changed), key(other, changed)}) == 4
+
+
 def test_a_cached_study_is_keyed_on_the_matplotlib_style_its_figures_are_drawn_in(tmp_path):
     # the figures read the ambient rcParams (a matplotlibrc, plt.style.use in the caller's script):
     # a rerun under another style showed the figures drawn under the old one

@@ -983,3 +983,46 @@ def test_data_that_requires_grad_is_trained_on_as_values_and_left_untouched():
     torch.manual_seed(0)
     result = train(VelocityMLP(2, hidden=8, depth=1), leaf, config)
     assert leaf.grad is None and torch.equal(result.losses, plain.losses)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"model": {"kind": "mlp"}, "train": {"st', r"is not valid JSON \(.*\); was it edited or cut short\?"),
+    ('[1, 2]', r"must be a JSON object, got list; was it edited\?"),
+    ('{"model": {"kind": "mlp"}, "train": {}}', r"lacks 'data_shape'; was it edited\?"),
+    ('{"model": {}, "train": {}, "data_shape": "32x2"}',
+     r'records a data_shape that is no shape \(.*\), got "32x2"; was it edited\?'),
+])
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_damaged_config_json_alone_is_named_as_damaged_with_a_way_on(tmp_path, text, problem, resume):
+    # it was refused as another program's (resume=True), or as a run to continue with resume=True,
+    # which then refused it as another program's (helper-269)
+    from kinetic_fm.models.train import DamagedTrainConfigError
+
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(DamagedTrainConfigError, match=rf"config.json: the training run's config.json {problem} With "
+                       r"no resume.pt beside it the folder holds no step to resume .*: remove it to train in .* from "
+                       r"step 0, or choose another folder"):
+        train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
+              out=tmp_path, resume=resume)
+    assert (tmp_path / "config.json").read_text() == text
+    (tmp_path / "config.json").unlink()  # the way on it gives
+    assert train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
+                 out=tmp_path, resume=resume).resumed_from == 0
+
+
+def test_a_damaged_config_json_beside_resume_pt_resumes_from_its_step_and_is_written_again(tmp_path, stop_at):
+    # resume.pt records the settings a resume compares: the run goes on from its saved step, not from 0
+    data = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=8, batch_size=4, seed=3, save_every=2, checkpoints="none")
+    torch.manual_seed(0)
+    full = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "full")
+    torch.manual_seed(0)
+    with pytest.raises(stop_at.error):
+        train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "cut", callback=stop_at(5))
+    written = (tmp_path / "cut" / "config.json").read_text()
+    (tmp_path / "cut" / "config.json").write_text(written[:40])
+    with pytest.raises(ValueError, match=r"already holds a training run \(config.json, resume.pt\)"):
+        train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "cut")
+    resumed = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "cut", resume=True)
+    assert resumed.resumed_from == 4 and torch.equal(resumed.losses, full.losses)
+    assert (tmp_path / "cut" / "config.json").read_text() == written

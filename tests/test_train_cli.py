@@ -461,3 +461,28 @@ def test_a_kfm_sample_run_folder_is_refused_as_out_before_the_data_loads(tmp_pat
         err = capsys.readouterr().err
         assert f"--out {run} holds a kfm sample run (manifest.json), not a training run; choose another folder" in err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_kfm_train_resumes_a_run_whose_config_json_is_damaged_by_the_record_in_resume_pt(tmp_path, monkeypatch, capsys):
+    # a damaged config.json read as no record: the data spec a run recorded relatively (before specs
+    # were made absolute) was then compared absolute, and the resume refused as other --data (helper-269)
+    import numpy as np
+    from PIL import Image
+
+    from kinetic_fm.data import registry
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    flags = ["--data", "folder:images", "--batch-size", "4", "--width", "8", "--model", "mlp", "--save-every", "2",
+             "--checkpoints", "none", "--no-progress", "--out", "run"]
+    with monkeypatch.context() as older:  # the kfm train of before: the spec recorded as given
+        older.setattr(registry, "absolute_spec", lambda spec: spec)
+        assert main(["train", *flags, "--steps", "2"]) == 0
+    written = (tmp_path / "run" / "config.json").read_text()
+    assert '"data": "folder:images"' in written
+    (tmp_path / "run" / "config.json").write_text(written[:50])
+    assert main(["train", *flags, "--steps", "4", "--resume"]) == 0
+    assert "resumed from step 2 of 4" in capsys.readouterr().out
+    assert '"data": "folder:images"' in (tmp_path / "run" / "config.json").read_text()

@@ -227,14 +227,29 @@ def _why_unlabelled(spec: str) -> str:
 
 
 def _saved_config(out: str) -> dict | None:
-    """The record a kfm train run folder ``out`` keeps in its config.json, or None where there is none
-    (no run yet, or not a kfm train record: the resume itself says what differs)."""
+    """The record a kfm train run folder ``out`` keeps, or None where there is none (no run yet).
+
+    Read from its config.json; where that is damaged or another program's (after
+    :func:`~kinetic_fm.models.train.check_train_dir`, only beside a resume.pt), from resume.pt, the
+    record the resume compares and writes into config.json again: read as None, a run recorded by a
+    relative spec or as grey items was refused as other data (one extra load of a file training
+    loads next, only then). None when resume.pt cannot be read either: the resume names what is wrong."""
     import json
     from pathlib import Path
 
+    from ..models.checkpoint import load_state
+    from ..models.train import RESUME_FILE, train_config_from_text
+
+    path = Path(out) / "config.json"
     try:
-        saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        saved = train_config_from_text(path.read_text(encoding="utf-8"), path)
+    except (OSError, ValueError):  # absent, or damaged (DamagedTrainConfigError, UnicodeDecodeError)
+        saved = None
+    if saved is not None or not (Path(out) / RESUME_FILE).is_file():
+        return saved
+    try:
+        saved = json.loads(load_state(Path(out) / RESUME_FILE)["config"])
+    except Exception:  # noqa: BLE001 - an unreadable state: train's own load names what is wrong
         return None
     return saved if isinstance(saved, dict) else None
 

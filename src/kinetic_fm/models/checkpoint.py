@@ -252,7 +252,12 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
 
     Read from the file's ``sample_shape`` metadata (written by training), else from the
     ``data_shape`` in the ``config.json`` of the run folder holding it (``final.safetensors``
-    or ``checkpoints/step_*.safetensors``; runs trained before the metadata existed)."""
+    or ``checkpoints/step_*.safetensors``; runs trained before the metadata existed): None where
+    that records none (another program's config.json), and
+    :class:`~kinetic_fm.models.train.DamagedTrainConfigError` naming it, what is wrong and how to go
+    on where it is damaged (not UTF-8 JSON, not an object, a data_shape that is no shape)."""
+    from .train import DamagedTrainConfigError, read_train_config
+
     weights = Path(weights)
     shape = read_metadata(weights).get("sample_shape")
     if shape is None:
@@ -260,10 +265,13 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
             config = folder / "config.json"
             if config.is_file():
                 try:
-                    data_shape = json.loads(config.read_text(encoding="utf-8")).get("data_shape")
-                except ValueError:
-                    return None
-                shape = data_shape[1:] if isinstance(data_shape, list) and len(data_shape) > 1 else None
+                    record = read_train_config(config, keys=("data_shape",))
+                except DamagedTrainConfigError as err:
+                    raise DamagedTrainConfigError(
+                        f"{err} {weights.name}'s metadata records no sample shape (trained before it was "
+                        "written), so it is read there: put back a good copy of it, or give the shape (kfm "
+                        "sample --shape C,H,W)") from None
+                shape = None if record is None else record["data_shape"][1:]
                 break
     return tuple(int(s) for s in shape) if shape else None
 

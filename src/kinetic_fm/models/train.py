@@ -303,33 +303,88 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     would be overwritten). A folder holding a training ``config.json`` alone holds no step (a run
     that failed or was stopped before its first save), so a new run may start there, as a resume
     would; another program's config.json (no resume.pt beside it) is refused like a run, with
-    ``resume`` too. :func:`train` checks it under the folder's lock; ``kfm train`` calls it before
-    the data loads. A ``kfm sample`` run folder (its ``manifest.json``) is refused, with ``resume``
-    too: training wrote its files among the run's shards."""
+    ``resume`` too, and a damaged one (:class:`DamagedTrainConfigError`) naming what is wrong and
+    how to go on. Beside a resume.pt a config.json is not read: resume.pt records the settings a
+    resume compares, and the resume writes config.json again. :func:`train` checks it under the
+    folder's lock; ``kfm train`` calls it before the data loads. A ``kfm sample`` run folder (its
+    ``manifest.json``) is refused, with ``resume`` too: training wrote its files among the run's
+    shards."""
     out = Path(out)
     if (out / "manifest.json").exists():  # runs.manifest.MANIFEST_NAME, not imported: the runs package brings pyarrow
         raise ValueError(f"{out} holds a kfm sample run (manifest.json), not a training run; choose another folder")
-    if (resume and (out / "config.json").exists() and not (out / RESUME_FILE).exists()
-            and not _is_training_config(out / "config.json")):
-        # a resume without resume.pt starts afresh and would write its own config.json over this one;
-        # beside a resume.pt it is a training run's, damaged (resume.pt records the settings compared)
-        raise ValueError(f"{out} holds a config.json that is not a training run's (another program's); "
-                         "resume=True (kfm train --resume) continues training runs only: choose another folder")
+    config = out / "config.json"
+    training = False
+    if config.exists() and not (out / RESUME_FILE).exists():
+        try:
+            training = read_train_config(config) is not None
+        except DamagedTrainConfigError as err:
+            raise DamagedTrainConfigError(
+                f"{err} With no {RESUME_FILE} beside it the folder holds no step to resume (config.json records "
+                f"settings, not weights or the optimiser's state): remove it to train in {out} from step 0, or "
+                "choose another folder") from None
+        except OSError:  # not a file (a folder named config.json): not a training run's
+            pass
+        if resume and not training:
+            # a resume without resume.pt starts afresh and would write its own config.json over this one
+            raise ValueError(f"{out} holds a config.json that is not a training run's (another program's); "
+                             "resume=True (kfm train --resume) continues training runs only: choose another folder")
     earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
                if (out / name).exists()]
-    if earlier and not (earlier == ["config.json"] and _is_training_config(out / "config.json")) and not resume:
+    if earlier and not (earlier == ["config.json"] and training) and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                          "resume=True (kfm train --resume) or choose another folder")
 
 
-def _is_training_config(path: Path) -> bool:
-    """Whether ``path`` is a config.json :func:`train` wrote (its model, settings and data shape),
-    not another program's (a Hugging Face model folder holds one too)."""
+class DamagedTrainConfigError(ValueError):
+    """A training run's ``config.json`` is not one any more: not UTF-8 JSON, not a JSON object, or
+    an object holding some of the keys :func:`train` writes but not all, or a ``data_shape`` that
+    is no shape (written atomically, it was damaged after the run: edited, or a copy cut short).
+    The message names the file and what is wrong; each reader adds its own way on."""
+
+
+# what every config.json train writes holds; an object with none of them is another program's
+TRAIN_CONFIG_KEYS = ("model", "train", "data_shape")
+
+
+def read_train_config(path: str | os.PathLike, keys: Sequence[str] = TRAIN_CONFIG_KEYS) -> dict[str, Any] | None:
+    """The record ``path`` (a run folder's ``config.json``) holds when :func:`train` wrote it; None
+    when it is another program's (a JSON object holding none of :data:`TRAIN_CONFIG_KEYS`: a Hugging
+    Face model folder holds a config.json too); :class:`DamagedTrainConfigError` when it is damaged
+    (see there); ``keys`` as in :func:`train_config_from_text`. OSError (FileNotFoundError when
+    absent) as reading raises it."""
+    path = Path(path)
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(body, dict) and {"model", "train", "data_shape"} <= body.keys()
+        return train_config_from_text(path.read_text(encoding="utf-8"), path, keys)
+    except UnicodeDecodeError as err:
+        raise DamagedTrainConfigError(f"{path}: the training run's config.json is not UTF-8 text ({err}); was "
+                                      "it edited or cut short?") from None
+
+
+def train_config_from_text(text: str, path: str | os.PathLike,
+                           keys: Sequence[str] = TRAIN_CONFIG_KEYS) -> dict[str, Any] | None:
+    """:func:`read_train_config` on ``text``, the contents of the config.json at ``path`` (named in
+    the error). ``keys``: those a training run's record must hold (a reader of ``data_shape`` alone
+    gives ``("data_shape",)``); an object holding none of them is another program's (None)."""
+    def damaged(what: str) -> DamagedTrainConfigError:
+        return DamagedTrainConfigError(f"{path}: the training run's config.json {what}")
+
+    try:
+        body = json.loads(text)
+    except ValueError as err:
+        raise damaged(f"is not valid JSON ({err}); was it edited or cut short?") from None
+    if not isinstance(body, dict):
+        raise damaged(f"must be a JSON object, got {type(body).__name__}; was it edited?")
+    missing = [key for key in keys if key not in body]
+    if len(missing) == len(keys):
+        return None
+    if missing:
+        raise damaged(f"lacks {', '.join(map(repr, missing))}; was it edited?")
+    shape = body.get("data_shape")
+    if "data_shape" in body and not (isinstance(shape, list) and len(shape) > 1
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise damaged(f"records a data_shape that is no shape (a list of two or more sizes), got {_short(shape)}; "
+                      "was it edited?")
+    return body
 
 
 def remove_leftover_temporaries(out: Path) -> int:

@@ -79,15 +79,25 @@ class LockHolder:
 
 
 def read_holder(run_dir: str | os.PathLike) -> LockHolder | None:
-    """The holder recorded in ``run_dir/.lock``, or None (no file, empty, or being written).
+    """The holder recorded in ``run_dir/.lock``, or None (no file, empty, being written, or a
+    damaged record, which :class:`RunLockedError` names as such).
 
     The record says who took the lock last; only a failed :meth:`RunLock.acquire` proves that
     the lock is held now.
     """
+    return _read_record(run_dir)[0]
+
+
+def _read_record(run_dir: str | os.PathLike) -> tuple[LockHolder | None, str | None]:
+    """The holder recorded in ``run_dir/.lock`` (None as :func:`read_holder` gives it), and the
+    record itself where it names no one but is not empty (damaged or edited; None otherwise)."""
     try:
-        return LockHolder.from_json((Path(run_dir) / LOCK_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return None
+        data = (Path(run_dir) / LOCK_NAME).read_bytes()
+    except OSError:
+        return None, None
+    text = data.decode("utf-8", errors="replace")  # bytes that are not UTF-8 name no one either
+    holder = LockHolder.from_json(text)
+    return holder, (text.strip()[:60] or None) if holder is None else None
 
 
 class RunLockedError(OSError):
@@ -97,9 +107,17 @@ class RunLockedError(OSError):
     one line, and the runner hands it to every rank like its other refusals.
     """
 
-    def __init__(self, run_dir: Path, holder: LockHolder | None, resume: str = "--resume", same_process: bool = False):
+    def __init__(self, run_dir: Path, holder: LockHolder | None, resume: str = "--resume", same_process: bool = False,
+                 record: str | None = None):
         self.run_dir, self.holder, self.resume, self.same_process = run_dir, holder, resume, same_process
-        who = str(holder) if holder is not None else "a process that is just starting (no holder recorded yet)"
+        self.record = record  # the holder record, where it names no one but is not empty
+        if holder is not None:
+            who = str(holder)
+        elif record is not None:  # the lock holds all the same: only who holds it is unknown
+            who = (f"a process whose holder record in {Path(run_dir) / LOCK_NAME} is unreadable ({record!r}: "
+                   "damaged or edited, so it cannot be named)")
+        else:
+            who = "a process that is just starting (no holder recorded yet)"
         if same_process:  # flock excludes a second open of the file in the same process too
             who += (" (this very process: a lock on this folder taken earlier in it is still held, by another "
                     "thread or by a `with RunLock(...)` around train(out=...) or reproduce(), which take their "
@@ -111,7 +129,7 @@ class RunLockedError(OSError):
         )
 
     def __reduce__(self):  # OSError's pickling would lose the message (e.g. across processes)
-        return type(self), (self.run_dir, self.holder, self.resume, self.same_process)
+        return type(self), (self.run_dir, self.holder, self.resume, self.same_process, self.record)
 
 
 @dataclass
@@ -154,13 +172,13 @@ class RunLock:
         except OSError as err:
             os.close(fd)
             if err.errno in _HELD_ERRNOS:
-                holder = read_holder(self.run_dir)
+                holder, record = _read_record(self.run_dir)
                 if holder is not None and not _may_be_running(holder):
                     # a killed writer's record, not yet overwritten by the new holder, which has
                     # taken the lock but not written its own (a few microseconds): name no one
                     holder = None
                 same = holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname()
-                raise RunLockedError(self.run_dir, holder, self.resume, same) from None
+                raise RunLockedError(self.run_dir, holder, self.resume, same, record) from None
             _warn_unlockable(self.run_dir, err)
             return self
         try:

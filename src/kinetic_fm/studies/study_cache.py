@@ -94,7 +94,12 @@ def assets_digest(assets: Any) -> str:
     reads: tensors by dtype, shape and bytes, nets by class, structure and state dict, checkpoint
     files by their header and the weights a study loads from them (:func:`weights_digest`). Fields
     starting with ``_`` (values computed from the others) are left out. Raises TypeError on a value
-    of a kind it cannot digest (that study is then not cached)."""
+    of a kind it cannot digest (that study is then not cached).
+
+    The memorizer's final EMA weights are hashed twice, as ``memorizer`` and in its last checkpoint
+    (about 10 ms a run for the presets' default nets): keying one by the other would need proof that they
+    are equal (reading both, about the hash's own cost), or a change to either alone (a caller's
+    Assets, a checkpoint rewritten) would reuse a stale entry."""
     digest = hashlib.sha256()
     for f in dataclasses.fields(assets):
         if not f.name.startswith("_"):
