@@ -33,7 +33,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -228,9 +230,6 @@ def _mark_used(path: Path) -> None:
     """Set the entry's mtime to now, the order :func:`_prune` keeps entries in (the clock's nanoseconds:
     a file system's own timestamps can tie within a few milliseconds). A folder that refuses it (read-only)
     only loses that order."""
-    import os
-    import time
-
     now = time.time_ns()
     try:
         os.utime(path, ns=(now, now))
@@ -253,10 +252,10 @@ def _prune(path: Path, name: str, code: str) -> None:
         except Exception:  # damaged, another layout, gone
             ours = False
         if ours:
-            current.append((used, other.name, other))
+            current.append((used, other))
         else:
             other.unlink(missing_ok=True)
-    for _, _, other in sorted(current, reverse=True)[ENTRIES_KEPT - 1:]:
+    for _, other in sorted(current, reverse=True)[ENTRIES_KEPT - 1:]:
         other.unlink(missing_ok=True)
 
 
