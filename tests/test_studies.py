@@ -321,40 +321,40 @@ def test_a_study_result_is_read_back_until_a_setting_an_input_the_code_or_a_stag
     first = result()
     equal(result(), first)                                        # read back: the study ran once
     assert len(runs) == 1 and (ws.studies_computed, ws.studies_loaded) == (1, 1)
-    result({"n": 5})                                              # another setting: its entry replaces the first
-    assert len(runs) == 2 and len(list(tmp_path.glob("cache/study-demo-*.pt"))) == 1
-    assert result().claims[0].ours == "ours 3"                    # measured again
-    assert len(runs) == 3
+    result({"n": 5})                                              # another setting: an entry beside the first
+    assert len(runs) == 2 and len(list(tmp_path.glob("cache/study-demo-*.pt"))) == 2
+    assert result().claims[0].ours == "ours 1"                    # the first setting's: read back
+    assert len(runs) == 2
     changes = [lambda: inputs.train.add_(1), lambda: inputs.net.bias.data.add_(1),
                lambda: (tmp_path / "step1.safetensors").write_bytes(b"other weights"),
                lambda: setattr(inputs, "name", "mnist")]
-    for count, change in enumerate(changes, start=4):             # each input the study reads
+    for count, change in enumerate(changes, start=3):             # each input the study reads
         change()
         result()
         assert len(runs) == count
     inputs._derived = "a value computed from the others"
     result()
-    assert len(runs) == 7                                         # not an input of its own
+    assert len(runs) == 6                                         # not an input of its own
     monkeypatch.setattr(study_cache, "code_digest", lambda: "another library")
     result()
-    assert len(runs) == 8
+    assert len(runs) == 7
     from kinetic_fm.studies.workspace import atomic_torch_save
 
     atomic_torch_save({"kpe": torch.tensor([9.0, 9.0, 9.0, 9.0])}, ws.stage_path("samples", {"seeds": 4}))
-    assert result().tables["per_sample"]["kpe"].tolist() == [9.0] * 4 and len(runs) == 9   # a stage it read changed
+    assert result().tables["per_sample"]["kpe"].tolist() == [9.0] * 4 and len(runs) == 8   # a stage it read changed
     entry = ws.stage_path("study-demo", {"study": "demo", **study_key({"n": 4}, inputs)})   # the last one written
     assert entry.is_file()
     entry.write_bytes(entry.read_bytes()[:100])                   # truncated by a kill
     result()
-    assert len(runs) == 10
+    assert len(runs) == 9
     result()
-    assert len(runs) == 10
+    assert len(runs) == 9
 
     with pytest.warns(RuntimeWarning, match="few samples"):       # a study that warns warns on every run
         result({"n": 6}, note="few samples")
     with pytest.warns(RuntimeWarning, match="few samples"):
         result({"n": 6}, note="few samples")
-    assert len(runs) == 12
+    assert len(runs) == 11
 
     def interrupted():
         warnings.warn("before the interruption", RuntimeWarning)
@@ -367,11 +367,50 @@ def test_a_study_result_is_read_back_until_a_setting_an_input_the_code_or_a_stag
         assert result({"n": 7}, column=[(1, 2), (3, 4), (5, 6), (7, 8)]).tables["per_sample"]["mixed"][1] == (3, 4)
     for _ in range(2):                      # nor a column Parquet cannot store
         assert result({"n": 8}, column=[1, "b", 2.5, None]).tables["per_sample"]["mixed"].tolist()[1] == "b"
-    assert len(runs) == 16
+    assert len(runs) == 15
     inputs.net = lambda x: x                                      # an input it cannot digest: never stored
     cached_study(ws, "demo", study_key({"n": 4}, inputs), study())
     cached_study(ws, "demo", study_key({"n": 4}, inputs), study())
-    assert len(runs) == 18
+    assert len(runs) == 17
+
+
+def test_a_study_cache_keeps_the_latest_configurations_of_the_current_code(tmp_path, monkeypatch):
+    # going back to an earlier configuration (quick, then tiny, then quick again; a seed and back) measured the
+    # study again: each study kept one entry. Now the ENTRIES_KEPT most recently used ones of the current code stay.
+    from kinetic_fm.studies import study_cache
+    from kinetic_fm.studies.output import StudyOutput
+    from kinetic_fm.studies.study_cache import cached_study, study_key
+
+    ws, runs = Workspace(tmp_path), []
+    inputs = _StudyInputs(torch.arange(6.0).reshape(2, 3), torch.nn.Linear(2, 1), {}, "digits")
+
+    def result(n, name="demo"):
+        def run():
+            runs.append(n)
+            return StudyOutput(name, tables={"t": pd.DataFrame({"n": [n]})})
+        return cached_study(ws, name, study_key({"n": n}, inputs), run).tables["t"]["n"].tolist()
+
+    def entries():
+        return len(list(tmp_path.glob("cache/study-demo-*.pt")))
+
+    assert (result(1), result(2), result(1)) == ([1], [2], [1])
+    assert runs == [1, 2]                                         # the first entry read back, not measured again
+    kept = study_cache.ENTRIES_KEPT
+    assert 2 <= kept <= 8
+    result(1, name="other")                                       # another study's entries are its own
+    for n in range(3, kept + 2):                                  # one configuration more than are kept
+        result(n)
+    assert entries() == kept                                      # bounded
+    assert result(1) == [1] and runs == [1, 2, 1, *range(3, kept + 2)]   # read since: kept; 2, least recent: gone
+    assert result(2) == [2] and runs[-1] == 2 and entries() == kept
+    (tmp_path / "cache" / "study-demo-000000000000.pt").write_bytes(b"damaged")   # of no code: pruned
+    monkeypatch.setattr(study_cache, "ENTRIES_KEPT", kept + 5)
+    result(kept + 2)
+    assert not (tmp_path / "cache" / "study-demo-000000000000.pt").exists() and entries() == kept + 1
+    monkeypatch.setattr(study_cache, "code_digest", lambda: "an edited library")
+    result(1)
+    assert runs[-1] == 1 and entries() == 1                       # entries of another code digest are removed
+    assert len(list(tmp_path.glob("cache/study-other-*.pt"))) == 1
 
 
 def test_a_checkpoints_digest_covers_its_header_and_the_weights_a_study_loads_from_it(tmp_path):
@@ -460,8 +499,7 @@ def test_a_cached_study_is_keyed_on_the_matplotlib_style_its_figures_are_drawn_i
         assert larger != default and len(runs) == 2             # the figure reads it: drawn again
         assert png() == larger and len(runs) == 2
     with matplotlib.rc_context({"keymap.save": ["w"], "interactive": True}):   # no part of a PNG
-        assert png() == default and len(runs) == 3                            # (the last entry was 17 pt)
-        assert png() == default and len(runs) == 3
+        assert png() == default and len(runs) == 2                            # the default style's entry
 
 
 # figure name -> its axes as the tiny run rendered them (filled by the tiny_report fixture)
@@ -1302,6 +1340,31 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
     third = json.loads((tmp_path / "timings.json").read_text())["invocations"][-1]["stages"]
     row = next(line for line in md.read_text().splitlines() if line.startswith("| seconds per stage"))
     assert row == "| seconds per stage | " + ", ".join(f"{k} {v:.1f}" for k, v in third.items()) + " |"
+
+
+def test_a_rerun_back_at_an_earlier_configuration_measures_no_study(tiny_report, tmp_path, monkeypatch):
+    # --quick, then --tiny, then --quick again measured every study a third time (minutes at --quick): each kept one
+    # entry. Here another bootstrap size (measured again from the cached samples), then the first configuration.
+    import shutil
+    from dataclasses import replace
+
+    from kinetic_fm.studies import reproduce as module
+
+    shutil.copytree(tiny_report[0], tmp_path / "out")
+    cfg = ReproduceConfig.preset("tiny")
+    measured = []
+    for name in module.STUDIES:
+        run = getattr(module, f"run_{name}")
+        monkeypatch.setattr(module, f"run_{name}", lambda *a, _name=name, _run=run, **kw: measured.append(_name)
+                            or _run(*a, **kw))
+    module.reproduce(replace(cfg, shaping=replace(cfg.shaping, bootstrap=cfg.shaping.bootstrap + 1)),
+                     tmp_path / "out", progress=False)
+    assert sorted(measured) == sorted(module.STUDIES)                    # every study's key holds the whole config
+    measured.clear()
+    md, _ = module.reproduce(cfg, tmp_path / "out", progress=False)
+    assert measured == []                                                # the first configuration's entries, kept
+    assert "every study's tables, claims and figures were read from" in md.read_text()
+    assert len(list((tmp_path / "out" / "cache").glob("study-*.pt"))) == 2 * len(module.STUDIES)
 
 
 def test_a_cached_rerun_hashes_each_stage_file_once(tiny_report, tmp_path, monkeypatch):

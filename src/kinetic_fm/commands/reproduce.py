@@ -15,9 +15,9 @@ def register(subparsers) -> None:
         help="run the paper's studies (semantics, support, memorization, shaping) and write a report",
         description="Train or load what is needed, run the studies and write OUT/report.html, OUT/report.md and "
                     "per-sample Parquet tables in OUT/tables. The nets, the sampling runs and each study's result "
-                    "are cached in --out: the same command resumes an interrupted run, and a rerun of a finished "
-                    "one reads the studies' results (measured again where a setting, an input or the library "
-                    "changed, and for a study that warned).",
+                    "are cached in --out: the same command resumes an interrupted run, and a rerun of any of the "
+                    "last four configurations finished there reads the studies' results (measured again for "
+                    "other settings, a changed input or library, and a study that warned).",
     )
     p.add_argument("--data", default="digits",
                    help="digits (embedded, default) | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "

@@ -4,6 +4,7 @@ Trained nets, sampling runs and each study's result are cached in the output fol
 :class:`Workspace` and :mod:`~kinetic_fm.studies.study_cache`), so an interrupted run resumes from
 the last finished one, and a re-run with the same configuration, inputs and library trains,
 samples and measures nothing: it reads the studies' tables, claims and figures and writes the report.
+The last four configurations' results of each study are kept, so a run back at an earlier one reads them too.
 """
 from __future__ import annotations
 

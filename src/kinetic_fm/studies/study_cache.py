@@ -20,8 +20,11 @@ setting, input or code change can reuse a stale one:
   recomputes the study.
 
 An entry is written atomically once its study has finished, so an interruption in a later study
-keeps it; it replaces the study's entry for other keys (one per study, or each edit of the library
-would add one). A study that warned is not cached (a re-run would not warn again), nor one whose tables
+keeps it. Each study keeps its :data:`ENTRIES_KEPT` most recently used entries written by the current
+library (:func:`code_digest`), so going back to an earlier configuration (``--quick``, then ``--tiny``, then
+``--quick`` again; another ``--seed`` and back) reads it instead of measuring the study again; entries of
+another library (each edit of it would add one), of another format or that cannot be read are deleted when
+an entry is written. A study that warned is not cached (a re-run would not warn again), nor one whose tables
 do not survive the Parquet round trip unchanged. Entries are loaded with ``weights_only=True``:
 plain strings, numbers, bytes and Parquet bytes, no pickled objects.
 """
@@ -30,7 +33,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +46,11 @@ from ..runs.manifest import sha256_file
 from .output import StudyOutput
 from .workspace import Workspace, atomic_torch_save
 
-ENTRY_FORMAT = 3  # bump when the layout of an entry changes (3: sections keep their terms)
+ENTRY_FORMAT = 4  # bump when the layout of an entry changes (3: sections keep their terms; 4: its code digest)
+#: entries kept per study, of the current library: the three presets and one more configuration (a seed, a
+#: judge); fixed, not a setting: an entry (its tables and figures) is a small part of ``cache/``, whose sampling
+#: stages are kept for every configuration, and one evicted is measured again from those cached samples
+ENTRIES_KEPT = 4
 #: the weights the studies load from a net's .safetensors files (``load_model``'s ``weights``): the files'
 #: digest covers these tensors and the header, not the training run's other half, which no study reads
 STUDY_WEIGHTS = "ema"
@@ -195,11 +204,13 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
     """The result of ``run()``, study ``name``'s for :func:`study_key` ``key``: read from
     ``cache/study-<name>-<hash>.pt`` when an entry for the same key exists and the sampling stages
     it read are unchanged; else computed, and stored unless ``key`` is None, the study warned or
-    its tables do not round-trip (see the module). Counts ``ws.studies_loaded`` and ``ws.studies_computed``."""
+    its tables do not round-trip (see the module), keeping the study's :data:`ENTRIES_KEPT` most recently
+    used entries of ``key``'s code digest (:func:`_prune`). Counts ``ws.studies_loaded`` and ``ws.studies_computed``."""
     path = None if key is None else ws.stage_path(f"study-{name}", {"study": name, **key})
     if path is not None and path.exists():
         output = _read(ws, path)
         if output is not None:
+            _mark_used(path)
             ws.studies_loaded += 1
             return output
     warned: list[warnings.WarningMessage] = []
@@ -214,11 +225,43 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
         entry = _encode(output)
         if entry is not None:
             inputs = {p.name: file_digest(ws, p) for p in sorted(read) if p.parent == ws.root / "cache"}
-            atomic_torch_save({"format": ENTRY_FORMAT, "inputs": inputs, "output": entry}, path)
-            for other in path.parent.glob(f"study-{name}-*.pt"):  # one entry per study: every edit of the
-                if other != path:                                    # library would add one otherwise
-                    other.unlink(missing_ok=True)
+            atomic_torch_save({"format": ENTRY_FORMAT, "code": key["code"], "inputs": inputs, "output": entry}, path)
+            _mark_used(path)
+            _prune(path, name, key["code"])
     return output
+
+
+def _mark_used(path: Path) -> None:
+    """Set the entry's mtime to now, the order :func:`_prune` keeps entries in (the clock's nanoseconds:
+    a file system's own timestamps can tie within a few milliseconds). A folder that refuses it (read-only)
+    only loses that order."""
+    now = time.time_ns()
+    try:
+        os.utime(path, ns=(now, now))
+    except OSError:
+        pass
+
+
+def _prune(path: Path, name: str, code: str) -> None:
+    """Delete study ``name``'s entries beside ``path`` (just written) but the :data:`ENTRIES_KEPT` most
+    recently used (by mtime, ``path`` among them) written by library ``code``: those of another library or
+    format, or that do not load, go whatever their age."""
+    current = []
+    for other in path.parent.glob(f"study-{name}-*.pt"):
+        if other == path:
+            continue
+        try:
+            entry = torch.load(other, map_location="cpu", weights_only=True)
+            ours = entry["format"] == ENTRY_FORMAT and entry["code"] == code
+            used = other.stat().st_mtime_ns
+        except Exception:  # damaged, another layout, gone
+            ours = False
+        if ours:
+            current.append((used, other))
+        else:
+            other.unlink(missing_ok=True)
+    for _, other in sorted(current, reverse=True)[ENTRIES_KEPT - 1:]:
+        other.unlink(missing_ok=True)
 
 
 def _read(ws: Workspace, path: Path) -> StudyOutput | None:
