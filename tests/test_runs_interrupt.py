@@ -174,7 +174,7 @@ _TERM_TRAIN_CHILD = textwrap.dedent("""
 
     real = models.train
 
-    def train(*args, **kwargs):  # SIGTERM as step 5 ends (the resume state of step 4 is written)
+    def train(*args, **kwargs):  # SIGTERM as step 5 ends (--save-every 2 writes the resume state of step 4)
         def callback(step, loss):
             if step == 5:
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -195,9 +195,10 @@ def test_kfm_train_stopped_by_sigterm_says_how_to_resume_and_resumes_bit_identic
     child = subprocess.run([sys.executable, "-c", _TERM_TRAIN_CHILD, *flags, "--out", str(tmp_path / "cut")],
                            env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == 128 + signal.SIGTERM, child.stderr
+    # it waits for the step's end and writes step 5's resume state: step 5 was lost
     assert child.stderr.strip().splitlines()[-1] == (
-        "kfm train: interrupted (SIGTERM): the resume state of step 4 of 8 is kept (saved every --save-every 2 "
-        "steps); step 5 is lost, redone by the resume; rerun the same command with --resume to continue")
+        "kfm train: interrupted (SIGTERM): step 5 of 8 was finished and its resume state saved, no step is lost; "
+        "rerun the same command with --resume to continue")
     assert not (tmp_path / "cut" / "final.safetensors").exists()
     assert main([*flags, "--out", str(tmp_path / "cut"), "--resume"]) == 0
     assert main([*flags, "--out", str(tmp_path / "full")]) == 0

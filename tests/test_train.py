@@ -937,6 +937,132 @@ def test_a_keyboard_interrupt_mid_run_resumes_bit_identically(tmp_path):
     assert sorted(resumed.checkpoints) == sorted(full.checkpoints) == [1, 2, 4, 8, 9]
 
 
+class _SignallingMLP(VelocityMLP):
+    """A tiny MLP whose forward sends itself ``signals`` (signal numbers) in the forward of step ``at``, in the
+    middle of that step, and notes in ``sent`` how many of them were sent and returned."""
+
+    def __init__(self, at, signals):
+        super().__init__(2, hidden=8, depth=1)
+        self.at, self.signals, self.calls, self.sent = at, signals, 0, 0
+
+    def forward(self, x, t):
+        import signal
+
+        self.calls += 1
+        if self.calls == self.at:
+            for signum in self.signals:
+                signal.raise_signal(signum)  # delivered before it returns: the handler runs here
+                self.sent += 1
+        return super().forward(x, t)
+
+
+_INTERRUPTED = dict(steps=9, batch_size=4, lr=1e-2, seed=5, save_every=3, checkpoints="log2")
+
+
+def test_ctrl_c_mid_step_keeps_that_step_and_resumes_bit_identically(tmp_path):
+    # the resume state was written every save_every steps only: Ctrl-C in step 5 kept step 3's, so steps 4
+    # and 5 were lost; the step under way now ends, its resume state is written, and then KeyboardInterrupt
+    import signal
+
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(**_INTERRUPTED)
+    torch.manual_seed(0)
+    full = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "full")
+    torch.manual_seed(0)
+    net = _SignallingMLP(5, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(net, data, config, out=tmp_path / "cut")
+    assert net.sent == 1 and net.calls == 5                       # the step went on after the signal, no further
+    assert (caught.value.interrupted_step, caught.value.resume_step) == (5, 5)
+    assert load_state(tmp_path / "cut" / "resume.pt")["step"] == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "cut", resume=True)
+    assert resumed.resumed_from == 5 and torch.equal(full.losses, resumed.losses)
+    for a, b in ((full.model, resumed.model), (full.ema, resumed.ema)):
+        assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+    assert sorted(resumed.checkpoints) == sorted(full.checkpoints) == [1, 2, 4, 8, 9]
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_keeps_the_last_resume_state(tmp_path, monkeypatch):
+    # an impatient user, or a save that hangs: the second signal does not wait for the step's end
+    import signal
+    import sys
+
+    training = sys.modules["kinetic_fm.models.train"]  # the module: kinetic_fm.models.train is the function
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    net = _SignallingMLP(5, [signal.SIGINT, signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(net, data, TrainConfig(**_INTERRUPTED), out=tmp_path / "twice")
+    assert net.sent == 1                                            # the second one raised in the forward
+    assert (caught.value.interrupted_step, caught.value.resume_step) == (5, 3)
+    assert load_state(tmp_path / "twice" / "resume.pt")["step"] == 3
+    # the second signal during the resume state's save: the save stops, the state of step 3 stays whole
+    real_save = training.save_resume_state
+
+    def hanging_save(path, step, *args, **kwargs):
+        if step == 5:
+            signal.raise_signal(signal.SIGINT)
+        return real_save(path, step, *args, **kwargs)
+
+    monkeypatch.setattr(training, "save_resume_state", hanging_save)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(_SignallingMLP(5, [signal.SIGINT]), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "hung")
+    assert (caught.value.interrupted_step, caught.value.resume_step) == (5, 3)
+    assert load_state(tmp_path / "hung" / "resume.pt")["step"] == 3
+    assert [p.name for p in (tmp_path / "hung").iterdir() if ".tmp-" in p.name] == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class _Stopped(KeyboardInterrupt):
+    """A program's own SIGTERM exception (as kfm's): train() knows nothing of it."""
+
+
+def test_sigterm_with_a_raising_handler_waits_for_the_step_and_the_handlers_are_restored(tmp_path):
+    # whatever Python handler is installed for SIGINT and SIGTERM runs at the step's end, after its resume state
+    import signal
+
+    def stop(signum, frame):
+        raise _Stopped
+
+    def on_int(signum, frame):
+        raise KeyboardInterrupt
+
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    before = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, on_int)
+    try:
+        net = _SignallingMLP(4, [signal.SIGTERM])
+        with pytest.raises(_Stopped) as caught:
+            train(net, data, TrainConfig(**_INTERRUPTED), out=tmp_path / "term")
+        assert net.sent == 1 and (caught.value.interrupted_step, caught.value.resume_step) == (4, 4)
+        assert load_state(tmp_path / "term" / "resume.pt")["step"] == 4
+        assert signal.getsignal(signal.SIGTERM) is stop and signal.getsignal(signal.SIGINT) is on_int
+        # after a return, and after an error of the run
+        train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "done")
+        assert signal.getsignal(signal.SIGTERM) is stop and signal.getsignal(signal.SIGINT) is on_int
+
+        def fail(step, loss):
+            raise ValueError("the callback failed")
+
+        with pytest.raises(ValueError, match="the callback failed"):
+            train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "failed",
+                  callback=fail)
+        assert signal.getsignal(signal.SIGTERM) is stop and signal.getsignal(signal.SIGINT) is on_int
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])
+
+
+def test_ctrl_c_without_a_run_folder_interrupts_at_once():
+    # nothing to save: the step under way is not finished (as before)
+    import signal
+
+    net = _SignallingMLP(5, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(net, torch.randn(64, 2), TrainConfig(**_INTERRUPTED))
+    assert net.sent == 0 and not hasattr(caught.value, "resume_step")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_float16_net_is_refused_before_its_first_step_and_bfloat16_trains(tmp_path):
     # AdamW's second moments underflow in float16 (g² < 6e-8 is 0, and eps = 1e-8 too): the first
     # step divided by zero and the run "diverged at step 2 ... try a smaller learning rate"

@@ -193,8 +193,9 @@ def test_sigkilled_training_resumes_bit_identically(tmp_path):
     assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "cut" / "final.safetensors")
 
 
-def _ctrl_c_at(monkeypatch, stop):
-    """kfm train's net trains as the command asks, until Ctrl-C comes as step ``stop`` ends (its callback)."""
+def _ctrl_c_at(monkeypatch, stop, times=1):
+    """kfm train's net trains as the command asks, until Ctrl-C (SIGINT) comes ``times`` times as step
+    ``stop`` ends (in its callback)."""
     import kinetic_fm.models as models
 
     real = models.train
@@ -202,26 +203,47 @@ def _ctrl_c_at(monkeypatch, stop):
     def train(*args, **kwargs):
         def callback(step, loss):
             if step == stop:
-                raise KeyboardInterrupt
+                for _ in range(times):
+                    signal.raise_signal(signal.SIGINT)  # its handler runs before this returns
         return real(*args, callback=callback, **kwargs)
 
     monkeypatch.setattr(models, "train", train)
 
 
+_SECOND = "(a second Ctrl-C or SIGTERM stops at once, without waiting for the step under way to end and be saved)"
+
+
 @pytest.mark.parametrize("stop, kept", [(7, 4), (3, 0)])
-def test_ctrl_c_names_the_step_the_folder_keeps_and_the_steps_lost(tmp_path, capsys, monkeypatch, stop, kept):
+def test_a_second_ctrl_c_names_the_step_the_folder_keeps_and_the_steps_lost(tmp_path, capsys, monkeypatch, stop,
+                                                                            kept):
     # it said "the steps up to the last resume state ... are kept": not which step, nor how many were lost
     flags = ["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "cut")]
     with monkeypatch.context() as patched:
-        _ctrl_c_at(patched, stop)
+        _ctrl_c_at(patched, stop, times=2)
         assert main(flags) == 130
     kept_words = (f"the resume state of step {kept} of 20 is kept (saved every --save-every 4 steps)" if kept else
                   "no resume state was saved yet (the first comes at step 4, --save-every 4)")
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"kfm train: interrupted: {kept_words}; steps {kept + 1} to {stop} are lost, redone by the resume; "
-        "rerun the same command with --resume to continue")
+        f"kfm train: interrupted: {kept_words}; steps {kept + 1} to {stop} are lost, redone by the resume "
+        f"{_SECOND}; rerun the same command with --resume to continue")
     assert main([*flags, "--resume"]) == 0
     assert (f"resumed from step {kept} of 20" in capsys.readouterr().out) == bool(kept)
+    assert main(["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "full")]) == 0
+    assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "cut" / "final.safetensors")
+
+
+def test_ctrl_c_keeps_the_step_under_way_and_says_nothing_is_lost(tmp_path, capsys, monkeypatch):
+    # Ctrl-C in step 7 kept the resume state of step 4 (--save-every 4): steps 5 to 7 were lost
+    flags = ["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "cut")]
+    with monkeypatch.context() as patched:
+        _ctrl_c_at(patched, 7)
+        assert main(flags) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "kfm train: interrupted: step 7 of 20 was finished and its resume state saved, no step is lost; "
+        "rerun the same command with --resume to continue")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert main([*flags, "--resume"]) == 0
+    assert "resumed from step 7 of 20" in capsys.readouterr().out
     assert main(["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "full")]) == 0
     assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "cut" / "final.safetensors")
 
@@ -230,11 +252,11 @@ def test_ctrl_c_of_a_resumed_run_counts_from_the_step_it_resumed(tmp_path, capsy
     flags = ["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "cut")]
     assert main(["train", *COMMON, "--steps", "9", "--out", str(tmp_path / "cut")]) == 0
     with monkeypatch.context() as patched:
-        _ctrl_c_at(patched, 11)
+        _ctrl_c_at(patched, 11, times=2)
         assert main([*flags, "--resume"]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "kfm train: interrupted: the resume state of step 9 of 20 is kept (saved every --save-every 4 steps); "
-        "steps 10 to 11 are lost, redone by the resume; rerun the same command with --resume to continue")
+        f"steps 10 to 11 are lost, redone by the resume {_SECOND}; rerun the same command with --resume to continue")
 
 
 def test_kfm_train_on_centred_celeba_saves_the_mean(tmp_path):

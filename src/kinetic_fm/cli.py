@@ -99,8 +99,10 @@ class _Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """Inside the block, SIGTERM raises :class:`_Terminated` in the main thread; a second SIGTERM
-    (during the clean-up) ends the process at once. A handler someone else installed (an embedding
-    program's) is left alone, as is a call from another thread, where Python cannot set one."""
+    (during the clean-up) ends the process at once. Training with a run folder holds the first one
+    to the end of the step under way, whose resume state it writes (models.train). A handler someone
+    else installed (an embedding program's) is left alone, as is a call from another thread, where
+    Python cannot set one."""
     import signal
     import threading
 

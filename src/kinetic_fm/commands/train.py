@@ -187,8 +187,12 @@ def _flags_for_settings(text: str) -> str:
 
 def _interrupted_hint(kept: int, stopped: int, args: argparse.Namespace) -> str:
     """What Ctrl-C or SIGTERM in step ``stopped`` kept: the resume state of step ``kept`` (0: none
-    yet); the steps after it are lost and redone. "the steps up to the last resume state are kept"
-    named neither step, so a user could not tell 99 steps lost from none."""
+    yet). One signal waits for the step under way to end and saves it (``kept == stopped``: nothing
+    lost); a second one stops at once, and the steps after ``kept`` are lost and redone. "the steps up
+    to the last resume state are kept" named neither step, so a user could not tell 99 steps lost from none."""
+    if stopped == kept and kept:
+        return (f"step {kept} of {args.steps} was finished and its resume state saved, no step is lost; "
+                "rerun the same command with --resume to continue")
     saved = (f"the resume state of step {kept} of {args.steps} is kept (saved every --save-every "
              f"{args.save_every} steps)" if kept else
              f"no resume state was saved yet (the first comes at step {min(args.save_every, args.steps)}, "
@@ -196,7 +200,8 @@ def _interrupted_hint(kept: int, stopped: int, args: argparse.Namespace) -> str:
     lost = ""
     if stopped > kept:
         steps = f"step {stopped} is" if stopped == kept + 1 else f"steps {kept + 1} to {stopped} are"
-        lost = f"; {steps} lost, redone by the resume"
+        lost = (f"; {steps} lost, redone by the resume (a second Ctrl-C or SIGTERM stops at once, without "
+                "waiting for the step under way to end and be saved)")
     return f"{saved}{lost}; rerun the same command with --resume to continue"
 
 

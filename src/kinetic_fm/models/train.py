@@ -6,7 +6,8 @@ x_t = (1 − t)·x0 + t·x1, loss = mean ‖v(x_t, t) − (x1 − x0)‖² over 
 Determinism: every random draw comes from two generators seeded by ``TrainConfig.seed`` (one
 for the data order, one for noise/times/label dropout) plus the global RNGs (dropout). All of
 them, the optimizer, the EMA and the loss history are saved in ``resume.pt`` every
-``save_every`` steps, so a run that is killed and resumed ends with bit-identical weights.
+``save_every`` steps, so a run that is killed and resumed ends with bit-identical weights; Ctrl-C
+and SIGTERM wait for the step under way to end and write its resume state, so they lose no step.
 """
 from __future__ import annotations
 
@@ -453,9 +454,14 @@ def train(
         progress: show a tqdm bar.
         callback: called as ``callback(step, loss)`` after each step (1-based ``step``, loss a
             0-d tensor); an exception raised there stops training (the last resume state stays).
-            A ``KeyboardInterrupt`` (Ctrl-C; ``kfm``'s SIGTERM too) raised during a step leaves with
-            ``interrupted_step`` (the step under way) and ``resume_step`` (the step of the resume
-            state ``out`` keeps, 0 for none) set on it, so its handler can say what was lost.
+            With ``out``, in the main thread, Ctrl-C (SIGINT) and SIGTERM wait for the step under way
+            to end where their handler is a Python function (Ctrl-C's default, ``kfm``'s SIGTERM, your
+            own): that step's resume state is written, then the handler runs (and raises, as a rule),
+            so no finished step is lost; a second signal runs its handler at once, and the handlers are
+            restored when training ends. A ``KeyboardInterrupt`` (or subclass) raised in the step loop
+            leaves with ``interrupted_step`` (the step under way) and ``resume_step`` (the step of the
+            resume state ``out`` keeps, 0 for none) set on it: equal when nothing was lost, else the
+            steps after ``resume_step`` are redone by a resume.
         info: extra JSON-able values recorded in ``config.json`` and the checkpoints' metadata
             (e.g. the data spec).
         extra_weights: more safetensors files for ``out`` (file name -> tensors, e.g.
@@ -631,6 +637,9 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
 
     saved = start  # the step of the resume state on disk
 
+    def finite_weights() -> bool:  # one synchronisation for all parameters
+        return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
     def save_resume(step: int) -> None:
         nonlocal saved
         if state_path is not None:
@@ -648,56 +657,64 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     ema.eval()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train", disable=not progress)
     step = start
+    # Ctrl-C and SIGTERM wait for the step under way to end, so that a run with a folder loses no finished step
+    signals = _SignalsAtStepEnd(active=out is not None)  # without a folder nothing is saved: no wait
     try:
-        for i in bar:
-            step = i + 1
-            if config.warmup:
-                for group in optimizer.param_groups:
-                    group["lr"] = config.lr * min(1.0, step / config.warmup)
-            idx = torch.randint(n, (config.batch_size,), device="cpu", generator=data_gen)
-            x1 = data[idx].to(device)
-            # drawn in float32 whatever torch's default dtype (float64 drew other numbers from the seed)
-            x0 = torch.randn(x1.shape, device="cpu", dtype=torch.float32,
-                             generator=noise_gen).to(device=device, dtype=x1.dtype)
-            t = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
-                           generator=noise_gen).to(device=device, dtype=x1.dtype)
-            tb = t.reshape(-1, *([1] * (x1.ndim - 1)))
-            xt = (1 - tb) * x0 + tb * x1
-            if conditional:
-                y = labels[idx].clone()
-                drop = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
-                                  generator=noise_gen) < config.label_dropout
-                y[drop] = model.null_class
-                v = model(xt, t, y.to(device))
-            else:
-                v = model(xt, t)
-            loss = (v - (x1 - x0)).square().mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
-            losses[i] = loss.detach().to("cpu", torch.float32)
-            if not math.isfinite(float(losses[i])):  # the copy above synchronised already: free to read
-                raise diverged(step, f"the loss is {float(losses[i])}")
-            if progress and (step % 50 == 0 or step == config.steps):
-                bar.set_postfix(loss=f"{losses[max(0, i - 49): i + 1].mean().item():.4f}")
-            checkpoint = out is not None and step in schedule
-            resume_state = out is not None and (step % config.save_every == 0 or step == config.steps)
-            # a finite loss can still step to non-finite weights: none is written (a NaN resume.pt
-            # replaced the last good one); one synchronisation for all parameters
-            if (checkpoint or resume_state) and not bool(torch.stack(
-                    [torch.isfinite(p).all() for p in model.parameters()]).all()):
-                raise diverged(step, "the weights are no longer finite")
-            if checkpoint:
-                path = out / "checkpoints" / f"step_{step:07d}.safetensors"
-                save_model(model, path, ema=ema, step=step, **recorded)
-                written[step] = path
-            if resume_state:
-                save_resume(step)
-            if callback is not None:
-                callback(step, loss.detach())
+        with signals:
+            for i in bar:
+                step = i + 1
+                if config.warmup:
+                    for group in optimizer.param_groups:
+                        group["lr"] = config.lr * min(1.0, step / config.warmup)
+                idx = torch.randint(n, (config.batch_size,), device="cpu", generator=data_gen)
+                x1 = data[idx].to(device)
+                # drawn in float32 whatever torch's default dtype (float64 drew other numbers from the seed)
+                x0 = torch.randn(x1.shape, device="cpu", dtype=torch.float32,
+                                 generator=noise_gen).to(device=device, dtype=x1.dtype)
+                t = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
+                               generator=noise_gen).to(device=device, dtype=x1.dtype)
+                tb = t.reshape(-1, *([1] * (x1.ndim - 1)))
+                xt = (1 - tb) * x0 + tb * x1
+                if conditional:
+                    y = labels[idx].clone()
+                    drop = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
+                                      generator=noise_gen) < config.label_dropout
+                    y[drop] = model.null_class
+                    v = model(xt, t, y.to(device))
+                else:
+                    v = model(xt, t)
+                loss = (v - (x1 - x0)).square().mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+                losses[i] = loss.detach().to("cpu", torch.float32)
+                if not math.isfinite(float(losses[i])):  # the copy above synchronised already: free to read
+                    raise diverged(step, f"the loss is {float(losses[i])}")
+                if progress and (step % 50 == 0 or step == config.steps):
+                    bar.set_postfix(loss=f"{losses[max(0, i - 49): i + 1].mean().item():.4f}")
+                checkpoint = out is not None and step in schedule
+                resume_state = out is not None and (step % config.save_every == 0 or step == config.steps)
+                # a finite loss can still step to non-finite weights: none is written (a NaN resume.pt
+                # replaced the last good one)
+                if (checkpoint or resume_state) and not finite_weights():
+                    raise diverged(step, "the weights are no longer finite")
+                if checkpoint:
+                    path = out / "checkpoints" / f"step_{step:07d}.safetensors"
+                    save_model(model, path, ema=ema, step=step, **recorded)
+                    written[step] = path
+                if resume_state:
+                    save_resume(step)
+                if callback is not None:
+                    callback(step, loss.detach())
+                if signals.held:  # Ctrl-C or SIGTERM came during this step: it is kept, then its handler runs
+                    if saved != step:
+                        if not finite_weights():
+                            raise diverged(step, "the weights are no longer finite")
+                        save_resume(step)
+                    signals.deliver()
     except KeyboardInterrupt as err:
         if out is not None:  # what the interruption lost: the steps after the resume state on disk
             err.interrupted_step, err.resume_step = step, saved
@@ -713,3 +730,59 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         save_model(model, out / "final.safetensors", ema=ema, step=config.steps, **recorded)
     model.eval()
     return TrainResult(model, ema, losses, dict(sorted(written.items())), out, resumed_from=start)
+
+
+class _SignalsAtStepEnd:
+    """Inside the block (a run with a folder, in the main thread), the first SIGINT or SIGTERM whose
+    handler is a Python function (Ctrl-C's KeyboardInterrupt, ``kfm``'s SIGTERM, a program's own) is
+    held back: :attr:`held` says one came, and :meth:`deliver` runs its handler, once the step under
+    way is finished and its resume state written. A second one runs its handler at once (an impatient
+    user, a save that hangs). Handlers left to the system (SIG_DFL, SIG_IGN) are left alone, and so is
+    every handler outside the main thread, where Python cannot set one, and with ``active`` False.
+
+    On leaving, each replaced handler comes back where this one still stands (a handler that set
+    another, as kfm's SIGTERM sets SIG_DFL for a second one, keeps its choice); one held back when the
+    block ends without an error is delivered then, one held back when it ends by an error is dropped
+    (the error stops the run anyway)."""
+
+    def __init__(self, active: bool = True) -> None:
+        self.active = active
+        self.replaced: dict[int, Any] = {}  # signal number -> the handler it had
+        self._pending: tuple[int, Any] | None = None  # (signal number, frame) of the one held back
+        self._handler = self._hold  # one bound method, to know it again by identity
+
+    @property
+    def held(self) -> bool:
+        return self._pending is not None
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        if self._pending is None:
+            self._pending = (signum, frame)
+        else:
+            self.replaced[signum](signum, frame)
+
+    def deliver(self) -> None:
+        """Run the handler of the signal held back (it raises, as a rule)."""
+        signum, frame = self._pending
+        self._pending = None
+        self.replaced[signum](signum, frame)
+
+    def __enter__(self) -> "_SignalsAtStepEnd":
+        import signal
+        import threading
+
+        if self.active and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(signum)
+                if callable(handler):  # not SIG_DFL, SIG_IGN, nor None (set outside Python)
+                    self.replaced[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        import signal
+
+        for signum, handler in self.replaced.items():
+            if signal.getsignal(signum) is self._handler:
+                signal.signal(signum, handler)
+        if kind is None and self.held:
+            self.deliver()
