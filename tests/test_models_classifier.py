@@ -168,6 +168,99 @@ def test_an_interrupted_classifier_resumes_to_the_uninterrupted_weights(tmp_path
     assert _same_weights(whole.model, again.model)
 
 
+_FORWARD = SmallCNN.forward  # unpatched
+
+
+def _signalling_forward(monkeypatch, at, signals):
+    """SmallCNN's forward sends itself ``signals`` (signal numbers) in its ``at``-th call, in the middle of
+    that training step; returns the list of the calls that returned from sending (one entry each)."""
+    import signal
+
+    calls = []
+
+    def signalling(self, x):
+        if len(calls) + 1 == at:
+            for signum in signals:
+                signal.raise_signal(signum)  # delivered before it returns: the handler runs here
+        calls.append(True)
+        return _FORWARD(self, x)
+
+    monkeypatch.setattr(SmallCNN, "forward", signalling)
+    return calls
+
+
+_CUT = dict(steps=9, batch_size=8, width=2, lr=5e-3, seed=2, save_every=4)
+
+
+def test_ctrl_c_mid_step_keeps_that_classifier_step_and_resumes_bit_identically(tmp_path, monkeypatch):
+    # the resume state was written every save_every steps only: Ctrl-C in step 7 kept step 4's, steps 5 to 7
+    # were lost; the step under way now ends, its resume state is written, and then KeyboardInterrupt
+    import signal
+
+    from kinetic_fm.models.checkpoint import load_state
+
+    ds = load_digits(n=32, seed=1)
+    whole = train_classifier(ds.images, ds.labels, out=tmp_path / "whole", **_CUT)
+    calls = _signalling_forward(monkeypatch, 7, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train_classifier(ds.images, ds.labels, out=tmp_path / "cut", **_CUT)
+    assert len(calls) == 7                                                # the step went on after it, no further
+    assert (caught.value.interrupted_step, caught.value.resume_step) == (7, 7)
+    assert load_state(tmp_path / "cut" / "resume.pt")["step"] == 7
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    calls.clear()
+    resumed = train_classifier(ds.images, ds.labels, out=tmp_path / "cut", resume=True, **_CUT)
+    assert len(calls) == 2                                                # steps 8 and 9
+    assert _same_weights(whole.model, resumed.model)
+    full, cut = (load_state(tmp_path / name / "resume.pt") for name in ("whole", "cut"))
+    assert full["step"] == cut["step"] == 9 and torch.equal(full["losses"], cut["losses"])
+
+
+def test_a_second_ctrl_c_stops_the_classifier_at_once_and_a_sigterm_handler_is_restored(tmp_path, monkeypatch):
+    # an impatient user, or a save that hangs: the second signal does not wait for the step's end
+    import signal
+
+    from kinetic_fm.models.checkpoint import load_state
+
+    class Stopped(KeyboardInterrupt):
+        """A program's own SIGTERM exception (as kfm's)."""
+
+    def stop(signum, frame):
+        raise Stopped
+
+    ds = load_digits(n=32, seed=1)
+    calls = _signalling_forward(monkeypatch, 7, [signal.SIGINT, signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train_classifier(ds.images, ds.labels, out=tmp_path / "twice", **_CUT)
+    assert len(calls) == 6                                                # the second one raised in the 7th forward
+    assert (caught.value.interrupted_step, caught.value.resume_step) == (7, 4)
+    assert load_state(tmp_path / "twice" / "resume.pt")["step"] == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        calls = _signalling_forward(monkeypatch, 6, [signal.SIGTERM])
+        with pytest.raises(Stopped) as caught:
+            train_classifier(ds.images, ds.labels, out=tmp_path / "term", **_CUT)
+        assert len(calls) == 6 and (caught.value.interrupted_step, caught.value.resume_step) == (6, 6)
+        assert load_state(tmp_path / "term" / "resume.pt")["step"] == 6
+        assert signal.getsignal(signal.SIGTERM) is stop
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_ctrl_c_in_a_classifier_without_a_folder_stops_at_once(monkeypatch):
+    # nothing to save: the step under way is not finished (as before)
+    import signal
+
+    ds = load_digits(n=32, seed=1)
+    calls = _signalling_forward(monkeypatch, 3, [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train_classifier(ds.images, ds.labels, **_CUT)
+    assert calls == [True, True] and not hasattr(caught.value, "resume_step")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_classifier_resume_removes_temporaries_of_writers_killed_mid_save(tmp_path):
     # kfm reproduce deletes the judge's resume.pt once its weights are cached, but a SIGKILL
     # during a save left resume.pt's hidden temporary, which nothing ever removed

@@ -144,6 +144,13 @@ def train_classifier(
     the same values, by their sha256 (recorded as ``train()`` records them; states from before are
     resumed unchecked). ``callback(step, loss)`` runs after
     each step (1-based; an exception there stops training, the last resume state stays).
+    With ``out``, in the main thread, Ctrl-C (SIGINT) and SIGTERM wait for the step under way to end
+    where their handler is a Python function, as :func:`~kinetic_fm.models.train.train`'s do
+    (:class:`~kinetic_fm.models.train.SignalsAtStepEnd`): that step's resume state is written, then the
+    handler runs, so no finished step is lost; a second signal runs its handler at once. A
+    ``KeyboardInterrupt`` raised in the step loop leaves with ``interrupted_step`` (the step under way)
+    and ``resume_step`` (the step of the resume state ``out`` keeps, 0 for none) set on it: equal when
+    nothing was lost.
     """
     images, labels = torch.as_tensor(torch_readable(images)), torch.as_tensor(torch_readable(labels))
     if images.ndim != 4 or labels.shape != (images.shape[0],):
@@ -237,8 +244,8 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     """:func:`train_classifier`'s work, with ``out``'s lock held."""
     from tqdm.auto import tqdm
 
-    from .train import (DATA_DIGEST, RESUME_FILE, data_digest, load_resume_state, remove_leftover_temporaries,
-                        save_resume_state)
+    from .train import (DATA_DIGEST, RESUME_FILE, SignalsAtStepEnd, data_digest, load_resume_state,
+                        remove_leftover_temporaries, save_resume_state)
 
     steps, batch_size, lr, seed = settings["steps"], settings["batch_size"], settings["lr"], settings["seed"]
     width, augment_noise = settings["width"], settings["augment_noise"]
@@ -271,23 +278,43 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
         start = load_resume_state(state_path, steps, parts, losses, generators, device, run_config, free=(),
                                   optional=(DATA_DIGEST,), stacklevel=3)  # the caller of train_classifier()
     labels = labels.to(images.device)  # once, not per step
+    saved = start  # the step of the resume state on disk
+
+    def save_resume(step: int) -> None:
+        nonlocal saved
+        save_resume_state(state_path, step, parts, losses, generators, device, run_config, global_rngs=False)
+        saved = step
+
     model.train()
-    for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
-        idx = torch.randint(images.shape[0], (batch_size,), device="cpu", generator=g)
-        batch = images[idx]
-        x = batch + augment_noise * torch.randn(batch.shape, device="cpu", dtype=torch.float32,
-                                                generator=g).to(images.device)
-        loss = F.cross_entropy(model(x), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses[i] = loss.detach()
-        step = i + 1
-        if state_path is not None and (step % save_every == 0 or step == steps):
-            save_resume_state(state_path, step, parts, losses, generators, device, run_config, global_rngs=False)
-        if callback is not None:
-            callback(step, loss.detach())
+    step = start
+    # Ctrl-C and SIGTERM wait for the step under way to end, as train()'s: with a folder no finished step is lost
+    signals = SignalsAtStepEnd(active=state_path is not None)
+    try:
+        with signals:
+            for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
+                step = i + 1
+                idx = torch.randint(images.shape[0], (batch_size,), device="cpu", generator=g)
+                batch = images[idx]
+                x = batch + augment_noise * torch.randn(batch.shape, device="cpu", dtype=torch.float32,
+                                                        generator=g).to(images.device)
+                loss = F.cross_entropy(model(x), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses[i] = loss.detach()
+                if state_path is not None and (step % save_every == 0 or step == steps):
+                    save_resume(step)
+                if callback is not None:
+                    callback(step, loss.detach())
+                if signals.held:  # Ctrl-C or SIGTERM came during this step: it is kept, then its handler runs
+                    if saved != step:
+                        save_resume(step)
+                    signals.deliver()
+    except KeyboardInterrupt as err:
+        if state_path is not None:  # what the interruption lost: the steps after the resume state on disk
+            err.interrupted_step, err.resume_step = step, saved
+        raise
     model.eval()
     accuracy = None
     if test is not None:

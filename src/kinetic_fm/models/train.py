@@ -658,7 +658,7 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train", disable=not progress)
     step = start
     # Ctrl-C and SIGTERM wait for the step under way to end, so that a run with a folder loses no finished step
-    signals = _SignalsAtStepEnd(active=out is not None)  # without a folder nothing is saved: no wait
+    signals = SignalsAtStepEnd(active=out is not None)  # without a folder nothing is saved: no wait
     try:
         with signals:
             for i in bar:
@@ -732,11 +732,14 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     return TrainResult(model, ema, losses, dict(sorted(written.items())), out, resumed_from=start)
 
 
-class _SignalsAtStepEnd:
-    """Inside the block (a run with a folder, in the main thread), the first SIGINT or SIGTERM whose
-    handler is a Python function (Ctrl-C's KeyboardInterrupt, ``kfm``'s SIGTERM, a program's own) is
-    held back: :attr:`held` says one came, and :meth:`deliver` runs its handler, once the step under
-    way is finished and its resume state written. A second one runs its handler at once (an impatient
+class SignalsAtStepEnd:
+    """Ctrl-C and SIGTERM held to the end of a training step, so that its resume state can be written
+    first (:func:`train` and :func:`~kinetic_fm.models.classifier.train_classifier` with a run folder).
+
+    Inside the block (in the main thread), the first SIGINT or SIGTERM whose handler is a Python
+    function (Ctrl-C's KeyboardInterrupt, ``kfm``'s SIGTERM, a program's own) is held back: the loop
+    reads :attr:`held` at each step's end and, where one came, writes that step's resume state and
+    calls :meth:`deliver`, which runs its handler. A second one runs its handler at once (an impatient
     user, a save that hangs). Handlers left to the system (SIG_DFL, SIG_IGN) are left alone, and so is
     every handler outside the main thread, where Python cannot set one, and with ``active`` False.
 
@@ -767,7 +770,7 @@ class _SignalsAtStepEnd:
         self._pending = None
         self.replaced[signum](signum, frame)
 
-    def __enter__(self) -> "_SignalsAtStepEnd":
+    def __enter__(self) -> "SignalsAtStepEnd":
         import signal
         import threading
 
