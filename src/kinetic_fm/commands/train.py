@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     try:  # train() checks it again, under the folder's lock; here it comes before the data loads
         check_train_dir(args.out, resume=args.resume)
     except ValueError as err:
-        raise ValueError(f"--out {err}") from None
+        raise ValueError(f"--out {where_named(str(err), _FLAGS)}") from None   # "resume=True": "--resume"
     if args.label_dropout is not None and not args.class_cond:  # it would be ignored without a word
         raise ValueError("--label-dropout applies to --class-cond only")
     label_dropout = 0.1 if args.label_dropout is None else args.label_dropout
@@ -164,8 +164,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# TrainConfig's and load_dataset's argument names -> the flags that set them
-_FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup",
+# TrainConfig's, load_dataset's and train's argument names -> the flags that set them
+_FLAGS = {"resume": "--resume", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup",
           "weight_decay": "--weight-decay", "ema_decay": "--ema-decay", "label_dropout": "--label-dropout",
           "save_every": "--save-every", "n": "--n", "base_channels": "--width", "hidden": "--width",
           "seed": "--seed", "grad_clip": "--grad-clip"}
