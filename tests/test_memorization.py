@@ -2388,3 +2388,24 @@ def test_cli_names_the_spec_a_misspelt_folder_spec_meant(tmp_path, capsys):
         assert "expected one of digits, moons" in err
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", "/no/such.npy"]) == 2
     assert "did you mean" not in capsys.readouterr().err                  # a path that is none: the path alone
+
+
+@pytest.mark.parametrize("text, said", [
+    ('{"model": {}, "train": {', r"config.json: the training run's config.json is not valid JSON \(.*\); was it "
+                                 r"edited or cut short\? Put back a good copy of it, or pass the training items "
+                                 r"themselves"),
+    ('{"model": {}, "data_shape": [4, 2]}', r"config.json: the training run's config.json lacks 'train'; was it "
+                                            r"edited\? Put back a good copy"),
+    ('{"architectures": ["CLIPModel"]}', r"its config.json names no data spec \(kfm train writes one\)"),
+])
+def test_a_run_folder_s_damaged_config_json_is_named_as_damaged(tmp_path, capsys, text, said):
+    # a damaged config.json was said to name "no data spec (kfm train writes one)", as another program's is
+    # (helper-273)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(text)
+    np.save(tmp_path / "s.npy", np.zeros((4, 2), dtype=np.float32))
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(run), "--bootstrap", "0",
+                 "--no-progress", "--out", str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"kfm memorization: error: --train {re.escape(str(run))}: (.*/)?{said}.*\n", err), err

@@ -421,12 +421,16 @@ def training_record(run):
     --train when neither holds them."""
     import json
 
-    from ..models.train import DATA_DIGEST
+    from ..models.train import DATA_DIGEST, DamagedTrainConfigError, read_train_config
     from ..studies.assets import TRAINING_ITEMS
 
     config, rows = None, None
+    try:  # None: another program's config.json, which names no data spec
+        config = read_train_config(run / TRAIN_CONFIG)
+    except DamagedTrainConfigError as err:  # "names no data spec" hid what is wrong with it
+        raise ValueError(f"--train {run}: {err} Put back a good copy of it, or pass the training items "
+                         "themselves") from None
     try:
-        config = json.loads((run / TRAIN_CONFIG).read_text(encoding="utf-8"))
         if (run / TRAINING_ITEMS).is_file():
             digest = config.get(DATA_DIGEST) if isinstance(config, dict) else None
             config = json.loads((run / TRAINING_ITEMS).read_text(encoding="utf-8"))
