@@ -2409,3 +2409,12 @@ def test_a_run_folder_s_damaged_config_json_is_named_as_damaged(tmp_path, capsys
                  "--no-progress", "--out", str(tmp_path / "t.csv")]) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(rf"kfm memorization: error: --train {re.escape(str(run))}: (.*/)?{said}.*\n", err), err
+
+
+def test_cli_names_a_missing_file_as_typed(tmp_path, monkeypatch, capsys):
+    # "--train ./a:b" said "no such file: a:b": Path drops "./", which "a:b" needs to be read as a path (helper-273)
+    np.save(tmp_path / "s.npy", np.zeros((2, 4), np.float32))
+    monkeypatch.chdir(tmp_path)
+    for train in ("./a:b", "./missing.npy"):
+        assert main(["memorization", "--samples", "s.npy", "--train", train, "--no-progress"]) == 2
+        assert capsys.readouterr().err == f"kfm memorization: error: --train: no such file: {train}\n"
