@@ -2418,3 +2418,21 @@ def test_cli_names_a_missing_file_as_typed(tmp_path, monkeypatch, capsys):
     for train in ("./a:b", "./missing.npy"):
         assert main(["memorization", "--samples", "s.npy", "--train", train, "--no-progress"]) == 2
         assert capsys.readouterr().err == f"kfm memorization: error: --train: no such file: {train}\n"
+
+
+def test_a_spec_s_kind_and_colon_read_as_the_spec_even_where_a_file_is_so_named(tmp_path, capsys, monkeypatch):
+    # --train folder:t.npy read the file named "folder:t.npy" where one existed, while parse_spec (kfm train
+    # --data) read the spec: one rule now, the spec; the file is given by its path (helper-273)
+    from kinetic_fm.commands._rows import is_spec
+    from kinetic_fm.data.registry import parse_spec
+
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "s.npy", np.zeros((2, 4), np.float32))
+    np.save(tmp_path / "folder:t.npy", np.ones((3, 4), np.float32))
+    assert is_spec("folder:t.npy", True) and parse_spec("folder:t.npy") == ("folder", "t.npy")
+    assert not is_spec("./folder:t.npy", True)
+    assert main(["memorization", "--samples", "s.npy", "--train", "folder:t.npy", "--no-progress"]) == 2
+    assert "image source not found: t.npy" in capsys.readouterr().err   # the spec's path, which is not here
+    assert main(["memorization", "--samples", "s.npy", "--train", "./folder:t.npy", "--bootstrap", "0",
+                 "--no-progress", "--out", "t.csv"]) == 0                # the file, by its path
+    assert len(pd.read_csv(tmp_path / "t.csv")) == 2

@@ -91,13 +91,17 @@ def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
 
 
 def is_spec(value: str, specs: bool) -> bool:
-    """Whether ``value`` is read as a data spec (when ``specs``): a spec's name, and no such file."""
+    """Whether ``value`` is read as a data spec (when ``specs``), by one rule: a spec's kind and a
+    colon (``folder:x``, ``digits:``) always, as :func:`~kinetic_fm.data.registry.parse_spec` reads it,
+    so that a file named so is given by its path (``./folder:x``); a spec's bare name (``digits``)
+    unless a file or folder of that name exists (``./digits`` of images is read as that folder)."""
     from pathlib import Path
 
     from ..data.registry import DATA_SPECS
 
     spec_names = {spec.partition(":")[0] for spec in DATA_SPECS}
-    return specs and value.partition(":")[0] in spec_names and not Path(value).exists()
+    kind, colon, _ = value.partition(":")
+    return specs and kind in spec_names and (bool(colon) or not Path(value).exists())
 
 
 def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
