@@ -2436,3 +2436,19 @@ def test_a_spec_s_kind_and_colon_read_as_the_spec_even_where_a_file_is_so_named(
     assert main(["memorization", "--samples", "s.npy", "--train", "./folder:t.npy", "--bootstrap", "0",
                  "--no-progress", "--out", "t.csv"]) == 0                # the file, by its path
     assert len(pd.read_csv(tmp_path / "t.csv")) == 2
+
+
+def test_cli_says_to_give_the_split_s_folder_as_the_path(tmp_path, capsys):
+    # the split-folders warning said "subdir='train'", which no kfm flag takes (helper-273)
+    from PIL import Image
+
+    for name in ("train/cat/0.png", "train/dog/1.png", "test/cat/2.png"):
+        (tmp_path / "splits" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "splits" / name)
+    np.save(tmp_path / "s.npy", np.zeros((2, 3, 4, 4), np.float32))
+    for train in (str(tmp_path / "splits"), f"folder:{tmp_path / 'splits'}"):
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", train, "--bootstrap", "0",
+                     "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        assert f"(give the split's own folder as the path: {tmp_path / 'splits'}/train)\n" in err, err
+        assert "subdir" not in err
