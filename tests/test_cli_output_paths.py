@@ -194,13 +194,30 @@ def test_a_run_whose_manifest_was_deleted_is_named_as_such(tmp_path, monkeypatch
 def test_kfm_train_refuses_a_folder_holding_a_training_run_before_the_data_loads(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text("{}")
+    (run / "config.json").write_text('{"model": {}, "train": {}, "data_shape": [4, 2]}')
     (run / "final.safetensors").write_bytes(b"")
     _no_loading(monkeypatch)
     assert main(_argv("train", tmp_path, "--out", str(run))) == 2
+    # the flag alone: "resume=True (kfm train --resume)" named the Python argument to a shell user (helper-273)
     assert capsys.readouterr().err == (f"kfm train: error: --out {run} already holds a training run "
                                        "(config.json, final.safetensors); "
-                                       "continue it with resume=True (kfm train --resume) or choose another folder\n")
+                                       "continue it with --resume or choose another folder\n")
+
+
+@pytest.mark.parametrize("resume, why", [
+    ([], "training would write its own over it"),
+    (["--resume"], "--resume continues training runs only"),
+])
+def test_kfm_train_names_another_program_s_config_json_as_that_program_s(tmp_path, monkeypatch, capsys, resume, why):
+    # without --resume it said "already holds a training run (config.json)" of a Hugging Face folder's (helper-273)
+    run = tmp_path / "hf"
+    run.mkdir()
+    (run / "config.json").write_text('{"architectures": ["CLIPModel"]}')
+    _no_loading(monkeypatch)
+    assert main([*_argv("train", tmp_path, "--out", str(run)), *resume]) == 2
+    assert capsys.readouterr().err == (f"kfm train: error: --out {run} holds a config.json that is not a training "
+                                       f"run's (another program's); {why}: choose another folder\n")
+    assert (run / "config.json").read_text() == '{"architectures": ["CLIPModel"]}'
 
 
 def _refuse(error):

@@ -807,3 +807,29 @@ def test_folder_labels_split_each_path_once_labelled_or_not(tmp_path, monkeypatc
     assert len(splits) == 3
     splits.clear()
     assert why_unlabelled(tmp_path / "loose").startswith("x.png lies beside") and len(splits) == 3
+
+
+def test_the_split_folders_warning_words_its_remedy_for_the_caller(tmp_path):
+    # inside a kfm command it said "subdir='train'", which no kfm flag takes: there the remedy is the split's own
+    # folder as the path (helper-273)
+    import zipfile
+
+    from kinetic_fm.checks import command_line_words, on_the_command_line
+
+    def png(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+
+    for name in ("wrap/train/cat/0.png", "wrap/test/cat/1.png"):
+        png(tmp_path / "splits" / name)
+    with zipfile.ZipFile(tmp_path / "splits.zip", "w") as archive:
+        for name in ("wrap/train/cat/0.png", "wrap/test/cat/1.png"):
+            archive.write(tmp_path / "splits" / name, name)
+    for given, remedy in ((tmp_path / "splits", f"{tmp_path / 'splits'}/wrap/train"),
+                          (tmp_path / "splits.zip", f"extract wrap/train/ from {tmp_path / 'splits.zip'}")):
+        with pytest.warns(UserWarning, match=r"\(subdir='train', or the split's own folder as the path\)$"):
+            load_image_folder(given)                                       # Python: the argument
+        with command_line_words(), pytest.warns(UserWarning) as w:
+            load_image_folder(given)
+        assert str(w[0].message).endswith(f"(give the split's own folder as the path: {remedy})"), w[0].message
+    assert not on_the_command_line()                                       # restored after the block

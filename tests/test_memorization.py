@@ -2388,3 +2388,67 @@ def test_cli_names_the_spec_a_misspelt_folder_spec_meant(tmp_path, capsys):
         assert "expected one of digits, moons" in err
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", "/no/such.npy"]) == 2
     assert "did you mean" not in capsys.readouterr().err                  # a path that is none: the path alone
+
+
+@pytest.mark.parametrize("text, said", [
+    ('{"model": {}, "train": {', r"config.json: the training run's config.json is not valid JSON \(.*\); was it "
+                                 r"edited or cut short\? Put back a good copy of it, or pass the training items "
+                                 r"themselves"),
+    ('{"model": {}, "data_shape": [4, 2]}', r"config.json: the training run's config.json lacks 'train'; was it "
+                                            r"edited\? Put back a good copy"),
+    ('{"architectures": ["CLIPModel"]}', r"its config.json names no data spec \(kfm train writes one\)"),
+])
+def test_a_run_folder_s_damaged_config_json_is_named_as_damaged(tmp_path, capsys, text, said):
+    # a damaged config.json was said to name "no data spec (kfm train writes one)", as another program's is
+    # (helper-273)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(text)
+    np.save(tmp_path / "s.npy", np.zeros((4, 2), dtype=np.float32))
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(run), "--bootstrap", "0",
+                 "--no-progress", "--out", str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"kfm memorization: error: --train {re.escape(str(run))}: (.*/)?{said}.*\n", err), err
+
+
+def test_cli_names_a_missing_file_as_typed(tmp_path, monkeypatch, capsys):
+    # "--train ./a:b" said "no such file: a:b": Path drops "./", which "a:b" needs to be read as a path (helper-273)
+    np.save(tmp_path / "s.npy", np.zeros((2, 4), np.float32))
+    monkeypatch.chdir(tmp_path)
+    for train in ("./a:b", "./missing.npy"):
+        assert main(["memorization", "--samples", "s.npy", "--train", train, "--no-progress"]) == 2
+        assert capsys.readouterr().err == f"kfm memorization: error: --train: no such file: {train}\n"
+
+
+def test_a_spec_s_kind_and_colon_read_as_the_spec_even_where_a_file_is_so_named(tmp_path, capsys, monkeypatch):
+    # --train folder:t.npy read the file named "folder:t.npy" where one existed, while parse_spec (kfm train
+    # --data) read the spec: one rule now, the spec; the file is given by its path (helper-273)
+    from kinetic_fm.commands._rows import is_spec
+    from kinetic_fm.data.registry import parse_spec
+
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "s.npy", np.zeros((2, 4), np.float32))
+    np.save(tmp_path / "folder:t.npy", np.ones((3, 4), np.float32))
+    assert is_spec("folder:t.npy", True) and parse_spec("folder:t.npy") == ("folder", "t.npy")
+    assert not is_spec("./folder:t.npy", True)
+    assert main(["memorization", "--samples", "s.npy", "--train", "folder:t.npy", "--no-progress"]) == 2
+    assert "image source not found: t.npy" in capsys.readouterr().err   # the spec's path, which is not here
+    assert main(["memorization", "--samples", "s.npy", "--train", "./folder:t.npy", "--bootstrap", "0",
+                 "--no-progress", "--out", "t.csv"]) == 0                # the file, by its path
+    assert len(pd.read_csv(tmp_path / "t.csv")) == 2
+
+
+def test_cli_says_to_give_the_split_s_folder_as_the_path(tmp_path, capsys):
+    # the split-folders warning said "subdir='train'", which no kfm flag takes (helper-273)
+    from PIL import Image
+
+    for name in ("train/cat/0.png", "train/dog/1.png", "test/cat/2.png"):
+        (tmp_path / "splits" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "splits" / name)
+    np.save(tmp_path / "s.npy", np.zeros((2, 3, 4, 4), np.float32))
+    for train in (str(tmp_path / "splits"), f"folder:{tmp_path / 'splits'}"):
+        assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", train, "--bootstrap", "0",
+                     "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        assert f"(give the split's own folder as the path: {tmp_path / 'splits'}/train)\n" in err, err
+        assert "subdir" not in err

@@ -277,3 +277,19 @@ def test_a_damaged_run_config_is_named_where_the_sample_shape_is_read_from_it(tm
     assert recorded_sample_shape(tmp_path / where) is None
     (tmp_path / "config.json").write_text('{"data_shape": [30, 1, 6, 6]}')
     assert recorded_sample_shape(tmp_path / where) == (1, 6, 6)
+
+
+@pytest.mark.parametrize("where, read", [
+    ("final.safetensors", True), ("checkpoints/step_0000004.safetensors", True),
+    ("net.safetensors", False), ("nets/net.safetensors", False), ("weights/final.safetensors", False),
+    ("checkpoints/net.safetensors", False),
+])
+def test_the_sample_shape_is_read_from_config_json_only_in_a_training_run_s_layout(tmp_path, where, read):
+    # recorded_sample_shape read config.json beside any weights file and two folders up: an unrelated
+    # config.json (an experiment folder's) decided the shape of a net saved below it (helper-273)
+    from kinetic_fm.models.checkpoint import recorded_sample_shape
+
+    net = UNet(1, base_channels=8, channel_mults=(1,))
+    save_model(net, tmp_path / where, ema=net)   # no sample_shape in its metadata: as a run trained before it
+    (tmp_path / "config.json").write_text('{"data_shape": [30, 1, 6, 6]}')
+    assert recorded_sample_shape(tmp_path / where) == ((1, 6, 6) if read else None)

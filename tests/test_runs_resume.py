@@ -65,3 +65,24 @@ def test_sigkill_then_resume_gives_the_uninterrupted_table(tmp_path, capsys):
     pd.testing.assert_frame_equal(resumed.drop(columns="x"), reference.drop(columns="x"), check_exact=True)
     assert resumed["x"].map(list).tolist() == reference["x"].map(list).tolist()
     assert not list(killed.rglob("*.tmp-*"))  # no temporaries left behind
+
+
+def test_kfm_sample_says_a_resume_with_other_library_versions_as_its_warning(tmp_path, capsys):
+    # the runner printed "warning: resuming with different library versions: ..." without the command's
+    # "kfm sample:" its other warnings carry (helper-273)
+    import json
+
+    import torch
+
+    run = tmp_path / "run"
+    flags = ["sample", "--field", "gaussian", "--n", "4", "--shard-size", "2", "--steps", "2", "--no-progress",
+             "--out", str(run)]
+    assert main(flags) == 0
+    body = json.loads((run / "manifest.json").read_text())
+    body["versions"]["torch"] = "0.0.1"
+    (run / "manifest.json").write_text(json.dumps(body))
+    capsys.readouterr()
+    assert main([*flags, "--resume"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "library versions" in line]
+    assert warned == [f"kfm sample: warning: resuming with different library versions: torch 0.0.1 -> "
+                      f"{torch.__version__}"]

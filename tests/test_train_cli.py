@@ -508,3 +508,20 @@ def test_kfm_train_resumes_a_run_whose_config_json_is_damaged_by_the_record_in_r
     assert main(["train", *flags, "--steps", "4", "--resume"]) == 0
     assert "resumed from step 2 of 4" in capsys.readouterr().out
     assert '"data": "folder:images"' in (tmp_path / "run" / "config.json").read_text()
+
+
+@pytest.mark.parametrize("resume, said", [
+    ([], "before any step was trained: rerun the same command"),
+    (["--resume"], "before this run trained a step; the folder is left as it was: rerun the same command"),
+])
+def test_ctrl_c_while_the_data_loads_says_nothing_was_trained(tmp_path, capsys, monkeypatch, resume, said):
+    # it said "the steps up to the last resume state ... are kept" before any step or state existed (helper-273)
+    import kinetic_fm.data as data
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "load_dataset", interrupted)
+    assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path / "run"), *resume]) == 130
+    assert capsys.readouterr().err == f"kfm train: interrupted: while preparing the run, {said}\n"
+    assert not (tmp_path / "run" / "config.json").exists()

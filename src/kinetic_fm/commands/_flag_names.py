@@ -107,7 +107,8 @@ def in_flags(text: str, flags: dict[str, str], valued_only: bool = False) -> str
     """``text`` with each argument name ``flags`` maps that stands as a word replaced by its flag, and
     ``name=value`` by ``flag value``: "samples and train must have ..." as "--samples and --train
     must have ...", "key='x' does not apply" as "--key 'x' does not apply". A name inside another
-    word, a path, a flag or an exponent (train_set, data/train, --train-key, e^k) is left as it is.
+    word, a path, a flag or an exponent (train_set, data/train, --train-key, e^k) is left as it is;
+    ``name=True`` is the switch alone ("resume=True": "--resume").
     For messages that name arguments throughout (:func:`where_named` for those whose prose uses the
     same words); with ``valued_only``, only the ``name=value`` ones."""
     import re
@@ -117,7 +118,7 @@ def in_flags(text: str, flags: dict[str, str], valued_only: bool = False) -> str
     names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
     value = "" if valued_only else "?"
     pattern = rf"(?<![\w./^-])({names})(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]+)){value}(?![\w/-]|\.\w)"
-    return re.sub(pattern, lambda m: flags[m[1]] + ("" if m[2] is None else f" {m[2]}"), text)
+    return re.sub(pattern, lambda m: flags[m[1]] + ("" if m[2] in (None, "True") else f" {m[2]}"), text)
 
 
 @contextlib.contextmanager

@@ -91,13 +91,17 @@ def _read_rows(name: str, value: str, key: str | None, progress: bool, *, specs:
 
 
 def is_spec(value: str, specs: bool) -> bool:
-    """Whether ``value`` is read as a data spec (when ``specs``): a spec's name, and no such file."""
+    """Whether ``value`` is read as a data spec (when ``specs``), by one rule: a spec's kind and a
+    colon (``folder:x``, ``digits:``) always, as :func:`~kinetic_fm.data.registry.parse_spec` reads it,
+    so that a file named so is given by its path (``./folder:x``); a spec's bare name (``digits``)
+    unless a file or folder of that name exists (``./digits`` of images is read as that folder)."""
     from pathlib import Path
 
     from ..data.registry import DATA_SPECS
 
     spec_names = {spec.partition(":")[0] for spec in DATA_SPECS}
-    return specs and value.partition(":")[0] in spec_names and not Path(value).exists()
+    kind, colon, _ = value.partition(":")
+    return specs and kind in spec_names and (bool(colon) or not Path(value).exists())
 
 
 def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
@@ -421,12 +425,16 @@ def training_record(run):
     --train when neither holds them."""
     import json
 
-    from ..models.train import DATA_DIGEST
+    from ..models.train import DATA_DIGEST, DamagedTrainConfigError, read_train_config
     from ..studies.assets import TRAINING_ITEMS
 
     config, rows = None, None
+    try:  # None: another program's config.json, which names no data spec
+        config = read_train_config(run / TRAIN_CONFIG)
+    except DamagedTrainConfigError as err:  # "names no data spec" hid what is wrong with it
+        raise ValueError(f"--train {run}: {err} Put back a good copy of it, or pass the training items "
+                         "themselves") from None
     try:
-        config = json.loads((run / TRAIN_CONFIG).read_text(encoding="utf-8"))
         if (run / TRAINING_ITEMS).is_file():
             digest = config.get(DATA_DIGEST) if isinstance(config, dict) else None
             config = json.loads((run / TRAINING_ITEMS).read_text(encoding="utf-8"))

@@ -5,8 +5,8 @@ import argparse
 import math
 
 from ..checks import DEVICE_FORMS
-from ._rows import (TRAIN_CONFIG, empirical_run_manifest, is_folder_or_zip_path, load_rows, results_table_schema,
-                    training_record)
+from ._rows import (TRAIN_CONFIG, empirical_run_manifest, is_folder_or_zip_path, is_spec, load_rows,
+                    results_table_schema, training_record)
 from ._types import bootstrap_seed_number, check_output_path, faiss_for, user_path, writing
 from ._flag_names import flag_words
 
@@ -27,7 +27,8 @@ def register(subparsers) -> None:
             "channel when all are grey, unless the other input is colour); --train may also be a data spec (cifar10:PATH, mnist:PATH, celeba:PATH, "
             "folder:PATH (one channel when all are grey, unless --samples are colour), digits: its whole "
             "training split, in [-1, 1]; celeba: grey, centred by the "
-            "mean image of all its faces, as --samples images from a folder or .zip are then too). "
+            "mean image of all its faces, as --samples images from a folder or .zip are then too; KIND:PATH is read "
+            "as the spec even where a file is so named, given then as ./folder:x). "
             "A net trained on a subset (kfm train --n) is audited against "
             "that subset with --train RUN, its kfm train run folder, and a kfm reproduce net against its "
             "training images with --train OUT/models/general-* or memorizer-*; kfm reproduce keeps its samples "
@@ -282,7 +283,7 @@ def _input_paths(name: str, value: str):
         return None
 
     path = Path(value)
-    if not path.exists():   # a data spec
+    if is_spec(value, name == "--train") or not path.exists():   # a data spec (folder:x, even where a file is so named)
         folder = spec_folder(value)
         return [] if folder is None else [(folder, None)]
     paths = [(path.resolve(), None)]

@@ -59,10 +59,12 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from <out>/resume.pt if it exists")
     p.add_argument("--device", default="cpu", help=f"{DEVICE_FORMS} (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # what Ctrl-C and SIGTERM keep: "finished work is kept" read as if every step so far were
-    p.set_defaults(func=run, interrupt_hint="the steps up to the last resume state (saved every --save-every "
-                                            "steps) are kept, later ones are redone; rerun the same command with "
-                                            "--resume to continue")
+    p.set_defaults(func=run, interrupt_hint=KEPT_HINT)
+
+
+# what Ctrl-C and SIGTERM keep once training has begun: "finished work is kept" read as if every step so far were
+KEPT_HINT = ("the steps up to the last resume state (saved every --save-every steps) are kept, later ones are "
+             "redone; rerun the same command with --resume to continue")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,12 +79,17 @@ def run(args: argparse.Namespace) -> int:
     from ..runs.distributed import single_process_device
     from ._rows import grey_as_recorded
 
+    # a stop before train() (the data loading, the net built) trained nothing: "the steps up to the
+    # last resume state are kept" spoke of steps and states that may not exist
+    args.interrupt_hint = ("while preparing the run, before this run trained a step; the folder is left as it was: "
+                           "rerun the same command" if args.resume else
+                           "while preparing the run, before any step was trained: rerun the same command")
     device = single_process_device(args.device, "train")   # a bad --device fails before the data loads
     check_output_path("--out", args.out, folder=True)
     try:  # train() checks it again, under the folder's lock; here it comes before the data loads
         check_train_dir(args.out, resume=args.resume)
     except ValueError as err:
-        raise ValueError(f"--out {err}") from None
+        raise ValueError(f"--out {where_named(str(err), _FLAGS)}") from None   # "resume=True": "--resume"
     if args.label_dropout is not None and not args.class_cond:  # it would be ignored without a word
         raise ValueError("--label-dropout applies to --class-cond only")
     label_dropout = 0.1 if args.label_dropout is None else args.label_dropout
@@ -146,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     # a guard: a warning of the training call that names an argument (none does today) in the flags' words,
     # where the library's names stand as arguments (its prose says "steps"); its errors are resume
     # refusals, worded by _flags_for_settings
+    args.interrupt_hint = KEPT_HINT
     with writing("--out", args.out), flag_words(_FLAGS, anywhere=False, errors=False):
         try:
             result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
@@ -164,8 +172,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# TrainConfig's and load_dataset's argument names -> the flags that set them
-_FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup",
+# TrainConfig's, load_dataset's and train's argument names -> the flags that set them
+_FLAGS = {"resume": "--resume", "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "warmup": "--warmup",
           "weight_decay": "--weight-decay", "ema_decay": "--ema-decay", "label_dropout": "--label-dropout",
           "save_every": "--save-every", "n": "--n", "base_channels": "--width", "hidden": "--width",
           "seed": "--seed", "grad_clip": "--grad-clip"}

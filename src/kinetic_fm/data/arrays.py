@@ -50,9 +50,9 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
     Raises ValueError naming the file when it is damaged, holds no real numbers (strings,
     complex), holds a single value instead of rows, or is ambiguous (see above).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+    given, path = path, Path(path)
+    if not path.is_file():  # the path as given: Path drops "./", and "a:b" read as a data spec's
+        raise FileNotFoundError(f"no such file: {given}")
     suffix = path.suffix.lower()
     if suffix not in ARRAY_FORMATS:
         raise ValueError(f"{path}: unsupported format {suffix!r}; use one of {', '.join(ARRAY_FORMATS)}")

@@ -62,7 +62,9 @@ def absolute_spec(spec: str) -> str:
 def parse_spec(spec: str) -> tuple[str, str]:
     """``(name, path)`` of a data spec, checked without loading anything (path "" when none; a
     leading ``~`` expanded, which the shell does not do after ``mnist:``). The path is everything after
-    the first colon, colons included (``folder:C:/x``, ``folder:./a:b``).
+    the first colon, colons included (``folder:C:/x``, ``folder:./a:b``). A spec's kind and a colon
+    read as a spec even where a file is so named (``kfm memorization --train`` reads such a file given
+    by its path, ``./folder:x``: ``kinetic_fm.commands._rows.is_spec``).
 
     Raises:
         ValueError: ``spec`` is none of :data:`DATA_SPECS`, each message listing them: a path given without

@@ -252,7 +252,8 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
 
     Read from the file's ``sample_shape`` metadata (written by training), else from the
     ``data_shape`` in the ``config.json`` of the run folder holding it (``final.safetensors``
-    or ``checkpoints/step_*.safetensors``; runs trained before the metadata existed): None where
+    beside it, or ``checkpoints/step_*.safetensors`` one level down; runs trained before the
+    metadata existed; a file of another name or place reads no config.json): None where
     that records none (another program's config.json), and
     :class:`~kinetic_fm.models.train.DamagedTrainConfigError` naming it, what is wrong and how to go
     on where it is damaged (not UTF-8 JSON, not an object, a data_shape that is no shape)."""
@@ -260,19 +261,25 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
 
     weights = Path(weights)
     shape = read_metadata(weights).get("sample_shape")
-    if shape is None:
-        for folder in (weights.parent, weights.parent.parent):
-            config = folder / "config.json"
-            if config.is_file():
-                try:
-                    record = read_train_config(config, keys=("data_shape",))
-                except DamagedTrainConfigError as err:
-                    raise DamagedTrainConfigError(
-                        f"{err} {weights.name}'s metadata records no sample shape (trained before it was "
-                        "written), so it is read there: put back a good copy of it, or give the shape (kfm "
-                        "sample --shape C,H,W)") from None
-                shape = None if record is None else record["data_shape"][1:]
-                break
+    # only a kfm train folder's layout: any config.json beside or above another file may be unrelated
+    if weights.name == "final.safetensors":
+        folder = weights.parent
+    elif (weights.parent.name == "checkpoints" and weights.suffix == ".safetensors"
+          and weights.stem.startswith("step_") and weights.stem[len("step_"):].isdigit()):
+        folder = weights.parent.parent
+    else:
+        folder = None
+    if shape is None and folder is not None:
+        config = folder / "config.json"
+        if config.is_file():
+            try:
+                record = read_train_config(config, keys=("data_shape",))
+            except DamagedTrainConfigError as err:
+                raise DamagedTrainConfigError(
+                    f"{err} {weights.name}'s metadata records no sample shape (trained before it was "
+                    "written), so it is read there: put back a good copy of it, or give the shape (kfm "
+                    "sample --shape C,H,W)") from None
+            shape = None if record is None else record["data_shape"][1:]
     return tuple(int(s) for s in shape) if shape else None
 
 

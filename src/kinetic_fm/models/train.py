@@ -303,8 +303,8 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     """ValueError when ``out`` already holds a training run and ``resume`` is False (its files
     would be overwritten). A folder holding a training ``config.json`` alone holds no step (a run
     that failed or was stopped before its first save), so a new run may start there, as a resume
-    would; another program's config.json (no resume.pt beside it) is refused like a run, with
-    ``resume`` too, and a damaged one (:class:`DamagedTrainConfigError`) naming what is wrong and
+    would; another program's config.json (no resume.pt beside it) is refused as that program's
+    file, with ``resume`` too, and a damaged one (:class:`DamagedTrainConfigError`) naming what is wrong and
     how to go on. Beside a resume.pt a config.json is not read: resume.pt records the settings a
     resume compares, and the resume writes config.json again. :func:`train` checks it under the
     folder's lock; ``kfm train`` calls it before the data loads. A ``kfm sample`` run folder (its
@@ -325,15 +325,16 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
                 "choose another folder") from None
         except OSError:  # not a file (a folder named config.json): not a training run's
             pass
-        if resume and not training:
+        if not training and (resume or config.is_file()):
             # a resume without resume.pt starts afresh and would write its own config.json over this one
             raise ValueError(f"{out} holds a config.json that is not a training run's (another program's); "
-                             "resume=True (kfm train --resume) continues training runs only: choose another folder")
+                             + ("resume=True continues training runs only: " if resume else
+                                "training would write its own over it: ") + "choose another folder")
     earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
                if (out / name).exists()]
     if earlier and not (earlier == ["config.json"] and training) and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
-                         "resume=True (kfm train --resume) or choose another folder")
+                         "resume=True or choose another folder")
 
 
 class DamagedTrainConfigError(ValueError):

@@ -223,6 +223,9 @@ def run_sharded(
 
     ``repair`` (with ``resume``): a damaged ``manifest.json`` is written again from ``manifest``
     when the shards' receipts record its run id (:func:`prepare_run_dir`); else it is refused.
+
+    A resume of a run stored under other library versions goes on with a UserWarning for each
+    package that differs (``kfm`` shows it as its command's warning); ``log`` says the rest.
     """
     run_dir = Path(run_dir)
     coord = coordinator or Coordinator(World.from_env())
@@ -279,8 +282,13 @@ def _open_run_dir(run_dir: Path, manifest: RunManifest, resume: bool, coord: Coo
                 f"0's, 'now' rank {rank}'s); every rank must run the same command. Nothing was sampled"
                 + (f" ({len(odd)} ranks differ)" if len(odd) > 1 else ""))
     if world.is_main:
-        for warning in verdict[1]:
-            log(f"warning: resuming with different library versions: {warning}")
+        import warnings
+
+        from ..checks import caller_outside_the_package
+
+        for warning in verdict[1]:  # a warning, which kfm prints as its command's ("kfm sample: warning: ...")
+            warnings.warn(f"resuming with different library versions: {warning}", UserWarning,
+                          stacklevel=caller_outside_the_package())
 
 
 def _compute_and_merge(run_dir: Path, manifest: RunManifest, compute: ComputeFn, coord: Coordinator,
