@@ -565,16 +565,18 @@ def _shape(array) -> tuple[int, ...]:
 
 def caller_outside_the_package() -> int:
     """``stacklevel`` for a warning raised inside kinetic_fm that points at the first frame outside
-    kinetic_fm and torch's decorators (the user's call, however deep inside us it is raised: through
-    an integration such as ``KineticODESolver.sample`` as through ``kfm.sample``)."""
+    kinetic_fm, torch's decorators and ``nn.Module.__call__`` (the user's call, however deep inside us it
+    is raised: through an integration such as ``KineticODESolver.sample`` as through ``kfm.sample``, through
+    ``net(x)`` as through ``net.features(x)``)."""
     import os
     import sys
 
     ours = os.path.dirname(os.path.abspath(__file__)) + os.sep  # the kinetic_fm folder
-    decorators = os.path.join("torch", "utils", "_contextlib.py")
+    torch_frames = (os.path.join("torch", "utils", "_contextlib.py"),  # no_grad and other decorators
+                    os.path.join("torch", "nn", "modules", "module.py"))  # nn.Module.__call__
     frame, level = sys._getframe(2), 2  # stacklevel 1 is the function calling warnings.warn, 2 its caller
     while frame is not None and (frame.f_code.co_filename.startswith(ours)
-                                 or frame.f_code.co_filename.endswith(decorators)):
+                                 or frame.f_code.co_filename.endswith(torch_frames)):
         frame, level = frame.f_back, level + 1
     return level
 
