@@ -2445,7 +2445,7 @@ def test_a_spec_s_kind_and_colon_read_as_the_spec_even_where_a_file_is_so_named(
 
 
 def test_cli_says_to_give_the_split_s_folder_as_the_path(tmp_path, capsys):
-    # the split-folders warning said "subdir='train'", which no kfm flag takes (helper-273)
+    # the split-folders warning said "subdir='train'", which no kfm flag takes (helper-273); the split's own folder
     from PIL import Image
 
     for name in ("train/cat/0.png", "train/dog/1.png", "test/cat/2.png"):
@@ -2456,5 +2456,5 @@ def test_cli_says_to_give_the_split_s_folder_as_the_path(tmp_path, capsys):
         assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", train, "--bootstrap", "0",
                      "--no-progress"]) == 0
         err = capsys.readouterr().err
-        assert f"(give the split's own folder as the path: {tmp_path / 'splits'}/train)\n" in err, err
+        assert f"(load {tmp_path / 'splits'}/train (the split's own folder))\n" in err, err
         assert "subdir" not in err

@@ -9,34 +9,12 @@ import contextlib
 import math
 import numbers
 import warnings
-from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     import torch
-
-
-# True while a kfm command runs (kinetic_fm.cli sets it): a library message then words its remedy by
-# what the command line can give (a folder's path), not by a Python argument no flag sets (subdir=)
-_COMMAND_LINE: ContextVar[bool] = ContextVar("kinetic_fm_command_line", default=False)
-
-
-def on_the_command_line() -> bool:
-    """Whether the call runs inside a ``kfm`` command (:func:`command_line_words`)."""
-    return _COMMAND_LINE.get()
-
-
-@contextlib.contextmanager
-def command_line_words() -> Iterator[None]:
-    """Inside the block, :func:`on_the_command_line` is True: messages whose remedy differs on the
-    command line (the split-folders warning of :mod:`kinetic_fm.data.images`) give the command's."""
-    token = _COMMAND_LINE.set(True)
-    try:
-        yield
-    finally:
-        _COMMAND_LINE.reset(token)
 
 
 def is_integer(value) -> bool:
