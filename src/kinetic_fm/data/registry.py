@@ -68,9 +68,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
     Raises:
         ValueError: ``spec`` is none of :data:`DATA_SPECS`, each message listing them: a path given without
-            its kind (``C:/x``, ``./data``, a folder that exists) is pointed at ``folder:PATH``, a misspelt
-            kind (``folde:``, ``CIFAR:``) at the likely one; a path to a set that takes none; no path to
-            one that needs it.
+            its kind (``C:/x``, ``./x.npy``) is pointed at ``folder:PATH`` where it is an existing folder or a
+            ``.zip``, else at the kinds that take a path; a misspelt kind (``folde:``, ``CIFAR:``, ``MNIST``)
+            at the likely spec (:func:`spec_hint`); a path to a set that takes none; no path to one that needs it.
     """
     name, _, path = spec.partition(":")
     forms = _FORMS
