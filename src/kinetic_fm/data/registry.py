@@ -73,14 +73,13 @@ def parse_spec(spec: str) -> tuple[str, str]:
             at the likely spec (:func:`spec_hint`); a path to a set that takes none; no path to one that needs it.
     """
     name, _, path = spec.partition(":")
-    forms = _FORMS
     if name not in _TAKES_PATH:
         raise ValueError(f"unknown data spec {spec!r}{spec_hint(spec)}")
     path = os.path.expanduser(path)
     if path and not _TAKES_PATH[name]:
-        raise ValueError(f"data spec {spec!r}: {name} takes no path; {forms}")
+        raise ValueError(f"data spec {spec!r}: {name} takes no path; {_FORMS}")
     if _TAKES_PATH[name] and not path:
-        raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data; {forms}")
+        raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data; {_FORMS}")
     return name, path
 
 
