@@ -302,7 +302,7 @@ def test_a_model_that_is_no_net_is_named_by_the_flag(tmp_path, capsys):
         assert capsys.readouterr().err == f"kfm sample: error: --model {tmp_path / model}: {message}\n"
 
 
-def test_a_non_finite_velocity_names_seeds_and_the_flag(tmp_path, capsys):
+def test_a_non_finite_velocity_names_seeds_and_the_flag_and_flagged_warns(tmp_path, capsys):
     from safetensors.torch import save_file
 
     path = _saved_net(tmp_path / "net.safetensors")
@@ -316,6 +316,13 @@ def test_a_non_finite_velocity_names_seeds_and_the_flag(tmp_path, capsys):
                       "--seed-start", 40) == 2
     err = capsys.readouterr().err
     assert "seed(s) [40, 41, 42]" in err and "--on-nonfinite flag" in err
+    # flagged, the run goes through and says so as the command's other warnings do: it printed "warning: ..."
+    # without "kfm sample: " before it
+    assert kfm_sample(tmp_path / "flagged", "--model", tmp_path / "nan.safetensors", "--n", 3, "--steps", 2,
+                      "--on-nonfinite", "flag") == 0
+    err = capsys.readouterr().err
+    assert "kfm sample: warning: 3 sample(s) hit a non-finite velocity (energies NaN)\n" in err, err
+    assert err.count("hit a non-finite velocity") == 1
 
 
 def test_out_pointing_at_a_file_is_one_line(tmp_path, capsys):

@@ -600,7 +600,7 @@ def test_split_folders_taken_as_the_classes_are_warned_of_and_plain_trees_are_no
     tops = [name.split("/")[0] for name in image_names(tmp_path / "splits")]
     assert ds.classes == ("Val", "test", "train")                    # still ImageFolder's labels
     assert ds.labels.tolist() == [ds.classes.index(top) for top in tops] and sorted(tops)[-2:] == ["train"] * 2
-    with pytest.warns(UserWarning, match=r"named like splits .*\(subdir='train'"):
+    with pytest.warns(UserWarning, match=r"named like splits .*\(load .*/splits/train \(the split's own folder\)"):
         list_image_labels(tmp_path / "splits")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -630,14 +630,14 @@ def test_split_folders_are_warned_of_alike_with_labels_and_without(tmp_path):
              "spec": lambda p: load_dataset(f"folder:{p}", progress=False)}
     for route, load in loads.items():
         with pytest.warns(UserWarning, match=r"splits: the (class )?folders \('test', 'train', 'valid'\) are named "
-                          r"like splits .*every split is loaded.*\(subdir='train'") as w:
+                          r"like splits .*every split is loaded.*\(load .*/splits/train \(the split's own folder") as w:
             ds = load(tmp_path / "splits")
         assert len(w) == 1 and w[0].filename == __file__, route          # once, at the caller's line
         assert len(ds) == 4 and (ds.labels is None) == (route == "path")
     for name in ("test/cat/0.png", "val/cat/1.png"):                      # no train split: the first one named
         png(tmp_path / "no_train" / name)
     for route, load in loads.items():
-        with pytest.warns(UserWarning, match=r"\(subdir='test', or the split's own folder"):
+        with pytest.warns(UserWarning, match=r"\(load .*/no_train/test \(the split's own folder\)\)$"):
             load(tmp_path / "no_train")
     for name in ("train/0.png", "test/1.png"):                            # split folders of images alone
         png(tmp_path / "flat_splits" / name)
@@ -809,27 +809,38 @@ def test_folder_labels_split_each_path_once_labelled_or_not(tmp_path, monkeypatc
     assert why_unlabelled(tmp_path / "loose").startswith("x.png lies beside") and len(splits) == 3
 
 
-def test_the_split_folders_warning_words_its_remedy_for_the_caller(tmp_path):
-    # inside a kfm command it said "subdir='train'", which no kfm flag takes: there the remedy is the split's own
-    # folder as the path (helper-273)
+def test_the_split_folders_warning_gives_a_remedy_that_works_on_every_route(tmp_path):
+    # its remedy was worded by a context variable the CLI set: "subdir='train'" in Python, which fails where the
+    # tree has two wrapping folders (subdir looks through one), and the split's folder on the command line. One
+    # wording now, the split's own folder below all the wrappers, which both routes take
+    import warnings
     import zipfile
 
-    from kinetic_fm.checks import command_line_words, on_the_command_line
+    from kinetic_fm.data import load_dataset
 
     def png(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
 
-    for name in ("wrap/train/cat/0.png", "wrap/test/cat/1.png"):
-        png(tmp_path / "splits" / name)
-    with zipfile.ZipFile(tmp_path / "splits.zip", "w") as archive:
-        for name in ("wrap/train/cat/0.png", "wrap/test/cat/1.png"):
-            archive.write(tmp_path / "splits" / name, name)
-    for given, remedy in ((tmp_path / "splits", f"{tmp_path / 'splits'}/wrap/train"),
-                          (tmp_path / "splits.zip", f"extract wrap/train/ from {tmp_path / 'splits.zip'}")):
-        with pytest.warns(UserWarning, match=r"\(subdir='train', or the split's own folder as the path\)$"):
-            load_image_folder(given)                                       # Python: the argument
-        with command_line_words(), pytest.warns(UserWarning) as w:
-            load_image_folder(given)
-        assert str(w[0].message).endswith(f"(give the split's own folder as the path: {remedy})"), w[0].message
-    assert not on_the_command_line()                                       # restored after the block
+    for wrap in ("", "wrap/", "a/b/"):
+        root = tmp_path / f"splits{len(wrap)}"
+        files = [f"{wrap}{split}/{cls}/{i}.png" for i, (split, cls) in enumerate(
+            (("train", "cat"), ("train", "dog"), ("test", "cat")))]
+        for name in files:
+            png(root / name)
+        with zipfile.ZipFile(f"{root}.zip", "w") as archive:
+            for name in files:
+                archive.write(root / name, name)
+        for given, remedy in ((root, f"load {root}/{wrap}train (the split's own folder)"),
+                              (f"{root}.zip", f"extract {wrap}train/ from {root}.zip and load it (the split's own "
+                                              "folder)")):
+            for load in (lambda p: load_image_folder(p, labels_from_folders=False),
+                         lambda p: load_dataset(f"folder:{p}", progress=False)):
+                with pytest.warns(UserWarning) as w:
+                    load(given)
+                assert len(w) == 1 and str(w[0].message).endswith(f"({remedy})"), w[0].message
+                assert "subdir" not in str(w[0].message)
+        with warnings.catch_warnings():                                    # followed, it loads the split alone
+            warnings.simplefilter("error")
+            assert load_image_folder(f"{root}/{wrap}train").classes == ("cat", "dog")
+            assert len(load_dataset(f"folder:{root}/{wrap}train", progress=False)) == 2

@@ -52,18 +52,31 @@ def test_a_mistyped_spec_is_named_with_its_likely_form_and_the_forms(tmp_path, m
     forms = ", ".join(DATA_SPECS)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "faces").mkdir()
-    for bad, hint in (("C:/x", "a path? give it after its kind, e.g. folder:C:/x"),
-                      ("D:\\data\\x", "a path? give it after its kind, e.g. folder:D:\\data\\x"),
-                      ("./a:b", "a path? give it after its kind, e.g. folder:./a:b"),
-                      ("~/a:b", "a path? give it after its kind, e.g. folder:~/a:b"),
-                      ("/abs/data", "a path? give it after its kind, e.g. folder:/abs/data"),
+    (tmp_path / "faces.zip").write_bytes(b"")
+    kinds = "a path? give it after the kind of data it holds: mnist:PATH, cifar10:PATH, celeba:PATH or folder:PATH"
+    for bad, hint in (("C:/x", kinds), ("D:\\data\\x", kinds), ("./a:b", kinds), ("~/a:b", kinds), ("/abs/data", kinds),
                       ("faces", "a path? give it after its kind, e.g. folder:faces"),
+                      ("./faces", "a path? give it after its kind, e.g. folder:./faces"),
+                      ("faces.zip", "a path? give it after its kind, e.g. folder:faces.zip"),
+                      ("/abs/x.ZIP", "a path? give it after its kind, e.g. folder:/abs/x.ZIP"),
                       ("folde:/x", "did you mean folder:/x?"), ("Folder:/x", "did you mean folder:/x?"),
                       ("CIFAR:/x", "did you mean cifar10:/x?"), ("mnst:/x", "did you mean mnist:/x?"),
                       ("digit", "did you mean digits?")):
         with pytest.raises(ValueError) as err:
             parse_spec(bad)
         assert str(err.value) == f"unknown data spec {bad!r} ({hint}); expected one of {forms}", bad
+    # the hint is followable: folder: loads a folder or a zip of images, not an array file or a missing path
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
+    for bad in ("./x.npy", "x.npy", "data/mnist"):
+        with pytest.raises(ValueError) as err:
+            parse_spec(bad)
+        assert f"({kinds})" in str(err.value) and "e.g. folder:" not in str(err.value), bad
+    # a misspelt kind that needs a path, given none, is suggested with PATH: "did you mean mnist?" was itself refused
+    for bad, meant in (("MNIST", "mnist:PATH"), ("Mnist:", "mnist:PATH"), ("Folder", "folder:PATH"),
+                       ("cifar", "cifar10:PATH"), ("Digits", "digits"), ("moon", "moons")):
+        with pytest.raises(ValueError) as err:
+            parse_spec(bad)
+        assert str(err.value) == f"unknown data spec {bad!r} (did you mean {meant}?); expected one of {forms}", bad
     with pytest.raises(ValueError) as err:
         parse_spec("nope")
     assert str(err.value) == f"unknown data spec 'nope'; expected one of {forms}"

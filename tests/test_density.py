@@ -803,3 +803,24 @@ def test_local_support_at_a_k_that_is_no_integer_is_refused_by_both_methods():
         log_ball = 1.5 * math.log(math.pi) - gammaln(2.5)   # the unit 3-ball's volume, 4π/3
         want = math.log(5) - math.log(20) - log_ball - 3 * np.log(sup.radii[:, 1].numpy())
         np.testing.assert_allclose(sup.log_density_at(k).numpy(), want, rtol=1e-13)
+
+
+def test_refusals_naming_rows_list_the_first_ten_alike():
+    # "first ten, ' ...' if more" was formatted in three places (density, features, semantics); one wording
+    from kinetic_fm.metrics.density import knn_log_density
+    from kinetic_fm.metrics.features import as_features
+    from kinetic_fm.metrics.semantics import margin_from_scores
+
+    listed = re.escape(f"{list(range(2, 12))} ...")
+    radius = torch.ones(14)
+    radius[2:13] = float("nan")
+    with pytest.raises(ValueError, match=rf"got NaN at positions {listed}$"):
+        knn_log_density(radius, 1, 20, 2)
+    x = torch.zeros(14, 2)
+    x[2:13, 0] = float("inf")
+    with pytest.raises(ValueError, match=rf"rows {listed}$"):
+        as_features(x, None, argument="samples")
+    with pytest.raises(ValueError, match=rf"rows {listed}$"):
+        margin_from_scores(x)
+    with pytest.raises(ValueError, match=r"rows \[2, 12\]$"):                   # ten or fewer: no " ..."
+        margin_from_scores(x[[0, 2, 12]].index_select(0, torch.tensor([0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2])))

@@ -2378,14 +2378,20 @@ def test_cli_warns_of_a_tree_of_splits_given_by_its_path_as_by_folder_spec(tmp_p
 
 
 def test_cli_names_the_spec_a_misspelt_folder_spec_meant(tmp_path, capsys):
+    from kinetic_fm.data.registry import DATA_SPECS, parse_spec
+
     # --train folde:PATH (or Folder:, cifar:) is no spec, so it was read as a file's name: "no such file:
     # folde:/x", not a word of the spec it meant
     np.save(tmp_path / "s.npy", np.zeros((2, 4), np.float32))
     for train, meant in (("folde:/x", "folder:/x"), ("Folder:/x", "folder:/x"), ("cifar:/d", "cifar10:/d")):
         assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", train, "--no-progress"]) == 2
         err = capsys.readouterr().err
-        assert f"no such file: {train} (a data spec? did you mean {meant}?" in err, err
-        assert "expected one of digits, moons" in err
+        # the words parse_spec refuses the same spec with, after the file's name
+        with pytest.raises(ValueError) as refused:
+            parse_spec(train)
+        hint = f" (did you mean {meant}?); expected one of {', '.join(DATA_SPECS)}"
+        assert str(refused.value) == f"unknown data spec {train!r}{hint}"
+        assert f"no such file: {train}, nor a data spec{hint}" in err, err
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", "/no/such.npy"]) == 2
     assert "did you mean" not in capsys.readouterr().err                  # a path that is none: the path alone
 
@@ -2439,7 +2445,7 @@ def test_a_spec_s_kind_and_colon_read_as_the_spec_even_where_a_file_is_so_named(
 
 
 def test_cli_says_to_give_the_split_s_folder_as_the_path(tmp_path, capsys):
-    # the split-folders warning said "subdir='train'", which no kfm flag takes (helper-273)
+    # the split-folders warning said "subdir='train'", which no kfm flag takes (helper-273); the split's own folder
     from PIL import Image
 
     for name in ("train/cat/0.png", "train/dog/1.png", "test/cat/2.png"):
@@ -2450,5 +2456,5 @@ def test_cli_says_to_give_the_split_s_folder_as_the_path(tmp_path, capsys):
         assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", train, "--bootstrap", "0",
                      "--no-progress"]) == 0
         err = capsys.readouterr().err
-        assert f"(give the split's own folder as the path: {tmp_path / 'splits'}/train)\n" in err, err
+        assert f"(load {tmp_path / 'splits'}/train (the split's own folder))\n" in err, err
         assert "subdir" not in err

@@ -271,3 +271,15 @@ def test_a_spec_of_the_other_depth_names_its_argument_and_the_spec_that_fits(tmp
     assert main(["memorization", "--samples", str(tmp_path / "x.npy"), "--train", str(tmp_path / "x.npy"),
                  "--space", f"resnet56:{path}", "--no-progress"]) == 2
     assert f"--space resnet56:{path}: the file holds a ResNet-20's weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("images", [torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 32, 32) * 4])
+def test_the_size_and_range_warnings_point_at_the_callers_line_through_net_and_features(images):
+    # stacklevel=3 was right only for net.features(x): through net(x) the warning pointed inside resnet_cifar.py
+    net = CifarResNet(depth=8).eval()
+    for call in (net, net.features, net.logits):
+        net._sizes_said.clear(), net._ranges_said.clear()
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            call(images)
+        assert len(caught) == 1 and caught[0].filename == __file__, [(w.filename, w.lineno) for w in caught]

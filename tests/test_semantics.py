@@ -367,14 +367,17 @@ def test_classifier_margin_names_the_class_range_just_outside_it(target):
         classifier_margin(_net(), torch.randn(4, 3, 2, 2), target)
 
 
-def test_classifier_margin_refuses_non_finite_logits():
+def test_classifier_margin_refuses_non_finite_logits_by_their_rows():
+    # it said "classifier returned non-finite logits" without the rows, where margin_from_scores names them
     def with_nan(x):
         out = x.flatten(1)[:, :3].clone()
         out[1, 2] = math.nan
+        out[12:, 0] = -math.inf
         return out
 
-    with pytest.raises(ValueError, match="non-finite logits"):
-        classifier_margin(with_nan, torch.randn(3, 4))
+    with pytest.raises(ValueError, match=r"^classifier returned non-finite logits in rows \[1, 12, 13, 14, 15, 16, 17, "
+                                         r"18, 19, 20\] \.\.\.$"):
+        classifier_margin(with_nan, torch.randn(22, 4))
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])

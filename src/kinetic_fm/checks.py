@@ -9,34 +9,12 @@ import contextlib
 import math
 import numbers
 import warnings
-from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     import torch
-
-
-# True while a kfm command runs (kinetic_fm.cli sets it): a library message then words its remedy by
-# what the command line can give (a folder's path), not by a Python argument no flag sets (subdir=)
-_COMMAND_LINE: ContextVar[bool] = ContextVar("kinetic_fm_command_line", default=False)
-
-
-def on_the_command_line() -> bool:
-    """Whether the call runs inside a ``kfm`` command (:func:`command_line_words`)."""
-    return _COMMAND_LINE.get()
-
-
-@contextlib.contextmanager
-def command_line_words() -> Iterator[None]:
-    """Inside the block, :func:`on_the_command_line` is True: messages whose remedy differs on the
-    command line (the split-folders warning of :mod:`kinetic_fm.data.images`) give the command's."""
-    token = _COMMAND_LINE.set(True)
-    try:
-        yield
-    finally:
-        _COMMAND_LINE.reset(token)
 
 
 def is_integer(value) -> bool:
@@ -565,16 +543,18 @@ def _shape(array) -> tuple[int, ...]:
 
 def caller_outside_the_package() -> int:
     """``stacklevel`` for a warning raised inside kinetic_fm that points at the first frame outside
-    kinetic_fm and torch's decorators (the user's call, however deep inside us it is raised: through
-    an integration such as ``KineticODESolver.sample`` as through ``kfm.sample``)."""
+    kinetic_fm, torch's decorators and ``nn.Module.__call__`` (the user's call, however deep inside us it
+    is raised: through an integration such as ``KineticODESolver.sample`` as through ``kfm.sample``, through
+    ``net(x)`` as through ``net.features(x)``)."""
     import os
     import sys
 
     ours = os.path.dirname(os.path.abspath(__file__)) + os.sep  # the kinetic_fm folder
-    decorators = os.path.join("torch", "utils", "_contextlib.py")
+    torch_frames = (os.path.join("torch", "utils", "_contextlib.py"),  # no_grad and other decorators
+                    os.path.join("torch", "nn", "modules", "module.py"))  # nn.Module.__call__
     frame, level = sys._getframe(2), 2  # stacklevel 1 is the function calling warnings.warn, 2 its caller
     while frame is not None and (frame.f_code.co_filename.startswith(ours)
-                                 or frame.f_code.co_filename.endswith(decorators)):
+                                 or frame.f_code.co_filename.endswith(torch_frames)):
         frame, level = frame.f_back, level + 1
     return level
 

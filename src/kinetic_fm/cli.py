@@ -51,16 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .checks import command_line_words
-
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the sub-command's parser, so the hint names its own --help
         args._commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     _refuse_empty_values(args._commands[args.command], args)
     try:
-        # all four restored when the command returns; the library's remedies in the command line's words
-        with warnings.catch_warnings(), _stdout_reader_may_leave(), _sigterm_as_interrupt(), command_line_words():
+        # all three restored when the command returns
+        with warnings.catch_warnings(), _stdout_reader_may_leave(), _sigterm_as_interrupt():
             warnings.showwarning = _one_line_warning(args.command)
             return int(args.func(args) or 0)
     except (ValueError, OSError) as err:

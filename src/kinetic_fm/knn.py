@@ -285,6 +285,12 @@ def nonfinite_rows(tensor: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     return torch.cat(bad)
 
 
+def listed_rows(rows: torch.Tensor) -> str:
+    """The first ten of the indices ``rows`` (as :func:`nonfinite_rows` gives them) as a list, " ..." after
+    them when there are more: ``[1, 4]``, ``[0, 1, ..., 9] ...``; one wording for every refusal naming rows."""
+    return f"{rows[:10].tolist()}{' ...' if rows.numel() > 10 else ''}"
+
+
 def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
     """Raise ValueError naming ``name``, the first offending row and its first non-finite value
     and place when ``tensor`` has NaN/inf (screened by :func:`nonfinite_rows`)."""

@@ -110,7 +110,7 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     from pathlib import Path
 
     from ..data.arrays import load_array
-    from ..data.registry import DATA_SPECS, load_dataset, misspelt_spec
+    from ..data.registry import load_dataset, misspelt_spec, spec_hint
     from ..data.subset import dataset_rows
     from ..runs.manifest import MANIFEST_NAME
 
@@ -163,10 +163,9 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
         if n is None:
             return data.images, names, None, None
         return data.images, [names[i] for i in data.indices.tolist()], data.indices.numpy(), None
-    if specs and ":" in value and not path.exists() and (meant := misspelt_spec(value)) is not None:
+    if specs and ":" in value and not path.exists() and misspelt_spec(value) is not None:
         # a spec of a misspelt kind (folde:PATH) read as a file's name said "no such file" alone
-        raise FileNotFoundError(f"no such file: {value} (a data spec? did you mean {meant}?; expected one of "
-                                f"{', '.join(DATA_SPECS)})")
+        raise FileNotFoundError(f"no such file: {value}, nor a data spec{spec_hint(value)}")
     return load_array(value, key), None, None, None
 
 

@@ -1145,7 +1145,6 @@ def run(args) -> int:
 def _run(args, setup) -> int:
     import contextlib
     import os
-    import sys
     import warnings
     from pathlib import Path
 
@@ -1250,7 +1249,8 @@ def _run(args, setup) -> int:
     print(f"run directory: {outcome.run_dir}  (results.parquet, {manifest.plan.count} shard(s); "
           f"this process computed {len(outcome.computed)}, kept {len(outcome.skipped)})")
     if nonfinite:
-        print(f"warning: {nonfinite} sample(s) hit a non-finite velocity (energies NaN)", file=sys.stderr)
+        # through warnings, as the command's other warnings: kfm's hook words it "kfm sample: warning: ..."
+        warnings.warn(f"{nonfinite} sample(s) hit a non-finite velocity (energies NaN)", UserWarning, stacklevel=2)
     with pd.option_context("display.float_format", "{:.6g}".format, "display.width", 120):
         # an empirical run's posterior too: a max weight near 1 (entropy near 0) is a sample on an atom
         posterior = tuple(name for name in POSTERIOR_COLUMNS if name in table.column_names)

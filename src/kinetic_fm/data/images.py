@@ -470,12 +470,12 @@ def _check_split_folders(folders: list[list[str]], shared: int, where: str, *, l
     ...) and every file lies in a folder inside one (``train/<class>/...``): loaded whole, the splits
     are one set, and, where the tree is ``labelled``, labelled by split, as ImageFolder labels it. One
     check for the loads with labels (a ``folder:`` spec) and without (a folder given by its path:
-    ``kfm memorization --train PATH``). Its remedy is ``subdir=`` in Python, and inside a ``kfm``
-    command (:func:`~kinetic_fm.checks.on_the_command_line`), which takes no subdir, the split's own
-    folder as the path."""
+    ``kfm memorization --train PATH``). Its remedy, the split's own folder below every wrapper (extracted
+    from a zip), works on every route: a ``kfm`` flag takes no subdir, and ``subdir=`` looks through one
+    wrapping folder only."""
     import warnings
 
-    from ..checks import caller_outside_the_package, on_the_command_line
+    from ..checks import caller_outside_the_package
 
     if not folders or not all(len(f) > shared + 1 for f in folders):
         return
@@ -489,12 +489,9 @@ def _check_split_folders(folders: list[list[str]], shared: int, where: str, *, l
     else:
         what = ("the folders", "every split is loaded, as one set; to load one split alone")
     split = _first_split(tops)
-    if on_the_command_line():  # no kfm flag takes subdir: the split's folder, below the wrapping ones
-        own = "/".join([*folders[0][:shared], split])
-        remedy = (f"give the split's own folder as the path: extract {own}/ from {where}"
-                  if where.lower().endswith(".zip") else f"give the split's own folder as the path: {where}/{own}")
-    else:
-        remedy = f"subdir='{split}', or the split's own folder as the path"
+    own = "/".join([*folders[0][:shared], split])
+    remedy = (f"extract {own}/ from {where} and load it (the split's own folder)" if where.lower().endswith(".zip")
+              else f"load {where}/{own} (the split's own folder)")
     warnings.warn(f"{where}: {what[0]} {tops} are named like splits of a data set and hold folders of their own: "
                   f"{what[1]} ({remedy})", UserWarning, stacklevel=caller_outside_the_package())
 

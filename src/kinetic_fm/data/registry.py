@@ -68,35 +68,58 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
     Raises:
         ValueError: ``spec`` is none of :data:`DATA_SPECS`, each message listing them: a path given without
-            its kind (``C:/x``, ``./data``, a folder that exists) is pointed at ``folder:PATH``, a misspelt
-            kind (``folde:``, ``CIFAR:``) at the likely one; a path to a set that takes none; no path to
-            one that needs it.
+            its kind (``C:/x``, ``./x.npy``) is pointed at ``folder:PATH`` where it is an existing folder or a
+            ``.zip``, else at the kinds that take a path; a misspelt kind (``folde:``, ``CIFAR:``, ``MNIST``)
+            at the likely spec (:func:`spec_hint`); a path to a set that takes none; no path to one that needs it.
     """
     name, _, path = spec.partition(":")
-    forms = f"expected one of {', '.join(DATA_SPECS)}"
-    takes_path = {s.partition(":")[0]: s.endswith(":PATH") for s in DATA_SPECS}
-    if name not in takes_path:
-        hint = _likely_spec(spec, name)
-        raise ValueError(f"unknown data spec {spec!r}{f' ({hint})' if hint else ''}; {forms}")
+    if name not in _TAKES_PATH:
+        raise ValueError(f"unknown data spec {spec!r}{spec_hint(spec)}")
     path = os.path.expanduser(path)
-    if path and not takes_path[name]:
-        raise ValueError(f"data spec {spec!r}: {name} takes no path; {forms}")
-    if takes_path[name] and not path:
-        raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data; {forms}")
+    if path and not _TAKES_PATH[name]:
+        raise ValueError(f"data spec {spec!r}: {name} takes no path; {_FORMS}")
+    if _TAKES_PATH[name] and not path:
+        raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data; {_FORMS}")
     return name, path
 
 
-def _likely_spec(spec: str, name: str) -> str | None:
-    """What the unknown ``spec`` (``name`` its part before the first colon) was likely meant to be, in
-    words: a path given without its kind (a separator or a leading ``.`` or ``~`` in the name, a Windows
-    drive ``C:/``, or a path that exists), or a spec whose kind is misspelt; None when neither reads."""
+_FORMS = f"expected one of {', '.join(DATA_SPECS)}"
+_TAKES_PATH = {s.partition(":")[0]: s.endswith(":PATH") for s in DATA_SPECS}
+
+
+def spec_hint(spec: str) -> str:
+    """What follows the name of ``spec``, a string that is none of :data:`DATA_SPECS`, in a refusal:
+    ``" (did you mean folder:/x?); expected one of digits, ..."``, the likely form in brackets where one
+    reads (:func:`_likely_spec`), else ``"; expected one of ..."``. One wording for every route that
+    refuses such a spec (:func:`parse_spec`, ``kfm memorization --train``)."""
+    hint = _likely_spec(spec)
+    return f" ({hint}); {_FORMS}" if hint else f"; {_FORMS}"
+
+
+def _likely_spec(spec: str) -> str | None:
+    """What the unknown ``spec`` was likely meant to be, in words, else None:
+
+    - a path given without its kind (a separator or a leading ``.`` or ``~`` in the part before the first
+      colon, a Windows drive ``C:/``, or a path that exists): ``folder:PATH`` where it is an existing folder
+      or a ``.zip`` (what ``folder:`` loads), else the kinds that take a path, for the one its data needs;
+    - a misspelt kind: the likely spec, with ``PATH`` after a kind that needs one and got none
+      (``MNIST`` -> ``mnist:PATH``, not ``mnist``, itself refused).
+    """
     import re
 
+    name, colon, rest = spec.partition(":")
     drive = re.match(r"[A-Za-z]:[\\/]", spec) is not None
     if drive or "/" in name or "\\" in name or name.startswith((".", "~")) or os.path.exists(spec):
-        return f"a path? give it after its kind, e.g. folder:{spec}"
+        place = os.path.expanduser(spec)
+        if os.path.isdir(place) or place.lower().endswith(".zip"):
+            return f"a path? give it after its kind, e.g. folder:{spec}"
+        kinds = [s for s in DATA_SPECS if s.endswith(":PATH")]
+        return f"a path? give it after the kind of data it holds: {', '.join(kinds[:-1])} or {kinds[-1]}"
     meant = misspelt_spec(spec)
-    return None if meant is None else f"did you mean {meant}?"
+    if meant is None:
+        return None
+    kind = meant.partition(":")[0]
+    return f"did you mean {kind}:PATH?" if _TAKES_PATH[kind] and not rest else f"did you mean {meant}?"
 
 
 def misspelt_spec(spec: str) -> str | None:

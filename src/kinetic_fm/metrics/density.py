@@ -30,7 +30,7 @@ from ..blocks import block_size
 from ..checks import (as_scalar, check_flag, check_integer, check_same_space, check_seed, is_integer, is_real,
                       positive_integer)
 from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
-from ..knn import check_same_rows, column_mean, own_diagonal, row_sq_norms
+from ..knn import check_same_rows, column_mean, listed_rows, own_diagonal, row_sq_norms
 from ..sampling.guards import feature_map_as_found
 from .features import SpaceLike, as_features, feature_space
 
@@ -64,8 +64,7 @@ def knn_log_density(radius: Tensor, k: int, n_reference: int, dim: int) -> Tenso
     for bad, what in ((radius < 0, "negative values"), (radius.isnan(), "NaN")):
         where = bad.nonzero().flatten()
         if where.numel():  # -D·log r of them was NaN, without a word
-            raise ValueError(f"radius must be distances >= 0, got {what} at positions {where[:10].tolist()}"
-                             f"{' ...' if where.numel() > 10 else ''}")
+            raise ValueError(f"radius must be distances >= 0, got {what} at positions {listed_rows(where)}")
     const = math.log(k) - math.log(n_reference) - _log_unit_ball_volume(dim)
     return const - dim * torch.log(radius)
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..checks import as_scalar, check_device, check_flag, is_real, positive_integer
 from ..checks import caller_outside_the_package
-from ..knn import nonfinite_rows
+from ..knn import listed_rows, nonfinite_rows
 from .features import as_tensor, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
@@ -46,7 +46,7 @@ def margin_from_scores(scores: Tensor, target: Any = None) -> tuple[Tensor, Tens
         raise ValueError(f"need (B, C) scores with C >= 2 classes, got shape {tuple(scores.shape)}")
     bad = nonfinite_rows(scores)
     if bad.numel():  # a NaN score gave a NaN margin, or chose a NaN row's class, without a word
-        raise ValueError(f"scores must be finite, got NaN or inf in rows {_listed(bad)}")
+        raise ValueError(f"scores must be finite, got NaN or inf in rows {listed_rows(bad)}")
     if target is not None:
         target = as_tensor(target).to(device=scores.device)
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -146,7 +146,7 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
         raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
     bad = nonfinite_rows(x)
     if bad.numel():  # else blamed on the classifier: "classifier returned non-finite logits"
-        raise ValueError(f"x has non-finite values in rows {_listed(bad)}")
+        raise ValueError(f"x has non-finite values in rows {listed_rows(bad)}")
     judge = feature_space(classifier, batch_size=batch_size, device=device)
     raw = judge.map(x, flatten=False)  # warned of a training-mode classifier, its buffers put back
     logits = raw.to(torch.float64)
@@ -157,8 +157,9 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
         hint = ("; a single-logit binary classifier z gives the logits torch.stack([-z / 2, z / 2], 1), "
                 "whose softmax is sigmoid(z)" if single else "")
         raise ValueError(f"classifier must return (b, C) logits, got shape {tuple(logits.shape)}{hint}")
-    if not torch.isfinite(logits).all():
-        raise ValueError("classifier returned non-finite logits")
+    bad = nonfinite_rows(logits)
+    if bad.numel():  # named here, as the classifier's; margin_from_scores checks the scores of its direct callers
+        raise ValueError(f"classifier returned non-finite logits in rows {listed_rows(bad)}")
     if _probability_rows(logits, raw.dtype):
         warnings.warn(
             f"classifier_margin: every row of the classifier's {logits.shape[1]} outputs lies in [0, 1] and sums to 1: "
@@ -170,11 +171,6 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     margin, chosen = margin_from_scores(logits, t)
     confidence = torch.softmax(logits, dim=1).gather(1, chosen[:, None]).squeeze(1)
     return ClassifierMargin(margin, confidence, logits.argmax(dim=1), t)
-
-
-def _listed(rows: Tensor) -> str:
-    """The first ten of the row indices ``rows``, as a list, "..." after them when there are more."""
-    return f"{rows[:10].tolist()}{' ...' if rows.numel() > 10 else ''}"
 
 
 def _holds_tensors(x: Any) -> bool:
@@ -374,7 +370,7 @@ class CLIPScorer:
         if not uint8:
             bad = nonfinite_rows(x)
             if bad.numel():
-                raise ValueError(f"images have non-finite values in rows {_listed(bad)}")
+                raise ValueError(f"images have non-finite values in rows {listed_rows(bad)}")
             found = tuple(float(v) for v in torch.aminmax(x))  # mapped in Python floats: an overshoot
             low, high = ((v - lo) / (hi - lo) for v in found)    # of exactly a tenth stays one
             if low < -_OVERSHOOT or high > 1.0 + _OVERSHOOT:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import caller_outside_the_package
 from .checkpoint import load_weights
 from .classifier import as_signed_pixels
 
@@ -59,7 +60,8 @@ def _warn_of_another_range(x: Tensor, said: set[str]) -> None:
         return
     said.add(kind)
     warnings.warn(f"CifarResNet reads float images in [-1, 1] (the data loaders' range); these span "
-                  f"[{round(lo, 2):.3g}, {round(hi, 2):.3g}], {found} (said once per net)", UserWarning, stacklevel=3)
+                  f"[{round(lo, 2):.3g}, {round(hi, 2):.3g}], {found} (said once per net)", UserWarning,
+                  stacklevel=caller_outside_the_package())
 
 
 def _warn_of_another_size(x: Tensor, said: set[tuple[int, int]]) -> None:
@@ -74,7 +76,7 @@ def _warn_of_another_size(x: Tensor, said: set[tuple[int, int]]) -> None:
     warnings.warn(f"CifarResNet's weights are for {IMAGE_SIZE}x{IMAGE_SIZE} images; these are {size[0]}x{size[1]}, "
                   "which its global pooling takes but the pretrained nets judge badly; resize them first, e.g. "
                   f"torch.nn.functional.interpolate(x, size=({IMAGE_SIZE}, {IMAGE_SIZE}), mode='area') "
-                  "(said once per net)", UserWarning, stacklevel=3)
+                  "(said once per net)", UserWarning, stacklevel=caller_outside_the_package())
 
 
 class BasicBlock(nn.Module):
