@@ -126,6 +126,28 @@ def test_on_start_is_called_once_before_sampling_and_only_when_shards_remain(tmp
     assert events == ["start", "compute"]
 
 
+@pytest.mark.parametrize("rank_1_pending", [False, True])
+def test_on_start_is_called_by_rank_0_when_only_another_rank_has_shards_left(tmp_path, rank_1_pending):
+    # rank 0 of two, its own shards all kept: the run still samples (rank 1's), so rank 0 says its words
+    from kinetic_fm.runs.distributed import Coordinator, World
+
+    class RankZeroOfTwo(Coordinator):   # rank 1 stood in for: same settings, and its pending shards or none
+        def barrier(self):
+            pass
+
+        def from_main(self, value):
+            return value
+
+        def from_all(self, value):
+            return [value, [] if isinstance(value, list) else rank_1_pending]
+
+    run, started = tmp_path / "run", []
+    _run(run)
+    run_sharded(run, _manifest(), Recorder(), resume=True, progress=False, log=lambda m: None,
+                coordinator=RankZeroOfTwo(World(rank=0, world_size=2)), on_start=lambda: started.append(1))
+    assert started == [1] * rank_1_pending
+
+
 def test_resume_refuses_a_changed_config_naming_the_field(tmp_path):
     _run(tmp_path / "run")
     with pytest.raises(ResumeMismatchError, match=r"config\.a \(stored 1, now 2\)"):
