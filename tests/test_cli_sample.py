@@ -1244,8 +1244,9 @@ def test_the_figure_names_eta_only_when_a_gain_acts(tmp_path, monkeypatch, flags
     assert any("η" in label for label in labels) == shaped, labels
 
 
+@pytest.mark.parametrize("resume", [False, True])
 @pytest.mark.parametrize("stage", ["_validate", "_conditioning", "_trial_call", "moving the net"])
-def test_ctrl_c_before_the_run_starts_says_nothing_was_sampled(tmp_path, capsys, monkeypatch, stage):
+def test_ctrl_c_before_the_run_starts_says_nothing_was_sampled(tmp_path, capsys, monkeypatch, stage, resume):
     # only the reading of --model and --train said so; a Ctrl-C in the trial call, the class check or
     # while the net moved to its device said "finished work is kept; rerun ... with --resume" of a run
     # folder that did not exist yet; so did one in the command's first seconds (its imports of torch and
@@ -1265,10 +1266,12 @@ def test_ctrl_c_before_the_run_starts_says_nothing_was_sampled(tmp_path, capsys,
                             lambda net, *a, **kw: interrupted() if "device" in kw else to(net, *a, **kw))
     else:
         monkeypatch.setattr(command, stage, interrupted)
-    assert kfm_sample(tmp_path / "run", "--model", path, "--n", 2, "--steps", 2) == 130
+    # a --resume into a folder that holds no run yet (allowed: "starting a new one") keeps no shard either
+    resuming = ["--resume"] if resume else []
+    assert kfm_sample(tmp_path / "run", "--model", path, "--n", 2, "--steps", 2, *resuming) == 130
     err = capsys.readouterr().err
     assert "interrupted: while preparing the run, before any sample was computed: rerun the same command" in err, err
-    assert "--resume" not in err and not (tmp_path / "run").exists()
+    assert "--resume" not in err and "finished shards" not in err and not (tmp_path / "run").exists()
 
 
 def test_ctrl_c_before_a_resume_samples_says_the_folder_keeps_its_finished_shards(tmp_path, capsys, monkeypatch):
@@ -1289,6 +1292,24 @@ def test_ctrl_c_before_a_resume_samples_says_the_folder_keeps_its_finished_shard
             "finished shards: rerun the same command") in err, err
     assert "before any sample was computed" not in err
     assert len(read_run(tmp_path / "run")) == 4
+
+
+def test_the_sampling_settings_warnings_come_only_when_the_run_samples(tmp_path, capsys):
+    # they were said before the folder's verdict: a refused --resume said "--quadrature 'left' ..." and then
+    # its refusal, a resume of a finished run (nothing to sample) said them too
+    run, said = tmp_path / "run", "warning: --quadrature 'left' takes each step's power at its start"
+    flags = ["--field", "gaussian", "--dim", 2, "--n", 4, "--shard-size", 2, "--solver", "dopri5",
+             "--quadrature", "left"]
+    assert kfm_sample(run, *flags) == 0
+    assert capsys.readouterr().err.count(said) == 1
+    assert kfm_sample(run, *flags, "--resume", "--n", 6) == 2
+    err = capsys.readouterr().err
+    assert "--n" in err and said not in err, err
+    assert kfm_sample(run, *flags, "--resume") == 0
+    assert said not in capsys.readouterr().err
+    next((run / "shards").glob("shard-00001-*.parquet")).unlink()
+    assert kfm_sample(run, *flags, "--resume") == 0
+    assert capsys.readouterr().err.count(said) == 1
 
 
 def test_the_sampling_warnings_name_the_flags_not_the_library_arguments(tmp_path, capsys):
@@ -1321,7 +1342,9 @@ def test_under_torchrun_the_sampling_settings_warnings_come_once_from_rank_0(tmp
     def two_ranks(device=None, **kwargs):
         yield Coordinator(World(rank=rank, world_size=2, local_rank=rank)), torch.device("cpu")
 
-    def sharded(out, manifest, compute, **kwargs):
+    def sharded(out, manifest, compute, on_start=None, **kwargs):
+        if rank == 0 and on_start is not None:   # as run_sharded calls it, once the folder takes the run
+            on_start()
         if samples:
             compute(np.arange(4), lambda n: None)   # two batches of 2
         raise KeyboardInterrupt

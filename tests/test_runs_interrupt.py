@@ -351,6 +351,25 @@ def test_a_damaged_manifest_is_written_again_by_repair_when_the_shards_vouch_for
     assert "--repair applies to --resume only" in capsys.readouterr().err
 
 
+def test_a_repair_scans_the_shard_receipts_once_under_the_lock(tmp_path, reference, monkeypatch, capsys):
+    # kfm sample's early read under --repair scanned every shard receipt to build a refusal it then
+    # discarded (read as "no run yet"); run_sharded scans them again under the lock, where it counts
+    import shutil
+
+    import kinetic_fm.runs.runner as runner
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    good = (run / "manifest.json").read_text()
+    (run / "manifest.json").write_text(good[: len(good) // 2])
+    scans, scan = [], runner._receipts_of
+    monkeypatch.setattr(runner, "_receipts_of", lambda *args: scans.append(args) or scan(*args))
+    assert _sample(run, "--resume", "--repair") == 0
+    assert "manifest.json was damaged: written again" in capsys.readouterr().err
+    assert len(scans) == 1
+    _assert_same_run(run, reference)
+
+
 def test_a_resume_reads_the_manifest_once_before_the_lock_and_once_under_it(tmp_path, monkeypatch):
     # it was read 4 times for a built-in field, 5 for a --model run (6 under dopri5), 6 for --field empirical
     import copy

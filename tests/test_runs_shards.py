@@ -97,6 +97,57 @@ def test_resume_of_a_complete_run_computes_nothing(tmp_path):
     _assert_same(out.table, np.arange(3, 13))
 
 
+def test_on_start_is_called_once_before_sampling_and_only_when_shards_remain(tmp_path):
+    # the caller's start-of-run words (kfm sample's warnings on its settings) came before the folder's
+    # verdict: a refused resume, or one of a finished run, said them of a run that sampled nothing
+    run, events = tmp_path / "run", []
+
+    def compute(seeds, advance):
+        events.append("compute")
+        return Recorder()(seeds, advance)
+
+    def start():
+        events.append("start")
+
+    def sharded(**kwargs):
+        return run_sharded(run, kwargs.pop("manifest", _manifest()), compute, progress=False, log=lambda m: None,
+                           on_start=start, **kwargs)
+
+    sharded()
+    assert events == ["start"] + ["compute"] * 4
+    events.clear()
+    sharded(resume=True)   # nothing left to sample
+    assert events == []
+    with pytest.raises(ResumeMismatchError):
+        sharded(resume=True, manifest=_manifest(n=11))
+    assert events == []
+    shard_path(run, _manifest().plan, 2).unlink()
+    sharded(resume=True)
+    assert events == ["start", "compute"]
+
+
+@pytest.mark.parametrize("rank_1_pending", [False, True])
+def test_on_start_is_called_by_rank_0_when_only_another_rank_has_shards_left(tmp_path, rank_1_pending):
+    # rank 0 of two, its own shards all kept: the run still samples (rank 1's), so rank 0 says its words
+    from kinetic_fm.runs.distributed import Coordinator, World
+
+    class RankZeroOfTwo(Coordinator):   # rank 1 stood in for: same settings, and its pending shards or none
+        def barrier(self):
+            pass
+
+        def from_main(self, value):
+            return value
+
+        def from_all(self, value):
+            return [value, [] if isinstance(value, list) else rank_1_pending]
+
+    run, started = tmp_path / "run", []
+    _run(run)
+    run_sharded(run, _manifest(), Recorder(), resume=True, progress=False, log=lambda m: None,
+                coordinator=RankZeroOfTwo(World(rank=0, world_size=2)), on_start=lambda: started.append(1))
+    assert started == [1] * rank_1_pending
+
+
 def test_resume_refuses_a_changed_config_naming_the_field(tmp_path):
     _run(tmp_path / "run")
     with pytest.raises(ResumeMismatchError, match=r"config\.a \(stored 1, now 2\)"):

@@ -2407,3 +2407,22 @@ def test_the_call_put_right_is_warned_of_in_the_sampler_settings_category(case, 
     with pytest.warns(kfm.SamplerSettingsWarning):
         kfm.sample(velocity or (lambda x, t: -x), x0, **{**settings, **(fixed or {})})
     assert issubclass(kfm.SamplerSettingsWarning, UserWarning)   # a filter on UserWarning still takes it
+
+
+def test_warn_of_settings_builds_the_grid_only_for_a_half_precision_state(monkeypatch):
+    # every fixed-step call built and checked its grid again, which only the half-precision check reads
+    import kinetic_fm.sampling.sample as S
+
+    built, build = [], S.time_grid
+    monkeypatch.setattr(S, "time_grid", lambda *args, **kwargs: built.append(args) or build(*args, **kwargs))
+    field = kfm.GaussianTarget(mean=2.0, std=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for dtype in (torch.float32, torch.float64):
+            S.warn_of_settings(field, solver="euler", steps=1000, grid="cosine", dtype=dtype)
+    assert built == []
+    with pytest.warns(kfm.SamplerSettingsWarning, match="median step"):
+        S.warn_of_settings(field, solver="euler", steps=1000, dtype=torch.bfloat16)
+    assert len(built) == 1
+    with pytest.raises(ValueError, match="grid"):   # a grid kfm.sample refuses, read by that check
+        S.warn_of_settings(field, solver="euler", grid="log", dtype=torch.float16)

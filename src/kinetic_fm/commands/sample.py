@@ -760,11 +760,13 @@ def _stored_manifest(run_dir: str, repair: bool):
     writes it again from this command's settings, once they are known, where the shards vouch for them."""
     from pathlib import Path
 
-    from ..runs.manifest import DamagedManifestError
+    from ..runs.manifest import DamagedManifestError, read_manifest
     from ..runs.runner import stored_manifest
 
     try:
-        return stored_manifest(Path(run_dir))
+        # under repair a damaged one reads as None: stored_manifest's scan of the shard receipts, for a
+        # refusal, would be thrown away (run_sharded scans them under the lock)
+        return read_manifest(Path(run_dir)) if repair else stored_manifest(Path(run_dir))
     except FileNotFoundError:
         return None
     except DamagedManifestError:
@@ -897,6 +899,15 @@ def _warn_on_batch_change(args, manifest) -> None:
                       "table", stacklevel=2)
 
 
+def _resuming(args) -> bool:
+    """Whether the call resumes a stored run (its manifest damaged, under --repair, too), whose finished
+    shards stay in the folder; a --resume into a folder that holds no run yet starts a new one."""
+    from pathlib import Path
+
+    # runs.manifest.MANIFEST_NAME: importing the runs package loads pyarrow, and run() asks before its imports
+    return bool(args.resume) and (Path(args.out) / "manifest.json").is_file()
+
+
 def _nothing_sampled_hint(stage: str, resuming: bool) -> str:
     """What an interruption in ``stage`` ("while reading --train t.npy"), before the run is started,
     says: no sample was computed yet, so a fresh run's folder keeps nothing to resume; when
@@ -940,12 +951,15 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
     """compute(seeds, advance) -> pyarrow Table with one row per seed, sampled in batches; with
     ``step_bar`` (rank 0's, as the sample bar) a batch running over STEP_BAR_DELAY shows its steps (under
     dopri5, the least t its unfinished samples reached)."""
+    import warnings
+
     import numpy as np
     import pyarrow as pa
 
     from .. import sample
     from ..fields.empirical import EmpiricalFlow, PosteriorRecorder
     from ..sampling.guards import NonFiniteVelocityError, StepLimitError
+    from ..sampling.sample import SamplerSettingsWarning
 
     settings = _sampler_settings(args, kts)
 
@@ -973,12 +987,14 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
 
     def compute(seeds: np.ndarray, advance) -> pa.Table:
         shard = _ShardColumns(save_x=args.save_x, profile=args.profile, per_sample_steps=args.solver == "dopri5")
-        for lo in range(0, len(seeds), args.batch_size):
-            chunk = [int(s) for s in seeds[lo:lo + args.batch_size]]
-            labels = None if cond is None else cond.labels(chunk)
-            res, posterior = run_batch(chunk, labels)
-            shard.add(res, labels, posterior)
-            advance(len(chunk))
+        with warnings.catch_warnings():   # kfm.sample's on the run's settings: said once per run (_run), not per batch
+            warnings.simplefilter("ignore", SamplerSettingsWarning)
+            for lo in range(0, len(seeds), args.batch_size):
+                chunk = [int(s) for s in seeds[lo:lo + args.batch_size]]
+                labels = None if cond is None else cond.labels(chunk)
+                res, posterior = run_batch(chunk, labels)
+                shard.add(res, labels, posterior)
+                advance(len(chunk))
         return shard.table()
 
     return compute
@@ -1123,7 +1139,7 @@ def summary_frame(table, columns=SUMMARY_COLUMNS):
 def run(args) -> int:
     # a Ctrl-C in the first seconds (importing torch and pyarrow, checking the flags) computed nothing:
     # the generic "finished work is kept; rerun ... with --resume" spoke of a folder that may not exist
-    args.interrupt_hint = _nothing_sampled_hint("while preparing the run", args.resume)
+    args.interrupt_hint = _nothing_sampled_hint("while preparing the run", _resuming(args))
     import contextlib
 
     from ..runs.distributed import warnings_of_rank_0
@@ -1152,8 +1168,7 @@ def _run(args, setup) -> int:
     import torch
 
     from ..runs import RunLockedError, RunManifest, run_sharded, world_session
-    from ..sampling.sample import SamplerSettingsWarning, warn_of_settings
-    from ..runs.manifest import MANIFEST_NAME
+    from ..sampling.sample import warn_of_settings
     from ..runs.shards import PROFILE_TIMES
 
     # a --dtype typed is what the user asked for; only the default is said of float64 items (_empirical_target)
@@ -1169,8 +1184,7 @@ def _run(args, setup) -> int:
     # a Ctrl-C while the ranks meet, the folder is locked, a net is read and hashed, the items load
     # (50,000 CIFAR-10 images take 15 s), a net moves to its device or makes its trial call leaves no
     # shard behind; once run_sharded starts, the folder keeps finished shards: its own hint
-    # a run to resume (its manifest damaged, under --repair): its finished shards stay in the folder
-    resuming = args.resume and (Path(args.out) / MANIFEST_NAME).is_file()
+    resuming = _resuming(args)
     preparing = args.interrupt_hint = _nothing_sampled_hint("while preparing the run", resuming)
     with world_session(args.device) as (coordinator, device), contextlib.ExitStack() as held:
         with writing("--out", args.out):  # before --model is read and hashed (a big file takes long)
@@ -1211,14 +1225,13 @@ def _run(args, setup) -> int:
         try:
             # kfm.sample's warnings (quadrature='left' under dopri5, "a smaller beta0") in the flags' words
             with writing("--out", args.out), flag_words(_SAMPLE_FLAGS, anywhere=False, errors=False):
-                if world.is_main:   # those on its settings once per run, from rank 0, which may sample no shard
-                    warn_of_settings(target.velocity, **_sampler_settings(args, kts))
-                with warnings.catch_warnings():   # not again from each batch, on each rank
-                    warnings.simplefilter("ignore", SamplerSettingsWarning)
-                    compute = _shard_sampler(target, kts, args, device, cond,
-                                             step_bar=args.progress and world.is_main)
-                    outcome = run_sharded(args.out, manifest, compute, resume=args.resume, coordinator=coordinator,
-                                          progress=args.progress, lock=lock, repair=args.repair)
+                compute = _shard_sampler(target, kts, args, device, cond, step_bar=args.progress and world.is_main)
+                # those on its settings once per run, from rank 0 (which may sample no shard), once the folder
+                # has taken the run and only when shards are left: a refused or finished resume says none
+                outcome = run_sharded(args.out, manifest, compute, resume=args.resume, coordinator=coordinator,
+                                      progress=args.progress, lock=lock, repair=args.repair,
+                                      on_start=lambda: warn_of_settings(target.velocity,
+                                                                        **_sampler_settings(args, kts)))
         except KeyboardInterrupt:
             args.interrupt_hint = _interrupted_run_hint(args.out, manifest)
             raise

@@ -217,8 +217,9 @@ class ClassifierFreeGuidance:
             yield
         except (RuntimeError, ValueError, IndexError, TypeError) as err:
             batch = (self._origin or self).labels.shape[0]
+            # labels and an extra both filling one parameter (DoubledExtraError): its own message says the remedy
             names = [] if isinstance(err, DoubledExtraError) else _extras_with_rows(self.model, batch)
-            if names:  # labels and an extra both filling one parameter: its own message says the remedy
+            if names:
                 add_note(err, f"ClassifierFreeGuidance calls its model on a doubled batch of {2 * batch} rows (the "
                               f"conditional rows, then the null-label rows), and the model's extras {names} hold "
                               f"{batch} rows, one per sample, which do not double with it; repeat them for both "

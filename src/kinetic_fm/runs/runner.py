@@ -199,6 +199,7 @@ def run_sharded(
     log: Callable[[str], None] = _stderr,
     lock: RunLock | None = None,
     repair: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Compute this rank's shards of the run and, on rank 0, merge them after a barrier.
 
@@ -226,6 +227,10 @@ def run_sharded(
 
     A resume of a run stored under other library versions goes on with a UserWarning for each
     package that differs (``kfm`` shows it as its command's warning); ``log`` says the rest.
+
+    ``on_start``: called once, on rank 0, after the folder has taken the run and before any shard is
+    computed, and only when some rank has shards to compute: a refused call, or a resume of a finished
+    run, does not call it (``kfm sample`` gives its warnings on the run's settings there).
     """
     run_dir = Path(run_dir)
     coord = coordinator or Coordinator(World.from_env())
@@ -235,7 +240,7 @@ def run_sharded(
         raise ValueError(f"lock is the lock of {lock.run_dir}, not of the run folder {run_dir}")
     try:
         _open_run_dir(run_dir, manifest, resume, coord, lock, log, repair)
-        return _compute_and_merge(run_dir, manifest, compute, coord, progress, log)
+        return _compute_and_merge(run_dir, manifest, compute, coord, progress, log, on_start)
     finally:
         lock.release()
 
@@ -292,8 +297,10 @@ def _open_run_dir(run_dir: Path, manifest: RunManifest, resume: bool, coord: Coo
 
 
 def _compute_and_merge(run_dir: Path, manifest: RunManifest, compute: ComputeFn, coord: Coordinator,
-                       progress: bool, log: Callable[[str], None]) -> RunOutcome:
-    """This rank's missing or invalid shards, then (rank 0) the verified merge."""
+                       progress: bool, log: Callable[[str], None],
+                       on_start: Callable[[], None] | None = None) -> RunOutcome:
+    """This rank's missing or invalid shards, then (rank 0) the verified merge; ``on_start`` (rank 0)
+    first, when any rank has shards to compute."""
     world = coord.world
     tag = f"[rank {world.rank}] " if world.distributed else ""
     plan = manifest.plan
@@ -310,6 +317,9 @@ def _compute_and_merge(run_dir: Path, manifest: RunManifest, compute: ComputeFn,
         pending.append(index)
     if skipped and world.is_main:
         log(f"{tag}resume: {len(skipped)} complete shard(s) kept, {len(pending)} to compute")
+    # every rank joins (whether it was given on_start or not): rank 0 may have none of the shards left
+    if any(coord.from_all(bool(pending))) and world.is_main and on_start is not None:
+        on_start()
 
     from tqdm.auto import tqdm
 

@@ -280,8 +280,11 @@ def warn_of_settings(
     max_steps: int = 10_000,
 ) -> None:
     """Warn (:class:`SamplerSettingsWarning`) as ``kfm.sample(velocity, ...)`` with these settings,
-    which it has checked, does before it samples; ``dtype`` is the state's (x0's). Nothing is sampled
-    or checked here: settings ``kfm.sample`` refuses give no meaningful warnings."""
+    which it has checked, does before it samples; ``dtype`` is the state's (x0's). Nothing is sampled.
+    The settings are not checked here, with one exception: a fixed-step solver on a half-precision state
+    builds the time grid (a name or a tensor, as ``kfm.sample`` takes it) for its resolution check, which
+    raises ValueError on a ``grid`` or ``steps`` that ``kfm.sample`` would refuse. Other settings it
+    refuses give no meaningful warnings."""
     if gain_tau(shaping) is None:   # a KTS, or a gain that declares its τ, hides none
         _warn_about_a_hidden_kts(shaping)
     _warn_about_infinite_energy(velocity, shaping)
@@ -289,7 +292,7 @@ def warn_of_settings(
     if solver == "dopri5":
         _warn_left_quadrature_over_long_steps(quadrature)
         _warn_adaptive_half_precision(dtype)
-    else:
+    elif torch.finfo(dtype).bits <= 16:   # the one check that reads the grid
         _check_state_resolution(time_grid(grid, steps), dtype)
 
 
