@@ -1096,13 +1096,13 @@ def test_what_reads_as_a_folder_or_zip_given_by_its_path(tmp_path, monkeypatch):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
     (tmp_path / "imgs.zip").write_bytes(b"")
-    (tmp_path / "celeba:local.zip").write_bytes(b"")     # a file so named is a path, not a spec
+    (tmp_path / "celeba:local.zip").write_bytes(b"")     # KIND:PATH is the spec; the file is ./celeba:local.zip
     answers = {value: _rows.is_folder_or_zip_path(value) for value in (
         "celeba:/x.zip", "folder:/x.zip", "folder:imgs", "digits", "imgs", "imgs.zip", "IMGS.ZIP", "run",
-        "t.npy", "celeba:local.zip")}
+        "t.npy", "celeba:local.zip", "./celeba:local.zip")}
     assert answers == {"celeba:/x.zip": False, "folder:/x.zip": False, "folder:imgs": False, "digits": False,
                        "imgs": True, "imgs.zip": True, "IMGS.ZIP": True, "run": True, "t.npy": False,
-                       "celeba:local.zip": True}
+                       "celeba:local.zip": False, "./celeba:local.zip": True}
     assert not hasattr(_rows, "is_image_source")
     # a run folder is a folder, but no folder of images given by its path
     assert [_rows.image_folder_given(v) for v in ("imgs", "imgs.zip", "run", "celeba:/x.zip")] == [
