@@ -250,19 +250,29 @@ def test_the_same_weights_by_another_path_resume_the_run(tmp_path, monkeypatch, 
 
 
 def test_resuming_a_dopri5_net_run_with_another_batch_size_warns(tmp_path, capsys):
-    # a net's round-off depends on the batch size and can move dopri5's adaptive steps
+    # a net's round-off depends on the batch size and can move dopri5's adaptive steps: said of a resume that
+    # samples, not of one that finds every shard done (nothing is computed with the new batch size)
+    def lose_a_shard(run):
+        next((run / "shards").glob("shard-00001-*.parquet")).unlink()
+
     path = _saved_net(tmp_path / "net.safetensors")
     args = ("--model", path, "--n", 4, "--shard-size", 2, "--solver", "dopri5")
     assert kfm_sample(tmp_path / "run", *args, "--batch-size", 4) == 0
     capsys.readouterr()
+    lose_a_shard(tmp_path / "run")
     assert kfm_sample(tmp_path / "run", *args, "--batch-size", 4, "--resume") == 0
     assert "warning" not in capsys.readouterr().err
     assert kfm_sample(tmp_path / "run", *args, "--batch-size", 1, "--resume") == 0
+    assert "warning" not in capsys.readouterr().err                     # finished: nothing computed with 1
+    lose_a_shard(tmp_path / "run")
+    assert kfm_sample(tmp_path / "run", *args, "--batch-size", 1, "--resume") == 0
     err = capsys.readouterr().err
     assert "kfm sample: warning: this dopri5 run of a net started with --batch-size 4; with 1" in err
-    assert kfm_sample(tmp_path / "fixed", "--model", path, "--n", 4, "--steps", 3) == 0
+    fixed = ("--model", path, "--n", 4, "--shard-size", 2, "--steps", 3)
+    assert kfm_sample(tmp_path / "fixed", *fixed) == 0
     capsys.readouterr()
-    assert kfm_sample(tmp_path / "fixed", "--model", path, "--n", 4, "--steps", 3, "--batch-size", 1, "--resume") == 0
+    lose_a_shard(tmp_path / "fixed")
+    assert kfm_sample(tmp_path / "fixed", *fixed, "--batch-size", 1, "--resume") == 0
     err = capsys.readouterr().err                                       # fixed steps: round-off only, said so
     assert "warning: this run of a net started with --batch-size 256" in err and "last bits" in err
 

@@ -213,8 +213,13 @@ def test_resuming_with_another_batch_size_warns_that_the_last_bits_may_move(tmp_
     path = _saved(tmp_path, _images())
     assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED) == 0
     capsys.readouterr()
+    shard = next((tmp_path / "run" / "shards").glob("shard-00001-*.parquet"))
+    shard.unlink()
     assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--resume") == 0
     assert "warning" not in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--batch-size", 1, "--resume") == 0
+    assert "warning" not in capsys.readouterr().err   # the run is finished: nothing is computed with 1
+    shard.unlink()
     assert kfm_sample(tmp_path / "run", "--train", path, *_RESUMED, "--batch-size", 1, "--resume") == 0
     err = capsys.readouterr().err
     assert "kfm sample: warning: this run of --field empirical started with --batch-size 3; the field's" in err

@@ -1218,20 +1218,21 @@ def _run(args, setup) -> int:
                      **({"train": target.train} if target.train is not None else {}),
                      **({PROFILE_TIMES: _profile_times(args)} if args.profile and args.solver != "dopri5" else {})},
         )
-        if world.is_main:
-            _warn_on_batch_change(args, stored)  # "holds no run yet" is said by run_sharded, under the lock
         args.interrupt_hint = None   # the run's own, below
         setup.close()   # here, not inside flag_words below: two catch_warnings blocks must nest
         try:
             # kfm.sample's warnings (quadrature='left' under dopri5, "a smaller beta0") in the flags' words
             with writing("--out", args.out), flag_words(_SAMPLE_FLAGS, anywhere=False, errors=False):
                 compute = _shard_sampler(target, kts, args, device, cond, step_bar=args.progress and world.is_main)
-                # those on its settings once per run, from rank 0 (which may sample no shard), once the folder
-                # has taken the run and only when shards are left: a refused or finished resume says none
+
+                def on_start() -> None:
+                    # the run's warnings once, from rank 0 (which may sample no shard), once the folder has taken
+                    # the run and only when shards are left: a refused or finished resume says none
+                    _warn_on_batch_change(args, stored)
+                    warn_of_settings(target.velocity, **_sampler_settings(args, kts))
+
                 outcome = run_sharded(args.out, manifest, compute, resume=args.resume, coordinator=coordinator,
-                                      progress=args.progress, lock=lock, repair=args.repair,
-                                      on_start=lambda: warn_of_settings(target.velocity,
-                                                                        **_sampler_settings(args, kts)))
+                                      progress=args.progress, lock=lock, repair=args.repair, on_start=on_start)
         except KeyboardInterrupt:
             args.interrupt_hint = _interrupted_run_hint(args.out, manifest)
             raise
