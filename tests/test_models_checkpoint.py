@@ -264,7 +264,7 @@ def test_a_damaged_run_config_is_named_where_the_sample_shape_is_read_from_it(tm
     # a run trained before its weights recorded the sample shape: a damaged config.json read as "no shape" (a JSON
     # list raised AttributeError) (helper-269)
     from kinetic_fm.models.checkpoint import recorded_sample_shape
-    from kinetic_fm.models.train import DamagedTrainConfigError
+    from kinetic_fm.models.run_config import DamagedTrainConfigError
 
     net = UNet(1, base_channels=8, channel_mults=(1,))
     save_model(net, tmp_path / where, ema=net)

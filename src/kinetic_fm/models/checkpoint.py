@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .registry import JUDGES, build_model
+from .run_config import DamagedTrainConfigError, read_train_config
 
 
 class UnsafeCheckpointError(ValueError):
@@ -267,10 +268,8 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
     beside it, or ``checkpoints/step_*.safetensors`` one level down; runs trained before the
     metadata existed; a file of another name or place reads no config.json): None where
     that records none (another program's config.json), and
-    :class:`~kinetic_fm.models.train.DamagedTrainConfigError` naming it, what is wrong and how to go
+    :class:`~kinetic_fm.models.run_config.DamagedTrainConfigError` naming it, what is wrong and how to go
     on where it is damaged (not UTF-8 JSON, not an object, a data_shape that is no shape)."""
-    from .train import DamagedTrainConfigError, read_train_config
-
     weights = Path(weights)
     shape = read_metadata(weights).get("sample_shape")
     # only a kfm train folder's layout: any config.json beside or above another file may be unrelated
