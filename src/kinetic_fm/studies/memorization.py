@@ -568,6 +568,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     ref_feats = assets.train_features()
     principal = memorizer_span(assets.memorizer_train)
     spanned_col = "span F_mem"  # the section's text names its space; three columns repeated a long name
+    fd_col = Protocol(assets.classifier_name).fd_name
     rows, last = [], None
     device = next(assets.memorizer.parameters()).device
     steps = sorted(assets.memorizer_checkpoints)
@@ -591,7 +592,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         rows.append({"training step": step, "F_mem": audit.fraction, "F_mem CI low": audit.ci[0],
                      "F_mem CI high": audit.ci[1], "mean KPE": float(run["kpe"].mean()),
                      "mean late energy (t ≥ τ)": float(run["late"].mean()),
-                     "mean share after t = 0.9": float(late_fraction(run).mean()), fd.name: fd.value,
+                     "mean share after t = 0.9": float(late_fraction(run).mean()), fd_col: fd.value,
                      spanned_col: spanned.fraction, f"{spanned_col} CI low": spanned.ci[0],
                      f"{spanned_col} CI high": spanned.ci[1]})
         last = (run, audit, x, spanned)
@@ -623,7 +624,6 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         f"final checkpoint of a net trained on {len(assets.memorizer_train)} images; reproduced when a two-sided "
         "Brunner–Munzel p < 0.05 and memorized samples tend to spend the larger share late, not reproduced "
         f"when p < 0.05 and they tend to spend the smaller; inconclusive with p ≥ 0.05 or fewer than {MIN_GROUP} samples in a group")
-    fd_col = [c for c in table.columns if c.startswith("FD") or c == "FID"][0]
     # the sampler's late energy is the energy after the time its first late step starts (the run's
     # split_time, the sampler's own), the KTS grid's "mean KPE after t = 0.6" on these uniform grids: shown
     # under that label (the Parquet column keeps its name, which other code reads)
