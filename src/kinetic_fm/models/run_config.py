@@ -15,9 +15,9 @@ from typing import Any, Sequence
 
 class DamagedTrainConfigError(ValueError):
     """A training run's ``config.json`` is not one any more: not UTF-8 JSON, not a JSON object, or
-    an object holding some of the keys :func:`~kinetic_fm.models.train.train` writes but not all, or a ``data_shape`` that
-    is no shape (written atomically, it was damaged after the run: edited, or a copy cut short).
-    The message names the file and what is wrong; each reader adds its own way on."""
+    an object holding some of the keys :func:`~kinetic_fm.models.train.train` writes but not all, or
+    a ``data_shape`` that is no shape (written atomically, it was damaged after the run: edited, or
+    a copy cut short). The message names the file and what is wrong; each reader adds its own way on."""
 
 
 # what every config.json train writes holds; an object with none of them is another program's
@@ -25,11 +25,11 @@ TRAIN_CONFIG_KEYS = ("model", "train", "data_shape")
 
 
 def read_train_config(path: str | os.PathLike, keys: Sequence[str] = TRAIN_CONFIG_KEYS) -> dict[str, Any] | None:
-    """The record ``path`` (a run folder's ``config.json``) holds when :func:`~kinetic_fm.models.train.train` wrote it; None
-    when it is another program's (a JSON object holding none of :data:`TRAIN_CONFIG_KEYS`: a Hugging
-    Face model folder holds a config.json too); :class:`DamagedTrainConfigError` when it is damaged
-    (see there); ``keys`` as in :func:`train_config_from_text`. OSError (FileNotFoundError when
-    absent) as reading raises it."""
+    """The record ``path`` (a run folder's ``config.json``) holds when
+    :func:`~kinetic_fm.models.train.train` wrote it; None when it is another program's (a JSON object
+    holding none of :data:`TRAIN_CONFIG_KEYS`: a Hugging Face model folder holds a config.json too);
+    :class:`DamagedTrainConfigError` when it is damaged (see there); ``keys`` as in
+    :func:`train_config_from_text`. OSError (FileNotFoundError when absent) as reading raises it."""
     path = Path(path)
     try:
         return train_config_from_text(path.read_text(encoding="utf-8"), path, keys)
