@@ -264,7 +264,7 @@ def test_a_damaged_run_config_is_named_where_the_sample_shape_is_read_from_it(tm
     # a run trained before its weights recorded the sample shape: a damaged config.json read as "no shape" (a JSON
     # list raised AttributeError) (helper-269)
     from kinetic_fm.models.checkpoint import recorded_sample_shape
-    from kinetic_fm.models.train import DamagedTrainConfigError
+    from kinetic_fm.models.run_config import DamagedTrainConfigError
 
     net = UNet(1, base_channels=8, channel_mults=(1,))
     save_model(net, tmp_path / where, ema=net)
@@ -293,3 +293,21 @@ def test_the_sample_shape_is_read_from_config_json_only_in_a_training_run_s_layo
     save_model(net, tmp_path / where, ema=net)   # no sample_shape in its metadata: as a run trained before it
     (tmp_path / "config.json").write_text('{"data_shape": [30, 1, 6, 6]}')
     assert recorded_sample_shape(tmp_path / where) == ((1, 6, 6) if read else None)
+
+
+def test_the_weights_digest_of_some_tensors_falls_back_to_every_tensor_when_none_is_theirs(tmp_path):
+    # weights="ema" hashes the header and the ema.* tensors only (a study loads those); a file with no ema.* tensor
+    # (a judge, loaded with weights="model") hashed its header alone: zeros and ones got the same digest
+    from kinetic_fm.models.checkpoint import save_weights, weights_digest
+
+    def digest(name, **tensors):
+        save_weights(tensors, tmp_path / f"{name}.safetensors")
+        return weights_digest(tmp_path / f"{name}.safetensors", weights="ema")
+
+    zeros, ones = torch.zeros(3), torch.ones(3)
+    assert digest("zeros", **{"model.w": zeros}) != digest("ones", **{"model.w": ones})
+    both = digest("both", **{"model.w": zeros, "ema.w": zeros})
+    assert digest("model_differs", **{"model.w": ones, "ema.w": zeros}) == both
+    assert digest("ema_differs", **{"model.w": zeros, "ema.w": ones}) != both
+    alone = tmp_path / "zeros.safetensors"
+    assert weights_digest(alone, weights="ema") == weights_digest(alone)

@@ -712,6 +712,19 @@ def test_goldilocks_bars_are_the_control_tables_kpe_line(tiny_report):
     assert table[fd_col].to_numpy().tolist() == control["KPE"].to_numpy().tolist()
 
 
+def test_the_fd_column_of_every_study_table_is_named_by_the_judges_protocol(tiny_report):
+    # the shaping grid, the memorizer's checkpoints and the Goldilocks table each named it their own way
+    from kinetic_fm.metrics.fidelity import Protocol
+
+    out, _, _ = tiny_report
+    fd = Protocol("digits-cnn").fd_name
+    assert fd == "FD-digits-cnn"
+    for name in ("shaping__shaping_grid", "memorization__memorizer_checkpoints", "memorization__goldilocks"):
+        columns = pd.read_parquet(out / "tables" / f"{name}.parquet").columns
+        assert [c for c in columns if c.startswith(("FD", "FID"))] == [fd, f"{fd} CI low", f"{fd} CI high"][
+            : 1 if name.endswith("checkpoints") else 3], name
+
+
 def test_tiny_report_figures_label_their_axes(tiny_report):
     """Every plotted axis is named; log axes say so; KPE is named alike in every figure; trajectory
     time states its convention; no axis is a bare "value" holding two quantities."""

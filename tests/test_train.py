@@ -1123,7 +1123,7 @@ def test_data_that_requires_grad_is_trained_on_as_values_and_left_untouched():
 def test_a_damaged_config_json_alone_is_named_as_damaged_with_a_way_on(tmp_path, text, problem, resume):
     # it was refused as another program's (resume=True), or as a run to continue with resume=True,
     # which then refused it as another program's (helper-269)
-    from kinetic_fm.models.train import DamagedTrainConfigError
+    from kinetic_fm.models.run_config import DamagedTrainConfigError
 
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(DamagedTrainConfigError, match=rf"config.json: the training run's config.json {problem} With "

@@ -424,7 +424,8 @@ def training_record(run):
     --train when neither holds them."""
     import json
 
-    from ..models.train import DATA_DIGEST, DamagedTrainConfigError, read_train_config
+    from ..models.run_config import DamagedTrainConfigError, read_train_config
+    from ..models.train import DATA_DIGEST
     from ..studies.assets import TRAINING_ITEMS
 
     config, rows = None, None

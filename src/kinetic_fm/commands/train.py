@@ -251,7 +251,8 @@ def _saved_config(out: str) -> dict | None:
     from pathlib import Path
 
     from ..models.checkpoint import load_state
-    from ..models.train import RESUME_FILE, train_config_from_text
+    from ..models.run_config import train_config_from_text
+    from ..models.train import RESUME_FILE
 
     path = Path(out) / "config.json"
     try:

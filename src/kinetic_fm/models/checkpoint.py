@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .registry import JUDGES, build_model
+from .run_config import DamagedTrainConfigError, read_train_config
 
 
 class UnsafeCheckpointError(ValueError):
@@ -128,13 +129,16 @@ def save_weights(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: 
     _atomic_write(Path(path), lambda tmp: tmp.write_bytes(save(flat, metadata=metadata)))
 
 
-def weights_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+def weights_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20, *, weights: str | None = None) -> str:
     """sha256 (hex) of what a weights file holds, independent of how its header is ordered.
 
     A .safetensors header is a JSON map whose key order the writer does not fix (the metadata
     comes out in a different order in each process), so two files of bit-identical tensors and
-    metadata can differ byte for byte. Here the header is hashed with sorted keys, then the tensor
-    bytes as stored. Other files: the sha256 of their bytes.
+    metadata can differ byte for byte. Here the header (every tensor's name, dtype, shape and place,
+    and the metadata) is hashed with sorted keys, then the tensor bytes as stored: all of them, or
+    with ``weights`` ("ema", "model": ``load_model``'s argument) those of the ``<weights>.*`` tensors
+    alone, what ``load_model(path, weights=weights)`` reads; every tensor's when the file holds none
+    of those. Other files: the sha256 of their bytes.
     """
     import hashlib
     import struct
@@ -152,10 +156,19 @@ def weights_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
                 header = json.loads(fh.read(length))
                 if not isinstance(header, dict):
                     raise ValueError("its header is not a JSON object")
-            except (struct.error, ValueError) as err:
+                spans = sorted(tuple(entry["data_offsets"]) for name, entry in header.items()
+                               if weights is not None and name.startswith(f"{weights}."))
+            except (struct.error, ValueError, TypeError, KeyError) as err:
                 raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
             digest.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
-        hash_chunks(digest, fh, chunk_bytes)  # the tensor bytes, or a whole other file
+            if spans:
+                for start, end in spans:
+                    fh.seek(8 + length + start)
+                    while start < end and (block := fh.read(min(end - start, chunk_bytes))):
+                        digest.update(block)
+                        start += len(block)
+                return digest.hexdigest()
+        hash_chunks(digest, fh, chunk_bytes)  # every tensor's bytes, or a whole other file
     return digest.hexdigest()
 
 
@@ -255,10 +268,8 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
     beside it, or ``checkpoints/step_*.safetensors`` one level down; runs trained before the
     metadata existed; a file of another name or place reads no config.json): None where
     that records none (another program's config.json), and
-    :class:`~kinetic_fm.models.train.DamagedTrainConfigError` naming it, what is wrong and how to go
+    :class:`~kinetic_fm.models.run_config.DamagedTrainConfigError` naming it, what is wrong and how to go
     on where it is damaged (not UTF-8 JSON, not an object, a data_shape that is no shape)."""
-    from .train import DamagedTrainConfigError, read_train_config
-
     weights = Path(weights)
     shape = read_metadata(weights).get("sample_shape")
     # only a kfm train folder's layout: any config.json beside or above another file may be unrelated

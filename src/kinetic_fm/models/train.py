@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
 from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_state, save_weights
+from .run_config import DamagedTrainConfigError, _short, read_train_config
 
 RESUME_FILE = "resume.pt"
 # config.json's (and resume.pt's) record of the values trained on; runs from before it have none
@@ -337,58 +338,6 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
                          "resume=True or choose another folder")
 
 
-class DamagedTrainConfigError(ValueError):
-    """A training run's ``config.json`` is not one any more: not UTF-8 JSON, not a JSON object, or
-    an object holding some of the keys :func:`train` writes but not all, or a ``data_shape`` that
-    is no shape (written atomically, it was damaged after the run: edited, or a copy cut short).
-    The message names the file and what is wrong; each reader adds its own way on."""
-
-
-# what every config.json train writes holds; an object with none of them is another program's
-TRAIN_CONFIG_KEYS = ("model", "train", "data_shape")
-
-
-def read_train_config(path: str | os.PathLike, keys: Sequence[str] = TRAIN_CONFIG_KEYS) -> dict[str, Any] | None:
-    """The record ``path`` (a run folder's ``config.json``) holds when :func:`train` wrote it; None
-    when it is another program's (a JSON object holding none of :data:`TRAIN_CONFIG_KEYS`: a Hugging
-    Face model folder holds a config.json too); :class:`DamagedTrainConfigError` when it is damaged
-    (see there); ``keys`` as in :func:`train_config_from_text`. OSError (FileNotFoundError when
-    absent) as reading raises it."""
-    path = Path(path)
-    try:
-        return train_config_from_text(path.read_text(encoding="utf-8"), path, keys)
-    except UnicodeDecodeError as err:
-        raise DamagedTrainConfigError(f"{path}: the training run's config.json is not UTF-8 text ({err}); was "
-                                      "it edited or cut short?") from None
-
-
-def train_config_from_text(text: str, path: str | os.PathLike,
-                           keys: Sequence[str] = TRAIN_CONFIG_KEYS) -> dict[str, Any] | None:
-    """:func:`read_train_config` on ``text``, the contents of the config.json at ``path`` (named in
-    the error). ``keys``: those a training run's record must hold (a reader of ``data_shape`` alone
-    gives ``("data_shape",)``); an object holding none of them is another program's (None)."""
-    def damaged(what: str) -> DamagedTrainConfigError:
-        return DamagedTrainConfigError(f"{path}: the training run's config.json {what}")
-
-    try:
-        body = json.loads(text)
-    except ValueError as err:
-        raise damaged(f"is not valid JSON ({err}); was it edited or cut short?") from None
-    if not isinstance(body, dict):
-        raise damaged(f"must be a JSON object, got {type(body).__name__}; was it edited?")
-    missing = [key for key in keys if key not in body]
-    if len(missing) == len(keys):
-        return None
-    if missing:
-        raise damaged(f"lacks {', '.join(map(repr, missing))}; was it edited?")
-    shape = body.get("data_shape")
-    if "data_shape" in body and not (isinstance(shape, list) and len(shape) > 1
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise damaged(f"records a data_shape that is no shape (a list of two or more sizes), got {_short(shape)}; "
-                      "was it edited?")
-    return body
-
-
 def remove_leftover_temporaries(out: Path) -> int:
     """Delete the temporaries writers killed mid-save left in the training folder ``out`` and its
     ``checkpoints/`` (:func:`~kinetic_fm.runs.atomic.remove_temporaries`; hold ``out``'s lock);
@@ -396,12 +345,6 @@ def remove_leftover_temporaries(out: Path) -> int:
     from ..runs.atomic import remove_temporaries  # here: the runs package brings pyarrow with it
 
     return remove_temporaries((out, out / "checkpoints"))
-
-
-def _short(value: Any, width: int = 80) -> str:
-    """``value`` as JSON, cut to ``width`` characters for an error message."""
-    text = json.dumps(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _config_json(config: TrainConfig) -> dict[str, Any]:

@@ -533,16 +533,20 @@ def _quintile_sizes_text(sizes, noun: str = " samples") -> str:
     return f"{low}{noun}" if low == high else f"{low}–{high}{noun}"
 
 
-def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed, reference=None):
+def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed, reference=None, measured=None):
     """FD by quintile of KPE and of the control scalars (``orderings``, from
     :func:`control_orderings`), the section's paragraph about them, and the interior-best share of
-    the ‖x1‖² control. ``reference``: ``ref``'s fit when already made (fitted here when None)."""
+    the ‖x1‖² control. ``reference``: ``ref``'s fit when already made (fitted here when None);
+    ``measured``: the quintile FDs already computed against that fit, by ordering name (the Goldilocks
+    table's KPE ones: an eigenproblem per quintile not solved twice)."""
     import pandas as pd
 
     if reference is None:
         reference = feature_reference(ref)
+    measured = measured or {}
     control = pd.DataFrame({"quintile": [f"Q{q + 1}" for q in range(5)],
-                            **{name: quintile_fds(feats, bins, reference) for name, bins in orderings.items()}})
+                            **{name: measured[name] if name in measured else quintile_fds(feats, bins, reference)
+                               for name, bins in orderings.items()}})
     share = _interior_best_share(feats, orderings["‖x1‖²"], ref, resamples, seed, reference)
     spread = {name: float(control[name].max() - control[name].min()) for name in orderings}
     text = (f"Control (not one of the paper's claims): any scalar that sorts samples by their content puts "
@@ -564,6 +568,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     ref_feats = assets.train_features()
     principal = memorizer_span(assets.memorizer_train)
     spanned_col = "span F_mem"  # the section's text names its space; three columns repeated a long name
+    fd_col = Protocol(assets.classifier_name).fd_name
     rows, last = [], None
     device = next(assets.memorizer.parameters()).device
     steps = sorted(assets.memorizer_checkpoints)
@@ -587,7 +592,7 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         rows.append({"training step": step, "F_mem": audit.fraction, "F_mem CI low": audit.ci[0],
                      "F_mem CI high": audit.ci[1], "mean KPE": float(run["kpe"].mean()),
                      "mean late energy (t ≥ τ)": float(run["late"].mean()),
-                     "mean share after t = 0.9": float(late_fraction(run).mean()), fd.name: fd.value,
+                     "mean share after t = 0.9": float(late_fraction(run).mean()), fd_col: fd.value,
                      spanned_col: spanned.fraction, f"{spanned_col} CI low": spanned.ci[0],
                      f"{spanned_col} CI high": spanned.ci[1]})
         last = (run, audit, x, spanned)
@@ -619,7 +624,6 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
         f"final checkpoint of a net trained on {len(assets.memorizer_train)} images; reproduced when a two-sided "
         "Brunner–Munzel p < 0.05 and memorized samples tend to spend the larger share late, not reproduced "
         f"when p < 0.05 and they tend to spend the smaller; inconclusive with p ≥ 0.05 or fewer than {MIN_GROUP} samples in a group")
-    fd_col = [c for c in table.columns if c.startswith("FD") or c == "FID"][0]
     # the sampler's late energy is the energy after the time its first late step starts (the run's
     # split_time, the sampler's own), the KTS grid's "mean KPE after t = 0.6" on these uniform grids: shown
     # under that label (the Parquet column keeps its name, which other code reads)
@@ -812,7 +816,8 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
     orderings = control_orderings(kpe, x, start_noise(run), sem_cfg.seed_start)
     ws.say(f"memorization: Goldilocks controls, permutation test and bootstrap ({resamples} resamples)")
     control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(), fd_col,
-                                                                resamples, sem_cfg.seed_start, reference)
+                                                                resamples, sem_cfg.seed_start, reference,
+                                                                measured={"KPE": fds})
     replicates = quintile_replicates(feats.numpy(), bins, ref.numpy(), fits)
     table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = replicate_intervals(replicates)
     tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from ..metrics.fidelity import Protocol
 from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
@@ -169,7 +170,7 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                      "mean KPE": float(run["kpe"].mean()),
                      AFTER_06_COLUMN: float(energy_after(run, 0.6).mean())})
     table = pd.DataFrame(rows)
-    fd_name = f"FD-{assets.classifier_name}"
+    fd_name = Protocol(assets.classifier_name).fd_name
     table = table.rename(columns={"FD": fd_name})
     out.tables["shaping_grid"] = table
 

@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..models.checkpoint import weights_digest
 from ..runs.manifest import sha256_file
 from .output import StudyOutput
 from .workspace import Workspace, atomic_torch_save
@@ -130,7 +131,7 @@ def _digest_value(value: Any, digest: Any) -> None:
             digest.update(name.encode())
             _digest_value(tensor, digest)
     elif isinstance(value, Path) and value.suffix == ".safetensors":
-        digest.update(b"weights:" + bytes.fromhex(weights_digest(value, STUDY_WEIGHTS)))
+        digest.update(b"weights:" + bytes.fromhex(weights_digest(value, weights=STUDY_WEIGHTS)))
     elif isinstance(value, Path):
         digest.update(b"file:" + bytes.fromhex(sha256_file(value)))
     elif isinstance(value, dict):
@@ -154,30 +155,6 @@ def _digest_value(value: Any, digest: Any) -> None:
         raise TypeError(f"cannot digest a {type(value).__qualname__}")
 
 
-def weights_digest(path: Path, weights: str) -> str:
-    """sha256 (hex) of a .safetensors file's header (every tensor's name, dtype, shape and place, and the
-    metadata) and of the bytes of its ``<weights>.*`` tensors: all that ``load_model(path, weights=weights)``
-    reads. A file whose header does not parse is hashed whole (its loading fails anyway)."""
-    import json
-
-    with open(path, "rb") as handle:
-        size = int.from_bytes(handle.read(8), "little")  # the header's length, then the header (JSON)
-        try:
-            places = json.loads(handle.read(size)) if size <= 100_000_000 else None  # the format's own limit
-            spans = sorted(tuple(entry["data_offsets"]) for name, entry in places.items()
-                           if name.startswith(f"{weights}."))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return sha256_file(path)
-        # the header parsed, keys sorted: safetensors writes its metadata in no fixed order
-        digest = hashlib.sha256(json.dumps(places, sort_keys=True).encode())
-        for start, end in spans:
-            handle.seek(8 + size + start)
-            while start < end and (block := handle.read(min(end - start, 1 << 20))):
-                digest.update(block)
-                start += len(block)
-    return digest.hexdigest()
-
-
 def file_digest(ws: Workspace, path: Path) -> str:
     """sha256 (hex) of a file's bytes, read in chunks, once per workspace object (one ``kfm reproduce``
     run) for each version of the file: kept in ``ws.file_digests`` by its resolved path, size, mtime_ns
@@ -193,10 +170,11 @@ def study_key(config: dict, assets: Any) -> dict | None:
     """What every study's entry of one run is keyed on besides the study's name: the run
     configuration ``config`` (a JSON-able dict), :func:`assets_digest` of ``assets``,
     :func:`code_digest` and :func:`style_digest`; None when some input cannot be digested (nothing
-    is then cached)."""
+    is then cached): a value of a kind it cannot digest, a file it cannot read, a weights file whose
+    header does not parse (its loading fails anyway)."""
     try:
         return {"config": config, "assets": assets_digest(assets), "code": code_digest(), "style": style_digest()}
-    except (TypeError, OSError):
+    except (TypeError, OSError, ValueError):
         return None
 
 
