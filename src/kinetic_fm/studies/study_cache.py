@@ -130,9 +130,13 @@ def _digest_value(value: Any, digest: Any) -> None:
         for name, tensor in value.state_dict().items():
             digest.update(name.encode())
             _digest_value(tensor, digest)
-    elif isinstance(value, Path) and value.suffix == ".safetensors":
-        digest.update(b"weights:" + bytes.fromhex(weights_digest(value, weights=STUDY_WEIGHTS)))
     elif isinstance(value, Path):
+        try:
+            if value.suffix == ".safetensors":
+                digest.update(b"weights:" + bytes.fromhex(weights_digest(value, weights=STUDY_WEIGHTS)))
+                return
+        except ValueError:  # a header that does not parse: keyed on every byte, as any other file
+            pass
         digest.update(b"file:" + bytes.fromhex(sha256_file(value)))
     elif isinstance(value, dict):
         digest.update(b"dict{")
