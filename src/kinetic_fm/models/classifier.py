@@ -307,13 +307,9 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
                     save_resume(step)
                 if callback is not None:
                     callback(step, loss.detach())
-                if signals.held:  # Ctrl-C or SIGTERM came during this step: it is kept, then its handler runs
-                    if saved != step:
-                        save_resume(step)
-                    signals.deliver()
+                signals.at_step_end(step, saved, save_resume)
     except KeyboardInterrupt as err:
-        if state_path is not None:  # what the interruption lost: the steps after the resume state on disk
-            err.interrupted_step, err.resume_step = step, saved
+        signals.note_on(err, step, saved)
         raise
     model.eval()
     accuracy = None

@@ -647,6 +647,11 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
             save_resume_state(state_path, step, parts, losses, generators, device, run_config)
             saved = step
 
+    def checked_save(step: int) -> None:  # a signal's save, off the schedule: its weights are not checked yet
+        if not finite_weights():
+            raise diverged(step, "the weights are no longer finite")
+        save_resume(step)
+
     def diverged(step: int, what: str) -> ValueError:
         kept = (f"{out} keeps the resume state of step {saved}" if out is not None and saved
                 else "no resume state was saved")
@@ -710,15 +715,9 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
                     save_resume(step)
                 if callback is not None:
                     callback(step, loss.detach())
-                if signals.held:  # Ctrl-C or SIGTERM came during this step: it is kept, then its handler runs
-                    if saved != step:
-                        if not finite_weights():
-                            raise diverged(step, "the weights are no longer finite")
-                        save_resume(step)
-                    signals.deliver()
+                signals.at_step_end(step, saved, checked_save)
     except KeyboardInterrupt as err:
-        if out is not None:  # what the interruption lost: the steps after the resume state on disk
-            err.interrupted_step, err.resume_step = step, saved
+        signals.note_on(err, step, saved)
         raise
     bar.close()
     if out is not None:
@@ -739,8 +738,8 @@ class SignalsAtStepEnd:
 
     Inside the block (in the main thread), the first SIGINT or SIGTERM whose handler is a Python
     function (Ctrl-C's KeyboardInterrupt, ``kfm``'s SIGTERM, a program's own) is held back: the loop
-    reads :attr:`held` at each step's end and, where one came, writes that step's resume state and
-    calls :meth:`deliver`, which runs its handler. A second one runs its handler at once (an impatient
+    calls :meth:`at_step_end` at each step's end, which, where one came, writes that step's resume state
+    and runs its handler (:meth:`deliver`), and :meth:`note_on` on the KeyboardInterrupt it leaves by. A second one runs its handler at once (an impatient
     user, a save that hangs). Handlers left to the system (SIG_DFL, SIG_IGN) are left alone, and so is
     every handler outside the main thread, where Python cannot set one, and with ``active`` False.
 
@@ -764,6 +763,22 @@ class SignalsAtStepEnd:
             self._pending = (signum, frame)
         else:
             self.replaced[signum](signum, frame)
+
+    def at_step_end(self, step: int, saved: int, save: Callable[[int], None]) -> None:
+        """The loop's call at the end of ``step``: where a signal came during it, ``save(step)`` writes
+        that step's resume state (unless ``saved``, the step of the one on disk, is it already), then
+        the signal's handler runs (:meth:`deliver`)."""
+        if self.held:
+            if saved != step:
+                save(step)
+            self.deliver()
+
+    def note_on(self, err: KeyboardInterrupt, step: int, saved: int) -> None:
+        """Set on ``err``, raised in ``step``, what the interruption lost where a folder keeps resume
+        states (``active``): ``interrupted_step`` (``step``) and ``resume_step`` (``saved``, the step of
+        the resume state on disk, 0 for none); the steps after it are redone by a resume."""
+        if self.active:
+            err.interrupted_step, err.resume_step = step, saved
 
     def deliver(self) -> None:
         """Run the handler of the signal held back (it raises, as a rule)."""
