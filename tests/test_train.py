@@ -989,7 +989,6 @@ def test_a_second_ctrl_c_interrupts_at_once_and_keeps_the_last_resume_state(tmp_
     import signal
     import sys
 
-    training = sys.modules["kinetic_fm.models.train"]  # the module: kinetic_fm.models.train is the function
     data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     net = _SignallingMLP(5, [signal.SIGINT, signal.SIGINT])
     with pytest.raises(KeyboardInterrupt) as caught:
@@ -997,19 +996,24 @@ def test_a_second_ctrl_c_interrupts_at_once_and_keeps_the_last_resume_state(tmp_
     assert net.sent == 1                                            # the second one raised in the forward
     assert (caught.value.interrupted_step, caught.value.resume_step) == (5, 3)
     assert load_state(tmp_path / "twice" / "resume.pt")["step"] == 3
-    # the second signal during the resume state's save: the save stops, the state of step 3 stays whole
-    real_save = training.save_resume_state
+    # the second signal inside the write of step 5's resume state, its bytes on disk under the temporary
+    # name: the save stops, resume.pt stays step 3's, whole, and no temporary is left
+    checkpoint = sys.modules["kinetic_fm.models.checkpoint"]
+    real_write, written = checkpoint.write_torch, []
 
-    def hanging_save(path, step, *args, **kwargs):
-        if step == 5:
+    def interrupted_write(obj, path):
+        real_write(obj, path)
+        if isinstance(obj, dict) and obj.get("step") == 5:
+            written.append(path.stat().st_size)
             signal.raise_signal(signal.SIGINT)
-        return real_save(path, step, *args, **kwargs)
 
-    monkeypatch.setattr(training, "save_resume_state", hanging_save)
+    monkeypatch.setattr(checkpoint, "write_torch", interrupted_write)
     with pytest.raises(KeyboardInterrupt) as caught:
         train(_SignallingMLP(5, [signal.SIGINT]), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "hung")
+    assert len(written) == 1 and written[0] > 0                     # the signal came with step 5's bytes written
     assert (caught.value.interrupted_step, caught.value.resume_step) == (5, 3)
-    assert load_state(tmp_path / "hung" / "resume.pt")["step"] == 3
+    state = load_state(tmp_path / "hung" / "resume.pt")
+    assert state["step"] == 3 and state["losses"].shape == (3,)
     assert [p.name for p in (tmp_path / "hung").iterdir() if ".tmp-" in p.name] == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
