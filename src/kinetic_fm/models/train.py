@@ -198,6 +198,16 @@ def save_resume_state(path: Path, step: int, parts: dict[str, Any], losses: Tens
     }, path)
 
 
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    """``path``'s (device, inode, modification time in ns), None where it does not exist: another after
+    ``os.replace`` put a new file there (the new file existed beside the old one, so its inode differs)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino, info.st_mtime_ns
+
+
 def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Tensor,
                       generators: dict[str, torch.Generator], device: torch.device, run_config: dict[str, Any],
                       *, free: tuple[str, ...] = ("steps",), optional: tuple[str, ...] = (),
@@ -644,8 +654,12 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     def save_resume(step: int) -> None:
         nonlocal saved
         if state_path is not None:
-            save_resume_state(state_path, step, parts, losses, generators, device, run_config)
-            saved = step
+            before = file_identity(state_path)
+            try:
+                save_resume_state(state_path, step, parts, losses, generators, device, run_config)
+            finally:  # a second signal after the rename (in the folder's fsync) left this step's state on disk
+                if file_identity(state_path) != before:
+                    saved = step
 
     def checked_save(step: int) -> None:  # a signal's save, off the schedule: its weights are not checked yet
         if not finite_weights():
