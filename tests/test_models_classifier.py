@@ -468,7 +468,8 @@ def test_a_second_ctrl_c_after_the_classifier_state_is_replaced_reports_that_ste
 
     from kinetic_fm.models.checkpoint import load_state
 
-    checkpoint, atomic = (importlib.import_module(f"kinetic_fm.{name}") for name in ("models.checkpoint", "runs.atomic"))
+    checkpoint, atomic = (importlib.import_module(f"kinetic_fm.{name}")
+                          for name in ("models.checkpoint", "runs.atomic"))
     real_write, real_fsync_dir, armed = checkpoint.write_torch, atomic.fsync_dir, []
 
     def arming_write(obj, path):

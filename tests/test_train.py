@@ -140,16 +140,19 @@ def _tensors(tree, prefix=""):
 def test_resume_refuses_changed_settings(tmp_path):
     _, ds = _mixture_data()
     train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=4, batch_size=4), out=tmp_path)
+    resumed = []   # on_resume: called only for a resume accepted, with the step it goes on from
     with pytest.raises(ValueError, match="train.lr"):
         train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4, lr=0.5),
-              out=tmp_path, resume=True)
+              out=tmp_path, resume=True, on_resume=resumed.append)
+    assert resumed == []
     with pytest.raises(ValueError, match="model"):
         train(VelocityMLP(2, hidden=16, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path, resume=True)
     with pytest.raises(ValueError, match="info"):               # same shape, other data
         train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path,
               resume=True, info={"data": "moons"})
-    more = train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path, resume=True)
-    assert more.losses.shape == (8,) and (more.losses > 0).all()
+    more = train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path,
+                 resume=True, on_resume=resumed.append)
+    assert more.losses.shape == (8,) and (more.losses > 0).all() and resumed == [4]
     before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     with pytest.raises(ValueError, match="already holds a training run"):
         train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=2, batch_size=4), out=tmp_path)
@@ -1024,7 +1027,8 @@ def test_a_second_ctrl_c_after_resume_pt_is_replaced_reports_that_step_kept(tmp_
     import importlib
     import signal
 
-    checkpoint, atomic = (importlib.import_module(f"kinetic_fm.{name}") for name in ("models.checkpoint", "runs.atomic"))
+    checkpoint, atomic = (importlib.import_module(f"kinetic_fm.{name}")
+                          for name in ("models.checkpoint", "runs.atomic"))
     real_write, real_fsync_dir, armed = checkpoint.write_torch, atomic.fsync_dir, []
 
     def arming_write(obj, path):

@@ -444,6 +444,7 @@ def train(
     callback: Callable[[int, Tensor], None] | None = None,
     info: dict[str, Any] | None = None,
     extra_weights: dict[str, dict[str, Tensor]] | None = None,
+    on_resume: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (a velocity net ``model(x, t[, y])``) by conditional flow matching.
 
@@ -478,6 +479,10 @@ def train(
         extra_weights: more safetensors files for ``out`` (file name -> tensors, e.g.
             ``{"data_mean.safetensors": {"mean": m}}``), written under the folder's lock once it is
             known to hold this run (with ``config.json``), so a refused call writes none of them.
+        on_resume: called as ``on_resume(step)`` once ``out``'s resume state is accepted and loaded
+            (``resume=True``), before any step runs; ``step`` is the one training goes on from. Not
+            called for a run that starts afresh or a resume refused (kfm train says "resuming from
+            step N" there, not before the settings are compared).
 
     Returns:
         :class:`TrainResult`.
@@ -500,7 +505,7 @@ def train(
     if out is None:
         if extra_weights:
             raise ValueError("extra_weights are files for the run folder: pass out= too")
-        return _train(model, data, config, labels, None, resume, progress, callback, info)
+        return _train(model, data, config, labels, None, resume, progress, callback, info, on_resume=on_resume)
     for name, tensors in (extra_weights or {}).items():
         if not (isinstance(tensors, dict) and all(isinstance(t, Tensor) for t in tensors.values())):
             raise ValueError(f"extra_weights[{name!r}] must be a dict of tensors (name -> tensor)")
@@ -514,7 +519,7 @@ def train(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
-        return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights)
+        return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights, on_resume)
 
 
 # keys of save_model's arguments and of the metadata a checkpoint records beside info's
@@ -586,7 +591,8 @@ def refuse_inference_mode(call: str) -> None:
 @torch.enable_grad()
 def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor | None, out: Path | None,
            resume: bool, progress: bool, callback: Callable[[int, Tensor], None] | None,
-           info: dict[str, Any], extra_weights: dict[str, dict[str, Tensor]] | None = None) -> TrainResult:
+           info: dict[str, Any], extra_weights: dict[str, dict[str, Tensor]] | None = None,
+           on_resume: Callable[[int], None] | None = None) -> TrainResult:
     """:func:`train`'s work on checked arguments, with ``out``'s lock held."""
     from tqdm.auto import tqdm
 
@@ -621,6 +627,8 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         start = load_resume_state(state_path, config.steps, parts, losses, generators, device, run_config,
                                   free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,),
                                   stacklevel=3)  # the caller of train()
+        if on_resume is not None:
+            on_resume(start)
     if out is not None:
         from ..runs.atomic import atomic_write_text  # here: the runs package brings pyarrow with it
 
@@ -753,9 +761,10 @@ class SignalsAtStepEnd:
     Inside the block (in the main thread), the first SIGINT or SIGTERM whose handler is a Python
     function (Ctrl-C's KeyboardInterrupt, ``kfm``'s SIGTERM, a program's own) is held back: the loop
     calls :meth:`at_step_end` at each step's end, which, where one came, writes that step's resume state
-    and runs its handler (:meth:`deliver`), and :meth:`note_on` on the KeyboardInterrupt it leaves by. A second one runs its handler at once (an impatient
-    user, a save that hangs). Handlers left to the system (SIG_DFL, SIG_IGN) are left alone, and so is
-    every handler outside the main thread, where Python cannot set one, and with ``active`` False.
+    and runs its handler (:meth:`deliver`), and :meth:`note_on` on the KeyboardInterrupt it leaves by.
+    A second one runs its handler at once (an impatient user, a save that hangs). Handlers left to the
+    system (SIG_DFL, SIG_IGN) are left alone, and so is every handler outside the main thread, where
+    Python cannot set one, and with ``active`` False.
 
     On leaving, each replaced handler comes back where this one still stands (a handler that set
     another, as kfm's SIGTERM sets SIG_DFL for a second one, keeps its choice); one held back when the
