@@ -199,8 +199,8 @@ def save_resume_state(path: Path, step: int, parts: dict[str, Any], losses: Tens
 
 
 def file_identity(path: Path) -> tuple[int, int, int] | None:
-    """``path``'s (device, inode, modification time in ns), None where it does not exist: another after
-    ``os.replace`` put a new file there (the new file existed beside the old one, so its inode differs)."""
+    """``path``'s (device, inode, modification time in ns), None where it does not exist: it changes once
+    ``os.replace`` puts another file there (that file existed beside the old one, so its inode differs)."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
