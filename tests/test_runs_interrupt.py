@@ -195,7 +195,7 @@ def test_kfm_train_stopped_by_sigterm_says_how_to_resume_and_resumes_bit_identic
     child = subprocess.run([sys.executable, "-c", _TERM_TRAIN_CHILD, *flags, "--out", str(tmp_path / "cut")],
                            env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == 128 + signal.SIGTERM, child.stderr
-    # it waits for the step's end and writes step 5's resume state: step 5 was lost
+    # it waits for the step's end and writes step 5's resume state: no step is lost
     assert child.stderr.strip().splitlines()[-1] == (
         "kfm train: interrupted (SIGTERM): step 5 of 8 was finished and its resume state saved, no step is lost; "
         "rerun the same command with --resume to continue")

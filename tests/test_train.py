@@ -140,16 +140,19 @@ def _tensors(tree, prefix=""):
 def test_resume_refuses_changed_settings(tmp_path):
     _, ds = _mixture_data()
     train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=4, batch_size=4), out=tmp_path)
+    resumed = []   # on_resume: called only for a resume accepted, with the step it goes on from
     with pytest.raises(ValueError, match="train.lr"):
         train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4, lr=0.5),
-              out=tmp_path, resume=True)
+              out=tmp_path, resume=True, on_resume=resumed.append)
+    assert resumed == []
     with pytest.raises(ValueError, match="model"):
         train(VelocityMLP(2, hidden=16, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path, resume=True)
     with pytest.raises(ValueError, match="info"):               # same shape, other data
         train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path,
               resume=True, info={"data": "moons"})
-    more = train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path, resume=True)
-    assert more.losses.shape == (8,) and (more.losses > 0).all()
+    more = train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=8, batch_size=4), out=tmp_path,
+                 resume=True, on_resume=resumed.append)
+    assert more.losses.shape == (8,) and (more.losses > 0).all() and resumed == [4]
     before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     with pytest.raises(ValueError, match="already holds a training run"):
         train(VelocityMLP(2, hidden=8, depth=1), ds.points, TrainConfig(steps=2, batch_size=4), out=tmp_path)
@@ -989,7 +992,6 @@ def test_a_second_ctrl_c_interrupts_at_once_and_keeps_the_last_resume_state(tmp_
     import signal
     import sys
 
-    training = sys.modules["kinetic_fm.models.train"]  # the module: kinetic_fm.models.train is the function
     data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     net = _SignallingMLP(5, [signal.SIGINT, signal.SIGINT])
     with pytest.raises(KeyboardInterrupt) as caught:
@@ -997,21 +999,56 @@ def test_a_second_ctrl_c_interrupts_at_once_and_keeps_the_last_resume_state(tmp_
     assert net.sent == 1                                            # the second one raised in the forward
     assert (caught.value.interrupted_step, caught.value.resume_step) == (5, 3)
     assert load_state(tmp_path / "twice" / "resume.pt")["step"] == 3
-    # the second signal during the resume state's save: the save stops, the state of step 3 stays whole
-    real_save = training.save_resume_state
+    # the second signal inside the write of step 5's resume state, its bytes on disk under the temporary
+    # name: the save stops, resume.pt stays step 3's, whole, and no temporary is left
+    checkpoint = sys.modules["kinetic_fm.models.checkpoint"]
+    real_write, written = checkpoint.write_torch, []
 
-    def hanging_save(path, step, *args, **kwargs):
-        if step == 5:
+    def interrupted_write(obj, path):
+        real_write(obj, path)
+        if isinstance(obj, dict) and obj.get("step") == 5:
+            written.append(path.stat().st_size)
             signal.raise_signal(signal.SIGINT)
-        return real_save(path, step, *args, **kwargs)
 
-    monkeypatch.setattr(training, "save_resume_state", hanging_save)
+    monkeypatch.setattr(checkpoint, "write_torch", interrupted_write)
     with pytest.raises(KeyboardInterrupt) as caught:
         train(_SignallingMLP(5, [signal.SIGINT]), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "hung")
+    assert len(written) == 1 and written[0] > 0                     # the signal came with step 5's bytes written
     assert (caught.value.interrupted_step, caught.value.resume_step) == (5, 3)
-    assert load_state(tmp_path / "hung" / "resume.pt")["step"] == 3
+    state = load_state(tmp_path / "hung" / "resume.pt")
+    assert state["step"] == 3 and state["losses"].shape == (3,)
     assert [p.name for p in (tmp_path / "hung").iterdir() if ".tmp-" in p.name] == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_after_resume_pt_is_replaced_reports_that_step_kept(tmp_path, monkeypatch):
+    # the second signal in the folder's fsync, after os.replace put step 5's state in place: resume_step said 3,
+    # so the command reported steps 4 and 5 lost while resume.pt held step 5
+    import importlib
+    import signal
+
+    checkpoint, atomic = (importlib.import_module(f"kinetic_fm.{name}")
+                          for name in ("models.checkpoint", "runs.atomic"))
+    real_write, real_fsync_dir, armed = checkpoint.write_torch, atomic.fsync_dir, []
+
+    def arming_write(obj, path):
+        real_write(obj, path)
+        if isinstance(obj, dict) and obj.get("step") == 5:
+            armed.append(path)
+
+    def interrupted_fsync_dir(folder):
+        real_fsync_dir(folder)
+        if armed and not armed[0].exists():                          # renamed to resume.pt already
+            armed.clear()
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(checkpoint, "write_torch", arming_write)
+    monkeypatch.setattr(atomic, "fsync_dir", interrupted_fsync_dir)
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(_SignallingMLP(5, [signal.SIGINT]), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "late")
+    assert load_state(tmp_path / "late" / "resume.pt")["step"] == 5
+    assert (caught.value.interrupted_step, caught.value.resume_step) == (5, 5)
 
 
 class _Stopped(KeyboardInterrupt):

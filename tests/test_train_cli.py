@@ -73,6 +73,26 @@ def test_kfm_train_resume_reads_the_runs_config_once(tmp_path, monkeypatch):
     assert reads == [tmp_path / "config.json"]
 
 
+def test_kfm_train_resume_loads_resume_pt_once(tmp_path, monkeypatch):
+    # the command loaded the whole resume.pt for its step, and again for the record where config.json is
+    # damaged, before train() loaded it: a resume read it two or three times
+    assert main(["train", *COMMON, "--steps", "4", "--out", str(tmp_path)]) == 0
+    real_load, loads = torch.load, []
+
+    def counted(path, *args, **kwargs):
+        loads.append((sys._getframe(1).f_globals["__name__"], kwargs.get("mmap", False)))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path), "--resume"]) == 0
+    assert loads == [("kinetic_fm.models.checkpoint", False)]          # train()'s own
+    # a damaged config.json: the record is read from resume.pt, its tensors mapped, not read
+    (tmp_path / "config.json").write_text((tmp_path / "config.json").read_text()[:50])
+    loads.clear()
+    assert main(["train", *COMMON, "--steps", "12", "--out", str(tmp_path), "--resume"]) == 0
+    assert loads == [("kinetic_fm.models.checkpoint", True), ("kinetic_fm.models.checkpoint", False)]
+
+
 def test_kfm_train_counts_the_checkpoints_its_folder_holds(tmp_path, capsys):
     # extended from 12 to 20 steps, it counted 6: log2's last of the first 12 steps was left out
     assert main(["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "full")]) == 0
@@ -89,9 +109,12 @@ def test_resume_refusals_name_the_flags(tmp_path, capsys):
     assert main(["train", *COMMON, "--steps", "12", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
     assert main(["train", *COMMON, "--steps", "12", "--lr", "0.002", "--out", str(tmp_path), "--resume"]) == 2
-    assert "settings differ from the saved run (--lr): --lr: saved 0.001, now 0.002" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "settings differ from the saved run (--lr): --lr: saved 0.001, now 0.002" in said.err
+    assert "resuming from" not in said.out   # it said "resuming from step 12 of 12", then refused
     assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path), "--resume"]) == 2
-    assert "it is at step 12, beyond --steps 8" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "it is at step 12, beyond --steps 8" in said.err and "resuming from" not in said.out
 
 
 def test_resume_refusals_name_the_flags_of_every_compared_setting(tmp_path, capsys):

@@ -146,10 +146,12 @@ def run(args: argparse.Namespace) -> int:
     mean = getattr(ds, "mean", None)
     extra = None if mean is None else {"data_mean.safetensors": {"mean": mean}}
     info = {"data": _recorded_spec(args.data, saved), "n": args.n}
-    resuming = _resume_step(args.out) if args.resume else None
-    if resuming is not None and resuming <= args.steps:  # train() refuses fewer steps than the state's
-        # said before the steps run: the summary's "resumed from" came only after the last one
-        print(f"resuming from step {resuming} of {args.steps} ({Path(args.out) / RESUME_FILE})", flush=True)
+
+    # said by train() once it accepted the resume state, before the steps run: the summary's "resumed from"
+    # came only after the last one, and said before train() compared the settings, a refused resume said it too
+    def resuming(step: int) -> None:
+        print(f"resuming from step {step} of {args.steps} ({Path(args.out) / RESUME_FILE})", flush=True)
+
     # a guard: a warning of the training call that names an argument (none does today) in the flags' words,
     # where the library's names stand as arguments (its prose says "steps"); its errors are resume
     # refusals, worded by _flags_for_settings
@@ -157,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     with writing("--out", args.out), flag_words(_FLAGS, anywhere=False, errors=False):
         try:
             result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
-                           progress=not args.no_progress, info=info, extra_weights=extra)
+                           progress=not args.no_progress, info=info, extra_weights=extra, on_resume=resuming)
         except ValueError as err:
             raise ValueError(_flags_for_settings(str(err))) from None
         except KeyboardInterrupt as err:
@@ -213,21 +215,6 @@ def _interrupted_hint(kept: int, stopped: int, args: argparse.Namespace) -> str:
     return f"{saved}{lost}; rerun the same command with --resume to continue"
 
 
-def _resume_step(out: str) -> int | None:
-    """The step of ``<out>/resume.pt``, or None where there is none or it does not read (train()
-    itself then starts afresh, or says what is wrong with it)."""
-    from pathlib import Path
-
-    from ..models.checkpoint import load_state
-    from ..models.train import RESUME_FILE
-
-    try:
-        step = load_state(Path(out) / RESUME_FILE).get("step")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return step if isinstance(step, int) else None
-
-
 def _why_unlabelled(spec: str) -> str:
     """``": <why>"`` for a ``folder:`` spec whose tree gives no labels (all images in one folder, or one
     beside the class folders), else ""."""
@@ -245,8 +232,9 @@ def _saved_config(out: str) -> dict | None:
     Read from its config.json; where that is damaged or another program's (after
     :func:`~kinetic_fm.models.train.check_train_dir`, only beside a resume.pt), from resume.pt, the
     record the resume compares and writes into config.json again: read as None, a run recorded by a
-    relative spec or as grey items was refused as other data (one extra load of a file training
-    loads next, only then). None when resume.pt cannot be read either: the resume names what is wrong."""
+    relative spec or as grey items was refused as other data (resume.pt's values but its tensors,
+    which are mapped, not read; only then). None when resume.pt cannot be read either: the resume names
+    what is wrong."""
     import json
     from pathlib import Path
 
@@ -262,7 +250,7 @@ def _saved_config(out: str) -> dict | None:
     if saved is not None or not (Path(out) / RESUME_FILE).is_file():
         return saved
     try:
-        saved = json.loads(load_state(Path(out) / RESUME_FILE)["config"])
+        saved = json.loads(load_state(Path(out) / RESUME_FILE, mmap=True)["config"])  # its tensors left unread
     except Exception:  # noqa: BLE001 - an unreadable state: train's own load names what is wrong
         return None
     return saved if isinstance(saved, dict) else None

@@ -69,8 +69,9 @@ def write_torch(obj: Any, path: Path) -> None:
             raise
 
 
-def load_state(path: str | os.PathLike) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors.
+def load_state(path: str | os.PathLike, *, mmap: bool = False) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors; with ``mmap``,
+    the tensors are mapped from the file, not read (for a caller that reads the other values only).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -81,7 +82,7 @@ def load_state(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")

@@ -244,7 +244,7 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     """:func:`train_classifier`'s work, with ``out``'s lock held."""
     from tqdm.auto import tqdm
 
-    from .train import (DATA_DIGEST, RESUME_FILE, SignalsAtStepEnd, data_digest, load_resume_state,
+    from .train import (DATA_DIGEST, RESUME_FILE, SignalsAtStepEnd, data_digest, file_identity, load_resume_state,
                         remove_leftover_temporaries, save_resume_state)
 
     steps, batch_size, lr, seed = settings["steps"], settings["batch_size"], settings["lr"], settings["seed"]
@@ -282,8 +282,12 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
 
     def save_resume(step: int) -> None:
         nonlocal saved
-        save_resume_state(state_path, step, parts, losses, generators, device, run_config, global_rngs=False)
-        saved = step
+        before = file_identity(state_path)
+        try:
+            save_resume_state(state_path, step, parts, losses, generators, device, run_config, global_rngs=False)
+        finally:  # a second signal after the rename (in the folder's fsync) left this step's state on disk
+            if file_identity(state_path) != before:
+                saved = step
 
     model.train()
     step = start
@@ -307,13 +311,9 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
                     save_resume(step)
                 if callback is not None:
                     callback(step, loss.detach())
-                if signals.held:  # Ctrl-C or SIGTERM came during this step: it is kept, then its handler runs
-                    if saved != step:
-                        save_resume(step)
-                    signals.deliver()
+                signals.at_step_end(step, saved, save_resume)
     except KeyboardInterrupt as err:
-        if state_path is not None:  # what the interruption lost: the steps after the resume state on disk
-            err.interrupted_step, err.resume_step = step, saved
+        signals.note_on(err, step, saved)
         raise
     model.eval()
     accuracy = None

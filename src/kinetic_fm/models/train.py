@@ -199,6 +199,16 @@ def save_resume_state(path: Path, step: int, parts: dict[str, Any], losses: Tens
     }, path)
 
 
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    """``path``'s (device, inode, modification time in ns), None where it does not exist: it changes once
+    ``os.replace`` puts another file there (that file existed beside the old one, so its inode differs)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino, info.st_mtime_ns
+
+
 def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Tensor,
                       generators: dict[str, torch.Generator], device: torch.device, run_config: dict[str, Any],
                       *, free: tuple[str, ...] = ("steps",), optional: tuple[str, ...] = (),
@@ -377,6 +387,7 @@ def train(
     callback: Callable[[int, Tensor], None] | None = None,
     info: dict[str, Any] | None = None,
     extra_weights: dict[str, dict[str, Tensor]] | None = None,
+    on_resume: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (a velocity net ``model(x, t[, y])``) by conditional flow matching.
 
@@ -411,6 +422,10 @@ def train(
         extra_weights: more safetensors files for ``out`` (file name -> tensors, e.g.
             ``{"data_mean.safetensors": {"mean": m}}``), written under the folder's lock once it is
             known to hold this run (with ``config.json``), so a refused call writes none of them.
+        on_resume: called as ``on_resume(step)`` once ``out``'s resume state is accepted and loaded
+            (``resume=True``), before any step runs; ``step`` is the one training goes on from. Not
+            called for a run that starts afresh or a resume refused (kfm train says "resuming from
+            step N" there, not before the settings are compared).
 
     Returns:
         :class:`TrainResult`.
@@ -433,7 +448,7 @@ def train(
     if out is None:
         if extra_weights:
             raise ValueError("extra_weights are files for the run folder: pass out= too")
-        return _train(model, data, config, labels, None, resume, progress, callback, info)
+        return _train(model, data, config, labels, None, resume, progress, callback, info, on_resume=on_resume)
     for name, tensors in (extra_weights or {}).items():
         if not (isinstance(tensors, dict) and all(isinstance(t, Tensor) for t in tensors.values())):
             raise ValueError(f"extra_weights[{name!r}] must be a dict of tensors (name -> tensor)")
@@ -447,7 +462,7 @@ def train(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
-        return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights)
+        return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights, on_resume)
 
 
 # keys of save_model's arguments and of the metadata a checkpoint records beside info's
@@ -519,7 +534,8 @@ def refuse_inference_mode(call: str) -> None:
 @torch.enable_grad()
 def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor | None, out: Path | None,
            resume: bool, progress: bool, callback: Callable[[int, Tensor], None] | None,
-           info: dict[str, Any], extra_weights: dict[str, dict[str, Tensor]] | None = None) -> TrainResult:
+           info: dict[str, Any], extra_weights: dict[str, dict[str, Tensor]] | None = None,
+           on_resume: Callable[[int], None] | None = None) -> TrainResult:
     """:func:`train`'s work on checked arguments, with ``out``'s lock held."""
     from tqdm.auto import tqdm
 
@@ -554,6 +570,8 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         start = load_resume_state(state_path, config.steps, parts, losses, generators, device, run_config,
                                   free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,),
                                   stacklevel=3)  # the caller of train()
+        if on_resume is not None:
+            on_resume(start)
     if out is not None:
         from ..runs.atomic import atomic_write_text  # here: the runs package brings pyarrow with it
 
@@ -587,8 +605,17 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     def save_resume(step: int) -> None:
         nonlocal saved
         if state_path is not None:
-            save_resume_state(state_path, step, parts, losses, generators, device, run_config)
-            saved = step
+            before = file_identity(state_path)
+            try:
+                save_resume_state(state_path, step, parts, losses, generators, device, run_config)
+            finally:  # a second signal after the rename (in the folder's fsync) left this step's state on disk
+                if file_identity(state_path) != before:
+                    saved = step
+
+    def checked_save(step: int) -> None:  # a signal's save, off the schedule: its weights are not checked yet
+        if not finite_weights():
+            raise diverged(step, "the weights are no longer finite")
+        save_resume(step)
 
     def diverged(step: int, what: str) -> ValueError:
         kept = (f"{out} keeps the resume state of step {saved}" if out is not None and saved
@@ -653,15 +680,9 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
                     save_resume(step)
                 if callback is not None:
                     callback(step, loss.detach())
-                if signals.held:  # Ctrl-C or SIGTERM came during this step: it is kept, then its handler runs
-                    if saved != step:
-                        if not finite_weights():
-                            raise diverged(step, "the weights are no longer finite")
-                        save_resume(step)
-                    signals.deliver()
+                signals.at_step_end(step, saved, checked_save)
     except KeyboardInterrupt as err:
-        if out is not None:  # what the interruption lost: the steps after the resume state on disk
-            err.interrupted_step, err.resume_step = step, saved
+        signals.note_on(err, step, saved)
         raise
     bar.close()
     if out is not None:
@@ -682,10 +703,11 @@ class SignalsAtStepEnd:
 
     Inside the block (in the main thread), the first SIGINT or SIGTERM whose handler is a Python
     function (Ctrl-C's KeyboardInterrupt, ``kfm``'s SIGTERM, a program's own) is held back: the loop
-    reads :attr:`held` at each step's end and, where one came, writes that step's resume state and
-    calls :meth:`deliver`, which runs its handler. A second one runs its handler at once (an impatient
-    user, a save that hangs). Handlers left to the system (SIG_DFL, SIG_IGN) are left alone, and so is
-    every handler outside the main thread, where Python cannot set one, and with ``active`` False.
+    calls :meth:`at_step_end` at each step's end, which, where one came, writes that step's resume state
+    and runs its handler (:meth:`deliver`), and :meth:`note_on` on the KeyboardInterrupt it leaves by.
+    A second one runs its handler at once (an impatient user, a save that hangs). Handlers left to the
+    system (SIG_DFL, SIG_IGN) are left alone, and so is every handler outside the main thread, where
+    Python cannot set one, and with ``active`` False.
 
     On leaving, each replaced handler comes back where this one still stands (a handler that set
     another, as kfm's SIGTERM sets SIG_DFL for a second one, keeps its choice); one held back when the
@@ -707,6 +729,22 @@ class SignalsAtStepEnd:
             self._pending = (signum, frame)
         else:
             self.replaced[signum](signum, frame)
+
+    def at_step_end(self, step: int, saved: int, save: Callable[[int], None]) -> None:
+        """The loop's call at the end of ``step``: where a signal came during it, ``save(step)`` writes
+        that step's resume state (unless ``saved``, the step of the one on disk, is it already), then
+        the signal's handler runs (:meth:`deliver`)."""
+        if self.held:
+            if saved != step:
+                save(step)
+            self.deliver()
+
+    def note_on(self, err: KeyboardInterrupt, step: int, saved: int) -> None:
+        """Set on ``err``, raised in ``step``, what the interruption lost where a folder keeps resume
+        states (``active``): ``interrupted_step`` (``step``) and ``resume_step`` (``saved``, the step of
+        the resume state on disk, 0 for none); the steps after it are redone by a resume."""
+        if self.active:
+            err.interrupted_step, err.resume_step = step, saved
 
     def deliver(self) -> None:
         """Run the handler of the signal held back (it raises, as a rule)."""
