@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
 from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_state, save_weights
-from .run_config import DamagedTrainConfigError, _short, read_train_config
+from .run_config import DamagedTrainConfigError, read_train_config, short_json
 
 RESUME_FILE = "resume.pt"
 # config.json's (and resume.pt's) record of the values trained on; runs from before it have none
@@ -259,7 +259,7 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     # as given): sha256s of two dtypes do not compare, and such a resume went on unchecked
     other_dtype = compared and saved_digest.get("dtype") != digest["dtype"] and not other_nets
     if differ or other_data or other_dtype:
-        values = "; ".join(f"{k}: saved {_short(old)}, now {_short(new)}" for k, (old, new) in differ.items())
+        values = "; ".join(f"{k}: saved {short_json(old)}, now {short_json(new)}" for k, (old, new) in differ.items())
         settings = f"settings differ from the saved run ({', '.join(differ)}): {values}" if differ else ""
         data = _other_data(saved_digest, digest, run_config["data_shape"]) if other_data else ""
         if other_dtype:
@@ -331,16 +331,20 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
             training = read_train_config(config) is not None
         except DamagedTrainConfigError as err:
             raise DamagedTrainConfigError(
-                f"{err} With no {RESUME_FILE} beside it the folder holds no step to resume (config.json records "
-                f"settings, not weights or the optimiser's state): remove it to train in {out} from step 0, or "
-                "choose another folder") from None
-        except OSError:  # not a file (a folder named config.json): not a training run's
+                f"{out} holds a training run's config.json that {err.problem} With no {RESUME_FILE} beside it the "
+                "folder holds no step to resume (config.json records settings, not weights or the optimiser's "
+                f"state): move it away to train in {out} from step 0, or choose another folder", err.problem) from None
+        except (IsADirectoryError, NotADirectoryError):  # not a file (a folder named config.json): not a run's
             pass
+        except OSError as err:  # EACCES, EIO: a training run's it may well be
+            raise ValueError(f"{out} holds a config.json that cannot be read ({err.strerror or err}); make it "
+                             "readable, or choose another folder") from None
         if not training and (resume or config.is_file()):
             # a resume without resume.pt starts afresh and would write its own config.json over this one
-            raise ValueError(f"{out} holds a config.json that is not a training run's (another program's); "
-                             + ("resume=True continues training runs only: " if resume else
-                                "training would write its own over it: ") + "choose another folder")
+            raise ValueError(f"{out} holds a config.json that is not a training run's (another program's, or damaged "
+                             "beyond recognition); " + ("resume=True continues training runs only: " if resume else
+                                                        "training would write its own over it: ")
+                             + "move it away, or choose another folder")
     earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
                if (out / name).exists()]
     if earlier and not (earlier == ["config.json"] and training) and not resume:
