@@ -654,8 +654,9 @@ def test_a_run_that_failed_before_saving_a_step_can_be_started_again_without_res
     foreign = tmp_path / "hf"
     foreign.mkdir()
     (foreign / "config.json").write_text('{"architectures": ["CLIPModel"]}')
-    with pytest.raises(ValueError, match=r"hf holds a config.json that is not a training run's \(another program's\); "
-                       r"training would write its own over it: choose another folder$"):
+    with pytest.raises(ValueError, match=r"hf holds a config.json that is not a training run's \(another program's, or "
+                       r"damaged beyond recognition\); training would write its own over it: move it away, or choose "
+                       r"another folder$"):
         train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=2, batch_size=4), out=foreign)
     assert json.loads((foreign / "config.json").read_text()) == {"architectures": ["CLIPModel"]}
 
