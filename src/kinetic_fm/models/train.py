@@ -616,10 +616,18 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
                 if file_identity(state_path) != before:
                     saved = step
 
-    def checked_save(step: int) -> None:  # a signal's save, off the schedule: its weights are not checked yet
+    def save_step(step: int, *, checkpoint: bool = False, resume_state: bool = True) -> None:
+        """Write ``step``'s checkpoint and/or resume state (a signal's save: the latter alone) once its weights
+        are checked: a finite loss can still step to non-finite weights, and a NaN resume.pt replaced the last
+        good one."""
         if not finite_weights():
             raise diverged(step, "the weights are no longer finite")
-        save_resume(step)
+        if checkpoint:
+            path = out / "checkpoints" / f"step_{step:07d}.safetensors"
+            save_model(model, path, ema=ema, step=step, **recorded)
+            written[step] = path
+        if resume_state:
+            save_resume(step)
 
     def diverged(step: int, what: str) -> ValueError:
         kept = (f"{out} keeps the resume state of step {saved}" if out is not None and saved
@@ -672,19 +680,11 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
                     bar.set_postfix(loss=f"{losses[max(0, i - 49): i + 1].mean().item():.4f}")
                 checkpoint = out is not None and step in schedule
                 resume_state = out is not None and (step % config.save_every == 0 or step == config.steps)
-                # a finite loss can still step to non-finite weights: none is written (a NaN resume.pt
-                # replaced the last good one)
-                if (checkpoint or resume_state) and not finite_weights():
-                    raise diverged(step, "the weights are no longer finite")
-                if checkpoint:
-                    path = out / "checkpoints" / f"step_{step:07d}.safetensors"
-                    save_model(model, path, ema=ema, step=step, **recorded)
-                    written[step] = path
-                if resume_state:
-                    save_resume(step)
+                if checkpoint or resume_state:
+                    save_step(step, checkpoint=checkpoint, resume_state=resume_state)
                 if callback is not None:
                     callback(step, loss.detach())
-                signals.at_step_end(step, saved, checked_save)
+                signals.at_step_end(step, saved, save_step)
     except KeyboardInterrupt as err:
         signals.note_on(err, step, saved)
         raise
