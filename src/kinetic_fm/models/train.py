@@ -601,20 +601,15 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     # schedule included: log2's last of a run since extended (steps 12, then 20) is one of them
     written = {} if out is None else _checkpoints_up_to(out, start)
 
-    saved = start  # the step of the resume state on disk
+    on_disk = ResumeStateOnDisk(state_path, start)
 
     def finite_weights() -> bool:  # one synchronisation for all parameters
         return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
     def save_resume(step: int) -> None:
-        nonlocal saved
         if state_path is not None:
-            before = file_identity(state_path)
-            try:
-                save_resume_state(state_path, step, parts, losses, generators, device, run_config)
-            finally:  # a second signal after the rename (in the folder's fsync) left this step's state on disk
-                if file_identity(state_path) != before:
-                    saved = step
+            on_disk.write(step, lambda path: save_resume_state(path, step, parts, losses, generators, device,
+                                                               run_config))
 
     def save_step(step: int, *, checkpoint: bool = False, resume_state: bool = True) -> None:
         """Write ``step``'s checkpoint and/or resume state (a signal's save: the latter alone) once its weights
@@ -630,7 +625,7 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
             save_resume(step)
 
     def diverged(step: int, what: str) -> ValueError:
-        kept = (f"{out} keeps the resume state of step {saved}" if out is not None and saved
+        kept = (f"{out} keeps the resume state of step {on_disk.step}" if out is not None and on_disk.step
                 else "no resume state was saved")
         return ValueError(f"training diverged at step {step}: {what}; try a smaller learning rate (lr) or "
                           f"gradient clipping (grad_clip); {kept}")
@@ -684,9 +679,9 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
                     save_step(step, checkpoint=checkpoint, resume_state=resume_state)
                 if callback is not None:
                     callback(step, loss.detach())
-                signals.at_step_end(step, saved, save_step)
+                signals.at_step_end(step, on_disk.step, save_step)
     except KeyboardInterrupt as err:
-        signals.note_on(err, step, saved)
+        signals.note_on(err, step, on_disk.step)
         raise
     bar.close()
     if out is not None:
@@ -699,6 +694,25 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         save_model(model, out / "final.safetensors", ema=ema, step=config.steps, **recorded)
     model.eval()
     return TrainResult(model, ema, losses, dict(sorted(written.items())), out, resumed_from=start)
+
+
+class ResumeStateOnDisk:
+    """A training loop's resume state file ``path`` (None: none is kept) and ``step``, the step of the
+    state on disk (0 for none): :meth:`write` keeps it current."""
+
+    def __init__(self, path: Path | None, step: int) -> None:
+        self.path, self.step = path, step
+
+    def write(self, step: int, save: Callable[[Path], None]) -> None:
+        """``save(path)``, which writes ``step``'s state there atomically; ``step`` is the one on disk once
+        another file stands at ``path`` (:func:`file_identity`), even where ``save`` then raised: a second
+        signal after the rename, in the folder's fsync, left that step's state."""
+        before = file_identity(self.path)
+        try:
+            save(self.path)
+        finally:
+            if file_identity(self.path) != before:
+                self.step = step
 
 
 class SignalsAtStepEnd:
