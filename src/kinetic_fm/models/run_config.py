@@ -18,8 +18,8 @@ class DamagedTrainConfigError(ValueError):
     """A training run's ``config.json`` is not one any more: one that looks written by
     :func:`~kinetic_fm.models.train.train` (see :func:`read_train_config`) but is no longer JSON, lacks
     some of the keys train writes, or holds a ``data_shape`` that is no shape (written atomically, it was
-    damaged after the run: edited, or a copy cut short). The message names the file and what is wrong
-    (``problem``: what is wrong, the words after "config.json"); each reader adds its own way on."""
+    damaged after the run: edited, or a copy cut short). The message names the file (or its folder) and
+    what is wrong (``problem``, the words after "config.json"); each reader adds its own way on."""
 
     def __init__(self, message: str, problem: str = "") -> None:
         super().__init__(message)
@@ -54,10 +54,11 @@ def read_train_config(path: str | os.PathLike, keys: Sequence[str] = TRAIN_CONFI
     words) but is damaged: not JSON, lacking some of ``keys`` (those a training run's record must hold; a
     reader of ``data_shape`` alone gives ``("data_shape",)``), or a ``data_shape`` that is no shape.
     OSError (FileNotFoundError when absent) as reading raises it."""
+    path = Path(path)
+
     def damaged(problem: str) -> DamagedTrainConfigError:
         return DamagedTrainConfigError(f"{path}: the training run's config.json {problem}", problem)
 
-    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:  # a UTF-16 file of a Windows tool, or binary: train writes UTF-8
