@@ -216,7 +216,8 @@ def test_kfm_train_names_another_program_s_config_json_as_that_program_s(tmp_pat
     _no_loading(monkeypatch)
     assert main([*_argv("train", tmp_path, "--out", str(run)), *resume]) == 2
     assert capsys.readouterr().err == (f"kfm train: error: --out {run} holds a config.json that is not a training "
-                                       f"run's (another program's); {why}: choose another folder\n")
+                                       f"run's (another program's, or damaged beyond recognition); {why}: move it "
+                                       "away, or choose another folder\n")
     assert (run / "config.json").read_text() == '{"architectures": ["CLIPModel"]}'
 
 

@@ -2397,9 +2397,9 @@ def test_cli_names_the_spec_a_misspelt_folder_spec_meant(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text, said", [
-    ('{"model": {}, "train": {', r"config.json: the training run's config.json is not valid JSON \(.*\); was it "
-                                 r"edited or cut short\? Put back a good copy of it, or pass the training items "
-                                 r"themselves"),
+    ('{\n  "model": {\n    "kind": "mlp",\n', r"config.json: the training run's config.json is not valid JSON "
+                                             r"\(.*\); was it edited or cut short\? Put back a good copy of it, or "
+                                             r"pass the training items themselves"),
     ('{"model": {}, "data_shape": [4, 2]}', r"config.json: the training run's config.json lacks 'train'; was it "
                                             r"edited\? Put back a good copy"),
     ('{"architectures": ["CLIPModel"]}', r"its config.json names no data spec \(kfm train writes one\)"),

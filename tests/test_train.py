@@ -654,8 +654,9 @@ def test_a_run_that_failed_before_saving_a_step_can_be_started_again_without_res
     foreign = tmp_path / "hf"
     foreign.mkdir()
     (foreign / "config.json").write_text('{"architectures": ["CLIPModel"]}')
-    with pytest.raises(ValueError, match=r"hf holds a config.json that is not a training run's \(another program's\); "
-                       r"training would write its own over it: choose another folder$"):
+    with pytest.raises(ValueError, match=r"hf holds a config.json that is not a training run's \(another program's, or "
+                       r"damaged beyond recognition\); training would write its own over it: move it away, or choose "
+                       r"another folder$"):
         train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=2, batch_size=4), out=foreign)
     assert json.loads((foreign / "config.json").read_text()) == {"architectures": ["CLIPModel"]}
 
@@ -1151,27 +1152,78 @@ def test_data_that_requires_grad_is_trained_on_as_values_and_left_untouched():
 
 @pytest.mark.parametrize("text, problem", [
     ('{"model": {"kind": "mlp"}, "train": {"st', r"is not valid JSON \(.*\); was it edited or cut short\?"),
-    ('[1, 2]', r"must be a JSON object, got list; was it edited\?"),
     ('{"model": {"kind": "mlp"}, "train": {}}', r"lacks 'data_shape'; was it edited\?"),
+    ('{"train": {"steps": 2, "seed": 0}}', r"lacks 'model', 'data_shape'; was it edited\?"),
     ('{"model": {}, "train": {}, "data_shape": "32x2"}',
      r'records a data_shape that is no shape \(.*\), got "32x2"; was it edited\?'),
 ])
 @pytest.mark.parametrize("resume", [False, True])
 def test_a_damaged_config_json_alone_is_named_as_damaged_with_a_way_on(tmp_path, text, problem, resume):
     # it was refused as another program's (resume=True), or as a run to continue with resume=True,
-    # which then refused it as another program's (helper-269)
+    # which then refused it as another program's (helper-269); the message began with the file's path, which
+    # kfm train put after "--out" as if it were the flag's value, and said to remove the file (helper-282)
     from kinetic_fm.models.run_config import DamagedTrainConfigError
 
     (tmp_path / "config.json").write_text(text)
-    with pytest.raises(DamagedTrainConfigError, match=rf"config.json: the training run's config.json {problem} With "
-                       r"no resume.pt beside it the folder holds no step to resume .*: remove it to train in .* from "
-                       r"step 0, or choose another folder"):
+    with pytest.raises(DamagedTrainConfigError, match=rf"^{re.escape(str(tmp_path))} holds a training run's "
+                       rf"config.json that {problem} With no resume.pt beside it the folder holds no step to resume .*: move it "
+                       r"away to train in .* from step 0, or choose another folder$"):
         train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
               out=tmp_path, resume=resume)
     assert (tmp_path / "config.json").read_text() == text
     (tmp_path / "config.json").unlink()  # the way on it gives
     assert train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
                  out=tmp_path, resume=resume).resumed_from == 0
+
+
+@pytest.mark.parametrize("content", [
+    b'{"model": {"name": "bert-base"}, "train": {"lr": 0.001}}', b"[]", b"[1, 2]", b"", b"\xff\xfe",
+    '{"model": {"kind": "mlp"}}'.encode("utf-16"), b"not json at all",
+])
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_config_json_train_did_not_write_is_not_called_a_damaged_training_runs(tmp_path, content, resume):
+    # another program's JSON holding some of model/train/data_shape, a list, an empty file and a UTF-16 one were
+    # each called "the training run's config.json", which "lacks 'data_shape'" or worse, "remove it" (helper-282)
+    from kinetic_fm.models.run_config import DamagedTrainConfigError, read_train_config
+
+    (tmp_path / "config.json").write_bytes(content)
+    assert read_train_config(tmp_path / "config.json") is None
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))} holds a config.json that is not a training "
+                       r"run's \(another program's, or damaged beyond recognition\); .*: move it away, or choose "
+                       r"another folder$") as caught:
+        train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
+              out=tmp_path, resume=resume)
+    assert not isinstance(caught.value, DamagedTrainConfigError)
+    assert (tmp_path / "config.json").read_bytes() == content
+
+
+def test_an_unreadable_config_json_is_named_unreadable_not_another_programs(tmp_path, monkeypatch):
+    # every OSError read as "not a file": a training run's config.json the user may not read (EACCES, EIO) was
+    # called another program's (helper-282); as root chmod denies no read, so the read itself is made to fail
+    import pathlib
+
+    from kinetic_fm.models.train import check_train_dir
+
+    (tmp_path / "config.json").write_text('{"model": {"kind": "mlp"}, "train": {"steps": 2, "seed": 0}, '
+                                          '"data_shape": [16, 2]}')
+    check_train_dir(tmp_path, resume=False)  # readable: a run that saved no step, to train in again
+    read_text = pathlib.Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self.name == "config.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", denied)
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))} holds a config.json that cannot be read "
+                           r"\(Permission denied\); make it readable, or choose another folder$"):
+            check_train_dir(tmp_path, resume=resume)
+    monkeypatch.undo()
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "config.json").mkdir()  # not a file: still another program's, as before
+    with pytest.raises(ValueError, match=r"not a training run's"):
+        check_train_dir(tmp_path, resume=True)
 
 
 def test_a_damaged_config_json_beside_resume_pt_resumes_from_its_step_and_is_written_again(tmp_path, stop_at):

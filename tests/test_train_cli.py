@@ -64,7 +64,9 @@ def test_kfm_train_resume_reads_the_runs_config_once(tmp_path, monkeypatch):
     read_text = pathlib.Path.read_text
 
     def counted(self, *args, **kwargs):
-        if self.name == "config.json" and sys._getframe(1).f_globals["__name__"] == "kinetic_fm.commands.train":
+        caller = sys._getframe(1)  # the command, or read_train_config, which the command calls
+        callers = {caller.f_globals["__name__"], caller.f_back.f_globals["__name__"]}
+        if self.name == "config.json" and "kinetic_fm.commands.train" in callers:
             reads.append(self)
         return read_text(self, *args, **kwargs)
 
@@ -484,6 +486,27 @@ def test_warnings_of_the_training_itself_name_the_flags(tmp_path, capsys, monkey
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warned == ["kfm train: warning: --grad-clip = 1.0 clipped every one of --steps 2; the learning rate (--lr) "
                       "may be too large"]
+
+
+@pytest.mark.parametrize("content, said", [
+    (b'{"model": {"name": "bert-base"}, "train": {"lr": 0.001}}', "config.json that is not a training run's "
+     "(another program's, or damaged beyond recognition); {how}move it away, or choose another folder"),
+    (b"\xff\xfe", "config.json that is not a training run's (another program's, or damaged beyond recognition)"),
+    (b"", "config.json that is not a training run's (another program's, or damaged beyond recognition)"),
+    (b'{"model": {"kind": "mlp"}, "train": {}}', "training run's config.json that lacks 'data_shape'; was it edited? "
+     "With no resume.pt beside it"),
+])
+def test_kfm_train_names_a_config_json_in_out_by_the_folder_given(tmp_path, capsys, content, said):
+    # "--out d1/config.json: the training run's config.json lacks 'data_shape' ... remove it" for each: the file's path
+    # after the flag as if it were its value, another program's file called the training run's (helper-282)
+    (tmp_path / "config.json").write_bytes(content)
+    for resume, how in (([], "training would write its own over it: "),
+                        (["--resume"], "--resume continues training runs only: ")):
+        assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path), *resume]) == 2
+        err = capsys.readouterr().err
+        assert f"kfm train: error: --out {tmp_path} holds a " + said.format(how=how) in err, err
+        assert "remove it" not in err
+    assert (tmp_path / "config.json").read_bytes() == content
 
 
 def test_a_kfm_sample_run_folder_is_refused_as_out_before_the_data_loads(tmp_path, capsys, monkeypatch):

@@ -239,13 +239,12 @@ def _saved_config(out: str) -> dict | None:
     from pathlib import Path
 
     from ..models.checkpoint import load_state
-    from ..models.run_config import train_config_from_text
+    from ..models.run_config import read_train_config
     from ..models.train import RESUME_FILE
 
-    path = Path(out) / "config.json"
     try:
-        saved = train_config_from_text(path.read_text(encoding="utf-8"), path)
-    except (OSError, ValueError):  # absent, or damaged (DamagedTrainConfigError, UnicodeDecodeError)
+        saved = read_train_config(Path(out) / "config.json")
+    except (OSError, ValueError):  # absent, or damaged (DamagedTrainConfigError)
         saved = None
     if saved is not None or not (Path(out) / RESUME_FILE).is_file():
         return saved

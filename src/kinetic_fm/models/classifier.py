@@ -244,7 +244,7 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     """:func:`train_classifier`'s work, with ``out``'s lock held."""
     from tqdm.auto import tqdm
 
-    from .train import (DATA_DIGEST, RESUME_FILE, SignalsAtStepEnd, data_digest, file_identity, load_resume_state,
+    from .train import (DATA_DIGEST, RESUME_FILE, ResumeStateOnDisk, SignalsAtStepEnd, data_digest, load_resume_state,
                         remove_leftover_temporaries, save_resume_state)
 
     steps, batch_size, lr, seed = settings["steps"], settings["batch_size"], settings["lr"], settings["seed"]
@@ -278,16 +278,11 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
         start = load_resume_state(state_path, steps, parts, losses, generators, device, run_config, free=(),
                                   optional=(DATA_DIGEST,), stacklevel=3)  # the caller of train_classifier()
     labels = labels.to(images.device)  # once, not per step
-    saved = start  # the step of the resume state on disk
+    on_disk = ResumeStateOnDisk(state_path, start)
 
     def save_resume(step: int) -> None:
-        nonlocal saved
-        before = file_identity(state_path)
-        try:
-            save_resume_state(state_path, step, parts, losses, generators, device, run_config, global_rngs=False)
-        finally:  # a second signal after the rename (in the folder's fsync) left this step's state on disk
-            if file_identity(state_path) != before:
-                saved = step
+        on_disk.write(step, lambda path: save_resume_state(path, step, parts, losses, generators, device, run_config,
+                                                           global_rngs=False))
 
     model.train()
     step = start
@@ -311,9 +306,9 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
                     save_resume(step)
                 if callback is not None:
                     callback(step, loss.detach())
-                signals.at_step_end(step, saved, save_resume)
+                signals.at_step_end(step, on_disk.step, save_resume)
     except KeyboardInterrupt as err:
-        signals.note_on(err, step, saved)
+        signals.note_on(err, step, on_disk.step)
         raise
     model.eval()
     accuracy = None

@@ -9,63 +9,80 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 
 class DamagedTrainConfigError(ValueError):
-    """A training run's ``config.json`` is not one any more: not UTF-8 JSON, not a JSON object, or
-    an object holding some of the keys :func:`~kinetic_fm.models.train.train` writes but not all, or
-    a ``data_shape`` that is no shape (written atomically, it was damaged after the run: edited, or
-    a copy cut short). The message names the file and what is wrong; each reader adds its own way on."""
+    """A training run's ``config.json`` is not one any more: one that looks written by
+    :func:`~kinetic_fm.models.train.train` (see :func:`read_train_config`) but is no longer JSON, lacks
+    some of the keys train writes, or holds a ``data_shape`` that is no shape (written atomically, it was
+    damaged after the run: edited, or a copy cut short). The message names the file (or its folder) and
+    what is wrong (``problem``, the words after "config.json"); each reader adds its own way on."""
+
+    def __init__(self, message: str, problem: str = "") -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
-# what every config.json train writes holds; an object with none of them is another program's
+# what every config.json train writes holds
 TRAIN_CONFIG_KEYS = ("model", "train", "data_shape")
+
+# how a config.json train wrote begins (json.dumps(..., indent=2) of {"model": {"kind": ...}, ...}), whatever
+# the spacing: a copy cut short that starts so is a damaged training record, other text that is no JSON is not
+_WRITTEN_START = re.compile(r'\s*\{\s*"model"\s*:\s*\{\s*"kind"\s*:')
+
+
+def _written_by_train(body: dict[str, Any]) -> bool:
+    """Whether the JSON object ``body`` holds what only train writes: a ``model`` naming its ``kind``, a
+    ``train`` with ``steps`` and ``seed``, or a ``data_shape``. A model folder of another program (a
+    Hugging Face config.json, {"model": {"name": ...}, "train": {"lr": ...}}) holds none of them."""
+    model, settings = body.get("model"), body.get("train")
+    return ((isinstance(model, dict) and "kind" in model)
+            or (isinstance(settings, dict) and "steps" in settings and "seed" in settings)
+            or "data_shape" in body)
 
 
 def read_train_config(path: str | os.PathLike, keys: Sequence[str] = TRAIN_CONFIG_KEYS) -> dict[str, Any] | None:
     """The record ``path`` (a run folder's ``config.json``) holds when
-    :func:`~kinetic_fm.models.train.train` wrote it; None when it is another program's (a JSON object
-    holding none of :data:`TRAIN_CONFIG_KEYS`: a Hugging Face model folder holds a config.json too);
-    :class:`DamagedTrainConfigError` when it is damaged (see there); ``keys`` as in
-    :func:`train_config_from_text`. OSError (FileNotFoundError when absent) as reading raises it."""
+    :func:`~kinetic_fm.models.train.train` wrote it. None when it is not a training run's: another
+    program's (a Hugging Face model folder holds a config.json too) or damaged beyond recognition (not
+    UTF-8, an empty file, JSON that is no object, a JSON object holding nothing only train writes).
+    :class:`DamagedTrainConfigError` when it looks written by train (a ``model`` naming its ``kind``, a
+    ``train`` with ``steps`` and ``seed``, a ``data_shape``, or for text that is no JSON, train's first
+    words) but is damaged: not JSON, lacking some of ``keys`` (those a training run's record must hold; a
+    reader of ``data_shape`` alone gives ``("data_shape",)``), or a ``data_shape`` that is no shape.
+    OSError (FileNotFoundError when absent) as reading raises it."""
     path = Path(path)
+
+    def damaged(problem: str) -> DamagedTrainConfigError:
+        return DamagedTrainConfigError(f"{path}: the training run's config.json {problem}", problem)
+
     try:
-        return train_config_from_text(path.read_text(encoding="utf-8"), path, keys)
-    except UnicodeDecodeError as err:
-        raise DamagedTrainConfigError(f"{path}: the training run's config.json is not UTF-8 text ({err}); was "
-                                      "it edited or cut short?") from None
-
-
-def train_config_from_text(text: str, path: str | os.PathLike,
-                           keys: Sequence[str] = TRAIN_CONFIG_KEYS) -> dict[str, Any] | None:
-    """:func:`read_train_config` on ``text``, the contents of the config.json at ``path`` (named in
-    the error). ``keys``: those a training run's record must hold (a reader of ``data_shape`` alone
-    gives ``("data_shape",)``); an object holding none of them is another program's (None)."""
-    def damaged(what: str) -> DamagedTrainConfigError:
-        return DamagedTrainConfigError(f"{path}: the training run's config.json {what}")
-
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # a UTF-16 file of a Windows tool, or binary: train writes UTF-8
+        return None
     try:
         body = json.loads(text)
     except ValueError as err:
-        raise damaged(f"is not valid JSON ({err}); was it edited or cut short?") from None
-    if not isinstance(body, dict):
-        raise damaged(f"must be a JSON object, got {type(body).__name__}; was it edited?")
-    missing = [key for key in keys if key not in body]
-    if len(missing) == len(keys):
+        if _WRITTEN_START.match(text):
+            raise damaged(f"is not valid JSON ({err}); was it edited or cut short?") from None
         return None
+    if not isinstance(body, dict) or not _written_by_train(body):
+        return None
+    missing = [key for key in keys if key not in body]
     if missing:
         raise damaged(f"lacks {', '.join(map(repr, missing))}; was it edited?")
     shape = body.get("data_shape")
     if "data_shape" in body and not (isinstance(shape, list) and len(shape) > 1
             and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise damaged(f"records a data_shape that is no shape (a list of two or more sizes), got {_short(shape)}; "
+        raise damaged(f"records a data_shape that is no shape (a list of two or more sizes), got {short_json(shape)}; "
                       "was it edited?")
     return body
 
 
-def _short(value: Any, width: int = 80) -> str:
+def short_json(value: Any, width: int = 80) -> str:
     """``value`` as JSON, cut to ``width`` characters for an error message."""
     text = json.dumps(value)
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
 from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_state, save_weights
-from .run_config import DamagedTrainConfigError, _short, read_train_config
+from .run_config import DamagedTrainConfigError, read_train_config, short_json
 
 RESUME_FILE = "resume.pt"
 # config.json's (and resume.pt's) record of the values trained on; runs from before it have none
@@ -259,7 +259,7 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     # as given): sha256s of two dtypes do not compare, and such a resume went on unchecked
     other_dtype = compared and saved_digest.get("dtype") != digest["dtype"] and not other_nets
     if differ or other_data or other_dtype:
-        values = "; ".join(f"{k}: saved {_short(old)}, now {_short(new)}" for k, (old, new) in differ.items())
+        values = "; ".join(f"{k}: saved {short_json(old)}, now {short_json(new)}" for k, (old, new) in differ.items())
         settings = f"settings differ from the saved run ({', '.join(differ)}): {values}" if differ else ""
         data = _other_data(saved_digest, digest, run_config["data_shape"]) if other_data else ""
         if other_dtype:
@@ -331,16 +331,20 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
             training = read_train_config(config) is not None
         except DamagedTrainConfigError as err:
             raise DamagedTrainConfigError(
-                f"{err} With no {RESUME_FILE} beside it the folder holds no step to resume (config.json records "
-                f"settings, not weights or the optimiser's state): remove it to train in {out} from step 0, or "
-                "choose another folder") from None
-        except OSError:  # not a file (a folder named config.json): not a training run's
+                f"{out} holds a training run's config.json that {err.problem} With no {RESUME_FILE} beside it the "
+                "folder holds no step to resume (config.json records settings, not weights or the optimiser's "
+                f"state): move it away to train in {out} from step 0, or choose another folder", err.problem) from None
+        except (IsADirectoryError, NotADirectoryError):  # not a file (a folder named config.json): not a run's
             pass
+        except OSError as err:  # EACCES, EIO: a training run's it may well be
+            raise ValueError(f"{out} holds a config.json that cannot be read ({err.strerror or err}); make it "
+                             "readable, or choose another folder") from None
         if not training and (resume or config.is_file()):
             # a resume without resume.pt starts afresh and would write its own config.json over this one
-            raise ValueError(f"{out} holds a config.json that is not a training run's (another program's); "
-                             + ("resume=True continues training runs only: " if resume else
-                                "training would write its own over it: ") + "choose another folder")
+            raise ValueError(f"{out} holds a config.json that is not a training run's (another program's, or damaged "
+                             "beyond recognition); " + ("resume=True continues training runs only: " if resume else
+                                                        "training would write its own over it: ")
+                             + "move it away, or choose another folder")
     earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
                if (out / name).exists()]
     if earlier and not (earlier == ["config.json"] and training) and not resume:
@@ -597,28 +601,31 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     # schedule included: log2's last of a run since extended (steps 12, then 20) is one of them
     written = {} if out is None else _checkpoints_up_to(out, start)
 
-    saved = start  # the step of the resume state on disk
+    on_disk = ResumeStateOnDisk(state_path, start)
 
     def finite_weights() -> bool:  # one synchronisation for all parameters
         return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
     def save_resume(step: int) -> None:
-        nonlocal saved
         if state_path is not None:
-            before = file_identity(state_path)
-            try:
-                save_resume_state(state_path, step, parts, losses, generators, device, run_config)
-            finally:  # a second signal after the rename (in the folder's fsync) left this step's state on disk
-                if file_identity(state_path) != before:
-                    saved = step
+            on_disk.write(step, lambda path: save_resume_state(path, step, parts, losses, generators, device,
+                                                               run_config))
 
-    def checked_save(step: int) -> None:  # a signal's save, off the schedule: its weights are not checked yet
+    def save_step(step: int, *, checkpoint: bool = False, resume_state: bool = True) -> None:
+        """Write ``step``'s checkpoint and/or resume state (a signal's save: the latter alone) once its weights
+        are checked: a finite loss can still step to non-finite weights, and a NaN resume.pt replaced the last
+        good one."""
         if not finite_weights():
             raise diverged(step, "the weights are no longer finite")
-        save_resume(step)
+        if checkpoint:
+            path = out / "checkpoints" / f"step_{step:07d}.safetensors"
+            save_model(model, path, ema=ema, step=step, **recorded)
+            written[step] = path
+        if resume_state:
+            save_resume(step)
 
     def diverged(step: int, what: str) -> ValueError:
-        kept = (f"{out} keeps the resume state of step {saved}" if out is not None and saved
+        kept = (f"{out} keeps the resume state of step {on_disk.step}" if out is not None and on_disk.step
                 else "no resume state was saved")
         return ValueError(f"training diverged at step {step}: {what}; try a smaller learning rate (lr) or "
                           f"gradient clipping (grad_clip); {kept}")
@@ -668,21 +675,13 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
                     bar.set_postfix(loss=f"{losses[max(0, i - 49): i + 1].mean().item():.4f}")
                 checkpoint = out is not None and step in schedule
                 resume_state = out is not None and (step % config.save_every == 0 or step == config.steps)
-                # a finite loss can still step to non-finite weights: none is written (a NaN resume.pt
-                # replaced the last good one)
-                if (checkpoint or resume_state) and not finite_weights():
-                    raise diverged(step, "the weights are no longer finite")
-                if checkpoint:
-                    path = out / "checkpoints" / f"step_{step:07d}.safetensors"
-                    save_model(model, path, ema=ema, step=step, **recorded)
-                    written[step] = path
-                if resume_state:
-                    save_resume(step)
+                if checkpoint or resume_state:
+                    save_step(step, checkpoint=checkpoint, resume_state=resume_state)
                 if callback is not None:
                     callback(step, loss.detach())
-                signals.at_step_end(step, saved, checked_save)
+                signals.at_step_end(step, on_disk.step, save_step)
     except KeyboardInterrupt as err:
-        signals.note_on(err, step, saved)
+        signals.note_on(err, step, on_disk.step)
         raise
     bar.close()
     if out is not None:
@@ -695,6 +694,25 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         save_model(model, out / "final.safetensors", ema=ema, step=config.steps, **recorded)
     model.eval()
     return TrainResult(model, ema, losses, dict(sorted(written.items())), out, resumed_from=start)
+
+
+class ResumeStateOnDisk:
+    """A training loop's resume state file ``path`` (None: none is kept) and ``step``, the step of the
+    state on disk (0 for none): :meth:`write` keeps it current."""
+
+    def __init__(self, path: Path | None, step: int) -> None:
+        self.path, self.step = path, step
+
+    def write(self, step: int, save: Callable[[Path], None]) -> None:
+        """``save(path)``, which writes ``step``'s state there atomically; ``step`` is the one on disk once
+        another file stands at ``path`` (:func:`file_identity`), even where ``save`` then raised: a second
+        signal after the rename, in the folder's fsync, left that step's state."""
+        before = file_identity(self.path)
+        try:
+            save(self.path)
+        finally:
+            if file_identity(self.path) != before:
+                self.step = step
 
 
 class SignalsAtStepEnd:
