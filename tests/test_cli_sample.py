@@ -1379,3 +1379,30 @@ def test_a_single_process_run_says_each_sampling_settings_warning_once(tmp_path,
     err = capsys.readouterr().err
     assert err.count("warning: --quadrature 'left' takes each step's power at its start") == 1, err
     assert "use --quadrature 'solver' with dopri5" in err and "quadrature=" not in err
+
+
+def test_a_warning_raised_while_sampling_is_said_once_per_run_not_once_per_shard(tmp_path):
+    # the filter hiding kfm.sample's settings warnings was set around each shard's batches: every change of the
+    # warnings filters makes Python forget which warnings it has shown, so a field's own warning came once per
+    # shard. Run as its own process: pytest's warning capture shows every warning inside a test anyway
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, warnings
+from kinetic_fm.fields.analytic import GaussianTarget
+from kinetic_fm.cli import main
+call = GaussianTarget.__call__
+def warning_call(self, x, t):
+    warnings.warn("the field's own note", UserWarning)
+    return call(self, x, t)
+GaussianTarget.__call__ = warning_call
+sys.exit(main(["sample", "--field", "gaussian", "--dim", "2", "--n", "16", "--shard-size", "2", "--steps", "3",
+               "--no-progress", "--out", {str(tmp_path / "run")!r}]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    # the trial call's, then the run's (the filters change twice before the first shard); it was once per shard (8)
+    assert done.stderr.count("the field's own note") <= 3, done.stderr

@@ -951,7 +951,6 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
     """compute(seeds, advance) -> pyarrow Table with one row per seed, sampled in batches; with
     ``step_bar`` (rank 0's, as the sample bar) a batch running over STEP_BAR_DELAY shows its steps (under
     dopri5, the least t its unfinished samples reached)."""
-    import warnings
 
     import numpy as np
     import pyarrow as pa
@@ -959,8 +958,6 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
     from .. import sample
     from ..fields.empirical import EmpiricalFlow, PosteriorRecorder
     from ..sampling.guards import NonFiniteVelocityError, StepLimitError
-    from ..sampling.sample import SamplerSettingsWarning
-
     settings = _sampler_settings(args, kts)
 
     def run_batch(chunk: list[int], labels):
@@ -987,14 +984,12 @@ def _shard_sampler(target: _Target, kts, args, device, cond: _Conditioning | Non
 
     def compute(seeds: np.ndarray, advance) -> pa.Table:
         shard = _ShardColumns(save_x=args.save_x, profile=args.profile, per_sample_steps=args.solver == "dopri5")
-        with warnings.catch_warnings():   # kfm.sample's on the run's settings: said once per run (_run), not per batch
-            warnings.simplefilter("ignore", SamplerSettingsWarning)
-            for lo in range(0, len(seeds), args.batch_size):
-                chunk = [int(s) for s in seeds[lo:lo + args.batch_size]]
-                labels = None if cond is None else cond.labels(chunk)
-                res, posterior = run_batch(chunk, labels)
-                shard.add(res, labels, posterior)
-                advance(len(chunk))
+        for lo in range(0, len(seeds), args.batch_size):
+            chunk = [int(s) for s in seeds[lo:lo + args.batch_size]]
+            labels = None if cond is None else cond.labels(chunk)
+            res, posterior = run_batch(chunk, labels)
+            shard.add(res, labels, posterior)
+            advance(len(chunk))
         return shard.table()
 
     return compute
@@ -1168,7 +1163,7 @@ def _run(args, setup) -> int:
     import torch
 
     from ..runs import RunLockedError, RunManifest, run_sharded, world_session
-    from ..sampling.sample import warn_of_settings
+    from ..sampling.sample import SamplerSettingsWarning, warn_of_settings
     from ..runs.shards import PROFILE_TIMES
 
     # a --dtype typed is what the user asked for; only the default is said of float64 items (_empirical_target)
@@ -1230,9 +1225,15 @@ def _run(args, setup) -> int:
                     # the run and only when shards are left: a refused or finished resume says none
                     _warn_on_batch_change(args, stored)
                     warn_of_settings(target.velocity, **_sampler_settings(args, kts))
+                    warnings.simplefilter("ignore", SamplerSettingsWarning)   # not again by each batch's kfm.sample
 
-                outcome = run_sharded(args.out, manifest, compute, resume=args.resume, coordinator=coordinator,
-                                      progress=args.progress, lock=lock, repair=args.repair, on_start=on_start)
+                # one change of the filters for the run: each change makes Python forget the warnings it has shown,
+                # so a filter set per shard repeated a field's own warning once per shard
+                with warnings.catch_warnings():
+                    if not world.is_main:   # rank 0 says them, in on_start
+                        warnings.simplefilter("ignore", SamplerSettingsWarning)
+                    outcome = run_sharded(args.out, manifest, compute, resume=args.resume, coordinator=coordinator,
+                                          progress=args.progress, lock=lock, repair=args.repair, on_start=on_start)
         except KeyboardInterrupt:
             args.interrupt_hint = _interrupted_run_hint(args.out, manifest)
             raise
