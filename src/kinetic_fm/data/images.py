@@ -423,17 +423,15 @@ def _described(path, subdir: str | None) -> str:
 def _folder_labels(relative: list[str], path, subdir: str | None, above: str
                    ) -> tuple[tuple[str, ...] | None, Tensor | None, str | None]:
     """(classes sorted, (N,) labels, None) of files given by their paths ``relative`` to the folder ``above``
-    (:func:`_above`) of the folder or zip ``path`` loaded with ``subdir`` (named in the warning): each
-    file's class is its top folder below the folders every file sits in (wrappers such as ``zip -r data.zip
-    data/``), however deep the file lies inside it (``cat/kittens/1.png`` is a cat;
-    ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as torchvision's ImageFolder labels a tree
-    (ImageFolder takes the root's own folders, so it reads a
-    wrapped tree as one class). (None, None, why in words) when a file lies beside the class folders or
-    all lie in one folder: one class is no labelling (the studies refuse it). One class holding folders
-    (``cat/kittens/``, ``cat/adults/``) is labelled by them: the class folder reads as a wrapper, as
-    ``data/`` of ``data/cat/``, ``data/dog/`` does, and nothing tells the two apart. Class folders all
-    named like a data set's splits are warned of (:func:`_check_split_folders`): such a tree is labelled
-    by split."""
+    (:func:`_above`) of the folder or zip ``path`` loaded with ``subdir`` (named in the warning): each file's class is
+    its top folder below the folders every file sits in (wrappers such as ``zip -r data.zip data/``), however deep the
+    file lies inside it (``cat/kittens/1.png`` is a cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as
+    torchvision's ImageFolder labels a tree (ImageFolder takes the root's own folders, so it reads a wrapped tree as one
+    class). (None, None, why in words) when a file lies beside the class folders or all lie in one folder: one class is
+    no labelling (the studies refuse it). One class holding folders (``cat/kittens/``, ``cat/adults/``) is labelled by
+    them: the class folder reads as a wrapper, as ``data/`` of ``data/cat/``, ``data/dog/`` does, and nothing tells the
+    two apart. Class folders all named like a data set's splits are warned of (:func:`_check_split_folders`): such a
+    tree is labelled by split."""
     folders, shared = _folders(relative)
     reason = _unlabelled(relative, folders, shared)
     if reason is not None:
@@ -475,14 +473,13 @@ _SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid"
 
 def _check_split_folders(folders: list[list[str]], shared: int, path, subdir: str | None, above: str, *,
                          labelled: bool) -> None:
-    """Warn (UserWarning) when the top folders below the ``shared`` wrappers of the folder ``above`` of the folder
-    or zip ``path`` loaded with ``subdir`` (``folders``: each file's folders below ``above``, as :func:`_folders`
-    gives them) are all named like a data set's splits (train, test,
-    ...) and every file lies in a folder inside one (``train/<class>/...``): loaded whole, the splits
-    are one set, and, where the tree is ``labelled``, labelled by split, as ImageFolder labels it. One
-    check for the loads with labels (a ``folder:`` spec) and without (a folder given by its path:
-    ``kfm memorization --train PATH``). Its remedy, the split's own folder below every wrapper (extracted
-    from a zip), works on every route: a ``kfm`` flag takes no subdir, and ``subdir=`` looks through one
+    """Warn (UserWarning) when the top folders below the ``shared`` wrappers of the folder ``above`` of the folder or
+    zip ``path`` loaded with ``subdir`` (``folders``: each file's folders below ``above``, as :func:`_folders` gives
+    them) are all named like a data set's splits (train, test, ...) and every file lies in a folder inside one
+    (``train/<class>/...``): loaded whole, the splits are one set, and, where the tree is ``labelled``, labelled by
+    split, as ImageFolder labels it. One check for the loads with labels (a ``folder:`` spec) and without (a folder
+    given by its path: ``kfm memorization --train PATH``). Its remedy, the split's own folder below every wrapper
+    (extracted from a zip), works on every route: a ``kfm`` flag takes no subdir, and ``subdir=`` looks through one
     wrapping folder only."""
     import warnings
 
