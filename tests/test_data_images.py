@@ -844,3 +844,37 @@ def test_the_split_folders_warning_gives_a_remedy_that_works_on_every_route(tmp_
             warnings.simplefilter("error")
             assert load_image_folder(f"{root}/{wrap}train").classes == ("cat", "dog")
             assert len(load_dataset(f"folder:{root}/{wrap}train", progress=False)) == 2
+
+
+def test_the_split_folders_remedy_names_the_folder_below_subdir_and_its_wrappers(tmp_path):
+    # with subdir= the remedy named PATH/subdir-less folders ("load spl.zip/top/wrap/train", no loadable path), and
+    # through _under's one-wrapper fallback (subdir matched below a wrapper) it left that wrapper out; followed
+    # now, the remedy loads the split alone, without the warning
+    import warnings
+
+    def png(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+
+    for outer, subdir in (("", "top"), ("outer/", "top")):    # the second: subdir found below one wrapper
+        root = tmp_path / f"spl{len(outer)}"
+        files = [f"{outer}top/wrap/{split}/{cls}/{i}.png" for i, (split, cls) in enumerate(
+            (("train", "cat"), ("train", "dog"), ("test", "cat")))]
+        for name in files:
+            png(root / name)
+        with zipfile.ZipFile(f"{root}.zip", "w") as archive:
+            for name in files:
+                archive.write(root / name, name)
+        own = f"{outer}top/wrap/train"
+        for given, remedy in ((str(root), f"load {root}/{own} (the split's own folder)"),
+                              (f"{root}.zip", f"extract {own}/ from {root}.zip and load it (the split's own folder)")):
+            with pytest.warns(UserWarning) as w:
+                load_image_folder(given, subdir=subdir)
+            assert len(w) == 1 and str(w[0].message).endswith(f"({remedy})"), w[0].message
+        extracted = tmp_path / f"x{len(outer)}"
+        with zipfile.ZipFile(f"{root}.zip") as archive:                   # "extract OWN/ from the zip"
+            archive.extractall(extracted, [n for n in archive.namelist() if n.startswith(f"{own}/")])
+        with warnings.catch_warnings():                                    # followed, it loads the split alone
+            warnings.simplefilter("error")
+            for folder in (root / own, extracted / own):
+                assert load_image_folder(folder).classes == ("cat", "dog")

@@ -65,9 +65,9 @@ def test_a_mistyped_spec_is_named_with_its_likely_form_and_the_forms(tmp_path, m
         with pytest.raises(ValueError) as err:
             parse_spec(bad)
         assert str(err.value) == f"unknown data spec {bad!r} ({hint}); expected one of {forms}", bad
-    # the hint is followable: folder: loads a folder or a zip of images, not an array file or a missing path
-    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
-    for bad in ("./x.npy", "x.npy", "data/mnist"):
+    # the hint is followable: folder: loads a folder or a zip of images, not a missing path (nor an array file:
+    # test_a_misspelt_kind_or_an_array_file_is_pointed_at_a_spec_that_loads)
+    for bad in ("data/mnist", "./x.txt"):
         with pytest.raises(ValueError) as err:
             parse_spec(bad)
         assert f"({kinds})" in str(err.value) and "e.g. folder:" not in str(err.value), bad
@@ -130,3 +130,26 @@ def test_a_folder_spec_loads_a_grey_folder_as_one_channel(tmp_path):
     assert torch.equal(mixed.images[-1], torch.from_numpy(colour).permute(2, 0, 1).float() / 127.5 - 1)
     with pytest.raises(ValueError, match=r"^grayscale must be True, False or None .*got 'auto'$"):
         load_image_folder(tmp_path / "grey", grayscale="auto")
+
+
+def test_a_misspelt_kind_or_an_array_file_is_pointed_at_a_spec_that_loads(tmp_path, monkeypatch):
+    # "digit:/x" was pointed at "digits:/x", refused next (digits takes no path); an existing ./x.npy at
+    # "mnist:PATH, cifar10:PATH, celeba:PATH or folder:PATH", none of which loads an array file
+    from kinetic_fm.data import DATA_SPECS
+    from kinetic_fm.data.arrays import ARRAY_FORMATS
+
+    forms = ", ".join(DATA_SPECS)
+    monkeypatch.chdir(tmp_path)
+    for bad, meant in (("digit:/x", "digits"), ("moon:/x", "moons"), ("folde:/x", "folder:/x"),
+                       ("mnst:", "mnist:PATH")):
+        with pytest.raises(ValueError) as err:
+            parse_spec(bad)
+        assert str(err.value) == f"unknown data spec {bad!r} (did you mean {meant}?); expected one of {forms}", bad
+        parse_spec(meant.replace("PATH", "/x"))                             # the suggestion is itself accepted
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
+    for bad in ("./x.npy", "x.npy", "/abs/y.NPZ", "./w.pt", "./w.pth", "r/results.parquet"):
+        assert bad.lower().endswith(ARRAY_FORMATS)
+        with pytest.raises(ValueError) as err:
+            parse_spec(bad)
+        assert str(err.value) == (f"unknown data spec {bad!r} (an array file? no data spec loads one); "
+                                  f"expected one of {forms}"), bad

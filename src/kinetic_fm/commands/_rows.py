@@ -97,11 +97,10 @@ def is_spec(value: str, specs: bool) -> bool:
     unless a file or folder of that name exists (``./digits`` of images is read as that folder)."""
     from pathlib import Path
 
-    from ..data.registry import DATA_SPECS
+    from ..data.registry import SPEC_KINDS
 
-    spec_names = {spec.partition(":")[0] for spec in DATA_SPECS}
     kind, colon, _ = value.partition(":")
-    return specs and kind in spec_names and (bool(colon) or not Path(value).exists())
+    return specs and kind in SPEC_KINDS and (bool(colon) or not Path(value).exists())
 
 
 def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs: bool,

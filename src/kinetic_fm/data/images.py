@@ -408,30 +408,37 @@ def _under(names: list[str], subdir: str | None, path) -> list[tuple[str, str]]:
     return pairs
 
 
+def _above(pairs: list[tuple[str, str]]) -> str:
+    """The folder of the root that the (name, path relative to subdir) ``pairs`` of :func:`_under` lie below:
+    ``subdir``, or the wrapper and ``subdir`` where :func:`_under` found it below one; "" for the root."""
+    name, relative = pairs[0]
+    return name[:len(name) - len(relative)].strip("/")
+
+
 def _described(path, subdir: str | None) -> str:
     """The folder or zip ``path`` (under ``subdir``) as messages and :attr:`ImageDataset.source` name it."""
     return str(path) if subdir is None else f"{path}/{subdir}"
 
 
-def _folder_labels(relative: list[str], where: str) -> tuple[tuple[str, ...] | None, Tensor | None, str | None]:
-    """(classes sorted, (N,) labels, None) of files given by their paths ``relative`` to the root
-    ``where`` (named in the warning): each file's class is its top folder below the folders every file
-    sits in (wrappers such as ``zip -r data.zip data/``), however deep the file lies inside it
-    (``cat/kittens/1.png`` is a cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as
-    torchvision's ImageFolder labels a tree (ImageFolder takes the root's own folders, so it reads a
-    wrapped tree as one class). (None, None, why in words) when a file lies beside the class folders or
-    all lie in one folder: one class is no labelling (the studies refuse it). One class holding folders
-    (``cat/kittens/``, ``cat/adults/``) is labelled by them: the class folder reads as a wrapper, as
-    ``data/`` of ``data/cat/``, ``data/dog/`` does, and nothing tells the two apart. Class folders all
-    named like a data set's splits are warned of (:func:`_check_split_folders`): such a tree is labelled
-    by split."""
+def _folder_labels(relative: list[str], path, subdir: str | None, above: str
+                   ) -> tuple[tuple[str, ...] | None, Tensor | None, str | None]:
+    """(classes sorted, (N,) labels, None) of files given by their paths ``relative`` to the folder ``above``
+    (:func:`_above`) of the folder or zip ``path`` loaded with ``subdir`` (named in the warning): each file's class is
+    its top folder below the folders every file sits in (wrappers such as ``zip -r data.zip data/``), however deep the
+    file lies inside it (``cat/kittens/1.png`` is a cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as
+    torchvision's ImageFolder labels a tree (ImageFolder takes the root's own folders, so it reads a wrapped tree as one
+    class). (None, None, why in words) when a file lies beside the class folders or all lie in one folder: one class is
+    no labelling (the studies refuse it). One class holding folders (``cat/kittens/``, ``cat/adults/``) is labelled by
+    them: the class folder reads as a wrapper, as ``data/`` of ``data/cat/``, ``data/dog/`` does, and nothing tells the
+    two apart. Class folders all named like a data set's splits are warned of (:func:`_check_split_folders`): such a
+    tree is labelled by split."""
     folders, shared = _folders(relative)
     reason = _unlabelled(relative, folders, shared)
     if reason is not None:
         return None, None, reason
     names = [f[shared] for f in folders]
     classes = tuple(sorted(set(names)))
-    _check_split_folders(folders, shared, where, labelled=True)
+    _check_split_folders(folders, shared, path, subdir, above, labelled=True)
     lookup = {c: i for i, c in enumerate(classes)}
     return classes, torch.tensor([lookup[c] for c in names], dtype=torch.int64), None
 
@@ -464,14 +471,15 @@ def _unlabelled(relative: list[str], folders: list[list[str]], shared: int) -> s
 _SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
 
 
-def _check_split_folders(folders: list[list[str]], shared: int, where: str, *, labelled: bool) -> None:
-    """Warn (UserWarning) when the top folders below the ``shared`` wrappers of ``where`` (``folders``: each
-    file's folders, as :func:`_folders` gives them) are all named like a data set's splits (train, test,
-    ...) and every file lies in a folder inside one (``train/<class>/...``): loaded whole, the splits
-    are one set, and, where the tree is ``labelled``, labelled by split, as ImageFolder labels it. One
-    check for the loads with labels (a ``folder:`` spec) and without (a folder given by its path:
-    ``kfm memorization --train PATH``). Its remedy, the split's own folder below every wrapper (extracted
-    from a zip), works on every route: a ``kfm`` flag takes no subdir, and ``subdir=`` looks through one
+def _check_split_folders(folders: list[list[str]], shared: int, path, subdir: str | None, above: str, *,
+                         labelled: bool) -> None:
+    """Warn (UserWarning) when the top folders below the ``shared`` wrappers of the folder ``above`` of the folder or
+    zip ``path`` loaded with ``subdir`` (``folders``: each file's folders below ``above``, as :func:`_folders` gives
+    them) are all named like a data set's splits (train, test, ...) and every file lies in a folder inside one
+    (``train/<class>/...``): loaded whole, the splits are one set, and, where the tree is ``labelled``, labelled by
+    split, as ImageFolder labels it. One check for the loads with labels (a ``folder:`` spec) and without (a folder
+    given by its path: ``kfm memorization --train PATH``). Its remedy, the split's own folder below every wrapper
+    (extracted from a zip), works on every route: a ``kfm`` flag takes no subdir, and ``subdir=`` looks through one
     wrapping folder only."""
     import warnings
 
@@ -489,9 +497,10 @@ def _check_split_folders(folders: list[list[str]], shared: int, where: str, *, l
     else:
         what = ("the folders", "every split is loaded, as one set; to load one split alone")
     split = _first_split(tops)
-    own = "/".join([*folders[0][:shared], split])
-    remedy = (f"extract {own}/ from {where} and load it (the split's own folder)" if where.lower().endswith(".zip")
-              else f"load {where}/{own} (the split's own folder)")
+    own = "/".join([*([above] if above else []), *folders[0][:shared], split])
+    remedy = (f"extract {own}/ from {path} and load it (the split's own folder)" if str(path).lower().endswith(".zip")
+              else f"load {path}/{own} (the split's own folder)")
+    where = _described(path, subdir)
     warnings.warn(f"{where}: {what[0]} {tops} are named like splits of a data set and hold folders of their own: "
                   f"{what[1]} ({remedy})", UserWarning, stacklevel=caller_outside_the_package())
 
@@ -571,10 +580,10 @@ def load_image_folder(
         relative = [rel for _, rel in pairs]
         where = _described(path, subdir)
         if labels_from_folders:
-            classes, all_labels, _ = _folder_labels(relative, where)
+            classes, all_labels, _ = _folder_labels(relative, path, subdir, _above(pairs))
         else:  # no labels, but the same warning of the tree's layout
             classes, all_labels = None, None
-            _check_split_folders(*_folders(relative), where, labelled=False)
+            _check_split_folders(*_folders(relative), path, subdir, _above(pairs), labelled=False)
         chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
         array = decode_many(source, [names[i] for i in chosen.tolist()],
                             grayscale=bool(grayscale), crop=crop, size=size, progress=progress)
@@ -629,7 +638,7 @@ def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tup
     """
     with ImageSource(path) as source:
         pairs = _under(source.names, subdir, path)
-    classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs], _described(path, subdir))
+    classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs], path, subdir, _above(pairs))
     if unlabelled is not None:
         raise ValueError(f"{path}: expected images in <class>/<file> folders, at least two classes: {unlabelled}")
     return classes, labels

@@ -73,18 +73,19 @@ def parse_spec(spec: str) -> tuple[str, str]:
             at the likely spec (:func:`spec_hint`); a path to a set that takes none; no path to one that needs it.
     """
     name, _, path = spec.partition(":")
-    if name not in _TAKES_PATH:
+    if name not in SPEC_KINDS:
         raise ValueError(f"unknown data spec {spec!r}{spec_hint(spec)}")
     path = os.path.expanduser(path)
-    if path and not _TAKES_PATH[name]:
+    if path and not SPEC_KINDS[name]:
         raise ValueError(f"data spec {spec!r}: {name} takes no path; {_FORMS}")
-    if _TAKES_PATH[name] and not path:
+    if SPEC_KINDS[name] and not path:
         raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data; {_FORMS}")
     return name, path
 
 
 _FORMS = f"expected one of {', '.join(DATA_SPECS)}"
-_TAKES_PATH = {s.partition(":")[0]: s.endswith(":PATH") for s in DATA_SPECS}
+# each kind of DATA_SPECS: whether it takes a path
+SPEC_KINDS: dict[str, bool] = {s.partition(":")[0]: s.endswith(":PATH") for s in DATA_SPECS}
 
 
 def spec_hint(spec: str) -> str:
@@ -101,34 +102,38 @@ def _likely_spec(spec: str) -> str | None:
 
     - a path given without its kind (a separator or a leading ``.`` or ``~`` in the part before the first
       colon, a Windows drive ``C:/``, or a path that exists): ``folder:PATH`` where it is an existing folder
-      or a ``.zip`` (what ``folder:`` loads), else the kinds that take a path, for the one its data needs;
-    - a misspelt kind: the likely spec, with ``PATH`` after a kind that needs one and got none
-      (``MNIST`` -> ``mnist:PATH``, not ``mnist``, itself refused).
+      or a ``.zip`` (what ``folder:`` loads), an array file (:data:`~kinetic_fm.data.arrays.ARRAY_FORMATS`)
+      as such (no spec loads one), else the kinds that take a path, for the one its data needs;
+    - a misspelt kind: the likely spec (:func:`misspelt_spec`).
     """
     import re
 
-    name, colon, rest = spec.partition(":")
+    from .arrays import ARRAY_FORMATS
+
+    name = spec.partition(":")[0]
     drive = re.match(r"[A-Za-z]:[\\/]", spec) is not None
     if drive or "/" in name or "\\" in name or name.startswith((".", "~")) or os.path.exists(spec):
         place = os.path.expanduser(spec)
         if os.path.isdir(place) or place.lower().endswith(".zip"):
             return f"a path? give it after its kind, e.g. folder:{spec}"
-        kinds = [s for s in DATA_SPECS if s.endswith(":PATH")]
+        if place.lower().endswith(ARRAY_FORMATS):
+            return "an array file? no data spec loads one"
+        kinds = [f"{kind}:PATH" for kind, takes_path in SPEC_KINDS.items() if takes_path]
         return f"a path? give it after the kind of data it holds: {', '.join(kinds[:-1])} or {kinds[-1]}"
     meant = misspelt_spec(spec)
-    if meant is None:
-        return None
-    kind = meant.partition(":")[0]
-    return f"did you mean {kind}:PATH?" if _TAKES_PATH[kind] and not rest else f"did you mean {meant}?"
+    return None if meant is None else f"did you mean {meant}?"
 
 
 def misspelt_spec(spec: str) -> str | None:
     """The data spec ``spec`` likely meant where the part before its first colon is not a kind of
-    :data:`DATA_SPECS` but close to one (``folde:/x`` -> ``folder:/x``, ``CIFAR:/x`` -> ``cifar10:/x``,
-    ``digit`` -> ``digits``), else None."""
+    :data:`DATA_SPECS` but close to one, in that kind's form: its path kept after a kind that takes one
+    (``folde:/x`` -> ``folder:/x``, ``CIFAR:/x`` -> ``cifar10:/x``), ``PATH`` where none was given (``MNIST`` ->
+    ``mnist:PATH``), none after a kind that takes none (``digit:/x`` -> ``digits``); else None."""
     import difflib
 
-    name, colon, rest = spec.partition(":")
-    kinds = [s.partition(":")[0] for s in DATA_SPECS]
-    close = difflib.get_close_matches(name.lower(), kinds, n=1)
-    return None if not close or name in kinds else close[0] + colon + rest
+    name, _, rest = spec.partition(":")
+    close = difflib.get_close_matches(name.lower(), list(SPEC_KINDS), n=1)
+    if not close or name in SPEC_KINDS:
+        return None
+    kind = close[0]
+    return f"{kind}:{rest or 'PATH'}" if SPEC_KINDS[kind] else kind

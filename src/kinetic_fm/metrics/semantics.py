@@ -55,9 +55,15 @@ def margin_from_scores(scores: Tensor, target: Any = None) -> tuple[Tensor, Tens
             raise ValueError(f"target must be ({scores.shape[0]},) class indices in [0, {scores.shape[1] - 1}]")
         target = target.to(torch.int64)  # gather's index
     chosen = scores.argmax(dim=1) if target is None else target
+    return _margin(scores, chosen), chosen
+
+
+def _margin(scores: Tensor, chosen: Tensor) -> Tensor:
+    """(B,) ``scores[i, chosen_i] − max_{j≠chosen_i} scores[i, j]`` of checked (B, C) ``scores`` and (B,) int64
+    classes ``chosen`` (:func:`margin_from_scores` checks both)."""
     own = scores.gather(1, chosen[:, None]).squeeze(1)
     others = scores.scatter(1, chosen[:, None], -math.inf)
-    return own - others.max(dim=1).values, chosen
+    return own - others.max(dim=1).values
 
 
 def _targets(target: Any, b: int, n_classes: int, device: torch.device, name: str = "target") -> Tensor | None:
@@ -158,7 +164,7 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
                 "whose softmax is sigmoid(z)" if single else "")
         raise ValueError(f"classifier must return (b, C) logits, got shape {tuple(logits.shape)}{hint}")
     bad = nonfinite_rows(logits)
-    if bad.numel():  # named here, as the classifier's; margin_from_scores checks the scores of its direct callers
+    if bad.numel():  # named as the classifier's, where margin_from_scores names its direct callers' scores
         raise ValueError(f"classifier returned non-finite logits in rows {listed_rows(bad)}")
     if _probability_rows(logits, raw.dtype):
         warnings.warn(
@@ -168,9 +174,10 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
             "return the logits, before the softmax, or their logarithm (log-probabilities give the logits' "
             "margins: a per-row constant cancels)", UserWarning, stacklevel=caller_outside_the_package())
     t = _targets(target, logits.shape[0], logits.shape[1], logits.device)
-    margin, chosen = margin_from_scores(logits, t)
+    predicted = logits.argmax(dim=1)
+    chosen = predicted if t is None else t
     confidence = torch.softmax(logits, dim=1).gather(1, chosen[:, None]).squeeze(1)
-    return ClassifierMargin(margin, confidence, logits.argmax(dim=1), t)
+    return ClassifierMargin(_margin(logits, chosen), confidence, predicted, t)
 
 
 def _holds_tensors(x: Any) -> bool:

@@ -292,8 +292,8 @@ def warn_of_settings(
     if solver == "dopri5":
         _warn_left_quadrature_over_long_steps(quadrature)
         _warn_adaptive_half_precision(dtype)
-    elif torch.finfo(dtype).bits <= 16:   # the one check that reads the grid
-        _check_state_resolution(time_grid(grid, steps), dtype)
+    else:   # the one check that reads the grid
+        _check_state_resolution(grid, steps, dtype)
 
 
 def shared_time_refusal(velocity: object, name: str = "velocity", time_given: bool = False) -> str:
@@ -348,15 +348,17 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
     return x0, tuple(int(s) for s in seed_list)
 
 
-def _check_state_resolution(grid: torch.Tensor, dtype: torch.dtype) -> None:
+def _check_state_resolution(grid: str | torch.Tensor | np.ndarray, steps: int, dtype: torch.dtype) -> None:
     """Warn when a half-precision state (float16, bfloat16) is stepped finer than it resolves:
     a step moves x by about h·|v| ~ |x|·h, and with the grid's median step h below two ulps of 1
     (more than 64 uniform bfloat16 steps, 512 float16) updates round away and the samples drift
     or stall (bfloat16 at 1000 steps ended 47 % of the way to the data, silently; its grid times
     collide too). The median, not the smallest step: a cosine grid's short end steps are harmless.
-    Wider states are left alone."""
+    Wider states are left alone, their grid (``grid`` and ``steps`` as :func:`time_grid` takes them)
+    unbuilt."""
     if torch.finfo(dtype).bits > 16:
         return
+    grid = time_grid(grid, steps)
     eps = torch.finfo(dtype).eps
     typical = float((grid[1:] - grid[:-1]).median())
     if typical < 2 * eps:
