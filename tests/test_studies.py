@@ -374,6 +374,26 @@ def test_a_study_result_is_read_back_until_a_setting_an_input_the_code_or_a_stag
     assert len(runs) == 17
 
 
+def test_a_study_key_lets_a_value_error_out_and_keys_a_weights_file_of_no_header_on_its_bytes(tmp_path, monkeypatch):
+    from kinetic_fm.studies import study_cache
+    from kinetic_fm.studies.study_cache import study_key
+
+    weights = tmp_path / "step1.safetensors"
+    weights.write_bytes(b"no header")
+    inputs = _StudyInputs(torch.zeros(2), torch.nn.Linear(1, 1), {1: weights}, "digits")
+    first = study_key({"n": 4}, inputs)
+    assert first is not None                                     # keyed on the file's bytes
+    weights.write_bytes(b"no header either")
+    assert study_key({"n": 4}, inputs)["assets"] != first["assets"]
+
+    def broken():
+        raise ValueError("a bug in a digest")
+
+    monkeypatch.setattr(study_cache, "style_digest", broken)
+    with pytest.raises(ValueError, match="a bug in a digest"):   # not hidden as "nothing cached"
+        study_key({"n": 4}, inputs)
+
+
 def test_a_study_cache_keeps_the_latest_configurations_of_the_current_code(tmp_path, monkeypatch):
     # going back to an earlier configuration (quick, then tiny, then quick again; a seed and back) measured the
     # study again: each study kept one entry. Now the ENTRIES_KEPT most recently used ones of the current code stay.
