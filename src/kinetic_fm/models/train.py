@@ -315,27 +315,26 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     would be overwritten). A folder holding a training ``config.json`` alone holds no step (a run
     that failed or was stopped before its first save), so a new run may start there, as a resume
     would; another program's config.json (no resume.pt beside it) is refused as that program's
-    file, with ``resume`` too, and a damaged one (:class:`DamagedTrainConfigError`) naming what is wrong and
-    how to go on. Beside a resume.pt a config.json is not read: resume.pt records the settings a
-    resume compares, and the resume writes config.json again. :func:`train` checks it under the
-    folder's lock; ``kfm train`` calls it before the data loads. A ``kfm sample`` run folder (its
-    ``manifest.json``) is refused, with ``resume`` too: training wrote its files among the run's
-    shards."""
+    file, with ``resume`` too (a folder named config.json as well), a damaged one
+    (:class:`DamagedTrainConfigError`) naming what is wrong and how to go on, and one that cannot be read
+    (a permission, an I/O error: a training run's it may be) as unreadable, naming the error. Beside a
+    resume.pt a config.json is not read: resume.pt records the settings a resume compares, and the
+    resume writes config.json again. :func:`train` checks it under the folder's lock; ``kfm train``
+    calls it before the data loads. A ``kfm sample`` run folder (its ``manifest.json``) is refused,
+    with ``resume`` too: training wrote its files among the run's shards."""
     out = Path(out)
     if (out / "manifest.json").exists():  # runs.manifest.MANIFEST_NAME, not imported: the runs package brings pyarrow
         raise ValueError(f"{out} holds a kfm sample run (manifest.json), not a training run; choose another folder")
     config = out / "config.json"
     training = False
     if config.exists() and not (out / RESUME_FILE).exists():
-        try:
-            training = read_train_config(config) is not None
+        try:  # a folder named config.json is not a run's (opening it raises PermissionError on Windows)
+            training = not config.is_dir() and read_train_config(config) is not None
         except DamagedTrainConfigError as err:
             raise DamagedTrainConfigError(
                 f"{out} holds a training run's config.json that {err.problem} With no {RESUME_FILE} beside it the "
                 "folder holds no step to resume (config.json records settings, not weights or the optimiser's "
                 f"state): move it away to train in {out} from step 0, or choose another folder", err.problem) from None
-        except (IsADirectoryError, NotADirectoryError):  # not a file (a folder named config.json): not a run's
-            pass
         except OSError as err:  # EACCES, EIO: a training run's it may well be
             raise ValueError(f"{out} holds a config.json that cannot be read ({err.strerror or err}); make it "
                              "readable, or choose another folder") from None
@@ -607,9 +606,7 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
     def save_resume(step: int) -> None:
-        if state_path is not None:
-            on_disk.write(step, lambda path: save_resume_state(path, step, parts, losses, generators, device,
-                                                               run_config))
+        on_disk.write(step, lambda path: save_resume_state(path, step, parts, losses, generators, device, run_config))
 
     def save_step(step: int, *, checkpoint: bool = False, resume_state: bool = True) -> None:
         """Write ``step``'s checkpoint and/or resume state (a signal's save: the latter alone) once its weights
@@ -697,8 +694,8 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
 
 
 class ResumeStateOnDisk:
-    """A training loop's resume state file ``path`` (None: none is kept) and ``step``, the step of the
-    state on disk (0 for none): :meth:`write` keeps it current."""
+    """A training loop's resume state file ``path`` (None: none is kept, :meth:`write` does nothing) and
+    ``step``, the step of the state on disk (0 for none): :meth:`write` keeps it current."""
 
     def __init__(self, path: Path | None, step: int) -> None:
         self.path, self.step = path, step
@@ -707,6 +704,8 @@ class ResumeStateOnDisk:
         """``save(path)``, which writes ``step``'s state there atomically; ``step`` is the one on disk once
         another file stands at ``path`` (:func:`file_identity`), even where ``save`` then raised: a second
         signal after the rename, in the folder's fsync, left that step's state."""
+        if self.path is None:
+            return
         before = file_identity(self.path)
         try:
             save(self.path)
