@@ -633,7 +633,7 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train", disable=not progress)
     step = start
     # Ctrl-C and SIGTERM wait for the step under way to end, so that a run with a folder loses no finished step
-    signals = SignalsAtStepEnd(active=out is not None)  # without a folder nothing is saved: no wait
+    signals = SignalsAtStepEnd(on_disk)  # without a folder nothing is saved: no wait
     try:
         with signals:
             for i in bar:
@@ -676,9 +676,9 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
                     save_step(step, checkpoint=checkpoint, resume_state=resume_state)
                 if callback is not None:
                     callback(step, loss.detach())
-                signals.at_step_end(step, on_disk.step, save_step)
+                signals.at_step_end(step, save_step)
     except KeyboardInterrupt as err:
-        signals.note_on(err, step, on_disk.step)
+        signals.note_on(err, step)
         raise
     bar.close()
     if out is not None:
@@ -724,15 +724,16 @@ class SignalsAtStepEnd:
     and runs its handler (:meth:`deliver`), and :meth:`note_on` on the KeyboardInterrupt it leaves by.
     A second one runs its handler at once (an impatient user, a save that hangs). Handlers left to the
     system (SIG_DFL, SIG_IGN) are left alone, and so is every handler outside the main thread, where
-    Python cannot set one, and with ``active`` False.
+    Python cannot set one, and without a resume state file (``on_disk.path`` None: nothing to save, no wait).
 
     On leaving, each replaced handler comes back where this one still stands (a handler that set
     another, as kfm's SIGTERM sets SIG_DFL for a second one, keeps its choice); one held back when the
     block ends without an error is delivered then, one held back when it ends by an error is dropped
     (the error stops the run anyway)."""
 
-    def __init__(self, active: bool = True) -> None:
-        self.active = active
+    def __init__(self, on_disk: ResumeStateOnDisk) -> None:
+        self.on_disk = on_disk  # the loop's resume state on disk: its step is the one a signal need not save
+        self.active = on_disk.path is not None
         self.replaced: dict[int, Any] = {}  # signal number -> the handler it had
         self._pending: tuple[int, Any] | None = None  # (signal number, frame) of the one held back
         self._handler = self._hold  # one bound method, to know it again by identity
@@ -747,21 +748,21 @@ class SignalsAtStepEnd:
         else:
             self.replaced[signum](signum, frame)
 
-    def at_step_end(self, step: int, saved: int, save: Callable[[int], None]) -> None:
+    def at_step_end(self, step: int, save: Callable[[int], None]) -> None:
         """The loop's call at the end of ``step``: where a signal came during it, ``save(step)`` writes
-        that step's resume state (unless ``saved``, the step of the one on disk, is it already), then
-        the signal's handler runs (:meth:`deliver`)."""
+        that step's resume state (unless the one on disk is that step's already), then the signal's
+        handler runs (:meth:`deliver`)."""
         if self.held:
-            if saved != step:
+            if self.on_disk.step != step:
                 save(step)
             self.deliver()
 
-    def note_on(self, err: KeyboardInterrupt, step: int, saved: int) -> None:
+    def note_on(self, err: KeyboardInterrupt, step: int) -> None:
         """Set on ``err``, raised in ``step``, what the interruption lost where a folder keeps resume
-        states (``active``): ``interrupted_step`` (``step``) and ``resume_step`` (``saved``, the step of
-        the resume state on disk, 0 for none); the steps after it are redone by a resume."""
+        states (``active``): ``interrupted_step`` (``step``) and ``resume_step`` (the step of the resume
+        state on disk, 0 for none); the steps after it are redone by a resume."""
         if self.active:
-            err.interrupted_step, err.resume_step = step, saved
+            err.interrupted_step, err.resume_step = step, self.on_disk.step
 
     def deliver(self) -> None:
         """Run the handler of the signal held back (it raises, as a rule)."""
