@@ -219,6 +219,25 @@ def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quint
     assert claim.n == 50 and "), each from 10 of the 50 samples" in claim.ours
 
 
+def test_goldilocks_kpe_bars_and_the_control_tables_kpe_line_are_each_kpe_quintiles_fd(tmp_path):
+    # both read the bars' quintile FDs: checked against each quintile's FD computed here, bins and
+    # reference fit made apart from _goldilocks (the two tables once compared one column with its copy)
+    from kinetic_fm.studies.memorization import _goldilocks, quintile_bins
+    from kinetic_fm.studies.output import StudyOutput, fd_to_reference, feature_reference, image_range
+    from kinetic_fm.studies.semantics import general_samples
+
+    assets, cfg = _goldilocks_case()
+    out = StudyOutput("memorization")
+    _goldilocks(cfg, 30, assets, Workspace(tmp_path), "fake", out)
+    samples = general_samples(cfg, assets, Workspace(tmp_path), "fake")
+    feats = image_range(samples["x"], assets).flatten(1).double().numpy()
+    reference = feature_reference(assets.heldout.flatten(1).double().numpy())
+    bins = quintile_bins(samples["kpe"].numpy())[1]
+    expected = [fd_to_reference(feats[bins == q], reference) for q in range(5)]
+    np.testing.assert_allclose(out.tables["goldilocks"]["FD-flat"].to_numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(out.tables["goldilocks_control"]["KPE"].to_numpy(), expected, rtol=1e-12)
+
+
 def test_the_goldilocks_section_rendered_alone_defines_the_fd_interval_its_caption_points_to(tmp_path):
     # its caption says "see FD interval in Terms": outside kfm reproduce no Terms paragraph was written
     from kinetic_fm.studies.memorization import _goldilocks

@@ -988,6 +988,16 @@ def test_ctrl_c_mid_step_keeps_that_step_and_resumes_bit_identically(tmp_path):
     assert sorted(resumed.checkpoints) == sorted(full.checkpoints) == [1, 2, 4, 8, 9]
 
 
+def test_a_resume_state_on_disk_of_no_path_keeps_none():
+    # its docstring allowed path=None ("none is kept"), but write() then raised TypeError from os.stat(None)
+    from kinetic_fm.models.train import ResumeStateOnDisk
+
+    saved = []
+    on_disk = ResumeStateOnDisk(None, 0)
+    on_disk.write(4, saved.append)
+    assert saved == [] and on_disk.step == 0
+
+
 def test_a_second_ctrl_c_interrupts_at_once_and_keeps_the_last_resume_state(tmp_path, monkeypatch):
     # an impatient user, or a save that hangs: the second signal does not wait for the step's end
     import signal
@@ -1222,6 +1232,10 @@ def test_an_unreadable_config_json_is_named_unreadable_not_another_programs(tmp_
     monkeypatch.undo()
     (tmp_path / "config.json").unlink()
     (tmp_path / "config.json").mkdir()  # not a file: still another program's, as before
+    with pytest.raises(ValueError, match=r"not a training run's"):
+        check_train_dir(tmp_path, resume=True)
+    # on Windows opening a folder raises PermissionError, not IsADirectoryError: still not a run's, not unreadable
+    monkeypatch.setattr(pathlib.Path, "read_text", denied)
     with pytest.raises(ValueError, match=r"not a training run's"):
         check_train_dir(tmp_path, resume=True)
 

@@ -268,9 +268,11 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
     ``data_shape`` in the ``config.json`` of the run folder holding it (``final.safetensors``
     beside it, or ``checkpoints/step_*.safetensors`` one level down; runs trained before the
     metadata existed; a file of another name or place reads no config.json): None where
-    that records none (another program's config.json), and
+    that records none (another program's config.json, or one damaged beyond recognition: not UTF-8,
+    JSON that is no object; see :func:`~kinetic_fm.models.run_config.read_train_config`), and
     :class:`~kinetic_fm.models.run_config.DamagedTrainConfigError` naming it, what is wrong and how to go
-    on where it is damaged (not UTF-8 JSON, not an object, a data_shape that is no shape)."""
+    on where a training run's is damaged (not JSON though it starts as train writes, no data_shape, a
+    data_shape that is no shape)."""
     weights = Path(weights)
     shape = read_metadata(weights).get("sample_shape")
     # only a kfm train folder's layout: any config.json beside or above another file may be unrelated

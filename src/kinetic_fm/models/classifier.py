@@ -287,7 +287,7 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     model.train()
     step = start
     # Ctrl-C and SIGTERM wait for the step under way to end, as train()'s: with a folder no finished step is lost
-    signals = SignalsAtStepEnd(active=state_path is not None)
+    signals = SignalsAtStepEnd(on_disk)
     try:
         with signals:
             for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
@@ -306,9 +306,9 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
                     save_resume(step)
                 if callback is not None:
                     callback(step, loss.detach())
-                signals.at_step_end(step, on_disk.step, save_resume)
+                signals.at_step_end(step, save_resume)
     except KeyboardInterrupt as err:
-        signals.note_on(err, step, on_disk.step)
+        signals.note_on(err, step)
         raise
     model.eval()
     accuracy = None

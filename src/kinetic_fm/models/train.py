@@ -315,27 +315,26 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     would be overwritten). A folder holding a training ``config.json`` alone holds no step (a run
     that failed or was stopped before its first save), so a new run may start there, as a resume
     would; another program's config.json (no resume.pt beside it) is refused as that program's
-    file, with ``resume`` too, and a damaged one (:class:`DamagedTrainConfigError`) naming what is wrong and
-    how to go on. Beside a resume.pt a config.json is not read: resume.pt records the settings a
-    resume compares, and the resume writes config.json again. :func:`train` checks it under the
-    folder's lock; ``kfm train`` calls it before the data loads. A ``kfm sample`` run folder (its
-    ``manifest.json``) is refused, with ``resume`` too: training wrote its files among the run's
-    shards."""
+    file, with ``resume`` too (a folder named config.json as well), a damaged one
+    (:class:`DamagedTrainConfigError`) naming what is wrong and how to go on, and one that cannot be read
+    (a permission, an I/O error: a training run's it may be) as unreadable, naming the error. Beside a
+    resume.pt a config.json is not read: resume.pt records the settings a resume compares, and the
+    resume writes config.json again. :func:`train` checks it under the folder's lock; ``kfm train``
+    calls it before the data loads. A ``kfm sample`` run folder (its ``manifest.json``) is refused,
+    with ``resume`` too: training wrote its files among the run's shards."""
     out = Path(out)
     if (out / "manifest.json").exists():  # runs.manifest.MANIFEST_NAME, not imported: the runs package brings pyarrow
         raise ValueError(f"{out} holds a kfm sample run (manifest.json), not a training run; choose another folder")
     config = out / "config.json"
     training = False
     if config.exists() and not (out / RESUME_FILE).exists():
-        try:
-            training = read_train_config(config) is not None
+        try:  # a folder named config.json is not a run's (opening it raises PermissionError on Windows)
+            training = not config.is_dir() and read_train_config(config) is not None
         except DamagedTrainConfigError as err:
             raise DamagedTrainConfigError(
                 f"{out} holds a training run's config.json that {err.problem} With no {RESUME_FILE} beside it the "
                 "folder holds no step to resume (config.json records settings, not weights or the optimiser's "
                 f"state): move it away to train in {out} from step 0, or choose another folder", err.problem) from None
-        except (IsADirectoryError, NotADirectoryError):  # not a file (a folder named config.json): not a run's
-            pass
         except OSError as err:  # EACCES, EIO: a training run's it may well be
             raise ValueError(f"{out} holds a config.json that cannot be read ({err.strerror or err}); make it "
                              "readable, or choose another folder") from None
@@ -607,9 +606,7 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
     def save_resume(step: int) -> None:
-        if state_path is not None:
-            on_disk.write(step, lambda path: save_resume_state(path, step, parts, losses, generators, device,
-                                                               run_config))
+        on_disk.write(step, lambda path: save_resume_state(path, step, parts, losses, generators, device, run_config))
 
     def save_step(step: int, *, checkpoint: bool = False, resume_state: bool = True) -> None:
         """Write ``step``'s checkpoint and/or resume state (a signal's save: the latter alone) once its weights
@@ -636,7 +633,7 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train", disable=not progress)
     step = start
     # Ctrl-C and SIGTERM wait for the step under way to end, so that a run with a folder loses no finished step
-    signals = SignalsAtStepEnd(active=out is not None)  # without a folder nothing is saved: no wait
+    signals = SignalsAtStepEnd(on_disk)  # without a folder nothing is saved: no wait
     try:
         with signals:
             for i in bar:
@@ -679,9 +676,9 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
                     save_step(step, checkpoint=checkpoint, resume_state=resume_state)
                 if callback is not None:
                     callback(step, loss.detach())
-                signals.at_step_end(step, on_disk.step, save_step)
+                signals.at_step_end(step, save_step)
     except KeyboardInterrupt as err:
-        signals.note_on(err, step, on_disk.step)
+        signals.note_on(err, step)
         raise
     bar.close()
     if out is not None:
@@ -697,8 +694,8 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
 
 
 class ResumeStateOnDisk:
-    """A training loop's resume state file ``path`` (None: none is kept) and ``step``, the step of the
-    state on disk (0 for none): :meth:`write` keeps it current."""
+    """A training loop's resume state file ``path`` (None: none is kept, :meth:`write` does nothing) and
+    ``step``, the step of the state on disk (0 for none): :meth:`write` keeps it current."""
 
     def __init__(self, path: Path | None, step: int) -> None:
         self.path, self.step = path, step
@@ -707,6 +704,8 @@ class ResumeStateOnDisk:
         """``save(path)``, which writes ``step``'s state there atomically; ``step`` is the one on disk once
         another file stands at ``path`` (:func:`file_identity`), even where ``save`` then raised: a second
         signal after the rename, in the folder's fsync, left that step's state."""
+        if self.path is None:
+            return
         before = file_identity(self.path)
         try:
             save(self.path)
@@ -725,15 +724,16 @@ class SignalsAtStepEnd:
     and runs its handler (:meth:`deliver`), and :meth:`note_on` on the KeyboardInterrupt it leaves by.
     A second one runs its handler at once (an impatient user, a save that hangs). Handlers left to the
     system (SIG_DFL, SIG_IGN) are left alone, and so is every handler outside the main thread, where
-    Python cannot set one, and with ``active`` False.
+    Python cannot set one, and without a resume state file (``on_disk.path`` None: nothing to save, no wait).
 
     On leaving, each replaced handler comes back where this one still stands (a handler that set
     another, as kfm's SIGTERM sets SIG_DFL for a second one, keeps its choice); one held back when the
     block ends without an error is delivered then, one held back when it ends by an error is dropped
     (the error stops the run anyway)."""
 
-    def __init__(self, active: bool = True) -> None:
-        self.active = active
+    def __init__(self, on_disk: ResumeStateOnDisk) -> None:
+        self.on_disk = on_disk  # the loop's resume state on disk: its step is the one a signal need not save
+        self.active = on_disk.path is not None
         self.replaced: dict[int, Any] = {}  # signal number -> the handler it had
         self._pending: tuple[int, Any] | None = None  # (signal number, frame) of the one held back
         self._handler = self._hold  # one bound method, to know it again by identity
@@ -748,21 +748,21 @@ class SignalsAtStepEnd:
         else:
             self.replaced[signum](signum, frame)
 
-    def at_step_end(self, step: int, saved: int, save: Callable[[int], None]) -> None:
+    def at_step_end(self, step: int, save: Callable[[int], None]) -> None:
         """The loop's call at the end of ``step``: where a signal came during it, ``save(step)`` writes
-        that step's resume state (unless ``saved``, the step of the one on disk, is it already), then
-        the signal's handler runs (:meth:`deliver`)."""
+        that step's resume state (unless the one on disk is that step's already), then the signal's
+        handler runs (:meth:`deliver`)."""
         if self.held:
-            if saved != step:
+            if self.on_disk.step != step:
                 save(step)
             self.deliver()
 
-    def note_on(self, err: KeyboardInterrupt, step: int, saved: int) -> None:
+    def note_on(self, err: KeyboardInterrupt, step: int) -> None:
         """Set on ``err``, raised in ``step``, what the interruption lost where a folder keeps resume
-        states (``active``): ``interrupted_step`` (``step``) and ``resume_step`` (``saved``, the step of
-        the resume state on disk, 0 for none); the steps after it are redone by a resume."""
+        states (``active``): ``interrupted_step`` (``step``) and ``resume_step`` (the step of the resume
+        state on disk, 0 for none); the steps after it are redone by a resume."""
         if self.active:
-            err.interrupted_step, err.resume_step = step, saved
+            err.interrupted_step, err.resume_step = step, self.on_disk.step
 
     def deliver(self) -> None:
         """Run the handler of the signal held back (it raises, as a rule)."""

@@ -497,13 +497,15 @@ def quintile_bins(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return edges, np.clip(np.searchsorted(edges, values, side="right") - 1, 0, 4)
 
 
-def control_orderings(kpe: np.ndarray, x1: torch.Tensor, x0: torch.Tensor, seed: int) -> dict[str, np.ndarray]:
-    """(n,) quintile of each sample by KPE and by the Goldilocks controls: the final sample's
-    ‖x1‖², the noise energy ½‖x0‖², and a seeded random split into five equal groups."""
-    random_bins = np.empty(len(kpe), dtype=np.int64)
-    random_bins[np.random.default_rng(seed).permutation(len(kpe))] = np.arange(len(kpe)) * 5 // len(kpe)
+def control_orderings(kpe_bins: np.ndarray, x1: torch.Tensor, x0: torch.Tensor, seed: int) -> dict[str, np.ndarray]:
+    """(n,) quintile of each sample by KPE (``kpe_bins``, the Goldilocks bars' :func:`quintile_bins`, as
+    given) and by the Goldilocks controls: the final sample's ‖x1‖², the noise energy ½‖x0‖², and a
+    seeded random split into five equal groups."""
+    n = len(kpe_bins)
+    random_bins = np.empty(n, dtype=np.int64)
+    random_bins[np.random.default_rng(seed).permutation(n)] = np.arange(n) * 5 // n
     return {
-        "KPE": quintile_bins(kpe)[1],
+        "KPE": kpe_bins,
         "‖x1‖²": quintile_bins(x1.double().reshape(len(x1), -1).pow(2).sum(1).numpy())[1],
         "½‖x0‖²": quintile_bins(0.5 * x0.reshape(len(x0), -1).pow(2).sum(1).numpy())[1],
         "random": random_bins,
@@ -533,20 +535,19 @@ def _quintile_sizes_text(sizes, noun: str = " samples") -> str:
     return f"{low}{noun}" if low == high else f"{low}–{high}{noun}"
 
 
-def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed, reference=None, measured=None):
+def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed, reference=None, kpe_fds=None):
     """FD by quintile of KPE and of the control scalars (``orderings``, from
     :func:`control_orderings`), the section's paragraph about them, and the interior-best share of
     the ‖x1‖² control. ``reference``: ``ref``'s fit when already made (fitted here when None);
-    ``measured``: the quintile FDs already computed against that fit, by ordering name (the Goldilocks
-    table's KPE ones: an eigenproblem per quintile not solved twice)."""
+    ``kpe_fds``: the (5,) FDs of ``orderings["KPE"]``'s quintiles against that fit when already
+    computed (the Goldilocks bars: an eigenproblem per quintile not solved twice)."""
     import pandas as pd
 
     if reference is None:
         reference = feature_reference(ref)
-    measured = measured or {}
     control = pd.DataFrame({"quintile": [f"Q{q + 1}" for q in range(5)],
-                            **{name: measured[name] if name in measured else quintile_fds(feats, bins, reference)
-                               for name, bins in orderings.items()}})
+                            **{name: kpe_fds if name == "KPE" and kpe_fds is not None
+                               else quintile_fds(feats, bins, reference) for name, bins in orderings.items()}})
     share = _interior_best_share(feats, orderings["‖x1‖²"], ref, resamples, seed, reference)
     spread = {name: float(control[name].max() - control[name].min()) for name in orderings}
     text = (f"Control (not one of the paper's claims): any scalar that sorts samples by their content puts "
@@ -813,11 +814,11 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
                           for q in range(5)])
     best = int(table[fd_col].idxmin())
     resamples = min(200, bootstrap)
-    orderings = control_orderings(kpe, x, start_noise(run), sem_cfg.seed_start)
+    orderings = control_orderings(bins, x, start_noise(run), sem_cfg.seed_start)
     ws.say(f"memorization: Goldilocks controls, permutation test and bootstrap ({resamples} resamples)")
     control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(), fd_col,
                                                                 resamples, sem_cfg.seed_start, reference,
-                                                                measured={"KPE": fds})
+                                                                kpe_fds=fds)
     replicates = quintile_replicates(feats.numpy(), bins, ref.numpy(), fits)
     table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = replicate_intervals(replicates)
     tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start,

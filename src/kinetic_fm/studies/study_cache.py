@@ -174,11 +174,11 @@ def study_key(config: dict, assets: Any) -> dict | None:
     """What every study's entry of one run is keyed on besides the study's name: the run
     configuration ``config`` (a JSON-able dict), :func:`assets_digest` of ``assets``,
     :func:`code_digest` and :func:`style_digest`; None when some input cannot be digested (nothing
-    is then cached): a value of a kind it cannot digest, a file it cannot read, a weights file whose
-    header does not parse (its loading fails anyway)."""
+    is then cached): a value of a kind it cannot digest, a file it cannot read (a weights file whose
+    header does not parse is keyed on its bytes)."""
     try:
         return {"config": config, "assets": assets_digest(assets), "code": code_digest(), "style": style_digest()}
-    except (TypeError, OSError, ValueError):
+    except (TypeError, OSError):
         return None
 
 
