@@ -92,3 +92,34 @@ def stop_at():
     make.error = TrainingInterrupted
     return make
 
+
+
+@pytest.fixture
+def signal_after_state_replaced(monkeypatch):
+    """``signal_after_state_replaced(step)``: SIGINT is raised in the folder's fsync right after the atomic
+    rename has put the resume state of ``step`` in place (a second Ctrl-C landing after ``os.replace``)."""
+    import importlib
+    import signal
+
+    checkpoint, atomic = (importlib.import_module(f"kinetic_fm.{name}")
+                          for name in ("models.checkpoint", "runs.atomic"))
+    real_write, real_fsync_dir = checkpoint.write_torch, atomic.fsync_dir
+
+    def arm(step: int) -> None:
+        armed = []
+
+        def arming_write(obj, path):
+            real_write(obj, path)
+            if isinstance(obj, dict) and obj.get("step") == step:
+                armed.append(path)
+
+        def interrupted_fsync_dir(folder):
+            real_fsync_dir(folder)
+            if armed and not armed[0].exists():                      # renamed to resume.pt already
+                armed.clear()
+                signal.raise_signal(signal.SIGINT)
+
+        monkeypatch.setattr(checkpoint, "write_torch", arming_write)
+        monkeypatch.setattr(atomic, "fsync_dir", interrupted_fsync_dir)
+
+    return arm

@@ -461,30 +461,14 @@ def test_a_judge_saved_with_save_model_loads_back_with_load_model(tmp_path):
         load_model(tmp_path / "judge.safetensors")               # kfm sample --model judge.safetensors too
 
 
-def test_a_second_ctrl_c_after_the_classifier_state_is_replaced_reports_that_step_kept(tmp_path, monkeypatch):
+def test_a_second_ctrl_c_after_the_classifier_state_is_replaced_reports_that_step_kept(
+        tmp_path, monkeypatch, signal_after_state_replaced):
     # the second signal in the folder's fsync, after os.replace put step 7's state in place: resume_step said 4
-    import importlib
     import signal
 
     from kinetic_fm.models.checkpoint import load_state
 
-    checkpoint, atomic = (importlib.import_module(f"kinetic_fm.{name}")
-                          for name in ("models.checkpoint", "runs.atomic"))
-    real_write, real_fsync_dir, armed = checkpoint.write_torch, atomic.fsync_dir, []
-
-    def arming_write(obj, path):
-        real_write(obj, path)
-        if isinstance(obj, dict) and obj.get("step") == 7:
-            armed.append(path)
-
-    def interrupted_fsync_dir(folder):
-        real_fsync_dir(folder)
-        if armed and not armed[0].exists():                              # renamed to resume.pt already
-            armed.clear()
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(checkpoint, "write_torch", arming_write)
-    monkeypatch.setattr(atomic, "fsync_dir", interrupted_fsync_dir)
+    signal_after_state_replaced(7)
     ds = load_digits(n=32, seed=1)
     _signalling_forward(monkeypatch, 7, [signal.SIGINT])
     with pytest.raises(KeyboardInterrupt) as caught:

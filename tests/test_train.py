@@ -1032,29 +1032,13 @@ def test_a_second_ctrl_c_interrupts_at_once_and_keeps_the_last_resume_state(tmp_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_second_ctrl_c_after_resume_pt_is_replaced_reports_that_step_kept(tmp_path, monkeypatch):
+def test_a_second_ctrl_c_after_resume_pt_is_replaced_reports_that_step_kept(
+        tmp_path, monkeypatch, signal_after_state_replaced):
     # the second signal in the folder's fsync, after os.replace put step 5's state in place: resume_step said 3,
     # so the command reported steps 4 and 5 lost while resume.pt held step 5
-    import importlib
     import signal
 
-    checkpoint, atomic = (importlib.import_module(f"kinetic_fm.{name}")
-                          for name in ("models.checkpoint", "runs.atomic"))
-    real_write, real_fsync_dir, armed = checkpoint.write_torch, atomic.fsync_dir, []
-
-    def arming_write(obj, path):
-        real_write(obj, path)
-        if isinstance(obj, dict) and obj.get("step") == 5:
-            armed.append(path)
-
-    def interrupted_fsync_dir(folder):
-        real_fsync_dir(folder)
-        if armed and not armed[0].exists():                          # renamed to resume.pt already
-            armed.clear()
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(checkpoint, "write_torch", arming_write)
-    monkeypatch.setattr(atomic, "fsync_dir", interrupted_fsync_dir)
+    signal_after_state_replaced(5)
     data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     with pytest.raises(KeyboardInterrupt) as caught:
         train(_SignallingMLP(5, [signal.SIGINT]), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "late")
