@@ -1160,8 +1160,8 @@ def test_a_damaged_config_json_alone_is_named_as_damaged_with_a_way_on(tmp_path,
 
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(DamagedTrainConfigError, match=rf"^{re.escape(str(tmp_path))} holds a training run's "
-                       rf"config.json that {problem} With no resume.pt beside it the folder holds no step to resume .*: move it "
-                       r"away to train in .* from step 0, or choose another folder$"):
+                       rf"config.json that {problem} With no resume.pt beside it the folder holds no step to resume "
+                       r".*: move it away to train in .* from step 0, or choose another folder$"):
         train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
               out=tmp_path, resume=resume)
     assert (tmp_path / "config.json").read_text() == text
