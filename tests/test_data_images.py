@@ -10,6 +10,12 @@ from kinetic_fm.data import (ImageDataset, list_image_labels, load_celeba, load_
 from kinetic_fm.data.images import image_names
 
 
+def _png(path, shape=(4, 4, 3), value=0):
+    """A small uniform PNG at ``path`` (its folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path, format="PNG")
+
+
 def _write_tree(root, classes=("cat", "dog"), per_class=3, size=(6, 5)):
     rng = np.random.default_rng(0)
     arrays = {}
@@ -301,29 +307,25 @@ def test_to_unit_clamps_to_the_unit_interval():
 
 
 def test_file_order_classes_and_checks_of_image_folders(tmp_path):
-    def png(path, shape=(4, 4, 3), value=0):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full(shape, value, np.uint8)).save(path, format="PNG")
-
     for name in ("2.png", "10.png", "1.PNG"):                          # natural order, any case
-        png(tmp_path / "flat" / name)
+        _png(tmp_path / "flat" / name)
     assert image_names(tmp_path / "flat") == ["1.PNG", "2.png", "10.png"]
     for c in ("9", "10"):                                                # classes sorted as names
-        png(tmp_path / "num" / c / "0.png")
+        _png(tmp_path / "num" / c / "0.png")
     ds = load_image_folder(tmp_path / "num")
     assert ds.classes == ("10", "9") and ds.labels.tolist() == [1, 0]
     for c in ("cat", "dog"):                                             # the label is the parent folder
-        png(tmp_path / "deep" / "group" / c / "0.png")
+        _png(tmp_path / "deep" / "group" / c / "0.png")
     assert load_image_folder(tmp_path / "deep").classes == ("cat", "dog")
     with zipfile.ZipFile(tmp_path / "wrap.zip", "w") as z:                # one wrapping folder, no classes
-        png(tmp_path / "a.png")
+        _png(tmp_path / "a.png")
         z.write(tmp_path / "a.png", "wrap/train/a.png")
     assert load_image_folder(tmp_path / "wrap.zip", subdir="train").labels is None
-    png(tmp_path / "mixed" / "a.png", (4, 4, 3))
-    png(tmp_path / "mixed" / "b.png", (4, 5, 3))
+    _png(tmp_path / "mixed" / "a.png", (4, 4, 3))
+    _png(tmp_path / "mixed" / "b.png", (4, 5, 3))
     with pytest.raises(ValueError, match=r"b.png: image of shape \(4, 5, 3\) differs"):
         load_image_folder(tmp_path / "mixed")
-    png(tmp_path / "wide" / "a.png", (10, 12, 3))
+    _png(tmp_path / "wide" / "a.png", (10, 12, 3))
     with pytest.raises(ValueError, match=r"crop=11 is larger than the image \(12x10\)"):
         load_image_folder(tmp_path / "wide", crop=11)
 
@@ -554,17 +556,13 @@ def test_rgba_images_drop_their_alpha_and_a_transparent_pixel_is_warned_of_once_
 def test_nested_folders_are_labelled_by_the_top_folder_below_the_wrapping_ones(tmp_path):
     # the label was each file's parent folder: a class's subfolder became a class of its own, and a
     # <class>/images/<file> tree (Tiny ImageNet's) one class "images", so no labels at all
-    def png(path, value=0):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(path)
-
     for name in ("cat/0.png", "cat/kittens/1.png", "dog/2.png"):
-        png(tmp_path / "kittens" / name)
+        _png(tmp_path / "kittens" / name)
     ds = load_image_folder(tmp_path / "kittens")
     assert ds.classes == ("cat", "dog") and ds.labels.tolist() == [0, 0, 1]
     assert image_names(tmp_path / "kittens") == ["cat/0.png", "cat/kittens/1.png", "dog/2.png"]
     for name in ("n01/images/0.png", "n01/images/1.png", "n02/images/2.png"):
-        png(tmp_path / "tiny" / "train" / name)
+        _png(tmp_path / "tiny" / "train" / name)
     ds = load_image_folder(tmp_path / "tiny", subdir="train")
     assert ds.classes == ("n01", "n02") and ds.labels.tolist() == [0, 0, 1]
     with zipfile.ZipFile(tmp_path / "tiny.zip", "w") as z:             # the same tree zipped with its folder
@@ -574,11 +572,11 @@ def test_nested_folders_are_labelled_by_the_top_folder_below_the_wrapping_ones(t
         assert zipped.classes == ("n01", "n02") and zipped.labels.tolist() == [0, 0, 1]
     assert list_image_labels(tmp_path / "tiny.zip")[0] == ("n01", "n02")
     for name in ("a/x/0.png", "b/x/1.png"):                           # two classes, not one "x"
-        png(tmp_path / "same_leaf" / name)
+        _png(tmp_path / "same_leaf" / name)
     assert load_image_folder(tmp_path / "same_leaf").classes == ("a", "b")
-    png(tmp_path / "loose" / "0.png")                                 # a file beside the class folders
-    png(tmp_path / "loose" / "cat" / "1.png")
-    png(tmp_path / "loose" / "dog" / "2.png")
+    _png(tmp_path / "loose" / "0.png")                                 # a file beside the class folders
+    _png(tmp_path / "loose" / "cat" / "1.png")
+    _png(tmp_path / "loose" / "dog" / "2.png")
     assert load_image_folder(tmp_path / "loose").labels is None
 
 
@@ -588,12 +586,8 @@ def test_split_folders_taken_as_the_classes_are_warned_of_and_plain_trees_are_no
     # became the classes without a word, and kfm train --class-cond a two-class net
     import warnings
 
-    def png(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
-
     for name in ("train/cat/0.png", "train/dog/1.png", "test/cat/2.png", "Val/dog/3.png"):
-        png(tmp_path / "splits" / name)
+        _png(tmp_path / "splits" / name)
     with pytest.warns(UserWarning, match=r"the class folders \('Val', 'test', 'train'\) are named like splits") as w:
         ds = load_image_folder(tmp_path / "splits")
     assert w[0].filename == __file__                                 # the caller's line
@@ -606,10 +600,10 @@ def test_split_folders_taken_as_the_classes_are_warned_of_and_plain_trees_are_no
         warnings.simplefilter("error")
         assert load_image_folder(tmp_path / "splits", subdir="train").classes == ("cat", "dog")
         for name in ("train/0.png", "test/1.png"):          # split folders of images: no folders inside
-            png(tmp_path / "flat_splits" / name)
+            _png(tmp_path / "flat_splits" / name)
         assert load_image_folder(tmp_path / "flat_splits").classes == ("test", "train")
         for name in ("train/cat/0.png", "dogs/x/1.png"):    # one class named like a split, not all
-            png(tmp_path / "mixed" / name)
+            _png(tmp_path / "mixed" / name)
         assert load_image_folder(tmp_path / "mixed").classes == ("dogs", "train")
 
 
@@ -620,12 +614,8 @@ def test_split_folders_are_warned_of_alike_with_labels_and_without(tmp_path):
 
     from kinetic_fm.data import load_dataset
 
-    def png(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
-
     for name in ("train/cat/0.png", "train/dog/1.png", "test/cat/2.png", "valid/dog/x/3.png"):
-        png(tmp_path / "splits" / name)
+        _png(tmp_path / "splits" / name)
     loads = {"path": lambda p: load_image_folder(p, labels_from_folders=False),
              "spec": lambda p: load_dataset(f"folder:{p}", progress=False)}
     for route, load in loads.items():
@@ -635,16 +625,16 @@ def test_split_folders_are_warned_of_alike_with_labels_and_without(tmp_path):
         assert len(w) == 1 and w[0].filename == __file__, route          # once, at the caller's line
         assert len(ds) == 4 and (ds.labels is None) == (route == "path")
     for name in ("test/cat/0.png", "val/cat/1.png"):                      # no train split: the first one named
-        png(tmp_path / "no_train" / name)
+        _png(tmp_path / "no_train" / name)
     for route, load in loads.items():
         with pytest.warns(UserWarning, match=r"\(load .*/no_train/test \(the split's own folder\)\)$"):
             load(tmp_path / "no_train")
     for name in ("train/0.png", "test/1.png"):                            # split folders of images alone
-        png(tmp_path / "flat_splits" / name)
+        _png(tmp_path / "flat_splits" / name)
     for name in ("train/cat/0.png", "dogs/x/1.png"):                      # one folder named like a split, not all
-        png(tmp_path / "mixed" / name)
+        _png(tmp_path / "mixed" / name)
     for name in ("data/train/cat/0.png", "data/train/dog/1.png"):        # one split, wrapped: its classes
-        png(tmp_path / "one_split" / name)
+        _png(tmp_path / "one_split" / name)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for route, load in loads.items():
@@ -743,12 +733,8 @@ def test_a_wrapped_one_class_tree_is_unlabelled_and_says_why(tmp_path, capsys):
     from kinetic_fm.cli import main
     from kinetic_fm.data.images import why_unlabelled
 
-    def png(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
-
     for i in range(3):
-        png(tmp_path / "one" / "wrapper" / "classA" / f"{i}.png")
+        _png(tmp_path / "one" / "wrapper" / "classA" / f"{i}.png", shape=(4, 4))
     ds = load_image_folder(tmp_path / "one")
     assert ds.labels is None and ds.classes is None
     reason = why_unlabelled(tmp_path / "one")
@@ -759,17 +745,17 @@ def test_a_wrapped_one_class_tree_is_unlabelled_and_says_why(tmp_path, capsys):
                  "--out", str(tmp_path / "run")]) == 2
     assert f"has no labels: {reason}" in capsys.readouterr().err
     assert why_unlabelled(tmp_path / "one", subdir="wrapper") == reason.replace("wrapper/classA/", "classA/")
-    png(tmp_path / "flat" / "0.png")
+    _png(tmp_path / "flat" / "0.png", shape=(4, 4))
     assert why_unlabelled(tmp_path / "flat").startswith("all its images lie in no folder, at the top level")
-    png(tmp_path / "loose" / "data" / "x.png")                      # beside the class folders of a wrapped tree
-    png(tmp_path / "loose" / "data" / "cat" / "0.png")
-    png(tmp_path / "loose" / "data" / "dog" / "1.png")
+    _png(tmp_path / "loose" / "data" / "x.png", shape=(4, 4))   # beside the class folders of a wrapped tree
+    _png(tmp_path / "loose" / "data" / "cat" / "0.png", shape=(4, 4))
+    _png(tmp_path / "loose" / "data" / "dog" / "1.png", shape=(4, 4))
     assert why_unlabelled(tmp_path / "loose").startswith("data/x.png lies beside the class folders")
     # one class holding folders is labelled by them, as a wrapped tree of classes is: nothing tells them apart
     for name in ("wrapper/classA/x/0.png", "wrapper/classA/y/1.png"):
-        png(tmp_path / "inner" / name)
+        _png(tmp_path / "inner" / name, shape=(4, 4))
     for name in ("wrapper/cat/0.png", "wrapper/dog/1.png"):
-        png(tmp_path / "wrapped" / name)
+        _png(tmp_path / "wrapped" / name, shape=(4, 4))
     assert load_image_folder(tmp_path / "inner").classes == ("x", "y")
     assert load_image_folder(tmp_path / "wrapped").classes == ("cat", "dog")
     assert why_unlabelled(tmp_path / "inner") is None
@@ -818,16 +804,12 @@ def test_the_split_folders_warning_gives_a_remedy_that_works_on_every_route(tmp_
 
     from kinetic_fm.data import load_dataset
 
-    def png(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
-
     for wrap in ("", "wrap/", "a/b/"):
         root = tmp_path / f"splits{len(wrap)}"
         files = [f"{wrap}{split}/{cls}/{i}.png" for i, (split, cls) in enumerate(
             (("train", "cat"), ("train", "dog"), ("test", "cat")))]
         for name in files:
-            png(root / name)
+            _png(root / name)
         with zipfile.ZipFile(f"{root}.zip", "w") as archive:
             for name in files:
                 archive.write(root / name, name)
@@ -852,16 +834,12 @@ def test_the_split_folders_remedy_names_the_folder_below_subdir_and_its_wrappers
     # now, the remedy loads the split alone, without the warning
     import warnings
 
-    def png(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
-
     for outer, subdir in (("", "top"), ("outer/", "top")):    # the second: subdir found below one wrapper
         root = tmp_path / f"spl{len(outer)}"
         files = [f"{outer}top/wrap/{split}/{cls}/{i}.png" for i, (split, cls) in enumerate(
             (("train", "cat"), ("train", "dog"), ("test", "cat")))]
         for name in files:
-            png(root / name)
+            _png(root / name)
         with zipfile.ZipFile(f"{root}.zip", "w") as archive:
             for name in files:
                 archive.write(root / name, name)
