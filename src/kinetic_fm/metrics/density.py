@@ -703,12 +703,13 @@ def kde_log_density(samples: Any, reference: Any,
         are float64; its rounding moves a log-density by about u·(‖x‖² + ‖y‖²)/(2h²)
         (u = 6e-8 in float32, norms from the centre): e.g. 3e-5 to 6e-5 at Scott's bandwidth in
         D = 512 for Gaussian data (at most 4.5e-5 there), and up to a few times the formula on
-        images (CIFAR-10 pixels, 200 test images against 1,000 training images, Scott's h: at most
-        3.4e-4 over 512 of their values and 1.5e-3 over all 3,072, 3.6x and 2.6x the formula at its
-        largest). That rounding also moves with the rows a sample shares its GEMM with: on the
-        CPU (MKL), a sample scored in a query block of fewer than 16 rows (a small call, or the
-        last block of a large one) differed by up to 7.3e-4 from the same sample scored among 100
-        (those CIFAR-10 pixels, float32); float64 inputs gave the same values in any batch to 1e-12.
+        images (``benchmarks/kde_float32_rounding.py``: CIFAR-10 pixels, 200 test images against
+        1,000 training images, Scott's h: at most 3.4e-4 over 512 of their values and 1.5e-3 over
+        all 3,072, 3.2x and 2.3x the formula at its largest). That rounding also moves with the rows
+        a sample shares its GEMM with: on the CPU (one thread), a sample scored in a query block of
+        fewer than 16 rows (a small call, or the last block of a large one) differed by up to
+        1.5e-3 from the same sample scored among 100 (same data, float32); float64 inputs gave the
+        same values in any block to 3e-12.
         On a GPU whose float32 products run in TF32 (``torch.backends.cuda.matmul``;
         :func:`~kinetic_fm.metrics.neighbors.cuda_matmul_uses_tf32`) u is 4.9e-4, about 8,000×
         larger (4e-2 in the Gaussian example); this metric does not re-rank, so pass float64 inputs or
