@@ -35,8 +35,9 @@ def _warn_of_another_range(x: Tensor, said: set[str]) -> None:
     rather than [-1, 1], once per kind of range (``said`` holds the kinds already warned of, and gets
     this one): the text names each batch's own range, so Python's registry, which repeats a warning of
     another text, let a loop of batches warn at every forward. The pretrained nets read such images
-    without error and judged them wrongly (ResNet-20 on 500 lossless CIFAR-10 test images: accuracy
-    0.774 for [0, 1] floats, 0.764 for normalised ones and 0.128 for 0..255 ones, for 0.91).
+    without error and judged them wrongly (``benchmarks/resnet_input_forms.py``, ResNet-20 on 500
+    lossless CIFAR-10 test images: accuracy 0.774 for [0, 1] floats, 0.764 for normalised ones and
+    0.128 for 0..255 ones, for 0.91).
     Not one of the 5,000 lossless CIFAR-10 images lies in [0, 1] once read as [-1, 1] (every one has a
     pixel below mid-grey); a constant image is left alone. Outputs are unchanged."""
     if not x.is_floating_point() or not x.numel() or said >= {"unit", "normalised", "far"}:
@@ -67,8 +68,9 @@ def _warn_of_another_range(x: Tensor, said: set[str]) -> None:
 def _warn_of_another_size(x: Tensor, said: set[tuple[int, int]]) -> None:
     """UserWarning when (B, 3, H, W) images are not 32x32, once per net for each size (``said`` holds the
     sizes already warned of, and gets this one). The global pooling takes any size, and the pretrained
-    nets judged such images badly: ResNet-20 on 500 lossless CIFAR-10 test images upsampled to 64x64
-    scored 0.27 (nearest) and 0.18 (bilinear), 0.91 at 32x32. Outputs are unchanged."""
+    nets judged such images badly (``benchmarks/resnet_input_forms.py``): ResNet-20 on 500 lossless
+    CIFAR-10 test images upsampled to 64x64 scored 0.27 (nearest) and 0.18 (bilinear), 0.91 at 32x32.
+    Outputs are unchanged."""
     size = (x.shape[2], x.shape[3])
     if size == (IMAGE_SIZE, IMAGE_SIZE) or size in said:
         return
