@@ -856,3 +856,10 @@ def test_the_split_folders_remedy_names_the_folder_below_subdir_and_its_wrappers
             warnings.simplefilter("error")
             for folder in (root / own, extracted / own):
                 assert load_image_folder(folder).classes == ("cat", "dog")
+
+
+def test_an_empty_folder_is_refused_as_holding_no_images_by_list_image_labels(tmp_path):
+    # the split-folders remedy's folder (_above) read the first file of none: IndexError, not the reason
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="it holds no images"):
+        list_image_labels(tmp_path / "empty")

@@ -410,7 +410,10 @@ def _under(names: list[str], subdir: str | None, path) -> list[tuple[str, str]]:
 
 def _above(pairs: list[tuple[str, str]]) -> str:
     """The folder of the root that the (name, path relative to subdir) ``pairs`` of :func:`_under` lie below:
-    ``subdir``, or the wrapper and ``subdir`` where :func:`_under` found it below one; "" for the root."""
+    ``subdir``, or the wrapper and ``subdir`` where :func:`_under` found it below one; "" for the root (and
+    for no pairs: an empty folder, which the callers then refuse as such)."""
+    if not pairs:
+        return ""
     name, relative = pairs[0]
     return name[:len(name) - len(relative)].strip("/")
 
