@@ -291,6 +291,15 @@ def listed_rows(rows: torch.Tensor) -> str:
     return f"{rows[:10].tolist()}{' ...' if rows.numel() > 10 else ''}"
 
 
+def refuse_nonfinite_rows(tensor: torch.Tensor, said: str) -> None:
+    """ValueError "``said`` [rows]" (:func:`listed_rows`) when rows of ``tensor`` hold NaN or inf
+    (screened by :func:`nonfinite_rows`); ``said`` ends where the rows are named ("x has non-finite
+    values in rows")."""
+    bad = nonfinite_rows(tensor)
+    if bad.numel():
+        raise ValueError(f"{said} {listed_rows(bad)}")
+
+
 def check_finite(name: str, tensor: torch.Tensor, rows: int = 4096) -> None:
     """Raise ValueError naming ``name``, the first offending row and its first non-finite value
     and place when ``tensor`` has NaN/inf (screened by :func:`nonfinite_rows`)."""

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..checks import as_scalar, check_device, check_flag, is_integer, positive_integer, torch_readable
-from ..knn import check_exact_integers, listed_rows, nonfinite_rows
+from ..knn import check_exact_integers, refuse_nonfinite_rows
 from ..sampling.guards import feature_map_as_found
 
 __all__ = ["FeatureSpace", "PrincipalSpace", "SpaceLike", "as_features", "feature_space"]
@@ -413,7 +413,5 @@ def as_features(x: Any, space: SpaceLike = None, *, argument: str = "x", check_t
         feats = feats.to(torch.float32 if exact_in_float32 else torch.float64)
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise ValueError(f"{argument} must hold at least one sample, got shape {tuple(feats.shape)}")
-    bad = nonfinite_rows(feats)  # row sums first: no element-wise mask of the whole set
-    if bad.numel():
-        raise ValueError(f"{argument} has non-finite features in rows {listed_rows(bad)}")
+    refuse_nonfinite_rows(feats, f"{argument} has non-finite features in rows")  # row sums first: no full mask
     return feats

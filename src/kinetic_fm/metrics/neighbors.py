@@ -23,6 +23,7 @@ from ..knn import (
     nearest_neighbors,
     nonfinite_rows,
     own_diagonal,
+    refuse_nonfinite_rows,
     row_sq_norms,
     unit_roundoff,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "nearest_neighbors",
     "nonfinite_rows",
     "own_diagonal",
+    "refuse_nonfinite_rows",
     "row_sq_norms",
     "unit_roundoff",
 ]

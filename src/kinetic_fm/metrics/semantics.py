@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..checks import as_scalar, check_device, check_flag, is_real, positive_integer
 from ..checks import caller_outside_the_package
-from ..knn import listed_rows, nonfinite_rows
+from ..knn import refuse_nonfinite_rows
 from .features import as_tensor, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
@@ -44,9 +44,8 @@ def margin_from_scores(scores: Tensor, target: Any = None) -> tuple[Tensor, Tens
     """
     if scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"need (B, C) scores with C >= 2 classes, got shape {tuple(scores.shape)}")
-    bad = nonfinite_rows(scores)
-    if bad.numel():  # a NaN score gave a NaN margin, or chose a NaN row's class, without a word
-        raise ValueError(f"scores must be finite, got NaN or inf in rows {listed_rows(bad)}")
+    # a NaN score gave a NaN margin, or chose a NaN row's class, without a word
+    refuse_nonfinite_rows(scores, "scores must be finite, got NaN or inf in rows")
     if target is not None:
         target = as_tensor(target).to(device=scores.device)
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -150,9 +149,8 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
     x = as_tensor(x)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
-    bad = nonfinite_rows(x)
-    if bad.numel():  # else blamed on the classifier: "classifier returned non-finite logits"
-        raise ValueError(f"x has non-finite values in rows {listed_rows(bad)}")
+    # else blamed on the classifier: "classifier returned non-finite logits"
+    refuse_nonfinite_rows(x, "x has non-finite values in rows")
     judge = feature_space(classifier, batch_size=batch_size, device=device)
     raw = judge.map(x, flatten=False)  # warned of a training-mode classifier, its buffers put back
     logits = raw.to(torch.float64)
@@ -163,9 +161,8 @@ def classifier_margin(classifier: Callable[[Tensor], Tensor], x: Any, target: An
         hint = ("; a single-logit binary classifier z gives the logits torch.stack([-z / 2, z / 2], 1), "
                 "whose softmax is sigmoid(z)" if single else "")
         raise ValueError(f"classifier must return (b, C) logits, got shape {tuple(logits.shape)}{hint}")
-    bad = nonfinite_rows(logits)
-    if bad.numel():  # named as the classifier's, where margin_from_scores names its direct callers' scores
-        raise ValueError(f"classifier returned non-finite logits in rows {listed_rows(bad)}")
+    # named as the classifier's, where margin_from_scores names its direct callers' scores
+    refuse_nonfinite_rows(logits, "classifier returned non-finite logits in rows")
     if _probability_rows(logits, raw.dtype):
         warnings.warn(
             f"classifier_margin: every row of the classifier's {logits.shape[1]} outputs lies in [0, 1] and sums to 1: "
@@ -375,9 +372,7 @@ class CLIPScorer:
         x = _as_images(images)
         uint8 = x.dtype == torch.uint8
         if not uint8:
-            bad = nonfinite_rows(x)
-            if bad.numel():
-                raise ValueError(f"images have non-finite values in rows {listed_rows(bad)}")
+            refuse_nonfinite_rows(x, "images have non-finite values in rows")
             found = tuple(float(v) for v in torch.aminmax(x))  # mapped in Python floats: an overshoot
             low, high = ((v - lo) / (hi - lo) for v in found)    # of exactly a tenth stays one
             if low < -_OVERSHOOT or high > 1.0 + _OVERSHOOT:
