@@ -285,31 +285,26 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
                                                            global_rngs=False))
 
     model.train()
-    step = start
     # Ctrl-C and SIGTERM wait for the step under way to end, as train()'s: with a folder no finished step is lost
     signals = SignalsAtStepEnd(on_disk)
-    try:
-        with signals:
-            for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
-                step = i + 1
-                idx = torch.randint(images.shape[0], (batch_size,), device="cpu", generator=g)
-                batch = images[idx]
-                x = batch + augment_noise * torch.randn(batch.shape, device="cpu", dtype=torch.float32,
-                                                        generator=g).to(images.device)
-                loss = F.cross_entropy(model(x), labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses[i] = loss.detach()
-                if state_path is not None and (step % save_every == 0 or step == steps):
-                    save_resume(step)
-                if callback is not None:
-                    callback(step, loss.detach())
-                signals.at_step_end(step, save_resume)
-    except KeyboardInterrupt as err:
-        signals.note_on(err, step)
-        raise
+    with signals:
+        for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
+            step = signals.step = i + 1
+            idx = torch.randint(images.shape[0], (batch_size,), device="cpu", generator=g)
+            batch = images[idx]
+            x = batch + augment_noise * torch.randn(batch.shape, device="cpu", dtype=torch.float32,
+                                                    generator=g).to(images.device)
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses[i] = loss.detach()
+            if state_path is not None and (step % save_every == 0 or step == steps):
+                save_resume(step)
+            if callback is not None:
+                callback(step, loss.detach())
+            signals.at_step_end(step, save_resume)
     model.eval()
     accuracy = None
     if test is not None:

@@ -631,55 +631,50 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     model.train()
     ema.eval()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train", disable=not progress)
-    step = start
     # Ctrl-C and SIGTERM wait for the step under way to end, so that a run with a folder loses no finished step
     signals = SignalsAtStepEnd(on_disk)  # without a folder nothing is saved: no wait
-    try:
-        with signals:
-            for i in bar:
-                step = i + 1
-                if config.warmup:
-                    for group in optimizer.param_groups:
-                        group["lr"] = config.lr * min(1.0, step / config.warmup)
-                idx = torch.randint(n, (config.batch_size,), device="cpu", generator=data_gen)
-                x1 = data[idx].to(device)
-                # drawn in float32 whatever torch's default dtype (float64 drew other numbers from the seed)
-                x0 = torch.randn(x1.shape, device="cpu", dtype=torch.float32,
-                                 generator=noise_gen).to(device=device, dtype=x1.dtype)
-                t = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
-                               generator=noise_gen).to(device=device, dtype=x1.dtype)
-                tb = t.reshape(-1, *([1] * (x1.ndim - 1)))
-                xt = (1 - tb) * x0 + tb * x1
-                if conditional:
-                    y = labels[idx].clone()
-                    drop = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
-                                      generator=noise_gen) < config.label_dropout
-                    y[drop] = model.null_class
-                    v = model(xt, t, y.to(device))
-                else:
-                    v = model(xt, t)
-                loss = (v - (x1 - x0)).square().mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
-                losses[i] = loss.detach().to("cpu", torch.float32)
-                if not math.isfinite(float(losses[i])):  # the copy above synchronised already: free to read
-                    raise diverged(step, f"the loss is {float(losses[i])}")
-                if progress and (step % 50 == 0 or step == config.steps):
-                    bar.set_postfix(loss=f"{losses[max(0, i - 49): i + 1].mean().item():.4f}")
-                checkpoint = out is not None and step in schedule
-                resume_state = out is not None and (step % config.save_every == 0 or step == config.steps)
-                if checkpoint or resume_state:
-                    save_step(step, checkpoint=checkpoint, resume_state=resume_state)
-                if callback is not None:
-                    callback(step, loss.detach())
-                signals.at_step_end(step, save_step)
-    except KeyboardInterrupt as err:
-        signals.note_on(err, step)
-        raise
+    with signals:
+        for i in bar:
+            step = signals.step = i + 1
+            if config.warmup:
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * min(1.0, step / config.warmup)
+            idx = torch.randint(n, (config.batch_size,), device="cpu", generator=data_gen)
+            x1 = data[idx].to(device)
+            # drawn in float32 whatever torch's default dtype (float64 drew other numbers from the seed)
+            x0 = torch.randn(x1.shape, device="cpu", dtype=torch.float32,
+                             generator=noise_gen).to(device=device, dtype=x1.dtype)
+            t = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
+                           generator=noise_gen).to(device=device, dtype=x1.dtype)
+            tb = t.reshape(-1, *([1] * (x1.ndim - 1)))
+            xt = (1 - tb) * x0 + tb * x1
+            if conditional:
+                y = labels[idx].clone()
+                drop = torch.rand(config.batch_size, device="cpu", dtype=torch.float32,
+                                  generator=noise_gen) < config.label_dropout
+                y[drop] = model.null_class
+                v = model(xt, t, y.to(device))
+            else:
+                v = model(xt, t)
+            loss = (v - (x1 - x0)).square().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+            losses[i] = loss.detach().to("cpu", torch.float32)
+            if not math.isfinite(float(losses[i])):  # the copy above synchronised already: free to read
+                raise diverged(step, f"the loss is {float(losses[i])}")
+            if progress and (step % 50 == 0 or step == config.steps):
+                bar.set_postfix(loss=f"{losses[max(0, i - 49): i + 1].mean().item():.4f}")
+            checkpoint = out is not None and step in schedule
+            resume_state = out is not None and (step % config.save_every == 0 or step == config.steps)
+            if checkpoint or resume_state:
+                save_step(step, checkpoint=checkpoint, resume_state=resume_state)
+            if callback is not None:
+                callback(step, loss.detach())
+            signals.at_step_end(step, save_step)
     bar.close()
     if out is not None:
         if config.steps in schedule and config.steps not in written:
@@ -720,8 +715,9 @@ class SignalsAtStepEnd:
 
     Inside the block (in the main thread), the first SIGINT or SIGTERM whose handler is a Python
     function (Ctrl-C's KeyboardInterrupt, ``kfm``'s SIGTERM, a program's own) is held back: the loop
-    calls :meth:`at_step_end` at each step's end, which, where one came, writes that step's resume state
-    and runs its handler (:meth:`deliver`), and :meth:`note_on` on the KeyboardInterrupt it leaves by.
+    sets :attr:`step` as each step starts and calls :meth:`at_step_end` at its end, which, where one came,
+    writes that step's resume state and runs its handler (:meth:`deliver`); a KeyboardInterrupt leaving
+    the block gets :meth:`note_on`.
     A second one runs its handler at once (an impatient user, a save that hangs). Handlers left to the
     system (SIG_DFL, SIG_IGN) are left alone, and so is every handler outside the main thread, where
     Python cannot set one, and without a resume state file (``on_disk.path`` None: nothing to save, no wait).
@@ -733,6 +729,7 @@ class SignalsAtStepEnd:
 
     def __init__(self, on_disk: ResumeStateOnDisk) -> None:
         self.on_disk = on_disk  # the loop's resume state on disk: its step is the one a signal need not save
+        self.step = on_disk.step  # the step under way, set by the loop (the first one's start before it)
         self.active = on_disk.path is not None
         self.replaced: dict[int, Any] = {}  # signal number -> the handler it had
         self._pending: tuple[int, Any] | None = None  # (signal number, frame) of the one held back
@@ -757,12 +754,12 @@ class SignalsAtStepEnd:
                 save(step)
             self.deliver()
 
-    def note_on(self, err: KeyboardInterrupt, step: int) -> None:
-        """Set on ``err``, raised in ``step``, what the interruption lost where a folder keeps resume
-        states (``active``): ``interrupted_step`` (``step``) and ``resume_step`` (the step of the resume
+    def note_on(self, err: KeyboardInterrupt) -> None:
+        """Set on ``err``, raised in step :attr:`step`, what the interruption lost where a folder keeps resume
+        states (``active``): ``interrupted_step`` (that step) and ``resume_step`` (the step of the resume
         state on disk, 0 for none); the steps after it are redone by a resume."""
         if self.active:
-            err.interrupted_step, err.resume_step = step, self.on_disk.step
+            err.interrupted_step, err.resume_step = self.step, self.on_disk.step
 
     def deliver(self) -> None:
         """Run the handler of the signal held back (it raises, as a rule)."""
@@ -784,8 +781,14 @@ class SignalsAtStepEnd:
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
         import signal
 
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            self.note_on(error)
         for signum, handler in self.replaced.items():
             if signal.getsignal(signum) is self._handler:
                 signal.signal(signum, handler)
         if kind is None and self.held:
-            self.deliver()
+            try:
+                self.deliver()
+            except KeyboardInterrupt as err:
+                self.note_on(err)
+                raise
