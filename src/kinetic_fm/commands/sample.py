@@ -745,7 +745,7 @@ def _validate_step_control(args) -> None:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
     given = [name for name in _STEP_CONTROL if getattr(args, name) is not None]
     if given and args.solver != "dopri5":
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        flags = ", ".join(_SAMPLER_FLAGS[name] for name in given)
         raise ValueError(f"{flags} appl{'ies' if len(given) == 1 else 'y'} to --solver dopri5 only; "
                          f"{args.solver} takes --steps fixed steps")
 
