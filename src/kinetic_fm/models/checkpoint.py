@@ -165,9 +165,7 @@ def weights_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 20, *, weigh
             if spans:
                 for start, end in spans:
                     fh.seek(8 + length + start)
-                    while start < end and (block := fh.read(min(end - start, chunk_bytes))):
-                        digest.update(block)
-                        start += len(block)
+                    hash_chunks(digest, fh, chunk_bytes, limit=end - start)
                 return digest.hexdigest()
         hash_chunks(digest, fh, chunk_bytes)  # every tensor's bytes, or a whole other file
     return digest.hexdigest()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -141,11 +142,13 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def hash_chunks(digest: Any, handle: BinaryIO, chunk_bytes: int = 1 << 20) -> Any:
-    """Feed ``handle`` from where it stands to its end into the ``hashlib`` object ``digest``,
-    ``chunk_bytes`` at a time (a large file is never read whole); returns ``digest``."""
-    while block := handle.read(chunk_bytes):
+def hash_chunks(digest: Any, handle: BinaryIO, chunk_bytes: int = 1 << 20, limit: int | None = None) -> Any:
+    """Feed ``handle`` from where it stands to its end (or ``limit`` bytes on) into the ``hashlib``
+    object ``digest``, ``chunk_bytes`` at a time (a large file is never read whole); returns ``digest``."""
+    left = math.inf if limit is None else limit
+    while left > 0 and (block := handle.read(int(min(chunk_bytes, left)))):
         digest.update(block)
+        left -= len(block)
     return digest
 
 
