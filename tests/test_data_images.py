@@ -16,6 +16,15 @@ def _png(path, shape=(4, 4, 3), value=0):
     Image.fromarray(np.full(shape, value, np.uint8)).save(path, format="PNG")
 
 
+def _png_folder_and_zip(root, names):
+    """Small PNGs at ``names`` under the folder ``root``, and the same files in ``root``.zip."""
+    for name in names:
+        _png(root / name)
+    with zipfile.ZipFile(f"{root}.zip", "w") as archive:
+        for name in names:
+            archive.write(root / name, name)
+
+
 def _write_tree(root, classes=("cat", "dog"), per_class=3, size=(6, 5)):
     rng = np.random.default_rng(0)
     arrays = {}
@@ -800,7 +809,6 @@ def test_the_split_folders_warning_gives_a_remedy_that_works_on_every_route(tmp_
     # tree has two wrapping folders (subdir looks through one), and the split's folder on the command line. One
     # wording now, the split's own folder below all the wrappers, which both routes take
     import warnings
-    import zipfile
 
     from kinetic_fm.data import load_dataset
 
@@ -808,11 +816,7 @@ def test_the_split_folders_warning_gives_a_remedy_that_works_on_every_route(tmp_
         root = tmp_path / f"splits{len(wrap)}"
         files = [f"{wrap}{split}/{cls}/{i}.png" for i, (split, cls) in enumerate(
             (("train", "cat"), ("train", "dog"), ("test", "cat")))]
-        for name in files:
-            _png(root / name)
-        with zipfile.ZipFile(f"{root}.zip", "w") as archive:
-            for name in files:
-                archive.write(root / name, name)
+        _png_folder_and_zip(root, files)
         for given, remedy in ((root, f"load {root}/{wrap}train (the split's own folder)"),
                               (f"{root}.zip", f"extract {wrap}train/ from {root}.zip and load it (the split's own "
                                               "folder)")):
@@ -838,11 +842,7 @@ def test_the_split_folders_remedy_names_the_folder_below_subdir_and_its_wrappers
         root = tmp_path / f"spl{len(outer)}"
         files = [f"{outer}top/wrap/{split}/{cls}/{i}.png" for i, (split, cls) in enumerate(
             (("train", "cat"), ("train", "dog"), ("test", "cat")))]
-        for name in files:
-            _png(root / name)
-        with zipfile.ZipFile(f"{root}.zip", "w") as archive:
-            for name in files:
-                archive.write(root / name, name)
+        _png_folder_and_zip(root, files)
         own = f"{outer}top/wrap/train"
         for given, remedy in ((str(root), f"load {root}/{own} (the split's own folder)"),
                               (f"{root}.zip", f"extract {own}/ from {root}.zip and load it (the split's own folder)")):
