@@ -307,7 +307,7 @@ def _warn_of_settings(
     max_steps: int,
 ) -> None:
     """:func:`warn_of_settings` with the time grid given as ``built_grid()``, the (steps + 1,) grid
-    :func:`time_grid` returns; only the half-precision check of a fixed-step solver calls it, after the
+    :func:`time_grid` returns, which only the half-precision check of a fixed-step solver calls, after the
     other warnings (``kfm.sample`` passes the grid it has built; ``warn_of_settings`` builds one)."""
     if gain_tau(shaping) is None:   # a KTS, or a gain that declares its τ, hides none
         _warn_about_a_hidden_kts(shaping)
