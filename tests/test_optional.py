@@ -206,3 +206,26 @@ def test_import_kinetic_fm_imports_only_the_standard_library_for_the_helpers():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_run_folder_s_manifest_is_looked_for_without_loading_pyarrow(tmp_path):
+    # the name had its home in kinetic_fm.runs.manifest, whose package loads pyarrow: kfm sample and kfm train
+    # spelt "manifest.json" out beside it, and --train's folder check (image_folder_given) loaded pyarrow for it
+    import subprocess
+
+    from kinetic_fm import run_files
+    from kinetic_fm.runs import manifest
+
+    assert manifest.MANIFEST_NAME is run_files.MANIFEST_NAME == "manifest.json"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text("{}")
+    code = ("import sys; import kinetic_fm.commands.sample; "
+            "from kinetic_fm.commands._rows import image_folder_given; "
+            "from kinetic_fm.models.train import check_train_dir\n"
+            f"run = {str(tmp_path / 'run')!r}\n"
+            "assert not image_folder_given(run)\n"
+            "try:\n    check_train_dir(run, resume=False)\nexcept ValueError as err:\n    print(err)\n"
+            "print('pyarrow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
+    assert out.stdout.splitlines() == [f"{tmp_path / 'run'} holds a kfm sample run (manifest.json), not a training "
+                                       "run; choose another folder", "False"]

@@ -42,27 +42,33 @@ def _jackknife(x: np.ndarray, ref: np.ndarray, groups: int = 10) -> tuple[float,
     return max(corrected - t * se, 0.0), max(corrected + t * se, 0.0)
 
 
-def test_quintile_intervals_are_jackknife_intervals_of_each_quintiles_own_rows():
-    from kinetic_fm.studies.memorization import quintile_fd_intervals
+def _bar_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Goldilocks bars' intervals as the memorization study makes them."""
+    from kinetic_fm.studies.memorization import quintile_replicates
+    from kinetic_fm.studies.output import replicate_intervals
 
+    return replicate_intervals(quintile_replicates(feats, bins, ref))
+
+
+def test_quintile_intervals_are_jackknife_intervals_of_each_quintiles_own_rows():
     rng = np.random.default_rng(0)
     feats, ref = rng.normal(size=(100, 3)), rng.normal(size=(80, 3))
     feats[80:] *= 3.0                                   # Q5 far from the reference, and more spread
     bins = np.arange(100) * 5 // 100
-    low, high = quintile_fd_intervals(feats, bins, ref)
+    low, high = _bar_intervals(feats, bins, ref)
     for q in range(5):
         np.testing.assert_allclose([low[q], high[q]], _jackknife(feats[bins == q], ref), rtol=1e-8, atol=1e-12)
     assert high[4] - low[4] > 3 * (high[0] - low[0])     # the spread quintile is the uncertain one
     # a quintile of one row has no FD and no interval
     lonely = np.where(np.arange(100) == 99, 4, np.minimum(bins, 3))
-    low, high = quintile_fd_intervals(feats, lonely, ref)
+    low, high = _bar_intervals(feats, lonely, ref)
     assert np.isnan([low[4], high[4]]).all() and np.isfinite(low[:4]).all()
     # no more rows than features (3) once a tenth is out: the FD is mostly bias, no interval
     few = np.where(np.arange(100) < 4, 0, np.maximum(bins, 1))
-    low, high = quintile_fd_intervals(feats, few, ref)
+    low, high = _bar_intervals(feats, few, ref)
     assert np.isnan([low[0], high[0]]).all() and np.isfinite(low[1:]).all()
-    assert np.isnan(quintile_fd_intervals(feats, bins, ref[:9])).all()          # fewer rows than groups
-    assert np.isfinite(quintile_fd_intervals(feats, bins, ref[:10])[0]).all()   # 10 − 1 rows > 3 features
+    assert np.isnan(_bar_intervals(feats, bins, ref[:9])).all()          # fewer rows than groups
+    assert np.isfinite(_bar_intervals(feats, bins, ref[:10])[0]).all()   # 10 − 1 rows > 3 features
 
 
 def test_jackknife_fd_intervals_never_leave_the_non_negative_numbers():
@@ -117,8 +123,6 @@ def test_quintile_intervals_cover_a_known_fd_where_the_basic_bootstrap_did_not()
     # features (a quintile 1.5 D rows, the reference 2.25 D): the basic bootstrap of the quintile's rows,
     # the reference fixed, corrected only the quintile's part of the estimator's bias (the report's
     # whiskers until now: its intervals lay above the true FD); the jackknife corrects both parts
-    from kinetic_fm.studies.memorization import quintile_fd_intervals
-
     dim, n, m, repeats, resamples = 32, 48, 72, 20, 40
     rng = np.random.default_rng(0)
     spectrum = 1.0 / np.arange(1, dim + 1)
@@ -131,7 +135,7 @@ def test_quintile_intervals_cover_a_known_fd_where_the_basic_bootstrap_did_not()
         feats = np.concatenate([rng.normal(size=(n, dim)) * np.sqrt(spectrum) * scales[q] + shifts[q]
                                 for q in range(5)])
         ref = rng.normal(size=(m, dim)) * np.sqrt(spectrum)
-        low, high = quintile_fd_intervals(feats, bins, ref)
+        low, high = _bar_intervals(feats, bins, ref)
         covered["jackknife"] += int(((low <= truth) & (truth <= high)).sum())
         half = linalg.sqrtm(np.cov(ref, rowvar=False)).real      # the old interval, by brute force
 

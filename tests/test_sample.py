@@ -2426,3 +2426,16 @@ def test_warn_of_settings_builds_the_grid_only_for_a_half_precision_state(monkey
     assert len(built) == 1
     with pytest.raises(ValueError, match="grid"):   # a grid kfm.sample refuses, read by that check
         S.warn_of_settings(field, solver="euler", grid="log", dtype=torch.float16)
+
+
+@pytest.mark.parametrize("grid", ["uniform", torch.linspace(0, 1, 1001, dtype=torch.float64)])
+def test_sample_builds_a_half_precision_state_s_grid_once(monkeypatch, grid):
+    # kfm.sample built the grid, then its settings warning built (and checked) it again from the built one
+    import kinetic_fm.sampling.sample as S
+
+    built, build = [], S.time_grid
+    monkeypatch.setattr(S, "time_grid", lambda *args, **kwargs: built.append(args) or build(*args, **kwargs))
+    x0 = torch.zeros(2, 1, dtype=torch.bfloat16)
+    with pytest.warns(kfm.SamplerSettingsWarning, match="median step 0.001 is below twice"):
+        kfm.sample(lambda x, t: -x, x0, solver="euler", steps=1000, grid=grid)
+    assert len(built) == 1

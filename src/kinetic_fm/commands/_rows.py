@@ -8,6 +8,7 @@ import contextlib
 import os
 from typing import TYPE_CHECKING
 
+from ..run_files import MANIFEST_NAME
 from ._flag_names import flag_words
 
 if TYPE_CHECKING:
@@ -111,7 +112,6 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     from ..data.arrays import load_array
     from ..data.registry import load_dataset, misspelt_spec, spec_hint
     from ..data.subset import dataset_rows
-    from ..runs.manifest import MANIFEST_NAME
 
     path = Path(value)
     spec_given = is_spec(value, specs)
@@ -199,8 +199,6 @@ def results_table_schema(path):
 def _results_table_as_train(value: str, path) -> str:
     """The refusal of a ``kfm sample`` results table as --train, pointing at the run folder it sits
     in when that is an empirical run's (whose folder gives the items its field was made of)."""
-    from ..runs.manifest import MANIFEST_NAME
-
     run = path.parent
     if (run / MANIFEST_NAME).is_file() and empirical_run_manifest(run) is not None:
         return (f"--train {value!r} is the results table of a kfm sample --field empirical run (its samples, not "
@@ -302,8 +300,6 @@ def image_folder_given(value: str) -> bool:
     """Whether ``value``, as ``--train``, is read as a folder or .zip of images given by its path: not a
     data spec, nor a kfm train or kfm sample run folder."""
     from pathlib import Path
-
-    from ..runs.manifest import MANIFEST_NAME
 
     path = Path(value)
     run = path.is_dir() and ((path / TRAIN_CONFIG).is_file() or (path / MANIFEST_NAME).is_file())

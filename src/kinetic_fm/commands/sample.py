@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 
 from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
+from ..run_files import MANIFEST_NAME
 from ._types import check_output_path, faiss_for, seed_number, user_path, writing
 from ._flag_names import SettingFlags, flag_words, named_by_its_flag
 
@@ -404,7 +405,6 @@ def _foreseen_items(args) -> tuple[dict, str] | None:
     from pathlib import Path
 
     from ._rows import empirical_run_manifest, image_folder_given, is_spec
-    from ..runs.manifest import MANIFEST_NAME
 
     path = Path(args.train)
     if is_spec(args.train, True):
@@ -904,8 +904,7 @@ def _resuming(args) -> bool:
     shards stay in the folder; a --resume into a folder that holds no run yet starts a new one."""
     from pathlib import Path
 
-    # runs.manifest.MANIFEST_NAME: importing the runs package loads pyarrow, and run() asks before its imports
-    return bool(args.resume) and (Path(args.out) / "manifest.json").is_file()
+    return bool(args.resume) and (Path(args.out) / MANIFEST_NAME).is_file()
 
 
 def _nothing_sampled_hint(stage: str, resuming: bool) -> str:
@@ -1240,7 +1239,7 @@ def _run(args, setup) -> int:
         except OSError as err:
             # a full disk said only "cannot be written (No space left on device)": whether the
             # finished work survives, and how to go on, is what the user needs (helper-188)
-            if isinstance(err, RunLockedError) or not (Path(args.out) / "manifest.json").is_file():
+            if isinstance(err, RunLockedError) or not (Path(args.out) / MANIFEST_NAME).is_file():
                 raise
             raise OSError(f"{err}; the shards finished so far are kept in it: rerun the same command with --resume "
                           "once that is fixed") from err

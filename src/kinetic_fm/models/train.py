@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
+from ..run_files import MANIFEST_NAME
 from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_state, save_weights
 from .run_config import DamagedTrainConfigError, read_train_config, short_json
 
@@ -323,8 +324,8 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     calls it before the data loads. A ``kfm sample`` run folder (its ``manifest.json``) is refused,
     with ``resume`` too: training wrote its files among the run's shards."""
     out = Path(out)
-    if (out / "manifest.json").exists():  # runs.manifest.MANIFEST_NAME, not imported: the runs package brings pyarrow
-        raise ValueError(f"{out} holds a kfm sample run (manifest.json), not a training run; choose another folder")
+    if (out / MANIFEST_NAME).exists():
+        raise ValueError(f"{out} holds a kfm sample run ({MANIFEST_NAME}), not a training run; choose another folder")
     config = out / "config.json"
     training = False
     if config.exists() and not (out / RESUME_FILE).exists():

@@ -20,10 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..run_files import MANIFEST_NAME
 from .atomic import atomic_write_text
 from .plan import ShardPlan
 
-MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
 

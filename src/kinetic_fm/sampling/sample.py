@@ -184,8 +184,10 @@ def sample(
         else:
             grid = time_grid(grid, steps)   # as the tensor the loop steps along (a name or a tensor given)
         # after every check that can refuse the call: a refused call warns of nothing
-        warn_of_settings(velocity, solver=solver, steps=steps, grid=grid, shaping=shaping, quadrature=quadrature,
-                         dtype=x0.dtype, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
+        # the half-precision check reads the grid built above, not a second one built from it
+        _warn_of_settings(velocity, solver=solver, steps=steps, built_grid=lambda: grid, shaping=shaping,
+                          quadrature=quadrature, dtype=x0.dtype, rtol=rtol, atol=atol, first_step=first_step,
+                          max_steps=max_steps)
         if solver == "dopri5":
             start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
             trace = integrate_dopri5(
@@ -285,6 +287,28 @@ def warn_of_settings(
     builds the time grid (a name or a tensor, as ``kfm.sample`` takes it) for its resolution check, which
     raises ValueError on a ``grid`` or ``steps`` that ``kfm.sample`` would refuse. Other settings it
     refuses give no meaningful warnings."""
+    _warn_of_settings(velocity, solver=solver, steps=steps, built_grid=lambda: time_grid(grid, steps),
+                      shaping=shaping, quadrature=quadrature, dtype=dtype, rtol=rtol, atol=atol,
+                      first_step=first_step, max_steps=max_steps)
+
+
+def _warn_of_settings(
+    velocity: Velocity,
+    *,
+    solver: str,
+    steps: int,
+    built_grid: Callable[[], torch.Tensor],
+    shaping: KTS | Callable | None,
+    quadrature: str,
+    dtype: torch.dtype,
+    rtol: float,
+    atol: float,
+    first_step: float | None,
+    max_steps: int,
+) -> None:
+    """:func:`warn_of_settings` with the time grid given as ``built_grid()``, the (steps + 1,) grid
+    :func:`time_grid` returns, which only the half-precision check of a fixed-step solver calls, after the
+    other warnings (``kfm.sample`` passes the grid it has built; ``warn_of_settings`` builds one)."""
     if gain_tau(shaping) is None:   # a KTS, or a gain that declares its τ, hides none
         _warn_about_a_hidden_kts(shaping)
     _warn_about_infinite_energy(velocity, shaping)
@@ -293,7 +317,7 @@ def warn_of_settings(
         _warn_left_quadrature_over_long_steps(quadrature)
         _warn_adaptive_half_precision(dtype)
     else:   # the one check that reads the grid
-        _check_state_resolution(grid, steps, dtype)
+        _check_state_resolution(built_grid, dtype)
 
 
 def shared_time_refusal(velocity: object, name: str = "velocity", time_given: bool = False) -> str:
@@ -348,17 +372,17 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
     return x0, tuple(int(s) for s in seed_list)
 
 
-def _check_state_resolution(grid: str | torch.Tensor | np.ndarray, steps: int, dtype: torch.dtype) -> None:
+def _check_state_resolution(built_grid: Callable[[], torch.Tensor], dtype: torch.dtype) -> None:
     """Warn when a half-precision state (float16, bfloat16) is stepped finer than it resolves:
     a step moves x by about h·|v| ~ |x|·h, and with the grid's median step h below two ulps of 1
     (more than 64 uniform bfloat16 steps, 512 float16) updates round away and the samples drift
     or stall (bfloat16 at 1000 steps ended 47 % of the way to the data, silently; its grid times
     collide too). The median, not the smallest step: a cosine grid's short end steps are harmless.
-    Wider states are left alone, their grid (``grid`` and ``steps`` as :func:`time_grid` takes them)
+    Wider states are left alone, their grid (``built_grid()``, the grid :func:`time_grid` returns)
     unbuilt."""
     if torch.finfo(dtype).bits > 16:
         return
-    grid = time_grid(grid, steps)
+    grid = built_grid()
     eps = torch.finfo(dtype).eps
     typical = float((grid[1:] - grid[:-1]).median())
     if typical < 2 * eps:

@@ -337,20 +337,6 @@ def _fd_within_groups(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resa
     return values
 
 
-def quintile_fd_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(5,) low and (5,) high ends of each KPE quintile's 95% interval for its Fréchet distance to
-    ``ref`` ((m, D) features): :func:`~kinetic_fm.studies.output.jackknife_fd_intervals` of the
-    quintile's own rows of ``feats`` ((n, D)), ``bins`` ((n,) quintile 0..4 of each row), and the
-    reference's. Bias-corrected, so it lies below the plain estimate where the estimator's bias is
-    large (the basic bootstrap it replaced, the reference held fixed, corrected the quintile's part of
-    that bias only, and held the true FD in 0–3% of Gaussian runs at the quick preset's quintile size).
-    NaN for a quintile without rows, or too few for the jackknife (no more rows than features once a
-    tenth is out: its FD is then mostly that bias), and for all when ``ref`` has too few. A study that
-    also needs the quintiles' jackknife FDs takes :func:`quintile_replicates` once and
-    :func:`~kinetic_fm.studies.output.replicate_intervals` of it."""
-    return replicate_intervals(quintile_replicates(feats, bins, ref))
-
-
 def quintile_fds(feats: np.ndarray, bins: np.ndarray, reference: FrechetReference) -> np.ndarray:
     """(5,) the plain Fréchet distance of each quintile's rows of ``feats`` ((n, D); ``bins`` (n,) quintile
     0..4 of each row) to ``reference``, the reference rows' fit made once
@@ -363,8 +349,10 @@ def quintile_replicates(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray,
                         fits: JackknifeReference | None = None) -> list:
     """:func:`~kinetic_fm.studies.output.jackknife_replicates` of the five quintiles' rows of ``feats``
     ((n, D); ``bins`` (n,) quintile 0..4 of each row) against ``ref`` ((m, D)): the FDs that both the
-    bars' intervals (:func:`quintile_fd_intervals`) and the claim's jackknife point (``goldilocks_tests``) read.
-    ``fits``: ``ref``'s :func:`~kinetic_fm.studies.output.jackknife_reference`, shared by the splits."""
+    bars' intervals (:func:`~kinetic_fm.studies.output.replicate_intervals` of them: each quintile's own
+    bias-corrected 95% interval, NaN where it has too few rows for the jackknife) and the claim's jackknife
+    point (``goldilocks_tests``) read. ``fits``: ``ref``'s :func:`~kinetic_fm.studies.output.jackknife_reference`,
+    shared by the splits."""
     return jackknife_replicates([feats[bins == q] for q in range(5)], ref, fits=fits)
 
 
