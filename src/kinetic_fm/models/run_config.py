@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..checks import shortened
+
 
 class DamagedTrainConfigError(ValueError):
     """A training run's ``config.json`` is not one any more: one that looks written by
@@ -84,5 +86,4 @@ def read_train_config(path: str | os.PathLike, keys: Sequence[str] = TRAIN_CONFI
 
 def short_json(value: Any, width: int = 80) -> str:
     """``value`` as JSON, cut to ``width`` characters for an error message."""
-    text = json.dumps(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return shortened(json.dumps(value), width)
