@@ -1201,14 +1201,14 @@ def test_an_unreadable_config_json_is_named_unreadable_not_another_programs(tmp_
     (tmp_path / "config.json").write_text('{"model": {"kind": "mlp"}, "train": {"steps": 2, "seed": 0}, '
                                           '"data_shape": [16, 2]}')
     check_train_dir(tmp_path, resume=False)  # readable: a run that saved no step, to train in again
-    read_text = pathlib.Path.read_text
+    read_bytes = pathlib.Path.read_bytes
 
     def denied(self, *args, **kwargs):
         if self.name == "config.json":
             raise PermissionError(13, "Permission denied", str(self))
-        return read_text(self, *args, **kwargs)
+        return read_bytes(self, *args, **kwargs)
 
-    monkeypatch.setattr(pathlib.Path, "read_text", denied)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", denied)
     for resume in (False, True):
         with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))} holds a config.json that cannot be read "
                            r"\(Permission denied\); make it readable, or choose another folder$"):
@@ -1219,7 +1219,7 @@ def test_an_unreadable_config_json_is_named_unreadable_not_another_programs(tmp_
     with pytest.raises(ValueError, match=r"not a training run's"):
         check_train_dir(tmp_path, resume=True)
     # on Windows opening a folder raises PermissionError, not IsADirectoryError: still not a run's, not unreadable
-    monkeypatch.setattr(pathlib.Path, "read_text", denied)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", denied)
     with pytest.raises(ValueError, match=r"not a training run's"):
         check_train_dir(tmp_path, resume=True)
 
@@ -1240,3 +1240,34 @@ def test_a_damaged_config_json_beside_resume_pt_resumes_from_its_step_and_is_wri
     resumed = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "cut", resume=True)
     assert resumed.resumed_from == 4 and torch.equal(resumed.losses, full.losses)
     assert (tmp_path / "cut" / "config.json").read_text() == written
+
+
+@pytest.mark.parametrize("damage", ["in a string", "in a key", "cut short"])
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_config_json_of_ours_with_a_byte_that_is_not_utf8_is_named_damaged(tmp_path, damage, resume):
+    # train writes ASCII (json.dumps escapes the rest): one bad byte in its record read as "another program's, or
+    # damaged beyond recognition", though the rest named it as a training run's record
+    from kinetic_fm.models.run_config import DamagedTrainConfigError, read_train_config
+
+    train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
+          out=tmp_path / "run", info={"data": "moons"})
+    (tmp_path / "run" / "resume.pt").unlink()  # a folder with config.json alone: check_train_dir reads it
+    (tmp_path / "run" / "final.safetensors").unlink()
+    for step in (tmp_path / "run" / "checkpoints").iterdir():
+        step.unlink()
+    (tmp_path / "run" / "checkpoints").rmdir()
+    written = (tmp_path / "run" / "config.json").read_bytes()
+    at = {"in a string": written.index(b"moons") + 1, "in a key": written.index(b"data_shape") + 2,
+          "cut short": written.index(b"data_shape") + 2}[damage]
+    damaged = written[:at] + b"\xff" + written[at + 1:]
+    if damage == "cut short":
+        damaged = damaged[:at + 10]
+    (tmp_path / "run" / "config.json").write_bytes(damaged)
+    problem = rf"holds a byte that is not UTF-8 \(0xff at byte {at}; train writes ASCII\); was it edited or damaged\?"
+    with pytest.raises(DamagedTrainConfigError, match=rf"config.json: the training run's config.json {problem}$"):
+        read_train_config(tmp_path / "run" / "config.json")
+    with pytest.raises(DamagedTrainConfigError, match=rf"^{re.escape(str(tmp_path / 'run'))} holds a training run's "
+                       rf"config.json that {problem} With no resume.pt beside it"):
+        train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
+              out=tmp_path / "run", resume=resume)
+    assert (tmp_path / "run" / "config.json").read_bytes() == damaged

@@ -61,16 +61,16 @@ def test_kfm_train_resume_reads_the_runs_config_once(tmp_path, monkeypatch):
 
     assert main(["train", *COMMON, "--steps", "4", "--out", str(tmp_path)]) == 0
     reads = []
-    read_text = pathlib.Path.read_text
+    read_bytes = pathlib.Path.read_bytes
 
     def counted(self, *args, **kwargs):
         caller = sys._getframe(1)  # the command, or read_train_config, which the command calls
         callers = {caller.f_globals["__name__"], caller.f_back.f_globals["__name__"]}
         if self.name == "config.json" and "kinetic_fm.commands.train" in callers:
             reads.append(self)
-        return read_text(self, *args, **kwargs)
+        return read_bytes(self, *args, **kwargs)
 
-    monkeypatch.setattr(pathlib.Path, "read_text", counted)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", counted)
     assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path), "--resume"]) == 0
     assert reads == [tmp_path / "config.json"]
 
