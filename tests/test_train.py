@@ -1271,3 +1271,76 @@ def test_a_config_json_of_ours_with_a_byte_that_is_not_utf8_is_named_damaged(tmp
         train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
               out=tmp_path / "run", resume=resume)
     assert (tmp_path / "run" / "config.json").read_bytes() == damaged
+
+
+def test_ctrl_c_while_the_final_weights_are_written_is_held_until_they_are(tmp_path, monkeypatch):
+    # the step loop's block had ended: a SIGINT in final.safetensors' write cut it, and the finished run had no
+    # final weights; it is held now, the file written whole, and then KeyboardInterrupt with the steps kept
+    import os
+    import signal
+    import sys
+
+    module = sys.modules["kinetic_fm.models.train"]
+    real_save = module.save_model
+    sent = []
+
+    def interrupted_save(model, path, **kwargs):
+        if path.name == "final.safetensors":
+            sent.append(path)
+            os.kill(os.getpid(), signal.SIGINT)  # a real signal: its handler runs before the write begins
+        real_save(model, path, **kwargs)
+
+    monkeypatch.setattr(module, "save_model", interrupted_save)
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "run")
+    assert len(sent) == 1
+    assert (caught.value.interrupted_step, caught.value.resume_step) == (9, 9)
+    net = load_model(tmp_path / "run" / "final.safetensors")
+    ema = load_weights(tmp_path / "run" / "final.safetensors")
+    assert isinstance(net, VelocityMLP) and any(name.startswith("ema.") for name in ema)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_a_resume_loads_names_the_step_on_disk(tmp_path, monkeypatch):
+    # a KeyboardInterrupt in load_resume_state carried no step: kfm train could only say "the steps up to the
+    # last resume state are kept"; the load is held as a step is, and the interruption names the step on disk
+    import os
+    import signal
+    import sys
+
+    module = sys.modules["kinetic_fm.models.train"]
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(**{**_INTERRUPTED, "steps": 6})
+    train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "run")
+    real_load = module.load_resume_state
+
+    def interrupted_load(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(module, "load_resume_state", interrupted_load)
+    net = _SignallingMLP(10**6, [])  # counts its forwards: no step may run
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(net, data, TrainConfig(**_INTERRUPTED), out=tmp_path / "run", resume=True)
+    assert net.calls == 0
+    assert (caught.value.interrupted_step, caught.value.resume_step) == (6, 6)
+    assert load_state(tmp_path / "run" / "resume.pt")["step"] == 6
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # a second Ctrl-C in the load stops it at once: the step on disk is then not known, and none is named
+    twice = []
+
+    def interrupted_twice(*args, **kwargs):
+        twice.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(module, "load_resume_state", interrupted_twice)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "run", resume=True)
+    assert twice == [1] and not hasattr(caught.value, "resume_step")
+    monkeypatch.undo()
+    resumed = train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "run",
+                    resume=True)
+    assert resumed.resumed_from == 6

@@ -571,3 +571,53 @@ def test_ctrl_c_while_the_data_loads_says_nothing_was_trained(tmp_path, capsys, 
     assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path / "run"), *resume]) == 130
     assert capsys.readouterr().err == f"kfm train: interrupted: while preparing the run, {said}\n"
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_ctrl_c_while_the_final_weights_are_written_says_whether_they_were(tmp_path, capsys, monkeypatch, cut):
+    # one Ctrl-C there is held until final.safetensors is whole; a second one cuts the write: either way the
+    # message said "step 8 of 8 was finished ... rerun with --resume to continue", not whether the run has its end
+    trainer = sys.modules["kinetic_fm.models.train"]  # the package's name `train` is the function
+
+    real_save = trainer.save_model
+
+    def interrupted_save(model, path, **kwargs):
+        if path.name == "final.safetensors":
+            for _ in range(1 + cut):
+                os.kill(os.getpid(), signal.SIGINT)
+        real_save(model, path, **kwargs)
+
+    flags = ["train", *COMMON, "--steps", "8", "--out", str(tmp_path / "run")]
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer, "save_model", interrupted_save)
+        assert main(flags) == 130
+    final = tmp_path / "run" / "final.safetensors"
+    said = ("all 8 steps were trained and step 8's resume state saved, but the final weights were not written; "
+            "rerun the same command with --resume to write them" if cut else
+            f"all 8 steps were trained and the final weights written ({final}): the run is complete")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"kfm train: interrupted: {said}"
+    assert final.is_file() != cut
+    if cut:
+        assert main([*flags, "--resume"]) == 0
+    assert isinstance(load_model(final), torch.nn.Module)
+
+
+def test_ctrl_c_while_the_resume_loads_names_the_step_kept(tmp_path, capsys, monkeypatch):
+    # it said "the steps up to the last resume state (saved every --save-every steps) are kept": no step
+    trainer = sys.modules["kinetic_fm.models.train"]  # the package's name `train` is the function
+
+    flags = ["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "run"), "--resume"]
+    assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path / "run")]) == 0
+    real_load = trainer.load_resume_state
+
+    def interrupted_load(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_load(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer, "load_resume_state", interrupted_load)
+        assert main(flags) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "kfm train: interrupted: step 8 of 20 was finished and its resume state saved, no step is lost; "
+        "rerun the same command with --resume to continue")
+    assert main(flags) == 0 and "resumed from step 8 of 20" in capsys.readouterr().out
