@@ -1344,3 +1344,30 @@ def test_ctrl_c_while_a_resume_loads_names_the_step_on_disk(tmp_path, monkeypatc
     resumed = train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "run",
                     resume=True)
     assert resumed.resumed_from == 6
+
+
+def test_an_unconditional_run_records_no_label_dropout_and_resumes_a_folder_that_recorded_one(
+        tmp_path, record_label_dropout):
+    # config.json said label_dropout 0.1 (TrainConfig's default) for a net that has no labels to drop
+    from dataclasses import replace
+
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=8, batch_size=4, seed=3, save_every=2, checkpoints="none")
+    torch.manual_seed(0)
+    full = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "full")
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["train"]["label_dropout"] == 0.0
+    # a run folder the previous version wrote: 0.1 in config.json and in resume.pt's record
+    torch.manual_seed(0)
+    train(VelocityMLP(2, hidden=8, depth=1), data, replace(config, steps=4), out=tmp_path / "old")
+    record_label_dropout(tmp_path / "old", 0.1)
+    resumed = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "old", resume=True)
+    assert resumed.resumed_from == 4 and torch.equal(resumed.losses, full.losses)
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["train"]["label_dropout"] == 0.0
+    # a class-conditional run records its rate, and another rate is still refused on resume
+    labels = torch.randint(0, 3, (64,), generator=torch.Generator().manual_seed(1))
+    conditional = replace(config, label_dropout=0.3)
+    train(VelocityMLP(2, hidden=8, depth=1, num_classes=3), data, conditional, labels=labels, out=tmp_path / "cond")
+    assert json.loads((tmp_path / "cond" / "config.json").read_text())["train"]["label_dropout"] == 0.3
+    with pytest.raises(ValueError, match=r"train.label_dropout: saved 0.3, now 0.1"):
+        train(VelocityMLP(2, hidden=8, depth=1, num_classes=3), data, replace(conditional, steps=10, label_dropout=0.1),
+              labels=labels, out=tmp_path / "cond", resume=True)

@@ -621,3 +621,18 @@ def test_ctrl_c_while_the_resume_loads_names_the_step_kept(tmp_path, capsys, mon
         "kfm train: interrupted: step 8 of 20 was finished and its resume state saved, no step is lost; "
         "rerun the same command with --resume to continue")
     assert main(flags) == 0 and "resumed from step 8 of 20" in capsys.readouterr().out
+
+
+def test_kfm_train_without_class_cond_records_no_label_dropout_and_resumes_a_folder_that_did(
+        tmp_path, capsys, record_label_dropout):
+    # config.json said label_dropout 0.1 for a run without labels; folders written so must still resume
+    import json
+
+    assert main(["train", *COMMON, "--steps", "12", "--out", str(tmp_path / "full")]) == 0
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["train"]["label_dropout"] == 0.0
+    assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path / "old")]) == 0
+    record_label_dropout(tmp_path / "old", 0.1)  # as the previous version wrote it
+    capsys.readouterr()
+    assert main(["train", *COMMON, "--steps", "12", "--out", str(tmp_path / "old"), "--resume"]) == 0
+    assert "resumed from step 8 of 12" in capsys.readouterr().out
+    assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "old" / "final.safetensors")

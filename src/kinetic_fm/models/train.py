@@ -47,7 +47,8 @@ class TrainConfig:
         ema_decay: EMA decay; the effective decay min(decay, (1 + s)/(10 + s)) ramps up early.
         grad_clip: max global gradient norm, or None.
         label_dropout: probability of replacing a label by the null class (classifier-free
-            guidance); used only for class-conditional models trained with labels.
+            guidance); used only for class-conditional models trained with labels (the run folder of
+            another model records 0).
         seed: seeds everything.
         checkpoints: "log2" (steps 1, 2, 4, ... and the last), "none", or explicit steps.
         save_every: steps between resume states (the work since the last one is redone on resume).
@@ -559,8 +560,11 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     losses = torch.zeros(config.steps, dtype=torch.float32)
     start = 0
 
+    settings = _config_json(config)
+    if not conditional:  # what the run uses: it drops no label (config.json said TrainConfig's default rate)
+        settings["label_dropout"] = 0.0
     run_config = {"model": {"kind": getattr(model, "kind", None), "config": getattr(model, "config", None)},
-                  "train": _config_json(config), "data_shape": list(data.shape), "info": info}
+                  "train": settings, "data_shape": list(data.shape), "info": info}
     if out is not None:  # added last: config.json's earlier keys keep their order for older readers
         run_config[DATA_DIGEST] = data_digest(data, labels)
     recorded = {**info, "sample_shape": list(data.shape[1:])}  # lets `kfm sample --model` size its noise
@@ -577,10 +581,11 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     with signals:
         if resume and state_path is not None and state_path.is_file():
             on_disk.step = None  # not known until it is loaded: a second signal there names no step
-            # what a run saves (resume states, checkpoints) draws nothing and steps nothing: free to change
+            # what a run saves (resume states, checkpoints) draws nothing and steps nothing: free to change; an
+            # unconditional net drops no label (its folders from before recorded TrainConfig's default rate)
+            free = ("steps", "save_every", "checkpoints") + (() if conditional else ("label_dropout",))
             start = load_resume_state(state_path, config.steps, parts, losses, generators, device, run_config,
-                                      free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,),
-                                      stacklevel=3)  # the caller of train()
+                                      free=free, optional=(DATA_DIGEST,), stacklevel=3)  # the caller of train()
             on_disk.step = signals.step = start
             if on_resume is not None:
                 on_resume(start)
