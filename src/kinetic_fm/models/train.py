@@ -415,13 +415,14 @@ def train(
             0-d tensor); an exception raised there stops training (the last resume state stays).
             With ``out``, in the main thread, Ctrl-C (SIGINT) and SIGTERM wait for the step under way
             to end (or the resume state's load, or ``final.safetensors``' write) where their handler is a
-            Python function (Ctrl-C's default, ``kfm``'s SIGTERM, your
-            own): that step's resume state is written, then the handler runs (and raises, as a rule),
-            so no finished step is lost; a second signal runs its handler at once, and the handlers are
-            restored when training ends. A ``KeyboardInterrupt`` (or subclass) raised in the step loop
-            leaves with ``interrupted_step`` (the step under way) and ``resume_step`` (the step of the
-            resume state ``out`` keeps, 0 for none) set on it: equal when nothing was lost, else the
-            steps after ``resume_step`` are redone by a resume.
+            Python function (Ctrl-C's default, ``kfm``'s SIGTERM, your own): that step's resume state is
+            written, then the handler runs (and raises, as a rule), so no finished step is lost; a second
+            signal runs its handler at once, and the handlers are restored when training ends. A
+            ``KeyboardInterrupt`` (or subclass) raised from the resume's load to the final write leaves
+            with ``interrupted_step`` (the step under way, the last one finished outside the loop) and
+            ``resume_step`` (the step of the resume state ``out`` keeps, 0 for none) set on it: equal when
+            nothing was lost, else the steps after ``resume_step`` are redone by a resume (neither is set
+            where a second signal stopped the load, before that step was known).
         info: extra JSON-able values recorded in ``config.json`` and the checkpoints' metadata
             (e.g. the data spec).
         extra_weights: more safetensors files for ``out`` (file name -> tensors, e.g.
