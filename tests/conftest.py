@@ -123,3 +123,24 @@ def signal_after_state_replaced(monkeypatch):
         monkeypatch.setattr(atomic, "fsync_dir", interrupted_fsync_dir)
 
     return arm
+
+
+@pytest.fixture
+def record_label_dropout():
+    """``record_label_dropout(out, rate)``: ``train.label_dropout`` set to ``rate`` in the training run folder
+    ``out``'s config.json and resume.pt's record, as the version before recorded TrainConfig's rate for a run
+    without labels."""
+    import json
+
+    from kinetic_fm.models.checkpoint import load_state, save_state
+
+    def record(out: Path, rate: float) -> None:
+        written = json.loads((out / "config.json").read_text())
+        written["train"]["label_dropout"] = rate
+        (out / "config.json").write_text(json.dumps(written, indent=2) + "\n")
+        state = load_state(out / "resume.pt")
+        saved = json.loads(state["config"])
+        saved["train"]["label_dropout"] = rate
+        save_state({**state, "config": json.dumps(saved)}, out / "resume.pt")
+
+    return record

@@ -82,6 +82,8 @@ def test_select_indices_refuses_fractions_masks_and_text_by_name():
         (torch.from_numpy(mask[:2]), r"^indices must be integer positions, not a bool mask"),
         (["1"], r"^indices must be integer positions in \[0, 10\), got \['1'\]"),
         (np.array(["1"]), r"^indices must be integer positions in \[0, 10\), got array\(\['1'\]"),
+        # a long one cut as every message's values are (kinetic_fm.checks.shortened), to 60 characters
+        (["1"] * 40, r"^indices must be integer positions in \[0, 10\), got \['1'(, '1'){11}…$"),
     ):
         with pytest.raises(ValueError, match=match):
             select_indices(10, indices=indices)

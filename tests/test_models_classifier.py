@@ -475,3 +475,27 @@ def test_a_second_ctrl_c_after_the_classifier_state_is_replaced_reports_that_ste
         train_classifier(ds.images, ds.labels, out=tmp_path / "late", **_CUT)
     assert load_state(tmp_path / "late" / "resume.pt")["step"] == 7
     assert (caught.value.interrupted_step, caught.value.resume_step) == (7, 7)
+
+
+def test_ctrl_c_while_a_classifier_resume_loads_names_the_step_on_disk(tmp_path, monkeypatch):
+    # a KeyboardInterrupt in the resume's load carried no step, as train()'s did: it is held as a step is, and
+    # the interruption names the step on disk, before any step runs
+    import os
+    import signal
+    import sys
+
+    module = sys.modules["kinetic_fm.models.train"]
+    ds = load_digits(n=32, seed=1)
+    train_classifier(ds.images, ds.labels, out=tmp_path / "run", **_CUT)
+    real_load = module.load_resume_state
+
+    def interrupted_load(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(module, "load_resume_state", interrupted_load)
+    calls = _signalling_forward(monkeypatch, 10**6, [])
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train_classifier(ds.images, ds.labels, out=tmp_path / "run", resume=True, **_CUT)
+    assert calls == [] and (caught.value.interrupted_step, caught.value.resume_step) == (9, 9)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -1201,14 +1201,14 @@ def test_an_unreadable_config_json_is_named_unreadable_not_another_programs(tmp_
     (tmp_path / "config.json").write_text('{"model": {"kind": "mlp"}, "train": {"steps": 2, "seed": 0}, '
                                           '"data_shape": [16, 2]}')
     check_train_dir(tmp_path, resume=False)  # readable: a run that saved no step, to train in again
-    read_text = pathlib.Path.read_text
+    read_bytes = pathlib.Path.read_bytes
 
     def denied(self, *args, **kwargs):
         if self.name == "config.json":
             raise PermissionError(13, "Permission denied", str(self))
-        return read_text(self, *args, **kwargs)
+        return read_bytes(self, *args, **kwargs)
 
-    monkeypatch.setattr(pathlib.Path, "read_text", denied)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", denied)
     for resume in (False, True):
         with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))} holds a config.json that cannot be read "
                            r"\(Permission denied\); make it readable, or choose another folder$"):
@@ -1219,7 +1219,7 @@ def test_an_unreadable_config_json_is_named_unreadable_not_another_programs(tmp_
     with pytest.raises(ValueError, match=r"not a training run's"):
         check_train_dir(tmp_path, resume=True)
     # on Windows opening a folder raises PermissionError, not IsADirectoryError: still not a run's, not unreadable
-    monkeypatch.setattr(pathlib.Path, "read_text", denied)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", denied)
     with pytest.raises(ValueError, match=r"not a training run's"):
         check_train_dir(tmp_path, resume=True)
 
@@ -1240,3 +1240,134 @@ def test_a_damaged_config_json_beside_resume_pt_resumes_from_its_step_and_is_wri
     resumed = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "cut", resume=True)
     assert resumed.resumed_from == 4 and torch.equal(resumed.losses, full.losses)
     assert (tmp_path / "cut" / "config.json").read_text() == written
+
+
+@pytest.mark.parametrize("damage", ["in a string", "in a key", "cut short"])
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_config_json_of_ours_with_a_byte_that_is_not_utf8_is_named_damaged(tmp_path, damage, resume):
+    # train writes ASCII (json.dumps escapes the rest): one bad byte in its record read as "another program's, or
+    # damaged beyond recognition", though the rest named it as a training run's record
+    from kinetic_fm.models.run_config import DamagedTrainConfigError, read_train_config
+
+    train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
+          out=tmp_path / "run", info={"data": "moons"})
+    (tmp_path / "run" / "resume.pt").unlink()  # a folder with config.json alone: check_train_dir reads it
+    (tmp_path / "run" / "final.safetensors").unlink()
+    for step in (tmp_path / "run" / "checkpoints").iterdir():
+        step.unlink()
+    (tmp_path / "run" / "checkpoints").rmdir()
+    written = (tmp_path / "run" / "config.json").read_bytes()
+    at = {"in a string": written.index(b"moons") + 1, "in a key": written.index(b"data_shape") + 2,
+          "cut short": written.index(b"data_shape") + 2}[damage]
+    damaged = written[:at] + b"\xff" + written[at + 1:]
+    if damage == "cut short":
+        damaged = damaged[:at + 10]
+    (tmp_path / "run" / "config.json").write_bytes(damaged)
+    problem = rf"holds a byte that is not UTF-8 \(0xff at byte {at}; train writes ASCII\); was it edited or damaged\?"
+    with pytest.raises(DamagedTrainConfigError, match=rf"config.json: the training run's config.json {problem}$"):
+        read_train_config(tmp_path / "run" / "config.json")
+    with pytest.raises(DamagedTrainConfigError, match=rf"^{re.escape(str(tmp_path / 'run'))} holds a training run's "
+                       rf"config.json that {problem} With no resume.pt beside it"):
+        train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
+              out=tmp_path / "run", resume=resume)
+    assert (tmp_path / "run" / "config.json").read_bytes() == damaged
+
+
+def test_ctrl_c_while_the_final_weights_are_written_is_held_until_they_are(tmp_path, monkeypatch):
+    # the step loop's block had ended: a SIGINT in final.safetensors' write cut it, and the finished run had no
+    # final weights; it is held now, the file written whole, and then KeyboardInterrupt with the steps kept
+    import os
+    import signal
+    import sys
+
+    module = sys.modules["kinetic_fm.models.train"]
+    real_save = module.save_model
+    sent = []
+
+    def interrupted_save(model, path, **kwargs):
+        if path.name == "final.safetensors":
+            sent.append(path)
+            os.kill(os.getpid(), signal.SIGINT)  # a real signal: its handler runs before the write begins
+        real_save(model, path, **kwargs)
+
+    monkeypatch.setattr(module, "save_model", interrupted_save)
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "run")
+    assert len(sent) == 1
+    assert (caught.value.interrupted_step, caught.value.resume_step) == (9, 9)
+    net = load_model(tmp_path / "run" / "final.safetensors")
+    ema = load_weights(tmp_path / "run" / "final.safetensors")
+    assert isinstance(net, VelocityMLP) and any(name.startswith("ema.") for name in ema)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_a_resume_loads_names_the_step_on_disk(tmp_path, monkeypatch):
+    # a KeyboardInterrupt in load_resume_state carried no step: kfm train could only say "the steps up to the
+    # last resume state are kept"; the load is held as a step is, and the interruption names the step on disk
+    import os
+    import signal
+    import sys
+
+    module = sys.modules["kinetic_fm.models.train"]
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(**{**_INTERRUPTED, "steps": 6})
+    train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "run")
+    real_load = module.load_resume_state
+
+    def interrupted_load(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(module, "load_resume_state", interrupted_load)
+    net = _SignallingMLP(10**6, [])  # counts its forwards: no step may run
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(net, data, TrainConfig(**_INTERRUPTED), out=tmp_path / "run", resume=True)
+    assert net.calls == 0
+    assert (caught.value.interrupted_step, caught.value.resume_step) == (6, 6)
+    assert load_state(tmp_path / "run" / "resume.pt")["step"] == 6
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # a second Ctrl-C in the load stops it at once: the step on disk is then not known, and none is named
+    twice = []
+
+    def interrupted_twice(*args, **kwargs):
+        twice.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(module, "load_resume_state", interrupted_twice)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "run", resume=True)
+    assert twice == [1] and not hasattr(caught.value, "resume_step")
+    monkeypatch.undo()
+    resumed = train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(**_INTERRUPTED), out=tmp_path / "run",
+                    resume=True)
+    assert resumed.resumed_from == 6
+
+
+def test_an_unconditional_run_records_no_label_dropout_and_resumes_a_folder_that_recorded_one(
+        tmp_path, record_label_dropout):
+    # config.json said label_dropout 0.1 (TrainConfig's default) for a net that has no labels to drop
+    from dataclasses import replace
+
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=8, batch_size=4, seed=3, save_every=2, checkpoints="none")
+    torch.manual_seed(0)
+    full = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "full")
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["train"]["label_dropout"] == 0.0
+    # a run folder the previous version wrote: 0.1 in config.json and in resume.pt's record
+    torch.manual_seed(0)
+    train(VelocityMLP(2, hidden=8, depth=1), data, replace(config, steps=4), out=tmp_path / "old")
+    record_label_dropout(tmp_path / "old", 0.1)
+    resumed = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "old", resume=True)
+    assert resumed.resumed_from == 4 and torch.equal(resumed.losses, full.losses)
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["train"]["label_dropout"] == 0.0
+    # a class-conditional run records its rate, and another rate is still refused on resume
+    labels = torch.randint(0, 3, (64,), generator=torch.Generator().manual_seed(1))
+    conditional = replace(config, label_dropout=0.3)
+    train(VelocityMLP(2, hidden=8, depth=1, num_classes=3), data, conditional, labels=labels, out=tmp_path / "cond")
+    assert json.loads((tmp_path / "cond" / "config.json").read_text())["train"]["label_dropout"] == 0.3
+    with pytest.raises(ValueError, match=r"train.label_dropout: saved 0.3, now 0.1"):
+        train(VelocityMLP(2, hidden=8, depth=1, num_classes=3), data, replace(conditional, steps=10, label_dropout=0.1),
+              labels=labels, out=tmp_path / "cond", resume=True)

@@ -61,16 +61,16 @@ def test_kfm_train_resume_reads_the_runs_config_once(tmp_path, monkeypatch):
 
     assert main(["train", *COMMON, "--steps", "4", "--out", str(tmp_path)]) == 0
     reads = []
-    read_text = pathlib.Path.read_text
+    read_bytes = pathlib.Path.read_bytes
 
     def counted(self, *args, **kwargs):
         caller = sys._getframe(1)  # the command, or read_train_config, which the command calls
         callers = {caller.f_globals["__name__"], caller.f_back.f_globals["__name__"]}
         if self.name == "config.json" and "kinetic_fm.commands.train" in callers:
             reads.append(self)
-        return read_text(self, *args, **kwargs)
+        return read_bytes(self, *args, **kwargs)
 
-    monkeypatch.setattr(pathlib.Path, "read_text", counted)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", counted)
     assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path), "--resume"]) == 0
     assert reads == [tmp_path / "config.json"]
 
@@ -571,3 +571,68 @@ def test_ctrl_c_while_the_data_loads_says_nothing_was_trained(tmp_path, capsys, 
     assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path / "run"), *resume]) == 130
     assert capsys.readouterr().err == f"kfm train: interrupted: while preparing the run, {said}\n"
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_ctrl_c_while_the_final_weights_are_written_says_whether_they_were(tmp_path, capsys, monkeypatch, cut):
+    # one Ctrl-C there is held until final.safetensors is whole; a second one cuts the write: either way the
+    # message said "step 8 of 8 was finished ... rerun with --resume to continue", not whether the run has its end
+    trainer = sys.modules["kinetic_fm.models.train"]  # the package's name `train` is the function
+
+    real_save = trainer.save_model
+
+    def interrupted_save(model, path, **kwargs):
+        if path.name == "final.safetensors":
+            for _ in range(1 + cut):
+                os.kill(os.getpid(), signal.SIGINT)
+        real_save(model, path, **kwargs)
+
+    flags = ["train", *COMMON, "--steps", "8", "--out", str(tmp_path / "run")]
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer, "save_model", interrupted_save)
+        assert main(flags) == 130
+    final = tmp_path / "run" / "final.safetensors"
+    said = ("all 8 steps were trained and step 8's resume state saved, but the final weights were not written; "
+            "rerun the same command with --resume to write them" if cut else
+            f"all 8 steps were trained and the final weights written ({final}): the run is complete")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"kfm train: interrupted: {said}"
+    assert final.is_file() != cut
+    if cut:
+        assert main([*flags, "--resume"]) == 0
+    assert isinstance(load_model(final), torch.nn.Module)
+
+
+def test_ctrl_c_while_the_resume_loads_names_the_step_kept(tmp_path, capsys, monkeypatch):
+    # it said "the steps up to the last resume state (saved every --save-every steps) are kept": no step
+    trainer = sys.modules["kinetic_fm.models.train"]  # the package's name `train` is the function
+
+    flags = ["train", *COMMON, "--steps", "20", "--out", str(tmp_path / "run"), "--resume"]
+    assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path / "run")]) == 0
+    real_load = trainer.load_resume_state
+
+    def interrupted_load(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_load(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer, "load_resume_state", interrupted_load)
+        assert main(flags) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "kfm train: interrupted: step 8 of 20 was finished and its resume state saved, no step is lost; "
+        "rerun the same command with --resume to continue")
+    assert main(flags) == 0 and "resumed from step 8 of 20" in capsys.readouterr().out
+
+
+def test_kfm_train_without_class_cond_records_no_label_dropout_and_resumes_a_folder_that_did(
+        tmp_path, capsys, record_label_dropout):
+    # config.json said label_dropout 0.1 for a run without labels; folders written so must still resume
+    import json
+
+    assert main(["train", *COMMON, "--steps", "12", "--out", str(tmp_path / "full")]) == 0
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["train"]["label_dropout"] == 0.0
+    assert main(["train", *COMMON, "--steps", "8", "--out", str(tmp_path / "old")]) == 0
+    record_label_dropout(tmp_path / "old", 0.1)  # as the previous version wrote it
+    capsys.readouterr()
+    assert main(["train", *COMMON, "--steps", "12", "--out", str(tmp_path / "old"), "--resume"]) == 0
+    assert "resumed from step 8 of 12" in capsys.readouterr().out
+    assert _same_weights(tmp_path / "full" / "final.safetensors", tmp_path / "old" / "final.safetensors")

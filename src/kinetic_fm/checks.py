@@ -496,6 +496,11 @@ class VelocityOutputError(TypeError, ValueError):
     TypeError, and a ValueError as the prediction adapters raised before)."""
 
 
+def shortened(text: str, width: int = 80) -> str:
+    """``text`` (a value's JSON or repr) cut to ``width`` characters for an error message, "…" marking the cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def add_note(err: BaseException, note: str) -> None:
     """Attach a hint to an exception on its way out: ``err.add_note(note)`` (Python >= 3.11 prints
     notes under the message). Python 3.10 has no notes, and there the hint went missing: the note

@@ -199,7 +199,16 @@ def _interrupted_hint(kept: int, stopped: int, args: argparse.Namespace) -> str:
     """What Ctrl-C or SIGTERM in step ``stopped`` kept: the resume state of step ``kept`` (0: none
     yet). One signal waits for the step under way to end and saves it (``kept == stopped``: nothing
     lost); a second one stops at once, and the steps after ``kept`` are lost and redone. "the steps up
-    to the last resume state are kept" named neither step, so a user could not tell 99 steps lost from none."""
+    to the last resume state are kept" named neither step, so a user could not tell 99 steps lost from none.
+    One in the final weights' write after the last step is held until they are whole; a second one cuts it."""
+    if stopped == kept == args.steps:
+        from pathlib import Path
+
+        final = Path(args.out) / "final.safetensors"  # an earlier leg's end went aside as this leg began
+        if final.is_file():
+            return f"all {kept} steps were trained and the final weights written ({final}): the run is complete"
+        return (f"all {kept} steps were trained and step {kept}'s resume state saved, but the final weights were not "
+                "written; rerun the same command with --resume to write them")
     if stopped == kept and kept:
         return (f"step {kept} of {args.steps} was finished and its resume state saved, no step is lost; "
                 "rerun the same command with --resume to continue")

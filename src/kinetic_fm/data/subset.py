@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence, TypeVar
 import torch
 from torch import Tensor
 
-from ..checks import as_scalar, check_integer, check_seed, is_integer, torch_readable
+from ..checks import as_scalar, check_integer, check_seed, is_integer, shortened, torch_readable
 
 if TYPE_CHECKING:
     from .images import ImageDataset
@@ -86,7 +86,8 @@ def _positions(indices: Sequence[int] | Tensor, total: int) -> Tensor:
     try:
         values = torch.as_tensor(torch_readable(indices))
     except (TypeError, ValueError, RuntimeError):  # text, objects: torch's own words named neither
-        raise ValueError(f"indices must be integer positions in [0, {total}), got {_short(indices)}") from None
+        raise ValueError(f"indices must be integer positions in [0, {total}), "
+                         f"got {shortened(repr(indices), 60)}") from None
     if values.dtype == torch.bool:
         raise ValueError("indices must be integer positions, not a bool mask: pass its positions, "
                          "np.flatnonzero(mask) (or mask.nonzero().flatten() for a tensor)")
@@ -94,11 +95,6 @@ def _positions(indices: Sequence[int] | Tensor, total: int) -> Tensor:
         raise ValueError(f"indices must be integer positions in [0, {total}), got float values "
                          f"({values.dtype}, e.g. {values.reshape(-1)[0].item()!r})")
     return values.to(torch.int64).reshape(-1)
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def dataset_rows(dataset: ImageDataset | PointDataset) -> Tensor:

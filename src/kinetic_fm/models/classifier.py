@@ -271,12 +271,9 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
         run_config[DATA_DIGEST] = data_digest(images, labels)
         remove_leftover_temporaries(out)  # resume.pt's, from writers killed mid-save
     start = 0
-    if state_path is not None and state_path.is_file():
-        if not resume:
-            raise ValueError(f"{out} already holds a classifier training ({RESUME_FILE}); continue it with "
-                             "resume=True or choose another folder")
-        start = load_resume_state(state_path, steps, parts, losses, generators, device, run_config, free=(),
-                                  optional=(DATA_DIGEST,), stacklevel=3)  # the caller of train_classifier()
+    if state_path is not None and state_path.is_file() and not resume:
+        raise ValueError(f"{out} already holds a classifier training ({RESUME_FILE}); continue it with "
+                         "resume=True or choose another folder")
     labels = labels.to(images.device)  # once, not per step
     on_disk = ResumeStateOnDisk(state_path, start)
 
@@ -285,9 +282,16 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
                                                            global_rngs=False))
 
     model.train()
-    # Ctrl-C and SIGTERM wait for the step under way to end, as train()'s: with a folder no finished step is lost
+    # Ctrl-C and SIGTERM wait for the step under way (or the resume's load) to end, as train()'s: with a folder
+    # no finished step is lost
     signals = SignalsAtStepEnd(on_disk)
     with signals:
+        if state_path is not None and state_path.is_file():
+            on_disk.step = None  # not known until it is loaded: a second signal there names no step
+            start = load_resume_state(state_path, steps, parts, losses, generators, device, run_config, free=(),
+                                      optional=(DATA_DIGEST,), stacklevel=3)  # the caller of train_classifier()
+            on_disk.step = signals.step = start
+        signals.at_step_end(start, save_resume)  # one held in the load: delivered before any step
         for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
             step = signals.step = i + 1
             idx = torch.randint(images.shape[0], (batch_size,), device="cpu", generator=g)

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..checks import shortened
+
 
 class DamagedTrainConfigError(ValueError):
     """A training run's ``config.json`` is not one any more: one that looks written by
@@ -47,30 +49,40 @@ def _written_by_train(body: dict[str, Any]) -> bool:
 def read_train_config(path: str | os.PathLike, keys: Sequence[str] = TRAIN_CONFIG_KEYS) -> dict[str, Any] | None:
     """The record ``path`` (a run folder's ``config.json``) holds when
     :func:`~kinetic_fm.models.train.train` wrote it. None when it is not a training run's: another
-    program's (a Hugging Face model folder holds a config.json too) or damaged beyond recognition (not
-    UTF-8, an empty file, JSON that is no object, a JSON object holding nothing only train writes).
-    :class:`DamagedTrainConfigError` when it looks written by train (a ``model`` naming its ``kind``, a
-    ``train`` with ``steps`` and ``seed``, a ``data_shape``, or for text that is no JSON, train's first
-    words) but is damaged: not JSON, lacking some of ``keys`` (those a training run's record must hold; a
-    reader of ``data_shape`` alone gives ``("data_shape",)``), or a ``data_shape`` that is no shape.
+    program's (a Hugging Face model folder holds a config.json too) or damaged beyond recognition (an
+    empty file, JSON that is no object, a JSON object holding nothing only train writes, UTF-16 or other
+    bytes that are no JSON read as UTF-8). :class:`DamagedTrainConfigError` when it looks written by train
+    (a ``model`` naming its ``kind``, a ``train`` with ``steps`` and ``seed``, a ``data_shape``, or for text
+    that is no JSON, train's first words; bytes that are not UTF-8 read as U+FFFD) but is damaged: holds
+    such a byte (train writes ASCII), is not JSON, lacks some of ``keys`` (those a training run's record
+    must hold; a reader of ``data_shape`` alone gives ``("data_shape",)``), or holds a ``data_shape`` that
+    is no shape.
     OSError (FileNotFoundError when absent) as reading raises it."""
     path = Path(path)
 
     def damaged(problem: str) -> DamagedTrainConfigError:
         return DamagedTrainConfigError(f"{path}: the training run's config.json {problem}", problem)
 
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:  # a UTF-16 file of a Windows tool, or binary: train writes UTF-8
-        return None
+        text, undecodable = raw.decode("utf-8"), None
+    except UnicodeDecodeError as err:
+        # train writes ASCII (json.dumps escapes the rest): read on with U+FFFD for the bad bytes, so that a record
+        # of ours with a damaged byte is known by the rest of it; a UTF-16 file or binary is no JSON, nor begins so
+        text, undecodable = raw.decode("utf-8", errors="replace"), err
+    not_utf8 = None if undecodable is None else (
+        f"holds a byte that is not UTF-8 (0x{raw[undecodable.start]:02x} at byte {undecodable.start}; train writes "
+        "ASCII); was it edited or damaged?")
     try:
         body = json.loads(text)
     except ValueError as err:
         if _WRITTEN_START.match(text):
-            raise damaged(f"is not valid JSON ({err}); was it edited or cut short?") from None
+            raise damaged(not_utf8 or f"is not valid JSON ({err}); was it edited or cut short?") from None
         return None
     if not isinstance(body, dict) or not _written_by_train(body):
         return None
+    if not_utf8:
+        raise damaged(not_utf8)
     missing = [key for key in keys if key not in body]
     if missing:
         raise damaged(f"lacks {', '.join(map(repr, missing))}; was it edited?")
@@ -84,5 +96,4 @@ def read_train_config(path: str | os.PathLike, keys: Sequence[str] = TRAIN_CONFI
 
 def short_json(value: Any, width: int = 80) -> str:
     """``value`` as JSON, cut to ``width`` characters for an error message."""
-    text = json.dumps(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return shortened(json.dumps(value), width)

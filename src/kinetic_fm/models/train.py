@@ -48,7 +48,8 @@ class TrainConfig:
         ema_decay: EMA decay; the effective decay min(decay, (1 + s)/(10 + s)) ramps up early.
         grad_clip: max global gradient norm, or None.
         label_dropout: probability of replacing a label by the null class (classifier-free
-            guidance); used only for class-conditional models trained with labels.
+            guidance); used only for class-conditional models trained with labels (the run folder of
+            another model records 0).
         seed: seeds everything.
         checkpoints: "log2" (steps 1, 2, 4, ... and the last), "none", or explicit steps.
         save_every: steps between resume states (the work since the last one is redone on resume).
@@ -414,13 +415,15 @@ def train(
         callback: called as ``callback(step, loss)`` after each step (1-based ``step``, loss a
             0-d tensor); an exception raised there stops training (the last resume state stays).
             With ``out``, in the main thread, Ctrl-C (SIGINT) and SIGTERM wait for the step under way
-            to end where their handler is a Python function (Ctrl-C's default, ``kfm``'s SIGTERM, your
-            own): that step's resume state is written, then the handler runs (and raises, as a rule),
-            so no finished step is lost; a second signal runs its handler at once, and the handlers are
-            restored when training ends. A ``KeyboardInterrupt`` (or subclass) raised in the step loop
-            leaves with ``interrupted_step`` (the step under way) and ``resume_step`` (the step of the
-            resume state ``out`` keeps, 0 for none) set on it: equal when nothing was lost, else the
-            steps after ``resume_step`` are redone by a resume.
+            to end (or the resume state's load, or ``final.safetensors``' write) where their handler is a
+            Python function (Ctrl-C's default, ``kfm``'s SIGTERM, your own): that step's resume state is
+            written, then the handler runs (and raises, as a rule), so no finished step is lost; a second
+            signal runs its handler at once, and the handlers are restored when training ends. A
+            ``KeyboardInterrupt`` (or subclass) raised from the resume's load to the final write leaves
+            with ``interrupted_step`` (the step under way, the last one finished outside the loop) and
+            ``resume_step`` (the step of the resume state ``out`` keeps, 0 for none) set on it: equal when
+            nothing was lost, else the steps after ``resume_step`` are redone by a resume (neither is set
+            where a second signal stopped the load, before that step was known).
         info: extra JSON-able values recorded in ``config.json`` and the checkpoints' metadata
             (e.g. the data spec).
         extra_weights: more safetensors files for ``out`` (file name -> tensors, e.g.
@@ -559,8 +562,11 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     losses = torch.zeros(config.steps, dtype=torch.float32)
     start = 0
 
+    settings = _config_json(config)
+    if not conditional:  # what the run uses: it drops no label (config.json said TrainConfig's default rate)
+        settings["label_dropout"] = 0.0
     run_config = {"model": {"kind": getattr(model, "kind", None), "config": getattr(model, "config", None)},
-                  "train": _config_json(config), "data_shape": list(data.shape), "info": info}
+                  "train": settings, "data_shape": list(data.shape), "info": info}
     if out is not None:  # added last: config.json's earlier keys keep their order for older readers
         run_config[DATA_DIGEST] = data_digest(data, labels)
     recorded = {**info, "sample_shape": list(data.shape[1:])}  # lets `kfm sample --model` size its noise
@@ -569,72 +575,80 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         check_train_dir(out, resume=resume)
     parts = {"model": model, "ema": ema, "optimizer": optimizer}
     generators = {"data": data_gen, "noise": noise_gen}
-    if resume and state_path is not None and state_path.is_file():
-        # what a run saves (resume states, checkpoints) draws nothing and steps nothing: free to change
-        start = load_resume_state(state_path, config.steps, parts, losses, generators, device, run_config,
-                                  free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,),
-                                  stacklevel=3)  # the caller of train()
-        if on_resume is not None:
-            on_resume(start)
-    if out is not None:
-        from ..runs.atomic import atomic_write_text  # here: the runs package brings pyarrow with it
-
-        remove_leftover_temporaries(out)
-        atomic_write_text(out / "config.json", json.dumps(run_config, indent=2) + "\n")
-        for name, tensors in (extra_weights or {}).items():
-            save_weights(tensors, out / name)
-
-        final = out / "final.safetensors"
-        if 0 < start < config.steps and final.is_file():
-            # an extension under way: load_model(out) must not read the old end as the run's end,
-            # but an interrupted extension must leave it loadable: it becomes the checkpoint of
-            # its step (or goes, when that checkpoint exists: the same weights)
-            kept = out / "checkpoints" / f"step_{start:07d}.safetensors"
-            if kept.is_file():
-                final.unlink()
-            else:
-                kept.parent.mkdir(exist_ok=True)
-                os.replace(final, kept)
-
-    schedule = set(checkpoint_steps(config.steps, config.checkpoints))
-    # the checkpoints earlier legs of this run wrote up to its resume state, those off this
-    # schedule included: log2's last of a run since extended (steps 12, then 20) is one of them
-    written = {} if out is None else _checkpoints_up_to(out, start)
-
     on_disk = ResumeStateOnDisk(state_path, start)
-
-    def finite_weights() -> bool:  # one synchronisation for all parameters
-        return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
-
-    def save_resume(step: int) -> None:
-        on_disk.write(step, lambda path: save_resume_state(path, step, parts, losses, generators, device, run_config))
-
-    def save_step(step: int, *, checkpoint: bool = False, resume_state: bool = True) -> None:
-        """Write ``step``'s checkpoint and/or resume state (a signal's save: the latter alone) once its weights
-        are checked: a finite loss can still step to non-finite weights, and a NaN resume.pt replaced the last
-        good one."""
-        if not finite_weights():
-            raise diverged(step, "the weights are no longer finite")
-        if checkpoint:
-            path = out / "checkpoints" / f"step_{step:07d}.safetensors"
-            save_model(model, path, ema=ema, step=step, **recorded)
-            written[step] = path
-        if resume_state:
-            save_resume(step)
-
-    def diverged(step: int, what: str) -> ValueError:
-        kept = (f"{out} keeps the resume state of step {on_disk.step}" if out is not None and on_disk.step
-                else "no resume state was saved")
-        return ValueError(f"training diverged at step {step}: {what}; try a smaller learning rate (lr) or "
-                          f"gradient clipping (grad_clip); {kept}")
-
-    n = data.shape[0]
-    model.train()
-    ema.eval()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train", disable=not progress)
-    # Ctrl-C and SIGTERM wait for the step under way to end, so that a run with a folder loses no finished step
-    signals = SignalsAtStepEnd(on_disk)  # without a folder nothing is saved: no wait
+    # Ctrl-C and SIGTERM wait for the step under way to end, so that a run with a folder loses no finished step:
+    # held from the resume's load (which learns the step on disk) to the final weights' write, whose cut left a
+    # finished run without them (without a folder nothing is saved: no wait)
+    signals = SignalsAtStepEnd(on_disk)
     with signals:
+        if resume and state_path is not None and state_path.is_file():
+            on_disk.step = None  # not known until it is loaded: a second signal there names no step
+            # what a run saves (resume states, checkpoints) draws nothing and steps nothing: free to change; an
+            # unconditional net drops no label (its folders from before recorded TrainConfig's default rate)
+            free = ("steps", "save_every", "checkpoints") + (() if conditional else ("label_dropout",))
+            start = load_resume_state(state_path, config.steps, parts, losses, generators, device, run_config,
+                                      free=free, optional=(DATA_DIGEST,), stacklevel=3)  # the caller of train()
+            on_disk.step = signals.step = start
+            if on_resume is not None:
+                on_resume(start)
+        if out is not None:
+            from ..runs.atomic import atomic_write_text  # here: the runs package brings pyarrow with it
+
+            remove_leftover_temporaries(out)
+            atomic_write_text(out / "config.json", json.dumps(run_config, indent=2) + "\n")
+            for name, tensors in (extra_weights or {}).items():
+                save_weights(tensors, out / name)
+
+            final = out / "final.safetensors"
+            if 0 < start < config.steps and final.is_file():
+                # an extension under way: load_model(out) must not read the old end as the run's end,
+                # but an interrupted extension must leave it loadable: it becomes the checkpoint of
+                # its step (or goes, when that checkpoint exists: the same weights)
+                kept = out / "checkpoints" / f"step_{start:07d}.safetensors"
+                if kept.is_file():
+                    final.unlink()
+                else:
+                    kept.parent.mkdir(exist_ok=True)
+                    os.replace(final, kept)
+
+        schedule = set(checkpoint_steps(config.steps, config.checkpoints))
+        # the checkpoints earlier legs of this run wrote up to its resume state, those off this
+        # schedule included: log2's last of a run since extended (steps 12, then 20) is one of them
+        written = {} if out is None else _checkpoints_up_to(out, start)
+
+        def finite_weights() -> bool:  # one synchronisation for all parameters
+            return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+        def save_resume(step: int) -> None:
+            on_disk.write(step, lambda path: save_resume_state(path, step, parts, losses, generators, device,
+                                                               run_config))
+
+        def save_step(step: int, *, checkpoint: bool = False, resume_state: bool = True) -> None:
+            """Write ``step``'s checkpoint and/or resume state (a signal's save: the latter alone) once its weights
+            are checked: a finite loss can still step to non-finite weights, and a NaN resume.pt replaced the last
+            good one."""
+            if not finite_weights():
+                raise diverged(step, "the weights are no longer finite")
+            if checkpoint:
+                path = out / "checkpoints" / f"step_{step:07d}.safetensors"
+                save_model(model, path, ema=ema, step=step, **recorded)
+                written[step] = path
+            if resume_state:
+                save_resume(step)
+
+        def diverged(step: int, what: str) -> ValueError:
+            kept = (f"{out} keeps the resume state of step {on_disk.step}" if out is not None and on_disk.step
+                    else "no resume state was saved")
+            return ValueError(f"training diverged at step {step}: {what}; try a smaller learning rate (lr) or "
+                              f"gradient clipping (grad_clip); {kept}")
+
+        n = data.shape[0]
+        model.train()
+        ema.eval()
+        bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train",
+                   disable=not progress)
+        # a signal held in the load or the folder's writes: delivered before any step (the one on disk is start's)
+        signals.at_step_end(start, save_step)
         for i in bar:
             step = signals.step = i + 1
             if config.warmup:
@@ -676,22 +690,23 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
             if callback is not None:
                 callback(step, loss.detach())
             signals.at_step_end(step, save_step)
-    bar.close()
-    if out is not None:
-        if config.steps in schedule and config.steps not in written:
-            # resumed at its last step (a killed run finished with steps = its resume step): no
-            # step ran to write the schedule's last checkpoint, and the net is at that step
-            path = out / "checkpoints" / f"step_{config.steps:07d}.safetensors"
-            save_model(model, path, ema=ema, step=config.steps, **recorded)
-            written[config.steps] = path
-        save_model(model, out / "final.safetensors", ema=ema, step=config.steps, **recorded)
+        bar.close()
+        if out is not None:
+            if config.steps in schedule and config.steps not in written:
+                # resumed at its last step (a killed run finished with steps = its resume step): no
+                # step ran to write the schedule's last checkpoint, and the net is at that step
+                path = out / "checkpoints" / f"step_{config.steps:07d}.safetensors"
+                save_model(model, path, ema=ema, step=config.steps, **recorded)
+                written[config.steps] = path
+            save_model(model, out / "final.safetensors", ema=ema, step=config.steps, **recorded)
     model.eval()
     return TrainResult(model, ema, losses, dict(sorted(written.items())), out, resumed_from=start)
 
 
 class ResumeStateOnDisk:
     """A training loop's resume state file ``path`` (None: none is kept, :meth:`write` does nothing) and
-    ``step``, the step of the state on disk (0 for none): :meth:`write` keeps it current."""
+    ``step``, the step of the state on disk (0 for none, None while a resume loads it, not known yet):
+    :meth:`write` keeps it current."""
 
     def __init__(self, path: Path | None, step: int) -> None:
         self.path, self.step = path, step
@@ -718,7 +733,9 @@ class SignalsAtStepEnd:
     function (Ctrl-C's KeyboardInterrupt, ``kfm``'s SIGTERM, a program's own) is held back: the loop
     sets :attr:`step` as each step starts and calls :meth:`at_step_end` at its end, which, where one came,
     writes that step's resume state and runs its handler (:meth:`deliver`); a KeyboardInterrupt leaving
-    the block gets :meth:`note_on`.
+    the block gets :meth:`note_on`. :func:`train` enters it before a resume's load and leaves it after the
+    final weights are written: one that came in the load is delivered before the first step, one in the
+    final write once the file is whole.
     A second one runs its handler at once (an impatient user, a save that hangs). Handlers left to the
     system (SIG_DFL, SIG_IGN) are left alone, and so is every handler outside the main thread, where
     Python cannot set one, and without a resume state file (``on_disk.path`` None: nothing to save, no wait).
@@ -758,8 +775,9 @@ class SignalsAtStepEnd:
     def note_on(self, err: KeyboardInterrupt) -> None:
         """Set on ``err``, raised in step :attr:`step`, what the interruption lost where a folder keeps resume
         states (``active``): ``interrupted_step`` (that step) and ``resume_step`` (the step of the resume
-        state on disk, 0 for none); the steps after it are redone by a resume."""
-        if self.active:
+        state on disk, 0 for none); the steps after it are redone by a resume. Nothing while that step is not
+        known (a second signal while a resume loads it)."""
+        if self.active and self.on_disk.step is not None:
             err.interrupted_step, err.resume_step = self.step, self.on_disk.step
 
     def deliver(self) -> None:
