@@ -137,6 +137,13 @@ class CifarResNet(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
 
+    def __setstate__(self, state: dict) -> None:
+        # a net pickled whole (torch.save(net)) before the once-per-net warnings has none of their state
+        super().__setstate__(state)
+        self.__dict__.setdefault("warn_of_range", True)
+        self.__dict__.setdefault("_ranges_said", set())
+        self.__dict__.setdefault("_sizes_said", set())
+
     def features(self, x: Tensor) -> Tensor:
         """(B, 64) global-average-pooled features of (B, 3, H, W) images (float in [-1, 1], or integer
         pixels in [0, 255]), in the layers' dtype. ValueError for another shape."""
