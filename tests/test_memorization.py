@@ -1618,6 +1618,7 @@ def test_cli_figure_never_replaces_or_adds_an_input_image(tmp_path, capsys):
     for samples, train, figure, what in (
             ("s", "t", "s/0.png", "overwrite one of the images, which --samples"),
             ("s", "folder:" + str(tmp_path / "t"), "t/1.png", "overwrite one of the images, which --train"),
+            ("s", "folder: " + str(tmp_path / "t"), "t/2.png", "overwrite one of the images, which --train"),
             ("s", "t", "t/sub/new.png", "add an image to the folder of images, which --train")):
         samples = samples if ":" in samples else str(tmp_path / samples)
         train = train if ":" in train else str(tmp_path / train)
@@ -1626,6 +1627,18 @@ def test_cli_figure_never_replaces_or_adds_an_input_image(tmp_path, capsys):
         assert f"--figure {tmp_path / figure} would {what}" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.png")} == kept
 
+
+
+def test_cli_a_folder_spec_with_a_space_after_its_colon_is_named_as_without(tmp_path, capsys):
+    # "folder: X" was the path " X" (not found); loaded now, its refusal read "--train folder: X: X: ..."
+    samples = tmp_path / "s.npy"
+    np.save(samples, np.random.default_rng(0).normal(size=(5, 4)))
+    said = []
+    for spec in (f"folder:{samples}", f"folder: {samples}"):
+        assert main(["memorization", "--samples", str(samples), "--train", spec, "--no-progress"]) == 2
+        said.append(capsys.readouterr().err.strip().splitlines()[-1])
+    assert said[0] == said[1] == (f"kfm memorization: error: --train {samples}: expected a folder of images "
+                                  "or a zip archive of images")
 
 
 def test_cli_out_never_replaces_an_input_reached_by_another_name(tmp_path, capsys):

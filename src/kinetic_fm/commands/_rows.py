@@ -354,7 +354,7 @@ def _training_rows(run, progress: bool):
     whole (None for 2-D points) and the mean image a centred set subtracted (else None)."""
     from pathlib import Path
 
-    from ..data.registry import load_dataset
+    from ..data.registry import load_dataset, parse_spec
     from ..data.subset import dataset_rows
     from ..models.train import DATA_DIGEST
     from ..studies.assets import TRAINING_ITEMS
@@ -363,7 +363,7 @@ def _training_rows(run, progress: bool):
     try:
         data = load_dataset(spec, n=n, seed=seed, progress=progress)
     except FileNotFoundError as err:
-        name, _, path = spec.partition(":")
+        path = parse_spec(spec)[1]   # it parsed: the loader did not find its path
         hint = ("; it is a relative path, which a run folder written before paths were recorded absolute "
                 "leaves to be read from the folder the training ran in: run from there"
                 if path and not Path(path).is_absolute() else "")
