@@ -431,8 +431,8 @@ def training_record(run):
     try:  # None: another program's config.json, which names no data spec
         config = read_train_config(run / TRAIN_CONFIG)
     except DamagedTrainConfigError as err:  # "names no data spec" hid what is wrong with it
-        raise ValueError(f"--train {run}: {err} Put back a good copy of it, or pass the training items "
-                         "themselves") from None
+        raise ValueError(f"--train {run}: its {TRAIN_CONFIG} {err.problem} Put back a good copy of it, or pass the "
+                         "training items themselves") from None
     try:
         if (run / TRAINING_ITEMS).is_file():
             digest = config.get(DATA_DIGEST) if isinstance(config, dict) else None
