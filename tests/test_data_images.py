@@ -860,6 +860,31 @@ def test_the_split_folders_remedy_names_the_folder_below_subdir_and_its_wrappers
                 assert load_image_folder(folder).classes == ("cat", "dog")
 
 
+def test_a_zip_loaded_with_subdir_is_named_as_a_zip_and_its_member_folder(tmp_path):
+    # its warnings, refusals and ImageDataset.source named "spl.zip/top", a folder's path where a zip is meant
+    # (its members are "spl.zip:top/..."); list_image_labels named the zip or folder alone, its reason's folders
+    # being below subdir; a subdir found below a wrapper was named without it
+    import re
+
+    for outer in ("", "outer/"):
+        root, one = tmp_path / f"spl{len(outer)}", tmp_path / f"one{len(outer)}"
+        _png_folder_and_zip(root, [f"{outer}top/{split}/{cls}/{i}.png" for i, (split, cls) in enumerate(
+            (("train", "cat"), ("train", "dog"), ("test", "cat")))])
+        _png_folder_and_zip(one, [f"{outer}top/a/{i}.png" for i in range(2)])     # one class: no labelling
+        for name, given in ((root, root), (one, one), (root, f"{root}.zip"), (one, f"{one}.zip")):
+            named = (f"{name}.zip (member folder {outer}top/)" if str(given).endswith(".zip")
+                     else f"{name}/{outer}top")
+            if name == root:
+                with pytest.warns(UserWarning) as w:
+                    ds = load_image_folder(given, subdir="top")
+                said = str(w[0].message)
+                assert said.startswith(f"{named}: the class folders ('test', 'train') are named like splits"), said
+                assert ds.source == named
+            else:
+                with pytest.raises(ValueError, match=re.escape(f"{named}: expected images in <class>/<file> folders")):
+                    list_image_labels(given, subdir="top")
+
+
 def test_an_empty_folder_is_refused_as_holding_no_images_by_list_image_labels(tmp_path):
     # the split-folders remedy's folder (_above) read the first file of none: IndexError, not the reason
     (tmp_path / "empty").mkdir()

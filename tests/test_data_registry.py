@@ -100,6 +100,20 @@ def test_a_path_after_the_colon_has_its_tilde_expanded(tmp_path, monkeypatch):
     assert len(load_dataset("mnist:~/mnist", progress=False)) == 3
 
 
+def test_spaces_between_the_colon_and_the_path_are_not_part_of_the_path(tmp_path, monkeypatch):
+    # "mnist: /data/mnist" (quoted, or from a config) read as the path " /data/mnist", "not found";
+    # a path with a leading space is almost never meant
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    _write_mnist(tmp_path / "mnist")
+    assert parse_spec("folder: /x") == ("folder", "/x") and parse_spec("cifar10:\t C:/x") == ("cifar10", "C:/x")
+    assert parse_spec("mnist:  ~/mnist") == ("mnist", str(tmp_path / "mnist"))
+    assert absolute_spec("mnist: mnist") == f"mnist:{tmp_path / 'mnist'}"
+    assert len(load_dataset(f"mnist: {tmp_path / 'mnist'}", progress=False)) == 3
+    with pytest.raises(ValueError, match="needs a path"):
+        parse_spec("folder:  ")
+
+
 def test_a_folder_spec_loads_a_grey_folder_as_one_channel(tmp_path):
     # folder: read an MNIST-style folder of grey PNGs as three equal channels, D = 3·H·W, where mnist: gives one
     import torch

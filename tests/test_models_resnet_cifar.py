@@ -92,6 +92,8 @@ def test_a_resnet_spec_expands_a_leading_tilde(tmp_path, monkeypatch):
     (tmp_path / "nets").mkdir()
     (tmp_path / "nets" / "w.th").write_bytes(b"")
     assert parse_cifar_resnet_spec("resnet56:~/nets/w.th") == ("resnet56", tmp_path / "nets" / "w.th")
+    # spaces after the colon are not part of the path, as in the data specs (helper-292)
+    assert parse_cifar_resnet_spec("resnet56: ~/nets/w.th") == ("resnet56", tmp_path / "nets" / "w.th")
 
 
 def test_pretrained_resnet20_on_lossless_test_images(shared_data):
@@ -231,6 +233,31 @@ def test_images_of_another_size_than_32_warn_once_per_net_and_size():
     assert len(said) == 2 and all(issubclass(w.category, UserWarning) for w in caught)
     assert said[0].startswith("CifarResNet's weights are for 32x32 images; these are 64x64")
     assert "16x16" in said[1] and "said once per net" in said[0]
+
+
+def test_a_net_pickled_whole_before_the_warnings_kept_state_loads_and_warns_once(tmp_path):
+    # torch.save(net) by a version before the once-per-net warnings pickles no warn_of_range, _ranges_said
+    # or _sizes_said: the loaded net failed on its first forward with AttributeError
+    torch.manual_seed(0)
+    net = CifarResNet(depth=8).eval()
+    for name in ("warn_of_range", "_ranges_said", "_sizes_said"):
+        del net.__dict__[name]
+    torch.save(net, tmp_path / "old.pt")
+    old, other = (torch.load(tmp_path / "old.pt", weights_only=False) for _ in range(2))
+    images = torch.rand(2, 3, 64, 64)                                   # [0, 1] floats, 64x64: both warnings
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        for _ in range(2):
+            scores = old(images)
+        other(images)                                                   # its own state, not the first net's
+    fresh = CifarResNet(depth=8).eval()
+    fresh.load_state_dict(net.state_dict())
+    fresh.warn_of_range = False
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        assert torch.equal(scores, fresh(images))
+    said = [str(w.message) for w in caught]
+    assert len(said) == 4 and sum("64x64" in s for s in said) == 2 and sum("within [0, 1]" in s for s in said) == 2
 
 
 def test_a_resnet_spec_naming_a_folder_says_so_and_names_the_weights_file_expected(tmp_path):

@@ -7,26 +7,34 @@ import kinetic_fm as kfm
 from kinetic_fm import nearest_neighbors
 
 
-def brute(queries, reference, k, exclude_self=False):
-    # direct differences in float64 (torch.cdist switches to the cancelling GEMM expansion)
+def squared_distances(queries, reference):
+    """(B, N) float64 squared distances by direct differences (torch.cdist switches to the
+    cancelling GEMM expansion)."""
     q, r = queries.double().flatten(1), reference.double().flatten(1)
-    d = (q[:, None, :] - r[None, :, :]).pow(2).sum(dim=2).sqrt()
+    return (q[:, None, :] - r[None, :, :]).pow(2).sum(dim=2)
+
+
+def brute(queries, reference, k, exclude_self=False):
+    """The k nearest by exact squared distance, and their roots. Ranked before the root: a
+    faithful (not correctly rounded) square root, as torch's is on some builds, may put the roots
+    of two squares a few ulps apart in the other order, which the search, ranking squares, never does."""
+    d2 = squared_distances(queries, reference)
     if exclude_self:
-        d.fill_diagonal_(float("inf"))
-    return d.topk(k, dim=1, largest=False)
+        d2.fill_diagonal_(float("inf"))
+    nearest = d2.topk(k, dim=1, largest=False)
+    return torch.return_types.topk((nearest.values.sqrt(), nearest.indices))
 
 
 def brute_in_blocks(queries, reference, k, exclude_self=False, rows=16):
     """``brute`` over ``rows`` queries at a time (its (B, N, D) block would not fit); ties in
     index order, as the search promises."""
-    q, r = queries.double().flatten(1), reference.double().flatten(1)
     values, indices = [], []
-    for q0 in range(0, q.shape[0], rows):
-        d = (q[q0:q0 + rows, None, :] - r[None, :, :]).pow(2).sum(dim=2).sqrt()
+    for q0 in range(0, queries.shape[0], rows):
+        d2 = squared_distances(queries[q0:q0 + rows], reference)
         if exclude_self:
-            d[torch.arange(d.shape[0]), torch.arange(q0, q0 + d.shape[0])] = float("inf")
-        d, order = torch.sort(d, dim=1, stable=True)
-        values.append(d[:, :k])
+            d2[torch.arange(d2.shape[0]), torch.arange(q0, q0 + d2.shape[0])] = float("inf")
+        d2, order = torch.sort(d2, dim=1, stable=True)
+        values.append(d2[:, :k].sqrt())
         indices.append(order[:, :k])
     return torch.cat(values), torch.cat(indices)
 
@@ -261,6 +269,14 @@ def _cap_about_a_far_point(seed, dim=8, width=1 / 16, n=64):
     return rows / rows.norm(dim=1, keepdim=True), g
 
 
+def found_squares(queries, reference, found):
+    """(B, k) exact squared distances to the rows ``found`` names, checked to be those whose
+    roots it reports (near-equal rows may come in either order; each index is at its distance)."""
+    at = (queries[:, None, :].double() - reference[found.indices].double()).pow(2).sum(dim=2)
+    assert torch.equal(at.sqrt(), found.distances)
+    return at
+
+
 @pytest.mark.parametrize("k,margin", [(1, 0), (2, 1)])
 def test_the_float64_rescreen_certificate_is_taken_about_the_reference_mean(k, margin, always_rescreen):
     # Queries within 1e-15 of the origin, reference on the unit sphere about it in a cap 1/16
@@ -273,12 +289,10 @@ def test_the_float64_rescreen_certificate_is_taken_about_the_reference_mean(k, m
         reference, g = _cap_about_a_far_point(seed)
         queries = 1e-15 * torch.randn(256, 8, generator=g, dtype=torch.float64)
         got = nearest_neighbors(queries, reference, k, margin=margin)
-        want = brute(queries, reference, k)
+        want_squares = squared_distances(queries, reference).topk(k, dim=1, largest=False).values
         assert got.rechecked == 256 and always_rescreen["float64 re-screen"] == seed + 1
-        assert torch.equal(got.distances, want.values)
-        # near-equal rows may come in either order; each index is at its reported distance
-        at = (queries[:, None, :] - reference[got.indices]).pow(2).sum(dim=2).sqrt()
-        assert torch.equal(at, got.distances)
+        # squares compared, not their roots, which may tie (or, rounded faithfully, swap) rows a few ulps apart
+        assert torch.equal(found_squares(queries, reference, got), want_squares)
 
 
 def test_the_float64_rescreen_is_exact_for_a_set_searched_against_itself(monkeypatch, always_rescreen):
@@ -300,11 +314,10 @@ def test_the_float64_rescreen_is_exact_for_a_set_searched_against_itself(monkeyp
         cap, g = _cap_about_a_far_point(seed)
         rows = torch.cat([cap, 1e-15 * torch.randn(1, 8, generator=g, dtype=torch.float64)])
         got = nearest_neighbors(rows, rows, 2, exclude_self=True, margin=0)
-        want = brute(rows, rows, 2, exclude_self=True)
+        want_squares = squared_distances(rows, rows).fill_diagonal_(float("inf")).topk(2, largest=False).values
         assert got.rechecked == 65 and always_rescreen["float64 re-screen"] == seed + 1
-        assert torch.equal(got.distances, want.values)
-        at = (rows[:, None, :] - rows[got.indices]).pow(2).sum(dim=2).sqrt()
-        assert torch.equal(at, got.distances) and (got.indices != torch.arange(65)[:, None]).all()
+        assert torch.equal(found_squares(rows, rows, got), want_squares)
+        assert (got.indices != torch.arange(65)[:, None]).all()
 
 
 @pytest.mark.parametrize("chunk", [7, 50, 8192])

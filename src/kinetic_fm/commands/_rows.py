@@ -350,7 +350,7 @@ def _training_rows(run, progress: bool):
     whole (None for 2-D points) and the mean image a centred set subtracted (else None)."""
     from pathlib import Path
 
-    from ..data.registry import load_dataset
+    from ..data.registry import load_dataset, parse_spec
     from ..data.subset import dataset_rows
     from ..models.train import DATA_DIGEST
     from ..studies.assets import TRAINING_ITEMS
@@ -359,7 +359,7 @@ def _training_rows(run, progress: bool):
     try:
         data = load_dataset(spec, n=n, seed=seed, progress=progress)
     except FileNotFoundError as err:
-        name, _, path = spec.partition(":")
+        path = parse_spec(spec)[1]   # it parsed: the loader did not find its path
         hint = ("; it is a relative path, which a run folder written before paths were recorded absolute "
                 "leaves to be read from the folder the training ran in: run from there"
                 if path and not Path(path).is_absolute() else "")
@@ -427,8 +427,8 @@ def training_record(run):
     try:  # None: another program's config.json, which names no data spec
         config = read_train_config(run / TRAIN_CONFIG)
     except DamagedTrainConfigError as err:  # "names no data spec" hid what is wrong with it
-        raise ValueError(f"--train {run}: {err} Put back a good copy of it, or pass the training items "
-                         "themselves") from None
+        raise ValueError(f"--train {run}: its {TRAIN_CONFIG} {err.problem} Put back a good copy of it, or pass the "
+                         "training items themselves") from None
     try:
         if (run / TRAINING_ITEMS).is_file():
             digest = config.get(DATA_DIGEST) if isinstance(config, dict) else None

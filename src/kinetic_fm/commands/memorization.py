@@ -276,11 +276,14 @@ def _input_paths(name: str, value: str):
     to the run ("the data it trained on, folder:/imgs"), else None. Paths that do not exist are left out."""
     from pathlib import Path
 
+    from ..data.registry import parse_spec
+
     def spec_folder(spec: str):
         kind, _, spec_path = spec.partition(":")
-        if kind in ("folder", "celeba") and Path(spec_path).expanduser().exists():
-            return Path(spec_path).expanduser().resolve()
-        return None
+        if kind not in ("folder", "celeba") or not spec_path.strip():
+            return None
+        folder = Path(parse_spec(spec)[1])   # its path as the loader reads it (spaces after the colon dropped)
+        return folder.resolve() if folder.exists() else None
 
     path = Path(value)
     if is_spec(value, name == "--train") or not path.exists():   # a data spec (folder:x, even where a file is so named)

@@ -418,15 +418,19 @@ def _above(pairs: list[tuple[str, str]]) -> str:
     return name[:len(name) - len(relative)].strip("/")
 
 
-def _described(path, subdir: str | None) -> str:
-    """The folder or zip ``path`` (under ``subdir``) as messages and :attr:`ImageDataset.source` name it."""
-    return str(path) if subdir is None else f"{path}/{subdir}"
+def _described(path, above: str) -> str:
+    """The folder or zip ``path``, where the images loaded lie below its folder ``above`` (:func:`_above`: subdir,
+    and the wrapper it was found below), as messages and :attr:`ImageDataset.source` name it: ``data/top`` for a
+    folder, ``data.zip (member folder top/)`` for a zip (its members are named ``data.zip:top/...``)."""
+    if not above:
+        return str(path)
+    return f"{path} (member folder {above}/)" if str(path).lower().endswith(".zip") else f"{path}/{above}"
 
 
-def _folder_labels(relative: list[str], path, subdir: str | None, above: str
+def _folder_labels(relative: list[str], path, above: str
                    ) -> tuple[tuple[str, ...] | None, Tensor | None, str | None]:
     """(classes sorted, (N,) labels, None) of files given by their paths ``relative`` to the folder ``above``
-    (:func:`_above`) of the folder or zip ``path`` loaded with ``subdir`` (named in the warning): each file's class is
+    (:func:`_above`) of the folder or zip ``path`` (both named in the warning): each file's class is
     its top folder below the folders every file sits in (wrappers such as ``zip -r data.zip data/``), however deep the
     file lies inside it (``cat/kittens/1.png`` is a cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as
     torchvision's ImageFolder labels a tree (ImageFolder takes the root's own folders, so it reads a wrapped tree as one
@@ -441,7 +445,7 @@ def _folder_labels(relative: list[str], path, subdir: str | None, above: str
         return None, None, reason
     names = [f[shared] for f in folders]
     classes = tuple(sorted(set(names)))
-    _check_split_folders(folders, shared, path, subdir, above, labelled=True)
+    _check_split_folders(folders, shared, path, above, labelled=True)
     lookup = {c: i for i, c in enumerate(classes)}
     return classes, torch.tensor([lookup[c] for c in names], dtype=torch.int64), None
 
@@ -474,10 +478,9 @@ def _unlabelled(relative: list[str], folders: list[list[str]], shared: int) -> s
 _SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
 
 
-def _check_split_folders(folders: list[list[str]], shared: int, path, subdir: str | None, above: str, *,
-                         labelled: bool) -> None:
-    """Warn (UserWarning) when the top folders below the ``shared`` wrappers of the folder ``above`` of the folder or
-    zip ``path`` loaded with ``subdir`` (``folders``: each file's folders below ``above``, as :func:`_folders` gives
+def _check_split_folders(folders: list[list[str]], shared: int, path, above: str, *, labelled: bool) -> None:
+    """Warn (UserWarning) when the top folders below the ``shared`` wrappers of the folder ``above`` (:func:`_above`)
+    of the folder or zip ``path`` (``folders``: each file's folders below ``above``, as :func:`_folders` gives
     them) are all named like a data set's splits (train, test, ...) and every file lies in a folder inside one
     (``train/<class>/...``): loaded whole, the splits are one set, and, where the tree is ``labelled``, labelled by
     split, as ImageFolder labels it. One check for the loads with labels (a ``folder:`` spec) and without (a folder
@@ -503,7 +506,7 @@ def _check_split_folders(folders: list[list[str]], shared: int, path, subdir: st
     own = "/".join([*([above] if above else []), *folders[0][:shared], split])
     remedy = (f"extract {own}/ from {path} and load it (the split's own folder)" if str(path).lower().endswith(".zip")
               else f"load {path}/{own} (the split's own folder)")
-    where = _described(path, subdir)
+    where = _described(path, above)
     warnings.warn(f"{where}: {what[0]} {tops} are named like splits of a data set and hold folders of their own: "
                   f"{what[1]} ({remedy})", UserWarning, stacklevel=caller_outside_the_package())
 
@@ -581,12 +584,12 @@ def load_image_folder(
             check_listing(pairs)
         names = [name for name, _ in pairs]
         relative = [rel for _, rel in pairs]
-        where = _described(path, subdir)
+        above = _above(pairs)
         if labels_from_folders:
-            classes, all_labels, _ = _folder_labels(relative, path, subdir, _above(pairs))
+            classes, all_labels, _ = _folder_labels(relative, path, above)
         else:  # no labels, but the same warning of the tree's layout
             classes, all_labels = None, None
-            _check_split_folders(*_folders(relative), path, subdir, _above(pairs), labelled=False)
+            _check_split_folders(*_folders(relative), path, above, labelled=False)
         chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
         array = decode_many(source, [names[i] for i in chosen.tolist()],
                             grayscale=bool(grayscale), crop=crop, size=size, progress=progress)
@@ -596,7 +599,7 @@ def load_image_folder(
         images=uint8_to_signed(array),
         labels=None if all_labels is None else all_labels[chosen],
         classes=classes,
-        source=where,
+        source=_described(path, above),
         indices=chosen,
         lossy="JPEG" if size is None and any(names[i].lower().endswith(JPEG_EXTENSIONS)
                                               for i in chosen.tolist()) else None,
@@ -641,7 +644,9 @@ def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tup
     """
     with ImageSource(path) as source:
         pairs = _under(source.names, subdir, path)
-    classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs], path, subdir, _above(pairs))
+    above = _above(pairs)
+    classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs], path, above)
     if unlabelled is not None:
-        raise ValueError(f"{path}: expected images in <class>/<file> folders, at least two classes: {unlabelled}")
+        raise ValueError(f"{_described(path, above)}: expected images in <class>/<file> folders, at least two "
+                         f"classes: {unlabelled}")
     return classes, labels

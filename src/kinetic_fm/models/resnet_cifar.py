@@ -137,6 +137,13 @@ class CifarResNet(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
 
+    def __setstate__(self, state: dict) -> None:
+        # a net pickled whole (torch.save(net)) before the once-per-net warnings has none of their state
+        super().__setstate__(state)
+        self.__dict__.setdefault("warn_of_range", True)
+        self.__dict__.setdefault("_ranges_said", set())
+        self.__dict__.setdefault("_sizes_said", set())
+
     def features(self, x: Tensor) -> Tensor:
         """(B, 64) global-average-pooled features of (B, 3, H, W) images (float in [-1, 1], or integer
         pixels in [0, 255]), in the layers' dtype. ValueError for another shape."""
@@ -191,9 +198,10 @@ RESNET_SPECS = ("resnet20", "resnet56")
 def parse_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[str, Path]:
     """``(kind, path)`` of a ``"resnet20:PATH"`` or ``"resnet56:PATH"`` spec, as the CLIs take it;
     ``name`` is the argument it came from, for the error messages. The file must exist (a folder is
-    refused as such, naming the ``resnet56-*.th`` file it holds, if one); a leading ``~`` is expanded
-    (the shell does not after ``resnet56:``), as in the data specs."""
+    refused as such, naming the ``resnet56-*.th`` file it holds, if one); spaces after the colon are
+    dropped and a leading ``~`` is expanded (the shell does not after ``resnet56:``), as in the data specs."""
     kind, _, path = spec.partition(":")
+    path = path.lstrip()
     if kind not in RESNET_SPECS or not path:
         raise ValueError(f"{name} must be 'resnet20:PATH' or 'resnet56:PATH', got {spec!r}")
     path = Path(path).expanduser()
