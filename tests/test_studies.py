@@ -1334,7 +1334,8 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
     loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
     md, _ = module.reproduce(cfg, tmp_path, progress=False)
     resumed = {p.name for p in (tmp_path / "cache").glob("*.pt")} - finished
-    assert set(studies_done) <= set(loaded) and not resumed & set(loaded)
+    # (every entry, the one written now too, is read again once the run has finished, for the stages it keeps)
+    assert set(studies_done) <= set(loaded) and not {n for n in resumed if not n.startswith("study-")} & set(loaded)
     assert sorted(name.rsplit("-", 1)[0] for name in resumed if name.startswith("study-")) == ["study-shaping"]
     assert all(name.startswith(("shaping-", "study-shaping-")) for name in resumed), sorted(resumed)
     assert len(sampled) == len(resumed) - 1 == len(ablation_grid(cfg.shaping))   # one batch each at tiny size
@@ -1408,6 +1409,66 @@ def test_a_rerun_back_at_an_earlier_configuration_measures_no_study(tiny_report,
     assert measured == []                                                # the first configuration's entries, kept
     assert "every study's tables, claims and figures were read from" in md.read_text()
     assert len(list((tmp_path / "out" / "cache").glob("study-*.pt"))) == 2 * len(module.STUDIES)
+
+
+def _with_stale_stages(tiny_report, out: Path) -> tuple[set[str], set[str]]:
+    """A copy of the tiny run's folder at ``out`` with stages of other configurations planted in ``cache/``:
+    two no entry reads, and one listed in the inputs of a planted support entry of another configuration.
+    Returns (the files of the tiny run's cache and the planted entry and its input, the other two)."""
+    import shutil
+
+    from kinetic_fm.studies.study_cache import file_digest
+
+    shutil.copytree(tiny_report[0], out)
+    cache = out / "cache"
+    kept = {p.name for p in cache.iterdir()}
+    general = next(cache.glob("general-fm-*.pt"))
+    stale = {"general-fm-000000000000.pt", "shaping-plain-fm-111111111111.pt"}
+    for name in stale | {"general-fm-222222222222.pt"}:
+        shutil.copy2(general, cache / name)
+    entry = torch.load(next(cache.glob("study-support-*.pt")), weights_only=True)
+    entry["inputs"] = {"general-fm-222222222222.pt": file_digest(Workspace(out), cache / "general-fm-222222222222.pt")}
+    torch.save(entry, cache / "study-support-333333333333.pt")
+    return kept | {"general-fm-222222222222.pt", "study-support-333333333333.pt"}, stale
+
+
+def test_a_finished_run_of_every_study_prunes_the_stages_no_kept_entry_reads(tiny_report, tmp_path, monkeypatch,
+                                                                             capsys):
+    # the stages of every configuration and cache epoch stayed in cache/ for good: most of a folder's size
+    from kinetic_fm.studies import reproduce as module
+
+    kept, stale = _with_stale_stages(tiny_report, tmp_path / "out")
+    module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", progress=True)
+    assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept
+    size = next((tiny_report[0] / "cache").glob("general-fm-*.pt")).stat().st_size   # each stale file's
+    assert f"[kfm reproduce] cache: deleted 2 sampling stage files of other configurations, {2 * size / 1e6:.1f} MB" \
+        in capsys.readouterr().out.splitlines()
+    # what it left is all a rerun reads: it samples and measures nothing, and deletes nothing
+    loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
+    for name in module.STUDIES:
+        monkeypatch.setattr(module, f"run_{name}", lambda *a, **kw: pytest.fail("a study was measured again"))
+    md, _ = module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", progress=True)
+    assert sampled == [] and "This run sampled and measured nothing" in md.read_text()
+    assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept
+    assert "cache: deleted" not in capsys.readouterr().out
+
+
+def test_an_interrupted_run_and_a_run_of_some_studies_prune_no_stage(tiny_report, tmp_path, monkeypatch):
+    # a stage of a study not run (whose result was not stored: it warned) cannot be told from a stale one
+    from kinetic_fm.studies import reproduce as module
+    from kinetic_fm.studies import report
+
+    kept, stale = _with_stale_stages(tiny_report, tmp_path / "out")
+    module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", studies=("support", "shaping"), progress=False)
+    assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept | stale
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption while the report is written")
+
+    monkeypatch.setattr(report, "write_report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", progress=False)
+    assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept | stale
 
 
 def test_a_cached_rerun_hashes_each_stage_file_once(tiny_report, tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from .quality import SampleQuality, sample_quality
 from .report import TERMS_HEAD
 from .semantics import general_samples, run_semantics
 from .shaping import run_shaping
-from .study_cache import cached_study, study_key
+from .study_cache import cached_study, entries_inputs, study_key
 from .support import run_support
 from .timings import TIMINGS_FILE, StageTimes
 from .workspace import Workspace, config_hash
@@ -70,11 +70,30 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     with RunLock(ws.root, resume="run the same command again"):
         try:
             ws.remove_leftover_temporaries()
-            return _run_studies(cfg, ws, studies, progress)
-        except BaseException:
+            paths = _run_studies(cfg, ws, studies, progress)
+        except BaseException:  # an interrupted or failed run prunes nothing: it resumes from every stage
             if fresh:  # a run refused before its first result leaves no empty workspace behind
                 _remove_skeleton(root)
             raise
+        if set(studies) == set(STUDIES):
+            _prune_stages(ws)
+        return paths
+
+
+def _prune_stages(ws: Workspace) -> None:
+    """Delete the sampling stages in ``cache/`` that neither this run (of every study, finished) read or
+    computed nor a kept study entry lists in its inputs (:func:`~kinetic_fm.studies.study_cache.entries_inputs`):
+    those of other configurations, cache epochs and libraries, which piled up run after run. A run
+    back at a configuration whose entries were kept reads them; at another one it samples again. The judging
+    classifiers (``classifier-*``, trained weights like ``models/``, which is never pruned) stay.
+
+    A run of some studies (``--studies``) prunes nothing: a stage of a study it did not run that no entry
+    lists (that study warned, so its result was not stored, or its entry was evicted) cannot be told from a
+    stale one, and deleting it would cost the next full run a sampling run to spare a few MB."""
+    spared = entries_inputs(ws) | {path.name for path in (ws.root / "cache").glob("classifier-*.pt")}
+    files, size = ws.prune_stages(spared)
+    if files:
+        ws.say(f"cache: deleted {files} sampling stage files of other configurations, {size / 1e6:.1f} MB")
 
 
 def _remove_skeleton(root: Path) -> None:
