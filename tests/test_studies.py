@@ -1,6 +1,7 @@
 """kfm reproduce: every study end to end at tiny size, resume, and the pieces underneath."""
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -510,6 +511,18 @@ def test_the_memorizer_and_its_last_checkpoint_each_key_a_study_though_they_hold
         return assets_digest(_StudyInputs(torch.zeros(2), module, {2: checkpoint}, "digits"))
 
     assert len({key(memorizer, last), key(other, last), key(memorizer, changed), key(other, changed)}) == 4
+
+
+def test_the_style_digest_reads_no_rcparam_it_leaves_out():
+    # it read every rcParam and dropped the undrawn ones after: reading "backend" resolves it, importing pyplot and
+    # a GUI toolkit's probe, half a second of a cached rerun that draws nothing; its value is no part of the digest
+    code = ("import sys, matplotlib; from kinetic_fm.studies.study_cache import style_digest; before = style_digest(); "
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
+            "matplotlib.use('agg'); assert style_digest() == before; "
+            "matplotlib.rcParams['lines.linewidth'] += 1; assert style_digest() != before")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "MPLBACKEND": ""})
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_cached_study_is_keyed_on_the_matplotlib_style_its_figures_are_drawn_in(tmp_path):

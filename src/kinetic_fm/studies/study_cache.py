@@ -95,7 +95,8 @@ def style_digest() -> str:
         import matplotlib
     except ImportError:  # no figure can be drawn either: no style to tell apart
         return "no matplotlib"
-    drawn = sorted((name, repr(value)) for name, value in matplotlib.rcParams.items()
+    # by name first: reading "backend" would resolve it (importing pyplot, probing GUI toolkits: half a second)
+    drawn = sorted((name, repr(matplotlib.rcParams[name])) for name in list(matplotlib.rcParams)
                    if not name.startswith(_UNDRAWN_FAMILIES))
     return hashlib.sha256(repr(drawn).encode()).hexdigest()
 
