@@ -1350,8 +1350,9 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
     # (every entry, the one written now too, is read again once the run has finished, for the stages it keeps)
     assert set(studies_done) <= set(loaded) and not {n for n in resumed if not n.startswith("study-")} & set(loaded)
     assert sorted(name.rsplit("-", 1)[0] for name in resumed if name.startswith("study-")) == ["study-shaping"]
-    assert all(name.startswith(("shaping-", "study-shaping-")) for name in resumed), sorted(resumed)
-    assert len(sampled) == len(resumed) - 1 == len(ablation_grid(cfg.shaping))   # one batch each at tiny size
+    # and the sample-quality check the interrupted run did not reach
+    assert all(name.startswith(("shaping-", "study-shaping-", "quality-")) for name in resumed), sorted(resumed)
+    assert len(sampled) == len(resumed) - 2 == len(ablation_grid(cfg.shaping))   # one batch each at tiny size
     assert "This run sampled" not in md.read_text()
     monkeypatch.undo()
     for table in (out / "tables").glob("*.parquet"):
@@ -1373,10 +1374,11 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
     loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
 
     def refused(*args, **kwargs):
-        raise AssertionError("a finished study was measured again")
+        raise AssertionError("a finished study or the sample-quality check was measured again")
 
     for name in module.STUDIES:
         monkeypatch.setattr(module, f"run_{name}", refused)
+    monkeypatch.setattr(module, "sample_quality", refused)     # its result is cached too: the same sentence below
     md, _ = module.reproduce(cfg, tmp_path, progress=False)    # a rerun of the finished run counts itself alone
     monkeypatch.undo()
     assert sampled == [] and {p.name for p in (tmp_path / "cache").glob("study-*.pt")} <= set(loaded)
@@ -1573,7 +1575,8 @@ def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tiny
     monkeypatch.setattr(samples, "_interactive", lambda: True)              # as on a terminal
     reproduce(ReproduceConfig.preset("tiny"), _trained(tiny_report, tmp_path / "shown"), progress=True)
     lines = capsys.readouterr().out.splitlines()
-    sampling_stages = [p for p in (tmp_path / "shown" / "cache").glob("*.pt") if not p.name.startswith("study-")]
+    sampling_stages = [p for p in (tmp_path / "shown" / "cache").glob("*.pt")
+                       if not p.name.startswith(("study-", "quality-"))]
     assert len(bars) == len(sampling_stages) - 1 and all(bars)   # but the judge's
     assert len([line for line in lines if line.startswith("[kfm reproduce] sampling ")]) == len(bars)
     for step in ("semantics: judging", "support: kNN and KDE support", "memorization: Goldilocks",
@@ -1642,9 +1645,9 @@ def test_a_new_classifier_reuses_every_cached_sample(tiny_report, tmp_path, monk
     module.reproduce(replace(cfg, assets=replace(cfg.assets, classifier_steps=cfg.assets.classifier_steps + 1)),
                      tmp_path, progress=False)
     added = sorted(set(p.name for p in (tmp_path / "cache").glob("*.pt")) - set(cached))
-    # the judge retrained and every study measured again with it, nothing resampled
-    assert [name.rsplit("-", 1)[0] for name in added] == ["classifier"] + [f"study-{name}" for name in sorted(
-        module.STUDIES)]
+    # the judge retrained, the sample-quality check and every study measured again with it, nothing resampled
+    assert [name.rsplit("-", 1)[0] for name in added] == ["classifier", "quality"] + [
+        f"study-{name}" for name in sorted(module.STUDIES)]
 
 
 def test_cli_rejects_an_unknown_study(tmp_path):
