@@ -1,6 +1,7 @@
 """kfm reproduce: every study end to end at tiny size, resume, and the pieces underneath."""
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -510,6 +511,18 @@ def test_the_memorizer_and_its_last_checkpoint_each_key_a_study_though_they_hold
         return assets_digest(_StudyInputs(torch.zeros(2), module, {2: checkpoint}, "digits"))
 
     assert len({key(memorizer, last), key(other, last), key(memorizer, changed), key(other, changed)}) == 4
+
+
+def test_the_style_digest_reads_no_rcparam_it_leaves_out():
+    # it read every rcParam and dropped the undrawn ones after: reading "backend" resolves it, importing pyplot and
+    # a GUI toolkit's probe, half a second of a cached rerun that draws nothing; its value is no part of the digest
+    code = ("import sys, matplotlib; from kinetic_fm.studies.study_cache import style_digest; before = style_digest(); "
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
+            "matplotlib.use('agg'); assert style_digest() == before; "
+            "matplotlib.rcParams['lines.linewidth'] += 1; assert style_digest() != before")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "MPLBACKEND": ""})
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_cached_study_is_keyed_on_the_matplotlib_style_its_figures_are_drawn_in(tmp_path):
@@ -1334,10 +1347,12 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
     loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
     md, _ = module.reproduce(cfg, tmp_path, progress=False)
     resumed = {p.name for p in (tmp_path / "cache").glob("*.pt")} - finished
-    assert set(studies_done) <= set(loaded) and not resumed & set(loaded)
+    # (every entry, the one written now too, is read again once the run has finished, for the stages it keeps)
+    assert set(studies_done) <= set(loaded) and not {n for n in resumed if not n.startswith("study-")} & set(loaded)
     assert sorted(name.rsplit("-", 1)[0] for name in resumed if name.startswith("study-")) == ["study-shaping"]
-    assert all(name.startswith(("shaping-", "study-shaping-")) for name in resumed), sorted(resumed)
-    assert len(sampled) == len(resumed) - 1 == len(ablation_grid(cfg.shaping))   # one batch each at tiny size
+    # and the sample-quality check the interrupted run did not reach
+    assert all(name.startswith(("shaping-", "study-shaping-", "quality-")) for name in resumed), sorted(resumed)
+    assert len(sampled) == len(resumed) - 2 == len(ablation_grid(cfg.shaping))   # one batch each at tiny size
     assert "This run sampled" not in md.read_text()
     monkeypatch.undo()
     for table in (out / "tables").glob("*.parquet"):
@@ -1359,10 +1374,11 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
     loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
 
     def refused(*args, **kwargs):
-        raise AssertionError("a finished study was measured again")
+        raise AssertionError("a finished study or the sample-quality check was measured again")
 
     for name in module.STUDIES:
         monkeypatch.setattr(module, f"run_{name}", refused)
+    monkeypatch.setattr(module, "sample_quality", refused)     # its result is cached too: the same sentence below
     md, _ = module.reproduce(cfg, tmp_path, progress=False)    # a rerun of the finished run counts itself alone
     monkeypatch.undo()
     assert sampled == [] and {p.name for p in (tmp_path / "cache").glob("study-*.pt")} <= set(loaded)
@@ -1408,6 +1424,66 @@ def test_a_rerun_back_at_an_earlier_configuration_measures_no_study(tiny_report,
     assert measured == []                                                # the first configuration's entries, kept
     assert "every study's tables, claims and figures were read from" in md.read_text()
     assert len(list((tmp_path / "out" / "cache").glob("study-*.pt"))) == 2 * len(module.STUDIES)
+
+
+def _with_stale_stages(tiny_report, out: Path) -> tuple[set[str], set[str]]:
+    """A copy of the tiny run's folder at ``out`` with stages of other configurations planted in ``cache/``:
+    two no entry reads, and one listed in the inputs of a planted support entry of another configuration.
+    Returns (the files of the tiny run's cache and the planted entry and its input, the other two)."""
+    import shutil
+
+    from kinetic_fm.studies.study_cache import file_digest
+
+    shutil.copytree(tiny_report[0], out)
+    cache = out / "cache"
+    kept = {p.name for p in cache.iterdir()}
+    general = next(cache.glob("general-fm-*.pt"))
+    stale = {"general-fm-000000000000.pt", "shaping-plain-fm-111111111111.pt"}
+    for name in stale | {"general-fm-222222222222.pt"}:
+        shutil.copy2(general, cache / name)
+    entry = torch.load(next(cache.glob("study-support-*.pt")), weights_only=True)
+    entry["inputs"] = {"general-fm-222222222222.pt": file_digest(Workspace(out), cache / "general-fm-222222222222.pt")}
+    torch.save(entry, cache / "study-support-333333333333.pt")
+    return kept | {"general-fm-222222222222.pt", "study-support-333333333333.pt"}, stale
+
+
+def test_a_finished_run_of_every_study_prunes_the_stages_no_kept_entry_reads(tiny_report, tmp_path, monkeypatch,
+                                                                             capsys):
+    # the stages of every configuration and cache epoch stayed in cache/ for good: most of a folder's size
+    from kinetic_fm.studies import reproduce as module
+
+    kept, stale = _with_stale_stages(tiny_report, tmp_path / "out")
+    module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", progress=True)
+    assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept
+    size = next((tiny_report[0] / "cache").glob("general-fm-*.pt")).stat().st_size   # each stale file's
+    assert f"[kfm reproduce] cache: deleted 2 sampling stage files of other configurations, {2 * size / 1e6:.1f} MB" \
+        in capsys.readouterr().out.splitlines()
+    # what it left is all a rerun reads: it samples and measures nothing, and deletes nothing
+    loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
+    for name in module.STUDIES:
+        monkeypatch.setattr(module, f"run_{name}", lambda *a, **kw: pytest.fail("a study was measured again"))
+    md, _ = module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", progress=True)
+    assert sampled == [] and "This run sampled and measured nothing" in md.read_text()
+    assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept
+    assert "cache: deleted" not in capsys.readouterr().out
+
+
+def test_an_interrupted_run_and_a_run_of_some_studies_prune_no_stage(tiny_report, tmp_path, monkeypatch):
+    # a stage of a study not run (whose result was not stored: it warned) cannot be told from a stale one
+    from kinetic_fm.studies import reproduce as module
+    from kinetic_fm.studies import report
+
+    kept, stale = _with_stale_stages(tiny_report, tmp_path / "out")
+    module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", studies=("support", "shaping"), progress=False)
+    assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept | stale
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption while the report is written")
+
+    monkeypatch.setattr(report, "write_report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", progress=False)
+    assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept | stale
 
 
 def test_a_cached_rerun_hashes_each_stage_file_once(tiny_report, tmp_path, monkeypatch):
@@ -1499,7 +1575,8 @@ def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tiny
     monkeypatch.setattr(samples, "_interactive", lambda: True)              # as on a terminal
     reproduce(ReproduceConfig.preset("tiny"), _trained(tiny_report, tmp_path / "shown"), progress=True)
     lines = capsys.readouterr().out.splitlines()
-    sampling_stages = [p for p in (tmp_path / "shown" / "cache").glob("*.pt") if not p.name.startswith("study-")]
+    sampling_stages = [p for p in (tmp_path / "shown" / "cache").glob("*.pt")
+                       if not p.name.startswith(("study-", "quality-"))]
     assert len(bars) == len(sampling_stages) - 1 and all(bars)   # but the judge's
     assert len([line for line in lines if line.startswith("[kfm reproduce] sampling ")]) == len(bars)
     for step in ("semantics: judging", "support: kNN and KDE support", "memorization: Goldilocks",
@@ -1568,9 +1645,9 @@ def test_a_new_classifier_reuses_every_cached_sample(tiny_report, tmp_path, monk
     module.reproduce(replace(cfg, assets=replace(cfg.assets, classifier_steps=cfg.assets.classifier_steps + 1)),
                      tmp_path, progress=False)
     added = sorted(set(p.name for p in (tmp_path / "cache").glob("*.pt")) - set(cached))
-    # the judge retrained and every study measured again with it, nothing resampled
-    assert [name.rsplit("-", 1)[0] for name in added] == ["classifier"] + [f"study-{name}" for name in sorted(
-        module.STUDIES)]
+    # the judge retrained, the sample-quality check and every study measured again with it, nothing resampled
+    assert [name.rsplit("-", 1)[0] for name in added] == ["classifier", "quality"] + [
+        f"study-{name}" for name in sorted(module.STUDIES)]
 
 
 def test_cli_rejects_an_unknown_study(tmp_path):

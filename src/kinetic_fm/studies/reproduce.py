@@ -25,7 +25,7 @@ from .quality import SampleQuality, sample_quality
 from .report import TERMS_HEAD
 from .semantics import general_samples, run_semantics
 from .shaping import run_shaping
-from .study_cache import cached_study, study_key
+from .study_cache import cached_study, entries_inputs, file_digest, study_key
 from .support import run_support
 from .timings import TIMINGS_FILE, StageTimes
 from .workspace import Workspace, config_hash
@@ -70,11 +70,30 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     with RunLock(ws.root, resume="run the same command again"):
         try:
             ws.remove_leftover_temporaries()
-            return _run_studies(cfg, ws, studies, progress)
-        except BaseException:
+            paths = _run_studies(cfg, ws, studies, progress)
+        except BaseException:  # an interrupted or failed run prunes nothing: it resumes from every stage
             if fresh:  # a run refused before its first result leaves no empty workspace behind
                 _remove_skeleton(root)
             raise
+        if set(studies) == set(STUDIES):
+            _prune_stages(ws)
+        return paths
+
+
+def _prune_stages(ws: Workspace) -> None:
+    """Delete the sampling stages in ``cache/`` that neither this run (of every study, finished) read or
+    computed nor a kept study entry lists in its inputs (:func:`~kinetic_fm.studies.study_cache.entries_inputs`):
+    those of other configurations, cache epochs and libraries, which piled up run after run. A run
+    back at a configuration whose entries were kept reads them; at another one it samples again. The judging
+    classifiers (``classifier-*``, trained weights like ``models/``, which is never pruned) stay.
+
+    A run of some studies (``--studies``) prunes nothing: a stage of a study it did not run that no entry
+    lists (that study warned, so its result was not stored, or its entry was evicted) cannot be told from a
+    stale one, and deleting it would cost the next full run a sampling run to spare a few MB."""
+    spared = entries_inputs(ws) | {path.name for path in (ws.root / "cache").glob("classifier-*.pt")}
+    files, size = ws.prune_stages(spared)
+    if files:
+        ws.say(f"cache: deleted {files} sampling stage files of other configurations, {size / 1e6:.1f} MB")
 
 
 def _remove_skeleton(root: Path) -> None:
@@ -122,10 +141,10 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
 
     claims = [c for o in outputs for c in o.claims]
     sections = [s for o in outputs for s in o.sections]
-    quality = None
+    quality, sampled = None, ws.stages_computed  # the check's own stage is one of "reading them, the check"
     if {"semantics", "support", "memorization"} & set(studies):  # their samples are cached by now
         ws.say("sample quality: Fréchet distances of the generalising model's samples")
-        quality = sample_quality(assets, general_samples(cfg.semantics, assets, ws, asset_key), seed=cfg.assets.seed)
+        quality = _sample_quality(cfg, assets, ws, asset_key, key)
     timings, total = times.totals()
     invocations = len(times.counted())
     configuration = asdict(cfg)
@@ -156,7 +175,7 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
         meta["sample quality"] = quality.sentence()
     intro = (_intro(cfg.assets.data, cfg.mode, quality) + "\n\n"
              + _overview(cfg, studies, assets, timings, total, invocations,
-                         from_cache=invocations == 1 and ws.stages_computed == 0
+                         from_cache=invocations == 1 and sampled == 0
                          and ws.stages_loaded + ws.studies_loaded > 0,
                          studies_from_cache=ws.studies_computed == 0) + "\n\n"
              + _scale(cfg, studies, tuple(assets.train.shape[1:]), len(assets.train)) + "\n\n"
@@ -167,6 +186,27 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     ws.remove_figures(earlier - {fig.name for section in sections for fig in section.figures})
     times.finish()
     return paths
+
+
+def _sample_quality(cfg: ReproduceConfig, assets, ws: Workspace, asset_key: str, key: dict | None) -> SampleQuality:
+    """:func:`~kinetic_fm.studies.quality.sample_quality` of the generalising model's samples, cached as stage
+    ``quality`` keyed on what it reads: the assets' and the library's digests of the studies' ``key``
+    (:func:`~kinetic_fm.studies.study_cache.study_key`), the seed that picks its training images and the digest
+    of the samples' stage file, so that a rerun whose studies all come from the cache judges no row again;
+    computed uncached when ``key`` is None."""
+    with ws.recording_reads() as read:
+        run = general_samples(cfg.semantics, assets, ws, asset_key)
+    if key is None:
+        return sample_quality(assets, run, seed=cfg.assets.seed)
+
+    def measure() -> dict:
+        q = sample_quality(assets, run, seed=cfg.assets.seed)
+        return {"samples": float(q.samples), "real": float(q.real), "noise": float(q.noise), "n": int(q.n),
+                "network": str(q.network), "dim": None if q.dim is None else int(q.dim)}
+
+    inputs = {path.name: file_digest(ws, path) for path in sorted(read)}
+    return SampleQuality(**ws.cached("quality", {"assets": key["assets"], "code": key["code"],
+                                                 "seed": cfg.assets.seed, "inputs": inputs}, measure))
 
 
 def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:

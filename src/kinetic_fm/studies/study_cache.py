@@ -49,8 +49,9 @@ from .workspace import Workspace, atomic_torch_save
 
 ENTRY_FORMAT = 4  # bump when the layout of an entry changes (3: sections keep their terms; 4: its code digest)
 #: entries kept per study, of the current library: the three presets and one more configuration (a seed, a
-#: judge); fixed, not a setting: an entry (its tables and figures) is a small part of ``cache/``, whose sampling
-#: stages are kept for every configuration, and one evicted is measured again from those cached samples
+#: judge); fixed, not a setting: an entry (its tables and figures) is a small part of ``cache/``, and the sampling
+#: stages its inputs list are kept with it (``kfm reproduce`` prunes the others), so a run back at one measures
+#: nothing; a configuration evicted samples and measures again
 ENTRIES_KEPT = 4
 #: the weights the studies load from a net's .safetensors files (``load_model``'s ``weights``): the files'
 #: digest covers these tensors and the header, not the training run's other half, which no study reads
@@ -94,7 +95,8 @@ def style_digest() -> str:
         import matplotlib
     except ImportError:  # no figure can be drawn either: no style to tell apart
         return "no matplotlib"
-    drawn = sorted((name, repr(value)) for name, value in matplotlib.rcParams.items()
+    # by name first: reading "backend" would resolve it (importing pyplot, probing GUI toolkits: half a second)
+    drawn = sorted((name, repr(matplotlib.rcParams[name])) for name in list(matplotlib.rcParams)
                    if not name.startswith(_UNDRAWN_FAMILIES))
     return hashlib.sha256(repr(drawn).encode()).hexdigest()
 
@@ -211,6 +213,19 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
             _mark_used(path)
             _prune(path, name, key["code"])
     return output
+
+
+def entries_inputs(ws: Workspace) -> set[str]:
+    """The names of the stage files listed in the inputs of every study entry in ``ws``'s ``cache/``
+    that loads (each study's kept entries, and those of another library or format a run of that
+    study has not pruned yet): the stages a run back at one of their configurations reads."""
+    names: set[str] = set()
+    for path in (ws.root / "cache").glob("study-*.pt"):
+        try:
+            names.update(torch.load(path, map_location="cpu", weights_only=True)["inputs"])
+        except Exception:  # damaged, another layout, gone: an entry no run reads
+            continue
+    return names
 
 
 def _mark_used(path: Path) -> None:

@@ -61,6 +61,7 @@ class Workspace:
         self.studies_loaded = 0
         self.studies_computed = 0
         self._reads: list[set[Path]] = []  # open recordings of the stage files asked for (recording_reads)
+        self.used: set[Path] = set()  # every stage file this workspace object was asked for (prune_stages spares them)
         # sha256 of the files this workspace object hashed, by (resolved path, size, mtime_ns, inode): a stage
         # several studies read is hashed once per run, one rewritten since is hashed again (study_cache)
         self.file_digests: dict[tuple[Path, int, int, int], str] = {}
@@ -94,6 +95,7 @@ class Workspace:
         of the key (:data:`CACHE_EPOCH` when None; a trained net's weights give :data:`MODEL_EPOCH`).
         """
         path = self.stage_path(name, config, epoch)
+        self.used.add(path)
         for reads in self._reads:
             reads.add(path)
         if path in self._kept:
@@ -126,6 +128,25 @@ class Workspace:
         atomic_torch_save(result, path)
         self.stages_computed += 1
         return result
+
+    def prune_stages(self, spared: set[str]) -> tuple[int, int]:
+        """Delete the stage files of ``cache/`` (``<stage>-<hash>.pt``, study entries ``study-*`` aside) that
+        this workspace object was not asked for (:attr:`used`) and whose names are not in ``spared``; returns
+        how many files went and their bytes. Call it holding the workspace's lock, at the end of a run that
+        finished: what it leaves is what that run read and what ``spared`` names (the inputs of the study
+        entries kept). A file that cannot be deleted is left."""
+        used = {path.name for path in self.used}
+        files = size = 0
+        for path in (self.root / "cache").glob("*.pt"):
+            if path.name.startswith("study-") or path.name in spared or path.name in used:
+                continue
+            try:
+                length = path.stat().st_size
+                path.unlink()
+            except OSError:  # gone meanwhile, or a folder that refuses it
+                continue
+            files, size = files + 1, size + length
+        return files, size
 
     def model_path(self, name: str, config: Any) -> Path:
         """``models/<name>-<hash>``, the run folder of a net trained for ``config`` (not made here)."""
