@@ -826,24 +826,40 @@ def test_tiny_report_says_the_fd_interval_once_and_the_captions_point_to_it(tiny
     assert "below the bar" in captions["goldilocks"] and "below the dot" in captions["shaping_fd"]
 
 
-def test_the_shaping_section_rendered_alone_defines_the_fd_interval_its_caption_points_to(tiny_report, tmp_path):
-    # the library's section API (run_shaping, then write_report) without kfm reproduce's Terms paragraph:
-    # the shaping_fd caption's "see FD interval in Terms" had nothing to see
+@pytest.fixture(scope="module")
+def shaping_alone(tiny_report, tmp_path_factory):
+    """The library's section API alone: ``run_shaping`` on a copy of the tiny run's workspace (its
+    samples read from the cache, its bootstrap run again), without ``reproduce``. Returns the
+    preset, the assets, the section's result and the (args, kwargs) of each ``shaping_claims`` call."""
     import shutil
 
     from kinetic_fm.studies import shaping
     from kinetic_fm.studies.assets import load_assets
-    from kinetic_fm.studies.output import jackknife_text
-    from kinetic_fm.studies.report import write_report
     from kinetic_fm.studies.workspace import config_hash
 
-    out, md, _ = tiny_report
-    assert md.read_text(encoding="utf-8").count(jackknife_text()) == 1       # the report's Terms, not repeated
-    shutil.copytree(out, tmp_path / "ws")
+    folder = tmp_path_factory.mktemp("shaping-alone") / "ws"
+    shutil.copytree(tiny_report[0], folder)
     cfg = ReproduceConfig.preset("tiny")
-    ws = Workspace(tmp_path / "ws")
+    ws = Workspace(folder)
     assets = load_assets(cfg.assets, ws, progress=False)
-    result = shaping.run_shaping(cfg.shaping, assets, ws, config_hash(cfg.assets.sample_settings()), progress=False)
+    calls, claims = [], shaping.shaping_claims
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shaping, "shaping_claims", lambda *a, **kw: calls.append((a, kw)) or claims(*a, **kw))
+        result = shaping.run_shaping(cfg.shaping, assets, ws, config_hash(cfg.assets.sample_settings()),
+                                     progress=False)
+    return cfg, assets, result, calls
+
+
+def test_the_shaping_section_rendered_alone_defines_the_fd_interval_its_caption_points_to(
+        tiny_report, shaping_alone, tmp_path):
+    # the library's section API (run_shaping, then write_report) without kfm reproduce's Terms paragraph:
+    # the shaping_fd caption's "see FD interval in Terms" had nothing to see
+    from kinetic_fm.studies.output import jackknife_text
+    from kinetic_fm.studies.report import write_report
+
+    _, md, _ = tiny_report
+    assert md.read_text(encoding="utf-8").count(jackknife_text()) == 1       # the report's Terms, not repeated
+    _, _, result, _ = shaping_alone
     alone, _ = write_report(tmp_path / "alone", title="t", intro="", claims=result.claims, sections=result.sections,
                             meta={})
     text = alone.read_text(encoding="utf-8")
@@ -1784,34 +1800,15 @@ def test_shaping_grid_rows_give_each_settings_energy_after_06_and_its_own_interv
         assert table.loc[setting, "mean KPE"] == pytest.approx(run["kpe"].mean().item(), rel=1e-12)
 
 
-def test_shaping_resamples_every_sample_the_same_way_in_each_setting(tiny_report, tmp_path, monkeypatch):
+def test_shaping_resamples_every_sample_the_same_way_in_each_setting(shaping_alone):
     # the paired bootstrap draws (R, n) sample indices over all n samples: each index 0..n − 1 occurs
     # (50 resamples of 48 miss one with probability about 48·(47/48)^2400, nil)
-    import shutil
-
-    from kinetic_fm.studies import shaping
-    from kinetic_fm.studies.assets import load_assets
-    from kinetic_fm.studies.workspace import config_hash
-
-    out, _, _ = tiny_report
-    shutil.copytree(out, tmp_path / "ws")
-    cfg = ReproduceConfig.preset("tiny")
-    ws = Workspace(tmp_path / "ws")
-    assets = load_assets(cfg.assets, ws, progress=False)
-    seen = []
-    claims = shaping.shaping_claims
-
-    def spy(feats, memorized, value, fd_name, reference, boot, **kwargs):
-        seen.append(boot)
-        # the verdicts learn the Fréchet reference's rows: without them they would decide FDs against a
-        # reference of fewer rows than features as if it were full (a mutant dropping them survived)
-        assert kwargs == {"reference_rows": len(assets.train)}
-        assert {len(f) for f in feats.values()} == {len(m) for m in memorized.values()} == {cfg.shaping.n_samples}
-        return claims(feats, memorized, value, fd_name, reference, boot, **kwargs)
-
-    monkeypatch.setattr(shaping, "shaping_claims", spy)
-    shaping.run_shaping(cfg.shaping, assets, ws, config_hash(cfg.assets.sample_settings()), progress=False)
-    (boot,) = seen
+    cfg, assets, _, calls = shaping_alone
+    ((feats, memorized, _, _, _, boot), kwargs), = calls
+    # the verdicts learn the Fréchet reference's rows: without them they would decide FDs against a
+    # reference of fewer rows than features as if it were full (a mutant dropping them survived)
+    assert kwargs == {"reference_rows": len(assets.train)}
+    assert {len(f) for f in feats.values()} == {len(m) for m in memorized.values()} == {cfg.shaping.n_samples}
     assert boot.shape == (cfg.shaping.bootstrap, cfg.shaping.n_samples)
     assert set(np.unique(boot)) == set(range(cfg.shaping.n_samples))
 
