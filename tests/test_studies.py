@@ -940,11 +940,18 @@ def test_tiny_reproduce_on_a_cuda_device_gives_the_cpu_tables(tiny_report, tmp_p
     # `kfm reproduce --device cuda` under fake_cuda (CUDA's device rules, the CPU's kernels; TF32
     # and a separate CUDA RNG off, so the numbers must be the CPU run's, bit for bit). The support
     # study used to feed the device's classifier CPU images and stop.
+    import shutil
+
     from fake_cuda import fake_cuda
 
     from kinetic_fm.studies.reproduce import reproduce
 
     cpu_out, _, _ = tiny_report
+    # the judge trains where the data set lies, on the CPU in both runs (only the velocity nets train on
+    # the device, here as in every run): the CPU run's judge, copied, is the one this run would train
+    (tmp_path / "cache").mkdir()
+    for judge in (cpu_out / "cache").glob("classifier-*.pt"):
+        shutil.copy2(judge, tmp_path / "cache" / judge.name)
     with fake_cuda(record_stacks=False, emulate_tf32=False, separate_cuda_rng=False):
         reproduce(ReproduceConfig.preset("tiny", device="cuda"), tmp_path, progress=False)
     names = sorted(p.name for p in (cpu_out / "tables").glob("*.parquet"))
