@@ -10,7 +10,7 @@ from pathlib import Path
 
 # NumPy's and SciPy's OpenBLAS start a worker per core that busy-waits after every call (see
 # kinetic_fm.gemm): with one of 2 cores busy elsewhere, tests of the studies' small covariances and
-# eigenproblems ran 2-3 times slower than on one thread, some 10 times. One thread, as pytest_configure
+# eigenproblems ran 2 to 3 times slower than on one thread (some 10 times). One thread, as pytest_configure
 # gives torch; set before torch imports NumPy, which is when OpenBLAS reads it. A value set is kept.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
