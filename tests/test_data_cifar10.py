@@ -335,8 +335,8 @@ def test_a_folder_of_convnetjs_sprites_given_as_cifar10_points_to_the_sprite_loa
     with zipfile.ZipFile(tmp_path / "sprites.zip", "w") as archive:
         archive.write(sprites / "cifar10_batch_0.png", "cifar10_batch_0.png")
     for path, split in ((sprites, "train"), (sprites, "test"), (tmp_path / "sprites.zip", "train")):
-        with pytest.raises(FileNotFoundError, match=rf"no images under '{split}/' \(expected {split}/<class>/<image>\); "
-                                                    r"it holds ConvNetJS CIFAR-10 sprite PNGs \(cifar10_batch_0\.png"
+        with pytest.raises(FileNotFoundError, match=rf"no images under '{split}/' \(expected {split}/<class>/<image>\)"
+                                                    r"; it holds ConvNetJS CIFAR-10 sprite PNGs \(cifar10_batch_0\.png"
                                                     r".*load_cifar10_sprite"):
             load_cifar10(path, split)
     assert main(["train", "--data", f"cifar10:{sprites}", "--steps", "1", "--out", str(tmp_path / "run")]) == 2

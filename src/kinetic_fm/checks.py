@@ -311,7 +311,8 @@ def inside_unit_interval(name: str, value, *, percent: bool | float = False, rat
     (NaN included), and with ``percent`` (a fraction a user may give as a percent: True, or the least
     value read as one) the fraction such a value meant (:func:`percent_hint`); with ``ratio`` (a
     ratio a user may give the other way up, d2/d1 for d1/d2) a value in (1, 10) is read as that,
-    "; did you mean 1/3 = 0.333?" (:func:`reciprocal_hint`)."""
+    "; did you mean 1/3 = 0.333?" (:func:`reciprocal_hint`), and only one from 10 as a percent (at
+    10 the two readings agree)."""
     number = as_scalar(value)
     if not is_real(number):
         raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
@@ -349,7 +350,7 @@ def percent_hint(value, high: float = 1.0, *, open_high: bool = False, least: fl
     whose small hundredths no one means (a split time of 0.02) raises ``least``. The value itself
     stays refused: 95 is not read as 0.95."""
     number = as_scalar(value)
-    if not (is_real(number) and max(least, 2.0) <= number <= 100.0):
+    if not (is_real(number) and least <= number <= 100.0):
         return ""
     fraction = float(number) / 100.0
     admitted = fraction < high if open_high else fraction <= high
