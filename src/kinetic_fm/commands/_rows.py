@@ -143,9 +143,13 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     if is_run:
         import torch
 
+        from ..runs.manifest import DamagedManifestError
         from ..runs.shards import read_samples
 
-        return torch.from_numpy(read_samples(path)), None, None, None
+        try:
+            return torch.from_numpy(read_samples(path)), None, None, None
+        except DamagedManifestError as err:
+            raise _damaged_manifest(name, path, err) from None
     if spec_given:
         data = load_dataset(value, n=n, seed=seed, progress=progress)
         # a subset's positions in the whole split (a 2-D sampler's n points are all it has)
@@ -228,21 +232,27 @@ def items_digest(rows) -> str:
 def empirical_run_manifest(path: str | os.PathLike) -> RunManifest | None:
     """A ``kfm sample --field empirical`` run folder's manifest, when ``path`` holds one that records
     where its training items came from; else None (no run, another kind of run, another format).
-    A damaged manifest is refused naming it (it read as another kind of run: "samples, not training
-    items")."""
-    from ..runs import read_manifest
-    from ..runs.manifest import DamagedManifestError
+    A damaged manifest is refused naming it, as --train's (every caller reads ``path`` as --train; it
+    read as another kind of run: "samples, not training items")."""
+    from ..runs.manifest import DamagedManifestError, read_manifest
 
     try:
         manifest = read_manifest(path)
-    except DamagedManifestError:
-        raise
+    except DamagedManifestError as err:
+        raise _damaged_manifest("--train", path, err) from None
     except (OSError, ValueError):
         return None
     train = manifest.runtime.get("train")
     if manifest.identity.get("field") != "empirical" or not isinstance(train, dict) or not train.get("source"):
         return None
     return manifest
+
+
+def _damaged_manifest(flag: str, run, err) -> ValueError:
+    """The refusal of ``run`` (``flag``'s value), whose manifest.json is damaged (``err``, a
+    DamagedManifestError), in the words of the flag's other refusals of a run folder: "--train RUN: its
+    manifest.json is not valid JSON (...); was it edited or cut short? Put back a good copy of it, ..."."""
+    return ValueError(f"{flag} {run}: its {MANIFEST_NAME}{err.fault} {err.way_on}")
 
 
 def _empirical_training_rows(run, manifest, progress: bool):
