@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..runs.atomic import atomic_write
 from .registry import JUDGES, build_model
 from .run_config import DamagedTrainConfigError, read_train_config
 
@@ -26,8 +27,6 @@ class UnsafeCheckpointError(ValueError):
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """:func:`~kinetic_fm.runs.atomic.atomic_write` (a killed process never leaves a half-written
     file), creating the folder first."""
-    from ..runs.atomic import atomic_write  # here: the runs package brings pyarrow with it
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
 
