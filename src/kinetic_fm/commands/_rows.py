@@ -8,14 +8,11 @@ import contextlib
 import os
 from typing import TYPE_CHECKING
 
-from ..run_files import MANIFEST_NAME
+from ..run_files import MANIFEST_NAME, TRAIN_CONFIG_NAME
 from ._flag_names import flag_words
 
 if TYPE_CHECKING:
     from ..runs.manifest import RunManifest
-
-TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
-
 
 def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
                n: int | None = None, seed: int = 0, recorded: bool = False):
@@ -116,10 +113,10 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     path = Path(value)
     spec_given = is_spec(value, specs)
     # kfm sample writes manifest.json into its run folder, kfm train config.json
-    is_run = path.is_dir() and (path / (TRAIN_CONFIG if specs else MANIFEST_NAME)).is_file()
+    is_run = path.is_dir() and (path / (TRAIN_CONFIG_NAME if specs else MANIFEST_NAME)).is_file()
     is_images = not is_run and is_folder_or_zip_path(value, specs)
     # the other command's run folder: a kfm sample run as --train, a kfm train run as --samples
-    other_run = path.is_dir() and (path / (MANIFEST_NAME if specs else TRAIN_CONFIG)).is_file() and not is_run
+    other_run = path.is_dir() and (path / (MANIFEST_NAME if specs else TRAIN_CONFIG_NAME)).is_file() and not is_run
     if (spec_given or is_run or is_images) and key is not None:
         flag = "--key" if name == "--samples" else "--train-key"
         what = ("a data spec" if spec_given else "a run folder" if is_run else "a kfm sample run folder"
@@ -312,7 +309,7 @@ def image_folder_given(value: str) -> bool:
     from pathlib import Path
 
     path = Path(value)
-    run = path.is_dir() and ((path / TRAIN_CONFIG).is_file() or (path / MANIFEST_NAME).is_file())
+    run = path.is_dir() and ((path / TRAIN_CONFIG_NAME).is_file() or (path / MANIFEST_NAME).is_file())
     return is_folder_or_zip_path(value) and not run
 
 
@@ -435,10 +432,10 @@ def training_record(run):
 
     config, rows = None, None
     try:  # None: another program's config.json, which names no data spec
-        config = read_train_config(run / TRAIN_CONFIG)
+        config = read_train_config(run / TRAIN_CONFIG_NAME)
     except DamagedTrainConfigError as err:  # "names no data spec" hid what is wrong with it
-        raise ValueError(f"--train {run}: its {TRAIN_CONFIG} {err.problem} Put back a good copy of it, or pass the "
-                         "training items themselves") from None
+        raise ValueError(f"--train {run}: its {TRAIN_CONFIG_NAME} {err.problem} Put back a good copy of it, or pass "
+                         "the training items themselves") from None
     try:
         if (run / TRAINING_ITEMS).is_file():
             digest = config.get(DATA_DIGEST) if isinstance(config, dict) else None
@@ -453,6 +450,6 @@ def training_record(run):
             f"this kfm reproduce net records no training items ({TRAINING_ITEMS}, written since this "
             "version); run the same kfm reproduce command on its folder again (it trains nothing) to write "
             "it, or pass the training items themselves" if study else
-            f"its {TRAIN_CONFIG} names no data spec (kfm train writes one); pass the training items "
+            f"its {TRAIN_CONFIG_NAME} names no data spec (kfm train writes one); pass the training items "
             "themselves")) from None
     return spec, n, seed, rows, config

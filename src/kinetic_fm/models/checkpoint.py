@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..run_files import TRAIN_CONFIG_NAME
 from ..runs.atomic import atomic_write
 from .registry import JUDGES, build_model
 from .run_config import DamagedTrainConfigError, read_train_config
@@ -281,7 +282,7 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
     else:
         folder = None
     if shape is None and folder is not None:
-        config = folder / "config.json"
+        config = folder / TRAIN_CONFIG_NAME
         if config.is_file():
             try:
                 record = read_train_config(config, keys=("data_shape",))
