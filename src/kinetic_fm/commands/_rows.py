@@ -14,6 +14,7 @@ from ._flag_names import flag_words
 if TYPE_CHECKING:
     from ..runs.manifest import RunManifest
 
+
 def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
                n: int | None = None, seed: int = 0, recorded: bool = False):
     """``(rows, files, items, mean)``: the rows named by ``value``, their image files' names for a
