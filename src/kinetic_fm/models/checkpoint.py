@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..run_files import TRAIN_CONFIG_NAME
+from ..runs.atomic import atomic_write
 from .registry import JUDGES, build_model
 from .run_config import DamagedTrainConfigError, read_train_config
 
@@ -26,8 +28,6 @@ class UnsafeCheckpointError(ValueError):
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """:func:`~kinetic_fm.runs.atomic.atomic_write` (a killed process never leaves a half-written
     file), creating the folder first."""
-    from ..runs.atomic import atomic_write  # here: the runs package brings pyarrow with it
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
 
@@ -295,7 +295,7 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
     else:
         folder = None
     if shape is None and folder is not None:
-        config = folder / "config.json"
+        config = folder / TRAIN_CONFIG_NAME
         if config.is_file():
             try:
                 record = read_train_config(config, keys=("data_shape",))
