@@ -347,3 +347,23 @@ def test_a_folder_of_convnetjs_sprites_given_as_cifar10_points_to_the_sprite_loa
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "others" / "cat.png")
     with pytest.raises(FileNotFoundError, match=r"\(expected train/<class>/<image>\)$"):
         load_cifar10(tmp_path / "others", "train")
+
+
+def test_an_image_tree_with_an_image_not_32x32_names_it_without_advice_load_cifar10_cannot_take(tmp_path):
+    """Images of two sizes were refused with "pass size= ...", an argument load_cifar10 does not take,
+    and its own (3, 32, 32) check never ran: the file that is not CIFAR-10's 32x32 is named, with its shape,
+    whether it is met first (its folder sorts first) or after 32x32 ones."""
+    from PIL import Image
+
+    def tree(root, odd_class):
+        for c in CIFAR10_CLASSES:
+            (root / "train" / c).mkdir(parents=True)
+            shape = (40, 36, 3) if c == odd_class else (32, 32, 3)
+            Image.fromarray(np.zeros(shape, np.uint8)).save(root / "train" / c / "0000.png")
+        return root / "train" / odd_class / "0000.png"
+
+    for odd_class in ("cat", "airplane"):          # airplane's file is the first decoded
+        odd = tree(tmp_path / odd_class, odd_class)
+        with pytest.raises(ValueError) as refused:
+            load_cifar10(tmp_path / odd_class, "train")
+        assert str(refused.value) == f"{odd}: image of shape (3, 40, 36), expected CIFAR-10's (3, 32, 32)"

@@ -312,3 +312,24 @@ def test_the_weights_digest_of_some_tensors_falls_back_to_every_tensor_when_none
     assert digest("ema_differs", **{"model.w": zeros, "ema.w": ones}) != both
     alone = tmp_path / "zeros.safetensors"
     assert weights_digest(alone, weights="ema") == weights_digest(alone)
+
+
+class _Config:
+    pass
+
+
+def test_a_pickled_object_is_refused_naming_its_class_without_torch_s_allowlisting_advice(tmp_path):
+    """torch's text (2.13) says to allowlist the global with torch.serialization.add_safe_globals "if you
+    trust this class/function" and to rerun with weights_only=False, beside our advice to re-save from a
+    trusted environment: the kfm commands cannot allowlist, and the weights readers want tensors, not the
+    object. Only the fact torch's text carries is kept: the global the file needs."""
+    torch.save({"weight": torch.zeros(2), "config": _Config()}, tmp_path / "obj.pt")
+    torch.save({"weight": torch.zeros(2), "log": print}, tmp_path / "fn.pt")
+    for file, needed in (("obj.pt", f"{_Config.__module__}._Config"), ("fn.pt", "builtins.print")):
+        with pytest.raises(UnsafeCheckpointError) as refused:
+            load_state(tmp_path / file)
+        message = str(refused.value)
+        assert message.startswith(f"refusing to load {tmp_path / file}: it contains Python objects that would run "
+                                  f"code when unpickled (it needs {needed}, which torch's weights-only reader does "
+                                  f"not build). Only plain tensors and state dicts are accepted"), message
+        assert "add_safe_globals" not in message and "weights_only" not in message and "\n" not in message

@@ -138,9 +138,9 @@ def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None, *, 
     from pathlib import Path
 
     def worded(text: str) -> str:
-        from ..data.images import RESIZE_ALL  # here, not above: this module stays plain Python for kfm --help
+        from ..data.images import RESIZE_ALL, RESIZE_FILES  # here, not above: plain Python for kfm --help
 
-        text = text.replace(RESIZE_ALL, "resize the files to one size first")  # no command takes a size flag
+        text = text.replace(RESIZE_ALL, RESIZE_FILES)  # no command takes a size flag
         text = in_flags(text, flags) if anywhere else as_arguments(text, flags)
         if source is None:
             return text

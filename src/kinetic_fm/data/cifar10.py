@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..checks import optional_integer
-from .images import ImageDataset, load_image_folder, uint8_to_signed
+from .images import ImageDataset, ImageSizesDiffer, load_image_folder, uint8_to_signed
 from .subset import select_indices
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -196,6 +196,9 @@ def load_cifar10(
             f"does not read: load one with kinetic_fm.data.load_cifar10_sprite, or write its images once as a "
             f"{split}/<class>/<image> tree (README, \"Data, small velocity nets and flow-matching training\")"
         ) from None
+    except ImageSizesDiffer as err:   # its way out, size=, is no argument of ours: the file not 32x32 is named
+        name, shape = (err.first, err.first_shape) if err.first_shape != (32, 32, 3) else (err.name, err.shape)
+        raise ValueError(f"{name}: image of shape {(shape[2], *shape[:2])}, expected CIFAR-10's (3, 32, 32)") from None
     if ds.shape != (3, 32, 32):
         raise ValueError(f"{path}/{split}: images are {ds.shape}, expected (3, 32, 32)")
     return ds

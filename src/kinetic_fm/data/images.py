@@ -25,9 +25,26 @@ from .subset import select_indices
 
 JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
 IMAGE_EXTENSIONS = (".png", *JPEG_EXTENSIONS, ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm")
-# ends the refusal of images of two sizes; the kfm commands, which take no size flag, put their own way out
-# in its place (commands._flag_names.flag_words), as they put their key flag in place of arrays.NAME_ONE
+# ends the refusal of images of two sizes (ImageSizesDiffer); the callers that take no size argument put
+# RESIZE_FILES in its place: load_dataset's folder: spec, and the kfm commands (commands._flag_names.flag_words,
+# as they put their key flag in place of arrays.NAME_ONE)
 RESIZE_ALL = "pass size= to resize all images to one size"
+RESIZE_FILES = "resize the files to one size first"
+
+
+class ImageSizesDiffer(ValueError):
+    """Images of two sizes met by :func:`decode_many` without ``size``: the image ``name`` of ``shape``
+    (H, W, C) differs from the first one decoded, ``first`` of ``first_shape``, both named as the source
+    describes them. The message ends with ``way_out`` (:data:`RESIZE_ALL` unless the raiser gives another)."""
+
+    def __init__(self, name: str, shape: tuple[int, ...], first: str, first_shape: tuple[int, ...],
+                 way_out: str = RESIZE_ALL):
+        super().__init__(f"{name}: image of shape {shape} differs from the first image's {first_shape}; {way_out}")
+        self.name, self.shape, self.first, self.first_shape = name, shape, first, first_shape
+
+    def with_way_out(self, way_out: str) -> "ImageSizesDiffer":
+        """The same refusal ending with ``way_out``: for a caller whose own caller cannot pass ``size``."""
+        return ImageSizesDiffer(self.name, self.shape, self.first, self.first_shape, way_out)
 
 
 @dataclass(frozen=True)
@@ -365,7 +382,8 @@ def decode_many(
     size: int | None = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """Decode ``names`` from ``source`` into one (N, H, W, C) uint8 array; all must share a size.
+    """Decode ``names`` from ``source`` into one (N, H, W, C) uint8 array; all must share a size
+    (:class:`ImageSizesDiffer` otherwise).
     Images with transparent pixels, and 16-bit images, are warned of once each, by count (see
     :func:`decode_image`)."""
     from tqdm.auto import tqdm
@@ -383,10 +401,7 @@ def decode_many(
         if out is None:
             out = np.empty((len(names), *array.shape), dtype=np.uint8)
         elif array.shape != out.shape[1:]:
-            raise ValueError(
-                f"{source.describe(name)}: image of shape {array.shape} differs from the first "
-                f"image's {out.shape[1:]}; {RESIZE_ALL}"
-            )
+            raise ImageSizesDiffer(source.describe(name), array.shape, source.describe(names[0]), out.shape[1:])
         out[i] = array
     if out is None:
         raise ValueError(f"{source.path}: no images selected")
@@ -570,8 +585,8 @@ def load_image_folder(
             ``grayscale`` is not True, False or None; ``size`` or ``crop`` is neither None nor an
             integer >= 1; an image cannot be read (a damaged or encrypted archive member, not an
             image, a 32-bit float image, 32-bit integer values outside [0, 65535]) or is smaller
-            than ``crop``; images of different sizes without
-            ``size``; ``n``, ``indices`` or ``seed`` as :func:`~kinetic_fm.data.subset.select_indices`
+            than ``crop``; images of different sizes without ``size`` (:class:`ImageSizesDiffer`);
+            ``n``, ``indices`` or ``seed`` as :func:`~kinetic_fm.data.subset.select_indices`
             refuses them, or an empty ``indices`` (no images selected).
         FileNotFoundError: ``path`` does not exist, or holds no image files (under ``subdir``).
         Exception: whatever ``check_listing`` raises to refuse the tree, as it raises it.

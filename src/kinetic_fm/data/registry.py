@@ -29,7 +29,8 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
         ValueError: ``spec`` names no data set of :data:`DATA_SPECS`, gives a path to one that takes
             none or none to one that needs it; ``n`` or ``seed`` out of range; whatever the loader
             refuses (:func:`~kinetic_fm.data.mnist.load_mnist`, :func:`~kinetic_fm.data.cifar10.load_cifar10`,
-            :func:`~kinetic_fm.data.celeba.load_celeba`, :func:`~kinetic_fm.data.images.load_image_folder`).
+            :func:`~kinetic_fm.data.celeba.load_celeba`, :func:`~kinetic_fm.data.images.load_image_folder`;
+            its images of two sizes end with "resize the files to one size first", as a spec takes no ``size``).
         FileNotFoundError: the loader's, for a path that does not exist or holds no data.
         ImportError: ``digits`` without scikit-learn.
     """
@@ -48,7 +49,10 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
         # one channel where every image is grey: an MNIST-style folder as mnist: loads it, not three copies
         "folder": lambda p: images.load_image_folder(p, grayscale=None, n=n, seed=seed, progress=progress),
     }
-    return loaders[name](path)
+    try:
+        return loaders[name](path)
+    except images.ImageSizesDiffer as err:   # a spec takes no size: the way out is the files'
+        raise err.with_way_out(images.RESIZE_FILES) from None
 
 
 def absolute_spec(spec: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,11 +101,16 @@ def load_state(path: str | os.PathLike, *, mmap: bool = False, holds: str = "wei
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
-        if "GLOBAL" not in detail and not _starts_as_torch_writes(path):  # a text file, say
+        needed = re.search(r"GLOBAL (\S+)", detail)
+        if needed is None and not _starts_as_torch_writes(path):  # a text file, say
             raise ValueError(f"{path}: not a torch checkpoint ({detail.strip()})") from None
+        # torch's text names the global and then suggests allowlisting it (add_safe_globals) or weights_only=False,
+        # which contradicts the way out below (and which no kfm command can take): only the name is kept
+        what = (detail.strip() if needed is None
+                else f"it needs {_global_name(needed[1])}, which torch's weights-only reader does not build")
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it contains Python objects that would run code when unpickled "
-            f"({detail.strip()}). {_RESAVE[holds]}"
+            f"({what}). {_RESAVE[holds]}"
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from None
@@ -115,6 +121,12 @@ def load_state(path: str | os.PathLike, *, mmap: bool = False, holds: str = "wei
         if _starts_as_torch_writes(path):
             raise
         raise ValueError(f"{path}: not a torch checkpoint (the unpickler failed: {type(err).__name__}: {err})") from None
+
+
+def _global_name(name: str) -> str:
+    """The global a pickle names, as it names it: torch's refusal drops the ``builtins.`` of a builtin
+    (``print`` for ``builtins.print``)."""
+    return name if "." in name else f"builtins.{name}"
 
 
 def _starts_as_torch_writes(path: Path) -> bool:
