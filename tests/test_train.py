@@ -1392,3 +1392,27 @@ def test_train_refuses_a_folder_of_someone_elses_files_and_leaves_it_as_it_was(t
           out=tmp_path / "run")
     (tmp_path / "run" / "notes.txt").write_text("mine")
     assert train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=6, batch_size=4, save_every=2), out=tmp_path / "run", resume=True).resumed_from == 4
+
+
+def test_a_run_killed_in_its_first_checkpoints_write_starts_again_without_resume(tmp_path):
+    # config.json alone (no step saved) lets a new run start; the checkpoints/ folder of a run killed while it wrote
+    # step 1's checkpoint holds no step either (only the writer's temporary), yet read as "already holds a run"
+    data = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=2, batch_size=4, save_every=2)
+    train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "run")
+    for name in ("resume.pt", "final.safetensors"):
+        (tmp_path / "run" / name).unlink()
+    for step in (tmp_path / "run" / "checkpoints").iterdir():
+        step.unlink()
+    (tmp_path / "run" / "checkpoints" / ".step_0000001.safetensors.tmp-4242-0123abcd").write_bytes(b"half")
+    done = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "run")
+    assert done.resumed_from == 0 and (tmp_path / "run" / "final.safetensors").is_file()
+    # an empty checkpoints/ alone, with the lock file: ours too, neither another run nor someone else's files
+    (tmp_path / "bare" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "bare" / ".lock").write_text("")
+    assert train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "bare").resumed_from == 0
+    # a checkpoint written is a step saved: that folder is a run's, continued with resume=True
+    with pytest.raises(ValueError, match=r"already holds a training run \(config.json, checkpoints\)"):
+        (tmp_path / "run" / "resume.pt").unlink()
+        (tmp_path / "run" / "final.safetensors").unlink()
+        train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "run")

@@ -341,7 +341,8 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     calls it before the data loads. A ``kfm sample`` run folder (its ``manifest.json``) is refused,
     with ``resume`` too: training wrote its files among the run's shards. So is a folder holding none
     of a run's files (config.json, resume.pt, final.safetensors, checkpoints/) but others (a user's
-    images): our own leftovers alone, the lock file and a killed writer's temporaries, do not count."""
+    images): our own leftovers, the lock file, a killed writer's temporaries and a ``checkpoints/``
+    holding nothing else, count as no run."""
     out = Path(out)
     if (out / MANIFEST_NAME).exists():
         raise ValueError(f"{out} holds a kfm sample run ({MANIFEST_NAME}), not a training run; choose another folder")
@@ -365,7 +366,7 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
                                                         "training would write its own over it: ")
                              + "move it away, or choose another folder")
     earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
-               if (out / name).exists()]
+               if (out / name).exists() and not _leftover(out / name)]
     if earlier and not (earlier == ["config.json"] and training) and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                          "resume=True or choose another folder")
@@ -373,14 +374,24 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
         _refuse_others_files(out)
 
 
-def _refuse_others_files(out: Path) -> None:
-    """ValueError when the folder ``out``, which holds none of a training run's files, holds anything
-    but what our writers leave behind (the lock file, a killed writer's temporaries): training would
-    write its run among them, and ``kfm memorization --train`` read such a folder as the run."""
+def _leftover(path: Path) -> bool:
+    """Whether ``path`` in a training folder is what our writers leave behind and holds no step: the
+    lock file, a killed writer's temporary, a ``checkpoints/`` holding nothing else (a run killed in
+    its first checkpoint's write)."""
     from ..runs.atomic import TMP_MARKER  # here: the runs package brings pyarrow with it
     from ..runs.lock import LOCK_NAME
 
-    others = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME and TMP_MARKER not in p.name)
+    if path.name == LOCK_NAME or TMP_MARKER in path.name:
+        return True
+    return (path.name == "checkpoints" and path.is_dir() and not path.is_symlink()
+            and all(TMP_MARKER in p.name for p in path.iterdir()))
+
+
+def _refuse_others_files(out: Path) -> None:
+    """ValueError when the folder ``out``, which holds none of a training run's files, holds anything
+    but our leftovers (:func:`_leftover`): training would write its run among them, and ``kfm
+    memorization --train`` read such a folder as the run."""
+    others = sorted(p.name for p in out.iterdir() if not _leftover(p))
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise ValueError(f"{out} is not empty and holds no training run (it holds {shown}): training would write "
