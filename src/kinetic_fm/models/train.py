@@ -365,13 +365,17 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
                              "beyond recognition); " + ("resume=True continues training runs only: " if resume else
                                                         "training would write its own over it: ")
                              + "move it away, or choose another folder")
-    earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
-               if (out / name).exists() and not _leftover(out / name)]
+    earlier = _run_files(out)
     if earlier and not (earlier == ["config.json"] and training) and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                          "resume=True or choose another folder")
-    if not earlier and out.is_dir():
-        _refuse_others_files(out)
+    _refuse_others_files(out)
+
+
+def _run_files(out: Path) -> list[str]:
+    """The names of a training run's files that ``out`` holds, our leftovers (:func:`_leftover`) not counted."""
+    return [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
+            if (out / name).exists() and not _leftover(out / name)]
 
 
 def _leftover(path: Path) -> bool:
@@ -388,9 +392,11 @@ def _leftover(path: Path) -> bool:
 
 
 def _refuse_others_files(out: Path) -> None:
-    """ValueError when the folder ``out``, which holds none of a training run's files, holds anything
-    but our leftovers (:func:`_leftover`): training would write its run among them, and ``kfm
+    """ValueError when the folder ``out`` holds none of a training run's files but anything else than
+    our leftovers (:func:`_leftover`): training would write its run among them, and ``kfm
     memorization --train`` read such a folder as the run."""
+    if not out.is_dir() or _run_files(out):
+        return
     others = sorted(p.name for p in out.iterdir() if not _leftover(p))
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
@@ -514,7 +520,7 @@ def train(
     from ..runs.lock import RunLock  # here: the runs package brings pyarrow with it
 
     out = Path(out)
-    check_train_dir(out, resume=resume)  # and again under the lock: a folder refused here is left without a .lock
+    _refuse_others_files(out)  # before the folder gets a .lock; check_train_dir does the rest under the lock
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights, on_resume)
