@@ -1391,7 +1391,8 @@ def test_train_refuses_a_folder_of_someone_elses_files_and_leaves_it_as_it_was(t
     train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=4, batch_size=4, save_every=2),
           out=tmp_path / "run")
     (tmp_path / "run" / "notes.txt").write_text("mine")
-    assert train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=6, batch_size=4, save_every=2), out=tmp_path / "run", resume=True).resumed_from == 4
+    assert train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=6, batch_size=4, save_every=2),
+                 out=tmp_path / "run", resume=True).resumed_from == 4
 
 
 def test_a_run_killed_in_its_first_checkpoints_write_starts_again_without_resume(tmp_path):
