@@ -127,7 +127,7 @@ def test_a_train_resume_refusal_keeps_a_folder_named_like_a_setting(tmp_path, ca
     capsys.readouterr()
     assert main([*common, "--lr", "0.002", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert f"cannot resume {out / 'resume.pt'}: settings differ from the saved run (--lr): --lr: saved 0.001" in err
+    assert f"cannot resume {out / 'resume.pt'}: settings differ from the saved run: --lr (the run's 0.001" in err
 
 
 @pytest.mark.parametrize("command", ["sample", "train"])

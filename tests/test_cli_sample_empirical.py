@@ -862,7 +862,7 @@ def test_runs_made_when_folder_specs_loaded_grey_images_as_rgb_are_still_read(tm
     assert main(["train", "--data", spec, "--steps", "2", "--model", "mlp", "--width", "8", "--batch-size", "2",
                  "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "trained"), "--resume"]) == 0, \
         capsys.readouterr().err
-    assert "resumed from step 1 of 2" in capsys.readouterr().out
+    assert "resuming from step 1 of 2" in capsys.readouterr().out
 
 
 def test_a_grey_folder_given_by_its_path_loads_what_its_folder_spec_loads(tmp_path, monkeypatch, capsys):

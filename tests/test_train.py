@@ -1371,3 +1371,49 @@ def test_an_unconditional_run_records_no_label_dropout_and_resumes_a_folder_that
     with pytest.raises(ValueError, match=r"train.label_dropout: saved 0.3, now 0.1"):
         train(VelocityMLP(2, hidden=8, depth=1, num_classes=3), data, replace(conditional, steps=10, label_dropout=0.1),
               labels=labels, out=tmp_path / "cond", resume=True)
+
+
+def test_train_refuses_a_folder_of_someone_elses_files_and_leaves_it_as_it_was(tmp_path):
+    # train(out=...) wrote its run among the files of a folder that held no run, and left a .lock there
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "album").mkdir()
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(folder))} is not empty and holds no training run "
+                           r"\(it holds album, notes.txt\): training would write its files among them; choose a new "
+                           r"or empty folder$"):
+            train(VelocityMLP(2, hidden=8, depth=1), torch.randn(16, 2), TrainConfig(steps=2, batch_size=4),
+                  out=folder, resume=resume)
+    assert sorted(p.name for p in folder.iterdir()) == ["album", "notes.txt"]
+    # beside a run's own files the user's stay welcome: a resume of a run they were added to goes on
+    data = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=4, batch_size=4, save_every=2),
+          out=tmp_path / "run")
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert train(VelocityMLP(2, hidden=8, depth=1), data, TrainConfig(steps=6, batch_size=4, save_every=2),
+                 out=tmp_path / "run", resume=True).resumed_from == 4
+
+
+def test_a_run_killed_in_its_first_checkpoints_write_starts_again_without_resume(tmp_path):
+    # config.json alone (no step saved) lets a new run start; the checkpoints/ folder of a run killed while it wrote
+    # step 1's checkpoint holds no step either (only the writer's temporary), yet read as "already holds a run"
+    data = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=2, batch_size=4, save_every=2)
+    train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "run")
+    for name in ("resume.pt", "final.safetensors"):
+        (tmp_path / "run" / name).unlink()
+    for step in (tmp_path / "run" / "checkpoints").iterdir():
+        step.unlink()
+    (tmp_path / "run" / "checkpoints" / ".step_0000001.safetensors.tmp-4242-0123abcd").write_bytes(b"half")
+    done = train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "run")
+    assert done.resumed_from == 0 and (tmp_path / "run" / "final.safetensors").is_file()
+    # an empty checkpoints/ alone, with the lock file: ours too, neither another run nor someone else's files
+    (tmp_path / "bare" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "bare" / ".lock").write_text("")
+    assert train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "bare").resumed_from == 0
+    # a checkpoint written is a step saved: that folder is a run's, continued with resume=True
+    with pytest.raises(ValueError, match=r"already holds a training run \(config.json, checkpoints\)"):
+        (tmp_path / "run" / "resume.pt").unlink()
+        (tmp_path / "run" / "final.safetensors").unlink()
+        train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "run")

@@ -13,10 +13,14 @@ net with ``kinetic_fm.models.load_model(<out>)`` and sample it with ``kinetic_fm
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ..checks import DEVICE_FORMS
 from ._types import check_output_path, seed_number, user_path, writing
 from ._flag_names import SettingFlags, flag_words, named_by_its_flag, where_named
+
+if TYPE_CHECKING:
+    from ..models.train import ResumeSettingsError
 
 DATA_HELP = ("digits | moons | gmm | checkerboard | mnist:DIR | cifar10:PATH | celeba:PATH | folder:PATH "
              "(PATH a folder or .zip; folder: loads one channel where every image is grey, else RGB). digits: "
@@ -40,7 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--class-cond", action="store_true",
                    help="condition on the data's labels (null class for classifier-free guidance)")
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps, >= 1 (default 2000)")
-    p.add_argument("--batch-size", type=int, default=256, help="training batch, >= 1 (default 256)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="training batch, >= 1, drawn from the items with replacement: a batch larger than the "
+                        "data set repeats items (default 256)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, a finite number > 0 (default 1e-3)")
     p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps, >= 0 (default 0)")
     p.add_argument("--weight-decay", type=float, default=0.0,
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import dataset_rows, load_dataset
     from ..models import TrainConfig, default_model, train
-    from ..models.train import RESUME_FILE, check_train_dir
+    from ..models.train import RESUME_FILE, ResumeSettingsError, check_train_dir
     from ..runs.distributed import single_process_device
     from ._rows import grey_as_recorded
 
@@ -142,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
     model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"data {ds.source}: {tuple(data.shape)}; model {model.kind} ({n_params:,} parameters); out {args.out}")
+    if config.batch_size > len(data):  # accepted, as a draw with replacement allows, but not without a word
+        print(f"--batch-size {config.batch_size} is larger than the {len(data)} items: each batch draws them with "
+              "replacement, so items repeat within a batch")
     # centred data (CelebA): keep what sampling must add back, written under the folder's lock
     mean = getattr(ds, "mean", None)
     extra = None if mean is None else {"data_mean.safetensors": {"mean": mean}}
@@ -149,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     # said by train() once it accepted the resume state, before the steps run: the summary's "resumed from"
     # came only after the last one, and said before train() compared the settings, a refused resume said it too
+    # (the summary no longer says it again: the same news twice)
     def resuming(step: int) -> None:
         print(f"resuming from step {step} of {args.steps} ({Path(args.out) / RESUME_FILE})", flush=True)
 
@@ -160,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             result = train(model, data, config, labels=labels, out=args.out, resume=args.resume,
                            progress=not args.no_progress, info=info, extra_weights=extra, on_resume=resuming)
+        except ResumeSettingsError as err:
+            raise ValueError(_resume_refusal(err)) from None
         except ValueError as err:
             raise ValueError(_flags_for_settings(str(err))) from None
         except KeyboardInterrupt as err:
@@ -167,8 +179,6 @@ def run(args: argparse.Namespace) -> int:
                 args.interrupt_hint = _interrupted_hint(err.resume_step, err.interrupted_step, args)
             raise
     tail = result.losses[-min(100, config.steps):].mean().item()
-    if result.resumed_from:
-        print(f"resumed from step {result.resumed_from} of {config.steps}")
     print(f"done: {config.steps} steps, mean loss of the last {min(100, config.steps)} steps {tail:.4f}; "
           f"{len(result.checkpoints)} checkpoints; final weights {result.out / 'final.safetensors'}")
     return 0
@@ -193,6 +203,62 @@ def _flags_for_settings(text: str) -> str:
     "(data_shape, info): data_shape: saved ..." as "(--data/--n): --data/--n: saved ...",
     "beyond steps=2" as "beyond --steps 2", "a smaller learning rate (lr)" as "(--lr)"."""
     return where_named(SETTINGS.in_listed_words(text), _FLAGS)
+
+
+def _resume_refusal(err: ResumeSettingsError) -> str:
+    """A :class:`~kinetic_fm.models.train.ResumeSettingsError` in the flags the user typed, each change
+    once: "--n (the run's 500, now 400)", where the run's record holds it as the data's shape and the
+    spec's n; other data of the run's shape as the library says it."""
+    changes = [f"{flag} (the run's {was}, now {now})" for flag, was, now in _changed_flags(err.differ)]
+    settings = ("settings differ from the saved run: " + "; ".join(changes) + ("" if err.data else
+                "; resume with the run's settings (--steps, --save-every and --checkpoints may change), or train a "
+                "new run in another --out")) if changes else ""
+    return f"cannot resume {err.path}: " + "; and ".join(p for p in (settings, _flags_for_settings(err.data)) if p)
+
+
+def _changed_flags(differ: dict) -> list[tuple[str, str, str]]:
+    """(flag, the run's value, this one's) for each setting that ``differ`` (record name -> (saved,
+    now)) holds, by the flag that sets it: the data spec's "data" and "n" as --data and --n, the net's
+    kind, width and classes as --model, --width and --class-cond; the data's shape and the net's
+    other settings (which the data decide) only where nothing else names the change."""
+    from ..models.run_config import short_json
+
+    def typed(name: str, value) -> str:
+        if name == "train.grad_clip" and value is None:
+            return "0"   # the flag's "no clipping"
+        if isinstance(value, float):
+            return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+        return value if isinstance(value, str) else "all" if name == "info.n" and value is None else short_json(value)
+
+    changes, net_named = [], False
+    for name, (was, now) in differ.items():
+        if name == "model" and isinstance(was, dict) and isinstance(now, dict):
+            old, new = was.get("config") or {}, now.get("config") or {}
+            net = ([("--model", was.get("kind"), now.get("kind"))] if was.get("kind") != now.get("kind") else
+                   [("--width", old.get(key), new.get(key)) for key in ("hidden", "base_channels")
+                    if old.get(key) != new.get(key)])
+            if old.get("num_classes") != new.get("num_classes"):
+                net.append(("--class-cond", *("off" if c is None else "on" for c in (old.get("num_classes"),
+                                                                                       new.get("num_classes")))))
+            changes += [(flag, typed(name, a), typed(name, b)) for flag, a, b in net]
+            net_named = bool(net)
+        elif name == "info" and isinstance(was, dict) and isinstance(now, dict):
+            for key in dict.fromkeys([*was, *now]):
+                if was.get(key) != now.get(key):
+                    changes.append((f"--{key}" if key in ("data", "n") else f"info.{key}",
+                                    typed(f"info.{key}", was.get(key)), typed(f"info.{key}", now.get(key))))
+        elif name == "train.label_dropout" and any(flag == "--class-cond" for flag, _, _ in changes):
+            pass  # an unconditional run records no label dropout: --class-cond, named, changed it
+        elif name != "data_shape":
+            changes.append((SETTINGS.flag_of(name) or name, typed(name, was), typed(name, now)))
+    data_named = any(flag in ("--data", "--n") for flag, _, _ in changes)
+    if "data_shape" in differ and not data_named:
+        was, now = differ["data_shape"]
+        changes.append(("--data/--n", f"data of shape {short_json(was)}", short_json(now)))
+    if "model" in differ and not net_named and not data_named and "data_shape" not in differ:
+        was, now = differ["model"]  # the net's other settings: no flag of this command sets them
+        changes.append(("--model/--width/--class-cond", short_json(was), short_json(now)))
+    return changes
 
 
 def _interrupted_hint(kept: int, stopped: int, args: argparse.Namespace) -> str:

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
 from ..run_files import MANIFEST_NAME, TRAIN_CONFIG_NAME
-from ..runs.atomic import atomic_write_text, remove_temporaries
-from ..runs.lock import RunLock
+from ..runs.atomic import TMP_MARKER, atomic_write_text, remove_temporaries
+from ..runs.lock import LOCK_NAME, RunLock
 from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_state, save_weights
 from .run_config import DamagedTrainConfigError, read_train_config, short_json
 
@@ -213,6 +213,24 @@ def file_identity(path: Path) -> tuple[int, int, int] | None:
     return info.st_dev, info.st_ino, info.st_mtime_ns
 
 
+class ResumeSettingsError(ValueError):
+    """A resume refused because the run's settings or data differ from the saved ones: the message, and
+    what a command needs to say it in its own words.
+
+    Attributes:
+        path: the resume state compared.
+        differ: each record that differs, by its name in the run's record ("train.lr", "model",
+            "data_shape", "info") -> (saved, now).
+        data: the refusal of other data (of the same shape, or another dtype) than the run's, or "".
+    """
+
+    def __init__(self, path: Path, differ: dict[str, tuple[Any, Any]], data: str) -> None:
+        values = "; ".join(f"{k}: saved {short_json(old)}, now {short_json(new)}" for k, (old, new) in differ.items())
+        settings = f"settings differ from the saved run ({', '.join(differ)}): {values}" if differ else ""
+        super().__init__(f"cannot resume {path}: " + "; and ".join(part for part in (settings, data) if part))
+        self.path, self.differ, self.data = path, differ, data
+
+
 def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Tensor,
                       generators: dict[str, torch.Generator], device: torch.device, run_config: dict[str, Any],
                       *, free: tuple[str, ...] = ("steps",), optional: tuple[str, ...] = (),
@@ -263,14 +281,12 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     # as given): sha256s of two dtypes do not compare, and such a resume went on unchecked
     other_dtype = compared and saved_digest.get("dtype") != digest["dtype"] and not other_nets
     if differ or other_data or other_dtype:
-        values = "; ".join(f"{k}: saved {short_json(old)}, now {short_json(new)}" for k, (old, new) in differ.items())
-        settings = f"settings differ from the saved run ({', '.join(differ)}): {values}" if differ else ""
         data = _other_data(saved_digest, digest, run_config["data_shape"]) if other_data else ""
         if other_dtype:
             data = (f"the data are {digest['dtype']}, the run trained on {saved_digest.get('dtype')} (values of two "
                     f"dtypes do not compare by sha256): resume with the data it trained on, in its dtype "
                     f"(.to(torch.{saved_digest.get('dtype')})), or train a new run in another folder")
-        raise ValueError(f"cannot resume {path}: " + "; and ".join(part for part in (settings, data) if part))
+        raise ResumeSettingsError(path, differ, data)
     start = int(state["step"])
     if start > steps:
         raise ValueError(f"cannot resume {path}: it is at step {start}, beyond steps={steps}")
@@ -325,7 +341,10 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     resume.pt a config.json is not read: resume.pt records the settings a resume compares, and the
     resume writes config.json again. :func:`train` checks it under the folder's lock; ``kfm train``
     calls it before the data loads. A ``kfm sample`` run folder (its ``manifest.json``) is refused,
-    with ``resume`` too: training wrote its files among the run's shards."""
+    with ``resume`` too: training wrote its files among the run's shards. So is a folder holding none
+    of a run's files (config.json, resume.pt, final.safetensors, checkpoints/) but others (a user's
+    images): our own leftovers, the lock file, a killed writer's temporaries and a ``checkpoints/``
+    holding nothing else, count as no run."""
     out = Path(out)
     if (out / MANIFEST_NAME).exists():
         raise ValueError(f"{out} holds a kfm sample run ({MANIFEST_NAME}), not a training run; choose another folder")
@@ -348,11 +367,40 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
                              "beyond recognition); " + ("resume=True continues training runs only: " if resume else
                                                         "training would write its own over it: ")
                              + "move it away, or choose another folder")
-    earlier = [name for name in (TRAIN_CONFIG_NAME, RESUME_FILE, "final.safetensors", "checkpoints")
-               if (out / name).exists()]
+    earlier = _run_files(out)
     if earlier and not (earlier == [TRAIN_CONFIG_NAME] and training) and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                          "resume=True or choose another folder")
+    _refuse_others_files(out)
+
+
+def _run_files(out: Path) -> list[str]:
+    """The names of a training run's files that ``out`` holds, our leftovers (:func:`_leftover`) not counted."""
+    return [name for name in (TRAIN_CONFIG_NAME, RESUME_FILE, "final.safetensors", "checkpoints")
+            if (out / name).exists() and not _leftover(out / name)]
+
+
+def _leftover(path: Path) -> bool:
+    """Whether ``path`` in a training folder is what our writers leave behind and holds no step: the
+    lock file, a killed writer's temporary, a ``checkpoints/`` holding nothing else (a run killed in
+    its first checkpoint's write)."""
+    if path.name == LOCK_NAME or TMP_MARKER in path.name:
+        return True
+    return (path.name == "checkpoints" and path.is_dir() and not path.is_symlink()
+            and all(TMP_MARKER in p.name for p in path.iterdir()))
+
+
+def _refuse_others_files(out: Path) -> None:
+    """ValueError when the folder ``out`` holds none of a training run's files but anything else than
+    our leftovers (:func:`_leftover`): training would write its run among them, and ``kfm
+    memorization --train`` read such a folder as the run."""
+    if not out.is_dir() or _run_files(out):
+        return
+    others = sorted(p.name for p in out.iterdir() if not _leftover(p))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ValueError(f"{out} is not empty and holds no training run (it holds {shown}): training would write "
+                         "its files among them; choose a new or empty folder")
 
 
 def remove_leftover_temporaries(out: Path) -> int:
@@ -407,10 +455,12 @@ def train(
             (:class:`~kinetic_fm.runs.RunLock`): a second writer is refused with
             :class:`~kinetic_fm.runs.RunLockedError` instead of overwriting this run's states.
             ``config.json`` records, last, ``data_sha256``: the sha256 of ``data`` in the net's
-            dtype and of ``labels`` (:func:`data_digest`; about 0.4 s per 600 MB).
+            dtype and of ``labels`` (:func:`data_digest`; about 0.4 s per 600 MB). A folder that
+            holds files but none of a run's is refused (:func:`check_train_dir`), ``resume`` too.
         resume: continue from ``out/resume.pt`` when it exists (the saved config must match
             except ``steps``, which may grow, and the data and labels must be the same values,
-            by their sha256, where the run recorded them); otherwise start afresh.
+            by their sha256, where the run recorded them; else :class:`ResumeSettingsError`);
+            otherwise start afresh.
         progress: show a tqdm bar.
         callback: called as ``callback(step, loss)`` after each step (1-based ``step``, loss a
             0-d tensor); an exception raised there stops training (the last resume state stays).
@@ -465,6 +515,7 @@ def train(
         raise ValueError(f"out= saves kinetic_fm.models nets (they carry .kind and .config); {type(model).__name__} "
                          "does not: train it with out=None and save result.ema's state_dict yourself")
     out = Path(out)
+    _refuse_others_files(out)  # before the folder gets a .lock; check_train_dir does the rest under the lock
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights, on_resume)
