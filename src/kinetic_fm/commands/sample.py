@@ -174,7 +174,8 @@ def register(subparsers) -> None:
     k.add_argument("--landing", choices=("exponential", "linear", "constant"), default=None,
                    help="form of the landing brake for t >= τ (default exponential under KTS)")
     k.add_argument("--k", type=float, default=None,
-                   help="rate of the exponential forms, in (0, 700] (default 3 under KTS)")
+                   help="rate of the exponential forms, in (0, 700] (default 3 under KTS); the exponential landing "
+                        "needs β0 < 1/(e^k − 1), i.e. k < ln(1 + 1/β0) ≈ 4.615 at the default β0 0.01")
     k.add_argument("--renormalize", action="store_true", default=None,
                    help="rescale η so that ∫η dt = 1 (not in the paper)")
 
@@ -562,6 +563,7 @@ def _conditioning(args, target: _Target) -> _Conditioning | None:
 def _shaping(args):
     """A KTS built from the given flags (defaults for the rest), or None when none was given."""
     from .. import KTS
+    from ..sampling.shaping import DEFAULT_NOTE
 
     given = {kts_name: getattr(args, flag) for flag, kts_name in _KTS_FLAGS.items()
              if getattr(args, flag) is not None}
@@ -577,7 +579,11 @@ def _shaping(args):
             kts = KTS(**given)
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
         # the tail's too ("the largest admissible beta0", "with k = 3"), not the prose's "exponential landing"
-        raise named_by_its_flag(err, _SAMPLE_FLAGS) from None
+        message = str(named_by_its_flag(err, _SAMPLE_FLAGS))
+        if "beta0" not in given:  # "--beta0 = 0.01 (the default) makes ...", of a --k alone: a flag never typed
+            default = f"{KTS.beta0!r}"
+            message = message.replace(f"--beta0 = {default}{DEFAULT_NOTE}", f"the default --beta0 {default}", 1)
+        raise ValueError(message) from None
     if args.k is not None and "exponential" not in (kts.launch, kts.landing):
         # recorded in the run's config, as given, but no form reads it: a sweep over --k would
         # run the same gain under every value without a word
