@@ -757,9 +757,10 @@ def _validate_step_control(args) -> None:
 
 
 def _stored_manifest(run_dir: str, repair: bool):
-    """The manifest of the run in ``run_dir``, or None (no run yet). ``run`` reads it once, before
-    the folder's lock, for the checks that come before the field or net loads; ``run_sharded`` reads
-    it again under the lock, the check that counts (another writer may have made the run in between).
+    """The manifest of the run in ``run_dir``, or None (no run yet). ``run`` reads it once, under the
+    folder's lock (a folder another writer holds is refused as such, whatever its settings), for the
+    checks that come before the field or net loads; ``run_sharded`` reads it again, the check that
+    counts (a folder without a ``.lock`` file is locked only there, and a new run may start in between).
 
     A damaged manifest is refused here, saying how to go on, before the field or net loads for a
     resume certain to be refused (it read as no run); with ``repair`` it is None, and ``run_sharded``
@@ -1175,12 +1176,6 @@ def _run(args, setup) -> int:
     args.dtype_typed, args.dtype = args.dtype is not None, args.dtype or DEFAULT_DTYPE
     _validate(args)
     kts = _shaping(args)
-    stored = _stored_manifest(args.out, args.repair) if args.resume else None  # read once for the checks below
-    if args.resume:
-        _resume_as_recorded(args, kts, stored)
-        _refuse_another_kind_of_run(args, stored)
-        _refuse_changed_settings_before_reading(args, kts, stored)
-        _refuse_other_training_data_before_reading(args, stored)
     # a Ctrl-C while the ranks meet, the folder is locked, a net is read and hashed, the items load
     # (50,000 CIFAR-10 images take 15 s), a net moves to its device or makes its trial call leaves no
     # shard behind; once run_sharded starts, the folder keeps finished shards: its own hint
@@ -1191,6 +1186,15 @@ def _run(args, setup) -> int:
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
         if lock is not None:
             held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
+        # under the lock, as README has it: another writer's folder with other settings was refused as a
+        # settings change, where the user needs to hear of the writer. Its device, if --device and the run's
+        # both name the CPU (cpu, cpu:0), is the run's from here on: the same numbers either way
+        stored = _stored_manifest(args.out, args.repair) if args.resume else None  # read once for the checks below
+        if args.resume:
+            _resume_as_recorded(args, kts, stored)
+            _refuse_another_kind_of_run(args, stored)
+            _refuse_changed_settings_before_reading(args, kts, stored)
+            _refuse_other_training_data_before_reading(args, stored)
         if args.model:
             args.interrupt_hint = _nothing_sampled_hint(f"while reading --model {args.model}", resuming)
             target = _model_target(args.model, args.shape, stored)
