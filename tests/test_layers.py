@@ -39,7 +39,8 @@ MAP = [
     ("fields",),
     ("models", "data"),
     ("runs",),
-    ("checks", "holdings", "gemm", "blocks", "knn", "norms", "exact_scaling", "optional", "run_files", "_version"),
+    ("checks", "holdings", "gemm", "blocks", "knn", "norms", "exact_scaling", "optional", "run_files", "result_repr",
+     "_version"),
 ]
 LAYER = {name: len(MAP) - row for row, names in enumerate(MAP) for name in names}
 
