@@ -93,7 +93,8 @@ def test_steps_must_be_positive():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_a_grid_error_quotes_the_times_as_typed_not_widened_to_float64(dtype):
     # a float32 0.7 read back through float64 printed "grid[1] = 0.699999988079071"
-    with pytest.raises(ValueError, match=r"^grid must be strictly increasing, but grid\[2\] = 0\.5 <= grid\[1\] = 0\.7$"):
+    with pytest.raises(ValueError, match=r"^grid must be strictly increasing, but grid\[2\] = 0\.5 <= "
+                                         r"grid\[1\] = 0\.7$"):
         time_grid(torch.tensor([0.0, 0.7, 0.5, 1.0], dtype=dtype))
     with pytest.raises(ValueError, match=r"got grid\[0\] = 0\.1$"):
         time_grid(torch.tensor([0.1, 0.7, 1.0], dtype=dtype))
