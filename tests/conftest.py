@@ -8,8 +8,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# NumPy's and SciPy's OpenBLAS start a worker per core that busy-waits after every call (see
+# kinetic_fm.gemm): with one of 2 cores busy elsewhere, tests of the studies' small covariances and
+# eigenproblems ran 2 to 3 times slower than on one thread (some 10 times). One thread, as pytest_configure
+# gives torch; set before torch imports NumPy, which is when OpenBLAS reads it. A value set is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 _REPO = Path(__file__).resolve().parents[1]
 

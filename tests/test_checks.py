@@ -511,8 +511,7 @@ def test_a_value_just_above_one_reads_as_a_slip_not_a_percent():
     import kinetic_fm as kfm
 
     for value, hinted in ((1.5, False), (1.99, False), (2, True), (60, True)):
-        for call in (lambda: kfm.sample(lambda x, t: x, torch.zeros(2, 3), steps=2, split=value),
-                     lambda: kfm.fraction_interval(3, 10, confidence=value)):
+        for call in (lambda: kfm.fraction_interval(3, 10, confidence=value),):
             with pytest.raises(ValueError) as caught:
                 call()
             assert ("did you mean" in str(caught.value)) == hinted, (value, str(caught.value))
@@ -525,3 +524,41 @@ def test_kfm_memorization_threshold_as_a_percent_names_the_fraction(tmp_path, ca
     assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "s.npy"),
                  "--threshold", "33", "--no-progress"]) == 2
     assert "--threshold must lie in (0, 1), got 33.0; did you mean 0.33?" in capsys.readouterr().err
+
+
+def test_a_split_time_below_ten_is_not_read_as_a_percent(tmp_path, capsys):
+    """split and tau_split are a time on the path: 60 reads as 60 % of it, but 2 (two halves?) read
+    as "did you mean 0.02?", a split at the path's very start that splits no early from late energy."""
+    import kinetic_fm as kfm
+    from kinetic_fm.cli import main
+
+    for value, hint in ((2, None), (5, None), (9.5, None), (10, "0.1"), (60, "0.6")):
+        for call in (lambda: kfm.sample(lambda x, t: x, torch.zeros(2, 3), steps=2, split=value),
+                     lambda: kfm.KTS(tau_split=value)):
+            with pytest.raises(ValueError) as caught:
+                call()
+            message = str(caught.value)
+            assert message.endswith(f"; did you mean {hint}?") if hint else "did you mean" not in message, message
+    assert main(["sample", "--field", "mixture", "--dim", "2", "--n", "4", "--steps", "2", "--split", "2",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("--split must be a number in [0, 1], got 2.0")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_threshold_above_one_reads_as_the_ratio_inverted_below_ten_and_as_a_percent_above(tmp_path, capsys):
+    """The gap ratio d1/d2 < threshold (1/3) is also stated as d2 > 3 d1: threshold=3 meant 1/3, not
+    the "did you mean 0.03?" it got; 33 still reads as 33 %."""
+    import kinetic_fm as kfm
+    from kinetic_fm.cli import main
+
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    for value, hint in ((3, "1/3 = 0.333"), (2, "1/2 = 0.5"), (1.5, "1/1.5 = 0.667"), (10, "0.1"), (33, "0.33"),
+                        (100, None), (1, None)):
+        with pytest.raises(ValueError) as caught:
+            kfm.memorization(x, x, threshold=value)
+        message = str(caught.value)
+        assert message.endswith(f"; did you mean {hint}?" if hint else f"got {value!r}"), message
+    np.save(tmp_path / "s.npy", np.zeros((4, 2), np.float32))
+    assert main(["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "s.npy"),
+                 "--threshold", "3", "--no-progress"]) == 2
+    assert "--threshold must lie in (0, 1), got 3.0; did you mean 1/3 = 0.333?" in capsys.readouterr().err

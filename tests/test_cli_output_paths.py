@@ -250,10 +250,11 @@ def test_a_refusal_at_write_time_names_kfm_sample_s_flag(tmp_path, monkeypatch, 
 
 
 def test_a_refusal_at_write_time_names_kfm_train_s_flag(tmp_path, monkeypatch, capsys):
-    import kinetic_fm.runs.atomic as atomic
+    import importlib
 
+    train = importlib.import_module("kinetic_fm.models.train")   # the module: kinetic_fm.models.train is the function
     run = tmp_path / "run"
-    monkeypatch.setattr(atomic, "atomic_write_text", _refuse(OSError(errno.EROFS, "Read-only file system", str(run))))
+    monkeypatch.setattr(train, "atomic_write_text", _refuse(OSError(errno.EROFS, "Read-only file system", str(run))))
     assert main(_argv("train", tmp_path, "--out", str(run))) == 2
     assert capsys.readouterr().err.endswith(f"kfm train: error: --out {run} cannot be written (Read-only file "
                                             f"system: {run})\n")

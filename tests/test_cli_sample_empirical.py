@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import numpy as np
@@ -619,19 +620,27 @@ def test_a_resume_into_a_kfm_train_folder_is_refused_before_the_items_or_the_net
 
 
 def test_an_empirical_run_whose_manifest_is_damaged_is_named_so_as_train_not_taken_for_samples(tmp_path, capsys):
-    # it read as no empirical run: "is a kfm sample run folder (samples, not training items ...)"
+    # it read as no empirical run: "is a kfm sample run folder (samples, not training items ...)"; then
+    # "--samples RUN/manifest.json: the run manifest is ..." (and as kfm memorization's --train no flag at all),
+    # where a damaged config.json reads "--train RUN: its config.json is ..." (helper-295)
     path = _saved(tmp_path, _points())
     run = tmp_path / "run"
     assert kfm_sample(run, "--field", "empirical", "--train", path, "--n", 2, "--steps", 3) == 0
     (run / "manifest.json").write_text("{")
     capsys.readouterr()
-    assert main(["memorization", "--samples", str(run), "--train", str(run), "--no-progress",
-                 "--out", str(tmp_path / "audit.parquet")]) == 2
-    err = capsys.readouterr().err
-    assert f"{run / 'manifest.json'}: the run manifest is not valid JSON" in err and "samples, not" not in err, err
+    way_on = ("; was it edited or cut short? Put back a good copy of it, or write it again with the kfm sample command "
+              "that made the run and --resume --repair (it checks that command's settings against the shards' "
+              "receipts)\n")
+    for samples, train, flag in ((run, path, "--samples"), (path, run, "--train")):
+        assert main(["memorization", "--samples", str(samples), "--train", str(train), "--no-progress",
+                     "--out", str(tmp_path / "audit.parquet")]) == 2
+        err = capsys.readouterr().err
+        assert re.fullmatch(rf"kfm memorization: error: {flag} {re.escape(str(run))}: its manifest.json is not valid "
+                            rf"JSON \(Expecting .*\){re.escape(way_on)}", err), err
     assert kfm_sample(tmp_path / "again", "--field", "empirical", "--train", run, "--n", 2, "--steps", 3) == 2
     err = capsys.readouterr().err
-    assert f"{run / 'manifest.json'}: the run manifest is not valid JSON" in err and "samples, not" not in err, err
+    assert re.fullmatch(rf"kfm sample: error: --train {re.escape(str(run))}: its manifest.json is not valid "
+                        rf"JSON \(Expecting .*\){re.escape(way_on)}", err), err
 
 
 def test_uint8_items_are_sampled_on_their_scale_with_a_warning(tmp_path, capsys):

@@ -316,3 +316,34 @@ def test_read_cifar_batch_of_a_folder_names_the_path_and_what_it_expects(tmp_pat
         read_cifar_batch(tmp_path)
     with pytest.raises(FileNotFoundError, match="CIFAR-10 batch not found"):
         read_cifar_batch(tmp_path / "data_batch_1")
+
+
+def test_a_folder_of_convnetjs_sprites_given_as_cifar10_points_to_the_sprite_loader(tmp_path, capsys):
+    """The lossless sprite folder given to cifar10: said only "no images under 'train/'": nothing told
+    that the sprite PNGs there are not read, nor what reads them."""
+    import zipfile
+
+    from PIL import Image
+
+    from kinetic_fm.cli import main
+
+    sprites = tmp_path / "sprites"
+    sprites.mkdir()
+    for k in (0, 50):
+        Image.fromarray(np.zeros((2, 1024, 3), np.uint8)).save(sprites / f"cifar10_batch_{k}.png")
+    (sprites / "cifar10_labels_51000.txt").write_text("0\n1\n")
+    with zipfile.ZipFile(tmp_path / "sprites.zip", "w") as archive:
+        archive.write(sprites / "cifar10_batch_0.png", "cifar10_batch_0.png")
+    for path, split in ((sprites, "train"), (sprites, "test"), (tmp_path / "sprites.zip", "train")):
+        with pytest.raises(FileNotFoundError, match=rf"no images under '{split}/' \(expected {split}/<class>/<image>\)"
+                                                    r"; it holds ConvNetJS CIFAR-10 sprite PNGs \(cifar10_batch_0\.png"
+                                                    r".*load_cifar10_sprite"):
+            load_cifar10(path, split)
+    assert main(["train", "--data", f"cifar10:{sprites}", "--steps", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "cifar10_batch_0.png" in err and "load_cifar10_sprite" in err and "README" in err
+    # a folder of other PNGs keeps the plain refusal
+    (tmp_path / "others").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "others" / "cat.png")
+    with pytest.raises(FileNotFoundError, match=r"\(expected train/<class>/<image>\)$"):
+        load_cifar10(tmp_path / "others", "train")

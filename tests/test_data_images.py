@@ -890,3 +890,28 @@ def test_an_empty_folder_is_refused_as_holding_no_images_by_list_image_labels(tm
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="it holds no images"):
         list_image_labels(tmp_path / "empty")
+
+
+def test_images_of_two_sizes_are_refused_with_the_way_out_each_caller_has(tmp_path, capsys):
+    """The Python API names size=; the kfm commands, which take no such flag, say to resize the files
+    (one message said both, so a command line's user read Python advice)."""
+    from kinetic_fm.cli import main
+
+    _png(tmp_path / "mixed" / "a.png", (4, 4, 3))
+    _png(tmp_path / "mixed" / "b.png", (5, 4, 3))
+    with pytest.raises(ValueError, match=r"b.png: image of shape \(5, 4, 3\) differs from the first image's "
+                                         r"\(4, 4, 3\); pass size= to resize all images to one size$"):
+        load_image_folder(tmp_path / "mixed")
+    assert load_image_folder(tmp_path / "mixed", size=4).shape == (3, 4, 4)   # the way out named works
+    np.save(tmp_path / "s.npy", np.zeros((2, 48), np.float32))
+    routes = {
+        "--train": ["memorization", "--samples", str(tmp_path / "s.npy"), "--train", str(tmp_path / "mixed"),
+                    "--no-progress"],
+        "--data": ["train", "--data", f"folder:{tmp_path / 'mixed'}", "--steps", "1", "--out", str(tmp_path / "run")],
+    }
+    for flag, argv in routes.items():
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"error: {flag} " in err and "differs from the first image's (4, 4, 3)" in err
+        assert err.rstrip().endswith("resize the files to one size first"), err
+        assert "size=" not in err

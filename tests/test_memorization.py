@@ -1067,6 +1067,33 @@ def test_a_key_on_a_pt_file_of_one_tensor_is_refused(tmp_path, capsys):
     assert "so --train-key 'x' does not apply" in capsys.readouterr().err
 
 
+def test_a_numpy_array_pickled_by_torch_save_is_refused_with_advice_for_arrays(tmp_path, capsys):
+    """torch.save(np_array) pickles numpy's own classes, which the weights-only reader refuses; the
+    way out named was re-saving model weights with torch.save(model.state_dict(), ...), which an
+    array file has no use for. The array routes name np.save and torch.from_numpy instead."""
+    from kinetic_fm.data.arrays import load_array
+    from kinetic_fm.models.checkpoint import UnsafeCheckpointError, load_state
+
+    array = np.arange(6.0, dtype=np.float32).reshape(3, 2)
+    torch.save(array, tmp_path / "np.pt")
+    np.save(tmp_path / "train.npy", array)
+    with pytest.raises(UnsafeCheckpointError, match=r"np.pt: it contains Python objects") as refused:
+        load_array(tmp_path / "np.pt")
+    message = str(refused.value)
+    assert "state_dict" not in message and "re-save the weights" not in message
+    assert "np.save(" in message and "torch.save(torch.from_numpy(" in message
+    assert main(["memorization", "--samples", str(tmp_path / "np.pt"), "--train", str(tmp_path / "train.npy"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--samples: refusing to load" in err and "np.save(" in err and "state_dict" not in err
+    # a weights file keeps the advice for weights
+    with pytest.raises(UnsafeCheckpointError, match=r"re-save the weights with torch.save\(model.state_dict\(\)"):
+        load_state(tmp_path / "np.pt")
+    # the advice is sound: the array re-saved either way reads back unchanged
+    torch.save(torch.from_numpy(array), tmp_path / "tensor.pt")
+    assert torch.equal(load_array(tmp_path / "tensor.pt"), torch.from_numpy(array))
+
+
 def _write_bad(path):
     """Files `kfm memorization` must refuse with one line naming the file (audit F6)."""
     import pyarrow as pa

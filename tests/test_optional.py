@@ -208,6 +208,36 @@ def test_import_kinetic_fm_imports_only_the_standard_library_for_the_helpers():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_runs_package_loads_its_names_on_first_use_so_a_lock_loads_no_pyarrow():
+    # kinetic_fm/runs/__init__.py imported every module, so locking a folder, writing a file atomically or reading a
+    # manifest loaded pyarrow (0.2-0.4 s, and a dependency) through runs.shards and runs.runner (helper-295)
+    import subprocess
+
+    import kinetic_fm.runs as runs
+
+    public = {"Coordinator", "IncompleteRunError", "ResumeMismatchError", "RunLock", "RunLockedError", "RunManifest",
+              "RunOutcome", "ShardPlan", "World", "fingerprint", "inspect_shard", "merge_shards", "prepare_run_dir",
+              "profile_from_table", "read_manifest", "read_profile", "read_run", "read_samples", "run_sharded",
+              "sha256_file", "world_session"}
+    assert set(runs.__all__) == public and public <= set(dir(runs))
+    for name in runs.__all__:   # each, the object its own module defines
+        value = getattr(runs, name)
+        assert value.__module__.startswith("kinetic_fm.runs.") and getattr(sys.modules[value.__module__], name) is value
+    star: dict = {}
+    exec("from kinetic_fm.runs import *", star)
+    assert public <= set(star)
+    with pytest.raises(AttributeError, match="^module 'kinetic_fm.runs' has no attribute 'read_runs'$"):
+        runs.read_runs
+
+    light = ("kinetic_fm.runs", "kinetic_fm.runs.lock", "kinetic_fm.runs.atomic", "kinetic_fm.runs.plan",
+             "kinetic_fm.runs.distributed", "kinetic_fm.runs.manifest")
+    code = (f"import importlib, sys\nfor name in {light!r}:\n    importlib.import_module(name)\n"
+            "    print(name, 'pyarrow' in sys.modules)\n"
+            "from kinetic_fm.runs import read_run\nprint('read_run', 'pyarrow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
+    assert out.stdout.splitlines() == [f"{name} False" for name in light] + ["read_run True"]
+
+
 def test_a_run_folder_s_manifest_is_looked_for_without_loading_pyarrow(tmp_path):
     # the name had its home in kinetic_fm.runs.manifest, whose package loads pyarrow: kfm sample and kfm train
     # spelt "manifest.json" out beside it, and --train's folder check (image_folder_given) loaded pyarrow for it

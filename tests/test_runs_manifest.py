@@ -178,6 +178,30 @@ def test_a_resume_refusal_hands_over_its_differences_for_a_command_line_to_word(
     assert again.differences == want and str(again) == str(err.value)
 
 
+def test_a_damaged_manifest_hands_over_what_is_wrong_for_a_command_line_to_word(tmp_path):
+    # a command naming the file its own way ("--samples RUN: its manifest.json ...") had only the whole message,
+    # led by the file's path (helper-295)
+    import pickle
+
+    from kinetic_fm.runs.manifest import DamagedManifestError
+
+    write_manifest(tmp_path, _manifest())
+    body = json.loads((tmp_path / "manifest.json").read_text())
+    for damage, fault in ((lambda b: b.pop("n"), " lacks 'n'; was it edited?"),
+                          (lambda b: b.update(n=1.5), "'s 'n' must be an integer, got 1.5; was it edited?")):
+        damaged = dict(body)
+        damage(damaged)
+        (tmp_path / "manifest.json").write_text(json.dumps(damaged))
+        with pytest.raises(DamagedManifestError) as err:
+            read_manifest(tmp_path)
+        assert err.value.fault == fault
+        assert err.value.problem == f"{tmp_path / 'manifest.json'}: the run manifest{fault}"
+        assert str(err.value) == f"{err.value.problem} {err.value.way_on}" and err.value.way_on.startswith("Put back")
+        again = pickle.loads(pickle.dumps(err.value))    # it crosses ranks whole
+        assert (str(again), again.problem, again.fault, again.way_on) == (str(err.value), err.value.problem, fault,
+                                                                          err.value.way_on)
+
+
 def test_resume_with_new_library_versions_only_warns():
     stored = _manifest(versions={"torch": "2.12.0", "kinetic_fm": "0.1.0"})
     new = _manifest(versions={"torch": "2.13.0", "kinetic_fm": "0.1.0"})

@@ -839,24 +839,40 @@ def test_tiny_report_says_the_fd_interval_once_and_the_captions_point_to_it(tiny
     assert "below the bar" in captions["goldilocks"] and "below the dot" in captions["shaping_fd"]
 
 
-def test_the_shaping_section_rendered_alone_defines_the_fd_interval_its_caption_points_to(tiny_report, tmp_path):
-    # the library's section API (run_shaping, then write_report) without kfm reproduce's Terms paragraph:
-    # the shaping_fd caption's "see FD interval in Terms" had nothing to see
+@pytest.fixture(scope="module")
+def shaping_alone(tiny_report, tmp_path_factory):
+    """The library's section API alone: ``run_shaping`` on a copy of the tiny run's workspace (its
+    samples read from the cache, its bootstrap run again), without ``reproduce``. Returns the
+    preset, the assets, the section's result and the (args, kwargs) of each ``shaping_claims`` call."""
     import shutil
 
     from kinetic_fm.studies import shaping
     from kinetic_fm.studies.assets import load_assets
-    from kinetic_fm.studies.output import jackknife_text
-    from kinetic_fm.studies.report import write_report
     from kinetic_fm.studies.workspace import config_hash
 
-    out, md, _ = tiny_report
-    assert md.read_text(encoding="utf-8").count(jackknife_text()) == 1       # the report's Terms, not repeated
-    shutil.copytree(out, tmp_path / "ws")
+    folder = tmp_path_factory.mktemp("shaping-alone") / "ws"
+    shutil.copytree(tiny_report[0], folder)
     cfg = ReproduceConfig.preset("tiny")
-    ws = Workspace(tmp_path / "ws")
+    ws = Workspace(folder)
     assets = load_assets(cfg.assets, ws, progress=False)
-    result = shaping.run_shaping(cfg.shaping, assets, ws, config_hash(cfg.assets.sample_settings()), progress=False)
+    calls, claims = [], shaping.shaping_claims
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shaping, "shaping_claims", lambda *a, **kw: calls.append((a, kw)) or claims(*a, **kw))
+        result = shaping.run_shaping(cfg.shaping, assets, ws, config_hash(cfg.assets.sample_settings()),
+                                     progress=False)
+    return cfg, assets, result, calls
+
+
+def test_the_shaping_section_rendered_alone_defines_the_fd_interval_its_caption_points_to(
+        tiny_report, shaping_alone, tmp_path):
+    # the library's section API (run_shaping, then write_report) without kfm reproduce's Terms paragraph:
+    # the shaping_fd caption's "see FD interval in Terms" had nothing to see
+    from kinetic_fm.studies.output import jackknife_text
+    from kinetic_fm.studies.report import write_report
+
+    _, md, _ = tiny_report
+    assert md.read_text(encoding="utf-8").count(jackknife_text()) == 1       # the report's Terms, not repeated
+    _, _, result, _ = shaping_alone
     alone, _ = write_report(tmp_path / "alone", title="t", intro="", claims=result.claims, sections=result.sections,
                             meta={})
     text = alone.read_text(encoding="utf-8")
@@ -937,11 +953,18 @@ def test_tiny_reproduce_on_a_cuda_device_gives_the_cpu_tables(tiny_report, tmp_p
     # `kfm reproduce --device cuda` under fake_cuda (CUDA's device rules, the CPU's kernels; TF32
     # and a separate CUDA RNG off, so the numbers must be the CPU run's, bit for bit). The support
     # study used to feed the device's classifier CPU images and stop.
+    import shutil
+
     from fake_cuda import fake_cuda
 
     from kinetic_fm.studies.reproduce import reproduce
 
     cpu_out, _, _ = tiny_report
+    # the judge trains where the data set lies, on the CPU in both runs (only the velocity nets train on
+    # the device, here as in every run): the CPU run's judge, copied, is the one this run would train
+    (tmp_path / "cache").mkdir()
+    for judge in (cpu_out / "cache").glob("classifier-*.pt"):
+        shutil.copy2(judge, tmp_path / "cache" / judge.name)
     with fake_cuda(record_stacks=False, emulate_tf32=False, separate_cuda_rng=False):
         reproduce(ReproduceConfig.preset("tiny", device="cuda"), tmp_path, progress=False)
     names = sorted(p.name for p in (cpu_out / "tables").glob("*.parquet"))
@@ -1565,7 +1588,9 @@ def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tiny
                                                                           capsys):
     # the studies sampled without a bar and ran their metric loops without a word: at --full a run
     # could go silent for minutes between "study: ..." lines. Both runs here start from the tiny
-    # run's trained nets (_trained): every sampling runs, the training it printed nothing about does not
+    # run's trained nets (_trained): every sampling runs, the training it printed nothing about does not.
+    # The second needs only the sampling's side of the log (every sampling goes through samples.sample):
+    # one study, the one that samples least, suffices
     from kinetic_fm.studies import samples
     from kinetic_fm.studies.reproduce import reproduce
 
@@ -1587,7 +1612,8 @@ def test_a_run_with_progress_shows_every_sampling_and_each_long_metric_step(tiny
     # into a log file: nested bars would print every redraw as a line; the "sampling" lines stay
     bars.clear()
     monkeypatch.setattr(samples, "_interactive", lambda: False)
-    reproduce(ReproduceConfig.preset("tiny"), _trained(tiny_report, tmp_path / "logged"), progress=True)
+    reproduce(ReproduceConfig.preset("tiny"), _trained(tiny_report, tmp_path / "logged"), studies=("support",),
+              progress=True)
     lines = capsys.readouterr().out.splitlines()
     assert bars and not any(bars)
     assert len([line for line in lines if line.startswith("[kfm reproduce] sampling ")]) == len(bars)
@@ -1858,34 +1884,15 @@ def test_shaping_grid_rows_give_each_settings_energy_after_06_and_its_own_interv
         assert table.loc[setting, "mean KPE"] == pytest.approx(run["kpe"].mean().item(), rel=1e-12)
 
 
-def test_shaping_resamples_every_sample_the_same_way_in_each_setting(tiny_report, tmp_path, monkeypatch):
+def test_shaping_resamples_every_sample_the_same_way_in_each_setting(shaping_alone):
     # the paired bootstrap draws (R, n) sample indices over all n samples: each index 0..n − 1 occurs
     # (50 resamples of 48 miss one with probability about 48·(47/48)^2400, nil)
-    import shutil
-
-    from kinetic_fm.studies import shaping
-    from kinetic_fm.studies.assets import load_assets
-    from kinetic_fm.studies.workspace import config_hash
-
-    out, _, _ = tiny_report
-    shutil.copytree(out, tmp_path / "ws")
-    cfg = ReproduceConfig.preset("tiny")
-    ws = Workspace(tmp_path / "ws")
-    assets = load_assets(cfg.assets, ws, progress=False)
-    seen = []
-    claims = shaping.shaping_claims
-
-    def spy(feats, memorized, value, fd_name, reference, boot, **kwargs):
-        seen.append(boot)
-        # the verdicts learn the Fréchet reference's rows: without them they would decide FDs against a
-        # reference of fewer rows than features as if it were full (a mutant dropping them survived)
-        assert kwargs == {"reference_rows": len(assets.train)}
-        assert {len(f) for f in feats.values()} == {len(m) for m in memorized.values()} == {cfg.shaping.n_samples}
-        return claims(feats, memorized, value, fd_name, reference, boot, **kwargs)
-
-    monkeypatch.setattr(shaping, "shaping_claims", spy)
-    shaping.run_shaping(cfg.shaping, assets, ws, config_hash(cfg.assets.sample_settings()), progress=False)
-    (boot,) = seen
+    cfg, assets, _, calls = shaping_alone
+    ((feats, memorized, _, _, _, boot), kwargs), = calls
+    # the verdicts learn the Fréchet reference's rows: without them they would decide FDs against a
+    # reference of fewer rows than features as if it were full (a mutant dropping them survived)
+    assert kwargs == {"reference_rows": len(assets.train)}
+    assert {len(f) for f in feats.values()} == {len(m) for m in memorized.values()} == {cfg.shaping.n_samples}
     assert boot.shape == (cfg.shaping.bootstrap, cfg.shaping.n_samples)
     assert set(np.unique(boot)) == set(range(cfg.shaping.n_samples))
 

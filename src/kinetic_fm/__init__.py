@@ -24,6 +24,7 @@ from .sampling.shaping import KTS
 from .checks import ValueRangeWarning
 from .sampling.guards import NonFiniteVelocityError, StepLimitError, TrainingModeWarning
 from . import _version
+from .lazy import lazy_attribute
 
 __version__ = _version.__version__
 
@@ -83,12 +84,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kinetic_fm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(globals(), _LAZY, name)
 
 
 # the modules among _LAZY's that import an optional package on loading, and that package
@@ -101,6 +97,6 @@ def __dir__() -> list[str]:
     # name dir() gives, and that lookup raises ImportError (naming what to install)
     from .optional import installed
 
-    own_tools = {"annotations", "importlib", "Any", "_version", "_NEEDS"}
+    own_tools = {"annotations", "importlib", "Any", "_version", "_NEEDS", "lazy", "lazy_attribute"}
     lazy = {name for name, module in _LAZY.items() if module not in _NEEDS or installed(_NEEDS[module])}
     return sorted((set(globals()) - own_tools) | lazy)

@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({type(err).__name__}: {err}); ask for fewer samples, steps or resamples", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        from .runs.shards import IncompleteRunError  # here: the runs package brings pyarrow with it
+        from .runs.shards import IncompleteRunError  # here: runs.shards brings pyarrow with it
 
         if isinstance(err, IncompleteRunError):  # a run folder with shards missing: say which, no traceback
             print(f"kfm {args.command}: error: {err}", file=sys.stderr)

@@ -8,13 +8,11 @@ import contextlib
 import os
 from typing import TYPE_CHECKING
 
-from ..run_files import MANIFEST_NAME
+from ..run_files import MANIFEST_NAME, TRAIN_CONFIG_NAME
 from ._flag_names import flag_words
 
 if TYPE_CHECKING:
     from ..runs.manifest import RunManifest
-
-TRAIN_CONFIG = "config.json"  # what kfm train writes into its run folder
 
 
 def load_rows(name: str, value: str, key: str | None, progress: bool, *, specs: bool,
@@ -116,10 +114,10 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     path = Path(value)
     spec_given = is_spec(value, specs)
     # kfm sample writes manifest.json into its run folder, kfm train config.json
-    is_run = path.is_dir() and (path / (TRAIN_CONFIG if specs else MANIFEST_NAME)).is_file()
+    is_run = path.is_dir() and (path / (TRAIN_CONFIG_NAME if specs else MANIFEST_NAME)).is_file()
     is_images = not is_run and is_folder_or_zip_path(value, specs)
     # the other command's run folder: a kfm sample run as --train, a kfm train run as --samples
-    other_run = path.is_dir() and (path / (MANIFEST_NAME if specs else TRAIN_CONFIG)).is_file() and not is_run
+    other_run = path.is_dir() and (path / (MANIFEST_NAME if specs else TRAIN_CONFIG_NAME)).is_file() and not is_run
     if (spec_given or is_run or is_images) and key is not None:
         flag = "--key" if name == "--samples" else "--train-key"
         what = ("a data spec" if spec_given else "a run folder" if is_run else "a kfm sample run folder"
@@ -143,9 +141,13 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
     if is_run:
         import torch
 
+        from ..runs.manifest import DamagedManifestError
         from ..runs.shards import read_samples
 
-        return torch.from_numpy(read_samples(path)), None, None, None
+        try:
+            return torch.from_numpy(read_samples(path)), None, None, None
+        except DamagedManifestError as err:
+            raise _damaged_manifest(name, path, err) from None
     if spec_given:
         data = load_dataset(value, n=n, seed=seed, progress=progress)
         # a subset's positions in the whole split (a 2-D sampler's n points are all it has)
@@ -228,21 +230,27 @@ def items_digest(rows) -> str:
 def empirical_run_manifest(path: str | os.PathLike) -> RunManifest | None:
     """A ``kfm sample --field empirical`` run folder's manifest, when ``path`` holds one that records
     where its training items came from; else None (no run, another kind of run, another format).
-    A damaged manifest is refused naming it (it read as another kind of run: "samples, not training
-    items")."""
-    from ..runs import read_manifest
-    from ..runs.manifest import DamagedManifestError
+    A damaged manifest is refused naming it, as --train's (every caller reads ``path`` as --train; it
+    read as another kind of run: "samples, not training items")."""
+    from ..runs.manifest import DamagedManifestError, read_manifest
 
     try:
         manifest = read_manifest(path)
-    except DamagedManifestError:
-        raise
+    except DamagedManifestError as err:
+        raise _damaged_manifest("--train", path, err) from None
     except (OSError, ValueError):
         return None
     train = manifest.runtime.get("train")
     if manifest.identity.get("field") != "empirical" or not isinstance(train, dict) or not train.get("source"):
         return None
     return manifest
+
+
+def _damaged_manifest(flag: str, run, err) -> ValueError:
+    """The refusal of ``run`` (``flag``'s value), whose manifest.json is damaged (``err``, a
+    DamagedManifestError), in the words of the flag's other refusals of a run folder: "--train RUN: its
+    manifest.json is not valid JSON (...); was it edited or cut short? Put back a good copy of it, ..."."""
+    return ValueError(f"{flag} {run}: its {MANIFEST_NAME}{err.fault} {err.way_on}")
 
 
 def _empirical_training_rows(run, manifest, progress: bool):
@@ -302,7 +310,7 @@ def image_folder_given(value: str) -> bool:
     from pathlib import Path
 
     path = Path(value)
-    run = path.is_dir() and ((path / TRAIN_CONFIG).is_file() or (path / MANIFEST_NAME).is_file())
+    run = path.is_dir() and ((path / TRAIN_CONFIG_NAME).is_file() or (path / MANIFEST_NAME).is_file())
     return is_folder_or_zip_path(value) and not run
 
 
@@ -425,10 +433,10 @@ def training_record(run):
 
     config, rows = None, None
     try:  # None: another program's config.json, which names no data spec
-        config = read_train_config(run / TRAIN_CONFIG)
+        config = read_train_config(run / TRAIN_CONFIG_NAME)
     except DamagedTrainConfigError as err:  # "names no data spec" hid what is wrong with it
-        raise ValueError(f"--train {run}: its {TRAIN_CONFIG} {err.problem} Put back a good copy of it, or pass the "
-                         "training items themselves") from None
+        raise ValueError(f"--train {run}: its {TRAIN_CONFIG_NAME} {err.problem} Put back a good copy of it, or pass "
+                         "the training items themselves") from None
     try:
         if (run / TRAINING_ITEMS).is_file():
             digest = config.get(DATA_DIGEST) if isinstance(config, dict) else None
@@ -443,6 +451,6 @@ def training_record(run):
             f"this kfm reproduce net records no training items ({TRAINING_ITEMS}, written since this "
             "version); run the same kfm reproduce command on its folder again (it trains nothing) to write "
             "it, or pass the training items themselves" if study else
-            f"its {TRAIN_CONFIG} names no data spec (kfm train writes one); pass the training items "
+            f"its {TRAIN_CONFIG_NAME} names no data spec (kfm train writes one); pass the training items "
             "themselves")) from None
     return spec, n, seed, rows, config

@@ -5,7 +5,8 @@ import argparse
 import math
 
 from ..checks import DEVICE_FORMS
-from ._rows import (TRAIN_CONFIG, empirical_run_manifest, is_folder_or_zip_path, is_spec, load_rows,
+from ..run_files import TRAIN_CONFIG_NAME
+from ._rows import (empirical_run_manifest, is_folder_or_zip_path, is_spec, load_rows,
                     results_table_schema, training_record)
 from ._types import bootstrap_seed_number, check_output_path, faiss_for, user_path, writing
 from ._flag_names import flag_words
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     # before the inputs load and the audit runs, each named by its flag (the library names its
     # arguments, and the OS its paths: "[Errno 17] File exists" came after the whole audit)
-    inside_unit_interval("--threshold", args.threshold, percent=True)
+    inside_unit_interval("--threshold", args.threshold, percent=True, ratio=True)
     for flag, value in (("--bootstrap", args.bootstrap), ("--seed", args.seed)):
         if value is not None and args.interval != "bootstrap":  # it would be ignored without a word
             raise ValueError(f"{flag} applies to --interval bootstrap only (the {args.interval} interval "
@@ -250,7 +251,7 @@ def _check_not_an_input(flag: str, out: str, *inputs: tuple[str, str]) -> None:
             run = path.is_dir() and (path / MANIFEST_NAME).is_file()
             # a kfm train or reproduce net's folder is read for its config.json (the data it names is
             # among the paths): a figure beside the weights read as "an image added to the folder of images"
-            net = path.is_dir() and (path / TRAIN_CONFIG).is_file()
+            net = path.is_dir() and (path / TRAIN_CONFIG_NAME).is_file()
             if _same_file(target, path):
                 what = "overwrite that file"
             elif run and _same_file(target, path / RESULTS_NAME):
@@ -290,7 +291,7 @@ def _input_paths(name: str, value: str):
         folder = spec_folder(value)
         return [] if folder is None else [(folder, None)]
     paths = [(path.resolve(), None)]
-    if name == "--train" and path.is_dir() and (path / TRAIN_CONFIG).is_file():
+    if name == "--train" and path.is_dir() and (path / TRAIN_CONFIG_NAME).is_file():
         try:
             spec = training_record(path)[0]
         except ValueError:  # the load names what is wrong with the record

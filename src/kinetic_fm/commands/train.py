@@ -250,9 +250,10 @@ def _saved_config(out: str) -> dict | None:
     from ..models.checkpoint import load_state
     from ..models.run_config import read_train_config
     from ..models.train import RESUME_FILE
+    from ..run_files import TRAIN_CONFIG_NAME
 
     try:
-        saved = read_train_config(Path(out) / "config.json")
+        saved = read_train_config(Path(out) / TRAIN_CONFIG_NAME)
     except (OSError, ValueError):  # absent, or damaged (DamagedTrainConfigError)
         saved = None
     if saved is not None or not (Path(out) / RESUME_FILE).is_file():

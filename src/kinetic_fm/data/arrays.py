@@ -63,7 +63,7 @@ def load_array(path: str | Path, key: str | None = None) -> torch.Tensor:
     if suffix in (".pt", ".pth"):
         from ..models.checkpoint import load_state
 
-        obj = load_state(path)  # weights only: a file holding code is refused, never run
+        obj = load_state(path, holds="array")  # weights only: a file holding code is refused, never run
         if isinstance(obj, dict):
             tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
             if key is not None:

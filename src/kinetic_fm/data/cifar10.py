@@ -183,11 +183,32 @@ def load_cifar10(
                             str(batches), indices=chosen)
     if not (path.is_dir() or zipfile.is_zipfile(path)):
         raise ValueError(f"{path}: expected a CIFAR-10 batches folder or its .tar.gz, an image folder or a zip")
-    ds = load_image_folder(path, subdir=split, n=n, indices=indices, seed=seed, progress=progress,
-                           check_listing=lambda pairs: _check_class_folders(pairs, path, split))
+    try:
+        ds = load_image_folder(path, subdir=split, n=n, indices=indices, seed=seed, progress=progress,
+                               check_listing=lambda pairs: _check_class_folders(pairs, path, split))
+    except FileNotFoundError as err:  # no <split>/ tree: ConvNetJS sprites there are named, with what reads them
+        sprites = _sprite_names(path)
+        if not sprites:
+            raise
+        more = f" and {len(sprites) - 1} more" if len(sprites) > 1 else ""
+        raise FileNotFoundError(
+            f"{err}; it holds ConvNetJS CIFAR-10 sprite PNGs ({sprites[0]}{more}), which load_cifar10 (cifar10:) "
+            f"does not read: load one with kinetic_fm.data.load_cifar10_sprite, or write its images once as a "
+            f"{split}/<class>/<image> tree (README, \"Data, small velocity nets and flow-matching training\")"
+        ) from None
     if ds.shape != (3, 32, 32):
         raise ValueError(f"{path}/{split}: images are {ds.shape}, expected (3, 32, 32)")
     return ds
+
+
+def _sprite_names(path: Path) -> list[str]:
+    """The files of the folder or zip ``path`` (or of one folder wrapping its contents, as an image
+    tree may be wrapped) named as ConvNetJS names its CIFAR-10 sprites, ``cifar10_batch_<k>.png``."""
+    from .images import ImageSource
+
+    with ImageSource(path) as source:
+        return [name for name in source.names
+                if name.count("/") <= 1 and re.fullmatch(r"cifar10_batch_\d+\.png", name.rsplit("/", 1)[-1])]
 
 
 def _check_class_folders(pairs: list[tuple[str, str]], path: Path, split: str) -> None:

@@ -25,6 +25,9 @@ from .subset import select_indices
 
 JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
 IMAGE_EXTENSIONS = (".png", *JPEG_EXTENSIONS, ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm")
+# ends the refusal of images of two sizes; the kfm commands, which take no size flag, put their own way out
+# in its place (commands._flag_names.flag_words), as they put their key flag in place of arrays.NAME_ONE
+RESIZE_ALL = "pass size= to resize all images to one size"
 
 
 @dataclass(frozen=True)
@@ -382,7 +385,7 @@ def decode_many(
         elif array.shape != out.shape[1:]:
             raise ValueError(
                 f"{source.describe(name)}: image of shape {array.shape} differs from the first "
-                f"image's {out.shape[1:]}; pass size= to resize all images to one size (the kfm commands take no such flag: resize the files first)"
+                f"image's {out.shape[1:]}; {RESIZE_ALL}"
             )
         out[i] = array
     if out is None:

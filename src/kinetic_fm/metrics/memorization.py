@@ -164,7 +164,7 @@ def memorization(
             feature counts, fewer than 2 training items (each named). TypeError: ``space`` not
             callable, or returning a tuple or list of tensors rather than one tensor.
     """
-    threshold = inside_unit_interval("threshold", threshold, percent=True)
+    threshold = inside_unit_interval("threshold", threshold, percent=True, ratio=True)
     bootstrap, seed, confidence = _interval_settings(bootstrap, seed, confidence, interval)
     space_chunk = positive_integer("space_chunk", space_chunk)
     if space is not None and not callable(space):

@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..run_files import TRAIN_CONFIG_NAME
+from ..runs.atomic import atomic_write
 from .registry import JUDGES, build_model
 from .run_config import DamagedTrainConfigError, read_train_config
 
@@ -26,8 +28,6 @@ class UnsafeCheckpointError(ValueError):
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """:func:`~kinetic_fm.runs.atomic.atomic_write` (a killed process never leaves a half-written
     file), creating the folder first."""
-    from ..runs.atomic import atomic_write  # here: the runs package brings pyarrow with it
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
 
@@ -69,15 +69,29 @@ def write_torch(obj: Any, path: Path) -> None:
             raise
 
 
-def load_state(path: str | os.PathLike, *, mmap: bool = False) -> Any:
+# how a refused file is re-saved so that it loads, by what it holds (load_state's ``holds``)
+_RESAVE = {
+    "weights": "Only plain tensors and state dicts are accepted; re-save the weights with "
+               "torch.save(model.state_dict(), ...) or safetensors from a trusted environment.",
+    "array": "Only a tensor or a dict of tensors is read (a NumPy array given to torch.save is pickled with "
+             "NumPy's classes); re-save the array with np.save('x.npy', a), or torch.save(torch.from_numpy(a), ...), "
+             "from a trusted environment.",
+}
+
+
+def load_state(path: str | os.PathLike, *, mmap: bool = False, holds: str = "weights") -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors; with ``mmap``,
     the tensors are mapped from the file, not read (for a caller that reads the other values only).
+    ``holds`` ("weights" or "array") says what the file is meant to hold, for the way out the
+    refusal of a file holding code names.
 
     Raises:
         FileNotFoundError: the file does not exist.
         UnsafeCheckpointError: the file needs arbitrary code to load (it is not executed).
         ValueError: the file is not a torch checkpoint at all.
     """
+    if holds not in _RESAVE:
+        raise ValueError(f"holds must be one of {sorted(_RESAVE)}, got {holds!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -90,8 +104,7 @@ def load_state(path: str | os.PathLike, *, mmap: bool = False) -> Any:
             raise ValueError(f"{path}: not a torch checkpoint ({detail.strip()})") from None
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it contains Python objects that would run code when unpickled "
-            f"({detail.strip()}). Only plain tensors and state dicts are accepted; re-save the weights with "
-            f"torch.save(model.state_dict(), ...) or safetensors from a trusted environment."
+            f"({detail.strip()}). {_RESAVE[holds]}"
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from None
@@ -282,7 +295,7 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
     else:
         folder = None
     if shape is None and folder is not None:
-        config = folder / "config.json"
+        config = folder / TRAIN_CONFIG_NAME
         if config.is_file():
             try:
                 record = read_train_config(config, keys=("data_shape",))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
+from ..runs.lock import RunLock
 
 
 def as_signed_pixels(x: Tensor, dtype: torch.dtype, *, name: str = "images") -> Tensor:
@@ -183,8 +184,6 @@ def train_classifier(
     if out is None:
         return _train_classifier(images, labels, num_classes, settings, test, progress, None, False, save_every,
                                  callback)
-    from ..runs.lock import RunLock  # here: the runs package brings pyarrow with it
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):

@@ -27,7 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
-from ..run_files import MANIFEST_NAME
+from ..run_files import MANIFEST_NAME, TRAIN_CONFIG_NAME
+from ..runs.atomic import atomic_write_text, remove_temporaries
+from ..runs.lock import RunLock
 from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_state, save_weights
 from .run_config import DamagedTrainConfigError, read_train_config, short_json
 
@@ -327,7 +329,7 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     out = Path(out)
     if (out / MANIFEST_NAME).exists():
         raise ValueError(f"{out} holds a kfm sample run ({MANIFEST_NAME}), not a training run; choose another folder")
-    config = out / "config.json"
+    config = out / TRAIN_CONFIG_NAME
     training = False
     if config.exists() and not (out / RESUME_FILE).exists():
         try:  # a folder named config.json is not a run's (opening it raises PermissionError on Windows)
@@ -346,9 +348,9 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
                              "beyond recognition); " + ("resume=True continues training runs only: " if resume else
                                                         "training would write its own over it: ")
                              + "move it away, or choose another folder")
-    earlier = [name for name in ("config.json", RESUME_FILE, "final.safetensors", "checkpoints")
+    earlier = [name for name in (TRAIN_CONFIG_NAME, RESUME_FILE, "final.safetensors", "checkpoints")
                if (out / name).exists()]
-    if earlier and not (earlier == ["config.json"] and training) and not resume:
+    if earlier and not (earlier == [TRAIN_CONFIG_NAME] and training) and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                          "resume=True or choose another folder")
 
@@ -357,8 +359,6 @@ def remove_leftover_temporaries(out: Path) -> int:
     """Delete the temporaries writers killed mid-save left in the training folder ``out`` and its
     ``checkpoints/`` (:func:`~kinetic_fm.runs.atomic.remove_temporaries`; hold ``out``'s lock);
     returns how many went."""
-    from ..runs.atomic import remove_temporaries  # here: the runs package brings pyarrow with it
-
     return remove_temporaries((out, out / "checkpoints"))
 
 
@@ -464,8 +464,6 @@ def train(
         # trained to the end and failed at its first save, its EMA lost
         raise ValueError(f"out= saves kinetic_fm.models nets (they carry .kind and .config); {type(model).__name__} "
                          "does not: train it with out=None and save result.ema's state_dict yourself")
-    from ..runs.lock import RunLock  # here: the runs package brings pyarrow with it
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
@@ -592,10 +590,8 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
             if on_resume is not None:
                 on_resume(start)
         if out is not None:
-            from ..runs.atomic import atomic_write_text  # here: the runs package brings pyarrow with it
-
             remove_leftover_temporaries(out)
-            atomic_write_text(out / "config.json", json.dumps(run_config, indent=2) + "\n")
+            atomic_write_text(out / TRAIN_CONFIG_NAME, json.dumps(run_config, indent=2) + "\n")
             for name, tensors in (extra_weights or {}).items():
                 save_weights(tensors, out / name)
 

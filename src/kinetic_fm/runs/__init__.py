@@ -11,17 +11,28 @@ Layout of a run directory::
 See :func:`run_sharded` (drive a run), :func:`read_run` (verified table of a finished run),
 :func:`read_samples` (its final samples) and :func:`read_profile` (its energy profiles).
 """
-from .distributed import Coordinator, World, world_session
-from .lock import RunLock, RunLockedError
-from .manifest import ResumeMismatchError, RunManifest, fingerprint, read_manifest, sha256_file
-from .plan import ShardPlan
-from .runner import RunOutcome, prepare_run_dir, run_sharded
-from .shards import (IncompleteRunError, inspect_shard, merge_shards, profile_from_table, read_profile, read_run,
-                     read_samples)
+from typing import Any
 
-__all__ = [
-    "Coordinator", "IncompleteRunError", "ResumeMismatchError", "RunLock", "RunLockedError", "RunManifest",
-    "RunOutcome", "ShardPlan", "World", "fingerprint", "inspect_shard", "merge_shards", "prepare_run_dir",
-    "profile_from_table", "read_manifest", "read_profile", "read_run", "read_samples", "run_sharded",
-    "sha256_file", "world_session",
-]
+from ..lazy import lazy_attribute
+
+# public name -> the module that defines it, imported on first access: runs.shards and runs.runner bring
+# pyarrow, which locking a folder, writing a file atomically and reading a manifest do without
+_LAZY = {name: f"{__name__}.{module}" for module, names in {
+    "distributed": ("Coordinator", "World", "world_session"),
+    "lock": ("RunLock", "RunLockedError"),
+    "manifest": ("ResumeMismatchError", "RunManifest", "fingerprint", "read_manifest", "sha256_file"),
+    "plan": ("ShardPlan",),
+    "runner": ("RunOutcome", "prepare_run_dir", "run_sharded"),
+    "shards": ("IncompleteRunError", "inspect_shard", "merge_shards", "profile_from_table", "read_profile",
+               "read_run", "read_samples"),
+}.items() for name in names}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(globals(), _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -61,14 +61,18 @@ class DamagedManifestError(ValueError):
     or a copy cut short).
 
     ``problem``: the file and what is wrong with it, for a caller that says its own way on (a
-    resume); the message adds a reader's way on."""
+    resume); the message adds a reader's way on, ``way_on``. ``fault``: what is wrong in the words that
+    follow the file's name (" is not valid JSON (...); was it edited or cut short?", "'s 'n' must be an
+    integer, ..."), for a caller that names the file its own way ("--samples RUN: its manifest.json ...")."""
 
-    def __init__(self, message: str, problem: str | None = None):
+    def __init__(self, message: str, problem: str | None = None, fault: str = "", way_on: str = ""):
         super().__init__(message)
         self.problem = message if problem is None else problem
+        self.fault = fault
+        self.way_on = way_on
 
     def __reduce__(self):
-        return type(self), (str(self), self.problem)
+        return type(self), (str(self), self.problem, self.fault, self.way_on)
 
 
 # a reader's way on from a damaged manifest (a resume says its own, knowing the command's settings)
@@ -250,16 +254,17 @@ class RunManifest:
     def from_json(cls, text: str) -> "RunManifest":
         """The manifest ``text`` holds. DamagedManifestError (a ValueError) for text that is not a JSON
         object of the manifest's fields and types; ValueError for another format version."""
+        def damaged(fault: str) -> DamagedManifestError:
+            return DamagedManifestError(f"the run manifest{fault}", fault=fault)
+
         try:
             body = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DamagedManifestError(f"the run manifest is not valid JSON ({err}); was it edited or cut "
-                                       "short?") from None
+            raise damaged(f" is not valid JSON ({err}); was it edited or cut short?") from None
         if not isinstance(body, dict):
-            raise DamagedManifestError(f"the run manifest must be a JSON object, got {type(body).__name__}; was it "
-                                       "edited?")
+            raise damaged(f" must be a JSON object, got {type(body).__name__}; was it edited?")
         if "format" not in body:  # every format writes it: a manifest without it was edited, not a newer one
-            raise DamagedManifestError("the run manifest lacks 'format'; was it edited?")
+            raise damaged(" lacks 'format'; was it edited?")
         if body["format"] != FORMAT_VERSION:
             raise ValueError(f"unsupported manifest format {body['format']!r} (expected {FORMAT_VERSION})")
         kinds = {"kind": str, "config": dict, "identity": dict, "seed_start": int, "n": int, "shard_size": int}
@@ -270,17 +275,17 @@ class RunManifest:
             if name not in body:
                 if name in informational:
                     continue
-                raise DamagedManifestError(f"the run manifest lacks {name!r}; was it edited?")
+                raise damaged(f" lacks {name!r}; was it edited?")
             value = body[name]
             if not isinstance(value, kind) or isinstance(value, bool):
                 what = {str: "a string", dict: "a JSON object", int: "an integer"}[kind]
                 got = type(value).__name__ if kind is dict else repr(value)
-                raise DamagedManifestError(f"the run manifest's {name!r} must be {what}, got {got}; was it edited?")
+                raise damaged(f"'s {name!r} must be {what}, got {got}; was it edited?")
         try:
             return cls(**{k: body[k] for k in kinds}, versions=body.get("versions", {}),
                        created=body.get("created", ""), runtime=body.get("runtime", {}))
         except ValueError as err:  # the seed range or shard size no run writes (ShardPlan's refusal)
-            raise DamagedManifestError(f"the run manifest's seeds do not make a run: {err}; was it edited?") from None
+            raise damaged(f"'s seeds do not make a run: {err}; was it edited?") from None
 
 
 def read_manifest(run_dir: str | os.PathLike) -> RunManifest:
@@ -294,12 +299,13 @@ def read_manifest(run_dir: str | os.PathLike) -> RunManifest:
     try:
         return RunManifest.from_json(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
-        problem = f"{path}: the run manifest is not UTF-8 text ({err}); was it edited or cut short?"
-        raise DamagedManifestError(f"{problem} {_DAMAGED_ADVICE}", problem) from None
+        fault = f" is not UTF-8 text ({err}); was it edited or cut short?"
     except DamagedManifestError as err:
-        raise DamagedManifestError(f"{path}: {err} {_DAMAGED_ADVICE}", f"{path}: {err}") from None
+        fault = err.fault
     except ValueError as err:  # another format
         raise ValueError(f"{path}: {err}") from None
+    problem = f"{path}: the run manifest{fault}"
+    raise DamagedManifestError(f"{problem} {_DAMAGED_ADVICE}", problem, fault, _DAMAGED_ADVICE)
 
 
 def write_manifest(run_dir: str | os.PathLike, manifest: RunManifest) -> Path:

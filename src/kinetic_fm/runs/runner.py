@@ -115,9 +115,9 @@ def stored_manifest(run_dir: Path, manifest: RunManifest | None = None, *, repai
             vouch = (f"none of its {_receipts(receipts)} records the run id this command's settings give, so "
                      "they are not the run's" if receipts else "its shards hold no receipt to check settings by")
             hint = f"{vouch}: put back a good copy of {MANIFEST_NAME} to resume it"
-        raise DamagedManifestError(f"{err.problem} Without a readable one the run's settings are unknown, so it "
-                                   f"cannot be resumed as it is; {hint}, or choose a new --out (or remove the folder) "
-                                   "to start over", err.problem) from None
+        way_on = (f"Without a readable one the run's settings are unknown, so it cannot be resumed as it is; {hint}, "
+                  "or choose a new --out (or remove the folder) to start over")
+        raise DamagedManifestError(f"{err.problem} {way_on}", err.problem, err.fault, way_on) from None
 
 
 def _receipts_of(run_dir: Path, manifest: RunManifest | None) -> tuple[int, int]:

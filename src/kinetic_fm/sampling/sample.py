@@ -166,7 +166,7 @@ def sample(
         bar_delay = _bar_delay(progress)
         if shaping is not None and not callable(shaping):
             raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
-        split = check_unit_number("split", resolved_split(split, gain_tau(shaping)), percent=True)
+        split = check_unit_number("split", resolved_split(split, gain_tau(shaping)), percent=10)
 
         # checked whichever solver runs: a typo in a setting the chosen solver ignores is still a typo
         rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
