@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import warnings
 
 import numpy as np
@@ -173,6 +174,26 @@ def test_kts_errors_name_the_flags_throughout(tmp_path, capsys, flags, message):
     err = capsys.readouterr().err
     assert message in err, err
     assert re.search(r"(?<![\w-])(alpha0|beta0|tau_split)\b|(?<![\w^-])k\b", err) is None, err
+
+
+def test_a_k_alone_that_the_default_brake_cannot_take_says_the_brake_was_the_default(tmp_path, capsys):
+    # "--beta0 = 0.01 makes η(t) ≤ 0 ... with --k = 5" named a flag the user never typed; the way out is a
+    # smaller --k (β0 < 1/(e^k − 1) ⇔ k < ln(1 + 1/β0)) or a --beta0 of one's own
+    assert kfm_sample(tmp_path / "run", "--k", 5) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kfm sample: error: the default --beta0 0.01 makes η(t) ≤ 0"), err
+    assert "the rate (--k) must stay below ln(1 + 1/β0) ≈ 4.61512" in err and 4.61512 < math.log1p(100) < 4.615121
+    assert kfm_sample(tmp_path / "run", "--k", 5, "--beta0", 0.01) == 2   # typed: its own words, the default noted
+    assert "error: --beta0 = 0.01 (the default) makes" in capsys.readouterr().err
+    assert kfm_sample(tmp_path / "run", "--k", 4.6151, "--n", 2, "--steps", 4) == 0   # just under the limit
+
+
+def test_help_gives_the_largest_k_the_default_brake_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())   # argparse wraps the lines
+    assert f"k < ln(1 + 1/β0) ≈ {math.log1p(1 / kfm.KTS().beta0):.4g} at the default β0 {kfm.KTS().beta0:g}" \
+        in helptext, helptext
 
 
 def test_a_trained_model_is_sampled_like_the_library_does(tmp_path):

@@ -88,3 +88,22 @@ def test_unknown_grid_name_is_rejected(bad):
 def test_steps_must_be_positive():
     with pytest.raises(ValueError, match="steps"):
         time_grid("uniform", 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_a_grid_error_quotes_the_times_as_typed_not_widened_to_float64(dtype):
+    # a float32 0.7 read back through float64 printed "grid[1] = 0.699999988079071"
+    with pytest.raises(ValueError, match=r"^grid must be strictly increasing, but grid\[2\] = 0\.5 <= "
+                                         r"grid\[1\] = 0\.7$"):
+        time_grid(torch.tensor([0.0, 0.7, 0.5, 1.0], dtype=dtype))
+    with pytest.raises(ValueError, match=r"got grid\[0\] = 0\.1$"):
+        time_grid(torch.tensor([0.1, 0.7, 1.0], dtype=dtype))
+    with pytest.raises(ValueError, match=r"got grid\[-1\] = 0\.9$"):
+        time_grid(torch.tensor([0.0, 0.7, 0.9], dtype=dtype))
+
+
+def test_a_grid_error_gives_enough_digits_to_tell_two_close_times_apart():
+    # the shortest decimal that reads back as the same float32: 0.70000005 is not 0.7
+    above = torch.nextafter(torch.tensor(0.7), torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"grid\[2\] = 0\.7 <= grid\[1\] = 0\.70000005$"):
+        time_grid(torch.stack([torch.tensor(0.0), above, torch.tensor(0.7), torch.tensor(1.0)]))

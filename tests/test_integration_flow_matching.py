@@ -535,6 +535,9 @@ def test_a_time_grid_out_of_order_is_named_as_the_callers_argument():
     for grid in (torch.tensor([0.0, 0.7, 0.3, 1.0]), torch.tensor([0.0, 0.5, 0.5, 1.0])):
         with pytest.raises(ValueError, match=r"^time_grid must be strictly increasing"):
             solver.sample(torch.ones(2, DIM), time_grid=grid)
+    # quoted as typed: the float32 0.7 read through float64 was "0.699999988079071"
+    with pytest.raises(ValueError, match=r"time_grid\[2\] = 0\.3 <= time_grid\[1\] = 0\.7$"):
+        solver.sample(torch.ones(2, DIM), time_grid=torch.tensor([0.0, 0.7, 0.3, 1.0]))
     with pytest.raises(ValueError, match=r"^time_grid must be finite"):
         solver.sample(torch.ones(2, DIM), time_grid=torch.tensor([0.0, float("nan"), 1.0]))
 

@@ -41,7 +41,7 @@ MAP = [
     ("models", "data"),
     ("runs",),
     ("checks", "holdings", "gemm", "blocks", "knn", "norms", "exact_scaling", "optional", "run_files", "lazy",
-     "_version"),
+     "result_repr", "_version"),
 ]
 LAYER = {name: len(MAP) - row for row, names in enumerate(MAP) for name in names}
 

@@ -611,7 +611,8 @@ def _drawn_axes(monkeypatch):
                         "yscale": ax.get_yscale(), "ylim": ax.get_ylim(), "title": ax.get_title(),
                         "texts": [t.get_text() for t in ax.texts], "patches": len(ax.patches),
                         "fills": len(ax.collections),
-                        "legend": [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []}
+                        "legend": [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else [],
+                        "legend_title": ax.get_legend().get_title().get_text() if ax.get_legend() else ""}
                        for ax in fig.axes]
         return render(fig, name, caption)
 
@@ -777,6 +778,26 @@ def test_plot_energy_profile_names_eta_only_where_a_gain_acts(profiled_runs, mon
                         ({k: profiled_runs[k] for k in ("plain FM", "KTS")}, F.POWER_LABEL)):
         kfm.plot_energy_profile(runs)
         assert [ax["ylabel"] for ax in drawn["energy_profile"]] == [label]
+
+
+def test_every_power_panel_says_what_its_line_and_band_are(profiled_runs, monkeypatch):
+    # kfm.plot_energy_profile (README's power.png) never said what the shaded band was; the CLI's
+    # figure said it in its panel title. Each power panel's legend says it now, in the same words
+    import kinetic_fm as kfm
+
+    drawn = _drawn_axes(monkeypatch)
+    runs = {k: profiled_runs[k] for k in ("plain FM", "KTS")}
+    kfm.plot_energy_profile(runs, title="Gaussian target")
+    kfm.plot_energy_profile(profiled_runs["KTS"], name="alone")
+    res = profiled_runs["KTS"]
+    F.sample_run_figure("run", "", res.kpe, (res.times, res.profile))
+    t = np.linspace(0, 1, 11)
+    F.energy_profile_figure("four", "c", {k: (t, np.ones((3, 10))) for k in "abcd"})   # bands outlined, dotted
+    for name in ("energy_profile", "alone", "run", "four"):
+        power = drawn[name][0]
+        assert power["legend_title"] == "mean, 10–90 % band", (name, power)
+        assert "10–90" not in power["title"], power   # said once, in the legend
+    assert drawn["energy_profile"][0]["title"] == "Gaussian target"
 
 
 def test_plot_energy_profile_puts_dopri5_runs_on_shared_steps():

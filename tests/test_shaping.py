@@ -69,7 +69,7 @@ def test_exponential_landing_limit_is_named_over_the_whole_range_of_k(k):
     (and `kfm sample --k 700` said the run did not fit in memory)."""
     with pytest.raises(ValueError, match=r"just below 1/\(e\^k − 1\) ≈ ") as refusal:
         KTS(beta0=2.0, k=k)
-    printed = float(str(refusal.value).rsplit("≈ ", 1)[1])
+    printed = float(str(refusal.value).split("1/(e^k − 1) ≈ ", 1)[1].split(",")[0])
     limit = 1 / math.expm1(k)
     assert limit * (1 - 1e-6) <= printed < limit       # seven significant digits, rounded down
     KTS(beta0=printed, k=k)                            # the printed value is admissible
@@ -112,6 +112,20 @@ def test_kts_errors_name_its_parameters():
     with pytest.raises(ValueError, match=r"^beta0 must be >= 0 and below 1/\(e\^k − 1\) ≈ 0.1565176 for the "
                                          r"exponential landing with k = 2, got -0.1"):
         KTS(beta0=-0.1, k=2)
+
+
+def test_a_k_that_the_default_beta0_cannot_take_says_beta0_was_the_default():
+    # KTS(k=5) said "beta0 = 0.01 makes η(t) ≤ 0", a number the caller never gave; it also says the k that
+    # this beta0 allows: β0 < 1/(e^k − 1) ⇔ k < ln(1 + 1/β0)
+    with pytest.raises(ValueError, match=r"^beta0 = 0.01 \(the default\) makes η\(t\) ≤ 0 .* with k = 5; .*"
+                                         r"at this beta0 the rate \(k\) must stay below ln\(1 \+ 1/β0\) ≈ 4.61512$"):
+        KTS(k=5)
+    with pytest.raises(ValueError, match=r"^beta0 = 0.02 makes .* below ln\(1 \+ 1/β0\) ≈ 3.931825$") as caught:
+        KTS(beta0=0.02, k=5)
+    limit = float(str(caught.value).rsplit("≈ ", 1)[1])
+    assert limit < math.log1p(1 / 0.02) < limit + 1e-6   # rounded down: the printed k is itself admissible
+    KTS(beta0=0.02, k=limit)
+    KTS(k=4.61512)
 
 
 @pytest.mark.parametrize("landing", ["linear", "constant"])

@@ -51,6 +51,7 @@ from .blocks import block_size
 from .checks import (as_scalar, check_flag, check_integer, check_same_layout, first_non_number, is_integer,
                      is_number_kind, is_real, positive_integer, torch_readable, warn_of_label_columns)
 from .exact_scaling import TINY, times_power_of_two, unit_exponent
+from .result_repr import result_repr
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -75,6 +76,8 @@ class Neighbors:
     distances: torch.Tensor
     indices: torch.Tensor
     rechecked: int = 0
+
+    __repr__ = result_repr  # shapes and dtypes, not every element
 
 
 def as_rows(name: str, value: Any, *, copy: bool = False) -> torch.Tensor:

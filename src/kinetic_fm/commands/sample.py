@@ -174,7 +174,8 @@ def register(subparsers) -> None:
     k.add_argument("--landing", choices=("exponential", "linear", "constant"), default=None,
                    help="form of the landing brake for t >= τ (default exponential under KTS)")
     k.add_argument("--k", type=float, default=None,
-                   help="rate of the exponential forms, in (0, 700] (default 3 under KTS)")
+                   help="rate of the exponential forms, in (0, 700] (default 3 under KTS); the exponential landing "
+                        "needs β0 < 1/(e^k − 1), i.e. k < ln(1 + 1/β0) ≈ 4.615 at the default β0 0.01")
     k.add_argument("--renormalize", action="store_true", default=None,
                    help="rescale η so that ∫η dt = 1 (not in the paper)")
 
@@ -562,6 +563,7 @@ def _conditioning(args, target: _Target) -> _Conditioning | None:
 def _shaping(args):
     """A KTS built from the given flags (defaults for the rest), or None when none was given."""
     from .. import KTS
+    from ..sampling.shaping import DEFAULT_NOTE
 
     given = {kts_name: getattr(args, flag) for flag, kts_name in _KTS_FLAGS.items()
              if getattr(args, flag) is not None}
@@ -577,7 +579,11 @@ def _shaping(args):
             kts = KTS(**given)
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
         # the tail's too ("the largest admissible beta0", "with k = 3"), not the prose's "exponential landing"
-        raise named_by_its_flag(err, _SAMPLE_FLAGS) from None
+        message = str(named_by_its_flag(err, _SAMPLE_FLAGS))
+        if "beta0" not in given:  # "--beta0 = 0.01 (the default) makes ...", of a --k alone: a flag never typed
+            default = f"{KTS.beta0!r}"
+            message = message.replace(f"--beta0 = {default}{DEFAULT_NOTE}", f"the default --beta0 {default}", 1)
+        raise ValueError(message) from None
     if args.k is not None and "exponential" not in (kts.launch, kts.landing):
         # recorded in the run's config, as given, but no form reads it: a sweep over --k would
         # run the same gain under every value without a word
@@ -751,9 +757,10 @@ def _validate_step_control(args) -> None:
 
 
 def _stored_manifest(run_dir: str, repair: bool):
-    """The manifest of the run in ``run_dir``, or None (no run yet). ``run`` reads it once, before
-    the folder's lock, for the checks that come before the field or net loads; ``run_sharded`` reads
-    it again under the lock, the check that counts (another writer may have made the run in between).
+    """The manifest of the run in ``run_dir``, or None (no run yet). ``run`` reads it once, under the
+    folder's lock (a folder another writer holds is refused as such, whatever its settings), for the
+    checks that come before the field or net loads; ``run_sharded`` reads it again, the check that
+    counts (a folder without a ``.lock`` file is locked only there, and a new run may start in between).
 
     A damaged manifest is refused here, saying how to go on, before the field or net loads for a
     resume certain to be refused (it read as no run); with ``repair`` it is None, and ``run_sharded``
@@ -1169,12 +1176,6 @@ def _run(args, setup) -> int:
     args.dtype_typed, args.dtype = args.dtype is not None, args.dtype or DEFAULT_DTYPE
     _validate(args)
     kts = _shaping(args)
-    stored = _stored_manifest(args.out, args.repair) if args.resume else None  # read once for the checks below
-    if args.resume:
-        _resume_as_recorded(args, kts, stored)
-        _refuse_another_kind_of_run(args, stored)
-        _refuse_changed_settings_before_reading(args, kts, stored)
-        _refuse_other_training_data_before_reading(args, stored)
     # a Ctrl-C while the ranks meet, the folder is locked, a net is read and hashed, the items load
     # (50,000 CIFAR-10 images take 15 s), a net moves to its device or makes its trial call leaves no
     # shard behind; once run_sharded starts, the folder keeps finished shards: its own hint
@@ -1185,6 +1186,15 @@ def _run(args, setup) -> int:
             lock = _lock_a_busy_folder(args.out, args.resume, coordinator)
         if lock is not None:
             held.callback(lock.release)  # run_sharded lets it go at its end; this, when an error comes first
+        # under the lock, as README has it: another writer's folder with other settings was refused as a
+        # settings change, where the user needs to hear of the writer. Its device, if --device and the run's
+        # both name the CPU (cpu, cpu:0), is the run's from here on: the same numbers either way
+        stored = _stored_manifest(args.out, args.repair) if args.resume else None  # read once for the checks below
+        if args.resume:
+            _resume_as_recorded(args, kts, stored)
+            _refuse_another_kind_of_run(args, stored)
+            _refuse_changed_settings_before_reading(args, kts, stored)
+            _refuse_other_training_data_before_reading(args, stored)
         if args.model:
             args.interrupt_hint = _nothing_sampled_hint(f"while reading --model {args.model}", resuming)
             target = _model_target(args.model, args.shape, stored)

@@ -28,6 +28,7 @@ from ..optional import optional_names
 from ..checks import (add_note, declares, declares_singular_at_one, one_evaluation_of, optional_attribute,
                       start_run_of)
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time, check_extras_taken, signature_of
+from ..sampling.grids import as_typed
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample, shared_time_refusal
 from ..sampling.shaping import KTS, TAU_TOLERANCE, gain_tau
@@ -220,6 +221,7 @@ class KineticODESolver:
             got = (f"shape {tuple(time_grid.shape)}" if isinstance(time_grid, torch.Tensor)
                    else type(time_grid).__name__)
             raise ValueError(f"time_grid must be a 1-D tensor from 0 to 1 with at least 2 points, got {got}")
+        typed = time_grid.dtype  # its times are quoted in it (a float32 0.7 is not 0.699999988079071)
         time_grid = time_grid.detach().to("cpu", torch.float64)
         start, end = float(time_grid[0]), float(time_grid[-1])
         if start != 0.0 or end != 1.0:
@@ -233,7 +235,8 @@ class KineticODESolver:
         if not bool(rising.all()):
             i = int(torch.nonzero(~rising)[0])
             raise ValueError(f"time_grid must be strictly increasing, but time_grid[{i + 1}] = "
-                             f"{float(time_grid[i + 1])!r} <= time_grid[{i}] = {float(time_grid[i])!r}")
+                             f"{as_typed(float(time_grid[i + 1]), typed)} <= time_grid[{i}] = "
+                             f"{as_typed(float(time_grid[i]), typed)}")
         if solver == "dopri5":
             if step_size is not None:
                 raise ValueError("step_size must be None for dopri5 (an adaptive method)")

@@ -31,6 +31,7 @@ from ..checks import (as_scalar, check_flag, check_integer, check_same_space, ch
                       positive_integer)
 from ..exact_scaling import HUGE, TINY, ldexp, times_power_of_two, unit_exponent
 from ..knn import check_same_rows, column_mean, listed_rows, own_diagonal, row_sq_norms
+from ..result_repr import result_repr
 from ..sampling.guards import feature_map_as_found
 from .features import SpaceLike, as_features, feature_space
 
@@ -90,6 +91,8 @@ class LocalSupport:
     dim: int
     space: str
     nearest: Tensor
+
+    __repr__ = result_repr  # shapes and dtypes, not every element
 
     def radius_at(self, k: int) -> Tensor:
         """(B,) float64 distance to the k-th nearest reference (k must be in ``ks``).
@@ -256,6 +259,8 @@ class KDELogDensity:
     n_reference: int
     dim: int
     space: str
+
+    __repr__ = result_repr  # shapes and dtypes, not every element
 
     def to_frame(self) -> "pd.DataFrame":
         """pandas DataFrame with one column, ``kde_log_density``."""

@@ -29,6 +29,7 @@ import torch
 from ..checks import (as_scalar, caller_outside_the_package, check_integer, check_same_space, inside_unit_interval,
                       is_integer, positive_integer)
 from ..knn import as_rows, check_exact_integers, check_finite, nearest_neighbors, row_sq_norms
+from ..result_repr import result_repr
 from ..sampling.guards import feature_map_as_found
 from .features import FeatureSpace, feature_space, module_of, one_row_batch_norm_named
 
@@ -78,6 +79,8 @@ class MemorizationReport:
     confidence: float = 0.95
     bootstrap: int = 1000
     interval: str = "bootstrap"
+
+    __repr__ = result_repr  # shapes and dtypes, not every element
 
     def __len__(self) -> int:
         return self.ratio.shape[0]

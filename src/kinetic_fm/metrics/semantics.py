@@ -23,6 +23,7 @@ from torch import Tensor
 from ..checks import as_scalar, check_device, check_flag, is_real, positive_integer
 from ..checks import caller_outside_the_package
 from ..knn import refuse_nonfinite_rows
+from ..result_repr import result_repr
 from .features import as_tensor, feature_space
 
 if TYPE_CHECKING:  # pragma: no cover - pandas is imported where a table is built
@@ -104,6 +105,8 @@ class ClassifierMargin:
     confidence: Tensor
     predicted: Tensor
     target: Tensor | None
+
+    __repr__ = result_repr  # shapes and dtypes, not every element
 
     def to_frame(self) -> "pd.DataFrame":
         """pandas DataFrame: ``classifier_margin``, ``classifier_confidence``, ``classifier_predicted``
@@ -236,6 +239,8 @@ class ClipScores:
     class_scores: Tensor | None
     template: str
     model: str
+
+    __repr__ = result_repr  # shapes and dtypes, not every element
 
     def to_frame(self) -> "pd.DataFrame":
         """pandas DataFrame: ``clip_score`` (+ ``clip_margin``, ``clip_predicted`` when classes were used)."""

@@ -64,14 +64,24 @@ def validate_grid(grid: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(g).all():
         raise ValueError("grid must be finite")
     if g[0].item() != 0.0:
-        raise ValueError(f"grid must start at 0, got grid[0] = {g[0].item()!r}")
+        raise ValueError(f"grid must start at 0, got grid[0] = {as_typed(g[0].item(), grid.dtype)}")
     if g[-1].item() != 1.0:
-        raise ValueError(f"grid must end at 1, got grid[-1] = {g[-1].item()!r}")
+        raise ValueError(f"grid must end at 1, got grid[-1] = {as_typed(g[-1].item(), grid.dtype)}")
     steps = g[1:] - g[:-1]
     if (steps <= 0).any():
         bad = int(torch.nonzero(steps <= 0)[0])
         raise ValueError(
-            f"grid must be strictly increasing, but grid[{bad + 1}] = {g[bad + 1].item()!r} "
-            f"<= grid[{bad}] = {g[bad].item()!r}"
+            f"grid must be strictly increasing, but grid[{bad + 1}] = {as_typed(g[bad + 1].item(), grid.dtype)} "
+            f"<= grid[{bad}] = {as_typed(g[bad].item(), grid.dtype)}"
         )
     return grid.detach().cpu()
+
+
+def as_typed(value: float, dtype: torch.dtype) -> str:
+    """The shortest decimal that ``dtype`` reads as ``value`` (a float of that dtype): 0.7 for a
+    float32 0.7, which float64 prints as 0.699999988079071; ``repr`` for float64."""
+    for digits in range(1, 18):
+        shown = f"{value:.{digits}g}"
+        if torch.tensor(float(shown), dtype=dtype).item() == value:
+            return shown
+    return repr(value)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..result_repr import result_repr
 from .energy import energy_after, energy_between
 from .fixed_step import early_step_count
 
@@ -67,6 +68,8 @@ class SampleResult:
     split: float
     seeds: tuple[int, ...] | None = field(default=None)
     shaped: bool = False
+
+    __repr__ = result_repr  # shapes and dtypes, not every element
 
     def __len__(self) -> int:
         return self.x.shape[0]

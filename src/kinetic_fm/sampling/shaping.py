@@ -34,6 +34,9 @@ LANDING_FORMS = ("exponential", "linear", "constant")
 TAU_TOLERANCE = 1e-6
 
 _K_DEFAULT = 3.0
+_BETA0_DEFAULT = 0.01
+# follows a parameter's value in an error when that value is the default, which the user may not have typed
+DEFAULT_NOTE = " (the default)"
 _K_MAX = 700.0  # e^k must stay finite in float64 (e^709.8 overflows)
 _ALPHA0_MAX = 1e6  # η = 1 + α0 multiplies the velocity; far beyond any use, and float32-safe
 _RANGES = {  # the values each numeric parameter may take, as its errors state them
@@ -80,7 +83,7 @@ class KTS:
     """
 
     alpha0: float = 0.01
-    beta0: float = 0.01
+    beta0: float = _BETA0_DEFAULT
     tau_split: float = 0.6
     launch: str = "linear"
     landing: str = "exponential"
@@ -121,10 +124,14 @@ class KTS:
         # still round to 0 or below, which each path that computes η must not meet at t = 1
         end = torch.ones(1, dtype=torch.float64, device="cpu")  # not the default device (meta, cuda)
         if self.beta0 >= limit or not (self._gain_float(1.0) > 0 and float(self._gain_tensor(end)) > 0):
+            exponential = self.landing == "exponential"
+            # β0 < 1/(e^k − 1) ⇔ k < ln(1 + 1/β0): the way out for a user who set k alone
             raise ValueError(
-                f"beta0 = {self.beta0!r} makes η(t) ≤ 0 near t = 1 for the {self.landing} landing"
-                + (f" with k = {self.k:g}" if self.landing == "exponential" else "")
+                f"beta0 = {self.beta0!r}{DEFAULT_NOTE if self.beta0 == _BETA0_DEFAULT else ''} makes η(t) ≤ 0 "
+                f"near t = 1 for the {self.landing} landing" + (f" with k = {self.k:g}" if exponential else "")
                 + f"; the largest admissible beta0 is just below {_describe_limit(self.landing, self.k)}"
+                + (f", and at this beta0 the rate (k) must stay below ln(1 + 1/β0) ≈ "
+                   f"{_rounded_down(math.log1p(1 / self.beta0))}" if exponential else "")
             )
 
     # --- the gain -------------------------------------------------------------------------
@@ -298,9 +305,13 @@ def max_beta0(landing: str, k: float = 3.0) -> float:
 
 def _describe_limit(landing: str, k: float) -> str:
     if landing == "exponential":
-        # rounded down to 7 significant digits, so that the printed value is itself admissible
-        # (0.0524 was not); in Decimal, since 10^(6 − log10 limit) overflows a float for k ≳ 695
-        limit = decimal.Decimal(max_beta0(landing, k))
-        last_digit = decimal.Decimal(1).scaleb(limit.adjusted() - 6)
-        return f"1/(e^k − 1) ≈ {float(limit.quantize(last_digit, rounding=decimal.ROUND_FLOOR)):.7g}"
+        return f"1/(e^k − 1) ≈ {_rounded_down(max_beta0(landing, k))}"
     return "1"
+
+
+def _rounded_down(limit: float) -> str:
+    """A positive supremum rounded down to 7 significant digits, so that the printed value is itself
+    admissible (0.0524 was not); in Decimal, since 10^(6 − log10 limit) overflows a float for k ≳ 695."""
+    exact = decimal.Decimal(limit)
+    last_digit = decimal.Decimal(1).scaleb(exact.adjusted() - 6)
+    return f"{float(exact.quantize(last_digit, rounding=decimal.ROUND_FLOOR)):.7g}"

@@ -38,6 +38,8 @@ PLAIN_KPE_LABEL = "KPE  ½∫‖v‖² dt"
 POWER_LABEL = "kinetic power  ½η²‖v‖²"
 #: the same for trajectories no gain acts on (η = 1: the EFM runs)
 PLAIN_POWER_LABEL = "kinetic power  ½‖v‖²"
+#: what the lines and bands of a kinetic-power panel are: its legend's title, the same in every figure
+POWER_BAND = "mean, 10–90 % band"
 #: appended to the label of a logarithmic axis, so a reader never takes it for a linear one
 LOG_NOTE = "(log scale)"
 #: a requested log axis stays linear when the data span fewer decades than this
@@ -149,14 +151,14 @@ def _render(fig, name: str, caption: str) -> Figure:
     return Figure(name=name, caption=caption, png=buffer.getvalue())
 
 
-def _finish_axes(ax, drawn: int, *, log_x: bool = False, log_y: bool = False) -> None:
+def _finish_axes(ax, drawn: int, *, log_x: bool = False, log_y: bool = False, legend_title: str = "") -> None:
     """End a line panel: log axes and legend when any line was drawn, else a "no data" mark."""
     if drawn:
         if log_x:
             _log_axis(ax, "x")
         if log_y:
             _log_axis(ax, "y")
-        _legend(ax)
+        _legend(ax, legend_title)
     else:
         _no_data(ax)
 
@@ -168,10 +170,10 @@ def _finish_lines(fig, ax, drawn: int, name: str, caption: str, *, log_x: bool =
     return _render(fig, name, caption)
 
 
-def _legend(ax) -> None:
+def _legend(ax, title: str = "") -> None:
     handles, _ = ax.get_legend_handles_labels()
     if handles:
-        ax.legend(frameon=False, fontsize=9)
+        ax.legend(frameon=False, fontsize=9, title=title or None, title_fontsize=9)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,13 +260,14 @@ def _draw_power(ax, profiles: dict[str, tuple[Any, Any]], *, log_y: bool, title:
         ax.set_xlim(0, 1)
         for label, t in (marks or {}).items():  # after the lines, so the legend lists them first
             ax.axvline(float(t), color="#555555", linestyle="-.", linewidth=1.0, label=label, zorder=1)
-    _finish_axes(ax, drawn, log_y=log_y)
+    _finish_axes(ax, drawn, log_y=log_y, legend_title=POWER_BAND)
 
 
 def plot_energy_profile(results: Any, *, log_y: bool = False, title: str = "",
                         name: str = "energy_profile", caption: str = "") -> Figure:
-    """Kinetic power ½η²‖v‖² over t of ``kfm.sample`` results: mean and 10–90 % band per run. The axis
-    names η only where a gain acted on some run (``SampleResult.shaped``), else it reads ½‖v‖².
+    """Kinetic power ½η²‖v‖² over t of ``kfm.sample`` results: mean and 10–90 % band per run (the
+    legend's title says so). The axis names η only where a gain acted on some run
+    (``SampleResult.shaped``), else it reads ½‖v‖².
 
     Args:
         results: a :class:`~kinetic_fm.SampleResult` sampled with ``profile=True``, or a dict
@@ -388,7 +391,7 @@ def sample_run_figure(name: str, caption: str, kpe: Any, profile: tuple[Any, Any
         log_y = summary is not None and _spans_decades(summary[1][summary[1] > 0])
     fig = _new_figure(12.8, 4.0)
     left, right = fig.subplots(1, 2)
-    _draw_power(left, {label: (times, increments)}, log_y=log_y, title="kinetic power over t (mean, 10–90 % band)",
+    _draw_power(left, {label: (times, increments)}, log_y=log_y, title="kinetic power over t",
                 ylabel=POWER_LABEL if shaped else PLAIN_POWER_LABEL)
     _draw_histogram(right, {label: values}, xlabel=kpe_label, log_x=log_x, title="per-sample KPE")
     if title:
