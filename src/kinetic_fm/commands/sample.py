@@ -23,6 +23,7 @@ import argparse
 
 from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ..run_files import MANIFEST_NAME
+from ..studies.figures import POWER_BAND  # the power panel's legend; matplotlib loads only when drawing
 from ._types import check_output_path, faiss_for, seed_number, user_path, writing
 from ._flag_names import SettingFlags, flag_words, named_by_its_flag
 
@@ -210,8 +211,8 @@ def register(subparsers) -> None:
     r.add_argument("--figure", default=None, type=user_path, metavar="PATH.png",
                    help="after the run (none when not given), draw it into a .png: the per-sample KPE histogram "
                         "and, with --profile, "
-                        "beside it the kinetic power ½η²‖v‖² over t (mean and 10–90%% band; dopri5's own steps "
-                        "are averaged over 100 equal bins). An axis spanning two decades or more is drawn in log "
+                        f"beside it the kinetic power ½η²‖v‖² over t ({POWER_BAND.replace('%', '%%')}; dopri5's own "
+                        "steps are averaged over 100 equal bins). An axis spanning two decades or more is drawn in log "
                         "scale. Works on the --resume of a finished run (redrawn from its results)")
     r.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bars: the samples', and the steps' of a batch running over "
