@@ -147,7 +147,7 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
         try:
             return torch.from_numpy(read_samples(path)), None, None, None
         except DamagedManifestError as err:
-            raise _damaged_manifest(name, path, err) from None
+            raise damaged_manifest(name, path, err) from None
     if spec_given:
         data = load_dataset(value, n=n, seed=seed, progress=progress)
         # a subset's positions in the whole split (a 2-D sampler's n points are all it has)
@@ -237,7 +237,7 @@ def empirical_run_manifest(path: str | os.PathLike) -> RunManifest | None:
     try:
         manifest = read_manifest(path)
     except DamagedManifestError as err:
-        raise _damaged_manifest("--train", path, err) from None
+        raise damaged_manifest("--train", path, err) from None
     except (OSError, ValueError):
         return None
     train = manifest.runtime.get("train")
@@ -246,7 +246,7 @@ def empirical_run_manifest(path: str | os.PathLike) -> RunManifest | None:
     return manifest
 
 
-def _damaged_manifest(flag: str, run, err) -> ValueError:
+def damaged_manifest(flag: str, run, err) -> ValueError:
     """The refusal of ``run`` (``flag``'s value), whose manifest.json is damaged (``err``, a
     DamagedManifestError), in the words of the flag's other refusals of a run folder: "--train RUN: its
     manifest.json is not valid JSON (...); was it edited or cut short? Put back a good copy of it, ..."."""

@@ -770,6 +770,7 @@ def _stored_manifest(run_dir: str, repair: bool):
 
     from ..runs.manifest import DamagedManifestError, read_manifest
     from ..runs.runner import stored_manifest
+    from ._rows import damaged_manifest
 
     try:
         # under repair a damaged one reads as None: stored_manifest's scan of the shard receipts, for a
@@ -777,10 +778,10 @@ def _stored_manifest(run_dir: str, repair: bool):
         return read_manifest(Path(run_dir)) if repair else stored_manifest(Path(run_dir))
     except FileNotFoundError:
         return None
-    except DamagedManifestError:
+    except DamagedManifestError as err:
         if repair:
             return None
-        raise
+        raise damaged_manifest("--out", run_dir, err) from None
 
 
 # a compared manifest field -> the flag that sets it; the identities follow from --field, --model, --train,
@@ -1170,8 +1171,10 @@ def _run(args, setup) -> int:
     import torch
 
     from ..runs import RunLockedError, RunManifest, run_sharded, world_session
+    from ..runs.manifest import DamagedManifestError
     from ..sampling.sample import SamplerSettingsWarning, warn_of_settings
     from ..runs.shards import PROFILE_TIMES
+    from ._rows import damaged_manifest
 
     # a --dtype typed is what the user asked for; only the default is said of float64 items (_empirical_target)
     args.dtype_typed, args.dtype = args.dtype is not None, args.dtype or DEFAULT_DTYPE
@@ -1247,6 +1250,8 @@ def _run(args, setup) -> int:
         except KeyboardInterrupt:
             args.interrupt_hint = _interrupted_run_hint(args.out, manifest)
             raise
+        except DamagedManifestError as err:   # --repair's read, under the lock: named as the early read names it
+            raise damaged_manifest("--out", args.out, err) from None
         except OSError as err:
             # a full disk said only "cannot be written (No space left on device)": whether the
             # finished work survives, and how to go on, is what the user needs (helper-188)
