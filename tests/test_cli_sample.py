@@ -196,6 +196,16 @@ def test_help_gives_the_largest_k_the_default_brake_takes(capsys):
         in helptext, helptext
 
 
+def test_figure_help_words_the_power_panel_as_its_legend_does(capsys):
+    # the help said "mean and 10–90% band" in its own words, the legend "mean, 10–90 % band"
+    from kinetic_fm.studies.figures import POWER_BAND
+
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())   # argparse wraps the lines
+    assert f"over t ({POWER_BAND};" in helptext, helptext
+
+
 def test_a_trained_model_is_sampled_like_the_library_does(tmp_path):
     from kinetic_fm.models import VelocityMLP, load_model, save_model
 

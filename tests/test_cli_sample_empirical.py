@@ -583,7 +583,7 @@ def test_a_resume_of_a_run_whose_manifest_is_damaged_is_refused_before_the_items
     monkeypatch.setattr(rows, "load_rows", interrupted)
     assert kfm_sample(run, *flags, "--resume") == 2
     err = capsys.readouterr().err
-    assert f"{manifest}: the run manifest" in err and "cannot be resumed as it is" in err, err
+    assert f"--out {run}: its manifest.json" in err and "cannot be resumed as it is" in err, err
     assert "rerun it with --repair" in err and "put back a good copy" in err and "choose a new --out" in err
     # with --repair the items must be read (this command's settings vouched for by the shards' receipts):
     # an interruption then says that the folder keeps its finished shards

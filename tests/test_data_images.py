@@ -892,6 +892,24 @@ def test_an_empty_folder_is_refused_as_holding_no_images_by_list_image_labels(tm
         list_image_labels(tmp_path / "empty")
 
 
+def test_a_command_reads_a_folder_of_two_sizes_as_load_dataset_does_the_typed_refusal_with_the_files_way_out(
+        tmp_path):
+    # the commands' folder route raised size='s advice, which flag_words replaced by text in every message
+    from kinetic_fm.commands._rows import _read_rows
+    from kinetic_fm.data import load_dataset
+    from kinetic_fm.data.images import RESIZE_FILES, ImageSizesDiffer
+
+    _png(tmp_path / "mixed" / "a.png", (4, 4, 3))
+    _png(tmp_path / "mixed" / "b.png", (5, 4, 3))
+    refusals = []
+    for read in (lambda: _read_rows("--train", str(tmp_path / "mixed"), None, False, specs=True),
+                 lambda: load_dataset(f"folder:{tmp_path / 'mixed'}", progress=False)):
+        with pytest.raises(ImageSizesDiffer) as caught:
+            read()
+        refusals.append(str(caught.value))
+    assert refusals[0] == refusals[1] and refusals[0].endswith(f"; {RESIZE_FILES}"), refusals
+
+
 def test_images_of_two_sizes_are_refused_with_the_way_out_each_caller_has(tmp_path, capsys):
     """The Python API names size=; the kfm commands, which take no such flag, say to resize the files
     (one message said both, so a command line's user read Python advice)."""

@@ -215,6 +215,10 @@ def test_argument_checks():
             solver.sample(x0, time_grid=torch.tensor([1.0, 0.0]), step_size=step_size, cond=cond)
         with pytest.raises(ValueError, match=r"got 0.001 to 1$"):  # the right direction, another start
             solver.sample(x0, time_grid=torch.tensor([1e-3, 1.0]), step_size=step_size, cond=cond)
+    # an end just short of 1 printed as 1 (6 digits): "must run from 0 to 1, got 0 to 1"
+    for typed, end in ((torch.float32, "0.9999999"), (torch.float64, "0.9999999"), (torch.float64, "0.99999999999")):
+        with pytest.raises(ValueError, match=rf"got 0 to {end}$"):
+            solver.sample(x0, time_grid=torch.tensor([0.0, float(end)], dtype=typed), cond=cond)
     with pytest.raises(TypeError, match="velocity must be callable"):
         as_model_wrapper(None)
     with pytest.raises(ValueError, match=r"time must be None or one of \('batch', 'scalar', 'shared'\), got 'batched'"):

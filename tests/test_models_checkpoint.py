@@ -44,7 +44,8 @@ class _Payload:
 def test_code_executing_pickle_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "executed"
     raw = tmp_path / "evil.pt"
-    raw.write_bytes(pickle.dumps({"weight": torch.zeros(2), "x": _Payload(str(marker))}))
+    # protocol 2: the weights-only reader reads up to its objects (one of 4 or later it refuses at its first opcode)
+    raw.write_bytes(pickle.dumps({"weight": torch.zeros(2), "x": _Payload(str(marker))}, protocol=2))
     zipped = tmp_path / "evil_zip.pt"
     torch.save({"weight": torch.zeros(2), "x": _Payload(str(marker))}, zipped)
     for path in (raw, zipped):
@@ -56,6 +57,32 @@ def test_code_executing_pickle_is_refused_and_not_run(tmp_path):
     # the payload is real: plain pickle would have executed it
     pickle.loads(raw.read_bytes())
     assert marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_pickle_of_protocol_4_or_later_is_refused_as_such_not_as_code(tmp_path):
+    # torch's weights-only reader stops at protocol 4's FRAME opcode (149), before any object: the refusal
+    # said "(Unsupported operand 149)" and that the file "would run code", of a plain dict of tensors too
+    assert pickle.FRAME == bytes([149])
+    state = {"weight": torch.ones(2)}
+    files = {}
+    for protocol in (4, 5):
+        files[f"pickle-{protocol}.pt", protocol] = lambda path, p=protocol: path.write_bytes(pickle.dumps(state, p))
+        files[f"torch-{protocol}.pt", protocol] = lambda path, p=protocol: torch.save(state, path, pickle_protocol=p)
+    files["numbers.pt", 5] = lambda path: path.write_bytes(pickle.dumps({"a": 1}, protocol=5))
+    marker = tmp_path / "executed"   # an object that would run code: refused at the protocol, before it
+    files["payload.pt", 5] = lambda path: path.write_bytes(pickle.dumps({"x": _Payload(str(marker))}, protocol=5))
+    for (name, protocol), write in files.items():
+        write(tmp_path / name)
+        with pytest.raises(UnsafeCheckpointError) as caught:
+            load_state(tmp_path / name)
+        said = str(caught.value)
+        assert said.startswith(f"refusing to load {tmp_path / name}: it is a pickle of protocol {protocol}, which "
+                               "torch's weights-only reader does not read"), said
+        assert "run code" not in said and "149" not in said and "torch.save(model.state_dict()" in said, said
+    assert not marker.exists()
+    torch.save(state, tmp_path / "default.pt")   # torch.save's default protocol is read
+    assert torch.equal(load_state(tmp_path / "default.pt")["weight"], state["weight"])
 
 
 def test_missing_and_corrupt_files_are_named(tmp_path):

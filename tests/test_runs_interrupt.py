@@ -265,6 +265,14 @@ def test_a_damaged_manifest_is_refused_saying_how_to_go_on(tmp_path, reference, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "manifest.json" in err and "not valid JSON" in err
     assert "put back" in err and "choose a new --out" in err   # the way on, not only what is wrong
+    # it read "RUN/manifest.json: the run manifest is ..." without the flag, where --samples and --train
+    # read "FLAG RUN: its manifest.json is ...": so, before the field loads and under --repair's read (the
+    # settings, --steps 9, not the run's)
+    assert err.startswith(f"kfm sample: error: --out {run}: its manifest.json is not valid JSON ("), err
+    assert _sample(run, "--resume", "--steps", "9", "--repair") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kfm sample: error: --out {run}: its manifest.json is not valid JSON ("), err
+    assert "none of its 4 shard receipts records the run id" in err and "choose a new --out" in err, err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing touched
 
 

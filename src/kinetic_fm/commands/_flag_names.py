@@ -130,17 +130,12 @@ def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None, *, 
     only where they stand as arguments (:func:`as_arguments`: for names its prose uses too), and with ``source``,
     a ``(flag, value)`` whose value the block reads, a message that does not name that flag led by
     it ("--train t.npy: holds complex64 values", "--train: no such file: t.npy"). The library's
-    own messages name its arguments (samples, train, key), which a user of ``kfm`` never typed, and
-    ways out only its API has: images of two sizes, ``size=`` (``data.images.RESIZE_ALL``), read
-    "resize the files to one size first"."""
+    own messages name its arguments (samples, train, key), which a user of ``kfm`` never typed."""
     import re
     import warnings
     from pathlib import Path
 
     def worded(text: str) -> str:
-        from ..data.images import RESIZE_ALL, RESIZE_FILES  # here, not above: plain Python for kfm --help
-
-        text = text.replace(RESIZE_ALL, RESIZE_FILES)  # no command takes a size flag
         text = in_flags(text, flags) if anywhere else as_arguments(text, flags)
         if source is None:
             return text

@@ -147,7 +147,7 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
         try:
             return torch.from_numpy(read_samples(path)), None, None, None
         except DamagedManifestError as err:
-            raise _damaged_manifest(name, path, err) from None
+            raise damaged_manifest(name, path, err) from None
     if spec_given:
         data = load_dataset(value, n=n, seed=seed, progress=progress)
         # a subset's positions in the whole split (a 2-D sampler's n points are all it has)
@@ -155,11 +155,15 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
         items = None if indices is None else indices.numpy()
         return dataset_rows(data), _spec_item_files(value, data), items, getattr(data, "mean", None)
     if is_images:
-        from ..data.images import image_names, load_image_folder
+        from ..data.images import RESIZE_FILES, ImageSizesDiffer, image_names, load_image_folder
 
         # a subset (n) is drawn as select_indices draws it from the rows, and only it is decoded; one channel
         # where every image loaded is grey, as folder:PATH loads the same folder (one rule, whatever the spelling)
-        data = load_image_folder(path, grayscale=None, labels_from_folders=False, n=n, seed=seed, progress=progress)
+        try:
+            data = load_image_folder(path, grayscale=None, labels_from_folders=False, n=n, seed=seed,
+                                     progress=progress)
+        except ImageSizesDiffer as err:   # no command takes a size: the way out is the files', as load_dataset's
+            raise err.with_way_out(RESIZE_FILES) from None
         names = image_names(path)
         if n is None:
             return data.images, names, None, None
@@ -237,7 +241,7 @@ def empirical_run_manifest(path: str | os.PathLike) -> RunManifest | None:
     try:
         manifest = read_manifest(path)
     except DamagedManifestError as err:
-        raise _damaged_manifest("--train", path, err) from None
+        raise damaged_manifest("--train", path, err) from None
     except (OSError, ValueError):
         return None
     train = manifest.runtime.get("train")
@@ -246,7 +250,7 @@ def empirical_run_manifest(path: str | os.PathLike) -> RunManifest | None:
     return manifest
 
 
-def _damaged_manifest(flag: str, run, err) -> ValueError:
+def damaged_manifest(flag: str, run, err) -> ValueError:
     """The refusal of ``run`` (``flag``'s value), whose manifest.json is damaged (``err``, a
     DamagedManifestError), in the words of the flag's other refusals of a run folder: "--train RUN: its
     manifest.json is not valid JSON (...); was it edited or cut short? Put back a good copy of it, ..."."""

@@ -23,6 +23,7 @@ import argparse
 
 from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ..run_files import MANIFEST_NAME
+from ..studies.figures import POWER_BAND  # the power panel's legend; matplotlib loads only when drawing
 from ._types import check_output_path, faiss_for, seed_number, user_path, writing
 from ._flag_names import SettingFlags, flag_words, named_by_its_flag
 
@@ -210,8 +211,8 @@ def register(subparsers) -> None:
     r.add_argument("--figure", default=None, type=user_path, metavar="PATH.png",
                    help="after the run (none when not given), draw it into a .png: the per-sample KPE histogram "
                         "and, with --profile, "
-                        "beside it the kinetic power ½η²‖v‖² over t (mean and 10–90%% band; dopri5's own steps "
-                        "are averaged over 100 equal bins). An axis spanning two decades or more is drawn in log "
+                        f"beside it the kinetic power ½η²‖v‖² over t ({POWER_BAND.replace('%', '%%')}; dopri5's own "
+                        "steps are averaged over 100 equal bins). An axis spanning two decades or more is drawn in log "
                         "scale. Works on the --resume of a finished run (redrawn from its results)")
     r.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bars: the samples', and the steps' of a batch running over "
@@ -769,6 +770,7 @@ def _stored_manifest(run_dir: str, repair: bool):
 
     from ..runs.manifest import DamagedManifestError, read_manifest
     from ..runs.runner import stored_manifest
+    from ._rows import damaged_manifest
 
     try:
         # under repair a damaged one reads as None: stored_manifest's scan of the shard receipts, for a
@@ -776,10 +778,10 @@ def _stored_manifest(run_dir: str, repair: bool):
         return read_manifest(Path(run_dir)) if repair else stored_manifest(Path(run_dir))
     except FileNotFoundError:
         return None
-    except DamagedManifestError:
+    except DamagedManifestError as err:
         if repair:
             return None
-        raise
+        raise damaged_manifest("--out", run_dir, err) from None
 
 
 # a compared manifest field -> the flag that sets it; the identities follow from --field, --model, --train,
@@ -1169,8 +1171,10 @@ def _run(args, setup) -> int:
     import torch
 
     from ..runs import RunLockedError, RunManifest, run_sharded, world_session
+    from ..runs.manifest import DamagedManifestError
     from ..sampling.sample import SamplerSettingsWarning, warn_of_settings
     from ..runs.shards import PROFILE_TIMES
+    from ._rows import damaged_manifest
 
     # a --dtype typed is what the user asked for; only the default is said of float64 items (_empirical_target)
     args.dtype_typed, args.dtype = args.dtype is not None, args.dtype or DEFAULT_DTYPE
@@ -1246,6 +1250,8 @@ def _run(args, setup) -> int:
         except KeyboardInterrupt:
             args.interrupt_hint = _interrupted_run_hint(args.out, manifest)
             raise
+        except DamagedManifestError as err:   # --repair's read, under the lock: named as the early read names it
+            raise damaged_manifest("--out", args.out, err) from None
         except OSError as err:
             # a full disk said only "cannot be written (No space left on device)": whether the
             # finished work survives, and how to go on, is what the user needs (helper-188)

@@ -26,8 +26,8 @@ from .subset import select_indices
 JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
 IMAGE_EXTENSIONS = (".png", *JPEG_EXTENSIONS, ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm")
 # ends the refusal of images of two sizes (ImageSizesDiffer); the callers that take no size argument put
-# RESIZE_FILES in its place: load_dataset's folder: spec, and the kfm commands (commands._flag_names.flag_words,
-# as they put their key flag in place of arrays.NAME_ONE)
+# RESIZE_FILES in its place (ImageSizesDiffer.with_way_out): load_dataset's folder: spec, and the kfm commands'
+# folder of images (commands._rows)
 RESIZE_ALL = "pass size= to resize all images to one size"
 RESIZE_FILES = "resize the files to one size first"
 

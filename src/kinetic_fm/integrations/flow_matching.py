@@ -227,7 +227,8 @@ class KineticODESolver:
         if start != 0.0 or end != 1.0:
             # ODESolver also integrates backwards (time_grid [1, 0], for inversion or likelihood)
             backwards = "; kinetic_fm measures the generating direction only" if start > end else ""
-            raise ValueError(f"time_grid must run from 0 to 1 (noise to data), got {start:g} to {end:g}{backwards}")
+            raise ValueError(f"time_grid must run from 0 to 1 (noise to data), got {as_typed(start, typed)} to "
+                             f"{as_typed(end, typed)}{backwards}")
         # checked here so that the message names this call's argument (kfm.sample's names its own, grid)
         if not bool(torch.isfinite(time_grid).all()):
             raise ValueError(f"time_grid must be finite, got {time_grid.tolist()}")

@@ -23,7 +23,9 @@ from .run_config import DamagedTrainConfigError, read_train_config
 
 
 class UnsafeCheckpointError(ValueError):
-    """A checkpoint holds Python objects that would execute code when unpickled."""
+    """A checkpoint torch's weights-only reader refuses: it holds Python objects that would execute
+    code when unpickled, or it is a pickle of protocol 4 or later, which that reader does not read
+    (whatever it holds). Either way the file is re-saved to be read."""
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -104,6 +106,13 @@ def load_state(path: str | os.PathLike, *, mmap: bool = False, holds: str = "wei
         needed = re.search(r"GLOBAL (\S+)", detail)
         if needed is None and not _starts_as_torch_writes(path):  # a text file, say
             raise ValueError(f"{path}: not a torch checkpoint ({detail.strip()})") from None
+        if detail.strip() == f"Unsupported operand {pickle.FRAME[0]}":  # protocol 4's first opcode: nothing read yet
+            protocol = _pickle_protocol(path)
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it is a pickle of protocol {protocol or '4 or later'}, which torch's "
+                f"weights-only reader does not read (torch.save writes protocol 2 unless given pickle_protocol). "
+                f"{_RESAVE[holds]}"
+            ) from None
         # torch's text names the global and then suggests allowlisting it (add_safe_globals) or weights_only=False,
         # which contradicts the way out below (and which no kfm command can take): only the name is kept
         what = (detail.strip() if needed is None
@@ -127,6 +136,26 @@ def _global_name(name: str) -> str:
     """The global a pickle names, as it names it: torch's refusal drops the ``builtins.`` of a builtin
     (``print`` for ``builtins.print``)."""
     return name if "." in name else f"builtins.{name}"
+
+
+def _pickle_protocol(path: Path) -> int | None:
+    """The protocol of the pickle ``path`` holds (a legacy file's first, or a torch zip's data.pkl),
+    from its PROTO opcode; None where it has none."""
+    import zipfile
+
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head == b"PK":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.rpartition("/")[2] == "data.pkl"), None)
+                if name is None:
+                    return None
+                with archive.open(name) as fh:
+                    head = fh.read(2)
+        except (zipfile.BadZipFile, OSError):
+            return None
+    return head[1] if len(head) == 2 and head[:1] == pickle.PROTO else None
 
 
 def _starts_as_torch_writes(path: Path) -> bool:

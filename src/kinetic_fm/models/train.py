@@ -311,8 +311,15 @@ def _other_data(saved: Any, now: dict[str, Any], shape: list[int]) -> str:
     """The refusal of a resume given other data (or labels) of the run's shape: what differs, by
     sha256, and what to do."""
     saved = saved if isinstance(saved, dict) else {}
-    what = [f"{name} (sha256 {str(saved.get(name))[:12]}… saved, {str(now.get(name))[:12]}… now)"
-            for name in ("data", "labels") if saved.get(name) != now.get(name)]
+
+    def sides(name: str) -> str:  # a run without labels (no --class-cond) records None: "no labels"
+        before, after = (f"sha256 {value[:12]}…" if isinstance(value, str) else f"no {name}"
+                         for value in (saved.get(name), now.get(name)))
+        if before.startswith("sha256") and after.startswith("sha256"):
+            after = after.removeprefix("sha256 ")
+        return f"{before} saved, {after} now"
+
+    what = [f"{name} ({sides(name)})" for name in ("data", "labels") if saved.get(name) != now.get(name)]
     return (f"the {' and '.join(what)} differ from those the run trained on (of the same shape {shape}): resume "
             "with the data it trained on (kfm train: the same --data, --n and --seed, over the same files; a "
             "folder whose images were added, removed or replaced since draws other items) or train a new run in "
