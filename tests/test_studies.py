@@ -1426,7 +1426,8 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
 
 def test_a_rerun_back_at_an_earlier_configuration_measures_no_study(tiny_report, tmp_path, monkeypatch):
     # --quick, then --tiny, then --quick again measured every study a third time (minutes at --quick): each kept one
-    # entry. Here another bootstrap size (measured again from the cached samples), then the first configuration.
+    # entry. Here other sample seeds (sampled and measured again), then the first configuration: the full run at the
+    # other seeds deleted the first one's sample-quality stage, which it judged again (1,200 rows at --quick)
     import shutil
     from dataclasses import replace
 
@@ -1439,14 +1440,57 @@ def test_a_rerun_back_at_an_earlier_configuration_measures_no_study(tiny_report,
         run = getattr(module, f"run_{name}")
         monkeypatch.setattr(module, f"run_{name}", lambda *a, _name=name, _run=run, **kw: measured.append(_name)
                             or _run(*a, **kw))
-    module.reproduce(replace(cfg, shaping=replace(cfg.shaping, bootstrap=cfg.shaping.bootstrap + 1)),
+    module.reproduce(replace(cfg, semantics=replace(cfg.semantics, seed_start=cfg.semantics.seed_start + 1000)),
                      tmp_path / "out", progress=False)
     assert sorted(measured) == sorted(module.STUDIES)                    # every study's key holds the whole config
     measured.clear()
+    loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
+    monkeypatch.setattr(module, "sample_quality", lambda *a, **kw: pytest.fail("the quality check was measured again"))
     md, _ = module.reproduce(cfg, tmp_path / "out", progress=False)
-    assert measured == []                                                # the first configuration's entries, kept
-    assert "every study's tables, claims and figures were read from" in md.read_text()
+    assert measured == [] and sampled == []                              # the first configuration's entries, kept
+    assert "This run sampled and measured nothing: every study's tables, claims and figures were read from" \
+        in md.read_text()
     assert len(list((tmp_path / "out" / "cache").glob("study-*.pt"))) == 2 * len(module.STUDIES)
+    assert len(list((tmp_path / "out" / "cache").glob("quality-*.pt"))) == 2     # each kept with its samples
+
+
+def test_a_warned_studys_stages_are_kept_until_its_entry_is_evicted(tiny_report, tmp_path, monkeypatch):
+    # a study that warned wrote no entry, so no entry listed its stages: a full run at another configuration deleted
+    # them, and going back sampled them again (minutes for shaping at --quick). Its entry now records what it read.
+    import shutil
+    import warnings
+    from dataclasses import replace
+
+    from kinetic_fm.studies import reproduce as module
+
+    shutil.copytree(tiny_report[0], tmp_path / "out")
+    cache = tmp_path / "out" / "cache"
+    for entry in cache.glob("study-shaping-*.pt"):
+        entry.unlink()
+    cfg = ReproduceConfig.preset("tiny")
+    measured, run_shaping = [], module.run_shaping
+
+    def warned(*args, **kwargs):
+        measured.append("shaping")
+        output = run_shaping(*args, **kwargs)
+        warnings.warn("too few samples for this interval", RuntimeWarning)
+        return output
+
+    monkeypatch.setattr(module, "run_shaping", warned)
+    with pytest.warns(RuntimeWarning, match="too few samples"):
+        module.reproduce(cfg, tmp_path / "out", progress=False)
+    shaping_stages = {p.name for p in cache.glob("shaping-*.pt")}
+    assert measured == ["shaping"] and shaping_stages
+    other = replace(cfg, shaping=replace(cfg.shaping, seed_start=cfg.shaping.seed_start + 1000))
+    with pytest.warns(RuntimeWarning, match="too few samples"):
+        module.reproduce(other, tmp_path / "out", progress=False)
+    assert shaping_stages <= {p.name for p in cache.glob("shaping-*.pt")}     # listed by the warned entry: kept
+    measured.clear()
+    loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="too few samples"):              # a warned result is never reused
+        md, _ = module.reproduce(cfg, tmp_path / "out", progress=False)
+    assert sampled == [] and measured == ["shaping"]
+    assert "This run sampled nothing: every sampling run was read from" in md.read_text()
 
 
 def _with_stale_stages(tiny_report, out: Path) -> tuple[set[str], set[str]]:
