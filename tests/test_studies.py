@@ -1520,10 +1520,18 @@ def test_a_finished_run_of_every_study_prunes_the_stages_no_kept_entry_reads(tin
     from kinetic_fm.studies import reproduce as module
 
     kept, stale = _with_stale_stages(tiny_report, tmp_path / "out")
+    cache = tmp_path / "out" / "cache"
+    quality = torch.load(next(cache.glob("quality-*.pt")), weights_only=True)
+    quality.pop("inputs")
+    torch.save(quality, cache / "quality-444444444444.pt")          # written before it named its inputs: stale
+    torch.save({**quality, "inputs": ["general-fm-000000000000.pt"]}, cache / "quality-555555555555.pt")  # stale
+    torch.save({**quality, "inputs": ["general-fm-222222222222.pt"]}, cache / "quality-666666666666.pt")  # kept
+    kept.add("quality-666666666666.pt")
+    size = (2 * next((tiny_report[0] / "cache").glob("general-fm-*.pt")).stat().st_size
+            + sum((cache / f"quality-{digit * 12}.pt").stat().st_size for digit in "45"))
     module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", progress=True)
-    assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept
-    size = next((tiny_report[0] / "cache").glob("general-fm-*.pt")).stat().st_size   # each stale file's
-    assert f"[kfm reproduce] cache: deleted 2 sampling stage files of other configurations, {2 * size / 1e6:.1f} MB" \
+    assert {p.name for p in cache.iterdir()} == kept
+    assert f"[kfm reproduce] cache: deleted 4 sampling stage files of other configurations, {size / 1e6:.1f} MB" \
         in capsys.readouterr().out.splitlines()
     # what it left is all a rerun reads: it samples and measures nothing, and deletes nothing
     loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
@@ -1536,7 +1544,7 @@ def test_a_finished_run_of_every_study_prunes_the_stages_no_kept_entry_reads(tin
 
 
 def test_an_interrupted_run_and_a_run_of_some_studies_prune_no_stage(tiny_report, tmp_path, monkeypatch):
-    # a stage of a study not run (whose result was not stored: it warned) cannot be told from a stale one
+    # a stage of a study not run (whose entry was evicted) cannot be told from a stale one
     from kinetic_fm.studies import reproduce as module
     from kinetic_fm.studies import report
 
