@@ -43,7 +43,8 @@ def _jackknife(x: np.ndarray, ref: np.ndarray, groups: int = 10) -> tuple[float,
 
 
 def _bar_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The Goldilocks bars' intervals as the memorization study makes them."""
+    """The Goldilocks bars' intervals as the memorization study makes them, without the shared reference fits
+    (``fits=jackknife_reference(ref)``) it passes."""
     from kinetic_fm.studies.memorization import quintile_replicates
     from kinetic_fm.studies.output import replicate_intervals
 

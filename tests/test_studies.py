@@ -1426,7 +1426,8 @@ def test_rerun_after_interruption_gives_the_same_tables(tiny_report, tmp_path, m
 
 def test_a_rerun_back_at_an_earlier_configuration_measures_no_study(tiny_report, tmp_path, monkeypatch):
     # --quick, then --tiny, then --quick again measured every study a third time (minutes at --quick): each kept one
-    # entry. Here another bootstrap size (measured again from the cached samples), then the first configuration.
+    # entry. Here other sample seeds (sampled and measured again), then the first configuration: the full run at the
+    # other seeds deleted the first one's sample-quality stage, which it judged again (1,200 rows at --quick)
     import shutil
     from dataclasses import replace
 
@@ -1439,14 +1440,57 @@ def test_a_rerun_back_at_an_earlier_configuration_measures_no_study(tiny_report,
         run = getattr(module, f"run_{name}")
         monkeypatch.setattr(module, f"run_{name}", lambda *a, _name=name, _run=run, **kw: measured.append(_name)
                             or _run(*a, **kw))
-    module.reproduce(replace(cfg, shaping=replace(cfg.shaping, bootstrap=cfg.shaping.bootstrap + 1)),
+    module.reproduce(replace(cfg, semantics=replace(cfg.semantics, seed_start=cfg.semantics.seed_start + 1000)),
                      tmp_path / "out", progress=False)
     assert sorted(measured) == sorted(module.STUDIES)                    # every study's key holds the whole config
     measured.clear()
+    loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
+    monkeypatch.setattr(module, "sample_quality", lambda *a, **kw: pytest.fail("the quality check was measured again"))
     md, _ = module.reproduce(cfg, tmp_path / "out", progress=False)
-    assert measured == []                                                # the first configuration's entries, kept
-    assert "every study's tables, claims and figures were read from" in md.read_text()
+    assert measured == [] and sampled == []                              # the first configuration's entries, kept
+    assert "This run sampled and measured nothing: every study's tables, claims and figures were read from" \
+        in md.read_text()
     assert len(list((tmp_path / "out" / "cache").glob("study-*.pt"))) == 2 * len(module.STUDIES)
+    assert len(list((tmp_path / "out" / "cache").glob("quality-*.pt"))) == 2     # each kept with its samples
+
+
+def test_a_warned_studys_stages_are_kept_until_its_entry_is_evicted(tiny_report, tmp_path, monkeypatch):
+    # a study that warned wrote no entry, so no entry listed its stages: a full run at another configuration deleted
+    # them, and going back sampled them again (minutes for shaping at --quick). Its entry now records what it read.
+    import shutil
+    import warnings
+    from dataclasses import replace
+
+    from kinetic_fm.studies import reproduce as module
+
+    shutil.copytree(tiny_report[0], tmp_path / "out")
+    cache = tmp_path / "out" / "cache"
+    for entry in cache.glob("study-shaping-*.pt"):
+        entry.unlink()
+    cfg = ReproduceConfig.preset("tiny")
+    measured, run_shaping = [], module.run_shaping
+
+    def warned(*args, **kwargs):
+        measured.append("shaping")
+        output = run_shaping(*args, **kwargs)
+        warnings.warn("too few samples for this interval", RuntimeWarning)
+        return output
+
+    monkeypatch.setattr(module, "run_shaping", warned)
+    with pytest.warns(RuntimeWarning, match="too few samples"):
+        module.reproduce(cfg, tmp_path / "out", progress=False)
+    shaping_stages = {p.name for p in cache.glob("shaping-*.pt")}
+    assert measured == ["shaping"] and shaping_stages
+    other = replace(cfg, shaping=replace(cfg.shaping, seed_start=cfg.shaping.seed_start + 1000))
+    with pytest.warns(RuntimeWarning, match="too few samples"):
+        module.reproduce(other, tmp_path / "out", progress=False)
+    assert shaping_stages <= {p.name for p in cache.glob("shaping-*.pt")}     # listed by the warned entry: kept
+    measured.clear()
+    loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="too few samples"):              # a warned result is never reused
+        md, _ = module.reproduce(cfg, tmp_path / "out", progress=False)
+    assert sampled == [] and measured == ["shaping"]
+    assert "This run sampled nothing: every sampling run was read from" in md.read_text()
 
 
 def _with_stale_stages(tiny_report, out: Path) -> tuple[set[str], set[str]]:
@@ -1476,10 +1520,18 @@ def test_a_finished_run_of_every_study_prunes_the_stages_no_kept_entry_reads(tin
     from kinetic_fm.studies import reproduce as module
 
     kept, stale = _with_stale_stages(tiny_report, tmp_path / "out")
+    cache = tmp_path / "out" / "cache"
+    quality = torch.load(next(cache.glob("quality-*.pt")), weights_only=True)
+    quality.pop("inputs")
+    torch.save(quality, cache / "quality-444444444444.pt")          # written before it named its inputs: stale
+    torch.save({**quality, "inputs": ["general-fm-000000000000.pt"]}, cache / "quality-555555555555.pt")  # stale
+    torch.save({**quality, "inputs": ["general-fm-222222222222.pt"]}, cache / "quality-666666666666.pt")  # kept
+    kept.add("quality-666666666666.pt")
+    size = (2 * next((tiny_report[0] / "cache").glob("general-fm-*.pt")).stat().st_size
+            + sum((cache / f"quality-{digit * 12}.pt").stat().st_size for digit in "45"))
     module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", progress=True)
-    assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept
-    size = next((tiny_report[0] / "cache").glob("general-fm-*.pt")).stat().st_size   # each stale file's
-    assert f"[kfm reproduce] cache: deleted 2 sampling stage files of other configurations, {2 * size / 1e6:.1f} MB" \
+    assert {p.name for p in cache.iterdir()} == kept
+    assert f"[kfm reproduce] cache: deleted 4 sampling stage files of other configurations, {size / 1e6:.1f} MB" \
         in capsys.readouterr().out.splitlines()
     # what it left is all a rerun reads: it samples and measures nothing, and deletes nothing
     loaded, sampled = _count_cache_reads_and_samplings(monkeypatch)
@@ -1492,7 +1544,7 @@ def test_a_finished_run_of_every_study_prunes_the_stages_no_kept_entry_reads(tin
 
 
 def test_an_interrupted_run_and_a_run_of_some_studies_prune_no_stage(tiny_report, tmp_path, monkeypatch):
-    # a stage of a study not run (whose result was not stored: it warned) cannot be told from a stale one
+    # a stage of a study not run (whose entry was evicted) cannot be told from a stale one
     from kinetic_fm.studies import reproduce as module
     from kinetic_fm.studies import report
 

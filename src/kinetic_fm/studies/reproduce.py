@@ -70,28 +70,36 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     with RunLock(ws.root, resume="run the same command again"):
         try:
             ws.remove_leftover_temporaries()
-            paths = _run_studies(cfg, ws, studies, progress)
+            with ws.recording_reads() as used:
+                paths = _run_studies(cfg, ws, studies, progress)
         except BaseException:  # an interrupted or failed run prunes nothing: it resumes from every stage
             if fresh:  # a run refused before its first result leaves no empty workspace behind
                 _remove_skeleton(root)
             raise
         if set(studies) == set(STUDIES):
-            _prune_stages(ws)
+            _prune_stages(ws, used)
         return paths
 
 
-def _prune_stages(ws: Workspace) -> None:
+def _prune_stages(ws: Workspace, used: set[Path]) -> None:
     """Delete the sampling stages in ``cache/`` that neither this run (of every study, finished) read or
-    computed nor a kept study entry lists in its inputs (:func:`~kinetic_fm.studies.study_cache.entries_inputs`):
-    those of other configurations, cache epochs and libraries, which piled up run after run. A run
-    back at a configuration whose entries were kept reads them; at another one it samples again. The judging
-    classifiers (``classifier-*``, trained weights like ``models/``, which is never pruned) stay.
+    computed (``used``) nor a kept study entry lists in its inputs
+    (:func:`~kinetic_fm.studies.study_cache.entries_inputs`, those of a study that warned among them), and the
+    sample-quality stages (:func:`_sample_quality`) of samples deleted: those of other configurations, cache
+    epochs and libraries, which piled up run after run. A run back at a configuration whose entries were kept reads
+    them; at another one it samples again. Study entries and judging classifiers stay
+    (:data:`~kinetic_fm.studies.workspace.UNPRUNED`).
 
     A run of some studies (``--studies``) prunes nothing: a stage of a study it did not run that no entry
-    lists (that study warned, so its result was not stored, or its entry was evicted) cannot be told from a
-    stale one, and deleting it would cost the next full run a sampling run to spare a few MB."""
-    spared = entries_inputs(ws) | {path.name for path in (ws.root / "cache").glob("classifier-*.pt")}
-    files, size = ws.prune_stages(spared)
+    lists (its entry was evicted) cannot be told from a stale one, and deleting it would cost the next full
+    run a sampling run to spare a few MB."""
+    kept = {path.name for path in used} | entries_inputs(ws)
+    for path in (ws.root / "cache").glob("quality-*.pt"):
+        if path.name not in kept:  # this run's is kept unread
+            inputs = _quality_inputs(path)
+            if inputs is not None and inputs <= kept:
+                kept.add(path.name)
+    files, size = ws.prune_stages(kept)
     if files:
         ws.say(f"cache: deleted {files} sampling stage files of other configurations, {size / 1e6:.1f} MB")
 
@@ -193,20 +201,32 @@ def _sample_quality(cfg: ReproduceConfig, assets, ws: Workspace, asset_key: str,
     ``quality`` keyed on what it reads: the assets' and the library's digests of the studies' ``key``
     (:func:`~kinetic_fm.studies.study_cache.study_key`), the seed that picks its training images and the digest
     of the samples' stage file, so that a rerun whose studies all come from the cache judges no row again;
-    computed uncached when ``key`` is None."""
+    computed uncached when ``key`` is None. The stage names the stage files it read (``inputs``): it is kept
+    while they are (:func:`_prune_stages`)."""
     with ws.recording_reads() as read:
         run = general_samples(cfg.semantics, assets, ws, asset_key)
     if key is None:
         return sample_quality(assets, run, seed=cfg.assets.seed)
 
+    inputs = {path.name: file_digest(ws, path) for path in sorted(read)}
+
     def measure() -> dict:
         q = sample_quality(assets, run, seed=cfg.assets.seed)
         return {"samples": float(q.samples), "real": float(q.real), "noise": float(q.noise), "n": int(q.n),
-                "network": str(q.network), "dim": None if q.dim is None else int(q.dim)}
+                "network": str(q.network), "dim": None if q.dim is None else int(q.dim), "inputs": list(inputs)}
 
-    inputs = {path.name: file_digest(ws, path) for path in sorted(read)}
-    return SampleQuality(**ws.cached("quality", {"assets": key["assets"], "code": key["code"],
-                                                 "seed": cfg.assets.seed, "inputs": inputs}, measure))
+    result = ws.cached("quality", {"assets": key["assets"], "code": key["code"], "seed": cfg.assets.seed,
+                                   "inputs": inputs}, measure)
+    return SampleQuality(**{name: value for name, value in result.items() if name != "inputs"})
+
+
+def _quality_inputs(path: Path) -> set[str] | None:
+    """The names of the stage files the sample-quality stage at ``path`` read, None when it does not say
+    (written before it did, damaged): kept only by a run that reads it."""
+    try:
+        return set(torch.load(path, map_location="cpu", weights_only=True)["inputs"])
+    except Exception:
+        return None
 
 
 def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:

@@ -24,9 +24,10 @@ keeps it. Each study keeps its :data:`ENTRIES_KEPT` most recently used entries w
 library (:func:`code_digest`), so going back to an earlier configuration (``--quick``, then ``--tiny``, then
 ``--quick`` again; another ``--seed`` and back) reads it instead of measuring the study again; entries of
 another library (each edit of it would add one), of another format or that cannot be read are deleted when
-an entry is written. A study that warned is not cached (a re-run would not warn again), nor one whose tables
-do not survive the Parquet round trip unchanged. Entries are loaded with ``weights_only=True``:
-plain strings, numbers, bytes and Parquet bytes, no pickled objects.
+an entry is written. A study that warned stores no result (a re-run would not warn again), nor one whose tables
+do not survive the Parquet round trip unchanged: its entry records only the stages it read, so that they are
+kept with it (a run back at its configuration measures it again without sampling). Entries are loaded with
+``weights_only=True``: plain strings, numbers, bytes and Parquet bytes, no pickled objects.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -51,7 +52,8 @@ ENTRY_FORMAT = 4  # bump when the layout of an entry changes (3: sections keep t
 #: entries kept per study, of the current library: the three presets and one more configuration (a seed, a
 #: judge); fixed, not a setting: an entry (its tables and figures) is a small part of ``cache/``, and the sampling
 #: stages its inputs list are kept with it (``kfm reproduce`` prunes the others), so a run back at one measures
-#: nothing; a configuration evicted samples and measures again
+#: nothing (a study that warned: measures it again, sampling nothing); a configuration evicted samples and measures
+#: again
 ENTRIES_KEPT = 4
 #: the weights the studies load from a net's .safetensors files (``load_model``'s ``weights``): the files'
 #: digest covers these tensors and the header, not the training run's other half, which no study reads
@@ -187,9 +189,10 @@ def study_key(config: dict, assets: Any) -> dict | None:
 def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], StudyOutput]) -> StudyOutput:
     """The result of ``run()``, study ``name``'s for :func:`study_key` ``key``: read from
     ``cache/study-<name>-<hash>.pt`` when an entry for the same key exists and the sampling stages
-    it read are unchanged; else computed, and stored unless ``key`` is None, the study warned or
-    its tables do not round-trip (see the module), keeping the study's :data:`ENTRIES_KEPT` most recently
-    used entries of ``key``'s code digest (:func:`_prune`). Counts ``ws.studies_loaded`` and ``ws.studies_computed``."""
+    it read are unchanged; else computed and stored unless ``key`` is None (the entry of a study that warned
+    or whose tables do not round-trip records only the stages it read: see the module), keeping the study's
+    :data:`ENTRIES_KEPT` most recently used entries of ``key``'s code digest (:func:`_prune`). Counts
+    ``ws.studies_loaded`` and ``ws.studies_computed``."""
     path = None if key is None else ws.stage_path(f"study-{name}", {"study": name, **key})
     if path is not None and path.exists():
         output = _read(ws, path)
@@ -205,27 +208,36 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
         for w in warned:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     ws.studies_computed += 1
-    if path is not None and not warned:
-        entry = _encode(output)
-        if entry is not None:
-            inputs = {p.name: file_digest(ws, p) for p in sorted(read) if p.parent == ws.root / "cache"}
-            atomic_torch_save({"format": ENTRY_FORMAT, "code": key["code"], "inputs": inputs, "output": entry}, path)
-            _mark_used(path)
-            _prune(path, name, key["code"])
+    if path is not None:
+        stored = None if warned else _encode(output)  # None: never read back, but its stages are kept with it
+        inputs = {p.name: file_digest(ws, p) for p in sorted(read) if p.parent == ws.root / "cache"}
+        atomic_torch_save({"format": ENTRY_FORMAT, "code": key["code"], "inputs": inputs, "output": stored}, path)
+        _mark_used(path)
+        _prune(path, name, key["code"])
     return output
 
 
 def entries_inputs(ws: Workspace) -> set[str]:
     """The names of the stage files listed in the inputs of every study entry in ``ws``'s ``cache/``
-    that loads (each study's kept entries, and those of another library or format a run of that
-    study has not pruned yet): the stages a run back at one of their configurations reads."""
+    that loads (each study's kept entries, those of a study that warned among them, and those of another
+    library or format a run of that study has not pruned yet): the stages a run back at one of their
+    configurations reads."""
     names: set[str] = set()
-    for path in (ws.root / "cache").glob("study-*.pt"):
-        try:
-            names.update(torch.load(path, map_location="cpu", weights_only=True)["inputs"])
-        except Exception:  # damaged, another layout, gone: an entry no run reads
-            continue
+    for _, entry in _entries(ws.root / "cache"):
+        if entry is not None and isinstance(entry.get("inputs"), dict):
+            names.update(entry["inputs"])
     return names
+
+
+def _entries(cache: Path, name: str = "*") -> Iterator[tuple[Path, dict | None]]:
+    """Each entry ``study-<name>-<hash>.pt`` in ``cache`` and its contents: None for one that does not
+    load as an entry does (damaged, another layout, gone meanwhile), an entry no run reads."""
+    for path in cache.glob(f"study-{name}-*.pt"):
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            entry = None
+        yield path, entry if isinstance(entry, dict) else None
 
 
 def _mark_used(path: Path) -> None:
@@ -244,16 +256,14 @@ def _prune(path: Path, name: str, code: str) -> None:
     recently used (by mtime, ``path`` among them) written by library ``code``: those of another library or
     format, or that do not load, go whatever their age."""
     current = []
-    for other in path.parent.glob(f"study-{name}-*.pt"):
+    for other, entry in _entries(path.parent, name):
         if other == path:
             continue
         try:
-            entry = torch.load(other, map_location="cpu", weights_only=True)
-            ours = entry["format"] == ENTRY_FORMAT and entry["code"] == code
             used = other.stat().st_mtime_ns
-        except Exception:  # damaged, another layout, gone
-            ours = False
-        if ours:
+        except OSError:  # gone meanwhile
+            continue
+        if entry is not None and entry.get("format") == ENTRY_FORMAT and entry.get("code") == code:
             current.append((used, other))
         else:
             other.unlink(missing_ok=True)
@@ -262,11 +272,12 @@ def _prune(path: Path, name: str, code: str) -> None:
 
 
 def _read(ws: Workspace, path: Path) -> StudyOutput | None:
-    """The study result stored at ``path``, or None when it cannot be used: unreadable (a
-    truncated file), of another format, or one of the stages it read changed or is gone."""
+    """The study result stored at ``path``, or None when it cannot be used: unreadable (a truncated
+    file), of another format, of no result (the study warned or its tables do not round-trip), or one of
+    the stages it read changed or is gone."""
     try:
         entry = torch.load(path, map_location="cpu", weights_only=True)
-        if entry["format"] != ENTRY_FORMAT:
+        if entry["format"] != ENTRY_FORMAT or entry["output"] is None:
             return None
         for stage, digest in entry["inputs"].items():
             stage_path = ws.root / "cache" / stage

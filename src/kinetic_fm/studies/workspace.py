@@ -29,6 +29,10 @@ CACHE_EPOCH = 3
 # The same for the trained nets' folders (models/): bump when training would give other weights.
 # It stays at the epoch they last changed in, so that a change of sampling retrains no net.
 MODEL_EPOCH = 2
+#: the files of ``cache/`` :meth:`Workspace.prune_stages` never deletes, by prefix: the study entries (each study
+#: keeps its latest, :mod:`~kinetic_fm.studies.study_cache`) and the judging classifiers (trained weights, like
+#: ``models/``, which is never pruned)
+UNPRUNED = ("study-", "classifier-")
 
 
 def config_hash(config: Any, epoch: int | None = None) -> str:
@@ -61,7 +65,6 @@ class Workspace:
         self.studies_loaded = 0
         self.studies_computed = 0
         self._reads: list[set[Path]] = []  # open recordings of the stage files asked for (recording_reads)
-        self.used: set[Path] = set()  # every stage file this workspace object was asked for (prune_stages spares them)
         # sha256 of the files this workspace object hashed, by (resolved path, size, mtime_ns, inode): a stage
         # several studies read is hashed once per run, one rewritten since is hashed again (study_cache)
         self.file_digests: dict[tuple[Path, int, int, int], str] = {}
@@ -95,7 +98,6 @@ class Workspace:
         of the key (:data:`CACHE_EPOCH` when None; a trained net's weights give :data:`MODEL_EPOCH`).
         """
         path = self.stage_path(name, config, epoch)
-        self.used.add(path)
         for reads in self._reads:
             reads.add(path)
         if path in self._kept:
@@ -129,16 +131,14 @@ class Workspace:
         self.stages_computed += 1
         return result
 
-    def prune_stages(self, spared: set[str]) -> tuple[int, int]:
-        """Delete the stage files of ``cache/`` (``<stage>-<hash>.pt``, study entries ``study-*`` aside) that
-        this workspace object was not asked for (:attr:`used`) and whose names are not in ``spared``; returns
-        how many files went and their bytes. Call it holding the workspace's lock, at the end of a run that
-        finished: what it leaves is what that run read and what ``spared`` names (the inputs of the study
-        entries kept). A file that cannot be deleted is left."""
-        used = {path.name for path in self.used}
+    def prune_stages(self, kept: set[str]) -> tuple[int, int]:
+        """Delete the stage files of ``cache/`` (``<stage>-<hash>.pt``, those named by :data:`UNPRUNED` aside)
+        whose names are not in ``kept``; returns how many files went and their bytes. Call it holding the
+        workspace's lock, at the end of a run that finished, with the stages it read (:meth:`recording_reads`)
+        and those a kept result depends on. A file that cannot be deleted is left."""
         files = size = 0
         for path in (self.root / "cache").glob("*.pt"):
-            if path.name.startswith("study-") or path.name in spared or path.name in used:
+            if path.name.startswith(UNPRUNED) or path.name in kept:
                 continue
             try:
                 length = path.stat().st_size
