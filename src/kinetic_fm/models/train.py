@@ -243,7 +243,8 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     step. A key of ``run_config`` named in ``optional`` that the saved config lacks (a state written
     before it was recorded) is not compared and is removed from ``run_config``, so the run goes on
     recording what it did; :data:`DATA_DIGEST` differing alone (the same shape) is refused as other
-    data, and so is data recorded in another dtype than the run's (sha256s of two dtypes do not
+    data (the labels compared only where both sides recorded some: one side's alone is a net with
+    classes and one without, its record named), and so is data recorded in another dtype than the run's (sha256s of two dtypes do not
     compare) where the nets' dtypes agree (:func:`train` records its data in the net's dtype, so
     only ``train_classifier``'s images, recorded as given, can differ so). Resuming a CPU state on
     a GPU, or the reverse, warns: the result is then not bit-identical (``stacklevel`` points the
@@ -267,6 +268,10 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     # other values of the same shape and dtype (a shape difference is named above, a net's dtype below)
     saved_digest, digest = saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST)
     compared = digest is not None and "data_shape" not in differ and isinstance(saved_digest, dict)
+    if compared and None in (saved_digest.get("labels"), digest["labels"]):
+        # labels given to one side alone: the net's classes changed (its record differs, named above), not the
+        # data; so the labels are not compared
+        saved_digest, digest = ({k: v for k, v in side.items() if k != "labels"} for side in (saved_digest, digest))
     other_data = compared and saved_digest != digest and saved_digest.get("dtype") == digest["dtype"]
     # load_state_dict would round the saved weights (and the optimizer its moments) into another
     # dtype without a word: the run would end neither the saved dtype's nor this one's
@@ -312,7 +317,7 @@ def _other_data(saved: Any, now: dict[str, Any], shape: list[int]) -> str:
     sha256, and what to do."""
     saved = saved if isinstance(saved, dict) else {}
 
-    def sides(name: str) -> str:  # a run without labels (no --class-cond) records None: "no labels"
+    def sides(name: str) -> str:  # a record without the value (None) reads "no labels", not "sha256 None…"
         before, after = (f"sha256 {value[:12]}…" if isinstance(value, str) else f"no {name}"
                          for value in (saved.get(name), now.get(name)))
         if before.startswith("sha256") and after.startswith("sha256"):
