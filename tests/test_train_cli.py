@@ -678,6 +678,22 @@ def test_a_folder_of_the_users_files_is_refused_as_out_before_the_data_loads(tmp
     assert (ours / "final.safetensors").is_file() and not (ours / ".config.json.tmp-4242-89abcdef").exists()
 
 
+def test_trains_own_refusal_of_a_folder_of_others_files_keeps_their_names(tmp_path, capsys, monkeypatch):
+    # files named like a run's records read "(it holds data, --data/--n, --model/--width/--class-cond)": the
+    # refusal train() raises under its lock (a folder filled after the command's own check) went through the
+    # rewording of a resume refusal's list of settings
+    import importlib
+
+    library = importlib.import_module("kinetic_fm.models.train")   # kinetic_fm.models.train is the function
+    for name in ("data", "info", "model"):
+        (tmp_path / name).write_text("not ours")
+    monkeypatch.setattr(library, "check_train_dir", lambda out, resume: None)   # the command's check, before
+    assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"kfm train: error: {tmp_path} is not empty and holds no training run (it holds data, info, model): "
+        "training would write its files among them; choose a new or empty folder")
+
+
 def test_a_changed_n_is_named_once_as_the_flag_with_both_values(tmp_path, capsys):
     # "(--data/--n): --data/--n: saved [500, 2], now [400, 2]; --data/--n: saved {"data": "gmm", "n": 500}, now
     # {...}": one flag three times, two records for one change
