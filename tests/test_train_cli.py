@@ -669,6 +669,13 @@ def test_a_folder_of_the_users_files_is_refused_as_out_before_the_data_loads(tmp
                 "img1.png, img2.png and 2 more): training would write its files among them; choose a new or empty "
                 "folder")
     assert {p: p.read_bytes() for p in folder.rglob("*")} == before
+    # a user's file named like a temporary ("a.tmp-1.png"; ours are hidden, ".<name>.tmp-...") is a user's file
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "a.tmp-1.png").write_bytes(b"not ours")
+    assert main(["train", *COMMON, "--steps", "2", "--out", str(named)]) == 2
+    assert "(it holds a.tmp-1.png): training would write its files among them" in capsys.readouterr().err
+    assert [p.name for p in named.iterdir()] == ["a.tmp-1.png"]
     # our own leftovers alone (a lock file, a killed writer's temporary) are no one else's: a run starts there
     ours = tmp_path / "ours"
     ours.mkdir()

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
 from ..run_files import MANIFEST_NAME, TRAIN_CONFIG_NAME
-from ..runs.atomic import TMP_MARKER, atomic_write_text, remove_temporaries
-from ..runs.lock import LOCK_NAME, RunLock
+from ..runs.atomic import atomic_write_text, is_leftover, remove_temporaries
+from ..runs.lock import RunLock
 from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_state, save_weights
 from .run_config import DamagedTrainConfigError, read_train_config, short_json
 
@@ -396,10 +396,10 @@ def _leftover(path: Path) -> bool:
     """Whether ``path`` in a training folder is what our writers leave behind and holds no step: the
     lock file, a killed writer's temporary, a ``checkpoints/`` holding nothing else (a run killed in
     its first checkpoint's write)."""
-    if path.name == LOCK_NAME or TMP_MARKER in path.name:
+    if is_leftover(path.name):
         return True
     return (path.name == "checkpoints" and path.is_dir() and not path.is_symlink()
-            and all(TMP_MARKER in p.name for p in path.iterdir()))
+            and all(is_leftover(p.name) for p in path.iterdir()))
 
 
 def _refuse_others_files(out: Path) -> None:
