@@ -383,7 +383,8 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     if earlier and not (earlier == [TRAIN_CONFIG_NAME] and training) and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                          "resume=True or choose another folder")
-    _refuse_others_files(out)
+    if not earlier:
+        _refuse_others_files(out)
 
 
 def _run_files(out: Path) -> list[str]:
@@ -403,10 +404,10 @@ def _leftover(path: Path) -> bool:
 
 
 def _refuse_others_files(out: Path) -> None:
-    """ValueError when the folder ``out`` holds none of a training run's files but anything else than
-    our leftovers (:func:`_leftover`): training would write its run among them, and ``kfm
-    memorization --train`` read such a folder as the run."""
-    if not out.is_dir() or _run_files(out):
+    """ValueError when the folder ``out``, which holds none of a training run's files (:func:`_run_files`
+    is empty; the caller asks), holds anything else than our leftovers (:func:`_leftover`): training would
+    write its run among them, and ``kfm memorization --train`` read such a folder as the run."""
+    if not out.is_dir():
         return
     others = sorted(p.name for p in out.iterdir() if not _leftover(p))
     if others:
@@ -527,7 +528,8 @@ def train(
         raise ValueError(f"out= saves kinetic_fm.models nets (they carry .kind and .config); {type(model).__name__} "
                          "does not: train it with out=None and save result.ema's state_dict yourself")
     out = Path(out)
-    _refuse_others_files(out)  # before the folder gets a .lock; check_train_dir does the rest under the lock
+    if not _run_files(out):  # before the folder gets a .lock; check_train_dir does the rest under the lock
+        _refuse_others_files(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights, on_resume)
