@@ -885,6 +885,26 @@ def test_a_zip_loaded_with_subdir_is_named_as_a_zip_and_its_member_folder(tmp_pa
                     list_image_labels(given, subdir="top")
 
 
+def test_a_zip_of_any_name_loaded_with_subdir_is_named_as_a_zip(tmp_path):
+    # a zip is told by its contents (ImageSource, cifar10 read any), but named as one only where its name ends
+    # in .zip: "data.bin/top", a folder's path, and the remedy "load data.bin/top/train"
+    import re
+    import shutil
+
+    root, one = tmp_path / "spl", tmp_path / "one"
+    _png_folder_and_zip(root, [f"top/{split}/{cls}/{i}.png" for i, (split, cls) in enumerate(
+        (("train", "cat"), ("train", "dog"), ("test", "cat")))])
+    _png_folder_and_zip(one, [f"top/a/{i}.png" for i in range(2)])
+    given, lone = (shutil.copy(f"{name}.zip", tmp_path / f"{name.name}.bin") for name in (root, one))
+    with pytest.warns(UserWarning) as w:
+        ds = load_image_folder(given, subdir="top")
+    assert str(w[0].message).startswith(f"{given} (member folder top/): the class folders ('test', 'train')")
+    assert f"(extract top/train/ from {given} and load it (the split's own folder))" in str(w[0].message)
+    assert ds.source == f"{given} (member folder top/)"
+    with pytest.raises(ValueError, match=re.escape(f"{lone} (member folder top/): expected images in <class>/")):
+        list_image_labels(lone, subdir="top")
+
+
 def test_an_empty_folder_is_refused_as_holding_no_images_by_list_image_labels(tmp_path):
     # the split-folders remedy's folder (_above) read the first file of none: IndexError, not the reason
     (tmp_path / "empty").mkdir()
