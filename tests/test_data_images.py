@@ -953,3 +953,16 @@ def test_images_of_two_sizes_are_refused_with_the_way_out_each_caller_has(tmp_pa
         assert f"error: {flag} " in err and "differs from the first image's (4, 4, 3)" in err
         assert err.rstrip().endswith("resize the files to one size first"), err
         assert "size=" not in err
+
+
+def test_the_two_sizes_refusal_survives_pickling_with_its_attributes():
+    # pickle.loads raised TypeError (its __init__ takes the sizes, not the message): it could not cross
+    # processes, as the project's other errors with attributes do
+    import pickle
+
+    from kinetic_fm.data.images import RESIZE_FILES, ImageSizesDiffer
+
+    err = ImageSizesDiffer("b.png", (9, 8, 3), "a.png", (8, 8, 3)).with_way_out(RESIZE_FILES)
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is ImageSizesDiffer and str(back) == str(err) and str(back).endswith(RESIZE_FILES)
+    assert (back.name, back.shape, back.first, back.first_shape) == ("b.png", (9, 8, 3), "a.png", (8, 8, 3))

@@ -35,12 +35,16 @@ RESIZE_FILES = "resize the files to one size first"
 class ImageSizesDiffer(ValueError):
     """Images of two sizes met by :func:`decode_many` without ``size``: the image ``name`` of ``shape``
     (H, W, C) differs from the first one decoded, ``first`` of ``first_shape``, both named as the source
-    describes them. The message ends with ``way_out`` (:data:`RESIZE_ALL` unless the raiser gives another)."""
+    describes them. The message ends with ``way_out`` (:data:`RESIZE_ALL` unless the raiser gives another);
+    each is kept as an attribute of that name."""
 
     def __init__(self, name: str, shape: tuple[int, ...], first: str, first_shape: tuple[int, ...],
                  way_out: str = RESIZE_ALL):
         super().__init__(f"{name}: image of shape {shape} differs from the first image's {first_shape}; {way_out}")
-        self.name, self.shape, self.first, self.first_shape = name, shape, first, first_shape
+        self.name, self.shape, self.first, self.first_shape, self.way_out = name, shape, first, first_shape, way_out
+
+    def __reduce__(self):  # the sizes survive pickling (ValueError's would call __init__ with the message alone)
+        return type(self), (self.name, self.shape, self.first, self.first_shape, self.way_out)
 
     def with_way_out(self, way_out: str) -> "ImageSizesDiffer":
         """The same refusal ending with ``way_out``: for a caller whose own caller cannot pass ``size``."""
@@ -502,8 +506,8 @@ _SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid"
 def _check_split_folders(folders: list[list[str]], shared: int, path, above: str, zipped: bool, *,
                          labelled: bool) -> None:
     """Warn (UserWarning) when the top folders below the ``shared`` wrappers of the folder ``above`` (:func:`_above`)
-    of the folder or (``zipped``) zip ``path`` (``folders``: each file's folders below ``above``, as :func:`_folders` gives
-    them) are all named like a data set's splits (train, test, ...) and every file lies in a folder inside one
+    of the folder or (``zipped``) zip ``path`` (``folders``: each file's folders below ``above``, as :func:`_folders`
+    gives them) are all named like a data set's splits (train, test, ...) and every file lies in a folder inside one
     (``train/<class>/...``): loaded whole, the splits are one set, and, where the tree is ``labelled``, labelled by
     split, as ImageFolder labels it. One check for the loads with labels (a ``folder:`` spec) and without (a folder
     given by its path: ``kfm memorization --train PATH``). Its remedy, the split's own folder below every wrapper
@@ -669,6 +673,6 @@ def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tup
     above = _above(pairs)
     classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs], path, above, source.zipped)
     if unlabelled is not None:
-        raise ValueError(f"{_described(path, above, source.zipped)}: expected images in <class>/<file> folders, at least two "
-                         f"classes: {unlabelled}")
+        raise ValueError(f"{_described(path, above, source.zipped)}: expected images in <class>/<file> folders, at "
+                         f"least two classes: {unlabelled}")
     return classes, labels

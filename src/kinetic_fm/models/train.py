@@ -230,6 +230,9 @@ class ResumeSettingsError(ValueError):
         super().__init__(f"cannot resume {path}: " + "; and ".join(part for part in (settings, data) if part))
         self.path, self.differ, self.data = path, differ, data
 
+    def __reduce__(self):  # the differences survive pickling (ValueError's would call __init__ with the message alone)
+        return type(self), (self.path, self.differ, self.data)
+
 
 def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Tensor,
                       generators: dict[str, torch.Generator], device: torch.device, run_config: dict[str, Any],
@@ -244,11 +247,11 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     before it was recorded) is not compared and is removed from ``run_config``, so the run goes on
     recording what it did; :data:`DATA_DIGEST` differing alone (the same shape) is refused as other
     data (the labels compared only where both sides recorded some: one side's alone is a net with
-    classes and one without, its record named), and so is data recorded in another dtype than the run's (sha256s of two dtypes do not
-    compare) where the nets' dtypes agree (:func:`train` records its data in the net's dtype, so
-    only ``train_classifier``'s images, recorded as given, can differ so). Resuming a CPU state on
-    a GPU, or the reverse, warns: the result is then not bit-identical (``stacklevel`` points the
-    warning at the caller)."""
+    classes and one without, its record named), and so is data recorded in another dtype than the
+    run's (sha256s of two dtypes do not compare) where the nets' dtypes agree (:func:`train` records
+    its data in the net's dtype, so only ``train_classifier``'s images, recorded as given, can differ
+    so). Resuming a CPU state on a GPU, or the reverse, warns: the result is then not bit-identical
+    (``stacklevel`` points the warning at the caller)."""
     try:
         state = load_state(path)
     except UnsafeCheckpointError:
