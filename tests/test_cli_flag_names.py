@@ -100,17 +100,6 @@ def test_the_library_names_each_command_rewords_are_its_real_flags():
             assert flags and all(flag in options for flag in flags), f"kfm {command}: {name} -> {phrase}"
 
 
-def test_a_listed_setting_is_reworded_but_not_the_same_name_inside_a_path_or_a_value():
-    table = SettingFlags({"train.seed": "--seed", "data_shape": "--data/--n", "info": "--data/--n"})
-    text = ("cannot resume runs/train.seed/resume.pt: settings differ from the saved run (train.seed, data_shape, "
-            "info): train.seed: saved 0, now 3; data_shape: saved [5, 2], now [4, 2]; info: saved "
-            '{"info": 1}, now {"info": 2}')
-    assert table.in_listed_words(text) == (
-        "cannot resume runs/train.seed/resume.pt: settings differ from the saved run (--seed, --data/--n): "
-        '--seed: saved 0, now 3; --data/--n: saved [5, 2], now [4, 2]; --data/--n: saved {"info": 1}, now {"info": 2}')
-    assert table.in_listed_words("(a, a) (x, x)") == "(a, a) (x, x)"   # a repeat only of a flag is dropped
-
-
 def test_a_derived_setting_is_named_only_when_no_other_differs():
     table = SettingFlags({"config.dim": "--dim"}, derived={"config.sample_shape": "--shape"})
     assert table.named(["config.sample_shape", "config.dim"]) == ["config.dim"]

@@ -101,6 +101,16 @@ def test_a_bad_split_is_refused_before_the_run_folder_is_written(tmp_path, capsy
     assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 3, "--steps", 5, "--split", 0.5) == 0
 
 
+def test_a_folder_holding_a_users_file_named_like_a_temporary_is_refused_as_foreign(tmp_path, capsys):
+    # "a.tmp-1.png" holds ".tmp-" but is no killed writer's temporary (those are hidden: ".<name>.tmp-...");
+    # the folder was taken as empty and the run written among the user's files
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "a.tmp-1.png").write_bytes(b"mine")
+    assert kfm_sample(tmp_path / "run", "--field", "gaussian", "--n", 3, "--steps", 5) == 2
+    assert f"{tmp_path / 'run'} is not empty and holds no manifest.json" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["a.tmp-1.png"]
+
+
 def test_resume_of_a_folder_holding_no_run_says_it_starts_one(tmp_path, capsys):
     # a typo in --out with --resume started a fresh run without a word (helper-100)
     common = ["--field", "gaussian", "--n", 3, "--steps", 5]

@@ -885,6 +885,26 @@ def test_a_zip_loaded_with_subdir_is_named_as_a_zip_and_its_member_folder(tmp_pa
                     list_image_labels(given, subdir="top")
 
 
+def test_a_zip_of_any_name_loaded_with_subdir_is_named_as_a_zip(tmp_path):
+    # a zip is told by its contents (ImageSource, cifar10 read any), but named as one only where its name ends
+    # in .zip: "data.bin/top", a folder's path, and the remedy "load data.bin/top/train"
+    import re
+    import shutil
+
+    root, one = tmp_path / "spl", tmp_path / "one"
+    _png_folder_and_zip(root, [f"top/{split}/{cls}/{i}.png" for i, (split, cls) in enumerate(
+        (("train", "cat"), ("train", "dog"), ("test", "cat")))])
+    _png_folder_and_zip(one, [f"top/a/{i}.png" for i in range(2)])
+    given, lone = (shutil.copy(f"{name}.zip", tmp_path / f"{name.name}.bin") for name in (root, one))
+    with pytest.warns(UserWarning) as w:
+        ds = load_image_folder(given, subdir="top")
+    assert str(w[0].message).startswith(f"{given} (member folder top/): the class folders ('test', 'train')")
+    assert f"(extract top/train/ from {given} and load it (the split's own folder))" in str(w[0].message)
+    assert ds.source == f"{given} (member folder top/)"
+    with pytest.raises(ValueError, match=re.escape(f"{lone} (member folder top/): expected images in <class>/")):
+        list_image_labels(lone, subdir="top")
+
+
 def test_an_empty_folder_is_refused_as_holding_no_images_by_list_image_labels(tmp_path):
     # the split-folders remedy's folder (_above) read the first file of none: IndexError, not the reason
     (tmp_path / "empty").mkdir()
@@ -933,3 +953,16 @@ def test_images_of_two_sizes_are_refused_with_the_way_out_each_caller_has(tmp_pa
         assert f"error: {flag} " in err and "differs from the first image's (4, 4, 3)" in err
         assert err.rstrip().endswith("resize the files to one size first"), err
         assert "size=" not in err
+
+
+def test_the_two_sizes_refusal_survives_pickling_with_its_attributes():
+    # pickle.loads raised TypeError (its __init__ takes the sizes, not the message): it could not cross
+    # processes, as the project's other errors with attributes do
+    import pickle
+
+    from kinetic_fm.data.images import RESIZE_FILES, ImageSizesDiffer
+
+    err = ImageSizesDiffer("b.png", (9, 8, 3), "a.png", (8, 8, 3)).with_way_out(RESIZE_FILES)
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is ImageSizesDiffer and str(back) == str(err) and str(back).endswith(RESIZE_FILES)
+    assert (back.name, back.shape, back.first, back.first_shape) == ("b.png", (9, 8, 3), "a.png", (8, 8, 3))

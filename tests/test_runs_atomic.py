@@ -286,3 +286,18 @@ def test_a_name_near_the_file_systems_limit_is_written_and_its_stale_temporaries
     other.write_bytes(b"another file's")
     assert atomic.remove_stale_temporaries(tmp_path, name) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, other.name])
+
+
+def test_a_leftover_is_the_lock_file_or_what_remove_temporaries_removes(tmp_path):
+    # train's and kfm sample's folder checks took any name holding ".tmp-" for a killed writer's temporary,
+    # so a user's "a.tmp-1.png" counted as ours (no one else's files) yet was never removed
+    from kinetic_fm.runs.atomic import is_leftover, remove_temporaries, temporary_name
+    from kinetic_fm.runs.lock import LOCK_NAME
+
+    ours = temporary_name(tmp_path / "resume.pt")
+    for name in (ours.name, "a.tmp-1.png", "notes.txt", "x.tmp-"):
+        (tmp_path / name).write_text("")
+    (tmp_path / LOCK_NAME).write_text("")
+    assert remove_temporaries([tmp_path]) == 1 and not ours.exists()
+    assert [is_leftover(name) for name in (ours.name, LOCK_NAME, "a.tmp-1.png", "notes.txt", "x.tmp-")] == [
+        True, True, False, False, False]

@@ -532,6 +532,13 @@ def test_a_lock_file_alone_is_no_foreign_content_and_a_foreign_folder_gets_none(
         _run(tmp_path / "other")
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
 
+    # a user's file whose name holds ".tmp-" is not a killed writer's temporary (it did count as one)
+    (tmp_path / "png").mkdir()
+    (tmp_path / "png" / "a.tmp-1.png").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no manifest.json"):
+        _run(tmp_path / "png")
+    assert [p.name for p in (tmp_path / "png").iterdir()] == ["a.tmp-1.png"]
+
 
 def test_a_lock_this_process_already_holds_is_named_as_its_own(tmp_path):
     # train(out=...) takes its folder's lock itself now: a caller that wrapped it in its own

@@ -1417,3 +1417,16 @@ def test_a_run_killed_in_its_first_checkpoints_write_starts_again_without_resume
         (tmp_path / "run" / "resume.pt").unlink()
         (tmp_path / "run" / "final.safetensors").unlink()
         train(VelocityMLP(2, hidden=8, depth=1), data, config, out=tmp_path / "run")
+
+
+def test_a_resume_settings_refusal_survives_pickling_with_its_attributes(tmp_path):
+    # pickle.loads raised TypeError (its __init__ takes the path, the differences and the data's refusal)
+    import pickle
+    from pathlib import Path
+
+    from kinetic_fm.models.train import ResumeSettingsError
+
+    err = ResumeSettingsError(Path(tmp_path) / "resume.pt", {"train.lr": (0.001, 0.002)}, "the data differ")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is ResumeSettingsError and str(back) == str(err)
+    assert (back.path, back.differ, back.data) == (err.path, {"train.lr": (0.001, 0.002)}, "the data differ")

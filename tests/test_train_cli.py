@@ -129,13 +129,15 @@ def test_resume_refusals_name_the_flags_of_every_compared_setting(tmp_path, caps
                            (["--grad-clip", "0.5"], "--grad-clip (the run's 1, now 0.5)"),
                            (["--grad-clip", "0"], "--grad-clip (the run's 1, now 0)"),
                            (["--width", "8"], "--width (the run's 16, now 8)"),
-                           (["--model", "unet"], None),
+                           (["--model", "unet"], None),   # refused before the resume compares anything
                            (["--n", "400"], "--n (the run's 500, now 400)"),
                            (["--n", "400", "--lr", "0.002"], "--n (the run's 500, now 400); --lr (the run's 0.001, "
                                                              "now 0.002)")):
         assert main(["train", *COMMON, "--steps", "4", *changed, "--out", str(tmp_path), "--resume"]) == 2
         err = capsys.readouterr().err
-        if named is None:   # a unet on vector data is refused before the resume compares anything
+        if named is None:
+            assert err == ("kfm train: error: --model unet needs image data (C, H, W), but --data gmm holds vectors "
+                           "of shape (2,); for vector data use --model mlp (or auto, which picks it)\n"), err
             continue
         assert f"settings differ from the saved run: {named};" in err, err
         assert "train." not in err and "info" not in err and "data_shape" not in err
@@ -667,6 +669,13 @@ def test_a_folder_of_the_users_files_is_refused_as_out_before_the_data_loads(tmp
                 "img1.png, img2.png and 2 more): training would write its files among them; choose a new or empty "
                 "folder")
     assert {p: p.read_bytes() for p in folder.rglob("*")} == before
+    # a user's file named like a temporary ("a.tmp-1.png"; ours are hidden, ".<name>.tmp-...") is a user's file
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "a.tmp-1.png").write_bytes(b"not ours")
+    assert main(["train", *COMMON, "--steps", "2", "--out", str(named)]) == 2
+    assert "(it holds a.tmp-1.png): training would write its files among them" in capsys.readouterr().err
+    assert [p.name for p in named.iterdir()] == ["a.tmp-1.png"]
     # our own leftovers alone (a lock file, a killed writer's temporary) are no one else's: a run starts there
     ours = tmp_path / "ours"
     ours.mkdir()
@@ -674,6 +683,22 @@ def test_a_folder_of_the_users_files_is_refused_as_out_before_the_data_loads(tmp
     (ours / ".config.json.tmp-4242-89abcdef").write_text("half")
     assert main(["train", *COMMON, "--steps", "2", "--out", str(ours)]) == 0
     assert (ours / "final.safetensors").is_file() and not (ours / ".config.json.tmp-4242-89abcdef").exists()
+
+
+def test_trains_own_refusal_of_a_folder_of_others_files_keeps_their_names(tmp_path, capsys, monkeypatch):
+    # files named like a run's records read "(it holds data, --data/--n, --model/--width/--class-cond)": the
+    # refusal train() raises under its lock (a folder filled after the command's own check) went through the
+    # rewording of a resume refusal's list of settings
+    import importlib
+
+    library = importlib.import_module("kinetic_fm.models.train")   # kinetic_fm.models.train is the function
+    for name in ("data", "info", "model"):
+        (tmp_path / name).write_text("not ours")
+    monkeypatch.setattr(library, "check_train_dir", lambda out, resume: None)   # the command's check, before
+    assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"kfm train: error: {tmp_path} is not empty and holds no training run (it holds data, info, model): "
+        "training would write its files among them; choose a new or empty folder")
 
 
 def test_a_changed_n_is_named_once_as_the_flag_with_both_values(tmp_path, capsys):
@@ -709,3 +734,63 @@ def test_a_batch_larger_than_the_data_is_said_to_draw_with_replacement(tmp_path,
             "within a batch\n") in capsys.readouterr().out
     assert main(["train", *flags, "--n", "16", "--steps", "2", "--out", str(tmp_path / "even")]) == 0
     assert "with replacement" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("first, then, was, now", [([], ["--class-cond"], "off", "on"),
+                                                   (["--class-cond"], [], "on", "off")])
+def test_turning_class_cond_on_or_off_in_a_resume_is_named_once_with_the_runs_settings_advice(
+        tmp_path, capsys, first, then, was, now):
+    # it named the change twice, the second time as other data ("and the labels (no labels saved, sha256 …
+    # now) differ from those the run trained on ... resume with the data it trained on"), though the data
+    # were the same, and that dropped the advice to resume with the run's settings
+    assert main(["train", *COMMON, "--steps", "2", *first, "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["train", *COMMON, "--steps", "4", *then, "--out", str(tmp_path), "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kfm train: error: cannot resume {tmp_path / 'resume.pt'}: settings differ from the saved run: --class-cond "
+        f"(the run's {was}, now {now}); resume with the run's settings (--steps, --save-every and --checkpoints may "
+        "change), or train a new run in another --out")
+
+
+def test_a_changed_model_kind_is_named_as_model_alone(tmp_path, capsys):
+    # the net's kind changes its width's meaning too (hidden, base_channels): --model names the change
+    flags = ["--data", "digits", "--n", "16", "--batch-size", "4", "--width", "8", "--checkpoints", "none",
+             "--no-progress", "--out", str(tmp_path)]
+    assert main(["train", *flags, "--steps", "2", "--model", "mlp"]) == 0
+    capsys.readouterr()
+    assert main(["train", *flags, "--steps", "4", "--model", "unet", "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kfm train: error: cannot resume {tmp_path / 'resume.pt'}: settings differ from the saved run: --model "
+        "(the run's mlp, now unet); resume with the run's settings (--steps, --save-every and --checkpoints may "
+        "change), or train a new run in another --out")
+
+
+def test_a_folder_grown_since_the_run_is_named_by_the_datas_shape(tmp_path, capsys):
+    # the same --data and --n (all) over a folder that gained an image: only the data's shape says so
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8)).save(images / f"{i}.png")
+    flags = ["train", "--data", f"folder:{images}", "--batch-size", "2", "--width", "8", "--model", "mlp",
+             "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main([*flags, "--steps", "2"]) == 0
+    (images / "4.png").unlink()
+    capsys.readouterr()
+    assert main([*flags, "--steps", "4", "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kfm train: error: cannot resume {tmp_path / 'run' / 'resume.pt'}: settings differ from the saved run: "
+        "--data/--n (the run's data of shape [5, 1, 8, 8], now [4, 1, 8, 8]); resume with the run's settings "
+        "(--steps, --save-every and --checkpoints may change), or train a new run in another --out")
+
+
+def test_a_nets_other_settings_are_named_by_the_nets_flags_with_both_records():
+    # no flag sets them (the data decide them): named where nothing else names the change
+    from kinetic_fm.commands.train import _changed_flags
+
+    was, now = ({"kind": "mlp", "config": {"dim": dim, "hidden": 16}} for dim in (2, 3))
+    assert _changed_flags({"model": (was, now)}) == [
+        ("--model/--width/--class-cond", '{"kind": "mlp", "config": {"dim": 2, "hidden": 16}}',
+         '{"kind": "mlp", "config": {"dim": 3, "hidden": 16}}')]

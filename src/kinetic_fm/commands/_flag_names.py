@@ -9,7 +9,7 @@ compare on --resume. The rewording lives here, once: :func:`named_by_its_flag` f
 opening name and the names later in it that stand as arguments ("with k = 3", "(lr)"; built on
 :func:`as_arguments` and :func:`where_named`), :func:`in_flags` for names anywhere in it,
 :func:`flag_words` for every error and warning of a block, and :meth:`SettingFlags.named` /
-:meth:`SettingFlags.in_listed_words` for a resume refusal's list of settings."""
+:meth:`SettingFlags.flag_of` for a resume refusal's changed settings."""
 from __future__ import annotations
 
 import contextlib
@@ -42,28 +42,6 @@ class SettingFlags:
         when any other differs (their own setting is named), else all of them."""
         names = list(names)
         return [name for name in names if name not in self.derived] or names
-
-    def in_listed_words(self, text: str) -> str:
-        """``text`` with each recorded name that stands as an item of a list replaced by its flag:
-        after "(", ", ", "): " or "; " and before ",", ")" or ":" ("settings differ (train.lr, model):
-        train.lr: saved 0.001, now 0.002" as "settings differ (--lr, --model/--width/--class-cond):
-        --lr: saved 0.001, now 0.002"), and a parenthesised list that then names a flag twice with
-        the repeats dropped (two records of one flag, --data/--n). A name elsewhere (inside a
-        path, a stored value) stays."""
-        import re
-
-        table = {**self.derived, **self.direct}
-        if not table:
-            return text
-        names = "|".join(re.escape(name) for name in sorted(table, key=len, reverse=True))
-        text = re.sub(rf"(?:(?<=\()|(?<=, )|(?<=\): )|(?<=; ))({names})(?=[,):])", lambda m: table[m[1]], text)
-        flags = set(table.values())
-
-        def once(m: re.Match) -> str:
-            items = m[1].split(", ")
-            return f"({', '.join(dict.fromkeys(items))})" if flags & set(items) else m[0]
-
-        return re.sub(r"\(([^()]*)\)", once, text)
 
 
 def named_by_its_flag(err: ValueError, flags: dict[str, str]) -> ValueError:

@@ -163,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming from step {step} of {args.steps} ({Path(args.out) / RESUME_FILE})", flush=True)
 
     # a guard: a warning of the training call that names an argument (none does today) in the flags' words,
-    # where the library's names stand as arguments (its prose says "steps"); its errors are resume
-    # refusals, worded by _flags_for_settings
+    # where the library's names stand as arguments (its prose says "steps"); its errors are worded below
+    # (a changed setting by _resume_refusal, the others by _flags_for_settings)
     args.interrupt_hint = KEPT_HINT
     with writing("--out", args.out), flag_words(_FLAGS, anywhere=False, errors=False):
         try:
@@ -199,10 +199,10 @@ SETTINGS = SettingFlags({
 
 
 def _flags_for_settings(text: str) -> str:
-    """A resume refusal in the flags' words: "train.lr: saved 0.001, now 0.002" as "--lr: ...",
-    "(data_shape, info): data_shape: saved ..." as "(--data/--n): --data/--n: saved ...",
-    "beyond steps=2" as "beyond --steps 2", "a smaller learning rate (lr)" as "(--lr)"."""
-    return where_named(SETTINGS.in_listed_words(text), _FLAGS)
+    """An error of the training call in the flags' words where its arguments stand as arguments:
+    "beyond steps=2" as "beyond --steps 2", "a smaller learning rate (lr)" as "(--lr)" (a resume's
+    changed settings are :func:`_resume_refusal`'s)."""
+    return where_named(text, _FLAGS)
 
 
 def _resume_refusal(err: ResumeSettingsError) -> str:

@@ -35,12 +35,16 @@ RESIZE_FILES = "resize the files to one size first"
 class ImageSizesDiffer(ValueError):
     """Images of two sizes met by :func:`decode_many` without ``size``: the image ``name`` of ``shape``
     (H, W, C) differs from the first one decoded, ``first`` of ``first_shape``, both named as the source
-    describes them. The message ends with ``way_out`` (:data:`RESIZE_ALL` unless the raiser gives another)."""
+    describes them. The message ends with ``way_out`` (:data:`RESIZE_ALL` unless the raiser gives another);
+    each is kept as an attribute of that name."""
 
     def __init__(self, name: str, shape: tuple[int, ...], first: str, first_shape: tuple[int, ...],
                  way_out: str = RESIZE_ALL):
         super().__init__(f"{name}: image of shape {shape} differs from the first image's {first_shape}; {way_out}")
-        self.name, self.shape, self.first, self.first_shape = name, shape, first, first_shape
+        self.name, self.shape, self.first, self.first_shape, self.way_out = name, shape, first, first_shape, way_out
+
+    def __reduce__(self):  # the sizes survive pickling (ValueError's would call __init__ with the message alone)
+        return type(self), (self.name, self.shape, self.first, self.first_shape, self.way_out)
 
     def with_way_out(self, way_out: str) -> "ImageSizesDiffer":
         """The same refusal ending with ``way_out``: for a caller whose own caller cannot pass ``size``."""
@@ -112,7 +116,8 @@ class ImageSource:
     """Read image files from a folder or a zip archive with the same relative paths.
 
     ``names`` are POSIX-style paths relative to the folder (or archive root), sorted naturally
-    (so ``2.png`` comes before ``10.png``).
+    (so ``2.png`` comes before ``10.png``); ``zipped`` says whether ``path`` is an archive (told by its
+    contents, whatever its name), after :meth:`close` too.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -134,6 +139,7 @@ class ImageSource:
             ]
         else:
             raise ValueError(f"{self.path}: expected a folder of images or a zip archive of images")
+        self.zipped = self._zip is not None
         # ties of the natural order (1.png, 01.png) by name: the listing order differs between a
         # folder and its zip, and so did the rows and every --n subset
         self.names: list[str] = sorted((n for n in names if not _metadata(n)),
@@ -436,19 +442,20 @@ def _above(pairs: list[tuple[str, str]]) -> str:
     return name[:len(name) - len(relative)].strip("/")
 
 
-def _described(path, above: str) -> str:
-    """The folder or zip ``path``, where the images loaded lie below its folder ``above`` (:func:`_above`: subdir,
-    and the wrapper it was found below), as messages and :attr:`ImageDataset.source` name it: ``data/top`` for a
-    folder, ``data.zip (member folder top/)`` for a zip (its members are named ``data.zip:top/...``)."""
+def _described(path, above: str, zipped: bool) -> str:
+    """The folder or (``zipped``) zip ``path``, where the images loaded lie below its folder ``above``
+    (:func:`_above`: subdir, and the wrapper it was found below), as messages and :attr:`ImageDataset.source`
+    name it: ``data/top`` for a folder, ``data.zip (member folder top/)`` for a zip, whatever its name (its
+    members are named ``data.zip:top/...``)."""
     if not above:
         return str(path)
-    return f"{path} (member folder {above}/)" if str(path).lower().endswith(".zip") else f"{path}/{above}"
+    return f"{path} (member folder {above}/)" if zipped else f"{path}/{above}"
 
 
-def _folder_labels(relative: list[str], path, above: str
+def _folder_labels(relative: list[str], path, above: str, zipped: bool
                    ) -> tuple[tuple[str, ...] | None, Tensor | None, str | None]:
     """(classes sorted, (N,) labels, None) of files given by their paths ``relative`` to the folder ``above``
-    (:func:`_above`) of the folder or zip ``path`` (both named in the warning): each file's class is
+    (:func:`_above`) of the folder or (``zipped``) zip ``path`` (both named in the warning): each file's class is
     its top folder below the folders every file sits in (wrappers such as ``zip -r data.zip data/``), however deep the
     file lies inside it (``cat/kittens/1.png`` is a cat; ``n01/images/0.png``, Tiny ImageNet's layout, is an n01), as
     torchvision's ImageFolder labels a tree (ImageFolder takes the root's own folders, so it reads a wrapped tree as one
@@ -463,7 +470,7 @@ def _folder_labels(relative: list[str], path, above: str
         return None, None, reason
     names = [f[shared] for f in folders]
     classes = tuple(sorted(set(names)))
-    _check_split_folders(folders, shared, path, above, labelled=True)
+    _check_split_folders(folders, shared, path, above, zipped, labelled=True)
     lookup = {c: i for i, c in enumerate(classes)}
     return classes, torch.tensor([lookup[c] for c in names], dtype=torch.int64), None
 
@@ -496,10 +503,11 @@ def _unlabelled(relative: list[str], folders: list[list[str]], shared: int) -> s
 _SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
 
 
-def _check_split_folders(folders: list[list[str]], shared: int, path, above: str, *, labelled: bool) -> None:
+def _check_split_folders(folders: list[list[str]], shared: int, path, above: str, zipped: bool, *,
+                         labelled: bool) -> None:
     """Warn (UserWarning) when the top folders below the ``shared`` wrappers of the folder ``above`` (:func:`_above`)
-    of the folder or zip ``path`` (``folders``: each file's folders below ``above``, as :func:`_folders` gives
-    them) are all named like a data set's splits (train, test, ...) and every file lies in a folder inside one
+    of the folder or (``zipped``) zip ``path`` (``folders``: each file's folders below ``above``, as :func:`_folders`
+    gives them) are all named like a data set's splits (train, test, ...) and every file lies in a folder inside one
     (``train/<class>/...``): loaded whole, the splits are one set, and, where the tree is ``labelled``, labelled by
     split, as ImageFolder labels it. One check for the loads with labels (a ``folder:`` spec) and without (a folder
     given by its path: ``kfm memorization --train PATH``). Its remedy, the split's own folder below every wrapper
@@ -522,9 +530,9 @@ def _check_split_folders(folders: list[list[str]], shared: int, path, above: str
         what = ("the folders", "every split is loaded, as one set; to load one split alone")
     split = _first_split(tops)
     own = "/".join([*([above] if above else []), *folders[0][:shared], split])
-    remedy = (f"extract {own}/ from {path} and load it (the split's own folder)" if str(path).lower().endswith(".zip")
+    remedy = (f"extract {own}/ from {path} and load it (the split's own folder)" if zipped
               else f"load {path}/{own} (the split's own folder)")
-    where = _described(path, above)
+    where = _described(path, above, zipped)
     warnings.warn(f"{where}: {what[0]} {tops} are named like splits of a data set and hold folders of their own: "
                   f"{what[1]} ({remedy})", UserWarning, stacklevel=caller_outside_the_package())
 
@@ -604,10 +612,10 @@ def load_image_folder(
         relative = [rel for _, rel in pairs]
         above = _above(pairs)
         if labels_from_folders:
-            classes, all_labels, _ = _folder_labels(relative, path, above)
+            classes, all_labels, _ = _folder_labels(relative, path, above, source.zipped)
         else:  # no labels, but the same warning of the tree's layout
             classes, all_labels = None, None
-            _check_split_folders(*_folders(relative), path, above, labelled=False)
+            _check_split_folders(*_folders(relative), path, above, source.zipped, labelled=False)
         chosen = select_indices(len(names), n=n, indices=indices, seed=seed)
         array = decode_many(source, [names[i] for i in chosen.tolist()],
                             grayscale=bool(grayscale), crop=crop, size=size, progress=progress)
@@ -617,7 +625,7 @@ def load_image_folder(
         images=uint8_to_signed(array),
         labels=None if all_labels is None else all_labels[chosen],
         classes=classes,
-        source=_described(path, above),
+        source=_described(path, above, source.zipped),
         indices=chosen,
         lossy="JPEG" if size is None and any(names[i].lower().endswith(JPEG_EXTENSIONS)
                                               for i in chosen.tolist()) else None,
@@ -663,8 +671,8 @@ def list_image_labels(path: str | os.PathLike, subdir: str | None = None) -> tup
     with ImageSource(path) as source:
         pairs = _under(source.names, subdir, path)
     above = _above(pairs)
-    classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs], path, above)
+    classes, labels, unlabelled = _folder_labels([rel for _, rel in pairs], path, above, source.zipped)
     if unlabelled is not None:
-        raise ValueError(f"{_described(path, above)}: expected images in <class>/<file> folders, at least two "
-                         f"classes: {unlabelled}")
+        raise ValueError(f"{_described(path, above, source.zipped)}: expected images in <class>/<file> folders, at "
+                         f"least two classes: {unlabelled}")
     return classes, labels

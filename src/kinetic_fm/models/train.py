@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
 from ..run_files import MANIFEST_NAME, TRAIN_CONFIG_NAME
-from ..runs.atomic import TMP_MARKER, atomic_write_text, remove_temporaries
-from ..runs.lock import LOCK_NAME, RunLock
+from ..runs.atomic import atomic_write_text, is_leftover, remove_temporaries
+from ..runs.lock import RunLock
 from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_state, save_weights
 from .run_config import DamagedTrainConfigError, read_train_config, short_json
 
@@ -230,6 +230,9 @@ class ResumeSettingsError(ValueError):
         super().__init__(f"cannot resume {path}: " + "; and ".join(part for part in (settings, data) if part))
         self.path, self.differ, self.data = path, differ, data
 
+    def __reduce__(self):  # the differences survive pickling (ValueError's would call __init__ with the message alone)
+        return type(self), (self.path, self.differ, self.data)
+
 
 def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Tensor,
                       generators: dict[str, torch.Generator], device: torch.device, run_config: dict[str, Any],
@@ -243,11 +246,12 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     step. A key of ``run_config`` named in ``optional`` that the saved config lacks (a state written
     before it was recorded) is not compared and is removed from ``run_config``, so the run goes on
     recording what it did; :data:`DATA_DIGEST` differing alone (the same shape) is refused as other
-    data, and so is data recorded in another dtype than the run's (sha256s of two dtypes do not
-    compare) where the nets' dtypes agree (:func:`train` records its data in the net's dtype, so
-    only ``train_classifier``'s images, recorded as given, can differ so). Resuming a CPU state on
-    a GPU, or the reverse, warns: the result is then not bit-identical (``stacklevel`` points the
-    warning at the caller)."""
+    data (the labels compared only where both sides recorded some: one side's alone is a net with
+    classes and one without, its record named), and so is data recorded in another dtype than the
+    run's (sha256s of two dtypes do not compare) where the nets' dtypes agree (:func:`train` records
+    its data in the net's dtype, so only ``train_classifier``'s images, recorded as given, can differ
+    so). Resuming a CPU state on a GPU, or the reverse, warns: the result is then not bit-identical
+    (``stacklevel`` points the warning at the caller)."""
     try:
         state = load_state(path)
     except UnsafeCheckpointError:
@@ -267,6 +271,10 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     # other values of the same shape and dtype (a shape difference is named above, a net's dtype below)
     saved_digest, digest = saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST)
     compared = digest is not None and "data_shape" not in differ and isinstance(saved_digest, dict)
+    if compared and None in (saved_digest.get("labels"), digest["labels"]):
+        # labels given to one side alone: the net's classes changed (its record differs, named above), not the
+        # data; so the labels are not compared
+        saved_digest, digest = ({k: v for k, v in side.items() if k != "labels"} for side in (saved_digest, digest))
     other_data = compared and saved_digest != digest and saved_digest.get("dtype") == digest["dtype"]
     # load_state_dict would round the saved weights (and the optimizer its moments) into another
     # dtype without a word: the run would end neither the saved dtype's nor this one's
@@ -312,7 +320,7 @@ def _other_data(saved: Any, now: dict[str, Any], shape: list[int]) -> str:
     sha256, and what to do."""
     saved = saved if isinstance(saved, dict) else {}
 
-    def sides(name: str) -> str:  # a run without labels (no --class-cond) records None: "no labels"
+    def sides(name: str) -> str:  # a record without the value (None) reads "no labels", not "sha256 None…"
         before, after = (f"sha256 {value[:12]}…" if isinstance(value, str) else f"no {name}"
                          for value in (saved.get(name), now.get(name)))
         if before.startswith("sha256") and after.startswith("sha256"):
@@ -378,7 +386,8 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     if earlier and not (earlier == [TRAIN_CONFIG_NAME] and training) and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                          "resume=True or choose another folder")
-    _refuse_others_files(out)
+    if not earlier:
+        _refuse_others_files(out)
 
 
 def _run_files(out: Path) -> list[str]:
@@ -391,17 +400,17 @@ def _leftover(path: Path) -> bool:
     """Whether ``path`` in a training folder is what our writers leave behind and holds no step: the
     lock file, a killed writer's temporary, a ``checkpoints/`` holding nothing else (a run killed in
     its first checkpoint's write)."""
-    if path.name == LOCK_NAME or TMP_MARKER in path.name:
+    if is_leftover(path.name):
         return True
     return (path.name == "checkpoints" and path.is_dir() and not path.is_symlink()
-            and all(TMP_MARKER in p.name for p in path.iterdir()))
+            and all(is_leftover(p.name) for p in path.iterdir()))
 
 
 def _refuse_others_files(out: Path) -> None:
-    """ValueError when the folder ``out`` holds none of a training run's files but anything else than
-    our leftovers (:func:`_leftover`): training would write its run among them, and ``kfm
-    memorization --train`` read such a folder as the run."""
-    if not out.is_dir() or _run_files(out):
+    """ValueError when the folder ``out``, which holds none of a training run's files (:func:`_run_files`
+    is empty; the caller asks), holds anything else than our leftovers (:func:`_leftover`): training would
+    write its run among them, and ``kfm memorization --train`` read such a folder as the run."""
+    if not out.is_dir():
         return
     others = sorted(p.name for p in out.iterdir() if not _leftover(p))
     if others:
@@ -522,7 +531,8 @@ def train(
         raise ValueError(f"out= saves kinetic_fm.models nets (they carry .kind and .config); {type(model).__name__} "
                          "does not: train it with out=None and save result.ema's state_dict yourself")
     out = Path(out)
-    _refuse_others_files(out)  # before the folder gets a .lock; check_train_dir does the rest under the lock
+    if not _run_files(out):  # before the folder gets a .lock; check_train_dir does the rest under the lock
+        _refuse_others_files(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         return _train(model, data, config, labels, out, resume, progress, callback, info, extra_weights, on_resume)

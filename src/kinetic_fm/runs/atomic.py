@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 from .lock import LOCK_NAME, RunLock
 
 TMP_MARKER = ".tmp-"
+_TEMPORARY = f".*{TMP_MARKER}*"   # every temporary_name, whatever its path
 
 
 def temporary_name(path: Path) -> Path:
@@ -46,6 +47,13 @@ def temporary_stem(name: str) -> str:
 
     head = encoded[:150].decode("utf-8", "ignore")  # not inside a multi-byte character
     return f".{head}~{hashlib.sha256(encoded).hexdigest()[:12]}"
+
+
+def is_leftover(name: str) -> bool:
+    """Whether a folder's entry ``name`` is what our writers leave behind: the lock file, or a
+    killed writer's temporary as :func:`remove_temporaries` removes it (``.<name>.tmp-...``, hidden;
+    a user's ``a.tmp-1.png`` is not one)."""
+    return name == LOCK_NAME or fnmatch.fnmatchcase(name, _TEMPORARY)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -139,7 +147,7 @@ def _remove_in(folder: Path, recursive: bool) -> int:
             is_file, is_folder = entry.is_file(), entry.is_dir(follow_symlinks=False)
         except OSError:  # an entry this user may not stat
             continue
-        if fnmatch.fnmatchcase(entry.name, f".*{TMP_MARKER}*"):
+        if fnmatch.fnmatchcase(entry.name, _TEMPORARY):
             if is_file:
                 try:
                     Path(entry.path).unlink(missing_ok=True)

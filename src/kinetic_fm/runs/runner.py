@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Callable, Union
 import numpy as np
 import pyarrow as pa
 
-from .atomic import TMP_MARKER, atomic_write_bytes, remove_temporaries
+from .atomic import atomic_write_bytes, is_leftover, remove_temporaries
 from .distributed import Coordinator, World
-from .lock import LOCK_NAME, RunLock
+from .lock import RunLock
 from .manifest import (MANIFEST_NAME, DamagedManifestError, ResumeMismatchError, RunManifest, check_resume,
                        read_manifest, write_manifest)
 from .shards import (RESULTS_NAME, SHARD_DIR, discard_shard, inspect_shard, merge_shards, write_results,
@@ -164,7 +164,7 @@ def _refuse_foreign_folder(run_dir: Path) -> None:
     run's shards or results is named as a run that lost its manifest."""
     if (run_dir / MANIFEST_NAME).is_file() or not run_dir.exists():
         return
-    if not any(TMP_MARKER not in p.name and p.name != LOCK_NAME for p in run_dir.iterdir()):
+    if all(is_leftover(p.name) for p in run_dir.iterdir()):
         return
     left = [RESULTS_NAME] if (run_dir / RESULTS_NAME).is_file() else []
     if (run_dir / SHARD_DIR).is_dir():
