@@ -78,10 +78,11 @@ def validate_grid(grid: torch.Tensor) -> torch.Tensor:
 
 
 def as_typed(value: float, dtype: torch.dtype) -> str:
-    """The shortest decimal that ``dtype`` reads as ``value`` (a float of that dtype): 0.7 for a
-    float32 0.7, which float64 prints as 0.699999988079071; ``repr`` for float64."""
+    """The shortest decimal that ``dtype`` reads as ``value`` (a float of that dtype), written as
+    Python writes a float: 0.7 for a float32 0.7, which float64 prints as 0.699999988079071; 100.0,
+    not 1e+02; ``repr(value)`` for float64."""
     for digits in range(1, 18):
-        shown = f"{value:.{digits}g}"
-        if torch.tensor(float(shown), dtype=dtype).item() == value:
-            return shown
+        shown = float(f"{value:.{digits}g}")
+        if torch.tensor(shown, dtype=dtype).item() == value:
+            return repr(shown)
     return repr(value)
