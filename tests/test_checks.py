@@ -553,7 +553,8 @@ def test_a_threshold_above_one_reads_as_the_ratio_inverted_below_ten_and_as_a_pe
 
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     for value, hint in ((3, "1/3 = 0.333"), (2, "1/2 = 0.5"), (1.5, "1/1.5 = 0.667"), (10, "0.1"), (33, "0.33"),
-                        (100, None), (1, None)):
+                        (100, None), (1, None), (1.001, "1/1.001 = 0.999"),
+                        (1.0001, None), (1.0004, None)):   # "did you mean 1/1.0001 = 1?", which is refused too
         with pytest.raises(ValueError) as caught:
             kfm.memorization(x, x, threshold=value)
         message = str(caught.value)

@@ -359,11 +359,13 @@ def percent_hint(value, high: float = 1.0, *, open_high: bool = False, least: fl
 
 def reciprocal_hint(value, most: float = 10.0) -> str:
     """"; did you mean 1/3 = 0.333?" for a refused ``value`` in (1, ``most``): a ratio below 1 given
-    the other way up (a gap ratio d1/d2 < 1/3 stated as d2 > 3 d1); else "". The value stays refused."""
+    the other way up (a gap ratio d1/d2 < 1/3 stated as d2 > 3 d1); else "", also where the reciprocal
+    shown rounds to 1, which the open interval refuses (1.0001). The value stays refused."""
     number = as_scalar(value)
     if not (is_real(number) and 1.0 < number < most):
         return ""
-    return f"; did you mean 1/{float(number):g} = {1.0 / float(number):.3g}?"
+    shown = f"{1.0 / float(number):.3g}"
+    return f"; did you mean 1/{float(number):g} = {shown}?" if float(shown) < 1.0 else ""
 
 
 def check_device(device, name: str = "device") -> torch.device | None:
