@@ -102,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
 
     import warnings
 
-    from ..checks import ValueRangeWarning, check_integer, inside_unit_interval
+    from ..checks import PERCENT_FROM, ValueRangeWarning, check_integer, inside_unit_interval
     from ..metrics.memorization import MAX_BOOTSTRAP, memorization
     from ..runs.distributed import single_process_device
 
     # before the inputs load and the audit runs, each named by its flag (the library names its
     # arguments, and the OS its paths: "[Errno 17] File exists" came after the whole audit)
-    inside_unit_interval("--threshold", args.threshold, percent=True, ratio=True)
+    inside_unit_interval("--threshold", args.threshold, percent_from=PERCENT_FROM, ratio=True)
     for flag, value in (("--bootstrap", args.bootstrap), ("--seed", args.seed)):
         if value is not None and args.interval != "bootstrap":  # it would be ignored without a word
             raise ValueError(f"{flag} applies to --interval bootstrap only (the {args.interval} interval "

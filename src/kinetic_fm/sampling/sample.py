@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..checks import (as_scalar, caller_outside_the_package, check_device, check_flag, check_integer, check_real,
-                      check_unit_number, declares, declares_singular_at_one, held_inside, is_real, optional_attribute,
-                      start_run_of, wrapper_chain)
+from ..checks import (SPLIT_PERCENT_FROM, as_scalar, caller_outside_the_package, check_device, check_flag, check_integer,
+                      check_real, check_unit_number, declares, declares_singular_at_one, held_inside, is_real,
+                      optional_attribute, start_run_of, wrapper_chain)
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
@@ -166,7 +166,7 @@ def sample(
         bar_delay = _bar_delay(progress)
         if shaping is not None and not callable(shaping):
             raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
-        split = check_unit_number("split", resolved_split(split, gain_tau(shaping)), percent=10)
+        split = check_unit_number("split", resolved_split(split, gain_tau(shaping)), percent_from=SPLIT_PERCENT_FROM)
 
         # checked whichever solver runs: a typo in a setting the chosen solver ignores is still a typo
         rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
