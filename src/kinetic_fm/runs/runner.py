@@ -117,7 +117,7 @@ def stored_manifest(run_dir: Path, manifest: RunManifest | None = None, *, repai
             hint = f"{vouch}: put back a good copy of {MANIFEST_NAME} to resume it"
         way_on = (f"Without a readable one the run's settings are unknown, so it cannot be resumed as it is; {hint}, "
                   "or choose a new --out (or remove the folder) to start over")
-        raise DamagedManifestError(f"{err.problem} {way_on}", err.problem, err.fault, way_on) from None
+        raise DamagedManifestError(err.fault, way_on, err.path) from None
 
 
 def _receipts_of(run_dir: Path, manifest: RunManifest | None) -> tuple[int, int]:
