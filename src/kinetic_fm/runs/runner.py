@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Callable, Union
 import numpy as np
 import pyarrow as pa
 
+from ..run_files import MANIFEST_NAME
 from .atomic import TMP_MARKER, atomic_write_bytes, remove_temporaries
 from .distributed import Coordinator, World
 from .lock import LOCK_NAME, RunLock
-from .manifest import (MANIFEST_NAME, DamagedManifestError, ResumeMismatchError, RunManifest, check_resume,
-                       read_manifest, write_manifest)
+from .manifest import (DamagedManifestError, ResumeMismatchError, RunManifest, check_resume, read_manifest,
+                       write_manifest)
 from .shards import (RESULTS_NAME, SHARD_DIR, discard_shard, inspect_shard, merge_shards, write_results,
                      write_shard)
 
