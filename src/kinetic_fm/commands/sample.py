@@ -23,7 +23,7 @@ import argparse
 
 from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ..run_files import MANIFEST_NAME
-from ..studies.figures import POWER_BAND  # the power panel's legend; matplotlib loads only when drawing
+from ..sampling.energy import POWER_BAND  # the power panel's legend, in a module `import kinetic_fm` loads
 from ._types import check_output_path, faiss_for, seed_number, user_path, writing
 from ._flag_names import SettingFlags, flag_words, named_by_its_flag
 
