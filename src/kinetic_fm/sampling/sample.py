@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..checks import (SPLIT_PERCENT_FROM, as_scalar, caller_outside_the_package, check_device, check_flag, check_integer,
-                      check_real, check_unit_number, declares, declares_singular_at_one, held_inside, is_real,
-                      optional_attribute, start_run_of, wrapper_chain)
+from ..checks import (SPLIT_PERCENT_FROM, as_scalar, caller_outside_the_package, check_device, check_flag,
+                      check_integer, check_real, check_unit_number, declares, declares_singular_at_one, held_inside,
+                      is_real, optional_attribute, start_run_of, wrapper_chain)
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
