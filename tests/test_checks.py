@@ -517,6 +517,27 @@ def test_a_value_just_above_one_reads_as_a_slip_not_a_percent():
             assert ("did you mean" in str(caught.value)) == hinted, (value, str(caught.value))
 
 
+def test_a_refused_fraction_reads_as_a_percent_from_one_named_value():
+    # percent= was True (from 2) or a number (from that number), told apart by `is True`: percent=1 meant from 1
+    from kinetic_fm.checks import PERCENT_FROM, SPLIT_PERCENT_FROM, check_unit_number, inside_unit_interval
+
+    assert (PERCENT_FROM, SPLIT_PERCENT_FROM) == (2.0, 10.0)
+    for check in (check_unit_number, inside_unit_interval):
+        for value, percent_from, hint in ((5, None, ""), (5, PERCENT_FROM, "; did you mean 0.05?"),
+                                          (5, SPLIT_PERCENT_FROM, ""), (1.5, 1, "; did you mean 0.015?"),
+                                          (1.5, PERCENT_FROM, ""), (60, SPLIT_PERCENT_FROM, "; did you mean 0.6?")):
+            with pytest.raises(ValueError) as caught:
+                check("x", value, percent_from=percent_from)
+            assert str(caught.value).endswith(f"got {value!r}{hint}"), (check, value, percent_from, str(caught.value))
+    import kinetic_fm as kfm
+
+    for value, hint in ((5, ""), (60, "; did you mean 0.6?")):   # a split time: 0.05 is one, 60 a percent
+        with pytest.raises(ValueError, match=f"got {value}{hint}$".replace("?", r"\?")):
+            kfm.sample(lambda x, t: -x, seeds=[0], shape=(1,), steps=2, split=value)
+        with pytest.raises(ValueError, match=f"got {float(value)}{hint}$".replace("?", r"\?")):
+            kfm.KTS(tau_split=value)   # read as a float first
+
+
 def test_kfm_memorization_threshold_as_a_percent_names_the_fraction(tmp_path, capsys):
     from kinetic_fm.cli import main
 
@@ -553,7 +574,8 @@ def test_a_threshold_above_one_reads_as_the_ratio_inverted_below_ten_and_as_a_pe
 
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     for value, hint in ((3, "1/3 = 0.333"), (2, "1/2 = 0.5"), (1.5, "1/1.5 = 0.667"), (10, "0.1"), (33, "0.33"),
-                        (100, None), (1, None)):
+                        (100, None), (1, None), (1.001, "1/1.001 = 0.999"),
+                        (1.0001, None), (1.0004, None)):   # "did you mean 1/1.0001 = 1?", which is refused too
         with pytest.raises(ValueError) as caught:
             kfm.memorization(x, x, threshold=value)
         message = str(caught.value)

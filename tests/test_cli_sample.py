@@ -216,6 +216,20 @@ def test_figure_help_words_the_power_panel_as_its_legend_does(capsys):
     assert f"over t ({POWER_BAND};" in helptext, helptext
 
 
+def test_kfm_help_loads_no_study_module(tmp_path):
+    # commands/sample.py took POWER_BAND from studies.figures at module level: `kfm --help` loaded the studies
+    # package (figures, report, verdicts) and the runs package's lock and atomic writes, against cli.py's rule
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys\nfrom kinetic_fm.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n    main(['--help'])\n"
+            "print(' '.join(sorted(m for m in sys.modules\n"
+            "                      if m.startswith(('kinetic_fm.studies', 'kinetic_fm.runs')))))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
+    assert out.stdout.strip() == "", out.stdout
+
+
 def test_a_trained_model_is_sampled_like_the_library_does(tmp_path):
     from kinetic_fm.models import VelocityMLP, load_model, save_model
 

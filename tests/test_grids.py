@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kinetic_fm import time_grid
+from kinetic_fm.sampling.grids import as_typed
 
 
 def test_uniform_and_cosine_grids_follow_their_formulas():
@@ -107,3 +108,28 @@ def test_a_grid_error_gives_enough_digits_to_tell_two_close_times_apart():
     above = torch.nextafter(torch.tensor(0.7), torch.tensor(1.0))
     with pytest.raises(ValueError, match=r"grid\[2\] = 0\.7 <= grid\[1\] = 0\.70000005$"):
         time_grid(torch.stack([torch.tensor(0.0), above, torch.tensor(0.7), torch.tensor(1.0)]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_a_grid_error_quotes_whole_and_tiny_times_as_python_prints_them(dtype):
+    # the shortest digits read through "%g" printed 100.0 as "1e+02" and 5.0 as "5"
+    with pytest.raises(ValueError, match=r"got grid\[-1\] = 100\.0$"):
+        time_grid(torch.tensor([0.0, 0.5, 100.0], dtype=dtype))
+    with pytest.raises(ValueError, match=r"got grid\[-1\] = 5\.0$"):
+        time_grid(torch.tensor([0.0, 0.5, 5.0], dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("value", [0.7, 0.70000005, 1e-07, 100.0, 5.0, 10.0, 1.0 / 3.0])
+def test_as_typed_is_the_repr_of_the_shortest_float_the_dtype_reads_back(dtype, value):
+    typed = torch.tensor(value, dtype=dtype).item()
+    shown = as_typed(typed, dtype)
+    assert torch.tensor(float(shown), dtype=dtype).item() == typed  # reads back as the same typed float
+    assert shown == repr(float(shown))  # written as Python writes a float: 100.0, not 1e+02
+    if dtype == torch.float64:
+        assert shown == repr(typed)
+    # no shorter decimal reads back as the same typed float
+    digits = len(shown.split("e")[0].replace("-", "").replace(".", "").strip("0"))
+    if digits > 1:
+        shorter = f"{typed:.{digits - 1}g}"
+        assert torch.tensor(float(shorter), dtype=dtype).item() != typed

@@ -18,6 +18,7 @@ from kinetic_fm.integrations.flow_matching import (  # noqa: E402
     fixed_grid,
     from_model_wrapper,
 )
+from kinetic_fm.sampling.grids import validate_grid  # noqa: E402
 
 DIM = 2
 
@@ -211,13 +212,13 @@ def test_argument_checks():
     with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
         solver.sample(x0, step_size=0.0, cond=cond)
     for step_size in (None, 0.1):  # with a step size torch.arange failed first, with its own words
-        with pytest.raises(ValueError, match="time_grid must run from 0 to 1 .*got 1 to 0; .*generating direction"):
+        with pytest.raises(ValueError, match="time_grid must run from 0 to 1 .*got 1.0 to 0.0; .*generating direction"):
             solver.sample(x0, time_grid=torch.tensor([1.0, 0.0]), step_size=step_size, cond=cond)
-        with pytest.raises(ValueError, match=r"got 0.001 to 1$"):  # the right direction, another start
+        with pytest.raises(ValueError, match=r"must start at 0, got time_grid\[0\] = 0.001$"):  # another start
             solver.sample(x0, time_grid=torch.tensor([1e-3, 1.0]), step_size=step_size, cond=cond)
     # an end just short of 1 printed as 1 (6 digits): "must run from 0 to 1, got 0 to 1"
     for typed, end in ((torch.float32, "0.9999999"), (torch.float64, "0.9999999"), (torch.float64, "0.99999999999")):
-        with pytest.raises(ValueError, match=rf"got 0 to {end}$"):
+        with pytest.raises(ValueError, match=rf"must end at 1, got time_grid\[-1\] = {end}$"):
             solver.sample(x0, time_grid=torch.tensor([0.0, float(end)], dtype=typed), cond=cond)
     with pytest.raises(TypeError, match="velocity must be callable"):
         as_model_wrapper(None)
@@ -958,3 +959,21 @@ def test_a_compiled_model_is_refused_extras_its_module_cannot_take():
         with pytest.raises(ValueError, match=r"^the model takes no extra named \['cond'\]: Net\(x, t, y\)"):
             build(torch.compile(Net(), backend="eager"), cond=cond)
         build(torch.compile(Net(), backend="eager"), y=cond)
+
+
+def test_a_time_grid_is_refused_in_time_grid_s_words_under_its_own_name():
+    # KineticODESolver repeated kfm.time_grid's checks in its own words ("must run from 0 to 1, got 0.001 to 1.0",
+    # "must be finite, got [...]"); only a grid run backwards keeps its own hint
+    solver, nan, inf = KineticODESolver(lambda x, t: -x), float("nan"), float("inf")
+    for bad in ([0.001, 1.0], [0.0, 0.5], [0.0, nan, 1.0], [0.0, inf], [0.0, 0.7, 0.3, 1.0], [0.0, 0.5, 0.5, 1.0]):
+        for dtype in (torch.float32, torch.float64):
+            with pytest.raises(ValueError) as theirs:
+                validate_grid(torch.tensor(bad, dtype=dtype))
+            with pytest.raises(ValueError) as ours:
+                solver.sample(torch.ones(2, DIM), time_grid=torch.tensor(bad, dtype=dtype))
+            assert str(ours.value) == str(theirs.value).replace("grid", "time_grid")
+            assert str(ours.value).startswith("time_grid must ")
+    with pytest.raises(ValueError, match=r"^time_grid must run from 0 to 1 \(noise to data\), got 1\.0 to 0\.5; "):
+        solver.sample(torch.ones(2, DIM), time_grid=torch.tensor([1.0, 0.5]))
+    # an integer grid from 0 to 1 runs, as it did (read as float64)
+    assert torch.equal(solver.sample(torch.ones(2, DIM), time_grid=torch.tensor([0, 1])).x, torch.zeros(2, DIM))

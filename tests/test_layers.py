@@ -263,3 +263,15 @@ def test_the_private_module_check_sees_a_neighbour_reaching_in():
     at_home = imports_in("from ._rows import load_rows\nfrom .._version import __version__",
                          "kinetic_fm.commands.sample", False, known)
     assert len(at_home) == 2 and reached_from_outside(at_home) == []
+
+
+def test_a_run_folder_s_file_names_are_imported_from_run_files():
+    # commands/memorization.py took MANIFEST_NAME from runs.manifest, and TRAIN_CONFIG_NAME from run_files
+    names = {"MANIFEST_NAME", "TRAIN_CONFIG_NAME"}
+    elsewhere = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and names & {alias.name for alias in node.names}:
+                if (node.module or "").split(".")[-1] != "run_files":
+                    elsewhere.append(f"{path.relative_to(PACKAGE)}:{node.lineno} from {'.' * node.level}{node.module}")
+    assert not elsewhere, elsewhere

@@ -259,3 +259,17 @@ def test_a_run_folder_s_manifest_is_looked_for_without_loading_pyarrow(tmp_path)
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
     assert out.stdout.splitlines() == [f"{tmp_path / 'run'} holds a kfm sample run (manifest.json), not a training "
                                        "run; choose another folder", "False"]
+
+
+def test_dir_of_the_front_door_and_of_runs_shows_their_names_not_their_own_tools():
+    # runs listed the Any and lazy_attribute its __init__ imports; kinetic_fm listed result_repr, a module of its
+    # workings (loaded by every result's module), while it hid lazy
+    import kinetic_fm
+    import kinetic_fm.result_repr  # noqa: F401  (loaded, as any result's module loads it)
+    import kinetic_fm.runs as runs
+
+    for package, public in ((kinetic_fm, {"sample", "KTS", "memorization", "time_grid", "runs", "sampling"}),
+                            (runs, set(runs.__all__))):
+        shown = set(dir(package))
+        assert public <= shown, public - shown
+        assert not shown & {"Any", "annotations", "importlib", "lazy", "lazy_attribute", "result_repr"}, shown

@@ -263,3 +263,20 @@ def test_plan_rejects_bad_numbers():
         ShardPlan(0, 10, 4).seeds(3)
     with pytest.raises(ValueError, match="rank must be in"):
         ShardPlan(0, 10, 4).for_rank(2, 2)
+
+
+def test_a_damaged_manifest_error_words_its_message_from_what_is_wrong_the_way_on_and_the_file(tmp_path):
+    # read_manifest and the runner each wrote the message by hand from four overlapping strings
+    import pickle
+
+    from kinetic_fm.runs.manifest import DamagedManifestError
+
+    path, fault = tmp_path / "manifest.json", " lacks 'n'; was it edited?"
+    bare = DamagedManifestError(fault)
+    assert (str(bare), bare.problem, bare.fault, bare.way_on) == (f"the run manifest{fault}",) * 2 + (fault, "")
+    err = DamagedManifestError(fault, "Put it back.", path)
+    assert err.problem == f"{path}: the run manifest{fault}" and err.path == path
+    assert str(err) == f"{path}: the run manifest lacks 'n'; was it edited? Put it back."
+    again = pickle.loads(pickle.dumps(err))
+    assert (str(again), again.problem, again.fault, again.way_on, again.path) == (str(err), err.problem, fault,
+                                                                                 "Put it back.", path)

@@ -24,7 +24,7 @@ from .sampling.shaping import KTS
 from .checks import ValueRangeWarning
 from .sampling.guards import NonFiniteVelocityError, StepLimitError, TrainingModeWarning
 from . import _version
-from .lazy import lazy_attribute
+from .lazy import lazy_attribute, package_dir
 
 __version__ = _version.__version__
 
@@ -97,6 +97,6 @@ def __dir__() -> list[str]:
     # name dir() gives, and that lookup raises ImportError (naming what to install)
     from .optional import installed
 
-    own_tools = {"annotations", "importlib", "Any", "_version", "_NEEDS", "lazy", "lazy_attribute"}
+    # result_repr: the results' repr, a module of the package's workings that every result's module loads
     lazy = {name for name, module in _LAZY.items() if module not in _NEEDS or installed(_NEEDS[module])}
-    return sorted((set(globals()) - own_tools) | lazy)
+    return package_dir(globals(), lazy, own={"_version", "_NEEDS", "result_repr"})

@@ -304,53 +304,56 @@ def check_real(name: str, value, low: float, high: float, what: str, *, open_low
     raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
-def inside_unit_interval(name: str, value, *, percent: bool | float = False, ratio: bool = False) -> float:
+# A refused fraction from this value up reads as a percent (confidence=95 meant 0.95); one in (1, 2)
+# is a fraction mistyped (split=1.5), not 1.5 %.
+PERCENT_FROM = 2.0
+# A split time τ reads as a percent from 10 only: 0.02 to 0.1 are times a user means.
+SPLIT_PERCENT_FROM = 10.0
+
+
+def inside_unit_interval(name: str, value, *, percent_from: float | None = None, ratio: bool = False) -> float:
     """``value``, one real number (as :func:`check_unit_number` reads it), as a float in the open
     interval (0, 1): a threshold, a confidence, a clamp. Else ValueError naming ``name``: "must be
     a real number in (0, 1)" for what is not one real number, "must lie in (0, 1)" for one outside
-    (NaN included), and with ``percent`` (a fraction a user may give as a percent: True, or the least
-    value read as one) the fraction such a value meant (:func:`percent_hint`); with ``ratio`` (a
-    ratio a user may give the other way up, d2/d1 for d1/d2) a value in (1, 10) is read as that,
-    "; did you mean 1/3 = 0.333?" (:func:`reciprocal_hint`), and only one from 10 as a percent (at
-    10 the two readings agree)."""
+    (NaN included), and with ``percent_from`` (a fraction a user may give as a percent: the least
+    value read as one, :data:`PERCENT_FROM` for most) the fraction such a value meant
+    (:func:`percent_hint`); with ``ratio`` (a ratio a user may give the other way up, d2/d1 for
+    d1/d2) a value in (1, 10) is read as that, "; did you mean 1/3 = 0.333?"
+    (:func:`reciprocal_hint`), and only one from 10 as a percent (at 10 the two readings agree)."""
     number = as_scalar(value)
     if not is_real(number):
         raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
     if not 0.0 < number < 1.0:
         hint = reciprocal_hint(value) if ratio else ""
-        if percent and not hint:
-            hint = percent_hint(value, open_high=True, least=_least_percent(percent))
+        if percent_from is not None and not hint:
+            hint = percent_hint(value, open_high=True, percent_from=percent_from)
         raise ValueError(f"{name} must lie in (0, 1), got {value!r}{hint}")
     return float(number)
 
 
-def check_unit_number(name: str, value, what: str = "a number in [0, 1]", *, percent: bool | float = False) -> float:
+def check_unit_number(name: str, value, what: str = "a number in [0, 1]", *,
+                      percent_from: float | None = None) -> float:
     """``value``, one real number (a Python or NumPy number, or a 0-d tensor or array), as a float
-    in [0, 1]; else ValueError "``name`` must be ``what``, got ...", with ``percent`` (True, or the
-    least value read as a percent) followed by the fraction such a value meant (:func:`percent_hint`).
+    in [0, 1]; else ValueError "``name`` must be ``what``, got ...", with ``percent_from`` (the least
+    value read as a percent) followed by the fraction such a value meant (:func:`percent_hint`).
     NaN fails too. For a time on the path, a split, a share: outside [0, 1] formulas extrapolate
     rather than fail."""
     number = as_scalar(value)
     if is_real(number) and 0.0 <= number <= 1.0:
         return float(number)
-    hint = percent_hint(value, least=_least_percent(percent)) if percent else ""
+    hint = percent_hint(value, percent_from=percent_from) if percent_from is not None else ""
     raise ValueError(f"{name} must be {what}, got {value!r}{hint}")
 
 
-def _least_percent(percent: bool | float) -> float:
-    """The least value a ``percent`` argument reads as a percent: its own number, 2 for True."""
-    return 2.0 if percent is True else float(percent)
-
-
-def percent_hint(value, high: float = 1.0, *, open_high: bool = False, least: float = 2.0) -> str:
-    """"; did you mean 0.95?" for a refused ``value`` in [``least``, 100] whose hundredth the argument
-    admits, being at most its upper bound ``high`` (below it where ``open_high``): a fraction plainly
-    given as a percent (confidence=95, threshold=33), for its refusal to end with; else "". A value
-    in (1, 2) reads as a fraction mistyped (split=1.5), not as a percent, and gets none; an argument
-    whose small hundredths no one means (a split time of 0.02) raises ``least``. The value itself
-    stays refused: 95 is not read as 0.95."""
+def percent_hint(value, high: float = 1.0, *, open_high: bool = False, percent_from: float = PERCENT_FROM) -> str:
+    """"; did you mean 0.95?" for a refused ``value`` in [``percent_from``, 100] whose hundredth the
+    argument admits, being at most its upper bound ``high`` (below it where ``open_high``): a fraction
+    plainly given as a percent (confidence=95, threshold=33), for its refusal to end with; else "". A
+    value in (1, 2) reads as a fraction mistyped (split=1.5), not as a percent, and gets none; an
+    argument whose small hundredths no one means (a split time of 0.02) raises ``percent_from``
+    (:data:`SPLIT_PERCENT_FROM`). The value itself stays refused: 95 is not read as 0.95."""
     number = as_scalar(value)
-    if not (is_real(number) and least <= number <= 100.0):
+    if not (is_real(number) and percent_from <= number <= 100.0):
         return ""
     fraction = float(number) / 100.0
     admitted = fraction < high if open_high else fraction <= high
@@ -359,11 +362,13 @@ def percent_hint(value, high: float = 1.0, *, open_high: bool = False, least: fl
 
 def reciprocal_hint(value, most: float = 10.0) -> str:
     """"; did you mean 1/3 = 0.333?" for a refused ``value`` in (1, ``most``): a ratio below 1 given
-    the other way up (a gap ratio d1/d2 < 1/3 stated as d2 > 3 d1); else "". The value stays refused."""
+    the other way up (a gap ratio d1/d2 < 1/3 stated as d2 > 3 d1); else "", also where the reciprocal
+    shown rounds to 1, which the open interval refuses (1.0001). The value stays refused."""
     number = as_scalar(value)
     if not (is_real(number) and 1.0 < number < most):
         return ""
-    return f"; did you mean 1/{float(number):g} = {1.0 / float(number):.3g}?"
+    shown = f"{1.0 / float(number):.3g}"
+    return f"; did you mean 1/{float(number):g} = {shown}?" if float(shown) < 1.0 else ""
 
 
 def check_device(device, name: str = "device") -> torch.device | None:

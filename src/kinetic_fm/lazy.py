@@ -4,7 +4,7 @@ one of its light modules, loads none of its heavy ones: the front door (``import
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 
 def lazy_attribute(namespace: dict[str, Any], table: Mapping[str, str], name: str) -> Any:
@@ -18,3 +18,15 @@ def lazy_attribute(namespace: dict[str, Any], table: Mapping[str, str], name: st
     value = getattr(importlib.import_module(module), name)
     namespace[name] = value
     return value
+
+
+# what a package's __init__ imports for its own use (with this module and its functions): not its surface
+_OWN_TOOLS = frozenset({"annotations", "importlib", "Any", "lazy", "lazy_attribute", "package_dir"})
+
+
+def package_dir(namespace: dict[str, Any], names: Iterable[str], own: Iterable[str] = ()) -> list[str]:
+    """``dir()`` of a package that resolves ``names`` on first access: its globals (``namespace``) and
+    ``names``, less what its ``__init__`` imports for its own use (``typing.Any``, this module's
+    functions) and ``own``, the package's further names of no use to a user. A package's ``__dir__()``
+    returns ``package_dir(globals(), TABLE)``."""
+    return sorted((set(namespace) - _OWN_TOOLS - set(own)) | set(names))

@@ -5,7 +5,7 @@ import argparse
 import math
 
 from ..checks import DEVICE_FORMS
-from ..run_files import TRAIN_CONFIG_NAME
+from ..run_files import MANIFEST_NAME, TRAIN_CONFIG_NAME
 from ._rows import (empirical_run_manifest, is_folder_or_zip_path, is_spec, load_rows,
                     results_table_schema, training_record)
 from ._types import bootstrap_seed_number, check_output_path, faiss_for, user_path, writing
@@ -102,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
 
     import warnings
 
-    from ..checks import ValueRangeWarning, check_integer, inside_unit_interval
+    from ..checks import PERCENT_FROM, ValueRangeWarning, check_integer, inside_unit_interval
     from ..metrics.memorization import MAX_BOOTSTRAP, memorization
     from ..runs.distributed import single_process_device
 
     # before the inputs load and the audit runs, each named by its flag (the library names its
     # arguments, and the OS its paths: "[Errno 17] File exists" came after the whole audit)
-    inside_unit_interval("--threshold", args.threshold, percent=True, ratio=True)
+    inside_unit_interval("--threshold", args.threshold, percent_from=PERCENT_FROM, ratio=True)
     for flag, value in (("--bootstrap", args.bootstrap), ("--seed", args.seed)):
         if value is not None and args.interval != "bootstrap":  # it would be ignored without a word
             raise ValueError(f"{flag} applies to --interval bootstrap only (the {args.interval} interval "
@@ -241,7 +241,6 @@ def _check_not_an_input(flag: str, out: str, *inputs: tuple[str, str]) -> None:
     from pathlib import Path
 
     from ..data.images import IMAGE_EXTENSIONS
-    from ..runs.manifest import MANIFEST_NAME
     from ..runs.shards import RESULTS_NAME, SHARD_DIR
 
     # its folder resolved, not a link it may be: the write replaces the link, where it lies
@@ -410,8 +409,6 @@ def _run_seeds(value: str):
     """The seeds of the samples ``--samples value`` gives, in their order, when it is a kfm sample run
     folder or its results table (int64 array; the run's ``seed`` column), else None."""
     from pathlib import Path
-
-    from ..runs.manifest import MANIFEST_NAME
 
     path = Path(value)
     if path.is_dir() and (path / MANIFEST_NAME).is_file():

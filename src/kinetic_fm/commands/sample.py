@@ -23,7 +23,7 @@ import argparse
 
 from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ..run_files import MANIFEST_NAME
-from ..studies.figures import POWER_BAND  # the power panel's legend; matplotlib loads only when drawing
+from ..sampling.energy import POWER_BAND  # the power panel's legend, in a module `import kinetic_fm` loads
 from ._types import check_output_path, faiss_for, seed_number, user_path, writing
 from ._flag_names import SettingFlags, flag_words, named_by_its_flag
 
@@ -687,9 +687,9 @@ def _validate(args) -> None:
     args.dim = DEFAULT_DIM if args.dim is None and args.field != EMPIRICAL else args.dim
     _validate_step_control(args)
     if args.split is not None:  # kfm.sample checks it too, but only after the run folder is written
-        from ..checks import check_unit_number
+        from ..checks import SPLIT_PERCENT_FROM, check_unit_number
 
-        check_unit_number("--split", args.split, percent=10)
+        check_unit_number("--split", args.split, percent_from=SPLIT_PERCENT_FROM)
     if args.figure is not None and Path(args.figure).suffix.lower() != ".png":  # before a whole run is spent
         raise ValueError(f"--figure must end in .png, got {args.figure!r}")
     # before the net loads and the run starts ("[Errno 20] Not a directory" came after both); a

@@ -13,7 +13,7 @@ See :func:`run_sharded` (drive a run), :func:`read_run` (verified table of a fin
 """
 from typing import Any
 
-from ..lazy import lazy_attribute
+from ..lazy import lazy_attribute, package_dir
 
 # public name -> the module that defines it, imported on first access: runs.shards and runs.runner bring
 # pyarrow, which locking a folder, writing a file atomically and reading a manifest do without
@@ -35,4 +35,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return package_dir(globals(), _LAZY)

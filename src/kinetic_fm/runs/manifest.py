@@ -60,19 +60,23 @@ class DamagedManifestError(ValueError):
     type, or a seed range no run writes (written atomically, it was damaged after the run: edited,
     or a copy cut short).
 
-    ``problem``: the file and what is wrong with it, for a caller that says its own way on (a
-    resume); the message adds a reader's way on, ``way_on``. ``fault``: what is wrong in the words that
-    follow the file's name (" is not valid JSON (...); was it edited or cut short?", "'s 'n' must be an
-    integer, ..."), for a caller that names the file its own way ("--samples RUN: its manifest.json ...")."""
+    ``fault``: what is wrong in the words that follow the file's name (" is not valid JSON (...); was
+    it edited or cut short?", "'s 'n' must be an integer, ..."), for a caller that names the file its
+    own way ("--samples RUN: its manifest.json ..."). ``way_on``: how to go on, which the message ends
+    with. ``path``: the file, which the message starts with where known. ``problem``: the message
+    without the way on, for a caller that says its own (a resume)."""
 
-    def __init__(self, message: str, problem: str | None = None, fault: str = "", way_on: str = ""):
-        super().__init__(message)
-        self.problem = message if problem is None else problem
-        self.fault = fault
-        self.way_on = way_on
+    def __init__(self, fault: str, way_on: str = "", path: str | os.PathLike | None = None):
+        self.fault, self.way_on, self.path = fault, way_on, path
+        super().__init__(f"{self.problem} {way_on}" if way_on else self.problem)
+
+    @property
+    def problem(self) -> str:
+        """"PATH: the run manifest FAULT" (without "PATH: " where the file is not known)."""
+        return ("" if self.path is None else f"{self.path}: ") + f"the run manifest{self.fault}"
 
     def __reduce__(self):
-        return type(self), (str(self), self.problem, self.fault, self.way_on)
+        return type(self), (self.fault, self.way_on, self.path)
 
 
 # a reader's way on from a damaged manifest (a resume says its own, knowing the command's settings)
@@ -255,7 +259,7 @@ class RunManifest:
         """The manifest ``text`` holds. DamagedManifestError (a ValueError) for text that is not a JSON
         object of the manifest's fields and types; ValueError for another format version."""
         def damaged(fault: str) -> DamagedManifestError:
-            return DamagedManifestError(f"the run manifest{fault}", fault=fault)
+            return DamagedManifestError(fault)
 
         try:
             body = json.loads(text)
@@ -304,8 +308,7 @@ def read_manifest(run_dir: str | os.PathLike) -> RunManifest:
         fault = err.fault
     except ValueError as err:  # another format
         raise ValueError(f"{path}: {err}") from None
-    problem = f"{path}: the run manifest{fault}"
-    raise DamagedManifestError(f"{problem} {_DAMAGED_ADVICE}", problem, fault, _DAMAGED_ADVICE)
+    raise DamagedManifestError(fault, _DAMAGED_ADVICE, path)
 
 
 def write_manifest(run_dir: str | os.PathLike, manifest: RunManifest) -> Path:

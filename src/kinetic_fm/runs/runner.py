@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Callable, Union
 import numpy as np
 import pyarrow as pa
 
+from ..run_files import MANIFEST_NAME
 from .atomic import atomic_write_bytes, is_leftover, remove_temporaries
 from .distributed import Coordinator, World
 from .lock import RunLock
-from .manifest import (MANIFEST_NAME, DamagedManifestError, ResumeMismatchError, RunManifest, check_resume,
-                       read_manifest, write_manifest)
+from .manifest import (DamagedManifestError, ResumeMismatchError, RunManifest, check_resume, read_manifest,
+                       write_manifest)
 from .shards import (RESULTS_NAME, SHARD_DIR, discard_shard, inspect_shard, merge_shards, write_results,
                      write_shard)
 
@@ -117,7 +118,7 @@ def stored_manifest(run_dir: Path, manifest: RunManifest | None = None, *, repai
             hint = f"{vouch}: put back a good copy of {MANIFEST_NAME} to resume it"
         way_on = (f"Without a readable one the run's settings are unknown, so it cannot be resumed as it is; {hint}, "
                   "or choose a new --out (or remove the folder) to start over")
-        raise DamagedManifestError(f"{err.problem} {way_on}", err.problem, err.fault, way_on) from None
+        raise DamagedManifestError(err.fault, way_on, err.path) from None
 
 
 def _receipts_of(run_dir: Path, manifest: RunManifest | None) -> tuple[int, int]:

@@ -29,6 +29,10 @@ __all__ = ["QUADRATURES", "EnergyLedger", "energy_after", "energy_between", "qua
            "squared_norm", "step_energy"]
 
 QUADRATURES = ("solver", "left")
+#: the band a kept profile's kinetic power is drawn in (its samples' 10 % and 90 % quantiles per step), and its
+#: words: the figures' legend title and ``kfm sample --help`` (here, where ``kfm --help`` loads no figure code)
+POWER_QUANTILES = (0.1, 0.9)
+POWER_BAND = f"mean, {100 * POWER_QUANTILES[0]:g}–{100 * POWER_QUANTILES[1]:g} % band"
 
 
 def quadrature_weights(quadrature: str, b: tuple[float, ...]) -> tuple[float, ...]:

@@ -52,36 +52,38 @@ def _still_increasing(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
-def validate_grid(grid: torch.Tensor) -> torch.Tensor:
-    """Check a user grid and return it (detached, on the CPU); ValueError names the broken rule."""
+def validate_grid(grid: torch.Tensor, name: str = "grid") -> torch.Tensor:
+    """Check a user grid and return it (detached, on the CPU); ValueError names the broken rule
+    and the argument as ``name`` (``KineticODESolver.sample`` passes "time_grid")."""
     if grid.dim() != 1:
-        raise ValueError(f"grid must be 1-D, got shape {tuple(grid.shape)}")
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(grid.shape)}")
     if grid.numel() < 2:
-        raise ValueError(f"grid must hold at least 2 times (0 and 1), got {grid.numel()}")
+        raise ValueError(f"{name} must hold at least 2 times (0 and 1), got {grid.numel()}")
     if not torch.is_floating_point(grid):
-        raise ValueError(f"grid must be a floating-point tensor, got dtype {grid.dtype}")
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {grid.dtype}")
     g = grid.detach().to("cpu", torch.float64)
     if not torch.isfinite(g).all():
-        raise ValueError("grid must be finite")
+        raise ValueError(f"{name} must be finite")
     if g[0].item() != 0.0:
-        raise ValueError(f"grid must start at 0, got grid[0] = {as_typed(g[0].item(), grid.dtype)}")
+        raise ValueError(f"{name} must start at 0, got {name}[0] = {as_typed(g[0].item(), grid.dtype)}")
     if g[-1].item() != 1.0:
-        raise ValueError(f"grid must end at 1, got grid[-1] = {as_typed(g[-1].item(), grid.dtype)}")
+        raise ValueError(f"{name} must end at 1, got {name}[-1] = {as_typed(g[-1].item(), grid.dtype)}")
     steps = g[1:] - g[:-1]
     if (steps <= 0).any():
         bad = int(torch.nonzero(steps <= 0)[0])
         raise ValueError(
-            f"grid must be strictly increasing, but grid[{bad + 1}] = {as_typed(g[bad + 1].item(), grid.dtype)} "
-            f"<= grid[{bad}] = {as_typed(g[bad].item(), grid.dtype)}"
+            f"{name} must be strictly increasing, but {name}[{bad + 1}] = {as_typed(g[bad + 1].item(), grid.dtype)} "
+            f"<= {name}[{bad}] = {as_typed(g[bad].item(), grid.dtype)}"
         )
     return grid.detach().cpu()
 
 
 def as_typed(value: float, dtype: torch.dtype) -> str:
-    """The shortest decimal that ``dtype`` reads as ``value`` (a float of that dtype): 0.7 for a
-    float32 0.7, which float64 prints as 0.699999988079071; ``repr`` for float64."""
+    """The shortest decimal that ``dtype`` reads as ``value`` (a float of that dtype), written as
+    Python writes a float: 0.7 for a float32 0.7, which float64 prints as 0.699999988079071; 100.0,
+    not 1e+02; ``repr(value)`` for float64."""
     for digits in range(1, 18):
-        shown = f"{value:.{digits}g}"
-        if torch.tensor(float(shown), dtype=dtype).item() == value:
-            return shown
+        shown = float(f"{value:.{digits}g}")
+        if torch.tensor(shown, dtype=dtype).item() == value:
+            return repr(shown)
     return repr(value)

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..checks import (as_scalar, caller_outside_the_package, check_device, check_flag, check_integer, check_real,
-                      check_unit_number, declares, declares_singular_at_one, held_inside, is_real, optional_attribute,
-                      start_run_of, wrapper_chain)
+from ..checks import (SPLIT_PERCENT_FROM, as_scalar, caller_outside_the_package, check_device, check_flag,
+                      check_integer, check_real, check_unit_number, declares, declares_singular_at_one, held_inside,
+                      is_real, optional_attribute, start_run_of, wrapper_chain)
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
@@ -166,7 +166,7 @@ def sample(
         bar_delay = _bar_delay(progress)
         if shaping is not None and not callable(shaping):
             raise TypeError(f"shaping must be a KTS (or a callable gain), got {type(shaping).__name__}")
-        split = check_unit_number("split", resolved_split(split, gain_tau(shaping)), percent=10)
+        split = check_unit_number("split", resolved_split(split, gain_tau(shaping)), percent_from=SPLIT_PERCENT_FROM)
 
         # checked whichever solver runs: a typo in a setting the chosen solver ignores is still a typo
         rtol, atol, first_step, max_steps = _check_tolerances(rtol, atol, first_step, max_steps)
@@ -185,9 +185,9 @@ def sample(
             grid = time_grid(grid, steps)   # as the tensor the loop steps along (a name or a tensor given)
         # after every check that can refuse the call: a refused call warns of nothing
         # the half-precision check reads the grid built above, not a second one built from it
-        _warn_of_settings(velocity, solver=solver, steps=steps, built_grid=lambda: grid, shaping=shaping,
-                          quadrature=quadrature, dtype=x0.dtype, rtol=rtol, atol=atol, first_step=first_step,
-                          max_steps=max_steps)
+        warn_of_settings(velocity, solver=solver, steps=steps, grid=grid, shaping=shaping, quadrature=quadrature,
+                         dtype=x0.dtype, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps,
+                         built=None if solver == "dopri5" else grid)
         if solver == "dopri5":
             start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
             trace = integrate_dopri5(
@@ -280,35 +280,15 @@ def warn_of_settings(
     atol: float = 1e-5,
     first_step: float | None = None,
     max_steps: int = 10_000,
+    built: torch.Tensor | None = None,
 ) -> None:
     """Warn (:class:`SamplerSettingsWarning`) as ``kfm.sample(velocity, ...)`` with these settings,
     which it has checked, does before it samples; ``dtype`` is the state's (x0's). Nothing is sampled.
     The settings are not checked here, with one exception: a fixed-step solver on a half-precision state
     builds the time grid (a name or a tensor, as ``kfm.sample`` takes it) for its resolution check, which
     raises ValueError on a ``grid`` or ``steps`` that ``kfm.sample`` would refuse. Other settings it
-    refuses give no meaningful warnings."""
-    _warn_of_settings(velocity, solver=solver, steps=steps, built_grid=lambda: time_grid(grid, steps),
-                      shaping=shaping, quadrature=quadrature, dtype=dtype, rtol=rtol, atol=atol,
-                      first_step=first_step, max_steps=max_steps)
-
-
-def _warn_of_settings(
-    velocity: Velocity,
-    *,
-    solver: str,
-    steps: int,
-    built_grid: Callable[[], torch.Tensor],
-    shaping: KTS | Callable | None,
-    quadrature: str,
-    dtype: torch.dtype,
-    rtol: float,
-    atol: float,
-    first_step: float | None,
-    max_steps: int,
-) -> None:
-    """:func:`warn_of_settings` with the time grid given as ``built_grid()``, the (steps + 1,) grid
-    :func:`time_grid` returns, which only the half-precision check of a fixed-step solver calls, after the
-    other warnings (``kfm.sample`` passes the grid it has built; ``warn_of_settings`` builds one)."""
+    refuses give no meaningful warnings. ``built``: the (steps + 1,) grid ``time_grid(grid, steps)``
+    returned, where the caller has it (``kfm.sample`` passes its own); that check then reads it as given."""
     if gain_tau(shaping) is None:   # a KTS, or a gain that declares its τ, hides none
         _warn_about_a_hidden_kts(shaping)
     _warn_about_infinite_energy(velocity, shaping)
@@ -316,8 +296,8 @@ def _warn_of_settings(
     if solver == "dopri5":
         _warn_left_quadrature_over_long_steps(quadrature)
         _warn_adaptive_half_precision(dtype)
-    else:   # the one check that reads the grid
-        _check_state_resolution(built_grid, dtype)
+    elif torch.finfo(dtype).bits <= 16:   # the one check that reads the grid, built only for it
+        _check_state_resolution(time_grid(grid, steps) if built is None else built, dtype)
 
 
 def shared_time_refusal(velocity: object, name: str = "velocity", time_given: bool = False) -> str:
@@ -372,17 +352,14 @@ def _initial_state(x0, seeds, shape, dtype, device) -> tuple[torch.Tensor, tuple
     return x0, tuple(int(s) for s in seed_list)
 
 
-def _check_state_resolution(built_grid: Callable[[], torch.Tensor], dtype: torch.dtype) -> None:
+def _check_state_resolution(grid: torch.Tensor, dtype: torch.dtype) -> None:
     """Warn when a half-precision state (float16, bfloat16) is stepped finer than it resolves:
     a step moves x by about h·|v| ~ |x|·h, and with the grid's median step h below two ulps of 1
     (more than 64 uniform bfloat16 steps, 512 float16) updates round away and the samples drift
     or stall (bfloat16 at 1000 steps ended 47 % of the way to the data, silently; its grid times
     collide too). The median, not the smallest step: a cosine grid's short end steps are harmless.
-    Wider states are left alone, their grid (``built_grid()``, the grid :func:`time_grid` returns)
-    unbuilt."""
-    if torch.finfo(dtype).bits > 16:
-        return
-    grid = built_grid()
+    ``grid``: the (steps + 1,) grid :func:`time_grid` returns; the caller builds it for half
+    precision only."""
     eps = torch.finfo(dtype).eps
     typical = float((grid[1:] - grid[:-1]).median())
     if typical < 2 * eps:

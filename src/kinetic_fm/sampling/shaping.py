@@ -21,8 +21,8 @@ from typing import overload
 import numpy as np
 import torch
 
-from ..checks import (as_scalar, check_flag, check_unit_number, is_real, optional_attribute, percent_hint,
-                      torch_readable)
+from ..checks import (SPLIT_PERCENT_FROM, as_scalar, check_flag, check_unit_number, is_real, optional_attribute,
+                      percent_hint, torch_readable)
 
 LAUNCH_FORMS = ("linear", "constant", "exponential")
 LANDING_FORMS = ("exponential", "linear", "constant")
@@ -103,7 +103,7 @@ class KTS:
             raise ValueError(f"landing must be one of {LANDING_FORMS}, got {self.landing!r}")
         if not 0.0 < self.tau_split < 1.0:
             raise ValueError(f"tau_split must lie in (0, 1), got {self.tau_split!r}"
-                             f"{percent_hint(self.tau_split, open_high=True, least=10)}")
+                             f"{percent_hint(self.tau_split, open_high=True, percent_from=SPLIT_PERCENT_FROM)}")
         if not 0 <= self.alpha0 <= _ALPHA0_MAX:
             raise ValueError(f"alpha0 must lie in [0, {_ALPHA0_MAX:g}], got {self.alpha0!r}")
         uses_k = self.launch == "exponential" or self.landing == "exponential"

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 import numpy as np
 
 from ..checks import is_real, positive_integer
+# what the lines and bands of a kinetic-power panel are: POWER_BAND, its legend's title in every figure
+from ..sampling.energy import POWER_BAND, POWER_QUANTILES
 from .report import Figure, check_figure_name, check_number_format, format_value
 
 if TYPE_CHECKING:
@@ -38,8 +40,6 @@ PLAIN_KPE_LABEL = "KPE  ½∫‖v‖² dt"
 POWER_LABEL = "kinetic power  ½η²‖v‖²"
 #: the same for trajectories no gain acts on (η = 1: the EFM runs)
 PLAIN_POWER_LABEL = "kinetic power  ½‖v‖²"
-#: what the lines and bands of a kinetic-power panel are: its legend's title, the same in every figure
-POWER_BAND = "mean, 10–90 % band"
 #: appended to the label of a logarithmic axis, so a reader never takes it for a linear one
 LOG_NOTE = "(log scale)"
 #: a requested log axis stays linear when the data span fewer decades than this
@@ -195,7 +195,7 @@ def _power_summary(times: np.ndarray, increments: np.ndarray, *, positive: bool 
     with warnings.catch_warnings():  # all-NaN steps were removed; single NaNs are expected
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(power, axis=0)
-        low, high = np.nanquantile(power, [0.1, 0.9], axis=0)
+        low, high = np.nanquantile(power, list(POWER_QUANTILES), axis=0)
     return 0.5 * (times[:-1] + times[1:])[steps], mean, low, high, n
 
 
