@@ -308,15 +308,20 @@ def test_kfm_train_on_centred_celeba_saves_the_mean(tmp_path):
     assert torch.equal(mean, load_celeba(faces).mean)
 
 
-def test_kfm_train_no_progress_hides_the_decoding_bar_too(tmp_path, capfd):
-    """--no-progress promises no bar; an image folder's decoding bar went to stderr anyway."""
+def _grey_pngs(folder, count: int):
+    """``folder`` (made) holding ``count`` random grey 8×8 PNGs, 0.png, 1.png, ...; returns it."""
     import numpy as np
     from PIL import Image
 
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(4):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8)).save(images / f"{i}.png")
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_kfm_train_no_progress_hides_the_decoding_bar_too(tmp_path, capfd):
+    """--no-progress promises no bar; an image folder's decoding bar went to stderr anyway."""
+    images = _grey_pngs(tmp_path / "images", 4)
     args = ["train", "--data", f"folder:{images}", "--steps", "1", "--batch-size", "2", "--width", "8",
             "--model", "mlp", "--checkpoints", "none", "--out", str(tmp_path / "run")]
     assert main([*args, "--no-progress"]) == 0
@@ -767,13 +772,7 @@ def test_a_changed_model_kind_is_named_as_model_alone(tmp_path, capsys):
 
 def test_a_folder_grown_since_the_run_is_named_by_the_datas_shape(tmp_path, capsys):
     # the same --data and --n (all) over a folder that gained an image: only the data's shape says so
-    import numpy as np
-    from PIL import Image
-
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(5):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8)).save(images / f"{i}.png")
+    images = _grey_pngs(tmp_path / "images", 5)
     flags = ["train", "--data", f"folder:{images}", "--batch-size", "2", "--width", "8", "--model", "mlp",
              "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "run")]
     assert main([*flags, "--steps", "2"]) == 0
