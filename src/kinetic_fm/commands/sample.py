@@ -25,7 +25,7 @@ from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ..run_files import MANIFEST_NAME
 from ..sampling.energy import POWER_BAND  # the power panel's legend, in a module `import kinetic_fm` loads
 from ._types import check_output_path, faiss_for, seed_number, user_path, writing
-from ._flag_names import SettingFlags, flag_words, named_by_its_flag
+from ._flag_names import SettingFlags, flag_value, flag_words, named_by_its_flag
 
 FIELDS = ("gaussian", "point", "mixture")
 EMPIRICAL = "empirical"  # the exact EFM field of the --train items: not built in, it needs them
@@ -812,20 +812,18 @@ def _as_typed(field: str, value) -> str:
     if field == "config.save_x":
         value = not value if isinstance(value, bool) else value
     if field in _SWITCHES or field == "config.save_x":
-        return "on" if value is True else "off"
+        return flag_value(value is True)
     if value == "<absent>":
         return "default"
     if value is None:
-        return "none: plain FM" if field == "config.shaping" else "unset"
+        return flag_value(None, none="none: plain FM" if field == "config.shaping" else "unset")
     if field == "config.shaping":
         given = [(flag, value[name]) for flag, name in _KTS_FLAGS.items() if name in value]  # in --help's order
         return " ".join(f"--{flag}" + ("" if isinstance(v, bool) else f" {_as_typed('', v)}")
                         for flag, v in given if v is not False)
     if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return f"{value[:16]}…"   # a sha256
-    if isinstance(value, float):
-        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
-    return str(value)
+    return flag_value(value)
 
 
 def _resume_refusal_in_flags(err, out: str) -> ValueError:
