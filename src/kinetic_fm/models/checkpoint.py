@@ -81,6 +81,14 @@ _RESAVE = {
              "from a trusted environment.",
 }
 
+# how a file of pickle protocol 4 or later is re-saved (what it holds is not read, so not judged): at torch.save's own
+_RESAVE_PROTOCOL = {
+    "weights": "re-save the weights with torch.save without pickle_protocol (or with pickle_protocol=2), or as "
+               "safetensors, from a trusted environment.",
+    "array": "re-save the tensor with torch.save without pickle_protocol (or with pickle_protocol=2), or the array "
+             "with np.save('x.npy', a), from a trusted environment.",
+}
+
 
 def load_state(path: str | os.PathLike, *, mmap: bool = False, holds: str = "weights") -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors; with ``mmap``,
@@ -111,7 +119,7 @@ def load_state(path: str | os.PathLike, *, mmap: bool = False, holds: str = "wei
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it is a pickle of protocol {protocol or '4 or later'}, which torch's "
                 f"weights-only reader does not read (torch.save writes protocol 2 unless given pickle_protocol). "
-                f"{_RESAVE[holds]}"
+                f"Its contents are not read; {_RESAVE_PROTOCOL[holds]}"
             ) from None
         # torch's text names the global and then suggests allowlisting it (add_safe_globals) or weights_only=False,
         # which contradicts the way out below (and which no kfm command can take): only the name is kept
