@@ -352,7 +352,7 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
                 raise DamagedTrainConfigError(
                     f"{err} {weights.name}'s metadata records no sample shape (trained before it was "
                     "written), so it is read there: put back a good copy of it, or give the shape (kfm "
-                    "sample --shape C,H,W)") from None
+                    "sample --shape C,H,W)", err.fault) from None
             shape = None if record is None else record["data_shape"][1:]
     return tuple(int(s) for s in shape) if shape else None
 

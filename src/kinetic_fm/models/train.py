@@ -370,9 +370,9 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
             training = not config.is_dir() and read_train_config(config) is not None
         except DamagedTrainConfigError as err:
             raise DamagedTrainConfigError(
-                f"{out} holds a training run's config.json that {err.problem} With no {RESUME_FILE} beside it the "
+                f"{out} holds a training run's config.json that {err.fault} With no {RESUME_FILE} beside it the "
                 "folder holds no step to resume (config.json records settings, not weights or the optimiser's "
-                f"state): move it away to train in {out} from step 0, or choose another folder", err.problem) from None
+                f"state): move it away to train in {out} from step 0, or choose another folder", err.fault) from None
         except OSError as err:  # EACCES, EIO: a training run's it may well be
             raise ValueError(f"{out} holds a config.json that cannot be read ({err.strerror or err}); make it "
                              "readable, or choose another folder") from None

@@ -63,17 +63,13 @@ class DamagedManifestError(ValueError):
     ``fault``: what is wrong in the words that follow the file's name (" is not valid JSON (...); was
     it edited or cut short?", "'s 'n' must be an integer, ..."), for a caller that names the file its
     own way ("--samples RUN: its manifest.json ..."). ``way_on``: how to go on, which the message ends
-    with. ``path``: the file, which the message starts with where known. ``problem``: the message
-    without the way on, for a caller that says its own (a resume)."""
+    with. ``path``: the file, which the message starts with where known: "PATH: the run manifest
+    FAULT WAY_ON"."""
 
     def __init__(self, fault: str, way_on: str = "", path: str | os.PathLike | None = None):
         self.fault, self.way_on, self.path = fault, way_on, path
-        super().__init__(f"{self.problem} {way_on}" if way_on else self.problem)
-
-    @property
-    def problem(self) -> str:
-        """"PATH: the run manifest FAULT" (without "PATH: " where the file is not known)."""
-        return ("" if self.path is None else f"{self.path}: ") + f"the run manifest{self.fault}"
+        named = ("" if path is None else f"{path}: ") + f"the run manifest{fault}"
+        super().__init__(f"{named} {way_on}" if way_on else named)
 
     def __reduce__(self):
         return type(self), (self.fault, self.way_on, self.path)
