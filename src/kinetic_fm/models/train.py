@@ -242,16 +242,17 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     (and the global generators, when it saved them); returns the step to continue from.
 
     The saved ``run_config`` must equal this one, except the ``train`` settings named in ``free``, and
-    ``label_dropout`` where either side recorded no labels (that side drops none); ValueError names every
-    difference. ``steps`` (this run's total) must not be below the saved step. A key of ``run_config`` named in ``optional`` that the saved config lacks (a state written
-    before it was recorded) is not compared and is removed from ``run_config``, so the run goes on
-    recording what it did; :data:`DATA_DIGEST` differing alone (the same shape) is refused as other
-    data (the labels compared only where both sides recorded some: one side's alone is a net with
-    classes and one without, its record named), and so is data recorded in another dtype than the
-    run's (sha256s of two dtypes do not compare) where the nets' dtypes agree (:func:`train` records
-    its data in the net's dtype, so only ``train_classifier``'s images, recorded as given, can differ
-    so). Resuming a CPU state on a GPU, or the reverse, warns: the result is then not bit-identical
-    (``stacklevel`` points the warning at the caller)."""
+    ``label_dropout`` where either side recorded no labels (that side drops none); ValueError names
+    every difference. ``steps`` (this run's total) must not be below the saved step. A key of
+    ``run_config`` named in ``optional`` that the saved config lacks (a state written before it was
+    recorded) is not compared and is removed from ``run_config``, so the run goes on recording what it
+    did; :data:`DATA_DIGEST` differing alone (the same shape) is refused as other data (the labels
+    compared only where both sides recorded some: one side's alone is a net with classes and one
+    without, its record named), and so is data recorded in another dtype than the run's (sha256s of two
+    dtypes do not compare) where the nets' dtypes agree (:func:`train` records its data in the net's
+    dtype, so only ``train_classifier``'s images, recorded as given, can differ so). Resuming a CPU
+    state on a GPU, or the reverse, warns: the result is then not bit-identical (``stacklevel`` points
+    the warning at the caller)."""
     try:
         state = load_state(path)
     except UnsafeCheckpointError:
