@@ -167,16 +167,3 @@ def test_a_misspelt_kind_or_an_array_file_is_pointed_at_a_spec_that_loads(tmp_pa
             parse_spec(bad)
         assert str(err.value) == (f"unknown data spec {bad!r} (an array file? no data spec loads one); "
                                   f"expected one of {forms}"), bad
-
-
-def test_a_folder_spec_of_images_of_two_sizes_says_to_resize_the_files_not_to_pass_size(tmp_path):
-    """load_dataset takes no size argument: "pass size= ..." named a way out its caller does not have."""
-    from PIL import Image
-
-    (tmp_path / "mixed").mkdir()
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "mixed" / "a.png")
-    Image.fromarray(np.zeros((5, 4, 3), np.uint8)).save(tmp_path / "mixed" / "b.png")
-    with pytest.raises(ValueError) as refused:
-        load_dataset(f"folder:{tmp_path / 'mixed'}")
-    assert str(refused.value) == (f"{tmp_path / 'mixed' / 'b.png'}: image of shape (5, 4, 3) differs from the first "
-                                  "image's (4, 4, 3); resize the files to one size first")

@@ -2437,8 +2437,9 @@ def test_cli_names_the_spec_a_misspelt_folder_spec_meant(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text, said", [
-    ('{\n  "model": {\n    "kind": "mlp",\n', r"its config.json is not valid JSON \(.*\); was it edited or cut "
-                                             r"short\? Put back a good copy of it, or pass the training items themselves"),
+    ('{\n  "model": {\n    "kind": "mlp",\n',
+     r"its config.json is not valid JSON \(.*\); was it edited or cut short\? Put back a good copy of it, or pass "
+     r"the training items themselves"),
     ('{"model": {}, "data_shape": [4, 2]}', r"its config.json lacks 'train'; was it edited\? Put back a good copy"),
     ('{"architectures": ["CLIPModel"]}', r"its config.json names no data spec \(kfm train writes one\)"),
 ])

@@ -43,12 +43,11 @@ def _jackknife(x: np.ndarray, ref: np.ndarray, groups: int = 10) -> tuple[float,
 
 
 def _bar_intervals(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The Goldilocks bars' intervals as the memorization study makes them, without the shared reference fits
-    (``fits=jackknife_reference(ref)``) it passes."""
+    """The Goldilocks bars' intervals as the memorization study makes them."""
     from kinetic_fm.studies.memorization import quintile_replicates
-    from kinetic_fm.studies.output import replicate_intervals
+    from kinetic_fm.studies.output import jackknife_reference, replicate_intervals
 
-    return replicate_intervals(quintile_replicates(feats, bins, ref))
+    return replicate_intervals(quintile_replicates(feats, bins, ref, jackknife_reference(ref)))
 
 
 def test_quintile_intervals_are_jackknife_intervals_of_each_quintiles_own_rows():

@@ -782,8 +782,8 @@ def test_a_changed_model_kind_is_named_as_model_alone(tmp_path, capsys):
         "change), or train a new run in another --out")
 
 
-def test_a_folder_grown_since_the_run_is_named_by_the_datas_shape(tmp_path, capsys):
-    # the same --data and --n (all) over a folder that gained an image: only the data's shape says so
+def test_a_folder_changed_since_the_run_is_named_by_the_datas_shape(tmp_path, capsys):
+    # the same --data and --n (all) over a folder that lost an image since: only the data's shape says so
     images = _grey_pngs(tmp_path / "images", 5)
     flags = ["train", "--data", f"folder:{images}", "--batch-size", "2", "--width", "8", "--model", "mlp",
              "--checkpoints", "none", "--no-progress", "--out", str(tmp_path / "run")]

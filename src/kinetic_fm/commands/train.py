@@ -250,8 +250,6 @@ def _changed_flags(differ: dict) -> list[tuple[str, str, str]]:
                 if was.get(key) != now.get(key):
                     changes.append((f"--{key}" if key in ("data", "n") else f"info.{key}",
                                     typed(f"info.{key}", was.get(key)), typed(f"info.{key}", now.get(key))))
-        elif name == "train.label_dropout" and any(flag == "--class-cond" for flag, _, _ in changes):
-            pass  # an unconditional run records no label dropout: --class-cond, named, changed it
         elif name != "data_shape":
             changes.append((SETTINGS.flag_of(name) or name, typed(name, was), typed(name, now)))
     data_named = any(flag in ("--data", "--n") for flag, _, _ in changes)

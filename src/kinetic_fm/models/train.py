@@ -241,17 +241,18 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     """Restore what :func:`save_resume_state` wrote into ``parts``, ``losses`` and ``generators``
     (and the global generators, when it saved them); returns the step to continue from.
 
-    The saved ``run_config`` must equal this one, except the ``train`` settings named in ``free``
-    (ValueError names every difference); ``steps`` (this run's total) must not be below the saved
-    step. A key of ``run_config`` named in ``optional`` that the saved config lacks (a state written
-    before it was recorded) is not compared and is removed from ``run_config``, so the run goes on
-    recording what it did; :data:`DATA_DIGEST` differing alone (the same shape) is refused as other
-    data (the labels compared only where both sides recorded some: one side's alone is a net with
-    classes and one without, its record named), and so is data recorded in another dtype than the
-    run's (sha256s of two dtypes do not compare) where the nets' dtypes agree (:func:`train` records
-    its data in the net's dtype, so only ``train_classifier``'s images, recorded as given, can differ
-    so). Resuming a CPU state on a GPU, or the reverse, warns: the result is then not bit-identical
-    (``stacklevel`` points the warning at the caller)."""
+    The saved ``run_config`` must equal this one, except the ``train`` settings named in ``free``, and
+    ``label_dropout`` where either side recorded no labels (that side drops none); ValueError names
+    every difference. ``steps`` (this run's total) must not be below the saved step. A key of
+    ``run_config`` named in ``optional`` that the saved config lacks (a state written before it was
+    recorded) is not compared and is removed from ``run_config``, so the run goes on recording what it
+    did; :data:`DATA_DIGEST` differing alone (the same shape) is refused as other data (the labels
+    compared only where both sides recorded some: one side's alone is a net with classes and one
+    without, its record named), and so is data recorded in another dtype than the run's (sha256s of two
+    dtypes do not compare) where the nets' dtypes agree (:func:`train` records its data in the net's
+    dtype, so only ``train_classifier``'s images, recorded as given, can differ so). Resuming a CPU
+    state on a GPU, or the reverse, warns: the result is then not bit-identical (``stacklevel`` points
+    the warning at the caller)."""
     try:
         state = load_state(path)
     except UnsafeCheckpointError:
@@ -261,6 +262,11 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
                          "move it away and resume to train again from step 0 (the checkpoints hold weights, not "
                          "the optimiser's state), or choose another folder") from None
     saved = json.loads(state["config"])
+    # a side trained without labels (its record's labels None) drops none: its label_dropout is 0 whatever the
+    # other side's, a change the net's classes make (its record differs, named), not a rate to name
+    if any(isinstance(side, dict) and side.get("labels", "") is None
+           for side in (saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST))):
+        free = (*free, "label_dropout")
     for key in optional:
         if key not in saved:
             run_config.pop(key, None)
@@ -649,11 +655,11 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     with signals:
         if resume and state_path is not None and state_path.is_file():
             on_disk.step = None  # not known until it is loaded: a second signal there names no step
-            # what a run saves (resume states, checkpoints) draws nothing and steps nothing: free to change; an
-            # unconditional net drops no label (its folders from before recorded TrainConfig's default rate)
-            free = ("steps", "save_every", "checkpoints") + (() if conditional else ("label_dropout",))
+            # what a run saves (resume states, checkpoints) draws nothing and steps nothing: free to change; a run
+            # without labels on either side leaves label_dropout out too (load_resume_state)
             start = load_resume_state(state_path, config.steps, parts, losses, generators, device, run_config,
-                                      free=free, optional=(DATA_DIGEST,), stacklevel=3)  # the caller of train()
+                                      free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,),
+                                      stacklevel=3)  # the caller of train()
             on_disk.step = signals.step = start
             if on_resume is not None:
                 on_resume(start)
