@@ -72,7 +72,7 @@ def write_torch(obj: Any, path: Path) -> None:
             raise
 
 
-# how a refused file is re-saved so that it loads, by what it holds (load_state's ``holds``)
+# how a file refused for the code it holds is re-saved so that it loads, by what it is meant to hold (``holds``)
 _RESAVE = {
     "weights": "Only plain tensors and state dicts are accepted; re-save the weights with "
                "torch.save(model.state_dict(), ...) or safetensors from a trusted environment.",
@@ -81,7 +81,7 @@ _RESAVE = {
              "from a trusted environment.",
 }
 
-# how a file of pickle protocol 4 or later is re-saved (what it holds is not read, so not judged): at torch.save's own
+# how a file of pickle protocol 4 or later is re-saved: at torch.save's own protocol (its contents are not read)
 _RESAVE_PROTOCOL = {
     "weights": "re-save the weights with torch.save without pickle_protocol (or with pickle_protocol=2), or as "
                "safetensors, from a trusted environment.",
