@@ -79,10 +79,30 @@ def test_a_pickle_of_protocol_4_or_later_is_refused_as_such_not_as_code(tmp_path
         said = str(caught.value)
         assert said.startswith(f"refusing to load {tmp_path / name}: it is a pickle of protocol {protocol}, which "
                                "torch's weights-only reader does not read"), said
-        assert "run code" not in said and "149" not in said and "torch.save(model.state_dict()" in said, said
+        assert "run code" not in said and "149" not in said and "without pickle_protocol" in said, said
     assert not marker.exists()
     torch.save(state, tmp_path / "default.pt")   # torch.save's default protocol is read
     assert torch.equal(load_state(tmp_path / "default.pt")["weight"], state["weight"])
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("holds", ["weights", "array"])
+def test_a_pickle_of_protocol_4_names_a_re_save_at_torch_s_own_protocol(tmp_path, holds):
+    # a plain {"w": tensor} saved with pickle_protocol=4 IS a state dict: the way out is torch.save's default
+    # protocol, not "Only plain tensors and state dicts are accepted; re-save ... model.state_dict()"
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(2)}, path, pickle_protocol=4)
+    with pytest.raises(UnsafeCheckpointError) as caught:
+        load_state(path, holds=holds)
+    noun, other = {"weights": ("weights", "as safetensors"),
+                   "array": ("tensor", "the array with np.save('x.npy', a)")}[holds]
+    assert str(caught.value) == (
+        f"refusing to load {path}: it is a pickle of protocol 4, which torch's weights-only reader does not read "
+        f"(torch.save writes protocol 2 unless given pickle_protocol). Its contents are not read; re-save the {noun} "
+        f"with torch.save without pickle_protocol (or with pickle_protocol=2), or {other}, from a trusted "
+        "environment.")
+    torch.save({"w": torch.ones(2)}, path, pickle_protocol=2)   # the way out is sound
+    assert torch.equal(load_state(path, holds=holds)["w"], torch.ones(2))
 
 
 def test_missing_and_corrupt_files_are_named(tmp_path):

@@ -193,8 +193,8 @@ def test_a_damaged_manifest_hands_over_what_is_wrong_for_a_command_line_to_word(
         with pytest.raises(DamagedManifestError) as err:
             read_manifest(tmp_path)
         assert err.value.fault == fault
-        assert err.value.problem == f"{tmp_path / 'manifest.json'}: the run manifest{fault}"
-        assert str(err.value) == f"{err.value.problem} {err.value.way_on}" and err.value.way_on.startswith("Put back")
+        assert str(err.value) == f"{tmp_path / 'manifest.json'}: the run manifest{fault} {err.value.way_on}"
+        assert err.value.way_on.startswith("Put back")
 
 
 def test_resume_with_new_library_versions_only_warns():
@@ -268,10 +268,28 @@ def test_a_damaged_manifest_error_words_its_message_from_what_is_wrong_the_way_o
 
     path, fault = tmp_path / "manifest.json", " lacks 'n'; was it edited?"
     bare = DamagedManifestError(fault)
-    assert (str(bare), bare.problem, bare.fault, bare.way_on) == (f"the run manifest{fault}",) * 2 + (fault, "")
+    assert (str(bare), bare.fault, bare.way_on) == (f"the run manifest{fault}", fault, "")
     err = DamagedManifestError(fault, "Put it back.", path)
-    assert err.problem == f"{path}: the run manifest{fault}" and err.path == path
+    assert err.path == path
     assert str(err) == f"{path}: the run manifest lacks 'n'; was it edited? Put it back."
     again = pickle.loads(pickle.dumps(err))
-    assert (str(again), again.problem, again.fault, again.way_on, again.path) == (str(err), err.problem, fault,
-                                                                                 "Put it back.", path)
+    assert (str(again), again.fault, again.way_on, again.path) == (str(err), fault, "Put it back.", path)
+
+
+def test_a_damaged_manifest_and_a_damaged_train_config_name_what_is_wrong_the_same_way(tmp_path):
+    # DamagedTrainConfigError's words after the file were .problem, DamagedManifestError's .fault (its .problem the
+    # message less the way on); a manifest refusal without a way on ended in a space
+    from kinetic_fm.commands._rows import damaged_manifest
+    from kinetic_fm.models.run_config import DamagedTrainConfigError, read_train_config
+    from kinetic_fm.runs.manifest import DamagedManifestError
+
+    fault = " lacks 'n'; was it edited?"
+    assert str(damaged_manifest("--train", tmp_path, DamagedManifestError(fault))) == (
+        f"--train {tmp_path}: its manifest.json lacks 'n'; was it edited?")
+    assert not hasattr(DamagedManifestError(fault), "problem")
+    (tmp_path / "config.json").write_text('{"model": {"kind": "mlp"}, "train": {"steps": 2, "seed": 0}}')
+    with pytest.raises(DamagedTrainConfigError) as err:
+        read_train_config(tmp_path / "config.json")
+    fault = err.value.fault
+    assert fault and str(err.value) == f"{tmp_path / 'config.json'}: the training run's config.json {fault}"
+    assert not hasattr(err.value, "problem")

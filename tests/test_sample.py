@@ -2426,10 +2426,12 @@ def test_warn_of_settings_builds_the_grid_only_for_a_half_precision_state(monkey
     assert len(built) == 1
     with pytest.raises(ValueError, match="grid"):   # a grid kfm.sample refuses, read by that check
         S.warn_of_settings(field, solver="euler", grid="log", dtype=torch.float16)
-    # a grid already built (kfm.sample's) is read as given, not built again
+    # a grid tensor (kfm.sample's own, built) is read as given through grid itself, not built again; still checked
     with pytest.warns(kfm.SamplerSettingsWarning, match="median step 0.001 is below twice"):
-        S.warn_of_settings(field, solver="euler", steps=1000, dtype=torch.bfloat16, built=build("uniform", 1000))
-    assert built == [("uniform", 1000), ("log", 100)]   # the two above, none for the one given
+        S.warn_of_settings(field, solver="euler", steps=1000, dtype=torch.bfloat16, grid=build("uniform", 1000))
+    with pytest.raises(ValueError, match=r"grid must be strictly increasing"):
+        S.warn_of_settings(field, solver="euler", dtype=torch.float16, grid=torch.tensor([0.0, 0.6, 0.5, 1.0]))
+    assert built == [("uniform", 1000), ("log", 100)]   # the two above, none for the tensors given
 
 
 @pytest.mark.parametrize("grid", ["uniform", torch.linspace(0, 1, 1001, dtype=torch.float64)])

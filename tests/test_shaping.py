@@ -1,5 +1,6 @@
 """KTS gain against an independent transcription of the paper's reference formulas."""
 import math
+import pickle
 import warnings
 
 import numpy as np
@@ -116,11 +117,21 @@ def test_kts_errors_name_its_parameters():
 
 def test_a_k_that_the_default_beta0_cannot_take_says_beta0_was_the_default():
     # KTS(k=5) said "beta0 = 0.01 makes η(t) ≤ 0", a number the caller never gave; it also says the k that
-    # this beta0 allows: β0 < 1/(e^k − 1) ⇔ k < ln(1 + 1/β0)
-    with pytest.raises(ValueError, match=r"^beta0 = 0.01 \(the default\) makes η\(t\) ≤ 0 .* with k = 5; .*"
-                                         r"at this beta0 the rate \(k\) must stay below ln\(1 \+ 1/β0\) ≈ 4.61512$"):
+    # this beta0 allows: β0 < 1/(e^k − 1) ⇔ k < ln(1 + 1/β0); one spelling of beta0 throughout (it said "1/β0")
+    from kinetic_fm.sampling.shaping import InadmissibleBeta0Error
+
+    with pytest.raises(InadmissibleBeta0Error) as default:
         KTS(k=5)
-    with pytest.raises(ValueError, match=r"^beta0 = 0.02 makes .* below ln\(1 \+ 1/β0\) ≈ 3.931825$") as caught:
+    assert 0.006783654 < 1 / math.expm1(5) < 0.006783655 and 4.61512 < math.log1p(100) < 4.615121
+    consequence = (" makes η(t) ≤ 0 near t = 1 for the exponential landing with k = 5; the largest admissible beta0 "
+                   "is just below 1/(e^k − 1) ≈ 0.006783654, and at this beta0 the rate (k) must stay below "
+                   "ln(1 + 1 / beta0) ≈ 4.61512")
+    assert str(default.value) == f"beta0 = 0.01 (the default){consequence}"
+    # the parts, for a caller that names the value its own way (kfm sample: "the default --beta0 0.01")
+    assert (default.value.beta0, default.value.is_default, default.value.consequence) == (0.01, True, consequence)
+    again = pickle.loads(pickle.dumps(default.value))
+    assert (type(again), str(again), again.consequence) == (InadmissibleBeta0Error, str(default.value), consequence)
+    with pytest.raises(ValueError, match=r"^beta0 = 0.02 makes .* below ln\(1 \+ 1 / beta0\) ≈ 3.931825$") as caught:
         KTS(beta0=0.02, k=5)
     limit = float(str(caught.value).rsplit("≈ ", 1)[1])
     assert limit < math.log1p(1 / 0.02) < limit + 1e-6   # rounded down: the printed k is itself admissible

@@ -719,6 +719,18 @@ def test_a_changed_n_is_named_once_as_the_flag_with_both_values(tmp_path, capsys
         "or train a new run in another --out")
 
 
+def test_a_changed_data_spec_is_named_once_with_one_way_on(tmp_path, capsys):
+    # --data named, and the data's digest said again after it with another way on ("another folder")
+    assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["train", *[("moons" if f == "gmm" else f) for f in COMMON], "--steps", "4", "--out", str(tmp_path),
+                 "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kfm train: error: cannot resume {tmp_path / 'resume.pt'}: settings differ from the saved run: --data (the "
+        "run's gmm, now moons); resume with the run's settings (--steps, --save-every and --checkpoints may change), "
+        "or train a new run in another --out")
+
+
 def test_a_resume_says_once_that_it_resumed(tmp_path, capsys):
     # "resuming from step 2 of 4 (<out>/resume.pt)" and, after the last step, "resumed from step 2 of 4"
     assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path)]) == 0

@@ -44,6 +44,19 @@ class SettingFlags:
         return [name for name in names if name not in self.derived] or names
 
 
+def flag_value(value, none: str = "none") -> str:
+    """``value`` as a command line writes it: a float as ``:g`` writes it where that reads back as the
+    same float (0.0001, 1e-05), else in full (0.123456789); True / False as on / off (a switch);
+    None as ``none`` (a flag's word for "not set": "0" for no clipping); anything else as ``str``."""
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    return str(value)
+
+
 def named_by_its_flag(err: ValueError, flags: dict[str, str]) -> ValueError:
     """``err`` ("steps must be a positive integer, got 0", "beta0 = 0.06 makes ... with k = 3") in the
     flags ``flags`` maps the library's argument names to: the argument it opens with ("--steps must

@@ -254,7 +254,7 @@ def damaged_manifest(flag: str, run, err) -> ValueError:
     """The refusal of ``run`` (``flag``'s value), whose manifest.json is damaged (``err``, a
     DamagedManifestError), in the words of the flag's other refusals of a run folder: "--train RUN: its
     manifest.json is not valid JSON (...); was it edited or cut short? Put back a good copy of it, ..."."""
-    return ValueError(f"{flag} {run}: its {MANIFEST_NAME}{err.fault} {err.way_on}")
+    return ValueError(" ".join(part for part in (f"{flag} {run}: its {MANIFEST_NAME}{err.fault}", err.way_on) if part))
 
 
 def _empirical_training_rows(run, manifest, progress: bool):
@@ -439,7 +439,7 @@ def training_record(run):
     try:  # None: another program's config.json, which names no data spec
         config = read_train_config(run / TRAIN_CONFIG_NAME)
     except DamagedTrainConfigError as err:  # "names no data spec" hid what is wrong with it
-        raise ValueError(f"--train {run}: its {TRAIN_CONFIG_NAME} {err.problem} Put back a good copy of it, or pass "
+        raise ValueError(f"--train {run}: its {TRAIN_CONFIG_NAME} {err.fault} Put back a good copy of it, or pass "
                          "the training items themselves") from None
     try:
         if (run / TRAINING_ITEMS).is_file():

@@ -25,7 +25,7 @@ from ..checks import DEVICE_FORMS, SEED_LIMIT, SEED_NOTE
 from ..run_files import MANIFEST_NAME
 from ..sampling.energy import POWER_BAND  # the power panel's legend, in a module `import kinetic_fm` loads
 from ._types import check_output_path, faiss_for, seed_number, user_path, writing
-from ._flag_names import SettingFlags, flag_words, named_by_its_flag
+from ._flag_names import SettingFlags, flag_value, flag_words, named_by_its_flag, where_named
 
 FIELDS = ("gaussian", "point", "mixture")
 EMPIRICAL = "empirical"  # the exact EFM field of the --train items: not built in, it needs them
@@ -57,6 +57,9 @@ DEFAULT_FIELD, DEFAULT_DIM = "gaussian", 2
 
 
 def register(subparsers) -> None:
+    # loaded with kinetic_fm: --k's help gives the default brake's limit
+    from ..sampling.shaping import KTS, max_k_as_printed
+
     p = subparsers.add_parser(
         "sample",
         help="sample a built-in field or a trained net and record per-sample kinetic energies "
@@ -176,7 +179,8 @@ def register(subparsers) -> None:
                    help="form of the landing brake for t >= τ (default exponential under KTS)")
     k.add_argument("--k", type=float, default=None,
                    help="rate of the exponential forms, in (0, 700] (default 3 under KTS); the exponential landing "
-                        "needs β0 < 1/(e^k − 1), i.e. k < ln(1 + 1/β0) ≈ 4.615 at the default β0 0.01")
+                        f"needs β0 < 1/(e^k − 1), i.e. k < ln(1 + 1/β0) ≈ {max_k_as_printed(KTS.beta0)} at the "
+                        f"default β0 {KTS.beta0:g}")
     k.add_argument("--renormalize", action="store_true", default=None,
                    help="rescale η so that ∫η dt = 1 (not in the paper)")
 
@@ -564,7 +568,7 @@ def _conditioning(args, target: _Target) -> _Conditioning | None:
 def _shaping(args):
     """A KTS built from the given flags (defaults for the rest), or None when none was given."""
     from .. import KTS
-    from ..sampling.shaping import DEFAULT_NOTE
+    from ..sampling.shaping import InadmissibleBeta0Error
 
     given = {kts_name: getattr(args, flag) for flag, kts_name in _KTS_FLAGS.items()
              if getattr(args, flag) is not None}
@@ -578,13 +582,14 @@ def _shaping(args):
             # below names the flag, given with any value
             warnings.filterwarnings("ignore", message="k applies to the exponential", category=UserWarning)
             kts = KTS(**given)
+    except InadmissibleBeta0Error as err:
+        if "beta0" not in given:  # not "--beta0 = 0.01 (the default) makes ...", of a --k alone: a flag never typed
+            raise ValueError(f"the default --beta0 {err.beta0!r}{where_named(err.consequence, _SAMPLE_FLAGS)}") \
+                from None
+        raise named_by_its_flag(err, _SAMPLE_FLAGS) from None
     except ValueError as err:  # KTS names its parameters; the user typed flags (tau_split is --tau)
         # the tail's too ("the largest admissible beta0", "with k = 3"), not the prose's "exponential landing"
-        message = str(named_by_its_flag(err, _SAMPLE_FLAGS))
-        if "beta0" not in given:  # "--beta0 = 0.01 (the default) makes ...", of a --k alone: a flag never typed
-            default = f"{KTS.beta0!r}"
-            message = message.replace(f"--beta0 = {default}{DEFAULT_NOTE}", f"the default --beta0 {default}", 1)
-        raise ValueError(message) from None
+        raise named_by_its_flag(err, _SAMPLE_FLAGS) from None
     if args.k is not None and "exponential" not in (kts.launch, kts.landing):
         # recorded in the run's config, as given, but no form reads it: a sweep over --k would
         # run the same gain under every value without a word
@@ -812,20 +817,18 @@ def _as_typed(field: str, value) -> str:
     if field == "config.save_x":
         value = not value if isinstance(value, bool) else value
     if field in _SWITCHES or field == "config.save_x":
-        return "on" if value is True else "off"
+        return flag_value(value is True)
     if value == "<absent>":
         return "default"
     if value is None:
-        return "none: plain FM" if field == "config.shaping" else "unset"
+        return flag_value(None, none="none: plain FM" if field == "config.shaping" else "unset")
     if field == "config.shaping":
         given = [(flag, value[name]) for flag, name in _KTS_FLAGS.items() if name in value]  # in --help's order
         return " ".join(f"--{flag}" + ("" if isinstance(v, bool) else f" {_as_typed('', v)}")
                         for flag, v in given if v is not False)
     if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return f"{value[:16]}…"   # a sha256
-    if isinstance(value, float):
-        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
-    return str(value)
+    return flag_value(value)
 
 
 def _resume_refusal_in_flags(err, out: str) -> ValueError:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..checks import DEVICE_FORMS
 from ._types import check_output_path, seed_number, user_path, writing
-from ._flag_names import SettingFlags, flag_words, named_by_its_flag, where_named
+from ._flag_names import SettingFlags, flag_value, flag_words, named_by_its_flag, where_named
 
 if TYPE_CHECKING:
     from ..models.train import ResumeSettingsError
@@ -209,11 +209,14 @@ def _resume_refusal(err: ResumeSettingsError) -> str:
     """A :class:`~kinetic_fm.models.train.ResumeSettingsError` in the flags the user typed, each change
     once: "--n (the run's 500, now 400)", where the run's record holds it as the data's shape and the
     spec's n; other data of the run's shape as the library says it."""
-    changes = [f"{flag} (the run's {was}, now {now})" for flag, was, now in _changed_flags(err.differ)]
-    settings = ("settings differ from the saved run: " + "; ".join(changes) + ("" if err.data else
+    changed = _changed_flags(err.differ)
+    changes = [f"{flag} (the run's {was}, now {now})" for flag, was, now in changed]
+    # other data after a changed --data or --n is that change said again, with the library's way on
+    data = "" if any(flag in ("--data", "--n") for flag, _, _ in changed) else err.data
+    settings = ("settings differ from the saved run: " + "; ".join(changes) + ("" if data else
                 "; resume with the run's settings (--steps, --save-every and --checkpoints may change), or train a "
                 "new run in another --out")) if changes else ""
-    return f"cannot resume {err.path}: " + "; and ".join(p for p in (settings, _flags_for_settings(err.data)) if p)
+    return f"cannot resume {err.path}: " + "; and ".join(p for p in (settings, _flags_for_settings(data)) if p)
 
 
 def _changed_flags(differ: dict) -> list[tuple[str, str, str]]:
@@ -223,12 +226,12 @@ def _changed_flags(differ: dict) -> list[tuple[str, str, str]]:
     other settings (which the data decide) only where nothing else names the change."""
     from ..models.run_config import short_json
 
+    unset = {"train.grad_clip": "0", "info.n": "all"}   # the flags' "no clipping" and "every item"
+
     def typed(name: str, value) -> str:
-        if name == "train.grad_clip" and value is None:
-            return "0"   # the flag's "no clipping"
-        if isinstance(value, float):
-            return f"{value:g}" if float(f"{value:g}") == value else repr(value)
-        return value if isinstance(value, str) else "all" if name == "info.n" and value is None else short_json(value)
+        if isinstance(value, (float, str)) or value is None and name in unset:
+            return flag_value(value, none=unset.get(name, "none"))
+        return short_json(value)
 
     changes, net_named = [], False
     for name, (was, now) in differ.items():
@@ -238,8 +241,8 @@ def _changed_flags(differ: dict) -> list[tuple[str, str, str]]:
                    [("--width", old.get(key), new.get(key)) for key in ("hidden", "base_channels")
                     if old.get(key) != new.get(key)])
             if old.get("num_classes") != new.get("num_classes"):
-                net.append(("--class-cond", *("off" if c is None else "on" for c in (old.get("num_classes"),
-                                                                                       new.get("num_classes")))))
+                net.append(("--class-cond", *(flag_value(c is not None) for c in (old.get("num_classes"),
+                                                                                   new.get("num_classes")))))
             changes += [(flag, typed(name, a), typed(name, b)) for flag, a, b in net]
             net_named = bool(net)
         elif name == "info" and isinstance(was, dict) and isinstance(now, dict):

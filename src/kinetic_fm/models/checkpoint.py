@@ -72,13 +72,21 @@ def write_torch(obj: Any, path: Path) -> None:
             raise
 
 
-# how a refused file is re-saved so that it loads, by what it holds (load_state's ``holds``)
+# how a file refused for the code it holds is re-saved so that it loads, by what it is meant to hold (``holds``)
 _RESAVE = {
     "weights": "Only plain tensors and state dicts are accepted; re-save the weights with "
                "torch.save(model.state_dict(), ...) or safetensors from a trusted environment.",
     "array": "Only a tensor or a dict of tensors is read (a NumPy array given to torch.save is pickled with "
              "NumPy's classes); re-save the array with np.save('x.npy', a), or torch.save(torch.from_numpy(a), ...), "
              "from a trusted environment.",
+}
+
+# how a file of pickle protocol 4 or later is re-saved: at torch.save's own protocol (its contents are not read)
+_RESAVE_PROTOCOL = {
+    "weights": "re-save the weights with torch.save without pickle_protocol (or with pickle_protocol=2), or as "
+               "safetensors, from a trusted environment.",
+    "array": "re-save the tensor with torch.save without pickle_protocol (or with pickle_protocol=2), or the array "
+             "with np.save('x.npy', a), from a trusted environment.",
 }
 
 
@@ -111,7 +119,7 @@ def load_state(path: str | os.PathLike, *, mmap: bool = False, holds: str = "wei
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it is a pickle of protocol {protocol or '4 or later'}, which torch's "
                 f"weights-only reader does not read (torch.save writes protocol 2 unless given pickle_protocol). "
-                f"{_RESAVE[holds]}"
+                f"Its contents are not read; {_RESAVE_PROTOCOL[holds]}"
             ) from None
         # torch's text names the global and then suggests allowlisting it (add_safe_globals) or weights_only=False,
         # which contradicts the way out below (and which no kfm command can take): only the name is kept
@@ -344,7 +352,7 @@ def recorded_sample_shape(weights: str | os.PathLike) -> tuple[int, ...] | None:
                 raise DamagedTrainConfigError(
                     f"{err} {weights.name}'s metadata records no sample shape (trained before it was "
                     "written), so it is read there: put back a good copy of it, or give the shape (kfm "
-                    "sample --shape C,H,W)") from None
+                    "sample --shape C,H,W)", err.fault) from None
             shape = None if record is None else record["data_shape"][1:]
     return tuple(int(s) for s in shape) if shape else None
 

@@ -286,10 +286,9 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     signals = SignalsAtStepEnd(on_disk)
     with signals:
         if state_path is not None and state_path.is_file():
-            on_disk.step = None  # not known until it is loaded: a second signal there names no step
-            start = load_resume_state(state_path, steps, parts, losses, generators, device, run_config, free=(),
-                                      optional=(DATA_DIGEST,), stacklevel=3)  # the caller of train_classifier()
-            on_disk.step = signals.step = start
+            start = signals.load(lambda: load_resume_state(
+                state_path, steps, parts, losses, generators, device, run_config, free=(), optional=(DATA_DIGEST,),
+                stacklevel=5))  # the caller of train_classifier(), above this lambda and load
         signals.at_step_end(start, save_resume)  # one held in the load: delivered before any step
         for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
             step = signals.step = i + 1

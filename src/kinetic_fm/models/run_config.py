@@ -21,11 +21,12 @@ class DamagedTrainConfigError(ValueError):
     :func:`~kinetic_fm.models.train.train` (see :func:`read_train_config`) but is no longer JSON, lacks
     some of the keys train writes, or holds a ``data_shape`` that is no shape (written atomically, it was
     damaged after the run: edited, or a copy cut short). The message names the file (or its folder) and
-    what is wrong (``problem``, the words after "config.json"); each reader adds its own way on."""
+    what is wrong (``fault``, the words after "config.json", as :class:`~kinetic_fm.runs.manifest.DamagedManifestError`
+    names its own); each reader adds its own way on."""
 
-    def __init__(self, message: str, problem: str = "") -> None:
+    def __init__(self, message: str, fault: str = "") -> None:
         super().__init__(message)
-        self.problem = problem
+        self.fault = fault
 
 
 # what every config.json train writes holds
@@ -60,8 +61,8 @@ def read_train_config(path: str | os.PathLike, keys: Sequence[str] = TRAIN_CONFI
     OSError (FileNotFoundError when absent) as reading raises it."""
     path = Path(path)
 
-    def damaged(problem: str) -> DamagedTrainConfigError:
-        return DamagedTrainConfigError(f"{path}: the training run's config.json {problem}", problem)
+    def damaged(fault: str) -> DamagedTrainConfigError:
+        return DamagedTrainConfigError(f"{path}: the training run's config.json {fault}", fault)
 
     raw = path.read_bytes()
     try:

@@ -376,9 +376,9 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
             training = not config.is_dir() and read_train_config(config) is not None
         except DamagedTrainConfigError as err:
             raise DamagedTrainConfigError(
-                f"{out} holds a training run's config.json that {err.problem} With no {RESUME_FILE} beside it the "
+                f"{out} holds a training run's config.json that {err.fault} With no {RESUME_FILE} beside it the "
                 "folder holds no step to resume (config.json records settings, not weights or the optimiser's "
-                f"state): move it away to train in {out} from step 0, or choose another folder", err.problem) from None
+                f"state): move it away to train in {out} from step 0, or choose another folder", err.fault) from None
         except OSError as err:  # EACCES, EIO: a training run's it may well be
             raise ValueError(f"{out} holds a config.json that cannot be read ({err.strerror or err}); make it "
                              "readable, or choose another folder") from None
@@ -654,13 +654,12 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
     signals = SignalsAtStepEnd(on_disk)
     with signals:
         if resume and state_path is not None and state_path.is_file():
-            on_disk.step = None  # not known until it is loaded: a second signal there names no step
             # what a run saves (resume states, checkpoints) draws nothing and steps nothing: free to change; a run
             # without labels on either side leaves label_dropout out too (load_resume_state)
-            start = load_resume_state(state_path, config.steps, parts, losses, generators, device, run_config,
-                                      free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,),
-                                      stacklevel=3)  # the caller of train()
-            on_disk.step = signals.step = start
+            start = signals.load(lambda: load_resume_state(
+                state_path, config.steps, parts, losses, generators, device, run_config,
+                free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,),
+                stacklevel=5))  # the caller of train(), above this lambda and load
             if on_resume is not None:
                 on_resume(start)
         if out is not None:
@@ -832,6 +831,15 @@ class SignalsAtStepEnd:
             self._pending = (signum, frame)
         else:
             self.replaced[signum](signum, frame)
+
+    def load(self, resume: Callable[[], int]) -> int:
+        """The step ``resume()`` loads a resume state of (and returns), held as the one on disk and the one
+        under way; while it loads, the step on disk is not known (None: a second signal there names none).
+        The caller's :meth:`at_step_end` of that step delivers a signal held in the load."""
+        self.on_disk.step = None
+        start = resume()
+        self.on_disk.step = self.step = start
+        return start
 
     def at_step_end(self, step: int, save: Callable[[int], None]) -> None:
         """The loop's call at the end of ``step``: where a signal came during it, ``save(step)`` writes

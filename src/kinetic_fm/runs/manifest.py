@@ -63,17 +63,13 @@ class DamagedManifestError(ValueError):
     ``fault``: what is wrong in the words that follow the file's name (" is not valid JSON (...); was
     it edited or cut short?", "'s 'n' must be an integer, ..."), for a caller that names the file its
     own way ("--samples RUN: its manifest.json ..."). ``way_on``: how to go on, which the message ends
-    with. ``path``: the file, which the message starts with where known. ``problem``: the message
-    without the way on, for a caller that says its own (a resume)."""
+    with. ``path``: the file, which the message starts with where known: "PATH: the run manifest
+    FAULT WAY_ON"."""
 
     def __init__(self, fault: str, way_on: str = "", path: str | os.PathLike | None = None):
         self.fault, self.way_on, self.path = fault, way_on, path
-        super().__init__(f"{self.problem} {way_on}" if way_on else self.problem)
-
-    @property
-    def problem(self) -> str:
-        """"PATH: the run manifest FAULT" (without "PATH: " where the file is not known)."""
-        return ("" if self.path is None else f"{self.path}: ") + f"the run manifest{self.fault}"
+        named = ("" if path is None else f"{path}: ") + f"the run manifest{fault}"
+        super().__init__(f"{named} {way_on}" if way_on else named)
 
     def __reduce__(self):
         return type(self), (self.fault, self.way_on, self.path)
@@ -258,17 +254,14 @@ class RunManifest:
     def from_json(cls, text: str) -> "RunManifest":
         """The manifest ``text`` holds. DamagedManifestError (a ValueError) for text that is not a JSON
         object of the manifest's fields and types; ValueError for another format version."""
-        def damaged(fault: str) -> DamagedManifestError:
-            return DamagedManifestError(fault)
-
         try:
             body = json.loads(text)
         except json.JSONDecodeError as err:
-            raise damaged(f" is not valid JSON ({err}); was it edited or cut short?") from None
+            raise DamagedManifestError(f" is not valid JSON ({err}); was it edited or cut short?") from None
         if not isinstance(body, dict):
-            raise damaged(f" must be a JSON object, got {type(body).__name__}; was it edited?")
+            raise DamagedManifestError(f" must be a JSON object, got {type(body).__name__}; was it edited?")
         if "format" not in body:  # every format writes it: a manifest without it was edited, not a newer one
-            raise damaged(" lacks 'format'; was it edited?")
+            raise DamagedManifestError(" lacks 'format'; was it edited?")
         if body["format"] != FORMAT_VERSION:
             raise ValueError(f"unsupported manifest format {body['format']!r} (expected {FORMAT_VERSION})")
         kinds = {"kind": str, "config": dict, "identity": dict, "seed_start": int, "n": int, "shard_size": int}
@@ -279,17 +272,17 @@ class RunManifest:
             if name not in body:
                 if name in informational:
                     continue
-                raise damaged(f" lacks {name!r}; was it edited?")
+                raise DamagedManifestError(f" lacks {name!r}; was it edited?")
             value = body[name]
             if not isinstance(value, kind) or isinstance(value, bool):
                 what = {str: "a string", dict: "a JSON object", int: "an integer"}[kind]
                 got = type(value).__name__ if kind is dict else repr(value)
-                raise damaged(f"'s {name!r} must be {what}, got {got}; was it edited?")
+                raise DamagedManifestError(f"'s {name!r} must be {what}, got {got}; was it edited?")
         try:
             return cls(**{k: body[k] for k in kinds}, versions=body.get("versions", {}),
                        created=body.get("created", ""), runtime=body.get("runtime", {}))
         except ValueError as err:  # the seed range or shard size no run writes (ShardPlan's refusal)
-            raise damaged(f"'s seeds do not make a run: {err}; was it edited?") from None
+            raise DamagedManifestError(f"'s seeds do not make a run: {err}; was it edited?") from None
 
 
 def read_manifest(run_dir: str | os.PathLike) -> RunManifest:

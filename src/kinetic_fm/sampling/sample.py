@@ -15,7 +15,7 @@ from ..checks import (SPLIT_PERCENT_FROM, as_scalar, caller_outside_the_package,
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
-from .grids import time_grid
+from .grids import time_grid, validate_grid
 from .guards import NonFiniteVelocityError, check_initial_state, velocity_as_found
 from .noise import noise
 from .result import SampleResult
@@ -186,8 +186,7 @@ def sample(
         # after every check that can refuse the call: a refused call warns of nothing
         # the half-precision check reads the grid built above, not a second one built from it
         warn_of_settings(velocity, solver=solver, steps=steps, grid=grid, shaping=shaping, quadrature=quadrature,
-                         dtype=x0.dtype, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps,
-                         built=None if solver == "dopri5" else grid)
+                         dtype=x0.dtype, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
         if solver == "dopri5":
             start_run_of(velocity)  # told on the host, a field needs no look at its times in the loop
             trace = integrate_dopri5(
@@ -280,15 +279,14 @@ def warn_of_settings(
     atol: float = 1e-5,
     first_step: float | None = None,
     max_steps: int = 10_000,
-    built: torch.Tensor | None = None,
 ) -> None:
     """Warn (:class:`SamplerSettingsWarning`) as ``kfm.sample(velocity, ...)`` with these settings,
     which it has checked, does before it samples; ``dtype`` is the state's (x0's). Nothing is sampled.
     The settings are not checked here, with one exception: a fixed-step solver on a half-precision state
-    builds the time grid (a name or a tensor, as ``kfm.sample`` takes it) for its resolution check, which
-    raises ValueError on a ``grid`` or ``steps`` that ``kfm.sample`` would refuse. Other settings it
-    refuses give no meaningful warnings. ``built``: the (steps + 1,) grid ``time_grid(grid, steps)``
-    returned, where the caller has it (``kfm.sample`` passes its own); that check then reads it as given."""
+    reads the time grid for its resolution check, which raises ValueError on a ``grid`` or ``steps`` that
+    ``kfm.sample`` would refuse: a name or a NumPy array is built (:func:`time_grid`), a tensor validated
+    and read as given (``kfm.sample`` passes the one it built). Other settings it refuses give no
+    meaningful warnings."""
     if gain_tau(shaping) is None:   # a KTS, or a gain that declares its τ, hides none
         _warn_about_a_hidden_kts(shaping)
     _warn_about_infinite_energy(velocity, shaping)
@@ -297,7 +295,8 @@ def warn_of_settings(
         _warn_left_quadrature_over_long_steps(quadrature)
         _warn_adaptive_half_precision(dtype)
     elif torch.finfo(dtype).bits <= 16:   # the one check that reads the grid, built only for it
-        _check_state_resolution(time_grid(grid, steps) if built is None else built, dtype)
+        times = validate_grid(grid).to(torch.float64) if isinstance(grid, torch.Tensor) else time_grid(grid, steps)
+        _check_state_resolution(times, dtype)
 
 
 def shared_time_refusal(velocity: object, name: str = "velocity", time_given: bool = False) -> str:

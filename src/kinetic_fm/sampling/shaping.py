@@ -47,6 +47,24 @@ _RANGES = {  # the values each numeric parameter may take, as its errors state t
 }
 
 
+class InadmissibleBeta0Error(ValueError):
+    """KTS's refusal of a ``beta0`` that makes η ≤ 0 near t = 1: "beta0 = VALUE[ (the default)]
+    CONSEQUENCE". ``beta0``: the value; ``is_default``: whether it is KTS's default, which a caller may
+    not have typed; ``consequence``: the words after the value (" makes η(t) ≤ 0 ... with k = 5; the
+    largest admissible beta0 ..."), for a caller that names the value its own way."""
+
+    def __init__(self, beta0: float, consequence: str):
+        self.beta0, self.consequence = beta0, consequence
+        super().__init__(f"beta0 = {beta0!r}{DEFAULT_NOTE if self.is_default else ''}{consequence}")
+
+    @property
+    def is_default(self) -> bool:
+        return self.beta0 == _BETA0_DEFAULT
+
+    def __reduce__(self):
+        return type(self), (self.beta0, self.consequence)
+
+
 # the start of the warning for a k that no form of the gain reads (a reload of a saved gain filters it)
 UNUSED_K = "k applies to the exponential launch or landing only"
 
@@ -126,13 +144,14 @@ class KTS:
         if self.beta0 >= limit or not (self._gain_float(1.0) > 0 and float(self._gain_tensor(end)) > 0):
             exponential = self.landing == "exponential"
             # β0 < 1/(e^k − 1) ⇔ k < ln(1 + 1/β0): the way out for a user who set k alone
-            raise ValueError(
-                f"beta0 = {self.beta0!r}{DEFAULT_NOTE if self.beta0 == _BETA0_DEFAULT else ''} makes η(t) ≤ 0 "
-                f"near t = 1 for the {self.landing} landing" + (f" with k = {self.k:g}" if exponential else "")
+            raise InadmissibleBeta0Error(
+                self.beta0,
+                f" makes η(t) ≤ 0 near t = 1 for the {self.landing} landing"
+                + (f" with k = {self.k:g}" if exponential else "")
                 + f"; the largest admissible beta0 is just below {_describe_limit(self.landing, self.k)}"
-                + (f", and at this beta0 the rate (k) must stay below ln(1 + 1/β0) ≈ "
-                   f"{_rounded_down(math.log1p(1 / self.beta0))}" if exponential else "")
-            )
+                + (f", and at this beta0 the rate (k) must stay below ln(1 + 1 / beta0) ≈ "
+                   f"{max_k_as_printed(self.beta0)}"
+                   if exponential else ""))
 
     # --- the gain -------------------------------------------------------------------------
     @overload
@@ -307,6 +326,12 @@ def _describe_limit(landing: str, k: float) -> str:
     if landing == "exponential":
         return f"1/(e^k − 1) ≈ {_rounded_down(max_beta0(landing, k))}"
     return "1"
+
+
+def max_k_as_printed(beta0: float) -> str:
+    """Supremum of admissible k for the exponential landing at ``beta0`` > 0, ln(1 + 1/β0) (β0 < 1/(e^k − 1)
+    ⇔ k < ln(1 + 1/β0)), as KTS's errors print it: rounded down to 7 significant digits."""
+    return _rounded_down(math.log1p(1 / beta0))
 
 
 def _rounded_down(limit: float) -> str:
