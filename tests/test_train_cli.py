@@ -706,29 +706,19 @@ def test_trains_own_refusal_of_a_folder_of_others_files_keeps_their_names(tmp_pa
         "training would write its files among them; choose a new or empty folder")
 
 
-def test_a_changed_n_is_named_once_as_the_flag_with_both_values(tmp_path, capsys):
-    # "(--data/--n): --data/--n: saved [500, 2], now [400, 2]; --data/--n: saved {"data": "gmm", "n": 500}, now
-    # {...}": one flag three times, two records for one change
+@pytest.mark.parametrize("old, new, named", [("500", "400", "--n (the run's 500, now 400)"),
+                                             ("gmm", "moons", "--data (the run's gmm, now moons)")])
+def test_a_changed_data_setting_is_named_once_by_its_flag_with_one_way_on(tmp_path, capsys, old, new, named):
+    # --n: "(--data/--n): --data/--n: saved [500, 2], now [400, 2]; --data/--n: saved {"data": "gmm", "n": 500},
+    # now {...}", one flag three times; --data: named, then the data's digest said again with another way on
     assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
-    assert main(["train", *[("400" if f == "500" else f) for f in COMMON], "--steps", "4", "--out", str(tmp_path),
+    assert main(["train", *[(new if f == old else f) for f in COMMON], "--steps", "4", "--out", str(tmp_path),
                  "--resume"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"kfm train: error: cannot resume {tmp_path / 'resume.pt'}: settings differ from the saved run: --n (the "
-        "run's 500, now 400); resume with the run's settings (--steps, --save-every and --checkpoints may change), "
-        "or train a new run in another --out")
-
-
-def test_a_changed_data_spec_is_named_once_with_one_way_on(tmp_path, capsys):
-    # --data named, and the data's digest said again after it with another way on ("another folder")
-    assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path)]) == 0
-    capsys.readouterr()
-    assert main(["train", *[("moons" if f == "gmm" else f) for f in COMMON], "--steps", "4", "--out", str(tmp_path),
-                 "--resume"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"kfm train: error: cannot resume {tmp_path / 'resume.pt'}: settings differ from the saved run: --data (the "
-        "run's gmm, now moons); resume with the run's settings (--steps, --save-every and --checkpoints may change), "
-        "or train a new run in another --out")
+        f"kfm train: error: cannot resume {tmp_path / 'resume.pt'}: settings differ from the saved run: {named}; "
+        "resume with the run's settings (--steps, --save-every and --checkpoints may change), or train a new run "
+        "in another --out")
 
 
 def test_a_resume_says_once_that_it_resumed(tmp_path, capsys):
