@@ -15,6 +15,17 @@ from torch import nn
 
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"   # ../shared/data beside the repository (its README)
+LOSSLESS_CIFAR10 = SHARED_DATA / "cifar10" / "convnetjs_lossless"
+
+
+def lossless_sprite(folder: Path, batch: int):
+    """Sprite batch ``batch`` of the lossless CIFAR-10 folder (``cifar10_batch_<batch>.png``, 1,000
+    images with their labels) as an :class:`~kinetic_fm.data.ImageDataset`: ``.images`` (1000, 3, 32, 32)
+    in [-1, 1] and ``.labels``."""
+    from kinetic_fm.data.cifar10 import load_cifar10_sprite
+
+    return load_cifar10_sprite(folder / f"cifar10_batch_{batch}.png", folder / "cifar10_labels_51000.txt")
 
 
 def module_at(rev: str, path: str) -> types.ModuleType:

@@ -21,18 +21,15 @@ from pathlib import Path
 import torch
 
 import kinetic_fm as kfm
-from kinetic_fm.data.cifar10 import load_cifar10_sprite
-
-REPO = Path(__file__).resolve().parents[1]
+from _common import LOSSLESS_CIFAR10, lossless_sprite
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/cifar10/convnetjs_lossless")
+    parser.add_argument("--data", type=Path, default=LOSSLESS_CIFAR10)
     args = parser.parse_args()
-    labels = args.data / "cifar10_labels_51000.txt"
-    reference = load_cifar10_sprite(args.data / "cifar10_batch_0.png", labels).images[:1000]
-    samples = load_cifar10_sprite(args.data / "cifar10_batch_50.png", labels).images[:200]
+    reference = lossless_sprite(args.data, 0).images[:1000]
+    samples = lossless_sprite(args.data, 50).images[:200]
     flat_ref, flat_samples = reference.reshape(1000, -1).double(), samples.reshape(200, -1).double()
     u = 2.0 ** -24
     print(f"{'D':>6}{'h':>10}{'max |f32 - f64|':>18}{'estimate':>12}{'ratio':>8}")

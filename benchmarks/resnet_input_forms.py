@@ -17,18 +17,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kinetic_fm.data.cifar10 import load_cifar10_sprite
+from _common import SHARED_DATA, lossless_sprite
 from kinetic_fm.models.resnet_cifar import IMAGENET_MEAN, IMAGENET_STD, load_cifar_resnet
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     args = parser.parse_args()
-    lossless = args.data / "cifar10/convnetjs_lossless"
-    test = load_cifar10_sprite(lossless / "cifar10_batch_50.png", lossless / "cifar10_labels_51000.txt")
+    test = lossless_sprite(args.data / "cifar10/convnetjs_lossless", 50)
     images, labels = test.images[:500].float(), test.labels[:500]
     if images.dtype == torch.uint8 or images.max() > 1.5:
         raise SystemExit("expected images in [-1, 1]")
