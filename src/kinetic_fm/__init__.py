@@ -99,4 +99,4 @@ def __dir__() -> list[str]:
 
     # result_repr: the results' repr, a module of the package's workings that every result's module loads
     lazy = {name for name, module in _LAZY.items() if module not in _NEEDS or installed(_NEEDS[module])}
-    return package_dir(globals(), lazy, own={"_version", "_NEEDS", "result_repr"})
+    return package_dir(globals(), lazy, own={"_version", "_NEEDS", "lazy", "result_repr"})

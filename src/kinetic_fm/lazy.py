@@ -20,8 +20,8 @@ def lazy_attribute(namespace: dict[str, Any], table: Mapping[str, str], name: st
     return value
 
 
-# what a package's __init__ imports for its own use (with this module and its functions): not its surface
-_OWN_TOOLS = frozenset({"annotations", "importlib", "Any", "lazy", "lazy_attribute", "package_dir"})
+# what a package's __init__ imports for its own use (this module's functions): not its surface
+_OWN_TOOLS = frozenset({"annotations", "importlib", "Any", "lazy_attribute", "package_dir"})
 
 
 def package_dir(namespace: dict[str, Any], names: Iterable[str], own: Iterable[str] = ()) -> list[str]:
