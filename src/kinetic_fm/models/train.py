@@ -34,6 +34,9 @@ from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_stat
 from .run_config import DamagedTrainConfigError, read_train_config, short_json
 
 RESUME_FILE = "resume.pt"
+# load_resume_state's stacklevel from the lambda that train() and train_classifier() hand SignalsAtStepEnd.load:
+# the lambda, load, the _train function, its torch.enable_grad wrapper, then train() and its caller
+RESUME_STACKLEVEL = 6
 # config.json's (and resume.pt's) record of the values trained on; runs from before it have none
 DATA_DIGEST = "data_sha256"
 
@@ -647,20 +650,19 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         check_train_dir(out, resume=resume)
     parts = {"model": model, "ema": ema, "optimizer": optimizer}
     generators = {"data": data_gen, "noise": noise_gen}
-    on_disk = ResumeStateOnDisk(state_path, start)
+    on_disk = ResumeStateOnDisk(state_path)
     # Ctrl-C and SIGTERM wait for the step under way to end, so that a run with a folder loses no finished step:
     # held from the resume's load (which learns the step on disk) to the final weights' write, whose cut left a
     # finished run without them (without a folder nothing is saved: no wait)
     signals = SignalsAtStepEnd(on_disk)
     with signals:
-        if resume and state_path is not None and state_path.is_file():
+        if resume:
             # what a run saves (resume states, checkpoints) draws nothing and steps nothing: free to change; a run
             # without labels on either side leaves label_dropout out too (load_resume_state)
-            start = signals.load(lambda: load_resume_state(
-                state_path, config.steps, parts, losses, generators, device, run_config,
-                free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,),
-                stacklevel=5))  # the caller of train(), above this lambda and load
-            if on_resume is not None:
+            start = signals.load(lambda path: load_resume_state(
+                path, config.steps, parts, losses, generators, device, run_config,
+                free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,), stacklevel=RESUME_STACKLEVEL))
+            if start and on_resume is not None:
                 on_resume(start)
         if out is not None:
             remove_leftover_temporaries(out)
@@ -774,11 +776,11 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
 
 class ResumeStateOnDisk:
     """A training loop's resume state file ``path`` (None: none is kept, :meth:`write` does nothing) and
-    ``step``, the step of the state on disk (0 for none, None while a resume loads it, not known yet):
-    :meth:`write` keeps it current."""
+    ``step``, the step of the state on disk (0 for none, the start; None while a resume loads it, not known
+    yet): :meth:`write` keeps it current."""
 
-    def __init__(self, path: Path | None, step: int) -> None:
-        self.path, self.step = path, step
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.step = path, 0
 
     def write(self, step: int, save: Callable[[Path], None]) -> None:
         """``save(path)``, which writes ``step``'s state there atomically; ``step`` is the one on disk once
@@ -832,12 +834,16 @@ class SignalsAtStepEnd:
         else:
             self.replaced[signum](signum, frame)
 
-    def load(self, resume: Callable[[], int]) -> int:
-        """The step ``resume()`` loads a resume state of (and returns), held as the one on disk and the one
-        under way; while it loads, the step on disk is not known (None: a second signal there names none).
-        The caller's :meth:`at_step_end` of that step delivers a signal held in the load."""
+    def load(self, resume: Callable[[Path], int]) -> int:
+        """The step to train from: 0 where no resume state file stands at ``on_disk.path``, else the step
+        ``resume(path)`` loads its state of (and returns), held as the one on disk and the one under way;
+        while it loads, the step on disk is not known (None: a second signal there names none). The
+        caller's :meth:`at_step_end` of that step delivers a signal held in the load."""
+        path = self.on_disk.path
+        if path is None or not path.is_file():
+            return 0
         self.on_disk.step = None
-        start = resume()
+        start = resume(path)
         self.on_disk.step = self.step = start
         return start
 
