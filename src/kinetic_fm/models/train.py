@@ -265,10 +265,12 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
                          "move it away and resume to train again from step 0 (the checkpoints hold weights, not "
                          "the optimiser's state), or choose another folder") from None
     saved = json.loads(state["config"])
+    saved_digest, digest = saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST)
     # a side trained without labels (its record's labels None) drops none: its label_dropout is 0 whatever the
-    # other side's, a change the net's classes make (its record differs, named), not a rate to name
-    if any(isinstance(side, dict) and side.get("labels", "") is None
-           for side in (saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST))):
+    # other side's, and its labels do not compare with the other's: a change the net's classes make (its record
+    # differs, named), neither a rate nor other data to name
+    unlabelled = any(isinstance(side, dict) and side.get("labels") is None for side in (saved_digest, digest))
+    if unlabelled:
         free = (*free, "label_dropout")
     for key in optional:
         if key not in saved:
@@ -277,12 +279,10 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
               if k not in ("train", DATA_DIGEST) and saved.get(k) != run_config[k]}
     differ |= {f"train.{k}": (saved["train"][k], run_config["train"].get(k)) for k in saved["train"]
                if k not in free and saved["train"][k] != run_config["train"].get(k)}
-    # other values of the same shape and dtype (a shape difference is named above, a net's dtype below)
-    saved_digest, digest = saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST)
+    # other values of the same shape and dtype (a shape difference is named above, a net's dtype below); a
+    # saved record without a digest (optional) is not compared
     compared = digest is not None and "data_shape" not in differ and isinstance(saved_digest, dict)
-    if compared and None in (saved_digest.get("labels"), digest["labels"]):
-        # labels given to one side alone: the net's classes changed (its record differs, named above), not the
-        # data; so the labels are not compared
+    if compared and unlabelled:
         saved_digest, digest = ({k: v for k, v in side.items() if k != "labels"} for side in (saved_digest, digest))
     other_data = compared and saved_digest != digest and saved_digest.get("dtype") == digest["dtype"]
     # load_state_dict would round the saved weights (and the optimizer its moments) into another
@@ -324,19 +324,12 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     return start
 
 
-def _other_data(saved: Any, now: dict[str, Any], shape: list[int]) -> str:
+def _other_data(saved: dict[str, Any], now: dict[str, Any], shape: list[int]) -> str:
     """The refusal of a resume given other data (or labels) of the run's shape: what differs, by
-    sha256, and what to do."""
-    saved = saved if isinstance(saved, dict) else {}
-
-    def sides(name: str) -> str:  # a record without the value (None) reads "no labels", not "sha256 None…"
-        before, after = (f"sha256 {value[:12]}…" if isinstance(value, str) else f"no {name}"
-                         for value in (saved.get(name), now.get(name)))
-        if before.startswith("sha256") and after.startswith("sha256"):
-            after = after.removeprefix("sha256 ")
-        return f"{before} saved, {after} now"
-
-    what = [f"{name} ({sides(name)})" for name in ("data", "labels") if saved.get(name) != now.get(name)]
+    sha256, and what to do. ``saved`` and ``now`` are :func:`data_digest` records whose differing
+    values are sha256s (:func:`load_resume_state` leaves out labels one side lacks)."""
+    what = [f"{name} (sha256 {saved[name][:12]}… saved, {now[name][:12]}… now)" for name in ("data", "labels")
+            if saved.get(name) != now.get(name)]
     return (f"the {' and '.join(what)} differ from those the run trained on (of the same shape {shape}): resume "
             "with the data it trained on (kfm train: the same --data, --n and --seed, over the same files; a "
             "folder whose images were added, removed or replaced since draws other items) or train a new run in "
