@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     device = single_process_device(args.device, "train")   # a bad --device fails before the data loads
     check_output_path("--out", args.out, folder=True)
     try:  # train() checks it again, under the folder's lock; here it comes before the data loads
-        check_train_dir(args.out, resume=args.resume)
+        recorded = check_train_dir(args.out, resume=args.resume)
     except ValueError as err:
         raise ValueError(f"--out {where_named(str(err), _FLAGS)}") from None   # "resume=True": "--resume"
     if args.label_dropout is not None and not args.class_cond:  # it would be ignored without a word
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:  # "n must be an integer in [1, 1_797] (the available items)"
             raise named_by_its_flag(err, _FLAGS) from None
     data = dataset_rows(ds)
-    saved = _saved_config(args.out) if args.resume else None
+    saved = _saved_config(args.out, recorded) if args.resume else None
     if saved is not None:  # a run from before folder: loaded a grey folder as one channel: its three equal channels
         data = grey_as_recorded(data, saved.get("data_shape"), args.data)
     if args.model == "unet" and data.dim() != 4:  # default_model's own refusal names neither flag
@@ -321,11 +321,13 @@ def _why_unlabelled(spec: str) -> str:
     return f": {reason}" if reason else ""
 
 
-def _saved_config(out: str) -> dict | None:
+def _saved_config(out: str, recorded: dict | None) -> dict | None:
     """The record a kfm train run folder ``out`` keeps, or None where there is none (no run yet).
 
-    Read from its config.json; where that is damaged or another program's (after
-    :func:`~kinetic_fm.models.train.check_train_dir`, only beside a resume.pt), from resume.pt, the
+    Without a resume.pt, ``recorded``: what :func:`~kinetic_fm.models.train.check_train_dir` read of its
+    config.json before the data loaded (not read twice before the lock; train() reads it again under
+    the lock, where it decides). Beside one, read from its config.json; where that is damaged or another
+    program's (after check_train_dir, only beside a resume.pt), from resume.pt, the
     record the resume compares and writes into config.json again: read as None, a run recorded by a
     relative spec or as grey items was refused as other data (resume.pt's values but its tensors,
     which are mapped, not read; only then). None when resume.pt cannot be read either: the resume names
@@ -338,11 +340,13 @@ def _saved_config(out: str) -> dict | None:
     from ..models.train import RESUME_FILE
     from ..run_files import TRAIN_CONFIG_NAME
 
+    if not (Path(out) / RESUME_FILE).is_file():
+        return recorded
     try:
         saved = read_train_config(Path(out) / TRAIN_CONFIG_NAME)
     except (OSError, ValueError):  # absent, or damaged (DamagedTrainConfigError)
         saved = None
-    if saved is not None or not (Path(out) / RESUME_FILE).is_file():
+    if saved is not None:
         return saved
     try:
         saved = json.loads(load_state(Path(out) / RESUME_FILE, mmap=True)["config"])  # its tensors left unread

@@ -347,8 +347,9 @@ def data_digest(data: Tensor, labels: Tensor | None) -> dict[str, Any]:
             "labels": None if labels is None else tensor_sha256(labels)}
 
 
-def check_train_dir(out: str | Path, *, resume: bool) -> None:
-    """ValueError when ``out`` already holds a training run and ``resume`` is False (its files
+def check_train_dir(out: str | Path, *, resume: bool) -> dict[str, Any] | None:
+    """The record of the training ``config.json`` it read (where no resume.pt stands beside one), else None;
+    ValueError when ``out`` already holds a training run and ``resume`` is False (its files
     would be overwritten). A folder holding a training ``config.json`` alone holds no step (a run
     that failed or was stopped before its first save), so a new run may start there, as a resume
     would; another program's config.json (no resume.pt beside it) is refused as that program's
@@ -366,10 +367,10 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     if (out / MANIFEST_NAME).exists():
         raise ValueError(f"{out} holds a kfm sample run ({MANIFEST_NAME}), not a training run; choose another folder")
     config = out / TRAIN_CONFIG_NAME
-    training = False
+    record = None
     if config.exists() and not (out / RESUME_FILE).exists():
         try:  # a folder named config.json is not a run's (opening it raises PermissionError on Windows)
-            training = not config.is_dir() and read_train_config(config) is not None
+            record = None if config.is_dir() else read_train_config(config)
         except DamagedTrainConfigError as err:
             raise DamagedTrainConfigError(
                 f"{out} holds a training run's config.json that {err.fault} With no {RESUME_FILE} beside it the "
@@ -378,18 +379,19 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
         except OSError as err:  # EACCES, EIO: a training run's it may well be
             raise ValueError(f"{out} holds a config.json that cannot be read ({err.strerror or err}); make it "
                              "readable, or choose another folder") from None
-        if not training and (resume or config.is_file()):
+        if record is None and (resume or config.is_file()):
             # a resume without resume.pt starts afresh and would write its own config.json over this one
             raise ValueError(f"{out} holds a config.json that is not a training run's (another program's, or damaged "
                              "beyond recognition); " + ("resume=True continues training runs only: " if resume else
                                                         "training would write its own over it: ")
                              + "move it away, or choose another folder")
     earlier = _run_files(out)
-    if earlier and not (earlier == [TRAIN_CONFIG_NAME] and training) and not resume:
+    if earlier and not (earlier == [TRAIN_CONFIG_NAME] and record is not None) and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                          "resume=True or choose another folder")
     if not earlier:
         _refuse_others_files(out)
+    return record
 
 
 def _run_files(out: Path) -> list[str]:
