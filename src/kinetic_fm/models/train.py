@@ -298,10 +298,12 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     # as given): sha256s of two dtypes do not compare, and such a resume went on unchecked
     other_dtype = compared and saved_digest.get("dtype") != digest["dtype"] and not other_nets
     if differ or other_data or other_dtype:
-        data = _other_data(saved_digest, digest, run_config["data_shape"]) if other_data else ""
+        # one way on for both where settings differ too: the data's alone led to a second refusal, for the settings
+        resume_with = "resume with the run's settings and the data" if differ else "resume with the data"
+        data = _other_data(saved_digest, digest, run_config["data_shape"], resume_with) if other_data else ""
         if other_dtype:
             data = (f"the data are {digest['dtype']}, the run trained on {saved_digest.get('dtype')} (values of two "
-                    f"dtypes do not compare by sha256): resume with the data it trained on, in its dtype "
+                    f"dtypes do not compare by sha256): {resume_with} it trained on, in its dtype "
                     f"(.to(torch.{saved_digest.get('dtype')})), or train a new run in another folder")
         raise ResumeSettingsError(path, differ, data)
     start = int(state["step"])
@@ -324,14 +326,15 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     return start
 
 
-def _other_data(saved: dict[str, Any], now: dict[str, Any], shape: list[int]) -> str:
+def _other_data(saved: dict[str, Any], now: dict[str, Any], shape: list[int], resume_with: str) -> str:
     """The refusal of a resume given other data (or labels) of the run's shape: what differs, by
-    sha256, and what to do. ``saved`` and ``now`` are :func:`data_digest` records whose differing
-    values are sha256s (:func:`load_resume_state` leaves out labels one side lacks)."""
+    sha256, and what to do (``resume_with``: "resume with the data", and the run's settings where they
+    differ too). ``saved`` and ``now`` are :func:`data_digest` records whose differing values are
+    sha256s (:func:`load_resume_state` leaves out labels one side lacks)."""
     what = [f"{name} (sha256 {saved[name][:12]}… saved, {now[name][:12]}… now)" for name in ("data", "labels")
             if saved.get(name) != now.get(name)]
-    return (f"the {' and '.join(what)} differ from those the run trained on (of the same shape {shape}): resume "
-            "with the data it trained on (kfm train: the same --data, --n and --seed, over the same files; a "
+    return (f"the {' and '.join(what)} differ from those the run trained on (of the same shape {shape}): "
+            f"{resume_with} it trained on (kfm train: the same --data, --n and --seed, over the same files; a "
             "folder whose images were added, removed or replaced since draws other items) or train a new run in "
             "another folder")
 
