@@ -284,8 +284,9 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     # no finished step is lost
     signals = SignalsAtStepEnd(on_disk)
     with signals:
-        start = signals.load(lambda path: load_resume_state(path, steps, parts, losses, generators, device, run_config,
-                                                            free=(), optional=(DATA_DIGEST,), stacklevel=RESUME_STACKLEVEL))
+        start = signals.load(lambda path: load_resume_state(
+            path, steps, parts, losses, generators, device, run_config, free=(), optional=(DATA_DIGEST,),
+            stacklevel=RESUME_STACKLEVEL))
         signals.at_step_end(start, save_resume)  # one held in the load: delivered before any step
         for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
             step = signals.step = i + 1
