@@ -2,6 +2,7 @@ import copy
 import json
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -83,8 +84,12 @@ def test_resuming_on_another_kind_of_device_warns(tmp_path, stop_at):
     config = TrainConfig(steps=6, batch_size=8, seed=3, save_every=2, checkpoints="none")
     with pytest.raises(stop_at.error):
         train(VelocityMLP(2, hidden=8, depth=1), ds.points[:64], config, out=tmp_path, callback=stop_at(3))
-    with fake_cuda(), pytest.warns(UserWarning, match="on cuda:0, saved on the CPU: training goes on"):
+    with fake_cuda(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         train(VelocityMLP(2, hidden=8, depth=1).to("cuda"), ds.points[:64], config, out=tmp_path, resume=True)
+    said = [w for w in caught if "on cuda:0, saved on the CPU: training goes on" in str(w.message)]
+    assert len(said) == 1 and said[0].category is UserWarning
+    assert said[0].filename == __file__   # the caller's train(...), not train()'s own body (helper-315)
 
 
 def test_training_is_deterministic_by_seed_and_writes_checkpoints(tmp_path):
@@ -993,7 +998,7 @@ def test_a_resume_state_on_disk_of_no_path_keeps_none():
     from kinetic_fm.models.train import ResumeStateOnDisk
 
     saved = []
-    on_disk = ResumeStateOnDisk(None, 0)
+    on_disk = ResumeStateOnDisk(None)
     on_disk.write(4, saved.append)
     assert saved == [] and on_disk.step == 0
 

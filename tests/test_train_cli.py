@@ -795,3 +795,16 @@ def test_a_nets_other_settings_are_named_by_the_nets_flags_with_both_records():
     assert _changed_flags({"model": (was, now)}) == [
         ("--model/--width/--class-cond", '{"kind": "mlp", "config": {"dim": 2, "hidden": 16}}',
          '{"kind": "mlp", "config": {"dim": 3, "hidden": 16}}')]
+
+
+def test_a_resume_reads_config_json_once_before_the_lock_and_once_under_it(tmp_path, capsys, monkeypatch):
+    # a folder with config.json alone (a run stopped before its first save): the command's early check, its
+    # record of the run (_saved_config) and train()'s check under the lock each read it (helper-315)
+    from pathlib import Path
+
+    assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path)]) == 0
+    (tmp_path / "resume.pt").unlink()
+    reads, read_bytes = [], Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or read_bytes(self))
+    assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path), "--resume"]) == 0
+    assert reads.count("config.json") == 2

@@ -104,6 +104,25 @@ def test_kfm_train_resume_on_a_folder_whose_image_was_replaced_is_refused(tmp_pa
     assert "the same --data, --n and --seed, over the same files" in err
 
 
+def test_a_resume_with_a_changed_lr_and_other_data_gives_one_way_on_for_both(tmp_path, capsys):
+    # "--lr (the run's 0.001, now 0.002); and the data (...) differ ...: resume with the data it trained on (...)
+    # or train a new run": a resume with that data alone was refused again, for its --lr (helper-315)
+    images = _png_folder(tmp_path / "images")
+    args = ["train", "--data", f"folder:{images}", *TRAIN, "--save-every", "1", "--out", str(tmp_path / "run")]
+    assert main([*args, "--steps", "2"]) == 0
+    _replace_one_image(images)
+    capsys.readouterr()
+    assert main([*args, "--steps", "4", "--lr", "0.002", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "settings differ from the saved run: --lr (the run's 0.001, now 0.002); and the data (sha256 " in err
+    assert err.count("resume with") == 1 and err.count("train a new run") == 1
+    assert ("differ from those the run trained on (of the same shape [5, 3, 8, 8]): resume with the run's settings "
+            "and the data it trained on (kfm train: the same --data, --n and --seed, over the same files;") in err
+    # the data alone: its own way on, as before
+    assert main([*args, "--steps", "4", "--resume"]) == 2
+    assert ": resume with the data it trained on (kfm train:" in capsys.readouterr().err
+
+
 def _points():
     return torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
 

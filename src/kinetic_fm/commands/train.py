@@ -13,6 +13,7 @@ net with ``kinetic_fm.models.load_model(<out>)`` and sample it with ``kinetic_fm
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..checks import DEVICE_FORMS
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     device = single_process_device(args.device, "train")   # a bad --device fails before the data loads
     check_output_path("--out", args.out, folder=True)
     try:  # train() checks it again, under the folder's lock; here it comes before the data loads
-        check_train_dir(args.out, resume=args.resume)
+        recorded = check_train_dir(args.out, resume=args.resume)
     except ValueError as err:
         raise ValueError(f"--out {where_named(str(err), _FLAGS)}") from None   # "resume=True": "--resume"
     if args.label_dropout is not None and not args.class_cond:  # it would be ignored without a word
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:  # "n must be an integer in [1, 1_797] (the available items)"
             raise named_by_its_flag(err, _FLAGS) from None
     data = dataset_rows(ds)
-    saved = _saved_config(args.out) if args.resume else None
+    saved = _saved_config(args.out, recorded) if args.resume else None
     if saved is not None:  # a run from before folder: loaded a grey folder as one channel: its three equal channels
         data = grey_as_recorded(data, saved.get("data_shape"), args.data)
     if args.model == "unet" and data.dim() != 4:  # default_model's own refusal names neither flag
@@ -189,13 +190,18 @@ _FLAGS = {"resume": "--resume", "steps": "--steps", "batch_size": "--batch-size"
           "weight_decay": "--weight-decay", "ema_decay": "--ema-decay", "label_dropout": "--label-dropout",
           "save_every": "--save-every", "n": "--n", "base_channels": "--width", "hidden": "--width",
           "seed": "--seed", "grad_clip": "--grad-clip"}
-# what a resume compares, by the flags that decide it: the saved TrainConfig's settings ("train.lr";
-# --steps, --save-every and --checkpoints are free to change; its betas no flag sets) and the run's
-# other records
-SETTINGS = SettingFlags({
-    **{f"train.{name}": _FLAGS[name] for name in ("batch_size", "lr", "warmup", "weight_decay", "ema_decay",
-                                                  "grad_clip", "label_dropout", "seed")},
-    "model": "--model/--width/--class-cond", "data_shape": "--data/--n", "info": "--data/--n"})
+# what a resume compares, by the flags that decide it (each record by its name in the run's record): the saved
+# TrainConfig's settings ("train.lr"; --steps, --save-every and --checkpoints are free to change; its betas no
+# flag sets), the data spec and the net's kind, width and classes
+SETTINGS = SettingFlags(
+    direct={**{f"train.{name}": _FLAGS[name] for name in ("batch_size", "lr", "warmup", "weight_decay", "ema_decay",
+                                                          "grad_clip", "label_dropout", "seed")},
+            "info.data": "--data", "info.n": "--n", "info": "--data/--n", "model.kind": "--model",
+            "model.config.hidden": "--width", "model.config.base_channels": "--width",
+            "model.config.num_classes": "--class-cond"},
+    # records those flags decide, named only where none of their flags is, nor of the records before them: the
+    # data's shape (a folder changed since the run), then the net's other settings (its dim: the data's too)
+    derived={"data_shape": "--data/--n", "model": "--model/--width/--class-cond"})
 
 
 def _flags_for_settings(text: str) -> str:
@@ -212,18 +218,24 @@ def _resume_refusal(err: ResumeSettingsError) -> str:
     changed = _changed_flags(err.differ)
     changes = [f"{flag} (the run's {was}, now {now})" for flag, was, now in changed]
     # other data after a changed --data or --n is that change said again, with the library's way on
-    data = "" if any(flag in ("--data", "--n") for flag, _, _ in changed) else err.data
+    data = "" if _one_by_one(f for f, _, _ in changed) & _one_by_one([SETTINGS.derived["data_shape"]]) else err.data
     settings = ("settings differ from the saved run: " + "; ".join(changes) + ("" if data else
                 "; resume with the run's settings (--steps, --save-every and --checkpoints may change), or train a "
                 "new run in another --out")) if changes else ""
     return f"cannot resume {err.path}: " + "; and ".join(p for p in (settings, _flags_for_settings(data)) if p)
 
 
+def _one_by_one(flags: Iterable[str]) -> set[str]:
+    """Each flag of ``flags`` (a flag, or flags joined by "/": "--data/--n") alone."""
+    return {flag for joined in flags for flag in joined.split("/")}
+
+
 def _changed_flags(differ: dict) -> list[tuple[str, str, str]]:
     """(flag, the run's value, this one's) for each setting that ``differ`` (record name -> (saved,
-    now)) holds, by the flag that sets it: the data spec's "data" and "n" as --data and --n, the net's
-    kind, width and classes as --model, --width and --class-cond; the data's shape and the net's
-    other settings (which the data decide) only where nothing else names the change."""
+    now)) holds, by the flag that sets it (:data:`SETTINGS`): the data spec's "data" and "n" as --data
+    and --n, the net's kind (which decides what its width means), or else width, and classes as --model,
+    --width and --class-cond; the data's shape and the net's other settings (which the data decide)
+    only where nothing else names the change."""
     from ..models.run_config import short_json
 
     unset = {"train.grad_clip": "0", "info.n": "all"}   # the flags' "no clipping" and "every item"
@@ -233,33 +245,40 @@ def _changed_flags(differ: dict) -> list[tuple[str, str, str]]:
             return flag_value(value, none=unset.get(name, "none"))
         return short_json(value)
 
-    changes, net_named = [], False
+    changes = []
     for name, (was, now) in differ.items():
-        if name == "model" and isinstance(was, dict) and isinstance(now, dict):
-            old, new = was.get("config") or {}, now.get("config") or {}
-            net = ([("--model", was.get("kind"), now.get("kind"))] if was.get("kind") != now.get("kind") else
-                   [("--width", old.get(key), new.get(key)) for key in ("hidden", "base_channels")
-                    if old.get(key) != new.get(key)])
-            if old.get("num_classes") != new.get("num_classes"):
-                net.append(("--class-cond", *(flag_value(c is not None) for c in (old.get("num_classes"),
-                                                                                   new.get("num_classes")))))
-            changes += [(flag, typed(name, a), typed(name, b)) for flag, a, b in net]
-            net_named = bool(net)
-        elif name == "info" and isinstance(was, dict) and isinstance(now, dict):
-            for key in dict.fromkeys([*was, *now]):
-                if was.get(key) != now.get(key):
-                    changes.append((f"--{key}" if key in ("data", "n") else f"info.{key}",
-                                    typed(f"info.{key}", was.get(key)), typed(f"info.{key}", now.get(key))))
-        elif name != "data_shape":
-            changes.append((SETTINGS.flag_of(name) or name, typed(name, was), typed(name, now)))
-    data_named = any(flag in ("--data", "--n") for flag, _, _ in changes)
-    if "data_shape" in differ and not data_named:
-        was, now = differ["data_shape"]
-        changes.append(("--data/--n", f"data of shape {short_json(was)}", short_json(now)))
-    if "model" in differ and not net_named and not data_named and "data_shape" not in differ:
-        was, now = differ["model"]  # the net's other settings: no flag of this command sets them
-        changes.append(("--model/--width/--class-cond", short_json(was), short_json(now)))
+        for record, old, new in _records(name, was, now):
+            if record not in SETTINGS.derived:
+                changes.append((SETTINGS.flag_of(record) or record, typed(record, old), typed(record, new)))
+    hiding = set()   # a derived record's flags and those of the records before it
+    for name, flags in SETTINGS.derived.items():
+        hiding |= _one_by_one([flags])
+        if name in differ and not _one_by_one(flag for flag, _, _ in changes) & hiding:
+            was, now = differ[name]
+            changes.append((flags, f"data of shape {short_json(was)}" if name == "data_shape" else short_json(was),
+                            short_json(now)))
     return changes
+
+
+def _records(name: str, was, now) -> list[tuple[str, object, object]]:
+    """The record ``name`` (saved ``was``, now ``now``) as the settings a flag sets: a net's record
+    (:data:`SETTINGS`' "model.kind", "model.config.hidden", ...; its kind instead of its width where that
+    changed, its classes as on / off) and the data spec's ("info.data", "info.n") by their keys where both are
+    records, else itself."""
+    if not (name in ("model", "info") and isinstance(was, dict) and isinstance(now, dict)):
+        return [(name, was, now)]
+    if name == "info":
+        return [(f"info.{key}", was.get(key), now.get(key)) for key in dict.fromkeys([*was, *now])
+                if was.get(key) != now.get(key)]
+    old, new = was.get("config") or {}, now.get("config") or {}
+    # the net's kind changes what its width means: named instead of the width
+    records = ([("model.kind", was.get("kind"), now.get("kind"))] if was.get("kind") != now.get("kind") else
+               [(f"model.config.{key}", old.get(key), new.get(key)) for key in ("hidden", "base_channels")
+                if old.get(key) != new.get(key)])
+    if old.get("num_classes") != new.get("num_classes"):
+        records.append(("model.config.num_classes", *(flag_value(c is not None) for c in (old.get("num_classes"),
+                                                                                           new.get("num_classes")))))
+    return records or [("model", was, now)]   # the net's other settings: no flag of this command sets them
 
 
 def _interrupted_hint(kept: int, stopped: int, args: argparse.Namespace) -> str:
@@ -302,11 +321,13 @@ def _why_unlabelled(spec: str) -> str:
     return f": {reason}" if reason else ""
 
 
-def _saved_config(out: str) -> dict | None:
+def _saved_config(out: str, recorded: dict | None) -> dict | None:
     """The record a kfm train run folder ``out`` keeps, or None where there is none (no run yet).
 
-    Read from its config.json; where that is damaged or another program's (after
-    :func:`~kinetic_fm.models.train.check_train_dir`, only beside a resume.pt), from resume.pt, the
+    Without a resume.pt, ``recorded``: what :func:`~kinetic_fm.models.train.check_train_dir` read of its
+    config.json before the data loaded (not read twice before the lock; train() reads it again under
+    the lock, where it decides). Beside one, read from its config.json; where that is damaged or another
+    program's (after check_train_dir, only beside a resume.pt), from resume.pt, the
     record the resume compares and writes into config.json again: read as None, a run recorded by a
     relative spec or as grey items was refused as other data (resume.pt's values but its tensors,
     which are mapped, not read; only then). None when resume.pt cannot be read either: the resume names
@@ -319,11 +340,13 @@ def _saved_config(out: str) -> dict | None:
     from ..models.train import RESUME_FILE
     from ..run_files import TRAIN_CONFIG_NAME
 
+    if not (Path(out) / RESUME_FILE).is_file():
+        return recorded
     try:
         saved = read_train_config(Path(out) / TRAIN_CONFIG_NAME)
     except (OSError, ValueError):  # absent, or damaged (DamagedTrainConfigError)
         saved = None
-    if saved is not None or not (Path(out) / RESUME_FILE).is_file():
+    if saved is not None:
         return saved
     try:
         saved = json.loads(load_state(Path(out) / RESUME_FILE, mmap=True)["config"])  # its tensors left unread

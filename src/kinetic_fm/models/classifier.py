@@ -243,8 +243,8 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     """:func:`train_classifier`'s work, with ``out``'s lock held."""
     from tqdm.auto import tqdm
 
-    from .train import (DATA_DIGEST, RESUME_FILE, ResumeStateOnDisk, SignalsAtStepEnd, data_digest, load_resume_state,
-                        remove_leftover_temporaries, save_resume_state)
+    from .train import (DATA_DIGEST, RESUME_FILE, RESUME_STACKLEVEL, ResumeStateOnDisk, SignalsAtStepEnd, data_digest,
+                        load_resume_state, remove_leftover_temporaries, save_resume_state)
 
     steps, batch_size, lr, seed = settings["steps"], settings["batch_size"], settings["lr"], settings["seed"]
     width, augment_noise = settings["width"], settings["augment_noise"]
@@ -269,12 +269,11 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
         # on other images or labels of the same shape went on without a word
         run_config[DATA_DIGEST] = data_digest(images, labels)
         remove_leftover_temporaries(out)  # resume.pt's, from writers killed mid-save
-    start = 0
     if state_path is not None and state_path.is_file() and not resume:
         raise ValueError(f"{out} already holds a classifier training ({RESUME_FILE}); continue it with "
                          "resume=True or choose another folder")
     labels = labels.to(images.device)  # once, not per step
-    on_disk = ResumeStateOnDisk(state_path, start)
+    on_disk = ResumeStateOnDisk(state_path)
 
     def save_resume(step: int) -> None:
         on_disk.write(step, lambda path: save_resume_state(path, step, parts, losses, generators, device, run_config,
@@ -285,10 +284,9 @@ def _train_classifier(images: Tensor, labels: Tensor, num_classes: int, settings
     # no finished step is lost
     signals = SignalsAtStepEnd(on_disk)
     with signals:
-        if state_path is not None and state_path.is_file():
-            start = signals.load(lambda: load_resume_state(
-                state_path, steps, parts, losses, generators, device, run_config, free=(), optional=(DATA_DIGEST,),
-                stacklevel=5))  # the caller of train_classifier(), above this lambda and load
+        start = signals.load(lambda path: load_resume_state(
+            path, steps, parts, losses, generators, device, run_config, free=(), optional=(DATA_DIGEST,),
+            stacklevel=RESUME_STACKLEVEL))
         signals.at_step_end(start, save_resume)  # one held in the load: delivered before any step
         for i in tqdm(range(start, steps), initial=start, total=steps, desc="classifier", disable=not progress):
             step = signals.step = i + 1

@@ -34,6 +34,9 @@ from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_stat
 from .run_config import DamagedTrainConfigError, read_train_config, short_json
 
 RESUME_FILE = "resume.pt"
+# load_resume_state's stacklevel from the lambda that train() and train_classifier() hand SignalsAtStepEnd.load:
+# the lambda, load, the _train function, its torch.enable_grad wrapper, then train() and its caller
+RESUME_STACKLEVEL = 6
 # config.json's (and resume.pt's) record of the values trained on; runs from before it have none
 DATA_DIGEST = "data_sha256"
 
@@ -262,10 +265,12 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
                          "move it away and resume to train again from step 0 (the checkpoints hold weights, not "
                          "the optimiser's state), or choose another folder") from None
     saved = json.loads(state["config"])
+    saved_digest, digest = saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST)
     # a side trained without labels (its record's labels None) drops none: its label_dropout is 0 whatever the
-    # other side's, a change the net's classes make (its record differs, named), not a rate to name
-    if any(isinstance(side, dict) and side.get("labels", "") is None
-           for side in (saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST))):
+    # other side's, and its labels do not compare with the other's: a change the net's classes make (its record
+    # differs, named), neither a rate nor other data to name
+    unlabelled = any(isinstance(side, dict) and side.get("labels") is None for side in (saved_digest, digest))
+    if unlabelled:
         free = (*free, "label_dropout")
     for key in optional:
         if key not in saved:
@@ -274,12 +279,10 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
               if k not in ("train", DATA_DIGEST) and saved.get(k) != run_config[k]}
     differ |= {f"train.{k}": (saved["train"][k], run_config["train"].get(k)) for k in saved["train"]
                if k not in free and saved["train"][k] != run_config["train"].get(k)}
-    # other values of the same shape and dtype (a shape difference is named above, a net's dtype below)
-    saved_digest, digest = saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST)
+    # other values of the same shape and dtype (a shape difference is named above, a net's dtype below); a
+    # saved record without a digest (optional) is not compared
     compared = digest is not None and "data_shape" not in differ and isinstance(saved_digest, dict)
-    if compared and None in (saved_digest.get("labels"), digest["labels"]):
-        # labels given to one side alone: the net's classes changed (its record differs, named above), not the
-        # data; so the labels are not compared
+    if compared and unlabelled:
         saved_digest, digest = ({k: v for k, v in side.items() if k != "labels"} for side in (saved_digest, digest))
     other_data = compared and saved_digest != digest and saved_digest.get("dtype") == digest["dtype"]
     # load_state_dict would round the saved weights (and the optimizer its moments) into another
@@ -295,10 +298,12 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     # as given): sha256s of two dtypes do not compare, and such a resume went on unchecked
     other_dtype = compared and saved_digest.get("dtype") != digest["dtype"] and not other_nets
     if differ or other_data or other_dtype:
-        data = _other_data(saved_digest, digest, run_config["data_shape"]) if other_data else ""
+        # one way on for both where settings differ too: the data's alone led to a second refusal, for the settings
+        resume_with = "resume with the run's settings and the data" if differ else "resume with the data"
+        data = _other_data(saved_digest, digest, run_config["data_shape"], resume_with) if other_data else ""
         if other_dtype:
             data = (f"the data are {digest['dtype']}, the run trained on {saved_digest.get('dtype')} (values of two "
-                    f"dtypes do not compare by sha256): resume with the data it trained on, in its dtype "
+                    f"dtypes do not compare by sha256): {resume_with} it trained on, in its dtype "
                     f"(.to(torch.{saved_digest.get('dtype')})), or train a new run in another folder")
         raise ResumeSettingsError(path, differ, data)
     start = int(state["step"])
@@ -321,21 +326,15 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     return start
 
 
-def _other_data(saved: Any, now: dict[str, Any], shape: list[int]) -> str:
+def _other_data(saved: dict[str, Any], now: dict[str, Any], shape: list[int], resume_with: str) -> str:
     """The refusal of a resume given other data (or labels) of the run's shape: what differs, by
-    sha256, and what to do."""
-    saved = saved if isinstance(saved, dict) else {}
-
-    def sides(name: str) -> str:  # a record without the value (None) reads "no labels", not "sha256 None…"
-        before, after = (f"sha256 {value[:12]}…" if isinstance(value, str) else f"no {name}"
-                         for value in (saved.get(name), now.get(name)))
-        if before.startswith("sha256") and after.startswith("sha256"):
-            after = after.removeprefix("sha256 ")
-        return f"{before} saved, {after} now"
-
-    what = [f"{name} ({sides(name)})" for name in ("data", "labels") if saved.get(name) != now.get(name)]
-    return (f"the {' and '.join(what)} differ from those the run trained on (of the same shape {shape}): resume "
-            "with the data it trained on (kfm train: the same --data, --n and --seed, over the same files; a "
+    sha256, and what to do (``resume_with``: "resume with the data", and the run's settings where they
+    differ too). ``saved`` and ``now`` are :func:`data_digest` records whose differing values are
+    sha256s (:func:`load_resume_state` leaves out labels one side lacks)."""
+    what = [f"{name} (sha256 {saved[name][:12]}… saved, {now[name][:12]}… now)" for name in ("data", "labels")
+            if saved.get(name) != now.get(name)]
+    return (f"the {' and '.join(what)} differ from those the run trained on (of the same shape {shape}): "
+            f"{resume_with} it trained on (kfm train: the same --data, --n and --seed, over the same files; a "
             "folder whose images were added, removed or replaced since draws other items) or train a new run in "
             "another folder")
 
@@ -351,8 +350,9 @@ def data_digest(data: Tensor, labels: Tensor | None) -> dict[str, Any]:
             "labels": None if labels is None else tensor_sha256(labels)}
 
 
-def check_train_dir(out: str | Path, *, resume: bool) -> None:
-    """ValueError when ``out`` already holds a training run and ``resume`` is False (its files
+def check_train_dir(out: str | Path, *, resume: bool) -> dict[str, Any] | None:
+    """The record of the training ``config.json`` it read (where no resume.pt stands beside one), else None;
+    ValueError when ``out`` already holds a training run and ``resume`` is False (its files
     would be overwritten). A folder holding a training ``config.json`` alone holds no step (a run
     that failed or was stopped before its first save), so a new run may start there, as a resume
     would; another program's config.json (no resume.pt beside it) is refused as that program's
@@ -370,10 +370,10 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
     if (out / MANIFEST_NAME).exists():
         raise ValueError(f"{out} holds a kfm sample run ({MANIFEST_NAME}), not a training run; choose another folder")
     config = out / TRAIN_CONFIG_NAME
-    training = False
+    record = None
     if config.exists() and not (out / RESUME_FILE).exists():
         try:  # a folder named config.json is not a run's (opening it raises PermissionError on Windows)
-            training = not config.is_dir() and read_train_config(config) is not None
+            record = None if config.is_dir() else read_train_config(config)
         except DamagedTrainConfigError as err:
             raise DamagedTrainConfigError(
                 f"{out} holds a training run's config.json that {err.fault} With no {RESUME_FILE} beside it the "
@@ -382,18 +382,19 @@ def check_train_dir(out: str | Path, *, resume: bool) -> None:
         except OSError as err:  # EACCES, EIO: a training run's it may well be
             raise ValueError(f"{out} holds a config.json that cannot be read ({err.strerror or err}); make it "
                              "readable, or choose another folder") from None
-        if not training and (resume or config.is_file()):
+        if record is None and (resume or config.is_file()):
             # a resume without resume.pt starts afresh and would write its own config.json over this one
             raise ValueError(f"{out} holds a config.json that is not a training run's (another program's, or damaged "
                              "beyond recognition); " + ("resume=True continues training runs only: " if resume else
                                                         "training would write its own over it: ")
                              + "move it away, or choose another folder")
     earlier = _run_files(out)
-    if earlier and not (earlier == [TRAIN_CONFIG_NAME] and training) and not resume:
+    if earlier and not (earlier == [TRAIN_CONFIG_NAME] and record is not None) and not resume:
         raise ValueError(f"{out} already holds a training run ({', '.join(earlier)}); continue it with "
                          "resume=True or choose another folder")
     if not earlier:
         _refuse_others_files(out)
+    return record
 
 
 def _run_files(out: Path) -> list[str]:
@@ -647,20 +648,19 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
         check_train_dir(out, resume=resume)
     parts = {"model": model, "ema": ema, "optimizer": optimizer}
     generators = {"data": data_gen, "noise": noise_gen}
-    on_disk = ResumeStateOnDisk(state_path, start)
+    on_disk = ResumeStateOnDisk(state_path)
     # Ctrl-C and SIGTERM wait for the step under way to end, so that a run with a folder loses no finished step:
     # held from the resume's load (which learns the step on disk) to the final weights' write, whose cut left a
     # finished run without them (without a folder nothing is saved: no wait)
     signals = SignalsAtStepEnd(on_disk)
     with signals:
-        if resume and state_path is not None and state_path.is_file():
+        if resume:
             # what a run saves (resume states, checkpoints) draws nothing and steps nothing: free to change; a run
             # without labels on either side leaves label_dropout out too (load_resume_state)
-            start = signals.load(lambda: load_resume_state(
-                state_path, config.steps, parts, losses, generators, device, run_config,
-                free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,),
-                stacklevel=5))  # the caller of train(), above this lambda and load
-            if on_resume is not None:
+            start = signals.load(lambda path: load_resume_state(
+                path, config.steps, parts, losses, generators, device, run_config,
+                free=("steps", "save_every", "checkpoints"), optional=(DATA_DIGEST,), stacklevel=RESUME_STACKLEVEL))
+            if start and on_resume is not None:
                 on_resume(start)
         if out is not None:
             remove_leftover_temporaries(out)
@@ -774,11 +774,11 @@ def _train(model: nn.Module, data: Tensor, config: TrainConfig, labels: Tensor |
 
 class ResumeStateOnDisk:
     """A training loop's resume state file ``path`` (None: none is kept, :meth:`write` does nothing) and
-    ``step``, the step of the state on disk (0 for none, None while a resume loads it, not known yet):
-    :meth:`write` keeps it current."""
+    ``step``, the step of the state on disk (0 for none, the start; None while a resume loads it, not known
+    yet): :meth:`write` keeps it current."""
 
-    def __init__(self, path: Path | None, step: int) -> None:
-        self.path, self.step = path, step
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.step = path, 0
 
     def write(self, step: int, save: Callable[[Path], None]) -> None:
         """``save(path)``, which writes ``step``'s state there atomically; ``step`` is the one on disk once
@@ -832,12 +832,16 @@ class SignalsAtStepEnd:
         else:
             self.replaced[signum](signum, frame)
 
-    def load(self, resume: Callable[[], int]) -> int:
-        """The step ``resume()`` loads a resume state of (and returns), held as the one on disk and the one
-        under way; while it loads, the step on disk is not known (None: a second signal there names none).
-        The caller's :meth:`at_step_end` of that step delivers a signal held in the load."""
+    def load(self, resume: Callable[[Path], int]) -> int:
+        """The step to train from: 0 where no resume state file stands at ``on_disk.path``, else the step
+        ``resume(path)`` loads its state of (and returns), held as the one on disk and the one under way;
+        while it loads, the step on disk is not known (None: a second signal there names none). The
+        caller's :meth:`at_step_end` of that step delivers a signal held in the load."""
+        path = self.on_disk.path
+        if path is None or not path.is_file():
+            return 0
         self.on_disk.step = None
-        start = resume()
+        start = resume(path)
         self.on_disk.step = self.step = start
         return start
 
