@@ -375,6 +375,15 @@ def reciprocal_hint(value, most: float = 10.0) -> str:
     return f"; did you mean 1/{float(number):g} = {shown}?" if float(shown) < 1.0 else ""
 
 
+def split_spec(spec: str) -> tuple[str, str]:
+    """``(kind, path)`` of a ``KIND:PATH`` spec (a data spec, a classifier's ``resnet56:PATH``): the
+    kind before the first colon, the path everything after it, colons included, less the spaces around
+    it (``folder: /x `` is ``/x``: a path that starts or ends with a space is almost never meant, and
+    a quoted or configured spec may carry one); path "" where there is no colon. Nothing is checked."""
+    kind, _, path = spec.partition(":")
+    return kind, path.strip()
+
+
 def check_device(device, name: str = "device") -> torch.device | None:
     """None, or ``device`` as a ``torch.device``; else ValueError naming ``name``. torch's own
     error listed every device type it knows and named no argument."""
