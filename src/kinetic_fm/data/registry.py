@@ -53,7 +53,7 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
     try:
         return loaders[name](path)
     except images.ImageSizesDiffer as err:   # a spec takes no size: the way out is the files'
-        raise err.with_way_out(images.RESIZE_FILES) from None
+        raise err.telling_to_resize_files() from None
 
 
 def absolute_spec(spec: str) -> str:
