@@ -510,10 +510,26 @@ def test_a_value_just_above_one_reads_as_a_slip_not_a_percent():
     # split=1.5 got "did you mean 0.015?": a value in (1, 2) is a fraction mistyped, not a percent
     import kinetic_fm as kfm
 
-    for value, hinted in ((1.5, False), (1.99, False), (2, True), (60, True)):
+    x, y = np.arange(12.0), np.arange(12.0) ** 2
+    for value, hinted in ((1.5, False), (1.99, False), (2, True), (40, True)):
         with pytest.raises(ValueError) as caught:
-            kfm.fraction_interval(3, 10, confidence=value)
+            kfm.compare_groups(x, y, quantile=value)
         assert ("did you mean" in str(caught.value)) == hinted, (value, str(caught.value))
+
+
+def test_a_confidence_reads_as_a_percent_from_50_only():
+    # confidence=2 got "; did you mean 0.02?", a coverage no one asks for: 2 is rather 2 sigma or a slip for 0.95.
+    # A coverage below one half is no interval anyone reports, so only 50 to 99.x read as a percent
+    import kinetic_fm as kfm
+
+    x, y = np.arange(12.0), np.arange(12.0) ** 2
+    for value, hint in ((2, ""), (3, ""), (20, ""), (49.9, ""), (50, "; did you mean 0.5?"),
+                        (95, "; did you mean 0.95?"), (99.9, "; did you mean 0.999?"), (100, "")):
+        for call in (lambda: kfm.fraction_interval(3, 10, confidence=value),
+                     lambda: kfm.spearman(x, y, bootstrap=0, permutations=0, confidence=value)):
+            with pytest.raises(ValueError) as caught:
+                call()
+            assert str(caught.value) == f"confidence must lie in (0, 1), got {value!r}{hint}"
 
 
 def test_a_refused_fraction_reads_as_a_percent_from_one_named_value():

@@ -963,7 +963,7 @@ def test_the_two_sizes_refusal_survives_pickling_with_its_attributes():
 
     from kinetic_fm.data.images import RESIZE_FILES, ImageSizesDiffer
 
-    err = ImageSizesDiffer("b.png", (9, 8, 3), "a.png", (8, 8, 3)).with_way_out(RESIZE_FILES)
+    err = ImageSizesDiffer("b.png", (9, 8, 3), "a.png", (8, 8, 3)).telling_to_resize_files()
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is ImageSizesDiffer and str(back) == str(err) and str(back).endswith(RESIZE_FILES)
     assert (back.name, back.shape, back.first, back.first_shape) == ("b.png", (9, 8, 3), "a.png", (8, 8, 3))

@@ -112,6 +112,10 @@ def test_spaces_between_the_colon_and_the_path_are_not_part_of_the_path(tmp_path
     assert len(load_dataset(f"mnist: {tmp_path / 'mnist'}", progress=False)) == 3
     with pytest.raises(ValueError, match="needs a path"):
         parse_spec("folder:  ")
+    # nor are spaces after the path (kept as "/x " until helper-314): a file name that ends in one is as rare
+    assert parse_spec("folder: /x \t") == ("folder", "/x") and parse_spec("folder:./a:b ") == ("folder", "./a:b")
+    assert absolute_spec("mnist: mnist ") == f"mnist:{tmp_path / 'mnist'}"
+    assert len(load_dataset(f"mnist:{tmp_path / 'mnist'}  ", progress=False)) == 3
 
 
 def test_a_folder_spec_loads_a_grey_folder_as_one_channel(tmp_path):

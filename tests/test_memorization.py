@@ -1661,10 +1661,10 @@ def test_cli_a_folder_spec_with_a_space_after_its_colon_is_named_as_without(tmp_
     samples = tmp_path / "s.npy"
     np.save(samples, np.random.default_rng(0).normal(size=(5, 4)))
     said = []
-    for spec in (f"folder:{samples}", f"folder: {samples}"):
+    for spec in (f"folder:{samples}", f"folder: {samples}", f"folder: {samples} "):   # spaces after it too
         assert main(["memorization", "--samples", str(samples), "--train", spec, "--no-progress"]) == 2
         said.append(capsys.readouterr().err.strip().splitlines()[-1])
-    assert said[0] == said[1] == (f"kfm memorization: error: --train {samples}: expected a folder of images "
+    assert said[0] == said[1] == said[2] == (f"kfm memorization: error: --train {samples}: expected a folder of images "
                                   "or a zip archive of images")
 
 

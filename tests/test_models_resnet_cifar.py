@@ -94,6 +94,8 @@ def test_a_resnet_spec_expands_a_leading_tilde(tmp_path, monkeypatch):
     assert parse_cifar_resnet_spec("resnet56:~/nets/w.th") == ("resnet56", tmp_path / "nets" / "w.th")
     # spaces after the colon are not part of the path, as in the data specs (helper-292)
     assert parse_cifar_resnet_spec("resnet56: ~/nets/w.th") == ("resnet56", tmp_path / "nets" / "w.th")
+    # nor after it (helper-314: "no such file: .../w.th ")
+    assert parse_cifar_resnet_spec("resnet56: ~/nets/w.th ") == ("resnet56", tmp_path / "nets" / "w.th")
 
 
 def test_pretrained_resnet20_on_lossless_test_images(shared_data):

@@ -309,6 +309,9 @@ def check_real(name: str, value, low: float, high: float, what: str, *, open_low
 PERCENT_FROM = 2.0
 # A split time τ reads as a percent from 10 only: 0.02 to 0.1 are times a user means.
 SPLIT_PERCENT_FROM = 10.0
+# A confidence reads as a percent from 50 only: no one asks for a coverage below one half, and a 2 is
+# rather "2 sigma" or a slip for 0.95 than 0.02.
+CONFIDENCE_PERCENT_FROM = 50.0
 
 
 def inside_unit_interval(name: str, value, *, percent_from: float | None = None, ratio: bool = False) -> float:
@@ -350,8 +353,9 @@ def percent_hint(value, high: float = 1.0, *, open_high: bool = False, percent_f
     argument admits, being at most its upper bound ``high`` (below it where ``open_high``): a fraction
     plainly given as a percent (confidence=95, threshold=33), for its refusal to end with; else "". A
     value in (1, 2) reads as a fraction mistyped (split=1.5), not as a percent, and gets none; an
-    argument whose small hundredths no one means (a split time of 0.02) raises ``percent_from``
-    (:data:`SPLIT_PERCENT_FROM`). The value itself stays refused: 95 is not read as 0.95."""
+    argument whose small hundredths no one means (a split time of 0.02, a confidence of 0.02) raises
+    ``percent_from`` (:data:`SPLIT_PERCENT_FROM`, :data:`CONFIDENCE_PERCENT_FROM`). The value itself
+    stays refused: 95 is not read as 0.95."""
     number = as_scalar(value)
     if not (is_real(number) and percent_from <= number <= 100.0):
         return ""
@@ -369,6 +373,15 @@ def reciprocal_hint(value, most: float = 10.0) -> str:
         return ""
     shown = f"{1.0 / float(number):.3g}"
     return f"; did you mean 1/{float(number):g} = {shown}?" if float(shown) < 1.0 else ""
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``(kind, path)`` of a ``KIND:PATH`` spec (a data spec, a classifier's ``resnet56:PATH``): the
+    kind before the first colon, the path everything after it, colons included, less the spaces around
+    it (``folder: /x `` is ``/x``: a path that starts or ends with a space is almost never meant, and
+    a quoted or configured spec may carry one); path "" where there is no colon. Nothing is checked."""
+    kind, _, path = spec.partition(":")
+    return kind, path.strip()
 
 
 def check_device(device, name: str = "device") -> torch.device | None:

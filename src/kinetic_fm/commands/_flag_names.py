@@ -126,6 +126,8 @@ def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None, *, 
     import warnings
     from pathlib import Path
 
+    from ..checks import split_spec
+
     def worded(text: str) -> str:
         text = in_flags(text, flags) if anywhere else as_arguments(text, flags)
         if source is None:
@@ -133,9 +135,8 @@ def flag_words(flags: dict[str, str], source: tuple[str, str] | None = None, *, 
         flag, value = source
         if text.startswith("--") or re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text):
             return text   # in the command line's words already
-        # the value, as the library spells it, or a data spec's path (folder:PATH; spaces after the colon
-        # are not the path's, as parse_spec reads it)
-        given = {value, str(Path(value)), *((value.partition(":")[2].lstrip(),) if ":" in value else ())} - {""}
+        # the value, as the library spells it, or a data spec's path (folder:PATH), as parse_spec reads it
+        given = {value, str(Path(value)), *((split_spec(value)[1],) if ":" in value else ())} - {""}
         if any(text.startswith(name + end) for name in given for end in (":", "/")):
             return f"{flag} {text}"   # "s.npy: ...", "imgs/odd.png: ...": the value is the message's subject
         if any(name in text for name in given):

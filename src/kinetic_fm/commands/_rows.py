@@ -155,7 +155,7 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
         items = None if indices is None else indices.numpy()
         return dataset_rows(data), _spec_item_files(value, data), items, getattr(data, "mean", None)
     if is_images:
-        from ..data.images import RESIZE_FILES, ImageSizesDiffer, image_names, load_image_folder
+        from ..data.images import ImageSizesDiffer, image_names, load_image_folder
 
         # a subset (n) is drawn as select_indices draws it from the rows, and only it is decoded; one channel
         # where every image loaded is grey, as folder:PATH loads the same folder (one rule, whatever the spelling)
@@ -163,7 +163,7 @@ def _read_whole(name: str, value: str, key: str | None, progress: bool, *, specs
             data = load_image_folder(path, grayscale=None, labels_from_folders=False, n=n, seed=seed,
                                      progress=progress)
         except ImageSizesDiffer as err:   # no command takes a size: the way out is the files', as load_dataset's
-            raise err.with_way_out(RESIZE_FILES) from None
+            raise err.telling_to_resize_files() from None
         names = image_names(path)
         if n is None:
             return data.images, names, None, None

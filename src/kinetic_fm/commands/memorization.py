@@ -276,13 +276,14 @@ def _input_paths(name: str, value: str):
     to the run ("the data it trained on, folder:/imgs"), else None. Paths that do not exist are left out."""
     from pathlib import Path
 
+    from ..checks import split_spec
     from ..data.registry import parse_spec
 
     def spec_folder(spec: str):
-        kind, _, spec_path = spec.partition(":")
-        if kind not in ("folder", "celeba") or not spec_path.strip():
+        kind, spec_path = split_spec(spec)
+        if kind not in ("folder", "celeba") or not spec_path:
             return None
-        folder = Path(parse_spec(spec)[1])   # its path as the loader reads it (spaces after the colon dropped)
+        folder = Path(parse_spec(spec)[1])   # its path as the loader reads it (spaces around it dropped, ~ expanded)
         return folder.resolve() if folder.exists() else None
 
     path = Path(value)

@@ -26,8 +26,8 @@ from .subset import select_indices
 JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
 IMAGE_EXTENSIONS = (".png", *JPEG_EXTENSIONS, ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm")
 # ends the refusal of images of two sizes (ImageSizesDiffer); the callers that take no size argument put
-# RESIZE_FILES in its place (ImageSizesDiffer.with_way_out): load_dataset's folder: spec, and the kfm commands'
-# folder of images (commands._rows)
+# RESIZE_FILES in its place (ImageSizesDiffer.telling_to_resize_files): load_dataset's folder: spec, and the kfm
+# commands' folder of images (commands._rows)
 RESIZE_ALL = "pass size= to resize all images to one size"
 RESIZE_FILES = "resize the files to one size first"
 
@@ -46,9 +46,9 @@ class ImageSizesDiffer(ValueError):
     def __reduce__(self):  # the sizes survive pickling (ValueError's would call __init__ with the message alone)
         return type(self), (self.name, self.shape, self.first, self.first_shape, self.way_out)
 
-    def with_way_out(self, way_out: str) -> "ImageSizesDiffer":
-        """The same refusal ending with ``way_out``: for a caller whose own caller cannot pass ``size``."""
-        return ImageSizesDiffer(self.name, self.shape, self.first, self.first_shape, way_out)
+    def telling_to_resize_files(self) -> "ImageSizesDiffer":
+        """The same refusal ending with :data:`RESIZE_FILES`: for a caller whose own caller cannot pass ``size``."""
+        return ImageSizesDiffer(self.name, self.shape, self.first, self.first_shape, RESIZE_FILES)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from ..checks import split_spec
 from .images import ImageDataset
 from .synthetic import PointDataset
 
@@ -52,7 +53,7 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0,
     try:
         return loaders[name](path)
     except images.ImageSizesDiffer as err:   # a spec takes no size: the way out is the files'
-        raise err.with_way_out(images.RESIZE_FILES) from None
+        raise err.telling_to_resize_files() from None
 
 
 def absolute_spec(spec: str) -> str:
@@ -66,8 +67,8 @@ def absolute_spec(spec: str) -> str:
 def parse_spec(spec: str) -> tuple[str, str]:
     """``(name, path)`` of a data spec, checked without loading anything (path "" when none; a
     leading ``~`` expanded, which the shell does not do after ``mnist:``). The path is everything after
-    the first colon, colons included (``folder:C:/x``, ``folder:./a:b``), but spaces just after it
-    (``folder: /x`` is ``/x``: a path that starts with a space is almost never meant). A spec's kind and a colon
+    the first colon, colons included (``folder:C:/x``, ``folder:./a:b``), less the spaces around it
+    (``folder: /x `` is ``/x``: :func:`~kinetic_fm.checks.split_spec`). A spec's kind and a colon
     read as a spec even where a file is so named (``kfm memorization --train`` reads such a file given
     by its path, ``./folder:x``: ``kinetic_fm.commands._rows.is_spec``).
 
@@ -77,10 +78,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
             ``.zip``, else at the kinds that take a path; a misspelt kind (``folde:``, ``CIFAR:``, ``MNIST``)
             at the likely spec (:func:`spec_hint`); a path to a set that takes none; no path to one that needs it.
     """
-    name, _, path = spec.partition(":")
+    name, path = split_spec(spec)
     if name not in SPEC_KINDS:
         raise ValueError(f"unknown data spec {spec!r}{spec_hint(spec)}")
-    path = os.path.expanduser(path.lstrip())
+    path = os.path.expanduser(path)
     if path and not SPEC_KINDS[name]:
         raise ValueError(f"data spec {spec!r}: {name} takes no path; {_FORMS}")
     if SPEC_KINDS[name] and not path:

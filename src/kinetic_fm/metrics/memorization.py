@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..checks import (PERCENT_FROM, as_scalar, caller_outside_the_package, check_integer, check_same_space,
-                      inside_unit_interval, is_integer, positive_integer)
+from ..checks import (CONFIDENCE_PERCENT_FROM, PERCENT_FROM, as_scalar, caller_outside_the_package, check_integer,
+                      check_same_space, inside_unit_interval, is_integer, positive_integer)
 from ..knn import as_rows, check_exact_integers, check_finite, nearest_neighbors, row_sq_norms
 from ..result_repr import result_repr
 from ..sampling.guards import feature_map_as_found
@@ -248,7 +248,7 @@ def fraction_interval(count: int, n: int, interval: str = "wilson", *, confidenc
 def _interval_settings(bootstrap, seed, confidence, interval: str) -> tuple[int, int, float]:
     """The interval's settings checked (each error names its argument), as (bootstrap, seed, confidence)."""
     bootstrap, seed = check_integer("bootstrap", bootstrap, 0, MAX_BOOTSTRAP), check_integer("seed", seed, 0)
-    confidence = inside_unit_interval("confidence", confidence, percent_from=PERCENT_FROM)
+    confidence = inside_unit_interval("confidence", confidence, percent_from=CONFIDENCE_PERCENT_FROM)
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     if interval == "bootstrap" and 0 < bootstrap < FEW_BOOTSTRAP:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from ..checks import PERCENT_FROM, as_scalar, check_integer, inside_unit_interval, is_real, percent_hint
+from ..checks import CONFIDENCE_PERCENT_FROM, as_scalar, check_integer, inside_unit_interval, is_real, percent_hint
 
 __all__ = ["Correlation", "GroupComparison", "spearman", "pearson", "compare_groups"]
 
@@ -188,7 +188,7 @@ def _correlation(method: str, x: Any, y: Any, bootstrap: int, permutations: int,
 
     bootstrap, permutations, seed = (check_integer(name, value, 0) for name, value in (
         ("bootstrap", bootstrap), ("permutations", permutations), ("seed", seed)))
-    confidence = inside_unit_interval("confidence", confidence, percent_from=PERCENT_FROM)
+    confidence = inside_unit_interval("confidence", confidence, percent_from=CONFIDENCE_PERCENT_FROM)
     if not (isinstance(ci_method, str) and ci_method in ("auto", "BCa", "percentile", "basic")):
         raise ValueError(f"ci_method must be 'auto', 'BCa', 'percentile' or 'basic', got {ci_method!r}")
     x, y = _pairs(x, y, nan_policy)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import caller_outside_the_package
+from ..checks import caller_outside_the_package, split_spec
 from .checkpoint import load_weights
 from .classifier import as_signed_pixels
 
@@ -198,10 +198,10 @@ RESNET_SPECS = ("resnet20", "resnet56")
 def parse_cifar_resnet_spec(spec: str, *, name: str = "classifier") -> tuple[str, Path]:
     """``(kind, path)`` of a ``"resnet20:PATH"`` or ``"resnet56:PATH"`` spec, as the CLIs take it;
     ``name`` is the argument it came from, for the error messages. The file must exist (a folder is
-    refused as such, naming the ``resnet56-*.th`` file it holds, if one); spaces after the colon are
-    dropped and a leading ``~`` is expanded (the shell does not after ``resnet56:``), as in the data specs."""
-    kind, _, path = spec.partition(":")
-    path = path.lstrip()
+    refused as such, naming the ``resnet56-*.th`` file it holds, if one); spaces around the path are
+    dropped (:func:`~kinetic_fm.checks.split_spec`) and a leading ``~`` is expanded (the shell does not
+    after ``resnet56:``), as in the data specs."""
+    kind, path = split_spec(spec)
     if kind not in RESNET_SPECS or not path:
         raise ValueError(f"{name} must be 'resnet20:PATH' or 'resnet56:PATH', got {spec!r}")
     path = Path(path).expanduser()

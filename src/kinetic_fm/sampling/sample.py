@@ -15,7 +15,7 @@ from ..checks import (SPLIT_PERCENT_FROM, as_scalar, caller_outside_the_package,
 from .adaptive import integrate_dopri5
 from .energy import QUADRATURES
 from .fixed_step import integrate_fixed
-from .grids import time_grid, validate_grid
+from .grids import time_grid
 from .guards import NonFiniteVelocityError, check_initial_state, velocity_as_found
 from .noise import noise
 from .result import SampleResult
@@ -283,9 +283,9 @@ def warn_of_settings(
     """Warn (:class:`SamplerSettingsWarning`) as ``kfm.sample(velocity, ...)`` with these settings,
     which it has checked, does before it samples; ``dtype`` is the state's (x0's). Nothing is sampled.
     The settings are not checked here, with one exception: a fixed-step solver on a half-precision state
-    reads the time grid for its resolution check, which raises ValueError on a ``grid`` or ``steps`` that
-    ``kfm.sample`` would refuse: a name or a NumPy array is built (:func:`time_grid`), a tensor validated
-    and read as given (``kfm.sample`` passes the one it built). Other settings it refuses give no
+    reads the time grid (:func:`time_grid`: a name built, an array or a tensor validated and read as
+    given; ``kfm.sample`` passes the tensor it built) for its resolution check, which raises ValueError
+    on a ``grid`` or ``steps`` that ``kfm.sample`` would refuse. Other settings it refuses give no
     meaningful warnings."""
     if gain_tau(shaping) is None:   # a KTS, or a gain that declares its τ, hides none
         _warn_about_a_hidden_kts(shaping)
@@ -295,8 +295,7 @@ def warn_of_settings(
         _warn_left_quadrature_over_long_steps(quadrature)
         _warn_adaptive_half_precision(dtype)
     elif torch.finfo(dtype).bits <= 16:   # the one check that reads the grid, built only for it
-        times = validate_grid(grid).to(torch.float64) if isinstance(grid, torch.Tensor) else time_grid(grid, steps)
-        _check_state_resolution(times, dtype)
+        _check_state_resolution(time_grid(grid, steps), dtype)
 
 
 def shared_time_refusal(velocity: object, name: str = "velocity", time_given: bool = False) -> str:

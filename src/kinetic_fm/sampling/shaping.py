@@ -35,8 +35,6 @@ TAU_TOLERANCE = 1e-6
 
 _K_DEFAULT = 3.0
 _BETA0_DEFAULT = 0.01
-# follows a parameter's value in an error when that value is the default, which the user may not have typed
-DEFAULT_NOTE = " (the default)"
 _K_MAX = 700.0  # e^k must stay finite in float64 (e^709.8 overflows)
 _ALPHA0_MAX = 1e6  # η = 1 + α0 multiplies the velocity; far beyond any use, and float32-safe
 _RANGES = {  # the values each numeric parameter may take, as its errors state them
@@ -55,7 +53,8 @@ class InadmissibleBeta0Error(ValueError):
 
     def __init__(self, beta0: float, consequence: str):
         self.beta0, self.consequence = beta0, consequence
-        super().__init__(f"beta0 = {beta0!r}{DEFAULT_NOTE if self.is_default else ''}{consequence}")
+        # the default is a value the user may not have typed
+        super().__init__(f"beta0 = {beta0!r}{' (the default)' if self.is_default else ''}{consequence}")
 
     @property
     def is_default(self) -> bool:
