@@ -406,10 +406,10 @@ def _leftover(path: Path) -> bool:
     """Whether ``path`` in a training folder is what our writers leave behind and holds no step: the
     lock file, a killed writer's temporary, a ``checkpoints/`` holding nothing else (a run killed in
     its first checkpoint's write)."""
-    if is_leftover(path.name):
+    if is_leftover(path):
         return True
     return (path.name == "checkpoints" and path.is_dir() and not path.is_symlink()
-            and all(is_leftover(p.name) for p in path.iterdir()))
+            and all(is_leftover(p) for p in path.iterdir()))
 
 
 def _refuse_others_files(out: Path) -> None:

@@ -49,11 +49,13 @@ def temporary_stem(name: str) -> str:
     return f".{head}~{hashlib.sha256(encoded).hexdigest()[:12]}"
 
 
-def is_leftover(name: str) -> bool:
-    """Whether a folder's entry ``name`` is what our writers leave behind: the lock file, or a
+def is_leftover(path: str | os.PathLike) -> bool:
+    """Whether the folder entry ``path`` is what our writers leave behind: the lock file, or a
     killed writer's temporary as :func:`remove_temporaries` removes it (``.<name>.tmp-...``, hidden;
-    a user's ``a.tmp-1.png`` is not one)."""
-    return name == LOCK_NAME or fnmatch.fnmatchcase(name, _TEMPORARY)
+    a user's ``a.tmp-1.png`` is not one). Both are files: a folder of either name is not ours (no
+    writer here makes one) and no cleanup removes it."""
+    name = os.path.basename(path)
+    return (name == LOCK_NAME or fnmatch.fnmatchcase(name, _TEMPORARY)) and os.path.isfile(path)
 
 
 def fsync_dir(folder: Path) -> None:
