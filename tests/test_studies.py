@@ -2821,6 +2821,23 @@ def test_a_folder_a_refused_run_left_is_taken_as_new_by_the_next_run(tmp_path, m
     assert ran == [[".lock", "cache", "models", "tables"]]
 
 
+def test_a_folder_holding_only_our_leftovers_is_taken_as_new(tmp_path):
+    # the fresh-folder check counted the lock file alone as ours: a killed writer's temporary beside it made
+    # the folder look used, so a refused run left cache/, models/ and tables/ behind
+    from kinetic_fm.runs.atomic import temporary_name
+    from kinetic_fm.studies.reproduce import reproduce
+
+    folder = _image_folder(tmp_path / "small", 30)
+    cfg = ReproduceConfig.preset("tiny", data=f"folder:{folder}")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".lock").write_text("")
+    temporary_name(out / "report.md").write_text("half a report")
+    with pytest.raises(ValueError, match="has 30 images"):
+        reproduce(cfg, out, progress=False)
+    assert [p.name for p in out.iterdir()] == [".lock"]        # the temporary removed, no skeleton left
+
+
 def test_too_few_items_is_a_value_error_that_says_how_many(tmp_path):
     from kinetic_fm.data.subset import TooFewItemsError, select_indices
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..runs.atomic import is_leftover
 from ..runs.lock import LOCK_NAME, RunLock
 from .assets import load_assets
 from .config import ReproduceConfig
@@ -57,15 +58,17 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
 
     The run holds ``out``'s lock (:class:`~kinetic_fm.runs.RunLock`): a second run into the same
     folder stops at once with :class:`~kinetic_fm.runs.RunLockedError`. A run refused before its
-    first result into a new folder (or one holding only the lock file such a run leaves) leaves it
-    holding only that lock file, which the next run takes as new.
+    first result into a new folder (or one holding only the lock file such a run leaves, or a killed
+    writer's temporaries: :func:`~kinetic_fm.runs.atomic.is_leftover`) leaves it holding only that lock
+    file, which the next run takes as new.
     """
     problem = studies_problem(studies)
     if problem:
         raise ValueError(f"studies must be a subset of {STUDIES}, each once; got {tuple(studies)} ({problem})")
     root = Path(out)
-    # a lock file alone is what a refused run leaves (it is never deleted): that folder is new too
-    fresh = not root.exists() or (root.is_dir() and all(p.name == LOCK_NAME for p in root.iterdir()))
+    # a lock file is what a refused run leaves (it is never deleted), a temporary what a killed writer leaves:
+    # a folder holding nothing else is new too
+    fresh = not root.exists() or (root.is_dir() and all(is_leftover(p) for p in root.iterdir()))
     ws = Workspace(out, progress=progress)
     with RunLock(ws.root, resume="run the same command again"):
         try:
