@@ -643,6 +643,23 @@ def test_the_studies_nets_keep_their_weights_and_checkpoints_but_not_their_resum
         assert bool(written) == (name == "memorizer"), written
 
 
+def test_a_judge_trained_into_the_cache_leaves_no_run_folder_in_models(tmp_path):
+    # the classifier's run folder holds only its resume state while it trains (its weights go to cache/):
+    # a finished one left models/classifier-<key>/ holding its lock file alone, run after run
+    from kinetic_fm.studies import assets as assets_module
+
+    cfg = ReproduceConfig.preset("tiny").assets
+    ws = Workspace(tmp_path / "out")
+    train, train_labels, heldout, heldout_labels, classes, _, _ = assets_module._load_split(cfg, progress=False)
+    fits = []
+    for _ in range(2):                                      # trained, then read back from the cache
+        net, _, accuracy = assets_module._classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes,
+                                                     progress=False)
+        fits.append(accuracy)
+        assert list((tmp_path / "out" / "models").glob("classifier-*")) == []
+    assert fits[0] == fits[1] and len(list((tmp_path / "out" / "cache").glob("classifier-*.pt"))) == 1
+
+
 def test_a_workspace_interrupted_while_training_with_general_checkpoints_resumes_to_the_same_net(
         tmp_path, monkeypatch, stop_at):
     # older workspaces trained the general net with log2 checkpoints: the resume check compares the

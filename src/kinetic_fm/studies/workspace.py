@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..runs.atomic import atomic_write, remove_temporaries
+from ..runs.atomic import atomic_write, is_leftover, remove_temporaries
 
 
 # Bump when a change in the library alters what a cached stage would contain (the cache is
@@ -157,6 +157,30 @@ class Workspace:
         path = self.model_path(name, config)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def remove_model(self, folder: Path, *, spent_only: bool = False) -> int:
+        """Delete the run folder ``folder`` of ``models/``, lock file included; returns its files' bytes (0
+        when it stays). It stays while another process holds its lock (a ``kfm train --out`` into it by hand),
+        when it is not there, and, with ``spent_only``, when it holds anything but our leftovers (its lock file,
+        killed writers' temporaries: :func:`~kinetic_fm.runs.atomic.is_leftover`). Call it holding the
+        workspace's lock: a lock file is deleted safely only where no writer of ours opens it meanwhile
+        (:mod:`kinetic_fm.runs.lock`), and only this run writes into ``models/`` then."""
+        import shutil
+
+        from ..runs.lock import RunLock
+
+        try:
+            lock = RunLock(folder).acquire()
+        except OSError:  # RunLockedError, or a folder gone or that this user may not write
+            return 0
+        try:
+            if spent_only and not all(is_leftover(p) for p in folder.iterdir()):
+                return 0
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+            shutil.rmtree(folder, ignore_errors=True)
+            return size
+        finally:
+            lock.release()
 
     def remove_tables_except(self, names: set[str]) -> None:
         """Delete ``tables/*.parquet`` not named in ``names``: tables of earlier runs with other
