@@ -1578,6 +1578,62 @@ def test_an_interrupted_run_and_a_run_of_some_studies_prune_no_stage(tiny_report
     assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept | stale
 
 
+def test_a_finished_run_of_every_study_prunes_the_model_folders_no_kept_entry_reads(tmp_path, monkeypatch):
+    # models/ kept the nets of every configuration for good (a --quick memorizer's folder is ~70 MB); the stages
+    # are pruned after a finished run of every study, the nets now too, by the same rule
+    from kinetic_fm.runs.lock import RunLock
+    from kinetic_fm.studies import reproduce as module
+    from kinetic_fm.studies.output import StudyOutput
+    from kinetic_fm.studies.study_cache import cached_study
+
+    out, models = tmp_path / "out", tmp_path / "out" / "models"
+
+    def trained(ws, name, config):                     # a net's run folder as _velocity_net leaves it
+        folder = ws.model_dir(name, config)
+        (folder / "final.safetensors").write_bytes(b"weights of " + repr(config).encode())
+        return folder.name
+
+    def studies_at(config, fail=False):                # a run reading the nets of ``config``, its entries keyed so
+        def run(cfg, ws, studies, progress):
+            for name in ("general", "memorizer"):
+                read.setdefault(config, set()).add(trained(ws, name, config))
+            for study in studies:
+                cached_study(ws, study, {"config": config, "code": "this library"}, lambda: StudyOutput(study))
+            if fail:
+                raise KeyboardInterrupt("simulated interruption")
+            return ws.root / "report.md", ws.root / "report.html"
+        return run
+
+    read: dict[int, set[str]] = {}
+    cfg = ReproduceConfig.preset("tiny")
+    monkeypatch.setattr(module, "_run_studies", studies_at(1))
+    module.reproduce(cfg, out, progress=False)
+    (models / "notes").mkdir()                                        # not a net's folder: a user's, left
+    interrupted = models / "memorizer-000000000000"                   # a training interrupted at another config
+    interrupted.mkdir()
+    (interrupted / "resume.pt").write_bytes(b"state")
+    monkeypatch.setattr(module, "_run_studies", studies_at(2))
+    module.reproduce(cfg, out, studies=("semantics",), progress=False)   # some studies: nothing pruned
+    monkeypatch.setattr(module, "_run_studies", studies_at(3, fail=True))
+    with pytest.raises(KeyboardInterrupt):                               # interrupted: nothing pruned
+        module.reproduce(cfg, out, progress=False)
+    assert {p.name for p in models.iterdir()} == read[1] | read[2] | read[3] | {"notes", interrupted.name}
+
+    # every study's entry at 1 is evicted (its four latest are of 2, 3 and 4): its nets go, those of an entry stay
+    monkeypatch.setattr(module, "_run_studies", studies_at(4))
+    module.reproduce(cfg, out, progress=False)
+    for config in (5, 6):
+        monkeypatch.setattr(module, "_run_studies", studies_at(config))
+        module.reproduce(cfg, out, progress=False)
+    assert {p.name for p in models.iterdir()} == (read[3] | read[4] | read[5] | read[6]
+                                                  | {"notes", interrupted.name}) != set()
+    with RunLock(models / next(iter(read[3]))):                       # one being trained by hand stays
+        monkeypatch.setattr(module, "_run_studies", studies_at(7))
+        module.reproduce(cfg, out, progress=False)
+    assert {p.name for p in models.iterdir()} == (read[4] | read[5] | read[6] | read[7] | {next(iter(read[3]))}
+                                                  | {"notes", interrupted.name})
+
+
 def test_a_cached_rerun_hashes_each_stage_file_once(tiny_report, tmp_path, monkeypatch):
     # every study's entry is checked against the stages it read: the generalising model's samples,
     # read by three studies, were hashed once for each (the same sha256 of the same file, three times)

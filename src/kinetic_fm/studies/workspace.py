@@ -30,8 +30,8 @@ CACHE_EPOCH = 3
 # It stays at the epoch they last changed in, so that a change of sampling retrains no net.
 MODEL_EPOCH = 2
 #: the files of ``cache/`` :meth:`Workspace.prune_stages` never deletes, by prefix: the study entries (each study
-#: keeps its latest, :mod:`~kinetic_fm.studies.study_cache`) and the judging classifiers (trained weights, like
-#: ``models/``, which is never pruned)
+#: keeps its latest, :mod:`~kinetic_fm.studies.study_cache`) and the judging classifiers (trained weights; the
+#: nets of ``models/`` are pruned by their own rule, ``kfm reproduce``'s ``_prune_models``)
 UNPRUNED = ("study-", "classifier-")
 
 
@@ -68,6 +68,8 @@ class Workspace:
         # sha256 of the files this workspace object hashed, by (resolved path, size, mtime_ns, inode): a stage
         # several studies read is hashed once per run, one rewritten since is hashed again (study_cache)
         self.file_digests: dict[tuple[Path, int, int, int], str] = {}
+        # the run folders of models/ asked for (model_path): the nets this run's results are a function of
+        self.models_read: set[str] = set()
 
     def remove_leftover_temporaries(self) -> int:
         """Delete the temporaries writers killed mid-write left anywhere in the workspace (caches,
@@ -149,8 +151,11 @@ class Workspace:
         return files, size
 
     def model_path(self, name: str, config: Any) -> Path:
-        """``models/<name>-<hash>``, the run folder of a net trained for ``config`` (not made here)."""
-        return self.root / "models" / f"{name}-{config_hash(config, MODEL_EPOCH)}"
+        """``models/<name>-<hash>``, the run folder of a net trained for ``config`` (not made here); its name
+        joins :attr:`models_read`."""
+        path = self.root / "models" / f"{name}-{config_hash(config, MODEL_EPOCH)}"
+        self.models_read.add(path.name)
+        return path
 
     def model_dir(self, name: str, config: Any) -> Path:
         """:meth:`model_path`, made if absent."""
