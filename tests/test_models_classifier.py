@@ -336,12 +336,13 @@ def test_kfm_reproduce_resumes_an_interrupted_judging_classifier(tmp_path, monke
         return net, accuracy
 
     whole, accuracy = judge("whole")
-    # once its weights are cached the resume state goes (one left by an older run too)
-    assert list((tmp_path / "whole" / "cache").glob("classifier-*.pt"))
-    folder = next((tmp_path / "whole" / "models").glob("classifier-*"))
-    assert not (folder / "resume.pt").exists()
+    # once its weights are cached the resume state goes (one left by an older run too), and its run folder
+    [stored] = (tmp_path / "whole" / "cache").glob("classifier-*.pt")
+    assert list((tmp_path / "whole" / "models").glob("classifier-*")) == []
+    folder = tmp_path / "whole" / "models" / stored.stem
+    folder.mkdir()
     (folder / "resume.pt").write_bytes(b"older run")
-    assert _same_weights(judge("whole")[0], whole) and not (folder / "resume.pt").exists()
+    assert _same_weights(judge("whole")[0], whole) and not folder.exists()
     calls = []
     forward = module.SmallCNN.forward
 

@@ -298,6 +298,17 @@ def test_a_leftover_is_the_lock_file_or_what_remove_temporaries_removes(tmp_path
     for name in (ours.name, "a.tmp-1.png", "notes.txt", "x.tmp-"):
         (tmp_path / name).write_text("")
     (tmp_path / LOCK_NAME).write_text("")
-    assert remove_temporaries([tmp_path]) == 1 and not ours.exists()
-    assert [is_leftover(name) for name in (ours.name, LOCK_NAME, "a.tmp-1.png", "notes.txt", "x.tmp-")] == [
+    assert [is_leftover(tmp_path / name) for name in (ours.name, LOCK_NAME, "a.tmp-1.png", "notes.txt", "x.tmp-")] == [
         True, True, False, False, False]
+    assert remove_temporaries([tmp_path]) == 1 and not ours.exists()
+
+
+def test_a_folder_named_as_a_temporary_is_no_leftover(tmp_path):
+    # is_leftover went by the name alone, so a folder ".x.tmp-1" (no writer of ours makes one: atomic_write
+    # writes files) counted as ours, yet remove_temporaries never removes it: a run took such a folder as empty
+    from kinetic_fm.runs.atomic import is_leftover, remove_temporaries, temporary_name
+
+    folder = temporary_name(tmp_path / "x")
+    folder.mkdir()
+    assert remove_temporaries([tmp_path]) == 0 and folder.is_dir()
+    assert not is_leftover(folder)

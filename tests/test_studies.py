@@ -643,6 +643,23 @@ def test_the_studies_nets_keep_their_weights_and_checkpoints_but_not_their_resum
         assert bool(written) == (name == "memorizer"), written
 
 
+def test_a_judge_trained_into_the_cache_leaves_no_run_folder_in_models(tmp_path):
+    # the classifier's run folder holds only its resume state while it trains (its weights go to cache/):
+    # a finished one left models/classifier-<key>/ holding its lock file alone, run after run
+    from kinetic_fm.studies import assets as assets_module
+
+    cfg = ReproduceConfig.preset("tiny").assets
+    ws = Workspace(tmp_path / "out")
+    train, train_labels, heldout, heldout_labels, classes, _, _ = assets_module._load_split(cfg, progress=False)
+    fits = []
+    for _ in range(2):                                      # trained, then read back from the cache
+        net, _, accuracy = assets_module._classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes,
+                                                     progress=False)
+        fits.append(accuracy)
+        assert list((tmp_path / "out" / "models").glob("classifier-*")) == []
+    assert fits[0] == fits[1] and len(list((tmp_path / "out" / "cache").glob("classifier-*.pt"))) == 1
+
+
 def test_a_workspace_interrupted_while_training_with_general_checkpoints_resumes_to_the_same_net(
         tmp_path, monkeypatch, stop_at):
     # older workspaces trained the general net with log2 checkpoints: the resume check compares the
@@ -1559,6 +1576,62 @@ def test_an_interrupted_run_and_a_run_of_some_studies_prune_no_stage(tiny_report
     with pytest.raises(KeyboardInterrupt):
         module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "out", progress=False)
     assert {p.name for p in (tmp_path / "out" / "cache").iterdir()} == kept | stale
+
+
+def test_a_finished_run_of_every_study_prunes_the_model_folders_no_kept_entry_reads(tmp_path, monkeypatch):
+    # models/ kept the nets of every configuration for good (a --quick memorizer's folder is ~70 MB); the stages
+    # are pruned after a finished run of every study, the nets now too, by the same rule
+    from kinetic_fm.runs.lock import RunLock
+    from kinetic_fm.studies import reproduce as module
+    from kinetic_fm.studies.output import StudyOutput
+    from kinetic_fm.studies.study_cache import cached_study
+
+    out, models = tmp_path / "out", tmp_path / "out" / "models"
+
+    def trained(ws, name, config):                     # a net's run folder as _velocity_net leaves it
+        folder = ws.model_dir(name, config)
+        (folder / "final.safetensors").write_bytes(b"weights of " + repr(config).encode())
+        return folder.name
+
+    def studies_at(config, fail=False):                # a run reading the nets of ``config``, its entries keyed so
+        def run(cfg, ws, studies, progress):
+            for name in ("general", "memorizer"):
+                read.setdefault(config, set()).add(trained(ws, name, config))
+            for study in studies:
+                cached_study(ws, study, {"config": config, "code": "this library"}, lambda: StudyOutput(study))
+            if fail:
+                raise KeyboardInterrupt("simulated interruption")
+            return ws.root / "report.md", ws.root / "report.html"
+        return run
+
+    read: dict[int, set[str]] = {}
+    cfg = ReproduceConfig.preset("tiny")
+    monkeypatch.setattr(module, "_run_studies", studies_at(1))
+    module.reproduce(cfg, out, progress=False)
+    (models / "notes").mkdir()                                        # not a net's folder: a user's, left
+    interrupted = models / "memorizer-000000000000"                   # a training interrupted at another config
+    interrupted.mkdir()
+    (interrupted / "resume.pt").write_bytes(b"state")
+    monkeypatch.setattr(module, "_run_studies", studies_at(2))
+    module.reproduce(cfg, out, studies=("semantics",), progress=False)   # some studies: nothing pruned
+    monkeypatch.setattr(module, "_run_studies", studies_at(3, fail=True))
+    with pytest.raises(KeyboardInterrupt):                               # interrupted: nothing pruned
+        module.reproduce(cfg, out, progress=False)
+    assert {p.name for p in models.iterdir()} == read[1] | read[2] | read[3] | {"notes", interrupted.name}
+
+    # every study's entry at 1 is evicted (its four latest are of 2, 3 and 4): its nets go, those of an entry stay
+    monkeypatch.setattr(module, "_run_studies", studies_at(4))
+    module.reproduce(cfg, out, progress=False)
+    for config in (5, 6):
+        monkeypatch.setattr(module, "_run_studies", studies_at(config))
+        module.reproduce(cfg, out, progress=False)
+    assert {p.name for p in models.iterdir()} == (read[3] | read[4] | read[5] | read[6]
+                                                  | {"notes", interrupted.name}) != set()
+    with RunLock(models / next(iter(read[3]))):                       # one being trained by hand stays
+        monkeypatch.setattr(module, "_run_studies", studies_at(7))
+        module.reproduce(cfg, out, progress=False)
+    assert {p.name for p in models.iterdir()} == (read[4] | read[5] | read[6] | read[7] | {next(iter(read[3]))}
+                                                  | {"notes", interrupted.name})
 
 
 def test_a_cached_rerun_hashes_each_stage_file_once(tiny_report, tmp_path, monkeypatch):
@@ -2819,6 +2892,23 @@ def test_a_folder_a_refused_run_left_is_taken_as_new_by_the_next_run(tmp_path, m
     monkeypatch.setattr(reproduce_module, "_run_studies", studies)
     assert reproduce_module.reproduce(cfg, out, progress=False) == (out / "report.md", out / "report.html")
     assert ran == [[".lock", "cache", "models", "tables"]]
+
+
+def test_a_folder_holding_only_our_leftovers_is_taken_as_new(tmp_path):
+    # the fresh-folder check counted the lock file alone as ours: a killed writer's temporary beside it made
+    # the folder look used, so a refused run left cache/, models/ and tables/ behind
+    from kinetic_fm.runs.atomic import temporary_name
+    from kinetic_fm.studies.reproduce import reproduce
+
+    folder = _image_folder(tmp_path / "small", 30)
+    cfg = ReproduceConfig.preset("tiny", data=f"folder:{folder}")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".lock").write_text("")
+    temporary_name(out / "report.md").write_text("half a report")
+    with pytest.raises(ValueError, match="has 30 images"):
+        reproduce(cfg, out, progress=False)
+    assert [p.name for p in out.iterdir()] == [".lock"]        # the temporary removed, no skeleton left
 
 
 def test_too_few_items_is_a_value_error_that_says_how_many(tmp_path):

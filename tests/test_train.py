@@ -881,6 +881,33 @@ def test_a_damaged_resume_state_is_refused_saying_how_to_go_on_and_that_way_trai
         assert torch.equal(resumed.model.state_dict()[name], weights), name
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_resume_state_of_pickle_protocol_4_is_refused_as_a_format_with_a_way_out_that_works(tmp_path):
+    # the refusal advised re-saving "the weights ... or as safetensors": a resume state holds the optimiser's
+    # state and the run's record, which no safetensors file holds, and a resume.pt in safetensors is refused
+    import dataclasses
+
+    from kinetic_fm.models import UnsafeCheckpointError
+
+    def run(out, steps, **kwargs):
+        torch.manual_seed(0)
+        model, data, config = _small_run()
+        return train(model, data, dataclasses.replace(config, steps=steps), out=out, **kwargs)
+
+    run(tmp_path / "run", 4)
+    state = tmp_path / "run" / "resume.pt"
+    torch.save(load_state(state), state, pickle_protocol=4)
+    with pytest.raises(UnsafeCheckpointError) as caught:
+        run(tmp_path / "run", 6, resume=True)
+    said = str(caught.value)
+    assert "pickle of protocol 4" in said and "without pickle_protocol" in said, said
+    assert "safetensors" not in said and "damaged" not in said and "re-save the weights" not in said, said
+    assert "move it away and resume to train again from step 0" in said, said
+    torch.save(torch.load(state, weights_only=False), state)   # the way out it names (a file we trust: ours)
+    resumed, fresh = run(tmp_path / "run", 6, resume=True), run(tmp_path / "fresh", 6)
+    assert resumed.resumed_from == 4 and torch.equal(resumed.losses, fresh.losses)
+
+
 def test_a_resume_with_the_net_in_another_dtype_is_refused_naming_both(tmp_path, stop_at):
     # a float32 run resumed with a float64 net went on silently: load_state_dict rounded the saved
     # weights and the optimizer's moments into float64, the batches followed, and the run ended

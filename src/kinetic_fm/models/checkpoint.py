@@ -72,6 +72,10 @@ def write_torch(obj: Any, path: Path) -> None:
             raise
 
 
+#: the way on from a training's resume state that cannot be read (the run's other files are of no help)
+FROM_STEP_0 = ("move it away and resume to train again from step 0 (the checkpoints hold weights, not the "
+                "optimiser's state), or choose another folder")
+
 # how a file refused for the code it holds is re-saved so that it loads, by what it is meant to hold (``holds``)
 _RESAVE = {
     "weights": "Only plain tensors and state dicts are accepted; re-save the weights with "
@@ -79,6 +83,8 @@ _RESAVE = {
     "array": "Only a tensor or a dict of tensors is read (a NumPy array given to torch.save is pickled with "
              "NumPy's classes); re-save the array with np.save('x.npy', a), or torch.save(torch.from_numpy(a), ...), "
              "from a trusted environment.",
+    "state": "A training's resume state holds no object that runs code: this one was not written by "
+             f"kinetic_fm's training. {FROM_STEP_0[0].upper()}{FROM_STEP_0[1:]}.",
 }
 
 # how a file of pickle protocol 4 or later is re-saved: at torch.save's own protocol (its contents are not read)
@@ -87,14 +93,16 @@ _RESAVE_PROTOCOL = {
                "safetensors, from a trusted environment.",
     "array": "re-save the tensor with torch.save without pickle_protocol (or with pickle_protocol=2), or the array "
              "with np.save('x.npy', a), from a trusted environment.",
+    "state": "re-save it with torch.save without pickle_protocol (or with pickle_protocol=2), from a trusted "
+             f"environment, and resume; or {FROM_STEP_0}.",
 }
 
 
 def load_state(path: str | os.PathLike, *, mmap: bool = False, holds: str = "weights") -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors; with ``mmap``,
     the tensors are mapped from the file, not read (for a caller that reads the other values only).
-    ``holds`` ("weights" or "array") says what the file is meant to hold, for the way out the
-    refusal of a file holding code names.
+    ``holds`` ("weights", "array" or "state": a training's resume state) says what the file is meant to
+    hold, for the way out the refusal of a file holding code, or of pickle protocol 4 or later, names.
 
     Raises:
         FileNotFoundError: the file does not exist.

@@ -30,7 +30,7 @@ from ..checks import check_flag, check_integer, check_real, check_seed, torch_re
 from ..run_files import MANIFEST_NAME, TRAIN_CONFIG_NAME
 from ..runs.atomic import atomic_write_text, is_leftover, remove_temporaries
 from ..runs.lock import RunLock
-from .checkpoint import UnsafeCheckpointError, load_state, save_model, save_state, save_weights
+from .checkpoint import FROM_STEP_0, UnsafeCheckpointError, load_state, save_model, save_state, save_weights
 from .run_config import DamagedTrainConfigError, read_train_config, short_json
 
 RESUME_FILE = "resume.pt"
@@ -257,13 +257,12 @@ def load_resume_state(path: Path, steps: int, parts: dict[str, Any], losses: Ten
     state on a GPU, or the reverse, warns: the result is then not bit-identical (``stacklevel`` points
     the warning at the caller)."""
     try:
-        state = load_state(path)
-    except UnsafeCheckpointError:
+        state = load_state(path, holds="state")
+    except UnsafeCheckpointError:  # a format or contents torch does not read, not damage: it names the way out
         raise
     except ValueError as err:  # it said what is wrong, not how to go on (helper-188)
         raise ValueError(f"{err}; a resume state is written whole or not at all, so it was damaged after its run: "
-                         "move it away and resume to train again from step 0 (the checkpoints hold weights, not "
-                         "the optimiser's state), or choose another folder") from None
+                         f"{FROM_STEP_0}") from None
     saved = json.loads(state["config"])
     saved_digest, digest = saved.get(DATA_DIGEST), run_config.get(DATA_DIGEST)
     # a side trained without labels (its record's labels None) drops none: its label_dropout is 0 whatever the
@@ -407,10 +406,10 @@ def _leftover(path: Path) -> bool:
     """Whether ``path`` in a training folder is what our writers leave behind and holds no step: the
     lock file, a killed writer's temporary, a ``checkpoints/`` holding nothing else (a run killed in
     its first checkpoint's write)."""
-    if is_leftover(path.name):
+    if is_leftover(path):
         return True
     return (path.name == "checkpoints" and path.is_dir() and not path.is_symlink()
-            and all(is_leftover(p.name) for p in path.iterdir()))
+            and all(is_leftover(p) for p in path.iterdir()))
 
 
 def _refuse_others_files(out: Path) -> None:

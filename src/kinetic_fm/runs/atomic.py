@@ -49,11 +49,14 @@ def temporary_stem(name: str) -> str:
     return f".{head}~{hashlib.sha256(encoded).hexdigest()[:12]}"
 
 
-def is_leftover(name: str) -> bool:
-    """Whether a folder's entry ``name`` is what our writers leave behind: the lock file, or a
+def is_leftover(path: str | os.PathLike) -> bool:
+    """Whether the folder entry ``path`` is what our writers leave behind: the lock file, or a
     killed writer's temporary as :func:`remove_temporaries` removes it (``.<name>.tmp-...``, hidden;
-    a user's ``a.tmp-1.png`` is not one)."""
-    return name == LOCK_NAME or fnmatch.fnmatchcase(name, _TEMPORARY)
+    a user's ``a.tmp-1.png`` is not one, nor a folder of that name: no writer here makes one, and
+    that cleanup removes files only). A lock that is no regular file counts too: taking the lock
+    refuses it, naming it (:class:`~kinetic_fm.runs.lock.RunLock`)."""
+    name = os.path.basename(path)
+    return name == LOCK_NAME or (fnmatch.fnmatchcase(name, _TEMPORARY) and os.path.isfile(path))
 
 
 def fsync_dir(folder: Path) -> None:

@@ -165,7 +165,7 @@ def _refuse_foreign_folder(run_dir: Path) -> None:
     run's shards or results is named as a run that lost its manifest."""
     if (run_dir / MANIFEST_NAME).is_file() or not run_dir.exists():
         return
-    if all(is_leftover(p.name) for p in run_dir.iterdir()):
+    if all(is_leftover(p) for p in run_dir.iterdir()):
         return
     left = [RESULTS_NAME] if (run_dir / RESULTS_NAME).is_file() else []
     if (run_dir / SHARD_DIR).is_dir():

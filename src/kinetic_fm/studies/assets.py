@@ -228,11 +228,13 @@ def _classifier(cfg, ws, train, train_labels, heldout, heldout_labels, classes, 
                 "accuracy": result.test_accuracy}
 
     stored = ws.cached("classifier", key, fit, epoch=MODEL_EPOCH)  # weights: a change of sampling keeps them
-    # its weights are in the cache now, written atomically: the resume state has done its work
-    # (one from an older run goes too)
+    # its weights are in the cache now, written atomically: the resume state has done its work (one from an
+    # older run goes too), and with it the run folder, which held nothing else (its lock file stayed alone)
     from ..models.train import RESUME_FILE
 
-    (ws.model_path("classifier", key) / RESUME_FILE).unlink(missing_ok=True)
+    folder = ws.model_path("classifier", key)
+    (folder / RESUME_FILE).unlink(missing_ok=True)
+    ws.remove_model(folder, spent_only=True)
     net = SmallCNN(**stored["config"], dtype=torch.float32)   # load_state_dict keeps the layers' dtype
     net.load_state_dict(stored["state"])
     name = "digits-cnn" if cfg.data == "digits" else f"{cfg.data.partition(':')[0]}-cnn"

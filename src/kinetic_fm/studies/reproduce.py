@@ -4,18 +4,21 @@ Trained nets, sampling runs and each study's result are cached in the output fol
 :class:`Workspace` and :mod:`~kinetic_fm.studies.study_cache`), so an interrupted run resumes from
 the last finished one, and a re-run with the same configuration, inputs and library trains,
 samples and measures nothing: it reads the studies' tables, claims and figures and writes the report.
-The last four configurations' results of each study are kept, so a run back at an earlier one reads them too.
+The last four configurations' results of each study are kept, so a run back at an earlier one reads them too;
+a finished run of every study deletes the sampling stages and nets no kept result reads.
 """
 from __future__ import annotations
 
 import math
 import platform
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ..runs.atomic import is_leftover
 from ..runs.lock import LOCK_NAME, RunLock
 from .assets import load_assets
 from .config import ReproduceConfig
@@ -31,6 +34,9 @@ from .timings import TIMINGS_FILE, StageTimes
 from .workspace import Workspace, config_hash
 
 STUDIES = ("semantics", "support", "memorization", "shaping")
+#: the name of a net's run folder in ``models/`` (:meth:`~kinetic_fm.studies.workspace.Workspace.model_path`):
+#: the only folders :func:`_prune_models` deletes
+_MODEL_FOLDER = re.compile(r"(general|memorizer|classifier)-[0-9a-f]{12}")
 
 
 def studies_problem(studies: tuple[str, ...]) -> str | None:
@@ -57,15 +63,17 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
 
     The run holds ``out``'s lock (:class:`~kinetic_fm.runs.RunLock`): a second run into the same
     folder stops at once with :class:`~kinetic_fm.runs.RunLockedError`. A run refused before its
-    first result into a new folder (or one holding only the lock file such a run leaves) leaves it
-    holding only that lock file, which the next run takes as new.
+    first result into a new folder (or one holding only the lock file such a run leaves, or a killed
+    writer's temporaries: :func:`~kinetic_fm.runs.atomic.is_leftover`) leaves it holding only that lock
+    file, which the next run takes as new.
     """
     problem = studies_problem(studies)
     if problem:
         raise ValueError(f"studies must be a subset of {STUDIES}, each once; got {tuple(studies)} ({problem})")
     root = Path(out)
-    # a lock file alone is what a refused run leaves (it is never deleted): that folder is new too
-    fresh = not root.exists() or (root.is_dir() and all(p.name == LOCK_NAME for p in root.iterdir()))
+    # a lock file is what a refused run leaves (it is never deleted), a temporary what a killed writer leaves:
+    # a folder holding nothing else is new too
+    fresh = not root.exists() or (root.is_dir() and all(is_leftover(p) for p in root.iterdir()))
     ws = Workspace(out, progress=progress)
     with RunLock(ws.root, resume="run the same command again"):
         try:
@@ -78,6 +86,7 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
             raise
         if set(studies) == set(STUDIES):
             _prune_stages(ws, used)
+            _prune_models(ws)
         return paths
 
 
@@ -102,6 +111,34 @@ def _prune_stages(ws: Workspace, used: set[Path]) -> None:
     files, size = ws.prune_stages(kept)
     if files:
         ws.say(f"cache: deleted {files} sampling stage files of other configurations, {size / 1e6:.1f} MB")
+
+
+def _prune_models(ws: Workspace) -> None:
+    """Delete the run folders of ``models/`` (``<kind>-<hash>``) that neither this run (of every study, finished)
+    read (``ws.models_read``) nor a kept study entry lists
+    (:func:`~kinetic_fm.studies.study_cache.entries_models`): the nets of other configurations and model epochs
+    (a ``--quick`` memorizer's folder, with its checkpoints, is ~70 MB), which piled up run after run, as
+    :func:`_prune_stages` does for their samples. A run back at a configuration whose entries were kept reads its
+    nets; at another one it trains them again. A folder holding a resume state (a training interrupted at another
+    configuration: a run back at it resumes) stays, so does one whose lock another process holds
+    (:meth:`~kinetic_fm.studies.workspace.Workspace.remove_model`), and every folder while an entry lists none
+    (written before entries listed them)."""
+    from ..models.train import RESUME_FILE
+    from .study_cache import entries_models
+
+    listed = entries_models(ws)
+    if listed is None:
+        return
+    kept = ws.models_read | listed
+    folders = size = 0
+    for folder in sorted((ws.root / "models").iterdir()):
+        if (folder.name in kept or not _MODEL_FOLDER.fullmatch(folder.name) or folder.is_symlink()
+                or not folder.is_dir() or (folder / RESUME_FILE).exists()):
+            continue
+        size += ws.remove_model(folder)
+        folders += not folder.exists()
+    if folders:
+        ws.say(f"models: deleted {folders} net folders of other configurations, {size / 1e6:.1f} MB")
 
 
 def _remove_skeleton(root: Path) -> None:

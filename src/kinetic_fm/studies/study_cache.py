@@ -19,6 +19,9 @@ setting, input or code change can reuse a stale one:
   checked when its entry is read: a stage rewritten since (another device, a damaged file redone)
   recomputes the study.
 
+An entry also names the run folders of ``models/`` its run read (the nets its assets digest covers), so
+that ``kfm reproduce`` keeps them with it (:func:`entries_models`).
+
 An entry is written atomically once its study has finished, so an interruption in a later study
 keeps it. Each study keeps its :data:`ENTRIES_KEPT` most recently used entries written by the current
 library (:func:`code_digest`), so going back to an earlier configuration (``--quick``, then ``--tiny``, then
@@ -211,7 +214,8 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
     if path is not None:
         stored = None if warned else _encode(output)  # None: never read back, but its stages are kept with it
         inputs = {p.name: file_digest(ws, p) for p in sorted(read) if p.parent == ws.root / "cache"}
-        atomic_torch_save({"format": ENTRY_FORMAT, "code": key["code"], "inputs": inputs, "output": stored}, path)
+        atomic_torch_save({"format": ENTRY_FORMAT, "code": key["code"], "inputs": inputs,
+                           "models": sorted(ws.models_read), "output": stored}, path)
         _mark_used(path)
         _prune(path, name, key["code"])
     return output
@@ -226,6 +230,20 @@ def entries_inputs(ws: Workspace) -> set[str]:
     for _, entry in _entries(ws.root / "cache"):
         if entry is not None and isinstance(entry.get("inputs"), dict):
             names.update(entry["inputs"])
+    return names
+
+
+def entries_models(ws: Workspace) -> set[str] | None:
+    """The names of the run folders of ``models/`` (``<kind>-<hash>``) that the study entries in ``ws``'s
+    ``cache/`` that load list: the nets a run back at one of their configurations reads (the entries' key
+    digests them). None when one of them lists none (written before entries listed their nets)."""
+    names: set[str] = set()
+    for _, entry in _entries(ws.root / "cache"):
+        if entry is None:
+            continue
+        if not isinstance(entry.get("models"), list):
+            return None
+        names.update(entry["models"])
     return names
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..runs.atomic import atomic_write, remove_temporaries
+from ..runs.atomic import atomic_write, is_leftover, remove_temporaries
 
 
 # Bump when a change in the library alters what a cached stage would contain (the cache is
@@ -30,8 +30,8 @@ CACHE_EPOCH = 3
 # It stays at the epoch they last changed in, so that a change of sampling retrains no net.
 MODEL_EPOCH = 2
 #: the files of ``cache/`` :meth:`Workspace.prune_stages` never deletes, by prefix: the study entries (each study
-#: keeps its latest, :mod:`~kinetic_fm.studies.study_cache`) and the judging classifiers (trained weights, like
-#: ``models/``, which is never pruned)
+#: keeps its latest, :mod:`~kinetic_fm.studies.study_cache`) and the judging classifiers (trained weights; the
+#: nets of ``models/`` are pruned by their own rule, ``kfm reproduce``'s ``_prune_models``)
 UNPRUNED = ("study-", "classifier-")
 
 
@@ -68,6 +68,8 @@ class Workspace:
         # sha256 of the files this workspace object hashed, by (resolved path, size, mtime_ns, inode): a stage
         # several studies read is hashed once per run, one rewritten since is hashed again (study_cache)
         self.file_digests: dict[tuple[Path, int, int, int], str] = {}
+        # the run folders of models/ asked for (model_path): the nets this run's results are a function of
+        self.models_read: set[str] = set()
 
     def remove_leftover_temporaries(self) -> int:
         """Delete the temporaries writers killed mid-write left anywhere in the workspace (caches,
@@ -149,14 +151,41 @@ class Workspace:
         return files, size
 
     def model_path(self, name: str, config: Any) -> Path:
-        """``models/<name>-<hash>``, the run folder of a net trained for ``config`` (not made here)."""
-        return self.root / "models" / f"{name}-{config_hash(config, MODEL_EPOCH)}"
+        """``models/<name>-<hash>``, the run folder of a net trained for ``config`` (not made here); its name
+        joins :attr:`models_read`."""
+        path = self.root / "models" / f"{name}-{config_hash(config, MODEL_EPOCH)}"
+        self.models_read.add(path.name)
+        return path
 
     def model_dir(self, name: str, config: Any) -> Path:
         """:meth:`model_path`, made if absent."""
         path = self.model_path(name, config)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def remove_model(self, folder: Path, *, spent_only: bool = False) -> int:
+        """Delete the run folder ``folder`` of ``models/``, lock file included; returns its files' bytes (0
+        when it stays). It stays while another process holds its lock (a ``kfm train --out`` into it by hand),
+        when it is not there, and, with ``spent_only``, when it holds anything but our leftovers (its lock file,
+        killed writers' temporaries: :func:`~kinetic_fm.runs.atomic.is_leftover`). Call it holding the
+        workspace's lock: a lock file is deleted safely only where no writer of ours opens it meanwhile
+        (:mod:`kinetic_fm.runs.lock`), and only this run writes into ``models/`` then."""
+        import shutil
+
+        from ..runs.lock import RunLock
+
+        try:
+            lock = RunLock(folder).acquire()
+        except OSError:  # RunLockedError, or a folder gone or that this user may not write
+            return 0
+        try:
+            if spent_only and not all(is_leftover(p) for p in folder.iterdir()):
+                return 0
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+            shutil.rmtree(folder, ignore_errors=True)
+            return size
+        finally:
+            lock.release()
 
     def remove_tables_except(self, names: set[str]) -> None:
         """Delete ``tables/*.parquet`` not named in ``names``: tables of earlier runs with other
