@@ -1029,7 +1029,8 @@ def test_cli_audit_in_a_cifar_resnet_feature_space(shared_data, tmp_path, capsys
     want = kfm.memorization(samples, train, space=load_cifar_resnet(weights).features, bootstrap=0)
     np.testing.assert_allclose(table["ratio"].to_numpy(), want.ratio.numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(table["nearest"].to_numpy()[:20], np.arange(20))
-    capsys.readouterr()
+    assert "samples with d1/d2 < 0.3333 in resnet20\n" in capsys.readouterr().out   # not its bound method's "features"
+    assert table["space"].tolist() == ["resnet20"] * 40
 
     np.save(tmp_path / "bad.npy", samples.flatten(1).numpy() * 127.5 + 127.5)  # [0, 255], not [-1, 1]
     assert main([*args[:2], str(tmp_path / "bad.npy"), *args[3:]]) == 2
