@@ -5,6 +5,7 @@ Everything runs on a tiny randomly initialised SD3 transformer built here (no do
 from __future__ import annotations
 
 import inspect
+import re
 
 import numpy as np
 import pytest
@@ -273,7 +274,9 @@ def test_unsupported_configurations_raise(transformer, conditions):
     with pytest.raises(ValueError, match=r"σ\[0\] = 1, σ\[1\] = nan: a σ is NaN"):
         with_nan.step(out, with_nan.timesteps[0], x)
     if "stochastic_sampling" in options:
-        stochastic = KineticFlowMatchEulerScheduler(stochastic_sampling=True)
+        # refused when built (see below); register_to_config can still set it afterwards
+        stochastic = KineticFlowMatchEulerScheduler()
+        stochastic.register_to_config(stochastic_sampling=True)
         stochastic.set_timesteps(4)
         with pytest.raises(ValueError, match="stochastic_sampling"):
             stochastic.step(out, stochastic.timesteps[0], x)
@@ -692,3 +695,23 @@ def test_num_images_per_prompt_gives_one_energy_per_image_in_the_pipelines_order
     for p in range(BATCH):                       # prompt p's first image, run alone
         _, alone, _ = run(slice(p, p + 1), 1, x0[p * images:p * images + 1])
         torch.testing.assert_close(alone.kpe[0], scheduler.kpe[p * images], rtol=1e-5, atol=0)
+
+
+STOCHASTIC = ("stochastic_sampling=True has no ODE path whose kinetic energy could be measured: "
+              "KineticFlowMatchEulerScheduler takes the deterministic Euler steps (stochastic_sampling=False)")
+
+
+def test_stochastic_sampling_is_refused_when_the_scheduler_is_built_not_at_its_first_step():
+    # it was accepted, and refused at the first step(), after the pipeline's first network call
+    if "stochastic_sampling" not in inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters:
+        pytest.skip("stochastic_sampling is newer than this diffusers")
+    exact = "^" + re.escape(STOCHASTIC) + "$"
+    with pytest.raises(ValueError, match=exact):
+        KineticFlowMatchEulerScheduler(stochastic_sampling=True)
+    with pytest.raises(ValueError, match=exact):
+        KineticFlowMatchEulerScheduler.from_scheduler(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))
+    with pytest.raises(ValueError, match=exact):
+        KineticFlowMatchEulerScheduler.from_config({"stochastic_sampling": True})
+    # the config's keys are still the base class's: from_config of a deterministic one builds it
+    built = KineticFlowMatchEulerScheduler.from_config(FlowMatchEulerDiscreteScheduler(shift=3.0).config)
+    assert built.config.shift == 3.0 and built.config.stochastic_sampling is False

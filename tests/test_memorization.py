@@ -327,7 +327,7 @@ def test_repeated_rows_counts_rows_equal_to_an_earlier_one():
 def test_to_frame_has_one_row_per_sample(case):
     samples, train = case
     frame = kfm.memorization(samples, train, bootstrap=100).to_frame()
-    assert list(frame.columns) == ["sample", "d1", "d2", "ratio", "nearest", "memorized"]
+    assert list(frame.columns) == ["sample", "d1", "d2", "ratio", "nearest", "memorized", "space"]
     assert len(frame) == 100 and frame["memorized"].sum() == 40
     assert frame["sample"].tolist() == list(range(100))
     copies = frame[frame["d1"] == 0]                 # the 20 exact copies of train[:20] are samples 0..19
@@ -1029,7 +1029,8 @@ def test_cli_audit_in_a_cifar_resnet_feature_space(shared_data, tmp_path, capsys
     want = kfm.memorization(samples, train, space=load_cifar_resnet(weights).features, bootstrap=0)
     np.testing.assert_allclose(table["ratio"].to_numpy(), want.ratio.numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(table["nearest"].to_numpy()[:20], np.arange(20))
-    capsys.readouterr()
+    assert "samples with d1/d2 < 0.3333 in resnet20\n" in capsys.readouterr().out   # not its bound method's "features"
+    assert table["space"].tolist() == ["resnet20"] * 40
 
     np.save(tmp_path / "bad.npy", samples.flatten(1).numpy() * 127.5 + 127.5)  # [0, 255], not [-1, 1]
     assert main([*args[:2], str(tmp_path / "bad.npy"), *args[3:]]) == 2
@@ -2498,3 +2499,53 @@ def test_cli_says_to_give_the_split_s_folder_as_the_path(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"(load {tmp_path / 'splits'}/train (the split's own folder))\n" in err, err
         assert "subdir" not in err
+
+
+# --- the report records the space it was measured in (helper-321) ------------------------------
+
+def _first_half(x):
+    return x[:, :2]
+
+
+def test_the_report_records_its_space_named_as_local_support_names_it():
+    from kinetic_fm.metrics.density import local_support
+    from kinetic_fm.metrics.features import PrincipalSpace, feature_space
+
+    g = torch.Generator().manual_seed(0)
+    samples, train = torch.randn(6, 4, generator=g), torch.randn(30, 4, generator=g)
+    net = torch.nn.Linear(4, 3)
+    principal = PrincipalSpace.fit(train, 2)
+    named = feature_space(_first_half, name="half")
+    for space, name in ((None, "pixels"), (_first_half, "_first_half"), (lambda x: x, "<lambda>"),
+                        (net, "Linear"), (principal, "pixels-PCA2"), (named, "half")):
+        report = kfm.memorization(samples, train, bootstrap=0, space=space)
+        assert report.space == name == local_support(samples, train, space=space).space
+        assert f"space={name!r}" in repr(report)
+        assert str(report).endswith(f"samples with d1/d2 < 0.3333 in {name}")
+        frame = report.to_frame()
+        assert list(frame.columns) == ["sample", "d1", "d2", "ratio", "nearest", "memorized", "space"]
+        assert frame["space"].tolist() == [name] * 6
+
+
+def test_reports_in_two_spaces_join_in_one_table_each_under_its_space():
+    from kinetic_fm.metrics.table import per_sample_table
+
+    g = torch.Generator().manual_seed(1)
+    samples, train = torch.randn(5, 4, generator=g), torch.randn(20, 4, generator=g)
+    pixels = kfm.memorization(samples, train, bootstrap=0)
+    half = kfm.memorization(samples, train, bootstrap=0, space=_first_half)
+    table = per_sample_table(pixels, half, seeds=[3, 1, 4, 15, 9])
+    assert table["seed"].tolist() == [3, 1, 4, 15, 9]
+    for report in (pixels, half):
+        for column in ("d1", "d2", "ratio", "nearest", "memorized", "space"):
+            assert table[f"{report.space}_{column}"].tolist() == report.to_frame()[column].tolist()
+    with pytest.raises(ValueError, match=r"column 'sample' appears in part 0 \(MemorizationReport\) and part 1"):
+        per_sample_table(pixels, pixels, seeds=range(5))             # one space twice: nothing tells them apart
+
+
+def test_a_space_spec_string_is_refused_with_the_principal_space_that_spells_it():
+    message = ("space must be a callable feature map or None, got str 'pca:5'; the CLI's --space pca:K is "
+               "space=kinetic_fm.metrics.features.PrincipalSpace.fit(train, K) here (residual=True for "
+               "pca:K+residual)")
+    with pytest.raises(TypeError, match="^" + re.escape(message) + "$"):
+        kfm.memorization(torch.randn(4, 6), torch.randn(6, 6), bootstrap=0, space="pca:5")

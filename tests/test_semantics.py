@@ -738,3 +738,88 @@ def test_classifier_margin_target_of_one_class_is_a_proper_tensor():
     assert got.target.shape == (6,) and got.target.stride() == (1,)
     got.target[0] = 4
     assert got.target.tolist() == [4, 2, 2, 2, 2, 2]
+
+
+# --- a CLIP folder missing its tokenizer or image processor (helper-321) ----------------------
+
+_SAVED = ("(save_pretrained of the tokenizer and the image processor, or of a CLIPProcessor holding both, "
+          "writes them; nothing is downloaded)")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+
+
+def _copy_without(folder, tmp_path, *names):
+    import shutil
+
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    for name in names:
+        (copy / name).unlink(missing_ok=True)
+    return copy
+
+
+def test_a_clip_folder_without_tokenizer_files_is_refused_not_scored_with_an_empty_vocabulary(tiny_clip_dir,
+                                                                                            tmp_path):
+    # transformers built an empty CLIPTokenizer: every prompt read [0, 2, 2, ...], the class names
+    # were warned of as repeats and every margin was 0
+    bare = _copy_without(tiny_clip_dir, tmp_path, *_TOKENIZER_FILES)
+    message = (f"the CLIP folder {str(bare)!r} lacks its tokenizer: tokenizer.json, or vocab.json and merges.txt "
+               f"{_SAVED}")
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(message) + "$"):
+        clip_scores(torch.rand(2, 3, 32, 32), ["cat", "dog"], torch.tensor([0, 1]), model=bare)
+
+
+def test_a_clip_folder_without_its_image_processor_is_refused_in_our_words(tiny_clip_dir, tmp_path):
+    # transformers' own OSError told of huggingface.co, though nothing is downloaded
+    bare = _copy_without(tiny_clip_dir, tmp_path, "preprocessor_config.json")
+    message = (f"the CLIP folder {str(bare)!r} lacks its image processor: preprocessor_config.json "
+               f"{_SAVED}")
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(message) + "$"):
+        CLIPScorer(bare)
+
+
+def test_a_clip_folder_missing_both_names_both_at_once(tiny_clip_dir, tmp_path):
+    bare = _copy_without(tiny_clip_dir, tmp_path, "preprocessor_config.json", *_TOKENIZER_FILES)
+    with pytest.raises(FileNotFoundError, match=r"lacks its tokenizer: tokenizer\.json, or vocab\.json and "
+                                                r"merges\.txt; and its image processor: preprocessor_config\.json "
+                                                r"\(save_pretrained of"):
+        CLIPScorer(bare)
+
+
+def test_a_clip_tokenizer_saved_as_vocab_and_merges_alone_is_accepted(tiny_clip_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    vocab = AutoTokenizer.from_pretrained(tiny_clip_dir).get_vocab()
+    files = _copy_without(tiny_clip_dir, tmp_path, *_TOKENIZER_FILES)
+    (files / "vocab.json").write_text(json.dumps(vocab))
+    (files / "merges.txt").write_text("#version: 0.2\n")
+    half = _copy_without(files, tmp_path / "half", "merges.txt")      # vocab.json alone is no tokenizer
+    with pytest.raises(FileNotFoundError, match="lacks its tokenizer"):
+        CLIPScorer(half)
+    prompts = ["a photo of a cat", "a photo of a dog"]
+    torch.testing.assert_close(load_clip(files).text_embeddings(prompts),
+                               load_clip(tiny_clip_dir).text_embeddings(prompts), rtol=0, atol=0)
+
+
+def test_a_clip_image_processor_saved_inside_processor_config_is_accepted(tiny_clip_dir, tmp_path):
+    # transformers 5's CLIPProcessor.save_pretrained nests it in processor_config.json
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(tiny_clip_dir)
+    nested = _copy_without(tiny_clip_dir, tmp_path, "preprocessor_config.json")
+    (nested / "processor_config.json").write_text(json.dumps({"image_processor": processor.to_dict()}))
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(load_clip(nested).image_embeddings(images),
+                               load_clip(tiny_clip_dir).image_embeddings(images), rtol=0, atol=0)
+    (nested / "processor_config.json").write_text(json.dumps({"processor_class": "CLIPProcessor"}))
+    with pytest.raises(FileNotFoundError, match="lacks its image processor"):
+        CLIPScorer(nested)
+
+
+def test_clip_grey_images_are_refused_with_the_way_to_three_channels(tiny_clip_dir):
+    scorer = load_clip(tiny_clip_dir)
+    message = ("images must have shape (B, 3, H, W), got (4, 1, 32, 32): CLIP reads colour images; repeat a grey "
+               "channel as three with images.expand(-1, 3, -1, -1)")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        scorer.scores(torch.rand(4, 1, 32, 32), ["cat", "dog"])
+    with pytest.raises(ValueError, match=r"^images must have shape \(B, 3, H, W\), got \(4, 4, 32, 32\)$"):
+        scorer.scores(torch.rand(4, 4, 32, 32), ["cat", "dog"])

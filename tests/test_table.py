@@ -286,3 +286,22 @@ def test_a_part_indexed_by_seed_joins_by_its_index():
         assert table.seed.tolist() == [3, 1, 2] and table.b.tolist() == [30.0, 10.0, 20.0]
     with pytest.raises(ValueError, match="seeds differ"):
         per_sample_table(first, pd.DataFrame({"b": [1.0, 2.0, 3.0]}, index=pd.Index([1, 2, 4], name="seed")))
+
+
+def test_local_supports_of_two_spaces_join_each_under_its_space():
+    # the second's columns clashed with the first's, though the space they were measured in tells them apart
+    g = torch.Generator().manual_seed(0)
+    x, reference = torch.randn(4, 3, generator=g), torch.randn(12, 3, generator=g)
+
+    def first(z):
+        return z[:, :1]
+
+    pixels, one = local_support(x, reference, k=2, ks=()), local_support(x, reference, k=2, ks=(), space=first)
+    table = per_sample_table(pixels, one, seeds=[5, 6, 7, 8])
+    assert list(table.columns) == ["seed", "pixels_knn_radius_k2", "pixels_knn_log_density_k2",
+                                   "first_knn_radius_k2", "first_knn_log_density_k2"]
+    np.testing.assert_array_equal(table["first_knn_radius_k2"], one.radius.numpy())
+    np.testing.assert_array_equal(table["pixels_knn_radius_k2"], pixels.radius.numpy())
+    # a part of no recorded space keeps its clash: which space its columns belong to is not known
+    with pytest.raises(ValueError, match=r"column 'knn_radius_k2' appears in part 0 \(DataFrame\) and part 1"):
+        per_sample_table(pixels.to_frame(), one, seeds=[5, 6, 7, 8])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 from ..checks import DEVICE_FORMS
@@ -168,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
         with flag_words(_AUDIT_FLAGS):
             report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
                                   interval=args.interval, backend=args.backend, progress=args.progress)
+    # a ResNet's space is its bound method, named "features": the report names the spec's network
+    report = dataclasses.replace(report, space=space_name)
     print(report)
     if train_mean is not None and not samples_folder:
         _warn_of_a_common_offset(samples, train, report, args.train)
@@ -191,7 +194,6 @@ def run(args: argparse.Namespace) -> int:
             failed = err
     if args.out is not None:
         frame = _per_sample_frame(report, sample_files, train_files, train_items, seeds)
-        frame["space"] = space_name
         frame["clamped"] = args.clamp
         from ..runs.atomic import atomic_write
 

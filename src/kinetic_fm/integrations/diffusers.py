@@ -21,6 +21,7 @@ loading such a pipeline, since diffusers only resolves custom components already
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import math
@@ -55,6 +56,13 @@ def _is_integer_timestep(timestep: Any) -> bool:
     return isinstance(timestep, torch.Tensor) and not torch.is_floating_point(timestep)
 
 
+def _refuse_stochastic(config: Any) -> None:
+    if config.get("stochastic_sampling", False):  # the option is newer than diffusers 0.30
+        raise ValueError("stochastic_sampling=True has no ODE path whose kinetic energy could be measured: "
+                         "KineticFlowMatchEulerScheduler takes the deterministic Euler steps "
+                         "(stochastic_sampling=False)")
+
+
 class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     """``FlowMatchEulerDiscreteScheduler`` that accumulates per-sample KPE and applies a KTS gain.
 
@@ -82,7 +90,8 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     restored on loading; another callable cannot be serialised, so saving warns and the loaded
     scheduler is unshaped. The gain table is evaluated on the host once per run, at the first
     ``step`` after ``set_timesteps``, so the loop itself never synchronises with the device.
-    Unsupported (raise ValueError): ``stochastic_sampling``, ``per_token_timesteps``, and σ grids
+    Unsupported (raise ValueError): ``stochastic_sampling`` (when the scheduler is built, and at
+    the first ``step`` if ``register_to_config`` set it since), ``per_token_timesteps``, and σ grids
     that are not decreasing (``invert_sigmas``).
     """
 
@@ -94,6 +103,15 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     nonfinite_step: torch.Tensor | None = None
     _step_size: list[float] | None = None
     _gain: list[float] | None = None
+
+    # the base class's signature, read by diffusers for the config's keys and by from_config
+    @functools.wraps(FlowMatchEulerDiscreteScheduler.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The base class's ``__init__`` (same arguments, the config); ValueError for ``stochastic_sampling=True``,
+        refused here (``from_config`` and ``from_scheduler`` build through it) rather than at the first ``step``,
+        after the pipeline's first network call."""
+        super().__init__(*args, **kwargs)
+        _refuse_stochastic(self.config)
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any
@@ -212,8 +230,7 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
 
     def _prepare_run(self, batch: int, device: torch.device) -> None:
         """Read the σ grid once (one host transfer per run) and allocate the accumulators."""
-        if self.config.get("stochastic_sampling", False):  # the option is newer than diffusers 0.30
-            raise ValueError("stochastic_sampling=True has no ODE path to measure; use the deterministic scheduler")
+        _refuse_stochastic(self.config)  # again: register_to_config can set it after construction
         sigmas = self.sigmas.detach().to("cpu", torch.float64)
         if sigmas.dim() != 1 or sigmas.numel() < 2:
             raise ValueError(f"scheduler.sigmas must be a 1-D grid with at least 2 values, got {tuple(sigmas.shape)}")

@@ -66,6 +66,8 @@ class MemorizationReport:
         confidence: the interval's coverage, e.g. 0.95.
         bootstrap: number of bootstrap resamples (0: no bootstrap interval).
         interval: "bootstrap" (percentile), "wilson" (score) or "clopper-pearson" (exact binomial).
+        space: name of the feature space the distances were measured in, as
+            :class:`~kinetic_fm.metrics.density.LocalSupport` names it ("pixels" without one).
     """
 
     d1: torch.Tensor
@@ -79,6 +81,7 @@ class MemorizationReport:
     confidence: float = 0.95
     bootstrap: int = 1000
     interval: str = "bootstrap"
+    space: str = "pixels"
 
     __repr__ = result_repr  # shapes and dtypes, not every element
 
@@ -89,7 +92,7 @@ class MemorizationReport:
         kind, low, high = self.shown_interval()  # a zero-width bootstrap interval read as certainty
         interval = "" if math.isnan(low) else f" ({self.confidence:.0%} {kind} CI {low:.4f}–{high:.4f})"
         return (f"F_mem = {self.fraction:.4f}{interval}, {int(self.memorized.sum())}/{len(self)} "
-                f"samples with d1/d2 < {self.threshold:.4g}")
+                f"samples with d1/d2 < {self.threshold:.4g} in {self.space}")
 
     def shown_interval(self) -> tuple[str, float, float]:
         """(kind, low, high) of the interval to show beside F_mem: ``ci`` with its kind's name, or,
@@ -103,7 +106,7 @@ class MemorizationReport:
 
     def to_frame(self) -> "pd.DataFrame":
         """One row per sample: sample (its row in the audited samples, as ``nearest`` is a row of
-        the training set), d1, d2, ratio, nearest, memorized."""
+        the training set), d1, d2, ratio, nearest, memorized, space (the name of the space measured in)."""
         import numpy as np
         import pandas as pd
 
@@ -114,6 +117,7 @@ class MemorizationReport:
             "ratio": self.ratio.cpu().numpy(),
             "nearest": self.nearest.cpu().numpy(),
             "memorized": self.memorized.cpu().numpy(),
+            "space": self.space,
         })
 
 
@@ -147,7 +151,10 @@ def memorization(
             disables it; from 1 to 99 a UserWarning: such an interval is unreliable); used only
             when ``interval`` is "bootstrap".
         space: optional feature map applied to both sets (in chunks of ``space_chunk`` rows,
-            without gradients); distances are then measured between its flattened outputs.
+            without gradients); distances are then measured between its flattened outputs. The
+            report records its name (``report.space``) as :func:`~kinetic_fm.metrics.features.feature_space`
+            names it. For the CLI's ``--space pca:K`` pass
+            ``kinetic_fm.metrics.features.PrincipalSpace.fit(train, K)``.
         seed: seed of the bootstrap generator, a non-negative integer.
         confidence: coverage of the interval, a real number in (0, 1).
         interval: "bootstrap" (percentile bootstrap, the reference's choice), "wilson" (score
@@ -168,7 +175,10 @@ def memorization(
     bootstrap, seed, confidence = _interval_settings(bootstrap, seed, confidence, interval)
     space_chunk = positive_integer("space_chunk", space_chunk)
     if space is not None and not callable(space):
-        raise TypeError(f"space must be a callable feature map or None, got {type(space).__name__}")
+        spec = (f" {space!r}; the CLI's --space pca:K is space=kinetic_fm.metrics.features.PrincipalSpace.fit("
+                "train, K) here (residual=True for pca:K+residual)" if isinstance(space, str) else "")
+        raise TypeError(f"space must be a callable feature map or None, got {type(space).__name__}{spec}")
+    space_name = feature_space(space).name
     samples, train = as_rows("samples", samples), as_rows("train", train)
     check_same_space(("samples", samples), ("train", train))
     if train.shape[0] < 2:
@@ -202,7 +212,7 @@ def memorization(
     fraction = float(memorized.double().mean())
     ci = _interval(int(memorized.sum()), memorized.numel(), interval, confidence, bootstrap, seed)
     return MemorizationReport(d1, d2, ratio, nn.indices[:, 0], memorized, fraction, ci,
-                              threshold, confidence, bootstrap, interval)
+                              threshold, confidence, bootstrap, interval, space_name)
 
 
 def gap_ratio(d1: torch.Tensor | np.ndarray, d2: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -277,7 +278,9 @@ def _as_images(images: Any) -> Tensor:
     and come back as uint8."""
     x = as_tensor(images)
     if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(x.shape)}")
+        grey = (": CLIP reads colour images; repeat a grey channel as three with images.expand(-1, 3, -1, -1)"
+                if x.ndim == 4 and x.shape[1] == 1 else "")
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(x.shape)}{grey}")
     if x.shape[0] == 0:
         raise ValueError("images must hold at least one image, got 0")
     if x.is_complex() or x.dtype == torch.bool:
@@ -302,12 +305,42 @@ def _pooled(out: Any) -> Tensor:
     return pooled
 
 
+def _check_clip_folder(path: Path) -> None:
+    """Refuse a CLIP folder without the files of its tokenizer or image processor, naming them all.
+
+    Without them transformers built an empty tokenizer (every prompt tokenized alike, so every margin
+    read 0) or raised an OSError about huggingface.co. A tokenizer is ``tokenizer.json`` (the fast
+    one's) or ``vocab.json`` with ``merges.txt`` (the BPE files either kind is built from); an image
+    processor is ``preprocessor_config.json``, or ``processor_config.json`` holding one (transformers 5's
+    ``CLIPProcessor.save_pretrained``)."""
+    missing = []
+    if not ((path / "tokenizer.json").is_file() or all((path / f).is_file() for f in ("vocab.json", "merges.txt"))):
+        missing.append("its tokenizer: tokenizer.json, or vocab.json and merges.txt")
+    if not ((path / "preprocessor_config.json").is_file() or _holds_image_processor(path / "processor_config.json")):
+        missing.append("its image processor: preprocessor_config.json")
+    if missing:
+        raise FileNotFoundError(f"the CLIP folder {str(path)!r} lacks {'; and '.join(missing)} (save_pretrained of "
+                                "the tokenizer and the image processor, or of a CLIPProcessor holding both, writes "
+                                "them; nothing is downloaded)")
+
+
+def _holds_image_processor(config: Path) -> bool:
+    if not config.is_file():
+        return False
+    try:
+        return isinstance(json.loads(config.read_text()).get("image_processor"), dict)
+    except (ValueError, AttributeError, OSError):  # not JSON, or not an object: transformers cannot read it either
+        return False
+
+
 class CLIPScorer:
     """A CLIP model, tokenizer and image processor loaded from a local directory.
 
     Args:
         model_dir: folder written by ``save_pretrained`` holding the model (``config.json`` +
-            weights), the tokenizer and ``preprocessor_config.json``.
+            weights), the tokenizer (``tokenizer.json``, or ``vocab.json`` and ``merges.txt``) and the
+            image processor (``preprocessor_config.json``); FileNotFoundError naming what it lacks,
+            before anything is loaded.
         device: where the model runs (default CPU).
 
     Reproducibility: the model runs in float32, and its scores (100 · cos) move in the last digits
@@ -333,6 +366,7 @@ class CLIPScorer:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no CLIP model at {path} (expected a local save_pretrained "
                                     "folder with config.json; nothing is downloaded)")
+        _check_clip_folder(path)
         from ..optional import optional_names
 
         AutoImageProcessor, AutoTokenizer, CLIPModel = optional_names(

@@ -11,6 +11,7 @@ Example::
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
@@ -100,6 +101,21 @@ def _check_seed_column(column: Any, label: str) -> None:
     raise ValueError(f"{label} has a 'seed' column that is not integers (e.g. {bad[:3]!r}); seeds are joined on")
 
 
+def _named_by_space(frames: list, spaces: list) -> list:
+    """``frames`` with the columns of each part that records its feature space (``space``, a string:
+    MemorizationReport, LocalSupport, KDELogDensity) led by ``<space>_`` where they share a column
+    with a part of another recorded space, so that measures of one sample in two spaces join side
+    by side. Clashes within one space, or with a part of no recorded space, are left to be refused."""
+    spaces = [space if isinstance(space, str) else None for space in spaces]
+    renamed: set[int] = set()
+    for i, j in itertools.combinations(range(len(frames)), 2):
+        if None not in (spaces[i], spaces[j]) and spaces[i] != spaces[j] and \
+                (set(frames[i].columns) & set(frames[j].columns)) - {"seed"}:
+            renamed |= {i, j}
+    return [frame.rename(columns=lambda c, s=spaces[i]: c if c == "seed" else f"{s}_{c}") if i in renamed else frame
+            for i, frame in enumerate(frames)]
+
+
 def _duplicates(values: Any) -> list:
     import pandas as pd
 
@@ -129,7 +145,10 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
     Returns:
         DataFrame with ``seed`` first, then every part's columns in order, rows in the first
         part's order. Column names must be unique across parts (ValueError names the clash;
-        rename with ``frame.add_prefix(...)``).
+        rename with ``frame.add_prefix(...)``), but for parts that record the feature space they
+        were measured in (``MemorizationReport``, ``LocalSupport``, ``KDELogDensity``): two such
+        parts of different spaces that share a column both have every column led by their space's
+        name (``pixels_ratio`` beside ``features_ratio``).
     """
     if not parts:
         raise ValueError("per_sample_table needs at least one part")
@@ -137,6 +156,7 @@ def per_sample_table(*parts: Any, seeds: Sequence[int] | None = None,
         raise ValueError(f"how must be 'exact', 'inner' or 'outer', got {how!r}")
     frames = [_frame(p, f"part {i} ({type(p).__name__})") for i, p in enumerate(parts)]
     labels = [f"part {i} ({type(p).__name__})" for i, p in enumerate(parts)]
+    frames = _named_by_space(frames, [getattr(p, "space", None) for p in parts])
 
     if seeds is None:
         seeds = next((f["seed"].tolist() for f in frames if "seed" in f.columns), None)
