@@ -784,3 +784,57 @@ def test_ball_tests_keep_each_buffer_within_the_budget_and_decide_as_the_float64
     np.testing.assert_array_equal(got.fake_in_real.numpy(), want_p)
     np.testing.assert_array_equal(got.real_in_fake.numpy(), want_r)
     assert 0.0 < got.precision < 1.0 and 0.0 < got.recall < 1.0
+
+
+def _rows_cases(dim: int):
+    """(label, (n, dim) rows) for the rows route: random, bootstrap-like resamples (rows repeated)
+    and rows in a 5-dimensional subspace, at n from 3 to 2 D."""
+    rng = np.random.default_rng(11)
+    basis = rng.standard_normal((5, dim))
+    for n in (3, dim // 2, dim - 1, dim, dim + 1, 2 * dim):
+        rows = rng.standard_normal((n, dim)) * np.linspace(0.5, 2.0, dim) + 0.3
+        yield f"random n={n}", rows
+        yield f"resampled n={n}", rows[rng.integers(0, n, n)]
+        yield f"subspace n={n}", rng.standard_normal((n, 5)) @ basis + 0.1
+
+
+@pytest.mark.parametrize("deficient_reference", [False, True])
+def test_distance_of_rows_is_the_distance_of_their_statistics(deficient_reference):
+    # the studies' bootstrap FDs took np.cov of each resample and the D × D route with its checks;
+    # the rows route reads Σ's rank and the trace term from k × k Gram matrices of the k ≤ D distinct
+    # rows (the same non-zero eigenvalues), and must give the statistics' distance
+    dim = 32
+    rng = np.random.default_rng(12)
+    ref_rows = rng.standard_normal((4 * dim, dim))
+    if deficient_reference:
+        ref_rows = ref_rows[:, :12] @ rng.standard_normal((12, dim))
+    reference = FrechetReference.from_stats(ref_rows.mean(0), np.cov(ref_rows, rowvar=False))
+    for label, rows in _rows_cases(dim):
+        expected = reference.distance(rows.mean(0), np.cov(rows, rowvar=False))
+        assert reference.distance_of_rows(rows) == pytest.approx(expected, rel=1e-10), label
+        # far from unit scale both sides are scaled by the same power of two (exact)
+        tiny = FrechetReference.from_stats(reference.mean * 2.0 ** -300, reference.cov * 2.0 ** -600)
+        assert tiny.distance_of_rows(rows * 2.0 ** -300) == pytest.approx(expected * 2.0 ** -600, rel=1e-10), label
+
+
+def test_the_rank_of_rows_from_their_gram_matrix_is_that_of_their_covariance():
+    from kinetic_fm.metrics.fidelity import _covariance_factor, _factor_rank, _numerical_rank
+
+    dim = 32
+    for label, rows in _rows_cases(dim):
+        sigma = np.cov(rows, rowvar=False)
+        y = _covariance_factor(rows, rows.mean(0))
+        distinct = np.unique(rows, axis=0).shape[0]
+        if distinct > dim:
+            assert y is None, label
+            continue
+        assert y.shape == (distinct, dim), label
+        np.testing.assert_allclose(y.T @ y, sigma, rtol=0, atol=1e-13 * np.abs(sigma).max(), err_msg=label)
+        assert _factor_rank(y, dim) == _numerical_rank(sigma), label
+
+
+def test_distance_of_rows_names_its_rows_when_they_do_not_fit():
+    reference = FrechetReference.from_stats(np.zeros(3), np.eye(3))
+    for rows in (np.ones((1, 3)), np.ones((4, 2)), np.ones(3), [[0.0, np.nan, 0.0], [0.0, 0.0, 0.0]]):
+        with pytest.raises(ValueError, match="rows"):
+            reference.distance_of_rows(rows)

@@ -14,7 +14,9 @@ says which network measured it: ``"FID"`` only for the standard TF-ported Incept
   rows A (n × D) and the other's B: it is the nuclear norm of B Aᵀ over √((n₁ − 1)(n₂ − 1)), so
   the D − n + 1 zero eigenvalues of Σ₁^{1/2} Σ₂ Σ₁^{1/2} never meet a square root (through the
   D × D route their round-off, about √(ε λ_max) each, biased the value low) and no D × D
-  eigendecomposition is needed.
+  eigendecomposition is needed. Rows measured against a prepared :class:`FrechetReference`
+  (:meth:`FrechetReference.distance_of_rows`, the studies' bootstrap resamples) with k ≤ D distinct
+  values take Σ's rank and the trace term from k × k Gram matrices, which share their non-zero eigenvalues.
 - Precision/recall (Kynkäänniemi et al., 2019): each real feature owns a ball whose radius is
   the distance to its k-th nearest other real feature (exact, from ``nearest_neighbors``);
   precision = fraction of fakes inside some real ball, recall = fraction of reals inside some
@@ -30,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -227,9 +229,12 @@ def _sqrt_psd(s: np.ndarray, name: str) -> tuple[np.ndarray, int]:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T, _rank_of_eigenvalues(w)
 
 
-def _rank_of_eigenvalues(w: np.ndarray) -> int:
-    """How many of the ascending eigenvalues ``w`` exceed D · ε · the largest (``matrix_rank``'s rule)."""
-    return int((w > w.size * np.finfo(np.float64).eps * max(float(w[-1]), 0.0)).sum()) if w.size else 0
+def _rank_of_eigenvalues(w: np.ndarray, dim: int | None = None) -> int:
+    """How many of the ascending eigenvalues ``w`` of a D × D matrix exceed D · ε · the largest
+    (``matrix_rank``'s rule). D = ``dim``, default ``w.size``; ``w`` may be the eigenvalues of a smaller
+    matrix that shares all the non-zero ones (a Gram matrix of the rows), the rest being 0."""
+    dim = w.size if dim is None else dim
+    return int((w > dim * np.finfo(np.float64).eps * max(float(w[-1]), 0.0)).sum()) if w.size else 0
 
 
 def _numerical_rank(s: np.ndarray) -> int:
@@ -246,6 +251,30 @@ def _numerical_rank(s: np.ndarray) -> int:
         return dim
     except np.linalg.LinAlgError:
         return _rank_of_eigenvalues(np.linalg.eigvalsh(s))
+
+
+def _covariance_factor(x: np.ndarray, mu: np.ndarray) -> np.ndarray | None:
+    """Y (k × D), Σ = Yᵀ Y, of the (n, D) rows ``x`` with k ≤ D distinct ones (None when more): one
+    row √(w / (n − 1)) (x_j − mu) per distinct row x_j of count w, ``mu`` the rows' mean, Σ their
+    unbiased covariance."""
+    n, dim = x.shape
+    # the route only: more distinct row sums than features (most sets of more rows than features,
+    # settled by one short sort) leave more distinct rows than that
+    if np.unique(x.sum(1)).size > dim:
+        return None
+    # rows equal byte for byte are equal; the converse may fail (-0.0), which only leaves k larger
+    keys = np.ascontiguousarray(x).view(np.dtype((np.void, x.itemsize * dim))).ravel()
+    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    if first.size > dim:
+        return None
+    return np.sqrt(counts / (n - 1))[:, None] * (x[first] - mu)
+
+
+def _factor_rank(y: np.ndarray, dim: int) -> int:
+    """The numerical rank of Σ = Yᵀ Y (D × D, D = ``dim``) of the centred k × D rows ``y``, k ≤ D, by
+    :func:`_numerical_rank`'s rule on Σ's eigenvalues, read from the k × k Gram matrix Y Yᵀ (the same
+    non-zero ones); at most k − 1, centring having taken one."""
+    return min(_rank_of_eigenvalues(np.linalg.eigvalsh(y @ y.T), dim), y.shape[0] - 1)
 
 
 def _stats_array(name: str, value: Any) -> np.ndarray:
@@ -355,17 +384,50 @@ class FrechetReference:
         of the features and underflowed (trace term 0 for covariances of 1e-170) or overflowed."""
         names = ("mu", "sigma")
         mu, sigma = _stats_array(names[0], mu), _stats_array(names[1], sigma)
-        e = unit_exponent(max(np.abs(self.mean).max(initial=0.0), np.abs(mu).max(initial=0.0),
-                              math.sqrt(np.abs(self.cov).max(initial=0.0)), math.sqrt(np.abs(sigma).max(initial=0.0))),
+        size = max(np.abs(mu).max(initial=0.0), math.sqrt(np.abs(sigma).max(initial=0.0)))
+        return self._at_unit_scale(size, lambda ref, e: ref._distance(np.ldexp(mu, e), np.ldexp(sigma, 2 * e), names))
+
+    def distance_of_rows(self, rows: Any) -> float:
+        """Fréchet distance from N(μ, Σ) of the (n, D) feature rows ``rows`` (n ≥ 2; their mean and
+        unbiased covariance, ddof = 1) to this reference: :meth:`distance` of those statistics, without
+        its checks of Σ (symmetric PSD by construction), the statistic a bootstrap recomputes per resample.
+
+        With k distinct rows, k ≤ D, Σ = Yᵀ Y for the k × D rows Y = √(w / (n − 1)) (x − μ) (w: each
+        distinct row's count), so Σ's rank (at most k − 1) comes from the eigenvalues of the k × k Gram
+        matrix Y Yᵀ, by the rule of Σ's own (threshold D · ε · the largest), and the trace term from
+        those of (Y cov^½)(Y cov^½)ᵀ, which shares the non-zero eigenvalues of cov^½ Σ cov^½: two k × k
+        eigenvalue problems instead of D × D ones (a resample with replacement of n rows has about
+        0.63 n distinct ones). With more than D distinct rows it is :meth:`distance` of ``np.cov``'s Σ."""
+        x = _stats_array("rows", rows)
+        if x.ndim != 2 or x.shape[1] != self.mean.size or x.shape[0] < 2:
+            raise ValueError(f"rows must be (n, {self.mean.size}) feature rows with n >= 2, got shape {x.shape}")
+        return self._at_unit_scale(np.abs(x).max(initial=0.0), lambda ref, e: ref._rows_distance(np.ldexp(x, e)))
+
+    def _at_unit_scale(self, size: float, measure: Callable[[FrechetReference, int], float]) -> float:
+        """``measure(reference, e)`` of statistics or rows scaled by 2**e, in squared units scaled back:
+        e = 0 unless this reference or ``size`` (the other side's largest feature magnitude) is beyond
+        2**±30, and then the reference's square root is taken again at that scale."""
+        e = unit_exponent(max(np.abs(self.mean).max(initial=0.0), math.sqrt(np.abs(self.cov).max(initial=0.0)), size),
                           TINY, HUGE)
         if e == 0:
-            return self._distance(mu, sigma, names)
+            return measure(self, 0)
         scaled = FrechetReference.from_stats(np.ldexp(self.mean, e), np.ldexp(self.cov, 2 * e))
-        return ldexp(scaled._distance(np.ldexp(mu, e), np.ldexp(sigma, 2 * e), names), -2 * e)
+        return ldexp(measure(scaled, e), -2 * e)
+
+    def _rows_distance(self, x: np.ndarray) -> float:
+        """:meth:`distance_of_rows` of the finite (n, D) float64 rows ``x`` at unit scale."""
+        mu = x.mean(0)
+        y = _covariance_factor(x, mu)
+        if y is None:
+            return self._distance(mu, np.atleast_2d(np.cov(x, rowvar=False)), ("mu", "sigma"), covariance=True)
+        z = y @ self.root
+        return self._from_eigenvalues(mu, float(np.square(y).sum()), np.linalg.eigvalsh(z @ z.T),
+                                      _factor_rank(y, x.shape[1]))
 
     def _distance(self, mu: Any, sigma: Any, names: tuple[str, str], *, covariance: bool = False) -> float:
         """:meth:`distance`, naming ``names`` in errors; ``covariance``: sigma comes from
-        :func:`feature_statistics`, symmetric PSD by construction, so its checks are skipped."""
+        :func:`feature_statistics` or ``np.cov`` of rows, symmetric PSD by construction, so its checks
+        are skipped."""
         mu = _stats_array(names[0], mu).reshape(-1)
         sigma = _stats_array(names[1], sigma)
         if mu.shape != self.mean.shape or sigma.shape != self.cov.shape:
@@ -377,15 +439,20 @@ class FrechetReference:
             _check_semidefinite(names[1], sigma)
         middle = self.root @ sigma @ self.root
         eig = np.linalg.eigvalsh(0.5 * (middle + middle.T))
+        return self._from_eigenvalues(mu, np.trace(sigma), eig, _numerical_rank(sigma))
+
+    def _from_eigenvalues(self, mu: np.ndarray, trace_sigma: float, eig: np.ndarray, sigma_rank: int) -> float:
+        """The distance from N(mu, Σ) given tr Σ, Σ's numerical rank and the ascending eigenvalues ``eig``
+        of cov^½ Σ cov^½ (or of a smaller matrix sharing all its non-zero ones)."""
         # cov^½ Σ cov^½ has at most the smaller of the two covariances' ranks: its other eigenvalues
         # are round-off about 0 (up to ε·λ_max), whose square roots summed read d² low (1e-5 relative
         # for sets in 8 dimensions of 300, 4 % when only Σ spans them); only the largest are kept
-        rank = min(eig.size if self.rank is None else self.rank, _numerical_rank(sigma))
+        rank = min(eig.size if self.rank is None else self.rank, sigma_rank)
         if rank < eig.size:
             eig = eig[eig.size - rank:]
         trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
         diff = self.mean - mu
-        value = float(diff @ diff + self.trace + np.trace(sigma) - 2.0 * trace_sqrt)
+        value = float(diff @ diff + self.trace + trace_sigma - 2.0 * trace_sqrt)
         return max(value, 0.0)
 
 

@@ -79,10 +79,9 @@ def feature_reference(feats: np.ndarray) -> FrechetReference:
 
 def fd_to_reference(feats: np.ndarray, reference: FrechetReference) -> float:
     """Fréchet distance of (n, D) numpy features to a :func:`feature_reference`, the statistic
-    every bootstrap resample of a study recomputes (one eigenvalue problem each)."""
-    import numpy as np
-
-    return reference.distance(feats.mean(0), np.atleast_2d(np.cov(feats, rowvar=False)))  # D = 1: 0-d
+    every bootstrap resample of a study recomputes (:meth:`FrechetReference.distance_of_rows`: k × k
+    eigenvalue problems for k ≤ D distinct rows)."""
+    return reference.distance_of_rows(feats)
 
 
 JACKKNIFE_GROUPS = 10  # the FD intervals' delete-a-group jackknife: each group leaves out a tenth of both sets
