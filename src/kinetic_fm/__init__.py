@@ -99,9 +99,9 @@ def __dir__() -> list[str]:
     # what this file itself imports for its own use is not part of the package's surface; nor is a
     # name whose optional package is missing: help(), pydoc and inspect.getmembers look up every
     # name dir() gives, and that lookup raises ImportError (naming what to install)
-    from .optional import installed
-
     from types import ModuleType
+
+    from .optional import installed
 
     lazy = {name for name, module in _LAZY.items() if module not in _NEEDS or installed(_NEEDS[module])}
     # a submodule appears here once anything loaded it (checks, norms, result_repr from the first import on):

@@ -131,9 +131,8 @@ def energy_between(profile: torch.Tensor | np.ndarray | None, times: torch.Tenso
     bends (rk4 on 5 uniform steps, 8 samples of a Gaussian of mean (2, −1, 0.5) and sd 0.5: up to 6 % at
     t = 0.9 and 11 % at 0.97, by length 13 % and 21 %); tighten ``rtol``/``atol`` (``kfm sample
     --rtol``) or use a grid through t for a sharp split; at the early/late split, where dopri5's steps
-    land, it is exact. The whole run's ``kpe`` is
-    not affected (1.2e-4 there). Windows add up exactly in real arithmetic: between(a, b) + between(b, c)
-    = between(a, c), between(0, 1) = kpe.
+    land, it is exact. The whole run's ``kpe`` is not affected (1.2e-4 there). Windows add up exactly
+    in real arithmetic: between(a, b) + between(b, c) = between(a, c), between(0, 1) = kpe.
 
     Unknown energy is NaN, never a number: a sample whose times do not span the window (dopri5
     stops a sample it flags non-finite, so its times end before t = 1) gets NaN, as its ``kpe``
@@ -222,16 +221,14 @@ def _share_before(profile: torch.Tensor, times: torch.Tensor, t: float) -> torch
     if not bool(straddled.any()):
         return by_length
     k = straddled.to(torch.int64).argmax(dim=1, keepdim=True)
-    a, b = times.gather(1, k), times.gather(1, k + 1)
-    s = (t - a) / (b - a)
-    split, known = _straddled_split(profile, times, k, s)
+    split, known = _straddled_split(profile, times, k, t)
     return by_length.scatter(1, k, torch.where(known & straddled.gather(1, k), split, by_length.gather(1, k)))
 
 
 def _straddled_split(profile: torch.Tensor, times: torch.Tensor, k: torch.Tensor,
-                     s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The share F(s) of step k's energy (per row, k (B, 1)) spent in the first fraction s (B, 1) of its
-    length, and whether it is known (B, 1).
+                     t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The share F(s) of step k's energy (per row, k (B, 1)) spent before time ``t``, the first fraction
+    s = (t − a)/(b − a) of the step [a, b], and whether it is known, both (B, 1).
 
     The increments are integrals of the power over the steps, so the energy spent from a grid point on,
     E(u), is known at every grid point; E is interpolated by the cubic through four grid points around
@@ -252,6 +249,7 @@ def _straddled_split(profile: torch.Tensor, times: torch.Tensor, k: torch.Tensor
     energy = torch.cat([torch.zeros_like(increments[:, :1]), torch.cumsum(torch.where(valid[:, 1:], increments, 0.0),
                                                                            dim=1)], dim=1)
     a, b = times.gather(1, k), times.gather(1, k + 1)
+    s = (t - a) / (b - a)
     spent = profile.gather(1, k)
     at_a = energy.gather(1, k - first)
     third, two_thirds = ((_interpolate(x, energy, valid, a + f * (b - a)) - at_a) / spent - f for f in (1 / 3, 2 / 3))
