@@ -137,3 +137,37 @@ def test_closed_forms_refuse_a_start_of_another_shape_by_name():
                  lambda: kfm.PointTarget(torch.zeros(3)).trajectory(x0, 0.5)):
         with pytest.raises(ValueError, match=r"(mean|point) of shape \(3,\) does not broadcast to one sample's shape \(4,\)"):
             call()
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=["gaussian", "point", "mixture"])
+def test_a_tensor_time_outside_the_unit_interval_is_refused_as_a_number_is(field):
+    # a number t = 1.5 was refused while a tensor of 1.5 returned values: the Gaussian's extrapolation,
+    # the point's (y − x)/eps = 1e6 at eps 1e-6, and NaN for a NaN time
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"t must be a number in \[0, 1\]"):
+        field(x, 1.5)
+    for bad, shown in ((1.5, "1.5"), (-0.25, "-0.25"), (float("nan"), "nan")):
+        t = torch.tensor([0.5, bad, 2.0], dtype=torch.float64)
+        with pytest.raises(ValueError, match=rf"t must lie in \[0, 1\], got {shown} at row 1"):
+            field(x, t)
+    v = field(x, torch.tensor([0.0, 0.5, 1.0]))                 # the ends are times of the path
+    assert bool(torch.isfinite(v).all())
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=["gaussian", "point", "mixture"])
+def test_on_a_device_a_time_outside_the_unit_interval_gives_nan_without_a_sync(field):
+    # reading the check there would wait for the device at every call of the samplers' loop: the
+    # row outside [0, 1] gets NaN velocities instead (the samplers name it as non-finite)
+    from fake_cuda import fake_cuda
+
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    t = torch.tensor([0.5, 1.5, float("nan")], dtype=torch.float64)
+    with fake_cuda() as fc:
+        field(x.to("cuda"), t.to("cuda"))          # the parameters' one copy to the device
+        xc, tc = x.to("cuda"), t.to("cuda")
+        fc.reset()
+        v = field(xc, tc)
+        assert fc.count() == 0, fc.summary()
+        v = v.cpu()
+    assert bool(torch.isfinite(v[0]).all()) and bool(torch.isnan(v[1:]).all())
+    torch.testing.assert_close(v[:1], field(x[:1], t[:1]), rtol=0, atol=0)

@@ -977,3 +977,21 @@ def test_a_time_grid_is_refused_in_time_grid_s_words_under_its_own_name():
         solver.sample(torch.ones(2, DIM), time_grid=torch.tensor([1.0, 0.5]))
     # an integer grid from 0 to 1 runs, as it did (read as float64)
     assert torch.equal(solver.sample(torch.ones(2, DIM), time_grid=torch.tensor([0, 1])).x, torch.zeros(2, DIM))
+
+
+@pytest.mark.parametrize("method", ["euler", "dopri5"])
+def test_a_dtype_mismatch_tells_what_to_do_with_x_init(method):
+    # a float32 x_init against a float64 net ended in torch's "mat1 and mat2 must have the same dtype"
+    # with a note to use kfm.sample's dtype=, which KineticODESolver.sample does not take
+    net = torch.nn.Linear(DIM, DIM).double()
+    solver = KineticODESolver(lambda x, t: net(x))
+    step = 0.5 if method == "euler" else None
+    with pytest.raises(RuntimeError, match="same dtype") as caught:
+        solver.sample(torch.zeros(3, DIM), step_size=step, method=method)
+    note = " ".join(caught.value.__notes__)
+    assert "pass x_init in the network's dtype and device" in note, note
+    assert "dtype= and device=" not in note, note
+    # kfm.sample's own note is unchanged, and the solver's does not outlive its call
+    with pytest.raises(RuntimeError, match="same dtype") as caught:
+        kfm.sample(lambda x, t: net(x), torch.zeros(3, DIM), steps=2)
+    assert "kfm.sample's dtype= and device=" in " ".join(caught.value.__notes__)

@@ -150,6 +150,26 @@ def test_every_metrics_module_declares_its_public_names():
     assert not lacking, f"kinetic_fm.metrics modules without __all__ (off the checked surface): {lacking}"
 
 
+def test_dir_lists_the_public_api_and_no_internal_module():
+    # the modules the front door loads for its own use (checks, norms, holdings, optional, and
+    # blocks, knn, run_files once a lazy name loaded them) were listed beside the API once loaded
+    import types
+
+    for name, module in kinetic_fm._LAZY.items():
+        if _loadable(module):
+            getattr(kinetic_fm, name)
+    kinetic_fm.sample(kinetic_fm.GaussianTarget(), seeds=range(2), shape=(2,), steps=2)
+    # the layers this file walks (PACKAGES) and gemm, whose CPU_GEMM the README has a user set
+    public_modules = {name.split(".")[1] for name in PACKAGES[1:]} | {"gemm"}
+    lazy = {n for n, module in kinetic_fm._LAZY.items() if _loadable(module)}
+    listed = set(dir(kinetic_fm))
+    modules = {n for n in listed if isinstance(getattr(kinetic_fm, n), types.ModuleType)}
+    assert modules <= public_modules, sorted(modules - public_modules)
+    names = {n for n in listed if not (n.startswith("__") and n.endswith("__"))} - modules
+    assert names == set(kinetic_fm.__all__) | lazy, sorted(names ^ (set(kinetic_fm.__all__) | lazy))
+    assert "__version__" in listed and {"sampling", "metrics", "fields"} <= modules
+
+
 def test_the_section_parser_reads_what_a_reader_would():
     doc = """Summary.
 

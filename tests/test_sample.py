@@ -2061,6 +2061,24 @@ def test_a_setting_the_solver_ignores_is_not_ignored_silently():
         kfm.sample(field, seeds=range(2), shape=(2,), solver="rk4", steps=7)
 
 
+def test_steps_beside_a_grid_tensor_is_not_ignored_silently():
+    # a tensor grid sets the steps: steps=50 beside an 11-point grid ran 10 steps without a word, where
+    # dopri5 warns of the steps it ignores; steps equal to the grid's, or left at its default, say nothing
+    field = GaussianTarget()
+    grid = torch.linspace(0, 1, 11, dtype=torch.float64)
+    with pytest.warns(kfm.SamplerSettingsWarning,
+                      match=r"steps is ignored by solver='heun': the grid given has 10 steps, not 50"):
+        res = kfm.sample(field, seeds=range(2), shape=(2,), solver="heun", steps=50, grid=grid)
+    assert res.steps == 10
+    with pytest.warns(kfm.SamplerSettingsWarning, match=r"steps is ignored by solver='euler'"):
+        kfm.sample(field, seeds=range(2), shape=(2,), steps=3, grid=grid.numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kfm.sample(field, seeds=range(2), shape=(2,), solver="heun", grid=grid)
+        kfm.sample(field, seeds=range(2), shape=(2,), solver="heun", steps=10, grid=grid)
+        kfm.sample(field, seeds=range(2), shape=(2,), solver="heun", steps=50, grid="cosine")
+
+
 def test_the_sampling_warnings_name_the_callers_line():
     # the resolution warning named torch's no_grad wrapper (stacklevel one short), so the default
     # filter showed it once for every call site together

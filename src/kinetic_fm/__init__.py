@@ -89,14 +89,24 @@ def __getattr__(name: str) -> Any:
 
 # the modules among _LAZY's that import an optional package on loading, and that package
 _NEEDS = {"kinetic_fm.integrations.diffusers": "diffusers"}
+# the submodules a user imports (the layers, and gemm for its CPU_GEMM setting, README), listed by dir() once
+# loaded; the others (checks, norms, holdings, knn, ...) are the package's workings
+_PUBLIC_MODULES = frozenset({"data", "fields", "gemm", "integrations", "metrics", "models", "runs", "sampling",
+                             "studies"})
 
 
 def __dir__() -> list[str]:
     # what this file itself imports for its own use is not part of the package's surface; nor is a
     # name whose optional package is missing: help(), pydoc and inspect.getmembers look up every
     # name dir() gives, and that lookup raises ImportError (naming what to install)
+    from types import ModuleType
+
     from .optional import installed
 
-    # result_repr: the results' repr, a module of the package's workings that every result's module loads
     lazy = {name for name, module in _LAZY.items() if module not in _NEEDS or installed(_NEEDS[module])}
-    return package_dir(globals(), lazy, own={"_version", "_NEEDS", "lazy", "result_repr"})
+    # a submodule appears here once anything loaded it (checks, norms, result_repr from the first import on):
+    # only the public ones are listed; nor are this file's own tables (_LAZY, _NEEDS)
+    own = {name for name, value in globals().items()
+           if (isinstance(value, ModuleType) and name not in _PUBLIC_MODULES)
+           or (name.startswith("_") and not name.endswith("__"))}
+    return package_dir(globals(), lazy, own=own)

@@ -348,6 +348,16 @@ def check_unit_number(name: str, value, what: str = "a number in [0, 1]", *,
     raise ValueError(f"{name} must be {what}, got {value!r}{hint}")
 
 
+def check_unit_times(t: torch.Tensor, name: str = "t") -> None:
+    """ValueError "t must lie in [0, 1], got 1.5 at row 0" naming the first of the (B,) times ``t``
+    outside [0, 1] or NaN. One reduction, read on the host: on an accelerator a synchronisation."""
+    inside = (t >= 0) & (t <= 1)   # NaN fails both
+    if bool(inside.all()):
+        return
+    row = int((~inside).nonzero()[0, 0])
+    raise ValueError(f"{name} must lie in [0, 1], got {float(t[row])!r} at row {row}")
+
+
 def percent_hint(value, high: float = 1.0, *, open_high: bool = False, percent_from: float = PERCENT_FROM) -> str:
     """"; did you mean 0.95?" for a refused ``value`` in [``percent_from``, 100] whose hundredth the
     argument admits, being at most its upper bound ``high`` (below it where ``open_high``): a fraction

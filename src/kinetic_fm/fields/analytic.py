@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..checks import as_scalar, check_unit_number, inside_unit_interval, is_real, positive_integer
+from ..checks import as_scalar, check_unit_number, check_unit_times, inside_unit_interval, is_real, positive_integer
 
 
 def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
@@ -87,8 +87,10 @@ def _time_column(t, x: torch.Tensor) -> torch.Tensor:
     Not :func:`~kinetic_fm.fields.adapters.batch_time`: a number becomes float64 (the mixture
     computes in float64 and must not see it rounded to x's dtype first), and a tensor must
     already be (B,) (a 0-d tensor is refused) and keeps its dtype and device (callers cast it).
-    A number outside [0, 1], NaN included, is refused; a tensor's times are not looked at (that
-    would be a host synchronisation per call; the samplers' grids lie in [0, 1]).
+    A time outside [0, 1], NaN included, is refused: a number as such, a CPU tensor naming its first
+    such row. On an accelerator reading that check would be a host synchronisation per call (the
+    samplers' loop makes none): there such a row's time becomes NaN, so its velocity is NaN, which
+    the samplers' non-finite check names, rather than an extrapolation that looks like an answer.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         # an integer x made t an integer too (t → 0) and the velocity an integer, without a word
@@ -101,6 +103,10 @@ def _time_column(t, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"t must hold real times in [0, 1], got a {t.dtype} tensor")
     if t.dim() != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
+    if t.device.type == "cpu":
+        check_unit_times(t)
+    else:
+        t = torch.where((t >= 0) & (t <= 1), t, math.nan)   # NaN fails both; an integer t becomes float
     return t.reshape(-1, *([1] * (x.dim() - 1)))
 
 

@@ -112,7 +112,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 
 from .. import gemm
-from ..checks import as_scalar, check_integer, is_real, optional_integer, positive_integer
+from ..checks import as_scalar, check_integer, check_unit_times, is_real, optional_integer, positive_integer
 from ..blocks import block_size
 from ..knn import (
     abs_max,
@@ -928,9 +928,7 @@ class _ValueCheck:
         bad, bad_x = (t < 0) | (t > 1) | ~torch.isfinite(t), ~self.fine_x
         if not bool((bad | bad_x).any()):
             return False                 # rows at t = 0, nothing wrong
-        if bool(bad.any()):
-            row = int(bad.nonzero()[0, 0])
-            raise ValueError(f"t must lie in [0, 1], got {float(t[row])!r} at row {row}")
+        check_unit_times(t)
         rows = bad_x.nonzero().flatten()[:10].tolist()
         if not bool(torch.isfinite(x[rows]).all()):
             raise ValueError(f"x has NaN or inf in rows {rows}")

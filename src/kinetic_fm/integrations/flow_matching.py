@@ -29,6 +29,7 @@ from ..checks import (add_note, declares, declares_singular_at_one, one_evaluati
                       start_run_of)
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time, check_extras_taken, signature_of
 from ..sampling.grids import as_typed, validate_grid
+from ..sampling.guards import state_remedy
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample, shared_time_refusal
 from ..sampling.shaping import KTS, TAU_TOLERANCE, gain_tau
@@ -239,13 +240,15 @@ class KineticODESolver:
                                                      time_given=self.time is not None))
             field = from_model_wrapper(self.velocity_model, time=self.time or "scalar", model_kwargs=model_kwargs,
                                        **model_extras)
-            return sample(field, x_init, solver=solver, rtol=rtol, atol=atol, shaping=shaping,
-                          quadrature=quadrature, profile=profile, on_nonfinite=on_nonfinite, max_steps=max_steps)
+            with state_remedy(X_INIT_REMEDY):
+                return sample(field, x_init, solver=solver, rtol=rtol, atol=atol, shaping=shaping,
+                              quadrature=quadrature, profile=profile, on_nonfinite=on_nonfinite, max_steps=max_steps)
         grid = fixed_grid(time_grid, step_size)
         field = from_model_wrapper(self.velocity_model, time=self.time or "shared", model_kwargs=model_kwargs,
                                    **model_extras)
-        return sample(field, x_init, grid=grid, solver=solver, shaping=shaping,
-                      quadrature=quadrature, profile=profile, on_nonfinite=on_nonfinite, max_steps=max_steps)
+        with state_remedy(X_INIT_REMEDY):
+            return sample(field, x_init, grid=grid, solver=solver, shaping=shaping,
+                          quadrature=quadrature, profile=profile, on_nonfinite=on_nonfinite, max_steps=max_steps)
 
 
 class _PassedThrough:
@@ -289,6 +292,11 @@ class _PassedThrough:
         ``time="scalar"`` adapter's per-time calls; a ``PosteriorRecorder`` makes them one record)."""
         return one_evaluation_of(self.velocity)
 
+
+# the dtype and device errors' remedy: x_init is the state here, and this sample() takes no dtype= or device=
+X_INIT_REMEDY = ("pass x_init in the network's dtype and device (x_init.to(dtype=..., device=...): "
+                 "KineticODESolver.sample takes no dtype= or device=), or convert inside the model, "
+                 "e.g. a forward returning net(x.to(net_dtype), t).to(x.dtype)")
 
 # torchdiffeq's adaptive methods step over the end and interpolate back
 PAST_THE_END = ("the field was called at t > 1: flow_matching's ODESolver under dopri5 (torchdiffeq's adaptive "

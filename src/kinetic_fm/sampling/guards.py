@@ -6,6 +6,9 @@ import functools
 import itertools
 import types
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
@@ -165,13 +168,29 @@ def check_outputs_unchanged(outputs: list[torch.Tensor], versions: list[int | No
                 "lambda x, t: field(x, t).clone()")
 
 
+# what to do about a state in another dtype or on another device than the network, in the words of the
+# entry the user called: kfm.sample's here; KineticODESolver.sample sets its own around its run (state_remedy)
+_STATE_REMEDY: ContextVar[str] = ContextVar("state_remedy", default=(
+    "make x0 in the network's dtype and device (kfm.sample's dtype= and device=), or keep x0 and convert "
+    "inside the call, e.g. lambda x, t: net(x.to(net_dtype), t).to(x.dtype)"))
+
+
+@contextmanager
+def state_remedy(remedy: str) -> Iterator[None]:
+    """Within the block, the dtype and device errors of the velocity say ``remedy`` (what to do, in the
+    words of the entry that samples) in place of kfm.sample's dtype= and device=."""
+    token = _STATE_REMEDY.set(remedy)
+    try:
+        yield
+    finally:
+        _STATE_REMEDY.reset(token)
+
+
 def _dtype_hint(x: torch.Tensor) -> str:
     """What to do when the velocity's network works in another dtype or on another device than x."""
     where = (" (torch.autocast is on: it makes the network return a lower precision)"
              if autocast_enabled(x.device.type) else "")
-    return (f"x is {x.dtype} on {x.device}{where}; make x0 in the network's dtype and device (kfm.sample's "
-            "dtype= and device=), or keep x0 and convert inside the call, e.g. "
-            "lambda x, t: net(x.to(net_dtype), t).to(x.dtype) (README: 'A network in reduced precision')")
+    return f"x is {x.dtype} on {x.device}{where}; {_STATE_REMEDY.get()} (README: 'A network in reduced precision')"
 
 
 def check_velocity_output(v: object, x: torch.Tensor, at: str = "", *, step: int | None = None,

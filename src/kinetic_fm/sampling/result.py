@@ -84,8 +84,8 @@ class SampleResult:
 
     def energy_between(self, t0: float, t1: float) -> torch.Tensor:
         """(B,) float64 applied energy each sample spent between times t0 ≤ t1 in [0, 1], on the
-        profile's device, whatever the grid or solver (a step straddling t0 or t1 counts by the share
-        of its length inside); needs ``kfm.sample(..., profile=True)`` (ValueError otherwise, and for
+        profile's device, whatever the grid or solver (a step straddling t0 or t1 is split by the power
+        its neighbouring steps imply); needs ``kfm.sample(..., profile=True)`` (ValueError otherwise, and for
         times outside 0 ≤ t0 ≤ t1 ≤ 1). See :func:`kinetic_fm.sampling.energy.energy_between`."""
         return energy_between(self.profile, self.times, t0, t1)
 

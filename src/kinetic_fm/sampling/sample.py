@@ -76,7 +76,8 @@ def sample(
         seeds: B integer seeds in [0, 2**32), one per sample: a list, range, generator (read once),
             NumPy array or 1-D integer tensor.
         shape: one sample's shape (without the batch dimension), with ``seeds``.
-        steps: number of steps S for fixed-step solvers (ignored for a tensor grid and dopri5).
+        steps: number of steps S for fixed-step solvers (ignored for a grid given as an array, and by
+            dopri5: a SamplerSettingsWarning says so when it differs from its default and the grid's).
         solver: "euler" | "midpoint" | "heun" | "rk4" | "rk4_38" (fixed step; rk4_38 is Kutta's
             3/8 rule, torchdiffeq's "rk4") | "dopri5" (adaptive, per-sample step control).
         grid: "uniform" | "cosine" | a 1-D float tensor or NumPy array from 0 to 1 (fixed-step
@@ -290,7 +291,7 @@ def warn_of_settings(
     if gain_tau(shaping) is None:   # a KTS, or a gain that declares its τ, hides none
         _warn_about_a_hidden_kts(shaping)
     _warn_about_infinite_energy(velocity, shaping)
-    _warn_about_ignored_settings(solver, steps, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
+    _warn_about_ignored_settings(solver, steps, grid, rtol=rtol, atol=atol, first_step=first_step, max_steps=max_steps)
     if solver == "dopri5":
         _warn_left_quadrature_over_long_steps(quadrature)
         _warn_adaptive_half_precision(dtype)
@@ -392,14 +393,20 @@ ADAPTIVE_ONLY = {"rtol": 1e-5, "atol": 1e-5, "first_step": None, "max_steps": 10
 FIXED_ONLY = {"steps": 100}
 
 
-def _warn_about_ignored_settings(solver: str, steps: int, **adaptive) -> None:
+def _warn_about_ignored_settings(solver: str, steps: int, grid, **adaptive) -> None:
     """Warn when a setting the chosen solver ignores was changed from its default, as ``kfm
     sample`` refuses it: ``solver="euler", rtol=1e-8`` ran 100 Euler steps without a word (a
-    misspelt solver name looks like that)."""
+    misspelt solver name looks like that). A grid given as an array sets the steps: ``steps``
+    changed from its default and unlike the grid's is ignored too (``steps=50`` beside an
+    11-point grid ran 10 steps)."""
+    grid_steps = None if isinstance(grid, str) else len(grid) - 1
     if solver == "dopri5":
         changed = ["steps"] if steps != FIXED_ONLY["steps"] else []
         reads = "dopri5 chooses its own steps"
     else:
+        if steps != FIXED_ONLY["steps"] and grid_steps not in (None, steps):
+            warnings.warn(f"steps is ignored by solver={solver!r}: the grid given has {grid_steps} steps, not "
+                          f"{steps}", SamplerSettingsWarning, stacklevel=caller_outside_the_package())
         changed = [name for name, value in adaptive.items() if value != ADAPTIVE_ONLY[name]]
         reads = "kfm.sample reads them only with solver='dopri5'"
     if changed:

@@ -79,7 +79,7 @@ def sampled(
 def energy_after(run: Run, after: float) -> torch.Tensor:
     """(B,) applied energy each sample spends at t ≥ ``after`` (the same time for every grid and
     shaping, unlike the sampler's early/late split): :func:`kinetic_fm.sampling.energy.energy_after`
-    of the run's profile and times, a step straddling ``after`` counted by its share past it."""
+    of the run's profile and times, a step straddling ``after`` split by the power its neighbouring steps imply."""
     return shared_energy_after(run["profile"], run["times"], after)
 
 
