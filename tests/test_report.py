@@ -1267,6 +1267,27 @@ def test_bar_figure_whiskers_span_an_interval_wholly_below_or_above_the_value(mo
         np.testing.assert_allclose(spans, [(0.0, 0.3, 0.6), (1.0, 1.2, 1.5)])
 
 
+def test_bar_figure_marks_the_estimate_its_whiskers_are_about_and_none_where_it_is_missing(monkeypatch):
+    # the FD bars were the plain FD with whiskers about the bias-corrected one: a point and an interval that
+    # did not belong together. With center, the interval's own estimate is marked on it, the value pale beside
+    drawn = _drawn_data(monkeypatch)
+    grid = pd.DataFrame({"q": ["Q1", "Q2", "Q3"], "FD": [1.9, 1.0, 2.0], "fixed": [0.45, 1.3, np.nan],
+                         "lo": [0.3, 1.2, np.nan], "hi": [0.6, 1.5, np.nan]})
+    F.bar_figure("fd", "c", grid, x="q", y="FD", low="lo", high="hi", center="fixed", value_label="plain",
+                 center_label="corrected, its interval")
+    (ax,) = drawn["fd"]
+    (marks,) = [y for label, _, y, _, _ in ax["lines"] if label == "corrected, its interval"]
+    np.testing.assert_array_equal(marks, [0.45, 1.3, np.nan])
+    assert [h for _, h in ax["bars"]] == [1.9, 1.0, 2.0]
+    spans = sorted((float(s[0, 0]), *sorted((float(s[0, 1]), float(s[1, 1])))) for s in ax["whiskers"])
+    np.testing.assert_allclose(spans, [(0.0, 0.3, 0.6), (1.0, 1.2, 1.5)])      # none for Q3: no interval
+    assert ax["legend"] == ["corrected, its interval", "plain"]
+    F.bar_figure("none", "c", grid.assign(fixed=np.nan, lo=np.nan, hi=np.nan), x="q", y="FD", low="lo", high="hi",
+                 center="fixed", value_label="plain", center_label="corrected", points=True)
+    (ax,) = drawn["none"]
+    assert ax["whiskers"] == [] and ax["legend"] == ["plain"]        # no diamond drawn, none named
+
+
 def test_line_figure_sorts_each_line_by_x_and_keeps_its_band_and_axes_paired(monkeypatch):
     drawn = _drawn_data(monkeypatch)
     x = np.array([300.0, 10.0, 100.0, 30.0, np.nan])
