@@ -694,36 +694,44 @@ def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: 
 @dataclass(frozen=True)
 class LinePanel:
     """One panel of :func:`line_panels_figure`: lines ``ys[label]`` of one quantity, its axis labelled
-    ``ylabel``, optional shaded ``bands[label] = (low, high)`` and a dashed grey ``reference`` line
-    named ``reference_label`` (as :func:`line_figure`'s)."""
+    ``ylabel`` (logarithmic with ``log_y``), optional shaded ``bands[label] = (low, high)`` and a dashed
+    grey ``reference`` line named ``reference_label`` (as :func:`line_figure`'s)."""
 
     ys: dict[str, Any]
     ylabel: str
     bands: dict[str, tuple[Any, Any]] | None = None
     reference: float | None = None
     reference_label: str = "reference"
+    log_y: bool = False
 
 
 def line_panels_figure(name: str, caption: str, x: Any, panels: Sequence[LinePanel], *, xlabel: str,
-                       log_x: bool = False) -> Figure:
+                       log_x: bool = False, stacked: bool = False) -> Figure:
     """:class:`LinePanel` s side by side against the shared ``x``, each quantity on its own axis with
     its own label (two fractions of different things on one axis read as one quantity); colours run
-    on from panel to panel, so no two lines share one."""
+    on from panel to panel, so no two lines share one. ``stacked`` puts them one above the other on
+    one x axis, its ticks and ``xlabel`` under the lowest: for quantities whose curves a reader follows
+    across the same x (on twin y axes of one plot, where two curves cross would mean nothing)."""
     check_figure_name(name)
     if not panels:
         raise ValueError("panels must hold at least one LinePanel")
     for i, panel in enumerate(panels):
         _check_bands(panel.bands or {}, panel.ys, f"panels[{i}].bands", f"panels[{i}].ys")
     xs = _array(x, name="x").ravel()
-    fig = _new_figure(4.8 * len(panels), 4.0)
+    if stacked:
+        fig = _new_figure(6.4, 0.6 + 2.6 * len(panels))
+        axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
+    else:
+        fig = _new_figure(4.8 * len(panels), 4.0)
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
     colour = 0
-    for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        drawn = _lines(ax, xs, panel.ys, panel.bands or {}, log_x, False, first_colour=colour)
+    for k, (ax, panel) in enumerate(zip(axes, panels)):
+        drawn = _lines(ax, xs, panel.ys, panel.bands or {}, log_x, panel.log_y, first_colour=colour)
         colour += len(panel.ys)
-        _style(ax, xlabel=xlabel, ylabel=panel.ylabel)
+        _style(ax, xlabel=xlabel if not stacked or k == len(panels) - 1 else "", ylabel=panel.ylabel)
         _reference_line(ax, panel.reference, panel.reference_label)
         _integer_ticks(ax, xs, log_x)
-        _finish_axes(ax, drawn, log_x=log_x)
+        _finish_axes(ax, drawn, log_x=log_x, log_y=panel.log_y)
     fig.tight_layout()
     return _render(fig, name, caption)
 

@@ -550,7 +550,7 @@ def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed, referenc
 def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     import pandas as pd
 
-    from .figures import PLAIN_KPE_LABEL, LinePanel, line_figure, line_panels_figure, memorization_figure
+    from .figures import PLAIN_KPE_LABEL, LinePanel, line_panels_figure, memorization_figure
     from .report import Claim, Section
 
     shape = tuple(assets.train.shape[1:])
@@ -650,12 +650,14 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                            "share of a sample's energy after t = 0.9", reference=0.1,
                            reference_label="energy uniform in t (0.1)")],
                 xlabel="training step of the memorizing net", log_x=True),
-            line_figure("memorizer_training_kpe", f"Mean KPE of each checkpoint's samples (left axis; no shaping, so "
-                        f"η = 1 and KPE = ½∫‖v‖² dt) and {fd_col} (right axis, lower is better) across training of "
-                        "the memorizing net.",
-                        table["training step"].to_numpy(), {"mean KPE": table["mean KPE"].to_numpy()},
-                        xlabel="training step of the memorizing net", ylabel=f"mean {PLAIN_KPE_LABEL}",
-                        right={fd_col: table[fd_col].to_numpy()}, right_ylabel=fd_col, log_x=True, log_y=True),
+            line_panels_figure(
+                "memorizer_training_kpe", f"Across training of the memorizing net, on the same training steps. "
+                "Top: the mean KPE of each checkpoint's samples (no shaping, so η = 1 and KPE = ½∫‖v‖² dt). "
+                f"Bottom: their {fd_col} (lower is better).",
+                table["training step"].to_numpy(),
+                [LinePanel({"mean KPE": table["mean KPE"].to_numpy()}, f"mean {PLAIN_KPE_LABEL}", log_y=True),
+                 LinePanel({fd_col: table[fd_col].to_numpy()}, f"{fd_col} (lower is better)", log_y=True)],
+                xlabel="training step of the memorizing net", log_x=True, stacked=True),
             memorization_figure("memorizer_copies", "Gap ratios of the final checkpoint's samples against the "
                                 "memorizing net's training images, and the samples with the smallest ratios "
                                 "beside their nearest training image, each pair named by its ratio, the "
