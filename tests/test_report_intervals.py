@@ -162,8 +162,8 @@ def _axes_of(monkeypatch) -> dict:
                                       segments=[[seg.copy() for c in ax.collections
                                                  for seg in getattr(c, "get_segments", lambda: [])()]
                                                 for ax in fig.axes],
-                                      lines=[{line.get_label(): np.asarray(line.get_ydata(), float) for line in ax.lines}
-                                             for ax in fig.axes],
+                                      lines=[{line.get_label(): np.asarray(line.get_ydata(), float)
+                                              for line in ax.lines} for ax in fig.axes],
                                       bars=[[p.get_height() for p in ax.patches] for ax in fig.axes],
                                       legend=[[t.get_text() for t in ax.get_legend().get_texts()]
                                               if ax.get_legend() else [] for ax in fig.axes])

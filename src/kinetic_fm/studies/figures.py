@@ -585,7 +585,7 @@ def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str
         _no_data(ax)
         return _render(fig, name, caption)
     positions = np.arange(len(labels))
-    value_label = (value_label or y) if center else None
+    value_label = (value_label or y) if center is not None else None
     if points:
         ax.plot(positions, values, "o", color=PALETTE[0], markersize=6, label=value_label,
                 markerfacecolor="none" if center else PALETTE[0])

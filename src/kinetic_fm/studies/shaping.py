@@ -214,9 +214,10 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
             bar_figure("shaping_fd", f"{fd_name} across the KTS grid (lower is better); whiskers: "
                        f"{fd_interval_pointer('setting', 'the dot', fd_name)}; none when the samples or the "
                        "reference have no more rows than features once a tenth is out; "
-                       "dashed: plain FM's uncorrected FD (Euler). Every setting samples the same seeds, so the paired ΔFD "
-                       "intervals of the main settings and the τ sweep (claims table) are narrower than these "
-                       "whiskers suggest. Compare a solver, NFE or grid setting with the plain FM beside it.",
+                       "dashed: plain FM's uncorrected FD (Euler). Every setting samples the same seeds, so "
+                       "the paired ΔFD intervals of the main settings and the τ sweep (claims table) are "
+                       "narrower than these whiskers suggest. Compare a solver, NFE or grid setting with the plain "
+                       "FM beside it.",
                        table, x="setting", y=fd_name, low=f"{fd_name} CI low", high=f"{fd_name} CI high",
                        center=corrected_fd_column(fd_name), value_label=f"{fd_name} of the samples (uncorrected)",
                        center_label=f"{corrected_fd_column(fd_name)}, whisker: its 95% interval",
