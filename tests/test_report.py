@@ -612,7 +612,9 @@ def _drawn_axes(monkeypatch):
                         "texts": [t.get_text() for t in ax.texts], "patches": len(ax.patches),
                         "fills": len(ax.collections),
                         "legend": [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else [],
-                        "legend_title": ax.get_legend().get_title().get_text() if ax.get_legend() else ""}
+                        "legend_title": ax.get_legend().get_title().get_text() if ax.get_legend() else "",
+                        "position": tuple(ax.get_position().bounds),
+                        "x_shared": len(ax.get_shared_x_axes().get_siblings(ax))}
                        for ax in fig.axes]
         return render(fig, name, caption)
 
@@ -679,6 +681,24 @@ def test_line_panels_figure_gives_each_quantity_its_own_axis_and_label(monkeypat
                              xlabel="x")
     with pytest.raises(ValueError, match="at least one LinePanel"):
         F.line_panels_figure("none", "c", steps, [], xlabel="x")
+
+
+def test_stacked_line_panels_share_x_and_take_each_panels_own_log_axis(monkeypatch):
+    """Two quantities in other units on twin log axes cross where it means nothing: stacked panels, one
+    x axis (named once, under the lowest), each y axis log or not as its panel asks and labelled."""
+    drawn = _drawn_axes(monkeypatch)
+    steps = np.array([1, 10, 100, 1000])
+    kpe = F.LinePanel({"mean KPE": [3.0, 10.0, 30.0, 45.0]}, "mean KPE", log_y=True)
+    fd = F.LinePanel({"FD": [850.0, 400.0, 150.0, 80.0]}, "FD", log_y=True)
+    share = F.LinePanel({"share": [0.1, 0.11, 0.12, 0.13]}, "share")
+    F.line_panels_figure("stacked", "c", steps, [kpe, fd, share], xlabel="training step", log_x=True, stacked=True)
+    top, middle, bottom = drawn["stacked"]
+    assert (top["ylabel"], middle["ylabel"], bottom["ylabel"]) == (f"mean KPE {F.LOG_NOTE}", f"FD {F.LOG_NOTE}",
+                                                                   "share")
+    assert (top["yscale"], middle["yscale"], bottom["yscale"]) == ("log", "log", "linear")
+    assert top["xlabel"] == middle["xlabel"] == "" and bottom["xlabel"] == f"training step {F.LOG_NOTE}"
+    assert top["position"][1] > middle["position"][1] > bottom["position"][1]     # one above the other
+    assert top["x_shared"] == 3 and top["legend"] == ["mean KPE"] and middle["legend"] == ["FD"]
 
 
 def test_bar_figure_points_fit_the_values_and_name_groups_and_reference(monkeypatch):
@@ -1265,6 +1285,27 @@ def test_bar_figure_whiskers_span_an_interval_wholly_below_or_above_the_value(mo
         (ax,) = drawn[f"fd{int(points)}"]
         spans = sorted((float(s[0, 0]), *sorted((float(s[0, 1]), float(s[1, 1])))) for s in ax["whiskers"])
         np.testing.assert_allclose(spans, [(0.0, 0.3, 0.6), (1.0, 1.2, 1.5)])
+
+
+def test_bar_figure_marks_the_estimate_its_whiskers_are_about_and_none_where_it_is_missing(monkeypatch):
+    # the FD bars were the plain FD with whiskers about the bias-corrected one: a point and an interval that
+    # did not belong together. With center, the interval's own estimate is marked on it, the value pale beside
+    drawn = _drawn_data(monkeypatch)
+    grid = pd.DataFrame({"q": ["Q1", "Q2", "Q3"], "FD": [1.9, 1.0, 2.0], "fixed": [0.45, 1.3, np.nan],
+                         "lo": [0.3, 1.2, np.nan], "hi": [0.6, 1.5, np.nan]})
+    F.bar_figure("fd", "c", grid, x="q", y="FD", low="lo", high="hi", center="fixed", value_label="plain",
+                 center_label="corrected, its interval")
+    (ax,) = drawn["fd"]
+    (marks,) = [y for label, _, y, _, _ in ax["lines"] if label == "corrected, its interval"]
+    np.testing.assert_array_equal(marks, [0.45, 1.3, np.nan])
+    assert [h for _, h in ax["bars"]] == [1.9, 1.0, 2.0]
+    spans = sorted((float(s[0, 0]), *sorted((float(s[0, 1]), float(s[1, 1])))) for s in ax["whiskers"])
+    np.testing.assert_allclose(spans, [(0.0, 0.3, 0.6), (1.0, 1.2, 1.5)])      # none for Q3: no interval
+    assert ax["legend"] == ["corrected, its interval", "plain"]
+    F.bar_figure("none", "c", grid.assign(fixed=np.nan, lo=np.nan, hi=np.nan), x="q", y="FD", low="lo", high="hi",
+                 center="fixed", value_label="plain", center_label="corrected", points=True)
+    (ax,) = drawn["none"]
+    assert ax["whiskers"] == [] and ax["legend"] == ["plain"]        # no diamond drawn, none named
 
 
 def test_line_figure_sorts_each_line_by_x_and_keeps_its_band_and_axes_paired(monkeypatch):

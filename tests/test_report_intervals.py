@@ -161,7 +161,12 @@ def _axes_of(monkeypatch) -> dict:
                                       ylabel=[ax.get_ylabel() for ax in fig.axes],
                                       segments=[[seg.copy() for c in ax.collections
                                                  for seg in getattr(c, "get_segments", lambda: [])()]
-                                                for ax in fig.axes])
+                                                for ax in fig.axes],
+                                      lines=[{line.get_label(): np.asarray(line.get_ydata(), float)
+                                              for line in ax.lines} for ax in fig.axes],
+                                      bars=[[p.get_height() for p in ax.patches] for ax in fig.axes],
+                                      legend=[[t.get_text() for t in ax.get_legend().get_texts()]
+                                              if ax.get_legend() else [] for ax in fig.axes])
         return render(fig, name, caption)
 
     monkeypatch.setattr(F, "_render", keep)
@@ -221,6 +226,78 @@ def test_goldilocks_bars_carry_each_quintiles_interval_and_the_row_its_per_quint
     assert "below the bar" in bars.caption and "delete-a-group" not in bars.caption
     assert "No interval per bar" not in bars.caption
     assert claim.n == 50 and "), each from 10 of the 50 samples" in claim.ours
+
+
+def _corrected(x: np.ndarray, ref: np.ndarray, groups: int = 10) -> float:
+    """The jackknife's bias-corrected FD by its definition, g θ̂ − (g − 1) mean FD_(−k), cut at 0 as its
+    interval's ends are (:func:`_jackknife`)."""
+    left = [_frechet(x[np.arange(len(x)) % groups != k], ref[np.arange(len(ref)) % groups != k])
+            for k in range(groups)]
+    return max(groups * _frechet(x, ref) - (groups - 1) * float(np.mean(left)), 0.0)
+
+
+def _marks_its_interval(drawn, column: str, corrected: np.ndarray, plain: np.ndarray, low: np.ndarray,
+                        high: np.ndarray, plain_label: str) -> None:
+    """The FD figure ``drawn`` marks each row's bias-corrected FD (the table's ``column``) with its interval
+    about it, draws the plain FD beside it (named ``plain_label``) and names both in its legend."""
+    (marks,) = [y for label, y in drawn.lines[0].items() if column in label]
+    np.testing.assert_allclose(marks, corrected, rtol=1e-12)
+    whiskers = _whiskers(drawn.segments[0])
+    np.testing.assert_allclose([whiskers[q] for q in range(len(low))], np.stack([low, high], 1), rtol=1e-9)
+    assert ((low <= marks) & (marks <= high)).all()                  # the point lies inside its own whisker
+    np.testing.assert_allclose(drawn.bars[0] or drawn.lines[0][plain_label], plain, rtol=1e-12)  # bars or dots
+    legend = drawn.legend[0]
+    assert any(column in text and "95%" in text for text in legend) and plain_label in legend
+
+
+def test_goldilocks_marks_the_bias_corrected_fd_its_whisker_is_about_and_its_table_holds_it(tmp_path, monkeypatch):
+    # the quick run's Q3: a bar at the plain FD 64.9 with a whisker from 0 to 86.2, the interval about the
+    # bias-corrected FD, which no table or figure showed: the bar read as "FD possibly 0"
+    from kinetic_fm.studies.memorization import _goldilocks, quintile_bins
+    from kinetic_fm.studies.output import StudyOutput, image_range
+    from kinetic_fm.studies.semantics import general_samples
+
+    assets, cfg = _goldilocks_case()
+    drawn = _axes_of(monkeypatch)
+    out = StudyOutput("memorization")
+    section, _ = _goldilocks(cfg, 30, assets, Workspace(tmp_path), "fake", out)
+    table = section.tables[0][1]
+    assert list(table.columns[-3:]) == ["FD-flat bias-corrected", "FD-flat CI low", "FD-flat CI high"]
+    samples = general_samples(cfg, assets, Workspace(tmp_path), "fake")
+    feats = image_range(samples["x"], assets).flatten(1).double().numpy()
+    ref = assets.heldout.flatten(1).double().numpy()
+    bins = quintile_bins(samples["kpe"].numpy())[1]
+    corrected = table["FD-flat bias-corrected"].to_numpy()
+    np.testing.assert_allclose(corrected, [_corrected(feats[bins == q], ref) for q in range(5)], rtol=1e-8)
+    assert out.tables["goldilocks"]["FD-flat bias-corrected"].equals(table["FD-flat bias-corrected"])
+    _marks_its_interval(drawn["goldilocks"], "FD-flat bias-corrected", corrected, table["FD-flat"].to_numpy(),
+                        table["FD-flat CI low"].to_numpy(), table["FD-flat CI high"].to_numpy(),
+                        "FD-flat of the quintile's rows (uncorrected)")
+    assert "'FD-flat bias-corrected' column" in drawn["goldilocks"].caption
+
+
+def test_shaping_fd_marks_the_bias_corrected_fd_its_whisker_is_about_and_its_table_holds_it(tmp_path, monkeypatch):
+    # as the Goldilocks bars: each dot was the plain FD, well above the middle of its whisker
+    from kinetic_fm.studies import shaping
+    from kinetic_fm.studies.config import ShapingConfig
+
+    gen = torch.Generator().manual_seed(3)
+    train = torch.rand(30, 1, 2, 2, generator=gen) - 0.5
+    assets = SimpleNamespace(train=train, memorizer_train=train[:10], memorizer=LinearDrift(4), classifier_name="flat",
+                             mean=None, value_range=lambda: (-0.5, 0.5), features=lambda x: x.flatten(1).double(),
+                             train_features=lambda: train.flatten(1).double())
+    cfg = ShapingConfig(n_samples=24, steps=4, more_steps=6, bootstrap=10, seed_start=5)
+    drawn = _axes_of(monkeypatch)
+    out = shaping.run_shaping(cfg, assets, Workspace(tmp_path), "fake", progress=False)
+    table = out.tables["shaping_grid"]
+    at = list(table.columns).index("FD-flat")
+    assert list(table.columns[at:at + 4]) == ["FD-flat", "FD-flat bias-corrected", "FD-flat CI low", "FD-flat CI high"]
+    corrected = table["FD-flat bias-corrected"].to_numpy()
+    assert np.isfinite(corrected).all() and (corrected >= 0).all()
+    _marks_its_interval(drawn["shaping_fd"], "FD-flat bias-corrected", corrected, table["FD-flat"].to_numpy(),
+                        table["FD-flat CI low"].to_numpy(), table["FD-flat CI high"].to_numpy(),
+                        "FD-flat of the samples (uncorrected)")
+    assert "'FD-flat bias-corrected' column" in drawn["shaping_fd"].caption
 
 
 def test_goldilocks_kpe_bars_and_the_control_tables_kpe_line_are_each_kpe_quintiles_fd(tmp_path):

@@ -568,8 +568,11 @@ _QUIET_OUT: list[str] = []
 
 
 def _axes_summary(ax) -> dict:
+    ticks = ax.xaxis.get_tick_params()   # a panel stacked above another on a shared x hides its tick labels
     return {"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "xscale": ax.get_xscale(),
-            "yscale": ax.get_yscale(), "image": bool(ax.images), "x_shown": ax.xaxis.get_visible(),
+            "yscale": ax.get_yscale(), "image": bool(ax.images),
+            "x_shown": ax.xaxis.get_visible() and (ticks.get("labelbottom", True) or ticks.get("labeltop", False)),
+            "position": tuple(ax.get_position().bounds), "x_shared": len(ax.get_shared_x_axes().get_siblings(ax)),
             "lines": [line.get_label() for line in ax.get_lines()],
             "xticks": [label.get_text() for label in ax.get_xticklabels()]}
 
@@ -781,8 +784,9 @@ def test_the_fd_column_of_every_study_table_is_named_by_the_judges_protocol(tiny
     assert fd == "FD-digits-cnn"
     for name in ("shaping__shaping_grid", "memorization__memorizer_checkpoints", "memorization__goldilocks"):
         columns = pd.read_parquet(out / "tables" / f"{name}.parquet").columns
-        assert [c for c in columns if c.startswith(("FD", "FID"))] == [fd, f"{fd} CI low", f"{fd} CI high"][
-            : 1 if name.endswith("checkpoints") else 3], name
+        named = [fd, f"{fd} bias-corrected", f"{fd} CI low", f"{fd} CI high"]
+        shown = [c for c in columns if c.startswith(("FD", "FID"))]
+        assert shown == named[: 1 if name.endswith("checkpoints") else 4], name
 
 
 def test_tiny_report_figures_label_their_axes(tiny_report):
@@ -910,6 +914,24 @@ def test_tiny_report_memorizer_training_gives_each_fraction_its_own_axis(tiny_re
     assert memorized["xlabel"] == share["xlabel"] == f"training step of the memorizing net {LOG_NOTE}"
     kpe_axis, _ = _DRAWN["memorizer_training_kpe"]
     assert kpe_axis["ylabel"].startswith(f"mean {PLAIN_KPE_LABEL}") and "η" not in kpe_axis["ylabel"]
+
+
+def test_tiny_report_memorizer_training_kpe_stacks_its_two_log_axes_over_one_shared_x(tiny_report):
+    """Mean KPE and the FD were twin log axes on one plot, so where their curves crossed meant nothing:
+    each now has its own panel, one above the other on the same training steps, each axis named (log where
+    its values span half a decade or more: the tiny run's FDs do not)."""
+    from kinetic_fm.studies.figures import PLAIN_KPE_LABEL
+
+    kpe_axis, fd_axis = _DRAWN["memorizer_training_kpe"]
+    assert kpe_axis["x_shared"] == fd_axis["x_shared"] == 2                  # one x axis for both
+    kpe_box, fd_box = kpe_axis["position"], fd_axis["position"]
+    assert kpe_box[1] >= fd_box[1] + fd_box[3]                               # the KPE panel wholly above
+    assert kpe_axis["ylabel"].removesuffix(f" {LOG_NOTE}") == f"mean {PLAIN_KPE_LABEL}"
+    assert fd_axis["ylabel"].removesuffix(f" {LOG_NOTE}") == "FD-digits-cnn (lower is better)"
+    for ax in (kpe_axis, fd_axis):
+        assert (ax["yscale"] == "log") == ax["ylabel"].endswith(LOG_NOTE)
+    assert fd_axis["x_shown"] and fd_axis["xlabel"] == f"training step of the memorizing net {LOG_NOTE}"
+    assert not kpe_axis["x_shown"]                                           # its tick labels are the panel's below
 
 
 def test_tiny_report_gives_every_figure_a_caption_and_alt_text(tiny_report):

@@ -548,7 +548,8 @@ def sample_grid_figure(name: str, caption: str, groups: dict[str, Any], *, title
 def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str, low: str | None = None,
                high: str | None = None, ylabel: str = "", xlabel: str = "", title: str = "",
                reference: float | None = None, reference_label: str = "reference", reference_format: str = ".4g",
-               points: bool = False, group: str | None = None) -> Figure:
+               points: bool = False, group: str | None = None, center: str | None = None,
+               value_label: str = "", center_label: str = "") -> Figure:
     """Bars of ``frame[y]`` per ``frame[x]``, optional CI whiskers ``[frame[low], frame[high]]``
     and a dashed horizontal ``reference`` line (e.g. the plain-FM value), its legend writing the value
     with ``reference_format`` (a :class:`~kinetic_fm.studies.report.Section` format such as ``".3f"`` or
@@ -560,9 +561,15 @@ def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str
     length must start at zero, so bars hide differences of a few percent that dots show.
     ``group`` names a column whose runs of equal values are fenced off by dotted lines and
     named above the axes (e.g. the parts of an ablation grid).
+
+    ``center`` names the column of the estimate the whiskers are an interval about, where it is not
+    ``y`` (a bias-corrected FD beside the plain one): drawn as a dark diamond on its whisker, ``y`` as a
+    pale bar (an open dot with ``points``) behind it, the legend, under the axes, naming both
+    (``value_label`` for ``y``, ``center_label`` for the diamonds and whiskers; the columns' names by
+    default). Without it a whisker beside a value reads as that value's interval.
     """
     check_figure_name(name)
-    for arg, column in (("x", x), ("y", y), ("low", low), ("high", high), ("group", group)):
+    for arg, column in (("x", x), ("y", y), ("low", low), ("high", high), ("group", group), ("center", center)):
         if column is not None and column not in frame.columns:
             raise ValueError(f"{arg}={column!r} is not a column of frame (columns: {list(frame.columns)})")
     check_number_format(reference_format, "reference_format")
@@ -578,29 +585,40 @@ def bar_figure(name: str, caption: str, frame: "pd.DataFrame", *, x: str, y: str
         _no_data(ax)
         return _render(fig, name, caption)
     positions = np.arange(len(labels))
+    value_label = (value_label or y) if center is not None else None
     if points:
-        ax.plot(positions, values, "o", color=PALETTE[0], markersize=6)
+        ax.plot(positions, values, "o", color=PALETTE[0], markersize=6, label=value_label,
+                markerfacecolor="none" if center else PALETTE[0])
     else:
-        ax.bar(positions, values, color=PALETTE[0], alpha=0.85, width=0.7)
+        ax.bar(positions, values, color=PALETTE[0], alpha=0.35 if center else 0.85, width=0.7, label=value_label)
+    middle = values  # what a whisker is about
+    if center is not None:
+        middle = _array(frame[center].to_numpy(), name=f"frame[{center!r}]")[keep]
+        ax.plot(positions, middle, "D", color="#222222", markersize=5.5, zorder=3,
+                label=(center_label or center) if np.isfinite(middle).any() else "_nolegend_")
     if low is not None or high is not None:
         # the whisker is the interval itself: drawn as an error bar about the bar's value, an interval
         # wholly below it (a bias-corrected FD interval) was stretched up to the bar
-        lo = _array(frame[low].to_numpy(), name=f"frame[{low!r}]")[keep] if low else values
-        hi = _array(frame[high].to_numpy(), name=f"frame[{high!r}]")[keep] if high else values
-        lo, hi = np.where(np.isfinite(lo), lo, values), np.where(np.isfinite(hi), hi, values)
+        lo = _array(frame[low].to_numpy(), name=f"frame[{low!r}]")[keep] if low else middle
+        hi = _array(frame[high].to_numpy(), name=f"frame[{high!r}]")[keep] if high else middle
+        lo, hi = np.where(np.isfinite(lo), lo, middle), np.where(np.isfinite(hi), hi, middle)
         lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)  # a missing bound stands at the value
-        ax.errorbar(positions, (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", ecolor="#333333", elinewidth=1.1,
-                    capsize=3)
+        shown = np.isfinite(lo) & np.isfinite(hi) & (hi > lo) if center is not None else np.isfinite(lo)
+        ax.errorbar(positions[shown], ((lo + hi) / 2)[shown], yerr=((hi - lo) / 2)[shown], fmt="none",
+                    ecolor="#333333", elinewidth=1.1, capsize=3)
     if reference is not None and math.isfinite(reference):
         ax.axhline(reference, color=PALETTE[1], linestyle="--", linewidth=1.4,
                    label=f"{reference_label} = {format_value(reference, reference_format)}")
-        _legend(ax)
+        if center is None:
+            _legend(ax)
     if group is not None:
         _fence_groups(ax, [str(v) for v in frame[group].to_numpy()[keep]])
     ax.set_xticks(positions)
     rotate = len(labels) > 6 or max(len(s) for s in labels) > 10
     ax.set_xticklabels(labels, rotation=35 if rotate else 0, ha="right" if rotate else "center")
     ax.set_xlim(-0.6, len(labels) - 0.4)
+    if center is not None:  # three entries inside the axes would sit on some whisker
+        _legend_below(ax)
     return _render(fig, name, caption)
 
 
@@ -676,36 +694,44 @@ def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: 
 @dataclass(frozen=True)
 class LinePanel:
     """One panel of :func:`line_panels_figure`: lines ``ys[label]`` of one quantity, its axis labelled
-    ``ylabel``, optional shaded ``bands[label] = (low, high)`` and a dashed grey ``reference`` line
-    named ``reference_label`` (as :func:`line_figure`'s)."""
+    ``ylabel`` (logarithmic with ``log_y``), optional shaded ``bands[label] = (low, high)`` and a dashed
+    grey ``reference`` line named ``reference_label`` (as :func:`line_figure`'s)."""
 
     ys: dict[str, Any]
     ylabel: str
     bands: dict[str, tuple[Any, Any]] | None = None
     reference: float | None = None
     reference_label: str = "reference"
+    log_y: bool = False
 
 
 def line_panels_figure(name: str, caption: str, x: Any, panels: Sequence[LinePanel], *, xlabel: str,
-                       log_x: bool = False) -> Figure:
+                       log_x: bool = False, stacked: bool = False) -> Figure:
     """:class:`LinePanel` s side by side against the shared ``x``, each quantity on its own axis with
     its own label (two fractions of different things on one axis read as one quantity); colours run
-    on from panel to panel, so no two lines share one."""
+    on from panel to panel, so no two lines share one. ``stacked`` puts them one above the other on
+    one x axis, its ticks and ``xlabel`` under the lowest: for quantities whose curves a reader follows
+    across the same x (on twin y axes of one plot, where two curves cross would mean nothing)."""
     check_figure_name(name)
     if not panels:
         raise ValueError("panels must hold at least one LinePanel")
     for i, panel in enumerate(panels):
         _check_bands(panel.bands or {}, panel.ys, f"panels[{i}].bands", f"panels[{i}].ys")
     xs = _array(x, name="x").ravel()
-    fig = _new_figure(4.8 * len(panels), 4.0)
+    if stacked:
+        fig = _new_figure(6.4, 0.6 + 2.6 * len(panels))
+        axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
+    else:
+        fig = _new_figure(4.8 * len(panels), 4.0)
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
     colour = 0
-    for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        drawn = _lines(ax, xs, panel.ys, panel.bands or {}, log_x, False, first_colour=colour)
+    for k, (ax, panel) in enumerate(zip(axes, panels)):
+        drawn = _lines(ax, xs, panel.ys, panel.bands or {}, log_x, panel.log_y, first_colour=colour)
         colour += len(panel.ys)
-        _style(ax, xlabel=xlabel, ylabel=panel.ylabel)
+        _style(ax, xlabel=xlabel if not stacked or k == len(panels) - 1 else "", ylabel=panel.ylabel)
         _reference_line(ax, panel.reference, panel.reference_label)
         _integer_ticks(ax, xs, log_x)
-        _finish_axes(ax, drawn, log_x=log_x)
+        _finish_axes(ax, drawn, log_x=log_x, log_y=panel.log_y)
     fig.tight_layout()
     return _render(fig, name, caption)
 

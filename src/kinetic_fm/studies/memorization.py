@@ -22,11 +22,11 @@ from ..metrics.memorization import fraction_interval, memorization
 from ..models.checkpoint import load_model
 from .assets import Assets
 from .config import MemorizationConfig, SemanticsConfig
-from .output import (AFTER_06_COLUMN, FD_FORMAT, JackknifeReference, StudyOutput, clamp_text, display_note,
-                     fd_bias_note, fd_formats, fd_interval_pointer, fd_interval_terms, fd_to_reference,
+from .output import (AFTER_06_COLUMN, FD_FORMAT, JackknifeReference, StudyOutput, clamp_text, corrected_fd_column,
+                     display_note, fd_bias_note, fd_formats, fd_interval_pointer, fd_interval_terms, fd_to_reference,
                      fd_undecided_note, feature_reference, fmem_formats, for_display, full_reference, image_range,
                      jackknife_reference, jackknife_replicates, noted_frechet_distance, replicate_fds,
-                     replicate_intervals)
+                     replicate_intervals, replicate_points)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .study_cache import STUDY_WEIGHTS
@@ -505,7 +505,7 @@ def _random_spread_text(control, fd_col: str) -> str:
     interval), and how far apart the FDs of five random equal groups of the same
     samples lie (the ``random`` column of the control table), the differences between bars that
     sampling alone gives; without that column only the whiskers."""
-    whiskers = (f"Whiskers: {fd_interval_pointer('quintile', 'the bar')}. "
+    whiskers = (f"Whiskers: {fd_interval_pointer('quintile', 'the bar', fd_col)}. "
                 "The bars share no rows, so these are not the paired intervals of the claims. None where a "
                 "quintile or the reference has no more rows than features once a tenth is out (that bias is then "
                 "most of the FD).")
@@ -550,7 +550,7 @@ def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed, referenc
 def _checkpoints(cfg, assets, ws, asset_key, out, progress):
     import pandas as pd
 
-    from .figures import PLAIN_KPE_LABEL, LinePanel, line_figure, line_panels_figure, memorization_figure
+    from .figures import PLAIN_KPE_LABEL, LinePanel, line_panels_figure, memorization_figure
     from .report import Claim, Section
 
     shape = tuple(assets.train.shape[1:])
@@ -650,12 +650,14 @@ def _checkpoints(cfg, assets, ws, asset_key, out, progress):
                            "share of a sample's energy after t = 0.9", reference=0.1,
                            reference_label="energy uniform in t (0.1)")],
                 xlabel="training step of the memorizing net", log_x=True),
-            line_figure("memorizer_training_kpe", f"Mean KPE of each checkpoint's samples (left axis; no shaping, so "
-                        f"η = 1 and KPE = ½∫‖v‖² dt) and {fd_col} (right axis, lower is better) across training of "
-                        "the memorizing net.",
-                        table["training step"].to_numpy(), {"mean KPE": table["mean KPE"].to_numpy()},
-                        xlabel="training step of the memorizing net", ylabel=f"mean {PLAIN_KPE_LABEL}",
-                        right={fd_col: table[fd_col].to_numpy()}, right_ylabel=fd_col, log_x=True, log_y=True),
+            line_panels_figure(
+                "memorizer_training_kpe", f"Across training of the memorizing net, on the same training steps. "
+                "Top: the mean KPE of each checkpoint's samples (no shaping, so η = 1 and KPE = ½∫‖v‖² dt). "
+                f"Bottom: their {fd_col} (lower is better).",
+                table["training step"].to_numpy(),
+                [LinePanel({"mean KPE": table["mean KPE"].to_numpy()}, f"mean {PLAIN_KPE_LABEL}", log_y=True),
+                 LinePanel({fd_col: table[fd_col].to_numpy()}, f"{fd_col} (lower is better)", log_y=True)],
+                xlabel="training step of the memorizing net", log_x=True, stacked=True),
             memorization_figure("memorizer_copies", "Gap ratios of the final checkpoint's samples against the "
                                 "memorizing net's training images, and the samples with the smallest ratios "
                                 "beside their nearest training image, each pair named by its ratio, the "
@@ -808,6 +810,8 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
                                                                 resamples, sem_cfg.seed_start, reference,
                                                                 kpe_fds=fds)
     replicates = quintile_replicates(feats.numpy(), bins, ref.numpy(), fits)
+    # the point each interval is about, beside it: the bars' plain FDs lie above it by the estimator's bias
+    table[corrected_fd_column(fd_col)] = replicate_points(replicates)
     table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = replicate_intervals(replicates)
     tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start,
                              replicates, fits)
@@ -849,6 +853,9 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
                             + " The claims table's permutation test judges the shape.",
                             table,
                             x="KPE quintile", y=fd_col, low=f"{fd_col} CI low", high=f"{fd_col} CI high",
+                            center=corrected_fd_column(fd_col),
+                            value_label=f"{fd_col} of the quintile's rows (uncorrected)",
+                            center_label=f"{corrected_fd_column(fd_col)}, whisker: its 95% interval",
                             ylabel=f"{fd_col} (lower is better)",
                             xlabel="KPE quintile (Q1 = lowest KPE)"),
                  line_figure("goldilocks_control", f"{fd_col} by quintile of KPE and of the control scalars "

@@ -38,8 +38,15 @@ def fmem_formats(prefix: str = "") -> dict[str, str]:
 
 
 def fd_formats(column: str) -> dict[str, str]:
-    """Section formats of an FD column ``column`` and of its "<column> CI low" and "<column> CI high"."""
-    return {f"{column}{end}": FD_FORMAT for end in ("", " CI low", " CI high")}
+    """Section formats of an FD column ``column`` and of its :func:`corrected_fd_column`, "<column> CI low"
+    and "<column> CI high"."""
+    return {f"{column}{end}": FD_FORMAT for end in ("", " bias-corrected", " CI low", " CI high")}
+
+
+def corrected_fd_column(column: str) -> str:
+    """The column beside an FD column ``column`` holding the bias-corrected FD that its "<column> CI low"
+    and "<column> CI high" interval is about (:func:`replicate_points`)."""
+    return f"{column} bias-corrected"
 
 
 def image_range(x: torch.Tensor, assets: Assets) -> torch.Tensor:
@@ -146,6 +153,15 @@ def replicate_fds(replicates: Sequence[tuple[float, np.ndarray | None]]) -> np.n
                      for theta, fd_k in replicates], dtype=np.float64)
 
 
+def replicate_points(replicates: Sequence[tuple[float, np.ndarray | None]]) -> np.ndarray:
+    """(S,) the bias-corrected FDs that the :func:`replicate_intervals` are about, cut at 0 as their ends
+    are (so each lies inside its interval): the value a table writes and a figure marks beside the
+    interval. NaN where a set had too few rows; uncut: :func:`replicate_fds`."""
+    import numpy as np
+
+    return np.maximum(replicate_fds(replicates), 0.0)
+
+
 def _too_few_for_jackknife(rows: int, dim: int, groups: int) -> bool:
     """Whether a set of ``rows`` rows of ``dim`` features is too small for the jackknife: fewer rows than
     groups, or no more rows than features once a group is out."""
@@ -246,13 +262,15 @@ def jackknife_text(groups: int = JACKKNIFE_GROUPS) -> str:
 FD_INTERVAL_TERM = "FD interval"
 
 
-def fd_interval_pointer(each: str, estimate: str) -> str:
+def fd_interval_pointer(each: str, estimate: str, column: str) -> str:
     """A caption's word on its FD whiskers: ``each`` ("quintile", "setting") set's own 95% interval,
-    defined once in the report's Terms (:func:`jackknife_text`), and why it may lie below the plain
-    FD drawn as ``estimate`` ("the bar", "the dot"). A section that uses it carries
-    :func:`fd_interval_terms`, so the definition is there when no report Terms paragraph is."""
-    return (f"each {each}'s own 95% FD interval (see {FD_INTERVAL_TERM} in Terms: about the bias-corrected FD, so "
-            f"it can lie below {estimate})")
+    defined once in the report's Terms (:func:`jackknife_text`), about the bias-corrected FD that the
+    figure marks with a diamond (the table's :func:`corrected_fd_column` of the FD column ``column``), and
+    why both may lie below the plain FD drawn as ``estimate`` ("the bar", "the dot"). A section that uses
+    it carries :func:`fd_interval_terms`, so the definition is there when no report Terms paragraph is."""
+    return (f"each {each}'s own 95% FD interval (see {FD_INTERVAL_TERM} in Terms) about its bias-corrected FD "
+            f"(diamond: the '{corrected_fd_column(column)}' column), which lies below {estimate}, the uncorrected "
+            "FD of its rows, where the estimator's upward bias is large")
 
 
 def fd_interval_terms() -> dict[str, str]:

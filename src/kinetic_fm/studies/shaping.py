@@ -20,9 +20,10 @@ from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, JackknifeReference, StudyOutput, fd_bias_note,
-                     fd_formats, fd_to_reference, fd_undecided_note, fmem_formats, full_reference, image_range,
-                     jackknife_fd_intervals, jackknife_reference, fd_interval_pointer, fd_interval_terms)
+from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, JackknifeReference, StudyOutput,
+                     corrected_fd_column, fd_bias_note, fd_formats, fd_to_reference, fd_undecided_note, fmem_formats,
+                     full_reference, image_range, jackknife_fd_intervals, jackknife_reference, jackknife_replicates,
+                     fd_interval_pointer, fd_interval_terms, replicate_intervals, replicate_points)
 from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci,
                        fmt_significant, percent_of, verdict_from_interval, verdict_of_all)
@@ -126,8 +127,8 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
 
     Returns:
         StudyOutput "shaping": the table ``shaping_grid`` (one row per setting: its solver, steps,
-        grid and KTS, FD with its interval, F_mem with its interval, mean KPE and mean KPE after
-        t = 0.6), the shaping claims and one section.
+        grid and KTS, FD with its bias-corrected value and interval, F_mem with its interval, mean KPE
+        and mean KPE after t = 0.6), the shaping claims and one section.
     """
     import pandas as pd
 
@@ -180,10 +181,14 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     value = table.set_index("setting")
     fm_fd, fm_mem = value.loc["plain FM", fd_name], value.loc["plain FM", "F_mem"]
     out.claims += shaping_claims(feats, memorized, value, fd_name, reference, boot, reference_rows=len(assets.train))
-    # each setting's own interval (context for the bars; the claims read paired differences)
-    low, high = setting_fd_intervals(feats, ref_rows, fits)
-    table.insert(table.columns.get_loc(fd_name) + 1, f"{fd_name} CI low", low)
-    table.insert(table.columns.get_loc(fd_name) + 2, f"{fd_name} CI high", high)
+    # each setting's own interval (context for the dots; the claims read paired differences) and the
+    # bias-corrected FD it is about, which the plain FD lies above by the estimator's bias
+    replicates = jackknife_replicates(list(feats.values()), ref_rows, fits=fits)
+    low, high = replicate_intervals(replicates)
+    at = table.columns.get_loc(fd_name)
+    table.insert(at + 1, corrected_fd_column(fd_name), replicate_points(replicates))
+    table.insert(at + 2, f"{fd_name} CI low", low)
+    table.insert(at + 3, f"{fd_name} CI high", high)
 
     main = ["plain FM", "launch only", "landing only", "balanced"]
     section = Section(
@@ -207,15 +212,18 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
                        ylabel="F_mem (fraction memorized)", xlabel=SETTING_AXIS, reference=float(fm_mem),
                        reference_label="plain FM", reference_format=FRACTION_FORMAT, points=True, group="group"),
             bar_figure("shaping_fd", f"{fd_name} across the KTS grid (lower is better); whiskers: "
-                       f"{fd_interval_pointer('setting', 'the dot')}; none when the samples or the "
+                       f"{fd_interval_pointer('setting', 'the dot', fd_name)}; none when the samples or the "
                        "reference have no more rows than features once a tenth is out; "
-                       "dashed: plain FM (Euler). Every setting samples the same seeds, so the paired ΔFD "
-                       "intervals of the main settings and the τ sweep (claims table) are narrower than these "
-                       "whiskers suggest. Compare a solver, NFE or grid setting with the plain FM beside it.",
+                       "dashed: plain FM's uncorrected FD (Euler). Every setting samples the same seeds, so "
+                       "the paired ΔFD intervals of the main settings and the τ sweep (claims table) are "
+                       "narrower than these whiskers suggest. Compare a solver, NFE or grid setting with the plain "
+                       "FM beside it.",
                        table, x="setting", y=fd_name, low=f"{fd_name} CI low", high=f"{fd_name} CI high",
+                       center=corrected_fd_column(fd_name), value_label=f"{fd_name} of the samples (uncorrected)",
+                       center_label=f"{corrected_fd_column(fd_name)}, whisker: its 95% interval",
                        ylabel=f"{fd_name} (lower is better)", xlabel=SETTING_AXIS,
-                       reference=float(fm_fd), reference_label="plain FM", reference_format=FD_FORMAT, points=True,
-                       group="group"),
+                       reference=float(fm_fd), reference_label="plain FM (uncorrected)", reference_format=FD_FORMAT,
+                       points=True, group="group"),
             energy_profile_figure("energy_profile_shaping", "Kinetic power ½η²‖v‖² of the memorizing net: mean "
                                   "and 10–90% band (dotted) for plain FM and the three main KTS settings; the landing "
                                   "starts at t = τ = 0.6 (dash-dotted line).",
