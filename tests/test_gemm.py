@@ -82,3 +82,70 @@ def test_numpy_products_work_in_a_forked_child(monkeypatch):
         child.kill()
         pytest.fail("a numpy-BLAS product hung in a forked child")
     assert queue.get(timeout=5) == 3 * 200 * 4.0
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+@pytest.fixture
+def blas_at_two_threads():
+    """NumPy's and SciPy's BLAS, and torch, raised to 2 threads for the test: conftest's
+    OPENBLAS_NUM_THREADS=1 (and torch's one thread) would hide a limit that does nothing or too much."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("scipy.linalg")                   # loads SciPy's OpenBLAS beside NumPy's
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+            assert set(_blas_threads()) == {2}
+            yield
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def test_one_numpy_blas_thread_inside_torch_threads_untouched_limits_back_after(blas_at_two_threads, monkeypatch):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    with gemm.numpy_blas_single_threaded(unless_user_set=True):
+        assert set(_blas_threads()) == {1}
+        assert torch.get_num_threads() == 2
+        out = gemm.matmul(torch.ones(3, 4), torch.ones(4, 200), blas="numpy")   # its own limit nests inside
+        assert (out == 4).all() and set(_blas_threads()) == {1}
+    assert set(_blas_threads()) == {2}
+    for stop in (KeyboardInterrupt, RuntimeError):                        # an interrupted scope restores too
+        with pytest.raises(stop), gemm.numpy_blas_single_threaded():
+            assert set(_blas_threads()) == {1}
+            raise stop
+        assert set(_blas_threads()) == {2}
+
+
+def test_user_set_openblas_threads_win_where_asked(blas_at_two_threads, monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    with gemm.numpy_blas_single_threaded(unless_user_set=True):
+        assert set(_blas_threads()) == {2}
+    with gemm.numpy_blas_single_threaded():                                # NumPy's own products: always one
+        assert set(_blas_threads()) == {1}
+
+
+def test_one_numpy_blas_thread_reaches_scipy_loaded_after_the_first_product():
+    # the libraries are listed once per process: SciPy's OpenBLAS must be among them even when SciPy
+    # was imported after the first NumPy product (the studies import it late)
+    pytest.importorskip("threadpoolctl")
+    code = (
+        "import torch\n"
+        "from kinetic_fm import gemm\n"
+        "gemm.matmul(torch.ones(3, 4), torch.ones(4, 200), blas='numpy')\n"
+        "import scipy.linalg\n"
+        "from threadpoolctl import threadpool_info, threadpool_limits\n"
+        "with threadpool_limits(limits=2, user_api='blas'), gemm.numpy_blas_single_threaded():\n"
+        "    print(sorted((p['filepath'], p['num_threads']) for p in threadpool_info() if p['user_api'] == 'blas'))\n"
+    )
+    import ast
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    libraries = ast.literal_eval(result.stdout)
+    assert {threads for _, threads in libraries} == {1}, libraries      # pip wheels: NumPy's and SciPy's own

@@ -3163,3 +3163,32 @@ def test_tiny_report_claims_say_how_many_samples_once_and_name_a_tie_over_every_
     assert ("every N gives the same" in copies) == (len(set(rows)) == 1), (rows, copies)
     knn = next(line for line in text.splitlines() if "sparser local training support (kNN)" in line)
     assert re.search(r"ρ = [+-]\d\.\d{3} in pixels \(digits-cnn: [+-]\d\.\d{3}\)", knn), knn
+
+
+def test_reproduce_holds_numpy_blas_at_one_thread_and_gives_the_limits_back(tmp_path, monkeypatch):
+    # the studies' covariances and eigenproblems run on NumPy's and SciPy's OpenBLAS between torch passes:
+    # its spinning workers slowed those passes (BENCHMARKS.md, OpenBLAS), so the run holds it at one thread
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("scipy.linalg")
+    from kinetic_fm.studies import reproduce as reproduce_module
+
+    def blas_threads():
+        return {p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}
+
+    seen = []
+
+    def studies(cfg, ws, names, progress):
+        seen.append((blas_threads(), torch.get_num_threads()))
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return ws.root / "report.md", ws.root / "report.html"
+
+    monkeypatch.setattr(reproduce_module, "_run_studies", studies)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)   # conftest's; a user's setting would be kept
+    torch_threads = torch.get_num_threads()
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        reproduce_module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "run", progress=False)
+        assert seen == [({1}, torch_threads)] and blas_threads() == {2}
+        with pytest.raises(KeyboardInterrupt):
+            reproduce_module.reproduce(ReproduceConfig.preset("tiny"), tmp_path / "run", progress=False)
+        assert seen[1] == ({1}, torch_threads) and blas_threads() == {2}

@@ -21,12 +21,14 @@ caller's error bound assumes nothing beyond the standard bound of a float32 dot 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -38,8 +40,9 @@ CPU_GEMM = "auto"       # "auto" | "torch" | "numpy": who runs large float32 pro
 _ALIGN = 64             # column parts start on multiples of this (whole SIMD and cache blocks)
 
 # one NumPy product at a time: each sets NumPy's BLAS to one thread and restores it afterwards,
-# and overlapping set/restore pairs from two threads could leave it at the wrong count
-_NUMPY_LOCK = threading.Lock()
+# and overlapping set/restore pairs from two threads could leave it at the wrong count. Re-entrant:
+# a product takes it again inside numpy_blas_single_threaded, which takes it to set and to restore.
+_NUMPY_LOCK = threading.RLock()
 
 # work from about this size (≈ 0.2 s of products) starts the one-time timing (≈ 0.7 s per process):
 # a session seldom stops at one such call, and every later one runs 15-30 % faster
@@ -103,6 +106,40 @@ def autocast_enabled(device_type: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def numpy_blas_single_threaded(*, unless_user_set: bool = False) -> Iterator[None]:
+    """Hold NumPy's and SciPy's BLAS (OpenBLAS in their wheels) at one thread inside the ``with`` block.
+
+    Their previous thread counts come back on exit, also on an exception or Ctrl-C. torch's threads
+    are not touched: its MKL is linked statically (threadpoolctl does not see it) and its OpenMP
+    pool is not a BLAS. Every NumPy product of :func:`matmul` runs inside it; ``kfm reproduce``
+    holds it for the whole run, whose covariances, eigenproblems and statistics call OpenBLAS
+    between torch passes (its spinning workers slowed those passes: BENCHMARKS.md, OpenBLAS).
+
+    Args:
+        unless_user_set: leave the BLAS as it is when the environment sets OPENBLAS_NUM_THREADS
+            (to anything non-empty). That variable concerns OpenBLAS alone, so a value there is the
+            user's own choice for these threads (a machine with idle cores, where the workers' waits
+            cost nothing, may keep them) and wins; OMP_NUM_THREADS, aimed at torch's OpenMP pool as
+            well, does not count. :func:`matmul` passes False: it splits the columns over its own
+            threads, and a BLAS call on more than one would oversubscribe the cores.
+
+    Nests with itself and with :func:`matmul` from any thread: the lock that orders the set and
+    restore pairs is taken only while setting and while restoring, never for the whole block.
+    """
+    if unless_user_set and os.environ.get("OPENBLAS_NUM_THREADS"):
+        yield
+        return
+    blas = _numpy_blas()
+    with _NUMPY_LOCK:
+        limiter = blas.limit(limits=1)
+    try:
+        yield
+    finally:
+        with _NUMPY_LOCK:
+            limiter.restore_original_limits()
+
+
 def _mm_full_precision(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """torch.mm in the inputs' dtype even inside ``torch.autocast``, which would run it in half
     precision (exact quantities such as the EFM velocity must not change with the caller's context)."""
@@ -119,7 +156,7 @@ def _numpy_matmul(a, b, out, threads: int) -> None:
     n = b.shape[1]
     width = -(-max(1, -(-n // threads)) // _ALIGN) * _ALIGN
     parts = [slice(c0, c0 + width) for c0 in range(0, n, width)]
-    with _NUMPY_LOCK, _numpy_blas().limit(limits=1):
+    with _NUMPY_LOCK, numpy_blas_single_threaded():
         pool = _workers(threads, os.getpid())
         futures = [pool.submit(np.matmul, a, b[:, p], out=out[:, p]) for p in parts[1:]]
         np.matmul(a, b[:, parts[0]], out=out[:, parts[0]])       # this thread takes the first part
@@ -136,8 +173,14 @@ def _workers(threads: int, pid: int) -> ThreadPoolExecutor:
 
 @functools.lru_cache(maxsize=1)
 def _numpy_blas():
-    """threadpoolctl's handle on the BLAS libraries loaded (NumPy's among them)."""
-    importlib.import_module("numpy")            # loads NumPy's BLAS before the libraries are listed
+    """threadpoolctl's handle on the BLAS libraries loaded: NumPy's and SciPy's (two OpenBLAS in their wheels)."""
+    # both loaded before the libraries are listed, once per process: SciPy's, imported later by a
+    # study, would be missed
+    importlib.import_module("numpy")
+    try:
+        importlib.import_module("scipy.linalg")
+    except ImportError:  # pragma: no cover - scipy is a declared dependency
+        pass
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController().select(user_api="blas")

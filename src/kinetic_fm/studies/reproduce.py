@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .. import gemm
 from ..runs.atomic import is_leftover
 from ..runs.lock import LOCK_NAME, RunLock
 from .assets import load_assets
@@ -66,6 +67,9 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     first result into a new folder (or one holding only the lock file such a run leaves, or a killed
     writer's temporaries: :func:`~kinetic_fm.runs.atomic.is_leftover`) leaves it holding only that lock
     file, which the next run takes as new.
+
+    NumPy's and SciPy's BLAS run single-threaded for the whole run, unless OPENBLAS_NUM_THREADS is set
+    (:func:`~kinetic_fm.gemm.numpy_blas_single_threaded`); their thread counts come back afterwards.
     """
     problem = studies_problem(studies)
     if problem:
@@ -75,7 +79,9 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     # a folder holding nothing else is new too
     fresh = not root.exists() or (root.is_dir() and all(is_leftover(p) for p in root.iterdir()))
     ws = Workspace(out, progress=progress)
-    with RunLock(ws.root, resume="run the same command again"):
+    # the studies' covariances, eigenproblems and statistics call NumPy's and SciPy's OpenBLAS between
+    # torch passes, which its spinning workers slowed; a user's OPENBLAS_NUM_THREADS is kept
+    with RunLock(ws.root, resume="run the same command again"), gemm.numpy_blas_single_threaded(unless_user_set=True):
         try:
             ws.remove_leftover_temporaries()
             with ws.recording_reads() as used:
