@@ -327,6 +327,9 @@ def spearman(x: Any, y: Any, bootstrap: int = 1000, permutations: int = 1000, se
             theirs could give, and NaN when they are (1 − confidence)/2 of the resamples or more
             (they could fill a tail; judge by ``p_perm``), with a RuntimeWarning saying how many
             there were (an explicit BCa stays NaN).
+            ``"basic"`` covers less than asked at small n: asked for 95 %, it covered 83.3 % at
+            n = 10 (BCa 94.3 %, percentile 95.7 %) and 89.3 % at n = 30 (bivariate normal pairs,
+            ρ = 0.5, 300 repetitions of 500 resamples); prefer the default there.
         nan_policy: ``"raise"`` on non-finite pairs, or ``"omit"`` to drop them (checked even
             when every pair is finite).
 
