@@ -477,7 +477,9 @@ def test_cli_says_what_a_zero_width_bootstrap_interval_hides(tmp_path, capsys, c
     assert main([*flags, "--samples", str(tmp_path / "fresh.npy")]) == 0
     out = capsys.readouterr().out
     assert "F_mem = 0.0000 (95% bootstrap CI 0–0: zero width at 0/40; Wilson 0.0000–0.0876), 0/40" in out
-    assert "no width at F_mem = 0 (every resample agrees); shown is the Wilson interval" in out
+    assert ("note: the bootstrap interval has no width at F_mem = 0 (every resample agrees) and covers far "
+            "less than 95% near it; --interval wilson gives the Wilson interval quoted beside it, 0.0000–0.0876"
+            in out)
     assert "CI 0.0000–0.0000" not in out
     assert main([*flags, "--samples", str(tmp_path / "some.npy")]) == 0
     assert "note:" not in capsys.readouterr().out
