@@ -31,7 +31,8 @@ How :class:`EmpiricalFlow` evaluates it (never a (B, N, D) tensor):
    So is a bound on ȳ's own error, ``mean_error_bound``: ‖ȳ̂ − ȳ‖₂ ≤ max‖y‖·((N + 2)·u + 2ρ),
    ρ = e^(2(e + 84u)) − 1 + N·e^(−80). The GEMM sums N products per coordinate i, so it errs by at
    most (N + 2)·u·Σ_j w_j|y_ji| (any summation order; the 2 for the product and TF32's rounding of its
-   inputs), which over the coordinates is at most (N + 2)·u·Σ_j w_j‖y_j‖ ≤ (N + 2)·u·Σ_j w_j·max‖y‖.
+   inputs), which over the coordinates is at most (N + 2)·u·Σ_j w_j‖y_j‖: (N + 2)·u·max‖y‖ at most
+   once divided by Σ_j w_j.
    Each weight is within e^(±(e + 84u)) of the truth up to a constant per row (e the logits; 80u the
    float32 difference ℓ̃ − max, which is clamped at −80; 4u the exponential), so the normalised
    weights are within a factor e^(±2(e + 84u)) and ȳ = Σ p_j y_j moves by at most that share of
