@@ -386,6 +386,47 @@ def test_inputs_that_require_grad_integer_inputs_and_empty_batches():
     assert torch.equal(field.posterior(plain, times, k=2).weights, field.posterior(plain, times.detach(), k=2).weights)
 
 
+def _tight_cluster(spread, dtype):
+    """The audit's case: 100 atoms within ``spread`` of one point, queries near the first three."""
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal(8)
+    atoms = torch.tensor(base + spread * rng.standard_normal((100, 8)), dtype=dtype)
+    x = (atoms[:3].double() + spread * torch.tensor(rng.standard_normal((3, 8)))).to(dtype)
+    return atoms, x
+
+
+@pytest.mark.parametrize("spread", [1e-2, 1e-4, 1e-6])
+def test_the_dense_route_reports_a_true_bound_on_its_mean_error(spread):
+    # ȳ's float32 GEMM errs by ~u·‖y‖ whatever the spread, while v = (ȳ − x)/(1 − t) shrinks with
+    # it: at spread 1e-6 v was off by 14 % with only logit_error_bound (2e-6) reported
+    atoms, x = _tight_cluster(spread, torch.float32)
+    t = torch.full((3,), 0.3)
+    got = kfm.EmpiricalFlow(atoms).evaluate(x, t)
+    d = got.diagnostics
+    assert not d.exact.any()                                   # the dense route: 100 candidates > exact_max
+    want, _ = brute(atoms, x, t)                               # float64 over the same rounded atoms
+    error = (got.velocity.double() - want).norm(dim=1)
+    assert (error <= d.mean_error_bound / (1 - 0.3)).all(), (error, d.mean_error_bound)
+    assert (d.mean_error_bound < 1e-3).all() and (d.logit_error_bound < 1e-5).all()
+    if spread == 1e-6:   # the case the bound exists for: relative error far above the logit bound
+        assert (error / want.norm(dim=1) > 1e-2).any()
+    # float64 atoms: the same route, exact to a few 1e-10 (brute's own rounding, at spread 1e-6)
+    atoms, x = _tight_cluster(spread, torch.float64)
+    got = kfm.EmpiricalFlow(atoms).evaluate(x, t.double())
+    want, _ = brute(atoms, x, t)
+    error = (got.velocity - want).norm(dim=1)
+    assert (error <= got.diagnostics.mean_error_bound / (1 - 0.3)).all()
+    assert (error <= 1e-9 * want.norm(dim=1)).all() and (got.diagnostics.mean_error_bound < 1e-12).all()
+
+
+def test_mean_error_bound_is_zero_where_the_mean_is_formed_in_float64(atoms):
+    field = kfm.EmpiricalFlow(atoms.float())
+    t = torch.tensor([0.0, 0.05, 0.2, 0.6, 0.97])
+    d = field.diagnostics(path_states(atoms.float(), t, seed=4), t)
+    assert (d.mean_error_bound[d.exact] == 0).all() and (d.mean_error_bound[~d.exact] > 0).all()
+    assert (~d.exact).any() and d.exact.any()
+
+
 @pytest.mark.parametrize("dtype,bytes_per_logit", [(torch.float32, 4), (torch.float64, 8)])
 def test_memory_budget_counts_the_logits_bytes(dtype, bytes_per_logit):
     field = kfm.EmpiricalFlow(torch.zeros(1000, 3, dtype=dtype), memory_budget=1 << 20)

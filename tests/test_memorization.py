@@ -170,6 +170,36 @@ def test_all_memorized_shows_the_wilson_interval_not_the_zero_width_bootstrap():
     assert rep.shown_interval() == ("Wilson", *kfm.fraction_interval(6, 6, "wilson"))
 
 
+@pytest.mark.parametrize("memorized", [0, 6])
+def test_a_zero_width_bootstrap_interval_says_so_with_the_wilson_interval_beside_it(memorized):
+    # the summary line showed "95% Wilson CI" alone, and the repr ci=(0.0, 0.0) without a word
+    train = 10.0 * torch.eye(6, dtype=torch.float64)
+    samples = train.clone() if memorized else train + 4.0
+    rep = kfm.memorization(samples, train)
+    end = memorized // 6
+    assert rep.ci == (end, end)
+    low, high = kfm.fraction_interval(memorized, 6, "wilson")
+    said = f"(95% bootstrap CI {end}–{end}: zero width at {memorized}/6; Wilson {low:.4f}–{high:.4f})"
+    assert f"F_mem = {rep.fraction:.4f} {said}, {memorized}/6 samples" in str(rep)
+    assert f"ci=({end:.1f}, {end:.1f}) [zero width at {memorized}/6; Wilson {low:.4f}–{high:.4f}]" in repr(rep)
+    for other in (kfm.memorization(samples, train, interval="wilson"), kfm.memorization(samples, train, bootstrap=0)):
+        assert "zero width" not in str(other) and "zero width" not in repr(other)
+
+
+def test_the_coverage_quoted_for_the_bootstrap_interval_is_the_exact_binomial_sum():
+    # memorization's docstring: at n = 50, F_mem = 0.02 the bootstrap covers 0.635, Wilson 0.922
+    # (sums over Binomial(50, 0.02) of whether each count's interval holds 0.02, not a simulation)
+    from scipy import stats
+
+    n, p = 50, 0.02
+    covered = {kind: sum(stats.binom.pmf(count, n, p) for count in range(n + 1)
+                         if (lambda ends: ends[0] <= p <= ends[1])(kfm.fraction_interval(count, n, kind)))
+               for kind in ("bootstrap", "wilson")}
+    assert round(covered["bootstrap"], 3) == 0.635 and round(covered["wilson"], 3) == 0.922
+    doc = " ".join(kfm.memorization.__doc__.split())
+    assert "n = 50 and F_mem = 0.02 it covers 63.5 % (Wilson 92.2 %)" in doc
+
+
 def test_binomial_intervals_at_the_ends_have_their_closed_forms():
     # 0 of n memorized: the bootstrap collapses to [0, 0]; the binomial intervals keep a width whose
     # upper end is known in closed form (Clopper–Pearson: 1 − (α/2)^(1/n); Wilson: z²/(n + z²))
@@ -446,8 +476,10 @@ def test_cli_says_what_a_zero_width_bootstrap_interval_hides(tmp_path, capsys, c
     flags = ["memorization", "--train", str(tmp_path / "t.npy"), "--no-progress"]
     assert main([*flags, "--samples", str(tmp_path / "fresh.npy")]) == 0
     out = capsys.readouterr().out
-    assert "F_mem = 0.0000 (95% Wilson CI 0.0000–0.0876), 0/40" in out    # as print(report) shows it
-    assert "no width at F_mem = 0 (every resample agrees); shown is the Wilson interval" in out
+    assert "F_mem = 0.0000 (95% bootstrap CI 0–0: zero width at 0/40; Wilson 0.0000–0.0876), 0/40" in out
+    assert ("note: the bootstrap interval has no width at F_mem = 0 (every resample agrees) and covers far "
+            "less than 95% near it; --interval wilson gives the Wilson interval quoted beside it, 0.0000–0.0876"
+            in out)
     assert "CI 0.0000–0.0000" not in out
     assert main([*flags, "--samples", str(tmp_path / "some.npy")]) == 0
     assert "note:" not in capsys.readouterr().out

@@ -257,6 +257,26 @@ def test_numpy_and_0d_tensor_counts_work():
     assert (a.rho, a.ci_low, a.ci_high, a.p_perm) == (b.rho, b.ci_low, b.ci_high, b.p_perm)
 
 
+def test_compare_groups_is_scale_invariant_at_any_magnitude():
+    # d and Welch's t are scale-invariant; the pooled std squared the stds and SciPy's t-test the
+    # values: s = 1e-170 gave d = inf, p = 0; 1e-160..1e-90 and 1e80..1e150 p = 0.332; >= 1e160 d = 0, p = 1
+    rng = np.random.default_rng(2)
+    by = np.arange(50.0)
+    base = rng.standard_normal(50) + np.linspace(0.0, 1.0, 50)
+    low, high = base[:10], base[-10:]
+    pooled = np.sqrt((low.var(ddof=1) + high.var(ddof=1)) / 2)
+    d = (high.mean() - low.mean()) / pooled
+    p = sps.ttest_ind(high, low, equal_var=False).pvalue
+    assert d == pytest.approx(0.7777, abs=1e-4) and p == pytest.approx(0.0991, abs=1e-4)
+    for k in range(-990, 991, 30):
+        scale = 2.0 ** k                                      # 1e-298 .. 1e298
+        g = compare_groups(base * scale, by, 0.2)
+        assert g.cohens_d == pytest.approx(d, rel=1e-12), k
+        assert g.p_value == pytest.approx(p, rel=1e-12), k
+        assert g.low_std == pytest.approx(low.std(ddof=1) * scale, rel=1e-12), k
+        assert g.difference == pytest.approx((high.mean() - low.mean()) * scale, rel=1e-12), k
+
+
 @pytest.mark.parametrize("fn", [spearman, pearson])
 def test_constant_input_is_refused(fn):
     x, y = _xy()

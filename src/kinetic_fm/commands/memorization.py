@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     kind, low, high = report.shown_interval()
     if args.interval == "bootstrap" and kind == "Wilson":
         print(f"note: the bootstrap interval has no width at F_mem = {report.fraction:g} (every resample "
-              f"agrees); shown is the Wilson interval (--interval wilson), {low:.4f}–{high:.4f}")
+              f"agrees) and covers far less than {report.confidence:.0%} near it; --interval wilson gives "
+              f"the Wilson interval quoted beside it, {low:.4f}–{high:.4f}")
     # the figure is drawn (its PNG rendered) before either file is written: drawn after the table,
     # a Ctrl-C in that second left the new table beside the previous run's figure; a figure that
     # fails to draw still lets the table be written, then its error is raised

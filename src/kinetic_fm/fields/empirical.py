@@ -28,6 +28,20 @@ How :class:`EmpiricalFlow` evaluates it (never a (B, N, D) tensor):
    screened logits are used, ȳ = exp(ℓ̃ − max) @ Y / Σ exp(ℓ̃ − max) as a second GEMM, and the
    logit error bound e (≤ ``max_logit_error``) is reported per sample in
    :class:`PosteriorDiagnostics`. For float64 training tensors the screening itself runs in float64.
+   So is a bound on ȳ's own error, ``mean_error_bound``: ‖ȳ̂ − ȳ‖₂ ≤ max‖y‖·((N + 2)·u + 2ρ),
+   ρ = e^(2(e + 84u)) − 1 + N·e^(−80). The GEMM sums N products per coordinate i, so it errs by at
+   most (N + 2)·u·Σ_j w_j|y_ji| (any summation order; the 2 for the product and TF32's rounding of its
+   inputs), which over the coordinates is at most (N + 2)·u·Σ_j w_j‖y_j‖: (N + 2)·u·max‖y‖ at most
+   once divided by Σ_j w_j.
+   Each weight is within e^(±(e + 84u)) of the truth up to a constant per row (e the logits; 80u the
+   float32 difference ℓ̃ − max, which is clamped at −80; 4u the exponential), so the normalised
+   weights are within a factor e^(±2(e + 84u)) and ȳ = Σ p_j y_j moves by at most that share of
+   max_j‖y_j − ȳ‖ ≤ 2·max‖y‖ (the clamp adds at most N·e^(−80) of mass). The first term does not
+   shrink with the atoms' spread, while v = (ȳ − x)/(1 − t) does: for a tight cluster of float32
+   atoms (100 within 1e-6 of a point at ‖y‖ ≈ 3, D = 8) v is off by 8–47 % at t = 0.1–0.6 while e
+   is at most 1.5e-5; the bound on v (over 1 − t) reads 6e-5 to 4e-4 there, 60–400 times the error.
+   Pass such atoms as float64 (exact to ~1e-10), or centred on their mean m (the field of the atoms
+   y − m at x − t·m is v − m).
 
 The float32 products of steps 1 and 4 run on CPU through the faster of torch's and NumPy's BLAS
 (:mod:`kinetic_fm.gemm`) once a call's product reaches 1e10 FLOPs; the bounds above hold for either.
@@ -188,6 +202,12 @@ class PosteriorDiagnostics:
         neglected_bound: float64, bound on the posterior mass left out: N·e^(−cutoff) in full
             mode, R/(1 + R) in truncated mode (see module docs), float64 rounding included;
             0 at t = 0, where ȳ is the mean of all N atoms in either mode.
+        mean_error_bound: float64, bound on ‖ȳ̂ − ȳ‖₂, the rounding error of the posterior mean of
+            the screened rows (module docs, step 4; 0 where ``exact``, whose ȳ is formed in
+            float64): the velocity's error is at most this over 1 − t, before its rounding to x's
+            dtype. It does not shrink with the atoms' spread: about (N + 2)·u·max‖y‖, so a tight
+            cluster of float32 atoms far from the origin (spread 1e-6 at ‖y‖ ≈ 3) can have a
+            velocity off by a large part of itself while ``logit_error_bound`` is small.
 
     Equal atoms split their weight: at a training item held m times, ``max_weight`` reads 1/m and
     ``entropy`` log m where the velocity is that of one point mass (remove repeated rows from the
@@ -204,6 +224,7 @@ class PosteriorDiagnostics:
     exact: torch.Tensor
     logit_error_bound: torch.Tensor
     neglected_bound: torch.Tensor
+    mean_error_bound: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -237,7 +258,10 @@ class EmpiricalFlow:
             DataFrame, copied; a DataFrame's whole-number column named like a class label, ``label``,
             ``class``, ..., is warned of).
             Float64 atoms give float64 screening, as do integers beyond 2**24 (which float32 would
-            round; beyond 2**53 they are refused); anything else screens in float32.
+            round; beyond 2**53 they are refused); anything else screens in float32. In float32 the
+            dense route's ȳ errs by up to about (N + 2)·u·max‖y‖ (u = 2⁻²⁴) whatever the atoms'
+            spread, so a tight cluster far from the origin can give a velocity off by a large part
+            of itself: ``mean_error_bound`` in the diagnostics bounds it (module docs, step 4).
         chunk: atoms per screening GEMM (bounds the temporary (batch_chunk, chunk) block).
         batch_chunk: queries per block; default from ``memory_budget``.
         memory_budget: bytes for the per-block (batch_chunk, N) screened-logit matrix (in the
@@ -474,6 +498,7 @@ class EmpiricalFlow:
             exact=torch.ones(b, dtype=torch.bool, device=device),
             logit_error_bound=torch.zeros_like(max_w),
             neglected_bound=torch.zeros_like(max_w),
+            mean_error_bound=torch.zeros_like(max_w),
         )
         top = (torch.full((b, top_k), 1.0 / self.n, dtype=torch.float64, device=device),
                torch.arange(top_k, device=device).expand(b, -1).clone())
@@ -523,6 +548,13 @@ class EmpiricalFlow:
         u = unit_roundoff(self.atoms.dtype, x.device)      # read per call: TF32 may be switched on later
         return (self.dim + 4) * u * (a * x_norm * self._norm_max + c * self._norm_max ** 2)
 
+    def _mean_error_bound(self, bound):
+        """(b,) float64 bound on ‖ȳ̂ − ȳ‖₂ of screened rows whose logits are within ``bound`` (b,)
+        (module docs, step 4): the second GEMM's rounding plus the weights' error."""
+        u = unit_roundoff(self.atoms.dtype, bound.device)
+        moved = torch.expm1(2.0 * (bound + _EXP_ULPS * u)) + self.n * math.exp(-_LOGIT_FLOOR)
+        return self._norm_max * ((self.n + 2) * u + 2.0 * moved)
+
     def _solve_block(self, x, t, top_k, blas, values=None, rows=None):
         b = x.shape[0]
         one_minus, squared, a = self._coefficients(t)
@@ -559,6 +591,7 @@ class EmpiricalFlow:
                 exact=torch.ones_like(bound, dtype=torch.bool),
                 logit_error_bound=torch.zeros_like(bound),
                 neglected_bound=torch.full_like(bound, min(1.0, self.n * math.exp(-self.cutoff))),
+                mean_error_bound=torch.zeros_like(bound),
             )
             return ybar, diag, top
 
@@ -566,6 +599,7 @@ class EmpiricalFlow:
         max_w = torch.empty(b, dtype=torch.float64, device=x.device)
         entropy = torch.empty_like(max_w)
         neglected = torch.full_like(bound, min(1.0, self.n * math.exp(-self.cutoff)))
+        mean_error = torch.zeros_like(bound)
         top_w = torch.zeros(b, top_k, dtype=torch.float64, device=x.device)
         top_i = torch.zeros(b, top_k, dtype=torch.int64, device=x.device)
 
@@ -648,6 +682,7 @@ class EmpiricalFlow:
             del scores
             total, w_log_w = _exponentiate(weights, best[rows])
             ybar[rows] = gemm.matmul(weights, self.atoms, blas=blas).double() / total[:, None]
+            mean_error[rows] = self._mean_error_bound(bound[rows])
             max_w[rows] = 1.0 / total
             entropy[rows] = total.log() - w_log_w / total
             if top_k:   # ties among the k taken lowest index first (sorting the whole block would double its memory)
@@ -664,6 +699,7 @@ class EmpiricalFlow:
             exact=exact,
             logit_error_bound=bound.masked_fill(exact, 0.0),
             neglected_bound=neglected,
+            mean_error_bound=mean_error,
         )
         return ybar, diag, (top_w, top_i)
 
@@ -761,6 +797,7 @@ class EmpiricalFlow:
             logit_error_bound=torch.zeros(b, dtype=torch.float64, device=x.device),
             neglected_bound=self._dropped_mass_bound(log_dropped, log_w, error,
                                                      log_w[:, -1].abs() + error[:, -1] + slack),
+            mean_error_bound=torch.zeros(b, dtype=torch.float64, device=x.device),
         )
         return ybar, diag, (w[:, :top_k], idx[:, :top_k])
 
@@ -858,6 +895,12 @@ def _mass_bound(log_ratio, size, floor=0.0):
 # (N = 50,000, t = 0.2: train + 105 MiB instead of + 132 MiB); 4 MiB was 1.22x slower at t = 0.2,
 # where ~64 candidates a row leave two rows a block.
 _EXACT_BLOCK_BYTES = 16 << 20
+# screened logits more than this below their row's best are clamped there (_exponentiate)
+_LOGIT_FLOOR = 80.0
+# a dense weight exp(ℓ̃ − best) is within a factor e^(±_EXP_ULPS·u) of the exponential of its
+# screened logit: the difference, at most _LOGIT_FLOOR in size, rounds by ≤ _LOGIT_FLOOR·u and the
+# exponential by ≤ 2 ulps (4u)
+_EXP_ULPS = _LOGIT_FLOOR + 4.0
 
 # logit matrices up to this size are passed over whole on an accelerator (kernel launches are what
 # costs there); larger ones in two to four equal parts (``_column_blocks``). The CPU's blocks are
@@ -977,7 +1020,7 @@ def _exponentiate(logits: torch.Tensor, best: torch.Tensor) -> tuple[torch.Tenso
     total = torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
     w_log_w = torch.zeros_like(total)
     for block in _column_blocks(logits):
-        log_w = block.sub_(best[:, None]).clamp_(min=-80.0)
+        log_w = block.sub_(best[:, None]).clamp_(min=-_LOGIT_FLOOR)
         w = torch.exp(log_w)
         total += w.sum(dim=1, dtype=torch.float64)
         w_log_w += torch.linalg.vecdot(w, log_w).double()
@@ -1002,9 +1045,11 @@ class PosteriorTrace:
     # added later: after the first five, so that unpacking a trace by position keeps working
     candidates: torch.Tensor
     logit_error_bound: torch.Tensor
+    mean_error_bound: torch.Tensor
 
 
-_TRACED = ("max_weight", "entropy", "neglected_bound", "exact", "candidates", "logit_error_bound")
+_TRACED = ("max_weight", "entropy", "neglected_bound", "exact", "candidates", "logit_error_bound",
+           "mean_error_bound")
 _NOT_EVALUATED = {torch.bool: False, torch.int64: -1}   # float fields: NaN
 
 

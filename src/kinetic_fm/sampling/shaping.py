@@ -93,6 +93,11 @@ class KTS:
     number, counts as one number and returns a float). The numeric parameters may be Python or
     NumPy numbers or 0-d tensors; α0 ≤ 1e6.
 
+    A tensor's η is formed in float64 and rounded once to the dtype of t: in float16 a gain below
+    about 3e-8 (half float16's smallest subnormal) reads 0, which an admissible β0 near its limit
+    reaches at t → 1 (with k = 3, β0 within 1e-9 relative of 1/(e^3 − 1) gives η(1) ≈ 1e-9, read
+    as 0 in float16); pass float32 or float64 times where the gain near the limit matters.
+
     Raises ValueError naming the parameter for a value out of its range (or not a finite number), a
     form not listed, a ``renormalize`` that is not True or False, or a ``beta0`` that makes η ≤ 0
     somewhere on [0, 1] (the message gives the largest admissible β0); ``kts(t)`` raises ValueError
