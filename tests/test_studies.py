@@ -2252,6 +2252,27 @@ def test_support_rows_are_spearman_of_kpe_and_each_density_and_the_claims_read_p
     assert figure.kwargs["annotation"].startswith("Spearman ρ = -1.000, 95% CI [-1.000, -1.000]")
 
 
+@pytest.mark.parametrize("kpe_of", ["independent", "falling"])
+def test_a_support_row_says_when_its_interval_rules_out_the_papers_rho(monkeypatch, kpe_of):
+    """An interval of ρ that covers 0 and stays well above the paper's −0.65 reads "inconclusive" (no
+    direction shown), but it has ruled out the paper's size: the note says so; an interval that reaches
+    the paper's value does not."""
+    assets = _support_assets(labelled=True)
+    if kpe_of == "falling":   # ρ = −1 in pixels: the interval holds −1, below the paper's value
+        kpe = lambda x: torch.from_numpy(_kth_distance(_clamped_pixels({"x": x}, assets),  # noqa: E731
+                                                       assets.train.flatten(1).double().numpy(), 3))
+    else:                     # KPE of each sample's own seed, unrelated to where it lies
+        kpe = lambda x: torch.rand(len(x), generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # noqa: E731
+    _, out, _ = _run_support(monkeypatch, assets, kpe=kpe)
+    rows = out.sections[0].tables[0][1].set_index(["support", "space"])
+    for claim, (method, paper) in zip(out.claims, (("kNN", -0.65), ("KDE", -0.64))):
+        low = rows.loc[(method, "pixels"), "CI low"]
+        said = f"the interval rules out the paper's {paper:+.2f}" in claim.note
+        assert said == (low > paper), (method, low, claim.note)
+    if kpe_of == "independent":
+        assert any("rules out the paper's" in c.note for c in out.claims)   # the case the note is for
+
+
 def test_mixture_check_is_kpe_against_the_exact_log_density_of_the_weighted_ring():
     from scipy import stats
     from scipy.special import logsumexp
@@ -2878,6 +2899,18 @@ def test_report_scale_says_image_size_and_samples_per_study():
     cifar = _scale(ReproduceConfig.preset("full", data="cifar10:x"), ("shaping",), (3, 32, 32), 20000)
     assert "32×32×3 images (D = 3072 values" in cifar and "2000 per KTS setting" in cifar
     assert "generalising model" not in cifar and "`--full`" not in cifar
+
+
+def test_report_scale_says_an_inconclusive_row_misses_the_direction_and_a_note_says_a_ruled_out_size():
+    # it read "an inconclusive row says this run cannot show the effect" beside a support row whose
+    # interval [-0.092, +0.033] rules out the paper's ρ = -0.65
+    from kinetic_fm.studies.config import ReproduceConfig
+    from kinetic_fm.studies.reproduce import STUDIES, _scale
+
+    text = _scale(ReproduceConfig.preset("quick"), STUDIES, (1, 8, 8), 1497)
+    assert "cannot show the effect" not in text
+    assert "an inconclusive row says this run has not shown the direction, not that the paper is wrong" in text
+    assert "the row's note says that the interval rules out the paper's value" in text
 
 
 def test_a_run_that_only_reread_the_cache_says_its_seconds_are_the_metrics(tmp_path):

@@ -1024,3 +1024,40 @@ def test_tied_groups_are_inconclusive_under_numpy_errors_set_to_raise():
     # Brunner–Munzel divides by a zero variance here; np.seterr(all="raise") made it raise (helper-148)
     with np.errstate(all="raise"):
         assert late_energy_verdict(np.ones(20), np.ones(30)) == ("inconclusive", 1.0)
+
+
+@pytest.mark.parametrize("low, high, paper, expected", [
+    (-0.092, 0.033, -0.65, True),      # the audit's support row: ρ far weaker than the paper's
+    (-0.70, -0.30, -0.65, False),      # the interval holds the paper's value
+    (-0.90, -0.70, -0.65, False),      # stronger than the paper's: not "smaller in its direction"
+    (0.10, 0.20, 0.50, True), (0.40, 0.60, 0.50, False), (0.55, 0.70, 0.50, False),
+    (-0.5, 0.5, -0.65, True), (math.nan, 0.1, -0.65, False), (-0.1, 0.1, 0.0, False),
+])
+def test_rules_out_paper_size_reads_the_zero_side_of_the_papers_effect(low, high, paper, expected):
+    from kinetic_fm.studies.verdicts import rules_out_paper_size
+
+    assert rules_out_paper_size(low, high, paper) is expected
+
+
+def test_a_shaping_row_says_when_its_interval_rules_out_the_papers_size():
+    # launch only = plain FM: a ΔFD interval about 0, a few % of the FD wide, rules out the paper's
+    # −32% (FID 16.68 → 11.27) though it reads "inconclusive"; landing only moves FD by more than the
+    # paper's +419% here, and copies 5 points less, far from the paper's −0.180
+    import re
+
+    from kinetic_fm.studies.shaping import shaping_claims
+
+    fd_shift = {name: 1.0 for name in SETTINGS} | {"landing only": 2.5}
+    share = {name: 0.4 for name in SETTINGS} | {"landing only": 0.35}
+    feats, memorized, value, reference, boot = _grid(fd_shift, share)
+    claims = {c.statement: c for c in shaping_claims(feats, memorized, value, "FD", reference, boot)}
+    base = value.loc["plain FM", "FD"]
+    launch = claims["Launch-only KTS improves quality"]
+    low, high = map(float, re.search(r"ΔFD 95% CI \[([^,]+), ([^\]]+)\]", launch.ci).groups())
+    assert launch.verdict == "inconclusive" and low / base > -0.3244
+    assert "rules out the paper's -32% (FID 16.68 → 11.27)" in launch.note, launch.note
+    assert "rules out" not in claims["Landing-only KTS costs quality"].note
+    fewer = claims["Landing-only KTS reduces memorization"]
+    low = float(re.search(r"ΔF_mem 95% CI \[([^,]+),", fewer.ci).group(1))
+    assert fewer.verdict == "reproduced" and low > -0.1798
+    assert fewer.note.endswith("; the interval rules out the paper's -0.180"), fewer.note

@@ -339,8 +339,11 @@ def _scale(cfg: ReproduceConfig, studies: tuple[str, ...], image_shape: tuple[in
         f"**Scale.** A {cfg.mode} run: {size} images (D = {dim} values, pixels scaled to [-1, 1]), {n_train} "
         f"training images, samples: {'; '.join(counts)}. The paper works on CIFAR-10 and CelebA-32 (32×32×3, "
         "D = 3072) and ImageNet-256 (SiT), with nets trained on 50,000 or more images, so our effects and their "
-        "intervals describe this small setting only: an inconclusive row says this run cannot show the effect, "
-        "not that the paper is wrong."
+        "intervals describe this small setting only. A verdict reads the effect's direction: an inconclusive row "
+        "says this run has not shown the direction, not that the paper is wrong. Where the paper gives a size "
+        "ours can be set against (a correlation ρ, a change of FD as a share of plain FM's, a difference of "
+        "F_mem) and our interval excludes it on the side of zero, the row's note says that the interval rules "
+        "out the paper's value: an effect, if any, far smaller here."
         + (" `--full` draws 2.5–4 times as many samples and trains the nets longer." if cfg.mode == "quick" else "")
     )
 

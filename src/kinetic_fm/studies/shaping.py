@@ -10,6 +10,7 @@ intervals come from a paired bootstrap over samples, basic intervals for FD diff
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -25,7 +26,7 @@ from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, JackknifeRefer
                      jackknife_fd_intervals, jackknife_reference, fd_interval_pointer, fd_interval_terms)
 from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci,
-                       fmt_significant, percent_of, verdict_from_interval, verdict_of_all)
+                       fmt_significant, percent_of, rules_out_paper_size, verdict_from_interval, verdict_of_all)
 from .workspace import Workspace
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,6 +65,30 @@ def ablation_grid(cfg: ShapingConfig) -> list[Setting]:
     grid += [Setting("plain FM · cosine grid", "grid", None, grid="cosine"),
              Setting("balanced · cosine grid", "grid", balanced, grid="cosine")]
     return grid
+
+
+#: the paper's (FID, F_mem) of the main settings (CelebA-32), which the notes weigh our intervals against
+PAPER_MAIN = {"plain FM": (16.68, 0.3734), "launch only": (11.27, 0.3678), "landing only": (86.56, 0.1936),
+              "balanced": (14.35, 0.3122)}
+
+
+def paper_size_note(ci: Interval, name: str, part: str, baseline_fd: float) -> str:
+    """"; the interval ... rules out the paper's ..." when the 95% interval ``ci`` of setting ``name`` −
+    plain FM excludes the paper's change towards zero (:func:`~kinetic_fm.studies.verdicts.rules_out_paper_size`),
+    else "". ``part``: "FD" (the interval and the paper's FID change compared as shares of the baseline,
+    ``baseline_fd``, plain FM's FD: FD and FID are on other scales) or "F_mem" (both fractions)."""
+    (paper_fd, paper_mem), (base_fid, base_mem) = PAPER_MAIN[name], PAPER_MAIN["plain FM"]
+    low, high = float(ci[0]), float(ci[1])
+    if part == "F_mem":
+        change = paper_mem - base_mem
+        return f"; the interval rules out the paper's {change:+.3f}" if rules_out_paper_size(low, high, change) else ""
+    if not (math.isfinite(baseline_fd) and baseline_fd > 0):
+        return ""
+    change = (paper_fd - base_fid) / base_fid
+    if not rules_out_paper_size(low / baseline_fd, high / baseline_fd, change):
+        return ""
+    return (f"; the interval ({percent_of(low, baseline_fd)} to {percent_of(high, baseline_fd)} of plain FM's FD) "
+            f"rules out the paper's {percent_of(paper_fd - base_fid, base_fid)} (FID {base_fid} → {paper_fd})")
 
 
 # The claims' rules. Each Δ is setting − plain FM on the same seeds, given as its 95% interval
@@ -296,12 +321,17 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
         change = percent_of(float(value.loc[name, fd_name]) - base_fd, base_fd)
         return f"{fmt_ci(*ci, what)}{wider_text(wider)}, {change} of {'τ=0.6' if base == 'balanced' else base}'s FD"
 
+    def fd_size_note(ci, name: str) -> str:
+        # an FD interval that decides nothing (n ≤ D) rules nothing out either
+        return "" if fd_undecided else paper_size_note(ci, name, "FD", float(fm_fd))
+
     # the paper's F_mem percentages are written as fractions (37.34% as 0.3734), as F_mem is everywhere in the report
     (fd_ci, mem_ci) = delta("launch only")
     claims.append(Claim("shaping", "Launch-only KTS improves quality", "FID 16.68 → 11.27 (CelebA-32)",
                         ours("launch only"), n, fd_ci_text(fd_ci, "launch only"),
                         fd_verdict(launch_only_verdict(fd_ci)), "paired basic bootstrap of the FD difference; "
-                        "reproduced when its 95% CI lies below 0" + undecided_note))
+                        "reproduced when its 95% CI lies below 0" + undecided_note
+                        + fd_size_note(fd_ci, "launch only")))
     (fd_ci, mem_ci) = delta("landing only")
     nothing_copied = not np.asarray(memorized["plain FM"]).any()  # no memorization to reduce
     claims.append(Claim("shaping", "Landing-only KTS reduces memorization", "F_mem 0.3734 → 0.1936 (CelebA-32)",
@@ -309,11 +339,13 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
                         "not measured" if nothing_copied else landing_only_memorization_verdict(mem_ci),
                         "paired percentile bootstrap of the F_mem difference; reproduced when its 95% CI lies below 0"
                         + ("; not measured here: under plain FM the memorizing net copies none of its "
-                           "samples, so there is no memorization to reduce" if nothing_copied else "")))
+                           "samples, so there is no memorization to reduce" if nothing_copied
+                           else paper_size_note(mem_ci, "landing only", "F_mem", fm_fd))))
     claims.append(Claim("shaping", "Landing-only KTS costs quality", "FID 16.68 → 86.56 (CelebA-32)",
                         ours("landing only"), n, fd_ci_text(fd_ci, "landing only"),
                         fd_verdict(landing_only_quality_verdict(fd_ci)), "paired basic bootstrap of the FD difference; "
-                        "reproduced when its 95% CI lies above 0" + undecided_note))
+                        "reproduced when its 95% CI lies above 0" + undecided_note
+                        + fd_size_note(fd_ci, "landing only")))
     (fd_ci, mem_ci) = delta("balanced")
     parts = 2  # ΔFD and ΔF_mem: either can fail the claim
     tail = 0.025 / parts
