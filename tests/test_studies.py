@@ -2390,6 +2390,15 @@ def test_semantics_groups_and_correlations_read_the_margin_by_kpe(tmp_path, monk
     by_excess = stats.spearmanr(frame["excess_energy"], margin).statistic
     assert f"here ρ(KPE, ½‖x0‖²) = {by_noise:+.3f} (95% CI [" in text          # each interval says its level
     assert f"against the margin: ρ = {by_excess:+.3f} (95% CI [" in text and "p_perm = nan" not in text
+    # both context correlations read in words, the excess energy's too (it had none beside the noise's)
+    from kinetic_fm.studies.verdicts import link_in_words
+
+    pattern = r"ρ(?:\(KPE, ½‖x0‖²\))? = [^(]+\(95% CI \[([^,]+), ([^\]]+)\]\)[^(]*\(([^)]+)\)"
+    found = list(re.finditer(pattern, text))
+    assert len(found) == 2, text                              # by the noise's energy, and the excess's
+    for match in found:
+        low, high = float(match.group(1)), float(match.group(2))
+        assert match.group(3) == link_in_words(low, high), match.group(0)
     scatter = drawn["kpe_vs_margin"]
     np.testing.assert_array_equal(scatter.args[0], kpe)
     np.testing.assert_array_equal(scatter.args[1], margin)
