@@ -1425,3 +1425,35 @@ def test_a_section_defines_the_terms_it_points_to_unless_the_intro_terms_do(tmp_
     md, _ = write_report(tmp_path / "other", title="t", intro="See the FD interval below.", claims=[],
                          sections=[section], meta={})
     assert own in md.read_text(encoding="utf-8")
+
+
+def test_a_claims_long_detail_goes_under_the_table_as_a_numbered_note_the_row_points_to(tmp_path):
+    # the Goldilocks row's note cell ran to ~900 characters: the cell keeps the rule, the rest is a note
+    detail = "T is the better end quintile's FD minus the best interior one's. " * 8
+    claims = [Claim("support", "sparser support", "ρ = -0.65", "ρ = -0.03", 1000, "[-0.09, +0.03]", "inconclusive",
+                    "reproduced when the CI lies below 0"),
+              Claim("memorization", "Goldilocks", "U shape", "best Q3", 1000, "p = 0.01", "inconclusive",
+                    "reproduced when both tests pass", detail)]
+    md, html_path = write_report(tmp_path, title="t", intro="", claims=claims, sections=[], meta={})
+    text, page = md.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    header, _, rows = _md_table_after(text, "## Claims")
+    assert rows[0][-1] == "reproduced when the CI lies below 0"                  # no detail, no pointer
+    assert rows[1][-1] == "reproduced when both tests pass (note 1)"
+    assert detail.strip() not in "".join(rows[1])
+    notes = text[text.index("**Notes to the claims.**"):text.index("## Run")]
+    assert f"1. memorization, “Goldilocks”: {detail.strip()}" in notes.splitlines()
+    assert text.index("| Goldilocks |") < text.index("**Notes to the claims.**")
+    assert f'<li id="note-1">memorization, “Goldilocks”: {html.escape(detail.strip())}</li>' in page
+    assert "reproduced when both tests pass (note 1)</td>" in page
+
+
+def test_a_figure_caption_is_shown_once_and_its_alt_text_is_its_first_sentence(tmp_path):
+    png = F.line_figure("tiny", "c", [0, 1], {"a": [0, 1]}, xlabel="x", ylabel="y").png
+    caption = ("FD by quintile of KPE [lower is better]. Whiskers: each quintile's own 95% interval. "
+               "The claims table's test judges the shape.")
+    md, html_path = write_report(tmp_path, title="t", intro="", claims=[], meta={},
+                                 sections=[Section("Goldilocks", figures=[Figure("bars", caption, png)])])
+    text, page = md.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    assert text.count(caption) == 1 and f"*{caption}*" in text.splitlines()
+    assert "![FD by quintile of KPE (lower is better).](figures/bars.png)" in text.splitlines()
+    assert 'alt="FD by quintile of KPE (lower is better)."' in page and page.count("Whiskers: each") == 1

@@ -820,7 +820,8 @@ def test_tiny_report_figures_label_their_axes(tiny_report):
 def test_tiny_report_tables_show_the_symbols_and_one_label_for_the_energy_after_06(tiny_report):
     """The KTS grid's headers read α0, β0, τ as the Terms paragraph writes them (alpha0, beta0, tau
     stay the Parquet names); the memorizer table's late energy is the energy after t = 0.6, the KTS
-    grid's column, and is shown under that column's label (it read "mean late energy (t ≥ τ)")."""
+    grid's column, and is named as that column, in the report and in its Parquet file alike (the file
+    named it "mean late energy (t ≥ τ)")."""
     from kinetic_fm.sampling.energy import energy_after
 
     out, md, html = tiny_report
@@ -839,10 +840,11 @@ def test_tiny_report_tables_show_the_symbols_and_one_label_for_the_energy_after_
     run = torch.load(path, weights_only=True)
     late = float(energy_after(run["profile"], run["times"], 0.6).mean())     # the grid column's quantity
     assert float(run["split_time"]) == 0.6            # the label's time, the sampler's own (not re-derived)
-    assert checkpoints["mean late energy (t ≥ τ)"].iloc[-1] == pytest.approx(late, rel=1e-12)
+    assert "mean late energy (t ≥ τ)" not in checkpoints.columns
+    assert checkpoints["mean KPE after t = 0.6"].iloc[-1] == pytest.approx(late, rel=1e-12)
     rows = _markdown_table(text, "Memorizing net across training")
     assert "mean KPE after t = 0.6" in rows[-1] and not [h for h in rows[-1] if "late energy" in h]
-    assert rows[-1]["mean KPE after t = 0.6"] == format_value(checkpoints["mean late energy (t ≥ τ)"].iloc[-1])
+    assert rows[-1]["mean KPE after t = 0.6"] == format_value(checkpoints["mean KPE after t = 0.6"].iloc[-1])
     assert "mean late energy" not in text and "mean late energy" not in page
 
 
@@ -935,6 +937,7 @@ def test_tiny_report_memorizer_training_kpe_stacks_its_two_log_axes_over_one_sha
 
 
 def test_tiny_report_gives_every_figure_a_caption_and_alt_text(tiny_report):
+    import html as html_module
     import re
 
     out, md, html = tiny_report
@@ -947,6 +950,11 @@ def test_tiny_report_gives_every_figure_a_caption_and_alt_text(tiny_report):
     text = md.read_text(encoding="utf-8")
     for name in names:
         assert re.search(rf"!\[[^\]]{{20,}}\]\(figures/{name}\.png\)\n\n\*[^*\n]{{20,}}\*", text), name
+    # one visible caption: the alt text is its first sentence, not the caption again (each was written twice)
+    for _, alt, caption in found:
+        caption, alt = html_module.unescape(caption), html_module.unescape(alt)
+        assert len(alt) <= 61 and caption.startswith(alt.rstrip("…")[:20]), (alt, caption)
+        assert text.count(caption) == 1 or len(caption) <= 61, caption
 
 
 def test_tiny_report_says_what_ran_what_verdicts_mean_and_each_rule(tiny_report):
@@ -1211,6 +1219,49 @@ def test_the_late_spike_claim_states_bounds_its_own_table_keeps(tiny_report):
     assert [_percent_up(v) for v in (0.1, 0.1042, 0.10401, 0.0999)] == ["10.0%", "10.5%", "10.5%", "10.0%"]
 
 
+def _claim_rows(text: str) -> dict[str, list[str]]:
+    """The claims table's rows of a report's Markdown, by claim, each as its 8 cells."""
+    lines = text[text.index("## Claims"):text.index("**Notes to the claims.**")].splitlines()
+    rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines if line.startswith("| ")]
+    return {row[1]: row for row in rows[2:] if len(row) == 8}
+
+
+def test_tiny_report_claims_keep_short_cells_and_put_the_long_notes_under_the_table(tiny_report):
+    # the Goldilocks note cell ran to ~900 characters and the τ row's CI cell to ~400
+    from kinetic_fm.studies.memorization import _percent_up
+
+    out, md, html = tiny_report
+    text = md.read_text(encoding="utf-8")
+    rows = _claim_rows(text)
+    assert len(rows) == 12
+    for claim, row in rows.items():
+        assert max(len(cell) for cell in row) <= 320, (claim, max(row, key=len))
+    notes = text[text.index("**Notes to the claims.**"):text.index("\n## ", text.index("## Claims"))]
+    numbered = dict(re.findall(r"^(\d+)\. [a-z]+, “([^”]+)”: ", notes, re.M))
+    for number, claim in numbered.items():
+        assert rows[claim][-1].endswith(f"(note {number})"), rows[claim]
+    assert {"Goldilocks: quality is best at intermediate energy", "τ_split = 0.6 gives the best quality",
+            "EFM trajectories spend their energy at the very end (late spike)"} <= set(numbered.values())
+    assert "98.33% CIs of ΔFD τ − τ=0.6" in notes
+
+    # Goldilocks: the content control is the report's own test, and copies are untested when none is made
+    goldilocks = rows["Goldilocks: quality is best at intermediate energy"][-1]
+    assert "the ‖x1‖² control (the report's own test" in goldilocks
+    quintiles = pd.read_parquet(out / "tables" / "memorization__goldilocks.parquet")
+    untested = "too much energy drives copies, is untested here"
+    assert not quintiles["F_mem"].any()                      # the tiny run's generalising model copies nothing
+    assert "copies untested (F_mem = 0 in every quintile)" in goldilocks and untested in notes
+    assert "The second is this report's own addition, not a test the paper makes" in notes
+
+    # the late spike: the Jensen bound the run computed, quoted in the row, fixes "not reproduced"
+    spike = rows["EFM trajectories spend their energy at the very end (late spike)"]
+    bound = max(float(r["bound on that share (Jensen)"])
+                for r in _markdown_table(text, "EFM on training subsets of growing size"))
+    assert bound < 0.5 and spike[-2].endswith("not reproduced")
+    assert f"caps that share at {_percent_up(bound)} here, so the maths rule out \"reproduced\"" in spike[-1]
+    assert "(this report's threshold: the paper gives none)" in spike[-1]
+
+
 def test_memorizer_table_adds_the_audit_in_the_training_span_as_context(tiny_report):
     """The checkpoint table keeps its columns and appends F_mem in the 15 principal directions of
     the memorizing net's 16 images (samples unclamped) with its CI; the final table's ratios give it."""
@@ -1218,7 +1269,7 @@ def test_memorizer_table_adds_the_audit_in_the_training_span_as_context(tiny_rep
     table = pd.read_parquet(out / "tables" / "memorization__memorizer_checkpoints.parquet")
     column = "span F_mem"
     assert list(table.columns) == ["training step", "F_mem", "F_mem CI low", "F_mem CI high", "mean KPE",
-                                   "mean late energy (t ≥ τ)", "mean share after t = 0.9", "FD-digits-cnn",
+                                   "mean KPE after t = 0.6", "mean share after t = 0.9", "FD-digits-cnn",
                                    column, f"{column} CI low", f"{column} CI high"]
     assert (table[f"{column} CI low"] <= table[column]).all() and (table[column] <= table[f"{column} CI high"]).all()
     final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
@@ -2212,7 +2263,7 @@ def test_memorizer_checkpoint_rows_average_their_samples_energies(tiny_report):
     row = pd.read_parquet(out / "tables" / "memorization__memorizer_checkpoints.parquet").iloc[-1]
     final = pd.read_parquet(out / "tables" / "memorization__memorizer_final.parquet")
     assert row["mean KPE"] == pytest.approx(final["kpe"].mean(), rel=1e-12)
-    assert row["mean late energy (t ≥ τ)"] == pytest.approx(final["late"].mean(), rel=1e-12)
+    assert row["mean KPE after t = 0.6"] == pytest.approx(final["late"].mean(), rel=1e-12)
     assert row["mean share after t = 0.9"] == pytest.approx(final["late_fraction_t0.9"].mean(), rel=1e-12)
 
 
@@ -2347,6 +2398,27 @@ def test_support_rows_are_spearman_of_kpe_and_each_density_and_the_claims_read_p
     assert figure.kwargs["annotation"].startswith("Spearman ρ = -1.000, 95% CI [-1.000, -1.000]")
 
 
+@pytest.mark.parametrize("kpe_of", ["independent", "falling"])
+def test_a_support_row_says_when_its_interval_rules_out_the_papers_rho(monkeypatch, kpe_of):
+    """An interval of ρ that covers 0 and stays well above the paper's −0.65 reads "inconclusive" (no
+    direction shown), but it has ruled out the paper's size: the note says so; an interval that reaches
+    the paper's value does not."""
+    assets = _support_assets(labelled=True)
+    if kpe_of == "falling":   # ρ = −1 in pixels: the interval holds −1, below the paper's value
+        kpe = lambda x: torch.from_numpy(_kth_distance(_clamped_pixels({"x": x}, assets),  # noqa: E731
+                                                       assets.train.flatten(1).double().numpy(), 3))
+    else:                     # KPE of each sample's own seed, unrelated to where it lies
+        kpe = lambda x: torch.rand(len(x), generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # noqa: E731
+    _, out, _ = _run_support(monkeypatch, assets, kpe=kpe)
+    rows = out.sections[0].tables[0][1].set_index(["support", "space"])
+    for claim, (method, paper) in zip(out.claims, (("kNN", -0.65), ("KDE", -0.64))):
+        low = rows.loc[(method, "pixels"), "CI low"]
+        said = f"the interval rules out the paper's {paper:+.2f}" in claim.note
+        assert said == (paper < low <= 0), (method, low, claim.note)
+    if kpe_of == "independent":
+        assert any("rules out the paper's" in c.note for c in out.claims)   # the case the note is for
+
+
 def test_mixture_check_is_kpe_against_the_exact_log_density_of_the_weighted_ring():
     from scipy import stats
     from scipy.special import logsumexp
@@ -2464,6 +2536,15 @@ def test_semantics_groups_and_correlations_read_the_margin_by_kpe(tmp_path, monk
     by_excess = stats.spearmanr(frame["excess_energy"], margin).statistic
     assert f"here ρ(KPE, ½‖x0‖²) = {by_noise:+.3f} (95% CI [" in text          # each interval says its level
     assert f"against the margin: ρ = {by_excess:+.3f} (95% CI [" in text and "p_perm = nan" not in text
+    # both context correlations read in words, the excess energy's too (it had none beside the noise's)
+    from kinetic_fm.studies.verdicts import link_in_words
+
+    pattern = r"ρ(?:\(KPE, ½‖x0‖²\))? = [^(]+\(95% CI \[([^,]+), ([^\]]+)\]\)[^(]*\(([^)]+)\)"
+    found = list(re.finditer(pattern, text))
+    assert len(found) == 2, text                              # by the noise's energy, and the excess's
+    for match in found:
+        low, high = float(match.group(1)), float(match.group(2))
+        assert match.group(3) == link_in_words(low, high), match.group(0)
     scatter = drawn["kpe_vs_margin"]
     np.testing.assert_array_equal(scatter.args[0], kpe)
     np.testing.assert_array_equal(scatter.args[1], margin)
@@ -2978,6 +3059,27 @@ def test_report_terms_define_each_abbreviation_the_claims_and_tables_use():
     assert "FD-pixels-PCA64+residual:" in unlabelled and "classifier `" not in unlabelled
 
 
+def test_report_terms_give_the_kts_schedules_k_and_the_gains_the_grid_reaches():
+    # "alpha0 = 0.02 / beta0 = 0.02" read as a 2 % change, though the exponential landing with k = 3
+    # brakes η to 1 − 0.02 (e^3 − 1) ≈ 0.62 at t = 1; the formulas and k sat in a docstring only
+    from kinetic_fm.studies.config import ReproduceConfig
+    from kinetic_fm.studies.reproduce import terms_text
+    from kinetic_fm.studies.shaping import ablation_grid
+
+    cfg = ReproduceConfig.preset("quick").shaping
+    text = terms_text("digits-cnn", shaping=cfg)
+    grid = {setting.name: setting.kts for setting in ablation_grid(cfg)}
+    assert f"k = {grid['balanced'].k:g}" in text and grid["balanced"].k == KTS().k
+    assert "β(t) = exponential β0 (e^{ks} − 1) (the default)" in text
+    assert "α(t) = linear α0 (1 − t/τ) (the default)" in text
+    landing = grid["landing only"](1.0)
+    assert landing == pytest.approx(1 - 0.02 * math.expm1(3.0))                 # ≈ 0.618, not 0.98
+    assert f"landing only (β0 = 0.02) η(1) = {landing:.3f} (power ×{landing ** 2:.2f})" in text
+    assert f"launch only (α0 = 0.02) η(0) = {grid['launch only'](0.0):.3g}" in text
+    assert f"η(1) = {grid['balanced'](1.0):.3f}" in text
+    assert "KTS schedules" not in terms_text("digits-cnn")                     # a section rendered without it
+
+
 def test_report_scale_says_image_size_and_samples_per_study():
     from kinetic_fm.studies.config import ReproduceConfig
     from kinetic_fm.studies.reproduce import STUDIES, _scale
@@ -2990,6 +3092,44 @@ def test_report_scale_says_image_size_and_samples_per_study():
     cifar = _scale(ReproduceConfig.preset("full", data="cifar10:x"), ("shaping",), (3, 32, 32), 20000)
     assert "32×32×3 images (D = 3072 values" in cifar and "2000 per KTS setting" in cifar
     assert "generalising model" not in cifar and "`--full`" not in cifar
+
+
+def test_report_scale_says_an_inconclusive_row_misses_the_direction_and_a_note_says_a_ruled_out_size():
+    # it read "an inconclusive row says this run cannot show the effect" beside a support row whose
+    # interval [-0.092, +0.033] rules out the paper's ρ = -0.65
+    from kinetic_fm.studies.config import ReproduceConfig
+    from kinetic_fm.studies.reproduce import STUDIES, _scale
+
+    text = _scale(ReproduceConfig.preset("quick"), STUDIES, (1, 8, 8), 1497)
+    assert "cannot show the effect" not in text
+    assert "an inconclusive row says this run has not shown the direction, not that the paper is wrong" in text
+    assert "the row's note says that the interval rules out the paper's value" in text
+
+
+def test_tiny_report_explains_each_per_sample_column_once_beside_its_tables(tiny_report):
+    # kpe_raw, early, late and peak were explained nowhere in the report
+    out, md, html = tiny_report
+    text = md.read_text(encoding="utf-8")
+    intro = text[:text.index("## Claims")]
+    columns = set()
+    for name in ("semantics__general_samples", "memorization__efm_n8", "memorization__memorizer_final"):
+        columns |= {"seed", "kpe", "kpe_raw", "early", "late", "peak", "late_fraction_t0.9"} & set(
+            pd.read_parquet(out / "tables" / f"{name}.parquet").columns)
+        assert f"`{name}" in intro or f"`{name[:-1]}*`" in intro, name
+    assert columns == {"seed", "kpe", "kpe_raw", "early", "late", "peak", "late_fraction_t0.9"}
+    lines = [line for line in intro.splitlines() if line.startswith("- `")]
+    for column in columns:
+        (line,) = [line for line in lines if f"`{column}`" in line.split(":")[0]]
+        assert len(line) > 30, line
+    assert "<li><code>kpe_raw</code>" in html.read_text(encoding="utf-8")
+
+
+def test_the_per_sample_columns_paragraph_names_only_the_tables_the_studies_write():
+    from kinetic_fm.studies.reproduce import per_sample_columns_text
+
+    assert per_sample_columns_text(("support", "shaping")) == ""
+    text = per_sample_columns_text(("semantics",))
+    assert "`semantics__general_samples`" in text and "memorization__" not in text and text.endswith("\n\n")
 
 
 def test_a_run_that_only_reread_the_cache_says_its_seconds_are_the_metrics(tmp_path):
@@ -3127,6 +3267,18 @@ def test_a_cached_study_keeps_its_sections_table_formats():
     section = _decode(_encode(output)).sections[0]
     assert section.formats == {"Spearman ρ": "+.3f"}
     assert section.terms == {"FD interval": "a jackknife interval"}   # a section rendered alone defines them
+
+
+def test_the_goldilocks_note_says_when_only_the_reports_own_control_keeps_it_inconclusive():
+    # the quick report: the paper's test holds (p = 0.00995), the report's added ‖x1‖² control does not
+    from kinetic_fm.studies.memorization import goldilocks_reading, goldilocks_verdict
+
+    split = {"p_interior": 0.00995, "p_end": 0.995, "beyond_low": -236.0, "beyond_high": -97.6, "n_min": 200,
+             "dim": 128}
+    words = "so the paper's own test holds and the report's added control keeps the row inconclusive"
+    assert goldilocks_verdict(split) == "inconclusive" and goldilocks_reading(split).endswith(words)
+    for other in ({**split, "p_interior": 0.3}, {**split, "beyond_low": 3.0, "beyond_high": 9.0}):
+        assert words not in goldilocks_reading(other)
 
 
 @pytest.mark.parametrize("tests, verdict, words", [

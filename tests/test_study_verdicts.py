@@ -203,7 +203,7 @@ def test_no_fd_part_decides_a_shaping_claim_with_no_more_samples_than_features()
     def verdicts(n, shares=shares):
         feats, memorized, value, reference, boot = _grid(fd_shift, shares, n=n, dim=40)
         claims = shaping_claims(feats, memorized, value, "FD", reference, boot)
-        return {c.statement: (c.verdict, c.note) for c in claims}
+        return {c.statement: (c.verdict, f"{c.note} {c.detail}") for c in claims}   # the cell and its note
 
     assert {v for v, _ in verdicts(41).values()} == {"reproduced"}
     decided = verdicts(40)
@@ -225,7 +225,7 @@ def test_no_fd_part_decides_a_shaping_claim_when_the_reference_has_no_more_rows_
                 "balanced τ=0.2": 0.8, "balanced τ=0.4": 0.8, "balanced τ=0.8": 0.8}
     shares = {name: 0.4 for name in SETTINGS} | {"landing only": 0.1, "balanced": 0.2}
     feats, memorized, value, reference, boot = _grid(fd_shift, shares, dim=40)
-    verdicts = {rows: {c.statement: (c.verdict, c.note) for c in shaping_claims(
+    verdicts = {rows: {c.statement: (c.verdict, f"{c.note} {c.detail}") for c in shaping_claims(
         feats, memorized, value, "FD", reference, boot, reference_rows=rows)} for rows in (41, 40)}
     assert {v for v, _ in verdicts[41].values()} == {"reproduced"}
     decided = verdicts[40]
@@ -509,8 +509,11 @@ def test_tau_split_row_shows_the_bonferroni_interval_its_verdict_reads(lift, exp
     tail = 0.025 / 3
     for tau in (0.2, 0.4, 0.8):
         d = _basic_deltas(feats, f"balanced τ={tau}", "balanced", reference, boot)
-        assert f"ΔFD τ={tau} − τ=0.6 95% CI [" in claim.ci and "], 98.33% CI [" in claim.ci, claim.ci
-        shown_95, shown_b = _shown_intervals(claim.ci, f"ΔFD τ={tau} − τ=0.6")
+        # the 95% intervals in the CI cell, the 98.33% ones in the row's note under the table (the cell ran
+        # to ~400 characters)
+        assert claim.ci.startswith("ΔFD τ − τ=0.6, 95% CI: ") and f"τ={tau} [" in claim.ci, claim.ci
+        assert claim.detail.startswith("the 98.33% CIs of ΔFD τ − τ=0.6"), claim.detail
+        (shown_95,), (shown_b,) = _shown_intervals(claim.ci, f"τ={tau}"), _shown_intervals(claim.detail, f"τ={tau}")
         # both ends to the decimals of the larger one's 3 significant digits: within 0.5% of the larger end
         for shown, tails in ((shown_95, [0.025, 0.975]), (shown_b, [tail, 1 - tail])):
             np.testing.assert_allclose(shown, np.quantile(d, tails), rtol=0, atol=5e-3 * max(map(abs, shown)))
@@ -1024,3 +1027,41 @@ def test_tied_groups_are_inconclusive_under_numpy_errors_set_to_raise():
     # Brunner–Munzel divides by a zero variance here; np.seterr(all="raise") made it raise (helper-148)
     with np.errstate(all="raise"):
         assert late_energy_verdict(np.ones(20), np.ones(30)) == ("inconclusive", 1.0)
+
+
+@pytest.mark.parametrize("low, high, paper, expected", [
+    (-0.092, 0.033, -0.65, True),      # the audit's support row: ρ far weaker than the paper's
+    (-0.70, -0.30, -0.65, False),      # the interval holds the paper's value
+    (-0.90, -0.70, -0.65, False),      # stronger than the paper's: not "smaller in its direction"
+    (0.10, 0.20, 0.50, True), (0.40, 0.60, 0.50, False), (0.55, 0.70, 0.50, False),
+    (-0.5, 0.5, -0.65, True), (math.nan, 0.1, -0.65, False), (-0.1, 0.1, 0.0, False),
+    (0.12, 0.60, -0.65, False), (-0.3, -0.1, 0.5, False),   # wholly on the other side: "not reproduced" says it
+])
+def test_rules_out_paper_size_reads_the_zero_side_of_the_papers_effect(low, high, paper, expected):
+    from kinetic_fm.studies.verdicts import rules_out_paper_size
+
+    assert rules_out_paper_size(low, high, paper) is expected
+
+
+def test_a_shaping_row_says_when_its_interval_rules_out_the_papers_size():
+    # launch only = plain FM: a ΔFD interval about 0, a few % of the FD wide, rules out the paper's
+    # −32% (FID 16.68 → 11.27) though it reads "inconclusive"; landing only moves FD by more than the
+    # paper's +419% here, and copies 5 points less, far from the paper's −0.180
+    import re
+
+    from kinetic_fm.studies.shaping import shaping_claims
+
+    fd_shift = {name: 1.0 for name in SETTINGS} | {"landing only": 2.5}
+    share = {name: 0.4 for name in SETTINGS} | {"landing only": 0.35}
+    feats, memorized, value, reference, boot = _grid(fd_shift, share)
+    claims = {c.statement: c for c in shaping_claims(feats, memorized, value, "FD", reference, boot)}
+    base = value.loc["plain FM", "FD"]
+    launch = claims["Launch-only KTS improves quality"]
+    low, high = map(float, re.search(r"ΔFD 95% CI \[([^,]+), ([^\]]+)\]", launch.ci).groups())
+    assert launch.verdict == "inconclusive" and low / base > -0.3244
+    assert "rules out the paper's -32% (FID 16.68 → 11.27)" in launch.note, launch.note
+    assert "rules out" not in claims["Landing-only KTS costs quality"].note
+    fewer = claims["Landing-only KTS reduces memorization"]
+    low = float(re.search(r"ΔF_mem 95% CI \[([^,]+),", fewer.ci).group(1))
+    assert fewer.verdict == "reproduced" and low > -0.1798
+    assert fewer.note.endswith("; the interval rules out the paper's -0.180"), fewer.note

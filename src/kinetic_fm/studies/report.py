@@ -71,7 +71,9 @@ class Claim:
         ci: the confidence interval in words, or ``""`` when there is none.
         verdict: ``"reproduced"``, ``"not reproduced"``, ``"inconclusive"`` or ``"not measured"``
             (the data cannot measure the claim, e.g. semantics without labels).
-        note: why, in one sentence.
+        note: the rule and what decided it, in one sentence (the table's cell: kept short).
+        detail: the rest, if any (how the intervals were made, what the test found, caveats): shown under
+            the claims table as a numbered note, which the row's note cell points to.
     """
 
     study: str
@@ -82,6 +84,7 @@ class Claim:
     ci: str
     verdict: str
     note: str = ""
+    detail: str = ""
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -273,9 +276,45 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Seq
 _CLAIM_HEADER = ["study", "claim", "paper", "ours", "n", "CI", "verdict", "note"]
 
 
-def _claim_cells(claim: Claim, labels: dict[str, str] = VERDICTS) -> list[str]:
+def _claim_cells(claim: Claim, number: int | None, labels: dict[str, str] = VERDICTS) -> list[str]:
+    """The row's cells; ``number``: its note's number under the table (None: no note), which the note cell
+    ends with."""
+    pointer = "" if number is None else f"{' ' if claim.note else ''}(note {number})"
     return [claim.study, claim.statement, claim.paper, claim.ours, str(int(claim.n)),
-            claim.ci or _MISSING, labels[claim.verdict], claim.note or ""]
+            claim.ci or _MISSING, labels[claim.verdict], (claim.note or "") + pointer]
+
+
+def _claim_notes(claims: Sequence[Claim]) -> tuple[list[int | None], list[tuple[int, Claim]]]:
+    """Each claim's note number (None for one without ``detail``) and the numbered notes, in table order."""
+    numbers: list[int | None] = []
+    notes: list[tuple[int, Claim]] = []
+    for claim in claims:
+        if claim.detail.strip():
+            notes.append((len(notes) + 1, claim))
+            numbers.append(len(notes))
+        else:
+            numbers.append(None)
+    return numbers, notes
+
+
+def _note_heading(claim: Claim) -> str:
+    return f"{claim.study}, “{claim.statement}”"
+
+
+def _note_text(claim: Claim) -> str:
+    """A claim's ``detail`` on one line, ending as a sentence does."""
+    text = " ".join(claim.detail.split())
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
+def figure_alt_text(caption: str, limit: int = 60) -> str:
+    """A figure's short alt text: the caption's first sentence, cut at a word within ``limit`` characters
+    ("…" marks the cut), brackets made parentheses (a Markdown alt text ends at an unmatched "]"). The
+    caption itself is shown once, under the figure."""
+    first = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", caption.strip().replace("\n", " "), maxsplit=1)[0]
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+    return first.replace("[", "(").replace("]", ")")
 
 
 def _verdict_summary(claims: Sequence[Claim]) -> str:
@@ -293,8 +332,12 @@ def _render_markdown(title: str, intro: str, claims: Sequence[Claim], sections: 
         out += [intro.strip(), ""]
     out += ["## Claims", ""]
     if claims:
+        numbers, notes = _claim_notes(claims)
         out += [f"{_verdict_summary(claims)}.", ""]
-        out += [_md_table(_CLAIM_HEADER, [_claim_cells(c) for c in claims]), ""]
+        out += [_md_table(_CLAIM_HEADER, [_claim_cells(c, k) for c, k in zip(claims, numbers)]), ""]
+        if notes:
+            out += ["**Notes to the claims.**", ""]
+            out += [f"{k}. {_note_heading(c)}: {_note_text(c)}" for k, c in notes] + [""]
     else:
         out += ["No claims were evaluated.", ""]
     for section in sections:
@@ -309,8 +352,7 @@ def _render_markdown(title: str, intro: str, claims: Sequence[Claim], sections: 
                 out += [f"**{_md_cell(caption)}**", ""]
             out += [_md_table(header, rows, _numeric_columns(rows, len(header))) if header else "(empty table)", ""]
         for fig in section.figures:
-            alt = fig.caption.replace("[", "(").replace("]", ")").replace("\n", " ")
-            out += [f"![{alt}](figures/{fig.name}.png)", "", f"*{fig.caption.strip()}*", ""]
+            out += [f"![{figure_alt_text(fig.caption)}](figures/{fig.name}.png)", "", f"*{fig.caption.strip()}*", ""]
     out += ["## Run", ""]
     items = _flatten_meta(meta)
     out += [_md_table(["key", "value"], items) if items else "No run metadata.", ""]
@@ -457,8 +499,13 @@ def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequ
             return "verdict " + by_label[cell].replace(" ", "-")
 
         numeric = [h == "n" for h in _CLAIM_HEADER]
-        body.append(_html_table(_CLAIM_HEADER, [_claim_cells(c, _HTML_VERDICTS) for c in claims], numeric=numeric,
-                                cell_class=verdict_class, table_class="claims"))
+        numbers, notes = _claim_notes(claims)
+        body.append(_html_table(_CLAIM_HEADER, [_claim_cells(c, k, _HTML_VERDICTS) for c, k in zip(claims, numbers)],
+                                numeric=numeric, cell_class=verdict_class, table_class="claims"))
+        if notes:
+            items = "".join(f'<li id="note-{k}">{_inline_html(f"{_note_heading(c)}: {_note_text(c)}")}</li>'
+                            for k, c in notes)
+            body.append(f'<p><strong>Notes to the claims.</strong></p><ol class="notes">{items}</ol>')
     else:
         body.append("<p>No claims were evaluated.</p>")
     body.append("</section>")
@@ -477,8 +524,8 @@ def _render_html(title: str, intro: str, claims: Sequence[Claim], sections: Sequ
             body.append(_html_table(header, rows, numeric=_numeric_columns(rows, len(header)), caption=caption))
         for fig in section.figures:
             data = base64.b64encode(bytes(fig.png)).decode("ascii")
-            cap = html.escape(fig.caption)
-            body.append(f'<figure id="fig-{fig.name}"><img src="data:image/png;base64,{data}" alt="{cap}">'
+            alt = html.escape(figure_alt_text(fig.caption))
+            body.append(f'<figure id="fig-{fig.name}"><img src="data:image/png;base64,{data}" alt="{alt}">'
                         f"<figcaption>{_inline_html(fig.caption)}</figcaption></figure>")
         body.append("</section>")
 

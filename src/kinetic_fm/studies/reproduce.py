@@ -22,13 +22,13 @@ from .. import gemm
 from ..runs.atomic import is_leftover
 from ..runs.lock import LOCK_NAME, RunLock
 from .assets import load_assets
-from .config import ReproduceConfig
+from .config import ReproduceConfig, ShapingConfig
 from .memorization import run_memorization
 from .output import FD_INTERVAL_TERM, StudyOutput, fd_space_text, jackknife_text, judge_text
 from .quality import SampleQuality, sample_quality
 from .report import TERMS_HEAD
 from .semantics import general_samples, run_semantics
-from .shaping import run_shaping
+from .shaping import kts_schedules_text, run_shaping
 from .study_cache import cached_study, entries_inputs, file_digest, study_key
 from .support import run_support
 from .timings import TIMINGS_FILE, StageTimes
@@ -229,8 +229,9 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
                          from_cache=invocations == 1 and sampled == 0
                          and ws.stages_loaded + ws.studies_loaded > 0,
                          studies_from_cache=ws.studies_computed == 0) + "\n\n"
+             + per_sample_columns_text(studies)
              + _scale(cfg, studies, tuple(assets.train.shape[1:]), len(assets.train)) + "\n\n"
-             + terms_text(assets.classifier_name, assets.classifier is not None))
+             + terms_text(assets.classifier_name, assets.classifier is not None, cfg.shaping))
     earlier = ws.report_figures()
     paths = write_report(ws.root, title="Kinetic energy of flow matching: reproduction report", intro=intro,
                          claims=claims, sections=sections, meta=meta)
@@ -285,7 +286,8 @@ def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:
         "\n\n**Verdicts.** “Reproduced”: our 95% interval (or a test at the 5% level) lies on the "
         "paper's side of zero or of the threshold the row's note names. “Not reproduced”: it lies on the "
         "other side; the data point against the claim. “Inconclusive”: neither: mostly the interval covers zero "
-        "(or the threshold), so at this sample size the data neither support nor contradict the claim. A claim "
+        "(or the threshold), so at this sample size the data neither support nor contradict the claim's direction "
+        "(the row's note says where the interval still rules out the paper's size). A claim "
         "of two parts that must both hold (“improves quality and reduces memorization”) is not reproduced when "
         "either part points against it; a row whose two tests ask one thing (Goldilocks) is inconclusive when "
         "they point different ways (its note gives both). “Not "
@@ -365,6 +367,30 @@ def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: d
     )
 
 
+def per_sample_columns_text(studies: tuple[str, ...] = STUDIES) -> str:
+    """What the per-sample energy columns of the study tables hold (:func:`~kinetic_fm.studies.samples.energy_frame`),
+    one line each, beside the list of the report's files, and a blank line after; "" when none of ``studies``
+    writes such a table."""
+    from ..sampling.sample import DEFAULT_SPLIT
+
+    tables = (["semantics__general_samples"] if "semantics" in studies else []) + (
+        ["memorization__efm_n*", "memorization__memorizer_final"] if "memorization" in studies else [])
+    if not tables:
+        return ""
+    return (
+        "**Per-sample energy columns** (the tables with one row per sample: "
+        + ", ".join(f"`{name}`" for name in tables) + "):\n\n"
+        "- `seed`: the seed of the sample's noise x0.\n"
+        "- `kpe`: its KPE, ½∫η²‖v‖² dt (η = 1 without shaping).\n"
+        "- `kpe_raw`: the same integral without the gain, ½∫‖v‖² dt (equal to `kpe` for plain FM).\n"
+        f"- `early`, `late`: the parts of `kpe` spent before and from the sampler's split time (t = {DEFAULT_SPLIT:g} "
+        "unless a KTS τ sets it, on a fixed grid the start of the first step from there): early + late = kpe.\n"
+        "- `peak`: the largest energy one step adds, ½h Σ_j w_j η_j²‖v_j‖² over its stages j (w_j the "
+        "solver's weights; it shrinks with the step h).\n"
+        "- `late_fraction_t0.9`: the share of `kpe` spent after t = 0.9.\n\n"
+    )
+
+
 def _scale(cfg: ReproduceConfig, studies: tuple[str, ...], image_shape: tuple[int, ...], n_train: int) -> str:
     """How the run's size compares with the paper's, so a reader weighs the intervals: image size
     and dimension, training images, samples per study (``image_shape`` (C, H, W) of one image)."""
@@ -382,16 +408,20 @@ def _scale(cfg: ReproduceConfig, studies: tuple[str, ...], image_shape: tuple[in
         f"**Scale.** A {cfg.mode} run: {size} images (D = {dim} values, pixels scaled to [-1, 1]), {n_train} "
         f"training images, samples: {'; '.join(counts)}. The paper works on CIFAR-10 and CelebA-32 (32×32×3, "
         "D = 3072) and ImageNet-256 (SiT), with nets trained on 50,000 or more images, so our effects and their "
-        "intervals describe this small setting only: an inconclusive row says this run cannot show the effect, "
-        "not that the paper is wrong."
+        "intervals describe this small setting only. A verdict reads the effect's direction: an inconclusive row "
+        "says this run has not shown the direction, not that the paper is wrong. Where the paper gives a size "
+        "ours can be set against (a correlation ρ, a change of FD as a share of plain FM's, a difference of "
+        "F_mem) and our interval excludes it on the side of zero, the row's note says that the interval rules "
+        "out the paper's value: an effect, if any, far smaller here."
         + (" `--full` draws 2.5–4 times as many samples and trains the nets longer." if cfg.mode == "quick" else "")
     )
 
 
-def terms_text(fd_space: str, classifier: bool = True) -> str:
+def terms_text(fd_space: str, classifier: bool = True, shaping: ShapingConfig | None = None) -> str:
     """The report's glossary: each abbreviation its tables and claims use, defined once. ``fd_space``
     names the Fréchet distance's feature space (the judging classifier, or without one the
-    principal space), as the tables write FD-<fd_space>."""
+    principal space), as the tables write FD-<fd_space>. ``shaping``: the KTS study's settings, whose
+    schedules and gains (:func:`~kinetic_fm.studies.shaping.kts_schedules_text`) follow the KTS entry."""
     fd = (f"FD-{fd_space}: the Fréchet distance between Gaussian fits to the penultimate-layer features of the "
           f"judging classifier `{fd_space}` (FID's recipe with this net in place of Inception; lower is better; "
           "not comparable with published FIDs, nor between sets of different sizes, since its bias shrinks as "
@@ -403,7 +433,9 @@ def terms_text(fd_space: str, classifier: bool = True) -> str:
         "sampling trajectory from noise x0 (t = 0) to the sample x1 (t = 1), in squared pixel units; a straight "
         "path at constant speed has the least, ½‖x1 − x0‖². Kinetic power: the integrand ½η²‖v‖². KTS (Kinetic "
         "Trajectory Shaping): sampling with ẋ = η(t)·v, a launch boost η = 1 + α(t) (size α0) before t = τ "
-        "(τ_split) and a landing brake η = 1 − β(t) (size β0) after it; plain FM is η = 1. NFE: the number of "
+        "(τ_split) and a landing brake η = 1 − β(t) (size β0) after it; plain FM is η = 1. "
+        + ("" if shaping is None else kts_schedules_text(shaping) + ". ")
+        + "NFE: the number of "
         "velocity evaluations of a sampling run (the KTS grid's NFE rows take more steps). EFM: the exact "
         "empirical flow-matching velocity of N training images, in closed form (no net). F_mem: the fraction "
         "of samples whose nearest training image is nearer than 1/3 of the distance to the second nearest "

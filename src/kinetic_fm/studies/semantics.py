@@ -146,7 +146,8 @@ def run_semantics(cfg: SemanticsConfig, assets: Assets, ws: Workspace, asset_key
         f"({link_in_words(by_noise.ci_low, by_noise.ci_high)}). The excess energy "
         f"KPE − ½‖x1 − x0‖² (zero for a straight path at constant speed) against the margin: "
         f"ρ = {by_excess.rho:+.3f} (95% CI [{by_excess.ci_low:+.3f}, {by_excess.ci_high:+.3f}]), "
-        f"p_perm = {by_excess.p_perm:.3g}. Per sample: columns `noise_energy` and `excess_energy` of "
+        f"p_perm = {by_excess.p_perm:.3g} ({link_in_words(by_excess.ci_low, by_excess.ci_high)}). "
+        "Per sample: columns `noise_energy` and `excess_energy` of "
         f"`tables/semantics__general_samples.parquet`.")
     # d and its interval as the claim writes them (+0.06 [-0.15, +0.23]), the p-value as the text writes p
     section.formats.update({"Cohen's d": "+.2f", "d CI low": "+.2f", "d CI high": "+.2f", "Welch p": P_FORMAT})

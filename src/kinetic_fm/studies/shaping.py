@@ -10,6 +10,7 @@ intervals come from a paired bootstrap over samples, basic intervals for FD diff
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -26,7 +27,7 @@ from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, JackknifeRefer
                      fd_interval_pointer, fd_interval_terms, replicate_intervals, replicate_points)
 from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci,
-                       fmt_significant, percent_of, verdict_from_interval, verdict_of_all)
+                       fmt_significant, percent_of, rules_out_paper_size, verdict_from_interval, verdict_of_all)
 from .workspace import Workspace
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,6 +66,64 @@ def ablation_grid(cfg: ShapingConfig) -> list[Setting]:
     grid += [Setting("plain FM · cosine grid", "grid", None, grid="cosine"),
              Setting("balanced · cosine grid", "grid", balanced, grid="cosine")]
     return grid
+
+
+def kts_schedules_text(cfg: ShapingConfig) -> str:
+    """The KTS schedules in words for the report's Terms, with the rate k and the default forms of
+    :class:`~kinetic_fm.sampling.shaping.KTS` and, for the main settings of :func:`ablation_grid`, the
+    gain η they reach at t = 0 (the boost) and t = 1 (the brake), computed from the gains themselves: α0
+    and β0 are sizes, not changes of η (β0 = 0.02 on the exponential landing brakes η to about 0.62)."""
+    default = KTS()
+    forms = {"launch": {"linear": "α0 (1 − t/τ)", "constant": "α0",
+                        "exponential": "α0 (e^{k(1 − t/τ)} − 1)/(e^k − 1)"},
+             "landing": {"exponential": "β0 (e^{ks} − 1)", "linear": "β0 s", "constant": "β0"}}
+
+    def listed(phase: str, chosen: str) -> str:
+        return ", ".join(f"{form} {formula}" + (" (the default)" if form == chosen else "")
+                         for form, formula in forms[phase].items())
+
+    gains = []
+    for setting in ablation_grid(cfg):
+        if setting.group != "main" or setting.kts is None:
+            continue
+        kts, ends = setting.kts, []
+        if kts.alpha0:
+            ends.append(f"η(0) = {kts(0.0):.3g}")
+        if kts.beta0:
+            brake = kts(1.0)
+            ends.append(f"η(1) = {brake:.3f} (power ×{brake * brake:.2f})")
+        sizes = ", ".join(f"{name} = {value:g}" for name, value in (("α0", kts.alpha0), ("β0", kts.beta0)) if value)
+        gains.append(f"{setting.name} ({sizes}) {' and '.join(ends)}")
+    return (f"KTS schedules: launch, t < τ: α(t) = {listed('launch', default.launch)}; landing, t ≥ τ with "
+            f"s = (t − τ)/(1 − τ): β(t) = {listed('landing', default.landing)}; k = {default.k:g} and "
+            f"τ = {default.tau_split:g} unless a setting names another. So α0 and β0 are sizes, not the change "
+            "of η: the linear launch's boost fades from α0 at t = 0 to 0 at τ, the exponential landing's brake "
+            f"grows from 0 at τ to β0 (e^k − 1) at t = 1; in the KTS grid {'; '.join(gains)}, "
+            "against η = 1 for plain FM")
+
+
+#: the paper's (FID, F_mem) of the main settings (CelebA-32), which the notes weigh our intervals against
+PAPER_MAIN = {"plain FM": (16.68, 0.3734), "launch only": (11.27, 0.3678), "landing only": (86.56, 0.1936),
+              "balanced": (14.35, 0.3122)}
+
+
+def paper_size_note(ci: Interval, name: str, part: str, baseline_fd: float) -> str:
+    """"; the interval ... rules out the paper's ..." when the 95% interval ``ci`` of setting ``name`` −
+    plain FM excludes the paper's change towards zero (:func:`~kinetic_fm.studies.verdicts.rules_out_paper_size`),
+    else "". ``part``: "FD" (the interval and the paper's FID change compared as shares of the baseline,
+    ``baseline_fd``, plain FM's FD: FD and FID are on other scales) or "F_mem" (both fractions)."""
+    (paper_fd, paper_mem), (base_fid, base_mem) = PAPER_MAIN[name], PAPER_MAIN["plain FM"]
+    low, high = float(ci[0]), float(ci[1])
+    if part == "F_mem":
+        change = paper_mem - base_mem
+        return f"; the interval rules out the paper's {change:+.3f}" if rules_out_paper_size(low, high, change) else ""
+    if not (math.isfinite(baseline_fd) and baseline_fd > 0):
+        return ""
+    change = (paper_fd - base_fid) / base_fid
+    if not rules_out_paper_size(low / baseline_fd, high / baseline_fd, change):
+        return ""
+    return (f"; the interval ({percent_of(low, baseline_fd)} to {percent_of(high, baseline_fd)} of plain FM's FD) "
+            f"rules out the paper's {percent_of(paper_fd - base_fid, base_fid)} (FID {base_fid} → {paper_fd})")
 
 
 # The claims' rules. Each Δ is setting − plain FM on the same seeds, given as its 95% interval
@@ -263,7 +322,9 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
     dim = next(iter(feats.values())).shape[1]
     smallest = n if reference_rows is None else min(n, reference_rows)
     fd_undecided = smallest <= dim
-    undecided_note = fd_undecided_note(smallest, dim, "setting", reference=smallest < n)
+    # the cell says that no FD part decides; why goes under the claims table (the row's detail)
+    undecided_detail = fd_undecided_note(smallest, dim, "setting", reference=smallest < n).removeprefix("; ")
+    undecided_note = "; no FD part decides here (n ≤ D)" if fd_undecided else ""
 
     def fd_verdict(verdict: str) -> str:
         return "inconclusive" if fd_undecided else verdict
@@ -304,12 +365,17 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
         change = percent_of(float(value.loc[name, fd_name]) - base_fd, base_fd)
         return f"{fmt_ci(*ci, what)}{wider_text(wider)}, {change} of {'τ=0.6' if base == 'balanced' else base}'s FD"
 
+    def fd_size_note(ci, name: str) -> str:
+        # an FD interval that decides nothing (n ≤ D) rules nothing out either
+        return "" if fd_undecided else paper_size_note(ci, name, "FD", float(fm_fd))
+
     # the paper's F_mem percentages are written as fractions (37.34% as 0.3734), as F_mem is everywhere in the report
     (fd_ci, mem_ci) = delta("launch only")
     claims.append(Claim("shaping", "Launch-only KTS improves quality", "FID 16.68 → 11.27 (CelebA-32)",
                         ours("launch only"), n, fd_ci_text(fd_ci, "launch only"),
                         fd_verdict(launch_only_verdict(fd_ci)), "paired basic bootstrap of the FD difference; "
-                        "reproduced when its 95% CI lies below 0" + undecided_note))
+                        "reproduced when its 95% CI lies below 0" + undecided_note
+                        + fd_size_note(fd_ci, "launch only"), undecided_detail))
     (fd_ci, mem_ci) = delta("landing only")
     nothing_copied = not np.asarray(memorized["plain FM"]).any()  # no memorization to reduce
     claims.append(Claim("shaping", "Landing-only KTS reduces memorization", "F_mem 0.3734 → 0.1936 (CelebA-32)",
@@ -317,11 +383,13 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
                         "not measured" if nothing_copied else landing_only_memorization_verdict(mem_ci),
                         "paired percentile bootstrap of the F_mem difference; reproduced when its 95% CI lies below 0"
                         + ("; not measured here: under plain FM the memorizing net copies none of its "
-                           "samples, so there is no memorization to reduce" if nothing_copied else "")))
+                           "samples, so there is no memorization to reduce" if nothing_copied
+                           else paper_size_note(mem_ci, "landing only", "F_mem", fm_fd))))
     claims.append(Claim("shaping", "Landing-only KTS costs quality", "FID 16.68 → 86.56 (CelebA-32)",
                         ours("landing only"), n, fd_ci_text(fd_ci, "landing only"),
                         fd_verdict(landing_only_quality_verdict(fd_ci)), "paired basic bootstrap of the FD difference; "
-                        "reproduced when its 95% CI lies above 0" + undecided_note))
+                        "reproduced when its 95% CI lies above 0" + undecided_note
+                        + fd_size_note(fd_ci, "landing only"), undecided_detail))
     (fd_ci, mem_ci) = delta("balanced")
     parts = 2  # ΔFD and ΔF_mem: either can fail the claim
     tail = 0.025 / parts
@@ -334,7 +402,8 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
                         _balanced(fd_ci, mem_ci, against, fd_undecided),
                         "paired bootstrap (basic for ΔFD, percentile for ΔF_mem); reproduced when both 95% CIs lie below 0, not "
                         f"reproduced when either's {level} CI (Bonferroni over the {parts}) lies above 0"
-                        + (undecided_note + "; only the F_mem part can still read not reproduced" if fd_undecided else "")))
+                        + (undecided_note + "; only the F_mem part can still read not reproduced" if fd_undecided else ""),
+                        undecided_detail))
     taus = {0.2: "balanced τ=0.2", 0.4: "balanced τ=0.4", 0.6: "balanced", 0.8: "balanced τ=0.8"}
     tau_fd = {tau: float(value.loc[name, fd_name]) for tau, name in taus.items()}
     best_tau = min(tau_fd, key=tau_fd.get)
@@ -342,18 +411,21 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
     tau_deltas = np.stack([paired_fd_delta("balanced", taus[tau]) for tau in others])
     tau_verdict, low, high = all_worse_than(tau_deltas)
     level = bonferroni_level(len(others))
+    shown = "; ".join(fd_ci_text((lo, hi), taus[tau], f"τ={tau}", base="balanced")
+                      for tau, lo, hi in zip(others, low, high))
+    # the intervals "not reproduced" reads, shown so the verdict can be checked (under the table: the cell ran long)
+    deciding = "; ".join(fmt_ci(lo, hi, f"τ={tau}") for tau, lo, hi in zip(others, *bonferroni_intervals(tau_deltas)))
     claims.append(Claim("shaping", "τ_split = 0.6 gives the best quality",
                         "FID 60.31 / 48.58 / 14.35 / 21.07 for τ = 0.2 / 0.4 / 0.6 / 0.8",
                         f"{fd_name} " + " / ".join(fmt_significant(v) for v in tau_fd.values())
                         + f" (best τ = {best_tau})", n,
-                        "; ".join(fd_ci_text((lo, hi), taus[tau], f"ΔFD τ={tau} − τ=0.6 95% CI", base="balanced",
-                                             wider=(b_lo, b_hi, level))
-                                  for tau, lo, hi, b_lo, b_hi in zip(others, low, high,
-                                                                     *bonferroni_intervals(tau_deltas))),
-                        fd_verdict(tau_verdict), "paired basic bootstrap; reproduced when τ = 0.6 beats every other τ "
-                        "(each ΔFD 95% CI above 0), not reproduced when another τ is better (its "
-                        f"{level} CI, Bonferroni over the {len(others)}, below 0)"
-                        + undecided_note))
+                        f"ΔFD τ − τ=0.6, 95% CI: {shown}", fd_verdict(tau_verdict),
+                        "paired basic bootstrap; reproduced when τ = 0.6 beats every other τ (each ΔFD 95% CI above "
+                        f"0), not reproduced when another τ is better (its {level} CI, Bonferroni over the "
+                        f"{len(others)}, below 0)"
+                        + undecided_note,
+                        f"the {level} CIs of ΔFD τ − τ=0.6 (Bonferroni over the {len(others)}), which \"not "
+                        f"reproduced\" reads: {deciding}" + (f"; {undecided_detail}" if fd_undecided else "")))
     return claims
 
 

@@ -22,6 +22,19 @@ def verdict_from_interval(low: float, high: float, expected_sign: int) -> str:
     return "reproduced" if high < 0 else "not reproduced" if low > 0 else "inconclusive"
 
 
+def rules_out_paper_size(low: float, high: float, paper: float) -> bool:
+    """Does the interval [``low``, ``high``], which reaches 0 or the paper's side of it, exclude the paper's
+    effect ``paper`` (≠ 0) on the side of zero: is every value it holds smaller in the paper's direction
+    than the paper's? A verdict reads the side of zero only; this says when an "inconclusive" (or a
+    "reproduced") row has still measured an effect far smaller than the paper's. False for an interval
+    wholly on the other side of 0 (its "not reproduced" says more), an undefined one, or ``paper`` = 0."""
+    low, high = _interval_ends(low, high)
+    paper = float(paper)
+    if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(paper)) or paper == 0:
+        return False
+    return 0 <= high < paper if paper > 0 else paper < low <= 0
+
+
 def _interval_ends(low, high) -> tuple[float, float]:
     """``low`` and ``high`` as floats, low ≤ high unless one is NaN (an undefined interval);
     ValueError naming them otherwise: (0.3, −0.2) read as "reproduced"."""
