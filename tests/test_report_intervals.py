@@ -186,9 +186,11 @@ def _goldilocks_case():
 
     gen = torch.Generator().manual_seed(1)
     train = torch.rand(30, 1, 2, 2, generator=gen) - 0.5
-    assets = SimpleNamespace(train=train, heldout=torch.rand(40, 1, 2, 2, generator=gen) - 0.5,
-                             general=LinearDrift(4), classifier_name="flat", mean=None,
-                             value_range=lambda: (-0.5, 0.5), features=lambda x: x.flatten(1).double())
+    heldout = torch.rand(40, 1, 2, 2, generator=gen) - 0.5
+    flat = lambda x: x.flatten(1).double()  # noqa: E731  (the stand-in judge's features)
+    assets = SimpleNamespace(train=train, heldout=heldout, general=LinearDrift(4), classifier_name="flat", mean=None,
+                             value_range=lambda: (-0.5, 0.5), features=flat,
+                             sample_features=lambda x: flat(x.clamp(-0.5, 0.5)), heldout_features=lambda: flat(heldout))
     return assets, SemanticsConfig(n_samples=50, steps=4, bootstrap=20, seed_start=5)
 
 

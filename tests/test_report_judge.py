@@ -61,7 +61,8 @@ def test_support_text_names_only_the_spaces_it_measured(monkeypatch):
     assert "feature space" not in text and "in pixel space only: the data have no labels" in text
     labelled = SimpleNamespace(train=train, classifier=torch.nn.Identity(), classifier_name="digits-cnn",
                                value_range=value_range,
-                               features=lambda x: x.flatten(1)[:, :3], train_features=lambda: train.flatten(1)[:, :3])
+                               features=lambda x: x.flatten(1)[:, :3], train_features=lambda: train.flatten(1)[:, :3],
+                               sample_features=lambda x: x.clamp(*value_range()).flatten(1)[:, :3])
     text, spaces = _support_text(monkeypatch, labelled)
     assert spaces == {"knn_log_density_pixels", "knn_log_density_digits-cnn"}
     assert "in pixel space and in the judging classifier's feature space (`digits-cnn`)" in text

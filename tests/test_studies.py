@@ -565,6 +565,8 @@ _LOADED: list[str] = []
 # the tiny run, progress=False as if on a terminal: each sampling's progress flag and what it printed
 _QUIET_BARS: list = []
 _QUIET_OUT: list[str] = []
+# every image set the tiny run handed to the judge's feature map (Assets.features), in call order
+_FEATURISED: list[torch.Tensor] = []
 
 
 def _axes_summary(ax) -> dict:
@@ -603,8 +605,12 @@ def tiny_report(tmp_path_factory):
 
     from kinetic_fm.studies import samples
 
+    from kinetic_fm.studies.assets import Assets
+
     real_sample, printed = samples.sample, io.StringIO()
+    featurise = Assets.features
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(Assets, "features", lambda self, x: _FEATURISED.append(x.clone()) or featurise(self, x))
         patch.setattr(figures, "_render", keep)
         patch.setattr(workspace.torch, "load", counted)
         patch.setattr(samples, "sample",
@@ -631,6 +637,16 @@ def _trained(tiny_report, folder: Path) -> Path:
 def test_tiny_reproduce_reads_the_generalising_run_it_sampled_from_memory(tiny_report):
     # semantics samples it; support, Goldilocks and the sample-quality check each read its file again
     assert not [name for name in _LOADED if name.startswith("general-fm-")], _LOADED
+
+
+def test_tiny_reproduce_featurises_each_image_set_once(tiny_report):
+    # the generalising run's samples went through the judge three times (support, Goldilocks, sample
+    # quality) and the held-out images twice (Goldilocks, sample quality's first n): about two minutes
+    # of repeats with ResNet-56 at --full. No set may be featurised again, whole or its first rows.
+    assert len(_FEATURISED) > 20   # the recorder saw the run: the shaping grid alone featurises 19 sets
+    repeats = [(i, j, len(a), len(b)) for i, a in enumerate(_FEATURISED) for j, b in enumerate(_FEATURISED)
+               if i < j and a.shape[1:] == b.shape[1:] and torch.equal(a[: len(b)], b[: len(a)])]
+    assert not repeats, repeats
 
 
 def test_the_studies_nets_keep_their_weights_and_checkpoints_but_not_their_resume_state(tiny_report):
@@ -1043,6 +1059,46 @@ def test_the_training_features_are_computed_once_per_run():
     first = assets.train_features()
     assert assets.train_features() is first and passes == [10]
     assert torch.equal(first, assets.features(train))
+
+
+def test_the_held_out_and_sample_features_are_computed_once_per_run():
+    # the Goldilocks study and the sample-quality check read the held-out images' features, and they and
+    # the support study the generalising run's samples': each set went through the judge two or three times
+    from kinetic_fm.studies.assets import Assets
+
+    passes = []
+
+    class Judge(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(4, 3)
+
+        def features(self, x):
+            passes.append(x.shape[0])
+            return self.head(x.flatten(1))
+
+    gen = torch.Generator().manual_seed(0)
+    train = torch.rand(10, 1, 2, 2, generator=gen) - 0.5
+    assets = Assets(train, None, train[:3], None, None, Judge(), "judge", None, torch.nn.Identity(),
+                    torch.nn.Identity(), train[:4], {}, "test")
+    # rows asked for before the whole set are judged alone (a run of semantics alone judges 300, not all)
+    assert torch.equal(assets.heldout_features(slice(2)), assets.features(train[:2])) and passes == [2, 2]
+    passes.clear()
+    held = assets.heldout_features()
+    assert assets.heldout_features() is held and passes == [3]
+    assert torch.equal(held, assets.features(train[:3]))
+    assert torch.equal(assets.heldout_features(slice(2)), held[:2]) and passes == [3, 3]   # read from the whole
+    samples = 2 * torch.rand(6, 1, 2, 2, generator=gen) - 1    # beyond the training range: judged clamped
+    clamped = samples.clamp(float(train.min()), float(train.max()))
+    passes.clear()
+    assert torch.equal(assets.sample_features(samples, slice(4)), assets.features(clamped[:4])) and passes == [4, 4]
+    passes.clear()
+    judged = assets.sample_features(samples)
+    assert assets.sample_features(samples) is judged and passes == [6]
+    assert torch.equal(judged, assets.features(clamped)) and passes == [6, 6]
+    assert torch.equal(assets.sample_features(samples, slice(4)), judged[:4]) and passes == [6, 6]
+    passes.clear()   # another tensor, even of equal values, is another set of samples
+    assert torch.equal(assets.sample_features(samples.clone()), judged) and passes == [6]
 
 
 def test_sample_quality_places_samples_between_real_images_and_their_noise():
@@ -2293,7 +2349,8 @@ def _support_assets(labelled: bool):
 
     train = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(1)) - 0.5
     extra = {} if not labelled else {"features": lambda x: x.flatten(1)[:, :3].clone(),
-                                     "train_features": lambda: train.flatten(1)[:, :3].clone()}
+                                     "train_features": lambda: train.flatten(1)[:, :3].clone(),
+                                     "sample_features": lambda x: x.clamp(train.min(), train.max()).flatten(1)[:, :3]}
     return SimpleNamespace(train=train, classifier=torch.nn.Identity() if labelled else None,
                            classifier_name="digits-cnn" if labelled else "pixels",
                            value_range=lambda: (float(train.min()), float(train.max())), **extra)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..metrics.features import FeatureSpace, PrincipalSpace
 from .config import MIN_TRAIN, AssetsConfig
+from .output import image_range
 from .workspace import MODEL_EPOCH, Workspace
 
 # What a study's velocity net trained on, beside it in its run folder (models/<name>-<hash>/):
@@ -66,15 +67,41 @@ class Assets:
     classifier_pretrained: bool = False  # a --classifier given by the user, not trained on this split here
     principal: PrincipalSpace | None = None
     mean: Tensor | None = None
-    _train_features: Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    # id(a set of images) -> (those images, their features), for each set the studies judge whole (holding the
+    # images keeps their id unused while the entry lives)
+    _featurised: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _value_range: tuple[float, float] | None = field(default=None, init=False, repr=False, compare=False)
 
-    def train_features(self) -> Tensor:
-        """``features(train)``, computed once per run: three studies read it, and ResNet-56 takes
-        about a minute per 5,000 CIFAR-10 images on one core. Callers must not change it in place."""
-        if self._train_features is None:
-            self._train_features = self.features(self.train)
-        return self._train_features
+    def train_features(self, rows: Tensor | slice | None = None) -> Tensor:
+        """``features(train)``, computed once per run: several studies read it, and ResNet-56 takes about
+        a minute per 5,000 CIFAR-10 images on one core. ``rows``: an index or slice of the rows wanted (see
+        :meth:`sample_features`). Callers must not change it in place."""
+        return self._once(self.train, rows)
+
+    def heldout_features(self, rows: Tensor | slice | None = None) -> Tensor:
+        """``features(heldout)``, computed once per run, as :meth:`train_features`: the Goldilocks study
+        reads it whole and the sample-quality check its first rows."""
+        return self._once(self.heldout, rows)
+
+    def sample_features(self, x: Tensor, rows: Tensor | slice | None = None) -> Tensor:
+        """(B, F) features of samples ``x`` (B, C, H, W) as drawn, clamped to the training range first
+        (:func:`~kinetic_fm.studies.output.image_range`), computed once per tensor: the support and
+        Goldilocks studies and the sample-quality check judge the generalising run's samples, which the
+        workspace hands each of them as the same kept tensor. ``rows``: only those rows, read from the
+        whole set's features once they are held, else featurised alone and not held (a run without the
+        studies that read the whole set judges only the rows it asks for). Change neither in place."""
+        return self._once(x, rows, clamp=True)
+
+    def _once(self, images: Tensor, rows: Tensor | slice | None, clamp: bool = False) -> Tensor:
+        held = self._featurised.get(id(images))
+        if held is not None and held[0] is images:
+            return held[1] if rows is None else held[1][rows]
+        if rows is not None:
+            images = images[rows]
+        features = self.features(image_range(images, self) if clamp else images)
+        if rows is None:
+            self._featurised[id(images)] = (images, features)
+        return features
 
     def value_range(self) -> tuple[float, float]:
         """(min, max) of the training images, read once per run: every study clamps its samples

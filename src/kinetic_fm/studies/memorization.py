@@ -801,8 +801,8 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
     run = general_samples(sem_cfg, assets, ws, asset_key)
     x = image_range(run["x"], assets)
     kpe = run["kpe"].numpy()
-    feats = assets.features(x).double()
-    ref = assets.features(assets.heldout).double()
+    feats = assets.sample_features(run["x"]).double()
+    ref = assets.heldout_features().double()
     audit = memorization(x, assets.train, bootstrap=0)
     edges, bins = quintile_bins(kpe)
     # the reference's jackknife fits, made once: the bars, the controls and the tests read its full fit, each

@@ -75,10 +75,11 @@ def sample_quality(assets: Assets, run: Run, n: int = 300, seed: int = 0) -> Sam
     (``seed``) and of its starting noise, against the first ``n`` held-out images."""
     n = min(n, len(assets.heldout), len(assets.train), len(run["x"]))
     pick = torch.randperm(len(assets.train), device="cpu", generator=torch.Generator().manual_seed(seed))[:n]
-    rows = {"samples": image_range(run["x"][:n], assets), "real": assets.train[pick],
-            "noise": image_range(start_noise(run)[:n].to(run["x"].dtype), assets)}
+    # rows of sets that other studies judge whole: read from their features when those are held
+    features = {"samples": assets.sample_features(run["x"], slice(n)), "real": assets.train_features(pick),
+                "noise": assets.features(image_range(start_noise(run)[:n].to(run["x"].dtype), assets))}
     # equal sizes, so the three FDs compare at one n (the estimator's bias still moves with each
     # set's spread; these are context, no verdict reads them)
-    reference = feature_reference(assets.features(assets.heldout[:n]).double().numpy())
-    fd = {name: fd_to_reference(assets.features(x).double().numpy(), reference) for name, x in rows.items()}
+    reference = feature_reference(assets.heldout_features(slice(n)).double().numpy())
+    fd = {name: fd_to_reference(f.double().numpy(), reference) for name, f in features.items()}
     return SampleQuality(fd["samples"], fd["real"], fd["noise"], n, assets.classifier_name, reference.mean.size)

@@ -75,7 +75,7 @@ def run_support(cfg: SupportConfig, sem_cfg: SemanticsConfig, assets: Assets, ws
     frame = pd.DataFrame({"seed": run["seeds"].numpy(), "kpe": kpe})
     spaces = {"pixels": (x.reshape(len(x), -1).double(), assets.train.reshape(len(assets.train), -1).double())}
     if assets.classifier is not None:
-        spaces[assets.classifier_name] = (assets.features(x).double(), assets.train_features().double())
+        spaces[assets.classifier_name] = (assets.sample_features(run["x"]).double(), assets.train_features().double())
 
     rows, correlations = [], {}
     for space, (query, reference) in spaces.items():
