@@ -1,0 +1,96 @@
+"""``kfm reproduce`` as a command: runs of some studies into a finished run's folder, the nets a run
+trains, what it says while it runs (the tiny preset, one run shared by the module's tests)."""
+import re
+import shutil
+
+import pandas as pd
+import pytest
+
+from kinetic_fm.studies.config import ReproduceConfig
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny run of every study (its folder and report.md)."""
+    from kinetic_fm.studies.reproduce import reproduce
+
+    out = tmp_path_factory.mktemp("finished")
+    md, _ = reproduce(ReproduceConfig.preset("tiny"), out, progress=False)
+    return out, md.read_text(encoding="utf-8")
+
+
+def _claims(report: str) -> int:
+    return int(re.search(r"(\d+) claims", report).group(1))
+
+
+def _measured(monkeypatch) -> list[str]:
+    from kinetic_fm.studies import reproduce as module
+
+    measured = []
+    for name in module.STUDIES:
+        run = getattr(module, f"run_{name}")
+        monkeypatch.setattr(module, f"run_{name}",
+                            lambda *a, _name=name, _run=run, **kw: measured.append(_name) or _run(*a, **kw))
+    return measured
+
+
+def test_a_run_of_some_studies_keeps_the_others_finished_results_in_the_folder_and_the_report(
+        finished, tmp_path, monkeypatch, capsys):
+    # `--studies support` into a full run's folder deleted the other studies' tables and figures without a
+    # word, and its report said "2 claims": the others' results, finished at these settings, are shown as kept
+    from kinetic_fm.studies.reproduce import reproduce
+
+    out = tmp_path / "out"
+    shutil.copytree(finished[0], out)
+    figures = {p.name: p.read_bytes() for p in (out / "figures").glob("*.png")}
+    tables = sorted(p.name for p in (out / "tables").glob("*.parquet"))
+    measured = _measured(monkeypatch)
+    md, _ = reproduce(ReproduceConfig.preset("tiny"), out, studies=("support",), progress=True)
+    report = md.read_text(encoding="utf-8")
+    assert measured == []                                   # support too: its entry of the full run
+    assert _claims(report) == _claims(finished[1])
+    assert {p.name: p.read_bytes() for p in (out / "figures").glob("*.png")} == figures
+    assert sorted(p.name for p in (out / "tables").glob("*.parquet")) == tables
+    for name in tables:
+        pd.testing.assert_frame_equal(pd.read_parquet(out / "tables" / name),
+                                      pd.read_parquet(finished[0] / "tables" / name), check_exact=True)
+    assert "**What ran.** Studies support on" in report
+    assert "Also shown, not run now (`--studies support`): semantics, memorization, shaping" in report
+    said = capsys.readouterr().out
+    for name in ("semantics", "memorization", "shaping"):
+        assert f"[kfm reproduce] study: {name}, not run now: its result from an earlier run" in said
+
+
+def test_a_run_of_some_studies_says_which_studies_results_it_removes(finished, tmp_path, capsys):
+    # the others' results of other settings (here: their entries gone) disagree with the report: they go, said
+    from kinetic_fm.studies.reproduce import reproduce
+
+    out = tmp_path / "out"
+    shutil.copytree(finished[0], out)
+    for name in ("semantics", "shaping"):
+        for entry in (out / "cache").glob(f"study-{name}-*.pt"):
+            entry.unlink()
+    md, _ = reproduce(ReproduceConfig.preset("tiny"), out, studies=("support",), progress=True)
+    assert {p.stem.split("__")[0] for p in (out / "tables").glob("*.parquet")} == {"support", "memorization"}
+    said = capsys.readouterr().out
+    assert ("[kfm reproduce] removing the tables and figures of semantics, shaping from an earlier run: this folder "
+            "holds no finished result of theirs for these settings") in said
+
+
+def test_a_run_trains_only_the_nets_its_studies_read_and_a_study_is_keyed_on_those_alone(finished, tmp_path,
+                                                                                        monkeypatch):
+    # `--studies semantics,support` trained the memorizing net, which only memorization and shaping read; and a
+    # study's entry keyed on a net it never reads would not be found once a later run trained that net
+    from kinetic_fm.studies.reproduce import reproduce
+
+    out = tmp_path / "out"
+    shutil.copytree(finished[0] / "models", out / "models")
+    for memorizer in (out / "models").glob("memorizer-*"):
+        shutil.rmtree(memorizer)
+    cfg = ReproduceConfig.preset("tiny")
+    reproduce(cfg, out, studies=("semantics",), progress=False)
+    assert not list((out / "models").glob("memorizer-*"))
+    measured = _measured(monkeypatch)
+    md, _ = reproduce(cfg, out, studies=("shaping",), progress=False)        # trains the memorizer
+    assert measured == ["shaping"] and list((out / "models").glob("memorizer-*/final.safetensors"))
+    assert "Also shown, not run now (`--studies shaping`): semantics" in md.read_text(encoding="utf-8")
