@@ -94,3 +94,39 @@ def test_a_run_trains_only_the_nets_its_studies_read_and_a_study_is_keyed_on_tho
     md, _ = reproduce(cfg, out, studies=("shaping",), progress=False)        # trains the memorizer
     assert measured == ["shaping"] and list((out / "models").glob("memorizer-*/final.safetensors"))
     assert "Also shown, not run now (`--studies shaping`): semantics" in md.read_text(encoding="utf-8")
+
+
+def _trained(finished, folder):
+    """A new workspace ``folder`` holding the finished run's nets and judge, nothing sampled."""
+    shutil.copytree(finished[0] / "models", folder / "models")
+    (folder / "cache").mkdir()
+    for judge in (finished[0] / "cache").glob("classifier-*.pt"):
+        shutil.copy2(judge, folder / "cache" / judge.name)
+    return folder
+
+
+def test_a_rerun_after_an_interruption_says_how_many_finished_stages_it_reuses(finished, tmp_path, monkeypatch,
+                                                                               capsys):
+    # the rerun said nothing of resuming: it read as a fresh start until its first study went by in a second
+    from kinetic_fm.studies import reproduce as module
+
+    out = _trained(finished, tmp_path / "out")
+    cfg = ReproduceConfig.preset("tiny")
+    module.reproduce(cfg, out, studies=("support",), progress=False)        # a finished run at other settings
+    earlier = {p.name for p in (out / "cache").glob("*.pt")}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption in the last study")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "run_shaping", killed)
+        with pytest.raises(KeyboardInterrupt):
+            module.reproduce(cfg, out, progress=False)
+    # the stages the interrupted run computed, and support's result, which it read from its entry of the earlier run
+    finished_now = len({p.name for p in (out / "cache").glob("*.pt")} - earlier) + 1
+    capsys.readouterr()
+    module.reproduce(cfg, out, progress=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"[kfm reproduce] resuming: {finished_now} finished stages in {out / 'cache'} are reused"
+    module.reproduce(cfg, out, progress=True)                                 # a rerun of the finished run: no word
+    assert not any("resuming" in line for line in capsys.readouterr().out.splitlines())

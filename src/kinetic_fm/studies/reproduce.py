@@ -126,6 +126,7 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
 
     # each invocation's stage times are kept in the workspace: a resumed run's report counts them all
     times = StageTimes.start(ws.root, config_hash({"config": asdict(cfg), "studies": list(studies)}))
+    _say_resumed(ws, times)
     ws.say("data, judging classifier and velocity nets (trained here or read from models/)")
     with times.stage("data, classifier and models"):
         assets = load_assets(cfg.assets, ws, progress, nets={net for name in studies for net in NETS_READ[name]})
@@ -199,6 +200,25 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     ws.remove_figures(earlier - {fig.name for section in sections for fig in section.figures})
     times.finish()
     return paths
+
+
+def _say_resumed(ws: Workspace, times: StageTimes) -> None:
+    """Say that this run resumes an interrupted one (same settings, not finished: ``times``) and how many
+    stages it finished: the files of ``cache/`` written (or, a study's entry, read) since the first
+    interrupted invocation started, which this run reads instead of computing. Nothing for a first run, a
+    rerun of a finished one, or an interrupted run that finished no stage (training says where it resumes)."""
+    counted = times.counted()
+    if len(counted) < 2:
+        return
+    started = float(counted[0].get("started", 0.0))
+    finished = 0
+    for path in (ws.root / "cache").glob("*.pt"):
+        try:
+            finished += path.stat().st_mtime >= started
+        except OSError:   # gone meanwhile
+            continue
+    if finished:
+        ws.say(f"resuming: {finished} finished stages in {ws.root / 'cache'} are reused")
 
 
 def _unread_fields(study: str) -> tuple[str, ...]:
