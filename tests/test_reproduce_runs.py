@@ -130,3 +130,69 @@ def test_a_rerun_after_an_interruption_says_how_many_finished_stages_it_reuses(f
     assert lines[0] == f"[kfm reproduce] resuming: {finished_now} finished stages in {out / 'cache'} are reused"
     module.reproduce(cfg, out, progress=True)                                 # a rerun of the finished run: no word
     assert not any("resuming" in line for line in capsys.readouterr().out.splitlines())
+
+
+def test_a_folder_of_the_users_files_is_refused_and_a_workspace_or_an_empty_one_is_not(tmp_path, capsys):
+    # any folder was taken: a user's report.md in it was overwritten without a word, their other files kept
+    from kinetic_fm.cli import main
+    from kinetic_fm.studies.reproduce import reproduce
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "report.md").write_text("my own report")
+    (notes / "data.csv").write_text("1,2")
+    assert main(["reproduce", "--tiny", "--out", str(notes)]) == 2
+    assert capsys.readouterr().err == (
+        f"kfm reproduce: error: --out {notes} is not empty and holds no kfm reproduce run (it holds data.csv, "
+        "report.md): the run would write its report, tables and figures among them; choose a new or empty folder, "
+        "or one kfm reproduce wrote\n(see 'kfm reproduce --help')\n")
+    with pytest.raises(ValueError, match=r"is not empty and holds no kfm reproduce run \(it holds data.csv"):
+        reproduce(ReproduceConfig.preset("tiny"), notes, progress=False)
+    assert sorted(p.name for p in notes.iterdir()) == ["data.csv", "report.md"]
+    assert (notes / "report.md").read_text() == "my own report"
+
+    from kinetic_fm.studies.reproduce import foreign_folder_problem
+
+    for name in ("empty", "leftovers", "workspace", "older"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "leftovers" / ".lock").write_text("")
+    (tmp_path / "leftovers" / ".report.md.tmp-7-ab").write_text("half")
+    (tmp_path / "workspace" / "timings.json").write_text("{}")
+    (tmp_path / "workspace" / "my_notes.txt").write_text("a user's file in a run folder is kept")
+    (tmp_path / "older" / "cache").mkdir()                 # a workspace from before timings.json
+    for name in ("empty", "leftovers", "workspace", "older", "new"):
+        assert foreign_folder_problem(tmp_path / name) is None, name
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_goldilocks_resamples_show_a_bar_that_counts_each_one_unless_quiet(tmp_path, monkeypatch, progress):
+    # "memorization: Goldilocks controls, permutation test and bootstrap (200 resamples)" was followed by half a
+    # minute of silence: the control's resamples, the permutations and the paired resamples, each `resamples` long
+    import tqdm.auto
+
+    from kinetic_fm.studies import memorization as M
+    from kinetic_fm.studies.output import StudyOutput
+    from kinetic_fm.studies.workspace import Workspace
+    from test_report_intervals import _goldilocks_case
+
+    bars = []
+    real = tqdm.auto.tqdm
+
+    class Counted(real):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.shown = {"desc": kwargs.get("desc"), "total": kwargs.get("total"), "counted": 0}
+            if not kwargs.get("disable"):
+                bars.append(self.shown)
+
+        def update(self, n=1):
+            self.shown["counted"] += n
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Counted)
+    assets, cfg = _goldilocks_case()
+    ws = Workspace(tmp_path, progress=progress)
+    M._goldilocks(cfg, 30, assets, ws, "fake", StudyOutput("memorization"))
+    resamples = min(200, 30)
+    assert bars == ([{"desc": "Goldilocks resamples", "total": 3 * resamples, "counted": 3 * resamples}]
+                    if progress else [])

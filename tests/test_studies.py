@@ -2790,8 +2790,8 @@ def test_a_run_refused_before_its_first_result_leaves_nothing_but_its_lock(tmp_p
         # was: cache/, models/, tables/, timings.json; the lock file stays (never deleted: a writer
         # that opened it since would lock a file no longer there)
         assert [p.name for p in out.iterdir()] == [".lock"]
-    kept = tmp_path / "kept"                         # a folder that held something stays, with what it held
-    kept.mkdir()
+    kept = tmp_path / "kept"                         # a workspace that held something stays, with what it held
+    (kept / "cache").mkdir(parents=True)             # (a folder of the user's files alone is refused first)
     (kept / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="has 30 images"):
         reproduce(cfg, kept, progress=False)

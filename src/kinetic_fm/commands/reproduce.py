@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     size.add_argument("--full", dest="mode", action="store_const", const="full", help="paper-like sample sizes")
     size.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="seconds; a smoke test")
     p.set_defaults(mode="quick")
-    p.add_argument("--out", required=True, type=user_path, help="output folder (created; re-use it to resume)")
+    p.add_argument("--out", required=True, type=user_path,
+                   help="output folder: new, empty, or one kfm reproduce wrote (re-use it to resume)")
     p.add_argument("--studies", default="semantics,support,memorization,shaping",
                    help="comma-separated subset of: semantics, support, memorization, shaping (default all four; "
                         "spaces around a name are ignored)")
@@ -80,10 +81,13 @@ def _checked(args: argparse.Namespace):
     from ..data.registry import POINT_SETS, parse_spec
     from ..runs.distributed import single_process_device
     from ..studies.config import ReproduceConfig
-    from ..studies.reproduce import STUDIES, studies_problem
+    from ..studies.reproduce import STUDIES, foreign_folder_problem, studies_problem
 
     single_process_device(args.device, "reproduce")
     check_output_path("--out", args.out, folder=True)
+    foreign = foreign_folder_problem(args.out)
+    if foreign:
+        raise ValueError(f"--out {args.out} {foreign}")
     studies = tuple(s.strip() for s in args.studies.split(","))
     problem = "an empty name: two commas, or one at an end" if "" in studies else studies_problem(studies)
     if problem:

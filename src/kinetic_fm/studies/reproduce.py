@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..runs.atomic import is_leftover
 from ..runs.lock import LOCK_NAME, RunLock
 from .assets import NET_FIELDS, NETS_READ, load_assets
 from .config import ReproduceConfig
@@ -46,6 +47,24 @@ def studies_problem(studies: tuple[str, ...]) -> str | None:
     return None if studies else "none named"
 
 
+def foreign_folder_problem(root: str | Path) -> str | None:
+    """What keeps ``root`` from being a run's folder, in words that follow its name ("is not empty and holds no
+    kfm reproduce run (it holds a.csv, report.md): ..."), or None where it is new, holds nothing but our leftovers
+    (:func:`~kinetic_fm.runs.atomic.is_leftover`: a lock file, a killed writer's temporaries) or is a workspace
+    a run wrote (its ``timings.json``, which every run writes first, or its ``cache/``, older ones'). A run
+    writes ``report.md``, ``tables/`` and ``figures/``, and a user's report there was overwritten; the files a
+    user adds to a workspace stay."""
+    root = Path(root)
+    if not root.is_dir() or (root / TIMINGS_FILE).is_file() or (root / "cache").is_dir():
+        return None
+    others = sorted(p.name for p in root.iterdir() if not is_leftover(p.name))
+    if not others:
+        return None
+    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    return (f"is not empty and holds no kfm reproduce run (it holds {shown}): the run would write its report, tables "
+            "and figures among them; choose a new or empty folder, or one kfm reproduce wrote")
+
+
 def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...] = STUDIES,
               progress: bool = True) -> tuple[Path, Path]:
     """Run ``studies`` under ``cfg``, write tables to ``out/tables`` and the report; return (md, html) paths.
@@ -56,7 +75,8 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     from the cache.
 
     The run holds ``out``'s lock (:class:`~kinetic_fm.runs.RunLock`): a second run into the same
-    folder stops at once with :class:`~kinetic_fm.runs.RunLockedError`. A run refused before its
+    folder stops at once with :class:`~kinetic_fm.runs.RunLockedError`. A folder of other files is refused
+    (:func:`foreign_folder_problem`). A run refused before its
     first result into a new folder (or one holding only the lock file such a run leaves) leaves it
     holding only that lock file, which the next run takes as new.
     """
@@ -64,6 +84,9 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     if problem:
         raise ValueError(f"studies must be a subset of {STUDIES}, each once; got {tuple(studies)} ({problem})")
     root = Path(out)
+    foreign = foreign_folder_problem(root)
+    if foreign:
+        raise ValueError(f"{root} {foreign}")
     # a lock file alone is what a refused run leaves (it is never deleted): that folder is new too
     fresh = not root.exists() or (root.is_dir() and all(p.name == LOCK_NAME for p in root.iterdir()))
     ws = Workspace(out, progress=progress)
