@@ -196,3 +196,29 @@ def test_the_goldilocks_resamples_show_a_bar_that_counts_each_one_unless_quiet(t
     resamples = min(200, 30)
     assert bars == ([{"desc": "Goldilocks resamples", "total": 3 * resamples, "counted": 3 * resamples}]
                     if progress else [])
+
+
+def test_a_step_line_clears_the_bar_it_would_share_a_console_line_with(tmp_path, monkeypatch):
+    # "memorizer checkpoints:   0%|...[kfm reproduce] sampling memorizer-step1": the line followed the bar's text
+    import io
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from kinetic_fm.studies.workspace import Workspace
+
+    console = io.StringIO()                         # one terminal: stdout and stderr on the same screen
+    monkeypatch.setattr(sys, "stdout", console)
+    monkeypatch.setattr(sys, "stderr", console)
+    ws = Workspace(tmp_path, progress=True)
+    with tqdm(total=3, desc="memorizer checkpoints", file=sys.stderr, leave=False, mininterval=0) as bar:
+        bar.update()
+        ws.say("sampling memorizer-step1")
+        bar.update()
+    lines = [line.rsplit("\r", 1)[-1] for line in console.getvalue().split("\n")]
+    assert "[kfm reproduce] sampling memorizer-step1" in lines, console.getvalue()
+
+
+def test_the_run_table_names_the_tables_folder_as_a_link_from_the_report_reads_it(finished):
+    # "tables | kfm_out/tables": relative to the folder the command ran in, not to the report
+    assert "| tables | tables/ (beside this report) |" in finished[1]

@@ -206,7 +206,7 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
             "" if invocations == 1 else f" over {invocations} invocations (this one {times.current['seconds']:.1f})"),
         "configuration": configuration,
         "versions": f"kinetic_fm {_version()}, torch {torch.__version__}, python {platform.python_version()}",
-        "tables": str(ws.root / "tables"),
+        "tables": "tables/ (beside this report)",   # the folder the command ran in is not the reader's
     }
     if quality is not None:
         meta["sample quality"] = quality.sentence()
