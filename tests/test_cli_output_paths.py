@@ -114,7 +114,7 @@ def test_a_read_only_file_system_is_called_so(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flag, where, message", [
-    ("--out", "afile", "--out {tmp}/afile is a file; name a folder (new, or one this command wrote)"),
+    ("--out", "afile", "--out {tmp}/afile is a file; name a folder (new, empty, or one this command wrote)"),
     ("--out", "afile/run", "--out {tmp}/afile/run: {tmp}/afile is a file, so no folder can be made inside it"),
     ("--figure", "afile/f.png",
      "--figure {tmp}/afile/f.png: {tmp}/afile is a file, so no folder can be made inside it"),
