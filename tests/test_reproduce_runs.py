@@ -160,7 +160,8 @@ def test_a_folder_of_the_users_files_is_refused_and_a_workspace_or_an_empty_one_
     (tmp_path / "workspace" / "timings.json").write_text("{}")
     (tmp_path / "workspace" / "my_notes.txt").write_text("a user's file in a run folder is kept")
     (tmp_path / "older" / "cache").mkdir()                 # a workspace from before timings.json
-    for name in ("empty", "leftovers", "workspace", "older", "new"):
+    (tmp_path / "nets" / "models").mkdir(parents=True)     # a workspace's trained nets, copied in to be reused
+    for name in ("empty", "leftovers", "workspace", "older", "nets", "new"):
         assert foreign_folder_problem(tmp_path / name) is None, name
 
 

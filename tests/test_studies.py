@@ -2502,7 +2502,7 @@ def test_the_memorizer_trains_on_a_subset_of_the_training_rows_only(tmp_path, mo
     _patch_loader(monkeypatch, 60)
     trained = {}
 
-    def recorded(cfg, ws, name, data, rows, steps, progress):
+    def recorded(cfg, ws, name, data, rows, steps, progress, needed=True):
         trained[name] = (data, rows.tolist())
         return torch.nn.Identity(), {}
 

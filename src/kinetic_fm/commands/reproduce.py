@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     # or data loads, in argparse's form (its refusals point to --help)
     try:
         cfg, studies = _checked(args)
-    except (ValueError, OSError) as err:
-        raise type(err)(f"{err}\n{HELP_POINTER}") from None
+    except (ValueError, OSError) as err:   # the base types: some subclasses take more than a message
+        raise (ValueError if isinstance(err, ValueError) else OSError)(f"{err}\n{HELP_POINTER}") from None
     with writing("--out", args.out):
         try:
             md, html = reproduce(cfg, args.out, studies=studies, progress=not args.quiet)

@@ -92,6 +92,8 @@ def parse_spec(spec: str, *, accepted: Sequence[str] = DATA_SPECS) -> tuple[str,
 
 def _forms(accepted: Sequence[str] = DATA_SPECS) -> str:
     return f"expected one of {', '.join(accepted)}"
+
+
 # each kind of DATA_SPECS: whether it takes a path
 SPEC_KINDS: dict[str, bool] = {s.partition(":")[0]: s.endswith(":PATH") for s in DATA_SPECS}
 

@@ -313,7 +313,8 @@ def late_energy_verdict(late_memorized: np.ndarray, late_others: np.ndarray, min
 
 
 def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int, seed: int,
-                         reference: FrechetReference | None = None, tick: Callable[[], Any] | None = None) -> float:
+                         reference: FrechetReference | None = None,
+                         tick: Callable[[], Any] | None = None) -> float:
     """Share of bootstrap resamples (rows redrawn within each KPE quintile) in which the lowest
     Fréchet distance to ``ref`` falls in an interior quintile; ``reference``: ``ref``'s fit, when made;
     ``tick``: called after each resample (a progress bar's)."""
@@ -321,7 +322,8 @@ def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, r
 
 
 def _fd_within_groups(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int, seed: int,
-                      reference: FrechetReference | None = None, tick: Callable[[], Any] | None = None) -> np.ndarray:
+                      reference: FrechetReference | None = None,
+                      tick: Callable[[], Any] | None = None) -> np.ndarray:
     """(R, G) Fréchet distances to ``ref`` of each group 0..G−1 of ``bins`` ((n,) ints), its own rows
     redrawn with replacement in each of R = ``resamples`` resamples (one generator seeded ``seed``,
     resample by resample, group by group). A group of fewer than two rows has no covariance: NaN.

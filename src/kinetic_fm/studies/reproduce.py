@@ -51,11 +51,12 @@ def foreign_folder_problem(root: str | Path) -> str | None:
     """What keeps ``root`` from being a run's folder, in words that follow its name ("is not empty and holds no
     kfm reproduce run (it holds a.csv, report.md): ..."), or None where it is new, holds nothing but our leftovers
     (:func:`~kinetic_fm.runs.atomic.is_leftover`: a lock file, a killed writer's temporaries) or is a workspace
-    a run wrote (its ``timings.json``, which every run writes first, or its ``cache/``, older ones'). A run
-    writes ``report.md``, ``tables/`` and ``figures/``, and a user's report there was overwritten; the files a
-    user adds to a workspace stay."""
+    a run wrote (its ``timings.json``, which every run writes first, or its ``cache/`` or ``models/``: older
+    ones', or the trained nets of one copied in to be reused). A run writes ``report.md``, ``tables/`` and
+    ``figures/``, and a user's report there was overwritten; the files a user adds to a workspace stay."""
     root = Path(root)
-    if not root.is_dir() or (root / TIMINGS_FILE).is_file() or (root / "cache").is_dir():
+    ours = (root / TIMINGS_FILE).is_file() or (root / "cache").is_dir() or (root / "models").is_dir()
+    if not root.is_dir() or ours:
         return None
     others = sorted(p.name for p in root.iterdir() if not is_leftover(p.name))
     if not others:
@@ -161,8 +162,10 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
         "shaping": lambda: run_shaping(cfg.shaping, assets, ws, asset_key, progress),
     }
     outputs: list[StudyOutput] = []
-    # every study's entry is keyed on the whole configuration and the assets it reads (not a net it never reads)
-    keys = {name: study_key(asdict(cfg), assets, _unread_fields(name)) for name in STUDIES}
+    # every study's entry is keyed on the whole configuration and the assets it reads (not a net it never reads);
+    # the studies that read the same nets share one digest of them (a pass over the data and the nets' weights)
+    by_nets = {unread: study_key(asdict(cfg), assets, unread) for unread in {_unread_fields(n) for n in STUDIES}}
+    keys = {name: by_nets[_unread_fields(name)] for name in STUDIES}
     for name in studies:
         ws.say(f"study: {name}")
         with times.stage(name):
