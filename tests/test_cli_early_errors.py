@@ -246,7 +246,7 @@ def test_kfm_version_prints_the_package_version(capsys):
                                        "shaping, each once; got 'semantics,bogus' (unknown ['bogus'])"),
     # a repeated study failed late, on "two figures are named 'kpe_vs_margin'"
     (["--studies", "semantics,semantics"], "each once; got 'semantics,semantics' (['semantics'] named twice)"),
-    (["--studies", " , "], "each once; got ' , ' (none named)"),
+    (["--studies", " , "], "each once; got ' , ' (an empty name: two commas, or one at an end)"),
     (["--out", "{tmp}/afile"], "--out {tmp}/afile is a file; name a folder"),
     (["--out", "{tmp}/afile/rep"], "--out {tmp}/afile/rep: {tmp}/afile is a file, so no folder can be made inside it"),
 ])
@@ -261,7 +261,7 @@ def test_reproduce_names_a_bad_studies_or_out_flag_before_it_starts(tmp_path, ca
 
 @pytest.mark.parametrize("flags, mode, seed, studies, progress", [
     ([], "quick", 0, ("semantics", "support", "memorization", "shaping"), True),
-    (["--full", "--seed", "9", "--studies", " shaping , semantics,", "--quiet"], "full", 9, ("shaping", "semantics"),
+    (["--full", "--seed", "9", "--studies", " shaping , semantics", "--quiet"], "full", 9, ("shaping", "semantics"),
      False),
     (["--tiny", "--device", "cuda"], "tiny", 0, ("semantics", "support", "memorization", "shaping"), True),
 ])

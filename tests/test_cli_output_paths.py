@@ -44,6 +44,10 @@ def _argv(command, tmp_path, flag, path):
             "reproduce": ["reproduce", "--tiny", *given]}[command]
 
 
+# the commands whose own refusals of an argument end as argparse's do
+_HELP = {"reproduce": "(see 'kfm reproduce --help')\n"}
+
+
 def _forbid_writing_in(monkeypatch, folder):
     """``folder`` as one this user may not write into: mode 0o555 where the tests do not run as
     root (who passes every permission), else by answering as the kernel would to access()."""
@@ -78,7 +82,7 @@ def test_a_folder_the_user_may_not_write_into_is_named_before_anything_loads(tmp
     finally:
         locked.chmod(0o755)
     assert capsys.readouterr().err == (f"kfm {command}: error: {flag} {path}: {locked} is a folder this user may "
-                                       "not write into\n")
+                                       f"not write into\n{_HELP.get(command, '')}")
     assert list(locked.iterdir()) == [] and not (tmp_path / "run").exists()
 
 
@@ -92,7 +96,8 @@ def test_an_existing_output_folder_the_user_may_not_write_into_is_named(tmp_path
         assert main(_argv(command, tmp_path, "--out", str(out))) == 2
     finally:
         out.chmod(0o755)
-    assert capsys.readouterr().err == f"kfm {command}: error: --out {out} is a folder this user may not write into\n"
+    assert capsys.readouterr().err == (f"kfm {command}: error: --out {out} is a folder this user may not write "
+                                       f"into\n{_HELP.get(command, '')}")
 
 
 def test_a_read_only_file_system_is_called_so(tmp_path, monkeypatch):
@@ -109,7 +114,7 @@ def test_a_read_only_file_system_is_called_so(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flag, where, message", [
-    ("--out", "afile", "--out {tmp}/afile is a file; name a folder (new, or one this command wrote)"),
+    ("--out", "afile", "--out {tmp}/afile is a file; name a folder (new, empty, or one this command wrote)"),
     ("--out", "afile/run", "--out {tmp}/afile/run: {tmp}/afile is a file, so no folder can be made inside it"),
     ("--figure", "afile/f.png",
      "--figure {tmp}/afile/f.png: {tmp}/afile is a file, so no folder can be made inside it"),

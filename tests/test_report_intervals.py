@@ -353,8 +353,8 @@ def test_goldilocks_jackknifes_each_quintile_once_and_its_numbers_match_the_sepa
     tested = []
     goldilocks_tests = M.goldilocks_tests
 
-    def recorded(*args):
-        tested.append((args, goldilocks_tests(*args)))
+    def recorded(*args, **kwargs):
+        tested.append((args, goldilocks_tests(*args, **kwargs)))
         return tested[-1][1]
 
     monkeypatch.setattr(M, "goldilocks_tests", recorded)

@@ -2735,7 +2735,7 @@ def test_the_memorizer_trains_on_a_subset_of_the_training_rows_only(tmp_path, mo
     _patch_loader(monkeypatch, 60)
     trained = {}
 
-    def recorded(cfg, ws, name, data, rows, steps, progress):
+    def recorded(cfg, ws, name, data, rows, steps, progress, needed=True):
         trained[name] = (data, rows.tolist())
         return torch.nn.Identity(), {}
 
@@ -2845,8 +2845,8 @@ def _orchestrated(tmp_path, monkeypatch, cfg, studies):
     ran, written, quality_seeds = [], {}, []
     assets = SimpleNamespace(classifier=None, classifier_name="pixels", classifier_pretrained=False, principal=None,
                              source="tagged", train=torch.zeros(30, 1, 2, 2), heldout=torch.zeros(7, 1, 2, 2),
-                             memorizer_train=torch.zeros(5, 1, 2, 2))
-    monkeypatch.setattr(reproduce_module, "load_assets", lambda *args: assets)
+                             memorizer_train=torch.zeros(5, 1, 2, 2), general=object())
+    monkeypatch.setattr(reproduce_module, "load_assets", lambda *args, **kwargs: assets)
 
     def runner(name):
         def run(*args):
@@ -3023,8 +3023,8 @@ def test_a_run_refused_before_its_first_result_leaves_nothing_but_its_lock(tmp_p
         # was: cache/, models/, tables/, timings.json; the lock file stays (never deleted: a writer
         # that opened it since would lock a file no longer there)
         assert [p.name for p in out.iterdir()] == [".lock"]
-    kept = tmp_path / "kept"                         # a folder that held something stays, with what it held
-    kept.mkdir()
+    kept = tmp_path / "kept"                         # a workspace that held something stays, with what it held
+    (kept / "cache").mkdir(parents=True)             # (a folder of the user's files alone is refused first)
     (kept / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="has 30 images"):
         reproduce(cfg, kept, progress=False)
@@ -3095,6 +3095,9 @@ def test_a_run_of_fewer_studies_keeps_only_the_figures_its_report_shows(tiny_rep
     shutil.copytree(tiny_report[0], out)
     before = {p.name for p in (out / "figures").glob("*.png")}
     (out / "figures" / "my_paper_fig1.png").write_bytes(b"a user's own figure")   # no report of ours wrote it
+    for entry in (out / "cache").glob("study-*.pt"):      # the others' results are not of these settings: they go
+        if not entry.name.startswith("study-memorization-"):
+            entry.unlink()
     md, _ = reproduce(ReproduceConfig.preset("tiny"), out, studies=("memorization",), progress=False)
     shown = set(re.findall(r"\(figures/([a-z0-9_-]+\.png)\)", md.read_text(encoding="utf-8")))
     assert shown and shown < before

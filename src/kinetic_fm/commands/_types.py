@@ -68,7 +68,7 @@ def check_output_path(flag: str, path: str, *, folder: bool) -> None:
                          "make what it points to first, or name another path")
     if target.exists():
         if folder and not target.is_dir():
-            raise ValueError(f"{flag} {path} is a file; name a folder (new, or one this command wrote)")
+            raise ValueError(f"{flag} {path} is a file; name a folder (new, empty, or one this command wrote)")
         if not folder and target.is_dir():
             raise ValueError(f"{flag} {path} is a folder; name a file")
         _check_writable_folder(flag, path, target if folder else target.parent)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 from ..checks import split_spec
 from .images import ImageDataset
@@ -64,7 +65,7 @@ def absolute_spec(spec: str) -> str:
     return f"{name}:{os.path.abspath(path)}" if path else spec
 
 
-def parse_spec(spec: str) -> tuple[str, str]:
+def parse_spec(spec: str, *, accepted: Sequence[str] = DATA_SPECS) -> tuple[str, str]:
     """``(name, path)`` of a data spec, checked without loading anything (path "" when none; a
     leading ``~`` expanded, which the shell does not do after ``mnist:``). The path is everything after
     the first colon, colons included (``folder:C:/x``, ``folder:./a:b``), less the spaces around it
@@ -77,30 +78,34 @@ def parse_spec(spec: str) -> tuple[str, str]:
             its kind (``C:/x``, ``./x.npy``) is pointed at ``folder:PATH`` where it is an existing folder or a
             ``.zip``, else at the kinds that take a path; a misspelt kind (``folde:``, ``CIFAR:``, ``MNIST``)
             at the likely spec (:func:`spec_hint`); a path to a set that takes none; no path to one that needs it.
+            The messages list ``accepted``, the specs the caller takes, in its help's spelling (``mnist:DIR``).
     """
     name, path = split_spec(spec)
     if name not in SPEC_KINDS:
-        raise ValueError(f"unknown data spec {spec!r}{spec_hint(spec)}")
+        raise ValueError(f"unknown data spec {spec!r}{spec_hint(spec, accepted)}")
     path = os.path.expanduser(path)
     if path and not SPEC_KINDS[name]:
-        raise ValueError(f"data spec {spec!r}: {name} takes no path; {_FORMS}")
+        raise ValueError(f"data spec {spec!r}: {name} takes no path; {_forms(accepted)}")
     if SPEC_KINDS[name] and not path:
-        raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data; {_FORMS}")
+        raise ValueError(f"data spec {spec!r} needs a path, e.g. {name}:/path/to/data; {_forms(accepted)}")
     return name, path
 
 
-_FORMS = f"expected one of {', '.join(DATA_SPECS)}"
+def _forms(accepted: Sequence[str] = DATA_SPECS) -> str:
+    return f"expected one of {', '.join(accepted)}"
+
+
 # each kind of DATA_SPECS: whether it takes a path
 SPEC_KINDS: dict[str, bool] = {s.partition(":")[0]: s.endswith(":PATH") for s in DATA_SPECS}
 
 
-def spec_hint(spec: str) -> str:
+def spec_hint(spec: str, accepted: Sequence[str] = DATA_SPECS) -> str:
     """What follows the name of ``spec``, a string that is none of :data:`DATA_SPECS`, in a refusal:
     ``" (did you mean folder:/x?); expected one of digits, ..."``, the likely form in brackets where one
     reads (:func:`_likely_spec`), else ``"; expected one of ..."``. One wording for every route that
     refuses such a spec (:func:`parse_spec`, ``kfm memorization --train``)."""
     hint = _likely_spec(spec)
-    return f" ({hint}); {_FORMS}" if hint else f"; {_FORMS}"
+    return f" ({hint}); {_forms(accepted)}" if hint else f"; {_forms(accepted)}"
 
 
 def _likely_spec(spec: str) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Collection
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,14 @@ TRAINING_ITEMS = "training_items.json"
 FD_COMPONENTS = 64
 
 
+#: the velocity nets each study reads (the generalising one through its samples): a run trains only those of
+#: the studies it runs (:func:`load_assets`), and a study's cached result is keyed on those alone
+NETS_READ = {"semantics": ("general",), "support": ("general",), "memorization": ("general", "memorizer"),
+             "shaping": ("memorizer",)}
+#: the :class:`Assets` fields of each net
+NET_FIELDS = {"general": ("general",), "memorizer": ("memorizer", "memorizer_checkpoints")}
+
+
 @dataclass
 class Assets:
     """Training split (images in the loader's range), held-out split, and the nets built on them.
@@ -40,9 +49,11 @@ class Assets:
         classifier_name: e.g. "digits-cnn" or "resnet56": names the feature space of FD numbers
             (without a classifier, the principal space's name, e.g. "pixels-PCA64+residual").
         classifier_accuracy: held-out accuracy, or None.
-        general: velocity net trained on all of ``train`` (EMA weights).
-        memorizer: velocity net trained on ``memorizer_train`` only, long enough to copy it.
-        memorizer_train: (n, C, H, W) its training subset; memorizer_checkpoints: step -> file.
+        general: velocity net trained on all of ``train`` (EMA weights); None when the run's studies
+            read it not and it was not trained in the workspace before (:data:`NETS_READ`).
+        memorizer: velocity net trained on ``memorizer_train`` only, long enough to copy it; None as ``general``.
+        memorizer_train: (n, C, H, W) its training subset; memorizer_checkpoints: step -> file (empty
+            without a memorizer).
         source: human-readable data description.
         principal: without a classifier, the training split's top principal directions, the
             space of every FD and precision/recall (None: raw pixels).
@@ -59,8 +70,8 @@ class Assets:
     classifier: nn.Module | None
     classifier_name: str
     classifier_accuracy: float | None
-    general: nn.Module
-    memorizer: nn.Module
+    general: nn.Module | None
+    memorizer: nn.Module | None
     memorizer_train: Tensor
     memorizer_checkpoints: dict[int, Path]
     source: str
@@ -130,7 +141,8 @@ class Assets:
         return FeatureSpace(head, self.classifier_name, batch_size=512, device=where)(x)
 
 
-def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Assets:
+def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True, *,
+                nets: Collection[str] = ("general", "memorizer")) -> Assets:
     """Load the studies' data and build the nets on it, trained here or read from ``ws``'s cache.
 
     Splits ``cfg.data`` into training and held-out images, gets the judging classifier (trained on
@@ -144,6 +156,8 @@ def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Asse
         cfg: data spec, split sizes, classifier, nets' training steps, seed and device.
         ws: the workspace holding cached nets (and written to when they are trained).
         progress: show bars while loading and training.
+        nets: the velocity nets to train where ``ws`` holds them not ("general", "memorizer"); the others
+            are read when an earlier run trained them there, else None.
 
     Returns:
         :class:`Assets` (its docstring gives the shapes).
@@ -156,12 +170,12 @@ def load_assets(cfg: AssetsConfig, ws: Workspace, progress: bool = True) -> Asse
         principal = PrincipalSpace.fit(train, min(FD_COMPONENTS, train[0].numel(), len(train) - 1), residual=True)
         name = principal.name
     rows = split_rows(cfg, len(train) + len(heldout))[1]   # train's rows in the loaded data set
-    general, _ = _velocity_net(cfg, ws, "general", train, rows, cfg.general_steps, progress)
+    general, _ = _velocity_net(cfg, ws, "general", train, rows, cfg.general_steps, progress, "general" in nets)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     pick = torch.randperm(train.shape[0], device="cpu", generator=g)[: cfg.memorizer_n].sort().values
     memorizer_train = train[pick]
     memorizer, checkpoints = _velocity_net(cfg, ws, "memorizer", memorizer_train, rows[pick], cfg.memorizer_steps,
-                                           progress)
+                                           progress, "memorizer" in nets)
     return Assets(train, train_labels, heldout, heldout_labels, classes, classifier, name, accuracy,
                   general, memorizer, memorizer_train, checkpoints, source,
                   classifier_pretrained=bool(cfg.classifier), principal=principal, mean=mean)
@@ -275,10 +289,10 @@ def _one_channel_folder(cfg, images: Tensor) -> dict:
     return {"channels": 1} if cfg.data.startswith("folder:") and images.dim() == 4 and images.shape[1] == 1 else {}
 
 
-def _velocity_net(cfg, ws, name, data, rows, steps, progress):
+def _velocity_net(cfg, ws, name, data, rows, steps, progress, needed=True):
     """The EMA net ``name`` trained on ``data`` (rows ``rows`` of the loaded data set), trained
     here or reloaded, and its checkpoints (step -> file; only the memorizer's are written, the
-    studies read no others)."""
+    studies read no others); (None, {}) when not ``needed`` and not trained in ``ws`` yet."""
     from ..models.checkpoint import load_model
     from ..models.registry import default_model
     from ..models.train import RESUME_FILE, TrainConfig, train
@@ -287,6 +301,8 @@ def _velocity_net(cfg, ws, name, data, rows, steps, progress):
            "model": cfg.model, "width": cfg.width, "steps": steps, "batch": cfg.batch_size, "lr": cfg.lr,
            "seed": cfg.seed, "memorizer_n": cfg.memorizer_n if name == "memorizer" else None,
            **_one_channel_folder(cfg, data)}
+    if not needed and not (ws.model_path(name, key) / "final.safetensors").exists():
+        return None, {}
     out = ws.model_dir(name, key)
     final = out / "final.safetensors"
     if not final.exists():

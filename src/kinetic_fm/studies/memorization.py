@@ -10,7 +10,7 @@ to copy, and what happens to its energy? Memorized samples are compared with the
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -325,18 +325,22 @@ def late_energy_verdict(late_memorized: np.ndarray, late_others: np.ndarray, min
 
 
 def _interior_best_share(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int, seed: int,
-                         reference: FrechetReference | None = None) -> float:
+                         reference: FrechetReference | None = None,
+                         tick: Callable[[], Any] | None = None) -> float:
     """Share of bootstrap resamples (rows redrawn within each KPE quintile) in which the lowest
-    Fréchet distance to ``ref`` falls in an interior quintile; ``reference``: ``ref``'s fit, when made."""
-    return float(best_is_interior(_fd_within_groups(feats, bins, ref, resamples, seed, reference)).mean())
+    Fréchet distance to ``ref`` falls in an interior quintile; ``reference``: ``ref``'s fit, when made;
+    ``tick``: called after each resample (a progress bar's)."""
+    return float(best_is_interior(_fd_within_groups(feats, bins, ref, resamples, seed, reference, tick)).mean())
 
 
 def _fd_within_groups(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resamples: int, seed: int,
-                      reference: FrechetReference | None = None) -> np.ndarray:
+                      reference: FrechetReference | None = None,
+                      tick: Callable[[], Any] | None = None) -> np.ndarray:
     """(R, G) Fréchet distances to ``ref`` of each group 0..G−1 of ``bins`` ((n,) ints), its own rows
     redrawn with replacement in each of R = ``resamples`` resamples (one generator seeded ``seed``,
     resample by resample, group by group). A group of fewer than two rows has no covariance: NaN.
-    ``reference``: ``ref``'s :func:`~kinetic_fm.studies.output.feature_reference`, fitted here when None."""
+    ``reference``: ``ref``'s :func:`~kinetic_fm.studies.output.feature_reference`, fitted here when None;
+    ``tick``: called after each resample."""
     rng = np.random.default_rng(seed)
     if reference is None:
         reference = feature_reference(ref)
@@ -346,6 +350,8 @@ def _fd_within_groups(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray, resa
         for q, rows in enumerate(groups):
             f = feats[rng.choice(rows, size=len(rows))]
             values[r, q] = fd_to_reference(f, reference) if len(rows) >= 2 else np.nan
+        if tick is not None:
+            tick()
     return values
 
 
@@ -370,7 +376,8 @@ def quintile_replicates(feats: np.ndarray, bins: np.ndarray, ref: np.ndarray,
 
 def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarray, ref: np.ndarray,
                      resamples: int, seed: int, replicates: list | None = None,
-                     fits: JackknifeReference | None = None) -> dict[str, float]:
+                     fits: JackknifeReference | None = None, tick: Callable[[], Any] | None = None
+                     ) -> dict[str, float]:
     """The Goldilocks claim's two tests, on T = min(FD_Q1, FD_Q5) − min(FD_Q2..Q4) (> 0: an interior
     quintile is best, by T).
 
@@ -393,9 +400,16 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
 
     ``replicates``: the KPE quintiles' :func:`quintile_replicates` when already computed (the bars'
     intervals read the same); ``fits``: ``ref``'s :func:`~kinetic_fm.studies.output.jackknife_reference`
-    when already made (both splits' jackknives read it).
+    when already made (both splits' jackknives read it); ``tick``: called after each permutation and each
+    paired resample (2 · ``resamples`` calls where the tests run; none where they do not).
     """
     rng = np.random.default_rng(seed)
+
+    def ticked(value):
+        if tick is not None:
+            tick()
+        return value
+
     reference = full_reference(ref, fits)
 
     def margin(rows: np.ndarray, b: np.ndarray, to=reference) -> float:
@@ -416,7 +430,7 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
         nan = float("nan")
         return {"T": t, "p_interior": nan, "p_end": nan, "beyond_low": nan, "beyond_high": nan} | sizes
     equal = rows * 5 // len(rows)
-    null = np.array([margin(rows, rng.permutation(equal)) for _ in range(resamples)])
+    null = np.array([ticked(margin(rows, rng.permutation(equal))) for _ in range(resamples)])
     boot = rng.integers(0, len(rows), size=(resamples, len(rows)))
     # the reference's rows are redrawn too, one redraw for both splits' ten FDs: held fixed, its
     # noise biases each quintile's FD by a part that scales with the quintile's spread, which the
@@ -426,7 +440,7 @@ def goldilocks_tests(feats: np.ndarray, bins: np.ndarray, control_bins: np.ndarr
     beyond = np.empty(resamples)
     for r, (idx, jdx) in enumerate(zip(boot, ref_boot)):
         redrawn = feature_reference(ref[jdx])
-        beyond[r] = margin(idx, bins[idx], redrawn) - margin(idx, control_bins[idx], redrawn)
+        beyond[r] = ticked(margin(idx, bins[idx], redrawn) - margin(idx, control_bins[idx], redrawn))
     beyond = beyond[~np.isnan(beyond)]  # resamples without two rows in some quintile
     point = _jackknife_difference(feats, bins, control_bins, ref, replicates, fits)
     if not len(beyond):
@@ -535,12 +549,13 @@ def _quintile_sizes_text(sizes, noun: str = " samples") -> str:
     return f"{low}{noun}" if low == high else f"{low}–{high}{noun}"
 
 
-def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed, reference=None, kpe_fds=None):
+def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed, reference=None, kpe_fds=None, tick=None):
     """FD by quintile of KPE and of the control scalars (``orderings``, from
     :func:`control_orderings`), the section's paragraph about them, and the interior-best share of
     the ‖x1‖² control. ``reference``: ``ref``'s fit when already made (fitted here when None);
     ``kpe_fds``: the (5,) FDs of ``orderings["KPE"]``'s quintiles against that fit when already
-    computed (the Goldilocks bars: an eigenproblem per quintile not solved twice)."""
+    computed (the Goldilocks bars: an eigenproblem per quintile not solved twice); ``tick``: called after each
+    of the ‖x1‖² control's ``resamples``."""
     import pandas as pd
 
     if reference is None:
@@ -548,7 +563,7 @@ def _goldilocks_control(orderings, feats, ref, fd_col, resamples, seed, referenc
     control = pd.DataFrame({"quintile": [f"Q{q + 1}" for q in range(5)],
                             **{name: kpe_fds if name == "KPE" and kpe_fds is not None
                                else quintile_fds(feats, bins, reference) for name, bins in orderings.items()}})
-    share = _interior_best_share(feats, orderings["‖x1‖²"], ref, resamples, seed, reference)
+    share = _interior_best_share(feats, orderings["‖x1‖²"], ref, resamples, seed, reference, tick)
     spread = {name: float(control[name].max() - control[name].min()) for name in orderings}
     text = (f"Control (not one of the paper's claims): any scalar that sorts samples by their content puts "
             f"the unusual samples in the end quintiles, whose statistics differ most from the reference, so "
@@ -820,15 +835,20 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
     resamples = min(200, bootstrap)
     orderings = control_orderings(bins, x, start_noise(run), sem_cfg.seed_start)
     ws.say(f"memorization: Goldilocks controls, permutation test and bootstrap ({resamples} resamples)")
-    control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(), fd_col,
-                                                                resamples, sem_cfg.seed_start, reference,
-                                                                kpe_fds=fds)
-    replicates = quintile_replicates(feats.numpy(), bins, ref.numpy(), fits)
-    # the point each interval is about, beside it: the bars' plain FDs lie above it by the estimator's bias
-    table[corrected_fd_column(fd_col)] = replicate_points(replicates)
-    table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = replicate_intervals(replicates)
-    tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples, sem_cfg.seed_start,
-                             replicates, fits)
+    from tqdm.auto import tqdm
+
+    # the control's resamples, then the permutations and the paired resamples (skipped where n ≤ D)
+    with tqdm(total=3 * resamples, desc="Goldilocks resamples", unit="resample", leave=False,
+              disable=not ws.progress) as bar:
+        control, control_text, control_share = _goldilocks_control(orderings, feats.numpy(), ref.numpy(), fd_col,
+                                                                    resamples, sem_cfg.seed_start, reference,
+                                                                    kpe_fds=fds, tick=bar.update)
+        replicates = quintile_replicates(feats.numpy(), bins, ref.numpy(), fits)
+        # the point each interval is about, beside it: the bars' plain FDs lie above it by the estimator's bias
+        table[corrected_fd_column(fd_col)] = replicate_points(replicates)
+        table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = replicate_intervals(replicates)
+        tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples,
+                                 sem_cfg.seed_start, replicates, fits, tick=bar.update)
     no_copies = not table["F_mem"].any()
     claim = Claim(
         "memorization", "Goldilocks: quality is best at intermediate energy",

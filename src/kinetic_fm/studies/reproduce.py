@@ -21,7 +21,7 @@ import torch
 from .. import gemm
 from ..runs.atomic import is_leftover
 from ..runs.lock import LOCK_NAME, RunLock
-from .assets import load_assets
+from .assets import NET_FIELDS, NETS_READ, load_assets
 from .config import ReproduceConfig, ShapingConfig
 from .memorization import run_memorization
 from .output import FD_INTERVAL_TERM, StudyOutput, fd_space_text, jackknife_text, judge_text
@@ -29,7 +29,7 @@ from .quality import SampleQuality, sample_quality
 from .report import TERMS_HEAD
 from .semantics import general_samples, run_semantics
 from .shaping import kts_schedules_text, run_shaping
-from .study_cache import cached_study, entries_inputs, file_digest, study_key
+from .study_cache import cached_study, entries_inputs, file_digest, stored_study, study_key
 from .support import run_support
 from .timings import TIMINGS_FILE, StageTimes
 from .workspace import Workspace, config_hash
@@ -53,6 +53,25 @@ def studies_problem(studies: tuple[str, ...]) -> str | None:
     return None if studies else "none named"
 
 
+def foreign_folder_problem(root: str | Path) -> str | None:
+    """What keeps ``root`` from being a run's folder, in words that follow its name ("is not empty and holds no
+    kfm reproduce run (it holds a.csv, report.md): ..."), or None where it is new, holds nothing but our leftovers
+    (:func:`~kinetic_fm.runs.atomic.is_leftover`: a lock file, a killed writer's temporaries) or is a workspace
+    a run wrote (its ``timings.json``, which every run writes first, or its ``cache/`` or ``models/``: older
+    ones', or the trained nets of one copied in to be reused). A run writes ``report.md``, ``tables/`` and
+    ``figures/``, and a user's report there was overwritten; the files a user adds to a workspace stay."""
+    root = Path(root)
+    ours = (root / TIMINGS_FILE).is_file() or (root / "cache").is_dir() or (root / "models").is_dir()
+    if not root.is_dir() or ours:
+        return None
+    others = sorted(p.name for p in root.iterdir() if not is_leftover(p.name))
+    if not others:
+        return None
+    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    return (f"is not empty and holds no kfm reproduce run (it holds {shown}): the run would write its report, tables "
+            "and figures among them; choose a new or empty folder, or one kfm reproduce wrote")
+
+
 def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...] = STUDIES,
               progress: bool = True) -> tuple[Path, Path]:
     """Run ``studies`` under ``cfg``, write tables to ``out/tables`` and the report; return (md, html) paths.
@@ -63,7 +82,8 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     from the cache.
 
     The run holds ``out``'s lock (:class:`~kinetic_fm.runs.RunLock`): a second run into the same
-    folder stops at once with :class:`~kinetic_fm.runs.RunLockedError`. A run refused before its
+    folder stops at once with :class:`~kinetic_fm.runs.RunLockedError`. A folder of other files is refused
+    (:func:`foreign_folder_problem`). A run refused before its
     first result into a new folder (or one holding only the lock file such a run leaves, or a killed
     writer's temporaries: :func:`~kinetic_fm.runs.atomic.is_leftover`) leaves it holding only that lock
     file, which the next run takes as new.
@@ -75,6 +95,9 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     if problem:
         raise ValueError(f"studies must be a subset of {STUDIES}, each once; got {tuple(studies)} ({problem})")
     root = Path(out)
+    foreign = foreign_folder_problem(root)
+    if foreign:
+        raise ValueError(f"{root} {foreign}")
     # a lock file is what a refused run leaves (it is never deleted), a temporary what a killed writer leaves:
     # a folder holding nothing else is new too
     fresh = not root.exists() or (root.is_dir() and all(is_leftover(p) for p in root.iterdir()))
@@ -169,9 +192,10 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
 
     # each invocation's stage times are kept in the workspace: a resumed run's report counts them all
     times = StageTimes.start(ws.root, config_hash({"config": asdict(cfg), "studies": list(studies)}))
+    _say_resumed(ws, times)
     ws.say("data, judging classifier and velocity nets (trained here or read from models/)")
     with times.stage("data, classifier and models"):
-        assets = load_assets(cfg.assets, ws, progress)
+        assets = load_assets(cfg.assets, ws, progress, nets={net for name in studies for net in NETS_READ[name]})
     asset_key = config_hash(cfg.assets.sample_settings())
     runners = {
         "semantics": lambda: run_semantics(cfg.semantics, assets, ws, asset_key),
@@ -180,11 +204,17 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
         "shaping": lambda: run_shaping(cfg.shaping, assets, ws, asset_key, progress),
     }
     outputs: list[StudyOutput] = []
-    key = study_key(asdict(cfg), assets)  # every study's entry is keyed on the whole configuration
+    # every study's entry is keyed on the whole configuration and the assets it reads (not a net it never reads);
+    # the studies that read the same nets share one digest of them (a pass over the data and the nets' weights)
+    by_nets = {unread: study_key(asdict(cfg), assets, unread) for unread in {_unread_fields(n) for n in STUDIES}}
+    keys = {name: by_nets[_unread_fields(name)] for name in STUDIES}
     for name in studies:
         ws.say(f"study: {name}")
         with times.stage(name):
-            outputs.append(cached_study(ws, name, key, runners[name]))
+            outputs.append(cached_study(ws, name, keys[name], runners[name]))
+    kept = _kept_studies(ws, studies, keys)
+    outputs += kept
+    _say_removed(ws, outputs)
     ws.remove_tables_except({f"{o.name}__{t}" for o in outputs for t in o.tables})  # the folder mirrors the report
     for output in outputs:
         for table_name, frame in output.tables.items():
@@ -193,9 +223,10 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     claims = [c for o in outputs for c in o.claims]
     sections = [s for o in outputs for s in o.sections]
     quality, sampled = None, ws.stages_computed  # the check's own stage is one of "reading them, the check"
-    if {"semantics", "support", "memorization"} & set(studies):  # their samples are cached by now
+    shown = tuple(o.name for o in outputs)
+    if {"semantics", "support", "memorization"} & set(shown) and assets.general is not None:  # samples cached by now
         ws.say("sample quality: Fréchet distances of the generalising model's samples")
-        quality = _sample_quality(cfg, assets, ws, asset_key, key)
+        quality = _sample_quality(cfg, assets, ws, asset_key, keys["semantics"])
     timings, total = times.totals()
     invocations = len(times.counted())
     configuration = asdict(cfg)
@@ -220,7 +251,7 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
             "" if invocations == 1 else f" over {invocations} invocations (this one {times.current['seconds']:.1f})"),
         "configuration": configuration,
         "versions": f"kinetic_fm {_version()}, torch {torch.__version__}, python {platform.python_version()}",
-        "tables": str(ws.root / "tables"),
+        "tables": "tables/ (beside this report)",   # the folder the command ran in is not the reader's
     }
     if quality is not None:
         meta["sample quality"] = quality.sentence()
@@ -228,9 +259,9 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
              + _overview(cfg, studies, assets, timings, total, invocations,
                          from_cache=invocations == 1 and sampled == 0
                          and ws.stages_loaded + ws.studies_loaded > 0,
-                         studies_from_cache=ws.studies_computed == 0) + "\n\n"
-             + per_sample_columns_text(studies)
-             + _scale(cfg, studies, tuple(assets.train.shape[1:]), len(assets.train)) + "\n\n"
+                         studies_from_cache=ws.studies_computed == 0, kept=tuple(o.name for o in kept)) + "\n\n"
+             + per_sample_columns_text(shown)
+             + _scale(cfg, shown, tuple(assets.train.shape[1:]), len(assets.train)) + "\n\n"
              + terms_text(assets.classifier_name, assets.classifier is not None, cfg.shaping))
     earlier = ws.report_figures()
     paths = write_report(ws.root, title="Kinetic energy of flow matching: reproduction report", intro=intro,
@@ -238,6 +269,56 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     ws.remove_figures(earlier - {fig.name for section in sections for fig in section.figures})
     times.finish()
     return paths
+
+
+def _say_resumed(ws: Workspace, times: StageTimes) -> None:
+    """Say that this run resumes an interrupted one (same settings, not finished: ``times``) and how many
+    stages it finished: the files of ``cache/`` written (or, a study's entry, read) since the first
+    interrupted invocation started, which this run reads instead of computing. Nothing for a first run, a
+    rerun of a finished one, or an interrupted run that finished no stage (training says where it resumes)."""
+    counted = times.counted()
+    if len(counted) < 2:
+        return
+    started = float(counted[0].get("started", 0.0))
+    finished = 0
+    for path in (ws.root / "cache").glob("*.pt"):
+        try:
+            finished += path.stat().st_mtime >= started
+        except OSError:   # gone meanwhile
+            continue
+    if finished:
+        ws.say(f"resuming: {finished} finished stages in {ws.root / 'cache'} are reused")
+
+
+def _unread_fields(study: str) -> tuple[str, ...]:
+    """The :class:`~kinetic_fm.studies.assets.Assets` fields of the nets ``study`` never reads."""
+    return tuple(field for net, fields in NET_FIELDS.items() if net not in NETS_READ[study] for field in fields)
+
+
+def _kept_studies(ws: Workspace, studies: tuple[str, ...], keys: dict[str, dict | None]) -> list[StudyOutput]:
+    """The results of the studies a run of ``studies`` (``--studies``) did not run that an earlier run into ``ws``
+    finished under the same key (configuration, the assets they read, library and style), read from their cache
+    entries: the report shows every finished study, as a full run does, instead of dropping them. Said in the
+    console, as each study is."""
+    kept = []
+    for name in STUDIES:
+        output = None if name in studies else stored_study(ws, name, keys[name])
+        if output is not None:
+            ws.say(f"study: {name}, not run now: its result from an earlier run into this folder with the same "
+                   "settings is kept (read from cache/)")
+            kept.append(output)
+    return kept
+
+
+def _say_removed(ws: Workspace, outputs: list[StudyOutput]) -> None:
+    """Say which studies' tables an earlier run left in ``ws`` go now, this report holding no result of theirs
+    (they were of other settings, or no run finished them at these): the folder mirrors its report."""
+    shown = {o.name for o in outputs}
+    gone = sorted({path.stem.split("__")[0] for path in (ws.root / "tables").glob("*.parquet")} - shown)
+    gone = [name for name in gone if name in STUDIES]
+    if gone:
+        ws.say(f"removing the tables and figures of {', '.join(gone)} from an earlier run: this folder holds no "
+               "finished result of theirs for these settings (run them with these settings to get them back)")
 
 
 def _sample_quality(cfg: ReproduceConfig, assets, ws: Workspace, asset_key: str, key: dict | None) -> SampleQuality:
@@ -322,13 +403,16 @@ def _intro(data: str, mode: str, quality: SampleQuality | None = None) -> str:
 
 
 def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: dict[str, float], total: float,
-              invocations: int = 1, *, from_cache: bool = False, studies_from_cache: bool = False) -> str:
+              invocations: int = 1, *, from_cache: bool = False, studies_from_cache: bool = False,
+              kept: tuple[str, ...] = ()) -> str:
     """What ran, on what, how long (``timings`` and ``total`` summed over ``invocations``, the
     interrupted ones this run resumed and itself), from which seeds, and where each file is.
     ``from_cache``: this run sampled nothing, every sampling run was read from ``cache/``, so
     its seconds are not what the studies cost (a re-run read "in 55 s", models 0 s);
-    ``studies_from_cache``: and every study's result was read too (its metrics not recomputed)."""
+    ``studies_from_cache``: and every study's result was read too (its metrics not recomputed); ``kept``: the
+    studies this run did not run whose results an earlier run into the folder finished (shown too)."""
     a, sem, mem, sh = cfg.assets, cfg.semantics, cfg.memorization, cfg.shaping
+    ran, studies = studies, studies + kept
     seeds = []
     if {"semantics", "support", "memorization"} & set(studies):
         seeds.append(f"the generalising model (semantics, support, Goldilocks) {sem.seed_start}–"
@@ -346,8 +430,10 @@ def _overview(cfg: ReproduceConfig, studies: tuple[str, ...], assets, timings: d
         stages = (f"over {invocations} invocations: the run was interrupted and resumed {resumed}; per stage, "
                   f"summed: {stages}")
     return (
-        f"**What ran.** Studies {', '.join(studies)} on `{a.data}` ({assets.source}; {len(assets.train)} training "
+        f"**What ran.** Studies {', '.join(ran)} on `{a.data}` ({assets.source}; {len(assets.train)} training "
         f"and {len(assets.heldout)} held-out images), on `{a.device}`, in {total:.0f} s ({stages})."
+        + (f" Also shown, not run now (`--studies {','.join(ran)}`): {', '.join(kept)}, as an earlier run into this "
+           "folder with the same settings, inputs and library finished them, read from `cache/`." if kept else "")
         + (" This run sampled and measured nothing: every study's tables, claims and figures were read from "
            "`cache/`, written by an earlier run into this folder with the same settings, inputs and library, so these "
            "are the seconds of reading them, the sample-quality check and the report; `timings.json` keeps the "

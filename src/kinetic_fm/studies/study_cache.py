@@ -42,7 +42,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 import torch
 
@@ -106,12 +106,13 @@ def style_digest() -> str:
     return hashlib.sha256(repr(drawn).encode()).hexdigest()
 
 
-def assets_digest(assets: Any) -> str:
+def assets_digest(assets: Any, unread: Collection[str] = ()) -> str:
     """sha256 of every field of ``assets`` (a :class:`~kinetic_fm.studies.assets.Assets`) a study
     reads: tensors by dtype, shape and bytes, nets by class, structure and state dict, checkpoint
     files by their header and the weights a study loads from them (:func:`weights_digest`). Fields
-    starting with ``_`` (values computed from the others) are left out. Raises TypeError on a value
-    of a kind it cannot digest (that study is then not cached).
+    starting with ``_`` (values computed from the others) and those named in ``unread`` (a net the
+    study never reads, which a run of other studies may not have trained) are left out. Raises TypeError
+    on a value of a kind it cannot digest (that study is then not cached).
 
     The memorizer's final EMA weights are hashed twice, as ``memorizer`` and in its last checkpoint
     (about 10 ms a run for the presets' default nets): keying one by the other would need proof that they
@@ -119,7 +120,7 @@ def assets_digest(assets: Any) -> str:
     Assets, a checkpoint rewritten) would reuse a stale entry."""
     digest = hashlib.sha256()
     for f in dataclasses.fields(assets):
-        if not f.name.startswith("_"):
+        if not f.name.startswith("_") and f.name not in unread:
             digest.update(f.name.encode() + b"=")
             _digest_value(getattr(assets, f.name), digest)
     return digest.hexdigest()
@@ -177,14 +178,15 @@ def file_digest(ws: Workspace, path: Path) -> str:
     return ws.file_digests[version]
 
 
-def study_key(config: dict, assets: Any) -> dict | None:
-    """What every study's entry of one run is keyed on besides the study's name: the run
-    configuration ``config`` (a JSON-able dict), :func:`assets_digest` of ``assets``,
-    :func:`code_digest` and :func:`style_digest`; None when some input cannot be digested (nothing
-    is then cached): a value of a kind it cannot digest, a file it cannot read (a weights file whose
-    header does not parse is keyed on its bytes)."""
+def study_key(config: dict, assets: Any, unread: Collection[str] = ()) -> dict | None:
+    """What a study's entry of one run is keyed on besides the study's name: the run
+    configuration ``config`` (a JSON-able dict), :func:`assets_digest` of ``assets`` but its fields
+    ``unread``, :func:`code_digest` and :func:`style_digest`; None when some input cannot be digested
+    (nothing is then cached): a value of a kind it cannot digest, a file it cannot read (a weights file
+    whose header does not parse is keyed on its bytes)."""
     try:
-        return {"config": config, "assets": assets_digest(assets), "code": code_digest(), "style": style_digest()}
+        return {"config": config, "assets": assets_digest(assets, unread), "code": code_digest(),
+                "style": style_digest()}
     except (TypeError, OSError):
         return None
 
@@ -196,13 +198,11 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
     or whose tables do not round-trip records only the stages it read: see the module), keeping the study's
     :data:`ENTRIES_KEPT` most recently used entries of ``key``'s code digest (:func:`_prune`). Counts
     ``ws.studies_loaded`` and ``ws.studies_computed``."""
-    path = None if key is None else ws.stage_path(f"study-{name}", {"study": name, **key})
-    if path is not None and path.exists():
-        output = _read(ws, path)
-        if output is not None:
-            _mark_used(path)
-            ws.studies_loaded += 1
-            return output
+    output = stored_study(ws, name, key)
+    if output is not None:
+        ws.studies_loaded += 1
+        return output
+    path = None if key is None else _entry_path(ws, name, key)
     warned: list[warnings.WarningMessage] = []
     try:
         with ws.recording_reads() as read, warnings.catch_warnings(record=True) as warned:
@@ -219,6 +219,23 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
         _mark_used(path)
         _prune(path, name, key["code"])
     return output
+
+
+def stored_study(ws: Workspace, name: str, key: dict | None) -> StudyOutput | None:
+    """Study ``name``'s result for :func:`study_key` ``key`` as an earlier run stored it in ``ws``'s ``cache/``
+    (its entry marked used), or None where there is none to read (never finished at this key, warned, damaged, a
+    stage it read changed since): a run of other studies shows it as it was, measuring nothing."""
+    if key is None:
+        return None
+    path = _entry_path(ws, name, key)
+    output = _read(ws, path) if path.exists() else None
+    if output is not None:
+        _mark_used(path)
+    return output
+
+
+def _entry_path(ws: Workspace, name: str, key: dict) -> Path:
+    return ws.stage_path(f"study-{name}", {"study": name, **key})
 
 
 def entries_inputs(ws: Workspace) -> set[str]:

@@ -80,9 +80,15 @@ class Workspace:
         return remove_temporaries((self.root,), recursive=True)
 
     def say(self, text: str) -> None:
-        """Print ``[kfm reproduce] text`` (stdout, flushed) when the run shows progress."""
+        """Print ``[kfm reproduce] text`` (stdout, flushed) when the run shows progress, on a line of its own:
+        the progress bars open (stderr, on the same terminal) are cleared first and drawn again below it."""
         if self.progress:
-            print(f"[kfm reproduce] {text}", flush=True)
+            import sys
+
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"[kfm reproduce] {text}", file=sys.stdout)
+            sys.stdout.flush()
 
     def stage_path(self, name: str, config: Any, epoch: int | None = None) -> Path:
         """The file of stage ``name``'s result for ``config`` (a dataclass or JSON-able value):
