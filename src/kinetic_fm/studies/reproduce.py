@@ -64,7 +64,7 @@ def foreign_folder_problem(root: str | Path) -> str | None:
     ours = (root / TIMINGS_FILE).is_file() or (root / "cache").is_dir() or (root / "models").is_dir()
     if not root.is_dir() or ours:
         return None
-    others = sorted(p.name for p in root.iterdir() if not is_leftover(p.name))
+    others = sorted(p.name for p in root.iterdir() if not is_leftover(p))
     if not others:
         return None
     shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
