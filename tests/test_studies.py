@@ -1798,10 +1798,9 @@ def test_remove_model_counts_the_bytes_of_a_folder_only_once_it_is_gone(tmp_path
     assert ws.remove_model(folder) >= len(b"weights") and not folder.exists()   # its lock file's record too
 
 
-def test_a_model_folder_is_a_net_kinds_name_and_a_config_hash():
+def test_a_model_folder_is_a_net_kinds_name_and_a_config_hash(tmp_path):
     # the prune deletes these alone; the kinds and the hash's length were restated beside it
-    ws = Workspace.__new__(Workspace)
-    ws.root, ws.models_read = Path("out"), set()
+    ws = Workspace(tmp_path)
     for kind in ("general", "memorizer", "classifier"):
         assert Workspace.is_model_folder(ws.model_path(kind, {"n": 1}).name)
     for name in ("notes", "general", "general-0123456789a", "general-0123456789abc", "general-0123456789AB",
