@@ -76,7 +76,7 @@ def test_every_setting_a_training_run_compares_names_a_real_flag_of_kfm_train():
     compared = ["model", "data_shape", "info"]
     compared += [f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.name not in free]
     for setting in compared:
-        phrase = train.SETTINGS.flag_of(setting)
+        phrase = train.SETTINGS.flag_of(setting) or train._DERIVED.get(setting)
         if setting == "train.betas":   # AdamW's betas: kfm train has no flag, so a resume never changes them
             assert phrase is None and "--betas" not in options
             continue
@@ -84,7 +84,9 @@ def test_every_setting_a_training_run_compares_names_a_real_flag_of_kfm_train():
         assert flags and all(flag in options for flag in flags), f"{setting}: {phrase} is not a kfm train flag"
         if setting.startswith("train."):
             assert options[flags[0]].dest == setting.removeprefix("train."), setting
-    assert set(train.SETTINGS.direct) | {"train.betas"} == set(compared)
+    # every record compared has its flags, by its name or its keys' ("info.n", "model.kind")
+    records = {s if s.startswith("train.") else s.partition(".")[0] for s in [*train.SETTINGS.direct, *train._DERIVED]}
+    assert records | {"train.betas"} == set(compared)
 
 
 def test_the_library_names_each_command_rewords_are_its_real_flags():

@@ -312,3 +312,16 @@ def test_a_folder_named_as_a_temporary_is_no_leftover(tmp_path):
     folder.mkdir()
     assert remove_temporaries([tmp_path]) == 0 and folder.is_dir()
     assert not is_leftover(folder)
+
+
+def test_a_folder_holds_only_leftovers_when_all_it_holds_is_a_lock_file_or_a_killed_writers_temporary(tmp_path):
+    # the one test of "a folder of ours that holds nothing" (reproduce's fresh folder, a spent model folder, a
+    # run folder without its manifest, a checkpoints/ killed in its first write)
+    from kinetic_fm.runs.atomic import holds_only_leftovers
+
+    assert holds_only_leftovers(tmp_path)                         # empty
+    (tmp_path / ".lock").write_text("")
+    temporary_name(tmp_path / "final.safetensors").write_bytes(b"half")
+    assert holds_only_leftovers(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    assert not holds_only_leftovers(tmp_path)

@@ -1763,6 +1763,158 @@ def test_a_finished_run_of_every_study_prunes_the_model_folders_no_kept_entry_re
                                                   | {"notes", interrupted.name})
 
 
+
+def _nets_and_entries_at(read, code_of=lambda config: "this library", fail=False):
+    """A stand-in for ``_run_studies`` at ``config``: the run reads the general net and the memorizer of
+    ``config`` (folders as ``_velocity_net`` leaves them; their names go to ``read[config]``), and writes each
+    study's entry keyed on ``config`` and the library ``code_of(config)``."""
+    from kinetic_fm.studies.output import StudyOutput
+    from kinetic_fm.studies.study_cache import cached_study
+
+    def at(config):
+        def run(cfg, ws, studies, progress):
+            for name in ("general", "memorizer"):
+                folder = ws.model_dir(name, config)
+                (folder / "final.safetensors").write_bytes(b"weights of " + repr(config).encode())
+                read.setdefault(config, set()).add(folder.name)
+            for study in studies:
+                cached_study(ws, study, {"config": config, "code": code_of(config)}, lambda: StudyOutput(study))
+            return ws.root / "report.md", ws.root / "report.html"
+        return run
+    return at
+
+
+def test_a_library_upgrade_keeps_the_nets_of_the_configurations_read_last(tmp_path, monkeypatch):
+    # study entries of another library are deleted as soon as an entry is written; the nets are keyed on
+    # MODEL_EPOCH so that they survive such a change, but were kept only as long as an entry listed them: one
+    # --quick run after an upgrade (any source edit, a pandas release) deleted the hours-long --full nets
+    from kinetic_fm.studies import reproduce as module
+
+    out, models, read = tmp_path / "out", tmp_path / "out" / "models", {}
+    at = _nets_and_entries_at(read, code_of=lambda config: "old library" if config == "full" else "new library")
+    cfg = ReproduceConfig.preset("tiny")
+    monkeypatch.setattr(module, "_run_studies", at("full"))
+    module.reproduce(cfg, out, progress=False)
+    monkeypatch.setattr(module, "_run_studies", at("quick"))       # upgraded: every entry of "full" goes
+    module.reproduce(cfg, out, progress=False)
+    assert not any("full" in p.name for p in (out / "cache").glob("study-*.pt")) and len(read["full"]) == 2
+    assert {p.name for p in models.iterdir()} == read["full"] | read["quick"]
+    # each kind keeps its ENTRIES_KEPT nets read last: three more configurations, and the --full ones go
+    for config in (3, 4, 5):
+        monkeypatch.setattr(module, "_run_studies", at(config))
+        module.reproduce(cfg, out, progress=False)
+    assert {p.name for p in models.iterdir()} == read["quick"] | read[3] | read[4] | read[5]
+
+
+def test_a_run_back_at_a_configuration_keeps_its_nets_as_read_last(tmp_path, monkeypatch):
+    # a net is kept by when it was last read, not by when it was trained: back at the first configuration after
+    # four others, its nets are read (not trained) and outlive those of the second
+    from kinetic_fm.studies import reproduce as module
+
+    out, models, read = tmp_path / "out", tmp_path / "out" / "models", {}
+    at = _nets_and_entries_at(read, code_of=lambda config: f"library {config}")   # no entry outlives its run
+    cfg = ReproduceConfig.preset("tiny")
+    for config in (1, 2, 3, 4, 1, 5):
+        monkeypatch.setattr(module, "_run_studies", at(config))
+        module.reproduce(cfg, out, progress=False)
+    assert {p.name for p in models.iterdir()} == read[1] | read[3] | read[4] | read[5]
+
+
+def test_the_prune_of_a_finished_run_loads_each_study_entry_once(tmp_path, monkeypatch):
+    # the stages' and the nets' prunes each loaded every entry (Parquet tables and PNG figures inside)
+    from collections import Counter
+
+    from kinetic_fm.studies import reproduce as module
+    from kinetic_fm.studies import study_cache
+
+    out, read = tmp_path / "out", {}
+    real_run, loads, real_entries = _nets_and_entries_at(read)(1), Counter(), study_cache._entries
+
+    def counted(cache, name="*"):
+        for path, entry in real_entries(cache, name):
+            loads[path.name] += 1
+            yield path, entry
+
+    def run_then_count(*args):
+        paths = real_run(*args)
+        monkeypatch.setattr(study_cache, "_entries", counted)     # from here on: the prunes alone
+        return paths
+
+    monkeypatch.setattr(module, "_run_studies", run_then_count)
+    module.reproduce(ReproduceConfig.preset("tiny"), out, progress=False)
+    assert sorted(loads.values()) == [1] * len(module.STUDIES)
+
+
+def test_remove_model_of_a_folder_that_is_gone_without_fcntl_removes_nothing(tmp_path, monkeypatch):
+    # without fcntl (Windows) the lock returns unlocked without touching the folder: a cached rerun, whose judge's
+    # folder went in the first run, crashed listing it
+    from kinetic_fm.runs import lock as lock_module
+
+    monkeypatch.setattr(lock_module, "fcntl", None)
+    ws = Workspace(tmp_path / "out")
+    folder = ws.model_path("classifier", {"steps": 1})
+    assert ws.remove_model(folder, spent_only=True) == 0 and ws.remove_model(folder) == 0 and not folder.exists()
+
+
+@pytest.mark.parametrize("locks", ["no fcntl", "ENOLCK"])
+def test_where_no_lock_can_be_taken_only_finished_model_folders_are_removed(tmp_path, monkeypatch, locks):
+    # where locking does not work (Windows; NFS answering ENOLCK) a folder another process trains cannot be told
+    # from a dead one: it was deleted with its run; a finished one (final weights, no resume state) has no writer
+    import errno
+
+    from kinetic_fm.runs import lock as lock_module
+
+    if locks == "no fcntl":
+        monkeypatch.setattr(lock_module, "fcntl", None)
+    else:
+        import fcntl
+
+        class NoLocks:
+            LOCK_EX, LOCK_NB, LOCK_UN = fcntl.LOCK_EX, fcntl.LOCK_NB, fcntl.LOCK_UN
+
+            @staticmethod
+            def flock(fd, operation):
+                raise OSError(errno.ENOLCK, "No locks available")
+
+        monkeypatch.setattr(lock_module, "fcntl", NoLocks)
+        monkeypatch.setattr(lock_module, "_warned_unlockable", True)
+    ws = Workspace(tmp_path / "out")
+    training = ws.model_dir("general", {"n": 1})                     # before its first resume state
+    (training / "config.json").write_text("{}")
+    resumable = ws.model_dir("general", {"n": 2})
+    (resumable / "config.json").write_text("{}")
+    (resumable / "resume.pt").write_bytes(b"state")
+    finished = ws.model_dir("general", {"n": 3})
+    (finished / "final.safetensors").write_bytes(b"weights")
+    spent = ws.model_dir("classifier", {"n": 4})                    # the judge's: its weights are in cache/
+    assert [ws.remove_model(f) for f in (training, resumable)] == [0, 0]
+    assert ws.remove_model(finished) >= len(b"weights") and ws.remove_model(spent, spent_only=True) == 0
+    assert [f.exists() for f in (training, resumable, finished, spent)] == [True, True, False, False]
+
+
+def test_remove_model_counts_the_bytes_of_a_folder_only_once_it_is_gone(tmp_path, monkeypatch):
+    # rmtree(ignore_errors=True) leaves what it cannot delete: "MB deleted" counted such a folder whole
+    import shutil
+
+    ws = Workspace(tmp_path / "out")
+    folder = ws.model_dir("general", {"n": 1})
+    (folder / "final.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: None)   # a file it may not delete
+    assert ws.remove_model(folder) == 0 and folder.exists()
+    monkeypatch.undo()
+    assert ws.remove_model(folder) >= len(b"weights") and not folder.exists()   # its lock file's record too
+
+
+def test_a_model_folder_is_a_net_kinds_name_and_a_config_hash(tmp_path):
+    # the prune deletes these alone; the kinds and the hash's length were restated beside it
+    ws = Workspace(tmp_path)
+    for kind in ("general", "memorizer", "classifier"):
+        assert Workspace.is_model_folder(ws.model_path(kind, {"n": 1}).name)
+    for name in ("notes", "general", "general-0123456789a", "general-0123456789abc", "general-0123456789AB",
+                 "teacher-0123456789ab", "my-general-0123456789ab"):
+        assert not Workspace.is_model_folder(name), name
+
+
 def test_a_cached_rerun_hashes_each_stage_file_once(tiny_report, tmp_path, monkeypatch):
     # every study's entry is checked against the stages it read: the generalising model's samples,
     # read by three studies, were hashed once for each (the same sha256 of the same file, three times)

@@ -808,3 +808,18 @@ def test_a_resume_reads_config_json_once_before_the_lock_and_once_under_it(tmp_p
     monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or read_bytes(self))
     assert main(["train", *COMMON, "--steps", "2", "--out", str(tmp_path), "--resume"]) == 0
     assert reads.count("config.json") == 2
+
+
+def test_train_keeps_its_order_hidden_records_out_of_setting_flags_derived():
+    # SettingFlags.derived means "named only when no direct setting differs" (its named(), kfm sample's rule);
+    # train hides a derived record by its own flags and earlier derived records' alone: a table of its own, and
+    # each change is named as before (another setting beside a changed shape or net: both named)
+    from kinetic_fm.commands import train
+
+    assert train.SETTINGS.derived == {}
+    was, now = ({"kind": "mlp", "config": {"dim": dim, "hidden": 16}} for dim in (2, 3))
+    assert [c[0] for c in train._changed_flags({"model": (was, now), "data_shape": ([5, 2], [5, 3])})] == ["--data/--n"]
+    assert [c[0] for c in train._changed_flags({"train.lr": (1e-3, 2e-3), "model": (was, now)})] == [
+        "--lr", "--model/--width/--class-cond"]
+    assert [c[0] for c in train._changed_flags({"info": ({"data": "a"}, {"data": "b"}),
+                                                "data_shape": ([5, 2], [5, 3])})] == ["--data"]

@@ -198,10 +198,11 @@ SETTINGS = SettingFlags(
                                                           "grad_clip", "label_dropout", "seed")},
             "info.data": "--data", "info.n": "--n", "info": "--data/--n", "model.kind": "--model",
             "model.config.hidden": "--width", "model.config.base_channels": "--width",
-            "model.config.num_classes": "--class-cond"},
-    # records those flags decide, named only where none of their flags is, nor of the records before them: the
-    # data's shape (a folder changed since the run), then the net's other settings (its dim: the data's too)
-    derived={"data_shape": "--data/--n", "model": "--model/--width/--class-cond"})
+            "model.config.num_classes": "--class-cond"})
+# records those flags decide, in order, each named only where none of its flags is, nor of the records before it:
+# the data's shape (a folder changed since the run), then the net's other settings (its dim: the data's too). Not
+# SettingFlags.derived, which is hidden by any direct setting that differs (kfm sample's rule)
+_DERIVED = {"data_shape": "--data/--n", "model": "--model/--width/--class-cond"}
 
 
 def _flags_for_settings(text: str) -> str:
@@ -218,7 +219,7 @@ def _resume_refusal(err: ResumeSettingsError) -> str:
     changed = _changed_flags(err.differ)
     changes = [f"{flag} (the run's {was}, now {now})" for flag, was, now in changed]
     # other data after a changed --data or --n is that change said again, with the library's way on
-    data = "" if _one_by_one(f for f, _, _ in changed) & _one_by_one([SETTINGS.derived["data_shape"]]) else err.data
+    data = "" if _one_by_one(f for f, _, _ in changed) & {"--data", "--n"} else err.data
     settings = ("settings differ from the saved run: " + "; ".join(changes) + ("" if data else
                 "; resume with the run's settings (--steps, --save-every and --checkpoints may change), or train a "
                 "new run in another --out")) if changes else ""
@@ -235,7 +236,7 @@ def _changed_flags(differ: dict) -> list[tuple[str, str, str]]:
     now)) holds, by the flag that sets it (:data:`SETTINGS`): the data spec's "data" and "n" as --data
     and --n, the net's kind (which decides what its width means), or else width, and classes as --model,
     --width and --class-cond; the data's shape and the net's other settings (which the data decide)
-    only where nothing else names the change."""
+    only where nothing else names the change (:data:`_DERIVED`)."""
     from ..models.run_config import short_json
 
     unset = {"train.grad_clip": "0", "info.n": "all"}   # the flags' "no clipping" and "every item"
@@ -248,10 +249,10 @@ def _changed_flags(differ: dict) -> list[tuple[str, str, str]]:
     changes = []
     for name, (was, now) in differ.items():
         for record, old, new in _records(name, was, now):
-            if record not in SETTINGS.derived:
+            if record not in _DERIVED:
                 changes.append((SETTINGS.flag_of(record) or record, typed(record, old), typed(record, new)))
     hiding = set()   # a derived record's flags and those of the records before it
-    for name, flags in SETTINGS.derived.items():
+    for name, flags in _DERIVED.items():
         hiding |= _one_by_one([flags])
         if name in differ and not _one_by_one(flag for flag, _, _ in changes) & hiding:
             was, now = differ[name]

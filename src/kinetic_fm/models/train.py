@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
 from ..run_files import MANIFEST_NAME, TRAIN_CONFIG_NAME
-from ..runs.atomic import atomic_write_text, is_leftover, remove_temporaries
+from ..runs.atomic import atomic_write_text, holds_only_leftovers, is_leftover, remove_temporaries
 from ..runs.lock import RunLock
 from .checkpoint import FROM_STEP_0, UnsafeCheckpointError, load_state, save_model, save_state, save_weights
 from .run_config import DamagedTrainConfigError, read_train_config, short_json
@@ -409,7 +409,7 @@ def _leftover(path: Path) -> bool:
     if is_leftover(path):
         return True
     return (path.name == "checkpoints" and path.is_dir() and not path.is_symlink()
-            and all(is_leftover(p) for p in path.iterdir()))
+            and holds_only_leftovers(path))
 
 
 def _refuse_others_files(out: Path) -> None:

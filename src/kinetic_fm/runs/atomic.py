@@ -59,6 +59,12 @@ def is_leftover(path: str | os.PathLike) -> bool:
     return name == LOCK_NAME or (fnmatch.fnmatchcase(name, _TEMPORARY) and os.path.isfile(path))
 
 
+def holds_only_leftovers(folder: str | os.PathLike) -> bool:
+    """Whether the folder ``folder`` holds nothing but what our writers leave behind (:func:`is_leftover`
+    of each entry; an empty one too): a folder no run of ours has written a result into."""
+    return all(is_leftover(p) for p in Path(folder).iterdir())
+
+
 def fsync_dir(folder: Path) -> None:
     """Flush a directory entry (the rename) to disk; a no-op where directories cannot be opened."""
     try:

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..run_files import MANIFEST_NAME
-from .atomic import atomic_write_bytes, is_leftover, remove_temporaries
+from .atomic import atomic_write_bytes, holds_only_leftovers, remove_temporaries
 from .distributed import Coordinator, World
 from .lock import RunLock
 from .manifest import (DamagedManifestError, ResumeMismatchError, RunManifest, check_resume, read_manifest,
@@ -165,7 +165,7 @@ def _refuse_foreign_folder(run_dir: Path) -> None:
     run's shards or results is named as a run that lost its manifest."""
     if (run_dir / MANIFEST_NAME).is_file() or not run_dir.exists():
         return
-    if all(is_leftover(p) for p in run_dir.iterdir()):
+    if holds_only_leftovers(run_dir):
         return
     left = [RESULTS_NAME] if (run_dir / RESULTS_NAME).is_file() else []
     if (run_dir / SHARD_DIR).is_dir():

@@ -5,13 +5,13 @@ Trained nets, sampling runs and each study's result are cached in the output fol
 the last finished one, and a re-run with the same configuration, inputs and library trains,
 samples and measures nothing: it reads the studies' tables, claims and figures and writes the report.
 The last four configurations' results of each study are kept, so a run back at an earlier one reads them too;
-a finished run of every study deletes the sampling stages and nets no kept result reads.
+a finished run of every study deletes the sampling stages no kept result reads, and the nets no kept result reads
+that are not among the four of their kind read last.
 """
 from __future__ import annotations
 
 import math
 import platform
-import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .. import gemm
-from ..runs.atomic import is_leftover
+from ..runs.atomic import holds_only_leftovers, is_leftover
 from ..runs.lock import LOCK_NAME, RunLock
 from .assets import NET_FIELDS, NETS_READ, load_assets
 from .config import ReproduceConfig, ShapingConfig
@@ -29,15 +29,15 @@ from .quality import SampleQuality, sample_quality
 from .report import TERMS_HEAD
 from .semantics import general_samples, run_semantics
 from .shaping import kts_schedules_text, run_shaping
-from .study_cache import cached_study, entries_inputs, file_digest, stored_study, study_key
+from .study_cache import ENTRIES_KEPT, EntryReads, cached_study, entries_reads, file_digest, stored_study, study_key
 from .support import run_support
 from .timings import TIMINGS_FILE, StageTimes
 from .workspace import Workspace, config_hash
 
 STUDIES = ("semantics", "support", "memorization", "shaping")
-#: the name of a net's run folder in ``models/`` (:meth:`~kinetic_fm.studies.workspace.Workspace.model_path`):
-#: the only folders :func:`_prune_models` deletes
-_MODEL_FOLDER = re.compile(r"(general|memorizer|classifier)-[0-9a-f]{12}")
+#: the nets of each kind :func:`_prune_models` keeps by when they were last read, whatever the study entries: as
+#: many configurations as a study keeps entries for (:data:`~kinetic_fm.studies.study_cache.ENTRIES_KEPT`)
+NETS_KEPT = ENTRIES_KEPT
 
 
 def studies_problem(studies: tuple[str, ...]) -> str | None:
@@ -100,7 +100,7 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
         raise ValueError(f"{root} {foreign}")
     # a lock file is what a refused run leaves (it is never deleted), a temporary what a killed writer leaves:
     # a folder holding nothing else is new too
-    fresh = not root.exists() or (root.is_dir() and all(is_leftover(p) for p in root.iterdir()))
+    fresh = not root.exists() or (root.is_dir() and holds_only_leftovers(root))
     ws = Workspace(out, progress=progress)
     # the studies' covariances, eigenproblems and statistics call NumPy's and SciPy's OpenBLAS between
     # torch passes, which its spinning workers slowed; a user's OPENBLAS_NUM_THREADS is kept
@@ -114,24 +114,25 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
                 _remove_skeleton(root)
             raise
         if set(studies) == set(STUDIES):
-            _prune_stages(ws, used)
-            _prune_models(ws)
+            listed = entries_reads(ws)
+            _prune_stages(ws, used, listed)
+            _prune_models(ws, listed)
         return paths
 
 
-def _prune_stages(ws: Workspace, used: set[Path]) -> None:
+def _prune_stages(ws: Workspace, used: set[Path], listed: EntryReads) -> None:
     """Delete the sampling stages in ``cache/`` that neither this run (of every study, finished) read or
     computed (``used``) nor a kept study entry lists in its inputs
-    (:func:`~kinetic_fm.studies.study_cache.entries_inputs`, those of a study that warned among them), and the
-    sample-quality stages (:func:`_sample_quality`) of samples deleted: those of other configurations, cache
-    epochs and libraries, which piled up run after run. A run back at a configuration whose entries were kept reads
-    them; at another one it samples again. Study entries and judging classifiers stay
+    (``listed``: :func:`~kinetic_fm.studies.study_cache.entries_reads`, those of a study that warned among them),
+    and the sample-quality stages (:func:`_sample_quality`) of samples deleted: those of other configurations,
+    cache epochs and libraries, which piled up run after run. A run back at a configuration whose entries were
+    kept reads them; at another one it samples again. Study entries and judging classifiers stay
     (:data:`~kinetic_fm.studies.workspace.UNPRUNED`).
 
     A run of some studies (``--studies``) prunes nothing: a stage of a study it did not run that no entry
     lists (its entry was evicted) cannot be told from a stale one, and deleting it would cost the next full
     run a sampling run to spare a few MB."""
-    kept = {path.name for path in used} | entries_inputs(ws)
+    kept = {path.name for path in used} | listed.inputs
     for path in (ws.root / "cache").glob("quality-*.pt"):
         if path.name not in kept:  # this run's is kept unread
             inputs = _quality_inputs(path)
@@ -142,28 +143,34 @@ def _prune_stages(ws: Workspace, used: set[Path]) -> None:
         ws.say(f"cache: deleted {files} sampling stage files of other configurations, {size / 1e6:.1f} MB")
 
 
-def _prune_models(ws: Workspace) -> None:
-    """Delete the run folders of ``models/`` (``<kind>-<hash>``) that neither this run (of every study, finished)
-    read (``ws.models_read``) nor a kept study entry lists
-    (:func:`~kinetic_fm.studies.study_cache.entries_models`): the nets of other configurations and model epochs
-    (a ``--quick`` memorizer's folder, with its checkpoints, is ~70 MB), which piled up run after run, as
-    :func:`_prune_stages` does for their samples. A run back at a configuration whose entries were kept reads its
-    nets; at another one it trains them again. A folder holding a resume state (a training interrupted at another
-    configuration: a run back at it resumes) stays, so does one whose lock another process holds
-    (:meth:`~kinetic_fm.studies.workspace.Workspace.remove_model`), and every folder while an entry lists none
-    (written before entries listed them)."""
-    from ..models.train import RESUME_FILE
-    from .study_cache import entries_models
-
-    listed = entries_models(ws)
-    if listed is None:
-        return
-    kept = ws.models_read | listed
+def _prune_models(ws: Workspace, listed: EntryReads) -> None:
+    """Delete the run folders of ``models/`` (``<kind>-<hash>``:
+    :meth:`~kinetic_fm.studies.workspace.Workspace.is_model_folder`) that neither this run (of every study,
+    finished) read (``ws.models_read``) nor a study entry in ``cache/`` lists (``listed``:
+    :func:`~kinetic_fm.studies.study_cache.entries_reads`, of any library) nor are among the :data:`NETS_KEPT` of
+    their kind read last (:meth:`~kinetic_fm.studies.workspace.Workspace.model_path` marks a folder read): the nets
+    of other configurations and model epochs (a ``--quick`` memorizer's folder, with its checkpoints, is ~70 MB),
+    which piled up run after run, as :func:`_prune_stages` does for their samples. By recency, not by the entries
+    alone: the entries of another library go at its first run, but the nets, keyed on their model epoch, outlive a
+    change of the code (a ``--full`` net, hours of training, through a ``--quick`` run after an upgrade). A run back
+    at a configuration whose nets were kept reads them; at another one it trains them again. A folder holding a
+    resume state (a training interrupted at another configuration: a run back at it resumes), one whose lock
+    another process holds and, where no lock can be taken, one whose training did not finish stay
+    (:meth:`~kinetic_fm.studies.workspace.Workspace.remove_model`)."""
+    recency: dict[str, list[tuple[int, str]]] = {}
+    for folder in (ws.root / "models").iterdir():
+        if Workspace.is_model_folder(folder.name) and folder.is_dir() and not folder.is_symlink():
+            try:
+                read_at = folder.stat().st_mtime_ns
+            except OSError:  # gone meanwhile
+                continue
+            recency.setdefault(folder.name.rpartition("-")[0], []).append((read_at, folder.name))
+    kept = ws.models_read | listed.models
+    for named in recency.values():
+        kept |= {name for _, name in sorted(named, reverse=True)[:NETS_KEPT]}
     folders = size = 0
-    for folder in sorted((ws.root / "models").iterdir()):
-        if (folder.name in kept or not _MODEL_FOLDER.fullmatch(folder.name) or folder.is_symlink()
-                or not folder.is_dir() or (folder / RESUME_FILE).exists()):
-            continue
+    for name in sorted({name for named in recency.values() for _, name in named} - kept):
+        folder = ws.root / "models" / name
         size += ws.remove_model(folder)
         folders += not folder.exists()
     if folders:

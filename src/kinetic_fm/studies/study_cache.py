@@ -20,7 +20,8 @@ setting, input or code change can reuse a stale one:
   recomputes the study.
 
 An entry also names the run folders of ``models/`` its run read (the nets its assets digest covers), so
-that ``kfm reproduce`` keeps them with it (:func:`entries_models`).
+that ``kfm reproduce`` keeps them with it (:func:`entries_reads`); it keeps each kind's latest nets read too,
+whatever the entries: those outlive a change of the library, which the entries do not.
 
 An entry is written atomically once its study has finished, so an interruption in a later study
 keeps it. Each study keeps its :data:`ENTRIES_KEPT` most recently used entries written by the current
@@ -238,30 +239,35 @@ def _entry_path(ws: Workspace, name: str, key: dict) -> Path:
     return ws.stage_path(f"study-{name}", {"study": name, **key})
 
 
-def entries_inputs(ws: Workspace) -> set[str]:
-    """The names of the stage files listed in the inputs of every study entry in ``ws``'s ``cache/``
-    that loads (each study's kept entries, those of a study that warned among them, and those of another
-    library or format a run of that study has not pruned yet): the stages a run back at one of their
-    configurations reads."""
-    names: set[str] = set()
-    for _, entry in _entries(ws.root / "cache"):
-        if entry is not None and isinstance(entry.get("inputs"), dict):
-            names.update(entry["inputs"])
-    return names
+@dataclasses.dataclass(frozen=True)
+class EntryReads:
+    """What the study entries in a workspace's ``cache/`` read (:func:`entries_reads`).
+
+    Attributes:
+        inputs: the names of the stage files of ``cache/`` their inputs list.
+        models: the names of the run folders of ``models/`` (``<kind>-<hash>``) they list (an entry written
+            before entries listed their nets lists none).
+    """
+
+    inputs: frozenset[str]
+    models: frozenset[str]
 
 
-def entries_models(ws: Workspace) -> set[str] | None:
-    """The names of the run folders of ``models/`` (``<kind>-<hash>``) that the study entries in ``ws``'s
-    ``cache/`` that load list: the nets a run back at one of their configurations reads (the entries' key
-    digests them). None when one of them lists none (written before entries listed their nets)."""
-    names: set[str] = set()
+def entries_reads(ws: Workspace) -> EntryReads:
+    """The stages and nets every study entry in ``ws``'s ``cache/`` that loads lists (each study's kept entries,
+    those of a study that warned among them, and those of another library or format a run of that study has not
+    pruned yet): what a run back at one of their configurations reads. Each entry (its tables and figures) is
+    loaded once."""
+    inputs: set[str] = set()
+    models: set[str] = set()
     for _, entry in _entries(ws.root / "cache"):
         if entry is None:
             continue
-        if not isinstance(entry.get("models"), list):
-            return None
-        names.update(entry["models"])
-    return names
+        if isinstance(entry.get("inputs"), dict):
+            inputs.update(entry["inputs"])
+        if isinstance(entry.get("models"), list):
+            models.update(entry["models"])
+    return EntryReads(frozenset(inputs), frozenset(models))
 
 
 def _entries(cache: Path, name: str = "*") -> Iterator[tuple[Path, dict | None]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..runs.atomic import atomic_write, is_leftover, remove_temporaries
+from ..runs.atomic import atomic_write, holds_only_leftovers, remove_temporaries
 
 
 # Bump when a change in the library alters what a cached stage would contain (the cache is
@@ -33,6 +34,9 @@ MODEL_EPOCH = 2
 #: keeps its latest, :mod:`~kinetic_fm.studies.study_cache`) and the judging classifiers (trained weights; the
 #: nets of ``models/`` are pruned by their own rule, ``kfm reproduce``'s ``_prune_models``)
 UNPRUNED = ("study-", "classifier-")
+#: the nets a workspace trains, each in its run folder ``models/<kind>-<hash>`` (:meth:`Workspace.model_path`)
+MODEL_KINDS = ("general", "memorizer", "classifier")
+_HASH_CHARS = 12  # hex digits of a config_hash
 
 
 def config_hash(config: Any, epoch: int | None = None) -> str:
@@ -41,7 +45,7 @@ def config_hash(config: Any, epoch: int | None = None) -> str:
     payload = asdict(config) if is_dataclass(config) else config
     epoch = CACHE_EPOCH if epoch is None else epoch
     text = json.dumps({"epoch": epoch, "config": payload}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return hashlib.sha256(text.encode()).hexdigest()[:_HASH_CHARS]
 
 
 class Workspace:
@@ -157,11 +161,29 @@ class Workspace:
         return files, size
 
     def model_path(self, name: str, config: Any) -> Path:
-        """``models/<name>-<hash>``, the run folder of a net trained for ``config`` (not made here); its name
-        joins :attr:`models_read`."""
+        """``models/<name>-<hash>``, the run folder of net ``name`` (one of :data:`MODEL_KINDS`) trained for
+        ``config`` (not made here); its name joins :attr:`models_read`, and the folder, where it exists, is
+        marked read now: its mtime, the order ``kfm reproduce`` keeps the nets of each kind in (a marker file
+        would be a foreign file in a run folder, which training and the spent-folder test refuse or count; the
+        folder's mtime moves otherwise only when a file inside is added or removed, a use of it too)."""
+        if name not in MODEL_KINDS:
+            raise ValueError(f"name must be one of {MODEL_KINDS}, got {name!r}")
         path = self.root / "models" / f"{name}-{config_hash(config, MODEL_EPOCH)}"
         self.models_read.add(path.name)
+        now = time.time_ns()   # the clock's nanoseconds: the file system's own can tie within milliseconds
+        try:
+            os.utime(path, ns=(now, now))
+        except OSError:   # not made yet (made now: its mtime), or a folder that refuses it (read-only)
+            pass
         return path
+
+    @staticmethod
+    def is_model_folder(name: str) -> bool:
+        """Whether ``name`` is a net's run folder name as :meth:`model_path` makes it: ``<kind>-<hash>``, one of
+        :data:`MODEL_KINDS` and a :func:`config_hash`."""
+        kind, _, digest = name.rpartition("-")
+        return (kind in MODEL_KINDS and len(digest) == _HASH_CHARS
+                and all(c in "0123456789abcdef" for c in digest))
 
     def model_dir(self, name: str, config: Any) -> Path:
         """:meth:`model_path`, made if absent."""
@@ -170,26 +192,36 @@ class Workspace:
         return path
 
     def remove_model(self, folder: Path, *, spent_only: bool = False) -> int:
-        """Delete the run folder ``folder`` of ``models/``, lock file included; returns its files' bytes (0
-        when it stays). It stays while another process holds its lock (a ``kfm train --out`` into it by hand),
-        when it is not there, and, with ``spent_only``, when it holds anything but our leftovers (its lock file,
-        killed writers' temporaries: :func:`~kinetic_fm.runs.atomic.is_leftover`). Call it holding the
+        """Delete the run folder ``folder`` of ``models/``, lock file included; returns its files' bytes once it
+        is gone (0 when it stays, in whole or in part). It stays when it is not a folder, while another process
+        holds its lock (a ``kfm train --out`` into it by hand), and when it holds a resume state (a training
+        to resume). With ``spent_only`` it stays when it holds anything but our leftovers (its lock file, killed
+        writers' temporaries: :func:`~kinetic_fm.runs.atomic.holds_only_leftovers`), locked or not (it holds no
+        work); without it, where no lock can be taken (no ``fcntl``, a file system refusing ``flock``), unless its
+        training finished (its final weights written): there a folder another process trains cannot be told from a
+        dead one. Call it holding the
         workspace's lock: a lock file is deleted safely only where no writer of ours opens it meanwhile
         (:mod:`kinetic_fm.runs.lock`), and only this run writes into ``models/`` then."""
         import shutil
 
+        from ..models.train import RESUME_FILE
         from ..runs.lock import RunLock
 
+        if folder.is_symlink() or not folder.is_dir():  # without fcntl the lock below never looks at it
+            return 0
         try:
             lock = RunLock(folder).acquire()
         except OSError:  # RunLockedError, or a folder gone or that this user may not write
             return 0
         try:
-            if spent_only and not all(is_leftover(p) for p in folder.iterdir()):
+            if spent_only:
+                if not holds_only_leftovers(folder):
+                    return 0
+            elif (folder / RESUME_FILE).exists() or not (lock.held or (folder / "final.safetensors").is_file()):
                 return 0
             size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
             shutil.rmtree(folder, ignore_errors=True)
-            return size
+            return 0 if folder.exists() else size
         finally:
             lock.release()
 
