@@ -190,8 +190,9 @@ def one_evaluation_of(velocity: object):
 
 def declares(velocity: object, name: str) -> bool:
     """Whether ``velocity`` declares the flag ``name`` True (``singular_at_one``: v blows up at
-    t = 1; ``one_time_per_call``: the net sees one time for the whole batch); an attribute that
-    cannot be read, or has no truth value, declares nothing."""
+    t = 1; ``one_time_per_call``: the net sees one time for the whole batch; ``unit_times_only``: v is
+    defined for t in [0, 1] only, as the analytic fields are); an attribute that cannot be read, or has
+    no truth value, declares nothing."""
     try:
         return bool(optional_attribute(velocity, name, False))
     except Exception:

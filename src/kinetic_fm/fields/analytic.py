@@ -133,6 +133,8 @@ class GaussianTarget:
         std: σ > 0 (use ``PointTarget`` for σ = 0).
     """
 
+    unit_times_only = True   # the closed form holds on [0, 1]: a wrapper refuses t > 1 before the call
+
     def __init__(self, mean: float | torch.Tensor = 0.0, std: float = 1.0):
         self.std = _positive_std(std)
         self.mean = _location("mean", mean)
@@ -175,6 +177,8 @@ class PointTarget:
 
     singular_at_one = True
 
+    unit_times_only = True   # the closed form holds on [0, 1]: a wrapper refuses t > 1 before the call
+
     def __init__(self, point: torch.Tensor | float, *, eps: float = 1e-6):
         self.point = _location("point", point)
         self.eps = inside_unit_interval("eps", eps)
@@ -215,6 +219,8 @@ class GaussianMixtureTarget:
         std: shared σ > 0.
         weights: (K,) mixture weights (normalised here); uniform by default.
     """
+
+    unit_times_only = True   # the closed form holds on [0, 1]: a wrapper refuses t > 1 before the call
 
     def __init__(self, means: torch.Tensor, std: float = 0.1, weights: torch.Tensor | None = None):
         means = _location("means", means)
