@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from ..checks import as_scalar, check_unit_number, check_unit_times, inside_unit_interval, is_real, positive_integer
+from ..checks import (as_scalar, check_unit_number, check_unit_times, inside_unit_interval, is_real, positive_integer,
+                      unit_times)
 
 
 def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,7 @@ def _time_column(t, x: torch.Tensor) -> torch.Tensor:
     if t.device.type == "cpu":
         check_unit_times(t)
     else:
-        t = torch.where((t >= 0) & (t <= 1), t, math.nan)   # NaN fails both; an integer t becomes float
+        t = torch.where(unit_times(t), t, math.nan)   # an integer t becomes float
     return t.reshape(-1, *([1] * (x.dim() - 1)))
 
 
