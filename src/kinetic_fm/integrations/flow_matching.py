@@ -326,7 +326,8 @@ def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tens
     given = t
     # one time for the batch, as torchdiffeq passes it: a closed-form field past t = 1 is refused here, on
     # every device (on an accelerator the field itself makes that time NaN without a word, to spare the
-    # samplers' loop a synchronisation, and dopri5 then shrank its step to "underflow in dt")
+    # samplers' loop a synchronisation, and dopri5 then shrank its step to "underflow in dt"). Reading the
+    # time is a synchronisation there: torchdiffeq makes one every step anyway; kfm.sample passes (B,) times
     if (not isinstance(given, torch.Tensor) or given.dim() == 0) and declares(velocity, "unit_times_only") \
             and float(given) > 1:
         past = ValueError(f"t must lie in [0, 1], got {float(given)!r}")
