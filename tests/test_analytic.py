@@ -1,6 +1,8 @@
 """The analytic fields' parameters as documented (mutation audit of fields/analytic.py)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -171,3 +173,25 @@ def test_on_a_device_a_time_outside_the_unit_interval_gives_nan_without_a_sync(f
         v = v.cpu()
     assert bool(torch.isfinite(v[0]).all()) and bool(torch.isnan(v[1:]).all())
     torch.testing.assert_close(v[:1], field(x[:1], t[:1]), rtol=0, atol=0)
+
+
+def test_the_analytic_and_empirical_fields_share_one_unit_time_predicate():
+    # reviewer-328: "t in [0, 1]" was written three times (the empirical field's check, the analytic fields' device
+    # branch, checks.check_unit_times, which recomputed the empirical field's mask with its own reduction)
+    from kinetic_fm.checks import check_unit_times, unit_times
+
+    bad = [-1e-300, 1 + 2**-52, float("nan"), float("inf"), float("-inf")]
+    t = torch.tensor([0.0, -0.0, 1.0, 0.5, *bad], dtype=torch.float64)
+    assert unit_times(t).tolist() == [True] * 4 + [False] * 5
+    inside = torch.ones(9, dtype=torch.bool)
+    check_unit_times(t, inside=inside)                 # the mask given is the one read, not computed again
+    inside[3] = False
+    with pytest.raises(ValueError, match=r"^t must lie in \[0, 1\], got 0\.5 at row 3$"):
+        check_unit_times(t, inside=inside)
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    atoms = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for field in (kfm.GaussianTarget(1.0, 0.5), kfm.EmpiricalFlow(atoms)):
+        for time in bad:
+            with pytest.raises(ValueError, match=rf"^t must lie in \[0, 1\], got {re.escape(repr(time))} at row 1$"):
+                field(x, torch.tensor([0.5, time], dtype=torch.float64))
+        assert torch.isfinite(field(x, torch.tensor([0.0, 0.5], dtype=torch.float64))).all()

@@ -715,3 +715,15 @@ def test_stochastic_sampling_is_refused_when_the_scheduler_is_built_not_at_its_f
     # the config's keys are still the base class's: from_config of a deterministic one builds it
     built = KineticFlowMatchEulerScheduler.from_config(FlowMatchEulerDiscreteScheduler(shift=3.0).config)
     assert built.config.shift == 3.0 and built.config.stochastic_sampling is False
+
+
+def test_the_constructor_keeps_the_base_signature_and_its_own_docstring():
+    # reviewer-328: functools.wraps gave __init__ the base class's docstring and module, hiding ours (which says
+    # stochastic_sampling is refused); diffusers reads only the signature, for the config's keys
+    base, ours = FlowMatchEulerDiscreteScheduler, KineticFlowMatchEulerScheduler
+    assert inspect.signature(ours.__init__) == inspect.signature(base.__init__)
+    assert ours._get_init_keys(ours) == base._get_init_keys(base)
+    assert ours.extract_init_dict(dict(base().config))[0] == base.extract_init_dict(dict(base().config))[0]
+    assert "stochastic_sampling=True" in ours.__init__.__doc__ and ours.__init__.__module__ == ours.__module__
+    settings = [{k: v for k, v in made(shift=3.0).config.items() if k != "_class_name"} for made in (ours, base)]
+    assert settings[0] == settings[1]

@@ -995,3 +995,27 @@ def test_a_dtype_mismatch_tells_what_to_do_with_x_init(method):
     with pytest.raises(RuntimeError, match="same dtype") as caught:
         kfm.sample(lambda x, t: net(x), torch.zeros(3, DIM), steps=2)
     assert "kfm.sample's dtype= and device=" in " ".join(caught.value.__notes__)
+
+
+def test_ode_solvers_dopri5_past_the_end_of_an_analytic_field_is_refused_with_the_way_on():
+    # reviewer-328: ODESolver(as_model_wrapper(GaussianTarget)) under torchdiffeq's dopri5 evaluates at t = 1.02 and
+    # interpolates back. The closed forms hold on [0, 1] only (past 1 an extrapolation looked like an answer), so
+    # the user sees "t must lie in [0, 1], got 1.02..." and a note naming the field and the way on: kfm's own
+    # dopri5 (KineticODESolver or kfm.sample), whose steps end on t = 1. The note did not name the analytic fields;
+    # on a GPU their time became NaN instead and torchdiffeq ended in "underflow in dt 0.0" with no word of why
+    x0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    settings = dict(step_size=None, method="dopri5", time_grid=torch.tensor([0.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^t must lie in \[0, 1\], got 1\.0\d+") as caught:
+        ODESolver(as_model_wrapper(kfm.GaussianTarget(2.0, 0.5))).sample(x0, **settings)
+    said = str(caught.value) + "".join(getattr(caught.value, "__notes__", []))
+    assert "GaussianTarget" in said and "KineticODESolver(...).sample(method='dopri5')" in said
+
+    class OnDevice(kfm.GaussianTarget):   # the device branch on the CPU: a time past 1 becomes NaN, no error
+        def __call__(self, x, t):
+            return super().__call__(x, torch.where(t <= 1, t, 0.5)) * torch.where(t <= 1, 1.0, math.nan)[:, None]
+    with pytest.raises(ValueError, match=r"^t must lie in \[0, 1\], got 1\.0\d+") as caught:
+        ODESolver(as_model_wrapper(OnDevice(2.0, 0.5))).sample(x0, **settings)
+    assert "KineticODESolver" in "".join(getattr(caught.value, "__notes__", [])) + str(caught.value)
+    # the way on the note names runs
+    ours = kfm.KineticODESolver(as_model_wrapper(kfm.GaussianTarget(2.0, 0.5))).sample(x0, method="dopri5")
+    assert torch.isfinite(ours.x).all()

@@ -357,7 +357,7 @@ def test_repeated_rows_counts_rows_equal_to_an_earlier_one():
 def test_to_frame_has_one_row_per_sample(case):
     samples, train = case
     frame = kfm.memorization(samples, train, bootstrap=100).to_frame()
-    assert list(frame.columns) == ["sample", "d1", "d2", "ratio", "nearest", "memorized", "space"]
+    assert list(frame.columns) == ["sample", "d1", "d2", "ratio", "nearest", "memorized"]
     assert len(frame) == 100 and frame["memorized"].sum() == 40
     assert frame["sample"].tolist() == list(range(100))
     copies = frame[frame["d1"] == 0]                 # the 20 exact copies of train[:20] are samples 0..19
@@ -905,6 +905,8 @@ def test_cli_pca_space_finds_copies_drowned_in_salt_and_pepper_noise(tmp_path, c
     np.testing.assert_array_equal(table["nearest"], want_nearest.numpy())
     assert table["memorized"].tolist() == [True] * 16 + [False] * 16
     assert (table["space"] == "pixels-PCA15").all()
+    # the table's columns as before MemorizationReport recorded its space: space beside clamped, at the end
+    assert list(table.columns) == ["sample", "d1", "d2", "ratio", "nearest", "memorized", "space", "clamped"]
     assert titles == ["audited in pixels-PCA15"]
 
     assert main([*flags, "--out", str(tmp_path / "pixels.csv"), "--figure", str(tmp_path / "pixels.png")]) == 0
@@ -2554,9 +2556,8 @@ def test_the_report_records_its_space_named_as_local_support_names_it():
         assert report.space == name == local_support(samples, train, space=space).space
         assert f"space={name!r}" in repr(report)
         assert str(report).endswith(f"samples with d1/d2 < 0.3333 in {name}")
-        frame = report.to_frame()
-        assert list(frame.columns) == ["sample", "d1", "d2", "ratio", "nearest", "memorized", "space"]
-        assert frame["space"].tolist() == [name] * 6
+        # the space is the report's, not a column (reviewer-328: joined, a constant column misled)
+        assert list(report.to_frame().columns) == ["sample", "d1", "d2", "ratio", "nearest", "memorized"]
 
 
 def test_reports_in_two_spaces_join_in_one_table_each_under_its_space():
@@ -2569,8 +2570,14 @@ def test_reports_in_two_spaces_join_in_one_table_each_under_its_space():
     table = per_sample_table(pixels, half, seeds=[3, 1, 4, 15, 9])
     assert table["seed"].tolist() == [3, 1, 4, 15, 9]
     for report in (pixels, half):
-        for column in ("d1", "d2", "ratio", "nearest", "memorized", "space"):
+        for column in ("d1", "d2", "ratio", "nearest", "memorized"):
             assert table[f"{report.space}_{column}"].tolist() == report.to_frame()[column].tolist()
+    # no column says one space for every row: the memorization columns are in pixels, the support's in half
+    from kinetic_fm.metrics.density import local_support
+    joined = per_sample_table(pixels, local_support(samples, train, k=2, ks=(), space=_first_half),
+                              seeds=range(5))
+    assert not [column for column in joined.columns if column.endswith("space")]
+    assert not [column for column in table.columns if column.endswith("space")]
     with pytest.raises(ValueError, match=r"column 'sample' appears in part 0 \(MemorizationReport\) and part 1"):
         per_sample_table(pixels, pixels, seeds=range(5))             # one space twice: nothing tells them apart
 

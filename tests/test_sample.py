@@ -2456,6 +2456,22 @@ def test_warn_of_settings_builds_the_grid_only_for_a_half_precision_state(monkey
     assert [args for args in built if isinstance(args[0], str)] == [("uniform", 1000), ("log", 100)]
 
 
+@pytest.mark.parametrize("grid", [torch.tensor(0.5), np.array(0.5), None, [0.0, 0.5, 1.0], torch.ones(2, 3)])
+def test_warn_of_settings_reads_no_grid_it_cannot_count_on_a_state_that_reads_none(grid):
+    # reviewer-328: the steps check took len(grid) - 1 of any grid not a name: a 0-d tensor raised "len() of a
+    # 0-d tensor" and None "object of type 'NoneType' has no len()", on a float32 state, which reads no grid;
+    # only a 1-D tensor or array (what kfm.sample takes besides a name) has steps to compare
+    import kinetic_fm.sampling.sample as S
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        S.warn_of_settings(kfm.GaussianTarget(mean=2.0, std=0.5), solver="euler", steps=50, grid=grid,
+                           dtype=torch.float32)
+    with pytest.warns(kfm.SamplerSettingsWarning, match="the grid given has 2 steps, not 50"):
+        S.warn_of_settings(kfm.GaussianTarget(mean=2.0, std=0.5), solver="euler", steps=50,
+                           grid=np.array([0.0, 0.5, 1.0]), dtype=torch.float32)
+
+
 @pytest.mark.parametrize("grid", ["uniform", torch.linspace(0, 1, 1001, dtype=torch.float64)])
 def test_sample_builds_a_half_precision_state_s_grid_once(monkeypatch, grid):
     # kfm.sample built the grid, then its settings warning built (and checked) it again from the built one

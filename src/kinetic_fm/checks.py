@@ -190,8 +190,9 @@ def one_evaluation_of(velocity: object):
 
 def declares(velocity: object, name: str) -> bool:
     """Whether ``velocity`` declares the flag ``name`` True (``singular_at_one``: v blows up at
-    t = 1; ``one_time_per_call``: the net sees one time for the whole batch); an attribute that
-    cannot be read, or has no truth value, declares nothing."""
+    t = 1; ``one_time_per_call``: the net sees one time for the whole batch; ``unit_times_only``: v is
+    defined for t in [0, 1] only, as the analytic fields are); an attribute that cannot be read, or has
+    no truth value, declares nothing."""
     try:
         return bool(optional_attribute(velocity, name, False))
     except Exception:
@@ -348,10 +349,17 @@ def check_unit_number(name: str, value, what: str = "a number in [0, 1]", *,
     raise ValueError(f"{name} must be {what}, got {value!r}{hint}")
 
 
-def check_unit_times(t: torch.Tensor, name: str = "t") -> None:
+def unit_times(t: torch.Tensor) -> torch.Tensor:
+    """Which of the times ``t`` lie in [0, 1]: a bool tensor of t's shape, False for NaN (which fails
+    both comparisons). On t's device, nothing read on the host."""
+    return (t >= 0) & (t <= 1)
+
+
+def check_unit_times(t: torch.Tensor, name: str = "t", *, inside: torch.Tensor | None = None) -> None:
     """ValueError "t must lie in [0, 1], got 1.5 at row 0" naming the first of the (B,) times ``t``
-    outside [0, 1] or NaN. One reduction, read on the host: on an accelerator a synchronisation."""
-    inside = (t >= 0) & (t <= 1)   # NaN fails both
+    outside [0, 1] or NaN. ``inside``: ``unit_times(t)`` where the caller has it already. One reduction,
+    read on the host: on an accelerator a synchronisation."""
+    inside = unit_times(t) if inside is None else inside
     if bool(inside.all()):
         return
     row = int((~inside).nonzero()[0, 0])

@@ -195,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
             failed = err
     if args.out is not None:
         frame = _per_sample_frame(report, sample_files, train_files, train_items, seeds)
+        frame["space"] = space_name   # the CLI's table stands alone: each row says what it was audited in
         frame["clamped"] = args.clamp
         from ..runs.atomic import atomic_write
 

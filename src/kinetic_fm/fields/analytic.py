@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from ..checks import as_scalar, check_unit_number, check_unit_times, inside_unit_interval, is_real, positive_integer
+from ..checks import (as_scalar, check_unit_number, check_unit_times, inside_unit_interval, is_real, positive_integer,
+                      unit_times)
 
 
 def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,7 @@ def _time_column(t, x: torch.Tensor) -> torch.Tensor:
     if t.device.type == "cpu":
         check_unit_times(t)
     else:
-        t = torch.where((t >= 0) & (t <= 1), t, math.nan)   # NaN fails both; an integer t becomes float
+        t = torch.where(unit_times(t), t, math.nan)   # an integer t becomes float
     return t.reshape(-1, *([1] * (x.dim() - 1)))
 
 
@@ -132,6 +133,8 @@ class GaussianTarget:
         mean: scalar or tensor broadcastable to one sample's shape.
         std: σ > 0 (use ``PointTarget`` for σ = 0).
     """
+
+    unit_times_only = True   # the closed form holds on [0, 1]: a wrapper refuses t > 1 before the call
 
     def __init__(self, mean: float | torch.Tensor = 0.0, std: float = 1.0):
         self.std = _positive_std(std)
@@ -175,6 +178,8 @@ class PointTarget:
 
     singular_at_one = True
 
+    unit_times_only = True   # the closed form holds on [0, 1]: a wrapper refuses t > 1 before the call
+
     def __init__(self, point: torch.Tensor | float, *, eps: float = 1e-6):
         self.point = _location("point", point)
         self.eps = inside_unit_interval("eps", eps)
@@ -215,6 +220,8 @@ class GaussianMixtureTarget:
         std: shared σ > 0.
         weights: (K,) mixture weights (normalised here); uniform by default.
     """
+
+    unit_times_only = True   # the closed form holds on [0, 1]: a wrapper refuses t > 1 before the call
 
     def __init__(self, means: torch.Tensor, std: float = 0.1, weights: torch.Tensor | None = None):
         means = _location("means", means)

@@ -126,7 +126,8 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 
 from .. import gemm
-from ..checks import as_scalar, check_integer, check_unit_times, is_real, optional_integer, positive_integer
+from ..checks import (as_scalar, check_integer, check_unit_times, is_real, optional_integer, positive_integer,
+                      unit_times)
 from ..blocks import block_size
 from ..knn import (
     abs_max,
@@ -968,11 +969,11 @@ class _ValueCheck:
         if bool(self.fine.all()):
             return True
         x, t = self.x, self.t
-        bad, bad_x = (t < 0) | (t > 1) | ~torch.isfinite(t), ~self.fine_x
-        if not bool((bad | bad_x).any()):
+        inside = unit_times(t)
+        if bool((inside & self.fine_x).all()):
             return False                 # rows at t = 0, nothing wrong
-        check_unit_times(t)
-        rows = bad_x.nonzero().flatten()[:10].tolist()
+        check_unit_times(t, inside=inside)
+        rows = (~self.fine_x).nonzero().flatten()[:10].tolist()
         if not bool(torch.isfinite(x[rows]).all()):
             raise ValueError(f"x has NaN or inf in rows {rows}")
         check_magnitude("x", x[rows], self.dtype)

@@ -21,7 +21,6 @@ loading such a pipeline, since diffusers only resolves custom components already
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import inspect
 import math
@@ -104,14 +103,16 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     _step_size: list[float] | None = None
     _gain: list[float] | None = None
 
-    # the base class's signature, read by diffusers for the config's keys and by from_config
-    @functools.wraps(FlowMatchEulerDiscreteScheduler.__init__)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """The base class's ``__init__`` (same arguments, the config); ValueError for ``stochastic_sampling=True``,
         refused here (``from_config`` and ``from_scheduler`` build through it) rather than at the first ``step``,
         after the pipeline's first network call."""
         super().__init__(*args, **kwargs)
         _refuse_stochastic(self.config)
+
+    # the base class's signature, read by diffusers (inspect.signature) for the config's keys and by from_config;
+    # not functools.wraps, which put the base's docstring and module in place of ours
+    __init__.__signature__ = inspect.signature(FlowMatchEulerDiscreteScheduler.__init__)
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any

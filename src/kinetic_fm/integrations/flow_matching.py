@@ -301,7 +301,8 @@ X_INIT_REMEDY = ("pass x_init in the network's dtype and device (x_init.to(dtype
 # torchdiffeq's adaptive methods step over the end and interpolate back
 PAST_THE_END = ("the field was called at t > 1: flow_matching's ODESolver under dopri5 (torchdiffeq's adaptive "
                 "methods) steps past the end of time_grid and interpolates back, and a field defined on [0, 1] only "
-                "(EmpiricalFlow, a PosteriorRecorder) refuses such a time; use KineticODESolver(...).sample("
+                "(EmpiricalFlow, a PosteriorRecorder, GaussianTarget, PointTarget, GaussianMixtureTarget) refuses "
+                "such a time; use KineticODESolver(...).sample("
                 "method='dopri5') or kfm.sample(solver='dopri5'), whose steps end on t = 1")
 
 
@@ -323,6 +324,15 @@ def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tens
     """η(t)·v(x, t) (B, ...), t broadcast to (B,) for the field; v alone without a gain. ``tau()``
     gives the gain's τ (a KTS's, or one a callable declares), or None."""
     given = t
+    # one time for the batch, as torchdiffeq passes it: a closed-form field past t = 1 is refused here, on
+    # every device (on an accelerator the field itself makes that time NaN without a word, to spare the
+    # samplers' loop a synchronisation, and dopri5 then shrank its step to "underflow in dt"). Reading the
+    # time is a synchronisation there: torchdiffeq makes one every step anyway; kfm.sample passes (B,) times
+    if (not isinstance(given, torch.Tensor) or given.dim() == 0) and declares(velocity, "unit_times_only") \
+            and float(given) > 1:
+        past = ValueError(f"t must lie in [0, 1], got {float(given)!r}")
+        add_note(past, PAST_THE_END)
+        raise past
     t = batch_time(t, x)
     try:
         v = velocity(x, t, **extras)

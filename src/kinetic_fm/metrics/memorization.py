@@ -121,7 +121,9 @@ class MemorizationReport:
 
     def to_frame(self) -> "pd.DataFrame":
         """One row per sample: sample (its row in the audited samples, as ``nearest`` is a row of
-        the training set), d1, d2, ratio, nearest, memorized, space (the name of the space measured in)."""
+        the training set), d1, d2, ratio, nearest, memorized. The space measured in is the report's
+        ``space``, not a column: in a joined table a constant column would read as if it held for every
+        part's columns (``per_sample_table`` leads each part's columns by its space's name instead)."""
         import numpy as np
         import pandas as pd
 
@@ -132,7 +134,6 @@ class MemorizationReport:
             "ratio": self.ratio.cpu().numpy(),
             "nearest": self.nearest.cpu().numpy(),
             "memorized": self.memorized.cpu().numpy(),
-            "space": self.space,
         })
 
 

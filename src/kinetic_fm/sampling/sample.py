@@ -398,8 +398,11 @@ def _warn_about_ignored_settings(solver: str, steps: int, grid, **adaptive) -> N
     sample`` refuses it: ``solver="euler", rtol=1e-8`` ran 100 Euler steps without a word (a
     misspelt solver name looks like that). A grid given as an array sets the steps: ``steps``
     changed from its default and unlike the grid's is ignored too (``steps=50`` beside an
-    11-point grid ran 10 steps)."""
-    grid_steps = None if isinstance(grid, str) else len(grid) - 1
+    11-point grid ran 10 steps). Only a 1-D tensor or array, the grids ``kfm.sample`` takes besides a
+    name, has steps to compare: anything else is left to the refusal of whoever reads it."""
+    import numpy as np
+
+    grid_steps = grid.shape[0] - 1 if isinstance(grid, (torch.Tensor, np.ndarray)) and grid.ndim == 1 else None
     if solver == "dopri5":
         changed = ["steps"] if steps != FIXED_ONLY["steps"] else []
         reads = "dopri5 chooses its own steps"
