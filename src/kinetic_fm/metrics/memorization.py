@@ -83,9 +83,7 @@ class MemorizationReport:
     interval: str = "bootstrap"
     space: str = "pixels"
 
-    def __repr__(self) -> str:  # shapes and dtypes, not every element
-        text, note = result_repr(self), self._zero_width()
-        return text if note is None else text.replace(f"ci={self.ci!r}", f"ci={self.ci!r} [{note}]", 1)
+    __repr__ = result_repr  # shapes and dtypes, not every element (str says what a zero-width ci hides)
 
     def __len__(self) -> int:
         return self.ratio.shape[0]

@@ -366,11 +366,12 @@ class CLIPScorer:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no CLIP model at {path} (expected a local save_pretrained "
                                     "folder with config.json; nothing is downloaded)")
-        _check_clip_folder(path)
         from ..optional import optional_names
 
+        # the package first: without it the folder's files are moot, and its install is the first thing to do
         AutoImageProcessor, AutoTokenizer, CLIPModel = optional_names(
             "transformers", "CLIPScorer", "AutoImageProcessor", "AutoTokenizer", "CLIPModel")
+        _check_clip_folder(path)
         self.name = path.name
         self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
