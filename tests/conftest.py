@@ -61,6 +61,20 @@ def fixed_blas(monkeypatch):
 
 
 @pytest.fixture
+def numpy_blas_threads():
+    """``numpy_blas_threads()``: the set of thread counts of NumPy's and SciPy's BLAS, what
+    kinetic_fm.gemm.numpy_blas_single_threaded holds; another package's (faiss-cpu bundles an OpenBLAS of
+    its own, loaded by earlier tests in the run) is not its business."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def counts() -> set[int]:
+        return {p["num_threads"] for p in threadpoolctl.threadpool_info()
+                if p["user_api"] == "blas" and any(n in Path(p["filepath"]).parent.name for n in ("numpy", "scipy"))}
+
+    return counts
+
+
+@pytest.fixture
 def second_run_refused():
     """``second_run_refused(run, recorder, expected)``: ``run()``, a second run through a
     ``PosteriorRecorder`` that holds a first run's records, is refused before its first velocity

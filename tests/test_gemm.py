@@ -84,14 +84,8 @@ def test_numpy_products_work_in_a_forked_child(monkeypatch):
     assert queue.get(timeout=5) == 3 * 200 * 4.0
 
 
-def _blas_threads() -> list[int]:
-    from threadpoolctl import threadpool_info
-
-    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-
-
 @pytest.fixture
-def blas_at_two_threads():
+def blas_at_two_threads(numpy_blas_threads):
     """NumPy's and SciPy's BLAS, and torch, raised to 2 threads for the test: conftest's
     OPENBLAS_NUM_THREADS=1 (and torch's one thread) would hide a limit that does nothing or too much."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
@@ -100,33 +94,34 @@ def blas_at_two_threads():
     torch.set_num_threads(2)
     try:
         with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
-            assert set(_blas_threads()) == {2}
+            assert numpy_blas_threads() == {2}
             yield
     finally:
         torch.set_num_threads(torch_threads)
 
 
-def test_one_numpy_blas_thread_inside_torch_threads_untouched_limits_back_after(blas_at_two_threads, monkeypatch):
+def test_one_numpy_blas_thread_inside_torch_threads_untouched_limits_back_after(blas_at_two_threads, monkeypatch,
+                                                                                 numpy_blas_threads):
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     with gemm.numpy_blas_single_threaded(unless_user_set=True):
-        assert set(_blas_threads()) == {1}
+        assert numpy_blas_threads() == {1}
         assert torch.get_num_threads() == 2
         out = gemm.matmul(torch.ones(3, 4), torch.ones(4, 200), blas="numpy")   # its own limit nests inside
-        assert (out == 4).all() and set(_blas_threads()) == {1}
-    assert set(_blas_threads()) == {2}
+        assert (out == 4).all() and numpy_blas_threads() == {1}
+    assert numpy_blas_threads() == {2}
     for stop in (KeyboardInterrupt, RuntimeError):                        # an interrupted scope restores too
         with pytest.raises(stop), gemm.numpy_blas_single_threaded():
-            assert set(_blas_threads()) == {1}
+            assert numpy_blas_threads() == {1}
             raise stop
-        assert set(_blas_threads()) == {2}
+        assert numpy_blas_threads() == {2}
 
 
-def test_user_set_openblas_threads_win_where_asked(blas_at_two_threads, monkeypatch):
+def test_user_set_openblas_threads_win_where_asked(blas_at_two_threads, monkeypatch, numpy_blas_threads):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     with gemm.numpy_blas_single_threaded(unless_user_set=True):
-        assert set(_blas_threads()) == {2}
+        assert numpy_blas_threads() == {2}
     with gemm.numpy_blas_single_threaded():                                # NumPy's own products: always one
-        assert set(_blas_threads()) == {1}
+        assert numpy_blas_threads() == {1}
 
 
 def test_one_numpy_blas_thread_reaches_scipy_loaded_after_the_first_product():

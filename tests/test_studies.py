@@ -3529,16 +3529,14 @@ def test_tiny_report_claims_say_how_many_samples_once_and_name_a_tie_over_every_
     assert re.search(r"ρ = [+-]\d\.\d{3} in pixels \(digits-cnn: [+-]\d\.\d{3}\)", knn), knn
 
 
-def test_reproduce_holds_numpy_blas_at_one_thread_and_gives_the_limits_back(tmp_path, monkeypatch):
+def test_reproduce_holds_numpy_blas_at_one_thread_and_gives_the_limits_back(tmp_path, monkeypatch, numpy_blas_threads):
     # the studies' covariances and eigenproblems run on NumPy's and SciPy's OpenBLAS between torch passes:
     # its spinning workers slowed those passes (BENCHMARKS.md, OpenBLAS), so the run holds it at one thread
     threadpoolctl = pytest.importorskip("threadpoolctl")
     pytest.importorskip("scipy.linalg")
     from kinetic_fm.studies import reproduce as reproduce_module
 
-    def blas_threads():
-        return {p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}
-
+    blas_threads = numpy_blas_threads
     seen = []
 
     def studies(cfg, ws, names, progress):
