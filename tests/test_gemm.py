@@ -50,16 +50,10 @@ def test_numpy_products_split_over_threads_cover_every_column(threads, n, monkey
     torch.testing.assert_close(out.double(), a.double() @ b.double(), rtol=0, atol=1e-4)
 
 
-def test_numpy_products_leave_numpy_blas_threads_as_they_were():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    pytest.importorskip("numpy")
-
-    def blas_threads():
-        return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
-
-    before = blas_threads()
+def test_numpy_products_leave_numpy_blas_threads_as_they_were(blas_at_two_threads, numpy_blas_threads):
+    # at two threads (conftest's one would hide a product that leaves them at one)
     gemm.matmul(torch.randn(4, 8), torch.randn(8, 300), blas="numpy")   # single-threaded calls inside
-    assert blas_threads() == before
+    assert numpy_blas_threads() == {2}
 
 
 def _product_in_child(queue):
