@@ -278,9 +278,9 @@ def test_goldilocks_marks_the_bias_corrected_fd_its_whisker_is_about_and_its_tab
     assert "'FD-flat bias-corrected' column" in drawn["goldilocks"].caption
 
 
-def test_shaping_fd_marks_the_bias_corrected_fd_its_whisker_is_about_and_its_table_holds_it(tmp_path, monkeypatch):
-    # as the Goldilocks bars: each dot was the plain FD, well above the middle of its whisker
-    from kinetic_fm.studies import shaping
+def _shaping_case():
+    """30 training images of (1, 2, 2) in [-0.5, 0.5), assets whose features are the flat pixels, and a shaping
+    config of 24 samples, 4 and 6 steps, 10 bootstrap draws."""
     from kinetic_fm.studies.config import ShapingConfig
 
     gen = torch.Generator().manual_seed(3)
@@ -288,7 +288,14 @@ def test_shaping_fd_marks_the_bias_corrected_fd_its_whisker_is_about_and_its_tab
     assets = SimpleNamespace(train=train, memorizer_train=train[:10], memorizer=LinearDrift(4), classifier_name="flat",
                              mean=None, value_range=lambda: (-0.5, 0.5), features=lambda x: x.flatten(1).double(),
                              train_features=lambda: train.flatten(1).double())
-    cfg = ShapingConfig(n_samples=24, steps=4, more_steps=6, bootstrap=10, seed_start=5)
+    return train, assets, ShapingConfig(n_samples=24, steps=4, more_steps=6, bootstrap=10, seed_start=5)
+
+
+def test_shaping_fd_marks_the_bias_corrected_fd_its_whisker_is_about_and_its_table_holds_it(tmp_path, monkeypatch):
+    # as the Goldilocks bars: each dot was the plain FD, well above the middle of its whisker
+    from kinetic_fm.studies import shaping
+
+    train, assets, cfg = _shaping_case()
     drawn = _axes_of(monkeypatch)
     out = shaping.run_shaping(cfg, assets, Workspace(tmp_path), "fake", progress=False)
     table = out.tables["shaping_grid"]
@@ -542,14 +549,8 @@ def test_goldilocks_fits_the_full_reference_once_for_its_controls_tests_and_jack
 def test_shaping_fits_the_training_reference_once_for_its_fds_and_their_jackknife(tmp_path, monkeypatch):
     # helper-256: the settings' FDs and their jackknife intervals each fitted all the training features
     from kinetic_fm.studies import shaping
-    from kinetic_fm.studies.config import ShapingConfig
 
-    gen = torch.Generator().manual_seed(3)
-    train = torch.rand(30, 1, 2, 2, generator=gen) - 0.5
-    assets = SimpleNamespace(train=train, memorizer_train=train[:10], memorizer=LinearDrift(4), classifier_name="flat",
-                             mean=None, value_range=lambda: (-0.5, 0.5), features=lambda x: x.flatten(1).double(),
-                             train_features=lambda: train.flatten(1).double())
-    cfg = ShapingConfig(n_samples=24, steps=4, more_steps=6, bootstrap=10, seed_start=5)
+    train, assets, cfg = _shaping_case()
     _axes_of(monkeypatch)
     ref_rows = train.flatten(1).double().numpy()
     fitted = _fits_of(monkeypatch, ref_rows, shaping)

@@ -1037,9 +1037,9 @@ def test_tiny_reproduce_on_a_cuda_device_gives_the_cpu_tables(tiny_report, tmp_p
                                       pd.read_parquet(cpu_out / "tables" / name), check_exact=True)
 
 
-def test_the_training_features_are_computed_once_per_run():
-    # three studies read the training set's classifier features: about a minute each with
-    # ResNet-56 on 5,000 CIFAR-10 images, when they were recomputed every time
+def _assets_with_a_counting_judge(train: torch.Tensor, heldout: torch.Tensor):
+    """Assets of (N, 1, 2, 2) `train` and `heldout` images whose judge's features are a linear map of the 4 pixels,
+    and the list each pass through the judge appends its row count to."""
     from kinetic_fm.studies.assets import Assets
 
     passes = []
@@ -1053,9 +1053,16 @@ def test_the_training_features_are_computed_once_per_run():
             passes.append(x.shape[0])
             return self.head(x.flatten(1))
 
-    train = torch.randn(10, 1, 2, 2)
-    assets = Assets(train, None, train[:2], None, None, Judge(), "judge", None, torch.nn.Identity(),
+    assets = Assets(train, None, heldout, None, None, Judge(), "judge", None, torch.nn.Identity(),
                     torch.nn.Identity(), train[:4], {}, "test")
+    return assets, passes
+
+
+def test_the_training_features_are_computed_once_per_run():
+    # three studies read the training set's classifier features: about a minute each with
+    # ResNet-56 on 5,000 CIFAR-10 images, when they were recomputed every time
+    train = torch.randn(10, 1, 2, 2)
+    assets, passes = _assets_with_a_counting_judge(train, train[:2])
     first = assets.train_features()
     assert assets.train_features() is first and passes == [10]
     assert torch.equal(first, assets.features(train))
@@ -1064,23 +1071,9 @@ def test_the_training_features_are_computed_once_per_run():
 def test_the_held_out_and_sample_features_are_computed_once_per_run():
     # the Goldilocks study and the sample-quality check read the held-out images' features, and they and
     # the support study the generalising run's samples': each set went through the judge two or three times
-    from kinetic_fm.studies.assets import Assets
-
-    passes = []
-
-    class Judge(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = torch.nn.Linear(4, 3)
-
-        def features(self, x):
-            passes.append(x.shape[0])
-            return self.head(x.flatten(1))
-
     gen = torch.Generator().manual_seed(0)
     train = torch.rand(10, 1, 2, 2, generator=gen) - 0.5
-    assets = Assets(train, None, train[:3], None, None, Judge(), "judge", None, torch.nn.Identity(),
-                    torch.nn.Identity(), train[:4], {}, "test")
+    assets, passes = _assets_with_a_counting_judge(train, train[:3])
     # rows asked for before the whole set are judged alone (a run of semantics alone judges 300, not all)
     assert torch.equal(assets.heldout_features(slice(2)), assets.features(train[:2])) and passes == [2, 2]
     passes.clear()

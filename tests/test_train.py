@@ -859,23 +859,25 @@ def test_training_ignores_the_callers_grad_mode_and_default_dtype(name):
         run()
 
 
+def _seeded_small_run(out, steps: int, **kwargs):
+    """_small_run trained `steps` steps into `out` from torch seed 0; kwargs go to train (resume=True)."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model, data, config = _small_run()
+    return train(model, data, dataclasses.replace(config, steps=steps), out=out, **kwargs)
+
+
 def test_a_damaged_resume_state_is_refused_saying_how_to_go_on_and_that_way_trains_as_a_fresh_run(tmp_path):
     # resume.pt cut short (a copy, a disk): the refusal said "not a readable torch checkpoint" and
     # no more; moved away, a resume trains from step 0, as a new run into another folder does
-    import dataclasses
-
-    def run(out, steps, **kwargs):
-        torch.manual_seed(0)
-        model, data, config = _small_run()
-        return train(model, data, dataclasses.replace(config, steps=steps), out=out, **kwargs)
-
-    run(tmp_path / "run", 4)
+    _seeded_small_run(tmp_path / "run", 4)
     state = tmp_path / "run" / "resume.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     with pytest.raises(ValueError, match="not a readable torch checkpoint .*move it away and resume to train again"):
-        run(tmp_path / "run", 6, resume=True)
+        _seeded_small_run(tmp_path / "run", 6, resume=True)
     state.rename(tmp_path / "damaged.pt")
-    resumed, fresh = run(tmp_path / "run", 6, resume=True), run(tmp_path / "fresh", 6)
+    resumed, fresh = _seeded_small_run(tmp_path / "run", 6, resume=True), _seeded_small_run(tmp_path / "fresh", 6)
     assert resumed.resumed_from == 0
     for name, weights in fresh.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], weights), name
@@ -885,26 +887,19 @@ def test_a_damaged_resume_state_is_refused_saying_how_to_go_on_and_that_way_trai
 def test_a_resume_state_of_pickle_protocol_4_is_refused_as_a_format_with_a_way_out_that_works(tmp_path):
     # the refusal advised re-saving "the weights ... or as safetensors": a resume state holds the optimiser's
     # state and the run's record, which no safetensors file holds, and a resume.pt in safetensors is refused
-    import dataclasses
-
     from kinetic_fm.models import UnsafeCheckpointError
 
-    def run(out, steps, **kwargs):
-        torch.manual_seed(0)
-        model, data, config = _small_run()
-        return train(model, data, dataclasses.replace(config, steps=steps), out=out, **kwargs)
-
-    run(tmp_path / "run", 4)
+    _seeded_small_run(tmp_path / "run", 4)
     state = tmp_path / "run" / "resume.pt"
     torch.save(load_state(state), state, pickle_protocol=4)
     with pytest.raises(UnsafeCheckpointError) as caught:
-        run(tmp_path / "run", 6, resume=True)
+        _seeded_small_run(tmp_path / "run", 6, resume=True)
     said = str(caught.value)
     assert "pickle of protocol 4" in said and "without pickle_protocol" in said, said
     assert "safetensors" not in said and "damaged" not in said and "re-save the weights" not in said, said
     assert "move it away and resume to train again from step 0" in said, said
     torch.save(torch.load(state, weights_only=False), state)   # the way out it names (a file we trust: ours)
-    resumed, fresh = run(tmp_path / "run", 6, resume=True), run(tmp_path / "fresh", 6)
+    resumed, fresh = _seeded_small_run(tmp_path / "run", 6, resume=True), _seeded_small_run(tmp_path / "fresh", 6)
     assert resumed.resumed_from == 4 and torch.equal(resumed.losses, fresh.losses)
 
 

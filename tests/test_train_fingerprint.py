@@ -92,12 +92,19 @@ def test_a_run_from_before_the_record_is_audited_as_before_without_a_word(tmp_pa
     assert "the 5 items it trained on" in out and "sha256" not in out + err
 
 
-def test_kfm_train_resume_on_a_folder_whose_image_was_replaced_is_refused(tmp_path, capsys):
+def _trained_then_an_image_replaced(tmp_path, capsys) -> list[str]:
+    """kfm train's arguments of a 2-step run on a folder of 5 images, whose image 2 was then replaced; the run's
+    output read away from capsys."""
     images = _png_folder(tmp_path / "images")
     args = ["train", "--data", f"folder:{images}", *TRAIN, "--save-every", "1", "--out", str(tmp_path / "run")]
     assert main([*args, "--steps", "2"]) == 0
     _replace_one_image(images)
     capsys.readouterr()
+    return args
+
+
+def test_kfm_train_resume_on_a_folder_whose_image_was_replaced_is_refused(tmp_path, capsys):
+    args = _trained_then_an_image_replaced(tmp_path, capsys)
     assert main([*args, "--steps", "4", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "the data (sha256 " in err and "differ from those the run trained on (of the same shape [5, 3, 8, 8])" in err
@@ -107,11 +114,7 @@ def test_kfm_train_resume_on_a_folder_whose_image_was_replaced_is_refused(tmp_pa
 def test_a_resume_with_a_changed_lr_and_other_data_gives_one_way_on_for_both(tmp_path, capsys):
     # "--lr (the run's 0.001, now 0.002); and the data (...) differ ...: resume with the data it trained on (...)
     # or train a new run": a resume with that data alone was refused again, for its --lr (helper-315)
-    images = _png_folder(tmp_path / "images")
-    args = ["train", "--data", f"folder:{images}", *TRAIN, "--save-every", "1", "--out", str(tmp_path / "run")]
-    assert main([*args, "--steps", "2"]) == 0
-    _replace_one_image(images)
-    capsys.readouterr()
+    args = _trained_then_an_image_replaced(tmp_path, capsys)
     assert main([*args, "--steps", "4", "--lr", "0.002", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "settings differ from the saved run: --lr (the run's 0.001, now 0.002); and the data (sha256 " in err
