@@ -297,12 +297,18 @@ def test_shaping_fd_marks_the_bias_corrected_fd_its_whisker_is_about_and_its_tab
 
     train, assets, cfg = _shaping_case()
     drawn = _axes_of(monkeypatch)
+    judged = []                                                      # each setting's sample features, in order
+    real = shaping.jackknife_replicates
+    monkeypatch.setattr(shaping, "jackknife_replicates",
+                        lambda sets, *args, **kwargs: judged.extend(sets) or real(sets, *args, **kwargs))
     out = shaping.run_shaping(cfg, assets, Workspace(tmp_path), "fake", progress=False)
     table = out.tables["shaping_grid"]
     at = list(table.columns).index("FD-flat")
     assert list(table.columns[at:at + 4]) == ["FD-flat", "FD-flat bias-corrected", "FD-flat CI low", "FD-flat CI high"]
     corrected = table["FD-flat bias-corrected"].to_numpy()
-    assert np.isfinite(corrected).all() and (corrected >= 0).all()
+    ref = train.flatten(1).double().numpy()
+    assert len(judged) == len(table)                                 # by the definition, not the study's helpers
+    np.testing.assert_allclose(corrected, [_corrected(x, ref) for x in judged], rtol=1e-8)
     _marks_its_interval(drawn["shaping_fd"], "FD-flat bias-corrected", corrected, table["FD-flat"].to_numpy(),
                         table["FD-flat CI low"].to_numpy(), table["FD-flat CI high"].to_numpy(),
                         "FD-flat of the samples (uncorrected)")
