@@ -185,6 +185,19 @@ def test_a_zero_width_bootstrap_interval_says_so_with_the_wilson_interval_beside
         assert "zero width" not in str(other)
 
 
+def test_the_summary_line_computes_the_wilson_interval_beside_a_zero_width_one_once(monkeypatch):
+    # reviewer-333: str(report) computed shown_interval() itself and again through _zero_width()
+    from kinetic_fm.metrics import memorization as module
+
+    train = 10.0 * torch.eye(6, dtype=torch.float64)
+    rep = kfm.memorization(train.clone(), train)
+    wilson = []
+    interval = module.fraction_interval
+    monkeypatch.setattr(module, "fraction_interval", lambda *a, **k: wilson.append(a) or interval(*a, **k))
+    assert "zero width at 6/6" in str(rep)
+    assert len(wilson) == 1
+
+
 def test_the_coverage_quoted_for_the_bootstrap_interval_is_the_exact_binomial_sum():
     # memorization's docstring: at n = 50, F_mem = 0.02 the bootstrap covers 0.635, Wilson 0.922
     # (sums over Binomial(50, 0.02) of whether each count's interval holds 0.02, not a simulation)

@@ -174,8 +174,9 @@ def run(args: argparse.Namespace) -> int:
     print(report)
     if train_mean is not None and not samples_folder:
         _warn_of_a_common_offset(samples, train, report, args.train)
-    kind, low, high = report.shown_interval()
-    if args.interval == "bootstrap" and kind == "Wilson":
+    shown = report.shown_interval()
+    if report._zero_width(shown) is not None:
+        _, low, high = shown
         print(f"note: the bootstrap interval has no width at F_mem = {report.fraction:g} (every resample "
               f"agrees) and covers far less than {report.confidence:.0%} near it; --interval wilson gives "
               f"the Wilson interval quoted beside it, {low:.4f}–{high:.4f}")
