@@ -135,6 +135,9 @@ class MemorizationReport:
         })
 
 
+SPACE_CHUNK = 512   # rows a feature map of memorization() takes at once by default
+
+
 def memorization(
     samples: torch.Tensor | np.ndarray | pd.DataFrame,
     train: torch.Tensor | np.ndarray | pd.DataFrame,
@@ -146,7 +149,7 @@ def memorization(
     confidence: float = 0.95,
     interval: str = "bootstrap",
     chunk: int = 8192,
-    space_chunk: int = 512,
+    space_chunk: int = SPACE_CHUNK,
     backend: str = "torch",
     progress: bool = False,
 ) -> MemorizationReport:
@@ -167,7 +170,8 @@ def memorization(
         space: optional feature map applied to both sets (in chunks of ``space_chunk`` rows,
             without gradients); distances are then measured between its flattened outputs. The
             report records its name (``report.space``) as :func:`~kinetic_fm.metrics.features.feature_space`
-            names it. For the CLI's ``--space pca:K`` pass
+            names it (a bound method by the method's name, ``"features"`` for ``net.features``: pass
+            ``feature_space(net.features, name="resnet20")`` to name the network). For the CLI's ``--space pca:K`` pass
             ``kinetic_fm.metrics.features.PrincipalSpace.fit(train, K)``.
         seed: seed of the bootstrap generator, a non-negative integer.
         confidence: coverage of the interval, a real number in (0, 1).
