@@ -219,3 +219,16 @@ def test_the_samplers_stages_skip_the_time_check_that_a_direct_call_makes(field,
     with pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got 1\.5 at row 1"):
         field(x0, torch.tensor([0.5, 1.5, 0.5, 0.5], dtype=torch.float64))     # a direct call is still checked
     assert len(calls) == 1
+
+
+def test_a_subclass_with_its_own_call_is_what_the_sampler_calls():
+    # the samplers' unchecked path is the analytic fields' own: a subclass's __call__ is not bypassed
+    class Halved(kfm.GaussianTarget):
+        def __call__(self, x, t):
+            return 0.5 * super().__call__(x, t)
+
+    x0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for solver in ("rk4", "dopri5"):
+        whole = kfm.sample(kfm.GaussianTarget(2.0, 0.5), x0=x0, steps=8, solver=solver)
+        half = kfm.sample(Halved(2.0, 0.5), x0=x0, steps=8, solver=solver)
+        assert not torch.allclose(half.x, whole.x)

@@ -106,11 +106,9 @@ def _time_column(t, x: torch.Tensor, check: bool = True) -> torch.Tensor:
         raise ValueError(f"t must hold real times in [0, 1], got a {t.dtype} tensor")
     if t.dim() != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
-    if not check:
-        pass
-    elif t.device.type == "cpu":
+    if check and t.device.type == "cpu":
         check_unit_times(t)
-    else:
+    elif check:
         t = torch.where(unit_times(t), t, math.nan)   # an integer t becomes float
     return t.reshape(-1, *([1] * (x.dim() - 1)))
 

@@ -92,10 +92,11 @@ def convention_hint(velocity) -> str:
 def stage_velocity(velocity: Callable) -> Callable:
     """What a sampler calls at its stages for the field ``velocity``: an analytic field's
     ``unchecked``, which skips the check of times that the sampler's grid (checked once) or dopri5's
-    own clock keeps in [0, 1]; any other field itself."""
+    own clock keeps in [0, 1]; any other field itself, a subclass's own ``__call__`` included."""
     from ..fields.analytic import ClosedForm
 
-    return velocity.unchecked if isinstance(velocity, ClosedForm) else velocity
+    closed_form = isinstance(velocity, ClosedForm) and type(velocity).__call__ is ClosedForm.__call__
+    return velocity.unchecked if closed_form else velocity
 
 
 def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor, field=None) -> torch.Tensor:
