@@ -131,12 +131,11 @@ def run(args: argparse.Namespace) -> int:
     space, space_name = None, "pixels"
     principal = None if args.space is None else _principal_spec(args.space)
     if args.space is not None and principal is None:
+        from ..metrics.features import feature_space
+        from ..metrics.memorization import SPACE_CHUNK
         from ..models.resnet_cifar import load_cifar_resnet_spec
 
         net, space_name = load_cifar_resnet_spec(args.space, name="--space")
-        from ..metrics.features import feature_space
-        from ..metrics.memorization import SPACE_CHUNK
-
         net.warn_of_range = False  # _cifar_images checks each whole set, in the flags' names
         # named by the spec's network (its bound method's default name is "features"), in the chunks a
         # network takes in memorization()
