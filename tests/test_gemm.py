@@ -1,4 +1,6 @@
 """kinetic_fm.gemm: float32 CPU products through torch's or NumPy's BLAS."""
+import threading
+
 import pytest
 import torch
 
@@ -108,6 +110,35 @@ def test_one_numpy_blas_thread_inside_torch_threads_untouched_limits_back_after(
             assert numpy_blas_threads() == {1}
             raise stop
         assert numpy_blas_threads() == {2}
+
+
+def test_overlapping_holds_from_two_threads_give_the_limits_back_after_the_last(blas_at_two_threads,
+                                                                              numpy_blas_threads):
+    # A enters, B enters, A exits, B exits, on two threads other than the one that raised the limit: not
+    # nested, so B must not restore the one thread it found, and neither may be ignored by threadpoolctl
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def hold_a():
+        with gemm.numpy_blas_single_threaded():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def hold_b():
+        a_in.wait(10)
+        with gemm.numpy_blas_single_threaded():
+            b_in.set()
+            a_out.wait(10)
+            seen["inside B after A left"] = numpy_blas_threads()
+
+    threads = [threading.Thread(target=hold_a), threading.Thread(target=hold_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert a_out.is_set() and seen["inside B after A left"] == {1}
+    assert numpy_blas_threads() == {2}
 
 
 def test_user_set_openblas_threads_win_where_asked(blas_at_two_threads, monkeypatch, numpy_blas_threads):

@@ -997,6 +997,23 @@ def test_a_dtype_mismatch_tells_what_to_do_with_x_init(method):
     assert "kfm.sample's dtype= and device=" in " ".join(caught.value.__notes__)
 
 
+def test_one_time_before_the_start_or_nan_is_refused_for_an_analytic_field_on_every_device():
+    # reviewer-333: the wrapper tested float(t) > 1 on its own, so a time below 0 or NaN went through to the field,
+    # whose device branch makes it NaN without a word; the one [0, 1] predicate (checks.unit_times) refuses it
+    class OnDevice(kfm.GaussianTarget):   # the device branch on the CPU: a time outside [0, 1] becomes NaN
+        def __call__(self, x, t):
+            inside = (t >= 0) & (t <= 1)
+            return super().__call__(x, torch.where(inside, t, 0.5)) * torch.where(inside, 1.0, math.nan)[:, None]
+
+    wrapped = as_model_wrapper(OnDevice(2.0, 0.5))
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    for time, shown in ((-0.25, "-0.25"), (float("nan"), "nan")):
+        with pytest.raises(ValueError, match=rf"^t must lie in \[0, 1\], got {shown}$") as caught:
+            wrapped(x=x, t=torch.tensor(time, dtype=torch.float64))
+        assert "past the end" not in "".join(getattr(caught.value, "__notes__", []))   # that note is for t > 1
+    assert torch.isfinite(wrapped(x=x, t=torch.tensor(0.0, dtype=torch.float64))).all()
+
+
 def test_ode_solvers_dopri5_past_the_end_of_an_analytic_field_is_refused_with_the_way_on():
     # reviewer-328: ODESolver(as_model_wrapper(GaussianTarget)) under torchdiffeq's dopri5 evaluates at t = 1.02 and
     # interpolates back. The closed forms hold on [0, 1] only (past 1 an extrapolation looked like an answer), so

@@ -185,6 +185,19 @@ def test_a_zero_width_bootstrap_interval_says_so_with_the_wilson_interval_beside
         assert "zero width" not in str(other)
 
 
+def test_the_summary_line_computes_the_wilson_interval_beside_a_zero_width_one_once(monkeypatch):
+    # reviewer-333: str(report) computed shown_interval() itself and again through _zero_width()
+    from kinetic_fm.metrics import memorization as module
+
+    train = 10.0 * torch.eye(6, dtype=torch.float64)
+    rep = kfm.memorization(train.clone(), train)
+    wilson = []
+    interval = module.fraction_interval
+    monkeypatch.setattr(module, "fraction_interval", lambda *a, **k: wilson.append(a) or interval(*a, **k))
+    assert "zero width at 6/6" in str(rep)
+    assert len(wilson) == 1
+
+
 def test_the_coverage_quoted_for_the_bootstrap_interval_is_the_exact_binomial_sum():
     # memorization's docstring: at n = 50, F_mem = 0.02 the bootstrap covers 0.635, Wilson 0.922
     # (sums over Binomial(50, 0.02) of whether each count's interval holds 0.02, not a simulation)
@@ -1059,11 +1072,20 @@ def test_cli_audit_in_a_cifar_resnet_feature_space(shared_data, tmp_path, capsys
     import pandas as pd
 
     table = pd.read_csv(out)
-    want = kfm.memorization(samples, train, space=load_cifar_resnet(weights).features, bootstrap=0)
+    net = load_cifar_resnet(weights)
+    want = kfm.memorization(samples, train, space=net.features, bootstrap=0)
     np.testing.assert_allclose(table["ratio"].to_numpy(), want.ratio.numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(table["nearest"].to_numpy()[:20], np.arange(20))
     assert "samples with d1/d2 < 0.3333 in resnet20\n" in capsys.readouterr().out   # not its bound method's "features"
     assert table["space"].tolist() == ["resnet20"] * 40
+    # the CLI names the space where it builds it (reviewer-333: it patched the report's name afterwards); a
+    # library caller names it the same way, and gets the same features, chunk for chunk
+    from kinetic_fm.metrics.features import feature_space
+
+    assert want.space == "features"                                 # a bound method's documented default name
+    named = kfm.memorization(samples, train, space=feature_space(net.features, name="resnet20", batch_size=512),
+                             bootstrap=0)
+    assert named.space == "resnet20" and torch.equal(named.ratio, want.ratio)
 
     np.save(tmp_path / "bad.npy", samples.flatten(1).numpy() * 127.5 + 127.5)  # [0, 255], not [-1, 1]
     assert main([*args[:2], str(tmp_path / "bad.npy"), *args[3:]]) == 2

@@ -43,6 +43,8 @@ _ALIGN = 64             # column parts start on multiples of this (whole SIMD an
 # and overlapping set/restore pairs from two threads could leave it at the wrong count. Re-entrant:
 # a product takes it again inside numpy_blas_single_threaded, which takes it to set and to restore.
 _NUMPY_LOCK = threading.RLock()
+_held = 0              # numpy_blas_single_threaded holds open in this process (under _NUMPY_LOCK) ...
+_limiter = None        # ... and the limiter of the first, whose original counts the last one restores
 
 # work from about this size (≈ 0.2 s of products) starts the one-time timing (≈ 0.7 s per process):
 # a session seldom stops at one such call, and every later one runs 15-30 % faster
@@ -124,20 +126,49 @@ def numpy_blas_single_threaded(*, unless_user_set: bool = False) -> Iterator[Non
             well, does not count. :func:`matmul` passes False: it splits the columns over its own
             threads, and a BLAS call on more than one would oversubscribe the cores.
 
-    Nests with itself and with :func:`matmul` from any thread: the lock that orders the set and
-    restore pairs is taken only while setting and while restoring, never for the whole block.
+    Nests with itself and with :func:`matmul` from any thread, also when two holds overlap without
+    nesting (A enters, B enters, A exits, B exits): one count of the holds open in the process, under
+    a lock taken only while entering and exiting, sets the one thread at the first entry and gives
+    the counts seen then back at the last exit.
     """
+    global _held, _limiter
     if unless_user_set and os.environ.get("OPENBLAS_NUM_THREADS"):
         yield
         return
     blas = _numpy_blas()
     with _NUMPY_LOCK:
-        limiter = blas.limit(limits=1)
+        if _held == 0:
+            _limiter = _as_this_thread(lambda: blas.limit(limits=1))
+        _held += 1
     try:
         yield
     finally:
         with _NUMPY_LOCK:
-            limiter.restore_original_limits()
+            _held -= 1
+            if _held == 0:
+                _as_this_thread(_limiter.restore_original_limits)
+                _limiter = None
+
+
+def _as_this_thread(change):
+    """``change()`` of the BLAS thread counts, made from this thread whichever thread set them last.
+
+    threadpoolctl (from 3.6) lets one thread alone change OpenBLAS's counts, the first to change
+    them, until that thread leaves a ``with`` block of its own; the other threads' changes do nothing.
+    A hold entered or left on another thread (the last exit may be on any) would then not set or not
+    restore them: this thread takes the control for the change and gives it up after it.
+    """
+    import threadpoolctl
+
+    controller = getattr(threadpoolctl, "OpenBLASController", None)
+    release = getattr(controller, "clear_controlling_thread", None)
+    if release is None:                                     # older threadpoolctl: any thread changes them
+        return change()
+    release(force=True)
+    try:
+        return change()
+    finally:
+        release()                                           # only if this thread holds it
 
 
 def _mm_full_precision(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 
 from ..checks import DEVICE_FORMS
@@ -132,11 +131,15 @@ def run(args: argparse.Namespace) -> int:
     space, space_name = None, "pixels"
     principal = None if args.space is None else _principal_spec(args.space)
     if args.space is not None and principal is None:
+        from ..metrics.features import feature_space
+        from ..metrics.memorization import SPACE_CHUNK
         from ..models.resnet_cifar import load_cifar_resnet_spec
 
         net, space_name = load_cifar_resnet_spec(args.space, name="--space")
         net.warn_of_range = False  # _cifar_images checks each whole set, in the flags' names
-        space = net.to(device).features
+        # named by the spec's network (its bound method's default name is "features"), in the chunks a
+        # network takes in memorization()
+        space = feature_space(net.to(device).features, name=space_name, batch_size=SPACE_CHUNK)
     samples, sample_files, _, _ = load_rows("--samples", args.samples, args.key, args.progress, specs=False)
     train, train_files, train_items, train_mean = load_rows("--train", args.train, args.train_key, args.progress,
                                                              specs=True)
@@ -169,13 +172,12 @@ def run(args: argparse.Namespace) -> int:
         with flag_words(_AUDIT_FLAGS):
             report = memorization(samples, train, threshold=args.threshold, **resamples, space=space,
                                   interval=args.interval, backend=args.backend, progress=args.progress)
-    # a ResNet's space is its bound method, named "features": the report names the spec's network
-    report = dataclasses.replace(report, space=space_name)
     print(report)
     if train_mean is not None and not samples_folder:
         _warn_of_a_common_offset(samples, train, report, args.train)
-    kind, low, high = report.shown_interval()
-    if args.interval == "bootstrap" and kind == "Wilson":
+    shown = report.shown_interval()
+    if report._zero_width(shown) is not None:
+        _, low, high = shown
         print(f"note: the bootstrap interval has no width at F_mem = {report.fraction:g} (every resample "
               f"agrees) and covers far less than {report.confidence:.0%} near it; --interval wilson gives "
               f"the Wilson interval quoted beside it, {low:.4f}–{high:.4f}")

@@ -26,7 +26,7 @@ import torch
 
 from ..optional import optional_names
 from ..checks import (add_note, declares, declares_singular_at_one, one_evaluation_of, optional_attribute,
-                      start_run_of)
+                      start_run_of, unit_times)
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time, check_extras_taken, signature_of
 from ..sampling.grids import as_typed, validate_grid
 from ..sampling.guards import state_remedy
@@ -324,15 +324,18 @@ def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tens
     """η(t)·v(x, t) (B, ...), t broadcast to (B,) for the field; v alone without a gain. ``tau()``
     gives the gain's τ (a KTS's, or one a callable declares), or None."""
     given = t
-    # one time for the batch, as torchdiffeq passes it: a closed-form field past t = 1 is refused here, on
-    # every device (on an accelerator the field itself makes that time NaN without a word, to spare the
-    # samplers' loop a synchronisation, and dopri5 then shrank its step to "underflow in dt"). Reading the
-    # time is a synchronisation there: torchdiffeq makes one every step anyway; kfm.sample passes (B,) times
-    if (not isinstance(given, torch.Tensor) or given.dim() == 0) and declares(velocity, "unit_times_only") \
-            and float(given) > 1:
-        past = ValueError(f"t must lie in [0, 1], got {float(given)!r}")
-        add_note(past, PAST_THE_END)
-        raise past
+    # one time for the batch, as torchdiffeq passes it: a closed-form field at a time outside [0, 1] (past
+    # t = 1, before 0, NaN) is refused here, on every device (on an accelerator the field itself makes that
+    # time NaN without a word, to spare the samplers' loop a synchronisation, and dopri5 then shrank its step
+    # to "underflow in dt"). Reading the time is a synchronisation there: torchdiffeq makes one every step
+    # anyway; kfm.sample passes (B,) times
+    if (not isinstance(given, torch.Tensor) or given.dim() == 0) and declares(velocity, "unit_times_only"):
+        time = float(given)
+        if not unit_times(torch.tensor(time)):
+            outside = ValueError(f"t must lie in [0, 1], got {time!r}")
+            if time > 1:
+                add_note(outside, PAST_THE_END)
+            raise outside
     t = batch_time(t, x)
     try:
         v = velocity(x, t, **extras)

@@ -89,8 +89,8 @@ class MemorizationReport:
         return self.ratio.shape[0]
 
     def __str__(self) -> str:
-        kind, low, high = self.shown_interval()
-        note = self._zero_width()
+        shown = kind, low, high = self.shown_interval()
+        note = self._zero_width(shown)
         if note is not None:  # a zero-width bootstrap interval read as certainty
             end = self.ci[0]
             interval = f" ({self.confidence:.0%} bootstrap CI {end:g}–{end:g}: {note})"
@@ -99,10 +99,10 @@ class MemorizationReport:
         return (f"F_mem = {self.fraction:.4f}{interval}, {int(self.memorized.sum())}/{len(self)} "
                 f"samples with d1/d2 < {self.threshold:.4g} in {self.space}")
 
-    def _zero_width(self) -> str | None:
+    def _zero_width(self, shown: tuple[str, float, float] | None = None) -> str | None:
         """"zero width at 0/50; Wilson 0.0000–0.0711" where ``ci`` is a bootstrap interval without
-        width (F_mem 0 or 1), else None."""
-        kind, low, high = self.shown_interval()
+        width (F_mem 0 or 1), else None. ``shown``: :meth:`shown_interval` where the caller has it already."""
+        kind, low, high = self.shown_interval() if shown is None else shown
         if kind != "Wilson" or self.interval != "bootstrap":
             return None
         return f"zero width at {int(self.memorized.sum())}/{len(self)}; Wilson {low:.4f}–{high:.4f}"
@@ -135,6 +135,9 @@ class MemorizationReport:
         })
 
 
+SPACE_CHUNK = 512   # rows a feature map of memorization() takes at once by default
+
+
 def memorization(
     samples: torch.Tensor | np.ndarray | pd.DataFrame,
     train: torch.Tensor | np.ndarray | pd.DataFrame,
@@ -146,7 +149,7 @@ def memorization(
     confidence: float = 0.95,
     interval: str = "bootstrap",
     chunk: int = 8192,
-    space_chunk: int = 512,
+    space_chunk: int = SPACE_CHUNK,
     backend: str = "torch",
     progress: bool = False,
 ) -> MemorizationReport:
@@ -167,7 +170,8 @@ def memorization(
         space: optional feature map applied to both sets (in chunks of ``space_chunk`` rows,
             without gradients); distances are then measured between its flattened outputs. The
             report records its name (``report.space``) as :func:`~kinetic_fm.metrics.features.feature_space`
-            names it. For the CLI's ``--space pca:K`` pass
+            names it (a bound method by the method's name, ``"features"`` for ``net.features``: pass
+            ``feature_space(net.features, name="resnet20")`` to name the network). For the CLI's ``--space pca:K`` pass
             ``kinetic_fm.metrics.features.PrincipalSpace.fit(train, K)``.
         seed: seed of the bootstrap generator, a non-negative integer.
         confidence: coverage of the interval, a real number in (0, 1).
@@ -176,7 +180,7 @@ def memorization(
             interval when F_mem is small (or near 1): the bootstrap then covers far less than
             ``confidence`` (asked for 95 %, at n = 50 and F_mem = 0.02 it covers 63.5 % (Wilson
             92.2 %): exact sums over Binomial(50, 0.02)), and at 0 or n of n memorized it has zero
-            width, which the report's summary line and repr say, with the Wilson interval beside it.
+            width, which the report's summary line (str) says, with the Wilson interval beside it.
         chunk, backend: passed to :func:`kinetic_fm.nearest_neighbors`.
         progress: tqdm bars (on stderr) over the feature map, if any, and the search.
 

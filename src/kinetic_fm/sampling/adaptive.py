@@ -26,7 +26,7 @@ from ..norms import row_mean_square, squared_norm
 from .energy import EnergyLedger, quadrature_weights, step_energy
 from .fixed_step import Trace
 from .guards import (NonFiniteVelocityError, StepLimitError, check_outputs_unchanged, check_state_unchanged,
-                     check_velocity_output, first_velocity, state_version)
+                     check_velocity_output, first_velocity, stage_velocity, state_version)
 from .shaping import KTS, gain_tau
 from .tableau import DOPRI5, DOPRI5_END
 
@@ -104,6 +104,7 @@ def integrate_dopri5(
     step_times[:, 0] = 0.0
 
     select = optional_attribute(velocity, "select")
+    call = stage_velocity(velocity)   # dopri5's own times lie in [0, 1]: an analytic field need not check them
     check_gains = gain is not None and not isinstance(gain, KTS)
     # A KTS gain (or one declaring tau_split) has a kink at τ (a jump for the constant forms): steps
     # land on τ, never across it, and a step ending there takes η's left limit, so the error control
@@ -115,7 +116,7 @@ def integrate_dopri5(
     stops = sorted({s for s in (tau, float(split)) if s is not None and 0.0 < s < 1.0})
 
     def f(x: torch.Tensor, tt: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        field = velocity if active is None or select is None else select(active)
+        field = call if active is None or select is None else select(active)
         # a copy: tt is the solver's own clock (a stage's end time becomes the sample's time), and
         # a net that rescales or clamps its t in place would move it
         try:

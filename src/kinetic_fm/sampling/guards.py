@@ -6,7 +6,7 @@ import functools
 import itertools
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -87,6 +87,16 @@ def convention_hint(velocity) -> str:
     """The note on the call convention for an error of ``velocity`` (the field ``kfm.sample`` was
     given): :data:`BY_NAME_HINT` where it declares ``calls_model_by_name``, else :data:`CONVENTION_HINT`."""
     return BY_NAME_HINT if declares(velocity, "calls_model_by_name") else CONVENTION_HINT
+
+
+def stage_velocity(velocity: Callable) -> Callable:
+    """What a sampler calls at its stages for the field ``velocity``: an analytic field's
+    ``unchecked``, which skips the check of times that the sampler's grid (checked once) or dopri5's
+    own clock keeps in [0, 1]; any other field itself, a subclass's own ``__call__`` included."""
+    from ..fields.analytic import ClosedForm
+
+    closed_form = isinstance(velocity, ClosedForm) and type(velocity).__call__ is ClosedForm.__call__
+    return velocity.unchecked if closed_form else velocity
 
 
 def first_velocity(velocity, x: torch.Tensor, t: torch.Tensor, field=None) -> torch.Tensor:

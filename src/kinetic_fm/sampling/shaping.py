@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..checks import (SPLIT_PERCENT_FROM, as_scalar, check_flag, check_unit_number, is_real, optional_attribute,
-                      percent_hint, torch_readable)
+                      percent_hint, torch_readable, unit_times)
 
 LAUNCH_FORMS = ("linear", "constant", "exponential")
 LANDING_FORMS = ("exponential", "linear", "constant")
@@ -192,7 +192,8 @@ class KTS:
         if not t.is_floating_point():
             t = t.to(torch.float64)  # in an integer tensor, full_like would truncate α0 and β0 to 0
         if check:
-            inside = (t >= 0) & (t <= 1)  # NaN is outside
+            # times of any shape, not (B,) rows: the offending values are listed, not checks.check_unit_times' row
+            inside = unit_times(t)
             if not bool(inside.all()):  # one host synchronisation on an accelerator
                 outside = t[~inside]
                 shown = ", ".join(f"{v:g}" for v in outside[:5].tolist()) + (", ..." if outside.numel() > 5 else "")
