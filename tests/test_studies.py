@@ -417,6 +417,23 @@ def test_a_study_key_lets_a_value_error_out_and_keys_a_weights_file_of_no_header
         study_key({"n": 4}, inputs)
 
 
+def test_study_keys_are_each_studys_study_key_and_an_unreadable_field_drops_only_the_keys_reading_it(tmp_path):
+    from kinetic_fm.studies.study_cache import study_key, study_keys
+
+    weights = tmp_path / "step1.safetensors"
+    weights.write_bytes(b"no header")
+    inputs = _StudyInputs(torch.zeros(2), torch.nn.Linear(1, 1), {1: weights}, "digits")
+    unread = {"all": (), "no net": ("net",), "no files": ("checkpoints",), "neither": ("net", "checkpoints"),
+              "again": ("checkpoints",)}
+    keys = study_keys({"n": 4}, inputs, unread)
+    assert keys == {name: study_key({"n": 4}, inputs, fields) for name, fields in unread.items()}
+    assert len({key["assets"] for key in keys.values()}) == 4
+    weights.unlink()                                              # a file it cannot read: no key for its readers
+    keys = study_keys({"n": 4}, inputs, unread)
+    assert [name for name, key in keys.items() if key is None] == ["all", "no net"]
+    assert keys["neither"] == study_key({"n": 4}, inputs, unread["neither"])
+
+
 def test_a_study_cache_keeps_the_latest_configurations_of_the_current_code(tmp_path, monkeypatch):
     # going back to an earlier configuration (quick, then tiny, then quick again; a seed and back) measured the
     # study again: each study kept one entry. Now the ENTRIES_KEPT most recently used ones of the current code stay.

@@ -29,7 +29,7 @@ from .quality import SampleQuality, sample_quality
 from .report import TERMS_HEAD
 from .semantics import general_samples, run_semantics
 from .shaping import kts_schedules_text, run_shaping
-from .study_cache import ENTRIES_KEPT, EntryReads, cached_study, entries_reads, file_digest, stored_study, study_key
+from .study_cache import ENTRIES_KEPT, EntryReads, cached_study, entries_reads, file_digest, stored_study, study_keys
 from .support import run_support
 from .timings import TIMINGS_FILE, StageTimes
 from .workspace import Workspace, config_hash
@@ -212,9 +212,8 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     }
     outputs: list[StudyOutput] = []
     # every study's entry is keyed on the whole configuration and the assets it reads (not a net it never reads);
-    # the studies that read the same nets share one digest of them (a pass over the data and the nets' weights)
-    by_nets = {unread: study_key(asdict(cfg), assets, unread) for unread in {_unread_fields(n) for n in STUDIES}}
-    keys = {name: by_nets[_unread_fields(name)] for name in STUDIES}
+    # one pass over the data and the nets' weights makes every study's digest
+    keys = study_keys(asdict(cfg), assets, {name: _unread_fields(name) for name in STUDIES})
     for name in studies:
         ws.say(f"study: {name}")
         with times.stage(name):

@@ -119,12 +119,53 @@ def assets_digest(assets: Any, unread: Collection[str] = ()) -> str:
     (about 10 ms a run for the presets' default nets): keying one by the other would need proof that they
     are equal (reading both, about the hash's own cost), or a change to either alone (a caller's
     Assets, a checkpoint rewritten) would reuse a stale entry."""
-    digest = hashlib.sha256()
+    digest = _assets_digests(assets, {"": tuple(unread)})[""]
+    if isinstance(digest, Exception):
+        raise digest
+    return digest
+
+
+def _assets_digests(assets: Any, unread: dict[str, Collection[str]]) -> dict[str, str | Exception]:
+    """:func:`assets_digest` of ``assets`` but ``unread[name]`` for each name of ``unread``, each field walked once
+    (its checkpoint files read once, its tensors copied once): the digests of one run's studies, which differ only
+    in the nets they read. A digest stays one hash whose input is that of its fields in turn: the digests share one
+    hash while their fields agree (the data, the classifier), a copy of it where they part, and a field's bytes go
+    to each digest that reads it. The TypeError or OSError of a field stands for the digest of each name reading it.
+    """
+    groups = [(hashlib.sha256(), list(unread))]    # one hash per run of names that read the same fields so far
+    failed: dict[str, Exception] = {}
     for f in dataclasses.fields(assets):
-        if not f.name.startswith("_") and f.name not in unread:
-            digest.update(f.name.encode() + b"=")
-            _digest_value(getattr(assets, f.name), digest)
-    return digest.hexdigest()
+        if f.name.startswith("_"):
+            continue
+        parted = []
+        for digest, names in groups:
+            reading = [n for n in names if f.name not in unread[n]]
+            if reading and len(reading) < len(names):
+                parted += [(digest, reading), (digest.copy(), [n for n in names if f.name in unread[n]])]
+            else:
+                parted.append((digest, names))
+        groups = parted
+        readers = [(digest, names) for digest, names in groups if f.name not in unread[names[0]]]
+        if not readers:
+            continue
+        fan = _FanOut([digest for digest, _ in readers])
+        try:
+            fan.update(f.name.encode() + b"=")
+            _digest_value(getattr(assets, f.name), fan)
+        except (TypeError, OSError) as err:
+            failed.update({n: err for _, names in readers for n in names})
+    return {n: failed.get(n) or digest.hexdigest() for digest, names in groups for n in names}
+
+
+class _FanOut:
+    """A hash's ``update`` that feeds each of ``digests``."""
+
+    def __init__(self, digests: list) -> None:
+        self.digests = digests
+
+    def update(self, data: Any) -> None:
+        for digest in self.digests:
+            digest.update(data)
 
 
 def _digest_value(value: Any, digest: Any) -> None:
@@ -185,11 +226,19 @@ def study_key(config: dict, assets: Any, unread: Collection[str] = ()) -> dict |
     ``unread``, :func:`code_digest` and :func:`style_digest`; None when some input cannot be digested
     (nothing is then cached): a value of a kind it cannot digest, a file it cannot read (a weights file
     whose header does not parse is keyed on its bytes)."""
+    return study_keys(config, assets, {"": unread})[""]
+
+
+def study_keys(config: dict, assets: Any, unread: dict[str, Collection[str]]) -> dict[str, dict | None]:
+    """:func:`study_key` of ``config``, ``assets`` and ``unread[name]`` for each study ``name`` of ``unread``, the
+    same keys, each field of ``assets`` walked once for them all (:func:`_assets_digests`)."""
     try:
-        return {"config": config, "assets": assets_digest(assets, unread), "code": code_digest(),
-                "style": style_digest()}
+        code, style = code_digest(), style_digest()
     except (TypeError, OSError):
-        return None
+        return {name: None for name in unread}
+    digests = _assets_digests(assets, unread)
+    return {name: None if isinstance(digest, Exception) else
+            {"config": config, "assets": digest, "code": code, "style": style} for name, digest in digests.items()}
 
 
 def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], StudyOutput]) -> StudyOutput:
