@@ -679,6 +679,19 @@ def test_the_studies_nets_keep_their_weights_and_checkpoints_but_not_their_resum
         assert bool(written) == (name == "memorizer"), written
 
 
+def test_each_study_entry_lists_the_folders_of_the_nets_that_study_reads(tiny_report):
+    # an entry listed every net the run had read by then: the general net in shaping's, the classifier's folder
+    # (deleted right after it trains into cache/) in each
+    from kinetic_fm.studies.assets import NETS_READ
+
+    out, _, _ = tiny_report
+    folders = {folder.name.rpartition("-")[0]: folder.name for folder in (out / "models").iterdir()}
+    for name, nets in NETS_READ.items():
+        (entry,) = (out / "cache").glob(f"study-{name}-*.pt")
+        listed = torch.load(entry, map_location="cpu", weights_only=True)["models"]
+        assert listed == sorted(folders[net] for net in nets), (name, listed)
+
+
 def test_a_judge_trained_into_the_cache_leaves_no_run_folder_in_models(tmp_path):
     # the classifier's run folder holds only its resume state while it trains (its weights go to cache/):
     # a finished one left models/classifier-<key>/ holding its lock file alone, run after run

@@ -218,7 +218,7 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     for name in studies:
         ws.say(f"study: {name}")
         with times.stage(name):
-            outputs.append(cached_study(ws, name, keys[name], runners[name]))
+            outputs.append(cached_study(ws, name, keys[name], runners[name], nets=NETS_READ[name]))
     kept = _kept_studies(ws, studies, keys)
     outputs += kept
     _say_removed(ws, outputs)

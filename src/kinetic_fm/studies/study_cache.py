@@ -19,7 +19,7 @@ setting, input or code change can reuse a stale one:
   checked when its entry is read: a stage rewritten since (another device, a damaged file redone)
   recomputes the study.
 
-An entry also names the run folders of ``models/`` its run read (the nets its assets digest covers), so
+An entry also names the run folders of ``models/`` of the nets its study reads (those its assets digest covers), so
 that ``kfm reproduce`` keeps them with it (:func:`entries_reads`); it keeps each kind's latest nets read too,
 whatever the entries: those outlive a change of the library, which the entries do not.
 
@@ -241,13 +241,15 @@ def study_keys(config: dict, assets: Any, unread: dict[str, Collection[str]]) ->
             {"config": config, "assets": digest, "code": code, "style": style} for name, digest in digests.items()}
 
 
-def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], StudyOutput]) -> StudyOutput:
+def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], StudyOutput],
+                 nets: Collection[str] | None = None) -> StudyOutput:
     """The result of ``run()``, study ``name``'s for :func:`study_key` ``key``: read from
     ``cache/study-<name>-<hash>.pt`` when an entry for the same key exists and the sampling stages
     it read are unchanged; else computed and stored unless ``key`` is None (the entry of a study that warned
     or whose tables do not round-trip records only the stages it read: see the module), keeping the study's
-    :data:`ENTRIES_KEPT` most recently used entries of ``key``'s code digest (:func:`_prune`). Counts
-    ``ws.studies_loaded`` and ``ws.studies_computed``."""
+    :data:`ENTRIES_KEPT` most recently used entries of ``key``'s code digest (:func:`_prune`). The entry lists the
+    folders of ``ws.models_read`` of the kinds ``nets`` (``general``, ``memorizer``: those the study reads; None:
+    all). Counts ``ws.studies_loaded`` and ``ws.studies_computed``."""
     output = stored_study(ws, name, key)
     if output is not None:
         ws.studies_loaded += 1
@@ -265,7 +267,8 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
         stored = None if warned else _encode(output)  # None: never read back, but its stages are kept with it
         inputs = {p.name: file_digest(ws, p) for p in sorted(read) if p.parent == ws.root / "cache"}
         atomic_torch_save({"format": ENTRY_FORMAT, "code": key["code"], "inputs": inputs,
-                           "models": sorted(ws.models_read), "output": stored}, path)
+                           "models": sorted(m for m in ws.models_read if nets is None or m.rpartition("-")[0] in nets),
+                           "output": stored}, path)
         _mark_used(path)
         _prune(path, name, key["code"])
     return output
