@@ -418,7 +418,18 @@ def test_a_study_key_lets_a_value_error_out_and_keys_a_weights_file_of_no_header
 
 
 def test_study_keys_are_each_studys_study_key_and_an_unreadable_field_drops_only_the_keys_reading_it(tmp_path):
-    from kinetic_fm.studies.study_cache import study_key, study_keys
+    import dataclasses
+    import hashlib
+
+    from kinetic_fm.studies.study_cache import _digest_value, study_key, study_keys
+
+    def one_digest(fields_unread):   # each key's digest as one hash of the fields it reads, in turn (the caches' own)
+        digest = hashlib.sha256()
+        for f in dataclasses.fields(inputs):
+            if not f.name.startswith("_") and f.name not in fields_unread:
+                digest.update(f.name.encode() + b"=")
+                _digest_value(getattr(inputs, f.name), digest)
+        return digest.hexdigest()
 
     weights = tmp_path / "step1.safetensors"
     weights.write_bytes(b"no header")
@@ -426,6 +437,7 @@ def test_study_keys_are_each_studys_study_key_and_an_unreadable_field_drops_only
     unread = {"all": (), "no net": ("net",), "no files": ("checkpoints",), "neither": ("net", "checkpoints"),
               "again": ("checkpoints",)}
     keys = study_keys({"n": 4}, inputs, unread)
+    assert {name: key["assets"] for name, key in keys.items()} == {n: one_digest(f) for n, f in unread.items()}
     assert keys == {name: study_key({"n": 4}, inputs, fields) for name, fields in unread.items()}
     assert len({key["assets"] for key in keys.values()}) == 4
     weights.unlink()                                              # a file it cannot read: no key for its readers
