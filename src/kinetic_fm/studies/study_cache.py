@@ -132,7 +132,7 @@ def _assets_digests(assets: Any, unread: dict[str, Collection[str]]) -> dict[str
     hash while their fields agree (the data, the classifier), a copy of it where they part, and a field's bytes go
     to each digest that reads it. The TypeError or OSError of a field stands for the digest of each name reading it.
     """
-    groups = [(hashlib.sha256(), list(unread))]    # one hash per run of names that read the same fields so far
+    groups = [(hashlib.sha256(), list(unread))] if unread else []   # a hash per names reading the same fields so far
     failed: dict[str, Exception] = {}
     for f in dataclasses.fields(assets):
         if f.name.startswith("_"):
