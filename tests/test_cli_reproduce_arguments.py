@@ -27,6 +27,20 @@ def test_an_unknown_data_spec_lists_the_specs_reproduce_takes_as_its_help_writes
     assert " ".join(help_text.split()).count(forms.replace(", ", " | ")) == 1
 
 
+def test_a_mistyped_data_spec_is_pointed_only_at_the_specs_reproduce_takes_in_its_spelling(tmp_path, capsys):
+    # the hints came from every data spec: "moon" was pointed at moons (refused next), "MNIST" at mnist:PATH beside
+    # the list's mnist:DIR, and a path without its kind at "mnist:PATH, ..."
+    forms = "digits, mnist:DIR, cifar10:PATH, celeba:PATH, folder:PATH"
+    kinds = "a path? give it after the kind of data it holds: mnist:DIR, cifar10:PATH, celeba:PATH or folder:PATH"
+    for bad, hint in (("moon", None), ("MNIST", "did you mean mnist:DIR?"), ("mnst:/x", "did you mean mnist:/x?"),
+                      ("Folder", "did you mean folder:PATH?"), ("digit", "did you mean digits?"),
+                      ("/no/such/data", kinds)):
+        assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), "--data", bad]) == 2
+        err = capsys.readouterr().err
+        words = f" ({hint}); " if hint else "; "
+        assert f"--data: unknown data spec {bad!r}{words}expected one of {forms}\n" in err, err
+
+
 @pytest.mark.parametrize("studies", ["semantics,,support", "semantics,", ",support"])
 def test_an_empty_study_name_is_refused(tmp_path, capsys, studies):
     assert main(["reproduce", "--tiny", "--out", str(tmp_path / "rep"), "--studies", studies]) == 2

@@ -643,21 +643,12 @@ def test_log_axes_say_so_and_narrow_spans_stay_linear(monkeypatch):
     assert spike["xlabel"] == "t   (0 = noise, 1 = data)"
 
 
-def test_line_figure_puts_other_units_on_a_second_axis(monkeypatch):
-    """Mean KPE and an FD on one axis labelled "value" read as one quantity; each gets its own."""
+def test_line_figure_names_its_reference_line_in_the_legend(monkeypatch):
     drawn = _drawn_axes(monkeypatch)
     steps = np.array([1, 10, 100, 1000])
-    F.line_figure("twin", "c", steps, {"mean KPE": [3.0, 10.0, 30.0, 45.0]}, xlabel="training step",
-                  ylabel="mean KPE", right={"FD": [850.0, 400.0, 150.0, 80.0]}, right_ylabel="FD", log_x=True,
-                  log_y=True)
-    left, right = drawn["twin"]
-    assert (left["ylabel"], right["ylabel"]) == (f"mean KPE {F.LOG_NOTE}", f"FD {F.LOG_NOTE}")
-    assert left["legend"] == ["mean KPE", "FD"]
     F.line_figure("ref", "c", steps, {"share": [0.1, 0.09, 0.1, 0.12]}, xlabel="x", ylabel="y", reference=0.1,
                   reference_label="uniform in t")
     assert drawn["ref"][0]["legend"] == ["share", "uniform in t"]
-    with pytest.raises(ValueError, match="right_ylabel"):
-        F.line_figure("bad", "c", steps, {"a": np.ones(4)}, xlabel="x", ylabel="y", right={"b": np.ones(4)})
 
 
 def test_line_panels_figure_gives_each_quantity_its_own_axis_and_label(monkeypatch):
@@ -1313,16 +1304,14 @@ def test_line_figure_sorts_each_line_by_x_and_keeps_its_band_and_axes_paired(mon
     x = np.array([300.0, 10.0, 100.0, 30.0, np.nan])
     ys = {"EFM": [0.1, 1.0, np.nan, 0.8, 0.5], "model": [0.2, 0.7, 0.3, 0.0, 0.4]}
     bands = {"EFM": ([0.05, 0.9, 0.2, 0.7, 0.4], [0.2, 1.0, 0.6, 0.9, 0.6])}
-    F.line_figure("lines", "c", x, ys, xlabel="N", ylabel="F_mem", log_x=True, log_y=True, bands=bands,
-                  right={"FD": [40.0, 900.0, 60.0, 80.0, 1.0]}, right_ylabel="FD")
-    left, right = drawn["lines"]
-    assert (left["xscale"], left["yscale"], right["yscale"]) == ("log", "log", "log")
-    (efm, model), (fd,) = left["lines"], right["lines"]
-    assert [efm[0], model[0], fd[0]] == ["EFM", "model", "FD"]
+    F.line_figure("lines", "c", x, ys, xlabel="N", ylabel="F_mem", log_x=True, log_y=True, bands=bands)
+    (left,) = drawn["lines"]
+    assert (left["xscale"], left["yscale"]) == ("log", "log")
+    efm, model = left["lines"]
+    assert [efm[0], model[0]] == ["EFM", "model"]
     np.testing.assert_array_equal(np.c_[efm[1], efm[2]], [[10, 1.0], [30, 0.8], [300, 0.1]])
     np.testing.assert_array_equal(np.c_[model[1], model[2]], [[10, 0.7], [100, 0.3], [300, 0.2]])  # 0: not on log
-    np.testing.assert_array_equal(np.c_[fd[1], fd[2]], [[10, 900.0], [30, 80.0], [100, 60.0], [300, 40.0]])
-    assert len({efm[4], model[4], fd[4]}) == 3                  # the second axis's line has its own colour
+    assert efm[4] != model[4]
     (band,) = left["bands"]
     assert set(np.unique(band[:, 0])) == {10.0, 30.0, 300.0}    # only where the line itself is drawn
     np.testing.assert_allclose(_band_edges(band, [10.0, 30.0, 300.0]), [[0.9, 0.7, 0.05], [1.0, 0.9, 0.2]])

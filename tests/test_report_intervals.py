@@ -472,20 +472,20 @@ def test_semantics_row_and_table_give_ds_interval(tmp_path, monkeypatch):
     assert "d's CI: a percentile bootstrap of 50 resamples" in claim.note
 
 
-def test_setting_intervals_are_each_settings_jackknife_interval():
-    from kinetic_fm.studies.shaping import setting_fd_intervals
+def test_jackknife_fd_intervals_are_each_sets_own_interval():
+    from kinetic_fm.studies.output import jackknife_fd_intervals
 
     rng = np.random.default_rng(4)
     ref_rows = rng.normal(size=(300, 3))
-    feats = {"plain FM": rng.normal(size=(40, 3)), "wide": 2.0 * rng.normal(size=(40, 3))}
-    low, high = setting_fd_intervals(feats, ref_rows)
-    for k, f in enumerate(feats.values()):
+    sets = [rng.normal(size=(40, 3)), 2.0 * rng.normal(size=(40, 3))]
+    low, high = jackknife_fd_intervals(sets, ref_rows)
+    for k, f in enumerate(sets):
         np.testing.assert_allclose([low[k], high[k]], _jackknife(f, ref_rows), rtol=1e-7, atol=1e-12)
     assert high[1] - low[1] > high[0] - low[0]
     # no more rows than features once a tenth is out, in the samples or the reference: no interval
-    narrow = {name: f[:, :1].repeat(36, axis=1) for name, f in feats.items()}      # 36 features of 40 rows
-    assert np.isnan(setting_fd_intervals(narrow, rng.normal(size=(300, 36)))).all()
-    assert np.isnan(setting_fd_intervals(feats, ref_rows[:3])).all()
+    narrow = [f[:, :1].repeat(36, axis=1) for f in sets]      # 36 features of 40 rows
+    assert np.isnan(jackknife_fd_intervals(narrow, rng.normal(size=(300, 36)))).all()
+    assert np.isnan(jackknife_fd_intervals(sets, ref_rows[:3])).all()
 
 
 def test_efm_power_axis_has_no_gain_and_shaped_figures_keep_theirs(monkeypatch):

@@ -223,3 +223,40 @@ def test_a_step_line_clears_the_bar_it_would_share_a_console_line_with(tmp_path,
 def test_the_run_table_names_the_tables_folder_as_a_link_from_the_report_reads_it(finished):
     # "tables | kfm_out/tables": relative to the folder the command ran in, not to the report
     assert "| tables | tables/ (beside this report) |" in finished[1]
+
+
+def test_each_net_field_is_digested_once_and_the_study_keys_are_each_studys_own(tmp_path, monkeypatch):
+    # the keys were made once per set of nets the studies read (three sets): the memorizer's checkpoints, in
+    # the memorization and shaping studies' keys, were read and hashed twice (weights_digest keeps no cache)
+    from dataclasses import asdict
+
+    from kinetic_fm.studies import reproduce as module
+    from kinetic_fm.studies import study_cache
+
+    digested, loaded, keys = [], [], {}
+    weights_digest, load_assets, stored_study = study_cache.weights_digest, module.load_assets, module.stored_study
+
+    def counted(path, **kw):
+        digested.append(path)
+        return weights_digest(path, **kw)
+
+    def kept(*args, **kw):
+        loaded.append(load_assets(*args, **kw))
+        return loaded[-1]
+
+    def recorded(ws, name, key):
+        keys[name] = key
+        return stored_study(ws, name, key)
+
+    monkeypatch.setattr(study_cache, "weights_digest", counted)
+    monkeypatch.setattr(module, "load_assets", kept)
+    monkeypatch.setattr(module, "stored_study", recorded)
+    monkeypatch.setattr(study_cache, "stored_study", recorded)
+    cfg = ReproduceConfig.preset("tiny")
+    module.reproduce(cfg, tmp_path / "run", progress=False)
+    (assets,) = loaded
+    checkpoints = list(assets.memorizer_checkpoints.values())
+    assert checkpoints and sorted(digested) == sorted(checkpoints)           # each checkpoint file read once
+    for name in module.STUDIES:   # as each study's key alone makes it: the caches of earlier runs still hit
+        assert keys[name] == study_cache.study_key(asdict(cfg), assets, module._unread_fields(name)), name
+    assert len({keys[name]["assets"] for name in module.STUDIES}) == 3

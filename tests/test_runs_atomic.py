@@ -325,3 +325,18 @@ def test_a_folder_holds_only_leftovers_when_all_it_holds_is_a_lock_file_or_a_kil
     assert holds_only_leftovers(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     assert not holds_only_leftovers(tmp_path)
+
+
+def test_a_folders_foreign_entries_are_what_it_holds_but_our_leftovers_named_three_then_a_count(tmp_path):
+    # kfm reproduce's --out check and training's out= check each filtered and listed them in their own copy
+    from kinetic_fm.runs.atomic import foreign_entries, named_few
+
+    (tmp_path / ".lock").write_text("")
+    temporary_name(tmp_path / "final.safetensors").write_bytes(b"half")
+    assert foreign_entries(tmp_path) == []
+    for name in ("d.csv", "b", "a.png", "c.txt", "e"):
+        (tmp_path / name).write_text("")
+    assert foreign_entries(tmp_path) == ["a.png", "b", "c.txt", "d.csv", "e"]
+    assert foreign_entries(tmp_path, leftover=lambda p: p.name != "b") == ["b"]
+    assert named_few(["a"]) == "a" and named_few(["a", "b", "c"]) == "a, b, c"
+    assert named_few(foreign_entries(tmp_path)) == "a.png, b, c.txt and 2 more"

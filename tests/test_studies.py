@@ -417,6 +417,35 @@ def test_a_study_key_lets_a_value_error_out_and_keys_a_weights_file_of_no_header
         study_key({"n": 4}, inputs)
 
 
+def test_study_keys_are_each_studys_study_key_and_an_unreadable_field_drops_only_the_keys_reading_it(tmp_path):
+    import dataclasses
+    import hashlib
+
+    from kinetic_fm.studies.study_cache import _digest_value, study_key, study_keys
+
+    def one_digest(fields_unread):   # each key's digest as one hash of the fields it reads, in turn (the caches' own)
+        digest = hashlib.sha256()
+        for f in dataclasses.fields(inputs):
+            if not f.name.startswith("_") and f.name not in fields_unread:
+                digest.update(f.name.encode() + b"=")
+                _digest_value(getattr(inputs, f.name), digest)
+        return digest.hexdigest()
+
+    weights = tmp_path / "step1.safetensors"
+    weights.write_bytes(b"no header")
+    inputs = _StudyInputs(torch.zeros(2), torch.nn.Linear(1, 1), {1: weights}, "digits")
+    unread = {"all": (), "no net": ("net",), "no files": ("checkpoints",), "neither": ("net", "checkpoints"),
+              "again": ("checkpoints",)}
+    keys = study_keys({"n": 4}, inputs, unread)
+    assert {name: key["assets"] for name, key in keys.items()} == {n: one_digest(f) for n, f in unread.items()}
+    assert keys == {name: study_key({"n": 4}, inputs, fields) for name, fields in unread.items()}
+    assert len({key["assets"] for key in keys.values()}) == 4
+    weights.unlink()                                              # a file it cannot read: no key for its readers
+    keys = study_keys({"n": 4}, inputs, unread)
+    assert [name for name, key in keys.items() if key is None] == ["all", "no net"]
+    assert keys["neither"] == study_key({"n": 4}, inputs, unread["neither"])
+
+
 def test_a_study_cache_keeps_the_latest_configurations_of_the_current_code(tmp_path, monkeypatch):
     # going back to an earlier configuration (quick, then tiny, then quick again; a seed and back) measured the
     # study again: each study kept one entry. Now the ENTRIES_KEPT most recently used ones of the current code stay.
@@ -660,6 +689,19 @@ def test_the_studies_nets_keep_their_weights_and_checkpoints_but_not_their_resum
             "log2" if name == "memorizer" else "none")
         written = sorted(p.name for p in (folder / "checkpoints").glob("*")) if (folder / "checkpoints").exists() else []
         assert bool(written) == (name == "memorizer"), written
+
+
+def test_each_study_entry_lists_the_folders_of_the_nets_that_study_reads(tiny_report):
+    # an entry listed every net the run had read by then: the general net in shaping's, the classifier's folder
+    # (deleted right after it trains into cache/) in each
+    from kinetic_fm.studies.assets import NETS_READ
+
+    out, _, _ = tiny_report
+    folders = {folder.name.rpartition("-")[0]: folder.name for folder in (out / "models").iterdir()}
+    for name, nets in NETS_READ.items():
+        (entry,) = (out / "cache").glob(f"study-{name}-*.pt")
+        listed = torch.load(entry, map_location="cpu", weights_only=True)["models"]
+        assert listed == sorted(folders[net] for net in nets), (name, listed)
 
 
 def test_a_judge_trained_into_the_cache_leaves_no_run_folder_in_models(tmp_path):

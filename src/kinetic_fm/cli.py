@@ -18,6 +18,11 @@ import warnings
 from typing import Sequence
 
 
+def help_pointer(prog: str) -> str:
+    """What ends each refusal of a command line of ``prog`` (``"kfm reproduce"``): the pointer to its ``--help``."""
+    return f"(see '{prog} --help')"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line plus a pointer to ``--help``.
 
@@ -26,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n(see '{self.prog} --help')\n")
+        self.exit(2, f"{self.prog}: error: {message}\n{help_pointer(self.prog)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,6 @@ from ._flag_names import flag_words
 
 #: the data specs kfm reproduce takes (image data sets), as its help and its refusals write them
 DATA_FORMS = ("digits", "mnist:DIR", "cifar10:PATH", "celeba:PATH", "folder:PATH")
-#: what ends each refusal of an argument, as argparse's own (cli._Parser) end
-HELP_POINTER = "(see 'kfm reproduce --help')"
 
 
 def register(subparsers) -> None:
@@ -52,6 +50,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cli import help_pointer
     from ..data.subset import TooFewItemsError
     from ..studies.config import MODES
     from ..studies.reproduce import reproduce
@@ -61,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg, studies = _checked(args)
     except (ValueError, OSError) as err:   # the base types: some subclasses take more than a message
-        raise (ValueError if isinstance(err, ValueError) else OSError)(f"{err}\n{HELP_POINTER}") from None
+        refusal = f"{err}\n{help_pointer('kfm reproduce')}"   # as argparse's own refusals end (cli._Parser)
+        raise (ValueError if isinstance(err, ValueError) else OSError)(refusal) from None
     with writing("--out", args.out):
         try:
             md, html = reproduce(cfg, args.out, studies=studies, progress=not args.quiet)

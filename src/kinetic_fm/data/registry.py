@@ -104,18 +104,18 @@ def spec_hint(spec: str, accepted: Sequence[str] = DATA_SPECS) -> str:
     ``" (did you mean folder:/x?); expected one of digits, ..."``, the likely form in brackets where one
     reads (:func:`_likely_spec`), else ``"; expected one of ..."``. One wording for every route that
     refuses such a spec (:func:`parse_spec`, ``kfm memorization --train``)."""
-    hint = _likely_spec(spec)
+    hint = _likely_spec(spec, accepted)
     return f" ({hint}); {_forms(accepted)}" if hint else f"; {_forms(accepted)}"
 
 
-def _likely_spec(spec: str) -> str | None:
+def _likely_spec(spec: str, accepted: Sequence[str] = DATA_SPECS) -> str | None:
     """What the unknown ``spec`` was likely meant to be, in words, else None:
 
     - a path given without its kind (a separator or a leading ``.`` or ``~`` in the part before the first
       colon, a Windows drive ``C:/``, or a path that exists): ``folder:PATH`` where it is an existing folder
       or a ``.zip`` (what ``folder:`` loads), an array file (:data:`~kinetic_fm.data.arrays.ARRAY_FORMATS`)
-      as such (no spec loads one), else the kinds that take a path, for the one its data needs;
-    - a misspelt kind: the likely spec (:func:`misspelt_spec`).
+      as such (no spec loads one), else the kinds of ``accepted`` that take a path, for the one its data needs;
+    - a misspelt kind: the likely spec of ``accepted`` (:func:`misspelt_spec`).
     """
     import re
 
@@ -129,22 +129,24 @@ def _likely_spec(spec: str) -> str | None:
             return f"a path? give it after its kind, e.g. folder:{spec}"
         if place.lower().endswith(ARRAY_FORMATS):
             return "an array file? no data spec loads one"
-        kinds = [f"{kind}:PATH" for kind, takes_path in SPEC_KINDS.items() if takes_path]
+        kinds = [form for form in accepted if ":" in form]
         return f"a path? give it after the kind of data it holds: {', '.join(kinds[:-1])} or {kinds[-1]}"
-    meant = misspelt_spec(spec)
+    meant = misspelt_spec(spec, accepted)
     return None if meant is None else f"did you mean {meant}?"
 
 
-def misspelt_spec(spec: str) -> str | None:
+def misspelt_spec(spec: str, accepted: Sequence[str] = DATA_SPECS) -> str | None:
     """The data spec ``spec`` likely meant where the part before its first colon is not a kind of
-    :data:`DATA_SPECS` but close to one, in that kind's form: its path kept after a kind that takes one
-    (``folde:/x`` -> ``folder:/x``, ``CIFAR:/x`` -> ``cifar10:/x``), ``PATH`` where none was given (``MNIST`` ->
-    ``mnist:PATH``), none after a kind that takes none (``digit:/x`` -> ``digits``); else None."""
+    :data:`DATA_SPECS` but close to one of ``accepted`` (the specs the caller takes, in its spelling), in that
+    kind's form: its path kept after a kind that takes one (``folde:/x`` -> ``folder:/x``, ``CIFAR:/x`` ->
+    ``cifar10:/x``), the form's placeholder where none was given (``MNIST`` -> ``mnist:PATH``, ``mnist:DIR`` where
+    ``accepted`` writes it so), none after a kind that takes none (``digit:/x`` -> ``digits``); else None."""
     import difflib
 
     name, _, rest = spec.partition(":")
-    close = difflib.get_close_matches(name.lower(), list(SPEC_KINDS), n=1)
+    forms = {form.partition(":")[0]: form for form in accepted}    # mnist -> mnist:DIR, digits -> digits
+    close = difflib.get_close_matches(name.lower(), list(forms), n=1)
     if not close or name in SPEC_KINDS:
         return None
-    kind = close[0]
-    return f"{kind}:{rest or 'PATH'}" if SPEC_KINDS[kind] else kind
+    kind, _, placeholder = forms[close[0]].partition(":")
+    return f"{kind}:{rest or placeholder}" if placeholder else kind

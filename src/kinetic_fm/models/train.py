@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from ..checks import check_flag, check_integer, check_real, check_seed, torch_readable
 from ..run_files import MANIFEST_NAME, TRAIN_CONFIG_NAME
-from ..runs.atomic import atomic_write_text, holds_only_leftovers, is_leftover, remove_temporaries
+from ..runs.atomic import (atomic_write_text, foreign_entries, holds_only_leftovers, is_leftover, named_few,
+                           remove_temporaries)
 from ..runs.lock import RunLock
 from .checkpoint import FROM_STEP_0, UnsafeCheckpointError, load_state, save_model, save_state, save_weights
 from .run_config import DamagedTrainConfigError, read_train_config, short_json
@@ -416,13 +417,10 @@ def _refuse_others_files(out: Path) -> None:
     """ValueError when the folder ``out``, which holds none of a training run's files (:func:`_run_files`
     is empty; the caller asks), holds anything else than our leftovers (:func:`_leftover`): training would
     write its run among them, and ``kfm memorization --train`` read such a folder as the run."""
-    if not out.is_dir():
-        return
-    others = sorted(p.name for p in out.iterdir() if not _leftover(p))
+    others = foreign_entries(out, leftover=_leftover) if out.is_dir() else []
     if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise ValueError(f"{out} is not empty and holds no training run (it holds {shown}): training would write "
-                         "its files among them; choose a new or empty folder")
+        raise ValueError(f"{out} is not empty and holds no training run (it holds {named_few(others)}): training "
+                         "would write its files among them; choose a new or empty folder")
 
 
 def remove_leftover_temporaries(out: Path) -> int:

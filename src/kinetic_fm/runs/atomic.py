@@ -18,7 +18,7 @@ import os
 import stat
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from .lock import LOCK_NAME, RunLock
 
@@ -63,6 +63,17 @@ def holds_only_leftovers(folder: str | os.PathLike) -> bool:
     """Whether the folder ``folder`` holds nothing but what our writers leave behind (:func:`is_leftover`
     of each entry; an empty one too): a folder no run of ours has written a result into."""
     return all(is_leftover(p) for p in Path(folder).iterdir())
+
+
+def foreign_entries(folder: str | os.PathLike, leftover: Callable[[Path], bool] = is_leftover) -> list[str]:
+    """The sorted names of what the folder ``folder`` holds besides our writers' leftovers (``leftover`` of each
+    entry; :func:`is_leftover` unless a caller counts more): the files a run would write its own among."""
+    return sorted(p.name for p in Path(folder).iterdir() if not leftover(p))
+
+
+def named_few(names: Sequence[str]) -> str:
+    """``names`` for a message: the first three, then how many more (``"a, b, c and 2 more"``)."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def fsync_dir(folder: Path) -> None:

@@ -145,7 +145,7 @@ def _render(fig, name: str, caption: str) -> Figure:
         fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     finally:
         with warnings.catch_warnings():
-            # matplotlib 3.7 resets a shared log axis (line_figure's twin) to (0, 1) while clearing
+            # matplotlib 3.7 resets a shared log axis (stacked line panels' x) to (0, 1) while clearing
             warnings.filterwarnings("ignore", "Attempt to set non-positive", UserWarning)
             fig.clear()
     return Figure(name=name, caption=caption, png=buffer.getvalue())
@@ -642,53 +642,24 @@ def _fence_groups(ax, groups: list[str]) -> None:
 def line_figure(name: str, caption: str, x: Any, ys: dict[str, Any], *, xlabel: str, ylabel: str,
                 log_x: bool = False, log_y: bool = False,
                 bands: dict[str, tuple[Any, Any]] | None = None, title: str = "",
-                right: dict[str, Any] | None = None, right_ylabel: str = "",
                 reference: float | None = None, reference_label: str = "reference") -> Figure:
     """Lines ``ys[label]`` against the shared ``x`` (same length), with optional shaded
     ``bands[label] = (low, high)`` (e.g. a CI). Points with a non-finite value are dropped
-    per line; markers are drawn when there are few points.
-
-    ``right`` holds lines of another quantity (other units), drawn against a second y axis
-    labelled ``right_ylabel`` (log too when ``log_y``); one legend lists both, and an axis with a
-    single line takes that line's colour for its label. ``reference`` draws a dashed grey
-    horizontal line on the left axis, named ``reference_label`` in the legend.
+    per line; markers are drawn when there are few points. ``reference`` draws a dashed grey
+    horizontal line, named ``reference_label`` in the legend. Quantities in other units go on panels
+    of their own: :func:`line_panels_figure`.
     """
     check_figure_name(name)
     xs = _array(x, name="x").ravel()
     bands = bands or {}
-    right = right or {}
     _check_bands(bands, ys, "bands", "ys")
-    if right and not right_ylabel:
-        raise ValueError("right needs a right_ylabel: its lines are in other units than ylabel's")
     fig = _new_figure(6.4, 4.0)
     ax = fig.add_subplot()
     drawn = _lines(ax, xs, ys, bands, log_x, log_y, first_colour=0)
     _style(ax, xlabel=xlabel, ylabel=ylabel, title=title)
     _reference_line(ax, reference, reference_label)
     _integer_ticks(ax, xs, log_x)
-    if not right:
-        return _finish_lines(fig, ax, drawn, name, caption, log_x=log_x, log_y=log_y)
-    twin = ax.twinx()
-    drawn_right = _lines(twin, xs, right, {}, log_x, log_y, first_colour=len(ys))
-    twin.set_ylabel(right_ylabel)
-    twin.spines["top"].set_visible(False)
-    for axis, lines, first in ((ax, ys, 0), (twin, right, len(ys))):
-        if len(lines) == 1:
-            axis.yaxis.label.set_color(PALETTE[first % len(PALETTE)])
-    if not (drawn or drawn_right):
-        _no_data(ax)
-        twin.set_yticks([])
-        return _render(fig, name, caption)
-    if log_x:
-        _log_axis(ax, "x")
-    if log_y:
-        _log_axis(ax, "y")
-        _log_axis(twin, "y")
-    # above the axes: the second axis draws over anything inside the first, a legend included
-    handles = [h for a in (ax, twin) for h in a.get_legend_handles_labels()[0]]
-    ax.legend(handles=handles, frameon=False, fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0),
-              ncol=len(handles))
-    return _render(fig, name, caption)
+    return _finish_lines(fig, ax, drawn, name, caption, log_x=log_x, log_y=log_y)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .. import gemm
-from ..runs.atomic import holds_only_leftovers, is_leftover
+from ..runs.atomic import foreign_entries, named_few
 from ..runs.lock import LOCK_NAME, RunLock
 from .assets import NET_FIELDS, NETS_READ, load_assets
 from .config import ReproduceConfig, ShapingConfig
@@ -29,7 +29,7 @@ from .quality import SampleQuality, sample_quality
 from .report import TERMS_HEAD
 from .semantics import general_samples, run_semantics
 from .shaping import kts_schedules_text, run_shaping
-from .study_cache import ENTRIES_KEPT, EntryReads, cached_study, entries_reads, file_digest, stored_study, study_key
+from .study_cache import ENTRIES_KEPT, EntryReads, cached_study, entries_reads, file_digest, stored_study, study_keys
 from .support import run_support
 from .timings import TIMINGS_FILE, StageTimes
 from .workspace import Workspace, config_hash
@@ -53,23 +53,23 @@ def studies_problem(studies: tuple[str, ...]) -> str | None:
     return None if studies else "none named"
 
 
-def foreign_folder_problem(root: str | Path) -> str | None:
+def foreign_folder_problem(root: str | Path, others: list[str] | None = None) -> str | None:
     """What keeps ``root`` from being a run's folder, in words that follow its name ("is not empty and holds no
     kfm reproduce run (it holds a.csv, report.md): ..."), or None where it is new, holds nothing but our leftovers
     (:func:`~kinetic_fm.runs.atomic.is_leftover`: a lock file, a killed writer's temporaries) or is a workspace
     a run wrote (its ``timings.json``, which every run writes first, or its ``cache/`` or ``models/``: older
     ones', or the trained nets of one copied in to be reused). A run writes ``report.md``, ``tables/`` and
-    ``figures/``, and a user's report there was overwritten; the files a user adds to a workspace stay."""
+    ``figures/``, and a user's report there was overwritten; the files a user adds to a workspace stay. ``others``:
+    :func:`~kinetic_fm.runs.atomic.foreign_entries` of ``root`` where the caller has them."""
     root = Path(root)
     ours = (root / TIMINGS_FILE).is_file() or (root / "cache").is_dir() or (root / "models").is_dir()
     if not root.is_dir() or ours:
         return None
-    others = sorted(p.name for p in root.iterdir() if not is_leftover(p))
+    others = foreign_entries(root) if others is None else others
     if not others:
         return None
-    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-    return (f"is not empty and holds no kfm reproduce run (it holds {shown}): the run would write its report, tables "
-            "and figures among them; choose a new or empty folder, or one kfm reproduce wrote")
+    return (f"is not empty and holds no kfm reproduce run (it holds {named_few(others)}): the run would write its "
+            "report, tables and figures among them; choose a new or empty folder, or one kfm reproduce wrote")
 
 
 def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...] = STUDIES,
@@ -95,12 +95,13 @@ def reproduce(cfg: ReproduceConfig, out: str | Path, *, studies: tuple[str, ...]
     if problem:
         raise ValueError(f"studies must be a subset of {STUDIES}, each once; got {tuple(studies)} ({problem})")
     root = Path(out)
-    foreign = foreign_folder_problem(root)
+    others = foreign_entries(root) if root.is_dir() else []
+    foreign = foreign_folder_problem(root, others)
     if foreign:
         raise ValueError(f"{root} {foreign}")
     # a lock file is what a refused run leaves (it is never deleted), a temporary what a killed writer leaves:
     # a folder holding nothing else is new too
-    fresh = not root.exists() or (root.is_dir() and holds_only_leftovers(root))
+    fresh = not root.exists() or (root.is_dir() and not others)
     ws = Workspace(out, progress=progress)
     # the studies' covariances, eigenproblems and statistics call NumPy's and SciPy's OpenBLAS between
     # torch passes, which its spinning workers slowed; a user's OPENBLAS_NUM_THREADS is kept
@@ -212,13 +213,12 @@ def _run_studies(cfg: ReproduceConfig, ws: Workspace, studies: tuple[str, ...], 
     }
     outputs: list[StudyOutput] = []
     # every study's entry is keyed on the whole configuration and the assets it reads (not a net it never reads);
-    # the studies that read the same nets share one digest of them (a pass over the data and the nets' weights)
-    by_nets = {unread: study_key(asdict(cfg), assets, unread) for unread in {_unread_fields(n) for n in STUDIES}}
-    keys = {name: by_nets[_unread_fields(name)] for name in STUDIES}
+    # one pass over the data and the nets' weights makes every study's digest
+    keys = study_keys(asdict(cfg), assets, {name: _unread_fields(name) for name in STUDIES})
     for name in studies:
         ws.say(f"study: {name}")
         with times.stage(name):
-            outputs.append(cached_study(ws, name, keys[name], runners[name]))
+            outputs.append(cached_study(ws, name, keys[name], runners[name], nets=NETS_READ[name]))
     kept = _kept_studies(ws, studies, keys)
     outputs += kept
     _say_removed(ws, outputs)

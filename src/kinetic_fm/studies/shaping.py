@@ -21,9 +21,9 @@ from ..metrics.memorization import memorization
 from ..sampling.shaping import KTS
 from .assets import Assets
 from .config import ShapingConfig
-from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, JackknifeReference, StudyOutput,
+from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, StudyOutput,
                      corrected_fd_column, fd_bias_note, fd_formats, fd_to_reference, fd_undecided_note, fmem_formats,
-                     full_reference, image_range, jackknife_fd_intervals, jackknife_reference, jackknife_replicates,
+                     full_reference, image_range, jackknife_reference, jackknife_replicates,
                      fd_interval_pointer, fd_interval_terms, replicate_intervals, replicate_points)
 from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci,
@@ -435,21 +435,6 @@ def _balanced(fd_ci: Interval, mem_ci: Interval, against: tuple[Interval, Interv
     if not fd_undecided:
         return balanced_verdict(fd_ci, mem_ci, against=against)
     return "not reproduced" if verdict_from_interval(*against[1], -1) == "not reproduced" else "inconclusive"
-
-
-def setting_fd_intervals(feats: dict[str, np.ndarray], ref_rows: np.ndarray,
-                         fits: JackknifeReference | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(S,) low and (S,) high ends of each setting's own 95% interval for its FD to the reference
-    rows ``ref_rows`` ((m, D) features), in the order of ``feats`` (setting name → (n, D) features):
-    :func:`~kinetic_fm.studies.output.jackknife_fd_intervals`. Unpaired: each whisker is one
-    setting's uncertainty alone, wider than the paired differences the claims judge. Bias-corrected
-    (for the samples' and the reference's parts of the estimator's bias), so it lies below the plain
-    FD where that bias is large; the basic bootstrap of the samples it replaced corrected only their
-    part, and held the true FD in 0–80% of Gaussian runs at the quick preset's size. All NaN when the
-    samples or the reference have no more rows than features once a tenth is out: the FD is then
-    mostly that bias. ``fits``: the :func:`~kinetic_fm.studies.output.jackknife_reference` of
-    ``ref_rows`` when already made (the same numbers)."""
-    return jackknife_fd_intervals(list(feats.values()), ref_rows, fits=fits)
 
 
 def bootstrap_fd(feats: np.ndarray, reference: FrechetReference, boot: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ setting, input or code change can reuse a stale one:
   checked when its entry is read: a stage rewritten since (another device, a damaged file redone)
   recomputes the study.
 
-An entry also names the run folders of ``models/`` its run read (the nets its assets digest covers), so
+An entry also names the run folders of ``models/`` of the nets its study reads (those its assets digest covers), so
 that ``kfm reproduce`` keeps them with it (:func:`entries_reads`); it keeps each kind's latest nets read too,
 whatever the entries: those outlive a change of the library, which the entries do not.
 
@@ -119,12 +119,53 @@ def assets_digest(assets: Any, unread: Collection[str] = ()) -> str:
     (about 10 ms a run for the presets' default nets): keying one by the other would need proof that they
     are equal (reading both, about the hash's own cost), or a change to either alone (a caller's
     Assets, a checkpoint rewritten) would reuse a stale entry."""
-    digest = hashlib.sha256()
+    digest = _assets_digests(assets, {"": tuple(unread)})[""]
+    if isinstance(digest, Exception):
+        raise digest
+    return digest
+
+
+def _assets_digests(assets: Any, unread: dict[str, Collection[str]]) -> dict[str, str | Exception]:
+    """:func:`assets_digest` of ``assets`` but ``unread[name]`` for each name of ``unread``, each field walked once
+    (its checkpoint files read once, its tensors copied once): the digests of one run's studies, which differ only
+    in the nets they read. A digest stays one hash whose input is that of its fields in turn: the digests share one
+    hash while their fields agree (the data, the classifier), a copy of it where they part, and a field's bytes go
+    to each digest that reads it. The TypeError or OSError of a field stands for the digest of each name reading it.
+    """
+    groups = [(hashlib.sha256(), list(unread))] if unread else []   # a hash per names reading the same fields so far
+    failed: dict[str, Exception] = {}
     for f in dataclasses.fields(assets):
-        if not f.name.startswith("_") and f.name not in unread:
-            digest.update(f.name.encode() + b"=")
-            _digest_value(getattr(assets, f.name), digest)
-    return digest.hexdigest()
+        if f.name.startswith("_"):
+            continue
+        parted = []
+        for digest, names in groups:
+            reading = [n for n in names if f.name not in unread[n]]
+            if reading and len(reading) < len(names):
+                parted += [(digest, reading), (digest.copy(), [n for n in names if f.name in unread[n]])]
+            else:
+                parted.append((digest, names))
+        groups = parted
+        readers = [(digest, names) for digest, names in groups if f.name not in unread[names[0]]]
+        if not readers:
+            continue
+        fan = _FanOut([digest for digest, _ in readers])
+        try:
+            fan.update(f.name.encode() + b"=")
+            _digest_value(getattr(assets, f.name), fan)
+        except (TypeError, OSError) as err:
+            failed.update({n: err for _, names in readers for n in names})
+    return {n: failed.get(n) or digest.hexdigest() for digest, names in groups for n in names}
+
+
+class _FanOut:
+    """A hash's ``update`` that feeds each of ``digests``."""
+
+    def __init__(self, digests: list) -> None:
+        self.digests = digests
+
+    def update(self, data: Any) -> None:
+        for digest in self.digests:
+            digest.update(data)
 
 
 def _digest_value(value: Any, digest: Any) -> None:
@@ -185,20 +226,30 @@ def study_key(config: dict, assets: Any, unread: Collection[str] = ()) -> dict |
     ``unread``, :func:`code_digest` and :func:`style_digest`; None when some input cannot be digested
     (nothing is then cached): a value of a kind it cannot digest, a file it cannot read (a weights file
     whose header does not parse is keyed on its bytes)."""
+    return study_keys(config, assets, {"": unread})[""]
+
+
+def study_keys(config: dict, assets: Any, unread: dict[str, Collection[str]]) -> dict[str, dict | None]:
+    """:func:`study_key` of ``config``, ``assets`` and ``unread[name]`` for each study ``name`` of ``unread``, the
+    same keys, each field of ``assets`` walked once for them all (:func:`_assets_digests`)."""
     try:
-        return {"config": config, "assets": assets_digest(assets, unread), "code": code_digest(),
-                "style": style_digest()}
+        code, style = code_digest(), style_digest()
     except (TypeError, OSError):
-        return None
+        return {name: None for name in unread}
+    digests = _assets_digests(assets, unread)
+    return {name: None if isinstance(digest, Exception) else
+            {"config": config, "assets": digest, "code": code, "style": style} for name, digest in digests.items()}
 
 
-def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], StudyOutput]) -> StudyOutput:
+def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], StudyOutput],
+                 nets: Collection[str] | None = None) -> StudyOutput:
     """The result of ``run()``, study ``name``'s for :func:`study_key` ``key``: read from
     ``cache/study-<name>-<hash>.pt`` when an entry for the same key exists and the sampling stages
     it read are unchanged; else computed and stored unless ``key`` is None (the entry of a study that warned
     or whose tables do not round-trip records only the stages it read: see the module), keeping the study's
-    :data:`ENTRIES_KEPT` most recently used entries of ``key``'s code digest (:func:`_prune`). Counts
-    ``ws.studies_loaded`` and ``ws.studies_computed``."""
+    :data:`ENTRIES_KEPT` most recently used entries of ``key``'s code digest (:func:`_prune`). The entry lists the
+    folders of ``ws.models_read`` of the kinds ``nets`` (``general``, ``memorizer``: those the study reads; None:
+    all). Counts ``ws.studies_loaded`` and ``ws.studies_computed``."""
     output = stored_study(ws, name, key)
     if output is not None:
         ws.studies_loaded += 1
@@ -216,7 +267,8 @@ def cached_study(ws: Workspace, name: str, key: dict | None, run: Callable[[], S
         stored = None if warned else _encode(output)  # None: never read back, but its stages are kept with it
         inputs = {p.name: file_digest(ws, p) for p in sorted(read) if p.parent == ws.root / "cache"}
         atomic_torch_save({"format": ENTRY_FORMAT, "code": key["code"], "inputs": inputs,
-                           "models": sorted(ws.models_read), "output": stored}, path)
+                           "models": sorted(m for m in ws.models_read if nets is None or m.rpartition("-")[0] in nets),
+                           "output": stored}, path)
         _mark_used(path)
         _prune(path, name, key["code"])
     return output
