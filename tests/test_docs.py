@@ -379,27 +379,37 @@ def test_the_readmes_dopri5_step_counts_on_the_gaussian_field_are_measured_ones(
 
 
 def test_energy_betweens_figures_for_dopri5s_long_steps_are_measured_ones():
-    """energy_between's docstring: on that field at dopri5's default tolerances "the mean energy after
-    t = 0.5–0.9 comes out up to M % off and single samples' up to S %", the whole kpe "(K there)":
-    the largest errors over t = 0.5, 0.55, ..., 0.9 against rk4 on 2,000 steps in float64 (exact to
-    1e-14 here), and the largest relative error of a sample's kpe."""
+    """energy_between's docstring: on that field at dopri5's default tolerances "L the longest [step]; by
+    length M' % and S' % off, split so the mean energy after t = 0.5–0.9 comes out up to M % off and single
+    samples' up to S %", the whole kpe "(K there)": the largest errors over t = 0.5, 0.55, ..., 0.9 against
+    rk4 on 2,000 steps in float64 (exact to 1e-14 here), of energy_after and of the straddling step counted by
+    its share of length (the rule before; benchmarks/energy_split_accuracy.py prints both), and the largest
+    relative error of a sample's kpe."""
     doc = " ".join(inspect.getdoc(kfm.energy_between).split())
-    found = re.search(r"the mean energy after t = 0\.5–0\.9 comes out (?:up to )?(?:[\d.]+–)?([\d.]+) % off "
+    found = re.search(r"([\d.]+) the longest; by length ([\d.]+) % and ([\d.]+) % off, split so the mean energy "
+                      r"after t = 0\.5–0\.9 comes out (?:up to )?(?:[\d.]+–)?([\d.]+) % off "
                       r"and single samples' up to ~?([\d.]+) %\).*?``kpe`` is not affected \(([\d.e-]+) there\)", doc)
     assert found, "energy_between's docstring: the sentence on dopri5's long steps moved; update this test"
-    mean_error, sample_error, kpe_error = map(float, found.groups())
+    longest, length_mean_error, length_sample_error, mean_error, sample_error, kpe_error = map(float, found.groups())
     run = _dopri5_on_the_gaussian_field()
     field = sample_command._builtin_field("gaussian", 3).velocity
     exact = kfm.sample(field, seeds=range(1000), shape=(3,), solver="rk4", steps=2000, profile=True,
                        dtype=torch.float64)
-    means, samples = [], []
+    starts, ends = run.times[:, :-1], run.times[:, 1:]
+    means, samples, length_means, length_samples = [], [], [], []
     for t in [0.5 + 0.05 * i for i in range(9)]:
         measured, reference = run.energy_after(t), exact.energy_after(t)
-        means.append(abs(measured.mean() / reference.mean() - 1).item())
-        samples.append((measured / reference - 1).abs().max().item())
+        by_length = (run.profile * ((ends - t) / (ends - starts)).clamp(0.0, 1.0).nan_to_num(0.0)).sum(dim=1)
+        for errors, energy in ((means, measured.mean()), (length_means, by_length.mean())):
+            errors.append(abs(energy / reference.mean() - 1).item())
+        for errors, energy in ((samples, measured), (length_samples, by_length)):
+            errors.append((energy / reference - 1).abs().max().item())
     # a tail over 1,000 samples: a platform's rounding may move one adaptive step, hence the slack
     assert 100 * max(means) == pytest.approx(mean_error, abs=0.1)
     assert 100 * max(samples) == pytest.approx(sample_error, abs=2)
+    assert 100 * max(length_means) == pytest.approx(length_mean_error, abs=0.1)
+    assert 100 * max(length_samples) == pytest.approx(length_sample_error, abs=2)
+    assert run.times.diff(dim=1).nan_to_num(0.0).max().item() == pytest.approx(longest, abs=5e-3)
     assert (run.kpe / exact.kpe - 1).abs().max().item() == pytest.approx(kpe_error, rel=0.2)
     assert samples[2] < 1e-3        # "at the early/late split (0.6), where its steps land, it is exact"
 

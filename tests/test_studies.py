@@ -1747,28 +1747,9 @@ def test_a_finished_run_of_every_study_prunes_the_model_folders_no_kept_entry_re
     # are pruned after a finished run of every study, the nets now too, by the same rule
     from kinetic_fm.runs.lock import RunLock
     from kinetic_fm.studies import reproduce as module
-    from kinetic_fm.studies.output import StudyOutput
-    from kinetic_fm.studies.study_cache import cached_study
 
-    out, models = tmp_path / "out", tmp_path / "out" / "models"
-
-    def trained(ws, name, config):                     # a net's run folder as _velocity_net leaves it
-        folder = ws.model_dir(name, config)
-        (folder / "final.safetensors").write_bytes(b"weights of " + repr(config).encode())
-        return folder.name
-
-    def studies_at(config, fail=False):                # a run reading the nets of ``config``, its entries keyed so
-        def run(cfg, ws, studies, progress):
-            for name in ("general", "memorizer"):
-                read.setdefault(config, set()).add(trained(ws, name, config))
-            for study in studies:
-                cached_study(ws, study, {"config": config, "code": "this library"}, lambda: StudyOutput(study))
-            if fail:
-                raise KeyboardInterrupt("simulated interruption")
-            return ws.root / "report.md", ws.root / "report.html"
-        return run
-
-    read: dict[int, set[str]] = {}
+    out, models, read = tmp_path / "out", tmp_path / "out" / "models", {}
+    studies_at = _nets_and_entries_at(read)
     cfg = ReproduceConfig.preset("tiny")
     monkeypatch.setattr(module, "_run_studies", studies_at(1))
     module.reproduce(cfg, out, progress=False)
@@ -1776,14 +1757,21 @@ def test_a_finished_run_of_every_study_prunes_the_model_folders_no_kept_entry_re
     interrupted = models / "memorizer-000000000000"                   # a training interrupted at another config
     interrupted.mkdir()
     (interrupted / "resume.pt").write_bytes(b"state")
+    stale = set()       # nets no entry lists, read before 1, one too many to be among the general nets read last
+    for i in range(module.NETS_KEPT - 1):
+        folder = Workspace(out).model_dir("general", f"stale {i}")
+        (folder / "final.safetensors").write_bytes(b"weights")
+        os.utime(folder, ns=(i, i))
+        stale.add(folder.name)
     monkeypatch.setattr(module, "_run_studies", studies_at(2))
     module.reproduce(cfg, out, studies=("semantics",), progress=False)   # some studies: nothing pruned
     monkeypatch.setattr(module, "_run_studies", studies_at(3, fail=True))
     with pytest.raises(KeyboardInterrupt):                               # interrupted: nothing pruned
         module.reproduce(cfg, out, progress=False)
-    assert {p.name for p in models.iterdir()} == read[1] | read[2] | read[3] | {"notes", interrupted.name}
+    assert {p.name for p in models.iterdir()} == read[1] | read[2] | read[3] | stale | {"notes", interrupted.name}
 
-    # every study's entry at 1 is evicted (its four latest are of 2, 3 and 4): its nets go, those of an entry stay
+    # runs at 4, 5 and 6 evict the entries at 1 and 2 (each study keeps its four latest, now of 3, 4, 5 and 6):
+    # their nets go, those of an entry stay
     monkeypatch.setattr(module, "_run_studies", studies_at(4))
     module.reproduce(cfg, out, progress=False)
     for config in (5, 6):
@@ -1798,15 +1786,15 @@ def test_a_finished_run_of_every_study_prunes_the_model_folders_no_kept_entry_re
                                                   | {"notes", interrupted.name})
 
 
-
-def _nets_and_entries_at(read, code_of=lambda config: "this library", fail=False):
-    """A stand-in for ``_run_studies`` at ``config``: the run reads the general net and the memorizer of
-    ``config`` (folders as ``_velocity_net`` leaves them; their names go to ``read[config]``), and writes each
-    study's entry keyed on ``config`` and the library ``code_of(config)``."""
+def _nets_and_entries_at(read, code_of=lambda config: "this library"):
+    """A stand-in for ``_run_studies``: ``at(config)`` reads the general net and the memorizer of ``config``
+    (folders as ``_velocity_net`` leaves them; their names go to ``read[config]``) and writes each study's entry
+    keyed on ``config`` and the library ``code_of(config)``; ``at(config, fail=True)`` then raises
+    KeyboardInterrupt (a run interrupted after its entries)."""
     from kinetic_fm.studies.output import StudyOutput
     from kinetic_fm.studies.study_cache import cached_study
 
-    def at(config):
+    def at(config, fail=False):
         def run(cfg, ws, studies, progress):
             for name in ("general", "memorizer"):
                 folder = ws.model_dir(name, config)
@@ -1814,6 +1802,8 @@ def _nets_and_entries_at(read, code_of=lambda config: "this library", fail=False
                 read.setdefault(config, set()).add(folder.name)
             for study in studies:
                 cached_study(ws, study, {"config": config, "code": code_of(config)}, lambda: StudyOutput(study))
+            if fail:
+                raise KeyboardInterrupt("simulated interruption")
             return ws.root / "report.md", ws.root / "report.html"
         return run
     return at

@@ -125,14 +125,16 @@ def energy_between(profile: torch.Tensor | np.ndarray | None, times: torch.Tenso
     would spend less than nothing somewhere inside it. On a grid through ``t0`` and ``t1`` the result is
     the plain sum of the steps between them, so it depends only on the times asked for, not on the sampler's early/late
     split (a step index) or its grid. Inside a long step the split is only as good as that cubic: dopri5
-    at its default tolerances takes steps up to about a third of [0, 1] on a 3-D Gaussian (mean 2, sd 0.5;
-    by length 1.2 % and 43 % off, split so the mean energy after t = 0.5–0.9 comes out up to 0.36 % off
-    and single samples' up to 5 %), and coarse fixed grids stay a few % off inside steps where the power
-    bends (rk4 on 5 uniform steps, 8 samples of a Gaussian of mean (2, −1, 0.5) and sd 0.5: up to 6 % at
-    t = 0.9 and 11 % at 0.97, by length 13 % and 21 %); tighten ``rtol``/``atol`` (``kfm sample
-    --rtol``) or use a grid through t for a sharp split; at the early/late split, where dopri5's steps
-    land, it is exact. The whole run's ``kpe`` is not affected (1.2e-4 there). Windows add up exactly
-    in real arithmetic: between(a, b) + between(b, c) = between(a, c), between(0, 1) = kpe.
+    at its default tolerances in float32 takes steps of about a third of [0, 1] on a 3-D Gaussian (mean 2,
+    sd 0.5; seeds 0..999 against the closed form at t = 0.5, 0.55, …, 0.9, ``python
+    benchmarks/energy_split_accuracy.py``, BENCHMARKS.md: a third is the median sample's longest step, 0.40
+    the longest; by length 1.2 % and 43 % off, split so the mean energy after t = 0.5–0.9 comes out up to
+    0.36 % off and single samples' up to 5 %), and coarse fixed grids stay a few % off inside steps where the
+    power bends (rk4 on 5 uniform steps, 8 samples of a Gaussian of mean (2, −1, 0.5) and sd 0.5: up to 6 %
+    at t = 0.9 and 11 % at 0.97, by length 13 % and 21 %); tighten ``rtol``/``atol`` (``kfm sample
+    --rtol``) or use a grid through t for a sharp split; at the early/late split, where dopri5's steps land,
+    it is exact. The whole run's ``kpe`` is not affected (1.2e-4 there). Windows add up exactly in real
+    arithmetic: between(a, b) + between(b, c) = between(a, c), between(0, 1) = kpe.
 
     Unknown energy is NaN, never a number: a sample whose times do not span the window (dopri5
     stops a sample it flags non-finite, so its times end before t = 1) gets NaN, as its ``kpe``
