@@ -2638,11 +2638,12 @@ def test_a_support_row_says_when_its_interval_rules_out_the_papers_rho(monkeypat
     direction shown), but it has ruled out the paper's size: the note says so; an interval that reaches
     the paper's value does not."""
     assets = _support_assets(labelled=True)
-    if kpe_of == "falling":   # ρ = −1 in pixels: the interval holds −1, below the paper's value
-        kpe = lambda x: torch.from_numpy(_kth_distance(_clamped_pixels({"x": x}, assets),  # noqa: E731
-                                                       assets.train.flatten(1).double().numpy(), 3))
-    else:                     # KPE of each sample's own seed, unrelated to where it lies
-        kpe = lambda x: torch.rand(len(x), generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # noqa: E731
+    def kpe(x):
+        if kpe_of == "falling":   # ρ = −1 in pixels: the interval holds −1, below the paper's value
+            return torch.from_numpy(_kth_distance(_clamped_pixels({"x": x}, assets),
+                                                  assets.train.flatten(1).double().numpy(), 3))
+        # KPE of each sample's own seed, unrelated to where it lies
+        return torch.rand(len(x), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     _, out, _ = _run_support(monkeypatch, assets, kpe=kpe)
     rows = out.sections[0].tables[0][1].set_index(["support", "space"])
     for claim, (method, paper) in zip(out.claims, (("kNN", -0.65), ("KDE", -0.64))):
