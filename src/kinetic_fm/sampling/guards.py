@@ -95,7 +95,8 @@ def stage_velocity(velocity: Callable) -> Callable:
     own clock keeps in [0, 1]; any other field itself, a subclass's own ``__call__`` included."""
     from ..fields.analytic import ClosedForm
 
-    closed_form = isinstance(velocity, ClosedForm) and type(velocity).__call__ is ClosedForm.__call__
+    kind = type(velocity)   # not isinstance: it reads __class__, which a field's own __getattribute__ may refuse
+    closed_form = issubclass(kind, ClosedForm) and kind.__call__ is ClosedForm.__call__
     return velocity.unchecked if closed_form else velocity
 
 
