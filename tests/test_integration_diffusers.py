@@ -721,9 +721,12 @@ def test_the_constructor_keeps_the_base_signature_and_its_own_docstring():
     # reviewer-328: functools.wraps gave __init__ the base class's docstring and module, hiding ours (which says
     # stochastic_sampling is refused); diffusers reads only the signature, for the config's keys
     base, ours = FlowMatchEulerDiscreteScheduler, KineticFlowMatchEulerScheduler
-    assert inspect.signature(ours.__init__) == inspect.signature(base.__init__)
+    def read(method):   # what diffusers reads of it (older diffusers leave a parameter unannotated: Any in ours)
+        return [(p.name, p.kind, p.default) for p in inspect.signature(method).parameters.values()]
+
+    assert read(ours.__init__) == read(base.__init__)
     assert ours._get_init_keys(ours) == base._get_init_keys(base)
     assert ours.extract_init_dict(dict(base().config))[0] == base.extract_init_dict(dict(base().config))[0]
-    assert "stochastic_sampling=True" in ours.__init__.__doc__ and ours.__init__.__module__ == ours.__module__
+    assert "stochastic sampling" in ours.__init__.__doc__ and ours.__init__.__module__ == ours.__module__
     settings = [{k: v for k, v in made(shift=3.0).config.items() if k != "_class_name"} for made in (ours, base)]
     assert settings[0] == settings[1]

@@ -270,7 +270,8 @@ def test_goldilocks_marks_the_bias_corrected_fd_its_whisker_is_about_and_its_tab
     ref = assets.heldout.flatten(1).double().numpy()
     bins = quintile_bins(samples["kpe"].numpy())[1]
     corrected = table["FD-flat bias-corrected"].to_numpy()
-    np.testing.assert_allclose(corrected, [_corrected(feats[bins == q], ref) for q in range(5)], rtol=1e-8)
+    # g θ̂ − (g − 1) mean_k FD_k amplifies the FDs' round-off about 2g-fold (1.8e-8 on NumPy 1.24's eigensolver)
+    np.testing.assert_allclose(corrected, [_corrected(feats[bins == q], ref) for q in range(5)], rtol=1e-7)
     assert out.tables["goldilocks"]["FD-flat bias-corrected"].equals(table["FD-flat bias-corrected"])
     _marks_its_interval(drawn["goldilocks"], "FD-flat bias-corrected", corrected, table["FD-flat"].to_numpy(),
                         table["FD-flat CI low"].to_numpy(), table["FD-flat CI high"].to_numpy(),
@@ -308,7 +309,7 @@ def test_shaping_fd_marks_the_bias_corrected_fd_its_whisker_is_about_and_its_tab
     corrected = table["FD-flat bias-corrected"].to_numpy()
     ref = train.flatten(1).double().numpy()
     assert len(judged) == len(table)                                 # by the definition, not the study's helpers
-    np.testing.assert_allclose(corrected, [_corrected(x, ref) for x in judged], rtol=1e-8)
+    np.testing.assert_allclose(corrected, [_corrected(x, ref) for x in judged], rtol=1e-7)   # as the Goldilocks test
     _marks_its_interval(drawn["shaping_fd"], "FD-flat bias-corrected", corrected, table["FD-flat"].to_numpy(),
                         table["FD-flat CI low"].to_numpy(), table["FD-flat CI high"].to_numpy(),
                         "FD-flat of the samples (uncorrected)")

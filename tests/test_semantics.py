@@ -801,12 +801,19 @@ def test_a_clip_tokenizer_saved_as_vocab_and_merges_alone_is_accepted(tiny_clip_
 
 
 def test_a_clip_image_processor_saved_inside_processor_config_is_accepted(tiny_clip_dir, tmp_path):
-    # transformers 5's CLIPProcessor.save_pretrained nests it in processor_config.json
+    # transformers 5's CLIPProcessor.save_pretrained nests it in processor_config.json; an older one reads
+    # preprocessor_config.json alone (it raised its own OSError about huggingface.co on such a folder)
+    from importlib.metadata import version
+
     from transformers import AutoImageProcessor
 
     processor = AutoImageProcessor.from_pretrained(tiny_clip_dir)
     nested = _copy_without(tiny_clip_dir, tmp_path, "preprocessor_config.json")
     (nested / "processor_config.json").write_text(json.dumps({"image_processor": processor.to_dict()}))
+    if int(version("transformers").split(".")[0]) < 5:
+        with pytest.raises(FileNotFoundError, match="lacks its image processor: preprocessor_config.json"):
+            CLIPScorer(nested)
+        return
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(load_clip(nested).image_embeddings(images),
                                load_clip(tiny_clip_dir).image_embeddings(images), rtol=0, atol=0)

@@ -599,10 +599,12 @@ _FEATURISED: list[torch.Tensor] = []
 
 
 def _axes_summary(ax) -> dict:
-    ticks = ax.xaxis.get_tick_params()   # a panel stacked above another on a shared x hides its tick labels
+    # a panel stacked above another on a shared x hides its tick labels: read off the ticks themselves
+    # (get_tick_params names the switches one way from matplotlib 3.7.1 and another in 3.7.0)
+    ticks = ax.xaxis.get_major_ticks()
     return {"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "xscale": ax.get_xscale(),
             "yscale": ax.get_yscale(), "image": bool(ax.images),
-            "x_shown": ax.xaxis.get_visible() and (ticks.get("labelbottom", True) or ticks.get("labeltop", False)),
+            "x_shown": ax.xaxis.get_visible() and any(t.label1.get_visible() or t.label2.get_visible() for t in ticks),
             "position": tuple(ax.get_position().bounds), "x_shared": len(ax.get_shared_x_axes().get_siblings(ax)),
             "lines": [line.get_label() for line in ax.get_lines()],
             "xticks": [label.get_text() for label in ax.get_xticklabels()]}

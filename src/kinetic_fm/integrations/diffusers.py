@@ -104,15 +104,20 @@ class KineticFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
     _gain: list[float] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """The base class's ``__init__`` (same arguments, the config); ValueError for ``stochastic_sampling=True``,
-        refused here (``from_config`` and ``from_scheduler`` build through it) rather than at the first ``step``,
-        after the pipeline's first network call."""
+        """The base class's ``__init__`` (same arguments, the config); ValueError where the config asks for
+        stochastic sampling (its ``stochastic_sampling`` true, in a diffusers that has it), refused here
+        (``from_config`` and ``from_scheduler`` build through it) rather than at the first ``step``, after the
+        pipeline's first network call."""
         super().__init__(*args, **kwargs)
         _refuse_stochastic(self.config)
 
     # the base class's signature, read by diffusers (inspect.signature) for the config's keys and by from_config;
-    # not functools.wraps, which put the base's docstring and module in place of ours
+    # not functools.wraps, which put the base's docstring and module in place of ours. Its names and defaults
+    # are what diffusers reads; a parameter older diffusers left unannotated is shown as Any
     __init__.__signature__ = inspect.signature(FlowMatchEulerDiscreteScheduler.__init__)
+    __init__.__signature__ = __init__.__signature__.replace(parameters=[
+        p if p.annotation is not p.empty or p.name == "self" else p.replace(annotation=Any)
+        for p in __init__.__signature__.parameters.values()])
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any

@@ -305,23 +305,30 @@ def _pooled(out: Any) -> Tensor:
     return pooled
 
 
-def _check_clip_folder(path: Path) -> None:
+def _check_clip_folder(path: Path, nested_processor: bool = True) -> None:
     """Refuse a CLIP folder without the files of its tokenizer or image processor, naming them all.
 
     Without them transformers built an empty tokenizer (every prompt tokenized alike, so every margin
     read 0) or raised an OSError about huggingface.co. A tokenizer is ``tokenizer.json`` (the fast
     one's) or ``vocab.json`` with ``merges.txt`` (the BPE files either kind is built from); an image
     processor is ``preprocessor_config.json``, or ``processor_config.json`` holding one (transformers 5's
-    ``CLIPProcessor.save_pretrained``)."""
+    ``CLIPProcessor.save_pretrained``) where ``nested_processor`` (an older transformers reads only the former)."""
     missing = []
     if not ((path / "tokenizer.json").is_file() or all((path / f).is_file() for f in ("vocab.json", "merges.txt"))):
         missing.append("its tokenizer: tokenizer.json, or vocab.json and merges.txt")
-    if not ((path / "preprocessor_config.json").is_file() or _holds_image_processor(path / "processor_config.json")):
+    if not ((path / "preprocessor_config.json").is_file()
+            or nested_processor and _holds_image_processor(path / "processor_config.json")):
         missing.append("its image processor: preprocessor_config.json")
     if missing:
         raise FileNotFoundError(f"the CLIP folder {str(path)!r} lacks {'; and '.join(missing)} (save_pretrained of "
                                 "the tokenizer and the image processor, or of a CLIPProcessor holding both, writes "
                                 "them; nothing is downloaded)")
+
+
+def _transformers_major() -> int:
+    from importlib.metadata import version
+
+    return int(version("transformers").split(".")[0])
 
 
 def _holds_image_processor(config: Path) -> bool:
@@ -371,7 +378,7 @@ class CLIPScorer:
         # the package first: without it the folder's files are moot, and its install is the first thing to do
         AutoImageProcessor, AutoTokenizer, CLIPModel = optional_names(
             "transformers", "CLIPScorer", "AutoImageProcessor", "AutoTokenizer", "CLIPModel")
-        _check_clip_folder(path)
+        _check_clip_folder(path, nested_processor=_transformers_major() >= 5)
         self.name = path.name
         self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -703,6 +703,8 @@ def line_panels_figure(name: str, caption: str, x: Any, panels: Sequence[LinePan
         _reference_line(ax, panel.reference, panel.reference_label)
         _integer_ticks(ax, xs, log_x)
         _finish_axes(ax, drawn, log_x=log_x, log_y=panel.log_y)
+        if stacked and k < len(panels) - 1:
+            ax.tick_params(axis="x", labelbottom=False)   # the panel below shows them (3.7's sharex left them on)
     fig.tight_layout()
     return _render(fig, name, caption)
 
