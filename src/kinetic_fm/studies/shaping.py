@@ -400,8 +400,8 @@ def shaping_claims(feats: dict[str, np.ndarray], memorized: dict[str, np.ndarray
                         f"{fd_ci_text(fd_ci, 'balanced', wider=(*against[0], level))}; "
                         f"{mem_ci_text(mem_ci, wider=(*against[1], level))}",
                         _balanced(fd_ci, mem_ci, against, fd_undecided),
-                        "paired bootstrap (basic for ΔFD, percentile for ΔF_mem); reproduced when both 95% CIs lie below 0, "
-                        f"not reproduced when either's {level} CI (Bonferroni over the {parts}) lies above 0"
+                        "paired bootstrap (basic for ΔFD, percentile for ΔF_mem); reproduced when both 95% CIs lie "
+                        f"below 0, not reproduced when either's {level} CI (Bonferroni over the {parts}) lies above 0"
                         + (undecided_note + "; only the F_mem part can still read not reproduced"
                            if fd_undecided else ""),
                         undecided_detail))
