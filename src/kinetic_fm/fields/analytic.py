@@ -138,9 +138,9 @@ class ClosedForm:
 
     def unchecked(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """v(x, t) for (B,) times the caller knows to lie in [0, 1] (a sampler's own stage times, on a
-        grid checked once), as ``field(x, t)`` but without its range check: a reduction, and a host
-        read, at every stage (+22 % per GaussianTarget call at B = 64 on a CPU; on an accelerator a
-        synchronisation). ``kfm.sample`` calls this; anything else calls ``field(x, t)``."""
+        grid checked once), as ``field(x, t)`` but without its range check: a reduction and a host
+        read at every stage (on an accelerator a synchronisation). ``kfm.sample`` calls this; anything
+        else calls ``field(x, t)``."""
         return self._velocity(x, _time_column(t, x, check=False))
 
     def _velocity(self, x: torch.Tensor, tc: torch.Tensor) -> torch.Tensor:
