@@ -301,9 +301,10 @@ def _velocity_net(cfg, ws, name, data, rows, steps, progress, needed=True):
            "model": cfg.model, "width": cfg.width, "steps": steps, "batch": cfg.batch_size, "lr": cfg.lr,
            "seed": cfg.seed, "memorizer_n": cfg.memorizer_n if name == "memorizer" else None,
            **_one_channel_folder(cfg, data)}
-    if not needed and not (ws.model_path(name, key) / "final.safetensors").exists():
+    out = ws.model_path(name, key)   # once: it marks the folder read
+    if not needed and not (out / "final.safetensors").exists():
         return None, {}
-    out = ws.model_dir(name, key)
+    out.mkdir(parents=True, exist_ok=True)
     final = out / "final.safetensors"
     if not final.exists():
         torch.manual_seed(cfg.seed)

@@ -26,7 +26,7 @@ from .output import (AFTER_06_COLUMN, FD_FORMAT, JackknifeReference, StudyOutput
                      display_note, fd_bias_note, fd_formats, fd_interval_pointer, fd_interval_terms, fd_to_reference,
                      fd_undecided_note, feature_reference, fmem_formats, for_display, full_reference, image_range,
                      jackknife_reference, jackknife_replicates, noted_frechet_distance, replicate_fds,
-                     replicate_intervals, replicate_points)
+                     fd_interval_columns)
 from .samples import energy_after, energy_frame, late_fraction, sampled, start_noise, straight_line_energy
 from .semantics import general_samples
 from .study_cache import STUDY_WEIGHTS
@@ -845,8 +845,8 @@ def _goldilocks(sem_cfg, bootstrap, assets, ws, asset_key, out):
                                                                     kpe_fds=fds, tick=bar.update)
         replicates = quintile_replicates(feats.numpy(), bins, ref.numpy(), fits)
         # the point each interval is about, beside it: the bars' plain FDs lie above it by the estimator's bias
-        table[corrected_fd_column(fd_col)] = replicate_points(replicates)
-        table[f"{fd_col} CI low"], table[f"{fd_col} CI high"] = replicate_intervals(replicates)
+        for name, values in fd_interval_columns(fd_col, replicates).items():
+            table[name] = values
         tests = goldilocks_tests(feats.numpy(), bins, orderings["‖x1‖²"], ref.numpy(), resamples,
                                  sem_cfg.seed_start, replicates, fits, tick=bar.update)
     no_copies = not table["F_mem"].any()

@@ -40,7 +40,18 @@ def fmem_formats(prefix: str = "") -> dict[str, str]:
 def fd_formats(column: str) -> dict[str, str]:
     """Section formats of an FD column ``column`` and of its :func:`corrected_fd_column`, "<column> CI low"
     and "<column> CI high"."""
-    return {f"{column}{end}": FD_FORMAT for end in ("", " bias-corrected", " CI low", " CI high")}
+    return {name: FD_FORMAT for name in (column, *_interval_names(column))}
+
+
+def _interval_names(column: str) -> tuple[str, str, str]:
+    return corrected_fd_column(column), f"{column} CI low", f"{column} CI high"
+
+
+def fd_interval_columns(column: str, replicates: Sequence[tuple[float, np.ndarray | None]]) -> dict[str, Any]:
+    """The columns beside an FD column ``column``, in order: its :func:`corrected_fd_column` (the
+    :func:`replicate_points`) and "<column> CI low" and "<column> CI high" (the :func:`replicate_intervals`),
+    from the sets' :func:`jackknife_replicates`."""
+    return dict(zip(_interval_names(column), (replicate_points(replicates), *replicate_intervals(replicates))))
 
 
 def corrected_fd_column(column: str) -> str:

@@ -29,7 +29,8 @@ from .quality import SampleQuality, sample_quality
 from .report import TERMS_HEAD
 from .semantics import general_samples, run_semantics
 from .shaping import kts_schedules_text, run_shaping
-from .study_cache import ENTRIES_KEPT, EntryReads, cached_study, entries_reads, file_digest, stored_study, study_keys
+from .study_cache import (ENTRIES_KEPT, EntryReads, cached_study, entries_reads, file_digest, load_stage, stored_study,
+                          study_keys)
 from .support import run_support
 from .timings import TIMINGS_FILE, StageTimes
 from .workspace import Workspace, config_hash
@@ -355,9 +356,10 @@ def _sample_quality(cfg: ReproduceConfig, assets, ws: Workspace, asset_key: str,
 def _quality_inputs(path: Path) -> set[str] | None:
     """The names of the stage files the sample-quality stage at ``path`` read, None when it does not say
     (written before it did, damaged): kept only by a run that reads it."""
+    stage = load_stage(path)
     try:
-        return set(torch.load(path, map_location="cpu", weights_only=True)["inputs"])
-    except Exception:
+        return None if stage is None else set(stage["inputs"])
+    except (KeyError, TypeError):
         return None
 
 

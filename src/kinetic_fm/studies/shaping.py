@@ -24,7 +24,7 @@ from .config import ShapingConfig
 from .output import (AFTER_06_COLUMN, FD_FORMAT, FRACTION_FORMAT, StudyOutput,
                      corrected_fd_column, fd_bias_note, fd_formats, fd_to_reference, fd_undecided_note, fmem_formats,
                      full_reference, image_range, jackknife_reference, jackknife_replicates,
-                     fd_interval_pointer, fd_interval_terms, replicate_intervals, replicate_points)
+                     fd_interval_columns, fd_interval_pointer, fd_interval_terms)
 from .samples import energy_after, sampled
 from .verdicts import (all_worse_than, basic_bootstrap, bonferroni_intervals, bonferroni_level, fmt_ci,
                        fmt_significant, percent_of, rules_out_paper_size, verdict_from_interval, verdict_of_all)
@@ -243,11 +243,9 @@ def run_shaping(cfg: ShapingConfig, assets: Assets, ws: Workspace, asset_key: st
     # each setting's own interval (context for the dots; the claims read paired differences) and the
     # bias-corrected FD it is about, which the plain FD lies above by the estimator's bias
     replicates = jackknife_replicates(list(feats.values()), ref_rows, fits=fits)
-    low, high = replicate_intervals(replicates)
     at = table.columns.get_loc(fd_name)
-    table.insert(at + 1, corrected_fd_column(fd_name), replicate_points(replicates))
-    table.insert(at + 2, f"{fd_name} CI low", low)
-    table.insert(at + 3, f"{fd_name} CI high", high)
+    for offset, (name, values) in enumerate(fd_interval_columns(fd_name, replicates).items(), start=1):
+        table.insert(at + offset, name, values)
 
     main = ["plain FM", "launch only", "landing only", "balanced"]
     section = Section(

@@ -330,11 +330,17 @@ def _entries(cache: Path, name: str = "*") -> Iterator[tuple[Path, dict | None]]
     """Each entry ``study-<name>-<hash>.pt`` in ``cache`` and its contents: None for one that does not
     load as an entry does (damaged, another layout, gone meanwhile), an entry no run reads."""
     for path in cache.glob(f"study-{name}-*.pt"):
-        try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            entry = None
-        yield path, entry if isinstance(entry, dict) else None
+        yield path, load_stage(path)
+
+
+def load_stage(path: Path) -> dict | None:
+    """The dict a stage or entry file of ``cache/`` holds, or None for one that does not load as such (damaged,
+    another layout, gone meanwhile)."""
+    try:
+        stage = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return stage if isinstance(stage, dict) else None
 
 
 def _mark_used(path: Path) -> None:
