@@ -132,6 +132,8 @@ class ClosedForm:
     """What the analytic fields share: ``field(x, t)`` checks its times, ``field.unchecked(x, t)`` does
     not. Each field computes v from x (B, ...) and t as a (B, 1, ..., 1) column in :meth:`_velocity`."""
 
+    unit_times_only = True   # the closed form holds on [0, 1]: a wrapper refuses t > 1 before the call
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """v(x, t): x (B, ...) float, t (B,) or one number in [0, 1]; (B, ...) in x's dtype."""
         return self._velocity(x, _time_column(t, x))
@@ -154,8 +156,6 @@ class GaussianTarget(ClosedForm):
         mean: scalar or tensor broadcastable to one sample's shape.
         std: σ > 0 (use ``PointTarget`` for σ = 0).
     """
-
-    unit_times_only = True   # the closed form holds on [0, 1]: a wrapper refuses t > 1 before the call
 
     def __init__(self, mean: float | torch.Tensor = 0.0, std: float = 1.0):
         self.std = _positive_std(std)
@@ -198,8 +198,6 @@ class PointTarget(ClosedForm):
 
     singular_at_one = True
 
-    unit_times_only = True   # the closed form holds on [0, 1]: a wrapper refuses t > 1 before the call
-
     def __init__(self, point: torch.Tensor | float, *, eps: float = 1e-6):
         self.point = _location("point", point)
         self.eps = inside_unit_interval("eps", eps)
@@ -239,8 +237,6 @@ class GaussianMixtureTarget(ClosedForm):
         std: shared σ > 0.
         weights: (K,) mixture weights (normalised here); uniform by default.
     """
-
-    unit_times_only = True   # the closed form holds on [0, 1]: a wrapper refuses t > 1 before the call
 
     def __init__(self, means: torch.Tensor, std: float = 0.1, weights: torch.Tensor | None = None):
         means = _location("means", means)

@@ -26,10 +26,10 @@ import torch
 
 from ..optional import optional_names
 from ..checks import (add_note, declares, declares_singular_at_one, one_evaluation_of, optional_attribute,
-                      start_run_of, unit_times)
+                      start_run_of)
 from ..fields.adapters import TIME_MODES, ModelXT, batch_time, check_extras_taken, signature_of
 from ..sampling.grids import as_typed, validate_grid
-from ..sampling.guards import state_remedy
+from ..sampling.guards import stage_velocity, state_remedy
 from ..sampling.result import SampleResult
 from ..sampling.sample import sample, shared_time_refusal
 from ..sampling.shaping import KTS, TAU_TOLERANCE, gain_tau
@@ -331,11 +331,12 @@ def _shaped_velocity(velocity: Callable, shaping: Callable | None, x: torch.Tens
     # anyway; kfm.sample passes (B,) times
     if (not isinstance(given, torch.Tensor) or given.dim() == 0) and declares(velocity, "unit_times_only"):
         time = float(given)
-        if not unit_times(torch.tensor(time)):
+        if not 0.0 <= time <= 1.0:   # NaN fails too
             outside = ValueError(f"t must lie in [0, 1], got {time!r}")
             if time > 1:
                 add_note(outside, PAST_THE_END)
             raise outside
+        velocity = stage_velocity(velocity)   # its one time checked here: an analytic field need not look again
     t = batch_time(t, x)
     try:
         v = velocity(x, t, **extras)

@@ -99,10 +99,10 @@ class MemorizationReport:
         return (f"F_mem = {self.fraction:.4f}{interval}, {int(self.memorized.sum())}/{len(self)} "
                 f"samples with d1/d2 < {self.threshold:.4g} in {self.space}")
 
-    def _zero_width(self, shown: tuple[str, float, float] | None = None) -> str | None:
+    def _zero_width(self, shown: tuple[str, float, float]) -> str | None:
         """"zero width at 0/50; Wilson 0.0000–0.0711" where ``ci`` is a bootstrap interval without
-        width (F_mem 0 or 1), else None. ``shown``: :meth:`shown_interval` where the caller has it already."""
-        kind, low, high = self.shown_interval() if shown is None else shown
+        width (F_mem 0 or 1), else None. ``shown``: the report's :meth:`shown_interval`."""
+        kind, low, high = shown
         if kind != "Wilson" or self.interval != "bootstrap":
             return None
         return f"zero width at {int(self.memorized.sum())}/{len(self)}; Wilson {low:.4f}–{high:.4f}"

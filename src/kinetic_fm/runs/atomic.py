@@ -62,7 +62,7 @@ def is_leftover(path: str | os.PathLike) -> bool:
 def holds_only_leftovers(folder: str | os.PathLike) -> bool:
     """Whether the folder ``folder`` holds nothing but what our writers leave behind (:func:`is_leftover`
     of each entry; an empty one too): a folder no run of ours has written a result into."""
-    return all(is_leftover(p) for p in Path(folder).iterdir())
+    return not foreign_entries(folder)
 
 
 def foreign_entries(folder: str | os.PathLike, leftover: Callable[[Path], bool] = is_leftover) -> list[str]:
